@@ -1,0 +1,1 @@
+"""Generated from proto/tariff/v1 by `make proto`: never edit by hand."""

@@ -1,0 +1,209 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class InvoiceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVOICE_STATUS_UNSPECIFIED: _ClassVar[InvoiceStatus]
+    INVOICE_DRAFT: _ClassVar[InvoiceStatus]
+    INVOICE_FINAL: _ClassVar[InvoiceStatus]
+INVOICE_STATUS_UNSPECIFIED: InvoiceStatus
+INVOICE_DRAFT: InvoiceStatus
+INVOICE_FINAL: InvoiceStatus
+
+class PreviewInvoiceRequest(_message.Message):
+    __slots__ = ("customer_id", "period_start")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    period_start: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AppliedPrice(_message.Message):
+    __slots__ = ("version", "unit_price", "quantity", "amount")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    unit_price: str
+    quantity: str
+    amount: str
+    def __init__(self, version: _Optional[int] = ..., unit_price: _Optional[str] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class InvoiceLine(_message.Message):
+    __slots__ = ("line_id", "product_id", "dimensions", "quantity", "prices", "amount")
+    class DimensionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LINE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    line_id: str
+    product_id: str
+    dimensions: _containers.ScalarMap[str, str]
+    quantity: str
+    prices: _containers.RepeatedCompositeFieldContainer[AppliedPrice]
+    amount: str
+    def __init__(self, line_id: _Optional[str] = ..., product_id: _Optional[str] = ..., dimensions: _Optional[_Mapping[str, str]] = ..., quantity: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[AppliedPrice, _Mapping]]] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class CreditApplication(_message.Message):
+    __slots__ = ("grant_id", "credits")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    credits: str
+    def __init__(self, grant_id: _Optional[str] = ..., credits: _Optional[str] = ...) -> None: ...
+
+class Invoice(_message.Message):
+    __slots__ = ("customer_id", "invoice_number", "status", "period_start", "period_end", "pricing_unit", "currency", "lines", "credits_applied", "overage_amount", "overage_due", "top_up_purchases", "total_due", "subtotal")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    PRICING_UNIT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    OVERAGE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    OVERAGE_DUE_FIELD_NUMBER: _ClassVar[int]
+    TOP_UP_PURCHASES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DUE_FIELD_NUMBER: _ClassVar[int]
+    SUBTOTAL_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    invoice_number: str
+    status: InvoiceStatus
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    pricing_unit: str
+    currency: str
+    lines: _containers.RepeatedCompositeFieldContainer[InvoiceLine]
+    credits_applied: _containers.RepeatedCompositeFieldContainer[CreditApplication]
+    overage_amount: str
+    overage_due: str
+    top_up_purchases: str
+    total_due: str
+    subtotal: str
+    def __init__(self, customer_id: _Optional[str] = ..., invoice_number: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pricing_unit: _Optional[str] = ..., currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., overage_amount: _Optional[str] = ..., overage_due: _Optional[str] = ..., top_up_purchases: _Optional[str] = ..., total_due: _Optional[str] = ..., subtotal: _Optional[str] = ...) -> None: ...
+
+class ExplainLineItemRequest(_message.Message):
+    __slots__ = ("customer_id", "period_start", "line_id", "page_size", "page_token")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    LINE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    period_start: _timestamp_pb2.Timestamp
+    line_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class GrantDraw(_message.Message):
+    __slots__ = ("grant_id", "credits")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    credits: str
+    def __init__(self, grant_id: _Optional[str] = ..., credits: _Optional[str] = ...) -> None: ...
+
+class ExplainedEvent(_message.Message):
+    __slots__ = ("transaction_id", "timestamp_ms", "quantity", "version", "unit_price", "amount", "draws")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    DRAWS_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    timestamp_ms: int
+    quantity: str
+    version: int
+    unit_price: str
+    amount: str
+    draws: _containers.RepeatedCompositeFieldContainer[GrantDraw]
+    def __init__(self, transaction_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., quantity: _Optional[str] = ..., version: _Optional[int] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., draws: _Optional[_Iterable[_Union[GrantDraw, _Mapping]]] = ...) -> None: ...
+
+class ExplainLineItemResponse(_message.Message):
+    __slots__ = ("events", "next_page_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ExplainedEvent]
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[ExplainedEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ClosePeriodRequest(_message.Message):
+    __slots__ = ("customer_id", "period_start")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    period_start: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetInvoiceRequest(_message.Message):
+    __slots__ = ("invoice_number",)
+    INVOICE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    invoice_number: str
+    def __init__(self, invoice_number: _Optional[str] = ...) -> None: ...
+
+class ListInvoicesRequest(_message.Message):
+    __slots__ = ("customer_id",)
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    def __init__(self, customer_id: _Optional[str] = ...) -> None: ...
+
+class ListInvoicesResponse(_message.Message):
+    __slots__ = ("invoices",)
+    INVOICES_FIELD_NUMBER: _ClassVar[int]
+    invoices: _containers.RepeatedCompositeFieldContainer[Invoice]
+    def __init__(self, invoices: _Optional[_Iterable[_Union[Invoice, _Mapping]]] = ...) -> None: ...
+
+class GetRevenueReportRequest(_message.Message):
+    __slots__ = ("period_start", "period_end", "customer_id")
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    customer_id: str
+    def __init__(self, period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customer_id: _Optional[str] = ...) -> None: ...
+
+class RevenueLine(_message.Message):
+    __slots__ = ("product_id", "period_start", "recognized", "deferred", "breakage")
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    RECOGNIZED_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
+    BREAKAGE_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    period_start: _timestamp_pb2.Timestamp
+    recognized: str
+    deferred: str
+    breakage: str
+    def __init__(self, product_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recognized: _Optional[str] = ..., deferred: _Optional[str] = ..., breakage: _Optional[str] = ...) -> None: ...
+
+class RevenueReport(_message.Message):
+    __slots__ = ("currency", "lines")
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    currency: str
+    lines: _containers.RepeatedCompositeFieldContainer[RevenueLine]
+    def __init__(self, currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[RevenueLine, _Mapping]]] = ...) -> None: ...
