@@ -1,0 +1,136 @@
+"""Commands: every state change, as a value. Time, ids and the actor come in on the command.
+
+Commands are what the journal stores; replaying the same commands in the same order gives the same state.
+Stored formats only gain fields (with defaults), never lose or retype one.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.contracts import OveragePolicy, Override
+from engine.ledger import GrantKind
+from engine.products import Aggregation
+from engine.ratecard import Rate
+
+
+class UsageEvent(msgspec.Struct, frozen=True, array_like=True):
+    transaction_id: str
+    customer_id: str
+    event_type: str
+    timestamp_ms: int
+    dimensions: dict[str, str]
+    values: dict[str, float]
+    reservation_id: str = ""
+
+
+class IngestBatch(msgspec.Struct, frozen=True, tag="ingest"):
+    batch_id: str
+    events: list[UsageEvent]
+    received_at_ms: int
+    # Content hashes of this batch's transaction ids that were already accepted (looked up in the dedupe index
+    # before the command ran). Stored with the command so that replay decides duplicates exactly as before.
+    known: dict[str, bytes]
+
+
+class CreateCustomer(msgspec.Struct, frozen=True, tag="create_customer"):
+    at_ms: int
+    actor: str
+    id: str
+    name: str
+    attributes: dict[str, str]
+
+
+class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
+    at_ms: int
+    actor: str
+    id: str
+    name: str
+    event_type: str
+    aggregation: Aggregation | None
+    value_key: str
+    filters: dict[str, str]
+    pricing_dimensions: tuple[str, ...]
+    unit: str
+
+
+class CreateRateCard(msgspec.Struct, frozen=True, tag="create_rate_card"):
+    at_ms: int
+    actor: str
+    id: str
+    name: str
+    pricing_unit: str
+
+
+class RemoveRate(msgspec.Struct, frozen=True):
+    product_id: str
+    match: dict[str, str]
+
+
+class CreateDraftVersion(msgspec.Struct, frozen=True, tag="create_draft_version"):
+    at_ms: int
+    actor: str
+    rate_card_id: str
+    based_on_version: int
+    set_parameters: dict[str, str]
+    remove_parameters: tuple[str, ...]
+    upsert_rates: tuple[Rate, ...]
+    remove_rates: tuple[RemoveRate, ...]
+    change_note: str
+
+
+class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
+    at_ms: int
+    actor: str
+    rate_card_id: str
+    version: int
+    effective_from_ms: int | None  # None: the start of the current hour
+
+
+class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
+    at_ms: int
+    actor: str
+    id: str
+    customer_id: str
+    rate_card_id: str
+    starting_at_ms: int | None
+    ending_before_ms: int | None
+    overage_policy: OveragePolicy
+    overage_price: str
+    currency: str
+
+
+class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
+    at_ms: int
+    actor: str
+    contract_id: str
+    override: Override
+
+
+class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits"):
+    at_ms: int
+    actor: str
+    id: str
+    customer_id: str
+    contract_id: str
+    kind: GrantKind | None
+    amount: str
+    paid_amount: str
+    priority: int
+    applicable_product_ids: tuple[str, ...]
+    starts_at_ms: int | None
+    expires_at_ms: int | None
+    rollover_fraction: str
+
+
+AdminCommand = (
+    CreateCustomer
+    | CreateProduct
+    | CreateRateCard
+    | CreateDraftVersion
+    | PublishVersion
+    | CreateContract
+    | AddOverride
+    | GrantCredits
+)
+Command = IngestBatch | AdminCommand

@@ -1,0 +1,40 @@
+"""Request-level errors raised by the engine: a small tree the server maps to status codes in one place.
+
+A command that raises one of these has changed nothing. A broken invariant is not one of these: it is an
+AssertionError (a programmer error) that stops the writer before anything is committed.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """A client's mistake or a refused command; `message` is for a person."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(EngineError):
+    """A field is missing or malformed: `violations` lists (field path, why)."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        assert violations, "InvalidArgument needs at least one violation"
+        super().__init__("; ".join(f"{field}: {why}" for field, why in violations))
+        self.violations = violations
+
+    @classmethod
+    def field(cls, field: str, why: str) -> InvalidArgument:
+        return cls([(field, why)])
+
+
+class NotFound(EngineError):
+    pass
+
+
+class AlreadyExists(EngineError):
+    pass
+
+
+class FailedPrecondition(EngineError):
+    """The request is well formed but the state does not allow it (e.g. overlapping contracts)."""

@@ -1,0 +1,153 @@
+"""The credits ledger: grants, and the draws that rated usage makes on them, in burn order.
+
+Burn order for a charge: grants that apply to the product, have started and have not expired at the event's
+time, by priority (lower first), then earliest expiry, then narrowest applicability, then creation order.
+What no grant covers is overage. Revenue is recognised as credits are drawn, at the grant's cost basis
+(paid_amount / amount); a grant's recognised revenue is computed from its cumulative draw and rounded once,
+so that a fully drawn grant has recognised exactly what was paid.
+
+Invariant, per grant and so per customer, asserted after every change:
+granted = drawn + remaining, 0 <= remaining <= granted. A grant past its expiry still holds `remaining`;
+views report it as expired (breakage), so granted = drawn + remaining + expired holds at every moment.
+"""
+
+from __future__ import annotations
+
+import enum
+from decimal import Decimal
+
+import msgspec
+
+from engine.money import DECIMAL_CONTEXT, to_picos
+
+NEVER_MS = 2**62
+
+
+class GrantKind(enum.StrEnum):
+    PREPAID = "PREPAID"
+    PROMOTIONAL = "PROMOTIONAL"
+    ROLLOVER = "ROLLOVER"
+    TOP_UP = "TOP_UP"
+
+
+class Grant(msgspec.Struct):
+    id: str
+    customer_id: str
+    contract_id: str
+    kind: GrantKind
+    amount: int  # picos of the pricing unit
+    paid_amount: str  # decimal, in the contract's currency
+    priority: int
+    applicable_product_ids: tuple[str, ...]  # empty = every product
+    starts_at_ms: int
+    expires_at_ms: int | None
+    rollover_fraction: str
+    created_at_ms: int
+    creation_order: int
+    drawn: int = 0
+    remaining: int = -1  # set to amount on creation
+    recognized_revenue: int = 0  # picos of the currency
+
+    def __post_init__(self) -> None:
+        if self.remaining == -1:
+            self.remaining = self.amount
+        self.check()
+
+    def check(self) -> None:
+        assert self.amount > 0, f"grant {self.id}: amount must be positive"
+        assert self.amount == self.drawn + self.remaining, f"grant {self.id}: credits not conserved"
+        assert 0 <= self.remaining <= self.amount, f"grant {self.id}: remaining out of range"
+
+    def applies_to(self, product_id: str) -> bool:
+        return not self.applicable_product_ids or product_id in self.applicable_product_ids
+
+    def usable_at(self, ts_ms: int) -> bool:
+        return self.starts_at_ms <= ts_ms and (self.expires_at_ms is None or ts_ms < self.expires_at_ms)
+
+    def expired_at(self, ts_ms: int) -> bool:
+        return self.expires_at_ms is not None and ts_ms >= self.expires_at_ms
+
+    def burn_order(self) -> tuple[int, int, int, int]:
+        narrowness = len(self.applicable_product_ids) if self.applicable_product_ids else 2**31
+        expiry = self.expires_at_ms if self.expires_at_ms is not None else NEVER_MS
+        return (self.priority, expiry, narrowness, self.creation_order)
+
+    def revenue_for_drawn(self, drawn: int) -> int:
+        """Revenue recognised once `drawn` picos have been drawn: drawn x paid / amount, rounded once."""
+        paid = Decimal(self.paid_amount)
+        if paid == 0:
+            return 0
+        return to_picos(DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(Decimal(drawn), paid), Decimal(self.amount)))
+
+
+class Draw(msgspec.Struct, frozen=True, array_like=True):
+    """One grant's part of a charge (negative when a charge is refunded)."""
+
+    grant_id: str
+    credits: int  # picos
+    revenue: int  # picos of the currency
+
+
+def draw(grants: list[Grant], product_id: str, ts_ms: int, charge: int) -> tuple[list[Draw], int]:
+    """Draws a positive charge in burn order; returns the draws and the part no grant covered (overage)."""
+    assert charge > 0
+    draws: list[Draw] = []
+    left = charge
+    for grant in sorted(
+        (g for g in grants if g.remaining > 0 and g.applies_to(product_id) and g.usable_at(ts_ms)), key=Grant.burn_order
+    ):
+        take = min(left, grant.remaining)
+        draws.append(_move(grant, take))
+        left -= take
+        if left == 0:
+            break
+    return draws, left
+
+
+def refund(grants: list[Grant], product_id: str, amount: int) -> tuple[list[Draw], int]:
+    """Gives back a negative price change (a LATEST gauge that fell, a volume tier that got cheaper).
+
+    The refund returns credits to the grants that apply, in reverse burn order, at most what each has drawn;
+    returns the draws (negative) and what was not returned to a grant (to be taken off overage first).
+    """
+    assert amount > 0
+    draws: list[Draw] = []
+    left = amount
+    for grant in sorted(
+        (g for g in grants if g.drawn > 0 and g.applies_to(product_id)), key=Grant.burn_order, reverse=True
+    ):
+        give = min(left, grant.drawn)
+        draws.append(_move(grant, -give))
+        left -= give
+        if left == 0:
+            break
+    return draws, left
+
+
+def _move(grant: Grant, credits: int) -> Draw:
+    revenue_before = grant.recognized_revenue
+    grant.drawn += credits
+    grant.remaining -= credits
+    grant.recognized_revenue = grant.revenue_for_drawn(grant.drawn)
+    grant.check()
+    return Draw(grant.id, credits, grant.recognized_revenue - revenue_before)
+
+
+def simulate_draw(grants: list[Grant], product_ids: list[str], ts_ms: int, charges: list[int]) -> int:
+    """Overage that drawing these charges would leave, without changing any grant (for Authorize)."""
+    remaining = {g.id: g.remaining for g in grants}
+    overage = 0
+    for product_id, charge in zip(product_ids, charges, strict=True):
+        left = charge
+        if left <= 0:
+            continue
+        for grant in sorted(
+            (g for g in grants if g.applies_to(product_id) and g.usable_at(ts_ms)), key=Grant.burn_order
+        ):
+            take = min(left, remaining[grant.id])
+            remaining[grant.id] -= take
+            left -= take
+            if left == 0:
+                break
+        overage += left
+    return overage

@@ -1,0 +1,65 @@
+"""Exact amounts: decimal strings on the wire, integers at a fixed scale of 10^-12 inside.
+
+LLM prices are fractions of a micro-dollar per token, so amounts are kept as integer counts of 10^-12 of
+a unit ("picos"). A price computed from a rate (a Decimal) is rounded half-even to 10^-12 exactly once,
+where it becomes a ledger amount; sums of picos are then exact. Binary floats never hold money: wire
+quantities that arrive as doubles are read through their shortest round-trip text, exactly.
+"""
+
+from __future__ import annotations
+
+import decimal
+import math
+from decimal import Decimal
+
+from engine.errors import InvalidArgument
+
+PICOS_PER_UNIT = 10**12
+_PICO = Decimal(1).scaleb(-12)
+# Wide enough that no product of a price, a quantity and a ratio loses a digit before the final rounding.
+DECIMAL_CONTEXT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.InvalidOperation])
+DECIMAL_TEXT_MAX = 64
+
+
+def parse_decimal(text: str, field: str, *, allow_negative: bool = False) -> Decimal:
+    """A finite decimal from its wire text; raises InvalidArgument naming `field`."""
+    if not text or len(text) > DECIMAL_TEXT_MAX:
+        raise InvalidArgument.field(field, f"must be a decimal string of 1 to {DECIMAL_TEXT_MAX} characters")
+    try:
+        value = Decimal(text.strip())
+    except decimal.InvalidOperation:
+        raise InvalidArgument.field(field, f"{text!r} is not a decimal number") from None
+    if not value.is_finite():
+        raise InvalidArgument.field(field, f"{text!r} is not a finite number")
+    if value < 0 and not allow_negative:
+        raise InvalidArgument.field(field, f"{text!r} must not be negative")
+    return value
+
+
+def decimal_from_double(value: float) -> Decimal:
+    """The exact decimal a client meant by a wire double (its shortest repr), e.g. 0.1 -> Decimal('0.1')."""
+    assert math.isfinite(value), "callers validate finiteness first"
+    return Decimal(repr(value))
+
+
+def to_picos(value: Decimal) -> int:
+    """Rounds half-even to 10^-12: the one place a computed price becomes a ledger amount."""
+    return int(value.quantize(_PICO, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT).scaleb(12))
+
+
+def picos_to_decimal(picos: int) -> Decimal:
+    return Decimal(picos).scaleb(-12)
+
+
+def format_picos(picos: int) -> str:
+    """Canonical wire text: no exponent, no trailing zeros ("49995", "0.03", "-1.5")."""
+    return format_decimal(picos_to_decimal(picos))
+
+
+def format_decimal(value: Decimal) -> str:
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text

@@ -1,0 +1,492 @@
+"""Rate cards: versioned, dimensional prices stored once, validated before they take effect.
+
+A version is a set of named parameters and rates. A rate prices one product for the events whose pricing
+dimensions match its `match` ("*" or a left-out key matches anything); the most specific matching rate wins.
+Price fields hold decimals or formulas over the parameters; `compile_version` evaluates every formula once
+and turns each rate into a price curve (quantity -> amount) so that rating an event does no parsing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import decimal
+import enum
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import msgspec
+
+from engine.errors import FailedPrecondition, InvalidArgument, NotFound
+from engine.formula import FormulaError, evaluate
+from engine.money import DECIMAL_CONTEXT
+from engine.products import Product
+
+HOUR_MS = 3_600_000
+WILDCARD = "*"
+RATES_PER_VERSION_MAX = 10_000
+PARAMETERS_PER_VERSION_MAX = 1_000
+MATCH_CACHE_ENTRIES_MAX = 100_000
+
+
+class VersionState(enum.StrEnum):
+    DRAFT = "DRAFT"
+    PUBLISHED = "PUBLISHED"
+
+
+class TierMode(enum.StrEnum):
+    GRADUATED = "GRADUATED"
+    VOLUME = "VOLUME"
+
+
+class Tier(msgspec.Struct, frozen=True):
+    up_to: str  # "" on the last, unbounded tier
+    unit_price: str
+    flat_price: str = ""
+
+
+class UnitPrice(msgspec.Struct, frozen=True, tag="unit"):
+    price: str
+    per_units: str = ""
+
+
+class TieredPrice(msgspec.Struct, frozen=True, tag="tiered"):
+    mode: TierMode
+    tiers: tuple[Tier, ...]
+    per_units: str = ""
+
+
+class PackagePrice(msgspec.Struct, frozen=True, tag="package"):
+    package_size: str
+    package_price: str
+
+
+class FlatPrice(msgspec.Struct, frozen=True, tag="flat"):
+    price: str
+
+
+PriceSpec = UnitPrice | TieredPrice | PackagePrice | FlatPrice
+RateKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def normalize_match(match: Mapping[str, str]) -> dict[str, str]:
+    """Drops "*" entries: a left-out key and "*" mean the same."""
+    return {key: value for key, value in sorted(match.items()) if value != WILDCARD}
+
+
+class Rate(msgspec.Struct, frozen=True):
+    product_id: str
+    match: dict[str, str]  # normalized: no "*" values, keys sorted
+    price: PriceSpec
+
+    @property
+    def key(self) -> RateKey:
+        return rate_key(self.product_id, self.match)
+
+
+def rate_key(product_id: str, match: Mapping[str, str]) -> RateKey:
+    return (product_id, tuple(sorted(normalize_match(match).items())))
+
+
+class Cohort(msgspec.Struct, frozen=True):
+    customer_ids: tuple[str, ...] = ()
+    attributes: dict[str, str] = {}
+    customers_created_after_ms: int | None = None
+
+
+class Version(msgspec.Struct):
+    rate_card_id: str
+    number: int
+    state: VersionState
+    based_on: int
+    parameters: dict[str, str]
+    rates: list[Rate]
+    change_note: str
+    created_at_ms: int
+    created_by: str
+    effective_from_ms: int | None = None
+    published_at_ms: int | None = None
+    cohort: Cohort | None = None
+
+
+class RateCard(msgspec.Struct):
+    id: str
+    name: str
+    pricing_unit: str
+    created_at_ms: int
+    versions: list[Version] = []
+    # (effective_from_ms, version number) of published versions, ascending: the timeline of prices.
+    timeline: list[tuple[int, int]] = []
+
+    def version(self, number: int) -> Version:
+        if not 1 <= number <= len(self.versions):
+            raise NotFound(f"rate card {self.id!r} has no version {number}")
+        found = self.versions[number - 1]
+        assert found.number == number
+        return found
+
+    def version_number_at(self, ts_ms: int) -> int | None:
+        """The newest-effective published version in force at ts_ms (later publication wins a tie)."""
+        index = bisect.bisect_right(self.timeline, (ts_ms, 2**63))
+        return self.timeline[index - 1][1] if index else None
+
+
+# Findings -------------------------------------------------------------------------------------------------
+
+
+class Severity(enum.StrEnum):
+    ERROR = "ERROR"
+    WARNING = "WARNING"
+
+
+class Finding(msgspec.Struct, frozen=True):
+    severity: Severity
+    path: str
+    message: str
+
+
+# Price curves: quantity -> amount, with every formula already evaluated ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCurve:
+    price: Decimal
+    per_units: Decimal
+
+    def amount(self, quantity: Decimal) -> Decimal:
+        return DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(quantity, self.price), self.per_units)
+
+    def unit_price(self, quantity: Decimal) -> Decimal:
+        return DECIMAL_CONTEXT.divide(self.price, self.per_units)
+
+
+@dataclass(frozen=True, slots=True)
+class CurveTier:
+    up_to: Decimal | None
+    unit_price: Decimal
+    flat_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class TieredCurve:
+    mode: TierMode
+    tiers: tuple[CurveTier, ...]
+    per_units: Decimal
+
+    def amount(self, quantity: Decimal) -> Decimal:
+        ctx = DECIMAL_CONTEXT
+        if quantity <= 0:
+            return Decimal(0)
+        if self.mode is TierMode.VOLUME:
+            tier = self._tier_reaching(quantity)
+            return ctx.add(ctx.divide(ctx.multiply(quantity, tier.unit_price), self.per_units), tier.flat_price)
+        total = Decimal(0)
+        lower = Decimal(0)
+        for tier in self.tiers:
+            upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
+            if upper <= lower:
+                break
+            portion = ctx.subtract(upper, lower)
+            total = ctx.add(
+                total, ctx.add(ctx.divide(ctx.multiply(portion, tier.unit_price), self.per_units), tier.flat_price)
+            )
+            lower = upper
+        return total
+
+    def unit_price(self, quantity: Decimal) -> Decimal:
+        return DECIMAL_CONTEXT.divide(self._tier_reaching(quantity).unit_price, self.per_units)
+
+    def _tier_reaching(self, quantity: Decimal) -> CurveTier:
+        for tier in self.tiers:
+            if tier.up_to is None or quantity <= tier.up_to:
+                return tier
+        return self.tiers[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class PackageCurve:
+    package_size: Decimal
+    package_price: Decimal
+
+    def amount(self, quantity: Decimal) -> Decimal:
+        packages = DECIMAL_CONTEXT.divide(quantity, self.package_size).to_integral_value(rounding=decimal.ROUND_CEILING)
+        return DECIMAL_CONTEXT.multiply(packages, self.package_price)
+
+    def unit_price(self, quantity: Decimal) -> Decimal:
+        return DECIMAL_CONTEXT.divide(self.package_price, self.package_size)
+
+
+@dataclass(frozen=True, slots=True)
+class FlatCurve:
+    price: Decimal
+
+    def amount(self, quantity: Decimal) -> Decimal:
+        return self.price if quantity > 0 else Decimal(0)
+
+    def unit_price(self, quantity: Decimal) -> Decimal:
+        return self.price
+
+
+@dataclass(frozen=True, slots=True)
+class ScaledCurve:
+    """A contract override's multiplier applied to a rate card's curve."""
+
+    base: PriceCurve
+    multiplier: Decimal
+
+    def amount(self, quantity: Decimal) -> Decimal:
+        return DECIMAL_CONTEXT.multiply(self.base.amount(quantity), self.multiplier)
+
+    def unit_price(self, quantity: Decimal) -> Decimal:
+        return DECIMAL_CONTEXT.multiply(self.base.unit_price(quantity), self.multiplier)
+
+
+PriceCurve = UnitCurve | TieredCurve | PackageCurve | FlatCurve | ScaledCurve
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRate:
+    rate_index: int
+    product_id: str
+    # (position in the product's pricing_dimensions, required value) for each non-"*" entry.
+    required: tuple[tuple[int, str], ...]
+    curve: PriceCurve
+
+    def matches(self, dimension_key: tuple[str, ...]) -> bool:
+        return all(dimension_key[position] == value for position, value in self.required)
+
+
+@dataclass(slots=True)
+class CompiledVersion:
+    rate_card_id: str
+    number: int
+    # product id -> its rates, most specific first.
+    rates_by_product: dict[str, list[CompiledRate]]
+    _matches: dict[tuple[str, tuple[str, ...]], CompiledRate | None] = field(default_factory=dict)
+
+    def rate_for(self, product_id: str, dimension_key: tuple[str, ...]) -> CompiledRate | None:
+        """The most specific rate matching; memoized, since dimension combinations repeat endlessly."""
+        cache_key = (product_id, dimension_key)
+        found = self._matches.get(cache_key, _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
+        best = next((r for r in self.rates_by_product.get(product_id, ()) if r.matches(dimension_key)), None)
+        if len(self._matches) >= MATCH_CACHE_ENTRIES_MAX:
+            self._matches.clear()
+        self._matches[cache_key] = best
+        return best
+
+
+_MISSING = object()
+
+
+# Drafts, validation, compilation ---------------------------------------------------------------------------
+
+
+def make_draft(
+    card: RateCard,
+    *,
+    based_on: int,
+    set_parameters: Mapping[str, str],
+    remove_parameters: Iterable[str],
+    upsert_rates: Iterable[Rate],
+    remove_rates: Iterable[RateKey],
+    change_note: str,
+    at_ms: int,
+    actor: str,
+) -> Version:
+    """A new DRAFT: its base (or nothing) plus the changes. Raises InvalidArgument for a change that cannot apply."""
+    parameters: dict[str, str] = {}
+    rates: dict[RateKey, Rate] = {}
+    if based_on:
+        base = card.version(based_on)
+        parameters = dict(base.parameters)
+        rates = {rate.key: rate for rate in base.rates}
+    violations: list[tuple[str, str]] = []
+    for name in remove_parameters:
+        if parameters.pop(name, None) is None:
+            violations.append((f"remove_parameters[{name}]", "no such parameter in the base version"))
+    for name, value in set_parameters.items():
+        parameters[name] = value
+    for index, key in enumerate(remove_rates):
+        if rates.pop(key, None) is None:
+            violations.append((f"remove_rates[{index}]", f"no rate for product {key[0]!r} with match {dict(key[1])}"))
+    for rate in upsert_rates:
+        rates[rate.key] = rate
+    if len(rates) > RATES_PER_VERSION_MAX:
+        violations.append(("upsert_rates", f"a version holds at most {RATES_PER_VERSION_MAX} rates"))
+    if len(parameters) > PARAMETERS_PER_VERSION_MAX:
+        violations.append(("set_parameters", f"a version holds at most {PARAMETERS_PER_VERSION_MAX} parameters"))
+    if violations:
+        raise InvalidArgument(violations)
+    return Version(
+        rate_card_id=card.id,
+        number=len(card.versions) + 1,
+        state=VersionState.DRAFT,
+        based_on=based_on,
+        parameters=parameters,
+        rates=list(rates.values()),
+        change_note=change_note,
+        created_at_ms=at_ms,
+        created_by=actor,
+    )
+
+
+def validate(version: Version, products: Mapping[str, Product]) -> list[Finding]:
+    """Every reason this version cannot price events, as findings with paths; empty when it can."""
+    _, findings = _compile(version, products)
+    if not version.rates:
+        findings.append(Finding(Severity.WARNING, "rates", "the version has no rates: it prices nothing"))
+    return findings
+
+
+def compile_version(version: Version, products: Mapping[str, Product]) -> CompiledVersion:
+    compiled, findings = _compile(version, products)
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    assert not errors, f"only validated versions are compiled: {errors}"
+    return compiled
+
+
+def _compile(version: Version, products: Mapping[str, Product]) -> tuple[CompiledVersion, list[Finding]]:
+    findings: list[Finding] = []
+    parameters: dict[str, Decimal] = {}
+    for name, text in sorted(version.parameters.items()):
+        if not name.isidentifier():
+            findings.append(Finding(Severity.ERROR, f"parameters.{name}", "a parameter name must be an identifier"))
+            continue
+        try:
+            parameters[name] = Decimal(text)
+        except decimal.InvalidOperation:
+            findings.append(Finding(Severity.ERROR, f"parameters.{name}", f"{text!r} is not a decimal"))
+            continue
+        if not parameters[name].is_finite():
+            findings.append(Finding(Severity.ERROR, f"parameters.{name}", f"{text!r} is not finite"))
+    by_product: dict[str, list[CompiledRate]] = {}
+    seen: set[RateKey] = set()
+    for index, rate in enumerate(version.rates):
+        path = f"rates[{index}]"
+        product = products.get(rate.product_id)
+        if product is None:
+            findings.append(Finding(Severity.ERROR, f"{path}.product_id", f"unknown product {rate.product_id!r}"))
+            continue
+        if rate.key in seen:
+            findings.append(Finding(Severity.ERROR, path, "a second rate with the same product and match"))
+            continue
+        seen.add(rate.key)
+        required: list[tuple[int, str]] = []
+        for key, value in rate.match.items():
+            if key not in product.pricing_dimensions:
+                findings.append(
+                    Finding(
+                        Severity.ERROR,
+                        f"{path}.match.{key}",
+                        f"{key!r} is not a pricing dimension of {product.id!r} ({list(product.pricing_dimensions)})",
+                    )
+                )
+            else:
+                required.append((product.pricing_dimensions.index(key), value))
+        curve = _curve(rate.price, parameters, path, findings)
+        if curve is not None and len(required) == len(rate.match):
+            by_product.setdefault(rate.product_id, []).append(
+                CompiledRate(index, rate.product_id, tuple(required), curve)
+            )
+    for product_id, rates in by_product.items():
+        rates.sort(key=lambda r: (-len(r.required), r.rate_index))
+        findings.extend(_ambiguities(product_id, rates, version.rates))
+    return CompiledVersion(version.rate_card_id, version.number, by_product), findings
+
+
+def _ambiguities(product_id: str, rates: list[CompiledRate], source: list[Rate]) -> list[Finding]:
+    """Two equally specific rates that one possible event matches, with no more specific rate to decide."""
+    findings = []
+    exact = {tuple(sorted(r.required)) for r in rates}
+    for a, b in itertools.combinations(rates, 2):
+        if len(a.required) != len(b.required):
+            continue
+        merged = dict(a.required)
+        if any(merged.get(position, value) != value for position, value in b.required):
+            continue  # they disagree on a dimension: no event matches both
+        merged.update(b.required)
+        if tuple(sorted(merged.items())) in exact:
+            continue
+        findings.append(
+            Finding(
+                Severity.ERROR,
+                f"rates[{b.rate_index}].match",
+                f"as specific as rates[{a.rate_index}] for product {product_id!r}: an event matching "
+                f"{ {**source[a.rate_index].match, **source[b.rate_index].match} } would match both; "
+                "add a rate for that combination or make one of them more specific",
+            )
+        )
+    return findings
+
+
+def _curve(
+    price: PriceSpec, parameters: Mapping[str, Decimal], path: str, findings: list[Finding]
+) -> PriceCurve | None:
+    errors_before = len(findings)
+
+    def amount(text: str, field_path: str, *, default: str | None = None, positive: bool = False) -> Decimal:
+        if not text.strip() and default is not None:
+            text = default
+        try:
+            value = evaluate(text, parameters)
+        except FormulaError as exc:
+            findings.append(Finding(Severity.ERROR, field_path, f"{text!r} {exc}"))
+            return Decimal(1)
+        if value < 0 or (positive and value == 0):
+            findings.append(
+                Finding(Severity.ERROR, field_path, f"{text!r} = {value} must be {'> 0' if positive else '>= 0'}")
+            )
+        return value
+
+    curve: PriceCurve
+    match price:
+        case UnitPrice():
+            curve = UnitCurve(
+                amount(price.price, f"{path}.unit.price"),
+                amount(price.per_units, f"{path}.unit.per_units", default="1", positive=True),
+            )
+        case TieredPrice():
+            tiers: list[CurveTier] = []
+            if not price.tiers:
+                findings.append(Finding(Severity.ERROR, f"{path}.tiered.tiers", "at least one tier is required"))
+            for position, tier in enumerate(price.tiers):
+                tier_path = f"{path}.tiered.tiers[{position}]"
+                last = position == len(price.tiers) - 1
+                up_to: Decimal | None = None
+                if tier.up_to.strip():
+                    up_to = amount(tier.up_to, f"{tier_path}.up_to", positive=True)
+                    if tiers and tiers[-1].up_to is not None and up_to <= tiers[-1].up_to:
+                        findings.append(Finding(Severity.ERROR, f"{tier_path}.up_to", "tiers must ascend"))
+                elif not last:
+                    findings.append(Finding(Severity.ERROR, f"{tier_path}.up_to", "only the last tier is unbounded"))
+                tiers.append(
+                    CurveTier(
+                        up_to,
+                        amount(tier.unit_price, f"{tier_path}.unit_price", default="0"),
+                        amount(tier.flat_price, f"{tier_path}.flat_price", default="0"),
+                    )
+                )
+            if tiers and tiers[-1].up_to is not None:
+                findings.append(Finding(Severity.ERROR, f"{path}.tiered.tiers", "the last tier must be unbounded"))
+            mode = price.mode
+            curve = TieredCurve(
+                mode, tuple(tiers), amount(price.per_units, f"{path}.tiered.per_units", default="1", positive=True)
+            )
+        case PackagePrice():
+            curve = PackageCurve(
+                amount(price.package_size, f"{path}.package.package_size", positive=True),
+                amount(price.package_price, f"{path}.package.package_price"),
+            )
+        case FlatPrice():
+            curve = FlatCurve(amount(price.price, f"{path}.flat.price"))
+    return curve if len(findings) == errors_before else None
+
+
+def check_publishable(version: Version, effective_from_ms: int) -> None:
+    if version.state is not VersionState.DRAFT:
+        raise FailedPrecondition(f"version {version.number} of {version.rate_card_id!r} is already published")
+    if effective_from_ms % HOUR_MS:
+        raise InvalidArgument.field("effective_from", "must be on an hour boundary (UTC)")

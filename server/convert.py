@@ -1,0 +1,405 @@
+"""Proto messages <-> engine values. No business rule lives here: only shapes, units and enum names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from google.protobuf import timestamp_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+
+from engine import commands as cmd
+from engine.contracts import Contract, Customer, OveragePolicy, Override
+from engine.errors import InvalidArgument
+from engine.ledger import Grant, GrantKind
+from engine.money import format_decimal, format_picos
+from engine.products import Aggregation, Product
+from engine.ratecard import (
+    Cohort,
+    FlatPrice,
+    PackagePrice,
+    PriceSpec,
+    Rate,
+    RateCard,
+    Tier,
+    TieredPrice,
+    TierMode,
+    UnitPrice,
+    Version,
+    normalize_match,
+)
+from engine.ratecard import Finding as EngineFinding
+from engine.state import BalanceView, Estimate, IngestResult
+
+# Proto enum fields take their value's name, which is what the engine's StrEnums hold.
+
+# Times --------------------------------------------------------------------------------------------------------
+
+
+def ms_of(timestamp: timestamp_pb2.Timestamp) -> int:
+    return timestamp.seconds * 1000 + timestamp.nanos // 1_000_000
+
+
+def optional_ms(message: object, field: str) -> int | None:
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    return ms_of(getattr(message, field))
+
+
+def timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+# Usage --------------------------------------------------------------------------------------------------------
+
+
+def usage_events(batch: usage_pb2.UsageBatch) -> list[cmd.UsageEvent]:
+    # The hot path: one attribute read per field, maps copied once.
+    return [
+        cmd.UsageEvent(
+            e.transaction_id,
+            e.customer_id,
+            e.event_type,
+            e.timestamp_ms,
+            dict(e.dimensions),
+            dict(e.values),
+            e.reservation_id,
+        )
+        for e in batch.events
+    ]
+
+
+def ingest_ack(batch_id: str, seq: int, result: IngestResult) -> usage_pb2.IngestAck:
+    return usage_pb2.IngestAck(
+        batch_id=batch_id,
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=[
+            usage_pb2.EventRejection(
+                index=r.index,
+                transaction_id=r.transaction_id,
+                reason=r.reason.value,
+                message=r.message,
+            )
+            for r in result.rejections
+        ],
+        journal_seq=seq,
+    )
+
+
+# Catalogue ----------------------------------------------------------------------------------------------------
+
+
+def _enum_name(enum_type: object, number: int) -> str | None:
+    """The value's name, or None for 0 (unspecified) and numbers this server does not know."""
+    if number == 0:
+        return None
+    try:
+        return str(enum_type.Name(number))  # type: ignore[attr-defined]
+    except ValueError:
+        return None
+
+
+def aggregation(number: int) -> Aggregation | None:
+    name = _enum_name(pricing_pb2.Aggregation, number)
+    return Aggregation(name) if name else None
+
+
+def product_pb(p: Product) -> pricing_pb2.Product:
+    return pricing_pb2.Product(
+        id=p.id,
+        name=p.name,
+        event_type=p.event_type,
+        aggregation=p.aggregation.value,
+        value_key=p.value_key,
+        filters=p.filters,
+        pricing_dimensions=p.pricing_dimensions,
+        unit=p.unit,
+    )
+
+
+def create_product(request: pricing_pb2.CreateProductRequest, at_ms: int, actor: str) -> cmd.CreateProduct:
+    p = request.product
+    if p.aggregation and aggregation(p.aggregation) is None:
+        raise InvalidArgument.field("product.aggregation", f"unknown value {p.aggregation}")
+    return cmd.CreateProduct(
+        at_ms,
+        actor,
+        p.id,
+        p.name,
+        p.event_type,
+        aggregation(p.aggregation),
+        p.value_key,
+        dict(p.filters),
+        tuple(p.pricing_dimensions),
+        p.unit,
+    )
+
+
+def rate_card_pb(card: RateCard, now_ms: int) -> pricing_pb2.RateCard:
+    current = card.version_number_at(now_ms)
+    return pricing_pb2.RateCard(
+        id=card.id,
+        name=card.name,
+        pricing_unit=card.pricing_unit,
+        created_at=timestamp(card.created_at_ms),
+        latest_version=len(card.versions),
+        current_version=current or 0,
+    )
+
+
+def price_spec(rate: pricing_pb2.Rate, path: str) -> PriceSpec:
+    kind = rate.WhichOneof("price")
+    match kind:
+        case "unit":
+            return UnitPrice(rate.unit.price, rate.unit.per_units)
+        case "tiered":
+            mode = _enum_name(pricing_pb2.TierMode, rate.tiered.mode)
+            if mode is None:
+                raise InvalidArgument.field(f"{path}.tiered.mode", "is required: GRADUATED or VOLUME")
+            tiers = tuple(Tier(t.up_to, t.unit_price, t.flat_price) for t in rate.tiered.tiers)
+            return TieredPrice(TierMode(mode), tiers, rate.tiered.per_units)
+        case "package":
+            return PackagePrice(rate.package.package_size, rate.package.package_price)
+        case "flat":
+            return FlatPrice(rate.flat.price)
+    raise InvalidArgument.field(f"{path}.price", "set one of unit, tiered, package or flat")
+
+
+def rate(message: pricing_pb2.Rate, path: str) -> Rate:
+    return Rate(message.product_id, normalize_match(message.match), price_spec(message, path))
+
+
+def rate_pb(r: Rate) -> pricing_pb2.Rate:
+    message = pricing_pb2.Rate(product_id=r.product_id, match=r.match)
+    match r.price:
+        case UnitPrice():
+            message.unit.CopyFrom(pricing_pb2.UnitPrice(price=r.price.price, per_units=r.price.per_units))
+        case TieredPrice():
+            message.tiered.CopyFrom(
+                pricing_pb2.TieredPrice(
+                    mode=r.price.mode.value,
+                    tiers=[
+                        pricing_pb2.Tier(up_to=t.up_to, unit_price=t.unit_price, flat_price=t.flat_price)
+                        for t in r.price.tiers
+                    ],
+                    per_units=r.price.per_units,
+                )
+            )
+        case PackagePrice():
+            message.package.CopyFrom(
+                pricing_pb2.PackagePrice(package_size=r.price.package_size, package_price=r.price.package_price)
+            )
+        case FlatPrice():
+            message.flat.CopyFrom(pricing_pb2.FlatPrice(price=r.price.price))
+    return message
+
+
+def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, actor: str) -> cmd.CreateDraftVersion:
+    return cmd.CreateDraftVersion(
+        at_ms,
+        actor,
+        request.rate_card_id,
+        request.based_on_version,
+        dict(request.set_parameters),
+        tuple(request.remove_parameters),
+        tuple(rate(r, f"upsert_rates[{i}]") for i, r in enumerate(request.upsert_rates)),
+        tuple(cmd.RemoveRate(k.product_id, dict(k.match)) for k in request.remove_rates),
+        request.change_note,
+    )
+
+
+def cohort_pb(cohort: Cohort | None) -> pricing_pb2.Cohort | None:
+    if cohort is None:
+        return None
+    message = pricing_pb2.Cohort(customer_ids=cohort.customer_ids, attributes=cohort.attributes)
+    if cohort.customers_created_after_ms is not None:
+        message.customers_created_after.CopyFrom(timestamp(cohort.customers_created_after_ms))
+    return message
+
+
+def version_pb(v: Version) -> pricing_pb2.RateCardVersion:
+    message = pricing_pb2.RateCardVersion(
+        rate_card_id=v.rate_card_id,
+        version=v.number,
+        state=v.state.value,
+        based_on_version=v.based_on,
+        parameters=v.parameters,
+        rates=[rate_pb(r) for r in v.rates],
+        change_note=v.change_note,
+        created_at=timestamp(v.created_at_ms),
+        created_by=v.created_by,
+        cohort=cohort_pb(v.cohort),
+    )
+    if v.effective_from_ms is not None:
+        message.effective_from.CopyFrom(timestamp(v.effective_from_ms))
+    if v.published_at_ms is not None:
+        message.published_at.CopyFrom(timestamp(v.published_at_ms))
+    return message
+
+
+def findings_pb(findings: Iterable[EngineFinding]) -> pricing_pb2.ValidationReport:
+    items = [pricing_pb2.Finding(severity=f.severity.value, path=f.path, message=f.message) for f in findings]
+    return pricing_pb2.ValidationReport(ok=all(f.severity != pricing_pb2.ERROR for f in items), findings=items)
+
+
+# Customers, contracts, grants -------------------------------------------------------------------------------
+
+
+def customer_pb(c: Customer) -> contracts_pb2.Customer:
+    return contracts_pb2.Customer(id=c.id, name=c.name, attributes=c.attributes, created_at=timestamp(c.created_at_ms))
+
+
+def overage_policy(number: int) -> OveragePolicy:
+    name = _enum_name(contracts_pb2.OveragePolicy, number)
+    if number and name is None:
+        raise InvalidArgument.field("overage_policy", f"unknown value {number}")
+    return OveragePolicy(name) if name else OveragePolicy.ALLOW
+
+
+def override(message: contracts_pb2.PriceOverride, override_id: str, at_ms: int) -> Override:
+    adjustment = message.WhichOneof("adjustment")
+    starting_at_ms = optional_ms(message, "starting_at")
+    return Override(
+        id=message.id or override_id,
+        product_id=message.product_id,
+        match=normalize_match(message.match),
+        multiplier=message.multiplier if adjustment == "multiplier" else None,
+        price=message.price if adjustment == "price" else None,
+        starting_at_ms=starting_at_ms if starting_at_ms is not None else 0,
+        ending_before_ms=optional_ms(message, "ending_before"),
+    )
+
+
+def override_pb(o: Override) -> contracts_pb2.PriceOverride:
+    message = contracts_pb2.PriceOverride(
+        id=o.id, product_id=o.product_id, match=o.match, starting_at=timestamp(o.starting_at_ms)
+    )
+    if o.multiplier is not None:
+        message.multiplier = o.multiplier
+    if o.price is not None:
+        message.price = o.price
+    if o.ending_before_ms is not None:
+        message.ending_before.CopyFrom(timestamp(o.ending_before_ms))
+    return message
+
+
+def grant_pb(g: Grant) -> contracts_pb2.Grant:
+    message = contracts_pb2.Grant(
+        id=g.id,
+        customer_id=g.customer_id,
+        contract_id=g.contract_id,
+        kind=g.kind.value,
+        amount=format_picos(g.amount),
+        paid_amount=format_decimal(Decimal(g.paid_amount)),
+        priority=g.priority,
+        applicable_product_ids=g.applicable_product_ids,
+        starts_at=timestamp(g.starts_at_ms),
+        rollover_fraction=format_decimal(Decimal(g.rollover_fraction)),
+        created_at=timestamp(g.created_at_ms),
+    )
+    if g.expires_at_ms is not None:
+        message.expires_at.CopyFrom(timestamp(g.expires_at_ms))
+    return message
+
+
+def contract_pb(c: Contract, grants: Iterable[Grant]) -> contracts_pb2.Contract:
+    message = contracts_pb2.Contract(
+        id=c.id,
+        customer_id=c.customer_id,
+        rate_card_id=c.rate_card_id,
+        starting_at=timestamp(c.starting_at_ms),
+        overrides=[override_pb(o) for o in c.overrides],
+        grants=[grant_pb(g) for g in grants],
+        overage_policy=c.overage_policy.value,
+        overage_price=c.overage_price,
+        currency=c.currency,
+    )
+    if c.ending_before_ms is not None:
+        message.ending_before.CopyFrom(timestamp(c.ending_before_ms))
+    if c.top_up is not None:
+        message.top_up.CopyFrom(
+            contracts_pb2.TopUpPolicy(
+                threshold=c.top_up.threshold,
+                recharge_to=c.top_up.recharge_to,
+                price_per_credit=c.top_up.price_per_credit,
+                max_per_period=c.top_up.max_per_period,
+            )
+        )
+    return message
+
+
+def grant_credits(
+    request: contracts_pb2.GrantCreditsRequest, grant_id: str, at_ms: int, actor: str
+) -> cmd.GrantCredits:
+    g = request.grant
+    kind_name = _enum_name(contracts_pb2.GrantKind, g.kind)
+    if g.kind and kind_name is None:
+        raise InvalidArgument.field("grant.kind", f"unknown value {g.kind}")
+    return cmd.GrantCredits(
+        at_ms,
+        actor,
+        g.id or grant_id,
+        g.customer_id,
+        g.contract_id,
+        GrantKind(kind_name) if kind_name else None,
+        g.amount,
+        g.paid_amount,
+        g.priority,
+        tuple(g.applicable_product_ids),
+        optional_ms(g, "starts_at"),
+        optional_ms(g, "expires_at"),
+        g.rollover_fraction,
+    )
+
+
+# Balances -----------------------------------------------------------------------------------------------------
+
+
+def balance_pb(view: BalanceView) -> balance_pb2.Balance:
+    grants = []
+    for gv in view.grants:
+        g = gv.grant
+        message = balance_pb2.GrantBalance(
+            grant_id=g.id,
+            kind=g.kind.value,
+            amount=format_picos(g.amount),
+            drawn=format_picos(g.drawn),
+            remaining=format_picos(gv.remaining),
+            expired=format_picos(gv.expired),
+            priority=g.priority,
+            applicable_product_ids=g.applicable_product_ids,
+            starts_at=timestamp(g.starts_at_ms),
+            recognized_revenue=format_picos(g.recognized_revenue),
+            held="0",
+        )
+        if g.expires_at_ms is not None:
+            message.expires_at.CopyFrom(timestamp(g.expires_at_ms))
+        grants.append(message)
+    balance = balance_pb2.Balance(
+        customer_id=view.customer_id,
+        credits_remaining=format_picos(view.remaining),
+        credits_held=format_picos(view.held),
+        credits_available=format_picos(view.available),
+        grants=grants,
+        period_charges=format_picos(view.period_charges),
+        overage_amount=format_picos(view.overage),
+        as_of_seq=view.as_of_seq,
+        pricing_unit=view.pricing_unit,
+        overage_due=format_decimal(view.overage_due),
+    )
+    if view.period is not None:
+        balance.period_start.CopyFrom(timestamp(view.period.start_ms))
+        balance.period_end.CopyFrom(timestamp(view.period.end_ms))
+    return balance
+
+
+def authorize_response(request_id: str, estimate: Estimate) -> balance_pb2.AuthorizeResponse:
+    return balance_pb2.AuthorizeResponse(
+        request_id=request_id,
+        allowed=estimate.allowed,
+        reason=estimate.reason,
+        estimated_cost=format_picos(estimate.cost),
+        credits_available=format_picos(estimate.available),
+        message=estimate.message,
+    )

@@ -1,0 +1,554 @@
+"""The journal: Tariff's durable store, behind the small `Journal` protocol.
+
+The sequencer appends every state-changing command (with its results) as an opaque record and,
+in the same write transaction, the dedupe entries of the events it accepted. A reply is sent
+only after `commit` returns, so anything acknowledged survives `kill -9`; recovery loads the
+newest snapshot and replays the records after it. Raw events and the dedupe index live here,
+not in RAM, which is why lookups go through `find_transactions` rather than a dict.
+
+Two implementations with the same observable semantics:
+
+- `LmdbJournal`, the default: one LMDB environment (a directory) with four named databases,
+  "records" (seq as 8-byte big-endian -> record), "transactions" (UTF-8 transaction id ->
+  msgpack `DedupeEntry`), "snapshots" (only the newest one) and "meta" (format version).
+- `MemoryJournal`, in RAM, for engine and server unit tests; `capacity_bytes` simulates a full
+  map so the `JournalFull` path can be tested without a disk.
+
+A cluster backend (NATS JetStream, DESIGN.md §2) is meant to be a third implementation.
+
+Threads: the server calls the write methods (`commit`, `save_snapshot`,
+`prune_transactions`) from ONE dedicated writer thread, and the read methods from the event-loop
+thread. LMDB supports exactly that: the environment is opened with `lock=True`, write
+transactions are serialised by LMDB, py-lmdb uses MDB_NOTLS so a read transaction is not tied to
+a thread slot, and every transaction here begins and ends inside one method call, so no
+transaction is ever shared between threads. `MemoryJournal` takes a lock for the same guarantee.
+`close()` must not race with calls in flight; the server closes after stopping both threads.
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import lmdb
+import msgspec
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_TRANSACTION_ID_BYTES",
+    "DedupeEntry",
+    "Journal",
+    "JournalFull",
+    "JournalStats",
+    "LmdbJournal",
+    "MemoryJournal",
+]
+
+# Bumped whenever the on-disk layout changes, so that an older server refuses a newer store
+# instead of misreading it.
+FORMAT_VERSION = 1
+
+# LMDB's compiled-in key limit (mdb_env_get_maxkeysize). MemoryJournal enforces the same limit
+# so that a test passing against the fake cannot fail against LMDB.
+MAX_TRANSACTION_ID_BYTES = 511
+
+_RECORDS_DB = b"records"
+_TRANSACTIONS_DB = b"transactions"
+_SNAPSHOTS_DB = b"snapshots"
+_META_DB = b"meta"
+_FORMAT_VERSION_KEY = b"format_version"
+
+# The event-loop thread and short-lived tooling readers need a handful of slots; 126 is LMDB's
+# default and leaves ample headroom.
+_MAX_READERS = 126
+
+# read_records releases its read transaction after this much, so a replay of a huge journal
+# neither pins old pages (which would stop LMDB reusing them) nor buffers unbounded memory.
+_READ_CHUNK_RECORDS = 1024
+_READ_CHUNK_BYTES = 8 * 1024 * 1024
+
+_SEQ_KEY_BYTES = 8
+
+
+class DedupeEntry(msgspec.Struct, frozen=True):
+    """What the dedupe index remembers about one accepted transaction id."""
+
+    content_hash: bytes  # digest of the event's content: a resend with another digest is a conflict
+    accepted_at_ms: int  # when it was accepted (server time, Unix ms): the dedupe window runs from here
+
+
+class JournalStats(msgspec.Struct, frozen=True):
+    """Sizes for metrics and for the operator deciding when to grow the map."""
+
+    last_seq: int
+    records: int
+    transactions: int
+    map_size_bytes: int  # LMDB map size; MemoryJournal: capacity_bytes, 0 when unbounded
+    used_bytes: int  # LMDB: high-water mark of pages in the map (freed pages are reused, not returned)
+
+
+class JournalFull(Exception):
+    """The LMDB map is full: the commit wrote nothing. Grow --map-size-mb and restart."""
+
+
+class Journal(Protocol):
+    """The durable store the sequencer codes against. See the module docstring for threads."""
+
+    def last_seq(self) -> int:
+        """Seq of the newest record; 0 when the journal is empty."""
+        ...
+
+    def read_records(self, after_seq: int) -> Iterator[tuple[int, bytes]]:
+        """(seq, record) for every seq > after_seq, ascending."""
+        ...
+
+    def find_transactions(self, transaction_ids: Iterable[str]) -> dict[str, DedupeEntry]:
+        """The dedupe entries of those ids that are present; absent ids are left out."""
+        ...
+
+    def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
+        """Append records (seqs last_seq()+1, +2, ...) and add dedupe entries, atomically and durably.
+
+        Raises ValueError (nothing written) for no records, non-contiguous seqs, a transaction id
+        that is empty, longer than MAX_TRANSACTION_ID_BYTES in UTF-8 or already present; raises
+        JournalFull (nothing written, journal still usable) when the store has no room.
+        """
+        ...
+
+    def load_snapshot(self) -> tuple[int, bytes] | None:
+        """(seq, blob) of the newest snapshot, or None."""
+        ...
+
+    def save_snapshot(self, seq: int, blob: bytes) -> None:
+        """Replace the snapshot. ValueError if seq > last_seq() or older than the current one."""
+        ...
+
+    def prune_transactions(self, accepted_before_ms: int, limit: int) -> int:
+        """Delete up to limit dedupe entries accepted before that time; return how many.
+
+        A return value below limit means no such entry remains.
+        """
+        ...
+
+    def stats(self) -> JournalStats: ...
+
+    def close(self) -> None:
+        """Idempotent; any other call afterwards raises RuntimeError."""
+        ...
+
+
+_ENTRY_ENCODER = msgspec.msgpack.Encoder()
+_ENTRY_DECODER = msgspec.msgpack.Decoder(DedupeEntry)
+
+
+def _seq_key(seq: int) -> bytes:
+    # Big-endian so that LMDB's bytewise key order is seq order, which makes append=True valid.
+    return seq.to_bytes(_SEQ_KEY_BYTES, "big")
+
+
+def _seq_from_key(key: bytes) -> int:
+    return int.from_bytes(key, "big")
+
+
+def _transaction_key(transaction_id: str) -> bytes:
+    # UnicodeEncodeError (lone surrogates) is a ValueError too, so every refusal has one type.
+    key = transaction_id.encode("utf-8")
+    if not key:
+        raise ValueError("transaction id is empty")
+    if len(key) > MAX_TRANSACTION_ID_BYTES:
+        raise ValueError(
+            f"transaction id is {len(key)} bytes in UTF-8; the journal stores at most {MAX_TRANSACTION_ID_BYTES}"
+        )
+    return key
+
+
+def _lookup_key(transaction_id: str) -> bytes | None:
+    # An id that commit would refuse can never be present, so a lookup just reports it absent.
+    try:
+        return _transaction_key(transaction_id)
+    except ValueError:
+        return None
+
+
+def _check_records(last_seq: int, records: Sequence[tuple[int, bytes]]) -> None:
+    if not records:
+        raise ValueError("a commit needs at least one record")
+    expected = last_seq + 1
+    for seq, _ in records:
+        if seq != expected:
+            raise ValueError(f"record seq {seq} where {expected} was expected: seqs must continue last_seq() by 1")
+        expected += 1
+
+
+def _encode_transactions(transactions: Mapping[str, DedupeEntry]) -> list[tuple[str, bytes, bytes]]:
+    return [(tid, _transaction_key(tid), _ENTRY_ENCODER.encode(entry)) for tid, entry in transactions.items()]
+
+
+def _check_snapshot_seq(seq: int, last_seq: int, current_seq: int | None) -> None:
+    # A snapshot past last_seq would make recovery skip records committed later under those seqs.
+    if not 0 <= seq <= last_seq:
+        raise ValueError(f"snapshot seq {seq} is outside 0..last_seq ({last_seq})")
+    if current_seq is not None and seq < current_seq:
+        raise ValueError(f"snapshot seq {seq} is older than the stored snapshot's seq {current_seq}")
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"prune limit must be at least 1, got {limit}")
+
+
+def _closed_error(what: str) -> RuntimeError:
+    return RuntimeError(f"{what} is closed")
+
+
+class LmdbJournal:
+    """The Journal on one LMDB environment (a directory). See the module docstring."""
+
+    def __init__(self, path: Path, *, map_size_bytes: int, sync: bool = True) -> None:
+        """Open or create the store at path.
+
+        map_size_bytes is rounded up to the OS page size. An existing store whose map is already
+        bigger keeps its size: restarting with a smaller default must not make a nearly full
+        store instantly full. sync=False trades durability for speed (tests, benchmarks only).
+        """
+        if map_size_bytes <= 0:
+            raise ValueError(f"map_size_bytes must be positive, got {map_size_bytes}")
+        self._path = path
+        requested_bytes = -(-map_size_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        path.mkdir(parents=True, exist_ok=True)
+        existing = (path / "data.mdb").exists()
+        # LMDB does not keep a bigger stored map by itself: an explicit smaller map_size shrinks
+        # it (down to the used pages). map_size=0 adopts the stored size, then we grow if asked.
+        env = lmdb.open(
+            str(path),
+            map_size=0 if existing else requested_bytes,
+            subdir=True,
+            sync=sync,
+            metasync=sync,
+            readahead=False,
+            max_dbs=4,
+            max_readers=_MAX_READERS,
+            lock=True,
+        )
+        try:
+            if env.info()["map_size"] < requested_bytes:
+                # Safe only here: set_mapsize invalidates every open transaction in the process.
+                env.set_mapsize(requested_bytes)
+            with env.begin(write=True) as txn:
+                self._records_db = env.open_db(_RECORDS_DB, txn=txn)
+                self._transactions_db = env.open_db(_TRANSACTIONS_DB, txn=txn)
+                self._snapshots_db = env.open_db(_SNAPSHOTS_DB, txn=txn)
+                meta_db = env.open_db(_META_DB, txn=txn)
+                stored = txn.get(_FORMAT_VERSION_KEY, db=meta_db)
+                if stored is None:
+                    txn.put(_FORMAT_VERSION_KEY, str(FORMAT_VERSION).encode("ascii"), db=meta_db)
+                elif stored != str(FORMAT_VERSION).encode("ascii"):
+                    raise RuntimeError(
+                        f"journal at {path} has format version {stored.decode('ascii', 'replace')!r}; this"
+                        f" Tariff reads only version {FORMAT_VERSION}: run the Tariff release that wrote it"
+                    )
+            with env.begin(buffers=False) as txn, txn.cursor(db=self._records_db) as cursor:
+                # Cached because the sequencer asks on every batch; only this object writes.
+                self._last_seq = _seq_from_key(cursor.key()) if cursor.last() else 0
+        except BaseException:
+            env.close()
+            raise
+        self._env: lmdb.Environment | None = env
+        # Where the previous prune stopped, so that successive calls sweep the id space once
+        # instead of rescanning the surviving prefix every time.
+        self._prune_resume_key: bytes | None = None
+
+    def _require_env(self) -> lmdb.Environment:
+        env = self._env
+        if env is None:
+            raise _closed_error(f"journal at {self._path}")
+        return env
+
+    def _journal_full(self, env: lmdb.Environment, exc: lmdb.MapFullError) -> JournalFull:
+        map_size_bytes = env.info()["map_size"]
+        return JournalFull(
+            f"LMDB map at {self._path} is full ({map_size_bytes} bytes): nothing was written."
+            f" Grow --map-size-mb and restart. ({exc})"
+        )
+
+    def last_seq(self) -> int:
+        self._require_env()
+        return self._last_seq
+
+    def read_records(self, after_seq: int) -> Iterator[tuple[int, bytes]]:
+        # Not a generator itself, so that a closed journal fails at the call, not at first next().
+        self._require_env()
+        return self._iter_records(max(after_seq, 0) + 1)
+
+    def _iter_records(self, next_seq: int) -> Iterator[tuple[int, bytes]]:
+        while True:
+            chunk = self._read_chunk(next_seq)
+            if not chunk:
+                return
+            yield from chunk
+            next_seq = chunk[-1][0] + 1
+
+    def _read_chunk(self, first_seq: int) -> list[tuple[int, bytes]]:
+        env = self._require_env()
+        chunk: list[tuple[int, bytes]] = []
+        chunk_bytes = 0
+        with env.begin(buffers=False) as txn, txn.cursor(db=self._records_db) as cursor:
+            if not cursor.set_range(_seq_key(first_seq)):
+                return chunk
+            for key, value in cursor.iternext():
+                chunk.append((_seq_from_key(key), value))
+                chunk_bytes += len(value)
+                if len(chunk) >= _READ_CHUNK_RECORDS or chunk_bytes >= _READ_CHUNK_BYTES:
+                    break
+        return chunk
+
+    def find_transactions(self, transaction_ids: Iterable[str]) -> dict[str, DedupeEntry]:
+        env = self._require_env()
+        found: dict[str, DedupeEntry] = {}
+        with env.begin(buffers=False) as txn:
+            for transaction_id in transaction_ids:
+                key = _lookup_key(transaction_id)
+                if key is None:
+                    continue
+                value = txn.get(key, db=self._transactions_db)
+                if value is not None:
+                    found[transaction_id] = _ENTRY_DECODER.decode(value)
+        return found
+
+    def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
+        env = self._require_env()
+        # Everything that can be refused is refused before the write transaction begins.
+        _check_records(self._last_seq, records)
+        encoded = _encode_transactions(transactions)
+        try:
+            with env.begin(write=True) as txn:
+                with txn.cursor(db=self._records_db) as cursor:
+                    stored_last_seq = _seq_from_key(cursor.key()) if cursor.last() else 0
+                if stored_last_seq != self._last_seq:
+                    # Another writer (a second process on the same directory) or a bug in the
+                    # cache: either way committing would corrupt the journal's order.
+                    raise AssertionError(
+                        f"journal at {self._path}: stored last seq {stored_last_seq} != cached {self._last_seq}"
+                    )
+                for seq, record in records:
+                    txn.put(_seq_key(seq), record, append=True, db=self._records_db)
+                for _, key, value in encoded:
+                    # An id already present is replaced: the sequencer accepts an id again only once its
+                    # earlier acceptance has left the dedupe window (pruning may not have caught up yet).
+                    txn.put(key, value, db=self._transactions_db)
+        except lmdb.MapFullError as exc:
+            raise self._journal_full(env, exc) from exc
+        self._last_seq = records[-1][0]
+
+    def load_snapshot(self) -> tuple[int, bytes] | None:
+        env = self._require_env()
+        with env.begin(buffers=False) as txn, txn.cursor(db=self._snapshots_db) as cursor:
+            if not cursor.last():
+                return None
+            return _seq_from_key(cursor.key()), cursor.value()
+
+    def save_snapshot(self, seq: int, blob: bytes) -> None:
+        env = self._require_env()
+        # The old snapshot is deleted in the same transaction, but LMDB is copy-on-write: the map
+        # needs room for both blobs while the transaction is open.
+        try:
+            with env.begin(write=True) as txn:
+                with txn.cursor(db=self._snapshots_db) as cursor:
+                    old_keys = list(cursor.iternext(values=False))
+                current_seq = _seq_from_key(old_keys[-1]) if old_keys else None
+                _check_snapshot_seq(seq, self._last_seq, current_seq)
+                for key in old_keys:
+                    txn.delete(key, db=self._snapshots_db)
+                txn.put(_seq_key(seq), blob, db=self._snapshots_db)
+        except lmdb.MapFullError as exc:
+            raise self._journal_full(env, exc) from exc
+
+    def prune_transactions(self, accepted_before_ms: int, limit: int) -> int:
+        env = self._require_env()
+        _check_limit(limit)
+        start = self._prune_resume_key
+        victims: list[bytes] = []
+        # The index is keyed by id, not time, so old entries are found by a scan; writes are
+        # blocked meanwhile, which is why the caller bounds each call with limit.
+        try:
+            with env.begin(write=True) as txn:
+                with txn.cursor(db=self._transactions_db) as cursor:
+                    for key, value in _scan_from(cursor, start):
+                        if _ENTRY_DECODER.decode(value).accepted_at_ms < accepted_before_ms:
+                            victims.append(key)
+                            if len(victims) >= limit:
+                                break
+                for key in victims:
+                    txn.delete(key, db=self._transactions_db)
+        except lmdb.MapFullError as exc:
+            # Deleting needs fresh pages too (copy-on-write), so even a prune can find the map full.
+            raise self._journal_full(env, exc) from exc
+        # A short result means a full lap found nothing more; restart from the beginning next time.
+        self._prune_resume_key = victims[-1] if len(victims) >= limit else None
+        return len(victims)
+
+    def stats(self) -> JournalStats:
+        env = self._require_env()
+        with env.begin(buffers=False) as txn:
+            records = txn.stat(self._records_db)["entries"]
+            transactions = txn.stat(self._transactions_db)["entries"]
+        info = env.info()
+        page_bytes = env.stat()["psize"]
+        return JournalStats(
+            last_seq=self._last_seq,
+            records=records,
+            transactions=transactions,
+            map_size_bytes=info["map_size"],
+            used_bytes=(info["last_pgno"] + 1) * page_bytes,
+        )
+
+    def close(self) -> None:
+        env, self._env = self._env, None
+        if env is not None:
+            env.close()
+
+
+def _scan_from(cursor: lmdb.Cursor[bytes], start: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+    """Every item once, in key order starting at start and wrapping around to the first key."""
+    if start is None:
+        if cursor.first():
+            yield from cursor.iternext()
+        return
+    if cursor.set_range(start):
+        yield from cursor.iternext()
+    if cursor.first():
+        for key, value in cursor.iternext():
+            if key >= start:
+                return
+            yield key, value
+
+
+class MemoryJournal:
+    """The Journal in RAM, with LmdbJournal's semantics, for engine and server unit tests.
+
+    capacity_bytes simulates LMDB's map size: a commit (or snapshot) that would take the stored
+    bytes (8 + len(record) per record, UTF-8 id + msgpack entry per transaction, 8 + len(blob)
+    for the snapshot) beyond it raises JournalFull and writes nothing. None means unbounded.
+    """
+
+    def __init__(self, *, capacity_bytes: int | None = None) -> None:
+        if capacity_bytes is not None and capacity_bytes < 0:
+            raise ValueError(f"capacity_bytes must not be negative, got {capacity_bytes}")
+        self._capacity_bytes = capacity_bytes
+        # The writer thread and the event-loop thread both come in, as with LmdbJournal.
+        self._lock = threading.Lock()
+        self._records: list[bytes] = []  # index i holds seq i + 1
+        self._transactions: dict[str, tuple[DedupeEntry, int]] = {}  # entry, bytes it counts
+        self._snapshot: tuple[int, bytes] | None = None
+        self._used_bytes = 0
+        self._closed = False
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise _closed_error("in-memory journal")
+
+    def _reserve(self, extra_bytes: int) -> None:
+        used_after = self._used_bytes + extra_bytes
+        if self._capacity_bytes is not None and used_after > self._capacity_bytes:
+            raise JournalFull(
+                f"in-memory journal is full ({used_after} of {self._capacity_bytes} capacity bytes):"
+                " nothing was written. Grow --map-size-mb and restart."
+            )
+
+    def last_seq(self) -> int:
+        with self._lock:
+            self._require_open()
+            return len(self._records)
+
+    def read_records(self, after_seq: int) -> Iterator[tuple[int, bytes]]:
+        self._require_open()
+        return self._iter_records(max(after_seq, 0))
+
+    def _iter_records(self, after_seq: int) -> Iterator[tuple[int, bytes]]:
+        # Chunked like LmdbJournal, so that a commit can land between chunks here too.
+        while True:
+            with self._lock:
+                self._require_open()
+                chunk = self._records[after_seq : after_seq + _READ_CHUNK_RECORDS]
+            if not chunk:
+                return
+            for offset, record in enumerate(chunk):
+                yield after_seq + offset + 1, record
+            after_seq += len(chunk)
+
+    def find_transactions(self, transaction_ids: Iterable[str]) -> dict[str, DedupeEntry]:
+        found: dict[str, DedupeEntry] = {}
+        with self._lock:
+            self._require_open()
+            for transaction_id in transaction_ids:
+                # Same refusal rules as LMDB, so ids it could never store are never found here.
+                if _lookup_key(transaction_id) is None:
+                    continue
+                stored = self._transactions.get(transaction_id)
+                if stored is not None:
+                    found[transaction_id] = stored[0]
+        return found
+
+    def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
+        with self._lock:
+            self._require_open()
+            _check_records(len(self._records), records)
+            encoded = _encode_transactions(transactions)
+            record_bytes = sum(_SEQ_KEY_BYTES + len(record) for _, record in records)
+            entry_bytes = [len(key) + len(value) for _, key, value in encoded]
+            self._reserve(record_bytes + sum(entry_bytes))
+            # bytes() so that a caller's bytearray mutated later cannot change the journal.
+            self._records.extend(bytes(record) for _, record in records)
+            for (transaction_id, _, _), size in zip(encoded, entry_bytes, strict=True):
+                self._transactions[transaction_id] = (transactions[transaction_id], size)
+            self._used_bytes += record_bytes + sum(entry_bytes)
+            if len(self._records) != records[-1][0]:
+                raise AssertionError(f"in-memory journal: {len(self._records)} records after seq {records[-1][0]}")
+
+    def load_snapshot(self) -> tuple[int, bytes] | None:
+        with self._lock:
+            self._require_open()
+            return self._snapshot
+
+    def save_snapshot(self, seq: int, blob: bytes) -> None:
+        with self._lock:
+            self._require_open()
+            _check_snapshot_seq(seq, len(self._records), None if self._snapshot is None else self._snapshot[0])
+            old_bytes = 0 if self._snapshot is None else _SEQ_KEY_BYTES + len(self._snapshot[1])
+            new_bytes = _SEQ_KEY_BYTES + len(blob)
+            self._reserve(new_bytes - old_bytes)
+            self._snapshot = (seq, bytes(blob))
+            self._used_bytes += new_bytes - old_bytes
+
+    def prune_transactions(self, accepted_before_ms: int, limit: int) -> int:
+        with self._lock:
+            self._require_open()
+            _check_limit(limit)
+            victims: list[str] = []
+            for transaction_id, (entry, _) in self._transactions.items():
+                if entry.accepted_at_ms < accepted_before_ms:
+                    victims.append(transaction_id)
+                    if len(victims) >= limit:
+                        break
+            for transaction_id in victims:
+                _, size = self._transactions.pop(transaction_id)
+                self._used_bytes -= size
+            return len(victims)
+
+    def stats(self) -> JournalStats:
+        with self._lock:
+            self._require_open()
+            return JournalStats(
+                last_seq=len(self._records),
+                records=len(self._records),
+                transactions=len(self._transactions),
+                map_size_bytes=self._capacity_bytes or 0,
+                used_bytes=self._used_bytes,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True

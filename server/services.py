@@ -1,0 +1,412 @@
+"""gRPC servicers: proto in, engine command or read, proto out. Errors leave through server/errors.py.
+
+State changes go through the Sequencer (answered once durable); reads read the engine directly. RPCs of the
+contract whose behaviour is not built yet answer UNIMPLEMENTED, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
+
+from tariff.v1 import (
+    alerts_pb2,
+    alerts_pb2_grpc,
+    balance_pb2,
+    balance_pb2_grpc,
+    contracts_pb2,
+    contracts_pb2_grpc,
+    invoices_pb2,
+    invoices_pb2_grpc,
+    pricing_pb2,
+    pricing_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
+
+from engine import commands as cmd
+from engine.errors import InvalidArgument, NotFound
+from engine.state import Engine, IngestResult, PublishResult
+from server import convert
+from server.errors import ResourceExhausted, Unimplemented, streaming, unary
+from server.sequencer import Sequencer
+
+# grpc ships no type information: a servicer context is typed as Any.
+Context: TypeAlias = Any
+BATCH_EVENTS_MAX_DEFAULT = 10_000
+STREAM_BATCHES_IN_FLIGHT_MAX = 16
+PAGE_SIZE_MAX = 1_000
+ACTOR_DEFAULT = "anonymous"
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def actor_of(context: Context) -> str:
+    # API keys come with the security issue; until then every change is attributed to the anonymous actor.
+    return ACTOR_DEFAULT
+
+
+class _Base:
+    def __init__(self, engine: Engine, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
+        self.engine = engine
+        self.sequencer = sequencer
+        self.clock_ms = clock_ms
+
+
+class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
+    batch_events_max = BATCH_EVENTS_MAX_DEFAULT
+
+    def _command(self, batch: usage_pb2.UsageBatch) -> cmd.IngestBatch:
+        if len(batch.events) > self.batch_events_max:
+            raise ResourceExhausted(
+                f"a batch holds at most {self.batch_events_max} events, this one {len(batch.events)}"
+            )
+        # received_at_ms and the dedupe hits are filled in by the writer, in journal order.
+        return cmd.IngestBatch(batch.batch_id, convert.usage_events(batch), 0, {})
+
+    @unary
+    async def IngestUsageBatch(self, request: usage_pb2.UsageBatch, context: Context) -> usage_pb2.IngestAck:
+        seq, result = await self.sequencer.run(self._command(request))
+        assert isinstance(result, IngestResult)
+        return convert.ingest_ack(request.batch_id, seq, result)
+
+    @streaming
+    async def IngestUsage(
+        self, request_iterator: AsyncIterator[usage_pb2.UsageBatch], context: Context
+    ) -> AsyncIterator[usage_pb2.IngestAck]:
+        # Batches are submitted as they arrive (so concurrent streams share group commits) and acked in order.
+        # The bounded queue stops reading the stream when too many batches await their commit.
+        in_flight: asyncio.Queue[tuple[str, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue(
+            STREAM_BATCHES_IN_FLIGHT_MAX
+        )
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    future: asyncio.Future[tuple[int, object]]
+                    try:
+                        future = self.sequencer.submit(self._command(batch))
+                    except ResourceExhausted as exc:
+                        future = asyncio.get_running_loop().create_future()
+                        future.set_exception(exc)
+                    await in_flight.put((batch.batch_id, future))
+            finally:
+                await in_flight.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await in_flight.get()) is not None:
+                batch_id, future = item
+                seq, result = await future
+                assert isinstance(result, IngestResult)
+                yield convert.ingest_ack(batch_id, seq, result)
+            await reader
+        finally:
+            reader.cancel()
+
+
+class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
+    @unary
+    async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Context) -> balance_pb2.Balance:
+        if not request.customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        return convert.balance_pb(self.engine.balance(request.customer_id, self.clock_ms()))
+
+    def _decide(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
+        if request.reserve or request.reservation_id:
+            raise Unimplemented("reservations (reserve, reservation_id) are not implemented yet")
+        if not request.customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        if not request.event_type:
+            raise InvalidArgument.field("event_type", "is required")
+        estimate = self.engine.estimate(
+            request.customer_id, request.event_type, dict(request.dimensions), dict(request.values), self.clock_ms()
+        )
+        return convert.authorize_response(request.request_id, estimate)
+
+    @unary
+    async def Authorize(self, request: balance_pb2.AuthorizeRequest, context: Context) -> balance_pb2.AuthorizeResponse:
+        response = self._decide(request)
+        if response.reason == "UNKNOWN_CUSTOMER":
+            raise NotFound(response.message)
+        return response
+
+    @streaming
+    async def AuthorizeStream(
+        self, request_iterator: AsyncIterator[balance_pb2.AuthorizeRequest], context: Context
+    ) -> AsyncIterator[balance_pb2.AuthorizeResponse]:
+        async for request in request_iterator:
+            if not request.request_id:
+                raise InvalidArgument.field("request_id", "is required on AuthorizeStream to correlate answers")
+            yield self._decide(request)
+
+    @unary
+    async def ReleaseReservation(
+        self, request: balance_pb2.ReleaseReservationRequest, context: Context
+    ) -> balance_pb2.ReleaseReservationResponse:
+        raise Unimplemented("ReleaseReservation: reservations are not implemented yet")
+
+    @streaming
+    async def WatchBalance(
+        self, request: balance_pb2.WatchBalanceRequest, context: Context
+    ) -> AsyncIterator[balance_pb2.Balance]:
+        raise Unimplemented("WatchBalance: balance streaming is not implemented yet")
+        yield balance_pb2.Balance()
+
+
+class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
+    @unary
+    async def CreateProduct(self, request: pricing_pb2.CreateProductRequest, context: Context) -> pricing_pb2.Product:
+        _, product = await self.sequencer.run(convert.create_product(request, self.clock_ms(), actor_of(context)))
+        return convert.product_pb(product)  # type: ignore[arg-type]
+
+    @unary
+    async def ListProducts(
+        self, request: pricing_pb2.ListProductsRequest, context: Context
+    ) -> pricing_pb2.ListProductsResponse:
+        return pricing_pb2.ListProductsResponse(
+            products=[convert.product_pb(p) for p in self.engine.state.products.values()]
+        )
+
+    @unary
+    async def CreateRateCard(
+        self, request: pricing_pb2.CreateRateCardRequest, context: Context
+    ) -> pricing_pb2.RateCard:
+        command = cmd.CreateRateCard(self.clock_ms(), actor_of(context), request.id, request.name, request.pricing_unit)
+        _, card = await self.sequencer.run(command)
+        return convert.rate_card_pb(card, self.clock_ms())  # type: ignore[arg-type]
+
+    @unary
+    async def GetRateCard(self, request: pricing_pb2.GetRateCardRequest, context: Context) -> pricing_pb2.RateCard:
+        return convert.rate_card_pb(self.engine.rate_card(request.id), self.clock_ms())
+
+    @unary
+    async def CreateDraftVersion(
+        self, request: pricing_pb2.CreateDraftVersionRequest, context: Context
+    ) -> pricing_pb2.RateCardVersion:
+        _, version = await self.sequencer.run(convert.create_draft(request, self.clock_ms(), actor_of(context)))
+        return convert.version_pb(version)  # type: ignore[arg-type]
+
+    @unary
+    async def ValidateVersion(
+        self, request: pricing_pb2.ValidateVersionRequest, context: Context
+    ) -> pricing_pb2.ValidationReport:
+        return convert.findings_pb(self.engine.validate_version(request.rate_card_id, request.version))
+
+    @unary
+    async def PublishVersion(
+        self, request: pricing_pb2.PublishVersionRequest, context: Context
+    ) -> pricing_pb2.PublishVersionResponse:
+        if request.HasField("cohort") and request.cohort.ByteSize():
+            raise Unimplemented("PublishVersion with a cohort: cohort rollouts are not implemented yet")
+        command = cmd.PublishVersion(
+            self.clock_ms(),
+            actor_of(context),
+            request.rate_card_id,
+            request.version,
+            convert.optional_ms(request, "effective_from"),
+        )
+        _, result = await self.sequencer.run(command)
+        assert isinstance(result, PublishResult)
+        return pricing_pb2.PublishVersionResponse(
+            version=convert.version_pb(result.version),
+            events_rerated=result.events_rerated,
+            validation=convert.findings_pb(result.findings),
+        )
+
+    @unary
+    async def ListVersions(
+        self, request: pricing_pb2.ListVersionsRequest, context: Context
+    ) -> pricing_pb2.ListVersionsResponse:
+        card = self.engine.rate_card(request.rate_card_id)
+        return pricing_pb2.ListVersionsResponse(versions=[convert.version_pb(v) for v in card.versions])
+
+    @unary
+    async def GetVersion(self, request: pricing_pb2.GetVersionRequest, context: Context) -> pricing_pb2.RateCardVersion:
+        card = self.engine.rate_card(request.rate_card_id)
+        if request.WhichOneof("selector") == "at":
+            number = card.version_number_at(convert.ms_of(request.at))
+            if number is None:
+                raise NotFound(f"rate card {card.id!r} has no version in force at that time")
+        else:
+            number = request.version
+        return convert.version_pb(card.version(number))
+
+    @unary
+    async def GetAuditLog(
+        self, request: pricing_pb2.GetAuditLogRequest, context: Context
+    ) -> pricing_pb2.GetAuditLogResponse:
+        page_size = min(request.page_size or 100, PAGE_SIZE_MAX)
+        entries = []
+        for entry in self.engine.state.audit:
+            if entry.seq <= request.after_seq or (request.target and not entry.target.startswith(request.target)):
+                continue
+            entries.append(
+                pricing_pb2.AuditEntry(
+                    seq=entry.seq,
+                    time=convert.timestamp(entry.at_ms),
+                    actor=entry.actor,
+                    action=entry.action,
+                    target=entry.target,
+                    diff=entry.diff,
+                )
+            )
+            if len(entries) == page_size:
+                break
+        return pricing_pb2.GetAuditLogResponse(entries=entries)
+
+    @unary
+    async def RollbackRateCard(
+        self, request: pricing_pb2.RollbackRateCardRequest, context: Context
+    ) -> pricing_pb2.PublishVersionResponse:
+        raise Unimplemented("RollbackRateCard is not implemented yet")
+
+    @unary
+    async def DiffVersions(
+        self, request: pricing_pb2.DiffVersionsRequest, context: Context
+    ) -> pricing_pb2.DiffVersionsResponse:
+        raise Unimplemented("DiffVersions is not implemented yet")
+
+    @unary
+    async def SimulateVersion(
+        self, request: pricing_pb2.SimulateVersionRequest, context: Context
+    ) -> pricing_pb2.SimulateVersionResponse:
+        raise Unimplemented("SimulateVersion is not implemented yet")
+
+
+class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
+    @unary
+    async def CreateCustomer(
+        self, request: contracts_pb2.CreateCustomerRequest, context: Context
+    ) -> contracts_pb2.Customer:
+        command = cmd.CreateCustomer(
+            self.clock_ms(), actor_of(context), request.id, request.name, dict(request.attributes)
+        )
+        _, customer = await self.sequencer.run(command)
+        return convert.customer_pb(customer)  # type: ignore[arg-type]
+
+    @unary
+    async def GetCustomer(self, request: contracts_pb2.GetCustomerRequest, context: Context) -> contracts_pb2.Customer:
+        return convert.customer_pb(self.engine.customer(request.id))
+
+    @unary
+    async def ListCustomers(
+        self, request: contracts_pb2.ListCustomersRequest, context: Context
+    ) -> contracts_pb2.ListCustomersResponse:
+        page_size = min(request.page_size or 100, PAGE_SIZE_MAX)
+        ids = sorted(self.engine.state.customers)
+        start = 0
+        if request.page_token:
+            import bisect
+
+            start = bisect.bisect_right(ids, request.page_token)
+        page = ids[start : start + page_size]
+        next_token = page[-1] if start + page_size < len(ids) and page else ""
+        return contracts_pb2.ListCustomersResponse(
+            customers=[convert.customer_pb(self.engine.state.customers[i]) for i in page], next_page_token=next_token
+        )
+
+    @unary
+    async def CreateContract(
+        self, request: contracts_pb2.CreateContractRequest, context: Context
+    ) -> contracts_pb2.Contract:
+        if not request.customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        if not request.rate_card_id:
+            raise InvalidArgument.field("rate_card_id", "is required")
+        command = cmd.CreateContract(
+            self.clock_ms(),
+            actor_of(context),
+            request.id or f"{request.customer_id}-{uuid.uuid4().hex[:8]}",
+            request.customer_id,
+            request.rate_card_id,
+            convert.optional_ms(request, "starting_at"),
+            convert.optional_ms(request, "ending_before"),
+            convert.overage_policy(request.overage_policy),
+            request.overage_price,
+            request.currency,
+        )
+        _, contract = await self.sequencer.run(command)
+        return self._contract_pb(contract.id)  # type: ignore[attr-defined]
+
+    def _contract_pb(self, contract_id: str) -> contracts_pb2.Contract:
+        contract = self.engine.contract(contract_id)
+        account = self.engine.state.accounts[contract.customer_id]
+        return convert.contract_pb(contract, [g for g in account.grants if g.contract_id in ("", contract.id)])
+
+    @unary
+    async def GetContract(self, request: contracts_pb2.GetContractRequest, context: Context) -> contracts_pb2.Contract:
+        return self._contract_pb(request.id)
+
+    @unary
+    async def AddOverride(self, request: contracts_pb2.AddOverrideRequest, context: Context) -> contracts_pb2.Contract:
+        at_ms = self.clock_ms()
+        override = convert.override(request.override, f"override-{uuid.uuid4().hex[:12]}", at_ms)
+        _, contract = await self.sequencer.run(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override))
+        return self._contract_pb(contract.id)  # type: ignore[attr-defined]
+
+    @unary
+    async def GrantCredits(self, request: contracts_pb2.GrantCreditsRequest, context: Context) -> contracts_pb2.Grant:
+        command = convert.grant_credits(request, f"grant-{uuid.uuid4().hex[:16]}", self.clock_ms(), actor_of(context))
+        _, grant = await self.sequencer.run(command)
+        return convert.grant_pb(grant)  # type: ignore[arg-type]
+
+    @unary
+    async def SetTopUpPolicy(
+        self, request: contracts_pb2.SetTopUpPolicyRequest, context: Context
+    ) -> contracts_pb2.Contract:
+        raise Unimplemented("SetTopUpPolicy: automatic top-ups are not implemented yet")
+
+
+class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
+    """Invoices and revenue reports come with the invoicing issue; every RPC says so."""
+
+    @unary
+    async def PreviewInvoice(
+        self, request: invoices_pb2.PreviewInvoiceRequest, context: Context
+    ) -> invoices_pb2.Invoice:
+        raise Unimplemented("PreviewInvoice is not implemented yet (balances: BalanceService.GetBalance)")
+
+    @unary
+    async def ExplainLineItem(
+        self, request: invoices_pb2.ExplainLineItemRequest, context: Context
+    ) -> invoices_pb2.ExplainLineItemResponse:
+        raise Unimplemented("ExplainLineItem is not implemented yet")
+
+    @unary
+    async def ClosePeriod(self, request: invoices_pb2.ClosePeriodRequest, context: Context) -> invoices_pb2.Invoice:
+        raise Unimplemented("ClosePeriod is not implemented yet")
+
+    @unary
+    async def GetInvoice(self, request: invoices_pb2.GetInvoiceRequest, context: Context) -> invoices_pb2.Invoice:
+        raise Unimplemented("GetInvoice is not implemented yet")
+
+    @unary
+    async def ListInvoices(
+        self, request: invoices_pb2.ListInvoicesRequest, context: Context
+    ) -> invoices_pb2.ListInvoicesResponse:
+        raise Unimplemented("ListInvoices is not implemented yet")
+
+    @unary
+    async def GetRevenueReport(
+        self, request: invoices_pb2.GetRevenueReportRequest, context: Context
+    ) -> invoices_pb2.RevenueReport:
+        raise Unimplemented("GetRevenueReport is not implemented yet")
+
+
+class AlertService(alerts_pb2_grpc.AlertServiceServicer):
+    @unary
+    async def CreateAlert(self, request: alerts_pb2.CreateAlertRequest, context: Context) -> alerts_pb2.AlertRule:
+        raise Unimplemented("CreateAlert: alerts are not implemented yet")
+
+    @streaming
+    async def WatchAlerts(
+        self, request: alerts_pb2.WatchAlertsRequest, context: Context
+    ) -> AsyncIterator[alerts_pb2.Alert]:
+        raise Unimplemented("WatchAlerts: alerts are not implemented yet")
+        yield alerts_pb2.Alert()
