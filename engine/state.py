@@ -177,6 +177,8 @@ class Engine:
     _compiled: dict[tuple[str, int], CompiledVersion] = field(default_factory=dict)
     _products_by_event_type: dict[str, list[Product]] = field(default_factory=dict)
     _contracts_by_customer: dict[str, list[Contract]] = field(default_factory=dict)
+    # contract id -> the period last used: consecutive events almost always fall in the same one.
+    _periods: dict[str, Period] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._reindex()
@@ -185,6 +187,7 @@ class Engine:
         """Replaces the whole state (recovery after a failed commit) and rebuilds what derives from it."""
         self.state = state
         self._compiled.clear()
+        self._periods.clear()
         self._reindex()
 
     # Snapshots ---------------------------------------------------------------------------------------------
@@ -548,7 +551,9 @@ class Engine:
             raise Refusal(
                 RejectReason.NO_ACTIVE_CONTRACT, f"customer {event.customer_id!r} has no contract covering {ts}"
             )
-        period = period_containing(contract.starting_at_ms, ts)
+        period = self._periods.get(contract.id)
+        if period is None or not period.contains(ts):
+            period = self._periods[contract.id] = period_containing(contract.starting_at_ms, ts)
         if period.start_ms in account.closed_periods:
             raise Refusal(RejectReason.PERIOD_CLOSED, f"the period starting {period.start_ms} is closed")
         feeding = [p for p in self._products_by_event_type.get(event.event_type, ()) if p.accepts(event.dimensions)]

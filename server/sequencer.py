@@ -135,6 +135,7 @@ class Sequencer:
         self._writer_thread.shutdown(wait=True)
 
     async def _run(self) -> None:
+        group: list[_Submission] = []
         try:
             while True:
                 group = [await self._queue.get()]
@@ -149,7 +150,10 @@ class Sequencer:
             self.failure = exc
             log.critical("the writer stopped: %r", exc, exc_info=exc)
             while not self._queue.empty():
-                self._queue.get_nowait().future.set_exception(Unavailable("the writer stopped"))
+                group.append(self._queue.get_nowait())
+            for submission in group:
+                if not submission.future.done():
+                    submission.future.set_exception(Unavailable("the writer stopped; nothing more was committed"))
             raise
         finally:
             self.stopped.set()

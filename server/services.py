@@ -132,8 +132,11 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
     @unary
     async def Authorize(self, request: balance_pb2.AuthorizeRequest, context: Context) -> balance_pb2.AuthorizeResponse:
         response = self._decide(request)
+        # A unary caller made a mistake it can fix: say so with a status. The stream answers in-band instead.
         if response.reason == "UNKNOWN_CUSTOMER":
             raise NotFound(response.message)
+        if response.reason == "INVALID_REQUEST":
+            raise InvalidArgument.field("values" if "values[" in response.message else "request", response.message)
         return response
 
     @streaming

@@ -1,0 +1,50 @@
+"""Shared fixtures: real server processes (tests/serverproc.py) and the `slow` marker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+# Tests import helpers as `tests.serverproc`: pyproject's `pythonpath = ["."]` puts the repo root on sys.path.
+from tests.serverproc import ServerFactory, ServerProcess
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: long-running; `make test-fast` deselects it")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    """A function creating ServerProcess objects (data under tmp_path/NAME/data), started unless
+    start=False; every one is killed at teardown, and its log tail printed (shown on failure)."""
+    servers: list[ServerProcess] = []
+
+    def make(
+        *,
+        demo: bool = False,
+        extra_args: Sequence[str] = (),
+        name: str | None = None,
+        start: bool = True,
+        api_key: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
+        name = name or f"server{len(servers)}"
+        server = ServerProcess(tmp_path / name / "data", demo=demo, extra_args=extra_args, api_key=api_key, env=env)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+        if server.starts:
+            print(f"--- {server!r}: {server.log_path} (tail) ---\n{server.log_tail(40)}")
+
+
+@pytest.fixture
+def demo_server(server_factory: ServerFactory) -> ServerProcess:
+    """A started server with the demo catalogue (`--demo`), fresh for each test."""
+    return server_factory(demo=True, name="demo")
