@@ -34,6 +34,8 @@ GROUP_COMMANDS_MAX = 256
 GROUP_EVENTS_MAX = 50_000
 DEDUPE_WINDOW_MS_DEFAULT = 35 * 24 * 3600 * 1000
 SNAPSHOT_EVERY_RECORDS_DEFAULT = 5_000
+PRUNE_EVERY_COMMITS = 1_000
+PRUNE_ENTRIES_MAX = 10_000
 
 
 class Outcome(msgspec.Struct, frozen=True, array_like=True):
@@ -215,6 +217,18 @@ class Sequencer:
         self._records_since_snapshot += len(records)
         if self._records_since_snapshot >= self.snapshot_every_records:
             await self._snapshot()
+        if self.commits % PRUNE_EVERY_COMMITS == 0:
+            # Entries older than the window no longer decide anything (lookups ignore them): reclaim their space
+            # a bounded slice at a time, on the writer thread, between groups.
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._writer_thread,
+                    self.journal.prune_transactions,
+                    now_ms - self.dedupe_window_ms,
+                    PRUNE_ENTRIES_MAX,
+                )
+            except JournalFull:
+                log.warning("the journal is too full even to prune the dedupe index: grow --map-size-mb")
 
     def _with_known(self, batch: cmd.IngestBatch, pending: dict[str, DedupeEntry], now_ms: int) -> cmd.IngestBatch:
         """The batch with the dedupe hits for its transaction ids: this group's, then the index's (in window)."""
@@ -235,7 +249,12 @@ class Sequencer:
         if seq == 0:
             return
         blob = self.engine.encode_snapshot()
-        await asyncio.get_running_loop().run_in_executor(self._writer_thread, self.journal.save_snapshot, seq, blob)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._writer_thread, self.journal.save_snapshot, seq, blob)
+        except JournalFull:
+            # The journal alone still recovers everything; only restart time suffers.
+            log.warning("no room for a snapshot at seq %d: grow --map-size-mb", seq)
+            return
         self._records_since_snapshot = 0
 
 
