@@ -82,7 +82,7 @@ def test_a_full_journal_answers_resource_exhausted_and_leaves_no_trace_in_state(
             await sequencer.run(huge)
         assert sequencer.engine.encode_snapshot() == state_before[0]
         journal._capacity_bytes = None
-        seq, result = await sequencer.run(huge)
+        _, result = await sequencer.run(huge)
         assert isinstance(result, IngestResult) and result.accepted == 50
 
     engine = run_with(journal, body)
