@@ -38,3 +38,7 @@ class AlreadyExists(EngineError):
 
 class FailedPrecondition(EngineError):
     """The request is well formed but the state does not allow it (e.g. overlapping contracts)."""
+
+
+class Unimplemented(EngineError):
+    """A well-formed request whose behaviour is not built yet; it changed nothing."""

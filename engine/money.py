@@ -19,6 +19,10 @@ _PICO = Decimal(1).scaleb(-12)
 # Wide enough that no product of a price, a quantity and a ratio loses a digit before the final rounding.
 DECIMAL_CONTEXT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.InvalidOperation])
 DECIMAL_TEXT_MAX = 64
+# Every decimal that enters (an amount, a price, a parameter, a usage value) is below 10^18 in magnitude and
+# has at most 18 decimal places, so no product of a few of them comes near DECIMAL_CONTEXT's 60 digits.
+MAGNITUDE_LIMIT = Decimal(10) ** 18
+PLACES_MAX = 18
 
 
 def parse_decimal(text: str, field: str, *, allow_negative: bool = False) -> Decimal:
@@ -31,9 +35,22 @@ def parse_decimal(text: str, field: str, *, allow_negative: bool = False) -> Dec
         raise InvalidArgument.field(field, f"{text!r} is not a decimal number") from None
     if not value.is_finite():
         raise InvalidArgument.field(field, f"{text!r} is not a finite number")
+    if not in_range(value):
+        raise InvalidArgument.field(
+            field, f"{text!r} is out of range: below 10^18 with at most {PLACES_MAX} decimal places"
+        )
     if value < 0 and not allow_negative:
         raise InvalidArgument.field(field, f"{text!r} must not be negative")
     return value
+
+
+def in_range(value: Decimal) -> bool:
+    """Finite, below 10^18 in magnitude, at most 18 decimal places (exponent >= -18 once normalized)."""
+    if not value.is_finite():
+        return False
+    if value == 0:
+        return True
+    return abs(value) < MAGNITUDE_LIMIT and value.normalize(DECIMAL_CONTEXT).as_tuple().exponent >= -PLACES_MAX  # type: ignore[operator]
 
 
 def decimal_from_double(value: float) -> Decimal:

@@ -20,7 +20,7 @@ import msgspec
 
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.formula import FormulaError, evaluate
-from engine.money import DECIMAL_CONTEXT
+from engine.money import DECIMAL_CONTEXT, in_range
 from engine.products import Product
 
 HOUR_MS = 3_600_000
@@ -118,6 +118,9 @@ class RateCard(msgspec.Struct):
     versions: list[Version] = []
     # (effective_from_ms, version number) of published versions, ascending: the timeline of prices.
     timeline: list[tuple[int, int]] = []
+    # Hours (Unix ms // HOUR_MS) in which this card has priced usage: a version taking over one of them would
+    # have to re-rate it. Versions start on hours, so hour buckets decide exactly.
+    rated_hours: set[int] = set()
 
     def version(self, number: int) -> Version:
         if not 1 <= number <= len(self.versions):
@@ -125,6 +128,12 @@ class RateCard(msgspec.Struct):
         found = self.versions[number - 1]
         assert found.number == number
         return found
+
+    def rated_hours_taken_over(self, effective_from_ms: int) -> list[int]:
+        """Hours with rated usage that a version published now with this effective_from would price."""
+        later = [start for start, _ in self.timeline if start > effective_from_ms]
+        until_hour = min(later) // HOUR_MS if later else 2**62
+        return sorted(h for h in self.rated_hours if effective_from_ms // HOUR_MS <= h < until_hour)
 
     def version_number_at(self, ts_ms: int) -> int | None:
         """The newest-effective published version in force at ts_ms (later publication wins a tie)."""
@@ -434,6 +443,13 @@ def _curve(
             value = evaluate(text, parameters)
         except FormulaError as exc:
             findings.append(Finding(Severity.ERROR, field_path, f"{text!r} {exc}"))
+            return Decimal(1)
+        if not in_range(value):
+            findings.append(
+                Finding(
+                    Severity.ERROR, field_path, f"{text!r} = {value} is out of range (below 10^18, at most 18 places)"
+                )
+            )
             return Decimal(1)
         if value < 0 or (positive and value == 0):
             findings.append(

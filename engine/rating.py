@@ -98,6 +98,7 @@ class PlannedCharge:
     measure: Decimal | str
     ts_ms: int
     quantity_after: Decimal
+    rate_card_id: str
     version: int
     charge: int  # picos; negative when the price of the aggregate fell (LATEST, volume tiers)
 
@@ -145,12 +146,13 @@ def plan_charge(
     measure: Decimal | str,
     ts_ms: int,
     curve: PriceCurve,
+    rate_card_id: str,
     version: int,
 ) -> PlannedCharge:
     current = aggregate if aggregate is not None else _EMPTY
     after = current.quantity_after(product.aggregation, measure, ts_ms)
     charge = to_picos(curve.amount(after)) - to_picos(curve.amount(current.quantity))
-    return PlannedCharge(product, key, measure, ts_ms, after, version, charge)
+    return PlannedCharge(product, key, measure, ts_ms, after, rate_card_id, version, charge)
 
 
 _EMPTY = Aggregate()

@@ -19,7 +19,7 @@ import msgspec
 
 from engine import commands as cmd
 from engine.contracts import Contract, Customer, OveragePolicy, Override, Period, period_containing
-from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from engine.ledger import Draw, Grant, GrantKind, draw, refund, simulate_draw
 from engine.money import parse_decimal, to_picos
 from engine.products import Aggregation, Product
@@ -52,6 +52,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TEXT_BYTES_MAX = 256
 EVENT_MAP_ENTRIES_MAX = 64
 FUTURE_SKEW_MS_DEFAULT = 5 * 60 * 1000
+USAGE_VALUE_MAX = 1e15  # per event; aggregates of many such still fit the 60-digit arithmetic
 AUDIT_DIFF_BYTES_MAX = 64 * 1024
 
 
@@ -345,6 +346,13 @@ class Engine:
         version = card.version(c.version)
         effective_from_ms = c.effective_from_ms if c.effective_from_ms is not None else c.at_ms - c.at_ms % HOUR_MS
         check_publishable(version, effective_from_ms)
+        taken_over = card.rated_hours_taken_over(effective_from_ms)
+        if taken_over:
+            raise Unimplemented(
+                f"rate card {card.id!r} has already rated usage in {len(taken_over)} hour(s) this version would price, "
+                f"the first from {taken_over[0] * HOUR_MS} (Unix ms): re-rating is not implemented yet; "
+                "publish with an effective_from after that usage"
+            )
         findings = validate(version, self.state.products)
         errors = [f for f in findings if f.severity is Severity.ERROR]
         if errors:
@@ -498,6 +506,8 @@ class Engine:
                     continue
                 account, period, plans = self._plan(event)
                 self._record(account, period, plans, event, entries if collect_entries else None)
+                for plan in plans[:1]:
+                    self.state.rate_cards[plan.rate_card_id].rated_hours.add(event.timestamp_ms // HOUR_MS)
                 new[event.transaction_id] = digest
                 accepted += 1
             except Refusal as refusal:
@@ -531,6 +541,9 @@ class Engine:
                 raise invalid(f"values[{key!r}] is {value}: must be a finite number")
             if value < 0:
                 raise invalid(f"values[{key!r}] is {value}: must not be negative")
+        for key, value in event.values.items():
+            if value >= USAGE_VALUE_MAX:
+                raise invalid(f"values[{key!r}] is {value}: must be below {USAGE_VALUE_MAX:.0e}")
         if event.timestamp_ms > now_ms + self.future_skew_ms:
             raise Refusal(
                 RejectReason.TIMESTAMP_OUT_OF_RANGE,
@@ -569,7 +582,15 @@ class Engine:
                 dimension_key = product.dimension_key(event.dimensions)
                 key = (period.start_ms, product.id, dimension_key)
                 curve = curve_for(product, dimension_key, version, contract, ts)
-                plans.append(plan_charge(product, key, account.aggregates.get(key), measure, ts, curve, number))
+                try:
+                    plans.append(
+                        plan_charge(product, key, account.aggregates.get(key), measure, ts, curve, card.id, number)
+                    )
+                except ArithmeticError:
+                    # Inputs are bounded (engine.money), so only an aggregate grown beyond all reason gets here.
+                    raise Refusal(
+                        RejectReason.INVALID_EVENT, f"the charge for product {product.id!r} is out of range"
+                    ) from None
         return account, period, plans
 
     def _record(

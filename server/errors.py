@@ -17,9 +17,11 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from engine.errors import AlreadyExists, EngineError, FailedPrecondition, InvalidArgument, NotFound
+from engine.errors import AlreadyExists, EngineError, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 
 log = logging.getLogger("tariff.errors")
+
+__all__ = ["ResourceExhausted", "Unavailable", "Unimplemented", "abort", "streaming", "to_status", "unary"]
 
 # grpc ships no type information: a servicer context is typed as Any.
 Context: TypeAlias = Any
@@ -35,10 +37,6 @@ class ResourceExhausted(EngineError):
 
 class Unavailable(EngineError):
     """The server is shutting down or its writer stopped: retry elsewhere or later."""
-
-
-class Unimplemented(EngineError):
-    """An RPC of the contract whose behaviour has not been built yet."""
 
 
 _CODES: list[tuple[type[EngineError], grpc.StatusCode]] = [

@@ -1,0 +1,302 @@
+"""Operating the server: health, reflection, graceful shutdown, the loopback rule, a full LMDB map, the README.
+
+Real server processes (tests/serverproc.py). Demo prices used here (server/demo.py): a simple summary on
+gpt-4o-mini costs summary_base * mini_factor = 1 x 0.5 = 0.5 credits; a complex summary on gpt-4 costs
+summary_base * gpt4_factor * complex_factor + crm_surcharge = 1 x 2.5 x 2 + 0 = 5. acme holds 50,000 credits.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tariff import TariffClient, now_ms
+from tariff.v1 import balance_pb2, usage_pb2
+
+from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
+
+ACME = "acme"
+TARIFF_SERVICES = [
+    "tariff.v1.UsageService",
+    "tariff.v1.BalanceService",
+    "tariff.v1.PricingService",
+    "tariff.v1.ContractService",
+    "tariff.v1.InvoiceService",
+    "tariff.v1.AlertService",
+]
+CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
+CHEAP = {"action": "summary", "model": "gpt-4o-mini", "complexity": "simple", "data_source": "crm"}  # 0.5
+COMPLEX = {"action": "summary", "model": "gpt-4", "complexity": "complex", "data_source": "crm"}  # 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def assert_amount(actual: str, expected: str) -> None:
+    """A wire amount: numerically equal AND in the canonical text the hand computation gives."""
+    assert Decimal(actual) == Decimal(expected), f"{actual!r} != {expected!r}"
+    assert actual == expected, f"not canonical: {actual!r}, expected {expected!r}"
+
+
+def batch_of(batch_id: str, prefix: str, count: int, dims: dict[str, str]) -> usage_pb2.UsageBatch:
+    at = now_ms() - 1_000
+    return usage_pb2.UsageBatch(
+        batch_id=batch_id,
+        events=[
+            usage_pb2.UsageEvent(
+                transaction_id=f"{prefix}-{i}",
+                customer_id=ACME,
+                event_type="ai_action",
+                timestamp_ms=at,
+                dimensions=dims,
+            )
+            for i in range(count)
+        ],
+    )
+
+
+class Bidi:
+    """One IngestUsage bidi call driven in lockstep: send a batch, read its ack."""
+
+    def __init__(self, client: TariffClient) -> None:
+        self._requests: queue.Queue[usage_pb2.UsageBatch | None] = queue.Queue()
+        self._responses: Iterator[usage_pb2.IngestAck] = client.usage.IngestUsage(iter(self._requests.get, None))
+
+    def send(self, batch: usage_pb2.UsageBatch) -> usage_pb2.IngestAck:
+        self.write(batch)
+        return self.read()
+
+    def write(self, batch: usage_pb2.UsageBatch) -> None:
+        self._requests.put(batch)
+
+    def read(self) -> usage_pb2.IngestAck:
+        return next(self._responses)
+
+    def end_requests(self) -> None:
+        self._requests.put(None)
+
+    def close(self) -> None:
+        self.end_requests()
+        assert list(self._responses) == [], "no ack without a batch"
+
+
+def credits_money(balance: balance_pb2.Balance) -> tuple[str, str, str, str]:
+    return (balance.credits_remaining, balance.credits_available, balance.period_charges, balance.overage_amount)
+
+
+# ---------------------------------------------------------------------------------------------
+# Health and reflection
+
+
+def test_health_reports_serving_for_the_server_and_every_service(demo_server: ServerProcess) -> None:
+    with grpc.insecure_channel(demo_server.target, options=CHANNEL_OPTIONS) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ["", *TARIFF_SERVICES]:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as caught:
+            health.Check(health_pb2.HealthCheckRequest(service="tariff.v1.NoSuchService"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_the_services_and_serves_their_descriptors(demo_server: ServerProcess) -> None:
+    with grpc.insecure_channel(demo_server.target, options=CHANNEL_OPTIONS) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="tariff.v1.UsageService"),
+        ]
+        listed, described = list(reflection.ServerReflectionInfo(iter(requests), timeout=10))
+        names = {service.name for service in listed.list_services_response.service}
+        assert set(TARIFF_SERVICES) <= names
+        assert "grpc.health.v1.Health" in names
+        assert "grpc.reflection.v1alpha.ServerReflection" in names
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(blob)
+            for blob in described.file_descriptor_response.file_descriptor_proto
+        ]
+        usage_file = next(f for f in files if f.name == "tariff/v1/usage.proto")
+        assert usage_file.package == "tariff.v1"
+        assert [m.name for m in usage_file.service[0].method] == ["IngestUsage", "IngestUsageBatch"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Graceful shutdown
+
+
+def test_sigterm_stops_cleanly_and_restart_has_everything_acknowledged(demo_server: ServerProcess) -> None:
+    first = batch_of("t-1", "term-a", 3, COMPLEX)  # 3 x 5 = 15
+    last = batch_of("t-2", "term-b", 4, CHEAP)  # 4 x 0.5 = 2
+    with demo_server.client() as client:
+        stream = Bidi(client)
+        assert stream.send(first).accepted == 3
+        last_ack = stream.send(last)
+        assert (last_ack.batch_id, last_ack.accepted) == ("t-2", 4)
+        stream.close()
+        before = client.get_balance(ACME)
+    # 15 + 2 = 17 drawn; 50000 - 17 = 49983
+    assert_amount(before.credits_remaining, "49983")
+    assert before.as_of_seq == last_ack.journal_seq
+
+    assert demo_server.terminate() == 0
+    assert not demo_server.running
+    log = demo_server.log_tail(20)
+    assert "shutting down" in log
+    assert f"stopped at journal seq {last_ack.journal_seq}" in log
+
+    demo_server.start()
+    with demo_server.client() as client:
+        after = client.get_balance(ACME)
+        assert after.as_of_seq == last_ack.journal_seq
+        assert credits_money(after) == credits_money(before)
+        assert_amount(after.credits_remaining, "49983")
+        assert_amount(after.grants[0].recognized_revenue, "15.3")  # 17 x 45000/50000 = 15.3
+        # The last acknowledged batch is known: resent, it is all duplicates.
+        again = client.ingest_batch(last.events, batch_id="t-2-again")
+        assert (again.accepted, again.duplicates, list(again.rejected)) == (0, 4, [])
+
+
+def test_sigterm_lets_an_in_flight_batch_commit_and_be_acknowledged(demo_server: ServerProcess) -> None:
+    opening = batch_of("open", "inflight-a", 2, COMPLEX)  # 2 x 5 = 10
+    in_flight = batch_of("in-flight", "inflight-b", 10_000, CHEAP)  # 10,000 x 0.5 = 5,000
+    with demo_server.client() as client:
+        stream = Bidi(client)
+        assert stream.send(opening).accepted == 2  # the call is established
+        assert demo_server.proc is not None
+        stream.write(in_flight)
+        demo_server.proc.send_signal(signal.SIGTERM)  # while the server reads, rates or commits the batch
+        ack = stream.read()
+        assert (ack.batch_id, ack.accepted, ack.duplicates, list(ack.rejected)) == ("in-flight", 10_000, 0, [])
+        stream.close()
+    assert demo_server.terminate() == 0
+    assert f"stopped at journal seq {ack.journal_seq}" in demo_server.log_tail(20)
+
+    demo_server.start()
+    with demo_server.client() as client:
+        balance = client.get_balance(ACME)
+        assert balance.as_of_seq == ack.journal_seq
+        # 10 + 5000 = 5010 drawn; 50000 - 5010 = 44990
+        assert_amount(balance.credits_remaining, "44990")
+
+
+def test_non_loopback_listen_without_insecure_exits_nonzero_with_a_message(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--listen", f"0.0.0.0:{port}", "--data-dir", str(tmp_path / "d")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "--insecure" in output, output
+    assert "0.0.0.0" in output, output
+
+
+# ---------------------------------------------------------------------------------------------
+# A full LMDB map
+
+
+def test_full_map_answers_resource_exhausted_commits_nothing_and_a_bigger_map_takes_the_batch(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(demo=True, extra_args=["--map-size-mb", "1"], name="small-map")
+    size = 500  # events per batch, 0.5 credits each: 250 credits a batch
+    sent: list[usage_pb2.UsageBatch] = []
+    acked: list[usage_pb2.IngestAck] = []
+    failed: usage_pb2.UsageBatch | None = None
+    with server.client() as client:
+        stream = Bidi(client)
+        for n in range(200):
+            batch = batch_of(f"fill-{n}", f"fill-{n}", size, CHEAP)
+            try:
+                acked.append(stream.send(batch))
+                sent.append(batch)
+            except grpc.RpcError as exc:
+                stream.end_requests()
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                failed = batch
+                break
+        assert failed is not None, "a 1 MiB map never filled up"
+        assert len(acked) >= 1, "the map was full before the first batch"
+        assert all(ack.accepted == size for ack in acked)
+        k = len(acked)
+        # k acknowledged batches x 500 events x 0.5 credits = 250k credits; nothing from the failed one.
+        expected_remaining = str(50_000 - 250 * k)
+        balance = client.get_balance(ACME)
+        assert_amount(balance.credits_remaining, expected_remaining)
+        assert_amount(balance.period_charges, str(250 * k))
+        assert balance.as_of_seq == acked[-1].journal_seq, "the failed batch left no journal record"
+        assert server.running
+
+    server.terminate()
+    server.extra_args = ("--map-size-mb", "64")
+    server.start()
+    with server.client() as client:
+        balance = client.get_balance(ACME)
+        assert_amount(balance.credits_remaining, expected_remaining)
+        assert balance.as_of_seq == acked[-1].journal_seq
+        stream = Bidi(client)
+        resent = stream.send(failed)
+        assert (resent.batch_id, resent.accepted, resent.duplicates, list(resent.rejected)) == (
+            failed.batch_id,
+            size,
+            0,
+            [],
+        )
+        # An acknowledged batch is still known after the restart: resent as is, it is all duplicates.
+        again = stream.send(sent[0])
+        assert (again.batch_id, again.accepted, again.duplicates, list(again.rejected)) == (
+            sent[0].batch_id,
+            0,
+            size,
+            [],
+        )
+        stream.close()
+        # (k + 1) batches x 250 credits.
+        assert_amount(client.get_balance(ACME).credits_remaining, str(50_000 - 250 * (k + 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's example
+
+
+def test_readme_python_example_runs_against_a_demo_server(demo_server: ServerProcess, tmp_path: Path) -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert blocks, "README.md has no ```python block"
+    code = blocks[0]
+    assert "127.0.0.1:50051" in code
+    script = tmp_path / "readme_example.py"
+    script.write_text(code.replace("127.0.0.1:50051", demo_server.target))
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # One complex GPT-4 summary accepted: 50000 - 5 = 49995.
+    assert result.stdout.strip() == "1 49995", result.stdout + result.stderr
