@@ -104,24 +104,25 @@ def draw(grants: list[Grant], product_id: str, ts_ms: int, charge: int) -> tuple
     return draws, left
 
 
-def refund(grants: list[Grant], product_id: str, amount: int) -> tuple[list[Draw], int]:
-    """Gives back a negative price change (a LATEST gauge that fell, a volume tier that got cheaper).
+def refund(grants: list[Grant], drawn_by_grant: dict[str, int], amount: int) -> list[Draw]:
+    """Gives back `amount` of what one aggregate drew (a LATEST gauge that fell, a volume tier that got cheaper).
 
-    The refund returns credits to the grants that apply, in reverse burn order, at most what each has drawn;
-    returns the draws (negative) and what was not returned to a grant (to be taken off overage first).
+    Credits go back only to the grants that aggregate drew from, in reverse burn order, at most what it drew
+    from each; `drawn_by_grant` is updated. The caller takes the aggregate's own overage back first, so the
+    amount is always covered.
     """
-    assert amount > 0
+    assert 0 < amount <= sum(drawn_by_grant.values()), "a refund never exceeds what the aggregate drew"
     draws: list[Draw] = []
     left = amount
-    for grant in sorted(
-        (g for g in grants if g.drawn > 0 and g.applies_to(product_id)), key=Grant.burn_order, reverse=True
-    ):
-        give = min(left, grant.drawn)
+    for grant in sorted((g for g in grants if drawn_by_grant.get(g.id, 0) > 0), key=Grant.burn_order, reverse=True):
+        give = min(left, drawn_by_grant[grant.id])
         draws.append(_move(grant, -give))
+        drawn_by_grant[grant.id] -= give
         left -= give
         if left == 0:
             break
-    return draws, left
+    assert left == 0
+    return draws
 
 
 def _move(grant: Grant, credits: int) -> Draw:

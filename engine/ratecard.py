@@ -20,7 +20,7 @@ import msgspec
 
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.formula import FormulaError, evaluate
-from engine.money import DECIMAL_CONTEXT, in_range
+from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PLACES_MAX
 from engine.products import Product
 
 HOUR_MS = 3_600_000
@@ -28,6 +28,7 @@ WILDCARD = "*"
 RATES_PER_VERSION_MAX = 10_000
 PARAMETERS_PER_VERSION_MAX = 1_000
 MATCH_CACHE_ENTRIES_MAX = 100_000
+PRICE_QUANTUM = Decimal(1).scaleb(-PLACES_MAX)
 
 
 class VersionState(enum.StrEnum):
@@ -120,7 +121,7 @@ class RateCard(msgspec.Struct):
     timeline: list[tuple[int, int]] = []
     # Hours (Unix ms // HOUR_MS) in which this card has priced usage: a version taking over one of them would
     # have to re-rate it. Versions start on hours, so hour buckets decide exactly.
-    rated_hours: set[int] = set()
+    rated_hours: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
 
     def version(self, number: int) -> Version:
         if not 1 <= number <= len(self.versions):
@@ -137,7 +138,7 @@ class RateCard(msgspec.Struct):
 
     def version_number_at(self, ts_ms: int) -> int | None:
         """The newest-effective published version in force at ts_ms (later publication wins a tie)."""
-        index = bisect.bisect_right(self.timeline, (ts_ms, 2**63))
+        index = bisect.bisect_right(self.timeline, ts_ms, key=lambda entry: entry[0])
         return self.timeline[index - 1][1] if index else None
 
 
@@ -322,7 +323,8 @@ def make_draft(
         if rates.pop(key, None) is None:
             violations.append((f"remove_rates[{index}]", f"no rate for product {key[0]!r} with match {dict(key[1])}"))
     for rate in upsert_rates:
-        rates[rate.key] = rate
+        normalized = Rate(rate.product_id, normalize_match(rate.match), rate.price)
+        rates[normalized.key] = normalized
     if len(rates) > RATES_PER_VERSION_MAX:
         violations.append(("upsert_rates", f"a version holds at most {RATES_PER_VERSION_MAX} rates"))
     if len(parameters) > PARAMETERS_PER_VERSION_MAX:
@@ -444,13 +446,13 @@ def _curve(
         except FormulaError as exc:
             findings.append(Finding(Severity.ERROR, field_path, f"{text!r} {exc}"))
             return Decimal(1)
-        if not in_range(value):
+        if abs(value) >= MAGNITUDE_LIMIT:
             findings.append(
-                Finding(
-                    Severity.ERROR, field_path, f"{text!r} = {value} is out of range (below 10^18, at most 18 places)"
-                )
+                Finding(Severity.ERROR, field_path, f"{text!r} = {value} is out of range (must be below 10^18)")
             )
             return Decimal(1)
+        # A division need not terminate (1 / 3): a price is rounded half-even to 18 places, once, here.
+        value = value.quantize(PRICE_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
         if value < 0 or (positive and value == 0):
             findings.append(
                 Finding(Severity.ERROR, field_path, f"{text!r} = {value} must be {'> 0' if positive else '>= 0'}")

@@ -51,8 +51,13 @@ class Aggregate(msgspec.Struct):
     amount: int = 0  # picos charged so far
     amount_by_version: dict[int, int] = {}
     quantity_by_version: dict[int, Decimal] = {}
-    uniques: set[str] | None = None  # UNIQUE_COUNT only
+    # UNIQUE_COUNT only. A dict, not a set: its order survives a snapshot, so snapshots are byte-identical.
+    uniques: dict[str, None] | None = None
     latest_ts_ms: int = -1  # LATEST only
+    # Where the charges went: credits drawn per grant and the part no grant covered. A price that falls gives
+    # back from here. Invariant: amount == overage + sum(drawn_by_grant.values()).
+    drawn_by_grant: dict[str, int] = {}
+    overage: int = 0
 
     def quantity_after(self, aggregation: Aggregation, measure: Decimal | str, ts_ms: int) -> Decimal:
         match aggregation:
@@ -85,8 +90,8 @@ class Aggregate(msgspec.Struct):
         if charge.product.aggregation is Aggregation.UNIQUE_COUNT:
             assert isinstance(charge.measure, str)
             if self.uniques is None:
-                self.uniques = set()
-            self.uniques.add(charge.measure)
+                self.uniques = {}
+            self.uniques[charge.measure] = None
         elif charge.product.aggregation is Aggregation.LATEST:
             self.latest_ts_ms = max(self.latest_ts_ms, charge.ts_ms)
 
@@ -152,6 +157,9 @@ def plan_charge(
     current = aggregate if aggregate is not None else _EMPTY
     after = current.quantity_after(product.aggregation, measure, ts_ms)
     charge = to_picos(curve.amount(after)) - to_picos(curve.amount(current.quantity))
+    # Under a newer, dearer version the old quantity prices higher than it was charged: never give back more
+    # than the aggregate was charged in all.
+    charge = max(charge, -current.amount)
     return PlannedCharge(product, key, measure, ts_ms, after, rate_card_id, version, charge)
 
 

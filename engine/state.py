@@ -9,6 +9,7 @@ card versions that are rebuilt from it.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import re
@@ -34,6 +35,7 @@ from engine.ratecard import (
     check_publishable,
     compile_version,
     make_draft,
+    normalize_match,
     rate_key,
     validate,
 )
@@ -73,7 +75,7 @@ class Account(msgspec.Struct):
     aggregates: dict[AggregateKey, Aggregate] = {}
     period_charges: dict[int, int] = {}  # period start ms -> picos charged
     period_overage: dict[int, int] = {}  # period start ms -> picos no grant covered
-    closed_periods: set[int] = set()
+    closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
 
 
 class BillingState(msgspec.Struct):
@@ -360,8 +362,8 @@ class Engine:
         version.state = VersionState.PUBLISHED
         version.effective_from_ms = effective_from_ms
         version.published_at_ms = c.at_ms
-        card.timeline.append((effective_from_ms, version.number))
-        card.timeline.sort()
+        # After any entry with the same effective_from: of two versions effective at once, the later published wins.
+        bisect.insort_right(card.timeline, (effective_from_ms, version.number), key=lambda entry: entry[0])
         # Re-rating usage already rated under an earlier version is not done yet: such usage keeps its price.
         return PublishResult(version, 0, findings)
 
@@ -415,7 +417,7 @@ class Engine:
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:
         contract = self.contract(c.contract_id)
-        o = c.override
+        o = msgspec.structs.replace(c.override, match=normalize_match(c.override.match))
         if o.product_id not in self.state.products:
             raise InvalidArgument.field("override.product_id", f"unknown product {o.product_id!r}")
         if (o.multiplier is None) == (o.price is None):
@@ -507,7 +509,7 @@ class Engine:
                 account, period, plans = self._plan(event)
                 self._record(account, period, plans, event, entries if collect_entries else None)
                 for plan in plans[:1]:
-                    self.state.rate_cards[plan.rate_card_id].rated_hours.add(event.timestamp_ms // HOUR_MS)
+                    self.state.rate_cards[plan.rate_card_id].rated_hours[event.timestamp_ms // HOUR_MS] = None
                 new[event.transaction_id] = digest
                 accepted += 1
             except Refusal as refusal:
@@ -610,11 +612,19 @@ class Engine:
             draws: list[Draw] = []
             if charge > 0:
                 draws, overage = draw(account.grants, plan.product.id, plan.ts_ms, charge)
+                for grant_draw in draws:
+                    aggregate.drawn_by_grant[grant_draw.grant_id] = (
+                        aggregate.drawn_by_grant.get(grant_draw.grant_id, 0) + grant_draw.credits
+                    )
             elif charge < 0:
-                # A price that fell gives back what was charged last: overage first, then grants.
-                overage = -min(-charge, account.period_overage.get(period.start_ms, 0))
+                # A price that fell gives back what this aggregate was charged last: its overage first, then credits.
+                overage = -min(-charge, aggregate.overage)
                 if -charge + overage > 0:
-                    draws, _ = refund(account.grants, plan.product.id, -charge + overage)
+                    draws = refund(account.grants, aggregate.drawn_by_grant, -charge + overage)
+            aggregate.overage += overage
+            assert aggregate.amount == aggregate.overage + sum(aggregate.drawn_by_grant.values()), (
+                "charges not accounted"
+            )
             account.period_charges[period.start_ms] = account.period_charges.get(period.start_ms, 0) + charge
             account.period_overage[period.start_ms] = account.period_overage.get(period.start_ms, 0) + overage
             assert account.period_overage[period.start_ms] >= 0

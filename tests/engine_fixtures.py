@@ -96,10 +96,6 @@ def event(
     )
 
 
-def total_charge(entries: Iterable[LedgerEntry]) -> int:
-    return sum(e.charge for e in entries)
-
-
 def drawn_by_grant(entries: Iterable[LedgerEntry]) -> dict[str, int]:
     """Net credits drawn per grant id over these entries."""
     out: dict[str, int] = {}
@@ -409,13 +405,18 @@ def basic_world(
     value_key: str = "tokens",
     parameters: Mapping[str, str] | None = None,
     overage_policy: OveragePolicy = OveragePolicy.ALLOW,
+    overage_price: str = "1",
     contract_start_ms: int = EPOCH_MS,
     contract_end_ms: int | None = None,
+    extra_products: Sequence[str] = (),
 ) -> World:
     """Product "tokens" (event type "ai", dimensions model and region), rate card "card" with version 1 in
-    force from EPOCH (by default one credit per unit), customer "acme" with contract "c-acme" from EPOCH."""
+    force from EPOCH (by default one credit per unit), customer "acme" with contract "c-acme" from EPOCH.
+    Each of `extra_products` is a SUM of "tokens" on an event type of its own name."""
     world = World()
     world.product("tokens", aggregation=aggregation, value_key=value_key)
+    for product_id in extra_products:
+        world.product(product_id, event_type=product_id)
     world.rate_card("card")
     world.version(rates if rates is not None else [rate("tokens", unit("1"))], parameters=parameters)
     world.customer("acme")
@@ -424,5 +425,6 @@ def basic_world(
         starting_at_ms=contract_start_ms,
         ending_before_ms=contract_end_ms,
         overage_policy=overage_policy,
+        overage_price=overage_price,
     )
     return world
