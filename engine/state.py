@@ -19,7 +19,7 @@ from decimal import Decimal
 import msgspec
 
 from engine import commands as cmd
-from engine.contracts import Contract, Customer, OveragePolicy, Override, Period, period_containing
+from engine.contracts import Contract, Customer, OveragePolicy, Period, period_containing
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from engine.ledger import Draw, Grant, GrantKind, draw, refund, simulate_draw
 from engine.money import parse_decimal, to_picos
@@ -180,6 +180,7 @@ class Engine:
     _compiled: dict[tuple[str, int], CompiledVersion] = field(default_factory=dict)
     _products_by_event_type: dict[str, list[Product]] = field(default_factory=dict)
     _contracts_by_customer: dict[str, list[Contract]] = field(default_factory=dict)
+    _grant_ids: set[str] = field(default_factory=set)
     # contract id -> the period last used: consecutive events almost always fall in the same one.
     _periods: dict[str, Period] = field(default_factory=dict)
 
@@ -209,6 +210,7 @@ class Engine:
         self._contracts_by_customer.clear()
         for contract in self.state.contracts.values():
             self._contracts_by_customer.setdefault(contract.customer_id, []).append(contract)
+        self._grant_ids = {grant.id for account in self.state.accounts.values() for grant in account.grants}
 
     # Applying commands -------------------------------------------------------------------------------------
 
@@ -444,7 +446,6 @@ class Engine:
             customer_id = self.customer(c.customer_id).id
         else:
             raise InvalidArgument.field("grant.customer_id", "customer_id or contract_id is required")
-        customer_id = self.customer(customer_id).id
         if c.kind is None:
             raise InvalidArgument.field("grant.kind", "is required: PREPAID, PROMOTIONAL, ROLLOVER or TOP_UP")
         amount = to_picos(parse_decimal(c.amount, "grant.amount"))
@@ -463,9 +464,7 @@ class Engine:
             if product_id not in self.state.products:
                 raise InvalidArgument.field(f"grant.applicable_product_ids[{index}]", f"unknown product {product_id!r}")
         account = self.state.accounts[customer_id]
-        if any(g.id == c.id for g in account.grants) or any(
-            g.id == c.id for a in self.state.accounts.values() for g in a.grants
-        ):
+        if c.id in self._grant_ids:
             raise AlreadyExists(f"grant {c.id!r} already exists")
         self.state.grants_created += 1
         grant = Grant(
@@ -484,6 +483,7 @@ class Engine:
             creation_order=self.state.grants_created,
         )
         account.grants.append(grant)
+        self._grant_ids.add(grant.id)
         return grant
 
     # Usage -------------------------------------------------------------------------------------------------
@@ -744,6 +744,3 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
         case cmd.GrantCredits(id=ident):
             return f"grant/{ident}"
     return ""
-
-
-__all__ = ["Override"]

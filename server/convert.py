@@ -257,7 +257,7 @@ def overage_policy(number: int) -> OveragePolicy:
     return OveragePolicy(name) if name else OveragePolicy.ALLOW
 
 
-def override(message: contracts_pb2.PriceOverride, override_id: str, at_ms: int) -> Override:
+def override(message: contracts_pb2.PriceOverride, override_id: str) -> Override:
     adjustment = message.WhichOneof("adjustment")
     starting_at_ms = optional_ms(message, "starting_at")
     return Override(

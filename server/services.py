@@ -7,19 +7,18 @@ contract whose behaviour is not built yet answer UNIMPLEMENTED, naming what is m
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 from tariff.v1 import (
-    alerts_pb2,
     alerts_pb2_grpc,
     balance_pb2,
     balance_pb2_grpc,
     contracts_pb2,
     contracts_pb2_grpc,
-    invoices_pb2,
     invoices_pb2_grpc,
     pricing_pb2,
     pricing_pb2_grpc,
@@ -28,7 +27,11 @@ from tariff.v1 import (
 )
 
 from engine import commands as cmd
+from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound
+from engine.ledger import Grant
+from engine.products import Product
+from engine.ratecard import RateCard, Version
 from engine.state import Engine, IngestResult, PublishResult
 from server import convert
 from server.errors import ResourceExhausted, Unimplemented, streaming, unary
@@ -36,6 +39,7 @@ from server.sequencer import Sequencer
 
 # grpc ships no type information: a servicer context is typed as Any.
 Context: TypeAlias = Any
+Result = TypeVar("Result")
 BATCH_EVENTS_MAX_DEFAULT = 10_000
 STREAM_BATCHES_IN_FLIGHT_MAX = 16
 PAGE_SIZE_MAX = 1_000
@@ -56,6 +60,22 @@ class _Base:
         self.engine = engine
         self.sequencer = sequencer
         self.clock_ms = clock_ms
+
+    async def _apply(self, command: cmd.Command, result_type: type[Result]) -> Result:
+        """Runs a command through the writer; returns its result once journaled and committed."""
+        _, result = await self.sequencer.run(command)
+        assert isinstance(result, result_type), f"{type(command).__name__} gave {type(result).__name__}"
+        return result
+
+
+def _not_built(what: str) -> Callable[..., Awaitable[Any]]:
+    """A servicer method for an RPC of the contract whose behaviour is not built yet: UNIMPLEMENTED, saying what."""
+
+    @unary
+    async def method(self: object, request: object, context: Context) -> NoReturn:
+        raise Unimplemented(f"{what} is not implemented yet")
+
+    return method
 
 
 class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
@@ -148,25 +168,15 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
                 raise InvalidArgument.field("request_id", "is required on AuthorizeStream to correlate answers")
             yield self._decide(request)
 
-    @unary
-    async def ReleaseReservation(
-        self, request: balance_pb2.ReleaseReservationRequest, context: Context
-    ) -> balance_pb2.ReleaseReservationResponse:
-        raise Unimplemented("ReleaseReservation: reservations are not implemented yet")
-
-    @streaming
-    async def WatchBalance(
-        self, request: balance_pb2.WatchBalanceRequest, context: Context
-    ) -> AsyncIterator[balance_pb2.Balance]:
-        raise Unimplemented("WatchBalance: balance streaming is not implemented yet")
-        yield balance_pb2.Balance()
+    ReleaseReservation = _not_built("ReleaseReservation (reservations)")
+    WatchBalance = _not_built("WatchBalance (balance streaming)")
 
 
 class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     @unary
     async def CreateProduct(self, request: pricing_pb2.CreateProductRequest, context: Context) -> pricing_pb2.Product:
-        _, product = await self.sequencer.run(convert.create_product(request, self.clock_ms(), actor_of(context)))
-        return convert.product_pb(product)  # type: ignore[arg-type]
+        product = await self._apply(convert.create_product(request, self.clock_ms(), actor_of(context)), Product)
+        return convert.product_pb(product)
 
     @unary
     async def ListProducts(
@@ -181,8 +191,8 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.CreateRateCardRequest, context: Context
     ) -> pricing_pb2.RateCard:
         command = cmd.CreateRateCard(self.clock_ms(), actor_of(context), request.id, request.name, request.pricing_unit)
-        _, card = await self.sequencer.run(command)
-        return convert.rate_card_pb(card, self.clock_ms())  # type: ignore[arg-type]
+        card = await self._apply(command, RateCard)
+        return convert.rate_card_pb(card, self.clock_ms())
 
     @unary
     async def GetRateCard(self, request: pricing_pb2.GetRateCardRequest, context: Context) -> pricing_pb2.RateCard:
@@ -192,8 +202,8 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     async def CreateDraftVersion(
         self, request: pricing_pb2.CreateDraftVersionRequest, context: Context
     ) -> pricing_pb2.RateCardVersion:
-        _, version = await self.sequencer.run(convert.create_draft(request, self.clock_ms(), actor_of(context)))
-        return convert.version_pb(version)  # type: ignore[arg-type]
+        version = await self._apply(convert.create_draft(request, self.clock_ms(), actor_of(context)), Version)
+        return convert.version_pb(version)
 
     @unary
     async def ValidateVersion(
@@ -214,8 +224,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.version,
             convert.optional_ms(request, "effective_from"),
         )
-        _, result = await self.sequencer.run(command)
-        assert isinstance(result, PublishResult)
+        result = await self._apply(command, PublishResult)
         return pricing_pb2.PublishVersionResponse(
             version=convert.version_pb(result.version),
             events_rerated=result.events_rerated,
@@ -263,23 +272,9 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
                 break
         return pricing_pb2.GetAuditLogResponse(entries=entries)
 
-    @unary
-    async def RollbackRateCard(
-        self, request: pricing_pb2.RollbackRateCardRequest, context: Context
-    ) -> pricing_pb2.PublishVersionResponse:
-        raise Unimplemented("RollbackRateCard is not implemented yet")
-
-    @unary
-    async def DiffVersions(
-        self, request: pricing_pb2.DiffVersionsRequest, context: Context
-    ) -> pricing_pb2.DiffVersionsResponse:
-        raise Unimplemented("DiffVersions is not implemented yet")
-
-    @unary
-    async def SimulateVersion(
-        self, request: pricing_pb2.SimulateVersionRequest, context: Context
-    ) -> pricing_pb2.SimulateVersionResponse:
-        raise Unimplemented("SimulateVersion is not implemented yet")
+    RollbackRateCard = _not_built("RollbackRateCard")
+    DiffVersions = _not_built("DiffVersions")
+    SimulateVersion = _not_built("SimulateVersion")
 
 
 class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
@@ -290,8 +285,8 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         command = cmd.CreateCustomer(
             self.clock_ms(), actor_of(context), request.id, request.name, dict(request.attributes)
         )
-        _, customer = await self.sequencer.run(command)
-        return convert.customer_pb(customer)  # type: ignore[arg-type]
+        customer = await self._apply(command, Customer)
+        return convert.customer_pb(customer)
 
     @unary
     async def GetCustomer(self, request: contracts_pb2.GetCustomerRequest, context: Context) -> contracts_pb2.Customer:
@@ -305,8 +300,6 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         ids = sorted(self.engine.state.customers)
         start = 0
         if request.page_token:
-            import bisect
-
             start = bisect.bisect_right(ids, request.page_token)
         page = ids[start : start + page_size]
         next_token = page[-1] if start + page_size < len(ids) and page else ""
@@ -334,8 +327,8 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             request.overage_price,
             request.currency,
         )
-        _, contract = await self.sequencer.run(command)
-        return self._contract_pb(contract.id)  # type: ignore[attr-defined]
+        contract = await self._apply(command, Contract)
+        return self._contract_pb(contract.id)
 
     def _contract_pb(self, contract_id: str) -> contracts_pb2.Contract:
         contract = self.engine.contract(contract_id)
@@ -349,67 +342,30 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
     @unary
     async def AddOverride(self, request: contracts_pb2.AddOverrideRequest, context: Context) -> contracts_pb2.Contract:
         at_ms = self.clock_ms()
-        override = convert.override(request.override, f"override-{uuid.uuid4().hex[:12]}", at_ms)
-        _, contract = await self.sequencer.run(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override))
-        return self._contract_pb(contract.id)  # type: ignore[attr-defined]
+        override = convert.override(request.override, f"override-{uuid.uuid4().hex[:12]}")
+        contract = await self._apply(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override), Contract)
+        return self._contract_pb(contract.id)
 
     @unary
     async def GrantCredits(self, request: contracts_pb2.GrantCreditsRequest, context: Context) -> contracts_pb2.Grant:
         command = convert.grant_credits(request, f"grant-{uuid.uuid4().hex[:16]}", self.clock_ms(), actor_of(context))
-        _, grant = await self.sequencer.run(command)
-        return convert.grant_pb(grant)  # type: ignore[arg-type]
+        grant = await self._apply(command, Grant)
+        return convert.grant_pb(grant)
 
-    @unary
-    async def SetTopUpPolicy(
-        self, request: contracts_pb2.SetTopUpPolicyRequest, context: Context
-    ) -> contracts_pb2.Contract:
-        raise Unimplemented("SetTopUpPolicy: automatic top-ups are not implemented yet")
+    SetTopUpPolicy = _not_built("SetTopUpPolicy (automatic top-ups)")
 
 
 class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
     """Invoices and revenue reports come with the invoicing issue; every RPC says so."""
 
-    @unary
-    async def PreviewInvoice(
-        self, request: invoices_pb2.PreviewInvoiceRequest, context: Context
-    ) -> invoices_pb2.Invoice:
-        raise Unimplemented("PreviewInvoice is not implemented yet (balances: BalanceService.GetBalance)")
-
-    @unary
-    async def ExplainLineItem(
-        self, request: invoices_pb2.ExplainLineItemRequest, context: Context
-    ) -> invoices_pb2.ExplainLineItemResponse:
-        raise Unimplemented("ExplainLineItem is not implemented yet")
-
-    @unary
-    async def ClosePeriod(self, request: invoices_pb2.ClosePeriodRequest, context: Context) -> invoices_pb2.Invoice:
-        raise Unimplemented("ClosePeriod is not implemented yet")
-
-    @unary
-    async def GetInvoice(self, request: invoices_pb2.GetInvoiceRequest, context: Context) -> invoices_pb2.Invoice:
-        raise Unimplemented("GetInvoice is not implemented yet")
-
-    @unary
-    async def ListInvoices(
-        self, request: invoices_pb2.ListInvoicesRequest, context: Context
-    ) -> invoices_pb2.ListInvoicesResponse:
-        raise Unimplemented("ListInvoices is not implemented yet")
-
-    @unary
-    async def GetRevenueReport(
-        self, request: invoices_pb2.GetRevenueReportRequest, context: Context
-    ) -> invoices_pb2.RevenueReport:
-        raise Unimplemented("GetRevenueReport is not implemented yet")
+    PreviewInvoice = _not_built("PreviewInvoice (invoices; for balances use BalanceService.GetBalance)")
+    ExplainLineItem = _not_built("ExplainLineItem")
+    ClosePeriod = _not_built("ClosePeriod")
+    GetInvoice = _not_built("GetInvoice")
+    ListInvoices = _not_built("ListInvoices")
+    GetRevenueReport = _not_built("GetRevenueReport")
 
 
 class AlertService(alerts_pb2_grpc.AlertServiceServicer):
-    @unary
-    async def CreateAlert(self, request: alerts_pb2.CreateAlertRequest, context: Context) -> alerts_pb2.AlertRule:
-        raise Unimplemented("CreateAlert: alerts are not implemented yet")
-
-    @streaming
-    async def WatchAlerts(
-        self, request: alerts_pb2.WatchAlertsRequest, context: Context
-    ) -> AsyncIterator[alerts_pb2.Alert]:
-        raise Unimplemented("WatchAlerts: alerts are not implemented yet")
-        yield alerts_pb2.Alert()
+    CreateAlert = _not_built("CreateAlert (alerts)")
+    WatchAlerts = _not_built("WatchAlerts (alerts)")
