@@ -100,32 +100,35 @@ class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
         self, request_iterator: AsyncIterator[usage_pb2.UsageBatch], context: Context
     ) -> AsyncIterator[usage_pb2.IngestAck]:
         # Batches are submitted as they arrive (so concurrent streams share group commits) and acked in order.
-        # The bounded queue stops reading the stream when too many batches await their commit.
-        in_flight: asyncio.Queue[tuple[str, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue(
-            STREAM_BATCHES_IN_FLIGHT_MAX
-        )
+        # At most STREAM_BATCHES_IN_FLIGHT_MAX await their commit: past that the server stops reading the stream.
+        slots = asyncio.Semaphore(STREAM_BATCHES_IN_FLIGHT_MAX)
+        # Never holds more than the slots allow (plus the end marker), so putting never has to wait.
+        in_flight: asyncio.Queue[tuple[str, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for batch in request_iterator:
-                    future: asyncio.Future[tuple[int, object]]
+                    await slots.acquire()
+                    future: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
                     try:
                         future = self.sequencer.submit(self._command(batch))
                     except ResourceExhausted as exc:
-                        future = asyncio.get_running_loop().create_future()
                         future.set_exception(exc)
-                    await in_flight.put((batch.batch_id, future))
+                        in_flight.put_nowait((batch.batch_id, future))
+                        return  # the stream ends with this error: read no further batch
+                    in_flight.put_nowait((batch.batch_id, future))
             finally:
-                await in_flight.put(None)
+                in_flight.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (item := await in_flight.get()) is not None:
                 batch_id, future = item
                 seq, result = await future
+                slots.release()
                 assert isinstance(result, IngestResult)
                 yield convert.ingest_ack(batch_id, seq, result)
-            await reader
+            await reader  # a broken request stream surfaces here
         finally:
             reader.cancel()
 

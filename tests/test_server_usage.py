@@ -243,9 +243,8 @@ def test_identical_resend_is_all_duplicates_and_changes_nothing(demo_server: Ser
         assert money(client.get_balance(ACME)) == money(after_first)
 
         # The same transaction id twice in one batch: the second is a duplicate of the first.
-        twice = usage_pb2.UsageBatch(
-            batch_id="dup-2", events=[act("dup-d", "translation"), act("dup-d", "translation")]
-        )
+        once = act("dup-d", "translation")  # one event sent twice: same timestamp, same content
+        twice = usage_pb2.UsageBatch(batch_id="dup-2", events=[once, once])
         ack = ingest(client, twice, transport)
         assert (ack.accepted, ack.duplicates, list(ack.rejected)) == (1, 1, [])
         # one "*" action more: 7 + 1 = 8; 50000 - 8 = 49992; revenue 8 x 0.9 = 7.2
