@@ -54,6 +54,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TEXT_BYTES_MAX = 256
 EVENT_MAP_ENTRIES_MAX = 64
 FUTURE_SKEW_MS_DEFAULT = 5 * 60 * 1000
+DAY_MS = 24 * 3_600_000
 USAGE_VALUE_MAX = 1e15  # per event; aggregates of many such still fit the 60-digit arithmetic
 AUDIT_DIFF_BYTES_MAX = 64 * 1024
 
@@ -380,7 +381,9 @@ class Engine:
         check_id(c.id, "id")
         customer = self.customer(c.customer_id)
         card = self.rate_card(c.rate_card_id)
-        starting_at_ms = c.starting_at_ms if c.starting_at_ms is not None else c.at_ms
+        # Unset: the start of the current UTC day, so that usage stamped a moment before the contract was
+        # created is covered and periods begin at midnight rather than at an arbitrary millisecond.
+        starting_at_ms = c.starting_at_ms if c.starting_at_ms is not None else c.at_ms - c.at_ms % DAY_MS
         if c.ending_before_ms is not None and c.ending_before_ms <= starting_at_ms:
             raise InvalidArgument.field("ending_before", "must be after starting_at")
         overage_price = c.overage_price or "1"
@@ -457,7 +460,12 @@ class Engine:
         rollover = parse_decimal(c.rollover_fraction or "0", "grant.rollover_fraction")
         if rollover > 1:
             raise InvalidArgument.field("grant.rollover_fraction", "must be between 0 and 1")
-        starts_at_ms = c.starts_at_ms if c.starts_at_ms is not None else c.at_ms
+        starts_at_ms = c.starts_at_ms
+        if starts_at_ms is None:
+            # Unset: from the start of the contract it pays for, so credit bought mid-period also pays for the
+            # period's usage that arrives late; with no contract in force, from now.
+            paid_for = self.contract(c.contract_id) if c.contract_id else self._contract_at(customer_id, c.at_ms)
+            starts_at_ms = paid_for.starting_at_ms if paid_for is not None else c.at_ms
         if c.expires_at_ms is not None and c.expires_at_ms <= starts_at_ms:
             raise InvalidArgument.field("grant.expires_at", "must be after starts_at")
         for index, product_id in enumerate(c.applicable_product_ids):
