@@ -81,7 +81,7 @@ def recover(journal: Journal, *, future_skew_ms: int | None = None) -> Engine:
 
 @dataclasses.dataclass(slots=True)
 class _Submission:
-    command: cmd.Command
+    command: cmd.Command | None  # None: the marker close() queues behind the last real command
     future: asyncio.Future[tuple[int, object]]
 
 
@@ -125,12 +125,12 @@ class Sequencer:
         return await self.submit(command)
 
     async def close(self) -> None:
-        """Stops taking work, commits what is queued, writes a snapshot."""
+        """Stops taking work, commits what is queued, writes a snapshot. A second call does nothing."""
+        if self._closing:
+            return
         self._closing = True
         if self._task is not None:
-            self._queue.put_nowait(
-                _Submission(cmd.IngestBatch("", [], 0, {}), asyncio.get_running_loop().create_future())
-            )
+            self._queue.put_nowait(_Submission(None, asyncio.get_running_loop().create_future()))
             await self._task
         if self.failure is None:
             await self._snapshot()
@@ -169,10 +169,10 @@ class Sequencer:
             if submission.future.cancelled():
                 continue
             command = submission.command
+            if command is None:
+                submission.future.set_result((self.engine.state.last_seq, None))
+                continue
             if isinstance(command, cmd.IngestBatch):
-                if not command.events and self._closing:
-                    submission.future.set_result((self.engine.state.last_seq, None))
-                    continue
                 command = self._with_known(command, new_transactions, now_ms)
             seq = self.engine.state.last_seq + 1
             try:
@@ -258,5 +258,5 @@ class Sequencer:
         self._records_since_snapshot = 0
 
 
-def _events(command: cmd.Command) -> int:
+def _events(command: cmd.Command | None) -> int:
     return len(command.events) if isinstance(command, cmd.IngestBatch) else 1

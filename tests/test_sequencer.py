@@ -161,3 +161,22 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
     assert snapshot is not None and snapshot[0] == live.state.last_seq
     assert recover(journal).encode_snapshot() == live.encode_snapshot()
     assert remaining(live) == remaining(replayed)
+
+
+def test_an_empty_batch_is_answered_with_an_empty_result_even_while_closing() -> None:
+    journal = MemoryJournal()
+    results: list[object] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        _, result = await sequencer.run(batch())
+        results.append(result)
+        # Queued just before close(): still answered as a batch, not mistaken for close()'s own marker.
+        pending = sequencer.submit(batch())
+        await sequencer.close()
+        _, result = await pending
+        results.append(result)
+
+    engine = run_with(journal, body)
+    assert all(isinstance(r, IngestResult) and (r.accepted, r.duplicates, r.rejections) == (0, 0, []) for r in results)
+    assert len(results) == 2
+    assert engine.state.last_seq == journal.last_seq()
