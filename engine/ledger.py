@@ -36,12 +36,12 @@ class Grant(msgspec.Struct):
     contract_id: str
     kind: GrantKind
     amount: int  # picos of the pricing unit
-    paid_amount: str  # decimal, in the contract's currency
+    paid_amount: Decimal  # in the contract's currency
     priority: int
     applicable_product_ids: tuple[str, ...]  # empty = every product
     starts_at_ms: int
     expires_at_ms: int | None
-    rollover_fraction: str
+    rollover_fraction: Decimal
     created_at_ms: int
     creation_order: int
     drawn: int = 0
@@ -74,10 +74,11 @@ class Grant(msgspec.Struct):
 
     def revenue_for_drawn(self, drawn: int) -> int:
         """Revenue recognised once `drawn` picos have been drawn: drawn x paid / amount, rounded once."""
-        paid = Decimal(self.paid_amount)
-        if paid == 0:
+        if self.paid_amount == 0:
             return 0
-        return to_picos(DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(Decimal(drawn), paid), Decimal(self.amount)))
+        return to_picos(
+            DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(Decimal(drawn), self.paid_amount), Decimal(self.amount))
+        )
 
 
 class Draw(msgspec.Struct, frozen=True, array_like=True):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import Decimal
 
 from google.protobuf import timestamp_pb2
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
@@ -291,11 +290,11 @@ def grant_pb(g: Grant) -> contracts_pb2.Grant:
         contract_id=g.contract_id,
         kind=g.kind.value,
         amount=format_picos(g.amount),
-        paid_amount=format_decimal(Decimal(g.paid_amount)),
+        paid_amount=format_decimal(g.paid_amount),
         priority=g.priority,
         applicable_product_ids=g.applicable_product_ids,
         starts_at=timestamp(g.starts_at_ms),
-        rollover_fraction=format_decimal(Decimal(g.rollover_fraction)),
+        rollover_fraction=format_decimal(g.rollover_fraction),
         created_at=timestamp(g.created_at_ms),
     )
     if g.expires_at_ms is not None:
