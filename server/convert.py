@@ -49,6 +49,12 @@ def timestamp(ms: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
+def set_time(message: object, field: str, ms: int | None) -> None:
+    """Sets an optional Timestamp field; None leaves it unset (which the wire tells apart from zero)."""
+    if ms is not None:
+        getattr(message, field).CopyFrom(timestamp(ms))
+
+
 # Usage --------------------------------------------------------------------------------------------------------
 
 
@@ -212,8 +218,7 @@ def cohort_pb(cohort: Cohort | None) -> pricing_pb2.Cohort | None:
     if cohort is None:
         return None
     message = pricing_pb2.Cohort(customer_ids=cohort.customer_ids, attributes=cohort.attributes)
-    if cohort.customers_created_after_ms is not None:
-        message.customers_created_after.CopyFrom(timestamp(cohort.customers_created_after_ms))
+    set_time(message, "customers_created_after", cohort.customers_created_after_ms)
     return message
 
 
@@ -230,10 +235,8 @@ def version_pb(v: Version) -> pricing_pb2.RateCardVersion:
         created_by=v.created_by,
         cohort=cohort_pb(v.cohort),
     )
-    if v.effective_from_ms is not None:
-        message.effective_from.CopyFrom(timestamp(v.effective_from_ms))
-    if v.published_at_ms is not None:
-        message.published_at.CopyFrom(timestamp(v.published_at_ms))
+    set_time(message, "effective_from", v.effective_from_ms)
+    set_time(message, "published_at", v.published_at_ms)
     return message
 
 
@@ -278,8 +281,7 @@ def override_pb(o: Override) -> contracts_pb2.PriceOverride:
         message.multiplier = o.multiplier
     if o.price is not None:
         message.price = o.price
-    if o.ending_before_ms is not None:
-        message.ending_before.CopyFrom(timestamp(o.ending_before_ms))
+    set_time(message, "ending_before", o.ending_before_ms)
     return message
 
 
@@ -297,8 +299,7 @@ def grant_pb(g: Grant) -> contracts_pb2.Grant:
         rollover_fraction=format_decimal(g.rollover_fraction),
         created_at=timestamp(g.created_at_ms),
     )
-    if g.expires_at_ms is not None:
-        message.expires_at.CopyFrom(timestamp(g.expires_at_ms))
+    set_time(message, "expires_at", g.expires_at_ms)
     return message
 
 
@@ -314,8 +315,7 @@ def contract_pb(c: Contract, grants: Iterable[Grant]) -> contracts_pb2.Contract:
         overage_price=c.overage_price,
         currency=c.currency,
     )
-    if c.ending_before_ms is not None:
-        message.ending_before.CopyFrom(timestamp(c.ending_before_ms))
+    set_time(message, "ending_before", c.ending_before_ms)
     if c.top_up is not None:
         message.top_up.CopyFrom(
             contracts_pb2.TopUpPolicy(
@@ -372,8 +372,7 @@ def balance_pb(view: BalanceView) -> balance_pb2.Balance:
             recognized_revenue=format_picos(g.recognized_revenue),
             held="0",
         )
-        if g.expires_at_ms is not None:
-            message.expires_at.CopyFrom(timestamp(g.expires_at_ms))
+        set_time(message, "expires_at", g.expires_at_ms)
         grants.append(message)
     balance = balance_pb2.Balance(
         customer_id=view.customer_id,

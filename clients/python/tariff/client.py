@@ -651,7 +651,28 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class UsageStream:
+class _DrainsOnExit:
+    """`async with`: a clean exit drains (close), an exception abandons what is unacknowledged (abort)."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def abort(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            await self.abort()
+
+
+class UsageStream(_DrainsOnExit):
     """Streams usage batches over one bidi ``IngestUsage`` call, reconnecting when it breaks.
 
     ::
@@ -714,17 +735,6 @@ class UsageStream:
         self.resent_batches = 0
         #: Acks received.
         self.acked_batches = 0
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            await self.close()
-        else:
-            await self.abort()
 
     @property
     def in_flight(self) -> int:
@@ -1022,7 +1032,7 @@ class UsageStream:
 # UsageBatcher
 
 
-class UsageBatcher:
+class UsageBatcher(_DrainsOnExit):
     """Buffers events one at a time and sends them as batches on a ``UsageStream``.
 
     A batch goes when ``batch_events_max`` events are buffered or ``flush_interval_ms`` after the
@@ -1070,17 +1080,6 @@ class UsageBatcher:
         self.accepted = 0
         self.duplicates = 0
         self.rejected = 0
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            await self.close()
-        else:
-            await self.abort()
 
     @property
     def buffered(self) -> int:
