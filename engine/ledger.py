@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import msgspec
 
-from engine.money import DECIMAL_CONTEXT, to_picos
+from engine.money import PICOS_PER_UNIT, round_ratio
 
 NEVER_MS = 2**62
 
@@ -76,9 +76,9 @@ class Grant(msgspec.Struct):
         """Revenue recognised once `drawn` picos have been drawn: drawn x paid / amount, rounded once."""
         if self.paid_amount == 0:
             return 0
-        return to_picos(
-            DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(Decimal(drawn), self.paid_amount), Decimal(self.amount))
-        )
+        # Exactly, in integers: drawn picos x paid / amount picos, in picos of the currency.
+        paid_numerator, paid_denominator = self.paid_amount.as_integer_ratio()
+        return round_ratio(drawn * paid_numerator * PICOS_PER_UNIT, self.amount * paid_denominator)
 
 
 class Draw(msgspec.Struct, frozen=True, array_like=True):
@@ -89,15 +89,26 @@ class Draw(msgspec.Struct, frozen=True, array_like=True):
     revenue: int  # picos of the currency
 
 
+def in_burn_order(grants: list[Grant]) -> list[Grant]:
+    return sorted(grants, key=Grant.burn_order)
+
+
 def draw(grants: list[Grant], product_id: str, ts_ms: int, charge: int) -> tuple[list[Draw], int]:
     """Draws a positive charge in burn order; returns the draws and the part no grant covered (overage)."""
+    return draw_in_order(in_burn_order(grants), product_id, ts_ms, charge)
+
+
+def draw_in_order(ordered: list[Grant], product_id: str, ts_ms: int, charge: int) -> tuple[list[Draw], int]:
+    """`draw` for grants already in burn order (the engine keeps each account's order, so it is not re-sorted
+    for every charge)."""
     assert charge > 0
     draws: list[Draw] = []
     left = charge
-    for grant in sorted(
-        (g for g in grants if g.remaining > 0 and g.applies_to(product_id) and g.usable_at(ts_ms)), key=Grant.burn_order
-    ):
-        take = min(left, grant.remaining)
+    for grant in ordered:
+        remaining = grant.remaining
+        if remaining <= 0 or not grant.usable_at(ts_ms) or not grant.applies_to(product_id):
+            continue
+        take = left if left < remaining else remaining
         draws.append(_move(grant, take))
         left -= take
         if left == 0:
@@ -135,17 +146,19 @@ def _move(grant: Grant, credits: int) -> Draw:
     return Draw(grant.id, credits, grant.recognized_revenue - revenue_before)
 
 
-def simulate_draw(grants: list[Grant], product_ids: list[str], ts_ms: int, charges: list[int]) -> int:
-    """Overage that drawing these charges would leave, without changing any grant (for Authorize)."""
-    remaining = {g.id: g.remaining for g in grants}
+def simulate_draw(ordered: list[Grant], product_ids: list[str], ts_ms: int, charges: list[int]) -> int:
+    """Overage that drawing these charges would leave, without changing any grant (for Authorize).
+
+    `ordered`: the customer's grants in burn order (see in_burn_order)."""
+    remaining = {g.id: g.remaining for g in ordered}
     overage = 0
     for product_id, charge in zip(product_ids, charges, strict=True):
         left = charge
         if left <= 0:
             continue
-        for grant in sorted(
-            (g for g in grants if g.applies_to(product_id) and g.usable_at(ts_ms)), key=Grant.burn_order
-        ):
+        for grant in ordered:
+            if not grant.usable_at(ts_ms) or not grant.applies_to(product_id):
+                continue
             take = min(left, remaining[grant.id])
             remaining[grant.id] -= take
             left -= take

@@ -56,12 +56,29 @@ def in_range(value: Decimal) -> bool:
 def decimal_from_double(value: float) -> Decimal:
     """The exact decimal a client meant by a wire double (its shortest repr), e.g. 0.1 -> Decimal('0.1')."""
     assert math.isfinite(value), "callers validate finiteness first"
+    if value % 1 == 0:
+        return Decimal(int(value))  # token counts: exact, and faster than through the text
     return Decimal(repr(value))
 
 
 def to_picos(value: Decimal) -> int:
     """Rounds half-even to 10^-12: the one place a computed price becomes a ledger amount."""
     return int(value.quantize(_PICO, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT).scaleb(12))
+
+
+def round_ratio(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half-even to an integer, exactly (no intermediate rounding).
+
+    The integer form of to_picos for prices that are ratios of integers: a unit price times an integral
+    quantity, a cost basis times credits drawn. Used on the hot path, where it is several times faster
+    than the same arithmetic in Decimal, and exact where a 60-digit Decimal quotient would be rounded twice.
+    """
+    assert denominator > 0
+    quotient, remainder = divmod(numerator, denominator)
+    twice = remainder + remainder
+    if twice > denominator or (twice == denominator and quotient & 1):
+        quotient += 1
+    return quotient
 
 
 def picos_to_decimal(picos: int) -> Decimal:

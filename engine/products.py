@@ -38,7 +38,7 @@ class Product(msgspec.Struct, frozen=True):
 
     def dimension_key(self, dimensions: Mapping[str, str]) -> tuple[str, ...]:
         """The event's values of the pricing dimensions, in order; "" where the event has none."""
-        return tuple(dimensions.get(key, "") for key in self.pricing_dimensions)
+        return tuple([dimensions.get(key, "") for key in self.pricing_dimensions])  # a list builds faster
 
     def measure(self, dimensions: Mapping[str, str], values: Mapping[str, float]) -> Decimal | str | None:
         """What this event contributes: a quantity, a distinct value (UNIQUE_COUNT), or None if it lacks it."""

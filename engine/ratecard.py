@@ -20,7 +20,7 @@ import msgspec
 
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.formula import FormulaError, evaluate
-from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PLACES_MAX
+from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PICOS_PER_UNIT, PLACES_MAX, round_ratio, to_picos
 from engine.products import Product
 
 HOUR_MS = 3_600_000
@@ -163,9 +163,24 @@ class Finding(msgspec.Struct, frozen=True):
 class UnitCurve:
     price: Decimal
     per_units: Decimal
+    # price x 10^12 / per_units as an integer ratio: picos() prices in integers, exactly.
+    _picos_numerator: int = field(init=False, repr=False, compare=False)
+    _picos_denominator: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        price_numerator, price_denominator = self.price.as_integer_ratio()
+        per_numerator, per_denominator = self.per_units.as_integer_ratio()
+        # A curve with per_units <= 0 exists only for validation to report; it never prices (round_ratio asserts).
+        object.__setattr__(self, "_picos_numerator", price_numerator * per_denominator * PICOS_PER_UNIT)
+        object.__setattr__(self, "_picos_denominator", price_denominator * per_numerator)
 
     def amount(self, quantity: Decimal) -> Decimal:
         return DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(quantity, self.price), self.per_units)
+
+    def picos(self, quantity: Decimal) -> int:
+        """amount(quantity) rounded half-even to picos, computed exactly in integers (the hot path)."""
+        numerator, denominator = quantity.as_integer_ratio()
+        return round_ratio(numerator * self._picos_numerator, denominator * self._picos_denominator)
 
     def unit_price(self, quantity: Decimal) -> Decimal:
         return DECIMAL_CONTEXT.divide(self.price, self.per_units)
@@ -183,6 +198,9 @@ class TieredCurve:
     mode: TierMode
     tiers: tuple[CurveTier, ...]
     per_units: Decimal
+
+    def picos(self, quantity: Decimal) -> int:
+        return to_picos(self.amount(quantity))
 
     def amount(self, quantity: Decimal) -> Decimal:
         ctx = DECIMAL_CONTEXT
@@ -219,6 +237,9 @@ class PackageCurve:
     package_size: Decimal
     package_price: Decimal
 
+    def picos(self, quantity: Decimal) -> int:
+        return to_picos(self.amount(quantity))
+
     def amount(self, quantity: Decimal) -> Decimal:
         packages = DECIMAL_CONTEXT.divide(quantity, self.package_size).to_integral_value(rounding=decimal.ROUND_CEILING)
         return DECIMAL_CONTEXT.multiply(packages, self.package_price)
@@ -230,6 +251,9 @@ class PackageCurve:
 @dataclass(frozen=True, slots=True)
 class FlatCurve:
     price: Decimal
+
+    def picos(self, quantity: Decimal) -> int:
+        return to_picos(self.amount(quantity))
 
     def amount(self, quantity: Decimal) -> Decimal:
         return self.price if quantity > 0 else Decimal(0)
@@ -244,6 +268,9 @@ class ScaledCurve:
 
     base: PriceCurve
     multiplier: Decimal
+
+    def picos(self, quantity: Decimal) -> int:
+        return to_picos(self.amount(quantity))
 
     def amount(self, quantity: Decimal) -> Decimal:
         return DECIMAL_CONTEXT.multiply(self.base.amount(quantity), self.multiplier)

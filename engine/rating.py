@@ -17,7 +17,7 @@ from decimal import Decimal
 import msgspec
 
 from engine.contracts import Contract
-from engine.money import DECIMAL_CONTEXT, to_picos
+from engine.money import DECIMAL_CONTEXT
 from engine.products import Aggregation, Product
 from engine.ratecard import CompiledVersion, PriceCurve, ScaledCurve, UnitCurve
 
@@ -41,6 +41,9 @@ class Refusal(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+_ZERO = Decimal(0)
 
 
 class Aggregate(msgspec.Struct):
@@ -83,9 +86,7 @@ class Aggregate(msgspec.Struct):
         version = charge.version
         self.amount_by_version[version] = self.amount_by_version.get(version, 0) + charge.charge
         delta = DECIMAL_CONTEXT.subtract(charge.quantity_after, self.quantity)
-        self.quantity_by_version[version] = DECIMAL_CONTEXT.add(
-            self.quantity_by_version.get(version, Decimal(0)), delta
-        )
+        self.quantity_by_version[version] = DECIMAL_CONTEXT.add(self.quantity_by_version.get(version, _ZERO), delta)
         self.quantity = charge.quantity_after
         if charge.product.aggregation is Aggregation.UNIQUE_COUNT:
             assert isinstance(charge.measure, str)
@@ -156,7 +157,7 @@ def plan_charge(
 ) -> PlannedCharge:
     current = aggregate if aggregate is not None else _EMPTY
     after = current.quantity_after(product.aggregation, measure, ts_ms)
-    charge = to_picos(curve.amount(after)) - to_picos(curve.amount(current.quantity))
+    charge = curve.picos(after) - curve.picos(current.quantity)
     # Under a newer, dearer version the old quantity prices higher than it was charged: never give back more
     # than the aggregate was charged in all.
     charge = max(charge, -current.amount)

@@ -21,13 +21,14 @@ import msgspec
 from engine import commands as cmd
 from engine.contracts import Contract, Customer, OveragePolicy, Period, period_containing
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
-from engine.ledger import Draw, Grant, GrantKind, draw, refund, simulate_draw
+from engine.ledger import Draw, Grant, GrantKind, draw_in_order, in_burn_order, refund, simulate_draw
 from engine.money import parse_decimal, to_picos
 from engine.products import Aggregation, Product
 from engine.ratecard import (
     HOUR_MS,
     CompiledVersion,
     Finding,
+    PriceCurve,
     RateCard,
     Severity,
     Version,
@@ -52,6 +53,8 @@ from engine.rating import (
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TEXT_BYTES_MAX = 256
+TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
+CURVES_CACHED_MAX = 100_000  # distinct (version, product, dimension values) priced without re-looking up
 EVENT_MAP_ENTRIES_MAX = 64
 FUTURE_SKEW_MS_DEFAULT = 5 * 60 * 1000
 DAY_MS = 24 * 3_600_000
@@ -88,6 +91,18 @@ class BillingState(msgspec.Struct):
     accounts: dict[str, Account] = {}
     audit: list[AuditEntry] = []
     grants_created: int = 0
+
+
+class StoredAccount(Account):
+    """An Account as a snapshot stores it: JSON object keys are strings, so aggregates are (key, value) pairs."""
+
+    aggregates: list[tuple[AggregateKey, Aggregate]] = []  # type: ignore[assignment]
+
+
+class StoredState(BillingState):
+    """BillingState as a snapshot stores it (see StoredAccount)."""
+
+    accounts: dict[str, StoredAccount] = {}  # type: ignore[assignment]
 
 
 class Rejection(msgspec.Struct, frozen=True, array_like=True):
@@ -182,8 +197,16 @@ class Engine:
     _products_by_event_type: dict[str, list[Product]] = field(default_factory=dict)
     _contracts_by_customer: dict[str, list[Contract]] = field(default_factory=dict)
     _grant_ids: set[str] = field(default_factory=set)
-    # contract id -> the period last used: consecutive events almost always fall in the same one.
-    _periods: dict[str, Period] = field(default_factory=dict)
+    # Caches for the per-event path, each rebuilt on demand from the state and dropped where it could go stale.
+    # customer id -> (contract, period) of its last event: consecutive events almost always share both.
+    _routes: dict[str, tuple[Contract, Period]] = field(default_factory=dict)
+    # (rate card id, hour) -> version number in force (versions take effect on hour boundaries).
+    _versions_by_hour: dict[tuple[str, int], int | None] = field(default_factory=dict)
+    # (rate card id, version, product id, dimension key) -> price curve, for contracts without overrides.
+    _curves: dict[tuple[str, int, str, tuple[str, ...]], PriceCurve] = field(default_factory=dict)
+    # customer id -> its grants in burn order.
+    _burn_orders: dict[str, list[Grant]] = field(default_factory=dict)
+    _ingesting: IngestRun | None = None  # the batch being rated a slice at a time, if any
 
     def __post_init__(self) -> None:
         self._reindex()
@@ -191,20 +214,42 @@ class Engine:
     def reset(self, state: BillingState) -> None:
         """Replaces the whole state (recovery after a failed commit) and rebuilds what derives from it."""
         self.state = state
+        self._ingesting = None
         self._compiled.clear()
-        self._periods.clear()
         self._reindex()
 
     # Snapshots ---------------------------------------------------------------------------------------------
 
     def encode_snapshot(self) -> bytes:
-        return msgspec.msgpack.encode(self.state)
+        # JSON, not msgpack: amounts in picos pass 2^64 (a grant of 20 million credits is 2 x 10^19 picos),
+        # and msgpack integers stop at 64 bits. JSON keys are strings, so aggregates go as (key, value) pairs.
+        state = self.state
+        fields = msgspec.structs.asdict(state)
+        fields["accounts"] = {
+            customer_id: StoredAccount(
+                **{**msgspec.structs.asdict(account), "aggregates": list(account.aggregates.items())}
+            )
+            for customer_id, account in state.accounts.items()
+        }
+        return msgspec.json.encode(StoredState(**fields))
 
     @classmethod
     def from_snapshot(cls, blob: bytes, *, future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT) -> Engine:
-        return cls(msgspec.msgpack.decode(blob, type=BillingState), future_skew_ms=future_skew_ms)
+        if blob[:1] != b"{":  # written before snapshots were JSON: a msgpack map
+            return cls(msgspec.msgpack.decode(blob, type=BillingState), future_skew_ms=future_skew_ms)
+        stored = msgspec.json.decode(blob, type=StoredState)
+        fields = msgspec.structs.asdict(stored)
+        fields["accounts"] = {
+            customer_id: Account(**{**msgspec.structs.asdict(account), "aggregates": dict(account.aggregates)})
+            for customer_id, account in stored.accounts.items()
+        }
+        return cls(BillingState(**fields), future_skew_ms=future_skew_ms)
 
     def _reindex(self) -> None:
+        self._routes.clear()
+        self._versions_by_hour.clear()
+        self._curves.clear()
+        self._burn_orders.clear()
         self._products_by_event_type.clear()
         for product in self.state.products.values():
             self._products_by_event_type.setdefault(product.event_type, []).append(product)
@@ -218,6 +263,7 @@ class Engine:
     def apply(self, command: cmd.Command, seq: int) -> object:
         """Applies one command as journal record `seq`; raises EngineError (having changed nothing) to refuse it."""
         assert seq == self.state.last_seq + 1, f"commands apply in journal order: {seq} after {self.state.last_seq}"
+        assert self._ingesting is None, "a batch is being rated in slices: finish it first"
         if isinstance(command, cmd.IngestBatch):
             result: object = self.ingest(command)
         else:
@@ -367,6 +413,7 @@ class Engine:
         version.published_at_ms = c.at_ms
         # After any entry with the same effective_from: of two versions effective at once, the later published wins.
         bisect.insort_right(card.timeline, (effective_from_ms, version.number), key=lambda entry: entry[0])
+        self._versions_by_hour.clear()
         # Re-rating usage already rated under an earlier version is not done yet: such usage keeps its price.
         return PublishResult(version, 0, findings)
 
@@ -406,6 +453,7 @@ class Engine:
         )
         self.state.contracts[c.id] = contract
         self._contracts_by_customer.setdefault(customer.id, []).append(contract)
+        self._routes.pop(customer.id, None)
         return contract
 
     def contract(self, contract_id: str) -> Contract:
@@ -492,46 +540,39 @@ class Engine:
         )
         account.grants.append(grant)
         self._grant_ids.add(grant.id)
+        self._burn_orders.pop(customer_id, None)
         return grant
 
     # Usage -------------------------------------------------------------------------------------------------
 
     def ingest(self, batch: cmd.IngestBatch, *, collect_entries: bool = False) -> IngestResult:
-        accepted = duplicates = 0
-        rejections: list[Rejection] = []
-        new: dict[str, bytes] = {}
-        entries: list[LedgerEntry] = []
-        for index, event in enumerate(batch.events):
-            try:
-                self._check_event(event, batch.received_at_ms)
-                digest = content_hash(event)
-                prior = new.get(event.transaction_id) or batch.known.get(event.transaction_id)
-                if prior is not None:
-                    if prior != digest:
-                        raise Refusal(
-                            RejectReason.DUPLICATE_CONFLICT,
-                            f"transaction_id {event.transaction_id!r} was already accepted with different content",
-                        )
-                    duplicates += 1
-                    continue
-                account, period, plans = self._plan(event)
-                self._record(account, period, plans, event, entries if collect_entries else None)
-                for plan in plans[:1]:
-                    self.state.rate_cards[plan.rate_card_id].rated_hours[event.timestamp_ms // HOUR_MS] = None
-                new[event.transaction_id] = digest
-                accepted += 1
-            except Refusal as refusal:
-                rejections.append(Rejection(index, event.transaction_id, refusal.reason, refusal.message))
-        assert accepted + duplicates + len(rejections) == len(batch.events)
-        return IngestResult(accepted, duplicates, rejections, new, entries)
+        """Rates a whole batch at once (does not advance last_seq: `apply` does, or `IngestRun.finish`)."""
+        run = IngestRun(self, batch, collect_entries=collect_entries)
+        run.step(len(batch.events))
+        return run.result()
+
+    def start_ingest(self, batch: cmd.IngestBatch, seq: int) -> IngestRun:
+        """Begins applying a batch as journal record `seq`, to be stepped a slice of events at a time.
+
+        The result is the same as `apply(batch, seq)`, whatever the slices: slicing only decides where a caller
+        may pause (a server answers balance checks in between). No other command may be applied until the run's
+        `finish()`.
+        """
+        assert seq == self.state.last_seq + 1, f"commands apply in journal order: {seq} after {self.state.last_seq}"
+        return IngestRun(self, batch, seq=seq)
 
     def _check_event(self, event: cmd.UsageEvent, now_ms: int) -> None:
+        # Cheap tests first: this runs for every event. A text of at most TEXT_BYTES_MAX / 4 characters
+        # cannot exceed TEXT_BYTES_MAX bytes in UTF-8, so only longer ones are encoded to count.
         def invalid(message: str) -> Refusal:
             return Refusal(RejectReason.INVALID_EVENT, message)
 
+        def too_long(text: str) -> bool:
+            return len(text) > TEXT_CHARS_SAFE and len(text.encode()) > TEXT_BYTES_MAX
+
         if not event.transaction_id:
             raise invalid("transaction_id is required")
-        if len(event.transaction_id.encode()) > TEXT_BYTES_MAX:
+        if too_long(event.transaction_id):
             raise invalid(f"transaction_id is longer than {TEXT_BYTES_MAX} bytes")
         if not event.customer_id:
             raise invalid("customer_id is required")
@@ -542,17 +583,16 @@ class Engine:
         if len(event.dimensions) > EVENT_MAP_ENTRIES_MAX or len(event.values) > EVENT_MAP_ENTRIES_MAX:
             raise invalid(f"dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each")
         for key, text in event.dimensions.items():
-            if len(key.encode()) > TEXT_BYTES_MAX or len(text.encode()) > TEXT_BYTES_MAX:
+            if too_long(key) or too_long(text):
                 raise invalid(f"dimensions[{key[:32]!r}]: keys and values are at most {TEXT_BYTES_MAX} bytes")
         for key, value in event.values.items():
-            if len(key.encode()) > TEXT_BYTES_MAX:
+            if too_long(key):
                 raise invalid(f"values keys are at most {TEXT_BYTES_MAX} bytes")
-            if not math.isfinite(value):
-                raise invalid(f"values[{key!r}] is {value}: must be a finite number")
-            if value < 0:
-                raise invalid(f"values[{key!r}] is {value}: must not be negative")
-        for key, value in event.values.items():
-            if value >= USAGE_VALUE_MAX:
+            if not 0 <= value < USAGE_VALUE_MAX:  # also false for NaN
+                if not math.isfinite(value):
+                    raise invalid(f"values[{key!r}] is {value}: must be a finite number")
+                if value < 0:
+                    raise invalid(f"values[{key!r}] is {value}: must not be negative")
                 raise invalid(f"values[{key!r}] is {value}: must be below {USAGE_VALUE_MAX:.0e}")
         if event.timestamp_ms > now_ms + self.future_skew_ms:
             raise Refusal(
@@ -564,37 +604,52 @@ class Engine:
         return next((c for c in self._contracts_by_customer.get(customer_id, ()) if c.covers(ts_ms)), None)
 
     def _plan(self, event: cmd.UsageEvent) -> tuple[Account, Period, list[PlannedCharge]]:
-        """Everything this event would charge, or a Refusal; changes nothing."""
-        account = self.state.accounts.get(event.customer_id)
+        """Everything this event would charge, or a Refusal; changes nothing (but the lookup caches)."""
+        customer_id = event.customer_id
+        account = self.state.accounts.get(customer_id)
         if account is None:
-            raise Refusal(RejectReason.UNKNOWN_CUSTOMER, f"customer {event.customer_id!r} does not exist")
+            raise Refusal(RejectReason.UNKNOWN_CUSTOMER, f"customer {customer_id!r} does not exist")
         ts = event.timestamp_ms
-        contract = self._contract_at(event.customer_id, ts)
-        if contract is None:
-            raise Refusal(
-                RejectReason.NO_ACTIVE_CONTRACT, f"customer {event.customer_id!r} has no contract covering {ts}"
-            )
-        period = self._periods.get(contract.id)
-        if period is None or not period.contains(ts):
-            period = self._periods[contract.id] = period_containing(contract.starting_at_ms, ts)
+        route = self._routes.get(customer_id)
+        if route is not None and route[1].start_ms <= ts < route[1].end_ms and route[0].covers(ts):
+            contract, period = route
+        else:
+            found = self._contract_at(customer_id, ts)
+            if found is None:
+                raise Refusal(
+                    RejectReason.NO_ACTIVE_CONTRACT, f"customer {customer_id!r} has no contract covering {ts}"
+                )
+            contract, period = found, period_containing(found.starting_at_ms, ts)
+            self._routes[customer_id] = (contract, period)
         if period.start_ms in account.closed_periods:
             raise Refusal(RejectReason.PERIOD_CLOSED, f"the period starting {period.start_ms} is closed")
-        feeding = [p for p in self._products_by_event_type.get(event.event_type, ()) if p.accepts(event.dimensions)]
+        dimensions = event.dimensions
+        feeding = [
+            p for p in self._products_by_event_type.get(event.event_type, ()) if not p.filters or p.accepts(dimensions)
+        ]
         plans: list[PlannedCharge] = []
         if feeding:
-            card = self.state.rate_cards[contract.rate_card_id]
-            number = card.version_number_at(ts)
+            card_id = contract.rate_card_id
+            number = self._version_number_at(card_id, ts)
             if number is None:
-                raise Refusal(RejectReason.NO_APPLICABLE_RATE, f"rate card {card.id!r} has no version in force at {ts}")
-            version = self.compiled(card, number)
+                raise Refusal(RejectReason.NO_APPLICABLE_RATE, f"rate card {card_id!r} has no version in force at {ts}")
+            cacheable = not contract.overrides  # an override's window makes the curve depend on the timestamp
             for product in feeding:
-                measure = measure_event(product, event.dimensions, event.values)
-                dimension_key = product.dimension_key(event.dimensions)
+                measure = measure_event(product, dimensions, event.values)
+                dimension_key = product.dimension_key(dimensions)
+                curve_key = (card_id, number, product.id, dimension_key)
+                curve = self._curves.get(curve_key) if cacheable else None
+                if curve is None:
+                    version = self.compiled(self.state.rate_cards[card_id], number)
+                    curve = curve_for(product, dimension_key, version, contract, ts)
+                    if cacheable:
+                        if len(self._curves) >= CURVES_CACHED_MAX:
+                            self._curves.clear()
+                        self._curves[curve_key] = curve
                 key = (period.start_ms, product.id, dimension_key)
-                curve = curve_for(product, dimension_key, version, contract, ts)
                 try:
                     plans.append(
-                        plan_charge(product, key, account.aggregates.get(key), measure, ts, curve, card.id, number)
+                        plan_charge(product, key, account.aggregates.get(key), measure, ts, curve, card_id, number)
                     )
                 except ArithmeticError:
                     # Inputs are bounded (engine.money), so only an aggregate grown beyond all reason gets here.
@@ -602,6 +657,21 @@ class Engine:
                         RejectReason.INVALID_EVENT, f"the charge for product {product.id!r} is out of range"
                     ) from None
         return account, period, plans
+
+    def _version_number_at(self, rate_card_id: str, ts_ms: int) -> int | None:
+        hour_key = (rate_card_id, ts_ms // HOUR_MS)
+        if hour_key in self._versions_by_hour:
+            return self._versions_by_hour[hour_key]
+        if len(self._versions_by_hour) >= CURVES_CACHED_MAX:
+            self._versions_by_hour.clear()
+        number = self._versions_by_hour[hour_key] = self.state.rate_cards[rate_card_id].version_number_at(ts_ms)
+        return number
+
+    def _burn_order(self, account: Account) -> list[Grant]:
+        ordered = self._burn_orders.get(account.customer_id)
+        if ordered is None:
+            ordered = self._burn_orders[account.customer_id] = in_burn_order(account.grants)
+        return ordered
 
     def _record(
         self,
@@ -619,7 +689,7 @@ class Engine:
             charge, overage = plan.charge, 0
             draws: list[Draw] = []
             if charge > 0:
-                draws, overage = draw(account.grants, plan.product.id, plan.ts_ms, charge)
+                draws, overage = draw_in_order(self._burn_order(account), plan.product.id, plan.ts_ms, charge)
                 for grant_draw in draws:
                     aggregate.drawn_by_grant[grant_draw.grant_id] = (
                         aggregate.drawn_by_grant.get(grant_draw.grant_id, 0) + grant_draw.credits
@@ -697,9 +767,8 @@ class Engine:
         charges = [plan.charge for plan in plans]
         cost = sum(charges)
         available = self._available(customer_id, product_ids or None, now_ms)
-        overage = simulate_draw(account.grants, product_ids, now_ms, charges)
-        contract = self._contract_at(customer_id, now_ms)
-        assert contract is not None, "_plan found one"
+        overage = simulate_draw(self._burn_order(account), product_ids, now_ms, charges) if cost > 0 else 0
+        contract = self._routes[customer_id][0]  # the contract _plan priced the probe with
         if contract.overage_policy is OveragePolicy.BLOCK and (overage > 0 or available <= 0):
             return Estimate(False, "INSUFFICIENT_CREDIT", "available credit does not cover this usage", cost, available)
         if overage > 0:
@@ -722,6 +791,73 @@ class Engine:
             for grant in account.grants:
                 grant.check()
             assert all(v >= 0 for v in account.period_overage.values())
+
+
+class IngestRun:
+    """One usage batch being rated, in slices: each event is accepted, a duplicate, or refused with a reason."""
+
+    def __init__(
+        self, engine: Engine, batch: cmd.IngestBatch, *, seq: int | None = None, collect_entries: bool = False
+    ) -> None:
+        assert engine._ingesting is None, "one ingest run at a time"
+        engine._ingesting = self
+        self._engine = engine
+        self._batch = batch
+        self._seq = seq
+        self._next_index = 0
+        self._accepted = 0
+        self._duplicates = 0
+        self._rejections: list[Rejection] = []
+        self._new: dict[str, bytes] = {}
+        self._entries: list[LedgerEntry] | None = [] if collect_entries else None
+
+    @property
+    def done(self) -> bool:
+        return self._next_index >= len(self._batch.events)
+
+    def step(self, events_max: int) -> bool:
+        """Rates up to events_max more events; True once every event of the batch is rated."""
+        assert events_max > 0
+        engine, batch, new, entries = self._engine, self._batch, self._new, self._entries
+        known, now_ms, rate_cards = batch.known, batch.received_at_ms, engine.state.rate_cards
+        stop = min(self._next_index + events_max, len(batch.events))
+        for index in range(self._next_index, stop):
+            event = batch.events[index]
+            try:
+                engine._check_event(event, now_ms)
+                digest = content_hash(event)
+                prior = new.get(event.transaction_id) or known.get(event.transaction_id)
+                if prior is not None:
+                    if prior != digest:
+                        raise Refusal(
+                            RejectReason.DUPLICATE_CONFLICT,
+                            f"transaction_id {event.transaction_id!r} was already accepted with different content",
+                        )
+                    self._duplicates += 1
+                    continue
+                account, period, plans = engine._plan(event)
+                engine._record(account, period, plans, event, entries)
+                if plans:
+                    rate_cards[plans[0].rate_card_id].rated_hours[event.timestamp_ms // HOUR_MS] = None
+                new[event.transaction_id] = digest
+                self._accepted += 1
+            except Refusal as refusal:
+                self._rejections.append(Rejection(index, event.transaction_id, refusal.reason, refusal.message))
+        self._next_index = stop
+        return self.done
+
+    def result(self) -> IngestResult:
+        assert self.done, "step() until done first"
+        assert self._accepted + self._duplicates + len(self._rejections) == len(self._batch.events)
+        self._engine._ingesting = None
+        return IngestResult(self._accepted, self._duplicates, self._rejections, self._new, self._entries or [])
+
+    def finish(self) -> IngestResult:
+        """The batch's result, once every event is rated; the batch is now journal record `seq`."""
+        assert self._seq is not None, "a run from start_ingest"
+        result = self.result()
+        self._engine.state.last_seq = self._seq
+        return result
 
 
 def _check_text_map(entries: dict[str, str], field_path: str) -> None:

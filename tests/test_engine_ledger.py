@@ -12,6 +12,7 @@ import pytest
 from engine.commands import GrantCredits
 from engine.contracts import OveragePolicy
 from engine.errors import InvalidArgument, NotFound
+from engine.state import Engine
 from engine.ledger import GrantKind
 from engine.products import Aggregation
 from engine.ratecard import TierMode
@@ -440,3 +441,19 @@ def test_revenue_reverses_with_refunded_credits() -> None:
     [entry] = world.ingest_one(event("down", T + 2, event_type="p", values={"v": 4}))  # -6 credits -> -3
     assert [(d.credits, d.revenue) for d in entry.draws] == [(-picos("6"), -picos("3"))]
     assert world.grant_by_id("g").recognized_revenue == picos("2")  # 4 x 0.5
+
+
+# Large amounts -------------------------------------------------------------------------------------------------
+
+
+def test_amounts_beyond_64_bits_of_picos_survive_a_snapshot() -> None:
+    """A billion credits is 10^21 picos: more than msgpack's 64-bit integers hold. The snapshot keeps it exactly."""
+    world = ledger_world()
+    world.grant("big", "999999999999", paid="899999999999.1")
+    world.charge_of(event("t1", T + 1, values={"tokens": 7}))
+    blob = world.engine.encode_snapshot()
+    restored = Engine.from_snapshot(blob)
+    [grant] = restored.state.accounts["acme"].grants
+    assert grant.amount == picos("999999999999")
+    assert grant.remaining == picos("999999999992")
+    assert restored.encode_snapshot() == blob
