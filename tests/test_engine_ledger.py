@@ -12,10 +12,10 @@ import pytest
 from engine.commands import GrantCredits
 from engine.contracts import OveragePolicy
 from engine.errors import InvalidArgument, NotFound
-from engine.state import Engine
 from engine.ledger import GrantKind
 from engine.products import Aggregation
 from engine.ratecard import TierMode
+from engine.state import Engine
 from tests.engine_fixtures import (
     DAY_MS,
     EPOCH_MS,
