@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import signal
@@ -28,13 +29,18 @@ from tariff.v1 import (
     usage_pb2_grpc,
 )
 
+from server import telemetry
+from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
 from server.demo import demo_commands
+from server.errors import UndecodableRequests
 from server.journal import LmdbJournal
-from server.sequencer import Sequencer, recover
+from server.sequencer import Sequencer, recover_for_writing
 from server.services import (
+    INTAKE_BYTES_MAX_DEFAULT,
     AlertService,
     BalanceService,
     ContractService,
+    IntakeBudget,
     InvoiceService,
     PricingService,
     UsageService,
@@ -58,6 +64,30 @@ class ServeConfig:
     batch_events_max: int = 10_000
     future_skew_ms: int = 5 * 60 * 1000
     snapshot_every_records: int = 5_000
+    snapshot_every_events: int = 1_000_000
+    api_keys: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    concurrent_rpcs_max: int = CONCURRENT_RPCS_MAX_DEFAULT
+    stream_batches_in_flight_max: int = 16
+    intake_bytes_max: int = INTAKE_BYTES_MAX_DEFAULT
+    otel: str = "off"  # off | console | otlp
+    metrics_port: int | None = None
+
+
+# Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
+# reference cycles worth finding. Never rescan what recovery loaded (freeze), and collect the young generation
+# less often than the default 700 allocations. Measured with the writer under load (pauses of the event loop):
+# the defaults give full collections of 100-230 ms as the state grows; (10000, 10, 10) keeps pauses under
+# ~30 ms and costs less CPU per event; a larger young generation (50,000) makes each young collection ~20 ms.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_garbage_collector() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def is_loopback(listen: str) -> bool:
@@ -70,29 +100,90 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+def listen_refusal(config: ServeConfig) -> str | None:
+    """Why the server must not start with this address and security set-up, or None when it may."""
+    if (config.tls_cert is None) != (config.tls_key is None):
+        return "--tls-cert and --tls-key go together"
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        return "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key"
+    if config.api_keys is None and not config.insecure and not is_loopback(config.listen):
+        return (
+            f"refusing to listen on {config.listen} without API keys: use --api-keys, a loopback address or --insecure"
+        )
+    return None
+
+
+def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 async def serve(config: ServeConfig) -> int:
-    if not config.insecure and not is_loopback(config.listen):
-        log.error("refusing to listen on %s without API keys: use a loopback address or --insecure", config.listen)
+    refusal = listen_refusal(config)
+    if refusal is not None:
+        log.error("%s", refusal)
         return 2
+    keyring: Keyring | None = None
+    try:
+        if config.api_keys is not None:
+            keyring = Keyring(load_keys(config.api_keys))
+        credentials = _server_credentials(config)
+    except KeyFileError as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot read a TLS file: %s", exc)
+        return 2
+    if keyring is not None and credentials is None and not is_loopback(config.listen):
+        log.warning(
+            "WARNING: serving %s with API keys but WITHOUT TLS: keys and billing data cross the network in clear "
+            "text; use --tls-cert/--tls-key",
+            config.listen,
+        )
+    if keyring is not None:
+        log.info("API keys: %d loaded from %s", len(keyring), config.api_keys)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
-    engine = recover(journal, future_skew_ms=config.future_skew_ms)
+    engine, unindexed = recover_for_writing(journal, future_skew_ms=config.future_skew_ms)
     log.info("recovered state at journal seq %d", engine.state.last_seq)
-    sequencer = Sequencer(engine, journal, snapshot_every_records=config.snapshot_every_records)
+    tune_garbage_collector()
+    stop_telemetry = telemetry.configure(telemetry.OtelExporter(config.otel), config.metrics_port)
+    telemetry.gauges.journal_bytes = lambda: journal.stats().used_bytes
+    sequencer = Sequencer(
+        engine,
+        journal,
+        snapshot_every_records=config.snapshot_every_records,
+        snapshot_every_events=config.snapshot_every_events,
+        unindexed=unindexed,
+    )
     sequencer.start()
     if config.demo and engine.state.last_seq == 0:
         for command in demo_commands(wall_ms()):
             await sequencer.run(command)
         log.info("loaded the demo catalogue")
 
+    def customer_of_contract(contract_id: str) -> str | None:
+        contract = engine.state.contracts.get(contract_id)
+        return contract.customer_id if contract is not None else None
+
     server = grpc.aio.server(
+        # UndecodableRequests first: a request that does not parse is INVALID_ARGUMENT, whoever sends it.
+        interceptors=[UndecodableRequests(), CallGate(keyring, customer_of_contract, config.concurrent_rpcs_max)],
         options=[
             ("grpc.max_receive_message_length", config.message_bytes_max),
             ("grpc.max_send_message_length", config.message_bytes_max),
-        ]
+        ],
     )
     usage = UsageService(engine, sequencer)
     usage.batch_events_max = config.batch_events_max
+    usage.stream_batches_in_flight_max = config.stream_batches_in_flight_max
+    usage.intake = IntakeBudget(config.intake_bytes_max)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
     balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceService(engine, sequencer), server)
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(engine, sequencer), server)
@@ -110,7 +201,10 @@ async def serve(config: ServeConfig) -> int:
         alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
     ]
     reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(config.listen)
+    if credentials is not None:
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
     if port == 0:
         log.error("could not listen on %s", config.listen)
         return 2
@@ -133,6 +227,7 @@ async def serve(config: ServeConfig) -> int:
     if sequencer.failure is None:
         await sequencer.close()
     journal.close()
+    stop_telemetry()
     log.info("stopped at journal seq %d", engine.state.last_seq)
     return 1 if sequencer.failure is not None else 0
 

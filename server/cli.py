@@ -22,12 +22,67 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--message-mb-max", type=int, default=16, help="largest gRPC message in MiB")
     serve.add_argument("--future-skew-s", type=int, default=300, help="how far in the future an event timestamp may be")
     serve.add_argument("--snapshot-every", type=int, default=5_000, help="journal records between snapshots")
-    commands.add_parser("bench", help="measure the server against reference runs (not built yet)")
+    serve.add_argument(
+        "--snapshot-every-events",
+        type=int,
+        default=1_000_000,
+        help="usage events between snapshots (whichever of the two comes first)",
+    )
+    serve.add_argument(
+        "--api-keys", type=Path, help="API key file (JSON, or TOML if it ends in .toml); see `tariff keys`"
+    )
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server (TLS)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of the server (TLS)")
+    serve.add_argument("--tls-client-ca", type=Path, help="PEM CA that client certificates must chain to (mutual TLS)")
+    serve.add_argument(
+        "--max-concurrent-rpcs", type=int, default=1_000, help="calls running at once; more: RESOURCE_EXHAUSTED"
+    )
+    serve.add_argument(
+        "--intake-mb-max",
+        type=int,
+        default=256,
+        help="MiB of usage batches read but not yet answered, all streams together; past it reading waits",
+    )
+    serve.add_argument(
+        "--stream-inflight-batches-max", type=int, default=16, help="batches of one IngestUsage stream awaiting commit"
+    )
+    serve.add_argument(
+        "--otel",
+        choices=["off", "console", "otlp"],
+        default="off",
+        help="OpenTelemetry export: metrics and control-plane traces to stdout, or OTLP/gRPC (default off)",
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: none)"
+    )
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys_new = keys.add_parser("new", help="make a key, print it once and append its hash to the key file")
+    keys_new.add_argument("--name", required=True, help="who uses the key; the audit log's actor")
+    keys_new.add_argument("--role", required=True, choices=["admin", "ingest", "read"])
+    keys_new.add_argument("--customers", default="", help="comma-separated customer ids the key is restricted to")
+    keys_new.add_argument("--file", type=Path, required=True, help="the key file (created if missing)")
+    from server.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(commands.add_parser("bench", help="measure the server against reference runs (DESIGN §6)"))
     args = parser.parse_args(argv)
 
     if args.command == "bench":
-        print("tariff bench is not built yet (see the performance issue)", file=sys.stderr)
-        sys.exit(2)
+        from server.bench import run as run_bench
+
+        sys.exit(run_bench(args))
+    if args.command == "keys":
+        from server.auth import KeyFileError, new_key
+
+        try:
+            key = new_key(args.file, args.name, args.role, args.customers.split(","))
+        except KeyFileError as exc:
+            print(f"tariff keys new: {exc}", file=sys.stderr)
+            sys.exit(2)
+        print(key)
+        print(
+            f"key {args.name!r} ({args.role}) added to {args.file}; this is the only time it is shown", file=sys.stderr
+        )
+        return
     from server.app import ServeConfig, run
 
     config = ServeConfig(
@@ -40,6 +95,16 @@ def main(argv: list[str] | None = None) -> None:
         batch_events_max=args.batch_events_max,
         future_skew_ms=args.future_skew_s * 1000,
         snapshot_every_records=args.snapshot_every,
+        snapshot_every_events=args.snapshot_every_events,
+        api_keys=args.api_keys,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        concurrent_rpcs_max=args.max_concurrent_rpcs,
+        stream_batches_in_flight_max=args.stream_inflight_batches_max,
+        intake_bytes_max=args.intake_mb_max * 1024 * 1024,
+        otel=args.otel,
+        metrics_port=args.metrics_port,
     )
     sys.exit(run(config))
 

@@ -59,19 +59,24 @@ def set_time(message: object, field: str, ms: int | None) -> None:
 
 
 def usage_events(batch: usage_pb2.UsageBatch) -> list[cmd.UsageEvent]:
-    # The hot path: one attribute read per field, maps copied once.
-    return [
-        cmd.UsageEvent(
-            e.transaction_id,
-            e.customer_id,
-            e.event_type,
-            e.timestamp_ms,
-            dict(e.dimensions),
-            dict(e.values),
-            e.reservation_id,
+    # The hot path: one attribute read per field, maps copied once. A comprehension over the keys copies a
+    # protobuf map about twice as fast as dict(map), which goes through the Mapping ABC's keys() and items().
+    events = []
+    for e in batch.events:
+        dimensions = e.dimensions
+        values = e.values
+        events.append(
+            cmd.UsageEvent(
+                e.transaction_id,
+                e.customer_id,
+                e.event_type,
+                e.timestamp_ms,
+                {key: dimensions[key] for key in dimensions},
+                {key: values[key] for key in values},
+                e.reservation_id,
+            )
         )
-        for e in batch.events
-    ]
+    return events
 
 
 def ingest_ack(batch_id: str, seq: int, result: IngestResult) -> usage_pb2.IngestAck:

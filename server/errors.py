@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
@@ -18,10 +19,23 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from engine.errors import AlreadyExists, EngineError, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from server import telemetry
 
 log = logging.getLogger("tariff.errors")
 
-__all__ = ["ResourceExhausted", "Unavailable", "Unimplemented", "abort", "streaming", "to_status", "unary"]
+__all__ = [
+    "DeadlineExceeded",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "abort",
+    "check_deadline",
+    "streaming",
+    "to_status",
+    "unary",
+]
 
 # grpc ships no type information: a servicer context is typed as Any.
 Context: TypeAlias = Any
@@ -39,6 +53,32 @@ class Unavailable(EngineError):
     """The server is shutting down or its writer stopped: retry elsewhere or later."""
 
 
+class Unauthenticated(EngineError):
+    """No API key, or one the server does not know (server/auth.py)."""
+
+
+class PermissionDenied(EngineError):
+    """A known key asked for what its role or its customers do not allow (server/auth.py)."""
+
+
+class DeadlineExceeded(EngineError):
+    """The call's deadline passed before its command was submitted: nothing was applied."""
+
+
+def check_deadline(context: Context | None) -> float | None:
+    """Refuses to start a state change for a call whose deadline has already passed (it would never be acked).
+
+    Returns the deadline as a time.monotonic() value (None: the call has none) for Sequencer.submit, which
+    drops the command if the deadline passes while it is queued.
+    """
+    remaining: float | None = context.time_remaining() if context is not None else None
+    if remaining is None:
+        return None
+    if remaining <= 0:
+        raise DeadlineExceeded("the call's deadline passed before its command was applied; nothing was applied")
+    return time.monotonic() + remaining
+
+
 _CODES: list[tuple[type[EngineError], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
@@ -47,6 +87,9 @@ _CODES: list[tuple[type[EngineError], grpc.StatusCode]] = [
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
 
@@ -86,11 +129,19 @@ Servicer = TypeVar("Servicer")
 def unary(
     method: Callable[[Servicer, Request, Context], Awaitable[Response]],
 ) -> Callable[[Servicer, Request, Context], Awaitable[Response]]:
-    """Wraps a unary servicer method so that every error leaves as the right status."""
+    """Wraps a unary servicer method so that every error leaves as the right status.
+
+    Control-plane methods (all but usage and balances, the hot path) also get a trace span each.
+    """
+    span_name = f"tariff.v1.{method.__qualname__}"
+    traced = not method.__qualname__.startswith(("UsageService.", "BalanceService."))
 
     @functools.wraps(method)
     async def wrapper(self: Servicer, request: Request, context: Context) -> Response:
         try:
+            if traced:
+                with telemetry.tracer.start_as_current_span(span_name):
+                    return await method(self, request, context)
             return await method(self, request, context)
         except EngineError as exc:
             await abort(context, exc)
@@ -123,3 +174,101 @@ def streaming(
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the server log")
 
     return wrapper
+
+
+# Requests that do not parse ------------------------------------------------------------------------------------
+
+
+class UndecodableRequest(InvalidArgument):
+    """The request bytes are not a valid message of the method's type (e.g. invalid UTF-8 in a string field)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__([("request", f"could not be decoded: {reason}")])
+
+
+class _Undecodable:
+    """What a request that failed to parse is handed on as, so that it is refused in-band, not by grpc."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: UndecodableRequest) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(blob: bytes) -> Any:
+        try:
+            return deserializer(blob)
+        except Exception as exc:  # protobuf's DecodeError: grpc itself would answer UNKNOWN
+            return _Undecodable(UndecodableRequest(str(exc)))
+
+    return parse
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        yield request
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    # grpc takes a streaming behaviour as an async generator or as a coroutine that calls context.write().
+    if hasattr(result, "__aiter__"):
+        async for response in result:
+            yield response
+    else:
+        await result
+
+
+class UndecodableRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Answers INVALID_ARGUMENT for request bytes that do not parse, where grpc would answer UNKNOWN (unary) or
+    the servicer INTERNAL (streams). First in the interceptor list, so it sees every call before anything else."""
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        deserializer = _tolerant(handler.request_deserializer)
+        if not handler.request_streaming:
+            if not handler.response_streaming:
+                unary_behavior = handler.unary_unary
+
+                async def unary_unary(request: Any, context: Context) -> Any:
+                    if isinstance(request, _Undecodable):
+                        await abort(context, request.error)
+                    return await unary_behavior(request, context)
+
+                return handler._replace(request_deserializer=deserializer, unary_unary=unary_unary)
+            stream_behavior = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                if isinstance(request, _Undecodable):
+                    await abort(context, request.error)
+                async for response in _responses(stream_behavior(request, context)):
+                    yield response
+
+            return handler._replace(request_deserializer=deserializer, unary_stream=unary_stream)
+        if not handler.response_streaming:
+            gather_behavior = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
+                try:
+                    return await gather_behavior(_decoded(requests), context)
+                except UndecodableRequest as exc:  # a servicer that does not map errors itself
+                    await abort(context, exc)
+
+            return handler._replace(request_deserializer=deserializer, stream_unary=stream_unary)
+        bidi_behavior = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            try:
+                async for response in _responses(bidi_behavior(_decoded(requests), context)):
+                    yield response
+            except UndecodableRequest as exc:
+                await abort(context, exc)
+
+        return handler._replace(request_deserializer=deserializer, stream_stream=stream_stream)

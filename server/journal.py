@@ -1,22 +1,24 @@
 """The journal: Tariff's durable store, behind the small `Journal` protocol.
 
-The sequencer appends every state-changing command (with its results) as an opaque record and,
-in the same write transaction, the dedupe entries of the events it accepted. A reply is sent
-only after `commit` returns, so anything acknowledged survives `kill -9`; recovery loads the
-newest snapshot and replays the records after it. Raw events and the dedupe index live here,
-not in RAM, which is why lookups go through `find_transactions` rather than a dict.
+The sequencer appends every state-changing command (with its results) as an opaque record. A
+reply is sent only after `commit` returns, so anything acknowledged survives `kill -9`; recovery
+loads the newest snapshot and replays the records after it. Raw events and the dedupe index live
+here, not in RAM, which is why lookups go through `find_transactions` rather than a dict. The
+dedupe entries of accepted events are added later and in bulk by `index_transactions`, which also
+moves a high-water mark: the records after it are the ones whose ids recovery re-derives.
 
 Two implementations with the same observable semantics:
 
 - `LmdbJournal`, the default: one LMDB environment (a directory) with four named databases,
   "records" (seq as 8-byte big-endian -> record), "transactions" (UTF-8 transaction id ->
-  msgpack `DedupeEntry`), "snapshots" (only the newest one) and "meta" (format version).
+  msgpack `DedupeEntry`), "snapshots" (only the newest one) and "meta" (format version, and the
+  seq through which transaction ids are indexed).
 - `MemoryJournal`, in RAM, for engine and server unit tests; `capacity_bytes` simulates a full
   map so the `JournalFull` path can be tested without a disk.
 
 A cluster backend (NATS JetStream, DESIGN.md §2) is meant to be a third implementation.
 
-Threads: the server calls the write methods (`commit`, `save_snapshot`,
+Threads: the server calls the write methods (`commit`, `index_transactions`, `save_snapshot`,
 `prune_transactions`) from ONE dedicated writer thread, and the read methods from the event-loop
 thread. LMDB supports exactly that: the environment is opened with `lock=True`, write
 transactions are serialised by LMDB, py-lmdb uses MDB_NOTLS so a read transaction is not tied to
@@ -60,6 +62,7 @@ _TRANSACTIONS_DB = b"transactions"
 _SNAPSHOTS_DB = b"snapshots"
 _META_DB = b"meta"
 _FORMAT_VERSION_KEY = b"format_version"
+_INDEXED_THROUGH_KEY = b"transactions_indexed_through"
 
 # The event-loop thread and short-lived tooling readers need a handful of slots; 126 is LMDB's
 # default and leaves ample headroom.
@@ -116,6 +119,22 @@ class Journal(Protocol):
         that is empty, longer than MAX_TRANSACTION_ID_BYTES in UTF-8 or already present; raises
         JournalFull (nothing written, journal still usable) when the store has no room.
         """
+        ...
+
+    def index_transactions(self, transactions: Mapping[str, DedupeEntry], through_seq: int) -> None:
+        """Add dedupe entries accepted in records up to through_seq, and remember through_seq, atomically.
+
+        The sequencer commits a group's records without their dedupe entries and indexes the entries
+        later, in bulk (DESIGN §6: per-event random-key writes cost ~40x a per-batch record, so they
+        stay off the acknowledgement path). Recovery re-derives the entries of the records after
+        transactions_indexed_through() by replaying them. An id already present is replaced.
+        Raises ValueError (nothing written) if through_seq is beyond last_seq() or behind the current
+        mark, or for an id commit would refuse; JournalFull as commit does.
+        """
+        ...
+
+    def transactions_indexed_through(self) -> int:
+        """The seq through which every record's accepted transaction ids are in the index."""
         ...
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
@@ -195,6 +214,11 @@ def _check_snapshot_seq(seq: int, last_seq: int, current_seq: int | None) -> Non
         raise ValueError(f"snapshot seq {seq} is older than the stored snapshot's seq {current_seq}")
 
 
+def _check_indexed_through(through_seq: int, last_seq: int, current: int) -> None:
+    if not current <= through_seq <= last_seq:
+        raise ValueError(f"indexed-through seq {through_seq} is outside {current}..last_seq ({last_seq})")
+
+
 def _check_limit(limit: int) -> None:
     if limit < 1:
         raise ValueError(f"prune limit must be at least 1, got {limit}")
@@ -250,9 +274,16 @@ class LmdbJournal:
                         f"journal at {path} has format version {stored.decode('ascii', 'replace')!r}; this"
                         f" Tariff reads only version {FORMAT_VERSION}: run the Tariff release that wrote it"
                     )
-            with env.begin(buffers=False) as txn, txn.cursor(db=self._records_db) as cursor:
-                # Cached because the sequencer asks on every batch; only this object writes.
-                self._last_seq = _seq_from_key(cursor.key()) if cursor.last() else 0
+                with txn.cursor(db=self._records_db) as cursor:
+                    # Cached because the sequencer asks on every batch; only this object writes.
+                    self._last_seq = _seq_from_key(cursor.key()) if cursor.last() else 0
+                mark = txn.get(_INDEXED_THROUGH_KEY, db=meta_db)
+                if mark is None:
+                    # A store written before deferred indexing committed every entry with its record.
+                    mark = _seq_key(self._last_seq)
+                    txn.put(_INDEXED_THROUGH_KEY, mark, db=meta_db)
+                self._indexed_through = _seq_from_key(mark)
+                self._meta_db = meta_db
         except BaseException:
             env.close()
             raise
@@ -342,6 +373,24 @@ class LmdbJournal:
         except lmdb.MapFullError as exc:
             raise self._journal_full(env, exc) from exc
         self._last_seq = records[-1][0]
+
+    def index_transactions(self, transactions: Mapping[str, DedupeEntry], through_seq: int) -> None:
+        env = self._require_env()
+        _check_indexed_through(through_seq, self._last_seq, self._indexed_through)
+        # Sorted: neighbouring keys share pages, so a bulk insert dirties each page once.
+        encoded = sorted(_encode_transactions(transactions), key=lambda item: item[1])
+        try:
+            with env.begin(write=True) as txn:
+                for _, key, value in encoded:
+                    txn.put(key, value, db=self._transactions_db)
+                txn.put(_INDEXED_THROUGH_KEY, _seq_key(through_seq), db=self._meta_db)
+        except lmdb.MapFullError as exc:
+            raise self._journal_full(env, exc) from exc
+        self._indexed_through = through_seq
+
+    def transactions_indexed_through(self) -> int:
+        self._require_env()
+        return self._indexed_through
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         env = self._require_env()
@@ -443,6 +492,7 @@ class MemoryJournal:
         self._records: list[bytes] = []  # index i holds seq i + 1
         self._transactions: dict[str, tuple[DedupeEntry, int]] = {}  # entry, bytes it counts
         self._snapshot: tuple[int, bytes] | None = None
+        self._indexed_through = 0
         self._used_bytes = 0
         self._closed = False
 
@@ -507,6 +557,24 @@ class MemoryJournal:
             self._used_bytes += record_bytes + sum(entry_bytes)
             if len(self._records) != records[-1][0]:
                 raise AssertionError(f"in-memory journal: {len(self._records)} records after seq {records[-1][0]}")
+
+    def index_transactions(self, transactions: Mapping[str, DedupeEntry], through_seq: int) -> None:
+        with self._lock:
+            self._require_open()
+            _check_indexed_through(through_seq, len(self._records), self._indexed_through)
+            encoded = _encode_transactions(transactions)
+            entry_bytes = [len(key) + len(value) for _, key, value in encoded]
+            replaced = sum(self._transactions[tid][1] for tid, _, _ in encoded if tid in self._transactions)
+            self._reserve(sum(entry_bytes) - replaced)
+            for (transaction_id, _, _), size in zip(encoded, entry_bytes, strict=True):
+                self._transactions[transaction_id] = (transactions[transaction_id], size)
+            self._used_bytes += sum(entry_bytes) - replaced
+            self._indexed_through = through_seq
+
+    def transactions_indexed_through(self) -> int:
+        with self._lock:
+            self._require_open()
+            return self._indexed_through
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,8 +34,8 @@ from engine.ledger import Grant
 from engine.products import Product
 from engine.ratecard import RateCard, Version
 from engine.state import Engine, IngestResult, PublishResult
-from server import convert
-from server.errors import ResourceExhausted, Unimplemented, streaming, unary
+from server import auth, convert, telemetry
+from server.errors import DeadlineExceeded, ResourceExhausted, Unimplemented, check_deadline, streaming, unary
 from server.sequencer import Sequencer
 
 # grpc ships no type information: a servicer context is typed as Any.
@@ -42,8 +43,9 @@ Context: TypeAlias = Any
 Result = TypeVar("Result")
 BATCH_EVENTS_MAX_DEFAULT = 10_000
 STREAM_BATCHES_IN_FLIGHT_MAX = 16
+INTAKE_BYTES_MAX_DEFAULT = 256 * 1024 * 1024
 PAGE_SIZE_MAX = 1_000
-ACTOR_DEFAULT = "anonymous"
+ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
 
 
 def wall_ms() -> int:
@@ -51,8 +53,8 @@ def wall_ms() -> int:
 
 
 def actor_of(context: Context) -> str:
-    # API keys come with the security issue; until then every change is attributed to the anonymous actor.
-    return ACTOR_DEFAULT
+    # server/auth.py's interceptor puts the caller in a context variable: the key's name, or anonymous without keys.
+    return auth.actor()
 
 
 class _Base:
@@ -63,7 +65,8 @@ class _Base:
 
     async def _apply(self, command: cmd.Command, result_type: type[Result]) -> Result:
         """Runs a command through the writer; returns its result once journaled and committed."""
-        _, result = await self.sequencer.run(command)
+        deadline = check_deadline(auth.current_call.get())
+        _, result = await self.sequencer.run(command, deadline)
         assert isinstance(result, result_type), f"{type(command).__name__} gave {type(result).__name__}"
         return result
 
@@ -78,8 +81,59 @@ def _not_built(what: str) -> Callable[..., Awaitable[Any]]:
     return method
 
 
+def _not_built_stream(what: str) -> Callable[..., AsyncIterator[Any]]:
+    """The same for a server-streaming RPC: an async generator, which is what interceptors wrap a stream as."""
+
+    @streaming
+    async def method(self: object, request: object, context: Context) -> AsyncIterator[Any]:
+        raise Unimplemented(f"{what} is not implemented yet")
+        yield  # unreachable: makes this an async generator
+
+    return method
+
+
+class IntakeBudget:
+    """Bytes of usage batches read but not yet answered, across every stream and call of the process.
+
+    Each stream already stops reading past its own in-flight limit; this bounds the sum over all streams, so
+    memory stays bounded however many clients send. Past the budget, every ingest waits before reading on
+    (gRPC flow control then pushes back on the senders). A batch larger than the whole budget still passes,
+    alone.
+    """
+
+    def __init__(self, bytes_max: int) -> None:
+        assert bytes_max > 0
+        self.bytes_max = bytes_max
+        self.bytes_used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, size_bytes: int) -> int:
+        """Waits for room; returns what was taken, to hand back to release()."""
+        taken = min(size_bytes, self.bytes_max)
+        while self.bytes_used + taken > self.bytes_max:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        self.bytes_used += taken
+        return taken
+
+    def release(self, taken: int) -> None:
+        """Synchronous, so that it also runs in the cleanup of a cancelled call."""
+        self.bytes_used -= taken
+        assert self.bytes_used >= 0
+        while self._waiters:  # every waiter re-checks the room
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
     batch_events_max = BATCH_EVENTS_MAX_DEFAULT
+    stream_batches_in_flight_max = STREAM_BATCHES_IN_FLIGHT_MAX
+
+    def __init__(self, engine: Engine, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
+        super().__init__(engine, sequencer, clock_ms)
+        self.intake = IntakeBudget(INTAKE_BYTES_MAX_DEFAULT)
 
     def _command(self, batch: usage_pb2.UsageBatch) -> cmd.IngestBatch:
         if len(batch.events) > self.batch_events_max:
@@ -91,7 +145,13 @@ class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
 
     @unary
     async def IngestUsageBatch(self, request: usage_pb2.UsageBatch, context: Context) -> usage_pb2.IngestAck:
-        seq, result = await self.sequencer.run(self._command(request))
+        taken = await self.intake.acquire(request.ByteSize())
+        try:
+            command = self._command(request)
+            deadline = check_deadline(context)
+            seq, result = await self.sequencer.run(command, deadline)
+        finally:
+            self.intake.release(taken)
         assert isinstance(result, IngestResult)
         return convert.ingest_ack(request.batch_id, seq, result)
 
@@ -101,36 +161,48 @@ class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
     ) -> AsyncIterator[usage_pb2.IngestAck]:
         # Batches are submitted as they arrive (so concurrent streams share group commits) and acked in order.
         # At most STREAM_BATCHES_IN_FLIGHT_MAX await their commit: past that the server stops reading the stream.
-        slots = asyncio.Semaphore(STREAM_BATCHES_IN_FLIGHT_MAX)
+        slots = asyncio.Semaphore(self.stream_batches_in_flight_max)
         # Never holds more than the slots allow (plus the end marker), so putting never has to wait.
-        in_flight: asyncio.Queue[tuple[str, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
+        in_flight: asyncio.Queue[tuple[str, int, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
+        held_bytes = [0]  # taken from the process-wide intake budget and not yet given back
 
         async def read() -> None:
             try:
                 async for batch in request_iterator:
                     await slots.acquire()
+                    taken = await self.intake.acquire(batch.ByteSize())
+                    held_bytes[0] += taken
                     future: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
                     try:
-                        future = self.sequencer.submit(self._command(batch))
-                    except ResourceExhausted as exc:
+                        command = self._command(batch)
+                        future = self.sequencer.submit(command, check_deadline(context))
+                    except (ResourceExhausted, DeadlineExceeded) as exc:
                         future.set_exception(exc)
-                        in_flight.put_nowait((batch.batch_id, future))
+                        in_flight.put_nowait((batch.batch_id, taken, future))
                         return  # the stream ends with this error: read no further batch
-                    in_flight.put_nowait((batch.batch_id, future))
+                    in_flight.put_nowait((batch.batch_id, taken, future))
             finally:
                 in_flight.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (item := await in_flight.get()) is not None:
-                batch_id, future = item
-                seq, result = await future
+                batch_id, taken, future = item
+                try:
+                    seq, result = await future
+                finally:
+                    held_bytes[0] -= taken
+                    self.intake.release(taken)
                 slots.release()
                 assert isinstance(result, IngestResult)
                 yield convert.ingest_ack(batch_id, seq, result)
             await reader  # a broken request stream surfaces here
         finally:
             reader.cancel()
+            if held_bytes[0]:
+                # Batches read but never answered (the stream broke): give their room back.
+                self.intake.release(held_bytes[0])
+                held_bytes[0] = 0
 
 
 class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
@@ -147,10 +219,18 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
             raise InvalidArgument.field("customer_id", "is required")
         if not request.event_type:
             raise InvalidArgument.field("event_type", "is required")
+        started_ns = time.perf_counter_ns()
+        dimensions, values = request.dimensions, request.values
         estimate = self.engine.estimate(
-            request.customer_id, request.event_type, dict(request.dimensions), dict(request.values), self.clock_ms()
+            request.customer_id,
+            request.event_type,
+            {key: dimensions[key] for key in dimensions},  # twice as fast as dict(map) for a protobuf map
+            {key: values[key] for key in values},
+            self.clock_ms(),
         )
-        return convert.authorize_response(request.request_id, estimate)
+        response = convert.authorize_response(request.request_id, estimate)
+        telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6)
+        return response
 
     @unary
     async def Authorize(self, request: balance_pb2.AuthorizeRequest, context: Context) -> balance_pb2.AuthorizeResponse:
@@ -172,7 +252,7 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
             yield self._decide(request)
 
     ReleaseReservation = _not_built("ReleaseReservation (reservations)")
-    WatchBalance = _not_built("WatchBalance (balance streaming)")
+    WatchBalance = _not_built_stream("WatchBalance (balance streaming)")
 
 
 class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
@@ -300,7 +380,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         self, request: contracts_pb2.ListCustomersRequest, context: Context
     ) -> contracts_pb2.ListCustomersResponse:
         page_size = min(request.page_size or 100, PAGE_SIZE_MAX)
-        ids = sorted(self.engine.state.customers)
+        ids = sorted(auth.visible_customers(self.engine.state.customers))  # a restricted key sees its own only
         start = 0
         if request.page_token:
             start = bisect.bisect_right(ids, request.page_token)
@@ -371,4 +451,4 @@ class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
 
 class AlertService(alerts_pb2_grpc.AlertServiceServicer):
     CreateAlert = _not_built("CreateAlert (alerts)")
-    WatchAlerts = _not_built("WatchAlerts (alerts)")
+    WatchAlerts = _not_built_stream("WatchAlerts (alerts)")

@@ -62,6 +62,8 @@ class ServerProcess:
     `port` is 0 until the first start() picks a free one (set it before start() to choose);
     restarts keep it. `api_key`, when given, is sent on health probes and by the client helpers
     (pass the server its key file through `extra_args`, e.g. `["--api-keys", str(path)]`).
+    `tls_root_cert` (PEM file of the CA to trust), and `tls_client_cert`/`tls_client_key` for mutual
+    TLS, make the probe and the client helpers use TLS (pass the server `--tls-cert` etc. in `extra_args`).
     """
 
     def __init__(
@@ -73,7 +75,13 @@ class ServerProcess:
         port: int = 0,
         api_key: str | None = None,
         env: dict[str, str] | None = None,
+        tls_root_cert: Path | None = None,
+        tls_client_cert: Path | None = None,
+        tls_client_key: Path | None = None,
     ) -> None:
+        self.tls_root_cert = tls_root_cert
+        self.tls_client_cert = tls_client_cert
+        self.tls_client_key = tls_client_key
         self.data_dir = Path(data_dir)
         self.demo = demo
         self.extra_args = tuple(extra_args)
@@ -159,7 +167,13 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         metadata = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else None
         last = "no answer"
-        with grpc.insecure_channel(self.target, options=_PROBE_OPTIONS) as channel:
+        credentials = self.channel_credentials()
+        channel_of = (
+            grpc.insecure_channel(self.target, options=_PROBE_OPTIONS)
+            if credentials is None
+            else grpc.secure_channel(self.target, credentials, options=_PROBE_OPTIONS)
+        )
+        with channel_of as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 code = self.returncode
@@ -247,16 +261,28 @@ class ServerProcess:
 
     # -- clients ---------------------------------------------------------------------
 
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials from tls_root_cert (and the client pair for mTLS), or None for plaintext."""
+        if self.tls_root_cert is None:
+            return None
+        return grpc.ssl_channel_credentials(
+            self.tls_root_cert.read_bytes(),
+            self.tls_client_key.read_bytes() if self.tls_client_key else None,
+            self.tls_client_cert.read_bytes() if self.tls_client_cert else None,
+        )
+
     def client(self, **kwargs: Any) -> TariffClient:
         """A synchronous TariffClient for this server (close it, or use `with`)."""
         kwargs.setdefault("api_key", self.api_key)
         kwargs.setdefault("channel_options", [("grpc.enable_http_proxy", 0)])
+        kwargs.setdefault("credentials", self.channel_credentials())
         return TariffClient(self.target, **kwargs)
 
     def async_client(self, **kwargs: Any) -> AsyncTariffClient:
         """An AsyncTariffClient for this server; create it inside the event loop that uses it."""
         kwargs.setdefault("api_key", self.api_key)
         kwargs.setdefault("channel_options", [("grpc.enable_http_proxy", 0)])
+        kwargs.setdefault("credentials", self.channel_credentials())
         return AsyncTariffClient(self.target, **kwargs)
 
 

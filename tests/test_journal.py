@@ -435,3 +435,62 @@ def test_random_commits_leave_lmdb_and_memory_journals_in_the_same_state(ops: li
         finally:
             on_disk.close()
             in_memory.close()
+
+
+# Deferred indexing of transaction ids -----------------------------------------------------------------------
+
+
+def test_index_transactions_adds_entries_and_moves_the_mark(journal: Journal) -> None:
+    journal.commit([(1, b"one"), (2, b"two"), (3, b"three")], {})
+    assert journal.transactions_indexed_through() == 0
+    assert journal.find_transactions(["a", "b"]) == {}
+
+    journal.index_transactions({"a": entry(10), "b": entry(11)}, through_seq=2)
+    assert journal.transactions_indexed_through() == 2
+    assert journal.find_transactions(["a", "b", "c"]) == {"a": entry(10), "b": entry(11)}
+    assert journal.stats().transactions == 2
+
+    journal.index_transactions({}, through_seq=3)  # nothing accepted in record 3: the mark still moves
+    assert journal.transactions_indexed_through() == 3
+
+
+@pytest.mark.parametrize("through_seq", [-1, 0, 3], ids=["negative", "behind-the-mark", "beyond-last-seq"])
+def test_index_transactions_refuses_a_mark_behind_the_current_one_or_beyond_last_seq(
+    journal: Journal, through_seq: int
+) -> None:
+    journal.commit([(1, b"one"), (2, b"two")], {})
+    journal.index_transactions({"a": entry(10)}, through_seq=1)
+    with pytest.raises(ValueError):
+        journal.index_transactions({"b": entry(11)}, through_seq=through_seq)
+    assert journal.transactions_indexed_through() == 1
+    assert journal.find_transactions(["b"]) == {}
+
+
+def test_lmdb_index_mark_survives_reopen_and_a_fresh_store_starts_at_zero(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=16 * MiB)
+    assert journal.transactions_indexed_through() == 0
+    journal.commit([(1, b"one"), (2, b"two")], {})
+    journal.index_transactions({"a": entry(10)}, through_seq=1)
+    journal.close()
+
+    reopened = LmdbJournal(path, map_size_bytes=16 * MiB)
+    assert reopened.transactions_indexed_through() == 1
+    assert reopened.find_transactions(["a"]) == {"a": entry(10)}
+    reopened.close()
+
+
+def test_lmdb_store_without_a_mark_counts_every_record_as_indexed(tmp_path: Path) -> None:
+    """A store written before deferred indexing committed each record's ids with it: nothing to re-derive."""
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=16 * MiB)
+    journal.commit([(1, b"one"), (2, b"two")], {"a": entry(10)})
+    journal.close()
+    env = lmdb.open(str(path), max_dbs=4)
+    with env.begin(write=True) as txn:
+        assert txn.delete(b"transactions_indexed_through", db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+    reopened = LmdbJournal(path, map_size_bytes=16 * MiB)
+    assert reopened.transactions_indexed_through() == 2
+    reopened.close()

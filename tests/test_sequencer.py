@@ -4,7 +4,9 @@ what a failed commit had applied, dedupe across a group and across the window, a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import pytest
 
@@ -12,9 +14,9 @@ from engine import commands as cmd
 from engine.errors import AlreadyExists
 from engine.state import Engine, IngestResult
 from server.demo import demo_commands
-from server.errors import ResourceExhausted
-from server.journal import MemoryJournal
-from server.sequencer import Sequencer, decode_record, recover
+from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from server.journal import DedupeEntry, MemoryJournal
+from server.sequencer import Sequencer, decode_record, recover, recover_for_writing
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T... UTC, inside the demo contract's first month
 DAY_MS = 24 * 3600 * 1000
@@ -34,8 +36,8 @@ def run_with(
     journal: MemoryJournal, body: Callable[[Sequencer], Awaitable[None]], clock: Callable[[], int] = lambda: NOW_MS
 ) -> Engine:
     async def main() -> Engine:
-        engine = recover(journal)
-        sequencer = Sequencer(engine, journal, clock_ms=clock)
+        engine, unindexed = recover_for_writing(journal)
+        sequencer = Sequencer(engine, journal, clock_ms=clock, unindexed=unindexed)
         sequencer.start()
         if engine.state.last_seq == 0:
             for command in demo_commands(NOW_MS):
@@ -180,3 +182,162 @@ def test_an_empty_batch_is_answered_with_an_empty_result_even_while_closing() ->
     assert all(isinstance(r, IngestResult) and (r.accepted, r.duplicates, r.rejections) == (0, 0, []) for r in results)
     assert len(results) == 2
     assert engine.state.last_seq == journal.last_seq()
+
+
+# Pipelining: the next group is applied while the previous one's commit is in flight -------------------------
+
+
+class GatedJournal(MemoryJournal):
+    """A MemoryJournal whose commits wait for the test to open a gate, and can be told to fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_next = False
+
+    def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
+        self.entered.set()
+        assert self.gate.wait(timeout=10), "the test never opened the gate"
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("disk went away")
+        super().commit(records, transactions)
+
+
+async def until_commit_in_flight(journal: GatedJournal) -> None:
+    while not journal.entered.is_set():
+        await asyncio.sleep(0.001)
+
+
+def test_an_id_in_the_commit_still_in_flight_is_a_duplicate_of_the_next_group() -> None:
+    journal = GatedJournal()
+    results: list[IngestResult] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        journal.gate.clear()
+        journal.entered.clear()
+        first = sequencer.submit(batch(event("p1")))
+        await until_commit_in_flight(journal)  # group 1 is committing: p1 is not in the index yet
+        resend = sequencer.submit(batch(event("p1")))
+        changed = sequencer.submit(batch(event("p1", model="gpt-4o-mini")))
+        await asyncio.sleep(0.05)  # the writer prepares the next group meanwhile
+        assert not first.done(), "answered before its commit"
+        journal.gate.set()
+        for future in (first, resend, changed):
+            _, result = await future
+            assert isinstance(result, IngestResult)
+            results.append(result)
+
+    engine = run_with(journal, body)
+    assert [(r.accepted, r.duplicates, len(r.rejections)) for r in results] == [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 25 * 10**11  # p1 drawn once: 2.5 credits
+
+
+def test_a_failed_commit_also_fails_the_group_applied_after_it_and_leaves_no_trace() -> None:
+    journal = GatedJournal()
+    committed_state: list[bytes] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(batch(event("ok")))
+        committed_state.append(sequencer.engine.encode_snapshot())
+        journal.gate.clear()
+        journal.entered.clear()
+        journal.fail_next = True
+        doomed = sequencer.submit(batch(event("d1")))
+        await until_commit_in_flight(journal)
+        riding = sequencer.submit(batch(event("d2")))  # applied on top of d1 while d1 commits
+        await asyncio.sleep(0.05)
+        journal.gate.set()
+        with pytest.raises(Unavailable):
+            await doomed
+        with pytest.raises(Unavailable):
+            await riding
+        assert sequencer.engine.encode_snapshot() == committed_state[0]
+        _, result = await sequencer.run(batch(event("d1"), event("d2")))  # the client's resend
+        assert isinstance(result, IngestResult) and result.accepted == 2
+
+    engine = run_with(journal, body)
+    # ok, d1, d2: three simple summaries on gpt-4, 2.5 credits each.
+    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 75 * 10**11
+    assert recover(journal).encode_snapshot() == engine.encode_snapshot()
+
+
+# Deferred indexing: ids are indexed in bulk, after their records; a crash in between loses no dedupe ----------
+
+
+def test_ids_not_yet_indexed_when_the_writer_dies_are_rederived_on_recovery() -> None:
+    journal = MemoryJournal()
+
+    async def crash_after_ingest() -> None:
+        engine, unindexed = recover_for_writing(journal)
+        sequencer = Sequencer(engine, journal, clock_ms=lambda: NOW_MS, unindexed=unindexed)
+        sequencer.start()
+        for command in demo_commands(NOW_MS):
+            await sequencer.run(command)
+        await sequencer.run(batch(event("x1"), event("x2")))
+        # No close(): as after kill -9, nothing more is written; the ids are committed but not indexed.
+        assert sequencer._task is not None
+        sequencer._task.cancel()
+
+    asyncio.run(crash_after_ingest())
+    assert journal.transactions_indexed_through() < journal.last_seq()
+    assert journal.find_transactions(["x1", "x2"]) == {}
+    with pytest.raises(ValueError, match="recover_for_writing"):
+        Sequencer(recover(journal), journal)
+
+    results: list[IngestResult] = []
+
+    async def resend(sequencer: Sequencer) -> None:
+        _, result = await sequencer.run(batch(event("x1"), event("x2", model="gpt-4o-mini")))
+        assert isinstance(result, IngestResult)
+        results.append(result)
+
+    engine = run_with(journal, resend)
+    assert [(r.accepted, r.duplicates, [x.reason.value for x in r.rejections]) for r in results] == [
+        (0, 1, ["DUPLICATE_CONFLICT"])
+    ]
+    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 5 * 10**12  # x1 and x2 once: 2 x 2.5
+    # close() indexed everything before its snapshot.
+    assert journal.transactions_indexed_through() == journal.last_seq()
+    assert set(journal.find_transactions(["x1", "x2"])) == {"x1", "x2"}
+
+
+def test_a_snapshot_is_taken_after_enough_events_even_when_few_records() -> None:
+    journal = MemoryJournal()
+
+    async def main() -> None:
+        sequencer = Sequencer(Engine(), journal, clock_ms=lambda: NOW_MS, snapshot_every_events=5)
+        sequencer.start()
+        for command in demo_commands(NOW_MS):
+            await sequencer.run(command)
+        await sequencer.run(batch(*(event(f"s{i}") for i in range(3))))
+        assert journal.load_snapshot() is None  # 7 admin records and 3 events: neither budget spent
+        seq, _ = await sequencer.run(batch(*(event(f"s{i}") for i in range(3, 6))))
+        # The snapshot is housekeeping after the answer: give the writer a moment.
+        for _ in range(200):
+            if journal.load_snapshot() is not None:
+                break
+            await asyncio.sleep(0.01)
+        snapshot = journal.load_snapshot()
+        assert snapshot is not None and snapshot[0] == seq
+        assert journal.transactions_indexed_through() == seq  # indexed before the snapshot
+        await sequencer.close()
+
+    asyncio.run(main())
+
+
+def test_a_command_whose_deadline_passed_while_queued_is_not_applied() -> None:
+    journal = MemoryJournal()
+    state: list[bytes] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        state.append(sequencer.engine.encode_snapshot())
+        with pytest.raises(DeadlineExceeded):
+            await sequencer.run(batch(event("late")), deadline_monotonic=time.monotonic() - 0.001)
+        assert sequencer.engine.encode_snapshot() == state[0]
+        _, result = await sequencer.run(batch(event("late")), deadline_monotonic=time.monotonic() + 30)
+        assert isinstance(result, IngestResult) and result.accepted == 1  # not a duplicate: never applied before
+
+    run_with(journal, body)

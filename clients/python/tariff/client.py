@@ -122,7 +122,8 @@ class TariffError(Exception):
 
     ``code`` is the ``grpc.StatusCode``, ``details`` the status message, ``field_violations``
     the ``google.rpc.BadRequest`` violations of the rich status (empty when there are none) and
-    ``status`` the whole ``google.rpc.Status`` when the server sent one.
+    ``status`` the whole ``google.rpc.Status`` when the server sent one, ``retry_after_s`` the
+    server's ``google.rpc.RetryInfo`` delay when it sent one (an overloaded server does).
     """
 
     default_code: Any = grpc.StatusCode.UNKNOWN
@@ -134,8 +135,10 @@ class TariffError(Exception):
         code: Any = None,
         field_violations: Sequence[FieldViolation] = (),
         status: status_pb2.Status | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         self.code: Any = code if code is not None else type(self).default_code
+        self.retry_after_s = retry_after_s
         self.details = details
         self.field_violations: tuple[FieldViolation, ...] = tuple(field_violations)
         self.status = status
@@ -225,9 +228,10 @@ def _error_for_code(
     details: str,
     field_violations: Sequence[FieldViolation] = (),
     status: status_pb2.Status | None = None,
+    retry_after_s: float | None = None,
 ) -> TariffError:
     cls = _ERROR_BY_CODE.get(code, TariffError)
-    return cls(details, code=code, field_violations=field_violations, status=status)
+    return cls(details, code=code, field_violations=field_violations, status=status, retry_after_s=retry_after_s)
 
 
 def error_from_rpc(error: grpc.RpcError) -> TariffError:
@@ -240,6 +244,7 @@ def error_from_rpc(error: grpc.RpcError) -> TariffError:
     details = (error.details() if hasattr(error, "details") else None) or ""
     status: status_pb2.Status | None = None
     violations: list[FieldViolation] = []
+    retry_after_s: float | None = None
     with contextlib.suppress(Exception):  # no trailers, or a status that contradicts the call's
         status = rpc_status.from_call(error)
     if status is not None:
@@ -250,7 +255,11 @@ def error_from_rpc(error: grpc.RpcError) -> TariffError:
                 violations.extend(
                     FieldViolation(v.field, v.description, v.reason) for v in bad_request.field_violations
                 )
-    return _error_for_code(code, str(details), violations, status)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after_s = retry.retry_delay.ToMilliseconds() / 1000
+    return _error_for_code(code, str(details), violations, status, retry_after_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +378,17 @@ def _auth_metadata(api_key: str | None) -> Metadata:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
+def _tls_credentials(
+    tls: bool, root_certificates: bytes | None, certificate_chain: bytes | None, private_key: bytes | None
+) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials when any TLS option is given (system roots unless `root_certificates`)."""
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("client_certificate_chain and client_private_key go together (mutual TLS)")
+    if not (tls or root_certificates or certificate_chain):
+        return None
+    return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+
+
 def _authorize_request(
     customer_id: str,
     event_type: str,
@@ -423,8 +443,11 @@ class AsyncTariffClient(_Stubs):
 
     Use as ``async with AsyncTariffClient("127.0.0.1:50051") as client: ...`` or call ``close()``.
     ``default_timeout_s`` is the deadline of every unary call that does not set its own, through
-    the convenience methods and the raw stubs alike; streams have none. ``credentials`` selects a
-    TLS channel; ``channel_options`` override ``DEFAULT_CHANNEL_OPTIONS``.
+    the convenience methods and the raw stubs alike; streams have none. ``api_key`` is sent as
+    ``authorization: Bearer KEY`` on every call, streams included. TLS: ``tls=True`` (system roots),
+    ``root_certificates`` (PEM of the CA to trust), plus ``client_certificate_chain`` and
+    ``client_private_key`` for mutual TLS; or ready-made ``credentials``. ``channel_options``
+    override ``DEFAULT_CHANNEL_OPTIONS``.
     """
 
     def __init__(
@@ -435,11 +458,18 @@ class AsyncTariffClient(_Stubs):
         default_timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_certificate_chain: bytes | None = None,
+        client_private_key: bytes | None = None,
     ) -> None:
         self.target = target
         self.default_timeout_s = default_timeout_s
         self.metadata: Metadata = _auth_metadata(api_key)
         options = _channel_options(channel_options)
+        credentials = credentials or _tls_credentials(
+            tls, root_certificates, client_certificate_chain, client_private_key
+        )
         if credentials is None:
             self.channel: grpc.aio.Channel = grpc.aio.insecure_channel(target, options=options)
         else:
@@ -1254,11 +1284,18 @@ class TariffClient(_Stubs):
         default_timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_certificate_chain: bytes | None = None,
+        client_private_key: bytes | None = None,
     ) -> None:
         self.target = target
         self.default_timeout_s = default_timeout_s
         self.metadata: Metadata = _auth_metadata(api_key)
         options = _channel_options(channel_options)
+        credentials = credentials or _tls_credentials(
+            tls, root_certificates, client_certificate_chain, client_private_key
+        )
         if credentials is None:
             self.channel: grpc.Channel = grpc.insecure_channel(target, options=options)
         else:

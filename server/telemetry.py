@@ -1,0 +1,127 @@
+"""OpenTelemetry for the server: metrics for the hot path, traces for the control plane. Off by default.
+
+Instruments are created once, at import, from the global meter; until `configure` installs a provider they
+are the API's no-op instruments, so the hot path calls them unconditionally and pays almost nothing when
+telemetry is off. Recording happens per batch, per group commit and per Authorize call, never per event.
+
+Exporters: `--otel console` (periodic dump to stdout), `--otel otlp` (OTLP/gRPC to the collector named by the
+standard OTEL_EXPORTER_OTLP_ENDPOINT variable, default localhost:4317) and `--metrics-port N` (a Prometheus
+scrape endpoint on 127.0.0.1:N). Traces cover control-plane RPCs (pricing, contracts, invoices), not usage.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+log = logging.getLogger("tariff.telemetry")
+
+SERVICE_NAME = "tariff"
+EXPORT_INTERVAL_MS = 10_000
+
+
+class OtelExporter(enum.StrEnum):
+    OFF = "off"
+    CONSOLE = "console"
+    OTLP = "otlp"
+
+
+_meter = metrics.get_meter("tariff.server")
+tracer = trace.get_tracer("tariff.server")
+
+events_ingested = _meter.create_counter("tariff.events.ingested", unit="{event}", description="events accepted")
+events_rejected = _meter.create_counter(
+    "tariff.events.rejected", unit="{event}", description="events refused with a reason (per reason)"
+)
+events_duplicated = _meter.create_counter(
+    "tariff.events.duplicated", unit="{event}", description="identical resends of accepted events"
+)
+batch_commit_ms = _meter.create_histogram(
+    "tariff.batch.commit.duration", unit="ms", description="one group commit: LMDB write transaction, synced"
+)
+commit_commands = _meter.create_histogram(
+    "tariff.batch.commit.commands", unit="{command}", description="commands per group commit"
+)
+authorize_ms = _meter.create_histogram(
+    "tariff.authorize.duration", unit="ms", description="server time of one Authorize decision"
+)
+alerts_fired = _meter.create_counter("tariff.alerts.fired", unit="{alert}", description="alerts journaled")
+
+
+@dataclass
+class Gauges:
+    """Readings taken when an exporter collects: the journal's size and how many balances are watched."""
+
+    journal_bytes: Callable[[], int] = lambda: 0
+    balances_watched: Callable[[], int] = lambda: 0
+
+
+gauges = Gauges()
+
+
+def _journal_bytes(options: CallbackOptions) -> Iterable[Observation]:
+    yield Observation(gauges.journal_bytes())
+
+
+def _balances_watched(options: CallbackOptions) -> Iterable[Observation]:
+    yield Observation(gauges.balances_watched())
+
+
+_meter.create_observable_gauge(
+    "tariff.journal.size", callbacks=[_journal_bytes], unit="By", description="bytes used in the LMDB map"
+)
+_meter.create_observable_gauge(
+    "tariff.balances.watched", callbacks=[_balances_watched], unit="{stream}", description="open WatchBalance streams"
+)
+
+
+def configure(exporter: OtelExporter, metrics_port: int | None) -> Callable[[], None]:
+    """Installs the SDK providers for the chosen exporters; returns the function that flushes and stops them."""
+    if exporter is OtelExporter.OFF and metrics_port is None:
+        return lambda: None
+    # Imported here so that a server with telemetry off never loads the SDK or the exporters.
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+    resource = Resource.create({"service.name": SERVICE_NAME})
+    readers: list[MetricReader] = []
+    span_exporter: SpanExporter | None = None
+    if exporter is OtelExporter.CONSOLE:
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(), EXPORT_INTERVAL_MS))
+        span_exporter = ConsoleSpanExporter()
+    elif exporter is OtelExporter.OTLP:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(), EXPORT_INTERVAL_MS))
+        span_exporter = OTLPSpanExporter()
+    if metrics_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        # Loopback only: the scrape endpoint has no authentication.
+        start_http_server(metrics_port, addr="127.0.0.1")
+        readers.append(PrometheusMetricReader())
+        log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", metrics_port)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(meter_provider)
+    tracer_provider: TracerProvider | None = None
+    if span_exporter is not None:
+        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        trace.set_tracer_provider(tracer_provider)
+
+    def shutdown() -> None:
+        meter_provider.shutdown()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
+
+    return shutdown
