@@ -1,0 +1,326 @@
+"""Load generators: functions that run in their own processes (multiprocessing, spawn) and drive a server.
+
+Each one prepares its requests first (serialized once, so the timed loop only moves bytes), waits on a
+barrier shared with the bench so that the server's CPU is read when the load starts, runs, and puts one
+plain dict of results on a queue. The hot path uses raw multi-callables with an identity serializer
+rather than the convenience client: on a 2-core machine every client microsecond is taken from the server.
+RPC failures come back as {"error": [code name, details]}, so the bench can tell UNIMPLEMENTED apart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier, Event
+from typing import Any, TypedDict
+
+import grpc
+from tariff.v1 import balance_pb2, invoices_pb2, usage_pb2
+
+from server.bench.seed import MODELS, REGIONS, batches, customer_id
+from server.bench.target import CHANNEL_OPTIONS
+
+INGEST_METHOD = "/tariff.v1.UsageService/IngestUsage"
+AUTHORIZE_METHOD = "/tariff.v1.BalanceService/Authorize"
+GET_BALANCE_METHOD = "/tariff.v1.BalanceService/GetBalance"
+AUTHORIZE_STREAM_METHOD = "/tariff.v1.BalanceService/AuthorizeStream"
+PREVIEW_INVOICE_METHOD = "/tariff.v1.InvoiceService/PreviewInvoice"
+BARRIER_TIMEOUT_S = 600.0
+CALL_TIMEOUT_S = 60.0
+
+
+class IngestSpec(TypedDict):
+    target: str
+    run_tag: str
+    customers: int
+    batch_events: int
+    batch_count: int  # 0 with `stop` given: until stopped
+    streams: int
+    batches_in_flight: int  # per stream
+    events_per_s: float  # 0: as fast as acks come back
+    seed: int
+    only_customer: int | None
+    prebuild: bool  # serialize every batch before the barrier (throughput runs) or build as it sends
+
+
+class UnarySpec(TypedDict):
+    target: str
+    method: str
+    customers: int
+    calls: int
+    warmup_calls: int
+    seconds_max: float  # stop early when the calls take longer than this
+
+
+class StreamSpec(TypedDict):
+    target: str
+    customers: int
+    decisions: int
+    in_flight: int
+    seconds_max: float  # stop sending early when the decisions take longer than this
+
+
+def _identity(payload: bytes) -> bytes:
+    return payload
+
+
+def _rpc_error(e: grpc.RpcError) -> list[str]:
+    code = e.code()
+    return [code.name if code is not None else "UNKNOWN", str(e.details())]
+
+
+def _aggregate_keys(batch: usage_pb2.UsageBatch) -> set[tuple[str, str, str]]:
+    return {(e.customer_id, e.dimensions["model"], e.dimensions["region"]) for e in batch.events}
+
+
+def _ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
+    """Streams batches over `streams` IngestUsage calls, at most `batches_in_flight` unacked on each."""
+    until_stopped = spec["batch_count"] == 0
+    lazy = until_stopped or not spec["prebuild"]
+    source = batches(
+        spec["run_tag"],
+        spec["customers"],
+        spec["batch_events"],
+        spec["batch_count"] if not until_stopped else 10**12,
+        seed=spec["seed"],
+        only_customer=spec["only_customer"],
+    )
+    prepared: list[bytes] = []
+    keys: set[tuple[str, str, str]] = set()
+    if not lazy:
+        for batch in source:
+            keys |= _aggregate_keys(batch)
+            prepared.append(batch.SerializeToString())
+    lock = threading.Lock()
+    next_index = itertools.count()
+    totals: Counter[str] = Counter()
+    reject_samples: list[str] = []
+    latencies_s: list[float] = []
+    errors: list[list[str]] = []
+    interval_s = spec["batch_events"] / spec["events_per_s"] if spec["events_per_s"] > 0 else 0.0
+
+    def take() -> bytes | None:
+        """The next batch to send, shared by the streams; None when there is none left."""
+        with lock:
+            if lazy:
+                if stop is not None and stop.is_set():
+                    return None
+                batch = next(source, None)
+                if batch is None:
+                    return None
+                totals["sent"] += len(batch.events)
+                return batch.SerializeToString()
+            index = next(next_index)
+            if index >= len(prepared):
+                return None
+            totals["sent"] += spec["batch_events"]
+            return prepared[index]
+
+    def one_stream(channel: grpc.Channel, started_at: float) -> None:
+        call = channel.stream_stream(
+            INGEST_METHOD, request_serializer=_identity, response_deserializer=usage_pb2.IngestAck.FromString
+        )
+        window = threading.Semaphore(spec["batches_in_flight"])
+        sent_at: list[float] = []
+        call_over = threading.Event()
+
+        def requests() -> Iterator[bytes]:
+            while True:
+                window.acquire()
+                if call_over.is_set():
+                    return
+                payload = take()
+                if payload is None:
+                    return
+                if interval_s:
+                    # Paced load: batch n of this process leaves no earlier than n × interval after the start.
+                    with lock:
+                        due = started_at + totals["paced"] * interval_s
+                        totals["paced"] += 1
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                sent_at.append(time.monotonic())
+                yield payload
+
+        try:
+            for number, ack in enumerate(call(requests(), timeout=CALL_TIMEOUT_S * 20)):
+                latency = time.monotonic() - sent_at[number]
+                window.release()
+                with lock:
+                    latencies_s.append(latency)
+                    totals["accepted"] += ack.accepted
+                    totals["duplicates"] += ack.duplicates
+                    totals["rejected"] += len(ack.rejected)
+                    for rejection in ack.rejected[: max(0, 5 - len(reject_samples))]:
+                        reason = usage_pb2.RejectReason.Name(rejection.reason)
+                        reject_samples.append(f"{reason}: {rejection.message}")
+        except grpc.RpcError as e:
+            with lock:
+                errors.append(_rpc_error(e))
+            # Unblocks gRPC's request-consuming thread if it waits on the window, so the process can exit.
+            call_over.set()
+            window.release()
+
+    with grpc.insecure_channel(spec["target"], options=CHANNEL_OPTIONS) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        barrier.wait(BARRIER_TIMEOUT_S)
+        started = time.monotonic()
+        threads = [threading.Thread(target=one_stream, args=(channel, started)) for _ in range(spec["streams"])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ended = time.monotonic()
+    results.put(
+        {
+            "kind": "ingest",
+            "started": started,
+            "ended": ended,
+            "events_sent": totals["sent"],
+            "accepted": totals["accepted"],
+            "duplicates": totals["duplicates"],
+            "rejected": totals["rejected"],
+            "reject_samples": reject_samples,
+            "latencies_s": latencies_s,
+            "aggregate_keys": sorted(keys),
+            "error": errors[0] if errors else None,
+        }
+    )
+
+
+def authorize_request(number: int, customers: int) -> balance_pb2.AuthorizeRequest:
+    return balance_pb2.AuthorizeRequest(
+        request_id=f"r{number}",
+        customer_id=customer_id(number % customers),
+        event_type="llm_call",
+        dimensions={"model": MODELS[number % len(MODELS)], "region": REGIONS[number % len(REGIONS)]},
+        values={"input_tokens": 1200.0, "output_tokens": 350.0},
+    )
+
+
+def _unary_payloads(spec: UnarySpec) -> tuple[list[bytes], Callable[[bytes], Any]]:
+    count = spec["calls"] + spec["warmup_calls"]
+    if spec["method"] == GET_BALANCE_METHOD:
+        payloads = [
+            balance_pb2.GetBalanceRequest(customer_id=customer_id(n % spec["customers"])).SerializeToString()
+            for n in range(count)
+        ]
+        return payloads, balance_pb2.Balance.FromString
+    if spec["method"] == PREVIEW_INVOICE_METHOD:
+        payloads = [
+            invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id(n % spec["customers"])).SerializeToString()
+            for n in range(count)
+        ]
+        return payloads, invoices_pb2.Invoice.FromString
+    if spec["method"] != AUTHORIZE_METHOD:
+        raise ValueError(f"no requests for {spec['method']}")
+    payloads = [authorize_request(n, spec["customers"]).SerializeToString() for n in range(count)]
+    return payloads, balance_pb2.AuthorizeResponse.FromString
+
+
+def _unary_worker(spec: UnarySpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
+    """Sequential unary calls, one in flight: the latency a gateway sees per credit check."""
+    payloads, decode = _unary_payloads(spec)
+    latencies_s: list[float] = []
+    error: list[str] | None = None
+    with grpc.insecure_channel(spec["target"], options=CHANNEL_OPTIONS) as channel:
+        call = channel.unary_unary(spec["method"], request_serializer=_identity, response_deserializer=decode)
+        try:
+            for payload in payloads[: spec["warmup_calls"]]:
+                call(payload, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as e:
+            error = _rpc_error(e)
+        barrier.wait(BARRIER_TIMEOUT_S)
+        started = time.monotonic()
+        if error is None:
+            try:
+                deadline = started + spec["seconds_max"]
+                for payload in payloads[spec["warmup_calls"] :]:
+                    sent = time.monotonic()
+                    if sent > deadline:
+                        break
+                    call(payload, timeout=CALL_TIMEOUT_S)
+                    latencies_s.append(time.monotonic() - sent)
+            except grpc.RpcError as e:
+                error = _rpc_error(e)
+        ended = time.monotonic()
+    results.put({"kind": "unary", "started": started, "ended": ended, "latencies_s": latencies_s, "error": error})
+
+
+def _stream_worker(spec: StreamSpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
+    """AuthorizeStream with `in_flight` requests outstanding: decisions per second over one stream."""
+    payloads = [authorize_request(n, spec["customers"]).SerializeToString() for n in range(spec["decisions"])]
+    window = threading.Semaphore(spec["in_flight"])
+    reasons: Counter[str] = Counter()
+    error: list[str] | None = None
+
+    deadline = [float("inf")]
+
+    def requests() -> Iterator[bytes]:
+        for payload in payloads:
+            window.acquire()
+            if time.monotonic() > deadline[0]:
+                return
+            yield payload
+
+    with grpc.insecure_channel(spec["target"], options=CHANNEL_OPTIONS) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        call = channel.stream_stream(
+            AUTHORIZE_STREAM_METHOD,
+            request_serializer=_identity,
+            response_deserializer=balance_pb2.AuthorizeResponse.FromString,
+        )
+        barrier.wait(BARRIER_TIMEOUT_S)
+        started = time.monotonic()
+        deadline[0] = started + spec["seconds_max"]
+        try:
+            for response in call(requests(), timeout=CALL_TIMEOUT_S * 10):
+                window.release()
+                reasons[response.reason] += 1
+        except grpc.RpcError as e:
+            error = _rpc_error(e)
+        ended = time.monotonic()
+    results.put(
+        {
+            "kind": "stream",
+            "started": started,
+            "ended": ended,
+            "decisions": sum(reasons.values()),
+            "reasons": dict(reasons),
+            "error": error,
+        }
+    )
+
+
+def _guarded(
+    body: Callable[[Any, Barrier, Queue[dict[str, Any]], Event | None], None],
+    spec: Any,
+    barrier: Barrier,
+    results: Queue[dict[str, Any]],
+    stop: Event | None,
+) -> None:
+    """Runs a generator; a client-side failure breaks the barrier and comes back as a result, never a hang."""
+    try:
+        body(spec, barrier, results, stop)
+    except Exception as e:
+        barrier.abort()
+        results.put(
+            {"kind": "failed", "started": 0.0, "ended": 0.0, "error": ["CLIENT_ERROR", f"{type(e).__name__}: {e}"]}
+        )
+
+
+def ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
+    _guarded(_ingest_worker, spec, barrier, results, stop)
+
+
+def unary_worker(spec: UnarySpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
+    _guarded(_unary_worker, spec, barrier, results, stop)
+
+
+def stream_worker(spec: StreamSpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
+    _guarded(_stream_worker, spec, barrier, results, stop)

@@ -1,0 +1,698 @@
+"""The bench workloads: ingest (with its references), telemetry overhead, authorize, preview, recovery, memory.
+
+Each workload returns a WorkloadResult. A figure compared with a reference is measured pair by pair: in
+run i the reference and Tariff are driven back to back with the same load, and ratio i is taken from
+that pair. An RPC answering UNIMPLEMENTED (or a serve flag the CLI rejects) makes its part "not available
+yet" at run time; nothing here assumes what the server implements.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tariff.v1 import invoices_pb2, invoices_pb2_grpc
+
+from server.bench import loadgen
+from server.bench.drive import Background, Driven, drive
+from server.bench.postgres import PostgresLedger
+from server.bench.report import Figure, WorkloadResult, percentile
+from server.bench.seed import PRODUCTS, customer_id, seed
+from server.bench.target import (
+    ARGPARSE_USAGE_EXIT,
+    CHANNEL_OPTIONS,
+    ServedProcess,
+    StartFailed,
+    reference_server,
+    tariff_server,
+)
+
+WORKLOADS = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory")
+WARMUP_BATCHES = 5
+RECOVERY_CUSTOMERS = 100
+
+
+def progress(message: str) -> None:
+    print(f"tariff bench:   {message}", file=sys.stderr, flush=True)
+
+
+class NotAvailable(Exception):
+    """A part of the server this workload needs is not built yet (UNIMPLEMENTED, or a flag rejected)."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    runs: int
+    customers: int
+    batch_events: int
+    ingest_batches: int
+    generators: int
+    streams: int
+    batches_in_flight: int
+    ingest_fraction: float
+    authorize_calls: int
+    stream_decisions: int
+    preview_events: int
+    preview_calls: int
+    recovery_events: int
+    # Caps on one latency or AuthorizeStream measurement, so a slow server cannot stretch the bench.
+    measure_seconds_max: float
+    only: tuple[str, ...]
+    postgres: bool
+    work_dir: Path
+
+
+@dataclass
+class IngestRun:
+    events_s: float
+    server_cpu_us_per_event: float
+    ack_p50_ms: float
+    ack_p99_ms: float
+    sent: int
+    accepted: int
+    rejected: int
+    reject_samples: list[str]
+
+    @classmethod
+    def of(cls, driven: Driven) -> IngestRun:
+        error = driven.error
+        if error is not None:
+            if error[0] == "UNIMPLEMENTED":
+                raise NotAvailable(f"IngestUsage answers UNIMPLEMENTED: {error[1]}")
+            raise RuntimeError(f"IngestUsage failed: {error[0]}: {error[1]}")
+        latencies = [s for r in driven.results for s in r["latencies_s"]]
+        accepted = sum(r["accepted"] for r in driven.results)
+        return cls(
+            events_s=accepted / driven.elapsed_s if driven.elapsed_s > 0 else 0.0,
+            server_cpu_us_per_event=driven.server_cpu_s / accepted * 1e6 if accepted else 0.0,
+            ack_p50_ms=percentile(latencies, 0.50) * 1e3,
+            ack_p99_ms=percentile(latencies, 0.99) * 1e3,
+            sent=sum(r["events_sent"] for r in driven.results),
+            accepted=accepted,
+            rejected=sum(r["rejected"] for r in driven.results),
+            reject_samples=[s for r in driven.results for s in r["reject_samples"]][:5],
+        )
+
+
+@dataclass
+class Bench:
+    """What one invocation shares between workloads: its servers, and what ingest learned."""
+
+    config: BenchConfig
+    servers: list[ServedProcess] = field(default_factory=list)
+    references: dict[str, ServedProcess] = field(default_factory=dict)
+    main: ServedProcess | None = None
+    rss_empty_bytes: int = 0
+    rss_seeded_bytes: int = 0
+    aggregate_keys: set[tuple[str, str, str]] = field(default_factory=set)
+    ingest_max_events_s: float = 0.0
+    events_ingested: int = 0
+    memory_samples: list[dict[str, float]] = field(default_factory=list)
+    telemetry_figures: WorkloadResult | None = None
+    # Seconds the seeding took (timed apart; not a reported figure).
+    seed_s: float = 0.0
+    _tags: int = 0
+
+    def tag(self, name: str) -> str:
+        self._tags += 1
+        return f"{name}{self._tags}"
+
+    def directory(self, name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.config.work_dir))
+        return path
+
+    def start_tariff(self, name: str, extra_args: tuple[str, ...] = ()) -> ServedProcess:
+        directory = self.directory(name)
+        server = tariff_server(directory / "data", directory / "server.log", extra_args)
+        self.servers.append(server)
+        server.start()
+        return server
+
+    def reference(self, mode: str) -> ServedProcess:
+        if mode not in self.references:
+            server = reference_server(mode, self.directory(f"ref-{mode}") / "server.log")
+            self.servers.append(server)
+            server.start()
+            self.references[mode] = server
+        return self.references[mode]
+
+    def main_server(self, also_seed: ServedProcess | None = None) -> ServedProcess:
+        """The seeded Tariff server that ingest, authorize and memory share.
+
+        `also_seed` (the telemetry server) is seeded at the same time: each server is one process
+        mostly bound by its own core, so two seed in about the time of one.
+        """
+        if self.main is None:
+            server = self.start_tariff("tariff")
+            self.rss_empty_bytes = server.rss_bytes("RssAnon")
+            targets = [server] if also_seed is None else [server, also_seed]
+            progress(f"seeding {self.config.customers:,} customers on {len(targets)} server(s)")
+            with ThreadPoolExecutor(len(targets)) as pool:
+                self.seed_s = max(pool.map(lambda s: seed(s.target, self.config.customers), targets))
+            self.rss_seeded_bytes = server.rss_bytes("RssAnon")
+            self.main = server
+        return self.main
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def ingest_spec(
+        self,
+        target: str,
+        batch_count: int,
+        *,
+        events_per_s: float = 0.0,
+        only_customer: int | None = None,
+        customers: int | None = None,
+    ) -> loadgen.IngestSpec:
+        config = self.config
+        return loadgen.IngestSpec(
+            target=target,
+            run_tag=self.tag("t"),
+            customers=customers or config.customers,
+            batch_events=config.batch_events,
+            batch_count=batch_count,
+            streams=config.streams,
+            batches_in_flight=config.batches_in_flight,
+            events_per_s=events_per_s,
+            seed=self._tags,
+            only_customer=only_customer,
+            prebuild=True,
+        )
+
+    def ingest(self, server: ServedProcess, batch_count: int) -> IngestRun:
+        per_generator = max(1, batch_count // self.config.generators)
+        specs = [self.ingest_spec(server.target, per_generator) for _ in range(self.config.generators)]
+        driven = drive(loadgen.ingest_worker, specs, server)
+        run = IngestRun.of(driven)
+        if server is self.main:
+            self.events_ingested += run.accepted
+            for result in driven.results:
+                self.aggregate_keys.update(tuple(key) for key in result["aggregate_keys"])
+        return run
+
+
+def _ratios(values: list[float], references: list[float]) -> list[float]:
+    return [v / r if r else 0.0 for v, r in zip(values, references, strict=True)]
+
+
+def _start_telemetry_server(bench: Bench) -> ServedProcess:
+    from server.bench.target import free_port
+
+    try:
+        server = bench.start_tariff("tariff-telemetry", ("--metrics-port", str(free_port())))
+    except StartFailed as e:
+        if e.exit_code == ARGPARSE_USAGE_EXIT:
+            raise NotAvailable("`tariff serve --metrics-port` is rejected by the CLI (not built yet)") from None
+        raise
+    return server
+
+
+def ingest_workload(bench: Bench) -> list[WorkloadResult]:
+    """Events/s, ack latency and server CPU per event, against the no-op, read-every-field and PostgreSQL references."""
+    config = bench.config
+    noop = bench.reference("noop")
+    read = bench.reference("read")
+    telemetry: ServedProcess | None = None
+    telemetry_result = WorkloadResult("telemetry")
+    if "telemetry" in config.only and bench.main is None:
+        try:
+            telemetry = _start_telemetry_server(bench)
+        except NotAvailable as e:
+            telemetry_result.status, telemetry_result.reason = "not available", f"not available yet: {e}"
+        except Exception as e:  # a telemetry failure must not cost the other workloads
+            telemetry_result.status, telemetry_result.reason = "failed", str(e)
+    tariff = bench.main_server(also_seed=telemetry)
+    ledger = PostgresLedger(bench.directory("postgres")) if config.postgres else None
+    postgres_reason = "" if ledger is not None else "skipped (--no-postgres)"
+    if ledger is not None:
+        postgres_reason = ledger.start(config.customers)
+        if postgres_reason:
+            ledger = None
+
+    targets: dict[str, ServedProcess] = {"noop": noop, "read": read, "tariff": tariff}
+    if telemetry is not None:
+        targets["telemetry"] = telemetry
+    for server in targets.values():
+        bench.ingest(server, WARMUP_BATCHES)
+    if ledger is not None:
+        ledger.run(WARMUP_BATCHES, config.batch_events, bench.tag("pg"), config.customers)
+    measured: dict[str, list[IngestRun]] = {name: [] for name in targets}
+    postgres_events_s: list[float] = []
+    try:
+        for number in range(config.runs):
+            progress(f"ingest run {number + 1}/{config.runs}: {', '.join(targets)}{', PostgreSQL' if ledger else ''}")
+            for name, server in targets.items():
+                measured[name].append(bench.ingest(server, config.ingest_batches))
+            bench.memory_samples.append(_memory_sample(bench))
+            if ledger is not None:
+                postgres_events_s.append(
+                    ledger.run(config.ingest_batches, config.batch_events, bench.tag("pg"), config.customers)
+                )
+    finally:
+        if ledger is not None:
+            ledger.stop()
+
+    runs = measured["tariff"]
+    tariff_events_s = [r.events_s for r in runs]
+    noop_events_s = [r.events_s for r in measured["noop"]]
+    read_events_s = [r.events_s for r in measured["read"]]
+    bench.ingest_max_events_s = statistics.median(tariff_events_s)
+
+    references = WorkloadResult("references")
+    references.figures = [
+        Figure("no-op stream events/s", "ev/s", noop_events_s),
+        Figure("no-op server CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["noop"]]),
+        Figure("read-every-field events/s", "ev/s", read_events_s),
+        Figure("read-every-field CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["read"]]),
+    ]
+    if postgres_events_s:
+        references.figures.append(Figure("PostgreSQL ledger events/s", "ev/s", postgres_events_s))
+    else:
+        references.notes.append(f"PostgreSQL reference not run: {postgres_reason}")
+
+    result = WorkloadResult("ingest")
+    ratio_read = _ratios(tariff_events_s, read_events_s)
+    result.figures = [
+        Figure(
+            "events/s (durable)",
+            "ev/s",
+            tariff_events_s,
+            reference="read-every-field",
+            ratios=ratio_read,
+            target="≥ 0.5 × read-every-field",
+            met=statistics.median(ratio_read) >= 0.5,
+        ),
+        Figure(
+            "events/s vs no-op ceiling",
+            "ev/s",
+            tariff_events_s,
+            "no-op ceiling",
+            _ratios(tariff_events_s, noop_events_s),
+        ),
+        Figure("batch ack latency p50", "ms", [r.ack_p50_ms for r in runs]),
+        Figure("batch ack latency p99", "ms", [r.ack_p99_ms for r in runs]),
+        Figure("server CPU per event", "µs", [r.server_cpu_us_per_event for r in runs]),
+    ]
+    if postgres_events_s:
+        ratio_pg = _ratios(tariff_events_s, postgres_events_s)
+        result.figures.append(
+            Figure(
+                "events/s vs PostgreSQL",
+                "ev/s",
+                tariff_events_s,
+                "PostgreSQL ledger",
+                ratio_pg,
+                "≥ 5 × PostgreSQL (on the way to 20 ×)",
+                statistics.median(ratio_pg) >= 5,
+            )
+        )
+    else:
+        result.notes.append(f"no PostgreSQL ratio: {postgres_reason}")
+    sent = sum(r.sent for r in runs)
+    accepted = sum(r.accepted for r in runs)
+    result.details = {
+        "events_sent": sent,
+        "events_accepted": accepted,
+        "events_rejected": sum(r.rejected for r in runs),
+        "reject_samples": [s for r in runs for s in r.reject_samples][:5],
+        "batch_events": config.batch_events,
+        "customers": config.customers,
+        "batches_per_run": config.ingest_batches,
+        "generators": config.generators,
+        "streams_per_generator": config.streams,
+        "batches_in_flight_per_stream": config.batches_in_flight,
+        "products_per_event": len(PRODUCTS),
+        "seed_s": round(bench.seed_s, 1),
+    }
+    if accepted != sent:
+        result.notes.append(
+            f"accepted {accepted} of {sent} events sent; first rejections: {result.details['reject_samples']}"
+        )
+
+    if telemetry is not None:
+        on = [r.events_s for r in measured["telemetry"]]
+        ratio_on = _ratios(on, tariff_events_s)
+        telemetry_result.figures = [
+            Figure(
+                "ingest events/s, --metrics-port on",
+                "ev/s",
+                on,
+                "telemetry off",
+                ratio_on,
+                "≥ 0.95 × off",
+                statistics.median(ratio_on) >= 0.95,
+            ),
+            Figure(
+                "server CPU per event, telemetry on", "µs", [r.server_cpu_us_per_event for r in measured["telemetry"]]
+            ),
+        ]
+    bench.telemetry_figures = telemetry_result
+    return [references, result]
+
+
+def _memory_sample(bench: Bench) -> dict[str, float]:
+    assert bench.main is not None
+    return {
+        "rss_bytes": bench.main.rss_bytes("RssAnon"),
+        "vm_rss_bytes": bench.main.rss_bytes(),
+        "events": bench.events_ingested,
+        "aggregates": len(bench.aggregate_keys) * len(PRODUCTS),
+    }
+
+
+def memory_workload(bench: Bench) -> WorkloadResult:
+    """Resident memory per customer and per aggregate, from the ingest server's VmRSS."""
+    result = WorkloadResult("memory")
+    if not bench.memory_samples:
+        # Memory is read around the ingest runs; without them, run a short ingest of our own.
+        tariff = bench.main_server()
+        for _ in range(bench.config.runs):
+            bench.ingest(tariff, bench.config.ingest_batches)
+            bench.memory_samples.append(_memory_sample(bench))
+    customers = bench.config.customers
+    samples = bench.memory_samples
+    result.figures = [
+        Figure(
+            "anon RSS per customer (after ingest)",
+            "bytes",
+            [(s["rss_bytes"] - bench.rss_empty_bytes) / customers for s in samples],
+        ),
+        Figure(
+            "anon RSS per aggregate (ingest growth)",
+            "bytes",
+            [(s["rss_bytes"] - bench.rss_seeded_bytes) / max(1.0, s["aggregates"]) for s in samples],
+        ),
+    ]
+    if len(samples) > 1 and samples[-1]["events"] > samples[0]["events"]:
+        growth = (samples[-1]["rss_bytes"] - samples[0]["rss_bytes"]) / (samples[-1]["events"] - samples[0]["events"])
+        result.figures.append(
+            Figure("anon RSS growth per event after run 1", "bytes", [growth], target="independent of events (≈ 0)")
+        )
+    result.details = {
+        "rss_empty_bytes": bench.rss_empty_bytes,
+        "rss_seeded_bytes": bench.rss_seeded_bytes,
+        "samples": samples,
+        "customers": customers,
+    }
+    result.notes.append(
+        "memory: RssAnon of the ingest server (heap; LMDB's mapped file pages excluded, VmRSS in the JSON), "
+        "one value per ingest run; aggregates = customer × product × (model, region) touched"
+    )
+    return result
+
+
+def _unary(bench: Bench, server: ServedProcess, method: str, calls: int, customers: int | None = None) -> list[float]:
+    spec = loadgen.UnarySpec(
+        target=server.target,
+        method=method,
+        customers=customers or bench.config.customers,
+        calls=calls,
+        warmup_calls=min(200, calls),
+        seconds_max=bench.config.measure_seconds_max,
+    )
+    driven = drive(loadgen.unary_worker, [spec], server)
+    error = driven.error
+    if error is not None:
+        rpc = method.rsplit("/", 1)[1]
+        if error[0] == "UNIMPLEMENTED":
+            raise NotAvailable(f"{rpc} answers UNIMPLEMENTED: {error[1]}")
+        raise RuntimeError(f"{rpc} failed: {error[0]}: {error[1]}")
+    latencies: list[float] = driven.results[0]["latencies_s"]
+    return latencies
+
+
+@dataclass
+class LatencyRuns:
+    p50: list[float] = field(default_factory=list)
+    p90: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    p999: list[float] = field(default_factory=list)
+    qps: list[float] = field(default_factory=list)
+
+    def add(self, latencies_s: list[float]) -> None:
+        self.p50.append(percentile(latencies_s, 0.5) * 1e3)
+        self.p90.append(percentile(latencies_s, 0.9) * 1e3)
+        self.p99.append(percentile(latencies_s, 0.99) * 1e3)
+        self.p999.append(percentile(latencies_s, 0.999) * 1e3)
+        self.qps.append(len(latencies_s) / sum(latencies_s))
+
+    def figures(self, label: str) -> list[Figure]:
+        return [
+            Figure(f"{label} p50", "ms", self.p50),
+            Figure(f"{label} p90", "ms", self.p90),
+            Figure(f"{label} p99", "ms", self.p99),
+            Figure(f"{label} p99.9", "ms", self.p999),
+            Figure(f"{label} QPS (1 in flight)", "calls/s", self.qps),
+        ]
+
+
+def _guarded(name: str, part: Callable[[], list[Figure]], result: WorkloadResult) -> None:
+    """Runs one part of a workload; UNIMPLEMENTED or a failure becomes a note, not a lost run."""
+    progress(name)
+    try:
+        result.figures.extend(part())
+    except NotAvailable as e:
+        result.notes.append(f"{name}: not available yet: {e}")
+    except Exception as e:
+        result.notes.append(f"{name}: failed: {type(e).__name__}: {e}")
+
+
+def authorize_workload(bench: Bench) -> WorkloadResult:
+    """Authorize and GetBalance latency unloaded and under ingest load; AuthorizeStream decisions/s."""
+    config = bench.config
+    tariff = bench.main_server()
+    noop = bench.reference("noop")
+    result = WorkloadResult("authorize")
+
+    def unloaded() -> list[Figure]:
+        authorize, reference = LatencyRuns(), LatencyRuns()
+        for _ in range(config.runs):
+            reference.add(_unary(bench, noop, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
+            authorize.add(_unary(bench, tariff, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
+        figures = authorize.figures("Authorize unloaded")
+        ratio = _ratios(authorize.p99, reference.p99)
+        figures[2] = Figure(
+            "Authorize unloaded p99",
+            "ms",
+            authorize.p99,
+            "no-op unary p99",
+            ratio,
+            "≤ 1.5 × no-op p99",
+            statistics.median(ratio) <= 1.5,
+        )
+        figures.append(Figure("no-op unary p99", "ms", reference.p99))
+        return figures
+
+    def balance() -> list[Figure]:
+        runs = LatencyRuns()
+        for _ in range(config.runs):
+            runs.add(_unary(bench, tariff, loadgen.GET_BALANCE_METHOD, config.authorize_calls))
+        return runs.figures("GetBalance unloaded")
+
+    def loaded() -> list[Figure]:
+        max_events_s = bench.ingest_max_events_s
+        if max_events_s <= 0:
+            max_events_s = IngestRun.of(_ingest_probe(bench, tariff)).events_s
+        rate = max_events_s * config.ingest_fraction
+        runs, balance_runs, achieved = LatencyRuns(), LatencyRuns(), []
+        for _ in range(config.runs):
+            spec = bench.ingest_spec(tariff.target, 0, events_per_s=rate)
+            background = Background(loadgen.ingest_worker, spec)
+            background.start()
+            try:
+                runs.add(_unary(bench, tariff, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
+                balance_runs.add(_unary(bench, tariff, loadgen.GET_BALANCE_METHOD, config.authorize_calls))
+            finally:
+                load = background.stop()
+            if load.get("error"):
+                raise RuntimeError(f"background ingest failed: {load['error']}")
+            achieved.append(load["accepted"] / (load["ended"] - load["started"]))
+            bench.events_ingested += load["accepted"]
+        pct = int(config.ingest_fraction * 100)
+        return [
+            Figure(f"Authorize p50 under ingest at {pct}%", "ms", runs.p50),
+            Figure(
+                f"Authorize p99 under ingest at {pct}%",
+                "ms",
+                runs.p99,
+                target="≤ 10 ms",
+                met=statistics.median(runs.p99) <= 10,
+            ),
+            Figure(f"Authorize p99.9 under ingest at {pct}%", "ms", runs.p999),
+            Figure(f"GetBalance p50 under ingest at {pct}%", "ms", balance_runs.p50),
+            Figure(f"GetBalance p99 under ingest at {pct}%", "ms", balance_runs.p99),
+            Figure(f"ingest achieved (asked {rate:,.0f} ev/s)", "ev/s", achieved),
+        ]
+
+    def stream() -> list[Figure]:
+        tariff_rates: list[float] = []
+        reference_rates: list[float] = []
+        for _ in range(config.runs):
+            for server, rates in ((noop, reference_rates), (tariff, tariff_rates)):
+                spec = loadgen.StreamSpec(
+                    target=server.target,
+                    customers=config.customers,
+                    decisions=config.stream_decisions,
+                    in_flight=256,
+                    seconds_max=config.measure_seconds_max,
+                )
+                driven = drive(loadgen.stream_worker, [spec], server)
+                error = driven.error
+                if error is not None:
+                    if error[0] == "UNIMPLEMENTED":
+                        raise NotAvailable(f"AuthorizeStream answers UNIMPLEMENTED: {error[1]}")
+                    raise RuntimeError(f"AuthorizeStream failed: {error[0]}: {error[1]}")
+                rates.append(driven.results[0]["decisions"] / driven.elapsed_s)
+        ratio = _ratios(tariff_rates, reference_rates)
+        return [
+            Figure(
+                "AuthorizeStream decisions/s",
+                "dec/s",
+                tariff_rates,
+                "no-op stream",
+                ratio,
+                "≥ 50,000 /s",
+                statistics.median(tariff_rates) >= 50_000,
+            )
+        ]
+
+    _guarded("Authorize", unloaded, result)
+    _guarded("GetBalance", balance, result)
+    _guarded("Authorize under ingest", loaded, result)
+    _guarded("AuthorizeStream", stream, result)
+    if not result.figures:
+        result.status, result.reason = "not available", "; ".join(result.notes)
+    result.details = {"calls_per_run": config.authorize_calls, "stream_decisions_per_run": config.stream_decisions}
+    return result
+
+
+def _ingest_probe(bench: Bench, server: ServedProcess) -> Driven:
+    return drive(loadgen.ingest_worker, [bench.ingest_spec(server.target, bench.config.ingest_batches)], server)
+
+
+def _bulk_ingest(
+    bench: Bench, server: ServedProcess, events: int, *, only_customer: int | None = None, customers: int | None = None
+) -> IngestRun:
+    batch_count = max(1, events // bench.config.batch_events)
+    spec = bench.ingest_spec(server.target, batch_count, only_customer=only_customer, customers=customers)
+    spec["prebuild"] = False
+    return IngestRun.of(drive(loadgen.ingest_worker, [spec], server))
+
+
+def preview_workload(bench: Bench) -> WorkloadResult:
+    """PreviewInvoice for one customer with `preview_events` events in the period (probed first)."""
+    config = bench.config
+    result = WorkloadResult("preview")
+    server = bench.start_tariff("tariff-preview")
+    try:
+        seed(server.target, 1)
+        request = invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id(0))
+        with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+            stub = invoices_pb2_grpc.InvoiceServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, unannotated
+            try:
+                stub.PreviewInvoice(request, timeout=30)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    result.status, result.reason = (
+                        "not available",
+                        f"not available yet: PreviewInvoice answers UNIMPLEMENTED ({e.details()})",
+                    )
+                    return result
+                raise
+        run = _bulk_ingest(bench, server, config.preview_events, only_customer=0)
+        runs = LatencyRuns()
+        for _ in range(config.runs):
+            runs.add(_unary(bench, server, loadgen.PREVIEW_INVOICE_METHOD, config.preview_calls, customers=1))
+        result.figures = [
+            Figure("PreviewInvoice p50", "ms", runs.p50),
+            Figure(
+                "PreviewInvoice p99",
+                "ms",
+                runs.p99,
+                target="≤ 5 ms at 1 M events",
+                met=statistics.median(runs.p99) <= 5 if run.accepted >= 1_000_000 else None,
+            ),
+        ]
+        result.details = {
+            "events_in_period": run.accepted,
+            "events_sent": run.sent,
+            "calls_per_run": config.preview_calls,
+        }
+    finally:
+        server.stop()
+    return result
+
+
+def recovery_workload(bench: Bench) -> WorkloadResult:
+    """Seconds from process start to SERVING after `recovery_events` journaled events and a SIGKILL."""
+    config = bench.config
+    result = WorkloadResult("recovery")
+    server = bench.start_tariff("tariff-recovery")
+    try:
+        empty_start_s = []
+        seed(server.target, RECOVERY_CUSTOMERS)
+        run = _bulk_ingest(bench, server, config.recovery_events, customers=RECOVERY_CUSTOMERS)
+        restart_s: list[float] = []
+        for _ in range(config.runs):
+            server.kill9()
+            restart_s.append(server.start(timeout_s=600))
+        full = run.accepted >= 10_000_000
+        result.figures = [
+            Figure(
+                f"start → SERVING after kill -9 ({run.accepted:,} events)",
+                "s",
+                restart_s,
+                target="≤ 10 s at 10 M events",
+                met=statistics.median(restart_s) <= 10 if full else None,
+            )
+        ]
+        empty = bench.start_tariff("tariff-empty")
+        for _ in range(config.runs):
+            empty.kill9()
+            empty_start_s.append(empty.start())
+        empty.stop()
+        result.figures.append(Figure("start → SERVING, empty data dir (baseline)", "s", empty_start_s))
+        result.details = {"events_journaled": run.accepted, "events_sent": run.sent}
+        if not full:
+            result.notes.append(
+                "recovery: fewer than 10 M events; run `tariff bench --full --only recovery` for the target"
+            )
+    finally:
+        server.stop()
+    return result
+
+
+def cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def describe_machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "platform": platform.platform(),
+        "note": "server and load generators share the machine's cores; generators take CPU from the server",
+    }

@@ -1,0 +1,95 @@
+"""`tariff bench --quick` end to end: every workload reports figures or says why it cannot, and ingest loses nothing.
+
+It runs the real bench (its own server processes, reference servers, load-generator processes and, where
+PostgreSQL is installed, a throwaway cluster) at tiny sizes. It asserts what the bench reports and that
+the ingest accounting adds up, never how fast anything is: speed belongs to `make bench`, not to a test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.serverproc import REPO_ROOT
+
+WORKLOADS = ("references", "ingest", "telemetry", "authorize", "memory", "preview", "recovery")
+RUNS = 2
+BATCHES = 4
+BATCH_EVENTS = 50
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "bench",
+            "--quick",
+            "--runs",
+            str(RUNS),
+            "--batches",
+            str(BATCHES),
+            "--batch-events",
+            str(BATCH_EVENTS),
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp / "work"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, f"bench exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    document: dict[str, Any] = json.loads(Path(out).read_text())
+    return document, done.stdout
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_workload_has_figures_or_says_it_is_not_available(bench_run: tuple[dict[str, Any], str]) -> None:
+    document, _ = bench_run
+    assert set(document["workloads"]) == set(WORKLOADS)
+    for name, workload in document["workloads"].items():
+        if workload["status"] == "ok":
+            assert workload["figures"], f"{name}: ok but no figures"
+            for figure in workload["figures"]:
+                assert all(math.isfinite(v) for v in figure["values"]), (name, figure)
+                assert figure["min"] <= figure["median"] <= figure["max"], (name, figure)
+        else:
+            assert workload["status"] == "not available", f"{name}: {workload['status']}: {workload['reason']}"
+            assert workload["reason"].startswith("not available yet"), (name, workload["reason"])
+        failed_parts = [note for note in workload["notes"] if ": failed:" in note]
+        assert failed_parts == [], (name, failed_parts)
+
+
+def test_ingest_accepts_every_event_it_sent(bench_run: tuple[dict[str, Any], str]) -> None:
+    document, _ = bench_run
+    ingest = document["workloads"]["ingest"]
+    assert ingest["status"] == "ok", ingest["reason"]
+    details = ingest["details"]
+    assert details["events_sent"] == RUNS * BATCHES * BATCH_EVENTS
+    assert details["events_accepted"] == details["events_sent"]
+    assert details["events_rejected"] == 0
+    events_per_s = next(f for f in ingest["figures"] if f["metric"] == "events/s (durable)")
+    assert len(events_per_s["values"]) == RUNS
+    assert len(events_per_s["ratios"]) == RUNS, "one ratio per run, pair by pair"
+
+
+def test_the_table_lists_every_workload(bench_run: tuple[dict[str, Any], str]) -> None:
+    _, table = bench_run
+    for name in WORKLOADS:
+        assert any(line.startswith(name) for line in table.splitlines()), name
+    assert "median" in table and "min–max" in table
