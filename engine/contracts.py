@@ -24,7 +24,7 @@ class OveragePolicy(enum.StrEnum):
     BLOCK = "BLOCK"
 
 
-class Customer(msgspec.Struct, frozen=True):
+class Customer(msgspec.Struct, frozen=True, gc=False):
     id: str
     name: str
     attributes: dict[str, str]
@@ -58,7 +58,7 @@ class TopUpPolicy(msgspec.Struct, frozen=True):
     max_per_period: int
 
 
-class Contract(msgspec.Struct):
+class Contract(msgspec.Struct, gc=False):
     id: str
     customer_id: str
     rate_card_id: str

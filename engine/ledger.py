@@ -30,7 +30,7 @@ class GrantKind(enum.StrEnum):
     TOP_UP = "TOP_UP"
 
 
-class Grant(msgspec.Struct):
+class Grant(msgspec.Struct, gc=False):
     id: str
     customer_id: str
     contract_id: str
@@ -81,7 +81,7 @@ class Grant(msgspec.Struct):
         return round_ratio(drawn * paid_numerator * PICOS_PER_UNIT, self.amount * paid_denominator)
 
 
-class Draw(msgspec.Struct, frozen=True, array_like=True):
+class Draw(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One grant's part of a charge (negative when a charge is refunded)."""
 
     grant_id: str

@@ -46,7 +46,7 @@ class Refusal(Exception):
 _ZERO = Decimal(0)
 
 
-class Aggregate(msgspec.Struct):
+class Aggregate(msgspec.Struct, gc=False):
     """One invoice line's running state: a product's usage in a period, for one combination of dimensions."""
 
     quantity: Decimal = Decimal(0)

@@ -71,7 +71,7 @@ class AuditEntry(msgspec.Struct, frozen=True, array_like=True):
     diff: str  # JSON of the command's fields
 
 
-class Account(msgspec.Struct):
+class Account(msgspec.Struct, gc=False):
     """One customer's money: grants, per-period aggregates and charges. No command touches two accounts."""
 
     customer_id: str
@@ -105,14 +105,14 @@ class StoredState(BillingState):
     accounts: dict[str, StoredAccount] = {}  # type: ignore[assignment]
 
 
-class Rejection(msgspec.Struct, frozen=True, array_like=True):
+class Rejection(msgspec.Struct, frozen=True, array_like=True, gc=False):
     index: int
     transaction_id: str
     reason: RejectReason
     message: str
 
 
-class LedgerEntry(msgspec.Struct, frozen=True, array_like=True):
+class LedgerEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What one event did to one product's money: the charge, the grants it drew, what was left as overage."""
 
     transaction_id: str
@@ -123,7 +123,7 @@ class LedgerEntry(msgspec.Struct, frozen=True, array_like=True):
     overage: int
 
 
-class IngestResult(msgspec.Struct, frozen=True):
+class IngestResult(msgspec.Struct, frozen=True, gc=False):
     accepted: int
     duplicates: int
     rejections: list[Rejection]

@@ -76,7 +76,7 @@ _READ_CHUNK_BYTES = 8 * 1024 * 1024
 _SEQ_KEY_BYTES = 8
 
 
-class DedupeEntry(msgspec.Struct, frozen=True):
+class DedupeEntry(msgspec.Struct, frozen=True, gc=False):  # never in a cycle: not tracked by the GC
     """What the dedupe index remembers about one accepted transaction id."""
 
     content_hash: bytes  # digest of the event's content: a resend with another digest is a conflict
