@@ -104,6 +104,8 @@ class Scope(enum.Enum):
     GRANT = "grant"
     # A UsageBatch: every event's customer_id.
     EVENTS = "events"
+    # An AuthorizeBatch: every request's customer_id.
+    REQUESTS = "requests"
     # A non-empty list of customer ids in `Rule.field`, all of them allowed.
     FIELD_LIST = "field_list"
     # The servicer filters its answer to the caller's customers (ListCustomers).
@@ -132,6 +134,7 @@ RULES: Mapping[str, Rule] = {
     "/tariff.v1.BalanceService/GetBalance": _rule(_ALL, Scope.FIELD, "customer_id"),
     "/tariff.v1.BalanceService/Authorize": _rule(_USE, Scope.FIELD, "customer_id"),
     "/tariff.v1.BalanceService/AuthorizeStream": _rule(_USE, Scope.FIELD, "customer_id"),
+    "/tariff.v1.BalanceService/AuthorizeBatches": _rule(_USE, Scope.REQUESTS),
     "/tariff.v1.BalanceService/ReleaseReservation": _rule(_USE, Scope.FIELD, "customer_id"),
     "/tariff.v1.BalanceService/WatchBalance": _rule(_ALL, Scope.FIELD, "customer_id"),
     "/tariff.v1.PricingService/CreateProduct": _rule(ADMIN, Scope.GLOBAL),
@@ -421,6 +424,10 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         f"events[{index}]: key {identity.name!r} may not touch customer {event.customer_id!r}; "
                         "nothing in this batch was applied"
                     )
+            return
+        if scope is Scope.REQUESTS:
+            for index, authorize in enumerate(request.requests):
+                self._require(identity, authorize.customer_id, f"requests[{index}].customer_id")
             return
         if scope is Scope.FIELD:
             self._require(identity, _field(request, rule.field), rule.field)

@@ -33,7 +33,7 @@ from engine.errors import InvalidArgument, NotFound
 from engine.ledger import Grant
 from engine.products import Product
 from engine.ratecard import RateCard, Version
-from engine.state import Engine, IngestResult, PublishResult
+from engine.state import Engine, Estimate, IngestResult, PublishResult
 from server import auth, convert, telemetry
 from server.errors import DeadlineExceeded, ResourceExhausted, Unimplemented, check_deadline, streaming, unary
 from server.sequencer import Sequencer
@@ -44,6 +44,7 @@ Result = TypeVar("Result")
 BATCH_EVENTS_MAX_DEFAULT = 10_000
 STREAM_BATCHES_IN_FLIGHT_MAX = 16
 INTAKE_BYTES_MAX_DEFAULT = 256 * 1024 * 1024
+AUTHORIZE_BATCH_REQUESTS_MAX = 10_000
 PAGE_SIZE_MAX = 1_000
 ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
 
@@ -250,6 +251,30 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
             if not request.request_id:
                 raise InvalidArgument.field("request_id", "is required on AuthorizeStream to correlate answers")
             yield self._decide(request)
+
+    @streaming
+    async def AuthorizeBatches(
+        self, request_iterator: AsyncIterator[balance_pb2.AuthorizeBatch], context: Context
+    ) -> AsyncIterator[balance_pb2.AuthorizeBatchResult]:
+        async for batch in request_iterator:
+            if len(batch.requests) > AUTHORIZE_BATCH_REQUESTS_MAX:
+                raise ResourceExhausted(
+                    f"an AuthorizeBatch holds at most {AUTHORIZE_BATCH_REQUESTS_MAX} requests, "
+                    f"this one {len(batch.requests)}"
+                )
+            for index, request in enumerate(batch.requests):
+                if not request.request_id:
+                    raise InvalidArgument.field(
+                        f"requests[{index}].request_id", "is required on AuthorizeBatches to correlate answers"
+                    )
+            yield balance_pb2.AuthorizeBatchResult(responses=[self._decide_in_band(r) for r in batch.requests])
+
+    def _decide_in_band(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
+        """One request of a batch: a malformed one is answered INVALID_REQUEST and does not sink the batch."""
+        try:
+            return self._decide(request)
+        except InvalidArgument as exc:
+            return convert.authorize_response(request.request_id, Estimate(False, "INVALID_REQUEST", str(exc), 0, 0))
 
     ReleaseReservation = _not_built("ReleaseReservation (reservations)")
     WatchBalance = _not_built_stream("WatchBalance (balance streaming)")

@@ -28,6 +28,7 @@ INGEST_METHOD = "/tariff.v1.UsageService/IngestUsage"
 AUTHORIZE_METHOD = "/tariff.v1.BalanceService/Authorize"
 GET_BALANCE_METHOD = "/tariff.v1.BalanceService/GetBalance"
 AUTHORIZE_STREAM_METHOD = "/tariff.v1.BalanceService/AuthorizeStream"
+AUTHORIZE_BATCHES_METHOD = "/tariff.v1.BalanceService/AuthorizeBatches"
 PREVIEW_INVOICE_METHOD = "/tariff.v1.InvoiceService/PreviewInvoice"
 BARRIER_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 60.0
@@ -60,8 +61,9 @@ class StreamSpec(TypedDict):
     target: str
     customers: int
     decisions: int
-    in_flight: int
+    in_flight: int  # messages outstanding
     seconds_max: float  # stop sending early when the decisions take longer than this
+    batch_requests: int  # 1: AuthorizeStream, one decision a message; more: AuthorizeBatches with this many
 
 
 def _identity(payload: bytes) -> bytes:
@@ -253,15 +255,23 @@ def _unary_worker(spec: UnarySpec, barrier: Barrier, results: Queue[dict[str, An
 
 
 def _stream_worker(spec: StreamSpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
-    """AuthorizeStream with `in_flight` requests outstanding: decisions per second over one stream."""
-    payloads = [authorize_request(n, spec["customers"]).SerializeToString() for n in range(spec["decisions"])]
+    """AuthorizeStream (or AuthorizeBatches) with `in_flight` messages outstanding: decisions/s over one stream."""
+    per_message = spec["batch_requests"]
+    requests = [authorize_request(n, spec["customers"]) for n in range(spec["decisions"])]
+    if per_message > 1:
+        payloads = [
+            balance_pb2.AuthorizeBatch(requests=requests[i : i + per_message]).SerializeToString()
+            for i in range(0, len(requests), per_message)
+        ]
+    else:
+        payloads = [request.SerializeToString() for request in requests]
     window = threading.Semaphore(spec["in_flight"])
     reasons: Counter[str] = Counter()
     error: list[str] | None = None
 
     deadline = [float("inf")]
 
-    def requests() -> Iterator[bytes]:
+    def messages() -> Iterator[bytes]:
         for payload in payloads:
             window.acquire()
             if time.monotonic() > deadline[0]:
@@ -270,18 +280,27 @@ def _stream_worker(spec: StreamSpec, barrier: Barrier, results: Queue[dict[str, 
 
     with grpc.insecure_channel(spec["target"], options=CHANNEL_OPTIONS) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
-        call = channel.stream_stream(
-            AUTHORIZE_STREAM_METHOD,
-            request_serializer=_identity,
-            response_deserializer=balance_pb2.AuthorizeResponse.FromString,
+        call = (
+            channel.stream_stream(
+                AUTHORIZE_BATCHES_METHOD,
+                request_serializer=_identity,
+                response_deserializer=balance_pb2.AuthorizeBatchResult.FromString,
+            )
+            if per_message > 1
+            else channel.stream_stream(
+                AUTHORIZE_STREAM_METHOD,
+                request_serializer=_identity,
+                response_deserializer=balance_pb2.AuthorizeResponse.FromString,
+            )
         )
         barrier.wait(BARRIER_TIMEOUT_S)
         started = time.monotonic()
         deadline[0] = started + spec["seconds_max"]
         try:
-            for response in call(requests(), timeout=CALL_TIMEOUT_S * 10):
+            for response in call(messages(), timeout=CALL_TIMEOUT_S * 10):
                 window.release()
-                reasons[response.reason] += 1
+                for answer in response.responses if per_message > 1 else [response]:
+                    reasons[answer.reason] += 1
         except grpc.RpcError as e:
             error = _rpc_error(e)
         ended = time.monotonic()

@@ -81,6 +81,12 @@ class ReferenceBalance(balance_pb2_grpc.BalanceServiceServicer):
         async for request in request_iterator:
             yield _decision(request)
 
+    async def AuthorizeBatches(
+        self, request_iterator: AsyncIterator[balance_pb2.AuthorizeBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[balance_pb2.AuthorizeBatchResult]:
+        async for batch in request_iterator:
+            yield balance_pb2.AuthorizeBatchResult(responses=[_decision(request) for request in batch.requests])
+
 
 async def serve(listen: str, mode: str) -> None:
     server = grpc.aio.server(

@@ -125,6 +125,18 @@ class AuthorizeResponse(_message.Message):
     message: str
     def __init__(self, request_id: _Optional[str] = ..., allowed: _Optional[bool] = ..., reason: _Optional[str] = ..., estimated_cost: _Optional[str] = ..., credits_available: _Optional[str] = ..., reservation_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
+class AuthorizeBatch(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[AuthorizeRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[AuthorizeRequest, _Mapping]]] = ...) -> None: ...
+
+class AuthorizeBatchResult(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[AuthorizeResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[AuthorizeResponse, _Mapping]]] = ...) -> None: ...
+
 class ReleaseReservationRequest(_message.Message):
     __slots__ = ("customer_id", "reservation_id")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
