@@ -233,21 +233,26 @@ async def serve(config: ServeConfig) -> int:
 
 
 def _banner(config: ServeConfig, seq: int) -> str:
-    return "\n".join(
-        [
-            f"tariff: serving gRPC on {config.listen} (data in {config.data_dir}, journal seq {seq})",
-            "  services: UsageService BalanceService PricingService ContractService InvoiceService AlertService, health, reflection",
-            '  try:     grpcurl -plaintext -d \'{"customer_id": "acme"}\' '
+    lines = [
+        f"tariff: serving gRPC on {config.listen} (data in {config.data_dir}, journal seq {seq})",
+        "  services: UsageService BalanceService PricingService ContractService InvoiceService AlertService, health, reflection",
+    ]
+    if config.demo:
+        # The examples say what this server needs: TLS (and a CA to trust), an API key.
+        transport = f"-cacert {config.tls_cert} " if config.tls_cert is not None else "-plaintext "
+        key_header = "-H 'authorization: Bearer $TARIFF_API_KEY' " if config.api_keys is not None else ""
+        client_args = ", api_key=os.environ['TARIFF_API_KEY']" if config.api_keys is not None else ""
+        if config.tls_cert is not None:
+            client_args += f", root_certificates=open('{config.tls_cert}', 'rb').read()"
+        lines.append(
+            f'  try:     grpcurl {transport}{key_header}-d \'{{"customer_id": "acme"}}\' '
             f"{config.listen} tariff.v1.BalanceService/GetBalance"
-            if config.demo
-            else "",
-            "  or:      python -c \"from tariff import TariffClient; print(TariffClient('"
-            + config.listen
-            + "').get_balance('acme'))\""
-            if config.demo
-            else "",
-        ]
-    ).rstrip()
+        )
+        lines.append(
+            '  or:      python -c "import os; from tariff import TariffClient; '
+            f"print(TariffClient('{config.listen}'{client_args}).get_balance('acme'))\""
+        )
+    return "\n".join(lines)
 
 
 def run(config: ServeConfig) -> int:

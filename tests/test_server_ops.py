@@ -298,5 +298,5 @@ def test_readme_python_example_runs_against_a_demo_server(demo_server: ServerPro
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # One complex GPT-4 summary accepted: 50000 - 5 = 49995.
-    assert result.stdout.strip() == "1 49995", result.stdout + result.stderr
+    # Authorize estimates one complex GPT-4 summary at 5 credits; once ingested, 50000 - 5 = 49995 remain.
+    assert result.stdout.strip() == "5 49995", result.stdout + result.stderr
