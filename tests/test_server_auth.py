@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tariff import PermissionDenied, TariffClient, Unauthenticated, now_ms
+from tariff import PermissionDenied, TariffClient, Unauthenticated
 from tariff.v1 import (
     alerts_pb2,
     balance_pb2,
@@ -32,11 +32,10 @@ from tariff.v1 import (
 
 from server import auth
 from server.app import ServeConfig, listen_refusal
+from tests.demo_usage import ACME, CHEAP, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 
-ACME = "acme"
 BETA = "beta"
-CHEAP = {"action": "summary", "model": "gpt-4o-mini", "complexity": "simple", "data_source": "crm"}  # 0.5
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 TARIFF_PROTOS = [alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2]
 
@@ -82,23 +81,6 @@ def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     except grpc.RpcError as e:
         return e.code(), e.details() or ""
     return grpc.StatusCode.OK, ""
-
-
-def cheap_batch(batch_id: str, prefix: str, count: int, customer: str = ACME) -> usage_pb2.UsageBatch:
-    at = now_ms() - 1_000
-    return usage_pb2.UsageBatch(
-        batch_id=batch_id,
-        events=[
-            usage_pb2.UsageEvent(
-                transaction_id=f"{prefix}-{i}",
-                customer_id=customer,
-                event_type="ai_action",
-                timestamp_ms=at,
-                dimensions=CHEAP,
-            )
-            for i in range(count)
-        ],
-    )
 
 
 def add_beta(admin: TariffClient) -> None:
@@ -331,11 +313,11 @@ def test_missing_or_wrong_key_is_unauthenticated_everywhere_but_health_and_refle
             with pytest.raises(Unauthenticated) as caught:
                 client.get_balance(ACME)
             assert expected in caught.value.details
-            code, _ = code_of(lambda c=client: c.usage.IngestUsageBatch(cheap_batch("b", "unauth", 1)))  # type: ignore[misc]
+            code, _ = code_of(lambda c=client: c.usage.IngestUsageBatch(demo_batch("b", "unauth", 1)))  # type: ignore[misc]
             assert code == grpc.StatusCode.UNAUTHENTICATED
             stream = Bidi(client.usage.IngestUsage)
             with pytest.raises(grpc.RpcError) as streamed:
-                stream.send(cheap_batch("s", "unauth-s", 1))
+                stream.send(demo_batch("s", "unauth-s", 1))
             stream.end()
             assert streamed.value.code() == grpc.StatusCode.UNAUTHENTICATED
             code, _ = code_of(
@@ -370,7 +352,7 @@ def test_missing_or_wrong_key_is_unauthenticated_everywhere_but_health_and_refle
 def _probes(client: TariffClient) -> dict[str, Callable[[], object]]:
     """One representative RPC per service and kind (read / use / admin)."""
     return {
-        "usage.IngestUsageBatch": lambda: client.usage.IngestUsageBatch(cheap_batch("role", "role", 1), timeout=5),
+        "usage.IngestUsageBatch": lambda: client.usage.IngestUsageBatch(demo_batch("role", "role", 1), timeout=5),
         "balance.GetBalance": lambda: client.balance.GetBalance(
             balance_pb2.GetBalanceRequest(customer_id=ACME), timeout=5
         ),
@@ -458,7 +440,7 @@ def test_refused_rpcs_change_nothing(keyed: tuple[ServerProcess, Keys]) -> None:
         before = admin.get_balance(ACME)
         audit_before = admin.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries
     with server.client(api_key=keys.key["finance"]) as reader, pytest.raises(PermissionDenied):
-        reader.ingest_batch(cheap_batch("x", "refused", 10).events)
+        reader.ingest_batch(demo_batch("x", "refused", 10).events)
     with server.client(api_key=keys.key["meter"]) as meter:
         code, _ = code_of(
             lambda: meter.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="sneaky", name="S"))
@@ -480,10 +462,10 @@ def test_restricted_ingest_key_serves_its_customer_and_refuses_a_batch_touching_
 ) -> None:
     server, keys = keyed
     with server.client(api_key=keys.key["acme-meter"]) as meter:
-        ack = meter.usage.IngestUsageBatch(cheap_batch("own", "own", 2))
+        ack = meter.usage.IngestUsageBatch(demo_batch("own", "own", 2))
         assert (ack.accepted, list(ack.rejected)) == (2, [])
 
-        mixed = cheap_batch("mixed", "mixed", 4)
+        mixed = demo_batch("mixed", "mixed", 4)
         mixed.events[2].customer_id = BETA
         code, details = code_of(lambda: meter.usage.IngestUsageBatch(mixed))
         assert code == grpc.StatusCode.PERMISSION_DENIED
@@ -491,9 +473,9 @@ def test_restricted_ingest_key_serves_its_customer_and_refuses_a_batch_touching_
 
         # On a stream: the first batch is acked, the one touching beta ends the call and is not applied.
         stream = Bidi(meter.usage.IngestUsage)
-        first = stream.send(cheap_batch("s1", "s1", 3))
+        first = stream.send(demo_batch("s1", "s1", 3))
         assert isinstance(first, usage_pb2.IngestAck) and first.accepted == 3
-        foreign = cheap_batch("s2", "s2", 3)
+        foreign = demo_batch("s2", "s2", 3)
         foreign.events[1].customer_id = BETA
         with pytest.raises(grpc.RpcError) as streamed:
             stream.send(foreign)
@@ -523,9 +505,9 @@ def test_restricted_ingest_key_serves_its_customer_and_refuses_a_batch_touching_
         assert admin.get_balance(BETA).credits_remaining == "100", "nothing reached beta"
         assert admin.get_balance(ACME).credits_remaining == "49997.5"
         # Not one event of the refused batches was recorded: resent by the admin they are new.
-        resent = cheap_batch("again", "mixed", 4)
+        resent = demo_batch("again", "mixed", 4)
         assert admin.usage.IngestUsageBatch(resent).accepted == 4
-        assert admin.usage.IngestUsageBatch(cheap_batch("again2", "s2", 3)).accepted == 3
+        assert admin.usage.IngestUsageBatch(demo_batch("again2", "s2", 3)).accepted == 3
 
 
 def test_restricted_read_key_sees_only_its_customers_and_nothing_global(keyed: tuple[ServerProcess, Keys]) -> None:

@@ -26,31 +26,13 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
-from tariff import ResourceExhausted, TariffClient, now_ms
+from tariff import ResourceExhausted, TariffClient
 from tariff.v1 import alerts_pb2, balance_pb2, balance_pb2_grpc, usage_pb2, usage_pb2_grpc
 
+from tests.demo_usage import ACME, demo_batch
 from tests.serverproc import ServerFactory, ServerProcess
 
-ACME = "acme"
-CHEAP = {"action": "summary", "model": "gpt-4o-mini", "complexity": "simple", "data_source": "crm"}  # 0.5
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
-
-
-def batch_of(batch_id: str, prefix: str, count: int, customer: str = ACME) -> usage_pb2.UsageBatch:
-    at = now_ms() - 1_000
-    return usage_pb2.UsageBatch(
-        batch_id=batch_id,
-        events=[
-            usage_pb2.UsageEvent(
-                transaction_id=f"{prefix}-{i}",
-                customer_id=customer,
-                event_type="ai_action",
-                timestamp_ms=at,
-                dimensions=CHEAP,
-            )
-            for i in range(count)
-        ],
-    )
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
@@ -99,7 +81,7 @@ def test_configured_batch_and_message_limits_are_resource_exhausted_and_apply_no
     server = server_factory(demo=True, extra_args=["--batch-events-max", "100", "--message-mb-max", "1"])
     with server.client() as client:
         before = client.get_balance(ACME)
-        too_many = batch_of("101", "many", 101)
+        too_many = demo_batch("101", "many", 101)
         with pytest.raises(ResourceExhausted) as caught:
             client.ingest_batch(too_many.events, batch_id="101")
         assert "at most 100 events" in caught.value.details
@@ -110,7 +92,7 @@ def test_configured_batch_and_message_limits_are_resource_exhausted_and_apply_no
         assert streamed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
         # 100 events of ~12 KB each: under the event limit, over the 1 MiB message limit.
-        too_big = batch_of("big", "big", 100)
+        too_big = demo_batch("big", "big", 100)
         for event in too_big.events:
             event.dimensions["note"] = "x" * 12_000
         assert too_big.ByteSize() > 1024 * 1024
@@ -120,7 +102,7 @@ def test_configured_batch_and_message_limits_are_resource_exhausted_and_apply_no
         assert (after.credits_remaining, after.as_of_seq) == (before.credits_remaining, before.as_of_seq)
         # None of those events was recorded: sent within the limits they are all new.
         assert client.ingest_batch(too_many.events[:100]).accepted == 100
-        assert client.ingest_batch(batch_of("small", "big", 100).events).accepted == 100
+        assert client.ingest_batch(demo_batch("small", "big", 100).events).accepted == 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +116,7 @@ def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_with_retry_in
     with server.client() as client:
         streams = [Bidi(client), Bidi(client)]
         for n, stream in enumerate(streams):
-            assert stream.send(batch_of(f"open-{n}", f"open-{n}", 1)).accepted == 1  # both calls are running
+            assert stream.send(demo_batch(f"open-{n}", f"open-{n}", 1)).accepted == 1  # both calls are running
         with pytest.raises(grpc.RpcError) as caught:
             client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id=ACME))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -163,13 +145,13 @@ def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_with_retry_in
             code = code_of(lambda: list(client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest())))
             assert code == grpc.StatusCode.UNIMPLEMENTED
             cancelled = Bidi(client)
-            assert cancelled.send(batch_of(f"c-{n}", f"c-{n}", 1)).accepted == 1
+            assert cancelled.send(demo_batch(f"c-{n}", f"c-{n}", 1)).accepted == 1
             cancelled.responses.cancel()  # type: ignore[attr-defined]
             cancelled.abandon()
         time.sleep(0.2)  # the server learns of the client's cancellations asynchronously
         again = [Bidi(client), Bidi(client)]
         for n, stream in enumerate(again):
-            assert stream.send(batch_of(f"again-{n}", f"again-{n}", 1)).accepted == 1
+            assert stream.send(demo_batch(f"again-{n}", f"again-{n}", 1)).accepted == 1
         acme = balance_pb2.GetBalanceRequest(customer_id=ACME)
         assert code_of(lambda: client.balance.GetBalance(acme)) == grpc.StatusCode.RESOURCE_EXHAUSTED
         for stream in again:
@@ -188,7 +170,7 @@ def test_a_batch_whose_deadline_expired_is_neither_applied_nor_acknowledged(demo
         # the writer. (A deadline passing later, during the commit, cannot undo the commit: the call is then not
         # acknowledged, but its batch is applied; that case is not what this test makes.)
         timeouts_ms = (5, 10, 15)
-        batches = [batch_of(f"late-{ms}", f"late-{ms}", 10_000) for ms in timeouts_ms]
+        batches = [demo_batch(f"late-{ms}", f"late-{ms}", 10_000) for ms in timeouts_ms]
         for batch in batches:
             for event in batch.events:
                 event.dimensions.update({f"tag{k}": f"value-{k}" for k in range(8)})
@@ -215,7 +197,7 @@ def test_a_client_that_never_reads_acks_makes_the_server_stop_reading_not_buffer
     rss_before = rss_bytes(server.pid)
     # Events for an unknown customer: each is rejected with a reason, so each ack is as big as its batch.
     batches_max = 3_000
-    template = batch_of("ghost", "ghost", 1_000, customer="ghost")
+    template = demo_batch("ghost", "ghost", 1_000, customer="ghost")
     batch_bytes = template.ByteSize()
     sent = 0
     stop = threading.Event()
@@ -246,7 +228,7 @@ def test_a_client_that_never_reads_acks_makes_the_server_stop_reading_not_buffer
             assert growth < 200 * 1024 * 1024, f"server RSS grew {growth / 2**20:.0f} MiB"
             # The server still serves everyone else.
             assert polite.get_balance(ACME).credits_remaining == "50000"
-            ack = polite.ingest_batch(batch_of("polite", "polite", 10).events)
+            ack = polite.ingest_batch(demo_batch("polite", "polite", 10).events)
             assert ack.accepted == 10
         finally:
             stop.set()
@@ -276,7 +258,7 @@ class Sender:
                 await asyncio.sleep(0.002)
             if self.ending.is_set():
                 break
-            batch = batch_of(f"{self.name}-{n}", f"{self.name}-{n}", 100)
+            batch = demo_batch(f"{self.name}-{n}", f"{self.name}-{n}", 100)
             self.sent[batch.batch_id] = batch
             yield batch
             n += 1

@@ -23,12 +23,12 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tariff import TariffClient, now_ms
+from tariff import TariffClient
 from tariff.v1 import balance_pb2, usage_pb2
 
+from tests.demo_usage import ACME, CHEAP, COMPLEX, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 
-ACME = "acme"
 TARIFF_SERVICES = [
     "tariff.v1.UsageService",
     "tariff.v1.BalanceService",
@@ -38,8 +38,6 @@ TARIFF_SERVICES = [
     "tariff.v1.AlertService",
 ]
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
-CHEAP = {"action": "summary", "model": "gpt-4o-mini", "complexity": "simple", "data_source": "crm"}  # 0.5
-COMPLEX = {"action": "summary", "model": "gpt-4", "complexity": "complex", "data_source": "crm"}  # 5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,23 +48,6 @@ def assert_amount(actual: str, expected: str) -> None:
     """A wire amount: numerically equal AND in the canonical text the hand computation gives."""
     assert Decimal(actual) == Decimal(expected), f"{actual!r} != {expected!r}"
     assert actual == expected, f"not canonical: {actual!r}, expected {expected!r}"
-
-
-def batch_of(batch_id: str, prefix: str, count: int, dims: dict[str, str]) -> usage_pb2.UsageBatch:
-    at = now_ms() - 1_000
-    return usage_pb2.UsageBatch(
-        batch_id=batch_id,
-        events=[
-            usage_pb2.UsageEvent(
-                transaction_id=f"{prefix}-{i}",
-                customer_id=ACME,
-                event_type="ai_action",
-                timestamp_ms=at,
-                dimensions=dims,
-            )
-            for i in range(count)
-        ],
-    )
 
 
 class Bidi:
@@ -139,8 +120,8 @@ def test_reflection_lists_the_services_and_serves_their_descriptors(demo_server:
 
 
 def test_sigterm_stops_cleanly_and_restart_has_everything_acknowledged(demo_server: ServerProcess) -> None:
-    first = batch_of("t-1", "term-a", 3, COMPLEX)  # 3 x 5 = 15
-    last = batch_of("t-2", "term-b", 4, CHEAP)  # 4 x 0.5 = 2
+    first = demo_batch("t-1", "term-a", 3, dimensions=COMPLEX)  # 3 x 5 = 15
+    last = demo_batch("t-2", "term-b", 4, dimensions=CHEAP)  # 4 x 0.5 = 2
     with demo_server.client() as client:
         stream = Bidi(client)
         assert stream.send(first).accepted == 3
@@ -171,8 +152,8 @@ def test_sigterm_stops_cleanly_and_restart_has_everything_acknowledged(demo_serv
 
 
 def test_sigterm_lets_an_in_flight_batch_commit_and_be_acknowledged(demo_server: ServerProcess) -> None:
-    opening = batch_of("open", "inflight-a", 2, COMPLEX)  # 2 x 5 = 10
-    in_flight = batch_of("in-flight", "inflight-b", 10_000, CHEAP)  # 10,000 x 0.5 = 5,000
+    opening = demo_batch("open", "inflight-a", 2, dimensions=COMPLEX)  # 2 x 5 = 10
+    in_flight = demo_batch("in-flight", "inflight-b", 10_000, dimensions=CHEAP)  # 10,000 x 0.5 = 5,000
     with demo_server.client() as client:
         stream = Bidi(client)
         assert stream.send(opening).accepted == 2  # the call is established
@@ -226,7 +207,7 @@ def test_full_map_answers_resource_exhausted_commits_nothing_and_a_bigger_map_ta
     with server.client() as client:
         stream = Bidi(client)
         for n in range(200):
-            batch = batch_of(f"fill-{n}", f"fill-{n}", size, CHEAP)
+            batch = demo_batch(f"fill-{n}", f"fill-{n}", size, dimensions=CHEAP)
             try:
                 acked.append(stream.send(batch))
                 sent.append(batch)
