@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import grpc
 import grpc.aio
@@ -55,6 +55,9 @@ from tariff.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from tariff.gateway import AuthorizeBatcher
 
 __all__ = [
     "Aborted",
@@ -611,6 +614,26 @@ class AsyncTariffClient(_Stubs):
             buffer_events_max=buffer_events_max,
             on_ack=on_ack,
             owns_stream=True,
+        )
+
+    def authorize_batcher(
+        self,
+        *,
+        max_delay_ms: float = 1.0,
+        batch_requests_max: int = 500,
+        batches_in_flight_max: int = 8,
+        timeout_s: float = 5.0,
+    ) -> AuthorizeBatcher:
+        """For gateways at high rates: ``authorize()`` calls gathered into ``AuthorizeBatches`` messages over
+        one stream (see ``tariff.gateway``). Use it with ``async with``."""
+        from tariff.gateway import AuthorizeBatcher
+
+        return AuthorizeBatcher(
+            self.balance,
+            max_delay_ms=max_delay_ms,
+            batch_requests_max=batch_requests_max,
+            batches_in_flight_max=batches_in_flight_max,
+            timeout_s=timeout_s,
         )
 
 
