@@ -91,7 +91,7 @@ loadtest: install
 SOAK_SEED ?= 1
 FUZZ_EXAMPLES ?= 100
 soak: install
-	$(PY) -m tests.soak --crashes 50 --clients 4 --seed $(SOAK_SEED) --out soak.json
+	$(PY) -m tests.soak --crashes 50 --clients 3 --seed $(SOAK_SEED) --out soak.json
 	TARIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -s tests/test_fuzz_server.py
 
 clean:

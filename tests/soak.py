@@ -1,0 +1,779 @@
+"""The fault soak: streaming load with retries, `kill -9` at seeded random moments, a check after every crash.
+
+    python -m tests.soak --crashes 50 --clients 4 --seed 1 --out soak.json
+
+One real server process (tests/serverproc.py) with a small catalogue built over the admin RPCs (two
+products, UNIT prices, per customer a promotional and a prepaid grant, overage allowed). Load comes from:
+
+- stream clients: `tariff.UsageStream` (the Python client's bidi stream, which reconnects and resends every
+  unacknowledged batch with the same ids), several sender tasks each;
+- one retry-storm client: every batch sent by unary IngestUsageBatch and resent 1-5 more times, some resends
+  concurrent with the original, some after it, each retried through crashes until answered.
+
+Each cycle: run the load for a seeded random while, `kill -9` the server, stop starting new batches, and
+check the journal (tests/reference_billing.py, read straight from LMDB while the server is down): every
+batch a client saw acknowledged is in it, every event exactly once, every journaled batch whole and
+identical to what a client sent, each journaled outcome equal to the recomputation. Then restart, let the
+clients resend until everything is acknowledged, and compare every read RPC that answers (GetBalance of
+every customer, GetCustomer, ListCustomers, GetContract, ListProducts, GetRateCard, GetAuditLog) with the
+reference computed from the journal at the same seq.
+
+After the crashes: 10,000 conflicting duplicates (acknowledged transaction ids, other content) must all be
+DUPLICATE_CONFLICT with balances unchanged, and identical resends all duplicates, before and after one more
+`kill -9`. Finally SIGTERM, a from-scratch recomputation of the whole journal, and one more comparison.
+
+Any disagreement raises `SoakFailure` (the CLI exits 1); the summary says what was exercised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf import timestamp_pb2
+from tariff import AsyncTariffClient
+from tariff.client import RetryPolicy
+from tariff.v1 import (
+    balance_pb2,
+    balance_pb2_grpc,
+    contracts_pb2,
+    contracts_pb2_grpc,
+    pricing_pb2,
+    pricing_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
+
+from tests.reference_billing import ReferenceBilling, content_of, wire
+from tests.serverproc import ServerProcess
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
+]
+RPC_TIMEOUT_S = 15.0
+QUIESCE_TIMEOUT_S = 180.0
+RATE_CARD_ID = "soak-card"
+EVENT_TYPE = "llm"
+MODELS = ("big", "small")
+REGIONS = ("eu", "us")
+# UNIT prices in credits: tokens per 1,000 by model, and a flat fee per call.
+TOKEN_PRICES = {"big": ("3", "1000"), "small": ("0.4", "1000")}
+CALL_PRICE = "0.01"
+CONFLICT_BATCH_EVENTS = 2_000
+YEAR_MS = 366 * 24 * 3600 * 1000
+SNAPSHOT_EVERY_RECORDS = 40
+KILL_DURING_RESENDS_CHANCE = 0.25
+
+
+class SoakFailure(AssertionError):
+    """The server broke a promise (lost, doubled or half-applied usage, or a read that disagrees)."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SoakFailure(message)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def month_start_ms(at_ms: int) -> int:
+    moment = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    return int(datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoakConfig:
+    crashes: int = 5
+    clients: int = 2  # stream clients (each with SENDERS_PER_CLIENT concurrent senders) besides the storm client
+    seed: int = 1
+    customers: int = 6
+    conflicts: int = 10_000
+    run_s_min: float = 0.3  # load runs this long (seeded uniform) before each kill
+    run_s_max: float = 1.5
+    batch_events_max: int = 300
+    sender_pause_s_max: float = 0.02  # each sender rests up to this long between batches: a soak, not a benchmark
+    senders_per_client: int = 3
+
+
+@dataclasses.dataclass
+class SentBatch:
+    batch_id: str
+    message: usage_pb2.UsageBatch
+    kind: str  # "stream" | "storm"
+    acks: list[usage_pb2.IngestAck] = dataclasses.field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.message.events)
+
+
+@dataclasses.dataclass
+class SoakSummary:
+    seed: int
+    clients: int
+    crashes_survived: int = 0
+    checks_after_crash: int = 0
+    kills_with_batches_in_flight: int = 0
+    kills_during_resends: int = 0  # a second kill right after a restart, while clients resend
+    batches_sent: int = 0
+    batches_acknowledged: int = 0
+    events_acknowledged_and_verified: int = 0
+    events_committed_but_first_ack_lost: int = 0  # only ever acked as duplicates: the ack was lost in a crash
+    journal_records: int = 0
+    stream_resent_batches: int = 0
+    stream_reconnects: int = 0
+    storm_resends: int = 0
+    duplicates_answered: int = 0
+    conflicts_tried: int = 0
+    conflicts_detected: int = 0
+    identical_resends_tried: int = 0
+    identical_resends_counted_as_duplicates: int = 0
+    reads_compared: int = 0
+    elapsed_s: float = 0.0
+    command: str = ""
+
+
+class Load:
+    """The clients' shared bookkeeping: what was sent, what was acknowledged, whether anyone is mid-batch."""
+
+    def __init__(self, config: SoakConfig, customers: Sequence[str]) -> None:
+        self.config = config
+        self.customers = list(customers)
+        self.sent: dict[str, SentBatch] = {}
+        self.running = asyncio.Event()  # cleared: start no new batch
+        self.stop = asyncio.Event()
+        self.busy = 0  # senders between picking up a batch and its last answer
+        self.storm_resends = 0
+
+    def make_batch(self, rng: random.Random, batch_id: str, kind: str) -> SentBatch:
+        count = rng.randint(1, self.config.batch_events_max)
+        at_ms = now_ms()
+        events = []
+        for i in range(count):
+            tokens = float(rng.randint(0, 4_000)) + rng.choice((0.0, 0.0, 0.5, 0.25))
+            events.append(
+                usage_pb2.UsageEvent(
+                    transaction_id=f"{batch_id}-e{i}",
+                    customer_id=rng.choice(self.customers),
+                    event_type=EVENT_TYPE,
+                    timestamp_ms=at_ms - rng.randint(0, 3_000),
+                    dimensions={"model": rng.choice(MODELS), "region": rng.choice(REGIONS)},
+                    values={"tokens": tokens},
+                )
+            )
+        sent = SentBatch(batch_id, usage_pb2.UsageBatch(batch_id=batch_id, events=events), kind)
+        self.sent[batch_id] = sent
+        return sent
+
+    def record_ack(self, sent: SentBatch, ack: usage_pb2.IngestAck) -> None:
+        where = f"batch {sent.batch_id} ({sent.size} events, {sent.kind}): {ack}"
+        check(ack.batch_id == sent.batch_id, f"ack for another batch; {where}")
+        check(not ack.rejected, f"no event of the load may be rejected; {where}")
+        check(
+            (ack.accepted, ack.duplicates) in ((sent.size, 0), (0, sent.size)),
+            f"a batch is accepted whole or is all duplicates, never a mix; {where}",
+        )
+        sent.acks.append(ack)
+
+    async def wait_turn(self) -> bool:
+        """Waits until batches may start; False once the soak is stopping."""
+        while not self.stop.is_set():
+            await self.running.wait()
+            if self.running.is_set() and not self.stop.is_set():
+                return True
+        return False
+
+
+async def stream_client(name: str, target: str, load: Load, seed: int, stats: dict[str, int]) -> None:
+    retry = RetryPolicy(
+        max_attempts=100_000, max_elapsed_s=QUIESCE_TIMEOUT_S, initial_backoff_s=0.05, max_backoff_s=0.5
+    )
+    async with AsyncTariffClient(target, channel_options=CHANNEL_OPTIONS) as client:
+        stream = client.usage_stream(max_in_flight_batches=8, retry=retry, ack_timeout_s=30.0)
+        counter = 0
+
+        async def sender(k: int) -> None:
+            nonlocal counter
+            rng = random.Random(f"{seed}-{name}-{k}")
+            while await load.wait_turn():
+                load.busy += 1
+                try:
+                    counter += 1
+                    sent = load.make_batch(rng, f"{name}-b{counter}", "stream")
+                    ack = await stream.send(sent.message.events, sent.batch_id)
+                    load.record_ack(sent, ack)
+                finally:
+                    load.busy -= 1
+                await asyncio.sleep(rng.uniform(0, load.config.sender_pause_s_max))
+
+        try:
+            await asyncio.gather(*(sender(k) for k in range(load.config.senders_per_client)))
+        finally:
+            stats["stream_resent_batches"] += stream.resent_batches
+            stats["stream_reconnects"] += stream.reconnects
+            await stream.close()
+
+
+RETRY_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,  # a connection reset mid-message
+}
+
+
+async def send_until_answered(stub: Any, message: usage_pb2.UsageBatch, delay_s: float) -> usage_pb2.IngestAck:
+    await asyncio.sleep(delay_s)
+    deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+    while True:
+        try:
+            ack: usage_pb2.IngestAck = await stub.IngestUsageBatch(message, timeout=RPC_TIMEOUT_S)
+            return ack
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRY_CODES or time.monotonic() > deadline:
+                raise SoakFailure(f"batch {message.batch_id}: {exc.code().name} {exc.details()}") from exc
+            await asyncio.sleep(0.05)
+
+
+async def storm_client(target: str, load: Load, seed: int) -> None:
+    """Every batch sent 2-6 times in all: the original and 1-5 resends, some concurrent with it, some after."""
+    rng = random.Random(f"{seed}-storm")
+    counter = 0
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        while await load.wait_turn():
+            load.busy += 1
+            try:
+                counter += 1
+                sent = load.make_batch(rng, f"storm-b{counter}", "storm")
+                resends = rng.randint(1, 5)
+                delays = [0.0] + [
+                    rng.choice((0.0, rng.uniform(0, 0.01), rng.uniform(0.01, 0.2))) for _ in range(resends)
+                ]
+                load.storm_resends += resends
+                acks = await asyncio.gather(*(send_until_answered(stub, sent.message, d) for d in delays))
+                for ack in acks:
+                    load.record_ack(sent, ack)
+                check(
+                    sum(a.accepted for a in acks) <= sent.size,
+                    f"storm batch {sent.batch_id}: accepted more than once over its resends: {acks}",
+                )
+            finally:
+                load.busy -= 1
+            await asyncio.sleep(rng.uniform(0, load.config.sender_pause_s_max))
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting up the catalogue
+
+
+async def build_catalogue(target: str, customers: Sequence[str]) -> None:
+    at = now_ms()
+    start = timestamp(month_start_ms(at))
+    expires = timestamp(at + YEAR_MS)
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        pricing = pricing_pb2_grpc.PricingServiceStub(channel)
+        contracts = contracts_pb2_grpc.ContractServiceStub(channel)
+        await pricing.CreateProduct(
+            pricing_pb2.CreateProductRequest(
+                product=pricing_pb2.Product(
+                    id="tokens",
+                    name="LLM tokens",
+                    event_type=EVENT_TYPE,
+                    aggregation=pricing_pb2.SUM,
+                    value_key="tokens",
+                    pricing_dimensions=["model"],
+                    unit="tokens",
+                )
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+        await pricing.CreateProduct(
+            pricing_pb2.CreateProductRequest(
+                product=pricing_pb2.Product(
+                    id="calls", name="LLM calls", event_type=EVENT_TYPE, aggregation=pricing_pb2.COUNT, unit="calls"
+                )
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+        await pricing.CreateRateCard(
+            pricing_pb2.CreateRateCardRequest(id=RATE_CARD_ID, name="Soak prices", pricing_unit="credits"),
+            timeout=RPC_TIMEOUT_S,
+        )
+        rates = [
+            pricing_pb2.Rate(
+                product_id="tokens", match={"model": model}, unit=pricing_pb2.UnitPrice(price=price, per_units=per)
+            )
+            for model, (price, per) in TOKEN_PRICES.items()
+        ]
+        rates.append(pricing_pb2.Rate(product_id="calls", unit=pricing_pb2.UnitPrice(price=CALL_PRICE)))
+        draft = await pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=RATE_CARD_ID, upsert_rates=rates, change_note="soak"),
+            timeout=RPC_TIMEOUT_S,
+        )
+        await pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=RATE_CARD_ID, version=draft.version, effective_from=start),
+            timeout=RPC_TIMEOUT_S,
+        )
+        for i, customer_id in enumerate(customers):
+            await contracts.CreateCustomer(
+                contracts_pb2.CreateCustomerRequest(
+                    id=customer_id, name=f"Soak customer {i}", attributes={"segment": ("smb", "enterprise")[i % 2]}
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            contract_id = f"{customer_id}-contract"
+            await contracts.CreateContract(
+                contracts_pb2.CreateContractRequest(
+                    id=contract_id,
+                    customer_id=customer_id,
+                    rate_card_id=RATE_CARD_ID,
+                    starting_at=start,
+                    overage_policy=contracts_pb2.ALLOW,
+                    overage_price="1.5",
+                    currency="USD",
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            # Small grants, so that the soak drains them and runs into overage too.
+            grants = [
+                (f"{customer_id}-promo", contracts_pb2.PROMOTIONAL, "500", "0", 0),
+                (f"{customer_id}-prepaid", contracts_pb2.PREPAID, str(2_000 * (i + 1)), str(1_500 * (i + 1)), 1),
+            ]
+            for grant_id, kind, amount, paid, priority in grants:
+                await contracts.GrantCredits(
+                    contracts_pb2.GrantCreditsRequest(
+                        grant=contracts_pb2.Grant(
+                            id=grant_id,
+                            contract_id=contract_id,
+                            kind=kind,
+                            amount=amount,
+                            paid_amount=paid,
+                            priority=priority,
+                            expires_at=expires,
+                        )
+                    ),
+                    timeout=RPC_TIMEOUT_S,
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def check_journal_against_sends(reference: ReferenceBilling, load: Load, extra_batch_ids: set[str]) -> None:
+    """Every journaled batch is one a client sent, whole and unchanged; every acknowledged event is in once."""
+    for record in reference.batches:
+        sent = load.sent.get(record.batch_id)
+        if sent is None:
+            check(record.batch_id in extra_batch_ids, f"record {record.seq}: batch {record.batch_id!r} nobody sent")
+            continue
+        events = sent.message.events
+        check(
+            record.transaction_ids == tuple(e.transaction_id for e in events),
+            f"record {record.seq}: batch {record.batch_id} journaled with other transaction ids than sent",
+        )
+        check(
+            record.contents == tuple(content_of_pb(e) for e in events),
+            f"record {record.seq}: batch {record.batch_id} journaled with other content than sent",
+        )
+        check(
+            (record.accepted, record.duplicates, record.conflicts) in ((sent.size, 0, 0), (0, sent.size, 0)),
+            f"record {record.seq}: batch {record.batch_id} was neither applied whole nor all duplicates: {record}",
+        )
+    for sent in load.sent.values():
+        if not sent.acks:
+            continue
+        for event in sent.message.events:
+            accepted = reference.accepted.get(event.transaction_id)
+            check(accepted is not None, f"acknowledged event {event.transaction_id} is not in the journal")
+            assert accepted is not None
+            check(
+                accepted.batch_id == sent.batch_id and accepted.content == content_of_pb(event),
+                f"acknowledged event {event.transaction_id} is journaled with other content or in another batch",
+            )
+
+
+def content_of_pb(event: usage_pb2.UsageEvent) -> Any:
+    # The same canonical tuple the reference builds from a journaled event.
+    from engine import commands as cmd
+
+    return content_of(
+        cmd.UsageEvent(
+            event.transaction_id,
+            event.customer_id,
+            event.event_type,
+            event.timestamp_ms,
+            dict(event.dimensions),
+            dict(event.values),
+            event.reservation_id,
+        )
+    )
+
+
+def balance_fields(balance: balance_pb2.Balance) -> dict[str, Any]:
+    return {
+        "customer_id": balance.customer_id,
+        "credits_remaining": balance.credits_remaining,
+        "credits_held": balance.credits_held,
+        "credits_available": balance.credits_available,
+        "period_charges": balance.period_charges,
+        "overage_amount": balance.overage_amount,
+        "overage_due": balance.overage_due,
+        "pricing_unit": balance.pricing_unit,
+        "as_of_seq": balance.as_of_seq,
+        "grants": [
+            {
+                "grant_id": g.grant_id,
+                "kind": contracts_pb2.GrantKind.Name(g.kind),
+                "amount": g.amount,
+                "drawn": g.drawn,
+                "remaining": g.remaining,
+                "expired": g.expired,
+                "priority": g.priority,
+                "recognized_revenue": g.recognized_revenue,
+            }
+            for g in balance.grants
+        ],
+    }
+
+
+async def read_balances(channel: Any, customers: Sequence[str]) -> dict[str, dict[str, Any]]:
+    stub = balance_pb2_grpc.BalanceServiceStub(channel)
+    balances = {}
+    for customer_id in customers:
+        balance = await stub.GetBalance(balance_pb2.GetBalanceRequest(customer_id=customer_id), timeout=RPC_TIMEOUT_S)
+        balances[customer_id] = balance_fields(balance)
+    return balances
+
+
+async def compare_reads(target: str, reference: ReferenceBilling, customers: Sequence[str]) -> int:
+    """Every read RPC that answers, against the reference at the same journal seq; returns how many reads."""
+    reads = 0
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        at_ms = now_ms()
+        balances = await read_balances(channel, customers)
+        reads += len(balances)
+        for customer_id, got in balances.items():
+            want = reference.balance(customer_id, at_ms)
+            check(got == want, f"GetBalance({customer_id}) differs from the reference:\n got {got}\nwant {want}")
+        contracts = contracts_pb2_grpc.ContractServiceStub(channel)
+        pricing = pricing_pb2_grpc.PricingServiceStub(channel)
+        for customer_id in customers:
+            customer = await contracts.GetCustomer(
+                contracts_pb2.GetCustomerRequest(id=customer_id), timeout=RPC_TIMEOUT_S
+            )
+            got_customer = {
+                "id": customer.id,
+                "name": customer.name,
+                "attributes": dict(customer.attributes),
+                "created_at_ms": customer.created_at.seconds * 1000 + customer.created_at.nanos // 1_000_000,
+            }
+            check(got_customer == reference.customer(customer_id), f"GetCustomer({customer_id}): {got_customer}")
+            contract_id = reference.customers[customer_id].contract_id
+            contract = await contracts.GetContract(
+                contracts_pb2.GetContractRequest(id=contract_id), timeout=RPC_TIMEOUT_S
+            )
+            got_contract = {
+                "id": contract.id,
+                "customer_id": contract.customer_id,
+                "rate_card_id": contract.rate_card_id,
+                "starting_at_ms": contract.starting_at.seconds * 1000 + contract.starting_at.nanos // 1_000_000,
+                "overage_price": contract.overage_price,
+                "currency": contract.currency,
+                "grants": sorted(
+                    (g.id, contracts_pb2.GrantKind.Name(g.kind), g.amount, g.paid_amount, g.priority)
+                    for g in contract.grants
+                ),
+            }
+            want_contract = reference.contract(contract_id)
+            check(
+                got_contract == want_contract, f"GetContract({contract_id}):\n got {got_contract}\nwant {want_contract}"
+            )
+            reads += 2
+        listed = await contracts.ListCustomers(
+            contracts_pb2.ListCustomersRequest(page_size=1000), timeout=RPC_TIMEOUT_S
+        )
+        check(
+            [c.id for c in listed.customers] == sorted(reference.customers),
+            f"ListCustomers: {[c.id for c in listed.customers]}",
+        )
+        products = await pricing.ListProducts(pricing_pb2.ListProductsRequest(), timeout=RPC_TIMEOUT_S)
+        check(
+            sorted(p.id for p in products.products) == sorted(reference.products),
+            f"ListProducts: {products}",
+        )
+        card = await pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=RATE_CARD_ID), timeout=RPC_TIMEOUT_S)
+        check(
+            (card.pricing_unit, card.latest_version, card.current_version)
+            == (reference.rate_cards[RATE_CARD_ID], len(reference.versions[RATE_CARD_ID]), 1),
+            f"GetRateCard: {card}",
+        )
+        audit_seqs: list[int] = []
+        after = 0
+        while True:
+            page = await pricing.GetAuditLog(
+                pricing_pb2.GetAuditLogRequest(after_seq=after, page_size=1000), timeout=RPC_TIMEOUT_S
+            )
+            if not page.entries:
+                break
+            audit_seqs.extend(e.seq for e in page.entries)
+            after = page.entries[-1].seq
+        check(audit_seqs == reference.admin_seqs, f"GetAuditLog seqs {audit_seqs} != journal {reference.admin_seqs}")
+        reads += 4
+    return reads
+
+
+# ---------------------------------------------------------------------------------------------
+# The soak
+
+
+class Soak:
+    def __init__(self, config: SoakConfig, work_dir: Path) -> None:
+        self.config = config
+        # Snapshots every few dozen records, so that kills also land in snapshot writes and recovery goes
+        # through snapshot + replay.
+        self.server = ServerProcess(work_dir / "data", extra_args=["--snapshot-every", str(SNAPSHOT_EVERY_RECORDS)])
+        self.journal_dir = self.server.data_dir / "journal"
+        self.customers = [f"soak-{i:02d}" for i in range(config.customers)]
+        self.load = Load(config, self.customers)
+        self.reference = ReferenceBilling()
+        self.summary = SoakSummary(seed=config.seed, clients=config.clients)
+        self.extra_batch_ids: set[str] = set()  # the conflict phase's batches
+        self.stats = {"stream_resent_batches": 0, "stream_reconnects": 0}
+        self.rng = random.Random(config.seed)
+
+    async def run(self) -> SoakSummary:
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(self.server.start)
+            await build_catalogue(self.server.target, self.customers)
+            load = self.load
+            load.running.set()
+            tasks = [
+                asyncio.create_task(stream_client(f"c{i}", self.server.target, load, self.config.seed, self.stats))
+                for i in range(self.config.clients)
+            ]
+            tasks.append(asyncio.create_task(storm_client(self.server.target, load, self.config.seed)))
+            try:
+                for crash in range(self.config.crashes):
+                    await self._crash_cycle(crash, tasks)
+                load.running.clear()
+                await self._quiesce(tasks)
+            finally:
+                load.stop.set()
+                load.running.set()  # wake the senders so that they see stop
+                done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), QUIESCE_TIMEOUT_S)
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            await self._conflicts()
+            await self._final_check()
+        finally:
+            self.server.stop()
+        self.summary.elapsed_s = round(time.monotonic() - started, 1)
+        return self.summary
+
+    async def _crash_cycle(self, crash: int, tasks: Sequence[asyncio.Task[None]]) -> None:
+        await asyncio.sleep(self.rng.uniform(self.config.run_s_min, self.config.run_s_max))
+        in_flight_at_kill = self.load.busy
+        self.server.kill9()
+        self.load.running.clear()
+        # Down: what the clients saw acknowledged must already be in the journal, whole and once.
+        self.reference.feed_journal(self.journal_dir)
+        check_journal_against_sends(self.reference, self.load, self.extra_batch_ids)
+        self.reference.check_conservation()
+        self.summary.checks_after_crash += 1
+        if in_flight_at_kill:
+            self.summary.kills_with_batches_in_flight += 1
+        await asyncio.to_thread(self.server.start)
+        self.summary.crashes_survived += 1
+        if self.rng.random() < KILL_DURING_RESENDS_CHANCE:
+            # Again, while the clients reconnect and resend what the first crash left unacknowledged.
+            await asyncio.sleep(self.rng.uniform(0, 0.3))
+            self.server.kill9()
+            self.reference.feed_journal(self.journal_dir)
+            check_journal_against_sends(self.reference, self.load, self.extra_batch_ids)
+            self.summary.checks_after_crash += 1
+            self.summary.kills_during_resends += 1
+            await asyncio.to_thread(self.server.start)
+            self.summary.crashes_survived += 1
+        await self._quiesce(tasks)
+        # Up and idle: every batch has been acknowledged by now; every read agrees with the journal.
+        self.reference.feed_journal(self.journal_dir)
+        unacked = [b.batch_id for b in self.load.sent.values() if not b.acks]
+        check(not unacked, f"after the resends, batches still unacknowledged: {unacked[:5]}")
+        check_journal_against_sends(self.reference, self.load, self.extra_batch_ids)
+        self.summary.reads_compared += await compare_reads(self.server.target, self.reference, self.customers)
+        print(
+            f"crash {crash + 1}/{self.config.crashes}: {len(self.load.sent)} batches, "
+            f"{len(self.reference.accepted)} events verified, journal seq {self.reference.last_seq}",
+            flush=True,
+        )
+        self.load.running.set()
+
+    async def _quiesce(self, tasks: Sequence[asyncio.Task[None]]) -> None:
+        """Waits until no sender is mid-batch (every resend answered); a client that died re-raises here."""
+        deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+        while self.load.busy:
+            for task in tasks:
+                if task.done():
+                    task.result()
+            check(time.monotonic() < deadline, f"{self.load.busy} senders still busy after {QUIESCE_TIMEOUT_S} s")
+            await asyncio.sleep(0.02)
+
+    async def _conflicts(self) -> None:
+        """Acknowledged ids resent with other content: all DUPLICATE_CONFLICT, nothing changes; also after a crash."""
+        acked_events = [e for b in self.load.sent.values() if b.acks for e in b.message.events]
+        count = min(self.config.conflicts, len(acked_events))
+        check(count == self.config.conflicts, f"only {len(acked_events)} acknowledged events to conflict with")
+        originals = self.rng.sample(acked_events, count)
+        conflicting = []
+        for event in originals:
+            changed = usage_pb2.UsageEvent()
+            changed.CopyFrom(event)
+            changed.values["tokens"] = event.values["tokens"] + 1.0  # same id, one value different
+            conflicting.append(changed)
+        async with grpc.aio.insecure_channel(self.server.target, options=CHANNEL_OPTIONS) as channel:
+            stub = usage_pb2_grpc.UsageServiceStub(channel)
+            for round_no in range(2):
+                before = await read_balances(channel, self.customers)
+                for i in range(0, count, CONFLICT_BATCH_EVENTS):
+                    chunk = conflicting[i : i + CONFLICT_BATCH_EVENTS]
+                    batch_id = f"conflict-r{round_no}-{i}"
+                    self.extra_batch_ids.add(batch_id)
+                    ack = await stub.IngestUsageBatch(
+                        usage_pb2.UsageBatch(batch_id=batch_id, events=chunk), timeout=RPC_TIMEOUT_S
+                    )
+                    self.summary.conflicts_tried += len(chunk)
+                    check((ack.accepted, ack.duplicates) == (0, 0), f"{batch_id}: conflicts accepted or counted: {ack}")
+                    check(
+                        [(r.index, r.transaction_id, r.reason) for r in ack.rejected]
+                        == [(j, e.transaction_id, usage_pb2.DUPLICATE_CONFLICT) for j, e in enumerate(chunk)],
+                        f"{batch_id}: every event must be refused as DUPLICATE_CONFLICT",
+                    )
+                    self.summary.conflicts_detected += len(ack.rejected)
+                    same_id = f"resend-r{round_no}-{i}"
+                    self.extra_batch_ids.add(same_id)
+                    resent = await stub.IngestUsageBatch(
+                        usage_pb2.UsageBatch(batch_id=same_id, events=originals[i : i + CONFLICT_BATCH_EVENTS]),
+                        timeout=RPC_TIMEOUT_S,
+                    )
+                    self.summary.identical_resends_tried += len(chunk)
+                    check(
+                        (resent.accepted, resent.duplicates, len(resent.rejected)) == (0, len(chunk), 0),
+                        f"{same_id}: identical resends must all be duplicates: {resent}",
+                    )
+                    self.summary.identical_resends_counted_as_duplicates += resent.duplicates
+                after = await read_balances(channel, self.customers)
+                for customer_id in self.customers:
+                    before[customer_id].pop("as_of_seq")
+                    after[customer_id].pop("as_of_seq")
+                check(before == after, f"round {round_no}: conflicts or duplicates changed a balance")
+                if round_no == 0:
+                    self.server.kill9()
+                    await asyncio.to_thread(self.server.start)
+                    self.summary.crashes_survived += 1
+
+    async def _final_check(self) -> None:
+        code = await asyncio.to_thread(self.server.terminate)
+        check(code == 0, f"SIGTERM exit code {code}")
+        self.reference.feed_journal(self.journal_dir)
+        scratch = ReferenceBilling.from_journal(self.journal_dir)
+        scratch.check_conservation()
+        check_journal_against_sends(scratch, self.load, self.extra_batch_ids)
+        check(
+            scratch.accepted == self.reference.accepted and scratch.last_seq == self.reference.last_seq,
+            "a from-scratch recomputation disagrees with the incremental one",
+        )
+        at_ms = now_ms()
+        for customer_id in self.customers:
+            check(
+                scratch.balance(customer_id, at_ms) == self.reference.balance(customer_id, at_ms),
+                f"{customer_id}: from-scratch and incremental balances differ",
+            )
+        await asyncio.to_thread(self.server.start)
+        self.summary.reads_compared += await compare_reads(self.server.target, scratch, self.customers)
+        await asyncio.to_thread(self.server.terminate)
+
+        sent = self.load.sent.values()
+        self.summary.batches_sent = len(self.load.sent)
+        self.summary.batches_acknowledged = sum(1 for b in sent if b.acks)
+        self.summary.events_acknowledged_and_verified = sum(b.size for b in sent if b.acks)
+        check(
+            self.summary.events_acknowledged_and_verified == len(scratch.accepted),
+            f"{len(scratch.accepted)} events in the journal, {self.summary.events_acknowledged_and_verified} sent",
+        )
+        self.summary.events_committed_but_first_ack_lost = sum(
+            b.size for b in sent if b.acks and all(a.accepted == 0 for a in b.acks)
+        )
+        self.summary.journal_records = scratch.last_seq
+        self.summary.duplicates_answered = sum(a.duplicates for b in sent for a in b.acks)
+        self.summary.storm_resends = self.load.storm_resends
+        self.summary.stream_resent_batches = self.stats["stream_resent_batches"]
+        self.summary.stream_reconnects = self.stats["stream_reconnects"]
+        check(wire(scratch.total_charges()) != "0", "the soak charged nothing: the catalogue is not exercised")
+
+
+def run_soak(config: SoakConfig, work_dir: Path) -> SoakSummary:
+    return asyncio.run(Soak(config, work_dir).run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--crashes", type=int, default=50)
+    parser.add_argument("--clients", type=int, default=3, help="stream clients (plus one retry-storm client)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--customers", type=int, default=6)
+    parser.add_argument("--conflicts", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the server's data here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    # Every crash makes each stream log its reconnect; the summary counts them instead.
+    logging.getLogger("tariff.client").setLevel(logging.ERROR)
+    config = SoakConfig(
+        crashes=args.crashes, clients=args.clients, seed=args.seed, customers=args.customers, conflicts=args.conflicts
+    )
+    command = " ".join(["python -m tests.soak", *(argv if argv is not None else sys.argv[1:])])
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="tariff-soak-"))
+    try:
+        summary = run_soak(config, work_dir)
+    except Exception as failure:
+        # The data directory and the server's log stay for the post-mortem.
+        print(f"SOAK FAILED: {failure!r}\nserver data and log kept in {work_dir}", file=sys.stderr)
+        return 1
+    if args.work_dir is None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    summary.command = command
+    text = json.dumps(dataclasses.asdict(summary), indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
