@@ -257,11 +257,12 @@ class Sequencer:
                 prepared = await self._prepare(taken, in_flight)
                 taken = []
                 if in_flight is not None:
-                    committed = await self._finish(in_flight)
+                    failure = await self._finish(in_flight)
                     in_flight = None
-                    if not committed:
-                        # The state was rebuilt from the journal: what `prepared` applied on top is gone.
-                        prepared.fail(Unavailable("an earlier commit failed; nothing of this batch was written"))
+                    if failure is not None:
+                        # The state was rebuilt from the journal: what `prepared` applied on top is gone. Its
+                        # callers hear the same kind of answer (a full journal is RESOURCE_EXHAUSTED for them too).
+                        prepared.fail(type(failure)(f"{failure} (an earlier batch's commit; nothing of this one)"))
                         prepared = None
                 if prepared is not None:
                     prepared.start(self._writer_thread, self.journal)
@@ -346,19 +347,21 @@ class Sequencer:
             group.answers.append((submission, seq, result))
         return group
 
-    async def _finish(self, group: _Group) -> bool:
-        """Waits for the group's commit and answers its callers; False (state rebuilt) if the commit failed."""
+    async def _finish(self, group: _Group) -> ResourceExhausted | Unavailable | None:
+        """Waits for the group's commit and answers its callers; if the commit failed, the state is rebuilt
+        from the journal and the error the callers got is returned."""
+        failure: ResourceExhausted | Unavailable | None = None
         try:
             await group.wait()
         except JournalFull as exc:
-            self._rebuild()
-            group.fail(ResourceExhausted(f"the journal is full, nothing was written: {exc}"))
-            return False
+            failure = ResourceExhausted(f"the journal is full, nothing was written: {exc}")
         except Exception as exc:
             log.exception("journal commit failed")
+            failure = Unavailable(f"the journal commit failed, nothing was written: {exc}")
+        if failure is not None:
             self._rebuild()
-            group.fail(Unavailable(f"the journal commit failed, nothing was written: {exc}"))
-            return False
+            group.fail(failure)
+            return failure
         if group.records:
             self.commits += 1
             self._records_since_snapshot += len(group.records)
@@ -368,7 +371,7 @@ class Sequencer:
             telemetry.commit_commands.record(len(group.records))
         _count_events(group.answers)
         group.answer()
-        return True
+        return None
 
     def _housekeeping_due(self) -> bool:
         return (

@@ -15,7 +15,7 @@ from engine.errors import AlreadyExists
 from engine.state import Engine, IngestResult
 from server.demo import demo_commands
 from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from server.journal import DedupeEntry, MemoryJournal
+from server.journal import DedupeEntry, JournalFull, MemoryJournal
 from server.sequencer import Sequencer, decode_record, recover, recover_for_writing
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T... UTC, inside the demo contract's first month
@@ -195,14 +195,14 @@ class GatedJournal(MemoryJournal):
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
-        self.fail_next = False
+        self.fail_next: Exception | None = None
 
     def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
         self.entered.set()
         assert self.gate.wait(timeout=10), "the test never opened the gate"
-        if self.fail_next:
-            self.fail_next = False
-            raise OSError("disk went away")
+        if self.fail_next is not None:
+            failure, self.fail_next = self.fail_next, None
+            raise failure
         super().commit(records, transactions)
 
 
@@ -244,7 +244,7 @@ def test_a_failed_commit_also_fails_the_group_applied_after_it_and_leaves_no_tra
         committed_state.append(sequencer.engine.encode_snapshot())
         journal.gate.clear()
         journal.entered.clear()
-        journal.fail_next = True
+        journal.fail_next = OSError("disk went away")
         doomed = sequencer.submit(batch(event("d1")))
         await until_commit_in_flight(journal)
         riding = sequencer.submit(batch(event("d2")))  # applied on top of d1 while d1 commits
@@ -341,3 +341,23 @@ def test_a_command_whose_deadline_passed_while_queued_is_not_applied() -> None:
         assert isinstance(result, IngestResult) and result.accepted == 1  # not a duplicate: never applied before
 
     run_with(journal, body)
+
+
+def test_a_full_journal_answers_resource_exhausted_to_the_group_applied_after_it_too() -> None:
+    journal = GatedJournal()
+
+    async def body(sequencer: Sequencer) -> None:
+        journal.gate.clear()
+        journal.entered.clear()
+        journal.fail_next = JournalFull("no room")
+        doomed = sequencer.submit(batch(event("f1")))
+        await until_commit_in_flight(journal)
+        riding = sequencer.submit(batch(event("f2")))
+        await asyncio.sleep(0.05)
+        journal.gate.set()
+        for future in (doomed, riding):
+            with pytest.raises(ResourceExhausted):
+                await future
+
+    engine = run_with(journal, body)
+    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12  # neither batch left a trace
