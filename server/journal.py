@@ -377,8 +377,9 @@ class LmdbJournal:
     def index_transactions(self, transactions: Mapping[str, DedupeEntry], through_seq: int) -> None:
         env = self._require_env()
         _check_indexed_through(through_seq, self._last_seq, self._indexed_through)
-        # Sorted: neighbouring keys share pages, so a bulk insert dirties each page once.
-        encoded = sorted(_encode_transactions(transactions), key=lambda item: item[1])
+        # Not sorted: a page is copied once per transaction whatever the order, and sorting 100,000 keys is
+        # one long call holding the GIL, which the event loop would wait for.
+        encoded = _encode_transactions(transactions)
         try:
             with env.begin(write=True) as txn:
                 for _, key, value in encoded:
