@@ -58,11 +58,11 @@ def set_time(message: object, field: str, ms: int | None) -> None:
 # Usage --------------------------------------------------------------------------------------------------------
 
 
-def usage_events(batch: usage_pb2.UsageBatch) -> list[cmd.UsageEvent]:
+def usage_events(events_pb: Iterable[usage_pb2.UsageEvent]) -> list[cmd.UsageEvent]:
     # The hot path: one attribute read per field, maps copied once. A comprehension over the keys copies a
     # protobuf map about twice as fast as dict(map), which goes through the Mapping ABC's keys() and items().
     events = []
-    for e in batch.events:
+    for e in events_pb:
         dimensions = e.dimensions
         values = e.values
         events.append(

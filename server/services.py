@@ -45,6 +45,7 @@ BATCH_EVENTS_MAX_DEFAULT = 10_000
 STREAM_BATCHES_IN_FLIGHT_MAX = 16
 INTAKE_BYTES_MAX_DEFAULT = 256 * 1024 * 1024
 AUTHORIZE_BATCH_REQUESTS_MAX = 10_000
+CONVERT_SLICE_EVENTS = 256
 PAGE_SIZE_MAX = 1_000
 ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
 
@@ -136,19 +137,26 @@ class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
         super().__init__(engine, sequencer, clock_ms)
         self.intake = IntakeBudget(INTAKE_BYTES_MAX_DEFAULT)
 
-    def _command(self, batch: usage_pb2.UsageBatch) -> cmd.IngestBatch:
+    async def _command(self, batch: usage_pb2.UsageBatch) -> cmd.IngestBatch:
         if len(batch.events) > self.batch_events_max:
             raise ResourceExhausted(
                 f"a batch holds at most {self.batch_events_max} events, this one {len(batch.events)}"
             )
+        # Converted a slice at a time, yielding in between: a 10,000-event batch would otherwise hold the event
+        # loop (and every balance check waiting on it) for tens of milliseconds.
+        events: list[cmd.UsageEvent] = []
+        for start in range(0, len(batch.events), CONVERT_SLICE_EVENTS):
+            if start:
+                await asyncio.sleep(0)
+            events.extend(convert.usage_events(batch.events[start : start + CONVERT_SLICE_EVENTS]))
         # received_at_ms and the dedupe hits are filled in by the writer, in journal order.
-        return cmd.IngestBatch(batch.batch_id, convert.usage_events(batch), 0, {})
+        return cmd.IngestBatch(batch.batch_id, events, 0, {})
 
     @unary
     async def IngestUsageBatch(self, request: usage_pb2.UsageBatch, context: Context) -> usage_pb2.IngestAck:
         taken = await self.intake.acquire(request.ByteSize())
         try:
-            command = self._command(request)
+            command = await self._command(request)
             deadline = check_deadline(context)
             seq, result = await self.sequencer.run(command, deadline)
         finally:
@@ -175,7 +183,7 @@ class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
                     held_bytes[0] += taken
                     future: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
                     try:
-                        command = self._command(batch)
+                        command = await self._command(batch)
                         future = self.sequencer.submit(command, check_deadline(context))
                     except (ResourceExhausted, DeadlineExceeded) as exc:
                         future.set_exception(exc)
