@@ -13,6 +13,11 @@ while one group's commit is in flight (mostly fsync, which releases the GIL), th
 most one commit is in flight, answers leave in journal order, and if a commit fails the group applied after
 it fails too (the state is rebuilt from the journal, which holds neither).
 
+The dedupe entries of accepted events are not written with their records: they are kept in memory (at most
+UNINDEXED_ENTRIES_MAX) and written to the journal's index in bulk, between groups and always before a snapshot.
+After a crash, `recover_for_writing` re-derives the entries of the records the index does not cover yet by
+replaying them, so a resend is a duplicate whether or not its first acceptance had been indexed.
+
 Reads (balances, previews) read the engine's in-memory state directly, between the writer's steps; they may
 see a group (or part of a batch) that is applied but whose commit is still in flight.
 """
