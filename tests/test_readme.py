@@ -94,7 +94,12 @@ def venv_python() -> str:
 
 def example_env() -> dict[str, str]:
     # The demo server has no API keys; a key in the caller's environment must not change what the examples do.
-    env = {key: value for key, value in os.environ.items() if key not in ("TARIFF_API_KEY", "TARIFF_SERVER")}
+    # Nor may an HTTP proxy from the environment stand between them and a loopback server.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TARIFF_API_KEY", "TARIFF_SERVER") and "proxy" not in key.lower()
+    }
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 
