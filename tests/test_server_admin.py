@@ -526,7 +526,8 @@ def test_publishing_over_already_rated_usage_rerates_it_or_refuses_as_unimplemen
     server_factory: ServerFactory,
 ) -> None:
     """A version effective in the past is to re-rate the usage it covers (docs/architecture.md §10); today
-    re-rating is not built and the publication answers UNIMPLEMENTED (§3). Either is acceptable; silently keeping the old price is not."""
+    re-rating is not built and the publication answers UNIMPLEMENTED (§3). Either is acceptable; silently
+    keeping the old price is not."""
     server = server_factory()
     with server.client() as client:
         cat = build_catalogue(client)
