@@ -77,7 +77,7 @@ lint: install
 	$(VENV)/bin/mypy engine server clients/python/tariff tests proto/generate.py
 	$(MAKE) --no-print-directory proto-lint
 
-# DESIGN §6 figures against reference runs in the same invocation (under 10 minutes; see README, Performance).
+# The targets of docs/architecture.md §9, against reference runs in the same invocation (under 10 minutes; see README, Performance).
 bench: install
 	$(VENV)/bin/tariff bench --out bench.json
 

@@ -1,4 +1,4 @@
-"""The demo catalogue of DESIGN §1, loaded through the same commands an admin would send.
+"""The demo catalogue (docs/architecture.md §1), loaded through the same commands an admin would send.
 
 One product, `ai_action`, counted per action and priced in credits by action, data source, model and
 complexity, with formulas over parameters (a complex CRM summary on GPT-4 burns 5 credits). One customer,

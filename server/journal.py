@@ -16,7 +16,7 @@ Two implementations with the same observable semantics:
 - `MemoryJournal`, in RAM, for engine and server unit tests; `capacity_bytes` simulates a full
   map so the `JournalFull` path can be tested without a disk.
 
-A cluster backend (NATS JetStream, DESIGN.md §2) is meant to be a third implementation.
+A cluster backend (NATS JetStream) is meant to be a third implementation.
 
 Threads: the server calls the write methods (`commit`, `index_transactions`, `save_snapshot`,
 `prune_transactions`) from ONE dedicated writer thread, and the read methods from the event-loop
@@ -125,7 +125,7 @@ class Journal(Protocol):
         """Add dedupe entries accepted in records up to through_seq, and remember through_seq, atomically.
 
         The sequencer commits a group's records without their dedupe entries and indexes the entries
-        later, in bulk (DESIGN §6: per-event random-key writes cost ~40x a per-batch record, so they
+        later, in bulk (per-event random-key writes cost ~40x a per-batch record, so they
         stay off the acknowledgement path). Recovery re-derives the entries of the records after
         transactions_indexed_through() by replaying them. An id already present is replaced.
         Raises ValueError (nothing written) if through_seq is beyond last_seq() or behind the current

@@ -310,7 +310,7 @@ class Sequencer:
     async def _prepare(self, taken: list[_Submission], in_flight: _Group | None) -> _Group:
         """Applies a group to the engine and encodes its records; answers nobody yet.
 
-        Usage is rated SLICE_EVENTS events at a time, yielding to the event loop in between (DESIGN §2), so a
+        Usage is rated SLICE_EVENTS events at a time, yielding to the event loop in between (docs/architecture.md §2), so a
         balance check or an Authorize waits for one slice, never for a whole group of batches.
         """
         group = _Group(now_ms=self.clock_ms())

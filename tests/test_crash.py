@@ -1,6 +1,6 @@
 """Crash tests against a real server process: `kill -9` at random moments, restart, check nothing is lost.
 
-DESIGN §2: a batch is acknowledged only after its LMDB write transaction commits, and state = snapshot +
+docs/architecture.md §4: a batch is acknowledged only after its LMDB write transaction commits, and state = snapshot +
 replay(journal). So after a `kill -9` and a restart on the same data directory:
 
 - every batch whose ack the client received is still there (a resend is all duplicates);

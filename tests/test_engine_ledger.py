@@ -1,5 +1,5 @@
 """The credits ledger: burn order, applicability, grant lifetimes, overage, revenue at cost basis, balance views,
-GrantCredits validation and Authorize estimates (DESIGN §3). Prices are one credit per token unless a test says
+GrantCredits validation and Authorize estimates (docs/architecture.md §3). Prices are one credit per token unless a test says
 otherwise, so a charge of N tokens is N credits."""
 
 from __future__ import annotations

@@ -355,7 +355,7 @@ def test_restoring_a_midway_snapshot_then_replaying_the_rest_gives_an_identical_
 def test_rating_a_batch_in_slices_gives_the_same_results_and_state_as_whole(
     plan: list[Step], slice_events: int
 ) -> None:
-    """What the server does to keep answering reads under load (DESIGN §2) changes nothing that is rated."""
+    """What the server does to keep answering reads under load (docs/architecture.md §2) changes nothing that is rated."""
     world = run_steps(plan)
     sliced, whole = Engine(), Engine()
     for command in world.journal:

@@ -1,5 +1,5 @@
 """Rating: which rate prices an event, how aggregates turn into charges, versions, ingestion rules, periods and
-overrides (DESIGN §3). Every amount is computed by hand in the table and compared exactly, in picos."""
+overrides (docs/architecture.md §3, §5). Every amount is computed by hand in the table and compared exactly, in picos."""
 
 from __future__ import annotations
 

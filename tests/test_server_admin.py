@@ -525,8 +525,9 @@ def test_events_the_catalogue_cannot_price_are_rejected_with_their_reason(server
 def test_publishing_over_already_rated_usage_rerates_it_or_refuses_as_unimplemented(
     server_factory: ServerFactory,
 ) -> None:
-    """DESIGN §3: a version effective in the past re-rates the usage it covers; README: re-rating is not built
-    yet and answers UNIMPLEMENTED. Either is acceptable; silently keeping the old price is not."""
+    """A version effective in the past is to re-rate the usage it covers (docs/architecture.md §10); today
+    re-rating is not built and the publication answers UNIMPLEMENTED (§3). Either is acceptable; silently
+    keeping the old price is not."""
     server = server_factory()
     with server.client() as client:
         cat = build_catalogue(client)

@@ -3,7 +3,7 @@
 Per batch, one transaction: COPY the events into a staging table, insert them into `events` whose
 primary key is the transaction id (the dedupe), price them by joining a (model, region) rate table,
 and subtract each customer's charge from `balances`; `synchronous_commit` on, so a batch is durable
-when its COMMIT returns, as a Tariff ack is. One connection: a second one does not help (DESIGN §6).
+when its COMMIT returns, as a Tariff ack is. One connection: a second one does not help.
 
 The bench starts its own cluster (initdb in a temporary directory, `pg_ctl start` on a free
 127.0.0.1 port) and stops it afterwards. Debian keeps the binaries in /usr/lib/postgresql/N/bin;

@@ -32,7 +32,7 @@ class Figure:
     # What the ratio is against ("no-op ceiling") and the ratio per run (value / reference value).
     reference: str = ""
     ratios: list[float] = field(default_factory=list)
-    # DESIGN §6 target, for a person, and whether the median met it (None: no target).
+    # The target of docs/architecture.md §9, for a person, and whether the median met it (None: no target).
     target: str = ""
     met: bool | None = None
 
@@ -99,7 +99,16 @@ def _number(value: float, unit: str) -> str:
 
 
 def table(results: list[WorkloadResult]) -> str:
-    header = ["workload", "metric", "median", "min–max", "reference", "ratio (min–max)", "target (DESIGN §6)", "met?"]
+    header = [
+        "workload",
+        "metric",
+        "median",
+        "min–max",
+        "reference",
+        "ratio (min–max)",
+        "target (docs/architecture.md §9)",
+        "met?",
+    ]
     rows: list[list[str]] = []
     for result in results:
         if result.status != "ok" and not result.figures:

@@ -22,6 +22,10 @@ WORKLOAD_NAMES = ("ingest", "telemetry", "authorize", "preview", "recovery", "me
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Measure a real server process against reference runs in the same invocation and report each figure "
+        "against its target (docs/architecture.md §9)."
+    )
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON file to write (default bench.json)")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure; the table shows their median (default 3)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")

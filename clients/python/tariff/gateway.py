@@ -1,7 +1,7 @@
 """AuthorizeBatcher: a gateway's credit checks, gathered into AuthorizeBatches messages over one stream.
 
 Each gRPC message costs the server tens of microseconds of its own, so a gateway that checks credit per
-request at high rates sends its checks in batches (DESIGN §6). `authorize()` looks like a single call; the
+request at high rates sends its checks in batches. `authorize()` looks like a single call; the
 batcher puts every check made within `max_delay_ms` (or until `batch_requests_max` are waiting) into one
 `AuthorizeBatch`, keeps several batches in flight on one long-lived `AuthorizeBatches` stream, and hands
 each caller its own answer (the server answers in request order).

@@ -1,7 +1,7 @@
 /**
  * The gateway's credit check: the request and decision types shared by `TariffClient.authorize()`
  * (one unary call per decision) and `AuthorizeStreamer` (many decisions over one bidi
- * AuthorizeStream, correlated by request_id: what DESIGN §6 recommends at high rates, since a unary
+ * AuthorizeStream, correlated by request_id: what to use at high rates, since a unary
  * call costs the server ~0.3 ms of CPU).
  */
 

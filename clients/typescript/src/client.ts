@@ -9,7 +9,7 @@
  *   authorize.ts) and `waitReady()`;
  * - `usageSender()`, a batching, streaming, retrying sender of usage events (usage-sender.ts).
  *
- * With an `apiKey`, every call carries `authorization: Bearer KEY` metadata (DESIGN §5).
+ * With an `apiKey`, every call carries `authorization: Bearer KEY` metadata.
  * Failed calls throw connect's `ConnectError` (`.code` is a `Code`, e.g. `Code.InvalidArgument`).
  */
 

@@ -3,11 +3,11 @@
  * buffer (backpressure), a bounded number of unacknowledged batches, and reconnect-and-resend.
  *
  * Why resending is safe: the server acknowledges a batch only after it is durable, and dedupes on
- * transaction_id (DESIGN §3). When the stream breaks (server restart, connection reset, no ack in
- * time), every batch written but not acknowledged is written again on a new stream, in order, as
- * the same message: same batch_id, same events, same transaction ids. A batch that was committed
- * but whose ack was lost comes back with its events counted as duplicates, so nothing is lost and
- * nothing is counted twice.
+ * transaction_id (docs/architecture.md §5). When the stream breaks (server restart, connection
+ * reset, no ack in time), every batch written but not acknowledged is written again on a new
+ * stream, in order, as the same message: same batch_id, same events, same transaction ids. A
+ * batch that was committed but whose ack was lost comes back with its events counted as
+ * duplicates, so nothing is lost and nothing is counted twice.
  *
  *     const sender = client.usageSender({ batchEventsMax: 500, onAck: (ack) => log(ack) });
  *     await sender.send({ transactionId, customerId, eventType, timestampMs: Date.now(), dimensions });
@@ -450,7 +450,7 @@ export class UsageSender {
   private receiveAck(ack: IngestAck): void {
     const batch = this.unacked.shift();
     if (batch === undefined || ack.batchId !== batch.message.batchId) {
-      // Acks come one per batch, in order (DESIGN §4): anything else means the stream cannot be trusted.
+      // Acks come one per batch, in order (docs/architecture.md §5): anything else means the stream cannot be trusted.
       const expected = batch === undefined ? "no ack" : `the ack of ${batch.message.batchId}`;
       this.fail(new ConnectError(`expected ${expected}, got an ack for ${JSON.stringify(ack.batchId)}`, Code.Internal));
       throw this.failure;
