@@ -5,6 +5,7 @@ failed call must exit 1 with the server's status code and message on stderr.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -18,21 +19,28 @@ import grpc
 import pytest
 from tariff.v1 import pricing_pb2
 
-from tests.serverproc import REPO_ROOT, ServerProcess, free_port
+from tests import test_server_auth as auth_tests
+from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess, free_port
+from tests.test_server_auth import Keys
 
 TARIFF = Path(sys.executable).parent / "tariff"
 GPT4_COMPLEX_SUMMARY = {"action": "summary", "model": "gpt-4", "complexity": "complex"}  # 5 credits in the demo
 
 
 def tariff(
-    server: ServerProcess | str, *args: str, stdin: str | None = None, check: bool | None = True
+    server: ServerProcess | str,
+    *args: str,
+    stdin: str | None = None,
+    check: bool | None = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Runs `tariff ARGS` against `server`; check=True: must exit 0, False: must not, None: either."""
     target = server if isinstance(server, str) else server.target
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
-    env |= {"TARIFF_SERVER": target, "COLUMNS": "200", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    environment |= {"TARIFF_SERVER": target, "COLUMNS": "200", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    environment |= env or {}
     done = subprocess.run(
-        [str(TARIFF), *args], input=stdin, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120
+        [str(TARIFF), *args], input=stdin, capture_output=True, text=True, env=environment, cwd=REPO_ROOT, timeout=120
     )
     if check is True:
         assert done.returncode == 0, f"tariff {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
@@ -328,3 +336,68 @@ def test_commands_the_server_does_not_implement_print_its_answer(shared: ServerP
             done = tariff(shared, *command, check=False)
             assert done.returncode == 1
             assert done.stderr == f"tariff: UNIMPLEMENTED: {answer.value.details()}\n"
+
+
+# -- API keys and TLS -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secured(server_factory: ServerFactory, tmp_path: Path) -> tuple[ServerProcess, Keys, Path]:
+    """A demo server that wants API keys and speaks only TLS; returns it, its keys, and the CA to trust."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    openssl = functools.partial(auth_tests._openssl, cwd=pki)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=tariff test CA")  # fmt: skip
+    (pki / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=tariff server")  # fmt: skip
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")  # fmt: skip
+    keys = Keys(tmp_path / "keys.json", {"ops": ("admin", None), "viewer": ("read", None)})
+    tls = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
+    server = server_factory(demo=True, extra_args=[*keys.args, *tls], api_key=keys.key["ops"], start=False)
+    server.tls_root_cert = pki / "ca.pem"
+    server.start()
+    return server, keys, pki / "ca.pem"
+
+
+def test_api_key_and_tls_from_options_or_environment(secured: tuple[ServerProcess, Keys, Path]) -> None:
+    server, keys, ca = secured
+    ops = ["--api-key", keys.key["ops"], "--tls-ca", str(ca)]
+    assert ["credits remaining (credits)", "50000"] in table_rows(tariff(server, "balance", "acme", *ops).stdout)
+    sent = tariff(server, "usage", "send", *ops, "--json", stdin=usage_lines("cli-tls", 3))
+    assert json.loads(sent.stdout)["accepted"] == 3
+    tariff(server, "customers", "create", "cli-keyed", *ops)
+    audit = json.loads(tariff(server, "audit", "--target", "customer/cli-keyed", "--json", *ops).stdout)["entries"]
+    assert [(e["actor"], e["action"]) for e in audit] == [("ops", "CreateCustomer")]
+
+    env = {"TARIFF_API_KEY": keys.key["viewer"], "TARIFF_TLS_CA": str(ca)}
+    assert json.loads(tariff(server, "balance", "acme", "--json", env=env).stdout)["credits_remaining"] == "49985"
+    refused = tariff(server, "customers", "create", "cli-viewer", env=env, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("tariff: PERMISSION_DENIED:"), refused.stderr
+    keyless = tariff(server, "balance", "acme", "--tls-ca", str(ca), check=False)
+    assert keyless.returncode == 1
+    assert keyless.stderr.startswith("tariff: UNAUTHENTICATED:"), keyless.stderr
+
+
+def test_usage_send_waits_for_a_server_that_comes_up_and_shows_progress(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    server = server_factory(demo=True, start=False)
+    server.port = free_port()
+    events = tmp_path / "events.jsonl"
+    events.write_text(usage_lines("cli-late", 4))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")} | {"TARIFF_SERVER": server.target}
+    command = [str(TARIFF), "usage", "send", str(events), "--retry-s", "60", "--progress", "--json"]
+    sender = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        server.start()  # the sender is already reconnecting to the port, or about to
+        out, err = sender.communicate(timeout=120)
+    finally:
+        sender.kill()
+    assert sender.returncode == 0, err
+    assert json.loads(out)["accepted"] == 4
+    assert "4 events acknowledged" in err
+    assert tariff(server, "balance", "acme", "--json", check=True).stdout.count('"credits_remaining": "49980"') == 1

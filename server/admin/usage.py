@@ -98,13 +98,27 @@ def read_chunks(source: IO[str]) -> Iterator[list[tuple[int, str]]]:
         yield chunk
 
 
-async def stream_events(remote: Remote, source: IO[str], tally: Tally, batch_events: int, in_flight: int) -> None:
+@dataclass(frozen=True)
+class Sending:
+    batch_events: int
+    in_flight: int
+    retry_s: float
+
+
+async def stream_events(remote: Remote, source: IO[str], tally: Tally, sending: Sending) -> None:
     """Reads, batches and streams every event; returns once every batch is acknowledged."""
     import asyncio
 
+    from tariff import RetryPolicy
+
     chunks = read_chunks(source)
     async with remote.async_client() as client:
-        batcher = client.usage_batcher(batch_events_max=batch_events, max_in_flight_batches=in_flight, on_ack=tally.add)
+        batcher = client.usage_batcher(
+            batch_events_max=sending.batch_events,
+            max_in_flight_batches=sending.in_flight,
+            retry=RetryPolicy(max_attempts=1_000_000, max_elapsed_s=sending.retry_s),
+            on_ack=tally.add,
+        )
         try:
             # Read in a thread: a slow producer on stdin must not stall the acks the stream is waiting for.
             while chunk := await asyncio.to_thread(next, chunks, None):
@@ -175,10 +189,19 @@ def usage() -> None:
     "--in-flight", type=click.IntRange(1, 64), default=8, show_default=True, help="batches awaiting their ack"
 )
 @click.option(
+    "--retry-s",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="how long to keep reconnecting (and resending) when the stream breaks, before giving up",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="progress bar on stderr [default: when stdout is a terminal]"
 )
 @remote_command
-def send(remote: Remote, source: IO[str], batch_events: int, in_flight: int, progress: bool | None) -> None:
+def send(
+    remote: Remote, source: IO[str], batch_events: int, in_flight: int, retry_s: float, progress: bool | None
+) -> None:
     """Send the events of SOURCE, a JSON-lines file (`-` or none: stdin), one UsageEvent per line.
 
     Prints what the server answered: accepted, duplicates (already recorded: sending a file twice is
@@ -186,16 +209,26 @@ def send(remote: Remote, source: IO[str], batch_events: int, in_flight: int, pro
     that is not an event.
     """
     import asyncio
+    import logging
 
+    # The client logs each reconnect; say whose line it is.
+    logging.basicConfig(format="tariff: %(message)s", level=logging.WARNING)
     tally = Tally()
     show_progress = sys.stdout.isatty() if progress is None else progress
     bad_line: BadLine | None = None
     with ProgressBar(show_progress) as advance:
         tally.on_progress = advance
         try:
-            asyncio.run(stream_events(remote, source, tally, batch_events, in_flight))
+            asyncio.run(stream_events(remote, source, tally, Sending(batch_events, in_flight, retry_s)))
         except BadLine as exc:
             bad_line = exc
+        except Exception:
+            click.echo(
+                f"tariff: before the failure: {tally.accepted} events accepted, {tally.duplicates} duplicates, "
+                f"{tally.rejected} rejected; sending the same events again is safe",
+                err=True,
+            )
+            raise
     if remote.as_json:
         print_json(summary_json(tally))
     else:
