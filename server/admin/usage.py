@@ -204,6 +204,11 @@ def send(
 ) -> None:
     """Send the events of SOURCE, a JSON-lines file (`-` or none: stdin), one UsageEvent per line.
 
+    \b
+    A line holds the fields of the wire's UsageEvent (timestamp_ms: Unix milliseconds, UTC), e.g.
+      {"transaction_id": "t-1", "customer_id": "acme", "event_type": "ai_action", "timestamp_ms": 1764547200000,
+       "dimensions": {"model": "gpt-4"}, "values": {"tokens": 1200}}
+
     Prints what the server answered: accepted, duplicates (already recorded: sending a file twice is
     safe), and rejected events by reason. Exit status 1 when an event was rejected, 2 for a line
     that is not an event.

@@ -105,7 +105,12 @@ def draft(
     remove_rates: tuple[str, ...],
     note: str,
 ) -> None:
-    """Create a DRAFT version of RATE_CARD_ID: version --base plus the changes given."""
+    """Create a DRAFT version of RATE_CARD_ID: version --base plus the changes given.
+
+    \b
+    A rate is the wire's Rate as JSON; its prices are decimals or formulas over the parameters, e.g.
+      --rate '{"product_id": "calls", "match": {"region": "eu"}, "unit": {"price": "per_call * 1.5"}}'
+    """
     from tariff.v1 import pricing_pb2
 
     request = pricing_pb2.CreateDraftVersionRequest(
