@@ -116,6 +116,7 @@ async def stream_events(remote: Remote, source: IO[str], tally: Tally, sending: 
         batcher = client.usage_batcher(
             batch_events_max=sending.batch_events,
             max_in_flight_batches=sending.in_flight,
+            # Bounded by time (--retry-s), not by a count of attempts.
             retry=RetryPolicy(max_attempts=1_000_000, max_elapsed_s=sending.retry_s),
             on_ack=tally.add,
         )
