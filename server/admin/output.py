@@ -1,7 +1,8 @@
 """How client commands print: rich tables for people, JSON for scripts, and the parsing of `key=value` arguments.
 
-JSON is protobuf's JSON mapping with the proto field names (`customer_id`), every field present even when
-empty; decimal amounts stay strings and 64-bit integers are strings, as that mapping has them. rich and
+JSON is protobuf's JSON mapping with the proto field names (`customer_id`), empty scalars, lists and maps
+included (unset message fields, such as a time, left out); decimal amounts stay strings and 64-bit integers
+are strings, as that mapping has them. rich and
 protobuf are imported when something is printed, not when the command line is parsed.
 """
 
