@@ -74,6 +74,8 @@ class ServeConfig:
     intake_bytes_max: int = INTAKE_BYTES_MAX_DEFAULT
     otel: str = "off"  # off | console | otlp
     metrics_port: int | None = None
+    log_format: str = "text"  # text | json
+    log_level: str = "info"  # debug | info | warning | error
 
 
 # Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no

@@ -1,112 +1,181 @@
-"""The `tariff` command: `tariff serve` runs the server; `tariff bench` will measure it."""
+"""The `tariff` command: `serve` runs the server, `keys` manages API keys, `bench` measures the server, and the
+client commands (server/admin/) look at and change a running server over gRPC.
+
+This module imports click and the command modules only: grpc, protobuf and rich load inside the command
+that needs them, so `tariff --help` starts fast.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+import click
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tariff", description="Tariff: a billing runtime for usage-priced products.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--listen", default="127.0.0.1:50051", help="address to listen on (default 127.0.0.1:50051)")
-    serve.add_argument(
-        "--data-dir", type=Path, default=Path("./data"), help="where the LMDB journal lives (default ./data)"
-    )
-    serve.add_argument("--demo", action="store_true", help="load the demo catalogue when the data directory is empty")
-    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback listen address without API keys")
-    serve.add_argument("--map-size-mb", type=int, default=1024, help="LMDB map size in MiB; grows the map when raised")
-    serve.add_argument("--batch-events-max", type=int, default=10_000, help="most events one UsageBatch may hold")
-    serve.add_argument("--message-mb-max", type=int, default=16, help="largest gRPC message in MiB")
-    serve.add_argument("--future-skew-s", type=int, default=300, help="how far in the future an event timestamp may be")
-    serve.add_argument("--snapshot-every", type=int, default=5_000, help="journal records between snapshots")
-    serve.add_argument(
-        "--snapshot-every-events",
-        type=int,
-        default=1_000_000,
-        help="usage events between snapshots (whichever of the two comes first)",
-    )
-    serve.add_argument(
-        "--api-keys", type=Path, help="API key file (JSON, or TOML if it ends in .toml); see `tariff keys`"
-    )
-    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server (TLS)")
-    serve.add_argument("--tls-key", type=Path, help="PEM private key of the server (TLS)")
-    serve.add_argument("--tls-client-ca", type=Path, help="PEM CA that client certificates must chain to (mutual TLS)")
-    serve.add_argument(
-        "--max-concurrent-rpcs", type=int, default=1_000, help="calls running at once; more: RESOURCE_EXHAUSTED"
-    )
-    serve.add_argument(
-        "--intake-mb-max",
-        type=int,
-        default=256,
-        help="MiB of usage batches read but not yet answered, all streams together; past it reading waits",
-    )
-    serve.add_argument(
-        "--stream-inflight-batches-max", type=int, default=16, help="batches of one IngestUsage stream awaiting commit"
-    )
-    serve.add_argument(
-        "--otel",
-        choices=["off", "console", "otlp"],
-        default="off",
-        help="OpenTelemetry export: metrics and control-plane traces to stdout, or OTLP/gRPC (default off)",
-    )
-    serve.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: none)"
-    )
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
-    keys_new = keys.add_parser("new", help="make a key, print it once and append its hash to the key file")
-    keys_new.add_argument("--name", required=True, help="who uses the key; the audit log's actor")
-    keys_new.add_argument("--role", required=True, choices=["admin", "ingest", "read"])
-    keys_new.add_argument("--customers", default="", help="comma-separated customer ids the key is restricted to")
-    keys_new.add_argument("--file", type=Path, required=True, help="the key file (created if missing)")
-    from server.bench import add_arguments as add_bench_arguments
+from server.admin import add_commands
 
-    add_bench_arguments(commands.add_parser("bench", help="measure the server against reference runs (DESIGN §6)"))
-    args = parser.parse_args(argv)
 
-    if args.command == "bench":
-        from server.bench import run as run_bench
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.version_option(package_name="tariff", prog_name="tariff")
+def main() -> None:
+    """Tariff: a billing runtime for usage-priced products.
 
-        sys.exit(run_bench(args))
-    if args.command == "keys":
-        from server.auth import KeyFileError, new_key
+    Client commands reach the server at --server (env TARIFF_SERVER, default 127.0.0.1:50051) with --api-key
+    (env TARIFF_API_KEY); they print tables, or JSON with --json, and exit 1 with the server's status code and
+    message when a call fails.
+    """
 
-        try:
-            key = new_key(args.file, args.name, args.role, args.customers.split(","))
-        except KeyFileError as exc:
-            print(f"tariff keys new: {exc}", file=sys.stderr)
-            sys.exit(2)
-        print(key)
-        print(
-            f"key {args.name!r} ({args.role}) added to {args.file}; this is the only time it is shown", file=sys.stderr
-        )
-        return
+
+def _mib(value: int) -> int:
+    return value * 1024 * 1024
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--listen", default="127.0.0.1:50051", help="address to listen on")
+@click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="where the LMDB journal lives")
+@click.option("--demo", is_flag=True, help="load the demo catalogue when the data directory is empty")
+@click.option("--insecure", is_flag=True, help="allow a non-loopback listen address without API keys")
+@click.option("--map-size-mb", type=int, default=1024, help="LMDB map size in MiB; grows the map when raised")
+@click.option("--batch-events-max", type=int, default=10_000, help="most events one UsageBatch may hold")
+@click.option("--message-mb-max", type=int, default=16, help="largest gRPC message in MiB")
+@click.option("--future-skew-s", type=int, default=300, help="how far in the future an event timestamp may be")
+@click.option("--snapshot-every", type=int, default=5_000, help="journal records between snapshots")
+@click.option(
+    "--snapshot-every-events",
+    type=int,
+    default=1_000_000,
+    help="usage events between snapshots (whichever of the two comes first)",
+)
+@click.option(
+    "--api-keys",
+    type=click.Path(path_type=Path),
+    help="API key file (JSON, or TOML if it ends in .toml); see `tariff keys`  [default: none: no keys]",
+)
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate chain of the server (TLS)")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="PEM private key of the server (TLS)")
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(path_type=Path),
+    help="PEM CA that client certificates must chain to (mutual TLS)",
+)
+@click.option("--max-concurrent-rpcs", type=int, default=1_000, help="calls running at once; more: RESOURCE_EXHAUSTED")
+@click.option(
+    "--intake-mb-max",
+    type=int,
+    default=256,
+    help="MiB of usage batches read but not yet answered, all streams together; past it reading waits",
+)
+@click.option(
+    "--stream-inflight-batches-max", type=int, default=16, help="batches of one IngestUsage stream awaiting commit"
+)
+@click.option(
+    "--otel",
+    type=click.Choice(["off", "console", "otlp"]),
+    default="off",
+    help="OpenTelemetry export: metrics and control-plane traces to stdout, or OTLP/gRPC",
+)
+@click.option("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics  [default: none]")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", help="the server log's format")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    help="the least severe log lines written",
+)
+def serve(
+    listen: str,
+    data_dir: Path,
+    demo: bool,
+    insecure: bool,
+    map_size_mb: int,
+    batch_events_max: int,
+    message_mb_max: int,
+    future_skew_s: int,
+    snapshot_every: int,
+    snapshot_every_events: int,
+    api_keys: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    max_concurrent_rpcs: int,
+    intake_mb_max: int,
+    stream_inflight_batches_max: int,
+    otel: str,
+    metrics_port: int | None,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Run the gRPC server."""
     from server.app import ServeConfig, run
 
     config = ServeConfig(
-        listen=args.listen,
-        data_dir=args.data_dir,
-        demo=args.demo,
-        insecure=args.insecure,
-        map_size_bytes=args.map_size_mb * 1024 * 1024,
-        message_bytes_max=args.message_mb_max * 1024 * 1024,
-        batch_events_max=args.batch_events_max,
-        future_skew_ms=args.future_skew_s * 1000,
-        snapshot_every_records=args.snapshot_every,
-        snapshot_every_events=args.snapshot_every_events,
-        api_keys=args.api_keys,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        concurrent_rpcs_max=args.max_concurrent_rpcs,
-        stream_batches_in_flight_max=args.stream_inflight_batches_max,
-        intake_bytes_max=args.intake_mb_max * 1024 * 1024,
-        otel=args.otel,
-        metrics_port=args.metrics_port,
+        listen=listen,
+        data_dir=data_dir,
+        demo=demo,
+        insecure=insecure,
+        map_size_bytes=_mib(map_size_mb),
+        message_bytes_max=_mib(message_mb_max),
+        batch_events_max=batch_events_max,
+        future_skew_ms=future_skew_s * 1000,
+        snapshot_every_records=snapshot_every,
+        snapshot_every_events=snapshot_every_events,
+        api_keys=api_keys,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        concurrent_rpcs_max=max_concurrent_rpcs,
+        stream_batches_in_flight_max=stream_inflight_batches_max,
+        intake_bytes_max=_mib(intake_mb_max),
+        otel=otel,
+        metrics_port=metrics_port,
+        log_format=log_format,
+        log_level=log_level.lower(),
     )
     sys.exit(run(config))
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("new")
+@click.option("--name", required=True, help="who uses the key; the audit log's actor")
+@click.option("--role", required=True, type=click.Choice(["admin", "ingest", "read"]))
+@click.option("--customers", default="", help="comma-separated customer ids the key is restricted to")
+@click.option(
+    "--file", "key_file", type=click.Path(path_type=Path), required=True, help="the key file (created if missing)"
+)
+def new_key(name: str, role: str, customers: str, key_file: Path) -> None:
+    """Make a key, print it once and append its hash to the key file."""
+    from server.auth import KeyFileError, new_key
+
+    try:
+        key = new_key(key_file, name, role, customers.split(","))
+    except KeyFileError as exc:
+        click.echo(f"tariff keys new: {exc}", err=True)
+        sys.exit(2)
+    click.echo(key)
+    click.echo(f"key {name!r} ({role}) added to {key_file}; this is the only time it is shown", err=True)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("bench_args", nargs=-1, type=click.UNPROCESSED)
+def bench(bench_args: tuple[str, ...]) -> None:
+    """Measure the server against reference runs (`tariff bench --help` for its options)."""
+    import argparse
+
+    from server.bench import add_arguments, run
+
+    parser = argparse.ArgumentParser(prog="tariff bench", description="Measure the server against reference runs.")
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args(list(bench_args))))
+
+
+add_commands(main)
 
 
 if __name__ == "__main__":

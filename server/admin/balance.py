@@ -1,0 +1,87 @@
+"""`tariff balance` and `tariff authorize`: a customer's credit now, and what a usage would cost (BalanceService)."""
+
+from __future__ import annotations
+
+import click
+
+from server.admin.output import parse_numbers, parse_pairs, print_fields, print_json, print_table, when
+from server.admin.remote import Remote, remote_command
+
+
+@click.command()
+@click.argument("customer_id")
+@remote_command
+def balance(remote: Remote, customer_id: str) -> None:
+    """A customer's credit balance: remaining, held, available, this period's charges, and each grant."""
+    from tariff.v1 import contracts_pb2
+
+    with remote.client() as client:
+        found = client.get_balance(customer_id)
+    if remote.as_json:
+        print_json(found)
+        return
+    unit = found.pricing_unit
+    print_fields(
+        [
+            ("customer", found.customer_id),
+            (f"credits remaining ({unit})", found.credits_remaining),
+            (f"credits held ({unit})", found.credits_held),
+            (f"credits available ({unit})", found.credits_available),
+            (f"period charges ({unit})", found.period_charges),
+            (f"overage ({unit})", found.overage_amount),
+            ("overage due", found.overage_due),
+            ("period", f"{when(found.period_start)} .. {when(found.period_end)}"),
+            ("as of journal seq", found.as_of_seq),
+        ]
+    )
+    rows = [
+        (
+            g.grant_id,
+            contracts_pb2.GrantKind.Name(g.kind),
+            g.amount,
+            g.drawn,
+            g.remaining,
+            g.held,
+            g.expired,
+            g.priority,
+            when(g.expires_at, g.HasField("expires_at")),
+        )
+        for g in found.grants
+    ]
+    columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "priority", "expires")
+    print_table(columns, rows, title="grants")
+
+
+@click.command()
+@click.argument("customer_id")
+@click.argument("event_type")
+@click.argument("dimensions", nargs=-1, metavar="[DIMENSION=VALUE]...")
+@click.option("--value", "values", multiple=True, metavar="NAME=NUMBER", help="a measured quantity (repeatable)")
+@remote_command
+def authorize(
+    remote: Remote, customer_id: str, event_type: str, dimensions: tuple[str, ...], values: tuple[str, ...]
+) -> None:
+    """Would this usage be allowed now, and what would it cost? Changes nothing.
+
+    DIMENSION=VALUE arguments are the event's dimensions (`model=gpt-4`); `--value tokens=1200` its
+    measured quantities. A denial is an answer (allowed: no, with the reason), not an error: exit status 0.
+    """
+    with remote.client() as client:
+        decision = client.authorize(
+            customer_id,
+            event_type,
+            parse_pairs(dimensions, "DIMENSION=VALUE"),
+            parse_numbers(values, "--value"),
+        )
+    if remote.as_json:
+        print_json(decision)
+        return
+    print_fields(
+        [
+            ("allowed", "yes" if decision.allowed else "no"),
+            ("reason", decision.reason),
+            ("estimated cost", decision.estimated_cost),
+            ("credits available", decision.credits_available),
+            ("message", decision.message),
+        ]
+    )

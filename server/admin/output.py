@@ -1,0 +1,105 @@
+"""How client commands print: rich tables for people, JSON for scripts, and the parsing of `key=value` arguments.
+
+JSON is protobuf's JSON mapping with the proto field names (`customer_id`), empty scalars, lists and maps
+included (unset message fields, such as a time, left out); decimal amounts stay strings and 64-bit integers
+are strings, as that mapping has them. rich and
+protobuf are imported when something is printed, not when the command line is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from rich.console import Console
+
+Cell = str | int | float | None
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def print_json(value: Any) -> None:
+    """`value`: a protobuf message, or plain JSON data (which may hold messages one level down)."""
+    from google.protobuf.message import Message
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, Message):
+            return message_dict(item)
+        if isinstance(item, list):
+            return [plain(x) for x in item]
+        if isinstance(item, dict):
+            return {k: plain(v) for k, v in item.items()}
+        return item
+
+    click.echo(json.dumps(plain(value), indent=2))
+
+
+def console() -> Console:
+    from rich.console import Console
+
+    # Off a terminal (a pipe, a file, a test) nothing is cut to 80 columns: an id must come out whole.
+    return Console(width=None if sys.stdout.isatty() else 1_000, highlight=False)
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Cell]], title: str | None = None) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(*columns, title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False)
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    console().print(table)
+
+
+def print_fields(fields: Sequence[tuple[str, Cell]], title: str | None = None) -> None:
+    """One record as a two-column table: field, value."""
+    print_table(("field", "value"), fields, title)
+
+
+def when(timestamp: Timestamp, present: bool = True) -> str:
+    """A Timestamp as `2026-12-01 00:00:00Z`; empty when unset."""
+    if not present or (timestamp.seconds == 0 and timestamp.nanos == 0):
+        return ""
+    from datetime import UTC
+
+    return timestamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def pairs(mapping: Mapping[str, Any]) -> str:
+    """`a=1, b=2`, sorted by key: a map field in one table cell."""
+    return ", ".join(f"{k}={mapping[k]}" for k in sorted(mapping))
+
+
+def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
+    """`key=value` arguments as a dict; a malformed or repeated key is a usage error (exit 2)."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint=what)
+        if key in parsed:
+            raise click.BadParameter(f"{key!r} is given twice", param_hint=what)
+        parsed[key] = value
+    return parsed
+
+
+def parse_numbers(items: Iterable[str], what: str) -> dict[str, float]:
+    """`name=number` arguments (usage values, which the wire carries as doubles)."""
+    numbers: dict[str, float] = {}
+    for key, value in parse_pairs(items, what).items():
+        try:
+            numbers[key] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{key}={value!r}: the value is not a number", param_hint=what) from None
+    return numbers

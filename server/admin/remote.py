@@ -1,0 +1,104 @@
+"""What every client command shares: the connection options, the client, and the one place errors exit.
+
+`remote_command` adds `--server`, `--api-key`, `--tls-ca` and `--json` to a click command and hands it a
+`Remote`. A failed call (a typed `tariff.TariffError`, or a raw `grpc.RpcError`) ends the command here:
+the status code and the server's message on stderr, exit status 1. grpc and the client library are
+imported only when a command runs, so `tariff --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+if TYPE_CHECKING:
+    from tariff import AsyncTariffClient, TariffClient, TariffError
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+EXIT_ERROR = 1
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where and how to reach the server, and how to print what it answers."""
+
+    server: str
+    api_key: str | None
+    tls_ca: Path | None
+    as_json: bool
+
+    def _client_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"api_key": self.api_key or None}
+        if self.tls_ca is not None:
+            options["root_certificates"] = self.tls_ca.read_bytes()
+        host = self.server.rsplit(":", 1)[0].strip("[]")
+        if host in ("127.0.0.1", "localhost", "::1"):
+            # A loopback server is never behind the HTTP proxy an environment may name.
+            options["channel_options"] = [("grpc.enable_http_proxy", 0)]
+        return options
+
+    def client(self) -> TariffClient:
+        from tariff import TariffClient
+
+        return TariffClient(self.server, **self._client_options())
+
+    def async_client(self) -> AsyncTariffClient:
+        from tariff import AsyncTariffClient
+
+        return AsyncTariffClient(self.server, **self._client_options())
+
+
+def as_tariff_error(exc: BaseException) -> TariffError | None:
+    """The typed error of a failed call, or None when `exc` is not one."""
+    if "grpc" not in sys.modules:
+        return None  # nothing talked to a server yet
+    import grpc
+    from tariff import TariffError, error_from_rpc
+
+    if isinstance(exc, TariffError):
+        return exc
+    if isinstance(exc, grpc.RpcError):
+        return error_from_rpc(exc)
+    return None
+
+
+def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"tariff: {message}", err=True)
+    sys.exit(status)
+
+
+def remote_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds the connection options to a command; a failed call exits 1 with the server's code and message."""
+
+    @click.option(
+        "--server",
+        envvar="TARIFF_SERVER",
+        default=DEFAULT_SERVER,
+        show_default=True,
+        help="host:port of the Tariff server (env TARIFF_SERVER)",
+    )
+    @click.option("--api-key", envvar="TARIFF_API_KEY", help="API key, sent as a bearer token (env TARIFF_API_KEY)")
+    @click.option(
+        "--tls-ca",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="TARIFF_TLS_CA",
+        help="PEM CA to trust: connect with TLS (env TARIFF_TLS_CA)",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="print JSON (protobuf's JSON mapping) instead of tables")
+    @functools.wraps(command)
+    def run(server: str, api_key: str | None, tls_ca: Path | None, as_json: bool, **kwargs: Any) -> None:
+        try:
+            command(Remote(server, api_key, tls_ca, as_json), **kwargs)
+        except Exception as exc:
+            error = as_tariff_error(exc)
+            if error is None:
+                raise
+            fail(str(error))
+
+    return run

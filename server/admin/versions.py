@@ -1,0 +1,280 @@
+"""`tariff ratecard draft|validate|publish|versions|diff|rollback|simulate`: a rate card's versions.
+
+A change to prices is a new DRAFT version (its base plus the changes), validated, then published with the
+hour it takes effect from. Rates are given as JSON objects of the wire's `Rate` message (protobuf's JSON
+mapping), e.g. `{"product_id": "calls", "match": {"region": "eu"}, "unit": {"price": "0.02"}}`.
+Commands whose RPC the server does not implement print its UNIMPLEMENTED answer and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from server.admin.output import parse_pairs, print_fields, print_json, print_table
+from server.admin.ratecards import VERSION_COLUMNS, price_text, print_version, version_rows
+from server.admin.remote import Remote, fail, remote_command
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from tariff.v1 import pricing_pb2
+
+EXIT_INVALID = 1
+
+
+class UtcTime(click.ParamType[datetime]):
+    """An ISO 8601 time (`2026-12-01T00:00:00Z`, `2026-12-01 13:00`); UTC when it names no zone."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time (2026-12-01T13:00:00Z)", param, ctx)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    message = Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+def parse_json_messages(texts: list[str], message_type: type[Message], what: str) -> list[Any]:
+    """JSON objects (protobuf's JSON mapping) as messages; a malformed one is a usage error (exit 2)."""
+    from google.protobuf import json_format
+
+    messages = []
+    for index, text in enumerate(texts):
+        try:
+            messages.append(json_format.Parse(text, message_type()))
+        except json_format.ParseError as exc:
+            raise click.BadParameter(f"item {index}: {exc}", param_hint=what) from None
+    return messages
+
+
+def rates_of_file(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        items = json.loads(path.read_text())
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc})", param_hint="--rates") from None
+    if not isinstance(items, list):
+        raise click.BadParameter("must hold a JSON array of rates", param_hint="--rates")
+    return [json.dumps(item) for item in items]
+
+
+@click.group()
+def ratecard() -> None:
+    """Change a rate card's prices: draft, validate, publish, and look at its versions."""
+
+
+@ratecard.command()
+@click.argument("rate_card_id")
+@click.option("--base", type=click.IntRange(0), default=0, show_default=True, help="version to start from; 0: empty")
+@click.option("--set", "set_parameters", multiple=True, metavar="NAME=DECIMAL", help="add or change a parameter")
+@click.option("--remove-parameter", "remove_parameters", multiple=True, metavar="NAME", help="drop a parameter")
+@click.option("--rate", "rates", multiple=True, metavar="JSON", help="add or replace a rate (a Rate as JSON)")
+@click.option(
+    "--rates", "rates_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="a JSON array of rates"
+)
+@click.option(
+    "--remove-rate", "remove_rates", multiple=True, metavar="JSON", help='drop a rate: {"product_id", "match"}'
+)
+@click.option("--note", default="", help="the change note")
+@remote_command
+def draft(
+    remote: Remote,
+    rate_card_id: str,
+    base: int,
+    set_parameters: tuple[str, ...],
+    remove_parameters: tuple[str, ...],
+    rates: tuple[str, ...],
+    rates_file: Path | None,
+    remove_rates: tuple[str, ...],
+    note: str,
+) -> None:
+    """Create a DRAFT version of RATE_CARD_ID: version --base plus the changes given.
+
+    \b
+    A rate is the wire's Rate as JSON; its prices are decimals or formulas over the parameters, e.g.
+      --rate '{"product_id": "calls", "match": {"region": "eu"}, "unit": {"price": "per_call * 1.5"}}'
+    """
+    from tariff.v1 import pricing_pb2
+
+    request = pricing_pb2.CreateDraftVersionRequest(
+        rate_card_id=rate_card_id,
+        based_on_version=base,
+        set_parameters=parse_pairs(set_parameters, "--set"),
+        remove_parameters=remove_parameters,
+        upsert_rates=parse_json_messages([*rates, *rates_of_file(rates_file)], pricing_pb2.Rate, "--rate"),
+        remove_rates=parse_json_messages(list(remove_rates), pricing_pb2.RateKey, "--remove-rate"),
+        change_note=note,
+    )
+    with remote.client() as client:
+        version = client.pricing.CreateDraftVersion(request)
+    if remote.as_json:
+        print_json(version)
+    else:
+        print_version(version)
+
+
+def print_report(report: pricing_pb2.ValidationReport) -> None:
+    from tariff.v1 import pricing_pb2
+
+    rows = [(pricing_pb2.Severity.Name(f.severity), f.path, f.message) for f in report.findings]
+    print_table(("severity", "where", "finding"), rows, title="valid" if report.ok else "NOT valid")
+
+
+@ratecard.command()
+@click.argument("rate_card_id")
+@click.argument("version", type=click.IntRange(1))
+@remote_command
+def validate(remote: Remote, rate_card_id: str, version: int) -> None:
+    """Check a version: every finding, with where it is. Exit status 1 when it has errors."""
+    from tariff.v1 import pricing_pb2
+
+    with remote.client() as client:
+        report = client.pricing.ValidateVersion(
+            pricing_pb2.ValidateVersionRequest(rate_card_id=rate_card_id, version=version)
+        )
+    if remote.as_json:
+        print_json(report)
+    else:
+        print_report(report)
+    if not report.ok:
+        fail(f"rate card {rate_card_id!r} version {version} is not valid", EXIT_INVALID)
+
+
+@ratecard.command()
+@click.argument("rate_card_id")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--effective-from", type=UtcTime(), help="on an hour boundary [default: now, rounded down to the hour]")
+@remote_command
+def publish(remote: Remote, rate_card_id: str, version: int, effective_from: datetime | None) -> None:
+    """Publish a validated version; it prices usage from --effective-from on."""
+    from tariff.v1 import pricing_pb2
+
+    request = pricing_pb2.PublishVersionRequest(rate_card_id=rate_card_id, version=version)
+    if effective_from is not None:
+        request.effective_from.CopyFrom(timestamp(effective_from))
+    with remote.client() as client:
+        published = client.pricing.PublishVersion(request)
+    print_published(remote, published)
+
+
+def print_published(remote: Remote, published: pricing_pb2.PublishVersionResponse) -> None:
+    if remote.as_json:
+        print_json(published)
+        return
+    print_version(published.version)
+    print_fields([("events re-rated", published.events_rerated)])
+    if published.validation.findings:
+        print_report(published.validation)
+
+
+@ratecard.command()
+@click.argument("rate_card_id")
+@remote_command
+def versions(remote: Remote, rate_card_id: str) -> None:
+    """Every version of a rate card, drafts included."""
+    from tariff.v1 import pricing_pb2
+
+    with remote.client() as client:
+        found = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=rate_card_id))
+    if remote.as_json:
+        print_json(found)
+    else:
+        print_table(VERSION_COLUMNS, version_rows(found.versions))
+
+
+@ratecard.command()
+@click.argument("rate_card_id")
+@click.argument("from_version", type=click.IntRange(1))
+@click.argument("to_version", type=click.IntRange(1))
+@remote_command
+def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) -> None:
+    """What changed between two versions: parameters and rates."""
+    from tariff.v1 import pricing_pb2
+
+    request = pricing_pb2.DiffVersionsRequest(
+        rate_card_id=rate_card_id, from_version=from_version, to_version=to_version
+    )
+    with remote.client() as client:
+        changes = client.pricing.DiffVersions(request)
+    if remote.as_json:
+        print_json(changes)
+        return
+    print_table(("parameter", "old", "new"), [(p.name, p.old_value, p.new_value) for p in changes.parameters])
+    rows = [
+        (
+            c.key.product_id,
+            ", ".join(f"{k}={v}" for k, v in sorted(c.key.match.items())) or "*",
+            price_text(c.old_rate) if c.HasField("old_rate") else "",
+            price_text(c.new_rate) if c.HasField("new_rate") else "",
+        )
+        for c in changes.rates
+    ]
+    print_table(("product", "match", "old price", "new price"), rows, title="rates")
+
+
+@ratecard.command()
+@click.argument("rate_card_id")
+@click.argument("to_version", type=click.IntRange(1))
+@click.option("--effective-from", type=UtcTime(), help="on an hour boundary [default: now, rounded down to the hour]")
+@remote_command
+def rollback(remote: Remote, rate_card_id: str, to_version: int, effective_from: datetime | None) -> None:
+    """Publish a copy of an earlier version as a new version."""
+    from tariff.v1 import pricing_pb2
+
+    request = pricing_pb2.RollbackRateCardRequest(rate_card_id=rate_card_id, to_version=to_version)
+    if effective_from is not None:
+        request.effective_from.CopyFrom(timestamp(effective_from))
+    with remote.client() as client:
+        published = client.pricing.RollbackRateCard(request)
+    print_published(remote, published)
+
+
+@ratecard.command()
+@click.argument("rate_card_id")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--from", "period_start", type=UtcTime(), required=True, help="start of the usage to re-price")
+@click.option("--to", "period_end", type=UtcTime(), required=True, help="end of the usage to re-price (excluded)")
+@click.option("--customer", "customer_ids", multiple=True, help="only this customer (repeatable) [default: all]")
+@remote_command
+def simulate(
+    remote: Remote,
+    rate_card_id: str,
+    version: int,
+    period_start: datetime,
+    period_end: datetime,
+    customer_ids: tuple[str, ...],
+) -> None:
+    """What VERSION would have charged for the usage recorded between --from and --to."""
+    from tariff.v1 import pricing_pb2
+
+    request = pricing_pb2.SimulateVersionRequest(
+        rate_card_id=rate_card_id,
+        version=version,
+        period_start=timestamp(period_start),
+        period_end=timestamp(period_end),
+        customer_ids=customer_ids,
+    )
+    with remote.client() as client:
+        result = client.pricing.SimulateVersion(request)
+    if remote.as_json:
+        print_json(result)
+        return
+    rows = [(a.customer_id, a.product_id, a.current_amount, a.simulated_amount, a.delta) for a in result.amounts]
+    print_table(("customer", "product", "current", "simulated", "delta"), rows)
