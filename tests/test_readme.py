@@ -278,3 +278,13 @@ def test_every_cited_architecture_section_exists() -> None:
                     wrong.append(f"{name}: docs/architecture.md §{number}")
     assert sections, "docs/architecture.md has no numbered sections"
     assert wrong == [], f"citations of sections docs/architecture.md does not have: {wrong}"
+
+
+def test_the_readme_admin_cli_section_names_every_client_command() -> None:
+    from server.admin import COMMANDS
+
+    text = README.read_text()
+    start = text.index("## Admin CLI\n")
+    section = text[start : text.index("\n## ", start + 1)]
+    for command in COMMANDS:
+        assert f"`tariff {command.name}" in section, command.name
