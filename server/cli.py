@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
+    from server import oplog
+
     parser = argparse.ArgumentParser(prog="tariff", description="Tariff: a billing runtime for usage-priced products.")
+    parser.add_argument("--version", action="version", version=f"tariff {importlib.metadata.version('tariff')}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--listen", default="127.0.0.1:50051", help="address to listen on (default 127.0.0.1:50051)")
-    serve.add_argument(
-        "--data-dir", type=Path, default=Path("./data"), help="where the LMDB journal lives (default ./data)"
+    # ArgumentDefaultsHelpFormatter: `tariff serve --help` shows every default.
+    serve = commands.add_parser(
+        "serve", help="run the gRPC server", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    serve.add_argument("--listen", default="127.0.0.1:50051", help="address to listen on")
+    serve.add_argument("--data-dir", type=Path, default=Path("./data"), help="where the LMDB journal lives")
     serve.add_argument("--demo", action="store_true", help="load the demo catalogue when the data directory is empty")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback listen address without API keys")
     serve.add_argument("--map-size-mb", type=int, default=1024, help="LMDB map size in MiB; grows the map when raised")
@@ -50,10 +55,16 @@ def main(argv: list[str] | None = None) -> None:
         "--otel",
         choices=["off", "console", "otlp"],
         default="off",
-        help="OpenTelemetry export: metrics and control-plane traces to stdout, or OTLP/gRPC (default off)",
+        help="OpenTelemetry export: metrics and control-plane traces to stdout, or OTLP/gRPC",
     )
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
+    serve.add_argument("--log-format", choices=oplog.LOG_FORMATS, default="text", help="the operator's log on stderr")
+    serve.add_argument("--log-level", choices=oplog.LOG_LEVELS, default="info", help="least severe level logged")
     serve.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: none)"
+        "--log-activity-every-s",
+        type=float,
+        default=oplog.ACTIVITY_EVERY_S_DEFAULT,
+        help="seconds between activity lines (written only when there was activity)",
     )
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys_new = keys.add_parser("new", help="make a key, print it once and append its hash to the key file")
@@ -63,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     keys_new.add_argument("--file", type=Path, required=True, help="the key file (created if missing)")
     from server.bench import add_arguments as add_bench_arguments
 
-    add_bench_arguments(commands.add_parser("bench", help="measure the server against reference runs (DESIGN §6)"))
+    add_bench_arguments(commands.add_parser("bench", help="measure the server against reference runs"))
     args = parser.parse_args(argv)
 
     if args.command == "bench":
@@ -83,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
             f"key {args.name!r} ({args.role}) added to {args.file}; this is the only time it is shown", file=sys.stderr
         )
         return
+    # Before anything imports grpc: gRPC core's own stderr lines must not leak into the operator's log.
+    oplog.quiet_grpc_core(args.log_level)
     from server.app import ServeConfig, run
 
     config = ServeConfig(
@@ -105,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         intake_bytes_max=args.intake_mb_max * 1024 * 1024,
         otel=args.otel,
         metrics_port=args.metrics_port,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        activity_every_s=args.log_activity_every_s,
     )
     sys.exit(run(config))
 

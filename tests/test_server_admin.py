@@ -765,9 +765,13 @@ def test_not_found_already_exists_and_failed_precondition(server_factory: Server
             lambda: client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=CUSTOMER, name="again")),
         )
         assert CUSTOMER in error.details
+        # The same id with other fields is a clash (the same request again is a retry: tests/test_idempotency.py).
+        renamed = pricing_pb2.Product()
+        renamed.CopyFrom(cat.products[0])
+        renamed.name = "another name"
         expect_error(
             S.ALREADY_EXISTS,
-            lambda: client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=cat.products[0])),
+            lambda: client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=renamed)),
         )
         expect_error(
             S.ALREADY_EXISTS,

@@ -91,7 +91,9 @@ def add_beta(admin: TariffClient) -> None:
     )
     admin.contracts.GrantCredits(
         contracts_pb2.GrantCreditsRequest(
-            grant=contracts_pb2.Grant(customer_id=BETA, kind=contracts_pb2.PREPAID, amount="100", paid_amount="90")
+            grant=contracts_pb2.Grant(
+                id="beta-prepaid", customer_id=BETA, kind=contracts_pb2.PREPAID, amount="100", paid_amount="90"
+            )
         )
     )
 

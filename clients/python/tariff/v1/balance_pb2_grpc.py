@@ -96,7 +96,7 @@ class BalanceServiceServicer:
         checks that arrive within a millisecond or so into one AuthorizeBatch and
         gets one AuthorizeBatchResult back, the answers in request order. Every
         gRPC message costs the server tens of microseconds of its own, so this is
-        how one process answers tens of thousands of checks a second (DESIGN §6).
+        how one process answers tens of thousands of checks a second (docs/architecture.md).
         Every request needs its request_id; a malformed request is answered
         in-band (reason INVALID_REQUEST) and does not end the stream.
         """
