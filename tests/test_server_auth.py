@@ -80,6 +80,8 @@ def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
         call()
     except TariffError as e:  # the client's stubs raise its typed errors
         return e.code, e.details
+    except grpc.RpcError as e:  # a bare channel's calls, grpc's own
+        return e.code(), e.details() or ""
     return grpc.StatusCode.OK, ""
 
 
