@@ -463,9 +463,9 @@ class Engine:
         taken_over = card.rated_hours_taken_over(effective_from_ms)
         if taken_over:
             raise Unimplemented(
-                f"rate card {card.id!r} has already rated usage in {len(taken_over)} hour(s) this version would price, "
-                f"the first from {taken_over[0] * HOUR_MS} (Unix ms): re-rating is not implemented yet; "
-                "publish with an effective_from after that usage"
+                "re-rating usage already rated is not available yet: PublishVersion of a version effective before "
+                f"it; rate card {card.id!r} has rated usage in {len(taken_over)} hour(s) this version would price, "
+                f"the first from {taken_over[0] * HOUR_MS} (Unix ms); publish with an effective_from after that usage"
             )
         findings = validate(version, self.state.products)
         errors = [f for f in findings if f.severity is Severity.ERROR]

@@ -240,7 +240,10 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
 
     def _decide(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
         if request.reserve or request.reservation_id:
-            raise Unimplemented("reservations (reserve, reservation_id) are not implemented yet")
+            raise Unimplemented(
+                "reservations are not available yet: Authorize with reserve or reservation_id; Authorize without "
+                "them answers without holding credit"
+            )
         if not request.customer_id:
             raise InvalidArgument.field("customer_id", "is required")
         if not request.event_type:
