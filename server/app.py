@@ -332,13 +332,7 @@ async def _serve_locked(
     print(_banner(config, engine.state.last_seq), flush=True)
     oplog.activity.report(lambda: 0)  # the first interval starts now
     reporter = asyncio.create_task(report_activity(config.activity_every_s, lambda: journal.stats().used_bytes))
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    writer_stopped = asyncio.ensure_future(sequencer.stopped.wait())
-    await asyncio.wait([asyncio.ensure_future(stop.wait()), writer_stopped], return_when=asyncio.FIRST_COMPLETED)
+    await _until_stopped(sequencer)
 
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
     log.info("shutting down")
@@ -358,6 +352,16 @@ async def _serve_locked(
         clean=sequencer.failure is None,
     )
     return 1 if sequencer.failure is not None else 0
+
+
+async def _until_stopped(sequencer: Sequencer) -> None:
+    """Until SIGTERM or SIGINT, or the writer stopping (a broken invariant)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    writer_stopped = asyncio.ensure_future(sequencer.stopped.wait())
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), writer_stopped], return_when=asyncio.FIRST_COMPLETED)
 
 
 SERVICE_NAMES = [
