@@ -81,6 +81,7 @@ class CreateDraftVersion(msgspec.Struct, frozen=True, tag="create_draft_version"
     upsert_rates: tuple[Rate, ...]
     remove_rates: tuple[RemoveRate, ...]
     change_note: str
+    request_id: str = ""  # the idempotency key: a retry with it returns the draft the first call made
 
 
 class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):

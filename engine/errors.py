@@ -42,3 +42,13 @@ class FailedPrecondition(EngineError):
 
 class Unimplemented(EngineError):
     """A well-formed request whose behaviour is not built yet; it changed nothing."""
+
+
+class Repeated(Exception):
+    """A command the state already reflects (a retry): `result` is the answer the first call got, rebuilt from
+    the state. Nothing changed, so the command is not journaled; it is not an EngineError because the caller
+    is answered with success."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__("already applied")
+        self.result = result

@@ -532,6 +532,9 @@ def _curve(
 
 def check_publishable(version: Version, effective_from_ms: int) -> None:
     if version.state is not VersionState.DRAFT:
-        raise FailedPrecondition(f"version {version.number} of {version.rate_card_id!r} is already published")
+        raise FailedPrecondition(
+            f"version {version.number} of {version.rate_card_id!r} is already published, effective from "
+            f"{version.effective_from_ms} (Unix ms): publishing it again must ask for that effective_from, or none"
+        )
     if effective_from_ms % HOUR_MS:
         raise InvalidArgument.field("effective_from", "must be on an hour boundary (UTC)")

@@ -13,14 +13,16 @@ import bisect
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import msgspec
 
 from engine import commands as cmd
 from engine.contracts import Contract, Customer, OveragePolicy, Period, period_containing
-from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Repeated, Unimplemented
 from engine.ledger import Draw, Grant, GrantKind, draw_in_order, in_burn_order, refund, simulate_draw
 from engine.money import parse_decimal, to_picos
 from engine.products import Aggregation, Product
@@ -82,6 +84,13 @@ class Account(msgspec.Struct, gc=False):
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
 
 
+class RequestMark(msgspec.Struct, frozen=True, array_like=True):
+    """What made an idempotency key's first call: its fingerprint, and the draft version it created (if any)."""
+
+    fingerprint: bytes
+    version: int = 0
+
+
 class BillingState(msgspec.Struct):
     last_seq: int = 0
     customers: dict[str, Customer] = {}
@@ -91,6 +100,9 @@ class BillingState(msgspec.Struct):
     accounts: dict[str, Account] = {}
     audit: list[AuditEntry] = []
     grants_created: int = 0
+    # Idempotency key ("grant/g-1", "rate_card/gpt/draft/<request_id>", ...) -> the request that used it first:
+    # a retry of that same request is answered as the first call was, and changes nothing.
+    requests: dict[str, RequestMark] = {}
 
 
 class StoredAccount(Account):
@@ -185,8 +197,19 @@ def content_hash(event: cmd.UsageEvent) -> bytes:
 
 
 def check_id(value: str, field_path: str) -> None:
+    """The one rule for every id a client chooses (documented in the proto comments): 1-128 characters of
+    ASCII letters, digits and . _ : @ -"""
     if not ID_PATTERN.match(value):
         raise InvalidArgument.field(field_path, f"{value!r} must be 1-128 characters of letters, digits and ._:@-")
+
+
+_fingerprint_encoder = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def fingerprint(command: cmd.AdminCommand) -> bytes:
+    """What a retry must repeat to be the same request: every field but the time and the caller."""
+    canonical = _fingerprint_encoder.encode(msgspec.structs.replace(command, at_ms=0, actor=""))
+    return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
 @dataclass
@@ -301,14 +324,30 @@ class Engine:
         target = _audit_target(command, result)
         self.state.audit.append(AuditEntry(seq, command.at_ms, command.actor, action, target, diff))
 
+    def _repeat(self, key: str, command: cmd.AdminCommand, answer: Callable[[], object]) -> bytes:
+        """Raises Repeated, with the first call's answer, when this same request already used `key`; else
+        returns the request's fingerprint, to `_remember` once the command has succeeded. The same key from a
+        different request falls through to the caller's own ALREADY_EXISTS."""
+        print_ = fingerprint(command)
+        mark = self.state.requests.get(key)
+        if mark is not None and mark.fingerprint == print_:
+            raise Repeated(answer())
+        return print_
+
+    def _remember(self, key: str, print_: bytes, version: int = 0) -> None:
+        self.state.requests[key] = RequestMark(print_, version)
+
     def _create_customer(self, c: cmd.CreateCustomer) -> Customer:
         check_id(c.id, "id")
         _check_text_map(c.attributes, "attributes")
+        key = f"customer/{c.id}"
+        print_ = self._repeat(key, c, lambda: self.state.customers[c.id])
         if c.id in self.state.customers:
             raise AlreadyExists(f"customer {c.id!r} already exists")
         customer = Customer(c.id, c.name or c.id, dict(c.attributes), c.at_ms)
         self.state.customers[c.id] = customer
         self.state.accounts[c.id] = Account(c.id)
+        self._remember(key, print_)
         return customer
 
     def _create_product(self, c: cmd.CreateProduct) -> Product:
@@ -325,6 +364,8 @@ class Engine:
         if violations:
             raise InvalidArgument(violations)
         assert c.aggregation is not None
+        key = f"product/{c.id}"
+        print_ = self._repeat(key, c, lambda: self.state.products[c.id])
         if c.id in self.state.products:
             raise AlreadyExists(f"product {c.id!r} already exists")
         product = Product(
@@ -340,16 +381,20 @@ class Engine:
         )
         self.state.products[c.id] = product
         self._products_by_event_type.setdefault(product.event_type, []).append(product)
+        self._remember(key, print_)
         return product
 
     def _create_rate_card(self, c: cmd.CreateRateCard) -> RateCard:
         check_id(c.id, "id")
         if not c.pricing_unit:
             raise InvalidArgument.field("pricing_unit", 'is required: "credits" or an ISO currency such as "USD"')
+        key = f"rate_card/{c.id}"
+        print_ = self._repeat(key, c, lambda: self.state.rate_cards[c.id])
         if c.id in self.state.rate_cards:
             raise AlreadyExists(f"rate card {c.id!r} already exists")
         card = RateCard(c.id, c.name or c.id, c.pricing_unit, c.at_ms)
         self.state.rate_cards[c.id] = card
+        self._remember(key, print_)
         return card
 
     def rate_card(self, rate_card_id: str) -> RateCard:
@@ -360,6 +405,19 @@ class Engine:
 
     def _create_draft(self, c: cmd.CreateDraftVersion) -> Version:
         card = self.rate_card(c.rate_card_id)
+        key = f"rate_card/{card.id}/draft/{c.request_id}"
+        print_ = b""
+        if c.request_id:
+            check_id(c.request_id, "request_id")
+            mark = self.state.requests.get(key)
+            if mark is not None:
+                if mark.fingerprint != fingerprint(c):
+                    raise AlreadyExists(
+                        f"request_id {c.request_id!r} already made version {mark.version} of rate card {card.id!r} "
+                        "from a different request: use a new request_id for a new draft"
+                    )
+                raise Repeated(card.version(mark.version))
+            print_ = fingerprint(c)
         if c.based_on_version:
             card.version(c.based_on_version)
         violations = []
@@ -387,6 +445,8 @@ class Engine:
             actor=c.actor,
         )
         card.versions.append(version)
+        if c.request_id:
+            self._remember(key, print_, version.number)
         return version
 
     def validate_version(self, rate_card_id: str, number: int) -> list[Finding]:
@@ -395,14 +455,17 @@ class Engine:
     def _publish(self, c: cmd.PublishVersion) -> PublishResult:
         card = self.rate_card(c.rate_card_id)
         version = card.version(c.version)
+        if version.state is VersionState.PUBLISHED and c.effective_from_ms in (None, version.effective_from_ms):
+            # Publishing what is published, from the same time: a retry. Answered as the first call was.
+            raise Repeated(PublishResult(version, 0, validate(version, self.state.products)))
         effective_from_ms = c.effective_from_ms if c.effective_from_ms is not None else c.at_ms - c.at_ms % HOUR_MS
         check_publishable(version, effective_from_ms)
         taken_over = card.rated_hours_taken_over(effective_from_ms)
         if taken_over:
             raise Unimplemented(
-                f"rate card {card.id!r} has already rated usage in {len(taken_over)} hour(s) this version would price, "
-                f"the first from {taken_over[0] * HOUR_MS} (Unix ms): re-rating is not implemented yet; "
-                "publish with an effective_from after that usage"
+                "re-rating usage already rated is not available yet: PublishVersion of a version effective before "
+                f"it; rate card {card.id!r} has rated usage in {len(taken_over)} hour(s) this version would price, "
+                f"the first from {taken_over[0] * HOUR_MS} (Unix ms); publish with an effective_from after that usage"
             )
         findings = validate(version, self.state.products)
         errors = [f for f in findings if f.severity is Severity.ERROR]
@@ -425,7 +488,8 @@ class Engine:
         return found
 
     def _create_contract(self, c: cmd.CreateContract) -> Contract:
-        check_id(c.id, "id")
+        if c.id:
+            check_id(c.id, "id")
         customer = self.customer(c.customer_id)
         card = self.rate_card(c.rate_card_id)
         # Unset: the start of the current UTC day, so that usage stamped a moment before the contract was
@@ -435,13 +499,18 @@ class Engine:
             raise InvalidArgument.field("ending_before", "must be after starting_at")
         overage_price = c.overage_price or "1"
         parse_decimal(overage_price, "overage_price")
-        if c.id in self.state.contracts:
-            raise AlreadyExists(f"contract {c.id!r} already exists")
+        # Without an id, the contract is named after its customer and start: a customer's contracts never
+        # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
+        contract_id = c.id or _contract_id(customer.id, starting_at_ms)
+        key = f"contract/{contract_id}"
+        print_ = self._repeat(key, c, lambda: self.state.contracts[contract_id])
+        if contract_id in self.state.contracts:
+            raise AlreadyExists(f"contract {contract_id!r} already exists")
         for other in self._contracts_by_customer.get(customer.id, []):
             if other.overlaps(starting_at_ms, c.ending_before_ms):
                 raise FailedPrecondition(f"customer {customer.id!r} already has contract {other.id!r} in that time")
         contract = Contract(
-            c.id,
+            contract_id,
             customer.id,
             card.id,
             starting_at_ms,
@@ -451,9 +520,10 @@ class Engine:
             c.currency or "USD",
             c.at_ms,
         )
-        self.state.contracts[c.id] = contract
+        self.state.contracts[contract_id] = contract
         self._contracts_by_customer.setdefault(customer.id, []).append(contract)
         self._routes.pop(customer.id, None)
+        self._remember(key, print_)
         return contract
 
     def contract(self, contract_id: str) -> Contract:
@@ -481,11 +551,22 @@ class Engine:
             parse_decimal(o.price, "override.price")
         if o.ending_before_ms is not None and o.ending_before_ms <= o.starting_at_ms:
             raise InvalidArgument.field("override.ending_before", "must be after starting_at")
+        if o.id:
+            check_id(o.id, "override.id")
+        else:
+            # Named after its content: two overrides alike in everything are one, so a retry finds this one.
+            o = msgspec.structs.replace(o, id="override-" + fingerprint(c).hex()[:16])
+        key = f"contract/{contract.id}/override/{o.id}"
+        print_ = self._repeat(key, c, lambda: contract)
+        if any(existing.id == o.id for existing in contract.overrides):
+            raise AlreadyExists(f"contract {contract.id!r} already has an override {o.id!r}")
         contract.overrides.append(o)
+        self._remember(key, print_)
         return contract
 
     def _grant_credits(self, c: cmd.GrantCredits) -> Grant:
-        check_id(c.id, "grant.id")
+        if c.id:
+            check_id(c.id, "grant.id")
         if c.contract_id:
             contract = self.contract(c.contract_id)
             if c.customer_id and c.customer_id != contract.customer_id:
@@ -519,7 +600,14 @@ class Engine:
         for index, product_id in enumerate(c.applicable_product_ids):
             if product_id not in self.state.products:
                 raise InvalidArgument.field(f"grant.applicable_product_ids[{index}]", f"unknown product {product_id!r}")
+        if not c.id:
+            # Minting one here would make a retried call grant twice.
+            raise InvalidArgument.field(
+                "grant.id", "is required (or request_id): the key that makes a retried GrantCredits grant once"
+            )
         account = self.state.accounts[customer_id]
+        key = f"grant/{c.id}"
+        print_ = self._repeat(key, c, lambda: next(g for g in account.grants if g.id == c.id))
         if c.id in self._grant_ids:
             raise AlreadyExists(f"grant {c.id!r} already exists")
         self.state.grants_created += 1
@@ -541,6 +629,7 @@ class Engine:
         account.grants.append(grant)
         self._grant_ids.add(grant.id)
         self._burn_orders.pop(customer_id, None)
+        self._remember(key, print_)
         return grant
 
     # Usage -------------------------------------------------------------------------------------------------
@@ -579,7 +668,9 @@ class Engine:
         if not event.event_type:
             raise invalid("event_type is required")
         if event.timestamp_ms <= 0:
-            raise invalid("timestamp_ms is required (Unix milliseconds, UTC)")
+            if event.timestamp_ms == 0:
+                raise invalid("timestamp_ms is required (Unix milliseconds, UTC)")
+            raise invalid(f"timestamp_ms {event.timestamp_ms} must be positive (Unix milliseconds, UTC)")
         if len(event.dimensions) > EVENT_MAP_ENTRIES_MAX or len(event.values) > EVENT_MAP_ENTRIES_MAX:
             raise invalid(f"dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each")
         for key, text in event.dimensions.items():
@@ -859,6 +950,16 @@ class IngestRun:
         self._engine.state.last_seq = self._seq
         return result
 
+    @property
+    def accepts_any(self) -> bool:
+        return self._accepted > 0
+
+    def finish_unjournaled(self) -> IngestResult:
+        """The result of a batch that accepted nothing, which therefore changed no state: it takes no journal
+        record, and `seq` stays free for the next command."""
+        assert self._seq is not None and not self._accepted, "only a batch that accepted nothing"
+        return self.result()
+
 
 def _check_text_map(entries: dict[str, str], field_path: str) -> None:
     if len(entries) > EVENT_MAP_ENTRIES_MAX:
@@ -868,6 +969,20 @@ def _check_text_map(entries: dict[str, str], field_path: str) -> None:
             raise InvalidArgument.field(
                 f"{field_path}[{key[:32]}]", f"keys (non-empty) and values are at most {TEXT_BYTES_MAX} bytes"
             )
+
+
+def _contract_id(customer_id: str, starting_at_ms: int) -> str:
+    """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
+    if starting_at_ms % DAY_MS == 0:
+        suffix = datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")
+    else:
+        suffix = str(starting_at_ms)
+    return f"{customer_id[: 127 - len(suffix)]}-{suffix}"
+
+
+def audit_target(command: cmd.AdminCommand, result: object) -> str:
+    """What an admin command changed, as the audit log and the operator's log name it ("grant/g-1")."""
+    return _audit_target(command, result)
 
 
 def _audit_target(command: cmd.AdminCommand, result: object) -> str:
@@ -883,7 +998,10 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
             return f"rate_card/{card_id}/version/{result.number}"
         case cmd.PublishVersion(rate_card_id=card_id, version=number):
             return f"rate_card/{card_id}/version/{number}"
-        case cmd.CreateContract(id=ident) | cmd.AddOverride(contract_id=ident):
+        case cmd.CreateContract():
+            assert isinstance(result, Contract)
+            return f"contract/{result.id}"
+        case cmd.AddOverride(contract_id=ident):
             return f"contract/{ident}"
         case cmd.GrantCredits(id=ident):
             return f"grant/{ident}"

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import gc
+import importlib.metadata
 import ipaddress
 import logging
+import os
 import signal
-import sys
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,12 +36,13 @@ from tariff.v1 import (
     usage_pb2_grpc,
 )
 
-from server import telemetry
+from engine.state import Engine
+from server import oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
 from server.journal import LmdbJournal
-from server.sequencer import Sequencer, recover_for_writing
+from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover_for_writing
 from server.services import (
     INTAKE_BYTES_MAX_DEFAULT,
     AlertService,
@@ -51,6 +59,7 @@ log = logging.getLogger("tariff")
 
 MESSAGE_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
 SHUTDOWN_GRACE_S = 10.0
+LOCK_FILE = "LOCK"
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class ServeConfig:
     metrics_port: int | None = None
     log_format: str = "text"  # text | json
     log_level: str = "info"  # debug | info | warning | error
+    activity_every_s: float = oplog.ACTIVITY_EVERY_S_DEFAULT
 
 
 # Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
@@ -146,7 +156,73 @@ def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
     )
 
 
+class DataDirLock:
+    """An exclusive lock on a data directory, held for the server's life: `flock` on `<data-dir>/LOCK`.
+
+    The OS drops the lock when the process dies however it dies (kill -9 included), so a lock is never stale;
+    the file holds the holder's pid only to name it in the refusal.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> str | None:
+        """Takes the lock, or returns why not (without writing anything)."""
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the server's life; creates, never truncates
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            return (
+                f"the data directory {self.path.parent} is in use by another Tariff server (pid {holder}); "
+                "stop it, or give this one another --data-dir"
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
+
+
+def listen_failure(listen: str) -> str:
+    """Why binding `listen` failed, in one line: the bind error a plain socket gets on that address."""
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"{listen} is already in use"
+        return f"cannot listen on {listen}: {exc.strerror or exc}"
+    except ValueError:
+        return f"cannot listen on {listen}: not a host:port address"
+    return f"cannot listen on {listen}"
+
+
+def _bind(server: grpc.aio.Server, config: ServeConfig, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        if credentials is not None:
+            port: int = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+        return port
+    except RuntimeError:  # grpc raises on a failed bind (older versions returned 0)
+        return 0
+
+
 async def serve(config: ServeConfig) -> int:
+    started = time.monotonic()
     refusal = listen_refusal(config)
     if refusal is not None:
         log.error("%s", refusal)
@@ -162,7 +238,52 @@ async def serve(config: ServeConfig) -> int:
     except OSError as exc:
         log.error("cannot read a TLS file: %s", exc)
         return 2
-    if keyring is not None and credentials is None and not is_loopback(config.listen):
+
+    recovered: list[Engine] = []  # the engine, once recovered (before the server starts answering)
+
+    def customer_of_contract(contract_id: str) -> str | None:
+        contract = recovered[0].state.contracts.get(contract_id) if recovered else None
+        return contract.customer_id if contract is not None else None
+
+    server = grpc.aio.server(
+        # UndecodableRequests first: a request that does not parse is INVALID_ARGUMENT, whoever sends it.
+        interceptors=[UndecodableRequests(), CallGate(keyring, customer_of_contract, config.concurrent_rpcs_max)],
+        options=[
+            ("grpc.max_receive_message_length", config.message_bytes_max),
+            ("grpc.max_send_message_length", config.message_bytes_max),
+            # gRPC sets SO_REUSEPORT by default: a second server on a taken port would then bind too, and the
+            # two would share connections (and answer from two different states).
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    # Bind first: a taken port must refuse before anything is read, locked or written.
+    if _bind(server, config, credentials) == 0:
+        log.error("%s", listen_failure(config.listen))
+        await server.stop(None)
+        return 2
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(config.data_dir)
+    locked_out = lock.acquire()
+    if locked_out is not None:
+        log.error("%s", locked_out)
+        await server.stop(None)
+        return 2
+    try:
+        return await _serve_locked(config, server, keyring, credentials is not None, started, recovered)
+    finally:
+        lock.release()
+
+
+async def _serve_locked(
+    config: ServeConfig,
+    server: grpc.aio.Server,
+    keyring: Keyring | None,
+    tls: bool,
+    started: float,
+    recovered: list[Engine],
+) -> int:
+    """Recovers, seeds the demo, serves until a signal, shuts down: with the port bound and the data dir locked."""
+    if keyring is not None and not tls and not is_loopback(config.listen):
         log.warning(
             "WARNING: serving %s with API keys but WITHOUT TLS: keys and billing data cross the network in clear "
             "text; use --tls-cert/--tls-key",
@@ -170,10 +291,12 @@ async def serve(config: ServeConfig) -> int:
         )
     if keyring is not None:
         log.info("API keys: %d loaded from %s", len(keyring), config.api_keys)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
-    engine, unindexed = recover_for_writing(journal, future_skew_ms=config.future_skew_ms)
-    log.info("recovered state at journal seq %d", engine.state.last_seq)
+    engine, unindexed = recover_for_writing(
+        journal, future_skew_ms=config.future_skew_ms, progress_every_s=RECOVERY_PROGRESS_EVERY_S
+    )
+    recovery_s = time.monotonic() - started
+    recovered.append(engine)
     tune_garbage_collector()
     freezer = asyncio.create_task(keep_freezing_survivors())
     stop_telemetry = telemetry.configure(telemetry.OtelExporter(config.otel), config.metrics_port)
@@ -189,20 +312,69 @@ async def serve(config: ServeConfig) -> int:
     if config.demo and engine.state.last_seq == 0:
         for command in demo_commands(wall_ms()):
             await sequencer.run(command)
-        log.info("loaded the demo catalogue")
-
-    def customer_of_contract(contract_id: str) -> str | None:
-        contract = engine.state.contracts.get(contract_id)
-        return contract.customer_id if contract is not None else None
-
-    server = grpc.aio.server(
-        # UndecodableRequests first: a request that does not parse is INVALID_ARGUMENT, whoever sends it.
-        interceptors=[UndecodableRequests(), CallGate(keyring, customer_of_contract, config.concurrent_rpcs_max)],
-        options=[
-            ("grpc.max_receive_message_length", config.message_bytes_max),
-            ("grpc.max_send_message_length", config.message_bytes_max),
-        ],
+        log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
+    _add_services(server, engine, sequencer, config)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    await server.start()
+    for name in ["", *SERVICE_NAMES]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    oplog.line(
+        "serving",
+        version=tariff_version(),
+        listen=config.listen,
+        data_dir=config.data_dir,
+        journal_seq=engine.state.last_seq,
+        customers=len(engine.state.customers),
+        recovery_s=round(recovery_s, 2),
     )
+    print(_banner(config, engine.state.last_seq), flush=True)
+    oplog.activity.report(lambda: 0)  # the first interval starts now
+    reporter = asyncio.create_task(report_activity(config.activity_every_s, lambda: journal.stats().used_bytes))
+    await _until_stopped(sequencer)
+
+    # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
+    log.info("shutting down")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(SHUTDOWN_GRACE_S)
+    if sequencer.failure is None:
+        await sequencer.close()
+    reporter.cancel()
+    journal_bytes = journal.stats().used_bytes
+    journal.close()
+    stop_telemetry()
+    freezer.cancel()
+    oplog.line(
+        f"stopped at journal seq {engine.state.last_seq}",
+        journal_bytes=journal_bytes,
+        uptime_s=round(time.monotonic() - started, 1),
+        clean=sequencer.failure is None,
+    )
+    return 1 if sequencer.failure is not None else 0
+
+
+async def _until_stopped(sequencer: Sequencer) -> None:
+    """Until SIGTERM or SIGINT, or the writer stopping (a broken invariant)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    writer_stopped = asyncio.ensure_future(sequencer.stopped.wait())
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), writer_stopped], return_when=asyncio.FIRST_COMPLETED)
+
+
+SERVICE_NAMES = [
+    usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+    balance_pb2.DESCRIPTOR.services_by_name["BalanceService"].full_name,
+    pricing_pb2.DESCRIPTOR.services_by_name["PricingService"].full_name,
+    contracts_pb2.DESCRIPTOR.services_by_name["ContractService"].full_name,
+    invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"].full_name,
+    alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
+]
+
+
+def _add_services(server: grpc.aio.Server, engine: Engine, sequencer: Sequencer, config: ServeConfig) -> None:
     usage = UsageService(engine, sequencer)
     usage.batch_events_max = config.batch_events_max
     usage.stream_batches_in_flight_max = config.stream_batches_in_flight_max
@@ -213,47 +385,22 @@ async def serve(config: ServeConfig) -> int:
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(engine, sequencer), server)
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)
     alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_names = [
-        usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
-        balance_pb2.DESCRIPTOR.services_by_name["BalanceService"].full_name,
-        pricing_pb2.DESCRIPTOR.services_by_name["PricingService"].full_name,
-        contracts_pb2.DESCRIPTOR.services_by_name["ContractService"].full_name,
-        invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"].full_name,
-        alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
-    ]
-    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    if credentials is not None:
-        port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
-    if port == 0:
-        log.error("could not listen on %s", config.listen)
-        return 2
-    await server.start()
-    for name in ["", *service_names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    print(_banner(config, engine.state.last_seq), flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    writer_stopped = asyncio.ensure_future(sequencer.stopped.wait())
-    await asyncio.wait([asyncio.ensure_future(stop.wait()), writer_stopped], return_when=asyncio.FIRST_COMPLETED)
 
-    # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
-    log.info("shutting down")
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(SHUTDOWN_GRACE_S)
-    if sequencer.failure is None:
-        await sequencer.close()
-    journal.close()
-    stop_telemetry()
-    freezer.cancel()
-    log.info("stopped at journal seq %d", engine.state.last_seq)
-    return 1 if sequencer.failure is not None else 0
+async def report_activity(every_s: float, journal_bytes: Callable[[], int]) -> None:
+    """The periodic activity line, only for an interval in which something happened."""
+    while True:
+        await asyncio.sleep(every_s)
+        fields = oplog.activity.report(journal_bytes)
+        if fields is not None:
+            oplog.line("activity", **fields)
+
+
+def tariff_version() -> str:
+    try:
+        return importlib.metadata.version("tariff")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _banner(config: ServeConfig, seq: int) -> str:
@@ -262,9 +409,11 @@ def _banner(config: ServeConfig, seq: int) -> str:
         "  services: UsageService BalanceService PricingService ContractService InvoiceService AlertService, health, reflection",
     ]
     if config.demo:
-        # The examples say what this server needs: TLS (and a CA to trust), an API key.
+        # The examples say what this server needs: TLS (and a CA to trust), an API key; the Python one runs in
+        # the project's venv, where the client is installed.
         transport = f"-cacert {config.tls_cert} " if config.tls_cert is not None else "-plaintext "
         key_header = "-H 'authorization: Bearer $TARIFF_API_KEY' " if config.api_keys is not None else ""
+        imports = "import os; " if config.api_keys is not None else ""
         client_args = ", api_key=os.environ['TARIFF_API_KEY']" if config.api_keys is not None else ""
         if config.tls_cert is not None:
             client_args += f", root_certificates=open('{config.tls_cert}', 'rb').read()"
@@ -273,7 +422,7 @@ def _banner(config: ServeConfig, seq: int) -> str:
             f"{config.listen} tariff.v1.BalanceService/GetBalance"
         )
         lines.append(
-            '  or:      python -c "import os; from tariff import TariffClient; '
+            f'  or:      .venv/bin/python -c "{imports}from tariff import TariffClient; '
             f"print(TariffClient('{config.listen}'{client_args}).get_balance('acme'))\""
         )
     return "\n".join(lines)
@@ -282,5 +431,5 @@ def _banner(config: ServeConfig, seq: int) -> str:
 def run(config: ServeConfig) -> int:
     import uvloop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    oplog.configure(config.log_format, config.log_level)
     return uvloop.run(serve(config))

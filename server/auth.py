@@ -142,6 +142,7 @@ RULES: Mapping[str, Rule] = {
     "/tariff.v1.PricingService/CreateRateCard": _rule(ADMIN, Scope.GLOBAL),
     # Rate cards and versions may name cohort customers: not for a restricted key.
     "/tariff.v1.PricingService/GetRateCard": _rule(_READ, Scope.GLOBAL),
+    "/tariff.v1.PricingService/ListRateCards": _rule(_READ, Scope.GLOBAL),
     "/tariff.v1.PricingService/CreateDraftVersion": _rule(ADMIN, Scope.GLOBAL),
     "/tariff.v1.PricingService/ValidateVersion": _rule(_READ, Scope.GLOBAL),
     "/tariff.v1.PricingService/PublishVersion": _rule(ADMIN, Scope.GLOBAL),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from server import oplog
 from server.admin import add_commands
 
 
@@ -75,12 +76,18 @@ def _mib(value: int) -> int:
     help="OpenTelemetry export: metrics and control-plane traces to stdout, or OTLP/gRPC",
 )
 @click.option("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics  [default: none]")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", help="the server log's format")
+@click.option("--log-format", type=click.Choice(oplog.LOG_FORMATS), default="text", help="the operator's log on stderr")
 @click.option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    type=click.Choice(oplog.LOG_LEVELS, case_sensitive=False),
     default="info",
     help="the least severe log lines written",
+)
+@click.option(
+    "--log-activity-every-s",
+    type=float,
+    default=oplog.ACTIVITY_EVERY_S_DEFAULT,
+    help="seconds between activity lines (written only when there was activity)",
 )
 def serve(
     listen: str,
@@ -104,8 +111,11 @@ def serve(
     metrics_port: int | None,
     log_format: str,
     log_level: str,
+    log_activity_every_s: float,
 ) -> None:
     """Run the gRPC server."""
+    # Before anything imports grpc: gRPC core's own stderr lines must not leak into the operator's log.
+    oplog.quiet_grpc_core(log_level.lower())
     from server.app import ServeConfig, run
 
     config = ServeConfig(
@@ -130,6 +140,7 @@ def serve(
         metrics_port=metrics_port,
         log_format=log_format,
         log_level=log_level.lower(),
+        activity_every_s=log_activity_every_s,
     )
     sys.exit(run(config))
 

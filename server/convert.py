@@ -28,7 +28,7 @@ from engine.ratecard import (
     normalize_match,
 )
 from engine.ratecard import Finding as EngineFinding
-from engine.state import BalanceView, Estimate, IngestResult
+from engine.state import BalanceView, Estimate, IngestResult, check_id
 
 # Proto enum fields take their value's name, which is what the engine's StrEnums hold.
 
@@ -216,6 +216,7 @@ def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, act
         tuple(rate(r, f"upsert_rates[{i}]") for i, r in enumerate(request.upsert_rates)),
         tuple(cmd.RemoveRate(k.product_id, dict(k.match)) for k in request.remove_rates),
         request.change_note,
+        request.request_id,
     )
 
 
@@ -264,11 +265,12 @@ def overage_policy(number: int) -> OveragePolicy:
     return OveragePolicy(name) if name else OveragePolicy.ALLOW
 
 
-def override(message: contracts_pb2.PriceOverride, override_id: str) -> Override:
+def override(message: contracts_pb2.PriceOverride) -> Override:
+    """An empty id is named by the engine, after the override's content (so that a retry finds it)."""
     adjustment = message.WhichOneof("adjustment")
     starting_at_ms = optional_ms(message, "starting_at")
     return Override(
-        id=message.id or override_id,
+        id=message.id,
         product_id=message.product_id,
         match=normalize_match(message.match),
         multiplier=message.multiplier if adjustment == "multiplier" else None,
@@ -279,9 +281,9 @@ def override(message: contracts_pb2.PriceOverride, override_id: str) -> Override
 
 
 def override_pb(o: Override) -> contracts_pb2.PriceOverride:
-    message = contracts_pb2.PriceOverride(
-        id=o.id, product_id=o.product_id, match=o.match, starting_at=timestamp(o.starting_at_ms)
-    )
+    message = contracts_pb2.PriceOverride(id=o.id, product_id=o.product_id, match=o.match)
+    # 0: no start was given (in force from the contract's start); left unset rather than shown as 1970-01-01.
+    set_time(message, "starting_at", o.starting_at_ms or None)
     if o.multiplier is not None:
         message.multiplier = o.multiplier
     if o.price is not None:
@@ -333,17 +335,18 @@ def contract_pb(c: Contract, grants: Iterable[Grant]) -> contracts_pb2.Contract:
     return message
 
 
-def grant_credits(
-    request: contracts_pb2.GrantCreditsRequest, grant_id: str, at_ms: int, actor: str
-) -> cmd.GrantCredits:
+def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor: str) -> cmd.GrantCredits:
+    """The grant's id is its idempotency key: grant.id, or request_id when grant.id is empty."""
     g = request.grant
+    if request.request_id:
+        check_id(request.request_id, "request_id")
     kind_name = _enum_name(contracts_pb2.GrantKind, g.kind)
     if g.kind and kind_name is None:
         raise InvalidArgument.field("grant.kind", f"unknown value {g.kind}")
     return cmd.GrantCredits(
         at_ms,
         actor,
-        g.id or grant_id,
+        g.id or request.request_id,
         g.customer_id,
         g.contract_id,
         GrantKind(kind_name) if kind_name else None,

@@ -18,6 +18,10 @@ UNINDEXED_ENTRIES_MAX) and written to the journal's index in bulk, between group
 After a crash, `recover_for_writing` re-derives the entries of the records the index does not cover yet by
 replaying them, so a resend is a duplicate whether or not its first acceptance had been indexed.
 
+A command that changes nothing gets no journal record and no seq: a usage batch that accepts no event (empty,
+or every event a duplicate or refused), and a retried admin request the state already reflects (the engine
+answers it as the first call was answered). Such a batch is acked with the journal's current seq.
+
 Reads (balances, previews) read the engine's in-memory state directly, between the writer's steps; they may
 see a group (or part of a batch) that is applied but whose commit is still in flight.
 """
@@ -35,9 +39,9 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 
 from engine import commands as cmd
-from engine.errors import EngineError
-from engine.state import FUTURE_SKEW_MS_DEFAULT, Engine, IngestResult
-from server import telemetry
+from engine.errors import EngineError, Repeated
+from engine.state import FUTURE_SKEW_MS_DEFAULT, Engine, IngestResult, audit_target
+from server import oplog, telemetry
 from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.journal import DedupeEntry, Journal, JournalFull
 
@@ -56,6 +60,8 @@ PRUNE_ENTRIES_MAX = 10_000
 SLICE_EVENTS = 32
 # Dedupe entries held in memory before they are written to the index in one transaction (~150 bytes each).
 UNINDEXED_ENTRIES_MAX = 100_000
+# A recovery that takes longer than this says how far it got, every this often.
+RECOVERY_PROGRESS_EVERY_S = 2.0
 
 
 class Outcome(msgspec.Struct, frozen=True, array_like=True):
@@ -89,10 +95,12 @@ def recover(journal: Journal, *, future_skew_ms: int | None = None) -> Engine:
 
 
 def recover_for_writing(
-    journal: Journal, *, future_skew_ms: int | None = None
+    journal: Journal, *, future_skew_ms: int | None = None, progress_every_s: float | None = None
 ) -> tuple[Engine, dict[str, DedupeEntry]]:
     """`recover`, plus the dedupe entries of replayed records that the index does not hold yet (the records
-    after journal.transactions_indexed_through()): what a Sequencer over this journal must start with."""
+    after journal.transactions_indexed_through()): what a Sequencer over this journal must start with.
+
+    With `progress_every_s`, a replay that lasts longer logs a progress line that often (the operator's log)."""
     skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
     snapshot = journal.load_snapshot()
     engine = Engine.from_snapshot(snapshot[1], future_skew_ms=skew_ms) if snapshot else Engine(future_skew_ms=skew_ms)
@@ -101,7 +109,9 @@ def recover_for_writing(
     # The writer indexes before every snapshot, so every record whose ids are missing is replayed here.
     assert engine.state.last_seq <= indexed_through, "a snapshot is newer than the dedupe index"
     unindexed: dict[str, DedupeEntry] = {}
+    progress = _RecoveryProgress(engine.state.last_seq, journal.last_seq(), progress_every_s)
     for seq, blob in journal.read_records(engine.state.last_seq):
+        progress.at(seq)
         record = decode_record(blob)
         result = engine.apply(record.command, seq)
         if record.outcome is not None:
@@ -113,6 +123,32 @@ def recover_for_writing(
                 for transaction_id, digest in result.accepted_transactions.items():
                     unindexed[transaction_id] = DedupeEntry(digest, accepted_at_ms)
     return engine, unindexed
+
+
+class _RecoveryProgress:
+    """Logs `recovery: replayed N of M records` every `every_s` of a long replay; costs a clock read per 1,024."""
+
+    def __init__(self, from_seq: int, to_seq: int, every_s: float | None) -> None:
+        self.from_seq = from_seq
+        self.to_seq = to_seq
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self.next_at = self.started + every_s if every_s is not None else float("inf")
+
+    def at(self, seq: int) -> None:
+        if self.every_s is None or seq % 1024:
+            return
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.next_at = now + self.every_s
+            oplog.line(
+                "recovery in progress",
+                replayed=seq - self.from_seq,
+                of=self.to_seq - self.from_seq,
+                seq=seq,
+                last_seq=self.to_seq,
+                elapsed_s=round(now - self.started, 1),
+            )
 
 
 @dataclasses.dataclass(slots=True)
@@ -135,6 +171,7 @@ class _Group:
     commit: asyncio.Future[None] | None = None
     commit_ms: float = 0.0
     events: int = 0  # usage events in its records
+    changes: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (actor, action, target)
 
     def start(self, writer_thread: ThreadPoolExecutor, journal: Journal) -> None:
         if not self.records:
@@ -334,13 +371,21 @@ class Sequencer:
                 run = self.engine.start_ingest(command, seq)
                 while not run.step(SLICE_EVENTS):
                     await asyncio.sleep(0)
+                if not run.accepts_any:
+                    # Nothing changed: no record, no seq (a resend gets the same answer, as nothing was kept).
+                    group.answers.append((submission, seq - 1, run.finish_unjournaled()))
+                    continue
                 result: object = run.finish()
             else:
                 try:
                     result = self.engine.apply(command, seq)
+                except Repeated as repeat:
+                    group.answers.append((submission, seq - 1, repeat.result))
+                    continue
                 except EngineError as exc:
                     group.answers.append((submission, 0, exc))
                     continue
+                group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
             outcome = None
             if isinstance(result, IngestResult):
                 outcome = Outcome(result.accepted, result.duplicates, len(result.rejections))
@@ -374,6 +419,10 @@ class Sequencer:
             self._unindexed.update(group.transactions)
             telemetry.batch_commit_ms.record(group.commit_ms)
             telemetry.commit_commands.record(len(group.records))
+            oplog.activity.committed(group.commit_ms)
+        for actor, action, target in group.changes:
+            oplog.line("admin change", actor=actor, action=action, target=target)
+        oplog.activity.admin_changes += len(group.changes)
         _count_events(group.answers)
         group.answer()
         return None
@@ -477,16 +526,19 @@ class Sequencer:
 
 
 def _count_events(answered: list[tuple[_Submission, int, object]]) -> None:
-    """Telemetry for a committed group: per batch, never per event."""
+    """Telemetry and the operator's log counters for a committed group: per batch, never per event."""
     for _, _, result in answered:
         if isinstance(result, IngestResult):
             if result.accepted:
                 telemetry.events_ingested.add(result.accepted)
             if result.duplicates:
                 telemetry.events_duplicated.add(result.duplicates)
+            by_reason: collections.Counter[str] = collections.Counter()
             if result.rejections:
-                for reason, count in collections.Counter(r.reason.value for r in result.rejections).items():
+                by_reason.update(r.reason.value for r in result.rejections)
+                for reason, count in by_reason.items():
                     telemetry.events_rejected.add(count, {"reason": reason})
+            oplog.activity.batch(result.accepted, result.duplicates, by_reason)
 
 
 def _events(command: cmd.Command | None) -> int:

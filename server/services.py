@@ -10,7 +10,6 @@ import asyncio
 import bisect
 import collections
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
@@ -34,7 +33,7 @@ from engine.ledger import Grant
 from engine.products import Product
 from engine.ratecard import RateCard, Version
 from engine.state import Engine, Estimate, IngestResult, PublishResult
-from server import auth, convert, telemetry
+from server import auth, convert, oplog, telemetry
 from server.errors import DeadlineExceeded, ResourceExhausted, Unimplemented, check_deadline, streaming, unary
 from server.sequencer import Sequencer
 
@@ -73,25 +72,41 @@ class _Base:
         return result
 
 
-def _not_built(what: str) -> Callable[..., Awaitable[Any]]:
-    """A servicer method for an RPC of the contract whose behaviour is not built yet: UNIMPLEMENTED, saying what."""
+def _not_built(message: str) -> Callable[..., Awaitable[Any]]:
+    """A servicer method for an RPC of the contract whose behaviour is not built yet: UNIMPLEMENTED, with a
+    message that names the missing feature in a user's words, then the RPC (and what to do instead)."""
 
     @unary
     async def method(self: object, request: object, context: Context) -> NoReturn:
-        raise Unimplemented(f"{what} is not implemented yet")
+        raise Unimplemented(message)
 
     return method
 
 
-def _not_built_stream(what: str) -> Callable[..., AsyncIterator[Any]]:
+def _not_built_stream(message: str) -> Callable[..., AsyncIterator[Any]]:
     """The same for a server-streaming RPC: an async generator, which is what interceptors wrap a stream as."""
 
     @streaming
     async def method(self: object, request: object, context: Context) -> AsyncIterator[Any]:
-        raise Unimplemented(f"{what} is not implemented yet")
+        raise Unimplemented(message)
         yield  # unreachable: makes this an async generator
 
     return method
+
+
+def _required(**fields: object) -> None:
+    """INVALID_ARGUMENT naming every empty one of these request fields (an id, a version number)."""
+    missing = [(name, "is required") for name, value in fields.items() if not value]
+    if missing:
+        raise InvalidArgument(missing)
+
+
+def _page(ids: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
+    """One page of sorted ids after `page_token` (the last id of the previous page), and the next token."""
+    size = min(page_size or 100, PAGE_SIZE_MAX)
+    start = bisect.bisect_right(ids, page_token) if page_token else 0
+    page = ids[start : start + size]
+    return page, (page[-1] if page and start + size < len(ids) else "")
 
 
 class IntakeBudget:
@@ -194,6 +209,7 @@ class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
                 in_flight.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        oplog.activity.streams_open += 1
         try:
             while (item := await in_flight.get()) is not None:
                 batch_id, taken, future = item
@@ -207,6 +223,7 @@ class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
                 yield convert.ingest_ack(batch_id, seq, result)
             await reader  # a broken request stream surfaces here
         finally:
+            oplog.activity.streams_open -= 1
             reader.cancel()
             if held_bytes[0]:
                 # Batches read but never answered (the stream broke): give their room back.
@@ -223,7 +240,10 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
 
     def _decide(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
         if request.reserve or request.reservation_id:
-            raise Unimplemented("reservations (reserve, reservation_id) are not implemented yet")
+            raise Unimplemented(
+                "reservations are not available yet: Authorize with reserve or reservation_id; Authorize without "
+                "them answers without holding credit"
+            )
         if not request.customer_id:
             raise InvalidArgument.field("customer_id", "is required")
         if not request.event_type:
@@ -284,8 +304,11 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
         except InvalidArgument as exc:
             return convert.authorize_response(request.request_id, Estimate(False, "INVALID_REQUEST", str(exc), 0, 0))
 
-    ReleaseReservation = _not_built("ReleaseReservation (reservations)")
-    WatchBalance = _not_built_stream("WatchBalance (balance streaming)")
+    ReleaseReservation = _not_built(
+        "reservations are not available yet: ReleaseReservation has nothing to release (Authorize answers without "
+        "holding credit)"
+    )
+    WatchBalance = _not_built_stream("watching a balance is not available yet: WatchBalance; poll GetBalance instead")
 
 
 class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
@@ -312,12 +335,25 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
 
     @unary
     async def GetRateCard(self, request: pricing_pb2.GetRateCardRequest, context: Context) -> pricing_pb2.RateCard:
+        _required(id=request.id)
         return convert.rate_card_pb(self.engine.rate_card(request.id), self.clock_ms())
+
+    @unary
+    async def ListRateCards(
+        self, request: pricing_pb2.ListRateCardsRequest, context: Context
+    ) -> pricing_pb2.ListRateCardsResponse:
+        cards = self.engine.state.rate_cards
+        page, next_token = _page(sorted(cards), request.page_size, request.page_token)
+        now_ms = self.clock_ms()
+        return pricing_pb2.ListRateCardsResponse(
+            rate_cards=[convert.rate_card_pb(cards[i], now_ms) for i in page], next_page_token=next_token
+        )
 
     @unary
     async def CreateDraftVersion(
         self, request: pricing_pb2.CreateDraftVersionRequest, context: Context
     ) -> pricing_pb2.RateCardVersion:
+        _required(rate_card_id=request.rate_card_id)
         version = await self._apply(convert.create_draft(request, self.clock_ms(), actor_of(context)), Version)
         return convert.version_pb(version)
 
@@ -325,6 +361,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     async def ValidateVersion(
         self, request: pricing_pb2.ValidateVersionRequest, context: Context
     ) -> pricing_pb2.ValidationReport:
+        _required(rate_card_id=request.rate_card_id, version=request.version)
         return convert.findings_pb(self.engine.validate_version(request.rate_card_id, request.version))
 
     @unary
@@ -332,7 +369,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.PublishVersionRequest, context: Context
     ) -> pricing_pb2.PublishVersionResponse:
         if request.HasField("cohort") and request.cohort.ByteSize():
-            raise Unimplemented("PublishVersion with a cohort: cohort rollouts are not implemented yet")
+            raise Unimplemented(
+                "cohort rollouts are not available yet: PublishVersion with a cohort; publish to every customer"
+            )
+        _required(rate_card_id=request.rate_card_id, version=request.version)
         command = cmd.PublishVersion(
             self.clock_ms(),
             actor_of(context),
@@ -351,11 +391,13 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     async def ListVersions(
         self, request: pricing_pb2.ListVersionsRequest, context: Context
     ) -> pricing_pb2.ListVersionsResponse:
+        _required(rate_card_id=request.rate_card_id)
         card = self.engine.rate_card(request.rate_card_id)
         return pricing_pb2.ListVersionsResponse(versions=[convert.version_pb(v) for v in card.versions])
 
     @unary
     async def GetVersion(self, request: pricing_pb2.GetVersionRequest, context: Context) -> pricing_pb2.RateCardVersion:
+        _required(rate_card_id=request.rate_card_id)
         card = self.engine.rate_card(request.rate_card_id)
         if request.WhichOneof("selector") == "at":
             number = card.version_number_at(convert.ms_of(request.at))
@@ -388,9 +430,16 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
                 break
         return pricing_pb2.GetAuditLogResponse(entries=entries)
 
-    RollbackRateCard = _not_built("RollbackRateCard")
-    DiffVersions = _not_built("DiffVersions")
-    SimulateVersion = _not_built("SimulateVersion")
+    RollbackRateCard = _not_built(
+        "rolling a rate card back is not available yet: RollbackRateCard; create a draft based on the earlier "
+        "version (CreateDraftVersion based_on_version) and publish it"
+    )
+    DiffVersions = _not_built(
+        "comparing two rate card versions is not available yet: DiffVersions; read both with GetVersion"
+    )
+    SimulateVersion = _not_built(
+        "simulating a rate card version on recorded usage is not available yet: SimulateVersion"
+    )
 
 
 class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
@@ -406,19 +455,15 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
 
     @unary
     async def GetCustomer(self, request: contracts_pb2.GetCustomerRequest, context: Context) -> contracts_pb2.Customer:
+        _required(id=request.id)
         return convert.customer_pb(self.engine.customer(request.id))
 
     @unary
     async def ListCustomers(
         self, request: contracts_pb2.ListCustomersRequest, context: Context
     ) -> contracts_pb2.ListCustomersResponse:
-        page_size = min(request.page_size or 100, PAGE_SIZE_MAX)
         ids = sorted(auth.visible_customers(self.engine.state.customers))  # a restricted key sees its own only
-        start = 0
-        if request.page_token:
-            start = bisect.bisect_right(ids, request.page_token)
-        page = ids[start : start + page_size]
-        next_token = page[-1] if start + page_size < len(ids) and page else ""
+        page, next_token = _page(ids, request.page_size, request.page_token)
         return contracts_pb2.ListCustomersResponse(
             customers=[convert.customer_pb(self.engine.state.customers[i]) for i in page], next_page_token=next_token
         )
@@ -434,7 +479,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         command = cmd.CreateContract(
             self.clock_ms(),
             actor_of(context),
-            request.id or f"{request.customer_id}-{uuid.uuid4().hex[:8]}",
+            request.id,  # empty: the engine names it after the customer and the start (see the proto)
             request.customer_id,
             request.rate_card_id,
             convert.optional_ms(request, "starting_at"),
@@ -453,35 +498,42 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
 
     @unary
     async def GetContract(self, request: contracts_pb2.GetContractRequest, context: Context) -> contracts_pb2.Contract:
+        _required(id=request.id)
         return self._contract_pb(request.id)
 
     @unary
     async def AddOverride(self, request: contracts_pb2.AddOverrideRequest, context: Context) -> contracts_pb2.Contract:
+        _required(contract_id=request.contract_id)
         at_ms = self.clock_ms()
-        override = convert.override(request.override, f"override-{uuid.uuid4().hex[:12]}")
+        override = convert.override(request.override)
         contract = await self._apply(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override), Contract)
         return self._contract_pb(contract.id)
 
     @unary
     async def GrantCredits(self, request: contracts_pb2.GrantCreditsRequest, context: Context) -> contracts_pb2.Grant:
-        command = convert.grant_credits(request, f"grant-{uuid.uuid4().hex[:16]}", self.clock_ms(), actor_of(context))
+        command = convert.grant_credits(request, self.clock_ms(), actor_of(context))
         grant = await self._apply(command, Grant)
         return convert.grant_pb(grant)
 
-    SetTopUpPolicy = _not_built("SetTopUpPolicy (automatic top-ups)")
+    SetTopUpPolicy = _not_built(
+        "automatic top-ups are not available yet: SetTopUpPolicy; grant credit with GrantCredits instead"
+    )
 
 
 class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
     """Invoices and revenue reports come with the invoicing issue; every RPC says so."""
 
-    PreviewInvoice = _not_built("PreviewInvoice (invoices; for balances use BalanceService.GetBalance)")
-    ExplainLineItem = _not_built("ExplainLineItem")
-    ClosePeriod = _not_built("ClosePeriod")
-    GetInvoice = _not_built("GetInvoice")
-    ListInvoices = _not_built("ListInvoices")
-    GetRevenueReport = _not_built("GetRevenueReport")
+    PreviewInvoice = _not_built(
+        "invoices are not available yet: PreviewInvoice; for what a customer has used and owes, use "
+        "BalanceService.GetBalance"
+    )
+    ExplainLineItem = _not_built("invoices are not available yet: ExplainLineItem has no invoice line to explain")
+    ClosePeriod = _not_built("closing a billing period (it makes the invoice) is not available yet: ClosePeriod")
+    GetInvoice = _not_built("invoices are not available yet: GetInvoice")
+    ListInvoices = _not_built("invoices are not available yet: ListInvoices")
+    GetRevenueReport = _not_built("revenue reports are not available yet: GetRevenueReport")
 
 
 class AlertService(alerts_pb2_grpc.AlertServiceServicer):
-    CreateAlert = _not_built("CreateAlert (alerts)")
-    WatchAlerts = _not_built_stream("WatchAlerts (alerts)")
+    CreateAlert = _not_built("alerts are not available yet: CreateAlert")
+    WatchAlerts = _not_built_stream("alerts are not available yet: WatchAlerts")

@@ -27,7 +27,7 @@ from decimal import Decimal
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
-from tariff import TariffClient, TariffError, error_from_rpc, now_ms
+from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
@@ -71,8 +71,8 @@ def expect_error(code: grpc.StatusCode, call: Callable[[], object]) -> TariffErr
     """Runs a call that must fail with `code` (never UNKNOWN) and a message; returns the typed error."""
     try:
         call()
-    except grpc.RpcError as exc:
-        error = error_from_rpc(exc)
+    except TariffError as exc:  # the client's stubs raise its typed errors
+        error = exc
     else:
         raise AssertionError(f"expected {code.name}, the call succeeded")
     assert error.code != S.UNKNOWN, f"a client mistake answered UNKNOWN: {error}"
@@ -543,8 +543,7 @@ def test_publishing_over_already_rated_usage_rerates_it_or_refuses_as_unimplemen
         request = pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(h1))
         try:
             response = client.pricing.PublishVersion(request)
-        except grpc.RpcError as exc:
-            error = error_from_rpc(exc)
+        except TariffError as error:
             assert error.code == S.UNIMPLEMENTED, error
             version = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=2))
             assert version.state == pricing_pb2.DRAFT
@@ -766,9 +765,13 @@ def test_not_found_already_exists_and_failed_precondition(server_factory: Server
             lambda: client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=CUSTOMER, name="again")),
         )
         assert CUSTOMER in error.details
+        # The same id with other fields is a clash (the same request again is a retry: tests/test_idempotency.py).
+        renamed = pricing_pb2.Product()
+        renamed.CopyFrom(cat.products[0])
+        renamed.name = "another name"
         expect_error(
             S.ALREADY_EXISTS,
-            lambda: client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=cat.products[0])),
+            lambda: client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=renamed)),
         )
         expect_error(
             S.ALREADY_EXISTS,

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from server.admin.output import pairs, print_fields, print_json, print_table, when
-from server.admin.remote import Remote, fail, remote_command
+from server.admin.remote import Remote, remote_command
 
 if TYPE_CHECKING:
-    from tariff import TariffClient
     from tariff.v1 import pricing_pb2
-
-LIST_RATE_CARDS = "/tariff.v1.PricingService/ListRateCards"
 
 
 def price_text(rate: pricing_pb2.Rate) -> str:
@@ -79,26 +75,6 @@ def version_rows(versions: Any) -> list[tuple[Any, ...]]:
 VERSION_COLUMNS = ("version", "state", "based on", "effective from", "created by", "change note")
 
 
-def all_rate_cards(client: TariffClient, page_size: int) -> Iterator[Any]:
-    """Every rate card through the paged ListRateCards."""
-    from tariff.v1 import pricing_pb2
-
-    request_type = getattr(pricing_pb2, "ListRateCardsRequest", None)
-    list_rate_cards = getattr(client.pricing, "ListRateCards", None)
-    if request_type is None or list_rate_cards is None:
-        # A contract without ListRateCards: ask all the same, so the answer (UNIMPLEMENTED) is the server's own.
-        call = client.channel.unary_unary(LIST_RATE_CARDS, request_serializer=bytes, response_deserializer=bytes)
-        call(b"", metadata=client.metadata, timeout=client.default_timeout_s)
-        fail("the server answered ListRateCards, which this client's contract does not have: upgrade tariff")
-    token = ""
-    while True:
-        page = list_rate_cards(request_type(page_size=page_size, page_token=token))
-        yield from page.rate_cards
-        token = page.next_page_token
-        if not token:
-            return
-
-
 @click.group()
 def ratecards() -> None:
     """Look at and create rate cards (their versions: `tariff ratecard`)."""
@@ -110,7 +86,7 @@ def ratecards() -> None:
 def list_rate_cards(remote: Remote, page_size: int) -> None:
     """Every rate card (all pages)."""
     with remote.client() as client:
-        found = list(all_rate_cards(client, page_size))
+        found = client.list_rate_cards(page_size=page_size)
     if remote.as_json:
         print_json({"rate_cards": found})
         return

@@ -114,6 +114,7 @@ async def _seed_customer(contracts: contracts_pb2_grpc.ContractServiceStub, inde
     await contracts.GrantCredits(
         contracts_pb2.GrantCreditsRequest(
             grant=contracts_pb2.Grant(
+                id=f"{customer}-prepaid",  # the key that makes a retried grant grant once
                 customer_id=customer,
                 contract_id=contract.id,
                 kind=contracts_pb2.PREPAID,

@@ -6,9 +6,10 @@ Four layers, thinnest first:
   ``client.contracts``, ``client.invoices``, ``client.alerts``, ``client.health``), so nothing in
   the contract (``proto/tariff/v1``) is out of reach. They go through a small channel proxy that
   adds the ``authorization: Bearer KEY`` metadata when an API key is given and a default deadline
-  to every unary call that does not pass its own ``timeout``.
-- Convenience methods (``get_balance``, ``authorize``, ``ingest_batch``, ``wait_ready``) with a
-  deadline on every call; they raise the typed errors below instead of ``grpc.RpcError``.
+  to every unary call that does not pass its own ``timeout``, and raises the typed errors below
+  (``error_from_rpc``) instead of ``grpc.RpcError``, on the call and while reading a stream.
+- Convenience methods (``get_balance``, ``authorize``, ``ingest_batch``, ``wait_ready``, ``list_rate_cards``)
+  with a deadline on every call; they raise the same typed errors.
 - ``UsageStream``: batches over the bidi ``IngestUsage`` RPC with a bounded number of batches in
   flight, acks matched to sends by order, and reconnect-and-resend of every unacknowledged batch
   (same transaction ids: the server dedupes them) when the stream breaks.
@@ -51,6 +52,7 @@ from tariff.v1 import (
     balance_pb2_grpc,
     contracts_pb2_grpc,
     invoices_pb2_grpc,
+    pricing_pb2,
     pricing_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
@@ -350,25 +352,112 @@ class _CallableProxy:
         return self._inner.future(*args, **self._kwargs(kwargs))
 
 
-class _ChannelProxy:
-    """What the generated stubs are built on: the real channel, seen through _CallableProxy."""
+class _TypedStream:
+    """A streaming call (sync) whose failures, raised while iterating, are the typed errors."""
 
-    def __init__(self, channel: Any, metadata: Metadata, unary_timeout_s: float | None) -> None:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from e
+
+    def __getattr__(self, name: str) -> Any:  # cancel(), code(), trailing_metadata(), ...
+        return getattr(self._call, name)
+
+
+class _TypedAioCall:
+    """A ``grpc.aio`` call whose failures, when awaited, read or iterated, are the typed errors."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __await__(self) -> Any:
+        try:
+            return (yield from self._call.__await__())
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from e
+
+    async def _typed_iter(self) -> AsyncIterator[Any]:
+        try:
+            async for item in self._call:
+                yield item
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from e
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._typed_iter()
+
+    async def read(self) -> Any:
+        try:
+            return await self._call.read()
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from e
+
+    def __getattr__(self, name: str) -> Any:  # write(), done_writing(), cancel(), ...
+        return getattr(self._call, name)
+
+
+class _TypedCallable:
+    """A stub's multi-callable raising the typed errors (``error_from_rpc``), as the client's own methods do."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: _CallableProxy) -> None:
+        self._inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = self._inner(*args, **kwargs)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from e
+        if isinstance(result, grpc.aio.Call):
+            return _TypedAioCall(result)
+        if isinstance(result, grpc.Call) and hasattr(result, "__next__"):
+            return _TypedStream(result)
+        return result
+
+    def with_call(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._inner.with_call(*args, **kwargs)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from e
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        # A grpc.Future: its result() raises grpc.RpcError; error_from_rpc() turns one into the typed error.
+        return self._inner.future(*args, **kwargs)
+
+
+class _ChannelProxy:
+    """What the generated stubs are built on: the real channel, seen through _CallableProxy (and, for the
+    public stubs, _TypedCallable)."""
+
+    def __init__(self, channel: Any, metadata: Metadata, unary_timeout_s: float | None, *, typed: bool) -> None:
         self._channel = channel
         self._metadata = metadata
         self._unary_timeout_s = unary_timeout_s
+        self._typed = typed
 
-    def unary_unary(self, *args: Any, **kwargs: Any) -> _CallableProxy:
-        return _CallableProxy(self._channel.unary_unary(*args, **kwargs), self._metadata, self._unary_timeout_s)
+    def _wrap(self, inner: Any, timeout_s: float | None) -> _CallableProxy | _TypedCallable:
+        proxy = _CallableProxy(inner, self._metadata, timeout_s)
+        return _TypedCallable(proxy) if self._typed else proxy
 
-    def unary_stream(self, *args: Any, **kwargs: Any) -> _CallableProxy:
-        return _CallableProxy(self._channel.unary_stream(*args, **kwargs), self._metadata, None)
+    def unary_unary(self, *args: Any, **kwargs: Any) -> _CallableProxy | _TypedCallable:
+        return self._wrap(self._channel.unary_unary(*args, **kwargs), self._unary_timeout_s)
 
-    def stream_unary(self, *args: Any, **kwargs: Any) -> _CallableProxy:
-        return _CallableProxy(self._channel.stream_unary(*args, **kwargs), self._metadata, None)
+    def unary_stream(self, *args: Any, **kwargs: Any) -> _CallableProxy | _TypedCallable:
+        return self._wrap(self._channel.unary_stream(*args, **kwargs), None)
 
-    def stream_stream(self, *args: Any, **kwargs: Any) -> _CallableProxy:
-        return _CallableProxy(self._channel.stream_stream(*args, **kwargs), self._metadata, None)
+    def stream_unary(self, *args: Any, **kwargs: Any) -> _CallableProxy | _TypedCallable:
+        return self._wrap(self._channel.stream_unary(*args, **kwargs), None)
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> _CallableProxy | _TypedCallable:
+        return self._wrap(self._channel.stream_stream(*args, **kwargs), None)
 
 
 def _channel_options(overrides: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -425,16 +514,22 @@ _WAIT_READY_RETRY_CODES: Final = frozenset(
 
 
 class _Stubs:
-    """The raw generated stubs of every service, sharing one channel."""
+    """The generated stubs of every service, sharing one channel: public ones that raise the typed errors, and
+    untyped ones for the helpers here that look at grpc's own errors (stream resends, wait_ready)."""
 
-    def _init_stubs(self, channel: _ChannelProxy) -> None:
-        self.usage = usage_pb2_grpc.UsageServiceStub(channel)  # type: ignore[no-untyped-call]
-        self.balance = balance_pb2_grpc.BalanceServiceStub(channel)  # type: ignore[no-untyped-call]
-        self.pricing = pricing_pb2_grpc.PricingServiceStub(channel)  # type: ignore[no-untyped-call]
-        self.contracts = contracts_pb2_grpc.ContractServiceStub(channel)  # type: ignore[no-untyped-call]
-        self.invoices = invoices_pb2_grpc.InvoiceServiceStub(channel)  # type: ignore[no-untyped-call]
-        self.alerts = alerts_pb2_grpc.AlertServiceStub(channel)  # type: ignore[no-untyped-call]
-        self.health = health_pb2_grpc.HealthStub(channel)
+    def _init_stubs(self, channel: Any, metadata: Metadata, unary_timeout_s: float | None) -> None:
+        typed = _ChannelProxy(channel, metadata, unary_timeout_s, typed=True)
+        raw = _ChannelProxy(channel, metadata, unary_timeout_s, typed=False)
+        self.usage = usage_pb2_grpc.UsageServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.balance = balance_pb2_grpc.BalanceServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.pricing = pricing_pb2_grpc.PricingServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.contracts = contracts_pb2_grpc.ContractServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.invoices = invoices_pb2_grpc.InvoiceServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.alerts = alerts_pb2_grpc.AlertServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.health = health_pb2_grpc.HealthStub(typed)
+        self._raw_usage = usage_pb2_grpc.UsageServiceStub(raw)  # type: ignore[no-untyped-call]
+        self._raw_balance = balance_pb2_grpc.BalanceServiceStub(raw)  # type: ignore[no-untyped-call]
+        self._raw_health = health_pb2_grpc.HealthStub(raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,7 +572,7 @@ class AsyncTariffClient(_Stubs):
             self.channel: grpc.aio.Channel = grpc.aio.insecure_channel(target, options=options)
         else:
             self.channel = grpc.aio.secure_channel(target, credentials, options=options)
-        self._init_stubs(_ChannelProxy(self.channel, self.metadata, default_timeout_s))
+        self._init_stubs(self.channel, self.metadata, default_timeout_s)
 
     async def __aenter__(self) -> Self:
         return self
@@ -497,7 +592,7 @@ class AsyncTariffClient(_Stubs):
     async def get_balance(self, customer_id: str, *, timeout_s: float | None = None) -> balance_pb2.Balance:
         """The customer's credit balance now (``BalanceService.GetBalance``)."""
         try:
-            balance: balance_pb2.Balance = await self.balance.GetBalance(
+            balance: balance_pb2.Balance = await self._raw_balance.GetBalance(
                 balance_pb2.GetBalanceRequest(customer_id=customer_id), timeout=self._timeout(timeout_s)
             )
         except grpc.RpcError as e:
@@ -525,7 +620,7 @@ class AsyncTariffClient(_Stubs):
             customer_id, event_type, dimensions, values, request_id, reserve, reservation_ttl_s, reservation_id
         )
         try:
-            response: balance_pb2.AuthorizeResponse = await self.balance.Authorize(
+            response: balance_pb2.AuthorizeResponse = await self._raw_balance.Authorize(
                 request, timeout=self._timeout(timeout_s)
             )
         except grpc.RpcError as e:
@@ -546,10 +641,26 @@ class AsyncTariffClient(_Stubs):
         """
         batch = _to_batch(events, batch_id)
         try:
-            ack: usage_pb2.IngestAck = await self.usage.IngestUsageBatch(batch, timeout=self._timeout(timeout_s))
+            ack: usage_pb2.IngestAck = await self._raw_usage.IngestUsageBatch(batch, timeout=self._timeout(timeout_s))
         except grpc.RpcError as e:
             raise error_from_rpc(e) from e
         return ack
+
+    async def list_rate_cards(
+        self, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> list[pricing_pb2.RateCard]:
+        """Every rate card, in id order (``PricingService.ListRateCards``, read a page at a time)."""
+        cards: list[pricing_pb2.RateCard] = []
+        token = ""
+        while True:
+            page: pricing_pb2.ListRateCardsResponse = await self.pricing.ListRateCards(
+                pricing_pb2.ListRateCardsRequest(page_size=page_size, page_token=token),
+                timeout=self._timeout(timeout_s),
+            )
+            cards.extend(page.rate_cards)
+            token = page.next_page_token
+            if not token:
+                return cards
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Waits until ``grpc.health.v1.Health/Check("")`` answers SERVING.
@@ -565,7 +676,7 @@ class AsyncTariffClient(_Stubs):
             if remaining <= 0:
                 raise DeadlineExceeded(f"{self.target} not SERVING after {timeout_s:g} s (last: {last})")
             try:
-                reply = await self.health.Check(
+                reply = await self._raw_health.Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=min(remaining, 2.0), wait_for_ready=True
                 )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -586,7 +697,7 @@ class AsyncTariffClient(_Stubs):
     ) -> UsageStream:
         """A ``UsageStream`` over this client's channel (use it with ``async with``)."""
         return UsageStream(
-            self.usage,
+            self._raw_usage,
             max_in_flight_batches=max_in_flight_batches,
             retry=retry,
             ack_timeout_s=ack_timeout_s,
@@ -629,7 +740,7 @@ class AsyncTariffClient(_Stubs):
         from tariff.gateway import AuthorizeBatcher
 
         return AuthorizeBatcher(
-            self.balance,
+            self._raw_balance,
             max_delay_ms=max_delay_ms,
             batch_requests_max=batch_requests_max,
             batches_in_flight_max=batches_in_flight_max,
@@ -1323,7 +1434,7 @@ class TariffClient(_Stubs):
             self.channel: grpc.Channel = grpc.insecure_channel(target, options=options)
         else:
             self.channel = grpc.secure_channel(target, credentials, options=options)
-        self._init_stubs(_ChannelProxy(self.channel, self.metadata, default_timeout_s))
+        self._init_stubs(self.channel, self.metadata, default_timeout_s)
 
     def __enter__(self) -> Self:
         return self
@@ -1342,7 +1453,7 @@ class TariffClient(_Stubs):
     def get_balance(self, customer_id: str, *, timeout_s: float | None = None) -> balance_pb2.Balance:
         """The customer's credit balance now (``BalanceService.GetBalance``)."""
         try:
-            balance: balance_pb2.Balance = self.balance.GetBalance(
+            balance: balance_pb2.Balance = self._raw_balance.GetBalance(
                 balance_pb2.GetBalanceRequest(customer_id=customer_id), timeout=self._timeout(timeout_s)
             )
         except grpc.RpcError as e:
@@ -1367,7 +1478,9 @@ class TariffClient(_Stubs):
             customer_id, event_type, dimensions, values, request_id, reserve, reservation_ttl_s, reservation_id
         )
         try:
-            response: balance_pb2.AuthorizeResponse = self.balance.Authorize(request, timeout=self._timeout(timeout_s))
+            response: balance_pb2.AuthorizeResponse = self._raw_balance.Authorize(
+                request, timeout=self._timeout(timeout_s)
+            )
         except grpc.RpcError as e:
             raise error_from_rpc(e) from e
         return response
@@ -1382,10 +1495,24 @@ class TariffClient(_Stubs):
         """Sends one batch with the unary ``IngestUsageBatch`` and returns its ack once durable."""
         batch = _to_batch(events, batch_id)
         try:
-            ack: usage_pb2.IngestAck = self.usage.IngestUsageBatch(batch, timeout=self._timeout(timeout_s))
+            ack: usage_pb2.IngestAck = self._raw_usage.IngestUsageBatch(batch, timeout=self._timeout(timeout_s))
         except grpc.RpcError as e:
             raise error_from_rpc(e) from e
         return ack
+
+    def list_rate_cards(self, *, page_size: int = 0, timeout_s: float | None = None) -> list[pricing_pb2.RateCard]:
+        """Every rate card, in id order (``PricingService.ListRateCards``, read a page at a time)."""
+        cards: list[pricing_pb2.RateCard] = []
+        token = ""
+        while True:
+            page: pricing_pb2.ListRateCardsResponse = self.pricing.ListRateCards(
+                pricing_pb2.ListRateCardsRequest(page_size=page_size, page_token=token),
+                timeout=self._timeout(timeout_s),
+            )
+            cards.extend(page.rate_cards)
+            token = page.next_page_token
+            if not token:
+                return cards
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Waits until ``grpc.health.v1.Health/Check("")`` answers SERVING (see the async client)."""
@@ -1396,7 +1523,7 @@ class TariffClient(_Stubs):
             if remaining <= 0:
                 raise DeadlineExceeded(f"{self.target} not SERVING after {timeout_s:g} s (last: {last})")
             try:
-                reply = self.health.Check(
+                reply = self._raw_health.Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=min(remaining, 2.0), wait_for_ready=True
                 )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:

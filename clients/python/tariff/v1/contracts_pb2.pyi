@@ -216,10 +216,12 @@ class Grant(_message.Message):
     def __init__(self, id: _Optional[str] = ..., customer_id: _Optional[str] = ..., contract_id: _Optional[str] = ..., kind: _Optional[_Union[GrantKind, str]] = ..., amount: _Optional[str] = ..., paid_amount: _Optional[str] = ..., priority: _Optional[int] = ..., applicable_product_ids: _Optional[_Iterable[str]] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollover_fraction: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GrantCreditsRequest(_message.Message):
-    __slots__ = ("grant",)
+    __slots__ = ("grant", "request_id")
     GRANT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     grant: Grant
-    def __init__(self, grant: _Optional[_Union[Grant, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, grant: _Optional[_Union[Grant, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SetTopUpPolicyRequest(_message.Message):
     __slots__ = ("contract_id", "top_up")

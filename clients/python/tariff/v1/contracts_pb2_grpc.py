@@ -80,7 +80,8 @@ class ContractServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateCustomer(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Key: id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -98,7 +99,9 @@ class ContractServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateContract(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Key: id; when empty, the customer and the start (a customer's contracts
+        never overlap).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -110,13 +113,15 @@ class ContractServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddOverride(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Key: override.id; when empty, the override's content.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GrantCredits(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Key: grant.id, or request_id when grant.id is empty (one of them is required).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -259,8 +259,24 @@ class GetRateCardRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
+class ListRateCardsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRateCardsResponse(_message.Message):
+    __slots__ = ("rate_cards", "next_page_token")
+    RATE_CARDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    rate_cards: _containers.RepeatedCompositeFieldContainer[RateCard]
+    next_page_token: str
+    def __init__(self, rate_cards: _Optional[_Iterable[_Union[RateCard, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class CreateDraftVersionRequest(_message.Message):
-    __slots__ = ("rate_card_id", "based_on_version", "set_parameters", "upsert_rates", "remove_rates", "change_note", "remove_parameters")
+    __slots__ = ("rate_card_id", "based_on_version", "set_parameters", "upsert_rates", "remove_rates", "change_note", "remove_parameters", "request_id")
     class SetParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +291,7 @@ class CreateDraftVersionRequest(_message.Message):
     REMOVE_RATES_FIELD_NUMBER: _ClassVar[int]
     CHANGE_NOTE_FIELD_NUMBER: _ClassVar[int]
     REMOVE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     rate_card_id: str
     based_on_version: int
     set_parameters: _containers.ScalarMap[str, str]
@@ -282,7 +299,8 @@ class CreateDraftVersionRequest(_message.Message):
     remove_rates: _containers.RepeatedCompositeFieldContainer[RateKey]
     change_note: str
     remove_parameters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, rate_card_id: _Optional[str] = ..., based_on_version: _Optional[int] = ..., set_parameters: _Optional[_Mapping[str, str]] = ..., upsert_rates: _Optional[_Iterable[_Union[Rate, _Mapping]]] = ..., remove_rates: _Optional[_Iterable[_Union[RateKey, _Mapping]]] = ..., change_note: _Optional[str] = ..., remove_parameters: _Optional[_Iterable[str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, rate_card_id: _Optional[str] = ..., based_on_version: _Optional[int] = ..., set_parameters: _Optional[_Mapping[str, str]] = ..., upsert_rates: _Optional[_Iterable[_Union[Rate, _Mapping]]] = ..., remove_rates: _Optional[_Iterable[_Union[RateKey, _Mapping]]] = ..., change_note: _Optional[str] = ..., remove_parameters: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ValidateVersionRequest(_message.Message):
     __slots__ = ("rate_card_id", "version")

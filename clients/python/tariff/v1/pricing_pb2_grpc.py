@@ -54,6 +54,11 @@ class PricingServiceStub:
                 request_serializer=tariff_dot_v1_dot_pricing__pb2.GetRateCardRequest.SerializeToString,
                 response_deserializer=tariff_dot_v1_dot_pricing__pb2.RateCard.FromString,
                 _registered_method=True)
+        self.ListRateCards = channel.unary_unary(
+                '/tariff.v1.PricingService/ListRateCards',
+                request_serializer=tariff_dot_v1_dot_pricing__pb2.ListRateCardsRequest.SerializeToString,
+                response_deserializer=tariff_dot_v1_dot_pricing__pb2.ListRateCardsResponse.FromString,
+                _registered_method=True)
         self.CreateDraftVersion = channel.unary_unary(
                 '/tariff.v1.PricingService/CreateDraftVersion',
                 request_serializer=tariff_dot_v1_dot_pricing__pb2.CreateDraftVersionRequest.SerializeToString,
@@ -105,7 +110,8 @@ class PricingServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateProduct(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Key: product.id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -117,7 +123,8 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateRateCard(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Key: id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -128,8 +135,16 @@ class PricingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRateCards(self, request, context):
+        """Every rate card, in id order, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateDraftVersion(self, request, context):
-        """A new DRAFT version: its base plus the changes.
+        """A new DRAFT version: its base plus the changes. Key: request_id (without
+        one, a retry may leave a second, unused draft; drafts price nothing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,7 +157,9 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishVersion(self, request, context):
-        """Validates first; refuses with INVALID_ARGUMENT and the findings.
+        """Validates first; refuses with INVALID_ARGUMENT and the findings. Key:
+        rate_card_id and version: publishing a published version again, with the
+        same effective_from or none, answers as the first call did.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +225,11 @@ def add_PricingServiceServicer_to_server(servicer, server):
                     servicer.GetRateCard,
                     request_deserializer=tariff_dot_v1_dot_pricing__pb2.GetRateCardRequest.FromString,
                     response_serializer=tariff_dot_v1_dot_pricing__pb2.RateCard.SerializeToString,
+            ),
+            'ListRateCards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRateCards,
+                    request_deserializer=tariff_dot_v1_dot_pricing__pb2.ListRateCardsRequest.FromString,
+                    response_serializer=tariff_dot_v1_dot_pricing__pb2.ListRateCardsResponse.SerializeToString,
             ),
             'CreateDraftVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDraftVersion,
@@ -363,6 +385,33 @@ class PricingService:
             '/tariff.v1.PricingService/GetRateCard',
             tariff_dot_v1_dot_pricing__pb2.GetRateCardRequest.SerializeToString,
             tariff_dot_v1_dot_pricing__pb2.RateCard.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRateCards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tariff.v1.PricingService/ListRateCards',
+            tariff_dot_v1_dot_pricing__pb2.ListRateCardsRequest.SerializeToString,
+            tariff_dot_v1_dot_pricing__pb2.ListRateCardsResponse.FromString,
             options,
             channel_credentials,
             insecure,

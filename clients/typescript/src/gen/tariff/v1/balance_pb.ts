@@ -172,7 +172,9 @@ export type Balance = Message<"tariff.v1.Balance"> & {
   overageAmount: string;
 
   /**
-   * The journal sequence number this balance reflects.
+   * The journal sequence number this balance reflects: it counts the records
+   * that changed state (admin changes and batches that accepted at least one
+   * event), so a batch that accepts nothing does not move it.
    *
    * @generated from field: uint64 as_of_seq = 8;
    */

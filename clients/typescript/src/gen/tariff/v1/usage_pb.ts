@@ -178,6 +178,9 @@ export type IngestAck = Message<"tariff.v1.IngestAck"> & {
 
   /**
    * The journal sequence number of the record that made this batch durable.
+   * A batch that accepts nothing (empty, or every event a duplicate or
+   * rejected) changes no state and is not journaled: journal_seq is then the
+   * journal's current seq, and a resend gets the same answer.
    *
    * @generated from field: uint64 journal_seq = 5;
    */

@@ -1,0 +1,136 @@
+"""The operator's log in-process (server/oplog.py, the writer's admin-change lines, recovery progress), and the
+writer's handling of commands that change nothing. The same log from a real server: tests/test_server_startup.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+
+import pytest
+
+from engine import commands as cmd
+from server import oplog
+from server.demo import demo_commands
+from server.journal import MemoryJournal
+from server.sequencer import JournalRecord, Sequencer, encode_record, recover_for_writing
+from tests.test_sequencer import NOW_MS, batch, event, run_with
+
+
+def customer(index: int) -> cmd.CreateCustomer:
+    return cmd.CreateCustomer(NOW_MS, "ops", f"c-{index}", f"Customer {index}", {})
+
+
+def test_a_long_recovery_says_how_far_it_got(caplog: pytest.LogCaptureFixture) -> None:
+    journal = MemoryJournal()  # records only, no snapshot: all of them are replayed
+    journal.commit([(seq, encode_record(JournalRecord(customer(seq)))) for seq in range(1, 2_101)], {})
+    last_seq = journal.last_seq()
+    with caplog.at_level(logging.INFO, logger="tariff"):
+        recover_for_writing(journal, progress_every_s=0.0)  # 0: a line at every check (one per 1,024 records)
+    progress = [r for r in caplog.records if r.getMessage() == "recovery in progress"]
+    assert [r.fields["seq"] for r in progress] == [1_024, 2_048]  # type: ignore[attr-defined]
+    assert {r.fields["last_seq"] for r in progress} == {last_seq}  # type: ignore[attr-defined]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tariff"):
+        recover_for_writing(journal)  # no interval: silent
+    assert not caplog.records
+
+
+def test_one_line_per_admin_change_and_none_for_a_retry_or_a_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    journal = MemoryJournal()
+    refused = cmd.CreateCustomer(NOW_MS, "ops", "has space", "", {})
+
+    async def body(sequencer: Sequencer) -> None:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="tariff"):
+            seq, first = await sequencer.run(customer(1))
+            retry_seq, again = await sequencer.run(customer(1))
+            assert (retry_seq, again) == (seq, first), "a retry is answered with the first call's result"
+            with pytest.raises(Exception, match="letters, digits"):
+                await sequencer.run(refused)
+        assert journal.last_seq() == seq, "neither the retry nor the refusal was journaled"
+
+    run_with(journal, body)
+    changes = [r for r in caplog.records if r.getMessage() == "admin change"]
+    assert [r.fields for r in changes] == [  # type: ignore[attr-defined]
+        {"actor": "ops", "action": "CreateCustomer", "target": "customer/c-1"}
+    ]
+
+
+def test_a_batch_that_accepts_nothing_takes_no_record_and_keeps_the_seq() -> None:
+    journal = MemoryJournal()
+
+    async def body(sequencer: Sequencer) -> None:
+        seq, _ = await sequencer.run(batch(event("t1")))
+        assert journal.last_seq() == seq
+        for nothing in (
+            batch(),
+            batch(event("t1")),
+            batch(cmd.UsageEvent("t2", "nobody", "ai_action", NOW_MS, {}, {})),
+        ):
+            ack_seq, _ = await sequencer.run(nothing)
+            assert ack_seq == seq and journal.last_seq() == seq and sequencer.engine.state.last_seq == seq
+        next_seq, _ = await sequencer.run(batch(event("t3")))
+        assert next_seq == seq + 1
+
+    engine = run_with(journal, body)
+    replayed, _ = recover_for_writing(journal)
+    assert replayed.state.last_seq == engine.state.last_seq
+
+
+def test_text_and_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        oplog.configure("text", "info")
+        oplog.line("serving", listen="127.0.0.1:50051", data_dir="my data")
+        logging.getLogger("tariff").debug("not at info")
+        text = capsys.readouterr().err.strip().splitlines()
+        assert len(text) == 1
+        assert text[0].endswith('INFO tariff: serving listen=127.0.0.1:50051 data_dir="my data"'), text
+        oplog.configure("json", "debug")
+        oplog.line("stopped", journal_seq=7)
+        (entry,) = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+        assert {k: entry[k] for k in ("level", "logger", "msg", "journal_seq")} == {
+            "level": "INFO",
+            "logger": "tariff",
+            "msg": "stopped",
+            "journal_seq": 7,
+        }
+        with pytest.raises(ValueError, match="text, json"):
+            oplog.configure("xml", "info")
+    finally:
+        logging.getLogger().handlers.clear()
+
+
+def test_activity_reports_only_a_busy_interval_and_starts_afresh() -> None:
+    activity = oplog.Activity()
+    assert activity.report(lambda: 1) is None, "idle: no line"
+    activity.batch(10, 2, collections.Counter({"UNKNOWN_CUSTOMER": 3}))
+    activity.batch(5, 0, collections.Counter({"UNKNOWN_CUSTOMER": 1, "INVALID_EVENT": 1}))
+    for commit_ms in [1.0] * 99 + [50.0]:
+        activity.committed(commit_ms)
+    activity.streams_open = 2
+    fields = activity.report(lambda: 4096)
+    assert fields is not None
+    assert {k: fields[k] for k in ("accepted", "duplicates", "rejected", "rejected_by_reason", "commits")} == {
+        "accepted": 15,
+        "duplicates": 2,
+        "rejected": 5,
+        "rejected_by_reason": "INVALID_EVENT:1,UNKNOWN_CUSTOMER:4",
+        "commits": 100,
+    }
+    assert (fields["commit_p99_ms"], fields["journal_bytes"], fields["streams"]) == (50.0, 4096, 2)
+    assert activity.report(lambda: 4096) is None, "the next interval starts empty"
+
+
+def test_demo_commands_replay_to_the_same_state_with_the_request_marks() -> None:
+    """The idempotency marks are state: a snapshot-free replay rebuilds them, so a retry after a restart is known."""
+    journal = MemoryJournal()
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(customer(1))
+
+    engine = run_with(journal, body)
+    replayed, _ = recover_for_writing(journal)
+    assert replayed.state.requests == engine.state.requests
+    assert "customer/c-1" in replayed.state.requests and len(demo_commands(NOW_MS)) == 7
