@@ -1,6 +1,6 @@
 // Runs a real Tariff server process on 127.0.0.1 for the integration tests (the Go twin of
 // tests/serverproc.py and the TypeScript client's test/support/server.ts): free port,
-// `python -m server.cli serve ... --demo`, wait for grpc.health.v1 SERVING, kill -9, restart on
+// `python -m server.cli serve ... --demo`, wait for grpc.health.v1 SERVING, kill -9, start again on
 // the same port and data directory, stop. The Python interpreter is $TARIFF_PYTHON, by default
 // the repository's .venv/bin/python; the server's output goes to <dataDir>.server.log.
 
@@ -184,12 +184,6 @@ func (s *server) kill9() {
 	}
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	<-exited
-}
-
-// restart starts the server again on the same port and data directory (after kill9).
-func (s *server) restart() error {
-	s.kill9()
-	return s.start()
 }
 
 // stop sends SIGTERM, then SIGKILL after 10 s.
