@@ -11,20 +11,21 @@ import (
 	"testing"
 )
 
-// readmeBlock returns the README's fenced block of this language (the only one).
-func readmeBlock(t *testing.T, language string) string {
+// readmeBlock returns the README's fenced block that follows the comment naming file.
+func readmeBlock(t *testing.T, file, language string) string {
 	t.Helper()
 	readme, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	parts := strings.Split(string(readme), "\n```"+language+"\n")
+	opening := "\n<!-- " + file + " -->\n```" + language + "\n"
+	parts := strings.Split(string(readme), opening)
 	if len(parts) != 2 {
-		t.Fatalf("README.md has %d ```%s blocks, want 1", len(parts)-1, language)
+		t.Fatalf("README.md has %d blocks opened by %q, want 1", len(parts)-1, opening)
 	}
 	block, _, found := strings.Cut(parts[1], "\n```\n")
 	if !found {
-		t.Fatalf("README.md: the ```%s block is not closed", language)
+		t.Fatalf("README.md: the block after %q is not closed", opening)
 	}
 	return block + "\n"
 }
@@ -34,7 +35,7 @@ func TestREADMEGoExampleIsExampleMain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if block := readmeBlock(t, "go"); block != string(example) {
+	if block := readmeBlock(t, "clients/go/example/main.go", "go"); block != string(example) {
 		t.Fatalf("README.md's Go example differs from clients/go/example/main.go; copy the file into README.md:\n%s", example)
 	}
 }
