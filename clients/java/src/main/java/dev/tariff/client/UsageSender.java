@@ -76,7 +76,7 @@ public final class UsageSender {
     int inflightBatchesMax = 8;
     Duration ackTimeout = Duration.ofSeconds(60);
     RetryPolicy retry = RetryPolicy.DEFAULT;
-    String batchIdPrefix = "java-" + UUID.randomUUID().toString().substring(0, 12);
+    String batchIdPrefix;
     BiConsumer<IngestAck, UsageBatch> onAck;
 
     /** A batch is cut when it holds this many events (the server takes up to 10,000). */
@@ -114,7 +114,7 @@ public final class UsageSender {
       return this;
     }
 
-    /** batch_id = prefix + "-" + n. */
+    /** batch_id = prefix + "-" + n (default: random per sender). */
     public Options batchIdPrefix(String value) {
       batchIdPrefix = value;
       return this;
@@ -151,6 +151,7 @@ public final class UsageSender {
   private final UsageServiceGrpc.UsageServiceStub stub;
   private final Runnable resetConnectBackoff;
   private final Options options;
+  private final String batchIdPrefix;
   private final ScheduledExecutorService timers;
   private final CompletableFuture<Void> finished = new CompletableFuture<>();
 
@@ -189,6 +190,10 @@ public final class UsageSender {
     this.stub = stub;
     this.resetConnectBackoff = resetConnectBackoff;
     this.options = options;
+    this.batchIdPrefix =
+        options.batchIdPrefix == null || options.batchIdPrefix.isEmpty()
+            ? "java-" + UUID.randomUUID().toString().substring(0, 12)
+            : options.batchIdPrefix;
     this.timers =
         Executors.newSingleThreadScheduledExecutor(
             runnable -> {
@@ -325,7 +330,7 @@ public final class UsageSender {
 
   private Pending enqueue(List<UsageEvent> events, String batchId) {
     batchCounter += 1;
-    String id = batchId == null || batchId.isEmpty() ? options.batchIdPrefix + "-" + batchCounter : batchId;
+    String id = batchId == null || batchId.isEmpty() ? batchIdPrefix + "-" + batchCounter : batchId;
     Pending batch = new Pending(UsageBatch.newBuilder().setBatchId(id).addAllEvents(events).build());
     ready.add(batch);
     pump();

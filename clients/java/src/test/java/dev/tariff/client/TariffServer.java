@@ -128,11 +128,16 @@ final class TariffServer implements AutoCloseable {
 
   /** SIGTERM (SIGKILL after 10 s), then removes the temporary directory. */
   @Override
-  public synchronized void close() throws Exception {
+  public synchronized void close() throws IOException {
     if (process != null) {
       process.destroy();
-      if (!process.waitFor(10, TimeUnit.SECONDS)) {
-        kill9();
+      try {
+        if (!process.waitFor(10, TimeUnit.SECONDS)) {
+          process.destroyForcibly().waitFor();
+        }
+      } catch (InterruptedException e) {
+        process.destroyForcibly();
+        Thread.currentThread().interrupt();
       }
     }
     try (Stream<Path> paths = Files.walk(dir)) {
