@@ -105,6 +105,8 @@ type server struct {
 	logPath string
 	args    []string
 	port    int
+	// clientOpts reach the server for the readiness check.
+	clientOpts tariff.Options
 	starts  int
 
 	mu     sync.Mutex
@@ -116,8 +118,14 @@ type server struct {
 // cleanup stops it.
 func startServer(t *testing.T, extraArgs ...string) *server {
 	t.Helper()
+	return startServerWith(t, tariff.Options{}, extraArgs...)
+}
+
+// startServerWith is startServer for a server that its readiness check reaches with these options (TLS).
+func startServerWith(t *testing.T, opts tariff.Options, extraArgs ...string) *server {
+	t.Helper()
 	dir := t.TempDir()
-	s := &server{t: t, dataDir: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "server.log"), args: extraArgs, port: freePort(t)}
+	s := &server{t: t, dataDir: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "server.log"), args: extraArgs, port: freePort(t), clientOpts: opts}
 	t.Cleanup(s.stop)
 	if err := s.start(); err != nil {
 		t.Fatal(err)
@@ -153,7 +161,7 @@ func (s *server) start() error {
 	s.starts++
 	s.mu.Unlock()
 
-	client, err := tariff.New(s.target(), tariff.Options{})
+	client, err := tariff.New(s.target(), s.clientOpts)
 	if err != nil {
 		return err
 	}
