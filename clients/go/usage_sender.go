@@ -81,8 +81,9 @@ type SenderOptions struct {
 	Retry *RetryPolicy
 	// BatchIDPrefix: batch ids are "<prefix>-<n>" (default: random per sender).
 	BatchIDPrefix string
-	// OnAck, if set, is called once per batch, in order, when its ack arrives (from the sender's
-	// receiving goroutine: keep it short).
+	// OnAck, if set, is called once per batch, in order, when its ack arrives, from the sender's
+	// receiving goroutine: keep it short, and do not call Flush or Close from it (they wait for
+	// acks that only this goroutine can take).
 	OnAck func(ack *tariffv1.IngestAck, batch *tariffv1.UsageBatch)
 }
 
@@ -258,9 +259,9 @@ func (s *UsageSender) Close(ctx context.Context) (SenderStats, error) {
 }
 
 // Abort stops the sender at once: every unacknowledged batch and blocked Send fails with CANCELED.
+// It does not wait for the sender's goroutines to end (Close does), so OnAck may call it.
 func (s *UsageSender) Abort() {
 	s.fail(status.Error(codes.Canceled, "tariff: usage sender aborted"))
-	<-s.finished
 }
 
 // Err is the error that stopped the sender, or nil.

@@ -120,7 +120,10 @@ public final class UsageSender {
       return this;
     }
 
-    /** Called once per batch, in order, when its ack arrives (on a gRPC thread: keep it short). */
+    /**
+     * Called once per batch, in order, when its ack arrives, on a gRPC thread: keep it short, and do
+     * not call flush or close from it (they wait for acks that this thread delivers).
+     */
     public Options onAck(BiConsumer<IngestAck, UsageBatch> value) {
       onAck = value;
       return this;
