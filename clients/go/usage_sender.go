@@ -456,6 +456,16 @@ func (s *UsageSender) runStream() (progressed bool, err error) {
 		if errors.Is(context.Cause(ctx), s.ackTimeout) {
 			return s.ackTimeout
 		}
+		if err == nil {
+			// The receiving side saw the end with nothing outstanding, but a batch may have been
+			// written since: the stream ended before its ack all the same.
+			s.mu.Lock()
+			outstanding := len(s.unacked)
+			s.mu.Unlock()
+			if outstanding > 0 {
+				return status.Errorf(codes.Unavailable, "stream ended with %d batches unacknowledged", outstanding)
+			}
+		}
 		return err
 	}
 	halfClosed := false

@@ -1,6 +1,7 @@
 // The UsageSender's stream handling against an in-process fake UsageService whose misbehaviour a
 // real server does not offer on demand: a stream that never acks (the sender gives up on it after
-// AckTimeout and resends the same batches on a new one), an out-of-order ack, a non-retryable status.
+// AckTimeout and resends the same batches on a new one), a stream ended with batches unacknowledged,
+// an out-of-order ack, a non-retryable status.
 
 package tariff_test
 
@@ -22,6 +23,9 @@ import (
 	tariff "github.com/tariff/tariff/clients/go"
 	tariffv1 "github.com/tariff/tariff/clients/go/gen/tariff/v1"
 )
+
+// errEndStream from an answer ends the stream with OK.
+var errEndStream = errors.New("end the stream with OK")
 
 // fakeUsage answers stream n (from 1) with answer(n, batch): an ack to send, nil for none, or an error to end the stream with.
 type fakeUsage struct {
@@ -49,6 +53,9 @@ func (f *fakeUsage) IngestUsage(stream tariffv1.UsageService_IngestUsageServer) 
 		f.received[n-1] = append(f.received[n-1], batch)
 		f.mu.Unlock()
 		ack, err := f.answer(n, batch)
+		if errors.Is(err, errEndStream) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -126,6 +133,34 @@ func TestNoAckWithinAckTimeoutResendsTheSameBatchesOnANewStream(t *testing.T) {
 	want := tariff.SenderStats{BatchesSent: 2, BatchesAcked: 2, EventsAccepted: 4, Reconnects: 1, ResentBatches: 2}
 	if stats != want {
 		t.Fatalf("stats = %+v, want %+v", stats, want)
+	}
+}
+
+func TestAStreamEndedWithBatchesUnackedIsReplacedAndTheyAreResent(t *testing.T) {
+	fake := &fakeUsage{answer: func(stream int, batch *tariffv1.UsageBatch) (*tariffv1.IngestAck, error) {
+		if stream == 1 {
+			return nil, errEndStream // status OK, the batch neither acked nor refused
+		}
+		return ackOf(batch), nil
+	}}
+	sender, err := startFake(t, fake).NewUsageSender(tariff.SenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	event, _ := demoEvent("ended", 0, 1_700_000_000_000)
+	ack, err := sender.SendBatch(context.Background(), []*tariffv1.UsageEvent{event}, "b-1")
+	if err != nil || ack.GetBatchId() != "b-1" || ack.GetAccepted() != 1 {
+		t.Fatalf("SendBatch: %v, %v", ack, err)
+	}
+	stats, err := sender.Close(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if streams := fake.streams(); len(streams) != 2 || !proto.Equal(streams[0][0], streams[1][0]) {
+		t.Fatalf("streams: %v", streams)
+	}
+	if stats.Reconnects != 1 || stats.ResentBatches != 1 || stats.BatchesAcked != 1 {
+		t.Fatalf("stats = %+v", stats)
 	}
 }
 
