@@ -9,6 +9,7 @@ package dev.tariff.client;
 
 import dev.tariff.v1.BalanceServiceGrpc;
 import dev.tariff.v1.GetBalanceRequest;
+import io.grpc.ChannelCredentials;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
@@ -32,10 +33,12 @@ final class TariffServer implements AutoCloseable {
   final Path logPath;
   final int port;
   final List<String> extraArgs;
+  final ChannelCredentials credentials; // how the readiness check reaches the server
   int starts;
   private Process process;
 
-  private TariffServer(List<String> extraArgs) throws IOException {
+  private TariffServer(ChannelCredentials credentials, List<String> extraArgs) throws IOException {
+    this.credentials = credentials;
     this.dir = Files.createTempDirectory("tariff-java-");
     this.dataDir = dir.resolve("data");
     this.logPath = dir.resolve("server.log");
@@ -45,7 +48,12 @@ final class TariffServer implements AutoCloseable {
 
   /** A demo server (plus extraArgs) in a fresh temporary directory, answering calls. */
   static TariffServer startDemo(String... extraArgs) throws Exception {
-    TariffServer server = new TariffServer(List.of(extraArgs));
+    return startDemoWith(InsecureChannelCredentials.create(), extraArgs);
+  }
+
+  /** startDemo for a server that the readiness check reaches with these credentials (TLS). */
+  static TariffServer startDemoWith(ChannelCredentials credentials, String... extraArgs) throws Exception {
+    TariffServer server = new TariffServer(credentials, List.of(extraArgs));
     try {
       server.start();
     } catch (Exception e) {
@@ -84,7 +92,7 @@ final class TariffServer implements AutoCloseable {
     builder.environment().put("PYTHONUNBUFFERED", "1");
     process = builder.start();
     starts += 1;
-    ManagedChannel channel = Grpc.newChannelBuilder(target(), InsecureChannelCredentials.create()).build();
+    ManagedChannel channel = Grpc.newChannelBuilder(target(), credentials).build();
     try {
       long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
       for (; ; ) {
