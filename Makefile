@@ -105,7 +105,7 @@ endif
 
 # The Go client: go vet, staticcheck, the freshness of gen/ (needs buf, from node), and its tests against
 # real server processes.
-test-go:
+test-go: install
 ifeq ($(HAVE_GO),yes)
 	$(MAKE) --no-print-directory go-install
 ifeq ($(HAVE_NODE),yes)
@@ -120,7 +120,7 @@ else
 endif
 
 # The Java client's tests (JUnit, against real server processes).
-test-java:
+test-java: install
 ifeq ($(HAVE_JAVA),yes)
 	cd $(JAVA_DIR) && TARIFF_PYTHON=$(abspath $(PY)) $(MVN) -B -q test
 else
