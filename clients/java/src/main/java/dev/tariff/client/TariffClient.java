@@ -1,0 +1,210 @@
+/*
+ * The Tariff Java client: what a JVM product backend or gateway uses.
+ *
+ * TariffClient owns one gRPC channel and exposes the generated stubs for the services in
+ * proto/tariff/v1 (generated at build time into dev.tariff.v1), plus a few helpers where they pay:
+ * getBalance and ingestBatch with the client's default deadline, authorize (the gateway's check,
+ * with a deadline and a fail-open / fail-closed policy) and usageSender (batching, streaming,
+ * resending every unacknowledged batch after a reconnect). With an API key every call carries
+ * `authorization: Bearer KEY` metadata, streams included. Failed calls throw grpc-java's
+ * StatusRuntimeException (getStatus().getCode() is the status code).
+ */
+package dev.tariff.client;
+
+import dev.tariff.v1.AlertServiceGrpc;
+import dev.tariff.v1.AuthorizeRequest;
+import dev.tariff.v1.AuthorizeResponse;
+import dev.tariff.v1.Balance;
+import dev.tariff.v1.BalanceServiceGrpc;
+import dev.tariff.v1.ContractServiceGrpc;
+import dev.tariff.v1.GetBalanceRequest;
+import dev.tariff.v1.IngestAck;
+import dev.tariff.v1.InvoiceServiceGrpc;
+import dev.tariff.v1.PricingServiceGrpc;
+import dev.tariff.v1.UsageBatch;
+import dev.tariff.v1.UsageServiceGrpc;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ChannelCredentials;
+import io.grpc.ClientCall;
+import io.grpc.ClientInterceptor;
+import io.grpc.ClientInterceptors;
+import io.grpc.ForwardingClientCall;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
+import io.grpc.MethodDescriptor;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import java.time.Duration;
+import java.util.Objects;
+import java.util.UUID;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
+
+/** See the file comment. Thread-safe; close it when done. */
+public final class TariffClient implements AutoCloseable {
+  /** How to connect. */
+  public static final class Options {
+    private String apiKey = "";
+    private ChannelCredentials credentials = InsecureChannelCredentials.create();
+    private Duration timeout = Duration.ofSeconds(10);
+
+    /** Sent as `authorization: Bearer KEY` on every call ("" or null: none). */
+    public Options apiKey(String apiKey) {
+      this.apiKey = apiKey == null ? "" : apiKey;
+      return this;
+    }
+
+    /**
+     * Transport credentials (default: plaintext, for a loopback server). For TLS:
+     * {@code TlsChannelCredentials.create()} (system roots) or
+     * {@code TlsChannelCredentials.newBuilder().trustManager(caPem).keyManager(certPem, keyPem).build()}.
+     */
+    public Options credentials(ChannelCredentials credentials) {
+      this.credentials = Objects.requireNonNull(credentials);
+      return this;
+    }
+
+    /** Deadline of getBalance, ingestBatch and authorize unless a call says otherwise (default 10 s). */
+    public Options timeout(Duration timeout) {
+      this.timeout = Objects.requireNonNull(timeout);
+      return this;
+    }
+  }
+
+  private static final Metadata.Key<String> AUTHORIZATION =
+      Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
+  private static final AtomicLong REQUEST_COUNTER = new AtomicLong();
+  private static final String REQUEST_PREFIX = "java-" + UUID.randomUUID().toString().substring(0, 8);
+
+  private final ManagedChannel managedChannel;
+  private final Channel channel;
+  private final Duration timeout;
+
+  public TariffClient(String target, Options options) {
+    this.managedChannel = Grpc.newChannelBuilder(target, options.credentials).build();
+    this.channel =
+        options.apiKey.isEmpty()
+            ? managedChannel
+            : ClientInterceptors.intercept(managedChannel, bearer(options.apiKey));
+    this.timeout = options.timeout;
+  }
+
+  public TariffClient(String target) {
+    this(target, new Options());
+  }
+
+  private static ClientInterceptor bearer(String apiKey) {
+    String value = "Bearer " + apiKey;
+    return new ClientInterceptor() {
+      @Override
+      public <Q, R> ClientCall<Q, R> interceptCall(MethodDescriptor<Q, R> method, CallOptions callOptions, Channel next) {
+        return new ForwardingClientCall.SimpleForwardingClientCall<>(next.newCall(method, callOptions)) {
+          @Override
+          public void start(Listener<R> listener, Metadata headers) {
+            headers.put(AUTHORIZATION, value);
+            super.start(listener, headers);
+          }
+        };
+      }
+    };
+  }
+
+  /** The channel with the API key applied: build any generated stub on it. */
+  public Channel channel() {
+    return channel;
+  }
+
+  public UsageServiceGrpc.UsageServiceStub usage() {
+    return UsageServiceGrpc.newStub(channel);
+  }
+
+  public BalanceServiceGrpc.BalanceServiceBlockingStub balance() {
+    return BalanceServiceGrpc.newBlockingStub(channel);
+  }
+
+  public PricingServiceGrpc.PricingServiceBlockingStub pricing() {
+    return PricingServiceGrpc.newBlockingStub(channel);
+  }
+
+  public ContractServiceGrpc.ContractServiceBlockingStub contracts() {
+    return ContractServiceGrpc.newBlockingStub(channel);
+  }
+
+  public InvoiceServiceGrpc.InvoiceServiceBlockingStub invoices() {
+    return InvoiceServiceGrpc.newBlockingStub(channel);
+  }
+
+  public AlertServiceGrpc.AlertServiceBlockingStub alerts() {
+    return AlertServiceGrpc.newBlockingStub(channel);
+  }
+
+  /** The customer's grants, credits and period charges (decimal strings). */
+  public Balance getBalance(String customerId) {
+    return balance()
+        .withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS)
+        .getBalance(GetBalanceRequest.newBuilder().setCustomerId(customerId).build());
+  }
+
+  /**
+   * One batch by the unary IngestUsageBatch; returns its ack once the batch is durable. Per-event
+   * rejections (DUPLICATE_CONFLICT, UNKNOWN_CUSTOMER, ...) are in the ack, not an exception. Safe
+   * to retry with the same batch: events already counted come back as duplicates.
+   */
+  public IngestAck ingestBatch(UsageBatch batch) {
+    return UsageServiceGrpc.newBlockingStub(channel)
+        .withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS)
+        .ingestUsageBatch(batch);
+  }
+
+  /**
+   * May the customer consume this usage now? Charges nothing (with reserve, holds the estimated
+   * cost). A request without request_id gets a generated one. When the server is not reached
+   * within the deadline (UNAVAILABLE or DEADLINE_EXCEEDED), options.onUnavailable decides: THROW
+   * (default), ALLOW (fail open) or DENY (fail closed), the latter two with degraded() true. Other
+   * statuses (NOT_FOUND for an unknown customer, ...) and the caller's cancellation always throw.
+   */
+  public AuthorizeDecision authorize(AuthorizeRequest request, AuthorizeOptions options) {
+    if (request.getRequestId().isEmpty()) {
+      request = request.toBuilder().setRequestId(REQUEST_PREFIX + "-" + REQUEST_COUNTER.incrementAndGet()).build();
+    }
+    Duration deadline = options.timeout() == null ? timeout : options.timeout();
+    try {
+      AuthorizeResponse response =
+          balance().withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS).authorize(request);
+      return AuthorizeDecision.of(response, request.getRequestId());
+    } catch (StatusRuntimeException e) {
+      Status.Code code = e.getStatus().getCode();
+      boolean unreachable = code == Status.Code.UNAVAILABLE || code == Status.Code.DEADLINE_EXCEEDED;
+      if (options.onUnavailable() == AuthorizeOptions.UnavailablePolicy.THROW || !unreachable) {
+        throw e;
+      }
+      return AuthorizeDecision.degraded(request.getRequestId(), options.onUnavailable(), e.getStatus());
+    }
+  }
+
+  public AuthorizeDecision authorize(AuthorizeRequest request) {
+    return authorize(request, AuthorizeOptions.defaults());
+  }
+
+  /** A batching, streaming sender of usage events; see UsageSender. */
+  public UsageSender usageSender(UsageSender.Options options) {
+    return new UsageSender(usage(), managedChannel::resetConnectBackoff, options);
+  }
+
+  /** Closes the channel, waiting up to 5 s for calls in flight. */
+  @Override
+  public void close() {
+    managedChannel.shutdown();
+    try {
+      if (!managedChannel.awaitTermination(5, TimeUnit.SECONDS)) {
+        managedChannel.shutdownNow();
+      }
+    } catch (InterruptedException e) {
+      managedChannel.shutdownNow();
+      Thread.currentThread().interrupt();
+    }
+  }
+}

@@ -1,0 +1,222 @@
+/*
+ * The Java client against a real Tariff server process (demo catalogue): a batch ingested and its
+ * ack, the balance it leaves, authorize (charges nothing; fails open or closed, within its
+ * deadline, when the server is not reached), a DUPLICATE_CONFLICT in the ack, and the API key.
+ */
+package dev.tariff.client;
+
+import static dev.tariff.client.DemoEvents.CUSTOMER;
+import static dev.tariff.client.DemoEvents.EVENT_TYPE;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.tariff.client.AuthorizeOptions.UnavailablePolicy;
+import dev.tariff.v1.AuthorizeRequest;
+import dev.tariff.v1.EventRejection;
+import dev.tariff.v1.IngestAck;
+import dev.tariff.v1.RejectReason;
+import dev.tariff.v1.UsageBatch;
+import dev.tariff.v1.UsageEvent;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import java.io.IOException;
+import java.math.BigDecimal;
+import java.net.InetAddress;
+import java.net.ServerSocket;
+import java.net.Socket;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.ExecutionException;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+class ClientTest {
+  static TariffServer server;
+  static TariffClient client;
+
+  @BeforeAll
+  static void start() throws Exception {
+    server = TariffServer.startDemo();
+    client = new TariffClient(server.target());
+  }
+
+  @AfterAll
+  static void stop() throws Exception {
+    if (client != null) {
+      client.close();
+    }
+    if (server != null) {
+      server.close();
+    }
+  }
+
+  static BigDecimal creditsRemaining() {
+    return new BigDecimal(client.getBalance(CUSTOMER).getCreditsRemaining());
+  }
+
+  static String runId(String name) {
+    return name + "-" + System.nanoTime();
+  }
+
+  @Test
+  void aBatchIsAckedAndTheBalanceDropsByItsExactPrice() throws Exception {
+    BigDecimal before = creditsRemaining();
+    String runId = runId("batch");
+    List<UsageEvent> events = new ArrayList<>();
+    BigDecimal price = BigDecimal.ZERO;
+    for (int i = 0; i < 10; i++) {
+      events.add(DemoEvents.event(runId, i, System.currentTimeMillis()));
+      price = price.add(DemoEvents.price(i));
+    }
+    UsageSender sender = client.usageSender(new UsageSender.Options());
+    IngestAck ack = sender.sendBatch(events, runId + "-b").get();
+    assertEquals(runId + "-b", ack.getBatchId());
+    assertEquals(List.of(10, 0, 0), List.of(ack.getAccepted(), ack.getDuplicates(), ack.getRejectedCount()));
+    IngestAck again = sender.sendBatch(events, runId + "-b-again").get();
+    assertEquals(List.of(0, 10), List.of(again.getAccepted(), again.getDuplicates()), "an identical resend is all duplicates");
+    UsageSender.Stats stats = sender.close();
+    assertEquals(new UsageSender.Stats(2, 2, 10, 10, 0, 0, 0, 0), stats);
+    assertEquals(0, before.subtract(creditsRemaining()).compareTo(price), "the balance drops by the batch's price");
+  }
+
+  @Test
+  void sendBatchesBySizeAndLingerAndCloseWaitsForEveryAck() throws Exception {
+    List<IngestAck> acks = new CopyOnWriteArrayList<>();
+    UsageSender sender = client.usageSender(new UsageSender.Options().batchEventsMax(4).onAck((ack, batch) -> acks.add(ack)));
+    String runId = runId("send");
+    for (int i = 0; i < 10; i++) {
+      sender.send(DemoEvents.event(runId, i, System.currentTimeMillis()));
+    }
+    UsageSender.Stats stats = sender.close();
+    assertEquals(3, stats.batchesSent(), "4 + 4 cut by size, the last 2 by the linger or by close");
+    assertEquals(3, acks.size());
+    assertEquals(10, stats.eventsAccepted());
+    StatusRuntimeException closed = assertThrows(StatusRuntimeException.class, () -> sender.send(UsageEvent.getDefaultInstance()));
+    assertEquals(Status.Code.FAILED_PRECONDITION, closed.getStatus().getCode());
+  }
+
+  @Test
+  void aTransactionIdReusedWithOtherContentComesBackAsDuplicateConflict() throws Exception {
+    String runId = runId("conflict");
+    UsageEvent first = DemoEvents.event(runId, 0, System.currentTimeMillis());
+    IngestAck firstAck = client.ingestBatch(UsageBatch.newBuilder().setBatchId(runId + "-1").addEvents(first).build());
+    assertEquals(1, firstAck.getAccepted());
+    BigDecimal before = creditsRemaining();
+    UsageEvent changed = DemoEvents.event(runId, 1, first.getTimestampMs()).toBuilder()
+        .setTransactionId(first.getTransactionId()).build(); // another kind, the same transaction id
+    UsageSender sender = client.usageSender(new UsageSender.Options());
+    IngestAck ack = sender.sendBatch(List.of(changed), runId + "-2").get();
+    sender.close();
+    assertEquals(0, ack.getAccepted());
+    assertEquals(1, ack.getRejectedCount());
+    EventRejection rejection = ack.getRejected(0);
+    assertEquals(RejectReason.DUPLICATE_CONFLICT, rejection.getReason());
+    assertEquals(first.getTransactionId(), rejection.getTransactionId());
+    assertEquals(0, rejection.getIndex());
+    assertEquals(before, creditsRemaining(), "the conflicting event changed nothing");
+  }
+
+  @Test
+  void authorizePricesTheActionAndChargesNothing() {
+    BigDecimal before = creditsRemaining();
+    for (DemoEvents.Kind kind : DemoEvents.KINDS) {
+      AuthorizeDecision decision = client.authorize(
+          AuthorizeRequest.newBuilder().setCustomerId(CUSTOMER).setEventType(EVENT_TYPE).putAllDimensions(kind.dimensions()).build(),
+          new AuthorizeOptions(Duration.ofSeconds(5), UnavailablePolicy.THROW));
+      assertTrue(decision.allowed(), decision.toString());
+      assertEquals("OK", decision.reason());
+      assertFalse(decision.degraded());
+      assertFalse(decision.requestId().isEmpty());
+      assertEquals(0, new BigDecimal(decision.estimatedCost()).compareTo(kind.price()), "price of " + kind.dimensions());
+    }
+    assertEquals(before, creditsRemaining(), "authorize charged nothing");
+  }
+
+  @Test
+  void errorsCarryTheStatusAndAreNeverDegradedIntoADecision() {
+    AuthorizeRequest unknown = AuthorizeRequest.newBuilder().setCustomerId("nobody").setEventType(EVENT_TYPE).build();
+    StatusRuntimeException error = assertThrows(StatusRuntimeException.class,
+        () -> client.authorize(unknown, new AuthorizeOptions(null, UnavailablePolicy.ALLOW)));
+    assertEquals(Status.Code.NOT_FOUND, error.getStatus().getCode());
+    assertEquals(Status.Code.NOT_FOUND,
+        assertThrows(StatusRuntimeException.class, () -> client.getBalance("nobody")).getStatus().getCode());
+  }
+
+  @Test
+  void authorizeFailsOpenOrClosedWhenTheServerIsNotReached() throws Exception {
+    AuthorizeRequest request = AuthorizeRequest.newBuilder().setRequestId("r-1").setCustomerId(CUSTOMER).setEventType(EVENT_TYPE).build();
+    Duration deadline = Duration.ofMillis(300);
+    List<Socket> accepted = new CopyOnWriteArrayList<>();
+    // One port where nothing listens (UNAVAILABLE at once), one that accepts and never answers (the deadline decides).
+    try (ServerSocket silent = new ServerSocket(0, 50, InetAddress.getLoopbackAddress());
+        TariffClient closedPort = new TariffClient("127.0.0.1:" + TariffServer.freePort());
+        TariffClient hanging = new TariffClient("127.0.0.1:" + silent.getLocalPort())) {
+      Thread acceptor = new Thread(() -> {
+        try {
+          for (; ; ) {
+            accepted.add(silent.accept());
+          }
+        } catch (IOException e) {
+          // closed at the end of the test
+        }
+      });
+      acceptor.setDaemon(true);
+      acceptor.start();
+      for (TariffClient unreachable : List.of(closedPort, hanging)) {
+        long started = System.nanoTime();
+        Status.Code code = assertThrows(StatusRuntimeException.class,
+            () -> unreachable.authorize(request, new AuthorizeOptions(deadline, UnavailablePolicy.THROW))).getStatus().getCode();
+        assertTrue(code == Status.Code.UNAVAILABLE || code == Status.Code.DEADLINE_EXCEEDED, code.toString());
+        AuthorizeDecision open = unreachable.authorize(request, new AuthorizeOptions(deadline, UnavailablePolicy.ALLOW));
+        assertEquals(List.of(true, true, "UNAVAILABLE", "r-1"), List.of(open.allowed(), open.degraded(), open.reason(), open.requestId()));
+        AuthorizeDecision shut = unreachable.authorize(request, new AuthorizeOptions(deadline, UnavailablePolicy.DENY));
+        assertEquals(List.of(false, true, "UNAVAILABLE"), List.of(shut.allowed(), shut.degraded(), shut.reason()));
+        // Three calls, each bounded by its 300 ms deadline (generous margin for a loaded machine).
+        assertTrue(System.nanoTime() - started < Duration.ofSeconds(5).toNanos());
+      }
+    } finally {
+      for (Socket socket : accepted) {
+        socket.close();
+      }
+    }
+  }
+
+  @Test
+  void anApiKeyIsSentOnEveryCallStreamsIncluded() throws Exception {
+    Path keys = Files.createTempFile("tariff-keys-", ".toml");
+    Files.delete(keys);
+    Process keysNew = new ProcessBuilder(TariffServer.python(), "-m", "server.cli", "keys", "new", "--name", "java-client",
+        "--role", "admin", "--file", keys.toString()).directory(TariffServer.REPO_ROOT.toFile()).start();
+    String key = new String(keysNew.getInputStream().readAllBytes(), StandardCharsets.UTF_8).strip();
+    assertEquals(0, keysNew.waitFor());
+    UsageEvent event = DemoEvents.event(runId("key"), 0, System.currentTimeMillis());
+    try (TariffServer withKeys = TariffServer.startDemo("--api-keys", keys.toString());
+        TariffClient withKey = new TariffClient(withKeys.target(), new TariffClient.Options().apiKey(key))) {
+      assertEquals(CUSTOMER, withKey.getBalance(CUSTOMER).getCustomerId());
+      assertTrue(withKey.authorize(AuthorizeRequest.newBuilder().setCustomerId(CUSTOMER).setEventType(EVENT_TYPE).build()).allowed());
+      UsageSender sender = withKey.usageSender(new UsageSender.Options());
+      assertEquals(1, sender.sendBatch(List.of(event), null).get().getAccepted(), "a stream with the key");
+      sender.close();
+      for (String wrong : new String[] {"", key + "x"}) {
+        try (TariffClient other = new TariffClient(withKeys.target(), new TariffClient.Options().apiKey(wrong))) {
+          assertEquals(Status.Code.UNAUTHENTICATED,
+              assertThrows(StatusRuntimeException.class, () -> other.getBalance(CUSTOMER)).getStatus().getCode());
+          UsageSender refused = other.usageSender(new UsageSender.Options());
+          ExecutionException streamError = assertThrows(ExecutionException.class, () -> refused.sendBatch(List.of(event), null).get());
+          assertEquals(Status.Code.UNAUTHENTICATED, Status.fromThrowable(streamError.getCause()).getCode(), "not retried");
+          refused.abort();
+        }
+      }
+    } finally {
+      Files.deleteIfExists(keys);
+    }
+  }
+}
