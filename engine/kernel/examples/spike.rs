@@ -106,7 +106,8 @@ fn batch(number: usize) -> Vec<u8> {
 fn main() {
     let mut kernel = Kernel::default();
     kernel.load_tables(&tables::encode(&tables())).expect("the spike's tables load");
-    let batches: Vec<Vec<u8>> = (0..200).map(batch).collect();
+    let count: usize = std::env::args().nth(1).map_or(200, |n| n.parse().expect("a batch count"));
+    let batches: Vec<Vec<u8>> = (0..count).map(batch).collect();
     let started = std::time::Instant::now();
     let mut accepted = 0;
     for (seq, bytes) in batches.iter().enumerate() {
@@ -116,6 +117,9 @@ fn main() {
     let elapsed = started.elapsed();
     let events = batches.len() * BATCH;
     assert_eq!(accepted as usize, events, "every spike event is accepted");
+    if events == 0 {
+        return;
+    }
     println!(
         "{} batches of {BATCH} events (2 products each, {CUSTOMERS} customers): {:.0} ns/event, {:.2} M events/s",
         batches.len(),

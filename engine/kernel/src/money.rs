@@ -52,8 +52,8 @@ fn round_half_even_128(numerator: i128, denominator: i128) -> Option<i128> {
 /// (0.1 -> 100_000_000_000_000_000). None when that text has more than 18 decimal places.
 pub fn fixed_from_f64(value: f64) -> Option<Fixed> {
     debug_assert!(value.is_finite() && value >= 0.0, "callers check range first");
-    if value == 0.0 {
-        return Some(0);
+    if value.fract() == 0.0 && value < USAGE_VALUE_MAX {
+        return Some(value as i128 * SCALE); // token counts: exact, without formatting the double
     }
     let (digits, exponent) = shortest_digits(value);
     // value = digits x 10^(exponent - len(digits) + 1); at 10^-18 that is digits x 10^shift.
