@@ -71,8 +71,13 @@ class KernelWorld:
         return {grant[0]: grant[2] for grant in self.balance(now_ms, customer_id)["grants"]}
 
     def authorize(
-        self, values: Values, now_ms: int, *, customer_id: str = "acme", dimensions: Mapping[str, str] | None = None
+        self,
+        values: Values,
+        now_ms: int,
+        *,
+        customer_id: str = "acme",
+        event_type: str = "ai",
+        dimensions: Mapping[str, str] | None = None,
     ) -> tuple[bool, str, str, int, int]:
-        return self.kernel.authorize(
-            customer_id, "ai", sorted((dimensions or {}).items()), sorted(values.items()), now_ms
-        )
+        dimension_items = sorted((dimensions or {}).items())
+        return self.kernel.authorize(customer_id, event_type, dimension_items, sorted(values.items()), now_ms)
