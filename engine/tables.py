@@ -82,6 +82,7 @@ class OverrideTable(msgspec.Struct):
 
 class ContractTable(msgspec.Struct):
     id: str
+    rate_card_id: str
     starting_at_ms: int
     ending_before_ms: int | None
     block: bool
@@ -269,6 +270,7 @@ def _contract_table(contract: Contract, timeline: int) -> ContractTable:
     ]
     return ContractTable(
         contract.id,
+        contract.rate_card_id,
         contract.starting_at_ms,
         contract.ending_before_ms,
         contract.overage_policy is OveragePolicy.BLOCK,

@@ -59,6 +59,7 @@ fn tables() -> Tables {
                 id: format!("customer-{c}"),
                 contracts: vec![ContractTable {
                     id: format!("contract-{c}"),
+                    rate_card_id: "ai".into(),
                     starting_at_ms: NOW_MS - 86_400_000,
                     ending_before_ms: None,
                     block: false,

@@ -90,6 +90,12 @@ pub fn py_repr(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// Python's repr of a dict of strings, for messages ({'model': 'gpt4'}).
+pub fn py_dict<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let items: Vec<String> = entries.map(|(k, v)| format!("{}: {}", py_repr(k), py_repr(v))).collect();
+    format!("{{{}}}", items.join(", "))
+}
+
 fn first_chars(text: &str, count: usize) -> &str {
     text.char_indices().nth(count).map_or(text, |(at, _)| &text[..at])
 }

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::ack::AckBuilder;
 use crate::buckets::{record_hour, Aggregate, AggregateKey, BucketKey, Measure, VersionUsage, HOUR_MS};
-use crate::decode::{check_event, decode_batch, wire, Event, Reason, Refusal};
+use crate::decode::{check_event, decode_batch, py_dict, py_repr, wire, Event, Reason, Refusal};
 use crate::dedupe::{content_digest, prior, Seen};
 use crate::draw::{burn_order, settle, Charge, Grant, Outcome};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
@@ -161,7 +161,7 @@ impl Kernel {
                         Reason::DuplicateConflict,
                         format!(
                             "transaction_id {} was already accepted with different content",
-                            crate::decode::py_repr(event.transaction_id)
+                            py_repr(event.transaction_id)
                         ),
                     ));
                 }
@@ -181,14 +181,14 @@ impl Kernel {
         let (Some(account), Some(route)) = (self.accounts.get(customer), self.catalog.routes.get(customer)) else {
             return Err(Refusal::new(
                 Reason::UnknownCustomer,
-                format!("customer {} does not exist", crate::decode::py_repr(customer)),
+                format!("customer {} does not exist", py_repr(customer)),
             ));
         };
         let ts = event.timestamp_ms;
         let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else {
             return Err(Refusal::new(
                 Reason::NoActiveContract,
-                format!("customer {} has no contract covering {ts}", crate::decode::py_repr(customer)),
+                format!("customer {} has no contract covering {ts}", py_repr(customer)),
             ));
         };
         let (period_start_ms, _) = period_containing(contract.starting_at_ms, ts);
@@ -203,7 +203,7 @@ impl Kernel {
         let Some(version) = self.catalog.version_at(contract.timeline, ts) else {
             return Err(Refusal::new(
                 Reason::NoApplicableRate,
-                format!("the rate card has no version in force at {ts}"),
+                format!("rate card {} has no version in force at {ts}", py_repr(&contract.rate_card_id)),
             ));
         };
         for index in feeding {
@@ -215,10 +215,11 @@ impl Kernel {
                 return Err(Refusal::new(
                     Reason::NoApplicableRate,
                     format!(
-                        "rate card {} version {} has no rate for product {}",
-                        crate::decode::py_repr(self.interner.text(version.rate_card)),
+                        "rate card {} version {} has no rate for product {} with {}",
+                        py_repr(self.interner.text(version.rate_card)),
                         version.number,
-                        crate::decode::py_repr(&product.id_text)
+                        py_repr(&product.id_text),
+                        py_dict(product.dimensions.iter().map(|d| (d.as_str(), event.dimension(d).unwrap_or(""))))
                     ),
                 ));
             };
@@ -233,7 +234,7 @@ impl Kernel {
             let out_of_range = || {
                 Refusal::new(
                     Reason::InvalidEvent,
-                    format!("the charge for product {} is out of range", crate::decode::py_repr(&product.id_text)),
+                    format!("the charge for product {} is out of range", py_repr(&product.id_text)),
                 )
             };
             let after = current.quantity_after(product.aggregation, measure, ts).ok_or_else(out_of_range)?;
@@ -267,11 +268,7 @@ impl Kernel {
         let missing = |place: &str| {
             Refusal::new(
                 Reason::InvalidEvent,
-                format!(
-                    "{place}[{}] is required by product {}",
-                    crate::decode::py_repr(value_key),
-                    crate::decode::py_repr(product_id)
-                ),
+                format!("{place}[{}] is required by product {}", py_repr(value_key), py_repr(product_id)),
             )
         };
         match aggregation {

@@ -85,6 +85,7 @@ pub struct Override {
 }
 
 pub struct Contract {
+    pub rate_card_id: String,
     pub starting_at_ms: i64,
     pub ending_before_ms: Option<i64>,
     pub block: bool,
@@ -228,6 +229,7 @@ impl Catalog {
                     });
                 }
                 route.contracts.push(Contract {
+                    rate_card_id: contract.rate_card_id.clone(),
                     starting_at_ms: contract.starting_at_ms,
                     ending_before_ms: contract.ending_before_ms,
                     block: contract.block,

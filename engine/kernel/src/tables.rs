@@ -64,6 +64,7 @@ pub struct CustomerTable {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ContractTable {
     pub id: String,
+    pub rate_card_id: String,
     pub starting_at_ms: i64,
     pub ending_before_ms: Option<i64>,
     pub block: bool,
