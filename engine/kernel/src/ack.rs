@@ -4,37 +4,38 @@
 //! charge, credits per grant, overage), so a replay that rates differently is caught.
 
 use prost::Message;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::decode::{wire, Refusal};
 use crate::money::Picos;
 
 pub struct AckBuilder {
     ack: wire::IngestAck,
-    digest: Xxh3,
+    /// What the digest covers, hashed once at the end (cheaper than many small streaming updates).
+    digest: Vec<u8>,
 }
 
 impl AckBuilder {
     pub fn new(batch_id: &str, journal_seq: u64) -> AckBuilder {
         let ack = wire::IngestAck { batch_id: batch_id.to_owned(), journal_seq, ..wire::IngestAck::default() };
-        AckBuilder { ack, digest: Xxh3::new() }
+        AckBuilder { ack, digest: Vec::with_capacity(64 * 1024) }
     }
 
     pub fn accepted(&mut self, index: usize) {
         self.ack.accepted += 1;
-        self.digest.update(b"a");
-        self.digest.update(&(index as u64).to_le_bytes());
+        self.digest.extend_from_slice(b"a");
+        self.digest.extend_from_slice(&(index as u64).to_le_bytes());
     }
 
     pub fn duplicate(&mut self, index: usize) {
         self.ack.duplicates += 1;
-        self.digest.update(b"d");
-        self.digest.update(&(index as u64).to_le_bytes());
+        self.digest.extend_from_slice(b"d");
+        self.digest.extend_from_slice(&(index as u64).to_le_bytes());
     }
 
     pub fn rejected(&mut self, index: usize, transaction_id: &str, refusal: Refusal) {
-        self.digest.update(&[b'r', refusal.reason as u8]);
-        self.digest.update(&(index as u64).to_le_bytes());
+        self.digest.extend_from_slice(&[b'r', refusal.reason as u8]);
+        self.digest.extend_from_slice(&(index as u64).to_le_bytes());
         self.ack.rejected.push(wire::EventRejection {
             index: index as u32,
             transaction_id: transaction_id.to_owned(),
@@ -45,19 +46,19 @@ impl AckBuilder {
 
     /// One product's ledger change for the event just accepted.
     pub fn ledger(&mut self, product_id: &str, version: u32, charge: Picos, draws: &[(u32, Picos)], overage: Picos) {
-        self.digest.update(product_id.as_bytes());
-        self.digest.update(&[0]);
-        self.digest.update(&version.to_le_bytes());
-        self.digest.update(&charge.to_le_bytes());
+        self.digest.extend_from_slice(product_id.as_bytes());
+        self.digest.extend_from_slice(&[0]);
+        self.digest.extend_from_slice(&version.to_le_bytes());
+        self.digest.extend_from_slice(&charge.to_le_bytes());
         for (grant, credits) in draws {
-            self.digest.update(&grant.to_le_bytes());
-            self.digest.update(&credits.to_le_bytes());
+            self.digest.extend_from_slice(&grant.to_le_bytes());
+            self.digest.extend_from_slice(&credits.to_le_bytes());
         }
-        self.digest.update(&overage.to_le_bytes());
+        self.digest.extend_from_slice(&overage.to_le_bytes());
     }
 
     /// (IngestAck bytes, 16-byte digest).
     pub fn finish(self) -> (Vec<u8>, [u8; 16]) {
-        (self.ack.encode_to_vec(), self.digest.digest128().to_be_bytes())
+        (self.ack.encode_to_vec(), xxh3_128(&self.digest).to_be_bytes())
     }
 }

@@ -1,12 +1,12 @@
 //! Dedupe on (customer_id, transaction_id): a content digest per accepted transaction id.
 //!
 //! An identical resend inside the window is a duplicate; a different payload under the same id
-//! is a DUPLICATE_CONFLICT. The digest is XXH3-128 (a fixed, documented algorithm, so digests
+//! is a DUPLICATE_CONFLICT. The digest is XXH3-128 (a fixed, documented algorithm over a canonical encoding, so digests
 //! in a snapshot stay valid across releases) over a canonical encoding of the event apart from
 //! its transaction id: map order and repeated keys do not change it.
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::decode::Event;
 
@@ -17,32 +17,32 @@ pub struct Seen {
     pub at_ms: i64,
 }
 
-fn text(hasher: &mut Xxh3, value: &str) {
-    hasher.update(&(value.len() as u64).to_le_bytes());
-    hasher.update(value.as_bytes());
+fn text(canonical: &mut Vec<u8>, value: &str) {
+    canonical.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    canonical.extend_from_slice(value.as_bytes());
 }
 
 pub fn content_digest(event: &Event) -> u128 {
-    let mut hasher = Xxh3::new();
-    text(&mut hasher, event.customer_id);
-    text(&mut hasher, event.event_type);
-    hasher.update(&event.timestamp_ms.to_le_bytes());
+    let mut canonical = Vec::with_capacity(256);
+    text(&mut canonical, event.customer_id);
+    text(&mut canonical, event.event_type);
+    canonical.extend_from_slice(&event.timestamp_ms.to_le_bytes());
     let mut dimensions = event.dimensions.clone();
     dimensions.sort_unstable();
-    hasher.update(&(dimensions.len() as u64).to_le_bytes());
+    canonical.extend_from_slice(&(dimensions.len() as u64).to_le_bytes());
     for (key, value) in dimensions {
-        text(&mut hasher, key);
-        text(&mut hasher, value);
+        text(&mut canonical, key);
+        text(&mut canonical, value);
     }
     let mut values = event.values.clone();
     values.sort_unstable();
-    hasher.update(&(values.len() as u64).to_le_bytes());
+    canonical.extend_from_slice(&(values.len() as u64).to_le_bytes());
     for (key, value) in values {
-        text(&mut hasher, key);
-        hasher.update(&value.to_le_bytes());
+        text(&mut canonical, key);
+        canonical.extend_from_slice(&value.to_le_bytes());
     }
-    text(&mut hasher, event.reservation_id);
-    hasher.digest128()
+    text(&mut canonical, event.reservation_id);
+    xxh3_128(&canonical)
 }
 
 /// What a transaction id seen before means now: None if unseen or out of the window.

@@ -5,6 +5,7 @@
 //! event with the same functions, on a copy of the balances, and commits nothing. Time comes in
 //! with each call.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
@@ -28,6 +29,21 @@ pub struct Account {
     pub period_charges: BTreeMap<i64, Picos>,
     pub period_overage: BTreeMap<i64, Picos>,
     dedupe: FxHashMap<Box<str>, Seen>,
+    /// (contract anchor, start, end) of the period of the account's last event: consecutive events
+    /// almost always share it, and computing one walks the calendar.
+    last_period: Cell<(i64, i64, i64)>,
+}
+
+impl Account {
+    fn period(&self, anchor_ms: i64, ts_ms: i64) -> i64 {
+        let (anchor, start, end) = self.last_period.get();
+        if anchor == anchor_ms && start <= ts_ms && ts_ms < end {
+            return start;
+        }
+        let (start, end) = period_containing(anchor_ms, ts_ms);
+        self.last_period.set((anchor_ms, start, end));
+        start
+    }
 }
 
 /// What one event would do to one product.
@@ -191,7 +207,7 @@ impl Kernel {
                 format!("customer {} has no contract covering {ts}", py_repr(customer)),
             ));
         };
-        let (period_start_ms, _) = period_containing(contract.starting_at_ms, ts);
+        let period_start_ms = account.period(contract.starting_at_ms, ts);
         if route.closed_periods.contains(&period_start_ms) {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
         }
@@ -492,6 +508,7 @@ impl Kernel {
                 period_charges: stored.period_charges.into_iter().collect(),
                 period_overage: stored.period_overage.into_iter().collect(),
                 dedupe: stored.dedupe.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect(),
+                last_period: Cell::default(),
             };
             kernel.accounts.insert(stored.customer_id, account);
         }

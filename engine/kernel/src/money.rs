@@ -37,9 +37,14 @@ pub fn round_half_even(numerator: I256, denominator: I256) -> Option<i128> {
     i128::try_from(rounded).ok()
 }
 
-fn round_half_even_128(numerator: i128, denominator: i128) -> Option<i128> {
-    let quotient = numerator.div_euclid(denominator);
-    let remainder = numerator.rem_euclid(denominator);
+/// `round_half_even` in 128 bits (denominator > 0), with one division.
+pub fn round_half_even_128(numerator: i128, denominator: i128) -> Option<i128> {
+    let mut quotient = numerator / denominator;
+    let mut remainder = numerator - quotient * denominator;
+    if remainder < 0 {
+        quotient -= 1;
+        remainder += denominator;
+    }
     let twice = remainder.checked_mul(2)?;
     if twice > denominator || (twice == denominator && quotient & 1 == 1) {
         quotient.checked_add(1)

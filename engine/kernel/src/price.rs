@@ -8,7 +8,7 @@
 use ethnum::I256;
 use serde::{Deserialize, Serialize};
 
-use crate::money::{round_half_even, Fixed, Picos, FIXED_PER_PICO, SCALE};
+use crate::money::{round_half_even, round_half_even_128, Fixed, Picos, FIXED_PER_PICO, SCALE};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tier {
@@ -32,11 +32,112 @@ pub enum Curve {
     Flat { price: Fixed },
 }
 
-/// A curve with a contract's multiplier (at 10^-18) applied to its amount, or none.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A curve with a contract's multiplier (at 10^-18) applied to its amount, or none, and its
+/// coefficients reduced by their common factor: prices at 10^-18 times quantities at 10^-18
+/// pass 128 bits early (170 units at a price of 1), but once a price like 0.03 per 1000 is
+/// reduced to 3 / 10^11 most amounts fit an i128, where the arithmetic is several times cheaper.
+/// Both paths compute the same exact ratio, so they round to the same picos.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PricedCurve {
     pub curve: Curve,
     pub multiplier: Option<Fixed>,
+    reduced: Option<Reduced>,
+}
+
+/// The ratio's integer coefficients divided by their greatest common divisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reduced {
+    /// Per tier (one for UNIT, PACKAGE and FLAT): what multiplies the quantity (or the package count).
+    unit: Vec<i128>,
+    /// Per tier: the flat fee's term (TIERED only).
+    flat: Vec<i128>,
+    denominator: i128,
+}
+
+fn gcd(mut a: i128, mut b: i128) -> i128 {
+    a = a.abs();
+    b = b.abs();
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl PricedCurve {
+    pub fn new(curve: Curve, multiplier: Option<Fixed>) -> PricedCurve {
+        let reduced = Self::reduce(&curve, multiplier);
+        PricedCurve { curve, multiplier, reduced }
+    }
+
+    /// None when a coefficient does not fit 128 bits: the curve then always prices in 256.
+    fn reduce(curve: &Curve, multiplier: Option<Fixed>) -> Option<Reduced> {
+        let (mut unit, mut flat, mut denominator) = match curve {
+            Curve::Unit { price, per_units } => (vec![*price], vec![], FIXED_PER_PICO.checked_mul(*per_units)?),
+            Curve::Tiered { tiers, per_units, .. } => (
+                tiers.iter().map(|t| t.unit_price).collect(),
+                tiers.iter().map(|t| t.flat_price.checked_mul(*per_units)).collect::<Option<Vec<_>>>()?,
+                FIXED_PER_PICO.checked_mul(*per_units)?,
+            ),
+            Curve::Package { price, .. } | Curve::Flat { price } => (vec![*price], vec![], FIXED_PER_PICO),
+        };
+        if let Some(multiplier) = multiplier {
+            let common = gcd(multiplier, SCALE).max(1);
+            let (m, s) = (multiplier / common, SCALE / common);
+            for c in unit.iter_mut().chain(flat.iter_mut()) {
+                *c = c.checked_mul(m)?;
+            }
+            denominator = denominator.checked_mul(s)?;
+        }
+        let common = unit.iter().chain(&flat).fold(denominator, |g, c| gcd(g, *c)).max(1);
+        for c in unit.iter_mut().chain(flat.iter_mut()) {
+            *c /= common;
+        }
+        Some(Reduced { unit, flat, denominator: denominator / common })
+    }
+
+    /// The price of a cumulative quantity, in picos (rounded half-even once); None on overflow.
+    pub fn picos(&self, quantity: Fixed) -> Option<Picos> {
+        if let Some(picos) = self.reduced.as_ref().and_then(|r| self.picos_128(r, quantity)) {
+            return Some(picos);
+        }
+        let (mut numerator, mut denominator) = self.curve.ratio(quantity)?;
+        if let Some(multiplier) = self.multiplier {
+            numerator = numerator.checked_mul(big(multiplier))?;
+            denominator = denominator.checked_mul(big(SCALE))?;
+        }
+        round_half_even(numerator, denominator)
+    }
+
+    /// `Curve::ratio` over the reduced coefficients in 128 bits; None if anything overflows.
+    fn picos_128(&self, reduced: &Reduced, quantity: Fixed) -> Option<Picos> {
+        if quantity <= 0 {
+            return Some(0);
+        }
+        let numerator = match &self.curve {
+            Curve::Unit { .. } => quantity.checked_mul(reduced.unit[0])?,
+            Curve::Tiered { volume: true, tiers, .. } => {
+                let at =
+                    tiers.iter().position(|t| t.up_to.is_none_or(|up_to| quantity <= up_to)).unwrap_or(tiers.len() - 1);
+                quantity.checked_mul(reduced.unit[at])?.checked_add(reduced.flat[at])?
+            }
+            Curve::Tiered { volume: false, tiers, .. } => {
+                let (mut numerator, mut lower) = (0i128, 0);
+                for (at, tier) in tiers.iter().enumerate() {
+                    let upper = tier.up_to.map_or(quantity, |up_to| up_to.min(quantity));
+                    if upper <= lower {
+                        break;
+                    }
+                    let portion = (upper - lower).checked_mul(reduced.unit[at])?;
+                    numerator = numerator.checked_add(portion)?.checked_add(reduced.flat[at])?;
+                    lower = upper;
+                }
+                numerator
+            }
+            Curve::Package { size, .. } => ((quantity + size - 1) / size).checked_mul(reduced.unit[0])?,
+            Curve::Flat { .. } => reduced.unit[0],
+        };
+        round_half_even_128(numerator, reduced.denominator)
+    }
 }
 
 fn big(value: i128) -> I256 {
@@ -87,18 +188,6 @@ impl Curve {
     }
 }
 
-impl PricedCurve {
-    /// The price of a cumulative quantity, in picos (rounded half-even once); None on overflow.
-    pub fn picos(&self, quantity: Fixed) -> Option<Picos> {
-        let (mut numerator, mut denominator) = self.curve.ratio(quantity)?;
-        if let Some(multiplier) = self.multiplier {
-            numerator = numerator.checked_mul(big(multiplier))?;
-            denominator = denominator.checked_mul(big(SCALE))?;
-        }
-        round_half_even(numerator, denominator)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,7 +197,7 @@ mod tests {
     const P: i128 = 1_000_000_000_000;
 
     fn plain(curve: Curve) -> PricedCurve {
-        PricedCurve { curve, multiplier: None }
+        PricedCurve::new(curve, None)
     }
 
     fn graduated() -> Curve {
@@ -166,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_multiplier_rounds_once() {
-        let curve = PricedCurve { curve: Curve::Unit { price: 1, per_units: U }, multiplier: Some(U / 2 * 3) };
+        let curve = PricedCurve::new(Curve::Unit { price: 1, per_units: U }, Some(U / 2 * 3));
         // 10^6 units at 10^-18 each = 10^-12, x 1.5 = 1.5 picos -> 2 (half-even), not 1 x 1.5 rounded twice.
         assert_eq!(curve.picos(1_000_000 * U), Some(2));
     }
@@ -177,8 +266,44 @@ mod tests {
         assert_eq!(curve.picos(i128::MAX), None);
     }
 
+    fn any_curve() -> impl Strategy<Value = Curve> {
+        let price = 0i128..(1000 * U);
+        let per = prop_oneof![Just(U), Just(1000 * U), Just(3 * U / 7), 1i128..(10 * U)];
+        prop_oneof![
+            (price.clone(), per.clone()).prop_map(|(price, per_units)| Curve::Unit { price, per_units }),
+            (price.clone(), 1i128..(100 * U)).prop_map(|(price, size)| Curve::Package { size, price }),
+            price.clone().prop_map(|price| Curve::Flat { price }),
+            (any::<bool>(), proptest::collection::vec((1i128..(500 * U), price.clone(), price), 1..4), per).prop_map(
+                |(volume, raw, per_units)| {
+                    let mut bound = 0;
+                    let last = raw.len() - 1;
+                    let tiers = raw
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (step, unit_price, flat_price))| {
+                            bound += step;
+                            Tier { up_to: (i < last).then_some(bound), unit_price, flat_price }
+                        })
+                        .collect();
+                    Curve::Tiered { volume, tiers, per_units }
+                }
+            ),
+        ]
+    }
+
     proptest! {
         #![proptest_config(crate::test_config())]
+        #[test]
+        fn the_128_bit_path_prices_exactly_as_the_256_bit_one(
+            curve in any_curve(),
+            multiplier in proptest::option::of(0i128..(5 * U)),
+            quantity in prop_oneof![0i128..(1000 * U), 0i128..(1_000_000_000_000_000 * U)],
+        ) {
+            let fast = PricedCurve::new(curve.clone(), multiplier);
+            let wide = PricedCurve { curve, multiplier, reduced: None };
+            prop_assert_eq!(fast.picos(quantity), wide.picos(quantity));
+        }
+
         #[test]
         fn graduated_prices_never_fall(a in 0i128..(10_000_000 * U), b in 0i128..(10_000_000 * U)) {
             let curve = plain(graduated());

@@ -4,6 +4,8 @@
 //! lookups (most specific match first), per-customer contracts with their period calendar,
 //! version timeline and overrides. Dimension values are compared as interned symbols.
 
+use std::borrow::Cow;
+
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::money::{parse_i128, Fixed};
@@ -65,7 +67,8 @@ pub struct Product {
 
 pub struct Rate {
     pub required: Vec<(usize, Sym)>,
-    pub curve: Curve,
+    /// The rate card's price, ready to price (a contract's override derives its own).
+    pub priced: PricedCurve,
 }
 
 pub struct Version {
@@ -190,7 +193,7 @@ impl Catalog {
             let mut rates: FxHashMap<Sym, Vec<Rate>> = FxHashMap::default();
             for rate in &table.rates {
                 let required = rate.required.iter().map(|(p, v)| (*p as usize, interner.intern(v))).collect();
-                let compiled = Rate { required, curve: curve(&rate.curve)? };
+                let compiled = Rate { required, priced: PricedCurve::new(curve(&rate.curve)?, None) };
                 rates.entry(interner.intern(&rate.product_id)).or_default().push(compiled);
             }
             let rate_card = interner.intern(&table.rate_card_id);
@@ -274,13 +277,13 @@ impl Version {
 /// The contract's curve for this rate: its override (most specific match, then the one added
 /// last) replaces or scales the rate card's price. What an override `price` means per model is
 /// defined in proto/tariff/v1/contracts.proto (PriceOverride).
-pub fn curve_with_override(
+pub fn curve_with_override<'a>(
     contract: &Contract,
     product: Sym,
     key: &[Option<Sym>],
-    rate: &Rate,
+    rate: &'a Rate,
     ts_ms: i64,
-) -> PricedCurve {
+) -> Cow<'a, PricedCurve> {
     let chosen = contract
         .overrides
         .iter()
@@ -293,10 +296,10 @@ pub fn curve_with_override(
         })
         .max_by_key(|(i, o)| (o.required.as_ref().map_or(0, Vec::len), *i))
         .map(|(_, o)| o);
-    let base = rate.curve.clone();
-    let Some(chosen) = chosen else { return PricedCurve { curve: base, multiplier: None } };
+    let Some(chosen) = chosen else { return Cow::Borrowed(&rate.priced) };
+    let base = rate.priced.curve.clone();
     if let Some(multiplier) = chosen.multiplier {
-        return PricedCurve { curve: base, multiplier: Some(multiplier) };
+        return Cow::Owned(PricedCurve::new(base, Some(multiplier)));
     }
     let price = chosen.price.expect("an override has a price or a multiplier");
     let curve = match base {
@@ -304,7 +307,7 @@ pub fn curve_with_override(
         Curve::Package { size, .. } => Curve::Package { size, price },
         Curve::Flat { .. } => Curve::Flat { price },
     };
-    PricedCurve { curve, multiplier: None }
+    Cow::Owned(PricedCurve::new(curve, None))
 }
 
 // The period calendar: months anchored on the contract's start (UTC), a day past a month's end
