@@ -58,7 +58,7 @@ impl Refusal {
     }
 }
 
-/// A validated event: maps resolved, values exact.
+/// A validated event: maps resolved (sorted by key), values exact.
 pub struct Event<'a> {
     pub transaction_id: &'a str,
     pub customer_id: &'a str,
@@ -71,10 +71,10 @@ pub struct Event<'a> {
 
 impl<'a> Event<'a> {
     pub fn dimension(&self, key: &str) -> Option<&'a str> {
-        self.dimensions.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.dimensions.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.dimensions[at].1)
     }
     pub fn value(&self, key: &str) -> Option<Fixed> {
-        self.values.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.values.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.values[at].1)
     }
 }
 
@@ -177,6 +177,10 @@ pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -
             format!("timestamp_ms {} is more than {} s in the future", event.timestamp_ms, future_skew_ms / 1000),
         ));
     }
+    // Sorted by key once valid: the digest needs a canonical order, and lookups can bisect.
+    let mut dimensions = dimensions;
+    dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    values.sort_unstable_by(|a, b| a.0.cmp(b.0));
     Ok(Event {
         transaction_id: &event.transaction_id,
         customer_id: &event.customer_id,
@@ -218,6 +222,6 @@ mod tests {
     fn the_last_of_repeated_keys_wins() {
         let e = event(vec![("n", 1.0), ("m", 2.0), ("n", 3.0)]);
         let checked = check_event(&e, 0, 300_000).unwrap();
-        assert_eq!(checked.values, vec![("n", 3 * crate::money::SCALE), ("m", 2 * crate::money::SCALE)]);
+        assert_eq!(checked.values, vec![("m", 2 * crate::money::SCALE), ("n", 3 * crate::money::SCALE)]);
     }
 }

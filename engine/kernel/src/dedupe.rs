@@ -22,27 +22,25 @@ fn text(canonical: &mut Vec<u8>, value: &str) {
     canonical.extend_from_slice(value.as_bytes());
 }
 
-pub fn content_digest(event: &Event) -> u128 {
-    let mut canonical = Vec::with_capacity(256);
-    text(&mut canonical, event.customer_id);
-    text(&mut canonical, event.event_type);
+/// `canonical` is scratch space, reused between events.
+pub fn content_digest(event: &Event, canonical: &mut Vec<u8>) -> u128 {
+    canonical.clear();
+    text(canonical, event.customer_id);
+    text(canonical, event.event_type);
     canonical.extend_from_slice(&event.timestamp_ms.to_le_bytes());
-    let mut dimensions = event.dimensions.clone();
-    dimensions.sort_unstable();
-    canonical.extend_from_slice(&(dimensions.len() as u64).to_le_bytes());
-    for (key, value) in dimensions {
-        text(&mut canonical, key);
-        text(&mut canonical, value);
+    // The event's maps are already sorted by key (decode::check_event).
+    canonical.extend_from_slice(&(event.dimensions.len() as u64).to_le_bytes());
+    for (key, value) in &event.dimensions {
+        text(canonical, key);
+        text(canonical, value);
     }
-    let mut values = event.values.clone();
-    values.sort_unstable();
-    canonical.extend_from_slice(&(values.len() as u64).to_le_bytes());
-    for (key, value) in values {
-        text(&mut canonical, key);
+    canonical.extend_from_slice(&(event.values.len() as u64).to_le_bytes());
+    for (key, value) in &event.values {
+        text(canonical, key);
         canonical.extend_from_slice(&value.to_le_bytes());
     }
-    text(&mut canonical, event.reservation_id);
-    xxh3_128(&canonical)
+    text(canonical, event.reservation_id);
+    xxh3_128(canonical)
 }
 
 /// What a transaction id seen before means now: None if unseen or out of the window.

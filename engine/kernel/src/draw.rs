@@ -73,7 +73,8 @@ pub struct Outcome {
     pub overage: Picos,
 }
 
-/// Settles an event's charges against `remaining` (one balance per grant, changed in place).
+/// Settles an event's charges (in product-id order) against `remaining` (one balance per grant,
+/// changed in place).
 pub fn settle(
     grants: &[Grant],
     order: &[u32],
@@ -87,10 +88,11 @@ pub fn settle(
             *outcome = give_back(order, remaining, charge);
         }
     }
-    let mut positive: Vec<usize> = (0..charges.len()).filter(|&i| charges[i].charge > 0).collect();
-    positive.sort_by_key(|&i| charges[i].product_id);
-    for i in positive {
-        let charge = &charges[i];
+    debug_assert!(charges.windows(2).all(|w| w[0].product_id <= w[1].product_id), "charges come in product-id order");
+    for (i, charge) in charges.iter().enumerate() {
+        if charge.charge <= 0 {
+            continue;
+        }
         let mut left = charge.charge;
         let outcome = &mut outcomes[i];
         for &g in order {
@@ -169,21 +171,18 @@ mod tests {
     }
 
     #[test]
-    fn refunds_settle_before_charges_whatever_the_product_order() {
-        // One unrestricted grant of 100, fully drawn by product b; then b gives back 49 and a
-        // charges 40 in one event: 9 credits left and no overage, in either order.
+    fn refunds_settle_before_charges_whichever_product_sorts_first() {
+        // One unrestricted grant of 100, fully drawn by the refunding product; then it gives back
+        // 49 and the other product charges 40 in one event: 9 credits left and no overage.
         let grants = vec![grant("g", 100, 0, vec![], None, 0)];
         let order = burn_order(&grants);
         let drew = [(0u32, 100)];
-        let refund = Charge { product: 2, product_id: "b", charge: -49, drawn_by_grant: &drew, overage: 0 };
-        let refund_first = [Charge { ..refund }, charge(1, "a", 40)];
-        let refund_last = [
-            charge(1, "a", 40),
-            Charge { product: 2, product_id: "b", charge: -49, drawn_by_grant: &drew, overage: 0 },
-        ];
-        for charges in [&refund_first[..], &refund_last[..]] {
+        for (charging, refunding) in [("a", "b"), ("b", "a")] {
+            let charge = Charge { product: 1, product_id: charging, charge: 40, drawn_by_grant: &[], overage: 0 };
+            let refund = Charge { product: 2, product_id: refunding, charge: -49, drawn_by_grant: &drew, overage: 0 };
+            let charges = if charging < refunding { [charge, refund] } else { [refund, charge] };
             let mut remaining = vec![0];
-            let outcomes = settle(&grants, &order, &mut remaining, charges, 1);
+            let outcomes = settle(&grants, &order, &mut remaining, &charges, 1);
             assert_eq!(remaining, vec![9]);
             assert!(outcomes.iter().all(|o| o.overage == 0));
         }

@@ -103,6 +103,8 @@ pub struct Kernel {
     catalog: Catalog,
     interner: Interner,
     accounts: FxHashMap<String, Account>,
+    /// Scratch space for an event's canonical encoding.
+    canonical: Vec<u8>,
 }
 
 impl Kernel {
@@ -168,7 +170,7 @@ impl Kernel {
         ack: &mut AckBuilder,
     ) -> Result<bool, Refusal> {
         let event = check_event(raw, received_ms, self.catalog.future_skew_ms)?;
-        let digest = content_digest(&event);
+        let digest = content_digest(&event, &mut self.canonical);
         if let Some(account) = self.accounts.get(event.customer_id) {
             let seen = account.dedupe.get(event.transaction_id);
             if let Some(known) = prior(seen, received_ms, self.catalog.dedupe_window_ms) {

@@ -189,6 +189,10 @@ impl Catalog {
                 dimensions: table.pricing_dimensions.clone(),
             });
         }
+        // An event's products in product-id order: the order its charges draw in (never creation order).
+        for products in catalog.by_event_type.values_mut() {
+            products.sort_by(|a, b| tables.products[*a].id.cmp(&tables.products[*b].id));
+        }
         for table in &tables.versions {
             let mut rates: FxHashMap<Sym, Vec<Rate>> = FxHashMap::default();
             for rate in &table.rates {
