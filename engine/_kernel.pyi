@@ -10,11 +10,18 @@ class Balance(TypedDict):
     overage: int
     overage_due_e30: int  # overage x overage price, exactly, in 10^-30 of the currency
 
+class BatchTooLarge(ValueError): ...  # args: (events,)
+class CustomerNotAllowed(ValueError): ...  # args: (index, customer_id)
+
 @final
 class Kernel:
     def __init__(self) -> None: ...
     def load_tables(self, tables: bytes) -> None: ...
     def ingest(self, batch: bytes, received_ms: int, journal_seq: int) -> tuple[bytes, bytes]: ...
+    def ingest_checked(
+        self, batch: bytes, received_ms: int, next_seq: int, events_max: int, allowed: list[str] | None
+    ) -> tuple[bytes, bytes, int, int, list[str]]: ...
+    def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,
         customer_id: str,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
 from server.sequencer import decode_record
@@ -222,11 +223,19 @@ class ReferenceBilling:
             raise Mismatch(f"journal seq {seq} follows {self.last_seq}: records must be contiguous")
         record = decode_record(blob)
         command = record.command
-        if isinstance(command, cmd.IngestBatch):
+        if record.usage is not None:
+            # The batch as the client sent it, parsed with the generated protobuf classes.
+            usage = record.usage
+            sent = usage_pb2.UsageBatch.FromString(usage.batch)
+            events = [
+                cmd.UsageEvent(
+                    e.transaction_id, e.customer_id, e.event_type, e.timestamp_ms, dict(e.dimensions), dict(e.values)
+                )
+                for e in sent.events
+            ]
+            command = cmd.IngestBatch(sent.batch_id, events, usage.received_ms, {})
             result = self._ingest(seq, command)
-            if record.outcome is None:
-                raise Mismatch(f"record {seq}: an ingest record without its outcome")
-            journaled = (record.outcome.accepted, record.outcome.duplicates, record.outcome.rejected)
+            journaled = (usage.accepted, usage.duplicates, usage.rejected)
             recomputed = (result.accepted, result.duplicates, result.conflicts)
             if journaled != recomputed:
                 raise Mismatch(
@@ -234,6 +243,8 @@ class ReferenceBilling:
                     f" {journaled}, the reference recomputes {recomputed}"
                 )
         else:
+            if command is None or isinstance(command, cmd.IngestBatch):
+                raise Mismatch(f"record {seq}: neither an admin command nor a usage batch of journal format 2")
             self._admin(seq, command)
             self.admin_seqs.append(seq)
         self.last_seq = seq

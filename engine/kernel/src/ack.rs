@@ -6,7 +6,7 @@
 use prost::Message;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::decode::{wire, Refusal};
+use crate::decode::{wire, Reason, Refusal};
 use crate::money::Picos;
 
 pub struct AckBuilder {
@@ -55,6 +55,17 @@ impl AckBuilder {
             self.digest.extend_from_slice(&credits.to_le_bytes());
         }
         self.digest.extend_from_slice(&overage.to_le_bytes());
+    }
+
+    /// (accepted, duplicates, the reason of each rejection) so far.
+    pub fn counts(&self) -> (u32, u32, Vec<Reason>) {
+        let reasons = self.ack.rejected.iter().filter_map(|r| Reason::from_wire(r.reason)).collect();
+        (self.ack.accepted, self.ack.duplicates, reasons)
+    }
+
+    /// The journal sequence number the ack reports (not part of the digest).
+    pub fn set_journal_seq(&mut self, journal_seq: u64) {
+        self.ack.journal_seq = journal_seq;
     }
 
     /// (IngestAck bytes, 16-byte digest).

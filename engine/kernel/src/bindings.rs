@@ -10,7 +10,15 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::decode::wire;
-use crate::kernel;
+use crate::kernel::{self, BatchRefusal};
+
+pyo3::create_exception!(_kernel, BatchTooLarge, PyValueError, "A batch with more events than the server takes.");
+pyo3::create_exception!(
+    _kernel,
+    CustomerNotAllowed,
+    PyValueError,
+    "A batch naming a customer the caller's key may not touch."
+);
 
 #[pyclass(frozen, module = "engine._kernel")]
 struct Kernel {
@@ -52,6 +60,44 @@ impl Kernel {
         let (ack, digest) =
             py.detach(|| self.lock()?.ingest(batch, received_ms, journal_seq).map_err(PyValueError::new_err))?;
         Ok((PyBytes::new(py, &ack), PyBytes::new(py, &digest)))
+    }
+
+    /// The server's ingest: (IngestAck bytes, digest, accepted, duplicates, reject reason names).
+    /// Refuses the whole batch, having changed nothing: ValueError when the bytes are not a
+    /// UsageBatch, BatchTooLarge(events) past `events_max`, CustomerNotAllowed(index, customer_id)
+    /// for a customer outside `allowed` (None: every customer). A batch that accepts nothing
+    /// reports `next_seq - 1`.
+    #[allow(clippy::type_complexity)]
+    fn ingest_checked<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &[u8],
+        received_ms: i64,
+        next_seq: u64,
+        events_max: usize,
+        allowed: Option<Vec<String>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
+        let done = py.detach(|| -> PyResult<_> {
+            let mut kernel = self.lock()?;
+            Ok(kernel.ingest_checked(batch, received_ms, next_seq, events_max, allowed.as_deref()))
+        })?;
+        match done {
+            Ok(i) => {
+                let reasons = i.rejected.iter().map(|r| r.name()).collect();
+                Ok((PyBytes::new(py, &i.ack), PyBytes::new(py, &i.digest), i.accepted, i.duplicates, reasons))
+            }
+            Err(BatchRefusal::NotABatch(message)) => Err(PyValueError::new_err(message)),
+            Err(BatchRefusal::TooManyEvents(events)) => Err(BatchTooLarge::new_err(events)),
+            Err(BatchRefusal::CustomerNotAllowed(index, customer)) => {
+                Err(CustomerNotAllowed::new_err((index, customer)))
+            }
+        }
+    }
+
+    /// Hours (Unix ms / 3,600,000) from `from_hour` on in which usage was priced by a version of
+    /// the rate card, ascending.
+    fn rated_hours(&self, py: Python<'_>, rate_card_id: &str, from_hour: i64) -> PyResult<Vec<i64>> {
+        py.detach(|| self.lock().map(|k| k.rated_hours(rate_card_id, from_hour)))
     }
 
     /// (allowed, reason, message, estimated_cost_picos, available_picos) for usage described as
@@ -158,5 +204,7 @@ impl Kernel {
 #[pymodule]
 fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Kernel>()?;
+    module.add("BatchTooLarge", module.py().get_type::<BatchTooLarge>())?;
+    module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
     Ok(())
 }

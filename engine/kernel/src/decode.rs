@@ -29,6 +29,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub fn from_wire(number: i32) -> Option<Reason> {
+        const ALL: [Reason; 7] = [
+            Reason::InvalidEvent,
+            Reason::UnknownCustomer,
+            Reason::NoActiveContract,
+            Reason::TimestampOutOfRange,
+            Reason::PeriodClosed,
+            Reason::DuplicateConflict,
+            Reason::NoApplicableRate,
+        ];
+        ALL.into_iter().find(|r| *r as i32 == number)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Reason::InvalidEvent => "INVALID_EVENT",
@@ -131,8 +144,12 @@ pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -
     if event.event_type.is_empty() {
         return Err(Refusal::invalid("event_type is required"));
     }
-    if event.timestamp_ms <= 0 {
+    if event.timestamp_ms == 0 {
         return Err(Refusal::invalid("timestamp_ms is required (Unix milliseconds, UTC)"));
+    }
+    if event.timestamp_ms < 0 {
+        let message = format!("timestamp_ms {} must be positive (Unix milliseconds, UTC)", event.timestamp_ms);
+        return Err(Refusal::invalid(message));
     }
     let too_many =
         || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));

@@ -98,6 +98,22 @@ pub struct BalanceView {
     pub overage_due_e30: ethnum::I256,
 }
 
+/// What `ingest_checked` did with a batch.
+pub struct Ingested {
+    pub ack: Vec<u8>,
+    pub digest: [u8; 16],
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub rejected: Vec<Reason>,
+}
+
+/// Why `ingest_checked` refused a whole batch (nothing changed).
+pub enum BatchRefusal {
+    NotABatch(String),
+    TooManyEvents(usize),
+    CustomerNotAllowed(usize, String),
+}
+
 #[derive(Default)]
 pub struct Kernel {
     catalog: Catalog,
@@ -160,6 +176,59 @@ impl Kernel {
             }
         }
         Ok(ack.finish())
+    }
+
+    /// `ingest` for the server: refuses the whole batch, having changed nothing, when it holds more than
+    /// `events_max` events or names a customer outside `allowed` (a key restricted to those customers).
+    /// A batch that accepts nothing reports `next_seq - 1` in its ack: it takes no journal record.
+    pub fn ingest_checked(
+        &mut self,
+        bytes: &[u8],
+        received_ms: i64,
+        next_seq: u64,
+        events_max: usize,
+        allowed: Option<&[String]>,
+    ) -> Result<Ingested, BatchRefusal> {
+        let batch = decode_batch(bytes).map_err(BatchRefusal::NotABatch)?;
+        if batch.events.len() > events_max {
+            return Err(BatchRefusal::TooManyEvents(batch.events.len()));
+        }
+        if let Some(allowed) = allowed {
+            if let Some((index, event)) =
+                batch.events.iter().enumerate().find(|(_, e)| !allowed.contains(&e.customer_id))
+            {
+                return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.clone()));
+            }
+        }
+        let mut ack = AckBuilder::new(&batch.batch_id, next_seq);
+        for (index, event) in batch.events.iter().enumerate() {
+            match self.ingest_event(event, received_ms, &mut ack) {
+                Ok(true) => ack.accepted(index),
+                Ok(false) => ack.duplicate(index),
+                Err(refusal) => ack.rejected(index, &event.transaction_id, refusal),
+            }
+        }
+        let (accepted, duplicates, rejected) = ack.counts();
+        if accepted == 0 {
+            ack.set_journal_seq(next_seq.saturating_sub(1));
+        }
+        let (ack, digest) = ack.finish();
+        Ok(Ingested { ack, digest, accepted, duplicates, rejected })
+    }
+
+    /// The hours (Unix ms / HOUR_MS) at or after `from_hour` in which any customer has usage priced by
+    /// a version of `rate_card_id`, ascending.
+    pub fn rated_hours(&self, rate_card_id: &str, from_hour: i64) -> Vec<i64> {
+        let mut hours: Vec<i64> = self
+            .accounts
+            .values()
+            .flat_map(|a| a.buckets.iter())
+            .filter(|(k, usages)| k.hour >= from_hour && usages.iter().any(|u| self.text(u.rate_card) == rate_card_id))
+            .map(|(k, _)| k.hour)
+            .collect();
+        hours.sort_unstable();
+        hours.dedup();
+        hours
     }
 
     /// Ok(true) accepted, Ok(false) a duplicate.
