@@ -149,10 +149,13 @@ def compile_tables(
     timelines: list[list[tuple[int, int]]] = []
     timeline_index: dict[tuple[tuple[int, int], ...], int] = {}
     customers = []
+    contracts_by_customer: dict[str, list[Contract]] = {}
+    for contract in state.contracts.values():  # grouped once: a scan per customer would be quadratic
+        contracts_by_customer.setdefault(contract.customer_id, []).append(contract)
     for customer in state.customers.values():
         account = state.accounts[customer.id]
         contracts = []
-        for contract in (c for c in state.contracts.values() if c.customer_id == customer.id):
+        for contract in contracts_by_customer.get(customer.id, ()):
             card = state.rate_cards[contract.rate_card_id]
             timeline = _timeline_for(card, customer, version_index)
             if timeline not in timeline_index:
