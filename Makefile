@@ -5,16 +5,40 @@ PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:50051
 DATA_DIR ?= ./data
 
-.PHONY: install proto run test test-fast lint bench loadtest soak clean
+.PHONY: install proto run test test-fast lint bench loadtest soak clean kernel kernel-check wheel
 .PHONY: clients ts-install test-ts proto-lint proto-breaking
 .PHONY: go-install go-generate test-go java-install test-java
 
+# The install builds the rating kernel (engine/kernel, Rust) too: prerequisites are Python 3.11 and a stable
+# Rust toolchain (rustup). Cargo caches the release build in engine/kernel/target between runs.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@ $(KERNEL_STAMP)
+
+# Rebuilds engine._kernel after a change to the kernel's sources (cargo rebuilds only what changed).
+KERNEL_DIR := engine/kernel
+KERNEL_SRC := $(wildcard $(KERNEL_DIR)/src/*.rs $(KERNEL_DIR)/proto/*.proto) $(KERNEL_DIR)/build.rs \
+	$(KERNEL_DIR)/Cargo.toml $(KERNEL_DIR)/Cargo.lock
+KERNEL_STAMP := $(VENV)/.kernel
+$(KERNEL_STAMP): $(VENV)/.installed $(KERNEL_SRC)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(VENV)/.installed
+kernel: $(KERNEL_STAMP)
+
+install: $(VENV)/.installed $(KERNEL_STAMP)
+
+# The kernel's own checks: formatting, clippy with warnings as errors, and its unit and property tests
+# (TARIFF_PROPTEST_CASES raises the property tests' case count; `make soak` does).
+kernel-check:
+	cd $(KERNEL_DIR) && cargo fmt --check
+	cd $(KERNEL_DIR) && cargo clippy --quiet --all-targets -- -D warnings
+	cd $(KERNEL_DIR) && cargo test --quiet
+
+# A wheel with the compiled kernel inside, in dist/: it installs without Rust.
+wheel: install
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w dist .
 
 # Regenerates clients/python/tariff/v1 from proto/ (committed; a test checks it is fresh).
 proto: install
@@ -131,7 +155,7 @@ run: install proto
 	$(VENV)/bin/tariff serve --listen $(LISTEN) --data-dir $(DATA_DIR) --demo
 
 # The whole suite: lint, types, engine, journal, and tests against real server processes.
-test: install lint
+test: install lint kernel-check
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) --no-print-directory test-ts
 	$(MAKE) --no-print-directory test-go
@@ -160,8 +184,10 @@ loadtest: install
 SOAK_SEED ?= 1
 FUZZ_EXAMPLES ?= 100
 soak: install
+	cd $(KERNEL_DIR) && TARIFF_PROPTEST_CASES=2000 cargo test --quiet
+	TARIFF_KERNEL_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_kernel_differential.py
 	$(PY) -m tests.soak --crashes 50 --clients 3 --seed $(SOAK_SEED) --out soak.json
 	TARIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -s tests/test_fuzz_server.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info $(GO_BIN) $(JAVA_DIR)/target
+	rm -rf $(VENV) build *.egg-info dist engine/_kernel*.so $(GO_BIN) $(JAVA_DIR)/target

@@ -33,16 +33,15 @@ from tariff.v1 import (
     pricing_pb2,
     pricing_pb2_grpc,
     usage_pb2,
-    usage_pb2_grpc,
 )
 
-from engine.state import Engine
+from engine.billing import Billing, RatingChanged
 from server import oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
-from server.journal import LmdbJournal
-from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover_for_writing
+from server.journal import JournalFormatError, LmdbJournal
+from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover
 from server.services import (
     INTAKE_BYTES_MAX_DEFAULT,
     AlertService,
@@ -239,10 +238,10 @@ async def serve(config: ServeConfig) -> int:
         log.error("cannot read a TLS file: %s", exc)
         return 2
 
-    recovered: list[Engine] = []  # the engine, once recovered (before the server starts answering)
+    recovered: list[Billing] = []  # the state, once recovered (before the server starts answering)
 
     def customer_of_contract(contract_id: str) -> str | None:
-        contract = recovered[0].state.contracts.get(contract_id) if recovered else None
+        contract = recovered[0].engine.state.contracts.get(contract_id) if recovered else None
         return contract.customer_id if contract is not None else None
 
     server = grpc.aio.server(
@@ -280,7 +279,7 @@ async def _serve_locked(
     keyring: Keyring | None,
     tls: bool,
     started: float,
-    recovered: list[Engine],
+    recovered: list[Billing],
 ) -> int:
     """Recovers, seeds the demo, serves until a signal, shuts down: with the port bound and the data dir locked."""
     if keyring is not None and not tls and not is_loopback(config.listen):
@@ -291,29 +290,37 @@ async def _serve_locked(
         )
     if keyring is not None:
         log.info("API keys: %d loaded from %s", len(keyring), config.api_keys)
-    journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
-    engine, unindexed = recover_for_writing(
-        journal, future_skew_ms=config.future_skew_ms, progress_every_s=RECOVERY_PROGRESS_EVERY_S
-    )
+    try:
+        journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
+    except JournalFormatError as exc:
+        log.error("%s", exc)
+        await server.stop(None)
+        return 2
+    try:
+        billing = recover(journal, future_skew_ms=config.future_skew_ms, progress_every_s=RECOVERY_PROGRESS_EVERY_S)
+    except RatingChanged as exc:
+        log.error("%s", exc)
+        journal.close()
+        await server.stop(None)
+        return 2
     recovery_s = time.monotonic() - started
-    recovered.append(engine)
+    recovered.append(billing)
     tune_garbage_collector()
     freezer = asyncio.create_task(keep_freezing_survivors())
     stop_telemetry = telemetry.configure(telemetry.OtelExporter(config.otel), config.metrics_port)
     telemetry.gauges.journal_bytes = lambda: journal.stats().used_bytes
     sequencer = Sequencer(
-        engine,
+        billing,
         journal,
         snapshot_every_records=config.snapshot_every_records,
         snapshot_every_events=config.snapshot_every_events,
-        unindexed=unindexed,
     )
     sequencer.start()
-    if config.demo and engine.state.last_seq == 0:
+    if config.demo and billing.last_seq == 0:
         for command in demo_commands(wall_ms()):
             await sequencer.run(command)
         log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
-    _add_services(server, engine, sequencer, config)
+    _add_services(server, billing, sequencer, config)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -325,11 +332,11 @@ async def _serve_locked(
         version=tariff_version(),
         listen=config.listen,
         data_dir=config.data_dir,
-        journal_seq=engine.state.last_seq,
-        customers=len(engine.state.customers),
+        journal_seq=billing.last_seq,
+        customers=len(billing.engine.state.customers),
         recovery_s=round(recovery_s, 2),
     )
-    print(_banner(config, engine.state.last_seq), flush=True)
+    print(_banner(config, billing.last_seq), flush=True)
     oplog.activity.report(lambda: 0)  # the first interval starts now
     reporter = asyncio.create_task(report_activity(config.activity_every_s, lambda: journal.stats().used_bytes))
     await _until_stopped(sequencer)
@@ -346,7 +353,7 @@ async def _serve_locked(
     stop_telemetry()
     freezer.cancel()
     oplog.line(
-        f"stopped at journal seq {engine.state.last_seq}",
+        f"stopped at journal seq {billing.last_seq}",
         journal_bytes=journal_bytes,
         uptime_s=round(time.monotonic() - started, 1),
         clean=sequencer.failure is None,
@@ -374,15 +381,16 @@ SERVICE_NAMES = [
 ]
 
 
-def _add_services(server: grpc.aio.Server, engine: Engine, sequencer: Sequencer, config: ServeConfig) -> None:
-    usage = UsageService(engine, sequencer)
+def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, config: ServeConfig) -> None:
+    usage = UsageService(billing, sequencer)
     usage.batch_events_max = config.batch_events_max
     usage.stream_batches_in_flight_max = config.stream_batches_in_flight_max
     usage.intake = IntakeBudget(config.intake_bytes_max)
-    usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
-    balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceService(engine, sequencer), server)
-    pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(engine, sequencer), server)
-    contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(engine, sequencer), server)
+    # Raw bytes in and out: the kernel decodes the UsageBatch and encodes the IngestAck.
+    server.add_generic_rpc_handlers((usage.generic_handler(),))
+    balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceService(billing, sequencer), server)
+    pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
+    contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)
     alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(), server)
 

@@ -102,7 +102,8 @@ class Scope(enum.Enum):
     CONTRACT = "contract"
     # GrantCredits: grant.customer_id and the owner of grant.contract_id.
     GRANT = "grant"
-    # A UsageBatch: every event's customer_id.
+    # A UsageBatch (raw bytes): every event's customer_id, checked by the rating kernel before it rates anything
+    # (the servicer passes it the key's customers, from `caller`).
     EVENTS = "events"
     # An AuthorizeBatch: every request's customer_id.
     REQUESTS = "requests"
@@ -401,7 +402,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     f"key {identity.name!r} is restricted to some customers; {name} is not about one customer"
                 ),
             )
-        checked = identity.customers is not None and rule.scope not in (Scope.SHARED, Scope.FILTERED)
+        checked = identity.customers is not None and rule.scope not in (Scope.SHARED, Scope.FILTERED, Scope.EVENTS)
         wrapped = self._wrapped_for(method, handler, identity, rule if checked else None)
         # Only valid keys get here, so this cache holds at most (RPCs x keys) entries whatever callers send.
         self._admitted[method, presented] = wrapped
@@ -418,14 +419,6 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _check(self, identity: Identity, rule: Rule, request: Any) -> None:
         """Raises PermissionDenied when the request touches a customer the key may not touch."""
         scope = rule.scope
-        if scope is Scope.EVENTS:
-            for index, event in enumerate(request.events):
-                if not identity.may_touch(event.customer_id):
-                    raise PermissionDenied(
-                        f"events[{index}]: key {identity.name!r} may not touch customer {event.customer_id!r}; "
-                        "nothing in this batch was applied"
-                    )
-            return
         if scope is Scope.REQUESTS:
             for index, authorize in enumerate(request.requests):
                 self._require(identity, authorize.customer_id, f"requests[{index}].customer_id")

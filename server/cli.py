@@ -1,4 +1,5 @@
-"""The `tariff` command: `serve` runs the server, `keys` manages API keys, `bench` measures the server, and the
+"""The `tariff` command: `serve` runs the server, `migrate` converts an earlier release's data directory, `keys`
+manages API keys, `bench` measures the server, and the
 client commands (server/admin/) look at and change a running server over gRPC.
 
 This module imports click and the command modules only: grpc, protobuf and rich load inside the command
@@ -143,6 +144,19 @@ def serve(
         activity_every_s=log_activity_every_s,
     )
     sys.exit(run(config))
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="the data directory to migrate")
+def migrate(data_dir: Path) -> None:
+    """Migrate a data directory written by an earlier release (keeps the old journal in DIR/backup-v1/)."""
+    from server.migrate import MigrationError, migrate
+
+    try:
+        click.echo(migrate(data_dir))
+    except MigrationError as exc:
+        click.echo(f"tariff migrate: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.group()

@@ -25,7 +25,7 @@ def _rate(price: str, **match: str) -> Rate:
     return Rate("ai_action", dict(sorted(match.items())), UnitPrice(price))
 
 
-def demo_commands(now_ms: int) -> list[cmd.Command]:
+def demo_commands(now_ms: int) -> list[cmd.AdminCommand]:
     now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     month_start_ms = int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
     year_ms = 366 * 24 * 3600 * 1000

@@ -43,6 +43,7 @@ __all__ = [
     "MAX_TRANSACTION_ID_BYTES",
     "DedupeEntry",
     "Journal",
+    "JournalFormatError",
     "JournalFull",
     "JournalStats",
     "LmdbJournal",
@@ -50,8 +51,10 @@ __all__ = [
 ]
 
 # Bumped whenever the on-disk layout changes, so that an older server refuses a newer store
-# instead of misreading it.
-FORMAT_VERSION = 1
+# instead of misreading it. 2: usage records hold the batch bytes as received (server/sequencer.py).
+FORMAT_VERSION = 2
+# Stores of these versions are turned into the current one by `tariff migrate` (server/migrate.py).
+MIGRATABLE_FORMAT_VERSIONS = (b"1",)
 
 # LMDB's compiled-in key limit (mdb_env_get_maxkeysize). MemoryJournal enforces the same limit
 # so that a test passing against the fake cannot fail against LMDB.
@@ -91,6 +94,10 @@ class JournalStats(msgspec.Struct, frozen=True):
     transactions: int
     map_size_bytes: int  # LMDB map size; MemoryJournal: capacity_bytes, 0 when unbounded
     used_bytes: int  # LMDB: high-water mark of pages in the map (freed pages are reused, not returned)
+
+
+class JournalFormatError(Exception):
+    """The store was written in another format version: nothing was read or written."""
 
 
 class JournalFull(Exception):
@@ -269,8 +276,13 @@ class LmdbJournal:
                 stored = txn.get(_FORMAT_VERSION_KEY, db=meta_db)
                 if stored is None:
                     txn.put(_FORMAT_VERSION_KEY, str(FORMAT_VERSION).encode("ascii"), db=meta_db)
+                elif stored in MIGRATABLE_FORMAT_VERSIONS:
+                    raise JournalFormatError(
+                        f"journal at {path} was written by an earlier Tariff (format {stored.decode('ascii')}); "
+                        f"migrate it first: tariff migrate --data-dir {path.parent}"
+                    )
                 elif stored != str(FORMAT_VERSION).encode("ascii"):
-                    raise RuntimeError(
+                    raise JournalFormatError(
                         f"journal at {path} has format version {stored.decode('ascii', 'replace')!r}; this"
                         f" Tariff reads only version {FORMAT_VERSION}: run the Tariff release that wrote it"
                     )

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
+import grpc
 from tariff.v1 import (
     alerts_pb2_grpc,
     balance_pb2,
@@ -22,20 +23,19 @@ from tariff.v1 import (
     invoices_pb2_grpc,
     pricing_pb2,
     pricing_pb2_grpc,
-    usage_pb2,
-    usage_pb2_grpc,
 )
 
 from engine import commands as cmd
+from engine.billing import Billing, Ingested
 from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound
 from engine.ledger import Grant
 from engine.products import Product
 from engine.ratecard import RateCard, Version
-from engine.state import Engine, Estimate, IngestResult, PublishResult
+from engine.state import Estimate, PublishResult
 from server import auth, convert, oplog, telemetry
 from server.errors import DeadlineExceeded, ResourceExhausted, Unimplemented, check_deadline, streaming, unary
-from server.sequencer import Sequencer
+from server.sequencer import Sequencer, UsageBatch
 
 # grpc ships no type information: a servicer context is typed as Any.
 Context: TypeAlias = Any
@@ -44,7 +44,7 @@ BATCH_EVENTS_MAX_DEFAULT = 10_000
 STREAM_BATCHES_IN_FLIGHT_MAX = 16
 INTAKE_BYTES_MAX_DEFAULT = 256 * 1024 * 1024
 AUTHORIZE_BATCH_REQUESTS_MAX = 10_000
-CONVERT_SLICE_EVENTS = 256
+USAGE_SERVICE = "tariff.v1.UsageService"
 PAGE_SIZE_MAX = 1_000
 ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
 
@@ -59,12 +59,13 @@ def actor_of(context: Context) -> str:
 
 
 class _Base:
-    def __init__(self, engine: Engine, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
-        self.engine = engine
+    def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
+        self.billing = billing
+        self.engine = billing.engine  # the control plane; the same object for the server's life
         self.sequencer = sequencer
         self.clock_ms = clock_ms
 
-    async def _apply(self, command: cmd.Command, result_type: type[Result]) -> Result:
+    async def _apply(self, command: cmd.AdminCommand, result_type: type[Result]) -> Result:
         """Runs a command through the writer; returns its result once journaled and committed."""
         deadline = check_deadline(auth.current_call.get())
         _, result = await self.sequencer.run(command, deadline)
@@ -144,67 +145,68 @@ class IntakeBudget:
                 waiter.set_result(None)
 
 
-class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
+class UsageService(_Base):
+    """IngestUsage and IngestUsageBatch on raw bytes: a generic handler hands the servicer each UsageBatch as
+    received and sends the IngestAck bytes the kernel encoded. No protobuf object, no Python object per event."""
+
     batch_events_max = BATCH_EVENTS_MAX_DEFAULT
     stream_batches_in_flight_max = STREAM_BATCHES_IN_FLIGHT_MAX
 
-    def __init__(self, engine: Engine, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
-        super().__init__(engine, sequencer, clock_ms)
+    def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
+        super().__init__(billing, sequencer, clock_ms)
         self.intake = IntakeBudget(INTAKE_BYTES_MAX_DEFAULT)
 
-    async def _command(self, batch: usage_pb2.UsageBatch) -> cmd.IngestBatch:
-        if len(batch.events) > self.batch_events_max:
-            raise ResourceExhausted(
-                f"a batch holds at most {self.batch_events_max} events, this one {len(batch.events)}"
-            )
-        # Converted a slice at a time, yielding in between: a 10,000-event batch would otherwise hold the event
-        # loop (and every balance check waiting on it) for tens of milliseconds.
-        events: list[cmd.UsageEvent] = []
-        for start in range(0, len(batch.events), CONVERT_SLICE_EVENTS):
-            if start:
-                await asyncio.sleep(0)
-            events.extend(convert.usage_events(batch.events[start : start + CONVERT_SLICE_EVENTS]))
-        # received_at_ms and the dedupe hits are filled in by the writer, in journal order.
-        return cmd.IngestBatch(batch.batch_id, events, 0, {})
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        # No (de)serializer: request and response are the bytes on the wire.
+        return grpc.method_handlers_generic_handler(
+            USAGE_SERVICE,
+            {
+                "IngestUsage": grpc.stream_stream_rpc_method_handler(self.IngestUsage),
+                "IngestUsageBatch": grpc.unary_unary_rpc_method_handler(self.IngestUsageBatch),
+            },
+        )
+
+    def _batch(self, data: bytes) -> UsageBatch:
+        """The writer's command for these bytes, with the customers the caller's key may touch."""
+        identity = auth.caller.get()
+        if identity is None or identity.customers is None:
+            return UsageBatch(data, self.batch_events_max)
+        return UsageBatch(data, self.batch_events_max, sorted(identity.customers), identity.name)
 
     @unary
-    async def IngestUsageBatch(self, request: usage_pb2.UsageBatch, context: Context) -> usage_pb2.IngestAck:
-        taken = await self.intake.acquire(request.ByteSize())
+    async def IngestUsageBatch(self, request: bytes, context: Context) -> bytes:
+        taken = await self.intake.acquire(len(request))
         try:
-            command = await self._command(request)
             deadline = check_deadline(context)
-            seq, result = await self.sequencer.run(command, deadline)
+            _, result = await self.sequencer.run(self._batch(request), deadline)
         finally:
             self.intake.release(taken)
-        assert isinstance(result, IngestResult)
-        return convert.ingest_ack(request.batch_id, seq, result)
+        assert isinstance(result, Ingested)
+        return result.ack
 
     @streaming
-    async def IngestUsage(
-        self, request_iterator: AsyncIterator[usage_pb2.UsageBatch], context: Context
-    ) -> AsyncIterator[usage_pb2.IngestAck]:
+    async def IngestUsage(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         # Batches are submitted as they arrive (so concurrent streams share group commits) and acked in order.
         # At most STREAM_BATCHES_IN_FLIGHT_MAX await their commit: past that the server stops reading the stream.
         slots = asyncio.Semaphore(self.stream_batches_in_flight_max)
         # Never holds more than the slots allow (plus the end marker), so putting never has to wait.
-        in_flight: asyncio.Queue[tuple[str, int, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
+        in_flight: asyncio.Queue[tuple[int, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
         held_bytes = [0]  # taken from the process-wide intake budget and not yet given back
 
         async def read() -> None:
             try:
-                async for batch in request_iterator:
+                async for data in request_iterator:
                     await slots.acquire()
-                    taken = await self.intake.acquire(batch.ByteSize())
+                    taken = await self.intake.acquire(len(data))
                     held_bytes[0] += taken
-                    future: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
                     try:
-                        command = await self._command(batch)
-                        future = self.sequencer.submit(command, check_deadline(context))
-                    except (ResourceExhausted, DeadlineExceeded) as exc:
+                        future = self.sequencer.submit(self._batch(data), check_deadline(context))
+                    except DeadlineExceeded as exc:
+                        future = asyncio.get_running_loop().create_future()
                         future.set_exception(exc)
-                        in_flight.put_nowait((batch.batch_id, taken, future))
+                        in_flight.put_nowait((taken, future))
                         return  # the stream ends with this error: read no further batch
-                    in_flight.put_nowait((batch.batch_id, taken, future))
+                    in_flight.put_nowait((taken, future))
             finally:
                 in_flight.put_nowait(None)
 
@@ -212,15 +214,15 @@ class UsageService(_Base, usage_pb2_grpc.UsageServiceServicer):
         oplog.activity.streams_open += 1
         try:
             while (item := await in_flight.get()) is not None:
-                batch_id, taken, future = item
+                taken, future = item
                 try:
-                    seq, result = await future
+                    _, result = await future
                 finally:
                     held_bytes[0] -= taken
                     self.intake.release(taken)
                 slots.release()
-                assert isinstance(result, IngestResult)
-                yield convert.ingest_ack(batch_id, seq, result)
+                assert isinstance(result, Ingested)
+                yield result.ack
             await reader  # a broken request stream surfaces here
         finally:
             oplog.activity.streams_open -= 1
@@ -236,7 +238,7 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
     async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Context) -> balance_pb2.Balance:
         if not request.customer_id:
             raise InvalidArgument.field("customer_id", "is required")
-        return convert.balance_pb(self.engine.balance(request.customer_id, self.clock_ms()))
+        return convert.balance_pb(self.billing.balance(request.customer_id, self.clock_ms()))
 
     def _decide(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
         if request.reserve or request.reservation_id:
@@ -250,7 +252,7 @@ class BalanceService(_Base, balance_pb2_grpc.BalanceServiceServicer):
             raise InvalidArgument.field("event_type", "is required")
         started_ns = time.perf_counter_ns()
         dimensions, values = request.dimensions, request.values
-        estimate = self.engine.estimate(
+        estimate = self.billing.estimate(
             request.customer_id,
             request.event_type,
             {key: dimensions[key] for key in dimensions},  # twice as fast as dict(map) for a protobuf map

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
 from server.sequencer import decode_record
@@ -222,11 +223,19 @@ class ReferenceBilling:
             raise Mismatch(f"journal seq {seq} follows {self.last_seq}: records must be contiguous")
         record = decode_record(blob)
         command = record.command
-        if isinstance(command, cmd.IngestBatch):
+        if record.usage is not None:
+            # The batch as the client sent it, parsed with the generated protobuf classes.
+            usage = record.usage
+            sent = usage_pb2.UsageBatch.FromString(usage.batch)
+            events = [
+                cmd.UsageEvent(
+                    e.transaction_id, e.customer_id, e.event_type, e.timestamp_ms, dict(e.dimensions), dict(e.values)
+                )
+                for e in sent.events
+            ]
+            command = cmd.IngestBatch(sent.batch_id, events, usage.received_ms, {})
             result = self._ingest(seq, command)
-            if record.outcome is None:
-                raise Mismatch(f"record {seq}: an ingest record without its outcome")
-            journaled = (record.outcome.accepted, record.outcome.duplicates, record.outcome.rejected)
+            journaled = (usage.accepted, usage.duplicates, usage.rejected)
             recomputed = (result.accepted, result.duplicates, result.conflicts)
             if journaled != recomputed:
                 raise Mismatch(
@@ -234,6 +243,8 @@ class ReferenceBilling:
                     f" {journaled}, the reference recomputes {recomputed}"
                 )
         else:
+            if command is None or isinstance(command, cmd.IngestBatch):
+                raise Mismatch(f"record {seq}: neither an admin command nor a usage batch of journal format 2")
             self._admin(seq, command)
             self.admin_seqs.append(seq)
         self.last_seq = seq
@@ -462,3 +473,354 @@ class ReferenceBilling:
             for grant in customer.grants:
                 if not 0 <= grant.drawn <= grant.amount:
                     raise Mismatch(f"grant {grant.id}: drawn {grant.drawn} outside 0..{grant.amount}")
+
+
+# Rating by hand, for the kernel's differential tests ---------------------------------------------------------
+#
+# A second, independent statement of the rating rules (tests/test_kernel_differential.py compares the kernel
+# with it): every aggregation, filters, most specific rate, every price model, contract overrides, several
+# products per event with the event's refunds and charges netted, grants with priorities, expiries and
+# applicability. Plain data in, exact Decimals inside, picos out. Calendar-month periods: contracts start at
+# 00:00 UTC on the 1st.
+
+RATING = decimal.Context(prec=120, rounding=decimal.ROUND_HALF_EVEN)
+VALUE_LIMIT = Decimal(10) ** 15
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """model: UNIT, GRADUATED, VOLUME, PACKAGE or FLAT; tiers are (up_to or None, unit price, flat fee)."""
+
+    model: str
+    price: Decimal = Decimal(0)
+    per_units: Decimal = Decimal(1)
+    size: Decimal = Decimal(1)
+    tiers: tuple[tuple[Decimal | None, Decimal, Decimal], ...] = ()
+
+    def amount(self, quantity: Decimal) -> Decimal:
+        c = RATING
+        if quantity <= 0:
+            return Decimal(0)
+        if self.model == "UNIT":
+            return c.divide(c.multiply(quantity, self.price), self.per_units)
+        if self.model == "PACKAGE":
+            packages = c.divide(quantity, self.size).to_integral_value(rounding=decimal.ROUND_CEILING)
+            return c.multiply(packages, self.price)
+        if self.model == "FLAT":
+            return self.price
+        if self.model == "VOLUME":
+            up_to, unit_price, flat_fee = next(
+                (t for t in self.tiers if t[0] is None or quantity <= t[0]), self.tiers[-1]
+            )
+            return c.add(c.divide(c.multiply(quantity, unit_price), self.per_units), flat_fee)
+        total, lower = Decimal(0), Decimal(0)
+        for up_to, unit_price, flat_fee in self.tiers:
+            upper = quantity if up_to is None else min(quantity, up_to)
+            if upper <= lower:
+                break
+            total = c.add(total, c.add(c.divide(c.multiply(upper - lower, unit_price), self.per_units), flat_fee))
+            lower = upper
+        return total
+
+    def overridden(self, price: Decimal) -> Curve:
+        """An override price: per per_units for UNIT and tiers (tiers dropped), per package, or the flat fee."""
+        if self.model in ("UNIT", "GRADUATED", "VOLUME"):
+            return Curve("UNIT", price=price, per_units=self.per_units)
+        return dataclasses.replace(self, price=price)
+
+
+@dataclasses.dataclass(frozen=True)
+class RProduct:
+    id: str
+    event_type: str
+    aggregation: str  # SUM, COUNT, MAX, UNIQUE_COUNT, LATEST
+    value_key: str
+    filters: tuple[tuple[str, str], ...]
+    dimensions: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RRate:
+    product_id: str
+    match: tuple[tuple[str, str], ...]
+    curve: Curve
+
+
+@dataclasses.dataclass(frozen=True)
+class ROverride:
+    product_id: str
+    price: Decimal | None
+    multiplier: Decimal | None
+
+
+@dataclasses.dataclass
+class RGrant:
+    id: str
+    amount: Decimal
+    priority: int
+    products: tuple[str, ...]
+    starts_at_ms: int
+    expires_at_ms: int | None
+    order: int
+    remaining: Decimal = Decimal(0)
+
+    def usable(self, ts_ms: int) -> bool:
+        return self.starts_at_ms <= ts_ms and (self.expires_at_ms is None or ts_ms < self.expires_at_ms)
+
+    def applies(self, product_id: str) -> bool:
+        return not self.products or product_id in self.products
+
+    def burn_key(self) -> tuple[int, int, int, int]:
+        narrowness = len(self.products) if self.products else 2**31
+        return (
+            self.priority,
+            self.expires_at_ms if self.expires_at_ms is not None else NEVER_MS,
+            narrowness,
+            self.order,
+        )
+
+
+@dataclasses.dataclass
+class RAggregate:
+    quantity: Decimal = Decimal(0)
+    events: int = 0
+    amount: Decimal = Decimal(0)  # picos, exact integers as Decimals
+    uniques: set[str] = dataclasses.field(default_factory=set)
+    latest_ts_ms: int = -1
+    drawn: dict[str, Decimal] = dataclasses.field(default_factory=dict)
+    overage: Decimal = Decimal(0)
+
+
+AggregateKey = tuple[tuple[int, int], str, tuple[str, ...]]  # (period year and month, product, dimension values)
+
+
+@dataclasses.dataclass(frozen=True)
+class REvent:
+    transaction_id: str
+    customer_id: str
+    event_type: str
+    timestamp_ms: int
+    dimensions: tuple[tuple[str, str], ...]
+    values: tuple[tuple[str, float], ...]
+
+
+Plan = tuple[RProduct, AggregateKey, Decimal | str, Decimal, Decimal]  # product, key, measure, after, charge
+
+
+class ReferenceRating:
+    """One customer's rating by hand: fed events in order, it answers accept/duplicate/reject and the money."""
+
+    def __init__(
+        self,
+        products: list[RProduct],
+        rates: list[RRate],
+        overrides: list[ROverride],
+        grants: list[RGrant],
+        *,
+        customer_id: str,
+        contract_start_ms: int,
+        block: bool,
+        future_skew_ms: int = 300_000,
+        dedupe_window_ms: int = 35 * 24 * 3_600_000,
+    ) -> None:
+        self.products = products
+        self.rates = rates
+        self.overrides = overrides
+        self.grants = grants
+        for grant in grants:
+            grant.remaining = grant.amount
+        self.customer_id = customer_id
+        self.contract_start_ms = contract_start_ms
+        self.block = block
+        self.future_skew_ms = future_skew_ms
+        self.dedupe_window_ms = dedupe_window_ms
+        self.aggregates: dict[AggregateKey, RAggregate] = {}
+        self.charges: dict[tuple[int, int], Decimal] = {}
+        self.overage: dict[tuple[int, int], Decimal] = {}
+        # transaction id -> (receive time, content)
+        self.accepted: dict[str, tuple[int, tuple[object, ...]]] = {}
+
+    def ingest(self, event: REvent, received_ms: int) -> str:
+        """ "accepted", "duplicate", or the reject reason's name."""
+        reason = self._invalid(event, received_ms)
+        if reason:
+            return reason
+        content = (event.event_type, event.timestamp_ms, tuple(sorted(event.dimensions)), tuple(sorted(event.values)))
+        if event.customer_id != self.customer_id:
+            return "UNKNOWN_CUSTOMER"
+        prior = self.accepted.get(event.transaction_id)
+        if prior is not None and received_ms - prior[0] < self.dedupe_window_ms:
+            return "duplicate" if prior[1] == content else "DUPLICATE_CONFLICT"
+        if event.timestamp_ms < self.contract_start_ms:
+            return "NO_ACTIVE_CONTRACT"
+        plans = self._plan(event)
+        if isinstance(plans, str):
+            return plans
+        self._settle(event, plans)
+        self.accepted[event.transaction_id] = (received_ms, content)
+        return "accepted"
+
+    def _invalid(self, event: REvent, received_ms: int) -> str:
+        for _, value in event.values:
+            if not (0 <= value < VALUE_LIMIT):  # also NaN
+                return "INVALID_EVENT"
+            if int(Decimal(repr(value)).as_tuple().exponent) < -18:
+                return "INVALID_EVENT"  # more decimal places than the scale holds
+        if event.timestamp_ms > received_ms + self.future_skew_ms:
+            return "TIMESTAMP_OUT_OF_RANGE"
+        return ""
+
+    def _curve(self, product: RProduct, dimensions: dict[str, str]) -> Curve:
+        matching = [
+            r for r in self.rates if r.product_id == product.id and all(dimensions.get(k) == v for k, v in r.match)
+        ]
+        curve = max(matching, key=lambda r: len(r.match)).curve
+        override = next((o for o in reversed(self.overrides) if o.product_id == product.id), None)
+        if override is not None and override.price is not None:
+            curve = curve.overridden(override.price)
+        return curve
+
+    def _plan(self, event: REvent) -> list[Plan] | str:
+        dimensions = dict(event.dimensions)
+        values = dict(event.values)
+        moment = datetime.fromtimestamp(event.timestamp_ms / 1000, tz=UTC)
+        period = (moment.year, moment.month)
+        plans = []
+        for product in self.products:
+            if product.event_type != event.event_type or any(dimensions.get(k) != v for k, v in product.filters):
+                continue
+            measure: Decimal | str
+            if product.aggregation == "COUNT":
+                measure = Decimal(1)
+            elif product.aggregation == "UNIQUE_COUNT":
+                if product.value_key not in dimensions:
+                    return "INVALID_EVENT"
+                measure = dimensions[product.value_key]
+            else:
+                if product.value_key not in values:
+                    return "INVALID_EVENT"
+                measure = Decimal(repr(values[product.value_key]))
+            key = (period, product.id, tuple(dimensions.get(d, "") for d in product.dimensions))
+            aggregate = self.aggregates.get(key, RAggregate())
+            after = self._after(product.aggregation, aggregate, measure, event.timestamp_ms)
+            curve = self._curve(product, dimensions)
+            override = next((o for o in reversed(self.overrides) if o.product_id == product.id), None)
+            multiplier = override.multiplier if override is not None and override.multiplier is not None else Decimal(1)
+
+            def picos(quantity: Decimal, curve: Curve = curve, multiplier: Decimal = multiplier) -> Decimal:
+                amount = RATING.multiply(curve.amount(quantity), multiplier)
+                return round_pico(amount).scaleb(12)
+
+            charge = max(picos(after) - picos(aggregate.quantity), -aggregate.amount)
+            plans.append((product, key, measure, after, charge))
+        return plans
+
+    @staticmethod
+    def _after(aggregation: str, aggregate: RAggregate, measure: Decimal | str, ts_ms: int) -> Decimal:
+        if aggregation in ("SUM", "COUNT"):
+            assert isinstance(measure, Decimal)
+            return aggregate.quantity + measure
+        if aggregation == "MAX":
+            assert isinstance(measure, Decimal)
+            return measure if aggregate.events == 0 or measure > aggregate.quantity else aggregate.quantity
+        if aggregation == "LATEST":
+            assert isinstance(measure, Decimal)
+            return measure if ts_ms >= aggregate.latest_ts_ms else aggregate.quantity
+        return aggregate.quantity if measure in aggregate.uniques else aggregate.quantity + 1
+
+    def _settle(self, event: REvent, plans: list[Plan]) -> None:
+        ts = event.timestamp_ms
+        ordered = sorted(self.grants, key=RGrant.burn_key)
+        outcomes: dict[str, tuple[dict[str, Decimal], Decimal]] = {}
+        for product, key, _, _, charge in plans:  # refunds first: the overage caused, then credits drawn
+            if charge < 0:
+                aggregate = self.aggregates.get(key, RAggregate())
+                back = min(-charge, aggregate.overage)
+                left = -charge - back
+                draws: dict[str, Decimal] = {}
+                for grant in reversed(ordered):
+                    give = min(left, aggregate.drawn.get(grant.id, Decimal(0)))
+                    if give > 0:
+                        grant.remaining += give
+                        draws[grant.id] = -give
+                        left -= give
+                assert left == 0
+                outcomes[product.id] = (draws, -back)
+        for product, _, _, _, charge in sorted(plans, key=lambda p: p[0].id):  # then charges, by product id
+            if charge > 0:
+                left = charge
+                draws = {}
+                for grant in ordered:
+                    if left == 0:
+                        break
+                    if grant.remaining > 0 and grant.usable(ts) and grant.applies(product.id):
+                        take = min(left, grant.remaining)
+                        grant.remaining -= take
+                        draws[grant.id] = take
+                        left -= take
+                outcomes[product.id] = (draws, left)
+        for product, key, measure, after, charge in plans:
+            aggregate = self.aggregates.setdefault(key, RAggregate())
+            draws, overage = outcomes.get(product.id, ({}, Decimal(0)))
+            aggregate.quantity = after
+            aggregate.events += 1
+            aggregate.amount += charge
+            if product.aggregation == "UNIQUE_COUNT":
+                assert isinstance(measure, str)
+                aggregate.uniques.add(measure)
+            aggregate.latest_ts_ms = max(aggregate.latest_ts_ms, ts)
+            for grant_id, credits in draws.items():
+                aggregate.drawn[grant_id] = aggregate.drawn.get(grant_id, Decimal(0)) + credits
+                if aggregate.drawn[grant_id] == 0:
+                    del aggregate.drawn[grant_id]
+            aggregate.overage += overage
+            period = key[0]
+            self.charges[period] = self.charges.get(period, Decimal(0)) + charge
+            self.overage[period] = self.overage.get(period, Decimal(0)) + overage
+
+    def authorize(self, event: REvent) -> tuple[bool, str, int]:
+        """(allowed, reason, estimated cost in picos) for usage at the event's time; changes nothing."""
+        plans = self._plan(event)
+        if isinstance(plans, str):
+            return (False, "INVALID_REQUEST" if plans == "INVALID_EVENT" else plans, 0)
+        saved = [(g, g.remaining) for g in self.grants]
+        cost = sum((charge for *_, charge in plans), start=Decimal(0))
+        overage_before = sum(self.overage.values(), start=Decimal(0))
+        aggregates = {
+            k: dataclasses.replace(a, drawn=dict(a.drawn), uniques=set(a.uniques)) for k, a in self.aggregates.items()
+        }
+        charges, overage = dict(self.charges), dict(self.overage)
+        positive_overage = self._positive_overage(event, plans)
+        for grant, remaining in saved:
+            grant.remaining = remaining
+        self.aggregates, self.charges, self.overage = aggregates, charges, overage
+        assert sum(self.overage.values(), start=Decimal(0)) == overage_before
+        products = [p[0].id for p in plans]
+        available = sum(
+            (
+                g.remaining
+                for g in self.grants
+                if g.usable(event.timestamp_ms) and (not products or any(g.applies(p) for p in products))
+            ),
+            start=Decimal(0),
+        )
+        if self.block and (positive_overage > 0 or available <= 0):
+            return (False, "INSUFFICIENT_CREDIT", int(cost))
+        return (True, "OVERAGE_ALLOWED" if positive_overage > 0 else "OK", int(cost))
+
+    def _positive_overage(self, event: REvent, plans: list[Plan]) -> Decimal:
+        before = {p: self.overage.get(p, Decimal(0)) for p in self.overage}
+        refunds_back = Decimal(0)
+        for _, key, _, _, charge in plans:
+            if charge < 0:
+                refunds_back += min(-charge, self.aggregates.get(key, RAggregate()).overage)
+        self._settle(event, plans)
+        added = sum(self.overage.values(), start=Decimal(0)) - sum(before.values(), start=Decimal(0))
+        return added + refunds_back
+
+    def conservation(self) -> None:
+        """Per grant: amount = drawn by all aggregates + remaining; charges = drawn + overage."""
+        for grant in self.grants:
+            drawn = sum((a.drawn.get(grant.id, Decimal(0)) for a in self.aggregates.values()), start=Decimal(0))
+            if grant.amount != drawn + grant.remaining or grant.remaining < 0:
+                raise Mismatch(f"grant {grant.id}: {grant.amount} != {drawn} drawn + {grant.remaining} remaining")

@@ -16,6 +16,7 @@ from server.journal import (
     MAX_TRANSACTION_ID_BYTES,
     DedupeEntry,
     Journal,
+    JournalFormatError,
     JournalFull,
     LmdbJournal,
     MemoryJournal,
@@ -335,9 +336,9 @@ def test_lmdb_refuses_to_open_a_newer_format_version(tmp_path: Path) -> None:
     with lmdb.open(str(path), max_dbs=4) as env:
         meta = env.open_db(b"meta")
         with env.begin(write=True) as txn:
-            txn.put(b"format_version", b"2", db=meta)
+            txn.put(b"format_version", b"3", db=meta)
 
-    with pytest.raises(RuntimeError, match="format version '2'"):
+    with pytest.raises(JournalFormatError, match="format version '3'"):
         LmdbJournal(path, map_size_bytes=4 * MiB)
 
     # The failed open released the environment: it can be opened again in this process.

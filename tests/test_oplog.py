@@ -9,12 +9,13 @@ import json
 import logging
 
 import pytest
+from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
 from server import oplog
 from server.demo import demo_commands
 from server.journal import MemoryJournal
-from server.sequencer import JournalRecord, Sequencer, encode_record, recover_for_writing
+from server.sequencer import JournalRecord, Sequencer, encode_record, recover
 from tests.test_sequencer import NOW_MS, batch, event, run_with
 
 
@@ -27,13 +28,13 @@ def test_a_long_recovery_says_how_far_it_got(caplog: pytest.LogCaptureFixture) -
     journal.commit([(seq, encode_record(JournalRecord(customer(seq)))) for seq in range(1, 2_101)], {})
     last_seq = journal.last_seq()
     with caplog.at_level(logging.INFO, logger="tariff"):
-        recover_for_writing(journal, progress_every_s=0.0)  # 0: a line at every check (one per 1,024 records)
+        recover(journal, progress_every_s=0.0)  # 0: a line at every check (one per 1,024 records)
     progress = [r for r in caplog.records if r.getMessage() == "recovery in progress"]
     assert [r.fields["seq"] for r in progress] == [1_024, 2_048]  # type: ignore[attr-defined]
     assert {r.fields["last_seq"] for r in progress} == {last_seq}  # type: ignore[attr-defined]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tariff"):
-        recover_for_writing(journal)  # no interval: silent
+        recover(journal)  # no interval: silent
     assert not caplog.records
 
 
@@ -67,16 +68,19 @@ def test_a_batch_that_accepts_nothing_takes_no_record_and_keeps_the_seq() -> Non
         for nothing in (
             batch(),
             batch(event("t1")),
-            batch(cmd.UsageEvent("t2", "nobody", "ai_action", NOW_MS, {}, {})),
+            batch(
+                usage_pb2.UsageEvent(
+                    transaction_id="t2", customer_id="nobody", event_type="ai_action", timestamp_ms=NOW_MS
+                )
+            ),
         ):
             ack_seq, _ = await sequencer.run(nothing)
-            assert ack_seq == seq and journal.last_seq() == seq and sequencer.engine.state.last_seq == seq
+            assert ack_seq == seq and journal.last_seq() == seq and sequencer.billing.last_seq == seq
         next_seq, _ = await sequencer.run(batch(event("t3")))
         assert next_seq == seq + 1
 
-    engine = run_with(journal, body)
-    replayed, _ = recover_for_writing(journal)
-    assert replayed.state.last_seq == engine.state.last_seq
+    billing = run_with(journal, body)
+    assert recover(journal).last_seq == billing.last_seq
 
 
 def test_text_and_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,7 +134,7 @@ def test_demo_commands_replay_to_the_same_state_with_the_request_marks() -> None
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(customer(1))
 
-    engine = run_with(journal, body)
-    replayed, _ = recover_for_writing(journal)
-    assert replayed.state.requests == engine.state.requests
+    billing = run_with(journal, body)
+    replayed = recover(journal).engine
+    assert replayed.state.requests == billing.engine.state.requests
     assert "customer/c-1" in replayed.state.requests and len(demo_commands(NOW_MS)) == 7

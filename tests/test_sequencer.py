@@ -1,5 +1,6 @@
 """The one writer, over the in-memory journal: group commit, acknowledgement only after commit, rollback of
-what a failed commit had applied, dedupe across a group and across the window, and recovery by replay."""
+what a failed commit had applied, dedupe across a group and across the window, and recovery by replay (usage
+batches go in as the bytes a client sends)."""
 
 from __future__ import annotations
 
@@ -8,49 +9,60 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+import msgspec
 import pytest
+from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
+from engine.billing import Billing, Ingested, RatingChanged
 from engine.errors import AlreadyExists
-from engine.state import Engine, IngestResult
 from server.demo import demo_commands
 from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.journal import DedupeEntry, JournalFull, MemoryJournal
-from server.sequencer import Sequencer, decode_record, recover, recover_for_writing
+from server.sequencer import JournalRecord, Sequencer, UsageBatch, decode_record, encode_record, recover
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T... UTC, inside the demo contract's first month
 DAY_MS = 24 * 3600 * 1000
 
 
-def event(transaction_id: str, model: str = "gpt-4") -> cmd.UsageEvent:
+def event(transaction_id: str, model: str = "gpt-4") -> usage_pb2.UsageEvent:
     # A simple summary on gpt-4 costs 1 x 2.5 = 2.5 credits in the demo rate card; on gpt-4o-mini 1 x 0.5.
     dimensions = {"action": "summary", "data_source": "crm", "model": model, "complexity": "simple"}
-    return cmd.UsageEvent(transaction_id, "acme", "ai_action", NOW_MS, dimensions, {})
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id="acme",
+        event_type="ai_action",
+        timestamp_ms=NOW_MS,
+        dimensions=dimensions,
+    )
 
 
-def batch(*events: cmd.UsageEvent) -> cmd.IngestBatch:
-    return cmd.IngestBatch("b", list(events), 0, {})
+def batch(*events: usage_pb2.UsageEvent) -> UsageBatch:
+    return UsageBatch(usage_pb2.UsageBatch(batch_id="b", events=events).SerializeToString(), 10_000)
 
 
 def run_with(
-    journal: MemoryJournal, body: Callable[[Sequencer], Awaitable[None]], clock: Callable[[], int] = lambda: NOW_MS
-) -> Engine:
-    async def main() -> Engine:
-        engine, unindexed = recover_for_writing(journal)
-        sequencer = Sequencer(engine, journal, clock_ms=clock, unindexed=unindexed)
+    journal: MemoryJournal,
+    body: Callable[[Sequencer], Awaitable[None]],
+    clock: Callable[[], int] = lambda: NOW_MS,
+    dedupe_window_ms: int | None = None,
+) -> Billing:
+    async def main() -> Billing:
+        billing = recover(journal) if dedupe_window_ms is None else recover(journal, dedupe_window_ms=dedupe_window_ms)
+        sequencer = Sequencer(billing, journal, clock_ms=clock)
         sequencer.start()
-        if engine.state.last_seq == 0:
+        if billing.last_seq == 0:
             for command in demo_commands(NOW_MS):
                 await sequencer.run(command)
         await body(sequencer)
         await sequencer.close()
-        return engine
+        return billing
 
     return asyncio.run(main())
 
 
-def remaining(engine: Engine) -> str:
-    return str(engine.balance("acme", NOW_MS).remaining)
+def remaining(billing: Billing) -> int:
+    return billing.balance("acme", NOW_MS).remaining
 
 
 def test_concurrent_submissions_share_one_commit_and_get_consecutive_seqs() -> None:
@@ -64,11 +76,11 @@ def test_concurrent_submissions_share_one_commit_and_get_consecutive_seqs() -> N
             seqs.append(seq)
         assert sequencer.commits == commits_before + 1
 
-    engine = run_with(journal, body)
+    billing = run_with(journal, body)
     assert seqs == list(range(seqs[0], seqs[0] + 10))
     assert journal.last_seq() == seqs[-1]
     # 10 events x 2.5 credits = 25 credits drawn from 50,000.
-    assert engine.balance("acme", NOW_MS).remaining == (50_000 - 25) * 10**12
+    assert billing.balance("acme", NOW_MS).remaining == (50_000 - 25) * 10**12
 
 
 def test_a_full_journal_answers_resource_exhausted_and_leaves_no_trace_in_state() -> None:
@@ -77,19 +89,19 @@ def test_a_full_journal_answers_resource_exhausted_and_leaves_no_trace_in_state(
 
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(event("small")))
-        state_before.append(sequencer.engine.encode_snapshot())
+        state_before.append(sequencer.billing.encode_snapshot())
         journal._capacity_bytes = journal.stats().used_bytes + 200  # room for a small record, not a large one
         huge = batch(*(event(f"h{i}") for i in range(50)))
         with pytest.raises(ResourceExhausted):
             await sequencer.run(huge)
-        assert sequencer.engine.encode_snapshot() == state_before[0]
+        assert sequencer.billing.encode_snapshot() == state_before[0]
         journal._capacity_bytes = None
         _, result = await sequencer.run(huge)
-        assert isinstance(result, IngestResult) and result.accepted == 50
+        assert isinstance(result, Ingested) and result.accepted == 50
 
-    engine = run_with(journal, body)
+    billing = run_with(journal, body)
     # 1 + 50 events x 2.5 credits = 127.5 credits.
-    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 1275 * 10**11
+    assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 1275 * 10**11
 
 
 def test_a_refused_command_consumes_no_seq_and_does_not_disturb_its_group() -> None:
@@ -110,7 +122,7 @@ def test_a_refused_command_consumes_no_seq_and_does_not_disturb_its_group() -> N
 
 def test_a_resend_in_the_same_group_is_a_duplicate_and_a_changed_one_a_conflict() -> None:
     journal = MemoryJournal()
-    results: list[IngestResult] = []
+    results: list[Ingested] = []
 
     async def body(sequencer: Sequencer) -> None:
         futures = [
@@ -119,13 +131,13 @@ def test_a_resend_in_the_same_group_is_a_duplicate_and_a_changed_one_a_conflict(
             sequencer.submit(batch(event("same", model="gpt-4o-mini"))),
         ]
         for _, result in await asyncio.gather(*futures):
-            assert isinstance(result, IngestResult)
+            assert isinstance(result, Ingested)
             results.append(result)
 
-    engine = run_with(journal, body)
-    assert [(r.accepted, r.duplicates, len(r.rejections)) for r in results] == [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
-    assert results[2].rejections[0].reason == "DUPLICATE_CONFLICT"
-    assert engine.balance("acme", NOW_MS).remaining == (50_000 * 10**12) - 25 * 10**11
+    billing = run_with(journal, body)
+    assert [(r.accepted, r.duplicates, len(r.rejected)) for r in results] == [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    assert results[2].rejected == ["DUPLICATE_CONFLICT"]
+    assert billing.balance("acme", NOW_MS).remaining == (50_000 * 10**12) - 25 * 10**11
 
 
 def test_an_id_accepted_longer_ago_than_the_window_is_accepted_again() -> None:
@@ -133,17 +145,16 @@ def test_an_id_accepted_longer_ago_than_the_window_is_accepted_again() -> None:
     clock = [NOW_MS]
 
     async def body(sequencer: Sequencer) -> None:
-        sequencer.dedupe_window_ms = DAY_MS
         await sequencer.run(batch(event("old")))
         clock[0] = NOW_MS + DAY_MS - 1
         _, inside = await sequencer.run(batch(event("old")))
         clock[0] = NOW_MS + DAY_MS + 1
         _, outside = await sequencer.run(batch(event("old")))
-        assert isinstance(inside, IngestResult) and isinstance(outside, IngestResult)
+        assert isinstance(inside, Ingested) and isinstance(outside, Ingested)
         assert (inside.accepted, inside.duplicates) == (0, 1)
         assert (outside.accepted, outside.duplicates) == (1, 0)
 
-    run_with(journal, body, clock=lambda: clock[0])
+    run_with(journal, body, clock=lambda: clock[0], dedupe_window_ms=DAY_MS)
 
 
 def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
@@ -154,15 +165,38 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
             await asyncio.gather(*(sequencer.submit(batch(event(f"r{k}-{i}"), event(f"r{k}-{i}"))) for i in range(4)))
 
     live = run_with(journal, body)
-    replayed = Engine()
+    replayed = Billing()
     for seq, blob in journal.read_records(0):
-        replayed.apply(decode_record(blob).command, seq)
+        record = decode_record(blob)
+        if record.usage is not None:
+            replayed.replay(seq, record.usage.batch, record.usage.received_ms, record.usage.digest)
+        else:
+            assert record.command is not None and not isinstance(record.command, cmd.IngestBatch)
+            replayed.apply(record.command, seq)
     assert replayed.encode_snapshot() == live.encode_snapshot()
     # close() wrote a snapshot at the last seq: recovery through it gives the same state again.
     snapshot = journal.load_snapshot()
-    assert snapshot is not None and snapshot[0] == live.state.last_seq
+    assert snapshot is not None and snapshot[0] == live.last_seq
     assert recover(journal).encode_snapshot() == live.encode_snapshot()
     assert remaining(live) == remaining(replayed)
+
+
+def test_a_journaled_digest_the_kernel_does_not_reproduce_stops_recovery_naming_the_record() -> None:
+    journal = MemoryJournal()
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(batch(event("r1")))
+
+    run_with(journal, body)
+    seq = journal.last_seq()
+    record = decode_record(next(iter(journal.read_records(seq - 1)))[1])
+    assert record.usage is not None
+    tampered = JournalRecord(usage=msgspec.structs.replace(record.usage, digest=bytes(16)))
+    doctored = MemoryJournal()
+    for at, blob in journal.read_records(0):
+        doctored.commit([(at, encode_record(tampered) if at == seq else blob)], {})
+    with pytest.raises(RatingChanged, match=f"journal record {seq}: rating changed between releases"):
+        recover(doctored)
 
 
 def test_an_empty_batch_is_answered_with_an_empty_result_even_while_closing() -> None:
@@ -178,10 +212,10 @@ def test_an_empty_batch_is_answered_with_an_empty_result_even_while_closing() ->
         _, result = await pending
         results.append(result)
 
-    engine = run_with(journal, body)
-    assert all(isinstance(r, IngestResult) and (r.accepted, r.duplicates, r.rejections) == (0, 0, []) for r in results)
+    billing = run_with(journal, body)
+    assert all(isinstance(r, Ingested) and (r.accepted, r.duplicates, r.rejected) == (0, 0, []) for r in results)
     assert len(results) == 2
-    assert engine.state.last_seq == journal.last_seq()
+    assert billing.last_seq == journal.last_seq()
 
 
 # Pipelining: the next group is applied while the previous one's commit is in flight -------------------------
@@ -213,13 +247,13 @@ async def until_commit_in_flight(journal: GatedJournal) -> None:
 
 def test_an_id_in_the_commit_still_in_flight_is_a_duplicate_of_the_next_group() -> None:
     journal = GatedJournal()
-    results: list[IngestResult] = []
+    results: list[Ingested] = []
 
     async def body(sequencer: Sequencer) -> None:
         journal.gate.clear()
         journal.entered.clear()
         first = sequencer.submit(batch(event("p1")))
-        await until_commit_in_flight(journal)  # group 1 is committing: p1 is not in the index yet
+        await until_commit_in_flight(journal)  # group 1 is committing
         resend = sequencer.submit(batch(event("p1")))
         changed = sequencer.submit(batch(event("p1", model="gpt-4o-mini")))
         await asyncio.sleep(0.05)  # the writer prepares the next group meanwhile
@@ -227,12 +261,12 @@ def test_an_id_in_the_commit_still_in_flight_is_a_duplicate_of_the_next_group() 
         journal.gate.set()
         for future in (first, resend, changed):
             _, result = await future
-            assert isinstance(result, IngestResult)
+            assert isinstance(result, Ingested)
             results.append(result)
 
-    engine = run_with(journal, body)
-    assert [(r.accepted, r.duplicates, len(r.rejections)) for r in results] == [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
-    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 25 * 10**11  # p1 drawn once: 2.5 credits
+    billing = run_with(journal, body)
+    assert [(r.accepted, r.duplicates, len(r.rejected)) for r in results] == [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 25 * 10**11  # p1 drawn once: 2.5 credits
 
 
 def test_a_failed_commit_also_fails_the_group_applied_after_it_and_leaves_no_trace() -> None:
@@ -241,7 +275,7 @@ def test_a_failed_commit_also_fails_the_group_applied_after_it_and_leaves_no_tra
 
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(event("ok")))
-        committed_state.append(sequencer.engine.encode_snapshot())
+        committed_state.append(sequencer.billing.encode_snapshot())
         journal.gate.clear()
         journal.entered.clear()
         journal.fail_next = OSError("disk went away")
@@ -254,61 +288,51 @@ def test_a_failed_commit_also_fails_the_group_applied_after_it_and_leaves_no_tra
             await doomed
         with pytest.raises(Unavailable):
             await riding
-        assert sequencer.engine.encode_snapshot() == committed_state[0]
+        assert sequencer.billing.encode_snapshot() == committed_state[0]
         _, result = await sequencer.run(batch(event("d1"), event("d2")))  # the client's resend
-        assert isinstance(result, IngestResult) and result.accepted == 2
+        assert isinstance(result, Ingested) and result.accepted == 2
 
-    engine = run_with(journal, body)
+    billing = run_with(journal, body)
     # ok, d1, d2: three simple summaries on gpt-4, 2.5 credits each.
-    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 75 * 10**11
-    assert recover(journal).encode_snapshot() == engine.encode_snapshot()
+    assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 75 * 10**11
+    assert recover(journal).encode_snapshot() == billing.encode_snapshot()
 
 
-# Deferred indexing: ids are indexed in bulk, after their records; a crash in between loses no dedupe ----------
+# Dedupe lives in the kernel's state: rebuilt by replay after a crash ---------------------------------------
 
 
-def test_ids_not_yet_indexed_when_the_writer_dies_are_rederived_on_recovery() -> None:
+def test_ids_accepted_before_a_crash_are_duplicates_after_recovery_by_replay() -> None:
     journal = MemoryJournal()
 
     async def crash_after_ingest() -> None:
-        engine, unindexed = recover_for_writing(journal)
-        sequencer = Sequencer(engine, journal, clock_ms=lambda: NOW_MS, unindexed=unindexed)
+        sequencer = Sequencer(recover(journal), journal, clock_ms=lambda: NOW_MS)
         sequencer.start()
         for command in demo_commands(NOW_MS):
             await sequencer.run(command)
         await sequencer.run(batch(event("x1"), event("x2")))
-        # No close(): as after kill -9, nothing more is written; the ids are committed but not indexed.
+        # No close(): as after kill -9, no snapshot is written; recovery replays every record.
         assert sequencer._task is not None
         sequencer._task.cancel()
 
     asyncio.run(crash_after_ingest())
-    assert journal.transactions_indexed_through() < journal.last_seq()
-    assert journal.find_transactions(["x1", "x2"]) == {}
-    with pytest.raises(ValueError, match="recover_for_writing"):
-        Sequencer(recover(journal), journal)
-
-    results: list[IngestResult] = []
+    assert journal.load_snapshot() is None
+    results: list[Ingested] = []
 
     async def resend(sequencer: Sequencer) -> None:
         _, result = await sequencer.run(batch(event("x1"), event("x2", model="gpt-4o-mini")))
-        assert isinstance(result, IngestResult)
+        assert isinstance(result, Ingested)
         results.append(result)
 
-    engine = run_with(journal, resend)
-    assert [(r.accepted, r.duplicates, [x.reason.value for x in r.rejections]) for r in results] == [
-        (0, 1, ["DUPLICATE_CONFLICT"])
-    ]
-    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 5 * 10**12  # x1 and x2 once: 2 x 2.5
-    # close() indexed everything before its snapshot.
-    assert journal.transactions_indexed_through() == journal.last_seq()
-    assert set(journal.find_transactions(["x1", "x2"])) == {"x1", "x2"}
+    billing = run_with(journal, resend)
+    assert [(r.accepted, r.duplicates, r.rejected) for r in results] == [(0, 1, ["DUPLICATE_CONFLICT"])]
+    assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 5 * 10**12  # x1 and x2 once: 2 x 2.5
 
 
 def test_a_snapshot_is_taken_after_enough_events_even_when_few_records() -> None:
     journal = MemoryJournal()
 
     async def main() -> None:
-        sequencer = Sequencer(Engine(), journal, clock_ms=lambda: NOW_MS, snapshot_every_events=5)
+        sequencer = Sequencer(Billing(), journal, clock_ms=lambda: NOW_MS, snapshot_every_events=5)
         sequencer.start()
         for command in demo_commands(NOW_MS):
             await sequencer.run(command)
@@ -322,7 +346,6 @@ def test_a_snapshot_is_taken_after_enough_events_even_when_few_records() -> None
             await asyncio.sleep(0.01)
         snapshot = journal.load_snapshot()
         assert snapshot is not None and snapshot[0] == seq
-        assert journal.transactions_indexed_through() == seq  # indexed before the snapshot
         await sequencer.close()
 
     asyncio.run(main())
@@ -333,12 +356,12 @@ def test_a_command_whose_deadline_passed_while_queued_is_not_applied() -> None:
     state: list[bytes] = []
 
     async def body(sequencer: Sequencer) -> None:
-        state.append(sequencer.engine.encode_snapshot())
+        state.append(sequencer.billing.encode_snapshot())
         with pytest.raises(DeadlineExceeded):
             await sequencer.run(batch(event("late")), deadline_monotonic=time.monotonic() - 0.001)
-        assert sequencer.engine.encode_snapshot() == state[0]
+        assert sequencer.billing.encode_snapshot() == state[0]
         _, result = await sequencer.run(batch(event("late")), deadline_monotonic=time.monotonic() + 30)
-        assert isinstance(result, IngestResult) and result.accepted == 1  # not a duplicate: never applied before
+        assert isinstance(result, Ingested) and result.accepted == 1  # not a duplicate: never applied before
 
     run_with(journal, body)
 
@@ -359,5 +382,5 @@ def test_a_full_journal_answers_resource_exhausted_to_the_group_applied_after_it
             with pytest.raises(ResourceExhausted):
                 await future
 
-    engine = run_with(journal, body)
-    assert engine.balance("acme", NOW_MS).remaining == 50_000 * 10**12  # neither batch left a trace
+    billing = run_with(journal, body)
+    assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12  # neither batch left a trace

@@ -431,6 +431,9 @@ type PriceOverride struct {
 	ProductId string `protobuf:"bytes,2,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
 	// Dimension -> value or "*"; empty matches every event of the product.
 	Match map[string]string `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When several overrides match an event, the most specific match wins (the
+	// most entries), and among equally specific ones the one added last.
+	//
 	// Types that are valid to be assigned to Adjustment:
 	//
 	//	*PriceOverride_Multiplier
@@ -539,12 +542,21 @@ type isPriceOverride_Adjustment interface {
 }
 
 type PriceOverride_Multiplier struct {
-	// Decimal string: multiplies the rate card's price.
+	// Decimal string: multiplies the amount the rate card's price gives for
+	// the period's cumulative quantity (every price model, tiers and flat
+	// fees included); the product is rounded to 10^-12 once.
 	Multiplier string `protobuf:"bytes,4,opt,name=multiplier,proto3,oneof"`
 }
 
 type PriceOverride_Price struct {
-	// Decimal string: replaces the rate card's unit price.
+	// Decimal string, at most 18 decimal places: the contract's own price,
+	// replacing the rate card's, by price model:
+	//   - UNIT: the price per the rate's per_units (per_units is kept).
+	//   - TIERED (GRADUATED or VOLUME): a flat unit price per the rate's
+	//     per_units for the whole quantity; the tiers and their flat fees are
+	//     dropped (5,000 units at per_units 1000 and price "0.02" cost 0.1).
+	//   - PACKAGE: the price of each started package (package_size is kept).
+	//   - FLAT: the flat fee, due once the period's quantity is above zero.
 	Price string `protobuf:"bytes,5,opt,name=price,proto3,oneof"`
 }
 

@@ -177,11 +177,16 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
   match: { [key: string]: string };
 
   /**
+   * When several overrides match an event, the most specific match wins (the
+   * most entries), and among equally specific ones the one added last.
+   *
    * @generated from oneof tariff.v1.PriceOverride.adjustment
    */
   adjustment: {
     /**
-     * Decimal string: multiplies the rate card's price.
+     * Decimal string: multiplies the amount the rate card's price gives for
+     * the period's cumulative quantity (every price model, tiers and flat
+     * fees included); the product is rounded to 10^-12 once.
      *
      * @generated from field: string multiplier = 4;
      */
@@ -189,7 +194,14 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
     case: "multiplier";
   } | {
     /**
-     * Decimal string: replaces the rate card's unit price.
+     * Decimal string, at most 18 decimal places: the contract's own price,
+     * replacing the rate card's, by price model:
+     * - UNIT: the price per the rate's per_units (per_units is kept).
+     * - TIERED (GRADUATED or VOLUME): a flat unit price per the rate's
+     *   per_units for the whole quantity; the tiers and their flat fees are
+     *   dropped (5,000 units at per_units 1000 and price "0.02" cost 0.1).
+     * - PACKAGE: the price of each started package (package_size is kept).
+     * - FLAT: the flat fee, due once the period's quantity is above zero.
      *
      * @generated from field: string price = 5;
      */

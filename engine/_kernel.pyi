@@ -1,0 +1,45 @@
+"""Types of the rating kernel's Python binding (engine/kernel/src/bindings.rs); amounts are ints in picos."""
+
+from typing import TypedDict, final
+
+class Balance(TypedDict):
+    remaining: int  # credits usable now
+    grants: list[tuple[str, int, int, int, int]]  # (id, amount, remaining, expired, drawn), in burn order
+    period: tuple[int, int] | None  # (start_ms, end_ms) of the contract period containing now
+    period_charges: int
+    overage: int
+    overage_due_e30: int  # overage x overage price, exactly, in 10^-30 of the currency
+
+class BatchTooLarge(ValueError): ...  # args: (events,)
+class CustomerNotAllowed(ValueError): ...  # args: (index, customer_id)
+
+@final
+class Kernel:
+    def __init__(self) -> None: ...
+    def load_tables(self, tables: bytes) -> None: ...
+    def ingest(self, batch: bytes, received_ms: int, journal_seq: int) -> tuple[bytes, bytes]: ...
+    def ingest_checked(
+        self, batch: bytes, received_ms: int, next_seq: int, events_max: int, allowed: list[str] | None
+    ) -> tuple[bytes, bytes, int, int, list[str]]: ...
+    def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
+    def authorize(
+        self,
+        customer_id: str,
+        event_type: str,
+        dimensions: list[tuple[str, str]],
+        values: list[tuple[str, float]],
+        now_ms: int,
+    ) -> tuple[bool, str, str, int, int]: ...
+    def balance(self, customer_id: str, now_ms: int) -> Balance | None: ...
+    def usage(
+        self, customer_id: str
+    ) -> (
+        tuple[
+            list[tuple[int, str, list[str], int, int, int, int, list[tuple[str, int]]]],
+            list[tuple[int, str, list[str], list[tuple[str, int, int, int, int]]]],
+        ]
+        | None
+    ): ...
+    def snapshot(self) -> bytes: ...
+    @staticmethod
+    def restore(snapshot: bytes) -> Kernel: ...

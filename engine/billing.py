@@ -1,0 +1,202 @@
+"""The billing machine the server runs: the control plane in Python (`Engine`: catalogue, versions,
+contracts, grants, audit) and the account state in the rating kernel (usage buckets, grant balances,
+dedupe), kept in step.
+
+Usage goes to the kernel as the `UsageBatch` bytes received: one call per batch, no Python object per
+event. Admin commands go to the control plane; the kernel's tables are recompiled from it in ONE place
+(`_tables_current`), lazily: an admin command marks them stale, and the next batch or read compiles them
+once, so a writer group of many admin commands compiles once. Reads (balances, Authorize) read the kernel.
+
+Sans-I/O like the rest of engine/: time comes in with each call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+import msgspec
+
+from engine import commands as cmd
+from engine._kernel import Kernel
+from engine.contracts import Contract, Period
+from engine.errors import NotFound
+from engine.state import FUTURE_SKEW_MS_DEFAULT, BalanceView, Engine, Estimate, GrantView
+from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, compile_tables
+
+HOUR_MS = 3_600_000
+SNAPSHOT_FORMAT = 2
+
+
+class RatingChanged(Exception):
+    """A replayed batch's digest differs from the journaled one: the kernel rates differently from the
+    release that wrote the journal."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What one usage batch did: the ack the kernel encoded, its digest, and the counts for telemetry."""
+
+    ack: bytes
+    digest: bytes
+    accepted: int
+    duplicates: int
+    rejected: list[str]  # the reason of each rejection
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """A snapshot's stored form: the control plane (JSON, engine/state.py) and the kernel's state bytes."""
+
+    format: int
+    control: bytes
+    kernel: bytes
+
+
+class Billing:
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        kernel: Kernel | None = None,
+        *,
+        future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT,
+        dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
+    ) -> None:
+        self.engine = engine if engine is not None else Engine(future_skew_ms=future_skew_ms)
+        self.kernel = kernel if kernel is not None else Kernel()
+        self.future_skew_ms = future_skew_ms
+        self.dedupe_window_ms = dedupe_window_ms
+        self._tables_stale = True
+
+    @property
+    def last_seq(self) -> int:
+        return self.engine.state.last_seq
+
+    def reset(self, other: Billing) -> None:
+        """Takes over another machine's state (recovery after a failed commit); the engine object stays the
+        same, since readers hold it."""
+        self.engine.reset(other.engine.state)
+        self.kernel = other.kernel
+        self._tables_stale = True
+
+    # Commands ------------------------------------------------------------------------------------------
+
+    def apply(self, command: cmd.AdminCommand, seq: int) -> object:
+        """Applies a control-plane command as record `seq`; raises EngineError (nothing changed) to refuse it."""
+        if isinstance(command, cmd.PublishVersion):
+            self._note_rated_hours(command.rate_card_id)
+        result = self.engine.apply(command, seq)
+        self._tables_stale = True
+        return result
+
+    def ingest(
+        self, batch: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None
+    ) -> Ingested:
+        """Rates a batch as record last_seq + 1, which it becomes only if it accepts an event.
+
+        Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
+        self._tables_current()
+        seq = self.last_seq + 1
+        ack, digest, accepted, duplicates, rejected = self.kernel.ingest_checked(
+            batch, received_ms, seq, events_max, allowed
+        )
+        if accepted:
+            self.engine.state.last_seq = seq
+        return Ingested(ack, digest, accepted, duplicates, rejected)
+
+    def replay(self, seq: int, batch: bytes, received_ms: int, digest: bytes) -> None:
+        """Re-applies a journaled batch and asserts it did what the journal says."""
+        assert seq == self.last_seq + 1, f"records replay in order: {seq} after {self.last_seq}"
+        done = self.ingest(batch, received_ms)
+        if done.digest != digest or not done.accepted:
+            raise RatingChanged(
+                f"journal record {seq}: rating changed between releases (replaying the batch gives another "
+                "result than the journal holds); run the release that wrote this journal"
+            )
+
+    def _note_rated_hours(self, rate_card_id: str) -> None:
+        """PublishVersion refuses to take over hours already priced (no re-rating yet): those hours are in the
+        kernel's buckets, so the card's record of them is refreshed from there first."""
+        card = self.engine.state.rate_cards.get(rate_card_id)
+        if card is not None:
+            card.rated_hours = dict.fromkeys(self.kernel.rated_hours(rate_card_id, 0))
+
+    def _tables_current(self) -> None:
+        if self._tables_stale:
+            tables = compile_tables(
+                self.engine.state, future_skew_ms=self.future_skew_ms, dedupe_window_ms=self.dedupe_window_ms
+            )
+            self.kernel.load_tables(tables)
+            self._tables_stale = False
+
+    # Reads ---------------------------------------------------------------------------------------------
+
+    def balance(self, customer_id: str, now_ms: int) -> BalanceView:
+        customer = self.engine.customer(customer_id)  # NotFound for an unknown customer
+        self._tables_current()
+        view = self.kernel.balance(customer.id, now_ms)
+        if view is None:
+            raise NotFound(f"customer {customer_id!r} not found")
+        grants = {g.id: g for g in self.engine.state.accounts[customer.id].grants}
+        views = []
+        for grant_id, _amount, remaining, expired, drawn in view["grants"]:
+            grant = grants[grant_id]
+            current = msgspec.structs.replace(
+                grant, drawn=drawn, remaining=grant.amount - drawn, recognized_revenue=grant.revenue_for_drawn(drawn)
+            )
+            views.append(GrantView(current, remaining, expired))
+        contract = self._contract_for_balance(customer.id, now_ms)
+        pricing_unit = self.engine.state.rate_cards[contract.rate_card_id].pricing_unit if contract else ""
+        period = Period(*view["period"]) if view["period"] is not None else None
+        overage_due = Decimal(f"{view['overage_due_e30']}E-30")
+        return BalanceView(
+            customer.id,
+            view["remaining"],
+            0,
+            view["remaining"],
+            views,
+            period,
+            view["period_charges"],
+            view["overage"],
+            overage_due,
+            pricing_unit,
+            self.last_seq,
+        )
+
+    def _contract_for_balance(self, customer_id: str, now_ms: int) -> Contract | None:
+        """The contract in force now, else the latest one (it names the pricing unit)."""
+        contracts = [c for c in self.engine.state.contracts.values() if c.customer_id == customer_id]
+        for contract in contracts:
+            if contract.covers(now_ms):
+                return contract
+        return max(contracts, key=lambda c: c.starting_at_ms) if contracts else None
+
+    def estimate(
+        self, customer_id: str, event_type: str, dimensions: dict[str, str], values: dict[str, float], now_ms: int
+    ) -> Estimate:
+        """Authorize: the kernel prices the usage exactly as ingesting it now would, and decides."""
+        self._tables_current()
+        allowed, reason, message, cost, available = self.kernel.authorize(
+            customer_id, event_type, list(dimensions.items()), list(values.items()), now_ms
+        )
+        return Estimate(allowed, reason, message, cost, available)
+
+    # Snapshots -----------------------------------------------------------------------------------------
+
+    def encode_snapshot(self) -> bytes:
+        """Both halves; the kernel encodes with the GIL released, so this may run off the event loop."""
+        self._tables_current()
+        return msgspec.msgpack.encode(Snapshot(SNAPSHOT_FORMAT, self.engine.encode_snapshot(), self.kernel.snapshot()))
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        blob: bytes,
+        *,
+        future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT,
+        dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
+    ) -> Billing:
+        stored = msgspec.msgpack.decode(blob, type=Snapshot)
+        assert stored.format == SNAPSHOT_FORMAT, f"snapshot format {stored.format}"
+        engine = Engine.from_snapshot(stored.control, future_skew_ms=future_skew_ms)
+        kernel = Kernel.restore(stored.kernel)
+        return cls(engine, kernel, future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)

@@ -1,0 +1,142 @@
+//! Measures the kernel on its own: decode, rate and ack 1,000-event batches from bytes, with
+//! 10,000 customers, two products per event, a dimensional rate and a prepaid grant each.
+//! `cargo run --release --example spike` (a measurement, not a test).
+
+use prost::Message;
+
+use _kernel::decode::wire;
+use _kernel::kernel::Kernel;
+use _kernel::tables::{
+    self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
+};
+
+// Deterministic stand-in for the clock this crate must not read: the spike times itself below.
+const NOW_MS: i64 = 1_767_225_600_000; // 2026-01-01
+const CUSTOMERS: usize = 10_000;
+const BATCH: usize = 1_000;
+
+fn unit(price: &str) -> CurveTable {
+    CurveTable {
+        kind: "UNIT".into(),
+        price: price.into(),
+        per_units: "1000000000000000000000".into(),
+        package_size: String::new(),
+        tiers: vec![],
+    }
+}
+
+fn product(id: &str, value_key: &str) -> ProductTable {
+    ProductTable {
+        id: id.into(),
+        event_type: "ai".into(),
+        aggregation: "SUM".into(),
+        value_key: value_key.into(),
+        filters: vec![],
+        pricing_dimensions: vec!["model".into()],
+    }
+}
+
+fn tables() -> Tables {
+    let mut rates = Vec::new();
+    for (index, model) in ["gpt4", "claude", "llama"].iter().enumerate() {
+        for product in ["input", "output"] {
+            let price = format!("{}", (index as i128 + 1) * 10_000_000_000_000_000);
+            rates.push(RateTable {
+                product_id: product.into(),
+                required: vec![(0, (*model).into())],
+                curve: unit(&price),
+            });
+        }
+    }
+    Tables {
+        future_skew_ms: 300_000,
+        dedupe_window_ms: 35 * 86_400_000,
+        products: vec![product("input", "input_tokens"), product("output", "output_tokens")],
+        versions: vec![VersionTable { rate_card_id: "ai".into(), number: 1, rates }],
+        timelines: vec![vec![(0, 0)]],
+        customers: (0..CUSTOMERS)
+            .map(|c| CustomerTable {
+                id: format!("customer-{c}"),
+                contracts: vec![ContractTable {
+                    id: format!("contract-{c}"),
+                    rate_card_id: "ai".into(),
+                    starting_at_ms: NOW_MS - 86_400_000,
+                    ending_before_ms: None,
+                    block: false,
+                    overage_price: "1000000000000000000".into(),
+                    timeline: 0,
+                    overrides: vec![],
+                }],
+                grants: vec![GrantTable {
+                    id: format!("grant-{c}"),
+                    amount_picos: "1000000000000000000".into(),
+                    priority: 0,
+                    applicable_product_ids: vec![],
+                    starts_at_ms: 0,
+                    expires_at_ms: None,
+                    creation_order: 0,
+                }],
+                closed_periods: vec![],
+            })
+            .collect(),
+    }
+}
+
+fn batch(number: usize) -> Vec<u8> {
+    let models = ["gpt4", "claude", "llama"];
+    let events = (0..BATCH)
+        .map(|i| {
+            let n = number * BATCH + i;
+            wire::UsageEvent {
+                transaction_id: format!("tx-{n}"),
+                customer_id: format!("customer-{}", (n * 7919) % CUSTOMERS),
+                event_type: "ai".into(),
+                timestamp_ms: NOW_MS + (n as i64 % 3_600_000),
+                dimensions: vec![wire::DimensionEntry { key: "model".into(), value: models[n % 3].into() }],
+                values: vec![
+                    wire::ValueEntry { key: "input_tokens".into(), value: (n % 5000) as f64 },
+                    wire::ValueEntry { key: "output_tokens".into(), value: (n % 700) as f64 + 0.5 },
+                ],
+                reservation_id: String::new(),
+            }
+        })
+        .collect();
+    wire::UsageBatch { batch_id: format!("b{number}"), events }.encode_to_vec()
+}
+
+/// CPU time of this process, in ns.
+fn cpu_ns() -> u128 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `now`.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "the process CPU clock is readable");
+    now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128
+}
+
+fn main() {
+    let mut kernel = Kernel::default();
+    kernel.load_tables(&tables::encode(&tables())).expect("the spike's tables load");
+    let count: usize = std::env::args().nth(1).map_or(200, |n| n.parse().expect("a batch count"));
+    let batches: Vec<Vec<u8>> = (0..count).map(batch).collect();
+    let started = std::time::Instant::now();
+    let cpu_started = cpu_ns();
+    let mut accepted = 0;
+    for (seq, bytes) in batches.iter().enumerate() {
+        let (ack, _) = kernel.ingest(bytes, NOW_MS + 3_600_000, seq as u64 + 1).expect("decodes");
+        accepted += wire::IngestAck::decode(ack.as_slice()).expect("an ack").accepted;
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_ns() - cpu_started;
+    let events = batches.len() * BATCH;
+    assert_eq!(accepted as usize, events, "every spike event is accepted");
+    if events == 0 {
+        return;
+    }
+    println!(
+        "{} batches of {BATCH} events (2 products each, {CUSTOMERS} customers): {:.0} ns CPU/event ({:.0} ns wall), {:.2} M events/s of CPU",
+        batches.len(),
+        cpu as f64 / events as f64,
+        elapsed.as_nanos() as f64 / events as f64,
+        events as f64 / (cpu as f64 / 1e9) / 1e6
+    );
+}

@@ -1,0 +1,210 @@
+//! The Python binding, `engine._kernel`: the one module that knows PyO3.
+//!
+//! `Kernel` is frozen with a mutex inside, since grpcio calls handlers from several threads;
+//! batch work runs with the GIL released. Amounts cross as Python ints (picos), never floats.
+
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::decode::wire;
+use crate::kernel::{self, BatchRefusal};
+
+pyo3::create_exception!(_kernel, BatchTooLarge, PyValueError, "A batch with more events than the server takes.");
+pyo3::create_exception!(
+    _kernel,
+    CustomerNotAllowed,
+    PyValueError,
+    "A batch naming a customer the caller's key may not touch."
+);
+
+#[pyclass(frozen, module = "engine._kernel")]
+struct Kernel {
+    inner: Mutex<kernel::Kernel>,
+}
+
+impl Kernel {
+    fn lock(&self) -> PyResult<MutexGuard<'_, kernel::Kernel>> {
+        self.inner.lock().map_err(|_| PyRuntimeError::new_err("the kernel was poisoned by a panic"))
+    }
+}
+
+fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyAny>> {
+    py.import("builtins")?.getattr("int")?.call1((value.to_string(),))
+}
+
+#[pymethods]
+impl Kernel {
+    #[new]
+    fn new() -> Kernel {
+        Kernel { inner: Mutex::new(kernel::Kernel::default()) }
+    }
+
+    /// Replaces the compiled control plane (msgpack from engine/tables.py). Raises ValueError
+    /// when the tables are malformed, having changed nothing.
+    fn load_tables(&self, py: Python<'_>, tables: &[u8]) -> PyResult<()> {
+        py.detach(|| self.lock()?.load_tables(tables).map_err(PyValueError::new_err))
+    }
+
+    /// Rates a UsageBatch given as its wire bytes: (IngestAck bytes, 16-byte digest). Raises
+    /// ValueError, having changed nothing, when the bytes are not a UsageBatch.
+    fn ingest<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &[u8],
+        received_ms: i64,
+        journal_seq: u64,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let (ack, digest) =
+            py.detach(|| self.lock()?.ingest(batch, received_ms, journal_seq).map_err(PyValueError::new_err))?;
+        Ok((PyBytes::new(py, &ack), PyBytes::new(py, &digest)))
+    }
+
+    /// The server's ingest: (IngestAck bytes, digest, accepted, duplicates, reject reason names).
+    /// Refuses the whole batch, having changed nothing: ValueError when the bytes are not a
+    /// UsageBatch, BatchTooLarge(events) past `events_max`, CustomerNotAllowed(index, customer_id)
+    /// for a customer outside `allowed` (None: every customer). A batch that accepts nothing
+    /// reports `next_seq - 1`.
+    #[allow(clippy::type_complexity)]
+    fn ingest_checked<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &[u8],
+        received_ms: i64,
+        next_seq: u64,
+        events_max: usize,
+        allowed: Option<Vec<String>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
+        let done = py.detach(|| -> PyResult<_> {
+            let mut kernel = self.lock()?;
+            Ok(kernel.ingest_checked(batch, received_ms, next_seq, events_max, allowed.as_deref()))
+        })?;
+        match done {
+            Ok(i) => {
+                let reasons = i.rejected.iter().map(|r| r.name()).collect();
+                Ok((PyBytes::new(py, &i.ack), PyBytes::new(py, &i.digest), i.accepted, i.duplicates, reasons))
+            }
+            Err(BatchRefusal::NotABatch(message)) => Err(PyValueError::new_err(message)),
+            Err(BatchRefusal::TooManyEvents(events)) => Err(BatchTooLarge::new_err(events)),
+            Err(BatchRefusal::CustomerNotAllowed(index, customer)) => {
+                Err(CustomerNotAllowed::new_err((index, customer)))
+            }
+        }
+    }
+
+    /// Hours (Unix ms / 3,600,000) from `from_hour` on in which usage was priced by a version of
+    /// the rate card, ascending.
+    fn rated_hours(&self, py: Python<'_>, rate_card_id: &str, from_hour: i64) -> PyResult<Vec<i64>> {
+        py.detach(|| self.lock().map(|k| k.rated_hours(rate_card_id, from_hour)))
+    }
+
+    /// (allowed, reason, message, estimated_cost_picos, available_picos) for usage described as
+    /// an event at now_ms, priced exactly as ingesting it would be; commits nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn authorize(
+        &self,
+        py: Python<'_>,
+        customer_id: String,
+        event_type: String,
+        dimensions: Vec<(String, String)>,
+        values: Vec<(String, f64)>,
+        now_ms: i64,
+    ) -> PyResult<(bool, &'static str, String, i128, i128)> {
+        let event = wire::UsageEvent {
+            transaction_id: "authorize".into(),
+            customer_id,
+            event_type,
+            timestamp_ms: now_ms,
+            dimensions: dimensions.into_iter().map(|(key, value)| wire::DimensionEntry { key, value }).collect(),
+            values: values.into_iter().map(|(key, value)| wire::ValueEntry { key, value }).collect(),
+            reservation_id: String::new(),
+        };
+        let decision = py.detach(|| self.lock().map(|k| k.authorize(&event, now_ms)))?;
+        Ok((decision.allowed, decision.reason, decision.message, decision.cost, decision.available))
+    }
+
+    /// The customer's balance at now_ms as a dict of ints (picos), or None for an unknown customer.
+    fn balance<'py>(&self, py: Python<'py>, customer_id: &str, now_ms: i64) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(view) = self.lock()?.balance(customer_id, now_ms) else { return Ok(None) };
+        let dict = PyDict::new(py);
+        dict.set_item("remaining", view.remaining)?;
+        let grants: Vec<(String, i128, i128, i128, i128)> =
+            view.grants.into_iter().map(|g| (g.id, g.amount, g.remaining, g.expired, g.drawn)).collect();
+        dict.set_item("grants", grants)?;
+        dict.set_item("period", view.period)?;
+        dict.set_item("period_charges", view.period_charges)?;
+        dict.set_item("overage", view.overage)?;
+        dict.set_item("overage_due_e30", big_int(py, view.overage_due_e30)?)?;
+        Ok(Some(dict))
+    }
+
+    /// The customer's usage, sorted: (aggregates, hour buckets). An aggregate is
+    /// (period_start_ms, product_id, dimension values, quantity_e18, events, amount_picos,
+    /// overage_picos, [(grant_id, drawn_picos)]); a bucket is (hour, product_id, dimension
+    /// values, [(rate_card_id, version, quantity_e18, events, amount_picos)]).
+    #[allow(clippy::type_complexity)]
+    fn usage(
+        &self,
+        customer_id: &str,
+    ) -> PyResult<
+        Option<(
+            Vec<(i64, String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>)>,
+            Vec<(i64, String, Vec<String>, Vec<(String, u32, i128, u64, i128)>)>,
+        )>,
+    > {
+        let kernel = self.lock()?;
+        let Some((aggregates, buckets)) = kernel.usage(customer_id) else { return Ok(None) };
+        let texts = |syms: &[u32]| syms.iter().map(|s| kernel.text(*s).to_owned()).collect::<Vec<_>>();
+        let grants = kernel.grant_ids(customer_id);
+        let aggregates = aggregates
+            .into_iter()
+            .map(|(k, a)| {
+                let drawn = a.drawn_by_grant.iter().map(|(g, c)| (grants[*g as usize].clone(), *c)).collect();
+                (
+                    k.period_start_ms,
+                    kernel.text(k.product).to_owned(),
+                    texts(&k.dimensions),
+                    a.quantity,
+                    a.events,
+                    a.amount,
+                    a.overage,
+                    drawn,
+                )
+            })
+            .collect();
+        let buckets = buckets
+            .into_iter()
+            .map(|(k, usages)| {
+                let usages = usages
+                    .into_iter()
+                    .map(|u| (kernel.text(u.rate_card).to_owned(), u.version, u.quantity, u.events, u.amount))
+                    .collect();
+                (k.hour, kernel.text(k.product).to_owned(), texts(&k.dimensions), usages)
+            })
+            .collect();
+        Ok(Some((aggregates, buckets)))
+    }
+
+    /// The account state's bytes: the same state always encodes to the same bytes.
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = py.detach(|| self.lock().map(|k| k.snapshot()))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// A kernel holding a snapshot's state (load tables before rating with it).
+    #[staticmethod]
+    fn restore(py: Python<'_>, snapshot: &[u8]) -> PyResult<Kernel> {
+        let kernel = py.detach(|| kernel::Kernel::restore(snapshot)).map_err(PyValueError::new_err)?;
+        Ok(Kernel { inner: Mutex::new(kernel) })
+    }
+}
+
+#[pymodule]
+fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Kernel>()?;
+    module.add("BatchTooLarge", module.py().get_type::<BatchTooLarge>())?;
+    module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Decoding a UsageBatch and validating each event, with the Python engine's reject messages.
+//!
+//! The wire types come from the kernel's private `proto/usage_wire.proto`, which declares the
+//! event's maps as repeated entries (wire-identical). Validation resolves repeated keys (the
+//! last value wins, at the key's first position) and converts every value to an exact quantity
+//! at 10^-18, refusing the event when a value cannot be held exactly.
+
+use prost::Message;
+
+use crate::money::{fixed_from_f64, python_repr, Fixed, SCALE_DIGITS, USAGE_VALUE_MAX};
+
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/tariff.kernel.rs"));
+}
+
+pub const TEXT_BYTES_MAX: usize = 256;
+pub const EVENT_MAP_ENTRIES_MAX: usize = 64;
+
+/// RejectReason numbers of tariff.v1 (usage.proto).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    InvalidEvent = 1,
+    UnknownCustomer = 2,
+    NoActiveContract = 3,
+    TimestampOutOfRange = 4,
+    PeriodClosed = 5,
+    DuplicateConflict = 6,
+    NoApplicableRate = 7,
+}
+
+impl Reason {
+    pub fn from_wire(number: i32) -> Option<Reason> {
+        const ALL: [Reason; 7] = [
+            Reason::InvalidEvent,
+            Reason::UnknownCustomer,
+            Reason::NoActiveContract,
+            Reason::TimestampOutOfRange,
+            Reason::PeriodClosed,
+            Reason::DuplicateConflict,
+            Reason::NoApplicableRate,
+        ];
+        ALL.into_iter().find(|r| *r as i32 == number)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::InvalidEvent => "INVALID_EVENT",
+            Reason::UnknownCustomer => "UNKNOWN_CUSTOMER",
+            Reason::NoActiveContract => "NO_ACTIVE_CONTRACT",
+            Reason::TimestampOutOfRange => "TIMESTAMP_OUT_OF_RANGE",
+            Reason::PeriodClosed => "PERIOD_CLOSED",
+            Reason::DuplicateConflict => "DUPLICATE_CONFLICT",
+            Reason::NoApplicableRate => "NO_APPLICABLE_RATE",
+        }
+    }
+}
+
+/// Why one event is not rated: it becomes an EventRejection, never a request error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Refusal {
+        Refusal { reason, message: message.into() }
+    }
+    fn invalid(message: impl Into<String>) -> Refusal {
+        Refusal::new(Reason::InvalidEvent, message)
+    }
+}
+
+/// A validated event: maps resolved (sorted by key), values exact.
+pub struct Event<'a> {
+    pub transaction_id: &'a str,
+    pub customer_id: &'a str,
+    pub event_type: &'a str,
+    pub timestamp_ms: i64,
+    pub dimensions: Vec<(&'a str, &'a str)>,
+    pub values: Vec<(&'a str, Fixed)>,
+    pub reservation_id: &'a str,
+}
+
+impl<'a> Event<'a> {
+    pub fn dimension(&self, key: &str) -> Option<&'a str> {
+        self.dimensions.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.dimensions[at].1)
+    }
+    pub fn value(&self, key: &str) -> Option<Fixed> {
+        self.values.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.values[at].1)
+    }
+}
+
+pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, String> {
+    wire::UsageBatch::decode(bytes).map_err(|e| format!("the UsageBatch does not decode: {e}"))
+}
+
+/// Python's repr of a string, for messages ('key', or "it's").
+pub fn py_repr(text: &str) -> String {
+    if text.contains('\'') && !text.contains('"') {
+        return format!("\"{}\"", text.replace('\\', "\\\\"));
+    }
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Python's repr of a dict of strings, for messages ({'model': 'gpt4'}).
+pub fn py_dict<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let items: Vec<String> = entries.map(|(k, v)| format!("{}: {}", py_repr(k), py_repr(v))).collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+fn first_chars(text: &str, count: usize) -> &str {
+    text.char_indices().nth(count).map_or(text, |(at, _)| &text[..at])
+}
+
+/// Repeated keys resolved as a protobuf map would be: the last value wins. None if more than
+/// EVENT_MAP_ENTRIES_MAX distinct keys.
+fn resolve<'a, V: Copy>(entries: impl Iterator<Item = (&'a str, V)>) -> Option<Vec<(&'a str, V)>> {
+    let mut resolved: Vec<(&'a str, V)> = Vec::new();
+    for (key, value) in entries {
+        if let Some(slot) = resolved.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+        } else if resolved.len() == EVENT_MAP_ENTRIES_MAX {
+            return None;
+        } else {
+            resolved.push((key, value));
+        }
+    }
+    Some(resolved)
+}
+
+/// Validates an event as the Python engine does, in the same order and with the same messages.
+pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -> Result<Event<'_>, Refusal> {
+    let too_long = |text: &str| text.len() > TEXT_BYTES_MAX;
+    if event.transaction_id.is_empty() {
+        return Err(Refusal::invalid("transaction_id is required"));
+    }
+    if too_long(&event.transaction_id) {
+        return Err(Refusal::invalid(format!("transaction_id is longer than {TEXT_BYTES_MAX} bytes")));
+    }
+    if event.customer_id.is_empty() {
+        return Err(Refusal::invalid("customer_id is required"));
+    }
+    if event.event_type.is_empty() {
+        return Err(Refusal::invalid("event_type is required"));
+    }
+    if event.timestamp_ms == 0 {
+        return Err(Refusal::invalid("timestamp_ms is required (Unix milliseconds, UTC)"));
+    }
+    if event.timestamp_ms < 0 {
+        let message = format!("timestamp_ms {} must be positive (Unix milliseconds, UTC)", event.timestamp_ms);
+        return Err(Refusal::invalid(message));
+    }
+    let too_many =
+        || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));
+    let dimensions =
+        resolve(event.dimensions.iter().map(|e| (e.key.as_str(), e.value.as_str()))).ok_or_else(too_many)?;
+    let raw_values = resolve(event.values.iter().map(|e| (e.key.as_str(), e.value))).ok_or_else(too_many)?;
+    for (key, text) in &dimensions {
+        if too_long(key) || too_long(text) {
+            let key = py_repr(first_chars(key, 32));
+            return Err(Refusal::invalid(format!(
+                "dimensions[{key}]: keys and values are at most {TEXT_BYTES_MAX} bytes"
+            )));
+        }
+    }
+    let mut values = Vec::with_capacity(raw_values.len());
+    for (key, value) in raw_values {
+        if too_long(key) {
+            return Err(Refusal::invalid(format!("values keys are at most {TEXT_BYTES_MAX} bytes")));
+        }
+        let shown = || format!("values[{}] is {}", py_repr(key), python_repr(value));
+        if !(0.0..USAGE_VALUE_MAX).contains(&value) {
+            let why = if !value.is_finite() {
+                "must be a finite number".to_string()
+            } else if value < 0.0 {
+                "must not be negative".to_string()
+            } else {
+                format!("must be below {}", "1e+15")
+            };
+            return Err(Refusal::invalid(format!("{}: {why}", shown())));
+        }
+        let Some(quantity) = fixed_from_f64(value) else {
+            return Err(Refusal::invalid(format!(
+                "{}: more than {SCALE_DIGITS} decimal places cannot be held exactly",
+                shown()
+            )));
+        };
+        values.push((key, quantity));
+    }
+    if event.timestamp_ms > now_ms.saturating_add(future_skew_ms) {
+        return Err(Refusal::new(
+            Reason::TimestampOutOfRange,
+            format!("timestamp_ms {} is more than {} s in the future", event.timestamp_ms, future_skew_ms / 1000),
+        ));
+    }
+    // Sorted by key once valid: the digest needs a canonical order, and lookups can bisect.
+    let mut dimensions = dimensions;
+    dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    values.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    Ok(Event {
+        transaction_id: &event.transaction_id,
+        customer_id: &event.customer_id,
+        event_type: &event.event_type,
+        timestamp_ms: event.timestamp_ms,
+        dimensions,
+        values,
+        reservation_id: &event.reservation_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(values: Vec<(&str, f64)>) -> wire::UsageEvent {
+        wire::UsageEvent {
+            transaction_id: "t".into(),
+            customer_id: "c".into(),
+            event_type: "e".into(),
+            timestamp_ms: 1,
+            dimensions: vec![],
+            values: values.into_iter().map(|(k, v)| wire::ValueEntry { key: k.into(), value: v }).collect(),
+            reservation_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn values_are_exact_or_refused() {
+        let refused = |v: f64| check_event(&event(vec![("n", v)]), 0, 300_000).err().map(|r| r.message);
+        assert_eq!(refused(-1.0).as_deref(), Some("values['n'] is -1.0: must not be negative"));
+        assert_eq!(refused(f64::NAN).as_deref(), Some("values['n'] is nan: must be a finite number"));
+        assert_eq!(refused(1e15).as_deref(), Some("values['n'] is 1000000000000000.0: must be below 1e+15"));
+        assert!(refused(1e-50).unwrap().contains("cannot be held exactly"));
+        assert_eq!(refused(0.1), None);
+    }
+
+    #[test]
+    fn the_last_of_repeated_keys_wins() {
+        let e = event(vec![("n", 1.0), ("m", 2.0), ("n", 3.0)]);
+        let checked = check_event(&e, 0, 300_000).unwrap();
+        assert_eq!(checked.values, vec![("m", 2 * crate::money::SCALE), ("n", 3 * crate::money::SCALE)]);
+    }
+}

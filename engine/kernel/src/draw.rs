@@ -1,0 +1,236 @@
+//! Grants and how an event's charges draw on them.
+//!
+//! Burn order: applicable, started, unexpired grants by priority (lower first), then earliest
+//! expiry, then narrowest applicability, then creation order. What no grant covers is overage.
+//! An event's charges and refunds are netted before they touch grants or overage: its refunds
+//! are settled first (each gives back the overage its bucket caused, then the credits its bucket
+//! drew, in reverse burn order), so the event's charges can use the credit they returned; then
+//! its charges draw in burn order, product by product in product-id order (never in the order
+//! products were created). `settle` works on a copy of the balances, so Authorize runs the very
+//! same code and commits nothing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::Picos;
+use crate::route::Sym;
+
+const NEVER_MS: i64 = i64::MAX;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: Box<str>,
+    pub amount: Picos,
+    pub remaining: Picos,
+    pub priority: i64,
+    /// Product symbols; empty = every product.
+    pub applicable: Vec<Sym>,
+    pub starts_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub creation_order: i64,
+}
+
+impl Grant {
+    pub fn drawn(&self) -> Picos {
+        self.amount - self.remaining
+    }
+    pub fn applies_to(&self, product: Sym) -> bool {
+        self.applicable.is_empty() || self.applicable.contains(&product)
+    }
+    pub fn usable_at(&self, ts_ms: i64) -> bool {
+        self.starts_at_ms <= ts_ms && self.expires_at_ms.is_none_or(|end| ts_ms < end)
+    }
+    pub fn expired_at(&self, ts_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|end| ts_ms >= end)
+    }
+    fn burn_key(&self) -> (i64, i64, usize, i64) {
+        let narrowness = if self.applicable.is_empty() { usize::MAX } else { self.applicable.len() };
+        (self.priority, self.expires_at_ms.unwrap_or(NEVER_MS), narrowness, self.creation_order)
+    }
+}
+
+/// Grant indices in burn order.
+pub fn burn_order(grants: &[Grant]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..grants.len() as u32).collect();
+    order.sort_by_key(|&i| grants[i as usize].burn_key());
+    order
+}
+
+/// One product's part of an event, as settlement sees it.
+pub struct Charge<'a> {
+    pub product: Sym,
+    /// Sort key for charges: the product id.
+    pub product_id: &'a str,
+    pub charge: Picos,
+    /// What the product's bucket drew so far, per grant index, and the overage it caused.
+    pub drawn_by_grant: &'a [(u32, Picos)],
+    pub overage: Picos,
+}
+
+/// Where one product's charge went: credits per grant (negative = given back) and overage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub draws: Vec<(u32, Picos)>,
+    pub overage: Picos,
+}
+
+/// Settles an event's charges (in product-id order) against `remaining` (one balance per grant,
+/// changed in place).
+pub fn settle(
+    grants: &[Grant],
+    order: &[u32],
+    remaining: &mut [Picos],
+    charges: &[Charge],
+    ts_ms: i64,
+) -> Vec<Outcome> {
+    let mut outcomes = vec![Outcome::default(); charges.len()];
+    for (charge, outcome) in charges.iter().zip(outcomes.iter_mut()) {
+        if charge.charge < 0 {
+            *outcome = give_back(order, remaining, charge);
+        }
+    }
+    debug_assert!(charges.windows(2).all(|w| w[0].product_id <= w[1].product_id), "charges come in product-id order");
+    for (i, charge) in charges.iter().enumerate() {
+        if charge.charge <= 0 {
+            continue;
+        }
+        let mut left = charge.charge;
+        let outcome = &mut outcomes[i];
+        for &g in order {
+            let grant = &grants[g as usize];
+            let balance = &mut remaining[g as usize];
+            if *balance <= 0 || !grant.usable_at(ts_ms) || !grant.applies_to(charge.product) {
+                continue;
+            }
+            let take = left.min(*balance);
+            *balance -= take;
+            outcome.draws.push((g, take));
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        outcome.overage = left;
+    }
+    outcomes
+}
+
+/// A refund: the overage the bucket caused first, then its credits in reverse burn order.
+fn give_back(order: &[u32], remaining: &mut [Picos], charge: &Charge) -> Outcome {
+    let refund = -charge.charge;
+    let overage_back = refund.min(charge.overage);
+    let mut left = refund - overage_back;
+    let mut draws = Vec::new();
+    for &g in order.iter().rev() {
+        if left == 0 {
+            break;
+        }
+        let drew: Picos = charge.drawn_by_grant.iter().filter(|(i, _)| *i == g).map(|(_, c)| c).sum();
+        let give = left.min(drew);
+        if give > 0 {
+            remaining[g as usize] += give;
+            draws.push((g, -give));
+            left -= give;
+        }
+    }
+    assert_eq!(left, 0, "a refund never exceeds what its bucket was charged");
+    Outcome { draws, overage: -overage_back }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn grant(id: &str, amount: Picos, priority: i64, applicable: Vec<Sym>, expires: Option<i64>, order: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            amount,
+            remaining: amount,
+            priority,
+            applicable,
+            starts_at_ms: 0,
+            expires_at_ms: expires,
+            creation_order: order,
+        }
+    }
+
+    fn charge(product: Sym, id: &str, amount: Picos) -> Charge<'_> {
+        Charge { product, product_id: id, charge: amount, drawn_by_grant: &[], overage: 0 }
+    }
+
+    #[test]
+    fn burn_order_is_priority_expiry_narrowness_creation() {
+        let grants = vec![
+            grant("late", 1, 1, vec![], None, 0),
+            grant("soon", 1, 1, vec![], Some(100), 1),
+            grant("narrow", 1, 1, vec![7], Some(100), 2),
+            grant("first", 1, 0, vec![], None, 3),
+            grant("twin", 1, 1, vec![], None, 4),
+        ];
+        assert_eq!(burn_order(&grants), vec![3, 2, 1, 0, 4]);
+    }
+
+    #[test]
+    fn refunds_settle_before_charges_whichever_product_sorts_first() {
+        // One unrestricted grant of 100, fully drawn by the refunding product; then it gives back
+        // 49 and the other product charges 40 in one event: 9 credits left and no overage.
+        let grants = vec![grant("g", 100, 0, vec![], None, 0)];
+        let order = burn_order(&grants);
+        let drew = [(0u32, 100)];
+        for (charging, refunding) in [("a", "b"), ("b", "a")] {
+            let charge = Charge { product: 1, product_id: charging, charge: 40, drawn_by_grant: &[], overage: 0 };
+            let refund = Charge { product: 2, product_id: refunding, charge: -49, drawn_by_grant: &drew, overage: 0 };
+            let charges = if charging < refunding { [charge, refund] } else { [refund, charge] };
+            let mut remaining = vec![0];
+            let outcomes = settle(&grants, &order, &mut remaining, &charges, 1);
+            assert_eq!(remaining, vec![9]);
+            assert!(outcomes.iter().all(|o| o.overage == 0));
+        }
+    }
+
+    #[test]
+    fn what_no_grant_covers_is_overage() {
+        let grants = vec![grant("b-only", 200, 0, vec![2], None, 0)];
+        let mut remaining = vec![200];
+        let outcomes = settle(&grants, &burn_order(&grants), &mut remaining, &[charge(1, "a", 40)], 1);
+        assert_eq!(outcomes[0], Outcome { draws: vec![], overage: 40 });
+        assert_eq!(remaining, vec![200]);
+    }
+
+    #[test]
+    fn expired_and_unstarted_grants_are_skipped() {
+        let mut later = grant("later", 10, 0, vec![], None, 0);
+        later.starts_at_ms = 50;
+        let grants = vec![later, grant("gone", 10, 0, vec![], Some(5), 1), grant("ok", 10, 1, vec![], None, 2)];
+        let mut remaining = vec![10, 10, 10];
+        let outcomes = settle(&grants, &burn_order(&grants), &mut remaining, &[charge(1, "a", 15)], 10);
+        assert_eq!(outcomes[0], Outcome { draws: vec![(2, 10)], overage: 5 });
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn credits_are_conserved(amounts in proptest::collection::vec(1i128..1_000, 1..5), charges in proptest::collection::vec(-500i128..1_000, 1..8)) {
+            let grants: Vec<Grant> = amounts.iter().enumerate().map(|(i, a)| grant("g", *a, i as i64 % 2, vec![], None, i as i64)).collect();
+            let order = burn_order(&grants);
+            let mut remaining: Vec<Picos> = amounts.clone();
+            let mut drawn_by_grant: Vec<(u32, Picos)> = Vec::new();
+            let mut overage = 0;
+            for amount in charges {
+                // A refund never exceeds what was charged.
+                let total: Picos = overage + drawn_by_grant.iter().map(|(_, c)| c).sum::<Picos>();
+                let amount = amount.max(-total);
+                let outcome = settle(&grants, &order, &mut remaining, &[Charge { product: 1, product_id: "p", charge: amount, drawn_by_grant: &drawn_by_grant, overage }], 1).remove(0);
+                prop_assert_eq!(outcome.draws.iter().map(|(_, c)| c).sum::<Picos>() + outcome.overage, amount);
+                drawn_by_grant.extend(outcome.draws);
+                overage += outcome.overage;
+                prop_assert!(overage >= 0);
+                for (g, balance) in remaining.iter().enumerate() {
+                    let drew: Picos = drawn_by_grant.iter().filter(|(i, _)| *i as usize == g).map(|(_, c)| c).sum();
+                    prop_assert_eq!(amounts[g], balance + drew);
+                    prop_assert!(*balance >= 0);
+                }
+            }
+        }
+    }
+}

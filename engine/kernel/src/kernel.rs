@@ -1,0 +1,588 @@
+//! The kernel: account state and the batch operations on it (pure Rust, no Python).
+//!
+//! `ingest` rates a batch of raw UsageBatch bytes: decode, validate, dedupe, route, price,
+//! settle against grants, record in buckets, ack. `authorize` plans and settles a hypothetical
+//! event with the same functions, on a copy of the balances, and commits nothing. Time comes in
+//! with each call.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+
+use crate::ack::AckBuilder;
+use crate::buckets::{record_hour, Aggregate, AggregateKey, BucketKey, Measure, VersionUsage, HOUR_MS};
+use crate::decode::{check_event, decode_batch, py_dict, py_repr, wire, Event, Reason, Refusal};
+use crate::dedupe::{content_digest, prior, Seen};
+use crate::draw::{burn_order, settle, Charge, Grant, Outcome};
+use crate::money::{parse_i128, Fixed, Picos, SCALE};
+use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Interner, Sym};
+use crate::snapshot::{self, Stored, StoredAccount};
+use crate::tables;
+
+#[derive(Default)]
+pub struct Account {
+    pub grants: Vec<Grant>,
+    order: Vec<u32>,
+    pub aggregates: FxHashMap<AggregateKey, Aggregate>,
+    pub buckets: FxHashMap<BucketKey, Vec<VersionUsage>>,
+    pub period_charges: BTreeMap<i64, Picos>,
+    pub period_overage: BTreeMap<i64, Picos>,
+    dedupe: FxHashMap<Box<str>, Seen>,
+    /// (contract anchor, start, end) of the period of the account's last event: consecutive events
+    /// almost always share it, and computing one walks the calendar.
+    last_period: Cell<(i64, i64, i64)>,
+}
+
+impl Account {
+    fn period(&self, anchor_ms: i64, ts_ms: i64) -> i64 {
+        let (anchor, start, end) = self.last_period.get();
+        if anchor == anchor_ms && start <= ts_ms && ts_ms < end {
+            return start;
+        }
+        let (start, end) = period_containing(anchor_ms, ts_ms);
+        self.last_period.set((anchor_ms, start, end));
+        start
+    }
+}
+
+/// What one event would do to one product.
+struct Plan {
+    product: usize,
+    dimensions: Vec<Option<Sym>>,
+    aggregate: Option<AggregateKey>,
+    measure: Measure,
+    after: Fixed,
+    before: Fixed,
+    charge: Picos,
+    rate_card: Sym,
+    version: u32,
+}
+
+struct EventPlan {
+    period_start_ms: i64,
+    block: bool,
+    plans: Vec<Plan>,
+}
+
+/// Authorize's answer. `reason` is OK, OVERAGE_ALLOWED, INSUFFICIENT_CREDIT, INVALID_REQUEST or
+/// an ingestion reject reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: &'static str,
+    pub message: String,
+    pub cost: Picos,
+    pub available: Picos,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct GrantView {
+    pub id: String,
+    pub amount: Picos,
+    pub remaining: Picos,
+    pub expired: Picos,
+    pub drawn: Picos,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct BalanceView {
+    /// Credits usable now.
+    pub remaining: Picos,
+    pub grants: Vec<GrantView>,
+    /// The period of the contract covering now, if any.
+    pub period: Option<(i64, i64)>,
+    pub period_charges: Picos,
+    pub overage: Picos,
+    /// overage x the contract's overage price, exactly, at 10^-30 of the currency.
+    pub overage_due_e30: ethnum::I256,
+}
+
+/// What `ingest_checked` did with a batch.
+pub struct Ingested {
+    pub ack: Vec<u8>,
+    pub digest: [u8; 16],
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub rejected: Vec<Reason>,
+}
+
+/// Why `ingest_checked` refused a whole batch (nothing changed).
+pub enum BatchRefusal {
+    NotABatch(String),
+    TooManyEvents(usize),
+    CustomerNotAllowed(usize, String),
+}
+
+#[derive(Default)]
+pub struct Kernel {
+    catalog: Catalog,
+    interner: Interner,
+    accounts: FxHashMap<String, Account>,
+    /// Scratch space for an event's canonical encoding.
+    canonical: Vec<u8>,
+}
+
+impl Kernel {
+    /// Replaces the compiled control plane. Accounts keep their state; a grant keeps its balance
+    /// by id, new grants start full.
+    pub fn load_tables(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let tables = tables::decode(bytes)?;
+        let catalog = Catalog::compile(&tables, &mut self.interner)?;
+        for customer in &tables.customers {
+            let account = self.accounts.entry(customer.id.clone()).or_default();
+            for table in &customer.grants {
+                let amount = parse_i128(&table.amount_picos)?;
+                if amount <= 0 {
+                    return Err(format!("grant {:?}: the amount must be positive", table.id));
+                }
+                let applicable = table.applicable_product_ids.iter().map(|p| self.interner.intern(p)).collect();
+                let fresh = Grant {
+                    id: table.id.as_str().into(),
+                    amount,
+                    remaining: amount,
+                    priority: table.priority,
+                    applicable,
+                    starts_at_ms: table.starts_at_ms,
+                    expires_at_ms: table.expires_at_ms,
+                    creation_order: table.creation_order,
+                };
+                match account.grants.iter_mut().find(|g| g.id == fresh.id) {
+                    Some(known) => {
+                        let drawn = known.drawn();
+                        if drawn > amount {
+                            return Err(format!("grant {:?}: {drawn} picos drawn exceed its amount", table.id));
+                        }
+                        *known = Grant { remaining: amount - drawn, ..fresh };
+                    }
+                    None => account.grants.push(fresh),
+                }
+            }
+            account.order = burn_order(&account.grants);
+        }
+        self.catalog = catalog;
+        Ok(())
+    }
+
+    /// Rates a batch; returns (IngestAck bytes, digest). Fails only if the bytes do not decode.
+    pub fn ingest(&mut self, batch: &[u8], received_ms: i64, journal_seq: u64) -> Result<(Vec<u8>, [u8; 16]), String> {
+        let batch = decode_batch(batch)?;
+        let mut ack = AckBuilder::new(&batch.batch_id, journal_seq);
+        for (index, event) in batch.events.iter().enumerate() {
+            match self.ingest_event(event, received_ms, &mut ack) {
+                Ok(true) => ack.accepted(index),
+                Ok(false) => ack.duplicate(index),
+                Err(refusal) => ack.rejected(index, &event.transaction_id, refusal),
+            }
+        }
+        Ok(ack.finish())
+    }
+
+    /// `ingest` for the server: refuses the whole batch, having changed nothing, when it holds more than
+    /// `events_max` events or names a customer outside `allowed` (a key restricted to those customers).
+    /// A batch that accepts nothing reports `next_seq - 1` in its ack: it takes no journal record.
+    pub fn ingest_checked(
+        &mut self,
+        bytes: &[u8],
+        received_ms: i64,
+        next_seq: u64,
+        events_max: usize,
+        allowed: Option<&[String]>,
+    ) -> Result<Ingested, BatchRefusal> {
+        let batch = decode_batch(bytes).map_err(BatchRefusal::NotABatch)?;
+        if batch.events.len() > events_max {
+            return Err(BatchRefusal::TooManyEvents(batch.events.len()));
+        }
+        if let Some(allowed) = allowed {
+            if let Some((index, event)) =
+                batch.events.iter().enumerate().find(|(_, e)| !allowed.contains(&e.customer_id))
+            {
+                return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.clone()));
+            }
+        }
+        let mut ack = AckBuilder::new(&batch.batch_id, next_seq);
+        for (index, event) in batch.events.iter().enumerate() {
+            match self.ingest_event(event, received_ms, &mut ack) {
+                Ok(true) => ack.accepted(index),
+                Ok(false) => ack.duplicate(index),
+                Err(refusal) => ack.rejected(index, &event.transaction_id, refusal),
+            }
+        }
+        let (accepted, duplicates, rejected) = ack.counts();
+        if accepted == 0 {
+            ack.set_journal_seq(next_seq.saturating_sub(1));
+        }
+        let (ack, digest) = ack.finish();
+        Ok(Ingested { ack, digest, accepted, duplicates, rejected })
+    }
+
+    /// The hours (Unix ms / HOUR_MS) at or after `from_hour` in which any customer has usage priced by
+    /// a version of `rate_card_id`, ascending.
+    pub fn rated_hours(&self, rate_card_id: &str, from_hour: i64) -> Vec<i64> {
+        let mut hours: Vec<i64> = self
+            .accounts
+            .values()
+            .flat_map(|a| a.buckets.iter())
+            .filter(|(k, usages)| k.hour >= from_hour && usages.iter().any(|u| self.text(u.rate_card) == rate_card_id))
+            .map(|(k, _)| k.hour)
+            .collect();
+        hours.sort_unstable();
+        hours.dedup();
+        hours
+    }
+
+    /// Ok(true) accepted, Ok(false) a duplicate.
+    fn ingest_event(
+        &mut self,
+        raw: &wire::UsageEvent,
+        received_ms: i64,
+        ack: &mut AckBuilder,
+    ) -> Result<bool, Refusal> {
+        let event = check_event(raw, received_ms, self.catalog.future_skew_ms)?;
+        let digest = content_digest(&event, &mut self.canonical);
+        if let Some(account) = self.accounts.get(event.customer_id) {
+            let seen = account.dedupe.get(event.transaction_id);
+            if let Some(known) = prior(seen, received_ms, self.catalog.dedupe_window_ms) {
+                if known != digest {
+                    return Err(Refusal::new(
+                        Reason::DuplicateConflict,
+                        format!(
+                            "transaction_id {} was already accepted with different content",
+                            py_repr(event.transaction_id)
+                        ),
+                    ));
+                }
+                return Ok(false);
+            }
+        }
+        let plan = self.plan(&event)?;
+        self.commit(&event, plan, ack);
+        let account = self.accounts.get_mut(event.customer_id).expect("planned, so the account exists");
+        account.dedupe.insert(event.transaction_id.into(), Seen { digest, at_ms: received_ms });
+        Ok(true)
+    }
+
+    /// Everything the event would charge, or why it is refused; changes nothing.
+    fn plan(&self, event: &Event) -> Result<EventPlan, Refusal> {
+        let customer = event.customer_id;
+        let (Some(account), Some(route)) = (self.accounts.get(customer), self.catalog.routes.get(customer)) else {
+            return Err(Refusal::new(
+                Reason::UnknownCustomer,
+                format!("customer {} does not exist", py_repr(customer)),
+            ));
+        };
+        let ts = event.timestamp_ms;
+        let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else {
+            return Err(Refusal::new(
+                Reason::NoActiveContract,
+                format!("customer {} has no contract covering {ts}", py_repr(customer)),
+            ));
+        };
+        let period_start_ms = account.period(contract.starting_at_ms, ts);
+        if route.closed_periods.contains(&period_start_ms) {
+            return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
+        }
+        let feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k));
+        let mut plans = Vec::with_capacity(feeding.len());
+        if feeding.is_empty() {
+            return Ok(EventPlan { period_start_ms, block: contract.block, plans });
+        }
+        let Some(version) = self.catalog.version_at(contract.timeline, ts) else {
+            return Err(Refusal::new(
+                Reason::NoApplicableRate,
+                format!("rate card {} has no version in force at {ts}", py_repr(&contract.rate_card_id)),
+            ));
+        };
+        for index in feeding {
+            let product = &self.catalog.products[index];
+            let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
+            let dimensions: Vec<Option<Sym>> =
+                product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
+            let Some(rate) = version.rate_for(product.id, &dimensions) else {
+                return Err(Refusal::new(
+                    Reason::NoApplicableRate,
+                    format!(
+                        "rate card {} version {} has no rate for product {} with {}",
+                        py_repr(self.interner.text(version.rate_card)),
+                        version.number,
+                        py_repr(&product.id_text),
+                        py_dict(product.dimensions.iter().map(|d| (d.as_str(), event.dimension(d).unwrap_or(""))))
+                    ),
+                ));
+            };
+            let curve = curve_with_override(contract, product.id, &dimensions, rate, ts);
+            let key = dimensions.iter().copied().collect::<Option<Box<[Sym]>>>().map(|dimensions| AggregateKey {
+                period_start_ms,
+                product: product.id,
+                dimensions,
+            });
+            let empty = Aggregate::default();
+            let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
+            let out_of_range = || {
+                Refusal::new(
+                    Reason::InvalidEvent,
+                    format!("the charge for product {} is out of range", py_repr(&product.id_text)),
+                )
+            };
+            let after = current.quantity_after(product.aggregation, measure, ts).ok_or_else(out_of_range)?;
+            let price_after = curve.picos(after).ok_or_else(out_of_range)?;
+            let price_before = curve.picos(current.quantity).ok_or_else(out_of_range)?;
+            // Under a newer, dearer version the old quantity prices higher than it was charged:
+            // never give back more than the bucket was charged in all.
+            let charge = (price_after - price_before).max(-current.amount);
+            plans.push(Plan {
+                product: index,
+                dimensions,
+                aggregate: key,
+                measure,
+                after,
+                before: current.quantity,
+                charge,
+                rate_card: version.rate_card,
+                version: version.number,
+            });
+        }
+        Ok(EventPlan { period_start_ms, block: contract.block, plans })
+    }
+
+    fn measure(
+        &self,
+        aggregation: Aggregation,
+        value_key: &str,
+        product_id: &str,
+        event: &Event,
+    ) -> Result<Measure, Refusal> {
+        let missing = |place: &str| {
+            Refusal::new(
+                Reason::InvalidEvent,
+                format!("{place}[{}] is required by product {}", py_repr(value_key), py_repr(product_id)),
+            )
+        };
+        match aggregation {
+            Aggregation::Count => Ok(Measure::Quantity(SCALE)),
+            Aggregation::UniqueCount => {
+                let value = event.dimension(value_key).ok_or_else(|| missing("dimensions"))?;
+                Ok(Measure::Unique(self.interner.get(value)))
+            }
+            _ => event.value(value_key).map(Measure::Quantity).ok_or_else(|| missing("values")),
+        }
+    }
+
+    /// Settles a plan's charges on a copy of the account's balances: the one code path for
+    /// ingestion and Authorize. Returns the outcomes and the balances after.
+    fn settle(&self, account: &Account, plan: &EventPlan, ts_ms: i64) -> (Vec<Outcome>, Vec<Picos>) {
+        let empty = Aggregate::default();
+        let charges: Vec<Charge> = plan
+            .plans
+            .iter()
+            .map(|p| {
+                let current = p.aggregate.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
+                Charge {
+                    product: self.catalog.products[p.product].id,
+                    product_id: &self.catalog.products[p.product].id_text,
+                    charge: p.charge,
+                    drawn_by_grant: if p.charge < 0 { &current.drawn_by_grant } else { &[] },
+                    overage: current.overage,
+                }
+            })
+            .collect();
+        let mut remaining: Vec<Picos> = account.grants.iter().map(|g| g.remaining).collect();
+        let outcomes = settle(&account.grants, &account.order, &mut remaining, &charges, ts_ms);
+        (outcomes, remaining)
+    }
+
+    fn commit(&mut self, event: &Event, plan: EventPlan, ack: &mut AckBuilder) {
+        let ts = event.timestamp_ms;
+        let (outcomes, remaining) = self.settle(&self.accounts[event.customer_id], &plan, ts);
+        let mut uniques = Vec::with_capacity(plan.plans.len());
+        let mut keys = Vec::with_capacity(plan.plans.len());
+        for p in &plan.plans {
+            let dimensions: Box<[Sym]> = p
+                .dimensions
+                .iter()
+                .zip(&self.catalog.products[p.product].dimensions)
+                .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
+                .collect();
+            keys.push(dimensions);
+            uniques.push(match p.measure {
+                Measure::Unique(_) => {
+                    let key = &self.catalog.products[p.product].value_key;
+                    Some(self.interner.intern(event.dimension(key).expect("measured, so present")))
+                }
+                Measure::Quantity(_) => None,
+            });
+        }
+        let account = self.accounts.get_mut(event.customer_id).expect("planned, so the account exists");
+        for (grant, balance) in account.grants.iter_mut().zip(remaining) {
+            grant.remaining = balance;
+        }
+        for (((p, outcome), dimensions), unique) in plan.plans.iter().zip(&outcomes).zip(keys).zip(uniques) {
+            let product = &self.catalog.products[p.product];
+            let key = AggregateKey {
+                period_start_ms: plan.period_start_ms,
+                product: product.id,
+                dimensions: dimensions.clone(),
+            };
+            account.aggregates.entry(key).or_default().record(
+                p.after,
+                p.charge,
+                unique,
+                ts,
+                &outcome.draws,
+                outcome.overage,
+            );
+            let hour = BucketKey { hour: ts.div_euclid(HOUR_MS), product: product.id, dimensions };
+            record_hour(account.buckets.entry(hour).or_default(), p.rate_card, p.version, p.after - p.before, p.charge);
+            *account.period_charges.entry(plan.period_start_ms).or_default() += p.charge;
+            let overage = account.period_overage.entry(plan.period_start_ms).or_default();
+            *overage += outcome.overage;
+            assert!(*overage >= 0, "period overage never falls below zero");
+            ack.ledger(&product.id_text, p.version, p.charge, &outcome.draws, outcome.overage);
+        }
+    }
+
+    /// Prices a hypothetical event at now_ms exactly as ingesting it would, and decides.
+    pub fn authorize(&self, event: &wire::UsageEvent, now_ms: i64) -> Decision {
+        let available_for = |products: Option<&[Sym]>| -> Picos {
+            let Some(account) = self.accounts.get(&event.customer_id) else { return 0 };
+            account
+                .grants
+                .iter()
+                .filter(|g| g.usable_at(now_ms) && products.is_none_or(|ps| ps.iter().any(|p| g.applies_to(*p))))
+                .map(|g| g.remaining)
+                .sum()
+        };
+        let planned = check_event(event, now_ms, self.catalog.future_skew_ms).and_then(|e| self.plan(&e));
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                let reason =
+                    if refusal.reason == Reason::InvalidEvent { "INVALID_REQUEST" } else { refusal.reason.name() };
+                return Decision {
+                    allowed: false,
+                    reason,
+                    message: refusal.message,
+                    cost: 0,
+                    available: available_for(None),
+                };
+            }
+        };
+        let products: Vec<Sym> = plan.plans.iter().map(|p| self.catalog.products[p.product].id).collect();
+        let available = available_for(if products.is_empty() { None } else { Some(&products) });
+        let cost: Picos = plan.plans.iter().map(|p| p.charge).sum();
+        let (outcomes, _) = self.settle(&self.accounts[&event.customer_id], &plan, now_ms);
+        // Overage the positive parts would leave: a refund elsewhere in the event does not pay for them.
+        let uncovered: Picos = outcomes.iter().map(|o| o.overage.max(0)).sum();
+        if plan.block && (uncovered > 0 || available <= 0) {
+            let message = "available credit does not cover this usage".to_string();
+            return Decision { allowed: false, reason: "INSUFFICIENT_CREDIT", message, cost, available };
+        }
+        if uncovered > 0 {
+            let message = "beyond available credit: billed as overage".to_string();
+            return Decision { allowed: true, reason: "OVERAGE_ALLOWED", message, cost, available };
+        }
+        Decision { allowed: true, reason: "OK", message: String::new(), cost, available }
+    }
+
+    pub fn balance(&self, customer_id: &str, now_ms: i64) -> Option<BalanceView> {
+        let account = self.accounts.get(customer_id)?;
+        let mut view = BalanceView {
+            remaining: 0,
+            grants: Vec::new(),
+            period: None,
+            period_charges: 0,
+            overage: 0,
+            overage_due_e30: ethnum::I256::ZERO,
+        };
+        for &g in &account.order {
+            let grant = &account.grants[g as usize];
+            let expired = if grant.expired_at(now_ms) { grant.remaining } else { 0 };
+            if grant.usable_at(now_ms) {
+                view.remaining += grant.remaining;
+            }
+            view.grants.push(GrantView {
+                id: grant.id.to_string(),
+                amount: grant.amount,
+                remaining: grant.remaining - expired,
+                expired,
+                drawn: grant.drawn(),
+            });
+        }
+        let route = self.catalog.routes.get(customer_id)?;
+        if let Some(contract) = route.contracts.iter().find(|c| c.covers(now_ms)) {
+            let period = period_containing(contract.starting_at_ms, now_ms);
+            view.period = Some(period);
+            view.period_charges = account.period_charges.get(&period.0).copied().unwrap_or(0);
+            view.overage = account.period_overage.get(&period.0).copied().unwrap_or(0);
+            view.overage_due_e30 = ethnum::I256::new(view.overage) * ethnum::I256::new(contract.overage_price);
+        }
+        Some(view)
+    }
+
+    /// Every aggregate and hour bucket of a customer, sorted (for reads and tests).
+    #[allow(clippy::type_complexity)]
+    pub fn usage(
+        &self,
+        customer_id: &str,
+    ) -> Option<(Vec<(AggregateKey, Aggregate)>, Vec<(BucketKey, Vec<VersionUsage>)>)> {
+        let account = self.accounts.get(customer_id)?;
+        let mut aggregates: Vec<_> = account.aggregates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        aggregates.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut buckets: Vec<_> = account.buckets.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        buckets.sort_by(|a, b| a.0.cmp(&b.0));
+        Some((aggregates, buckets))
+    }
+
+    /// The customer's grant ids by grant index.
+    pub fn grant_ids(&self, customer_id: &str) -> Vec<String> {
+        self.accounts.get(customer_id).map_or_else(Vec::new, |a| a.grants.iter().map(|g| g.id.to_string()).collect())
+    }
+
+    pub fn text(&self, sym: Sym) -> &str {
+        self.interner.text(sym)
+    }
+
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut customers: Vec<&String> = self.accounts.keys().collect();
+        customers.sort();
+        let accounts = customers
+            .into_iter()
+            .map(|id| {
+                let account = &self.accounts[id];
+                let (aggregates, buckets) = self.usage(id).expect("listed, so present");
+                let mut dedupe: Vec<(String, Seen)> = account.dedupe.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                dedupe.sort_by(|a, b| a.0.cmp(&b.0));
+                StoredAccount {
+                    customer_id: id.clone(),
+                    grants: account.grants.clone(),
+                    aggregates,
+                    buckets,
+                    period_charges: account.period_charges.iter().map(|(k, v)| (*k, *v)).collect(),
+                    period_overage: account.period_overage.iter().map(|(k, v)| (*k, *v)).collect(),
+                    dedupe,
+                }
+            })
+            .collect();
+        snapshot::encode(&Stored { format: snapshot::FORMAT, strings: self.interner.strings(), accounts })
+    }
+
+    /// A kernel holding a snapshot's state; load tables before rating with it.
+    pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
+        let stored = snapshot::decode(bytes)?;
+        let mut kernel = Kernel { interner: Interner::from_strings(stored.strings), ..Kernel::default() };
+        for stored in stored.accounts {
+            let account = Account {
+                order: burn_order(&stored.grants),
+                grants: stored.grants,
+                aggregates: stored.aggregates.into_iter().collect(),
+                buckets: stored.buckets.into_iter().collect(),
+                period_charges: stored.period_charges.into_iter().collect(),
+                period_overage: stored.period_overage.into_iter().collect(),
+                dedupe: stored.dedupe.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect(),
+                last_period: Cell::default(),
+            };
+            kernel.accounts.insert(stored.customer_id, account);
+        }
+        Ok(kernel)
+    }
+}

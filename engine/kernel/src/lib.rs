@@ -1,0 +1,26 @@
+//! Tariff's rating kernel: the usage hot path over raw UsageBatch bytes.
+//!
+//! One module per stage; none but `bindings` knows Python, so `cargo test` covers the money
+//! arithmetic on its own. Pure: no file, network, clock, thread or randomness; time comes in
+//! with each call. See README.md for the API and the tables' format.
+
+pub mod ack;
+pub mod buckets;
+pub mod decode;
+pub mod dedupe;
+pub mod draw;
+pub mod kernel;
+pub mod money;
+pub mod price;
+pub mod route;
+pub mod snapshot;
+pub mod tables;
+
+mod bindings;
+
+/// Proptest's case count: small by default (make test), TARIFF_PROPTEST_CASES for the soak.
+#[cfg(test)]
+pub(crate) fn test_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("TARIFF_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    proptest::test_runner::Config { cases, failure_persistence: None, ..proptest::test_runner::Config::default() }
+}

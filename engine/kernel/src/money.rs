@@ -1,0 +1,190 @@
+//! Exact amounts and quantities: fixed-scale integers, one explicit rounding.
+//!
+//! Money is counted in picos (10^-12 of a pricing unit) in an `i128`. Quantities and prices are
+//! held at 10^-18 (`SCALE`), the finest step the control plane accepts for a decimal. A price
+//! is computed as one exact ratio of 256-bit integers and rounded half-even to picos once.
+//! Wire doubles become quantities through their shortest round-trip decimal text, exactly, or
+//! are refused: nothing here rounds a value in silence.
+
+use ethnum::I256;
+
+/// Picos: 10^-12 of a pricing unit.
+pub type Picos = i128;
+/// A quantity, price or ratio at 10^-18 (`SCALE`).
+pub type Fixed = i128;
+
+pub const SCALE_DIGITS: i32 = 18;
+pub const SCALE: i128 = 1_000_000_000_000_000_000;
+pub const PICOS_PER_UNIT: i128 = 1_000_000_000_000;
+/// SCALE / PICOS_PER_UNIT: a fixed value over this is picos.
+pub const FIXED_PER_PICO: i128 = 1_000_000;
+/// The largest value one event may carry (exclusive), in units: 10^15.
+pub const USAGE_VALUE_MAX: f64 = 1e15;
+
+/// numerator / denominator rounded half-even to an integer; None when it does not fit an i128.
+pub fn round_half_even(numerator: I256, denominator: I256) -> Option<i128> {
+    debug_assert!(denominator > I256::ZERO, "denominators are positive");
+    // The common case fits 128 bits, where division is several times cheaper.
+    if let (Ok(n), Ok(d)) = (i128::try_from(numerator), i128::try_from(denominator)) {
+        return round_half_even_128(n, d);
+    }
+    let quotient = numerator.div_euclid(denominator);
+    let remainder = numerator.rem_euclid(denominator);
+    let twice = remainder.checked_mul(I256::new(2))?;
+    let odd = quotient & I256::ONE == I256::ONE;
+    let rounded =
+        if twice > denominator || (twice == denominator && odd) { quotient.checked_add(I256::ONE)? } else { quotient };
+    i128::try_from(rounded).ok()
+}
+
+/// `round_half_even` in 128 bits (denominator > 0), with one division.
+pub fn round_half_even_128(numerator: i128, denominator: i128) -> Option<i128> {
+    let mut quotient = numerator / denominator;
+    let mut remainder = numerator - quotient * denominator;
+    if remainder < 0 {
+        quotient -= 1;
+        remainder += denominator;
+    }
+    let twice = remainder.checked_mul(2)?;
+    if twice > denominator || (twice == denominator && quotient & 1 == 1) {
+        quotient.checked_add(1)
+    } else {
+        Some(quotient)
+    }
+}
+
+/// A wire double as an exact quantity at 10^-18, from its shortest round-trip decimal text
+/// (0.1 -> 100_000_000_000_000_000). None when that text has more than 18 decimal places.
+pub fn fixed_from_f64(value: f64) -> Option<Fixed> {
+    debug_assert!(value.is_finite() && value >= 0.0, "callers check range first");
+    if value.fract() == 0.0 && value < USAGE_VALUE_MAX {
+        return Some(value as i128 * SCALE); // token counts: exact, without formatting the double
+    }
+    let (digits, exponent) = shortest_digits(value);
+    // value = digits x 10^(exponent - len(digits) + 1); at 10^-18 that is digits x 10^shift.
+    let shift = exponent - (digits.len() as i32 - 1) + SCALE_DIGITS;
+    let mantissa: i128 = digits.parse().ok()?;
+    if shift >= 0 {
+        mantissa.checked_mul(10i128.checked_pow(shift as u32)?)
+    } else {
+        None
+    }
+}
+
+/// The shortest digits that round-trip `value` and the decimal exponent of the first digit.
+fn shortest_digits(value: f64) -> (String, i32) {
+    // Rust's `{:e}` prints the shortest round-trip form, like Python's repr: "1.5e-7".
+    let text = format!("{value:e}");
+    let (mantissa, exponent) = text.split_once('e').expect("{:e} always has an exponent");
+    (mantissa.replace('.', ""), exponent.parse().expect("an integer exponent"))
+}
+
+/// A double as Python's `repr` writes it ("1.0", "1e-50", "1e+16", "inf", "nan"), so that
+/// the kernel's reject messages read exactly as the Python engine's.
+pub fn python_repr(value: f64) -> String {
+    if value.is_nan() {
+        return "nan".into();
+    }
+    if value.is_infinite() {
+        return if value > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if value == 0.0 {
+        return if value.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    let sign = if value < 0.0 { "-" } else { "" };
+    let (digits, exponent) = shortest_digits(value.abs());
+    if !(-4..16).contains(&exponent) {
+        let (head, tail) = digits.split_at(1);
+        let fraction = if tail.is_empty() { String::new() } else { format!(".{tail}") };
+        let exp_sign = if exponent < 0 { "-" } else { "+" };
+        return format!("{sign}{head}{fraction}e{exp_sign}{:02}", exponent.abs());
+    }
+    let point = exponent + 1; // digits before the decimal point
+    let body = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat((-point) as usize))
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}.0", "0".repeat(point as usize - digits.len()))
+    } else {
+        let (whole, fraction) = digits.split_at(point as usize);
+        format!("{whole}.{fraction}")
+    };
+    format!("{sign}{body}")
+}
+
+/// Parses a decimal integer text (how tables carry values wider than 64 bits).
+pub fn parse_i128(text: &str) -> Result<i128, String> {
+    text.parse::<i128>().map_err(|_| format!("{text:?} is not an integer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn doubles_convert_through_their_shortest_text() {
+        assert_eq!(fixed_from_f64(0.1), Some(SCALE / 10));
+        assert_eq!(fixed_from_f64(1.0), Some(SCALE));
+        assert_eq!(fixed_from_f64(123.456), Some(123_456 * SCALE / 1000));
+        assert_eq!(fixed_from_f64(1e14), Some(100_000_000_000_000 * SCALE));
+        assert_eq!(fixed_from_f64(1e-18), Some(1));
+        assert_eq!(fixed_from_f64(999999999999999.9), Some(9_999_999_999_999_999 * SCALE / 10));
+    }
+
+    #[test]
+    fn doubles_finer_than_the_scale_are_refused() {
+        assert_eq!(fixed_from_f64(1e-50), None);
+        assert_eq!(fixed_from_f64(1e-19), None);
+        assert_eq!(fixed_from_f64(1.5e-18), None);
+    }
+
+    #[test]
+    fn repr_matches_python() {
+        for (value, text) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e-50, "1e-50"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (-1.0, "-1.0"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (123.5, "123.5"),
+            (1.5e300, "1.5e+300"),
+        ] {
+            assert_eq!(python_repr(value), text);
+        }
+    }
+
+    #[test]
+    fn rounding_is_half_even() {
+        let r = |n: i64, d: i64| round_half_even(I256::new(n.into()), I256::new(d.into()));
+        assert_eq!(r(5, 2), Some(2));
+        assert_eq!(r(7, 2), Some(4));
+        assert_eq!(r(-5, 2), Some(-2));
+        assert_eq!(r(-7, 2), Some(-4));
+        assert_eq!(r(10, 3), Some(3));
+        assert_eq!(r(11, 3), Some(4));
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn every_double_converted_is_exact(mantissa in 0u64..(1 << 53), exponent in -40i32..40) {
+            let value = mantissa as f64 * 10f64.powi(exponent);
+            prop_assume!(value.is_finite() && value < USAGE_VALUE_MAX);
+            if let Some(fixed) = fixed_from_f64(value) {
+                // The fixed value reads back as the same double: nothing was rounded.
+                let text = format!("{}e-18", fixed);
+                prop_assert_eq!(text.parse::<f64>().unwrap(), value);
+            }
+        }
+
+        #[test]
+        fn rounding_is_within_half(n in any::<i64>(), d in 1i64..1_000_000) {
+            let rounded = round_half_even(I256::new(n.into()), I256::new(d.into())).unwrap();
+            let error = (I256::new(rounded) * I256::new(d.into()) - I256::new(n.into())).abs();
+            prop_assert!(error * I256::new(2) <= I256::new(d.into()));
+        }
+    }
+}

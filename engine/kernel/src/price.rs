@@ -1,0 +1,322 @@
+//! Integer price curves: the price of a period's cumulative quantity, in picos.
+//!
+//! Every curve computes its amount as one exact ratio of 256-bit integers over fixed-scale
+//! inputs (quantities and prices at 10^-18) and rounds it half-even to picos once. A charge is
+//! price(cumulative after) - price(cumulative before), so a period's charges for a bucket add up
+//! to the price of its total whatever the order or batching of its events.
+
+use ethnum::I256;
+use serde::{Deserialize, Serialize};
+
+use crate::money::{round_half_even, round_half_even_128, Fixed, Picos, FIXED_PER_PICO, SCALE};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier {
+    /// Inclusive upper bound of the tier's quantity; None on the last, unbounded tier.
+    pub up_to: Option<Fixed>,
+    pub unit_price: Fixed,
+    /// Charged once when the quantity enters the tier (GRADUATED) or lies in it (VOLUME).
+    pub flat_price: Fixed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Curve {
+    /// `price` for every `per_units` of quantity.
+    Unit { price: Fixed, per_units: Fixed },
+    /// GRADUATED: each portion at its tier's price; VOLUME: the whole quantity at the price of
+    /// the tier it reaches. Unit prices are per `per_units`.
+    Tiered { volume: bool, tiers: Vec<Tier>, per_units: Fixed },
+    /// `price` for every started package of `size`.
+    Package { size: Fixed, price: Fixed },
+    /// `price` once the quantity is above zero.
+    Flat { price: Fixed },
+}
+
+/// A curve with a contract's multiplier (at 10^-18) applied to its amount, or none, and its
+/// coefficients reduced by their common factor: prices at 10^-18 times quantities at 10^-18
+/// pass 128 bits early (170 units at a price of 1), but once a price like 0.03 per 1000 is
+/// reduced to 3 / 10^11 most amounts fit an i128, where the arithmetic is several times cheaper.
+/// Both paths compute the same exact ratio, so they round to the same picos.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PricedCurve {
+    pub curve: Curve,
+    pub multiplier: Option<Fixed>,
+    reduced: Option<Reduced>,
+}
+
+/// The ratio's integer coefficients divided by their greatest common divisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reduced {
+    /// Per tier (one for UNIT, PACKAGE and FLAT): what multiplies the quantity (or the package count).
+    unit: Vec<i128>,
+    /// Per tier: the flat fee's term (TIERED only).
+    flat: Vec<i128>,
+    denominator: i128,
+}
+
+fn gcd(mut a: i128, mut b: i128) -> i128 {
+    a = a.abs();
+    b = b.abs();
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl PricedCurve {
+    pub fn new(curve: Curve, multiplier: Option<Fixed>) -> PricedCurve {
+        let reduced = Self::reduce(&curve, multiplier);
+        PricedCurve { curve, multiplier, reduced }
+    }
+
+    /// None when a coefficient does not fit 128 bits: the curve then always prices in 256.
+    fn reduce(curve: &Curve, multiplier: Option<Fixed>) -> Option<Reduced> {
+        let (mut unit, mut flat, mut denominator) = match curve {
+            Curve::Unit { price, per_units } => (vec![*price], vec![], FIXED_PER_PICO.checked_mul(*per_units)?),
+            Curve::Tiered { tiers, per_units, .. } => (
+                tiers.iter().map(|t| t.unit_price).collect(),
+                tiers.iter().map(|t| t.flat_price.checked_mul(*per_units)).collect::<Option<Vec<_>>>()?,
+                FIXED_PER_PICO.checked_mul(*per_units)?,
+            ),
+            Curve::Package { price, .. } | Curve::Flat { price } => (vec![*price], vec![], FIXED_PER_PICO),
+        };
+        if let Some(multiplier) = multiplier {
+            let common = gcd(multiplier, SCALE).max(1);
+            let (m, s) = (multiplier / common, SCALE / common);
+            for c in unit.iter_mut().chain(flat.iter_mut()) {
+                *c = c.checked_mul(m)?;
+            }
+            denominator = denominator.checked_mul(s)?;
+        }
+        let common = unit.iter().chain(&flat).fold(denominator, |g, c| gcd(g, *c)).max(1);
+        for c in unit.iter_mut().chain(flat.iter_mut()) {
+            *c /= common;
+        }
+        Some(Reduced { unit, flat, denominator: denominator / common })
+    }
+
+    /// The price of a cumulative quantity, in picos (rounded half-even once); None on overflow.
+    pub fn picos(&self, quantity: Fixed) -> Option<Picos> {
+        if let Some(picos) = self.reduced.as_ref().and_then(|r| self.picos_128(r, quantity)) {
+            return Some(picos);
+        }
+        let (mut numerator, mut denominator) = self.curve.ratio(quantity)?;
+        if let Some(multiplier) = self.multiplier {
+            numerator = numerator.checked_mul(big(multiplier))?;
+            denominator = denominator.checked_mul(big(SCALE))?;
+        }
+        round_half_even(numerator, denominator)
+    }
+
+    /// `Curve::ratio` over the reduced coefficients in 128 bits; None if anything overflows.
+    fn picos_128(&self, reduced: &Reduced, quantity: Fixed) -> Option<Picos> {
+        if quantity <= 0 {
+            return Some(0);
+        }
+        let numerator = match &self.curve {
+            Curve::Unit { .. } => quantity.checked_mul(reduced.unit[0])?,
+            Curve::Tiered { volume: true, tiers, .. } => {
+                let at =
+                    tiers.iter().position(|t| t.up_to.is_none_or(|up_to| quantity <= up_to)).unwrap_or(tiers.len() - 1);
+                quantity.checked_mul(reduced.unit[at])?.checked_add(reduced.flat[at])?
+            }
+            Curve::Tiered { volume: false, tiers, .. } => {
+                let (mut numerator, mut lower) = (0i128, 0);
+                for (at, tier) in tiers.iter().enumerate() {
+                    let upper = tier.up_to.map_or(quantity, |up_to| up_to.min(quantity));
+                    if upper <= lower {
+                        break;
+                    }
+                    let portion = (upper - lower).checked_mul(reduced.unit[at])?;
+                    numerator = numerator.checked_add(portion)?.checked_add(reduced.flat[at])?;
+                    lower = upper;
+                }
+                numerator
+            }
+            Curve::Package { size, .. } => ((quantity + size - 1) / size).checked_mul(reduced.unit[0])?,
+            Curve::Flat { .. } => reduced.unit[0],
+        };
+        round_half_even_128(numerator, reduced.denominator)
+    }
+}
+
+fn big(value: i128) -> I256 {
+    I256::new(value)
+}
+
+impl Curve {
+    /// The amount as an exact ratio (numerator, denominator) in picos; None on overflow.
+    fn ratio(&self, quantity: Fixed) -> Option<(I256, I256)> {
+        if quantity <= 0 {
+            return Some((I256::ZERO, I256::ONE));
+        }
+        let per_pico = big(FIXED_PER_PICO);
+        match self {
+            // picos = q x price / (10^6 x per_units), every input at 10^-18.
+            Curve::Unit { price, per_units } => {
+                Some((big(quantity).checked_mul(big(*price))?, per_pico.checked_mul(big(*per_units))?))
+            }
+            Curve::Tiered { volume, tiers, per_units } => {
+                let per = big(*per_units);
+                let denominator = per_pico.checked_mul(per)?;
+                let mut numerator = I256::ZERO;
+                if *volume {
+                    let tier = tiers.iter().find(|t| t.up_to.is_none_or(|up_to| quantity <= up_to)).or(tiers.last())?;
+                    numerator = big(quantity).checked_mul(big(tier.unit_price))?;
+                    numerator = numerator.checked_add(big(tier.flat_price).checked_mul(per)?)?;
+                    return Some((numerator, denominator));
+                }
+                let mut lower: Fixed = 0;
+                for tier in tiers {
+                    let upper = tier.up_to.map_or(quantity, |up_to| up_to.min(quantity));
+                    if upper <= lower {
+                        break;
+                    }
+                    let portion = big(upper - lower).checked_mul(big(tier.unit_price))?;
+                    let flat = big(tier.flat_price).checked_mul(per)?;
+                    numerator = numerator.checked_add(portion)?.checked_add(flat)?;
+                    lower = upper;
+                }
+                Some((numerator, denominator))
+            }
+            Curve::Package { size, price } => {
+                let packages = (quantity + size - 1) / size; // rounded up: a started package is due
+                Some((big(packages).checked_mul(big(*price))?, per_pico))
+            }
+            Curve::Flat { price } => Some((big(*price), per_pico)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const U: i128 = SCALE;
+    const P: i128 = 1_000_000_000_000;
+
+    fn plain(curve: Curve) -> PricedCurve {
+        PricedCurve::new(curve, None)
+    }
+
+    fn graduated() -> Curve {
+        Curve::Tiered {
+            volume: false,
+            tiers: vec![
+                Tier { up_to: Some(1_000_000 * U), unit_price: 3 * U / 100, flat_price: 0 },
+                Tier { up_to: None, unit_price: U / 100, flat_price: 0 },
+            ],
+            per_units: 1000 * U,
+        }
+    }
+
+    #[test]
+    fn unit_prices_per_units() {
+        let curve = plain(Curve::Unit { price: 3 * U / 100, per_units: 1000 * U });
+        assert_eq!(curve.picos(5000 * U), Some(15 * P / 100));
+        assert_eq!(curve.picos(1), Some(0)); // 3 x 10^-23: rounds to zero picos
+    }
+
+    #[test]
+    fn graduated_tiers_price_each_portion() {
+        let curve = plain(graduated());
+        // 1,000,000 at 0.03/1000 + 500,000 at 0.01/1000 = 30 + 5
+        assert_eq!(curve.picos(1_500_000 * U), Some(35 * P));
+    }
+
+    #[test]
+    fn volume_tiers_price_the_whole_quantity_at_the_reached_tier() {
+        let curve = plain(Curve::Tiered {
+            volume: true,
+            tiers: vec![
+                Tier { up_to: Some(100 * U), unit_price: U, flat_price: 0 },
+                Tier { up_to: None, unit_price: U / 2, flat_price: 2 * U },
+            ],
+            per_units: U,
+        });
+        assert_eq!(curve.picos(100 * U), Some(100 * P));
+        assert_eq!(curve.picos(101 * U), Some(505 * P / 10 + 2 * P));
+    }
+
+    #[test]
+    fn packages_round_up() {
+        let curve = plain(Curve::Package { size: U, price: U });
+        assert_eq!(curve.picos(1), Some(P));
+        assert_eq!(curve.picos(100_000_000_000_000 * U + 1), Some(100_000_000_000_001 * P));
+    }
+
+    #[test]
+    fn flat_is_due_once_the_quantity_is_positive() {
+        let curve = plain(Curve::Flat { price: 10 * U });
+        assert_eq!(curve.picos(0), Some(0));
+        assert_eq!(curve.picos(5 * U), Some(10 * P));
+    }
+
+    #[test]
+    fn a_multiplier_rounds_once() {
+        let curve = PricedCurve::new(Curve::Unit { price: 1, per_units: U }, Some(U / 2 * 3));
+        // 10^6 units at 10^-18 each = 10^-12, x 1.5 = 1.5 picos -> 2 (half-even), not 1 x 1.5 rounded twice.
+        assert_eq!(curve.picos(1_000_000 * U), Some(2));
+    }
+
+    #[test]
+    fn overflow_is_reported_not_wrapped() {
+        let curve = plain(Curve::Unit { price: i128::MAX, per_units: 1 });
+        assert_eq!(curve.picos(i128::MAX), None);
+    }
+
+    fn any_curve() -> impl Strategy<Value = Curve> {
+        let price = 0i128..(1000 * U);
+        let per = prop_oneof![Just(U), Just(1000 * U), Just(3 * U / 7), 1i128..(10 * U)];
+        prop_oneof![
+            (price.clone(), per.clone()).prop_map(|(price, per_units)| Curve::Unit { price, per_units }),
+            (price.clone(), 1i128..(100 * U)).prop_map(|(price, size)| Curve::Package { size, price }),
+            price.clone().prop_map(|price| Curve::Flat { price }),
+            (any::<bool>(), proptest::collection::vec((1i128..(500 * U), price.clone(), price), 1..4), per).prop_map(
+                |(volume, raw, per_units)| {
+                    let mut bound = 0;
+                    let last = raw.len() - 1;
+                    let tiers = raw
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (step, unit_price, flat_price))| {
+                            bound += step;
+                            Tier { up_to: (i < last).then_some(bound), unit_price, flat_price }
+                        })
+                        .collect();
+                    Curve::Tiered { volume, tiers, per_units }
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn the_128_bit_path_prices_exactly_as_the_256_bit_one(
+            curve in any_curve(),
+            multiplier in proptest::option::of(0i128..(5 * U)),
+            quantity in prop_oneof![0i128..(1000 * U), 0i128..(1_000_000_000_000_000 * U)],
+        ) {
+            let fast = PricedCurve::new(curve.clone(), multiplier);
+            let wide = PricedCurve { curve, multiplier, reduced: None };
+            prop_assert_eq!(fast.picos(quantity), wide.picos(quantity));
+        }
+
+        #[test]
+        fn graduated_prices_never_fall(a in 0i128..(10_000_000 * U), b in 0i128..(10_000_000 * U)) {
+            let curve = plain(graduated());
+            let (low, high) = (a.min(b), a.max(b));
+            prop_assert!(curve.picos(low).unwrap() <= curve.picos(high).unwrap());
+        }
+
+        #[test]
+        fn unit_price_is_additive_within_a_pico(a in 0i128..(1_000_000_000 * U), b in 0i128..(1_000_000_000 * U)) {
+            let curve = plain(Curve::Unit { price: 7 * U / 3, per_units: 1000 * U });
+            let whole = curve.picos(a + b).unwrap();
+            let parts = curve.picos(a).unwrap() + curve.picos(b).unwrap();
+            prop_assert!((whole - parts).abs() <= 1);
+        }
+    }
+}

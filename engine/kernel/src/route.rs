@@ -1,0 +1,393 @@
+//! Routing: which products an event feeds, under which contract, period, version and rate.
+//!
+//! `Catalog` is the control plane compiled from the tables: products by event type, version rate
+//! lookups (most specific match first), per-customer contracts with their period calendar,
+//! version timeline and overrides. Dimension values are compared as interned symbols.
+
+use std::borrow::Cow;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::money::{parse_i128, Fixed};
+use crate::price::{Curve, PricedCurve, Tier};
+use crate::tables::{CurveTable, Tables};
+
+pub type Sym = u32;
+
+/// Strings to small integers, so buckets are keyed by integers. Part of the snapshot.
+#[derive(Default, Clone)]
+pub struct Interner {
+    strings: Vec<Box<str>>,
+    index: FxHashMap<Box<str>, Sym>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, text: &str) -> Sym {
+        if let Some(&sym) = self.index.get(text) {
+            return sym;
+        }
+        let sym = self.strings.len() as Sym;
+        self.strings.push(text.into());
+        self.index.insert(text.into(), sym);
+        sym
+    }
+    pub fn get(&self, text: &str) -> Option<Sym> {
+        self.index.get(text).copied()
+    }
+    pub fn text(&self, sym: Sym) -> &str {
+        &self.strings[sym as usize]
+    }
+    pub fn strings(&self) -> Vec<String> {
+        self.strings.iter().map(|s| s.to_string()).collect()
+    }
+    pub fn from_strings(strings: Vec<String>) -> Interner {
+        let strings: Vec<Box<str>> = strings.into_iter().map(String::into_boxed_str).collect();
+        let index = strings.iter().enumerate().map(|(i, s)| (s.clone(), i as Sym)).collect();
+        Interner { strings, index }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregation {
+    Sum,
+    Count,
+    Max,
+    UniqueCount,
+    Latest,
+}
+
+pub struct Product {
+    pub id: Sym,
+    pub id_text: String,
+    pub aggregation: Aggregation,
+    pub value_key: String,
+    pub filters: Vec<(String, String)>,
+    pub dimensions: Vec<String>,
+}
+
+pub struct Rate {
+    pub required: Vec<(usize, Sym)>,
+    /// The rate card's price, ready to price (a contract's override derives its own).
+    pub priced: PricedCurve,
+}
+
+pub struct Version {
+    pub rate_card: Sym,
+    pub number: u32,
+    pub rates: FxHashMap<Sym, Vec<Rate>>,
+}
+
+pub struct Override {
+    pub product: Sym,
+    /// (position in the product's pricing dimensions, value); None if a key is not one of them.
+    pub required: Option<Vec<(usize, Sym)>>,
+    pub starting_at_ms: i64,
+    pub ending_before_ms: Option<i64>,
+    pub price: Option<Fixed>,
+    pub multiplier: Option<Fixed>,
+}
+
+pub struct Contract {
+    pub rate_card_id: String,
+    pub starting_at_ms: i64,
+    pub ending_before_ms: Option<i64>,
+    pub block: bool,
+    pub overage_price: Fixed,
+    pub timeline: usize,
+    pub overrides: Vec<Override>,
+}
+
+impl Contract {
+    pub fn covers(&self, ts_ms: i64) -> bool {
+        self.starting_at_ms <= ts_ms && self.ending_before_ms.is_none_or(|end| ts_ms < end)
+    }
+}
+
+#[derive(Default)]
+pub struct Route {
+    pub contracts: Vec<Contract>,
+    pub closed_periods: FxHashSet<i64>,
+}
+
+#[derive(Default)]
+pub struct Catalog {
+    pub future_skew_ms: i64,
+    pub dedupe_window_ms: i64,
+    pub products: Vec<Product>,
+    pub by_event_type: FxHashMap<String, Vec<usize>>,
+    pub versions: Vec<Version>,
+    pub timelines: Vec<Vec<(i64, usize)>>,
+    pub routes: FxHashMap<String, Route>,
+}
+
+fn fixed(text: &str) -> Result<Fixed, String> {
+    parse_i128(text)
+}
+
+fn curve(table: &CurveTable) -> Result<Curve, String> {
+    let positive = |text: &str, what: &str| -> Result<Fixed, String> {
+        let value = fixed(text)?;
+        if value <= 0 {
+            return Err(format!("{what} must be positive, not {text}"));
+        }
+        Ok(value)
+    };
+    Ok(match table.kind.as_str() {
+        "UNIT" => Curve::Unit { price: fixed(&table.price)?, per_units: positive(&table.per_units, "per_units")? },
+        "GRADUATED" | "VOLUME" => Curve::Tiered {
+            volume: table.kind == "VOLUME",
+            per_units: positive(&table.per_units, "per_units")?,
+            tiers: table
+                .tiers
+                .iter()
+                .map(|(up_to, unit, flat)| {
+                    Ok(Tier {
+                        up_to: if up_to.is_empty() { None } else { Some(fixed(up_to)?) },
+                        unit_price: fixed(unit)?,
+                        flat_price: fixed(flat)?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        },
+        "PACKAGE" => {
+            Curve::Package { size: positive(&table.package_size, "package_size")?, price: fixed(&table.price)? }
+        }
+        "FLAT" => Curve::Flat { price: fixed(&table.price)? },
+        other => return Err(format!("unknown price model {other:?}")),
+    })
+}
+
+fn aggregation(text: &str) -> Result<Aggregation, String> {
+    Ok(match text {
+        "SUM" => Aggregation::Sum,
+        "COUNT" => Aggregation::Count,
+        "MAX" => Aggregation::Max,
+        "UNIQUE_COUNT" => Aggregation::UniqueCount,
+        "LATEST" => Aggregation::Latest,
+        other => return Err(format!("unknown aggregation {other:?}")),
+    })
+}
+
+impl Catalog {
+    /// Compiles the tables; symbols are interned into the kernel's interner.
+    pub fn compile(tables: &Tables, interner: &mut Interner) -> Result<Catalog, String> {
+        let mut catalog = Catalog {
+            future_skew_ms: tables.future_skew_ms,
+            dedupe_window_ms: tables.dedupe_window_ms,
+            ..Catalog::default()
+        };
+        let mut positions: FxHashMap<&str, &[String]> = FxHashMap::default();
+        for (index, table) in tables.products.iter().enumerate() {
+            positions.insert(&table.id, &table.pricing_dimensions);
+            catalog.by_event_type.entry(table.event_type.clone()).or_default().push(index);
+            catalog.products.push(Product {
+                id: interner.intern(&table.id),
+                id_text: table.id.clone(),
+                aggregation: aggregation(&table.aggregation)?,
+                value_key: table.value_key.clone(),
+                filters: table.filters.clone(),
+                dimensions: table.pricing_dimensions.clone(),
+            });
+        }
+        // An event's products in product-id order: the order its charges draw in (never creation order).
+        for products in catalog.by_event_type.values_mut() {
+            products.sort_by(|a, b| tables.products[*a].id.cmp(&tables.products[*b].id));
+        }
+        for table in &tables.versions {
+            let mut rates: FxHashMap<Sym, Vec<Rate>> = FxHashMap::default();
+            for rate in &table.rates {
+                let required = rate.required.iter().map(|(p, v)| (*p as usize, interner.intern(v))).collect();
+                let compiled = Rate { required, priced: PricedCurve::new(curve(&rate.curve)?, None) };
+                rates.entry(interner.intern(&rate.product_id)).or_default().push(compiled);
+            }
+            let rate_card = interner.intern(&table.rate_card_id);
+            catalog.versions.push(Version { rate_card, number: table.number, rates });
+        }
+        for timeline in &tables.timelines {
+            if timeline.iter().any(|(_, v)| *v as usize >= catalog.versions.len()) {
+                return Err("a timeline names a version the tables do not hold".into());
+            }
+            catalog.timelines.push(timeline.iter().map(|(at, v)| (*at, *v as usize)).collect());
+        }
+        for customer in &tables.customers {
+            let mut route =
+                Route { closed_periods: customer.closed_periods.iter().copied().collect(), ..Route::default() };
+            for contract in &customer.contracts {
+                if contract.timeline as usize >= catalog.timelines.len() {
+                    return Err(format!("contract {:?} names a missing timeline", contract.id));
+                }
+                let mut overrides = Vec::new();
+                for table in &contract.overrides {
+                    let dimensions = positions.get(table.product_id.as_str()).copied().unwrap_or(&[]);
+                    let required = table
+                        .matches
+                        .iter()
+                        .map(|(key, value)| {
+                            dimensions.iter().position(|d| d == key).map(|p| (p, interner.intern(value)))
+                        })
+                        .collect::<Option<Vec<_>>>();
+                    overrides.push(Override {
+                        product: interner.intern(&table.product_id),
+                        required,
+                        starting_at_ms: table.starting_at_ms,
+                        ending_before_ms: table.ending_before_ms,
+                        price: table.price.as_deref().map(fixed).transpose()?,
+                        multiplier: table.multiplier.as_deref().map(fixed).transpose()?,
+                    });
+                }
+                route.contracts.push(Contract {
+                    rate_card_id: contract.rate_card_id.clone(),
+                    starting_at_ms: contract.starting_at_ms,
+                    ending_before_ms: contract.ending_before_ms,
+                    block: contract.block,
+                    overage_price: fixed(&contract.overage_price)?,
+                    timeline: contract.timeline as usize,
+                    overrides,
+                });
+            }
+            catalog.routes.insert(customer.id.clone(), route);
+        }
+        Ok(catalog)
+    }
+
+    /// Products of this event type whose filters the event meets.
+    pub fn feeding<'a>(&'a self, event_type: &str, dimension: impl Fn(&str) -> Option<&'a str>) -> Vec<usize>
+    where
+        Self: 'a,
+    {
+        let Some(candidates) = self.by_event_type.get(event_type) else { return Vec::new() };
+        candidates
+            .iter()
+            .copied()
+            .filter(|&p| self.products[p].filters.iter().all(|(k, v)| dimension(k) == Some(v.as_str())))
+            .collect()
+    }
+
+    /// The version in force at ts_ms on a timeline (the newest effective; a later entry wins a tie).
+    pub fn version_at(&self, timeline: usize, ts_ms: i64) -> Option<&Version> {
+        let entries = &self.timelines[timeline];
+        let after = entries.partition_point(|(at, _)| *at <= ts_ms);
+        after.checked_sub(1).map(|i| &self.versions[entries[i].1])
+    }
+}
+
+impl Version {
+    /// The most specific rate for a product and dimension key (symbols; None = never interned).
+    pub fn rate_for(&self, product: Sym, key: &[Option<Sym>]) -> Option<&Rate> {
+        self.rates.get(&product)?.iter().find(|r| r.required.iter().all(|(p, v)| key.get(*p) == Some(&Some(*v))))
+    }
+}
+
+/// The contract's curve for this rate: its override (most specific match, then the one added
+/// last) replaces or scales the rate card's price. What an override `price` means per model is
+/// defined in proto/tariff/v1/contracts.proto (PriceOverride).
+pub fn curve_with_override<'a>(
+    contract: &Contract,
+    product: Sym,
+    key: &[Option<Sym>],
+    rate: &'a Rate,
+    ts_ms: i64,
+) -> Cow<'a, PricedCurve> {
+    let chosen = contract
+        .overrides
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| {
+            o.product == product
+                && o.starting_at_ms <= ts_ms
+                && o.ending_before_ms.is_none_or(|end| ts_ms < end)
+                && o.required.as_ref().is_some_and(|req| req.iter().all(|(p, v)| key.get(*p) == Some(&Some(*v))))
+        })
+        .max_by_key(|(i, o)| (o.required.as_ref().map_or(0, Vec::len), *i))
+        .map(|(_, o)| o);
+    let Some(chosen) = chosen else { return Cow::Borrowed(&rate.priced) };
+    let base = rate.priced.curve.clone();
+    if let Some(multiplier) = chosen.multiplier {
+        return Cow::Owned(PricedCurve::new(base, Some(multiplier)));
+    }
+    let price = chosen.price.expect("an override has a price or a multiplier");
+    let curve = match base {
+        Curve::Unit { per_units, .. } | Curve::Tiered { per_units, .. } => Curve::Unit { price, per_units },
+        Curve::Package { size, .. } => Curve::Package { size, price },
+        Curve::Flat { .. } => Curve::Flat { price },
+    };
+    Cow::Owned(PricedCurve::new(curve, None))
+}
+
+// The period calendar: months anchored on the contract's start (UTC), a day past a month's end
+// clamped to its last day, every boundary computed from the anchor so clamping does not drift.
+
+const DAY_MS: i64 = 86_400_000;
+
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if month <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, month, day)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    let next = if month == 12 { days_from_civil(year + 1, 1, 1) } else { days_from_civil(year, month + 1, 1) };
+    next - days_from_civil(year, month, 1)
+}
+
+fn add_months(anchor_ms: i64, months: i64) -> i64 {
+    let (days, time_of_day) = (anchor_ms.div_euclid(DAY_MS), anchor_ms.rem_euclid(DAY_MS));
+    let (year, month, day) = civil_from_days(days);
+    let index = month - 1 + months;
+    let (y, m) = (year + index.div_euclid(12), index.rem_euclid(12) + 1);
+    (days_from_civil(y, m, day.min(days_in_month(y, m)))) * DAY_MS + time_of_day
+}
+
+/// (start_ms, end_ms) of the monthly period anchored on anchor_ms that contains ts_ms >= anchor_ms.
+pub fn period_containing(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
+    let (ay, am, _) = civil_from_days(anchor_ms.div_euclid(DAY_MS));
+    let (ty, tm, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
+    let mut months = ((ty - ay) * 12 + (tm - am)).max(0);
+    while add_months(anchor_ms, months) > ts_ms {
+        months -= 1;
+    }
+    while add_months(anchor_ms, months + 1) <= ts_ms {
+        months += 1;
+    }
+    (add_months(anchor_ms, months), add_months(anchor_ms, months + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JAN_31_2026: i64 = 1_769_817_600_000; // 2026-01-31T00:00:00Z
+
+    #[test]
+    fn periods_clamp_to_month_ends_without_drift() {
+        let feb = period_containing(JAN_31_2026, JAN_31_2026 + 10 * DAY_MS);
+        assert_eq!(feb, (JAN_31_2026, JAN_31_2026 + 28 * DAY_MS)); // Jan 31 -> Feb 28
+        let march = period_containing(JAN_31_2026, feb.1 + 5 * DAY_MS);
+        assert_eq!(march, (feb.1, feb.1 + 31 * DAY_MS)); // Feb 28 -> Mar 31, not Mar 28
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for days in [-800_000, -1, 0, 1, 19_000, 20_484, 2_000_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(days_from_civil(2026, 1, 31) * DAY_MS, JAN_31_2026);
+    }
+}

@@ -1,0 +1,106 @@
+//! The kernel tables as Python sends them (msgpack, see engine/tables.py): the compiled control
+//! plane. Values wider than 64 bits (prices at 10^-18, amounts in picos) travel as decimal
+//! integer text, since msgpack integers stop at 64 bits.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Tables {
+    pub future_skew_ms: i64,
+    pub dedupe_window_ms: i64,
+    pub products: Vec<ProductTable>,
+    pub versions: Vec<VersionTable>,
+    /// Version timelines: (effective_from_ms, index into `versions`), ascending.
+    pub timelines: Vec<Vec<(i64, u32)>>,
+    pub customers: Vec<CustomerTable>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProductTable {
+    pub id: String,
+    pub event_type: String,
+    pub aggregation: String,
+    pub value_key: String,
+    pub filters: Vec<(String, String)>,
+    pub pricing_dimensions: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VersionTable {
+    pub rate_card_id: String,
+    pub number: u32,
+    /// Per product, most specific first.
+    pub rates: Vec<RateTable>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RateTable {
+    pub product_id: String,
+    /// (position in the product's pricing_dimensions, required value).
+    pub required: Vec<(u32, String)>,
+    pub curve: CurveTable,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CurveTable {
+    /// UNIT, GRADUATED, VOLUME, PACKAGE or FLAT.
+    pub kind: String,
+    /// At 10^-18: the unit price (UNIT), the package price (PACKAGE), the fee (FLAT).
+    pub price: String,
+    pub per_units: String,
+    pub package_size: String,
+    /// (up_to or "" when unbounded, unit_price, flat_price), at 10^-18.
+    pub tiers: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CustomerTable {
+    pub id: String,
+    pub contracts: Vec<ContractTable>,
+    pub grants: Vec<GrantTable>,
+    pub closed_periods: Vec<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ContractTable {
+    pub id: String,
+    pub rate_card_id: String,
+    pub starting_at_ms: i64,
+    pub ending_before_ms: Option<i64>,
+    pub block: bool,
+    /// Currency per pricing unit of overage, at 10^-18.
+    pub overage_price: String,
+    /// Index into `Tables::timelines`: the versions in force for this customer (cohorts applied).
+    pub timeline: u32,
+    pub overrides: Vec<OverrideTable>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OverrideTable {
+    pub product_id: String,
+    pub matches: Vec<(String, String)>,
+    pub starting_at_ms: i64,
+    pub ending_before_ms: Option<i64>,
+    /// At 10^-18; exactly one of the two is set.
+    pub price: Option<String>,
+    pub multiplier: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GrantTable {
+    pub id: String,
+    pub amount_picos: String,
+    pub priority: i64,
+    pub applicable_product_ids: Vec<String>,
+    pub starts_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub creation_order: i64,
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Tables, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("kernel tables do not decode: {e}"))
+}
+
+pub fn encode(tables: &Tables) -> Vec<u8> {
+    rmp_serde::to_vec_named(tables).expect("tables always encode")
+}

@@ -1,0 +1,283 @@
+"""Compiles the control plane into the rating kernel's tables (read by engine/kernel/src/tables.rs).
+
+The kernel prices with integers only, so every price, per_units, package size, tier bound, override and
+overage price is converted here to an integer count of 10^-18 and every grant amount is already in picos
+(10^-12). A value the scale cannot hold exactly is refused with TablesError, never rounded. Values wider
+than 64 bits travel as decimal integer text, since msgpack integers stop at 64 bits.
+
+What the tables hold: products (event type, aggregation, filters, pricing dimensions), every published
+rate card version with its rates most specific first, version timelines (one per distinct list of versions
+a customer sees, so a cohort gets its own), and per customer its contracts (period anchor, overage policy,
+overrides, timeline), grants (burn-order fields) and closed periods.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from engine.contracts import Contract, Customer, OveragePolicy
+from engine.ratecard import (
+    Cohort,
+    CompiledVersion,
+    FlatCurve,
+    PackageCurve,
+    PriceCurve,
+    RateCard,
+    ScaledCurve,
+    TieredCurve,
+    TierMode,
+    UnitCurve,
+    compile_version,
+)
+from engine.state import BillingState
+
+SCALE_PLACES = 18
+DEDUPE_WINDOW_MS_DEFAULT = 35 * 24 * 3600 * 1000
+FUTURE_SKEW_MS_DEFAULT = 5 * 60 * 1000
+
+
+class TablesError(ValueError):
+    """A control-plane value the kernel's fixed scale cannot hold exactly."""
+
+
+class CurveTable(msgspec.Struct):
+    kind: str
+    price: str = "0"
+    per_units: str = "0"
+    package_size: str = "0"
+    tiers: list[tuple[str, str, str]] = []
+
+
+class RateTable(msgspec.Struct):
+    product_id: str
+    required: list[tuple[int, str]]
+    curve: CurveTable
+
+
+class VersionTable(msgspec.Struct):
+    rate_card_id: str
+    number: int
+    rates: list[RateTable]
+
+
+class ProductTable(msgspec.Struct):
+    id: str
+    event_type: str
+    aggregation: str
+    value_key: str
+    filters: list[tuple[str, str]]
+    pricing_dimensions: list[str]
+
+
+class OverrideTable(msgspec.Struct):
+    product_id: str
+    matches: list[tuple[str, str]]
+    starting_at_ms: int
+    ending_before_ms: int | None
+    price: str | None
+    multiplier: str | None
+
+
+class ContractTable(msgspec.Struct):
+    id: str
+    rate_card_id: str
+    starting_at_ms: int
+    ending_before_ms: int | None
+    block: bool
+    overage_price: str
+    timeline: int
+    overrides: list[OverrideTable]
+
+
+class GrantTable(msgspec.Struct):
+    id: str
+    amount_picos: str
+    priority: int
+    applicable_product_ids: list[str]
+    starts_at_ms: int
+    expires_at_ms: int | None
+    creation_order: int
+
+
+class CustomerTable(msgspec.Struct):
+    id: str
+    contracts: list[ContractTable]
+    grants: list[GrantTable]
+    closed_periods: list[int]
+
+
+class Tables(msgspec.Struct):
+    future_skew_ms: int
+    dedupe_window_ms: int
+    products: list[ProductTable]
+    versions: list[VersionTable]
+    timelines: list[list[tuple[int, int]]]
+    customers: list[CustomerTable]
+
+
+def fixed(value: Decimal | str, what: str) -> str:
+    """The exact count of 10^-18 in `value`, as text; TablesError if it has more than 18 decimal places."""
+    decimal_value = Decimal(value)
+    scaled = decimal_value.scaleb(SCALE_PLACES)
+    if not decimal_value.is_finite() or scaled != scaled.to_integral_value():
+        raise TablesError(f"{what}: {value} cannot be held exactly at {SCALE_PLACES} decimal places")
+    return str(int(scaled))
+
+
+def compile_tables(
+    state: BillingState,
+    *,
+    future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT,
+    dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
+) -> bytes:
+    """The kernel tables for this control-plane state, msgpack-encoded for Kernel.load_tables."""
+    products = [
+        ProductTable(
+            p.id, p.event_type, p.aggregation.value, p.value_key, sorted(p.filters.items()), list(p.pricing_dimensions)
+        )
+        for p in state.products.values()
+    ]
+    versions: list[VersionTable] = []
+    version_index: dict[tuple[str, int], int] = {}
+    for card in state.rate_cards.values():
+        for _, number in card.timeline:
+            if (card.id, number) not in version_index:
+                version_index[(card.id, number)] = len(versions)
+                versions.append(_version_table(card, number, state))
+    timelines: list[list[tuple[int, int]]] = []
+    timeline_index: dict[tuple[tuple[int, int], ...], int] = {}
+    customers = []
+    contracts_by_customer: dict[str, list[Contract]] = {}
+    for contract in state.contracts.values():  # grouped once: a scan per customer would be quadratic
+        contracts_by_customer.setdefault(contract.customer_id, []).append(contract)
+    for customer in state.customers.values():
+        account = state.accounts[customer.id]
+        contracts = []
+        for contract in contracts_by_customer.get(customer.id, ()):
+            card = state.rate_cards[contract.rate_card_id]
+            timeline = _timeline_for(card, customer, version_index)
+            if timeline not in timeline_index:
+                timeline_index[timeline] = len(timelines)
+                timelines.append(list(timeline))
+            contracts.append(_contract_table(contract, timeline_index[timeline]))
+        grants = [
+            GrantTable(
+                g.id,
+                str(g.amount),
+                g.priority,
+                list(g.applicable_product_ids),
+                g.starts_at_ms,
+                g.expires_at_ms,
+                g.creation_order,
+            )
+            for g in account.grants
+        ]
+        customers.append(CustomerTable(customer.id, contracts, grants, sorted(account.closed_periods)))
+    tables = Tables(future_skew_ms, dedupe_window_ms, products, versions, timelines, customers)
+    return msgspec.msgpack.encode(tables)
+
+
+def _version_table(card: RateCard, number: int, state: BillingState) -> VersionTable:
+    version = card.version(number)
+    compiled: CompiledVersion = compile_version(version, state.products)
+    for index, rate in enumerate(version.rates):
+        _check_literals(msgspec.to_builtins(rate.price), f"rate card {card.id!r} version {number} rates[{index}]")
+    rates = [
+        RateTable(rate.product_id, [(position, value) for position, value in rate.required], _curve_table(rate.curve))
+        for product_rates in compiled.rates_by_product.values()
+        for rate in product_rates  # most specific first, as compile_version orders them
+    ]
+    return VersionTable(card.id, number, rates)
+
+
+def _check_literals(spec: object, where: str) -> None:
+    """A price field written as a literal decimal must be exact at 18 places (a formula is evaluated and rounded
+    to 18 places once, at validation, by design; a literal is what the user meant, so it is never rounded)."""
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            _check_literals(value, f"{where}.{key}")
+    elif isinstance(spec, list):
+        for position, value in enumerate(spec):
+            _check_literals(value, f"{where}[{position}]")
+    elif isinstance(spec, str) and spec.strip():
+        try:
+            literal = Decimal(spec.strip())
+        except ArithmeticError:
+            return  # a formula or a name, not a literal
+        if literal.is_finite():
+            fixed(spec.strip(), where)
+
+
+def _curve_table(curve: PriceCurve) -> CurveTable:
+    match curve:
+        case UnitCurve():
+            return CurveTable("UNIT", price=fixed(curve.price, "price"), per_units=fixed(curve.per_units, "per_units"))
+        case TieredCurve():
+            tiers = [
+                (
+                    "" if tier.up_to is None else fixed(tier.up_to, "up_to"),
+                    fixed(tier.unit_price, "unit_price"),
+                    fixed(tier.flat_price, "flat_price"),
+                )
+                for tier in curve.tiers
+            ]
+            kind = "VOLUME" if curve.mode is TierMode.VOLUME else "GRADUATED"
+            return CurveTable(kind, per_units=fixed(curve.per_units, "per_units"), tiers=tiers)
+        case PackageCurve():
+            return CurveTable(
+                "PACKAGE",
+                price=fixed(curve.package_price, "package_price"),
+                package_size=fixed(curve.package_size, "package_size"),
+            )
+        case FlatCurve():
+            return CurveTable("FLAT", price=fixed(curve.price, "price"))
+        case ScaledCurve():
+            raise AssertionError("a rate card's curve is never scaled: overrides travel separately")
+
+
+def _in_cohort(cohort: Cohort | None, customer: Customer) -> bool:
+    if cohort is None:
+        return True
+    if cohort.customer_ids and customer.id not in cohort.customer_ids:
+        return False
+    if any(customer.attributes.get(key) != value for key, value in cohort.attributes.items()):
+        return False
+    after = cohort.customers_created_after_ms
+    return after is None or customer.created_at_ms > after
+
+
+def _timeline_for(
+    card: RateCard, customer: Customer, version_index: dict[tuple[str, int], int]
+) -> tuple[tuple[int, int], ...]:
+    """The (effective_from_ms, version index) entries this customer sees, ascending; a later entry wins a tie."""
+    return tuple(
+        (effective_from_ms, version_index[(card.id, number)])
+        for effective_from_ms, number in card.timeline
+        if _in_cohort(card.version(number).cohort, customer)
+    )
+
+
+def _contract_table(contract: Contract, timeline: int) -> ContractTable:
+    overrides = [
+        OverrideTable(
+            o.product_id,
+            sorted(o.match.items()),
+            o.starting_at_ms,
+            o.ending_before_ms,
+            None if o.price is None else fixed(o.price, f"override {o.id!r} price"),
+            None if o.multiplier is None else fixed(o.multiplier, f"override {o.id!r} multiplier"),
+        )
+        for o in contract.overrides
+    ]
+    return ContractTable(
+        contract.id,
+        contract.rate_card_id,
+        contract.starting_at_ms,
+        contract.ending_before_ms,
+        contract.overage_policy is OveragePolicy.BLOCK,
+        fixed(contract.overage_price, f"contract {contract.id!r} overage_price"),
+        timeline,
+        overrides,
+    )

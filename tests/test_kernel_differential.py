@@ -1,0 +1,333 @@
+"""The kernel against the hand-written oracle (tests/reference_billing.py), on generated worlds.
+
+Hypothesis generates a catalogue (every aggregation and price model, filters, a more specific rate, several
+products per event type, in any creation order), a contract (ALLOW or BLOCK, overrides), grants (priorities,
+expiries, start times, applicability) and batches of events (duplicates, conflicts, invalid and extreme
+values, future timestamps). The world is set up through the Python control plane, compiled by engine.tables
+and rated by the kernel from UsageBatch bytes; the oracle rates the same events by hand. Every ack, bucket,
+grant balance and an Authorize estimate must agree exactly.
+
+Short budgets by default; TARIFF_KERNEL_EXAMPLES raises them (make soak).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.contracts import OveragePolicy
+from engine.products import Aggregation
+from engine.ratecard import PriceSpec, TierMode
+from tests.engine_fixtures import EPOCH_MS, HOUR_MS, World, flat, package, rate, tiered, unit
+from tests.kernel_fixtures import KernelWorld, usage_event
+from tests.reference_billing import (
+    Curve,
+    ReferenceRating,
+    REvent,
+    RGrant,
+    ROverride,
+    RProduct,
+    RRate,
+)
+
+EXAMPLES = int(os.environ.get("TARIFF_KERNEL_EXAMPLES", "30"))
+DAY_MS = 24 * HOUR_MS
+PICOS = Decimal(10) ** 12
+SCALE = Decimal(10) ** 18
+REASONS = {1: "INVALID_EVENT", 2: "UNKNOWN_CUSTOMER", 3: "NO_ACTIVE_CONTRACT", 4: "TIMESTAMP_OUT_OF_RANGE"}
+REASONS |= {5: "PERIOD_CLOSED", 6: "DUPLICATE_CONFLICT", 7: "NO_APPLICABLE_RATE"}
+PROFILE = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    id: str
+    event_type: str
+    aggregation: Aggregation
+    value_key: str
+    filters: tuple[tuple[str, str], ...]
+    dimensions: tuple[str, ...]
+    curve: Curve
+    specific: Curve | None  # a rate for model=m1, more specific than the default
+    override: tuple[str, Decimal] | None  # ("price" | "multiplier", value)
+
+
+@dataclass(frozen=True)
+class GrantSpec:
+    id: str
+    amount: Decimal
+    priority: int
+    products: tuple[str, ...]
+    starts_at_ms: int
+    expires_at_ms: int | None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    products: tuple[ProductSpec, ...]  # in creation order
+    block: bool
+    grants: tuple[GrantSpec, ...]
+    batches: tuple[tuple[REvent, ...], ...]
+    received_ms: tuple[int, ...]
+    probe: REvent
+
+
+def decimals(low: int, high: int, places: int) -> st.SearchStrategy[Decimal]:
+    return st.integers(low * 10**places, high * 10**places).map(lambda n: Decimal(n).scaleb(-places))
+
+
+@st.composite
+def curves(draw: st.DrawFn) -> Curve:
+    model = draw(st.sampled_from(["UNIT", "GRADUATED", "VOLUME", "PACKAGE", "FLAT"]))
+    price = draw(decimals(0, 50, 4))
+    if model == "UNIT":
+        return Curve("UNIT", price=price, per_units=draw(st.sampled_from([Decimal(1), Decimal(1000), Decimal(3)])))
+    if model == "PACKAGE":
+        return Curve("PACKAGE", price=price, size=draw(st.sampled_from([Decimal(1), Decimal(10), Decimal("2.5")])))
+    if model == "FLAT":
+        return Curve("FLAT", price=price)
+    bounds = sorted(draw(st.sets(st.integers(1, 200), min_size=1, max_size=3)))
+    tiers: list[tuple[Decimal | None, Decimal, Decimal]] = [
+        (Decimal(b), draw(decimals(0, 5, 3)), draw(decimals(0, 3, 2))) for b in bounds
+    ]
+    tiers.append((None, draw(decimals(0, 5, 3)), draw(decimals(0, 3, 2))))
+    per_units = draw(st.sampled_from([Decimal(1), Decimal(100)]))
+    return Curve(model, per_units=per_units, tiers=tuple(tiers))
+
+
+@st.composite
+def products(draw: st.DrawFn) -> tuple[ProductSpec, ...]:
+    count = draw(st.integers(1, 4))
+    specs = []
+    for index in range(count):
+        aggregation = draw(st.sampled_from(list(Aggregation)))
+        value_key = {Aggregation.COUNT: "", Aggregation.UNIQUE_COUNT: "user"}.get(
+            aggregation, draw(st.sampled_from("ab"))
+        )
+        dimensions = draw(st.sampled_from([(), ("model",), ("model", "region")]))
+        override = draw(
+            st.one_of(
+                st.none(),
+                st.tuples(st.just("price"), decimals(0, 20, 3)),
+                st.tuples(st.just("multiplier"), decimals(0, 3, 6)),
+            )
+        )
+        specs.append(
+            ProductSpec(
+                id=f"p{index}",
+                event_type=draw(st.sampled_from(["ai", "ai", "io"])),
+                aggregation=aggregation,
+                value_key=value_key,
+                filters=draw(st.sampled_from([(), (("region", "eu"),)])),
+                dimensions=dimensions,
+                curve=draw(curves()),
+                specific=draw(st.none() | curves()) if "model" in dimensions else None,
+                override=override,
+            )
+        )
+    return tuple(draw(st.permutations(specs)))
+
+
+VALUES = st.one_of(
+    st.integers(0, 1000).map(float),
+    st.integers(0, 1000).map(float),
+    decimals(0, 100, 3).map(float),
+    decimals(0, 100, 3).map(float),
+    st.sampled_from([0.0, 1e-18, 999999999999999.9, 1e15, -1.0, float("nan"), 1e-19, 0.1, 2.5]),
+)
+
+
+@st.composite
+def events(draw: st.DrawFn, index: int) -> REvent:
+    dimensions: dict[str, str] = {"model": draw(st.sampled_from(["m1", "m2"]))}
+    if draw(st.booleans()):
+        dimensions["region"] = draw(st.sampled_from(["eu", "us"]))
+    if draw(st.integers(0, 5)):
+        dimensions["user"] = draw(st.sampled_from(["u1", "u2", "u3"]))
+    values = {key: draw(VALUES) for key in draw(st.sets(st.sampled_from("ab"), max_size=2))}
+    return REvent(
+        transaction_id=f"t{draw(st.integers(0, index))}",  # reuse ids: duplicates and conflicts
+        customer_id=draw(st.sampled_from(["acme"] * 9 + ["ghost"])),
+        event_type=draw(st.sampled_from(["ai", "ai", "io"])),
+        timestamp_ms=EPOCH_MS + draw(st.sampled_from([-1] + [0] * 9)) * HOUR_MS + draw(st.integers(0, 45 * DAY_MS)),
+        dimensions=tuple(sorted(dimensions.items())),
+        values=tuple(sorted(values.items())),
+    )
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    catalogue = draw(products())
+    ids = [p.id for p in catalogue]
+    grants = tuple(
+        GrantSpec(
+            id=f"g{n}",
+            amount=draw(decimals(1, 300, 2)),
+            priority=draw(st.integers(0, 2)),
+            products=tuple(sorted(draw(st.sets(st.sampled_from(ids), max_size=2)))),
+            starts_at_ms=EPOCH_MS + draw(st.sampled_from([0, 0, 10 * DAY_MS])),
+            expires_at_ms=draw(st.sampled_from([None, None, EPOCH_MS + 20 * DAY_MS, EPOCH_MS + 60 * DAY_MS])),
+        )
+        for n in range(draw(st.integers(0, 3)))
+    )
+    all_events = [draw(events(i)) for i in range(draw(st.integers(1, 25)))]
+    for _ in range(draw(st.integers(0, 3))):  # identical resends
+        all_events.append(all_events[draw(st.integers(0, len(all_events) - 1))])
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(all_events) - 1)), max_size=3)))
+    batches = tuple(tuple(all_events[a:b]) for a, b in zip([0, *cuts], [*cuts, len(all_events)], strict=True) if a < b)
+    latest = max(e.timestamp_ms for e in all_events)
+    received = tuple(draw(st.sampled_from([latest, latest - 10 * 60 * 1000, EPOCH_MS + 50 * DAY_MS])) for _ in batches)
+    probe = draw(events(0))
+    probe = REvent(
+        "probe", "acme", probe.event_type, EPOCH_MS + 50 * DAY_MS, probe.dimensions, (("a", 3.0), ("b", 7.5))
+    )
+    return Scenario(catalogue, draw(st.booleans()), grants, batches, received, probe)
+
+
+def price_spec(curve: Curve) -> PriceSpec:
+    text = str
+    match curve.model:
+        case "UNIT":
+            return unit(text(curve.price), text(curve.per_units))
+        case "PACKAGE":
+            return package(text(curve.size), text(curve.price))
+        case "FLAT":
+            return flat(text(curve.price))
+    mode = TierMode.VOLUME if curve.model == "VOLUME" else TierMode.GRADUATED
+    tiers = [("" if up is None else text(up), text(unit_price), text(fee)) for up, unit_price, fee in curve.tiers]
+    return tiered(mode, *tiers, per_units=text(curve.per_units))
+
+
+def build_kernel(scenario: Scenario) -> KernelWorld:
+    world = World()
+    for p in scenario.products:
+        world.product(
+            p.id,
+            event_type=p.event_type,
+            aggregation=p.aggregation,
+            value_key=p.value_key,
+            dimensions=p.dimensions,
+            filters=dict(p.filters),
+        )
+    world.rate_card()
+    rates = [rate(p.id, price_spec(p.curve)) for p in scenario.products]
+    rates += [rate(p.id, price_spec(p.specific), model="m1") for p in scenario.products if p.specific is not None]
+    world.version(rates)
+    world.customer()
+    world.contract(overage_policy=OveragePolicy.BLOCK if scenario.block else OveragePolicy.ALLOW)
+    for n, p in enumerate(scenario.products):
+        if p.override is not None:
+            kind, value = p.override
+            price, multiplier = (str(value), None) if kind == "price" else (None, str(value))
+            world.override(p.id, override_id=f"o{n}", price=price, multiplier=multiplier)
+    for g in scenario.grants:
+        world.grant(
+            g.id,
+            str(g.amount),
+            priority=g.priority,
+            products=g.products,
+            starts_at_ms=g.starts_at_ms,
+            expires_at_ms=g.expires_at_ms,
+        )
+    kernel = KernelWorld(world)
+    kernel.load()
+    return kernel
+
+
+def build_oracle(scenario: Scenario) -> ReferenceRating:
+    products = [
+        RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions)
+        for p in scenario.products
+    ]
+    rates = [RRate(p.id, (), p.curve) for p in scenario.products]
+    rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in scenario.products if p.specific is not None]
+    overrides = [
+        ROverride(
+            p.id,
+            p.override[1] if p.override[0] == "price" else None,
+            p.override[1] if p.override[0] == "multiplier" else None,
+        )
+        for p in scenario.products
+        if p.override is not None
+    ]
+    grants = [
+        RGrant(g.id, g.amount * PICOS, g.priority, g.products, g.starts_at_ms, g.expires_at_ms, n)
+        for n, g in enumerate(scenario.grants)
+    ]
+    return ReferenceRating(
+        products, rates, overrides, grants, customer_id="acme", contract_start_ms=EPOCH_MS, block=scenario.block
+    )
+
+
+def wire_event(event: REvent) -> object:
+    return usage_event(
+        event.transaction_id,
+        event.timestamp_ms,
+        dict(event.values),
+        customer_id=event.customer_id,
+        event_type=event.event_type,
+        dimensions=dict(event.dimensions),
+    )
+
+
+def period_start_ms(period: tuple[int, int]) -> int:
+    return int(datetime(period[0], period[1], 1, tzinfo=UTC).timestamp()) * 1000
+
+
+def oracle_usage(oracle: ReferenceRating) -> list[tuple[object, ...]]:
+    rows = []
+    for (period, product_id, dimensions), a in oracle.aggregates.items():
+        drawn = sorted((grant_id, int(credits)) for grant_id, credits in a.drawn.items())
+        quantity = a.quantity * SCALE
+        assert quantity == int(quantity)
+        rows.append(
+            (
+                period_start_ms(period),
+                product_id,
+                list(dimensions),
+                int(quantity),
+                a.events,
+                int(a.amount),
+                int(a.overage),
+                drawn,
+            )
+        )
+    return sorted(rows)
+
+
+def kernel_usage(kernel: KernelWorld) -> list[tuple[object, ...]]:
+    usage = kernel.kernel.usage("acme")
+    assert usage is not None
+    aggregates, _ = usage
+    return sorted((*row[:7], sorted(row[7])) for row in aggregates)
+
+
+@PROFILE
+@given(scenarios())
+def test_the_kernel_rates_as_the_oracle_does(scenario: Scenario) -> None:
+    kernel = build_kernel(scenario)
+    oracle = build_oracle(scenario)
+    for batch, received in zip(scenario.batches, scenario.received_ms, strict=True):
+        ack = kernel.ingest([wire_event(e) for e in batch], received)  # type: ignore[misc]
+        outcomes = [oracle.ingest(e, received) for e in batch]
+        assert ack.accepted == outcomes.count("accepted")
+        assert ack.duplicates == outcomes.count("duplicate")
+        expected = [(i, o) for i, o in enumerate(outcomes) if o not in ("accepted", "duplicate")]
+        assert [(r.index, REASONS[r.reason]) for r in ack.rejected] == expected
+    assert kernel_usage(kernel) == oracle_usage(oracle)
+    balance = kernel.balance(EPOCH_MS + 50 * DAY_MS)
+    remaining = {grant_id: left + expired for grant_id, _, left, expired, _ in balance["grants"]}
+    assert remaining == {g.id: int(g.remaining) for g in oracle.grants}
+    oracle.conservation()
+    probe = scenario.probe
+    allowed, reason, _, cost, _ = kernel.authorize(
+        dict(probe.values), probe.timestamp_ms, event_type=probe.event_type, dimensions=dict(probe.dimensions)
+    )
+    assert (allowed, reason, cost) == oracle.authorize(probe)
