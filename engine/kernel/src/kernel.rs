@@ -341,34 +341,30 @@ impl Rater {
     fn commit(&mut self, account: &mut Account, event: &Event, plan: EventPlan, ack: &mut AckBuilder) {
         let ts = event.timestamp_ms;
         let (outcomes, remaining) = self.settle(account, &plan, ts);
-        let mut uniques = Vec::with_capacity(plan.plans.len());
-        let mut keys = Vec::with_capacity(plan.plans.len());
-        for p in &plan.plans {
-            let dimensions: Box<[Sym]> = p
-                .dimensions
-                .iter()
-                .zip(&self.catalog.products[p.product].dimensions)
-                .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
-                .collect();
-            keys.push(dimensions);
-            uniques.push(match p.measure {
-                Measure::Unique(_) => {
-                    let key = &self.catalog.products[p.product].value_key;
-                    Some(self.interner.intern(event.dimension(key).expect("measured, so present")))
-                }
-                Measure::Quantity(_) => None,
-            });
-        }
         for (grant, balance) in account.grants.iter_mut().zip(remaining) {
             grant.remaining = balance;
         }
-        for (((p, outcome), dimensions), unique) in plan.plans.iter().zip(&outcomes).zip(keys).zip(uniques) {
+        for (p, outcome) in plan.plans.into_iter().zip(&outcomes) {
             let product = &self.catalog.products[p.product];
-            let key = AggregateKey {
+            // A bucket seen before was keyed in planning; a new one interns its dimension values now.
+            let key = p.aggregate.unwrap_or_else(|| AggregateKey {
                 period_start_ms: plan.period_start_ms,
                 product: product.id,
-                dimensions: dimensions.clone(),
+                dimensions: p
+                    .dimensions
+                    .iter()
+                    .zip(&product.dimensions)
+                    .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
+                    .collect(),
+            });
+            let unique = match p.measure {
+                Measure::Unique(_) => {
+                    Some(self.interner.intern(event.dimension(&product.value_key).expect("measured, so present")))
+                }
+                Measure::Quantity(_) => None,
             };
+            let hour =
+                BucketKey { hour: ts.div_euclid(HOUR_MS), product: product.id, dimensions: key.dimensions.clone() };
             account.aggregates.entry(key).or_default().record(
                 p.after,
                 p.charge,
@@ -377,7 +373,6 @@ impl Rater {
                 &outcome.draws,
                 outcome.overage,
             );
-            let hour = BucketKey { hour: ts.div_euclid(HOUR_MS), product: product.id, dimensions };
             record_hour(account.buckets.entry(hour).or_default(), p.rate_card, p.version, p.after - p.before, p.charge);
             *account.period_charges.entry(plan.period_start_ms).or_default() += p.charge;
             let overage = account.period_overage.entry(plan.period_start_ms).or_default();
