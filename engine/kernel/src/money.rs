@@ -192,9 +192,8 @@ mod tests {
     proptest! {
         #![proptest_config(crate::test_config())]
         #[test]
-        fn every_double_converted_is_exact(mantissa in 0u64..(1 << 53), exponent in -40i32..40) {
-            let value = mantissa as f64 * 10f64.powi(exponent);
-            prop_assume!(value.is_finite() && value < USAGE_VALUE_MAX);
+        fn every_double_converted_is_exact(mantissa in 0u64..1_000_000_000_000_000, exponent in -40i32..=0) {
+            let value = mantissa as f64 * 10f64.powi(exponent); // below 10^15 by construction
             if let Some(fixed) = fixed_from_f64(value) {
                 // The fixed value reads back as the same double: nothing was rounded.
                 let text = format!("{}e-18", fixed);
