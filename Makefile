@@ -185,7 +185,7 @@ SOAK_SEED ?= 1
 FUZZ_EXAMPLES ?= 100
 soak: install
 	cd $(KERNEL_DIR) && TARIFF_PROPTEST_CASES=2000 cargo test --quiet
-	TARIFF_KERNEL_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_kernel_differential.py
+	TARIFF_KERNEL_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_kernel_differential.py tests/test_kernel_properties.py
 	$(PY) -m tests.soak --crashes 50 --clients 3 --seed $(SOAK_SEED) --out soak.json
 	TARIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -s tests/test_fuzz_server.py
 

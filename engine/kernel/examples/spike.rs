@@ -2,6 +2,9 @@
 //! 10,000 customers, two products per event, a dimensional rate and a prepaid grant each.
 //! `cargo run --release --example spike` (a measurement, not a test).
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prost::Message;
 
 use _kernel::decode::wire;
@@ -104,6 +107,32 @@ fn batch(number: usize) -> Vec<u8> {
     wire::UsageBatch { batch_id: format!("b{number}"), events }.encode_to_vec()
 }
 
+/// Counts heap allocations, a figure the machine's load does not blur.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which upholds the contract.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's layout is passed through as GlobalAlloc requires.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr was allocated by System.alloc with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged; ptr and layout come from this allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
 /// CPU time of this process, in ns.
 fn cpu_ns() -> u128 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -120,6 +149,7 @@ fn main() {
     let batches: Vec<Vec<u8>> = (0..count).map(batch).collect();
     let started = std::time::Instant::now();
     let cpu_started = cpu_ns();
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     let mut accepted = 0;
     for (seq, bytes) in batches.iter().enumerate() {
         let (ack, _) = kernel.ingest(bytes, NOW_MS + 3_600_000, seq as u64 + 1).expect("decodes");
@@ -127,16 +157,18 @@ fn main() {
     }
     let elapsed = started.elapsed();
     let cpu = cpu_ns() - cpu_started;
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let events = batches.len() * BATCH;
     assert_eq!(accepted as usize, events, "every spike event is accepted");
     if events == 0 {
         return;
     }
     println!(
-        "{} batches of {BATCH} events (2 products each, {CUSTOMERS} customers): {:.0} ns CPU/event ({:.0} ns wall), {:.2} M events/s of CPU",
+        "{} batches of {BATCH} events (2 products each, {CUSTOMERS} customers): {:.0} ns CPU/event ({:.0} ns wall), {:.2} M events/s of CPU, {:.1} allocations/event",
         batches.len(),
         cpu as f64 / events as f64,
         elapsed.as_nanos() as f64 / events as f64,
-        events as f64 / (cpu as f64 / 1e9) / 1e6
+        events as f64 / (cpu as f64 / 1e9) / 1e6,
+        allocations as f64 / events as f64
     );
 }

@@ -16,7 +16,7 @@ use crate::decode::{check_event, decode_batch, py_dict, py_repr, wire, Event, Re
 use crate::dedupe::{content_digest, prior, Seen};
 use crate::draw::{burn_order, settle, Charge, Grant, Outcome};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
-use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Interner, Sym};
+use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Interner, Route, Sym};
 use crate::snapshot::{self, Stored, StoredAccount};
 use crate::tables;
 
@@ -32,6 +32,8 @@ pub struct Account {
     /// (contract anchor, start, end) of the period of the account's last event: consecutive events
     /// almost always share it, and computing one walks the calendar.
     last_period: Cell<(i64, i64, i64)>,
+    /// The customer's contracts and closed periods, from the tables (None until they name it).
+    route: Option<Route>,
 }
 
 impl Account {
@@ -44,6 +46,10 @@ impl Account {
         self.last_period.set((anchor_ms, start, end));
         start
     }
+}
+
+fn unknown_customer(customer_id: &str) -> Refusal {
+    Refusal::new(Reason::UnknownCustomer, format!("customer {} does not exist", py_repr(customer_id)))
 }
 
 /// What one event would do to one product.
@@ -116,8 +122,7 @@ pub enum BatchRefusal {
 
 #[derive(Default)]
 pub struct Kernel {
-    catalog: Catalog,
-    interner: Interner,
+    rater: Rater,
     accounts: FxHashMap<String, Account>,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
@@ -128,7 +133,7 @@ impl Kernel {
     /// by id, new grants start full.
     pub fn load_tables(&mut self, bytes: &[u8]) -> Result<(), String> {
         let tables = tables::decode(bytes)?;
-        let catalog = Catalog::compile(&tables, &mut self.interner)?;
+        let mut catalog = Catalog::compile(&tables, &mut self.rater.interner)?;
         for customer in &tables.customers {
             let account = self.accounts.entry(customer.id.clone()).or_default();
             for table in &customer.grants {
@@ -136,7 +141,7 @@ impl Kernel {
                 if amount <= 0 {
                     return Err(format!("grant {:?}: the amount must be positive", table.id));
                 }
-                let applicable = table.applicable_product_ids.iter().map(|p| self.interner.intern(p)).collect();
+                let applicable = table.applicable_product_ids.iter().map(|p| self.rater.interner.intern(p)).collect();
                 let fresh = Grant {
                     id: table.id.as_str().into(),
                     amount,
@@ -160,7 +165,14 @@ impl Kernel {
             }
             account.order = burn_order(&account.grants);
         }
-        self.catalog = catalog;
+        // Each account holds its route, so rating an event looks its customer up once.
+        for account in self.accounts.values_mut() {
+            account.route = None;
+        }
+        for (customer_id, route) in catalog.routes.drain() {
+            self.accounts.entry(customer_id).or_default().route = Some(route);
+        }
+        self.rater.catalog = catalog;
         Ok(())
     }
 
@@ -238,39 +250,43 @@ impl Kernel {
         received_ms: i64,
         ack: &mut AckBuilder,
     ) -> Result<bool, Refusal> {
-        let event = check_event(raw, received_ms, self.catalog.future_skew_ms)?;
+        let catalog = &self.rater.catalog;
+        let event = check_event(raw, received_ms, catalog.future_skew_ms)?;
         let digest = content_digest(&event, &mut self.canonical);
-        if let Some(account) = self.accounts.get(event.customer_id) {
-            let seen = account.dedupe.get(event.transaction_id);
-            if let Some(known) = prior(seen, received_ms, self.catalog.dedupe_window_ms) {
-                if known != digest {
-                    return Err(Refusal::new(
-                        Reason::DuplicateConflict,
-                        format!(
-                            "transaction_id {} was already accepted with different content",
-                            py_repr(event.transaction_id)
-                        ),
-                    ));
-                }
-                return Ok(false);
+        let Some(account) = self.accounts.get_mut(event.customer_id) else {
+            return Err(unknown_customer(event.customer_id));
+        };
+        if let Some(known) = prior(account.dedupe.get(event.transaction_id), received_ms, catalog.dedupe_window_ms) {
+            if known != digest {
+                return Err(Refusal::new(
+                    Reason::DuplicateConflict,
+                    format!(
+                        "transaction_id {} was already accepted with different content",
+                        py_repr(event.transaction_id)
+                    ),
+                ));
             }
+            return Ok(false);
         }
-        let plan = self.plan(&event)?;
-        self.commit(&event, plan, ack);
-        let account = self.accounts.get_mut(event.customer_id).expect("planned, so the account exists");
+        let plan = self.rater.plan(account, &event)?;
+        self.rater.commit(account, &event, plan, ack);
         account.dedupe.insert(event.transaction_id.into(), Seen { digest, at_ms: received_ms });
         Ok(true)
     }
+}
 
+/// The compiled control plane and the symbols: what rating reads, apart from the account.
+#[derive(Default)]
+struct Rater {
+    catalog: Catalog,
+    interner: Interner,
+}
+
+impl Rater {
     /// Everything the event would charge, or why it is refused; changes nothing.
-    fn plan(&self, event: &Event) -> Result<EventPlan, Refusal> {
+    fn plan(&self, account: &Account, event: &Event) -> Result<EventPlan, Refusal> {
         let customer = event.customer_id;
-        let (Some(account), Some(route)) = (self.accounts.get(customer), self.catalog.routes.get(customer)) else {
-            return Err(Refusal::new(
-                Reason::UnknownCustomer,
-                format!("customer {} does not exist", py_repr(customer)),
-            ));
-        };
+        let Some(route) = account.route.as_ref() else { return Err(unknown_customer(customer)) };
         let ts = event.timestamp_ms;
         let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else {
             return Err(Refusal::new(
@@ -391,38 +407,33 @@ impl Kernel {
         (outcomes, remaining)
     }
 
-    fn commit(&mut self, event: &Event, plan: EventPlan, ack: &mut AckBuilder) {
+    fn commit(&mut self, account: &mut Account, event: &Event, plan: EventPlan, ack: &mut AckBuilder) {
         let ts = event.timestamp_ms;
-        let (outcomes, remaining) = self.settle(&self.accounts[event.customer_id], &plan, ts);
-        let mut uniques = Vec::with_capacity(plan.plans.len());
-        let mut keys = Vec::with_capacity(plan.plans.len());
-        for p in &plan.plans {
-            let dimensions: Box<[Sym]> = p
-                .dimensions
-                .iter()
-                .zip(&self.catalog.products[p.product].dimensions)
-                .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
-                .collect();
-            keys.push(dimensions);
-            uniques.push(match p.measure {
-                Measure::Unique(_) => {
-                    let key = &self.catalog.products[p.product].value_key;
-                    Some(self.interner.intern(event.dimension(key).expect("measured, so present")))
-                }
-                Measure::Quantity(_) => None,
-            });
-        }
-        let account = self.accounts.get_mut(event.customer_id).expect("planned, so the account exists");
+        let (outcomes, remaining) = self.settle(account, &plan, ts);
         for (grant, balance) in account.grants.iter_mut().zip(remaining) {
             grant.remaining = balance;
         }
-        for (((p, outcome), dimensions), unique) in plan.plans.iter().zip(&outcomes).zip(keys).zip(uniques) {
+        for (p, outcome) in plan.plans.into_iter().zip(&outcomes) {
             let product = &self.catalog.products[p.product];
-            let key = AggregateKey {
+            // A bucket seen before was keyed in planning; a new one interns its dimension values now.
+            let key = p.aggregate.unwrap_or_else(|| AggregateKey {
                 period_start_ms: plan.period_start_ms,
                 product: product.id,
-                dimensions: dimensions.clone(),
+                dimensions: p
+                    .dimensions
+                    .iter()
+                    .zip(&product.dimensions)
+                    .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
+                    .collect(),
+            });
+            let unique = match p.measure {
+                Measure::Unique(_) => {
+                    Some(self.interner.intern(event.dimension(&product.value_key).expect("measured, so present")))
+                }
+                Measure::Quantity(_) => None,
             };
+            let hour =
+                BucketKey { hour: ts.div_euclid(HOUR_MS), product: product.id, dimensions: key.dimensions.clone() };
             account.aggregates.entry(key).or_default().record(
                 p.after,
                 p.charge,
@@ -431,7 +442,6 @@ impl Kernel {
                 &outcome.draws,
                 outcome.overage,
             );
-            let hour = BucketKey { hour: ts.div_euclid(HOUR_MS), product: product.id, dimensions };
             record_hour(account.buckets.entry(hour).or_default(), p.rate_card, p.version, p.after - p.before, p.charge);
             *account.period_charges.entry(plan.period_start_ms).or_default() += p.charge;
             let overage = account.period_overage.entry(plan.period_start_ms).or_default();
@@ -440,7 +450,9 @@ impl Kernel {
             ack.ledger(&product.id_text, p.version, p.charge, &outcome.draws, outcome.overage);
         }
     }
+}
 
+impl Kernel {
     /// Prices a hypothetical event at now_ms exactly as ingesting it would, and decides.
     pub fn authorize(&self, event: &wire::UsageEvent, now_ms: i64) -> Decision {
         let available_for = |products: Option<&[Sym]>| -> Picos {
@@ -452,7 +464,11 @@ impl Kernel {
                 .map(|g| g.remaining)
                 .sum()
         };
-        let planned = check_event(event, now_ms, self.catalog.future_skew_ms).and_then(|e| self.plan(&e));
+        let account = self.accounts.get(&event.customer_id);
+        let planned = check_event(event, now_ms, self.rater.catalog.future_skew_ms).and_then(|e| match account {
+            Some(account) => self.rater.plan(account, &e),
+            None => Err(unknown_customer(&event.customer_id)),
+        });
         let plan = match planned {
             Ok(plan) => plan,
             Err(refusal) => {
@@ -467,10 +483,11 @@ impl Kernel {
                 };
             }
         };
-        let products: Vec<Sym> = plan.plans.iter().map(|p| self.catalog.products[p.product].id).collect();
+        let products: Vec<Sym> = plan.plans.iter().map(|p| self.rater.catalog.products[p.product].id).collect();
         let available = available_for(if products.is_empty() { None } else { Some(&products) });
         let cost: Picos = plan.plans.iter().map(|p| p.charge).sum();
-        let (outcomes, _) = self.settle(&self.accounts[&event.customer_id], &plan, now_ms);
+        let account = account.expect("planned, so the account exists");
+        let (outcomes, _) = self.rater.settle(account, &plan, now_ms);
         // Overage the positive parts would leave: a refund elsewhere in the event does not pay for them.
         let uncovered: Picos = outcomes.iter().map(|o| o.overage.max(0)).sum();
         if plan.block && (uncovered > 0 || available <= 0) {
@@ -508,7 +525,7 @@ impl Kernel {
                 drawn: grant.drawn(),
             });
         }
-        let route = self.catalog.routes.get(customer_id)?;
+        let route = account.route.as_ref()?;
         if let Some(contract) = route.contracts.iter().find(|c| c.covers(now_ms)) {
             let period = period_containing(contract.starting_at_ms, now_ms);
             view.period = Some(period);
@@ -539,7 +556,7 @@ impl Kernel {
     }
 
     pub fn text(&self, sym: Sym) -> &str {
-        self.interner.text(sym)
+        self.rater.interner.text(sym)
     }
 
     pub fn snapshot(&self) -> Vec<u8> {
@@ -563,13 +580,14 @@ impl Kernel {
                 }
             })
             .collect();
-        snapshot::encode(&Stored { format: snapshot::FORMAT, strings: self.interner.strings(), accounts })
+        snapshot::encode(&Stored { format: snapshot::FORMAT, strings: self.rater.interner.strings(), accounts })
     }
 
     /// A kernel holding a snapshot's state; load tables before rating with it.
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
         let stored = snapshot::decode(bytes)?;
-        let mut kernel = Kernel { interner: Interner::from_strings(stored.strings), ..Kernel::default() };
+        let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
+        let mut kernel = Kernel { rater, ..Kernel::default() };
         for stored in stored.accounts {
             let account = Account {
                 order: burn_order(&stored.grants),
@@ -580,6 +598,7 @@ impl Kernel {
                 period_overage: stored.period_overage.into_iter().collect(),
                 dedupe: stored.dedupe.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect(),
                 last_period: Cell::default(),
+                route: None,
             };
             kernel.accounts.insert(stored.customer_id, account);
         }

@@ -133,7 +133,7 @@ impl PricedCurve {
                 }
                 numerator
             }
-            Curve::Package { size, .. } => ((quantity + size - 1) / size).checked_mul(reduced.unit[0])?,
+            Curve::Package { size, .. } => (quantity.checked_add(size - 1)? / size).checked_mul(reduced.unit[0])?,
             Curve::Flat { .. } => reduced.unit[0],
         };
         round_half_even_128(numerator, reduced.denominator)
@@ -180,7 +180,7 @@ impl Curve {
                 Some((numerator, denominator))
             }
             Curve::Package { size, price } => {
-                let packages = (quantity + size - 1) / size; // rounded up: a started package is due
+                let packages = quantity.checked_add(size - 1)? / size; // rounded up: a started package is due
                 Some((big(packages).checked_mul(big(*price))?, per_pico))
             }
             Curve::Flat { price } => Some((big(*price), per_pico)),
@@ -264,6 +264,8 @@ mod tests {
     fn overflow_is_reported_not_wrapped() {
         let curve = plain(Curve::Unit { price: i128::MAX, per_units: 1 });
         assert_eq!(curve.picos(i128::MAX), None);
+        let packages = plain(Curve::Package { size: 10 * U, price: U });
+        assert_eq!(packages.picos(i128::MAX), None);
     }
 
     fn any_curve() -> impl Strategy<Value = Curve> {
