@@ -91,7 +91,7 @@ def _mib(value: int) -> int:
 )
 @click.option(
     "--loop-stall-sample-ms",
-    type=float,
+    type=click.FloatRange(min=0.0),
     default=0.0,
     help="sample the event loop's longest stall every this many ms, reported in the activity line  [default: off]",
 )
