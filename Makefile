@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:50051
 DATA_DIR ?= ./data
 
-.PHONY: install proto run test test-fast lint bench loadtest soak clean kernel kernel-check wheel
+.PHONY: install proto run test test-fast lint bench bench-memory loadtest soak clean kernel kernel-check wheel
 .PHONY: clients ts-install test-ts proto-lint proto-breaking
 .PHONY: go-install go-generate test-go java-install test-java
 
@@ -173,6 +173,10 @@ lint: install
 # The targets of docs/architecture.md §9, against reference runs in the same invocation (under 10 minutes; see README, Performance).
 bench: install
 	$(VENV)/bin/tariff bench --out bench.json
+
+# Heap per customer with 1,000,000 customers seeded through the control-plane RPCs (slow: see the README).
+bench-memory: install
+	$(VENV)/bin/tariff bench --only memory --customers 1000000 --runs 1 --no-postgres --out bench-memory.json
 
 # Locust, headless, for LOADTEST_S seconds against a server it starts on a temp data dir and stops.
 LOADTEST_S ?= 30

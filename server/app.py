@@ -41,6 +41,7 @@ from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Key
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
 from server.journal import JournalFormatError, LmdbJournal
+from server.loopstall import StallSampler
 from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover
 from server.services import (
     INTAKE_BYTES_MAX_DEFAULT,
@@ -85,6 +86,7 @@ class ServeConfig:
     log_format: str = "text"  # text | json
     log_level: str = "info"  # debug | info | warning | error
     activity_every_s: float = oplog.ACTIVITY_EVERY_S_DEFAULT
+    loop_stall_sample_s: float = 0.0  # 0: no event-loop stall sampling
 
 
 # Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
@@ -338,7 +340,9 @@ async def _serve_locked(
     )
     print(_banner(config, billing.last_seq), flush=True)
     oplog.activity.report(lambda: 0)  # the first interval starts now
-    reporter = asyncio.create_task(report_activity(config.activity_every_s, lambda: journal.stats().used_bytes))
+    stalls = StallSampler(config.loop_stall_sample_s) if config.loop_stall_sample_s > 0 else None
+    sampler = asyncio.create_task(stalls.run()) if stalls is not None else None
+    reporter = asyncio.create_task(report_activity(config.activity_every_s, lambda: journal.stats().used_bytes, stalls))
     await _until_stopped(sequencer)
 
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
@@ -348,6 +352,8 @@ async def _serve_locked(
     if sequencer.failure is None:
         await sequencer.close()
     reporter.cancel()
+    if sampler is not None:
+        sampler.cancel()
     journal_bytes = journal.stats().used_bytes
     journal.close()
     stop_telemetry()
@@ -395,12 +401,15 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(), server)
 
 
-async def report_activity(every_s: float, journal_bytes: Callable[[], int]) -> None:
+async def report_activity(every_s: float, journal_bytes: Callable[[], int], stalls: StallSampler | None = None) -> None:
     """The periodic activity line, only for an interval in which something happened."""
     while True:
         await asyncio.sleep(every_s)
         fields = oplog.activity.report(journal_bytes)
+        stall_ms = stalls.take() if stalls is not None else None
         if fields is not None:
+            if stall_ms is not None:
+                fields["loop_stall_max_ms"] = stall_ms
             oplog.line("activity", **fields)
 
 

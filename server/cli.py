@@ -90,6 +90,12 @@ def _mib(value: int) -> int:
     default=oplog.ACTIVITY_EVERY_S_DEFAULT,
     help="seconds between activity lines (written only when there was activity)",
 )
+@click.option(
+    "--loop-stall-sample-ms",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    help="sample the event loop's longest stall every this many ms, reported in the activity line  [default: off]",
+)
 def serve(
     listen: str,
     data_dir: Path,
@@ -113,6 +119,7 @@ def serve(
     log_format: str,
     log_level: str,
     log_activity_every_s: float,
+    loop_stall_sample_ms: float,
 ) -> None:
     """Run the gRPC server."""
     # Before anything imports grpc: gRPC core's own stderr lines must not leak into the operator's log.
@@ -142,6 +149,7 @@ def serve(
         log_format=log_format,
         log_level=log_level.lower(),
         activity_every_s=log_activity_every_s,
+        loop_stall_sample_s=loop_stall_sample_ms / 1000,
     )
     sys.exit(run(config))
 

@@ -9,6 +9,8 @@ BalanceService on grpc.aio + uvloop, the same stack and streaming shape as `tari
   (the floor any per-event Python rating loop pays).
 
 Nothing is journaled and nothing is priced: these bound what the transport and a Python loop cost.
+The durable reference (raw bytes appended to an LMDB journal with group commit) is the sibling module
+server/bench/journal_reference.py.
 """
 
 from __future__ import annotations

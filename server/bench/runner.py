@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from server.bench.workloads import BenchConfig
 
-WORKLOAD_NAMES = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory")
+WORKLOAD_NAMES = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory", "stall")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +88,7 @@ def _config(args: argparse.Namespace, work_dir: Path) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.bench import report, workloads
+    from server.bench import report, stalls, workloads
 
     owned_work_dir = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="tariff-bench-")) if owned_work_dir else args.work_dir
@@ -130,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             attempt("preview", lambda: workloads.preview_workload(bench))
         if "recovery" in config.only:
             attempt("recovery", lambda: workloads.recovery_workload(bench))
+        if "stall" in config.only:
+            attempt("stall", lambda: stalls.stall_workload(bench))
     finally:
         bench.stop_all()
         if owned_work_dir:

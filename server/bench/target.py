@@ -177,3 +177,17 @@ def tariff_server(data_dir: Path, log_path: Path, extra_args: Sequence[str] = ()
 def reference_server(mode: str, log_path: Path) -> ServedProcess:
     """A no-op server from server/bench/references.py (`mode`: noop or read)."""
     return ServedProcess([sys.executable, "-m", "server.bench.references", "--mode", mode], log_path)
+
+
+def journal_reference_server(data_dir: Path, log_path: Path, batch_events: int) -> ServedProcess:
+    """The raw-bytes journal reference from server/bench/journal_reference.py."""
+    command = [
+        sys.executable,
+        "-m",
+        "server.bench.journal_reference",
+        "--data-dir",
+        str(data_dir),
+        "--batch-events",
+        str(batch_events),
+    ]
+    return ServedProcess(command, log_path)

@@ -31,11 +31,12 @@ from server.bench.target import (
     CHANNEL_OPTIONS,
     ServedProcess,
     StartFailed,
+    journal_reference_server,
     reference_server,
     tariff_server,
 )
 
-WORKLOADS = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory")
+WORKLOADS = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory", "stall")
 WARMUP_BATCHES = 5
 RECOVERY_CUSTOMERS = 100
 # Decisions per AuthorizeBatches message: what a gateway gathers in about a millisecond at 50,000 checks a second.
@@ -140,7 +141,13 @@ class Bench:
 
     def reference(self, mode: str) -> ServedProcess:
         if mode not in self.references:
-            server = reference_server(mode, self.directory(f"ref-{mode}") / "server.log")
+            directory = self.directory(f"ref-{mode}")
+            if mode == "journal":
+                server = journal_reference_server(
+                    directory / "data", directory / "server.log", self.config.batch_events
+                )
+            else:
+                server = reference_server(mode, directory / "server.log")
             self.servers.append(server)
             server.start()
             self.references[mode] = server
@@ -224,6 +231,7 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
     config = bench.config
     noop = bench.reference("noop")
     read = bench.reference("read")
+    journal = bench.reference("journal")
     telemetry: ServedProcess | None = None
     telemetry_result = WorkloadResult("telemetry")
     if "telemetry" in config.only and bench.main is None:
@@ -241,7 +249,7 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
         if postgres_reason:
             ledger = None
 
-    targets: dict[str, ServedProcess] = {"noop": noop, "read": read, "tariff": tariff}
+    targets: dict[str, ServedProcess] = {"noop": noop, "read": read, "journal": journal, "tariff": tariff}
     if telemetry is not None:
         targets["telemetry"] = telemetry
     for server in targets.values():
@@ -268,6 +276,7 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
     tariff_events_s = [r.events_s for r in runs]
     noop_events_s = [r.events_s for r in measured["noop"]]
     read_events_s = [r.events_s for r in measured["read"]]
+    journal_events_s = [r.events_s for r in measured["journal"]]
     bench.ingest_max_events_s = statistics.median(tariff_events_s)
 
     references = WorkloadResult("references")
@@ -276,6 +285,8 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
         Figure("no-op server CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["noop"]]),
         Figure("read-every-field events/s", "ev/s", read_events_s),
         Figure("read-every-field CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["read"]]),
+        Figure("raw-bytes journal events/s (durable)", "ev/s", journal_events_s),
+        Figure("raw-bytes journal CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["journal"]]),
     ]
     if postgres_events_s:
         references.figures.append(Figure("PostgreSQL ledger events/s", "ev/s", postgres_events_s))
@@ -284,6 +295,7 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
 
     result = WorkloadResult("ingest")
     ratio_read = _ratios(tariff_events_s, read_events_s)
+    ratio_journal = _ratios(tariff_events_s, journal_events_s)
     result.figures = [
         Figure(
             "events/s (durable)",
@@ -300,6 +312,17 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
             tariff_events_s,
             "no-op ceiling",
             _ratios(tariff_events_s, noop_events_s),
+            "moonshot 0.5 × no-op",
+            None,
+        ),
+        Figure(
+            "events/s vs raw-bytes journal",
+            "ev/s",
+            tariff_events_s,
+            "raw-bytes journal",
+            ratio_journal,
+            "≥ 0.5 × raw-bytes journal",
+            statistics.median(ratio_journal) >= 0.5,
         ),
         Figure("batch ack latency p50", "ms", [r.ack_p50_ms for r in runs]),
         Figure("batch ack latency p99", "ms", [r.ack_p99_ms for r in runs]),
@@ -383,7 +406,16 @@ def memory_workload(bench: Bench) -> WorkloadResult:
             bench.memory_samples.append(_memory_sample(bench))
     customers = bench.config.customers
     samples = bench.memory_samples
+    seeded_per_customer = (bench.rss_seeded_bytes - bench.rss_empty_bytes) / customers
     result.figures = [
+        Figure(
+            f"heap per customer, seeded ({customers:,} customers)",
+            "bytes",
+            [seeded_per_customer],
+            target="≤ 2 KiB at 1,000,000 customers",
+            met=seeded_per_customer <= 2048 if customers >= 1_000_000 else None,
+        ),
+        Figure(f"seeding {customers:,} customers (admin RPCs)", "s", [bench.seed_s]),
         Figure(
             "anon RSS per customer (after ingest)",
             "bytes",
