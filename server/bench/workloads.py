@@ -326,7 +326,13 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
         ),
         Figure("batch ack latency p50", "ms", [r.ack_p50_ms for r in runs]),
         Figure("batch ack latency p99", "ms", [r.ack_p99_ms for r in runs]),
-        Figure("server CPU per event", "µs", [r.server_cpu_us_per_event for r in runs]),
+        Figure(
+            "server CPU per event",
+            "µs",
+            cpu_us := [r.server_cpu_us_per_event for r in runs],
+            target="≤ 2 µs",
+            met=statistics.median(cpu_us) <= 2,
+        ),
     ]
     if postgres_events_s:
         ratio_pg = _ratios(tariff_events_s, postgres_events_s)
@@ -559,8 +565,8 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
                 f"Authorize p99 under ingest at {pct}%",
                 "ms",
                 runs.p99,
-                target="≤ 10 ms",
-                met=statistics.median(runs.p99) <= 10,
+                target="≤ 5 ms",
+                met=statistics.median(runs.p99) <= 5,
             ),
             Figure(f"Authorize p99.9 under ingest at {pct}%", "ms", runs.p999),
             Figure(f"GetBalance p50 under ingest at {pct}%", "ms", balance_runs.p50),
@@ -599,8 +605,6 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
                 tariff_rates,
                 "no-op stream",
                 _ratios(tariff_rates, reference_rates),
-                "≥ 50,000 /s",
-                statistics.median(tariff_rates) >= 50_000,
             )
         ]
 
@@ -613,8 +617,8 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
                 tariff_rates,
                 "no-op batches",
                 _ratios(tariff_rates, reference_rates),
-                "≥ 50,000 /s",
-                statistics.median(tariff_rates) >= 50_000,
+                "≥ 250,000 /s",
+                statistics.median(tariff_rates) >= 250_000,
             )
         ]
 
