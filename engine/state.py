@@ -1,66 +1,48 @@
-"""The billing state machine: Command -> (State', Result), deterministic and free of I/O.
+"""The control plane's state machine: admin command -> (State', Result), deterministic and free of I/O.
 
 `Engine.apply(command, seq)` validates a command completely before changing anything, so a command that
-raises an EngineError has changed nothing and is not journaled. Usage batches never raise for a bad event:
-each event is accepted, a duplicate, or refused with a reason. `BillingState` is everything that must
-survive a restart (a msgspec Struct, so a snapshot is one encode); `Engine` adds indexes and compiled rate
-card versions that are rebuilt from it.
+raises an EngineError has changed nothing and is not journaled. `BillingState` is the control plane that
+must survive a restart (a msgspec Struct, so a snapshot is one encode): catalogue, rate cards and versions,
+contracts, grants as granted, audit log and retry keys. Usage, grant balances and dedupe live in the rating
+kernel (engine/billing.py keeps the two in step); `Engine` adds indexes rebuilt from the state.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import msgspec
 
 from engine import commands as cmd
-from engine.contracts import Contract, Customer, OveragePolicy, Period, period_containing
+from engine.contracts import Contract, Customer
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Repeated, Unimplemented
-from engine.ledger import Draw, Grant, GrantKind, draw_in_order, in_burn_order, refund, simulate_draw
+from engine.ledger import Grant, GrantKind
 from engine.money import parse_decimal, to_picos
 from engine.products import Aggregation, Product
 from engine.ratecard import (
     HOUR_MS,
-    CompiledVersion,
     Finding,
-    PriceCurve,
     RateCard,
     Severity,
     Version,
     VersionState,
     check_publishable,
-    compile_version,
     make_draft,
     normalize_match,
     rate_key,
     validate,
 )
-from engine.rating import (
-    Aggregate,
-    AggregateKey,
-    PlannedCharge,
-    Refusal,
-    RejectReason,
-    curve_for,
-    measure_event,
-    plan_charge,
-)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TEXT_BYTES_MAX = 256
 TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
-CURVES_CACHED_MAX = 100_000  # distinct (version, product, dimension values) priced without re-looking up
 EVENT_MAP_ENTRIES_MAX = 64
-FUTURE_SKEW_MS_DEFAULT = 5 * 60 * 1000
 DAY_MS = 24 * 3_600_000
-USAGE_VALUE_MAX = 1e15  # per event; aggregates of many such still fit the 60-digit arithmetic
 AUDIT_DIFF_BYTES_MAX = 64 * 1024
 
 
@@ -74,13 +56,10 @@ class AuditEntry(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Account(msgspec.Struct, gc=False):
-    """One customer's money: grants, per-period aggregates and charges. No command touches two accounts."""
+    """One customer's grants as granted (their balances are the kernel's) and its closed periods."""
 
     customer_id: str
     grants: list[Grant] = []
-    aggregates: dict[AggregateKey, Aggregate] = {}
-    period_charges: dict[int, int] = {}  # period start ms -> picos charged
-    period_overage: dict[int, int] = {}  # period start ms -> picos no grant covered
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
 
 
@@ -105,95 +84,10 @@ class BillingState(msgspec.Struct):
     requests: dict[str, RequestMark] = {}
 
 
-class StoredAccount(Account):
-    """An Account as a snapshot stores it: JSON object keys are strings, so aggregates are (key, value) pairs."""
-
-    aggregates: list[tuple[AggregateKey, Aggregate]] = []  # type: ignore[assignment]
-
-
-class StoredState(BillingState):
-    """BillingState as a snapshot stores it (see StoredAccount)."""
-
-    accounts: dict[str, StoredAccount] = {}  # type: ignore[assignment]
-
-
-class Rejection(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    index: int
-    transaction_id: str
-    reason: RejectReason
-    message: str
-
-
-class LedgerEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """What one event did to one product's money: the charge, the grants it drew, what was left as overage."""
-
-    transaction_id: str
-    product_id: str
-    version: int
-    charge: int
-    draws: list[Draw]
-    overage: int
-
-
-class IngestResult(msgspec.Struct, frozen=True, gc=False):
-    accepted: int
-    duplicates: int
-    rejections: list[Rejection]
-    # transaction id -> content hash of each newly accepted event: what the dedupe index gains.
-    accepted_transactions: dict[str, bytes]
-    entries: list[LedgerEntry] = []
-
-
 class PublishResult(msgspec.Struct, frozen=True):
     version: Version
     events_rerated: int
     findings: list[Finding]
-
-
-@dataclass(frozen=True, slots=True)
-class GrantView:
-    grant: Grant
-    remaining: int
-    expired: int
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceView:
-    customer_id: str
-    remaining: int
-    held: int
-    available: int
-    grants: list[GrantView]
-    period: Period | None
-    period_charges: int
-    overage: int
-    overage_due: Decimal
-    pricing_unit: str
-    as_of_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    allowed: bool
-    reason: str
-    message: str
-    cost: int
-    available: int
-
-
-def content_hash(event: cmd.UsageEvent) -> bytes:
-    """Identity of an event's content apart from its transaction id; map order does not matter."""
-    canonical = msgspec.msgpack.encode(
-        (
-            event.customer_id,
-            event.event_type,
-            event.timestamp_ms,
-            sorted(event.dimensions.items()),
-            sorted(event.values.items()),
-            event.reservation_id,
-        )
-    )
-    return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
 def check_id(value: str, field_path: str) -> None:
@@ -215,21 +109,8 @@ def fingerprint(command: cmd.AdminCommand) -> bytes:
 @dataclass
 class Engine:
     state: BillingState = field(default_factory=BillingState)
-    future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT
-    _compiled: dict[tuple[str, int], CompiledVersion] = field(default_factory=dict)
-    _products_by_event_type: dict[str, list[Product]] = field(default_factory=dict)
     _contracts_by_customer: dict[str, list[Contract]] = field(default_factory=dict)
     _grant_ids: set[str] = field(default_factory=set)
-    # Caches for the per-event path, each rebuilt on demand from the state and dropped where it could go stale.
-    # customer id -> (contract, period) of its last event: consecutive events almost always share both.
-    _routes: dict[str, tuple[Contract, Period]] = field(default_factory=dict)
-    # (rate card id, hour) -> version number in force (versions take effect on hour boundaries).
-    _versions_by_hour: dict[tuple[str, int], int | None] = field(default_factory=dict)
-    # (rate card id, version, product id, dimension key) -> price curve, for contracts without overrides.
-    _curves: dict[tuple[str, int, str, tuple[str, ...]], PriceCurve] = field(default_factory=dict)
-    # customer id -> its grants in burn order.
-    _burn_orders: dict[str, list[Grant]] = field(default_factory=dict)
-    _ingesting: IngestRun | None = None  # the batch being rated a slice at a time, if any
 
     def __post_init__(self) -> None:
         self._reindex()
@@ -237,45 +118,23 @@ class Engine:
     def reset(self, state: BillingState) -> None:
         """Replaces the whole state (recovery after a failed commit) and rebuilds what derives from it."""
         self.state = state
-        self._ingesting = None
-        self._compiled.clear()
         self._reindex()
 
     # Snapshots ---------------------------------------------------------------------------------------------
 
     def encode_snapshot(self) -> bytes:
         # JSON, not msgpack: amounts in picos pass 2^64 (a grant of 20 million credits is 2 x 10^19 picos),
-        # and msgpack integers stop at 64 bits. JSON keys are strings, so aggregates go as (key, value) pairs.
-        state = self.state
-        fields = msgspec.structs.asdict(state)
-        fields["accounts"] = {
-            customer_id: StoredAccount(
-                **{**msgspec.structs.asdict(account), "aggregates": list(account.aggregates.items())}
-            )
-            for customer_id, account in state.accounts.items()
-        }
-        return msgspec.json.encode(StoredState(**fields))
+        # and msgpack integers stop at 64 bits. Fields of older snapshots that this state no longer holds
+        # (accounts' usage aggregates and period totals, from before the kernel) are ignored on decoding.
+        return msgspec.json.encode(self.state)
 
     @classmethod
-    def from_snapshot(cls, blob: bytes, *, future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT) -> Engine:
+    def from_snapshot(cls, blob: bytes) -> Engine:
         if blob[:1] != b"{":  # written before snapshots were JSON: a msgpack map
-            return cls(msgspec.msgpack.decode(blob, type=BillingState), future_skew_ms=future_skew_ms)
-        stored = msgspec.json.decode(blob, type=StoredState)
-        fields = msgspec.structs.asdict(stored)
-        fields["accounts"] = {
-            customer_id: Account(**{**msgspec.structs.asdict(account), "aggregates": dict(account.aggregates)})
-            for customer_id, account in stored.accounts.items()
-        }
-        return cls(BillingState(**fields), future_skew_ms=future_skew_ms)
+            return cls(msgspec.msgpack.decode(blob, type=BillingState))
+        return cls(msgspec.json.decode(blob, type=BillingState))
 
     def _reindex(self) -> None:
-        self._routes.clear()
-        self._versions_by_hour.clear()
-        self._curves.clear()
-        self._burn_orders.clear()
-        self._products_by_event_type.clear()
-        for product in self.state.products.values():
-            self._products_by_event_type.setdefault(product.event_type, []).append(product)
         self._contracts_by_customer.clear()
         for contract in self.state.contracts.values():
             self._contracts_by_customer.setdefault(contract.customer_id, []).append(contract)
@@ -283,15 +142,11 @@ class Engine:
 
     # Applying commands -------------------------------------------------------------------------------------
 
-    def apply(self, command: cmd.Command, seq: int) -> object:
+    def apply(self, command: cmd.AdminCommand, seq: int) -> object:
         """Applies one command as journal record `seq`; raises EngineError (having changed nothing) to refuse it."""
         assert seq == self.state.last_seq + 1, f"commands apply in journal order: {seq} after {self.state.last_seq}"
-        assert self._ingesting is None, "a batch is being rated in slices: finish it first"
-        if isinstance(command, cmd.IngestBatch):
-            result: object = self.ingest(command)
-        else:
-            result = self._apply_admin(command)
-            self._audit(command, seq, result)
+        result = self._apply_admin(command)
+        self._audit(command, seq, result)
         self.state.last_seq = seq
         return result
 
@@ -380,7 +235,6 @@ class Engine:
             c.at_ms,
         )
         self.state.products[c.id] = product
-        self._products_by_event_type.setdefault(product.event_type, []).append(product)
         self._remember(key, print_)
         return product
 
@@ -476,16 +330,8 @@ class Engine:
         version.published_at_ms = c.at_ms
         # After any entry with the same effective_from: of two versions effective at once, the later published wins.
         bisect.insort_right(card.timeline, (effective_from_ms, version.number), key=lambda entry: entry[0])
-        self._versions_by_hour.clear()
         # Re-rating usage already rated under an earlier version is not done yet: such usage keeps its price.
         return PublishResult(version, 0, findings)
-
-    def compiled(self, card: RateCard, number: int) -> CompiledVersion:
-        key = (card.id, number)
-        found = self._compiled.get(key)
-        if found is None:
-            found = self._compiled[key] = compile_version(card.version(number), self.state.products)
-        return found
 
     def _create_contract(self, c: cmd.CreateContract) -> Contract:
         if c.id:
@@ -522,7 +368,6 @@ class Engine:
         )
         self.state.contracts[contract_id] = contract
         self._contracts_by_customer.setdefault(customer.id, []).append(contract)
-        self._routes.pop(customer.id, None)
         self._remember(key, print_)
         return contract
 
@@ -628,337 +473,11 @@ class Engine:
         )
         account.grants.append(grant)
         self._grant_ids.add(grant.id)
-        self._burn_orders.pop(customer_id, None)
         self._remember(key, print_)
         return grant
 
-    # Usage -------------------------------------------------------------------------------------------------
-
-    def ingest(self, batch: cmd.IngestBatch, *, collect_entries: bool = False) -> IngestResult:
-        """Rates a whole batch at once (does not advance last_seq: `apply` does, or `IngestRun.finish`)."""
-        run = IngestRun(self, batch, collect_entries=collect_entries)
-        run.step(len(batch.events))
-        return run.result()
-
-    def start_ingest(self, batch: cmd.IngestBatch, seq: int) -> IngestRun:
-        """Begins applying a batch as journal record `seq`, to be stepped a slice of events at a time.
-
-        The result is the same as `apply(batch, seq)`, whatever the slices: slicing only decides where a caller
-        may pause (a server answers balance checks in between). No other command may be applied until the run's
-        `finish()`.
-        """
-        assert seq == self.state.last_seq + 1, f"commands apply in journal order: {seq} after {self.state.last_seq}"
-        return IngestRun(self, batch, seq=seq)
-
-    def _check_event(self, event: cmd.UsageEvent, now_ms: int) -> None:
-        # Cheap tests first: this runs for every event. A text of at most TEXT_BYTES_MAX / 4 characters
-        # cannot exceed TEXT_BYTES_MAX bytes in UTF-8, so only longer ones are encoded to count.
-        def invalid(message: str) -> Refusal:
-            return Refusal(RejectReason.INVALID_EVENT, message)
-
-        def too_long(text: str) -> bool:
-            return len(text) > TEXT_CHARS_SAFE and len(text.encode()) > TEXT_BYTES_MAX
-
-        if not event.transaction_id:
-            raise invalid("transaction_id is required")
-        if too_long(event.transaction_id):
-            raise invalid(f"transaction_id is longer than {TEXT_BYTES_MAX} bytes")
-        if not event.customer_id:
-            raise invalid("customer_id is required")
-        if not event.event_type:
-            raise invalid("event_type is required")
-        if event.timestamp_ms <= 0:
-            if event.timestamp_ms == 0:
-                raise invalid("timestamp_ms is required (Unix milliseconds, UTC)")
-            raise invalid(f"timestamp_ms {event.timestamp_ms} must be positive (Unix milliseconds, UTC)")
-        if len(event.dimensions) > EVENT_MAP_ENTRIES_MAX or len(event.values) > EVENT_MAP_ENTRIES_MAX:
-            raise invalid(f"dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each")
-        for key, text in event.dimensions.items():
-            if too_long(key) or too_long(text):
-                raise invalid(f"dimensions[{key[:32]!r}]: keys and values are at most {TEXT_BYTES_MAX} bytes")
-        for key, value in event.values.items():
-            if too_long(key):
-                raise invalid(f"values keys are at most {TEXT_BYTES_MAX} bytes")
-            if not 0 <= value < USAGE_VALUE_MAX:  # also false for NaN
-                if not math.isfinite(value):
-                    raise invalid(f"values[{key!r}] is {value}: must be a finite number")
-                if value < 0:
-                    raise invalid(f"values[{key!r}] is {value}: must not be negative")
-                raise invalid(f"values[{key!r}] is {value}: must be below {USAGE_VALUE_MAX:.0e}")
-        if event.timestamp_ms > now_ms + self.future_skew_ms:
-            raise Refusal(
-                RejectReason.TIMESTAMP_OUT_OF_RANGE,
-                f"timestamp_ms {event.timestamp_ms} is more than {self.future_skew_ms // 1000} s in the future",
-            )
-
     def _contract_at(self, customer_id: str, ts_ms: int) -> Contract | None:
         return next((c for c in self._contracts_by_customer.get(customer_id, ()) if c.covers(ts_ms)), None)
-
-    def _plan(self, event: cmd.UsageEvent) -> tuple[Account, Period, list[PlannedCharge]]:
-        """Everything this event would charge, or a Refusal; changes nothing (but the lookup caches)."""
-        customer_id = event.customer_id
-        account = self.state.accounts.get(customer_id)
-        if account is None:
-            raise Refusal(RejectReason.UNKNOWN_CUSTOMER, f"customer {customer_id!r} does not exist")
-        ts = event.timestamp_ms
-        route = self._routes.get(customer_id)
-        if route is not None and route[1].start_ms <= ts < route[1].end_ms and route[0].covers(ts):
-            contract, period = route
-        else:
-            found = self._contract_at(customer_id, ts)
-            if found is None:
-                raise Refusal(
-                    RejectReason.NO_ACTIVE_CONTRACT, f"customer {customer_id!r} has no contract covering {ts}"
-                )
-            contract, period = found, period_containing(found.starting_at_ms, ts)
-            self._routes[customer_id] = (contract, period)
-        if period.start_ms in account.closed_periods:
-            raise Refusal(RejectReason.PERIOD_CLOSED, f"the period starting {period.start_ms} is closed")
-        dimensions = event.dimensions
-        feeding = [
-            p for p in self._products_by_event_type.get(event.event_type, ()) if not p.filters or p.accepts(dimensions)
-        ]
-        plans: list[PlannedCharge] = []
-        if feeding:
-            card_id = contract.rate_card_id
-            number = self._version_number_at(card_id, ts)
-            if number is None:
-                raise Refusal(RejectReason.NO_APPLICABLE_RATE, f"rate card {card_id!r} has no version in force at {ts}")
-            cacheable = not contract.overrides  # an override's window makes the curve depend on the timestamp
-            for product in feeding:
-                measure = measure_event(product, dimensions, event.values)
-                dimension_key = product.dimension_key(dimensions)
-                curve_key = (card_id, number, product.id, dimension_key)
-                curve = self._curves.get(curve_key) if cacheable else None
-                if curve is None:
-                    version = self.compiled(self.state.rate_cards[card_id], number)
-                    curve = curve_for(product, dimension_key, version, contract, ts)
-                    if cacheable:
-                        if len(self._curves) >= CURVES_CACHED_MAX:
-                            self._curves.clear()
-                        self._curves[curve_key] = curve
-                key = (period.start_ms, product.id, dimension_key)
-                try:
-                    plans.append(
-                        plan_charge(product, key, account.aggregates.get(key), measure, ts, curve, card_id, number)
-                    )
-                except ArithmeticError:
-                    # Inputs are bounded (engine.money), so only an aggregate grown beyond all reason gets here.
-                    raise Refusal(
-                        RejectReason.INVALID_EVENT, f"the charge for product {product.id!r} is out of range"
-                    ) from None
-        return account, period, plans
-
-    def _version_number_at(self, rate_card_id: str, ts_ms: int) -> int | None:
-        hour_key = (rate_card_id, ts_ms // HOUR_MS)
-        if hour_key in self._versions_by_hour:
-            return self._versions_by_hour[hour_key]
-        if len(self._versions_by_hour) >= CURVES_CACHED_MAX:
-            self._versions_by_hour.clear()
-        number = self._versions_by_hour[hour_key] = self.state.rate_cards[rate_card_id].version_number_at(ts_ms)
-        return number
-
-    def _burn_order(self, account: Account) -> list[Grant]:
-        ordered = self._burn_orders.get(account.customer_id)
-        if ordered is None:
-            ordered = self._burn_orders[account.customer_id] = in_burn_order(account.grants)
-        return ordered
-
-    def _record(
-        self,
-        account: Account,
-        period: Period,
-        plans: list[PlannedCharge],
-        event: cmd.UsageEvent,
-        entries: list[LedgerEntry] | None,
-    ) -> None:
-        for plan in plans:
-            aggregate = account.aggregates.get(plan.key)
-            if aggregate is None:
-                aggregate = account.aggregates[plan.key] = Aggregate()
-            aggregate.record(plan)
-            charge, overage = plan.charge, 0
-            draws: list[Draw] = []
-            if charge > 0:
-                draws, overage = draw_in_order(self._burn_order(account), plan.product.id, plan.ts_ms, charge)
-                for grant_draw in draws:
-                    aggregate.drawn_by_grant[grant_draw.grant_id] = (
-                        aggregate.drawn_by_grant.get(grant_draw.grant_id, 0) + grant_draw.credits
-                    )
-            elif charge < 0:
-                # A price that fell gives back what this aggregate was charged last: its overage first, then credits.
-                overage = -min(-charge, aggregate.overage)
-                if -charge + overage > 0:
-                    draws = refund(account.grants, aggregate.drawn_by_grant, -charge + overage)
-            aggregate.overage += overage
-            assert aggregate.amount == aggregate.overage + sum(aggregate.drawn_by_grant.values()), (
-                "charges not accounted"
-            )
-            account.period_charges[period.start_ms] = account.period_charges.get(period.start_ms, 0) + charge
-            account.period_overage[period.start_ms] = account.period_overage.get(period.start_ms, 0) + overage
-            assert account.period_overage[period.start_ms] >= 0
-            if entries is not None:
-                entries.append(LedgerEntry(event.transaction_id, plan.product.id, plan.version, charge, draws, overage))
-
-    # Reads -------------------------------------------------------------------------------------------------
-
-    def balance(self, customer_id: str, now_ms: int) -> BalanceView:
-        customer = self.customer(customer_id)
-        account = self.state.accounts[customer.id]
-        views = []
-        remaining = 0
-        for grant in sorted(account.grants, key=Grant.burn_order):
-            expired = grant.remaining if grant.expired_at(now_ms) else 0
-            usable = grant.remaining if grant.usable_at(now_ms) else 0
-            views.append(GrantView(grant, grant.remaining - expired, expired))
-            remaining += usable
-        contract = self._contract_at(customer.id, now_ms) or self._latest_contract(customer.id)
-        period = None
-        charges = overage = 0
-        overage_due = Decimal(0)
-        pricing_unit = ""
-        if contract is not None:
-            pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
-            if contract.covers(now_ms):
-                period = period_containing(contract.starting_at_ms, now_ms)
-                charges = account.period_charges.get(period.start_ms, 0)
-                overage = account.period_overage.get(period.start_ms, 0)
-                overage_due = Decimal(overage).scaleb(-12) * contract.overage_price_decimal
-        return BalanceView(
-            customer.id,
-            remaining,
-            0,
-            remaining,
-            views,
-            period,
-            charges,
-            overage,
-            overage_due,
-            pricing_unit,
-            self.state.last_seq,
-        )
-
-    def _latest_contract(self, customer_id: str) -> Contract | None:
-        contracts = self._contracts_by_customer.get(customer_id)
-        return max(contracts, key=lambda c: c.starting_at_ms) if contracts else None
-
-    def estimate(
-        self, customer_id: str, event_type: str, dimensions: dict[str, str], values: dict[str, float], now_ms: int
-    ) -> Estimate:
-        """Authorize: prices the described usage exactly as ingesting it now would, and decides."""
-        probe = cmd.UsageEvent("authorize", customer_id, event_type, now_ms, dimensions, values)
-        try:
-            self._check_event(probe, now_ms)
-            account, _, plans = self._plan(probe)
-        except Refusal as refusal:
-            reason = "INVALID_REQUEST" if refusal.reason is RejectReason.INVALID_EVENT else refusal.reason.value
-            available = self._available(customer_id, None, now_ms)
-            return Estimate(False, reason, refusal.message, 0, available)
-        product_ids = [plan.product.id for plan in plans]
-        charges = [plan.charge for plan in plans]
-        cost = sum(charges)
-        available = self._available(customer_id, product_ids or None, now_ms)
-        overage = simulate_draw(self._burn_order(account), product_ids, now_ms, charges) if cost > 0 else 0
-        contract = self._routes[customer_id][0]  # the contract _plan priced the probe with
-        if contract.overage_policy is OveragePolicy.BLOCK and (overage > 0 or available <= 0):
-            return Estimate(False, "INSUFFICIENT_CREDIT", "available credit does not cover this usage", cost, available)
-        if overage > 0:
-            return Estimate(True, "OVERAGE_ALLOWED", "beyond available credit: billed as overage", cost, available)
-        return Estimate(True, "OK", "", cost, available)
-
-    def _available(self, customer_id: str, product_ids: list[str] | None, now_ms: int) -> int:
-        account = self.state.accounts.get(customer_id)
-        if account is None:
-            return 0
-        return sum(
-            g.remaining
-            for g in account.grants
-            if g.usable_at(now_ms) and (product_ids is None or any(g.applies_to(p) for p in product_ids))
-        )
-
-    def check_invariants(self) -> None:
-        """Credits conserved and no grant negative, for every account (asserted; cheap enough for tests)."""
-        for account in self.state.accounts.values():
-            for grant in account.grants:
-                grant.check()
-            assert all(v >= 0 for v in account.period_overage.values())
-
-
-class IngestRun:
-    """One usage batch being rated, in slices: each event is accepted, a duplicate, or refused with a reason."""
-
-    def __init__(
-        self, engine: Engine, batch: cmd.IngestBatch, *, seq: int | None = None, collect_entries: bool = False
-    ) -> None:
-        assert engine._ingesting is None, "one ingest run at a time"
-        engine._ingesting = self
-        self._engine = engine
-        self._batch = batch
-        self._seq = seq
-        self._next_index = 0
-        self._accepted = 0
-        self._duplicates = 0
-        self._rejections: list[Rejection] = []
-        self._new: dict[str, bytes] = {}
-        self._entries: list[LedgerEntry] | None = [] if collect_entries else None
-
-    @property
-    def done(self) -> bool:
-        return self._next_index >= len(self._batch.events)
-
-    def step(self, events_max: int) -> bool:
-        """Rates up to events_max more events; True once every event of the batch is rated."""
-        assert events_max > 0
-        engine, batch, new, entries = self._engine, self._batch, self._new, self._entries
-        known, now_ms, rate_cards = batch.known, batch.received_at_ms, engine.state.rate_cards
-        stop = min(self._next_index + events_max, len(batch.events))
-        for index in range(self._next_index, stop):
-            event = batch.events[index]
-            try:
-                engine._check_event(event, now_ms)
-                digest = content_hash(event)
-                prior = new.get(event.transaction_id) or known.get(event.transaction_id)
-                if prior is not None:
-                    if prior != digest:
-                        raise Refusal(
-                            RejectReason.DUPLICATE_CONFLICT,
-                            f"transaction_id {event.transaction_id!r} was already accepted with different content",
-                        )
-                    self._duplicates += 1
-                    continue
-                account, period, plans = engine._plan(event)
-                engine._record(account, period, plans, event, entries)
-                if plans:
-                    rate_cards[plans[0].rate_card_id].rated_hours[event.timestamp_ms // HOUR_MS] = None
-                new[event.transaction_id] = digest
-                self._accepted += 1
-            except Refusal as refusal:
-                self._rejections.append(Rejection(index, event.transaction_id, refusal.reason, refusal.message))
-        self._next_index = stop
-        return self.done
-
-    def result(self) -> IngestResult:
-        assert self.done, "step() until done first"
-        assert self._accepted + self._duplicates + len(self._rejections) == len(self._batch.events)
-        self._engine._ingesting = None
-        return IngestResult(self._accepted, self._duplicates, self._rejections, self._new, self._entries or [])
-
-    def finish(self) -> IngestResult:
-        """The batch's result, once every event is rated; the batch is now journal record `seq`."""
-        assert self._seq is not None, "a run from start_ingest"
-        result = self.result()
-        self._engine.state.last_seq = self._seq
-        return result
-
-    @property
-    def accepts_any(self) -> bool:
-        return self._accepted > 0
-
-    def finish_unjournaled(self) -> IngestResult:
-        """The result of a batch that accepted nothing, which therefore changed no state: it takes no journal
-        record, and `seq` stays free for the next command."""
-        assert self._seq is not None and not self._accepted, "only a batch that accepted nothing"
-        return self.result()
 
 
 def _check_text_map(entries: dict[str, str], field_path: str) -> None:

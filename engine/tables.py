@@ -25,7 +25,6 @@ from engine.ratecard import (
     PackageCurve,
     PriceCurve,
     RateCard,
-    ScaledCurve,
     TieredCurve,
     TierMode,
     UnitCurve,
@@ -233,8 +232,6 @@ def _curve_table(curve: PriceCurve) -> CurveTable:
             )
         case FlatCurve():
             return CurveTable("FLAT", price=fixed(curve.price, "price"))
-        case ScaledCurve():
-            raise AssertionError("a rate card's curve is never scaled: overrides travel separately")
 
 
 def _in_cohort(cohort: Cohort | None, customer: Customer) -> bool:
