@@ -192,7 +192,7 @@ class _Group:
         started_ns = time.perf_counter_ns()
 
         def commit() -> None:
-            journal.commit(self.records, {})
+            journal.commit(self.records)
             self.commit_ms = (time.perf_counter_ns() - started_ns) / 1e6
 
         self.commit = asyncio.get_running_loop().run_in_executor(writer_thread, commit)
