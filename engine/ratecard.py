@@ -351,6 +351,15 @@ def _ambiguities(product_id: str, rates: list[CompiledRate], source: list[Rate])
     return findings
 
 
+def _is_literal(text: str) -> bool:
+    """Whether a price field is a plain decimal rather than a formula."""
+    try:
+        Decimal(text.strip())
+    except decimal.InvalidOperation:
+        return False
+    return True
+
+
 def _curve(
     price: PriceSpec, parameters: Mapping[str, Decimal], path: str, findings: list[Finding]
 ) -> PriceCurve | None:
@@ -369,8 +378,18 @@ def _curve(
                 Finding(Severity.ERROR, field_path, f"{text!r} = {value} is out of range (must be below 10^18)")
             )
             return Decimal(1)
-        # A division need not terminate (1 / 3): a price is rounded half-even to 18 places, once, here.
-        value = value.quantize(PRICE_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
+        rounded = value.quantize(PRICE_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
+        if rounded != value and _is_literal(text):
+            findings.append(
+                Finding(
+                    Severity.ERROR,
+                    field_path,
+                    f"{text!r} has more than {PLACES_MAX} decimal places: prices are held at 10^-{PLACES_MAX} exactly",
+                )
+            )
+            return Decimal(1)
+        # A division need not terminate (1 / 3): a formula's price is rounded half-even to 18 places, once, here.
+        value = rounded
         if value < 0 or (positive and value == 0):
             findings.append(
                 Finding(Severity.ERROR, field_path, f"{text!r} = {value} must be {'> 0' if positive else '>= 0'}")

@@ -22,7 +22,7 @@ from engine import commands as cmd
 from engine.contracts import Contract, Customer
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Repeated, Unimplemented
 from engine.ledger import Grant, GrantKind
-from engine.money import parse_decimal, to_picos
+from engine.money import PICOS_PER_UNIT, parse_decimal, to_picos
 from engine.products import Aggregation, Product
 from engine.ratecard import (
     HOUR_MS,
@@ -425,7 +425,12 @@ class Engine:
             raise InvalidArgument.field("grant.customer_id", "customer_id or contract_id is required")
         if c.kind is None:
             raise InvalidArgument.field("grant.kind", "is required: PREPAID, PROMOTIONAL, ROLLOVER or TOP_UP")
-        amount = to_picos(parse_decimal(c.amount, "grant.amount"))
+        amount_units = parse_decimal(c.amount, "grant.amount")
+        amount = to_picos(amount_units)
+        if amount != amount_units * PICOS_PER_UNIT:
+            raise InvalidArgument.field(
+                "grant.amount", f"{c.amount!r} has more than 12 decimal places: credits are held at 10^-12 exactly"
+            )
         if amount <= 0:
             raise InvalidArgument.field("grant.amount", "must be greater than 0")
         paid = parse_decimal(c.paid_amount or "0", "grant.paid_amount")
