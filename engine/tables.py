@@ -18,6 +18,7 @@ from decimal import Decimal
 import msgspec
 
 from engine.contracts import Contract, Customer, OveragePolicy
+from engine.control import BillingState
 from engine.ratecard import (
     Cohort,
     CompiledVersion,
@@ -30,7 +31,6 @@ from engine.ratecard import (
     UnitCurve,
     compile_version,
 )
-from engine.state import BillingState
 
 SCALE_PLACES = 18
 DEDUPE_WINDOW_MS_DEFAULT = 35 * 24 * 3600 * 1000

@@ -10,6 +10,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 from engine import commands as cmd
 from engine.billing import BalanceView, Estimate
 from engine.contracts import Contract, Customer, OveragePolicy, Override
+from engine.control import check_id
 from engine.errors import InvalidArgument
 from engine.ledger import Grant, GrantKind
 from engine.money import format_decimal, format_picos
@@ -29,7 +30,6 @@ from engine.ratecard import (
     normalize_match,
 )
 from engine.ratecard import Finding as EngineFinding
-from engine.state import check_id
 
 # Proto enum fields take their value's name, which is what the engine's StrEnums hold.
 

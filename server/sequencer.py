@@ -37,9 +37,9 @@ import msgspec
 
 from engine import commands as cmd
 from engine._kernel import BatchTooLarge, CustomerNotAllowed
+from engine.audit import audit_target
 from engine.billing import Billing, Ingested
 from engine.errors import EngineError, InvalidArgument, Repeated
-from engine.state import audit_target
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable

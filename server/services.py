@@ -32,7 +32,7 @@ from engine.errors import InvalidArgument, NotFound
 from engine.ledger import Grant
 from engine.products import Product
 from engine.ratecard import RateCard, Version
-from engine.state import PublishResult
+from engine.versions import PublishResult
 from server import auth, convert, oplog, telemetry
 from server.errors import DeadlineExceeded, ResourceExhausted, Unimplemented, check_deadline, streaming, unary
 from server.sequencer import Sequencer, UsageBatch

@@ -31,7 +31,8 @@ from engine.ratecard import (
     Version,
     normalize_match,
 )
-from engine.state import Engine, PublishResult
+from engine.state import Engine
+from engine.versions import PublishResult
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SECOND_MS = 1_000
