@@ -122,7 +122,7 @@ class ControlPlane:
         return next((c for c in self._contracts_by_customer.get(customer_id, ()) if c.covers(ts_ms)), None)
 
 
-def _check_text_map(entries: dict[str, str], field_path: str) -> None:
+def check_text_map(entries: dict[str, str], field_path: str) -> None:
     if len(entries) > EVENT_MAP_ENTRIES_MAX:
         raise InvalidArgument.field(field_path, f"at most {EVENT_MAP_ENTRIES_MAX} entries")
     for key, value in entries.items():

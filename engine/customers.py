@@ -8,7 +8,7 @@ import msgspec
 
 from engine import commands as cmd
 from engine.contracts import Contract, Customer
-from engine.control import Account, ControlPlane, _check_text_map, check_id, fingerprint
+from engine.control import Account, ControlPlane, check_id, check_text_map, fingerprint
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.money import parse_decimal
 from engine.ratecard import normalize_match
@@ -19,7 +19,7 @@ DAY_MS = 24 * 3_600_000
 class CustomerCommands(ControlPlane):
     def _create_customer(self, c: cmd.CreateCustomer) -> Customer:
         check_id(c.id, "id")
-        _check_text_map(c.attributes, "attributes")
+        check_text_map(c.attributes, "attributes")
         key = f"customer/{c.id}"
         print_ = self._repeat(key, c, lambda: self.state.customers[c.id])
         if c.id in self.state.customers:

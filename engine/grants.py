@@ -13,27 +13,10 @@ class GrantCommands(ControlPlane):
     def _grant_credits(self, c: cmd.GrantCredits) -> Grant:
         if c.id:
             check_id(c.id, "grant.id")
-        if c.contract_id:
-            contract = self.contract(c.contract_id)
-            if c.customer_id and c.customer_id != contract.customer_id:
-                raise InvalidArgument.field(
-                    "grant.customer_id", f"contract {contract.id!r} belongs to {contract.customer_id!r}"
-                )
-            customer_id = contract.customer_id
-        elif c.customer_id:
-            customer_id = self.customer(c.customer_id).id
-        else:
-            raise InvalidArgument.field("grant.customer_id", "customer_id or contract_id is required")
+        customer_id = self._grant_owner(c)
         if c.kind is None:
             raise InvalidArgument.field("grant.kind", "is required: PREPAID, PROMOTIONAL, ROLLOVER or TOP_UP")
-        amount_units = parse_decimal(c.amount, "grant.amount")
-        amount = to_picos(amount_units)
-        if amount != amount_units * PICOS_PER_UNIT:
-            raise InvalidArgument.field(
-                "grant.amount", f"{c.amount!r} has more than 12 decimal places: credits are held at 10^-12 exactly"
-            )
-        if amount <= 0:
-            raise InvalidArgument.field("grant.amount", "must be greater than 0")
+        amount = _grant_amount_picos(c.amount)
         paid = parse_decimal(c.paid_amount or "0", "grant.paid_amount")
         if c.kind is GrantKind.PROMOTIONAL and paid != 0:
             raise InvalidArgument.field("grant.paid_amount", "a promotional grant is not paid for: must be 0")
@@ -81,3 +64,29 @@ class GrantCommands(ControlPlane):
         self._grant_ids.add(grant.id)
         self._remember(key, print_)
         return grant
+
+    def _grant_owner(self, c: cmd.GrantCredits) -> str:
+        """The customer the grant is for: named directly, or through its contract (both must agree)."""
+        if c.contract_id:
+            contract = self.contract(c.contract_id)
+            if c.customer_id and c.customer_id != contract.customer_id:
+                raise InvalidArgument.field(
+                    "grant.customer_id", f"contract {contract.id!r} belongs to {contract.customer_id!r}"
+                )
+            return contract.customer_id
+        if c.customer_id:
+            return self.customer(c.customer_id).id
+        raise InvalidArgument.field("grant.customer_id", "customer_id or contract_id is required")
+
+
+def _grant_amount_picos(text: str) -> int:
+    """A grant amount in picos: positive and exact at 12 decimal places (never rounded)."""
+    amount_units = parse_decimal(text, "grant.amount")
+    amount = to_picos(amount_units)
+    if amount != amount_units * PICOS_PER_UNIT:
+        raise InvalidArgument.field(
+            "grant.amount", f"{text!r} has more than 12 decimal places: credits are held at 10^-12 exactly"
+        )
+    if amount <= 0:
+        raise InvalidArgument.field("grant.amount", "must be greater than 0")
+    return amount

@@ -360,41 +360,54 @@ def _is_literal(text: str) -> bool:
     return True
 
 
+def _price_field(
+    text: str,
+    field_path: str,
+    parameters: Mapping[str, Decimal],
+    findings: list[Finding],
+    *,
+    default: str | None = None,
+    positive: bool = False,
+) -> Decimal:
+    """One price field's value, evaluated and checked (at most 18 places, below 10^18); problems go to `findings`."""
+    if not text.strip() and default is not None:
+        text = default
+    try:
+        value = evaluate(text, parameters)
+    except FormulaError as exc:
+        findings.append(Finding(Severity.ERROR, field_path, f"{text!r} {exc}"))
+        return Decimal(1)
+    if abs(value) >= MAGNITUDE_LIMIT:
+        findings.append(
+            Finding(Severity.ERROR, field_path, f"{text!r} = {value} is out of range (must be below 10^18)")
+        )
+        return Decimal(1)
+    rounded = value.quantize(PRICE_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
+    if rounded != value and _is_literal(text):
+        findings.append(
+            Finding(
+                Severity.ERROR,
+                field_path,
+                f"{text!r} has more than {PLACES_MAX} decimal places: prices are held at 10^-{PLACES_MAX} exactly",
+            )
+        )
+        return Decimal(1)
+    # A division need not terminate (1 / 3): a formula's price is rounded half-even to 18 places, once, here.
+    value = rounded
+    if value < 0 or (positive and value == 0):
+        findings.append(
+            Finding(Severity.ERROR, field_path, f"{text!r} = {value} must be {'> 0' if positive else '>= 0'}")
+        )
+    return value
+
+
 def _curve(
     price: PriceSpec, parameters: Mapping[str, Decimal], path: str, findings: list[Finding]
 ) -> PriceCurve | None:
     errors_before = len(findings)
 
     def amount(text: str, field_path: str, *, default: str | None = None, positive: bool = False) -> Decimal:
-        if not text.strip() and default is not None:
-            text = default
-        try:
-            value = evaluate(text, parameters)
-        except FormulaError as exc:
-            findings.append(Finding(Severity.ERROR, field_path, f"{text!r} {exc}"))
-            return Decimal(1)
-        if abs(value) >= MAGNITUDE_LIMIT:
-            findings.append(
-                Finding(Severity.ERROR, field_path, f"{text!r} = {value} is out of range (must be below 10^18)")
-            )
-            return Decimal(1)
-        rounded = value.quantize(PRICE_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
-        if rounded != value and _is_literal(text):
-            findings.append(
-                Finding(
-                    Severity.ERROR,
-                    field_path,
-                    f"{text!r} has more than {PLACES_MAX} decimal places: prices are held at 10^-{PLACES_MAX} exactly",
-                )
-            )
-            return Decimal(1)
-        # A division need not terminate (1 / 3): a formula's price is rounded half-even to 18 places, once, here.
-        value = rounded
-        if value < 0 or (positive and value == 0):
-            findings.append(
-                Finding(Severity.ERROR, field_path, f"{text!r} = {value} must be {'> 0' if positive else '>= 0'}")
-            )
-        return value
+        return _price_field(text, field_path, parameters, findings, default=default, positive=positive)
 
     curve: PriceCurve
     match price:
