@@ -77,7 +77,7 @@ class Estimate:
 
 
 class Snapshot(msgspec.Struct, frozen=True):
-    """A snapshot's stored form: the control plane (JSON, engine/state.py) and the kernel's state bytes."""
+    """A snapshot's stored form: the control plane (JSON of engine/control.py's BillingState) and the kernel's state bytes."""
 
     format: int
     control: bytes
