@@ -283,6 +283,10 @@ def test_flat_price_charges_each_aggregate_once() -> None:
         pytest.param({}, "round(2.5)", 3, "6", id="round-to-integer"),  # 2 x 3
         pytest.param({"a": "0.25"}, "-a + 1", 4, "3", id="unary-minus"),  # 0.75 x 4
         pytest.param({"a": "0.5", "b": "4"}, "a / b", 3, "0.375", id="division"),  # 0.125 x 3
+        # 1/3 is rounded half-even to 18 places once, when the version is compiled; x 3 = 0.999999999999999999,
+        # rounded half-even to 10^-12: exactly 1.
+        pytest.param({}, "1 / 3", 3, "1", id="division-rounded-to-18-places"),
+        pytest.param({}, "1 / 3", 1, "0.333333333333", id="division-rounded-once"),
     ],
 )
 def test_formula_price(parameters: dict[str, str], formula: str, quantity: int, expected: str) -> None:
