@@ -21,8 +21,9 @@ from engine import commands as cmd
 from engine._kernel import Kernel
 from engine.contracts import Contract, Period
 from engine.errors import NotFound
-from engine.state import FUTURE_SKEW_MS_DEFAULT, BalanceView, Engine, Estimate, GrantView
-from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, compile_tables
+from engine.ledger import Grant
+from engine.state import Engine
+from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, compile_tables
 
 HOUR_MS = 3_600_000
 SNAPSHOT_FORMAT = 2
@@ -44,8 +45,39 @@ class Ingested:
     rejected: list[str]  # the reason of each rejection
 
 
+@dataclass(frozen=True, slots=True)
+class GrantView:
+    grant: Grant
+    remaining: int
+    expired: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceView:
+    customer_id: str
+    remaining: int
+    held: int
+    available: int
+    grants: list[GrantView]
+    period: Period | None
+    period_charges: int
+    overage: int
+    overage_due: Decimal
+    pricing_unit: str
+    as_of_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    allowed: bool
+    reason: str
+    message: str
+    cost: int
+    available: int
+
+
 class Snapshot(msgspec.Struct, frozen=True):
-    """A snapshot's stored form: the control plane (JSON, engine/state.py) and the kernel's state bytes."""
+    """A snapshot's stored form: the control plane (JSON of engine/control.py's BillingState) and the kernel's state bytes."""
 
     format: int
     control: bytes
@@ -61,7 +93,7 @@ class Billing:
         future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
     ) -> None:
-        self.engine = engine if engine is not None else Engine(future_skew_ms=future_skew_ms)
+        self.engine = engine if engine is not None else Engine()
         self.kernel = kernel if kernel is not None else Kernel()
         self.future_skew_ms = future_skew_ms
         self.dedupe_window_ms = dedupe_window_ms
@@ -197,6 +229,6 @@ class Billing:
     ) -> Billing:
         stored = msgspec.msgpack.decode(blob, type=Snapshot)
         assert stored.format == SNAPSHOT_FORMAT, f"snapshot format {stored.format}"
-        engine = Engine.from_snapshot(stored.control, future_skew_ms=future_skew_ms)
+        engine = Engine.from_snapshot(stored.control)
         kernel = Kernel.restore(stored.kernel)
         return cls(engine, kernel, future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)

@@ -9,7 +9,6 @@ quantities that arrive as doubles are read through their shortest round-trip tex
 from __future__ import annotations
 
 import decimal
-import math
 from decimal import Decimal
 
 from engine.errors import InvalidArgument
@@ -51,14 +50,6 @@ def in_range(value: Decimal) -> bool:
     if value == 0:
         return True
     return abs(value) < MAGNITUDE_LIMIT and value.normalize(DECIMAL_CONTEXT).as_tuple().exponent >= -PLACES_MAX  # type: ignore[operator]
-
-
-def decimal_from_double(value: float) -> Decimal:
-    """The exact decimal a client meant by a wire double (its shortest repr), e.g. 0.1 -> Decimal('0.1')."""
-    assert math.isfinite(value), "callers validate finiteness first"
-    if value % 1 == 0:
-        return Decimal(int(value))  # token counts: exact, and faster than through the text
-    return Decimal(repr(value))
 
 
 def to_picos(value: Decimal) -> int:

@@ -3,7 +3,7 @@
 A version is a set of named parameters and rates. A rate prices one product for the events whose pricing
 dimensions match its `match` ("*" or a left-out key matches anything); the most specific matching rate wins.
 Price fields hold decimals or formulas over the parameters; `compile_version` evaluates every formula once
-and turns each rate into a price curve (quantity -> amount) so that rating an event does no parsing.
+and turns each rate into a price curve, which engine/tables.py compiles into the rating kernel's tables.
 """
 
 from __future__ import annotations
@@ -13,21 +13,20 @@ import decimal
 import enum
 import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 import msgspec
 
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.formula import FormulaError, evaluate
-from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PICOS_PER_UNIT, PLACES_MAX, round_ratio, to_picos
+from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PLACES_MAX
 from engine.products import Product
 
 HOUR_MS = 3_600_000
 WILDCARD = "*"
 RATES_PER_VERSION_MAX = 10_000
 PARAMETERS_PER_VERSION_MAX = 1_000
-MATCH_CACHE_ENTRIES_MAX = 100_000
 PRICE_QUANTUM = Decimal(1).scaleb(-PLACES_MAX)
 
 
@@ -156,34 +155,13 @@ class Finding(msgspec.Struct, frozen=True):
     message: str
 
 
-# Price curves: quantity -> amount, with every formula already evaluated ---------------------------------
+# Price curves: every formula already evaluated; engine/tables.py compiles them into the kernel's integers ----
 
 
 @dataclass(frozen=True, slots=True)
 class UnitCurve:
     price: Decimal
     per_units: Decimal
-    # price x 10^12 / per_units as an integer ratio: picos() prices in integers, exactly.
-    _picos_numerator: int = field(init=False, repr=False, compare=False)
-    _picos_denominator: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        price_numerator, price_denominator = self.price.as_integer_ratio()
-        per_numerator, per_denominator = self.per_units.as_integer_ratio()
-        # A curve with per_units <= 0 exists only for validation to report; it never prices (round_ratio asserts).
-        object.__setattr__(self, "_picos_numerator", price_numerator * per_denominator * PICOS_PER_UNIT)
-        object.__setattr__(self, "_picos_denominator", price_denominator * per_numerator)
-
-    def amount(self, quantity: Decimal) -> Decimal:
-        return DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(quantity, self.price), self.per_units)
-
-    def picos(self, quantity: Decimal) -> int:
-        """amount(quantity) rounded half-even to picos, computed exactly in integers (the hot path)."""
-        numerator, denominator = quantity.as_integer_ratio()
-        return round_ratio(numerator * self._picos_numerator, denominator * self._picos_denominator)
-
-    def unit_price(self, quantity: Decimal) -> Decimal:
-        return DECIMAL_CONTEXT.divide(self.price, self.per_units)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,87 +177,19 @@ class TieredCurve:
     tiers: tuple[CurveTier, ...]
     per_units: Decimal
 
-    def picos(self, quantity: Decimal) -> int:
-        return to_picos(self.amount(quantity))
-
-    def amount(self, quantity: Decimal) -> Decimal:
-        ctx = DECIMAL_CONTEXT
-        if quantity <= 0:
-            return Decimal(0)
-        if self.mode is TierMode.VOLUME:
-            tier = self._tier_reaching(quantity)
-            return ctx.add(ctx.divide(ctx.multiply(quantity, tier.unit_price), self.per_units), tier.flat_price)
-        total = Decimal(0)
-        lower = Decimal(0)
-        for tier in self.tiers:
-            upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
-            if upper <= lower:
-                break
-            portion = ctx.subtract(upper, lower)
-            total = ctx.add(
-                total, ctx.add(ctx.divide(ctx.multiply(portion, tier.unit_price), self.per_units), tier.flat_price)
-            )
-            lower = upper
-        return total
-
-    def unit_price(self, quantity: Decimal) -> Decimal:
-        return DECIMAL_CONTEXT.divide(self._tier_reaching(quantity).unit_price, self.per_units)
-
-    def _tier_reaching(self, quantity: Decimal) -> CurveTier:
-        for tier in self.tiers:
-            if tier.up_to is None or quantity <= tier.up_to:
-                return tier
-        return self.tiers[-1]
-
 
 @dataclass(frozen=True, slots=True)
 class PackageCurve:
     package_size: Decimal
     package_price: Decimal
 
-    def picos(self, quantity: Decimal) -> int:
-        return to_picos(self.amount(quantity))
-
-    def amount(self, quantity: Decimal) -> Decimal:
-        packages = DECIMAL_CONTEXT.divide(quantity, self.package_size).to_integral_value(rounding=decimal.ROUND_CEILING)
-        return DECIMAL_CONTEXT.multiply(packages, self.package_price)
-
-    def unit_price(self, quantity: Decimal) -> Decimal:
-        return DECIMAL_CONTEXT.divide(self.package_price, self.package_size)
-
 
 @dataclass(frozen=True, slots=True)
 class FlatCurve:
     price: Decimal
 
-    def picos(self, quantity: Decimal) -> int:
-        return to_picos(self.amount(quantity))
 
-    def amount(self, quantity: Decimal) -> Decimal:
-        return self.price if quantity > 0 else Decimal(0)
-
-    def unit_price(self, quantity: Decimal) -> Decimal:
-        return self.price
-
-
-@dataclass(frozen=True, slots=True)
-class ScaledCurve:
-    """A contract override's multiplier applied to a rate card's curve."""
-
-    base: PriceCurve
-    multiplier: Decimal
-
-    def picos(self, quantity: Decimal) -> int:
-        return to_picos(self.amount(quantity))
-
-    def amount(self, quantity: Decimal) -> Decimal:
-        return DECIMAL_CONTEXT.multiply(self.base.amount(quantity), self.multiplier)
-
-    def unit_price(self, quantity: Decimal) -> Decimal:
-        return DECIMAL_CONTEXT.multiply(self.base.unit_price(quantity), self.multiplier)
-
-
-PriceCurve = UnitCurve | TieredCurve | PackageCurve | FlatCurve | ScaledCurve
+PriceCurve = UnitCurve | TieredCurve | PackageCurve | FlatCurve
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +200,6 @@ class CompiledRate:
     required: tuple[tuple[int, str], ...]
     curve: PriceCurve
 
-    def matches(self, dimension_key: tuple[str, ...]) -> bool:
-        return all(dimension_key[position] == value for position, value in self.required)
-
 
 @dataclass(slots=True)
 class CompiledVersion:
@@ -300,22 +207,6 @@ class CompiledVersion:
     number: int
     # product id -> its rates, most specific first.
     rates_by_product: dict[str, list[CompiledRate]]
-    _matches: dict[tuple[str, tuple[str, ...]], CompiledRate | None] = field(default_factory=dict)
-
-    def rate_for(self, product_id: str, dimension_key: tuple[str, ...]) -> CompiledRate | None:
-        """The most specific rate matching; memoized, since dimension combinations repeat endlessly."""
-        cache_key = (product_id, dimension_key)
-        found = self._matches.get(cache_key, _MISSING)
-        if found is not _MISSING:
-            return found  # type: ignore[return-value]
-        best = next((r for r in self.rates_by_product.get(product_id, ()) if r.matches(dimension_key)), None)
-        if len(self._matches) >= MATCH_CACHE_ENTRIES_MAX:
-            self._matches.clear()
-        self._matches[cache_key] = best
-        return best
-
-
-_MISSING = object()
 
 
 # Drafts, validation, compilation ---------------------------------------------------------------------------
@@ -460,31 +351,63 @@ def _ambiguities(product_id: str, rates: list[CompiledRate], source: list[Rate])
     return findings
 
 
+def _is_literal(text: str) -> bool:
+    """Whether a price field is a plain decimal rather than a formula."""
+    try:
+        Decimal(text.strip())
+    except decimal.InvalidOperation:
+        return False
+    return True
+
+
+def _price_field(
+    text: str,
+    field_path: str,
+    parameters: Mapping[str, Decimal],
+    findings: list[Finding],
+    *,
+    default: str | None = None,
+    positive: bool = False,
+) -> Decimal:
+    """One price field's value, evaluated and checked (at most 18 places, below 10^18); problems go to `findings`."""
+    if not text.strip() and default is not None:
+        text = default
+    try:
+        value = evaluate(text, parameters)
+    except FormulaError as exc:
+        findings.append(Finding(Severity.ERROR, field_path, f"{text!r} {exc}"))
+        return Decimal(1)
+    if abs(value) >= MAGNITUDE_LIMIT:
+        findings.append(
+            Finding(Severity.ERROR, field_path, f"{text!r} = {value} is out of range (must be below 10^18)")
+        )
+        return Decimal(1)
+    rounded = value.quantize(PRICE_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
+    if rounded != value and _is_literal(text):
+        findings.append(
+            Finding(
+                Severity.ERROR,
+                field_path,
+                f"{text!r} has more than {PLACES_MAX} decimal places: prices are held at 10^-{PLACES_MAX} exactly",
+            )
+        )
+        return Decimal(1)
+    # A division need not terminate (1 / 3): a formula's price is rounded half-even to 18 places, once, here.
+    value = rounded
+    if value < 0 or (positive and value == 0):
+        findings.append(
+            Finding(Severity.ERROR, field_path, f"{text!r} = {value} must be {'> 0' if positive else '>= 0'}")
+        )
+    return value
+
+
 def _curve(
     price: PriceSpec, parameters: Mapping[str, Decimal], path: str, findings: list[Finding]
 ) -> PriceCurve | None:
     errors_before = len(findings)
 
     def amount(text: str, field_path: str, *, default: str | None = None, positive: bool = False) -> Decimal:
-        if not text.strip() and default is not None:
-            text = default
-        try:
-            value = evaluate(text, parameters)
-        except FormulaError as exc:
-            findings.append(Finding(Severity.ERROR, field_path, f"{text!r} {exc}"))
-            return Decimal(1)
-        if abs(value) >= MAGNITUDE_LIMIT:
-            findings.append(
-                Finding(Severity.ERROR, field_path, f"{text!r} = {value} is out of range (must be below 10^18)")
-            )
-            return Decimal(1)
-        # A division need not terminate (1 / 3): a price is rounded half-even to 18 places, once, here.
-        value = value.quantize(PRICE_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
-        if value < 0 or (positive and value == 0):
-            findings.append(
-                Finding(Severity.ERROR, field_path, f"{text!r} = {value} must be {'> 0' if positive else '>= 0'}")
-            )
-        return value
+        return _price_field(text, field_path, parameters, findings, default=default, positive=positive)
 
     curve: PriceCurve
     match price:

@@ -18,6 +18,7 @@ from decimal import Decimal
 import msgspec
 
 from engine.contracts import Contract, Customer, OveragePolicy
+from engine.control import BillingState
 from engine.ratecard import (
     Cohort,
     CompiledVersion,
@@ -25,13 +26,11 @@ from engine.ratecard import (
     PackageCurve,
     PriceCurve,
     RateCard,
-    ScaledCurve,
     TieredCurve,
     TierMode,
     UnitCurve,
     compile_version,
 )
-from engine.state import BillingState
 
 SCALE_PLACES = 18
 DEDUPE_WINDOW_MS_DEFAULT = 35 * 24 * 3600 * 1000
@@ -233,8 +232,6 @@ def _curve_table(curve: PriceCurve) -> CurveTable:
             )
         case FlatCurve():
             return CurveTable("FLAT", price=fixed(curve.price, "price"))
-        case ScaledCurve():
-            raise AssertionError("a rate card's curve is never scaled: overrides travel separately")
 
 
 def _in_cohort(cohort: Cohort | None, customer: Customer) -> bool:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from google.protobuf import timestamp_pb2
-from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 
 from engine import commands as cmd
+from engine.billing import BalanceView, Estimate
 from engine.contracts import Contract, Customer, OveragePolicy, Override
+from engine.control import check_id
 from engine.errors import InvalidArgument
 from engine.ledger import Grant, GrantKind
 from engine.money import format_decimal, format_picos
@@ -28,7 +30,6 @@ from engine.ratecard import (
     normalize_match,
 )
 from engine.ratecard import Finding as EngineFinding
-from engine.state import BalanceView, Estimate, IngestResult, check_id
 
 # Proto enum fields take their value's name, which is what the engine's StrEnums hold.
 
@@ -53,48 +54,6 @@ def set_time(message: object, field: str, ms: int | None) -> None:
     """Sets an optional Timestamp field; None leaves it unset (which the wire tells apart from zero)."""
     if ms is not None:
         getattr(message, field).CopyFrom(timestamp(ms))
-
-
-# Usage --------------------------------------------------------------------------------------------------------
-
-
-def usage_events(events_pb: Iterable[usage_pb2.UsageEvent]) -> list[cmd.UsageEvent]:
-    # The hot path: one attribute read per field, maps copied once. A comprehension over the keys copies a
-    # protobuf map about twice as fast as dict(map), which goes through the Mapping ABC's keys() and items().
-    events = []
-    for e in events_pb:
-        dimensions = e.dimensions
-        values = e.values
-        events.append(
-            cmd.UsageEvent(
-                e.transaction_id,
-                e.customer_id,
-                e.event_type,
-                e.timestamp_ms,
-                {key: dimensions[key] for key in dimensions},
-                {key: values[key] for key in values},
-                e.reservation_id,
-            )
-        )
-    return events
-
-
-def ingest_ack(batch_id: str, seq: int, result: IngestResult) -> usage_pb2.IngestAck:
-    return usage_pb2.IngestAck(
-        batch_id=batch_id,
-        accepted=result.accepted,
-        duplicates=result.duplicates,
-        rejected=[
-            usage_pb2.EventRejection(
-                index=r.index,
-                transaction_id=r.transaction_id,
-                reason=r.reason.value,
-                message=r.message,
-            )
-            for r in result.rejections
-        ],
-        journal_seq=seq,
-    )
 
 
 # Catalogue ----------------------------------------------------------------------------------------------------

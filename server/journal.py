@@ -2,24 +2,21 @@
 
 The sequencer appends every state-changing command (with its results) as an opaque record. A
 reply is sent only after `commit` returns, so anything acknowledged survives `kill -9`; recovery
-loads the newest snapshot and replays the records after it. Raw events and the dedupe index live
-here, not in RAM, which is why lookups go through `find_transactions` rather than a dict. The
-dedupe entries of accepted events are added later and in bulk by `index_transactions`, which also
-moves a high-water mark: the records after it are the ones whose ids recovery re-derives.
+loads the newest snapshot and replays the records after it. Dedupe entries are part of the rating
+kernel's state (in its snapshots), not of the journal.
 
 Two implementations with the same observable semantics:
 
-- `LmdbJournal`, the default: one LMDB environment (a directory) with four named databases,
-  "records" (seq as 8-byte big-endian -> record), "transactions" (UTF-8 transaction id ->
-  msgpack `DedupeEntry`), "snapshots" (only the newest one) and "meta" (format version, and the
-  seq through which transaction ids are indexed).
+- `LmdbJournal`, the default: one LMDB environment (a directory) with three named databases,
+  "records" (seq as 8-byte big-endian -> record), "snapshots" (only the newest one) and "meta"
+  (format version). A store written by an earlier release may also hold a "transactions"
+  database (a dedupe index); it is neither read nor written.
 - `MemoryJournal`, in RAM, for engine and server unit tests; `capacity_bytes` simulates a full
   map so the `JournalFull` path can be tested without a disk.
 
 A cluster backend (NATS JetStream) is meant to be a third implementation.
 
-Threads: the server calls the write methods (`commit`, `index_transactions`, `save_snapshot`,
-`prune_transactions`) from ONE dedicated writer thread, and the read methods from the event-loop
+Threads: the server calls the write methods (`commit`, `save_snapshot`) from ONE dedicated writer thread, and the read methods from the event-loop
 thread. LMDB supports exactly that: the environment is opened with `lock=True`, write
 transactions are serialised by LMDB, py-lmdb uses MDB_NOTLS so a read transaction is not tied to
 a thread slot, and every transaction here begins and ends inside one method call, so no
@@ -31,7 +28,7 @@ from __future__ import annotations
 
 import mmap
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -40,8 +37,6 @@ import msgspec
 
 __all__ = [
     "FORMAT_VERSION",
-    "MAX_TRANSACTION_ID_BYTES",
-    "DedupeEntry",
     "Journal",
     "JournalFormatError",
     "JournalFull",
@@ -56,16 +51,10 @@ FORMAT_VERSION = 2
 # Stores of these versions are turned into the current one by `tariff migrate` (server/migrate.py).
 MIGRATABLE_FORMAT_VERSIONS = (b"1",)
 
-# LMDB's compiled-in key limit (mdb_env_get_maxkeysize). MemoryJournal enforces the same limit
-# so that a test passing against the fake cannot fail against LMDB.
-MAX_TRANSACTION_ID_BYTES = 511
-
 _RECORDS_DB = b"records"
-_TRANSACTIONS_DB = b"transactions"
 _SNAPSHOTS_DB = b"snapshots"
 _META_DB = b"meta"
 _FORMAT_VERSION_KEY = b"format_version"
-_INDEXED_THROUGH_KEY = b"transactions_indexed_through"
 
 # The event-loop thread and short-lived tooling readers need a handful of slots; 126 is LMDB's
 # default and leaves ample headroom.
@@ -79,19 +68,11 @@ _READ_CHUNK_BYTES = 8 * 1024 * 1024
 _SEQ_KEY_BYTES = 8
 
 
-class DedupeEntry(msgspec.Struct, frozen=True, gc=False):  # never in a cycle: not tracked by the GC
-    """What the dedupe index remembers about one accepted transaction id."""
-
-    content_hash: bytes  # digest of the event's content: a resend with another digest is a conflict
-    accepted_at_ms: int  # when it was accepted (server time, Unix ms): the dedupe window runs from here
-
-
 class JournalStats(msgspec.Struct, frozen=True):
     """Sizes for metrics and for the operator deciding when to grow the map."""
 
     last_seq: int
     records: int
-    transactions: int
     map_size_bytes: int  # LMDB map size; MemoryJournal: capacity_bytes, 0 when unbounded
     used_bytes: int  # LMDB: high-water mark of pages in the map (freed pages are reused, not returned)
 
@@ -115,33 +96,12 @@ class Journal(Protocol):
         """(seq, record) for every seq > after_seq, ascending."""
         ...
 
-    def find_transactions(self, transaction_ids: Iterable[str]) -> dict[str, DedupeEntry]:
-        """The dedupe entries of those ids that are present; absent ids are left out."""
-        ...
+    def commit(self, records: Sequence[tuple[int, bytes]]) -> None:
+        """Append records (seqs last_seq()+1, +2, ...), atomically and durably.
 
-    def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
-        """Append records (seqs last_seq()+1, +2, ...) and add dedupe entries, atomically and durably.
-
-        Raises ValueError (nothing written) for no records, non-contiguous seqs, a transaction id
-        that is empty, longer than MAX_TRANSACTION_ID_BYTES in UTF-8 or already present; raises
-        JournalFull (nothing written, journal still usable) when the store has no room.
+        Raises ValueError (nothing written) for no records or non-contiguous seqs; raises JournalFull
+        (nothing written, journal still usable) when the store has no room.
         """
-        ...
-
-    def index_transactions(self, transactions: Mapping[str, DedupeEntry], through_seq: int) -> None:
-        """Add dedupe entries accepted in records up to through_seq, and remember through_seq, atomically.
-
-        The sequencer commits a group's records without their dedupe entries and indexes the entries
-        later, in bulk (per-event random-key writes cost ~40x a per-batch record, so they
-        stay off the acknowledgement path). Recovery re-derives the entries of the records after
-        transactions_indexed_through() by replaying them. An id already present is replaced.
-        Raises ValueError (nothing written) if through_seq is beyond last_seq() or behind the current
-        mark, or for an id commit would refuse; JournalFull as commit does.
-        """
-        ...
-
-    def transactions_indexed_through(self) -> int:
-        """The seq through which every record's accepted transaction ids are in the index."""
         ...
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
@@ -152,22 +112,11 @@ class Journal(Protocol):
         """Replace the snapshot. ValueError if seq > last_seq() or older than the current one."""
         ...
 
-    def prune_transactions(self, accepted_before_ms: int, limit: int) -> int:
-        """Delete up to limit dedupe entries accepted before that time; return how many.
-
-        A return value below limit means no such entry remains.
-        """
-        ...
-
     def stats(self) -> JournalStats: ...
 
     def close(self) -> None:
         """Idempotent; any other call afterwards raises RuntimeError."""
         ...
-
-
-_ENTRY_ENCODER = msgspec.msgpack.Encoder()
-_ENTRY_DECODER = msgspec.msgpack.Decoder(DedupeEntry)
 
 
 def _seq_key(seq: int) -> bytes:
@@ -177,26 +126,6 @@ def _seq_key(seq: int) -> bytes:
 
 def _seq_from_key(key: bytes) -> int:
     return int.from_bytes(key, "big")
-
-
-def _transaction_key(transaction_id: str) -> bytes:
-    # UnicodeEncodeError (lone surrogates) is a ValueError too, so every refusal has one type.
-    key = transaction_id.encode("utf-8")
-    if not key:
-        raise ValueError("transaction id is empty")
-    if len(key) > MAX_TRANSACTION_ID_BYTES:
-        raise ValueError(
-            f"transaction id is {len(key)} bytes in UTF-8; the journal stores at most {MAX_TRANSACTION_ID_BYTES}"
-        )
-    return key
-
-
-def _lookup_key(transaction_id: str) -> bytes | None:
-    # An id that commit would refuse can never be present, so a lookup just reports it absent.
-    try:
-        return _transaction_key(transaction_id)
-    except ValueError:
-        return None
 
 
 def _check_records(last_seq: int, records: Sequence[tuple[int, bytes]]) -> None:
@@ -209,26 +138,12 @@ def _check_records(last_seq: int, records: Sequence[tuple[int, bytes]]) -> None:
         expected += 1
 
 
-def _encode_transactions(transactions: Mapping[str, DedupeEntry]) -> list[tuple[str, bytes, bytes]]:
-    return [(tid, _transaction_key(tid), _ENTRY_ENCODER.encode(entry)) for tid, entry in transactions.items()]
-
-
 def _check_snapshot_seq(seq: int, last_seq: int, current_seq: int | None) -> None:
     # A snapshot past last_seq would make recovery skip records committed later under those seqs.
     if not 0 <= seq <= last_seq:
         raise ValueError(f"snapshot seq {seq} is outside 0..last_seq ({last_seq})")
     if current_seq is not None and seq < current_seq:
         raise ValueError(f"snapshot seq {seq} is older than the stored snapshot's seq {current_seq}")
-
-
-def _check_indexed_through(through_seq: int, last_seq: int, current: int) -> None:
-    if not current <= through_seq <= last_seq:
-        raise ValueError(f"indexed-through seq {through_seq} is outside {current}..last_seq ({last_seq})")
-
-
-def _check_limit(limit: int) -> None:
-    if limit < 1:
-        raise ValueError(f"prune limit must be at least 1, got {limit}")
 
 
 def _closed_error(what: str) -> RuntimeError:
@@ -270,7 +185,6 @@ class LmdbJournal:
                 env.set_mapsize(requested_bytes)
             with env.begin(write=True) as txn:
                 self._records_db = env.open_db(_RECORDS_DB, txn=txn)
-                self._transactions_db = env.open_db(_TRANSACTIONS_DB, txn=txn)
                 self._snapshots_db = env.open_db(_SNAPSHOTS_DB, txn=txn)
                 meta_db = env.open_db(_META_DB, txn=txn)
                 stored = txn.get(_FORMAT_VERSION_KEY, db=meta_db)
@@ -289,20 +203,10 @@ class LmdbJournal:
                 with txn.cursor(db=self._records_db) as cursor:
                     # Cached because the sequencer asks on every batch; only this object writes.
                     self._last_seq = _seq_from_key(cursor.key()) if cursor.last() else 0
-                mark = txn.get(_INDEXED_THROUGH_KEY, db=meta_db)
-                if mark is None:
-                    # A store written before deferred indexing committed every entry with its record.
-                    mark = _seq_key(self._last_seq)
-                    txn.put(_INDEXED_THROUGH_KEY, mark, db=meta_db)
-                self._indexed_through = _seq_from_key(mark)
-                self._meta_db = meta_db
         except BaseException:
             env.close()
             raise
         self._env: lmdb.Environment | None = env
-        # Where the previous prune stopped, so that successive calls sweep the id space once
-        # instead of rescanning the surviving prefix every time.
-        self._prune_resume_key: bytes | None = None
 
     def _require_env(self) -> lmdb.Environment:
         env = self._env
@@ -348,24 +252,10 @@ class LmdbJournal:
                     break
         return chunk
 
-    def find_transactions(self, transaction_ids: Iterable[str]) -> dict[str, DedupeEntry]:
-        env = self._require_env()
-        found: dict[str, DedupeEntry] = {}
-        with env.begin(buffers=False) as txn:
-            for transaction_id in transaction_ids:
-                key = _lookup_key(transaction_id)
-                if key is None:
-                    continue
-                value = txn.get(key, db=self._transactions_db)
-                if value is not None:
-                    found[transaction_id] = _ENTRY_DECODER.decode(value)
-        return found
-
-    def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
+    def commit(self, records: Sequence[tuple[int, bytes]]) -> None:
         env = self._require_env()
         # Everything that can be refused is refused before the write transaction begins.
         _check_records(self._last_seq, records)
-        encoded = _encode_transactions(transactions)
         try:
             with env.begin(write=True) as txn:
                 with txn.cursor(db=self._records_db) as cursor:
@@ -378,32 +268,9 @@ class LmdbJournal:
                     )
                 for seq, record in records:
                     txn.put(_seq_key(seq), record, append=True, db=self._records_db)
-                for _, key, value in encoded:
-                    # An id already present is replaced: the sequencer accepts an id again only once its
-                    # earlier acceptance has left the dedupe window (pruning may not have caught up yet).
-                    txn.put(key, value, db=self._transactions_db)
         except lmdb.MapFullError as exc:
             raise self._journal_full(env, exc) from exc
         self._last_seq = records[-1][0]
-
-    def index_transactions(self, transactions: Mapping[str, DedupeEntry], through_seq: int) -> None:
-        env = self._require_env()
-        _check_indexed_through(through_seq, self._last_seq, self._indexed_through)
-        # Not sorted: a page is copied once per transaction whatever the order, and sorting 100,000 keys is
-        # one long call holding the GIL, which the event loop would wait for.
-        encoded = _encode_transactions(transactions)
-        try:
-            with env.begin(write=True) as txn:
-                for _, key, value in encoded:
-                    txn.put(key, value, db=self._transactions_db)
-                txn.put(_INDEXED_THROUGH_KEY, _seq_key(through_seq), db=self._meta_db)
-        except lmdb.MapFullError as exc:
-            raise self._journal_full(env, exc) from exc
-        self._indexed_through = through_seq
-
-    def transactions_indexed_through(self) -> int:
-        self._require_env()
-        return self._indexed_through
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         env = self._require_env()
@@ -428,41 +295,15 @@ class LmdbJournal:
         except lmdb.MapFullError as exc:
             raise self._journal_full(env, exc) from exc
 
-    def prune_transactions(self, accepted_before_ms: int, limit: int) -> int:
-        env = self._require_env()
-        _check_limit(limit)
-        start = self._prune_resume_key
-        victims: list[bytes] = []
-        # The index is keyed by id, not time, so old entries are found by a scan; writes are
-        # blocked meanwhile, which is why the caller bounds each call with limit.
-        try:
-            with env.begin(write=True) as txn:
-                with txn.cursor(db=self._transactions_db) as cursor:
-                    for key, value in _scan_from(cursor, start):
-                        if _ENTRY_DECODER.decode(value).accepted_at_ms < accepted_before_ms:
-                            victims.append(key)
-                            if len(victims) >= limit:
-                                break
-                for key in victims:
-                    txn.delete(key, db=self._transactions_db)
-        except lmdb.MapFullError as exc:
-            # Deleting needs fresh pages too (copy-on-write), so even a prune can find the map full.
-            raise self._journal_full(env, exc) from exc
-        # A short result means a full lap found nothing more; restart from the beginning next time.
-        self._prune_resume_key = victims[-1] if len(victims) >= limit else None
-        return len(victims)
-
     def stats(self) -> JournalStats:
         env = self._require_env()
         with env.begin(buffers=False) as txn:
             records = txn.stat(self._records_db)["entries"]
-            transactions = txn.stat(self._transactions_db)["entries"]
         info = env.info()
         page_bytes = env.stat()["psize"]
         return JournalStats(
             last_seq=self._last_seq,
             records=records,
-            transactions=transactions,
             map_size_bytes=info["map_size"],
             used_bytes=(info["last_pgno"] + 1) * page_bytes,
         )
@@ -473,27 +314,11 @@ class LmdbJournal:
             env.close()
 
 
-def _scan_from(cursor: lmdb.Cursor[bytes], start: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-    """Every item once, in key order starting at start and wrapping around to the first key."""
-    if start is None:
-        if cursor.first():
-            yield from cursor.iternext()
-        return
-    if cursor.set_range(start):
-        yield from cursor.iternext()
-    if cursor.first():
-        for key, value in cursor.iternext():
-            if key >= start:
-                return
-            yield key, value
-
-
 class MemoryJournal:
     """The Journal in RAM, with LmdbJournal's semantics, for engine and server unit tests.
 
     capacity_bytes simulates LMDB's map size: a commit (or snapshot) that would take the stored
-    bytes (8 + len(record) per record, UTF-8 id + msgpack entry per transaction, 8 + len(blob)
-    for the snapshot) beyond it raises JournalFull and writes nothing. None means unbounded.
+    bytes (8 + len(record) per record, 8 + len(blob) for the snapshot) beyond it raises JournalFull and writes nothing. None means unbounded.
     """
 
     def __init__(self, *, capacity_bytes: int | None = None) -> None:
@@ -503,9 +328,7 @@ class MemoryJournal:
         # The writer thread and the event-loop thread both come in, as with LmdbJournal.
         self._lock = threading.Lock()
         self._records: list[bytes] = []  # index i holds seq i + 1
-        self._transactions: dict[str, tuple[DedupeEntry, int]] = {}  # entry, bytes it counts
         self._snapshot: tuple[int, bytes] | None = None
-        self._indexed_through = 0
         self._used_bytes = 0
         self._closed = False
 
@@ -542,52 +365,17 @@ class MemoryJournal:
                 yield after_seq + offset + 1, record
             after_seq += len(chunk)
 
-    def find_transactions(self, transaction_ids: Iterable[str]) -> dict[str, DedupeEntry]:
-        found: dict[str, DedupeEntry] = {}
-        with self._lock:
-            self._require_open()
-            for transaction_id in transaction_ids:
-                # Same refusal rules as LMDB, so ids it could never store are never found here.
-                if _lookup_key(transaction_id) is None:
-                    continue
-                stored = self._transactions.get(transaction_id)
-                if stored is not None:
-                    found[transaction_id] = stored[0]
-        return found
-
-    def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
+    def commit(self, records: Sequence[tuple[int, bytes]]) -> None:
         with self._lock:
             self._require_open()
             _check_records(len(self._records), records)
-            encoded = _encode_transactions(transactions)
             record_bytes = sum(_SEQ_KEY_BYTES + len(record) for _, record in records)
-            entry_bytes = [len(key) + len(value) for _, key, value in encoded]
-            self._reserve(record_bytes + sum(entry_bytes))
+            self._reserve(record_bytes)
             # bytes() so that a caller's bytearray mutated later cannot change the journal.
             self._records.extend(bytes(record) for _, record in records)
-            for (transaction_id, _, _), size in zip(encoded, entry_bytes, strict=True):
-                self._transactions[transaction_id] = (transactions[transaction_id], size)
-            self._used_bytes += record_bytes + sum(entry_bytes)
+            self._used_bytes += record_bytes
             if len(self._records) != records[-1][0]:
                 raise AssertionError(f"in-memory journal: {len(self._records)} records after seq {records[-1][0]}")
-
-    def index_transactions(self, transactions: Mapping[str, DedupeEntry], through_seq: int) -> None:
-        with self._lock:
-            self._require_open()
-            _check_indexed_through(through_seq, len(self._records), self._indexed_through)
-            encoded = _encode_transactions(transactions)
-            entry_bytes = [len(key) + len(value) for _, key, value in encoded]
-            replaced = sum(self._transactions[tid][1] for tid, _, _ in encoded if tid in self._transactions)
-            self._reserve(sum(entry_bytes) - replaced)
-            for (transaction_id, _, _), size in zip(encoded, entry_bytes, strict=True):
-                self._transactions[transaction_id] = (transactions[transaction_id], size)
-            self._used_bytes += sum(entry_bytes) - replaced
-            self._indexed_through = through_seq
-
-    def transactions_indexed_through(self) -> int:
-        with self._lock:
-            self._require_open()
-            return self._indexed_through
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         with self._lock:
@@ -604,28 +392,12 @@ class MemoryJournal:
             self._snapshot = (seq, bytes(blob))
             self._used_bytes += new_bytes - old_bytes
 
-    def prune_transactions(self, accepted_before_ms: int, limit: int) -> int:
-        with self._lock:
-            self._require_open()
-            _check_limit(limit)
-            victims: list[str] = []
-            for transaction_id, (entry, _) in self._transactions.items():
-                if entry.accepted_at_ms < accepted_before_ms:
-                    victims.append(transaction_id)
-                    if len(victims) >= limit:
-                        break
-            for transaction_id in victims:
-                _, size = self._transactions.pop(transaction_id)
-                self._used_bytes -= size
-            return len(victims)
-
     def stats(self) -> JournalStats:
         with self._lock:
             self._require_open()
             return JournalStats(
                 last_seq=len(self._records),
                 records=len(self._records),
-                transactions=len(self._transactions),
                 map_size_bytes=self._capacity_bytes or 0,
                 used_bytes=self._used_bytes,
             )

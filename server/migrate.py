@@ -105,10 +105,10 @@ def _replay_into(old_dir: Path, new_dir: Path, map_size_bytes: int) -> tuple[int
                 billing.apply(command, seq)
                 pending.append((seq, encode_record(JournalRecord(command))))
             if len(pending) >= COMMIT_EVERY_RECORDS:
-                journal.commit(pending, {})
+                journal.commit(pending)
                 pending = []
         if pending:
-            journal.commit(pending, {})
+            journal.commit(pending)
         if billing.last_seq:
             journal.save_snapshot(billing.last_seq, billing.encode_snapshot())
         return billing.last_seq, batches

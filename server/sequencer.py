@@ -37,9 +37,10 @@ import msgspec
 
 from engine import commands as cmd
 from engine._kernel import BatchTooLarge, CustomerNotAllowed
+from engine.audit import audit_target
 from engine.billing import Billing, Ingested
 from engine.errors import EngineError, InvalidArgument, Repeated
-from engine.state import FUTURE_SKEW_MS_DEFAULT, audit_target
+from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.journal import Journal, JournalFull
@@ -191,7 +192,7 @@ class _Group:
         started_ns = time.perf_counter_ns()
 
         def commit() -> None:
-            journal.commit(self.records, {})
+            journal.commit(self.records)
             self.commit_ms = (time.perf_counter_ns() - started_ns) / 1e6
 
         self.commit = asyncio.get_running_loop().run_in_executor(writer_thread, commit)

@@ -26,13 +26,13 @@ from tariff.v1 import (
 )
 
 from engine import commands as cmd
-from engine.billing import Billing, Ingested
+from engine.billing import Billing, Estimate, Ingested
 from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound
 from engine.ledger import Grant
 from engine.products import Product
 from engine.ratecard import RateCard, Version
-from engine.state import Estimate, PublishResult
+from engine.versions import PublishResult
 from server import auth, convert, oplog, telemetry
 from server.errors import DeadlineExceeded, ResourceExhausted, Unimplemented, check_deadline, streaming, unary
 from server.sequencer import Sequencer, UsageBatch

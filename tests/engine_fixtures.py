@@ -1,13 +1,14 @@
-"""Builders for engine tests: set up an Engine through commands, as a domain story, with a running journal seq.
+"""Builders for engine tests: set up the control plane (an Engine) through commands, as a domain story, with a
+running journal seq.
 
-Every change goes through `Engine.apply` (or, for usage, `Engine.ingest(..., collect_entries=True)` followed by
-what `apply` does after it: advance `last_seq`), so a test's state is one the journal could have produced.
+Every change goes through `Engine.apply`, so a test's state is one the journal could have produced; usage goes
+to the kernel (tests/kernel_fixtures.py).
 Times are explicit Unix milliseconds counted from EPOCH_MS (2026-01-01T00:00Z); nothing reads a clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,7 +31,8 @@ from engine.ratecard import (
     Version,
     normalize_match,
 )
-from engine.state import Engine, IngestResult, LedgerEntry, PublishResult
+from engine.state import Engine
+from engine.versions import PublishResult
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SECOND_MS = 1_000
@@ -77,52 +79,20 @@ def rate(product_id: str, price: PriceSpec, **match: str) -> Rate:
     return Rate(product_id=product_id, match=normalize_match(match), price=price)
 
 
-def event(
-    transaction_id: str,
-    ts_ms: int,
-    *,
-    customer_id: str = "acme",
-    event_type: str = "ai",
-    dimensions: Mapping[str, str] | None = None,
-    values: Mapping[str, float] | None = None,
-) -> cmd.UsageEvent:
-    return cmd.UsageEvent(
-        transaction_id=transaction_id,
-        customer_id=customer_id,
-        event_type=event_type,
-        timestamp_ms=ts_ms,
-        dimensions=dict(dimensions or {}),
-        values=dict(values or {}),
-    )
-
-
-def drawn_by_grant(entries: Iterable[LedgerEntry]) -> dict[str, int]:
-    """Net credits drawn per grant id over these entries."""
-    out: dict[str, int] = {}
-    for entry in entries:
-        for d in entry.draws:
-            out[d.grant_id] = out.get(d.grant_id, 0) + d.credits
-    return out
-
-
 # The world: an Engine driven through commands ----------------------------------------------------------------
 
 
 @dataclass
 class World:
     engine: Engine = field(default_factory=Engine)
-    # What the server's dedupe index would hold: transaction id -> content hash of the accepted event.
-    dedupe: dict[str, bytes] = field(default_factory=dict)
     # Every command applied, in journal order (what a replay would feed a fresh Engine).
-    journal: list[cmd.Command] = field(default_factory=list)
-    # The ledger entries of every ingest, in order.
-    entries: list[LedgerEntry] = field(default_factory=list)
+    journal: list[cmd.AdminCommand] = field(default_factory=list)
 
     @property
     def seq(self) -> int:
         return self.engine.state.last_seq
 
-    def apply(self, command: cmd.Command) -> object:
+    def apply(self, command: cmd.AdminCommand) -> object:
         """Applies one command as the next journal record; a refused command (EngineError) is not journaled."""
         result = self.engine.apply(command, self.seq + 1)
         self.journal.append(command)
@@ -354,48 +324,6 @@ class World:
 
     def grant_by_id(self, grant_id: str, customer_id: str = "acme") -> Grant:
         return next(g for g in self.engine.state.accounts[customer_id].grants if g.id == grant_id)
-
-    # Usage -------------------------------------------------------------------------------------------------
-
-    def batch(
-        self, events: Sequence[cmd.UsageEvent], *, received_at_ms: int, known: Mapping[str, bytes] | None = None
-    ) -> cmd.IngestBatch:
-        """A batch as the server builds it: `known` looked up in the dedupe index unless given."""
-        if known is None:
-            known = {e.transaction_id: self.dedupe[e.transaction_id] for e in events if e.transaction_id in self.dedupe}
-        return cmd.IngestBatch(
-            batch_id=f"b{self.seq + 1}", events=list(events), received_at_ms=received_at_ms, known=dict(known)
-        )
-
-    def ingest(
-        self,
-        events: Sequence[cmd.UsageEvent],
-        *,
-        received_at_ms: int | None = None,
-        known: Mapping[str, bytes] | None = None,
-    ) -> IngestResult:
-        """Ingests a batch as the next journal record (received when its latest event happened, unless given)."""
-        received = received_at_ms if received_at_ms is not None else max((e.timestamp_ms for e in events), default=0)
-        batch = self.batch(events, received_at_ms=received, known=known)
-        seq = self.seq + 1
-        result = self.engine.ingest(batch, collect_entries=True)
-        self.engine.state.last_seq = seq  # what Engine.apply does after ingesting
-        self.journal.append(batch)
-        self.dedupe.update(result.accepted_transactions)
-        self.entries.extend(result.entries)
-        return result
-
-    def ingest_one(self, ev: cmd.UsageEvent, *, received_at_ms: int | None = None) -> list[LedgerEntry]:
-        """Ingests one event that must be accepted; returns its ledger entries."""
-        result = self.ingest([ev], received_at_ms=received_at_ms)
-        assert result.accepted == 1, result.rejections
-        return result.entries
-
-    def charge_of(self, ev: cmd.UsageEvent) -> int:
-        """Ingests one event that must be accepted and feed exactly one product; returns its charge in picos."""
-        entries = self.ingest_one(ev)
-        assert len(entries) == 1, entries
-        return entries[0].charge
 
 
 def basic_world(

@@ -1,6 +1,6 @@
 """Drives the rating kernel (engine._kernel) from a World's control plane, over real UsageBatch bytes.
 
-The control plane is set up with tests.engine_fixtures.World (the Python engine's commands), compiled by
+The control plane is set up with tests.engine_fixtures.World (the control plane's commands), compiled by
 engine.tables, and loaded into a Kernel; usage goes in as tariff.v1 UsageBatch bytes built by the public
 generated code, and acks come back as tariff.v1 IngestAck bytes.
 """
@@ -67,8 +67,34 @@ class KernelWorld:
         assert balance is not None
         return balance
 
+    def charged(self, customer_id: str = "acme") -> int:
+        """Everything charged to the customer so far, in picos (net of refunds), over all periods."""
+        usage = self.kernel.usage(customer_id)
+        assert usage is not None
+        return sum(aggregate[5] for aggregate in usage[0])
+
+    def charge_of(self, event: usage_pb2.UsageEvent, received_ms: int | None = None) -> int:
+        """Ingests one event that must be accepted (received at its own time unless given); returns its net charge."""
+        before = self.charged(event.customer_id)
+        ack = self.ingest([event], event.timestamp_ms if received_ms is None else received_ms)
+        assert ack.accepted == 1, ack.rejected
+        return self.charged(event.customer_id) - before
+
+    def charged_by_version(self, customer_id: str = "acme") -> dict[int, int]:
+        """Amount charged under each rate-card version, from the hour buckets."""
+        usage = self.kernel.usage(customer_id)
+        assert usage is not None
+        out: dict[int, int] = {}
+        for _hour, _product, _dimensions, usages in usage[1]:
+            for _card, version, _quantity, _events, amount in usages:
+                out[version] = out.get(version, 0) + amount
+        return out
+
     def remaining_by_grant(self, now_ms: int, customer_id: str = "acme") -> dict[str, int]:
         return {grant[0]: grant[2] for grant in self.balance(now_ms, customer_id)["grants"]}
+
+    def drawn_by_grant(self, now_ms: int, customer_id: str = "acme") -> dict[str, int]:
+        return {grant[0]: grant[4] for grant in self.balance(now_ms, customer_id)["grants"]}
 
     def authorize(
         self,

@@ -4,7 +4,8 @@ start of the contract it pays for, so usage stamped a moment before either was c
 from __future__ import annotations
 
 from engine.ledger import Grant
-from tests.engine_fixtures import DAY_MS, EPOCH_MS, HOUR_MS, MINUTE_MS, World, event, picos, rate, unit
+from tests.engine_fixtures import DAY_MS, EPOCH_MS, HOUR_MS, MINUTE_MS, World, picos, rate, unit
+from tests.kernel_fixtures import KernelWorld, usage_event
 
 
 def world_created_mid_day(created_at_ms: int) -> World:
@@ -23,8 +24,10 @@ def test_a_contract_without_starting_at_starts_at_the_start_of_its_utc_day() -> 
 
     assert world.engine.contract("c-acme").starting_at_ms == EPOCH_MS + 3 * DAY_MS
     # Usage stamped a second before the contract was created is covered by it.
-    result = world.ingest([event("early", created - 1_000, values={"tokens": 4})], received_at_ms=created)
-    assert (result.accepted, result.rejections) == (1, [])
+    kernel = KernelWorld(world)
+    kernel.load()
+    ack = kernel.ingest([usage_event("early", created - 1_000, {"tokens": 4})], created)
+    assert (ack.accepted, list(ack.rejected)) == (1, [])
 
 
 def test_a_grant_without_starts_at_pays_for_its_contracts_usage_from_the_contract_start() -> None:
@@ -36,9 +39,12 @@ def test_a_grant_without_starts_at_pays_for_its_contracts_usage_from_the_contrac
     assert result.starts_at_ms == EPOCH_MS + 3 * DAY_MS
 
     # An event from before the grant was bought draws on it: 4 tokens x 1 credit = 4 credits, no overage.
-    entries = world.ingest_one(event("late", created + 5 * MINUTE_MS, values={"tokens": 4}), received_at_ms=granted_at)
-    assert [(d.grant_id, d.credits) for d in entries[0].draws] == [("g1", picos("4"))]
-    assert entries[0].overage == 0
+    kernel = KernelWorld(world)
+    kernel.load()
+    late = usage_event("late", created + 5 * MINUTE_MS, {"tokens": 4})
+    assert kernel.charge_of(late, granted_at) == picos("4")
+    assert kernel.drawn_by_grant(granted_at) == {"g1": picos("4")}
+    assert kernel.balance(granted_at)["overage"] == 0
 
 
 def test_a_grant_without_starts_at_or_contract_in_force_starts_when_it_is_granted() -> None:

@@ -33,7 +33,7 @@ from tariff.v1 import (
     pricing_pb2,
 )
 
-from engine.state import ID_PATTERN
+from engine.control import ID_PATTERN
 from tests.demo_usage import ACME, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from engine.contracts import OveragePolicy
-from engine.ratecard import TierMode
-from engine.tables import TablesError, compile_tables
+from engine.errors import InvalidArgument
+from engine.ratecard import Severity, TierMode, validate
+from engine.tables import compile_tables
 from tests.engine_fixtures import EPOCH_MS, HOUR_MS, World, flat, package, picos, rate, tiered, unit
 from tests.kernel_fixtures import KernelWorld, usage_event
 
@@ -141,9 +142,14 @@ def test_a_literal_price_finer_than_18_decimal_places_is_refused_not_rounded() -
     world = World()
     world.product("p", dimensions=())
     world.rate_card()
-    world.version([rate("p", unit("0.0000000000000000004"))])
-    with pytest.raises(TablesError, match=r"0\.0000000000000000004 cannot be held exactly"):
-        compile_tables(world.engine.state)
+    draft = world.draft([rate("p", unit("0.0000000000000000004"))])
+    [finding] = validate(draft, world.engine.state.products)
+    assert (finding.severity, finding.path) == (Severity.ERROR, "rates[0].unit.price")
+    assert "more than 18 decimal places" in finding.message
+    with pytest.raises(InvalidArgument) as refused:
+        world.publish(draft.number)
+    assert [field for field, _ in refused.value.violations] == ["version.rates[0].unit.price"]
+    compile_tables(world.engine.state)  # nothing published: nothing for the tables to refuse
 
 
 def test_the_per_event_value_limit_is_enforced() -> None:

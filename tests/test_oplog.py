@@ -25,7 +25,7 @@ def customer(index: int) -> cmd.CreateCustomer:
 
 def test_a_long_recovery_says_how_far_it_got(caplog: pytest.LogCaptureFixture) -> None:
     journal = MemoryJournal()  # records only, no snapshot: all of them are replayed
-    journal.commit([(seq, encode_record(JournalRecord(customer(seq)))) for seq in range(1, 2_101)], {})
+    journal.commit([(seq, encode_record(JournalRecord(customer(seq)))) for seq in range(1, 2_101)])
     last_seq = journal.last_seq()
     with caplog.at_level(logging.INFO, logger="tariff"):
         recover(journal, progress_every_s=0.0)  # 0: a line at every check (one per 1,024 records)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 import pytest
@@ -18,7 +18,7 @@ from engine.billing import Billing, Ingested, RatingChanged
 from engine.errors import AlreadyExists
 from server.demo import demo_commands
 from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from server.journal import DedupeEntry, JournalFull, MemoryJournal
+from server.journal import JournalFull, MemoryJournal
 from server.sequencer import JournalRecord, Sequencer, UsageBatch, decode_record, encode_record, recover
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T... UTC, inside the demo contract's first month
@@ -194,7 +194,7 @@ def test_a_journaled_digest_the_kernel_does_not_reproduce_stops_recovery_naming_
     tampered = JournalRecord(usage=msgspec.structs.replace(record.usage, digest=bytes(16)))
     doctored = MemoryJournal()
     for at, blob in journal.read_records(0):
-        doctored.commit([(at, encode_record(tampered) if at == seq else blob)], {})
+        doctored.commit([(at, encode_record(tampered) if at == seq else blob)])
     with pytest.raises(RatingChanged, match=f"journal record {seq}: rating changed between releases"):
         recover(doctored)
 
@@ -231,13 +231,13 @@ class GatedJournal(MemoryJournal):
         self.entered = threading.Event()
         self.fail_next: Exception | None = None
 
-    def commit(self, records: Sequence[tuple[int, bytes]], transactions: Mapping[str, DedupeEntry]) -> None:
+    def commit(self, records: Sequence[tuple[int, bytes]]) -> None:
         self.entered.set()
         assert self.gate.wait(timeout=10), "the test never opened the gate"
         if self.fail_next is not None:
             failure, self.fail_next = self.fail_next, None
             raise failure
-        super().commit(records, transactions)
+        super().commit(records)
 
 
 async def until_commit_in_flight(journal: GatedJournal) -> None:

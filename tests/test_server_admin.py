@@ -884,6 +884,81 @@ def test_grant_amount_that_is_not_a_representable_positive_decimal_is_invalid_ar
         assert violation_fields(error) == ["grant.amount"]
 
 
+@pytest.mark.parametrize("amount", ["1.0000000000015", "0.0000000000004", "100.0000000000001"])
+def test_grant_amount_with_more_than_12_decimal_places_is_invalid_argument_not_rounded(
+    server_factory: ServerFactory, amount: str
+) -> None:
+    # Credits are held at 10^-12 exactly: "1.0000000000015" was once stored as 1.000000000002.
+    server = server_factory()
+    with server.client() as client:
+        cat = build_catalogue(client)
+        before = client.get_balance(CUSTOMER)
+        error = expect_error(
+            S.INVALID_ARGUMENT,
+            lambda: client.contracts.GrantCredits(
+                contracts_pb2.GrantCreditsRequest(
+                    grant=contracts_pb2.Grant(
+                        id="g-fine",
+                        contract_id=CONTRACT,
+                        kind=contracts_pb2.PREPAID,
+                        amount=amount,
+                        starts_at=ts(cat.h0),
+                    )
+                )
+            ),
+        )
+        assert violation_fields(error) == ["grant.amount"]
+        assert "more than 12 decimal places" in error.details
+        assert client.get_balance(CUSTOMER).credits_remaining == before.credits_remaining
+        # Twelve places, trailing zeros beyond them included, are held exactly.
+        client.contracts.GrantCredits(
+            contracts_pb2.GrantCreditsRequest(
+                grant=contracts_pb2.Grant(
+                    id="g-fine",
+                    contract_id=CONTRACT,
+                    kind=contracts_pb2.PREPAID,
+                    amount="1.000000000001000",
+                    starts_at=ts(cat.h0),
+                )
+            )
+        )
+        after = client.get_balance(CUSTOMER)
+        assert Decimal(after.credits_remaining) - Decimal(before.credits_remaining) == Decimal("1.000000000001")
+
+
+@pytest.mark.parametrize("price", ["0.0000000000000000004", "0.0300000000000000001"])
+def test_literal_price_with_more_than_18_decimal_places_is_a_validation_error_not_rounded(
+    server_factory: ServerFactory, price: str
+) -> None:
+    # "0.0000000000000000004" was once rounded to a price of 0 in silence.
+    server = server_factory()
+    with server.client() as client:
+        cat = build_catalogue(client)
+        draft = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD,
+                based_on_version=1,
+                upsert_rates=[unit_rate("input_tokens", {"model": "gpt-4"}, price, "1")],  # replaces V1_RATES[0]
+            )
+        )
+        report = client.pricing.ValidateVersion(
+            pricing_pb2.ValidateVersionRequest(rate_card_id=CARD, version=draft.version)
+        )
+        assert not report.ok
+        [finding] = [f for f in report.findings if f.severity == pricing_pb2.ERROR]
+        assert finding.path == "rates[0].unit.price"
+        assert "more than 18 decimal places" in finding.message
+        error = expect_error(
+            S.INVALID_ARGUMENT,
+            lambda: client.pricing.PublishVersion(
+                pricing_pb2.PublishVersionRequest(
+                    rate_card_id=CARD, version=draft.version, effective_from=ts(cat.h0 + HOUR_MS)
+                )
+            ),
+        )
+        assert violation_fields(error) == ["version.rates[0].unit.price"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Amounts too large to represent: refused as the client's mistake, never fatal to the server
 

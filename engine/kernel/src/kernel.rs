@@ -114,6 +114,7 @@ pub struct Ingested {
 }
 
 /// Why `ingest_checked` refused a whole batch (nothing changed).
+#[derive(Debug)]
 pub enum BatchRefusal {
     NotABatch(String),
     TooManyEvents(usize),
@@ -176,18 +177,15 @@ impl Kernel {
         Ok(())
     }
 
-    /// Rates a batch; returns (IngestAck bytes, digest). Fails only if the bytes do not decode.
+    /// Rates a batch as record `journal_seq`; returns (IngestAck bytes, digest). Fails only if the bytes
+    /// do not decode. `ingest_checked` with no limits: a batch that accepts nothing reports
+    /// `journal_seq - 1` in its ack.
     pub fn ingest(&mut self, batch: &[u8], received_ms: i64, journal_seq: u64) -> Result<(Vec<u8>, [u8; 16]), String> {
-        let batch = decode_batch(batch)?;
-        let mut ack = AckBuilder::new(&batch.batch_id, journal_seq);
-        for (index, event) in batch.events.iter().enumerate() {
-            match self.ingest_event(event, received_ms, &mut ack) {
-                Ok(true) => ack.accepted(index),
-                Ok(false) => ack.duplicate(index),
-                Err(refusal) => ack.rejected(index, &event.transaction_id, refusal),
-            }
+        match self.ingest_checked(batch, received_ms, journal_seq, usize::MAX, None) {
+            Ok(done) => Ok((done.ack, done.digest)),
+            Err(BatchRefusal::NotABatch(message)) => Err(message),
+            Err(refusal) => unreachable!("no limits were given: {refusal:?}"),
         }
-        Ok(ack.finish())
     }
 
     /// `ingest` for the server: refuses the whole batch, having changed nothing, when it holds more than

@@ -1,0 +1,132 @@
+"""The control plane's stored state and the rules every admin command shares: ids, retry keys, lookups.
+
+`BillingState` is what must survive a restart (a msgspec Struct, so a snapshot is one encode): catalogue,
+rate cards and versions, contracts, grants as granted, audit log and retry keys. `ControlPlane` is what the
+command modules (catalogue, versions, customers, grants, audit) build on; engine/state.py ties them together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+
+import msgspec
+
+from engine import commands as cmd
+from engine.contracts import Contract, Customer
+from engine.errors import InvalidArgument, NotFound, Repeated
+from engine.ledger import Grant
+from engine.products import Product
+from engine.ratecard import RateCard
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+TEXT_BYTES_MAX = 256
+TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
+EVENT_MAP_ENTRIES_MAX = 64
+
+
+class AuditEntry(msgspec.Struct, frozen=True, array_like=True):
+    seq: int
+    at_ms: int
+    actor: str
+    action: str
+    target: str
+    diff: str  # JSON of the command's fields
+
+
+class Account(msgspec.Struct, gc=False):
+    """One customer's grants as granted (their balances are the kernel's) and its closed periods."""
+
+    customer_id: str
+    grants: list[Grant] = []
+    closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
+
+
+class RequestMark(msgspec.Struct, frozen=True, array_like=True):
+    """What made an idempotency key's first call: its fingerprint, and the draft version it created (if any)."""
+
+    fingerprint: bytes
+    version: int = 0
+
+
+class BillingState(msgspec.Struct):
+    last_seq: int = 0
+    customers: dict[str, Customer] = {}
+    products: dict[str, Product] = {}
+    rate_cards: dict[str, RateCard] = {}
+    contracts: dict[str, Contract] = {}
+    accounts: dict[str, Account] = {}
+    audit: list[AuditEntry] = []
+    grants_created: int = 0
+    # Idempotency key ("grant/g-1", "rate_card/gpt/draft/<request_id>", ...) -> the request that used it first:
+    # a retry of that same request is answered as the first call was, and changes nothing.
+    requests: dict[str, RequestMark] = {}
+
+
+def check_id(value: str, field_path: str) -> None:
+    """The one rule for every id a client chooses (documented in the proto comments): 1-128 characters of
+    ASCII letters, digits and . _ : @ -"""
+    if not ID_PATTERN.match(value):
+        raise InvalidArgument.field(field_path, f"{value!r} must be 1-128 characters of letters, digits and ._:@-")
+
+
+_fingerprint_encoder = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def fingerprint(command: cmd.AdminCommand) -> bytes:
+    """What a retry must repeat to be the same request: every field but the time and the caller."""
+    canonical = _fingerprint_encoder.encode(msgspec.structs.replace(command, at_ms=0, actor=""))
+    return hashlib.blake2b(canonical, digest_size=16).digest()
+
+
+class ControlPlane:
+    """The state and indexes every command reads, and the retry-key rules (see engine/state.py's Engine)."""
+
+    state: BillingState
+    _contracts_by_customer: dict[str, list[Contract]]
+    _grant_ids: set[str]
+
+    def _repeat(self, key: str, command: cmd.AdminCommand, answer: Callable[[], object]) -> bytes:
+        """Raises Repeated, with the first call's answer, when this same request already used `key`; else
+        returns the request's fingerprint, to `_remember` once the command has succeeded. The same key from a
+        different request falls through to the caller's own ALREADY_EXISTS."""
+        print_ = fingerprint(command)
+        mark = self.state.requests.get(key)
+        if mark is not None and mark.fingerprint == print_:
+            raise Repeated(answer())
+        return print_
+
+    def _remember(self, key: str, print_: bytes, version: int = 0) -> None:
+        self.state.requests[key] = RequestMark(print_, version)
+
+    def rate_card(self, rate_card_id: str) -> RateCard:
+        card = self.state.rate_cards.get(rate_card_id)
+        if card is None:
+            raise NotFound(f"rate card {rate_card_id!r} does not exist")
+        return card
+
+    def contract(self, contract_id: str) -> Contract:
+        contract = self.state.contracts.get(contract_id)
+        if contract is None:
+            raise NotFound(f"contract {contract_id!r} does not exist")
+        return contract
+
+    def customer(self, customer_id: str) -> Customer:
+        customer = self.state.customers.get(customer_id)
+        if customer is None:
+            raise NotFound(f"customer {customer_id!r} does not exist")
+        return customer
+
+    def _contract_at(self, customer_id: str, ts_ms: int) -> Contract | None:
+        return next((c for c in self._contracts_by_customer.get(customer_id, ()) if c.covers(ts_ms)), None)
+
+
+def check_text_map(entries: dict[str, str], field_path: str) -> None:
+    if len(entries) > EVENT_MAP_ENTRIES_MAX:
+        raise InvalidArgument.field(field_path, f"at most {EVENT_MAP_ENTRIES_MAX} entries")
+    for key, value in entries.items():
+        if not key or len(key.encode()) > TEXT_BYTES_MAX or len(value.encode()) > TEXT_BYTES_MAX:
+            raise InvalidArgument.field(
+                f"{field_path}[{key[:32]}]", f"keys (non-empty) and values are at most {TEXT_BYTES_MAX} bytes"
+            )

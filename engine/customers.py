@@ -1,0 +1,104 @@
+"""Customers, their contracts and contract overrides: CreateCustomer, CreateContract, AddOverride."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from engine import commands as cmd
+from engine.contracts import Contract, Customer
+from engine.control import Account, ControlPlane, check_id, check_text_map, fingerprint
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from engine.money import parse_decimal
+from engine.ratecard import normalize_match
+
+DAY_MS = 24 * 3_600_000
+
+
+class CustomerCommands(ControlPlane):
+    def _create_customer(self, c: cmd.CreateCustomer) -> Customer:
+        check_id(c.id, "id")
+        check_text_map(c.attributes, "attributes")
+        key = f"customer/{c.id}"
+        print_ = self._repeat(key, c, lambda: self.state.customers[c.id])
+        if c.id in self.state.customers:
+            raise AlreadyExists(f"customer {c.id!r} already exists")
+        customer = Customer(c.id, c.name or c.id, dict(c.attributes), c.at_ms)
+        self.state.customers[c.id] = customer
+        self.state.accounts[c.id] = Account(c.id)
+        self._remember(key, print_)
+        return customer
+
+    def _create_contract(self, c: cmd.CreateContract) -> Contract:
+        if c.id:
+            check_id(c.id, "id")
+        customer = self.customer(c.customer_id)
+        card = self.rate_card(c.rate_card_id)
+        # Unset: the start of the current UTC day, so that usage stamped a moment before the contract was
+        # created is covered and periods begin at midnight rather than at an arbitrary millisecond.
+        starting_at_ms = c.starting_at_ms if c.starting_at_ms is not None else c.at_ms - c.at_ms % DAY_MS
+        if c.ending_before_ms is not None and c.ending_before_ms <= starting_at_ms:
+            raise InvalidArgument.field("ending_before", "must be after starting_at")
+        overage_price = c.overage_price or "1"
+        parse_decimal(overage_price, "overage_price")
+        # Without an id, the contract is named after its customer and start: a customer's contracts never
+        # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
+        contract_id = c.id or _contract_id(customer.id, starting_at_ms)
+        key = f"contract/{contract_id}"
+        print_ = self._repeat(key, c, lambda: self.state.contracts[contract_id])
+        if contract_id in self.state.contracts:
+            raise AlreadyExists(f"contract {contract_id!r} already exists")
+        for other in self._contracts_by_customer.get(customer.id, []):
+            if other.overlaps(starting_at_ms, c.ending_before_ms):
+                raise FailedPrecondition(f"customer {customer.id!r} already has contract {other.id!r} in that time")
+        contract = Contract(
+            contract_id,
+            customer.id,
+            card.id,
+            starting_at_ms,
+            c.ending_before_ms,
+            c.overage_policy,
+            overage_price,
+            c.currency or "USD",
+            c.at_ms,
+        )
+        self.state.contracts[contract_id] = contract
+        self._contracts_by_customer.setdefault(customer.id, []).append(contract)
+        self._remember(key, print_)
+        return contract
+
+    def _add_override(self, c: cmd.AddOverride) -> Contract:
+        contract = self.contract(c.contract_id)
+        o = msgspec.structs.replace(c.override, match=normalize_match(c.override.match))
+        if o.product_id not in self.state.products:
+            raise InvalidArgument.field("override.product_id", f"unknown product {o.product_id!r}")
+        if (o.multiplier is None) == (o.price is None):
+            raise InvalidArgument.field("override", "set exactly one of multiplier and price")
+        if o.multiplier is not None:
+            parse_decimal(o.multiplier, "override.multiplier")
+        if o.price is not None:
+            parse_decimal(o.price, "override.price")
+        if o.ending_before_ms is not None and o.ending_before_ms <= o.starting_at_ms:
+            raise InvalidArgument.field("override.ending_before", "must be after starting_at")
+        if o.id:
+            check_id(o.id, "override.id")
+        else:
+            # Named after its content: two overrides alike in everything are one, so a retry finds this one.
+            o = msgspec.structs.replace(o, id="override-" + fingerprint(c).hex()[:16])
+        key = f"contract/{contract.id}/override/{o.id}"
+        print_ = self._repeat(key, c, lambda: contract)
+        if any(existing.id == o.id for existing in contract.overrides):
+            raise AlreadyExists(f"contract {contract.id!r} already has an override {o.id!r}")
+        contract.overrides.append(o)
+        self._remember(key, print_)
+        return contract
+
+
+def _contract_id(customer_id: str, starting_at_ms: int) -> str:
+    """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
+    if starting_at_ms % DAY_MS == 0:
+        suffix = datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")
+    else:
+        suffix = str(starting_at_ms)
+    return f"{customer_id[: 127 - len(suffix)]}-{suffix}"

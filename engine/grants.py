@@ -1,0 +1,92 @@
+"""Credit grants: GrantCredits, validated and recorded (the kernel holds their balances)."""
+
+from __future__ import annotations
+
+from engine import commands as cmd
+from engine.control import ControlPlane, check_id
+from engine.errors import AlreadyExists, InvalidArgument
+from engine.ledger import Grant, GrantKind
+from engine.money import PICOS_PER_UNIT, parse_decimal, to_picos
+
+
+class GrantCommands(ControlPlane):
+    def _grant_credits(self, c: cmd.GrantCredits) -> Grant:
+        if c.id:
+            check_id(c.id, "grant.id")
+        customer_id = self._grant_owner(c)
+        if c.kind is None:
+            raise InvalidArgument.field("grant.kind", "is required: PREPAID, PROMOTIONAL, ROLLOVER or TOP_UP")
+        amount = _grant_amount_picos(c.amount)
+        paid = parse_decimal(c.paid_amount or "0", "grant.paid_amount")
+        if c.kind is GrantKind.PROMOTIONAL and paid != 0:
+            raise InvalidArgument.field("grant.paid_amount", "a promotional grant is not paid for: must be 0")
+        rollover = parse_decimal(c.rollover_fraction or "0", "grant.rollover_fraction")
+        if rollover > 1:
+            raise InvalidArgument.field("grant.rollover_fraction", "must be between 0 and 1")
+        starts_at_ms = c.starts_at_ms
+        if starts_at_ms is None:
+            # Unset: from the start of the contract it pays for, so credit bought mid-period also pays for the
+            # period's usage that arrives late; with no contract in force, from now.
+            paid_for = self.contract(c.contract_id) if c.contract_id else self._contract_at(customer_id, c.at_ms)
+            starts_at_ms = paid_for.starting_at_ms if paid_for is not None else c.at_ms
+        if c.expires_at_ms is not None and c.expires_at_ms <= starts_at_ms:
+            raise InvalidArgument.field("grant.expires_at", "must be after starts_at")
+        for index, product_id in enumerate(c.applicable_product_ids):
+            if product_id not in self.state.products:
+                raise InvalidArgument.field(f"grant.applicable_product_ids[{index}]", f"unknown product {product_id!r}")
+        if not c.id:
+            # Minting one here would make a retried call grant twice.
+            raise InvalidArgument.field(
+                "grant.id", "is required (or request_id): the key that makes a retried GrantCredits grant once"
+            )
+        account = self.state.accounts[customer_id]
+        key = f"grant/{c.id}"
+        print_ = self._repeat(key, c, lambda: next(g for g in account.grants if g.id == c.id))
+        if c.id in self._grant_ids:
+            raise AlreadyExists(f"grant {c.id!r} already exists")
+        self.state.grants_created += 1
+        grant = Grant(
+            id=c.id,
+            customer_id=customer_id,
+            contract_id=c.contract_id,
+            kind=c.kind,
+            amount=amount,
+            paid_amount=paid,
+            priority=c.priority,
+            applicable_product_ids=tuple(c.applicable_product_ids),
+            starts_at_ms=starts_at_ms,
+            expires_at_ms=c.expires_at_ms,
+            rollover_fraction=rollover,
+            created_at_ms=c.at_ms,
+            creation_order=self.state.grants_created,
+        )
+        account.grants.append(grant)
+        self._grant_ids.add(grant.id)
+        self._remember(key, print_)
+        return grant
+
+    def _grant_owner(self, c: cmd.GrantCredits) -> str:
+        """The customer the grant is for: named directly, or through its contract (both must agree)."""
+        if c.contract_id:
+            contract = self.contract(c.contract_id)
+            if c.customer_id and c.customer_id != contract.customer_id:
+                raise InvalidArgument.field(
+                    "grant.customer_id", f"contract {contract.id!r} belongs to {contract.customer_id!r}"
+                )
+            return contract.customer_id
+        if c.customer_id:
+            return self.customer(c.customer_id).id
+        raise InvalidArgument.field("grant.customer_id", "customer_id or contract_id is required")
+
+
+def _grant_amount_picos(text: str) -> int:
+    """A grant amount in picos: positive and exact at 12 decimal places (never rounded)."""
+    amount_units = parse_decimal(text, "grant.amount")
+    amount = to_picos(amount_units)
+    if amount != amount_units * PICOS_PER_UNIT:
+        raise InvalidArgument.field(
+            "grant.amount", f"{text!r} has more than 12 decimal places: credits are held at 10^-12 exactly"
+        )
+    if amount <= 0:
+        raise InvalidArgument.field("grant.amount", "must be greater than 0")
+    return amount

@@ -1,0 +1,121 @@
+"""Rate cards and their versions: CreateRateCard, CreateDraftVersion, ValidateVersion, PublishVersion."""
+
+from __future__ import annotations
+
+import bisect
+
+import msgspec
+
+from engine import commands as cmd
+from engine.control import ControlPlane, check_id, fingerprint
+from engine.errors import AlreadyExists, InvalidArgument, Repeated, Unimplemented
+from engine.money import parse_decimal
+from engine.ratecard import (
+    HOUR_MS,
+    Finding,
+    RateCard,
+    Severity,
+    Version,
+    VersionState,
+    check_publishable,
+    make_draft,
+    rate_key,
+    validate,
+)
+
+
+class PublishResult(msgspec.Struct, frozen=True):
+    version: Version
+    events_rerated: int
+    findings: list[Finding]
+
+
+class VersionCommands(ControlPlane):
+    def _create_rate_card(self, c: cmd.CreateRateCard) -> RateCard:
+        check_id(c.id, "id")
+        if not c.pricing_unit:
+            raise InvalidArgument.field("pricing_unit", 'is required: "credits" or an ISO currency such as "USD"')
+        key = f"rate_card/{c.id}"
+        print_ = self._repeat(key, c, lambda: self.state.rate_cards[c.id])
+        if c.id in self.state.rate_cards:
+            raise AlreadyExists(f"rate card {c.id!r} already exists")
+        card = RateCard(c.id, c.name or c.id, c.pricing_unit, c.at_ms)
+        self.state.rate_cards[c.id] = card
+        self._remember(key, print_)
+        return card
+
+    def _create_draft(self, c: cmd.CreateDraftVersion) -> Version:
+        card = self.rate_card(c.rate_card_id)
+        key = f"rate_card/{card.id}/draft/{c.request_id}"
+        print_ = b""
+        if c.request_id:
+            check_id(c.request_id, "request_id")
+            mark = self.state.requests.get(key)
+            if mark is not None:
+                if mark.fingerprint != fingerprint(c):
+                    raise AlreadyExists(
+                        f"request_id {c.request_id!r} already made version {mark.version} of rate card {card.id!r} "
+                        "from a different request: use a new request_id for a new draft"
+                    )
+                raise Repeated(card.version(mark.version))
+            print_ = fingerprint(c)
+        if c.based_on_version:
+            card.version(c.based_on_version)
+        violations = []
+        for name, value in c.set_parameters.items():
+            if not name.isidentifier():
+                violations.append((f"set_parameters[{name}]", "a parameter name must be an identifier"))
+            try:
+                parse_decimal(value, f"set_parameters[{name}]", allow_negative=True)
+            except InvalidArgument as exc:
+                violations.extend(exc.violations)
+        for index, rate in enumerate(c.upsert_rates):
+            if not rate.product_id:
+                violations.append((f"upsert_rates[{index}].product_id", "is required"))
+        if violations:
+            raise InvalidArgument(violations)
+        version = make_draft(
+            card,
+            based_on=c.based_on_version,
+            set_parameters=c.set_parameters,
+            remove_parameters=c.remove_parameters,
+            upsert_rates=c.upsert_rates,
+            remove_rates=[rate_key(r.product_id, r.match) for r in c.remove_rates],
+            change_note=c.change_note,
+            at_ms=c.at_ms,
+            actor=c.actor,
+        )
+        card.versions.append(version)
+        if c.request_id:
+            self._remember(key, print_, version.number)
+        return version
+
+    def validate_version(self, rate_card_id: str, number: int) -> list[Finding]:
+        return validate(self.rate_card(rate_card_id).version(number), self.state.products)
+
+    def _publish(self, c: cmd.PublishVersion) -> PublishResult:
+        card = self.rate_card(c.rate_card_id)
+        version = card.version(c.version)
+        if version.state is VersionState.PUBLISHED and c.effective_from_ms in (None, version.effective_from_ms):
+            # Publishing what is published, from the same time: a retry. Answered as the first call was.
+            raise Repeated(PublishResult(version, 0, validate(version, self.state.products)))
+        effective_from_ms = c.effective_from_ms if c.effective_from_ms is not None else c.at_ms - c.at_ms % HOUR_MS
+        check_publishable(version, effective_from_ms)
+        taken_over = card.rated_hours_taken_over(effective_from_ms)
+        if taken_over:
+            raise Unimplemented(
+                "re-rating usage already rated is not available yet: PublishVersion of a version effective before "
+                f"it; rate card {card.id!r} has rated usage in {len(taken_over)} hour(s) this version would price, "
+                f"the first from {taken_over[0] * HOUR_MS} (Unix ms); publish with an effective_from after that usage"
+            )
+        findings = validate(version, self.state.products)
+        errors = [f for f in findings if f.severity is Severity.ERROR]
+        if errors:
+            raise InvalidArgument([(f"version.{f.path}", f.message) for f in errors])
+        version.state = VersionState.PUBLISHED
+        version.effective_from_ms = effective_from_ms
+        version.published_at_ms = c.at_ms
+        # After any entry with the same effective_from: of two versions effective at once, the later published wins.
+        bisect.insort_right(card.timeline, (effective_from_ms, version.number), key=lambda entry: entry[0])
+        # Re-rating usage already rated under an earlier version is not done yet: such usage keeps its price.
+        return PublishResult(version, 0, findings)
