@@ -196,7 +196,7 @@ class Billing:
 
     def _contract_for_balance(self, customer_id: str, now_ms: int) -> Contract | None:
         """The contract in force now, else the latest one (it names the pricing unit)."""
-        contracts = [c for c in self.engine.state.contracts.values() if c.customer_id == customer_id]
+        contracts = self.engine.contracts_of(customer_id)
         for contract in contracts:
             if contract.covers(now_ms):
                 return contract

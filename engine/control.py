@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -117,6 +117,10 @@ class ControlPlane:
         if customer is None:
             raise NotFound(f"customer {customer_id!r} does not exist")
         return customer
+
+    def contracts_of(self, customer_id: str) -> Sequence[Contract]:
+        """The customer's contracts, from an index: a read never scans every customer's contracts."""
+        return self._contracts_by_customer.get(customer_id, ())
 
     def _contract_at(self, customer_id: str, ts_ms: int) -> Contract | None:
         return next((c for c in self._contracts_by_customer.get(customer_id, ()) if c.covers(ts_ms)), None)
