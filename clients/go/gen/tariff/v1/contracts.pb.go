@@ -966,7 +966,8 @@ type Grant struct {
 	CustomerId string                 `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	ContractId string                 `protobuf:"bytes,3,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
 	Kind       GrantKind              `protobuf:"varint,4,opt,name=kind,proto3,enum=tariff.v1.GrantKind" json:"kind,omitempty"`
-	// Decimal string, in the rate card's pricing unit. > 0.
+	// Decimal string, in the rate card's pricing unit. > 0, at most 12 decimal
+	// places (the fixed scale is 10^-12 of a unit; more is refused, never rounded).
 	Amount string `protobuf:"bytes,5,opt,name=amount,proto3" json:"amount,omitempty"`
 	// Decimal string: what the customer paid, in the contract's currency. Cost
 	// basis per credit = paid_amount / amount. 0 for promotional grants.

@@ -114,8 +114,10 @@ type UsageEvent struct {
 	// Dimensions a rate can match on (model, region, ...). Keys and values are
 	// free text, at most 256 bytes each, at most 64 entries.
 	Dimensions map[string]string `protobuf:"bytes,5,rep,name=dimensions,proto3" json:"dimensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Measured quantities (tokens, seconds, ...). Finite and >= 0. Converted to
-	// an exact decimal from their shortest round-trip representation.
+	// Measured quantities (tokens, seconds, ...). Finite, >= 0 and < 1e15, at
+	// most 64 entries. Converted to an exact decimal from their shortest
+	// round-trip representation; a value that needs more than 18 decimal places
+	// (1e-50, say) is refused (INVALID_EVENT), never rounded.
 	Values map[string]float64 `protobuf:"bytes,6,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	// Settles a reservation made by Authorize(reserve=true). Optional.
 	ReservationId string `protobuf:"bytes,7,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`

@@ -461,7 +461,8 @@ export type Grant = Message<"tariff.v1.Grant"> & {
   kind: GrantKind;
 
   /**
-   * Decimal string, in the rate card's pricing unit. > 0.
+   * Decimal string, in the rate card's pricing unit. > 0, at most 12 decimal
+   * places (the fixed scale is 10^-12 of a unit; more is refused, never rounded).
    *
    * @generated from field: string amount = 5;
    */

@@ -61,8 +61,10 @@ export type UsageEvent = Message<"tariff.v1.UsageEvent"> & {
   dimensions: { [key: string]: string };
 
   /**
-   * Measured quantities (tokens, seconds, ...). Finite and >= 0. Converted to
-   * an exact decimal from their shortest round-trip representation.
+   * Measured quantities (tokens, seconds, ...). Finite, >= 0 and < 1e15, at
+   * most 64 entries. Converted to an exact decimal from their shortest
+   * round-trip representation; a value that needs more than 18 decimal places
+   * (1e-50, say) is refused (INVALID_EVENT), never rounded.
    *
    * @generated from field: map<string, double> values = 6;
    */
