@@ -461,6 +461,10 @@ type AuthorizeResponse struct {
 	Allowed   bool                   `protobuf:"varint,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	// A stable code: OK, OVERAGE_ALLOWED, INSUFFICIENT_CREDIT,
 	// NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, UNKNOWN_CUSTOMER, INVALID_REQUEST.
+	// UNKNOWN_CUSTOMER and INVALID_REQUEST are answered in-band only on
+	// AuthorizeStream and AuthorizeBatches (so one bad request does not end the
+	// stream); unary Authorize answers them with the status NOT_FOUND and
+	// INVALID_ARGUMENT (with the field) instead.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// What the described usage would be charged now, in pricing units.
 	EstimatedCost string `protobuf:"bytes,4,opt,name=estimated_cost,json=estimatedCost,proto3" json:"estimated_cost,omitempty"`

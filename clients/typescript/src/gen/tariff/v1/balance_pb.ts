@@ -287,6 +287,10 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
   /**
    * A stable code: OK, OVERAGE_ALLOWED, INSUFFICIENT_CREDIT,
    * NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, UNKNOWN_CUSTOMER, INVALID_REQUEST.
+   * UNKNOWN_CUSTOMER and INVALID_REQUEST are answered in-band only on
+   * AuthorizeStream and AuthorizeBatches (so one bad request does not end the
+   * stream); unary Authorize answers them with the status NOT_FOUND and
+   * INVALID_ARGUMENT (with the field) instead.
    *
    * @generated from field: string reason = 3;
    */
