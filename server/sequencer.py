@@ -24,8 +24,8 @@ answers it as the first call was answered). Such a batch is acked with the journ
 
 Reads (balances, previews) read the in-memory state directly, on the event loop, also while a batch is rated
 (the kernel's lock makes them wait for at most that one batch); they may see a group that is applied but whose
-commit is still in flight. They never compile the kernel's tables: the writer does, before rating and after
-admin commands.
+commit is still in flight. While a batch is rated they compile nothing: the writer refreshed the kernel's tables
+before handing batches over, and applies no admin command until they are rated.
 """
 
 from __future__ import annotations
@@ -141,7 +141,6 @@ def recover(
                 f"record {seq}: a format-1 usage record in a format-2 journal"
             )
             billing.apply(record.command, seq)
-    billing.refresh_tables()  # reads never compile them
     return billing
 
 
@@ -382,8 +381,6 @@ class Sequencer:
                 self._apply_admin(group, submission, command)
         if run:
             await self._rate(group, run)
-        # Reads between groups see tables that match the control plane, and never compile them themselves.
-        self.billing.refresh_tables()
         return group
 
     def _apply_admin(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None:
@@ -403,7 +400,8 @@ class Sequencer:
     async def _rate(self, group: _Group, run: list[tuple[_Submission, UsageBatch]]) -> None:
         """Rates a run of usage batches on the rating thread while the event loop goes on serving reads (each
         batch is one kernel call that holds the kernel's lock, so a read waits for at most one batch). The
-        tables are compiled here first, on the loop: the thread then touches no Python state a read uses."""
+        tables are compiled here first, on the loop, and no admin command applies until the run is rated, so a
+        read meanwhile compiles nothing and touches no Python state the thread uses."""
         self.billing.refresh_tables()
         now_ms = group.now_ms
         batches = [batch for _, batch in run]
@@ -461,7 +459,6 @@ class Sequencer:
         self.billing.reset(
             recover(self.journal, future_skew_ms=billing.future_skew_ms, dedupe_window_ms=billing.dedupe_window_ms)
         )
-        self.billing.refresh_tables()
 
     def _snapshot_due(self) -> bool:
         return (
