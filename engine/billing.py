@@ -4,8 +4,10 @@ dedupe), kept in step.
 
 Usage goes to the kernel as the `UsageBatch` bytes received: one call per batch, no Python object per
 event. Admin commands go to the control plane; the kernel's tables are recompiled from it in ONE place
-(`_tables_current`), lazily: an admin command marks them stale, and the next batch or read compiles them
-once, so a writer group of many admin commands compiles once. Reads (balances, Authorize) read the kernel.
+(`refresh_tables`), lazily: an admin command marks them stale, and the next batch or read compiles them
+once, so a run of admin commands compiles once. The writer refreshes them before it hands batches to another
+thread and applies no admin command until they are rated, so while a batch is rated the tables are current
+and a read (balances, Authorize) compiles nothing: it touches no Python state the rating thread uses.
 
 Sans-I/O like the rest of engine/: time comes in with each call.
 """
@@ -126,7 +128,7 @@ class Billing:
         """Rates a batch as record last_seq + 1, which it becomes only if it accepts an event.
 
         Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
-        self._tables_current()
+        self.refresh_tables()
         seq = self.last_seq + 1
         ack, digest, accepted, duplicates, rejected = self.kernel.ingest_checked(
             batch, received_ms, seq, events_max, allowed
@@ -152,7 +154,9 @@ class Billing:
         if card is not None:
             card.rated_hours = dict.fromkeys(self.kernel.rated_hours(rate_card_id, 0))
 
-    def _tables_current(self) -> None:
+    def refresh_tables(self) -> None:
+        """Compiles the kernel's tables if an admin command changed the control plane since (a no-op otherwise,
+        so a read calling it while a batch is rated elsewhere does nothing: the writer refreshed them first)."""
         if self._tables_stale:
             tables = compile_tables(
                 self.engine.state, future_skew_ms=self.future_skew_ms, dedupe_window_ms=self.dedupe_window_ms
@@ -164,7 +168,10 @@ class Billing:
 
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         customer = self.engine.customer(customer_id)  # NotFound for an unknown customer
-        self._tables_current()
+        self.refresh_tables()
+        # Read before the kernel: a batch rated meanwhile on the writer's thread may raise it, so the view
+        # holds at least the records up to as_of_seq.
+        as_of_seq = self.last_seq
         view = self.kernel.balance(customer.id, now_ms)
         if view is None:
             raise NotFound(f"customer {customer_id!r} not found")
@@ -191,7 +198,7 @@ class Billing:
             view["overage"],
             overage_due,
             pricing_unit,
-            self.last_seq,
+            as_of_seq,
         )
 
     def _contract_for_balance(self, customer_id: str, now_ms: int) -> Contract | None:
@@ -206,7 +213,7 @@ class Billing:
         self, customer_id: str, event_type: str, dimensions: dict[str, str], values: dict[str, float], now_ms: int
     ) -> Estimate:
         """Authorize: the kernel prices the usage exactly as ingesting it now would, and decides."""
-        self._tables_current()
+        self.refresh_tables()
         allowed, reason, message, cost, available = self.kernel.authorize(
             customer_id, event_type, list(dimensions.items()), list(values.items()), now_ms
         )
@@ -216,7 +223,7 @@ class Billing:
 
     def encode_snapshot(self) -> bytes:
         """Both halves; the kernel encodes with the GIL released, so this may run off the event loop."""
-        self._tables_current()
+        self.refresh_tables()
         return msgspec.msgpack.encode(Snapshot(SNAPSHOT_FORMAT, self.engine.encode_snapshot(), self.kernel.snapshot()))
 
     @classmethod

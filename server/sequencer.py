@@ -9,8 +9,11 @@ from what the journal holds, so nothing unacknowledged stays applied. A broken i
 stops the writer before it commits: the server then shuts down.
 
 A usage batch is one call into the rating kernel (which releases the GIL); its record is the batch's bytes as
-received, the receive time and the kernel's digest of what it did. Commits are pipelined: while one group's
-commit is in flight (mostly fsync, which releases the GIL), the next group is applied; at most one commit is
+received, the receive time and the kernel's digest of what it did. A group's consecutive usage batches are rated
+in one hop on a rating thread of their own, the writer awaiting them before it applies the next command, so
+the event loop goes on serving reads meanwhile and commands still apply one at a time, in order. Commits are
+pipelined: while one group's commit is in flight on the journal's thread (mostly fsync, which releases the
+GIL), the next group is applied; at most one commit is
 in flight, answers leave in journal order, and if a commit fails the group applied after it fails too (the
 state is rebuilt from the journal, which holds neither). Dedupe lives in the kernel's state (per customer and
 transaction id), in snapshots and rebuilt by replay: nothing on the ack path writes a second index.
@@ -19,8 +22,10 @@ A command that changes nothing gets no journal record and no seq: a usage batch 
 or every event a duplicate or refused), and a retried admin request the state already reflects (the engine
 answers it as the first call was answered). Such a batch is acked with the journal's current seq.
 
-Reads (balances, previews) read the in-memory state directly, between the writer's steps; they may see a
-group that is applied but whose commit is still in flight.
+Reads (balances, previews) read the in-memory state directly, on the event loop, also while a batch is rated
+(the kernel's lock makes them wait for at most that one batch); they may see a group that is applied but whose
+commit is still in flight. While a batch is rated they compile nothing: the writer refreshed the kernel's tables
+before handing batches over, and applies no admin command until they are rated.
 """
 
 from __future__ import annotations
@@ -233,6 +238,9 @@ class Sequencer:
         self.snapshot_every_events = snapshot_every_events
         self._queue: asyncio.Queue[_Submission] = asyncio.Queue()
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tariff-journal")
+        # Usage batches are rated here, not on the journal's thread, so one group's commit (fsync) overlaps the
+        # next group's rating; the writer awaits each run, so it stays the one writer.
+        self._rating_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tariff-rating")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._records_since_snapshot = 0
@@ -274,10 +282,11 @@ class Sequencer:
         if self.failure is None:
             await self._snapshot()
         self._writer_thread.shutdown(wait=True)
+        self._rating_thread.shutdown(wait=True)
 
     async def _run(self) -> None:
-        # Pipelined: while one group's commit is in flight on the writer thread (mostly fsync, which releases
-        # the GIL), the next group is applied on the event loop. At most one commit is in flight, answers
+        # Pipelined: while one group's commit is in flight on the journal's thread (mostly fsync, which releases
+        # the GIL), the next group is applied (its batches rated on the rating thread). At most one commit is in flight, answers
         # leave in journal order, and a snapshot is only taken when no uncommitted group is applied.
         in_flight: _Group | None = None
         prepared: _Group | None = None
@@ -347,68 +356,68 @@ class Sequencer:
         return not self._queue.empty() and not commit.done()
 
     async def _prepare(self, taken: list[_Submission]) -> _Group:
-        """Applies a group and encodes its records; answers nobody yet. A usage batch is one kernel call, with
-        a yield to the event loop after each, so reads wait for at most one batch."""
+        """Applies a group and encodes its records; answers nobody yet. Admin commands apply on the event loop;
+        each run of consecutive usage batches is rated on the rating thread in one hop, awaited before the next
+        command applies, so commands still apply strictly in order and never beside a batch."""
         group = _Group(now_ms=self.clock_ms())
+        run: list[tuple[_Submission, UsageBatch]] = []
         for submission in taken:
             if submission.future.cancelled():
                 continue
             command = submission.command
+            if isinstance(command, UsageBatch) and not _expired(submission):
+                run.append((submission, command))
+                continue
+            if run:
+                await self._rate(group, run)
+                run = []
             if command is None:
                 group.answers.append((submission, self.billing.last_seq, None))
-                continue
-            if submission.deadline_monotonic is not None and time.monotonic() >= submission.deadline_monotonic:
+            elif _expired(submission):
                 expired = DeadlineExceeded("the call's deadline passed while its command waited; nothing was applied")
                 group.answers.append((submission, 0, expired))
-                continue
-            if isinstance(command, UsageBatch):
-                self._prepare_usage(group, submission, command)
-                await asyncio.sleep(0)
-                continue
-            seq = self.billing.last_seq + 1
-            try:
-                result = self.billing.apply(command, seq)
-            except Repeated as repeat:
-                group.answers.append((submission, seq - 1, repeat.result))
-                continue
-            except EngineError as exc:
-                group.answers.append((submission, 0, exc))
-                continue
-            group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
-            group.records.append((seq, encode_record(JournalRecord(command))))
-            group.answers.append((submission, seq, result))
+            else:
+                assert not isinstance(command, UsageBatch)
+                self._apply_admin(group, submission, command)
+        if run:
+            await self._rate(group, run)
         return group
 
-    def _prepare_usage(self, group: _Group, submission: _Submission, batch: UsageBatch) -> None:
+    def _apply_admin(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None:
         seq = self.billing.last_seq + 1
         try:
-            done = self.billing.ingest(batch.data, group.now_ms, events_max=batch.events_max, allowed=batch.allowed)
-        except BatchTooLarge as exc:
-            refusal: EngineError = ResourceExhausted(
-                f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}"
-            )
-            group.answers.append((submission, 0, refusal))
+            result = self.billing.apply(command, seq)
+        except Repeated as repeat:
+            group.answers.append((submission, seq - 1, repeat.result))
             return
-        except CustomerNotAllowed as exc:
-            index, customer_id = exc.args
-            refusal = PermissionDenied(
-                f"events[{index}]: key {batch.key_name!r} may not touch customer {customer_id!r}; "
-                "nothing in this batch was applied"
-            )
-            group.answers.append((submission, 0, refusal))
+        except EngineError as exc:
+            group.answers.append((submission, 0, exc))
             return
-        except ValueError as exc:
-            group.answers.append((submission, 0, InvalidArgument.field("request", f"not a UsageBatch: {exc}")))
-            return
-        if not done.accepted:
-            # Nothing changed: no record, no seq (a resend gets the same answer, as nothing was kept).
-            group.answers.append((submission, seq - 1, done))
-            return
-        usage = UsageRecord(batch.data, group.now_ms, done.digest, done.accepted, done.duplicates, len(done.rejected))
-        record = JournalRecord(usage=usage)
-        group.records.append((seq, encode_record(record)))
-        group.events += done.accepted
-        group.answers.append((submission, seq, done))
+        group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
+        group.records.append((seq, encode_record(JournalRecord(command))))
+        group.answers.append((submission, seq, result))
+
+    async def _rate(self, group: _Group, run: list[tuple[_Submission, UsageBatch]]) -> None:
+        """Rates a run of usage batches on the rating thread while the event loop goes on serving reads (each
+        batch is one kernel call that holds the kernel's lock, so a read waits for at most one batch). The
+        tables are compiled here first, on the loop, and no admin command applies until the run is rated, so a
+        read meanwhile compiles nothing and touches no Python state the thread uses."""
+        self.billing.refresh_tables()
+        now_ms = group.now_ms
+        batches = [batch for _, batch in run]
+        rated = await asyncio.get_running_loop().run_in_executor(
+            self._rating_thread, _rate_batches, self.billing, batches, now_ms
+        )
+        for (submission, _), (seq, outcome, record) in zip(run, rated, strict=True):
+            if isinstance(outcome, EngineError):
+                group.answers.append((submission, 0, outcome))
+            elif record is None:
+                # Nothing changed: no record, no seq (a resend gets the same answer, as nothing was kept).
+                group.answers.append((submission, seq - 1, outcome))
+            else:
+                group.records.append((seq, record))
+                group.events += outcome.accepted
+                group.answers.append((submission, seq, outcome))
 
     async def _finish(self, group: _Group) -> ResourceExhausted | Unavailable | None:
         """Waits for the group's commit and answers its callers; if the commit failed, the state is rebuilt
@@ -487,6 +496,46 @@ def _count_events(answered: list[tuple[_Submission, int, object]]) -> None:
             for reason, count in by_reason.items():
                 telemetry.events_rejected.add(count, {"reason": reason})
             oplog.activity.batch(result.accepted, result.duplicates, by_reason)
+
+
+def _rate_batches(
+    billing: Billing, batches: list[UsageBatch], now_ms: int
+) -> list[tuple[int, Ingested | EngineError, bytes | None]]:
+    """On the rating thread: each batch as record last_seq + 1, with its refusal or its encoded journal record
+    (None when it accepted nothing). The event loop does not touch the state this uses until it returns."""
+    rated: list[tuple[int, Ingested | EngineError, bytes | None]] = []
+    for batch in batches:
+        seq = billing.last_seq + 1
+        try:
+            done = billing.ingest(batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed)
+        except BatchTooLarge as exc:
+            refusal: EngineError = ResourceExhausted(
+                f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}"
+            )
+            rated.append((seq, refusal, None))
+            continue
+        except CustomerNotAllowed as exc:
+            index, customer_id = exc.args
+            refusal = PermissionDenied(
+                f"events[{index}]: key {batch.key_name!r} may not touch customer {customer_id!r}; "
+                "nothing in this batch was applied"
+            )
+            rated.append((seq, refusal, None))
+            continue
+        except ValueError as exc:
+            rated.append((seq, InvalidArgument.field("request", f"not a UsageBatch: {exc}"), None))
+            continue
+        if not done.accepted:
+            rated.append((seq, done, None))
+            continue
+        usage = UsageRecord(batch.data, now_ms, done.digest, done.accepted, done.duplicates, len(done.rejected))
+        rated.append((seq, done, encode_record(JournalRecord(usage=usage))))
+    return rated
+
+
+def _expired(submission: _Submission) -> bool:
+    deadline = submission.deadline_monotonic
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def _size(command: Submitted | None) -> int:

@@ -384,3 +384,66 @@ def test_a_full_journal_answers_resource_exhausted_to_the_group_applied_after_it
 
     billing = run_with(journal, body)
     assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12  # neither batch left a trace
+
+
+def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> None:
+    journal = MemoryJournal()
+    rated_on: list[int] = []
+    rating, read_while_rating = threading.Event(), threading.Event()
+    loop_thread: list[int] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        loop_thread.append(threading.get_ident())
+        billing = sequencer.billing
+        ingest = billing.ingest
+
+        def held_ingest(
+            data: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None
+        ) -> Ingested:
+            rated_on.append(threading.get_ident())
+            rating.set()
+            # Rating on the loop would never see the read below: the wait would run out and the test fail.
+            assert read_while_rating.wait(timeout=30), "the event loop was blocked while a batch was rated"
+            return ingest(data, received_ms, events_max=events_max, allowed=allowed)
+
+        billing.ingest = held_ingest  # type: ignore[method-assign,assignment]
+        answer = sequencer.submit(batch(event("off-loop")))
+        while not rating.is_set():  # the writer hands the batch over
+            await asyncio.sleep(0.001)
+        assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12  # not yet drawn
+        read_while_rating.set()
+        _, result = await answer
+        assert isinstance(result, Ingested) and result.accepted == 1
+
+    billing = run_with(journal, body)
+    assert rated_on and all(ident != loop_thread[0] for ident in rated_on)
+    assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 25 * 10**11
+
+
+def test_commands_interleaved_with_batches_in_one_group_keep_submission_order_in_the_journal() -> None:
+    journal = MemoryJournal()
+    seqs: list[int] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        submitted: list[UsageBatch | cmd.AdminCommand] = [
+            batch(event("i1")),
+            batch(event("i2"), event("i3")),
+            cmd.CreateCustomer(NOW_MS, "test", "c1", "one", {}),
+            batch(event("i4")),
+            cmd.CreateCustomer(NOW_MS, "test", "c2", "two", {}),
+            batch(event("i5")),
+        ]
+        commits_before = sequencer.commits
+        futures = [sequencer.submit(command) for command in submitted]
+        seqs.extend(seq for seq, _ in await asyncio.gather(*futures))
+        assert sequencer.commits == commits_before + 1  # one group
+
+    billing = run_with(journal, body)
+    assert seqs == list(range(seqs[0], seqs[0] + 6))
+    kinds = []
+    for _, blob in journal.read_records(seqs[0] - 1):
+        record = decode_record(blob)
+        kinds.append(record.command.id if isinstance(record.command, cmd.CreateCustomer) else "usage")
+    assert kinds == ["usage", "usage", "c1", "usage", "c2", "usage"]
+    assert billing.balance("acme", NOW_MS).remaining == 50_000 * 10**12 - 5 * 25 * 10**11
+    assert recover(journal).encode_snapshot() == billing.encode_snapshot()
