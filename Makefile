@@ -35,6 +35,7 @@ kernel-check:
 	cd $(KERNEL_DIR) && cargo fmt --check
 	cd $(KERNEL_DIR) && cargo clippy --quiet --all-targets -- -D warnings
 	cd $(KERNEL_DIR) && cargo test --quiet
+	cd server/bench/kernel_spike && cargo fmt --check && cargo clippy --quiet -- -D warnings
 
 # A wheel with the compiled kernel inside, in dist/: it installs without Rust.
 wheel: install

@@ -1,6 +1,6 @@
 //! Measures the kernel on its own: decode, rate and ack 1,000-event batches from bytes, with
 //! 10,000 customers, two products per event, a dimensional rate and a prepaid grant each.
-//! `cargo run --release --example spike` (a measurement, not a test).
+//! `cargo run --release -- [batches]` in server/bench/kernel_spike (a measurement, not a test).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +13,7 @@ use _kernel::tables::{
     self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
 };
 
-// Deterministic stand-in for the clock this crate must not read: the spike times itself below.
+// The kernel reads no clock: time comes in with each call, fixed here so every run rates the same batches.
 const NOW_MS: i64 = 1_767_225_600_000; // 2026-01-01
 const CUSTOMERS: usize = 10_000;
 const BATCH: usize = 1_000;
