@@ -14,6 +14,7 @@ Sans-I/O like the rest of engine/: time comes in with each call.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -22,6 +23,7 @@ import msgspec
 from engine import commands as cmd
 from engine._kernel import Kernel
 from engine.contracts import Contract, Period
+from engine.control import encode_state_parts
 from engine.errors import NotFound
 from engine.ledger import Grant
 from engine.state import Engine
@@ -84,6 +86,28 @@ class Snapshot(msgspec.Struct, frozen=True):
     format: int
     control: bytes
     kernel: bytes
+
+
+def snapshot_parts(control_parts: list[bytes], kernel_state: bytes) -> list[bytes]:
+    """The stored snapshot, msgspec's msgpack of Snapshot(SNAPSHOT_FORMAT, control, kernel) byte for byte, as
+    parts to concatenate: the halves are not copied here, so a caller can copy them a slice at a time."""
+    control_bytes = sum(len(part) for part in control_parts)
+    format_, control, kernel = (_msgpack.encode(field.encode_name) for field in msgspec.structs.fields(Snapshot))
+    head = _MAP3 + format_ + _msgpack.encode(SNAPSHOT_FORMAT) + control + _bin_header(control_bytes)
+    return [head, *control_parts, kernel + _bin_header(len(kernel_state)), kernel_state]
+
+
+_msgpack = msgspec.msgpack.Encoder()
+_MAP3 = b"\x83"  # msgpack fixmap of 3 entries: Snapshot's fields
+
+
+def _bin_header(size: int) -> bytes:
+    """msgpack's bin header in its shortest form, as msgspec writes it."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
 
 
 class Billing:
@@ -222,9 +246,18 @@ class Billing:
     # Snapshots -----------------------------------------------------------------------------------------
 
     def encode_snapshot(self) -> bytes:
-        """Both halves; the kernel encodes with the GIL released, so this may run off the event loop."""
+        """Both halves at once (tools and tests; the server encodes them apart: see snapshot_parts)."""
+        return b"".join(snapshot_parts(list(self.control_snapshot_parts()), self.kernel_snapshot()))
+
+    def control_snapshot_parts(self) -> Iterator[bytes]:
+        """The control plane's half (JSON of engine/control.py's BillingState) in parts, each a short encode, so
+        that the caller may pause between them; it must apply no command until it has them all."""
+        return encode_state_parts(self.engine.state)
+
+    def kernel_snapshot(self) -> bytes:
+        """The kernel's half: encoded with the GIL released (but the kernel's lock held, so a read waits)."""
         self.refresh_tables()
-        return msgspec.msgpack.encode(Snapshot(SNAPSHOT_FORMAT, self.engine.encode_snapshot(), self.kernel.snapshot()))
+        return self.kernel.snapshot()
 
     @classmethod
     def from_snapshot(

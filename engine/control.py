@@ -8,8 +8,10 @@ command modules (catalogue, versions, customers, grants, audit) build on; engine
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import msgspec
 
@@ -24,6 +26,10 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TEXT_BYTES_MAX = 256
 TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
 EVENT_MAP_ENTRIES_MAX = 64
+# A snapshot part holds at most this many entries of one of the state's dicts or lists: at 10,000 customers
+# a part of accounts (the widest entries) encodes in about 0.3 ms, so a caller pausing between parts never
+# holds its thread for long (msgspec holds the GIL for a whole encode call).
+SNAPSHOT_PART_ENTRIES = 256
 
 
 class AuditEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -62,6 +68,40 @@ class BillingState(msgspec.Struct):
     # Idempotency key ("grant/g-1", "rate_card/gpt/draft/<request_id>", ...) -> the request that used it first:
     # a retry of that same request is answered as the first call was, and changes nothing.
     requests: dict[str, RequestMark] = {}
+
+
+_json = msgspec.json.Encoder()
+
+
+def encode_state_parts(state: BillingState, entries_per_part: int = SNAPSHOT_PART_ENTRIES) -> Iterator[bytes]:
+    """The JSON of `state`, byte for byte `msgspec.json.encode(state)`, in parts of at most `entries_per_part`
+    entries of any one dict or list, so that the caller may pause between parts (a snapshot on the event loop)."""
+    yield b"{"
+    for index, field in enumerate(msgspec.structs.fields(BillingState)):
+        yield (b"," if index else b"") + _json.encode(field.encode_name) + b":"
+        value = getattr(state, field.name)
+        if isinstance(value, dict) and len(value) > entries_per_part:
+            yield from _dict_parts(value, entries_per_part)
+        elif isinstance(value, list) and len(value) > entries_per_part:
+            yield from _list_parts(value, entries_per_part)
+        else:
+            yield _json.encode(value)
+    yield b"}"
+
+
+def _dict_parts(value: dict[Any, Any], size: int) -> Iterator[bytes]:
+    entries = iter(value.items())
+    separator = b"{"
+    while chunk := dict(itertools.islice(entries, size)):
+        yield separator + _json.encode(chunk)[1:-1]  # the chunk without its own braces
+        separator = b","
+    yield b"}"
+
+
+def _list_parts(value: list[Any], size: int) -> Iterator[bytes]:
+    for start in range(0, len(value), size):
+        yield (b"[" if start == 0 else b",") + _json.encode(value[start : start + size])[1:-1]
+    yield b"]"
 
 
 def check_id(value: str, field_path: str) -> None:

@@ -108,7 +108,7 @@ class Journal(Protocol):
         """(seq, blob) of the newest snapshot, or None."""
         ...
 
-    def save_snapshot(self, seq: int, blob: bytes) -> None:
+    def save_snapshot(self, seq: int, blob: bytes | mmap.mmap) -> None:
         """Replace the snapshot. ValueError if seq > last_seq() or older than the current one."""
         ...
 
@@ -279,7 +279,7 @@ class LmdbJournal:
                 return None
             return _seq_from_key(cursor.key()), cursor.value()
 
-    def save_snapshot(self, seq: int, blob: bytes) -> None:
+    def save_snapshot(self, seq: int, blob: bytes | mmap.mmap) -> None:
         env = self._require_env()
         # The old snapshot is deleted in the same transaction, but LMDB is copy-on-write: the map
         # needs room for both blobs while the transaction is open.
@@ -382,7 +382,7 @@ class MemoryJournal:
             self._require_open()
             return self._snapshot
 
-    def save_snapshot(self, seq: int, blob: bytes) -> None:
+    def save_snapshot(self, seq: int, blob: bytes | mmap.mmap) -> None:
         with self._lock:
             self._require_open()
             _check_snapshot_seq(seq, len(self._records), None if self._snapshot is None else self._snapshot[0])

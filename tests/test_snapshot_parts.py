@@ -1,0 +1,115 @@
+"""Snapshots in parts: the control plane's JSON and the stored frame built a part at a time are byte for byte
+what one msgspec call writes (so data directories of either kind recover alike), and the writer lets other
+tasks run between the parts instead of holding the event loop for the whole encode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+
+from engine.billing import SNAPSHOT_FORMAT, Billing, Snapshot, snapshot_parts
+from engine.control import encode_state_parts
+from engine.state import Engine
+from server import sequencer as sequencer_module
+from server.journal import MemoryJournal
+from server.sequencer import Sequencer, recover
+from tests.engine_fixtures import EPOCH_MS, World, basic_world
+from tests.test_sequencer import NOW_MS, batch, event, run_with
+
+
+def many_customers_world(customers: int) -> World:
+    """basic_world plus `customers` customers, each with a contract and two grants: every dict and list of the
+    state (customers, contracts, accounts, audit, retry keys) holds several entries."""
+    world = basic_world()
+    for index in range(customers):
+        customer_id = f"cust-{index}"
+        world.customer(customer_id)
+        world.contract(f"contract-{index}", customer_id=customer_id)
+        world.grant(f"grant-{index}-a", "10", customer_id=customer_id)
+        world.grant(f"grant-{index}-b", "999999999999.5", customer_id=customer_id, paid="1")  # > 2^64 picos
+    return world
+
+
+@pytest.mark.parametrize("entries_per_part", [1, 2, 3, 7, 256])
+def test_the_control_plane_in_parts_is_byte_for_byte_its_json(entries_per_part: int) -> None:
+    world = many_customers_world(9)
+    state = world.engine.state
+    parts = list(encode_state_parts(state, entries_per_part))
+    joined = b"".join(parts)
+    assert joined == msgspec.json.encode(state)
+    assert Engine.from_snapshot(joined).encode_snapshot() == joined
+    # Split as asked: the audit log's 40-odd entries take at least 40 / entries_per_part parts.
+    assert len(parts) >= len(state.audit) // entries_per_part
+
+
+def test_an_empty_control_plane_in_parts_is_its_json() -> None:
+    empty = Engine().state
+    assert b"".join(encode_state_parts(empty, 1)) == msgspec.json.encode(empty)
+
+
+@pytest.mark.parametrize("control_bytes", [0, 1, 255, 256, 65_535, 65_536, 70_000])
+@pytest.mark.parametrize("kernel_bytes", [0, 255, 256, 65_536])
+def test_snapshot_parts_frame_the_halves_as_msgspec_does(control_bytes: int, kernel_bytes: int) -> None:
+    """Each msgpack bin header length (8, 16 and 32-bit) on both halves, the control half in several parts."""
+    control = bytes(index % 251 for index in range(control_bytes))
+    kernel = bytes(index % 241 for index in range(kernel_bytes))
+    control_parts = [control[start : start + 1000] for start in range(0, len(control), 1000)]
+    framed = b"".join(snapshot_parts(control_parts, kernel))
+    assert framed == msgspec.msgpack.encode(Snapshot(SNAPSHOT_FORMAT, control, kernel))
+    assert msgspec.msgpack.decode(framed, type=Snapshot) == Snapshot(SNAPSHOT_FORMAT, control, kernel)
+
+
+def test_billing_encode_snapshot_restores_the_same_state() -> None:
+    world = many_customers_world(3)
+    billing = Billing(world.engine)
+    blob = billing.encode_snapshot()
+    restored = Billing.from_snapshot(blob)
+    assert restored.encode_snapshot() == blob
+    assert restored.balance("cust-1", EPOCH_MS).remaining == billing.balance("cust-1", EPOCH_MS).remaining
+
+
+def test_the_writer_lets_other_tasks_run_while_it_encodes_a_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no time budget between pauses, the writer yields after every part: a task counting its turns runs
+    between the parts of the control plane's encoding, and the stored snapshot is the one-shot encoding's
+    bytes (recovery through it gives the same state)."""
+    monkeypatch.setattr(sequencer_module, "PAUSE_EVERY_S", 0.0)
+    journal = MemoryJournal()
+    turns_at_part: list[int] = []
+    expected: list[bytes] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(batch(*(event(f"t{i}") for i in range(5))))
+        expected.append(sequencer.billing.encode_snapshot())
+        turns = [0]
+
+        async def count_turns() -> None:
+            while True:
+                turns[0] += 1
+                await asyncio.sleep(0)
+
+        parts_of = sequencer.billing.control_snapshot_parts
+
+        def counted_parts() -> Iterator[bytes]:
+            for part in parts_of():
+                seen.append(turns[0])
+                yield part
+
+        seen: list[int] = []
+        monkeypatch.setattr(sequencer.billing, "control_snapshot_parts", counted_parts)
+        counter = asyncio.create_task(count_turns())
+        await sequencer._snapshot()
+        counter.cancel()
+        turns_at_part.extend(seen)
+
+    billing = run_with(journal, body)
+    assert len(turns_at_part) > 10
+    assert turns_at_part[-1] - turns_at_part[0] >= len(turns_at_part) - 1  # a turn between every two parts
+    stored = journal.load_snapshot()
+    assert stored is not None
+    # close() wrote the last snapshot, at the same state: the paced path stored the one-shot bytes.
+    assert stored[1] == expected[0] == billing.encode_snapshot()
+    assert recover(journal).encode_snapshot() == expected[0]
+    assert recover(journal).balance("acme", NOW_MS).remaining == billing.balance("acme", NOW_MS).remaining
