@@ -97,6 +97,17 @@ class ControlPlane:
             raise Repeated(answer())
         return print_
 
+    def _repeat_held(
+        self, key: str, command: cmd.AdminCommand, held: bytes | None, answer: Callable[[], object]
+    ) -> bytes:
+        """`_repeat` for a command whose record holds its own fingerprint (`held`: that of the record already
+        under the key, None if there is none): customers, contracts and grants keep it there, not in
+        `requests`, which still answers for keys stored by releases before."""
+        print_ = fingerprint(command)
+        if held is not None and held == print_:
+            raise Repeated(answer())
+        return self._repeat(key, command, answer) if self.state.requests else print_
+
     def _remember(self, key: str, print_: bytes, version: int = 0) -> None:
         self.state.requests[key] = RequestMark(print_, version)
 

@@ -20,14 +20,13 @@ class CustomerCommands(ControlPlane):
     def _create_customer(self, c: cmd.CreateCustomer) -> Customer:
         check_id(c.id, "id")
         check_text_map(c.attributes, "attributes")
-        key = f"customer/{c.id}"
-        print_ = self._repeat(key, c, lambda: self.state.customers[c.id])
-        if c.id in self.state.customers:
+        held = self.state.customers.get(c.id)
+        print_ = self._repeat_held(f"customer/{c.id}", c, None if held is None else held.request, lambda: held)
+        if held is not None:
             raise AlreadyExists(f"customer {c.id!r} already exists")
-        customer = Customer(c.id, c.name or c.id, dict(c.attributes), c.at_ms)
+        customer = Customer(c.id, c.name or c.id, dict(c.attributes), c.at_ms, request=print_)
         self.state.customers[c.id] = customer
         self.state.accounts[c.id] = Account(c.id)
-        self._remember(key, print_)
         return customer
 
     def _create_contract(self, c: cmd.CreateContract) -> Contract:
@@ -45,9 +44,9 @@ class CustomerCommands(ControlPlane):
         # Without an id, the contract is named after its customer and start: a customer's contracts never
         # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
         contract_id = c.id or _contract_id(customer.id, starting_at_ms)
-        key = f"contract/{contract_id}"
-        print_ = self._repeat(key, c, lambda: self.state.contracts[contract_id])
-        if contract_id in self.state.contracts:
+        held = self.state.contracts.get(contract_id)
+        print_ = self._repeat_held(f"contract/{contract_id}", c, None if held is None else held.request, lambda: held)
+        if held is not None:
             raise AlreadyExists(f"contract {contract_id!r} already exists")
         for other in self._contracts_by_customer.get(customer.id, []):
             if other.overlaps(starting_at_ms, c.ending_before_ms):
@@ -62,10 +61,10 @@ class CustomerCommands(ControlPlane):
             overage_price,
             c.currency or "USD",
             c.at_ms,
+            request=print_,
         )
         self.state.contracts[contract_id] = contract
         self._contracts_by_customer.setdefault(customer.id, []).append(contract)
-        self._remember(key, print_)
         return contract
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:

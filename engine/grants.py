@@ -40,8 +40,8 @@ class GrantCommands(ControlPlane):
                 "grant.id", "is required (or request_id): the key that makes a retried GrantCredits grant once"
             )
         account = self.state.accounts[customer_id]
-        key = f"grant/{c.id}"
-        print_ = self._repeat(key, c, lambda: next(g for g in account.grants if g.id == c.id))
+        held = next((g for g in account.grants if g.id == c.id), None) if c.id in self._grant_ids else None
+        print_ = self._repeat_held(f"grant/{c.id}", c, None if held is None else held.request, lambda: held)
         if c.id in self._grant_ids:
             raise AlreadyExists(f"grant {c.id!r} already exists")
         self.state.grants_created += 1
@@ -59,10 +59,10 @@ class GrantCommands(ControlPlane):
             rollover_fraction=rollover,
             created_at_ms=c.at_ms,
             creation_order=self.state.grants_created,
+            request=print_,
         )
         account.grants.append(grant)
         self._grant_ids.add(grant.id)
-        self._remember(key, print_)
         return grant
 
     def _grant_owner(self, c: cmd.GrantCredits) -> str:
