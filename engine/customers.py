@@ -43,7 +43,7 @@ class CustomerCommands(ControlPlane):
         parse_decimal(overage_price, "overage_price")
         # Without an id, the contract is named after its customer and start: a customer's contracts never
         # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
-        contract_id = c.id or _contract_id(customer.id, starting_at_ms)
+        contract_id = c.id or default_contract_id(customer.id, starting_at_ms)
         held = self.state.contracts.get(contract_id)
         print_ = self._repeat_held(f"contract/{contract_id}", c, None if held is None else held.request, lambda: held)
         if held is not None:
@@ -94,7 +94,7 @@ class CustomerCommands(ControlPlane):
         return contract
 
 
-def _contract_id(customer_id: str, starting_at_ms: int) -> str:
+def default_contract_id(customer_id: str, starting_at_ms: int) -> str:
     """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
     if starting_at_ms % DAY_MS == 0:
         suffix = datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")
