@@ -26,7 +26,7 @@ TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
 EVENT_MAP_ENTRIES_MAX = 64
 
 
-class AuditEntry(msgspec.Struct, frozen=True, array_like=True):
+class AuditEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     seq: int
     at_ms: int
     actor: str
@@ -43,7 +43,7 @@ class Account(msgspec.Struct, gc=False):
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
 
 
-class RequestMark(msgspec.Struct, frozen=True, array_like=True):
+class RequestMark(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What made an idempotency key's first call: its fingerprint, and the draft version it created (if any)."""
 
     fingerprint: bytes

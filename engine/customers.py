@@ -14,6 +14,9 @@ from engine.money import parse_decimal
 from engine.ratecard import normalize_match
 
 DAY_MS = 24 * 3_600_000
+# Shared by every customer created without attributes (most): an empty dict is 64 bytes, and a Customer is
+# frozen, its attributes never changed in place.
+NO_ATTRIBUTES: dict[str, str] = {}
 
 
 class CustomerCommands(ControlPlane):
@@ -24,7 +27,8 @@ class CustomerCommands(ControlPlane):
         print_ = self._repeat_held(f"customer/{c.id}", c, None if held is None else held.request, lambda: held)
         if held is not None:
             raise AlreadyExists(f"customer {c.id!r} already exists")
-        customer = Customer(c.id, c.name or c.id, dict(c.attributes), c.at_ms, request=print_)
+        attributes = dict(c.attributes) if c.attributes else NO_ATTRIBUTES
+        customer = Customer(c.id, c.name or c.id, attributes, c.at_ms, request=print_)
         self.state.customers[c.id] = customer
         self.state.accounts[c.id] = Account(c.id)
         return customer
