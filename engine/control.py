@@ -84,7 +84,7 @@ class ControlPlane:
     """The state and indexes every command reads, and the retry-key rules (see engine/state.py's Engine)."""
 
     state: BillingState
-    _contracts_by_customer: dict[str, list[Contract]]
+    _contracts_by_customer: dict[str, tuple[Contract, ...]]
     _grant_ids: set[str]
 
     def _repeat(self, key: str, command: cmd.AdminCommand, answer: Callable[[], object]) -> bytes:

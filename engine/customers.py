@@ -52,7 +52,8 @@ class CustomerCommands(ControlPlane):
         print_ = self._repeat_held(f"contract/{contract_id}", c, None if held is None else held.request, lambda: held)
         if held is not None:
             raise AlreadyExists(f"contract {contract_id!r} already exists")
-        for other in self._contracts_by_customer.get(customer.id, []):
+        contracts = self._contracts_by_customer.get(customer.id, ())
+        for other in contracts:
             if other.overlaps(starting_at_ms, c.ending_before_ms):
                 raise FailedPrecondition(f"customer {customer.id!r} already has contract {other.id!r} in that time")
         contract = Contract(
@@ -68,7 +69,7 @@ class CustomerCommands(ControlPlane):
             request=print_,
         )
         self.state.contracts[contract_id] = contract
-        self._contracts_by_customer.setdefault(customer.id, []).append(contract)
+        self._contracts_by_customer[customer.id] = (*contracts, contract)
         return contract
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:
@@ -93,7 +94,7 @@ class CustomerCommands(ControlPlane):
         print_ = self._repeat(key, c, lambda: contract)
         if any(existing.id == o.id for existing in contract.overrides):
             raise AlreadyExists(f"contract {contract.id!r} already has an override {o.id!r}")
-        contract.overrides.append(o)
+        contract.overrides = (*contract.overrides, o)
         self._remember(key, print_)
         return contract
 
