@@ -405,6 +405,35 @@ mod tests {
         assert_eq!(march, (feb.1, feb.1 + 31 * DAY_MS)); // Feb 28 -> Mar 31, not Mar 28
     }
 
+    fn customer(timeline: u32, closed_periods: Vec<i64>) -> CustomerTable {
+        CustomerTable {
+            id: "acme".into(),
+            contracts: vec![crate::tables::ContractTable {
+                id: "c1".into(),
+                rate_card_id: "card".into(),
+                starting_at_ms: 0,
+                ending_before_ms: None,
+                block: false,
+                overage_price: "1000000000000000000".into(),
+                timeline,
+                overrides: vec![],
+            }],
+            grants: vec![],
+            closed_periods,
+        }
+    }
+
+    #[test]
+    fn a_route_names_only_timelines_held_and_keeps_closed_periods_sorted() {
+        let (catalog, mut interner) = (Catalog::default(), Interner::default());
+        let route = catalog.route(&customer(0, vec![30, 10, 20, 10]), 1, &mut interner).expect("timeline 0 of 1");
+        assert_eq!(&*route.closed_periods, &[10, 20, 30]);
+        assert!(route.is_closed(20) && !route.is_closed(15));
+        assert_eq!(interner.text(route.contracts[0].rate_card), "card");
+        let missing = catalog.route(&customer(1, vec![]), 1, &mut interner).err().expect("timeline 1 of 1");
+        assert!(missing.contains("missing timeline"), "{missing}");
+    }
+
     #[test]
     fn civil_dates_round_trip() {
         for days in [-800_000, -1, 0, 1, 19_000, 20_484, 2_000_000] {
