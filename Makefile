@@ -175,7 +175,8 @@ lint: install
 bench: install
 	$(VENV)/bin/tariff bench --out bench.json
 
-# Heap per customer with 1,000,000 customers seeded through the control-plane RPCs (slow: see the README).
+# Heap per customer with 1,000,000 customers: the journal their seeding RPCs would leave, recovered by the
+# server at start (server/bench/seed.py; about 4 minutes).
 bench-memory: install
 	$(VENV)/bin/tariff bench --only memory --customers 1000000 --runs 1 --no-postgres --out bench-memory.json
 

@@ -4,8 +4,10 @@ dedupe), kept in step.
 
 Usage goes to the kernel as the `UsageBatch` bytes received: one call per batch, no Python object per
 event. Admin commands go to the control plane; the kernel's tables are recompiled from it in ONE place
-(`refresh_tables`), lazily: an admin command marks them stale, and the next batch or read compiles them
-once, so a run of admin commands compiles once. The writer refreshes them before it hands batches to another
+(`refresh_tables`), lazily: an admin command notes what it changed, and the next batch or read compiles
+once, so a run of admin commands compiles once. A command that changes one customer (its creation,
+contracts, overrides, grants) recompiles that customer only; any other (catalogue, rate cards, versions)
+recompiles the whole tables. The writer refreshes them before it hands batches to another
 thread and applies no admin command until they are rated, so while a batch is rated the tables are current
 and a read (balances, Authorize) compiles nothing: it touches no Python state the rating thread uses.
 
@@ -27,7 +29,7 @@ from engine.control import encode_state_parts
 from engine.errors import NotFound
 from engine.ledger import Grant
 from engine.state import Engine
-from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, compile_tables
+from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
 
 HOUR_MS = 3_600_000
 SNAPSHOT_FORMAT = 2
@@ -123,7 +125,9 @@ class Billing:
         self.kernel = kernel if kernel is not None else Kernel()
         self.future_skew_ms = future_skew_ms
         self.dedupe_window_ms = dedupe_window_ms
-        self._tables_stale = True
+        self._compiler = TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
+        self._tables_stale = True  # the whole tables
+        self._customers_stale: set[str] = set()  # only these customers' (when the whole tables are current)
 
     @property
     def last_seq(self) -> int:
@@ -143,7 +147,11 @@ class Billing:
         if isinstance(command, cmd.PublishVersion):
             self._note_rated_hours(command.rate_card_id)
         result = self.engine.apply(command, seq)
-        self._tables_stale = True
+        customer_id = _changed_customer(command, result)
+        if customer_id is None:
+            self._tables_stale = True
+        else:
+            self._customers_stale.add(customer_id)
         return result
 
     def ingest(
@@ -178,15 +186,23 @@ class Billing:
         if card is not None:
             card.rated_hours = dict.fromkeys(self.kernel.rated_hours(rate_card_id, 0))
 
-    def refresh_tables(self) -> None:
-        """Compiles the kernel's tables if an admin command changed the control plane since (a no-op otherwise,
-        so a read calling it while a batch is rated elsewhere does nothing: the writer refreshed them first)."""
-        if self._tables_stale:
-            tables = compile_tables(
-                self.engine.state, future_skew_ms=self.future_skew_ms, dedupe_window_ms=self.dedupe_window_ms
-            )
-            self.kernel.load_tables(tables)
+    def refresh_tables(self, *, whole: bool = False) -> None:
+        """Compiles what an admin command changed since: the whole tables, or only the customers touched (a
+        no-op when nothing changed, so a read calling it while a batch is rated elsewhere does nothing: the
+        writer refreshed them first). `whole` recompiles everything regardless."""
+        if self._tables_stale or whole:
+            self.kernel.load_tables(self._compiler.compile_all(self.engine.state))
             self._tables_stale = False
+            self._customers_stale.clear()
+        elif self._customers_stale:
+            # Failing half way (a value the kernel refuses), the compiler's indexes and the kernel's may part:
+            # the next refresh compiles the whole tables again.
+            self._tables_stale = True
+            self.kernel.load_customers(
+                self._compiler.compile_customers(self.engine.state, self._customers_stale, self.engine.contracts_of)
+            )
+            self._tables_stale = False
+            self._customers_stale.clear()
 
     # Reads ---------------------------------------------------------------------------------------------
 
@@ -272,3 +288,14 @@ class Billing:
         engine = Engine.from_snapshot(stored.control)
         kernel = Kernel.restore(stored.kernel)
         return cls(engine, kernel, future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
+
+
+def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:
+    """The one customer whose tables an applied command changed, or None when it changed shared tables."""
+    match command:
+        case cmd.CreateCustomer(id=customer_id):
+            return customer_id
+        case cmd.CreateContract() | cmd.AddOverride() | cmd.GrantCredits():
+            assert isinstance(result, Contract | Grant)
+            return result.customer_id
+    return None

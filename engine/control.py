@@ -32,7 +32,7 @@ EVENT_MAP_ENTRIES_MAX = 64
 SNAPSHOT_PART_ENTRIES = 256
 
 
-class AuditEntry(msgspec.Struct, frozen=True, array_like=True):
+class AuditEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     seq: int
     at_ms: int
     actor: str
@@ -49,7 +49,7 @@ class Account(msgspec.Struct, gc=False):
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
 
 
-class RequestMark(msgspec.Struct, frozen=True, array_like=True):
+class RequestMark(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What made an idempotency key's first call: its fingerprint, and the draft version it created (if any)."""
 
     fingerprint: bytes
@@ -124,7 +124,7 @@ class ControlPlane:
     """The state and indexes every command reads, and the retry-key rules (see engine/state.py's Engine)."""
 
     state: BillingState
-    _contracts_by_customer: dict[str, list[Contract]]
+    _contracts_by_customer: dict[str, tuple[Contract, ...]]
     _grant_ids: set[str]
 
     def _repeat(self, key: str, command: cmd.AdminCommand, answer: Callable[[], object]) -> bytes:
@@ -136,6 +136,17 @@ class ControlPlane:
         if mark is not None and mark.fingerprint == print_:
             raise Repeated(answer())
         return print_
+
+    def _repeat_held(
+        self, key: str, command: cmd.AdminCommand, held: bytes | None, answer: Callable[[], object]
+    ) -> bytes:
+        """`_repeat` for a command whose record holds its own fingerprint (`held`: that of the record already
+        under the key, None if there is none): customers, contracts and grants keep it there, not in
+        `requests`, which still answers for keys stored by releases before."""
+        print_ = fingerprint(command)
+        if held is not None and held == print_:
+            raise Repeated(answer())
+        return self._repeat(key, command, answer) if self.state.requests else print_
 
     def _remember(self, key: str, print_: bytes, version: int = 0) -> None:
         self.state.requests[key] = RequestMark(print_, version)

@@ -14,20 +14,23 @@ from engine.money import parse_decimal
 from engine.ratecard import normalize_match
 
 DAY_MS = 24 * 3_600_000
+# Shared by every customer created without attributes (most): an empty dict is 64 bytes, and a Customer is
+# frozen, its attributes never changed in place.
+NO_ATTRIBUTES: dict[str, str] = {}
 
 
 class CustomerCommands(ControlPlane):
     def _create_customer(self, c: cmd.CreateCustomer) -> Customer:
         check_id(c.id, "id")
         check_text_map(c.attributes, "attributes")
-        key = f"customer/{c.id}"
-        print_ = self._repeat(key, c, lambda: self.state.customers[c.id])
-        if c.id in self.state.customers:
+        held = self.state.customers.get(c.id)
+        print_ = self._repeat_held(f"customer/{c.id}", c, None if held is None else held.request, lambda: held)
+        if held is not None:
             raise AlreadyExists(f"customer {c.id!r} already exists")
-        customer = Customer(c.id, c.name or c.id, dict(c.attributes), c.at_ms)
+        attributes = dict(c.attributes) if c.attributes else NO_ATTRIBUTES
+        customer = Customer(c.id, c.name or c.id, attributes, c.at_ms, request=print_)
         self.state.customers[c.id] = customer
         self.state.accounts[c.id] = Account(c.id)
-        self._remember(key, print_)
         return customer
 
     def _create_contract(self, c: cmd.CreateContract) -> Contract:
@@ -44,12 +47,13 @@ class CustomerCommands(ControlPlane):
         parse_decimal(overage_price, "overage_price")
         # Without an id, the contract is named after its customer and start: a customer's contracts never
         # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
-        contract_id = c.id or _contract_id(customer.id, starting_at_ms)
-        key = f"contract/{contract_id}"
-        print_ = self._repeat(key, c, lambda: self.state.contracts[contract_id])
-        if contract_id in self.state.contracts:
+        contract_id = c.id or default_contract_id(customer.id, starting_at_ms)
+        held = self.state.contracts.get(contract_id)
+        print_ = self._repeat_held(f"contract/{contract_id}", c, None if held is None else held.request, lambda: held)
+        if held is not None:
             raise AlreadyExists(f"contract {contract_id!r} already exists")
-        for other in self._contracts_by_customer.get(customer.id, []):
+        contracts = self._contracts_by_customer.get(customer.id, ())
+        for other in contracts:
             if other.overlaps(starting_at_ms, c.ending_before_ms):
                 raise FailedPrecondition(f"customer {customer.id!r} already has contract {other.id!r} in that time")
         contract = Contract(
@@ -62,10 +66,10 @@ class CustomerCommands(ControlPlane):
             overage_price,
             c.currency or "USD",
             c.at_ms,
+            request=print_,
         )
         self.state.contracts[contract_id] = contract
-        self._contracts_by_customer.setdefault(customer.id, []).append(contract)
-        self._remember(key, print_)
+        self._contracts_by_customer[customer.id] = (*contracts, contract)
         return contract
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:
@@ -90,12 +94,12 @@ class CustomerCommands(ControlPlane):
         print_ = self._repeat(key, c, lambda: contract)
         if any(existing.id == o.id for existing in contract.overrides):
             raise AlreadyExists(f"contract {contract.id!r} already has an override {o.id!r}")
-        contract.overrides.append(o)
+        contract.overrides = (*contract.overrides, o)
         self._remember(key, print_)
         return contract
 
 
-def _contract_id(customer_id: str, starting_at_ms: int) -> str:
+def default_contract_id(customer_id: str, starting_at_ms: int) -> str:
     """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
     if starting_at_ms % DAY_MS == 0:
         suffix = datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")

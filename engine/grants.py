@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from engine import commands as cmd
 from engine.control import ControlPlane, check_id
 from engine.errors import AlreadyExists, InvalidArgument
@@ -17,10 +19,10 @@ class GrantCommands(ControlPlane):
         if c.kind is None:
             raise InvalidArgument.field("grant.kind", "is required: PREPAID, PROMOTIONAL, ROLLOVER or TOP_UP")
         amount = _grant_amount_picos(c.amount)
-        paid = parse_decimal(c.paid_amount or "0", "grant.paid_amount")
+        paid = _shared_decimal(c.paid_amount or "0", "grant.paid_amount")
         if c.kind is GrantKind.PROMOTIONAL and paid != 0:
             raise InvalidArgument.field("grant.paid_amount", "a promotional grant is not paid for: must be 0")
-        rollover = parse_decimal(c.rollover_fraction or "0", "grant.rollover_fraction")
+        rollover = _shared_decimal(c.rollover_fraction or "0", "grant.rollover_fraction")
         if rollover > 1:
             raise InvalidArgument.field("grant.rollover_fraction", "must be between 0 and 1")
         starts_at_ms = c.starts_at_ms
@@ -40,15 +42,16 @@ class GrantCommands(ControlPlane):
                 "grant.id", "is required (or request_id): the key that makes a retried GrantCredits grant once"
             )
         account = self.state.accounts[customer_id]
-        key = f"grant/{c.id}"
-        print_ = self._repeat(key, c, lambda: next(g for g in account.grants if g.id == c.id))
+        held = next((g for g in account.grants if g.id == c.id), None) if c.id in self._grant_ids else None
+        print_ = self._repeat_held(f"grant/{c.id}", c, None if held is None else held.request, lambda: held)
         if c.id in self._grant_ids:
             raise AlreadyExists(f"grant {c.id!r} already exists")
         self.state.grants_created += 1
         grant = Grant(
             id=c.id,
             customer_id=customer_id,
-            contract_id=c.contract_id,
+            # The contract's own id object, not the command's copy of the text: one string fewer per grant.
+            contract_id=self.contract(c.contract_id).id if c.contract_id else "",
             kind=c.kind,
             amount=amount,
             paid_amount=paid,
@@ -59,10 +62,10 @@ class GrantCommands(ControlPlane):
             rollover_fraction=rollover,
             created_at_ms=c.at_ms,
             creation_order=self.state.grants_created,
+            request=print_,
         )
         account.grants.append(grant)
         self._grant_ids.add(grant.id)
-        self._remember(key, print_)
         return grant
 
     def _grant_owner(self, c: cmd.GrantCredits) -> str:
@@ -77,6 +80,22 @@ class GrantCommands(ControlPlane):
         if c.customer_id:
             return self.customer(c.customer_id).id
         raise InvalidArgument.field("grant.customer_id", "customer_id or contract_id is required")
+
+
+# Grants repeat a few paid amounts and rollover fractions, and a Decimal is 104 bytes: one object per distinct
+# text (a Decimal is immutable), for the first few distinct texts.
+SHARED_DECIMALS_MAX = 1024
+_shared_decimals: dict[str, Decimal] = {}
+
+
+def _shared_decimal(text: str, field: str) -> Decimal:
+    """parse_decimal(text, field), the same object for the same text."""
+    value = _shared_decimals.get(text)
+    if value is None:
+        value = parse_decimal(text, field)
+        if len(_shared_decimals) < SHARED_DECIMALS_MAX:
+            _shared_decimals[text] = value
+    return value
 
 
 def _grant_amount_picos(text: str) -> int:

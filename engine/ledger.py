@@ -40,6 +40,7 @@ class Grant(msgspec.Struct, gc=False):
     drawn: int = 0
     remaining: int = -1  # set to amount on creation
     recognized_revenue: int = 0  # picos of the currency
+    request: bytes = b""  # the GrantCredits' fingerprint (its retry key, as Customer.request)
 
     def __post_init__(self) -> None:
         if self.remaining == -1:

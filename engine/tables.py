@@ -9,10 +9,16 @@ What the tables hold: products (event type, aggregation, filters, pricing dimens
 rate card version with its rates most specific first, version timelines (one per distinct list of versions
 a customer sees, so a cohort gets its own), and per customer its contracts (period anchor, overage policy,
 overrides, timeline), grants (burn-order fields) and closed periods.
+
+`TableCompiler` compiles them whole (`compile_all`, for Kernel.load_tables) or, after a command that touched
+only some customers, just those customers (`compile_customers`, for Kernel.load_customers): it remembers the
+version and timeline indexes of the last whole compile, so a customer's tables name the same shared entries
+and a new timeline (a cohort not seen yet) is appended after those the kernel holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
 import msgspec
@@ -107,6 +113,12 @@ class CustomerTable(msgspec.Struct):
     closed_periods: list[int]
 
 
+class CustomerTables(msgspec.Struct):
+    first_timeline: int  # how many timelines the kernel holds; `timelines` come after them
+    timelines: list[list[tuple[int, int]]]
+    customers: list[CustomerTable]
+
+
 class Tables(msgspec.Struct):
     future_skew_ms: int
     dedupe_window_ms: int
@@ -132,35 +144,83 @@ def compile_tables(
     dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
 ) -> bytes:
     """The kernel tables for this control-plane state, msgpack-encoded for Kernel.load_tables."""
-    products = [
-        ProductTable(
-            p.id, p.event_type, p.aggregation.value, p.value_key, sorted(p.filters.items()), list(p.pricing_dimensions)
-        )
-        for p in state.products.values()
-    ]
-    versions: list[VersionTable] = []
-    version_index: dict[tuple[str, int], int] = {}
-    for card in state.rate_cards.values():
-        for _, number in card.timeline:
-            if (card.id, number) not in version_index:
-                version_index[(card.id, number)] = len(versions)
-                versions.append(_version_table(card, number, state))
-    timelines: list[list[tuple[int, int]]] = []
-    timeline_index: dict[tuple[tuple[int, int], ...], int] = {}
-    customers = []
-    contracts_by_customer: dict[str, list[Contract]] = {}
-    for contract in state.contracts.values():  # grouped once: a scan per customer would be quadratic
-        contracts_by_customer.setdefault(contract.customer_id, []).append(contract)
-    for customer in state.customers.values():
+    return TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms).compile_all(state)
+
+
+class TableCompiler:
+    """Compiles the tables whole, or some customers against the last whole compile."""
+
+    def __init__(
+        self, *, future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT, dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT
+    ) -> None:
+        self.future_skew_ms = future_skew_ms
+        self.dedupe_window_ms = dedupe_window_ms
+        self._version_index: dict[tuple[str, int], int] = {}
+        self._timeline_index: dict[tuple[tuple[int, int], ...], int] = {}
+
+    def compile_all(self, state: BillingState) -> bytes:
+        """Every table, msgpack-encoded for Kernel.load_tables; the indexes later customer compiles follow."""
+        products = [
+            ProductTable(
+                p.id,
+                p.event_type,
+                p.aggregation.value,
+                p.value_key,
+                sorted(p.filters.items()),
+                list(p.pricing_dimensions),
+            )
+            for p in state.products.values()
+        ]
+        versions: list[VersionTable] = []
+        self._version_index = {}
+        for card in state.rate_cards.values():
+            for _, number in card.timeline:
+                if (card.id, number) not in self._version_index:
+                    self._version_index[(card.id, number)] = len(versions)
+                    versions.append(_version_table(card, number, state))
+        self._timeline_index = {}
+        timelines: list[list[tuple[int, int]]] = []
+        contracts_by_customer: dict[str, list[Contract]] = {}
+        for contract in state.contracts.values():  # grouped once: a scan per customer would be quadratic
+            contracts_by_customer.setdefault(contract.customer_id, []).append(contract)
+        customers = [
+            self._customer_table(state, customer, contracts_by_customer.get(customer.id, ()), timelines)
+            for customer in state.customers.values()
+        ]
+        tables = Tables(self.future_skew_ms, self.dedupe_window_ms, products, versions, timelines, customers)
+        return msgspec.msgpack.encode(tables)
+
+    def compile_customers(
+        self, state: BillingState, customer_ids: Iterable[str], contracts_of: Callable[[str], Sequence[Contract]]
+    ) -> bytes:
+        """These customers' tables, msgpack-encoded for Kernel.load_customers, against the last `compile_all`
+        (which must have seen every product, version and rate card they name)."""
+        first_timeline = len(self._timeline_index)
+        timelines: list[list[tuple[int, int]]] = []
+        customers = [
+            self._customer_table(state, state.customers[customer_id], contracts_of(customer_id), timelines)
+            for customer_id in sorted(customer_ids)
+        ]
+        return msgspec.msgpack.encode(CustomerTables(first_timeline, timelines, customers))
+
+    def _customer_table(
+        self,
+        state: BillingState,
+        customer: Customer,
+        contracts: Iterable[Contract],
+        timelines: list[list[tuple[int, int]]],
+    ) -> CustomerTable:
+        """One customer's tables; a timeline not indexed yet gets the next index and is added to `timelines`."""
         account = state.accounts[customer.id]
-        contracts = []
-        for contract in contracts_by_customer.get(customer.id, ()):
+        contract_tables = []
+        for contract in contracts:
             card = state.rate_cards[contract.rate_card_id]
-            timeline = _timeline_for(card, customer, version_index)
-            if timeline not in timeline_index:
-                timeline_index[timeline] = len(timelines)
+            timeline = _timeline_for(card, customer, self._version_index)
+            index = self._timeline_index.get(timeline)
+            if index is None:
+                index = self._timeline_index[timeline] = len(self._timeline_index)
                 timelines.append(list(timeline))
-            contracts.append(_contract_table(contract, timeline_index[timeline]))
+            contract_tables.append(_contract_table(contract, index))
         grants = [
             GrantTable(
                 g.id,
@@ -173,9 +233,7 @@ def compile_tables(
             )
             for g in account.grants
         ]
-        customers.append(CustomerTable(customer.id, contracts, grants, sorted(account.closed_periods)))
-    tables = Tables(future_skew_ms, dedupe_window_ms, products, versions, timelines, customers)
-    return msgspec.msgpack.encode(tables)
+        return CustomerTable(customer.id, contract_tables, grants, sorted(account.closed_periods))
 
 
 def _version_table(card: RateCard, number: int, state: BillingState) -> VersionTable:

@@ -137,4 +137,6 @@ def test_demo_commands_replay_to_the_same_state_with_the_request_marks() -> None
     billing = run_with(journal, body)
     replayed = recover(journal).engine
     assert replayed.state.requests == billing.engine.state.requests
-    assert "customer/c-1" in replayed.state.requests and len(demo_commands(NOW_MS)) == 7
+    assert "rate_card/ai-credits" in replayed.state.requests and len(demo_commands(NOW_MS)) == 7
+    # A customer's mark is held on the customer (engine/contracts.py), and replay rebuilds it too.
+    assert replayed.state.customers["c-1"].request == billing.engine.state.customers["c-1"].request != b""

@@ -4,6 +4,12 @@ One event type, `llm_call`, feeds two products (`input_tokens` and `output_token
 priced per 1,000 tokens by model × region with formulas over parameters (an EU markup on every model),
 and a wildcard rate for anything else. Every customer has a contract from the start of the month and a
 PREPAID grant far larger than any bench run can burn, so no event ever falls into overage.
+
+Up to RPC_SEED_CUSTOMERS_MAX customers are seeded through the RPCs (three per customer). Beyond that (the memory
+bench's million) `seed_journal` writes, into a fresh data directory, the journal those RPCs would leave (the same
+requests, turned into commands as server/services.py turns them), and the server recovers it at start: the same
+commands applied in the same order, so the same state, in minutes instead of the hour the RPCs take.
+tests/test_bench_seed.py checks that both paths give the same state.
 """
 
 from __future__ import annotations
@@ -13,12 +19,19 @@ import random
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from tariff.v1 import contracts_pb2, contracts_pb2_grpc, pricing_pb2, pricing_pb2_grpc, usage_pb2
 
-from server.bench.target import CHANNEL_OPTIONS
+from engine import commands as cmd
+from engine.customers import default_contract_id
+from server import convert
+from server.auth import ACTOR_ANONYMOUS
+from server.bench.target import BENCH_MAP_SIZE_MB, CHANNEL_OPTIONS
+from server.journal import LmdbJournal
+from server.sequencer import JournalRecord, encode_record
 
 EVENT_TYPE = "llm_call"
 RATE_CARD_ID = "bench-llm"
@@ -27,6 +40,8 @@ MODELS = ("gpt-4", "gpt-4o-mini", "claude-sonnet")
 REGIONS = ("us-east", "eu-west")
 GRANT_CREDITS = "1000000000000"
 SEED_CALLS_IN_FLIGHT = 64
+RPC_SEED_CUSTOMERS_MAX = 100_000
+JOURNAL_SEED_CHUNK_RECORDS = 30_000
 PARAMETERS = {
     "gpt4_in": "0.03",
     "gpt4_out": "0.06",
@@ -74,55 +89,75 @@ def _rates() -> list[pricing_pb2.Rate]:
     return rates
 
 
-async def seed_catalogue(channel: grpc.aio.Channel) -> None:
-    pricing = pricing_pb2_grpc.PricingServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, unannotated
-    for product in PRODUCTS:
-        await pricing.CreateProduct(
-            pricing_pb2.CreateProductRequest(
-                product=pricing_pb2.Product(
-                    id=product,
-                    name=product.replace("_", " "),
-                    event_type=EVENT_TYPE,
-                    aggregation=pricing_pb2.SUM,
-                    value_key=product,
-                    pricing_dimensions=["model", "region"],
-                    unit="tokens",
-                )
+def _product_requests() -> list[pricing_pb2.CreateProductRequest]:
+    return [
+        pricing_pb2.CreateProductRequest(
+            product=pricing_pb2.Product(
+                id=product,
+                name=product.replace("_", " "),
+                event_type=EVENT_TYPE,
+                aggregation=pricing_pb2.SUM,
+                value_key=product,
+                pricing_dimensions=["model", "region"],
+                unit="tokens",
             )
         )
-    await pricing.CreateRateCard(
-        pricing_pb2.CreateRateCardRequest(id=RATE_CARD_ID, name="Bench LLM", pricing_unit="credits")
+        for product in PRODUCTS
+    ]
+
+
+RATE_CARD_REQUEST = pricing_pb2.CreateRateCardRequest(id=RATE_CARD_ID, name="Bench LLM", pricing_unit="credits")
+
+
+def _draft_request() -> pricing_pb2.CreateDraftVersionRequest:
+    return pricing_pb2.CreateDraftVersionRequest(
+        rate_card_id=RATE_CARD_ID, set_parameters=PARAMETERS, upsert_rates=_rates(), change_note="bench prices"
     )
-    draft = await pricing.CreateDraftVersion(
-        pricing_pb2.CreateDraftVersionRequest(
-            rate_card_id=RATE_CARD_ID, set_parameters=PARAMETERS, upsert_rates=_rates(), change_note="bench prices"
+
+
+def _publish_request(version: int) -> pricing_pb2.PublishVersionRequest:
+    return pricing_pb2.PublishVersionRequest(
+        rate_card_id=RATE_CARD_ID, version=version, effective_from=_timestamp(month_start())
+    )
+
+
+def _customer_request(index: int) -> contracts_pb2.CreateCustomerRequest:
+    return contracts_pb2.CreateCustomerRequest(id=customer_id(index), name=f"Bench customer {index}")
+
+
+def _contract_request(index: int, start: Timestamp) -> contracts_pb2.CreateContractRequest:
+    return contracts_pb2.CreateContractRequest(
+        customer_id=customer_id(index), rate_card_id=RATE_CARD_ID, starting_at=start
+    )
+
+
+def _grant_request(index: int, contract_id: str) -> contracts_pb2.GrantCreditsRequest:
+    customer = customer_id(index)
+    return contracts_pb2.GrantCreditsRequest(
+        grant=contracts_pb2.Grant(
+            id=f"{customer}-prepaid",  # the key that makes a retried grant grant once
+            customer_id=customer,
+            contract_id=contract_id,
+            kind=contracts_pb2.PREPAID,
+            amount=GRANT_CREDITS,
+            paid_amount="900000000000",
         )
     )
-    await pricing.PublishVersion(
-        pricing_pb2.PublishVersionRequest(
-            rate_card_id=RATE_CARD_ID, version=draft.version, effective_from=_timestamp(month_start())
-        )
-    )
+
+
+async def seed_catalogue(channel: grpc.aio.Channel) -> None:
+    pricing = pricing_pb2_grpc.PricingServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, unannotated
+    for request in _product_requests():
+        await pricing.CreateProduct(request)
+    await pricing.CreateRateCard(RATE_CARD_REQUEST)
+    draft = await pricing.CreateDraftVersion(_draft_request())
+    await pricing.PublishVersion(_publish_request(draft.version))
 
 
 async def _seed_customer(contracts: contracts_pb2_grpc.ContractServiceStub, index: int, start: Timestamp) -> None:
-    customer = customer_id(index)
-    await contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer, name=f"Bench customer {index}"))
-    contract = await contracts.CreateContract(
-        contracts_pb2.CreateContractRequest(customer_id=customer, rate_card_id=RATE_CARD_ID, starting_at=start)
-    )
-    await contracts.GrantCredits(
-        contracts_pb2.GrantCreditsRequest(
-            grant=contracts_pb2.Grant(
-                id=f"{customer}-prepaid",  # the key that makes a retried grant grant once
-                customer_id=customer,
-                contract_id=contract.id,
-                kind=contracts_pb2.PREPAID,
-                amount=GRANT_CREDITS,
-                paid_amount="900000000000",
-            )
-        )
-    )
+    await contracts.CreateCustomer(_customer_request(index))
+    contract = await contracts.CreateContract(_contract_request(index, start))
+    await contracts.GrantCredits(_grant_request(index, contract.id))
 
 
 async def _seed(target: str, customers: int) -> None:
@@ -143,6 +178,66 @@ def seed(target: str, customers: int) -> float:
     """Loads the catalogue and `customers` customers; returns the seconds it took (not a reported figure)."""
     started = time.perf_counter()
     asyncio.run(_seed(target, customers))
+    return time.perf_counter() - started
+
+
+def _clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def seed_commands(customers: int) -> Iterator[cmd.AdminCommand]:
+    """The commands the seeding RPCs become, in their order, stamped as the server stamps them (its clock, the
+    caller's actor: "anonymous" without API keys)."""
+    actor = ACTOR_ANONYMOUS
+    for product in _product_requests():
+        yield convert.create_product(product, _clock_ms(), actor)
+    card = RATE_CARD_REQUEST
+    yield cmd.CreateRateCard(_clock_ms(), actor, card.id, card.name, card.pricing_unit)
+    yield convert.create_draft(_draft_request(), _clock_ms(), actor)
+    publish = _publish_request(1)  # the card's first draft
+    yield cmd.PublishVersion(
+        _clock_ms(), actor, publish.rate_card_id, publish.version, convert.optional_ms(publish, "effective_from")
+    )
+    start = _timestamp(month_start())
+    for index in range(customers):
+        request = _customer_request(index)
+        yield cmd.CreateCustomer(_clock_ms(), actor, request.id, request.name, dict(request.attributes))
+        contract = _contract_request(index, start)
+        starting_at_ms = convert.optional_ms(contract, "starting_at")
+        yield cmd.CreateContract(
+            _clock_ms(),
+            actor,
+            contract.id,
+            contract.customer_id,
+            contract.rate_card_id,
+            starting_at_ms,
+            convert.optional_ms(contract, "ending_before"),
+            convert.overage_policy(contract.overage_policy),
+            contract.overage_price,
+            contract.currency,
+        )
+        assert starting_at_ms is not None
+        contract_id = default_contract_id(contract.customer_id, starting_at_ms)  # what the server names it
+        yield convert.grant_credits(_grant_request(index, contract_id), _clock_ms(), actor)
+
+
+def seed_journal(data_dir: Path, customers: int) -> float:
+    """Writes the journal that seeding `customers` customers through the RPCs leaves, into a data directory no
+    server has used; a server started on it recovers that state. Returns the seconds it took."""
+    started = time.perf_counter()
+    journal = LmdbJournal(data_dir / "journal", map_size_bytes=BENCH_MAP_SIZE_MB * 2**20, sync=False)
+    try:
+        assert journal.last_seq() == 0, f"{data_dir} already holds a journal"
+        chunk: list[tuple[int, bytes]] = []
+        for seq, command in enumerate(seed_commands(customers), start=1):
+            chunk.append((seq, encode_record(JournalRecord(command))))
+            if len(chunk) == JOURNAL_SEED_CHUNK_RECORDS:
+                journal.commit(chunk)
+                chunk = []
+        if chunk:
+            journal.commit(chunk)
+    finally:
+        journal.close()
     return time.perf_counter() - started
 
 

@@ -48,6 +48,13 @@ impl Kernel {
         py.detach(|| self.lock()?.load_tables(tables).map_err(PyValueError::new_err))
     }
 
+    /// Loads some customers' routes and grants (msgpack from engine/tables.py) against the tables
+    /// already loaded. Raises ValueError when they are malformed or were compiled against other
+    /// tables, having changed nothing.
+    fn load_customers(&self, py: Python<'_>, customers: &[u8]) -> PyResult<()> {
+        py.detach(|| self.lock()?.load_customers(customers).map_err(PyValueError::new_err))
+    }
+
     /// Rates a UsageBatch given as its wire bytes: (IngestAck bytes, 16-byte digest). Raises
     /// ValueError, having changed nothing, when the bytes are not a UsageBatch.
     fn ingest<'py>(

@@ -124,19 +124,67 @@ pub enum BatchRefusal {
 #[derive(Default)]
 pub struct Kernel {
     rater: Rater,
-    accounts: FxHashMap<String, Account>,
+    /// Boxed: a map slot holds a pointer, not the whole account, so the map's spare capacity (up to
+    /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
+    accounts: FxHashMap<String, Box<Account>>,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
 }
 
 impl Kernel {
     /// Replaces the compiled control plane. Accounts keep their state; a grant keeps its balance
-    /// by id, new grants start full.
+    /// by id, new grants start full; an account the tables do not name loses its route. Changes
+    /// nothing when the tables are malformed.
     pub fn load_tables(&mut self, bytes: &[u8]) -> Result<(), String> {
         let tables = tables::decode(bytes)?;
-        let mut catalog = Catalog::compile(&tables, &mut self.rater.interner)?;
-        for customer in &tables.customers {
-            let account = self.accounts.entry(customer.id.clone()).or_default();
+        let catalog = Catalog::compile(&tables, &mut self.rater.interner)?;
+        let compiled = self.compile_customers(&catalog, &tables.customers, catalog.timelines.len())?;
+        // Each account holds its route (the one copy), so rating an event looks its customer up once.
+        for account in self.accounts.values_mut() {
+            account.route = None;
+        }
+        self.rater.catalog = catalog;
+        self.install(&tables.customers, compiled);
+        Ok(())
+    }
+
+    /// Loads some customers' routes and grants (`CustomerTables` from engine/tables.py) against the
+    /// tables already loaded: the same state `load_tables` would give with those customers' tables
+    /// changed, without recompiling the others. Changes nothing when the tables are malformed or
+    /// were compiled against other shared tables.
+    pub fn load_customers(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let tables = tables::decode_customers(bytes)?;
+        let catalog = &self.rater.catalog;
+        if tables.first_timeline as usize != catalog.timelines.len() {
+            return Err(format!(
+                "customer tables follow {} timelines, the kernel holds {}: load the whole tables",
+                tables.first_timeline,
+                catalog.timelines.len()
+            ));
+        }
+        let timelines = catalog.checked_timelines(&tables.timelines)?;
+        let held = catalog.timelines.len() + timelines.len();
+        let catalog = std::mem::take(&mut self.rater.catalog);
+        let compiled = self.compile_customers(&catalog, &tables.customers, held);
+        self.rater.catalog = catalog;
+        let compiled = compiled?;
+        self.rater.catalog.timelines.extend(timelines);
+        self.install(&tables.customers, compiled);
+        Ok(())
+    }
+
+    /// Each customer's route and grants (merged with the account's: a known grant keeps what was
+    /// drawn), checked; changes no account.
+    fn compile_customers(
+        &mut self,
+        catalog: &Catalog,
+        customers: &[tables::CustomerTable],
+        timelines: usize,
+    ) -> Result<Vec<(Route, Vec<Grant>)>, String> {
+        let mut compiled = Vec::with_capacity(customers.len());
+        for customer in customers {
+            let route = catalog.route(customer, timelines, &mut self.rater.interner)?;
+            let mut grants = self.accounts.get(customer.id.as_str()).map_or_else(Vec::new, |a| a.grants.clone());
             for table in &customer.grants {
                 let amount = parse_i128(&table.amount_picos)?;
                 if amount <= 0 {
@@ -153,7 +201,7 @@ impl Kernel {
                     expires_at_ms: table.expires_at_ms,
                     creation_order: table.creation_order,
                 };
-                match account.grants.iter_mut().find(|g| g.id == fresh.id) {
+                match grants.iter_mut().find(|g| g.id == fresh.id) {
                     Some(known) => {
                         let drawn = known.drawn();
                         if drawn > amount {
@@ -161,20 +209,25 @@ impl Kernel {
                         }
                         *known = Grant { remaining: amount - drawn, ..fresh };
                     }
-                    None => account.grants.push(fresh),
+                    None => grants.push(fresh),
                 }
             }
-            account.order = burn_order(&account.grants);
+            grants.shrink_to_fit(); // a Vec grows by doubling from 4: one grant would hold room for four
+            compiled.push((route, grants));
         }
-        // Each account holds its route, so rating an event looks its customer up once.
-        for account in self.accounts.values_mut() {
-            account.route = None;
+        Ok(compiled)
+    }
+
+    fn install(&mut self, customers: &[tables::CustomerTable], compiled: Vec<(Route, Vec<Grant>)>) {
+        for (customer, (route, grants)) in customers.iter().zip(compiled) {
+            let account = match self.accounts.get_mut(customer.id.as_str()) {
+                Some(account) => account,
+                None => self.accounts.entry(customer.id.clone()).or_default(),
+            };
+            account.order = burn_order(&grants);
+            account.grants = grants;
+            account.route = Some(route);
         }
-        for (customer_id, route) in catalog.routes.drain() {
-            self.accounts.entry(customer_id).or_default().route = Some(route);
-        }
-        self.rater.catalog = catalog;
-        Ok(())
     }
 
     /// Rates a batch as record `journal_seq`; returns (IngestAck bytes, digest). Fails only if the bytes
@@ -293,7 +346,7 @@ impl Rater {
             ));
         };
         let period_start_ms = account.period(contract.starting_at_ms, ts);
-        if route.closed_periods.contains(&period_start_ms) {
+        if route.is_closed(period_start_ms) {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
         }
         let feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k));
@@ -304,7 +357,10 @@ impl Rater {
         let Some(version) = self.catalog.version_at(contract.timeline, ts) else {
             return Err(Refusal::new(
                 Reason::NoApplicableRate,
-                format!("rate card {} has no version in force at {ts}", py_repr(&contract.rate_card_id)),
+                format!(
+                    "rate card {} has no version in force at {ts}",
+                    py_repr(self.interner.text(contract.rate_card))
+                ),
             ));
         };
         for index in feeding {
@@ -598,7 +654,7 @@ impl Kernel {
                 last_period: Cell::default(),
                 route: None,
             };
-            kernel.accounts.insert(stored.customer_id, account);
+            kernel.accounts.insert(stored.customer_id, Box::new(account));
         }
         Ok(kernel)
     }

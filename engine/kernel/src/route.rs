@@ -6,11 +6,11 @@
 
 use std::borrow::Cow;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::money::{parse_i128, Fixed};
 use crate::price::{Curve, PricedCurve, Tier};
-use crate::tables::{CurveTable, Tables};
+use crate::tables::{CurveTable, CustomerTable, Tables};
 
 pub type Sym = u32;
 
@@ -87,14 +87,16 @@ pub struct Override {
     pub multiplier: Option<Fixed>,
 }
 
+/// Held once per customer contract (a million of them with a million customers), so kept compact:
+/// symbols for text, boxed slices for lists that never grow.
 pub struct Contract {
-    pub rate_card_id: String,
+    pub rate_card: Sym,
+    pub timeline: u32,
+    pub block: bool,
     pub starting_at_ms: i64,
     pub ending_before_ms: Option<i64>,
-    pub block: bool,
     pub overage_price: Fixed,
-    pub timeline: usize,
-    pub overrides: Vec<Override>,
+    pub overrides: Box<[Override]>,
 }
 
 impl Contract {
@@ -103,10 +105,18 @@ impl Contract {
     }
 }
 
+/// A customer's contracts and closed periods (period starts, ascending): the one copy of its
+/// compiled tables, held by its account.
 #[derive(Default)]
 pub struct Route {
-    pub contracts: Vec<Contract>,
-    pub closed_periods: FxHashSet<i64>,
+    pub contracts: Box<[Contract]>,
+    pub closed_periods: Box<[i64]>,
+}
+
+impl Route {
+    pub fn is_closed(&self, period_start_ms: i64) -> bool {
+        self.closed_periods.binary_search(&period_start_ms).is_ok()
+    }
 }
 
 #[derive(Default)]
@@ -117,7 +127,6 @@ pub struct Catalog {
     pub by_event_type: FxHashMap<String, Vec<usize>>,
     pub versions: Vec<Version>,
     pub timelines: Vec<Vec<(i64, usize)>>,
-    pub routes: FxHashMap<String, Route>,
 }
 
 fn fixed(text: &str) -> Result<Fixed, String> {
@@ -169,16 +178,15 @@ fn aggregation(text: &str) -> Result<Aggregation, String> {
 }
 
 impl Catalog {
-    /// Compiles the tables; symbols are interned into the kernel's interner.
+    /// Compiles the shared tables (products, versions, timelines); symbols are interned into the
+    /// kernel's interner. Customers' routes compile with `route`.
     pub fn compile(tables: &Tables, interner: &mut Interner) -> Result<Catalog, String> {
         let mut catalog = Catalog {
             future_skew_ms: tables.future_skew_ms,
             dedupe_window_ms: tables.dedupe_window_ms,
             ..Catalog::default()
         };
-        let mut positions: FxHashMap<&str, &[String]> = FxHashMap::default();
         for (index, table) in tables.products.iter().enumerate() {
-            positions.insert(&table.id, &table.pricing_dimensions);
             catalog.by_event_type.entry(table.event_type.clone()).or_default().push(index);
             catalog.products.push(Product {
                 id: interner.intern(&table.id),
@@ -203,51 +211,66 @@ impl Catalog {
             let rate_card = interner.intern(&table.rate_card_id);
             catalog.versions.push(Version { rate_card, number: table.number, rates });
         }
-        for timeline in &tables.timelines {
-            if timeline.iter().any(|(_, v)| *v as usize >= catalog.versions.len()) {
-                return Err("a timeline names a version the tables do not hold".into());
+        catalog.timelines = catalog.checked_timelines(&tables.timelines)?;
+        Ok(catalog)
+    }
+
+    /// Timelines as tables send them, checked against the versions held.
+    pub fn checked_timelines(&self, timelines: &[Vec<(i64, u32)>]) -> Result<Vec<Vec<(i64, usize)>>, String> {
+        timelines
+            .iter()
+            .map(|timeline| {
+                if timeline.iter().any(|(_, v)| *v as usize >= self.versions.len()) {
+                    return Err("a timeline names a version the tables do not hold".to_string());
+                }
+                Ok(timeline.iter().map(|(at, v)| (*at, *v as usize)).collect())
+            })
+            .collect()
+    }
+
+    /// A customer's route, compiled against these tables: its contracts' timelines must be among the
+    /// first `timelines` (those held, plus any loaded with it).
+    pub fn route(&self, customer: &CustomerTable, timelines: usize, interner: &mut Interner) -> Result<Route, String> {
+        let mut contracts = Vec::with_capacity(customer.contracts.len());
+        for contract in &customer.contracts {
+            if contract.timeline as usize >= timelines {
+                return Err(format!("contract {:?} names a missing timeline", contract.id));
             }
-            catalog.timelines.push(timeline.iter().map(|(at, v)| (*at, *v as usize)).collect());
-        }
-        for customer in &tables.customers {
-            let mut route =
-                Route { closed_periods: customer.closed_periods.iter().copied().collect(), ..Route::default() };
-            for contract in &customer.contracts {
-                if contract.timeline as usize >= catalog.timelines.len() {
-                    return Err(format!("contract {:?} names a missing timeline", contract.id));
-                }
-                let mut overrides = Vec::new();
-                for table in &contract.overrides {
-                    let dimensions = positions.get(table.product_id.as_str()).copied().unwrap_or(&[]);
-                    let required = table
-                        .matches
-                        .iter()
-                        .map(|(key, value)| {
-                            dimensions.iter().position(|d| d == key).map(|p| (p, interner.intern(value)))
-                        })
-                        .collect::<Option<Vec<_>>>();
-                    overrides.push(Override {
-                        product: interner.intern(&table.product_id),
-                        required,
-                        starting_at_ms: table.starting_at_ms,
-                        ending_before_ms: table.ending_before_ms,
-                        price: table.price.as_deref().map(fixed).transpose()?,
-                        multiplier: table.multiplier.as_deref().map(fixed).transpose()?,
-                    });
-                }
-                route.contracts.push(Contract {
-                    rate_card_id: contract.rate_card_id.clone(),
-                    starting_at_ms: contract.starting_at_ms,
-                    ending_before_ms: contract.ending_before_ms,
-                    block: contract.block,
-                    overage_price: fixed(&contract.overage_price)?,
-                    timeline: contract.timeline as usize,
-                    overrides,
+            let mut overrides = Vec::with_capacity(contract.overrides.len());
+            for table in &contract.overrides {
+                let dimensions = self
+                    .products
+                    .iter()
+                    .find(|p| p.id_text == table.product_id)
+                    .map_or(&[][..], |p| p.dimensions.as_slice());
+                let required = table
+                    .matches
+                    .iter()
+                    .map(|(key, value)| dimensions.iter().position(|d| d == key).map(|p| (p, interner.intern(value))))
+                    .collect::<Option<Vec<_>>>();
+                overrides.push(Override {
+                    product: interner.intern(&table.product_id),
+                    required,
+                    starting_at_ms: table.starting_at_ms,
+                    ending_before_ms: table.ending_before_ms,
+                    price: table.price.as_deref().map(fixed).transpose()?,
+                    multiplier: table.multiplier.as_deref().map(fixed).transpose()?,
                 });
             }
-            catalog.routes.insert(customer.id.clone(), route);
+            contracts.push(Contract {
+                rate_card: interner.intern(&contract.rate_card_id),
+                timeline: contract.timeline,
+                block: contract.block,
+                starting_at_ms: contract.starting_at_ms,
+                ending_before_ms: contract.ending_before_ms,
+                overage_price: fixed(&contract.overage_price)?,
+                overrides: overrides.into_boxed_slice(),
+            });
         }
-        Ok(catalog)
+        let mut closed_periods = customer.closed_periods.clone();
+        closed_periods.sort_unstable();
+        closed_periods.dedup();
+        Ok(Route { contracts: contracts.into_boxed_slice(), closed_periods: closed_periods.into_boxed_slice() })
     }
 
     /// Products of this event type whose filters the event meets.
@@ -264,8 +287,8 @@ impl Catalog {
     }
 
     /// The version in force at ts_ms on a timeline (the newest effective; a later entry wins a tie).
-    pub fn version_at(&self, timeline: usize, ts_ms: i64) -> Option<&Version> {
-        let entries = &self.timelines[timeline];
+    pub fn version_at(&self, timeline: u32, ts_ms: i64) -> Option<&Version> {
+        let entries = &self.timelines[timeline as usize];
         let after = entries.partition_point(|(at, _)| *at <= ts_ms);
         after.checked_sub(1).map(|i| &self.versions[entries[i].1])
     }
@@ -380,6 +403,35 @@ mod tests {
         assert_eq!(feb, (JAN_31_2026, JAN_31_2026 + 28 * DAY_MS)); // Jan 31 -> Feb 28
         let march = period_containing(JAN_31_2026, feb.1 + 5 * DAY_MS);
         assert_eq!(march, (feb.1, feb.1 + 31 * DAY_MS)); // Feb 28 -> Mar 31, not Mar 28
+    }
+
+    fn customer(timeline: u32, closed_periods: Vec<i64>) -> CustomerTable {
+        CustomerTable {
+            id: "acme".into(),
+            contracts: vec![crate::tables::ContractTable {
+                id: "c1".into(),
+                rate_card_id: "card".into(),
+                starting_at_ms: 0,
+                ending_before_ms: None,
+                block: false,
+                overage_price: "1000000000000000000".into(),
+                timeline,
+                overrides: vec![],
+            }],
+            grants: vec![],
+            closed_periods,
+        }
+    }
+
+    #[test]
+    fn a_route_names_only_timelines_held_and_keeps_closed_periods_sorted() {
+        let (catalog, mut interner) = (Catalog::default(), Interner::default());
+        let route = catalog.route(&customer(0, vec![30, 10, 20, 10]), 1, &mut interner).expect("timeline 0 of 1");
+        assert_eq!(&*route.closed_periods, &[10, 20, 30]);
+        assert!(route.is_closed(20) && !route.is_closed(15));
+        assert_eq!(interner.text(route.contracts[0].rate_card), "card");
+        let missing = catalog.route(&customer(1, vec![]), 1, &mut interner).err().expect("timeline 1 of 1");
+        assert!(missing.contains("missing timeline"), "{missing}");
     }
 
     #[test]

@@ -15,6 +15,16 @@ pub struct Tables {
     pub customers: Vec<CustomerTable>,
 }
 
+/// Some customers' routes and grants, compiled against tables already loaded (`Kernel::load_customers`):
+/// an admin command that touches one customer recompiles that customer only.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CustomerTables {
+    /// How many timelines the kernel holds already; `timelines` are appended after them.
+    pub first_timeline: u32,
+    pub timelines: Vec<Vec<(i64, u32)>>,
+    pub customers: Vec<CustomerTable>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProductTable {
     pub id: String,
@@ -99,6 +109,10 @@ pub struct GrantTable {
 
 pub fn decode(bytes: &[u8]) -> Result<Tables, String> {
     rmp_serde::from_slice(bytes).map_err(|e| format!("kernel tables do not decode: {e}"))
+}
+
+pub fn decode_customers(bytes: &[u8]) -> Result<CustomerTables, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("customer tables do not decode: {e}"))
 }
 
 pub fn encode(tables: &Tables) -> Vec<u8> {

@@ -1,0 +1,78 @@
+"""Retry keys of customers, contracts and grants live on the records themselves, not in BillingState.requests.
+
+A retry of the same CreateCustomer, CreateContract or GrantCredits answers as the first call did and changes
+nothing, also after a snapshot round trip; another request under the same id is ALREADY_EXISTS; and a state
+written before (its fingerprints in `requests`, the records without one) still recognises a retry.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from engine import commands as cmd
+from engine.contracts import OveragePolicy
+from engine.control import BillingState, RequestMark, fingerprint
+from engine.errors import AlreadyExists, Repeated
+from engine.state import Engine
+from tests.engine_fixtures import ACTOR, EPOCH_MS, World
+
+CUSTOMER = cmd.CreateCustomer(EPOCH_MS, ACTOR, "acme", "Acme", {"tier": "gold"})
+CONTRACT = cmd.CreateContract(EPOCH_MS, ACTOR, "", "acme", "card", EPOCH_MS, None, OveragePolicy.ALLOW, "", "")
+
+
+def seeded() -> tuple[World, cmd.GrantCredits]:
+    world = World()
+    world.rate_card()
+    world.version([])
+    world.apply(CUSTOMER)
+    world.apply(CONTRACT)
+    grant = world.grant_command("g-1", "100", customer_id="acme")
+    world.apply(grant)
+    return world, grant
+
+
+def assert_retries_repeat(engine: Engine, grant: cmd.GrantCredits) -> None:
+    seq = engine.state.last_seq
+    for command, answer_id in ((CUSTOMER, "acme"), (CONTRACT, "acme-20260101"), (grant, "g-1")):
+        with pytest.raises(Repeated) as repeated:
+            engine.apply(msgspec.structs.replace(command, at_ms=EPOCH_MS + 1, actor="retrier"), seq + 1)
+        assert getattr(repeated.value.result, "id") == answer_id  # noqa: B009 (three record types)
+    assert engine.state.last_seq == seq
+    with pytest.raises(AlreadyExists, match="customer 'acme' already exists"):
+        engine.apply(msgspec.structs.replace(CUSTOMER, name="Other"), seq + 1)
+    with pytest.raises(AlreadyExists, match="grant 'g-1' already exists"):
+        engine.apply(msgspec.structs.replace(grant, amount="200"), seq + 1)
+
+
+def test_retries_repeat_without_an_entry_in_requests_also_after_a_snapshot() -> None:
+    world, grant = seeded()
+    assert not any(key.startswith(("customer/", "contract/", "grant/")) for key in world.engine.state.requests)
+    assert world.engine.state.customers["acme"].request == fingerprint(CUSTOMER)
+    assert_retries_repeat(world.engine, grant)
+    assert_retries_repeat(Engine.from_snapshot(world.engine.encode_snapshot()), grant)
+
+
+def test_a_state_with_its_retry_keys_in_requests_still_recognises_a_retry() -> None:
+    world, grant = seeded()
+    state = world.engine.state
+    earlier = BillingState(
+        last_seq=state.last_seq,
+        customers={k: msgspec.structs.replace(c, request=b"") for k, c in state.customers.items()},
+        products=state.products,
+        rate_cards=state.rate_cards,
+        contracts={k: msgspec.structs.replace(c, request=b"") for k, c in state.contracts.items()},
+        accounts={
+            k: msgspec.structs.replace(a, grants=[msgspec.structs.replace(g, request=b"") for g in a.grants])
+            for k, a in state.accounts.items()
+        },
+        audit=state.audit,
+        grants_created=state.grants_created,
+        requests={
+            **state.requests,
+            "customer/acme": RequestMark(fingerprint(CUSTOMER)),
+            "contract/acme-20260101": RequestMark(fingerprint(CONTRACT)),
+            "grant/g-1": RequestMark(fingerprint(grant)),
+        },
+    )
+    assert_retries_repeat(Engine(earlier), grant)
