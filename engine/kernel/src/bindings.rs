@@ -9,6 +9,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use crate::authorize::{self, Refused};
 use crate::decode::wire;
 use crate::kernel::{self, BatchRefusal};
 
@@ -19,6 +20,24 @@ pyo3::create_exception!(
     PyValueError,
     "A batch naming a customer the caller's key may not touch."
 );
+pyo3::create_exception!(
+    _kernel,
+    RequestIdMissing,
+    PyValueError,
+    "An AuthorizeBatch request without the request_id its answer is correlated by."
+);
+pyo3::create_exception!(_kernel, ReservationAsked, PyValueError, "An Authorize request asking for a reservation.");
+
+/// An Authorize refusal as the Python exception the server maps to a status.
+fn refused(refusal: Refused) -> PyErr {
+    match refusal {
+        Refused::NotDecodable(message) => PyValueError::new_err(message),
+        Refused::TooManyRequests(count) => BatchTooLarge::new_err(count),
+        Refused::CustomerNotAllowed(index, customer) => CustomerNotAllowed::new_err((index, customer)),
+        Refused::NoRequestId(index) => RequestIdMissing::new_err(index),
+        Refused::Reservation => ReservationAsked::new_err(()),
+    }
+}
 
 #[pyclass(frozen, module = "engine._kernel")]
 struct Kernel {
@@ -125,6 +144,32 @@ impl Kernel {
         Ok((decision.allowed, decision.reason, decision.message, decision.cost, decision.available))
     }
 
+    /// AuthorizeBatches on raw bytes: (AuthorizeBatchResult bytes, decisions) answering an
+    /// AuthorizeBatch's bytes at now_ms, one decision per request, priced as `authorize`. Refuses the whole message,
+    /// deciding nothing: ValueError (not an AuthorizeBatch), CustomerNotAllowed(index, customer_id)
+    /// for a customer outside `allowed` (None: every customer), BatchTooLarge(requests) past
+    /// `requests_max`, RequestIdMissing(index), ReservationAsked. The kernel's lock is held only
+    /// while deciding, not while decoding or encoding.
+    fn authorize_batch<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &[u8],
+        now_ms: i64,
+        requests_max: usize,
+        allowed: Option<Vec<String>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+        let (result, decisions) = py.detach(|| -> PyResult<(Vec<u8>, usize)> {
+            let requests = authorize::decode_batch(batch, requests_max, allowed.as_deref()).map_err(refused)?;
+            let decisions = requests.len();
+            let responses = {
+                let kernel = self.lock()?;
+                requests.into_iter().map(|r| authorize::answer(&kernel, r, now_ms)).collect()
+            };
+            Ok((authorize::encode_result(responses), decisions))
+        })?;
+        Ok((PyBytes::new(py, &result), decisions))
+    }
+
     /// The customer's balance at now_ms as a dict of ints (picos), or None for an unknown customer.
     fn balance<'py>(&self, py: Python<'py>, customer_id: &str, now_ms: i64) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some(view) = self.lock()?.balance(customer_id, now_ms) else { return Ok(None) };
@@ -206,5 +251,7 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Kernel>()?;
     module.add("BatchTooLarge", module.py().get_type::<BatchTooLarge>())?;
     module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
+    module.add("RequestIdMissing", module.py().get_type::<RequestIdMissing>())?;
+    module.add("ReservationAsked", module.py().get_type::<ReservationAsked>())?;
     Ok(())
 }

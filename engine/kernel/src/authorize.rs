@@ -1,0 +1,195 @@
+//! AuthorizeBatches on raw bytes: an AuthorizeBatch decoded with the private
+//! wire types, each request decided by `Kernel::authorize`, the answers encoded as the public
+//! AuthorizeBatchResult (AuthorizeResponse) bytes. No Python object per decision.
+//!
+//! The checks run in the order the Python servicer ran them, with its messages: a restricted
+//! key's customers, the batch limit, request ids, reservations (whole-message refusals, for the
+//! server to map to a status), then per request the in-band INVALID_REQUEST answers. Decoding and
+//! encoding touch no account state, so the server runs them outside the kernel's lock.
+
+use prost::Message;
+
+use crate::decode::wire;
+use crate::kernel::Kernel;
+use crate::money::{Picos, PICOS_PER_UNIT};
+
+/// Why a whole AuthorizeBatches message is refused; the server maps each to
+/// a status and message (server/services.py).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The bytes are not the message (protobuf's decoder says why).
+    NotDecodable(String),
+    /// More requests than the server takes in one message.
+    TooManyRequests(usize),
+    /// requests[index] names a customer outside the caller's key's (empty: none named).
+    CustomerNotAllowed(usize, String),
+    /// requests[index] has no request_id.
+    NoRequestId(usize),
+    /// A request asks for a reservation, which is not built yet.
+    Reservation,
+}
+
+/// Decodes an AuthorizeBatch and runs the whole-message checks; changes nothing.
+pub fn decode_batch(
+    bytes: &[u8],
+    requests_max: usize,
+    allowed: Option<&[String]>,
+) -> Result<Vec<wire::AuthorizeRequest>, Refused> {
+    let batch = wire::AuthorizeBatch::decode(bytes).map_err(|e| Refused::NotDecodable(e.to_string()))?;
+    let requests = batch.requests;
+    if let Some(allowed) = allowed {
+        let foreign = |r: &wire::AuthorizeRequest| r.customer_id.is_empty() || !allowed.contains(&r.customer_id);
+        if let Some(index) = requests.iter().position(foreign) {
+            return Err(Refused::CustomerNotAllowed(index, requests[index].customer_id.clone()));
+        }
+    }
+    if requests.len() > requests_max {
+        return Err(Refused::TooManyRequests(requests.len()));
+    }
+    if let Some(index) = requests.iter().position(|r| r.request_id.is_empty()) {
+        return Err(Refused::NoRequestId(index));
+    }
+    if requests.iter().any(asks_reservation) {
+        return Err(Refused::Reservation);
+    }
+    Ok(requests)
+}
+
+fn asks_reservation(request: &wire::AuthorizeRequest) -> bool {
+    request.reserve || !request.reservation_id.is_empty()
+}
+
+/// The field a request lacks before it can be priced ("customer_id", "event_type"), if any:
+/// answered INVALID_REQUEST "<field>: is required" in-band, before the kernel is consulted.
+fn missing_field(request: &wire::AuthorizeRequest) -> Option<&'static str> {
+    if request.customer_id.is_empty() {
+        Some("customer_id")
+    } else if request.event_type.is_empty() {
+        Some("event_type")
+    } else {
+        None
+    }
+}
+
+/// Decides one request (reservations already refused) at now_ms; reads the kernel, changes nothing.
+pub fn answer(kernel: &Kernel, request: wire::AuthorizeRequest, now_ms: i64) -> wire::AuthorizeResponse {
+    if let Some(field) = missing_field(&request) {
+        return response(request.request_id, false, "INVALID_REQUEST", format!("{field}: is required"), 0, 0);
+    }
+    let event = wire::UsageEvent {
+        // check_event requires one; Authorize's answer never shows it.
+        transaction_id: "authorize".into(),
+        customer_id: request.customer_id,
+        event_type: request.event_type,
+        timestamp_ms: now_ms,
+        dimensions: request.dimensions,
+        values: request.values,
+        reservation_id: String::new(),
+    };
+    let decision = kernel.authorize(&event, now_ms);
+    response(request.request_id, decision.allowed, decision.reason, decision.message, decision.cost, decision.available)
+}
+
+fn response(
+    request_id: String,
+    allowed: bool,
+    reason: &str,
+    message: String,
+    cost: Picos,
+    available: Picos,
+) -> wire::AuthorizeResponse {
+    wire::AuthorizeResponse {
+        request_id,
+        allowed,
+        reason: reason.to_owned(),
+        estimated_cost: format_picos(cost),
+        credits_available: format_picos(available),
+        reservation_id: String::new(),
+        message,
+    }
+}
+
+/// The AuthorizeBatchResult bytes for these answers, in order.
+pub fn encode_result(responses: Vec<wire::AuthorizeResponse>) -> Vec<u8> {
+    wire::AuthorizeBatchResult { responses }.encode_to_vec()
+}
+
+/// Picos as the wire's decimal text: no exponent, no trailing zeros ("49995", "0.03", "-1.5").
+pub fn format_picos(picos: Picos) -> String {
+    let sign = if picos < 0 { "-" } else { "" };
+    let magnitude = picos.unsigned_abs();
+    let (whole, fraction) = (magnitude / PICOS_PER_UNIT as u128, magnitude % PICOS_PER_UNIT as u128);
+    if fraction == 0 {
+        return format!("{sign}{whole}");
+    }
+    let digits = format!("{fraction:012}");
+    format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(request_id: &str, customer_id: &str) -> wire::AuthorizeRequest {
+        wire::AuthorizeRequest {
+            request_id: request_id.into(),
+            customer_id: customer_id.into(),
+            event_type: "e".into(),
+            ..wire::AuthorizeRequest::default()
+        }
+    }
+
+    fn batch(requests: Vec<wire::AuthorizeRequest>) -> Vec<u8> {
+        wire::AuthorizeBatch { requests }.encode_to_vec()
+    }
+
+    #[test]
+    fn picos_read_as_the_python_servers_decimal_text() {
+        assert_eq!(format_picos(0), "0");
+        assert_eq!(format_picos(49_995 * PICOS_PER_UNIT), "49995");
+        assert_eq!(format_picos(30_000_000_000), "0.03");
+        assert_eq!(format_picos(-1_500_000_000_000), "-1.5");
+        assert_eq!(format_picos(1), "0.000000000001");
+        assert_eq!(format_picos(-1), "-0.000000000001");
+        assert_eq!(format_picos(i128::MIN), "-170141183460469231731687303.715884105728");
+        assert_eq!(format_picos(10_i128.pow(30)), "1000000000000000000");
+    }
+
+    #[test]
+    fn whole_message_checks_come_in_the_servers_order() {
+        let allowed = vec!["a".to_string()];
+        let two = batch(vec![request("", "a"), request("r", "b")]);
+        assert_eq!(decode_batch(&two, 1, Some(&allowed)), Err(Refused::CustomerNotAllowed(1, "b".into())));
+        assert_eq!(decode_batch(&two, 1, None), Err(Refused::TooManyRequests(2)));
+        assert_eq!(decode_batch(&two, 2, None), Err(Refused::NoRequestId(0)));
+        let unnamed = batch(vec![request("r", "")]);
+        assert_eq!(decode_batch(&unnamed, 2, Some(&allowed)), Err(Refused::CustomerNotAllowed(0, String::new())));
+        let reserving = batch(vec![request("r", "a"), wire::AuthorizeRequest { reserve: true, ..request("s", "a") }]);
+        assert_eq!(decode_batch(&reserving, 2, None), Err(Refused::Reservation));
+        assert_eq!(decode_batch(&batch(vec![request("r", "a")]), 2, Some(&allowed)).map(|r| r.len()), Ok(1));
+    }
+
+    #[test]
+    fn bytes_that_are_not_the_message_are_refused() {
+        assert!(matches!(decode_batch(b"\x0a\x05ab", 10, None), Err(Refused::NotDecodable(_))));
+        // Invalid UTF-8 in a string field, which protobuf refuses too.
+        let bad_text = [0x0a, 0x03, 0x12, 0x01, 0xff];
+        assert!(matches!(decode_batch(&bad_text, 10, None), Err(Refused::NotDecodable(_))));
+    }
+
+    #[test]
+    fn a_request_without_customer_or_event_type_is_answered_in_band() {
+        let kernel = Kernel::default();
+        let answered = answer(&kernel, request("r", ""), 1);
+        assert_eq!(
+            (answered.reason.as_str(), answered.message.as_str()),
+            ("INVALID_REQUEST", "customer_id: is required")
+        );
+        assert_eq!((answered.estimated_cost.as_str(), answered.credits_available.as_str()), ("0", "0"));
+        let untyped = wire::AuthorizeRequest { event_type: String::new(), ..request("r", "c") };
+        assert_eq!(answer(&kernel, untyped, 1).message, "event_type: is required");
+        let unknown = answer(&kernel, request("r", "nobody"), 1);
+        assert_eq!((unknown.request_id.as_str(), unknown.reason.as_str()), ("r", "UNKNOWN_CUSTOMER"));
+        assert_eq!(unknown.message, "customer 'nobody' does not exist");
+    }
+}
