@@ -129,6 +129,10 @@ pub fn format_picos(picos: Picos) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::ingest_checked_pausing;
+    use crate::tables::{
+        self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
+    };
 
     fn request(request_id: &str, customer_id: &str) -> wire::AuthorizeRequest {
         wire::AuthorizeRequest {
@@ -175,6 +179,110 @@ mod tests {
         // Invalid UTF-8 in a string field, which protobuf refuses too.
         let bad_text = [0x0a, 0x03, 0x12, 0x01, 0xff];
         assert!(matches!(decode_batch(&bad_text, 10, None), Err(Refused::NotDecodable(_))));
+    }
+
+    const SCALE: &str = "000000000000000000"; // 10^-18 fixed point: "1" + SCALE is 1
+
+    /// One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
+    fn kernel() -> Kernel {
+        let curve = CurveTable {
+            kind: "UNIT".into(),
+            price: format!("25{}", &SCALE[1..]),
+            per_units: format!("1{SCALE}"),
+            package_size: "0".into(),
+            tiers: vec![],
+        };
+        let tables = Tables {
+            future_skew_ms: 300_000,
+            dedupe_window_ms: 1_000_000,
+            products: vec![ProductTable {
+                id: "calls".into(),
+                event_type: "call".into(),
+                aggregation: "COUNT".into(),
+                value_key: String::new(),
+                filters: vec![],
+                pricing_dimensions: vec![],
+            }],
+            versions: vec![VersionTable {
+                rate_card_id: "card".into(),
+                number: 1,
+                rates: vec![RateTable { product_id: "calls".into(), required: vec![], curve }],
+            }],
+            timelines: vec![vec![(0, 0)]],
+            customers: vec![CustomerTable {
+                id: "c".into(),
+                contracts: vec![ContractTable {
+                    id: "k".into(),
+                    rate_card_id: "card".into(),
+                    starting_at_ms: 0,
+                    ending_before_ms: None,
+                    block: true,
+                    overage_price: format!("1{SCALE}"),
+                    timeline: 0,
+                    overrides: vec![],
+                }],
+                grants: vec![GrantTable {
+                    id: "g".into(),
+                    amount_picos: "10000000000000".into(),
+                    priority: 0,
+                    applicable_product_ids: vec![],
+                    starts_at_ms: 0,
+                    expires_at_ms: None,
+                    creation_order: 0,
+                }],
+                closed_periods: vec![],
+            }],
+        };
+        let mut kernel = Kernel::default();
+        kernel.load_tables(&tables::encode(&tables)).expect("valid tables");
+        kernel
+    }
+
+    fn calls(count: usize, at_ms: i64) -> Vec<u8> {
+        let events = (0..count)
+            .map(|n| wire::UsageEvent {
+                transaction_id: format!("t{n}"),
+                customer_id: "c".into(),
+                event_type: "call".into(),
+                timestamp_ms: at_ms,
+                ..wire::UsageEvent::default()
+            })
+            .collect();
+        wire::UsageBatch { batch_id: "b".into(), events }.encode_to_vec()
+    }
+
+    fn decided(kernel: &Kernel, request_id: &str, customer_id: &str) -> (String, bool, String, String, String) {
+        let r = wire::AuthorizeRequest { event_type: "call".into(), ..request(request_id, customer_id) };
+        let a = answer(kernel, r, 1_000);
+        (a.request_id, a.allowed, a.reason, a.estimated_cost, a.credits_available)
+    }
+
+    #[test]
+    fn a_decision_prices_as_ingestion_would_and_sees_what_was_ingested() {
+        let mut kernel = kernel();
+        let answer = |k: &Kernel| decided(k, "r", "c");
+        assert_eq!(answer(&kernel), ("r".into(), true, "OK".into(), "2.5".into(), "10".into()));
+        kernel.ingest(&calls(3, 1_000), 1_000, 1).expect("a batch");
+        assert_eq!(answer(&kernel), ("r".into(), true, "OK".into(), "2.5".into(), "2.5".into()));
+        kernel.ingest(&calls(4, 1_000), 1_000, 2).expect("a batch"); // t0-t2 duplicates, t3 accepted
+        assert_eq!(answer(&kernel), ("r".into(), false, "INSUFFICIENT_CREDIT".into(), "2.5".into(), "0".into()));
+    }
+
+    #[test]
+    fn ingestion_pauses_every_few_dozen_events_and_rates_as_without_pauses() {
+        let batch = calls(200, 1_000);
+        let mut plain = kernel();
+        let expected = plain.ingest_checked(&batch, 1_000, 1, usize::MAX, None).expect("a batch");
+        let mut paused = kernel();
+        let mut seen = Vec::new();
+        let done = ingest_checked_pausing(&mut &mut paused, &batch, 1_000, 1, usize::MAX, None, |k| {
+            seen.push(k.usage("c").map_or(0, |(aggregates, _)| aggregates[0].1.events));
+        })
+        .expect("a batch");
+        // A reader let in at a pause sees whole events only: 64, 128, then 192 of them.
+        assert_eq!(seen, vec![64, 128, 192]);
+        assert_eq!((done.ack, done.digest), (expected.ack, expected.digest));
+        assert_eq!(paused.snapshot(), plain.snapshot());
     }
 
     #[test]
