@@ -70,10 +70,6 @@ impl Kernel {
 
     fn lock(&self) -> PyResult<MutexGuard<'_, kernel::Kernel>> {
         let guard = self.inner.lock();
-        self.healthy(guard)
-    }
-
-    fn healthy<'a>(&self, guard: MutexGuard<'a, kernel::Kernel>) -> PyResult<MutexGuard<'a, kernel::Kernel>> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(PyRuntimeError::new_err("the kernel was poisoned by a panic"));
         }
