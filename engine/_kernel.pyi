@@ -12,6 +12,8 @@ class Balance(TypedDict):
 
 class BatchTooLarge(ValueError): ...  # args: (events,)
 class CustomerNotAllowed(ValueError): ...  # args: (index, customer_id)
+class RequestIdMissing(ValueError): ...  # args: (index,)
+class ReservationAsked(ValueError): ...
 
 @final
 class Kernel:
@@ -31,6 +33,9 @@ class Kernel:
         values: list[tuple[str, float]],
         now_ms: int,
     ) -> tuple[bool, str, str, int, int]: ...
+    def authorize_batch(
+        self, batch: bytes, now_ms: int, requests_max: int, allowed: list[str] | None
+    ) -> tuple[bytes, int]: ...
     def balance(self, customer_id: str, now_ms: int) -> Balance | None: ...
     def usage(
         self, customer_id: str

@@ -259,6 +259,16 @@ class Billing:
         )
         return Estimate(allowed, reason, message, cost, available)
 
+    def authorize_batch(
+        self, batch: bytes, now_ms: int, requests_max: int, allowed: list[str] | None
+    ) -> tuple[bytes, int]:
+        """AuthorizeBatches on raw bytes: the AuthorizeBatchResult bytes the kernel encodes for an AuthorizeBatch's
+        bytes, and how many decisions it holds; each request priced as `estimate` prices it. Raises the kernel's refusals of a whole message
+        (ValueError, CustomerNotAllowed, BatchTooLarge, RequestIdMissing, ReservationAsked), having decided
+        nothing."""
+        self.refresh_tables()
+        return self.kernel.authorize_batch(batch, now_ms, requests_max, allowed)
+
     # Snapshots -----------------------------------------------------------------------------------------
 
     def encode_snapshot(self) -> bytes:

@@ -25,7 +25,6 @@ from tariff.v1 import (
     alerts_pb2,
     alerts_pb2_grpc,
     balance_pb2,
-    balance_pb2_grpc,
     contracts_pb2,
     contracts_pb2_grpc,
     invoices_pb2,
@@ -394,7 +393,8 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     usage.intake = IntakeBudget(config.intake_bytes_max)
     # Raw bytes in and out: the kernel decodes the UsageBatch and encodes the IngestAck.
     server.add_generic_rpc_handlers((usage.generic_handler(),))
-    balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceService(billing, sequencer), server)
+    # AuthorizeBatches on raw bytes too: the kernel decodes the AuthorizeBatch and encodes its answers.
+    server.add_generic_rpc_handlers((BalanceService(billing, sequencer).generic_handler(),))
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)

@@ -105,7 +105,8 @@ class Scope(enum.Enum):
     # A UsageBatch (raw bytes): every event's customer_id, checked by the rating kernel before it rates anything
     # (the servicer passes it the key's customers, from `caller`).
     EVENTS = "events"
-    # An AuthorizeBatch: every request's customer_id.
+    # An AuthorizeBatch (raw bytes): every request's customer_id, checked by the rating kernel before it decides
+    # anything (the servicer passes it the key's customers, from `caller`).
     REQUESTS = "requests"
     # A non-empty list of customer ids in `Rule.field`, all of them allowed.
     FIELD_LIST = "field_list"
@@ -402,7 +403,12 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     f"key {identity.name!r} is restricted to some customers; {name} is not about one customer"
                 ),
             )
-        checked = identity.customers is not None and rule.scope not in (Scope.SHARED, Scope.FILTERED, Scope.EVENTS)
+        checked = identity.customers is not None and rule.scope not in (
+            Scope.SHARED,
+            Scope.FILTERED,
+            Scope.EVENTS,
+            Scope.REQUESTS,
+        )
         wrapped = self._wrapped_for(method, handler, identity, rule if checked else None)
         # Only valid keys get here, so this cache holds at most (RPCs x keys) entries whatever callers send.
         self._admitted[method, presented] = wrapped
@@ -419,10 +425,6 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _check(self, identity: Identity, rule: Rule, request: Any) -> None:
         """Raises PermissionDenied when the request touches a customer the key may not touch."""
         scope = rule.scope
-        if scope is Scope.REQUESTS:
-            for index, authorize in enumerate(request.requests):
-                self._require(identity, authorize.customer_id, f"requests[{index}].customer_id")
-            return
         if scope is Scope.FIELD:
             self._require(identity, _field(request, rule.field), rule.field)
         elif scope is Scope.FIELD_LIST:

@@ -2,13 +2,22 @@
 //!
 //! `Kernel` is frozen with a mutex inside, since grpcio calls handlers from several threads;
 //! batch work runs with the GIL released. Amounts cross as Python ints (picos), never floats.
+//!
+//! The mutex is parking_lot's, for its fair hand-over: ingestion offers the lock to a waiting read
+//! (Authorize, GetBalance) every few dozen events (`MutexGuard::bump`), so a decision waits for
+//! those, not for a whole batch, nor for the next batch the rating thread would otherwise grab
+//! first. Reads keep the GIL while they wait and decide (microseconds): handing the GIL to another
+//! thread and taking it back can cost the event loop a whole switch interval (5 ms).
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use crate::authorize::{self, Refused};
 use crate::decode::wire;
 use crate::kernel::{self, BatchRefusal};
 
@@ -19,15 +28,61 @@ pyo3::create_exception!(
     PyValueError,
     "A batch naming a customer the caller's key may not touch."
 );
+pyo3::create_exception!(
+    _kernel,
+    RequestIdMissing,
+    PyValueError,
+    "An AuthorizeBatch request without the request_id its answer is correlated by."
+);
+pyo3::create_exception!(_kernel, ReservationAsked, PyValueError, "An Authorize request asking for a reservation.");
+
+/// An Authorize refusal as the Python exception the server maps to a status.
+fn refused(refusal: Refused) -> PyErr {
+    match refusal {
+        Refused::NotDecodable(message) => PyValueError::new_err(message),
+        Refused::TooManyRequests(count) => BatchTooLarge::new_err(count),
+        Refused::CustomerNotAllowed(index, customer) => CustomerNotAllowed::new_err((index, customer)),
+        Refused::NoRequestId(index) => RequestIdMissing::new_err(index),
+        Refused::Reservation => ReservationAsked::new_err(()),
+    }
+}
 
 #[pyclass(frozen, module = "engine._kernel")]
 struct Kernel {
     inner: Mutex<kernel::Kernel>,
+    /// A change panicked half-way: the state may be half changed, so every later call is refused.
+    poisoned: AtomicBool,
+}
+
+/// Marks the kernel poisoned if dropped, i.e. when a change unwinds instead of finishing.
+struct Unfinished<'a>(&'a AtomicBool);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 impl Kernel {
+    fn wrap(kernel: kernel::Kernel) -> Kernel {
+        Kernel { inner: Mutex::new(kernel), poisoned: AtomicBool::new(false) }
+    }
+
     fn lock(&self) -> PyResult<MutexGuard<'_, kernel::Kernel>> {
-        self.inner.lock().map_err(|_| PyRuntimeError::new_err("the kernel was poisoned by a panic"))
+        let guard = self.inner.lock();
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err("the kernel was poisoned by a panic"));
+        }
+        Ok(guard)
+    }
+
+    /// Runs a change of the kernel's state under the lock.
+    fn change<R>(&self, change: impl FnOnce(&mut MutexGuard<'_, kernel::Kernel>) -> R) -> PyResult<R> {
+        let mut guard = self.lock()?;
+        let armed = Unfinished(&self.poisoned);
+        let result = change(&mut guard);
+        std::mem::forget(armed);
+        Ok(result)
     }
 }
 
@@ -39,13 +94,13 @@ fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyA
 impl Kernel {
     #[new]
     fn new() -> Kernel {
-        Kernel { inner: Mutex::new(kernel::Kernel::default()) }
+        Kernel::wrap(kernel::Kernel::default())
     }
 
     /// Replaces the compiled control plane (msgpack from engine/tables.py). Raises ValueError
     /// when the tables are malformed, having changed nothing.
     fn load_tables(&self, py: Python<'_>, tables: &[u8]) -> PyResult<()> {
-        py.detach(|| self.lock()?.load_tables(tables).map_err(PyValueError::new_err))
+        py.detach(|| self.change(|k| k.load_tables(tables))?.map_err(PyValueError::new_err))
     }
 
     /// Loads some customers' routes and grants (msgpack from engine/tables.py) against the tables
@@ -65,7 +120,7 @@ impl Kernel {
         journal_seq: u64,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
         let (ack, digest) =
-            py.detach(|| self.lock()?.ingest(batch, received_ms, journal_seq).map_err(PyValueError::new_err))?;
+            py.detach(|| self.change(|k| k.ingest(batch, received_ms, journal_seq))?.map_err(PyValueError::new_err))?;
         Ok((PyBytes::new(py, &ack), PyBytes::new(py, &digest)))
     }
 
@@ -84,9 +139,13 @@ impl Kernel {
         events_max: usize,
         allowed: Option<Vec<String>>,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
-        let done = py.detach(|| -> PyResult<_> {
-            let mut kernel = self.lock()?;
-            Ok(kernel.ingest_checked(batch, received_ms, next_seq, events_max, allowed.as_deref()))
+        let done = py.detach(|| {
+            self.change(|kernel| {
+                let allowed = allowed.as_deref();
+                kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
+                    MutexGuard::bump(held)
+                })
+            })
         })?;
         match done {
             Ok(i) => {
@@ -109,10 +168,8 @@ impl Kernel {
 
     /// (allowed, reason, message, estimated_cost_picos, available_picos) for usage described as
     /// an event at now_ms, priced exactly as ingesting it would be; commits nothing.
-    #[allow(clippy::too_many_arguments)]
     fn authorize(
         &self,
-        py: Python<'_>,
         customer_id: String,
         event_type: String,
         dimensions: Vec<(String, String)>,
@@ -128,8 +185,31 @@ impl Kernel {
             values: values.into_iter().map(|(key, value)| wire::ValueEntry { key, value }).collect(),
             reservation_id: String::new(),
         };
-        let decision = py.detach(|| self.lock().map(|k| k.authorize(&event, now_ms)))?;
+        let decision = self.lock()?.authorize(&event, now_ms);
         Ok((decision.allowed, decision.reason, decision.message, decision.cost, decision.available))
+    }
+
+    /// AuthorizeBatches on raw bytes: (AuthorizeBatchResult bytes, decisions) answering an
+    /// AuthorizeBatch's bytes at now_ms, one decision per request, priced as `authorize`. Refuses the whole message,
+    /// deciding nothing: ValueError (not an AuthorizeBatch), CustomerNotAllowed(index, customer_id)
+    /// for a customer outside `allowed` (None: every customer), BatchTooLarge(requests) past
+    /// `requests_max`, RequestIdMissing(index), ReservationAsked. The kernel's lock is held only
+    /// while deciding, not while decoding or encoding; the GIL throughout (see the module's note).
+    fn authorize_batch<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &[u8],
+        now_ms: i64,
+        requests_max: usize,
+        allowed: Option<Vec<String>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+        let requests = authorize::decode_batch(batch, requests_max, allowed.as_deref()).map_err(refused)?;
+        let decisions = requests.len();
+        let responses = {
+            let kernel = self.lock()?;
+            requests.into_iter().map(|r| authorize::answer(&kernel, r, now_ms)).collect()
+        };
+        Ok((PyBytes::new(py, &authorize::encode_result(responses)), decisions))
     }
 
     /// The customer's balance at now_ms as a dict of ints (picos), or None for an unknown customer.
@@ -204,7 +284,7 @@ impl Kernel {
     #[staticmethod]
     fn restore(py: Python<'_>, snapshot: &[u8]) -> PyResult<Kernel> {
         let kernel = py.detach(|| kernel::Kernel::restore(snapshot)).map_err(PyValueError::new_err)?;
-        Ok(Kernel { inner: Mutex::new(kernel) })
+        Ok(Kernel::wrap(kernel))
     }
 }
 
@@ -213,5 +293,7 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Kernel>()?;
     module.add("BatchTooLarge", module.py().get_type::<BatchTooLarge>())?;
     module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
+    module.add("RequestIdMissing", module.py().get_type::<RequestIdMissing>())?;
+    module.add("ReservationAsked", module.py().get_type::<ReservationAsked>())?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::ops::DerefMut;
 
 use rustc_hash::FxHashMap;
 
@@ -252,31 +253,7 @@ impl Kernel {
         events_max: usize,
         allowed: Option<&[String]>,
     ) -> Result<Ingested, BatchRefusal> {
-        let batch = decode_batch(bytes).map_err(BatchRefusal::NotABatch)?;
-        if batch.events.len() > events_max {
-            return Err(BatchRefusal::TooManyEvents(batch.events.len()));
-        }
-        if let Some(allowed) = allowed {
-            if let Some((index, event)) =
-                batch.events.iter().enumerate().find(|(_, e)| !allowed.contains(&e.customer_id))
-            {
-                return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.clone()));
-            }
-        }
-        let mut ack = AckBuilder::new(&batch.batch_id, next_seq);
-        for (index, event) in batch.events.iter().enumerate() {
-            match self.ingest_event(event, received_ms, &mut ack) {
-                Ok(true) => ack.accepted(index),
-                Ok(false) => ack.duplicate(index),
-                Err(refusal) => ack.rejected(index, &event.transaction_id, refusal),
-            }
-        }
-        let (accepted, duplicates, rejected) = ack.counts();
-        if accepted == 0 {
-            ack.set_journal_seq(next_seq.saturating_sub(1));
-        }
-        let (ack, digest) = ack.finish();
-        Ok(Ingested { ack, digest, accepted, duplicates, rejected })
+        ingest_checked_pausing(&mut &mut *self, bytes, received_ms, next_seq, events_max, allowed, |_| {})
     }
 
     /// The hours (Unix ms / HOUR_MS) at or after `from_hour` in which any customer has usage priced by
@@ -324,6 +301,51 @@ impl Kernel {
         account.dedupe.insert(event.transaction_id.into(), Seen { digest, at_ms: received_ms });
         Ok(true)
     }
+}
+
+/// Events `ingest_checked_pausing` rates between two pauses.
+pub const PAUSE_EVERY_EVENTS: usize = 64;
+
+/// `Kernel::ingest_checked` on a kernel behind a lock (`kernel` is its guard): `pause` gets the guard
+/// before every PAUSE_EVERY_EVENTS-th event, so the binding can hand the lock to a waiting reader
+/// (Authorize, GetBalance) and take it back, and a read waits for a few dozen events, not a whole
+/// batch. Such a reader sees the batch's events so far: a batch's state is readable before the batch
+/// is durable in any case, and each event is applied whole.
+pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
+    kernel: &mut K,
+    bytes: &[u8],
+    received_ms: i64,
+    next_seq: u64,
+    events_max: usize,
+    allowed: Option<&[String]>,
+    mut pause: impl FnMut(&mut K),
+) -> Result<Ingested, BatchRefusal> {
+    let batch = decode_batch(bytes).map_err(BatchRefusal::NotABatch)?;
+    if batch.events.len() > events_max {
+        return Err(BatchRefusal::TooManyEvents(batch.events.len()));
+    }
+    if let Some(allowed) = allowed {
+        if let Some((index, event)) = batch.events.iter().enumerate().find(|(_, e)| !allowed.contains(&e.customer_id)) {
+            return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.clone()));
+        }
+    }
+    let mut ack = AckBuilder::new(&batch.batch_id, next_seq);
+    for (index, event) in batch.events.iter().enumerate() {
+        if index > 0 && index % PAUSE_EVERY_EVENTS == 0 {
+            pause(kernel);
+        }
+        match kernel.ingest_event(event, received_ms, &mut ack) {
+            Ok(true) => ack.accepted(index),
+            Ok(false) => ack.duplicate(index),
+            Err(refusal) => ack.rejected(index, &event.transaction_id, refusal),
+        }
+    }
+    let (accepted, duplicates, rejected) = ack.counts();
+    if accepted == 0 {
+        ack.set_journal_seq(next_seq.saturating_sub(1));
+    }
+    let (ack, digest) = ack.finish();
+    Ok(Ingested { ack, digest, accepted, duplicates, rejected })
 }
 
 /// The compiled control plane and the symbols: what rating reads, apart from the account.

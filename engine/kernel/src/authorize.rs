@@ -1,0 +1,324 @@
+//! AuthorizeBatches on raw bytes: an AuthorizeBatch decoded with the private
+//! wire types, each request decided by `Kernel::authorize`, the answers encoded as the public
+//! AuthorizeBatchResult (AuthorizeResponse) bytes. No Python object per decision.
+//!
+//! The checks run in the order the Python servicer ran them, with its messages: a restricted
+//! key's customers, the batch limit, request ids, reservations (whole-message refusals, for the
+//! server to map to a status), then per request the in-band INVALID_REQUEST answers. Decoding and
+//! encoding touch no account state, so the server runs them outside the kernel's lock.
+
+use prost::Message;
+
+use crate::decode::wire;
+use crate::kernel::Kernel;
+use crate::money::{Picos, PICOS_PER_UNIT};
+
+/// Why a whole AuthorizeBatches message is refused; the server maps each to
+/// a status and message (server/services.py).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The bytes are not the message (protobuf's decoder says why).
+    NotDecodable(String),
+    /// More requests than the server takes in one message.
+    TooManyRequests(usize),
+    /// requests[index] names a customer outside the caller's key's (empty: none named).
+    CustomerNotAllowed(usize, String),
+    /// requests[index] has no request_id.
+    NoRequestId(usize),
+    /// A request asks for a reservation, which is not built yet.
+    Reservation,
+}
+
+/// Decodes an AuthorizeBatch and runs the whole-message checks; changes nothing.
+pub fn decode_batch(
+    bytes: &[u8],
+    requests_max: usize,
+    allowed: Option<&[String]>,
+) -> Result<Vec<wire::AuthorizeRequest>, Refused> {
+    let batch = wire::AuthorizeBatch::decode(bytes).map_err(|e| Refused::NotDecodable(e.to_string()))?;
+    let requests = batch.requests;
+    if let Some(allowed) = allowed {
+        let foreign = |r: &wire::AuthorizeRequest| r.customer_id.is_empty() || !allowed.contains(&r.customer_id);
+        if let Some(index) = requests.iter().position(foreign) {
+            return Err(Refused::CustomerNotAllowed(index, requests[index].customer_id.clone()));
+        }
+    }
+    if requests.len() > requests_max {
+        return Err(Refused::TooManyRequests(requests.len()));
+    }
+    if let Some(index) = requests.iter().position(|r| r.request_id.is_empty()) {
+        return Err(Refused::NoRequestId(index));
+    }
+    if requests.iter().any(asks_reservation) {
+        return Err(Refused::Reservation);
+    }
+    Ok(requests)
+}
+
+fn asks_reservation(request: &wire::AuthorizeRequest) -> bool {
+    request.reserve || !request.reservation_id.is_empty()
+}
+
+/// The field a request lacks before it can be priced ("customer_id", "event_type"), if any:
+/// answered INVALID_REQUEST "<field>: is required" in-band, before the kernel is consulted.
+fn missing_field(request: &wire::AuthorizeRequest) -> Option<&'static str> {
+    if request.customer_id.is_empty() {
+        Some("customer_id")
+    } else if request.event_type.is_empty() {
+        Some("event_type")
+    } else {
+        None
+    }
+}
+
+/// Decides one request (reservations already refused) at now_ms; reads the kernel, changes nothing.
+pub fn answer(kernel: &Kernel, request: wire::AuthorizeRequest, now_ms: i64) -> wire::AuthorizeResponse {
+    if let Some(field) = missing_field(&request) {
+        return response(request.request_id, false, "INVALID_REQUEST", format!("{field}: is required"), 0, 0);
+    }
+    let event = wire::UsageEvent {
+        // check_event requires one; Authorize's answer never shows it.
+        transaction_id: "authorize".into(),
+        customer_id: request.customer_id,
+        event_type: request.event_type,
+        timestamp_ms: now_ms,
+        dimensions: request.dimensions,
+        values: request.values,
+        reservation_id: String::new(),
+    };
+    let decision = kernel.authorize(&event, now_ms);
+    response(request.request_id, decision.allowed, decision.reason, decision.message, decision.cost, decision.available)
+}
+
+fn response(
+    request_id: String,
+    allowed: bool,
+    reason: &str,
+    message: String,
+    cost: Picos,
+    available: Picos,
+) -> wire::AuthorizeResponse {
+    wire::AuthorizeResponse {
+        request_id,
+        allowed,
+        reason: reason.to_owned(),
+        estimated_cost: format_picos(cost),
+        credits_available: format_picos(available),
+        reservation_id: String::new(),
+        message,
+    }
+}
+
+/// The AuthorizeBatchResult bytes for these answers, in order.
+pub fn encode_result(responses: Vec<wire::AuthorizeResponse>) -> Vec<u8> {
+    wire::AuthorizeBatchResult { responses }.encode_to_vec()
+}
+
+/// Picos as the wire's decimal text: no exponent, no trailing zeros ("49995", "0.03", "-1.5").
+/// Two per decision, so it avoids u128 formatting (several times slower than u64's).
+pub fn format_picos(picos: Picos) -> String {
+    use std::fmt::Write;
+    let magnitude = picos.unsigned_abs();
+    let (whole, fraction) = (magnitude / PICOS_PER_UNIT as u128, (magnitude % PICOS_PER_UNIT as u128) as u64);
+    let mut text = String::with_capacity(24);
+    if picos < 0 {
+        text.push('-');
+    }
+    match u64::try_from(whole) {
+        Ok(whole) => write!(text, "{whole}"),
+        Err(_) => write!(text, "{whole}"),
+    }
+    .expect("writing to a String cannot fail");
+    if fraction != 0 {
+        let mut digits = [b'0'; 12];
+        let mut rest = fraction;
+        for digit in digits.iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let kept = 12 - digits.iter().rev().take_while(|d| **d == b'0').count();
+        text.push('.');
+        text.push_str(std::str::from_utf8(&digits[..kept]).expect("ASCII digits"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::ingest_checked_pausing;
+    use crate::tables::{
+        self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
+    };
+
+    fn request(request_id: &str, customer_id: &str) -> wire::AuthorizeRequest {
+        wire::AuthorizeRequest {
+            request_id: request_id.into(),
+            customer_id: customer_id.into(),
+            event_type: "e".into(),
+            ..wire::AuthorizeRequest::default()
+        }
+    }
+
+    fn batch(requests: Vec<wire::AuthorizeRequest>) -> Vec<u8> {
+        wire::AuthorizeBatch { requests }.encode_to_vec()
+    }
+
+    #[test]
+    fn picos_read_as_the_python_servers_decimal_text() {
+        assert_eq!(format_picos(0), "0");
+        assert_eq!(format_picos(49_995 * PICOS_PER_UNIT), "49995");
+        assert_eq!(format_picos(30_000_000_000), "0.03");
+        assert_eq!(format_picos(-1_500_000_000_000), "-1.5");
+        assert_eq!(format_picos(1), "0.000000000001");
+        assert_eq!(format_picos(-1), "-0.000000000001");
+        assert_eq!(format_picos(i128::MIN), "-170141183460469231731687303.715884105728");
+        assert_eq!(format_picos(10_i128.pow(30)), "1000000000000000000");
+        // Exact at any size (Python's Decimal formatting, in a 28-digit context, rounds these).
+        let wide = 123_450_000_000_000_000_000_000_000_000_000_001;
+        assert_eq!(format_picos(wide), "123450000000000000000000.000000000001");
+        assert_eq!(format_picos(-100_000_000_000), "-0.1");
+    }
+
+    #[test]
+    fn whole_message_checks_come_in_the_servers_order() {
+        let allowed = vec!["a".to_string()];
+        let two = batch(vec![request("", "a"), request("r", "b")]);
+        assert_eq!(decode_batch(&two, 1, Some(&allowed)), Err(Refused::CustomerNotAllowed(1, "b".into())));
+        assert_eq!(decode_batch(&two, 1, None), Err(Refused::TooManyRequests(2)));
+        assert_eq!(decode_batch(&two, 2, None), Err(Refused::NoRequestId(0)));
+        let unnamed = batch(vec![request("r", "")]);
+        assert_eq!(decode_batch(&unnamed, 2, Some(&allowed)), Err(Refused::CustomerNotAllowed(0, String::new())));
+        let reserving = batch(vec![request("r", "a"), wire::AuthorizeRequest { reserve: true, ..request("s", "a") }]);
+        assert_eq!(decode_batch(&reserving, 2, None), Err(Refused::Reservation));
+        assert_eq!(decode_batch(&batch(vec![request("r", "a")]), 2, Some(&allowed)).map(|r| r.len()), Ok(1));
+    }
+
+    #[test]
+    fn bytes_that_are_not_the_message_are_refused() {
+        assert!(matches!(decode_batch(b"\x0a\x05ab", 10, None), Err(Refused::NotDecodable(_))));
+        // Invalid UTF-8 in a string field, which protobuf refuses too.
+        let bad_text = [0x0a, 0x03, 0x12, 0x01, 0xff];
+        assert!(matches!(decode_batch(&bad_text, 10, None), Err(Refused::NotDecodable(_))));
+    }
+
+    const SCALE: &str = "000000000000000000"; // 10^-18 fixed point: "1" + SCALE is 1
+
+    /// One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
+    fn kernel() -> Kernel {
+        let curve = CurveTable {
+            kind: "UNIT".into(),
+            price: format!("25{}", &SCALE[1..]),
+            per_units: format!("1{SCALE}"),
+            package_size: "0".into(),
+            tiers: vec![],
+        };
+        let tables = Tables {
+            future_skew_ms: 300_000,
+            dedupe_window_ms: 1_000_000,
+            products: vec![ProductTable {
+                id: "calls".into(),
+                event_type: "call".into(),
+                aggregation: "COUNT".into(),
+                value_key: String::new(),
+                filters: vec![],
+                pricing_dimensions: vec![],
+            }],
+            versions: vec![VersionTable {
+                rate_card_id: "card".into(),
+                number: 1,
+                rates: vec![RateTable { product_id: "calls".into(), required: vec![], curve }],
+            }],
+            timelines: vec![vec![(0, 0)]],
+            customers: vec![CustomerTable {
+                id: "c".into(),
+                contracts: vec![ContractTable {
+                    id: "k".into(),
+                    rate_card_id: "card".into(),
+                    starting_at_ms: 0,
+                    ending_before_ms: None,
+                    block: true,
+                    overage_price: format!("1{SCALE}"),
+                    timeline: 0,
+                    overrides: vec![],
+                }],
+                grants: vec![GrantTable {
+                    id: "g".into(),
+                    amount_picos: "10000000000000".into(),
+                    priority: 0,
+                    applicable_product_ids: vec![],
+                    starts_at_ms: 0,
+                    expires_at_ms: None,
+                    creation_order: 0,
+                }],
+                closed_periods: vec![],
+            }],
+        };
+        let mut kernel = Kernel::default();
+        kernel.load_tables(&tables::encode(&tables)).expect("valid tables");
+        kernel
+    }
+
+    fn calls(count: usize, at_ms: i64) -> Vec<u8> {
+        let events = (0..count)
+            .map(|n| wire::UsageEvent {
+                transaction_id: format!("t{n}"),
+                customer_id: "c".into(),
+                event_type: "call".into(),
+                timestamp_ms: at_ms,
+                ..wire::UsageEvent::default()
+            })
+            .collect();
+        wire::UsageBatch { batch_id: "b".into(), events }.encode_to_vec()
+    }
+
+    fn decided(kernel: &Kernel, request_id: &str, customer_id: &str) -> (String, bool, String, String, String) {
+        let r = wire::AuthorizeRequest { event_type: "call".into(), ..request(request_id, customer_id) };
+        let a = answer(kernel, r, 1_000);
+        (a.request_id, a.allowed, a.reason, a.estimated_cost, a.credits_available)
+    }
+
+    #[test]
+    fn a_decision_prices_as_ingestion_would_and_sees_what_was_ingested() {
+        let mut kernel = kernel();
+        let answer = |k: &Kernel| decided(k, "r", "c");
+        assert_eq!(answer(&kernel), ("r".into(), true, "OK".into(), "2.5".into(), "10".into()));
+        kernel.ingest(&calls(3, 1_000), 1_000, 1).expect("a batch");
+        assert_eq!(answer(&kernel), ("r".into(), true, "OK".into(), "2.5".into(), "2.5".into()));
+        kernel.ingest(&calls(4, 1_000), 1_000, 2).expect("a batch"); // t0-t2 duplicates, t3 accepted
+        assert_eq!(answer(&kernel), ("r".into(), false, "INSUFFICIENT_CREDIT".into(), "2.5".into(), "0".into()));
+    }
+
+    #[test]
+    fn ingestion_pauses_every_few_dozen_events_and_rates_as_without_pauses() {
+        let batch = calls(200, 1_000);
+        let mut plain = kernel();
+        let expected = plain.ingest_checked(&batch, 1_000, 1, usize::MAX, None).expect("a batch");
+        let mut paused = kernel();
+        let mut seen = Vec::new();
+        let done = ingest_checked_pausing(&mut &mut paused, &batch, 1_000, 1, usize::MAX, None, |k| {
+            seen.push(k.usage("c").map_or(0, |(aggregates, _)| aggregates[0].1.events));
+        })
+        .expect("a batch");
+        // A reader let in at a pause sees whole events only: 64, 128, then 192 of them.
+        assert_eq!(seen, vec![64, 128, 192]);
+        assert_eq!((done.ack, done.digest), (expected.ack, expected.digest));
+        assert_eq!(paused.snapshot(), plain.snapshot());
+    }
+
+    #[test]
+    fn a_request_without_customer_or_event_type_is_answered_in_band() {
+        let kernel = Kernel::default();
+        let answered = answer(&kernel, request("r", ""), 1);
+        assert_eq!(
+            (answered.reason.as_str(), answered.message.as_str()),
+            ("INVALID_REQUEST", "customer_id: is required")
+        );
+        assert_eq!((answered.estimated_cost.as_str(), answered.credits_available.as_str()), ("0", "0"));
+        let untyped = wire::AuthorizeRequest { event_type: String::new(), ..request("r", "c") };
+        assert_eq!(answer(&kernel, untyped, 1).message, "event_type: is required");
+        let unknown = answer(&kernel, request("r", "nobody"), 1);
+        assert_eq!((unknown.request_id.as_str(), unknown.reason.as_str()), ("r", "UNKNOWN_CUSTOMER"));
+        assert_eq!(unknown.message, "customer 'nobody' does not exist");
+    }
+}
