@@ -6,6 +6,7 @@
 //! at 10^-18, refusing the event when a value cannot be held exactly.
 
 use prost::Message;
+use smallvec::SmallVec;
 
 use crate::money::{fixed_from_f64, python_repr, Fixed, SCALE_DIGITS, USAGE_VALUE_MAX};
 
@@ -71,14 +72,15 @@ impl Refusal {
     }
 }
 
-/// A validated event: maps resolved (sorted by key), values exact.
+/// A validated event: maps resolved (sorted by key), values exact. Held inline for the usual few
+/// entries, so validating an event allocates nothing.
 pub struct Event<'a> {
     pub transaction_id: &'a str,
     pub customer_id: &'a str,
     pub event_type: &'a str,
     pub timestamp_ms: i64,
-    pub dimensions: Vec<(&'a str, &'a str)>,
-    pub values: Vec<(&'a str, Fixed)>,
+    pub dimensions: SmallVec<[(&'a str, &'a str); 4]>,
+    pub values: SmallVec<[(&'a str, Fixed); 4]>,
     pub reservation_id: &'a str,
 }
 
@@ -91,6 +93,20 @@ impl<'a> Event<'a> {
     }
 }
 
+/// One event as it arrived: strings borrowed from the batch bytes (`'a`), its map entries as
+/// they came, repeats included, from storage the view borrows (`'s`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EventView<'s, 'a> {
+    pub transaction_id: &'a str,
+    pub customer_id: &'a str,
+    pub event_type: &'a str,
+    pub timestamp_ms: i64,
+    pub dimensions: &'s [(&'a str, &'a str)],
+    pub values: &'s [(&'a str, f64)],
+    pub reservation_id: &'a str,
+}
+
+/// The whole batch as prost reads it: the slow path, and what decides a malformed batch's error.
 pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, String> {
     wire::UsageBatch::decode(bytes).map_err(|e| format!("the UsageBatch does not decode: {e}"))
 }
@@ -115,9 +131,9 @@ fn first_chars(text: &str, count: usize) -> &str {
 
 /// Repeated keys resolved as a protobuf map would be: the last value wins. None if more than
 /// EVENT_MAP_ENTRIES_MAX distinct keys.
-fn resolve<'a, V: Copy>(entries: impl Iterator<Item = (&'a str, V)>) -> Option<Vec<(&'a str, V)>> {
-    let mut resolved: Vec<(&'a str, V)> = Vec::new();
-    for (key, value) in entries {
+fn resolve<'a, V: Copy>(entries: &[(&'a str, V)]) -> Option<SmallVec<[(&'a str, V); 4]>> {
+    let mut resolved: SmallVec<[(&'a str, V); 4]> = SmallVec::new();
+    for &(key, value) in entries {
         if let Some(slot) = resolved.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
         } else if resolved.len() == EVENT_MAP_ENTRIES_MAX {
@@ -129,13 +145,37 @@ fn resolve<'a, V: Copy>(entries: impl Iterator<Item = (&'a str, V)>) -> Option<V
     Some(resolved)
 }
 
-/// Validates an event as the Python engine does, in the same order and with the same messages.
+/// `check_view` for a decoded wire event (Authorize's path).
 pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -> Result<Event<'_>, Refusal> {
+    let dimensions: SmallVec<[(&str, &str); 4]> =
+        event.dimensions.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+    let values: SmallVec<[(&str, f64); 4]> = event.values.iter().map(|e| (e.key.as_str(), e.value)).collect();
+    check_view(&view_of(event, &dimensions, &values), now_ms, future_skew_ms)
+}
+
+fn view_of<'s, 'a>(
+    event: &'a wire::UsageEvent,
+    dimensions: &'s [(&'a str, &'a str)],
+    values: &'s [(&'a str, f64)],
+) -> EventView<'s, 'a> {
+    EventView {
+        transaction_id: &event.transaction_id,
+        customer_id: &event.customer_id,
+        event_type: &event.event_type,
+        timestamp_ms: event.timestamp_ms,
+        dimensions,
+        values,
+        reservation_id: &event.reservation_id,
+    }
+}
+
+/// Validates an event as the Python engine does, in the same order and with the same messages.
+pub fn check_view<'a>(event: &EventView<'_, 'a>, now_ms: i64, future_skew_ms: i64) -> Result<Event<'a>, Refusal> {
     let too_long = |text: &str| text.len() > TEXT_BYTES_MAX;
     if event.transaction_id.is_empty() {
         return Err(Refusal::invalid("transaction_id is required"));
     }
-    if too_long(&event.transaction_id) {
+    if too_long(event.transaction_id) {
         return Err(Refusal::invalid(format!("transaction_id is longer than {TEXT_BYTES_MAX} bytes")));
     }
     if event.customer_id.is_empty() {
@@ -153,9 +193,8 @@ pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -
     }
     let too_many =
         || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));
-    let dimensions =
-        resolve(event.dimensions.iter().map(|e| (e.key.as_str(), e.value.as_str()))).ok_or_else(too_many)?;
-    let raw_values = resolve(event.values.iter().map(|e| (e.key.as_str(), e.value))).ok_or_else(too_many)?;
+    let mut dimensions = resolve(event.dimensions).ok_or_else(too_many)?;
+    let raw_values = resolve(event.values).ok_or_else(too_many)?;
     for (key, text) in &dimensions {
         if too_long(key) || too_long(text) {
             let key = py_repr(first_chars(key, 32));
@@ -164,29 +203,9 @@ pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -
             )));
         }
     }
-    let mut values = Vec::with_capacity(raw_values.len());
+    let mut values: SmallVec<[(&str, Fixed); 4]> = SmallVec::with_capacity(raw_values.len());
     for (key, value) in raw_values {
-        if too_long(key) {
-            return Err(Refusal::invalid(format!("values keys are at most {TEXT_BYTES_MAX} bytes")));
-        }
-        let shown = || format!("values[{}] is {}", py_repr(key), python_repr(value));
-        if !(0.0..USAGE_VALUE_MAX).contains(&value) {
-            let why = if !value.is_finite() {
-                "must be a finite number".to_string()
-            } else if value < 0.0 {
-                "must not be negative".to_string()
-            } else {
-                format!("must be below {}", "1e+15")
-            };
-            return Err(Refusal::invalid(format!("{}: {why}", shown())));
-        }
-        let Some(quantity) = fixed_from_f64(value) else {
-            return Err(Refusal::invalid(format!(
-                "{}: more than {SCALE_DIGITS} decimal places cannot be held exactly",
-                shown()
-            )));
-        };
-        values.push((key, quantity));
+        values.push((key, exact_value(key, value)?));
     }
     if event.timestamp_ms > now_ms.saturating_add(future_skew_ms) {
         return Err(Refusal::new(
@@ -195,17 +214,37 @@ pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -
         ));
     }
     // Sorted by key once valid: the digest needs a canonical order, and lookups can bisect.
-    let mut dimensions = dimensions;
     dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
     values.sort_unstable_by(|a, b| a.0.cmp(b.0));
     Ok(Event {
-        transaction_id: &event.transaction_id,
-        customer_id: &event.customer_id,
-        event_type: &event.event_type,
+        transaction_id: event.transaction_id,
+        customer_id: event.customer_id,
+        event_type: event.event_type,
         timestamp_ms: event.timestamp_ms,
         dimensions,
         values,
-        reservation_id: &event.reservation_id,
+        reservation_id: event.reservation_id,
+    })
+}
+
+/// One value as an exact quantity, or why it is refused.
+fn exact_value(key: &str, value: f64) -> Result<Fixed, Refusal> {
+    if key.len() > TEXT_BYTES_MAX {
+        return Err(Refusal::invalid(format!("values keys are at most {TEXT_BYTES_MAX} bytes")));
+    }
+    let shown = || format!("values[{}] is {}", py_repr(key), python_repr(value));
+    if !(0.0..USAGE_VALUE_MAX).contains(&value) {
+        let why = if !value.is_finite() {
+            "must be a finite number".to_string()
+        } else if value < 0.0 {
+            "must not be negative".to_string()
+        } else {
+            format!("must be below {}", "1e+15")
+        };
+        return Err(Refusal::invalid(format!("{}: {why}", shown())));
+    }
+    fixed_from_f64(value).ok_or_else(|| {
+        Refusal::invalid(format!("{}: more than {SCALE_DIGITS} decimal places cannot be held exactly", shown()))
     })
 }
 
@@ -239,6 +278,6 @@ mod tests {
     fn the_last_of_repeated_keys_wins() {
         let e = event(vec![("n", 1.0), ("m", 2.0), ("n", 3.0)]);
         let checked = check_event(&e, 0, 300_000).unwrap();
-        assert_eq!(checked.values, vec![("m", 2 * crate::money::SCALE), ("n", 3 * crate::money::SCALE)]);
+        assert_eq!(checked.values.as_slice(), &[("m", 2 * crate::money::SCALE), ("n", 3 * crate::money::SCALE)]);
     }
 }

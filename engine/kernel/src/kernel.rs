@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 
 use crate::ack::AckBuilder;
+use crate::batch;
 use crate::buckets::{record_hour, Aggregate, AggregateKey, BucketKey, Measure, VersionUsage, HOUR_MS};
-use crate::decode::{check_event, decode_batch, py_dict, py_repr, wire, Event, Reason, Refusal};
+use crate::decode::{check_event, check_view, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
 use crate::dedupe::{content_digest, prior, Seen};
 use crate::draw::{burn_order, settle, Charge, Grant, Outcome};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
@@ -199,23 +200,24 @@ impl Kernel {
         events_max: usize,
         allowed: Option<&[String]>,
     ) -> Result<Ingested, BatchRefusal> {
-        let batch = decode_batch(bytes).map_err(BatchRefusal::NotABatch)?;
-        if batch.events.len() > events_max {
-            return Err(BatchRefusal::TooManyEvents(batch.events.len()));
+        let mut owned = None;
+        let batch = batch::read(bytes, &mut owned).map_err(BatchRefusal::NotABatch)?;
+        if batch.len() > events_max {
+            return Err(BatchRefusal::TooManyEvents(batch.len()));
         }
         if let Some(allowed) = allowed {
             if let Some((index, event)) =
-                batch.events.iter().enumerate().find(|(_, e)| !allowed.contains(&e.customer_id))
+                batch.events().enumerate().find(|(_, e)| !allowed.iter().any(|a| a == e.customer_id))
             {
-                return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.clone()));
+                return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.to_owned()));
             }
         }
-        let mut ack = AckBuilder::new(&batch.batch_id, next_seq);
-        for (index, event) in batch.events.iter().enumerate() {
-            match self.ingest_event(event, received_ms, &mut ack) {
+        let mut ack = AckBuilder::new(batch.batch_id, next_seq);
+        for (index, event) in batch.events().enumerate() {
+            match self.ingest_event(&event, received_ms, &mut ack) {
                 Ok(true) => ack.accepted(index),
                 Ok(false) => ack.duplicate(index),
-                Err(refusal) => ack.rejected(index, &event.transaction_id, refusal),
+                Err(refusal) => ack.rejected(index, event.transaction_id, refusal),
             }
         }
         let (accepted, duplicates, rejected) = ack.counts();
@@ -242,14 +244,9 @@ impl Kernel {
     }
 
     /// Ok(true) accepted, Ok(false) a duplicate.
-    fn ingest_event(
-        &mut self,
-        raw: &wire::UsageEvent,
-        received_ms: i64,
-        ack: &mut AckBuilder,
-    ) -> Result<bool, Refusal> {
+    fn ingest_event(&mut self, raw: &EventView, received_ms: i64, ack: &mut AckBuilder) -> Result<bool, Refusal> {
         let catalog = &self.rater.catalog;
-        let event = check_event(raw, received_ms, catalog.future_skew_ms)?;
+        let event = check_view(raw, received_ms, catalog.future_skew_ms)?;
         let digest = content_digest(&event, &mut self.canonical);
         let Some(account) = self.accounts.get_mut(event.customer_id) else {
             return Err(unknown_customer(event.customer_id));
