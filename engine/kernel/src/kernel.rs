@@ -14,7 +14,7 @@ use crate::ack::AckBuilder;
 use crate::batch;
 use crate::buckets::{record_hour, Aggregate, AggregateKey, BucketKey, Measure, VersionUsage, HOUR_MS};
 use crate::decode::{check_event, check_view, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
-use crate::dedupe::{content_digest, prior, Seen};
+use crate::dedupe::{self, content_digest, prior, Seen};
 use crate::draw::{burn_order, settle, Charge, Grant, Outcome};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Interner, Route, Sym};
@@ -29,7 +29,6 @@ pub struct Account {
     pub buckets: FxHashMap<BucketKey, Vec<VersionUsage>>,
     pub period_charges: BTreeMap<i64, Picos>,
     pub period_overage: BTreeMap<i64, Picos>,
-    dedupe: FxHashMap<Box<str>, Seen>,
     /// (contract anchor, start, end) of the period of the account's last event: consecutive events
     /// almost always share it, and computing one walks the calendar.
     last_period: Cell<(i64, i64, i64)>,
@@ -126,6 +125,8 @@ pub enum BatchRefusal {
 pub struct Kernel {
     rater: Rater,
     accounts: FxHashMap<String, Account>,
+    /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
+    dedupe: FxHashMap<u128, Seen>,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
 }
@@ -251,7 +252,9 @@ impl Kernel {
         let Some(account) = self.accounts.get_mut(event.customer_id) else {
             return Err(unknown_customer(event.customer_id));
         };
-        if let Some(known) = prior(account.dedupe.get(event.transaction_id), received_ms, catalog.dedupe_window_ms) {
+        let dedupe_key = dedupe::key(event.customer_id, event.transaction_id, &mut self.canonical);
+        let seen = self.dedupe.get(&dedupe_key);
+        if let Some(known) = prior(seen, received_ms, catalog.dedupe_window_ms) {
             if known != digest {
                 return Err(Refusal::new(
                     Reason::DuplicateConflict,
@@ -265,7 +268,7 @@ impl Kernel {
         }
         let plan = self.rater.plan(account, &event)?;
         self.rater.commit(account, &event, plan, ack);
-        account.dedupe.insert(event.transaction_id.into(), Seen { digest, at_ms: received_ms });
+        self.dedupe.insert(dedupe_key, Seen { digest, at_ms: received_ms });
         Ok(true)
     }
 }
@@ -562,8 +565,6 @@ impl Kernel {
             .map(|id| {
                 let account = &self.accounts[id];
                 let (aggregates, buckets) = self.usage(id).expect("listed, so present");
-                let mut dedupe: Vec<(String, Seen)> = account.dedupe.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-                dedupe.sort_by(|a, b| a.0.cmp(&b.0));
                 StoredAccount {
                     customer_id: id.clone(),
                     grants: account.grants.clone(),
@@ -571,18 +572,21 @@ impl Kernel {
                     buckets,
                     period_charges: account.period_charges.iter().map(|(k, v)| (*k, *v)).collect(),
                     period_overage: account.period_overage.iter().map(|(k, v)| (*k, *v)).collect(),
-                    dedupe,
                 }
             })
             .collect();
-        snapshot::encode(&Stored { format: snapshot::FORMAT, strings: self.rater.interner.strings(), accounts })
+        let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| (*k, *v)).collect();
+        dedupe.sort_unstable_by_key(|(k, _)| *k);
+        let strings = self.rater.interner.strings();
+        snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe })
     }
 
     /// A kernel holding a snapshot's state; load tables before rating with it.
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
         let stored = snapshot::decode(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let mut kernel = Kernel { rater, ..Kernel::default() };
+        let dedupe = stored.dedupe.into_iter().collect();
+        let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         for stored in stored.accounts {
             let account = Account {
                 order: burn_order(&stored.grants),
@@ -591,7 +595,6 @@ impl Kernel {
                 buckets: stored.buckets.into_iter().collect(),
                 period_charges: stored.period_charges.into_iter().collect(),
                 period_overage: stored.period_overage.into_iter().collect(),
-                dedupe: stored.dedupe.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect(),
                 last_period: Cell::default(),
                 route: None,
             };

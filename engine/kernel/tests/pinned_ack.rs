@@ -300,3 +300,18 @@ fn acks_and_digests_are_unchanged() {
     assert_eq!((hex(&ack).as_str(), hex(&digest).as_str()), PINNED_AGAIN);
     assert_eq!(state(&restored, received), PINNED_STATE, "duplicates change nothing");
 }
+
+/// The snapshot of the state after the batches, as the kernel wrote it in format 1 (dedupe entries by
+/// transaction id per account): a data directory from that release restores with its dedupe intact.
+#[test]
+fn a_format_1_snapshot_restores() {
+    let text = include_str!("snapshot_format1.hex").trim();
+    let bytes: Vec<u8> =
+        (0..text.len()).step_by(2).map(|at| u8::from_str_radix(&text[at..at + 2], 16).unwrap()).collect();
+    let mut restored = Kernel::restore(&bytes).expect("a format-1 snapshot restores");
+    restored.load_tables(&tables::encode(&tables())).expect("the tables load");
+    let received = T0 + 2 * HOUR + 60_000;
+    assert_eq!(state(&restored, received), PINNED_STATE, "usage and balances");
+    let (ack, digest) = restored.ingest(&batches()[1], received, 3).expect("a batch");
+    assert_eq!((hex(&ack).as_str(), hex(&digest).as_str()), PINNED_AGAIN, "its dedupe entries survive");
+}
