@@ -6,6 +6,7 @@
 //! (customer, product, dimension values, hour) holds quantity, event count and amount per rate
 //! card version: fine enough to split usage at any hour boundary, which is where versions start.
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::money::{Fixed, Picos, SCALE};
@@ -13,6 +14,51 @@ use crate::route::{Aggregation, Sym};
 
 pub const HOUR_MS: i64 = 3_600_000;
 
+/// Pricing-dimension value tuples interned to small ids, so the account's keys are small Copy
+/// structs and an event finds its buckets without comparing slices kept on the heap. Not part of
+/// the snapshot: it stores keys with their tuples (`AggregateKey`, `BucketKey`), and a restore
+/// gives the ids again.
+#[derive(Default)]
+pub struct Combos {
+    tuples: Vec<Box<[Sym]>>,
+    index: FxHashMap<Box<[Sym]>, u32>,
+}
+
+impl Combos {
+    pub fn get(&self, tuple: &[Sym]) -> Option<u32> {
+        self.index.get(tuple).copied()
+    }
+    pub fn intern(&mut self, tuple: &[Sym]) -> u32 {
+        if let Some(combo) = self.get(tuple) {
+            return combo;
+        }
+        let combo = self.tuples.len() as u32;
+        self.tuples.push(tuple.into());
+        self.index.insert(tuple.into(), combo);
+        combo
+    }
+    pub fn tuple(&self, combo: u32) -> &[Sym] {
+        &self.tuples[combo as usize]
+    }
+}
+
+/// A period aggregate's key in the account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeriodKey {
+    pub period_start_ms: i64,
+    pub product: Sym,
+    pub combo: u32,
+}
+
+/// An hour bucket's key in the account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HourKey {
+    pub hour: i64,
+    pub product: Sym,
+    pub combo: u32,
+}
+
+/// A period aggregate's key as reads and snapshots see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AggregateKey {
     pub period_start_ms: i64,
@@ -20,6 +66,7 @@ pub struct AggregateKey {
     pub dimensions: Box<[Sym]>,
 }
 
+/// An hour bucket's key as reads and snapshots see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BucketKey {
     pub hour: i64,

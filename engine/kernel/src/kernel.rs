@@ -9,15 +9,20 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use crate::ack::AckBuilder;
 use crate::batch;
-use crate::buckets::{record_hour, Aggregate, AggregateKey, BucketKey, Measure, VersionUsage, HOUR_MS};
+use crate::buckets::{
+    record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, Measure, PeriodKey, VersionUsage, HOUR_MS,
+};
 use crate::decode::{check_event, check_view, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Seen};
-use crate::draw::{burn_order, settle, Charge, Grant, Outcome};
+use crate::draw::{burn_order, settle, Charge, Grant, Outcomes};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
-use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Interner, Route, Sym};
+use crate::route::{
+    curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Route, Sym, Version,
+};
 use crate::snapshot::{self, Stored, StoredAccount};
 use crate::tables;
 
@@ -25,8 +30,8 @@ use crate::tables;
 pub struct Account {
     pub grants: Vec<Grant>,
     order: Vec<u32>,
-    pub aggregates: FxHashMap<AggregateKey, Aggregate>,
-    pub buckets: FxHashMap<BucketKey, Vec<VersionUsage>>,
+    pub aggregates: FxHashMap<PeriodKey, Aggregate>,
+    pub buckets: FxHashMap<HourKey, Vec<VersionUsage>>,
     pub period_charges: BTreeMap<i64, Picos>,
     pub period_overage: BTreeMap<i64, Picos>,
     /// (contract anchor, start, end) of the period of the account's last event: consecutive events
@@ -55,12 +60,15 @@ fn unknown_customer(customer_id: &str) -> Refusal {
 /// What one event would do to one product.
 struct Plan {
     product: usize,
-    dimensions: Vec<Option<Sym>>,
-    aggregate: Option<AggregateKey>,
+    dimensions: SmallVec<[Option<Sym>; 4]>,
+    /// None when the bucket does not exist yet.
+    aggregate: Option<PeriodKey>,
     measure: Measure,
     after: Fixed,
     before: Fixed,
     charge: Picos,
+    /// The overage the bucket caused so far (what a refund gives back first).
+    overage: Picos,
     rate_card: Sym,
     version: u32,
 }
@@ -68,7 +76,8 @@ struct Plan {
 struct EventPlan {
     period_start_ms: i64,
     block: bool,
-    plans: Vec<Plan>,
+    /// Inline for the usual few products an event feeds.
+    plans: SmallVec<[Plan; 4]>,
 }
 
 /// Authorize's answer. `reason` is OK, OVERAGE_ALLOWED, INSUFFICIENT_CREDIT, INVALID_REQUEST or
@@ -278,6 +287,7 @@ impl Kernel {
 struct Rater {
     catalog: Catalog,
     interner: Interner,
+    combos: Combos,
 }
 
 impl Rater {
@@ -297,7 +307,7 @@ impl Rater {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
         }
         let feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k));
-        let mut plans = Vec::with_capacity(feeding.len());
+        let mut plans = SmallVec::new();
         if feeding.is_empty() {
             return Ok(EventPlan { period_start_ms, block: contract.block, plans });
         }
@@ -308,55 +318,69 @@ impl Rater {
             ));
         };
         for index in feeding {
-            let product = &self.catalog.products[index];
-            let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
-            let dimensions: Vec<Option<Sym>> =
-                product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
-            let Some(rate) = version.rate_for(product.id, &dimensions) else {
-                return Err(Refusal::new(
-                    Reason::NoApplicableRate,
-                    format!(
-                        "rate card {} version {} has no rate for product {} with {}",
-                        py_repr(self.interner.text(version.rate_card)),
-                        version.number,
-                        py_repr(&product.id_text),
-                        py_dict(product.dimensions.iter().map(|d| (d.as_str(), event.dimension(d).unwrap_or(""))))
-                    ),
-                ));
-            };
-            let curve = curve_with_override(contract, product.id, &dimensions, rate, ts);
-            let key = dimensions.iter().copied().collect::<Option<Box<[Sym]>>>().map(|dimensions| AggregateKey {
-                period_start_ms,
-                product: product.id,
-                dimensions,
-            });
-            let empty = Aggregate::default();
-            let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
-            let out_of_range = || {
-                Refusal::new(
-                    Reason::InvalidEvent,
-                    format!("the charge for product {} is out of range", py_repr(&product.id_text)),
-                )
-            };
-            let after = current.quantity_after(product.aggregation, measure, ts).ok_or_else(out_of_range)?;
-            let price_after = curve.picos(after).ok_or_else(out_of_range)?;
-            let price_before = curve.picos(current.quantity).ok_or_else(out_of_range)?;
-            // Under a newer, dearer version the old quantity prices higher than it was charged:
-            // never give back more than the bucket was charged in all.
-            let charge = (price_after - price_before).max(-current.amount);
-            plans.push(Plan {
-                product: index,
-                dimensions,
-                aggregate: key,
-                measure,
-                after,
-                before: current.quantity,
-                charge,
-                rate_card: version.rate_card,
-                version: version.number,
-            });
+            plans.push(self.plan_product(account, event, contract, version, period_start_ms, index)?);
         }
         Ok(EventPlan { period_start_ms, block: contract.block, plans })
+    }
+
+    /// What the event would charge one product it feeds.
+    fn plan_product(
+        &self,
+        account: &Account,
+        event: &Event,
+        contract: &Contract,
+        version: &Version,
+        period_start_ms: i64,
+        index: usize,
+    ) -> Result<Plan, Refusal> {
+        let ts = event.timestamp_ms;
+        let product = &self.catalog.products[index];
+        let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
+        let dimensions: SmallVec<[Option<Sym>; 4]> =
+            product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
+        let Some(rate) = version.rate_for(product.id, &dimensions) else {
+            return Err(Refusal::new(
+                Reason::NoApplicableRate,
+                format!(
+                    "rate card {} version {} has no rate for product {} with {}",
+                    py_repr(self.interner.text(version.rate_card)),
+                    version.number,
+                    py_repr(&product.id_text),
+                    py_dict(product.dimensions.iter().map(|d| (d.as_str(), event.dimension(d).unwrap_or(""))))
+                ),
+            ));
+        };
+        let curve = curve_with_override(contract, product.id, &dimensions, rate, ts);
+        // A tuple with a value never interned has no bucket yet.
+        let combo =
+            dimensions.iter().copied().collect::<Option<SmallVec<[Sym; 4]>>>().and_then(|t| self.combos.get(&t));
+        let key = combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
+        let empty = Aggregate::default();
+        let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
+        let out_of_range = || {
+            Refusal::new(
+                Reason::InvalidEvent,
+                format!("the charge for product {} is out of range", py_repr(&product.id_text)),
+            )
+        };
+        let after = current.quantity_after(product.aggregation, measure, ts).ok_or_else(out_of_range)?;
+        let price_after = curve.picos(after).ok_or_else(out_of_range)?;
+        let price_before = curve.picos(current.quantity).ok_or_else(out_of_range)?;
+        // Under a newer, dearer version the old quantity prices higher than it was charged:
+        // never give back more than the bucket was charged in all.
+        let charge = (price_after - price_before).max(-current.amount);
+        Ok(Plan {
+            product: index,
+            dimensions,
+            aggregate: key,
+            measure,
+            after,
+            before: current.quantity,
+            charge,
+            overage: current.overage,
+            rate_card: version.rate_card,
+            version: version.number,
+        })
     }
 
     fn measure(
@@ -384,23 +408,27 @@ impl Rater {
 
     /// Settles a plan's charges on a copy of the account's balances: the one code path for
     /// ingestion and Authorize. Returns the outcomes and the balances after.
-    fn settle(&self, account: &Account, plan: &EventPlan, ts_ms: i64) -> (Vec<Outcome>, Vec<Picos>) {
-        let empty = Aggregate::default();
-        let charges: Vec<Charge> = plan
+    fn settle(&self, account: &Account, plan: &EventPlan, ts_ms: i64) -> (Outcomes, SmallVec<[Picos; 4]>) {
+        let charges: SmallVec<[Charge; 4]> = plan
             .plans
             .iter()
             .map(|p| {
-                let current = p.aggregate.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
+                // Only a refund reads where its bucket's charges went.
+                let drawn_by_grant = match p.aggregate {
+                    Some(key) if p.charge < 0 => account.aggregates.get(&key).map_or(&[][..], |a| &a.drawn_by_grant),
+                    _ => &[],
+                };
+                let product = &self.catalog.products[p.product];
                 Charge {
-                    product: self.catalog.products[p.product].id,
-                    product_id: &self.catalog.products[p.product].id_text,
+                    product: product.id,
+                    product_id: &product.id_text,
                     charge: p.charge,
-                    drawn_by_grant: if p.charge < 0 { &current.drawn_by_grant } else { &[] },
-                    overage: current.overage,
+                    drawn_by_grant,
+                    overage: p.overage,
                 }
             })
             .collect();
-        let mut remaining: Vec<Picos> = account.grants.iter().map(|g| g.remaining).collect();
+        let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
         let outcomes = settle(&account.grants, &account.order, &mut remaining, &charges, ts_ms);
         (outcomes, remaining)
     }
@@ -414,24 +442,31 @@ impl Rater {
         for (p, outcome) in plan.plans.into_iter().zip(&outcomes) {
             let product = &self.catalog.products[p.product];
             // A bucket seen before was keyed in planning; a new one interns its dimension values now.
-            let key = p.aggregate.unwrap_or_else(|| AggregateKey {
-                period_start_ms: plan.period_start_ms,
-                product: product.id,
-                dimensions: p
-                    .dimensions
-                    .iter()
-                    .zip(&product.dimensions)
-                    .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
-                    .collect(),
-            });
+            let key = match p.aggregate {
+                Some(key) => key,
+                None => {
+                    let tuple: SmallVec<[Sym; 4]> = p
+                        .dimensions
+                        .iter()
+                        .zip(&product.dimensions)
+                        .map(|(sym, key)| {
+                            sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or("")))
+                        })
+                        .collect();
+                    PeriodKey {
+                        period_start_ms: plan.period_start_ms,
+                        product: product.id,
+                        combo: self.combos.intern(&tuple),
+                    }
+                }
+            };
             let unique = match p.measure {
                 Measure::Unique(_) => {
                     Some(self.interner.intern(event.dimension(&product.value_key).expect("measured, so present")))
                 }
                 Measure::Quantity(_) => None,
             };
-            let hour =
-                BucketKey { hour: ts.div_euclid(HOUR_MS), product: product.id, dimensions: key.dimensions.clone() };
+            let hour = HourKey { hour: ts.div_euclid(HOUR_MS), product: product.id, combo: key.combo };
             account.aggregates.entry(key).or_default().record(
                 p.after,
                 p.charge,
@@ -541,9 +576,22 @@ impl Kernel {
         customer_id: &str,
     ) -> Option<(Vec<(AggregateKey, Aggregate)>, Vec<(BucketKey, Vec<VersionUsage>)>)> {
         let account = self.accounts.get(customer_id)?;
-        let mut aggregates: Vec<_> = account.aggregates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let tuple = |combo: u32| Box::<[Sym]>::from(self.rater.combos.tuple(combo));
+        let mut aggregates: Vec<_> = account
+            .aggregates
+            .iter()
+            .map(|(k, v)| {
+                let key =
+                    AggregateKey { period_start_ms: k.period_start_ms, product: k.product, dimensions: tuple(k.combo) };
+                (key, v.clone())
+            })
+            .collect();
         aggregates.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut buckets: Vec<_> = account.buckets.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut buckets: Vec<_> = account
+            .buckets
+            .iter()
+            .map(|(k, v)| (BucketKey { hour: k.hour, product: k.product, dimensions: tuple(k.combo) }, v.clone()))
+            .collect();
         buckets.sort_by(|a, b| a.0.cmp(&b.0));
         Some((aggregates, buckets))
     }
@@ -587,12 +635,22 @@ impl Kernel {
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
         let dedupe = stored.dedupe.into_iter().collect();
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
+        let combos = &mut kernel.rater.combos;
         for stored in stored.accounts {
             let account = Account {
                 order: burn_order(&stored.grants),
                 grants: stored.grants,
-                aggregates: stored.aggregates.into_iter().collect(),
-                buckets: stored.buckets.into_iter().collect(),
+                aggregates: (stored.aggregates.into_iter())
+                    .map(|(k, v)| {
+                        let combo = combos.intern(&k.dimensions);
+                        (PeriodKey { period_start_ms: k.period_start_ms, product: k.product, combo }, v)
+                    })
+                    .collect(),
+                buckets: (stored.buckets.into_iter())
+                    .map(|(k, v)| {
+                        (HourKey { hour: k.hour, product: k.product, combo: combos.intern(&k.dimensions) }, v)
+                    })
+                    .collect(),
                 period_charges: stored.period_charges.into_iter().collect(),
                 period_overage: stored.period_overage.into_iter().collect(),
                 last_period: Cell::default(),
