@@ -85,6 +85,18 @@ pub struct Event<'a> {
 }
 
 impl<'a> Event<'a> {
+    /// An event to check into (`check_into`).
+    pub fn empty() -> Event<'a> {
+        Event {
+            transaction_id: "",
+            customer_id: "",
+            event_type: "",
+            timestamp_ms: 0,
+            dimensions: SmallVec::new(),
+            values: SmallVec::new(),
+            reservation_id: "",
+        }
+    }
     pub fn dimension(&self, key: &str) -> Option<&'a str> {
         self.dimensions.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.dimensions[at].1)
     }
@@ -129,20 +141,23 @@ fn first_chars(text: &str, count: usize) -> &str {
     text.char_indices().nth(count).map_or(text, |(at, _)| &text[..at])
 }
 
-/// Repeated keys resolved as a protobuf map would be: the last value wins. None if more than
+/// Repeated keys resolved as a protobuf map would be: the last value wins. False if more than
 /// EVENT_MAP_ENTRIES_MAX distinct keys.
-fn resolve<'a, V: Copy>(entries: &[(&'a str, V)]) -> Option<SmallVec<[(&'a str, V); 4]>> {
-    let mut resolved: SmallVec<[(&'a str, V); 4]> = SmallVec::new();
+fn resolve<'a, V: Copy, A: smallvec::Array<Item = (&'a str, V)>>(
+    entries: &[(&'a str, V)],
+    resolved: &mut SmallVec<A>,
+) -> bool {
+    resolved.clear();
     for &(key, value) in entries {
         if let Some(slot) = resolved.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
         } else if resolved.len() == EVENT_MAP_ENTRIES_MAX {
-            return None;
+            return false;
         } else {
             resolved.push((key, value));
         }
     }
-    Some(resolved)
+    true
 }
 
 /// `check_view` for a decoded wire event (Authorize's path).
@@ -170,32 +185,28 @@ fn view_of<'s, 'a>(
 }
 
 /// Validates an event as the Python engine does, in the same order and with the same messages.
-pub fn check_view<'a>(event: &EventView<'_, 'a>, now_ms: i64, future_skew_ms: i64) -> Result<Event<'a>, Refusal> {
+pub fn check_view<'a>(view: &EventView<'_, 'a>, now_ms: i64, future_skew_ms: i64) -> Result<Event<'a>, Refusal> {
+    let mut event = Event::empty();
+    check_into(view, now_ms, future_skew_ms, &mut event)?;
+    Ok(event)
+}
+
+/// `check_view` into the caller's `event` (reused between events: nothing is moved per event).
+pub fn check_into<'a>(
+    view: &EventView<'_, 'a>,
+    now_ms: i64,
+    future_skew_ms: i64,
+    event: &mut Event<'a>,
+) -> Result<(), Refusal> {
+    check_scalars(view)?;
     let too_long = |text: &str| text.len() > TEXT_BYTES_MAX;
-    if event.transaction_id.is_empty() {
-        return Err(Refusal::invalid("transaction_id is required"));
-    }
-    if too_long(event.transaction_id) {
-        return Err(Refusal::invalid(format!("transaction_id is longer than {TEXT_BYTES_MAX} bytes")));
-    }
-    if event.customer_id.is_empty() {
-        return Err(Refusal::invalid("customer_id is required"));
-    }
-    if event.event_type.is_empty() {
-        return Err(Refusal::invalid("event_type is required"));
-    }
-    if event.timestamp_ms == 0 {
-        return Err(Refusal::invalid("timestamp_ms is required (Unix milliseconds, UTC)"));
-    }
-    if event.timestamp_ms < 0 {
-        let message = format!("timestamp_ms {} must be positive (Unix milliseconds, UTC)", event.timestamp_ms);
-        return Err(Refusal::invalid(message));
-    }
     let too_many =
         || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));
-    let mut dimensions = resolve(event.dimensions).ok_or_else(too_many)?;
-    let raw_values = resolve(event.values).ok_or_else(too_many)?;
-    for (key, text) in &dimensions {
+    let mut raw_values: SmallVec<[(&'a str, f64); 4]> = SmallVec::new();
+    if !resolve(view.dimensions, &mut event.dimensions) || !resolve(view.values, &mut raw_values) {
+        return Err(too_many());
+    }
+    for (key, text) in &event.dimensions {
         if too_long(key) || too_long(text) {
             let key = py_repr(first_chars(key, 32));
             return Err(Refusal::invalid(format!(
@@ -203,28 +214,49 @@ pub fn check_view<'a>(event: &EventView<'_, 'a>, now_ms: i64, future_skew_ms: i6
             )));
         }
     }
-    let mut values: SmallVec<[(&str, Fixed); 4]> = SmallVec::with_capacity(raw_values.len());
+    event.values.clear();
     for (key, value) in raw_values {
-        values.push((key, exact_value(key, value)?));
+        event.values.push((key, exact_value(key, value)?));
     }
-    if event.timestamp_ms > now_ms.saturating_add(future_skew_ms) {
+    if view.timestamp_ms > now_ms.saturating_add(future_skew_ms) {
         return Err(Refusal::new(
             Reason::TimestampOutOfRange,
-            format!("timestamp_ms {} is more than {} s in the future", event.timestamp_ms, future_skew_ms / 1000),
+            format!("timestamp_ms {} is more than {} s in the future", view.timestamp_ms, future_skew_ms / 1000),
         ));
     }
     // Sorted by key once valid: the digest needs a canonical order, and lookups can bisect.
-    dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    values.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    Ok(Event {
-        transaction_id: event.transaction_id,
-        customer_id: event.customer_id,
-        event_type: event.event_type,
-        timestamp_ms: event.timestamp_ms,
-        dimensions,
-        values,
-        reservation_id: event.reservation_id,
-    })
+    event.dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    event.values.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    event.transaction_id = view.transaction_id;
+    event.customer_id = view.customer_id;
+    event.event_type = view.event_type;
+    event.timestamp_ms = view.timestamp_ms;
+    event.reservation_id = view.reservation_id;
+    Ok(())
+}
+
+/// The checks on the event's ids and timestamp, in the Python engine's order.
+fn check_scalars(view: &EventView) -> Result<(), Refusal> {
+    if view.transaction_id.is_empty() {
+        return Err(Refusal::invalid("transaction_id is required"));
+    }
+    if view.transaction_id.len() > TEXT_BYTES_MAX {
+        return Err(Refusal::invalid(format!("transaction_id is longer than {TEXT_BYTES_MAX} bytes")));
+    }
+    if view.customer_id.is_empty() {
+        return Err(Refusal::invalid("customer_id is required"));
+    }
+    if view.event_type.is_empty() {
+        return Err(Refusal::invalid("event_type is required"));
+    }
+    if view.timestamp_ms == 0 {
+        return Err(Refusal::invalid("timestamp_ms is required (Unix milliseconds, UTC)"));
+    }
+    if view.timestamp_ms < 0 {
+        let message = format!("timestamp_ms {} must be positive (Unix milliseconds, UTC)", view.timestamp_ms);
+        return Err(Refusal::invalid(message));
+    }
+    Ok(())
 }
 
 /// One value as an exact quantity, or why it is refused.

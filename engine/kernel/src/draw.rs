@@ -10,7 +10,7 @@
 //! same code and commits nothing.
 
 use serde::{Deserialize, Serialize};
-use smallvec::{smallvec, SmallVec};
+use smallvec::SmallVec;
 
 use crate::money::Picos;
 use crate::route::Sym;
@@ -81,7 +81,22 @@ pub type Outcomes = SmallVec<[Outcome; 4]>;
 /// Settles an event's charges (in product-id order) against `remaining` (one balance per grant,
 /// changed in place).
 pub fn settle(grants: &[Grant], order: &[u32], remaining: &mut [Picos], charges: &[Charge], ts_ms: i64) -> Outcomes {
-    let mut outcomes: Outcomes = smallvec![Outcome::default(); charges.len()];
+    let mut outcomes = Outcomes::new();
+    settle_into(grants, order, remaining, charges, ts_ms, &mut outcomes);
+    outcomes
+}
+
+/// `settle` into the caller's `outcomes` (cleared first), so nothing is moved on return.
+pub fn settle_into(
+    grants: &[Grant],
+    order: &[u32],
+    remaining: &mut [Picos],
+    charges: &[Charge],
+    ts_ms: i64,
+    outcomes: &mut Outcomes,
+) {
+    outcomes.clear();
+    outcomes.resize_with(charges.len(), Outcome::default);
     for (charge, outcome) in charges.iter().zip(outcomes.iter_mut()) {
         if charge.charge < 0 {
             *outcome = give_back(order, remaining, charge);
@@ -110,7 +125,6 @@ pub fn settle(grants: &[Grant], order: &[u32], remaining: &mut [Picos], charges:
         }
         outcome.overage = left;
     }
-    outcomes
 }
 
 /// A refund: the overage the bucket caused first, then its credits in reverse burn order.
@@ -139,6 +153,7 @@ fn give_back(order: &[u32], remaining: &mut [Picos], charge: &Charge) -> Outcome
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use smallvec::smallvec;
 
     fn grant(id: &str, amount: Picos, priority: i64, applicable: Vec<Sym>, expires: Option<i64>, order: i64) -> Grant {
         Grant {

@@ -6,6 +6,7 @@
 //! with each call.
 
 use std::cell::Cell;
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
@@ -16,9 +17,9 @@ use crate::batch;
 use crate::buckets::{
     record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, Measure, PeriodKey, VersionUsage, HOUR_MS,
 };
-use crate::decode::{check_event, check_view, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
+use crate::decode::{check_event, check_into, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Seen};
-use crate::draw::{burn_order, settle, Charge, Grant, Outcomes};
+use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
     curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Route, Sym, Version,
@@ -73,11 +74,12 @@ struct Plan {
     version: u32,
 }
 
+/// What one event would do: its period and contract, and one `Plan` per product it feeds (kept
+/// apart, in a buffer the kernel reuses).
+#[derive(Clone, Copy)]
 struct EventPlan {
     period_start_ms: i64,
     block: bool,
-    /// Inline for the usual few products an event feeds.
-    plans: SmallVec<[Plan; 4]>,
 }
 
 /// Authorize's answer. `reason` is OK, OVERAGE_ALLOWED, INSUFFICIENT_CREDIT, INVALID_REQUEST or
@@ -138,6 +140,8 @@ pub struct Kernel {
     dedupe: FxHashMap<u128, Seen>,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
+    /// Scratch space for an event's plans.
+    plans: Vec<Plan>,
 }
 
 impl Kernel {
@@ -222,9 +226,10 @@ impl Kernel {
                 return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.to_owned()));
             }
         }
-        let mut ack = AckBuilder::new(batch.batch_id, next_seq);
+        let mut ack = AckBuilder::new(batch.batch_id, next_seq, batch.len());
+        let mut checked = Event::empty();
         for (index, event) in batch.events().enumerate() {
-            match self.ingest_event(&event, received_ms, &mut ack) {
+            match self.ingest_event(&event, &mut checked, received_ms, &mut ack) {
                 Ok(true) => ack.accepted(index),
                 Ok(false) => ack.duplicate(index),
                 Err(refusal) => ack.rejected(index, event.transaction_id, refusal),
@@ -254,15 +259,28 @@ impl Kernel {
     }
 
     /// Ok(true) accepted, Ok(false) a duplicate.
-    fn ingest_event(&mut self, raw: &EventView, received_ms: i64, ack: &mut AckBuilder) -> Result<bool, Refusal> {
+    /// `event` is where the raw event is checked into, reused between events.
+    fn ingest_event<'a>(
+        &mut self,
+        raw: &EventView<'_, 'a>,
+        event: &mut Event<'a>,
+        received_ms: i64,
+        ack: &mut AckBuilder,
+    ) -> Result<bool, Refusal> {
         let catalog = &self.rater.catalog;
-        let event = check_view(raw, received_ms, catalog.future_skew_ms)?;
-        let digest = content_digest(&event, &mut self.canonical);
+        check_into(raw, received_ms, catalog.future_skew_ms, event)?;
+        let event = &*event;
+        let digest = content_digest(event, &mut self.canonical);
         let Some(account) = self.accounts.get_mut(event.customer_id) else {
             return Err(unknown_customer(event.customer_id));
         };
         let dedupe_key = dedupe::key(event.customer_id, event.transaction_id, &mut self.canonical);
-        let seen = self.dedupe.get(&dedupe_key);
+        // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
+        let slot = self.dedupe.entry(dedupe_key);
+        let seen = match &slot {
+            Entry::Occupied(seen) => Some(seen.get()),
+            Entry::Vacant(_) => None,
+        };
         if let Some(known) = prior(seen, received_ms, catalog.dedupe_window_ms) {
             if known != digest {
                 return Err(Refusal::new(
@@ -275,9 +293,10 @@ impl Kernel {
             }
             return Ok(false);
         }
-        let plan = self.rater.plan(account, &event)?;
-        self.rater.commit(account, &event, plan, ack);
-        self.dedupe.insert(dedupe_key, Seen { digest, at_ms: received_ms });
+        let plan = self.rater.plan(account, event, &mut self.plans)?;
+        self.rater.commit(account, event, plan, &self.plans, ack);
+        let seen = Seen { digest, at_ms: received_ms };
+        slot.and_modify(|s| *s = seen).or_insert(seen);
         Ok(true)
     }
 }
@@ -291,8 +310,10 @@ struct Rater {
 }
 
 impl Rater {
-    /// Everything the event would charge, or why it is refused; changes nothing.
-    fn plan(&self, account: &Account, event: &Event) -> Result<EventPlan, Refusal> {
+    /// Everything the event would charge (into `plans`, cleared first), or why it is refused;
+    /// changes nothing.
+    fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
+        plans.clear();
         let customer = event.customer_id;
         let Some(route) = account.route.as_ref() else { return Err(unknown_customer(customer)) };
         let ts = event.timestamp_ms;
@@ -307,9 +328,8 @@ impl Rater {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
         }
         let feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k));
-        let mut plans = SmallVec::new();
         if feeding.is_empty() {
-            return Ok(EventPlan { period_start_ms, block: contract.block, plans });
+            return Ok(EventPlan { period_start_ms, block: contract.block });
         }
         let Some(version) = self.catalog.version_at(contract.timeline, ts) else {
             return Err(Refusal::new(
@@ -320,7 +340,7 @@ impl Rater {
         for index in feeding {
             plans.push(self.plan_product(account, event, contract, version, period_start_ms, index)?);
         }
-        Ok(EventPlan { period_start_ms, block: contract.block, plans })
+        Ok(EventPlan { period_start_ms, block: contract.block })
     }
 
     /// What the event would charge one product it feeds.
@@ -406,11 +426,10 @@ impl Rater {
         }
     }
 
-    /// Settles a plan's charges on a copy of the account's balances: the one code path for
-    /// ingestion and Authorize. Returns the outcomes and the balances after.
-    fn settle(&self, account: &Account, plan: &EventPlan, ts_ms: i64) -> (Outcomes, SmallVec<[Picos; 4]>) {
-        let charges: SmallVec<[Charge; 4]> = plan
-            .plans
+    /// Settles the plans' charges on a copy of the account's balances: the one code path for
+    /// ingestion and Authorize. Fills `outcomes`; returns the balances after.
+    fn settle(&self, account: &Account, plans: &[Plan], ts_ms: i64, outcomes: &mut Outcomes) -> SmallVec<[Picos; 4]> {
+        let charges: SmallVec<[Charge; 4]> = plans
             .iter()
             .map(|p| {
                 // Only a refund reads where its bucket's charges went.
@@ -429,17 +448,18 @@ impl Rater {
             })
             .collect();
         let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
-        let outcomes = settle(&account.grants, &account.order, &mut remaining, &charges, ts_ms);
-        (outcomes, remaining)
+        settle_into(&account.grants, &account.order, &mut remaining, &charges, ts_ms, outcomes);
+        remaining
     }
 
-    fn commit(&mut self, account: &mut Account, event: &Event, plan: EventPlan, ack: &mut AckBuilder) {
+    fn commit(&mut self, account: &mut Account, event: &Event, plan: EventPlan, plans: &[Plan], ack: &mut AckBuilder) {
         let ts = event.timestamp_ms;
-        let (outcomes, remaining) = self.settle(account, &plan, ts);
+        let mut outcomes = Outcomes::new();
+        let remaining = self.settle(account, plans, ts, &mut outcomes);
         for (grant, balance) in account.grants.iter_mut().zip(remaining) {
             grant.remaining = balance;
         }
-        for (p, outcome) in plan.plans.into_iter().zip(&outcomes) {
+        for (p, outcome) in plans.iter().zip(&outcomes) {
             let product = &self.catalog.products[p.product];
             // A bucket seen before was keyed in planning; a new one interns its dimension values now.
             let key = match p.aggregate {
@@ -498,8 +518,9 @@ impl Kernel {
                 .sum()
         };
         let account = self.accounts.get(&event.customer_id);
+        let mut plans = Vec::new();
         let planned = check_event(event, now_ms, self.rater.catalog.future_skew_ms).and_then(|e| match account {
-            Some(account) => self.rater.plan(account, &e),
+            Some(account) => self.rater.plan(account, &e, &mut plans),
             None => Err(unknown_customer(&event.customer_id)),
         });
         let plan = match planned {
@@ -516,11 +537,12 @@ impl Kernel {
                 };
             }
         };
-        let products: Vec<Sym> = plan.plans.iter().map(|p| self.rater.catalog.products[p.product].id).collect();
+        let products: SmallVec<[Sym; 4]> = plans.iter().map(|p| self.rater.catalog.products[p.product].id).collect();
         let available = available_for(if products.is_empty() { None } else { Some(&products) });
-        let cost: Picos = plan.plans.iter().map(|p| p.charge).sum();
+        let cost: Picos = plans.iter().map(|p| p.charge).sum();
         let account = account.expect("planned, so the account exists");
-        let (outcomes, _) = self.rater.settle(account, &plan, now_ms);
+        let mut outcomes = Outcomes::new();
+        self.rater.settle(account, &plans, now_ms, &mut outcomes);
         // Overage the positive parts would leave: a refund elsewhere in the event does not pay for them.
         let uncovered: Picos = outcomes.iter().map(|o| o.overage.max(0)).sum();
         if plan.block && (uncovered > 0 || available <= 0) {
