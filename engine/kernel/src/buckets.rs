@@ -8,6 +8,7 @@
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::money::{Fixed, Picos, SCALE};
 use crate::route::{Aggregation, Sym};
@@ -21,12 +22,17 @@ pub const HOUR_MS: i64 = 3_600_000;
 #[derive(Default)]
 pub struct Combos {
     tuples: Vec<Box<[Sym]>>,
+    /// One-value tuples (the usual case) by their value: cheaper to hash than a slice.
+    singles: FxHashMap<Sym, u32>,
     index: FxHashMap<Box<[Sym]>, u32>,
 }
 
 impl Combos {
     pub fn get(&self, tuple: &[Sym]) -> Option<u32> {
-        self.index.get(tuple).copied()
+        match tuple {
+            [single] => self.singles.get(single).copied(),
+            _ => self.index.get(tuple).copied(),
+        }
     }
     pub fn intern(&mut self, tuple: &[Sym]) -> u32 {
         if let Some(combo) = self.get(tuple) {
@@ -34,7 +40,10 @@ impl Combos {
         }
         let combo = self.tuples.len() as u32;
         self.tuples.push(tuple.into());
-        self.index.insert(tuple.into(), combo);
+        match tuple {
+            [single] => self.singles.insert(*single, combo),
+            _ => self.index.insert(tuple.into(), combo),
+        };
         combo
     }
     pub fn tuple(&self, combo: u32) -> &[Sym] {
@@ -102,8 +111,9 @@ pub struct Aggregate {
     /// LATEST only.
     pub latest_ts_ms: i64,
     /// Credits drawn per grant index (one entry per grant) and the part no grant covered.
-    /// Invariant: amount == overage + sum of drawn_by_grant.
-    pub drawn_by_grant: Vec<(u32, Picos)>,
+    /// Invariant: amount == overage + sum of drawn_by_grant. Inline for one grant (no heap block
+    /// to reach per event); it encodes as a sequence, exactly as a Vec did.
+    pub drawn_by_grant: SmallVec<[(u32, Picos); 1]>,
     pub overage: Picos,
 }
 
@@ -115,7 +125,7 @@ impl Default for Aggregate {
             amount: 0,
             uniques: Vec::new(),
             latest_ts_ms: -1,
-            drawn_by_grant: Vec::new(),
+            drawn_by_grant: SmallVec::new(),
             overage: 0,
         }
     }
@@ -188,8 +198,11 @@ impl Aggregate {
     }
 }
 
+/// An hour bucket's usage per rate card version: inline for the usual one version.
+pub type HourUsage = SmallVec<[VersionUsage; 1]>;
+
 /// Adds one event to its hour bucket, under the version that priced it.
-pub fn record_hour(usages: &mut Vec<VersionUsage>, rate_card: Sym, version: u32, quantity: Fixed, amount: Picos) {
+pub fn record_hour(usages: &mut HourUsage, rate_card: Sym, version: u32, quantity: Fixed, amount: Picos) {
     let usage = match usages.iter().position(|u| u.rate_card == rate_card && u.version == version) {
         Some(at) => &mut usages[at],
         None => {
@@ -200,4 +213,62 @@ pub fn record_hour(usages: &mut Vec<VersionUsage>, rate_card: Sym, version: u32,
     usage.quantity += quantity;
     usage.events += 1;
     usage.amount += amount;
+}
+
+/// An account's totals per period (charges, or overage), by period start: a short sorted list
+/// kept inline, since an account has a period or two in use (a map puts each on the heap).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeriodTotals(SmallVec<[(i64, Picos); 2]>);
+
+impl PeriodTotals {
+    pub fn get(&self, period_start_ms: i64) -> Option<Picos> {
+        self.0.iter().find(|(start, _)| *start == period_start_ms).map(|(_, total)| *total)
+    }
+
+    /// The period's total, created at zero.
+    pub fn slot(&mut self, period_start_ms: i64) -> &mut Picos {
+        // Newest last: the period of most events is found first.
+        let at = match self.0.iter().rposition(|(start, _)| *start <= period_start_ms) {
+            Some(at) if self.0[at].0 == period_start_ms => at,
+            Some(at) => {
+                self.0.insert(at + 1, (period_start_ms, 0));
+                at + 1
+            }
+            None => {
+                self.0.insert(0, (period_start_ms, 0));
+                0
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    /// (period start, total), ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, Picos)> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl FromIterator<(i64, Picos)> for PeriodTotals {
+    fn from_iter<I: IntoIterator<Item = (i64, Picos)>>(totals: I) -> PeriodTotals {
+        let mut collected = PeriodTotals::default();
+        for (start, total) in totals {
+            *collected.slot(start) = total;
+        }
+        collected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn period_totals_stay_sorted_by_start() {
+        let mut totals = PeriodTotals::default();
+        for (start, amount) in [(20, 1), (10, 2), (30, 3), (20, 4), (10, 5)] {
+            *totals.slot(start) += amount;
+        }
+        assert_eq!(totals.iter().collect::<Vec<_>>(), vec![(10, 7), (20, 5), (30, 3)]);
+        assert_eq!((totals.get(20), totals.get(15)), (Some(5), None));
+    }
 }

@@ -98,11 +98,20 @@ impl<'a> Event<'a> {
         }
     }
     pub fn dimension(&self, key: &str) -> Option<&'a str> {
-        self.dimensions.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.dimensions[at].1)
+        find(&self.dimensions, key)
     }
     pub fn value(&self, key: &str) -> Option<Fixed> {
-        self.values.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.values[at].1)
+        find(&self.values, key)
     }
+}
+
+/// The value under `key` in entries sorted by key. A few are scanned (string equality compares
+/// lengths first, so most cost no memcmp); many are bisected.
+fn find<V: Copy>(entries: &[(&str, V)], key: &str) -> Option<V> {
+    if entries.len() <= 8 {
+        return entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    }
+    entries.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| entries[at].1)
 }
 
 /// One event as it arrived: strings borrowed from the batch bytes (`'a`), its map entries as

@@ -7,7 +7,6 @@
 
 use std::cell::Cell;
 use std::collections::hash_map::Entry;
-use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -15,7 +14,8 @@ use smallvec::SmallVec;
 use crate::ack::AckBuilder;
 use crate::batch;
 use crate::buckets::{
-    record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, Measure, PeriodKey, VersionUsage, HOUR_MS,
+    record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, HourUsage, Measure, PeriodKey, PeriodTotals,
+    VersionUsage, HOUR_MS,
 };
 use crate::decode::{check_event, check_into, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Seen};
@@ -32,9 +32,9 @@ pub struct Account {
     pub grants: Vec<Grant>,
     order: Vec<u32>,
     pub aggregates: FxHashMap<PeriodKey, Aggregate>,
-    pub buckets: FxHashMap<HourKey, Vec<VersionUsage>>,
-    pub period_charges: BTreeMap<i64, Picos>,
-    pub period_overage: BTreeMap<i64, Picos>,
+    pub buckets: FxHashMap<HourKey, HourUsage>,
+    pub period_charges: PeriodTotals,
+    pub period_overage: PeriodTotals,
     /// (contract anchor, start, end) of the period of the account's last event: consecutive events
     /// almost always share it, and computing one walks the calendar.
     last_period: Cell<(i64, i64, i64)>,
@@ -496,8 +496,8 @@ impl Rater {
                 outcome.overage,
             );
             record_hour(account.buckets.entry(hour).or_default(), p.rate_card, p.version, p.after - p.before, p.charge);
-            *account.period_charges.entry(plan.period_start_ms).or_default() += p.charge;
-            let overage = account.period_overage.entry(plan.period_start_ms).or_default();
+            *account.period_charges.slot(plan.period_start_ms) += p.charge;
+            let overage = account.period_overage.slot(plan.period_start_ms);
             *overage += outcome.overage;
             assert!(*overage >= 0, "period overage never falls below zero");
             ack.ledger(&product.id_text, p.version, p.charge, &outcome.draws, outcome.overage);
@@ -584,8 +584,8 @@ impl Kernel {
         if let Some(contract) = route.contracts.iter().find(|c| c.covers(now_ms)) {
             let period = period_containing(contract.starting_at_ms, now_ms);
             view.period = Some(period);
-            view.period_charges = account.period_charges.get(&period.0).copied().unwrap_or(0);
-            view.overage = account.period_overage.get(&period.0).copied().unwrap_or(0);
+            view.period_charges = account.period_charges.get(period.0).unwrap_or(0);
+            view.overage = account.period_overage.get(period.0).unwrap_or(0);
             view.overage_due_e30 = ethnum::I256::new(view.overage) * ethnum::I256::new(contract.overage_price);
         }
         Some(view)
@@ -612,7 +612,7 @@ impl Kernel {
         let mut buckets: Vec<_> = account
             .buckets
             .iter()
-            .map(|(k, v)| (BucketKey { hour: k.hour, product: k.product, dimensions: tuple(k.combo) }, v.clone()))
+            .map(|(k, v)| (BucketKey { hour: k.hour, product: k.product, dimensions: tuple(k.combo) }, v.to_vec()))
             .collect();
         buckets.sort_by(|a, b| a.0.cmp(&b.0));
         Some((aggregates, buckets))
@@ -640,8 +640,8 @@ impl Kernel {
                     grants: account.grants.clone(),
                     aggregates,
                     buckets,
-                    period_charges: account.period_charges.iter().map(|(k, v)| (*k, *v)).collect(),
-                    period_overage: account.period_overage.iter().map(|(k, v)| (*k, *v)).collect(),
+                    period_charges: account.period_charges.iter().collect(),
+                    period_overage: account.period_overage.iter().collect(),
                 }
             })
             .collect();
@@ -670,7 +670,8 @@ impl Kernel {
                     .collect(),
                 buckets: (stored.buckets.into_iter())
                     .map(|(k, v)| {
-                        (HourKey { hour: k.hour, product: k.product, combo: combos.intern(&k.dimensions) }, v)
+                        let key = HourKey { hour: k.hour, product: k.product, combo: combos.intern(&k.dimensions) };
+                        (key, HourUsage::from_vec(v))
                     })
                     .collect(),
                 period_charges: stored.period_charges.into_iter().collect(),
