@@ -459,27 +459,15 @@ impl Rater {
         for (grant, balance) in account.grants.iter_mut().zip(remaining) {
             grant.remaining = balance;
         }
+        if plans.is_empty() {
+            return;
+        }
+        // The period's totals, found once for the event's products.
+        let period_charges = account.period_charges.slot(plan.period_start_ms);
+        let period_overage = account.period_overage.slot(plan.period_start_ms);
         for (p, outcome) in plans.iter().zip(&outcomes) {
+            let key = self.aggregate_key(p, event, plan.period_start_ms);
             let product = &self.catalog.products[p.product];
-            // A bucket seen before was keyed in planning; a new one interns its dimension values now.
-            let key = match p.aggregate {
-                Some(key) => key,
-                None => {
-                    let tuple: SmallVec<[Sym; 4]> = p
-                        .dimensions
-                        .iter()
-                        .zip(&product.dimensions)
-                        .map(|(sym, key)| {
-                            sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or("")))
-                        })
-                        .collect();
-                    PeriodKey {
-                        period_start_ms: plan.period_start_ms,
-                        product: product.id,
-                        combo: self.combos.intern(&tuple),
-                    }
-                }
-            };
             let unique = match p.measure {
                 Measure::Unique(_) => {
                     Some(self.interner.intern(event.dimension(&product.value_key).expect("measured, so present")))
@@ -496,12 +484,24 @@ impl Rater {
                 outcome.overage,
             );
             record_hour(account.buckets.entry(hour).or_default(), p.rate_card, p.version, p.after - p.before, p.charge);
-            *account.period_charges.slot(plan.period_start_ms) += p.charge;
-            let overage = account.period_overage.slot(plan.period_start_ms);
-            *overage += outcome.overage;
-            assert!(*overage >= 0, "period overage never falls below zero");
+            *period_charges += p.charge;
+            *period_overage += outcome.overage;
+            assert!(*period_overage >= 0, "period overage never falls below zero");
             ack.ledger(&product.id_text, p.version, p.charge, &outcome.draws, outcome.overage);
         }
+    }
+
+    /// The key of a plan's period aggregate: a bucket seen before was keyed in planning; a new one
+    /// interns its dimension values now.
+    fn aggregate_key(&mut self, plan: &Plan, event: &Event, period_start_ms: i64) -> PeriodKey {
+        if let Some(key) = plan.aggregate {
+            return key;
+        }
+        let product = &self.catalog.products[plan.product];
+        let tuple: SmallVec<[Sym; 4]> = (plan.dimensions.iter().zip(&product.dimensions))
+            .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
+            .collect();
+        PeriodKey { period_start_ms, product: product.id, combo: self.combos.intern(&tuple) }
     }
 }
 
