@@ -215,46 +215,43 @@ pub fn record_hour(usages: &mut HourUsage, rate_card: Sym, version: u32, quantit
     usage.amount += amount;
 }
 
-/// An account's totals per period (charges, or overage), by period start: a short sorted list
-/// kept inline, since an account has a period or two in use (a map puts each on the heap).
+/// What a period was charged in all, and the part no grant covered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeriodTotal {
+    pub charges: Picos,
+    pub overage: Picos,
+}
+
+/// An account's totals per period, by period start: a short sorted list (one entry inline), so
+/// an event reaches its period's totals in one place (two maps put each total on the heap).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeriodTotals(SmallVec<[(i64, Picos); 2]>);
+pub struct PeriodTotals(SmallVec<[(i64, PeriodTotal); 1]>);
 
 impl PeriodTotals {
-    pub fn get(&self, period_start_ms: i64) -> Option<Picos> {
+    pub fn get(&self, period_start_ms: i64) -> Option<PeriodTotal> {
         self.0.iter().find(|(start, _)| *start == period_start_ms).map(|(_, total)| *total)
     }
 
-    /// The period's total, created at zero.
-    pub fn slot(&mut self, period_start_ms: i64) -> &mut Picos {
+    /// The period's totals, created at zero.
+    pub fn slot(&mut self, period_start_ms: i64) -> &mut PeriodTotal {
         // Newest last: the period of most events is found first.
         let at = match self.0.iter().rposition(|(start, _)| *start <= period_start_ms) {
             Some(at) if self.0[at].0 == period_start_ms => at,
             Some(at) => {
-                self.0.insert(at + 1, (period_start_ms, 0));
+                self.0.insert(at + 1, (period_start_ms, PeriodTotal::default()));
                 at + 1
             }
             None => {
-                self.0.insert(0, (period_start_ms, 0));
+                self.0.insert(0, (period_start_ms, PeriodTotal::default()));
                 0
             }
         };
         &mut self.0[at].1
     }
 
-    /// (period start, total), ascending.
-    pub fn iter(&self) -> impl Iterator<Item = (i64, Picos)> + '_ {
+    /// (period start, totals), ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, PeriodTotal)> + '_ {
         self.0.iter().copied()
-    }
-}
-
-impl FromIterator<(i64, Picos)> for PeriodTotals {
-    fn from_iter<I: IntoIterator<Item = (i64, Picos)>>(totals: I) -> PeriodTotals {
-        let mut collected = PeriodTotals::default();
-        for (start, total) in totals {
-            *collected.slot(start) = total;
-        }
-        collected
     }
 }
 
@@ -266,9 +263,10 @@ mod tests {
     fn period_totals_stay_sorted_by_start() {
         let mut totals = PeriodTotals::default();
         for (start, amount) in [(20, 1), (10, 2), (30, 3), (20, 4), (10, 5)] {
-            *totals.slot(start) += amount;
+            totals.slot(start).charges += amount;
         }
-        assert_eq!(totals.iter().collect::<Vec<_>>(), vec![(10, 7), (20, 5), (30, 3)]);
-        assert_eq!((totals.get(20), totals.get(15)), (Some(5), None));
+        let charges: Vec<(i64, Picos)> = totals.iter().map(|(start, t)| (start, t.charges)).collect();
+        assert_eq!(charges, vec![(10, 7), (20, 5), (30, 3)]);
+        assert_eq!((totals.get(20).map(|t| t.charges), totals.get(15)), (Some(5), None));
     }
 }

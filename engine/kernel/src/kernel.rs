@@ -33,8 +33,7 @@ pub struct Account {
     order: Vec<u32>,
     pub aggregates: FxHashMap<PeriodKey, Aggregate>,
     pub buckets: FxHashMap<HourKey, HourUsage>,
-    pub period_charges: PeriodTotals,
-    pub period_overage: PeriodTotals,
+    pub periods: PeriodTotals,
     /// (contract anchor, start, end) of the period of the account's last event: consecutive events
     /// almost always share it, and computing one walks the calendar.
     last_period: Cell<(i64, i64, i64)>,
@@ -52,6 +51,18 @@ impl Account {
         self.last_period.set((anchor_ms, start, end));
         start
     }
+}
+
+/// An account's period totals from a snapshot's two lists (which hold the same periods).
+fn period_totals(charges: &[(i64, Picos)], overage: &[(i64, Picos)]) -> PeriodTotals {
+    let mut totals = PeriodTotals::default();
+    for &(start, amount) in charges {
+        totals.slot(start).charges = amount;
+    }
+    for &(start, amount) in overage {
+        totals.slot(start).overage = amount;
+    }
+    totals
 }
 
 fn unknown_customer(customer_id: &str) -> Refusal {
@@ -463,8 +474,7 @@ impl Rater {
             return;
         }
         // The period's totals, found once for the event's products.
-        let period_charges = account.period_charges.slot(plan.period_start_ms);
-        let period_overage = account.period_overage.slot(plan.period_start_ms);
+        let period = account.periods.slot(plan.period_start_ms);
         for (p, outcome) in plans.iter().zip(&outcomes) {
             let key = self.aggregate_key(p, event, plan.period_start_ms);
             let product = &self.catalog.products[p.product];
@@ -484,9 +494,9 @@ impl Rater {
                 outcome.overage,
             );
             record_hour(account.buckets.entry(hour).or_default(), p.rate_card, p.version, p.after - p.before, p.charge);
-            *period_charges += p.charge;
-            *period_overage += outcome.overage;
-            assert!(*period_overage >= 0, "period overage never falls below zero");
+            period.charges += p.charge;
+            period.overage += outcome.overage;
+            assert!(period.overage >= 0, "period overage never falls below zero");
             ack.ledger(&product.id_text, p.version, p.charge, &outcome.draws, outcome.overage);
         }
     }
@@ -584,8 +594,8 @@ impl Kernel {
         if let Some(contract) = route.contracts.iter().find(|c| c.covers(now_ms)) {
             let period = period_containing(contract.starting_at_ms, now_ms);
             view.period = Some(period);
-            view.period_charges = account.period_charges.get(period.0).unwrap_or(0);
-            view.overage = account.period_overage.get(period.0).unwrap_or(0);
+            let totals = account.periods.get(period.0).unwrap_or_default();
+            (view.period_charges, view.overage) = (totals.charges, totals.overage);
             view.overage_due_e30 = ethnum::I256::new(view.overage) * ethnum::I256::new(contract.overage_price);
         }
         Some(view)
@@ -640,8 +650,8 @@ impl Kernel {
                     grants: account.grants.clone(),
                     aggregates,
                     buckets,
-                    period_charges: account.period_charges.iter().collect(),
-                    period_overage: account.period_overage.iter().collect(),
+                    period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
+                    period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
                 }
             })
             .collect();
@@ -674,8 +684,7 @@ impl Kernel {
                         (key, HourUsage::from_vec(v))
                     })
                     .collect(),
-                period_charges: stored.period_charges.into_iter().collect(),
-                period_overage: stored.period_overage.into_iter().collect(),
+                periods: period_totals(&stored.period_charges, &stored.period_overage),
                 last_period: Cell::default(),
                 route: None,
             };
