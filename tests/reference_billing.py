@@ -719,7 +719,8 @@ class ReferenceRating:
     def _after(aggregation: str, aggregate: RAggregate, measure: Decimal | str, ts_ms: int) -> Decimal:
         if aggregation in ("SUM", "COUNT"):
             assert isinstance(measure, Decimal)
-            return aggregate.quantity + measure
+            # Exact: a quantity holds up to 34 digits (below 10^15 at 10^-18), past the default context's 28.
+            return RATING.add(aggregate.quantity, measure)
         if aggregation == "MAX":
             assert isinstance(measure, Decimal)
             return measure if aggregate.events == 0 or measure > aggregate.quantity else aggregate.quantity

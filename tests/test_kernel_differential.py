@@ -26,6 +26,7 @@ from engine.ratecard import PriceSpec, TierMode
 from tests.engine_fixtures import EPOCH_MS, HOUR_MS, World, flat, package, rate, tiered, unit
 from tests.kernel_fixtures import KernelWorld, usage_event
 from tests.reference_billing import (
+    RATING,
     Curve,
     ReferenceRating,
     REvent,
@@ -285,7 +286,7 @@ def oracle_usage(oracle: ReferenceRating) -> list[tuple[object, ...]]:
     rows = []
     for (period, product_id, dimensions), a in oracle.aggregates.items():
         drawn = sorted((grant_id, int(credits)) for grant_id, credits in a.drawn.items())
-        quantity = a.quantity * SCALE
+        quantity = RATING.multiply(a.quantity, SCALE)  # exact: up to 34 digits, past the default context's 28
         assert quantity == int(quantity)
         rows.append(
             (

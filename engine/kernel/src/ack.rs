@@ -16,9 +16,11 @@ pub struct AckBuilder {
 }
 
 impl AckBuilder {
-    pub fn new(batch_id: &str, journal_seq: u64) -> AckBuilder {
+    /// `events`: how many the batch holds, to size the digest's buffer once.
+    pub fn new(batch_id: &str, journal_seq: u64, events: usize) -> AckBuilder {
         let ack = wire::IngestAck { batch_id: batch_id.to_owned(), journal_seq, ..wire::IngestAck::default() };
-        AckBuilder { ack, digest: Vec::with_capacity(64 * 1024) }
+        // About 9 bytes per outcome and 60 per product's ledger change.
+        AckBuilder { ack, digest: Vec::with_capacity(events * 160) }
     }
 
     pub fn accepted(&mut self, index: usize) {

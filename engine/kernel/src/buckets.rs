@@ -6,13 +6,68 @@
 //! (customer, product, dimension values, hour) holds quantity, event count and amount per rate
 //! card version: fine enough to split usage at any hour boundary, which is where versions start.
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::money::{Fixed, Picos, SCALE};
 use crate::route::{Aggregation, Sym};
 
 pub const HOUR_MS: i64 = 3_600_000;
 
+/// Pricing-dimension value tuples interned to small ids, so the account's keys are small Copy
+/// structs and an event finds its buckets without comparing slices kept on the heap. Not part of
+/// the snapshot: it stores keys with their tuples (`AggregateKey`, `BucketKey`), and a restore
+/// gives the ids again.
+#[derive(Default)]
+pub struct Combos {
+    tuples: Vec<Box<[Sym]>>,
+    /// One-value tuples (the usual case) by their value: cheaper to hash than a slice.
+    singles: FxHashMap<Sym, u32>,
+    index: FxHashMap<Box<[Sym]>, u32>,
+}
+
+impl Combos {
+    pub fn get(&self, tuple: &[Sym]) -> Option<u32> {
+        match tuple {
+            [single] => self.singles.get(single).copied(),
+            _ => self.index.get(tuple).copied(),
+        }
+    }
+    pub fn intern(&mut self, tuple: &[Sym]) -> u32 {
+        if let Some(combo) = self.get(tuple) {
+            return combo;
+        }
+        let combo = self.tuples.len() as u32;
+        self.tuples.push(tuple.into());
+        match tuple {
+            [single] => self.singles.insert(*single, combo),
+            _ => self.index.insert(tuple.into(), combo),
+        };
+        combo
+    }
+    pub fn tuple(&self, combo: u32) -> &[Sym] {
+        &self.tuples[combo as usize]
+    }
+}
+
+/// A period aggregate's key in the account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeriodKey {
+    pub period_start_ms: i64,
+    pub product: Sym,
+    pub combo: u32,
+}
+
+/// An hour bucket's key in the account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HourKey {
+    pub hour: i64,
+    pub product: Sym,
+    pub combo: u32,
+}
+
+/// A period aggregate's key as reads and snapshots see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AggregateKey {
     pub period_start_ms: i64,
@@ -20,6 +75,7 @@ pub struct AggregateKey {
     pub dimensions: Box<[Sym]>,
 }
 
+/// An hour bucket's key as reads and snapshots see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BucketKey {
     pub hour: i64,
@@ -55,8 +111,9 @@ pub struct Aggregate {
     /// LATEST only.
     pub latest_ts_ms: i64,
     /// Credits drawn per grant index (one entry per grant) and the part no grant covered.
-    /// Invariant: amount == overage + sum of drawn_by_grant.
-    pub drawn_by_grant: Vec<(u32, Picos)>,
+    /// Invariant: amount == overage + sum of drawn_by_grant. Inline for one grant (no heap block
+    /// to reach per event); it encodes as a sequence, exactly as a Vec did.
+    pub drawn_by_grant: SmallVec<[(u32, Picos); 1]>,
     pub overage: Picos,
 }
 
@@ -68,7 +125,7 @@ impl Default for Aggregate {
             amount: 0,
             uniques: Vec::new(),
             latest_ts_ms: -1,
-            drawn_by_grant: Vec::new(),
+            drawn_by_grant: SmallVec::new(),
             overage: 0,
         }
     }
@@ -141,8 +198,11 @@ impl Aggregate {
     }
 }
 
+/// An hour bucket's usage per rate card version: inline for the usual one version.
+pub type HourUsage = SmallVec<[VersionUsage; 1]>;
+
 /// Adds one event to its hour bucket, under the version that priced it.
-pub fn record_hour(usages: &mut Vec<VersionUsage>, rate_card: Sym, version: u32, quantity: Fixed, amount: Picos) {
+pub fn record_hour(usages: &mut HourUsage, rate_card: Sym, version: u32, quantity: Fixed, amount: Picos) {
     let usage = match usages.iter().position(|u| u.rate_card == rate_card && u.version == version) {
         Some(at) => &mut usages[at],
         None => {
@@ -153,4 +213,60 @@ pub fn record_hour(usages: &mut Vec<VersionUsage>, rate_card: Sym, version: u32,
     usage.quantity += quantity;
     usage.events += 1;
     usage.amount += amount;
+}
+
+/// What a period was charged in all, and the part no grant covered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeriodTotal {
+    pub charges: Picos,
+    pub overage: Picos,
+}
+
+/// An account's totals per period, by period start: a short sorted list (one entry inline), so
+/// an event reaches its period's totals in one place (two maps put each total on the heap).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeriodTotals(SmallVec<[(i64, PeriodTotal); 1]>);
+
+impl PeriodTotals {
+    pub fn get(&self, period_start_ms: i64) -> Option<PeriodTotal> {
+        self.0.iter().find(|(start, _)| *start == period_start_ms).map(|(_, total)| *total)
+    }
+
+    /// The period's totals, created at zero.
+    pub fn slot(&mut self, period_start_ms: i64) -> &mut PeriodTotal {
+        // Newest last: the period of most events is found first.
+        let at = match self.0.iter().rposition(|(start, _)| *start <= period_start_ms) {
+            Some(at) if self.0[at].0 == period_start_ms => at,
+            Some(at) => {
+                self.0.insert(at + 1, (period_start_ms, PeriodTotal::default()));
+                at + 1
+            }
+            None => {
+                self.0.insert(0, (period_start_ms, PeriodTotal::default()));
+                0
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    /// (period start, totals), ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, PeriodTotal)> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn period_totals_stay_sorted_by_start() {
+        let mut totals = PeriodTotals::default();
+        for (start, amount) in [(20, 1), (10, 2), (30, 3), (20, 4), (10, 5)] {
+            totals.slot(start).charges += amount;
+        }
+        let charges: Vec<(i64, Picos)> = totals.iter().map(|(start, t)| (start, t.charges)).collect();
+        assert_eq!(charges, vec![(10, 7), (20, 5), (30, 3)]);
+        assert_eq!((totals.get(20).map(|t| t.charges), totals.get(15)), (Some(5), None));
+    }
 }

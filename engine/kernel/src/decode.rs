@@ -6,6 +6,7 @@
 //! at 10^-18, refusing the event when a value cannot be held exactly.
 
 use prost::Message;
+use smallvec::SmallVec;
 
 use crate::money::{fixed_from_f64, python_repr, Fixed, SCALE_DIGITS, USAGE_VALUE_MAX};
 
@@ -71,26 +72,62 @@ impl Refusal {
     }
 }
 
-/// A validated event: maps resolved (sorted by key), values exact.
+/// A validated event: maps resolved (sorted by key), values exact. Held inline for the usual few
+/// entries, so validating an event allocates nothing.
 pub struct Event<'a> {
     pub transaction_id: &'a str,
     pub customer_id: &'a str,
     pub event_type: &'a str,
     pub timestamp_ms: i64,
-    pub dimensions: Vec<(&'a str, &'a str)>,
-    pub values: Vec<(&'a str, Fixed)>,
+    pub dimensions: SmallVec<[(&'a str, &'a str); 4]>,
+    pub values: SmallVec<[(&'a str, Fixed); 4]>,
     pub reservation_id: &'a str,
 }
 
 impl<'a> Event<'a> {
+    /// An event to check into (`check_into`).
+    pub fn empty() -> Event<'a> {
+        Event {
+            transaction_id: "",
+            customer_id: "",
+            event_type: "",
+            timestamp_ms: 0,
+            dimensions: SmallVec::new(),
+            values: SmallVec::new(),
+            reservation_id: "",
+        }
+    }
     pub fn dimension(&self, key: &str) -> Option<&'a str> {
-        self.dimensions.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.dimensions[at].1)
+        find(&self.dimensions, key)
     }
     pub fn value(&self, key: &str) -> Option<Fixed> {
-        self.values.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| self.values[at].1)
+        find(&self.values, key)
     }
 }
 
+/// The value under `key` in entries sorted by key. A few are scanned (string equality compares
+/// lengths first, so most cost no memcmp); many are bisected.
+fn find<V: Copy>(entries: &[(&str, V)], key: &str) -> Option<V> {
+    if entries.len() <= 8 {
+        return entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    }
+    entries.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| entries[at].1)
+}
+
+/// One event as it arrived: strings borrowed from the batch bytes (`'a`), its map entries as
+/// they came, repeats included, from storage the view borrows (`'s`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EventView<'s, 'a> {
+    pub transaction_id: &'a str,
+    pub customer_id: &'a str,
+    pub event_type: &'a str,
+    pub timestamp_ms: i64,
+    pub dimensions: &'s [(&'a str, &'a str)],
+    pub values: &'s [(&'a str, f64)],
+    pub reservation_id: &'a str,
+}
+
+/// The whole batch as prost reads it: the slow path, and what decides a malformed batch's error.
 pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, String> {
     wire::UsageBatch::decode(bytes).map_err(|e| format!("the UsageBatch does not decode: {e}"))
 }
@@ -113,92 +150,39 @@ fn first_chars(text: &str, count: usize) -> &str {
     text.char_indices().nth(count).map_or(text, |(at, _)| &text[..at])
 }
 
-/// Repeated keys resolved as a protobuf map would be: the last value wins. None if more than
+/// Repeated keys resolved as a protobuf map would be: the last value wins. False if more than
 /// EVENT_MAP_ENTRIES_MAX distinct keys.
-fn resolve<'a, V: Copy>(entries: impl Iterator<Item = (&'a str, V)>) -> Option<Vec<(&'a str, V)>> {
-    let mut resolved: Vec<(&'a str, V)> = Vec::new();
-    for (key, value) in entries {
+fn resolve<'a, V: Copy, A: smallvec::Array<Item = (&'a str, V)>>(
+    entries: &[(&'a str, V)],
+    resolved: &mut SmallVec<A>,
+) -> bool {
+    resolved.clear();
+    for &(key, value) in entries {
         if let Some(slot) = resolved.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
         } else if resolved.len() == EVENT_MAP_ENTRIES_MAX {
-            return None;
+            return false;
         } else {
             resolved.push((key, value));
         }
     }
-    Some(resolved)
+    true
 }
 
-/// Validates an event as the Python engine does, in the same order and with the same messages.
+/// `check_view` for a decoded wire event (Authorize's path).
 pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -> Result<Event<'_>, Refusal> {
-    let too_long = |text: &str| text.len() > TEXT_BYTES_MAX;
-    if event.transaction_id.is_empty() {
-        return Err(Refusal::invalid("transaction_id is required"));
-    }
-    if too_long(&event.transaction_id) {
-        return Err(Refusal::invalid(format!("transaction_id is longer than {TEXT_BYTES_MAX} bytes")));
-    }
-    if event.customer_id.is_empty() {
-        return Err(Refusal::invalid("customer_id is required"));
-    }
-    if event.event_type.is_empty() {
-        return Err(Refusal::invalid("event_type is required"));
-    }
-    if event.timestamp_ms == 0 {
-        return Err(Refusal::invalid("timestamp_ms is required (Unix milliseconds, UTC)"));
-    }
-    if event.timestamp_ms < 0 {
-        let message = format!("timestamp_ms {} must be positive (Unix milliseconds, UTC)", event.timestamp_ms);
-        return Err(Refusal::invalid(message));
-    }
-    let too_many =
-        || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));
-    let dimensions =
-        resolve(event.dimensions.iter().map(|e| (e.key.as_str(), e.value.as_str()))).ok_or_else(too_many)?;
-    let raw_values = resolve(event.values.iter().map(|e| (e.key.as_str(), e.value))).ok_or_else(too_many)?;
-    for (key, text) in &dimensions {
-        if too_long(key) || too_long(text) {
-            let key = py_repr(first_chars(key, 32));
-            return Err(Refusal::invalid(format!(
-                "dimensions[{key}]: keys and values are at most {TEXT_BYTES_MAX} bytes"
-            )));
-        }
-    }
-    let mut values = Vec::with_capacity(raw_values.len());
-    for (key, value) in raw_values {
-        if too_long(key) {
-            return Err(Refusal::invalid(format!("values keys are at most {TEXT_BYTES_MAX} bytes")));
-        }
-        let shown = || format!("values[{}] is {}", py_repr(key), python_repr(value));
-        if !(0.0..USAGE_VALUE_MAX).contains(&value) {
-            let why = if !value.is_finite() {
-                "must be a finite number".to_string()
-            } else if value < 0.0 {
-                "must not be negative".to_string()
-            } else {
-                format!("must be below {}", "1e+15")
-            };
-            return Err(Refusal::invalid(format!("{}: {why}", shown())));
-        }
-        let Some(quantity) = fixed_from_f64(value) else {
-            return Err(Refusal::invalid(format!(
-                "{}: more than {SCALE_DIGITS} decimal places cannot be held exactly",
-                shown()
-            )));
-        };
-        values.push((key, quantity));
-    }
-    if event.timestamp_ms > now_ms.saturating_add(future_skew_ms) {
-        return Err(Refusal::new(
-            Reason::TimestampOutOfRange,
-            format!("timestamp_ms {} is more than {} s in the future", event.timestamp_ms, future_skew_ms / 1000),
-        ));
-    }
-    // Sorted by key once valid: the digest needs a canonical order, and lookups can bisect.
-    let mut dimensions = dimensions;
-    dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    values.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    Ok(Event {
+    let dimensions: SmallVec<[(&str, &str); 4]> =
+        event.dimensions.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+    let values: SmallVec<[(&str, f64); 4]> = event.values.iter().map(|e| (e.key.as_str(), e.value)).collect();
+    check_view(&view_of(event, &dimensions, &values), now_ms, future_skew_ms)
+}
+
+fn view_of<'s, 'a>(
+    event: &'a wire::UsageEvent,
+    dimensions: &'s [(&'a str, &'a str)],
+    values: &'s [(&'a str, f64)],
+) -> EventView<'s, 'a> {
+    EventView {
         transaction_id: &event.transaction_id,
         customer_id: &event.customer_id,
         event_type: &event.event_type,
@@ -206,6 +190,102 @@ pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -
         dimensions,
         values,
         reservation_id: &event.reservation_id,
+    }
+}
+
+/// Validates an event as the Python engine does, in the same order and with the same messages.
+pub fn check_view<'a>(view: &EventView<'_, 'a>, now_ms: i64, future_skew_ms: i64) -> Result<Event<'a>, Refusal> {
+    let mut event = Event::empty();
+    check_into(view, now_ms, future_skew_ms, &mut event)?;
+    Ok(event)
+}
+
+/// `check_view` into the caller's `event` (reused between events: nothing is moved per event).
+pub fn check_into<'a>(
+    view: &EventView<'_, 'a>,
+    now_ms: i64,
+    future_skew_ms: i64,
+    event: &mut Event<'a>,
+) -> Result<(), Refusal> {
+    check_scalars(view)?;
+    let too_long = |text: &str| text.len() > TEXT_BYTES_MAX;
+    let too_many =
+        || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));
+    let mut raw_values: SmallVec<[(&'a str, f64); 4]> = SmallVec::new();
+    if !resolve(view.dimensions, &mut event.dimensions) || !resolve(view.values, &mut raw_values) {
+        return Err(too_many());
+    }
+    for (key, text) in &event.dimensions {
+        if too_long(key) || too_long(text) {
+            let key = py_repr(first_chars(key, 32));
+            return Err(Refusal::invalid(format!(
+                "dimensions[{key}]: keys and values are at most {TEXT_BYTES_MAX} bytes"
+            )));
+        }
+    }
+    event.values.clear();
+    for (key, value) in raw_values {
+        event.values.push((key, exact_value(key, value)?));
+    }
+    if view.timestamp_ms > now_ms.saturating_add(future_skew_ms) {
+        return Err(Refusal::new(
+            Reason::TimestampOutOfRange,
+            format!("timestamp_ms {} is more than {} s in the future", view.timestamp_ms, future_skew_ms / 1000),
+        ));
+    }
+    // Sorted by key once valid: the digest needs a canonical order, and lookups can bisect.
+    event.dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    event.values.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    event.transaction_id = view.transaction_id;
+    event.customer_id = view.customer_id;
+    event.event_type = view.event_type;
+    event.timestamp_ms = view.timestamp_ms;
+    event.reservation_id = view.reservation_id;
+    Ok(())
+}
+
+/// The checks on the event's ids and timestamp, in the Python engine's order.
+fn check_scalars(view: &EventView) -> Result<(), Refusal> {
+    if view.transaction_id.is_empty() {
+        return Err(Refusal::invalid("transaction_id is required"));
+    }
+    if view.transaction_id.len() > TEXT_BYTES_MAX {
+        return Err(Refusal::invalid(format!("transaction_id is longer than {TEXT_BYTES_MAX} bytes")));
+    }
+    if view.customer_id.is_empty() {
+        return Err(Refusal::invalid("customer_id is required"));
+    }
+    if view.event_type.is_empty() {
+        return Err(Refusal::invalid("event_type is required"));
+    }
+    if view.timestamp_ms == 0 {
+        return Err(Refusal::invalid("timestamp_ms is required (Unix milliseconds, UTC)"));
+    }
+    if view.timestamp_ms < 0 {
+        let message = format!("timestamp_ms {} must be positive (Unix milliseconds, UTC)", view.timestamp_ms);
+        return Err(Refusal::invalid(message));
+    }
+    Ok(())
+}
+
+/// One value as an exact quantity, or why it is refused.
+fn exact_value(key: &str, value: f64) -> Result<Fixed, Refusal> {
+    if key.len() > TEXT_BYTES_MAX {
+        return Err(Refusal::invalid(format!("values keys are at most {TEXT_BYTES_MAX} bytes")));
+    }
+    let shown = || format!("values[{}] is {}", py_repr(key), python_repr(value));
+    if !(0.0..USAGE_VALUE_MAX).contains(&value) {
+        let why = if !value.is_finite() {
+            "must be a finite number".to_string()
+        } else if value < 0.0 {
+            "must not be negative".to_string()
+        } else {
+            format!("must be below {}", "1e+15")
+        };
+        return Err(Refusal::invalid(format!("{}: {why}", shown())));
+    }
+    fixed_from_f64(value).ok_or_else(|| {
+        Refusal::invalid(format!("{}: more than {SCALE_DIGITS} decimal places cannot be held exactly", shown()))
     })
 }
 
@@ -239,6 +319,6 @@ mod tests {
     fn the_last_of_repeated_keys_wins() {
         let e = event(vec![("n", 1.0), ("m", 2.0), ("n", 3.0)]);
         let checked = check_event(&e, 0, 300_000).unwrap();
-        assert_eq!(checked.values, vec![("m", 2 * crate::money::SCALE), ("n", 3 * crate::money::SCALE)]);
+        assert_eq!(checked.values.as_slice(), &[("m", 2 * crate::money::SCALE), ("n", 3 * crate::money::SCALE)]);
     }
 }

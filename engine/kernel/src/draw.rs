@@ -10,6 +10,7 @@
 //! same code and commits nothing.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::money::Picos;
 use crate::route::Sym;
@@ -67,22 +68,35 @@ pub struct Charge<'a> {
 }
 
 /// Where one product's charge went: credits per grant (negative = given back) and overage.
+/// Inline for the usual one or two grants, so settling allocates nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
-    pub draws: Vec<(u32, Picos)>,
+    pub draws: SmallVec<[(u32, Picos); 2]>,
     pub overage: Picos,
 }
 
+/// An event's outcomes, one per product, inline for the usual few products.
+pub type Outcomes = SmallVec<[Outcome; 4]>;
+
 /// Settles an event's charges (in product-id order) against `remaining` (one balance per grant,
 /// changed in place).
-pub fn settle(
+pub fn settle(grants: &[Grant], order: &[u32], remaining: &mut [Picos], charges: &[Charge], ts_ms: i64) -> Outcomes {
+    let mut outcomes = Outcomes::new();
+    settle_into(grants, order, remaining, charges, ts_ms, &mut outcomes);
+    outcomes
+}
+
+/// `settle` into the caller's `outcomes` (cleared first), so nothing is moved on return.
+pub fn settle_into(
     grants: &[Grant],
     order: &[u32],
     remaining: &mut [Picos],
     charges: &[Charge],
     ts_ms: i64,
-) -> Vec<Outcome> {
-    let mut outcomes = vec![Outcome::default(); charges.len()];
+    outcomes: &mut Outcomes,
+) {
+    outcomes.clear();
+    outcomes.resize_with(charges.len(), Outcome::default);
     for (charge, outcome) in charges.iter().zip(outcomes.iter_mut()) {
         if charge.charge < 0 {
             *outcome = give_back(order, remaining, charge);
@@ -111,7 +125,6 @@ pub fn settle(
         }
         outcome.overage = left;
     }
-    outcomes
 }
 
 /// A refund: the overage the bucket caused first, then its credits in reverse burn order.
@@ -119,7 +132,7 @@ fn give_back(order: &[u32], remaining: &mut [Picos], charge: &Charge) -> Outcome
     let refund = -charge.charge;
     let overage_back = refund.min(charge.overage);
     let mut left = refund - overage_back;
-    let mut draws = Vec::new();
+    let mut draws = SmallVec::new();
     for &g in order.iter().rev() {
         if left == 0 {
             break;
@@ -140,6 +153,7 @@ fn give_back(order: &[u32], remaining: &mut [Picos], charge: &Charge) -> Outcome
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use smallvec::smallvec;
 
     fn grant(id: &str, amount: Picos, priority: i64, applicable: Vec<Sym>, expires: Option<i64>, order: i64) -> Grant {
         Grant {
@@ -193,7 +207,7 @@ mod tests {
         let grants = vec![grant("b-only", 200, 0, vec![2], None, 0)];
         let mut remaining = vec![200];
         let outcomes = settle(&grants, &burn_order(&grants), &mut remaining, &[charge(1, "a", 40)], 1);
-        assert_eq!(outcomes[0], Outcome { draws: vec![], overage: 40 });
+        assert_eq!(outcomes[0], Outcome { draws: smallvec![], overage: 40 });
         assert_eq!(remaining, vec![200]);
     }
 
@@ -204,7 +218,7 @@ mod tests {
         let grants = vec![later, grant("gone", 10, 0, vec![], Some(5), 1), grant("ok", 10, 1, vec![], None, 2)];
         let mut remaining = vec![10, 10, 10];
         let outcomes = settle(&grants, &burn_order(&grants), &mut remaining, &[charge(1, "a", 15)], 10);
-        assert_eq!(outcomes[0], Outcome { draws: vec![(2, 10)], overage: 5 });
+        assert_eq!(outcomes[0], Outcome { draws: smallvec![(2, 10)], overage: 5 });
     }
 
     proptest! {

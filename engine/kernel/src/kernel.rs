@@ -6,18 +6,25 @@
 //! with each call.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 use std::ops::DerefMut;
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use crate::ack::AckBuilder;
-use crate::buckets::{record_hour, Aggregate, AggregateKey, BucketKey, Measure, VersionUsage, HOUR_MS};
-use crate::decode::{check_event, decode_batch, py_dict, py_repr, wire, Event, Reason, Refusal};
-use crate::dedupe::{content_digest, prior, Seen};
-use crate::draw::{burn_order, settle, Charge, Grant, Outcome};
+use crate::batch;
+use crate::buckets::{
+    record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, HourUsage, Measure, PeriodKey, PeriodTotals,
+    VersionUsage, HOUR_MS,
+};
+use crate::decode::{check_event, check_into, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
+use crate::dedupe::{self, content_digest, prior, Seen};
+use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
-use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Interner, Route, Sym};
+use crate::route::{
+    curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Route, Sym, Version,
+};
 use crate::snapshot::{self, Stored, StoredAccount};
 use crate::tables;
 
@@ -25,11 +32,9 @@ use crate::tables;
 pub struct Account {
     pub grants: Vec<Grant>,
     order: Vec<u32>,
-    pub aggregates: FxHashMap<AggregateKey, Aggregate>,
-    pub buckets: FxHashMap<BucketKey, Vec<VersionUsage>>,
-    pub period_charges: BTreeMap<i64, Picos>,
-    pub period_overage: BTreeMap<i64, Picos>,
-    dedupe: FxHashMap<Box<str>, Seen>,
+    pub aggregates: FxHashMap<PeriodKey, Aggregate>,
+    pub buckets: FxHashMap<HourKey, HourUsage>,
+    pub periods: PeriodTotals,
     /// (contract anchor, start, end) of the period of the account's last event: consecutive events
     /// almost always share it, and computing one walks the calendar.
     last_period: Cell<(i64, i64, i64)>,
@@ -49,6 +54,18 @@ impl Account {
     }
 }
 
+/// An account's period totals from a snapshot's two lists (which hold the same periods).
+fn period_totals(charges: &[(i64, Picos)], overage: &[(i64, Picos)]) -> PeriodTotals {
+    let mut totals = PeriodTotals::default();
+    for &(start, amount) in charges {
+        totals.slot(start).charges = amount;
+    }
+    for &(start, amount) in overage {
+        totals.slot(start).overage = amount;
+    }
+    totals
+}
+
 fn unknown_customer(customer_id: &str) -> Refusal {
     Refusal::new(Reason::UnknownCustomer, format!("customer {} does not exist", py_repr(customer_id)))
 }
@@ -56,20 +73,25 @@ fn unknown_customer(customer_id: &str) -> Refusal {
 /// What one event would do to one product.
 struct Plan {
     product: usize,
-    dimensions: Vec<Option<Sym>>,
-    aggregate: Option<AggregateKey>,
+    dimensions: SmallVec<[Option<Sym>; 4]>,
+    /// None when the bucket does not exist yet.
+    aggregate: Option<PeriodKey>,
     measure: Measure,
     after: Fixed,
     before: Fixed,
     charge: Picos,
+    /// The overage the bucket caused so far (what a refund gives back first).
+    overage: Picos,
     rate_card: Sym,
     version: u32,
 }
 
+/// What one event would do: its period and contract, and one `Plan` per product it feeds (kept
+/// apart, in a buffer the kernel reuses).
+#[derive(Clone, Copy)]
 struct EventPlan {
     period_start_ms: i64,
     block: bool,
-    plans: Vec<Plan>,
 }
 
 /// Authorize's answer. `reason` is OK, OVERAGE_ALLOWED, INSUFFICIENT_CREDIT, INVALID_REQUEST or
@@ -128,8 +150,12 @@ pub struct Kernel {
     /// Boxed: a map slot holds a pointer, not the whole account, so the map's spare capacity (up to
     /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
     accounts: FxHashMap<String, Box<Account>>,
+    /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
+    dedupe: FxHashMap<u128, Seen>,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
+    /// Scratch space for an event's plans.
+    plans: Vec<Plan>,
 }
 
 impl Kernel {
@@ -272,19 +298,29 @@ impl Kernel {
     }
 
     /// Ok(true) accepted, Ok(false) a duplicate.
-    fn ingest_event(
+    /// `event` is where the raw event is checked into, reused between events.
+    fn ingest_event<'a>(
         &mut self,
-        raw: &wire::UsageEvent,
+        raw: &EventView<'_, 'a>,
+        event: &mut Event<'a>,
         received_ms: i64,
         ack: &mut AckBuilder,
     ) -> Result<bool, Refusal> {
         let catalog = &self.rater.catalog;
-        let event = check_event(raw, received_ms, catalog.future_skew_ms)?;
-        let digest = content_digest(&event, &mut self.canonical);
+        check_into(raw, received_ms, catalog.future_skew_ms, event)?;
+        let event = &*event;
+        let digest = content_digest(event, &mut self.canonical);
         let Some(account) = self.accounts.get_mut(event.customer_id) else {
             return Err(unknown_customer(event.customer_id));
         };
-        if let Some(known) = prior(account.dedupe.get(event.transaction_id), received_ms, catalog.dedupe_window_ms) {
+        let dedupe_key = dedupe::key(event.customer_id, event.transaction_id, &mut self.canonical);
+        // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
+        let slot = self.dedupe.entry(dedupe_key);
+        let seen = match &slot {
+            Entry::Occupied(seen) => Some(seen.get()),
+            Entry::Vacant(_) => None,
+        };
+        if let Some(known) = prior(seen, received_ms, catalog.dedupe_window_ms) {
             if known != digest {
                 return Err(Refusal::new(
                     Reason::DuplicateConflict,
@@ -296,9 +332,10 @@ impl Kernel {
             }
             return Ok(false);
         }
-        let plan = self.rater.plan(account, &event)?;
-        self.rater.commit(account, &event, plan, ack);
-        account.dedupe.insert(event.transaction_id.into(), Seen { digest, at_ms: received_ms });
+        let plan = self.rater.plan(account, event, &mut self.plans)?;
+        self.rater.commit(account, event, plan, &self.plans, ack);
+        let seen = Seen { digest, at_ms: received_ms };
+        slot.and_modify(|s| *s = seen).or_insert(seen);
         Ok(true)
     }
 }
@@ -320,24 +357,28 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
     allowed: Option<&[String]>,
     mut pause: impl FnMut(&mut K),
 ) -> Result<Ingested, BatchRefusal> {
-    let batch = decode_batch(bytes).map_err(BatchRefusal::NotABatch)?;
-    if batch.events.len() > events_max {
-        return Err(BatchRefusal::TooManyEvents(batch.events.len()));
+    let mut owned = None;
+    let batch = batch::read(bytes, &mut owned).map_err(BatchRefusal::NotABatch)?;
+    if batch.len() > events_max {
+        return Err(BatchRefusal::TooManyEvents(batch.len()));
     }
     if let Some(allowed) = allowed {
-        if let Some((index, event)) = batch.events.iter().enumerate().find(|(_, e)| !allowed.contains(&e.customer_id)) {
-            return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.clone()));
+        if let Some((index, event)) =
+            batch.events().enumerate().find(|(_, e)| !allowed.iter().any(|a| a == e.customer_id))
+        {
+            return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.to_owned()));
         }
     }
-    let mut ack = AckBuilder::new(&batch.batch_id, next_seq);
-    for (index, event) in batch.events.iter().enumerate() {
+    let mut ack = AckBuilder::new(batch.batch_id, next_seq, batch.len());
+    let mut checked = Event::empty();
+    for (index, event) in batch.events().enumerate() {
         if index > 0 && index % PAUSE_EVERY_EVENTS == 0 {
             pause(kernel);
         }
-        match kernel.ingest_event(event, received_ms, &mut ack) {
+        match kernel.ingest_event(&event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
-            Err(refusal) => ack.rejected(index, &event.transaction_id, refusal),
+            Err(refusal) => ack.rejected(index, event.transaction_id, refusal),
         }
     }
     let (accepted, duplicates, rejected) = ack.counts();
@@ -353,11 +394,14 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
 struct Rater {
     catalog: Catalog,
     interner: Interner,
+    combos: Combos,
 }
 
 impl Rater {
-    /// Everything the event would charge, or why it is refused; changes nothing.
-    fn plan(&self, account: &Account, event: &Event) -> Result<EventPlan, Refusal> {
+    /// Everything the event would charge (into `plans`, cleared first), or why it is refused;
+    /// changes nothing.
+    fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
+        plans.clear();
         let customer = event.customer_id;
         let Some(route) = account.route.as_ref() else { return Err(unknown_customer(customer)) };
         let ts = event.timestamp_ms;
@@ -372,9 +416,8 @@ impl Rater {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
         }
         let feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k));
-        let mut plans = Vec::with_capacity(feeding.len());
         if feeding.is_empty() {
-            return Ok(EventPlan { period_start_ms, block: contract.block, plans });
+            return Ok(EventPlan { period_start_ms, block: contract.block });
         }
         let Some(version) = self.catalog.version_at(contract.timeline, ts) else {
             return Err(Refusal::new(
@@ -386,55 +429,69 @@ impl Rater {
             ));
         };
         for index in feeding {
-            let product = &self.catalog.products[index];
-            let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
-            let dimensions: Vec<Option<Sym>> =
-                product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
-            let Some(rate) = version.rate_for(product.id, &dimensions) else {
-                return Err(Refusal::new(
-                    Reason::NoApplicableRate,
-                    format!(
-                        "rate card {} version {} has no rate for product {} with {}",
-                        py_repr(self.interner.text(version.rate_card)),
-                        version.number,
-                        py_repr(&product.id_text),
-                        py_dict(product.dimensions.iter().map(|d| (d.as_str(), event.dimension(d).unwrap_or(""))))
-                    ),
-                ));
-            };
-            let curve = curve_with_override(contract, product.id, &dimensions, rate, ts);
-            let key = dimensions.iter().copied().collect::<Option<Box<[Sym]>>>().map(|dimensions| AggregateKey {
-                period_start_ms,
-                product: product.id,
-                dimensions,
-            });
-            let empty = Aggregate::default();
-            let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
-            let out_of_range = || {
-                Refusal::new(
-                    Reason::InvalidEvent,
-                    format!("the charge for product {} is out of range", py_repr(&product.id_text)),
-                )
-            };
-            let after = current.quantity_after(product.aggregation, measure, ts).ok_or_else(out_of_range)?;
-            let price_after = curve.picos(after).ok_or_else(out_of_range)?;
-            let price_before = curve.picos(current.quantity).ok_or_else(out_of_range)?;
-            // Under a newer, dearer version the old quantity prices higher than it was charged:
-            // never give back more than the bucket was charged in all.
-            let charge = (price_after - price_before).max(-current.amount);
-            plans.push(Plan {
-                product: index,
-                dimensions,
-                aggregate: key,
-                measure,
-                after,
-                before: current.quantity,
-                charge,
-                rate_card: version.rate_card,
-                version: version.number,
-            });
+            plans.push(self.plan_product(account, event, contract, version, period_start_ms, index)?);
         }
-        Ok(EventPlan { period_start_ms, block: contract.block, plans })
+        Ok(EventPlan { period_start_ms, block: contract.block })
+    }
+
+    /// What the event would charge one product it feeds.
+    fn plan_product(
+        &self,
+        account: &Account,
+        event: &Event,
+        contract: &Contract,
+        version: &Version,
+        period_start_ms: i64,
+        index: usize,
+    ) -> Result<Plan, Refusal> {
+        let ts = event.timestamp_ms;
+        let product = &self.catalog.products[index];
+        let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
+        let dimensions: SmallVec<[Option<Sym>; 4]> =
+            product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
+        let Some(rate) = version.rate_for(product.id, &dimensions) else {
+            return Err(Refusal::new(
+                Reason::NoApplicableRate,
+                format!(
+                    "rate card {} version {} has no rate for product {} with {}",
+                    py_repr(self.interner.text(version.rate_card)),
+                    version.number,
+                    py_repr(&product.id_text),
+                    py_dict(product.dimensions.iter().map(|d| (d.as_str(), event.dimension(d).unwrap_or(""))))
+                ),
+            ));
+        };
+        let curve = curve_with_override(contract, product.id, &dimensions, rate, ts);
+        // A tuple with a value never interned has no bucket yet.
+        let combo =
+            dimensions.iter().copied().collect::<Option<SmallVec<[Sym; 4]>>>().and_then(|t| self.combos.get(&t));
+        let key = combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
+        let empty = Aggregate::default();
+        let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
+        let out_of_range = || {
+            Refusal::new(
+                Reason::InvalidEvent,
+                format!("the charge for product {} is out of range", py_repr(&product.id_text)),
+            )
+        };
+        let after = current.quantity_after(product.aggregation, measure, ts).ok_or_else(out_of_range)?;
+        let price_after = curve.picos(after).ok_or_else(out_of_range)?;
+        let price_before = curve.picos(current.quantity).ok_or_else(out_of_range)?;
+        // Under a newer, dearer version the old quantity prices higher than it was charged:
+        // never give back more than the bucket was charged in all.
+        let charge = (price_after - price_before).max(-current.amount);
+        Ok(Plan {
+            product: index,
+            dimensions,
+            aggregate: key,
+            measure,
+            after,
+            before: current.quantity,
+            charge,
+            overage: current.overage,
+            rate_card: version.rate_card,
+            version: version.number,
+        })
     }
 
     fn measure(
@@ -460,56 +517,54 @@ impl Rater {
         }
     }
 
-    /// Settles a plan's charges on a copy of the account's balances: the one code path for
-    /// ingestion and Authorize. Returns the outcomes and the balances after.
-    fn settle(&self, account: &Account, plan: &EventPlan, ts_ms: i64) -> (Vec<Outcome>, Vec<Picos>) {
-        let empty = Aggregate::default();
-        let charges: Vec<Charge> = plan
-            .plans
+    /// Settles the plans' charges on a copy of the account's balances: the one code path for
+    /// ingestion and Authorize. Fills `outcomes`; returns the balances after.
+    fn settle(&self, account: &Account, plans: &[Plan], ts_ms: i64, outcomes: &mut Outcomes) -> SmallVec<[Picos; 4]> {
+        let charges: SmallVec<[Charge; 4]> = plans
             .iter()
             .map(|p| {
-                let current = p.aggregate.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
+                // Only a refund reads where its bucket's charges went.
+                let drawn_by_grant = match p.aggregate {
+                    Some(key) if p.charge < 0 => account.aggregates.get(&key).map_or(&[][..], |a| &a.drawn_by_grant),
+                    _ => &[],
+                };
+                let product = &self.catalog.products[p.product];
                 Charge {
-                    product: self.catalog.products[p.product].id,
-                    product_id: &self.catalog.products[p.product].id_text,
+                    product: product.id,
+                    product_id: &product.id_text,
                     charge: p.charge,
-                    drawn_by_grant: if p.charge < 0 { &current.drawn_by_grant } else { &[] },
-                    overage: current.overage,
+                    drawn_by_grant,
+                    overage: p.overage,
                 }
             })
             .collect();
-        let mut remaining: Vec<Picos> = account.grants.iter().map(|g| g.remaining).collect();
-        let outcomes = settle(&account.grants, &account.order, &mut remaining, &charges, ts_ms);
-        (outcomes, remaining)
+        let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
+        settle_into(&account.grants, &account.order, &mut remaining, &charges, ts_ms, outcomes);
+        remaining
     }
 
-    fn commit(&mut self, account: &mut Account, event: &Event, plan: EventPlan, ack: &mut AckBuilder) {
+    fn commit(&mut self, account: &mut Account, event: &Event, plan: EventPlan, plans: &[Plan], ack: &mut AckBuilder) {
         let ts = event.timestamp_ms;
-        let (outcomes, remaining) = self.settle(account, &plan, ts);
+        let mut outcomes = Outcomes::new();
+        let remaining = self.settle(account, plans, ts, &mut outcomes);
         for (grant, balance) in account.grants.iter_mut().zip(remaining) {
             grant.remaining = balance;
         }
-        for (p, outcome) in plan.plans.into_iter().zip(&outcomes) {
+        if plans.is_empty() {
+            return;
+        }
+        // The period's totals, found once for the event's products.
+        let period = account.periods.slot(plan.period_start_ms);
+        for (p, outcome) in plans.iter().zip(&outcomes) {
+            let key = self.aggregate_key(p, event, plan.period_start_ms);
             let product = &self.catalog.products[p.product];
-            // A bucket seen before was keyed in planning; a new one interns its dimension values now.
-            let key = p.aggregate.unwrap_or_else(|| AggregateKey {
-                period_start_ms: plan.period_start_ms,
-                product: product.id,
-                dimensions: p
-                    .dimensions
-                    .iter()
-                    .zip(&product.dimensions)
-                    .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
-                    .collect(),
-            });
             let unique = match p.measure {
                 Measure::Unique(_) => {
                     Some(self.interner.intern(event.dimension(&product.value_key).expect("measured, so present")))
                 }
                 Measure::Quantity(_) => None,
             };
-            let hour =
-                BucketKey { hour: ts.div_euclid(HOUR_MS), product: product.id, dimensions: key.dimensions.clone() };
+            let hour = HourKey { hour: ts.div_euclid(HOUR_MS), product: product.id, combo: key.combo };
             account.aggregates.entry(key).or_default().record(
                 p.after,
                 p.charge,
@@ -519,12 +574,24 @@ impl Rater {
                 outcome.overage,
             );
             record_hour(account.buckets.entry(hour).or_default(), p.rate_card, p.version, p.after - p.before, p.charge);
-            *account.period_charges.entry(plan.period_start_ms).or_default() += p.charge;
-            let overage = account.period_overage.entry(plan.period_start_ms).or_default();
-            *overage += outcome.overage;
-            assert!(*overage >= 0, "period overage never falls below zero");
+            period.charges += p.charge;
+            period.overage += outcome.overage;
+            assert!(period.overage >= 0, "period overage never falls below zero");
             ack.ledger(&product.id_text, p.version, p.charge, &outcome.draws, outcome.overage);
         }
+    }
+
+    /// The key of a plan's period aggregate: a bucket seen before was keyed in planning; a new one
+    /// interns its dimension values now.
+    fn aggregate_key(&mut self, plan: &Plan, event: &Event, period_start_ms: i64) -> PeriodKey {
+        if let Some(key) = plan.aggregate {
+            return key;
+        }
+        let product = &self.catalog.products[plan.product];
+        let tuple: SmallVec<[Sym; 4]> = (plan.dimensions.iter().zip(&product.dimensions))
+            .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
+            .collect();
+        PeriodKey { period_start_ms, product: product.id, combo: self.combos.intern(&tuple) }
     }
 }
 
@@ -541,8 +608,9 @@ impl Kernel {
                 .sum()
         };
         let account = self.accounts.get(&event.customer_id);
+        let mut plans = Vec::new();
         let planned = check_event(event, now_ms, self.rater.catalog.future_skew_ms).and_then(|e| match account {
-            Some(account) => self.rater.plan(account, &e),
+            Some(account) => self.rater.plan(account, &e, &mut plans),
             None => Err(unknown_customer(&event.customer_id)),
         });
         let plan = match planned {
@@ -559,11 +627,12 @@ impl Kernel {
                 };
             }
         };
-        let products: Vec<Sym> = plan.plans.iter().map(|p| self.rater.catalog.products[p.product].id).collect();
+        let products: SmallVec<[Sym; 4]> = plans.iter().map(|p| self.rater.catalog.products[p.product].id).collect();
         let available = available_for(if products.is_empty() { None } else { Some(&products) });
-        let cost: Picos = plan.plans.iter().map(|p| p.charge).sum();
+        let cost: Picos = plans.iter().map(|p| p.charge).sum();
         let account = account.expect("planned, so the account exists");
-        let (outcomes, _) = self.rater.settle(account, &plan, now_ms);
+        let mut outcomes = Outcomes::new();
+        self.rater.settle(account, &plans, now_ms, &mut outcomes);
         // Overage the positive parts would leave: a refund elsewhere in the event does not pay for them.
         let uncovered: Picos = outcomes.iter().map(|o| o.overage.max(0)).sum();
         if plan.block && (uncovered > 0 || available <= 0) {
@@ -605,8 +674,8 @@ impl Kernel {
         if let Some(contract) = route.contracts.iter().find(|c| c.covers(now_ms)) {
             let period = period_containing(contract.starting_at_ms, now_ms);
             view.period = Some(period);
-            view.period_charges = account.period_charges.get(&period.0).copied().unwrap_or(0);
-            view.overage = account.period_overage.get(&period.0).copied().unwrap_or(0);
+            let totals = account.periods.get(period.0).unwrap_or_default();
+            (view.period_charges, view.overage) = (totals.charges, totals.overage);
             view.overage_due_e30 = ethnum::I256::new(view.overage) * ethnum::I256::new(contract.overage_price);
         }
         Some(view)
@@ -619,9 +688,22 @@ impl Kernel {
         customer_id: &str,
     ) -> Option<(Vec<(AggregateKey, Aggregate)>, Vec<(BucketKey, Vec<VersionUsage>)>)> {
         let account = self.accounts.get(customer_id)?;
-        let mut aggregates: Vec<_> = account.aggregates.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let tuple = |combo: u32| Box::<[Sym]>::from(self.rater.combos.tuple(combo));
+        let mut aggregates: Vec<_> = account
+            .aggregates
+            .iter()
+            .map(|(k, v)| {
+                let key =
+                    AggregateKey { period_start_ms: k.period_start_ms, product: k.product, dimensions: tuple(k.combo) };
+                (key, v.clone())
+            })
+            .collect();
         aggregates.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut buckets: Vec<_> = account.buckets.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut buckets: Vec<_> = account
+            .buckets
+            .iter()
+            .map(|(k, v)| (BucketKey { hour: k.hour, product: k.product, dimensions: tuple(k.combo) }, v.to_vec()))
+            .collect();
         buckets.sort_by(|a, b| a.0.cmp(&b.0));
         Some((aggregates, buckets))
     }
@@ -643,36 +725,46 @@ impl Kernel {
             .map(|id| {
                 let account = &self.accounts[id];
                 let (aggregates, buckets) = self.usage(id).expect("listed, so present");
-                let mut dedupe: Vec<(String, Seen)> = account.dedupe.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-                dedupe.sort_by(|a, b| a.0.cmp(&b.0));
                 StoredAccount {
                     customer_id: id.clone(),
                     grants: account.grants.clone(),
                     aggregates,
                     buckets,
-                    period_charges: account.period_charges.iter().map(|(k, v)| (*k, *v)).collect(),
-                    period_overage: account.period_overage.iter().map(|(k, v)| (*k, *v)).collect(),
-                    dedupe,
+                    period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
+                    period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
                 }
             })
             .collect();
-        snapshot::encode(&Stored { format: snapshot::FORMAT, strings: self.rater.interner.strings(), accounts })
+        let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| (*k, *v)).collect();
+        dedupe.sort_unstable_by_key(|(k, _)| *k);
+        let strings = self.rater.interner.strings();
+        snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe })
     }
 
     /// A kernel holding a snapshot's state; load tables before rating with it.
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
         let stored = snapshot::decode(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let mut kernel = Kernel { rater, ..Kernel::default() };
+        let dedupe = stored.dedupe.into_iter().collect();
+        let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
+        let combos = &mut kernel.rater.combos;
         for stored in stored.accounts {
             let account = Account {
                 order: burn_order(&stored.grants),
                 grants: stored.grants,
-                aggregates: stored.aggregates.into_iter().collect(),
-                buckets: stored.buckets.into_iter().collect(),
-                period_charges: stored.period_charges.into_iter().collect(),
-                period_overage: stored.period_overage.into_iter().collect(),
-                dedupe: stored.dedupe.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect(),
+                aggregates: (stored.aggregates.into_iter())
+                    .map(|(k, v)| {
+                        let combo = combos.intern(&k.dimensions);
+                        (PeriodKey { period_start_ms: k.period_start_ms, product: k.product, combo }, v)
+                    })
+                    .collect(),
+                buckets: (stored.buckets.into_iter())
+                    .map(|(k, v)| {
+                        let key = HourKey { hour: k.hour, product: k.product, combo: combos.intern(&k.dimensions) };
+                        (key, HourUsage::from_vec(v))
+                    })
+                    .collect(),
+                periods: period_totals(&stored.period_charges, &stored.period_overage),
                 last_period: Cell::default(),
                 route: None,
             };

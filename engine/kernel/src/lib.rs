@@ -6,6 +6,7 @@
 
 pub mod ack;
 pub mod authorize;
+pub mod batch;
 pub mod buckets;
 pub mod decode;
 pub mod dedupe;

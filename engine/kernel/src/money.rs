@@ -60,6 +60,45 @@ pub fn fixed_from_f64(value: f64) -> Option<Fixed> {
     if value.fract() == 0.0 && value < USAGE_VALUE_MAX {
         return Some(value as i128 * SCALE); // token counts: exact, without formatting the double
     }
+    if let Some(quantity) = few_decimals(value) {
+        return Some(quantity);
+    }
+    from_shortest_text(value)
+}
+
+/// The largest number of decimal places `few_decimals` tries.
+const FEW_DECIMALS_MAX: i32 = 9;
+
+/// `fixed_from_f64` without formatting, for a value whose shortest text has at most
+/// FEW_DECIMALS_MAX decimal places (0.5, 12.25): for d = 1, 2, ... the one d-place decimal m / 10^d
+/// nearest the value, if it parses back to the value. None when unsure (the caller formats).
+///
+/// Why it is the shortest text's value: a decimal round-trips when it lies in the value's rounding
+/// interval, narrower than `spacing` (the gap to the next double up). While spacing x 10^d <= 1/2,
+/// at most one d-place decimal lies in it, within 1/4 of value x 10^d, and the product (exact to
+/// 2^-13 below 2^40) rounds to it. So the first d that finds a decimal has the fewest digits, and
+/// that decimal is the only one with so few: what the shortest round-trip text reads.
+fn few_decimals(value: f64) -> Option<Fixed> {
+    let spacing = f64::from_bits(value.to_bits() + 1) - value;
+    let mut scale = 1.0f64;
+    for d in 1..=FEW_DECIMALS_MAX {
+        scale *= 10.0; // exact: 10^d < 2^53
+        let product = value * scale;
+        // Exact: spacing is a power of two.
+        if spacing * scale > 0.5 || product >= (1u64 << 40) as f64 {
+            return None;
+        }
+        let m = product.round();
+        // m and 10^d are exact doubles, so the division rounds once, exactly as parsing the text.
+        if m / scale == value {
+            return Some(m as i128 * 10i128.pow((SCALE_DIGITS - d) as u32));
+        }
+    }
+    None
+}
+
+/// `fixed_from_f64` by reading the value's shortest round-trip text.
+fn from_shortest_text(value: f64) -> Option<Fixed> {
     let (mantissa, digits, exponent) = shortest(value);
     // value = mantissa x 10^(exponent - digits + 1); at 10^-18 that is mantissa x 10^shift.
     let shift = exponent - (digits as i32 - 1) + SCALE_DIGITS;
@@ -154,6 +193,16 @@ mod tests {
     }
 
     #[test]
+    fn few_decimals_are_read_without_formatting() {
+        assert_eq!(few_decimals(0.5), Some(SCALE / 2));
+        assert_eq!(few_decimals(300.25), Some(300_250 * SCALE / 1000));
+        assert_eq!(few_decimals(0.1), Some(SCALE / 10));
+        assert_eq!(few_decimals(1e-7), Some(100_000_000_000));
+        assert_eq!(few_decimals(1e-12), None); // more places than it tries: the text decides
+        assert_eq!(few_decimals(0.1 + 0.2), None); // 0.30000000000000004
+    }
+
+    #[test]
     fn doubles_finer_than_the_scale_are_refused() {
         assert_eq!(fixed_from_f64(1e-50), None);
         assert_eq!(fixed_from_f64(1e-19), None);
@@ -198,6 +247,23 @@ mod tests {
                 // The fixed value reads back as the same double: nothing was rounded.
                 let text = format!("{}e-18", fixed);
                 prop_assert_eq!(text.parse::<f64>().unwrap(), value);
+            }
+        }
+
+        #[test]
+        fn few_decimals_reads_as_the_shortest_text(
+            m in 0u64..(1u64 << 41),
+            d in 0u32..12,
+            bits in 0u64..0x4330_0000_0000_0000,
+            nudge in -2i64..=2,
+        ) {
+            // Decimals with few places, their neighbouring doubles, and doubles of any bit pattern.
+            let decimal: f64 = format!("{m}e-{d}").parse().unwrap();
+            let neighbour = f64::from_bits((decimal.to_bits() as i64 + nudge).max(0) as u64);
+            for value in [decimal, neighbour, f64::from_bits(bits)] {
+                if let Some(fast) = few_decimals(value) {
+                    prop_assert_eq!(Some(fast), from_shortest_text(value), "{:e}", value);
+                }
             }
         }
 

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use crate::money::{parse_i128, Fixed};
 use crate::price::{Curve, PricedCurve, Tier};
@@ -273,12 +274,12 @@ impl Catalog {
         Ok(Route { contracts: contracts.into_boxed_slice(), closed_periods: closed_periods.into_boxed_slice() })
     }
 
-    /// Products of this event type whose filters the event meets.
-    pub fn feeding<'a>(&'a self, event_type: &str, dimension: impl Fn(&str) -> Option<&'a str>) -> Vec<usize>
+    /// Products of this event type whose filters the event meets (inline: no allocation for a few).
+    pub fn feeding<'a>(&'a self, event_type: &str, dimension: impl Fn(&str) -> Option<&'a str>) -> SmallVec<[usize; 4]>
     where
         Self: 'a,
     {
-        let Some(candidates) = self.by_event_type.get(event_type) else { return Vec::new() };
+        let Some(candidates) = self.by_event_type.get(event_type) else { return SmallVec::new() };
         candidates
             .iter()
             .copied()

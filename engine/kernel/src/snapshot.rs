@@ -4,12 +4,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::buckets::{Aggregate, AggregateKey, BucketKey, VersionUsage};
-use crate::dedupe::Seen;
+use crate::dedupe::{key, Seen};
 use crate::draw::Grant;
 use crate::money::Picos;
 
-/// Format version: bump when the encoding changes.
-pub const FORMAT: u32 = 1;
+/// Format version: bump when the encoding changes. Format 1 (dedupe entries by transaction id
+/// per account) is still read.
+pub const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub struct StoredAccount {
@@ -19,7 +20,6 @@ pub struct StoredAccount {
     pub buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
     pub period_charges: Vec<(i64, Picos)>,
     pub period_overage: Vec<(i64, Picos)>,
-    pub dedupe: Vec<(String, Seen)>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
@@ -27,6 +27,50 @@ pub struct Stored {
     pub format: u32,
     pub strings: Vec<String>,
     pub accounts: Vec<StoredAccount>,
+    /// Keyed by `dedupe::key(customer_id, transaction_id)`, sorted by key.
+    pub dedupe: Vec<(u128, Seen)>,
+}
+
+/// Format 1: the dedupe entries per account, by transaction id.
+#[derive(Deserialize)]
+struct StoredV1 {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccountV1>,
+}
+
+#[derive(Deserialize)]
+struct StoredAccountV1 {
+    customer_id: String,
+    grants: Vec<Grant>,
+    aggregates: Vec<(AggregateKey, Aggregate)>,
+    buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
+    period_charges: Vec<(i64, Picos)>,
+    period_overage: Vec<(i64, Picos)>,
+    dedupe: Vec<(String, Seen)>,
+}
+
+impl StoredV1 {
+    fn upgrade(self) -> Stored {
+        let mut canonical = Vec::new();
+        let mut dedupe = Vec::new();
+        let mut accounts = Vec::with_capacity(self.accounts.len());
+        for account in self.accounts {
+            for (transaction_id, seen) in account.dedupe {
+                dedupe.push((key(&account.customer_id, &transaction_id, &mut canonical), seen));
+            }
+            accounts.push(StoredAccount {
+                customer_id: account.customer_id,
+                grants: account.grants,
+                aggregates: account.aggregates,
+                buckets: account.buckets,
+                period_charges: account.period_charges,
+                period_overage: account.period_overage,
+            });
+        }
+        dedupe.sort_unstable_by_key(|(k, _)| *k);
+        Stored { format: FORMAT, strings: self.strings, accounts, dedupe }
+    }
 }
 
 pub fn encode(stored: &Stored) -> Vec<u8> {
@@ -34,10 +78,14 @@ pub fn encode(stored: &Stored) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
-    let stored: Stored =
-        postcard::from_bytes(bytes).map_err(|e| format!("the kernel snapshot does not decode: {e}"))?;
-    if stored.format != FORMAT {
-        return Err(format!("kernel snapshot format {} is not {FORMAT}", stored.format));
+    let broken = |e: postcard::Error| format!("the kernel snapshot does not decode: {e}");
+    let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
+    match format {
+        FORMAT => postcard::from_bytes(bytes).map_err(broken),
+        1 => postcard::from_bytes::<StoredV1>(bytes).map_err(broken).map(|v1| {
+            debug_assert_eq!(v1.format, 1);
+            v1.upgrade()
+        }),
+        other => Err(format!("kernel snapshot format {other} is not {FORMAT}")),
     }
-    Ok(stored)
 }

@@ -1,6 +1,7 @@
 //! Measures the kernel on its own: decode, rate and ack 1,000-event batches from bytes, with
 //! 10,000 customers, two products per event, a dimensional rate and a prepaid grant each.
-//! `cargo run --release -- [batches]` in server/bench/kernel_spike (a measurement, not a test).
+//! `cargo run --release -- [batches] [customers]` in server/bench/kernel_spike (a measurement, not a
+//! test). Fewer customers (all hot in the cache) separate the kernel's computing from its cache misses.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,7 @@ use _kernel::tables::{
 
 // The kernel reads no clock: time comes in with each call, fixed here so every run rates the same batches.
 const NOW_MS: i64 = 1_767_225_600_000; // 2026-01-01
-const CUSTOMERS: usize = 10_000;
+const CUSTOMERS: usize = 10_000; // by default
 const BATCH: usize = 1_000;
 
 fn unit(price: &str) -> CurveTable {
@@ -39,7 +40,7 @@ fn product(id: &str, value_key: &str) -> ProductTable {
     }
 }
 
-fn tables() -> Tables {
+fn tables(customers: usize) -> Tables {
     let mut rates = Vec::new();
     for (index, model) in ["gpt4", "claude", "llama"].iter().enumerate() {
         for product in ["input", "output"] {
@@ -57,7 +58,7 @@ fn tables() -> Tables {
         products: vec![product("input", "input_tokens"), product("output", "output_tokens")],
         versions: vec![VersionTable { rate_card_id: "ai".into(), number: 1, rates }],
         timelines: vec![vec![(0, 0)]],
-        customers: (0..CUSTOMERS)
+        customers: (0..customers)
             .map(|c| CustomerTable {
                 id: format!("customer-{c}"),
                 contracts: vec![ContractTable {
@@ -85,14 +86,14 @@ fn tables() -> Tables {
     }
 }
 
-fn batch(number: usize) -> Vec<u8> {
+fn batch(number: usize, customers: usize) -> Vec<u8> {
     let models = ["gpt4", "claude", "llama"];
     let events = (0..BATCH)
         .map(|i| {
             let n = number * BATCH + i;
             wire::UsageEvent {
                 transaction_id: format!("tx-{n}"),
-                customer_id: format!("customer-{}", (n * 7919) % CUSTOMERS),
+                customer_id: format!("customer-{}", (n * 7919) % customers),
                 event_type: "ai".into(),
                 timestamp_ms: NOW_MS + (n as i64 % 3_600_000),
                 dimensions: vec![wire::DimensionEntry { key: "model".into(), value: models[n % 3].into() }],
@@ -144,9 +145,10 @@ fn cpu_ns() -> u128 {
 
 fn main() {
     let mut kernel = Kernel::default();
-    kernel.load_tables(&tables::encode(&tables())).expect("the spike's tables load");
     let count: usize = std::env::args().nth(1).map_or(200, |n| n.parse().expect("a batch count"));
-    let batches: Vec<Vec<u8>> = (0..count).map(batch).collect();
+    let customers: usize = std::env::args().nth(2).map_or(CUSTOMERS, |n| n.parse().expect("a customer count"));
+    kernel.load_tables(&tables::encode(&tables(customers))).expect("the spike's tables load");
+    let batches: Vec<Vec<u8>> = (0..count).map(|number| batch(number, customers)).collect();
     let started = std::time::Instant::now();
     let cpu_started = cpu_ns();
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -164,7 +166,7 @@ fn main() {
         return;
     }
     println!(
-        "{} batches of {BATCH} events (2 products each, {CUSTOMERS} customers): {:.0} ns CPU/event ({:.0} ns wall), {:.2} M events/s of CPU, {:.1} allocations/event",
+        "{} batches of {BATCH} events (2 products each, {customers} customers): {:.0} ns CPU/event ({:.0} ns wall), {:.2} M events/s of CPU, {:.1} allocations/event",
         batches.len(),
         cpu as f64 / events as f64,
         elapsed.as_nanos() as f64 / events as f64,
