@@ -1,17 +1,20 @@
 //! The Python binding, `engine._kernel`: the one module that knows PyO3.
 //!
-//! `Kernel` is frozen with a mutex inside, since grpcio calls handlers from several threads;
+//! `Kernel` is frozen with a lock inside, since grpcio calls handlers from several threads;
 //! batch work runs with the GIL released. Amounts cross as Python ints (picos), never floats.
 //!
-//! The mutex is parking_lot's, for its fair hand-over: ingestion offers the lock to a waiting read
-//! (Authorize, GetBalance) every few dozen events (`MutexGuard::bump`), so a decision waits for
-//! those, not for a whole batch, nor for the next batch the rating thread would otherwise grab
-//! first. Reads keep the GIL while they wait and decide (microseconds): handing the GIL to another
-//! thread and taking it back can cost the event loop a whole switch interval (5 ms).
+//! The lock is parking_lot's read-write lock. Changes (ingestion, table loads) take it to write;
+//! reads (Authorize, GetBalance, usage, snapshots) share it, so a snapshot being encoded never
+//! keeps a decision waiting. Ingestion offers the lock to a waiting read every few dozen events
+//! (`RwLockWriteGuard::bump`, a fair hand-over), so a decision waits for those, not for a whole
+//! batch, nor for the next batch the rating thread would otherwise grab first. Reads take it with
+//! `read_recursive`, which does not queue behind a waiting writer while other reads hold it. Reads
+//! keep the GIL while they wait and decide (microseconds): handing the GIL to another thread and
+//! taking it back can cost the event loop a whole switch interval (5 ms).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -49,7 +52,7 @@ fn refused(refusal: Refused) -> PyErr {
 
 #[pyclass(frozen, module = "engine._kernel")]
 struct Kernel {
-    inner: Mutex<kernel::Kernel>,
+    inner: RwLock<kernel::Kernel>,
     /// A change panicked half-way: the state may be half changed, so every later call is refused.
     poisoned: AtomicBool,
 }
@@ -65,20 +68,27 @@ impl Drop for Unfinished<'_> {
 
 impl Kernel {
     fn wrap(kernel: kernel::Kernel) -> Kernel {
-        Kernel { inner: Mutex::new(kernel), poisoned: AtomicBool::new(false) }
+        Kernel { inner: RwLock::new(kernel), poisoned: AtomicBool::new(false) }
     }
 
-    fn lock(&self) -> PyResult<MutexGuard<'_, kernel::Kernel>> {
-        let guard = self.inner.lock();
+    fn check_poisoned(&self) -> PyResult<()> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(PyRuntimeError::new_err("the kernel was poisoned by a panic"));
         }
+        Ok(())
+    }
+
+    /// The state for reading, shared with other reads.
+    fn read(&self) -> PyResult<RwLockReadGuard<'_, kernel::Kernel>> {
+        let guard = self.inner.read_recursive();
+        self.check_poisoned()?;
         Ok(guard)
     }
 
-    /// Runs a change of the kernel's state under the lock.
-    fn change<R>(&self, change: impl FnOnce(&mut MutexGuard<'_, kernel::Kernel>) -> R) -> PyResult<R> {
-        let mut guard = self.lock()?;
+    /// Runs a change of the kernel's state under the lock, alone.
+    fn change<R>(&self, change: impl FnOnce(&mut RwLockWriteGuard<'_, kernel::Kernel>) -> R) -> PyResult<R> {
+        let mut guard = self.inner.write();
+        self.check_poisoned()?;
         let armed = Unfinished(&self.poisoned);
         let result = change(&mut guard);
         std::mem::forget(armed);
@@ -107,7 +117,7 @@ impl Kernel {
     /// already loaded. Raises ValueError when they are malformed or were compiled against other
     /// tables, having changed nothing.
     fn load_customers(&self, py: Python<'_>, customers: &[u8]) -> PyResult<()> {
-        py.detach(|| self.lock()?.load_customers(customers).map_err(PyValueError::new_err))
+        py.detach(|| self.change(|k| k.load_customers(customers))?.map_err(PyValueError::new_err))
     }
 
     /// Rates a UsageBatch given as its wire bytes: (IngestAck bytes, 16-byte digest). Raises
@@ -143,7 +153,7 @@ impl Kernel {
             self.change(|kernel| {
                 let allowed = allowed.as_deref();
                 kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
-                    MutexGuard::bump(held)
+                    RwLockWriteGuard::bump(held)
                 })
             })
         })?;
@@ -163,7 +173,7 @@ impl Kernel {
     /// Hours (Unix ms / 3,600,000) from `from_hour` on in which usage was priced by a version of
     /// the rate card, ascending.
     fn rated_hours(&self, py: Python<'_>, rate_card_id: &str, from_hour: i64) -> PyResult<Vec<i64>> {
-        py.detach(|| self.lock().map(|k| k.rated_hours(rate_card_id, from_hour)))
+        py.detach(|| self.read().map(|k| k.rated_hours(rate_card_id, from_hour)))
     }
 
     /// (allowed, reason, message, estimated_cost_picos, available_picos) for usage described as
@@ -185,7 +195,7 @@ impl Kernel {
             values: values.into_iter().map(|(key, value)| wire::ValueEntry { key, value }).collect(),
             reservation_id: String::new(),
         };
-        let decision = self.lock()?.authorize(&event, now_ms);
+        let decision = self.read()?.authorize(&event, now_ms);
         Ok((decision.allowed, decision.reason, decision.message, decision.cost, decision.available))
     }
 
@@ -206,7 +216,7 @@ impl Kernel {
         let requests = authorize::decode_batch(batch, requests_max, allowed.as_deref()).map_err(refused)?;
         let decisions = requests.len();
         let responses = {
-            let kernel = self.lock()?;
+            let kernel = self.read()?;
             requests.into_iter().map(|r| authorize::answer(&kernel, r, now_ms)).collect()
         };
         Ok((PyBytes::new(py, &authorize::encode_result(responses)), decisions))
@@ -214,7 +224,7 @@ impl Kernel {
 
     /// The customer's balance at now_ms as a dict of ints (picos), or None for an unknown customer.
     fn balance<'py>(&self, py: Python<'py>, customer_id: &str, now_ms: i64) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(view) = self.lock()?.balance(customer_id, now_ms) else { return Ok(None) };
+        let Some(view) = self.read()?.balance(customer_id, now_ms) else { return Ok(None) };
         let dict = PyDict::new(py);
         dict.set_item("remaining", view.remaining)?;
         let grants: Vec<(String, i128, i128, i128, i128)> =
@@ -241,7 +251,7 @@ impl Kernel {
             Vec<(i64, String, Vec<String>, Vec<(String, u32, i128, u64, i128)>)>,
         )>,
     > {
-        let kernel = self.lock()?;
+        let kernel = self.read()?;
         let Some((aggregates, buckets)) = kernel.usage(customer_id) else { return Ok(None) };
         let texts = |syms: &[u32]| syms.iter().map(|s| kernel.text(*s).to_owned()).collect::<Vec<_>>();
         let grants = kernel.grant_ids(customer_id);
@@ -275,9 +285,18 @@ impl Kernel {
     }
 
     /// The account state's bytes: the same state always encodes to the same bytes.
+    /// Encoded under a shared lock, so reads go on meanwhile; the caller applies no change until it returns.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = py.detach(|| self.lock().map(|k| k.snapshot()))?;
-        Ok(PyBytes::new(py, &bytes))
+        let encoded = py.detach(|| self.read().map(|k| k.snapshot()))?;
+        // The copy into the new bytes object (tens of MB, faulting its pages in) runs with the GIL released:
+        // the object is not yet visible to any other thread, and bytes are not tracked by the collector.
+        PyBytes::new_with(py, encoded.len(), |target| {
+            py.detach(|| {
+                target.copy_from_slice(&encoded);
+                drop(encoded);
+            });
+            Ok(())
+        })
     }
 
     /// A kernel holding a snapshot's state (load tables before rating with it).

@@ -5,7 +5,6 @@
 //! event with the same functions, on a copy of the balances, and commits nothing. Time comes in
 //! with each call.
 
-use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::ops::DerefMut;
 
@@ -35,22 +34,23 @@ pub struct Account {
     pub aggregates: FxHashMap<PeriodKey, Aggregate>,
     pub buckets: FxHashMap<HourKey, HourUsage>,
     pub periods: PeriodTotals,
-    /// (contract anchor, start, end) of the period of the account's last event: consecutive events
-    /// almost always share it, and computing one walks the calendar.
-    last_period: Cell<(i64, i64, i64)>,
+    /// (contract anchor, start, end) of the period of the account's last rated event: consecutive
+    /// events almost always share it, and computing one walks the calendar. Written only when an
+    /// event is committed (reads share the account and must not write).
+    last_period: (i64, i64, i64),
     /// The customer's contracts and closed periods, from the tables (None until they name it).
     route: Option<Route>,
 }
 
 impl Account {
-    fn period(&self, anchor_ms: i64, ts_ms: i64) -> i64 {
-        let (anchor, start, end) = self.last_period.get();
+    /// (anchor, start, end) of the period containing ts_ms under the contract anchored at anchor_ms.
+    fn period(&self, anchor_ms: i64, ts_ms: i64) -> (i64, i64, i64) {
+        let (anchor, start, end) = self.last_period;
         if anchor == anchor_ms && start <= ts_ms && ts_ms < end {
-            return start;
+            return self.last_period;
         }
         let (start, end) = period_containing(anchor_ms, ts_ms);
-        self.last_period.set((anchor_ms, start, end));
-        start
+        (anchor_ms, start, end)
     }
 }
 
@@ -91,6 +91,8 @@ struct Plan {
 #[derive(Clone, Copy)]
 struct EventPlan {
     period_start_ms: i64,
+    /// (contract anchor, start, end) of the event's period, for the account's cache.
+    period: (i64, i64, i64),
     block: bool,
 }
 
@@ -411,13 +413,14 @@ impl Rater {
                 format!("customer {} has no contract covering {ts}", py_repr(customer)),
             ));
         };
-        let period_start_ms = account.period(contract.starting_at_ms, ts);
+        let period = account.period(contract.starting_at_ms, ts);
+        let period_start_ms = period.1;
         if route.is_closed(period_start_ms) {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
         }
         let feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k));
         if feeding.is_empty() {
-            return Ok(EventPlan { period_start_ms, block: contract.block });
+            return Ok(EventPlan { period_start_ms, period, block: contract.block });
         }
         let Some(version) = self.catalog.version_at(contract.timeline, ts) else {
             return Err(Refusal::new(
@@ -431,7 +434,7 @@ impl Rater {
         for index in feeding {
             plans.push(self.plan_product(account, event, contract, version, period_start_ms, index)?);
         }
-        Ok(EventPlan { period_start_ms, block: contract.block })
+        Ok(EventPlan { period_start_ms, period, block: contract.block })
     }
 
     /// What the event would charge one product it feeds.
@@ -550,6 +553,7 @@ impl Rater {
         for (grant, balance) in account.grants.iter_mut().zip(remaining) {
             grant.remaining = balance;
         }
+        account.last_period = plan.period;
         if plans.is_empty() {
             return;
         }
@@ -765,7 +769,7 @@ impl Kernel {
                     })
                     .collect(),
                 periods: period_totals(&stored.period_charges, &stored.period_overage),
-                last_period: Cell::default(),
+                last_period: (0, 0, 0),
                 route: None,
             };
             kernel.accounts.insert(stored.customer_id, Box::new(account));
