@@ -90,16 +90,19 @@ class Snapshot(msgspec.Struct, frozen=True):
     kernel: bytes
 
 
-def snapshot_parts(control_parts: list[bytes], kernel_state: bytes) -> list[bytes]:
+def snapshot_parts(control_parts: list[bytes], kernel_parts: list[bytes]) -> list[bytes]:
     """The stored snapshot, msgspec's msgpack of Snapshot(SNAPSHOT_FORMAT, control, kernel) byte for byte, as
     parts to concatenate: the halves are not copied here, so a caller can copy them a slice at a time."""
     control_bytes = sum(len(part) for part in control_parts)
+    kernel_bytes = sum(len(part) for part in kernel_parts)
     format_, control, kernel = (_msgpack.encode(field.encode_name) for field in msgspec.structs.fields(Snapshot))
     head = _MAP3 + format_ + _msgpack.encode(SNAPSHOT_FORMAT) + control + _bin_header(control_bytes)
-    return [head, *control_parts, kernel + _bin_header(len(kernel_state)), kernel_state]
+    return [head, *control_parts, kernel + _bin_header(kernel_bytes), *kernel_parts]
 
 
 _msgpack = msgspec.msgpack.Encoder()
+# One part's copy holds the GIL: 1 MiB is about a third of a millisecond here, pages faulted in included.
+KERNEL_SNAPSHOT_PART_BYTES = 1 << 20
 _MAP3 = b"\x83"  # msgpack fixmap of 3 entries: Snapshot's fields
 
 
@@ -280,10 +283,11 @@ class Billing:
         that the caller may pause between them; it must apply no command until it has them all."""
         return encode_state_parts(self.engine.state)
 
-    def kernel_snapshot(self) -> bytes:
-        """The kernel's half: encoded with the GIL released (but the kernel's lock held, so a read waits)."""
+    def kernel_snapshot(self) -> list[bytes]:
+        """The kernel's half, in parts of at most KERNEL_SNAPSHOT_PART_BYTES: encoded with the GIL released and the
+        kernel's lock shared (reads go on), then copied into Python a part at a time (see Kernel.snapshot_parts)."""
         self.refresh_tables()
-        return self.kernel.snapshot()
+        return self.kernel.snapshot_parts(KERNEL_SNAPSHOT_PART_BYTES)
 
     @classmethod
     def from_snapshot(

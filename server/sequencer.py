@@ -538,9 +538,9 @@ class Sequencer:
         try:
             control_parts = await _paced(self.billing.control_snapshot_parts())
         finally:
-            kernel_state = await kernel_half
-        parts = snapshot_parts(control_parts, kernel_state)
-        del control_parts, kernel_state
+            kernel_parts = await kernel_half
+        parts = snapshot_parts(control_parts, kernel_parts)
+        del control_parts, kernel_parts
         # A map, not bytes: freeing tens of MB of touched memory takes milliseconds, and a map's close() (on the
         # journal's thread once stored) does it with the GIL released.
         blob = await self._writer_thread.run(_faulted_map, sum(len(part) for part in parts))

@@ -53,11 +53,12 @@ def test_an_empty_control_plane_in_parts_is_its_json() -> None:
 @pytest.mark.parametrize("control_bytes", [0, 1, 255, 256, 65_535, 65_536, 70_000])
 @pytest.mark.parametrize("kernel_bytes", [0, 255, 256, 65_536])
 def test_snapshot_parts_frame_the_halves_as_msgspec_does(control_bytes: int, kernel_bytes: int) -> None:
-    """Each msgpack bin header length (8, 16 and 32-bit) on both halves, the control half in several parts."""
+    """Each msgpack bin header length (8, 16 and 32-bit) on both halves, each half in several parts."""
     control = bytes(index % 251 for index in range(control_bytes))
     kernel = bytes(index % 241 for index in range(kernel_bytes))
     control_parts = [control[start : start + 1000] for start in range(0, len(control), 1000)]
-    framed = b"".join(snapshot_parts(control_parts, kernel))
+    kernel_parts = [kernel[start : start + 300] for start in range(0, len(kernel), 300)]
+    framed = b"".join(snapshot_parts(control_parts, kernel_parts))
     assert framed == msgspec.msgpack.encode(Snapshot(SNAPSHOT_FORMAT, control, kernel))
     assert msgspec.msgpack.decode(framed, type=Snapshot) == Snapshot(SNAPSHOT_FORMAT, control, kernel)
 

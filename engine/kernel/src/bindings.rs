@@ -285,18 +285,28 @@ impl Kernel {
     }
 
     /// The account state's bytes: the same state always encodes to the same bytes.
-    /// Encoded under a shared lock, so reads go on meanwhile; the caller applies no change until it returns.
+    /// The account state's bytes: the same state always encodes to the same bytes.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let encoded = py.detach(|| self.read().map(|k| k.snapshot()))?;
-        // The copy into the new bytes object (tens of MB, faulting its pages in) runs with the GIL released:
-        // the object is not yet visible to any other thread, and bytes are not tracked by the collector.
-        PyBytes::new_with(py, encoded.len(), |target| {
-            py.detach(|| {
-                target.copy_from_slice(&encoded);
-                drop(encoded);
-            });
-            Ok(())
-        })
+        Ok(PyBytes::new(py, &encoded))
+    }
+
+    /// `snapshot()` as consecutive parts of at most `part_bytes_max` bytes, for the server. Encoded under a
+    /// shared lock, so reads go on meanwhile, with the GIL released. Copying tens of MB into Python bytes
+    /// holds the GIL (and faults the pages in): a part at a time, offering the GIL to a waiting thread
+    /// between parts, a copy keeps the event loop waiting for one part, not for the whole state.
+    fn snapshot_parts<'py>(&self, py: Python<'py>, part_bytes_max: usize) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        if part_bytes_max == 0 {
+            return Err(PyValueError::new_err("part_bytes_max must be positive"));
+        }
+        let encoded = py.detach(|| self.read().map(|k| k.snapshot()))?;
+        let mut parts = Vec::with_capacity(encoded.len().div_ceil(part_bytes_max));
+        for chunk in encoded.chunks(part_bytes_max) {
+            parts.push(PyBytes::new(py, chunk));
+            py.detach(|| ());
+        }
+        py.detach(|| drop(encoded));
+        Ok(parts)
     }
 
     /// A kernel holding a snapshot's state (load tables before rating with it).
