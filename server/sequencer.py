@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import mmap
@@ -560,11 +561,36 @@ class Sequencer:
         self._events_since_snapshot = 0
 
     def _save_snapshot(self, seq: int, blob: mmap.mmap) -> None:
-        """On the journal's thread: stores the snapshot, then unmaps its buffer (with the GIL released)."""
+        """On the journal's thread: stores the snapshot, then unmaps its buffer (with the GIL released) and
+        hands the heap the snapshot's parts freed back to the system."""
         try:
             self.journal.save_snapshot(seq, blob)
         finally:
             blob.close()
+            _trim_heap()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc's; other C libraries have none
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """A snapshot's parts (tens of MB of bytes at a million customers, in pieces glibc serves from its heap, not
+    from maps of their own) are freed by now, but glibc keeps the freed pages, scattered between live objects:
+    without this, each snapshot left the resident heap larger (seeding 100,000 customers through the RPCs with
+    snapshots every 5,000 records: 4.0 KiB per customer instead of 3.0). malloc_trim(0) returns every free
+    page of every arena to the system (MADV_DONTNEED); ctypes releases the GIL for the call."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 async def _paced(parts: Iterator[bytes]) -> list[bytes]:
