@@ -541,7 +541,8 @@ class Sequencer:
         finally:
             kernel_state = await kernel_half
         parts = snapshot_parts(control_parts, kernel_state)
-        del control_parts, kernel_state
+        # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
+        del control_parts, kernel_state, kernel_half
         # A map, not bytes: freeing tens of MB of touched memory takes milliseconds, and a map's close() (on the
         # journal's thread once stored) does it with the GIL released.
         blob = await self._writer_thread.run(_faulted_map, sum(len(part) for part in parts))
