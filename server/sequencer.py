@@ -585,11 +585,11 @@ _malloc_trim = _load_malloc_trim()
 
 
 def _trim_heap() -> None:
-    """A snapshot's parts (tens of MB of bytes at a million customers, in pieces glibc serves from its heap, not
-    from maps of their own) are freed by now, but glibc keeps the freed pages, scattered between live objects:
-    without this, each snapshot left the resident heap larger (seeding 100,000 customers through the RPCs with
-    snapshots every 5,000 records: 4.0 KiB per customer instead of 3.0). malloc_trim(0) returns every free
-    page of every arena to the system (MADV_DONTNEED); ctypes releases the GIL for the call."""
+    """A snapshot's parts (tens of MB of bytes at a million customers, in pieces glibc serves from its arenas,
+    not from maps of their own) are freed by now, but glibc keeps freed pages, scattered between live objects,
+    as the process's own. malloc_trim(0) returns every whole free page of every arena to the system
+    (MADV_DONTNEED); ctypes releases the GIL for the call. It recovers only part of the heap a server that
+    snapshots holds over one that does not (README, Memory)."""
     if _malloc_trim is not None:
         _malloc_trim(0)
 
