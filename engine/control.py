@@ -1,8 +1,9 @@
 """The control plane's stored state and the rules every admin command shares: ids, retry keys, lookups.
 
 `BillingState` is what must survive a restart (a msgspec Struct, so a snapshot is one encode): catalogue,
-rate cards and versions, contracts, grants as granted, audit log and retry keys. `ControlPlane` is what the
-command modules (catalogue, versions, customers, grants, audit) build on; engine/state.py ties them together.
+rate cards and versions, contracts, grants as granted, audit log (mostly sealed in compressed chunks) and retry
+keys. `ControlPlane` is what the command modules (catalogue, versions, customers, grants, audit) build on;
+engine/state.py ties them together.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ EVENT_MAP_ENTRIES_MAX = 64
 # a part of accounts (the widest entries) encodes in about 0.3 ms, so a caller pausing between parts never
 # holds its thread for long (msgspec holds the GIL for a whole encode call).
 SNAPSHOT_PART_ENTRIES = 256
+# Sealed audit chunks are each a few KB of base64: a part holds fewer of them.
+SNAPSHOT_PART_AUDIT_CHUNKS = 16
 
 
 class AuditEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -39,6 +42,17 @@ class AuditEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     action: str
     target: str
     diff: str  # JSON of the command's fields
+
+
+class AuditChunk(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Consecutive audit entries sealed into two zlib streams (engine/audit.py writes and reads them): kept as
+    objects, an entry takes about 1.2 KiB of heap; sealed, tens of bytes. The targets have a stream of their
+    own so that a read filtering by target skips a chunk without decompressing its entries."""
+
+    first_seq: int
+    last_seq: int
+    targets: bytes  # the entries' targets, joined by newlines (no target holds one: ids cannot)
+    rows: bytes  # msgpack: [seq, at_ms, actor, action, diff] per entry
 
 
 class Account(msgspec.Struct, gc=False):
@@ -63,11 +77,12 @@ class BillingState(msgspec.Struct):
     rate_cards: dict[str, RateCard] = {}
     contracts: dict[str, Contract] = {}
     accounts: dict[str, Account] = {}
-    audit: list[AuditEntry] = []
+    audit: list[AuditEntry] = []  # the log's open tail, after audit_chunks (before them: the whole log)
     grants_created: int = 0
     # Idempotency key ("grant/g-1", "rate_card/gpt/draft/<request_id>", ...) -> the request that used it first:
     # a retry of that same request is answered as the first call was, and changes nothing.
     requests: dict[str, RequestMark] = {}
+    audit_chunks: list[AuditChunk] = []  # the log's sealed entries, oldest first
 
 
 _json = msgspec.json.Encoder()
@@ -80,10 +95,11 @@ def encode_state_parts(state: BillingState, entries_per_part: int = SNAPSHOT_PAR
     for index, field in enumerate(msgspec.structs.fields(BillingState)):
         yield (b"," if index else b"") + _json.encode(field.encode_name) + b":"
         value = getattr(state, field.name)
-        if isinstance(value, dict) and len(value) > entries_per_part:
-            yield from _dict_parts(value, entries_per_part)
-        elif isinstance(value, list) and len(value) > entries_per_part:
-            yield from _list_parts(value, entries_per_part)
+        size = min(entries_per_part, SNAPSHOT_PART_AUDIT_CHUNKS) if field.name == "audit_chunks" else entries_per_part
+        if isinstance(value, dict) and len(value) > size:
+            yield from _dict_parts(value, size)
+        elif isinstance(value, list) and len(value) > size:
+            yield from _list_parts(value, size)
         else:
             yield _json.encode(value)
     yield b"}"

@@ -53,6 +53,7 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
         return cls(msgspec.json.decode(blob, type=BillingState))
 
     def _reindex(self) -> None:
+        self._seal_audit()  # a snapshot from before audit chunks holds its whole log as entries
         self._contracts_by_customer.clear()
         for contract in self.state.contracts.values():
             held = self._contracts_by_customer.get(contract.customer_id, ())

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import mmap
@@ -540,7 +541,8 @@ class Sequencer:
         finally:
             kernel_parts = await kernel_half
         parts = snapshot_parts(control_parts, kernel_parts)
-        del control_parts, kernel_parts
+        # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
+        del control_parts, kernel_parts, kernel_half
         # A map, not bytes: freeing tens of MB of touched memory takes milliseconds, and a map's close() (on the
         # journal's thread once stored) does it with the GIL released.
         blob = await self._writer_thread.run(_faulted_map, sum(len(part) for part in parts))
@@ -560,11 +562,36 @@ class Sequencer:
         self._events_since_snapshot = 0
 
     def _save_snapshot(self, seq: int, blob: mmap.mmap) -> None:
-        """On the journal's thread: stores the snapshot, then unmaps its buffer (with the GIL released)."""
+        """On the journal's thread: stores the snapshot, then unmaps its buffer (with the GIL released) and
+        hands the heap the snapshot's parts freed back to the system."""
         try:
             self.journal.save_snapshot(seq, blob)
         finally:
             blob.close()
+            _trim_heap()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc's; other C libraries have none
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """A snapshot's parts (tens of MB of bytes at a million customers, in pieces glibc serves from its arenas,
+    not from maps of their own) are freed by now, but glibc keeps freed pages, scattered between live objects,
+    as the process's own. malloc_trim(0) returns every whole free page of every arena to the system
+    (MADV_DONTNEED); ctypes releases the GIL for the call. It recovers only part of the heap a server that
+    snapshots holds over one that does not (README, Memory)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 async def _paced(parts: Iterator[bytes]) -> list[bytes]:

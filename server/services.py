@@ -484,22 +484,17 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.GetAuditLogRequest, context: Context
     ) -> pricing_pb2.GetAuditLogResponse:
         page_size = min(request.page_size or 100, PAGE_SIZE_MAX)
-        entries = []
-        for entry in self.engine.state.audit:
-            if entry.seq <= request.after_seq or (request.target and not entry.target.startswith(request.target)):
-                continue
-            entries.append(
-                pricing_pb2.AuditEntry(
-                    seq=entry.seq,
-                    time=convert.timestamp(entry.at_ms),
-                    actor=entry.actor,
-                    action=entry.action,
-                    target=entry.target,
-                    diff=entry.diff,
-                )
+        entries = [
+            pricing_pb2.AuditEntry(
+                seq=entry.seq,
+                time=convert.timestamp(entry.at_ms),
+                actor=entry.actor,
+                action=entry.action,
+                target=entry.target,
+                diff=entry.diff,
             )
-            if len(entries) == page_size:
-                break
+            for entry in self.engine.audit_entries(request.after_seq, request.target, page_size)
+        ]
         return pricing_pb2.GetAuditLogResponse(entries=entries)
 
     RollbackRateCard = _not_built(

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from tariff.v1 import contracts_pb2, contracts_pb2_grpc, pricing_pb2, pricing_pb2_grpc, usage_pb2
+from tariff.v1 import (
+    balance_pb2,
+    balance_pb2_grpc,
+    contracts_pb2,
+    contracts_pb2_grpc,
+    pricing_pb2,
+    pricing_pb2_grpc,
+    usage_pb2,
+)
 
 from engine import commands as cmd
 from engine.customers import default_contract_id
@@ -179,6 +187,18 @@ def seed(target: str, customers: int) -> float:
     started = time.perf_counter()
     asyncio.run(_seed(target, customers))
     return time.perf_counter() - started
+
+
+# The first read after seeding compiles the kernel's tables for every customer seeded since the last compile.
+TABLES_BUILT_TIMEOUT_S = 600.0
+
+
+def build_kernel_tables(target: str) -> None:
+    """Asks for one balance, so that the server compiles its kernel's tables (routes, grants) for every
+    customer: until its first read, usage batch or snapshot it has not, and its heap would not count them."""
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = balance_pb2_grpc.BalanceServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, unannotated
+        stub.GetBalance(balance_pb2.GetBalanceRequest(customer_id=customer_id(0)), timeout=TABLES_BUILT_TIMEOUT_S)
 
 
 def _clock_ms() -> int:

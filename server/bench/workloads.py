@@ -25,7 +25,14 @@ from server.bench import loadgen
 from server.bench.drive import Background, Driven, drive
 from server.bench.postgres import PostgresLedger
 from server.bench.report import Figure, WorkloadResult, percentile
-from server.bench.seed import PRODUCTS, RPC_SEED_CUSTOMERS_MAX, customer_id, seed, seed_journal
+from server.bench.seed import (
+    PRODUCTS,
+    RPC_SEED_CUSTOMERS_MAX,
+    build_kernel_tables,
+    customer_id,
+    seed,
+    seed_journal,
+)
 from server.bench.target import (
     ARGPARSE_USAGE_EXIT,
     CHANNEL_OPTIONS,
@@ -37,11 +44,6 @@ from server.bench.target import (
 )
 
 JOURNAL_SEED_RECOVERY_TIMEOUT_S = 3600.0
-# The seeded server snapshots by usage events only (every 1,000,000, the default) and not every 5,000 records:
-# each snapshot encodes the whole control plane, so seeding through the RPCs slowed as the state grew (and
-# left the heap fragmented by the snapshots' buffers). Ingest runs snapshot as before: batches of 1,000 events
-# reach 1,000,000 events long before 5,000 records.
-SEEDED_SERVER_ARGS = ("--snapshot-every", "100000000")
 WORKLOADS = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory", "stall")
 WARMUP_BATCHES = 5
 RECOVERY_CUSTOMERS = 100
@@ -170,12 +172,13 @@ class Bench:
         if self.main is None and self.config.customers > RPC_SEED_CUSTOMERS_MAX:
             self.main = self._journal_seeded_server(also_seed)
         if self.main is None:
-            server = self.start_tariff("tariff", SEEDED_SERVER_ARGS)
+            server = self.start_tariff("tariff")
             self.rss_empty_bytes = server.rss_bytes("RssAnon")
             targets = [server] if also_seed is None else [server, also_seed]
             progress(f"seeding {self.config.customers:,} customers on {len(targets)} server(s)")
             with ThreadPoolExecutor(len(targets)) as pool:
                 self.seed_s = max(pool.map(lambda s: seed(s.target, self.config.customers), targets))
+            build_kernel_tables(server.target)
             self.rss_seeded_bytes = server.rss_bytes("RssAnon")
             self.main = server
         return self.main
@@ -191,7 +194,7 @@ class Bench:
         progress(f"writing the journal of {customers:,} customers' seeding RPCs, then recovering it")
         directory = self.directory("tariff")
         written_s = seed_journal(directory / "data", customers)
-        server = tariff_server(directory / "data", directory / "server.log", SEEDED_SERVER_ARGS)
+        server = tariff_server(directory / "data", directory / "server.log")
         self.servers.append(server)
         recovered_s = server.start(timeout_s=JOURNAL_SEED_RECOVERY_TIMEOUT_S)
         self.seed_s = written_s + recovered_s
@@ -199,6 +202,7 @@ class Bench:
         self.seed_split_s = {"journal_written_s": written_s, "recovered_at_start_s": recovered_s}
         if also_seed is not None:
             self.seed_s = max(self.seed_s, seed(also_seed.target, customers))
+        build_kernel_tables(server.target)
         self.rss_seeded_bytes = server.rss_bytes("RssAnon")
         return server
 
