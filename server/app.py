@@ -41,7 +41,7 @@ from server.demo import demo_commands
 from server.errors import UndecodableRequests
 from server.journal import JournalFormatError, LmdbJournal
 from server.loopstall import StallSampler
-from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover
+from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover, trim_heap
 from server.services import (
     INTAKE_BYTES_MAX_DEFAULT,
     AlertService,
@@ -304,6 +304,8 @@ async def _serve_locked(
         journal.close()
         await server.stop(None)
         return 2
+    # Recovery's transient buffers (records, the snapshot, the tables' encoding) are freed by now.
+    trim_heap()
     recovery_s = time.monotonic() - started
     recovered.append(billing)
     tune_garbage_collector()

@@ -150,6 +150,9 @@ def recover(
                 f"record {seq}: a format-1 usage record in a format-2 journal"
             )
             billing.apply(record.command, seq)
+    # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
+    # customer's tables (seconds at a million customers).
+    billing.refresh_tables()
     return billing
 
 
@@ -568,7 +571,7 @@ class Sequencer:
             self.journal.save_snapshot(seq, blob)
         finally:
             blob.close()
-            _trim_heap()
+            trim_heap()
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -584,9 +587,9 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 _malloc_trim = _load_malloc_trim()
 
 
-def _trim_heap() -> None:
-    """A snapshot's parts (tens of MB of bytes at a million customers, in pieces glibc serves from its arenas,
-    not from maps of their own) are freed by now, but glibc keeps freed pages, scattered between live objects,
+def trim_heap() -> None:
+    """After a snapshot or a recovery. Their buffers (tens of MB of bytes at a million customers, in pieces glibc
+    serves from its arenas, not from maps of their own) are freed by then, but glibc keeps freed pages, scattered between live objects,
     as the process's own. malloc_trim(0) returns every whole free page of every arena to the system
     (MADV_DONTNEED); ctypes releases the GIL for the call. It recovers only part of the heap a server that
     snapshots holds over one that does not (README, Memory)."""
