@@ -7,7 +7,7 @@ PREPAID grant far larger than any bench run can burn, so no event ever falls int
 
 Up to RPC_SEED_CUSTOMERS_MAX customers are seeded through the RPCs (three per customer). Beyond that (the memory
 bench's million) `seed_journal` writes, into a fresh data directory, the journal those RPCs would leave (the same
-requests, turned into commands as server/services.py turns them), and the server recovers it at start: the same
+requests, turned into commands as server/services/ turns them), and the server recovers it at start: the same
 commands applied in the same order, so the same state, in minutes instead of the hour the RPCs take.
 tests/test_bench_seed.py checks that both paths give the same state.
 """

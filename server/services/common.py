@@ -1,0 +1,109 @@
+"""Shared by the servicers: the base holding the engine and sequencer, limits, paging, and the answer of an RPC
+whose behaviour is not built yet (UNIMPLEMENTED, naming what is missing).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeAlias, TypeVar
+
+from engine import commands as cmd
+from engine.billing import Billing
+from engine.errors import InvalidArgument
+from server import auth
+from server.errors import (
+    UndecodableRequest,
+    Unimplemented,
+    check_deadline,
+    streaming,
+    unary,
+)
+from server.sequencer import Sequencer
+
+# grpc ships no type information: a servicer context is typed as Any.
+Context: TypeAlias = Any
+Result = TypeVar("Result")
+BATCH_EVENTS_MAX_DEFAULT = 10_000
+STREAM_BATCHES_IN_FLIGHT_MAX = 16
+INTAKE_BYTES_MAX_DEFAULT = 256 * 1024 * 1024
+AUTHORIZE_BATCH_REQUESTS_MAX = 10_000
+USAGE_SERVICE = "tariff.v1.UsageService"
+BALANCE_SERVICE = "tariff.v1.BalanceService"
+RESERVATIONS_NOT_BUILT = (
+    "reservations are not available yet: Authorize with reserve or reservation_id; Authorize without them answers "
+    "without holding credit"
+)
+PAGE_SIZE_MAX = 1_000
+ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def actor_of(context: Context) -> str:
+    # server/auth.py's interceptor puts the caller in a context variable: the key's name, or anonymous without keys.
+    return auth.actor()
+
+
+class _Base:
+    def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
+        self.billing = billing
+        self.engine = billing.engine  # the control plane; the same object for the server's life
+        self.sequencer = sequencer
+        self.clock_ms = clock_ms
+
+    async def _apply(self, command: cmd.AdminCommand, result_type: type[Result]) -> Result:
+        """Runs a command through the writer; returns its result once journaled and committed."""
+        deadline = check_deadline(auth.current_call.get())
+        _, result = await self.sequencer.run(command, deadline)
+        assert isinstance(result, result_type), f"{type(command).__name__} gave {type(result).__name__}"
+        return result
+
+
+def _not_built(message: str) -> Callable[..., Awaitable[Any]]:
+    """A servicer method for an RPC of the contract whose behaviour is not built yet: UNIMPLEMENTED, with a
+    message that names the missing feature in a user's words, then the RPC (and what to do instead)."""
+
+    @unary
+    async def method(self: object, request: object, context: Context) -> NoReturn:
+        raise Unimplemented(message)
+
+    return method
+
+
+def _not_built_stream(message: str) -> Callable[..., AsyncIterator[Any]]:
+    """The same for a server-streaming RPC: an async generator, which is what interceptors wrap a stream as."""
+
+    @streaming
+    async def method(self: object, request: object, context: Context) -> AsyncIterator[Any]:
+        raise Unimplemented(message)
+        yield  # unreachable: makes this an async generator
+
+    return method
+
+
+def _required(**fields: object) -> None:
+    """INVALID_ARGUMENT naming every empty one of these request fields (an id, a version number)."""
+    missing = [(name, "is required") for name, value in fields.items() if not value]
+    if missing:
+        raise InvalidArgument(missing)
+
+
+def _page(ids: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
+    """One page of sorted ids after `page_token` (the last id of the previous page), and the next token."""
+    size = min(page_size or 100, PAGE_SIZE_MAX)
+    start = bisect.bisect_right(ids, page_token) if page_token else 0
+    page = ids[start : start + size]
+    return page, (page[-1] if page and start + size < len(ids) else "")
+
+
+def _undecodable(message_type: Any, data: bytes, kernel_error: ValueError) -> UndecodableRequest:
+    """The refusal of request bytes the kernel could not decode, in protobuf's words as clients always got it."""
+    try:
+        message_type.FromString(data)
+    except Exception as exc:  # protobuf's DecodeError
+        return UndecodableRequest(str(exc))
+    return UndecodableRequest(str(kernel_error))  # protobuf takes what the kernel refuses: say the kernel's why

@@ -1,0 +1,103 @@
+"""ContractService: customers, contracts, overrides and grants."""
+
+from __future__ import annotations
+
+from tariff.v1 import (
+    contracts_pb2,
+    contracts_pb2_grpc,
+)
+
+from engine import commands as cmd
+from engine.contracts import Contract, Customer
+from engine.errors import InvalidArgument
+from engine.ledger import Grant
+from server import auth, convert
+from server.errors import (
+    unary,
+)
+from server.services.common import (
+    Context,
+    _Base,
+    _not_built,
+    _page,
+    _required,
+    actor_of,
+)
+
+
+class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
+    @unary
+    async def CreateCustomer(
+        self, request: contracts_pb2.CreateCustomerRequest, context: Context
+    ) -> contracts_pb2.Customer:
+        command = cmd.CreateCustomer(
+            self.clock_ms(), actor_of(context), request.id, request.name, dict(request.attributes)
+        )
+        customer = await self._apply(command, Customer)
+        return convert.customer_pb(customer)
+
+    @unary
+    async def GetCustomer(self, request: contracts_pb2.GetCustomerRequest, context: Context) -> contracts_pb2.Customer:
+        _required(id=request.id)
+        return convert.customer_pb(self.engine.customer(request.id))
+
+    @unary
+    async def ListCustomers(
+        self, request: contracts_pb2.ListCustomersRequest, context: Context
+    ) -> contracts_pb2.ListCustomersResponse:
+        ids = sorted(auth.visible_customers(self.engine.state.customers))  # a restricted key sees its own only
+        page, next_token = _page(ids, request.page_size, request.page_token)
+        return contracts_pb2.ListCustomersResponse(
+            customers=[convert.customer_pb(self.engine.state.customers[i]) for i in page], next_page_token=next_token
+        )
+
+    @unary
+    async def CreateContract(
+        self, request: contracts_pb2.CreateContractRequest, context: Context
+    ) -> contracts_pb2.Contract:
+        if not request.customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        if not request.rate_card_id:
+            raise InvalidArgument.field("rate_card_id", "is required")
+        command = cmd.CreateContract(
+            self.clock_ms(),
+            actor_of(context),
+            request.id,  # empty: the engine names it after the customer and the start (see the proto)
+            request.customer_id,
+            request.rate_card_id,
+            convert.optional_ms(request, "starting_at"),
+            convert.optional_ms(request, "ending_before"),
+            convert.overage_policy(request.overage_policy),
+            request.overage_price,
+            request.currency,
+        )
+        contract = await self._apply(command, Contract)
+        return self._contract_pb(contract.id)
+
+    def _contract_pb(self, contract_id: str) -> contracts_pb2.Contract:
+        contract = self.engine.contract(contract_id)
+        account = self.engine.state.accounts[contract.customer_id]
+        return convert.contract_pb(contract, [g for g in account.grants if g.contract_id in ("", contract.id)])
+
+    @unary
+    async def GetContract(self, request: contracts_pb2.GetContractRequest, context: Context) -> contracts_pb2.Contract:
+        _required(id=request.id)
+        return self._contract_pb(request.id)
+
+    @unary
+    async def AddOverride(self, request: contracts_pb2.AddOverrideRequest, context: Context) -> contracts_pb2.Contract:
+        _required(contract_id=request.contract_id)
+        at_ms = self.clock_ms()
+        override = convert.override(request.override)
+        contract = await self._apply(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override), Contract)
+        return self._contract_pb(contract.id)
+
+    @unary
+    async def GrantCredits(self, request: contracts_pb2.GrantCreditsRequest, context: Context) -> contracts_pb2.Grant:
+        command = convert.grant_credits(request, self.clock_ms(), actor_of(context))
+        grant = await self._apply(command, Grant)
+        return convert.grant_pb(grant)
+
+    SetTopUpPolicy = _not_built(
+        "automatic top-ups are not available yet: SetTopUpPolicy; grant credit with GrantCredits instead"
+    )

@@ -1,0 +1,154 @@
+"""PricingService: products, rate cards, versions and the audit log."""
+
+from __future__ import annotations
+
+from tariff.v1 import (
+    pricing_pb2,
+    pricing_pb2_grpc,
+)
+
+from engine import commands as cmd
+from engine.errors import NotFound
+from engine.products import Product
+from engine.ratecard import RateCard, Version
+from engine.versions import PublishResult
+from server import convert
+from server.errors import (
+    Unimplemented,
+    unary,
+)
+from server.services.common import (
+    PAGE_SIZE_MAX,
+    Context,
+    _Base,
+    _not_built,
+    _page,
+    _required,
+    actor_of,
+)
+
+
+class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
+    @unary
+    async def CreateProduct(self, request: pricing_pb2.CreateProductRequest, context: Context) -> pricing_pb2.Product:
+        product = await self._apply(convert.create_product(request, self.clock_ms(), actor_of(context)), Product)
+        return convert.product_pb(product)
+
+    @unary
+    async def ListProducts(
+        self, request: pricing_pb2.ListProductsRequest, context: Context
+    ) -> pricing_pb2.ListProductsResponse:
+        return pricing_pb2.ListProductsResponse(
+            products=[convert.product_pb(p) for p in self.engine.state.products.values()]
+        )
+
+    @unary
+    async def CreateRateCard(
+        self, request: pricing_pb2.CreateRateCardRequest, context: Context
+    ) -> pricing_pb2.RateCard:
+        command = cmd.CreateRateCard(self.clock_ms(), actor_of(context), request.id, request.name, request.pricing_unit)
+        card = await self._apply(command, RateCard)
+        return convert.rate_card_pb(card, self.clock_ms())
+
+    @unary
+    async def GetRateCard(self, request: pricing_pb2.GetRateCardRequest, context: Context) -> pricing_pb2.RateCard:
+        _required(id=request.id)
+        return convert.rate_card_pb(self.engine.rate_card(request.id), self.clock_ms())
+
+    @unary
+    async def ListRateCards(
+        self, request: pricing_pb2.ListRateCardsRequest, context: Context
+    ) -> pricing_pb2.ListRateCardsResponse:
+        cards = self.engine.state.rate_cards
+        page, next_token = _page(sorted(cards), request.page_size, request.page_token)
+        now_ms = self.clock_ms()
+        return pricing_pb2.ListRateCardsResponse(
+            rate_cards=[convert.rate_card_pb(cards[i], now_ms) for i in page], next_page_token=next_token
+        )
+
+    @unary
+    async def CreateDraftVersion(
+        self, request: pricing_pb2.CreateDraftVersionRequest, context: Context
+    ) -> pricing_pb2.RateCardVersion:
+        _required(rate_card_id=request.rate_card_id)
+        version = await self._apply(convert.create_draft(request, self.clock_ms(), actor_of(context)), Version)
+        return convert.version_pb(version)
+
+    @unary
+    async def ValidateVersion(
+        self, request: pricing_pb2.ValidateVersionRequest, context: Context
+    ) -> pricing_pb2.ValidationReport:
+        _required(rate_card_id=request.rate_card_id, version=request.version)
+        return convert.findings_pb(self.engine.validate_version(request.rate_card_id, request.version))
+
+    @unary
+    async def PublishVersion(
+        self, request: pricing_pb2.PublishVersionRequest, context: Context
+    ) -> pricing_pb2.PublishVersionResponse:
+        if request.HasField("cohort") and request.cohort.ByteSize():
+            raise Unimplemented(
+                "cohort rollouts are not available yet: PublishVersion with a cohort; publish to every customer"
+            )
+        _required(rate_card_id=request.rate_card_id, version=request.version)
+        command = cmd.PublishVersion(
+            self.clock_ms(),
+            actor_of(context),
+            request.rate_card_id,
+            request.version,
+            convert.optional_ms(request, "effective_from"),
+        )
+        result = await self._apply(command, PublishResult)
+        return pricing_pb2.PublishVersionResponse(
+            version=convert.version_pb(result.version),
+            events_rerated=result.events_rerated,
+            validation=convert.findings_pb(result.findings),
+        )
+
+    @unary
+    async def ListVersions(
+        self, request: pricing_pb2.ListVersionsRequest, context: Context
+    ) -> pricing_pb2.ListVersionsResponse:
+        _required(rate_card_id=request.rate_card_id)
+        card = self.engine.rate_card(request.rate_card_id)
+        return pricing_pb2.ListVersionsResponse(versions=[convert.version_pb(v) for v in card.versions])
+
+    @unary
+    async def GetVersion(self, request: pricing_pb2.GetVersionRequest, context: Context) -> pricing_pb2.RateCardVersion:
+        _required(rate_card_id=request.rate_card_id)
+        card = self.engine.rate_card(request.rate_card_id)
+        if request.WhichOneof("selector") == "at":
+            number = card.version_number_at(convert.ms_of(request.at))
+            if number is None:
+                raise NotFound(f"rate card {card.id!r} has no version in force at that time")
+        else:
+            number = request.version
+        return convert.version_pb(card.version(number))
+
+    @unary
+    async def GetAuditLog(
+        self, request: pricing_pb2.GetAuditLogRequest, context: Context
+    ) -> pricing_pb2.GetAuditLogResponse:
+        page_size = min(request.page_size or 100, PAGE_SIZE_MAX)
+        entries = [
+            pricing_pb2.AuditEntry(
+                seq=entry.seq,
+                time=convert.timestamp(entry.at_ms),
+                actor=entry.actor,
+                action=entry.action,
+                target=entry.target,
+                diff=entry.diff,
+            )
+            for entry in self.engine.audit_entries(request.after_seq, request.target, page_size)
+        ]
+        return pricing_pb2.GetAuditLogResponse(entries=entries)
+
+    RollbackRateCard = _not_built(
+        "rolling a rate card back is not available yet: RollbackRateCard; create a draft based on the earlier "
+        "version (CreateDraftVersion based_on_version) and publish it"
+    )
+    DiffVersions = _not_built(
+        "comparing two rate card versions is not available yet: DiffVersions; read both with GetVersion"
+    )
+    SimulateVersion = _not_built(
+        "simulating a rate card version on recorded usage is not available yet: SimulateVersion"
+    )

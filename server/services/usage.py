@@ -1,0 +1,151 @@
+"""UsageService: usage batches as raw bytes to the kernel and its ack back, under a process-wide intake budget."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from engine.billing import Billing, Ingested
+from server import auth, oplog
+from server.errors import (
+    DeadlineExceeded,
+    check_deadline,
+    streaming,
+    unary,
+)
+from server.sequencer import Sequencer, UsageBatch
+from server.services.common import (
+    BATCH_EVENTS_MAX_DEFAULT,
+    INTAKE_BYTES_MAX_DEFAULT,
+    STREAM_BATCHES_IN_FLIGHT_MAX,
+    USAGE_SERVICE,
+    Context,
+    _Base,
+    wall_ms,
+)
+
+
+class IntakeBudget:
+    """Bytes of usage batches read but not yet answered, across every stream and call of the process.
+
+    Each stream already stops reading past its own in-flight limit; this bounds the sum over all streams, so
+    memory stays bounded however many clients send. Past the budget, every ingest waits before reading on
+    (gRPC flow control then pushes back on the senders). A batch larger than the whole budget still passes,
+    alone.
+    """
+
+    def __init__(self, bytes_max: int) -> None:
+        assert bytes_max > 0
+        self.bytes_max = bytes_max
+        self.bytes_used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, size_bytes: int) -> int:
+        """Waits for room; returns what was taken, to hand back to release()."""
+        taken = min(size_bytes, self.bytes_max)
+        while self.bytes_used + taken > self.bytes_max:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        self.bytes_used += taken
+        return taken
+
+    def release(self, taken: int) -> None:
+        """Synchronous, so that it also runs in the cleanup of a cancelled call."""
+        self.bytes_used -= taken
+        assert self.bytes_used >= 0
+        while self._waiters:  # every waiter re-checks the room
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class UsageService(_Base):
+    """IngestUsage and IngestUsageBatch on raw bytes: a generic handler hands the servicer each UsageBatch as
+    received and sends the IngestAck bytes the kernel encoded. No protobuf object, no Python object per event."""
+
+    batch_events_max = BATCH_EVENTS_MAX_DEFAULT
+    stream_batches_in_flight_max = STREAM_BATCHES_IN_FLIGHT_MAX
+
+    def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
+        super().__init__(billing, sequencer, clock_ms)
+        self.intake = IntakeBudget(INTAKE_BYTES_MAX_DEFAULT)
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        # No (de)serializer: request and response are the bytes on the wire.
+        return grpc.method_handlers_generic_handler(
+            USAGE_SERVICE,
+            {
+                "IngestUsage": grpc.stream_stream_rpc_method_handler(self.IngestUsage),
+                "IngestUsageBatch": grpc.unary_unary_rpc_method_handler(self.IngestUsageBatch),
+            },
+        )
+
+    def _batch(self, data: bytes) -> UsageBatch:
+        """The writer's command for these bytes, with the customers the caller's key may touch."""
+        identity = auth.caller.get()
+        if identity is None or identity.customers is None:
+            return UsageBatch(data, self.batch_events_max)
+        return UsageBatch(data, self.batch_events_max, sorted(identity.customers), identity.name)
+
+    @unary
+    async def IngestUsageBatch(self, request: bytes, context: Context) -> bytes:
+        taken = await self.intake.acquire(len(request))
+        try:
+            deadline = check_deadline(context)
+            _, result = await self.sequencer.run(self._batch(request), deadline)
+        finally:
+            self.intake.release(taken)
+        assert isinstance(result, Ingested)
+        return result.ack
+
+    @streaming
+    async def IngestUsage(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        # Batches are submitted as they arrive (so concurrent streams share group commits) and acked in order.
+        # At most STREAM_BATCHES_IN_FLIGHT_MAX await their commit: past that the server stops reading the stream.
+        slots = asyncio.Semaphore(self.stream_batches_in_flight_max)
+        # Never holds more than the slots allow (plus the end marker), so putting never has to wait.
+        in_flight: asyncio.Queue[tuple[int, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
+        held_bytes = [0]  # taken from the process-wide intake budget and not yet given back
+
+        async def read() -> None:
+            try:
+                async for data in request_iterator:
+                    await slots.acquire()
+                    taken = await self.intake.acquire(len(data))
+                    held_bytes[0] += taken
+                    try:
+                        future = self.sequencer.submit(self._batch(data), check_deadline(context))
+                    except DeadlineExceeded as exc:
+                        future = asyncio.get_running_loop().create_future()
+                        future.set_exception(exc)
+                        in_flight.put_nowait((taken, future))
+                        return  # the stream ends with this error: read no further batch
+                    in_flight.put_nowait((taken, future))
+            finally:
+                in_flight.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        oplog.activity.streams_open += 1
+        try:
+            while (item := await in_flight.get()) is not None:
+                taken, future = item
+                try:
+                    _, result = await future
+                finally:
+                    held_bytes[0] -= taken
+                    self.intake.release(taken)
+                slots.release()
+                assert isinstance(result, Ingested)
+                yield result.ack
+            await reader  # a broken request stream surfaces here
+        finally:
+            oplog.activity.streams_open -= 1
+            reader.cancel()
+            if held_bytes[0]:
+                # Batches read but never answered (the stream broke): give their room back.
+                self.intake.release(held_bytes[0])
+                held_bytes[0] = 0
