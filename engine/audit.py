@@ -12,6 +12,8 @@ from __future__ import annotations
 import bisect
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -19,8 +21,15 @@ from engine import commands as cmd
 from engine.contracts import Contract
 from engine.control import AuditChunk, AuditEntry, ControlPlane
 from engine.ratecard import Version
+from engine.versions import PublishResult
 
+# An entry's diff is at most this many bytes of JSON (a bigger one is summarised, still valid JSON: capped_diff).
 AUDIT_DIFF_BYTES_MAX = 64 * 1024
+# A GetAuditLog page decompresses at most this many sealed chunks (32,768 entries), so a filtered read of a long
+# log answers in a few milliseconds and says where to go on.
+AUDIT_PAGE_CHUNKS_MAX = 64
+# How an actor reads when an API key acted for a person its x-actor header named (server/auth.py).
+ACTOR_VIA = " via "
 # 512 seeding entries seal in about a millisecond; more per chunk compresses little better, and a page read
 # decompresses a whole chunk.
 AUDIT_CHUNK_ENTRIES = 512
@@ -30,6 +39,7 @@ _TARGET_SEPARATOR = "\n"
 
 _Row = tuple[int, int, str, str, str]  # seq, at_ms, actor, action, diff
 _rows_encoder = msgspec.msgpack.Encoder()
+_json = msgspec.json.Encoder()
 _rows_decoder = msgspec.msgpack.Decoder(list[_Row])
 
 
@@ -38,7 +48,8 @@ class AuditLog(ControlPlane):
         fields = msgspec.to_builtins(command)
         fields.pop("at_ms", None)
         fields.pop("actor", None)
-        diff = msgspec.json.encode(fields).decode()[:AUDIT_DIFF_BYTES_MAX]
+        fields.update(_result_fields(command, result))
+        diff = capped_diff(fields)
         action = type(command).__name__
         target = _audit_target(command, result)
         self.state.audit.append(AuditEntry(seq, command.at_ms, command.actor, action, target, diff))
@@ -55,18 +66,40 @@ class AuditLog(ControlPlane):
             sealed += AUDIT_CHUNK_ENTRIES
         del tail[:sealed]
 
-    def audit_entries(self, after_seq: int = 0, target: str = "", limit: int | None = None) -> list[AuditEntry]:
-        """The first `limit` entries (all if None) with seq > `after_seq` whose target starts with `target`,
-        oldest first, decompressing only the chunks the page reaches."""
+    def audit_entries(
+        self, after_seq: int = 0, target: str = "", limit: int | None = None, where: AuditFilter | None = None
+    ) -> list[AuditEntry]:
+        """The first `limit` entries (all if None) with seq > `after_seq` about `target` (see `about`) that
+        `where` keeps, oldest first, decompressing only the chunks the page reaches."""
+        return self.audit_page(after_seq, target, limit, where)[0]
+
+    def audit_page(
+        self,
+        after_seq: int = 0,
+        target: str = "",
+        limit: int | None = None,
+        where: AuditFilter | None = None,
+        chunks_max: int | None = None,
+    ) -> tuple[list[AuditEntry], int]:
+        """`audit_entries`, and where the next page starts: the seq to pass as `after_seq` (0 when nothing is
+        left). At most `chunks_max` sealed chunks are decompressed (a read on the event loop stays short): a page
+        that stops there may hold fewer than `limit` entries, and the next seq says where to go on."""
         found: list[AuditEntry] = []
+        want = None if limit is None else limit + 1  # one more than the page: is there a next page?
         chunks = self.state.audit_chunks
         start = bisect.bisect_right(chunks, after_seq, key=_last_seq)
-        for index in range(start, len(chunks)):
-            if limit is not None and len(found) >= limit:
-                return found
-            _select(found, unseal_chunk(chunks[index], target), after_seq, target, limit)
-        _select(found, self.state.audit, after_seq, target, limit)
-        return found
+        for opened, index in enumerate(range(start, len(chunks))):
+            if want is not None and len(found) >= want:
+                break
+            if chunks_max is not None and opened >= chunks_max:
+                return found, chunks[index - 1].last_seq  # go on after the last chunk this page opened
+            _select(found, unseal_chunk(chunks[index], target), after_seq, target, want, where)
+        else:
+            _select(found, self.state.audit, after_seq, target, want, where)
+        if limit is not None and len(found) > limit:
+            del found[limit:]
+            return found, found[-1].seq
+        return found, 0
 
 
 def seal_chunk(entries: list[AuditEntry]) -> AuditChunk:
@@ -97,13 +130,84 @@ def _last_seq(chunk: AuditChunk) -> int:
 
 
 def _select(
-    found: list[AuditEntry], entries: Iterable[AuditEntry], after_seq: int, target: str, limit: int | None
+    found: list[AuditEntry],
+    entries: Iterable[AuditEntry],
+    after_seq: int,
+    target: str,
+    limit: int | None,
+    where: AuditFilter | None,
 ) -> None:
     for entry in entries:
         if limit is not None and len(found) >= limit:
             return
-        if entry.seq > after_seq and entry.target.startswith(target):
+        if entry.seq > after_seq and about(entry.target, target) and (where is None or where.keeps(entry)):
             found.append(entry)
+
+
+def about(entry_target: str, target: str) -> bool:
+    """Whether an entry is about `target`: its target starts with it ("customer/" holds every customer,
+    "rate_card/gpt" holds "rate_card/gpt/version/2" and "rate_card/gpt4" too); an empty `target` holds all."""
+    return entry_target.startswith(target)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """GetAuditLog's filters beyond the target; an empty or None field keeps every entry."""
+
+    actor: str = ""
+    action: str = ""
+    start_ms: int | None = None  # at or after
+    end_ms: int | None = None  # before
+
+    def keeps(self, entry: AuditEntry) -> bool:
+        if self.action and entry.action != self.action:
+            return False
+        if self.start_ms is not None and entry.at_ms < self.start_ms:
+            return False
+        if self.end_ms is not None and entry.at_ms >= self.end_ms:
+            return False
+        return not self.actor or acted_by(entry.actor, self.actor)
+
+
+def acted_by(entry_actor: str, actor: str) -> bool:
+    """An entry made by `actor`: its whole actor, or one side of "PERSON via KEY" (the person an x-actor header
+    named, or the API key that sent it)."""
+    return entry_actor == actor or entry_actor.startswith(actor + ACTOR_VIA) or entry_actor.endswith(ACTOR_VIA + actor)
+
+
+def capped_diff(fields: dict[str, Any]) -> str:
+    """The fields as JSON, whole when they fit in AUDIT_DIFF_BYTES_MAX bytes; otherwise still valid JSON of at
+    most that size: the largest field shortened (a list or map to its first entries, a text to its start) until
+    it fits, and a "truncated" entry saying how big the whole was and what each shortened field kept."""
+    whole = _json.encode(fields)
+    if len(whole) <= AUDIT_DIFF_BYTES_MAX:
+        return whole.decode()
+    kept = dict(fields)
+    notes: dict[str, dict[str, int]] = {}
+    summary: dict[str, Any] = {"bytes": len(whole), "fields": notes}
+    while len(encoded := _json.encode({**kept, "truncated": summary})) > AUDIT_DIFF_BYTES_MAX:
+        name = max(kept, key=lambda key: len(_json.encode(kept[key])))
+        value = kept[name]
+        total = notes.get(name, {}).get("of", len(value) if isinstance(value, list | tuple | dict | str) else 1)
+        if isinstance(value, list | tuple) and value:  # to_builtins keeps a command's tuples as tuples
+            kept[name] = list(value[: len(value) // 2])
+        elif isinstance(value, dict) and value:
+            kept[name] = dict(list(value.items())[: len(value) // 2])
+        elif isinstance(value, str) and value:
+            kept[name] = value[: len(value) // 2]
+        else:
+            kept[name] = None
+        size = kept[name]
+        notes[name] = {"of": total, "kept": len(size) if isinstance(size, list | tuple | dict | str) else 0}
+    return encoded.decode()
+
+
+def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
+    """What a command's own fields do not say: for a rollback, the version it made and the one it replaced."""
+    if isinstance(command, cmd.RollbackRateCard) and isinstance(result, PublishResult):
+        version = result.version
+        return {"version": version.number, "rollback_from": version.rollback_from, "rollback_to": version.rollback_to}
+    return {}
 
 
 def audit_target(command: cmd.AdminCommand, result: object) -> str:
@@ -131,4 +235,7 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
             return f"contract/{ident}"
         case cmd.GrantCredits(id=ident):
             return f"grant/{ident}"
+        case cmd.RollbackRateCard(rate_card_id=card_id):
+            assert isinstance(result, PublishResult)
+            return f"rate_card/{card_id}/version/{result.version.number}"
     return ""

@@ -147,7 +147,7 @@ class Billing:
 
     def apply(self, command: cmd.AdminCommand, seq: int) -> object:
         """Applies a control-plane command as record `seq`; raises EngineError (nothing changed) to refuse it."""
-        if isinstance(command, cmd.PublishVersion):
+        if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):  # a rollback publishes a copy
             self._note_rated_hours(command.rate_card_id)
         result = self.engine.apply(command, seq)
         customer_id = _changed_customer(command, result)

@@ -128,6 +128,16 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits"):
     rollover_fraction: str
 
 
+class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
+    """Publishes a copy of `to_version` as a new version, through PublishVersion's own path."""
+
+    at_ms: int
+    actor: str
+    rate_card_id: str
+    to_version: int
+    effective_from_ms: int | None  # None: the start of the current hour
+
+
 AdminCommand = (
     CreateCustomer
     | CreateProduct
@@ -137,5 +147,6 @@ AdminCommand = (
     | CreateContract
     | AddOverride
     | GrantCredits
+    | RollbackRateCard
 )
 Command = IngestBatch | AdminCommand

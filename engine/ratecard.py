@@ -108,6 +108,10 @@ class Version(msgspec.Struct):
     effective_from_ms: int | None = None
     published_at_ms: int | None = None
     cohort: Cohort | None = None
+    # A copy made by RollbackRateCard: the version it copies (0: not a rollback), and the version in force at its
+    # effective_from that it replaced.
+    rollback_to: int = 0
+    rollback_from: int = 0
 
 
 class RateCard(msgspec.Struct):
@@ -461,3 +465,14 @@ def check_publishable(version: Version, effective_from_ms: int) -> None:
         )
     if effective_from_ms % HOUR_MS:
         raise InvalidArgument.field("effective_from", "must be on an hour boundary (UTC)")
+
+
+def price_field_value(
+    text: str, parameters: Mapping[str, Decimal], *, default: str | None = None, positive: bool = False
+) -> tuple[Decimal | None, str]:
+    """One price field's value as validation computes it (DiffVersions shows it), or None and why it has none."""
+    findings: list[Finding] = []
+    value = _price_field(text, "", parameters, findings, default=default, positive=positive)
+    if findings:
+        return None, findings[0].message
+    return value, ""

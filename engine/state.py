@@ -20,11 +20,12 @@ from engine.contracts import Contract
 from engine.control import BillingState
 from engine.customers import CustomerCommands
 from engine.grants import GrantCommands
+from engine.rollback import RollbackCommands
 from engine.versions import VersionCommands
 
 
 @dataclass
-class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands, AuditLog):
+class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands, AuditLog, RollbackCommands):
     state: BillingState = field(default_factory=BillingState)
     # Tuples: a customer has one contract or a few, and a tuple of one is 48 bytes where a list grown by append is 88.
     _contracts_by_customer: dict[str, tuple[Contract, ...]] = field(default_factory=dict)
@@ -88,4 +89,6 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
                 return self._add_override(command)
             case cmd.GrantCredits():
                 return self._grant_credits(command)
+            case cmd.RollbackRateCard():
+                return self._rollback(command)
         raise AssertionError(f"unknown command {type(command).__name__}")

@@ -1,0 +1,103 @@
+"""RollbackRateCard: restores an earlier version's prices by publishing a copy of it as a new version.
+
+History is never rewritten: the copy is a new version (based on the one it copies, `rollback_to`, and naming the
+version it replaced, `rollback_from`, in its change note) and is published through PublishVersion's own path
+(`_publish`), so a rollback effective before already rated usage does whatever a retroactive publish does
+(today: refused, UNIMPLEMENTED). If that path refuses, the copy is withdrawn and nothing has changed.
+
+A retry is recognised from the state, with no key of its own: when the version in force at the requested hour
+is the copy that a rollback to the same version made (from that same hour, when the request names one), the
+request is answered as the first call was.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from engine import commands as cmd
+from engine.control import ControlPlane
+from engine.errors import EngineError, FailedPrecondition, InvalidArgument, Repeated
+from engine.ratecard import HOUR_MS, RateCard, Version, VersionState, validate
+from engine.versions import PublishResult
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RollbackCommands(ControlPlane):
+    if TYPE_CHECKING:
+
+        def _publish(self, c: cmd.PublishVersion) -> PublishResult: ...
+
+    def _rollback(self, c: cmd.RollbackRateCard) -> PublishResult:
+        card = self.rate_card(c.rate_card_id)
+        target = card.version(c.to_version)
+        if target.state is VersionState.DRAFT:
+            raise FailedPrecondition(
+                f"version {target.number} of rate card {card.id!r} is a draft: only a published version can be "
+                "rolled back to (publish the draft instead)"
+            )
+        effective_from_ms = c.effective_from_ms if c.effective_from_ms is not None else c.at_ms - c.at_ms % HOUR_MS
+        if effective_from_ms % HOUR_MS:
+            raise InvalidArgument.field("effective_from", "must be on an hour boundary (UTC)")
+        in_force_number = card.version_number_at(effective_from_ms)
+        if in_force_number is None:
+            raise FailedPrecondition(
+                f"rate card {card.id!r} has no version in force at {iso(effective_from_ms)}: there is nothing to roll "
+                "back from"
+            )
+        in_force = card.version(in_force_number)
+        if in_force.rollback_to == target.number and c.effective_from_ms in (None, in_force.effective_from_ms):
+            raise Repeated(PublishResult(in_force, 0, validate(in_force, self.state.products)))
+        if origin(card, in_force) == origin(card, target):
+            raise FailedPrecondition(_already_in_force(card, in_force, target, effective_from_ms))
+        copy = _copy(card, target, in_force, effective_from_ms, c)
+        card.versions.append(copy)
+        try:
+            return self._publish(cmd.PublishVersion(c.at_ms, c.actor, card.id, copy.number, effective_from_ms))
+        except EngineError:
+            card.versions.pop()  # the publish path refused: withdraw the copy, so that nothing has changed
+            raise
+
+
+def origin(card: RateCard, version: Version) -> int:
+    """The version whose prices `version` holds: itself, or what its rollback chain copies in the end."""
+    while version.rollback_to:
+        version = card.version(version.rollback_to)
+    return version.number
+
+
+def iso(ms: int) -> str:
+    """A time as the messages name it: `2026-12-01T00:00:00Z`."""
+    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _already_in_force(card: RateCard, in_force: Version, target: Version, effective_from_ms: int) -> str:
+    which = f"version {in_force.number}"
+    if in_force.number != target.number:
+        which += f" (a copy of version {origin(card, in_force)}, the prices of version {target.number})"
+    return (
+        f"rate card {card.id!r}: {which} is already in force at {iso(effective_from_ms)}; rolling back to version "
+        f"{target.number} would change nothing"
+    )
+
+
+def _copy(
+    card: RateCard, target: Version, replaced: Version, effective_from_ms: int, c: cmd.RollbackRateCard
+) -> Version:
+    return Version(
+        rate_card_id=card.id,
+        number=len(card.versions) + 1,
+        state=VersionState.DRAFT,
+        based_on=target.number,
+        parameters=dict(target.parameters),
+        rates=list(target.rates),
+        change_note=(
+            f"rollback of version {replaced.number} to version {target.number}: a copy of version {target.number}, "
+            f"effective from {iso(effective_from_ms)}"
+        ),
+        created_at_ms=c.at_ms,
+        created_by=c.actor,
+        rollback_to=target.number,
+        rollback_from=replaced.number,
+    )
