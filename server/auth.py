@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import tempfile
 import tomllib
@@ -30,7 +31,8 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from engine.errors import EngineError
+from engine.audit import ACTOR_VIA
+from engine.errors import EngineError, InvalidArgument
 from server.errors import PermissionDenied, ResourceExhausted, Unauthenticated, abort
 
 # grpc ships no type information: a servicer context and a method handler are typed as Any.
@@ -68,12 +70,43 @@ caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("tariff
 # The servicer context of the RPC being served, so that code deep in a servicer can check its deadline.
 current_call: contextvars.ContextVar[Context | None] = contextvars.ContextVar("tariff_call", default=None)
 ACTOR_ANONYMOUS = "anonymous"
+# The metadata a caller may send to name the person it acts for (see `actor`).
+ACTOR_HEADER = "x-actor"
+ACTOR_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
-def actor() -> str:
-    """The audit log's actor for the current call: the key's name, or "anonymous" without keys."""
+def actor(named: str | None = None) -> str:
+    """The audit log's actor for the current call. `named` is the call's x-actor metadata value, if any.
+
+    Without keys: `named`, or "anonymous". With keys the key always shows: its name, or "PERSON via KEY" when an
+    unrestricted key names someone else (a service acting for the person logged in to it). A key restricted to
+    some customers may not name anyone (PERMISSION_DENIED): it could otherwise pass its changes off as another's.
+    """
     identity = caller.get()
-    return identity.name if identity is not None else ACTOR_ANONYMOUS
+    if named is None:
+        return identity.name if identity is not None else ACTOR_ANONYMOUS
+    if not ACTOR_PATTERN.match(named):
+        raise InvalidArgument.field(
+            ACTOR_HEADER, f"{named[:32]!r} must be 1-128 characters of letters, digits and ._:@-"
+        )
+    if identity is None:
+        return named
+    if identity.customers is not None:
+        raise PermissionDenied(
+            f"key {identity.name!r} is restricted to some customers: it may not name an actor ({ACTOR_HEADER})"
+        )
+    return identity.name if named == identity.name else f"{named}{ACTOR_VIA}{identity.name}"
+
+
+def actor_named(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The x-actor metadata value of a call, None without one; INVALID_ARGUMENT when it is sent twice."""
+    values = [value for name, value in metadata or () if name == ACTOR_HEADER]
+    if len(values) > 1:
+        raise InvalidArgument.field(ACTOR_HEADER, "is sent more than once: send one actor")
+    if not values:
+        return None
+    value = values[0]
+    return value if isinstance(value, str) else value.decode(errors="replace")
 
 
 def visible_customers(customer_ids: Iterable[str]) -> list[str]:

@@ -11,6 +11,7 @@ from engine import commands as cmd
 from engine.billing import BalanceView, Estimate
 from engine.contracts import Contract, Customer, OveragePolicy, Override
 from engine.control import check_id
+from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
 from engine.ledger import Grant, GrantKind
 from engine.money import format_decimal, format_picos
@@ -202,6 +203,8 @@ def version_pb(v: Version) -> pricing_pb2.RateCardVersion:
     )
     set_time(message, "effective_from", v.effective_from_ms)
     set_time(message, "published_at", v.published_at_ms)
+    message.rollback_to_version = v.rollback_to
+    message.rollback_from_version = v.rollback_from
     return message
 
 
@@ -368,3 +371,51 @@ def authorize_response(request_id: str, estimate: Estimate) -> balance_pb2.Autho
         credits_available=format_picos(estimate.available),
         message=estimate.message,
     )
+
+
+# Version diffs ------------------------------------------------------------------------------------------------
+
+
+def version_diff_pb(diff: VersionDiff) -> pricing_pb2.DiffVersionsResponse:
+    return pricing_pb2.DiffVersionsResponse(
+        parameters=[
+            pricing_pb2.ParameterChange(
+                name=p.name, old_value=p.old_value or "", new_value=p.new_value or "", kind=p.kind.value
+            )
+            for p in diff.parameters
+        ],
+        rates=[_rate_change_pb(change) for change in diff.rates],
+    )
+
+
+def _rate_change_pb(change: RateChange) -> pricing_pb2.RateChange:
+    product_id, match = change.key
+    message = pricing_pb2.RateChange(
+        key=pricing_pb2.RateKey(product_id=product_id, match=dict(match)),
+        kind=change.kind.value,
+        fields=[_field_change_pb(f) for f in change.fields],
+    )
+    if change.old_rate is not None:
+        message.old_rate.CopyFrom(rate_pb(change.old_rate))
+    if change.new_rate is not None:
+        message.new_rate.CopyFrom(rate_pb(change.new_rate))
+    return message
+
+
+def _field_change_pb(change: PriceFieldChange) -> pricing_pb2.PriceFieldChange:
+    message = pricing_pb2.PriceFieldChange(
+        path=change.path, has_old=change.old is not None, has_new=change.new is not None
+    )
+    if change.old is not None:
+        message.old_formula, message.old_price, message.old_problem = (
+            change.old.formula,
+            change.old.price or "",
+            change.old.problem,
+        )
+    if change.new is not None:
+        message.new_formula, message.new_price, message.new_problem = (
+            change.new.formula,
+            change.new.price or "",
+            change.new.problem,
+        )
+    return message

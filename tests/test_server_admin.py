@@ -833,9 +833,6 @@ def test_unbuilt_features_answer_unimplemented_with_a_message(server_factory: Se
                     top_up=contracts_pb2.TopUpPolicy(threshold="1", recharge_to="10", price_per_credit="0.9"),
                 )
             ),
-            "RollbackRateCard": lambda: client.pricing.RollbackRateCard(
-                pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1)
-            ),
             "CreateAlert": lambda: client.alerts.CreateAlert(
                 alerts_pb2.CreateAlertRequest(customer_id=CUSTOMER, type=alerts_pb2.LOW_BALANCE, threshold="1")
             ),
@@ -848,9 +845,6 @@ def test_unbuilt_features_answer_unimplemented_with_a_message(server_factory: Se
                     reserve=True,
                     reservation_ttl=duration_pb2.Duration(seconds=30),
                 )
-            ),
-            "DiffVersions": lambda: client.pricing.DiffVersions(
-                pricing_pb2.DiffVersionsRequest(rate_card_id=CARD, from_version=1, to_version=1)
             ),
             "ReleaseReservation": lambda: client.balance.ReleaseReservation(
                 balance_pb2.ReleaseReservationRequest(customer_id=CUSTOMER, reservation_id="r-1")

@@ -8,7 +8,9 @@ from tariff.v1 import (
 )
 
 from engine import commands as cmd
-from engine.errors import NotFound
+from engine.audit import AUDIT_PAGE_CHUNKS_MAX, AuditFilter
+from engine.diff import diff_versions
+from engine.errors import InvalidArgument, NotFound
 from engine.products import Product
 from engine.ratecard import RateCard, Version
 from engine.versions import PublishResult
@@ -129,6 +131,13 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.GetAuditLogRequest, context: Context
     ) -> pricing_pb2.GetAuditLogResponse:
         page_size = min(request.page_size or 100, PAGE_SIZE_MAX)
+        start_ms, end_ms = convert.optional_ms(request, "start_time"), convert.optional_ms(request, "end_time")
+        if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+            raise InvalidArgument.field("end_time", "must be after start_time")
+        where = AuditFilter(request.actor, request.action, start_ms, end_ms)
+        found, next_after_seq = self.engine.audit_page(
+            request.after_seq, request.target, page_size, where, AUDIT_PAGE_CHUNKS_MAX
+        )
         entries = [
             pricing_pb2.AuditEntry(
                 seq=entry.seq,
@@ -138,17 +147,38 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
                 target=entry.target,
                 diff=entry.diff,
             )
-            for entry in self.engine.audit_entries(request.after_seq, request.target, page_size)
+            for entry in found
         ]
-        return pricing_pb2.GetAuditLogResponse(entries=entries)
+        return pricing_pb2.GetAuditLogResponse(entries=entries, next_after_seq=next_after_seq)
 
-    RollbackRateCard = _not_built(
-        "rolling a rate card back is not available yet: RollbackRateCard; create a draft based on the earlier "
-        "version (CreateDraftVersion based_on_version) and publish it"
-    )
-    DiffVersions = _not_built(
-        "comparing two rate card versions is not available yet: DiffVersions; read both with GetVersion"
-    )
+    @unary
+    async def RollbackRateCard(
+        self, request: pricing_pb2.RollbackRateCardRequest, context: Context
+    ) -> pricing_pb2.PublishVersionResponse:
+        _required(rate_card_id=request.rate_card_id, to_version=request.to_version)
+        command = cmd.RollbackRateCard(
+            self.clock_ms(),
+            actor_of(context),
+            request.rate_card_id,
+            request.to_version,
+            convert.optional_ms(request, "effective_from"),
+        )
+        result = await self._apply(command, PublishResult)
+        return pricing_pb2.PublishVersionResponse(
+            version=convert.version_pb(result.version),
+            events_rerated=result.events_rerated,
+            validation=convert.findings_pb(result.findings),
+        )
+
+    @unary
+    async def DiffVersions(
+        self, request: pricing_pb2.DiffVersionsRequest, context: Context
+    ) -> pricing_pb2.DiffVersionsResponse:
+        _required(rate_card_id=request.rate_card_id, from_version=request.from_version, to_version=request.to_version)
+        card = self.engine.rate_card(request.rate_card_id)
+        old, new = card.version(request.from_version), card.version(request.to_version)
+        return convert.version_diff_pb(diff_versions(old, new))
+
     SimulateVersion = _not_built(
         "simulating a rate card version on recorded usage is not available yet: SimulateVersion"
     )

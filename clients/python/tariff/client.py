@@ -466,8 +466,9 @@ def _channel_options(overrides: Sequence[tuple[str, Any]]) -> list[tuple[str, An
     return list(options.items())
 
 
-def _auth_metadata(api_key: str | None) -> Metadata:
-    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+def _auth_metadata(api_key: str | None, actor: str | None = None) -> Metadata:
+    auth: Metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    return auth + ((("x-actor", actor),) if actor else ())
 
 
 def _tls_credentials(
@@ -542,7 +543,8 @@ class AsyncTariffClient(_Stubs):
     Use as ``async with AsyncTariffClient("127.0.0.1:50051") as client: ...`` or call ``close()``.
     ``default_timeout_s`` is the deadline of every unary call that does not set its own, through
     the convenience methods and the raw stubs alike; streams have none. ``api_key`` is sent as
-    ``authorization: Bearer KEY`` on every call, streams included. TLS: ``tls=True`` (system roots),
+    ``authorization: Bearer KEY`` on every call, streams included; ``actor`` as ``x-actor`` (the person the
+    audit log records for the changes this client makes; with an API key, as "PERSON via KEY"). TLS: ``tls=True`` (system roots),
     ``root_certificates`` (PEM of the CA to trust), plus ``client_certificate_chain`` and
     ``client_private_key`` for mutual TLS; or ready-made ``credentials``. ``channel_options``
     override ``DEFAULT_CHANNEL_OPTIONS``.
@@ -560,10 +562,11 @@ class AsyncTariffClient(_Stubs):
         root_certificates: bytes | None = None,
         client_certificate_chain: bytes | None = None,
         client_private_key: bytes | None = None,
+        actor: str | None = None,
     ) -> None:
         self.target = target
         self.default_timeout_s = default_timeout_s
-        self.metadata: Metadata = _auth_metadata(api_key)
+        self.metadata: Metadata = _auth_metadata(api_key, actor)
         options = _channel_options(channel_options)
         credentials = credentials or _tls_credentials(
             tls, root_certificates, client_certificate_chain, client_private_key
@@ -1422,10 +1425,11 @@ class TariffClient(_Stubs):
         root_certificates: bytes | None = None,
         client_certificate_chain: bytes | None = None,
         client_private_key: bytes | None = None,
+        actor: str | None = None,
     ) -> None:
         self.target = target
         self.default_timeout_s = default_timeout_s
-        self.metadata: Metadata = _auth_metadata(api_key)
+        self.metadata: Metadata = _auth_metadata(api_key, actor)
         options = _channel_options(channel_options)
         credentials = credentials or _tls_credentials(
             tls, root_certificates, client_certificate_chain, client_private_key

@@ -36,6 +36,14 @@ class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEVERITY_UNSPECIFIED: _ClassVar[Severity]
     ERROR: _ClassVar[Severity]
     WARNING: _ClassVar[Severity]
+
+class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
+    ADDED: _ClassVar[ChangeKind]
+    REMOVED: _ClassVar[ChangeKind]
+    CHANGED: _ClassVar[ChangeKind]
+    REPRICED: _ClassVar[ChangeKind]
 AGGREGATION_UNSPECIFIED: Aggregation
 SUM: Aggregation
 COUNT: Aggregation
@@ -51,6 +59,11 @@ PUBLISHED: VersionState
 SEVERITY_UNSPECIFIED: Severity
 ERROR: Severity
 WARNING: Severity
+CHANGE_KIND_UNSPECIFIED: ChangeKind
+ADDED: ChangeKind
+REMOVED: ChangeKind
+CHANGED: ChangeKind
+REPRICED: ChangeKind
 
 class Product(_message.Message):
     __slots__ = ("id", "name", "event_type", "aggregation", "value_key", "filters", "pricing_dimensions", "unit")
@@ -193,7 +206,7 @@ class Cohort(_message.Message):
     def __init__(self, customer_ids: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., customers_created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RateCardVersion(_message.Message):
-    __slots__ = ("rate_card_id", "version", "state", "based_on_version", "parameters", "rates", "change_note", "created_at", "effective_from", "published_at", "cohort", "created_by")
+    __slots__ = ("rate_card_id", "version", "state", "based_on_version", "parameters", "rates", "change_note", "created_at", "effective_from", "published_at", "cohort", "created_by", "rollback_to_version", "rollback_from_version")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +226,8 @@ class RateCardVersion(_message.Message):
     PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
     COHORT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
     rate_card_id: str
     version: int
     state: VersionState
@@ -225,7 +240,9 @@ class RateCardVersion(_message.Message):
     published_at: _timestamp_pb2.Timestamp
     cohort: Cohort
     created_by: str
-    def __init__(self, rate_card_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., based_on_version: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., rates: _Optional[_Iterable[_Union[Rate, _Mapping]]] = ..., change_note: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., effective_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cohort: _Optional[_Union[Cohort, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
+    rollback_to_version: int
+    rollback_from_version: int
+    def __init__(self, rate_card_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., based_on_version: _Optional[int] = ..., parameters: _Optional[_Mapping[str, str]] = ..., rates: _Optional[_Iterable[_Union[Rate, _Mapping]]] = ..., change_note: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., effective_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cohort: _Optional[_Union[Cohort, _Mapping]] = ..., created_by: _Optional[str] = ..., rollback_to_version: _Optional[int] = ..., rollback_from_version: _Optional[int] = ...) -> None: ...
 
 class RateCard(_message.Message):
     __slots__ = ("id", "name", "pricing_unit", "created_at", "latest_version", "current_version")
@@ -393,24 +410,52 @@ class DiffVersionsRequest(_message.Message):
     def __init__(self, rate_card_id: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ...) -> None: ...
 
 class ParameterChange(_message.Message):
-    __slots__ = ("name", "old_value", "new_value")
+    __slots__ = ("name", "old_value", "new_value", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OLD_VALUE_FIELD_NUMBER: _ClassVar[int]
     NEW_VALUE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     old_value: str
     new_value: str
-    def __init__(self, name: _Optional[str] = ..., old_value: _Optional[str] = ..., new_value: _Optional[str] = ...) -> None: ...
+    kind: ChangeKind
+    def __init__(self, name: _Optional[str] = ..., old_value: _Optional[str] = ..., new_value: _Optional[str] = ..., kind: _Optional[_Union[ChangeKind, str]] = ...) -> None: ...
+
+class PriceFieldChange(_message.Message):
+    __slots__ = ("path", "old_formula", "new_formula", "old_price", "new_price", "old_problem", "new_problem", "has_old", "has_new")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OLD_FORMULA_FIELD_NUMBER: _ClassVar[int]
+    NEW_FORMULA_FIELD_NUMBER: _ClassVar[int]
+    OLD_PRICE_FIELD_NUMBER: _ClassVar[int]
+    NEW_PRICE_FIELD_NUMBER: _ClassVar[int]
+    OLD_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    NEW_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    HAS_OLD_FIELD_NUMBER: _ClassVar[int]
+    HAS_NEW_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    old_formula: str
+    new_formula: str
+    old_price: str
+    new_price: str
+    old_problem: str
+    new_problem: str
+    has_old: bool
+    has_new: bool
+    def __init__(self, path: _Optional[str] = ..., old_formula: _Optional[str] = ..., new_formula: _Optional[str] = ..., old_price: _Optional[str] = ..., new_price: _Optional[str] = ..., old_problem: _Optional[str] = ..., new_problem: _Optional[str] = ..., has_old: _Optional[bool] = ..., has_new: _Optional[bool] = ...) -> None: ...
 
 class RateChange(_message.Message):
-    __slots__ = ("key", "old_rate", "new_rate")
+    __slots__ = ("key", "old_rate", "new_rate", "kind", "fields")
     KEY_FIELD_NUMBER: _ClassVar[int]
     OLD_RATE_FIELD_NUMBER: _ClassVar[int]
     NEW_RATE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     key: RateKey
     old_rate: Rate
     new_rate: Rate
-    def __init__(self, key: _Optional[_Union[RateKey, _Mapping]] = ..., old_rate: _Optional[_Union[Rate, _Mapping]] = ..., new_rate: _Optional[_Union[Rate, _Mapping]] = ...) -> None: ...
+    kind: ChangeKind
+    fields: _containers.RepeatedCompositeFieldContainer[PriceFieldChange]
+    def __init__(self, key: _Optional[_Union[RateKey, _Mapping]] = ..., old_rate: _Optional[_Union[Rate, _Mapping]] = ..., new_rate: _Optional[_Union[Rate, _Mapping]] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., fields: _Optional[_Iterable[_Union[PriceFieldChange, _Mapping]]] = ...) -> None: ...
 
 class DiffVersionsResponse(_message.Message):
     __slots__ = ("parameters", "rates")
@@ -455,14 +500,22 @@ class SimulateVersionResponse(_message.Message):
     def __init__(self, amounts: _Optional[_Iterable[_Union[SimulatedAmount, _Mapping]]] = ...) -> None: ...
 
 class GetAuditLogRequest(_message.Message):
-    __slots__ = ("after_seq", "page_size", "target")
+    __slots__ = ("after_seq", "page_size", "target", "actor", "action", "start_time", "end_time")
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
     after_seq: int
     page_size: int
     target: str
-    def __init__(self, after_seq: _Optional[int] = ..., page_size: _Optional[int] = ..., target: _Optional[str] = ...) -> None: ...
+    actor: str
+    action: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, after_seq: _Optional[int] = ..., page_size: _Optional[int] = ..., target: _Optional[str] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
     __slots__ = ("seq", "time", "actor", "action", "target", "diff")
@@ -481,7 +534,9 @@ class AuditEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., diff: _Optional[str] = ...) -> None: ...
 
 class GetAuditLogResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "next_after_seq")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+    next_after_seq: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_after_seq: _Optional[int] = ...) -> None: ...

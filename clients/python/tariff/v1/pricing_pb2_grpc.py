@@ -166,7 +166,14 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RollbackRateCard(self, request, context):
-        """Publishes a copy of an earlier version as a new version.
+        """Publishes a copy of an earlier published version as a new version, through
+        PublishVersion's own path (see RollbackRateCardRequest). Key: what the
+        request names: when the version in force at the requested hour is the
+        copy a rollback to the same to_version made (from that same hour, when
+        effective_from is given), the call is answered as the first one was and
+        changes nothing. So a retry never makes a second copy, also after a
+        restart; a rollback to that same version later, once another version has
+        taken over, is a new rollback.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,7 +192,10 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DiffVersions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """What changed from from_version to to_version (drafts included):
+        parameters and rates added, removed and changed, with each differing
+        price field's formula and evaluated price on both sides. Changes nothing.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -198,7 +208,8 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAuditLog(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every admin change, oldest first, filtered and a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

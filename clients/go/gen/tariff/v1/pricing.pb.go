@@ -241,6 +241,68 @@ func (Severity) EnumDescriptor() ([]byte, []int) {
 	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{3}
 }
 
+// What kind of difference a ParameterChange or RateChange is.
+type ChangeKind int32
+
+const (
+	ChangeKind_CHANGE_KIND_UNSPECIFIED ChangeKind = 0
+	// Only in to_version.
+	ChangeKind_ADDED ChangeKind = 1
+	// Only in from_version.
+	ChangeKind_REMOVED ChangeKind = 2
+	// In both, written differently: a parameter's value text, or anything of a
+	// rate's price (its model, tier mode, tiers, any price field's text).
+	ChangeKind_CHANGED ChangeKind = 3
+	// A rate written the same in both versions whose evaluated price differs,
+	// because a parameter its formulas use changed.
+	ChangeKind_REPRICED ChangeKind = 4
+)
+
+// Enum value maps for ChangeKind.
+var (
+	ChangeKind_name = map[int32]string{
+		0: "CHANGE_KIND_UNSPECIFIED",
+		1: "ADDED",
+		2: "REMOVED",
+		3: "CHANGED",
+		4: "REPRICED",
+	}
+	ChangeKind_value = map[string]int32{
+		"CHANGE_KIND_UNSPECIFIED": 0,
+		"ADDED":                   1,
+		"REMOVED":                 2,
+		"CHANGED":                 3,
+		"REPRICED":                4,
+	}
+)
+
+func (x ChangeKind) Enum() *ChangeKind {
+	p := new(ChangeKind)
+	*p = x
+	return p
+}
+
+func (x ChangeKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ChangeKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_tariff_v1_pricing_proto_enumTypes[4].Descriptor()
+}
+
+func (ChangeKind) Type() protoreflect.EnumType {
+	return &file_tariff_v1_pricing_proto_enumTypes[4]
+}
+
+func (x ChangeKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ChangeKind.Descriptor instead.
+func (ChangeKind) EnumDescriptor() ([]byte, []int) {
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{4}
+}
+
 type Product struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1012,8 +1074,14 @@ type RateCardVersion struct {
 	PublishedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=published_at,json=publishedAt,proto3" json:"published_at,omitempty"`
 	Cohort        *Cohort                `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
 	CreatedBy     string                 `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Set on a version RollbackRateCard made: the version it is a copy of (also
+	// its based_on_version); 0 on any other version.
+	RollbackToVersion uint32 `protobuf:"varint,13,opt,name=rollback_to_version,json=rollbackToVersion,proto3" json:"rollback_to_version,omitempty"`
+	// Set on a version RollbackRateCard made: the version that was in force
+	// (outside cohorts) at its effective_from, which it replaced; 0 otherwise.
+	RollbackFromVersion uint32 `protobuf:"varint,14,opt,name=rollback_from_version,json=rollbackFromVersion,proto3" json:"rollback_from_version,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *RateCardVersion) Reset() {
@@ -1128,6 +1196,20 @@ func (x *RateCardVersion) GetCreatedBy() string {
 		return x.CreatedBy
 	}
 	return ""
+}
+
+func (x *RateCardVersion) GetRollbackToVersion() uint32 {
+	if x != nil {
+		return x.RollbackToVersion
+	}
+	return 0
+}
+
+func (x *RateCardVersion) GetRollbackFromVersion() uint32 {
+	if x != nil {
+		return x.RollbackFromVersion
+	}
+	return 0
 }
 
 type RateCard struct {
@@ -1833,10 +1915,34 @@ func (x *PublishVersionResponse) GetValidation() *ValidationReport {
 	return nil
 }
 
+// Restores the prices of to_version by publishing a copy of it as a new
+// version: history is never rewritten. The copy is version latest+1, state
+// PUBLISHED, based_on_version = rollback_to_version = to_version,
+// rollback_from_version = the version it replaced, with the parameters and
+// rates of to_version, no cohort (it prices every customer outside cohorts),
+// and the change note "rollback of version F to version T: a copy of version
+// T, effective from <time>". It goes through PublishVersion's path: the same
+// validation and the same handling of usage already rated after
+// effective_from (today refused with UNIMPLEMENTED, naming the first such
+// hour, as PublishVersion is). The audit log records one entry, action
+// "RollbackRateCard", target "rate_card/<id>/version/<copy>", whose diff
+// holds the request's fields and "version" (the copy), "rollback_from" and
+// "rollback_to".
+//
+// Refused, changing nothing: rate_card_id or to_version missing
+// (INVALID_ARGUMENT); an unknown rate card or version (NOT_FOUND, naming it);
+// to_version a draft (FAILED_PRECONDITION); effective_from not on an hour
+// (INVALID_ARGUMENT); no version in force at effective_from
+// (FAILED_PRECONDITION); to_version's prices already in force at
+// effective_from, that is the version in force is to_version or a copy of
+// the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
+// force).
 type RollbackRateCardRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RateCardId    string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
-	ToVersion     uint32                 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	ToVersion  uint32                 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	// UTC, on an hour boundary; past, now or future. Now (rounded down to the
+	// hour) when unset.
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2072,11 +2178,17 @@ func (*GetVersionRequest_Version) isGetVersionRequest_Selector() {}
 
 func (*GetVersionRequest_At) isGetVersionRequest_Selector() {}
 
+// Both versions are required (INVALID_ARGUMENT when 0); an unknown rate card
+// or version is NOT_FOUND, naming it. Any two versions of the card, drafts
+// included, in either order; a version diffed with itself gives an empty
+// answer.
 type DiffVersionsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RateCardId    string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
-	FromVersion   uint32                 `protobuf:"varint,2,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
-	ToVersion     uint32                 `protobuf:"varint,3,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	// The older side ("old_*" fields of the answer).
+	FromVersion uint32 `protobuf:"varint,2,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	// The newer side ("new_*" fields of the answer).
+	ToVersion     uint32 `protobuf:"varint,3,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2133,10 +2245,13 @@ func (x *DiffVersionsRequest) GetToVersion() uint32 {
 }
 
 type ParameterChange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	OldValue      string                 `protobuf:"bytes,2,opt,name=old_value,json=oldValue,proto3" json:"old_value,omitempty"`
-	NewValue      string                 `protobuf:"bytes,3,opt,name=new_value,json=newValue,proto3" json:"new_value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The value in from_version, as written; empty when ADDED.
+	OldValue string `protobuf:"bytes,2,opt,name=old_value,json=oldValue,proto3" json:"old_value,omitempty"`
+	// The value in to_version, as written; empty when REMOVED.
+	NewValue      string     `protobuf:"bytes,3,opt,name=new_value,json=newValue,proto3" json:"new_value,omitempty"`
+	Kind          ChangeKind `protobuf:"varint,4,opt,name=kind,proto3,enum=tariff.v1.ChangeKind" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2192,18 +2307,165 @@ func (x *ParameterChange) GetNewValue() string {
 	return ""
 }
 
+func (x *ParameterChange) GetKind() ChangeKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ChangeKind_CHANGE_KIND_UNSPECIFIED
+}
+
+// One price field of a rate that differs between the two versions, in its
+// text or in its evaluated price.
+type PriceFieldChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where in the rate: "unit.price", "unit.per_units",
+	// "tiered.tiers[N].up_to", "tiered.tiers[N].unit_price",
+	// "tiered.tiers[N].flat_price", "tiered.per_units", "package.package_size",
+	// "package.package_price" or "flat.price".
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// The field as written in from_version's rate: a decimal or a formula;
+	// empty when that rate has no such field (has_old is false) or left it
+	// empty.
+	OldFormula string `protobuf:"bytes,2,opt,name=old_formula,json=oldFormula,proto3" json:"old_formula,omitempty"`
+	// The same in to_version's rate.
+	NewFormula string `protobuf:"bytes,3,opt,name=new_formula,json=newFormula,proto3" json:"new_formula,omitempty"`
+	// The field's price as validation evaluates it with from_version's
+	// parameters: a canonical decimal string (no exponent, no trailing zeros),
+	// rounded half-even to 18 decimal places once; the default when the field
+	// is left empty ("1" for per_units, "0" for a tier's prices). Empty when
+	// the field is absent, unbounded (the last tier's up_to), or cannot be
+	// evaluated (old_problem says why).
+	OldPrice string `protobuf:"bytes,4,opt,name=old_price,json=oldPrice,proto3" json:"old_price,omitempty"`
+	// The same with to_version's parameters.
+	NewPrice string `protobuf:"bytes,5,opt,name=new_price,json=newPrice,proto3" json:"new_price,omitempty"`
+	// Why old_formula has no price in from_version (an unknown parameter, a
+	// division by zero, out of range, negative); empty otherwise.
+	OldProblem string `protobuf:"bytes,6,opt,name=old_problem,json=oldProblem,proto3" json:"old_problem,omitempty"`
+	// The same for new_formula in to_version.
+	NewProblem string `protobuf:"bytes,7,opt,name=new_problem,json=newProblem,proto3" json:"new_problem,omitempty"`
+	// Whether from_version's rate has this field (false when the rate is
+	// ADDED, or has another price model or fewer tiers).
+	HasOld bool `protobuf:"varint,8,opt,name=has_old,json=hasOld,proto3" json:"has_old,omitempty"`
+	// Whether to_version's rate has this field.
+	HasNew        bool `protobuf:"varint,9,opt,name=has_new,json=hasNew,proto3" json:"has_new,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PriceFieldChange) Reset() {
+	*x = PriceFieldChange{}
+	mi := &file_tariff_v1_pricing_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PriceFieldChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PriceFieldChange) ProtoMessage() {}
+
+func (x *PriceFieldChange) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_pricing_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PriceFieldChange.ProtoReflect.Descriptor instead.
+func (*PriceFieldChange) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *PriceFieldChange) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PriceFieldChange) GetOldFormula() string {
+	if x != nil {
+		return x.OldFormula
+	}
+	return ""
+}
+
+func (x *PriceFieldChange) GetNewFormula() string {
+	if x != nil {
+		return x.NewFormula
+	}
+	return ""
+}
+
+func (x *PriceFieldChange) GetOldPrice() string {
+	if x != nil {
+		return x.OldPrice
+	}
+	return ""
+}
+
+func (x *PriceFieldChange) GetNewPrice() string {
+	if x != nil {
+		return x.NewPrice
+	}
+	return ""
+}
+
+func (x *PriceFieldChange) GetOldProblem() string {
+	if x != nil {
+		return x.OldProblem
+	}
+	return ""
+}
+
+func (x *PriceFieldChange) GetNewProblem() string {
+	if x != nil {
+		return x.NewProblem
+	}
+	return ""
+}
+
+func (x *PriceFieldChange) GetHasOld() bool {
+	if x != nil {
+		return x.HasOld
+	}
+	return false
+}
+
+func (x *PriceFieldChange) GetHasNew() bool {
+	if x != nil {
+		return x.HasNew
+	}
+	return false
+}
+
 type RateChange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           *RateKey               `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	OldRate       *Rate                  `protobuf:"bytes,2,opt,name=old_rate,json=oldRate,proto3" json:"old_rate,omitempty"`
-	NewRate       *Rate                  `protobuf:"bytes,3,opt,name=new_rate,json=newRate,proto3" json:"new_rate,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rate's product and match ("*" entries left out).
+	Key *RateKey `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The rate in from_version; unset when ADDED.
+	OldRate *Rate `protobuf:"bytes,2,opt,name=old_rate,json=oldRate,proto3" json:"old_rate,omitempty"`
+	// The rate in to_version; unset when REMOVED.
+	NewRate *Rate      `protobuf:"bytes,3,opt,name=new_rate,json=newRate,proto3" json:"new_rate,omitempty"`
+	Kind    ChangeKind `protobuf:"varint,4,opt,name=kind,proto3,enum=tariff.v1.ChangeKind" json:"kind,omitempty"`
+	// The price fields whose text or evaluated price differ, in the rate's own
+	// order (to_version's, then fields only from_version has): every field of
+	// an ADDED or REMOVED rate. A CHANGED rate whose only difference is its
+	// tier mode has none.
+	Fields        []*PriceFieldChange `protobuf:"bytes,5,rep,name=fields,proto3" json:"fields,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RateChange) Reset() {
 	*x = RateChange{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[30]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2477,7 @@ func (x *RateChange) String() string {
 func (*RateChange) ProtoMessage() {}
 
 func (x *RateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[30]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2490,7 @@ func (x *RateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateChange.ProtoReflect.Descriptor instead.
 func (*RateChange) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{30}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RateChange) GetKey() *RateKey {
@@ -2252,17 +2514,36 @@ func (x *RateChange) GetNewRate() *Rate {
 	return nil
 }
 
+func (x *RateChange) GetKind() ChangeKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ChangeKind_CHANGE_KIND_UNSPECIFIED
+}
+
+func (x *RateChange) GetFields() []*PriceFieldChange {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
 type DiffVersionsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Parameters    []*ParameterChange     `protobuf:"bytes,1,rep,name=parameters,proto3" json:"parameters,omitempty"`
-	Rates         []*RateChange          `protobuf:"bytes,2,rep,name=rates,proto3" json:"rates,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By name. Only parameters that differ.
+	Parameters []*ParameterChange `protobuf:"bytes,1,rep,name=parameters,proto3" json:"parameters,omitempty"`
+	// By product_id, then by match: its (dimension, value) pairs sorted by
+	// dimension and compared pair by pair, a match that begins another coming
+	// first (so the catch-all rate of a product comes first). Only rates that
+	// differ: a rate written the same whose prices are the same is left out.
+	Rates         []*RateChange `protobuf:"bytes,2,rep,name=rates,proto3" json:"rates,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DiffVersionsResponse) Reset() {
 	*x = DiffVersionsResponse{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[31]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2274,7 +2555,7 @@ func (x *DiffVersionsResponse) String() string {
 func (*DiffVersionsResponse) ProtoMessage() {}
 
 func (x *DiffVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[31]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2287,7 +2568,7 @@ func (x *DiffVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffVersionsResponse.ProtoReflect.Descriptor instead.
 func (*DiffVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{31}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DiffVersionsResponse) GetParameters() []*ParameterChange {
@@ -2318,7 +2599,7 @@ type SimulateVersionRequest struct {
 
 func (x *SimulateVersionRequest) Reset() {
 	*x = SimulateVersionRequest{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[32]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2611,7 @@ func (x *SimulateVersionRequest) String() string {
 func (*SimulateVersionRequest) ProtoMessage() {}
 
 func (x *SimulateVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[32]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2624,7 @@ func (x *SimulateVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimulateVersionRequest.ProtoReflect.Descriptor instead.
 func (*SimulateVersionRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{32}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SimulateVersionRequest) GetRateCardId() string {
@@ -2394,7 +2675,7 @@ type SimulatedAmount struct {
 
 func (x *SimulatedAmount) Reset() {
 	*x = SimulatedAmount{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[33]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2687,7 @@ func (x *SimulatedAmount) String() string {
 func (*SimulatedAmount) ProtoMessage() {}
 
 func (x *SimulatedAmount) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[33]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2700,7 @@ func (x *SimulatedAmount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimulatedAmount.ProtoReflect.Descriptor instead.
 func (*SimulatedAmount) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{33}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SimulatedAmount) GetCustomerId() string {
@@ -2466,7 +2747,7 @@ type SimulateVersionResponse struct {
 
 func (x *SimulateVersionResponse) Reset() {
 	*x = SimulateVersionResponse{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[34]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +2759,7 @@ func (x *SimulateVersionResponse) String() string {
 func (*SimulateVersionResponse) ProtoMessage() {}
 
 func (x *SimulateVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[34]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2772,7 @@ func (x *SimulateVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimulateVersionResponse.ProtoReflect.Descriptor instead.
 func (*SimulateVersionResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{34}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SimulateVersionResponse) GetAmounts() []*SimulatedAmount {
@@ -2501,20 +2782,42 @@ func (x *SimulateVersionResponse) GetAmounts() []*SimulatedAmount {
 	return nil
 }
 
+// The filters combine (an entry must meet every one given). A page holds at
+// most page_size entries and, so that a read never holds the server long,
+// looks through at most 32,768 entries (64 sealed chunks of 512) past
+// after_seq: a filtered page may hold fewer than page_size entries, even
+// none, while next_after_seq says where to go on.
 type GetAuditLogRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Entries with seq greater than this.
 	AfterSeq uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// At most 1,000; 100 when 0.
 	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// Only entries about this target ("rate_card/gpt", ...); empty: all.
-	Target        string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	// Only entries whose target starts with this text: "rate_card/gpt"
+	// matches "rate_card/gpt", "rate_card/gpt/version/2" (and
+	// "rate_card/gpt4"); "customer/" every customer; empty: all.
+	Target string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	// Only entries by this actor: an entry's whole actor, or either side of
+	// "PERSON via KEY" (see AuditEntry.actor), so a key's name finds what was
+	// done with that key and a person's name what was done in their name;
+	// empty: all.
+	Actor string `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	// Only entries of this action, the name of the RPC that made the change
+	// ("PublishVersion", "RollbackRateCard", "CreateDraftVersion", ...);
+	// empty: all.
+	Action string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	// Only entries at or after this time; unset: no lower bound.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Only entries before this time (INVALID_ARGUMENT unless after
+	// start_time); unset: no upper bound.
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetAuditLogRequest) Reset() {
 	*x = GetAuditLogRequest{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[35]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2829,7 @@ func (x *GetAuditLogRequest) String() string {
 func (*GetAuditLogRequest) ProtoMessage() {}
 
 func (x *GetAuditLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[35]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2842,7 @@ func (x *GetAuditLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAuditLogRequest.ProtoReflect.Descriptor instead.
 func (*GetAuditLogRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{35}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetAuditLogRequest) GetAfterSeq() uint64 {
@@ -2563,14 +2866,61 @@ func (x *GetAuditLogRequest) GetTarget() string {
 	return ""
 }
 
+func (x *GetAuditLogRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *GetAuditLogRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *GetAuditLogRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *GetAuditLogRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
 type AuditEntry struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Seq    uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Time   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	Actor  string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
-	Action string                 `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
-	Target string                 `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
-	// What changed, as JSON.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The journal sequence number of the change.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// When the server received the call.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// Who made the change. Without API keys: the call's "x-actor" metadata
+	// value, or "anonymous" without one. With API keys: the key's name; when an
+	// unrestricted key also sends "x-actor" naming someone else, "PERSON via
+	// KEY" (the person it acts for, then the key: the key is always recorded,
+	// the header never hides it). A key restricted to some customers may not
+	// name an actor: its state-changing call carrying x-actor is refused with
+	// PERMISSION_DENIED. An x-actor value is 1-128 letters, digits and
+	// . _ : @ - (INVALID_ARGUMENT otherwise), sent once.
+	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	// The RPC that made the change ("PublishVersion", "RollbackRateCard", ...).
+	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	// What it changed: "rate_card/<id>", "rate_card/<id>/version/<n>",
+	// "product/<id>", "customer/<id>", "contract/<id>", "grant/<id>".
+	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	// What changed, as a JSON object: the request's fields as the server
+	// applied them (for RollbackRateCard also "version", "rollback_from" and
+	// "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
+	// keeps its fields but shortens the largest (a list or map to its first
+	// entries, a text to its start) until it fits, and adds "truncated":
+	// {"bytes": size of the whole, "fields": {name: {"of": entries or
+	// characters in the whole, "kept": how many are shown}}}.
 	Diff          string `protobuf:"bytes,6,opt,name=diff,proto3" json:"diff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2578,7 +2928,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[36]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2940,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[36]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2953,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{36}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AuditEntry) GetSeq() uint64 {
@@ -2649,15 +2999,17 @@ func (x *AuditEntry) GetDiff() string {
 }
 
 type GetAuditLogResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// The after_seq of the next page; 0 when no entry is left.
+	NextAfterSeq  uint64 `protobuf:"varint,2,opt,name=next_after_seq,json=nextAfterSeq,proto3" json:"next_after_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetAuditLogResponse) Reset() {
 	*x = GetAuditLogResponse{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[37]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +3021,7 @@ func (x *GetAuditLogResponse) String() string {
 func (*GetAuditLogResponse) ProtoMessage() {}
 
 func (x *GetAuditLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[37]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +3034,7 @@ func (x *GetAuditLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAuditLogResponse.ProtoReflect.Descriptor instead.
 func (*GetAuditLogResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{37}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetAuditLogResponse) GetEntries() []*AuditEntry {
@@ -2690,6 +3042,13 @@ func (x *GetAuditLogResponse) GetEntries() []*AuditEntry {
 		return x.Entries
 	}
 	return nil
+}
+
+func (x *GetAuditLogResponse) GetNextAfterSeq() uint64 {
+	if x != nil {
+		return x.NextAfterSeq
+	}
+	return 0
 }
 
 var File_tariff_v1_pricing_proto protoreflect.FileDescriptor
@@ -2762,7 +3121,7 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"\x17customers_created_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x15customersCreatedAfter\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x05\n" +
 	"\x0fRateCardVersion\x12 \n" +
 	"\frate_card_id\x18\x01 \x01(\tR\n" +
 	"rateCardId\x12\x18\n" +
@@ -2782,7 +3141,9 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\vpublishedAt\x12)\n" +
 	"\x06cohort\x18\v \x01(\v2\x11.tariff.v1.CohortR\x06cohort\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\f \x01(\tR\tcreatedBy\x1a=\n" +
+	"created_by\x18\f \x01(\tR\tcreatedBy\x12.\n" +
+	"\x13rollback_to_version\x18\r \x01(\rR\x11rollbackToVersion\x122\n" +
+	"\x15rollback_from_version\x18\x0e \x01(\rR\x13rollbackFromVersion\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x01\n" +
@@ -2869,16 +3230,33 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"rateCardId\x12!\n" +
 	"\ffrom_version\x18\x02 \x01(\rR\vfromVersion\x12\x1d\n" +
 	"\n" +
-	"to_version\x18\x03 \x01(\rR\ttoVersion\"_\n" +
+	"to_version\x18\x03 \x01(\rR\ttoVersion\"\x8a\x01\n" +
 	"\x0fParameterChange\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\told_value\x18\x02 \x01(\tR\boldValue\x12\x1b\n" +
-	"\tnew_value\x18\x03 \x01(\tR\bnewValue\"\x8a\x01\n" +
+	"\tnew_value\x18\x03 \x01(\tR\bnewValue\x12)\n" +
+	"\x04kind\x18\x04 \x01(\x0e2\x15.tariff.v1.ChangeKindR\x04kind\"\x96\x02\n" +
+	"\x10PriceFieldChange\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1f\n" +
+	"\vold_formula\x18\x02 \x01(\tR\n" +
+	"oldFormula\x12\x1f\n" +
+	"\vnew_formula\x18\x03 \x01(\tR\n" +
+	"newFormula\x12\x1b\n" +
+	"\told_price\x18\x04 \x01(\tR\boldPrice\x12\x1b\n" +
+	"\tnew_price\x18\x05 \x01(\tR\bnewPrice\x12\x1f\n" +
+	"\vold_problem\x18\x06 \x01(\tR\n" +
+	"oldProblem\x12\x1f\n" +
+	"\vnew_problem\x18\a \x01(\tR\n" +
+	"newProblem\x12\x17\n" +
+	"\ahas_old\x18\b \x01(\bR\x06hasOld\x12\x17\n" +
+	"\ahas_new\x18\t \x01(\bR\x06hasNew\"\xea\x01\n" +
 	"\n" +
 	"RateChange\x12$\n" +
 	"\x03key\x18\x01 \x01(\v2\x12.tariff.v1.RateKeyR\x03key\x12*\n" +
 	"\bold_rate\x18\x02 \x01(\v2\x0f.tariff.v1.RateR\aoldRate\x12*\n" +
-	"\bnew_rate\x18\x03 \x01(\v2\x0f.tariff.v1.RateR\anewRate\"\x7f\n" +
+	"\bnew_rate\x18\x03 \x01(\v2\x0f.tariff.v1.RateR\anewRate\x12)\n" +
+	"\x04kind\x18\x04 \x01(\x0e2\x15.tariff.v1.ChangeKindR\x04kind\x123\n" +
+	"\x06fields\x18\x05 \x03(\v2\x1b.tariff.v1.PriceFieldChangeR\x06fields\"\x7f\n" +
 	"\x14DiffVersionsResponse\x12:\n" +
 	"\n" +
 	"parameters\x18\x01 \x03(\v2\x1a.tariff.v1.ParameterChangeR\n" +
@@ -2901,11 +3279,16 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"\x10simulated_amount\x18\x04 \x01(\tR\x0fsimulatedAmount\x12\x14\n" +
 	"\x05delta\x18\x05 \x01(\tR\x05delta\"O\n" +
 	"\x17SimulateVersionResponse\x124\n" +
-	"\aamounts\x18\x01 \x03(\v2\x1a.tariff.v1.SimulatedAmountR\aamounts\"f\n" +
+	"\aamounts\x18\x01 \x03(\v2\x1a.tariff.v1.SimulatedAmountR\aamounts\"\x86\x02\n" +
 	"\x12GetAuditLogRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x16\n" +
-	"\x06target\x18\x03 \x01(\tR\x06target\"\xa8\x01\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\x12\x14\n" +
+	"\x05actor\x18\x04 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x129\n" +
+	"\n" +
+	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xa8\x01\n" +
 	"\n" +
 	"AuditEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
@@ -2913,9 +3296,10 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
 	"\x06action\x18\x04 \x01(\tR\x06action\x12\x16\n" +
 	"\x06target\x18\x05 \x01(\tR\x06target\x12\x12\n" +
-	"\x04diff\x18\x06 \x01(\tR\x04diff\"F\n" +
+	"\x04diff\x18\x06 \x01(\tR\x04diff\"l\n" +
 	"\x13GetAuditLogResponse\x12/\n" +
-	"\aentries\x18\x01 \x03(\v2\x15.tariff.v1.AuditEntryR\aentries*e\n" +
+	"\aentries\x18\x01 \x03(\v2\x15.tariff.v1.AuditEntryR\aentries\x12$\n" +
+	"\x0enext_after_seq\x18\x02 \x01(\x04R\fnextAfterSeq*e\n" +
 	"\vAggregation\x12\x1b\n" +
 	"\x17AGGREGATION_UNSPECIFIED\x10\x00\x12\a\n" +
 	"\x03SUM\x10\x01\x12\t\n" +
@@ -2936,7 +3320,14 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"\bSeverity\x12\x18\n" +
 	"\x14SEVERITY_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05ERROR\x10\x01\x12\v\n" +
-	"\aWARNING\x10\x022\xf6\b\n" +
+	"\aWARNING\x10\x02*\\\n" +
+	"\n" +
+	"ChangeKind\x12\x1b\n" +
+	"\x17CHANGE_KIND_UNSPECIFIED\x10\x00\x12\t\n" +
+	"\x05ADDED\x10\x01\x12\v\n" +
+	"\aREMOVED\x10\x02\x12\v\n" +
+	"\aCHANGED\x10\x03\x12\f\n" +
+	"\bREPRICED\x10\x042\xf6\b\n" +
 	"\x0ePricingService\x12D\n" +
 	"\rCreateProduct\x12\x1f.tariff.v1.CreateProductRequest\x1a\x12.tariff.v1.Product\x12O\n" +
 	"\fListProducts\x12\x1e.tariff.v1.ListProductsRequest\x1a\x1f.tariff.v1.ListProductsResponse\x12G\n" +
@@ -2968,138 +3359,145 @@ func file_tariff_v1_pricing_proto_rawDescGZIP() []byte {
 	return file_tariff_v1_pricing_proto_rawDescData
 }
 
-var file_tariff_v1_pricing_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_tariff_v1_pricing_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_tariff_v1_pricing_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_tariff_v1_pricing_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_tariff_v1_pricing_proto_goTypes = []any{
 	(Aggregation)(0),                  // 0: tariff.v1.Aggregation
 	(TierMode)(0),                     // 1: tariff.v1.TierMode
 	(VersionState)(0),                 // 2: tariff.v1.VersionState
 	(Severity)(0),                     // 3: tariff.v1.Severity
-	(*Product)(nil),                   // 4: tariff.v1.Product
-	(*CreateProductRequest)(nil),      // 5: tariff.v1.CreateProductRequest
-	(*ListProductsRequest)(nil),       // 6: tariff.v1.ListProductsRequest
-	(*ListProductsResponse)(nil),      // 7: tariff.v1.ListProductsResponse
-	(*Tier)(nil),                      // 8: tariff.v1.Tier
-	(*UnitPrice)(nil),                 // 9: tariff.v1.UnitPrice
-	(*TieredPrice)(nil),               // 10: tariff.v1.TieredPrice
-	(*PackagePrice)(nil),              // 11: tariff.v1.PackagePrice
-	(*FlatPrice)(nil),                 // 12: tariff.v1.FlatPrice
-	(*Rate)(nil),                      // 13: tariff.v1.Rate
-	(*RateKey)(nil),                   // 14: tariff.v1.RateKey
-	(*Cohort)(nil),                    // 15: tariff.v1.Cohort
-	(*RateCardVersion)(nil),           // 16: tariff.v1.RateCardVersion
-	(*RateCard)(nil),                  // 17: tariff.v1.RateCard
-	(*CreateRateCardRequest)(nil),     // 18: tariff.v1.CreateRateCardRequest
-	(*GetRateCardRequest)(nil),        // 19: tariff.v1.GetRateCardRequest
-	(*ListRateCardsRequest)(nil),      // 20: tariff.v1.ListRateCardsRequest
-	(*ListRateCardsResponse)(nil),     // 21: tariff.v1.ListRateCardsResponse
-	(*CreateDraftVersionRequest)(nil), // 22: tariff.v1.CreateDraftVersionRequest
-	(*ValidateVersionRequest)(nil),    // 23: tariff.v1.ValidateVersionRequest
-	(*Finding)(nil),                   // 24: tariff.v1.Finding
-	(*ValidationReport)(nil),          // 25: tariff.v1.ValidationReport
-	(*PublishVersionRequest)(nil),     // 26: tariff.v1.PublishVersionRequest
-	(*PublishVersionResponse)(nil),    // 27: tariff.v1.PublishVersionResponse
-	(*RollbackRateCardRequest)(nil),   // 28: tariff.v1.RollbackRateCardRequest
-	(*ListVersionsRequest)(nil),       // 29: tariff.v1.ListVersionsRequest
-	(*ListVersionsResponse)(nil),      // 30: tariff.v1.ListVersionsResponse
-	(*GetVersionRequest)(nil),         // 31: tariff.v1.GetVersionRequest
-	(*DiffVersionsRequest)(nil),       // 32: tariff.v1.DiffVersionsRequest
-	(*ParameterChange)(nil),           // 33: tariff.v1.ParameterChange
-	(*RateChange)(nil),                // 34: tariff.v1.RateChange
-	(*DiffVersionsResponse)(nil),      // 35: tariff.v1.DiffVersionsResponse
-	(*SimulateVersionRequest)(nil),    // 36: tariff.v1.SimulateVersionRequest
-	(*SimulatedAmount)(nil),           // 37: tariff.v1.SimulatedAmount
-	(*SimulateVersionResponse)(nil),   // 38: tariff.v1.SimulateVersionResponse
-	(*GetAuditLogRequest)(nil),        // 39: tariff.v1.GetAuditLogRequest
-	(*AuditEntry)(nil),                // 40: tariff.v1.AuditEntry
-	(*GetAuditLogResponse)(nil),       // 41: tariff.v1.GetAuditLogResponse
-	nil,                               // 42: tariff.v1.Product.FiltersEntry
-	nil,                               // 43: tariff.v1.Rate.MatchEntry
-	nil,                               // 44: tariff.v1.RateKey.MatchEntry
-	nil,                               // 45: tariff.v1.Cohort.AttributesEntry
-	nil,                               // 46: tariff.v1.RateCardVersion.ParametersEntry
-	nil,                               // 47: tariff.v1.CreateDraftVersionRequest.SetParametersEntry
-	(*timestamppb.Timestamp)(nil),     // 48: google.protobuf.Timestamp
+	(ChangeKind)(0),                   // 4: tariff.v1.ChangeKind
+	(*Product)(nil),                   // 5: tariff.v1.Product
+	(*CreateProductRequest)(nil),      // 6: tariff.v1.CreateProductRequest
+	(*ListProductsRequest)(nil),       // 7: tariff.v1.ListProductsRequest
+	(*ListProductsResponse)(nil),      // 8: tariff.v1.ListProductsResponse
+	(*Tier)(nil),                      // 9: tariff.v1.Tier
+	(*UnitPrice)(nil),                 // 10: tariff.v1.UnitPrice
+	(*TieredPrice)(nil),               // 11: tariff.v1.TieredPrice
+	(*PackagePrice)(nil),              // 12: tariff.v1.PackagePrice
+	(*FlatPrice)(nil),                 // 13: tariff.v1.FlatPrice
+	(*Rate)(nil),                      // 14: tariff.v1.Rate
+	(*RateKey)(nil),                   // 15: tariff.v1.RateKey
+	(*Cohort)(nil),                    // 16: tariff.v1.Cohort
+	(*RateCardVersion)(nil),           // 17: tariff.v1.RateCardVersion
+	(*RateCard)(nil),                  // 18: tariff.v1.RateCard
+	(*CreateRateCardRequest)(nil),     // 19: tariff.v1.CreateRateCardRequest
+	(*GetRateCardRequest)(nil),        // 20: tariff.v1.GetRateCardRequest
+	(*ListRateCardsRequest)(nil),      // 21: tariff.v1.ListRateCardsRequest
+	(*ListRateCardsResponse)(nil),     // 22: tariff.v1.ListRateCardsResponse
+	(*CreateDraftVersionRequest)(nil), // 23: tariff.v1.CreateDraftVersionRequest
+	(*ValidateVersionRequest)(nil),    // 24: tariff.v1.ValidateVersionRequest
+	(*Finding)(nil),                   // 25: tariff.v1.Finding
+	(*ValidationReport)(nil),          // 26: tariff.v1.ValidationReport
+	(*PublishVersionRequest)(nil),     // 27: tariff.v1.PublishVersionRequest
+	(*PublishVersionResponse)(nil),    // 28: tariff.v1.PublishVersionResponse
+	(*RollbackRateCardRequest)(nil),   // 29: tariff.v1.RollbackRateCardRequest
+	(*ListVersionsRequest)(nil),       // 30: tariff.v1.ListVersionsRequest
+	(*ListVersionsResponse)(nil),      // 31: tariff.v1.ListVersionsResponse
+	(*GetVersionRequest)(nil),         // 32: tariff.v1.GetVersionRequest
+	(*DiffVersionsRequest)(nil),       // 33: tariff.v1.DiffVersionsRequest
+	(*ParameterChange)(nil),           // 34: tariff.v1.ParameterChange
+	(*PriceFieldChange)(nil),          // 35: tariff.v1.PriceFieldChange
+	(*RateChange)(nil),                // 36: tariff.v1.RateChange
+	(*DiffVersionsResponse)(nil),      // 37: tariff.v1.DiffVersionsResponse
+	(*SimulateVersionRequest)(nil),    // 38: tariff.v1.SimulateVersionRequest
+	(*SimulatedAmount)(nil),           // 39: tariff.v1.SimulatedAmount
+	(*SimulateVersionResponse)(nil),   // 40: tariff.v1.SimulateVersionResponse
+	(*GetAuditLogRequest)(nil),        // 41: tariff.v1.GetAuditLogRequest
+	(*AuditEntry)(nil),                // 42: tariff.v1.AuditEntry
+	(*GetAuditLogResponse)(nil),       // 43: tariff.v1.GetAuditLogResponse
+	nil,                               // 44: tariff.v1.Product.FiltersEntry
+	nil,                               // 45: tariff.v1.Rate.MatchEntry
+	nil,                               // 46: tariff.v1.RateKey.MatchEntry
+	nil,                               // 47: tariff.v1.Cohort.AttributesEntry
+	nil,                               // 48: tariff.v1.RateCardVersion.ParametersEntry
+	nil,                               // 49: tariff.v1.CreateDraftVersionRequest.SetParametersEntry
+	(*timestamppb.Timestamp)(nil),     // 50: google.protobuf.Timestamp
 }
 var file_tariff_v1_pricing_proto_depIdxs = []int32{
 	0,  // 0: tariff.v1.Product.aggregation:type_name -> tariff.v1.Aggregation
-	42, // 1: tariff.v1.Product.filters:type_name -> tariff.v1.Product.FiltersEntry
-	4,  // 2: tariff.v1.CreateProductRequest.product:type_name -> tariff.v1.Product
-	4,  // 3: tariff.v1.ListProductsResponse.products:type_name -> tariff.v1.Product
+	44, // 1: tariff.v1.Product.filters:type_name -> tariff.v1.Product.FiltersEntry
+	5,  // 2: tariff.v1.CreateProductRequest.product:type_name -> tariff.v1.Product
+	5,  // 3: tariff.v1.ListProductsResponse.products:type_name -> tariff.v1.Product
 	1,  // 4: tariff.v1.TieredPrice.mode:type_name -> tariff.v1.TierMode
-	8,  // 5: tariff.v1.TieredPrice.tiers:type_name -> tariff.v1.Tier
-	43, // 6: tariff.v1.Rate.match:type_name -> tariff.v1.Rate.MatchEntry
-	9,  // 7: tariff.v1.Rate.unit:type_name -> tariff.v1.UnitPrice
-	10, // 8: tariff.v1.Rate.tiered:type_name -> tariff.v1.TieredPrice
-	11, // 9: tariff.v1.Rate.package:type_name -> tariff.v1.PackagePrice
-	12, // 10: tariff.v1.Rate.flat:type_name -> tariff.v1.FlatPrice
-	44, // 11: tariff.v1.RateKey.match:type_name -> tariff.v1.RateKey.MatchEntry
-	45, // 12: tariff.v1.Cohort.attributes:type_name -> tariff.v1.Cohort.AttributesEntry
-	48, // 13: tariff.v1.Cohort.customers_created_after:type_name -> google.protobuf.Timestamp
+	9,  // 5: tariff.v1.TieredPrice.tiers:type_name -> tariff.v1.Tier
+	45, // 6: tariff.v1.Rate.match:type_name -> tariff.v1.Rate.MatchEntry
+	10, // 7: tariff.v1.Rate.unit:type_name -> tariff.v1.UnitPrice
+	11, // 8: tariff.v1.Rate.tiered:type_name -> tariff.v1.TieredPrice
+	12, // 9: tariff.v1.Rate.package:type_name -> tariff.v1.PackagePrice
+	13, // 10: tariff.v1.Rate.flat:type_name -> tariff.v1.FlatPrice
+	46, // 11: tariff.v1.RateKey.match:type_name -> tariff.v1.RateKey.MatchEntry
+	47, // 12: tariff.v1.Cohort.attributes:type_name -> tariff.v1.Cohort.AttributesEntry
+	50, // 13: tariff.v1.Cohort.customers_created_after:type_name -> google.protobuf.Timestamp
 	2,  // 14: tariff.v1.RateCardVersion.state:type_name -> tariff.v1.VersionState
-	46, // 15: tariff.v1.RateCardVersion.parameters:type_name -> tariff.v1.RateCardVersion.ParametersEntry
-	13, // 16: tariff.v1.RateCardVersion.rates:type_name -> tariff.v1.Rate
-	48, // 17: tariff.v1.RateCardVersion.created_at:type_name -> google.protobuf.Timestamp
-	48, // 18: tariff.v1.RateCardVersion.effective_from:type_name -> google.protobuf.Timestamp
-	48, // 19: tariff.v1.RateCardVersion.published_at:type_name -> google.protobuf.Timestamp
-	15, // 20: tariff.v1.RateCardVersion.cohort:type_name -> tariff.v1.Cohort
-	48, // 21: tariff.v1.RateCard.created_at:type_name -> google.protobuf.Timestamp
-	17, // 22: tariff.v1.ListRateCardsResponse.rate_cards:type_name -> tariff.v1.RateCard
-	47, // 23: tariff.v1.CreateDraftVersionRequest.set_parameters:type_name -> tariff.v1.CreateDraftVersionRequest.SetParametersEntry
-	13, // 24: tariff.v1.CreateDraftVersionRequest.upsert_rates:type_name -> tariff.v1.Rate
-	14, // 25: tariff.v1.CreateDraftVersionRequest.remove_rates:type_name -> tariff.v1.RateKey
+	48, // 15: tariff.v1.RateCardVersion.parameters:type_name -> tariff.v1.RateCardVersion.ParametersEntry
+	14, // 16: tariff.v1.RateCardVersion.rates:type_name -> tariff.v1.Rate
+	50, // 17: tariff.v1.RateCardVersion.created_at:type_name -> google.protobuf.Timestamp
+	50, // 18: tariff.v1.RateCardVersion.effective_from:type_name -> google.protobuf.Timestamp
+	50, // 19: tariff.v1.RateCardVersion.published_at:type_name -> google.protobuf.Timestamp
+	16, // 20: tariff.v1.RateCardVersion.cohort:type_name -> tariff.v1.Cohort
+	50, // 21: tariff.v1.RateCard.created_at:type_name -> google.protobuf.Timestamp
+	18, // 22: tariff.v1.ListRateCardsResponse.rate_cards:type_name -> tariff.v1.RateCard
+	49, // 23: tariff.v1.CreateDraftVersionRequest.set_parameters:type_name -> tariff.v1.CreateDraftVersionRequest.SetParametersEntry
+	14, // 24: tariff.v1.CreateDraftVersionRequest.upsert_rates:type_name -> tariff.v1.Rate
+	15, // 25: tariff.v1.CreateDraftVersionRequest.remove_rates:type_name -> tariff.v1.RateKey
 	3,  // 26: tariff.v1.Finding.severity:type_name -> tariff.v1.Severity
-	24, // 27: tariff.v1.ValidationReport.findings:type_name -> tariff.v1.Finding
-	48, // 28: tariff.v1.PublishVersionRequest.effective_from:type_name -> google.protobuf.Timestamp
-	15, // 29: tariff.v1.PublishVersionRequest.cohort:type_name -> tariff.v1.Cohort
-	16, // 30: tariff.v1.PublishVersionResponse.version:type_name -> tariff.v1.RateCardVersion
-	25, // 31: tariff.v1.PublishVersionResponse.validation:type_name -> tariff.v1.ValidationReport
-	48, // 32: tariff.v1.RollbackRateCardRequest.effective_from:type_name -> google.protobuf.Timestamp
-	16, // 33: tariff.v1.ListVersionsResponse.versions:type_name -> tariff.v1.RateCardVersion
-	48, // 34: tariff.v1.GetVersionRequest.at:type_name -> google.protobuf.Timestamp
-	14, // 35: tariff.v1.RateChange.key:type_name -> tariff.v1.RateKey
-	13, // 36: tariff.v1.RateChange.old_rate:type_name -> tariff.v1.Rate
-	13, // 37: tariff.v1.RateChange.new_rate:type_name -> tariff.v1.Rate
-	33, // 38: tariff.v1.DiffVersionsResponse.parameters:type_name -> tariff.v1.ParameterChange
-	34, // 39: tariff.v1.DiffVersionsResponse.rates:type_name -> tariff.v1.RateChange
-	48, // 40: tariff.v1.SimulateVersionRequest.period_start:type_name -> google.protobuf.Timestamp
-	48, // 41: tariff.v1.SimulateVersionRequest.period_end:type_name -> google.protobuf.Timestamp
-	37, // 42: tariff.v1.SimulateVersionResponse.amounts:type_name -> tariff.v1.SimulatedAmount
-	48, // 43: tariff.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
-	40, // 44: tariff.v1.GetAuditLogResponse.entries:type_name -> tariff.v1.AuditEntry
-	5,  // 45: tariff.v1.PricingService.CreateProduct:input_type -> tariff.v1.CreateProductRequest
-	6,  // 46: tariff.v1.PricingService.ListProducts:input_type -> tariff.v1.ListProductsRequest
-	18, // 47: tariff.v1.PricingService.CreateRateCard:input_type -> tariff.v1.CreateRateCardRequest
-	19, // 48: tariff.v1.PricingService.GetRateCard:input_type -> tariff.v1.GetRateCardRequest
-	20, // 49: tariff.v1.PricingService.ListRateCards:input_type -> tariff.v1.ListRateCardsRequest
-	22, // 50: tariff.v1.PricingService.CreateDraftVersion:input_type -> tariff.v1.CreateDraftVersionRequest
-	23, // 51: tariff.v1.PricingService.ValidateVersion:input_type -> tariff.v1.ValidateVersionRequest
-	26, // 52: tariff.v1.PricingService.PublishVersion:input_type -> tariff.v1.PublishVersionRequest
-	28, // 53: tariff.v1.PricingService.RollbackRateCard:input_type -> tariff.v1.RollbackRateCardRequest
-	29, // 54: tariff.v1.PricingService.ListVersions:input_type -> tariff.v1.ListVersionsRequest
-	31, // 55: tariff.v1.PricingService.GetVersion:input_type -> tariff.v1.GetVersionRequest
-	32, // 56: tariff.v1.PricingService.DiffVersions:input_type -> tariff.v1.DiffVersionsRequest
-	36, // 57: tariff.v1.PricingService.SimulateVersion:input_type -> tariff.v1.SimulateVersionRequest
-	39, // 58: tariff.v1.PricingService.GetAuditLog:input_type -> tariff.v1.GetAuditLogRequest
-	4,  // 59: tariff.v1.PricingService.CreateProduct:output_type -> tariff.v1.Product
-	7,  // 60: tariff.v1.PricingService.ListProducts:output_type -> tariff.v1.ListProductsResponse
-	17, // 61: tariff.v1.PricingService.CreateRateCard:output_type -> tariff.v1.RateCard
-	17, // 62: tariff.v1.PricingService.GetRateCard:output_type -> tariff.v1.RateCard
-	21, // 63: tariff.v1.PricingService.ListRateCards:output_type -> tariff.v1.ListRateCardsResponse
-	16, // 64: tariff.v1.PricingService.CreateDraftVersion:output_type -> tariff.v1.RateCardVersion
-	25, // 65: tariff.v1.PricingService.ValidateVersion:output_type -> tariff.v1.ValidationReport
-	27, // 66: tariff.v1.PricingService.PublishVersion:output_type -> tariff.v1.PublishVersionResponse
-	27, // 67: tariff.v1.PricingService.RollbackRateCard:output_type -> tariff.v1.PublishVersionResponse
-	30, // 68: tariff.v1.PricingService.ListVersions:output_type -> tariff.v1.ListVersionsResponse
-	16, // 69: tariff.v1.PricingService.GetVersion:output_type -> tariff.v1.RateCardVersion
-	35, // 70: tariff.v1.PricingService.DiffVersions:output_type -> tariff.v1.DiffVersionsResponse
-	38, // 71: tariff.v1.PricingService.SimulateVersion:output_type -> tariff.v1.SimulateVersionResponse
-	41, // 72: tariff.v1.PricingService.GetAuditLog:output_type -> tariff.v1.GetAuditLogResponse
-	59, // [59:73] is the sub-list for method output_type
-	45, // [45:59] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	25, // 27: tariff.v1.ValidationReport.findings:type_name -> tariff.v1.Finding
+	50, // 28: tariff.v1.PublishVersionRequest.effective_from:type_name -> google.protobuf.Timestamp
+	16, // 29: tariff.v1.PublishVersionRequest.cohort:type_name -> tariff.v1.Cohort
+	17, // 30: tariff.v1.PublishVersionResponse.version:type_name -> tariff.v1.RateCardVersion
+	26, // 31: tariff.v1.PublishVersionResponse.validation:type_name -> tariff.v1.ValidationReport
+	50, // 32: tariff.v1.RollbackRateCardRequest.effective_from:type_name -> google.protobuf.Timestamp
+	17, // 33: tariff.v1.ListVersionsResponse.versions:type_name -> tariff.v1.RateCardVersion
+	50, // 34: tariff.v1.GetVersionRequest.at:type_name -> google.protobuf.Timestamp
+	4,  // 35: tariff.v1.ParameterChange.kind:type_name -> tariff.v1.ChangeKind
+	15, // 36: tariff.v1.RateChange.key:type_name -> tariff.v1.RateKey
+	14, // 37: tariff.v1.RateChange.old_rate:type_name -> tariff.v1.Rate
+	14, // 38: tariff.v1.RateChange.new_rate:type_name -> tariff.v1.Rate
+	4,  // 39: tariff.v1.RateChange.kind:type_name -> tariff.v1.ChangeKind
+	35, // 40: tariff.v1.RateChange.fields:type_name -> tariff.v1.PriceFieldChange
+	34, // 41: tariff.v1.DiffVersionsResponse.parameters:type_name -> tariff.v1.ParameterChange
+	36, // 42: tariff.v1.DiffVersionsResponse.rates:type_name -> tariff.v1.RateChange
+	50, // 43: tariff.v1.SimulateVersionRequest.period_start:type_name -> google.protobuf.Timestamp
+	50, // 44: tariff.v1.SimulateVersionRequest.period_end:type_name -> google.protobuf.Timestamp
+	39, // 45: tariff.v1.SimulateVersionResponse.amounts:type_name -> tariff.v1.SimulatedAmount
+	50, // 46: tariff.v1.GetAuditLogRequest.start_time:type_name -> google.protobuf.Timestamp
+	50, // 47: tariff.v1.GetAuditLogRequest.end_time:type_name -> google.protobuf.Timestamp
+	50, // 48: tariff.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	42, // 49: tariff.v1.GetAuditLogResponse.entries:type_name -> tariff.v1.AuditEntry
+	6,  // 50: tariff.v1.PricingService.CreateProduct:input_type -> tariff.v1.CreateProductRequest
+	7,  // 51: tariff.v1.PricingService.ListProducts:input_type -> tariff.v1.ListProductsRequest
+	19, // 52: tariff.v1.PricingService.CreateRateCard:input_type -> tariff.v1.CreateRateCardRequest
+	20, // 53: tariff.v1.PricingService.GetRateCard:input_type -> tariff.v1.GetRateCardRequest
+	21, // 54: tariff.v1.PricingService.ListRateCards:input_type -> tariff.v1.ListRateCardsRequest
+	23, // 55: tariff.v1.PricingService.CreateDraftVersion:input_type -> tariff.v1.CreateDraftVersionRequest
+	24, // 56: tariff.v1.PricingService.ValidateVersion:input_type -> tariff.v1.ValidateVersionRequest
+	27, // 57: tariff.v1.PricingService.PublishVersion:input_type -> tariff.v1.PublishVersionRequest
+	29, // 58: tariff.v1.PricingService.RollbackRateCard:input_type -> tariff.v1.RollbackRateCardRequest
+	30, // 59: tariff.v1.PricingService.ListVersions:input_type -> tariff.v1.ListVersionsRequest
+	32, // 60: tariff.v1.PricingService.GetVersion:input_type -> tariff.v1.GetVersionRequest
+	33, // 61: tariff.v1.PricingService.DiffVersions:input_type -> tariff.v1.DiffVersionsRequest
+	38, // 62: tariff.v1.PricingService.SimulateVersion:input_type -> tariff.v1.SimulateVersionRequest
+	41, // 63: tariff.v1.PricingService.GetAuditLog:input_type -> tariff.v1.GetAuditLogRequest
+	5,  // 64: tariff.v1.PricingService.CreateProduct:output_type -> tariff.v1.Product
+	8,  // 65: tariff.v1.PricingService.ListProducts:output_type -> tariff.v1.ListProductsResponse
+	18, // 66: tariff.v1.PricingService.CreateRateCard:output_type -> tariff.v1.RateCard
+	18, // 67: tariff.v1.PricingService.GetRateCard:output_type -> tariff.v1.RateCard
+	22, // 68: tariff.v1.PricingService.ListRateCards:output_type -> tariff.v1.ListRateCardsResponse
+	17, // 69: tariff.v1.PricingService.CreateDraftVersion:output_type -> tariff.v1.RateCardVersion
+	26, // 70: tariff.v1.PricingService.ValidateVersion:output_type -> tariff.v1.ValidationReport
+	28, // 71: tariff.v1.PricingService.PublishVersion:output_type -> tariff.v1.PublishVersionResponse
+	28, // 72: tariff.v1.PricingService.RollbackRateCard:output_type -> tariff.v1.PublishVersionResponse
+	31, // 73: tariff.v1.PricingService.ListVersions:output_type -> tariff.v1.ListVersionsResponse
+	17, // 74: tariff.v1.PricingService.GetVersion:output_type -> tariff.v1.RateCardVersion
+	37, // 75: tariff.v1.PricingService.DiffVersions:output_type -> tariff.v1.DiffVersionsResponse
+	40, // 76: tariff.v1.PricingService.SimulateVersion:output_type -> tariff.v1.SimulateVersionResponse
+	43, // 77: tariff.v1.PricingService.GetAuditLog:output_type -> tariff.v1.GetAuditLogResponse
+	64, // [64:78] is the sub-list for method output_type
+	50, // [50:64] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_pricing_proto_init() }
@@ -3122,8 +3520,8 @@ func file_tariff_v1_pricing_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_pricing_proto_rawDesc), len(file_tariff_v1_pricing_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   44,
+			NumEnums:      5,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

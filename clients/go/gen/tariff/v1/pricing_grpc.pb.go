@@ -62,13 +62,24 @@ type PricingServiceClient interface {
 	// rate_card_id and version: publishing a published version again, with the
 	// same effective_from or none, answers as the first call did.
 	PublishVersion(ctx context.Context, in *PublishVersionRequest, opts ...grpc.CallOption) (*PublishVersionResponse, error)
-	// Publishes a copy of an earlier version as a new version.
+	// Publishes a copy of an earlier published version as a new version, through
+	// PublishVersion's own path (see RollbackRateCardRequest). Key: what the
+	// request names: when the version in force at the requested hour is the
+	// copy a rollback to the same to_version made (from that same hour, when
+	// effective_from is given), the call is answered as the first one was and
+	// changes nothing. So a retry never makes a second copy, also after a
+	// restart; a rollback to that same version later, once another version has
+	// taken over, is a new rollback.
 	RollbackRateCard(ctx context.Context, in *RollbackRateCardRequest, opts ...grpc.CallOption) (*PublishVersionResponse, error)
 	ListVersions(ctx context.Context, in *ListVersionsRequest, opts ...grpc.CallOption) (*ListVersionsResponse, error)
 	GetVersion(ctx context.Context, in *GetVersionRequest, opts ...grpc.CallOption) (*RateCardVersion, error)
+	// What changed from from_version to to_version (drafts included):
+	// parameters and rates added, removed and changed, with each differing
+	// price field's formula and evaluated price on both sides. Changes nothing.
 	DiffVersions(ctx context.Context, in *DiffVersionsRequest, opts ...grpc.CallOption) (*DiffVersionsResponse, error)
 	// What a version would have charged for real recorded usage.
 	SimulateVersion(ctx context.Context, in *SimulateVersionRequest, opts ...grpc.CallOption) (*SimulateVersionResponse, error)
+	// Every admin change, oldest first, filtered and a page at a time.
 	GetAuditLog(ctx context.Context, in *GetAuditLogRequest, opts ...grpc.CallOption) (*GetAuditLogResponse, error)
 }
 
@@ -240,13 +251,24 @@ type PricingServiceServer interface {
 	// rate_card_id and version: publishing a published version again, with the
 	// same effective_from or none, answers as the first call did.
 	PublishVersion(context.Context, *PublishVersionRequest) (*PublishVersionResponse, error)
-	// Publishes a copy of an earlier version as a new version.
+	// Publishes a copy of an earlier published version as a new version, through
+	// PublishVersion's own path (see RollbackRateCardRequest). Key: what the
+	// request names: when the version in force at the requested hour is the
+	// copy a rollback to the same to_version made (from that same hour, when
+	// effective_from is given), the call is answered as the first one was and
+	// changes nothing. So a retry never makes a second copy, also after a
+	// restart; a rollback to that same version later, once another version has
+	// taken over, is a new rollback.
 	RollbackRateCard(context.Context, *RollbackRateCardRequest) (*PublishVersionResponse, error)
 	ListVersions(context.Context, *ListVersionsRequest) (*ListVersionsResponse, error)
 	GetVersion(context.Context, *GetVersionRequest) (*RateCardVersion, error)
+	// What changed from from_version to to_version (drafts included):
+	// parameters and rates added, removed and changed, with each differing
+	// price field's formula and evaluated price on both sides. Changes nothing.
 	DiffVersions(context.Context, *DiffVersionsRequest) (*DiffVersionsResponse, error)
 	// What a version would have charged for real recorded usage.
 	SimulateVersion(context.Context, *SimulateVersionRequest) (*SimulateVersionResponse, error)
+	// Every admin change, oldest first, filtered and a page at a time.
 	GetAuditLog(context.Context, *GetAuditLogRequest) (*GetAuditLogResponse, error)
 	mustEmbedUnimplementedPricingServiceServer()
 }

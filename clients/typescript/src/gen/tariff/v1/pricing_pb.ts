@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tariff/v1/pricing.proto.
  */
 export const file_tariff_v1_pricing: GenFile = /*@__PURE__*/
-  fileDesc("Chd0YXJpZmYvdjEvcHJpY2luZy5wcm90bxIJdGFyaWZmLnYxIoMCCgdQcm9kdWN0EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRIrCgthZ2dyZWdhdGlvbhgEIAEoDjIWLnRhcmlmZi52MS5BZ2dyZWdhdGlvbhIRCgl2YWx1ZV9rZXkYBSABKAkSMAoHZmlsdGVycxgGIAMoCzIfLnRhcmlmZi52MS5Qcm9kdWN0LkZpbHRlcnNFbnRyeRIaChJwcmljaW5nX2RpbWVuc2lvbnMYByADKAkSDAoEdW5pdBgIIAEoCRouCgxGaWx0ZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI7ChRDcmVhdGVQcm9kdWN0UmVxdWVzdBIjCgdwcm9kdWN0GAEgASgLMhIudGFyaWZmLnYxLlByb2R1Y3QiFQoTTGlzdFByb2R1Y3RzUmVxdWVzdCI8ChRMaXN0UHJvZHVjdHNSZXNwb25zZRIkCghwcm9kdWN0cxgBIAMoCzISLnRhcmlmZi52MS5Qcm9kdWN0Ij0KBFRpZXISDQoFdXBfdG8YASABKAkSEgoKdW5pdF9wcmljZRgCIAEoCRISCgpmbGF0X3ByaWNlGAMgASgJIi0KCVVuaXRQcmljZRINCgVwcmljZRgBIAEoCRIRCglwZXJfdW5pdHMYAiABKAkiYwoLVGllcmVkUHJpY2USIQoEbW9kZRgBIAEoDjITLnRhcmlmZi52MS5UaWVyTW9kZRIeCgV0aWVycxgCIAMoCzIPLnRhcmlmZi52MS5UaWVyEhEKCXBlcl91bml0cxgDIAEoCSI7CgxQYWNrYWdlUHJpY2USFAoMcGFja2FnZV9zaXplGAEgASgJEhUKDXBhY2thZ2VfcHJpY2UYAiABKAkiGgoJRmxhdFByaWNlEg0KBXByaWNlGAEgASgJIp4CCgRSYXRlEhIKCnByb2R1Y3RfaWQYASABKAkSKQoFbWF0Y2gYAiADKAsyGi50YXJpZmYudjEuUmF0ZS5NYXRjaEVudHJ5EiQKBHVuaXQYAyABKAsyFC50YXJpZmYudjEuVW5pdFByaWNlSAASKAoGdGllcmVkGAQgASgLMhYudGFyaWZmLnYxLlRpZXJlZFByaWNlSAASKgoHcGFja2FnZRgFIAEoCzIXLnRhcmlmZi52MS5QYWNrYWdlUHJpY2VIABIkCgRmbGF0GAYgASgLMhQudGFyaWZmLnYxLkZsYXRQcmljZUgAGiwKCk1hdGNoRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVwcmljZSJ5CgdSYXRlS2V5EhIKCnByb2R1Y3RfaWQYASABKAkSLAoFbWF0Y2gYAiADKAsyHS50YXJpZmYudjEuUmF0ZUtleS5NYXRjaEVudHJ5GiwKCk1hdGNoRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLFAQoGQ29ob3J0EhQKDGN1c3RvbWVyX2lkcxgBIAMoCRI1CgphdHRyaWJ1dGVzGAIgAygLMiEudGFyaWZmLnYxLkNvaG9ydC5BdHRyaWJ1dGVzRW50cnkSOwoXY3VzdG9tZXJzX2NyZWF0ZWRfYWZ0ZXIYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIu8DCg9SYXRlQ2FyZFZlcnNpb24SFAoMcmF0ZV9jYXJkX2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKA0SJgoFc3RhdGUYAyABKA4yFy50YXJpZmYudjEuVmVyc2lvblN0YXRlEhgKEGJhc2VkX29uX3ZlcnNpb24YBCABKA0SPgoKcGFyYW1ldGVycxgFIAMoCzIqLnRhcmlmZi52MS5SYXRlQ2FyZFZlcnNpb24uUGFyYW1ldGVyc0VudHJ5Eh4KBXJhdGVzGAYgAygLMg8udGFyaWZmLnYxLlJhdGUSEwoLY2hhbmdlX25vdGUYByABKAkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOZWZmZWN0aXZlX2Zyb20YCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDHB1Ymxpc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIQoGY29ob3J0GAsgASgLMhEudGFyaWZmLnYxLkNvaG9ydBISCgpjcmVhdGVkX2J5GAwgASgJGjEKD1BhcmFtZXRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpsBCghSYXRlQ2FyZBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhQKDHByaWNpbmdfdW5pdBgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5sYXRlc3RfdmVyc2lvbhgFIAEoDRIXCg9jdXJyZW50X3ZlcnNpb24YBiABKA0iRwoVQ3JlYXRlUmF0ZUNhcmRSZXF1ZXN0EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSFAoMcHJpY2luZ191bml0GAMgASgJIiAKEkdldFJhdGVDYXJkUmVxdWVzdBIKCgJpZBgBIAEoCSI9ChRMaXN0UmF0ZUNhcmRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UmF0ZUNhcmRzUmVzcG9uc2USJwoKcmF0ZV9jYXJkcxgBIAMoCzITLnRhcmlmZi52MS5SYXRlQ2FyZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki5wIKGUNyZWF0ZURyYWZ0VmVyc2lvblJlcXVlc3QSFAoMcmF0ZV9jYXJkX2lkGAEgASgJEhgKEGJhc2VkX29uX3ZlcnNpb24YAiABKA0STwoOc2V0X3BhcmFtZXRlcnMYAyADKAsyNy50YXJpZmYudjEuQ3JlYXRlRHJhZnRWZXJzaW9uUmVxdWVzdC5TZXRQYXJhbWV0ZXJzRW50cnkSJQoMdXBzZXJ0X3JhdGVzGAQgAygLMg8udGFyaWZmLnYxLlJhdGUSKAoMcmVtb3ZlX3JhdGVzGAUgAygLMhIudGFyaWZmLnYxLlJhdGVLZXkSEwoLY2hhbmdlX25vdGUYBiABKAkSGQoRcmVtb3ZlX3BhcmFtZXRlcnMYByADKAkSEgoKcmVxdWVzdF9pZBgIIAEoCRo0ChJTZXRQYXJhbWV0ZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI/ChZWYWxpZGF0ZVZlcnNpb25SZXF1ZXN0EhQKDHJhdGVfY2FyZF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNIk8KB0ZpbmRpbmcSJQoIc2V2ZXJpdHkYASABKA4yEy50YXJpZmYudjEuU2V2ZXJpdHkSDAoEcGF0aBgCIAEoCRIPCgdtZXNzYWdlGAMgASgJIkQKEFZhbGlkYXRpb25SZXBvcnQSCgoCb2sYASABKAgSJAoIZmluZGluZ3MYAiADKAsyEi50YXJpZmYudjEuRmluZGluZyKVAQoVUHVibGlzaFZlcnNpb25SZXF1ZXN0EhQKDHJhdGVfY2FyZF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEjIKDmVmZmVjdGl2ZV9mcm9tGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIhCgZjb2hvcnQYBCABKAsyES50YXJpZmYudjEuQ29ob3J0Io4BChZQdWJsaXNoVmVyc2lvblJlc3BvbnNlEisKB3ZlcnNpb24YASABKAsyGi50YXJpZmYudjEuUmF0ZUNhcmRWZXJzaW9uEhYKDmV2ZW50c19yZXJhdGVkGAIgASgEEi8KCnZhbGlkYXRpb24YAyABKAsyGy50YXJpZmYudjEuVmFsaWRhdGlvblJlcG9ydCJ3ChdSb2xsYmFja1JhdGVDYXJkUmVxdWVzdBIUCgxyYXRlX2NhcmRfaWQYASABKAkSEgoKdG9fdmVyc2lvbhgCIAEoDRIyCg5lZmZlY3RpdmVfZnJvbRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKwoTTGlzdFZlcnNpb25zUmVxdWVzdBIUCgxyYXRlX2NhcmRfaWQYASABKAkiRAoUTGlzdFZlcnNpb25zUmVzcG9uc2USLAoIdmVyc2lvbnMYASADKAsyGi50YXJpZmYudjEuUmF0ZUNhcmRWZXJzaW9uInIKEUdldFZlcnNpb25SZXF1ZXN0EhQKDHJhdGVfY2FyZF9pZBgBIAEoCRIRCgd2ZXJzaW9uGAIgASgNSAASKAoCYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSABCCgoIc2VsZWN0b3IiVQoTRGlmZlZlcnNpb25zUmVxdWVzdBIUCgxyYXRlX2NhcmRfaWQYASABKAkSFAoMZnJvbV92ZXJzaW9uGAIgASgNEhIKCnRvX3ZlcnNpb24YAyABKA0iRQoPUGFyYW1ldGVyQ2hhbmdlEgwKBG5hbWUYASABKAkSEQoJb2xkX3ZhbHVlGAIgASgJEhEKCW5ld192YWx1ZRgDIAEoCSJzCgpSYXRlQ2hhbmdlEh8KA2tleRgBIAEoCzISLnRhcmlmZi52MS5SYXRlS2V5EiEKCG9sZF9yYXRlGAIgASgLMg8udGFyaWZmLnYxLlJhdGUSIQoIbmV3X3JhdGUYAyABKAsyDy50YXJpZmYudjEuUmF0ZSJsChREaWZmVmVyc2lvbnNSZXNwb25zZRIuCgpwYXJhbWV0ZXJzGAEgAygLMhoudGFyaWZmLnYxLlBhcmFtZXRlckNoYW5nZRIkCgVyYXRlcxgCIAMoCzIVLnRhcmlmZi52MS5SYXRlQ2hhbmdlIrcBChZTaW11bGF0ZVZlcnNpb25SZXF1ZXN0EhQKDHJhdGVfY2FyZF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEjAKDHBlcmlvZF9zdGFydBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcGVyaW9kX2VuZBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMY3VzdG9tZXJfaWRzGAUgAygJInsKD1NpbXVsYXRlZEFtb3VudBITCgtjdXN0b21lcl9pZBgBIAEoCRISCgpwcm9kdWN0X2lkGAIgASgJEhYKDmN1cnJlbnRfYW1vdW50GAMgASgJEhgKEHNpbXVsYXRlZF9hbW91bnQYBCABKAkSDQoFZGVsdGEYBSABKAkiRgoXU2ltdWxhdGVWZXJzaW9uUmVzcG9uc2USKwoHYW1vdW50cxgBIAMoCzIaLnRhcmlmZi52MS5TaW11bGF0ZWRBbW91bnQiSgoSR2V0QXVkaXRMb2dSZXF1ZXN0EhEKCWFmdGVyX3NlcRgBIAEoBBIRCglwYWdlX3NpemUYAiABKA0SDgoGdGFyZ2V0GAMgASgJIoABCgpBdWRpdEVudHJ5EgsKA3NlcRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGdGFyZ2V0GAUgASgJEgwKBGRpZmYYBiABKAkiPQoTR2V0QXVkaXRMb2dSZXNwb25zZRImCgdlbnRyaWVzGAEgAygLMhUudGFyaWZmLnYxLkF1ZGl0RW50cnkqZQoLQWdncmVnYXRpb24SGwoXQUdHUkVHQVRJT05fVU5TUEVDSUZJRUQQABIHCgNTVU0QARIJCgVDT1VOVBACEgcKA01BWBADEhAKDFVOSVFVRV9DT1VOVBAEEgoKBkxBVEVTVBAFKkAKCFRpZXJNb2RlEhkKFVRJRVJfTU9ERV9VTlNQRUNJRklFRBAAEg0KCUdSQURVQVRFRBABEgoKBlZPTFVNRRACKkcKDFZlcnNpb25TdGF0ZRIdChlWRVJTSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASCQoFRFJBRlQQARINCglQVUJMSVNIRUQQAio8CghTZXZlcml0eRIYChRTRVZFUklUWV9VTlNQRUNJRklFRBAAEgkKBUVSUk9SEAESCwoHV0FSTklORxACMvYICg5QcmljaW5nU2VydmljZRJECg1DcmVhdGVQcm9kdWN0Eh8udGFyaWZmLnYxLkNyZWF0ZVByb2R1Y3RSZXF1ZXN0GhIudGFyaWZmLnYxLlByb2R1Y3QSTwoMTGlzdFByb2R1Y3RzEh4udGFyaWZmLnYxLkxpc3RQcm9kdWN0c1JlcXVlc3QaHy50YXJpZmYudjEuTGlzdFByb2R1Y3RzUmVzcG9uc2USRwoOQ3JlYXRlUmF0ZUNhcmQSIC50YXJpZmYudjEuQ3JlYXRlUmF0ZUNhcmRSZXF1ZXN0GhMudGFyaWZmLnYxLlJhdGVDYXJkEkEKC0dldFJhdGVDYXJkEh0udGFyaWZmLnYxLkdldFJhdGVDYXJkUmVxdWVzdBoTLnRhcmlmZi52MS5SYXRlQ2FyZBJSCg1MaXN0UmF0ZUNhcmRzEh8udGFyaWZmLnYxLkxpc3RSYXRlQ2FyZHNSZXF1ZXN0GiAudGFyaWZmLnYxLkxpc3RSYXRlQ2FyZHNSZXNwb25zZRJWChJDcmVhdGVEcmFmdFZlcnNpb24SJC50YXJpZmYudjEuQ3JlYXRlRHJhZnRWZXJzaW9uUmVxdWVzdBoaLnRhcmlmZi52MS5SYXRlQ2FyZFZlcnNpb24SUQoPVmFsaWRhdGVWZXJzaW9uEiEudGFyaWZmLnYxLlZhbGlkYXRlVmVyc2lvblJlcXVlc3QaGy50YXJpZmYudjEuVmFsaWRhdGlvblJlcG9ydBJVCg5QdWJsaXNoVmVyc2lvbhIgLnRhcmlmZi52MS5QdWJsaXNoVmVyc2lvblJlcXVlc3QaIS50YXJpZmYudjEuUHVibGlzaFZlcnNpb25SZXNwb25zZRJZChBSb2xsYmFja1JhdGVDYXJkEiIudGFyaWZmLnYxLlJvbGxiYWNrUmF0ZUNhcmRSZXF1ZXN0GiEudGFyaWZmLnYxLlB1Ymxpc2hWZXJzaW9uUmVzcG9uc2USTwoMTGlzdFZlcnNpb25zEh4udGFyaWZmLnYxLkxpc3RWZXJzaW9uc1JlcXVlc3QaHy50YXJpZmYudjEuTGlzdFZlcnNpb25zUmVzcG9uc2USRgoKR2V0VmVyc2lvbhIcLnRhcmlmZi52MS5HZXRWZXJzaW9uUmVxdWVzdBoaLnRhcmlmZi52MS5SYXRlQ2FyZFZlcnNpb24STwoMRGlmZlZlcnNpb25zEh4udGFyaWZmLnYxLkRpZmZWZXJzaW9uc1JlcXVlc3QaHy50YXJpZmYudjEuRGlmZlZlcnNpb25zUmVzcG9uc2USWAoPU2ltdWxhdGVWZXJzaW9uEiEudGFyaWZmLnYxLlNpbXVsYXRlVmVyc2lvblJlcXVlc3QaIi50YXJpZmYudjEuU2ltdWxhdGVWZXJzaW9uUmVzcG9uc2USTAoLR2V0QXVkaXRMb2cSHS50YXJpZmYudjEuR2V0QXVkaXRMb2dSZXF1ZXN0Gh4udGFyaWZmLnYxLkdldEF1ZGl0TG9nUmVzcG9uc2VCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Chd0YXJpZmYvdjEvcHJpY2luZy5wcm90bxIJdGFyaWZmLnYxIoMCCgdQcm9kdWN0EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRIrCgthZ2dyZWdhdGlvbhgEIAEoDjIWLnRhcmlmZi52MS5BZ2dyZWdhdGlvbhIRCgl2YWx1ZV9rZXkYBSABKAkSMAoHZmlsdGVycxgGIAMoCzIfLnRhcmlmZi52MS5Qcm9kdWN0LkZpbHRlcnNFbnRyeRIaChJwcmljaW5nX2RpbWVuc2lvbnMYByADKAkSDAoEdW5pdBgIIAEoCRouCgxGaWx0ZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI7ChRDcmVhdGVQcm9kdWN0UmVxdWVzdBIjCgdwcm9kdWN0GAEgASgLMhIudGFyaWZmLnYxLlByb2R1Y3QiFQoTTGlzdFByb2R1Y3RzUmVxdWVzdCI8ChRMaXN0UHJvZHVjdHNSZXNwb25zZRIkCghwcm9kdWN0cxgBIAMoCzISLnRhcmlmZi52MS5Qcm9kdWN0Ij0KBFRpZXISDQoFdXBfdG8YASABKAkSEgoKdW5pdF9wcmljZRgCIAEoCRISCgpmbGF0X3ByaWNlGAMgASgJIi0KCVVuaXRQcmljZRINCgVwcmljZRgBIAEoCRIRCglwZXJfdW5pdHMYAiABKAkiYwoLVGllcmVkUHJpY2USIQoEbW9kZRgBIAEoDjITLnRhcmlmZi52MS5UaWVyTW9kZRIeCgV0aWVycxgCIAMoCzIPLnRhcmlmZi52MS5UaWVyEhEKCXBlcl91bml0cxgDIAEoCSI7CgxQYWNrYWdlUHJpY2USFAoMcGFja2FnZV9zaXplGAEgASgJEhUKDXBhY2thZ2VfcHJpY2UYAiABKAkiGgoJRmxhdFByaWNlEg0KBXByaWNlGAEgASgJIp4CCgRSYXRlEhIKCnByb2R1Y3RfaWQYASABKAkSKQoFbWF0Y2gYAiADKAsyGi50YXJpZmYudjEuUmF0ZS5NYXRjaEVudHJ5EiQKBHVuaXQYAyABKAsyFC50YXJpZmYudjEuVW5pdFByaWNlSAASKAoGdGllcmVkGAQgASgLMhYudGFyaWZmLnYxLlRpZXJlZFByaWNlSAASKgoHcGFja2FnZRgFIAEoCzIXLnRhcmlmZi52MS5QYWNrYWdlUHJpY2VIABIkCgRmbGF0GAYgASgLMhQudGFyaWZmLnYxLkZsYXRQcmljZUgAGiwKCk1hdGNoRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVwcmljZSJ5CgdSYXRlS2V5EhIKCnByb2R1Y3RfaWQYASABKAkSLAoFbWF0Y2gYAiADKAsyHS50YXJpZmYudjEuUmF0ZUtleS5NYXRjaEVudHJ5GiwKCk1hdGNoRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLFAQoGQ29ob3J0EhQKDGN1c3RvbWVyX2lkcxgBIAMoCRI1CgphdHRyaWJ1dGVzGAIgAygLMiEudGFyaWZmLnYxLkNvaG9ydC5BdHRyaWJ1dGVzRW50cnkSOwoXY3VzdG9tZXJzX2NyZWF0ZWRfYWZ0ZXIYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqsECg9SYXRlQ2FyZFZlcnNpb24SFAoMcmF0ZV9jYXJkX2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKA0SJgoFc3RhdGUYAyABKA4yFy50YXJpZmYudjEuVmVyc2lvblN0YXRlEhgKEGJhc2VkX29uX3ZlcnNpb24YBCABKA0SPgoKcGFyYW1ldGVycxgFIAMoCzIqLnRhcmlmZi52MS5SYXRlQ2FyZFZlcnNpb24uUGFyYW1ldGVyc0VudHJ5Eh4KBXJhdGVzGAYgAygLMg8udGFyaWZmLnYxLlJhdGUSEwoLY2hhbmdlX25vdGUYByABKAkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOZWZmZWN0aXZlX2Zyb20YCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDHB1Ymxpc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIQoGY29ob3J0GAsgASgLMhEudGFyaWZmLnYxLkNvaG9ydBISCgpjcmVhdGVkX2J5GAwgASgJEhsKE3JvbGxiYWNrX3RvX3ZlcnNpb24YDSABKA0SHQoVcm9sbGJhY2tfZnJvbV92ZXJzaW9uGA4gASgNGjEKD1BhcmFtZXRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpsBCghSYXRlQ2FyZBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhQKDHByaWNpbmdfdW5pdBgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5sYXRlc3RfdmVyc2lvbhgFIAEoDRIXCg9jdXJyZW50X3ZlcnNpb24YBiABKA0iRwoVQ3JlYXRlUmF0ZUNhcmRSZXF1ZXN0EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSFAoMcHJpY2luZ191bml0GAMgASgJIiAKEkdldFJhdGVDYXJkUmVxdWVzdBIKCgJpZBgBIAEoCSI9ChRMaXN0UmF0ZUNhcmRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJZChVMaXN0UmF0ZUNhcmRzUmVzcG9uc2USJwoKcmF0ZV9jYXJkcxgBIAMoCzITLnRhcmlmZi52MS5SYXRlQ2FyZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki5wIKGUNyZWF0ZURyYWZ0VmVyc2lvblJlcXVlc3QSFAoMcmF0ZV9jYXJkX2lkGAEgASgJEhgKEGJhc2VkX29uX3ZlcnNpb24YAiABKA0STwoOc2V0X3BhcmFtZXRlcnMYAyADKAsyNy50YXJpZmYudjEuQ3JlYXRlRHJhZnRWZXJzaW9uUmVxdWVzdC5TZXRQYXJhbWV0ZXJzRW50cnkSJQoMdXBzZXJ0X3JhdGVzGAQgAygLMg8udGFyaWZmLnYxLlJhdGUSKAoMcmVtb3ZlX3JhdGVzGAUgAygLMhIudGFyaWZmLnYxLlJhdGVLZXkSEwoLY2hhbmdlX25vdGUYBiABKAkSGQoRcmVtb3ZlX3BhcmFtZXRlcnMYByADKAkSEgoKcmVxdWVzdF9pZBgIIAEoCRo0ChJTZXRQYXJhbWV0ZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI/ChZWYWxpZGF0ZVZlcnNpb25SZXF1ZXN0EhQKDHJhdGVfY2FyZF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNIk8KB0ZpbmRpbmcSJQoIc2V2ZXJpdHkYASABKA4yEy50YXJpZmYudjEuU2V2ZXJpdHkSDAoEcGF0aBgCIAEoCRIPCgdtZXNzYWdlGAMgASgJIkQKEFZhbGlkYXRpb25SZXBvcnQSCgoCb2sYASABKAgSJAoIZmluZGluZ3MYAiADKAsyEi50YXJpZmYudjEuRmluZGluZyKVAQoVUHVibGlzaFZlcnNpb25SZXF1ZXN0EhQKDHJhdGVfY2FyZF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEjIKDmVmZmVjdGl2ZV9mcm9tGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIhCgZjb2hvcnQYBCABKAsyES50YXJpZmYudjEuQ29ob3J0Io4BChZQdWJsaXNoVmVyc2lvblJlc3BvbnNlEisKB3ZlcnNpb24YASABKAsyGi50YXJpZmYudjEuUmF0ZUNhcmRWZXJzaW9uEhYKDmV2ZW50c19yZXJhdGVkGAIgASgEEi8KCnZhbGlkYXRpb24YAyABKAsyGy50YXJpZmYudjEuVmFsaWRhdGlvblJlcG9ydCJ3ChdSb2xsYmFja1JhdGVDYXJkUmVxdWVzdBIUCgxyYXRlX2NhcmRfaWQYASABKAkSEgoKdG9fdmVyc2lvbhgCIAEoDRIyCg5lZmZlY3RpdmVfZnJvbRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKwoTTGlzdFZlcnNpb25zUmVxdWVzdBIUCgxyYXRlX2NhcmRfaWQYASABKAkiRAoUTGlzdFZlcnNpb25zUmVzcG9uc2USLAoIdmVyc2lvbnMYASADKAsyGi50YXJpZmYudjEuUmF0ZUNhcmRWZXJzaW9uInIKEUdldFZlcnNpb25SZXF1ZXN0EhQKDHJhdGVfY2FyZF9pZBgBIAEoCRIRCgd2ZXJzaW9uGAIgASgNSAASKAoCYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSABCCgoIc2VsZWN0b3IiVQoTRGlmZlZlcnNpb25zUmVxdWVzdBIUCgxyYXRlX2NhcmRfaWQYASABKAkSFAoMZnJvbV92ZXJzaW9uGAIgASgNEhIKCnRvX3ZlcnNpb24YAyABKA0iagoPUGFyYW1ldGVyQ2hhbmdlEgwKBG5hbWUYASABKAkSEQoJb2xkX3ZhbHVlGAIgASgJEhEKCW5ld192YWx1ZRgDIAEoCRIjCgRraW5kGAQgASgOMhUudGFyaWZmLnYxLkNoYW5nZUtpbmQivAEKEFByaWNlRmllbGRDaGFuZ2USDAoEcGF0aBgBIAEoCRITCgtvbGRfZm9ybXVsYRgCIAEoCRITCgtuZXdfZm9ybXVsYRgDIAEoCRIRCglvbGRfcHJpY2UYBCABKAkSEQoJbmV3X3ByaWNlGAUgASgJEhMKC29sZF9wcm9ibGVtGAYgASgJEhMKC25ld19wcm9ibGVtGAcgASgJEg8KB2hhc19vbGQYCCABKAgSDwoHaGFzX25ldxgJIAEoCCLFAQoKUmF0ZUNoYW5nZRIfCgNrZXkYASABKAsyEi50YXJpZmYudjEuUmF0ZUtleRIhCghvbGRfcmF0ZRgCIAEoCzIPLnRhcmlmZi52MS5SYXRlEiEKCG5ld19yYXRlGAMgASgLMg8udGFyaWZmLnYxLlJhdGUSIwoEa2luZBgEIAEoDjIVLnRhcmlmZi52MS5DaGFuZ2VLaW5kEisKBmZpZWxkcxgFIAMoCzIbLnRhcmlmZi52MS5QcmljZUZpZWxkQ2hhbmdlImwKFERpZmZWZXJzaW9uc1Jlc3BvbnNlEi4KCnBhcmFtZXRlcnMYASADKAsyGi50YXJpZmYudjEuUGFyYW1ldGVyQ2hhbmdlEiQKBXJhdGVzGAIgAygLMhUudGFyaWZmLnYxLlJhdGVDaGFuZ2UitwEKFlNpbXVsYXRlVmVyc2lvblJlcXVlc3QSFAoMcmF0ZV9jYXJkX2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKA0SMAoMcGVyaW9kX3N0YXJ0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxjdXN0b21lcl9pZHMYBSADKAkiewoPU2ltdWxhdGVkQW1vdW50EhMKC2N1c3RvbWVyX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSFgoOY3VycmVudF9hbW91bnQYAyABKAkSGAoQc2ltdWxhdGVkX2Ftb3VudBgEIAEoCRINCgVkZWx0YRgFIAEoCSJGChdTaW11bGF0ZVZlcnNpb25SZXNwb25zZRIrCgdhbW91bnRzGAEgAygLMhoudGFyaWZmLnYxLlNpbXVsYXRlZEFtb3VudCLHAQoSR2V0QXVkaXRMb2dSZXF1ZXN0EhEKCWFmdGVyX3NlcRgBIAEoBBIRCglwYWdlX3NpemUYAiABKA0SDgoGdGFyZ2V0GAMgASgJEg0KBWFjdG9yGAQgASgJEg4KBmFjdGlvbhgFIAEoCRIuCgpzdGFydF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKCkF1ZGl0RW50cnkSCwoDc2VxGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIOCgZ0YXJnZXQYBSABKAkSDAoEZGlmZhgGIAEoCSJVChNHZXRBdWRpdExvZ1Jlc3BvbnNlEiYKB2VudHJpZXMYASADKAsyFS50YXJpZmYudjEuQXVkaXRFbnRyeRIWCg5uZXh0X2FmdGVyX3NlcRgCIAEoBCplCgtBZ2dyZWdhdGlvbhIbChdBR0dSRUdBVElPTl9VTlNQRUNJRklFRBAAEgcKA1NVTRABEgkKBUNPVU5UEAISBwoDTUFYEAMSEAoMVU5JUVVFX0NPVU5UEAQSCgoGTEFURVNUEAUqQAoIVGllck1vZGUSGQoVVElFUl9NT0RFX1VOU1BFQ0lGSUVEEAASDQoJR1JBRFVBVEVEEAESCgoGVk9MVU1FEAIqRwoMVmVyc2lvblN0YXRlEh0KGVZFUlNJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIJCgVEUkFGVBABEg0KCVBVQkxJU0hFRBACKjwKCFNldmVyaXR5EhgKFFNFVkVSSVRZX1VOU1BFQ0lGSUVEEAASCQoFRVJST1IQARILCgdXQVJOSU5HEAIqXAoKQ2hhbmdlS2luZBIbChdDSEFOR0VfS0lORF9VTlNQRUNJRklFRBAAEgkKBUFEREVEEAESCwoHUkVNT1ZFRBACEgsKB0NIQU5HRUQQAxIMCghSRVBSSUNFRBAEMvYICg5QcmljaW5nU2VydmljZRJECg1DcmVhdGVQcm9kdWN0Eh8udGFyaWZmLnYxLkNyZWF0ZVByb2R1Y3RSZXF1ZXN0GhIudGFyaWZmLnYxLlByb2R1Y3QSTwoMTGlzdFByb2R1Y3RzEh4udGFyaWZmLnYxLkxpc3RQcm9kdWN0c1JlcXVlc3QaHy50YXJpZmYudjEuTGlzdFByb2R1Y3RzUmVzcG9uc2USRwoOQ3JlYXRlUmF0ZUNhcmQSIC50YXJpZmYudjEuQ3JlYXRlUmF0ZUNhcmRSZXF1ZXN0GhMudGFyaWZmLnYxLlJhdGVDYXJkEkEKC0dldFJhdGVDYXJkEh0udGFyaWZmLnYxLkdldFJhdGVDYXJkUmVxdWVzdBoTLnRhcmlmZi52MS5SYXRlQ2FyZBJSCg1MaXN0UmF0ZUNhcmRzEh8udGFyaWZmLnYxLkxpc3RSYXRlQ2FyZHNSZXF1ZXN0GiAudGFyaWZmLnYxLkxpc3RSYXRlQ2FyZHNSZXNwb25zZRJWChJDcmVhdGVEcmFmdFZlcnNpb24SJC50YXJpZmYudjEuQ3JlYXRlRHJhZnRWZXJzaW9uUmVxdWVzdBoaLnRhcmlmZi52MS5SYXRlQ2FyZFZlcnNpb24SUQoPVmFsaWRhdGVWZXJzaW9uEiEudGFyaWZmLnYxLlZhbGlkYXRlVmVyc2lvblJlcXVlc3QaGy50YXJpZmYudjEuVmFsaWRhdGlvblJlcG9ydBJVCg5QdWJsaXNoVmVyc2lvbhIgLnRhcmlmZi52MS5QdWJsaXNoVmVyc2lvblJlcXVlc3QaIS50YXJpZmYudjEuUHVibGlzaFZlcnNpb25SZXNwb25zZRJZChBSb2xsYmFja1JhdGVDYXJkEiIudGFyaWZmLnYxLlJvbGxiYWNrUmF0ZUNhcmRSZXF1ZXN0GiEudGFyaWZmLnYxLlB1Ymxpc2hWZXJzaW9uUmVzcG9uc2USTwoMTGlzdFZlcnNpb25zEh4udGFyaWZmLnYxLkxpc3RWZXJzaW9uc1JlcXVlc3QaHy50YXJpZmYudjEuTGlzdFZlcnNpb25zUmVzcG9uc2USRgoKR2V0VmVyc2lvbhIcLnRhcmlmZi52MS5HZXRWZXJzaW9uUmVxdWVzdBoaLnRhcmlmZi52MS5SYXRlQ2FyZFZlcnNpb24STwoMRGlmZlZlcnNpb25zEh4udGFyaWZmLnYxLkRpZmZWZXJzaW9uc1JlcXVlc3QaHy50YXJpZmYudjEuRGlmZlZlcnNpb25zUmVzcG9uc2USWAoPU2ltdWxhdGVWZXJzaW9uEiEudGFyaWZmLnYxLlNpbXVsYXRlVmVyc2lvblJlcXVlc3QaIi50YXJpZmYudjEuU2ltdWxhdGVWZXJzaW9uUmVzcG9uc2USTAoLR2V0QXVkaXRMb2cSHS50YXJpZmYudjEuR2V0QXVkaXRMb2dSZXF1ZXN0Gh4udGFyaWZmLnYxLkdldEF1ZGl0TG9nUmVzcG9uc2VCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message tariff.v1.Product
@@ -437,6 +437,22 @@ export type RateCardVersion = Message<"tariff.v1.RateCardVersion"> & {
    * @generated from field: string created_by = 12;
    */
   createdBy: string;
+
+  /**
+   * Set on a version RollbackRateCard made: the version it is a copy of (also
+   * its based_on_version); 0 on any other version.
+   *
+   * @generated from field: uint32 rollback_to_version = 13;
+   */
+  rollbackToVersion: number;
+
+  /**
+   * Set on a version RollbackRateCard made: the version that was in force
+   * (outside cohorts) at its effective_from, which it replaced; 0 otherwise.
+   *
+   * @generated from field: uint32 rollback_from_version = 14;
+   */
+  rollbackFromVersion: number;
 };
 
 /**
@@ -792,6 +808,29 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
   messageDesc(file_tariff_v1_pricing, 23);
 
 /**
+ * Restores the prices of to_version by publishing a copy of it as a new
+ * version: history is never rewritten. The copy is version latest+1, state
+ * PUBLISHED, based_on_version = rollback_to_version = to_version,
+ * rollback_from_version = the version it replaced, with the parameters and
+ * rates of to_version, no cohort (it prices every customer outside cohorts),
+ * and the change note "rollback of version F to version T: a copy of version
+ * T, effective from <time>". It goes through PublishVersion's path: the same
+ * validation and the same handling of usage already rated after
+ * effective_from (today refused with UNIMPLEMENTED, naming the first such
+ * hour, as PublishVersion is). The audit log records one entry, action
+ * "RollbackRateCard", target "rate_card/<id>/version/<copy>", whose diff
+ * holds the request's fields and "version" (the copy), "rollback_from" and
+ * "rollback_to".
+ *
+ * Refused, changing nothing: rate_card_id or to_version missing
+ * (INVALID_ARGUMENT); an unknown rate card or version (NOT_FOUND, naming it);
+ * to_version a draft (FAILED_PRECONDITION); effective_from not on an hour
+ * (INVALID_ARGUMENT); no version in force at effective_from
+ * (FAILED_PRECONDITION); to_version's prices already in force at
+ * effective_from, that is the version in force is to_version or a copy of
+ * the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
+ * force).
+ *
  * @generated from message tariff.v1.RollbackRateCardRequest
  */
 export type RollbackRateCardRequest = Message<"tariff.v1.RollbackRateCardRequest"> & {
@@ -806,6 +845,9 @@ export type RollbackRateCardRequest = Message<"tariff.v1.RollbackRateCardRequest
   toVersion: number;
 
   /**
+   * UTC, on an hour boundary; past, now or future. Now (rounded down to the
+   * hour) when unset.
+   *
    * @generated from field: google.protobuf.Timestamp effective_from = 3;
    */
   effectiveFrom?: Timestamp | undefined;
@@ -889,6 +931,11 @@ export const GetVersionRequestSchema: GenMessage<GetVersionRequest> = /*@__PURE_
   messageDesc(file_tariff_v1_pricing, 27);
 
 /**
+ * Both versions are required (INVALID_ARGUMENT when 0); an unknown rate card
+ * or version is NOT_FOUND, naming it. Any two versions of the card, drafts
+ * included, in either order; a version diffed with itself gives an empty
+ * answer.
+ *
  * @generated from message tariff.v1.DiffVersionsRequest
  */
 export type DiffVersionsRequest = Message<"tariff.v1.DiffVersionsRequest"> & {
@@ -898,11 +945,15 @@ export type DiffVersionsRequest = Message<"tariff.v1.DiffVersionsRequest"> & {
   rateCardId: string;
 
   /**
+   * The older side ("old_*" fields of the answer).
+   *
    * @generated from field: uint32 from_version = 2;
    */
   fromVersion: number;
 
   /**
+   * The newer side ("new_*" fields of the answer).
+   *
    * @generated from field: uint32 to_version = 3;
    */
   toVersion: number;
@@ -925,14 +976,23 @@ export type ParameterChange = Message<"tariff.v1.ParameterChange"> & {
   name: string;
 
   /**
+   * The value in from_version, as written; empty when ADDED.
+   *
    * @generated from field: string old_value = 2;
    */
   oldValue: string;
 
   /**
+   * The value in to_version, as written; empty when REMOVED.
+   *
    * @generated from field: string new_value = 3;
    */
   newValue: string;
+
+  /**
+   * @generated from field: tariff.v1.ChangeKind kind = 4;
+   */
+  kind: ChangeKind;
 };
 
 /**
@@ -943,23 +1003,134 @@ export const ParameterChangeSchema: GenMessage<ParameterChange> = /*@__PURE__*/
   messageDesc(file_tariff_v1_pricing, 29);
 
 /**
+ * One price field of a rate that differs between the two versions, in its
+ * text or in its evaluated price.
+ *
+ * @generated from message tariff.v1.PriceFieldChange
+ */
+export type PriceFieldChange = Message<"tariff.v1.PriceFieldChange"> & {
+  /**
+   * Where in the rate: "unit.price", "unit.per_units",
+   * "tiered.tiers[N].up_to", "tiered.tiers[N].unit_price",
+   * "tiered.tiers[N].flat_price", "tiered.per_units", "package.package_size",
+   * "package.package_price" or "flat.price".
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * The field as written in from_version's rate: a decimal or a formula;
+   * empty when that rate has no such field (has_old is false) or left it
+   * empty.
+   *
+   * @generated from field: string old_formula = 2;
+   */
+  oldFormula: string;
+
+  /**
+   * The same in to_version's rate.
+   *
+   * @generated from field: string new_formula = 3;
+   */
+  newFormula: string;
+
+  /**
+   * The field's price as validation evaluates it with from_version's
+   * parameters: a canonical decimal string (no exponent, no trailing zeros),
+   * rounded half-even to 18 decimal places once; the default when the field
+   * is left empty ("1" for per_units, "0" for a tier's prices). Empty when
+   * the field is absent, unbounded (the last tier's up_to), or cannot be
+   * evaluated (old_problem says why).
+   *
+   * @generated from field: string old_price = 4;
+   */
+  oldPrice: string;
+
+  /**
+   * The same with to_version's parameters.
+   *
+   * @generated from field: string new_price = 5;
+   */
+  newPrice: string;
+
+  /**
+   * Why old_formula has no price in from_version (an unknown parameter, a
+   * division by zero, out of range, negative); empty otherwise.
+   *
+   * @generated from field: string old_problem = 6;
+   */
+  oldProblem: string;
+
+  /**
+   * The same for new_formula in to_version.
+   *
+   * @generated from field: string new_problem = 7;
+   */
+  newProblem: string;
+
+  /**
+   * Whether from_version's rate has this field (false when the rate is
+   * ADDED, or has another price model or fewer tiers).
+   *
+   * @generated from field: bool has_old = 8;
+   */
+  hasOld: boolean;
+
+  /**
+   * Whether to_version's rate has this field.
+   *
+   * @generated from field: bool has_new = 9;
+   */
+  hasNew: boolean;
+};
+
+/**
+ * Describes the message tariff.v1.PriceFieldChange.
+ * Use `create(PriceFieldChangeSchema)` to create a new message.
+ */
+export const PriceFieldChangeSchema: GenMessage<PriceFieldChange> = /*@__PURE__*/
+  messageDesc(file_tariff_v1_pricing, 30);
+
+/**
  * @generated from message tariff.v1.RateChange
  */
 export type RateChange = Message<"tariff.v1.RateChange"> & {
   /**
+   * The rate's product and match ("*" entries left out).
+   *
    * @generated from field: tariff.v1.RateKey key = 1;
    */
   key?: RateKey | undefined;
 
   /**
+   * The rate in from_version; unset when ADDED.
+   *
    * @generated from field: tariff.v1.Rate old_rate = 2;
    */
   oldRate?: Rate | undefined;
 
   /**
+   * The rate in to_version; unset when REMOVED.
+   *
    * @generated from field: tariff.v1.Rate new_rate = 3;
    */
   newRate?: Rate | undefined;
+
+  /**
+   * @generated from field: tariff.v1.ChangeKind kind = 4;
+   */
+  kind: ChangeKind;
+
+  /**
+   * The price fields whose text or evaluated price differ, in the rate's own
+   * order (to_version's, then fields only from_version has): every field of
+   * an ADDED or REMOVED rate. A CHANGED rate whose only difference is its
+   * tier mode has none.
+   *
+   * @generated from field: repeated tariff.v1.PriceFieldChange fields = 5;
+   */
+  fields: PriceFieldChange[];
 };
 
 /**
@@ -967,18 +1138,25 @@ export type RateChange = Message<"tariff.v1.RateChange"> & {
  * Use `create(RateChangeSchema)` to create a new message.
  */
 export const RateChangeSchema: GenMessage<RateChange> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_pricing, 30);
+  messageDesc(file_tariff_v1_pricing, 31);
 
 /**
  * @generated from message tariff.v1.DiffVersionsResponse
  */
 export type DiffVersionsResponse = Message<"tariff.v1.DiffVersionsResponse"> & {
   /**
+   * By name. Only parameters that differ.
+   *
    * @generated from field: repeated tariff.v1.ParameterChange parameters = 1;
    */
   parameters: ParameterChange[];
 
   /**
+   * By product_id, then by match: its (dimension, value) pairs sorted by
+   * dimension and compared pair by pair, a match that begins another coming
+   * first (so the catch-all rate of a product comes first). Only rates that
+   * differ: a rate written the same whose prices are the same is left out.
+   *
    * @generated from field: repeated tariff.v1.RateChange rates = 2;
    */
   rates: RateChange[];
@@ -989,7 +1167,7 @@ export type DiffVersionsResponse = Message<"tariff.v1.DiffVersionsResponse"> & {
  * Use `create(DiffVersionsResponseSchema)` to create a new message.
  */
 export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_pricing, 31);
+  messageDesc(file_tariff_v1_pricing, 32);
 
 /**
  * @generated from message tariff.v1.SimulateVersionRequest
@@ -1028,7 +1206,7 @@ export type SimulateVersionRequest = Message<"tariff.v1.SimulateVersionRequest">
  * Use `create(SimulateVersionRequestSchema)` to create a new message.
  */
 export const SimulateVersionRequestSchema: GenMessage<SimulateVersionRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_pricing, 32);
+  messageDesc(file_tariff_v1_pricing, 33);
 
 /**
  * @generated from message tariff.v1.SimulatedAmount
@@ -1065,7 +1243,7 @@ export type SimulatedAmount = Message<"tariff.v1.SimulatedAmount"> & {
  * Use `create(SimulatedAmountSchema)` to create a new message.
  */
 export const SimulatedAmountSchema: GenMessage<SimulatedAmount> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_pricing, 33);
+  messageDesc(file_tariff_v1_pricing, 34);
 
 /**
  * @generated from message tariff.v1.SimulateVersionResponse
@@ -1082,9 +1260,15 @@ export type SimulateVersionResponse = Message<"tariff.v1.SimulateVersionResponse
  * Use `create(SimulateVersionResponseSchema)` to create a new message.
  */
 export const SimulateVersionResponseSchema: GenMessage<SimulateVersionResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_pricing, 34);
+  messageDesc(file_tariff_v1_pricing, 35);
 
 /**
+ * The filters combine (an entry must meet every one given). A page holds at
+ * most page_size entries and, so that a read never holds the server long,
+ * looks through at most 32,768 entries (64 sealed chunks of 512) past
+ * after_seq: a filtered page may hold fewer than page_size entries, even
+ * none, while next_after_seq says where to go on.
+ *
  * @generated from message tariff.v1.GetAuditLogRequest
  */
 export type GetAuditLogRequest = Message<"tariff.v1.GetAuditLogRequest"> & {
@@ -1096,16 +1280,54 @@ export type GetAuditLogRequest = Message<"tariff.v1.GetAuditLogRequest"> & {
   afterSeq: bigint;
 
   /**
+   * At most 1,000; 100 when 0.
+   *
    * @generated from field: uint32 page_size = 2;
    */
   pageSize: number;
 
   /**
-   * Only entries about this target ("rate_card/gpt", ...); empty: all.
+   * Only entries whose target starts with this text: "rate_card/gpt"
+   * matches "rate_card/gpt", "rate_card/gpt/version/2" (and
+   * "rate_card/gpt4"); "customer/" every customer; empty: all.
    *
    * @generated from field: string target = 3;
    */
   target: string;
+
+  /**
+   * Only entries by this actor: an entry's whole actor, or either side of
+   * "PERSON via KEY" (see AuditEntry.actor), so a key's name finds what was
+   * done with that key and a person's name what was done in their name;
+   * empty: all.
+   *
+   * @generated from field: string actor = 4;
+   */
+  actor: string;
+
+  /**
+   * Only entries of this action, the name of the RPC that made the change
+   * ("PublishVersion", "RollbackRateCard", "CreateDraftVersion", ...);
+   * empty: all.
+   *
+   * @generated from field: string action = 5;
+   */
+  action: string;
+
+  /**
+   * Only entries at or after this time; unset: no lower bound.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 6;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Only entries before this time (INVALID_ARGUMENT unless after
+   * start_time); unset: no upper bound.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 7;
+   */
+  endTime?: Timestamp | undefined;
 };
 
 /**
@@ -1113,39 +1335,63 @@ export type GetAuditLogRequest = Message<"tariff.v1.GetAuditLogRequest"> & {
  * Use `create(GetAuditLogRequestSchema)` to create a new message.
  */
 export const GetAuditLogRequestSchema: GenMessage<GetAuditLogRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_pricing, 35);
+  messageDesc(file_tariff_v1_pricing, 36);
 
 /**
  * @generated from message tariff.v1.AuditEntry
  */
 export type AuditEntry = Message<"tariff.v1.AuditEntry"> & {
   /**
+   * The journal sequence number of the change.
+   *
    * @generated from field: uint64 seq = 1;
    */
   seq: bigint;
 
   /**
+   * When the server received the call.
+   *
    * @generated from field: google.protobuf.Timestamp time = 2;
    */
   time?: Timestamp | undefined;
 
   /**
+   * Who made the change. Without API keys: the call's "x-actor" metadata
+   * value, or "anonymous" without one. With API keys: the key's name; when an
+   * unrestricted key also sends "x-actor" naming someone else, "PERSON via
+   * KEY" (the person it acts for, then the key: the key is always recorded,
+   * the header never hides it). A key restricted to some customers may not
+   * name an actor: its state-changing call carrying x-actor is refused with
+   * PERMISSION_DENIED. An x-actor value is 1-128 letters, digits and
+   * . _ : @ - (INVALID_ARGUMENT otherwise), sent once.
+   *
    * @generated from field: string actor = 3;
    */
   actor: string;
 
   /**
+   * The RPC that made the change ("PublishVersion", "RollbackRateCard", ...).
+   *
    * @generated from field: string action = 4;
    */
   action: string;
 
   /**
+   * What it changed: "rate_card/<id>", "rate_card/<id>/version/<n>",
+   * "product/<id>", "customer/<id>", "contract/<id>", "grant/<id>".
+   *
    * @generated from field: string target = 5;
    */
   target: string;
 
   /**
-   * What changed, as JSON.
+   * What changed, as a JSON object: the request's fields as the server
+   * applied them (for RollbackRateCard also "version", "rollback_from" and
+   * "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
+   * keeps its fields but shortens the largest (a list or map to its first
+   * entries, a text to its start) until it fits, and adds "truncated":
+   * {"bytes": size of the whole, "fields": {name: {"of": entries or
+   * characters in the whole, "kept": how many are shown}}}.
    *
    * @generated from field: string diff = 6;
    */
@@ -1157,7 +1403,7 @@ export type AuditEntry = Message<"tariff.v1.AuditEntry"> & {
  * Use `create(AuditEntrySchema)` to create a new message.
  */
 export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_pricing, 36);
+  messageDesc(file_tariff_v1_pricing, 37);
 
 /**
  * @generated from message tariff.v1.GetAuditLogResponse
@@ -1167,6 +1413,13 @@ export type GetAuditLogResponse = Message<"tariff.v1.GetAuditLogResponse"> & {
    * @generated from field: repeated tariff.v1.AuditEntry entries = 1;
    */
   entries: AuditEntry[];
+
+  /**
+   * The after_seq of the next page; 0 when no entry is left.
+   *
+   * @generated from field: uint64 next_after_seq = 2;
+   */
+  nextAfterSeq: bigint;
 };
 
 /**
@@ -1174,7 +1427,7 @@ export type GetAuditLogResponse = Message<"tariff.v1.GetAuditLogResponse"> & {
  * Use `create(GetAuditLogResponseSchema)` to create a new message.
  */
 export const GetAuditLogResponseSchema: GenMessage<GetAuditLogResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_pricing, 37);
+  messageDesc(file_tariff_v1_pricing, 38);
 
 /**
  * @generated from enum tariff.v1.Aggregation
@@ -1310,6 +1563,54 @@ export const SeveritySchema: GenEnum<Severity> = /*@__PURE__*/
   enumDesc(file_tariff_v1_pricing, 3);
 
 /**
+ * What kind of difference a ParameterChange or RateChange is.
+ *
+ * @generated from enum tariff.v1.ChangeKind
+ */
+export enum ChangeKind {
+  /**
+   * @generated from enum value: CHANGE_KIND_UNSPECIFIED = 0;
+   */
+  CHANGE_KIND_UNSPECIFIED = 0,
+
+  /**
+   * Only in to_version.
+   *
+   * @generated from enum value: ADDED = 1;
+   */
+  ADDED = 1,
+
+  /**
+   * Only in from_version.
+   *
+   * @generated from enum value: REMOVED = 2;
+   */
+  REMOVED = 2,
+
+  /**
+   * In both, written differently: a parameter's value text, or anything of a
+   * rate's price (its model, tier mode, tiers, any price field's text).
+   *
+   * @generated from enum value: CHANGED = 3;
+   */
+  CHANGED = 3,
+
+  /**
+   * A rate written the same in both versions whose evaluated price differs,
+   * because a parameter its formulas use changed.
+   *
+   * @generated from enum value: REPRICED = 4;
+   */
+  REPRICED = 4,
+}
+
+/**
+ * Describes the enum tariff.v1.ChangeKind.
+ */
+export const ChangeKindSchema: GenEnum<ChangeKind> = /*@__PURE__*/
+  enumDesc(file_tariff_v1_pricing, 4);
+
+/**
  * @generated from service tariff.v1.PricingService
  */
 export const PricingService: GenService<{
@@ -1391,7 +1692,14 @@ export const PricingService: GenService<{
     output: typeof PublishVersionResponseSchema;
   },
   /**
-   * Publishes a copy of an earlier version as a new version.
+   * Publishes a copy of an earlier published version as a new version, through
+   * PublishVersion's own path (see RollbackRateCardRequest). Key: what the
+   * request names: when the version in force at the requested hour is the
+   * copy a rollback to the same to_version made (from that same hour, when
+   * effective_from is given), the call is answered as the first one was and
+   * changes nothing. So a retry never makes a second copy, also after a
+   * restart; a rollback to that same version later, once another version has
+   * taken over, is a new rollback.
    *
    * @generated from rpc tariff.v1.PricingService.RollbackRateCard
    */
@@ -1417,6 +1725,10 @@ export const PricingService: GenService<{
     output: typeof RateCardVersionSchema;
   },
   /**
+   * What changed from from_version to to_version (drafts included):
+   * parameters and rates added, removed and changed, with each differing
+   * price field's formula and evaluated price on both sides. Changes nothing.
+   *
    * @generated from rpc tariff.v1.PricingService.DiffVersions
    */
   diffVersions: {
@@ -1435,6 +1747,8 @@ export const PricingService: GenService<{
     output: typeof SimulateVersionResponseSchema;
   },
   /**
+   * Every admin change, oldest first, filtered and a page at a time.
+   *
    * @generated from rpc tariff.v1.PricingService.GetAuditLog
    */
   getAuditLog: {
