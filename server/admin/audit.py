@@ -1,11 +1,14 @@
-"""`tariff audit`: who changed what, from the server's audit log (PricingService.GetAuditLog)."""
+"""`tariff audit`: who changed what, from the server's audit log (PricingService.GetAuditLog), filtered."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import click
 
 from server.admin.output import print_json, print_table, when
 from server.admin.remote import Remote, remote_command
+from server.admin.versions import UtcTime, timestamp
 
 CHANGE_CHARS_SHOWN = 100
 
@@ -19,18 +22,47 @@ def clip(change: str) -> str:
 @click.option(
     "--after", "after_seq", type=click.IntRange(0), default=0, show_default=True, help="entries after this seq"
 )
-@click.option("--target", default="", help='only entries about this target ("rate_card/ai-credits", "customer/acme")')
+@click.option("--target", default="", help='only targets starting with this ("rate_card/ai-credits", "customer/")')
+@click.option("--by", default="", metavar="ACTOR", help="only changes by this actor: a key's name or a person")
+@click.option("--action", default="", help='only this action, the RPC\'s name ("PublishVersion", "RollbackRateCard")')
+@click.option("--since", type=UtcTime(), help="only changes at or after this time")
+@click.option("--until", type=UtcTime(), help="only changes before this time")
 @click.option("--limit", type=click.IntRange(1, 1_000), default=100, show_default=True, help="most entries to show")
 @remote_command
-def audit(remote: Remote, after_seq: int, target: str, limit: int) -> None:
-    """Who changed what: the audit log, oldest first (with --json, each change in full)."""
+def audit(
+    remote: Remote,
+    after_seq: int,
+    target: str,
+    by: str,
+    action: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> None:
+    """Who changed what: the audit log, oldest first (with --json, each change in full).
+
+    The filters combine. It reads page after page until it has --limit entries or the log ends; when entries are
+    left, it says which --after shows the next ones (in --json: next_after_seq)."""
     from tariff.v1 import pricing_pb2
 
-    request = pricing_pb2.GetAuditLogRequest(after_seq=after_seq, page_size=limit, target=target)
+    request = pricing_pb2.GetAuditLogRequest(after_seq=after_seq, target=target, actor=by, action=action)
+    if since is not None:
+        request.start_time.CopyFrom(timestamp(since))
+    if until is not None:
+        request.end_time.CopyFrom(timestamp(until))
+    entries: list[pricing_pb2.AuditEntry] = []
     with remote.client() as client:
-        log = client.pricing.GetAuditLog(request)
+        while True:
+            request.page_size = limit - len(entries)
+            page = client.pricing.GetAuditLog(request)
+            entries.extend(page.entries)
+            request.after_seq = page.next_after_seq
+            if not page.next_after_seq or len(entries) >= limit:
+                break
     if remote.as_json:
-        print_json(log)
+        print_json({"entries": entries, "next_after_seq": str(request.after_seq)})
         return
-    rows = [(e.seq, when(e.time, e.HasField("time")), e.actor, e.action, e.target, clip(e.diff)) for e in log.entries]
+    rows = [(e.seq, when(e.time, e.HasField("time")), e.actor, e.action, e.target, clip(e.diff)) for e in entries]
     print_table(("seq", "time", "actor", "action", "target", "change"), rows)
+    if request.after_seq:
+        click.echo(f"more entries: tariff audit --after {request.after_seq} (with the same filters)")

@@ -48,12 +48,20 @@ def print_version(version: pricing_pb2.RateCardVersion) -> None:
             ("effective from", when(version.effective_from, version.HasField("effective_from"))),
             ("change note", version.change_note),
             ("created by", version.created_by),
+            *rollback_fields(version),
         ],
         title=f"version {version.version}",
     )
     print_table(("name", "value"), sorted(version.parameters.items()), title="parameters")
     rows = [(r.product_id, pairs(r.match) or "*", price_text(r)) for r in version.rates]
     print_table(("product", "match", "price"), rows, title="rates")
+
+
+def rollback_fields(version: pricing_pb2.RateCardVersion) -> list[tuple[str, str]]:
+    """A rollback's versions, for a version RollbackRateCard made; nothing for any other."""
+    if not version.rollback_to_version:
+        return []
+    return [("rollback", f"of version {version.rollback_from_version} to version {version.rollback_to_version}")]
 
 
 def version_rows(versions: Any) -> list[tuple[Any, ...]]:

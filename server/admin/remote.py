@@ -1,6 +1,6 @@
 """What every client command shares: the connection options, the client, and the one place errors exit.
 
-`remote_command` adds `--server`, `--api-key`, `--tls-ca` and `--json` to a click command and hands it a
+`remote_command` adds `--server`, `--api-key`, `--tls-ca`, `--json` and `--actor` to a click command and hands it a
 `Remote`. A failed call (a typed `tariff.TariffError`, or a raw `grpc.RpcError`) ends the command here:
 the status code and the server's message on stderr, exit status 1. grpc and the client library are
 imported only when a command runs, so `tariff --help` stays fast.
@@ -32,9 +32,10 @@ class Remote:
     api_key: str | None
     tls_ca: Path | None
     as_json: bool
+    actor: str | None = None  # sent as x-actor: the person the audit log records for this command's changes
 
     def _client_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"api_key": self.api_key or None}
+        options: dict[str, Any] = {"api_key": self.api_key or None, "actor": self.actor or None}
         if self.tls_ca is not None:
             options["root_certificates"] = self.tls_ca.read_bytes()
         host = self.server.rsplit(":", 1)[0].strip("[]")
@@ -91,10 +92,18 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         help="PEM CA to trust: connect with TLS (env TARIFF_TLS_CA)",
     )
     @click.option("--json", "as_json", is_flag=True, help="print JSON (protobuf's JSON mapping) instead of tables")
+    @click.option(
+        "--actor",
+        envvar="TARIFF_ACTOR",
+        help="who the audit log records for the changes (sent as x-actor; with an API key: PERSON via KEY) "
+        "(env TARIFF_ACTOR)",
+    )
     @functools.wraps(command)
-    def run(server: str, api_key: str | None, tls_ca: Path | None, as_json: bool, **kwargs: Any) -> None:
+    def run(
+        server: str, api_key: str | None, tls_ca: Path | None, as_json: bool, actor: str | None, **kwargs: Any
+    ) -> None:
         try:
-            command(Remote(server, api_key, tls_ca, as_json), **kwargs)
+            command(Remote(server, api_key, tls_ca, as_json, actor), **kwargs)
         except Exception as exc:
             error = as_tariff_error(exc)
             if error is None:

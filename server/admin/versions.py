@@ -1,9 +1,10 @@
-"""`tariff ratecard draft|validate|publish|versions|diff|rollback|simulate`: a rate card's versions.
+"""`tariff ratecard draft|validate|publish|versions|show|diff|rollback|simulate`: a rate card's versions.
 
 A change to prices is a new DRAFT version (its base plus the changes), validated, then published with the
 hour it takes effect from. Rates are given as JSON objects of the wire's `Rate` message (protobuf's JSON
 mapping), e.g. `{"product_id": "calls", "match": {"region": "eu"}, "unit": {"price": "0.02"}}`.
-Commands whose RPC the server does not implement print its UNIMPLEMENTED answer and exit 1.
+Commands whose RPC the server does not implement print its UNIMPLEMENTED answer and exit 1. `--actor` (on
+every command) names the person the audit log records for a change.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from server.admin.output import parse_pairs, print_fields, print_json, print_table
+from server.admin.output import pairs, parse_pairs, print_fields, print_json, print_table
 from server.admin.ratecards import VERSION_COLUMNS, price_text, print_version, version_rows
 from server.admin.remote import Remote, fail, remote_command
 
@@ -205,7 +206,8 @@ def versions(remote: Remote, rate_card_id: str) -> None:
 @click.argument("to_version", type=click.IntRange(1))
 @remote_command
 def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) -> None:
-    """What changed between two versions: parameters and rates."""
+    """What changed from FROM_VERSION to TO_VERSION (drafts too): parameters, rates, and each price field
+    that differs with its formula and evaluated price on both sides."""
     from tariff.v1 import pricing_pb2
 
     request = pricing_pb2.DiffVersionsRequest(
@@ -216,17 +218,60 @@ def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) 
     if remote.as_json:
         print_json(changes)
         return
-    print_table(("parameter", "old", "new"), [(p.name, p.old_value, p.new_value) for p in changes.parameters])
-    rows = [
-        (
-            c.key.product_id,
-            ", ".join(f"{k}={v}" for k, v in sorted(c.key.match.items())) or "*",
-            price_text(c.old_rate) if c.HasField("old_rate") else "",
-            price_text(c.new_rate) if c.HasField("new_rate") else "",
-        )
-        for c in changes.rates
+    if not changes.parameters and not changes.rates:
+        click.echo(f"versions {from_version} and {to_version} of {rate_card_id!r} hold the same prices")
+        return
+    kind = pricing_pb2.ChangeKind.Name
+    print_table(
+        ("change", "parameter", f"v{from_version}", f"v{to_version}"),
+        [(kind(p.kind), p.name, p.old_value, p.new_value) for p in changes.parameters],
+        title="parameters",
+    )
+    print_table(
+        ("change", "product", "match", "field", f"v{from_version} formula", "price", f"v{to_version} formula", "price"),
+        [row for change in changes.rates for row in rate_change_rows(change)],
+        title="rates",
+    )
+
+
+def rate_change_rows(change: pricing_pb2.RateChange) -> list[tuple[str, ...]]:
+    """One row per price field that differs; a rate whose only change is elsewhere (its tier mode) gets one row
+    with both prices in one line."""
+    from tariff.v1 import pricing_pb2
+
+    head = (pricing_pb2.ChangeKind.Name(change.kind), change.key.product_id, pairs(change.key.match) or "*")
+    if not change.fields:
+        old = price_text(change.old_rate) if change.HasField("old_rate") else ""
+        new = price_text(change.new_rate) if change.HasField("new_rate") else ""
+        return [(*head, "", old, "", new, "")]
+    return [
+        (*head, f.path, f.old_formula, f.old_price or f.old_problem, f.new_formula, f.new_price or f.new_problem)
+        for f in change.fields
     ]
-    print_table(("product", "match", "old price", "new price"), rows, title="rates")
+
+
+@ratecard.command()
+@click.argument("rate_card_id")
+@click.argument("version", type=click.IntRange(1), required=False)
+@click.option("--at", type=UtcTime(), help="the version in force at this time (outside cohorts)")
+@remote_command
+def show(remote: Remote, rate_card_id: str, version: int | None, at: datetime | None) -> None:
+    """One version: its state, when it takes effect, its parameters and rates [default: the one in force now]."""
+    from tariff.v1 import pricing_pb2
+
+    if version is not None and at is not None:
+        raise click.UsageError("give VERSION or --at, not both")
+    request = pricing_pb2.GetVersionRequest(rate_card_id=rate_card_id)
+    if version is not None:
+        request.version = version
+    else:
+        request.at.CopyFrom(timestamp(at if at is not None else datetime.now(UTC)))
+    with remote.client() as client:
+        shown = client.pricing.GetVersion(request)
+    if remote.as_json:
+        print_json(shown)
+    else:
+        print_version(shown)
 
 
 @ratecard.command()
@@ -235,7 +280,10 @@ def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) 
 @click.option("--effective-from", type=UtcTime(), help="on an hour boundary [default: now, rounded down to the hour]")
 @remote_command
 def rollback(remote: Remote, rate_card_id: str, to_version: int, effective_from: datetime | None) -> None:
-    """Publish a copy of an earlier version as a new version."""
+    """Restore TO_VERSION's prices: publish a copy of it as a new version, from --effective-from.
+
+    Nothing is rewritten: the copy is the newest version, and says which version it replaced. A retry (the same
+    TO_VERSION, while its copy is in force) answers as the first call did."""
     from tariff.v1 import pricing_pb2
 
     request = pricing_pb2.RollbackRateCardRequest(rate_card_id=rate_card_id, to_version=to_version)
