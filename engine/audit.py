@@ -25,9 +25,10 @@ from engine.versions import PublishResult
 
 # An entry's diff is at most this many bytes of JSON (a bigger one is summarised, still valid JSON: capped_diff).
 AUDIT_DIFF_BYTES_MAX = 64 * 1024
-# A GetAuditLog page decompresses at most this many sealed chunks (32,768 entries), so a filtered read of a long
-# log answers in a few milliseconds and says where to go on.
-AUDIT_PAGE_CHUNKS_MAX = 64
+# A GetAuditLog page opens at most this many sealed chunks (8,192 entries), so a filtered read of a long log holds
+# the event loop a few milliseconds at most (about 0.25 ms a chunk whose rows are decoded, 0.07 ms one skipped by
+# its bytes, here) and says where to go on.
+AUDIT_PAGE_CHUNKS_MAX = 16
 # How an actor reads when an API key acted for a person its x-actor header named (server/auth.py).
 ACTOR_VIA = " via "
 # 512 seeding entries seal in about a millisecond; more per chunk compresses little better, and a page read
@@ -93,7 +94,7 @@ class AuditLog(ControlPlane):
                 break
             if chunks_max is not None and opened >= chunks_max:
                 return found, chunks[index - 1].last_seq  # go on after the last chunk this page opened
-            _select(found, unseal_chunk(chunks[index], target), after_seq, target, want, where)
+            _select(found, _chunk_entries(chunks[index], target, where), after_seq, target, want, where)
         else:
             _select(found, self.state.audit, after_seq, target, want, where)
         if limit is not None and len(found) > limit:
@@ -122,6 +123,27 @@ def unseal_chunk(chunk: AuditChunk, target: str = "") -> list[AuditEntry]:
     return [
         AuditEntry(seq, at_ms, actor, action, entry_target, diff)
         for (seq, at_ms, actor, action, diff), entry_target in zip(rows, targets.split(_TARGET_SEPARATOR), strict=True)
+    ]
+
+
+def _chunk_entries(chunk: AuditChunk, target: str, where: AuditFilter | None) -> list[AuditEntry]:
+    """The chunk's entries a filtered read may keep, built as objects only for the rows that match: a chunk
+    whose bytes cannot hold the actor or action asked for is skipped before its rows are decoded."""
+    if where is None:
+        return unseal_chunk(chunk, target)
+    targets = zlib.decompress(chunk.targets).decode()
+    if target and _TARGET_SEPARATOR + target not in _TARGET_SEPARATOR + targets:
+        return []
+    rows = zlib.decompress(chunk.rows)
+    # msgpack holds a text's UTF-8 bytes as they are: a chunk without them has no entry by that actor or action.
+    if (where.actor and where.actor.encode() not in rows) or (where.action and where.action.encode() not in rows):
+        return []
+    return [
+        AuditEntry(seq, at_ms, actor, action, entry_target, diff)
+        for (seq, at_ms, actor, action, diff), entry_target in zip(
+            _rows_decoder.decode(rows), targets.split(_TARGET_SEPARATOR), strict=True
+        )
+        if entry_target.startswith(target) and where.keeps_row(actor, action, at_ms)
     ]
 
 
@@ -160,13 +182,16 @@ class AuditFilter:
     end_ms: int | None = None  # before
 
     def keeps(self, entry: AuditEntry) -> bool:
-        if self.action and entry.action != self.action:
+        return self.keeps_row(entry.actor, entry.action, entry.at_ms)
+
+    def keeps_row(self, actor: str, action: str, at_ms: int) -> bool:
+        if self.action and action != self.action:
             return False
-        if self.start_ms is not None and entry.at_ms < self.start_ms:
+        if self.start_ms is not None and at_ms < self.start_ms:
             return False
-        if self.end_ms is not None and entry.at_ms >= self.end_ms:
+        if self.end_ms is not None and at_ms >= self.end_ms:
             return False
-        return not self.actor or acted_by(entry.actor, self.actor)
+        return not self.actor or acted_by(actor, self.actor)
 
 
 def acted_by(entry_actor: str, actor: str) -> bool:

@@ -1265,9 +1265,10 @@ export const SimulateVersionResponseSchema: GenMessage<SimulateVersionResponse> 
 /**
  * The filters combine (an entry must meet every one given). A page holds at
  * most page_size entries and, so that a read never holds the server long,
- * looks through at most 32,768 entries (64 sealed chunks of 512) past
- * after_seq: a filtered page may hold fewer than page_size entries, even
- * none, while next_after_seq says where to go on.
+ * looks through at most 8,192 entries past after_seq (16 sealed chunks of
+ * 512; once past every sealed chunk, also the newest entries, fewer than 512,
+ * not sealed yet): a filtered page may hold fewer than page_size entries,
+ * even none, while next_after_seq says where to go on.
  *
  * @generated from message tariff.v1.GetAuditLogRequest
  */
