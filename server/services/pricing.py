@@ -135,8 +135,15 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise InvalidArgument.field("end_time", "must be after start_time")
         where = AuditFilter(request.actor, request.action, start_ms, end_ms)
+        # Only the newer filters bound the chunks a page opens: a page by after_seq and target alone is whole, as
+        # clients paging until an empty page have always had it.
+        filtered = where != AuditFilter()
         found, next_after_seq = self.engine.audit_page(
-            request.after_seq, request.target, page_size, where, AUDIT_PAGE_CHUNKS_MAX
+            request.after_seq,
+            request.target,
+            page_size,
+            where if filtered else None,
+            AUDIT_PAGE_CHUNKS_MAX if filtered else None,
         )
         entries = [
             pricing_pb2.AuditEntry(

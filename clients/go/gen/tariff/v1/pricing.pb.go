@@ -2783,11 +2783,13 @@ func (x *SimulateVersionResponse) GetAmounts() []*SimulatedAmount {
 }
 
 // The filters combine (an entry must meet every one given). A page holds at
-// most page_size entries and, so that a read never holds the server long,
-// looks through at most 8,192 entries past after_seq (16 sealed chunks of
-// 512; once past every sealed chunk, also the newest entries, fewer than 512,
-// not sealed yet): a filtered page may hold fewer than page_size entries,
-// even none, while next_after_seq says where to go on.
+// most page_size entries. When actor, action, start_time or end_time is
+// given, so that a read never holds the server long, a page looks through at
+// most 8,192 entries past after_seq (16 sealed chunks of 512; once past every
+// sealed chunk, also the newest entries, fewer than 512, not sealed yet): such
+// a page may hold fewer than page_size entries, even none, while
+// next_after_seq says where to go on. Without them (after_seq and target
+// only), a page holds page_size entries unless the log ends first.
 type GetAuditLogRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Entries with seq greater than this.
