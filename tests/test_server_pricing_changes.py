@@ -146,6 +146,13 @@ def test_rollback_publishes_a_copy_refuses_precisely_and_a_retry_changes_nothing
         assert retried == third
         assert len(versions(client)) == 3
         assert client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries == audit_before
+    # The same after a crash: the rollback was durable, and its retry is still answered with it.
+    demo_server.kill9()
+    demo_server.restart()
+    with demo_server.client() as client:
+        assert rollback(client, 1, h1 + HOUR_MS).version == third
+        assert len(versions(client)) == 3
+        assert client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries == audit_before
 
         client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, based_on_version=1))
         cases = [
