@@ -251,7 +251,6 @@ UNIMPLEMENTED_CALLS: list[tuple[str, Callable[[TariffClient], object]]] = [
     ("GetRevenueReport", lambda c: c.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest())),
     ("RollbackRateCard", lambda c: c.pricing.RollbackRateCard(pricing_pb2.RollbackRateCardRequest())),
     ("DiffVersions", lambda c: c.pricing.DiffVersions(pricing_pb2.DiffVersionsRequest())),
-    ("SimulateVersion", lambda c: c.pricing.SimulateVersion(pricing_pb2.SimulateVersionRequest())),
     ("SetTopUpPolicy", lambda c: c.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest())),
     ("ReleaseReservation", lambda c: c.balance.ReleaseReservation(balance_pb2.ReleaseReservationRequest())),
     ("WatchBalance", lambda c: list(c.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id=ACME)))),

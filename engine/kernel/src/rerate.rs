@@ -79,6 +79,9 @@ enum Pricing<'a> {
     Timeline,
     /// One version for every bucket (a simulation).
     Only(&'a Version),
+    /// The timeline with `version` inserted effective at `at_ms` (after any entry effective then):
+    /// a publish checked before it changes anything.
+    Inserted { at_ms: i64, version: &'a Version },
 }
 
 /// A bucket priced again.
@@ -125,13 +128,16 @@ impl Kernel {
         customers
     }
 
-    /// Checks, changing nothing, that these customers' usage of the rate card at or after
-    /// `from_hour` can be re-rated with the timelines loaded now: Err names the product and why not.
-    pub fn rerate_check(&self, customers: &[String], rate_card_id: &str, from_hour: i64) -> Result<(), String> {
-        let Some(card) = self.rater.interner.get(rate_card_id) else { return Ok(()) };
+    /// Checks, changing nothing, that these customers' usage of the version's rate card at or after
+    /// `from_hour` can be re-rated once `version` is published effective from `from_hour` (to every
+    /// customer of the card): Err names the product and why not.
+    pub fn rerate_check(&self, customers: &[String], version: VersionTable, from_hour: i64) -> Result<(), String> {
+        let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(()) };
+        let compiled = compile_version(&self.rater.catalog, &self.rater.interner, version)?;
+        let pricing = Pricing::Inserted { at_ms: from_hour * HOUR_MS, version: &compiled };
         for id in customers {
             if let Some(account) = self.accounts.get(id) {
-                self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline)?;
+                self.reprice(account, card, (from_hour, i64::MAX), pricing)?;
             }
         }
         Ok(())
@@ -155,12 +161,16 @@ impl Kernel {
         let rater = &self.rater;
         let account = self.accounts.get_mut(customer_id).expect("looked up above");
         let mut first_period = None;
+        // Events per (hour, event type) and product: an event feeding several products is counted once.
+        let mut events: FxHashMap<(i64, &str), FxHashMap<Sym, u64>> = FxHashMap::default();
         for aggregate in &aggregates {
             let tuple: Box<[Sym]> = rater.combos.tuple(aggregate.key.combo).into();
             for bucket in aggregate.buckets.iter().filter(|b| b.selected && b.changed()) {
                 first_period = first_period.or(Some(aggregate.key.period_start_ms));
                 done.buckets += 1;
-                done.events += bucket.events;
+                let event_type = event_type_of(&rater.catalog, bucket.key.product);
+                *events.entry((bucket.key.hour, event_type)).or_default().entry(bucket.key.product).or_default() +=
+                    bucket.events;
                 done.amount_delta += bucket.new_amount - bucket.old_amount;
                 let usage = VersionUsage {
                     rate_card: bucket.rate_card,
@@ -185,6 +195,7 @@ impl Kernel {
                 });
             }
         }
+        done.events = events.values().map(|by_product| by_product.values().copied().max().unwrap_or(0)).sum();
         // Aggregates come sorted by period: the first changed one names the earliest period touched.
         if let Some(first_period) = first_period {
             done.customers = 1;
@@ -347,9 +358,19 @@ impl Kernel {
                 })?;
             let version = match pricing {
                 Pricing::Only(version) => version,
-                Pricing::Timeline => catalog.version_at(contract.timeline, ts).ok_or_else(|| {
-                    format!("rate card {:?} has no version in force at {ts}", interner.text(contract.rate_card))
-                })?,
+                Pricing::Inserted { at_ms, version } if contract.rate_card == version.rate_card && ts >= at_ms => {
+                    let entries = &catalog.timelines[contract.timeline as usize];
+                    let after = entries.partition_point(|(at, _)| *at <= ts);
+                    match after.checked_sub(1).map(|i| entries[i]) {
+                        Some((at, index)) if at > at_ms => &catalog.versions[index],
+                        _ => version,
+                    }
+                }
+                Pricing::Timeline | Pricing::Inserted { .. } => {
+                    catalog.version_at(contract.timeline, ts).ok_or_else(|| {
+                        format!("rate card {:?} has no version in force at {ts}", interner.text(contract.rate_card))
+                    })?
+                }
             };
             let rate: &Rate = version.rate_for(product.id, &dimensions).ok_or_else(|| {
                 format!(
@@ -478,6 +499,18 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
     }
     assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
     account.route = Some(route);
+}
+
+/// The event type a product is fed by.
+fn event_type_of(catalog: &Catalog, product: Sym) -> &str {
+    (catalog.by_event_type.iter())
+        .find(|(_, products)| products.iter().any(|&p| catalog.products[p].id == product))
+        .map_or("", |(event_type, _)| event_type.as_str())
+}
+
+/// A VersionTable's msgpack, as engine/tables.py encodes one.
+pub fn decode_version(bytes: &[u8]) -> Result<VersionTable, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("the version table does not decode: {e}"))
 }
 
 /// A version as tables send it, compiled against the catalogue without interning anything (a
@@ -707,8 +740,8 @@ mod tests {
         let done = rerate(&mut kernel, (T0 / HOUR_MS) + 3, 99);
         let expected = scratch(&versions, &after, &grants, &EVENTS);
         assert_eq!(state(&kernel), state(&expected));
-        // 5 products x hours 3..7: every bucket there changed version.
-        assert_eq!((done.customers, done.buckets, done.events), (1, 25, 25));
+        // 5 products x hours 3..7: every bucket there changed version; 5 events, each feeding the 5 products.
+        assert_eq!((done.customers, done.buckets, done.events), (1, 25, 5));
         assert!(done.amount_delta < 0);
         let adjustments = kernel.adjustments("acme");
         assert_eq!(adjustments.len(), 25);
@@ -805,7 +838,7 @@ mod tests {
         };
         let batch = wire::UsageBatch { batch_id: "g".into(), events: vec![gauge] }.encode_to_vec();
         kernel.ingest(&batch, T0 + 40 * 86_400_000, 50).unwrap();
-        let refusal = kernel.rerate_check(&["acme".into()], "card", T0 / HOUR_MS).unwrap_err();
+        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS).unwrap_err();
         assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
         assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6).is_err());
     }
