@@ -6,7 +6,7 @@ from datetime import datetime
 
 import click
 
-from server.admin.output import print_json, print_table
+from server.admin.output import print_fields, print_json, print_table
 from server.admin.remote import Remote, remote_command
 from server.admin.versions import UtcTime, timestamp
 
@@ -26,7 +26,8 @@ def simulate(
     period_end: datetime,
     customer_ids: tuple[str, ...],
 ) -> None:
-    """What VERSION would have charged for the usage recorded between --from and --to."""
+    """What VERSION (a draft too) would have charged for the usage recorded between --from and --to, per
+    customer and product, and in all; changes nothing."""
     from tariff.v1 import pricing_pb2
 
     request = pricing_pb2.SimulateVersionRequest(
@@ -43,3 +44,5 @@ def simulate(
         return
     rows = [(a.customer_id, a.product_id, a.current_amount, a.simulated_amount, a.delta) for a in result.amounts]
     print_table(("customer", "product", "current", "simulated", "delta"), rows)
+    totals = result.totals
+    print_fields([("current", totals.current_amount), ("simulated", totals.simulated_amount), ("delta", totals.delta)])

@@ -180,6 +180,16 @@ def print_published(remote: Remote, published: pricing_pb2.PublishVersionRespons
         return
     print_version(published.version)
     print_fields([("events re-rated", published.events_rerated)])
+    if published.buckets_rerated or published.closed_buckets_left_alone:
+        print_fields(
+            [
+                ("customers re-rated", published.customers_rerated),
+                ("buckets re-rated", published.buckets_rerated),
+                ("re-rated amount delta", published.rerated_amount_delta),
+                ("closed-period buckets left alone", published.closed_buckets_left_alone),
+                ("closed-period amount left alone", published.closed_amount_left_alone),
+            ]
+        )
     if published.validation.findings:
         print_report(published.validation)
 
