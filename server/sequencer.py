@@ -483,9 +483,11 @@ class Sequencer:
             group.answers.append((submission, 0, exc))
             return
         done = Rerated()
-        for customers in plan.slices() if plan is not None else ():
-            assert plan is not None
-            done.merge(await self._rating_thread.run(self.billing.rerate_slice, plan, customers, seq))
+        if plan is not None:
+            oplog.line("re-rating started", rate_card=plan.rate_card_id, seq=seq, customers=len(plan.customers))
+            for customers in plan.slices():
+                done.merge(await self._rating_thread.run(self.billing.rerate_slice, plan, customers, seq))
+            oplog.line("re-rating done", rate_card=plan.rate_card_id, seq=seq, buckets=done.buckets, events=done.events)
         result = with_rerated(published, done)
         group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
         group.records.append((seq, encode_record(JournalRecord(command))))
