@@ -39,7 +39,8 @@ def simulate(client: TariffClient, version: int, start_ms: int, end_ms: int) -> 
     request = pricing_pb2.SimulateVersionRequest(
         rate_card_id=CARD, version=version, period_start=ts(start_ms), period_end=ts(end_ms)
     )
-    return client.pricing.SimulateVersion(request)
+    response: pricing_pb2.SimulateVersionResponse = client.pricing.SimulateVersion(request)
+    return response
 
 
 def amounts(response: pricing_pb2.SimulateVersionResponse) -> list[tuple[str, str, str, str, str]]:
