@@ -275,13 +275,14 @@ impl Kernel {
             (a.0.product, combos.tuple(a.0.combo), a.0.hour).cmp(&(b.0.product, combos.tuple(b.0.combo), b.0.hour))
         });
         let mut selected: Vec<(i64, i64, usize)> = Vec::new(); // (period start, period end, index in `all`)
+        let mut periods = PeriodCache::default();
         for (at, (key, usages)) in all.iter().enumerate() {
             if key.hour < from || key.hour >= until || !usages.iter().any(|u| u.rate_card == card) {
                 continue;
             }
             let ts = key.hour * HOUR_MS;
             let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else { continue };
-            let (start, end) = period_containing(contract.starting_at_ms, ts);
+            let (start, end) = periods.containing(contract.starting_at_ms, ts);
             if route.is_closed(start) {
                 closed.closed_buckets += 1;
                 closed.closed_events += usages.iter().map(|u| u.events).sum::<u64>();
@@ -440,11 +441,12 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
         (aggregate.amount, aggregate.overage) = (0, 0);
         aggregate.drawn_by_grant.clear();
     }
+    let mut periods = PeriodCache::default();
     let mut walk: Vec<(HourKey, PeriodKey, Picos)> = (account.buckets.iter())
         .filter_map(|(key, usages)| {
             let ts = key.hour * HOUR_MS;
             let contract = route.contracts.iter().find(|c| c.covers(ts))?;
-            let (start, _) = period_containing(contract.starting_at_ms, ts);
+            let (start, _) = periods.containing(contract.starting_at_ms, ts);
             let amount = usages.iter().map(|u| u.amount).sum();
             open(start).then_some((
                 *key,
@@ -499,6 +501,26 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
     }
     assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
     account.route = Some(route);
+}
+
+/// The last period found: the buckets of an account mostly share a few periods, and finding one
+/// walks the calendar.
+#[derive(Default)]
+struct PeriodCache {
+    last: Option<(i64, i64, i64)>,
+}
+
+impl PeriodCache {
+    fn containing(&mut self, anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
+        match self.last {
+            Some((anchor, start, end)) if anchor == anchor_ms && start <= ts_ms && ts_ms < end => (start, end),
+            _ => {
+                let (start, end) = period_containing(anchor_ms, ts_ms);
+                self.last = Some((anchor_ms, start, end));
+                (start, end)
+            }
+        }
+    }
 }
 
 /// The event type a product is fed by.
