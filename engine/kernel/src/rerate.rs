@@ -887,6 +887,38 @@ mod tests {
         assert!(kernel.simulate(version(2, 170), T0 + 40 * 86_400_000, T0 + 41 * 86_400_000, None).unwrap().is_empty());
     }
 
+    #[test]
+    fn a_format_2_snapshot_restores_without_adjustments() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
+        let stored = crate::snapshot::decode(&kernel.snapshot()).unwrap();
+        assert_eq!(stored.format, 3);
+        // Format 2 is format 3 without the accounts' adjustment entries (postcard encodes a tuple as a struct).
+        let accounts: Vec<_> = (stored.accounts.iter())
+            .map(|a| (&a.customer_id, &a.grants, &a.aggregates, &a.buckets, &a.period_charges, &a.period_overage))
+            .collect();
+        let v2 = postcard::to_allocvec(&(2u32, &stored.strings, accounts, &stored.dedupe)).unwrap();
+        let restored = Kernel::restore(&v2).unwrap();
+        assert_eq!(restored.snapshot(), kernel.snapshot());
+    }
+
+    #[test]
+    fn a_publish_is_checked_with_the_timeline_it_will_make_before_anything_changes() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
+        let customers = ["acme".to_string()];
+        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3).unwrap();
+        // A version without the rate the usage needs is refused, naming it.
+        let mut partial = version(2, 80);
+        partial.rates.retain(|r| r.product_id != "volume");
+        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3).unwrap_err();
+        assert!(refusal.contains("no rate for product \"volume\""), "{refusal}");
+        // Effective after every bucket: nothing to price, nothing refused.
+        let mut partial = version(2, 80);
+        partial.rates.clear();
+        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100).unwrap();
+    }
+
     proptest! {
         #![proptest_config(crate::test_config())]
         /// Versions published one after another, some effective before usage already rated: the
