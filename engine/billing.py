@@ -165,22 +165,22 @@ class Billing:
         plan = self.rerate_plan(command)
         published = self.publish(command, seq)
         done = Rerated()
-        for customers in plan.slices() if plan is not None else ():
-            assert plan is not None
-            done.merge(self.rerate_slice(plan, customers, seq))
+        if plan is not None:
+            self.refresh_tables()  # the new timeline, which the re-rating prices with
+            for customers in plan.slices():
+                done.merge(self.rerate_slice(plan, customers, seq))
         return with_rerated(published, done)
 
     def rerate_plan(self, command: cmd.PublishVersion) -> RerationPlan | None:
         """What publishing would re-rate, checked (FailedPrecondition otherwise); changes nothing."""
-        self.refresh_tables()
-        return plan_rerating(self.engine.state, self.kernel, command)
+        return plan_rerating(self.engine.state, self.kernel, command, self.refresh_tables)
 
     def publish(self, command: cmd.PublishVersion, seq: int) -> PublishResult:
-        """The control plane's half of PublishVersion, then the kernel's tables with the new timeline."""
+        """The control plane's half of PublishVersion; the kernel's tables are then stale (refresh them before
+        re-rating)."""
         result = self.engine.apply(command, seq)
         assert isinstance(result, PublishResult)
         self._tables_stale = True
-        self.refresh_tables()
         return result
 
     def rerate_slice(self, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:

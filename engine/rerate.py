@@ -6,7 +6,7 @@ ask it. Sans-I/O like the rest of engine/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -90,10 +90,13 @@ class Simulation:
         return sum(line[3] for line in self.lines)
 
 
-def plan_rerating(state: BillingState, kernel: Kernel, command: cmd.PublishVersion) -> RerationPlan | None:
+def plan_rerating(
+    state: BillingState, kernel: Kernel, command: cmd.PublishVersion, refresh_tables: Callable[[], None]
+) -> RerationPlan | None:
     """The re-rating a publish would do, checked: None when it re-rates nothing or when the engine refuses the
     publish anyway (unknown card or version, already published, invalid); FailedPrecondition, having changed
-    nothing, when the usage it covers cannot be re-rated. The kernel's tables must be current."""
+    nothing, when the usage it covers cannot be re-rated. `refresh_tables` brings the kernel's tables up to date
+    before the check reads them (only when there is usage to check)."""
     card = state.rate_cards.get(command.rate_card_id)
     if card is None:
         return None
@@ -112,6 +115,7 @@ def plan_rerating(state: BillingState, kernel: Kernel, command: cmd.PublishVersi
     if not customers:
         return None
     table = msgspec.msgpack.encode(_version_table(card, version.number, state))
+    refresh_tables()
     try:
         kernel.rerate_check(customers, table, from_hour)
     except ValueError as exc:

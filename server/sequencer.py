@@ -484,6 +484,7 @@ class Sequencer:
             return
         done = Rerated()
         if plan is not None:
+            self.billing.refresh_tables()  # the new timeline, compiled here on the loop before the thread prices
             oplog.line("re-rating started", rate_card=plan.rate_card_id, seq=seq, customers=len(plan.customers))
             for customers in plan.slices():
                 done.merge(await self._rating_thread.run(self.billing.rerate_slice, plan, customers, seq))

@@ -323,11 +323,6 @@ def test_commands_the_server_does_not_implement_print_its_answer(shared: ServerP
     cases = [
         (["ratecard", "diff", "ai-credits", "1", "1"], "DiffVersions", pricing_pb2.DiffVersionsRequest()),
         (["ratecard", "rollback", "ai-credits", "1"], "RollbackRateCard", pricing_pb2.RollbackRateCardRequest()),
-        (
-            ["ratecard", "simulate", "ai-credits", "1", "--from", "2026-01-01", "--to", "2026-01-02"],
-            "SimulateVersion",
-            pricing_pb2.SimulateVersionRequest(),
-        ),
     ]
     with shared.client() as client:
         for command, rpc, request in cases:

@@ -8,6 +8,7 @@ a restart; then a `kill -9` in the middle of a long re-rating, which must lose n
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from decimal import Decimal
@@ -260,3 +261,33 @@ def test_kill_9_in_the_middle_of_a_long_rerating_loses_nothing_and_rerates_nothi
         for c in range(0, CUSTOMERS, 97):
             expected = PRICE_V2 * sum(quantity_of(c, h) for h in range(HOURS))
             assert Decimal(client.get_balance(f"c{c:05d}").period_charges) == expected
+
+
+def test_the_cli_simulates_a_draft_and_prints_the_totals(server_factory: ServerFactory) -> None:
+    from tests.test_cli import tariff
+
+    server = server_factory(demo=True)
+    now = now_ms()
+    hour = now - now % HOUR_MS
+    with server.client() as client:
+        summary = {"action": "summary", "model": "gpt-4", "complexity": "complex"}  # 1 x 2.5 x 2 = 5 credits
+        event = usage_pb2.UsageEvent(
+            transaction_id="cli-sim", customer_id="acme", event_type="ai_action", timestamp_ms=hour, dimensions=summary
+        )
+        assert client.ingest_batch([event], batch_id="cli-sim").accepted == 1
+    tariff(server, "ratecard", "draft", "ai-credits", "--base", "1", "--set", "gpt4_factor=2")
+    start, end = (time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(ms / 1000)) for ms in (hour, hour + HOUR_MS))
+    done = tariff(server, "ratecard", "simulate", "ai-credits", "2", "--from", start, "--to", end, "--json")
+    answer = json.loads(done.stdout)
+    assert answer["amounts"] == [
+        {
+            "customer_id": "acme",
+            "product_id": "ai_action",
+            "current_amount": "5",
+            "simulated_amount": "4",
+            "delta": "-1",
+        }
+    ]
+    assert answer["totals"] == {"current_amount": "5", "simulated_amount": "4", "delta": "-1"}
+    table = tariff(server, "ratecard", "simulate", "ai-credits", "2", "--from", start, "--to", end).stdout
+    assert "-1" in table and "delta" in table

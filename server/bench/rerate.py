@@ -109,6 +109,7 @@ def main() -> None:
     plan = billing.rerate_plan(publish)
     planned = time.perf_counter()
     published = billing.publish(publish, seq)
+    billing.refresh_tables()
     applied = time.perf_counter()
     done = Rerated()
     assert plan is not None
