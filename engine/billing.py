@@ -28,8 +28,10 @@ from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import NotFound
 from engine.ledger import Grant
+from engine.rerate import Rerated, RerationPlan, Simulation, plan_rerating, rerate_slice, simulate, with_rerated
 from engine.state import Engine
 from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
+from engine.versions import PublishResult
 
 HOUR_MS = 3_600_000
 SNAPSHOT_FORMAT = 2
@@ -147,8 +149,8 @@ class Billing:
 
     def apply(self, command: cmd.AdminCommand, seq: int) -> object:
         """Applies a control-plane command as record `seq`; raises EngineError (nothing changed) to refuse it."""
-        if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):  # a rollback publishes a copy
-            self._note_rated_hours(command.rate_card_id)
+        if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
+            return self._publish_and_rerate(command, seq)
         result = self.engine.apply(command, seq)
         customer_id = _changed_customer(command, result)
         if customer_id is None:
@@ -156,6 +158,34 @@ class Billing:
         else:
             self._customers_stale.add(customer_id)
         return result
+
+    def _publish_and_rerate(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
+        """PublishVersion whole, its re-rating included (recovery, tests): the server runs the same steps, the
+        plan and the slices on its rating thread. Deterministic: replaying the command re-rates the same."""
+        plan = self.rerate_plan(command)
+        published = self.publish(command, seq)
+        done = Rerated()
+        if plan is not None:
+            self.refresh_tables()  # the new timeline, which the re-rating prices with
+            for customers in plan.slices():
+                done.merge(self.rerate_slice(plan, customers, seq))
+        return with_rerated(published, done)
+
+    def rerate_plan(self, command: cmd.PublishVersion | cmd.RollbackRateCard) -> RerationPlan | None:
+        """What publishing would re-rate, checked (FailedPrecondition otherwise); changes nothing."""
+        return plan_rerating(self.engine.state, self.kernel, command, self.refresh_tables)
+
+    def publish(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
+        """The control plane's half of PublishVersion; the kernel's tables are then stale (refresh them before
+        re-rating)."""
+        result = self.engine.apply(command, seq)
+        assert isinstance(result, PublishResult)
+        self._tables_stale = True
+        return result
+
+    def rerate_slice(self, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
+        """Re-rates some of a publish's customers (the kernel's lock held a customer at a time, GIL released)."""
+        return rerate_slice(self.kernel, plan, customers, seq)
 
     def ingest(
         self, batch: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None
@@ -181,13 +211,6 @@ class Billing:
                 f"journal record {seq}: rating changed between releases (replaying the batch gives another "
                 "result than the journal holds); run the release that wrote this journal"
             )
-
-    def _note_rated_hours(self, rate_card_id: str) -> None:
-        """PublishVersion refuses to take over hours already priced (no re-rating yet): those hours are in the
-        kernel's buckets, so the card's record of them is refreshed from there first."""
-        card = self.engine.state.rate_cards.get(rate_card_id)
-        if card is not None:
-            card.rated_hours = dict.fromkeys(self.kernel.rated_hours(rate_card_id, 0))
 
     def refresh_tables(self, *, whole: bool = False) -> None:
         """Compiles what an admin command changed since: the whole tables, or only the customers touched (a
@@ -271,6 +294,13 @@ class Billing:
         nothing."""
         self.refresh_tables()
         return self.kernel.authorize_batch(batch, now_ms, requests_max, allowed)
+
+    def simulate(
+        self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]
+    ) -> Simulation:
+        """SimulateVersion: the recorded usage priced again with one version; changes nothing."""
+        self.refresh_tables()
+        return simulate(self.engine.state, self.kernel, rate_card_id, version, start_ms, end_ms, customer_ids)
 
     # Snapshots -----------------------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 History is never rewritten: the copy is a new version (based on the one it copies, `rollback_to`, and naming the
 version it replaced, `rollback_from`, in its change note) and is published through PublishVersion's own path
-(`_publish`), so a rollback effective before already rated usage does whatever a retroactive publish does
-(today: refused, UNIMPLEMENTED). If that path refuses, the copy is withdrawn and nothing has changed.
+(`_publish`), so a rollback effective before already rated usage is re-rated as a retroactive publish
+is (engine/rerate.py plans it from the version copied). If that path refuses, the copy is withdrawn and nothing has changed.
 
 A retry is recognised from the state, with no key of its own: when the version in force at the requested hour
 is the copy that a rollback to the same version made (from that same hour, when the request names one), the

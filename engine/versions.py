@@ -8,7 +8,7 @@ import msgspec
 
 from engine import commands as cmd
 from engine.control import ControlPlane, check_id, fingerprint
-from engine.errors import AlreadyExists, InvalidArgument, Repeated, Unimplemented
+from engine.errors import AlreadyExists, InvalidArgument, Repeated
 from engine.money import parse_decimal
 from engine.ratecard import (
     HOUR_MS,
@@ -28,6 +28,14 @@ class PublishResult(msgspec.Struct, frozen=True):
     version: Version
     events_rerated: int
     findings: list[Finding]
+    # What re-rating did (engine/rerate.py): customers and hour buckets changed, the net change, and the usage
+    # left alone in closed periods.
+    customers_rerated: int = 0
+    buckets_rerated: int = 0
+    rerated_amount_delta_picos: int = 0
+    closed_buckets_left_alone: int = 0
+    closed_events_left_alone: int = 0
+    closed_amount_left_alone_picos: int = 0
 
 
 class VersionCommands(ControlPlane):
@@ -101,13 +109,6 @@ class VersionCommands(ControlPlane):
             raise Repeated(PublishResult(version, 0, validate(version, self.state.products)))
         effective_from_ms = c.effective_from_ms if c.effective_from_ms is not None else c.at_ms - c.at_ms % HOUR_MS
         check_publishable(version, effective_from_ms)
-        taken_over = card.rated_hours_taken_over(effective_from_ms)
-        if taken_over:
-            raise Unimplemented(
-                "re-rating usage already rated is not available yet: PublishVersion of a version effective before "
-                f"it; rate card {card.id!r} has rated usage in {len(taken_over)} hour(s) this version would price, "
-                f"the first from {taken_over[0] * HOUR_MS} (Unix ms); publish with an effective_from after that usage"
-            )
         findings = validate(version, self.state.products)
         errors = [f for f in findings if f.severity is Severity.ERROR]
         if errors:
@@ -117,5 +118,5 @@ class VersionCommands(ControlPlane):
         version.published_at_ms = c.at_ms
         # After any entry with the same effective_from: of two versions effective at once, the later published wins.
         bisect.insort_right(card.timeline, (effective_from_ms, version.number), key=lambda entry: entry[0])
-        # Re-rating usage already rated under an earlier version is not done yet: such usage keeps its price.
+        # Usage already rated in the hours it now prices is re-rated by engine/billing.py (engine/rerate.py).
         return PublishResult(version, 0, findings)

@@ -50,6 +50,7 @@ from engine._kernel import BatchTooLarge, CustomerNotAllowed
 from engine.audit import audit_target
 from engine.billing import Billing, Ingested, snapshot_parts
 from engine.errors import EngineError, InvalidArgument, Repeated
+from engine.rerate import Rerated, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
@@ -440,6 +441,8 @@ class Sequencer:
             elif _expired(submission):
                 expired = DeadlineExceeded("the call's deadline passed while its command waited; nothing was applied")
                 group.answers.append((submission, 0, expired))
+            elif isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
+                await self._apply_publish(group, submission, command)
             else:
                 assert not isinstance(command, UsageBatch)
                 self._apply_admin(group, submission, command)
@@ -457,6 +460,38 @@ class Sequencer:
         except EngineError as exc:
             group.answers.append((submission, 0, exc))
             return
+        group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
+        group.records.append((seq, encode_record(JournalRecord(command))))
+        group.answers.append((submission, seq, result))
+
+    async def _apply_publish(
+        self, group: _Group, submission: _Submission, command: cmd.PublishVersion | cmd.RollbackRateCard
+    ) -> None:
+        """PublishVersion, re-rating included (engine/rerate.py): the plan (checked, changing nothing) and then the
+        re-rating, a slice of customers at a time, run on the rating thread with the GIL released inside the
+        kernel, so the event loop serves reads between and during slices; the control plane's half applies on the
+        loop. The writer awaits it all before the next command, so usage arriving meanwhile waits in the queue,
+        and the one journal record (the command) is appended once the re-rating is done: a crash half way leaves
+        nothing of it, replay re-rates exactly as here (the same plan from the same state)."""
+        seq = self.billing.last_seq + 1
+        self.billing.refresh_tables()
+        try:
+            plan = await self._rating_thread.run(self.billing.rerate_plan, command)
+            published = self.billing.publish(command, seq)
+        except Repeated as repeat:
+            group.answers.append((submission, seq - 1, repeat.result))
+            return
+        except EngineError as exc:
+            group.answers.append((submission, 0, exc))
+            return
+        done = Rerated()
+        if plan is not None:
+            self.billing.refresh_tables()  # the new timeline, compiled here on the loop before the thread prices
+            oplog.line("re-rating started", rate_card=plan.rate_card_id, seq=seq, customers=len(plan.customers))
+            for customers in plan.slices():
+                done.merge(await self._rating_thread.run(self.billing.rerate_slice, plan, customers, seq))
+            oplog.line("re-rating done", rate_card=plan.rate_card_id, seq=seq, buckets=done.buckets, events=done.events)
+        result = with_rerated(published, done)
         group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
         group.records.append((seq, encode_record(JournalRecord(command))))
         group.answers.append((submission, seq, result))

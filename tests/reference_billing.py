@@ -622,9 +622,13 @@ class ReferenceRating:
         block: bool,
         future_skew_ms: int = 300_000,
         dedupe_window_ms: int = 35 * 24 * 3_600_000,
+        timeline: list[tuple[int, list[RRate]]] | None = None,
     ) -> None:
         self.products = products
         self.rates = rates
+        # Rate card versions as (effective_from_ms, rates), in the order they were published: at a time, the
+        # newest-effective entry prices (of two effective at once, the later published). None: `rates` always.
+        self.timeline = timeline
         self.overrides = overrides
         self.grants = grants
         for grant in grants:
@@ -670,9 +674,21 @@ class ReferenceRating:
             return "TIMESTAMP_OUT_OF_RANGE"
         return ""
 
-    def _curve(self, product: RProduct, dimensions: dict[str, str]) -> Curve:
+    def _rates_at(self, ts_ms: int) -> list[RRate]:
+        if self.timeline is None:
+            return self.rates
+        in_force: tuple[int, list[RRate]] | None = None
+        for effective_from_ms, rates in self.timeline:
+            if effective_from_ms <= ts_ms and (in_force is None or effective_from_ms >= in_force[0]):
+                in_force = (effective_from_ms, rates)
+        assert in_force is not None, "no version in force"
+        return in_force[1]
+
+    def _curve(self, product: RProduct, dimensions: dict[str, str], ts_ms: int) -> Curve:
         matching = [
-            r for r in self.rates if r.product_id == product.id and all(dimensions.get(k) == v for k, v in r.match)
+            r
+            for r in self._rates_at(ts_ms)
+            if r.product_id == product.id and all(dimensions.get(k) == v for k, v in r.match)
         ]
         curve = max(matching, key=lambda r: len(r.match)).curve
         override = next((o for o in reversed(self.overrides) if o.product_id == product.id), None)
@@ -703,7 +719,7 @@ class ReferenceRating:
             key = (period, product.id, tuple(dimensions.get(d, "") for d in product.dimensions))
             aggregate = self.aggregates.get(key, RAggregate())
             after = self._after(product.aggregation, aggregate, measure, event.timestamp_ms)
-            curve = self._curve(product, dimensions)
+            curve = self._curve(product, dimensions, event.timestamp_ms)
             override = next((o for o in reversed(self.overrides) if o.product_id == product.id), None)
             multiplier = override.multiplier if override is not None and override.multiplier is not None else Decimal(1)
 

@@ -15,10 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from tariff import TariffError
-from tariff.v1 import pricing_pb2
 
 from tests import test_server_auth as auth_tests
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess, free_port
@@ -315,26 +312,6 @@ def test_a_malformed_rate_is_a_usage_error_before_any_call(shared: ServerProcess
     assert "colour" in done.stderr
     versions = json.loads(tariff(shared, "ratecard", "versions", "ai-credits", "--json").stdout)["versions"]
     assert len(versions) == 1
-
-
-def test_commands_the_server_does_not_implement_print_its_answer(shared: ServerProcess) -> None:
-    day = pricing_pb2.SimulateVersionRequest().period_start
-    day.FromJsonString("2026-01-01T00:00:00Z")
-    cases = [
-        (
-            ["ratecard", "simulate", "ai-credits", "1", "--from", "2026-01-01", "--to", "2026-01-02"],
-            "SimulateVersion",
-            pricing_pb2.SimulateVersionRequest(),
-        ),
-    ]
-    with shared.client() as client:
-        for command, rpc, request in cases:
-            with pytest.raises(TariffError) as answer:
-                getattr(client.pricing, rpc)(request)
-            assert answer.value.code == grpc.StatusCode.UNIMPLEMENTED
-            done = tariff(shared, *command, check=False)
-            assert done.returncode == 1
-            assert done.stderr == f"tariff: UNIMPLEMENTED: {answer.value.details}\n"
 
 
 # -- API keys and TLS -------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from engine import commands as cmd
-from engine.errors import EngineError, FailedPrecondition, InvalidArgument, NotFound, Repeated, Unimplemented
+from engine.errors import EngineError, FailedPrecondition, InvalidArgument, NotFound, Repeated
 from engine.ratecard import VersionState
 from engine.state import Engine
 from engine.versions import PublishResult
@@ -150,13 +150,22 @@ def test_a_retry_is_answered_as_the_first_call_and_changes_nothing() -> None:
     assert (again.version.number, again.version.rollback_from) == (5, 4)
 
 
-def test_a_rollback_goes_through_the_publish_path_and_is_withdrawn_when_that_refuses() -> None:
+def test_a_rollback_goes_through_the_publish_path_and_is_withdrawn_when_that_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     world = card_with_two_versions()
     card = world.engine.rate_card("card")
-    card.rated_hours = {(T + 15 * HOUR_MS) // HOUR_MS: None}  # usage rated at 15:00, as the kernel reports it
     before, seq = snapshot(world), world.seq
-    with pytest.raises(Unimplemented, match="re-rating usage already rated is not available yet"):
+    published: list[cmd.PublishVersion] = []
+
+    def refuse(c: cmd.PublishVersion) -> PublishResult:
+        published.append(c)
+        raise FailedPrecondition("the publish path refused")
+
+    monkeypatch.setattr(world.engine, "_publish", refuse)
+    with pytest.raises(FailedPrecondition, match="the publish path refused"):
         rollback(world, 1, T + 12 * HOUR_MS)
+    assert [(c.rate_card_id, c.version, c.effective_from_ms) for c in published] == [("card", 3, T + 12 * HOUR_MS)]
     assert snapshot(world) == before and world.seq == seq
     assert len(card.versions) == 2
 

@@ -249,7 +249,6 @@ UNIMPLEMENTED_CALLS: list[tuple[str, Callable[[TariffClient], object]]] = [
     ("PreviewInvoice", lambda c: c.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=ACME))),
     ("ClosePeriod", lambda c: c.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id=ACME))),
     ("GetRevenueReport", lambda c: c.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest())),
-    ("SimulateVersion", lambda c: c.pricing.SimulateVersion(pricing_pb2.SimulateVersionRequest())),
     ("SetTopUpPolicy", lambda c: c.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest())),
     ("ReleaseReservation", lambda c: c.balance.ReleaseReservation(balance_pb2.ReleaseReservationRequest())),
     ("WatchBalance", lambda c: list(c.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id=ACME)))),

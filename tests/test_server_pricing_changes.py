@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from tariff import TariffClient, TariffError
-from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory, ServerProcess
 from tests.test_server_auth import Keys
@@ -189,30 +190,30 @@ def test_rollback_publishes_a_copy_refuses_precisely_and_a_retry_changes_nothing
         assert rollbacks[1].actor == "anonymous"
 
 
-def test_a_rollback_over_rated_usage_is_refused_like_a_retroactive_publish(demo_server: ServerProcess) -> None:
-    now_ms = time.time_ns() // 1_000_000
+def test_a_rollback_over_rated_usage_re_rates_it_like_a_retroactive_publish(demo_server: ServerProcess) -> None:
+    hour_ms = hour_now()
     with demo_server.client() as client:
         draft_gpt4_cut(client)
         client.pricing.PublishVersion(
-            pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(hour_now() + HOUR_MS))
+            pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(hour_ms + HOUR_MS))
         )
         event = usage_pb2.UsageEvent(
             transaction_id="rated-1",
             customer_id="acme",
             event_type="ai_action",
-            timestamp_ms=now_ms,
+            timestamp_ms=hour_ms + 1,
             dimensions=GPT4_COMPLEX_SUMMARY,
         )
         ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="b-1", events=[event]))
         assert ack.accepted == 1
-        # Version 1 is in force this hour, where usage is rated: rolling back to version 2 from this hour would
-        # re-rate it, which PublishVersion's path refuses today.
-        error = expect_error(S.UNIMPLEMENTED, lambda: rollback(client, 2, hour_now()))
-        assert "re-rating usage already rated is not available yet" in error.details
-        assert len(versions(client)) == 2
-        assert [e.action for e in client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries][
-            -1
-        ] == "PublishVersion"
+        charged = Decimal(client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="acme")).period_charges)
+        # Version 1 priced the event (5 credits) in this hour; rolling back to version 2's prices (4 credits) from
+        # this hour publishes a copy of version 2 and re-rates the event with it, as a retroactive publish would.
+        reply = rollback(client, 2, hour_ms)
+        assert (reply.version.version, reply.version.rollback_to_version) == (3, 2)
+        assert (reply.customers_rerated, reply.events_rerated, reply.rerated_amount_delta) == (1, 1, "-1")
+        after = client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="acme"))
+        assert Decimal(after.period_charges) == charged - 1
 
 
 @pytest.fixture

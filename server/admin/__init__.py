@@ -14,6 +14,7 @@ from server.admin.balance import authorize, balance
 from server.admin.customers import customers
 from server.admin.products import products
 from server.admin.ratecards import ratecards
+from server.admin.simulate import simulate
 from server.admin.usage import usage
 from server.admin.versions import ratecard
 
@@ -23,3 +24,4 @@ COMMANDS: tuple[click.Command, ...] = (customers, balance, authorize, usage, pro
 def add_commands(group: click.Group) -> None:
     for command in COMMANDS:
         group.add_command(command)
+    ratecard.add_command(simulate)

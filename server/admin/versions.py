@@ -181,6 +181,16 @@ def print_published(remote: Remote, published: pricing_pb2.PublishVersionRespons
         return
     print_version(published.version)
     print_fields([("events re-rated", published.events_rerated)])
+    if published.buckets_rerated or published.closed_buckets_left_alone:
+        print_fields(
+            [
+                ("customers re-rated", published.customers_rerated),
+                ("buckets re-rated", published.buckets_rerated),
+                ("re-rated amount delta", published.rerated_amount_delta),
+                ("closed-period buckets left alone", published.closed_buckets_left_alone),
+                ("closed-period amount left alone", published.closed_amount_left_alone),
+            ]
+        )
     if published.validation.findings:
         print_report(published.validation)
 
@@ -292,37 +302,3 @@ def rollback(remote: Remote, rate_card_id: str, to_version: int, effective_from:
     with remote.client() as client:
         published = client.pricing.RollbackRateCard(request)
     print_published(remote, published)
-
-
-@ratecard.command()
-@click.argument("rate_card_id")
-@click.argument("version", type=click.IntRange(1))
-@click.option("--from", "period_start", type=UtcTime(), required=True, help="start of the usage to re-price")
-@click.option("--to", "period_end", type=UtcTime(), required=True, help="end of the usage to re-price (excluded)")
-@click.option("--customer", "customer_ids", multiple=True, help="only this customer (repeatable) [default: all]")
-@remote_command
-def simulate(
-    remote: Remote,
-    rate_card_id: str,
-    version: int,
-    period_start: datetime,
-    period_end: datetime,
-    customer_ids: tuple[str, ...],
-) -> None:
-    """What VERSION would have charged for the usage recorded between --from and --to."""
-    from tariff.v1 import pricing_pb2
-
-    request = pricing_pb2.SimulateVersionRequest(
-        rate_card_id=rate_card_id,
-        version=version,
-        period_start=timestamp(period_start),
-        period_end=timestamp(period_end),
-        customer_ids=customer_ids,
-    )
-    with remote.client() as client:
-        result = client.pricing.SimulateVersion(request)
-    if remote.as_json:
-        print_json(result)
-        return
-    rows = [(a.customer_id, a.product_id, a.current_amount, a.simulated_amount, a.delta) for a in result.amounts]
-    print_table(("customer", "product", "current", "simulated", "delta"), rows)

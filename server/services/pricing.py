@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tariff.v1 import (
     pricing_pb2,
     pricing_pb2_grpc,
@@ -11,8 +13,17 @@ from engine import commands as cmd
 from engine.audit import AUDIT_PAGE_CHUNKS_MAX, AuditFilter
 from engine.diff import diff_versions
 from engine.errors import InvalidArgument, NotFound
+from engine.money import format_picos
 from engine.products import Product
 from engine.ratecard import RateCard, Version
+from engine.rerate import (
+    LEFT_ALONE_REASON,
+    SIMULATE_SLICE_CUSTOMERS,
+    Simulation,
+    simulate_slice,
+    simulation_customers,
+    simulation_table,
+)
 from engine.versions import PublishResult
 from server import convert
 from server.errors import (
@@ -23,7 +34,6 @@ from server.services.common import (
     PAGE_SIZE_MAX,
     Context,
     _Base,
-    _not_built,
     _page,
     _required,
     actor_of,
@@ -99,12 +109,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.version,
             convert.optional_ms(request, "effective_from"),
         )
-        result = await self._apply(command, PublishResult)
-        return pricing_pb2.PublishVersionResponse(
-            version=convert.version_pb(result.version),
-            events_rerated=result.events_rerated,
-            validation=convert.findings_pb(result.findings),
-        )
+        return publish_response(await self._apply(command, PublishResult))
 
     @unary
     async def ListVersions(
@@ -170,12 +175,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.to_version,
             convert.optional_ms(request, "effective_from"),
         )
-        result = await self._apply(command, PublishResult)
-        return pricing_pb2.PublishVersionResponse(
-            version=convert.version_pb(result.version),
-            events_rerated=result.events_rerated,
-            validation=convert.findings_pb(result.findings),
-        )
+        return publish_response(await self._apply(command, PublishResult))
 
     @unary
     async def DiffVersions(
@@ -186,6 +186,58 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         old, new = card.version(request.from_version), card.version(request.to_version)
         return convert.version_diff_pb(diff_versions(old, new))
 
-    SimulateVersion = _not_built(
-        "simulating a rate card version on recorded usage is not available yet: SimulateVersion"
+    @unary
+    async def SimulateVersion(
+        self, request: pricing_pb2.SimulateVersionRequest, context: Context
+    ) -> pricing_pb2.SimulateVersionResponse:
+        """Prices on the loop only what is cheap (one version's validation); the kernel's work runs off the loop,
+        a slice of customers at a time under its shared lock, so reads and ingestion are not held up."""
+        _required(rate_card_id=request.rate_card_id, version=request.version)
+        _required(period_start=request.HasField("period_start"), period_end=request.HasField("period_end"))
+        start_ms, end_ms = convert.ms_of(request.period_start), convert.ms_of(request.period_end)
+        self.billing.refresh_tables()
+        table = simulation_table(self.engine.state, request.rate_card_id, request.version, start_ms, end_ms)
+        loop = asyncio.get_running_loop()
+        kernel = self.billing.kernel
+        customers = await loop.run_in_executor(
+            None, simulation_customers, kernel, request.rate_card_id, start_ms, list(request.customer_ids)
+        )
+        lines: list[tuple[str, str, int, int]] = []
+        for at in range(0, len(customers), SIMULATE_SLICE_CUSTOMERS):
+            chunk = customers[at : at + SIMULATE_SLICE_CUSTOMERS]
+            lines += await loop.run_in_executor(None, simulate_slice, kernel, table, start_ms, end_ms, chunk)
+        simulation = Simulation(lines)
+        current, simulated = simulation.current_picos, simulation.simulated_picos
+        return pricing_pb2.SimulateVersionResponse(
+            amounts=[
+                pricing_pb2.SimulatedAmount(
+                    customer_id=customer_id,
+                    product_id=product_id,
+                    current_amount=format_picos(now),
+                    simulated_amount=format_picos(then),
+                    delta=format_picos(then - now),
+                )
+                for customer_id, product_id, now, then in simulation.lines
+            ],
+            totals=pricing_pb2.SimulatedTotals(
+                current_amount=format_picos(current),
+                simulated_amount=format_picos(simulated),
+                delta=format_picos(simulated - current),
+            ),
+        )
+
+
+def publish_response(result: PublishResult) -> pricing_pb2.PublishVersionResponse:
+    """PublishVersion's and RollbackRateCard's reply: the version published and what its re-rating did."""
+    return pricing_pb2.PublishVersionResponse(
+        version=convert.version_pb(result.version),
+        events_rerated=result.events_rerated,
+        validation=convert.findings_pb(result.findings),
+        customers_rerated=result.customers_rerated,
+        buckets_rerated=result.buckets_rerated,
+        rerated_amount_delta=format_picos(result.rerated_amount_delta_picos),
+        closed_buckets_left_alone=result.closed_buckets_left_alone,
+        closed_events_left_alone=result.closed_events_left_alone,
+        closed_amount_left_alone=format_picos(result.closed_amount_left_alone_picos),
+        left_alone_reason=LEFT_ALONE_REASON if result.closed_buckets_left_alone else "",
     )

@@ -315,6 +315,100 @@ impl Kernel {
         let kernel = py.detach(|| kernel::Kernel::restore(snapshot)).map_err(PyValueError::new_err)?;
         Ok(Kernel::wrap(kernel))
     }
+
+    /// Customers (sorted) with usage priced by the rate card from `from_hour` (Unix ms / 3,600,000)
+    /// on: those a publish effective then re-rates.
+    fn rerate_customers(&self, py: Python<'_>, rate_card_id: &str, from_hour: i64) -> PyResult<Vec<String>> {
+        py.detach(|| self.read().map(|k| k.rerate_customers(rate_card_id, from_hour)))
+    }
+
+    /// Raises ValueError (naming the product and why) when these customers' usage cannot be
+    /// re-rated once `version` (a VersionTable's msgpack) is published effective from `from_hour`;
+    /// changes nothing.
+    fn rerate_check(&self, py: Python<'_>, customers: Vec<String>, version: &[u8], from_hour: i64) -> PyResult<()> {
+        let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
+        py.detach(|| self.read()?.rerate_check(&customers, table, from_hour).map_err(PyValueError::new_err))
+    }
+
+    /// Re-rates these customers (rerate.rs) as record `seq`, one customer at a time under the lock,
+    /// offering it to a waiting read between customers, with the GIL released. Returns (customers,
+    /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos).
+    /// ValueError: a customer that cannot be re-rated (those before it were); check first.
+    #[allow(clippy::type_complexity)]
+    fn rerate(
+        &self,
+        py: Python<'_>,
+        customers: Vec<String>,
+        rate_card_id: &str,
+        from_hour: i64,
+        seq: u64,
+    ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128)> {
+        let done = py
+            .detach(|| {
+                self.change(|kernel| {
+                    let mut done = crate::rerate::Rerated::default();
+                    for customer in &customers {
+                        done.add(&kernel.rerate_customer(customer, rate_card_id, from_hour, seq)?);
+                        RwLockWriteGuard::bump(kernel);
+                    }
+                    Ok::<_, String>(done)
+                })
+            })?
+            .map_err(PyValueError::new_err)?;
+        let d = done;
+        Ok((d.customers, d.buckets, d.events, d.amount_delta, d.closed_buckets, d.closed_events, d.closed_amount))
+    }
+
+    /// What `version` (a VersionTable's msgpack from engine/tables.py; a draft too) gives the usage
+    /// of its rate card recorded in [start_ms, end_ms) for these customers (all when None): a list
+    /// of (customer_id, product_id, current_picos, simulated_picos), sorted. Changes nothing; read
+    /// under the shared lock with the GIL released. ValueError names usage it cannot price.
+    fn simulate(
+        &self,
+        py: Python<'_>,
+        version: &[u8],
+        start_ms: i64,
+        end_ms: i64,
+        customers: Option<Vec<String>>,
+    ) -> PyResult<Vec<(String, String, i128, i128)>> {
+        let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
+        let lines = py.detach(|| {
+            self.read()?.simulate(table, start_ms, end_ms, customers.as_deref()).map_err(PyValueError::new_err)
+        })?;
+        Ok(lines.into_iter().map(|l| (l.customer_id, l.product_id, l.current, l.simulated)).collect())
+    }
+
+    /// The customer's adjustment entries, oldest first: (seq, hour, product_id, dimension values,
+    /// rate_card_id, old versions, new version, quantity_e18, events, old_amount_picos,
+    /// new_amount_picos).
+    #[allow(clippy::type_complexity)]
+    fn adjustments(
+        &self,
+        customer_id: &str,
+    ) -> PyResult<Vec<(u64, i64, String, Vec<String>, String, Vec<u32>, u32, i128, u64, i128, i128)>> {
+        let kernel = self.read()?;
+        let text = |sym: u32| kernel.text(sym).to_owned();
+        Ok(kernel
+            .adjustments(customer_id)
+            .iter()
+            .map(|a| {
+                let dimensions = a.dimensions.iter().map(|s| text(*s)).collect();
+                (
+                    a.seq,
+                    a.hour,
+                    text(a.product),
+                    dimensions,
+                    text(a.rate_card),
+                    a.old_versions.clone(),
+                    a.new_version,
+                    a.quantity,
+                    a.events,
+                    a.old_amount,
+                    a.new_amount,
+                )
+            })
+            .collect())
+    }
 }
 
 #[pymodule]

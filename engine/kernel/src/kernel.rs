@@ -30,7 +30,7 @@ use crate::tables;
 #[derive(Default)]
 pub struct Account {
     pub grants: Vec<Grant>,
-    order: Vec<u32>,
+    pub(crate) order: Vec<u32>,
     pub aggregates: FxHashMap<PeriodKey, Aggregate>,
     pub buckets: FxHashMap<HourKey, HourUsage>,
     pub periods: PeriodTotals,
@@ -39,7 +39,9 @@ pub struct Account {
     /// event is committed (reads share the account and must not write).
     last_period: (i64, i64, i64),
     /// The customer's contracts and closed periods, from the tables (None until they name it).
-    route: Option<Route>,
+    pub(crate) route: Option<Route>,
+    /// Re-ratings' adjustment entries, oldest first (rerate.rs).
+    pub adjustments: Vec<crate::rerate::Adjustment>,
 }
 
 impl Account {
@@ -148,10 +150,10 @@ pub enum BatchRefusal {
 
 #[derive(Default)]
 pub struct Kernel {
-    rater: Rater,
+    pub(crate) rater: Rater,
     /// Boxed: a map slot holds a pointer, not the whole account, so the map's spare capacity (up to
     /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
-    accounts: FxHashMap<String, Box<Account>>,
+    pub(crate) accounts: FxHashMap<String, Box<Account>>,
     /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
     dedupe: FxHashMap<u128, Seen>,
     /// Scratch space for an event's canonical encoding.
@@ -393,10 +395,10 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
 
 /// The compiled control plane and the symbols: what rating reads, apart from the account.
 #[derive(Default)]
-struct Rater {
-    catalog: Catalog,
-    interner: Interner,
-    combos: Combos,
+pub(crate) struct Rater {
+    pub(crate) catalog: Catalog,
+    pub(crate) interner: Interner,
+    pub(crate) combos: Combos,
 }
 
 impl Rater {
@@ -736,6 +738,7 @@ impl Kernel {
                     buckets,
                     period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
                     period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
+                    adjustments: account.adjustments.clone(),
                 }
             })
             .collect();
@@ -771,6 +774,7 @@ impl Kernel {
                 periods: period_totals(&stored.period_charges, &stored.period_overage),
                 last_period: (0, 0, 0),
                 route: None,
+                adjustments: stored.adjustments,
             };
             kernel.accounts.insert(stored.customer_id, Box::new(account));
         }

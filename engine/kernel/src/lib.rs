@@ -14,6 +14,7 @@ pub mod draw;
 pub mod kernel;
 pub mod money;
 pub mod price;
+pub mod rerate;
 pub mod route;
 pub mod snapshot;
 pub mod tables;

@@ -41,6 +41,12 @@ impl Interner {
     pub fn strings(&self) -> Vec<String> {
         self.strings.iter().map(|s| s.to_string()).collect()
     }
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
     pub fn from_strings(strings: Vec<String>) -> Interner {
         let strings: Vec<Box<str>> = strings.into_iter().map(String::into_boxed_str).collect();
         let index = strings.iter().enumerate().map(|(i, s)| (s.clone(), i as Sym)).collect();

@@ -358,14 +358,28 @@ class PublishVersionRequest(_message.Message):
     def __init__(self, rate_card_id: _Optional[str] = ..., version: _Optional[int] = ..., effective_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cohort: _Optional[_Union[Cohort, _Mapping]] = ...) -> None: ...
 
 class PublishVersionResponse(_message.Message):
-    __slots__ = ("version", "events_rerated", "validation")
+    __slots__ = ("version", "events_rerated", "validation", "customers_rerated", "buckets_rerated", "rerated_amount_delta", "closed_buckets_left_alone", "closed_events_left_alone", "closed_amount_left_alone", "left_alone_reason")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EVENTS_RERATED_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_RERATED_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_RERATED_FIELD_NUMBER: _ClassVar[int]
+    RERATED_AMOUNT_DELTA_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_BUCKETS_LEFT_ALONE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_EVENTS_LEFT_ALONE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AMOUNT_LEFT_ALONE_FIELD_NUMBER: _ClassVar[int]
+    LEFT_ALONE_REASON_FIELD_NUMBER: _ClassVar[int]
     version: RateCardVersion
     events_rerated: int
     validation: ValidationReport
-    def __init__(self, version: _Optional[_Union[RateCardVersion, _Mapping]] = ..., events_rerated: _Optional[int] = ..., validation: _Optional[_Union[ValidationReport, _Mapping]] = ...) -> None: ...
+    customers_rerated: int
+    buckets_rerated: int
+    rerated_amount_delta: str
+    closed_buckets_left_alone: int
+    closed_events_left_alone: int
+    closed_amount_left_alone: str
+    left_alone_reason: str
+    def __init__(self, version: _Optional[_Union[RateCardVersion, _Mapping]] = ..., events_rerated: _Optional[int] = ..., validation: _Optional[_Union[ValidationReport, _Mapping]] = ..., customers_rerated: _Optional[int] = ..., buckets_rerated: _Optional[int] = ..., rerated_amount_delta: _Optional[str] = ..., closed_buckets_left_alone: _Optional[int] = ..., closed_events_left_alone: _Optional[int] = ..., closed_amount_left_alone: _Optional[str] = ..., left_alone_reason: _Optional[str] = ...) -> None: ...
 
 class RollbackRateCardRequest(_message.Message):
     __slots__ = ("rate_card_id", "to_version", "effective_from")
@@ -494,10 +508,22 @@ class SimulatedAmount(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., product_id: _Optional[str] = ..., current_amount: _Optional[str] = ..., simulated_amount: _Optional[str] = ..., delta: _Optional[str] = ...) -> None: ...
 
 class SimulateVersionResponse(_message.Message):
-    __slots__ = ("amounts",)
+    __slots__ = ("amounts", "totals")
     AMOUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
     amounts: _containers.RepeatedCompositeFieldContainer[SimulatedAmount]
-    def __init__(self, amounts: _Optional[_Iterable[_Union[SimulatedAmount, _Mapping]]] = ...) -> None: ...
+    totals: SimulatedTotals
+    def __init__(self, amounts: _Optional[_Iterable[_Union[SimulatedAmount, _Mapping]]] = ..., totals: _Optional[_Union[SimulatedTotals, _Mapping]] = ...) -> None: ...
+
+class SimulatedTotals(_message.Message):
+    __slots__ = ("current_amount", "simulated_amount", "delta")
+    CURRENT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    current_amount: str
+    simulated_amount: str
+    delta: str
+    def __init__(self, current_amount: _Optional[str] = ..., simulated_amount: _Optional[str] = ..., delta: _Optional[str] = ...) -> None: ...
 
 class GetAuditLogRequest(_message.Message):
     __slots__ = ("after_seq", "page_size", "target", "actor", "action", "start_time", "end_time")

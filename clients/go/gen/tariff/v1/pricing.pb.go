@@ -1787,9 +1787,17 @@ type PublishVersionRequest struct {
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	Version    uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	// UTC, on an hour boundary; past, now or future. Now (rounded down to the
-	// hour) when unset. Re-rating is not built yet: when usage was already
-	// rated in an hour this version would price, the call is refused with
-	// UNIMPLEMENTED (naming the first such hour) and changes nothing.
+	// hour) when unset. When usage was already rated in an hour this version
+	// prices, that usage is re-rated in open periods: each affected customer's
+	// hour buckets are priced again in time order, each by the version in force
+	// for its hour, over the period's cumulative quantity; every changed bucket
+	// gets an adjustment entry citing its old and new version, and the
+	// customer's draws on grants and overage in those periods are settled again
+	// (refunds give back overage first, then credits in reverse burn order).
+	// Usage in closed periods is left alone and counted in the reply. Refused
+	// with FAILED_PRECONDITION, changing nothing, when affected usage belongs to
+	// a MAX, LATEST or UNIQUE_COUNT product (its buckets cannot be priced
+	// again) or has no rate in this version.
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	Cohort        *Cohort                `protobuf:"bytes,4,opt,name=cohort,proto3" json:"cohort,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1857,11 +1865,27 @@ func (x *PublishVersionRequest) GetCohort() *Cohort {
 type PublishVersionResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version *RateCardVersion       `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	// Events re-rated because effective_from lies before already rated usage.
+	// Events re-rated because effective_from lies before already rated usage:
+	// the events of the re-rated hour buckets, an event feeding several
+	// products counted once (per hour and event type, the most events any one
+	// of its products had re-rated).
 	EventsRerated uint64            `protobuf:"varint,2,opt,name=events_rerated,json=eventsRerated,proto3" json:"events_rerated,omitempty"`
 	Validation    *ValidationReport `protobuf:"bytes,3,opt,name=validation,proto3" json:"validation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Customers and hour buckets whose charge or pricing version re-rating changed.
+	CustomersRerated uint64 `protobuf:"varint,4,opt,name=customers_rerated,json=customersRerated,proto3" json:"customers_rerated,omitempty"`
+	BucketsRerated   uint64 `protobuf:"varint,5,opt,name=buckets_rerated,json=bucketsRerated,proto3" json:"buckets_rerated,omitempty"`
+	// The net change of the re-rated charges, a decimal in the rate card's
+	// pricing unit (negative: charges went down).
+	ReratedAmountDelta string `protobuf:"bytes,6,opt,name=rerated_amount_delta,json=reratedAmountDelta,proto3" json:"rerated_amount_delta,omitempty"`
+	// Usage at or after effective_from in closed periods, left alone (a closed
+	// period's invoice is final): hour buckets, their events and their amount.
+	ClosedBucketsLeftAlone uint64 `protobuf:"varint,7,opt,name=closed_buckets_left_alone,json=closedBucketsLeftAlone,proto3" json:"closed_buckets_left_alone,omitempty"`
+	ClosedEventsLeftAlone  uint64 `protobuf:"varint,8,opt,name=closed_events_left_alone,json=closedEventsLeftAlone,proto3" json:"closed_events_left_alone,omitempty"`
+	ClosedAmountLeftAlone  string `protobuf:"bytes,9,opt,name=closed_amount_left_alone,json=closedAmountLeftAlone,proto3" json:"closed_amount_left_alone,omitempty"`
+	// Why that usage was left alone; empty when there was none.
+	LeftAloneReason string `protobuf:"bytes,10,opt,name=left_alone_reason,json=leftAloneReason,proto3" json:"left_alone_reason,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PublishVersionResponse) Reset() {
@@ -1913,6 +1937,55 @@ func (x *PublishVersionResponse) GetValidation() *ValidationReport {
 		return x.Validation
 	}
 	return nil
+}
+
+func (x *PublishVersionResponse) GetCustomersRerated() uint64 {
+	if x != nil {
+		return x.CustomersRerated
+	}
+	return 0
+}
+
+func (x *PublishVersionResponse) GetBucketsRerated() uint64 {
+	if x != nil {
+		return x.BucketsRerated
+	}
+	return 0
+}
+
+func (x *PublishVersionResponse) GetReratedAmountDelta() string {
+	if x != nil {
+		return x.ReratedAmountDelta
+	}
+	return ""
+}
+
+func (x *PublishVersionResponse) GetClosedBucketsLeftAlone() uint64 {
+	if x != nil {
+		return x.ClosedBucketsLeftAlone
+	}
+	return 0
+}
+
+func (x *PublishVersionResponse) GetClosedEventsLeftAlone() uint64 {
+	if x != nil {
+		return x.ClosedEventsLeftAlone
+	}
+	return 0
+}
+
+func (x *PublishVersionResponse) GetClosedAmountLeftAlone() string {
+	if x != nil {
+		return x.ClosedAmountLeftAlone
+	}
+	return ""
+}
+
+func (x *PublishVersionResponse) GetLeftAloneReason() string {
+	if x != nil {
+		return x.LeftAloneReason
+	}
+	return ""
 }
 
 // Restores the prices of to_version by publishing a copy of it as a new
@@ -2585,9 +2658,19 @@ func (x *DiffVersionsResponse) GetRates() []*RateChange {
 	return nil
 }
 
+// Prices the usage buckets recorded in [period_start, period_end) again with
+// one version and changes nothing. Each (customer, period, product, dimension
+// values) is walked in hour order from its billing period's start, every
+// bucket priced by `version` over the cumulative quantity, as re-rating after
+// publishing `version` effective from that period's start would price it.
+// A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
+// findings otherwise); unknown card or version: NOT_FOUND; usage the version
+// cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product): FAILED_PRECONDITION.
+// A period without usage gives no amounts and zero totals.
 type SimulateVersionRequest struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	RateCardId  string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	// Published or draft.
 	Version     uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
 	PeriodEnd   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
@@ -2739,8 +2822,10 @@ func (x *SimulatedAmount) GetDelta() string {
 }
 
 type SimulateVersionResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Amounts       []*SimulatedAmount     `protobuf:"bytes,1,rep,name=amounts,proto3" json:"amounts,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Amounts []*SimulatedAmount     `protobuf:"bytes,1,rep,name=amounts,proto3" json:"amounts,omitempty"`
+	// The amounts summed over every customer and product.
+	Totals        *SimulatedTotals `protobuf:"bytes,2,opt,name=totals,proto3" json:"totals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2782,6 +2867,73 @@ func (x *SimulateVersionResponse) GetAmounts() []*SimulatedAmount {
 	return nil
 }
 
+func (x *SimulateVersionResponse) GetTotals() *SimulatedTotals {
+	if x != nil {
+		return x.Totals
+	}
+	return nil
+}
+
+type SimulatedTotals struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	CurrentAmount   string                 `protobuf:"bytes,1,opt,name=current_amount,json=currentAmount,proto3" json:"current_amount,omitempty"`
+	SimulatedAmount string                 `protobuf:"bytes,2,opt,name=simulated_amount,json=simulatedAmount,proto3" json:"simulated_amount,omitempty"`
+	Delta           string                 `protobuf:"bytes,3,opt,name=delta,proto3" json:"delta,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SimulatedTotals) Reset() {
+	*x = SimulatedTotals{}
+	mi := &file_tariff_v1_pricing_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SimulatedTotals) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SimulatedTotals) ProtoMessage() {}
+
+func (x *SimulatedTotals) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_pricing_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SimulatedTotals.ProtoReflect.Descriptor instead.
+func (*SimulatedTotals) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *SimulatedTotals) GetCurrentAmount() string {
+	if x != nil {
+		return x.CurrentAmount
+	}
+	return ""
+}
+
+func (x *SimulatedTotals) GetSimulatedAmount() string {
+	if x != nil {
+		return x.SimulatedAmount
+	}
+	return ""
+}
+
+func (x *SimulatedTotals) GetDelta() string {
+	if x != nil {
+		return x.Delta
+	}
+	return ""
+}
+
 // The filters combine (an entry must meet every one given). A page holds at
 // most page_size entries. When actor, action, start_time or end_time is
 // given, so that a read never holds the server long, a page looks through at
@@ -2820,7 +2972,7 @@ type GetAuditLogRequest struct {
 
 func (x *GetAuditLogRequest) Reset() {
 	*x = GetAuditLogRequest{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[36]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2832,7 +2984,7 @@ func (x *GetAuditLogRequest) String() string {
 func (*GetAuditLogRequest) ProtoMessage() {}
 
 func (x *GetAuditLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[36]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2845,7 +2997,7 @@ func (x *GetAuditLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAuditLogRequest.ProtoReflect.Descriptor instead.
 func (*GetAuditLogRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{36}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetAuditLogRequest) GetAfterSeq() uint64 {
@@ -2931,7 +3083,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[37]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2943,7 +3095,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[37]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2956,7 +3108,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{37}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AuditEntry) GetSeq() uint64 {
@@ -3012,7 +3164,7 @@ type GetAuditLogResponse struct {
 
 func (x *GetAuditLogResponse) Reset() {
 	*x = GetAuditLogResponse{}
-	mi := &file_tariff_v1_pricing_proto_msgTypes[38]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3176,7 @@ func (x *GetAuditLogResponse) String() string {
 func (*GetAuditLogResponse) ProtoMessage() {}
 
 func (x *GetAuditLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_pricing_proto_msgTypes[38]
+	mi := &file_tariff_v1_pricing_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3189,7 @@ func (x *GetAuditLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAuditLogResponse.ProtoReflect.Descriptor instead.
 func (*GetAuditLogResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{38}
+	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetAuditLogResponse) GetEntries() []*AuditEntry {
@@ -3203,13 +3355,21 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"rateCardId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12A\n" +
 	"\x0eeffective_from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveFrom\x12)\n" +
-	"\x06cohort\x18\x04 \x01(\v2\x11.tariff.v1.CohortR\x06cohort\"\xb2\x01\n" +
+	"\x06cohort\x18\x04 \x01(\v2\x11.tariff.v1.CohortR\x06cohort\"\x93\x04\n" +
 	"\x16PublishVersionResponse\x124\n" +
 	"\aversion\x18\x01 \x01(\v2\x1a.tariff.v1.RateCardVersionR\aversion\x12%\n" +
 	"\x0eevents_rerated\x18\x02 \x01(\x04R\reventsRerated\x12;\n" +
 	"\n" +
 	"validation\x18\x03 \x01(\v2\x1b.tariff.v1.ValidationReportR\n" +
-	"validation\"\x9d\x01\n" +
+	"validation\x12+\n" +
+	"\x11customers_rerated\x18\x04 \x01(\x04R\x10customersRerated\x12'\n" +
+	"\x0fbuckets_rerated\x18\x05 \x01(\x04R\x0ebucketsRerated\x120\n" +
+	"\x14rerated_amount_delta\x18\x06 \x01(\tR\x12reratedAmountDelta\x129\n" +
+	"\x19closed_buckets_left_alone\x18\a \x01(\x04R\x16closedBucketsLeftAlone\x127\n" +
+	"\x18closed_events_left_alone\x18\b \x01(\x04R\x15closedEventsLeftAlone\x127\n" +
+	"\x18closed_amount_left_alone\x18\t \x01(\tR\x15closedAmountLeftAlone\x12*\n" +
+	"\x11left_alone_reason\x18\n" +
+	" \x01(\tR\x0fleftAloneReason\"\x9d\x01\n" +
 	"\x17RollbackRateCardRequest\x12 \n" +
 	"\frate_card_id\x18\x01 \x01(\tR\n" +
 	"rateCardId\x12\x1d\n" +
@@ -3280,9 +3440,14 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"product_id\x18\x02 \x01(\tR\tproductId\x12%\n" +
 	"\x0ecurrent_amount\x18\x03 \x01(\tR\rcurrentAmount\x12)\n" +
 	"\x10simulated_amount\x18\x04 \x01(\tR\x0fsimulatedAmount\x12\x14\n" +
-	"\x05delta\x18\x05 \x01(\tR\x05delta\"O\n" +
+	"\x05delta\x18\x05 \x01(\tR\x05delta\"\x83\x01\n" +
 	"\x17SimulateVersionResponse\x124\n" +
-	"\aamounts\x18\x01 \x03(\v2\x1a.tariff.v1.SimulatedAmountR\aamounts\"\x86\x02\n" +
+	"\aamounts\x18\x01 \x03(\v2\x1a.tariff.v1.SimulatedAmountR\aamounts\x122\n" +
+	"\x06totals\x18\x02 \x01(\v2\x1a.tariff.v1.SimulatedTotalsR\x06totals\"y\n" +
+	"\x0fSimulatedTotals\x12%\n" +
+	"\x0ecurrent_amount\x18\x01 \x01(\tR\rcurrentAmount\x12)\n" +
+	"\x10simulated_amount\x18\x02 \x01(\tR\x0fsimulatedAmount\x12\x14\n" +
+	"\x05delta\x18\x03 \x01(\tR\x05delta\"\x86\x02\n" +
 	"\x12GetAuditLogRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x16\n" +
@@ -3363,7 +3528,7 @@ func file_tariff_v1_pricing_proto_rawDescGZIP() []byte {
 }
 
 var file_tariff_v1_pricing_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_tariff_v1_pricing_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_tariff_v1_pricing_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_tariff_v1_pricing_proto_goTypes = []any{
 	(Aggregation)(0),                  // 0: tariff.v1.Aggregation
 	(TierMode)(0),                     // 1: tariff.v1.TierMode
@@ -3406,53 +3571,54 @@ var file_tariff_v1_pricing_proto_goTypes = []any{
 	(*SimulateVersionRequest)(nil),    // 38: tariff.v1.SimulateVersionRequest
 	(*SimulatedAmount)(nil),           // 39: tariff.v1.SimulatedAmount
 	(*SimulateVersionResponse)(nil),   // 40: tariff.v1.SimulateVersionResponse
-	(*GetAuditLogRequest)(nil),        // 41: tariff.v1.GetAuditLogRequest
-	(*AuditEntry)(nil),                // 42: tariff.v1.AuditEntry
-	(*GetAuditLogResponse)(nil),       // 43: tariff.v1.GetAuditLogResponse
-	nil,                               // 44: tariff.v1.Product.FiltersEntry
-	nil,                               // 45: tariff.v1.Rate.MatchEntry
-	nil,                               // 46: tariff.v1.RateKey.MatchEntry
-	nil,                               // 47: tariff.v1.Cohort.AttributesEntry
-	nil,                               // 48: tariff.v1.RateCardVersion.ParametersEntry
-	nil,                               // 49: tariff.v1.CreateDraftVersionRequest.SetParametersEntry
-	(*timestamppb.Timestamp)(nil),     // 50: google.protobuf.Timestamp
+	(*SimulatedTotals)(nil),           // 41: tariff.v1.SimulatedTotals
+	(*GetAuditLogRequest)(nil),        // 42: tariff.v1.GetAuditLogRequest
+	(*AuditEntry)(nil),                // 43: tariff.v1.AuditEntry
+	(*GetAuditLogResponse)(nil),       // 44: tariff.v1.GetAuditLogResponse
+	nil,                               // 45: tariff.v1.Product.FiltersEntry
+	nil,                               // 46: tariff.v1.Rate.MatchEntry
+	nil,                               // 47: tariff.v1.RateKey.MatchEntry
+	nil,                               // 48: tariff.v1.Cohort.AttributesEntry
+	nil,                               // 49: tariff.v1.RateCardVersion.ParametersEntry
+	nil,                               // 50: tariff.v1.CreateDraftVersionRequest.SetParametersEntry
+	(*timestamppb.Timestamp)(nil),     // 51: google.protobuf.Timestamp
 }
 var file_tariff_v1_pricing_proto_depIdxs = []int32{
 	0,  // 0: tariff.v1.Product.aggregation:type_name -> tariff.v1.Aggregation
-	44, // 1: tariff.v1.Product.filters:type_name -> tariff.v1.Product.FiltersEntry
+	45, // 1: tariff.v1.Product.filters:type_name -> tariff.v1.Product.FiltersEntry
 	5,  // 2: tariff.v1.CreateProductRequest.product:type_name -> tariff.v1.Product
 	5,  // 3: tariff.v1.ListProductsResponse.products:type_name -> tariff.v1.Product
 	1,  // 4: tariff.v1.TieredPrice.mode:type_name -> tariff.v1.TierMode
 	9,  // 5: tariff.v1.TieredPrice.tiers:type_name -> tariff.v1.Tier
-	45, // 6: tariff.v1.Rate.match:type_name -> tariff.v1.Rate.MatchEntry
+	46, // 6: tariff.v1.Rate.match:type_name -> tariff.v1.Rate.MatchEntry
 	10, // 7: tariff.v1.Rate.unit:type_name -> tariff.v1.UnitPrice
 	11, // 8: tariff.v1.Rate.tiered:type_name -> tariff.v1.TieredPrice
 	12, // 9: tariff.v1.Rate.package:type_name -> tariff.v1.PackagePrice
 	13, // 10: tariff.v1.Rate.flat:type_name -> tariff.v1.FlatPrice
-	46, // 11: tariff.v1.RateKey.match:type_name -> tariff.v1.RateKey.MatchEntry
-	47, // 12: tariff.v1.Cohort.attributes:type_name -> tariff.v1.Cohort.AttributesEntry
-	50, // 13: tariff.v1.Cohort.customers_created_after:type_name -> google.protobuf.Timestamp
+	47, // 11: tariff.v1.RateKey.match:type_name -> tariff.v1.RateKey.MatchEntry
+	48, // 12: tariff.v1.Cohort.attributes:type_name -> tariff.v1.Cohort.AttributesEntry
+	51, // 13: tariff.v1.Cohort.customers_created_after:type_name -> google.protobuf.Timestamp
 	2,  // 14: tariff.v1.RateCardVersion.state:type_name -> tariff.v1.VersionState
-	48, // 15: tariff.v1.RateCardVersion.parameters:type_name -> tariff.v1.RateCardVersion.ParametersEntry
+	49, // 15: tariff.v1.RateCardVersion.parameters:type_name -> tariff.v1.RateCardVersion.ParametersEntry
 	14, // 16: tariff.v1.RateCardVersion.rates:type_name -> tariff.v1.Rate
-	50, // 17: tariff.v1.RateCardVersion.created_at:type_name -> google.protobuf.Timestamp
-	50, // 18: tariff.v1.RateCardVersion.effective_from:type_name -> google.protobuf.Timestamp
-	50, // 19: tariff.v1.RateCardVersion.published_at:type_name -> google.protobuf.Timestamp
+	51, // 17: tariff.v1.RateCardVersion.created_at:type_name -> google.protobuf.Timestamp
+	51, // 18: tariff.v1.RateCardVersion.effective_from:type_name -> google.protobuf.Timestamp
+	51, // 19: tariff.v1.RateCardVersion.published_at:type_name -> google.protobuf.Timestamp
 	16, // 20: tariff.v1.RateCardVersion.cohort:type_name -> tariff.v1.Cohort
-	50, // 21: tariff.v1.RateCard.created_at:type_name -> google.protobuf.Timestamp
+	51, // 21: tariff.v1.RateCard.created_at:type_name -> google.protobuf.Timestamp
 	18, // 22: tariff.v1.ListRateCardsResponse.rate_cards:type_name -> tariff.v1.RateCard
-	49, // 23: tariff.v1.CreateDraftVersionRequest.set_parameters:type_name -> tariff.v1.CreateDraftVersionRequest.SetParametersEntry
+	50, // 23: tariff.v1.CreateDraftVersionRequest.set_parameters:type_name -> tariff.v1.CreateDraftVersionRequest.SetParametersEntry
 	14, // 24: tariff.v1.CreateDraftVersionRequest.upsert_rates:type_name -> tariff.v1.Rate
 	15, // 25: tariff.v1.CreateDraftVersionRequest.remove_rates:type_name -> tariff.v1.RateKey
 	3,  // 26: tariff.v1.Finding.severity:type_name -> tariff.v1.Severity
 	25, // 27: tariff.v1.ValidationReport.findings:type_name -> tariff.v1.Finding
-	50, // 28: tariff.v1.PublishVersionRequest.effective_from:type_name -> google.protobuf.Timestamp
+	51, // 28: tariff.v1.PublishVersionRequest.effective_from:type_name -> google.protobuf.Timestamp
 	16, // 29: tariff.v1.PublishVersionRequest.cohort:type_name -> tariff.v1.Cohort
 	17, // 30: tariff.v1.PublishVersionResponse.version:type_name -> tariff.v1.RateCardVersion
 	26, // 31: tariff.v1.PublishVersionResponse.validation:type_name -> tariff.v1.ValidationReport
-	50, // 32: tariff.v1.RollbackRateCardRequest.effective_from:type_name -> google.protobuf.Timestamp
+	51, // 32: tariff.v1.RollbackRateCardRequest.effective_from:type_name -> google.protobuf.Timestamp
 	17, // 33: tariff.v1.ListVersionsResponse.versions:type_name -> tariff.v1.RateCardVersion
-	50, // 34: tariff.v1.GetVersionRequest.at:type_name -> google.protobuf.Timestamp
+	51, // 34: tariff.v1.GetVersionRequest.at:type_name -> google.protobuf.Timestamp
 	4,  // 35: tariff.v1.ParameterChange.kind:type_name -> tariff.v1.ChangeKind
 	15, // 36: tariff.v1.RateChange.key:type_name -> tariff.v1.RateKey
 	14, // 37: tariff.v1.RateChange.old_rate:type_name -> tariff.v1.Rate
@@ -3461,46 +3627,47 @@ var file_tariff_v1_pricing_proto_depIdxs = []int32{
 	35, // 40: tariff.v1.RateChange.fields:type_name -> tariff.v1.PriceFieldChange
 	34, // 41: tariff.v1.DiffVersionsResponse.parameters:type_name -> tariff.v1.ParameterChange
 	36, // 42: tariff.v1.DiffVersionsResponse.rates:type_name -> tariff.v1.RateChange
-	50, // 43: tariff.v1.SimulateVersionRequest.period_start:type_name -> google.protobuf.Timestamp
-	50, // 44: tariff.v1.SimulateVersionRequest.period_end:type_name -> google.protobuf.Timestamp
+	51, // 43: tariff.v1.SimulateVersionRequest.period_start:type_name -> google.protobuf.Timestamp
+	51, // 44: tariff.v1.SimulateVersionRequest.period_end:type_name -> google.protobuf.Timestamp
 	39, // 45: tariff.v1.SimulateVersionResponse.amounts:type_name -> tariff.v1.SimulatedAmount
-	50, // 46: tariff.v1.GetAuditLogRequest.start_time:type_name -> google.protobuf.Timestamp
-	50, // 47: tariff.v1.GetAuditLogRequest.end_time:type_name -> google.protobuf.Timestamp
-	50, // 48: tariff.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
-	42, // 49: tariff.v1.GetAuditLogResponse.entries:type_name -> tariff.v1.AuditEntry
-	6,  // 50: tariff.v1.PricingService.CreateProduct:input_type -> tariff.v1.CreateProductRequest
-	7,  // 51: tariff.v1.PricingService.ListProducts:input_type -> tariff.v1.ListProductsRequest
-	19, // 52: tariff.v1.PricingService.CreateRateCard:input_type -> tariff.v1.CreateRateCardRequest
-	20, // 53: tariff.v1.PricingService.GetRateCard:input_type -> tariff.v1.GetRateCardRequest
-	21, // 54: tariff.v1.PricingService.ListRateCards:input_type -> tariff.v1.ListRateCardsRequest
-	23, // 55: tariff.v1.PricingService.CreateDraftVersion:input_type -> tariff.v1.CreateDraftVersionRequest
-	24, // 56: tariff.v1.PricingService.ValidateVersion:input_type -> tariff.v1.ValidateVersionRequest
-	27, // 57: tariff.v1.PricingService.PublishVersion:input_type -> tariff.v1.PublishVersionRequest
-	29, // 58: tariff.v1.PricingService.RollbackRateCard:input_type -> tariff.v1.RollbackRateCardRequest
-	30, // 59: tariff.v1.PricingService.ListVersions:input_type -> tariff.v1.ListVersionsRequest
-	32, // 60: tariff.v1.PricingService.GetVersion:input_type -> tariff.v1.GetVersionRequest
-	33, // 61: tariff.v1.PricingService.DiffVersions:input_type -> tariff.v1.DiffVersionsRequest
-	38, // 62: tariff.v1.PricingService.SimulateVersion:input_type -> tariff.v1.SimulateVersionRequest
-	41, // 63: tariff.v1.PricingService.GetAuditLog:input_type -> tariff.v1.GetAuditLogRequest
-	5,  // 64: tariff.v1.PricingService.CreateProduct:output_type -> tariff.v1.Product
-	8,  // 65: tariff.v1.PricingService.ListProducts:output_type -> tariff.v1.ListProductsResponse
-	18, // 66: tariff.v1.PricingService.CreateRateCard:output_type -> tariff.v1.RateCard
-	18, // 67: tariff.v1.PricingService.GetRateCard:output_type -> tariff.v1.RateCard
-	22, // 68: tariff.v1.PricingService.ListRateCards:output_type -> tariff.v1.ListRateCardsResponse
-	17, // 69: tariff.v1.PricingService.CreateDraftVersion:output_type -> tariff.v1.RateCardVersion
-	26, // 70: tariff.v1.PricingService.ValidateVersion:output_type -> tariff.v1.ValidationReport
-	28, // 71: tariff.v1.PricingService.PublishVersion:output_type -> tariff.v1.PublishVersionResponse
-	28, // 72: tariff.v1.PricingService.RollbackRateCard:output_type -> tariff.v1.PublishVersionResponse
-	31, // 73: tariff.v1.PricingService.ListVersions:output_type -> tariff.v1.ListVersionsResponse
-	17, // 74: tariff.v1.PricingService.GetVersion:output_type -> tariff.v1.RateCardVersion
-	37, // 75: tariff.v1.PricingService.DiffVersions:output_type -> tariff.v1.DiffVersionsResponse
-	40, // 76: tariff.v1.PricingService.SimulateVersion:output_type -> tariff.v1.SimulateVersionResponse
-	43, // 77: tariff.v1.PricingService.GetAuditLog:output_type -> tariff.v1.GetAuditLogResponse
-	64, // [64:78] is the sub-list for method output_type
-	50, // [50:64] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	41, // 46: tariff.v1.SimulateVersionResponse.totals:type_name -> tariff.v1.SimulatedTotals
+	51, // 47: tariff.v1.GetAuditLogRequest.start_time:type_name -> google.protobuf.Timestamp
+	51, // 48: tariff.v1.GetAuditLogRequest.end_time:type_name -> google.protobuf.Timestamp
+	51, // 49: tariff.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	43, // 50: tariff.v1.GetAuditLogResponse.entries:type_name -> tariff.v1.AuditEntry
+	6,  // 51: tariff.v1.PricingService.CreateProduct:input_type -> tariff.v1.CreateProductRequest
+	7,  // 52: tariff.v1.PricingService.ListProducts:input_type -> tariff.v1.ListProductsRequest
+	19, // 53: tariff.v1.PricingService.CreateRateCard:input_type -> tariff.v1.CreateRateCardRequest
+	20, // 54: tariff.v1.PricingService.GetRateCard:input_type -> tariff.v1.GetRateCardRequest
+	21, // 55: tariff.v1.PricingService.ListRateCards:input_type -> tariff.v1.ListRateCardsRequest
+	23, // 56: tariff.v1.PricingService.CreateDraftVersion:input_type -> tariff.v1.CreateDraftVersionRequest
+	24, // 57: tariff.v1.PricingService.ValidateVersion:input_type -> tariff.v1.ValidateVersionRequest
+	27, // 58: tariff.v1.PricingService.PublishVersion:input_type -> tariff.v1.PublishVersionRequest
+	29, // 59: tariff.v1.PricingService.RollbackRateCard:input_type -> tariff.v1.RollbackRateCardRequest
+	30, // 60: tariff.v1.PricingService.ListVersions:input_type -> tariff.v1.ListVersionsRequest
+	32, // 61: tariff.v1.PricingService.GetVersion:input_type -> tariff.v1.GetVersionRequest
+	33, // 62: tariff.v1.PricingService.DiffVersions:input_type -> tariff.v1.DiffVersionsRequest
+	38, // 63: tariff.v1.PricingService.SimulateVersion:input_type -> tariff.v1.SimulateVersionRequest
+	42, // 64: tariff.v1.PricingService.GetAuditLog:input_type -> tariff.v1.GetAuditLogRequest
+	5,  // 65: tariff.v1.PricingService.CreateProduct:output_type -> tariff.v1.Product
+	8,  // 66: tariff.v1.PricingService.ListProducts:output_type -> tariff.v1.ListProductsResponse
+	18, // 67: tariff.v1.PricingService.CreateRateCard:output_type -> tariff.v1.RateCard
+	18, // 68: tariff.v1.PricingService.GetRateCard:output_type -> tariff.v1.RateCard
+	22, // 69: tariff.v1.PricingService.ListRateCards:output_type -> tariff.v1.ListRateCardsResponse
+	17, // 70: tariff.v1.PricingService.CreateDraftVersion:output_type -> tariff.v1.RateCardVersion
+	26, // 71: tariff.v1.PricingService.ValidateVersion:output_type -> tariff.v1.ValidationReport
+	28, // 72: tariff.v1.PricingService.PublishVersion:output_type -> tariff.v1.PublishVersionResponse
+	28, // 73: tariff.v1.PricingService.RollbackRateCard:output_type -> tariff.v1.PublishVersionResponse
+	31, // 74: tariff.v1.PricingService.ListVersions:output_type -> tariff.v1.ListVersionsResponse
+	17, // 75: tariff.v1.PricingService.GetVersion:output_type -> tariff.v1.RateCardVersion
+	37, // 76: tariff.v1.PricingService.DiffVersions:output_type -> tariff.v1.DiffVersionsResponse
+	40, // 77: tariff.v1.PricingService.SimulateVersion:output_type -> tariff.v1.SimulateVersionResponse
+	44, // 78: tariff.v1.PricingService.GetAuditLog:output_type -> tariff.v1.GetAuditLogResponse
+	65, // [65:79] is the sub-list for method output_type
+	51, // [51:65] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_pricing_proto_init() }
@@ -3524,7 +3691,7 @@ func file_tariff_v1_pricing_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_pricing_proto_rawDesc), len(file_tariff_v1_pricing_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

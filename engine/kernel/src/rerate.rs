@@ -1,0 +1,970 @@
+//! Re-rating and simulation: pricing recorded hour buckets again, with the version timeline as it
+//! is now (a retroactive publish) or with one given version (SimulateVersion, which changes nothing).
+//!
+//! A period aggregate's buckets are walked in hour order from the period's start, each priced by
+//! the version in force for its hour over the cumulative period quantity, exactly as ingestion
+//! prices an event: amount = price(quantity after) - price(quantity before), never giving back
+//! more than the aggregate was charged so far. So a bucket is priced as ONE step: equal to pricing
+//! its events one by one whenever prices telescope (UNIT, GRADUATED, PACKAGE, FLAT, and VOLUME
+//! unless its drop is cut by that floor inside one hour bucket), and the walk is in time order,
+//! as if every event had arrived on time. Only additive aggregations (SUM, COUNT) can be walked:
+//! the buckets of MAX, LATEST and UNIQUE_COUNT hold increments in arrival order, not the measure
+//! of their hour, so such usage is refused, never approximated.
+//!
+//! Re-rating writes each changed bucket's new amount under the version now in force, an
+//! adjustment entry citing the old and new versions, and settles each aggregate's difference
+//! against grants (draw.rs): refunds first (overage first, then credits in reverse burn order),
+//! then charges in burn order, the rest overage. Closed periods are never touched; they are
+//! counted as left alone.
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use crate::buckets::{HourKey, HourUsage, PeriodKey, VersionUsage, HOUR_MS};
+use crate::draw::{settle_into, Charge, Outcomes};
+use crate::kernel::{Account, Kernel};
+use crate::money::{Fixed, Picos};
+use crate::price::PricedCurve;
+use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Rate, Sym, Version};
+use crate::tables::VersionTable;
+
+/// One re-rated hour bucket: what it was charged and what it is charged now, and by which versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adjustment {
+    /// The journal seq of the command that re-rated it.
+    pub seq: u64,
+    pub hour: i64,
+    pub product: Sym,
+    pub dimensions: Box<[Sym]>,
+    pub rate_card: Sym,
+    /// The versions that had priced the bucket, ascending.
+    pub old_versions: Vec<u32>,
+    pub new_version: u32,
+    pub quantity: Fixed,
+    pub events: u64,
+    pub old_amount: Picos,
+    pub new_amount: Picos,
+}
+
+/// What a re-rating did, summed over customers; `closed_*` is usage it left alone because its
+/// period is closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rerated {
+    pub customers: u64,
+    pub buckets: u64,
+    pub events: u64,
+    pub amount_delta: Picos,
+    pub closed_buckets: u64,
+    pub closed_events: u64,
+    pub closed_amount: Picos,
+}
+
+impl Rerated {
+    pub fn add(&mut self, other: &Rerated) {
+        self.customers += other.customers;
+        self.buckets += other.buckets;
+        self.events += other.events;
+        self.amount_delta += other.amount_delta;
+        self.closed_buckets += other.closed_buckets;
+        self.closed_events += other.closed_events;
+        self.closed_amount += other.closed_amount;
+    }
+}
+
+/// Which version prices a walked bucket.
+#[derive(Clone, Copy)]
+enum Pricing<'a> {
+    /// The version in force for the bucket's hour on the customer's timeline.
+    Timeline,
+    /// One version for every bucket (a simulation).
+    Only(&'a Version),
+    /// The timeline with `version` inserted effective at `at_ms` (after any entry effective then):
+    /// a publish checked before it changes anything.
+    Inserted { at_ms: i64, version: &'a Version },
+}
+
+/// A bucket priced again.
+struct Repriced {
+    key: HourKey,
+    rate_card: Sym,
+    version: u32,
+    old_versions: SmallVec<[u32; 2]>,
+    quantity: Fixed,
+    events: u64,
+    old_amount: Picos,
+    new_amount: Picos,
+    /// In the selected hours (the others are walked for their cumulative quantity only).
+    selected: bool,
+}
+
+/// An aggregate's buckets priced again, in hour order.
+struct AggregateRepriced {
+    key: PeriodKey,
+    buckets: Vec<Repriced>,
+}
+
+/// Simulation's answer for one customer and product, summed over the period's buckets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Simulated {
+    pub customer_id: String,
+    pub product_id: String,
+    pub current: Picos,
+    pub simulated: Picos,
+}
+
+impl Kernel {
+    /// Customers (sorted) with usage priced by `rate_card_id` at or after `from_hour` (Unix ms /
+    /// HOUR_MS): those a publish effective then may re-rate.
+    pub fn rerate_customers(&self, rate_card_id: &str, from_hour: i64) -> Vec<String> {
+        let Some(card) = self.rater.interner.get(rate_card_id) else { return Vec::new() };
+        let mut customers: Vec<String> = (self.accounts.iter())
+            .filter(|(_, a)| {
+                a.buckets.iter().any(|(k, u)| k.hour >= from_hour && u.iter().any(|v| v.rate_card == card))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        customers.sort_unstable();
+        customers
+    }
+
+    /// Checks, changing nothing, that these customers' usage of the version's rate card at or after
+    /// `from_hour` can be re-rated once `version` is published effective from `from_hour` (to every
+    /// customer of the card): Err names the product and why not.
+    pub fn rerate_check(&self, customers: &[String], version: VersionTable, from_hour: i64) -> Result<(), String> {
+        let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(()) };
+        let compiled = compile_version(&self.rater.catalog, &self.rater.interner, version)?;
+        let pricing = Pricing::Inserted { at_ms: from_hour * HOUR_MS, version: &compiled };
+        for id in customers {
+            if let Some(account) = self.accounts.get(id) {
+                self.reprice(account, card, (from_hour, i64::MAX), pricing)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-rates one customer's open-period usage of the rate card at or after `from_hour` with the
+    /// timelines loaded now, as record `seq`. On Err (a product that cannot be re-rated, a bucket
+    /// no rate prices) nothing changed.
+    pub fn rerate_customer(
+        &mut self,
+        customer_id: &str,
+        rate_card_id: &str,
+        from_hour: i64,
+        seq: u64,
+    ) -> Result<Rerated, String> {
+        let (Some(card), Some(account)) = (self.rater.interner.get(rate_card_id), self.accounts.get(customer_id))
+        else {
+            return Ok(Rerated::default());
+        };
+        let (aggregates, mut done) = self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline)?;
+        let rater = &self.rater;
+        let account = self.accounts.get_mut(customer_id).expect("looked up above");
+        let mut first_period = None;
+        // Events per (hour, event type) and product: an event feeding several products is counted once.
+        let mut events: FxHashMap<(i64, &str), FxHashMap<Sym, u64>> = FxHashMap::default();
+        for aggregate in &aggregates {
+            let tuple: Box<[Sym]> = rater.combos.tuple(aggregate.key.combo).into();
+            for bucket in aggregate.buckets.iter().filter(|b| b.selected && b.changed()) {
+                first_period = first_period.or(Some(aggregate.key.period_start_ms));
+                done.buckets += 1;
+                let event_type = event_type_of(&rater.catalog, bucket.key.product);
+                *events.entry((bucket.key.hour, event_type)).or_default().entry(bucket.key.product).or_default() +=
+                    bucket.events;
+                done.amount_delta += bucket.new_amount - bucket.old_amount;
+                let usage = VersionUsage {
+                    rate_card: bucket.rate_card,
+                    version: bucket.version,
+                    quantity: bucket.quantity,
+                    events: bucket.events,
+                    amount: bucket.new_amount,
+                };
+                account.buckets.insert(bucket.key, HourUsage::from_buf([usage]));
+                account.adjustments.push(Adjustment {
+                    seq,
+                    hour: bucket.key.hour,
+                    product: bucket.key.product,
+                    dimensions: tuple.clone(),
+                    rate_card: bucket.rate_card,
+                    old_versions: bucket.old_versions.to_vec(),
+                    new_version: bucket.version,
+                    quantity: bucket.quantity,
+                    events: bucket.events,
+                    old_amount: bucket.old_amount,
+                    new_amount: bucket.new_amount,
+                });
+            }
+        }
+        done.events = events.values().map(|by_product| by_product.values().copied().max().unwrap_or(0)).sum();
+        // Aggregates come sorted by period: the first changed one names the earliest period touched.
+        if let Some(first_period) = first_period {
+            done.customers = 1;
+            resettle(rater, account, first_period);
+        }
+        Ok(done)
+    }
+
+    /// The amounts `version` gives the usage of the rate card recorded in [start_ms, end_ms) for
+    /// these customers (all with such usage when None), per customer and product, sorted; changes
+    /// nothing. Each aggregate is walked from its billing period's start, every bucket priced by
+    /// `version`. Err names a product that cannot be re-priced, or usage the version has no rate for.
+    pub fn simulate(
+        &self,
+        version: VersionTable,
+        start_ms: i64,
+        end_ms: i64,
+        customers: Option<&[String]>,
+    ) -> Result<Vec<Simulated>, String> {
+        let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(Vec::new()) };
+        let compiled = compile_version(&self.rater.catalog, &self.rater.interner, version)?;
+        let hours = (start_ms.div_euclid(HOUR_MS), end_ms.div_euclid(HOUR_MS) + i64::from(end_ms % HOUR_MS != 0));
+        let mut ids: Vec<&String> = match customers {
+            Some(ids) => ids.iter().collect(),
+            None => self.accounts.keys().collect(),
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(account) = self.accounts.get(id) else { continue };
+            let (aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled))?;
+            let mut by_product: FxHashMap<Sym, (Picos, Picos)> = FxHashMap::default();
+            for bucket in
+                aggregates.iter().flat_map(|a| a.buckets.iter()).filter(|b| b.selected && b.key.hour < hours.1)
+            {
+                let entry = by_product.entry(bucket.key.product).or_default();
+                entry.0 += bucket.old_amount;
+                entry.1 += bucket.new_amount;
+            }
+            let mut lines: Vec<Simulated> = by_product
+                .into_iter()
+                .map(|(product, (current, simulated))| Simulated {
+                    customer_id: id.clone(),
+                    product_id: self.rater.interner.text(product).to_string(),
+                    current,
+                    simulated,
+                })
+                .collect();
+            lines.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+            out.extend(lines);
+        }
+        Ok(out)
+    }
+
+    /// The customer's adjustment entries, oldest first.
+    pub fn adjustments(&self, customer_id: &str) -> &[Adjustment] {
+        self.accounts.get(customer_id).map_or(&[][..], |a| &a.adjustments)
+    }
+
+    /// Prices again every open-period aggregate of the account holding usage of `card` in the
+    /// hours [from, until); returns them in a stable order (period, product, dimension values)
+    /// with the usage left alone in closed periods. Changes nothing.
+    fn reprice(
+        &self,
+        account: &Account,
+        card: Sym,
+        (from, until): (i64, i64),
+        pricing: Pricing,
+    ) -> Result<(Vec<AggregateRepriced>, Rerated), String> {
+        let mut closed = Rerated::default();
+        let Some(route) = account.route.as_ref() else { return Ok((Vec::new(), closed)) };
+        // Every bucket by (product, dimension values, hour): an aggregate's buckets are then one run.
+        let mut all: Vec<(&HourKey, &HourUsage)> = account.buckets.iter().collect();
+        let combos = &self.rater.combos;
+        all.sort_unstable_by(|a, b| {
+            (a.0.product, combos.tuple(a.0.combo), a.0.hour).cmp(&(b.0.product, combos.tuple(b.0.combo), b.0.hour))
+        });
+        let mut selected: Vec<(i64, i64, usize)> = Vec::new(); // (period start, period end, index in `all`)
+        let mut periods = PeriodCache::default();
+        for (at, (key, usages)) in all.iter().enumerate() {
+            if key.hour < from || key.hour >= until || !usages.iter().any(|u| u.rate_card == card) {
+                continue;
+            }
+            let ts = key.hour * HOUR_MS;
+            let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else { continue };
+            let (start, end) = periods.containing(contract.starting_at_ms, ts);
+            if route.is_closed(start) {
+                closed.closed_buckets += 1;
+                closed.closed_events += usages.iter().map(|u| u.events).sum::<u64>();
+                closed.closed_amount += usages.iter().map(|u| u.amount).sum::<Picos>();
+                continue;
+            }
+            let same = |&(s, _, i): &(i64, i64, usize)| {
+                s == start && all[i].0.product == key.product && all[i].0.combo == key.combo
+            };
+            if !selected.last().is_some_and(same) {
+                selected.push((start, end, at));
+            }
+        }
+        let mut aggregates = Vec::with_capacity(selected.len());
+        for (start, end, at) in selected {
+            let first = all[at].0;
+            // Back to the period's first bucket of this product and dimension values.
+            let mut begin = at;
+            while begin > 0 && {
+                let k = all[begin - 1].0;
+                k.product == first.product && k.combo == first.combo && k.hour * HOUR_MS >= start
+            } {
+                begin -= 1;
+            }
+            let run = all[begin..]
+                .iter()
+                .take_while(|(k, _)| k.product == first.product && k.combo == first.combo && k.hour * HOUR_MS < end);
+            let key = PeriodKey { period_start_ms: start, product: first.product, combo: first.combo };
+            let buckets = self.walk(account, key, run, (from, until), pricing)?;
+            aggregates.push(AggregateRepriced { key, buckets });
+        }
+        aggregates.sort_by(|a, b| {
+            (a.key.period_start_ms, a.key.product, combos.tuple(a.key.combo)).cmp(&(
+                b.key.period_start_ms,
+                b.key.product,
+                combos.tuple(b.key.combo),
+            ))
+        });
+        Ok((aggregates, closed))
+    }
+
+    /// Prices an aggregate's buckets in hour order over the cumulative quantity.
+    fn walk<'a>(
+        &self,
+        account: &Account,
+        key: PeriodKey,
+        run: impl Iterator<Item = &'a (&'a HourKey, &'a HourUsage)>,
+        (from, until): (i64, i64),
+        pricing: Pricing,
+    ) -> Result<Vec<Repriced>, String> {
+        let catalog = &self.rater.catalog;
+        let interner = &self.rater.interner;
+        let product =
+            catalog.products.iter().find(|p| p.id == key.product).ok_or_else(|| {
+                format!("product {:?} has usage but is not in the catalogue", interner.text(key.product))
+            })?;
+        if !matches!(product.aggregation, Aggregation::Sum | Aggregation::Count) {
+            return Err(format!(
+                "product {:?} aggregates by {:?}: its hour buckets hold increments in arrival order, not its \
+                 measure per hour, so its usage cannot be priced again from them",
+                product.id_text, product.aggregation
+            ));
+        }
+        let route = account.route.as_ref().expect("selected, so routed");
+        let dimensions: SmallVec<[Option<Sym>; 4]> =
+            self.rater.combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
+        let (mut quantity, mut charged): (Fixed, Picos) = (0, 0);
+        let mut out = Vec::new();
+        for &(hour_key, usages) in run {
+            let ts = hour_key.hour * HOUR_MS;
+            let contract =
+                route.contracts.iter().find(|c| c.covers(ts)).ok_or_else(|| {
+                    format!("usage of product {:?} at {ts} has no contract covering it", product.id_text)
+                })?;
+            let version = match pricing {
+                Pricing::Only(version) => version,
+                Pricing::Inserted { at_ms, version } if contract.rate_card == version.rate_card && ts >= at_ms => {
+                    let entries = &catalog.timelines[contract.timeline as usize];
+                    let after = entries.partition_point(|(at, _)| *at <= ts);
+                    match after.checked_sub(1).map(|i| entries[i]) {
+                        Some((at, index)) if at > at_ms => &catalog.versions[index],
+                        _ => version,
+                    }
+                }
+                Pricing::Timeline | Pricing::Inserted { .. } => {
+                    catalog.version_at(contract.timeline, ts).ok_or_else(|| {
+                        format!("rate card {:?} has no version in force at {ts}", interner.text(contract.rate_card))
+                    })?
+                }
+            };
+            let rate: &Rate = version.rate_for(product.id, &dimensions).ok_or_else(|| {
+                format!(
+                    "rate card {:?} version {} has no rate for product {:?} with {:?}: its usage at {ts} cannot be \
+                     priced by it",
+                    interner.text(version.rate_card),
+                    version.number,
+                    product.id_text,
+                    dimensions
+                        .iter()
+                        .zip(&product.dimensions)
+                        .map(|(v, d)| (d.as_str(), interner.text(v.expect("interned"))))
+                        .collect::<Vec<_>>()
+                )
+            })?;
+            let curve: std::borrow::Cow<'_, PricedCurve> =
+                curve_with_override(contract, product.id, &dimensions, rate, ts);
+            let bucket_quantity: Fixed = usages.iter().map(|u| u.quantity).sum();
+            let out_of_range = || format!("the charge for product {:?} is out of range", product.id_text);
+            let after = quantity.checked_add(bucket_quantity).ok_or_else(out_of_range)?;
+            let price_after = curve.picos(after).ok_or_else(out_of_range)?;
+            let price_before = curve.picos(quantity).ok_or_else(out_of_range)?;
+            let amount = (price_after - price_before).max(-charged);
+            (quantity, charged) = (after, charged + amount);
+            let mut old_versions: SmallVec<[u32; 2]> = usages.iter().map(|u| u.version).collect();
+            old_versions.sort_unstable();
+            old_versions.dedup();
+            out.push(Repriced {
+                key: *hour_key,
+                rate_card: version.rate_card,
+                version: version.number,
+                old_versions,
+                quantity: bucket_quantity,
+                events: usages.iter().map(|u| u.events).sum(),
+                old_amount: usages.iter().map(|u| u.amount).sum(),
+                new_amount: amount,
+                selected: hour_key.hour >= from && hour_key.hour < until,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Repriced {
+    /// Whether writing it again changes the bucket: its amount, or the version that priced it.
+    fn changed(&self) -> bool {
+        self.new_amount != self.old_amount || self.old_versions.as_slice() != [self.version]
+    }
+}
+
+/// Settles the account's open periods from `first_period` on again, in time order: everything
+/// they drew is given back, then each hour bucket's amount draws in burn order (a negative one
+/// gives back its aggregate's overage first, then credits in reverse burn order), bucket by bucket
+/// in hour order, an hour's refunds before its charges, then by product id and dimension values,
+/// as ingestion settles events arriving on time.
+/// Earlier periods keep their draws, so the result is what rating on time would have drawn.
+fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i64) {
+    let route = account.route.take().expect("re-rated, so routed");
+    let open = |start: i64| start >= first_period && !route.is_closed(start);
+    for (key, aggregate) in account.aggregates.iter_mut().filter(|(k, _)| open(k.period_start_ms)) {
+        for &(grant, credits) in &aggregate.drawn_by_grant {
+            account.grants[grant as usize].remaining += credits;
+        }
+        let period = account.periods.slot(key.period_start_ms);
+        period.charges -= aggregate.amount;
+        period.overage -= aggregate.overage;
+        (aggregate.amount, aggregate.overage) = (0, 0);
+        aggregate.drawn_by_grant.clear();
+    }
+    let mut periods = PeriodCache::default();
+    let mut walk: Vec<(HourKey, PeriodKey, Picos)> = (account.buckets.iter())
+        .filter_map(|(key, usages)| {
+            let ts = key.hour * HOUR_MS;
+            let contract = route.contracts.iter().find(|c| c.covers(ts))?;
+            let (start, _) = periods.containing(contract.starting_at_ms, ts);
+            let amount = usages.iter().map(|u| u.amount).sum();
+            open(start).then_some((
+                *key,
+                PeriodKey { period_start_ms: start, product: key.product, combo: key.combo },
+                amount,
+            ))
+        })
+        .collect();
+    let (interner, combos) = (&rater.interner, &rater.combos);
+    walk.sort_unstable_by(|a, b| {
+        let key =
+            |w: &(HourKey, PeriodKey, Picos)| (w.0.hour, w.2 >= 0, interner.text(w.0.product), combos.tuple(w.0.combo));
+        key(a).cmp(&key(b))
+    });
+    // What a bucket could not give back yet (a refund recorded before the charges it undoes, when
+    // events arrived late), carried to the aggregate's next bucket.
+    let mut carried: FxHashMap<PeriodKey, Picos> = FxHashMap::default();
+    let mut outcomes = Outcomes::new();
+    for (hour, key, amount) in walk {
+        let aggregate = account.aggregates.entry(key).or_default();
+        let owed = amount + carried.remove(&key).unwrap_or(0);
+        let charge = owed.max(-aggregate.amount);
+        if owed != charge {
+            carried.insert(key, owed - charge);
+        }
+        let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
+        let settled = Charge {
+            product: key.product,
+            product_id: interner.text(key.product),
+            charge,
+            drawn_by_grant: &aggregate.drawn_by_grant,
+            overage: aggregate.overage,
+        };
+        settle_into(&account.grants, &account.order, &mut remaining, &[settled], hour.hour * HOUR_MS, &mut outcomes);
+        for (grant, balance) in account.grants.iter_mut().zip(remaining) {
+            grant.remaining = balance;
+        }
+        let outcome = &outcomes[0];
+        aggregate.amount += charge;
+        for &(grant, credits) in &outcome.draws {
+            match aggregate.drawn_by_grant.iter_mut().find(|(g, _)| *g == grant) {
+                Some(drawn) => drawn.1 += credits,
+                None => aggregate.drawn_by_grant.push((grant, credits)),
+            }
+        }
+        aggregate.drawn_by_grant.retain(|(_, credits)| *credits != 0);
+        aggregate.overage += outcome.overage;
+        let period = account.periods.slot(key.period_start_ms);
+        period.charges += charge;
+        period.overage += outcome.overage;
+        assert!(aggregate.overage >= 0 && period.overage >= 0, "overage never falls below zero");
+    }
+    assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
+    account.route = Some(route);
+}
+
+/// The last period found: the buckets of an account mostly share a few periods, and finding one
+/// walks the calendar.
+#[derive(Default)]
+struct PeriodCache {
+    last: Option<(i64, i64, i64)>,
+}
+
+impl PeriodCache {
+    fn containing(&mut self, anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
+        match self.last {
+            Some((anchor, start, end)) if anchor == anchor_ms && start <= ts_ms && ts_ms < end => (start, end),
+            _ => {
+                let (start, end) = period_containing(anchor_ms, ts_ms);
+                self.last = Some((anchor_ms, start, end));
+                (start, end)
+            }
+        }
+    }
+}
+
+/// The event type a product is fed by.
+fn event_type_of(catalog: &Catalog, product: Sym) -> &str {
+    (catalog.by_event_type.iter())
+        .find(|(_, products)| products.iter().any(|&p| catalog.products[p].id == product))
+        .map_or("", |(event_type, _)| event_type.as_str())
+}
+
+/// A VersionTable's msgpack, as engine/tables.py encodes one.
+pub fn decode_version(bytes: &[u8]) -> Result<VersionTable, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("the version table does not decode: {e}"))
+}
+
+/// A version as tables send it, compiled against the catalogue without interning anything (a
+/// value never interned matches no recorded usage), so a simulation changes nothing.
+fn compile_version(
+    catalog: &Catalog,
+    interner: &crate::route::Interner,
+    table: VersionTable,
+) -> Result<Version, String> {
+    let mut compiled = Catalog::default();
+    let mut scratch = interner.clone();
+    let tables = crate::tables::Tables {
+        future_skew_ms: catalog.future_skew_ms,
+        dedupe_window_ms: catalog.dedupe_window_ms,
+        products: Vec::new(),
+        versions: vec![table],
+        timelines: Vec::new(),
+        customers: Vec::new(),
+    };
+    compiled.versions = Catalog::compile(&tables, &mut scratch)?.versions;
+    let mut version = compiled.versions.pop().expect("one version compiled");
+    // Symbols the scratch interner added name nothing recorded: make them match nothing.
+    let known = interner.len() as Sym;
+    for rates in version.rates.values_mut() {
+        for rate in rates.iter_mut() {
+            for (_, value) in rate.required.iter_mut() {
+                if *value >= known {
+                    *value = Sym::MAX;
+                }
+            }
+        }
+    }
+    let rates = std::mem::take(&mut version.rates);
+    version.rates = rates.into_iter().filter(|(product, _)| *product < known).collect();
+    if version.rate_card >= known {
+        version.rate_card = Sym::MAX;
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::wire;
+    use crate::tables::{self, ContractTable, CurveTable, CustomerTable, GrantTable, OverrideTable, ProductTable};
+    use crate::tables::{RateTable, Tables};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, a period start
+    const E18: i128 = 1_000_000_000_000_000_000;
+    const PRODUCTS: [(&str, &str); 5] =
+        [("unit", "SUM"), ("graduated", "SUM"), ("volume", "SUM"), ("package", "COUNT"), ("flat", "SUM")];
+
+    fn text(value: i128) -> String {
+        value.to_string()
+    }
+
+    /// Prices scaled by `factor` percent: every model, tiers at 10 and 20 units.
+    fn version(number: u32, factor: i128) -> VersionTable {
+        let price = |units: i128| text(units * E18 * factor / 100);
+        let curve = |kind: &str, price: String, tiers: Vec<(String, String, String)>| CurveTable {
+            kind: kind.into(),
+            price,
+            per_units: text(E18),
+            package_size: text(3 * E18),
+            tiers,
+        };
+        let tiers = || {
+            vec![
+                (text(10 * E18), price(2), price(1)),
+                (text(20 * E18), price(1), String::from("0")),
+                (String::new(), price(3), String::from("0")),
+            ]
+        };
+        let rate = |product: &str, curve: CurveTable| RateTable { product_id: product.into(), required: vec![], curve };
+        VersionTable {
+            rate_card_id: "card".into(),
+            number,
+            rates: vec![
+                rate("unit", curve("UNIT", price(2), vec![])),
+                rate("graduated", curve("GRADUATED", String::new(), tiers())),
+                rate("volume", curve("VOLUME", String::new(), tiers())),
+                rate("package", curve("PACKAGE", price(5), vec![])),
+                rate("flat", curve("FLAT", price(7), vec![])),
+                rate("peak", curve("UNIT", price(1), vec![])),
+            ],
+        }
+    }
+
+    fn tables(
+        versions: &[(u32, i128)],
+        timeline: &[(i64, u32)],
+        grants: &[(&str, i128, i64)],
+        closed: &[i64],
+    ) -> Vec<u8> {
+        let mut products: Vec<ProductTable> = PRODUCTS
+            .iter()
+            .map(|(id, aggregation)| ProductTable {
+                id: (*id).into(),
+                event_type: "ai".into(),
+                aggregation: (*aggregation).into(),
+                value_key: "q".into(),
+                filters: vec![],
+                pricing_dimensions: vec!["model".into()],
+            })
+            .collect();
+        products.push(ProductTable {
+            id: "peak".into(),
+            event_type: "gauge".into(),
+            aggregation: "MAX".into(),
+            value_key: "q".into(),
+            filters: vec![],
+            pricing_dimensions: vec![],
+        });
+        let discount = OverrideTable {
+            product_id: "unit".into(),
+            matches: vec![("model".into(), "small".into())],
+            starting_at_ms: 0,
+            ending_before_ms: None,
+            price: None,
+            multiplier: Some(text(E18 / 2)),
+        };
+        let grants = grants
+            .iter()
+            .enumerate()
+            .map(|(i, (id, amount, priority))| GrantTable {
+                id: (*id).into(),
+                amount_picos: text(*amount),
+                priority: *priority,
+                applicable_product_ids: vec![],
+                starts_at_ms: 0,
+                expires_at_ms: None,
+                creation_order: i as i64,
+            })
+            .collect();
+        let customer = CustomerTable {
+            id: "acme".into(),
+            contracts: vec![ContractTable {
+                id: "c".into(),
+                rate_card_id: "card".into(),
+                starting_at_ms: T0,
+                ending_before_ms: None,
+                block: false,
+                overage_price: text(E18),
+                timeline: 0,
+                overrides: vec![discount],
+            }],
+            grants,
+            closed_periods: closed.to_vec(),
+        };
+        tables::encode(&Tables {
+            future_skew_ms: 300_000,
+            dedupe_window_ms: 35 * 86_400_000,
+            products,
+            versions: versions.iter().map(|(n, f)| version(*n, *f)).collect(),
+            timelines: vec![timeline.to_vec()],
+            customers: vec![customer],
+        })
+    }
+
+    /// One batch per event: (hour from T0, model, quantity).
+    fn ingest(kernel: &mut Kernel, events: &[(i64, &str, f64)], seq: &mut u64) {
+        for (hour, model, quantity) in events {
+            *seq += 1;
+            let event = wire::UsageEvent {
+                transaction_id: format!("t{seq}"),
+                customer_id: "acme".into(),
+                event_type: "ai".into(),
+                timestamp_ms: T0 + hour * HOUR_MS + 60_000,
+                dimensions: vec![wire::DimensionEntry { key: "model".into(), value: (*model).into() }],
+                values: vec![wire::ValueEntry { key: "q".into(), value: *quantity }],
+                reservation_id: String::new(),
+            };
+            let batch = wire::UsageBatch { batch_id: format!("b{seq}"), events: vec![event] }.encode_to_vec();
+            kernel.ingest(&batch, T0 + 40 * 86_400_000, *seq).expect("a batch");
+        }
+    }
+
+    /// What must agree with rating from scratch: usage, grants, period totals.
+    fn state(kernel: &Kernel) -> String {
+        let usage = kernel.usage("acme").expect("acme");
+        let balance = kernel.balance("acme", T0 + 3_600_000);
+        format!("{usage:?}\n{balance:?}")
+    }
+
+    fn scratch(
+        versions: &[(u32, i128)],
+        timeline: &[(i64, u32)],
+        grants: &[(&str, i128, i64)],
+        events: &[(i64, &str, f64)],
+    ) -> Kernel {
+        let mut kernel = Kernel::default();
+        kernel.load_tables(&tables(versions, timeline, grants, &[])).unwrap();
+        ingest(&mut kernel, events, &mut 0);
+        kernel
+    }
+
+    fn rerate(kernel: &mut Kernel, from_hour: i64, seq: u64) -> Rerated {
+        let mut done = Rerated::default();
+        for customer in kernel.rerate_customers("card", from_hour) {
+            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq).unwrap());
+        }
+        done
+    }
+
+    const EVENTS: [(i64, &str, f64); 8] = [
+        (0, "big", 4.0),
+        (1, "small", 5.0),
+        (2, "big", 4.5),
+        (3, "big", 6.0),
+        (4, "small", 2.0),
+        (5, "big", 9.0),
+        (6, "big", 0.5),
+        (7, "small", 3.0),
+    ];
+
+    #[test]
+    fn every_price_model_straddling_the_effective_hour_rerates_as_rating_from_scratch() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let (versions, before) = ([(1, 100), (2, 60)], [(0, 0)]);
+        let after = [(0, 0), (T0 + 3 * HOUR_MS, 1)];
+        let mut kernel = Kernel::default();
+        kernel.load_tables(&tables(&versions, &before, &grants, &[])).unwrap();
+        ingest(&mut kernel, &EVENTS, &mut 0);
+        kernel.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+        let done = rerate(&mut kernel, (T0 / HOUR_MS) + 3, 99);
+        let expected = scratch(&versions, &after, &grants, &EVENTS);
+        assert_eq!(state(&kernel), state(&expected));
+        // 5 products x hours 3..7: every bucket there changed version; 5 events, each feeding the 5 products.
+        assert_eq!((done.customers, done.buckets, done.events), (1, 25, 5));
+        assert!(done.amount_delta < 0);
+        let adjustments = kernel.adjustments("acme");
+        assert_eq!(adjustments.len(), 25);
+        assert!(adjustments.iter().all(|a| a.old_versions == [1] && a.new_version == 2 && a.seq == 99));
+        // A second re-rating finds nothing to change.
+        assert_eq!(rerate(&mut kernel, (T0 / HOUR_MS) + 3, 100).buckets, 0);
+        // The snapshot keeps the adjustments.
+        let restored = Kernel::restore(&kernel.snapshot()).unwrap();
+        assert_eq!(restored.adjustments("acme"), kernel.adjustments("acme"));
+    }
+
+    #[test]
+    fn package_rounding_follows_the_cumulative_quantity_across_versions() {
+        // PACKAGE of 3 calls: calls at hours 0..8 (one each). v2 doubles the price from hour 4: the package
+        // started in hour 3 (calls 4..6) was paid in hour 3 at the old price; calls 5 and 6 cost nothing more.
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let versions = [(1, 100), (2, 200)];
+        let after = [(0, 0), (T0 + 4 * HOUR_MS, 1)];
+        let mut kernel = scratch(&versions, &[(0, 0)], &grants, &EVENTS);
+        kernel.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+        rerate(&mut kernel, T0 / HOUR_MS + 4, 9);
+        let (aggregates, _) = kernel.usage("acme").unwrap();
+        let package = kernel.rater.interner.get("package").unwrap();
+        let charged: Picos = aggregates.iter().filter(|(k, _)| k.product == package).map(|(_, a)| a.amount).sum();
+        // big: calls at hours 0,2,3,5,6 -> packages start at calls 1 (v1) and 4 (hour 5, v2): 5 + 10 = 15;
+        // small: hours 1,4,7 -> one package at hour 1 (v1): 5. In picos.
+        assert_eq!(charged, 20 * 1_000_000_000_000);
+        assert_eq!(state(&kernel), state(&scratch(&versions, &after, &grants, &EVENTS)));
+    }
+
+    #[test]
+    fn rerating_moves_a_customer_into_overage_and_out_again_refunding_in_reverse_burn_order() {
+        let grants = [("first", 150 * E18 / 1_000_000, 0), ("second", 150 * E18 / 1_000_000, 1)];
+        let versions = [(1, 100), (2, 300), (3, 50)];
+        let mut kernel = scratch(&versions, &[(0, 0)], &grants, &EVENTS);
+        let picos = |v: &Kernel| v.balance("acme", T0).unwrap();
+        assert_eq!(picos(&kernel).overage, 0);
+        let dearer = [(0, 0), (T0 + 2 * HOUR_MS, 1)];
+        kernel.load_tables(&tables(&versions, &dearer, &grants, &[])).unwrap();
+        rerate(&mut kernel, T0 / HOUR_MS + 2, 10);
+        assert!(picos(&kernel).overage > 0, "into overage");
+        assert_eq!(picos(&kernel).remaining, 0);
+        assert_eq!(state(&kernel), state(&scratch(&versions, &dearer, &grants, &EVENTS)));
+        // v3 effective at the same hour as v2, published later: it wins from then on.
+        let cheaper = [(0, 0), (T0 + 2 * HOUR_MS, 1), (T0 + 2 * HOUR_MS, 2)];
+        kernel.load_tables(&tables(&versions, &cheaper, &grants, &[])).unwrap();
+        rerate(&mut kernel, T0 / HOUR_MS + 2, 11);
+        let balance = picos(&kernel);
+        assert_eq!(balance.overage, 0, "out of overage");
+        // Refunds gave back the second grant (later in burn order) before the first: the first is still
+        // used up, the second holds what the charges past it took.
+        assert_eq!(balance.grants[0].remaining, 0);
+        assert!(balance.grants[1].remaining > 0);
+        assert_eq!(balance.grants[1].drawn, balance.period_charges - balance.grants[0].amount);
+        assert_eq!(state(&kernel), state(&scratch(&versions, &cheaper, &grants, &EVENTS)));
+    }
+
+    #[test]
+    fn overrides_still_apply_to_rerated_usage() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let versions = [(1, 100), (2, 150)];
+        let after = [(0, 0), (T0, 1)];
+        let mut kernel = scratch(&versions, &[(0, 0)], &grants, &EVENTS);
+        kernel.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+        rerate(&mut kernel, T0 / HOUR_MS, 5);
+        let unit = kernel.rater.interner.get("unit").unwrap();
+        let small = kernel.rater.interner.get("small").unwrap();
+        let (aggregates, _) = kernel.usage("acme").unwrap();
+        let amount = aggregates.iter().find(|(k, _)| k.product == unit && *k.dimensions == [small]).unwrap().1.amount;
+        // 10 units of "small" at 2 x 1.5 per unit, halved by the override: 15.
+        assert_eq!(amount, 15 * 1_000_000_000_000);
+        assert_eq!(state(&kernel), state(&scratch(&versions, &after, &grants, &EVENTS)));
+    }
+
+    #[test]
+    fn closed_periods_are_left_alone_and_gauges_are_refused_with_the_product_named() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let versions = [(1, 100), (2, 150)];
+        let mut kernel = scratch(&versions, &[(0, 0)], &grants, &EVENTS);
+        let before = state(&kernel);
+        kernel.load_tables(&tables(&versions, &[(0, 0), (T0, 1)], &grants, &[T0])).unwrap();
+        let done = rerate(&mut kernel, T0 / HOUR_MS, 5);
+        assert_eq!((done.buckets, done.closed_buckets, done.closed_events), (0, 40, 40));
+        assert_eq!(state(&kernel), before);
+        // A MAX product's usage cannot be priced again from its buckets.
+        let gauge = wire::UsageEvent {
+            transaction_id: "g".into(),
+            customer_id: "acme".into(),
+            event_type: "gauge".into(),
+            timestamp_ms: T0 + 32 * 86_400_000,
+            dimensions: vec![],
+            values: vec![wire::ValueEntry { key: "q".into(), value: 3.0 }],
+            reservation_id: String::new(),
+        };
+        let batch = wire::UsageBatch { batch_id: "g".into(), events: vec![gauge] }.encode_to_vec();
+        kernel.ingest(&batch, T0 + 40 * 86_400_000, 50).unwrap();
+        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS).unwrap_err();
+        assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
+        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6).is_err());
+    }
+
+    #[test]
+    fn simulating_a_version_gives_the_amounts_publishing_it_over_the_period_would() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let versions = [(1, 100), (2, 170)];
+        let mut kernel = scratch(&versions, &[(0, 0)], &grants, &EVENTS);
+        let current: Picos = kernel.balance("acme", T0).unwrap().period_charges;
+        let simulated = kernel.simulate(version(2, 170), T0, T0 + 31 * 86_400_000, None).unwrap();
+        assert_eq!(simulated.len(), 5);
+        assert_eq!(simulated.iter().map(|s| s.current).sum::<Picos>(), current);
+        assert_eq!(state(&kernel), state(&scratch(&versions, &[(0, 0)], &grants, &EVENTS)), "changes nothing");
+        kernel.load_tables(&tables(&versions, &[(0, 0), (T0, 1)], &grants, &[])).unwrap();
+        rerate(&mut kernel, T0 / HOUR_MS, 3);
+        let (aggregates, _) = kernel.usage("acme").unwrap();
+        for line in &simulated {
+            let product = kernel.rater.interner.get(&line.product_id).unwrap();
+            let amount: Picos = aggregates.iter().filter(|(k, _)| k.product == product).map(|(_, a)| a.amount).sum();
+            assert_eq!(amount, line.simulated, "{}", line.product_id);
+        }
+        // No usage in the period: nothing.
+        assert!(kernel.simulate(version(2, 170), T0 + 40 * 86_400_000, T0 + 41 * 86_400_000, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_format_2_snapshot_restores_without_adjustments() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
+        let stored = crate::snapshot::decode(&kernel.snapshot()).unwrap();
+        assert_eq!(stored.format, 3);
+        // Format 2 is format 3 without the accounts' adjustment entries (postcard encodes a tuple as a struct).
+        let accounts: Vec<_> = (stored.accounts.iter())
+            .map(|a| (&a.customer_id, &a.grants, &a.aggregates, &a.buckets, &a.period_charges, &a.period_overage))
+            .collect();
+        let v2 = postcard::to_allocvec(&(2u32, &stored.strings, accounts, &stored.dedupe)).unwrap();
+        let restored = Kernel::restore(&v2).unwrap();
+        assert_eq!(restored.snapshot(), kernel.snapshot());
+    }
+
+    #[test]
+    fn a_publish_is_checked_with_the_timeline_it_will_make_before_anything_changes() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
+        let customers = ["acme".to_string()];
+        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3).unwrap();
+        // A version without the rate the usage needs is refused, naming it.
+        let mut partial = version(2, 80);
+        partial.rates.retain(|r| r.product_id != "volume");
+        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3).unwrap_err();
+        assert!(refusal.contains("no rate for product \"volume\""), "{refusal}");
+        // Effective after every bucket: nothing to price, nothing refused.
+        let mut partial = version(2, 80);
+        partial.rates.clear();
+        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+        /// Versions published one after another, some effective before usage already rated: the
+        /// state equals rating every event from scratch with the final timeline.
+        #[test]
+        fn rerating_equals_rating_from_scratch(
+            events in proptest::collection::vec((0..3i64, any::<bool>(), 1..40u32), 1..12),
+            publishes in proptest::collection::vec((0..30i64, 10..300i128), 1..4),
+            credits in 1..200i128,
+        ) {
+            // One event per hour (a bucket priced as one step is then exactly its event).
+            let mut hour = 0;
+            let events: Vec<(i64, &str, f64)> = events
+                .iter()
+                .map(|(gap, big, q)| {
+                    hour += gap + 1;
+                    (hour, if *big { "big" } else { "small" }, f64::from(*q) / 4.0)
+                })
+                .collect();
+            let grants = [("prepaid", credits * E18 / 1_000_000, 0), ("promo", credits * E18 / 3_000_000, 1)];
+            let mut versions = vec![(1, 100)];
+            let mut timeline = vec![(0, 0)];
+            let mut kernel = Kernel::default();
+            kernel.load_tables(&tables(&versions, &timeline, &grants, &[])).unwrap();
+            let mut seq = 0;
+            let mut ingested = 0;
+            for (i, (effective_hour, factor)) in publishes.iter().enumerate() {
+                // Usage up to a point, then a version effective at some hour (often before it).
+                let upto = events.len() * (i + 1) / (publishes.len() + 1);
+                ingest(&mut kernel, &events[ingested..upto], &mut seq);
+                ingested = upto;
+                versions.push((i as u32 + 2, *factor));
+                let at = T0 + effective_hour * HOUR_MS;
+                let place = timeline.partition_point(|(t, _)| *t <= at);
+                timeline.insert(place, (at, i as u32 + 1));
+                kernel.load_tables(&tables(&versions, &timeline, &grants, &[])).unwrap();
+                rerate(&mut kernel, T0 / HOUR_MS + effective_hour, 1_000 + i as u64);
+            }
+            ingest(&mut kernel, &events[ingested..], &mut seq);
+            // From scratch, the adjustments aside (a fresh kernel made none).
+            let mut usage = kernel.usage("acme").unwrap();
+            let fresh = scratch(&versions, &timeline, &grants, &events);
+            let expected = fresh.usage("acme").unwrap();
+            usage.0.iter_mut().zip(&expected.0).for_each(|(a, b)| a.1.latest_ts_ms = b.1.latest_ts_ms.max(a.1.latest_ts_ms));
+            prop_assert_eq!(format!("{:?}", usage), format!("{:?}", expected));
+            prop_assert_eq!(kernel.balance("acme", T0), fresh.balance("acme", T0));
+        }
+    }
+}

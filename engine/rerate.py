@@ -1,0 +1,204 @@
+"""Re-rating and simulation in the control plane: what a PublishVersion effective before already rated usage
+re-rates (its plan, checked before anything changes), the re-rating itself in slices of customers, and
+SimulateVersion's answer. The pricing is the kernel's (engine/kernel/src/rerate.rs); this module decides what to
+ask it. Sans-I/O like the rest of engine/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from engine import commands as cmd
+from engine._kernel import Kernel
+from engine.control import BillingState
+from engine.errors import FailedPrecondition, InvalidArgument, NotFound
+from engine.ratecard import HOUR_MS, Severity, VersionState, validate
+from engine.tables import _version_table
+from engine.versions import PublishResult
+
+# Customers re-rated per kernel call: the writer's thread holds the kernel's lock for one customer at a time
+# (offering it to a read between customers) and gives the GIL back between slices.
+SLICE_CUSTOMERS = 64
+# Customers simulated per kernel call (under the shared lock: the writer waits for at most one slice).
+SIMULATE_SLICE_CUSTOMERS = 256
+LEFT_ALONE_REASON = "in closed periods: a closed period's invoice is final, so its usage keeps its price"
+
+
+@dataclass(frozen=True, slots=True)
+class RerationPlan:
+    """What a publish re-rates: the customers with usage of the card from `from_hour` on, in id order."""
+
+    rate_card_id: str
+    from_hour: int
+    customers: list[str]
+
+    def slices(self) -> Iterator[list[str]]:
+        for start in range(0, len(self.customers), SLICE_CUSTOMERS):
+            yield self.customers[start : start + SLICE_CUSTOMERS]
+
+
+@dataclass(slots=True)
+class Rerated:
+    """What a re-rating did; `closed_*` is the usage it left alone in closed periods."""
+
+    customers: int = 0
+    buckets: int = 0
+    events: int = 0
+    amount_delta_picos: int = 0
+    closed_buckets: int = 0
+    closed_events: int = 0
+    closed_amount_picos: int = 0
+
+    def merge(self, other: Rerated) -> None:
+        self.add(
+            (
+                other.customers,
+                other.buckets,
+                other.events,
+                other.amount_delta_picos,
+                other.closed_buckets,
+                other.closed_events,
+                other.closed_amount_picos,
+            )
+        )
+
+    def add(self, done: tuple[int, int, int, int, int, int, int]) -> None:
+        self.customers += done[0]
+        self.buckets += done[1]
+        self.events += done[2]
+        self.amount_delta_picos += done[3]
+        self.closed_buckets += done[4]
+        self.closed_events += done[5]
+        self.closed_amount_picos += done[6]
+
+
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    """SimulateVersion's answer: (customer_id, product_id, current_picos, simulated_picos), sorted, and totals."""
+
+    lines: list[tuple[str, str, int, int]] = field(default_factory=list)
+
+    @property
+    def current_picos(self) -> int:
+        return sum(line[2] for line in self.lines)
+
+    @property
+    def simulated_picos(self) -> int:
+        return sum(line[3] for line in self.lines)
+
+
+def plan_rerating(
+    state: BillingState,
+    kernel: Kernel,
+    command: cmd.PublishVersion | cmd.RollbackRateCard,
+    refresh_tables: Callable[[], None],
+) -> RerationPlan | None:
+    """The re-rating a publish (or a rollback, which publishes a copy) would do, checked: None when it re-rates nothing or when the engine refuses the
+    publish anyway (unknown card or version, already published, invalid); FailedPrecondition, having changed
+    nothing, when the usage it covers cannot be re-rated. `refresh_tables` brings the kernel's tables up to date
+    before the check reads them (only when there is usage to check)."""
+    card = state.rate_cards.get(command.rate_card_id)
+    if card is None:
+        return None
+    # A rollback publishes a copy of a published version: its prices, and so its plan, are that version's.
+    rollback = isinstance(command, cmd.RollbackRateCard)
+    number = command.to_version if isinstance(command, cmd.RollbackRateCard) else command.version
+    try:
+        version = card.version(number)
+    except NotFound:
+        return None
+    at_ms = command.at_ms
+    effective_from_ms = command.effective_from_ms if command.effective_from_ms is not None else at_ms - at_ms % HOUR_MS
+    if (version.state is VersionState.PUBLISHED) != rollback or effective_from_ms % HOUR_MS:
+        return None
+    if any(f.severity is Severity.ERROR for f in validate(version, state.products)):
+        return None
+    from_hour = effective_from_ms // HOUR_MS
+    customers = kernel.rerate_customers(card.id, from_hour)
+    if not customers:
+        return None
+    table = msgspec.msgpack.encode(_version_table(card, version.number, state))
+    refresh_tables()
+    try:
+        kernel.rerate_check(customers, table, from_hour)
+    except ValueError as exc:
+        raise FailedPrecondition(
+            f"version {version.number} of rate card {card.id!r} cannot be published effective from "
+            f"{effective_from_ms} (Unix ms): the usage it would re-rate cannot be priced again: {exc}"
+        ) from None
+    return RerationPlan(card.id, from_hour, customers)
+
+
+def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
+    """Re-rates some of the plan's customers as journal record `seq` (the GIL released inside)."""
+    done = Rerated()
+    done.add(kernel.rerate(customers, plan.rate_card_id, plan.from_hour, seq))
+    return done
+
+
+def simulation_table(state: BillingState, rate_card_id: str, number: int, start_ms: int, end_ms: int) -> bytes:
+    """The version SimulateVersion prices with, compiled for the kernel: NotFound for an unknown card or version,
+    InvalidArgument for a version that does not validate or an empty period. Changes nothing."""
+    card = state.rate_cards.get(rate_card_id)
+    if card is None:
+        raise NotFound(f"rate card {rate_card_id!r} not found")
+    version = card.version(number)
+    if end_ms <= start_ms:
+        raise InvalidArgument.field("period_end", "must be after period_start")
+    errors = [f for f in validate(version, state.products) if f.severity is Severity.ERROR]
+    if errors:
+        raise InvalidArgument([(f"version.{f.path}", f.message) for f in errors])
+    return msgspec.msgpack.encode(_version_table(card, version.number, state))
+
+
+def simulation_customers(kernel: Kernel, rate_card_id: str, start_ms: int, customer_ids: list[str]) -> list[str]:
+    """The customers a simulation looks at, sorted: those asked for, or all with usage of the card since start."""
+    if customer_ids:
+        return sorted(set(customer_ids))
+    return kernel.rerate_customers(rate_card_id, start_ms // HOUR_MS)
+
+
+def simulate_slice(
+    kernel: Kernel, table: bytes, start_ms: int, end_ms: int, customers: list[str]
+) -> list[tuple[str, str, int, int]]:
+    """Some customers' simulated amounts (the kernel's lock shared, the GIL released); FailedPrecondition for
+    usage the version cannot price."""
+    try:
+        return kernel.simulate(table, start_ms, end_ms, customers)
+    except ValueError as exc:
+        raise FailedPrecondition(f"the version cannot price the recorded usage: {exc}") from None
+
+
+def simulate(
+    state: BillingState,
+    kernel: Kernel,
+    rate_card_id: str,
+    number: int,
+    start_ms: int,
+    end_ms: int,
+    customer_ids: list[str],
+) -> Simulation:
+    """SimulateVersion in one go (tests, tools); the server runs the same steps a slice of customers at a time."""
+    table = simulation_table(state, rate_card_id, number, start_ms, end_ms)
+    customers = simulation_customers(kernel, rate_card_id, start_ms, customer_ids)
+    lines: list[tuple[str, str, int, int]] = []
+    for at in range(0, len(customers), SIMULATE_SLICE_CUSTOMERS):
+        lines += simulate_slice(kernel, table, start_ms, end_ms, customers[at : at + SIMULATE_SLICE_CUSTOMERS])
+    return Simulation(lines)
+
+
+def with_rerated(result: PublishResult, done: Rerated) -> PublishResult:
+    """The publish's answer with what its re-rating did."""
+    return msgspec.structs.replace(
+        result,
+        events_rerated=done.events,
+        customers_rerated=done.customers,
+        buckets_rerated=done.buckets,
+        rerated_amount_delta_picos=done.amount_delta_picos,
+        closed_buckets_left_alone=done.closed_buckets,
+        closed_events_left_alone=done.closed_events,
+        closed_amount_left_alone_picos=done.closed_amount_picos,
+    )

@@ -1,0 +1,48 @@
+"""`tariff ratecard simulate`: what a version (a draft too) would have charged for recorded usage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from server.admin.output import print_fields, print_json, print_table
+from server.admin.remote import Remote, remote_command
+from server.admin.versions import UtcTime, timestamp
+
+
+@click.command()
+@click.argument("rate_card_id")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--from", "period_start", type=UtcTime(), required=True, help="start of the usage to re-price")
+@click.option("--to", "period_end", type=UtcTime(), required=True, help="end of the usage to re-price (excluded)")
+@click.option("--customer", "customer_ids", multiple=True, help="only this customer (repeatable) [default: all]")
+@remote_command
+def simulate(
+    remote: Remote,
+    rate_card_id: str,
+    version: int,
+    period_start: datetime,
+    period_end: datetime,
+    customer_ids: tuple[str, ...],
+) -> None:
+    """What VERSION (a draft too) would have charged for the usage recorded between --from and --to, per
+    customer and product, and in all; changes nothing."""
+    from tariff.v1 import pricing_pb2
+
+    request = pricing_pb2.SimulateVersionRequest(
+        rate_card_id=rate_card_id,
+        version=version,
+        period_start=timestamp(period_start),
+        period_end=timestamp(period_end),
+        customer_ids=customer_ids,
+    )
+    with remote.client() as client:
+        result = client.pricing.SimulateVersion(request)
+    if remote.as_json:
+        print_json(result)
+        return
+    rows = [(a.customer_id, a.product_id, a.current_amount, a.simulated_amount, a.delta) for a in result.amounts]
+    print_table(("customer", "product", "current", "simulated", "delta"), rows)
+    totals = result.totals
+    print_fields([("current", totals.current_amount), ("simulated", totals.simulated_amount), ("delta", totals.delta)])
