@@ -128,6 +128,16 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits"):
     rollover_fraction: str
 
 
+class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
+    at_ms: int
+    actor: str
+    id: str  # empty: named after the rule's content (engine/alerts.py)
+    customer_id: str  # empty with all_customers
+    all_customers: bool
+    alert_type: str  # an engine.alerts.AlertType name, checked when applied
+    threshold: str
+
+
 AdminCommand = (
     CreateCustomer
     | CreateProduct
@@ -137,5 +147,6 @@ AdminCommand = (
     | CreateContract
     | AddOverride
     | GrantCredits
+    | CreateAlert
 )
 Command = IngestBatch | AdminCommand

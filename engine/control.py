@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from engine import commands as cmd
+from engine.alerts import AlertBook
 from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound, Repeated
 from engine.ledger import Grant
@@ -83,6 +84,7 @@ class BillingState(msgspec.Struct):
     # a retry of that same request is answered as the first call was, and changes nothing.
     requests: dict[str, RequestMark] = {}
     audit_chunks: list[AuditChunk] = []  # the log's sealed entries, oldest first
+    alerts: AlertBook = msgspec.field(default_factory=AlertBook)  # alert rules and fired alerts (engine/alerts.py)
 
 
 _json = msgspec.json.Encoder()
