@@ -53,6 +53,7 @@ from server.services import (
     UsageService,
     wall_ms,
 )
+from server.watch import WatchHub
 
 log = logging.getLogger("tariff")
 
@@ -396,11 +397,12 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     # Raw bytes in and out: the kernel decodes the UsageBatch and encodes the IngestAck.
     server.add_generic_rpc_handlers((usage.generic_handler(),))
     # AuthorizeBatches on raw bytes too: the kernel decodes the AuthorizeBatch and encodes its answers.
-    server.add_generic_rpc_handlers((BalanceService(billing, sequencer).generic_handler(),))
+    watch = WatchHub(billing, sequencer)  # WatchBalance and WatchAlerts streams, woken by the writer's commits
+    server.add_generic_rpc_handlers((BalanceService(billing, sequencer, watch=watch).generic_handler(),))
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)
-    alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(), server)
+    alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(billing, sequencer, watch=watch), server)
 
 
 async def report_activity(every_s: float, journal_bytes: Callable[[], int], stalls: StallSampler | None = None) -> None:

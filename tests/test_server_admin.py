@@ -28,7 +28,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
 
@@ -835,9 +835,6 @@ def test_unbuilt_features_answer_unimplemented_with_a_message(server_factory: Se
             ),
             "RollbackRateCard": lambda: client.pricing.RollbackRateCard(
                 pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1)
-            ),
-            "CreateAlert": lambda: client.alerts.CreateAlert(
-                alerts_pb2.CreateAlertRequest(customer_id=CUSTOMER, type=alerts_pb2.LOW_BALANCE, threshold="1")
             ),
             "Authorize": lambda: client.balance.Authorize(
                 balance_pb2.AuthorizeRequest(
