@@ -4,6 +4,7 @@ replayed into identical alerts."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from tariff.v1 import usage_pb2
 
@@ -11,6 +12,7 @@ from engine import alerts
 from engine import commands as cmd
 from engine.alerts import AlertBook, AlertType, FiredAlert, Standing
 from engine.billing import Billing
+from engine.control import encode_state_parts
 from engine.errors import AlreadyExists, InvalidArgument, NotFound, Repeated
 from engine.ledger import GrantKind
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, basic_world, picos
@@ -245,3 +247,19 @@ def test_create_alert_is_checked_and_a_retry_creates_one_rule() -> None:
     with pytest.raises(AlreadyExists):
         billing.apply(named, billing.last_seq + 1)
     assert list(billing.engine.state.alerts.rules) == [rule.id]
+
+
+def test_a_snapshot_splits_the_alert_book_into_parts_byte_for_byte() -> None:
+    billing = _billing()
+    _create_alert(billing, "TOP_UP_EXECUTED", customer_id="")
+    _create_alert(billing, "CREDITS_EXHAUSTED", customer_id="")
+    book = billing.engine.state.alerts
+    for index in range(20):
+        alerts.notice(book, "TOP_UP_EXECUTED", f"c-{index}", {"amount": "1"}, EPOCH_MS, index + 1)
+        alerts.evaluate(book, f"c-{index}", Standing(0, 0, EPOCH_MS, has_grants=True), EPOCH_MS, index + 1)
+    state = billing.engine.state
+    parts = list(encode_state_parts(state, 3))
+    assert b"".join(parts) == msgspec.json.encode(state)
+    # 20 TOP_UP_EXECUTED alerts in the log, at most 3 a part: the log is split, not encoded in one part.
+    assert sum(1 for part in parts if b'"TOP_UP_EXECUTED"' in part) >= 20 // 3
+    assert Billing.from_snapshot(billing.encode_snapshot()).engine.state.alerts == book
