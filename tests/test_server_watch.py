@@ -13,6 +13,7 @@ from tariff import TariffClient, TariffError, Usage
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2
 
 from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_server_auth import Keys, keyed  # noqa: F401 (the fixture)
 
 GPT4_COMPLEX_SUMMARY = {"action": "summary", "data_source": "crm", "model": "gpt-4", "complexity": "complex"}  # 5
 STREAM_TIMEOUT_S = 60.0
@@ -190,3 +191,15 @@ def test_bad_alert_rules_are_refused_naming_the_field_and_change_nothing(demo_se
         assert unknown.value.code == grpc.StatusCode.NOT_FOUND
         assert client.get_balance("acme").as_of_seq == seq
         assert list(client.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest()).rules) == []
+
+
+def test_a_restricted_key_watches_only_its_customers(keyed: tuple[ServerProcess, Keys]) -> None:  # noqa: F811
+    server, keys = keyed
+    with server.client(api_key=keys.key["acme-portal"]) as portal:
+        assert next(_watch_balance(portal, "acme")).customer_id == "acme"
+        with pytest.raises(TariffError) as refused:
+            next(_watch_balance(portal, "beta"))
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(TariffError) as alerts_refused:
+            next(_watch_alerts(portal, 0))
+        assert alerts_refused.value.code == grpc.StatusCode.PERMISSION_DENIED
