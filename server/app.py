@@ -324,7 +324,7 @@ async def _serve_locked(
         for command in demo_commands(wall_ms()):
             await sequencer.run(command)
         log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
-    _add_services(server, billing, sequencer, config)
+    watch = _add_services(server, billing, sequencer, config)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -350,6 +350,7 @@ async def _serve_locked(
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
+    watch.close()  # watch streams never end on their own: ended now, they do not hold the grace period
     await server.stop(SHUTDOWN_GRACE_S)
     if sequencer.failure is None:
         await sequencer.close()
@@ -389,7 +390,7 @@ SERVICE_NAMES = [
 ]
 
 
-def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, config: ServeConfig) -> None:
+def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, config: ServeConfig) -> WatchHub:
     usage = UsageService(billing, sequencer)
     usage.batch_events_max = config.batch_events_max
     usage.stream_batches_in_flight_max = config.stream_batches_in_flight_max
@@ -403,6 +404,7 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)
     alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(billing, sequencer, watch=watch), server)
+    return watch
 
 
 async def report_activity(every_s: float, journal_bytes: Callable[[], int], stalls: StallSampler | None = None) -> None:

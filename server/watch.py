@@ -18,6 +18,8 @@ from engine.billing import Billing
 from server import telemetry
 from server.sequencer import Sequencer
 
+SHUTTING_DOWN = "the server is shutting down: watch again (WatchAlerts with the last seq received)"
+
 
 class Watcher:
     """One stream's wake-up flag."""
@@ -42,14 +44,21 @@ class WatchHub:
         self._balances: dict[str, set[Watcher]] = {}
         self._alerts: set[Watcher] = set()
         self.balance_watchers = 0
+        self.closing = False  # the server is shutting down: every watch stream ends
         # Alerts up to this seq are committed: the only ones a watcher is sent. Recovery committed them all.
         self.alerts_committed = billing.engine.state.alerts.last_seq
         sequencer.committed = self.committed
         telemetry.gauges.balances_watched = lambda: self.balance_watchers
 
+    def _new_watcher(self) -> Watcher:
+        watcher = Watcher()
+        if self.closing:
+            watcher.wake()  # a stream that arrives while the server shuts down ends at its first wait
+        return watcher
+
     @contextlib.contextmanager
     def watch_balance(self, customer_id: str) -> Iterator[Watcher]:
-        watcher = Watcher()
+        watcher = self._new_watcher()
         if not self._balances:
             self.billing.set_watching(True)
         self._balances.setdefault(customer_id, set()).add(watcher)
@@ -67,12 +76,19 @@ class WatchHub:
 
     @contextlib.contextmanager
     def watch_alerts(self) -> Iterator[Watcher]:
-        watcher = Watcher()
+        watcher = self._new_watcher()
         self._alerts.add(watcher)
         try:
             yield watcher
         finally:
             self._alerts.discard(watcher)
+
+    def close(self) -> None:
+        """Ends every watch stream (each woken watcher sees `closing` and ends with UNAVAILABLE)."""
+        self.closing = True
+        for watchers in (*self._balances.values(), self._alerts):
+            for watcher in watchers:
+                watcher.wake()
 
     def committed(self, touched: set[str] | None, alerts_upto: int) -> None:
         """A group is durable: wake the watchers of the customers it touched (None: the state was rebuilt from

@@ -203,3 +203,16 @@ def test_a_restricted_key_watches_only_its_customers(keyed: tuple[ServerProcess,
         with pytest.raises(TariffError) as alerts_refused:
             next(_watch_alerts(portal, 0))
         assert alerts_refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_shutdown_ends_watch_streams_with_unavailable(demo_server: ServerProcess) -> None:
+    with demo_server.client() as client:
+        balances = _watch_balance(client, "acme")
+        next(balances)
+        watched_alerts = _watch_alerts(client, 0)
+        assert demo_server.terminate() == 0
+        for stream in (balances, watched_alerts):
+            with pytest.raises(TariffError) as ended:
+                next(stream)
+            assert ended.value.code == grpc.StatusCode.UNAVAILABLE
+            assert "the server is shutting down: watch again" in ended.value.details, ended.value

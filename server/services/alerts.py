@@ -12,10 +12,10 @@ from engine.billing import Billing
 from engine.errors import FailedPrecondition, InvalidArgument
 from engine.money import format_picos
 from server import convert
-from server.errors import OutOfRange, streaming, unary
+from server.errors import OutOfRange, Unavailable, streaming, unary
 from server.sequencer import Sequencer
 from server.services.common import Context, _Base, _page, actor_of, wall_ms
-from server.watch import WatchHub
+from server.watch import SHUTTING_DOWN, WatchHub
 
 # Alerts read from the log between two sends of the stream's loop.
 WATCH_PAGE_ALERTS = 256
@@ -102,6 +102,8 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
                     after = alert.seq
                 if len(page) < WATCH_PAGE_ALERTS:
                     await watcher.changed()
+                if self.watch.closing:
+                    raise Unavailable(SHUTTING_DOWN)
 
     def _alerts_after(self, after: int, asked: int) -> list[alerts.FiredAlert]:
         book = self.engine.state.alerts  # read afresh: a rebuild from the journal replaces the state

@@ -17,6 +17,7 @@ from server import auth, convert, telemetry
 from server.errors import (
     PermissionDenied,
     ResourceExhausted,
+    Unavailable,
     Unimplemented,
     streaming,
     unary,
@@ -32,7 +33,7 @@ from server.services.common import (
     _undecodable,
     wall_ms,
 )
-from server.watch import WatchHub
+from server.watch import SHUTTING_DOWN, WatchHub
 
 
 class BalanceService(_Base):
@@ -189,3 +190,5 @@ class BalanceService(_Base):
                     yield balance
                     sent = balance
                 await watcher.changed()
+                if self.watch.closing:
+                    raise Unavailable(SHUTTING_DOWN)
