@@ -165,6 +165,10 @@ class Billing:
         result = self.engine.apply(command, seq)
         if isinstance(command, cmd.CreateAlert):
             self._sync_tracking()  # changes no table
+            # Rules evaluate the customers each batch from here on touched, and only those: a customer listed
+            # before (tracked for a watcher, not yet taken) must not be evaluated, or replay would differ. No
+            # batch is being rated while an admin command applies.
+            self.kernel.take_touched()
             return result
         customer_id = _changed_customer(command, result)
         if customer_id is None:
