@@ -226,6 +226,9 @@ def test_billing_lists_touched_customers_only_while_watched() -> None:
     assert done.touched == ("globex", "acme")
     refused = billing.ingest(_batch(("t5", "nobody", 1)), EPOCH_MS + 2 * HOUR_MS)
     assert refused.touched == ()
+    # A duplicate changes nothing, so touches nothing: only the accepted event's customer is listed.
+    mixed = billing.ingest(_batch(("t2", "globex", 1), ("t7", "acme", 2)), EPOCH_MS + 2 * HOUR_MS)
+    assert (mixed.duplicates, mixed.touched) == (1, ("acme",))
     billing.set_watching(False)
     assert billing.ingest(_batch(("t6", "acme", 1)), EPOCH_MS + 2 * HOUR_MS).touched == ()
 
