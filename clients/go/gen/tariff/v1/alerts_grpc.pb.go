@@ -41,7 +41,8 @@ type AlertServiceClient interface {
 	// are sent. The newest 10,000 alerts (at least) are kept, across restarts:
 	// an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
 	// naming the oldest seq kept; an after_seq past the newest alert is
-	// OUT_OF_RANGE.
+	// OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
+	// with the last seq received.
 	WatchAlerts(ctx context.Context, in *WatchAlertsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Alert], error)
 	// The rules, in id order, a page at a time.
 	ListAlertRules(ctx context.Context, in *ListAlertRulesRequest, opts ...grpc.CallOption) (*ListAlertRulesResponse, error)
@@ -108,7 +109,8 @@ type AlertServiceServer interface {
 	// are sent. The newest 10,000 alerts (at least) are kept, across restarts:
 	// an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
 	// naming the oldest seq kept; an after_seq past the newest alert is
-	// OUT_OF_RANGE.
+	// OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
+	// with the last seq received.
 	WatchAlerts(*WatchAlertsRequest, grpc.ServerStreamingServer[Alert]) error
 	// The rules, in id order, a page at a time.
 	ListAlertRules(context.Context, *ListAlertRulesRequest) (*ListAlertRulesResponse, error)

@@ -314,7 +314,8 @@ export const AlertService: GenService<{
    * are sent. The newest 10,000 alerts (at least) are kept, across restarts:
    * an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
    * naming the oldest seq kept; an after_seq past the newest alert is
-   * OUT_OF_RANGE.
+   * OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
+   * with the last seq received.
    *
    * @generated from rpc tariff.v1.AlertService.WatchAlerts
    */
