@@ -209,10 +209,14 @@ def test_shutdown_ends_watch_streams_with_unavailable(demo_server: ServerProcess
     with demo_server.client() as client:
         balances = _watch_balance(client, "acme")
         next(balances)
+        _create_alert(client, alerts_pb2.LOW_BALANCE, "49999", customer_id="acme")
+        _spend(client, "shutdown-1")  # fires one alert, so the alert stream can be seen open
         watched_alerts = _watch_alerts(client, 0)
+        next(watched_alerts)  # both streams are open on the server now
         assert demo_server.terminate() == 0
         for stream in (balances, watched_alerts):
             with pytest.raises(TariffError) as ended:
-                next(stream)
+                for _ in stream:  # what was sent before the shutdown, then the end
+                    pass
             assert ended.value.code == grpc.StatusCode.UNAVAILABLE
             assert "the server is shutting down: watch again" in ended.value.details, ended.value
