@@ -263,4 +263,6 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
         case cmd.RollbackRateCard(rate_card_id=card_id):
             assert isinstance(result, PublishResult)
             return f"rate_card/{card_id}/version/{result.version.number}"
+        case cmd.CreateAlert():
+            return f"alert/{getattr(result, 'id', command.id)}"
     return ""

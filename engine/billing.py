@@ -22,6 +22,7 @@ from decimal import Decimal
 
 import msgspec
 
+from engine import alerts
 from engine import commands as cmd
 from engine._kernel import Kernel
 from engine.contracts import Contract, Period
@@ -51,6 +52,9 @@ class Ingested:
     accepted: int
     duplicates: int
     rejected: list[str]  # the reason of each rejection
+    # The customers its accepted events touched: listed only while tracking is on (see `set_watching`).
+    touched: tuple[str, ...] = ()
+    alerts: tuple[alerts.FiredAlert, ...] = ()  # the alerts it fired (engine/alerts.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,12 @@ class Billing:
         self._compiler = TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
         self._tables_stale = True  # the whole tables
         self._customers_stale: set[str] = set()  # only these customers' (when the whole tables are current)
+        # The kernel lists the customers each batch touches while someone watches a balance or an alert rule
+        # exists; otherwise ingestion does not even compare (see Kernel.track_touched).
+        self._watching = False
+        self._tracking = False
+        self._fired: list[alerts.FiredAlert] = []  # alerts fired by admin commands, until take_fired()
+        self._sync_tracking()
 
     @property
     def last_seq(self) -> int:
@@ -144,6 +154,9 @@ class Billing:
         self.engine.reset(other.engine.state)
         self.kernel = other.kernel
         self._tables_stale = True
+        self._fired.clear()
+        self._tracking = other._tracking
+        self._sync_tracking()
 
     # Commands ------------------------------------------------------------------------------------------
 
@@ -152,11 +165,19 @@ class Billing:
         if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
             return self._publish_and_rerate(command, seq)
         result = self.engine.apply(command, seq)
+        if isinstance(command, cmd.CreateAlert):
+            self._sync_tracking()  # changes no table
+            # Rules evaluate the customers each batch from here on touched, and only those: a customer listed
+            # before (tracked for a watcher, not yet taken) must not be evaluated, or replay would differ. No
+            # batch is being rated while an admin command applies.
+            self.kernel.take_touched()
+            return result
         customer_id = _changed_customer(command, result)
         if customer_id is None:
             self._tables_stale = True
         else:
             self._customers_stale.add(customer_id)
+            self._fired.extend(self._evaluate_alerts([customer_id], command.at_ms, seq))
         return result
 
     def _publish_and_rerate(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
@@ -198,19 +219,83 @@ class Billing:
         ack, digest, accepted, duplicates, rejected = self.kernel.ingest_checked(
             batch, received_ms, seq, events_max, allowed
         )
-        if accepted:
-            self.engine.state.last_seq = seq
-        return Ingested(ack, digest, accepted, duplicates, rejected)
+        if not accepted:
+            return Ingested(ack, digest, accepted, duplicates, rejected)
+        self.engine.state.last_seq = seq
+        touched = tuple(self.kernel.take_touched()) if self._tracking else ()
+        fired = tuple(self._evaluate_alerts(touched, received_ms, seq)) if touched else ()
+        return Ingested(ack, digest, accepted, duplicates, rejected, touched, fired)
 
-    def replay(self, seq: int, batch: bytes, received_ms: int, digest: bytes) -> None:
-        """Re-applies a journaled batch and asserts it did what the journal says."""
+    def replay(
+        self, seq: int, batch: bytes, received_ms: int, digest: bytes, fired: list[alerts.FiredAlert] | None = None
+    ) -> None:
+        """Re-applies a journaled batch and asserts it did what the journal says (and fired the alerts it holds,
+        when `fired` is given)."""
         assert seq == self.last_seq + 1, f"records replay in order: {seq} after {self.last_seq}"
         done = self.ingest(batch, received_ms)
-        if done.digest != digest or not done.accepted:
+        if done.digest != digest or not done.accepted or (fired is not None and list(done.alerts) != fired):
             raise RatingChanged(
                 f"journal record {seq}: rating changed between releases (replaying the batch gives another "
                 "result than the journal holds); run the release that wrote this journal"
             )
+
+    # Watching and alerts -------------------------------------------------------------------------------
+
+    def set_watching(self, on: bool) -> None:
+        """The server has balance watchers (or no longer has): the kernel lists the customers batches touch."""
+        self._watching = on
+        self._sync_tracking()
+
+    def _sync_tracking(self) -> None:
+        on = self._watching or bool(self.engine.state.alerts.rules)
+        if on != self._tracking:
+            self.kernel.track_touched(on)
+            self._tracking = on
+
+    def take_fired(self) -> list[alerts.FiredAlert]:
+        """The alerts the admin commands applied since the last call fired (their journal records hold them)."""
+        fired, self._fired = self._fired, []
+        return fired
+
+    def notice(
+        self, kind: str, customer_id: str, details: dict[str, str], at_ms: int, seq: int
+    ) -> list[alerts.FiredAlert]:
+        """An event the kernel reported while applying record `seq` (a top-up executed, a reservation expired):
+        the alerts it fires, also kept for take_fired()."""
+        fired = alerts.notice(self.engine.state.alerts, kind, customer_id, details, at_ms, seq)
+        self._fired.extend(fired)
+        return fired
+
+    def _evaluate_alerts(self, touched: tuple[str, ...] | list[str], at_ms: int, seq: int) -> list[alerts.FiredAlert]:
+        """The balance rules' alerts for the customers record `seq` touched, from the kernel's balances at its
+        time. Tables are current: the writer refreshed them before the batch, and an admin command's
+        customer is compiled here first."""
+        book = self.engine.state.alerts
+        customers = alerts.customers_to_evaluate(book, touched)
+        if not customers:
+            return []
+        self.refresh_tables()
+        fired: list[alerts.FiredAlert] = []
+        for customer_id in customers:
+            view = self.kernel.balance(customer_id, at_ms)
+            if view is None:
+                continue
+            period = view["period"]
+            standing = alerts.Standing(
+                available_picos=view["remaining"],
+                period_charges_picos=view["period_charges"],
+                period_start_ms=period[0] if period is not None else None,
+                has_grants=bool(view["grants"]),
+            )
+            fired.extend(alerts.evaluate(book, customer_id, standing, at_ms, seq))
+        return fired
+
+    @staticmethod
+    def touched_customer(command: cmd.AdminCommand, result: object) -> str | None:
+        """The customer whose balance an applied admin command may have changed (None: no balance)."""
+        if isinstance(command, cmd.CreateAlert):
+            return None
+        return _changed_customer(command, result)
 
     def refresh_tables(self, *, whole: bool = False) -> None:
         """Compiles what an admin command changed since: the whole tables, or only the customers touched (a

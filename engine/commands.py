@@ -138,6 +138,16 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     effective_from_ms: int | None  # None: the start of the current hour
 
 
+class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
+    at_ms: int
+    actor: str
+    id: str  # empty: named after the rule's content (engine/alerts.py)
+    customer_id: str  # empty with all_customers
+    all_customers: bool
+    alert_type: str  # an engine.alerts.AlertType name, checked when applied
+    threshold: str
+
+
 AdminCommand = (
     CreateCustomer
     | CreateProduct
@@ -148,5 +158,6 @@ AdminCommand = (
     | AddOverride
     | GrantCredits
     | RollbackRateCard
+    | CreateAlert
 )
 Command = IngestBatch | AdminCommand

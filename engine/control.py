@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from engine import commands as cmd
+from engine.alerts import AlertBook
 from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound, Repeated
 from engine.ledger import Grant
@@ -83,6 +84,7 @@ class BillingState(msgspec.Struct):
     # a retry of that same request is answered as the first call was, and changes nothing.
     requests: dict[str, RequestMark] = {}
     audit_chunks: list[AuditChunk] = []  # the log's sealed entries, oldest first
+    alerts: AlertBook = msgspec.field(default_factory=AlertBook)  # alert rules and fired alerts (engine/alerts.py)
 
 
 _json = msgspec.json.Encoder()
@@ -91,17 +93,24 @@ _json = msgspec.json.Encoder()
 def encode_state_parts(state: BillingState, entries_per_part: int = SNAPSHOT_PART_ENTRIES) -> Iterator[bytes]:
     """The JSON of `state`, byte for byte `msgspec.json.encode(state)`, in parts of at most `entries_per_part`
     entries of any one dict or list, so that the caller may pause between parts (a snapshot on the event loop)."""
+    yield from _struct_parts(state, entries_per_part)
+
+
+def _struct_parts(value: msgspec.Struct, entries_per_part: int) -> Iterator[bytes]:
+    """A struct's JSON in parts; a struct field (the alert book) is split the same way, its log and marks too."""
     yield b"{"
-    for index, field in enumerate(msgspec.structs.fields(BillingState)):
+    for index, field in enumerate(msgspec.structs.fields(type(value))):
         yield (b"," if index else b"") + _json.encode(field.encode_name) + b":"
-        value = getattr(state, field.name)
+        item = getattr(value, field.name)
         size = min(entries_per_part, SNAPSHOT_PART_AUDIT_CHUNKS) if field.name == "audit_chunks" else entries_per_part
-        if isinstance(value, dict) and len(value) > size:
-            yield from _dict_parts(value, size)
-        elif isinstance(value, list) and len(value) > size:
-            yield from _list_parts(value, size)
+        if isinstance(item, dict) and len(item) > size:
+            yield from _dict_parts(item, size)
+        elif isinstance(item, list) and len(item) > size:
+            yield from _list_parts(item, size)
+        elif isinstance(item, AlertBook):
+            yield from _struct_parts(item, entries_per_part)
         else:
-            yield _json.encode(value)
+            yield _json.encode(item)
     yield b"}"
 
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import msgspec
 
 from engine import commands as cmd
+from engine.alerts import AlertRule, parse_rule
 from engine.audit import AuditLog
 from engine.catalogue import CatalogueCommands
 from engine.contracts import Contract
-from engine.control import BillingState
+from engine.control import BillingState, check_id
 from engine.customers import CustomerCommands
+from engine.errors import AlreadyExists, Repeated
 from engine.grants import GrantCommands
 from engine.rollback import RollbackCommands
 from engine.versions import VersionCommands
@@ -91,4 +93,21 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
                 return self._grant_credits(command)
             case cmd.RollbackRateCard():
                 return self._rollback(command)
+            case cmd.CreateAlert():
+                return self._create_alert(command)
         raise AssertionError(f"unknown command {type(command).__name__}")
+
+    def _create_alert(self, c: cmd.CreateAlert) -> AlertRule:
+        if c.id:
+            check_id(c.id, "id")
+        if c.customer_id:
+            self.customer(c.customer_id)  # NotFound
+        rule = parse_rule(c.id, c.customer_id, c.all_customers, c.alert_type, c.threshold, self.state.last_seq + 1)
+        rules = self.state.alerts.rules
+        held = rules.get(rule.id)
+        if held is not None:
+            if msgspec.structs.replace(held, created_seq=rule.created_seq) == rule:
+                raise Repeated(held)  # the same rule again (a retry): answered as the first call was
+            raise AlreadyExists(f"alert rule {rule.id!r} already exists with another scope, type or threshold")
+        rules[rule.id] = rule
+        return rule

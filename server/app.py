@@ -53,6 +53,7 @@ from server.services import (
     UsageService,
     wall_ms,
 )
+from server.watch import WatchHub
 
 log = logging.getLogger("tariff")
 
@@ -323,7 +324,7 @@ async def _serve_locked(
         for command in demo_commands(wall_ms()):
             await sequencer.run(command)
         log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
-    _add_services(server, billing, sequencer, config)
+    watch = _add_services(server, billing, sequencer, config)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -349,6 +350,7 @@ async def _serve_locked(
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
+    watch.close()  # watch streams never end on their own: ended now, they do not hold the grace period
     await server.stop(SHUTDOWN_GRACE_S)
     if sequencer.failure is None:
         await sequencer.close()
@@ -388,7 +390,7 @@ SERVICE_NAMES = [
 ]
 
 
-def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, config: ServeConfig) -> None:
+def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, config: ServeConfig) -> WatchHub:
     usage = UsageService(billing, sequencer)
     usage.batch_events_max = config.batch_events_max
     usage.stream_batches_in_flight_max = config.stream_batches_in_flight_max
@@ -396,11 +398,13 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     # Raw bytes in and out: the kernel decodes the UsageBatch and encodes the IngestAck.
     server.add_generic_rpc_handlers((usage.generic_handler(),))
     # AuthorizeBatches on raw bytes too: the kernel decodes the AuthorizeBatch and encodes its answers.
-    server.add_generic_rpc_handlers((BalanceService(billing, sequencer).generic_handler(),))
+    watch = WatchHub(billing, sequencer)  # WatchBalance and WatchAlerts streams, woken by the writer's commits
+    server.add_generic_rpc_handlers((BalanceService(billing, sequencer, watch=watch).generic_handler(),))
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)
-    alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(), server)
+    alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(billing, sequencer, watch=watch), server)
+    return watch
 
 
 async def report_activity(every_s: float, journal_bytes: Callable[[], int], stalls: StallSampler | None = None) -> None:

@@ -204,6 +204,7 @@ RULES: Mapping[str, Rule] = {
     "/tariff.v1.InvoiceService/GetRevenueReport": _rule(_READ, Scope.FIELD, "customer_id"),
     "/tariff.v1.AlertService/CreateAlert": _rule(ADMIN, Scope.FIELD, "customer_id"),
     "/tariff.v1.AlertService/WatchAlerts": _rule(_READ, Scope.GLOBAL),
+    "/tariff.v1.AlertService/ListAlertRules": _rule(_READ, Scope.GLOBAL),
 }
 # A Tariff method missing from the table (added to the proto later) is for admin keys only, until it is listed.
 _UNLISTED = _rule(ADMIN, Scope.GLOBAL)

@@ -25,6 +25,7 @@ log = logging.getLogger("tariff.errors")
 
 __all__ = [
     "DeadlineExceeded",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
@@ -61,6 +62,10 @@ class PermissionDenied(EngineError):
     """A known key asked for what its role or its customers do not allow (server/auth.py)."""
 
 
+class OutOfRange(EngineError):
+    """A position past the end of what exists (WatchAlerts after an alert seq not fired yet)."""
+
+
 class DeadlineExceeded(EngineError):
     """The call's deadline passed before its command was submitted: nothing was applied."""
 
@@ -90,6 +95,7 @@ _CODES: list[tuple[type[EngineError], grpc.StatusCode]] = [
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
 ]
 
 

@@ -47,8 +47,9 @@ import msgspec
 
 from engine import commands as cmd
 from engine._kernel import BatchTooLarge, CustomerNotAllowed
+from engine.alerts import FiredAlert
 from engine.audit import audit_target
-from engine.billing import Billing, Ingested, snapshot_parts
+from engine.billing import Billing, Ingested, RatingChanged, snapshot_parts
 from engine.errors import EngineError, InvalidArgument, Repeated
 from engine.rerate import Rerated, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
@@ -98,6 +99,8 @@ class JournalRecord(msgspec.Struct, frozen=True, array_like=True):
     command: cmd.Command | None = None
     outcome: Outcome | None = None  # format 1 usage records only
     usage: UsageRecord | None = None
+    # The alerts this record's change fired (engine/alerts.py), in seq order: replay must fire the same.
+    alerts: list[FiredAlert] = []
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,12 +148,16 @@ def recover(
         progress.at(seq)
         record = decode_record(blob)
         if record.usage is not None:
-            billing.replay(seq, record.usage.batch, record.usage.received_ms, record.usage.digest)
+            billing.replay(seq, record.usage.batch, record.usage.received_ms, record.usage.digest, record.alerts)
         else:
             assert record.command is not None and not isinstance(record.command, cmd.IngestBatch), (
                 f"record {seq}: a format-1 usage record in a format-2 journal"
             )
             billing.apply(record.command, seq)
+            if billing.take_fired() != record.alerts:
+                raise RatingChanged(
+                    f"journal record {seq}: alerts changed between releases; run the release that wrote it"
+                )
     # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
     # customer's tables (seconds at a million customers).
     billing.refresh_tables()
@@ -255,6 +262,10 @@ class _Group:
     commit_ms: float = 0.0
     events: int = 0  # usage events accepted in its records
     changes: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (actor, action, target)
+    # The customers its records touched (usage only while watched: see Billing.set_watching), and the
+    # alert seq its records fired up to: both reported to `Sequencer.committed` once the group is durable.
+    touched: set[str] = dataclasses.field(default_factory=set)
+    alerts_upto: int = 0
 
     def start(self, writer_thread: _Worker, journal: Journal) -> None:
         if not self.records:
@@ -314,6 +325,9 @@ class Sequencer:
         self.failure: BaseException | None = None
         self.commits = 0
         self._arrived = asyncio.Event()  # set by submit(): the writer may be waiting on a commit
+        # Told after each durable group which customers it touched and the alert seq it reached, and with
+        # (None, seq) after the state was rebuilt from the journal (server/watch.py).
+        self.committed: Callable[[set[str] | None, int], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tariff-writer")
@@ -448,6 +462,7 @@ class Sequencer:
                 self._apply_admin(group, submission, command)
         if run:
             await self._rate(group, run)
+        group.alerts_upto = self.billing.engine.state.alerts.last_seq
         return group
 
     def _apply_admin(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None:
@@ -461,7 +476,10 @@ class Sequencer:
             group.answers.append((submission, 0, exc))
             return
         group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
-        group.records.append((seq, encode_record(JournalRecord(command))))
+        group.records.append((seq, encode_record(JournalRecord(command, alerts=self.billing.take_fired()))))
+        touched = self.billing.touched_customer(command, result)
+        if touched is not None:
+            group.touched.add(touched)
         group.answers.append((submission, seq, result))
 
     async def _apply_publish(
@@ -514,6 +532,7 @@ class Sequencer:
             else:
                 group.records.append((seq, record))
                 group.events += outcome.accepted
+                group.touched.update(outcome.touched)
                 group.answers.append((submission, seq, outcome))
 
     async def _finish(self, group: _Group) -> ResourceExhausted | Unavailable | None:
@@ -530,6 +549,8 @@ class Sequencer:
         if failure is not None:
             self._rebuild()
             group.fail(failure)
+            if self.committed is not None:
+                self.committed(None, self.billing.engine.state.alerts.last_seq)
             return failure
         if group.records:
             self.commits += 1
@@ -542,6 +563,8 @@ class Sequencer:
             oplog.line("admin change", actor=actor, action=action, target=target)
         oplog.activity.admin_changes += len(group.changes)
         _count_events(group.answers)
+        if self.committed is not None and (group.touched or group.alerts_upto):
+            self.committed(group.touched, group.alerts_upto)
         group.answer()
         return None
 
@@ -730,7 +753,7 @@ def _rate_batches(
             rated.append((seq, done, None))
             continue
         usage = UsageRecord(batch.data, now_ms, done.digest, done.accepted, done.duplicates, len(done.rejected))
-        rated.append((seq, done, encode_record(JournalRecord(usage=usage))))
+        rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
 
 

@@ -26,7 +26,6 @@ from tariff import (
     now_ms,
 )
 from tariff.v1 import (
-    alerts_pb2,
     balance_pb2,
     contracts_pb2,
     invoices_pb2,
@@ -251,15 +250,12 @@ UNIMPLEMENTED_CALLS: list[tuple[str, Callable[[TariffClient], object]]] = [
     ("GetRevenueReport", lambda c: c.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest())),
     ("SetTopUpPolicy", lambda c: c.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest())),
     ("ReleaseReservation", lambda c: c.balance.ReleaseReservation(balance_pb2.ReleaseReservationRequest())),
-    ("WatchBalance", lambda c: list(c.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id=ACME)))),
     (
         "Authorize",
         lambda c: c.balance.Authorize(
             balance_pb2.AuthorizeRequest(customer_id=ACME, event_type="ai_action", reserve=True)
         ),
     ),
-    ("CreateAlert", lambda c: c.alerts.CreateAlert(alerts_pb2.CreateAlertRequest())),
-    ("WatchAlerts", lambda c: list(c.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest()))),
 ]
 
 

@@ -28,7 +28,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
 
@@ -832,9 +832,6 @@ def test_unbuilt_features_answer_unimplemented_with_a_message(server_factory: Se
                     contract_id=CONTRACT,
                     top_up=contracts_pb2.TopUpPolicy(threshold="1", recharge_to="10", price_per_credit="0.9"),
                 )
-            ),
-            "CreateAlert": lambda: client.alerts.CreateAlert(
-                alerts_pb2.CreateAlertRequest(customer_id=CUSTOMER, type=alerts_pb2.LOW_BALANCE, threshold="1")
             ),
             "Authorize": lambda: client.balance.Authorize(
                 balance_pb2.AuthorizeRequest(

@@ -135,12 +135,13 @@ def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_with_retry_in
         assert client.get_balance(ACME).credits_remaining == "49999"
         assert streams[1].end() == []
 
-        # However calls end (an error, UNIMPLEMENTED, cancelled by the client), their places come back.
+        # However calls end (an error, a refused stream, cancelled by the client), their places come back.
         for n in range(10):
             nobody = balance_pb2.GetBalanceRequest(customer_id="nobody")
             assert code_of(lambda r=nobody: client.balance.GetBalance(r)) == grpc.StatusCode.NOT_FOUND  # type: ignore[misc]
-            code = code_of(lambda: list(client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest())))
-            assert code == grpc.StatusCode.UNIMPLEMENTED
+            past = alerts_pb2.WatchAlertsRequest(after_seq=1_000_000)  # a stream refused: no such alert yet
+            code = code_of(lambda r=past: list(client.alerts.WatchAlerts(r)))  # type: ignore[misc]
+            assert code == grpc.StatusCode.OUT_OF_RANGE
             cancelled = Bidi(client)
             assert cancelled.send(demo_batch(f"c-{n}", f"c-{n}", 1)).accepted == 1
             cancelled.responses.cancel()  # type: ignore[attr-defined]

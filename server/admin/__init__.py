@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from server.admin.alerts import alerts
 from server.admin.audit import audit
 from server.admin.balance import authorize, balance
 from server.admin.customers import customers
@@ -17,8 +18,20 @@ from server.admin.ratecards import ratecards
 from server.admin.simulate import simulate
 from server.admin.usage import usage
 from server.admin.versions import ratecard
+from server.admin.watch import watch
 
-COMMANDS: tuple[click.Command, ...] = (customers, balance, authorize, usage, products, ratecards, ratecard, audit)
+COMMANDS: tuple[click.Command, ...] = (
+    customers,
+    balance,
+    authorize,
+    usage,
+    products,
+    ratecards,
+    ratecard,
+    audit,
+    watch,
+    alerts,
+)
 
 
 def add_commands(group: click.Group) -> None:

@@ -1,17 +1,119 @@
-"""AlertService: alert rules and the alert stream."""
+"""AlertService: alert rules (engine/alerts.py) and the stream of the alerts they fired."""
 
 from __future__ import annotations
 
-from tariff.v1 import (
-    alerts_pb2_grpc,
-)
+from collections.abc import AsyncIterator, Callable
 
-from server.services.common import (
-    _not_built,
-    _not_built_stream,
-)
+from tariff.v1 import alerts_pb2, alerts_pb2_grpc
+
+from engine import alerts
+from engine import commands as cmd
+from engine.billing import Billing
+from engine.errors import FailedPrecondition, InvalidArgument
+from engine.money import format_picos
+from server import convert
+from server.errors import OutOfRange, Unavailable, streaming, unary
+from server.sequencer import Sequencer
+from server.services.common import Context, _Base, _page, actor_of, wall_ms
+from server.watch import SHUTTING_DOWN, WatchHub
+
+# Alerts read from the log between two sends of the stream's loop.
+WATCH_PAGE_ALERTS = 256
 
 
-class AlertService(alerts_pb2_grpc.AlertServiceServicer):
-    CreateAlert = _not_built("alerts are not available yet: CreateAlert")
-    WatchAlerts = _not_built_stream("alerts are not available yet: WatchAlerts")
+def alert_rule_pb(rule: alerts.AlertRule) -> alerts_pb2.AlertRule:
+    threshold = format_picos(rule.threshold_picos) if rule.type in alerts.THRESHOLD_TYPES else ""
+    return alerts_pb2.AlertRule(
+        id=rule.id,
+        customer_id=rule.customer_id,
+        all=not rule.customer_id,
+        type=rule.type.value,
+        threshold=threshold,
+    )
+
+
+def alert_pb(alert: alerts.FiredAlert) -> alerts_pb2.Alert:
+    return alerts_pb2.Alert(
+        seq=alert.seq,
+        rule_id=alert.rule_id,
+        customer_id=alert.customer_id,
+        type=alert.type.value,
+        message=alert.message,
+        time=convert.timestamp(alert.at_ms),
+        details=alert.details,
+        journal_seq=alert.journal_seq,
+    )
+
+
+class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
+    def __init__(
+        self,
+        billing: Billing,
+        sequencer: Sequencer,
+        clock_ms: Callable[[], int] = wall_ms,
+        watch: WatchHub | None = None,
+    ) -> None:
+        super().__init__(billing, sequencer, clock_ms)
+        self.watch = watch if watch is not None else WatchHub(billing, sequencer)
+
+    @unary
+    async def CreateAlert(self, request: alerts_pb2.CreateAlertRequest, context: Context) -> alerts_pb2.AlertRule:
+        try:
+            type_name = alerts_pb2.AlertType.Name(request.type)
+        except ValueError:
+            raise InvalidArgument.field("type", f"unknown alert type {request.type}") from None
+        all_customers = request.WhichOneof("scope") == "all" and request.all
+        command = cmd.CreateAlert(
+            self.clock_ms(),
+            actor_of(context),
+            request.id,
+            request.customer_id,
+            all_customers,
+            type_name,
+            request.threshold,
+        )
+        return alert_rule_pb(await self._apply(command, alerts.AlertRule))
+
+    @unary
+    async def ListAlertRules(
+        self, request: alerts_pb2.ListAlertRulesRequest, context: Context
+    ) -> alerts_pb2.ListAlertRulesResponse:
+        rules = self.engine.state.alerts.rules
+        page, next_token = _page(sorted(rules), request.page_size, request.page_token)
+        return alerts_pb2.ListAlertRulesResponse(
+            rules=[alert_rule_pb(rules[i]) for i in page], next_page_token=next_token
+        )
+
+    @streaming
+    async def WatchAlerts(
+        self, request: alerts_pb2.WatchAlertsRequest, context: Context
+    ) -> AsyncIterator[alerts_pb2.Alert]:
+        """Every committed alert after `after_seq`, then each new one once committed. Registered before the
+        first read, so an alert committed meanwhile wakes it."""
+        after = request.after_seq
+        newest = self.watch.alerts_committed
+        if after > newest:
+            raise OutOfRange(f"after_seq: {after} is past the newest alert, {newest}")
+        with self.watch.watch_alerts() as watcher:
+            while True:
+                page = self._alerts_after(after, request.after_seq)
+                for alert in page:
+                    yield alert_pb(alert)
+                    after = alert.seq
+                if len(page) < WATCH_PAGE_ALERTS:
+                    await watcher.changed()
+                if self.watch.closing:
+                    raise Unavailable(SHUTTING_DOWN)
+
+    def _alerts_after(self, after: int, asked: int) -> list[alerts.FiredAlert]:
+        book = self.engine.state.alerts  # read afresh: a rebuild from the journal replaces the state
+        if after == 0 and book.log:
+            after = book.log[0].seq - 1  # 0: from the oldest kept
+        try:
+            return alerts.alerts_after(book, after, self.watch.alerts_committed, WATCH_PAGE_ALERTS)
+        except alerts.PrunedAlerts as pruned:
+            raise FailedPrecondition(
+                f"after_seq: the alerts after {after} up to {pruned.first_kept - 1} are no longer kept (the newest "
+                f"{alerts.ALERTS_KEPT} are; asked after {asked}); the oldest kept is {pruned.first_kept}: watch "
+                f"again with after_seq {pruned.first_kept - 1}"
+            ) from None

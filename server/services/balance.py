@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from tariff.v1 import (
@@ -11,15 +11,18 @@ from tariff.v1 import (
 )
 
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, RequestIdMissing, ReservationAsked
+from engine.billing import Billing
 from engine.errors import InvalidArgument, NotFound
 from server import auth, convert, telemetry
 from server.errors import (
     PermissionDenied,
     ResourceExhausted,
+    Unavailable,
     Unimplemented,
     streaming,
     unary,
 )
+from server.sequencer import Sequencer
 from server.services.common import (
     AUTHORIZE_BATCH_REQUESTS_MAX,
     BALANCE_SERVICE,
@@ -27,15 +30,26 @@ from server.services.common import (
     Context,
     _Base,
     _not_built,
-    _not_built_stream,
     _undecodable,
+    wall_ms,
 )
+from server.watch import SHUTTING_DOWN, WatchHub
 
 
 class BalanceService(_Base):
     """Balances and credit checks. AuthorizeBatches runs on raw bytes: a generic handler hands the servicer each
     AuthorizeBatch as received, and the kernel decodes it, decides every request and encodes the
     AuthorizeBatchResult in one call: no Python object per decision. The other RPCs take protobuf objects."""
+
+    def __init__(
+        self,
+        billing: Billing,
+        sequencer: Sequencer,
+        clock_ms: Callable[[], int] = wall_ms,
+        watch: WatchHub | None = None,
+    ) -> None:
+        super().__init__(billing, sequencer, clock_ms)
+        self.watch = watch if watch is not None else WatchHub(billing, sequencer)
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(BALANCE_SERVICE, self.method_handlers())
@@ -156,4 +170,25 @@ class BalanceService(_Base):
         "reservations are not available yet: ReleaseReservation has nothing to release (Authorize answers without "
         "holding credit)"
     )
-    WatchBalance = _not_built_stream("watching a balance is not available yet: WatchBalance; poll GetBalance instead")
+
+    @streaming
+    async def WatchBalance(
+        self, request: balance_pb2.WatchBalanceRequest, context: Context
+    ) -> AsyncIterator[balance_pb2.Balance]:
+        """The balance now, then the newest balance after each committed group of changes that touched the
+        customer; a balance equal to the last one sent is not sent again. Registered before the first read,
+        so no change between that read and the next wake-up is missed."""
+        customer_id = request.customer_id
+        if not customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        self.engine.customer(customer_id)  # NotFound
+        with self.watch.watch_balance(customer_id) as watcher:
+            sent = None
+            while True:
+                balance = convert.balance_pb(self.billing.balance(customer_id, self.clock_ms()))
+                if balance != sent:
+                    yield balance
+                    sent = balance
+                await watcher.changed()
+                if self.watch.closing:
+                    raise Unavailable(SHUTTING_DOWN)

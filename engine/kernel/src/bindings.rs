@@ -309,6 +309,18 @@ impl Kernel {
         Ok(parts)
     }
 
+    /// Turns on (or off) the listing of the customers accepted events touch (`take_touched`). The
+    /// server turns it on only while someone watches a balance or an alert rule exists: off, ingestion
+    /// does not even compare.
+    fn track_touched(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        py.detach(|| self.change(|k| k.track_touched(on)))
+    }
+
+    /// The distinct customers with an accepted event since the last call, in first-touch order.
+    fn take_touched(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.change(|k| k.take_touched()))
+    }
+
     /// A kernel holding a snapshot's state (load tables before rating with it).
     #[staticmethod]
     fn restore(py: Python<'_>, snapshot: &[u8]) -> PyResult<Kernel> {

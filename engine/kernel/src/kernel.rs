@@ -42,6 +42,9 @@ pub struct Account {
     pub(crate) route: Option<Route>,
     /// Re-ratings' adjustment entries, oldest first (rerate.rs).
     pub adjustments: Vec<crate::rerate::Adjustment>,
+    /// The kernel's `touch_epoch` when an event of this account was last listed in `touched`: one
+    /// comparison per accepted event tells whether the account is listed already. Not snapshotted.
+    touched_epoch: u64,
 }
 
 impl Account {
@@ -160,6 +163,12 @@ pub struct Kernel {
     canonical: Vec<u8>,
     /// Scratch space for an event's plans.
     plans: Vec<Plan>,
+    /// Whether accepted events list their customer in `touched` (off: not even the comparison).
+    track_touched: bool,
+    /// Bumped by `take_touched`, so every account counts as unlisted again.
+    touch_epoch: u64,
+    /// The distinct customers with an accepted event since the last `take_touched`, in first-touch order.
+    touched: Vec<String>,
 }
 
 impl Kernel {
@@ -301,6 +310,21 @@ impl Kernel {
         hours
     }
 
+    /// Turns on (or off) the listing of the customers accepted events touch, for `take_touched`.
+    /// Off, ingestion does not even compare; turning it on starts an empty list.
+    pub fn track_touched(&mut self, on: bool) {
+        self.track_touched = on;
+        self.touched.clear();
+        self.touch_epoch += 1;
+    }
+
+    /// The distinct customers with an accepted event since the last call (or since tracking was
+    /// turned on), in the order they were first touched; empties the list.
+    pub fn take_touched(&mut self) -> Vec<String> {
+        self.touch_epoch += 1;
+        std::mem::take(&mut self.touched)
+    }
+
     /// Ok(true) accepted, Ok(false) a duplicate.
     /// `event` is where the raw event is checked into, reused between events.
     fn ingest_event<'a>(
@@ -338,6 +362,10 @@ impl Kernel {
         }
         let plan = self.rater.plan(account, event, &mut self.plans)?;
         self.rater.commit(account, event, plan, &self.plans, ack);
+        if self.track_touched && account.touched_epoch != self.touch_epoch {
+            account.touched_epoch = self.touch_epoch;
+            self.touched.push(event.customer_id.to_owned());
+        }
         let seen = Seen { digest, at_ms: received_ms };
         slot.and_modify(|s| *s = seen).or_insert(seen);
         Ok(true)
@@ -775,6 +803,7 @@ impl Kernel {
                 last_period: (0, 0, 0),
                 route: None,
                 adjustments: stored.adjustments,
+                touched_epoch: 0,
             };
             kernel.accounts.insert(stored.customer_id, Box::new(account));
         }

@@ -44,19 +44,42 @@ class AlertServiceStub:
                 request_serializer=tariff_dot_v1_dot_alerts__pb2.WatchAlertsRequest.SerializeToString,
                 response_deserializer=tariff_dot_v1_dot_alerts__pb2.Alert.FromString,
                 _registered_method=True)
+        self.ListAlertRules = channel.unary_unary(
+                '/tariff.v1.AlertService/ListAlertRules',
+                request_serializer=tariff_dot_v1_dot_alerts__pb2.ListAlertRulesRequest.SerializeToString,
+                response_deserializer=tariff_dot_v1_dot_alerts__pb2.ListAlertRulesResponse.FromString,
+                _registered_method=True)
 
 
 class AlertServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateAlert(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates a rule. The same request again (same id, or with no id the same
+        scope, type and threshold) answers the rule it created and changes
+        nothing; the same id with another content is ALREADY_EXISTS. A rule is
+        evaluated after each later change; it does not fire on creation.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchAlerts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every alert with seq > after_seq, oldest first, then each new one as it
+        is committed; the stream does not end on its own. Only committed alerts
+        are sent. The newest 10,000 alerts (at least) are kept, across restarts:
+        an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
+        naming the oldest seq kept; an after_seq past the newest alert is
+        OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
+        with the last seq received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlertRules(self, request, context):
+        """The rules, in id order, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -73,6 +96,11 @@ def add_AlertServiceServicer_to_server(servicer, server):
                     servicer.WatchAlerts,
                     request_deserializer=tariff_dot_v1_dot_alerts__pb2.WatchAlertsRequest.FromString,
                     response_serializer=tariff_dot_v1_dot_alerts__pb2.Alert.SerializeToString,
+            ),
+            'ListAlertRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertRules,
+                    request_deserializer=tariff_dot_v1_dot_alerts__pb2.ListAlertRulesRequest.FromString,
+                    response_serializer=tariff_dot_v1_dot_alerts__pb2.ListAlertRulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +157,33 @@ class AlertService:
             '/tariff.v1.AlertService/WatchAlerts',
             tariff_dot_v1_dot_alerts__pb2.WatchAlertsRequest.SerializeToString,
             tariff_dot_v1_dot_alerts__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tariff.v1.AlertService/ListAlertRules',
+            tariff_dot_v1_dot_alerts__pb2.ListAlertRulesRequest.SerializeToString,
+            tariff_dot_v1_dot_alerts__pb2.ListAlertRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,7 +111,12 @@ class BalanceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchBalance(self, request, context):
-        """The balance now, then again after every change to it.
+        """The balance now, then again after every committed change that touches
+        the customer (usage, grants, contracts). Changes committed in quick
+        succession may arrive as one balance, the newest; a balance equal to the
+        previous one is not sent again. A slow reader holds no queue on the server
+        and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
+        end on its own; at shutdown it ends with UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,7 +51,12 @@ type BalanceServiceClient interface {
 	// in-band (reason INVALID_REQUEST) and does not end the stream.
 	AuthorizeBatches(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AuthorizeBatch, AuthorizeBatchResult], error)
 	ReleaseReservation(ctx context.Context, in *ReleaseReservationRequest, opts ...grpc.CallOption) (*ReleaseReservationResponse, error)
-	// The balance now, then again after every change to it.
+	// The balance now, then again after every committed change that touches
+	// the customer (usage, grants, contracts). Changes committed in quick
+	// succession may arrive as one balance, the newest; a balance equal to the
+	// previous one is not sent again. A slow reader holds no queue on the server
+	// and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
+	// end on its own; at shutdown it ends with UNAVAILABLE.
 	WatchBalance(ctx context.Context, in *WatchBalanceRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Balance], error)
 }
 
@@ -158,7 +163,12 @@ type BalanceServiceServer interface {
 	// in-band (reason INVALID_REQUEST) and does not end the stream.
 	AuthorizeBatches(grpc.BidiStreamingServer[AuthorizeBatch, AuthorizeBatchResult]) error
 	ReleaseReservation(context.Context, *ReleaseReservationRequest) (*ReleaseReservationResponse, error)
-	// The balance now, then again after every change to it.
+	// The balance now, then again after every committed change that touches
+	// the customer (usage, grants, contracts). Changes committed in quick
+	// succession may arrive as one balance, the newest; a balance equal to the
+	// previous one is not sent again. A slow reader holds no queue on the server
+	// and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
+	// end on its own; at shutdown it ends with UNAVAILABLE.
 	WatchBalance(*WatchBalanceRequest, grpc.ServerStreamingServer[Balance]) error
 	mustEmbedUnimplementedBalanceServiceServer()
 }

@@ -483,7 +483,12 @@ export const BalanceService: GenService<{
     output: typeof ReleaseReservationResponseSchema;
   },
   /**
-   * The balance now, then again after every change to it.
+   * The balance now, then again after every committed change that touches
+   * the customer (usage, grants, contracts). Changes committed in quick
+   * succession may arrive as one balance, the newest; a balance equal to the
+   * previous one is not sent again. A slow reader holds no queue on the server
+   * and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
+   * end on its own; at shutdown it ends with UNAVAILABLE.
    *
    * @generated from rpc tariff.v1.BalanceService.WatchBalance
    */

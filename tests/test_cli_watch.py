@@ -1,0 +1,93 @@
+"""`tariff watch balance` and `tariff alerts create|list|watch` against a real demo server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from tests.serverproc import REPO_ROOT, ServerProcess
+from tests.test_cli import TARIFF, table_rows, tariff, usage_lines
+
+
+def test_alerts_create_list_and_watch(demo_server: ServerProcess) -> None:
+    created = tariff(
+        demo_server, "alerts", "create", "--customer", "acme", "--type", "LOW_BALANCE", "--threshold", "49999"
+    )
+    [rule] = [row for row in table_rows(created.stdout) if row[0].startswith("alert-")]
+    assert rule[1:] == ["acme", "LOW_BALANCE", "49999"]
+    again = json.loads(
+        tariff(
+            demo_server,
+            "alerts",
+            "create",
+            "--customer",
+            "acme",
+            "--type",
+            "LOW_BALANCE",
+            "--threshold",
+            "49999",
+            "--json",
+        ).stdout
+    )
+    assert again["id"] == rule[0]  # the same rule: nothing more created
+    every = tariff(demo_server, "alerts", "create", "--all", "--type", "CREDITS_EXHAUSTED", "--id", "cli-exhausted")
+    assert ["cli-exhausted", "(all)", "CREDITS_EXHAUSTED"] in table_rows(every.stdout)
+    listed = json.loads(tariff(demo_server, "alerts", "list", "--json").stdout)["rules"]
+    assert sorted(r["id"] for r in listed) == sorted([rule[0], "cli-exhausted"])
+
+    tariff(demo_server, "usage", "send", stdin=usage_lines("cli-alert", 1))  # 49995 left: LOW_BALANCE fires
+    [alert] = [
+        json.loads(line)
+        for line in tariff(demo_server, "alerts", "watch", "--count", "1", "--json").stdout.splitlines()
+    ]
+    assert (alert["seq"], alert["type"], alert["customer_id"]) == ("1", "LOW_BALANCE", "acme")
+    assert alert["details"] == {"credits_available": "49995", "threshold": "49999"}
+    shown = tariff(demo_server, "alerts", "watch", "--count", "1").stdout
+    assert shown.startswith("1  ") and "LOW_BALANCE  acme" in shown
+
+
+def test_alerts_create_refusals(demo_server: ServerProcess) -> None:
+    both = tariff(demo_server, "alerts", "create", "--type", "LOW_BALANCE", "--threshold", "1", check=False)
+    assert both.returncode == 2 and "exactly one of --customer ID and --all" in both.stderr
+    negative = tariff(
+        demo_server,
+        "alerts",
+        "create",
+        "--customer",
+        "acme",
+        "--type",
+        "SPEND_THRESHOLD",
+        "--threshold",
+        "-1",
+        check=False,
+    )
+    assert negative.returncode == 1
+    assert negative.stderr.startswith("tariff: INVALID_ARGUMENT: threshold:"), negative.stderr
+    assert json.loads(tariff(demo_server, "alerts", "list", "--json").stdout) == {"rules": []}
+
+
+def test_watch_balance_prints_the_balance_then_the_next_one(demo_server: ServerProcess) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    environment |= {"TARIFF_SERVER": demo_server.target, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    watching = subprocess.Popen(
+        [str(TARIFF), "watch", "balance", "acme", "--count", "2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert watching.stdout is not None
+        first = json.loads(watching.stdout.readline())
+        assert first["credits_remaining"] == "50000"
+        tariff(demo_server, "usage", "send", stdin=usage_lines("cli-watch", 1))
+        second = json.loads(watching.stdout.readline())
+        assert second["credits_remaining"] == "49995"
+        assert watching.wait(timeout=30) == 0
+    finally:
+        watching.kill()
+        watching.wait()
+    line = tariff(demo_server, "watch", "balance", "acme", "--count", "1").stdout
+    assert line.startswith("seq ") and "remaining 49995 credits" in line and "period charges 5" in line
