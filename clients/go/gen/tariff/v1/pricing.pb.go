@@ -1883,6 +1883,8 @@ type PublishVersionResponse struct {
 	ClosedEventsLeftAlone  uint64 `protobuf:"varint,8,opt,name=closed_events_left_alone,json=closedEventsLeftAlone,proto3" json:"closed_events_left_alone,omitempty"`
 	ClosedAmountLeftAlone  string `protobuf:"bytes,9,opt,name=closed_amount_left_alone,json=closedAmountLeftAlone,proto3" json:"closed_amount_left_alone,omitempty"`
 	// Why that usage was left alone; empty when there was none.
+	// A retry of a publish already committed (same version, same
+	// effective_from) re-rates nothing again: its counts are zero.
 	LeftAloneReason string `protobuf:"bytes,10,opt,name=left_alone_reason,json=leftAloneReason,proto3" json:"left_alone_reason,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache

@@ -850,6 +850,8 @@ export type PublishVersionResponse = Message<"tariff.v1.PublishVersionResponse">
 
   /**
    * Why that usage was left alone; empty when there was none.
+   * A retry of a publish already committed (same version, same
+   * effective_from) re-rates nothing again: its counts are zero.
    *
    * @generated from field: string left_alone_reason = 10;
    */
