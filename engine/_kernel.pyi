@@ -50,3 +50,19 @@ class Kernel:
     def snapshot_parts(self, part_bytes_max: int) -> list[bytes]: ...
     @staticmethod
     def restore(snapshot: bytes) -> Kernel: ...
+    def invoice_lines(
+        self, customer_id: str, at_ms: int
+    ) -> (
+        tuple[
+            int,
+            int,
+            int,
+            bool,
+            list[
+                tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[tuple[str, int, int, int, int]]]
+            ],
+        ]
+        | None
+    ): ...
+
+def period_containing(anchor_ms: int, ts_ms: int) -> tuple[int, int]: ...

@@ -131,4 +131,8 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
             return f"contract/{ident}"
         case cmd.GrantCredits(id=ident):
             return f"grant/{ident}"
+        case cmd.ClosePeriod(customer_id=ident):
+            return f"customer/{ident}/invoice/{getattr(result, 'number', '')}"
+        case cmd.CloseDuePeriods():
+            return "invoices"
     return ""

@@ -27,6 +27,7 @@ from engine._kernel import Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import NotFound
+from engine.invoices import Invoice, KernelLines
 from engine.ledger import Grant
 from engine.state import Engine
 from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
@@ -131,6 +132,7 @@ class Billing:
         self._compiler = TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
         self._tables_stale = True  # the whole tables
         self._customers_stale: set[str] = set()  # only these customers' (when the whole tables are current)
+        self.engine.period_lines = self._period_lines
 
     @property
     def last_seq(self) -> int:
@@ -208,6 +210,11 @@ class Billing:
             self._customers_stale.clear()
 
     # Reads ---------------------------------------------------------------------------------------------
+
+    def _period_lines(self, customer_id: str, at_ms: int) -> KernelLines | None:
+        """The kernel's invoice lines of a period (engine/invoicing.py reads them through this)."""
+        self.refresh_tables()
+        return self.kernel.invoice_lines(customer_id, at_ms)
 
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         customer = self.engine.customer(customer_id)  # NotFound for an unknown customer
@@ -311,5 +318,8 @@ def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:
             return customer_id
         case cmd.CreateContract() | cmd.AddOverride() | cmd.GrantCredits():
             assert isinstance(result, Contract | Grant)
+            return result.customer_id
+        case cmd.ClosePeriod():
+            assert isinstance(result, Invoice)
             return result.customer_id
     return None

@@ -128,6 +128,24 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits"):
     rollover_fraction: str
 
 
+class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
+    """Finalises one customer's invoice for the period starting at period_start_ms (which must have ended by at_ms)."""
+
+    at_ms: int
+    actor: str
+    customer_id: str
+    period_start_ms: int
+
+
+class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
+    """Finalises every customer's invoice for each period that ended at least grace_ms before at_ms: the
+    server's periodic close, a journaled time command (replay reads at_ms from here, never a clock)."""
+
+    at_ms: int
+    actor: str
+    grace_ms: int
+
+
 AdminCommand = (
     CreateCustomer
     | CreateProduct
@@ -137,5 +155,7 @@ AdminCommand = (
     | CreateContract
     | AddOverride
     | GrantCredits
+    | ClosePeriod
+    | CloseDuePeriods
 )
 Command = IngestBatch | AdminCommand

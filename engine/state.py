@@ -20,15 +20,20 @@ from engine.contracts import Contract
 from engine.control import BillingState
 from engine.customers import CustomerCommands
 from engine.grants import GrantCommands
+from engine.invoices import LinesReader
+from engine.invoicing import InvoiceCommands
 from engine.versions import VersionCommands
 
 
 @dataclass
-class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands, AuditLog):
+class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands, AuditLog, InvoiceCommands):
     state: BillingState = field(default_factory=BillingState)
     # Tuples: a customer has one contract or a few, and a tuple of one is 48 bytes where a list grown by append is 88.
     _contracts_by_customer: dict[str, tuple[Contract, ...]] = field(default_factory=dict)
     _grant_ids: set[str] = field(default_factory=set)
+    # The kernel's invoice lines (engine/billing.py sets it); the earliest end of an unclosed period (cached).
+    period_lines: LinesReader | None = None
+    _next_due_ms: int | None = None
 
     def __post_init__(self) -> None:
         self._reindex()
@@ -59,6 +64,7 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
             held = self._contracts_by_customer.get(contract.customer_id, ())
             self._contracts_by_customer[contract.customer_id] = (*held, contract)
         self._grant_ids = {grant.id for account in self.state.accounts.values() for grant in account.grants}
+        self._next_due_ms = None
 
     # Applying commands -------------------------------------------------------------------------------------
 
@@ -83,9 +89,15 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
             case cmd.PublishVersion():
                 return self._publish(command)
             case cmd.CreateContract():
-                return self._create_contract(command)
+                contract = self._create_contract(command)
+                self._note_contract(contract)
+                return contract
             case cmd.AddOverride():
                 return self._add_override(command)
             case cmd.GrantCredits():
                 return self._grant_credits(command)
+            case cmd.ClosePeriod():
+                return self._close_period(command)
+            case cmd.CloseDuePeriods():
+                return self._close_due_periods(command)
         raise AssertionError(f"unknown command {type(command).__name__}")
