@@ -6,6 +6,7 @@ Sans-I/O: the kernel's lines come in through a callable (engine/billing.py sets 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from engine import commands as cmd
@@ -94,7 +95,7 @@ class InvoiceCommands(ControlPlane):
 
     def _close_due_periods(self, c: cmd.CloseDuePeriods) -> list[Invoice]:
         """Closes every period that ended at least grace_ms before at_ms, customers in id order, periods oldest first."""
-        due = list(self.due_periods(c.at_ms - c.grace_ms))
+        due = list(itertools.islice(self.due_periods(c.at_ms - c.grace_ms), c.periods_max or None))
         if not due:
             raise Repeated([])  # nothing to close: nothing changes, nothing is journaled
         return [self._finalise(contract, start_ms, c.at_ms) for contract, start_ms in due]
@@ -110,13 +111,14 @@ class InvoiceCommands(ControlPlane):
                     if start_ms not in account.invoices:
                         yield contract, start_ms
 
-    def next_period_end_ms(self) -> int | None:
-        """The earliest end of a period not closed yet (cached until a close): a driver closing periods
-        automatically asks this, not every customer, each time it wakes."""
-        if self._next_due_ms is None:
+    def next_period_end_ms(self) -> int:
+        """The earliest end of a period not closed yet (2^62 when there is none; cached until a close): a driver
+        closing periods by itself asks this, not every customer, each time it wakes."""
+        cached = self._next_due_ms
+        if cached is None:
             ends = (self._first_open_end(c) for contracts in self._contracts_by_customer.values() for c in contracts)
-            self._next_due_ms = min((e for e in ends if e is not None), default=2**62)
-        return self._next_due_ms
+            cached = self._next_due_ms = min((e for e in ends if e is not None), default=2**62)
+        return cached
 
     def _note_contract(self, contract: Contract) -> None:
         """A new contract's first period end may come before every other."""
