@@ -103,6 +103,8 @@ fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyA
 /// A line of `Kernel.invoice_lines`: (product_id, dimension values, quantity_e18, events, amount_picos,
 /// overage_picos, [(grant_id, credits_picos)], [(rate_card_id, version, quantity_e18, events, amount_picos)]).
 type LineTuple = (String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>, Vec<(String, u32, i128, u64, i128)>);
+/// `Kernel.invoice_lines`' answer: (period_start_ms, period_end_ms, overage_price_e18, closed, lines).
+type PeriodTuple = (i64, i64, i128, bool, Vec<LineTuple>);
 
 #[pymethods]
 impl Kernel {
@@ -323,7 +325,7 @@ impl Kernel {
     /// The lines of the customer's period containing `at_ms`, from its buckets: (period_start_ms,
     /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values). None for a
     /// customer the tables do not name; ValueError when no contract of it covers `at_ms`.
-    fn invoice_lines(&self, customer_id: &str, at_ms: i64) -> PyResult<Option<(i64, i64, i128, bool, Vec<LineTuple>)>> {
+    fn invoice_lines(&self, customer_id: &str, at_ms: i64) -> PyResult<Option<PeriodTuple>> {
         let period = match self.read()?.period_lines(customer_id, at_ms) {
             Ok(period) => period,
             Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
