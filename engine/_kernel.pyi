@@ -61,6 +61,7 @@ class Kernel:
             list[
                 tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[tuple[str, int, int, int, int]]]
             ],
+            list[tuple[str, int, int, int | None]],
         ]
         | None
     ): ...

@@ -45,7 +45,8 @@ INVOICE_NUMBER_PREFIX = "INV-"
 # (period_start_ms, period_end_ms, overage_price_e18, closed, lines): what Kernel.invoice_lines returns.
 KernelPart = tuple[str, int, int, int, int]
 KernelLine = tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[KernelPart]]
-KernelLines = tuple[int, int, int, bool, list[KernelLine]]
+KernelGrant = tuple[str, int, int, int | None]  # (grant id, amount, drawn through the period, expires_at_ms)
+KernelLines = tuple[int, int, int, bool, list[KernelLine], list[KernelGrant]]
 LinesReader = Callable[[str, int], KernelLines | None]
 
 
@@ -85,6 +86,17 @@ class InvoiceLine(msgspec.Struct, frozen=True, gc=False):
     amount_due_minor: int  # overage x overage price, rounded half-even to the currency's minor unit
 
 
+class GrantBalance(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A grant at the period's end, in picos of the pricing unit: drawn by the usage of this period and the ones
+    before; what was left is `expired` if the grant expired by the period's end, else `remaining`."""
+
+    grant_id: str
+    granted_picos: int
+    drawn_picos: int
+    remaining_picos: int
+    expired_picos: int
+
+
 class Invoice(msgspec.Struct, gc=False):
     customer_id: str
     contract_id: str
@@ -105,6 +117,7 @@ class Invoice(msgspec.Struct, gc=False):
     number: str = ""  # empty for a draft
     final: bool = False
     closed_at_ms: int = 0
+    grant_balances: list[GrantBalance] = []
 
 
 def build_invoice(
@@ -115,7 +128,7 @@ def build_invoice(
     top_ups_minor: int,
 ) -> Invoice:
     """The invoice of a period from the kernel's lines (a draft: number, status and close time unset)."""
-    start_ms, end_ms, overage_price_e18, _closed, rows = period
+    start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
     currency = contract.currency
     places = minor_unit(currency)
     to_minor = 10 ** (DUE_EXPONENT - places)
@@ -160,7 +173,16 @@ def build_invoice(
         top_ups_minor,
         overage_due - sum(line.amount_due_minor for line in lines),
         overage_due + top_ups_minor,
+        grant_balances=[_grant_at_end(grant, end_ms) for grant in grants],
     )
+
+
+def _grant_at_end(grant: KernelGrant, end_ms: int) -> GrantBalance:
+    grant_id, amount, drawn, expires_at_ms = grant
+    left = amount - drawn
+    if expires_at_ms is not None and expires_at_ms <= end_ms:
+        return GrantBalance(grant_id, amount, drawn, 0, left)
+    return GrantBalance(grant_id, amount, drawn, left, 0)
 
 
 def _round(value: int, divisor: int) -> int:

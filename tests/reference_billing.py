@@ -906,6 +906,7 @@ def reference_invoice(
     return {
         "lines": rows,
         "credits": {g: c for g, c in sorted(credits.items()) if c},
+        "balances": {g: (amount, amount - remaining[g], remaining[g]) for g, amount, _ in grants},
         "subtotal": sum((line.amount for line in lines.values()), Decimal(0)),
         "overage": sum((line.overage for line in lines.values()), Decimal(0)),
         "overage_due": overage_due,

@@ -105,6 +105,9 @@ def test_lines_group_by_dimension_values_and_split_across_versions() -> None:
     assert (claude.amount_picos, claude.overage_picos, claude.amount_due_minor) == (15 * 10**11, 15 * 10**11, 150)
     assert (invoice.subtotal_picos, invoice.overage_due_minor, invoice.total_due_minor) == (115 * 10**11, 150, 150)
     assert invoice.credits_applied == [("prepaid", 10 * 10**12)]
+    assert [(g.grant_id, g.granted_picos, g.drawn_picos, g.remaining_picos) for g in invoice.grant_balances] == [
+        ("prepaid", 10 * 10**12, 10 * 10**12, 0)
+    ]
     assert not invoice.final and invoice.number == ""
 
 
@@ -177,6 +180,26 @@ def test_close_due_periods_closes_every_ended_period_once_and_survives_a_snapsho
     assert restored.engine.invoice("INV-00000002").customer_id == "globex"
 
 
+def test_grant_balances_at_the_period_end_count_earlier_periods_and_expiry() -> None:
+    w = world([(EPOCH_MS, "2", "1")])
+    w.grant("prepaid", "10")
+    w.grant("promo", "3", priority=-1, expires_at_ms=EPOCH_MS + 10 * DAY_MS)  # drawn first, expires mid-January
+    w.usage([tokens("jan", EPOCH_MS + HOUR_MS, 1), tokens("feb", FEB_1_MS + HOUR_MS, 2)], FEB_1_MS + 2 * HOUR_MS)
+    january = w.engine.preview("acme", EPOCH_MS)
+    february = w.engine.preview("acme", FEB_1_MS)
+
+    def balances(invoice: Invoice) -> list[tuple[str, int, int, int, int]]:
+        return [
+            (g.grant_id, g.granted_picos, g.drawn_picos, g.remaining_picos, g.expired_picos)
+            for g in invoice.grant_balances
+        ]
+
+    one = 10**12
+    # January's 2 came from the promotion, whose last credit then expired unused; February's 4 from the prepaid.
+    assert balances(january) == [("prepaid", 10 * one, 0, 10 * one, 0), ("promo", 3 * one, 2 * one, 0, one)]
+    assert balances(february) == [("prepaid", 10 * one, 4 * one, 6 * one, 0), ("promo", 3 * one, 2 * one, 0, one)]
+
+
 def _engine_view(invoice: Invoice) -> dict[str, Any]:
     """The invoice in the oracle's terms (Decimals in units)."""
 
@@ -198,6 +221,10 @@ def _engine_view(invoice: Invoice) -> dict[str, Any]:
             for line in invoice.lines
         ],
         "credits": {g: units(c) for g, c in invoice.credits_applied},
+        "balances": {
+            g.grant_id: (units(g.granted_picos), units(g.drawn_picos), units(g.remaining_picos))
+            for g in invoice.grant_balances
+        },
         "subtotal": units(invoice.subtotal_picos),
         "overage": units(invoice.overage_picos),
         "overage_due": invoice.overage_due_minor * minor,

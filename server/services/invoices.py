@@ -88,6 +88,16 @@ def invoice_pb(invoice: Invoice) -> invoices_pb2.Invoice:
         rounding_adjustment=minor_text(invoice.rounding_adjustment_minor, places),
         overage_price=invoice.overage_price,
         contract_id=invoice.contract_id,
+        grant_balances=[
+            invoices_pb2.InvoiceGrantBalance(
+                grant_id=g.grant_id,
+                granted=format_picos(g.granted_picos),
+                drawn=format_picos(g.drawn_picos),
+                remaining=format_picos(g.remaining_picos),
+                expired=format_picos(g.expired_picos),
+            )
+            for g in invoice.grant_balances
+        ],
     )
     if invoice.final:
         message.closed_at.CopyFrom(convert.timestamp(invoice.closed_at_ms))

@@ -103,8 +103,9 @@ fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyA
 /// A line of `Kernel.invoice_lines`: (product_id, dimension values, quantity_e18, events, amount_picos,
 /// overage_picos, [(grant_id, credits_picos)], [(rate_card_id, version, quantity_e18, events, amount_picos)]).
 type LineTuple = (String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>, Vec<(String, u32, i128, u64, i128)>);
-/// `Kernel.invoice_lines`' answer: (period_start_ms, period_end_ms, overage_price_e18, closed, lines).
-type PeriodTuple = (i64, i64, i128, bool, Vec<LineTuple>);
+/// `Kernel.invoice_lines`' answer: (period_start_ms, period_end_ms, overage_price_e18, closed, lines, grants),
+/// a grant as (grant_id, amount_picos, drawn_picos through the period, expires_at_ms).
+type PeriodTuple = (i64, i64, i128, bool, Vec<LineTuple>, Vec<(String, i128, i128, Option<i64>)>);
 
 #[pymethods]
 impl Kernel {
@@ -323,7 +324,8 @@ impl Kernel {
     }
 
     /// The lines of the customer's period containing `at_ms`, from its buckets: (period_start_ms,
-    /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values). None for a
+    /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values, the grants
+    /// started before the period's end with what usage through the period drew from them). None for a
     /// customer the tables do not name; ValueError when no contract of it covers `at_ms`.
     fn invoice_lines(&self, customer_id: &str, at_ms: i64) -> PyResult<Option<PeriodTuple>> {
         let period = match self.read()?.period_lines(customer_id, at_ms) {
@@ -342,7 +344,8 @@ impl Kernel {
                 (l.product_id, l.dimensions, l.quantity, l.events, l.amount, l.overage, l.credits, parts)
             })
             .collect();
-        Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines)))
+        let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms)).collect();
+        Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
     }
 }
 

@@ -37,6 +37,16 @@ pub struct InvoiceLine {
     pub parts: Vec<VersionPart>,
 }
 
+/// A grant as it stood at the period's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantAtEnd {
+    pub id: String,
+    pub amount: Picos,
+    /// Drawn by the usage of this period and every earlier one (net of refunds).
+    pub drawn: Picos,
+    pub expires_at_ms: Option<i64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeriodLines {
     pub period_start_ms: i64,
@@ -46,6 +56,8 @@ pub struct PeriodLines {
     pub closed: bool,
     /// Sorted by (product id, dimension values).
     pub lines: Vec<InvoiceLine>,
+    /// The customer's grants started before the period's end, in the order the tables gave them.
+    pub grants: Vec<GrantAtEnd>,
 }
 
 /// Why there are no lines to read.
@@ -107,6 +119,21 @@ impl Kernel {
                 }
             }
         }
+        let mut drawn: Vec<Picos> = vec![0; account.grants.len()];
+        for aggregate in account.aggregates.iter().filter(|(k, _)| k.period_start_ms <= start).map(|(_, a)| a) {
+            for &(grant, credits) in &aggregate.drawn_by_grant {
+                drawn[grant as usize] += credits;
+            }
+        }
+        let grants = (account.grants.iter().zip(drawn))
+            .filter(|(g, _)| g.starts_at_ms < end)
+            .map(|(g, drawn)| GrantAtEnd {
+                id: g.id.to_string(),
+                amount: g.amount,
+                drawn,
+                expires_at_ms: g.expires_at_ms,
+            })
+            .collect();
         let mut lines: Vec<InvoiceLine> = by_key.into_values().collect();
         for line in &mut lines {
             line.parts.sort_by(|a, b| (&a.rate_card, a.version).cmp(&(&b.rate_card, b.version)));
@@ -118,6 +145,7 @@ impl Kernel {
             overage_price: contract.overage_price,
             closed: route.is_closed(start),
             lines,
+            grants,
         })
     }
 }

@@ -119,6 +119,8 @@ fn lines_group_by_dimension_values_and_split_by_version() {
     // Credit ran out on gpt4: claude's 3 is all overage.
     let claude = &period.lines[0];
     assert_eq!((claude.amount, claude.overage, claude.credits.len()), (3 * PICOS, 3 * PICOS, 0));
+    let grants: Vec<(&str, i128, i128)> = period.grants.iter().map(|g| (g.id.as_str(), g.amount, g.drawn)).collect();
+    assert_eq!(grants, vec![("prepaid", 10 * PICOS, 10 * PICOS)]);
     for line in &period.lines {
         assert_eq!(line.parts.iter().map(|p| p.amount).sum::<i128>(), line.amount);
         assert_eq!(line.overage + line.credits.iter().map(|c| c.1).sum::<i128>(), line.amount);

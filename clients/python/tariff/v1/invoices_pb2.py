@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tariff/v1/invoices.proto\x12\ttariff.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x15PreviewInvoiceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x0c\x41ppliedPrice\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nunit_price\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x0e\n\x06\x65vents\x18\x05 \x01(\x04\x12\x14\n\x0crate_card_id\x18\x06 \x01(\t\"\xd8\x02\n\x0bInvoiceLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12:\n\ndimensions\x18\x03 \x03(\x0b\x32&.tariff.v1.InvoiceLine.DimensionsEntry\x12\x10\n\x08quantity\x18\x04 \x01(\t\x12\'\n\x06prices\x18\x05 \x03(\x0b\x32\x17.tariff.v1.AppliedPrice\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x0e\n\x06\x65vents\x18\x07 \x01(\x04\x12\x0f\n\x07overage\x18\x08 \x01(\t\x12\x35\n\x0f\x63redits_applied\x18\t \x03(\x0b\x32\x1c.tariff.v1.CreditApplication\x12\x12\n\namount_due\x18\n \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x11\x43reditApplication\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\t\"\xc0\x04\n\x07Invoice\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x16\n\x0einvoice_number\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.tariff.v1.InvoiceStatus\x12\x30\n\x0cperiod_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpricing_unit\x18\x06 \x01(\t\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12%\n\x05lines\x18\x08 \x03(\x0b\x32\x16.tariff.v1.InvoiceLine\x12\x35\n\x0f\x63redits_applied\x18\t \x03(\x0b\x32\x1c.tariff.v1.CreditApplication\x12\x16\n\x0eoverage_amount\x18\n \x01(\t\x12\x13\n\x0boverage_due\x18\x0b \x01(\t\x12\x18\n\x10top_up_purchases\x18\x0c \x01(\t\x12\x11\n\ttotal_due\x18\r \x01(\t\x12\x10\n\x08subtotal\x18\x0e \x01(\t\x12\x12\n\nminor_unit\x18\x0f \x01(\r\x12\x1b\n\x13rounding_adjustment\x18\x10 \x01(\t\x12\x15\n\roverage_price\x18\x11 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x12 \x01(\t\x12-\n\tclosed_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x16\x45xplainLineItemRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07line_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\".\n\tGrantDraw\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\t\"\xaa\x01\n\x0e\x45xplainedEvent\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x12\n\nunit_price\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12#\n\x05\x64raws\x18\x07 \x03(\x0b\x32\x14.tariff.v1.GrantDraw\"]\n\x17\x45xplainLineItemResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.tariff.v1.ExplainedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x12\x43losePeriodRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16\x43loseDuePeriodsRequest\"?\n\x17\x43loseDuePeriodsResponse\x12$\n\x08invoices\x18\x01 \x03(\x0b\x32\x12.tariff.v1.Invoice\"+\n\x11GetInvoiceRequest\x12\x16\n\x0einvoice_number\x18\x01 \x01(\t\"\xeb\x01\n\x13ListInvoicesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.tariff.v1.InvoiceStatus\x12\x35\n\x11period_start_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13period_start_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"U\n\x14ListInvoicesResponse\x12$\n\x08invoices\x18\x01 \x03(\x0b\x32\x12.tariff.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x90\x01\n\x17GetRevenueReportRequest\x12\x30\n\x0cperiod_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"\x8b\x01\n\x0bRevenueLine\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrecognized\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x04 \x01(\t\x12\x10\n\x08\x62reakage\x18\x05 \x01(\t\"H\n\rRevenueReport\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12%\n\x05lines\x18\x02 \x03(\x0b\x32\x16.tariff.v1.RevenueLine*U\n\rInvoiceStatus\x12\x1e\n\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rINVOICE_DRAFT\x10\x01\x12\x11\n\rINVOICE_FINAL\x10\x02\x32\xb1\x04\n\x0eInvoiceService\x12\x46\n\x0ePreviewInvoice\x12 .tariff.v1.PreviewInvoiceRequest\x1a\x12.tariff.v1.Invoice\x12X\n\x0f\x45xplainLineItem\x12!.tariff.v1.ExplainLineItemRequest\x1a\".tariff.v1.ExplainLineItemResponse\x12@\n\x0b\x43losePeriod\x12\x1d.tariff.v1.ClosePeriodRequest\x1a\x12.tariff.v1.Invoice\x12>\n\nGetInvoice\x12\x1c.tariff.v1.GetInvoiceRequest\x1a\x12.tariff.v1.Invoice\x12O\n\x0cListInvoices\x12\x1e.tariff.v1.ListInvoicesRequest\x1a\x1f.tariff.v1.ListInvoicesResponse\x12P\n\x10GetRevenueReport\x12\".tariff.v1.GetRevenueReportRequest\x1a\x18.tariff.v1.RevenueReport\x12X\n\x0f\x43loseDuePeriods\x12!.tariff.v1.CloseDuePeriodsRequest\x1a\".tariff.v1.CloseDuePeriodsResponseBE\n\rdev.tariff.v1P\x01Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tariff/v1/invoices.proto\x12\ttariff.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x15PreviewInvoiceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x0c\x41ppliedPrice\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nunit_price\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x0e\n\x06\x65vents\x18\x05 \x01(\x04\x12\x14\n\x0crate_card_id\x18\x06 \x01(\t\"\xd8\x02\n\x0bInvoiceLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12:\n\ndimensions\x18\x03 \x03(\x0b\x32&.tariff.v1.InvoiceLine.DimensionsEntry\x12\x10\n\x08quantity\x18\x04 \x01(\t\x12\'\n\x06prices\x18\x05 \x03(\x0b\x32\x17.tariff.v1.AppliedPrice\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x0e\n\x06\x65vents\x18\x07 \x01(\x04\x12\x0f\n\x07overage\x18\x08 \x01(\t\x12\x35\n\x0f\x63redits_applied\x18\t \x03(\x0b\x32\x1c.tariff.v1.CreditApplication\x12\x12\n\namount_due\x18\n \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x11\x43reditApplication\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\t\"\xf8\x04\n\x07Invoice\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x16\n\x0einvoice_number\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.tariff.v1.InvoiceStatus\x12\x30\n\x0cperiod_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpricing_unit\x18\x06 \x01(\t\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12%\n\x05lines\x18\x08 \x03(\x0b\x32\x16.tariff.v1.InvoiceLine\x12\x35\n\x0f\x63redits_applied\x18\t \x03(\x0b\x32\x1c.tariff.v1.CreditApplication\x12\x16\n\x0eoverage_amount\x18\n \x01(\t\x12\x13\n\x0boverage_due\x18\x0b \x01(\t\x12\x18\n\x10top_up_purchases\x18\x0c \x01(\t\x12\x11\n\ttotal_due\x18\r \x01(\t\x12\x10\n\x08subtotal\x18\x0e \x01(\t\x12\x12\n\nminor_unit\x18\x0f \x01(\r\x12\x1b\n\x13rounding_adjustment\x18\x10 \x01(\t\x12\x15\n\roverage_price\x18\x11 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x12 \x01(\t\x12-\n\tclosed_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0egrant_balances\x18\x14 \x03(\x0b\x32\x1e.tariff.v1.InvoiceGrantBalance\"k\n\x13InvoiceGrantBalance\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07granted\x18\x02 \x01(\t\x12\r\n\x05\x64rawn\x18\x03 \x01(\t\x12\x11\n\tremaining\x18\x04 \x01(\t\x12\x0f\n\x07\x65xpired\x18\x05 \x01(\t\"\x97\x01\n\x16\x45xplainLineItemRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07line_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\".\n\tGrantDraw\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\t\"\xaa\x01\n\x0e\x45xplainedEvent\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x12\n\nunit_price\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12#\n\x05\x64raws\x18\x07 \x03(\x0b\x32\x14.tariff.v1.GrantDraw\"]\n\x17\x45xplainLineItemResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.tariff.v1.ExplainedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x12\x43losePeriodRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16\x43loseDuePeriodsRequest\"?\n\x17\x43loseDuePeriodsResponse\x12$\n\x08invoices\x18\x01 \x03(\x0b\x32\x12.tariff.v1.Invoice\"+\n\x11GetInvoiceRequest\x12\x16\n\x0einvoice_number\x18\x01 \x01(\t\"\xeb\x01\n\x13ListInvoicesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.tariff.v1.InvoiceStatus\x12\x35\n\x11period_start_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13period_start_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"U\n\x14ListInvoicesResponse\x12$\n\x08invoices\x18\x01 \x03(\x0b\x32\x12.tariff.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x90\x01\n\x17GetRevenueReportRequest\x12\x30\n\x0cperiod_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"\x8b\x01\n\x0bRevenueLine\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrecognized\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x04 \x01(\t\x12\x10\n\x08\x62reakage\x18\x05 \x01(\t\"H\n\rRevenueReport\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12%\n\x05lines\x18\x02 \x03(\x0b\x32\x16.tariff.v1.RevenueLine*U\n\rInvoiceStatus\x12\x1e\n\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rINVOICE_DRAFT\x10\x01\x12\x11\n\rINVOICE_FINAL\x10\x02\x32\xb1\x04\n\x0eInvoiceService\x12\x46\n\x0ePreviewInvoice\x12 .tariff.v1.PreviewInvoiceRequest\x1a\x12.tariff.v1.Invoice\x12X\n\x0f\x45xplainLineItem\x12!.tariff.v1.ExplainLineItemRequest\x1a\".tariff.v1.ExplainLineItemResponse\x12@\n\x0b\x43losePeriod\x12\x1d.tariff.v1.ClosePeriodRequest\x1a\x12.tariff.v1.Invoice\x12>\n\nGetInvoice\x12\x1c.tariff.v1.GetInvoiceRequest\x1a\x12.tariff.v1.Invoice\x12O\n\x0cListInvoices\x12\x1e.tariff.v1.ListInvoicesRequest\x1a\x1f.tariff.v1.ListInvoicesResponse\x12P\n\x10GetRevenueReport\x12\".tariff.v1.GetRevenueReportRequest\x1a\x18.tariff.v1.RevenueReport\x12X\n\x0f\x43loseDuePeriods\x12!.tariff.v1.CloseDuePeriodsRequest\x1a\".tariff.v1.CloseDuePeriodsResponseBE\n\rdev.tariff.v1P\x01Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.tariff.v1P\001Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1'
   _globals['_INVOICELINE_DIMENSIONSENTRY']._loaded_options = None
   _globals['_INVOICELINE_DIMENSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_INVOICESTATUS']._serialized_start=2662
-  _globals['_INVOICESTATUS']._serialized_end=2747
+  _globals['_INVOICESTATUS']._serialized_start=2827
+  _globals['_INVOICESTATUS']._serialized_end=2912
   _globals['_PREVIEWINVOICEREQUEST']._serialized_start=72
   _globals['_PREVIEWINVOICEREQUEST']._serialized_end=166
   _globals['_APPLIEDPRICE']._serialized_start=168
@@ -48,33 +48,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREDITAPPLICATION']._serialized_start=640
   _globals['_CREDITAPPLICATION']._serialized_end=694
   _globals['_INVOICE']._serialized_start=697
-  _globals['_INVOICE']._serialized_end=1273
-  _globals['_EXPLAINLINEITEMREQUEST']._serialized_start=1276
-  _globals['_EXPLAINLINEITEMREQUEST']._serialized_end=1427
-  _globals['_GRANTDRAW']._serialized_start=1429
-  _globals['_GRANTDRAW']._serialized_end=1475
-  _globals['_EXPLAINEDEVENT']._serialized_start=1478
-  _globals['_EXPLAINEDEVENT']._serialized_end=1648
-  _globals['_EXPLAINLINEITEMRESPONSE']._serialized_start=1650
-  _globals['_EXPLAINLINEITEMRESPONSE']._serialized_end=1743
-  _globals['_CLOSEPERIODREQUEST']._serialized_start=1745
-  _globals['_CLOSEPERIODREQUEST']._serialized_end=1836
-  _globals['_CLOSEDUEPERIODSREQUEST']._serialized_start=1838
-  _globals['_CLOSEDUEPERIODSREQUEST']._serialized_end=1862
-  _globals['_CLOSEDUEPERIODSRESPONSE']._serialized_start=1864
-  _globals['_CLOSEDUEPERIODSRESPONSE']._serialized_end=1927
-  _globals['_GETINVOICEREQUEST']._serialized_start=1929
-  _globals['_GETINVOICEREQUEST']._serialized_end=1972
-  _globals['_LISTINVOICESREQUEST']._serialized_start=1975
-  _globals['_LISTINVOICESREQUEST']._serialized_end=2210
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=2212
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=2297
-  _globals['_GETREVENUEREPORTREQUEST']._serialized_start=2300
-  _globals['_GETREVENUEREPORTREQUEST']._serialized_end=2444
-  _globals['_REVENUELINE']._serialized_start=2447
-  _globals['_REVENUELINE']._serialized_end=2586
-  _globals['_REVENUEREPORT']._serialized_start=2588
-  _globals['_REVENUEREPORT']._serialized_end=2660
-  _globals['_INVOICESERVICE']._serialized_start=2750
-  _globals['_INVOICESERVICE']._serialized_end=3311
+  _globals['_INVOICE']._serialized_end=1329
+  _globals['_INVOICEGRANTBALANCE']._serialized_start=1331
+  _globals['_INVOICEGRANTBALANCE']._serialized_end=1438
+  _globals['_EXPLAINLINEITEMREQUEST']._serialized_start=1441
+  _globals['_EXPLAINLINEITEMREQUEST']._serialized_end=1592
+  _globals['_GRANTDRAW']._serialized_start=1594
+  _globals['_GRANTDRAW']._serialized_end=1640
+  _globals['_EXPLAINEDEVENT']._serialized_start=1643
+  _globals['_EXPLAINEDEVENT']._serialized_end=1813
+  _globals['_EXPLAINLINEITEMRESPONSE']._serialized_start=1815
+  _globals['_EXPLAINLINEITEMRESPONSE']._serialized_end=1908
+  _globals['_CLOSEPERIODREQUEST']._serialized_start=1910
+  _globals['_CLOSEPERIODREQUEST']._serialized_end=2001
+  _globals['_CLOSEDUEPERIODSREQUEST']._serialized_start=2003
+  _globals['_CLOSEDUEPERIODSREQUEST']._serialized_end=2027
+  _globals['_CLOSEDUEPERIODSRESPONSE']._serialized_start=2029
+  _globals['_CLOSEDUEPERIODSRESPONSE']._serialized_end=2092
+  _globals['_GETINVOICEREQUEST']._serialized_start=2094
+  _globals['_GETINVOICEREQUEST']._serialized_end=2137
+  _globals['_LISTINVOICESREQUEST']._serialized_start=2140
+  _globals['_LISTINVOICESREQUEST']._serialized_end=2375
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=2377
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=2462
+  _globals['_GETREVENUEREPORTREQUEST']._serialized_start=2465
+  _globals['_GETREVENUEREPORTREQUEST']._serialized_end=2609
+  _globals['_REVENUELINE']._serialized_start=2612
+  _globals['_REVENUELINE']._serialized_end=2751
+  _globals['_REVENUEREPORT']._serialized_start=2753
+  _globals['_REVENUEREPORT']._serialized_end=2825
+  _globals['_INVOICESERVICE']._serialized_start=2915
+  _globals['_INVOICESERVICE']._serialized_end=3476
 # @@protoc_insertion_point(module_scope)

@@ -83,7 +83,7 @@ class CreditApplication(_message.Message):
     def __init__(self, grant_id: _Optional[str] = ..., credits: _Optional[str] = ...) -> None: ...
 
 class Invoice(_message.Message):
-    __slots__ = ("customer_id", "invoice_number", "status", "period_start", "period_end", "pricing_unit", "currency", "lines", "credits_applied", "overage_amount", "overage_due", "top_up_purchases", "total_due", "subtotal", "minor_unit", "rounding_adjustment", "overage_price", "contract_id", "closed_at")
+    __slots__ = ("customer_id", "invoice_number", "status", "period_start", "period_end", "pricing_unit", "currency", "lines", "credits_applied", "overage_amount", "overage_due", "top_up_purchases", "total_due", "subtotal", "minor_unit", "rounding_adjustment", "overage_price", "contract_id", "closed_at", "grant_balances")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     INVOICE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class Invoice(_message.Message):
     OVERAGE_PRICE_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
     CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    GRANT_BALANCES_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     invoice_number: str
     status: InvoiceStatus
@@ -122,7 +123,22 @@ class Invoice(_message.Message):
     overage_price: str
     contract_id: str
     closed_at: _timestamp_pb2.Timestamp
-    def __init__(self, customer_id: _Optional[str] = ..., invoice_number: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pricing_unit: _Optional[str] = ..., currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., overage_amount: _Optional[str] = ..., overage_due: _Optional[str] = ..., top_up_purchases: _Optional[str] = ..., total_due: _Optional[str] = ..., subtotal: _Optional[str] = ..., minor_unit: _Optional[int] = ..., rounding_adjustment: _Optional[str] = ..., overage_price: _Optional[str] = ..., contract_id: _Optional[str] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    grant_balances: _containers.RepeatedCompositeFieldContainer[InvoiceGrantBalance]
+    def __init__(self, customer_id: _Optional[str] = ..., invoice_number: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pricing_unit: _Optional[str] = ..., currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., overage_amount: _Optional[str] = ..., overage_due: _Optional[str] = ..., top_up_purchases: _Optional[str] = ..., total_due: _Optional[str] = ..., subtotal: _Optional[str] = ..., minor_unit: _Optional[int] = ..., rounding_adjustment: _Optional[str] = ..., overage_price: _Optional[str] = ..., contract_id: _Optional[str] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grant_balances: _Optional[_Iterable[_Union[InvoiceGrantBalance, _Mapping]]] = ...) -> None: ...
+
+class InvoiceGrantBalance(_message.Message):
+    __slots__ = ("grant_id", "granted", "drawn", "remaining", "expired")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    DRAWN_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    granted: str
+    drawn: str
+    remaining: str
+    expired: str
+    def __init__(self, grant_id: _Optional[str] = ..., granted: _Optional[str] = ..., drawn: _Optional[str] = ..., remaining: _Optional[str] = ..., expired: _Optional[str] = ...) -> None: ...
 
 class ExplainLineItemRequest(_message.Message):
     __slots__ = ("customer_id", "period_start", "line_id", "page_size", "page_token")

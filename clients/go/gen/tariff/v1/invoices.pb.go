@@ -438,7 +438,9 @@ type Invoice struct {
 	OveragePrice string `protobuf:"bytes,17,opt,name=overage_price,json=overagePrice,proto3" json:"overage_price,omitempty"`
 	ContractId   string `protobuf:"bytes,18,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
 	// When the period was closed; unset for a draft.
-	ClosedAt      *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
+	ClosedAt *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
+	// The period's balances: each grant started before the period's end.
+	GrantBalances []*InvoiceGrantBalance `protobuf:"bytes,20,rep,name=grant_balances,json=grantBalances,proto3" json:"grant_balances,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -606,6 +608,93 @@ func (x *Invoice) GetClosedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Invoice) GetGrantBalances() []*InvoiceGrantBalance {
+	if x != nil {
+		return x.GrantBalances
+	}
+	return nil
+}
+
+// A grant at the end of the invoice's period, in the pricing unit.
+type InvoiceGrantBalance struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GrantId string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	Granted string                 `protobuf:"bytes,2,opt,name=granted,proto3" json:"granted,omitempty"`
+	// Drawn by the usage of this period and every earlier one.
+	Drawn string `protobuf:"bytes,3,opt,name=drawn,proto3" json:"drawn,omitempty"`
+	// granted - drawn, unless the grant expired by the period's end.
+	Remaining string `protobuf:"bytes,4,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// granted - drawn of a grant that expired by the period's end; else 0.
+	Expired       string `protobuf:"bytes,5,opt,name=expired,proto3" json:"expired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InvoiceGrantBalance) Reset() {
+	*x = InvoiceGrantBalance{}
+	mi := &file_tariff_v1_invoices_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InvoiceGrantBalance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InvoiceGrantBalance) ProtoMessage() {}
+
+func (x *InvoiceGrantBalance) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_invoices_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InvoiceGrantBalance.ProtoReflect.Descriptor instead.
+func (*InvoiceGrantBalance) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *InvoiceGrantBalance) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *InvoiceGrantBalance) GetGranted() string {
+	if x != nil {
+		return x.Granted
+	}
+	return ""
+}
+
+func (x *InvoiceGrantBalance) GetDrawn() string {
+	if x != nil {
+		return x.Drawn
+	}
+	return ""
+}
+
+func (x *InvoiceGrantBalance) GetRemaining() string {
+	if x != nil {
+		return x.Remaining
+	}
+	return ""
+}
+
+func (x *InvoiceGrantBalance) GetExpired() string {
+	if x != nil {
+		return x.Expired
+	}
+	return ""
+}
+
 type ExplainLineItemRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CustomerId    string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
@@ -619,7 +708,7 @@ type ExplainLineItemRequest struct {
 
 func (x *ExplainLineItemRequest) Reset() {
 	*x = ExplainLineItemRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[5]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +720,7 @@ func (x *ExplainLineItemRequest) String() string {
 func (*ExplainLineItemRequest) ProtoMessage() {}
 
 func (x *ExplainLineItemRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[5]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +733,7 @@ func (x *ExplainLineItemRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainLineItemRequest.ProtoReflect.Descriptor instead.
 func (*ExplainLineItemRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{5}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExplainLineItemRequest) GetCustomerId() string {
@@ -692,7 +781,7 @@ type GrantDraw struct {
 
 func (x *GrantDraw) Reset() {
 	*x = GrantDraw{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[6]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +793,7 @@ func (x *GrantDraw) String() string {
 func (*GrantDraw) ProtoMessage() {}
 
 func (x *GrantDraw) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[6]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +806,7 @@ func (x *GrantDraw) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantDraw.ProtoReflect.Descriptor instead.
 func (*GrantDraw) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{6}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GrantDraw) GetGrantId() string {
@@ -749,7 +838,7 @@ type ExplainedEvent struct {
 
 func (x *ExplainedEvent) Reset() {
 	*x = ExplainedEvent{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[7]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +850,7 @@ func (x *ExplainedEvent) String() string {
 func (*ExplainedEvent) ProtoMessage() {}
 
 func (x *ExplainedEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[7]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +863,7 @@ func (x *ExplainedEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainedEvent.ProtoReflect.Descriptor instead.
 func (*ExplainedEvent) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{7}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExplainedEvent) GetTransactionId() string {
@@ -836,7 +925,7 @@ type ExplainLineItemResponse struct {
 
 func (x *ExplainLineItemResponse) Reset() {
 	*x = ExplainLineItemResponse{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[8]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +937,7 @@ func (x *ExplainLineItemResponse) String() string {
 func (*ExplainLineItemResponse) ProtoMessage() {}
 
 func (x *ExplainLineItemResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[8]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +950,7 @@ func (x *ExplainLineItemResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainLineItemResponse.ProtoReflect.Descriptor instead.
 func (*ExplainLineItemResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{8}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExplainLineItemResponse) GetEvents() []*ExplainedEvent {
@@ -893,7 +982,7 @@ type ClosePeriodRequest struct {
 
 func (x *ClosePeriodRequest) Reset() {
 	*x = ClosePeriodRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[9]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +994,7 @@ func (x *ClosePeriodRequest) String() string {
 func (*ClosePeriodRequest) ProtoMessage() {}
 
 func (x *ClosePeriodRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[9]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1007,7 @@ func (x *ClosePeriodRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosePeriodRequest.ProtoReflect.Descriptor instead.
 func (*ClosePeriodRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{9}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ClosePeriodRequest) GetCustomerId() string {
@@ -943,7 +1032,7 @@ type CloseDuePeriodsRequest struct {
 
 func (x *CloseDuePeriodsRequest) Reset() {
 	*x = CloseDuePeriodsRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[10]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1044,7 @@ func (x *CloseDuePeriodsRequest) String() string {
 func (*CloseDuePeriodsRequest) ProtoMessage() {}
 
 func (x *CloseDuePeriodsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[10]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1057,7 @@ func (x *CloseDuePeriodsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseDuePeriodsRequest.ProtoReflect.Descriptor instead.
 func (*CloseDuePeriodsRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{10}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{11}
 }
 
 type CloseDuePeriodsResponse struct {
@@ -981,7 +1070,7 @@ type CloseDuePeriodsResponse struct {
 
 func (x *CloseDuePeriodsResponse) Reset() {
 	*x = CloseDuePeriodsResponse{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[11]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1082,7 @@ func (x *CloseDuePeriodsResponse) String() string {
 func (*CloseDuePeriodsResponse) ProtoMessage() {}
 
 func (x *CloseDuePeriodsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[11]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1095,7 @@ func (x *CloseDuePeriodsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseDuePeriodsResponse.ProtoReflect.Descriptor instead.
 func (*CloseDuePeriodsResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{11}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CloseDuePeriodsResponse) GetInvoices() []*Invoice {
@@ -1025,7 +1114,7 @@ type GetInvoiceRequest struct {
 
 func (x *GetInvoiceRequest) Reset() {
 	*x = GetInvoiceRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[12]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1126,7 @@ func (x *GetInvoiceRequest) String() string {
 func (*GetInvoiceRequest) ProtoMessage() {}
 
 func (x *GetInvoiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[12]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1139,7 @@ func (x *GetInvoiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInvoiceRequest.ProtoReflect.Descriptor instead.
 func (*GetInvoiceRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{12}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetInvoiceRequest) GetInvoiceNumber() string {
@@ -1080,7 +1169,7 @@ type ListInvoicesRequest struct {
 
 func (x *ListInvoicesRequest) Reset() {
 	*x = ListInvoicesRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[13]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1181,7 @@ func (x *ListInvoicesRequest) String() string {
 func (*ListInvoicesRequest) ProtoMessage() {}
 
 func (x *ListInvoicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[13]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1194,7 @@ func (x *ListInvoicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvoicesRequest.ProtoReflect.Descriptor instead.
 func (*ListInvoicesRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{13}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListInvoicesRequest) GetCustomerId() string {
@@ -1160,7 +1249,7 @@ type ListInvoicesResponse struct {
 
 func (x *ListInvoicesResponse) Reset() {
 	*x = ListInvoicesResponse{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[14]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1261,7 @@ func (x *ListInvoicesResponse) String() string {
 func (*ListInvoicesResponse) ProtoMessage() {}
 
 func (x *ListInvoicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[14]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1274,7 @@ func (x *ListInvoicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvoicesResponse.ProtoReflect.Descriptor instead.
 func (*ListInvoicesResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{14}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListInvoicesResponse) GetInvoices() []*Invoice {
@@ -1214,7 +1303,7 @@ type GetRevenueReportRequest struct {
 
 func (x *GetRevenueReportRequest) Reset() {
 	*x = GetRevenueReportRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1315,7 @@ func (x *GetRevenueReportRequest) String() string {
 func (*GetRevenueReportRequest) ProtoMessage() {}
 
 func (x *GetRevenueReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1328,7 @@ func (x *GetRevenueReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevenueReportRequest.ProtoReflect.Descriptor instead.
 func (*GetRevenueReportRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{15}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetRevenueReportRequest) GetPeriodStart() *timestamppb.Timestamp {
@@ -1276,7 +1365,7 @@ type RevenueLine struct {
 
 func (x *RevenueLine) Reset() {
 	*x = RevenueLine{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1377,7 @@ func (x *RevenueLine) String() string {
 func (*RevenueLine) ProtoMessage() {}
 
 func (x *RevenueLine) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1390,7 @@ func (x *RevenueLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevenueLine.ProtoReflect.Descriptor instead.
 func (*RevenueLine) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{16}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevenueLine) GetProductId() string {
@@ -1349,7 +1438,7 @@ type RevenueReport struct {
 
 func (x *RevenueReport) Reset() {
 	*x = RevenueReport{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[17]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1361,7 +1450,7 @@ func (x *RevenueReport) String() string {
 func (*RevenueReport) ProtoMessage() {}
 
 func (x *RevenueReport) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[17]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1374,7 +1463,7 @@ func (x *RevenueReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevenueReport.ProtoReflect.Descriptor instead.
 func (*RevenueReport) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{17}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevenueReport) GetCurrency() string {
@@ -1430,7 +1519,7 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"H\n" +
 	"\x11CreditApplication\x12\x19\n" +
 	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x18\n" +
-	"\acredits\x18\x02 \x01(\tR\acredits\"\xab\x06\n" +
+	"\acredits\x18\x02 \x01(\tR\acredits\"\xf2\x06\n" +
 	"\aInvoice\x12\x1f\n" +
 	"\vcustomer_id\x18\x01 \x01(\tR\n" +
 	"customerId\x12%\n" +
@@ -1456,7 +1545,14 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"\roverage_price\x18\x11 \x01(\tR\foveragePrice\x12\x1f\n" +
 	"\vcontract_id\x18\x12 \x01(\tR\n" +
 	"contractId\x127\n" +
-	"\tclosed_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\bclosedAt\"\xcd\x01\n" +
+	"\tclosed_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\bclosedAt\x12E\n" +
+	"\x0egrant_balances\x18\x14 \x03(\v2\x1e.tariff.v1.InvoiceGrantBalanceR\rgrantBalances\"\x98\x01\n" +
+	"\x13InvoiceGrantBalance\x12\x19\n" +
+	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x18\n" +
+	"\agranted\x18\x02 \x01(\tR\agranted\x12\x14\n" +
+	"\x05drawn\x18\x03 \x01(\tR\x05drawn\x12\x1c\n" +
+	"\tremaining\x18\x04 \x01(\tR\tremaining\x12\x18\n" +
+	"\aexpired\x18\x05 \x01(\tR\aexpired\"\xcd\x01\n" +
 	"\x16ExplainLineItemRequest\x12\x1f\n" +
 	"\vcustomer_id\x18\x01 \x01(\tR\n" +
 	"customerId\x12=\n" +
@@ -1548,7 +1644,7 @@ func file_tariff_v1_invoices_proto_rawDescGZIP() []byte {
 }
 
 var file_tariff_v1_invoices_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tariff_v1_invoices_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_tariff_v1_invoices_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_tariff_v1_invoices_proto_goTypes = []any{
 	(InvoiceStatus)(0),              // 0: tariff.v1.InvoiceStatus
 	(*PreviewInvoiceRequest)(nil),   // 1: tariff.v1.PreviewInvoiceRequest
@@ -1556,65 +1652,67 @@ var file_tariff_v1_invoices_proto_goTypes = []any{
 	(*InvoiceLine)(nil),             // 3: tariff.v1.InvoiceLine
 	(*CreditApplication)(nil),       // 4: tariff.v1.CreditApplication
 	(*Invoice)(nil),                 // 5: tariff.v1.Invoice
-	(*ExplainLineItemRequest)(nil),  // 6: tariff.v1.ExplainLineItemRequest
-	(*GrantDraw)(nil),               // 7: tariff.v1.GrantDraw
-	(*ExplainedEvent)(nil),          // 8: tariff.v1.ExplainedEvent
-	(*ExplainLineItemResponse)(nil), // 9: tariff.v1.ExplainLineItemResponse
-	(*ClosePeriodRequest)(nil),      // 10: tariff.v1.ClosePeriodRequest
-	(*CloseDuePeriodsRequest)(nil),  // 11: tariff.v1.CloseDuePeriodsRequest
-	(*CloseDuePeriodsResponse)(nil), // 12: tariff.v1.CloseDuePeriodsResponse
-	(*GetInvoiceRequest)(nil),       // 13: tariff.v1.GetInvoiceRequest
-	(*ListInvoicesRequest)(nil),     // 14: tariff.v1.ListInvoicesRequest
-	(*ListInvoicesResponse)(nil),    // 15: tariff.v1.ListInvoicesResponse
-	(*GetRevenueReportRequest)(nil), // 16: tariff.v1.GetRevenueReportRequest
-	(*RevenueLine)(nil),             // 17: tariff.v1.RevenueLine
-	(*RevenueReport)(nil),           // 18: tariff.v1.RevenueReport
-	nil,                             // 19: tariff.v1.InvoiceLine.DimensionsEntry
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*InvoiceGrantBalance)(nil),     // 6: tariff.v1.InvoiceGrantBalance
+	(*ExplainLineItemRequest)(nil),  // 7: tariff.v1.ExplainLineItemRequest
+	(*GrantDraw)(nil),               // 8: tariff.v1.GrantDraw
+	(*ExplainedEvent)(nil),          // 9: tariff.v1.ExplainedEvent
+	(*ExplainLineItemResponse)(nil), // 10: tariff.v1.ExplainLineItemResponse
+	(*ClosePeriodRequest)(nil),      // 11: tariff.v1.ClosePeriodRequest
+	(*CloseDuePeriodsRequest)(nil),  // 12: tariff.v1.CloseDuePeriodsRequest
+	(*CloseDuePeriodsResponse)(nil), // 13: tariff.v1.CloseDuePeriodsResponse
+	(*GetInvoiceRequest)(nil),       // 14: tariff.v1.GetInvoiceRequest
+	(*ListInvoicesRequest)(nil),     // 15: tariff.v1.ListInvoicesRequest
+	(*ListInvoicesResponse)(nil),    // 16: tariff.v1.ListInvoicesResponse
+	(*GetRevenueReportRequest)(nil), // 17: tariff.v1.GetRevenueReportRequest
+	(*RevenueLine)(nil),             // 18: tariff.v1.RevenueLine
+	(*RevenueReport)(nil),           // 19: tariff.v1.RevenueReport
+	nil,                             // 20: tariff.v1.InvoiceLine.DimensionsEntry
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
 }
 var file_tariff_v1_invoices_proto_depIdxs = []int32{
-	20, // 0: tariff.v1.PreviewInvoiceRequest.period_start:type_name -> google.protobuf.Timestamp
-	19, // 1: tariff.v1.InvoiceLine.dimensions:type_name -> tariff.v1.InvoiceLine.DimensionsEntry
+	21, // 0: tariff.v1.PreviewInvoiceRequest.period_start:type_name -> google.protobuf.Timestamp
+	20, // 1: tariff.v1.InvoiceLine.dimensions:type_name -> tariff.v1.InvoiceLine.DimensionsEntry
 	2,  // 2: tariff.v1.InvoiceLine.prices:type_name -> tariff.v1.AppliedPrice
 	4,  // 3: tariff.v1.InvoiceLine.credits_applied:type_name -> tariff.v1.CreditApplication
 	0,  // 4: tariff.v1.Invoice.status:type_name -> tariff.v1.InvoiceStatus
-	20, // 5: tariff.v1.Invoice.period_start:type_name -> google.protobuf.Timestamp
-	20, // 6: tariff.v1.Invoice.period_end:type_name -> google.protobuf.Timestamp
+	21, // 5: tariff.v1.Invoice.period_start:type_name -> google.protobuf.Timestamp
+	21, // 6: tariff.v1.Invoice.period_end:type_name -> google.protobuf.Timestamp
 	3,  // 7: tariff.v1.Invoice.lines:type_name -> tariff.v1.InvoiceLine
 	4,  // 8: tariff.v1.Invoice.credits_applied:type_name -> tariff.v1.CreditApplication
-	20, // 9: tariff.v1.Invoice.closed_at:type_name -> google.protobuf.Timestamp
-	20, // 10: tariff.v1.ExplainLineItemRequest.period_start:type_name -> google.protobuf.Timestamp
-	7,  // 11: tariff.v1.ExplainedEvent.draws:type_name -> tariff.v1.GrantDraw
-	8,  // 12: tariff.v1.ExplainLineItemResponse.events:type_name -> tariff.v1.ExplainedEvent
-	20, // 13: tariff.v1.ClosePeriodRequest.period_start:type_name -> google.protobuf.Timestamp
-	5,  // 14: tariff.v1.CloseDuePeriodsResponse.invoices:type_name -> tariff.v1.Invoice
-	0,  // 15: tariff.v1.ListInvoicesRequest.status:type_name -> tariff.v1.InvoiceStatus
-	20, // 16: tariff.v1.ListInvoicesRequest.period_start_from:type_name -> google.protobuf.Timestamp
-	20, // 17: tariff.v1.ListInvoicesRequest.period_start_before:type_name -> google.protobuf.Timestamp
-	5,  // 18: tariff.v1.ListInvoicesResponse.invoices:type_name -> tariff.v1.Invoice
-	20, // 19: tariff.v1.GetRevenueReportRequest.period_start:type_name -> google.protobuf.Timestamp
-	20, // 20: tariff.v1.GetRevenueReportRequest.period_end:type_name -> google.protobuf.Timestamp
-	20, // 21: tariff.v1.RevenueLine.period_start:type_name -> google.protobuf.Timestamp
-	17, // 22: tariff.v1.RevenueReport.lines:type_name -> tariff.v1.RevenueLine
-	1,  // 23: tariff.v1.InvoiceService.PreviewInvoice:input_type -> tariff.v1.PreviewInvoiceRequest
-	6,  // 24: tariff.v1.InvoiceService.ExplainLineItem:input_type -> tariff.v1.ExplainLineItemRequest
-	10, // 25: tariff.v1.InvoiceService.ClosePeriod:input_type -> tariff.v1.ClosePeriodRequest
-	13, // 26: tariff.v1.InvoiceService.GetInvoice:input_type -> tariff.v1.GetInvoiceRequest
-	14, // 27: tariff.v1.InvoiceService.ListInvoices:input_type -> tariff.v1.ListInvoicesRequest
-	16, // 28: tariff.v1.InvoiceService.GetRevenueReport:input_type -> tariff.v1.GetRevenueReportRequest
-	11, // 29: tariff.v1.InvoiceService.CloseDuePeriods:input_type -> tariff.v1.CloseDuePeriodsRequest
-	5,  // 30: tariff.v1.InvoiceService.PreviewInvoice:output_type -> tariff.v1.Invoice
-	9,  // 31: tariff.v1.InvoiceService.ExplainLineItem:output_type -> tariff.v1.ExplainLineItemResponse
-	5,  // 32: tariff.v1.InvoiceService.ClosePeriod:output_type -> tariff.v1.Invoice
-	5,  // 33: tariff.v1.InvoiceService.GetInvoice:output_type -> tariff.v1.Invoice
-	15, // 34: tariff.v1.InvoiceService.ListInvoices:output_type -> tariff.v1.ListInvoicesResponse
-	18, // 35: tariff.v1.InvoiceService.GetRevenueReport:output_type -> tariff.v1.RevenueReport
-	12, // 36: tariff.v1.InvoiceService.CloseDuePeriods:output_type -> tariff.v1.CloseDuePeriodsResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	21, // 9: tariff.v1.Invoice.closed_at:type_name -> google.protobuf.Timestamp
+	6,  // 10: tariff.v1.Invoice.grant_balances:type_name -> tariff.v1.InvoiceGrantBalance
+	21, // 11: tariff.v1.ExplainLineItemRequest.period_start:type_name -> google.protobuf.Timestamp
+	8,  // 12: tariff.v1.ExplainedEvent.draws:type_name -> tariff.v1.GrantDraw
+	9,  // 13: tariff.v1.ExplainLineItemResponse.events:type_name -> tariff.v1.ExplainedEvent
+	21, // 14: tariff.v1.ClosePeriodRequest.period_start:type_name -> google.protobuf.Timestamp
+	5,  // 15: tariff.v1.CloseDuePeriodsResponse.invoices:type_name -> tariff.v1.Invoice
+	0,  // 16: tariff.v1.ListInvoicesRequest.status:type_name -> tariff.v1.InvoiceStatus
+	21, // 17: tariff.v1.ListInvoicesRequest.period_start_from:type_name -> google.protobuf.Timestamp
+	21, // 18: tariff.v1.ListInvoicesRequest.period_start_before:type_name -> google.protobuf.Timestamp
+	5,  // 19: tariff.v1.ListInvoicesResponse.invoices:type_name -> tariff.v1.Invoice
+	21, // 20: tariff.v1.GetRevenueReportRequest.period_start:type_name -> google.protobuf.Timestamp
+	21, // 21: tariff.v1.GetRevenueReportRequest.period_end:type_name -> google.protobuf.Timestamp
+	21, // 22: tariff.v1.RevenueLine.period_start:type_name -> google.protobuf.Timestamp
+	18, // 23: tariff.v1.RevenueReport.lines:type_name -> tariff.v1.RevenueLine
+	1,  // 24: tariff.v1.InvoiceService.PreviewInvoice:input_type -> tariff.v1.PreviewInvoiceRequest
+	7,  // 25: tariff.v1.InvoiceService.ExplainLineItem:input_type -> tariff.v1.ExplainLineItemRequest
+	11, // 26: tariff.v1.InvoiceService.ClosePeriod:input_type -> tariff.v1.ClosePeriodRequest
+	14, // 27: tariff.v1.InvoiceService.GetInvoice:input_type -> tariff.v1.GetInvoiceRequest
+	15, // 28: tariff.v1.InvoiceService.ListInvoices:input_type -> tariff.v1.ListInvoicesRequest
+	17, // 29: tariff.v1.InvoiceService.GetRevenueReport:input_type -> tariff.v1.GetRevenueReportRequest
+	12, // 30: tariff.v1.InvoiceService.CloseDuePeriods:input_type -> tariff.v1.CloseDuePeriodsRequest
+	5,  // 31: tariff.v1.InvoiceService.PreviewInvoice:output_type -> tariff.v1.Invoice
+	10, // 32: tariff.v1.InvoiceService.ExplainLineItem:output_type -> tariff.v1.ExplainLineItemResponse
+	5,  // 33: tariff.v1.InvoiceService.ClosePeriod:output_type -> tariff.v1.Invoice
+	5,  // 34: tariff.v1.InvoiceService.GetInvoice:output_type -> tariff.v1.Invoice
+	16, // 35: tariff.v1.InvoiceService.ListInvoices:output_type -> tariff.v1.ListInvoicesResponse
+	19, // 36: tariff.v1.InvoiceService.GetRevenueReport:output_type -> tariff.v1.RevenueReport
+	13, // 37: tariff.v1.InvoiceService.CloseDuePeriods:output_type -> tariff.v1.CloseDuePeriodsResponse
+	31, // [31:38] is the sub-list for method output_type
+	24, // [24:31] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_invoices_proto_init() }
@@ -1628,7 +1726,7 @@ func file_tariff_v1_invoices_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_invoices_proto_rawDesc), len(file_tariff_v1_invoices_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

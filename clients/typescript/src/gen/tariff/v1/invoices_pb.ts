@@ -24,7 +24,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tariff/v1/invoices.proto.
  */
 export const file_tariff_v1_invoices: GenFile = /*@__PURE__*/
-  fileDesc("Chh0YXJpZmYvdjEvaW52b2ljZXMucHJvdG8SCXRhcmlmZi52MSJeChVQcmV2aWV3SW52b2ljZVJlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSMAoMcGVyaW9kX3N0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ7CgxBcHBsaWVkUHJpY2USDwoHdmVyc2lvbhgBIAEoDRISCgp1bml0X3ByaWNlGAIgASgJEhAKCHF1YW50aXR5GAMgASgJEg4KBmFtb3VudBgEIAEoCRIOCgZldmVudHMYBSABKAQSFAoMcmF0ZV9jYXJkX2lkGAYgASgJItgCCgtJbnZvaWNlTGluZRIPCgdsaW5lX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSOgoKZGltZW5zaW9ucxgDIAMoCzImLnRhcmlmZi52MS5JbnZvaWNlTGluZS5EaW1lbnNpb25zRW50cnkSEAoIcXVhbnRpdHkYBCABKAkSJwoGcHJpY2VzGAUgAygLMhcudGFyaWZmLnYxLkFwcGxpZWRQcmljZRIOCgZhbW91bnQYBiABKAkSDgoGZXZlbnRzGAcgASgEEg8KB292ZXJhZ2UYCCABKAkSNQoPY3JlZGl0c19hcHBsaWVkGAkgAygLMhwudGFyaWZmLnYxLkNyZWRpdEFwcGxpY2F0aW9uEhIKCmFtb3VudF9kdWUYCiABKAkaMQoPRGltZW5zaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNgoRQ3JlZGl0QXBwbGljYXRpb24SEAoIZ3JhbnRfaWQYASABKAkSDwoHY3JlZGl0cxgCIAEoCSLABAoHSW52b2ljZRITCgtjdXN0b21lcl9pZBgBIAEoCRIWCg5pbnZvaWNlX251bWJlchgCIAEoCRIoCgZzdGF0dXMYAyABKA4yGC50YXJpZmYudjEuSW52b2ljZVN0YXR1cxIwCgxwZXJpb2Rfc3RhcnQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHByaWNpbmdfdW5pdBgGIAEoCRIQCghjdXJyZW5jeRgHIAEoCRIlCgVsaW5lcxgIIAMoCzIWLnRhcmlmZi52MS5JbnZvaWNlTGluZRI1Cg9jcmVkaXRzX2FwcGxpZWQYCSADKAsyHC50YXJpZmYudjEuQ3JlZGl0QXBwbGljYXRpb24SFgoOb3ZlcmFnZV9hbW91bnQYCiABKAkSEwoLb3ZlcmFnZV9kdWUYCyABKAkSGAoQdG9wX3VwX3B1cmNoYXNlcxgMIAEoCRIRCgl0b3RhbF9kdWUYDSABKAkSEAoIc3VidG90YWwYDiABKAkSEgoKbWlub3JfdW5pdBgPIAEoDRIbChNyb3VuZGluZ19hZGp1c3RtZW50GBAgASgJEhUKDW92ZXJhZ2VfcHJpY2UYESABKAkSEwoLY29udHJhY3RfaWQYEiABKAkSLQoJY2xvc2VkX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKXAQoWRXhwbGFpbkxpbmVJdGVtUmVxdWVzdBITCgtjdXN0b21lcl9pZBgBIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2xpbmVfaWQYAyABKAkSEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAkiLgoJR3JhbnREcmF3EhAKCGdyYW50X2lkGAEgASgJEg8KB2NyZWRpdHMYAiABKAkiqgEKDkV4cGxhaW5lZEV2ZW50EhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEhQKDHRpbWVzdGFtcF9tcxgCIAEoAxIQCghxdWFudGl0eRgDIAEoCRIPCgd2ZXJzaW9uGAQgASgNEhIKCnVuaXRfcHJpY2UYBSABKAkSDgoGYW1vdW50GAYgASgJEiMKBWRyYXdzGAcgAygLMhQudGFyaWZmLnYxLkdyYW50RHJhdyJdChdFeHBsYWluTGluZUl0ZW1SZXNwb25zZRIpCgZldmVudHMYASADKAsyGS50YXJpZmYudjEuRXhwbGFpbmVkRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlsKEkNsb3NlUGVyaW9kUmVxdWVzdBITCgtjdXN0b21lcl9pZBgBIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhgKFkNsb3NlRHVlUGVyaW9kc1JlcXVlc3QiPwoXQ2xvc2VEdWVQZXJpb2RzUmVzcG9uc2USJAoIaW52b2ljZXMYASADKAsyEi50YXJpZmYudjEuSW52b2ljZSIrChFHZXRJbnZvaWNlUmVxdWVzdBIWCg5pbnZvaWNlX251bWJlchgBIAEoCSLrAQoTTGlzdEludm9pY2VzUmVxdWVzdBITCgtjdXN0b21lcl9pZBgBIAEoCRIoCgZzdGF0dXMYAiABKA4yGC50YXJpZmYudjEuSW52b2ljZVN0YXR1cxI1ChFwZXJpb2Rfc3RhcnRfZnJvbRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTcGVyaW9kX3N0YXJ0X2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAUgASgNEhIKCnBhZ2VfdG9rZW4YBiABKAkiVQoUTGlzdEludm9pY2VzUmVzcG9uc2USJAoIaW52b2ljZXMYASADKAsyEi50YXJpZmYudjEuSW52b2ljZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkikAEKF0dldFJldmVudWVSZXBvcnRSZXF1ZXN0EjAKDHBlcmlvZF9zdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcGVyaW9kX2VuZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkiiwEKC1JldmVudWVMaW5lEhIKCnByb2R1Y3RfaWQYASABKAkSMAoMcGVyaW9kX3N0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZWNvZ25pemVkGAMgASgJEhAKCGRlZmVycmVkGAQgASgJEhAKCGJyZWFrYWdlGAUgASgJIkgKDVJldmVudWVSZXBvcnQSEAoIY3VycmVuY3kYASABKAkSJQoFbGluZXMYAiADKAsyFi50YXJpZmYudjEuUmV2ZW51ZUxpbmUqVQoNSW52b2ljZVN0YXR1cxIeChpJTlZPSUNFX1NUQVRVU19VTlNQRUNJRklFRBAAEhEKDUlOVk9JQ0VfRFJBRlQQARIRCg1JTlZPSUNFX0ZJTkFMEAIysQQKDkludm9pY2VTZXJ2aWNlEkYKDlByZXZpZXdJbnZvaWNlEiAudGFyaWZmLnYxLlByZXZpZXdJbnZvaWNlUmVxdWVzdBoSLnRhcmlmZi52MS5JbnZvaWNlElgKD0V4cGxhaW5MaW5lSXRlbRIhLnRhcmlmZi52MS5FeHBsYWluTGluZUl0ZW1SZXF1ZXN0GiIudGFyaWZmLnYxLkV4cGxhaW5MaW5lSXRlbVJlc3BvbnNlEkAKC0Nsb3NlUGVyaW9kEh0udGFyaWZmLnYxLkNsb3NlUGVyaW9kUmVxdWVzdBoSLnRhcmlmZi52MS5JbnZvaWNlEj4KCkdldEludm9pY2USHC50YXJpZmYudjEuR2V0SW52b2ljZVJlcXVlc3QaEi50YXJpZmYudjEuSW52b2ljZRJPCgxMaXN0SW52b2ljZXMSHi50YXJpZmYudjEuTGlzdEludm9pY2VzUmVxdWVzdBofLnRhcmlmZi52MS5MaXN0SW52b2ljZXNSZXNwb25zZRJQChBHZXRSZXZlbnVlUmVwb3J0EiIudGFyaWZmLnYxLkdldFJldmVudWVSZXBvcnRSZXF1ZXN0GhgudGFyaWZmLnYxLlJldmVudWVSZXBvcnQSWAoPQ2xvc2VEdWVQZXJpb2RzEiEudGFyaWZmLnYxLkNsb3NlRHVlUGVyaW9kc1JlcXVlc3QaIi50YXJpZmYudjEuQ2xvc2VEdWVQZXJpb2RzUmVzcG9uc2VCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Chh0YXJpZmYvdjEvaW52b2ljZXMucHJvdG8SCXRhcmlmZi52MSJeChVQcmV2aWV3SW52b2ljZVJlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSMAoMcGVyaW9kX3N0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ7CgxBcHBsaWVkUHJpY2USDwoHdmVyc2lvbhgBIAEoDRISCgp1bml0X3ByaWNlGAIgASgJEhAKCHF1YW50aXR5GAMgASgJEg4KBmFtb3VudBgEIAEoCRIOCgZldmVudHMYBSABKAQSFAoMcmF0ZV9jYXJkX2lkGAYgASgJItgCCgtJbnZvaWNlTGluZRIPCgdsaW5lX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSOgoKZGltZW5zaW9ucxgDIAMoCzImLnRhcmlmZi52MS5JbnZvaWNlTGluZS5EaW1lbnNpb25zRW50cnkSEAoIcXVhbnRpdHkYBCABKAkSJwoGcHJpY2VzGAUgAygLMhcudGFyaWZmLnYxLkFwcGxpZWRQcmljZRIOCgZhbW91bnQYBiABKAkSDgoGZXZlbnRzGAcgASgEEg8KB292ZXJhZ2UYCCABKAkSNQoPY3JlZGl0c19hcHBsaWVkGAkgAygLMhwudGFyaWZmLnYxLkNyZWRpdEFwcGxpY2F0aW9uEhIKCmFtb3VudF9kdWUYCiABKAkaMQoPRGltZW5zaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNgoRQ3JlZGl0QXBwbGljYXRpb24SEAoIZ3JhbnRfaWQYASABKAkSDwoHY3JlZGl0cxgCIAEoCSL4BAoHSW52b2ljZRITCgtjdXN0b21lcl9pZBgBIAEoCRIWCg5pbnZvaWNlX251bWJlchgCIAEoCRIoCgZzdGF0dXMYAyABKA4yGC50YXJpZmYudjEuSW52b2ljZVN0YXR1cxIwCgxwZXJpb2Rfc3RhcnQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHByaWNpbmdfdW5pdBgGIAEoCRIQCghjdXJyZW5jeRgHIAEoCRIlCgVsaW5lcxgIIAMoCzIWLnRhcmlmZi52MS5JbnZvaWNlTGluZRI1Cg9jcmVkaXRzX2FwcGxpZWQYCSADKAsyHC50YXJpZmYudjEuQ3JlZGl0QXBwbGljYXRpb24SFgoOb3ZlcmFnZV9hbW91bnQYCiABKAkSEwoLb3ZlcmFnZV9kdWUYCyABKAkSGAoQdG9wX3VwX3B1cmNoYXNlcxgMIAEoCRIRCgl0b3RhbF9kdWUYDSABKAkSEAoIc3VidG90YWwYDiABKAkSEgoKbWlub3JfdW5pdBgPIAEoDRIbChNyb3VuZGluZ19hZGp1c3RtZW50GBAgASgJEhUKDW92ZXJhZ2VfcHJpY2UYESABKAkSEwoLY29udHJhY3RfaWQYEiABKAkSLQoJY2xvc2VkX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2Cg5ncmFudF9iYWxhbmNlcxgUIAMoCzIeLnRhcmlmZi52MS5JbnZvaWNlR3JhbnRCYWxhbmNlImsKE0ludm9pY2VHcmFudEJhbGFuY2USEAoIZ3JhbnRfaWQYASABKAkSDwoHZ3JhbnRlZBgCIAEoCRINCgVkcmF3bhgDIAEoCRIRCglyZW1haW5pbmcYBCABKAkSDwoHZXhwaXJlZBgFIAEoCSKXAQoWRXhwbGFpbkxpbmVJdGVtUmVxdWVzdBITCgtjdXN0b21lcl9pZBgBIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2xpbmVfaWQYAyABKAkSEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAkiLgoJR3JhbnREcmF3EhAKCGdyYW50X2lkGAEgASgJEg8KB2NyZWRpdHMYAiABKAkiqgEKDkV4cGxhaW5lZEV2ZW50EhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEhQKDHRpbWVzdGFtcF9tcxgCIAEoAxIQCghxdWFudGl0eRgDIAEoCRIPCgd2ZXJzaW9uGAQgASgNEhIKCnVuaXRfcHJpY2UYBSABKAkSDgoGYW1vdW50GAYgASgJEiMKBWRyYXdzGAcgAygLMhQudGFyaWZmLnYxLkdyYW50RHJhdyJdChdFeHBsYWluTGluZUl0ZW1SZXNwb25zZRIpCgZldmVudHMYASADKAsyGS50YXJpZmYudjEuRXhwbGFpbmVkRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlsKEkNsb3NlUGVyaW9kUmVxdWVzdBITCgtjdXN0b21lcl9pZBgBIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhgKFkNsb3NlRHVlUGVyaW9kc1JlcXVlc3QiPwoXQ2xvc2VEdWVQZXJpb2RzUmVzcG9uc2USJAoIaW52b2ljZXMYASADKAsyEi50YXJpZmYudjEuSW52b2ljZSIrChFHZXRJbnZvaWNlUmVxdWVzdBIWCg5pbnZvaWNlX251bWJlchgBIAEoCSLrAQoTTGlzdEludm9pY2VzUmVxdWVzdBITCgtjdXN0b21lcl9pZBgBIAEoCRIoCgZzdGF0dXMYAiABKA4yGC50YXJpZmYudjEuSW52b2ljZVN0YXR1cxI1ChFwZXJpb2Rfc3RhcnRfZnJvbRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTcGVyaW9kX3N0YXJ0X2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAUgASgNEhIKCnBhZ2VfdG9rZW4YBiABKAkiVQoUTGlzdEludm9pY2VzUmVzcG9uc2USJAoIaW52b2ljZXMYASADKAsyEi50YXJpZmYudjEuSW52b2ljZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkikAEKF0dldFJldmVudWVSZXBvcnRSZXF1ZXN0EjAKDHBlcmlvZF9zdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcGVyaW9kX2VuZBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkiiwEKC1JldmVudWVMaW5lEhIKCnByb2R1Y3RfaWQYASABKAkSMAoMcGVyaW9kX3N0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZWNvZ25pemVkGAMgASgJEhAKCGRlZmVycmVkGAQgASgJEhAKCGJyZWFrYWdlGAUgASgJIkgKDVJldmVudWVSZXBvcnQSEAoIY3VycmVuY3kYASABKAkSJQoFbGluZXMYAiADKAsyFi50YXJpZmYudjEuUmV2ZW51ZUxpbmUqVQoNSW52b2ljZVN0YXR1cxIeChpJTlZPSUNFX1NUQVRVU19VTlNQRUNJRklFRBAAEhEKDUlOVk9JQ0VfRFJBRlQQARIRCg1JTlZPSUNFX0ZJTkFMEAIysQQKDkludm9pY2VTZXJ2aWNlEkYKDlByZXZpZXdJbnZvaWNlEiAudGFyaWZmLnYxLlByZXZpZXdJbnZvaWNlUmVxdWVzdBoSLnRhcmlmZi52MS5JbnZvaWNlElgKD0V4cGxhaW5MaW5lSXRlbRIhLnRhcmlmZi52MS5FeHBsYWluTGluZUl0ZW1SZXF1ZXN0GiIudGFyaWZmLnYxLkV4cGxhaW5MaW5lSXRlbVJlc3BvbnNlEkAKC0Nsb3NlUGVyaW9kEh0udGFyaWZmLnYxLkNsb3NlUGVyaW9kUmVxdWVzdBoSLnRhcmlmZi52MS5JbnZvaWNlEj4KCkdldEludm9pY2USHC50YXJpZmYudjEuR2V0SW52b2ljZVJlcXVlc3QaEi50YXJpZmYudjEuSW52b2ljZRJPCgxMaXN0SW52b2ljZXMSHi50YXJpZmYudjEuTGlzdEludm9pY2VzUmVxdWVzdBofLnRhcmlmZi52MS5MaXN0SW52b2ljZXNSZXNwb25zZRJQChBHZXRSZXZlbnVlUmVwb3J0EiIudGFyaWZmLnYxLkdldFJldmVudWVSZXBvcnRSZXF1ZXN0GhgudGFyaWZmLnYxLlJldmVudWVSZXBvcnQSWAoPQ2xvc2VEdWVQZXJpb2RzEiEudGFyaWZmLnYxLkNsb3NlRHVlUGVyaW9kc1JlcXVlc3QaIi50YXJpZmYudjEuQ2xvc2VEdWVQZXJpb2RzUmVzcG9uc2VCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message tariff.v1.PreviewInvoiceRequest
@@ -324,6 +324,13 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
    * @generated from field: google.protobuf.Timestamp closed_at = 19;
    */
   closedAt?: Timestamp | undefined;
+
+  /**
+   * The period's balances: each grant started before the period's end.
+   *
+   * @generated from field: repeated tariff.v1.InvoiceGrantBalance grant_balances = 20;
+   */
+  grantBalances: InvoiceGrantBalance[];
 };
 
 /**
@@ -332,6 +339,51 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
  */
 export const InvoiceSchema: GenMessage<Invoice> = /*@__PURE__*/
   messageDesc(file_tariff_v1_invoices, 4);
+
+/**
+ * A grant at the end of the invoice's period, in the pricing unit.
+ *
+ * @generated from message tariff.v1.InvoiceGrantBalance
+ */
+export type InvoiceGrantBalance = Message<"tariff.v1.InvoiceGrantBalance"> & {
+  /**
+   * @generated from field: string grant_id = 1;
+   */
+  grantId: string;
+
+  /**
+   * @generated from field: string granted = 2;
+   */
+  granted: string;
+
+  /**
+   * Drawn by the usage of this period and every earlier one.
+   *
+   * @generated from field: string drawn = 3;
+   */
+  drawn: string;
+
+  /**
+   * granted - drawn, unless the grant expired by the period's end.
+   *
+   * @generated from field: string remaining = 4;
+   */
+  remaining: string;
+
+  /**
+   * granted - drawn of a grant that expired by the period's end; else 0.
+   *
+   * @generated from field: string expired = 5;
+   */
+  expired: string;
+};
+
+/**
+ * Describes the message tariff.v1.InvoiceGrantBalance.
+ * Use `create(InvoiceGrantBalanceSchema)` to create a new message.
+ */
+export const InvoiceGrantBalanceSchema: GenMessage<InvoiceGrantBalance> = /*@__PURE__*/
+  messageDesc(file_tariff_v1_invoices, 5);
 
 /**
  * @generated from message tariff.v1.ExplainLineItemRequest
@@ -368,7 +420,7 @@ export type ExplainLineItemRequest = Message<"tariff.v1.ExplainLineItemRequest">
  * Use `create(ExplainLineItemRequestSchema)` to create a new message.
  */
 export const ExplainLineItemRequestSchema: GenMessage<ExplainLineItemRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 5);
+  messageDesc(file_tariff_v1_invoices, 6);
 
 /**
  * @generated from message tariff.v1.GrantDraw
@@ -390,7 +442,7 @@ export type GrantDraw = Message<"tariff.v1.GrantDraw"> & {
  * Use `create(GrantDrawSchema)` to create a new message.
  */
 export const GrantDrawSchema: GenMessage<GrantDraw> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 6);
+  messageDesc(file_tariff_v1_invoices, 7);
 
 /**
  * @generated from message tariff.v1.ExplainedEvent
@@ -437,7 +489,7 @@ export type ExplainedEvent = Message<"tariff.v1.ExplainedEvent"> & {
  * Use `create(ExplainedEventSchema)` to create a new message.
  */
 export const ExplainedEventSchema: GenMessage<ExplainedEvent> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 7);
+  messageDesc(file_tariff_v1_invoices, 8);
 
 /**
  * @generated from message tariff.v1.ExplainLineItemResponse
@@ -459,7 +511,7 @@ export type ExplainLineItemResponse = Message<"tariff.v1.ExplainLineItemResponse
  * Use `create(ExplainLineItemResponseSchema)` to create a new message.
  */
 export const ExplainLineItemResponseSchema: GenMessage<ExplainLineItemResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 8);
+  messageDesc(file_tariff_v1_invoices, 9);
 
 /**
  * Finalises the invoice of the customer's period starting exactly at
@@ -487,7 +539,7 @@ export type ClosePeriodRequest = Message<"tariff.v1.ClosePeriodRequest"> & {
  * Use `create(ClosePeriodRequestSchema)` to create a new message.
  */
 export const ClosePeriodRequestSchema: GenMessage<ClosePeriodRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 9);
+  messageDesc(file_tariff_v1_invoices, 10);
 
 /**
  * @generated from message tariff.v1.CloseDuePeriodsRequest
@@ -500,7 +552,7 @@ export type CloseDuePeriodsRequest = Message<"tariff.v1.CloseDuePeriodsRequest">
  * Use `create(CloseDuePeriodsRequestSchema)` to create a new message.
  */
 export const CloseDuePeriodsRequestSchema: GenMessage<CloseDuePeriodsRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 10);
+  messageDesc(file_tariff_v1_invoices, 11);
 
 /**
  * @generated from message tariff.v1.CloseDuePeriodsResponse
@@ -519,7 +571,7 @@ export type CloseDuePeriodsResponse = Message<"tariff.v1.CloseDuePeriodsResponse
  * Use `create(CloseDuePeriodsResponseSchema)` to create a new message.
  */
 export const CloseDuePeriodsResponseSchema: GenMessage<CloseDuePeriodsResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 11);
+  messageDesc(file_tariff_v1_invoices, 12);
 
 /**
  * @generated from message tariff.v1.GetInvoiceRequest
@@ -536,7 +588,7 @@ export type GetInvoiceRequest = Message<"tariff.v1.GetInvoiceRequest"> & {
  * Use `create(GetInvoiceRequestSchema)` to create a new message.
  */
 export const GetInvoiceRequestSchema: GenMessage<GetInvoiceRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 12);
+  messageDesc(file_tariff_v1_invoices, 13);
 
 /**
  * Final invoices, by number. Drafts are not stored: PreviewInvoice shows one.
@@ -589,7 +641,7 @@ export type ListInvoicesRequest = Message<"tariff.v1.ListInvoicesRequest"> & {
  * Use `create(ListInvoicesRequestSchema)` to create a new message.
  */
 export const ListInvoicesRequestSchema: GenMessage<ListInvoicesRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 13);
+  messageDesc(file_tariff_v1_invoices, 14);
 
 /**
  * @generated from message tariff.v1.ListInvoicesResponse
@@ -611,7 +663,7 @@ export type ListInvoicesResponse = Message<"tariff.v1.ListInvoicesResponse"> & {
  * Use `create(ListInvoicesResponseSchema)` to create a new message.
  */
 export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 14);
+  messageDesc(file_tariff_v1_invoices, 15);
 
 /**
  * @generated from message tariff.v1.GetRevenueReportRequest
@@ -640,7 +692,7 @@ export type GetRevenueReportRequest = Message<"tariff.v1.GetRevenueReportRequest
  * Use `create(GetRevenueReportRequestSchema)` to create a new message.
  */
 export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 15);
+  messageDesc(file_tariff_v1_invoices, 16);
 
 /**
  * @generated from message tariff.v1.RevenueLine
@@ -677,7 +729,7 @@ export type RevenueLine = Message<"tariff.v1.RevenueLine"> & {
  * Use `create(RevenueLineSchema)` to create a new message.
  */
 export const RevenueLineSchema: GenMessage<RevenueLine> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 16);
+  messageDesc(file_tariff_v1_invoices, 17);
 
 /**
  * @generated from message tariff.v1.RevenueReport
@@ -699,7 +751,7 @@ export type RevenueReport = Message<"tariff.v1.RevenueReport"> & {
  * Use `create(RevenueReportSchema)` to create a new message.
  */
 export const RevenueReportSchema: GenMessage<RevenueReport> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 17);
+  messageDesc(file_tariff_v1_invoices, 18);
 
 /**
  * @generated from enum tariff.v1.InvoiceStatus
