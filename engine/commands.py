@@ -144,7 +144,7 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     at_ms: int
     actor: str
     grace_ms: int
-    periods_max: int = 0  # at most this many periods (the oldest first per customer, customers in id order); 0: all
+    periods_max: int = 0  # at most this many periods (the earliest period end first, then contract id); 0: all
 
 
 AdminCommand = (

@@ -6,7 +6,7 @@ Sans-I/O: the kernel's lines come in through a callable (engine/billing.py sets 
 
 from __future__ import annotations
 
-import itertools
+import heapq
 from collections.abc import Iterator
 
 from engine import commands as cmd
@@ -27,7 +27,7 @@ class InvoiceCommands(ControlPlane):
     """ClosePeriod, CloseDuePeriods, and the reads of drafts and invoices (see engine/state.py's Engine)."""
 
     period_lines: LinesReader | None
-    _next_due_ms: int | None
+    _due_heap: list[tuple[int, str]] | None
 
     # Reads -------------------------------------------------------------------------------------------------
 
@@ -94,45 +94,67 @@ class InvoiceCommands(ControlPlane):
         return self._finalise(contract, start_ms, c.at_ms)
 
     def _close_due_periods(self, c: cmd.CloseDuePeriods) -> list[Invoice]:
-        """Closes every period that ended at least grace_ms before at_ms, customers in id order, periods oldest first."""
-        due = list(itertools.islice(self.due_periods(c.at_ms - c.grace_ms), c.periods_max or None))
-        if not due:
+        """Closes every period that ended at least grace_ms before at_ms (at most periods_max of them), the
+        earliest period end first, then by contract id."""
+        ended_by_ms = c.at_ms - c.grace_ms
+        closed: list[Invoice] = []
+        while not c.periods_max or len(closed) < c.periods_max:
+            earliest = self._earliest_open()
+            if earliest is None or earliest[1] > ended_by_ms:
+                break
+            contract = earliest[0]
+            period = self._first_open(contract)
+            assert period is not None, "the heap's top has an open period"
+            closed.append(self._finalise(contract, period[0], c.at_ms))
+        if not closed:
             raise Repeated([])  # nothing to close: nothing changes, nothing is journaled
-        return [self._finalise(contract, start_ms, c.at_ms) for contract, start_ms in due]
-
-    def due_periods(self, ended_by_ms: int) -> Iterator[tuple[Contract, int]]:
-        """(contract, period start) of every unclosed period that ended at or before ended_by_ms."""
-        for customer_id in sorted(self._contracts_by_customer):
-            account = self.state.accounts[customer_id]
-            for contract in sorted(self._contracts_by_customer[customer_id], key=lambda c: c.starting_at_ms):
-                for start_ms, end_ms in self._periods(contract):
-                    if end_ms > ended_by_ms:
-                        break
-                    if start_ms not in account.invoices:
-                        yield contract, start_ms
+        return closed
 
     def next_period_end_ms(self) -> int:
-        """The earliest end of a period not closed yet (2^62 when there is none; cached until a close): a driver
-        closing periods by itself asks this, not every customer, each time it wakes."""
-        cached = self._next_due_ms
-        if cached is None:
-            ends = (self._first_open_end(c) for contracts in self._contracts_by_customer.values() for c in contracts)
-            cached = self._next_due_ms = min((e for e in ends if e is not None), default=2**62)
-        return cached
+        """The earliest end of a period not closed yet (2^62 when there is none): a driver closing periods by
+        itself asks this each time it wakes, and it costs a look at the top of a heap, not a scan."""
+        earliest = self._earliest_open()
+        return earliest[1] if earliest is not None else 2**62
+
+    def _earliest_open(self) -> tuple[Contract, int] | None:
+        """The contract whose first unclosed period ends first, and that end (ties: the smaller contract id).
+
+        A heap of (first open period end, contract id), built on first use: closing a period only moves a
+        contract's first open end later, so an entry is checked when it reaches the top and pushed down again
+        when it is stale; a new contract pushes its own. What it answers depends on the state only."""
+        heap = self._due_heap
+        if heap is None:
+            heap = [(end, c.id) for c in self.state.contracts.values() if (end := self._first_open_end(c)) is not None]
+            heapq.heapify(heap)
+            self._due_heap = heap
+        while heap:
+            end_ms, contract_id = heap[0]
+            contract = self.state.contracts[contract_id]
+            actual = self._first_open_end(contract)
+            if actual is None:
+                heapq.heappop(heap)
+            elif actual != end_ms:
+                heapq.heapreplace(heap, (actual, contract_id))
+            else:
+                return contract, end_ms
+        return None
 
     def _note_contract(self, contract: Contract) -> None:
         """A new contract's first period end may come before every other."""
-        if self._next_due_ms is not None:
-            end = self._first_open_end(contract)
-            if end is not None:
-                self._next_due_ms = min(self._next_due_ms, end)
+        if self._due_heap is not None and (end := self._first_open_end(contract)) is not None:
+            heapq.heappush(self._due_heap, (end, contract.id))
+
+    def _first_open(self, contract: Contract) -> tuple[int, int] | None:
+        """(start, end) of the contract's first period not closed (None once an ended contract's are all closed)."""
+        invoices = self.state.accounts[contract.customer_id].invoices
+        for period in self._periods(contract):
+            if period[0] not in invoices:
+                return period
+        return None
 
     def _first_open_end(self, contract: Contract) -> int | None:
-        invoices = self.state.accounts[contract.customer_id].invoices
-        for start_ms, end_ms in self._periods(contract):
-            if start_ms not in invoices:
-                return end_ms
-        return None
+        period = self._first_open(contract)
+        return period[1] if period is not None else None
 
     def _finalise(self, contract: Contract, start_ms: int, at_ms: int) -> Invoice:
         period = self._lines(contract.customer_id, start_ms)
@@ -146,7 +168,6 @@ class InvoiceCommands(ControlPlane):
         account = self.state.accounts[contract.customer_id]
         account.invoices[start_ms] = invoice.number
         account.closed_periods[start_ms] = None
-        self._next_due_ms = None
         return invoice
 
     def _build(self, contract: Contract, period: KernelLines, top_ups_minor: int) -> Invoice:

@@ -31,9 +31,9 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
     # Tuples: a customer has one contract or a few, and a tuple of one is 48 bytes where a list grown by append is 88.
     _contracts_by_customer: dict[str, tuple[Contract, ...]] = field(default_factory=dict)
     _grant_ids: set[str] = field(default_factory=set)
-    # The kernel's invoice lines (engine/billing.py sets it); the earliest end of an unclosed period (cached).
+    # The kernel's invoice lines (engine/billing.py sets it); contracts by their first unclosed period's end.
     period_lines: LinesReader | None = None
-    _next_due_ms: int | None = None
+    _due_heap: list[tuple[int, str]] | None = None
 
     def __post_init__(self) -> None:
         self._reindex()
@@ -64,7 +64,7 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
             held = self._contracts_by_customer.get(contract.customer_id, ())
             self._contracts_by_customer[contract.customer_id] = (*held, contract)
         self._grant_ids = {grant.id for account in self.state.accounts.values() for grant in account.grants}
-        self._next_due_ms = None
+        self._due_heap = None
 
     # Applying commands -------------------------------------------------------------------------------------
 

@@ -180,6 +180,28 @@ def test_close_due_periods_closes_every_ended_period_once_and_survives_a_snapsho
     assert restored.engine.invoice("INV-00000002").customer_id == "globex"
 
 
+def test_close_due_periods_in_slices_takes_the_earliest_period_ends_first() -> None:
+    w = world([(EPOCH_MS, "2", "1")])
+    w.customer("globex")
+    w.contract("c-globex", customer_id="globex", starting_at_ms=FEB_1_MS)
+    w.close()  # acme's January, by hand
+    march_1_ms = EPOCH_MS + (31 + 28) * DAY_MS
+    april_1_ms = march_1_ms + 31 * DAY_MS
+    first = w.apply(cmd.CloseDuePeriods(april_1_ms, ACTOR, 0, 2))
+    second = w.apply(cmd.CloseDuePeriods(april_1_ms, ACTOR, 0, 2))
+    assert isinstance(first, list) and isinstance(second, list)
+    # February ends first for both (c-acme before c-globex), then March for both.
+    assert [(i.customer_id, i.period_end_ms) for i in first + second] == [
+        ("acme", march_1_ms),
+        ("globex", march_1_ms),
+        ("acme", april_1_ms),
+        ("globex", april_1_ms),
+    ]
+    assert w.engine.next_period_end_ms() == april_1_ms + 30 * DAY_MS
+    with pytest.raises(Repeated):
+        w.apply(cmd.CloseDuePeriods(april_1_ms, ACTOR, 0, 2))
+
+
 def test_grant_balances_at_the_period_end_count_earlier_periods_and_expiry() -> None:
     w = world([(EPOCH_MS, "2", "1")])
     w.grant("prepaid", "10")

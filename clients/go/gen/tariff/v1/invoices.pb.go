@@ -1062,7 +1062,7 @@ func (*CloseDuePeriodsRequest) Descriptor() ([]byte, []int) {
 
 type CloseDuePeriodsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The invoices made, customers in id order, periods oldest first.
+	// The invoices made, the earliest period end first, then by contract id.
 	Invoices      []*Invoice `protobuf:"bytes,1,rep,name=invoices,proto3" json:"invoices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -559,7 +559,7 @@ export const CloseDuePeriodsRequestSchema: GenMessage<CloseDuePeriodsRequest> = 
  */
 export type CloseDuePeriodsResponse = Message<"tariff.v1.CloseDuePeriodsResponse"> & {
   /**
-   * The invoices made, customers in id order, periods oldest first.
+   * The invoices made, the earliest period end first, then by contract id.
    *
    * @generated from field: repeated tariff.v1.Invoice invoices = 1;
    */
