@@ -243,3 +243,17 @@ def test_a_month_previewed_closed_exported_and_the_same_after_kill_9(server_fact
         assert client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id="gamma")).invoices == [
             finals["gamma"]
         ]
+        later = invoices_pb2.ListInvoicesRequest(period_start_from=ts(END_MS))
+        assert list(client.invoices.ListInvoices(later).invoices) == []
+        drafts_only = invoices_pb2.ListInvoicesRequest(status=invoices_pb2.INVOICE_DRAFT)
+        assert list(client.invoices.ListInvoices(drafts_only).invoices) == []
+        paged = client.invoices.ListInvoices(
+            invoices_pb2.ListInvoicesRequest(
+                period_start_from=ts(START_MS), period_start_before=ts(END_MS), page_size=2
+            )
+        )
+        assert [i.invoice_number for i in paged.invoices] == ["INV-00000001", "INV-00000002"]
+        rest = client.invoices.ListInvoices(
+            invoices_pb2.ListInvoicesRequest(page_size=2, page_token=paged.next_page_token)
+        )
+        assert [i.invoice_number for i in rest.invoices] == ["INV-00000003"] and not rest.next_page_token
