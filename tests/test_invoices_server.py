@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -257,3 +258,47 @@ def test_a_month_previewed_closed_exported_and_the_same_after_kill_9(server_fact
             invoices_pb2.ListInvoicesRequest(page_size=2, page_token=paged.next_page_token)
         )
         assert [i.invoice_number for i in rest.invoices] == ["INV-00000003"] and not rest.next_page_token
+
+
+def tariff_cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "invoices", *args, "--server", server.target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_invoices_cli_previews_closes_and_lists(server_factory: ServerFactory) -> None:
+    server = server_factory(name="invoices-cli")
+    with server.client() as client:
+        set_up(client)
+        a_month_of_usage(client)
+        draft = preview(client, "beta")
+    month = START.strftime("%Y-%m")
+    shown = tariff_cli(server, "preview", "beta", "--period", month, "--json")
+    assert shown.returncode == 0, shown.stderr
+    as_json = json.loads(shown.stdout)
+    assert (as_json["status"], as_json["total_due"], len(as_json["lines"])) == ("INVOICE_DRAFT", draft.total_due, 2)
+    assert "tokens;model=gpt4" in tariff_cli(server, "preview", "beta", "--period", month).stdout
+    closed = tariff_cli(server, "close", "beta", "--period", month, "--json")
+    assert closed.returncode == 0, closed.stderr
+    assert [i["invoice_number"] for i in json.loads(closed.stdout)] == ["INV-00000001"]
+    # Every ended period: alpha's and gamma's month, then everyone's next month (the current one has not ended).
+    rest = tariff_cli(server, "close", "--all", "--json")
+    assert [(i["customer_id"], i["invoice_number"]) for i in json.loads(rest.stdout)] == [
+        ("alpha", "INV-00000002"),
+        ("gamma", "INV-00000003"),
+        ("alpha", "INV-00000004"),
+        ("beta", "INV-00000005"),
+        ("gamma", "INV-00000006"),
+    ]
+    assert tariff_cli(server, "close", "--all", "--json").stdout.strip() == "[]"  # nothing left: nothing new
+    listed = tariff_cli(server, "list", "--period", month)
+    assert listed.returncode == 0 and all(f"INV-0000000{n}" in listed.stdout for n in (1, 2, 3)), listed.stdout
+    betas = json.loads(tariff_cli(server, "list", "--customer", "beta", "--json").stdout)
+    assert [i["invoice_number"] for i in betas] == ["INV-00000001", "INV-00000005"]
+    bad = tariff_cli(server, "export", "--period", "2026-13")
+    assert bad.returncode == 2 and "is not YYYY-MM" in bad.stderr
+    not_ended = tariff_cli(server, "close", "beta", "--period", NOW.strftime("%Y-%m"))
+    assert not_ended.returncode == 1 and "FAILED_PRECONDITION" in not_ended.stderr and "ends at" in not_ended.stderr
