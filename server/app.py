@@ -310,6 +310,8 @@ async def _serve_locked(
     trim_heap()
     recovery_s = time.monotonic() - started
     recovered.append(billing)
+    if config.close_grace_ms is not None:
+        billing.engine.next_period_end_ms()  # builds the close driver's heap now, not on the loop once serving
     tune_garbage_collector()
     freezer = asyncio.create_task(keep_freezing_survivors())
     stop_telemetry = telemetry.configure(telemetry.OtelExporter(config.otel), config.metrics_port)
