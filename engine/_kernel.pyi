@@ -63,3 +63,20 @@ class Kernel:
     ) -> list[tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]]: ...
     def track_touched(self, on: bool) -> None: ...
     def take_touched(self) -> list[str]: ...
+    def invoice_lines(
+        self, customer_id: str, at_ms: int
+    ) -> (
+        tuple[
+            int,
+            int,
+            int,
+            bool,
+            list[
+                tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[tuple[str, int, int, int, int]]]
+            ],
+            list[tuple[str, int, int, int | None]],
+        ]
+        | None
+    ): ...
+
+def period_containing(anchor_ms: int, ts_ms: int) -> tuple[int, int]: ...

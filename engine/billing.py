@@ -28,6 +28,7 @@ from engine._kernel import Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import NotFound
+from engine.invoices import Invoice, KernelLines
 from engine.ledger import Grant
 from engine.rerate import Rerated, RerationPlan, Simulation, plan_rerating, rerate_slice, simulate, with_rerated
 from engine.state import Engine
@@ -143,6 +144,7 @@ class Billing:
         self._tracking = False
         self._fired: list[alerts.FiredAlert] = []  # alerts fired by admin commands, until take_fired()
         self._sync_tracking()
+        self.engine.period_lines = self._period_lines
 
     @property
     def last_seq(self) -> int:
@@ -317,6 +319,11 @@ class Billing:
 
     # Reads ---------------------------------------------------------------------------------------------
 
+    def _period_lines(self, customer_id: str, at_ms: int) -> KernelLines | None:
+        """The kernel's invoice lines of a period (engine/invoicing.py reads them through this)."""
+        self.refresh_tables()
+        return self.kernel.invoice_lines(customer_id, at_ms)
+
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         customer = self.engine.customer(customer_id)  # NotFound for an unknown customer
         self.refresh_tables()
@@ -426,5 +433,8 @@ def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:
             return customer_id
         case cmd.CreateContract() | cmd.AddOverride() | cmd.GrantCredits():
             assert isinstance(result, Contract | Grant)
+            return result.customer_id
+        case cmd.ClosePeriod():
+            assert isinstance(result, Invoice)
             return result.customer_id
     return None

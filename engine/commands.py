@@ -148,6 +148,25 @@ class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
     threshold: str
 
 
+class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
+    """Finalises one customer's invoice for the period starting at period_start_ms (which must have ended by at_ms)."""
+
+    at_ms: int
+    actor: str
+    customer_id: str
+    period_start_ms: int
+
+
+class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
+    """Finalises every customer's invoice for each period that ended at least grace_ms before at_ms: the
+    server's periodic close, a journaled time command (replay reads at_ms from here, never a clock)."""
+
+    at_ms: int
+    actor: str
+    grace_ms: int
+    periods_max: int = 0  # at most this many periods (the earliest period end first, then contract id); 0: all
+
+
 AdminCommand = (
     CreateCustomer
     | CreateProduct
@@ -159,5 +178,7 @@ AdminCommand = (
     | GrantCredits
     | RollbackRateCard
     | CreateAlert
+    | ClosePeriod
+    | CloseDuePeriods
 )
 Command = IngestBatch | AdminCommand

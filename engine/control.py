@@ -20,6 +20,7 @@ from engine import commands as cmd
 from engine.alerts import AlertBook
 from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound, Repeated
+from engine.invoices import Invoice
 from engine.ledger import Grant
 from engine.products import Product
 from engine.ratecard import RateCard
@@ -62,6 +63,7 @@ class Account(msgspec.Struct, gc=False):
     customer_id: str
     grants: list[Grant] = []
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
+    invoices: dict[int, str] = {}  # period start -> the number of its final invoice
 
 
 class RequestMark(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -85,6 +87,8 @@ class BillingState(msgspec.Struct):
     requests: dict[str, RequestMark] = {}
     audit_chunks: list[AuditChunk] = []  # the log's sealed entries, oldest first
     alerts: AlertBook = msgspec.field(default_factory=AlertBook)  # alert rules and fired alerts (engine/alerts.py)
+    invoices: dict[str, Invoice] = {}  # final invoices by number
+    invoices_created: int = 0  # the last invoice number's serial
 
 
 _json = msgspec.json.Encoder()

@@ -22,16 +22,23 @@ from engine.control import BillingState, check_id
 from engine.customers import CustomerCommands
 from engine.errors import AlreadyExists, Repeated
 from engine.grants import GrantCommands
+from engine.invoices import LinesReader
+from engine.invoicing import InvoiceCommands
 from engine.rollback import RollbackCommands
 from engine.versions import VersionCommands
 
 
 @dataclass
-class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands, AuditLog, RollbackCommands):
+class Engine(
+    CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands, AuditLog, RollbackCommands, InvoiceCommands
+):
     state: BillingState = field(default_factory=BillingState)
     # Tuples: a customer has one contract or a few, and a tuple of one is 48 bytes where a list grown by append is 88.
     _contracts_by_customer: dict[str, tuple[Contract, ...]] = field(default_factory=dict)
     _grant_ids: set[str] = field(default_factory=set)
+    # The kernel's invoice lines (engine/billing.py sets it); contracts by their first unclosed period's end.
+    period_lines: LinesReader | None = None
+    _due_heap: list[tuple[int, str]] | None = None
 
     def __post_init__(self) -> None:
         self._reindex()
@@ -62,6 +69,7 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
             held = self._contracts_by_customer.get(contract.customer_id, ())
             self._contracts_by_customer[contract.customer_id] = (*held, contract)
         self._grant_ids = {grant.id for account in self.state.accounts.values() for grant in account.grants}
+        self._due_heap = None
 
     # Applying commands -------------------------------------------------------------------------------------
 
@@ -86,7 +94,9 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
             case cmd.PublishVersion():
                 return self._publish(command)
             case cmd.CreateContract():
-                return self._create_contract(command)
+                contract = self._create_contract(command)
+                self._note_contract(contract)
+                return contract
             case cmd.AddOverride():
                 return self._add_override(command)
             case cmd.GrantCredits():
@@ -95,6 +105,10 @@ class Engine(CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands
                 return self._rollback(command)
             case cmd.CreateAlert():
                 return self._create_alert(command)
+            case cmd.ClosePeriod():
+                return self._close_period(command)
+            case cmd.CloseDuePeriods():
+                return self._close_due_periods(command)
         raise AssertionError(f"unknown command {type(command).__name__}")
 
     def _create_alert(self, c: cmd.CreateAlert) -> AlertRule:

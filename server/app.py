@@ -37,6 +37,7 @@ from tariff.v1 import (
 from engine.billing import Billing, RatingChanged
 from server import oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
+from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
 from server.journal import JournalFormatError, LmdbJournal
@@ -87,6 +88,7 @@ class ServeConfig:
     log_level: str = "info"  # debug | info | warning | error
     activity_every_s: float = oplog.ACTIVITY_EVERY_S_DEFAULT
     loop_stall_sample_s: float = 0.0  # 0: no event-loop stall sampling
+    close_grace_ms: int | None = CLOSE_GRACE_MS_DEFAULT  # how long after its end a period closes; None: never
 
 
 # Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
@@ -309,6 +311,8 @@ async def _serve_locked(
     trim_heap()
     recovery_s = time.monotonic() - started
     recovered.append(billing)
+    if config.close_grace_ms is not None:
+        billing.engine.next_period_end_ms()  # builds the close driver's heap now, not on the loop once serving
     tune_garbage_collector()
     freezer = asyncio.create_task(keep_freezing_survivors())
     stop_telemetry = telemetry.configure(telemetry.OtelExporter(config.otel), config.metrics_port)
@@ -345,7 +349,13 @@ async def _serve_locked(
     stalls = StallSampler(config.loop_stall_sample_s) if config.loop_stall_sample_s > 0 else None
     sampler = asyncio.create_task(stalls.run()) if stalls is not None else None
     reporter = asyncio.create_task(report_activity(config.activity_every_s, lambda: journal.stats().used_bytes, stalls))
+    grace_ms = config.close_grace_ms
+    closer = (
+        asyncio.create_task(close_due_periods(billing, sequencer, grace_ms, wall_ms)) if grace_ms is not None else None
+    )
     await _until_stopped(sequencer)
+    if closer is not None:
+        closer.cancel()
 
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
     log.info("shutting down")
@@ -402,7 +412,7 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     server.add_generic_rpc_handlers((BalanceService(billing, sequencer, watch=watch).generic_handler(),))
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
-    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)
+    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(billing, sequencer), server)
     alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(billing, sequencer, watch=watch), server)
     return watch
 

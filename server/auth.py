@@ -202,6 +202,7 @@ RULES: Mapping[str, Rule] = {
     "/tariff.v1.InvoiceService/GetInvoice": _rule(_READ, Scope.GLOBAL),
     "/tariff.v1.InvoiceService/ListInvoices": _rule(_READ, Scope.FIELD, "customer_id"),
     "/tariff.v1.InvoiceService/GetRevenueReport": _rule(_READ, Scope.FIELD, "customer_id"),
+    "/tariff.v1.InvoiceService/CloseDuePeriods": _rule(ADMIN, Scope.GLOBAL),
     "/tariff.v1.AlertService/CreateAlert": _rule(ADMIN, Scope.FIELD, "customer_id"),
     "/tariff.v1.AlertService/WatchAlerts": _rule(_READ, Scope.GLOBAL),
     "/tariff.v1.AlertService/ListAlertRules": _rule(_READ, Scope.GLOBAL),

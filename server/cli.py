@@ -96,6 +96,12 @@ def _mib(value: int) -> int:
     default=0.0,
     help="sample the event loop's longest stall every this many ms, reported in the activity line  [default: off]",
 )
+@click.option(
+    "--close-grace",
+    default="24h",
+    help="how long after a billing period ends it is closed by itself (its invoice made final), e.g. 24h, 30m, 0s; "
+    "off: only ClosePeriod and CloseDuePeriods close periods",
+)
 def serve(
     listen: str,
     data_dir: Path,
@@ -120,12 +126,18 @@ def serve(
     log_level: str,
     log_activity_every_s: float,
     loop_stall_sample_ms: float,
+    close_grace: str,
 ) -> None:
     """Run the gRPC server."""
     # Before anything imports grpc: gRPC core's own stderr lines must not leak into the operator's log.
     oplog.quiet_grpc_core(log_level.lower())
     from server.app import ServeConfig, run
+    from server.closer import parse_duration_ms
 
+    try:
+        close_grace_ms = parse_duration_ms(close_grace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--close-grace") from None
     config = ServeConfig(
         listen=listen,
         data_dir=data_dir,
@@ -150,6 +162,7 @@ def serve(
         log_level=log_level.lower(),
         activity_every_s=log_activity_every_s,
         loop_stall_sample_s=loop_stall_sample_ms / 1000,
+        close_grace_ms=close_grace_ms,
     )
     sys.exit(run(config))
 

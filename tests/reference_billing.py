@@ -841,3 +841,91 @@ class ReferenceRating:
             drawn = sum((a.drawn.get(grant.id, Decimal(0)) for a in self.aggregates.values()), start=Decimal(0))
             if grant.amount != drawn + grant.remaining or grant.remaining < 0:
                 raise Mismatch(f"grant {grant.id}: {grant.amount} != {drawn} drawn + {grant.remaining} remaining")
+
+
+# Invoices ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RefInvoiceLine:
+    model: str
+    quantity: Decimal = Decimal(0)
+    amount: Decimal = Decimal(0)
+    overage: Decimal = Decimal(0)
+    credits: dict[str, Decimal] = dataclasses.field(default_factory=dict)
+    # version -> [quantity, amount]
+    parts: dict[int, list[Decimal]] = dataclasses.field(default_factory=dict)
+
+
+def reference_invoice(
+    versions: list[tuple[int, dict[str, Decimal]]],
+    grants: list[tuple[str, Decimal, int]],
+    events: list[tuple[int, str, Decimal]],
+    overage_price: Decimal,
+    minor_places: int,
+) -> dict[str, Any]:
+    """One period's invoice by hand, for one SUM product priced per unit by model (`versions`: (effective from
+    ms, model -> unit price), numbered from 1; `grants`: (id, amount, priority) in creation order, for every
+    product, never expiring; `events`: (timestamp ms, model, quantity) in ingestion order, all in the period).
+
+    Each event is charged round_pico(p x quantity after) - round_pico(p x quantity before), p the unit price of
+    the version in force at its timestamp; the charge is drawn from the grants by (priority, creation order),
+    the rest is overage. A line's amount due is its overage x overage_price rounded half-even to the minor unit;
+    overage_due is the exact sum rounded once; the adjustment makes the rounded lines add up to it."""
+    remaining = {grant_id: amount for grant_id, amount, _ in grants}
+    order = [g[0] for g in sorted(grants, key=lambda g: (g[2], grants.index(g)))]
+    lines: dict[str, RefInvoiceLine] = {}
+    for ts_ms, model, quantity in events:
+        number = max(i + 1 for i, (start, _) in enumerate(versions) if start <= ts_ms)
+        price = versions[number - 1][1][model]
+        line = lines.setdefault(model, RefInvoiceLine(model))
+        after = line.quantity + quantity
+        charge = round_pico(price * after) - round_pico(price * line.quantity)
+        line.quantity = after
+        line.amount += charge
+        part = line.parts.setdefault(number, [Decimal(0), Decimal(0)])
+        part[0] += quantity
+        part[1] += charge
+        for grant_id in order:
+            take = min(remaining[grant_id], charge)
+            if take > 0:
+                remaining[grant_id] -= take
+                line.credits[grant_id] = line.credits.get(grant_id, Decimal(0)) + take
+                charge -= take
+        line.overage += charge
+    minor = Decimal(1).scaleb(-minor_places)
+
+    def to_minor(value: Decimal) -> Decimal:
+        return value.quantize(minor, rounding=decimal.ROUND_HALF_EVEN, context=CONTEXT)
+
+    rows: list[dict[str, Any]] = []
+    due_rounded = Decimal(0)
+    for model in sorted(lines):
+        line = lines[model]
+        rows.append(
+            {
+                "model": model,
+                "quantity": line.quantity,
+                "amount": line.amount,
+                "overage": line.overage,
+                "credits": {g: c for g, c in line.credits.items() if c},
+                "parts": {v: (q, a) for v, (q, a) in sorted(line.parts.items())},
+                "amount_due": to_minor(line.overage * overage_price),
+            }
+        )
+        due_rounded += to_minor(line.overage * overage_price)
+    overage_due = to_minor(sum((line.overage * overage_price for line in lines.values()), Decimal(0)))
+    credits: dict[str, Decimal] = {}
+    for line in lines.values():
+        for grant_id, amount in line.credits.items():
+            credits[grant_id] = credits.get(grant_id, Decimal(0)) + amount
+    return {
+        "lines": rows,
+        "credits": {g: c for g, c in sorted(credits.items()) if c},
+        "balances": {g: (amount, amount - remaining[g], remaining[g]) for g, amount, _ in grants},
+        "subtotal": sum((line.amount for line in lines.values()), Decimal(0)),
+        "overage": sum((line.overage for line in lines.values()), Decimal(0)),
+        "overage_due": overage_due,
+        "rounding_adjustment": overage_due - due_rounded,
+        "total_due": overage_due,
+    }

@@ -123,6 +123,9 @@ class ServerProcess:
         ]
         if self.demo:
             cmd.append("--demo")
+        if "--close-grace" not in self.extra_args:
+            # Tests rate usage in long-past periods; closing those by themselves is tested where asked for.
+            cmd.extend(["--close-grace", "off"])
         cmd.extend(self.extra_args)
         return cmd
 

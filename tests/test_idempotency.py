@@ -245,8 +245,6 @@ def test_an_override_without_a_start_leaves_the_start_unset(demo_server: ServerP
 
 
 UNIMPLEMENTED_CALLS: list[tuple[str, Callable[[TariffClient], object]]] = [
-    ("PreviewInvoice", lambda c: c.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=ACME))),
-    ("ClosePeriod", lambda c: c.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id=ACME))),
     ("GetRevenueReport", lambda c: c.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest())),
     ("SetTopUpPolicy", lambda c: c.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest())),
     ("ReleaseReservation", lambda c: c.balance.ReleaseReservation(balance_pb2.ReleaseReservationRequest())),

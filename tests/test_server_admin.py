@@ -28,7 +28,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
 
@@ -824,9 +824,6 @@ def test_unbuilt_features_answer_unimplemented_with_a_message(server_factory: Se
     with server.client() as client:
         build_catalogue(client)
         calls: dict[str, Callable[[], object]] = {
-            "PreviewInvoice": lambda: client.invoices.PreviewInvoice(
-                invoices_pb2.PreviewInvoiceRequest(customer_id=CUSTOMER)
-            ),
             "SetTopUpPolicy": lambda: client.contracts.SetTopUpPolicy(
                 contracts_pb2.SetTopUpPolicyRequest(
                     contract_id=CONTRACT,

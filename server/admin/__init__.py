@@ -13,6 +13,7 @@ from server.admin.alerts import alerts
 from server.admin.audit import audit
 from server.admin.balance import authorize, balance
 from server.admin.customers import customers
+from server.admin.invoices import invoices
 from server.admin.products import products
 from server.admin.ratecards import ratecards
 from server.admin.simulate import simulate
@@ -31,6 +32,7 @@ COMMANDS: tuple[click.Command, ...] = (
     audit,
     watch,
     alerts,
+    invoices,
 )
 
 

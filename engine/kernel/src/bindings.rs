@@ -100,6 +100,13 @@ fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyA
     py.import("builtins")?.getattr("int")?.call1((value.to_string(),))
 }
 
+/// A line of `Kernel.invoice_lines`: (product_id, dimension values, quantity_e18, events, amount_picos,
+/// overage_picos, [(grant_id, credits_picos)], [(rate_card_id, version, quantity_e18, events, amount_picos)]).
+type LineTuple = (String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>, Vec<(String, u32, i128, u64, i128)>);
+/// `Kernel.invoice_lines`' answer: (period_start_ms, period_end_ms, overage_price_e18, closed, lines, grants),
+/// a grant as (grant_id, amount_picos, drawn_picos through the period, expires_at_ms).
+type PeriodTuple = (i64, i64, i128, bool, Vec<LineTuple>, Vec<(String, i128, i128, Option<i64>)>);
+
 #[pymethods]
 impl Kernel {
     #[new]
@@ -421,6 +428,37 @@ impl Kernel {
             })
             .collect())
     }
+    /// The lines of the customer's period containing `at_ms`, from its buckets: (period_start_ms,
+    /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values, the grants
+    /// started before the period's end with what usage through the period drew from them). None for a
+    /// customer the tables do not name; ValueError when no contract of it covers `at_ms`.
+    fn invoice_lines(&self, customer_id: &str, at_ms: i64) -> PyResult<Option<PeriodTuple>> {
+        let period = match self.read()?.period_lines(customer_id, at_ms) {
+            Ok(period) => period,
+            Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
+            Err(crate::invoice::NoLines::NoContract) => {
+                return Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
+            }
+        };
+        let lines = period
+            .lines
+            .into_iter()
+            .map(|l| {
+                let parts =
+                    l.parts.into_iter().map(|p| (p.rate_card, p.version, p.quantity, p.events, p.amount)).collect();
+                (l.product_id, l.dimensions, l.quantity, l.events, l.amount, l.overage, l.credits, parts)
+            })
+            .collect();
+        let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms)).collect();
+        Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
+    }
+}
+
+/// (start_ms, end_ms) of the monthly period anchored on `anchor_ms` that contains `ts_ms` (>= anchor_ms): the
+/// calendar the kernel rates by.
+#[pyfunction]
+fn period_containing(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
+    crate::route::period_containing(anchor_ms, ts_ms)
 }
 
 #[pymodule]
@@ -430,5 +468,6 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
     module.add("RequestIdMissing", module.py().get_type::<RequestIdMissing>())?;
     module.add("ReservationAsked", module.py().get_type::<ReservationAsked>())?;
+    module.add_function(wrap_pyfunction!(period_containing, module)?)?;
     Ok(())
 }

@@ -810,3 +810,22 @@ impl Kernel {
         Ok(kernel)
     }
 }
+
+/// Reads other modules of the crate make of the account state (engine/kernel/src/invoice.rs).
+impl Kernel {
+    pub(crate) fn account(&self, customer_id: &str) -> Option<&Account> {
+        self.accounts.get(customer_id).map(|a| &**a)
+    }
+
+    /// The pricing-dimension values of an interned combination.
+    pub(crate) fn combo(&self, combo: u32) -> &[Sym] {
+        self.rater.combos.tuple(combo)
+    }
+}
+
+impl Account {
+    /// The customer's contracts and closed periods, once the tables name it.
+    pub(crate) fn route(&self) -> Option<&Route> {
+        self.route.as_ref()
+    }
+}

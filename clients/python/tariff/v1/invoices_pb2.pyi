@@ -28,19 +28,23 @@ class PreviewInvoiceRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AppliedPrice(_message.Message):
-    __slots__ = ("version", "unit_price", "quantity", "amount")
+    __slots__ = ("version", "unit_price", "quantity", "amount", "events", "rate_card_id")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RATE_CARD_ID_FIELD_NUMBER: _ClassVar[int]
     version: int
     unit_price: str
     quantity: str
     amount: str
-    def __init__(self, version: _Optional[int] = ..., unit_price: _Optional[str] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+    events: int
+    rate_card_id: str
+    def __init__(self, version: _Optional[int] = ..., unit_price: _Optional[str] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ..., events: _Optional[int] = ..., rate_card_id: _Optional[str] = ...) -> None: ...
 
 class InvoiceLine(_message.Message):
-    __slots__ = ("line_id", "product_id", "dimensions", "quantity", "prices", "amount")
+    __slots__ = ("line_id", "product_id", "dimensions", "quantity", "prices", "amount", "events", "overage", "credits_applied", "amount_due")
     class DimensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,13 +58,21 @@ class InvoiceLine(_message.Message):
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     PRICES_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    OVERAGE_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_DUE_FIELD_NUMBER: _ClassVar[int]
     line_id: str
     product_id: str
     dimensions: _containers.ScalarMap[str, str]
     quantity: str
     prices: _containers.RepeatedCompositeFieldContainer[AppliedPrice]
     amount: str
-    def __init__(self, line_id: _Optional[str] = ..., product_id: _Optional[str] = ..., dimensions: _Optional[_Mapping[str, str]] = ..., quantity: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[AppliedPrice, _Mapping]]] = ..., amount: _Optional[str] = ...) -> None: ...
+    events: int
+    overage: str
+    credits_applied: _containers.RepeatedCompositeFieldContainer[CreditApplication]
+    amount_due: str
+    def __init__(self, line_id: _Optional[str] = ..., product_id: _Optional[str] = ..., dimensions: _Optional[_Mapping[str, str]] = ..., quantity: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[AppliedPrice, _Mapping]]] = ..., amount: _Optional[str] = ..., events: _Optional[int] = ..., overage: _Optional[str] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., amount_due: _Optional[str] = ...) -> None: ...
 
 class CreditApplication(_message.Message):
     __slots__ = ("grant_id", "credits")
@@ -71,7 +83,7 @@ class CreditApplication(_message.Message):
     def __init__(self, grant_id: _Optional[str] = ..., credits: _Optional[str] = ...) -> None: ...
 
 class Invoice(_message.Message):
-    __slots__ = ("customer_id", "invoice_number", "status", "period_start", "period_end", "pricing_unit", "currency", "lines", "credits_applied", "overage_amount", "overage_due", "top_up_purchases", "total_due", "subtotal")
+    __slots__ = ("customer_id", "invoice_number", "status", "period_start", "period_end", "pricing_unit", "currency", "lines", "credits_applied", "overage_amount", "overage_due", "top_up_purchases", "total_due", "subtotal", "minor_unit", "rounding_adjustment", "overage_price", "contract_id", "closed_at", "grant_balances")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     INVOICE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +98,12 @@ class Invoice(_message.Message):
     TOP_UP_PURCHASES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_DUE_FIELD_NUMBER: _ClassVar[int]
     SUBTOTAL_FIELD_NUMBER: _ClassVar[int]
+    MINOR_UNIT_FIELD_NUMBER: _ClassVar[int]
+    ROUNDING_ADJUSTMENT_FIELD_NUMBER: _ClassVar[int]
+    OVERAGE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    GRANT_BALANCES_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     invoice_number: str
     status: InvoiceStatus
@@ -100,7 +118,27 @@ class Invoice(_message.Message):
     top_up_purchases: str
     total_due: str
     subtotal: str
-    def __init__(self, customer_id: _Optional[str] = ..., invoice_number: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pricing_unit: _Optional[str] = ..., currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., overage_amount: _Optional[str] = ..., overage_due: _Optional[str] = ..., top_up_purchases: _Optional[str] = ..., total_due: _Optional[str] = ..., subtotal: _Optional[str] = ...) -> None: ...
+    minor_unit: int
+    rounding_adjustment: str
+    overage_price: str
+    contract_id: str
+    closed_at: _timestamp_pb2.Timestamp
+    grant_balances: _containers.RepeatedCompositeFieldContainer[InvoiceGrantBalance]
+    def __init__(self, customer_id: _Optional[str] = ..., invoice_number: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pricing_unit: _Optional[str] = ..., currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., overage_amount: _Optional[str] = ..., overage_due: _Optional[str] = ..., top_up_purchases: _Optional[str] = ..., total_due: _Optional[str] = ..., subtotal: _Optional[str] = ..., minor_unit: _Optional[int] = ..., rounding_adjustment: _Optional[str] = ..., overage_price: _Optional[str] = ..., contract_id: _Optional[str] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grant_balances: _Optional[_Iterable[_Union[InvoiceGrantBalance, _Mapping]]] = ...) -> None: ...
+
+class InvoiceGrantBalance(_message.Message):
+    __slots__ = ("grant_id", "granted", "drawn", "remaining", "expired")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    DRAWN_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    granted: str
+    drawn: str
+    remaining: str
+    expired: str
+    def __init__(self, grant_id: _Optional[str] = ..., granted: _Optional[str] = ..., drawn: _Optional[str] = ..., remaining: _Optional[str] = ..., expired: _Optional[str] = ...) -> None: ...
 
 class ExplainLineItemRequest(_message.Message):
     __slots__ = ("customer_id", "period_start", "line_id", "page_size", "page_token")
@@ -158,6 +196,16 @@ class ClosePeriodRequest(_message.Message):
     period_start: _timestamp_pb2.Timestamp
     def __init__(self, customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class CloseDuePeriodsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CloseDuePeriodsResponse(_message.Message):
+    __slots__ = ("invoices",)
+    INVOICES_FIELD_NUMBER: _ClassVar[int]
+    invoices: _containers.RepeatedCompositeFieldContainer[Invoice]
+    def __init__(self, invoices: _Optional[_Iterable[_Union[Invoice, _Mapping]]] = ...) -> None: ...
+
 class GetInvoiceRequest(_message.Message):
     __slots__ = ("invoice_number",)
     INVOICE_NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -165,16 +213,28 @@ class GetInvoiceRequest(_message.Message):
     def __init__(self, invoice_number: _Optional[str] = ...) -> None: ...
 
 class ListInvoicesRequest(_message.Message):
-    __slots__ = ("customer_id",)
+    __slots__ = ("customer_id", "status", "period_start_from", "period_start_before", "page_size", "page_token")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FROM_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
-    def __init__(self, customer_id: _Optional[str] = ...) -> None: ...
+    status: InvoiceStatus
+    period_start_from: _timestamp_pb2.Timestamp
+    period_start_before: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, customer_id: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., period_start_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListInvoicesResponse(_message.Message):
-    __slots__ = ("invoices",)
+    __slots__ = ("invoices", "next_page_token")
     INVOICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     invoices: _containers.RepeatedCompositeFieldContainer[Invoice]
-    def __init__(self, invoices: _Optional[_Iterable[_Union[Invoice, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, invoices: _Optional[_Iterable[_Union[Invoice, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetRevenueReportRequest(_message.Message):
     __slots__ = ("period_start", "period_end", "customer_id")

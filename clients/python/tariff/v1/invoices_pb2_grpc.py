@@ -64,6 +64,11 @@ class InvoiceServiceStub:
                 request_serializer=tariff_dot_v1_dot_invoices__pb2.GetRevenueReportRequest.SerializeToString,
                 response_deserializer=tariff_dot_v1_dot_invoices__pb2.RevenueReport.FromString,
                 _registered_method=True)
+        self.CloseDuePeriods = channel.unary_unary(
+                '/tariff.v1.InvoiceService/CloseDuePeriods',
+                request_serializer=tariff_dot_v1_dot_invoices__pb2.CloseDuePeriodsRequest.SerializeToString,
+                response_deserializer=tariff_dot_v1_dot_invoices__pb2.CloseDuePeriodsResponse.FromString,
+                _registered_method=True)
 
 
 class InvoiceServiceServicer:
@@ -105,6 +110,15 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseDuePeriods(self, request, context):
+        """Closes every customer's periods that have ended (at or before now), each
+        as ClosePeriod would; the server does this by itself once a period has
+        been over for its close grace (tariff serve --close-grace, 24 h).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvoiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +151,11 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.GetRevenueReport,
                     request_deserializer=tariff_dot_v1_dot_invoices__pb2.GetRevenueReportRequest.FromString,
                     response_serializer=tariff_dot_v1_dot_invoices__pb2.RevenueReport.SerializeToString,
+            ),
+            'CloseDuePeriods': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseDuePeriods,
+                    request_deserializer=tariff_dot_v1_dot_invoices__pb2.CloseDuePeriodsRequest.FromString,
+                    response_serializer=tariff_dot_v1_dot_invoices__pb2.CloseDuePeriodsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +320,33 @@ class InvoiceService:
             '/tariff.v1.InvoiceService/GetRevenueReport',
             tariff_dot_v1_dot_invoices__pb2.GetRevenueReportRequest.SerializeToString,
             tariff_dot_v1_dot_invoices__pb2.RevenueReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseDuePeriods(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tariff.v1.InvoiceService/CloseDuePeriods',
+            tariff_dot_v1_dot_invoices__pb2.CloseDuePeriodsRequest.SerializeToString,
+            tariff_dot_v1_dot_invoices__pb2.CloseDuePeriodsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,194 @@
+"""Invoices as stored and shown: lines from the kernel's buckets, credits, overage, what is due, and the one
+rounding rule. engine/invoicing.py closes periods (ClosePeriod, CloseDuePeriods: the invoice becomes final,
+numbered and immutable) and reads drafts; this module is the model and the arithmetic.
+
+How an invoice is computed (the same for a draft and a final invoice, so the two are equal field by field but
+for `status`, `number` and `closed_at_ms`):
+- a line is one product and one combination of its pricing-dimension values; its quantity, amount, the credits
+  each grant paid for it and its overage (the part no grant covered) are the kernel's period aggregate, in the
+  pricing unit at 10^-12 (picos), exact, never rounded; its parts per rate card version come from the hour
+  buckets whose hour starts inside the period;
+- a line's `amount_due` is its overage at the contract's overage price, in the currency, rounded half-even to
+  the currency's minor unit (`minor_unit`); the invoice's `overage_due` is the exact sum of the lines' unrounded
+  amounts due, rounded once the same way; `rounding_adjustment` = overage_due - the sum of the lines' rounded
+  amounts due, so the rounded lines plus the adjustment are the overage due to the minor unit, and no minor
+  unit appears or vanishes;
+- total_due = overage_due + top_up_purchases (currency, minor unit). Credits are not rounded: they are drawn
+  at 10^-12 exactly, whether the pricing unit is credits or a currency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+
+from engine.contracts import Contract
+from engine.lines import line_id
+from engine.money import round_ratio
+
+QUANTITY_SCALE = 10**18
+PICOS_PER_UNIT = 10**12
+# The kernel's exact product of picos (10^-12) and an overage price at 10^-18 is at 10^-30 of the currency.
+DUE_EXPONENT = 30
+# ISO 4217 minor units that differ from 2 (the default for any other code, "credits" included).
+MINOR_UNITS: dict[str, int] = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI"), 0),
+    **dict.fromkeys(("VND", "VUV", "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    "CLF": 4,
+    "UYW": 4,
+}
+INVOICE_NUMBER_PREFIX = "INV-"
+
+# (period_start_ms, period_end_ms, overage_price_e18, closed, lines): what Kernel.invoice_lines returns.
+KernelPart = tuple[str, int, int, int, int]
+KernelLine = tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[KernelPart]]
+KernelGrant = tuple[str, int, int, int | None]  # (grant id, amount, drawn through the period, expires_at_ms)
+KernelLines = tuple[int, int, int, bool, list[KernelLine], list[KernelGrant]]
+LinesReader = Callable[[str, int], KernelLines | None]
+
+
+def minor_unit(currency: str) -> int:
+    """Decimal places of the currency's minor unit: 2 unless MINOR_UNITS says otherwise (JPY 0, KWD 3)."""
+    return MINOR_UNITS.get(currency.upper(), 2)
+
+
+def invoice_number(serial: int) -> str:
+    """`INV-00000042`: the 42nd invoice this server finalised, over all customers, in closing order."""
+    return f"{INVOICE_NUMBER_PREFIX}{serial:08d}"
+
+
+class VersionPart(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    rate_card_id: str
+    version: int
+    quantity_e18: int
+    events: int
+    amount_picos: int
+
+    @property
+    def unit_price_picos(self) -> int:
+        """amount / quantity, rounded half-even to 10^-12 of the pricing unit per unit (0 for no quantity)."""
+        return round_ratio(self.amount_picos * QUANTITY_SCALE, self.quantity_e18) if self.quantity_e18 else 0
+
+
+class InvoiceLine(msgspec.Struct, frozen=True, gc=False):
+    line_id: str
+    product_id: str
+    dimensions: dict[str, str]
+    quantity_e18: int
+    events: int
+    amount_picos: int
+    overage_picos: int
+    credits: list[tuple[str, int]]  # (grant id, picos), in the order the grants were first drawn
+    parts: list[VersionPart]
+    amount_due_minor: int  # overage x overage price, rounded half-even to the currency's minor unit
+
+
+class GrantBalance(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A grant at the period's end, in picos of the pricing unit: drawn by the usage of this period and the ones
+    before; what was left is `expired` if the grant expired by the period's end, else `remaining`."""
+
+    grant_id: str
+    granted_picos: int
+    drawn_picos: int
+    remaining_picos: int
+    expired_picos: int
+
+
+class Invoice(msgspec.Struct, gc=False):
+    customer_id: str
+    contract_id: str
+    period_start_ms: int
+    period_end_ms: int
+    pricing_unit: str
+    currency: str
+    minor_unit: int
+    overage_price: str
+    lines: list[InvoiceLine]
+    credits_applied: list[tuple[str, int]]  # (grant id, picos) over all lines, by grant id
+    subtotal_picos: int
+    overage_picos: int
+    overage_due_minor: int
+    top_up_purchases_minor: int
+    rounding_adjustment_minor: int
+    total_due_minor: int
+    number: str = ""  # empty for a draft
+    final: bool = False
+    closed_at_ms: int = 0
+    grant_balances: list[GrantBalance] = []
+
+
+def build_invoice(
+    contract: Contract,
+    pricing_unit: str,
+    product_dimensions: dict[str, tuple[str, ...]],
+    period: KernelLines,
+    top_ups_minor: int,
+) -> Invoice:
+    """The invoice of a period from the kernel's lines (a draft: number, status and close time unset)."""
+    start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
+    currency = contract.currency
+    places = minor_unit(currency)
+    to_minor = 10 ** (DUE_EXPONENT - places)
+    lines = []
+    due_exact = 0
+    credits: dict[str, int] = {}
+    for product_id, values, quantity, events, amount, overage, drawn, parts in rows:
+        dimensions = dict(zip(product_dimensions.get(product_id, ()), values, strict=False))
+        line_due = overage * overage_price_e18
+        due_exact += line_due
+        for grant_id, picos in drawn:
+            credits[grant_id] = credits.get(grant_id, 0) + picos
+        lines.append(
+            InvoiceLine(
+                line_id(product_id, dimensions),
+                product_id,
+                dimensions,
+                quantity,
+                events,
+                amount,
+                overage,
+                list(drawn),
+                [VersionPart(*part) for part in parts],
+                _round(line_due, to_minor),
+            )
+        )
+    overage_due = _round(due_exact, to_minor)
+    return Invoice(
+        contract.customer_id,
+        contract.id,
+        start_ms,
+        end_ms,
+        pricing_unit,
+        currency,
+        places,
+        contract.overage_price,
+        lines,
+        sorted(credits.items()),
+        sum(line.amount_picos for line in lines),
+        sum(line.overage_picos for line in lines),
+        overage_due,
+        top_ups_minor,
+        overage_due - sum(line.amount_due_minor for line in lines),
+        overage_due + top_ups_minor,
+        grant_balances=[_grant_at_end(grant, end_ms) for grant in grants],
+    )
+
+
+def _grant_at_end(grant: KernelGrant, end_ms: int) -> GrantBalance:
+    grant_id, amount, drawn, expires_at_ms = grant
+    left = amount - drawn
+    if expires_at_ms is not None and expires_at_ms <= end_ms:
+        return GrantBalance(grant_id, amount, drawn, 0, left)
+    return GrantBalance(grant_id, amount, drawn, left, 0)
+
+
+def _round(value: int, divisor: int) -> int:
+    """value / divisor rounded half-even, for negative values too (a refund's overage)."""
+    return round_ratio(value, divisor) if value >= 0 else -round_ratio(-value, divisor)
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,199 @@
+"""Closing periods (ClosePeriod, CloseDuePeriods: the invoice becomes final, numbered and immutable) and reading
+drafts and invoices. What an invoice holds and how its amounts are computed and rounded: engine/invoices.py.
+
+Sans-I/O: the kernel's lines come in through a callable (engine/billing.py sets it), time on the command.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+
+from engine import commands as cmd
+from engine._kernel import period_containing
+from engine.contracts import Contract
+from engine.control import ControlPlane
+from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Repeated
+from engine.invoices import Invoice, KernelLines, LinesReader, build_invoice, invoice_number, iso
+
+
+def top_up_purchases_minor(engine: ControlPlane, customer_id: str, start_ms: int, end_ms: int) -> int:
+    """TOP-UP HOOK: currency the customer paid for top-up grants in the period, in minor units. Automatic top-ups
+    are not built yet (SetTopUpPolicy answers UNIMPLEMENTED), so nothing is bought: always 0."""
+    return 0
+
+
+class InvoiceCommands(ControlPlane):
+    """ClosePeriod, CloseDuePeriods, and the reads of drafts and invoices (see engine/state.py's Engine)."""
+
+    period_lines: LinesReader | None
+    _due_heap: list[tuple[int, str]] | None
+
+    # Reads -------------------------------------------------------------------------------------------------
+
+    def preview(self, customer_id: str, at_ms: int) -> Invoice:
+        """The invoice of the customer's period containing at_ms: the final one when the period is closed."""
+        contract = self._contract_or_refuse(customer_id, at_ms)
+        period = self._lines(customer_id, at_ms)
+        number = self.state.accounts[customer_id].invoices.get(period[0])
+        if number is not None:
+            return self.state.invoices[number]
+        top_ups = top_up_purchases_minor(self, customer_id, period[0], period[1])
+        return self._build(contract, period, top_ups)
+
+    def invoice(self, number: str) -> Invoice:
+        found = self.state.invoices.get(number)
+        if found is None:
+            raise NotFound(f"invoice {number!r} does not exist")
+        return found
+
+    def invoices_of(self, customer_id: str) -> list[Invoice]:
+        """A customer's final invoices, oldest period first."""
+        account = self.state.accounts.get(customer_id)
+        if account is None:
+            raise NotFound(f"customer {customer_id!r} does not exist")
+        return [self.state.invoices[n] for _, n in sorted(account.invoices.items())]
+
+    def _contract_or_refuse(self, customer_id: str, at_ms: int) -> Contract:
+        self.customer(customer_id)
+        contract = self._contract_at(customer_id, at_ms)
+        if contract is None:
+            raise FailedPrecondition(
+                f"no contract of customer {customer_id!r} covers {iso(at_ms)}: it has no period then"
+            )
+        return contract
+
+    def _lines(self, customer_id: str, at_ms: int) -> KernelLines:
+        assert self.period_lines is not None, "the engine reads invoice lines through the kernel (engine/billing.py)"
+        period = self.period_lines(customer_id, at_ms)
+        assert period is not None, f"the kernel's tables name customer {customer_id!r}"
+        return period
+
+    # Commands ----------------------------------------------------------------------------------------------
+
+    def _close_period(self, c: cmd.ClosePeriod) -> Invoice:
+        if not c.customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        self.customer(c.customer_id)
+        contract = self._contract_at(c.customer_id, c.period_start_ms)
+        start_ms, end_ms = self._period_of(contract, c.period_start_ms) if contract else (None, None)
+        if contract is None or start_ms != c.period_start_ms:
+            nearest = self._nearest_period_start(c.customer_id, c.period_start_ms)
+            hint = f"; the nearest period start is {iso(nearest)}" if nearest is not None else "; it has no contract"
+            raise InvalidArgument.field(
+                "period_start", f"{iso(c.period_start_ms)} is no period start of customer {c.customer_id!r}{hint}"
+            )
+        assert end_ms is not None
+        number = self.state.accounts[c.customer_id].invoices.get(start_ms)
+        if number is not None:
+            raise Repeated(self.state.invoices[number])
+        if end_ms > c.at_ms:
+            raise FailedPrecondition(
+                f"the period from {iso(start_ms)} has not ended: it ends at {iso(end_ms)}, and can be closed from then on"
+            )
+        return self._finalise(contract, start_ms, c.at_ms)
+
+    def _close_due_periods(self, c: cmd.CloseDuePeriods) -> list[Invoice]:
+        """Closes every period that ended at least grace_ms before at_ms (at most periods_max of them), the
+        earliest period end first, then by contract id."""
+        ended_by_ms = c.at_ms - c.grace_ms
+        closed: list[Invoice] = []
+        while not c.periods_max or len(closed) < c.periods_max:
+            earliest = self._earliest_open()
+            if earliest is None or earliest[1] > ended_by_ms:
+                break
+            contract = earliest[0]
+            period = self._first_open(contract)
+            assert period is not None, "the heap's top has an open period"
+            closed.append(self._finalise(contract, period[0], c.at_ms))
+        if not closed:
+            raise Repeated([])  # nothing to close: nothing changes, nothing is journaled
+        return closed
+
+    def next_period_end_ms(self) -> int:
+        """The earliest end of a period not closed yet (2^62 when there is none): a driver closing periods by
+        itself asks this each time it wakes, and it costs a look at the top of a heap, not a scan."""
+        earliest = self._earliest_open()
+        return earliest[1] if earliest is not None else 2**62
+
+    def _earliest_open(self) -> tuple[Contract, int] | None:
+        """The contract whose first unclosed period ends first, and that end (ties: the smaller contract id).
+
+        A heap of (first open period end, contract id), built on first use: closing a period only moves a
+        contract's first open end later, so an entry is checked when it reaches the top and pushed down again
+        when it is stale; a new contract pushes its own. What it answers depends on the state only."""
+        heap = self._due_heap
+        if heap is None:
+            heap = [(end, c.id) for c in self.state.contracts.values() if (end := self._first_open_end(c)) is not None]
+            heapq.heapify(heap)
+            self._due_heap = heap
+        while heap:
+            end_ms, contract_id = heap[0]
+            contract = self.state.contracts[contract_id]
+            actual = self._first_open_end(contract)
+            if actual is None:
+                heapq.heappop(heap)
+            elif actual != end_ms:
+                heapq.heapreplace(heap, (actual, contract_id))
+            else:
+                return contract, end_ms
+        return None
+
+    def _note_contract(self, contract: Contract) -> None:
+        """A new contract's first period end may come before every other."""
+        if self._due_heap is not None and (end := self._first_open_end(contract)) is not None:
+            heapq.heappush(self._due_heap, (end, contract.id))
+
+    def _first_open(self, contract: Contract) -> tuple[int, int] | None:
+        """(start, end) of the contract's first period not closed (None once an ended contract's are all closed)."""
+        invoices = self.state.accounts[contract.customer_id].invoices
+        for period in self._periods(contract):
+            if period[0] not in invoices:
+                return period
+        return None
+
+    def _first_open_end(self, contract: Contract) -> int | None:
+        period = self._first_open(contract)
+        return period[1] if period is not None else None
+
+    def _finalise(self, contract: Contract, start_ms: int, at_ms: int) -> Invoice:
+        period = self._lines(contract.customer_id, start_ms)
+        top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], period[1])
+        invoice = self._build(contract, period, top_ups)
+        self.state.invoices_created += 1
+        invoice.number = invoice_number(self.state.invoices_created)
+        invoice.final = True
+        invoice.closed_at_ms = at_ms
+        self.state.invoices[invoice.number] = invoice
+        account = self.state.accounts[contract.customer_id]
+        account.invoices[start_ms] = invoice.number
+        account.closed_periods[start_ms] = None
+        return invoice
+
+    def _build(self, contract: Contract, period: KernelLines, top_ups_minor: int) -> Invoice:
+        pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
+        dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
+        return build_invoice(contract, pricing_unit, dimensions, period, top_ups_minor)
+
+    # The period calendar ------------------------------------------------------------------------------------
+
+    def _period_of(self, contract: Contract, ts_ms: int) -> tuple[int, int]:
+        return period_containing(contract.starting_at_ms, ts_ms)
+
+    def _periods(self, contract: Contract) -> Iterator[tuple[int, int]]:
+        """The contract's periods, in order (endless for a contract without an end)."""
+        start_ms = contract.starting_at_ms
+        while contract.ending_before_ms is None or start_ms < contract.ending_before_ms:
+            period = self._period_of(contract, start_ms)
+            yield period
+            start_ms = period[1]
+
+    def _nearest_period_start(self, customer_id: str, ts_ms: int) -> int | None:
+        candidates = []
+        for contract in self._contracts_by_customer.get(customer_id, ()):
+            if contract.covers(ts_ms):
+                start, end = self._period_of(contract, ts_ms)
+                candidates += [start] + ([end] if contract.covers(end) else [])
+            else:
+                candidates.append(contract.starting_at_ms)
+        return min(candidates, key=lambda s: (abs(s - ts_ms), s), default=None)

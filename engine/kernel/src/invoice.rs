@@ -1,0 +1,151 @@
+//! Invoice lines: one customer's period read from its buckets, never from events.
+//!
+//! A line is a period aggregate (product x pricing-dimension values): its quantity, events,
+//! amount, and where the amount went (credits per grant, overage). Its parts per rate card
+//! version come from the hour buckets whose hour starts inside the period. The read costs one
+//! pass over the customer's aggregates and hour buckets, whatever the number of events.
+
+use rustc_hash::FxHashMap;
+
+use crate::buckets::HOUR_MS;
+use crate::kernel::Kernel;
+use crate::money::{Fixed, Picos};
+use crate::route::{period_containing, Sym};
+
+/// One rate card version's part of a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionPart {
+    pub rate_card: String,
+    pub version: u32,
+    pub quantity: Fixed,
+    pub events: u64,
+    pub amount: Picos,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceLine {
+    pub product_id: String,
+    /// Values in the product's pricing-dimension order.
+    pub dimensions: Vec<String>,
+    pub quantity: Fixed,
+    pub events: u64,
+    pub amount: Picos,
+    pub overage: Picos,
+    /// (grant id, credits drawn), in the order the grants were first drawn.
+    pub credits: Vec<(String, Picos)>,
+    /// Ascending by (rate card, version).
+    pub parts: Vec<VersionPart>,
+}
+
+/// A grant as it stood at the period's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantAtEnd {
+    pub id: String,
+    pub amount: Picos,
+    /// Drawn by the usage of this period and every earlier one (net of refunds).
+    pub drawn: Picos,
+    pub expires_at_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeriodLines {
+    pub period_start_ms: i64,
+    pub period_end_ms: i64,
+    /// The contract's overage price, at 10^-18 of the currency per pricing unit.
+    pub overage_price: Fixed,
+    pub closed: bool,
+    /// Sorted by (product id, dimension values).
+    pub lines: Vec<InvoiceLine>,
+    /// The customer's grants started before the period's end, in the order the tables gave them.
+    pub grants: Vec<GrantAtEnd>,
+}
+
+/// Why there are no lines to read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoLines {
+    UnknownCustomer,
+    /// No contract of the customer covers the instant asked for.
+    NoContract,
+}
+
+impl Kernel {
+    /// The lines of the customer's period that contains `at_ms` (under the contract covering it).
+    pub fn period_lines(&self, customer_id: &str, at_ms: i64) -> Result<PeriodLines, NoLines> {
+        let account = self.account(customer_id).ok_or(NoLines::UnknownCustomer)?;
+        let route = account.route().ok_or(NoLines::UnknownCustomer)?;
+        let contract = route.contracts.iter().find(|c| c.covers(at_ms)).ok_or(NoLines::NoContract)?;
+        let (start, end) = period_containing(contract.starting_at_ms, at_ms);
+        let mut by_key: FxHashMap<(Sym, u32), InvoiceLine> = FxHashMap::default();
+        for (key, aggregate) in account.aggregates.iter().filter(|(k, _)| k.period_start_ms == start) {
+            let credits = aggregate
+                .drawn_by_grant
+                .iter()
+                .map(|(g, c)| (account.grants[*g as usize].id.to_string(), *c))
+                .collect();
+            by_key.insert(
+                (key.product, key.combo),
+                InvoiceLine {
+                    product_id: self.text(key.product).to_owned(),
+                    dimensions: self.combo(key.combo).iter().map(|s| self.text(*s).to_owned()).collect(),
+                    quantity: aggregate.quantity,
+                    events: aggregate.events,
+                    amount: aggregate.amount,
+                    overage: aggregate.overage,
+                    credits,
+                    parts: Vec::new(),
+                },
+            );
+        }
+        // An hour belongs to the period its start falls in (periods start on the hour when contracts do).
+        let hours = start.div_euclid(HOUR_MS) + i64::from(start.rem_euclid(HOUR_MS) != 0)
+            ..end.div_euclid(HOUR_MS) + i64::from(end.rem_euclid(HOUR_MS) != 0);
+        for (key, usages) in account.buckets.iter().filter(|(k, _)| hours.contains(&k.hour)) {
+            let Some(line) = by_key.get_mut(&(key.product, key.combo)) else { continue };
+            for usage in usages {
+                let rate_card = self.text(usage.rate_card);
+                match line.parts.iter_mut().find(|p| p.version == usage.version && p.rate_card == rate_card) {
+                    Some(part) => {
+                        part.quantity += usage.quantity;
+                        part.events += usage.events;
+                        part.amount += usage.amount;
+                    }
+                    None => line.parts.push(VersionPart {
+                        rate_card: rate_card.to_owned(),
+                        version: usage.version,
+                        quantity: usage.quantity,
+                        events: usage.events,
+                        amount: usage.amount,
+                    }),
+                }
+            }
+        }
+        let mut drawn: Vec<Picos> = vec![0; account.grants.len()];
+        for aggregate in account.aggregates.iter().filter(|(k, _)| k.period_start_ms <= start).map(|(_, a)| a) {
+            for &(grant, credits) in &aggregate.drawn_by_grant {
+                drawn[grant as usize] += credits;
+            }
+        }
+        let grants = (account.grants.iter().zip(drawn))
+            .filter(|(g, _)| g.starts_at_ms < end)
+            .map(|(g, drawn)| GrantAtEnd {
+                id: g.id.to_string(),
+                amount: g.amount,
+                drawn,
+                expires_at_ms: g.expires_at_ms,
+            })
+            .collect();
+        let mut lines: Vec<InvoiceLine> = by_key.into_values().collect();
+        for line in &mut lines {
+            line.parts.sort_by(|a, b| (&a.rate_card, a.version).cmp(&(&b.rate_card, b.version)));
+        }
+        lines.sort_by(|a, b| (&a.product_id, &a.dimensions).cmp(&(&b.product_id, &b.dimensions)));
+        Ok(PeriodLines {
+            period_start_ms: start,
+            period_end_ms: end,
+            overage_price: contract.overage_price,
+            closed: route.is_closed(start),
+            lines,
+            grants,
+        })
+    }
+}

@@ -1,0 +1,267 @@
+"""`tariff invoices preview|close|list|export`: a customer's live draft, closing periods, and final invoices for
+the ERP as CSV or JSON (InvoiceService). `--period YYYY-MM` names the billing period that starts in that
+calendar month (UTC).
+
+The CSV has one row per invoice line, the invoice's own fields repeated on each (an invoice without lines has
+one row with the line columns empty); its columns, in this order, are `CSV_COLUMNS` and only ever gain new
+columns at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from server.admin.output import print_fields, print_json, print_table, when
+from server.admin.remote import Remote, fail, remote_command
+
+if TYPE_CHECKING:
+    from tariff import TariffClient
+    from tariff.v1 import invoices_pb2
+
+CSV_COLUMNS = (
+    "invoice_number",
+    "status",
+    "customer_id",
+    "contract_id",
+    "period_start",
+    "period_end",
+    "pricing_unit",
+    "currency",
+    "line_id",
+    "product_id",
+    "quantity",
+    "events",
+    "amount",
+    "credits",
+    "overage",
+    "amount_due",
+    "subtotal",
+    "overage_due",
+    "top_up_purchases",
+    "rounding_adjustment",
+    "total_due",
+    "closed_at",
+)
+
+
+def month_range(period: str) -> tuple[datetime, datetime]:
+    """[first instant, first instant of the next month) of `YYYY-MM`, UTC."""
+    try:
+        start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        fail(f"--period {period!r} is not YYYY-MM", 2)
+    end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    return start, end
+
+
+def _timestamp(moment: datetime) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _period_starting_in(client: TariffClient, customer_id: str, period: str) -> invoices_pb2.Invoice:
+    """The draft (or final invoice) of the customer's period that starts in the month `period`."""
+    from tariff.v1 import invoices_pb2
+
+    start, end = month_range(period)
+    found: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
+        invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=_timestamp(start))
+    )
+    if found.period_start.ToDatetime(tzinfo=UTC) < start:  # anchored mid-month: the next period starts in it
+        found = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=found.period_end)
+        )
+    if not start <= found.period_start.ToDatetime(tzinfo=UTC) < end:
+        fail(f"customer {customer_id!r} has no period starting in {period}")
+    return found
+
+
+def print_invoice(invoice: invoices_pb2.Invoice) -> None:
+    from tariff.v1 import invoices_pb2
+
+    currency, unit = invoice.currency, invoice.pricing_unit
+    print_fields(
+        [
+            ("customer", invoice.customer_id),
+            ("invoice", invoice.invoice_number or "(draft)"),
+            ("status", invoices_pb2.InvoiceStatus.Name(invoice.status)),
+            ("period", f"{when(invoice.period_start)} .. {when(invoice.period_end)}"),
+            (f"subtotal ({unit})", invoice.subtotal),
+            (f"overage ({unit})", invoice.overage_amount),
+            (f"overage due ({currency})", invoice.overage_due),
+            (f"top-up purchases ({currency})", invoice.top_up_purchases),
+            (f"rounding adjustment ({currency})", invoice.rounding_adjustment),
+            (f"total due ({currency})", invoice.total_due),
+            ("closed at", when(invoice.closed_at, invoice.HasField("closed_at"))),
+        ]
+    )
+    rows = [
+        (
+            line.line_id,
+            line.quantity,
+            "; ".join(f"v{p.version}: {p.quantity} x {p.unit_price} = {p.amount}" for p in line.prices),
+            line.amount,
+            ", ".join(f"{c.grant_id} {c.credits}" for c in line.credits_applied),
+            line.overage,
+            line.amount_due,
+        )
+        for line in invoice.lines
+    ]
+    columns = ("line", "quantity", "prices", f"amount ({unit})", "credits", "overage", f"due ({currency})")
+    print_table(columns, rows, title="lines")
+
+
+@click.group()
+def invoices() -> None:
+    """Invoices: the live draft, closing periods, final invoices and their export."""
+
+
+@invoices.command()
+@click.argument("customer_id")
+@click.option("--period", help="YYYY-MM: the period starting in that month  [default: the current period]")
+@remote_command
+def preview(remote: Remote, customer_id: str, period: str | None) -> None:
+    """A customer's invoice as it stands: the live draft (or the final invoice of a closed period)."""
+    from tariff.v1 import invoices_pb2
+
+    with remote.client() as client:
+        if period is None:
+            found = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id))
+        else:
+            found = _period_starting_in(client, customer_id, period)
+    print_json(found) if remote.as_json else print_invoice(found)
+
+
+@invoices.command()
+@click.argument("customer_id", required=False)
+@click.option("--period", help="YYYY-MM: the period starting in that month (with CUSTOMER_ID)")
+@click.option("--all", "close_all", is_flag=True, help="every customer's periods that have ended")
+@remote_command
+def close(remote: Remote, customer_id: str | None, period: str | None, close_all: bool) -> None:
+    """Finalise invoices: one customer's period (CUSTOMER_ID --period YYYY-MM), or every ended period (--all)."""
+    from tariff.v1 import invoices_pb2
+
+    if close_all == bool(customer_id or period):
+        fail("give CUSTOMER_ID --period YYYY-MM, or --all", 2)
+    with remote.client() as client:
+        if close_all:
+            made = list(client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices)
+        else:
+            if customer_id is None or period is None:
+                fail("closing one customer's period needs CUSTOMER_ID and --period YYYY-MM", 2)
+            draft = _period_starting_in(client, customer_id, period)
+            request = invoices_pb2.ClosePeriodRequest(customer_id=customer_id, period_start=draft.period_start)
+            made = [client.invoices.ClosePeriod(request)]
+    if remote.as_json:
+        print_json(made)
+        return
+    rows = [(i.invoice_number, i.customer_id, when(i.period_start), i.total_due, i.currency) for i in made]
+    print_table(("invoice", "customer", "period start", "total due", "currency"), rows, title="closed")
+
+
+def list_invoices(
+    client: TariffClient, customer_id: str, period: str | None, status: str = "final"
+) -> Iterator[invoices_pb2.Invoice]:
+    """Every page of ListInvoices."""
+    from tariff.v1 import invoices_pb2
+
+    request = invoices_pb2.ListInvoicesRequest(
+        customer_id=customer_id, status=invoices_pb2.INVOICE_DRAFT if status == "draft" else invoices_pb2.INVOICE_FINAL
+    )
+    if period is not None:
+        start, end = month_range(period)
+        request.period_start_from.CopyFrom(_timestamp(start))
+        request.period_start_before.CopyFrom(_timestamp(end))
+    while True:
+        page = client.invoices.ListInvoices(request)
+        yield from page.invoices
+        if not page.next_page_token:
+            return
+        request.page_token = page.next_page_token
+
+
+@invoices.command("list")
+@click.option("--customer", "customer_id", default="", help="one customer's  [default: every customer's]")
+@click.option("--period", help="YYYY-MM: periods starting in that month")
+@click.option("--status", type=click.Choice(["final", "draft"]), default="final", show_default=True)
+@remote_command
+def list_command(remote: Remote, customer_id: str, period: str | None, status: str) -> None:
+    """Final invoices, by number (drafts are not stored: `tariff invoices preview` shows one)."""
+    with remote.client() as client:
+        found = list(list_invoices(client, customer_id, period, status))
+    if remote.as_json:
+        print_json(found)
+        return
+    rows = [
+        (i.invoice_number, i.customer_id, when(i.period_start), when(i.period_end), i.total_due, i.currency)
+        for i in found
+    ]
+    print_table(("invoice", "customer", "period start", "period end", "total due", "currency"), rows)
+
+
+def csv_rows(invoice: invoices_pb2.Invoice) -> Iterator[dict[str, str]]:
+    """The CSV rows of one invoice (see the module's docstring)."""
+    from tariff.v1 import invoices_pb2
+
+    head = {
+        "invoice_number": invoice.invoice_number,
+        "status": invoices_pb2.InvoiceStatus.Name(invoice.status),
+        "customer_id": invoice.customer_id,
+        "contract_id": invoice.contract_id,
+        "period_start": when(invoice.period_start),
+        "period_end": when(invoice.period_end),
+        "pricing_unit": invoice.pricing_unit,
+        "currency": invoice.currency,
+        "subtotal": invoice.subtotal,
+        "overage_due": invoice.overage_due,
+        "top_up_purchases": invoice.top_up_purchases,
+        "rounding_adjustment": invoice.rounding_adjustment,
+        "total_due": invoice.total_due,
+        "closed_at": when(invoice.closed_at, invoice.HasField("closed_at")),
+    }
+    empty = dict.fromkeys(
+        ("line_id", "product_id", "quantity", "events", "amount", "credits", "overage", "amount_due"), ""
+    )
+    if not invoice.lines:
+        yield {**head, **empty}
+    for line in invoice.lines:
+        credits = sum((Decimal(c.credits) for c in line.credits_applied), Decimal(0))
+        yield {
+            **head,
+            "line_id": line.line_id,
+            "product_id": line.product_id,
+            "quantity": line.quantity,
+            "events": str(line.events),
+            "amount": line.amount,
+            "credits": format(credits.normalize(), "f") if credits else "0",
+            "overage": line.overage,
+            "amount_due": line.amount_due,
+        }
+
+
+@invoices.command()
+@click.option("--period", required=True, help="YYYY-MM: final invoices of periods starting in that month")
+@click.option("--format", "output_format", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--customer", "customer_id", default="", help="one customer's  [default: every customer's]")
+@remote_command
+def export(remote: Remote, period: str, output_format: str, customer_id: str) -> None:
+    """Final invoices of a period for the ERP, on stdout: CSV (one row per line) or JSON (a list of invoices)."""
+    with remote.client() as client:
+        found = list(list_invoices(client, customer_id, period))
+    if output_format == "json" or remote.as_json:
+        print_json(found)
+        return
+    writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for invoice in found:
+        writer.writerows(csv_rows(invoice))
