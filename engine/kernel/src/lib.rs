@@ -11,6 +11,7 @@ pub mod buckets;
 pub mod decode;
 pub mod dedupe;
 pub mod draw;
+pub mod explain;
 pub mod kernel;
 pub mod money;
 pub mod price;
