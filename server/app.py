@@ -39,6 +39,7 @@ from server import oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
+from server.explain_index import ExplainIndex
 from server.journal import JournalFormatError, LmdbJournal
 from server.loopstall import StallSampler
 from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover, trim_heap
@@ -86,6 +87,7 @@ class ServeConfig:
     log_level: str = "info"  # debug | info | warning | error
     activity_every_s: float = oplog.ACTIVITY_EVERY_S_DEFAULT
     loop_stall_sample_s: float = 0.0  # 0: no event-loop stall sampling
+    explain_index: bool = True  # keep the ExplainLineItem index (<data dir>/explain)
 
 
 # Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
@@ -297,11 +299,19 @@ async def _serve_locked(
         log.error("%s", exc)
         await server.stop(None)
         return 2
+    explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
     try:
-        billing = recover(journal, future_skew_ms=config.future_skew_ms, progress_every_s=RECOVERY_PROGRESS_EVERY_S)
+        billing = recover(
+            journal,
+            future_skew_ms=config.future_skew_ms,
+            progress_every_s=RECOVERY_PROGRESS_EVERY_S,
+            explain_index=explain_index,
+        )
     except RatingChanged as exc:
         log.error("%s", exc)
         journal.close()
+        if explain_index is not None:
+            explain_index.close()
         await server.stop(None)
         return 2
     # Recovery's transient buffers (records, the snapshot, the tables' encoding) are freed by now.
@@ -317,6 +327,7 @@ async def _serve_locked(
         journal,
         snapshot_every_records=config.snapshot_every_records,
         snapshot_every_events=config.snapshot_every_events,
+        explain_index=explain_index,
     )
     sequencer.start()
     if config.demo and billing.last_seq == 0:
@@ -357,6 +368,8 @@ async def _serve_locked(
         sampler.cancel()
     journal_bytes = journal.stats().used_bytes
     journal.close()
+    if explain_index is not None:
+        explain_index.close()
     stop_telemetry()
     freezer.cancel()
     oplog.line(
@@ -399,7 +412,7 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     server.add_generic_rpc_handlers((BalanceService(billing, sequencer).generic_handler(),))
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
-    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)
+    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(billing, sequencer), server)
     alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(), server)
 
 

@@ -96,6 +96,11 @@ def _mib(value: int) -> int:
     default=0.0,
     help="sample the event loop's longest stall every this many ms, reported in the activity line  [default: off]",
 )
+@click.option(
+    "--explain-index/--no-explain-index",
+    default=True,
+    help="keep the index ExplainLineItem reads (<data dir>/explain), written off the ack path",
+)
 def serve(
     listen: str,
     data_dir: Path,
@@ -120,6 +125,7 @@ def serve(
     log_level: str,
     log_activity_every_s: float,
     loop_stall_sample_ms: float,
+    explain_index: bool,
 ) -> None:
     """Run the gRPC server."""
     # Before anything imports grpc: gRPC core's own stderr lines must not leak into the operator's log.
@@ -150,6 +156,7 @@ def serve(
         log_level=log_level.lower(),
         activity_every_s=log_activity_every_s,
         loop_stall_sample_s=loop_stall_sample_ms / 1000,
+        explain_index=explain_index,
     )
     sys.exit(run(config))
 

@@ -486,6 +486,11 @@ func (x *Invoice) GetSubtotal() string {
 	return ""
 }
 
+// The events behind one invoice line, in the order they were rated (journal order), a page at a time.
+// period_start must be the exact start of one of the customer's billing periods (INVALID_ARGUMENT
+// otherwise); an unknown line_id is NOT_FOUND; page_size 0 means 100, at most 1000; a page_token that this
+// server did not issue for this customer, period and line (altered, or from an index since rebuilt) is
+// INVALID_ARGUMENT. The amounts of all pages sum to the line's amount exactly, and every event appears once.
 type ExplainLineItemRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CustomerId    string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
@@ -614,6 +619,11 @@ func (x *GrantDraw) GetCredits() string {
 	return ""
 }
 
+// One event's part of a line. quantity: what the event added to the line's quantity (its own quantity
+// for SUM and COUNT; the change it made for MAX, LATEST and UNIQUE_COUNT). amount: its charge in the
+// pricing unit (negative when a cheaper tier or version gave some back). unit_price: amount / quantity,
+// rounded half-even to 12 decimals; empty when quantity is 0. draws: credits per grant (negative: given
+// back); overage: the part no grant covered. amount = sum of draws + overage.
 type ExplainedEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TransactionId string                 `protobuf:"bytes,1,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
@@ -623,6 +633,7 @@ type ExplainedEvent struct {
 	UnitPrice     string                 `protobuf:"bytes,5,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
 	Amount        string                 `protobuf:"bytes,6,opt,name=amount,proto3" json:"amount,omitempty"`
 	Draws         []*GrantDraw           `protobuf:"bytes,7,rep,name=draws,proto3" json:"draws,omitempty"`
+	Overage       string                 `protobuf:"bytes,8,opt,name=overage,proto3" json:"overage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -706,10 +717,21 @@ func (x *ExplainedEvent) GetDraws() []*GrantDraw {
 	return nil
 }
 
+func (x *ExplainedEvent) GetOverage() string {
+	if x != nil {
+		return x.Overage
+	}
+	return ""
+}
+
 type ExplainLineItemResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Events        []*ExplainedEvent      `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*ExplainedEvent      `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// The line's amount and quantity now (what the pages sum to).
+	LineAmount    string `protobuf:"bytes,3,opt,name=line_amount,json=lineAmount,proto3" json:"line_amount,omitempty"`
+	LineQuantity  string `protobuf:"bytes,4,opt,name=line_quantity,json=lineQuantity,proto3" json:"line_quantity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -754,6 +776,20 @@ func (x *ExplainLineItemResponse) GetEvents() []*ExplainedEvent {
 func (x *ExplainLineItemResponse) GetNextPageToken() string {
 	if x != nil {
 		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ExplainLineItemResponse) GetLineAmount() string {
+	if x != nil {
+		return x.LineAmount
+	}
+	return ""
+}
+
+func (x *ExplainLineItemResponse) GetLineQuantity() string {
+	if x != nil {
+		return x.LineQuantity
 	}
 	return ""
 }
@@ -1003,15 +1039,25 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 	return ""
 }
 
+// Revenue of one billing period (period_start), in the contract's currency: by product in
+// RevenueReport.lines (customer_id empty), by customer in RevenueReport.customer_lines (product_id
+// empty). recognized = recognized_credits (credits drawn, at each grant's cost basis paid / amount) +
+// recognized_overage (overage x the contract's overage price). deferred: the paid value of the
+// customer's remaining credits at period_end (customer lines only: a grant may serve several products,
+// so product lines leave it empty). breakage: credits expired unused, at cost basis.
 type RevenueLine struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProductId     string                 `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
-	PeriodStart   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
-	Recognized    string                 `protobuf:"bytes,3,opt,name=recognized,proto3" json:"recognized,omitempty"`
-	Deferred      string                 `protobuf:"bytes,4,opt,name=deferred,proto3" json:"deferred,omitempty"`
-	Breakage      string                 `protobuf:"bytes,5,opt,name=breakage,proto3" json:"breakage,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	ProductId         string                 `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
+	PeriodStart       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
+	Recognized        string                 `protobuf:"bytes,3,opt,name=recognized,proto3" json:"recognized,omitempty"`
+	Deferred          string                 `protobuf:"bytes,4,opt,name=deferred,proto3" json:"deferred,omitempty"`
+	Breakage          string                 `protobuf:"bytes,5,opt,name=breakage,proto3" json:"breakage,omitempty"`
+	CustomerId        string                 `protobuf:"bytes,6,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	RecognizedCredits string                 `protobuf:"bytes,7,opt,name=recognized_credits,json=recognizedCredits,proto3" json:"recognized_credits,omitempty"`
+	RecognizedOverage string                 `protobuf:"bytes,8,opt,name=recognized_overage,json=recognizedOverage,proto3" json:"recognized_overage,omitempty"`
+	PeriodEnd         *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RevenueLine) Reset() {
@@ -1079,17 +1125,149 @@ func (x *RevenueLine) GetBreakage() string {
 	return ""
 }
 
+func (x *RevenueLine) GetCustomerId() string {
+	if x != nil {
+		return x.CustomerId
+	}
+	return ""
+}
+
+func (x *RevenueLine) GetRecognizedCredits() string {
+	if x != nil {
+		return x.RecognizedCredits
+	}
+	return ""
+}
+
+func (x *RevenueLine) GetRecognizedOverage() string {
+	if x != nil {
+		return x.RecognizedOverage
+	}
+	return ""
+}
+
+func (x *RevenueLine) GetPeriodEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PeriodEnd
+	}
+	return nil
+}
+
+// deferred_start + prepaid_sold - recognized_credits - breakage = deferred_end, over the report's
+// span, to the pico; `reconciles` says whether it holds.
+type RevenueReconciliation struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	DeferredStart     string                 `protobuf:"bytes,1,opt,name=deferred_start,json=deferredStart,proto3" json:"deferred_start,omitempty"`
+	PrepaidSold       string                 `protobuf:"bytes,2,opt,name=prepaid_sold,json=prepaidSold,proto3" json:"prepaid_sold,omitempty"`
+	RecognizedCredits string                 `protobuf:"bytes,3,opt,name=recognized_credits,json=recognizedCredits,proto3" json:"recognized_credits,omitempty"`
+	Breakage          string                 `protobuf:"bytes,4,opt,name=breakage,proto3" json:"breakage,omitempty"`
+	DeferredEnd       string                 `protobuf:"bytes,5,opt,name=deferred_end,json=deferredEnd,proto3" json:"deferred_end,omitempty"`
+	Reconciles        bool                   `protobuf:"varint,6,opt,name=reconciles,proto3" json:"reconciles,omitempty"`
+	RecognizedOverage string                 `protobuf:"bytes,7,opt,name=recognized_overage,json=recognizedOverage,proto3" json:"recognized_overage,omitempty"`
+	Recognized        string                 `protobuf:"bytes,8,opt,name=recognized,proto3" json:"recognized,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RevenueReconciliation) Reset() {
+	*x = RevenueReconciliation{}
+	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevenueReconciliation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevenueReconciliation) ProtoMessage() {}
+
+func (x *RevenueReconciliation) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevenueReconciliation.ProtoReflect.Descriptor instead.
+func (*RevenueReconciliation) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RevenueReconciliation) GetDeferredStart() string {
+	if x != nil {
+		return x.DeferredStart
+	}
+	return ""
+}
+
+func (x *RevenueReconciliation) GetPrepaidSold() string {
+	if x != nil {
+		return x.PrepaidSold
+	}
+	return ""
+}
+
+func (x *RevenueReconciliation) GetRecognizedCredits() string {
+	if x != nil {
+		return x.RecognizedCredits
+	}
+	return ""
+}
+
+func (x *RevenueReconciliation) GetBreakage() string {
+	if x != nil {
+		return x.Breakage
+	}
+	return ""
+}
+
+func (x *RevenueReconciliation) GetDeferredEnd() string {
+	if x != nil {
+		return x.DeferredEnd
+	}
+	return ""
+}
+
+func (x *RevenueReconciliation) GetReconciles() bool {
+	if x != nil {
+		return x.Reconciles
+	}
+	return false
+}
+
+func (x *RevenueReconciliation) GetRecognizedOverage() string {
+	if x != nil {
+		return x.RecognizedOverage
+	}
+	return ""
+}
+
+func (x *RevenueReconciliation) GetRecognized() string {
+	if x != nil {
+		return x.Recognized
+	}
+	return ""
+}
+
 type RevenueReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Currency      string                 `protobuf:"bytes,1,opt,name=currency,proto3" json:"currency,omitempty"`
-	Lines         []*RevenueLine         `protobuf:"bytes,2,rep,name=lines,proto3" json:"lines,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Currency       string                 `protobuf:"bytes,1,opt,name=currency,proto3" json:"currency,omitempty"`
+	Lines          []*RevenueLine         `protobuf:"bytes,2,rep,name=lines,proto3" json:"lines,omitempty"`
+	CustomerLines  []*RevenueLine         `protobuf:"bytes,3,rep,name=customer_lines,json=customerLines,proto3" json:"customer_lines,omitempty"`
+	Reconciliation *RevenueReconciliation `protobuf:"bytes,4,opt,name=reconciliation,proto3" json:"reconciliation,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RevenueReport) Reset() {
 	*x = RevenueReport{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1279,7 @@ func (x *RevenueReport) String() string {
 func (*RevenueReport) ProtoMessage() {}
 
 func (x *RevenueReport) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1292,7 @@ func (x *RevenueReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevenueReport.ProtoReflect.Descriptor instead.
 func (*RevenueReport) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{15}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevenueReport) GetCurrency() string {
@@ -1127,6 +1305,20 @@ func (x *RevenueReport) GetCurrency() string {
 func (x *RevenueReport) GetLines() []*RevenueLine {
 	if x != nil {
 		return x.Lines
+	}
+	return nil
+}
+
+func (x *RevenueReport) GetCustomerLines() []*RevenueLine {
+	if x != nil {
+		return x.CustomerLines
+	}
+	return nil
+}
+
+func (x *RevenueReport) GetReconciliation() *RevenueReconciliation {
+	if x != nil {
+		return x.Reconciliation
 	}
 	return nil
 }
@@ -1191,7 +1383,7 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"page_token\x18\x05 \x01(\tR\tpageToken\"@\n" +
 	"\tGrantDraw\x12\x19\n" +
 	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x18\n" +
-	"\acredits\x18\x02 \x01(\tR\acredits\"\xf3\x01\n" +
+	"\acredits\x18\x02 \x01(\tR\acredits\"\x8d\x02\n" +
 	"\x0eExplainedEvent\x12%\n" +
 	"\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12!\n" +
 	"\ftimestamp_ms\x18\x02 \x01(\x03R\vtimestampMs\x12\x1a\n" +
@@ -1200,10 +1392,14 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"\n" +
 	"unit_price\x18\x05 \x01(\tR\tunitPrice\x12\x16\n" +
 	"\x06amount\x18\x06 \x01(\tR\x06amount\x12*\n" +
-	"\x05draws\x18\a \x03(\v2\x14.tariff.v1.GrantDrawR\x05draws\"t\n" +
+	"\x05draws\x18\a \x03(\v2\x14.tariff.v1.GrantDrawR\x05draws\x12\x18\n" +
+	"\aoverage\x18\b \x01(\tR\aoverage\"\xba\x01\n" +
 	"\x17ExplainLineItemResponse\x121\n" +
 	"\x06events\x18\x01 \x03(\v2\x19.tariff.v1.ExplainedEventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"t\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1f\n" +
+	"\vline_amount\x18\x03 \x01(\tR\n" +
+	"lineAmount\x12#\n" +
+	"\rline_quantity\x18\x04 \x01(\tR\flineQuantity\"t\n" +
 	"\x12ClosePeriodRequest\x12\x1f\n" +
 	"\vcustomer_id\x18\x01 \x01(\tR\n" +
 	"customerId\x12=\n" +
@@ -1220,7 +1416,7 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"\n" +
 	"period_end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tperiodEnd\x12\x1f\n" +
 	"\vcustomer_id\x18\x03 \x01(\tR\n" +
-	"customerId\"\xc3\x01\n" +
+	"customerId\"\xfd\x02\n" +
 	"\vRevenueLine\x12\x1d\n" +
 	"\n" +
 	"product_id\x18\x01 \x01(\tR\tproductId\x12=\n" +
@@ -1229,10 +1425,31 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"recognized\x18\x03 \x01(\tR\n" +
 	"recognized\x12\x1a\n" +
 	"\bdeferred\x18\x04 \x01(\tR\bdeferred\x12\x1a\n" +
-	"\bbreakage\x18\x05 \x01(\tR\bbreakage\"Y\n" +
+	"\bbreakage\x18\x05 \x01(\tR\bbreakage\x12\x1f\n" +
+	"\vcustomer_id\x18\x06 \x01(\tR\n" +
+	"customerId\x12-\n" +
+	"\x12recognized_credits\x18\a \x01(\tR\x11recognizedCredits\x12-\n" +
+	"\x12recognized_overage\x18\b \x01(\tR\x11recognizedOverage\x129\n" +
+	"\n" +
+	"period_end\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tperiodEnd\"\xbe\x02\n" +
+	"\x15RevenueReconciliation\x12%\n" +
+	"\x0edeferred_start\x18\x01 \x01(\tR\rdeferredStart\x12!\n" +
+	"\fprepaid_sold\x18\x02 \x01(\tR\vprepaidSold\x12-\n" +
+	"\x12recognized_credits\x18\x03 \x01(\tR\x11recognizedCredits\x12\x1a\n" +
+	"\bbreakage\x18\x04 \x01(\tR\bbreakage\x12!\n" +
+	"\fdeferred_end\x18\x05 \x01(\tR\vdeferredEnd\x12\x1e\n" +
+	"\n" +
+	"reconciles\x18\x06 \x01(\bR\n" +
+	"reconciles\x12-\n" +
+	"\x12recognized_overage\x18\a \x01(\tR\x11recognizedOverage\x12\x1e\n" +
+	"\n" +
+	"recognized\x18\b \x01(\tR\n" +
+	"recognized\"\xe2\x01\n" +
 	"\rRevenueReport\x12\x1a\n" +
 	"\bcurrency\x18\x01 \x01(\tR\bcurrency\x12,\n" +
-	"\x05lines\x18\x02 \x03(\v2\x16.tariff.v1.RevenueLineR\x05lines*U\n" +
+	"\x05lines\x18\x02 \x03(\v2\x16.tariff.v1.RevenueLineR\x05lines\x12=\n" +
+	"\x0ecustomer_lines\x18\x03 \x03(\v2\x16.tariff.v1.RevenueLineR\rcustomerLines\x12H\n" +
+	"\x0ereconciliation\x18\x04 \x01(\v2 .tariff.v1.RevenueReconciliationR\x0ereconciliation*U\n" +
 	"\rInvoiceStatus\x12\x1e\n" +
 	"\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rINVOICE_DRAFT\x10\x01\x12\x11\n" +
@@ -1261,7 +1478,7 @@ func file_tariff_v1_invoices_proto_rawDescGZIP() []byte {
 }
 
 var file_tariff_v1_invoices_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tariff_v1_invoices_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_tariff_v1_invoices_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_tariff_v1_invoices_proto_goTypes = []any{
 	(InvoiceStatus)(0),              // 0: tariff.v1.InvoiceStatus
 	(*PreviewInvoiceRequest)(nil),   // 1: tariff.v1.PreviewInvoiceRequest
@@ -1279,45 +1496,49 @@ var file_tariff_v1_invoices_proto_goTypes = []any{
 	(*ListInvoicesResponse)(nil),    // 13: tariff.v1.ListInvoicesResponse
 	(*GetRevenueReportRequest)(nil), // 14: tariff.v1.GetRevenueReportRequest
 	(*RevenueLine)(nil),             // 15: tariff.v1.RevenueLine
-	(*RevenueReport)(nil),           // 16: tariff.v1.RevenueReport
-	nil,                             // 17: tariff.v1.InvoiceLine.DimensionsEntry
-	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
+	(*RevenueReconciliation)(nil),   // 16: tariff.v1.RevenueReconciliation
+	(*RevenueReport)(nil),           // 17: tariff.v1.RevenueReport
+	nil,                             // 18: tariff.v1.InvoiceLine.DimensionsEntry
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
 }
 var file_tariff_v1_invoices_proto_depIdxs = []int32{
-	18, // 0: tariff.v1.PreviewInvoiceRequest.period_start:type_name -> google.protobuf.Timestamp
-	17, // 1: tariff.v1.InvoiceLine.dimensions:type_name -> tariff.v1.InvoiceLine.DimensionsEntry
+	19, // 0: tariff.v1.PreviewInvoiceRequest.period_start:type_name -> google.protobuf.Timestamp
+	18, // 1: tariff.v1.InvoiceLine.dimensions:type_name -> tariff.v1.InvoiceLine.DimensionsEntry
 	2,  // 2: tariff.v1.InvoiceLine.prices:type_name -> tariff.v1.AppliedPrice
 	0,  // 3: tariff.v1.Invoice.status:type_name -> tariff.v1.InvoiceStatus
-	18, // 4: tariff.v1.Invoice.period_start:type_name -> google.protobuf.Timestamp
-	18, // 5: tariff.v1.Invoice.period_end:type_name -> google.protobuf.Timestamp
+	19, // 4: tariff.v1.Invoice.period_start:type_name -> google.protobuf.Timestamp
+	19, // 5: tariff.v1.Invoice.period_end:type_name -> google.protobuf.Timestamp
 	3,  // 6: tariff.v1.Invoice.lines:type_name -> tariff.v1.InvoiceLine
 	4,  // 7: tariff.v1.Invoice.credits_applied:type_name -> tariff.v1.CreditApplication
-	18, // 8: tariff.v1.ExplainLineItemRequest.period_start:type_name -> google.protobuf.Timestamp
+	19, // 8: tariff.v1.ExplainLineItemRequest.period_start:type_name -> google.protobuf.Timestamp
 	7,  // 9: tariff.v1.ExplainedEvent.draws:type_name -> tariff.v1.GrantDraw
 	8,  // 10: tariff.v1.ExplainLineItemResponse.events:type_name -> tariff.v1.ExplainedEvent
-	18, // 11: tariff.v1.ClosePeriodRequest.period_start:type_name -> google.protobuf.Timestamp
+	19, // 11: tariff.v1.ClosePeriodRequest.period_start:type_name -> google.protobuf.Timestamp
 	5,  // 12: tariff.v1.ListInvoicesResponse.invoices:type_name -> tariff.v1.Invoice
-	18, // 13: tariff.v1.GetRevenueReportRequest.period_start:type_name -> google.protobuf.Timestamp
-	18, // 14: tariff.v1.GetRevenueReportRequest.period_end:type_name -> google.protobuf.Timestamp
-	18, // 15: tariff.v1.RevenueLine.period_start:type_name -> google.protobuf.Timestamp
-	15, // 16: tariff.v1.RevenueReport.lines:type_name -> tariff.v1.RevenueLine
-	1,  // 17: tariff.v1.InvoiceService.PreviewInvoice:input_type -> tariff.v1.PreviewInvoiceRequest
-	6,  // 18: tariff.v1.InvoiceService.ExplainLineItem:input_type -> tariff.v1.ExplainLineItemRequest
-	10, // 19: tariff.v1.InvoiceService.ClosePeriod:input_type -> tariff.v1.ClosePeriodRequest
-	11, // 20: tariff.v1.InvoiceService.GetInvoice:input_type -> tariff.v1.GetInvoiceRequest
-	12, // 21: tariff.v1.InvoiceService.ListInvoices:input_type -> tariff.v1.ListInvoicesRequest
-	14, // 22: tariff.v1.InvoiceService.GetRevenueReport:input_type -> tariff.v1.GetRevenueReportRequest
-	5,  // 23: tariff.v1.InvoiceService.PreviewInvoice:output_type -> tariff.v1.Invoice
-	9,  // 24: tariff.v1.InvoiceService.ExplainLineItem:output_type -> tariff.v1.ExplainLineItemResponse
-	5,  // 25: tariff.v1.InvoiceService.ClosePeriod:output_type -> tariff.v1.Invoice
-	5,  // 26: tariff.v1.InvoiceService.GetInvoice:output_type -> tariff.v1.Invoice
-	13, // 27: tariff.v1.InvoiceService.ListInvoices:output_type -> tariff.v1.ListInvoicesResponse
-	16, // 28: tariff.v1.InvoiceService.GetRevenueReport:output_type -> tariff.v1.RevenueReport
-	23, // [23:29] is the sub-list for method output_type
-	17, // [17:23] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	19, // 13: tariff.v1.GetRevenueReportRequest.period_start:type_name -> google.protobuf.Timestamp
+	19, // 14: tariff.v1.GetRevenueReportRequest.period_end:type_name -> google.protobuf.Timestamp
+	19, // 15: tariff.v1.RevenueLine.period_start:type_name -> google.protobuf.Timestamp
+	19, // 16: tariff.v1.RevenueLine.period_end:type_name -> google.protobuf.Timestamp
+	15, // 17: tariff.v1.RevenueReport.lines:type_name -> tariff.v1.RevenueLine
+	15, // 18: tariff.v1.RevenueReport.customer_lines:type_name -> tariff.v1.RevenueLine
+	16, // 19: tariff.v1.RevenueReport.reconciliation:type_name -> tariff.v1.RevenueReconciliation
+	1,  // 20: tariff.v1.InvoiceService.PreviewInvoice:input_type -> tariff.v1.PreviewInvoiceRequest
+	6,  // 21: tariff.v1.InvoiceService.ExplainLineItem:input_type -> tariff.v1.ExplainLineItemRequest
+	10, // 22: tariff.v1.InvoiceService.ClosePeriod:input_type -> tariff.v1.ClosePeriodRequest
+	11, // 23: tariff.v1.InvoiceService.GetInvoice:input_type -> tariff.v1.GetInvoiceRequest
+	12, // 24: tariff.v1.InvoiceService.ListInvoices:input_type -> tariff.v1.ListInvoicesRequest
+	14, // 25: tariff.v1.InvoiceService.GetRevenueReport:input_type -> tariff.v1.GetRevenueReportRequest
+	5,  // 26: tariff.v1.InvoiceService.PreviewInvoice:output_type -> tariff.v1.Invoice
+	9,  // 27: tariff.v1.InvoiceService.ExplainLineItem:output_type -> tariff.v1.ExplainLineItemResponse
+	5,  // 28: tariff.v1.InvoiceService.ClosePeriod:output_type -> tariff.v1.Invoice
+	5,  // 29: tariff.v1.InvoiceService.GetInvoice:output_type -> tariff.v1.Invoice
+	13, // 30: tariff.v1.InvoiceService.ListInvoices:output_type -> tariff.v1.ListInvoicesResponse
+	17, // 31: tariff.v1.InvoiceService.GetRevenueReport:output_type -> tariff.v1.RevenueReport
+	26, // [26:32] is the sub-list for method output_type
+	20, // [20:26] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_invoices_proto_init() }
@@ -1331,7 +1552,7 @@ func file_tariff_v1_invoices_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_invoices_proto_rawDesc), len(file_tariff_v1_invoices_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
