@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 
 from engine import revenue
 from engine.errors import InvalidArgument, NotFound
+from engine.explain import add_months
 from engine.ledger import GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from tests.engine_fixtures import DAY_MS, EPOCH_MS, basic_world, rate, unit
 from tests.kernel_fixtures import KernelWorld, usage_event
 
-MONTHS = [revenue.add_months(EPOCH_MS, k) for k in range(4)]  # the contract's first three periods and the end
-FAR_FUTURE_MS = revenue.add_months(EPOCH_MS, 120)
+MONTHS = [add_months(EPOCH_MS, k) for k in range(4)]  # the contract's first three periods and the end
+FAR_FUTURE_MS = add_months(EPOCH_MS, 120)
 
 
 def world(grants: list[tuple[int, int, int]], overage_price: str = "1.5") -> KernelWorld:
