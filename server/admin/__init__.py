@@ -12,12 +12,15 @@ import click
 from server.admin.audit import audit
 from server.admin.balance import authorize, balance
 from server.admin.customers import customers
+from server.admin.explain import invoices
 from server.admin.products import products
 from server.admin.ratecards import ratecards
+from server.admin.revenue import revenue
 from server.admin.usage import usage
 from server.admin.versions import ratecard
 
 COMMANDS: tuple[click.Command, ...] = (customers, balance, authorize, usage, products, ratecards, ratecard, audit)
+COMMANDS += (invoices, revenue)
 
 
 def add_commands(group: click.Group) -> None:

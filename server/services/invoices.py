@@ -10,7 +10,7 @@ from tariff.v1 import (
     invoices_pb2_grpc,
 )
 
-from engine import explain
+from engine import explain, revenue
 from engine.errors import InvalidArgument, NotFound
 from engine.money import format_decimal, format_picos
 from server import convert
@@ -38,7 +38,6 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     ClosePeriod = _not_built("closing a billing period (it makes the invoice) is not available yet: ClosePeriod")
     GetInvoice = _not_built("invoices are not available yet: GetInvoice")
     ListInvoices = _not_built("invoices are not available yet: ListInvoices")
-    GetRevenueReport = _not_built("revenue reports are not available yet: GetRevenueReport")
 
     @unary
     async def ExplainLineItem(
@@ -73,6 +72,54 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             line_amount=format_picos(line.amount_picos),
             line_quantity=_quantity(line.quantity_e18),
         )
+
+    @unary
+    async def GetRevenueReport(
+        self, request: invoices_pb2.GetRevenueReportRequest, context: Context
+    ) -> invoices_pb2.RevenueReport:
+        kernel = self.billing.kernel
+
+        def usage_of(customer_id: str) -> list[revenue.Aggregate]:
+            usage = kernel.usage(customer_id)
+            return usage[0] if usage is not None else []
+
+        found = revenue.report(
+            self.engine,
+            usage_of,
+            convert.optional_ms(request, "period_start"),
+            convert.optional_ms(request, "period_end"),
+            request.customer_id,
+        )
+        totals = found.totals
+        return invoices_pb2.RevenueReport(
+            currency=found.currency,
+            lines=[_revenue_line(line) for line in found.by_product],
+            customer_lines=[_revenue_line(line) for line in found.by_customer],
+            reconciliation=invoices_pb2.RevenueReconciliation(
+                deferred_start=format_picos(totals.deferred_start),
+                prepaid_sold=format_picos(totals.prepaid_sold),
+                recognized_credits=format_picos(totals.recognized_credits),
+                breakage=format_picos(totals.breakage),
+                deferred_end=format_picos(totals.deferred_end),
+                reconciles=totals.reconciles,
+                recognized_overage=format_picos(totals.recognized_overage),
+                recognized=format_picos(totals.recognized_credits + totals.recognized_overage),
+            ),
+        )
+
+
+def _revenue_line(line: revenue.Line) -> invoices_pb2.RevenueLine:
+    return invoices_pb2.RevenueLine(
+        product_id=line.product_id,
+        customer_id=line.customer_id,
+        period_start=convert.timestamp(line.period_start_ms),
+        period_end=convert.timestamp(line.period_end_ms),
+        recognized=format_picos(line.recognized),
+        recognized_credits=format_picos(line.recognized_credits),
+        recognized_overage=format_picos(line.recognized_overage),
+        breakage=format_picos(line.breakage),
+        deferred="" if line.deferred is None else format_picos(line.deferred),
+    )
 
 
 def _quantity(quantity_e18: int) -> str:
