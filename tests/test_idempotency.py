@@ -248,7 +248,6 @@ def test_an_override_without_a_start_leaves_the_start_unset(demo_server: ServerP
 UNIMPLEMENTED_CALLS: list[tuple[str, Callable[[TariffClient], object]]] = [
     ("PreviewInvoice", lambda c: c.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=ACME))),
     ("ClosePeriod", lambda c: c.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id=ACME))),
-    ("GetRevenueReport", lambda c: c.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest())),
     ("RollbackRateCard", lambda c: c.pricing.RollbackRateCard(pricing_pb2.RollbackRateCardRequest())),
     ("DiffVersions", lambda c: c.pricing.DiffVersions(pricing_pb2.DiffVersionsRequest())),
     ("SimulateVersion", lambda c: c.pricing.SimulateVersion(pricing_pb2.SimulateVersionRequest())),

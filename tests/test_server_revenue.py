@@ -47,7 +47,10 @@ def test_revenue_report_and_commands(server_factory: ServerFactory) -> None:
     # acme: 50,000 credits bought for 45,000: 0.9 per credit; beta: 10 for 9, then overage at 1; gamma: all overage.
     assert Decimal(by_customer["acme"].recognized_credits) == credits["acme"] * Decimal("0.9")
     assert Decimal(by_customer["acme"].deferred) == (50_000 - credits["acme"]) * Decimal("0.9")
-    assert (Decimal(by_customer["beta"].recognized_credits), Decimal(by_customer["beta"].deferred)) == (Decimal(9), Decimal(0))
+    assert (Decimal(by_customer["beta"].recognized_credits), Decimal(by_customer["beta"].deferred)) == (
+        Decimal(9),
+        Decimal(0),
+    )
     assert Decimal(by_customer["beta"].recognized_overage) == credits["beta"] - 10
     assert Decimal(by_customer["gamma"].recognized) == credits["gamma"]
     r = report.reconciliation
