@@ -19,6 +19,14 @@ from engine.state import Engine
 
 QUANTITY_SCALE = 10**18
 PICOS_PER_UNIT = 10**12
+# Instants a request may name: 1970-01-01 to the end of year 8999 (UTC), room left for the periods after them.
+LATEST_MS = 221_845_392_000_000 - 1
+
+
+def check_instant(ms: int, field: str) -> None:
+    """INVALID_ARGUMENT naming `field` for an instant before 1970 or after 9999."""
+    if not 0 <= ms <= LATEST_MS:
+        raise InvalidArgument.field(field, "must lie between 1970-01-01 and 8999-12-31 (UTC)")
 
 
 def add_months(anchor_ms: int, months: int) -> int:
@@ -86,6 +94,7 @@ def check_request(engine: Engine, customer_id: str, period_start_ms: int | None,
         raise InvalidArgument.field("line_id", "is required")
     if period_start_ms is None:
         raise InvalidArgument.field("period_start", "is required: the start of the billing period of the line")
+    check_instant(period_start_ms, "period_start")
     if not is_period_start(engine, customer_id, period_start_ms):
         raise InvalidArgument.field(
             "period_start",

@@ -29,7 +29,7 @@ from decimal import Decimal
 
 from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
-from engine.explain import add_months
+from engine.explain import add_months, check_instant
 from engine.ledger import Grant
 from engine.money import PICOS_PER_UNIT, round_ratio
 from engine.state import Engine
@@ -145,6 +145,8 @@ def report(
         raise InvalidArgument.field("period_start", "is required")
     if end_ms is None:
         raise InvalidArgument.field("period_end", "is required")
+    check_instant(start_ms, "period_start")
+    check_instant(end_ms, "period_end")
     if end_ms <= start_ms:
         raise InvalidArgument.field("period_end", "must be after period_start")
     state = engine.state

@@ -533,6 +533,9 @@ def test_restricted_read_key_sees_only_its_customers_and_nothing_global(keyed: t
             "GetAuditLog": lambda: portal.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest()),
             "GetRateCard": lambda: portal.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="ai-credits")),
             "GetRevenueReport(all)": lambda: portal.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest()),
+            "ExplainLineItem(beta)": lambda: portal.invoices.ExplainLineItem(
+                invoices_pb2.ExplainLineItemRequest(customer_id=BETA, line_id="ai_action")
+            ),
             "WatchAlerts": lambda: list(portal.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest())),
             "SimulateVersion(all)": lambda: portal.pricing.SimulateVersion(
                 pricing_pb2.SimulateVersionRequest(rate_card_id="ai-credits", version=1)
