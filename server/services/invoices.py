@@ -60,7 +60,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
                 f"line {request.line_id!r} has no usage in the period of customer {request.customer_id!r} starting "
                 f"{explain.iso(period_start_ms)}"
             )
-        if not await asyncio.to_thread(index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S):
+        if index.covered_seq() < seq and not await asyncio.to_thread(index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S):
             raise Unavailable("the explain index is still catching up with the journal; retry shortly")
         try:
             page = index.page(request.customer_id, period_start_ms, line.line_id, page_size, request.page_token)
