@@ -117,3 +117,20 @@ def test_nothing_is_recorded_before_the_seq_asked_nor_when_off() -> None:
     kernel.kernel.set_explain(None)
     kernel.ingest([usage_event("e9", EPOCH_MS + 9, {"tokens": 1}, dimensions={"model": "gpt4"})], EPOCH_MS + 10)
     assert kernel.kernel.take_explain() == b""
+
+
+@settings(max_examples=40, deadline=None)
+@given(models=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=5))
+def test_the_kernels_line_ids_are_engine_lines_ids(models: list[str]) -> None:
+    """Any dimension values (escaped characters, non-ASCII) give the line id engine/lines.py gives."""
+    kernel = world_with_two_versions()
+    kernel.kernel.set_explain(1)
+    sent = [usage_event(f"t{i}", EPOCH_MS + i, {"tokens": 1}, dimensions={"model": m}) for i, m in enumerate(models)]
+    kernel.ingest(sent, EPOCH_MS + DAY_MS)
+    by_line = indexed(kernel.kernel.take_explain())
+    expected = {
+        Kernel.explain_line_key("acme", EPOCH_MS, line_id("tokens", {"model": m, "region": ""})): m for m in models
+    }
+    assert set(by_line) == set(expected)
+    for key, model in expected.items():
+        assert {e.transaction_id for _, e in by_line[key]} == {f"t{i}" for i, m in enumerate(models) if m == model}
