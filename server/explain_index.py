@@ -29,8 +29,10 @@ import os
 import queue
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -47,6 +49,9 @@ _SECRET_KEY = b"token_secret"
 _TOKEN_VERSION = 1
 _TOKEN = struct.Struct(">BQI")  # version, seq, index of the next event in that seq's entry
 _MAC_BYTES = 16
+# The writer gathers records this long (or this many bytes) before it writes them: one put per line per write.
+FLUSH_EVERY_S = 1.0
+FLUSH_BYTES = 32 * 1024 * 1024
 MAP_SIZE_BYTES_DEFAULT = 16 * 1024**3  # address space (a sparse file): about 150 bytes per event and line
 
 _HEAD = struct.Struct("<qI")  # timestamp_ms, version
@@ -127,7 +132,7 @@ class ExplainIndex:
         self._secret: bytes = bytes(secret)
         self._covered = int(covered) if covered is not None else 0
         self._covered_changed = threading.Condition()
-        self._work: queue.SimpleQueue[tuple[list[bytes], int] | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="tariff-explain", daemon=True)
         self._thread.start()
@@ -141,19 +146,13 @@ class ExplainIndex:
 
     def submit(self, records: list[bytes], through_seq: int) -> None:
         """Queues the kernel's records of committed batches, up to journal seq `through_seq`; returns at once."""
-        self._work.put((records, through_seq))
+        self._work.put(("records", records, through_seq))
 
     def write(self, records: list[bytes], through_seq: int) -> None:
-        """Writes records now, in the caller's thread (recovery). Entries at or below the covered seq are skipped:
+        """Writes records now, in the caller's thread (recovery). Records at or below the covered seq are skipped:
         writing the same records twice changes nothing."""
         covered = self.covered_seq()
-        entries = [
-            entry
-            for blob in records
-            if blob
-            for entry in Kernel.explain_entries(blob)
-            if int.from_bytes(entry[0][16:], "big") > covered
-        ]
+        entries = Kernel.explain_entries(b"".join(records), covered) if any(records) else []
         with self._env.begin(write=True) as txn:
             if entries:
                 with txn.cursor(db=self._entries) as cursor:
@@ -165,31 +164,51 @@ class ExplainIndex:
             self._covered_changed.notify_all()
 
     def _serve(self) -> None:
-        while (item := self._work.get()) is not None:
-            # Everything queued meanwhile goes in the same write transaction: fewer commits under load.
-            records, through_seq = item
-            records = list(records)
-            stop = False
-            while not self._work.empty():
-                more = self._work.get_nowait()
-                if more is None:
-                    stop = True
-                    break
-                records.extend(more[0])
-                through_seq = max(through_seq, more[1])
+        """Gathers what is submitted and writes it every FLUSH_EVERY_S (or past FLUSH_BYTES, or at once while a
+        reader waits): one entry per line per write, so a line touched by many batches costs one put, not many."""
+        pending: list[bytes] = []
+        pending_bytes = 0
+        through = self.covered_seq()
+        asked = 0  # a reader waits for this seq
+        due: float | None = None
+        stopping = False
+        while not stopping:
+            timeout = None if due is None else max(0.0, due - time.monotonic())
             try:
-                self.write(records, through_seq)
-            except BaseException as exc:  # kept, and reported to whoever waits for the index
-                log.error("the explain index stopped (ExplainLineItem answers UNAVAILABLE until a restart): %r", exc)
-                self._failure = exc
-                with self._covered_changed:
-                    self._covered_changed.notify_all()
-                return
-            if stop:
-                return
+                item = self._work.get(timeout=timeout)
+            except queue.Empty:
+                item = ("tick",)
+            if item is None:
+                stopping = True
+            elif item[0] == "flush":
+                asked = max(asked, item[1])
+            elif item[0] == "records":
+                pending.extend(item[1])
+                pending_bytes += sum(len(blob) for blob in item[1])
+                through = max(through, item[2])
+                due = due if due is not None else time.monotonic() + FLUSH_EVERY_S
+            if through <= self._covered:  # nothing new to write (what is pending, recovery already wrote)
+                pending, pending_bytes, due = [], 0, None
+                continue
+            now_due = due is not None and time.monotonic() >= due
+            if stopping or now_due or pending_bytes >= FLUSH_BYTES or asked > self._covered:
+                try:
+                    self.write(pending, through)
+                except BaseException as exc:  # kept, and reported to whoever waits for the index
+                    log.error(
+                        "the explain index stopped (ExplainLineItem answers UNAVAILABLE until a restart): %r", exc
+                    )
+                    self._failure = exc
+                    with self._covered_changed:
+                        self._covered_changed.notify_all()
+                    return
+                pending, pending_bytes, due = [], 0, None
 
     def wait_covered(self, seq: int, timeout_s: float) -> bool:
-        """Blocks until the index covers `seq`; False after `timeout_s`. Raises the writer's failure, if any."""
+        """Blocks until the index covers `seq` (asking the writer to write what it gathered); False after
+        `timeout_s`. Raises the writer's failure, if any."""
+        if self.covered_seq() < seq:
+            self._work.put(("flush", seq))
         with self._covered_changed:
             covered = self._covered_changed.wait_for(
                 lambda: self._covered >= seq or self._failure is not None, timeout=timeout_s
@@ -202,6 +221,8 @@ class ExplainIndex:
         """Waits until everything submitted up to `seq` is written (before a snapshot at `seq` is saved). An index
         that stopped is not waited for: the snapshot goes ahead, and the next start rebuilds the index by a replay
         from the journal's first record."""
+        if self.covered_seq() < seq:
+            self._work.put(("flush", seq))
         with self._covered_changed:
             self._covered_changed.wait_for(lambda: self._covered >= seq or self._failure is not None)
 

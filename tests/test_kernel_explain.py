@@ -33,7 +33,7 @@ def world_with_two_versions() -> KernelWorld:
 
 
 def indexed(records: bytes) -> dict[bytes, list[tuple[int, IndexedEvent]]]:
-    """Events by line key (the index key's first 16 bytes), each with its journal seq, in key order."""
+    """Events by line key (the index key's first 16 bytes), each with its entry's first journal seq, in order."""
     by_line: dict[bytes, list[tuple[int, IndexedEvent]]] = defaultdict(list)
     for key, value in Kernel.explain_entries(records):
         by_line[key[:16]].extend((int.from_bytes(key[16:], "big"), e) for e in parse_events(value))
@@ -97,11 +97,16 @@ def test_refunds_are_recorded_as_negative_amounts_in_journal_order() -> None:
     # 6 tokens at 2 = 12; 6 more cross the volume tier: 12 x 0.5 = 6 in all, so the second event gives back 6.
     kernel.ingest([usage_event("a", day4, {"tokens": 6}, dimensions={"model": "gpt4"})], day4)
     kernel.ingest([usage_event("b", day4 + 1, {"tokens": 6}, dimensions={"model": "gpt4"})], day4)
-    (found,) = indexed(kernel.kernel.take_explain()).values()
+    records = kernel.kernel.take_explain()
+    (found,) = indexed(records).values()
     assert [(seq, e.transaction_id, e.amount_picos) for seq, e in found] == [
         (1, "a", 12 * 10**12),
-        (2, "b", -6 * 10**12),
+        (1, "b", -6 * 10**12),
     ]
+    # One entry per line, keyed by its first seq; what an earlier write covered is left out.
+    ((key, _),) = Kernel.explain_entries(records, 1)
+    assert int.from_bytes(key[16:], "big") == 2
+    assert Kernel.explain_entries(records, 2) == []
     assert found[0][1].draws == [("small", 7 * 10**12), ("later", 5 * 10**12)]
     assert found[1][1].draws == [("later", -5 * 10**12), ("small", -1 * 10**12)]  # given back in reverse burn order
     assert found[0][1].overage_picos == found[1][1].overage_picos == 0
@@ -113,7 +118,7 @@ def test_nothing_is_recorded_before_the_seq_asked_nor_when_off() -> None:
     for i in range(4):
         kernel.ingest([usage_event(f"e{i}", EPOCH_MS + i, {"tokens": 1}, dimensions={"model": "gpt4"})], EPOCH_MS + 10)
     (found,) = indexed(kernel.kernel.take_explain()).values()
-    assert [(seq, e.transaction_id) for seq, e in found] == [(3, "e2"), (4, "e3")]
+    assert [(seq, e.transaction_id) for seq, e in found] == [(3, "e2"), (3, "e3")]  # one entry, from seq 3
     kernel.kernel.set_explain(None)
     kernel.ingest([usage_event("e9", EPOCH_MS + 9, {"tokens": 1}, dimensions={"model": "gpt4"})], EPOCH_MS + 10)
     assert kernel.kernel.take_explain() == b""

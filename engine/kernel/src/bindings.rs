@@ -321,15 +321,18 @@ impl Kernel {
         Ok(PyBytes::new(py, &records))
     }
 
-    /// The index entries of explain records: (key, value) pairs sorted by key, one per (customer,
-    /// period, line, journal seq); key = explain_line_key(...) + seq (8 bytes, big-endian), value =
-    /// that line's event parts in batch order. ValueError for bytes that are not explain records.
+    /// The index entries of explain records (of any number of batches, in journal order), leaving out
+    /// seqs <= `after_seq`: (key, value) pairs sorted by key, one per (customer, period, line); key =
+    /// explain_line_key(...) + the first seq it holds (8 bytes, big-endian), value = that line's event
+    /// parts in journal order. ValueError for bytes that are not explain records.
     #[staticmethod]
+    #[pyo3(signature = (records, after_seq = 0))]
     fn explain_entries<'py>(
         py: Python<'py>,
         records: &[u8],
+        after_seq: u64,
     ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
-        let entries = py.detach(|| crate::explain::entries(records)).map_err(PyValueError::new_err)?;
+        let entries = py.detach(|| crate::explain::entries(records, after_seq)).map_err(PyValueError::new_err)?;
         Ok(entries.iter().map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect())
     }
 

@@ -179,11 +179,13 @@ impl<'a> Reader<'a> {
 /// An index entry: (24-byte key, value).
 pub type Entry = ([u8; 24], Vec<u8>);
 
-/// The index entries of a records buffer: (key, value) with key = line_key ++ seq (big-endian),
-/// value = the event parts of that line's events in that batch, in batch order; sorted by key.
-pub fn entries(records: &[u8]) -> Result<Vec<Entry>, String> {
+/// The index entries of a records buffer (the records of any number of batches, in journal order), leaving out
+/// records of seqs <= `after_seq` (already indexed): one per (customer, period, line), key = line_key ++ the
+/// first seq among its records (big-endian), value = the line's event parts in journal order; sorted by key. A
+/// later call for the same line starts at a later seq, so its entry sorts after this one.
+pub fn entries(records: &[u8], after_seq: u64) -> Result<Vec<Entry>, String> {
     let mut reader = Reader { bytes: records, at: 0 };
-    let mut at_key: FxHashMap<[u8; 24], usize> = FxHashMap::default();
+    let mut at_line: FxHashMap<[u8; 16], usize> = FxHashMap::default();
     let mut grouped: Vec<Entry> = Vec::new();
     while reader.at < records.len() {
         let seq = reader.u64()?;
@@ -191,10 +193,14 @@ pub fn entries(records: &[u8]) -> Result<Vec<Entry>, String> {
         let period = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
         let line = reader.text()?;
         let part = reader.event_part()?;
-        let mut key = [0u8; 24];
-        key[..16].copy_from_slice(&line_key(customer, period, line));
-        key[16..].copy_from_slice(&seq.to_be_bytes());
-        let at = *at_key.entry(key).or_insert_with(|| {
+        if seq <= after_seq {
+            continue;
+        }
+        let line = line_key(customer, period, line);
+        let at = *at_line.entry(line).or_insert_with(|| {
+            let mut key = [0u8; 24];
+            key[..16].copy_from_slice(&line);
+            key[16..].copy_from_slice(&seq.to_be_bytes());
             grouped.push((key, Vec::new()));
             grouped.len() - 1
         });
@@ -236,7 +242,9 @@ mod tests {
             recorder.record(&event(tx, amount), product, 0, || format!("p{product}"), draws.iter().copied());
         }
         assert!(recorder.on());
-        let found = entries(&recorder.take()).unwrap();
+        let records = recorder.take();
+        assert_eq!(entries(&records, 7).unwrap(), vec![]);
+        let found = entries(&records, 6).unwrap();
         assert_eq!(found.len(), 2);
         let p1 = found.iter().find(|(k, _)| k[..16] == line_key("c", 0, "p1")).unwrap();
         assert_eq!(&p1.0[16..], &7u64.to_be_bytes());
@@ -245,7 +253,7 @@ mod tests {
         reader.at = 0;
         reader.event_part().unwrap();
         assert_eq!(reader.text().unwrap(), "c");
-        assert!(entries(&[1, 2, 3]).is_err());
+        assert!(entries(&[1, 2, 3], 0).is_err());
         assert!(recorder.take().is_empty());
     }
 }
