@@ -3,10 +3,11 @@
 The journal holds each usage batch as received and a digest, not per-event amounts. When asked
 (`Kernel.set_explain`), the rating kernel appends a compact record per product an accepted event charged; the
 sequencer takes them once per run of rated batches and, once the group's journal commit has succeeded, hands
-them here. A thread of this module's own turns them into entries (`Kernel.explain_entries`: one per customer,
-period, line and journal seq, 24-byte keys, so one line's events are one contiguous key range in journal order)
-and writes them in a write transaction of its own, with the journal seq it now covers. The ack never waits for
-any of it.
+them here. A thread of this module's own gathers them for up to FLUSH_EVERY_S (less while a reader waits), turns
+them into entries (`Kernel.explain_entries`: one per customer, period and line per write, keyed by a digest of
+the three and the first journal seq the entry holds, 24 bytes, so one line's events are one contiguous key range
+in journal order) and writes them in a write transaction of its own, with the journal seq it now covers. The ack
+never waits for any of it.
 
 The index lives in its own LMDB environment (`<data dir>/explain`), written without fsync: it is derived data.
 Recovery replays the journal after the snapshot with recording on from `covered_seq() + 1`, so whatever was
