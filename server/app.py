@@ -40,6 +40,7 @@ from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Key
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
+from server.explain_index import ExplainIndex
 from server.journal import JournalFormatError, LmdbJournal
 from server.loopstall import StallSampler
 from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover, trim_heap
@@ -89,6 +90,7 @@ class ServeConfig:
     activity_every_s: float = oplog.ACTIVITY_EVERY_S_DEFAULT
     loop_stall_sample_s: float = 0.0  # 0: no event-loop stall sampling
     close_grace_ms: int | None = CLOSE_GRACE_MS_DEFAULT  # how long after its end a period closes; None: never
+    explain_index: bool = True  # keep the ExplainLineItem index (<data dir>/explain)
 
 
 # Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
@@ -300,11 +302,19 @@ async def _serve_locked(
         log.error("%s", exc)
         await server.stop(None)
         return 2
+    explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
     try:
-        billing = recover(journal, future_skew_ms=config.future_skew_ms, progress_every_s=RECOVERY_PROGRESS_EVERY_S)
+        billing = recover(
+            journal,
+            future_skew_ms=config.future_skew_ms,
+            progress_every_s=RECOVERY_PROGRESS_EVERY_S,
+            explain_index=explain_index,
+        )
     except RatingChanged as exc:
         log.error("%s", exc)
         journal.close()
+        if explain_index is not None:
+            explain_index.close()
         await server.stop(None)
         return 2
     # Recovery's transient buffers (records, the snapshot, the tables' encoding) are freed by now.
@@ -322,6 +332,7 @@ async def _serve_locked(
         journal,
         snapshot_every_records=config.snapshot_every_records,
         snapshot_every_events=config.snapshot_every_events,
+        explain_index=explain_index,
     )
     sequencer.start()
     if config.demo and billing.last_seq == 0:
@@ -369,6 +380,8 @@ async def _serve_locked(
         sampler.cancel()
     journal_bytes = journal.stats().used_bytes
     journal.close()
+    if explain_index is not None:
+        explain_index.close()
     stop_telemetry()
     freezer.cancel()
     oplog.line(

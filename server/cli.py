@@ -102,6 +102,11 @@ def _mib(value: int) -> int:
     help="how long after a billing period ends it is closed by itself (its invoice made final), e.g. 24h, 30m, 0s; "
     "off: only ClosePeriod and CloseDuePeriods close periods",
 )
+@click.option(
+    "--explain-index/--no-explain-index",
+    default=True,
+    help="keep the index ExplainLineItem reads (<data dir>/explain), written off the ack path",
+)
 def serve(
     listen: str,
     data_dir: Path,
@@ -127,6 +132,7 @@ def serve(
     log_activity_every_s: float,
     loop_stall_sample_ms: float,
     close_grace: str,
+    explain_index: bool,
 ) -> None:
     """Run the gRPC server."""
     # Before anything imports grpc: gRPC core's own stderr lines must not leak into the operator's log.
@@ -163,6 +169,7 @@ def serve(
         activity_every_s=log_activity_every_s,
         loop_stall_sample_s=loop_stall_sample_ms / 1000,
         close_grace_ms=close_grace_ms,
+        explain_index=explain_index,
     )
     sys.exit(run(config))
 

@@ -55,6 +55,7 @@ from engine.rerate import Rerated, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
+from server.explain_index import ExplainIndex
 from server.journal import Journal, JournalFull
 
 log = logging.getLogger("tariff.sequencer")
@@ -71,6 +72,8 @@ PAUSE_EVERY_S = 0.001
 COPY_SLICE_BYTES = 1 << 20
 # A recovery that takes longer than this says how far it got, every this often.
 RECOVERY_PROGRESS_EVERY_S = 2.0
+# A replay hands the explain index what it recorded every this many records (a bounded buffer).
+EXPLAIN_REPLAY_RECORDS = 256
 
 
 class Outcome(msgspec.Struct, frozen=True, array_like=True):
@@ -133,19 +136,28 @@ def recover(
     future_skew_ms: int | None = None,
     dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
     progress_every_s: float | None = None,
+    explain_index: ExplainIndex | None = None,
 ) -> Billing:
     """State = snapshot + replay of every record after it; each replayed batch must give its journaled digest
-    (RatingChanged otherwise). With `progress_every_s`, a long replay logs its progress that often."""
+    (RatingChanged otherwise). With `progress_every_s`, a long replay logs its progress that often. With
+    `explain_index`, the replay indexes what the index does not cover yet, and the kernel records from then on
+    (an index behind the snapshot makes the replay start at the journal's first record)."""
     skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
     snapshot = journal.load_snapshot()
+    if explain_index is not None and snapshot is not None and explain_index.covered_seq() < snapshot[0]:
+        snapshot = None
     if snapshot is not None:
         billing = Billing.from_snapshot(snapshot[1], future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms)
     else:
         billing = Billing(future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms)
     assert billing.last_seq == (snapshot[0] if snapshot else 0), "snapshot seq and state disagree"
     progress = _RecoveryProgress(billing.last_seq, journal.last_seq(), progress_every_s)
+    if explain_index is not None:
+        billing.kernel.set_explain(explain_index.covered_seq() + 1)
     for seq, blob in journal.read_records(billing.last_seq):
         progress.at(seq)
+        if explain_index is not None and seq % EXPLAIN_REPLAY_RECORDS == 0:
+            explain_index.write([billing.kernel.take_explain()], seq - 1)
         record = decode_record(blob)
         if record.usage is not None:
             billing.replay(seq, record.usage.batch, record.usage.received_ms, record.usage.digest, record.alerts)
@@ -158,6 +170,8 @@ def recover(
                 raise RatingChanged(
                     f"journal record {seq}: alerts changed between releases; run the release that wrote it"
                 )
+    if explain_index is not None:
+        explain_index.write([billing.kernel.take_explain()], billing.last_seq)
     # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
     # customer's tables (seconds at a million customers).
     billing.refresh_tables()
@@ -266,6 +280,7 @@ class _Group:
     # alert seq its records fired up to: both reported to `Sequencer.committed` once the group is durable.
     touched: set[str] = dataclasses.field(default_factory=set)
     alerts_upto: int = 0
+    explain: list[bytes] = dataclasses.field(default_factory=list)  # the kernel's explain records of its batches
 
     def start(self, writer_thread: _Worker, journal: Journal) -> None:
         if not self.records:
@@ -306,8 +321,10 @@ class Sequencer:
         clock_ms: Callable[[], int] | None = None,
         snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
         snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS_DEFAULT,
+        explain_index: ExplainIndex | None = None,
     ) -> None:
         self.billing = billing
+        self.explain_index = explain_index
         self.journal = journal
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.snapshot_every_records = snapshot_every_records
@@ -523,6 +540,8 @@ class Sequencer:
         now_ms = group.now_ms
         batches = [batch for _, batch in run]
         rated = await self._rating_thread.run(_rate_batches, self.billing, batches, now_ms)
+        if self.explain_index is not None:
+            group.explain.append(self.billing.kernel.take_explain())
         for (submission, _), (seq, outcome, record) in zip(run, rated, strict=True):
             if isinstance(outcome, EngineError):
                 group.answers.append((submission, 0, outcome))
@@ -559,6 +578,8 @@ class Sequencer:
             telemetry.batch_commit_ms.record(group.commit_ms)
             telemetry.commit_commands.record(len(group.records))
             oplog.activity.committed(group.commit_ms)
+            if self.explain_index is not None:
+                self.explain_index.submit(group.explain, group.records[-1][0])
         for actor, action, target in group.changes:
             oplog.line("admin change", actor=actor, action=action, target=target)
         oplog.activity.admin_changes += len(group.changes)
@@ -577,7 +598,12 @@ class Sequencer:
         """Drops what was applied but not committed by recovering the state from the journal."""
         billing = self.billing
         self.billing.reset(
-            recover(self.journal, future_skew_ms=billing.future_skew_ms, dedupe_window_ms=billing.dedupe_window_ms)
+            recover(
+                self.journal,
+                future_skew_ms=billing.future_skew_ms,
+                dedupe_window_ms=billing.dedupe_window_ms,
+                explain_index=self.explain_index,
+            )
         )
 
     def _snapshot_due(self) -> bool:
@@ -626,6 +652,8 @@ class Sequencer:
         """On the journal's thread: stores the snapshot, then unmaps its buffer (with the GIL released) and
         hands the heap the snapshot's parts freed back to the system."""
         try:
+            if self.explain_index is not None:
+                self.explain_index.flush(seq)  # a restart replays from the snapshot: the index must reach it
             self.journal.save_snapshot(seq, blob)
         finally:
             blob.close()

@@ -28,7 +28,6 @@ from tariff import (
 from tariff.v1 import (
     balance_pb2,
     contracts_pb2,
-    invoices_pb2,
     pricing_pb2,
 )
 
@@ -245,7 +244,6 @@ def test_an_override_without_a_start_leaves_the_start_unset(demo_server: ServerP
 
 
 UNIMPLEMENTED_CALLS: list[tuple[str, Callable[[TariffClient], object]]] = [
-    ("GetRevenueReport", lambda c: c.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest())),
     ("SetTopUpPolicy", lambda c: c.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest())),
     ("ReleaseReservation", lambda c: c.balance.ReleaseReservation(balance_pb2.ReleaseReservationRequest())),
     (

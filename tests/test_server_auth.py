@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tariff import PermissionDenied, TariffClient, TariffError, Unauthenticated
 from tariff.v1 import (
@@ -532,6 +533,9 @@ def test_restricted_read_key_sees_only_its_customers_and_nothing_global(keyed: t
             "GetAuditLog": lambda: portal.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest()),
             "GetRateCard": lambda: portal.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="ai-credits")),
             "GetRevenueReport(all)": lambda: portal.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest()),
+            "ExplainLineItem(beta)": lambda: portal.invoices.ExplainLineItem(
+                invoices_pb2.ExplainLineItemRequest(customer_id=BETA, line_id="ai_action")
+            ),
             "WatchAlerts": lambda: list(portal.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest())),
             "SimulateVersion(all)": lambda: portal.pricing.SimulateVersion(
                 pricing_pb2.SimulateVersionRequest(rate_card_id="ai-credits", version=1)
@@ -541,11 +545,14 @@ def test_restricted_read_key_sees_only_its_customers_and_nothing_global(keyed: t
             code, details = code_of(call)
             assert code == grpc.StatusCode.PERMISSION_DENIED, (what, code, details)
             assert "acme-portal" in details and "Beta Ltd" not in details, details
-        # Its own customer on a per-customer RPC passes the gate (and then meets UNIMPLEMENTED, not a refusal).
-        code, _ = code_of(
-            lambda: portal.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest(customer_id=ACME))
-        )
-        assert code == grpc.StatusCode.UNIMPLEMENTED
+        # Its own customer on a per-customer RPC passes the gate and is answered, with its own lines only.
+        span = {
+            "period_start": timestamp_pb2.Timestamp(seconds=0),
+            "period_end": timestamp_pb2.Timestamp(seconds=2**32),
+        }
+        own = portal.invoices.GetRevenueReport(invoices_pb2.GetRevenueReportRequest(customer_id=ACME, **span))
+        assert own.customer_lines and {line.customer_id for line in own.customer_lines} == {ACME}
+        assert own.reconciliation.reconciles
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,9 +13,11 @@ from server.admin.alerts import alerts
 from server.admin.audit import audit
 from server.admin.balance import authorize, balance
 from server.admin.customers import customers
+from server.admin.explain import explain
 from server.admin.invoices import invoices
 from server.admin.products import products
 from server.admin.ratecards import ratecards
+from server.admin.revenue import revenue
 from server.admin.simulate import simulate
 from server.admin.usage import usage
 from server.admin.versions import ratecard
@@ -33,6 +35,7 @@ COMMANDS: tuple[click.Command, ...] = (
     watch,
     alerts,
     invoices,
+    revenue,
 )
 
 
@@ -40,3 +43,4 @@ def add_commands(group: click.Group) -> None:
     for command in COMMANDS:
         group.add_command(command)
     ratecard.add_command(simulate)
+    invoices.add_command(explain)

@@ -328,6 +328,44 @@ impl Kernel {
         py.detach(|| self.change(|k| k.take_touched()))
     }
 
+    /// Records, from now on, what each accepted event of a batch rated as journal seq >= `from_seq`
+    /// did, for ExplainLineItem (None stops): one record per product charged (see `take_explain`).
+    fn set_explain(&self, py: Python<'_>, from_seq: Option<u64>) -> PyResult<()> {
+        py.detach(|| self.change(|k| k.set_explain(from_seq)))
+    }
+
+    /// The explain records since the last call, as one bytes (layout in explain.rs), leaving none.
+    fn take_explain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let records = py.detach(|| self.change(|k| k.take_explain()))?;
+        Ok(PyBytes::new(py, &records))
+    }
+
+    /// The index entries of explain records (of any number of batches, in journal order), leaving out
+    /// seqs <= `after_seq`: (key, value) pairs sorted by key, one per (customer, period, line); key =
+    /// explain_line_key(...) + the first seq it holds (8 bytes, big-endian), value = that line's event
+    /// parts in journal order. ValueError for bytes that are not explain records.
+    #[staticmethod]
+    #[pyo3(signature = (records, after_seq = 0))]
+    fn explain_entries<'py>(
+        py: Python<'py>,
+        records: &[u8],
+        after_seq: u64,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        let entries = py.detach(|| crate::explain::entries(records, after_seq)).map_err(PyValueError::new_err)?;
+        Ok(entries.iter().map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect())
+    }
+
+    /// The 16-byte prefix of the index keys of one line's events: a digest of (customer, period start, line id).
+    #[staticmethod]
+    fn explain_line_key<'py>(
+        py: Python<'py>,
+        customer_id: &str,
+        period_start_ms: i64,
+        line_id: &str,
+    ) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &crate::explain::line_key(customer_id, period_start_ms, line_id))
+    }
+
     /// A kernel holding a snapshot's state (load tables before rating with it).
     #[staticmethod]
     fn restore(py: Python<'_>, snapshot: &[u8]) -> PyResult<Kernel> {

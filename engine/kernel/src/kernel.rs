@@ -20,6 +20,7 @@ use crate::buckets::{
 use crate::decode::{check_event, check_into, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Seen};
 use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
+use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
     curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Route, Sym, Version,
@@ -402,6 +403,7 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
         }
     }
     let mut ack = AckBuilder::new(batch.batch_id, next_seq, batch.len());
+    kernel.rater.explain.begin(next_seq);
     let mut checked = Event::empty();
     for (index, event) in batch.events().enumerate() {
         if index > 0 && index % PAUSE_EVERY_EVENTS == 0 {
@@ -427,6 +429,8 @@ pub(crate) struct Rater {
     pub(crate) catalog: Catalog,
     pub(crate) interner: Interner,
     pub(crate) combos: Combos,
+    /// Per-event records for ExplainLineItem, when enabled.
+    pub(crate) explain: Recorder,
 }
 
 impl Rater {
@@ -612,7 +616,42 @@ impl Rater {
             period.overage += outcome.overage;
             assert!(period.overage >= 0, "period overage never falls below zero");
             ack.ledger(&product.id_text, p.version, p.charge, &outcome.draws, outcome.overage);
+            if self.explain.on() {
+                self.record_explain(&account.grants, event, plan.period_start_ms, p, key, outcome);
+            }
         }
+    }
+
+    /// Appends the ExplainLineItem record of one product an event charged.
+    fn record_explain(
+        &mut self,
+        grants: &[Grant],
+        event: &Event,
+        period_start_ms: i64,
+        p: &Plan,
+        key: PeriodKey,
+        outcome: &crate::draw::Outcome,
+    ) {
+        let product = &self.catalog.products[p.product];
+        let charged = Charged {
+            customer_id: event.customer_id,
+            transaction_id: event.transaction_id,
+            timestamp_ms: event.timestamp_ms,
+            period_start_ms,
+            version: p.version,
+            quantity: p.after - p.before,
+            amount: p.charge,
+            overage: outcome.overage,
+        };
+        let (interner, combos) = (&self.interner, &self.combos);
+        let line = || {
+            let values = combos.tuple(key.combo).iter().map(|s| interner.text(*s));
+            let pairs: SmallVec<[(&str, &str); 4]> =
+                product.dimensions.iter().map(|d| d.as_str()).zip(values).collect();
+            explain::line_id(&product.id_text, &pairs)
+        };
+        let draws = outcome.draws.iter().map(|&(g, credits)| (&*grants[g as usize].id, credits));
+        self.explain.record(&charged, product.id, key.combo, line, draws);
     }
 
     /// The key of a plan's period aggregate: a bucket seen before was keyed in planning; a new one
@@ -740,6 +779,17 @@ impl Kernel {
             .collect();
         buckets.sort_by(|a, b| a.0.cmp(&b.0));
         Some((aggregates, buckets))
+    }
+
+    /// Records, from now on, what each accepted event of a batch rated as seq >= from_seq did
+    /// (ExplainLineItem's records); None stops.
+    pub fn set_explain(&mut self, from_seq: Option<u64>) {
+        self.rater.explain.enable(from_seq);
+    }
+
+    /// The records since the last call (see `explain`), leaving none.
+    pub fn take_explain(&mut self) -> Vec<u8> {
+        self.rater.explain.take()
     }
 
     /// The customer's grant ids by grant index.

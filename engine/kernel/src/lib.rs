@@ -12,6 +12,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod draw;
 pub mod invoice;
+pub mod explain;
 pub mod kernel;
 pub mod money;
 pub mod price;

@@ -163,7 +163,7 @@ class GrantDraw(_message.Message):
     def __init__(self, grant_id: _Optional[str] = ..., credits: _Optional[str] = ...) -> None: ...
 
 class ExplainedEvent(_message.Message):
-    __slots__ = ("transaction_id", "timestamp_ms", "quantity", "version", "unit_price", "amount", "draws")
+    __slots__ = ("transaction_id", "timestamp_ms", "quantity", "version", "unit_price", "amount", "draws", "overage")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,7 @@ class ExplainedEvent(_message.Message):
     UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     DRAWS_FIELD_NUMBER: _ClassVar[int]
+    OVERAGE_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     timestamp_ms: int
     quantity: str
@@ -178,15 +179,20 @@ class ExplainedEvent(_message.Message):
     unit_price: str
     amount: str
     draws: _containers.RepeatedCompositeFieldContainer[GrantDraw]
-    def __init__(self, transaction_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., quantity: _Optional[str] = ..., version: _Optional[int] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., draws: _Optional[_Iterable[_Union[GrantDraw, _Mapping]]] = ...) -> None: ...
+    overage: str
+    def __init__(self, transaction_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., quantity: _Optional[str] = ..., version: _Optional[int] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., draws: _Optional[_Iterable[_Union[GrantDraw, _Mapping]]] = ..., overage: _Optional[str] = ...) -> None: ...
 
 class ExplainLineItemResponse(_message.Message):
-    __slots__ = ("events", "next_page_token")
+    __slots__ = ("events", "next_page_token", "line_amount", "line_quantity")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LINE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    LINE_QUANTITY_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[ExplainedEvent]
     next_page_token: str
-    def __init__(self, events: _Optional[_Iterable[_Union[ExplainedEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    line_amount: str
+    line_quantity: str
+    def __init__(self, events: _Optional[_Iterable[_Union[ExplainedEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., line_amount: _Optional[str] = ..., line_quantity: _Optional[str] = ...) -> None: ...
 
 class ClosePeriodRequest(_message.Message):
     __slots__ = ("customer_id", "period_start")
@@ -247,23 +253,55 @@ class GetRevenueReportRequest(_message.Message):
     def __init__(self, period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customer_id: _Optional[str] = ...) -> None: ...
 
 class RevenueLine(_message.Message):
-    __slots__ = ("product_id", "period_start", "recognized", "deferred", "breakage")
+    __slots__ = ("product_id", "period_start", "recognized", "deferred", "breakage", "customer_id", "recognized_credits", "recognized_overage", "period_end")
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_FIELD_NUMBER: _ClassVar[int]
     RECOGNIZED_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
     BREAKAGE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECOGNIZED_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    RECOGNIZED_OVERAGE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
     product_id: str
     period_start: _timestamp_pb2.Timestamp
     recognized: str
     deferred: str
     breakage: str
-    def __init__(self, product_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recognized: _Optional[str] = ..., deferred: _Optional[str] = ..., breakage: _Optional[str] = ...) -> None: ...
+    customer_id: str
+    recognized_credits: str
+    recognized_overage: str
+    period_end: _timestamp_pb2.Timestamp
+    def __init__(self, product_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recognized: _Optional[str] = ..., deferred: _Optional[str] = ..., breakage: _Optional[str] = ..., customer_id: _Optional[str] = ..., recognized_credits: _Optional[str] = ..., recognized_overage: _Optional[str] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RevenueReconciliation(_message.Message):
+    __slots__ = ("deferred_start", "prepaid_sold", "recognized_credits", "breakage", "deferred_end", "reconciles", "recognized_overage", "recognized")
+    DEFERRED_START_FIELD_NUMBER: _ClassVar[int]
+    PREPAID_SOLD_FIELD_NUMBER: _ClassVar[int]
+    RECOGNIZED_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    BREAKAGE_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_END_FIELD_NUMBER: _ClassVar[int]
+    RECONCILES_FIELD_NUMBER: _ClassVar[int]
+    RECOGNIZED_OVERAGE_FIELD_NUMBER: _ClassVar[int]
+    RECOGNIZED_FIELD_NUMBER: _ClassVar[int]
+    deferred_start: str
+    prepaid_sold: str
+    recognized_credits: str
+    breakage: str
+    deferred_end: str
+    reconciles: bool
+    recognized_overage: str
+    recognized: str
+    def __init__(self, deferred_start: _Optional[str] = ..., prepaid_sold: _Optional[str] = ..., recognized_credits: _Optional[str] = ..., breakage: _Optional[str] = ..., deferred_end: _Optional[str] = ..., reconciles: _Optional[bool] = ..., recognized_overage: _Optional[str] = ..., recognized: _Optional[str] = ...) -> None: ...
 
 class RevenueReport(_message.Message):
-    __slots__ = ("currency", "lines")
+    __slots__ = ("currency", "lines", "customer_lines", "reconciliation")
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_LINES_FIELD_NUMBER: _ClassVar[int]
+    RECONCILIATION_FIELD_NUMBER: _ClassVar[int]
     currency: str
     lines: _containers.RepeatedCompositeFieldContainer[RevenueLine]
-    def __init__(self, currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[RevenueLine, _Mapping]]] = ...) -> None: ...
+    customer_lines: _containers.RepeatedCompositeFieldContainer[RevenueLine]
+    reconciliation: RevenueReconciliation
+    def __init__(self, currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[RevenueLine, _Mapping]]] = ..., customer_lines: _Optional[_Iterable[_Union[RevenueLine, _Mapping]]] = ..., reconciliation: _Optional[_Union[RevenueReconciliation, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,115 @@
+"""ExplainLineItem's rules, sans-I/O: which periods exist, which lines a period has, and each event's figures.
+
+A customer's billing periods are the monthly calendar of its contracts (engine/contracts.py, computed the same
+way as the rating kernel's route.rs); a line is one product and combination of pricing-dimension values with
+usage in the period (engine/lines.py names it). The events behind a line come from the explain index
+(server/explain_index.py); here they become the figures the wire shows.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from engine.errors import InvalidArgument, NotFound
+from engine.lines import line_id
+from engine.money import round_ratio
+from engine.state import Engine
+
+QUANTITY_SCALE = 10**18
+PICOS_PER_UNIT = 10**12
+# Instants a request may name: 1970-01-01 to the end of year 8999 (UTC), room left for the periods after them.
+LATEST_MS = 221_845_392_000_000 - 1
+
+
+def check_instant(ms: int, field: str) -> None:
+    """INVALID_ARGUMENT naming `field` for an instant before 1970 or after 9999."""
+    if not 0 <= ms <= LATEST_MS:
+        raise InvalidArgument.field(field, "must lie between 1970-01-01 and 8999-12-31 (UTC)")
+
+
+def add_months(anchor_ms: int, months: int) -> int:
+    """The anchor plus `months` calendar months, a day past the month's end clamped to its last day (route.rs)."""
+    anchor = datetime.fromtimestamp(anchor_ms / 1000, UTC)
+    month_index = anchor.year * 12 + anchor.month - 1 + months
+    year, month = divmod(month_index, 12)
+    day = min(anchor.day, calendar.monthrange(year, month + 1)[1])
+    moved = anchor.replace(year=year, month=month + 1, day=day)
+    # Whole milliseconds: datetime keeps microseconds, the anchor had none beyond its milliseconds.
+    return anchor_ms + round((moved - anchor).total_seconds() * 1000)
+
+
+def is_period_start(engine: Engine, customer_id: str, start_ms: int) -> bool:
+    """Whether one of the customer's contracts has a billing period starting at start_ms."""
+    for contract in engine.state.contracts.values():
+        if contract.customer_id != customer_id or not contract.covers(start_ms):
+            continue
+        anchor = contract.starting_at_ms
+        months = max(0, (start_ms - anchor) // (31 * 86_400_000))  # never past the answer
+        while (at := add_months(anchor, months)) < start_ms:
+            months += 1
+        if at == start_ms:
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A line's figures from the kernel's period aggregate."""
+
+    line_id: str
+    product_id: str
+    dimensions: dict[str, str]
+    quantity_e18: int
+    events: int
+    amount_picos: int
+
+
+def period_lines(engine: Engine, usage: object, period_start_ms: int) -> dict[str, Line]:
+    """The lines of one period from `Kernel.usage(customer)`'s aggregates, by line id."""
+    lines: dict[str, Line] = {}
+    if usage is None:
+        return lines
+    aggregates = usage[0]  # type: ignore[index]
+    products = engine.state.products
+    for start, product_id, values, quantity, events, amount, _overage, _drawn in aggregates:
+        if start != period_start_ms:
+            continue
+        product = products.get(product_id)
+        keys = product.pricing_dimensions if product is not None else []
+        dimensions = dict(zip(keys, values, strict=False))
+        line = line_id(product_id, dimensions)
+        lines[line] = Line(line, product_id, dimensions, quantity, events, amount)
+    return lines
+
+
+def check_request(engine: Engine, customer_id: str, period_start_ms: int | None, line: str) -> None:
+    """INVALID_ARGUMENT or NOT_FOUND for a request that cannot name a line (before any line is looked up)."""
+    if not customer_id:
+        raise InvalidArgument.field("customer_id", "is required")
+    if customer_id not in engine.state.customers:
+        raise NotFound(f"customer {customer_id!r} does not exist")
+    if not line:
+        raise InvalidArgument.field("line_id", "is required")
+    if period_start_ms is None:
+        raise InvalidArgument.field("period_start", "is required: the start of the billing period of the line")
+    check_instant(period_start_ms, "period_start")
+    if not is_period_start(engine, customer_id, period_start_ms):
+        raise InvalidArgument.field(
+            "period_start",
+            f"{iso(period_start_ms)} is not the start of a billing period of customer {customer_id!r}",
+        )
+
+
+def unit_price_picos(amount_picos: int, quantity_e18: int) -> int | None:
+    """The event's effective unit price (amount / quantity, per unit of the product), rounded half-even to the
+    pico; None when the event added no quantity (a MAX or UNIQUE_COUNT event that moved nothing)."""
+    if quantity_e18 == 0:
+        return None
+    sign = -1 if quantity_e18 < 0 else 1
+    return round_ratio(sign * amount_picos * QUANTITY_SCALE, abs(quantity_e18))
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")

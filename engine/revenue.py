@@ -1,0 +1,242 @@
+"""Revenue recognition, sans-I/O: recognised, deferred and breakage per billing period, product and customer, from
+the kernel's period aggregates (credits drawn per grant, overage) and the grants' cost basis.
+
+Rules (amounts in picos of the contract's currency):
+- A grant is *sold* at the start of the billing period that contains its `starts_at` (so every draw on it falls
+  in that period or later); its paid amount enters deferred revenue then.
+- Credits drawn are recognised at the grant's cost basis (paid / amount). Exact rationals, rounded once and
+  cumulatively: a grant's recognised value up to a period is paid x credits drawn up to it / amount, rounded
+  half-even to the pico; a period's recognition is the difference of that figure at its two ends. Periods thus
+  sum to the whole, a fully drawn grant recognises exactly its paid amount, and no pico appears or vanishes.
+  Within a period, a grant's recognition is split among products in proportion to their draws by the largest
+  remainder (ties to the smaller product id), so products sum to it exactly.
+- Overage is recognised in the period it is charged: overage x the contract's overage price, rounded half-even
+  to the pico once per (customer, period, product).
+- Breakage (credits expired unused, at cost basis) comes from `breakage_credits`, a hook that contributes zero
+  until grant expiry and breakage are built.
+- Deferred at a time t = paid value of grants sold before t - recognised before t - breakage before t. So
+  deferred at start + prepaid sold - recognised credits - breakage = deferred at end, exactly, by construction;
+  `Reconciliation.reconciles` checks it on the figures reported.
+All periods are attributed by their start: an instant t counts the periods starting before t.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from engine.contracts import Contract
+from engine.errors import InvalidArgument, NotFound
+from engine.explain import add_months, check_instant
+from engine.ledger import Grant
+from engine.money import PICOS_PER_UNIT, round_ratio
+from engine.state import Engine
+
+# A customer's aggregates as Kernel.usage gives them: (period start, product, dimension values, quantity, events,
+# amount, overage, [(grant id, credits drawn)]).
+Aggregate = tuple[int, str, list[str], int, int, int, int, list[tuple[str, int]]]
+PERIODS_MAX = 1200  # a report spans at most a century of monthly periods
+
+
+@dataclass
+class Line:
+    """Revenue of one (period, product) or (period, customer) in picos of the currency."""
+
+    period_start_ms: int
+    period_end_ms: int
+    product_id: str = ""
+    customer_id: str = ""
+    recognized_credits: int = 0
+    recognized_overage: int = 0
+    breakage: int = 0
+    deferred: int | None = None  # customer lines only
+
+    @property
+    def recognized(self) -> int:
+        return self.recognized_credits + self.recognized_overage
+
+
+@dataclass
+class Reconciliation:
+    deferred_start: int = 0
+    prepaid_sold: int = 0
+    recognized_credits: int = 0
+    breakage: int = 0
+    deferred_end: int = 0
+    recognized_overage: int = 0
+
+    @property
+    def reconciles(self) -> bool:
+        left = self.deferred_start + self.prepaid_sold - self.recognized_credits - self.breakage
+        return left == self.deferred_end
+
+
+@dataclass
+class Report:
+    currency: str
+    by_product: list[Line] = field(default_factory=list)
+    by_customer: list[Line] = field(default_factory=list)
+    totals: Reconciliation = field(default_factory=Reconciliation)
+
+
+def breakage_credits(grant: Grant, before_ms: int) -> int:
+    """Credits of `grant` expired unused in periods starting before `before_ms`. Breakage is not built yet (grant
+    expiry is): this hook contributes zero until it is."""
+    return 0
+
+
+def period_of(contract: Contract, ts_ms: int) -> tuple[int, int]:
+    """(start, end) of the contract's billing period containing ts_ms (at its first period when before it)."""
+    anchor = contract.starting_at_ms
+    months = max(0, (ts_ms - anchor) // (31 * 86_400_000))
+    while add_months(anchor, months + 1) <= ts_ms:
+        months += 1
+    return add_months(anchor, months), add_months(anchor, months + 1)
+
+
+def value_picos(grant: Grant, credits_picos: int) -> int:
+    """credits x the grant's cost basis (paid / amount), in picos of the currency, rounded half-even once."""
+    numerator, denominator = grant.paid_amount.as_integer_ratio()
+    return round_ratio(credits_picos * numerator * PICOS_PER_UNIT, grant.amount * denominator)
+
+
+def split_largest_remainder(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """total split in proportion to non-negative weights, exactly (the parts sum to total)."""
+    whole = sum(weights.values())
+    if whole == 0:
+        return dict.fromkeys(weights, 0)
+    parts = {key: total * weight // whole for key, weight in weights.items()}
+    by_remainder = sorted(weights, key=lambda key: (-(total * weights[key] % whole), key))
+    for key in by_remainder[: total - sum(parts.values())]:
+        parts[key] += 1
+    return parts
+
+
+@dataclass
+class _GrantLedger:
+    """One grant's draws by period start, and the figures derived from them."""
+
+    grant: Grant
+    sold_at_ms: int
+    drawn_by_period: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+
+    def recognized_before(self, t_ms: int) -> int:
+        drawn = sum(c for start, by in self.drawn_by_period.items() if start < t_ms for c in by.values())
+        return value_picos(self.grant, drawn)
+
+    def deferred_before(self, t_ms: int) -> int:
+        if self.sold_at_ms >= t_ms:
+            return 0
+        breakage = value_picos(self.grant, breakage_credits(self.grant, t_ms))
+        return value_picos(self.grant, self.grant.amount) - self.recognized_before(t_ms) - breakage
+
+
+def report(
+    engine: Engine,
+    usage_of: Callable[[str], Sequence[Aggregate]],
+    start_ms: int | None,
+    end_ms: int | None,
+    customer_id: str = "",
+) -> Report:
+    """The revenue report for billing periods starting in [start_ms, end_ms); see the module docstring."""
+    if start_ms is None:
+        raise InvalidArgument.field("period_start", "is required")
+    if end_ms is None:
+        raise InvalidArgument.field("period_end", "is required")
+    check_instant(start_ms, "period_start")
+    check_instant(end_ms, "period_end")
+    if end_ms <= start_ms:
+        raise InvalidArgument.field("period_end", "must be after period_start")
+    state = engine.state
+    if customer_id and customer_id not in state.customers:
+        raise NotFound(f"customer {customer_id!r} does not exist")
+    customers = [customer_id] if customer_id else sorted(state.customers)
+    contracts = {c: [k for k in state.contracts.values() if k.customer_id == c] for c in customers}
+    currencies = {k.currency for ks in contracts.values() for k in ks}
+    if len(currencies) > 1:
+        raise InvalidArgument.field("customer_id", f"contracts bill in {sorted(currencies)}: ask per customer")
+    result = Report(currency=next(iter(currencies), ""))
+    products: dict[tuple[int, str], Line] = {}
+    for customer in customers:
+        _customer_revenue(engine, customer, contracts[customer], usage_of(customer), start_ms, end_ms, result, products)
+    result.by_product = [products[key] for key in sorted(products)]
+    return result
+
+
+def _contract_at(contracts: list[Contract], ts_ms: int) -> Contract | None:
+    return next((k for k in contracts if k.covers(ts_ms)), contracts[0] if contracts else None)
+
+
+def _customer_revenue(
+    engine: Engine,
+    customer: str,
+    contracts: list[Contract],
+    aggregates: Sequence[Aggregate],
+    start_ms: int,
+    end_ms: int,
+    result: Report,
+    products: dict[tuple[int, str], Line],
+) -> None:
+    account = engine.state.accounts.get(customer)
+    ledgers: dict[str, _GrantLedger] = {}
+    for grant in account.grants if account is not None else []:
+        contract = engine.state.contracts.get(grant.contract_id) or _contract_at(contracts, grant.starts_at_ms)
+        sold = period_of(contract, grant.starts_at_ms)[0] if contract is not None else grant.starts_at_ms
+        ledgers[grant.id] = _GrantLedger(grant, sold)
+    overage: dict[tuple[int, str], int] = defaultdict(int)
+    for period_start, product_id, _values, _q, _n, _amount, overage_picos, drawn in aggregates:
+        overage[(period_start, product_id)] += overage_picos
+        for grant_id, credits in drawn:
+            by_product = ledgers[grant_id].drawn_by_period[period_start]
+            by_product[product_id] = by_product.get(product_id, 0) + credits
+    totals = result.totals
+    for ledger in ledgers.values():
+        totals.deferred_start += ledger.deferred_before(start_ms)
+        totals.deferred_end += ledger.deferred_before(end_ms)
+        if start_ms <= ledger.sold_at_ms < end_ms:
+            totals.prepaid_sold += value_picos(ledger.grant, ledger.grant.amount)
+        totals.recognized_credits += ledger.recognized_before(end_ms) - ledger.recognized_before(start_ms)
+        breakage_end = value_picos(ledger.grant, breakage_credits(ledger.grant, end_ms))
+        totals.breakage += breakage_end - value_picos(ledger.grant, breakage_credits(ledger.grant, start_ms))
+    for period_start, period_end in _periods(contracts, start_ms, end_ms):
+        line = Line(period_start, period_end, customer_id=customer, deferred=0)
+        for ledger in ledgers.values():
+            after = period_start + 1  # the periods starting at or before period_start
+            recognized = ledger.recognized_before(after) - ledger.recognized_before(period_start)
+            parts = split_largest_remainder(recognized, ledger.drawn_by_period.get(period_start, {}))
+            for product_id, part in parts.items():
+                _product_line(products, period_start, period_end, product_id).recognized_credits += part
+            line.recognized_credits += recognized
+            line.deferred = (line.deferred or 0) + ledger.deferred_before(period_end)
+        contract = _contract_at(contracts, period_start)
+        for (start, product_id), overage_picos in sorted(overage.items()):
+            if start != period_start or contract is None or not overage_picos:
+                continue
+            numerator, denominator = Decimal(contract.overage_price).as_integer_ratio()
+            due = round_ratio(overage_picos * numerator, denominator)
+            _product_line(products, period_start, period_end, product_id).recognized_overage += due
+            line.recognized_overage += due
+        totals.recognized_overage += line.recognized_overage
+        result.by_customer.append(line)
+
+
+def _product_line(products: dict[tuple[int, str], Line], start: int, end: int, product_id: str) -> Line:
+    return products.setdefault((start, product_id), Line(start, end, product_id=product_id))
+
+
+def _periods(contracts: list[Contract], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """The billing periods of the customer's contracts that start in [start_ms, end_ms)."""
+    periods: set[tuple[int, int]] = set()
+    for contract in contracts:
+        anchor = contract.starting_at_ms
+        months = max(0, (start_ms - anchor) // (31 * 86_400_000))
+        for _ in range(PERIODS_MAX):
+            begin, finish = add_months(anchor, months), add_months(anchor, months + 1)
+            months += 1
+            if begin >= end_ms or (contract.ending_before_ms is not None and begin >= contract.ending_before_ms):
+                break
+            if begin >= start_ms:
+                periods.add((begin, finish))
+    return sorted(periods)

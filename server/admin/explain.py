@@ -1,0 +1,102 @@
+"""`tariff invoices explain`: the events behind one invoice line (InvoiceService.ExplainLineItem), page by page.
+
+It joins the `invoices` group of server/admin/invoices.py (server/admin/__init__.py adds it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from server.admin.output import print_fields, print_json, print_table
+from server.admin.remote import Remote, fail, remote_command
+
+PAGE_SIZE = 1_000
+EXIT_BAD_INPUT = 2
+
+
+def period_start_ms(period: str | None, period_start: str | None) -> int:
+    """--period YYYY-MM (the period starting on that month's first day, 00:00 UTC), --period-start ISO-8601, or the
+    current month's first day."""
+    try:
+        if period_start:
+            moment = datetime.fromisoformat(period_start.replace("Z", "+00:00"))
+            return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+        if period:
+            moment = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+        else:
+            moment = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    except ValueError as exc:
+        fail(f"--period is YYYY-MM and --period-start ISO-8601: {exc}", EXIT_BAD_INPUT)
+    return int(moment.timestamp() * 1000)
+
+
+@click.command()
+@click.argument("customer_id")
+@click.argument("line_id")
+@click.option(
+    "--period", metavar="YYYY-MM", help="the billing period starting on that month's first day  [default: this month]"
+)
+@click.option("--period-start", metavar="ISO-8601", help="the exact start of the billing period (overrides --period)")
+@click.option("--page-size", type=click.IntRange(1, PAGE_SIZE), help="one page of this many events, not every page")
+@click.option("--page-token", default="", help="the page to start at (a next_page_token)")
+@remote_command
+def explain(
+    remote: Remote,
+    customer_id: str,
+    line_id: str,
+    period: str | None,
+    period_start: str | None,
+    page_size: int | None,
+    page_token: str,
+) -> None:
+    """Why was CUSTOMER_ID charged LINE_ID? Every event behind the line: quantity, version, unit price, amount and
+    the credits it drew per grant; the amounts sum to the line's amount."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from tariff.v1 import invoices_pb2
+
+    start = Timestamp()
+    start.FromMilliseconds(period_start_ms(period, period_start))
+    events: list[invoices_pb2.ExplainedEvent] = []
+    token = page_token
+    with remote.client() as client:
+        while True:
+            request = invoices_pb2.ExplainLineItemRequest(
+                customer_id=customer_id,
+                period_start=start,
+                line_id=line_id,
+                page_size=page_size or PAGE_SIZE,
+                page_token=token,
+            )
+            page = client.invoices.ExplainLineItem(request)
+            events.extend(page.events)
+            token = page.next_page_token
+            if not token or page_size:
+                break
+    if remote.as_json:
+        print_json({"events": list(events), "next_page_token": token, "line_amount": page.line_amount})
+        return
+    rows = [
+        (
+            e.transaction_id,
+            datetime.fromtimestamp(e.timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ"),
+            e.quantity,
+            e.version,
+            e.unit_price,
+            e.amount,
+            ", ".join(f"{d.grant_id}: {d.credits}" for d in e.draws),
+            e.overage,
+        )
+        for e in events
+    ]
+    columns = ("transaction", "time", "quantity", "version", "unit price", "amount", "credits drawn", "overage")
+    print_table(columns, rows, title=line_id)
+    print_fields(
+        [
+            ("events", len(events)),
+            ("line amount", page.line_amount),
+            ("line quantity", page.line_quantity),
+            ("next page token", token),
+        ]
+    )

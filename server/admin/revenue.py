@@ -1,0 +1,79 @@
+"""`tariff revenue`: recognised, deferred and breakage revenue per billing period, by product and by customer,
+and whether it reconciles (InvoiceService.GetRevenueReport)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from server.admin.output import print_fields, print_json, print_table, when
+from server.admin.remote import Remote, fail, remote_command
+
+EXIT_BAD_INPUT = 2
+
+
+def month_start_ms(month: str, *, after: bool = False) -> int:
+    try:
+        moment = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        fail(f"{month!r} is not a month (YYYY-MM)", EXIT_BAD_INPUT)
+    if after:
+        moment = moment.replace(year=moment.year + moment.month // 12, month=moment.month % 12 + 1)
+    return int(moment.timestamp() * 1000)
+
+
+@click.command()
+@click.option("--from", "first", required=True, metavar="YYYY-MM", help="the first month (periods starting in it)")
+@click.option("--to", "last", metavar="YYYY-MM", help="the last month, included  [default: --from]")
+@click.option("--customer", "customer_id", default="", help="one customer  [default: every customer]")
+@remote_command
+def revenue(remote: Remote, first: str, last: str | None, customer_id: str) -> None:
+    """Revenue of the billing periods starting from --from to --to: credits recognised at cost basis, overage,
+    breakage, deferred; and the reconciliation deferred at start + prepaid sold - recognised - breakage =
+    deferred at end."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from tariff.v1 import invoices_pb2
+
+    start, end = Timestamp(), Timestamp()
+    start.FromMilliseconds(month_start_ms(first))
+    end.FromMilliseconds(month_start_ms(last or first, after=True))
+    request = invoices_pb2.GetRevenueReportRequest(period_start=start, period_end=end, customer_id=customer_id)
+    with remote.client() as client:
+        found = client.invoices.GetRevenueReport(request)
+    if remote.as_json:
+        print_json(found)
+        return
+    columns = ("period", "product", "recognised", "credits", "overage", "breakage")
+    rows = [
+        (when(x.period_start), x.product_id, x.recognized, x.recognized_credits, x.recognized_overage, x.breakage)
+        for x in found.lines
+    ]
+    print_table(columns, rows, title=f"by product ({found.currency})")
+    customer_rows = [
+        (
+            when(x.period_start),
+            x.customer_id,
+            x.recognized,
+            x.recognized_credits,
+            x.recognized_overage,
+            x.breakage,
+            x.deferred,
+        )
+        for x in found.customer_lines
+    ]
+    print_table(("period", "customer", *columns[2:], "deferred at end"), customer_rows, title="by customer")
+    r = found.reconciliation
+    print_fields(
+        [
+            ("deferred at start", r.deferred_start),
+            ("prepaid sold", r.prepaid_sold),
+            ("recognised from credits", r.recognized_credits),
+            ("breakage", r.breakage),
+            ("deferred at end", r.deferred_end),
+            ("recognised from overage", r.recognized_overage),
+            ("recognised in all", r.recognized),
+            ("reconciles", "yes" if r.reconciles else "NO"),
+        ],
+        title="reconciliation",
+    )

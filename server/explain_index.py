@@ -1,0 +1,278 @@
+"""The ExplainLineItem index: what each accepted event did, per (customer, period, invoice line), off the ack path.
+
+The journal holds each usage batch as received and a digest, not per-event amounts. When asked
+(`Kernel.set_explain`), the rating kernel appends a compact record per product an accepted event charged; the
+sequencer takes them once per run of rated batches and, once the group's journal commit has succeeded, hands
+them here. A thread of this module's own gathers them for up to FLUSH_EVERY_S (less while a reader waits), turns
+them into entries (`Kernel.explain_entries`: one per customer, period and line per write, keyed by a digest of
+the three and the first journal seq the entry holds, 24 bytes, so one line's events are one contiguous key range
+in journal order) and writes them in a write transaction of its own, with the journal seq it now covers. The ack
+never waits for any of it.
+
+The index lives in its own LMDB environment (`<data dir>/explain`), written without fsync: it is derived data.
+Recovery replays the journal after the snapshot with recording on from `covered_seq() + 1`, so whatever was
+committed but not indexed (a kill -9 between the two) is indexed again; an index behind the snapshot (deleted,
+or from before this module existed) is rebuilt by a replay from the journal's first record. Snapshots are
+saved only once the index covers their seq (`flush`), so that replay from the snapshot is always enough.
+
+Page tokens are opaque: (journal seq, event index) of the next event, and a MAC over it and the (customer,
+period, line) it pages, keyed by a secret stored in the index. A token that does not verify (altered, for
+another line, or from an index since rebuilt) is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from engine._kernel import Kernel
+
+log = logging.getLogger("tariff.explain")
+
+__all__ = ["ExplainIndex", "IndexedEvent", "Page", "StaleToken", "parse_events"]
+
+_ENTRIES_DB = b"entries"
+_META_DB = b"meta"
+_COVERED_KEY = b"covered_seq"
+_SECRET_KEY = b"token_secret"
+_TOKEN_VERSION = 1
+_TOKEN = struct.Struct(">BQI")  # version, seq, index of the next event in that seq's entry
+_MAC_BYTES = 16
+# The writer gathers records this long (or this many bytes) before it writes them: one put per line per write.
+FLUSH_EVERY_S = 1.0
+FLUSH_BYTES = 32 * 1024 * 1024
+MAP_SIZE_BYTES_DEFAULT = 16 * 1024**3  # address space (a sparse file): about 150 bytes per event and line
+
+_HEAD = struct.Struct("<qI")  # timestamp_ms, version
+_I128 = 16
+
+
+class StaleToken(Exception):
+    """A page token this index did not issue for this customer, period and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedEvent:
+    """One event's charge to one line, as the kernel recorded it (amounts in picos, quantity at 10^-18)."""
+
+    transaction_id: str
+    timestamp_ms: int
+    version: int
+    quantity_e18: int
+    amount_picos: int
+    overage_picos: int
+    draws: list[tuple[str, int]]  # (grant id, credits in picos; negative: given back)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[IndexedEvent]
+    next_token: str  # empty: no more events
+
+
+def _i128(data: bytes, at: int) -> int:
+    return int.from_bytes(data[at : at + _I128], "little", signed=True)
+
+
+def _text(data: bytes, at: int) -> tuple[str, int]:
+    size = int.from_bytes(data[at : at + 4], "little")
+    return data[at + 4 : at + 4 + size].decode("utf-8"), at + 4 + size
+
+
+def parse_events(value: bytes) -> list[IndexedEvent]:
+    """The events of one index entry (the layout is in engine/kernel/src/explain.rs)."""
+    events: list[IndexedEvent] = []
+    at = 0
+    while at < len(value):
+        transaction_id, at = _text(value, at)
+        timestamp_ms, version = _HEAD.unpack_from(value, at)
+        at += _HEAD.size
+        quantity, amount, overage = (_i128(value, at + i * _I128) for i in range(3))
+        at += 3 * _I128
+        draws_count = int.from_bytes(value[at : at + 4], "little")
+        at += 4
+        draws: list[tuple[str, int]] = []
+        for _ in range(draws_count):
+            grant_id, at = _text(value, at)
+            draws.append((grant_id, _i128(value, at)))
+            at += _I128
+        events.append(IndexedEvent(transaction_id, timestamp_ms, version, quantity, amount, overage, draws))
+    return events
+
+
+class ExplainIndex:
+    """The index on its LMDB environment, and the thread that writes it (see the module docstring)."""
+
+    def __init__(self, path: Path, *, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # No fsync: the index is rebuilt from the journal, and LMDB without sync still never corrupts itself.
+        # writemap: a put dirties pages of the map in place instead of copying them out at commit.
+        self._env = lmdb.open(
+            str(path), map_size=map_size_bytes, sync=False, metasync=False, writemap=True, max_dbs=2, lock=True
+        )
+        with self._env.begin(write=True) as txn:
+            self._entries = self._env.open_db(_ENTRIES_DB, txn=txn)
+            self._meta = self._env.open_db(_META_DB, txn=txn)
+            secret = txn.get(_SECRET_KEY, db=self._meta)
+            if secret is None:
+                secret = os.urandom(32)
+                txn.put(_SECRET_KEY, secret, db=self._meta)
+            covered = txn.get(_COVERED_KEY, db=self._meta)
+        self._secret: bytes = bytes(secret)
+        self._covered = int(covered) if covered is not None else 0
+        self._covered_changed = threading.Condition()
+        self._work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="tariff-explain", daemon=True)
+        self._thread.start()
+
+    # Writing ------------------------------------------------------------------------------------------
+
+    def covered_seq(self) -> int:
+        """Every journal record up to this seq is indexed (records past it may be, in part)."""
+        with self._covered_changed:
+            return self._covered
+
+    def submit(self, records: list[bytes], through_seq: int) -> None:
+        """Queues the kernel's records of committed batches, up to journal seq `through_seq`; returns at once."""
+        self._work.put(("records", records, through_seq))
+
+    def write(self, records: list[bytes], through_seq: int) -> None:
+        """Writes records now, in the caller's thread (recovery). Records at or below the covered seq are skipped:
+        writing the same records twice changes nothing."""
+        covered = self.covered_seq()
+        entries = Kernel.explain_entries(b"".join(records), covered) if any(records) else []
+        with self._env.begin(write=True) as txn:
+            if entries:
+                with txn.cursor(db=self._entries) as cursor:
+                    cursor.putmulti(entries)
+            new_covered = max(covered, through_seq)
+            txn.put(_COVERED_KEY, str(new_covered).encode("ascii"), db=self._meta)
+        with self._covered_changed:
+            self._covered = max(self._covered, new_covered)
+            self._covered_changed.notify_all()
+
+    def _serve(self) -> None:
+        """Gathers what is submitted and writes it every FLUSH_EVERY_S (or past FLUSH_BYTES, or at once while a
+        reader waits): one entry per line per write, so a line touched by many batches costs one put, not many."""
+        pending: list[bytes] = []
+        pending_bytes = 0
+        through = self.covered_seq()
+        asked = 0  # a reader waits for this seq
+        due: float | None = None
+        stopping = False
+        while not stopping:
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            try:
+                item = self._work.get(timeout=timeout)
+            except queue.Empty:
+                item = ("tick",)
+            if item is None:
+                stopping = True
+            elif item[0] == "flush":
+                asked = max(asked, item[1])
+            elif item[0] == "records":
+                pending.extend(item[1])
+                pending_bytes += sum(len(blob) for blob in item[1])
+                through = max(through, item[2])
+                due = due if due is not None else time.monotonic() + FLUSH_EVERY_S
+            if through <= self._covered:  # nothing new to write (what is pending, recovery already wrote)
+                pending, pending_bytes, due = [], 0, None
+                continue
+            now_due = due is not None and time.monotonic() >= due
+            if stopping or now_due or pending_bytes >= FLUSH_BYTES or asked > self._covered:
+                try:
+                    self.write(pending, through)
+                except BaseException as exc:  # kept, and reported to whoever waits for the index
+                    log.error(
+                        "the explain index stopped (ExplainLineItem answers UNAVAILABLE until a restart): %r", exc
+                    )
+                    self._failure = exc
+                    with self._covered_changed:
+                        self._covered_changed.notify_all()
+                    return
+                pending, pending_bytes, due = [], 0, None
+
+    def wait_covered(self, seq: int, timeout_s: float) -> bool:
+        """Blocks until the index covers `seq` (asking the writer to write what it gathered); False after
+        `timeout_s`. Raises the writer's failure, if any."""
+        if self.covered_seq() < seq:
+            self._work.put(("flush", seq))
+        with self._covered_changed:
+            covered = self._covered_changed.wait_for(
+                lambda: self._covered >= seq or self._failure is not None, timeout=timeout_s
+            )
+        if self._failure is not None:
+            raise RuntimeError(f"the explain index stopped: {self._failure!r}") from self._failure
+        return covered
+
+    def flush(self, seq: int) -> None:
+        """Waits until everything submitted up to `seq` is written (before a snapshot at `seq` is saved). An index
+        that stopped is not waited for: the snapshot goes ahead, and the next start rebuilds the index by a replay
+        from the journal's first record."""
+        if self.covered_seq() < seq:
+            self._work.put(("flush", seq))
+        with self._covered_changed:
+            self._covered_changed.wait_for(lambda: self._covered >= seq or self._failure is not None)
+
+    def close(self) -> None:
+        """Writes what is queued, then closes. Idempotent."""
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
+        self._env.close()
+
+    # Reading ------------------------------------------------------------------------------------------
+
+    def page(self, customer_id: str, period_start_ms: int, line_id: str, page_size: int, token: str) -> Page:
+        """Up to page_size events of the line, in journal order, from `token` ("" for the first page). Raises
+        StaleToken for a token this index did not issue for this line."""
+        line_key = Kernel.explain_line_key(customer_id, period_start_ms, line_id)
+        seq, skip = self._open_token(line_key, token) if token else (0, 0)
+        events: list[IndexedEvent] = []
+        with self._env.begin(buffers=False) as txn, txn.cursor(db=self._entries) as cursor:
+            found = cursor.set_range(line_key + seq.to_bytes(8, "big"))
+            while found and cursor.key()[:16] == line_key:
+                entry_seq = int.from_bytes(cursor.key()[16:], "big")
+                entry_events = parse_events(cursor.value())
+                start = skip if entry_seq == seq else 0
+                for index in range(start, len(entry_events)):
+                    if len(events) == page_size:
+                        return Page(events, self._token(line_key, entry_seq, index))
+                    events.append(entry_events[index])
+                found = cursor.next()
+        return Page(events, "")
+
+    def _mac(self, line_key: bytes, head: bytes) -> bytes:
+        return hmac.new(self._secret, line_key + head, hashlib.blake2b).digest()[:_MAC_BYTES]
+
+    def _token(self, line_key: bytes, seq: int, index: int) -> str:
+        head = _TOKEN.pack(_TOKEN_VERSION, seq, index)
+        return base64.urlsafe_b64encode(head + self._mac(line_key, head)).decode("ascii").rstrip("=")
+
+    def _open_token(self, line_key: bytes, token: str) -> tuple[int, int]:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except ValueError:
+            raise StaleToken("is not a page token") from None
+        head, mac = raw[: _TOKEN.size], raw[_TOKEN.size :]
+        if (
+            len(head) != _TOKEN.size
+            or head[0] != _TOKEN_VERSION
+            or not hmac.compare_digest(mac, self._mac(line_key, head))
+        ):
+            raise StaleToken("was not issued by this server for this customer, period and line (altered, or stale)")
+        _, seq, index = _TOKEN.unpack(head)
+        return seq, index

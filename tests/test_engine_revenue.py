@@ -1,0 +1,125 @@
+"""Revenue recognition (engine/revenue.py) over the kernel's aggregates: for random grants (with cost bases that do
+not divide evenly) and random usage over three months, the report reconciles for any span, recognised + deferred +
+breakage == paid for credits, spans add up, products and customers sum to the same figure, and the recognised
+total equals each grant's paid x drawn / amount computed independently from the balances.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import revenue
+from engine.errors import InvalidArgument, NotFound
+from engine.explain import add_months
+from engine.ledger import GrantKind
+from engine.money import PICOS_PER_UNIT, round_ratio
+from tests.engine_fixtures import DAY_MS, EPOCH_MS, basic_world, rate, unit
+from tests.kernel_fixtures import KernelWorld, usage_event
+
+MONTHS = [add_months(EPOCH_MS, k) for k in range(4)]  # the contract's first three periods and the end
+FAR_FUTURE_MS = add_months(EPOCH_MS, 120)
+
+
+def world(grants: list[tuple[int, int, int]], overage_price: str = "1.5") -> KernelWorld:
+    """acme with grants (amount credits, paid currency units, starts in month k)."""
+    w = basic_world([rate("tokens", unit("1"))], overage_price=overage_price, extra_products=["images"])
+    w.version([rate("tokens", unit("1")), rate("images", unit("3"))])
+    for i, (amount, paid, month) in enumerate(grants):
+        kind = GrantKind.PROMOTIONAL if paid == 0 else GrantKind.PREPAID
+        w.grant(f"g{i}", str(amount), paid=str(paid), kind=kind, priority=i, starts_at_ms=MONTHS[month])
+    kernel = KernelWorld(w)
+    kernel.load()
+    return kernel
+
+
+def report(kernel: KernelWorld, start: int, end: int) -> revenue.Report:
+    usage = kernel.kernel.usage("acme")
+    return revenue.report(kernel.world.engine, lambda c: usage[0] if usage else [], start, end)
+
+
+grants_strategy = st.lists(st.tuples(st.integers(1, 60), st.integers(0, 97), st.integers(0, 2)), min_size=1, max_size=4)
+usage_strategy = st.lists(
+    st.tuples(st.integers(0, 3 * 28 * DAY_MS - 1), st.integers(1, 9), st.sampled_from(["ai", "images"])),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(grants=grants_strategy, usage=usage_strategy, cut=st.integers(0, 3))
+def test_revenue_reconciles_and_credits_are_conserved(
+    grants: list[tuple[int, int, int]], usage: list[tuple[int, int, str]], cut: int
+) -> None:
+    kernel = world(grants)
+    events = [
+        usage_event(f"t{i}", EPOCH_MS + at, {"tokens": n}, event_type=kind) for i, (at, n, kind) in enumerate(usage)
+    ]
+    ack = kernel.ingest(events, MONTHS[3])
+    assert ack.accepted == len(events)
+    whole = report(kernel, EPOCH_MS, FAR_FUTURE_MS)
+    totals = whole.totals
+    paid_picos = sum(paid for _, paid, _ in grants) * PICOS_PER_UNIT
+    assert totals.deferred_start == 0 and totals.prepaid_sold == paid_picos
+    assert totals.recognized_credits + totals.deferred_end + totals.breakage == paid_picos
+    assert totals.reconciles
+    # Independently: each grant's paid x drawn / amount, rounded once, from the balances the kernel reports.
+    balance = kernel.balance(MONTHS[3])
+    drawn = {grant_id: d for grant_id, _, _, _, d in balance["grants"]}
+    expected = sum(round_ratio(drawn[f"g{i}"] * paid, amount) for i, (amount, paid, _) in enumerate(grants))
+    assert totals.recognized_credits == expected
+    # Spans add up at any cut, and products and customers sum to the same recognised figure.
+    first, second = report(kernel, EPOCH_MS, MONTHS[cut]) if cut else None, report(kernel, MONTHS[cut], FAR_FUTURE_MS)
+    for part in (first, second):
+        if part is not None:
+            assert part.totals.reconciles
+            by_product = sum(line.recognized for line in part.by_product)
+            assert by_product == sum(line.recognized for line in part.by_customer)
+    if first is not None:
+        assert first.totals.deferred_end == second.totals.deferred_start
+        assert first.totals.recognized_credits + second.totals.recognized_credits == totals.recognized_credits
+    overage = sum(a[6] for a in (kernel.kernel.usage("acme") or ([], []))[0])
+    assert totals.recognized_overage == round_ratio(overage * 3, 2)  # x 1.5, one period's lines exact here
+
+
+def test_a_fully_drawn_grant_recognises_exactly_its_paid_amount() -> None:
+    kernel = world([(3, 1, 0)])  # 1 paid for 3 credits: a third of a unit per credit, not exact in picos
+    kernel.ingest([usage_event(f"t{i}", EPOCH_MS + i, {"tokens": 1}) for i in range(3)], MONTHS[1])
+    months = [report(kernel, MONTHS[0], MONTHS[1])]
+    per_credit = [revenue.value_picos(kernel.world.grant_by_id("g0"), PICOS_PER_UNIT * k) for k in (1, 2, 3)]
+    assert per_credit == [333_333_333_333, 666_666_666_667, PICOS_PER_UNIT]  # rounded cumulatively, never drifts
+    assert months[0].totals.recognized_credits == PICOS_PER_UNIT
+    assert months[0].totals.deferred_end == 0
+    assert [line.deferred for line in months[0].by_customer] == [0]
+
+
+def test_deferred_is_the_paid_value_of_remaining_credits_at_each_period_end() -> None:
+    kernel = world([(100, 90, 0)])
+    kernel.ingest([usage_event("a", EPOCH_MS + DAY_MS, {"tokens": 10})], MONTHS[1])
+    kernel.ingest([usage_event("b", MONTHS[1] + DAY_MS, {"tokens": 20})], MONTHS[2])
+    two = report(kernel, MONTHS[0], MONTHS[2])
+    assert [(line.recognized_credits, line.deferred) for line in two.by_customer] == [
+        (9 * PICOS_PER_UNIT, 81 * PICOS_PER_UNIT),
+        (18 * PICOS_PER_UNIT, 63 * PICOS_PER_UNIT),
+    ]
+    assert [(line.product_id, line.recognized_credits) for line in two.by_product] == [
+        ("tokens", 9 * PICOS_PER_UNIT),
+        ("tokens", 18 * PICOS_PER_UNIT),
+    ]
+    assert revenue.breakage_credits(kernel.world.grant_by_id("g0"), FAR_FUTURE_MS) == 0  # the hook, until expiry
+
+
+def test_bad_spans_and_unknown_customers_are_refused() -> None:
+    kernel = world([(10, 9, 0)])
+    with pytest.raises(InvalidArgument, match="period_end"):
+        report(kernel, MONTHS[1], MONTHS[0])
+    with pytest.raises(InvalidArgument, match="period_start"):
+        revenue.report(kernel.world.engine, lambda c: [], None, MONTHS[1])
+    with pytest.raises(NotFound, match="nobody"):
+        revenue.report(kernel.world.engine, lambda c: [], MONTHS[0], MONTHS[1], "nobody")
+
+
+def test_largest_remainder_split_is_exact() -> None:
+    assert revenue.split_largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
+    assert sum(revenue.split_largest_remainder(7, {"x": 5, "y": 3}).values()) == 7
