@@ -17,6 +17,7 @@ use crate::buckets::{
     record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, HourUsage, Measure, PeriodKey, PeriodTotals,
     VersionUsage, HOUR_MS,
 };
+use crate::credits::{self, AccountCredits, Clock};
 use crate::decode::{check_event, check_into, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Seen};
 use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
@@ -30,7 +31,7 @@ use crate::tables;
 #[derive(Default)]
 pub struct Account {
     pub grants: Vec<Grant>,
-    order: Vec<u32>,
+    pub(crate) order: Vec<u32>,
     pub aggregates: FxHashMap<PeriodKey, Aggregate>,
     pub buckets: FxHashMap<HourKey, HourUsage>,
     pub periods: PeriodTotals,
@@ -39,7 +40,9 @@ pub struct Account {
     /// event is committed (reads share the account and must not write).
     last_period: (i64, i64, i64),
     /// The customer's contracts and closed periods, from the tables (None until they name it).
-    route: Option<Route>,
+    pub(crate) route: Option<Route>,
+    /// Reservations, top-up policy and purchases, breakage (crate::credits); None until used.
+    pub credits: Option<Box<AccountCredits>>,
 }
 
 impl Account {
@@ -71,7 +74,7 @@ fn unknown_customer(customer_id: &str) -> Refusal {
 }
 
 /// What one event would do to one product.
-struct Plan {
+pub(crate) struct Plan {
     product: usize,
     dimensions: SmallVec<[Option<Sym>; 4]>,
     /// None when the bucket does not exist yet.
@@ -89,7 +92,7 @@ struct Plan {
 /// What one event would do: its period and contract, and one `Plan` per product it feeds (kept
 /// apart, in a buffer the kernel reuses).
 #[derive(Clone, Copy)]
-struct EventPlan {
+pub(crate) struct EventPlan {
     period_start_ms: i64,
     /// (contract anchor, start, end) of the event's period, for the account's cache.
     period: (i64, i64, i64),
@@ -148,16 +151,18 @@ pub enum BatchRefusal {
 
 #[derive(Default)]
 pub struct Kernel {
-    rater: Rater,
+    pub(crate) rater: Rater,
     /// Boxed: a map slot holds a pointer, not the whole account, so the map's spare capacity (up to
     /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
-    accounts: FxHashMap<String, Box<Account>>,
+    pub(crate) accounts: FxHashMap<String, Box<Account>>,
     /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
     dedupe: FxHashMap<u128, Seen>,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
     /// Scratch space for an event's plans.
     plans: Vec<Plan>,
+    /// The time AdvanceClock brought, what is due next, and notices for alerts (crate::credits).
+    pub(crate) clock: Clock,
 }
 
 impl Kernel {
@@ -254,6 +259,11 @@ impl Kernel {
                 None => self.accounts.entry(customer.id.clone()).or_default(),
             };
             account.order = burn_order(&grants);
+            for grant in grants.iter().filter(|g| g.remaining > 0) {
+                if let Some(end) = grant.expires_at_ms {
+                    self.clock.note_due(end);
+                }
+            }
             account.grants = grants;
             account.route = Some(route);
         }
@@ -303,6 +313,7 @@ impl Kernel {
     /// `event` is where the raw event is checked into, reused between events.
     fn ingest_event<'a>(
         &mut self,
+        index: usize,
         raw: &EventView<'_, 'a>,
         event: &mut Event<'a>,
         received_ms: i64,
@@ -335,7 +346,20 @@ impl Kernel {
             return Ok(false);
         }
         let plan = self.rater.plan(account, event, &mut self.plans)?;
+        if !event.reservation_id.is_empty() {
+            match credits::settle_event(account, event.reservation_id, received_ms) {
+                Ok(released) => ack.settled(event.reservation_id, released),
+                Err((reason, message)) => {
+                    ack.notice(index, event.transaction_id, event.reservation_id, reason, message)
+                }
+            }
+        }
         self.rater.commit(account, event, plan, &self.plans, ack);
+        if account.credits.is_some() {
+            let refunded = self.plans.iter().any(|p| p.charge < 0);
+            let (clock, customer) = (&mut self.clock, event.customer_id);
+            credits::after_event(account, clock, customer, plan.period_start_ms, refunded, received_ms, ack);
+        }
         let seen = Seen { digest, at_ms: received_ms };
         slot.and_modify(|s| *s = seen).or_insert(seen);
         Ok(true)
@@ -377,7 +401,7 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
         if index > 0 && index % PAUSE_EVERY_EVENTS == 0 {
             pause(kernel);
         }
-        match kernel.ingest_event(&event, &mut checked, received_ms, &mut ack) {
+        match kernel.ingest_event(index, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
             Err(refusal) => ack.rejected(index, event.transaction_id, refusal),
@@ -393,8 +417,8 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
 
 /// The compiled control plane and the symbols: what rating reads, apart from the account.
 #[derive(Default)]
-struct Rater {
-    catalog: Catalog,
+pub(crate) struct Rater {
+    pub(crate) catalog: Catalog,
     interner: Interner,
     combos: Combos,
 }
@@ -402,7 +426,7 @@ struct Rater {
 impl Rater {
     /// Everything the event would charge (into `plans`, cleared first), or why it is refused;
     /// changes nothing.
-    fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
+    pub(crate) fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
         plans.clear();
         let customer = event.customer_id;
         let Some(route) = account.route.as_ref() else { return Err(unknown_customer(customer)) };
@@ -522,7 +546,13 @@ impl Rater {
 
     /// Settles the plans' charges on a copy of the account's balances: the one code path for
     /// ingestion and Authorize. Fills `outcomes`; returns the balances after.
-    fn settle(&self, account: &Account, plans: &[Plan], ts_ms: i64, outcomes: &mut Outcomes) -> SmallVec<[Picos; 4]> {
+    pub(crate) fn settle(
+        &self,
+        account: &Account,
+        plans: &[Plan],
+        ts_ms: i64,
+        outcomes: &mut Outcomes,
+    ) -> SmallVec<[Picos; 4]> {
         let charges: SmallVec<[Charge; 4]> = plans
             .iter()
             .map(|p| {
@@ -662,6 +692,7 @@ impl Kernel {
         };
         for &g in &account.order {
             let grant = &account.grants[g as usize];
+            let (held, broken) = credits::grant_extras(account, g);
             let expired = if grant.expired_at(now_ms) { grant.remaining } else { 0 };
             if grant.usable_at(now_ms) {
                 view.remaining += grant.remaining;
@@ -670,8 +701,9 @@ impl Kernel {
                 id: grant.id.to_string(),
                 amount: grant.amount,
                 remaining: grant.remaining - expired,
-                expired,
-                drawn: grant.drawn(),
+                expired: expired + broken,
+                // Held credits are in neither `remaining` nor `drawn` (Kernel::held_by_grant).
+                drawn: grant.drawn() - held - broken,
             });
         }
         let route = account.route.as_ref()?;
@@ -736,13 +768,15 @@ impl Kernel {
                     buckets,
                     period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
                     period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
+                    credits: account.credits.as_deref().cloned(),
                 }
             })
             .collect();
         let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| (*k, *v)).collect();
         dedupe.sort_unstable_by_key(|(k, _)| *k);
         let strings = self.rater.interner.strings();
-        snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe })
+        let clock_ms = self.clock.now_ms;
+        snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe, clock_ms })
     }
 
     /// A kernel holding a snapshot's state; load tables before rating with it.
@@ -771,9 +805,12 @@ impl Kernel {
                 periods: period_totals(&stored.period_charges, &stored.period_overage),
                 last_period: (0, 0, 0),
                 route: None,
+                credits: stored.credits.map(Box::new),
             };
             kernel.accounts.insert(stored.customer_id, Box::new(account));
         }
+        kernel.clock.now_ms = stored.clock_ms;
+        kernel.recompute_due();
         Ok(kernel)
     }
 }
