@@ -131,4 +131,6 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
             return f"contract/{ident}"
         case cmd.GrantCredits(id=ident):
             return f"grant/{ident}"
+        case cmd.SetTopUpPolicy(contract_id=ident):
+            return f"contract/{ident}/top_up"
     return ""

@@ -23,6 +23,7 @@ from decimal import Decimal
 import msgspec
 
 from engine import commands as cmd
+from engine import credits
 from engine._kernel import Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
@@ -54,8 +55,9 @@ class Ingested:
 @dataclass(frozen=True, slots=True)
 class GrantView:
     grant: Grant
-    remaining: int
+    remaining: int  # usable now, held credits included
     expired: int
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,8 @@ class Billing:
 
     def apply(self, command: cmd.AdminCommand, seq: int) -> object:
         """Applies a control-plane command as record `seq`; raises EngineError (nothing changed) to refuse it."""
+        if isinstance(command, cmd.KERNEL_COMMANDS):
+            return credits.apply(self, command, seq)  # reservations, top-up policies, the clock
         if isinstance(command, cmd.PublishVersion):
             self._note_rated_hours(command.rate_card_id)
         result = self.engine.apply(command, seq)
@@ -219,21 +223,26 @@ class Billing:
         if view is None:
             raise NotFound(f"customer {customer_id!r} not found")
         grants = {g.id: g for g in self.engine.state.accounts[customer.id].grants}
+        contract = self._contract_for_balance(customer.id, now_ms)
+        if len(grants) < len(view["grants"]):  # the kernel bought top-ups
+            grants.update(credits.made_grants(self, customer.id, contract.id if contract else ""))
         views = []
-        for grant_id, _amount, remaining, expired, drawn in view["grants"]:
+        for (grant_id, _amount, remaining, expired, drawn), held in zip(
+            view["grants"], view["grants_held"], strict=True
+        ):
             grant = grants[grant_id]
             current = msgspec.structs.replace(
                 grant, drawn=drawn, remaining=grant.amount - drawn, recognized_revenue=grant.revenue_for_drawn(drawn)
             )
-            views.append(GrantView(current, remaining, expired))
-        contract = self._contract_for_balance(customer.id, now_ms)
+            usable = grant.expires_at_ms is None or now_ms < grant.expires_at_ms
+            views.append(GrantView(current, remaining + held if usable else remaining, expired, held))
         pricing_unit = self.engine.state.rate_cards[contract.rate_card_id].pricing_unit if contract else ""
         period = Period(*view["period"]) if view["period"] is not None else None
         overage_due = Decimal(f"{view['overage_due_e30']}E-30")
         return BalanceView(
             customer.id,
-            view["remaining"],
-            0,
+            view["remaining"] + view["held"],
+            view["held"],
             view["remaining"],
             views,
             period,

@@ -37,6 +37,7 @@ from tariff.v1 import (
 from engine.billing import Billing, RatingChanged
 from server import oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
+from server.clock import drive_clock
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
 from server.journal import JournalFormatError, LmdbJournal
@@ -86,6 +87,7 @@ class ServeConfig:
     log_level: str = "info"  # debug | info | warning | error
     activity_every_s: float = oplog.ACTIVITY_EVERY_S_DEFAULT
     loop_stall_sample_s: float = 0.0  # 0: no event-loop stall sampling
+    reservation_ttl_max_s: float = 3600.0  # the longest reservation_ttl an Authorize may ask
 
 
 # Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
@@ -344,7 +346,9 @@ async def _serve_locked(
     stalls = StallSampler(config.loop_stall_sample_s) if config.loop_stall_sample_s > 0 else None
     sampler = asyncio.create_task(stalls.run()) if stalls is not None else None
     reporter = asyncio.create_task(report_activity(config.activity_every_s, lambda: journal.stats().used_bytes, stalls))
+    clock = asyncio.create_task(drive_clock(billing, sequencer))  # reservation and grant expiry, journaled
     await _until_stopped(sequencer)
+    clock.cancel()
 
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
     log.info("shutting down")
@@ -396,7 +400,9 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     # Raw bytes in and out: the kernel decodes the UsageBatch and encodes the IngestAck.
     server.add_generic_rpc_handlers((usage.generic_handler(),))
     # AuthorizeBatches on raw bytes too: the kernel decodes the AuthorizeBatch and encodes its answers.
-    server.add_generic_rpc_handlers((BalanceService(billing, sequencer).generic_handler(),))
+    balance = BalanceService(billing, sequencer)
+    balance.reservation_ttl_max_ms = round(config.reservation_ttl_max_s * 1000)
+    server.add_generic_rpc_handlers((balance.generic_handler(),))
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(), server)

@@ -96,6 +96,12 @@ def _mib(value: int) -> int:
     default=0.0,
     help="sample the event loop's longest stall every this many ms, reported in the activity line  [default: off]",
 )
+@click.option(
+    "--reservation-ttl-max-s",
+    type=click.FloatRange(min=0.001),
+    default=3600.0,
+    help="the longest reservation_ttl Authorize(reserve=true) may ask; longer is INVALID_ARGUMENT",
+)
 def serve(
     listen: str,
     data_dir: Path,
@@ -120,6 +126,7 @@ def serve(
     log_level: str,
     log_activity_every_s: float,
     loop_stall_sample_ms: float,
+    reservation_ttl_max_s: float,
 ) -> None:
     """Run the gRPC server."""
     # Before anything imports grpc: gRPC core's own stderr lines must not leak into the operator's log.
@@ -150,6 +157,7 @@ def serve(
         log_level=log_level.lower(),
         activity_every_s=log_activity_every_s,
         loop_stall_sample_s=loop_stall_sample_ms / 1000,
+        reservation_ttl_max_s=reservation_ttl_max_s,
     )
     sys.exit(run(config))
 

@@ -153,6 +153,8 @@ def recover(
     # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
     # customer's tables (seconds at a million customers).
     billing.refresh_tables()
+    # Replay repeats the top-ups and expiries it replays, and their notices: they were heard before the restart.
+    billing.kernel.drain_notices()
     return billing
 
 
@@ -457,7 +459,8 @@ class Sequencer:
         except EngineError as exc:
             group.answers.append((submission, 0, exc))
             return
-        group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
+        if not isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.AdvanceClock):  # not admin changes
+            group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
         group.records.append((seq, encode_record(JournalRecord(command))))
         group.answers.append((submission, seq, result))
 

@@ -11,13 +11,27 @@ import click
 
 from server.admin.audit import audit
 from server.admin.balance import authorize, balance
+from server.admin.credits import grants, release, reserve, topup
 from server.admin.customers import customers
 from server.admin.products import products
 from server.admin.ratecards import ratecards
 from server.admin.usage import usage
 from server.admin.versions import ratecard
 
-COMMANDS: tuple[click.Command, ...] = (customers, balance, authorize, usage, products, ratecards, ratecard, audit)
+COMMANDS: tuple[click.Command, ...] = (
+    customers,
+    balance,
+    authorize,
+    usage,
+    products,
+    ratecards,
+    ratecard,
+    audit,
+    grants,
+    topup,
+    reserve,
+    release,
+)
 
 
 def add_commands(group: click.Group) -> None:
