@@ -82,8 +82,12 @@ class Kernel:
     def top_up_policy(self, customer_id: str) -> tuple[int, int, int, int] | None: ...
     def top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
         """[(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)], oldest first."""
-    def made_grants(self, customer_id: str) -> list[tuple[str, int, int, int, int, int]]:
-        """Top-up grants: [(grant_id, amount_picos, priority, starts_at_ms, cost_e30, made_at_ms)]."""
+    def made_grants(
+        self, customer_id: str
+    ) -> list[tuple[str, Literal["TOP_UP", "ROLLOVER"], int, int, int, int | None, int, str, int]]:
+        """Grants the kernel made: [(grant_id, kind, amount_picos, priority, starts_at_ms, expires_at_ms, cost_e30,
+        rolled_from, made_at_ms)]: a TOP_UP's cost (rolled_from ""), or the grant a ROLLOVER came from (cost 0:
+        its cost basis is that grant's)."""
     def breakage(self, customer_id: str | None) -> list[tuple[str, str, int, int, int]]:
         """[(customer_id, grant_id, period_start_ms, breakage_picos, at_ms)]: what expired grants still held when
         an AdvanceClock found them expired, recorded at that command's time; period_start_ms is the billing

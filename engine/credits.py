@@ -185,21 +185,31 @@ def top_up_policy(billing: Billing, customer_id: str) -> TopUp | None:
 
 
 def made_grants(billing: Billing, customer_id: str, contract_id: str) -> dict[str, Grant]:
-    """The grants the kernel bought for the customer (TOP_UP), as the control plane's records would show them:
-    paid_amount = credits x price_per_credit, exactly."""
-    grants = {}
-    for grant_id, amount, priority, starts_at_ms, cost_e30, made_at_ms in billing.kernel.made_grants(customer_id):
+    """The grants the kernel made for the customer, as the control plane's records would show them: TOP_UP with
+    paid_amount = credits x price_per_credit, exactly; ROLLOVER with the cost basis of the grant it rolled from
+    (paid_amount = credits x its paid_amount / its amount, to 60 significant digits)."""
+    origins = {g.id: g for g in billing.engine.state.accounts[customer_id].grants}
+    grants: dict[str, Grant] = {}
+    for row in billing.kernel.made_grants(customer_id):
+        grant_id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30, rolled_from, made_at_ms = row
+        applicable: tuple[str, ...] = ()
+        if kind == "TOP_UP":
+            paid = Decimal(f"{cost_e30}E-30")
+        else:
+            origin = origins.get(rolled_from) or grants[rolled_from]
+            paid = DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(origin.paid_amount, amount), origin.amount)
+            applicable = origin.applicable_product_ids
         grants[grant_id] = Grant(
             id=grant_id,
             customer_id=customer_id,
             contract_id=contract_id,
-            kind=GrantKind.TOP_UP,
+            kind=GrantKind(kind),
             amount=amount,
-            paid_amount=Decimal(f"{cost_e30}E-30"),
+            paid_amount=paid,
             priority=priority,
-            applicable_product_ids=(),
+            applicable_product_ids=applicable,
             starts_at_ms=starts_at_ms,
-            expires_at_ms=None,
+            expires_at_ms=expires_at_ms,
             rollover_fraction=Decimal(0),
             created_at_ms=made_at_ms,
             creation_order=-1,

@@ -258,3 +258,33 @@ def test_the_snapshot_keeps_holds_policies_and_breakage_and_restores_them() -> N
     assert restored.kernel.reservations("acme") == m.billing.kernel.reservations("acme")
     assert restored.kernel.clock() == m.billing.kernel.clock()  # the hold is due at its time after a restart
     assert restored.kernel.top_up_policy("acme") == m.billing.kernel.top_up_policy("acme")
+
+
+FEB_MS = EPOCH_MS + 31 * DAY_MS
+MAR_MS = FEB_MS + 28 * DAY_MS
+
+
+def test_at_the_periods_end_a_fraction_rolls_over_and_the_rest_breaks() -> None:
+    world = basic_world()
+    world.apply(world.grant_command("g", "100", paid="50", rollover_fraction="0.5"))
+    m = Ledger(world)
+    m.ingest([event("jan", T0, 40)], T0)
+    assert m.billing.kernel.clock()[1] == FEB_MS  # the end of the period in which "g" starts
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1)
+    rolled_id = f"rollover-g-{FEB_MS}"
+    assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("30"), FEB_MS)]
+    view = m.billing.balance("acme", FEB_MS + 1)
+    by_id = {g.grant.id: g for g in view.grants}
+    rolled = by_id[rolled_id]
+    assert (rolled.grant.kind, rolled.grant.amount, rolled.remaining) == ("ROLLOVER", picos("30"), picos("30"))
+    assert rolled.grant.paid_amount == 15  # the cost basis carried over: 0.5 per credit
+    assert (rolled.grant.starts_at_ms, rolled.grant.expires_at_ms) == (FEB_MS, MAR_MS)
+    assert (by_id["g"].remaining, by_id["g"].expired) == (0, picos("30"))
+    # A late January event finds nothing left in "g" (the rollover grant starts in February): overage.
+    m.ingest([event("late-jan", T0 + 5, 10)], FEB_MS + 2)
+    m.ingest([event("feb", FEB_MS + 10, 10)], FEB_MS + 10)
+    assert m.billing.balance("acme", FEB_MS + 20).remaining == picos("20")
+    assert m.advance(MAR_MS) == credits.Advanced(0, 1)  # the rolled grant expires: its rest breaks
+    assert m.billing.kernel.breakage("acme")[-1] == ("acme", rolled_id, FEB_MS, picos("20"), MAR_MS)
+    conserved(m, MAR_MS)
+    assert_replays(m)

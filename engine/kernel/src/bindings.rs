@@ -21,7 +21,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::authorize::{self, Refused};
-use crate::credits::{ReleaseRefusal, TopUpPolicy};
+use crate::credits::{Made, ReleaseRefusal, TopUpPolicy};
 use crate::decode::wire;
 use crate::kernel::{self, BatchRefusal};
 
@@ -402,14 +402,25 @@ impl Kernel {
             .collect())
     }
 
-    /// Grants the kernel made (top-ups): [(grant_id, amount, priority, starts_at_ms, cost_e30, made_at_ms)].
+    /// Grants the kernel made: [(grant_id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30,
+    /// rolled_from, made_at_ms)]; kind "TOP_UP" (cost_e30: what it cost; rolled_from "") or "ROLLOVER"
+    /// (cost_e30 0: its cost basis is the grant it rolled from).
     #[allow(clippy::type_complexity)]
-    fn made_grants(&self, customer_id: &str) -> PyResult<Vec<(String, i128, i64, i64, i128, i64)>> {
+    fn made_grants(
+        &self,
+        customer_id: &str,
+    ) -> PyResult<Vec<(String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64)>> {
         let kernel = self.read()?;
         Ok(kernel
             .made_grants(customer_id)
             .into_iter()
-            .map(|(g, p)| (g.id.to_string(), g.amount, g.priority, g.starts_at_ms, p.cost_e30, p.at_ms))
+            .map(|(g, made)| {
+                let (kind, cost_e30, from, at_ms) = match made {
+                    Made::TopUp(p) => ("TOP_UP", p.cost_e30, String::new(), p.at_ms),
+                    Made::Rollover(r) => ("ROLLOVER", 0, r.from.to_string(), r.at_ms),
+                };
+                (g.id.to_string(), kind, g.amount, g.priority, g.starts_at_ms, g.expires_at_ms, cost_e30, from, at_ms)
+            })
             .collect())
     }
 

@@ -21,6 +21,7 @@ use crate::draw::{burn_order, Grant, Outcomes};
 use crate::kernel::{Account, Decision, Kernel};
 use crate::money::Picos;
 use crate::route::period_containing;
+use crate::tables::GrantTable;
 
 /// `EventNotice.reason` values (tariff.v1.NoticeReason).
 pub const NOTICE_UNKNOWN: i32 = 1;
@@ -128,6 +129,22 @@ pub struct AccountCredits {
     pub top_up: Option<TopUpPolicy>,
     pub purchases: Vec<Purchase>,
     pub breakage: Vec<Breakage>,
+    /// Rollover fractions (at 10^-18) of grants that have not rolled over yet, by grant id.
+    pub rollover: BTreeMap<Box<str>, i128>,
+    pub rolled: Vec<Rolled>,
+}
+
+/// A rollover at a period's end: `credits` of `from` moved into the ROLLOVER grant `to` (the rest of its
+/// remainder was recorded as breakage).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rolled {
+    pub from: Box<str>,
+    pub to: Box<str>,
+    pub credits: Picos,
+    /// The period end at which it rolled.
+    pub at_period_end_ms: i64,
+    /// The AdvanceClock that did it.
+    pub at_ms: i64,
 }
 
 impl AccountCredits {
@@ -190,6 +207,12 @@ impl Clock {
             self.notices_dropped += 1;
         }
     }
+}
+
+/// Why the kernel made a grant.
+pub enum Made<'a> {
+    TopUp(&'a Purchase),
+    Rollover(&'a Rolled),
 }
 
 /// What `Kernel::reserve` did.
@@ -573,15 +596,14 @@ impl Kernel {
         self.accounts.get(customer_id).and_then(|a| a.credits.as_deref())
     }
 
-    /// The grants the kernel made for a customer (top-ups): (grant, purchase).
-    pub fn made_grants(&self, customer_id: &str) -> Vec<(&Grant, &Purchase)> {
+    /// The grants the kernel made for a customer: top-ups with their purchase, rollovers with their origin.
+    pub fn made_grants(&self, customer_id: &str) -> Vec<(&Grant, Made<'_>)> {
         let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
         let Some(credits) = account.credits.as_deref() else { return Vec::new() };
-        credits
-            .purchases
-            .iter()
-            .filter_map(|p| account.grants.iter().find(|g| g.id == p.grant_id).map(|g| (g, p)))
-            .collect()
+        let find = |id: &str| account.grants.iter().find(|g| *g.id == *id);
+        let top_ups = credits.purchases.iter().filter_map(|p| find(&p.grant_id).map(|g| (g, Made::TopUp(p))));
+        let rollovers = credits.rolled.iter().filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
+        top_ups.chain(rollovers).collect()
     }
 }
 
@@ -589,7 +611,97 @@ impl Kernel {
 fn account_due(account: &Account, after_ms: i64) -> i64 {
     let grants = account.grants.iter().filter(|g| g.remaining > 0).filter_map(|g| g.expires_at_ms);
     let holds = account.credits.as_deref().into_iter().flat_map(|c| c.open.values().map(|r| r.expires_at_ms));
-    grants.chain(holds).filter(|&t| t > after_ms).min().unwrap_or(i64::MAX)
+    let rollovers = account.credits.as_deref().into_iter().flat_map(|c| c.rollover.keys()).filter_map(|id| {
+        let grant = account.grants.iter().find(|g| g.id == *id)?;
+        rollover_at(account, grant)
+    });
+    grants.chain(holds).chain(rollovers).filter(|&t| t > after_ms).min().unwrap_or(i64::MAX)
+}
+
+/// Keeps the rollover fractions of the grants the tables name (install): a grant that has rolled over
+/// already, or whose fraction is 0, has none.
+pub fn note_rollovers(account: &mut Account, tables: &[GrantTable], clock: &mut Clock) {
+    for table in tables {
+        let fraction: i128 = table.rollover_fraction_e18.parse().unwrap_or(0);
+        let rolled = account.credits.as_deref().is_some_and(|c| c.rolled.iter().any(|r| *r.from == *table.id));
+        if fraction <= 0 || rolled {
+            continue;
+        }
+        let credits = account.credits.get_or_insert_with(Box::default);
+        credits.rollover.insert(table.id.as_str().into(), fraction.min(ROLLOVER_ONE));
+        if let Some(grant) = account.grants.iter().find(|g| *g.id == *table.id) {
+            if let Some(at) = rollover_at(account, grant) {
+                clock.note_due(at);
+            }
+        }
+    }
+}
+
+const ROLLOVER_ONE: i128 = 1_000_000_000_000_000_000;
+
+/// When a grant with a rollover fraction rolls over: the end of the billing period in which it starts
+/// (None when no contract covers its start, or it expires first and simply breaks).
+fn rollover_at(account: &Account, grant: &Grant) -> Option<i64> {
+    let route = account.route.as_ref()?;
+    let contract = route.contracts.iter().find(|c| c.covers(grant.starts_at_ms))?;
+    let end = period_containing(contract.starting_at_ms, grant.starts_at_ms).1;
+    grant.expires_at_ms.is_none_or(|expiry| expiry > end).then_some(end)
+}
+
+/// Rolls over the grants whose period has ended by `now_ms`: floor(remaining x fraction) into a new
+/// ROLLOVER grant (cost basis of the original, usable from the period end until the end of the next
+/// period, no rollover of its own), the rest breakage. Returns the breakage entries recorded.
+fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
+    let Some(credits) = account.credits.as_deref() else { return 0 };
+    let due: Vec<(Box<str>, i128, i64)> = credits
+        .rollover
+        .iter()
+        .filter_map(|(id, fraction)| {
+            let grant = account.grants.iter().find(|g| g.id == *id)?;
+            let at = rollover_at(account, grant)?;
+            (at <= now_ms).then(|| (id.clone(), *fraction, at))
+        })
+        .collect();
+    let mut broken = 0;
+    for (id, fraction, period_end_ms) in due {
+        let g = account.grants.iter().position(|g| g.id == id).expect("found above");
+        let remaining = account.grants[g].remaining;
+        let rolled = remaining * fraction / ROLLOVER_ONE; // floor: both are non-negative
+        let next_end = period_start_at(account, period_end_ms)
+            .and_then(|_| account.route.as_ref()?.contracts.iter().find(|c| c.covers(period_end_ms)))
+            .map(|c| period_containing(c.starting_at_ms, period_end_ms).1);
+        let to: Box<str> = format!("rollover-{id}-{period_end_ms}").into();
+        let credits = account.credits.as_deref_mut().expect("present");
+        credits.rollover.remove(&id);
+        if remaining <= 0 {
+            continue;
+        }
+        if remaining > rolled {
+            let period_start_ms = period_start_at(account, period_end_ms - 1).unwrap_or(0);
+            let entry = Breakage { grant_id: id.clone(), period_start_ms, credits: remaining - rolled, at_ms: now_ms };
+            account.credits.as_deref_mut().expect("present").breakage.push(entry);
+            broken += 1;
+        }
+        account.grants[g].remaining = 0;
+        if rolled > 0 {
+            let original = &account.grants[g];
+            let grant = Grant {
+                id: to.clone(),
+                amount: rolled,
+                remaining: rolled,
+                priority: original.priority,
+                applicable: original.applicable.clone(),
+                starts_at_ms: period_end_ms,
+                expires_at_ms: next_end,
+                creation_order: MADE_CREATION_ORDER_BASE + (1 << 40) + original.creation_order,
+            };
+            account.grants.push(grant);
+            account.order = burn_order(&account.grants);
+        }
+        let credits = account.credits.as_deref_mut().expect("present");
+        credits.rolled.push(Rolled { from: id, to, credits: rolled, at_period_end_ms: period_end_ms, at_ms: now_ms });
+    }
+    broken
 }
 
 /// One account's share of `advance_clock`: (reservations expired, breakage entries, next due).
@@ -629,7 +741,7 @@ fn advance_account(
             expired += 1;
         }
     }
-    let mut broken = 0;
+    let mut broken = roll_over(account, now_ms);
     for g in 0..account.grants.len() {
         let grant = &account.grants[g];
         let Some(end) = grant.expires_at_ms else { continue };

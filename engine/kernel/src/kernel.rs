@@ -266,6 +266,7 @@ impl Kernel {
             }
             account.grants = grants;
             account.route = Some(route);
+            credits::note_rollovers(account, &customer.grants, &mut self.clock);
         }
     }
 

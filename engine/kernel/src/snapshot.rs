@@ -196,8 +196,8 @@ mod tests {
 
     #[test]
     fn format_3_round_trips_credits_and_the_clock() {
-        let mut credits = AccountCredits::default();
-        credits.top_up = Some(TopUpPolicy { threshold: 1, recharge_to: 2, price_per_credit_e18: 3, max_per_period: 4 });
+        let policy = TopUpPolicy { threshold: 1, recharge_to: 2, price_per_credit_e18: 3, max_per_period: 4 };
+        let credits = AccountCredits { top_up: Some(policy), ..AccountCredits::default() };
         let account = StoredAccount {
             customer_id: "acme".into(),
             grants: vec![grant()],
