@@ -252,15 +252,7 @@ UNIMPLEMENTED_CALLS: list[tuple[str, Callable[[TariffClient], object]]] = [
     ("RollbackRateCard", lambda c: c.pricing.RollbackRateCard(pricing_pb2.RollbackRateCardRequest())),
     ("DiffVersions", lambda c: c.pricing.DiffVersions(pricing_pb2.DiffVersionsRequest())),
     ("SimulateVersion", lambda c: c.pricing.SimulateVersion(pricing_pb2.SimulateVersionRequest())),
-    ("SetTopUpPolicy", lambda c: c.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest())),
-    ("ReleaseReservation", lambda c: c.balance.ReleaseReservation(balance_pb2.ReleaseReservationRequest())),
     ("WatchBalance", lambda c: list(c.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id=ACME)))),
-    (
-        "Authorize",
-        lambda c: c.balance.Authorize(
-            balance_pb2.AuthorizeRequest(customer_id=ACME, event_type="ai_action", reserve=True)
-        ),
-    ),
     ("CreateAlert", lambda c: c.alerts.CreateAlert(alerts_pb2.CreateAlertRequest())),
     ("WatchAlerts", lambda c: list(c.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest()))),
 ]
