@@ -201,3 +201,26 @@ def test_reservation_and_top_up_refusals_name_the_field_and_change_nothing(demo_
         top_ups = [g for g in grants.values() if g.kind == contracts_pb2.TOP_UP]
         assert [(g.amount, g.remaining) for g in top_ups] == [("85", "85")]
         assert client.get_balance("gw").credits_available == "100"
+
+
+def test_a_burst_of_concurrent_batches_crossing_the_threshold_tops_up_once(demo_server: ServerProcess) -> None:
+    with demo_server.client() as client:
+        contract_id = gateway_customer(client, "gw", block=False)
+        policy = contracts_pb2.TopUpPolicy(threshold="40", recharge_to="200", price_per_credit="1", max_per_period=5)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        for i in range(12):  # 60 credits drawn: 40 left, not below the threshold
+            client.ingest_batch([usage(f"warm{i}", "gw", "")])
+
+    def stream(number: int) -> int:
+        with demo_server.client() as client:
+            return sum(client.ingest_batch([usage(f"s{number}-{i}", "gw", "")]).accepted for i in range(2))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(stream, range(8))) == 16  # 80 credits, crossing the threshold once
+    with demo_server.client() as client:
+        balance = client.get_balance("gw")
+    top_ups = [g for g in balance.grants if g.kind == contracts_pb2.TOP_UP]
+    # Whichever batch came first left 35 < 40 and bought 165 (back to 200). The other 15 events drew 75: the
+    # prepaid grant's 35 first (a top-up burns last), then 40 of the top-up.
+    assert [(g.amount, g.drawn) for g in top_ups] == [("165", "40")]
+    assert (balance.credits_available, balance.overage_amount) == ("125", "0")
