@@ -1,6 +1,6 @@
 """Types of the rating kernel's Python binding (engine/kernel/src/bindings.rs); amounts are ints in picos."""
 
-from typing import TypedDict, final
+from typing import Literal, TypedDict, final
 
 class Balance(TypedDict):
     remaining: int  # credits usable now
@@ -9,11 +9,23 @@ class Balance(TypedDict):
     period_charges: int
     overage: int
     overage_due_e30: int  # overage x overage price, exactly, in 10^-30 of the currency
+    held: int  # held by open reservations (not in `remaining`)
+    grants_held: list[int]  # per grant of `grants`, in the same order: held by open reservations
+
+# What drain_notices() returns, oldest first: (kind, customer_id, details).
+# kind "TOP_UP_EXECUTED": details {grant_id: str, credits_picos: int, period_start_ms: int (the billing period the
+#   purchase counts in), at_ms: int (the received time of the batch, or the Authorize, that crossed the threshold)}
+# kind "RESERVATION_EXPIRED": details {reservation_id: str, released_picos: int, period_start_ms: int (the billing
+#   period containing its expiry; 0: no contract covered it), at_ms: int (the AdvanceClock that expired it)}
+Notice = tuple[Literal["TOP_UP_EXECUTED", "RESERVATION_EXPIRED"], str, dict[str, str | int]]
 
 class BatchTooLarge(ValueError): ...  # args: (events,)
 class CustomerNotAllowed(ValueError): ...  # args: (index, customer_id)
 class RequestIdMissing(ValueError): ...  # args: (index,)
 class ReservationAsked(ValueError): ...
+class ReservationConflict(ValueError): ...  # args: (message,) - the id is known with another request
+class ReservationNotFound(ValueError): ...  # args: (message,) - never made, or another customer's (worded alike)
+class ReservationEnded(ValueError): ...  # args: (message,) - settled or expired
 
 @final
 class Kernel:
@@ -84,5 +96,44 @@ class Kernel:
     def explain_entries(records: bytes, after_seq: int = 0) -> list[tuple[bytes, bytes]]: ...
     @staticmethod
     def explain_line_key(customer_id: str, period_start_ms: int, line_id: str) -> bytes: ...
+    # Credits (engine/kernel/src/credits.rs). Changes (reserve, release, set_top_up, advance_clock) are journaled
+    # commands: call them only from the writer (engine/credits.py).
+    def reserve(
+        self,
+        customer_id: str,
+        reservation_id: str,
+        event_type: str,
+        dimensions: list[tuple[str, str]],
+        values: list[tuple[str, float]],
+        now_ms: int,
+        ttl_ms: int,
+    ) -> tuple[bool, str, str, int, int, int, bool, int]:
+        """(allowed, reason, message, estimated_cost, available, held, repeated, expires_at_ms)."""
+    def release(self, customer_id: str, reservation_id: str, now_ms: int) -> tuple[int, bool]:
+        """(credits given back, repeated)."""
+    def set_top_up(self, customer_id: str, policy: tuple[int, int, int, int] | None) -> bool:
+        """policy: (threshold_picos, recharge_to_picos, price_per_credit_e18, max_per_period); None clears."""
+    def top_up_policy(self, customer_id: str) -> tuple[int, int, int, int] | None: ...
+    def top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
+        """[(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)], oldest first."""
+    def made_grants(
+        self, customer_id: str
+    ) -> list[tuple[str, Literal["TOP_UP", "ROLLOVER"], int, int, int, int | None, int, str, int]]:
+        """Grants the kernel made: [(grant_id, kind, amount_picos, priority, starts_at_ms, expires_at_ms, cost_e30,
+        rolled_from, made_at_ms)]: a TOP_UP's cost (rolled_from ""), or the grant a ROLLOVER came from (cost 0:
+        its cost basis is that grant's)."""
+    def breakage(self, customer_id: str | None) -> list[tuple[str, str, int, int, int]]:
+        """[(customer_id, grant_id, period_start_ms, breakage_picos, at_ms)]: what expired grants still held when
+        an AdvanceClock found them expired, recorded at that command's time; period_start_ms is the billing
+        period of the grant's last usable instant (0: no contract covered it). Customers sorted; None: all."""
+    def reservations(self, customer_id: str) -> list[tuple[str, int, int, int, int]]:
+        """Open reservations: [(reservation_id, estimated_cost, held, made_at_ms, expires_at_ms)], by id."""
+    def advance_clock(self, now_ms: int) -> tuple[int, int]:
+        """(reservations expired, breakage entries); changes nothing unless something is due by now_ms."""
+    def clock(self) -> tuple[int, int | None]:
+        """(the latest AdvanceClock's time, the earliest time something is due or None)."""
+    def drain_notices(self) -> tuple[list[Notice], int]:
+        """Top-ups executed and reservations expired since the last call (replay produces them too), and how
+        many were dropped past 100,000 waiting."""
 
 def period_containing(anchor_ms: int, ts_ms: int) -> tuple[int, int]: ...

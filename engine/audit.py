@@ -269,4 +269,6 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
             return f"customer/{ident}/invoice/{getattr(result, 'number', '')}"
         case cmd.CloseDuePeriods():
             return "invoices"
+        case cmd.SetTopUpPolicy(contract_id=ident):
+            return f"contract/{ident}/top_up"
     return ""

@@ -22,7 +22,7 @@ from decimal import Decimal
 
 import msgspec
 
-from engine import alerts
+from engine import alerts, credits
 from engine import commands as cmd
 from engine._kernel import Kernel
 from engine.contracts import Contract, Period
@@ -61,8 +61,9 @@ class Ingested:
 @dataclass(frozen=True, slots=True)
 class GrantView:
     grant: Grant
-    remaining: int
+    remaining: int  # usable now, held credits included
     expired: int
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,7 @@ class Billing:
         self._watching = False
         self._tracking = False
         self._fired: list[alerts.FiredAlert] = []  # alerts fired by admin commands, until take_fired()
+        self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
 
@@ -164,6 +166,8 @@ class Billing:
 
     def apply(self, command: cmd.AdminCommand, seq: int) -> object:
         """Applies a control-plane command as record `seq`; raises EngineError (nothing changed) to refuse it."""
+        if isinstance(command, cmd.KERNEL_COMMANDS):
+            return self._apply_kernel_command(command, seq)
         if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
             return self._publish_and_rerate(command, seq)
         result = self.engine.apply(command, seq)
@@ -181,6 +185,28 @@ class Billing:
             self._customers_stale.add(customer_id)
             self._fired.extend(self._evaluate_alerts([customer_id], command.at_ms, seq))
         return result
+
+    def _apply_kernel_command(self, command: cmd.KernelCommand, seq: int) -> object:
+        """Reservations, top-up policies and the clock (engine/credits.py), then the alerts they fire: the
+        kernel's notices (a top-up executed, a reservation expired) and the balance rules of the customers the
+        command touched, as for any record (replay fires the same)."""
+        result = credits.apply(self, command, seq)
+        customers = dict.fromkeys(_credit_customers(command, result))
+        for customer_id in self._notice_alerts(command.at_ms, seq):
+            customers[customer_id] = None
+        self._fired.extend(self._evaluate_alerts(list(customers), command.at_ms, seq))
+        self._kernel_touched = tuple(customers)
+        return result
+
+    def _notice_alerts(self, at_ms: int, seq: int) -> list[str]:
+        """Fires the alerts of the notices the kernel reported while applying record `seq` (kept for
+        take_fired()); returns the customers they name."""
+        notices, _ = self.kernel.drain_notices()
+        customers: list[str] = []
+        for kind, customer_id, details in notices:
+            self.notice(kind, customer_id, {key: str(value) for key, value in details.items()}, at_ms, seq)
+            customers.append(customer_id)
+        return customers
 
     def _publish_and_rerate(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
         """PublishVersion whole, its re-rating included (recovery, tests): the server runs the same steps, the
@@ -225,8 +251,12 @@ class Billing:
             return Ingested(ack, digest, accepted, duplicates, rejected)
         self.engine.state.last_seq = seq
         touched = tuple(self.kernel.take_touched()) if self._tracking else ()
-        fired = tuple(self._evaluate_alerts(touched, received_ms, seq)) if touched else ()
-        return Ingested(ack, digest, accepted, duplicates, rejected, touched, fired)
+        fired = self._evaluate_alerts(touched, received_ms, seq) if touched else []
+        # Top-ups the batch executed: their alerts belong to its record. The notices go through the same list as
+        # an admin command's, taken back here so the batch's record holds them.
+        self._notice_alerts(received_ms, seq)
+        fired += self.take_fired()
+        return Ingested(ack, digest, accepted, duplicates, rejected, touched, tuple(fired))
 
     def replay(
         self, seq: int, batch: bytes, received_ms: int, digest: bytes, fired: list[alerts.FiredAlert] | None = None
@@ -292,12 +322,14 @@ class Billing:
             fired.extend(alerts.evaluate(book, customer_id, standing, at_ms, seq))
         return fired
 
-    @staticmethod
-    def touched_customer(command: cmd.AdminCommand, result: object) -> str | None:
-        """The customer whose balance an applied admin command may have changed (None: no balance)."""
+    def touched_customers(self, command: cmd.AdminCommand, result: object) -> tuple[str, ...]:
+        """The customers whose balances the admin command just applied may have changed."""
+        if isinstance(command, cmd.KERNEL_COMMANDS):
+            return self._kernel_touched
         if isinstance(command, cmd.CreateAlert):
-            return None
-        return _changed_customer(command, result)
+            return ()
+        customer_id = _changed_customer(command, result)
+        return () if customer_id is None else (customer_id,)
 
     def refresh_tables(self, *, whole: bool = False) -> None:
         """Compiles what an admin command changed since: the whole tables, or only the customers touched (a
@@ -334,21 +366,26 @@ class Billing:
         if view is None:
             raise NotFound(f"customer {customer_id!r} not found")
         grants = {g.id: g for g in self.engine.state.accounts[customer.id].grants}
+        contract = self._contract_for_balance(customer.id, now_ms)
+        if len(grants) < len(view["grants"]):  # the kernel bought top-ups
+            grants.update(credits.made_grants(self, customer.id, contract.id if contract else ""))
         views = []
-        for grant_id, _amount, remaining, expired, drawn in view["grants"]:
+        for (grant_id, _amount, remaining, expired, drawn), held in zip(
+            view["grants"], view["grants_held"], strict=True
+        ):
             grant = grants[grant_id]
             current = msgspec.structs.replace(
                 grant, drawn=drawn, remaining=grant.amount - drawn, recognized_revenue=grant.revenue_for_drawn(drawn)
             )
-            views.append(GrantView(current, remaining, expired))
-        contract = self._contract_for_balance(customer.id, now_ms)
+            usable = grant.expires_at_ms is None or now_ms < grant.expires_at_ms
+            views.append(GrantView(current, remaining + held if usable else remaining, expired, held))
         pricing_unit = self.engine.state.rate_cards[contract.rate_card_id].pricing_unit if contract else ""
         period = Period(*view["period"]) if view["period"] is not None else None
         overage_due = Decimal(f"{view['overage_due_e30']}E-30")
         return BalanceView(
             customer.id,
-            view["remaining"],
-            0,
+            view["remaining"] + view["held"],
+            view["held"],
             view["remaining"],
             views,
             period,
@@ -438,3 +475,11 @@ def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:
             assert isinstance(result, Invoice)
             return result.customer_id
     return None
+
+
+def _credit_customers(command: cmd.KernelCommand, result: object) -> list[str]:
+    """The customer a reservation or top-up policy command names (AdvanceClock names none: its notices do)."""
+    if isinstance(command, cmd.Reserve | cmd.ReleaseReservation):
+        return [command.customer_id]
+    customer_id = getattr(result, "customer_id", None)
+    return [customer_id] if isinstance(customer_id, str) else []

@@ -167,6 +167,46 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     periods_max: int = 0  # at most this many periods (the earliest period end first, then contract id); 0: all
 
 
+class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
+    """Authorize with a hold: the kernel decides at `at_ms` and, when allowed, holds the estimate until
+    `at_ms + ttl_ms` (engine/credits.py)."""
+
+    at_ms: int
+    actor: str
+    customer_id: str
+    reservation_id: str
+    event_type: str
+    dimensions: dict[str, str]
+    values: dict[str, float]
+    ttl_ms: int
+
+
+class ReleaseReservation(msgspec.Struct, frozen=True, tag="release_reservation"):
+    at_ms: int
+    actor: str
+    customer_id: str
+    reservation_id: str
+
+
+class SetTopUpPolicy(msgspec.Struct, frozen=True, tag="set_top_up_policy"):
+    """Decimal texts as received; an empty threshold and recharge_to with max_per_period 0 clears the policy."""
+
+    at_ms: int
+    actor: str
+    contract_id: str
+    threshold: str
+    recharge_to: str
+    price_per_credit: str
+    max_per_period: int
+
+
+class AdvanceClock(msgspec.Struct, frozen=True, tag="advance_clock"):
+    """The server's clock reached `at_ms`: expire reservations and grants due by then (server/clock.py)."""
+
+    at_ms: int
+    actor: str
+
+
 AdminCommand = (
     CreateCustomer
     | CreateProduct
@@ -180,5 +220,12 @@ AdminCommand = (
     | CreateAlert
     | ClosePeriod
     | CloseDuePeriods
+    | Reserve
+    | ReleaseReservation
+    | SetTopUpPolicy
+    | AdvanceClock
 )
+# Applied by the kernel (engine/credits.py), not the control plane.
+KernelCommand = Reserve | ReleaseReservation | SetTopUpPolicy | AdvanceClock
+KERNEL_COMMANDS = (Reserve, ReleaseReservation, SetTopUpPolicy, AdvanceClock)
 Command = IngestBatch | AdminCommand

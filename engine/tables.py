@@ -25,6 +25,7 @@ import msgspec
 
 from engine.contracts import Contract, Customer, OveragePolicy
 from engine.control import BillingState
+from engine.money import DECIMAL_CONTEXT
 from engine.ratecard import (
     Cohort,
     CompiledVersion,
@@ -104,6 +105,7 @@ class GrantTable(msgspec.Struct):
     starts_at_ms: int
     expires_at_ms: int | None
     creation_order: int
+    rollover_fraction_e18: str = "0"  # at 10^-18, in [0, 10^18]: the share of the remainder that rolls over
 
 
 class CustomerTable(msgspec.Struct):
@@ -230,6 +232,7 @@ class TableCompiler:
                 g.starts_at_ms,
                 g.expires_at_ms,
                 g.creation_order,
+                str(int(g.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT))),
             )
             for g in account.grants
         ]

@@ -37,6 +37,7 @@ from tariff.v1 import (
 from engine.billing import Billing, RatingChanged
 from server import oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
+from server.clock import drive_clock
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
@@ -91,6 +92,7 @@ class ServeConfig:
     loop_stall_sample_s: float = 0.0  # 0: no event-loop stall sampling
     close_grace_ms: int | None = CLOSE_GRACE_MS_DEFAULT  # how long after its end a period closes; None: never
     explain_index: bool = True  # keep the ExplainLineItem index (<data dir>/explain)
+    reservation_ttl_max_s: float = 3600.0  # the longest reservation_ttl an Authorize may ask
 
 
 # Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
@@ -364,7 +366,9 @@ async def _serve_locked(
     closer = (
         asyncio.create_task(close_due_periods(billing, sequencer, grace_ms, wall_ms)) if grace_ms is not None else None
     )
+    clock = asyncio.create_task(drive_clock(billing, sequencer))  # reservation and grant expiry, journaled
     await _until_stopped(sequencer)
+    clock.cancel()
     if closer is not None:
         closer.cancel()
 
@@ -422,7 +426,9 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     server.add_generic_rpc_handlers((usage.generic_handler(),))
     # AuthorizeBatches on raw bytes too: the kernel decodes the AuthorizeBatch and encodes its answers.
     watch = WatchHub(billing, sequencer)  # WatchBalance and WatchAlerts streams, woken by the writer's commits
-    server.add_generic_rpc_handlers((BalanceService(billing, sequencer, watch=watch).generic_handler(),))
+    balance = BalanceService(billing, sequencer, watch=watch)
+    balance.reservation_ttl_max_ms = round(config.reservation_ttl_max_s * 1000)
+    server.add_generic_rpc_handlers((balance.generic_handler(),))
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
     contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(billing, sequencer), server)

@@ -107,6 +107,12 @@ def _mib(value: int) -> int:
     default=True,
     help="keep the index ExplainLineItem reads (<data dir>/explain), written off the ack path",
 )
+@click.option(
+    "--reservation-ttl-max-s",
+    type=click.FloatRange(min=0.001),
+    default=3600.0,
+    help="the longest reservation_ttl Authorize(reserve=true) may ask; longer is INVALID_ARGUMENT",
+)
 def serve(
     listen: str,
     data_dir: Path,
@@ -133,6 +139,7 @@ def serve(
     loop_stall_sample_ms: float,
     close_grace: str,
     explain_index: bool,
+    reservation_ttl_max_s: float,
 ) -> None:
     """Run the gRPC server."""
     # Before anything imports grpc: gRPC core's own stderr lines must not leak into the operator's log.
@@ -170,6 +177,7 @@ def serve(
         loop_stall_sample_s=loop_stall_sample_ms / 1000,
         close_grace_ms=close_grace_ms,
         explain_index=explain_index,
+        reservation_ttl_max_s=reservation_ttl_max_s,
     )
     sys.exit(run(config))
 

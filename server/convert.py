@@ -340,7 +340,7 @@ def balance_pb(view: BalanceView) -> balance_pb2.Balance:
             applicable_product_ids=g.applicable_product_ids,
             starts_at=timestamp(g.starts_at_ms),
             recognized_revenue=format_picos(g.recognized_revenue),
-            held="0",
+            held=format_picos(gv.held),
         )
         set_time(message, "expires_at", g.expires_at_ms)
         grants.append(message)

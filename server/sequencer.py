@@ -492,11 +492,10 @@ class Sequencer:
         except EngineError as exc:
             group.answers.append((submission, 0, exc))
             return
-        group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
+        if not isinstance(command, cmd.KERNEL_COMMANDS):  # reservations and the clock are not admin changes
+            group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
         group.records.append((seq, encode_record(JournalRecord(command, alerts=self.billing.take_fired()))))
-        touched = self.billing.touched_customer(command, result)
-        if touched is not None:
-            group.touched.add(touched)
+        group.touched.update(self.billing.touched_customers(command, result))
         group.answers.append((submission, seq, result))
 
     async def _apply_publish(

@@ -602,6 +602,7 @@ class REvent:
     timestamp_ms: int
     dimensions: tuple[tuple[str, str], ...]
     values: tuple[tuple[str, float], ...]
+    reservation_id: str = ""
 
 
 Plan = tuple[RProduct, AggregateKey, Decimal | str, Decimal, Decimal]  # product, key, measure, after, charge
@@ -929,3 +930,148 @@ def reference_invoice(
         "rounding_adjustment": overage_due - due_rounded,
         "total_due": overage_due,
     }
+
+
+@dataclasses.dataclass
+class RReservation:
+    content: tuple[object, ...]  # what was asked (event type, dimensions, values, ttl)
+    amount: Decimal
+    held: dict[str, Decimal]  # grant id -> picos
+    expires_at_ms: int
+    ended: str = ""  # "", "settled", "released", "expired"
+
+
+@dataclasses.dataclass(frozen=True)
+class RTopUp:
+    threshold: Decimal  # picos
+    recharge_to: Decimal  # picos
+    max_per_period: int
+
+
+class ReferenceCredits(ReferenceRating):
+    """ReferenceRating with holds, top-ups and breakage, rewritten by hand from the design: a hold takes what the
+    usage would draw from grants in burn order; an event naming an open reservation gives the hold back before it
+    is charged; a top-up buys recharge_to - available when available credit falls below the threshold, at most
+    max_per_period times per calendar month (the contracts here start on the 1st); at a clock tick due holds end,
+    then what expired grants still hold becomes breakage."""
+
+    def __init__(self, *args: Any, top_up: RTopUp | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.top_up = top_up
+        self.reservations: dict[str, RReservation] = {}
+        self.purchases: list[tuple[tuple[int, int], str, Decimal]] = []  # (period, grant id, picos)
+        self.breakage: dict[str, Decimal] = {}
+
+    def held(self, grant_id: str) -> Decimal:
+        return sum(
+            (r.held.get(grant_id, Decimal(0)) for r in self.reservations.values() if not r.ended), start=Decimal(0)
+        )
+
+    def ingest_reserving(self, event: REvent, received_ms: int) -> tuple[str, str]:
+        """(outcome as ingest answers it, notice: "" or how the named reservation had ended / "unknown")."""
+        notice = ""
+        reservation = self.reservations.get(event.reservation_id) if event.reservation_id else None
+        outcome = self._invalid(event, received_ms) or self._dedupe(event, received_ms)
+        rateable = event.customer_id == self.customer_id and event.timestamp_ms >= self.contract_start_ms
+        if outcome == "" and event.reservation_id and rateable and isinstance(self._plan(event), list):
+            if reservation is None:
+                notice = "unknown"
+            elif reservation.ended:
+                notice = reservation.ended
+            else:
+                self._give_back(reservation, "settled")
+        outcome = self.ingest(event, received_ms)
+        if outcome == "accepted":
+            moment = datetime.fromtimestamp(event.timestamp_ms / 1000, tz=UTC)
+            self._maybe_top_up((moment.year, moment.month), received_ms)
+        return outcome, notice
+
+    def _dedupe(self, event: REvent, received_ms: int) -> str:
+        content = (event.event_type, event.timestamp_ms, tuple(sorted(event.dimensions)), tuple(sorted(event.values)))
+        prior = self.accepted.get(event.transaction_id)
+        if prior is not None and received_ms - prior[0] < self.dedupe_window_ms:
+            return "duplicate" if prior[1] == content else "DUPLICATE_CONFLICT"
+        return ""
+
+    def _give_back(self, reservation: RReservation, ending: str) -> None:
+        for grant in self.grants:
+            grant.remaining += reservation.held.get(grant.id, Decimal(0))
+        reservation.ended = ending
+
+    def reserve(self, reservation_id: str, event: REvent, ttl_ms: int) -> tuple[bool, str, int] | str:
+        """(allowed, reason, cost) for a new reservation at the event's time; "repeated" or "conflict" for a
+        known id."""
+        content = (event.event_type, tuple(sorted(event.dimensions)), tuple(sorted(event.values)), ttl_ms)
+        known = self.reservations.get(reservation_id)
+        if known is not None:
+            return "repeated" if known.content == content else "conflict"
+        decision = self.authorize(event)
+        if not decision[0]:
+            return decision
+        plans = self._plan(event)
+        assert isinstance(plans, list)
+        before = {g.id: g.remaining for g in self.grants}
+        saved = (
+            {
+                k: dataclasses.replace(a, drawn=dict(a.drawn), uniques=set(a.uniques))
+                for k, a in self.aggregates.items()
+            },
+            dict(self.charges),
+            dict(self.overage),
+        )
+        self._settle(event, plans)
+        held = {g.id: before[g.id] - g.remaining for g in self.grants if before[g.id] > g.remaining}
+        for grant in self.grants:
+            grant.remaining = before[grant.id] - held.get(grant.id, Decimal(0))
+        self.aggregates, self.charges, self.overage = saved
+        self.reservations[reservation_id] = RReservation(
+            content, Decimal(decision[2]), held, event.timestamp_ms + ttl_ms
+        )
+        moment = datetime.fromtimestamp(event.timestamp_ms / 1000, tz=UTC)
+        self._maybe_top_up((moment.year, moment.month), event.timestamp_ms)
+        return decision
+
+    def release(self, reservation_id: str) -> Decimal | str:
+        """Credits given back, or "not found" / how it had ended."""
+        reservation = self.reservations.get(reservation_id)
+        if reservation is None:
+            return "not found"
+        if reservation.ended == "released":
+            return sum(reservation.held.values(), start=Decimal(0))
+        if reservation.ended:
+            return reservation.ended
+        self._give_back(reservation, "released")
+        return sum(reservation.held.values(), start=Decimal(0))
+
+    def advance(self, now_ms: int) -> None:
+        for reservation in self.reservations.values():
+            if not reservation.ended and reservation.expires_at_ms <= now_ms:
+                self._give_back(reservation, "expired")
+        for grant in self.grants:
+            if grant.expires_at_ms is not None and grant.expires_at_ms <= now_ms and grant.remaining > 0:
+                self.breakage[grant.id] = self.breakage.get(grant.id, Decimal(0)) + grant.remaining
+                grant.remaining = Decimal(0)
+
+    def _maybe_top_up(self, period: tuple[int, int], at_ms: int) -> None:
+        policy = self.top_up
+        if policy is None:
+            return
+        available = sum((g.remaining for g in self.grants if g.usable(at_ms)), start=Decimal(0))
+        bought = [p for p in self.purchases if p[0] == period]
+        if available >= policy.threshold or len(bought) >= policy.max_per_period:
+            return
+        period_start_ms = int(datetime(period[0], period[1], 1, tzinfo=UTC).timestamp() * 1000)
+        grant_id = f"top-up-{period_start_ms}-{len(bought) + 1}"
+        credits = policy.recharge_to - available
+        self.purchases.append((period, grant_id, credits))
+        grant = RGrant(grant_id, credits, 2**31 - 1, (), min(period_start_ms, at_ms), None, 2**48 + len(self.purchases))
+        grant.remaining = credits
+        self.grants.append(grant)
+
+    def credits_conserved(self) -> None:
+        """Per grant: amount = drawn + remaining + held + breakage, nothing negative."""
+        for grant in self.grants:
+            drawn = sum((a.drawn.get(grant.id, Decimal(0)) for a in self.aggregates.values()), start=Decimal(0))
+            held, broken = self.held(grant.id), self.breakage.get(grant.id, Decimal(0))
+            if grant.amount != drawn + grant.remaining + held + broken or min(grant.remaining, held, drawn) < 0:
+                raise Mismatch(f"grant {grant.id}: {grant.amount} != {drawn} + {grant.remaining} + {held} + {broken}")

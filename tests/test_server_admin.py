@@ -26,7 +26,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
@@ -817,41 +817,6 @@ def test_not_found_already_exists_and_failed_precondition(server_factory: Server
             S.INVALID_ARGUMENT,
             lambda: client.contracts.CreateContract(contract("initech-4", cat.h0 - HOUR_MS, cat.h0 - HOUR_MS)),
         )
-
-
-def test_unbuilt_features_answer_unimplemented_with_a_message(server_factory: ServerFactory) -> None:
-    server = server_factory()
-    with server.client() as client:
-        build_catalogue(client)
-        calls: dict[str, Callable[[], object]] = {
-            "SetTopUpPolicy": lambda: client.contracts.SetTopUpPolicy(
-                contracts_pb2.SetTopUpPolicyRequest(
-                    contract_id=CONTRACT,
-                    top_up=contracts_pb2.TopUpPolicy(threshold="1", recharge_to="10", price_per_credit="0.9"),
-                )
-            ),
-            "Authorize": lambda: client.balance.Authorize(
-                balance_pb2.AuthorizeRequest(
-                    customer_id=CUSTOMER,
-                    event_type="llm_call",
-                    dimensions={"model": "gpt-4", "region": "us"},
-                    values={"input_tokens": 1000, "output_tokens": 0},
-                    reserve=True,
-                    reservation_ttl=duration_pb2.Duration(seconds=30),
-                )
-            ),
-            "ReleaseReservation": lambda: client.balance.ReleaseReservation(
-                balance_pb2.ReleaseReservationRequest(customer_id=CUSTOMER, reservation_id="r-1")
-            ),
-        }
-        for name, call in calls.items():
-            error = expect_error(S.UNIMPLEMENTED, call)
-            assert len(error.details) > 10, (name, error.details)
-
-        # A reservation refused changed nothing.
-        balance = client.get_balance(CUSTOMER)
-        assert_amount(balance.credits_held, "0")
-        assert_amount(balance.credits_remaining, "11")  # 10 prepaid + 1 promotional
 
 
 @pytest.mark.parametrize("amount", ["abc", "-1", "0", "NaN", "1e50", "1e400000"])

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tariff.v1 import balance_pb2, balance_pb2_grpc
@@ -21,9 +22,9 @@ from tests.test_server_auth import STANDARD_KEYS, Keys
 
 BATCHES = "/tariff.v1.BalanceService/AuthorizeBatches"
 AUTHORIZE = "/tariff.v1.BalanceService/Authorize"
-RESERVATIONS_UNIMPLEMENTED = (
-    "reservations are not available yet: Authorize with reserve or reservation_id; Authorize without them "
-    "answers without holding credit"
+RESERVATIONS_NOT_BATCHED = (
+    "requests.reserve: AuthorizeBatches decides without holding credit: a request with reserve or reservation_id "
+    "is refused; reserve with Authorize or AuthorizeStream, where each hold is journaled before it is answered"
 )
 
 
@@ -191,8 +192,8 @@ def test_whole_message_refusals_keep_their_status_and_message(demo_server: Serve
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "an AuthorizeBatch holds at most 10000 requests, this one 10001",
         ),
-        "reserve": (grpc.StatusCode.UNIMPLEMENTED, RESERVATIONS_UNIMPLEMENTED),
-        "reservation-id": (grpc.StatusCode.UNIMPLEMENTED, RESERVATIONS_UNIMPLEMENTED),
+        "reserve": (grpc.StatusCode.INVALID_ARGUMENT, RESERVATIONS_NOT_BATCHED),
+        "reservation-id": (grpc.StatusCode.INVALID_ARGUMENT, RESERVATIONS_NOT_BATCHED),
         "garbage": (
             grpc.StatusCode.INVALID_ARGUMENT,
             "request: could not be decoded: Error parsing message with type 'tariff.v1.AuthorizeBatch': Wire format was corrupt",
@@ -238,7 +239,9 @@ def test_unary_authorize_answers_and_refuses_as_the_per_request_path(demo_server
                 request("x", ""),
                 request("x", event_type=""),
                 balance_pb2.AuthorizeRequest(customer_id="acme", event_type="ai_action", values={"n": -1.0}),
-                balance_pb2.AuthorizeRequest(customer_id="acme", event_type="ai_action", reserve=True),
+                balance_pb2.AuthorizeRequest(
+                    customer_id="acme", event_type="ai_action", reserve=True, reservation_ttl=Duration(seconds=0)
+                ),
             ]
         ]
         garbage = status_of(lambda: raw(b"\x0a\x05ab", timeout=10))
@@ -249,7 +252,7 @@ def test_unary_authorize_answers_and_refuses_as_the_per_request_path(demo_server
         (grpc.StatusCode.INVALID_ARGUMENT, "customer_id: is required"),
         (grpc.StatusCode.INVALID_ARGUMENT, "event_type: is required"),
         (grpc.StatusCode.INVALID_ARGUMENT, "values: values['n'] is -1.0: must not be negative"),
-        (grpc.StatusCode.UNIMPLEMENTED, RESERVATIONS_UNIMPLEMENTED),
+        (grpc.StatusCode.INVALID_ARGUMENT, "reservation_ttl: must be positive"),
     ]
     assert garbage == (
         grpc.StatusCode.INVALID_ARGUMENT,

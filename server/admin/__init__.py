@@ -12,6 +12,7 @@ import click
 from server.admin.alerts import alerts
 from server.admin.audit import audit
 from server.admin.balance import authorize, balance
+from server.admin.credits import grants, release, reserve, topup
 from server.admin.customers import customers
 from server.admin.explain import explain
 from server.admin.invoices import invoices
@@ -36,6 +37,10 @@ COMMANDS: tuple[click.Command, ...] = (
     alerts,
     invoices,
     revenue,
+    grants,
+    topup,
+    reserve,
+    release,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -10,15 +11,18 @@ from tariff.v1 import (
     balance_pb2,
 )
 
+from engine import commands as cmd
+from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, RequestIdMissing, ReservationAsked
 from engine.billing import Billing
 from engine.errors import InvalidArgument, NotFound
+from engine.money import format_picos
 from server import auth, convert, telemetry
 from server.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
-    Unimplemented,
+    check_deadline,
     streaming,
     unary,
 )
@@ -26,14 +30,22 @@ from server.sequencer import Sequencer
 from server.services.common import (
     AUTHORIZE_BATCH_REQUESTS_MAX,
     BALANCE_SERVICE,
-    RESERVATIONS_NOT_BUILT,
     Context,
     _Base,
-    _not_built,
     _undecodable,
+    actor_of,
     wall_ms,
 )
 from server.watch import SHUTTING_DOWN, WatchHub
+
+# A reservation's TTL when the request gives none, and the most a request may ask (`tariff serve
+# --reservation-ttl-max-s`).
+RESERVATION_TTL_DEFAULT_MS = 60_000
+RESERVATION_TTL_MAX_MS_DEFAULT = 3_600_000
+RESERVATIONS_NOT_BATCHED = (
+    "AuthorizeBatches decides without holding credit: a request with reserve or reservation_id is refused; "
+    "reserve with Authorize or AuthorizeStream, where each hold is journaled before it is answered"
+)
 
 
 class BalanceService(_Base):
@@ -84,9 +96,11 @@ class BalanceService(_Base):
             raise InvalidArgument.field("customer_id", "is required")
         return convert.balance_pb(self.billing.balance(request.customer_id, self.clock_ms()))
 
+    reservation_ttl_max_ms = RESERVATION_TTL_MAX_MS_DEFAULT
+
     def _decide(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
-        if request.reserve or request.reservation_id:
-            raise Unimplemented(RESERVATIONS_NOT_BUILT)
+        if request.reservation_id and not request.reserve:
+            raise InvalidArgument.field("reservation_id", "is only read with reserve=true")
         if not request.customer_id:
             raise InvalidArgument.field("customer_id", "is required")
         if not request.event_type:
@@ -104,9 +118,56 @@ class BalanceService(_Base):
         telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6)
         return response
 
+    def _ttl_ms(self, request: balance_pb2.AuthorizeRequest) -> int:
+        if not request.HasField("reservation_ttl"):
+            return RESERVATION_TTL_DEFAULT_MS
+        ttl = request.reservation_ttl
+        if ttl.nanos % 1_000_000:
+            raise InvalidArgument.field("reservation_ttl", "must be a whole number of milliseconds")
+        ttl_ms = ttl.seconds * 1000 + ttl.nanos // 1_000_000
+        if ttl_ms <= 0:
+            raise InvalidArgument.field("reservation_ttl", "must be positive")
+        if ttl_ms > self.reservation_ttl_max_ms:
+            raise InvalidArgument.field(
+                "reservation_ttl",
+                f"must be at most {self.reservation_ttl_max_ms / 1000:g} s (the server's --reservation-ttl-max-s)",
+            )
+        return ttl_ms
+
+    async def _reserve(self, request: balance_pb2.AuthorizeRequest, context: Context) -> balance_pb2.AuthorizeResponse:
+        """Authorize with a hold: a journaled command, answered once durable."""
+        if not request.customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        if not request.event_type:
+            raise InvalidArgument.field("event_type", "is required")
+        ttl_ms = self._ttl_ms(request)
+        reservation_id = request.reservation_id or f"r-{uuid.uuid4().hex}"
+        dimensions, values = request.dimensions, request.values
+        command = cmd.Reserve(
+            self.clock_ms(),
+            actor_of(context),
+            request.customer_id,
+            reservation_id,
+            request.event_type,
+            {key: dimensions[key] for key in dimensions},
+            {key: values[key] for key in values},
+            ttl_ms,
+        )
+        _, result = await self.sequencer.run(command, check_deadline(auth.current_call.get()))
+        assert isinstance(result, credits.Reservation)
+        return balance_pb2.AuthorizeResponse(
+            request_id=request.request_id,
+            allowed=result.allowed,
+            reason=result.reason,
+            estimated_cost=format_picos(result.cost),
+            credits_available=format_picos(result.available),
+            reservation_id=reservation_id if result.allowed else "",
+            message=result.message,
+        )
+
     @unary
     async def Authorize(self, request: balance_pb2.AuthorizeRequest, context: Context) -> balance_pb2.AuthorizeResponse:
-        response = self._decide(request)
+        response = await self._reserve(request, context) if request.reserve else self._decide(request)
         # A unary caller made a mistake it can fix: say so with a status. The stream answers in-band instead.
         if response.reason == "UNKNOWN_CUSTOMER":
             raise NotFound(response.message)
@@ -121,7 +182,7 @@ class BalanceService(_Base):
         async for request in request_iterator:
             if not request.request_id:
                 raise InvalidArgument.field("request_id", "is required on AuthorizeStream to correlate answers")
-            yield self._decide(request)
+            yield await self._reserve(request, context) if request.reserve else self._decide(request)
 
     @streaming
     async def AuthorizeBatches(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -158,7 +219,7 @@ class BalanceService(_Base):
                 f"requests[{exc.args[0]}].request_id", "is required on AuthorizeBatches to correlate answers"
             ) from None
         except ReservationAsked:
-            raise Unimplemented(RESERVATIONS_NOT_BUILT) from None
+            raise InvalidArgument.field("requests.reserve", RESERVATIONS_NOT_BATCHED) from None
         except ValueError as exc:
             raise _undecodable(balance_pb2.AuthorizeBatch, batch, exc) from None
         if decisions:
@@ -166,10 +227,21 @@ class BalanceService(_Base):
             telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6 / decisions)
         return result
 
-    ReleaseReservation = _not_built(
-        "reservations are not available yet: ReleaseReservation has nothing to release (Authorize answers without "
-        "holding credit)"
-    )
+    @unary
+    async def ReleaseReservation(
+        self, request: balance_pb2.ReleaseReservationRequest, context: Context
+    ) -> balance_pb2.ReleaseReservationResponse:
+        """Frees a hold. Another customer's reservation is NOT_FOUND, worded as for one never made."""
+        if not request.customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        if not request.reservation_id:
+            raise InvalidArgument.field("reservation_id", "is required")
+        self.engine.customer(request.customer_id)  # NotFound
+        command = cmd.ReleaseReservation(
+            self.clock_ms(), actor_of(context), request.customer_id, request.reservation_id
+        )
+        released = await self._apply(command, credits.Released)
+        return balance_pb2.ReleaseReservationResponse(released_amount=format_picos(released.released))
 
     @streaming
     async def WatchBalance(

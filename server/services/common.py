@@ -31,10 +31,6 @@ INTAKE_BYTES_MAX_DEFAULT = 256 * 1024 * 1024
 AUTHORIZE_BATCH_REQUESTS_MAX = 10_000
 USAGE_SERVICE = "tariff.v1.UsageService"
 BALANCE_SERVICE = "tariff.v1.BalanceService"
-RESERVATIONS_NOT_BUILT = (
-    "reservations are not available yet: Authorize with reserve or reservation_id; Authorize without them answers "
-    "without holding credit"
-)
 PAGE_SIZE_MAX = 1_000
 ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
 

@@ -8,9 +8,11 @@ from tariff.v1 import (
 )
 
 from engine import commands as cmd
+from engine import credits
 from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument
 from engine.ledger import Grant
+from engine.money import format_decimal, format_picos
 from server import auth, convert
 from server.errors import (
     unary,
@@ -18,7 +20,6 @@ from server.errors import (
 from server.services.common import (
     Context,
     _Base,
-    _not_built,
     _page,
     _required,
     actor_of,
@@ -77,7 +78,18 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
     def _contract_pb(self, contract_id: str) -> contracts_pb2.Contract:
         contract = self.engine.contract(contract_id)
         account = self.engine.state.accounts[contract.customer_id]
-        return convert.contract_pb(contract, [g for g in account.grants if g.contract_id in ("", contract.id)])
+        message = convert.contract_pb(contract, [g for g in account.grants if g.contract_id in ("", contract.id)])
+        policy = credits.top_up_policy(self.billing, contract.customer_id)
+        if policy is not None:
+            message.top_up.CopyFrom(
+                contracts_pb2.TopUpPolicy(
+                    threshold=format_picos(policy.threshold),
+                    recharge_to=format_picos(policy.recharge_to),
+                    price_per_credit=format_decimal(policy.price_per_credit),
+                    max_per_period=policy.max_per_period,
+                )
+            )
+        return message
 
     @unary
     async def GetContract(self, request: contracts_pb2.GetContractRequest, context: Context) -> contracts_pb2.Contract:
@@ -98,6 +110,22 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         grant = await self._apply(command, Grant)
         return convert.grant_pb(grant)
 
-    SetTopUpPolicy = _not_built(
-        "automatic top-ups are not available yet: SetTopUpPolicy; grant credit with GrantCredits instead"
-    )
+    @unary
+    async def SetTopUpPolicy(
+        self, request: contracts_pb2.SetTopUpPolicyRequest, context: Context
+    ) -> contracts_pb2.Contract:
+        """Sets the automatic top-up of the contract's customer (one policy per customer); a request without
+        top_up clears it. Bad fields are INVALID_ARGUMENT naming them, nothing changed."""
+        _required(contract_id=request.contract_id)
+        top_up = request.top_up
+        command = cmd.SetTopUpPolicy(
+            self.clock_ms(),
+            actor_of(context),
+            request.contract_id,
+            top_up.threshold if request.HasField("top_up") else "",
+            top_up.recharge_to if request.HasField("top_up") else "",
+            top_up.price_per_credit if request.HasField("top_up") else "",
+            top_up.max_per_period if request.HasField("top_up") else 0,
+        )
+        contract = await self._apply(command, Contract)
+        return self._contract_pb(contract.id)

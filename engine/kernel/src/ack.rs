@@ -59,6 +59,34 @@ impl AckBuilder {
         self.digest.extend_from_slice(&overage.to_le_bytes());
     }
 
+    /// An accepted event naming a reservation that is not open (`reason`: crate::credits::NOTICE_*).
+    /// Not in the digest: before reservations existed such an event was rated the same way, silently.
+    pub fn notice(&mut self, index: usize, transaction_id: &str, reservation_id: &str, reason: i32, message: String) {
+        self.ack.notices.push(wire::EventNotice {
+            index: index as u32,
+            transaction_id: transaction_id.to_owned(),
+            reservation_id: reservation_id.to_owned(),
+            reason,
+            message,
+        });
+    }
+
+    /// A reservation the event settled, and the credits its hold gave back (in the digest).
+    pub fn settled(&mut self, reservation_id: &str, released: Picos) {
+        self.digest.extend_from_slice(b"s");
+        self.digest.extend_from_slice(reservation_id.as_bytes());
+        self.digest.extend_from_slice(&[0]);
+        self.digest.extend_from_slice(&released.to_le_bytes());
+    }
+
+    /// A top-up the kernel executed in this batch (in the digest).
+    pub fn topped_up(&mut self, grant_id: &str, credits: Picos) {
+        self.digest.extend_from_slice(b"t");
+        self.digest.extend_from_slice(grant_id.as_bytes());
+        self.digest.extend_from_slice(&[0]);
+        self.digest.extend_from_slice(&credits.to_le_bytes());
+    }
+
     /// (accepted, duplicates, the reason of each rejection) so far.
     pub fn counts(&self) -> (u32, u32, Vec<Reason>) {
         let reasons = self.ack.rejected.iter().filter_map(|r| Reason::from_wire(r.reason)).collect();

@@ -250,6 +250,7 @@ mod tests {
                     starts_at_ms: 0,
                     expires_at_ms: None,
                     creation_order: 0,
+                    rollover_fraction_e18: String::new(),
                 }],
                 closed_periods: vec![],
             }],

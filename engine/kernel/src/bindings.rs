@@ -21,6 +21,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::authorize::{self, Refused};
+use crate::credits::{Made, ReleaseRefusal, TopUpPolicy};
 use crate::decode::wire;
 use crate::kernel::{self, BatchRefusal};
 
@@ -38,6 +39,14 @@ pyo3::create_exception!(
     "An AuthorizeBatch request without the request_id its answer is correlated by."
 );
 pyo3::create_exception!(_kernel, ReservationAsked, PyValueError, "An Authorize request asking for a reservation.");
+pyo3::create_exception!(
+    _kernel,
+    ReservationConflict,
+    PyValueError,
+    "A reservation id the customer already used for a different request."
+);
+pyo3::create_exception!(_kernel, ReservationNotFound, PyValueError, "The customer has no such reservation.");
+pyo3::create_exception!(_kernel, ReservationEnded, PyValueError, "The reservation was settled or expired.");
 
 /// An Authorize refusal as the Python exception the server maps to a status.
 fn refused(refusal: Refused) -> PyErr {
@@ -231,7 +240,8 @@ impl Kernel {
 
     /// The customer's balance at now_ms as a dict of ints (picos), or None for an unknown customer.
     fn balance<'py>(&self, py: Python<'py>, customer_id: &str, now_ms: i64) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(view) = self.read()?.balance(customer_id, now_ms) else { return Ok(None) };
+        let kernel = self.read()?;
+        let Some(view) = kernel.balance(customer_id, now_ms) else { return Ok(None) };
         let dict = PyDict::new(py);
         dict.set_item("remaining", view.remaining)?;
         let grants: Vec<(String, i128, i128, i128, i128)> =
@@ -241,6 +251,9 @@ impl Kernel {
         dict.set_item("period_charges", view.period_charges)?;
         dict.set_item("overage", view.overage)?;
         dict.set_item("overage_due_e30", big_int(py, view.overage_due_e30)?)?;
+        let held = kernel.held_by_grant(customer_id);
+        dict.set_item("held", held.iter().sum::<i128>())?;
+        dict.set_item("grants_held", held)?;
         Ok(Some(dict))
     }
 
@@ -490,6 +503,169 @@ impl Kernel {
         let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms)).collect();
         Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
     }
+
+    /// Authorize with a hold (a change: the server journals it first). Returns (allowed, reason,
+    /// message, estimated_cost, available, held, repeated, expires_at_ms). Raises
+    /// ReservationConflict(message) when the id is known with another request (nothing changed).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn reserve(
+        &self,
+        py: Python<'_>,
+        customer_id: String,
+        reservation_id: &str,
+        event_type: String,
+        dimensions: Vec<(String, String)>,
+        values: Vec<(String, f64)>,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> PyResult<(bool, &'static str, String, i128, i128, i128, bool, i64)> {
+        let event = wire::UsageEvent {
+            transaction_id: "authorize".into(),
+            customer_id,
+            event_type,
+            timestamp_ms: now_ms,
+            dimensions: dimensions.into_iter().map(|(key, value)| wire::DimensionEntry { key, value }).collect(),
+            values: values.into_iter().map(|(key, value)| wire::ValueEntry { key, value }).collect(),
+            reservation_id: String::new(),
+        };
+        let done = py.detach(|| self.change(|k| k.reserve(reservation_id, &event, now_ms, ttl_ms)))?;
+        let r = done.map_err(ReservationConflict::new_err)?;
+        let d = r.decision;
+        Ok((d.allowed, d.reason, d.message, d.cost, d.available, r.held, r.repeated, r.expires_at_ms))
+    }
+
+    /// Frees an open reservation: (credits given back, repeated). Raises ReservationNotFound or
+    /// ReservationEnded(message), having changed nothing.
+    fn release(&self, py: Python<'_>, customer_id: &str, reservation_id: &str, now_ms: i64) -> PyResult<(i128, bool)> {
+        match py.detach(|| self.change(|k| k.release(customer_id, reservation_id, now_ms)))? {
+            Ok(done) => Ok(done),
+            Err(ReleaseRefusal::NotFound(message)) => Err(ReservationNotFound::new_err(message)),
+            Err(ReleaseRefusal::Ended(message)) => Err(ReservationEnded::new_err(message)),
+        }
+    }
+
+    /// Sets the customer's top-up policy (threshold and recharge_to in picos, price per credit at
+    /// 10^-18), or clears it with None. False for a customer the kernel does not know.
+    fn set_top_up(&self, py: Python<'_>, customer_id: &str, policy: Option<(i128, i128, i128, u32)>) -> PyResult<bool> {
+        let policy = policy.map(|(threshold, recharge_to, price_per_credit_e18, max_per_period)| TopUpPolicy {
+            threshold,
+            recharge_to,
+            price_per_credit_e18,
+            max_per_period,
+        });
+        py.detach(|| self.change(|k| k.set_top_up(customer_id, policy)))
+    }
+
+    /// The customer's top-up policy (threshold, recharge_to, price_per_credit_e18, max_per_period) or None.
+    fn top_up_policy(&self, customer_id: &str) -> PyResult<Option<(i128, i128, i128, u32)>> {
+        let kernel = self.read()?;
+        let policy = kernel.account_credits(customer_id).and_then(|c| c.top_up);
+        Ok(policy.map(|p| (p.threshold, p.recharge_to, p.price_per_credit_e18, p.max_per_period)))
+    }
+
+    /// Top-ups bought: [(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)].
+    #[allow(clippy::type_complexity)]
+    fn top_up_purchases(&self, customer_id: &str) -> PyResult<Vec<(i64, String, i128, i128, i128, i64)>> {
+        let kernel = self.read()?;
+        let Some(credits) = kernel.account_credits(customer_id) else { return Ok(Vec::new()) };
+        Ok(credits
+            .purchases
+            .iter()
+            .map(|p| {
+                (p.period_start_ms, p.grant_id.to_string(), p.credits, p.price_per_credit_e18, p.cost_e30, p.at_ms)
+            })
+            .collect())
+    }
+
+    /// Grants the kernel made: [(grant_id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30,
+    /// rolled_from, made_at_ms)]; kind "TOP_UP" (cost_e30: what it cost; rolled_from "") or "ROLLOVER"
+    /// (cost_e30 0: its cost basis is the grant it rolled from).
+    #[allow(clippy::type_complexity)]
+    fn made_grants(
+        &self,
+        customer_id: &str,
+    ) -> PyResult<Vec<(String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64)>> {
+        let kernel = self.read()?;
+        Ok(kernel
+            .made_grants(customer_id)
+            .into_iter()
+            .map(|(g, made)| {
+                let (kind, cost_e30, from, at_ms) = match made {
+                    Made::TopUp(p) => ("TOP_UP", p.cost_e30, String::new(), p.at_ms),
+                    Made::Rollover(r) => ("ROLLOVER", 0, r.from.to_string(), r.at_ms),
+                };
+                (g.id.to_string(), kind, g.amount, g.priority, g.starts_at_ms, g.expires_at_ms, cost_e30, from, at_ms)
+            })
+            .collect())
+    }
+
+    /// Breakage recorded: [(customer_id, grant_id, period_start_ms, breakage_picos, at_ms)], for one
+    /// customer or (None) all, customers sorted, each in the order recorded.
+    #[allow(clippy::type_complexity)]
+    fn breakage(&self, customer_id: Option<&str>) -> PyResult<Vec<(String, String, i64, i128, i64)>> {
+        let kernel = self.read()?;
+        let mut customers: Vec<&String> = match customer_id {
+            Some(id) => kernel.accounts.get_key_value(id).map(|(k, _)| k).into_iter().collect(),
+            None => kernel.accounts.keys().collect(),
+        };
+        customers.sort_unstable();
+        let mut rows = Vec::new();
+        for customer in customers {
+            for b in kernel.account_credits(customer).map_or(&[][..], |c| &c.breakage) {
+                rows.push((customer.clone(), b.grant_id.to_string(), b.period_start_ms, b.credits, b.at_ms));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Open reservations of a customer: [(reservation_id, amount, held, made_at_ms, expires_at_ms)].
+    #[allow(clippy::type_complexity)]
+    fn reservations(&self, customer_id: &str) -> PyResult<Vec<(String, i128, i128, i64, i64)>> {
+        let kernel = self.read()?;
+        let Some(credits) = kernel.account_credits(customer_id) else { return Ok(Vec::new()) };
+        Ok(credits
+            .open
+            .iter()
+            .map(|(id, r)| (id.to_string(), r.amount, r.held_total(), r.made_at_ms, r.expires_at_ms))
+            .collect())
+    }
+
+    /// Moves the kernel's clock to now_ms (a journaled change): expires reservations whose TTL ran
+    /// out and records breakage of expired grants. Returns (reservations expired, breakage entries).
+    fn advance_clock(&self, py: Python<'_>, now_ms: i64) -> PyResult<(u32, u32)> {
+        py.detach(|| self.change(|k| k.advance_clock(now_ms)))
+    }
+
+    /// (the kernel's clock, the earliest time something is due or None).
+    fn clock(&self) -> PyResult<(i64, Option<i64>)> {
+        let kernel = self.read()?;
+        let due = kernel.clock.due_ms;
+        Ok((kernel.clock.now_ms, (due != i64::MAX).then_some(due)))
+    }
+
+    /// The notices since the last call, oldest first: [(kind, customer_id, details)], kind
+    /// "TOP_UP_EXECUTED" (details: grant_id, credits_picos, period_start_ms, at_ms) or
+    /// "RESERVATION_EXPIRED" (details: reservation_id, released_picos, period_start_ms, at_ms); and
+    /// how many were dropped because more than NOTICES_MAX waited.
+    #[allow(clippy::type_complexity)]
+    fn drain_notices<'py>(&self, py: Python<'py>) -> PyResult<(Vec<(&'static str, String, Bound<'py, PyDict>)>, u64)> {
+        let (notices, dropped) = self.change(|k| k.drain_notices())?;
+        let mut out = Vec::with_capacity(notices.len());
+        for n in notices {
+            let details = PyDict::new(py);
+            let (id_key, amount_key) = if n.kind == "TOP_UP_EXECUTED" {
+                ("grant_id", "credits_picos")
+            } else {
+                ("reservation_id", "released_picos")
+            };
+            details.set_item(id_key, n.id)?;
+            details.set_item(amount_key, n.amount)?;
+            details.set_item("period_start_ms", n.period_start_ms)?;
+            details.set_item("at_ms", n.at_ms)?;
+            out.push((n.kind, n.customer_id, details));
+        }
+        Ok((out, dropped))
+    }
 }
 
 /// (start_ms, end_ms) of the monthly period anchored on `anchor_ms` that contains `ts_ms` (>= anchor_ms): the
@@ -506,6 +682,9 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
     module.add("RequestIdMissing", module.py().get_type::<RequestIdMissing>())?;
     module.add("ReservationAsked", module.py().get_type::<ReservationAsked>())?;
+    module.add("ReservationConflict", module.py().get_type::<ReservationConflict>())?;
+    module.add("ReservationNotFound", module.py().get_type::<ReservationNotFound>())?;
+    module.add("ReservationEnded", module.py().get_type::<ReservationEnded>())?;
     module.add_function(wrap_pyfunction!(period_containing, module)?)?;
     Ok(())
 }

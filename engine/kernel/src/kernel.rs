@@ -17,6 +17,7 @@ use crate::buckets::{
     record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, HourUsage, Measure, PeriodKey, PeriodTotals,
     VersionUsage, HOUR_MS,
 };
+use crate::credits::{self, AccountCredits, Clock};
 use crate::decode::{check_event, check_into, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Seen};
 use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
@@ -46,6 +47,8 @@ pub struct Account {
     /// The kernel's `touch_epoch` when an event of this account was last listed in `touched`: one
     /// comparison per accepted event tells whether the account is listed already. Not snapshotted.
     touched_epoch: u64,
+    /// Reservations, top-up policy and purchases, breakage (crate::credits); None until used.
+    pub credits: Option<Box<AccountCredits>>,
 }
 
 impl Account {
@@ -77,7 +80,7 @@ fn unknown_customer(customer_id: &str) -> Refusal {
 }
 
 /// What one event would do to one product.
-struct Plan {
+pub(crate) struct Plan {
     product: usize,
     dimensions: SmallVec<[Option<Sym>; 4]>,
     /// None when the bucket does not exist yet.
@@ -95,7 +98,7 @@ struct Plan {
 /// What one event would do: its period and contract, and one `Plan` per product it feeds (kept
 /// apart, in a buffer the kernel reuses).
 #[derive(Clone, Copy)]
-struct EventPlan {
+pub(crate) struct EventPlan {
     period_start_ms: i64,
     /// (contract anchor, start, end) of the event's period, for the account's cache.
     period: (i64, i64, i64),
@@ -170,6 +173,8 @@ pub struct Kernel {
     touch_epoch: u64,
     /// The distinct customers with an accepted event since the last `take_touched`, in first-touch order.
     touched: Vec<String>,
+    /// The time AdvanceClock brought, what is due next, and notices for alerts (crate::credits).
+    pub(crate) clock: Clock,
 }
 
 impl Kernel {
@@ -266,8 +271,14 @@ impl Kernel {
                 None => self.accounts.entry(customer.id.clone()).or_default(),
             };
             account.order = burn_order(&grants);
+            for grant in grants.iter().filter(|g| g.remaining > 0) {
+                if let Some(end) = grant.expires_at_ms {
+                    self.clock.note_due(end);
+                }
+            }
             account.grants = grants;
             account.route = Some(route);
+            credits::note_rollovers(account, &customer.grants, &mut self.clock);
         }
     }
 
@@ -330,6 +341,7 @@ impl Kernel {
     /// `event` is where the raw event is checked into, reused between events.
     fn ingest_event<'a>(
         &mut self,
+        index: usize,
         raw: &EventView<'_, 'a>,
         event: &mut Event<'a>,
         received_ms: i64,
@@ -362,10 +374,23 @@ impl Kernel {
             return Ok(false);
         }
         let plan = self.rater.plan(account, event, &mut self.plans)?;
+        if !event.reservation_id.is_empty() {
+            match credits::settle_event(account, event.reservation_id, received_ms) {
+                Ok(released) => ack.settled(event.reservation_id, released),
+                Err((reason, message)) => {
+                    ack.notice(index, event.transaction_id, event.reservation_id, reason, message)
+                }
+            }
+        }
         self.rater.commit(account, event, plan, &self.plans, ack);
         if self.track_touched && account.touched_epoch != self.touch_epoch {
             account.touched_epoch = self.touch_epoch;
             self.touched.push(event.customer_id.to_owned());
+        }
+        if account.credits.is_some() {
+            let refunded = self.plans.iter().any(|p| p.charge < 0);
+            let (clock, customer) = (&mut self.clock, event.customer_id);
+            credits::after_event(account, clock, customer, plan.period_start_ms, refunded, received_ms, ack);
         }
         let seen = Seen { digest, at_ms: received_ms };
         slot.and_modify(|s| *s = seen).or_insert(seen);
@@ -409,7 +434,7 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
         if index > 0 && index % PAUSE_EVERY_EVENTS == 0 {
             pause(kernel);
         }
-        match kernel.ingest_event(&event, &mut checked, received_ms, &mut ack) {
+        match kernel.ingest_event(index, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
             Err(refusal) => ack.rejected(index, event.transaction_id, refusal),
@@ -436,7 +461,7 @@ pub(crate) struct Rater {
 impl Rater {
     /// Everything the event would charge (into `plans`, cleared first), or why it is refused;
     /// changes nothing.
-    fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
+    pub(crate) fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
         plans.clear();
         let customer = event.customer_id;
         let Some(route) = account.route.as_ref() else { return Err(unknown_customer(customer)) };
@@ -556,7 +581,13 @@ impl Rater {
 
     /// Settles the plans' charges on a copy of the account's balances: the one code path for
     /// ingestion and Authorize. Fills `outcomes`; returns the balances after.
-    fn settle(&self, account: &Account, plans: &[Plan], ts_ms: i64, outcomes: &mut Outcomes) -> SmallVec<[Picos; 4]> {
+    pub(crate) fn settle(
+        &self,
+        account: &Account,
+        plans: &[Plan],
+        ts_ms: i64,
+        outcomes: &mut Outcomes,
+    ) -> SmallVec<[Picos; 4]> {
         let charges: SmallVec<[Charge; 4]> = plans
             .iter()
             .map(|p| {
@@ -731,6 +762,7 @@ impl Kernel {
         };
         for &g in &account.order {
             let grant = &account.grants[g as usize];
+            let (held, broken) = credits::grant_extras(account, g);
             let expired = if grant.expired_at(now_ms) { grant.remaining } else { 0 };
             if grant.usable_at(now_ms) {
                 view.remaining += grant.remaining;
@@ -739,8 +771,9 @@ impl Kernel {
                 id: grant.id.to_string(),
                 amount: grant.amount,
                 remaining: grant.remaining - expired,
-                expired,
-                drawn: grant.drawn(),
+                expired: expired + broken,
+                // Held credits are in neither `remaining` nor `drawn` (Kernel::held_by_grant).
+                drawn: grant.drawn() - held - broken,
             });
         }
         let route = account.route.as_ref()?;
@@ -817,13 +850,15 @@ impl Kernel {
                     period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
                     period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
                     adjustments: account.adjustments.clone(),
+                    credits: account.credits.as_deref().cloned(),
                 }
             })
             .collect();
         let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| (*k, *v)).collect();
         dedupe.sort_unstable_by_key(|(k, _)| *k);
         let strings = self.rater.interner.strings();
-        snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe })
+        let clock_ms = self.clock.now_ms;
+        snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe, clock_ms })
     }
 
     /// A kernel holding a snapshot's state; load tables before rating with it.
@@ -854,9 +889,12 @@ impl Kernel {
                 route: None,
                 adjustments: stored.adjustments,
                 touched_epoch: 0,
+                credits: stored.credits.map(Box::new),
             };
             kernel.accounts.insert(stored.customer_id, Box::new(account));
         }
+        kernel.clock.now_ms = stored.clock_ms;
+        kernel.recompute_due();
         Ok(kernel)
     }
 }

@@ -8,6 +8,7 @@ pub mod ack;
 pub mod authorize;
 pub mod batch;
 pub mod buckets;
+pub mod credits;
 pub mod decode;
 pub mod dedupe;
 pub mod draw;

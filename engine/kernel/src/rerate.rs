@@ -666,6 +666,7 @@ mod tests {
                 applicable_product_ids: vec![],
                 starts_at_ms: 0,
                 expires_at_ms: None,
+                rollover_fraction_e18: String::new(),
                 creation_order: i as i64,
             })
             .collect();

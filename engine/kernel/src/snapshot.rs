@@ -4,13 +4,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::buckets::{Aggregate, AggregateKey, BucketKey, VersionUsage};
+use crate::credits::AccountCredits;
 use crate::dedupe::{key, Seen};
 use crate::draw::Grant;
 use crate::money::Picos;
 use crate::rerate::Adjustment;
 
 /// Format version: bump when the encoding changes. Format 1 (dedupe entries by transaction id
-/// per account) and format 2 (no adjustment entries) are still read.
+/// per account) and format 2 (no adjustment entries, reservations, top-ups, breakage or clock) are still read.
 pub const FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
@@ -23,6 +24,8 @@ pub struct StoredAccount {
     pub period_overage: Vec<(i64, Picos)>,
     /// Since format 3: re-ratings' adjustment entries, oldest first.
     pub adjustments: Vec<Adjustment>,
+    /// Since format 3: reservations, top-up policy and purchases, breakage.
+    pub credits: Option<AccountCredits>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
@@ -32,6 +35,46 @@ pub struct Stored {
     pub accounts: Vec<StoredAccount>,
     /// Keyed by `dedupe::key(customer_id, transaction_id)`, sorted by key.
     pub dedupe: Vec<(u128, Seen)>,
+    /// The latest AdvanceClock's time (since format 3).
+    pub clock_ms: i64,
+}
+
+/// Format 2: as format 3 without adjustment entries, credits and clock.
+#[derive(Deserialize)]
+struct StoredV2 {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccountV2>,
+    dedupe: Vec<(u128, Seen)>,
+}
+
+#[derive(Deserialize)]
+struct StoredAccountV2 {
+    customer_id: String,
+    grants: Vec<Grant>,
+    aggregates: Vec<(AggregateKey, Aggregate)>,
+    buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
+    period_charges: Vec<(i64, Picos)>,
+    period_overage: Vec<(i64, Picos)>,
+}
+
+impl StoredV2 {
+    fn upgrade(self) -> Stored {
+        debug_assert_eq!(self.format, 2);
+        let accounts = (self.accounts.into_iter())
+            .map(|a| StoredAccount {
+                customer_id: a.customer_id,
+                grants: a.grants,
+                aggregates: a.aggregates,
+                buckets: a.buckets,
+                period_charges: a.period_charges,
+                period_overage: a.period_overage,
+                adjustments: Vec::new(),
+                credits: None,
+            })
+            .collect();
+        Stored { format: FORMAT, strings: self.strings, accounts, dedupe: self.dedupe, clock_ms: i64::MIN }
+    }
 }
 
 /// Format 1: the dedupe entries per account, by transaction id.
@@ -70,45 +113,12 @@ impl StoredV1 {
                 period_charges: account.period_charges,
                 period_overage: account.period_overage,
                 adjustments: Vec::new(),
+                credits: None,
             });
         }
         dedupe.sort_unstable_by_key(|(k, _)| *k);
-        Stored { format: FORMAT, strings: self.strings, accounts, dedupe }
+        Stored { format: FORMAT, strings: self.strings, accounts, dedupe, clock_ms: i64::MIN }
     }
-}
-
-/// Format 2: accounts without adjustment entries.
-#[derive(Deserialize)]
-struct StoredV2 {
-    strings: Vec<String>,
-    accounts: Vec<StoredAccountV2>,
-    dedupe: Vec<(u128, Seen)>,
-}
-
-#[derive(Deserialize)]
-struct StoredAccountV2 {
-    customer_id: String,
-    grants: Vec<Grant>,
-    aggregates: Vec<(AggregateKey, Aggregate)>,
-    buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
-    period_charges: Vec<(i64, Picos)>,
-    period_overage: Vec<(i64, Picos)>,
-}
-
-fn upgrade_v2(format: u32, v2: StoredV2) -> Stored {
-    debug_assert_eq!(format, 2);
-    let accounts = (v2.accounts.into_iter())
-        .map(|a| StoredAccount {
-            customer_id: a.customer_id,
-            grants: a.grants,
-            aggregates: a.aggregates,
-            buckets: a.buckets,
-            period_charges: a.period_charges,
-            period_overage: a.period_overage,
-            adjustments: Vec::new(),
-        })
-        .collect();
-    Stored { format: FORMAT, strings: v2.strings, accounts, dedupe: v2.dedupe }
 }
 
 pub fn encode(stored: &Stored) -> Vec<u8> {
@@ -120,11 +130,91 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
     match format {
         FORMAT => postcard::from_bytes(bytes).map_err(broken),
-        2 => postcard::from_bytes::<(u32, StoredV2)>(bytes).map_err(broken).map(|(f, v2)| upgrade_v2(f, v2)),
+        2 => postcard::from_bytes::<StoredV2>(bytes).map_err(broken).map(StoredV2::upgrade),
         1 => postcard::from_bytes::<StoredV1>(bytes).map_err(broken).map(|v1| {
             debug_assert_eq!(v1.format, 1);
             v1.upgrade()
         }),
         other => Err(format!("kernel snapshot format {other} is not {FORMAT}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credits::TopUpPolicy;
+    use serde::Serialize;
+
+    /// Format 2's layout, written as the release before credits wrote it.
+    #[derive(Serialize)]
+    struct WrittenV2 {
+        format: u32,
+        strings: Vec<String>,
+        accounts: Vec<WrittenAccountV2>,
+        dedupe: Vec<(u128, Seen)>,
+    }
+
+    #[derive(Serialize)]
+    struct WrittenAccountV2 {
+        customer_id: String,
+        grants: Vec<Grant>,
+        aggregates: Vec<(AggregateKey, Aggregate)>,
+        buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
+        period_charges: Vec<(i64, Picos)>,
+        period_overage: Vec<(i64, Picos)>,
+    }
+
+    fn grant() -> Grant {
+        Grant {
+            id: "g".into(),
+            amount: 100,
+            remaining: 40,
+            priority: 0,
+            applicable: vec![],
+            starts_at_ms: 0,
+            expires_at_ms: Some(5),
+            creation_order: 0,
+        }
+    }
+
+    #[test]
+    fn a_format_2_snapshot_reads_as_format_3_without_credits() {
+        let account = WrittenAccountV2 {
+            customer_id: "acme".into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: vec![(0, 60)],
+            period_overage: vec![(0, 0)],
+        };
+        let seen = Seen { digest: 7, at_ms: 3 };
+        let written =
+            WrittenV2 { format: 2, strings: vec!["p".into()], accounts: vec![account], dedupe: vec![(9, seen)] };
+        let stored = decode(&postcard::to_allocvec(&written).unwrap()).expect("format 2 reads");
+        assert_eq!(stored.format, FORMAT);
+        assert_eq!(stored.accounts[0].grants, vec![grant()]);
+        assert_eq!(stored.accounts[0].credits, None);
+        assert!(stored.accounts[0].adjustments.is_empty());
+        assert_eq!(stored.accounts[0].period_charges, vec![(0, 60)]);
+        assert_eq!(stored.dedupe, vec![(9, seen)]);
+        assert_eq!(stored.clock_ms, i64::MIN);
+    }
+
+    #[test]
+    fn format_3_round_trips_credits_and_the_clock() {
+        let policy = TopUpPolicy { threshold: 1, recharge_to: 2, price_per_credit_e18: 3, max_per_period: 4 };
+        let credits = AccountCredits { top_up: Some(policy), ..AccountCredits::default() };
+        let account = StoredAccount {
+            customer_id: "acme".into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: vec![],
+            period_overage: vec![],
+            adjustments: vec![],
+            credits: Some(credits),
+        };
+        let stored = Stored { format: FORMAT, strings: vec![], accounts: vec![account], dedupe: vec![], clock_ms: 42 };
+        assert_eq!(decode(&encode(&stored)).expect("format 3 reads"), stored);
     }
 }

@@ -105,6 +105,10 @@ pub struct GrantTable {
     pub starts_at_ms: i64,
     pub expires_at_ms: Option<i64>,
     pub creation_order: i64,
+    /// At 10^-18, in [0, 10^18]: the share of the remainder that rolls over at the end of the billing
+    /// period in which the grant starts (tables from before rollover have none: 0).
+    #[serde(default)]
+    pub rollover_fraction_e18: String,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Tables, String> {

@@ -64,6 +64,7 @@ fn tables() -> Tables {
                 applicable_product_ids: vec![],
                 starts_at_ms: 0,
                 expires_at_ms: None,
+                rollover_fraction_e18: String::new(),
                 creation_order: 0,
             }],
             closed_periods: vec![],

@@ -84,6 +84,7 @@ fn grant(id: &str, amount: &str, priority: i64, applicable: &[&str], expires: Op
         starts_at_ms: 0,
         expires_at_ms: expires,
         creation_order: order,
+        rollover_fraction_e18: String::new(),
     }
 }
 

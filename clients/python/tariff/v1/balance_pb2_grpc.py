@@ -99,13 +99,21 @@ class BalanceServiceServicer:
         how one process answers tens of thousands of checks a second.
         Every request needs its request_id; a malformed request is answered
         in-band (reason INVALID_REQUEST) and does not end the stream.
+        It never holds credit: a request with reserve or reservation_id refuses
+        the whole message with INVALID_ARGUMENT (requests.reserve); reserve with
+        Authorize or AuthorizeStream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseReservation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Frees a reservation's hold and answers the credits given back; again, it
+        answers the same amount and changes nothing. NOT_FOUND when the customer
+        has no such reservation (also when it is another customer's: the answer
+        does not reveal it), FAILED_PRECONDITION when it was already settled by
+        an event or expired.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

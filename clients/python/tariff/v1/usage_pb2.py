@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tariff/v1/usage.proto\x12\ttariff.v1\"\xcb\x02\n\nUsageEvent\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x39\n\ndimensions\x18\x05 \x03(\x0b\x32%.tariff.v1.UsageEvent.DimensionsEntry\x12\x31\n\x06values\x18\x06 \x03(\x0b\x32!.tariff.v1.UsageEvent.ValuesEntry\x12\x16\n\x0ereservation_id\x18\x07 \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\nUsageBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.tariff.v1.UsageEvent\"q\n\x0e\x45ventRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.tariff.v1.RejectReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x85\x01\n\tIngestAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12+\n\x08rejected\x18\x04 \x03(\x0b\x32\x19.tariff.v1.EventRejection\x12\x13\n\x0bjournal_seq\x18\x05 \x01(\x04*\xcd\x01\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_EVENT\x10\x01\x12\x14\n\x10UNKNOWN_CUSTOMER\x10\x02\x12\x16\n\x12NO_ACTIVE_CONTRACT\x10\x03\x12\x1a\n\x16TIMESTAMP_OUT_OF_RANGE\x10\x04\x12\x11\n\rPERIOD_CLOSED\x10\x05\x12\x16\n\x12\x44UPLICATE_CONFLICT\x10\x06\x12\x16\n\x12NO_APPLICABLE_RATE\x10\x07\x32\x8f\x01\n\x0cUsageService\x12>\n\x0bIngestUsage\x12\x15.tariff.v1.UsageBatch\x1a\x14.tariff.v1.IngestAck(\x01\x30\x01\x12?\n\x10IngestUsageBatch\x12\x15.tariff.v1.UsageBatch\x1a\x14.tariff.v1.IngestAckBE\n\rdev.tariff.v1P\x01Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tariff/v1/usage.proto\x12\ttariff.v1\"\xcb\x02\n\nUsageEvent\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x39\n\ndimensions\x18\x05 \x03(\x0b\x32%.tariff.v1.UsageEvent.DimensionsEntry\x12\x31\n\x06values\x18\x06 \x03(\x0b\x32!.tariff.v1.UsageEvent.ValuesEntry\x12\x16\n\x0ereservation_id\x18\x07 \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\nUsageBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.tariff.v1.UsageEvent\"q\n\x0e\x45ventRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\'\n\x06reason\x18\x03 \x01(\x0e\x32\x17.tariff.v1.RejectReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xae\x01\n\tIngestAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12+\n\x08rejected\x18\x04 \x03(\x0b\x32\x19.tariff.v1.EventRejection\x12\x13\n\x0bjournal_seq\x18\x05 \x01(\x04\x12\'\n\x07notices\x18\x06 \x03(\x0b\x32\x16.tariff.v1.EventNotice\"\x86\x01\n\x0b\x45ventNotice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x16\n\x0ereservation_id\x18\x03 \x01(\t\x12\'\n\x06reason\x18\x04 \x01(\x0e\x32\x17.tariff.v1.NoticeReason\x12\x0f\n\x07message\x18\x05 \x01(\t*\xcd\x01\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_EVENT\x10\x01\x12\x14\n\x10UNKNOWN_CUSTOMER\x10\x02\x12\x16\n\x12NO_ACTIVE_CONTRACT\x10\x03\x12\x1a\n\x16TIMESTAMP_OUT_OF_RANGE\x10\x04\x12\x11\n\rPERIOD_CLOSED\x10\x05\x12\x16\n\x12\x44UPLICATE_CONFLICT\x10\x06\x12\x16\n\x12NO_APPLICABLE_RATE\x10\x07*\xb6\x01\n\x0cNoticeReason\x12\x1d\n\x19NOTICE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aNOTICE_RESERVATION_UNKNOWN\x10\x01\x12&\n\"NOTICE_RESERVATION_ALREADY_SETTLED\x10\x02\x12\x1f\n\x1bNOTICE_RESERVATION_RELEASED\x10\x03\x12\x1e\n\x1aNOTICE_RESERVATION_EXPIRED\x10\x04\x32\x8f\x01\n\x0cUsageService\x12>\n\x0bIngestUsage\x12\x15.tariff.v1.UsageBatch\x1a\x14.tariff.v1.IngestAck(\x01\x30\x01\x12?\n\x10IngestUsageBatch\x12\x15.tariff.v1.UsageBatch\x1a\x14.tariff.v1.IngestAckBE\n\rdev.tariff.v1P\x01Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGEEVENT_DIMENSIONSENTRY']._serialized_options = b'8\001'
   _globals['_USAGEEVENT_VALUESENTRY']._loaded_options = None
   _globals['_USAGEEVENT_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_REJECTREASON']._serialized_start=693
-  _globals['_REJECTREASON']._serialized_end=898
+  _globals['_REJECTREASON']._serialized_start=871
+  _globals['_REJECTREASON']._serialized_end=1076
+  _globals['_NOTICEREASON']._serialized_start=1079
+  _globals['_NOTICEREASON']._serialized_end=1261
   _globals['_USAGEEVENT']._serialized_start=37
   _globals['_USAGEEVENT']._serialized_end=368
   _globals['_USAGEEVENT_DIMENSIONSENTRY']._serialized_start=272
@@ -49,7 +51,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTREJECTION']._serialized_start=441
   _globals['_EVENTREJECTION']._serialized_end=554
   _globals['_INGESTACK']._serialized_start=557
-  _globals['_INGESTACK']._serialized_end=690
-  _globals['_USAGESERVICE']._serialized_start=901
-  _globals['_USAGESERVICE']._serialized_end=1044
+  _globals['_INGESTACK']._serialized_end=731
+  _globals['_EVENTNOTICE']._serialized_start=734
+  _globals['_EVENTNOTICE']._serialized_end=868
+  _globals['_USAGESERVICE']._serialized_start=1264
+  _globals['_USAGESERVICE']._serialized_end=1407
 # @@protoc_insertion_point(module_scope)

@@ -17,6 +17,14 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PERIOD_CLOSED: _ClassVar[RejectReason]
     DUPLICATE_CONFLICT: _ClassVar[RejectReason]
     NO_APPLICABLE_RATE: _ClassVar[RejectReason]
+
+class NoticeReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NOTICE_REASON_UNSPECIFIED: _ClassVar[NoticeReason]
+    NOTICE_RESERVATION_UNKNOWN: _ClassVar[NoticeReason]
+    NOTICE_RESERVATION_ALREADY_SETTLED: _ClassVar[NoticeReason]
+    NOTICE_RESERVATION_RELEASED: _ClassVar[NoticeReason]
+    NOTICE_RESERVATION_EXPIRED: _ClassVar[NoticeReason]
 REJECT_REASON_UNSPECIFIED: RejectReason
 INVALID_EVENT: RejectReason
 UNKNOWN_CUSTOMER: RejectReason
@@ -25,6 +33,11 @@ TIMESTAMP_OUT_OF_RANGE: RejectReason
 PERIOD_CLOSED: RejectReason
 DUPLICATE_CONFLICT: RejectReason
 NO_APPLICABLE_RATE: RejectReason
+NOTICE_REASON_UNSPECIFIED: NoticeReason
+NOTICE_RESERVATION_UNKNOWN: NoticeReason
+NOTICE_RESERVATION_ALREADY_SETTLED: NoticeReason
+NOTICE_RESERVATION_RELEASED: NoticeReason
+NOTICE_RESERVATION_EXPIRED: NoticeReason
 
 class UsageEvent(_message.Message):
     __slots__ = ("transaction_id", "customer_id", "event_type", "timestamp_ms", "dimensions", "values", "reservation_id")
@@ -79,15 +92,31 @@ class EventRejection(_message.Message):
     def __init__(self, index: _Optional[int] = ..., transaction_id: _Optional[str] = ..., reason: _Optional[_Union[RejectReason, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class IngestAck(_message.Message):
-    __slots__ = ("batch_id", "accepted", "duplicates", "rejected", "journal_seq")
+    __slots__ = ("batch_id", "accepted", "duplicates", "rejected", "journal_seq", "notices")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     accepted: int
     duplicates: int
     rejected: _containers.RepeatedCompositeFieldContainer[EventRejection]
     journal_seq: int
-    def __init__(self, batch_id: _Optional[str] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[EventRejection, _Mapping]]] = ..., journal_seq: _Optional[int] = ...) -> None: ...
+    notices: _containers.RepeatedCompositeFieldContainer[EventNotice]
+    def __init__(self, batch_id: _Optional[str] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[EventRejection, _Mapping]]] = ..., journal_seq: _Optional[int] = ..., notices: _Optional[_Iterable[_Union[EventNotice, _Mapping]]] = ...) -> None: ...
+
+class EventNotice(_message.Message):
+    __slots__ = ("index", "transaction_id", "reservation_id", "reason", "message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    transaction_id: str
+    reservation_id: str
+    reason: NoticeReason
+    message: str
+    def __init__(self, index: _Optional[int] = ..., transaction_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., reason: _Optional[_Union[NoticeReason, str]] = ..., message: _Optional[str] = ...) -> None: ...

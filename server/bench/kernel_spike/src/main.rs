@@ -79,6 +79,7 @@ fn tables(customers: usize) -> Tables {
                     starts_at_ms: 0,
                     expires_at_ms: None,
                     creation_order: 0,
+                    rollover_fraction_e18: String::new(),
                 }],
                 closed_periods: vec![],
             })

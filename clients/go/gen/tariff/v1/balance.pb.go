@@ -360,10 +360,19 @@ type AuthorizeRequest struct {
 	EventType  string             `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	Dimensions map[string]string  `protobuf:"bytes,4,rep,name=dimensions,proto3" json:"dimensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Values     map[string]float64 `protobuf:"bytes,5,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	// Hold the estimated cost until an event with reservation_id settles it.
-	Reserve        bool                 `protobuf:"varint,6,opt,name=reserve,proto3" json:"reserve,omitempty"`
+	// Hold the estimated cost until an event with reservation_id settles it
+	// (the hold is given back and the event charged what it costs), it is
+	// released, or its TTL runs out. The hold is journaled before the answer.
+	// Under BLOCK, holds together never exceed the available credit.
+	Reserve bool `protobuf:"varint,6,opt,name=reserve,proto3" json:"reserve,omitempty"`
+	// How long the hold lasts: 60 s when unset; zero, negative, not whole
+	// milliseconds or beyond the server's maximum (--reservation-ttl-max-s,
+	// 3600 s by default) is INVALID_ARGUMENT.
 	ReservationTtl *durationpb.Duration `protobuf:"bytes,7,opt,name=reservation_ttl,json=reservationTtl,proto3" json:"reservation_ttl,omitempty"`
 	// Client-chosen id for the reservation (optional; generated if empty).
+	// The same id with the same request answers again and holds once; with a
+	// different request it is ALREADY_EXISTS and nothing is held. Only read
+	// with reserve=true (otherwise INVALID_ARGUMENT).
 	ReservationId string `protobuf:"bytes,8,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -49,7 +49,15 @@ type BalanceServiceClient interface {
 	// how one process answers tens of thousands of checks a second.
 	// Every request needs its request_id; a malformed request is answered
 	// in-band (reason INVALID_REQUEST) and does not end the stream.
+	// It never holds credit: a request with reserve or reservation_id refuses
+	// the whole message with INVALID_ARGUMENT (requests.reserve); reserve with
+	// Authorize or AuthorizeStream.
 	AuthorizeBatches(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AuthorizeBatch, AuthorizeBatchResult], error)
+	// Frees a reservation's hold and answers the credits given back; again, it
+	// answers the same amount and changes nothing. NOT_FOUND when the customer
+	// has no such reservation (also when it is another customer's: the answer
+	// does not reveal it), FAILED_PRECONDITION when it was already settled by
+	// an event or expired.
 	ReleaseReservation(ctx context.Context, in *ReleaseReservationRequest, opts ...grpc.CallOption) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
 	// the customer (usage, grants, contracts). Changes committed in quick
@@ -161,7 +169,15 @@ type BalanceServiceServer interface {
 	// how one process answers tens of thousands of checks a second.
 	// Every request needs its request_id; a malformed request is answered
 	// in-band (reason INVALID_REQUEST) and does not end the stream.
+	// It never holds credit: a request with reserve or reservation_id refuses
+	// the whole message with INVALID_ARGUMENT (requests.reserve); reserve with
+	// Authorize or AuthorizeStream.
 	AuthorizeBatches(grpc.BidiStreamingServer[AuthorizeBatch, AuthorizeBatchResult]) error
+	// Frees a reservation's hold and answers the credits given back; again, it
+	// answers the same amount and changes nothing. NOT_FOUND when the customer
+	// has no such reservation (also when it is another customer's: the answer
+	// does not reveal it), FAILED_PRECONDITION when it was already settled by
+	// an event or expired.
 	ReleaseReservation(context.Context, *ReleaseReservationRequest) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
 	// the customer (usage, grants, contracts). Changes committed in quick

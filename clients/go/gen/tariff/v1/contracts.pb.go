@@ -564,6 +564,11 @@ func (*PriceOverride_Multiplier) isPriceOverride_Adjustment() {}
 
 func (*PriceOverride_Price) isPriceOverride_Adjustment() {}
 
+// When a rated event or a hold leaves the customer's available credit below
+// threshold, one TOP_UP grant of (recharge_to - available) credits is bought
+// at price_per_credit, at most max_per_period times per billing period. One
+// policy per customer (set through any of its contracts). threshold must be
+// below recharge_to, the price not negative, max_per_period at least 1.
 type TopUpPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Decimal strings in the pricing unit / the contract's currency.
@@ -979,7 +984,11 @@ type Grant struct {
 	StartsAt             *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
 	// Unset: never expires.
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	// Decimal string in [0, 1]: share of the remainder that rolls over.
+	// Decimal string in [0, 1]: share of the remainder that rolls over. Such a
+	// grant lasts until the end of the billing period in which it starts; then
+	// that share (rounded down to 10^-12) moves into a ROLLOVER grant with the
+	// same cost basis, usable until the end of the next period, and the rest is
+	// breakage.
 	RolloverFraction string                 `protobuf:"bytes,11,opt,name=rollover_fraction,json=rolloverFraction,proto3" json:"rollover_fraction,omitempty"`
 	CreatedAt        *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	unknownFields    protoimpl.UnknownFields
@@ -1159,9 +1168,10 @@ func (x *GrantCreditsRequest) GetRequestId() string {
 }
 
 type SetTopUpPolicyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ContractId    string                 `protobuf:"bytes,1,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
-	TopUp         *TopUpPolicy           `protobuf:"bytes,2,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ContractId string                 `protobuf:"bytes,1,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
+	// Unset: clears the customer's policy.
+	TopUp         *TopUpPolicy `protobuf:"bytes,2,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

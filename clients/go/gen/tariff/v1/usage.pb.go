@@ -98,6 +98,66 @@ func (RejectReason) EnumDescriptor() ([]byte, []int) {
 	return file_tariff_v1_usage_proto_rawDescGZIP(), []int{0}
 }
 
+type NoticeReason int32
+
+const (
+	NoticeReason_NOTICE_REASON_UNSPECIFIED NoticeReason = 0
+	// The customer has no reservation with this id (never made, another
+	// customer's, or forgotten after the dedupe window).
+	NoticeReason_RESERVATION_UNKNOWN NoticeReason = 1
+	// An earlier event already settled it.
+	NoticeReason_RESERVATION_ALREADY_SETTLED NoticeReason = 2
+	// ReleaseReservation freed it before this event arrived.
+	NoticeReason_RESERVATION_RELEASED NoticeReason = 3
+	// Its TTL ran out before this event arrived.
+	NoticeReason_RESERVATION_EXPIRED NoticeReason = 4
+)
+
+// Enum value maps for NoticeReason.
+var (
+	NoticeReason_name = map[int32]string{
+		0: "NOTICE_REASON_UNSPECIFIED",
+		1: "RESERVATION_UNKNOWN",
+		2: "RESERVATION_ALREADY_SETTLED",
+		3: "RESERVATION_RELEASED",
+		4: "RESERVATION_EXPIRED",
+	}
+	NoticeReason_value = map[string]int32{
+		"NOTICE_REASON_UNSPECIFIED":   0,
+		"RESERVATION_UNKNOWN":         1,
+		"RESERVATION_ALREADY_SETTLED": 2,
+		"RESERVATION_RELEASED":        3,
+		"RESERVATION_EXPIRED":         4,
+	}
+)
+
+func (x NoticeReason) Enum() *NoticeReason {
+	p := new(NoticeReason)
+	*p = x
+	return p
+}
+
+func (x NoticeReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NoticeReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_tariff_v1_usage_proto_enumTypes[1].Descriptor()
+}
+
+func (NoticeReason) Type() protoreflect.EnumType {
+	return &file_tariff_v1_usage_proto_enumTypes[1]
+}
+
+func (x NoticeReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NoticeReason.Descriptor instead.
+func (NoticeReason) EnumDescriptor() ([]byte, []int) {
+	return file_tariff_v1_usage_proto_rawDescGZIP(), []int{1}
+}
+
 // One thing a customer did that may be billed.
 type UsageEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -342,7 +402,12 @@ type IngestAck struct {
 	// A batch that accepts nothing (empty, or every event a duplicate or
 	// rejected) changes no state and is not journaled: journal_seq is then the
 	// journal's current seq, and a resend gets the same answer.
-	JournalSeq    uint64 `protobuf:"varint,5,opt,name=journal_seq,json=journalSeq,proto3" json:"journal_seq,omitempty"`
+	JournalSeq uint64 `protobuf:"varint,5,opt,name=journal_seq,json=journalSeq,proto3" json:"journal_seq,omitempty"`
+	// Accepted events the batch rated with something to say: an event naming a
+	// reservation_id that is not an open reservation of its customer is still
+	// rated (and charged) like any event, and listed here. Empty for events
+	// without a reservation_id and for events that settled their reservation.
+	Notices       []*EventNotice `protobuf:"bytes,6,rep,name=notices,proto3" json:"notices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -412,6 +477,91 @@ func (x *IngestAck) GetJournalSeq() uint64 {
 	return 0
 }
 
+func (x *IngestAck) GetNotices() []*EventNotice {
+	if x != nil {
+		return x.Notices
+	}
+	return nil
+}
+
+type EventNotice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Position of the event in its batch (0-based).
+	Index         uint32       `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	TransactionId string       `protobuf:"bytes,2,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
+	ReservationId string       `protobuf:"bytes,3,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
+	Reason        NoticeReason `protobuf:"varint,4,opt,name=reason,proto3,enum=tariff.v1.NoticeReason" json:"reason,omitempty"`
+	// What happened, for a person.
+	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventNotice) Reset() {
+	*x = EventNotice{}
+	mi := &file_tariff_v1_usage_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventNotice) ProtoMessage() {}
+
+func (x *EventNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_usage_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventNotice.ProtoReflect.Descriptor instead.
+func (*EventNotice) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_usage_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *EventNotice) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *EventNotice) GetTransactionId() string {
+	if x != nil {
+		return x.TransactionId
+	}
+	return ""
+}
+
+func (x *EventNotice) GetReservationId() string {
+	if x != nil {
+		return x.ReservationId
+	}
+	return ""
+}
+
+func (x *EventNotice) GetReason() NoticeReason {
+	if x != nil {
+		return x.Reason
+	}
+	return NoticeReason_NOTICE_REASON_UNSPECIFIED
+}
+
+func (x *EventNotice) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_tariff_v1_usage_proto protoreflect.FileDescriptor
 
 const file_tariff_v1_usage_proto_rawDesc = "" +
@@ -444,7 +594,7 @@ const file_tariff_v1_usage_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12%\n" +
 	"\x0etransaction_id\x18\x02 \x01(\tR\rtransactionId\x12/\n" +
 	"\x06reason\x18\x03 \x01(\x0e2\x17.tariff.v1.RejectReasonR\x06reason\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xba\x01\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xec\x01\n" +
 	"\tIngestAck\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x1a\n" +
 	"\baccepted\x18\x02 \x01(\rR\baccepted\x12\x1e\n" +
@@ -453,7 +603,14 @@ const file_tariff_v1_usage_proto_rawDesc = "" +
 	"duplicates\x125\n" +
 	"\brejected\x18\x04 \x03(\v2\x19.tariff.v1.EventRejectionR\brejected\x12\x1f\n" +
 	"\vjournal_seq\x18\x05 \x01(\x04R\n" +
-	"journalSeq*\xcd\x01\n" +
+	"journalSeq\x120\n" +
+	"\anotices\x18\x06 \x03(\v2\x16.tariff.v1.EventNoticeR\anotices\"\xbc\x01\n" +
+	"\vEventNotice\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12%\n" +
+	"\x0etransaction_id\x18\x02 \x01(\tR\rtransactionId\x12%\n" +
+	"\x0ereservation_id\x18\x03 \x01(\tR\rreservationId\x12/\n" +
+	"\x06reason\x18\x04 \x01(\x0e2\x17.tariff.v1.NoticeReasonR\x06reason\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage*\xcd\x01\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rINVALID_EVENT\x10\x01\x12\x14\n" +
@@ -462,7 +619,13 @@ const file_tariff_v1_usage_proto_rawDesc = "" +
 	"\x16TIMESTAMP_OUT_OF_RANGE\x10\x04\x12\x11\n" +
 	"\rPERIOD_CLOSED\x10\x05\x12\x16\n" +
 	"\x12DUPLICATE_CONFLICT\x10\x06\x12\x16\n" +
-	"\x12NO_APPLICABLE_RATE\x10\a2\x8f\x01\n" +
+	"\x12NO_APPLICABLE_RATE\x10\a*\x9a\x01\n" +
+	"\fNoticeReason\x12\x1d\n" +
+	"\x19NOTICE_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13RESERVATION_UNKNOWN\x10\x01\x12\x1f\n" +
+	"\x1bRESERVATION_ALREADY_SETTLED\x10\x02\x12\x18\n" +
+	"\x14RESERVATION_RELEASED\x10\x03\x12\x17\n" +
+	"\x13RESERVATION_EXPIRED\x10\x042\x8f\x01\n" +
 	"\fUsageService\x12>\n" +
 	"\vIngestUsage\x12\x15.tariff.v1.UsageBatch\x1a\x14.tariff.v1.IngestAck(\x010\x01\x12?\n" +
 	"\x10IngestUsageBatch\x12\x15.tariff.v1.UsageBatch\x1a\x14.tariff.v1.IngestAckB\x9c\x01\n" +
@@ -482,32 +645,36 @@ func file_tariff_v1_usage_proto_rawDescGZIP() []byte {
 	return file_tariff_v1_usage_proto_rawDescData
 }
 
-var file_tariff_v1_usage_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tariff_v1_usage_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_tariff_v1_usage_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_tariff_v1_usage_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_tariff_v1_usage_proto_goTypes = []any{
 	(RejectReason)(0),      // 0: tariff.v1.RejectReason
-	(*UsageEvent)(nil),     // 1: tariff.v1.UsageEvent
-	(*UsageBatch)(nil),     // 2: tariff.v1.UsageBatch
-	(*EventRejection)(nil), // 3: tariff.v1.EventRejection
-	(*IngestAck)(nil),      // 4: tariff.v1.IngestAck
-	nil,                    // 5: tariff.v1.UsageEvent.DimensionsEntry
-	nil,                    // 6: tariff.v1.UsageEvent.ValuesEntry
+	(NoticeReason)(0),      // 1: tariff.v1.NoticeReason
+	(*UsageEvent)(nil),     // 2: tariff.v1.UsageEvent
+	(*UsageBatch)(nil),     // 3: tariff.v1.UsageBatch
+	(*EventRejection)(nil), // 4: tariff.v1.EventRejection
+	(*IngestAck)(nil),      // 5: tariff.v1.IngestAck
+	(*EventNotice)(nil),    // 6: tariff.v1.EventNotice
+	nil,                    // 7: tariff.v1.UsageEvent.DimensionsEntry
+	nil,                    // 8: tariff.v1.UsageEvent.ValuesEntry
 }
 var file_tariff_v1_usage_proto_depIdxs = []int32{
-	5, // 0: tariff.v1.UsageEvent.dimensions:type_name -> tariff.v1.UsageEvent.DimensionsEntry
-	6, // 1: tariff.v1.UsageEvent.values:type_name -> tariff.v1.UsageEvent.ValuesEntry
-	1, // 2: tariff.v1.UsageBatch.events:type_name -> tariff.v1.UsageEvent
+	7, // 0: tariff.v1.UsageEvent.dimensions:type_name -> tariff.v1.UsageEvent.DimensionsEntry
+	8, // 1: tariff.v1.UsageEvent.values:type_name -> tariff.v1.UsageEvent.ValuesEntry
+	2, // 2: tariff.v1.UsageBatch.events:type_name -> tariff.v1.UsageEvent
 	0, // 3: tariff.v1.EventRejection.reason:type_name -> tariff.v1.RejectReason
-	3, // 4: tariff.v1.IngestAck.rejected:type_name -> tariff.v1.EventRejection
-	2, // 5: tariff.v1.UsageService.IngestUsage:input_type -> tariff.v1.UsageBatch
-	2, // 6: tariff.v1.UsageService.IngestUsageBatch:input_type -> tariff.v1.UsageBatch
-	4, // 7: tariff.v1.UsageService.IngestUsage:output_type -> tariff.v1.IngestAck
-	4, // 8: tariff.v1.UsageService.IngestUsageBatch:output_type -> tariff.v1.IngestAck
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	4, // 4: tariff.v1.IngestAck.rejected:type_name -> tariff.v1.EventRejection
+	6, // 5: tariff.v1.IngestAck.notices:type_name -> tariff.v1.EventNotice
+	1, // 6: tariff.v1.EventNotice.reason:type_name -> tariff.v1.NoticeReason
+	3, // 7: tariff.v1.UsageService.IngestUsage:input_type -> tariff.v1.UsageBatch
+	3, // 8: tariff.v1.UsageService.IngestUsageBatch:input_type -> tariff.v1.UsageBatch
+	5, // 9: tariff.v1.UsageService.IngestUsage:output_type -> tariff.v1.IngestAck
+	5, // 10: tariff.v1.UsageService.IngestUsageBatch:output_type -> tariff.v1.IngestAck
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_usage_proto_init() }
@@ -520,8 +687,8 @@ func file_tariff_v1_usage_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_usage_proto_rawDesc), len(file_tariff_v1_usage_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   6,
+			NumEnums:      2,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -244,19 +244,29 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   values: { [key: string]: number };
 
   /**
-   * Hold the estimated cost until an event with reservation_id settles it.
+   * Hold the estimated cost until an event with reservation_id settles it
+   * (the hold is given back and the event charged what it costs), it is
+   * released, or its TTL runs out. The hold is journaled before the answer.
+   * Under BLOCK, holds together never exceed the available credit.
    *
    * @generated from field: bool reserve = 6;
    */
   reserve: boolean;
 
   /**
+   * How long the hold lasts: 60 s when unset; zero, negative, not whole
+   * milliseconds or beyond the server's maximum (--reservation-ttl-max-s,
+   * 3600 s by default) is INVALID_ARGUMENT.
+   *
    * @generated from field: google.protobuf.Duration reservation_ttl = 7;
    */
   reservationTtl?: Duration | undefined;
 
   /**
    * Client-chosen id for the reservation (optional; generated if empty).
+   * The same id with the same request answers again and holds once; with a
+   * different request it is ALREADY_EXISTS and nothing is held. Only read
+   * with reserve=true (otherwise INVALID_ARGUMENT).
    *
    * @generated from field: string reservation_id = 8;
    */
@@ -466,6 +476,9 @@ export const BalanceService: GenService<{
    * how one process answers tens of thousands of checks a second.
    * Every request needs its request_id; a malformed request is answered
    * in-band (reason INVALID_REQUEST) and does not end the stream.
+   * It never holds credit: a request with reserve or reservation_id refuses
+   * the whole message with INVALID_ARGUMENT (requests.reserve); reserve with
+   * Authorize or AuthorizeStream.
    *
    * @generated from rpc tariff.v1.BalanceService.AuthorizeBatches
    */
@@ -475,6 +488,12 @@ export const BalanceService: GenService<{
     output: typeof AuthorizeBatchResultSchema;
   },
   /**
+   * Frees a reservation's hold and answers the credits given back; again, it
+   * answers the same amount and changes nothing. NOT_FOUND when the customer
+   * has no such reservation (also when it is another customer's: the answer
+   * does not reveal it), FAILED_PRECONDITION when it was already settled by
+   * an event or expired.
+   *
    * @generated from rpc tariff.v1.BalanceService.ReleaseReservation
    */
   releaseReservation: {

@@ -232,6 +232,12 @@ export const PriceOverrideSchema: GenMessage<PriceOverride> = /*@__PURE__*/
   messageDesc(file_tariff_v1_contracts, 5);
 
 /**
+ * When a rated event or a hold leaves the customer's available credit below
+ * threshold, one TOP_UP grant of (recharge_to - available) credits is bought
+ * at price_per_credit, at most max_per_period times per billing period. One
+ * policy per customer (set through any of its contracts). threshold must be
+ * below recharge_to, the price not negative, max_per_period at least 1.
+ *
  * @generated from message tariff.v1.TopUpPolicy
  */
 export type TopUpPolicy = Message<"tariff.v1.TopUpPolicy"> & {
@@ -503,7 +509,11 @@ export type Grant = Message<"tariff.v1.Grant"> & {
   expiresAt?: Timestamp | undefined;
 
   /**
-   * Decimal string in [0, 1]: share of the remainder that rolls over.
+   * Decimal string in [0, 1]: share of the remainder that rolls over. Such a
+   * grant lasts until the end of the billing period in which it starts; then
+   * that share (rounded down to 10^-12) moves into a ROLLOVER grant with the
+   * same cost basis, usable until the end of the next period, and the rest is
+   * breakage.
    *
    * @generated from field: string rollover_fraction = 11;
    */
@@ -562,6 +572,8 @@ export type SetTopUpPolicyRequest = Message<"tariff.v1.SetTopUpPolicyRequest"> &
   contractId: string;
 
   /**
+   * Unset: clears the customer's policy.
+   *
    * @generated from field: tariff.v1.TopUpPolicy top_up = 2;
    */
   topUp?: TopUpPolicy | undefined;

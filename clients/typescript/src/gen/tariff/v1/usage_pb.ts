@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tariff/v1/usage.proto.
  */
 export const file_tariff_v1_usage: GenFile = /*@__PURE__*/
-  fileDesc("ChV0YXJpZmYvdjEvdXNhZ2UucHJvdG8SCXRhcmlmZi52MSLLAgoKVXNhZ2VFdmVudBIWCg50cmFuc2FjdGlvbl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRISCgpldmVudF90eXBlGAMgASgJEhQKDHRpbWVzdGFtcF9tcxgEIAEoAxI5CgpkaW1lbnNpb25zGAUgAygLMiUudGFyaWZmLnYxLlVzYWdlRXZlbnQuRGltZW5zaW9uc0VudHJ5EjEKBnZhbHVlcxgGIAMoCzIhLnRhcmlmZi52MS5Vc2FnZUV2ZW50LlZhbHVlc0VudHJ5EhYKDnJlc2VydmF0aW9uX2lkGAcgASgJGjEKD0RpbWVuc2lvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi0KC1ZhbHVlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEiRQoKVXNhZ2VCYXRjaBIQCghiYXRjaF9pZBgBIAEoCRIlCgZldmVudHMYAiADKAsyFS50YXJpZmYudjEuVXNhZ2VFdmVudCJxCg5FdmVudFJlamVjdGlvbhINCgVpbmRleBgBIAEoDRIWCg50cmFuc2FjdGlvbl9pZBgCIAEoCRInCgZyZWFzb24YAyABKA4yFy50YXJpZmYudjEuUmVqZWN0UmVhc29uEg8KB21lc3NhZ2UYBCABKAkihQEKCUluZ2VzdEFjaxIQCghiYXRjaF9pZBgBIAEoCRIQCghhY2NlcHRlZBgCIAEoDRISCgpkdXBsaWNhdGVzGAMgASgNEisKCHJlamVjdGVkGAQgAygLMhkudGFyaWZmLnYxLkV2ZW50UmVqZWN0aW9uEhMKC2pvdXJuYWxfc2VxGAUgASgEKs0BCgxSZWplY3RSZWFzb24SHQoZUkVKRUNUX1JFQVNPTl9VTlNQRUNJRklFRBAAEhEKDUlOVkFMSURfRVZFTlQQARIUChBVTktOT1dOX0NVU1RPTUVSEAISFgoSTk9fQUNUSVZFX0NPTlRSQUNUEAMSGgoWVElNRVNUQU1QX09VVF9PRl9SQU5HRRAEEhEKDVBFUklPRF9DTE9TRUQQBRIWChJEVVBMSUNBVEVfQ09ORkxJQ1QQBhIWChJOT19BUFBMSUNBQkxFX1JBVEUQBzKPAQoMVXNhZ2VTZXJ2aWNlEj4KC0luZ2VzdFVzYWdlEhUudGFyaWZmLnYxLlVzYWdlQmF0Y2gaFC50YXJpZmYudjEuSW5nZXN0QWNrKAEwARI/ChBJbmdlc3RVc2FnZUJhdGNoEhUudGFyaWZmLnYxLlVzYWdlQmF0Y2gaFC50YXJpZmYudjEuSW5nZXN0QWNrQkUKDWRldi50YXJpZmYudjFQAVoyZ2l0aHViLmNvbS90YXJpZmYvdGFyaWZmL2dlbi9nby90YXJpZmYvdjE7dGFyaWZmdjFiBnByb3RvMw");
+  fileDesc("ChV0YXJpZmYvdjEvdXNhZ2UucHJvdG8SCXRhcmlmZi52MSLLAgoKVXNhZ2VFdmVudBIWCg50cmFuc2FjdGlvbl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRISCgpldmVudF90eXBlGAMgASgJEhQKDHRpbWVzdGFtcF9tcxgEIAEoAxI5CgpkaW1lbnNpb25zGAUgAygLMiUudGFyaWZmLnYxLlVzYWdlRXZlbnQuRGltZW5zaW9uc0VudHJ5EjEKBnZhbHVlcxgGIAMoCzIhLnRhcmlmZi52MS5Vc2FnZUV2ZW50LlZhbHVlc0VudHJ5EhYKDnJlc2VydmF0aW9uX2lkGAcgASgJGjEKD0RpbWVuc2lvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi0KC1ZhbHVlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEiRQoKVXNhZ2VCYXRjaBIQCghiYXRjaF9pZBgBIAEoCRIlCgZldmVudHMYAiADKAsyFS50YXJpZmYudjEuVXNhZ2VFdmVudCJxCg5FdmVudFJlamVjdGlvbhINCgVpbmRleBgBIAEoDRIWCg50cmFuc2FjdGlvbl9pZBgCIAEoCRInCgZyZWFzb24YAyABKA4yFy50YXJpZmYudjEuUmVqZWN0UmVhc29uEg8KB21lc3NhZ2UYBCABKAkirgEKCUluZ2VzdEFjaxIQCghiYXRjaF9pZBgBIAEoCRIQCghhY2NlcHRlZBgCIAEoDRISCgpkdXBsaWNhdGVzGAMgASgNEisKCHJlamVjdGVkGAQgAygLMhkudGFyaWZmLnYxLkV2ZW50UmVqZWN0aW9uEhMKC2pvdXJuYWxfc2VxGAUgASgEEicKB25vdGljZXMYBiADKAsyFi50YXJpZmYudjEuRXZlbnROb3RpY2UihgEKC0V2ZW50Tm90aWNlEg0KBWluZGV4GAEgASgNEhYKDnRyYW5zYWN0aW9uX2lkGAIgASgJEhYKDnJlc2VydmF0aW9uX2lkGAMgASgJEicKBnJlYXNvbhgEIAEoDjIXLnRhcmlmZi52MS5Ob3RpY2VSZWFzb24SDwoHbWVzc2FnZRgFIAEoCSrNAQoMUmVqZWN0UmVhc29uEh0KGVJFSkVDVF9SRUFTT05fVU5TUEVDSUZJRUQQABIRCg1JTlZBTElEX0VWRU5UEAESFAoQVU5LTk9XTl9DVVNUT01FUhACEhYKEk5PX0FDVElWRV9DT05UUkFDVBADEhoKFlRJTUVTVEFNUF9PVVRfT0ZfUkFOR0UQBBIRCg1QRVJJT0RfQ0xPU0VEEAUSFgoSRFVQTElDQVRFX0NPTkZMSUNUEAYSFgoSTk9fQVBQTElDQUJMRV9SQVRFEAcqmgEKDE5vdGljZVJlYXNvbhIdChlOT1RJQ0VfUkVBU09OX1VOU1BFQ0lGSUVEEAASFwoTUkVTRVJWQVRJT05fVU5LTk9XThABEh8KG1JFU0VSVkFUSU9OX0FMUkVBRFlfU0VUVExFRBACEhgKFFJFU0VSVkFUSU9OX1JFTEVBU0VEEAMSFwoTUkVTRVJWQVRJT05fRVhQSVJFRBAEMo8BCgxVc2FnZVNlcnZpY2USPgoLSW5nZXN0VXNhZ2USFS50YXJpZmYudjEuVXNhZ2VCYXRjaBoULnRhcmlmZi52MS5Jbmdlc3RBY2soATABEj8KEEluZ2VzdFVzYWdlQmF0Y2gSFS50YXJpZmYudjEuVXNhZ2VCYXRjaBoULnRhcmlmZi52MS5Jbmdlc3RBY2tCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z");
 
 /**
  * One thing a customer did that may be billed.
@@ -187,6 +187,16 @@ export type IngestAck = Message<"tariff.v1.IngestAck"> & {
    * @generated from field: uint64 journal_seq = 5;
    */
   journalSeq: bigint;
+
+  /**
+   * Accepted events the batch rated with something to say: an event naming a
+   * reservation_id that is not an open reservation of its customer is still
+   * rated (and charged) like any event, and listed here. Empty for events
+   * without a reservation_id and for events that settled their reservation.
+   *
+   * @generated from field: repeated tariff.v1.EventNotice notices = 6;
+   */
+  notices: EventNotice[];
 };
 
 /**
@@ -195,6 +205,47 @@ export type IngestAck = Message<"tariff.v1.IngestAck"> & {
  */
 export const IngestAckSchema: GenMessage<IngestAck> = /*@__PURE__*/
   messageDesc(file_tariff_v1_usage, 3);
+
+/**
+ * @generated from message tariff.v1.EventNotice
+ */
+export type EventNotice = Message<"tariff.v1.EventNotice"> & {
+  /**
+   * Position of the event in its batch (0-based).
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * @generated from field: string transaction_id = 2;
+   */
+  transactionId: string;
+
+  /**
+   * @generated from field: string reservation_id = 3;
+   */
+  reservationId: string;
+
+  /**
+   * @generated from field: tariff.v1.NoticeReason reason = 4;
+   */
+  reason: NoticeReason;
+
+  /**
+   * What happened, for a person.
+   *
+   * @generated from field: string message = 5;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message tariff.v1.EventNotice.
+ * Use `create(EventNoticeSchema)` to create a new message.
+ */
+export const EventNoticeSchema: GenMessage<EventNotice> = /*@__PURE__*/
+  messageDesc(file_tariff_v1_usage, 4);
 
 /**
  * @generated from enum tariff.v1.RejectReason
@@ -260,6 +311,51 @@ export enum RejectReason {
  */
 export const RejectReasonSchema: GenEnum<RejectReason> = /*@__PURE__*/
   enumDesc(file_tariff_v1_usage, 0);
+
+/**
+ * @generated from enum tariff.v1.NoticeReason
+ */
+export enum NoticeReason {
+  /**
+   * @generated from enum value: NOTICE_REASON_UNSPECIFIED = 0;
+   */
+  NOTICE_REASON_UNSPECIFIED = 0,
+
+  /**
+   * The customer has no reservation with this id (never made, another
+   * customer's, or forgotten after the dedupe window).
+   *
+   * @generated from enum value: RESERVATION_UNKNOWN = 1;
+   */
+  RESERVATION_UNKNOWN = 1,
+
+  /**
+   * An earlier event already settled it.
+   *
+   * @generated from enum value: RESERVATION_ALREADY_SETTLED = 2;
+   */
+  RESERVATION_ALREADY_SETTLED = 2,
+
+  /**
+   * ReleaseReservation freed it before this event arrived.
+   *
+   * @generated from enum value: RESERVATION_RELEASED = 3;
+   */
+  RESERVATION_RELEASED = 3,
+
+  /**
+   * Its TTL ran out before this event arrived.
+   *
+   * @generated from enum value: RESERVATION_EXPIRED = 4;
+   */
+  RESERVATION_EXPIRED = 4,
+}
+
+/**
+ * Describes the enum tariff.v1.NoticeReason.
+ */
+export const NoticeReasonSchema: GenEnum<NoticeReason> = /*@__PURE__*/
+  enumDesc(file_tariff_v1_usage, 1);
 
 /**
  * @generated from service tariff.v1.UsageService

@@ -1,0 +1,221 @@
+"""Reservations, top-up policies and the clock: the commands the rating kernel applies to account state.
+
+The kernel holds reservations, top-up purchases and breakage (engine/kernel/src/credits.rs); this module
+validates each command, calls the kernel, and shapes the answer. Every command here goes through the writer and
+the journal like any admin command, and replay applies it again to the same state with the same result: time
+comes in on the command (`at_ms`), never from a clock. A command that changes nothing (a denied or repeated
+reservation, a repeated release, an unchanged policy, a clock with nothing due) raises Repeated, so it takes no
+journal record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from engine import commands as cmd
+from engine._kernel import ReservationConflict, ReservationEnded, ReservationNotFound
+from engine.contracts import Contract
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Repeated
+from engine.ledger import Grant, GrantKind
+from engine.money import DECIMAL_CONTEXT, parse_decimal, picos_to_decimal
+
+if TYPE_CHECKING:
+    from engine.billing import Billing
+
+PICOS_PLACES = 12
+PRICE_PLACES = 18
+# The kernel multiplies credits (picos) by a price (10^-18) in 128 bits: recharge_to x price_per_credit must fit.
+COST_E30_MAX = 2**127 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Authorize(reserve=true)'s answer. `held`: credits held now under the id (0 when denied, or when an earlier
+    identical request's reservation has already ended)."""
+
+    reservation_id: str
+    allowed: bool
+    reason: str
+    message: str
+    cost: int
+    available: int
+    held: int
+    repeated: bool
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    reservation_id: str
+    released: int  # picos given back to grants
+
+
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    """A customer's top-up policy: amounts in picos of the pricing unit, the price in the contract's currency."""
+
+    threshold: int
+    recharge_to: int
+    price_per_credit: Decimal
+    max_per_period: int
+
+
+@dataclass(frozen=True, slots=True)
+class Advanced:
+    reservations_expired: int
+    breakage_entries: int
+
+
+def apply(billing: Billing, command: cmd.KernelCommand, seq: int) -> object:
+    """Applies a kernel command as record `seq`; raises EngineError or Repeated, having changed nothing."""
+    billing.refresh_tables()
+    match command:
+        case cmd.Reserve():
+            result: object = _reserve(billing, command)
+        case cmd.ReleaseReservation():
+            result = _release(billing, command)
+        case cmd.SetTopUpPolicy():
+            result = _set_top_up(billing, command)
+            billing.engine._audit(command, seq, result)  # a policy change is an admin change: audited
+        case cmd.AdvanceClock():
+            result = _advance(billing, command)
+    billing.engine.state.last_seq = seq
+    return result
+
+
+def _reserve(billing: Billing, command: cmd.Reserve) -> Reservation:
+    billing.engine.customer(command.customer_id)  # NotFound
+    if not command.reservation_id:
+        raise InvalidArgument.field("reservation_id", "is required")
+    if command.ttl_ms <= 0:
+        raise InvalidArgument.field("reservation_ttl", "must be positive")
+    try:
+        allowed, reason, message, cost, available, held, repeated, expires_at_ms = billing.kernel.reserve(
+            command.customer_id,
+            command.reservation_id,
+            command.event_type,
+            list(command.dimensions.items()),
+            list(command.values.items()),
+            command.at_ms,
+            command.ttl_ms,
+        )
+    except ReservationConflict as exc:
+        raise AlreadyExists(f"{exc.args[0]}; nothing was held") from None
+    result = Reservation(
+        command.reservation_id, allowed, reason, message, cost, available, held, repeated, expires_at_ms
+    )
+    if repeated or not allowed:
+        raise Repeated(result)  # nothing held, nothing journaled
+    return result
+
+
+def _release(billing: Billing, command: cmd.ReleaseReservation) -> Released:
+    if not command.customer_id:
+        raise InvalidArgument.field("customer_id", "is required")
+    if not command.reservation_id:
+        raise InvalidArgument.field("reservation_id", "is required")
+    try:
+        released, repeated = billing.kernel.release(command.customer_id, command.reservation_id, command.at_ms)
+    except ReservationNotFound as exc:
+        raise NotFound(str(exc.args[0])) from None
+    except ReservationEnded as exc:
+        raise FailedPrecondition(str(exc.args[0])) from None
+    result = Released(command.reservation_id, released)
+    if repeated:
+        raise Repeated(result)
+    return result
+
+
+def exact_picos(text: str, field: str) -> int:
+    """A non-negative decimal text as picos, refused (naming `field`) when 12 places cannot hold it exactly."""
+    value = parse_decimal(text, field)
+    picos = value.scaleb(PICOS_PLACES, context=DECIMAL_CONTEXT)
+    if picos != picos.to_integral_value():
+        raise InvalidArgument.field(field, f"{text!r} has more than {PICOS_PLACES} decimal places")
+    return int(picos)
+
+
+def parse_top_up(command: cmd.SetTopUpPolicy) -> TopUp:
+    """The policy, or INVALID_ARGUMENT naming the first bad field."""
+    threshold = exact_picos(command.threshold, "top_up.threshold")
+    recharge_to = exact_picos(command.recharge_to, "top_up.recharge_to")
+    price = parse_decimal(command.price_per_credit, "top_up.price_per_credit")  # refuses a negative price
+    if threshold >= recharge_to:
+        raise InvalidArgument.field(
+            "top_up.threshold", f"must be below recharge_to ({command.threshold} is not below {command.recharge_to})"
+        )
+    if command.max_per_period <= 0:
+        raise InvalidArgument.field("top_up.max_per_period", "must be at least 1")
+    if recharge_to * int(price.scaleb(PRICE_PLACES, context=DECIMAL_CONTEXT)) > COST_E30_MAX:
+        raise InvalidArgument.field("top_up.recharge_to", "recharge_to x price_per_credit is out of range")
+    return TopUp(threshold, recharge_to, price, command.max_per_period)
+
+
+def _set_top_up(billing: Billing, command: cmd.SetTopUpPolicy) -> Contract:
+    contract = billing.engine.contract(command.contract_id)  # NotFound
+    clearing = not command.threshold and not command.recharge_to and command.max_per_period == 0
+    policy = None
+    if not clearing:
+        top_up = parse_top_up(command)
+        price_e18 = int(top_up.price_per_credit.scaleb(PRICE_PLACES, context=DECIMAL_CONTEXT))
+        policy = (top_up.threshold, top_up.recharge_to, price_e18, top_up.max_per_period)
+    if billing.kernel.top_up_policy(contract.customer_id) == policy:
+        raise Repeated(contract)
+    known = billing.kernel.set_top_up(contract.customer_id, policy)
+    assert known, f"customer {contract.customer_id!r} has a contract, so the kernel knows it"
+    return contract
+
+
+def _advance(billing: Billing, command: cmd.AdvanceClock) -> Advanced:
+    now_ms, due_ms = billing.kernel.clock()
+    if due_ms is None or command.at_ms < due_ms or command.at_ms <= now_ms:
+        raise Repeated(Advanced(0, 0))
+    expired, broken = billing.kernel.advance_clock(command.at_ms)
+    return Advanced(expired, broken)
+
+
+def top_up_policy(billing: Billing, customer_id: str) -> TopUp | None:
+    policy = billing.kernel.top_up_policy(customer_id)
+    if policy is None:
+        return None
+    threshold, recharge_to, price_e18, max_per_period = policy
+    return TopUp(threshold, recharge_to, Decimal(f"{price_e18}E-{PRICE_PLACES}"), max_per_period)
+
+
+def made_grants(billing: Billing, customer_id: str, contract_id: str) -> dict[str, Grant]:
+    """The grants the kernel made for the customer, as the control plane's records would show them: TOP_UP with
+    paid_amount = credits x price_per_credit, exactly; ROLLOVER with the cost basis of the grant it rolled from
+    (paid_amount = credits x its paid_amount / its amount, to 60 significant digits)."""
+    origins = {g.id: g for g in billing.engine.state.accounts[customer_id].grants}
+    grants: dict[str, Grant] = {}
+    for row in billing.kernel.made_grants(customer_id):
+        grant_id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30, rolled_from, made_at_ms = row
+        applicable: tuple[str, ...] = ()
+        if kind == "TOP_UP":
+            paid = Decimal(f"{cost_e30}E-30")
+        else:
+            origin = origins.get(rolled_from) or grants[rolled_from]
+            paid = DECIMAL_CONTEXT.divide(DECIMAL_CONTEXT.multiply(origin.paid_amount, amount), origin.amount)
+            applicable = origin.applicable_product_ids
+        grants[grant_id] = Grant(
+            id=grant_id,
+            customer_id=customer_id,
+            contract_id=contract_id,
+            kind=GrantKind(kind),
+            amount=amount,
+            paid_amount=paid,
+            priority=priority,
+            applicable_product_ids=applicable,
+            starts_at_ms=starts_at_ms,
+            expires_at_ms=expires_at_ms,
+            rollover_fraction=Decimal(0),
+            created_at_ms=made_at_ms,
+            creation_order=-1,
+        )
+    return grants
+
+
+def format_credits(picos: int) -> str:
+    return str(picos_to_decimal(picos))

@@ -1,0 +1,771 @@
+//! Credits that behave like money: reservations, automatic top-ups, expiry with breakage.
+//!
+//! A reservation holds credit by carving it out of grants in burn order (the grants' `remaining`
+//! falls, the reservation remembers what it took from which grant), so a hold can never be spent
+//! twice and, with BLOCK, holds together never exceed the credit there was. An event naming the
+//! reservation gives the hold back before its own charge draws (so it is charged what it costs,
+//! more or less than held); `release` and expiry give it back too. A top-up is decided inside the
+//! step whose draw or hold took available credit below the policy's threshold, so replaying the
+//! journal repeats it exactly; its grant id comes from the period and the purchase count. Time only
+//! comes in with commands: `advance_clock` expires reservations and turns what expired grants still
+//! hold into breakage, and nothing here reads a clock.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::ack::AckBuilder;
+use crate::decode::{check_event, py_repr, wire};
+use crate::draw::{burn_order, Grant, Outcomes};
+use crate::kernel::{Account, Decision, Kernel};
+use crate::money::Picos;
+use crate::route::period_containing;
+use crate::tables::GrantTable;
+
+/// `EventNotice.reason` values (tariff.v1.NoticeReason).
+pub const NOTICE_UNKNOWN: i32 = 1;
+pub const NOTICE_ALREADY_SETTLED: i32 = 2;
+pub const NOTICE_RELEASED: i32 = 3;
+pub const NOTICE_EXPIRED: i32 = 4;
+
+/// Notices kept for `drain_notices` when nobody drains them; later ones are counted, not kept.
+pub const NOTICES_MAX: usize = 100_000;
+
+/// Top-up grants burn after every other grant (GrantBalance.priority is an int32).
+pub const TOP_UP_PRIORITY: i64 = i32::MAX as i64;
+/// Creation order of grants the kernel makes: after every grant the control plane made.
+const MADE_CREATION_ORDER_BASE: i64 = 1 << 48;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// Of what was asked (event type, dimensions, values, ttl): a retry must ask the same.
+    pub digest: u64,
+    /// The estimated cost when it was made.
+    pub amount: Picos,
+    /// Credits taken from each grant (grant index, picos).
+    pub held: Vec<(u32, Picos)>,
+    pub made_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+impl Reservation {
+    pub fn held_total(&self) -> Picos {
+        self.held.iter().map(|(_, c)| c).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ending {
+    Settled,
+    Released,
+    Expired,
+}
+
+impl Ending {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ending::Settled => "settled",
+            Ending::Released => "released",
+            Ending::Expired => "expired",
+        }
+    }
+    fn notice(self) -> i32 {
+        match self {
+            Ending::Settled => NOTICE_ALREADY_SETTLED,
+            Ending::Released => NOTICE_RELEASED,
+            Ending::Expired => NOTICE_EXPIRED,
+        }
+    }
+}
+
+/// A reservation no longer open, kept for a dedupe window so that retries and late events are told.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub ending: Ending,
+    pub digest: u64,
+    pub amount: Picos,
+    /// What its end gave back to grants.
+    pub released: Picos,
+    pub at_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpPolicy {
+    pub threshold: Picos,
+    pub recharge_to: Picos,
+    /// Currency per credit, at 10^-18.
+    pub price_per_credit_e18: i128,
+    pub max_per_period: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purchase {
+    pub period_start_ms: i64,
+    pub grant_id: Box<str>,
+    pub credits: Picos,
+    pub price_per_credit_e18: i128,
+    /// credits x price, exactly: currency at 10^-30.
+    pub cost_e30: i128,
+    pub at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breakage {
+    pub grant_id: Box<str>,
+    /// The billing period in which the grant's last usable instant falls (0: no contract covered it).
+    pub period_start_ms: i64,
+    pub credits: Picos,
+    /// When it was recorded (the AdvanceClock that found the grant expired).
+    pub at_ms: i64,
+}
+
+/// A customer's reservations, top-up policy and purchases, and breakage: boxed in the account and
+/// absent until first used, so a customer who never uses them costs one pointer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountCredits {
+    pub open: BTreeMap<Box<str>, Reservation>,
+    pub ended: BTreeMap<Box<str>, Ended>,
+    pub top_up: Option<TopUpPolicy>,
+    pub purchases: Vec<Purchase>,
+    pub breakage: Vec<Breakage>,
+    /// Rollover fractions (at 10^-18) of grants that have not rolled over yet, by grant id.
+    pub rollover: BTreeMap<Box<str>, i128>,
+    pub rolled: Vec<Rolled>,
+}
+
+/// A rollover at a period's end: `credits` of `from` moved into the ROLLOVER grant `to` (the rest of its
+/// remainder was recorded as breakage).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rolled {
+    pub from: Box<str>,
+    pub to: Box<str>,
+    pub credits: Picos,
+    /// The period end at which it rolled.
+    pub at_period_end_ms: i64,
+    /// The AdvanceClock that did it.
+    pub at_ms: i64,
+}
+
+impl AccountCredits {
+    fn held_on(&self, grant: u32) -> Picos {
+        self.open.values().flat_map(|r| r.held.iter()).filter(|(g, _)| *g == grant).map(|(_, c)| c).sum()
+    }
+    fn broken_of(&self, grant_id: &str) -> Picos {
+        self.breakage.iter().filter(|b| &*b.grant_id == grant_id).map(|b| b.credits).sum()
+    }
+}
+
+/// Held and broken credits per grant index, for balances.
+pub fn grant_extras(account: &Account, grant: u32) -> (Picos, Picos) {
+    match account.credits.as_deref() {
+        Some(c) => (c.held_on(grant), c.broken_of(&account.grants[grant as usize].id)),
+        None => (0, 0),
+    }
+}
+
+/// Something a caller may want to hear about after a step (alerts): a top-up executed or a
+/// reservation expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// "TOP_UP_EXECUTED" or "RESERVATION_EXPIRED".
+    pub kind: &'static str,
+    pub customer_id: String,
+    /// The grant (top-up) or the reservation (expiry).
+    pub id: String,
+    /// Credits bought, or released by the expiry.
+    pub amount: Picos,
+    pub period_start_ms: i64,
+    pub at_ms: i64,
+}
+
+/// The kernel's notion of time and what is due.
+#[derive(Debug)]
+pub struct Clock {
+    /// The latest AdvanceClock's time.
+    pub now_ms: i64,
+    /// The earliest time anything (a reservation's TTL, a grant's expiry) is due; i64::MAX: nothing.
+    pub due_ms: i64,
+    pub notices: Vec<Notice>,
+    pub notices_dropped: u64,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock { now_ms: i64::MIN, due_ms: i64::MAX, notices: Vec::new(), notices_dropped: 0 }
+    }
+}
+
+impl Clock {
+    pub fn note_due(&mut self, at_ms: i64) {
+        self.due_ms = self.due_ms.min(at_ms);
+    }
+    fn notify(&mut self, notice: Notice) {
+        if self.notices.len() < NOTICES_MAX {
+            self.notices.push(notice);
+        } else {
+            self.notices_dropped += 1;
+        }
+    }
+}
+
+/// Why the kernel made a grant.
+pub enum Made<'a> {
+    TopUp(&'a Purchase),
+    Rollover(&'a Rolled),
+}
+
+/// What `Kernel::reserve` did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reserved {
+    pub decision: Decision,
+    /// Credits held by this reservation now.
+    pub held: Picos,
+    /// The id was known with the same request: nothing changed.
+    pub repeated: bool,
+    pub expires_at_ms: i64,
+}
+
+/// Why `release` did not release.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReleaseRefusal {
+    NotFound(String),
+    Ended(String),
+}
+
+/// The digest of what a reservation asks (not its time: a retry comes later).
+pub fn request_digest(event: &wire::UsageEvent, ttl_ms: i64) -> u64 {
+    fn text(bytes: &mut Vec<u8>, s: &str) {
+        bytes.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(s.as_bytes());
+    }
+    let mut bytes = Vec::with_capacity(64);
+    text(&mut bytes, &event.event_type);
+    let mut dimensions: Vec<(&str, &str)> = Vec::new();
+    for d in &event.dimensions {
+        dimensions.retain(|(k, _)| *k != d.key);
+        dimensions.push((&d.key, &d.value));
+    }
+    dimensions.sort_unstable();
+    let mut values: Vec<(&str, u64)> = Vec::new();
+    for v in &event.values {
+        values.retain(|(k, _)| *k != v.key);
+        values.push((&v.key, v.value.to_bits()));
+    }
+    values.sort_unstable();
+    for (k, v) in dimensions {
+        text(&mut bytes, k);
+        text(&mut bytes, v);
+    }
+    for (k, v) in values {
+        text(&mut bytes, k);
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&ttl_ms.to_le_bytes());
+    xxh3_64(&bytes)
+}
+
+/// Gives a reservation's hold back to its grants; returns the credits given back.
+fn give_back(account: &mut Account, held: &[(u32, Picos)]) -> Picos {
+    let mut total = 0;
+    for &(g, credits) in held {
+        account.grants[g as usize].remaining += credits;
+        total += credits;
+    }
+    total
+}
+
+/// Called by ingestion for an event naming `reservation_id`, after it was planned and before its
+/// charges draw: Ok(credits released) when it settled an open reservation, else the notice
+/// (reason, message) its ack carries. The event is rated either way.
+pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i64) -> Result<Picos, (i32, String)> {
+    let credits = account.credits.as_deref_mut();
+    let Some(reservation) = credits.as_ref().and_then(|c| c.open.get(reservation_id)).cloned() else {
+        let ended = credits.and_then(|c| c.ended.get(reservation_id));
+        return Err(match ended {
+            Some(ended) => (
+                ended.ending.notice(),
+                format!(
+                    "reservation {} was already {} at {}: the event was rated, nothing was released",
+                    py_repr(reservation_id),
+                    ended.ending.name(),
+                    ended.at_ms
+                ),
+            ),
+            None => (
+                NOTICE_UNKNOWN,
+                format!(
+                    "the customer has no reservation {}: the event was rated, nothing was released",
+                    py_repr(reservation_id)
+                ),
+            ),
+        });
+    };
+    let released = give_back(account, &reservation.held);
+    let credits = account.credits.as_deref_mut().expect("held a reservation");
+    credits.open.remove(reservation_id);
+    let ended = Ended {
+        ending: Ending::Settled,
+        digest: reservation.digest,
+        amount: reservation.amount,
+        released,
+        at_ms: received_ms,
+    };
+    credits.ended.insert(reservation_id.into(), ended);
+    Ok(released)
+}
+
+/// After an event's charges drew (or a hold was taken): executes the customer's top-up when
+/// available credit is below its threshold and the period's cap allows. `period_start_ms`: the
+/// billing period the purchase counts in. Returns (grant id, credits) when it bought.
+pub fn top_up(
+    account: &mut Account,
+    clock: &mut Clock,
+    customer_id: &str,
+    period_start_ms: i64,
+    at_ms: i64,
+) -> Option<(Box<str>, Picos)> {
+    let policy = account.credits.as_deref()?.top_up?;
+    let available: Picos = account.grants.iter().filter(|g| g.usable_at(at_ms)).map(|g| g.remaining).sum();
+    if available >= policy.threshold {
+        return None;
+    }
+    let credits_state = account.credits.as_deref_mut().expect("has a policy");
+    let bought = credits_state.purchases.iter().filter(|p| p.period_start_ms == period_start_ms).count();
+    if bought >= policy.max_per_period as usize {
+        return None;
+    }
+    let credits = policy.recharge_to - available;
+    let mut id = format!("top-up-{period_start_ms}-{}", bought + 1);
+    while account.grants.iter().any(|g| *g.id == *id) {
+        id.push('+'); // a grant the control plane made already has the id: never merge with it
+    }
+    let id: Box<str> = id.into();
+    let cost_e30 = credits.checked_mul(policy.price_per_credit_e18).expect("checked when the policy was set");
+    let creation_order = MADE_CREATION_ORDER_BASE + credits_state.purchases.len() as i64;
+    credits_state.purchases.push(Purchase {
+        period_start_ms,
+        grant_id: id.clone(),
+        credits,
+        price_per_credit_e18: policy.price_per_credit_e18,
+        cost_e30,
+        at_ms,
+    });
+    account.grants.push(Grant {
+        id: id.clone(),
+        amount: credits,
+        remaining: credits,
+        priority: TOP_UP_PRIORITY,
+        applicable: Vec::new(),
+        starts_at_ms: period_start_ms.min(at_ms),
+        expires_at_ms: None,
+        creation_order,
+    });
+    account.order = burn_order(&account.grants);
+    clock.notify(Notice {
+        kind: "TOP_UP_EXECUTED",
+        customer_id: customer_id.to_owned(),
+        id: id.to_string(),
+        amount: credits,
+        period_start_ms,
+        at_ms,
+    });
+    Some((id, credits))
+}
+
+/// The start of the billing period covering `at_ms` for the account, if a contract covers it.
+fn period_start_at(account: &Account, at_ms: i64) -> Option<i64> {
+    let route = account.route.as_ref()?;
+    let contract = route.contracts.iter().find(|c| c.covers(at_ms))?;
+    Some(period_containing(contract.starting_at_ms, at_ms).0)
+}
+
+/// Ingestion's hook after an event is committed: top-up, and a refund that gave credit back to an
+/// expired grant is due for breakage.
+pub fn after_event(
+    account: &mut Account,
+    clock: &mut Clock,
+    customer_id: &str,
+    period_start_ms: i64,
+    refunded: bool,
+    at_ms: i64,
+    ack: &mut AckBuilder,
+) {
+    if account.credits.as_deref().is_some_and(|c| c.top_up.is_some()) {
+        if let Some((id, credits)) = top_up(account, clock, customer_id, period_start_ms, at_ms) {
+            ack.topped_up(&id, credits);
+        }
+    }
+    if refunded {
+        for grant in &account.grants {
+            if let Some(end) = grant.expires_at_ms.filter(|_| grant.remaining > 0) {
+                clock.note_due(end);
+            }
+        }
+    }
+}
+
+impl Kernel {
+    /// Authorize with a hold: decides as `authorize` at `now_ms` and, when allowed, holds what
+    /// the usage would draw from grants under `reservation_id` until `now_ms + ttl_ms`. The same id
+    /// with the same request answers again without holding more; with another request it is
+    /// refused (Err, nothing changed). A denied request holds nothing and records nothing.
+    pub fn reserve(
+        &mut self,
+        reservation_id: &str,
+        event: &wire::UsageEvent,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Reserved, String> {
+        let digest = request_digest(event, ttl_ms);
+        if let Some(known) = self.known_reservation(reservation_id, event, digest, now_ms)? {
+            return Ok(known);
+        }
+        let mut decision = self.authorize(event, now_ms);
+        let expires_at_ms = now_ms.saturating_add(ttl_ms);
+        if !decision.allowed {
+            return Ok(Reserved { decision, held: 0, repeated: false, expires_at_ms });
+        }
+        let held = self.hold_draws(event, now_ms);
+        let account = self.accounts.get_mut(&event.customer_id).expect("allowed, so the account exists");
+        for &(g, credits) in &held {
+            account.grants[g as usize].remaining -= credits;
+            assert!(account.grants[g as usize].remaining >= 0, "a hold never takes a grant below zero");
+        }
+        let total: Picos = held.iter().map(|(_, c)| c).sum();
+        decision.available -= total;
+        let reservation = Reservation { digest, amount: decision.cost, held, made_at_ms: now_ms, expires_at_ms };
+        account.credits.get_or_insert_with(Box::default).open.insert(reservation_id.into(), reservation);
+        self.clock.note_due(expires_at_ms);
+        if let Some(period_start) = period_start_at(account, now_ms) {
+            top_up(account, &mut self.clock, &event.customer_id, period_start, now_ms);
+        }
+        Ok(Reserved { decision, held: total, repeated: false, expires_at_ms })
+    }
+
+    /// The answer to a reservation id already known to the customer, or None for a new one.
+    fn known_reservation(
+        &self,
+        reservation_id: &str,
+        event: &wire::UsageEvent,
+        digest: u64,
+        now_ms: i64,
+    ) -> Result<Option<Reserved>, String> {
+        let Some(credits) = self.accounts.get(&event.customer_id).and_then(|a| a.credits.as_deref()) else {
+            return Ok(None);
+        };
+        let conflict = || {
+            let id = py_repr(reservation_id);
+            format!("reservation_id {id} is already used by a different request of this customer")
+        };
+        let available = || self.authorize(event, now_ms).available;
+        if let Some(open) = credits.open.get(reservation_id) {
+            if open.digest != digest {
+                return Err(conflict());
+            }
+            let message = "already held: this reservation was made by an earlier identical request".to_string();
+            let decision = Decision { allowed: true, reason: "OK", message, cost: open.amount, available: available() };
+            return Ok(Some(Reserved {
+                decision,
+                held: open.held_total(),
+                repeated: true,
+                expires_at_ms: open.expires_at_ms,
+            }));
+        }
+        let Some(ended) = credits.ended.get(reservation_id) else { return Ok(None) };
+        if ended.digest != digest {
+            return Err(conflict());
+        }
+        let message =
+            format!("this reservation was already {} at {}; nothing is held", ended.ending.name(), ended.at_ms);
+        let decision = Decision { allowed: true, reason: "OK", message, cost: ended.amount, available: available() };
+        Ok(Some(Reserved { decision, held: 0, repeated: true, expires_at_ms: ended.at_ms }))
+    }
+
+    /// What the usage would draw from each grant now (positive draws, netted per grant).
+    fn hold_draws(&self, event: &wire::UsageEvent, now_ms: i64) -> Vec<(u32, Picos)> {
+        let Some(account) = self.accounts.get(&event.customer_id) else { return Vec::new() };
+        let Ok(checked) = check_event(event, now_ms, self.rater.catalog.future_skew_ms) else { return Vec::new() };
+        let mut plans = Vec::new();
+        if self.rater.plan(account, &checked, &mut plans).is_err() {
+            return Vec::new();
+        }
+        let mut outcomes = Outcomes::new();
+        let after = self.rater.settle(account, &plans, now_ms, &mut outcomes);
+        (account.grants.iter().zip(after).enumerate())
+            .filter_map(|(g, (grant, after))| (grant.remaining > after).then_some((g as u32, grant.remaining - after)))
+            .collect()
+    }
+
+    /// Frees an open reservation of the customer: Ok(credits given back). Releasing one already
+    /// released answers what the first release gave back (a retry). One settled or expired is
+    /// `Ended`; one the customer does not have (never made, or another customer's) is `NotFound`,
+    /// worded alike in both cases so that nothing reveals another customer's reservations.
+    pub fn release(
+        &mut self,
+        customer_id: &str,
+        reservation_id: &str,
+        now_ms: i64,
+    ) -> Result<(Picos, bool), ReleaseRefusal> {
+        let not_found = || {
+            let (customer, id) = (py_repr(customer_id), py_repr(reservation_id));
+            ReleaseRefusal::NotFound(format!("customer {customer} has no reservation {id}"))
+        };
+        let account = self.accounts.get_mut(customer_id).ok_or_else(not_found)?;
+        let credits = account.credits.as_deref_mut().ok_or_else(not_found)?;
+        let Some(reservation) = credits.open.remove(reservation_id) else {
+            return match credits.ended.get(reservation_id) {
+                Some(ended) if ended.ending == Ending::Released => Ok((ended.released, true)),
+                Some(ended) => Err(ReleaseRefusal::Ended(format!(
+                    "reservation {} was already {} at {}: nothing is held",
+                    py_repr(reservation_id),
+                    ended.ending.name(),
+                    ended.at_ms
+                ))),
+                None => Err(not_found()),
+            };
+        };
+        let ended = Ended {
+            ending: Ending::Released,
+            digest: reservation.digest,
+            amount: reservation.amount,
+            released: reservation.held_total(),
+            at_ms: now_ms,
+        };
+        credits.ended.insert(reservation_id.into(), ended);
+        let released = give_back(account, &reservation.held);
+        if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
+            self.clock.note_due(now_ms);
+        }
+        Ok((released, false))
+    }
+
+    /// Sets (Some) or clears (None) the customer's top-up policy. False for an unknown customer.
+    /// A policy set while available credit is already below its threshold buys at the next draw.
+    pub fn set_top_up(&mut self, customer_id: &str, policy: Option<TopUpPolicy>) -> bool {
+        let Some(account) = self.accounts.get_mut(customer_id) else { return false };
+        account.credits.get_or_insert_with(Box::default).top_up = policy;
+        true
+    }
+
+    /// The time up to which everything due was done (reservations expired, breakage recorded):
+    /// when something is due by `now_ms`, moves the kernel's clock there (never back) and does it;
+    /// otherwise changes nothing. Returns (reservations expired, breakage
+    /// entries recorded). Entries of ended reservations older than the dedupe window are dropped.
+    pub fn advance_clock(&mut self, now_ms: i64) -> (u32, u32) {
+        if now_ms <= self.clock.now_ms || now_ms < self.clock.due_ms {
+            return (0, 0); // nothing due: nothing changes, not even the clock
+        }
+        self.clock.now_ms = now_ms;
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        // Only the accounts with something due, sorted so that the notices come in the same order on every
+        // replay. Finding them visits every account (no index of due times is kept): a cost per AdvanceClock
+        // that grows with the number of customers.
+        let mut due = i64::MAX;
+        let mut customers: Vec<&String> = Vec::new();
+        for (customer_id, account) in &self.accounts {
+            let at = account_due(account, i64::MIN);
+            if at <= now_ms || account.credits.as_deref().is_some_and(|c| !c.ended.is_empty()) {
+                customers.push(customer_id);
+            } else {
+                due = due.min(at);
+            }
+        }
+        customers.sort_unstable();
+        let customers: Vec<String> = customers.into_iter().cloned().collect();
+        let (mut expired, mut broken) = (0, 0);
+        for customer_id in customers {
+            let account = self.accounts.get_mut(&customer_id).expect("listed");
+            let (e, b, d) = advance_account(account, &mut self.clock, &customer_id, now_ms, window_ms);
+            expired += e;
+            broken += b;
+            due = due.min(d);
+        }
+        self.clock.due_ms = due;
+        (expired, broken)
+    }
+
+    /// Recomputes when something is next due (after a restore).
+    pub fn recompute_due(&mut self) {
+        let due = self.accounts.values().map(|a| account_due(a, i64::MIN)).min().unwrap_or(i64::MAX);
+        self.clock.due_ms = due;
+    }
+
+    /// Takes the notices recorded since the last call.
+    pub fn drain_notices(&mut self) -> (Vec<Notice>, u64) {
+        let dropped = std::mem::take(&mut self.clock.notices_dropped);
+        (std::mem::take(&mut self.clock.notices), dropped)
+    }
+
+    /// Credits held by open reservations per grant, in burn order (as `balance` lists grants).
+    pub fn held_by_grant(&self, customer_id: &str) -> Vec<Picos> {
+        let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
+        account.order.iter().map(|&g| grant_extras(account, g).0).collect()
+    }
+
+    pub fn account_credits(&self, customer_id: &str) -> Option<&AccountCredits> {
+        self.accounts.get(customer_id).and_then(|a| a.credits.as_deref())
+    }
+
+    /// The grants the kernel made for a customer: top-ups with their purchase, rollovers with their origin.
+    pub fn made_grants(&self, customer_id: &str) -> Vec<(&Grant, Made<'_>)> {
+        let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
+        let Some(credits) = account.credits.as_deref() else { return Vec::new() };
+        let find = |id: &str| account.grants.iter().find(|g| *g.id == *id);
+        let top_ups = credits.purchases.iter().filter_map(|p| find(&p.grant_id).map(|g| (g, Made::TopUp(p))));
+        let rollovers = credits.rolled.iter().filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
+        top_ups.chain(rollovers).collect()
+    }
+}
+
+/// The earliest time after `after_ms` something of the account is due.
+fn account_due(account: &Account, after_ms: i64) -> i64 {
+    let grants = account.grants.iter().filter(|g| g.remaining > 0).filter_map(|g| g.expires_at_ms);
+    let holds = account.credits.as_deref().into_iter().flat_map(|c| c.open.values().map(|r| r.expires_at_ms));
+    let rollovers = account.credits.as_deref().into_iter().flat_map(|c| c.rollover.keys()).filter_map(|id| {
+        let grant = account.grants.iter().find(|g| g.id == *id)?;
+        rollover_at(account, grant)
+    });
+    grants.chain(holds).chain(rollovers).filter(|&t| t > after_ms).min().unwrap_or(i64::MAX)
+}
+
+/// Keeps the rollover fractions of the grants the tables name (install): a grant that has rolled over
+/// already, or whose fraction is 0, has none.
+pub fn note_rollovers(account: &mut Account, tables: &[GrantTable], clock: &mut Clock) {
+    for table in tables {
+        let fraction: i128 = table.rollover_fraction_e18.parse().unwrap_or(0);
+        let rolled = account.credits.as_deref().is_some_and(|c| c.rolled.iter().any(|r| *r.from == *table.id));
+        if fraction <= 0 || rolled {
+            continue;
+        }
+        let credits = account.credits.get_or_insert_with(Box::default);
+        credits.rollover.insert(table.id.as_str().into(), fraction.min(ROLLOVER_ONE));
+        if let Some(grant) = account.grants.iter().find(|g| *g.id == *table.id) {
+            if let Some(at) = rollover_at(account, grant) {
+                clock.note_due(at);
+            }
+        }
+    }
+}
+
+const ROLLOVER_ONE: i128 = 1_000_000_000_000_000_000;
+
+/// When a grant with a rollover fraction rolls over: the end of the billing period in which it starts
+/// (None when no contract covers its start, or it expires first and simply breaks).
+fn rollover_at(account: &Account, grant: &Grant) -> Option<i64> {
+    let route = account.route.as_ref()?;
+    let contract = route.contracts.iter().find(|c| c.covers(grant.starts_at_ms))?;
+    let end = period_containing(contract.starting_at_ms, grant.starts_at_ms).1;
+    grant.expires_at_ms.is_none_or(|expiry| expiry > end).then_some(end)
+}
+
+/// Rolls over the grants whose period has ended by `now_ms`: floor(remaining x fraction) into a new
+/// ROLLOVER grant (cost basis of the original, usable from the period end until the end of the next
+/// period, no rollover of its own), the rest breakage. Returns the breakage entries recorded.
+fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
+    let Some(credits) = account.credits.as_deref() else { return 0 };
+    let due: Vec<(Box<str>, i128, i64)> = credits
+        .rollover
+        .iter()
+        .filter_map(|(id, fraction)| {
+            let grant = account.grants.iter().find(|g| g.id == *id)?;
+            let at = rollover_at(account, grant)?;
+            (at <= now_ms).then(|| (id.clone(), *fraction, at))
+        })
+        .collect();
+    let mut broken = 0;
+    for (id, fraction, period_end_ms) in due {
+        let g = account.grants.iter().position(|g| g.id == id).expect("found above");
+        let remaining = account.grants[g].remaining;
+        let rolled = remaining * fraction / ROLLOVER_ONE; // floor: both are non-negative
+        let next_end = period_start_at(account, period_end_ms)
+            .and_then(|_| account.route.as_ref()?.contracts.iter().find(|c| c.covers(period_end_ms)))
+            .map(|c| period_containing(c.starting_at_ms, period_end_ms).1);
+        let to: Box<str> = format!("rollover-{id}-{period_end_ms}").into();
+        let credits = account.credits.as_deref_mut().expect("present");
+        credits.rollover.remove(&id);
+        if remaining <= 0 {
+            continue;
+        }
+        if remaining > rolled {
+            let period_start_ms = period_start_at(account, period_end_ms - 1).unwrap_or(0);
+            let entry = Breakage { grant_id: id.clone(), period_start_ms, credits: remaining - rolled, at_ms: now_ms };
+            account.credits.as_deref_mut().expect("present").breakage.push(entry);
+            broken += 1;
+        }
+        account.grants[g].remaining = 0;
+        if rolled > 0 {
+            let original = &account.grants[g];
+            let grant = Grant {
+                id: to.clone(),
+                amount: rolled,
+                remaining: rolled,
+                priority: original.priority,
+                applicable: original.applicable.clone(),
+                starts_at_ms: period_end_ms,
+                expires_at_ms: next_end,
+                creation_order: MADE_CREATION_ORDER_BASE + (1 << 40) + original.creation_order,
+            };
+            account.grants.push(grant);
+            account.order = burn_order(&account.grants);
+        }
+        let credits = account.credits.as_deref_mut().expect("present");
+        credits.rolled.push(Rolled { from: id, to, credits: rolled, at_period_end_ms: period_end_ms, at_ms: now_ms });
+    }
+    broken
+}
+
+/// One account's share of `advance_clock`: (reservations expired, breakage entries, next due).
+fn advance_account(
+    account: &mut Account,
+    clock: &mut Clock,
+    customer_id: &str,
+    now_ms: i64,
+    window_ms: i64,
+) -> (u32, u32, i64) {
+    let mut expired = 0;
+    if let Some(credits) = account.credits.as_deref_mut() {
+        credits.ended.retain(|_, e| e.at_ms.saturating_add(window_ms) > now_ms);
+        let due: Vec<Box<str>> =
+            credits.open.iter().filter(|(_, r)| r.expires_at_ms <= now_ms).map(|(id, _)| id.clone()).collect();
+        for id in due {
+            let credits = account.credits.as_deref_mut().expect("present");
+            let reservation = credits.open.remove(&id).expect("listed");
+            let released = reservation.held_total();
+            let ended = Ended {
+                ending: Ending::Expired,
+                digest: reservation.digest,
+                amount: reservation.amount,
+                released,
+                at_ms: now_ms,
+            };
+            credits.ended.insert(id.clone(), ended);
+            give_back(account, &reservation.held);
+            clock.notify(Notice {
+                kind: "RESERVATION_EXPIRED",
+                customer_id: customer_id.to_owned(),
+                id: id.to_string(),
+                amount: released,
+                period_start_ms: period_start_at(account, reservation.expires_at_ms).unwrap_or(0),
+                at_ms: now_ms,
+            });
+            expired += 1;
+        }
+    }
+    let mut broken = roll_over(account, now_ms);
+    for g in 0..account.grants.len() {
+        let grant = &account.grants[g];
+        let Some(end) = grant.expires_at_ms else { continue };
+        if end > now_ms || grant.remaining <= 0 {
+            continue;
+        }
+        let credits = grant.remaining;
+        let grant_id = grant.id.clone();
+        let period_start_ms = period_start_at(account, end - 1).unwrap_or(0);
+        account.grants[g].remaining = 0;
+        let entry = Breakage { grant_id, period_start_ms, credits, at_ms: now_ms };
+        account.credits.get_or_insert_with(Box::default).breakage.push(entry);
+        broken += 1;
+    }
+    (expired, broken, account_due(account, now_ms))
+}

@@ -1,0 +1,163 @@
+"""`tariff grants`, `tariff topup set|show`, `tariff reserve` and `tariff release`: a customer's credit grants,
+its automatic top-up, and holding credit as a gateway does (ContractService, BalanceService)."""
+
+from __future__ import annotations
+
+import click
+
+from server.admin.output import parse_numbers, parse_pairs, print_fields, print_json, print_table, when
+from server.admin.remote import Remote, remote_command
+
+
+@click.command()
+@click.argument("customer_id")
+@remote_command
+def grants(remote: Remote, customer_id: str) -> None:
+    """A customer's grants in burn order (top-ups the server bought included): kind, amount, drawn, remaining,
+    held by reservations, expired (breakage), revenue recognised."""
+    from tariff.v1 import contracts_pb2
+
+    with remote.client() as client:
+        found = client.get_balance(customer_id)
+    if remote.as_json:
+        print_json({"grants": list(found.grants)})
+        return
+    rows = [
+        (
+            g.grant_id,
+            contracts_pb2.GrantKind.Name(g.kind),
+            g.amount,
+            g.drawn,
+            g.remaining,
+            g.held,
+            g.expired,
+            g.recognized_revenue,
+            when(g.starts_at),
+            when(g.expires_at, g.HasField("expires_at")),
+        )
+        for g in found.grants
+    ]
+    columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "revenue", "starts", "expires")
+    print_table(columns, rows, title=f"grants of {customer_id} ({found.pricing_unit})")
+
+
+@click.group()
+def topup() -> None:
+    """A contract's automatic top-up: when available credit falls below the threshold, one TOP_UP grant
+    recharges it to recharge_to at price_per_credit, at most max_per_period times a billing period."""
+
+
+@topup.command("set")
+@click.argument("contract_id")
+@click.option("--threshold", required=True, help="decimal credits: top up when available credit falls below it")
+@click.option("--recharge-to", required=True, help="decimal credits: what a top-up brings available credit to")
+@click.option("--price-per-credit", required=True, help="decimal, in the contract's currency")
+@click.option("--max-per-period", required=True, type=click.IntRange(min=0), help="top-ups per billing period")
+@remote_command
+def topup_set(
+    remote: Remote, contract_id: str, threshold: str, recharge_to: str, price_per_credit: str, max_per_period: int
+) -> None:
+    """Sets the top-up policy of CONTRACT_ID's customer."""
+    from tariff.v1 import contracts_pb2
+
+    policy = contracts_pb2.TopUpPolicy(
+        threshold=threshold, recharge_to=recharge_to, price_per_credit=price_per_credit, max_per_period=max_per_period
+    )
+    request = contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy)
+    with remote.client() as client:
+        contract = client.contracts.SetTopUpPolicy(request, timeout=client.default_timeout_s)
+    _print_policy(remote, contract)
+
+
+@topup.command("show")
+@click.argument("contract_id")
+@remote_command
+def topup_show(remote: Remote, contract_id: str) -> None:
+    """The top-up policy of CONTRACT_ID's customer (empty when none is set)."""
+    from tariff.v1 import contracts_pb2
+
+    with remote.client() as client:
+        contract = client.contracts.GetContract(
+            contracts_pb2.GetContractRequest(id=contract_id), timeout=client.default_timeout_s
+        )
+    _print_policy(remote, contract)
+
+
+def _print_policy(remote: Remote, contract: object) -> None:
+    from tariff.v1 import contracts_pb2
+
+    assert isinstance(contract, contracts_pb2.Contract)
+    if remote.as_json:
+        print_json(contract.top_up)
+        return
+    policy = contract.top_up
+    print_fields(
+        [
+            ("contract", contract.id),
+            ("threshold", policy.threshold),
+            ("recharge to", policy.recharge_to),
+            ("price per credit", policy.price_per_credit),
+            ("max per period", policy.max_per_period),
+        ]
+    )
+
+
+@click.command()
+@click.argument("customer_id")
+@click.argument("event_type")
+@click.argument("dimensions", nargs=-1, metavar="[DIMENSION=VALUE]...")
+@click.option("--value", "values", multiple=True, metavar="NAME=NUMBER", help="a measured quantity (repeatable)")
+@click.option("--id", "reservation_id", default="", help="the reservation id (a retry with it holds once)")
+@click.option("--ttl-s", type=float, default=None, help="seconds the hold lasts unless settled  [default: 60]")
+@remote_command
+def reserve(
+    remote: Remote,
+    customer_id: str,
+    event_type: str,
+    dimensions: tuple[str, ...],
+    values: tuple[str, ...],
+    reservation_id: str,
+    ttl_s: float | None,
+) -> None:
+    """Authorize with a hold: when allowed, the estimated cost is held until an event carrying the reservation
+    id settles it, `tariff release` frees it, or its TTL runs out. A denial is an answer: exit status 0."""
+    with remote.client() as client:
+        decision = client.authorize(
+            customer_id,
+            event_type,
+            parse_pairs(dimensions, "DIMENSION=VALUE"),
+            parse_numbers(values, "--value"),
+            reserve=True,
+            reservation_ttl_s=ttl_s,
+            reservation_id=reservation_id,
+        )
+    if remote.as_json:
+        print_json(decision)
+        return
+    print_fields(
+        [
+            ("allowed", "yes" if decision.allowed else "no"),
+            ("reason", decision.reason),
+            ("reservation", decision.reservation_id),
+            ("estimated cost", decision.estimated_cost),
+            ("credits available", decision.credits_available),
+            ("message", decision.message),
+        ]
+    )
+
+
+@click.command()
+@click.argument("customer_id")
+@click.argument("reservation_id")
+@remote_command
+def release(remote: Remote, customer_id: str, reservation_id: str) -> None:
+    """Frees a customer's reservation: its held credit becomes available again."""
+    from tariff.v1 import balance_pb2
+
+    request = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
+    with remote.client() as client:
+        released = client.balance.ReleaseReservation(request, timeout=client.default_timeout_s)
+    if remote.as_json:
+        print_json(released)
+        return
+    print_fields([("reservation", reservation_id), ("released", released.released_amount)])

@@ -1,0 +1,47 @@
+"""The clock driver: turns the passing of time into journaled AdvanceClock commands.
+
+The kernel never reads a clock (replay must not): reservations expire and expired grants' remainders become
+breakage only when an AdvanceClock command says the time has come. This task looks at when the kernel next has
+something due (`Kernel.clock()`), and when the server's clock has reached it, submits AdvanceClock(now) through
+the writer, so the change is journaled like any other; with nothing due it submits nothing. After a restart the
+first look happens at once, so a hold whose TTL ran out while the server was down expires as soon as it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from engine import commands as cmd
+from engine.billing import Billing
+from server.errors import Unavailable
+from server.sequencer import Sequencer
+
+log = logging.getLogger("tariff.clock")
+
+# How often the driver looks when nothing is due sooner (a new hold or grant can make something due sooner).
+CLOCK_LOOK_EVERY_S = 0.05
+CLOCK_ACTOR = "clock"
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def drive_clock(
+    billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms, every_s: float = CLOCK_LOOK_EVERY_S
+) -> None:
+    """Runs until cancelled or the writer stops."""
+    while sequencer.failure is None:
+        _, due_ms = billing.kernel.clock()
+        now_ms = clock_ms()
+        if due_ms is not None and now_ms >= due_ms:
+            try:
+                await sequencer.run(cmd.AdvanceClock(now_ms, CLOCK_ACTOR))
+            except Unavailable:
+                return  # shutting down
+            except Exception:
+                log.exception("AdvanceClock failed; retrying")
+        await asyncio.sleep(every_s)

@@ -1,0 +1,106 @@
+"""A billing machine (engine.billing.Billing) over a World's control plane that records what it journals, so a
+test can drive reservations, top-ups and the clock as the server's writer would, then replay the record."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tariff.v1 import usage_pb2
+
+from engine import commands as cmd
+from engine import credits
+from engine.billing import Billing
+from engine.errors import Repeated
+from tests.engine_fixtures import ACTOR, World
+
+Record = cmd.AdminCommand | tuple[bytes, int, bytes]
+
+
+@dataclass
+class Ledger:
+    world: World
+    billing: Billing = field(init=False)
+    # What the writer would journal after the world's own commands: kernel commands and usage batches.
+    records: list[Record] = field(default_factory=list)
+    batches: int = 0
+
+    def __post_init__(self) -> None:
+        self.billing = Billing(self.world.engine)
+
+    def run(self, command: cmd.AdminCommand) -> object:
+        """Applies a command as the writer does: a Repeated answer takes no record."""
+        try:
+            result = self.billing.apply(command, self.billing.last_seq + 1)
+        except Repeated as repeat:
+            return repeat.result
+        self.records.append(command)
+        return result
+
+    def reserve(
+        self,
+        reservation_id: str,
+        tokens: float,
+        at_ms: int,
+        *,
+        ttl_ms: int = 60_000,
+        customer_id: str = "acme",
+        dimensions: Mapping[str, str] | None = None,
+    ) -> credits.Reservation:
+        command = cmd.Reserve(
+            at_ms, ACTOR, customer_id, reservation_id, "ai", dict(dimensions or {}), {"tokens": tokens}, ttl_ms
+        )
+        result = self.run(command)
+        assert isinstance(result, credits.Reservation)
+        return result
+
+    def release(self, reservation_id: str, at_ms: int, customer_id: str = "acme") -> int:
+        result = self.run(cmd.ReleaseReservation(at_ms, ACTOR, customer_id, reservation_id))
+        assert isinstance(result, credits.Released)
+        return result.released
+
+    def advance(self, at_ms: int) -> credits.Advanced:
+        result = self.run(cmd.AdvanceClock(at_ms, "clock"))
+        assert isinstance(result, credits.Advanced)
+        return result
+
+    def ingest(self, events: Sequence[usage_pb2.UsageEvent], received_ms: int) -> usage_pb2.IngestAck:
+        self.batches += 1
+        data = usage_pb2.UsageBatch(batch_id=f"b{self.batches}", events=list(events)).SerializeToString()
+        done = self.billing.ingest(data, received_ms)
+        if done.accepted:
+            self.records.append((data, received_ms, done.digest))
+        return usage_pb2.IngestAck.FromString(done.ack)
+
+    def replayed(self) -> Billing:
+        """A fresh machine fed the world's commands and then every record, asserting each batch's digest."""
+        fresh = Billing()
+        for command in self.world.journal:
+            fresh.apply(command, fresh.last_seq + 1)
+        for record in self.records:
+            if isinstance(record, tuple):
+                data, received_ms, digest = record
+                fresh.replay(fresh.last_seq + 1, data, received_ms, digest)
+            else:
+                fresh.apply(record, fresh.last_seq + 1)
+        return fresh
+
+
+def event(
+    transaction_id: str,
+    ts_ms: int,
+    tokens: float,
+    *,
+    reservation_id: str = "",
+    customer_id: str = "acme",
+    dimensions: Mapping[str, str] | None = None,
+) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        event_type="ai",
+        timestamp_ms=ts_ms,
+        dimensions=dict(dimensions or {}),
+        values={"tokens": tokens},
+        reservation_id=reservation_id,
+    )

@@ -1,0 +1,304 @@
+"""Reservations, top-ups, expiry and breakage in the rating kernel, driven as the server's writer drives them
+(engine.billing.Billing over a World's control plane), each scenario replayed from its record at the end."""
+
+from __future__ import annotations
+
+import pytest
+from tariff.v1 import usage_pb2
+
+from engine import commands as cmd
+from engine import credits
+from engine.billing import Billing
+from engine.contracts import OveragePolicy
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tests.credits_fixtures import Ledger, event
+from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos
+
+T0 = EPOCH_MS + 3_600_000  # an hour into the contract
+DAY_MS = 86_400_000
+
+
+def ledger(credit: str = "100", *, block: bool = False, expires_at_ms: int | None = None) -> Ledger:
+    """acme: 1 credit per token, one PREPAID grant "g" of `credit` (paid 1 per credit)."""
+    world = basic_world(overage_policy=OveragePolicy.BLOCK if block else OveragePolicy.ALLOW)
+    world.grant("g", credit, paid=credit, expires_at_ms=expires_at_ms)
+    world.customer("zed")
+    world.contract("c-zed", customer_id="zed")
+    world.grant("gz", "100", customer_id="zed")
+    return Ledger(world)
+
+
+def balance(machine: Ledger | Billing, now_ms: int = T0, customer_id: str = "acme") -> dict[str, int]:
+    billing = machine.billing if isinstance(machine, Ledger) else machine
+    view = billing.balance(customer_id, now_ms)
+    return {"remaining": view.remaining, "held": view.held, "available": view.available}
+
+
+def assert_replays(machine: Ledger) -> None:
+    """Replaying the record gives the same kernel state, byte for byte."""
+    assert machine.replayed().kernel.snapshot() == machine.billing.kernel.snapshot()
+
+
+def conserved(machine: Ledger, now_ms: int, customer_id: str = "acme") -> None:
+    """granted = drawn + remaining + held + expired, for every grant, and nothing negative."""
+    view = machine.billing.kernel.balance(customer_id, now_ms)
+    assert view is not None
+    for (grant_id, amount, remaining, expired, drawn), held in zip(view["grants"], view["grants_held"], strict=True):
+        assert amount == drawn + remaining + held + expired, grant_id
+        assert min(remaining, held, expired, drawn) >= 0, grant_id
+
+
+def test_a_reservation_holds_credit_and_the_same_id_holds_once() -> None:
+    m = ledger()
+    first = m.reserve("r1", 30, T0)
+    assert (first.allowed, first.reason, first.cost, first.held, first.repeated) == (
+        True,
+        "OK",
+        picos("30"),
+        picos("30"),
+        False,
+    )
+    assert first.available == picos("70")
+    assert balance(m) == {"remaining": picos("100"), "held": picos("30"), "available": picos("70")}
+    again = m.reserve("r1", 30, T0 + 5)
+    assert (again.repeated, again.held) == (True, picos("30"))
+    assert balance(m)["held"] == picos("30")
+    assert len(m.records) == 1  # the repeat took no journal record
+    with pytest.raises(AlreadyExists, match="'r1' is already used by a different request"):
+        m.reserve("r1", 31, T0 + 6)
+    assert balance(m)["held"] == picos("30")
+    conserved(m, T0)
+    assert_replays(m)
+
+
+@pytest.mark.parametrize(("used", "left"), [(10, "90"), (45, "55")])
+def test_an_event_settles_its_reservation_and_is_charged_what_it_costs(used: int, left: str) -> None:
+    m = ledger()
+    m.reserve("r1", 30, T0)
+    ack = m.ingest([event("t1", T0, used, reservation_id="r1")], T0 + 1)
+    assert (ack.accepted, list(ack.notices)) == (1, [])
+    assert balance(m) == {"remaining": picos(left), "held": 0, "available": picos(left)}
+    assert m.billing.kernel.reservations("acme") == []
+    conserved(m, T0)
+    assert_replays(m)
+
+
+def test_a_second_event_on_a_settled_reservation_and_an_unknown_id_are_rated_and_noticed() -> None:
+    m = ledger()
+    m.reserve("r1", 30, T0)
+    m.ingest([event("t1", T0, 10, reservation_id="r1")], T0 + 1)
+    ack = m.ingest([event("t2", T0, 5, reservation_id="r1"), event("t3", T0, 5, reservation_id="nope")], T0 + 2)
+    assert ack.accepted == 2
+    reasons = [(n.index, n.transaction_id, n.reservation_id, n.reason) for n in ack.notices]
+    assert reasons == [
+        (0, "t2", "r1", usage_pb2.NOTICE_RESERVATION_ALREADY_SETTLED),
+        (1, "t3", "nope", usage_pb2.NOTICE_RESERVATION_UNKNOWN),
+    ]
+    assert "was already settled" in ack.notices[0].message
+    assert balance(m)["remaining"] == picos("80")
+    assert_replays(m)
+
+
+def test_release_frees_the_hold_once_and_never_reveals_another_customers_reservation() -> None:
+    m = ledger()
+    m.reserve("r1", 30, T0)
+    assert m.release("r1", T0 + 1) == picos("30")
+    assert balance(m) == {"remaining": picos("100"), "held": 0, "available": picos("100")}
+    assert m.release("r1", T0 + 2) == picos("30")  # a retry: the same answer, nothing more given back
+    assert balance(m)["available"] == picos("100")
+    m.reserve("zr", 5, T0, customer_id="zed")
+    with pytest.raises(NotFound) as other:
+        m.release("zr", T0 + 3)  # zed's reservation, released as acme
+    with pytest.raises(NotFound) as never:
+        m.release("never", T0 + 3)
+    assert str(other.value).replace("zr", "X") == str(never.value).replace("never", "X")
+    m.reserve("r2", 10, T0)
+    m.ingest([event("t1", T0, 10, reservation_id="r2")], T0 + 4)
+    with pytest.raises(FailedPrecondition, match="already settled"):
+        m.release("r2", T0 + 5)
+    assert_replays(m)
+
+
+def test_a_reservation_expires_at_its_ttl_through_the_clock_and_says_so() -> None:
+    m = ledger()
+    m.run(cmd.CreateAlert(EPOCH_MS, ACTOR, "expiries", "", True, "RESERVATION_EXPIRED", ""))
+    m.reserve("r1", 30, T0, ttl_ms=10_000)
+    assert m.billing.kernel.clock()[1] == T0 + 10_000
+    assert m.advance(T0 + 9_999) == credits.Advanced(0, 0)  # not due: nothing changes, nothing journaled
+    records = len(m.records)
+    assert m.advance(T0 + 10_000) == credits.Advanced(1, 0)
+    assert len(m.records) == records + 1
+    assert balance(m) == {"remaining": picos("100"), "held": 0, "available": picos("100")}
+    # The expiry's notice fires the RESERVATION_EXPIRED rule, in the AdvanceClock's record.
+    [expired] = m.billing.take_fired()
+    assert (expired.type, expired.customer_id, expired.journal_seq) == (
+        "RESERVATION_EXPIRED",
+        "acme",
+        m.billing.last_seq,
+    )
+    details = expired.details
+    assert (details["reservation_id"], details["released_picos"], details["at_ms"]) == (
+        "r1",
+        str(picos("30")),
+        str(T0 + 10_000),
+    )
+    ack = m.ingest([event("t1", T0, 5, reservation_id="r1")], T0 + 20_000)
+    assert [n.reason for n in ack.notices] == [usage_pb2.NOTICE_RESERVATION_EXPIRED]
+    assert m.billing.kernel.clock()[1] is None
+    assert_replays(m)
+
+
+def test_with_block_holds_together_never_exceed_the_credit() -> None:
+    m = ledger("100", block=True)
+    assert m.reserve("a", 60, T0).allowed
+    denied = m.reserve("b", 60, T0)
+    assert (denied.allowed, denied.reason, denied.held) == (False, "INSUFFICIENT_CREDIT", 0)
+    assert m.billing.kernel.reservations("acme")[0][0] == "a"
+    assert m.reserve("c", 40, T0).allowed
+    assert not m.reserve("d", 1, T0).allowed
+    assert balance(m) == {"remaining": picos("100"), "held": picos("100"), "available": 0}
+    # A plain Authorize sees the holds too.
+    assert m.billing.estimate("acme", "ai", {}, {"tokens": 1}, T0).reason == "INSUFFICIENT_CREDIT"
+    conserved(m, T0)
+    assert_replays(m)
+
+
+def top_up_policy(
+    contract_id: str = "c-acme", *, threshold: str = "20", recharge_to: str = "100", cap: int = 3
+) -> cmd.SetTopUpPolicy:
+    return cmd.SetTopUpPolicy(EPOCH_MS, ACTOR, contract_id, threshold, recharge_to, "0.5", cap)
+
+
+def test_one_batch_crossing_the_threshold_twice_buys_twice() -> None:
+    m = ledger("100")
+    m.run(top_up_policy())
+    m.run(cmd.CreateAlert(EPOCH_MS, ACTOR, "top-ups", "acme", False, "TOP_UP_EXECUTED", ""))
+    ack = m.ingest([event(f"t{i}", T0, 45) for i in range(4)], T0 + 1)
+    assert ack.accepted == 4
+    # 100 -45 -45 = 10 < 20: top up to 100; -45 -45 = 10 < 20: top up again.
+    purchases = m.billing.kernel.top_up_purchases("acme")
+    assert [(p[1], p[2]) for p in purchases] == [
+        (purchases[0][1], picos("90")),
+        (purchases[1][1], picos("90")),
+    ]
+    assert purchases[0][4] == picos("90") * 5 * 10**17  # 90 credits x 0.5: cost at 10^-30
+    assert balance(m)["available"] == picos("100")
+    view = m.billing.balance("acme", T0 + 2)
+    top_ups = [g for g in view.grants if g.grant.kind == "TOP_UP"]
+    assert [str(g.grant.paid_amount) for g in top_ups] == ["45.000000000000000000000000000000"] * 2
+    # Each top-up fires the TOP_UP_EXECUTED rule once, in the batch's record.
+    fired = m.billing.engine.state.alerts.log
+    assert [(a.type, a.customer_id, a.details["grant_id"]) for a in fired] == [
+        ("TOP_UP_EXECUTED", "acme", purchases[0][1]),
+        ("TOP_UP_EXECUTED", "acme", purchases[1][1]),
+    ]
+    assert {a.journal_seq for a in fired} == {m.billing.last_seq}
+    assert_replays(m)
+
+
+def test_a_burst_of_batches_buys_once_and_the_cap_holds_per_period() -> None:
+    m = ledger("100")
+    m.run(top_up_policy(cap=2))
+    for i in range(9):  # 85 drawn by the first five, then more
+        m.ingest([event(f"t{i}", T0, 17)], T0 + i)
+    # 100 - 5x17 = 15: one top-up to 100; then 4 more x17 = 32 left, no second.
+    assert len(m.billing.kernel.top_up_purchases("acme")) == 1
+    for i in range(9, 40):
+        m.ingest([event(f"t{i}", T0, 17)], T0 + i)
+    assert len(m.billing.kernel.top_up_purchases("acme")) == 2  # the cap
+    next_period = EPOCH_MS + 31 * DAY_MS + 3_600_000  # February
+    m.ingest([event("feb", next_period, 1)], next_period)
+    purchases = m.billing.kernel.top_up_purchases("acme")
+    assert len(purchases) == 3 and purchases[2][0] == EPOCH_MS + 31 * DAY_MS
+    assert_replays(m)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "recharge_to", "price", "cap", "field"),
+    [
+        ("100", "100", "1", 1, "top_up.threshold"),
+        ("10", "100", "-1", 1, "top_up.price_per_credit"),
+        ("10", "100", "1", 0, "top_up.max_per_period"),
+        ("10", "100.0000000000001", "1", 1, "top_up.recharge_to"),
+    ],
+)
+def test_a_bad_top_up_policy_is_refused_naming_the_field(
+    threshold: str, recharge_to: str, price: str, cap: int, field: str
+) -> None:
+    m = ledger()
+    with pytest.raises(InvalidArgument) as refused:
+        m.run(cmd.SetTopUpPolicy(EPOCH_MS, ACTOR, "c-acme", threshold, recharge_to, price, cap))
+    assert refused.value.violations[0][0] == field
+    assert m.billing.kernel.top_up_policy("acme") is None
+
+
+def test_an_expired_grant_becomes_breakage_and_a_late_event_cannot_draw_on_it() -> None:
+    expiry = T0 + DAY_MS
+    m = ledger("100", expires_at_ms=expiry)
+    m.ingest([event("t1", T0, 30)], T0)
+    assert m.billing.kernel.clock()[1] == expiry
+    assert m.advance(expiry) == credits.Advanced(0, 1)
+    assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("70"), expiry)]
+    assert m.billing.kernel.breakage(None) == m.billing.kernel.breakage("acme")
+    # Dated before the expiry, arriving after the breakage was recorded: rated, but drawn from nothing.
+    m.ingest([event("late", T0 + 5, 10)], expiry + 1)
+    view = m.billing.balance("acme", expiry + 2)
+    grant = view.grants[0]
+    assert (grant.grant.drawn, grant.remaining, grant.expired) == (picos("30"), 0, picos("70"))
+    assert view.overage == picos("10")
+    conserved(m, expiry + 2)
+    assert_replays(m)
+
+
+def test_a_hold_on_an_expiring_grant_becomes_breakage_when_it_is_given_back() -> None:
+    expiry = T0 + 60_000
+    m = ledger("100", expires_at_ms=expiry)
+    m.reserve("r1", 30, T0, ttl_ms=120_000)
+    assert m.advance(expiry) == credits.Advanced(0, 1)  # 70 unheld broken, 30 still held
+    conserved(m, expiry)
+    assert m.advance(T0 + 120_000) == credits.Advanced(1, 1)  # the hold expires, then its 30 break
+    assert [b[3] for b in m.billing.kernel.breakage("acme")] == [picos("70"), picos("30")]
+    conserved(m, T0 + 120_000)
+    assert_replays(m)
+
+
+def test_the_snapshot_keeps_holds_policies_and_breakage_and_restores_them() -> None:
+    m = ledger("100", expires_at_ms=T0 + DAY_MS)
+    m.run(top_up_policy())
+    m.reserve("r1", 30, T0, ttl_ms=50_000)
+    blob = m.billing.encode_snapshot()
+    restored = Billing.from_snapshot(blob)
+    assert restored.kernel.snapshot() == m.billing.kernel.snapshot()
+    assert restored.kernel.reservations("acme") == m.billing.kernel.reservations("acme")
+    assert restored.kernel.clock() == m.billing.kernel.clock()  # the hold is due at its time after a restart
+    assert restored.kernel.top_up_policy("acme") == m.billing.kernel.top_up_policy("acme")
+
+
+FEB_MS = EPOCH_MS + 31 * DAY_MS
+MAR_MS = FEB_MS + 28 * DAY_MS
+
+
+def test_at_the_periods_end_a_fraction_rolls_over_and_the_rest_breaks() -> None:
+    world = basic_world()
+    world.apply(world.grant_command("g", "100", paid="50", rollover_fraction="0.5"))
+    m = Ledger(world)
+    m.ingest([event("jan", T0, 40)], T0)
+    assert m.billing.kernel.clock()[1] == FEB_MS  # the end of the period in which "g" starts
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1)
+    rolled_id = f"rollover-g-{FEB_MS}"
+    assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("30"), FEB_MS)]
+    view = m.billing.balance("acme", FEB_MS + 1)
+    by_id = {g.grant.id: g for g in view.grants}
+    rolled = by_id[rolled_id]
+    assert (rolled.grant.kind, rolled.grant.amount, rolled.remaining) == ("ROLLOVER", picos("30"), picos("30"))
+    assert rolled.grant.paid_amount == 15  # the cost basis carried over: 0.5 per credit
+    assert (rolled.grant.starts_at_ms, rolled.grant.expires_at_ms) == (FEB_MS, MAR_MS)
+    assert (by_id["g"].remaining, by_id["g"].expired) == (0, picos("30"))
+    # A late January event finds nothing left in "g" (the rollover grant starts in February): overage.
+    m.ingest([event("late-jan", T0 + 5, 10)], FEB_MS + 2)
+    m.ingest([event("feb", FEB_MS + 10, 10)], FEB_MS + 10)
+    assert m.billing.balance("acme", FEB_MS + 20).remaining == picos("20")
+    assert m.advance(MAR_MS) == credits.Advanced(0, 1)  # the rolled grant expires: its rest breaks
+    assert m.billing.kernel.breakage("acme")[-1] == ("acme", rolled_id, FEB_MS, picos("20"), MAR_MS)
+    conserved(m, MAR_MS)
+    assert_replays(m)
