@@ -104,30 +104,30 @@ const (
 	NoticeReason_NOTICE_REASON_UNSPECIFIED NoticeReason = 0
 	// The customer has no reservation with this id (never made, another
 	// customer's, or forgotten after the dedupe window).
-	NoticeReason_RESERVATION_UNKNOWN NoticeReason = 1
+	NoticeReason_NOTICE_RESERVATION_UNKNOWN NoticeReason = 1
 	// An earlier event already settled it.
-	NoticeReason_RESERVATION_ALREADY_SETTLED NoticeReason = 2
+	NoticeReason_NOTICE_RESERVATION_ALREADY_SETTLED NoticeReason = 2
 	// ReleaseReservation freed it before this event arrived.
-	NoticeReason_RESERVATION_RELEASED NoticeReason = 3
+	NoticeReason_NOTICE_RESERVATION_RELEASED NoticeReason = 3
 	// Its TTL ran out before this event arrived.
-	NoticeReason_RESERVATION_EXPIRED NoticeReason = 4
+	NoticeReason_NOTICE_RESERVATION_EXPIRED NoticeReason = 4
 )
 
 // Enum value maps for NoticeReason.
 var (
 	NoticeReason_name = map[int32]string{
 		0: "NOTICE_REASON_UNSPECIFIED",
-		1: "RESERVATION_UNKNOWN",
-		2: "RESERVATION_ALREADY_SETTLED",
-		3: "RESERVATION_RELEASED",
-		4: "RESERVATION_EXPIRED",
+		1: "NOTICE_RESERVATION_UNKNOWN",
+		2: "NOTICE_RESERVATION_ALREADY_SETTLED",
+		3: "NOTICE_RESERVATION_RELEASED",
+		4: "NOTICE_RESERVATION_EXPIRED",
 	}
 	NoticeReason_value = map[string]int32{
-		"NOTICE_REASON_UNSPECIFIED":   0,
-		"RESERVATION_UNKNOWN":         1,
-		"RESERVATION_ALREADY_SETTLED": 2,
-		"RESERVATION_RELEASED":        3,
-		"RESERVATION_EXPIRED":         4,
+		"NOTICE_REASON_UNSPECIFIED":          0,
+		"NOTICE_RESERVATION_UNKNOWN":         1,
+		"NOTICE_RESERVATION_ALREADY_SETTLED": 2,
+		"NOTICE_RESERVATION_RELEASED":        3,
+		"NOTICE_RESERVATION_EXPIRED":         4,
 	}
 )
 
@@ -619,13 +619,13 @@ const file_tariff_v1_usage_proto_rawDesc = "" +
 	"\x16TIMESTAMP_OUT_OF_RANGE\x10\x04\x12\x11\n" +
 	"\rPERIOD_CLOSED\x10\x05\x12\x16\n" +
 	"\x12DUPLICATE_CONFLICT\x10\x06\x12\x16\n" +
-	"\x12NO_APPLICABLE_RATE\x10\a*\x9a\x01\n" +
+	"\x12NO_APPLICABLE_RATE\x10\a*\xb6\x01\n" +
 	"\fNoticeReason\x12\x1d\n" +
-	"\x19NOTICE_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +
-	"\x13RESERVATION_UNKNOWN\x10\x01\x12\x1f\n" +
-	"\x1bRESERVATION_ALREADY_SETTLED\x10\x02\x12\x18\n" +
-	"\x14RESERVATION_RELEASED\x10\x03\x12\x17\n" +
-	"\x13RESERVATION_EXPIRED\x10\x042\x8f\x01\n" +
+	"\x19NOTICE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aNOTICE_RESERVATION_UNKNOWN\x10\x01\x12&\n" +
+	"\"NOTICE_RESERVATION_ALREADY_SETTLED\x10\x02\x12\x1f\n" +
+	"\x1bNOTICE_RESERVATION_RELEASED\x10\x03\x12\x1e\n" +
+	"\x1aNOTICE_RESERVATION_EXPIRED\x10\x042\x8f\x01\n" +
 	"\fUsageService\x12>\n" +
 	"\vIngestUsage\x12\x15.tariff.v1.UsageBatch\x1a\x14.tariff.v1.IngestAck(\x010\x01\x12?\n" +
 	"\x10IngestUsageBatch\x12\x15.tariff.v1.UsageBatch\x1a\x14.tariff.v1.IngestAckB\x9c\x01\n" +
