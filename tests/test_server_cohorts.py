@@ -139,3 +139,28 @@ def test_the_cli_publishes_to_a_cohort_and_shows_it(server_factory: ServerFactor
 
 def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_the_readme_pilot_story_prices_the_pilot_at_the_cut_and_others_at_the_old_price(
+    server_factory: ServerFactory,
+) -> None:
+    """The README's "Cohorts" commands on a demo server, with what they print: acme (the pilot) is quoted 4 credits
+    for a complex GPT-4 summary, a customer outside the cohort 5; outside cohorts version 1 stays in force."""
+    server = server_factory(demo=True)
+    summary = ["ai_action", "action=summary", "model=gpt-4", "complexity=complex"]
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="outsider", name="Outsider"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="outsider-c", customer_id="outsider", rate_card_id="ai-credits", overage_policy=contracts_pb2.ALLOW,
+                overage_price="1", currency="USD",
+            )
+        )  # fmt: skip
+    tariff(server, "ratecard", "draft", "ai-credits", "--base", "1", "--set", "gpt4_factor=2")
+    published = table_rows(tariff(server, "ratecard", "publish", "ai-credits", "2", "--cohort-customer", "acme").stdout)
+    assert ["cohort", "customers acme"] in published
+    assert ["estimated cost", "4"] in table_rows(tariff(server, "authorize", "acme", *summary).stdout)
+    assert ["estimated cost", "5"] in table_rows(tariff(server, "authorize", "outsider", *summary).stdout)
+    now_ms = datetime.now(UTC).timestamp() * 1000
+    shown = table_rows(tariff(server, "ratecard", "show", "ai-credits", "--at", iso(int(now_ms))).stdout)
+    assert ["version", "1"] in shown
