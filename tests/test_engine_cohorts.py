@@ -5,6 +5,7 @@ re-rates its members' usage only."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import pytest
@@ -155,6 +156,10 @@ def test_a_cohort_publish_retried_is_answered_as_before_and_another_cohort_is_re
     with pytest.raises(FailedPrecondition, match="already published for another cohort"):
         p.publish(number, T + HOUR_MS)
     assert p.billing.engine.rate_card("card").version(number).cohort == Cohort(customer_ids=("acme", "beta"))
+    # One audit entry for the publish (the retry and the refusals changed nothing), its diff naming the cohort.
+    found, _ = p.billing.engine.audit_page(0, f"rate_card/card/version/{number}", 10, None, None)
+    publishes = [json.loads(e.diff) for e in found if e.action == "PublishVersion"]
+    assert [d["cohort"]["customer_ids"] for d in publishes] == [["beta", "acme"]]
 
 
 def test_an_empty_cohort_is_everyone() -> None:
