@@ -10,6 +10,7 @@ then is membership decided at publication. Sans-I/O like the rest of engine/.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 
 from engine.contracts import Customer
@@ -49,11 +50,15 @@ def checked_cohort(cohort: Cohort | None, customers: Mapping[str, Customer]) -> 
 
 
 def contains(cohort: Cohort | None, customer: Customer) -> bool:
-    """Whether the cohort holds the customer (every cohort criterion met); None holds everyone."""
+    """Whether the cohort (as stored: ids sorted) holds the customer (every criterion met); None holds everyone."""
     if cohort is None:
         return True
-    if cohort.customer_ids and customer.id not in cohort.customer_ids:
-        return False
+    ids = cohort.customer_ids
+    if ids:
+        # Sorted as checked_cohort stores them: a binary search, since the tables ask for every customer.
+        at = bisect.bisect_left(ids, customer.id)
+        if at == len(ids) or ids[at] != customer.id:
+            return False
     if any(customer.attributes.get(key) != value for key, value in cohort.attributes.items()):
         return False
     after = cohort.customers_created_after_ms
