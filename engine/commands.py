@@ -15,7 +15,7 @@ import msgspec
 from engine.contracts import OveragePolicy, Override
 from engine.ledger import GrantKind
 from engine.products import Aggregation
-from engine.ratecard import Rate
+from engine.ratecard import Cohort, Rate
 
 
 class UsageEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -90,6 +90,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rate_card_id: str
     version: int
     effective_from_ms: int | None  # None: the start of the current hour
+    cohort: Cohort | None = None  # None: every customer outside cohorts (engine/cohorts.py)
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):

@@ -140,9 +140,13 @@ class RateCard(msgspec.Struct):
         return sorted(h for h in self.rated_hours if effective_from_ms // HOUR_MS <= h < until_hour)
 
     def version_number_at(self, ts_ms: int) -> int | None:
-        """The newest-effective published version in force at ts_ms (later publication wins a tie)."""
+        """The newest-effective published version in force at ts_ms for customers outside cohorts: versions
+        published for a cohort are passed over (later publication wins a tie)."""
         index = bisect.bisect_right(self.timeline, ts_ms, key=lambda entry: entry[0])
-        return self.timeline[index - 1][1] if index else None
+        for _, number in reversed(self.timeline[:index]):
+            if self.versions[number - 1].cohort is None:
+                return number
+        return None
 
 
 # Findings -------------------------------------------------------------------------------------------------

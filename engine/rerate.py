@@ -13,6 +13,7 @@ import msgspec
 
 from engine import commands as cmd
 from engine._kernel import Kernel
+from engine.cohorts import checked_cohort, members
 from engine.control import BillingState
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.ratecard import HOUR_MS, Severity, VersionState, validate
@@ -118,6 +119,14 @@ def plan_rerating(
         return None
     from_hour = effective_from_ms // HOUR_MS
     customers = kernel.rerate_customers(card.id, from_hour)
+    if isinstance(command, cmd.PublishVersion) and command.cohort is not None:
+        # A cohort's version prices only its members: the others' timelines do not change, so they are neither
+        # checked nor re-rated. (A rollback publishes for everyone outside cohorts.)
+        try:
+            cohort = checked_cohort(command.cohort, state.customers)
+        except InvalidArgument:
+            return None  # the publish refuses it
+        customers = members(cohort, customers, state.customers)
     if not customers:
         return None
     table = msgspec.msgpack.encode(_version_table(card, version.number, state))

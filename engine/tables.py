@@ -23,6 +23,7 @@ from decimal import Decimal
 
 import msgspec
 
+from engine import cohorts
 from engine.contracts import Contract, Customer, OveragePolicy
 from engine.control import BillingState
 from engine.money import DECIMAL_CONTEXT
@@ -296,14 +297,7 @@ def _curve_table(curve: PriceCurve) -> CurveTable:
 
 
 def _in_cohort(cohort: Cohort | None, customer: Customer) -> bool:
-    if cohort is None:
-        return True
-    if cohort.customer_ids and customer.id not in cohort.customer_ids:
-        return False
-    if any(customer.attributes.get(key) != value for key, value in cohort.attributes.items()):
-        return False
-    after = cohort.customers_created_after_ms
-    return after is None or customer.created_at_ms > after
+    return cohorts.contains(cohort, customer)
 
 
 def _timeline_for(

@@ -7,8 +7,9 @@ import bisect
 import msgspec
 
 from engine import commands as cmd
+from engine.cohorts import checked_cohort
 from engine.control import ControlPlane, check_id, fingerprint
-from engine.errors import AlreadyExists, InvalidArgument, Repeated
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Repeated
 from engine.money import parse_decimal
 from engine.ratecard import (
     HOUR_MS,
@@ -104,8 +105,15 @@ class VersionCommands(ControlPlane):
     def _publish(self, c: cmd.PublishVersion) -> PublishResult:
         card = self.rate_card(c.rate_card_id)
         version = card.version(c.version)
+        cohort = checked_cohort(c.cohort, self.state.customers)
         if version.state is VersionState.PUBLISHED and c.effective_from_ms in (None, version.effective_from_ms):
-            # Publishing what is published, from the same time: a retry. Answered as the first call was.
+            if cohort != version.cohort:
+                raise FailedPrecondition(
+                    f"version {version.number} of {card.id!r} is already published for another cohort: a version's "
+                    "cohort is fixed when it is published; publish a new draft based on it for this cohort"
+                )
+            # Publishing what is published, from the same time, for the same cohort: a retry. Answered as the
+            # first call was.
             raise Repeated(PublishResult(version, 0, validate(version, self.state.products)))
         effective_from_ms = c.effective_from_ms if c.effective_from_ms is not None else c.at_ms - c.at_ms % HOUR_MS
         check_publishable(version, effective_from_ms)
@@ -116,6 +124,7 @@ class VersionCommands(ControlPlane):
         version.state = VersionState.PUBLISHED
         version.effective_from_ms = effective_from_ms
         version.published_at_ms = c.at_ms
+        version.cohort = cohort
         # After any entry with the same effective_from: of two versions effective at once, the later published wins.
         bisect.insort_right(card.timeline, (effective_from_ms, version.number), key=lambda entry: entry[0])
         # Usage already rated in the hours it now prices is re-rated by engine/billing.py (engine/rerate.py).

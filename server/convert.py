@@ -188,6 +188,15 @@ def cohort_pb(cohort: Cohort | None) -> pricing_pb2.Cohort | None:
     return message
 
 
+def cohort_of(message: pricing_pb2.Cohort) -> Cohort:
+    """A PublishVersion's cohort as the engine checks it (engine/cohorts.py)."""
+    return Cohort(
+        tuple(message.customer_ids),
+        dict(message.attributes),
+        optional_ms(message, "customers_created_after"),
+    )
+
+
 def version_pb(v: Version) -> pricing_pb2.RateCardVersion:
     message = pricing_pb2.RateCardVersion(
         rate_card_id=v.rate_card_id,

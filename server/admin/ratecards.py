@@ -49,12 +49,28 @@ def print_version(version: pricing_pb2.RateCardVersion) -> None:
             ("change note", version.change_note),
             ("created by", version.created_by),
             *rollback_fields(version),
+            *cohort_fields(version),
         ],
         title=f"version {version.version}",
     )
     print_table(("name", "value"), sorted(version.parameters.items()), title="parameters")
     rows = [(r.product_id, pairs(r.match) or "*", price_text(r)) for r in version.rates]
     print_table(("product", "match", "price"), rows, title="rates")
+
+
+def cohort_fields(version: pricing_pb2.RateCardVersion) -> list[tuple[str, str]]:
+    """A cohort version's cohort (its criteria, all of which must hold); nothing for a version for everyone."""
+    if not version.HasField("cohort"):
+        return []
+    cohort = version.cohort
+    criteria = []
+    if cohort.customer_ids:
+        criteria.append("customers " + ", ".join(cohort.customer_ids))
+    if cohort.attributes:
+        criteria.append("attributes " + pairs(cohort.attributes))
+    if cohort.HasField("customers_created_after"):
+        criteria.append("created after " + when(cohort.customers_created_after, True))
+    return [("cohort", "; ".join(criteria))]
 
 
 def rollback_fields(version: pricing_pb2.RateCardVersion) -> list[tuple[str, str]]:

@@ -162,14 +162,35 @@ def validate(remote: Remote, rate_card_id: str, version: int) -> None:
 @click.argument("rate_card_id")
 @click.argument("version", type=click.IntRange(1))
 @click.option("--effective-from", type=UtcTime(), help="on an hour boundary [default: now, rounded down to the hour]")
+@click.option("--cohort-customer", "cohort_customers", multiple=True, help="cohort: this customer id (repeatable)")
+@click.option(
+    "--cohort-attribute", "cohort_attributes", multiple=True, help="cohort: customers with attribute k=v (repeatable)"
+)
+@click.option("--cohort-created-after", type=UtcTime(), help="cohort: customers created after this time")
 @remote_command
-def publish(remote: Remote, rate_card_id: str, version: int, effective_from: datetime | None) -> None:
-    """Publish a validated version; it prices usage from --effective-from on."""
+def publish(
+    remote: Remote,
+    rate_card_id: str,
+    version: int,
+    effective_from: datetime | None,
+    cohort_customers: tuple[str, ...],
+    cohort_attributes: tuple[str, ...],
+    cohort_created_after: datetime | None,
+) -> None:
+    """Publish a validated version; it prices usage from --effective-from on.
+
+    With --cohort-* options it prices only the customers of that cohort (every option given must hold);
+    without, every customer outside cohorts."""
     from tariff.v1 import pricing_pb2
 
     request = pricing_pb2.PublishVersionRequest(rate_card_id=rate_card_id, version=version)
     if effective_from is not None:
         request.effective_from.CopyFrom(timestamp(effective_from))
+    if cohort_customers or cohort_attributes or cohort_created_after is not None:
+        request.cohort.customer_ids.extend(cohort_customers)
+        request.cohort.attributes.update(parse_pairs(cohort_attributes, "--cohort-attribute"))
+        if cohort_created_after is not None:
+            request.cohort.customers_created_after.CopyFrom(timestamp(cohort_created_after))
     with remote.client() as client:
         published = client.pricing.PublishVersion(request)
     print_published(remote, published)

@@ -27,7 +27,6 @@ from engine.rerate import (
 from engine.versions import PublishResult
 from server import convert
 from server.errors import (
-    Unimplemented,
     unary,
 )
 from server.services.common import (
@@ -97,10 +96,6 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     async def PublishVersion(
         self, request: pricing_pb2.PublishVersionRequest, context: Context
     ) -> pricing_pb2.PublishVersionResponse:
-        if request.HasField("cohort") and request.cohort.ByteSize():
-            raise Unimplemented(
-                "cohort rollouts are not available yet: PublishVersion with a cohort; publish to every customer"
-            )
         _required(rate_card_id=request.rate_card_id, version=request.version)
         command = cmd.PublishVersion(
             self.clock_ms(),
@@ -108,6 +103,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.rate_card_id,
             request.version,
             convert.optional_ms(request, "effective_from"),
+            convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
         )
         return publish_response(await self._apply(command, PublishResult))
 

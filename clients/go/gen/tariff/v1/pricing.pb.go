@@ -997,6 +997,17 @@ func (x *RateKey) GetMatch() map[string]string {
 	return nil
 }
 
+// The customers a version published for a cohort prices. A customer is in the
+// cohort when it meets every criterion given: its id is one of customer_ids
+// (when any), its attributes hold every attributes entry (when any), and it
+// was created strictly after customers_created_after (when set). A cohort with
+// no criterion is everyone (the version is published without a cohort).
+// Membership is decided when the version is published and, for a customer
+// created later, when it is created (customers are immutable), never per
+// event. customer_ids must name existing customers (INVALID_ARGUMENT naming the
+// unknown ones otherwise): a customer created later joins through attributes
+// or customers_created_after. Empty ids, attribute keys and attribute values
+// are INVALID_ARGUMENT.
 type Cohort struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
 	CustomerIds           []string               `protobuf:"bytes,1,rep,name=customer_ids,json=customerIds,proto3" json:"customer_ids,omitempty"`
@@ -1799,7 +1810,14 @@ type PublishVersionRequest struct {
 	// a MAX, LATEST or UNIQUE_COUNT product (its buckets cannot be priced
 	// again) or has no rate in this version.
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
-	Cohort        *Cohort                `protobuf:"bytes,4,opt,name=cohort,proto3" json:"cohort,omitempty"`
+	// Unset (or empty): the version prices every customer outside cohorts. Set:
+	// only the cohort's customers. At time t a customer's price comes from the
+	// newest-effective published version whose cohort contains it (a version
+	// without a cohort contains everyone; of two effective at once, the later
+	// published). Re-rating covers the cohort's customers only. Publishing a
+	// published version again with the same effective_from and cohort is a
+	// retry (the same answer); with another cohort, FAILED_PRECONDITION.
+	Cohort        *Cohort `protobuf:"bytes,4,opt,name=cohort,proto3" json:"cohort,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -342,6 +342,18 @@ export const RateKeySchema: GenMessage<RateKey> = /*@__PURE__*/
   messageDesc(file_tariff_v1_pricing, 10);
 
 /**
+ * The customers a version published for a cohort prices. A customer is in the
+ * cohort when it meets every criterion given: its id is one of customer_ids
+ * (when any), its attributes hold every attributes entry (when any), and it
+ * was created strictly after customers_created_after (when set). A cohort with
+ * no criterion is everyone (the version is published without a cohort).
+ * Membership is decided when the version is published and, for a customer
+ * created later, when it is created (customers are immutable), never per
+ * event. customer_ids must name existing customers (INVALID_ARGUMENT naming the
+ * unknown ones otherwise): a customer created later joins through attributes
+ * or customers_created_after. Empty ids, attribute keys and attribute values
+ * are INVALID_ARGUMENT.
+ *
  * @generated from message tariff.v1.Cohort
  */
 export type Cohort = Message<"tariff.v1.Cohort"> & {
@@ -774,6 +786,14 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
   effectiveFrom?: Timestamp | undefined;
 
   /**
+   * Unset (or empty): the version prices every customer outside cohorts. Set:
+   * only the cohort's customers. At time t a customer's price comes from the
+   * newest-effective published version whose cohort contains it (a version
+   * without a cohort contains everyone; of two effective at once, the later
+   * published). Re-rating covers the cohort's customers only. Publishing a
+   * published version again with the same effective_from and cohort is a
+   * retry (the same answer); with another cohort, FAILED_PRECONDITION.
+   *
    * @generated from field: tariff.v1.Cohort cohort = 4;
    */
   cohort?: Cohort | undefined;
