@@ -214,10 +214,12 @@ class Billing:
         plan = self.rerate_plan(command)
         published = self.publish(command, seq)
         done = Rerated()
+        self.start_rerating()
         if plan is not None:
             self.refresh_tables()  # the new timeline, which the re-rating prices with
             for customers in plan.slices():
                 done.merge(self.rerate_slice(plan, customers, seq))
+                self.rerated(customers, command.at_ms, seq)
         return with_rerated(published, done)
 
     def rerate_plan(self, command: cmd.PublishVersion | cmd.RollbackRateCard) -> RerationPlan | None:
@@ -235,6 +237,19 @@ class Billing:
     def rerate_slice(self, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
         """Re-rates some of a publish's customers (the kernel's lock held a customer at a time, GIL released)."""
         return rerate_slice(self.kernel, plan, customers, seq)
+
+    def start_rerating(self) -> None:
+        """A publish's re-rating begins: no customer counts as touched by it yet."""
+        self._kernel_touched = ()
+
+    def rerated(self, customers: list[str], at_ms: int, seq: int) -> None:
+        """After a slice of record `seq`'s re-rating: its customers count as touched (balance watchers wake, see
+        touched_customers) and the balance rules are evaluated for them at the publish's time, in the plan's
+        order, as for any record (the fired alerts are kept for take_fired(); replay re-rates the same slices
+        and so fires the same). Every customer of the slice counts: the plan holds those with usage the publish
+        covers, whether or not their amounts changed."""
+        self._kernel_touched += tuple(customers)
+        self._fired.extend(self._evaluate_alerts(customers, at_ms, seq))
 
     def ingest(
         self, batch: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None
@@ -324,8 +339,8 @@ class Billing:
 
     def touched_customers(self, command: cmd.AdminCommand, result: object) -> tuple[str, ...]:
         """The customers whose balances the admin command just applied may have changed."""
-        if isinstance(command, cmd.KERNEL_COMMANDS):
-            return self._kernel_touched
+        if isinstance(command, (*cmd.KERNEL_COMMANDS, cmd.PublishVersion, cmd.RollbackRateCard)):
+            return self._kernel_touched  # a publish's: the customers it re-rated (see rerated)
         if isinstance(command, cmd.CreateAlert):
             return ()
         customer_id = _changed_customer(command, result)
