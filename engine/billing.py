@@ -28,7 +28,7 @@ from engine._kernel import Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import NotFound
-from engine.invoices import Invoice, KernelLines
+from engine.invoices import Invoice, KernelAdjustment, KernelLines
 from engine.ledger import Grant
 from engine.rerate import Rerated, RerationPlan, Simulation, plan_rerating, rerate_slice, simulate, with_rerated
 from engine.state import Engine
@@ -147,6 +147,7 @@ class Billing:
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
+        self.engine.period_adjustments = self._adjustments
 
     @property
     def last_seq(self) -> int:
@@ -370,6 +371,10 @@ class Billing:
         """The kernel's invoice lines of a period (engine/invoicing.py reads them through this)."""
         self.refresh_tables()
         return self.kernel.invoice_lines(customer_id, at_ms)
+
+    def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
+        """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
+        return self.kernel.adjustments(customer_id)
 
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         customer = self.engine.customer(customer_id)  # NotFound for an unknown customer
