@@ -1,6 +1,7 @@
 """A re-rating is a change like any other for balance rules and watchers: a retroactive publish that moves a
 customer's balance across a LOW_BALANCE threshold fires the alert once, in the publish's journal record, reports
-the customer as touched, and a replay of the journal fires exactly the same."""
+the customer as touched (a rollback that re-rates back too, clearing the condition), and a replay of the journal
+fires exactly the same."""
 
 from __future__ import annotations
 
@@ -65,6 +66,13 @@ def test_a_retroactive_price_increase_crossing_low_balance_fires_once_in_the_pub
         assert touched == [{"acme"}]
         # Re-publishing (a retry) re-rates nothing and fires nothing again.
         await sequencer.run(publish)
+        # A rollback to version 1 from hour 1 re-rates back: 4 available clears the condition, firing nothing,
+        # and the customer is touched again.
+        touched.clear()
+        await sequencer.run(cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS + HOUR_MS))
+        assert billing.balance("acme", RECEIVED_MS).available == 4 * 10**12
+        assert touched == [{"acme"}]
+        assert billing.engine.state.alerts.fired == {}
         await sequencer.close()
         return billing, seq
 
@@ -80,4 +88,4 @@ def test_a_retroactive_price_increase_crossing_low_balance_fires_once_in_the_pub
     # alerts and raises RatingChanged otherwise).
     replayed = recover(journal)
     assert replayed.engine.state.alerts == live.engine.state.alerts
-    assert replayed.balance("acme", RECEIVED_MS).available == 2 * 10**12
+    assert replayed.balance("acme", RECEIVED_MS).available == 4 * 10**12  # the rollback replayed too
