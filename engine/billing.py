@@ -28,7 +28,7 @@ from engine._kernel import Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import NotFound
-from engine.invoices import Invoice, KernelLines
+from engine.invoices import Invoice, KernelAdjustment, KernelLines
 from engine.ledger import Grant
 from engine.rerate import Rerated, RerationPlan, Simulation, plan_rerating, rerate_slice, simulate, with_rerated
 from engine.state import Engine
@@ -147,6 +147,7 @@ class Billing:
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
+        self.engine.period_adjustments = self._adjustments
 
     @property
     def last_seq(self) -> int:
@@ -214,10 +215,12 @@ class Billing:
         plan = self.rerate_plan(command)
         published = self.publish(command, seq)
         done = Rerated()
+        self.start_rerating()
         if plan is not None:
             self.refresh_tables()  # the new timeline, which the re-rating prices with
             for customers in plan.slices():
                 done.merge(self.rerate_slice(plan, customers, seq))
+                self.rerated(customers, command.at_ms, seq)
         return with_rerated(published, done)
 
     def rerate_plan(self, command: cmd.PublishVersion | cmd.RollbackRateCard) -> RerationPlan | None:
@@ -235,6 +238,19 @@ class Billing:
     def rerate_slice(self, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
         """Re-rates some of a publish's customers (the kernel's lock held a customer at a time, GIL released)."""
         return rerate_slice(self.kernel, plan, customers, seq)
+
+    def start_rerating(self) -> None:
+        """A publish's re-rating begins: no customer counts as touched by it yet."""
+        self._kernel_touched = ()
+
+    def rerated(self, customers: list[str], at_ms: int, seq: int) -> None:
+        """After a slice of record `seq`'s re-rating: its customers count as touched (balance watchers wake, see
+        touched_customers) and the balance rules are evaluated for them at the publish's time, in the plan's
+        order, as for any record (the fired alerts are kept for take_fired(); replay re-rates the same slices
+        and so fires the same). Every customer of the slice counts: the plan holds those with usage the publish
+        covers, whether or not their amounts changed."""
+        self._kernel_touched += tuple(customers)
+        self._fired.extend(self._evaluate_alerts(customers, at_ms, seq))
 
     def ingest(
         self, batch: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None
@@ -324,8 +340,8 @@ class Billing:
 
     def touched_customers(self, command: cmd.AdminCommand, result: object) -> tuple[str, ...]:
         """The customers whose balances the admin command just applied may have changed."""
-        if isinstance(command, cmd.KERNEL_COMMANDS):
-            return self._kernel_touched
+        if isinstance(command, (*cmd.KERNEL_COMMANDS, cmd.PublishVersion, cmd.RollbackRateCard)):
+            return self._kernel_touched  # a publish's: the customers it re-rated (see rerated)
         if isinstance(command, cmd.CreateAlert):
             return ()
         customer_id = _changed_customer(command, result)
@@ -355,6 +371,10 @@ class Billing:
         """The kernel's invoice lines of a period (engine/invoicing.py reads them through this)."""
         self.refresh_tables()
         return self.kernel.invoice_lines(customer_id, at_ms)
+
+    def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
+        """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
+        return self.kernel.adjustments(customer_id)
 
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         customer = self.engine.customer(customer_id)  # NotFound for an unknown customer

@@ -19,7 +19,7 @@ for `status`, `number` and `closed_at_ms`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -48,6 +48,11 @@ KernelLine = tuple[str, list[str], int, int, int, int, list[tuple[str, int]], li
 KernelGrant = tuple[str, int, int, int | None]  # (grant id, amount, drawn through the period, expires_at_ms)
 KernelLines = tuple[int, int, int, bool, list[KernelLine], list[KernelGrant]]
 LinesReader = Callable[[str, int], KernelLines | None]
+# (journal seq, hour (Unix ms / HOUR_MS), product_id, dimension values, rate_card_id, old versions, new version,
+# quantity_e18, events, old_amount_picos, new_amount_picos): what Kernel.adjustments returns, oldest first.
+KernelAdjustment = tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]
+AdjustmentsReader = Callable[[str], list[KernelAdjustment]]
+HOUR_MS = 3_600_000
 
 
 def minor_unit(currency: str) -> int:
@@ -73,6 +78,21 @@ class VersionPart(msgspec.Struct, frozen=True, array_like=True, gc=False):
         return round_ratio(self.amount_picos * QUANTITY_SCALE, self.quantity_e18) if self.quantity_e18 else 0
 
 
+class LineAdjustment(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One hour bucket of a line re-rated by journal record `journal_seq` (a retroactive publish or rollback):
+    it explains the line's amount, which already holds `new_amount_picos` for the bucket."""
+
+    journal_seq: int
+    hour_start_ms: int
+    rate_card_id: str
+    old_versions: list[int]
+    new_version: int
+    quantity_e18: int
+    events: int
+    old_amount_picos: int
+    new_amount_picos: int
+
+
 class InvoiceLine(msgspec.Struct, frozen=True, gc=False):
     line_id: str
     product_id: str
@@ -84,6 +104,8 @@ class InvoiceLine(msgspec.Struct, frozen=True, gc=False):
     credits: list[tuple[str, int]]  # (grant id, picos), in the order the grants were first drawn
     parts: list[VersionPart]
     amount_due_minor: int  # overage x overage price, rounded half-even to the currency's minor unit
+    # Its buckets' re-ratings in the period, oldest first (empty for a line never re-rated).
+    adjustments: list[LineAdjustment] = []
 
 
 class GrantBalance(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -126,9 +148,12 @@ def build_invoice(
     product_dimensions: dict[str, tuple[str, ...]],
     period: KernelLines,
     top_ups_minor: int,
+    adjustments: Sequence[KernelAdjustment] = (),
 ) -> Invoice:
-    """The invoice of a period from the kernel's lines (a draft: number, status and close time unset)."""
+    """The invoice of a period from the kernel's lines (a draft: number, status and close time unset), each
+    line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period."""
     start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
+    adjusted = _adjustments_by_line(adjustments, start_ms, end_ms)
     currency = contract.currency
     places = minor_unit(currency)
     to_minor = 10 ** (DUE_EXPONENT - places)
@@ -153,6 +178,7 @@ def build_invoice(
                 list(drawn),
                 [VersionPart(*part) for part in parts],
                 _round(line_due, to_minor),
+                adjusted.get((product_id, tuple(values)), []),
             )
         )
     overage_due = _round(due_exact, to_minor)
@@ -175,6 +201,22 @@ def build_invoice(
         overage_due + top_ups_minor,
         grant_balances=[_grant_at_end(grant, end_ms) for grant in grants],
     )
+
+
+def _adjustments_by_line(
+    adjustments: Sequence[KernelAdjustment], start_ms: int, end_ms: int
+) -> dict[tuple[str, tuple[str, ...]], list[LineAdjustment]]:
+    """The adjustments of buckets whose hour starts in [start_ms, end_ms), by (product, dimension values), in the
+    kernel's order (journal order, then the order the re-rating wrote them)."""
+    by_line: dict[tuple[str, tuple[str, ...]], list[LineAdjustment]] = {}
+    for seq, hour, product_id, values, card, old_versions, new_version, quantity, events, old, new in adjustments:
+        hour_start_ms = hour * HOUR_MS
+        if start_ms <= hour_start_ms < end_ms:
+            adjustment = LineAdjustment(
+                seq, hour_start_ms, card, list(old_versions), new_version, quantity, events, old, new
+            )
+            by_line.setdefault((product_id, tuple(values)), []).append(adjustment)
+    return by_line
 
 
 def _grant_at_end(grant: KernelGrant, end_ms: int) -> GrantBalance:

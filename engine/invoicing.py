@@ -14,7 +14,7 @@ from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.control import ControlPlane
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Repeated
-from engine.invoices import Invoice, KernelLines, LinesReader, build_invoice, invoice_number, iso
+from engine.invoices import AdjustmentsReader, Invoice, KernelLines, LinesReader, build_invoice, invoice_number, iso
 
 
 def top_up_purchases_minor(engine: ControlPlane, customer_id: str, start_ms: int, end_ms: int) -> int:
@@ -27,6 +27,7 @@ class InvoiceCommands(ControlPlane):
     """ClosePeriod, CloseDuePeriods, and the reads of drafts and invoices (see engine/state.py's Engine)."""
 
     period_lines: LinesReader | None
+    period_adjustments: AdjustmentsReader | None
     _due_heap: list[tuple[int, str]] | None
 
     # Reads -------------------------------------------------------------------------------------------------
@@ -173,7 +174,9 @@ class InvoiceCommands(ControlPlane):
     def _build(self, contract: Contract, period: KernelLines, top_ups_minor: int) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
-        return build_invoice(contract, pricing_unit, dimensions, period, top_ups_minor)
+        reader = self.period_adjustments
+        adjustments = reader(contract.customer_id) if reader is not None else []
+        return build_invoice(contract, pricing_unit, dimensions, period, top_ups_minor, adjustments)
 
     # The period calendar ------------------------------------------------------------------------------------
 

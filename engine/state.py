@@ -22,7 +22,7 @@ from engine.control import BillingState, check_id
 from engine.customers import CustomerCommands
 from engine.errors import AlreadyExists, Repeated
 from engine.grants import GrantCommands
-from engine.invoices import LinesReader
+from engine.invoices import AdjustmentsReader, LinesReader
 from engine.invoicing import InvoiceCommands
 from engine.rollback import RollbackCommands
 from engine.versions import VersionCommands
@@ -38,6 +38,7 @@ class Engine(
     _grant_ids: set[str] = field(default_factory=set)
     # The kernel's invoice lines (engine/billing.py sets it); contracts by their first unclosed period's end.
     period_lines: LinesReader | None = None
+    period_adjustments: AdjustmentsReader | None = None  # the kernel's re-rating adjustments (engine/billing.py)
     _due_heap: list[tuple[int, str]] | None = None
 
     def __post_init__(self) -> None:

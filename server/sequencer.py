@@ -519,15 +519,19 @@ class Sequencer:
             group.answers.append((submission, 0, exc))
             return
         done = Rerated()
+        self.billing.start_rerating()
         if plan is not None:
             self.billing.refresh_tables()  # the new timeline, compiled here on the loop before the thread prices
             oplog.line("re-rating started", rate_card=plan.rate_card_id, seq=seq, customers=len(plan.customers))
             for customers in plan.slices():
                 done.merge(await self._rating_thread.run(self.billing.rerate_slice, plan, customers, seq))
+                # On the loop, a slice's balance rules at a time (as Billing._publish_and_rerate does in replay).
+                self.billing.rerated(customers, command.at_ms, seq)
             oplog.line("re-rating done", rate_card=plan.rate_card_id, seq=seq, buckets=done.buckets, events=done.events)
         result = with_rerated(published, done)
         group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
-        group.records.append((seq, encode_record(JournalRecord(command))))
+        group.records.append((seq, encode_record(JournalRecord(command, alerts=self.billing.take_fired()))))
+        group.touched.update(self.billing.touched_customers(command, result))
         group.answers.append((submission, seq, result))
 
     async def _rate(self, group: _Group, run: list[tuple[_Submission, UsageBatch]]) -> None:

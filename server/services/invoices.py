@@ -15,7 +15,7 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine import explain, revenue
 from engine.errors import InvalidArgument, NotFound
-from engine.invoices import QUANTITY_SCALE, Invoice, VersionPart
+from engine.invoices import QUANTITY_SCALE, Invoice, LineAdjustment, VersionPart
 from engine.money import format_decimal, format_picos
 from server import convert
 from server.errors import Unavailable, unary
@@ -53,6 +53,21 @@ def _price_pb(part: VersionPart) -> invoices_pb2.AppliedPrice:
     )
 
 
+def _adjustment_pb(adjustment: LineAdjustment) -> invoices_pb2.LineAdjustment:
+    return invoices_pb2.LineAdjustment(
+        journal_seq=adjustment.journal_seq,
+        hour=convert.timestamp(adjustment.hour_start_ms),
+        rate_card_id=adjustment.rate_card_id,
+        old_versions=adjustment.old_versions,
+        new_version=adjustment.new_version,
+        quantity=quantity_text(adjustment.quantity_e18),
+        events=adjustment.events,
+        old_amount=format_picos(adjustment.old_amount_picos),
+        new_amount=format_picos(adjustment.new_amount_picos),
+        delta=format_picos(adjustment.new_amount_picos - adjustment.old_amount_picos),
+    )
+
+
 def invoice_pb(invoice: Invoice) -> invoices_pb2.Invoice:
     places = invoice.minor_unit
     lines = [
@@ -69,6 +84,7 @@ def invoice_pb(invoice: Invoice) -> invoices_pb2.Invoice:
                 invoices_pb2.CreditApplication(grant_id=g, credits=format_picos(c)) for g, c in line.credits
             ],
             amount_due=minor_text(line.amount_due_minor, places),
+            adjustments=[_adjustment_pb(a) for a in line.adjustments],
         )
         for line in invoice.lines
     ]

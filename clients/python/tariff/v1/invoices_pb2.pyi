@@ -44,7 +44,7 @@ class AppliedPrice(_message.Message):
     def __init__(self, version: _Optional[int] = ..., unit_price: _Optional[str] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ..., events: _Optional[int] = ..., rate_card_id: _Optional[str] = ...) -> None: ...
 
 class InvoiceLine(_message.Message):
-    __slots__ = ("line_id", "product_id", "dimensions", "quantity", "prices", "amount", "events", "overage", "credits_applied", "amount_due")
+    __slots__ = ("line_id", "product_id", "dimensions", "quantity", "prices", "amount", "events", "overage", "credits_applied", "amount_due", "adjustments")
     class DimensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class InvoiceLine(_message.Message):
     OVERAGE_FIELD_NUMBER: _ClassVar[int]
     CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_DUE_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTMENTS_FIELD_NUMBER: _ClassVar[int]
     line_id: str
     product_id: str
     dimensions: _containers.ScalarMap[str, str]
@@ -72,7 +73,32 @@ class InvoiceLine(_message.Message):
     overage: str
     credits_applied: _containers.RepeatedCompositeFieldContainer[CreditApplication]
     amount_due: str
-    def __init__(self, line_id: _Optional[str] = ..., product_id: _Optional[str] = ..., dimensions: _Optional[_Mapping[str, str]] = ..., quantity: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[AppliedPrice, _Mapping]]] = ..., amount: _Optional[str] = ..., events: _Optional[int] = ..., overage: _Optional[str] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., amount_due: _Optional[str] = ...) -> None: ...
+    adjustments: _containers.RepeatedCompositeFieldContainer[LineAdjustment]
+    def __init__(self, line_id: _Optional[str] = ..., product_id: _Optional[str] = ..., dimensions: _Optional[_Mapping[str, str]] = ..., quantity: _Optional[str] = ..., prices: _Optional[_Iterable[_Union[AppliedPrice, _Mapping]]] = ..., amount: _Optional[str] = ..., events: _Optional[int] = ..., overage: _Optional[str] = ..., credits_applied: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., amount_due: _Optional[str] = ..., adjustments: _Optional[_Iterable[_Union[LineAdjustment, _Mapping]]] = ...) -> None: ...
+
+class LineAdjustment(_message.Message):
+    __slots__ = ("journal_seq", "hour", "rate_card_id", "old_versions", "new_version", "quantity", "events", "old_amount", "new_amount", "delta")
+    JOURNAL_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HOUR_FIELD_NUMBER: _ClassVar[int]
+    RATE_CARD_ID_FIELD_NUMBER: _ClassVar[int]
+    OLD_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    OLD_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    NEW_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    journal_seq: int
+    hour: _timestamp_pb2.Timestamp
+    rate_card_id: str
+    old_versions: _containers.RepeatedScalarFieldContainer[int]
+    new_version: int
+    quantity: str
+    events: int
+    old_amount: str
+    new_amount: str
+    delta: str
+    def __init__(self, journal_seq: _Optional[int] = ..., hour: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_card_id: _Optional[str] = ..., old_versions: _Optional[_Iterable[int]] = ..., new_version: _Optional[int] = ..., quantity: _Optional[str] = ..., events: _Optional[int] = ..., old_amount: _Optional[str] = ..., new_amount: _Optional[str] = ..., delta: _Optional[str] = ...) -> None: ...
 
 class CreditApplication(_message.Message):
     __slots__ = ("grant_id", "credits")

@@ -246,7 +246,14 @@ type InvoiceLine struct {
 	CreditsApplied []*CreditApplication `protobuf:"bytes,9,rep,name=credits_applied,json=creditsApplied,proto3" json:"credits_applied,omitempty"`
 	// overage x the contract's overage_price, in currency, rounded half-even to
 	// the currency's minor unit.
-	AmountDue     string `protobuf:"bytes,10,opt,name=amount_due,json=amountDue,proto3" json:"amount_due,omitempty"`
+	AmountDue string `protobuf:"bytes,10,opt,name=amount_due,json=amountDue,proto3" json:"amount_due,omitempty"`
+	// The re-rating adjustments of this line's hour buckets whose hour starts in
+	// the period, oldest first (journal order, then hour): one per bucket each
+	// retroactive publish or rollback changed. They explain the line, they do
+	// not add to it: amount and prices already hold the re-rated buckets, and
+	// each bucket's latest new_amount is its amount now. Empty when no bucket
+	// of the line was re-rated.
+	Adjustments   []*LineAdjustment `protobuf:"bytes,11,rep,name=adjustments,proto3" json:"adjustments,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -351,6 +358,140 @@ func (x *InvoiceLine) GetAmountDue() string {
 	return ""
 }
 
+func (x *InvoiceLine) GetAdjustments() []*LineAdjustment {
+	if x != nil {
+		return x.Adjustments
+	}
+	return nil
+}
+
+// One hour bucket of a line priced again by a retroactive publish (or a
+// rollback, which publishes a copy): what it was charged, what it is charged
+// now, and by which versions.
+type LineAdjustment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The journal seq of the PublishVersion or RollbackRateCard that re-rated
+	// the bucket (the audit entry's seq).
+	JournalSeq uint64 `protobuf:"varint,1,opt,name=journal_seq,json=journalSeq,proto3" json:"journal_seq,omitempty"`
+	// The start of the bucket's hour.
+	Hour       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=hour,proto3" json:"hour,omitempty"`
+	RateCardId string                 `protobuf:"bytes,3,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	// The versions that had priced the bucket before, ascending.
+	OldVersions []uint32 `protobuf:"varint,4,rep,packed,name=old_versions,json=oldVersions,proto3" json:"old_versions,omitempty"`
+	// The version in force for the hour since the re-rating.
+	NewVersion uint32 `protobuf:"varint,5,opt,name=new_version,json=newVersion,proto3" json:"new_version,omitempty"`
+	// The bucket's quantity (unchanged by re-rating) and events.
+	Quantity string `protobuf:"bytes,6,opt,name=quantity,proto3" json:"quantity,omitempty"`
+	Events   uint64 `protobuf:"varint,7,opt,name=events,proto3" json:"events,omitempty"`
+	// In the pricing unit, exact: the bucket's amount before and after.
+	OldAmount string `protobuf:"bytes,8,opt,name=old_amount,json=oldAmount,proto3" json:"old_amount,omitempty"`
+	NewAmount string `protobuf:"bytes,9,opt,name=new_amount,json=newAmount,proto3" json:"new_amount,omitempty"`
+	// new_amount - old_amount (negative for a price cut).
+	Delta         string `protobuf:"bytes,10,opt,name=delta,proto3" json:"delta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LineAdjustment) Reset() {
+	*x = LineAdjustment{}
+	mi := &file_tariff_v1_invoices_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LineAdjustment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LineAdjustment) ProtoMessage() {}
+
+func (x *LineAdjustment) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_invoices_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LineAdjustment.ProtoReflect.Descriptor instead.
+func (*LineAdjustment) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LineAdjustment) GetJournalSeq() uint64 {
+	if x != nil {
+		return x.JournalSeq
+	}
+	return 0
+}
+
+func (x *LineAdjustment) GetHour() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Hour
+	}
+	return nil
+}
+
+func (x *LineAdjustment) GetRateCardId() string {
+	if x != nil {
+		return x.RateCardId
+	}
+	return ""
+}
+
+func (x *LineAdjustment) GetOldVersions() []uint32 {
+	if x != nil {
+		return x.OldVersions
+	}
+	return nil
+}
+
+func (x *LineAdjustment) GetNewVersion() uint32 {
+	if x != nil {
+		return x.NewVersion
+	}
+	return 0
+}
+
+func (x *LineAdjustment) GetQuantity() string {
+	if x != nil {
+		return x.Quantity
+	}
+	return ""
+}
+
+func (x *LineAdjustment) GetEvents() uint64 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
+func (x *LineAdjustment) GetOldAmount() string {
+	if x != nil {
+		return x.OldAmount
+	}
+	return ""
+}
+
+func (x *LineAdjustment) GetNewAmount() string {
+	if x != nil {
+		return x.NewAmount
+	}
+	return ""
+}
+
+func (x *LineAdjustment) GetDelta() string {
+	if x != nil {
+		return x.Delta
+	}
+	return ""
+}
+
 type CreditApplication struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GrantId       string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
@@ -361,7 +502,7 @@ type CreditApplication struct {
 
 func (x *CreditApplication) Reset() {
 	*x = CreditApplication{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[3]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +514,7 @@ func (x *CreditApplication) String() string {
 func (*CreditApplication) ProtoMessage() {}
 
 func (x *CreditApplication) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[3]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +527,7 @@ func (x *CreditApplication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreditApplication.ProtoReflect.Descriptor instead.
 func (*CreditApplication) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{3}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreditApplication) GetGrantId() string {
@@ -447,7 +588,7 @@ type Invoice struct {
 
 func (x *Invoice) Reset() {
 	*x = Invoice{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[4]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +600,7 @@ func (x *Invoice) String() string {
 func (*Invoice) ProtoMessage() {}
 
 func (x *Invoice) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[4]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +613,7 @@ func (x *Invoice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invoice.ProtoReflect.Descriptor instead.
 func (*Invoice) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{4}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Invoice) GetCustomerId() string {
@@ -632,7 +773,7 @@ type InvoiceGrantBalance struct {
 
 func (x *InvoiceGrantBalance) Reset() {
 	*x = InvoiceGrantBalance{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[5]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +785,7 @@ func (x *InvoiceGrantBalance) String() string {
 func (*InvoiceGrantBalance) ProtoMessage() {}
 
 func (x *InvoiceGrantBalance) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[5]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +798,7 @@ func (x *InvoiceGrantBalance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvoiceGrantBalance.ProtoReflect.Descriptor instead.
 func (*InvoiceGrantBalance) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{5}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *InvoiceGrantBalance) GetGrantId() string {
@@ -713,7 +854,7 @@ type ExplainLineItemRequest struct {
 
 func (x *ExplainLineItemRequest) Reset() {
 	*x = ExplainLineItemRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[6]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +866,7 @@ func (x *ExplainLineItemRequest) String() string {
 func (*ExplainLineItemRequest) ProtoMessage() {}
 
 func (x *ExplainLineItemRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[6]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +879,7 @@ func (x *ExplainLineItemRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainLineItemRequest.ProtoReflect.Descriptor instead.
 func (*ExplainLineItemRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{6}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ExplainLineItemRequest) GetCustomerId() string {
@@ -786,7 +927,7 @@ type GrantDraw struct {
 
 func (x *GrantDraw) Reset() {
 	*x = GrantDraw{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[7]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +939,7 @@ func (x *GrantDraw) String() string {
 func (*GrantDraw) ProtoMessage() {}
 
 func (x *GrantDraw) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[7]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +952,7 @@ func (x *GrantDraw) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantDraw.ProtoReflect.Descriptor instead.
 func (*GrantDraw) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{7}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GrantDraw) GetGrantId() string {
@@ -849,7 +990,7 @@ type ExplainedEvent struct {
 
 func (x *ExplainedEvent) Reset() {
 	*x = ExplainedEvent{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[8]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +1002,7 @@ func (x *ExplainedEvent) String() string {
 func (*ExplainedEvent) ProtoMessage() {}
 
 func (x *ExplainedEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[8]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +1015,7 @@ func (x *ExplainedEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainedEvent.ProtoReflect.Descriptor instead.
 func (*ExplainedEvent) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{8}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExplainedEvent) GetTransactionId() string {
@@ -947,7 +1088,7 @@ type ExplainLineItemResponse struct {
 
 func (x *ExplainLineItemResponse) Reset() {
 	*x = ExplainLineItemResponse{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[9]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1100,7 @@ func (x *ExplainLineItemResponse) String() string {
 func (*ExplainLineItemResponse) ProtoMessage() {}
 
 func (x *ExplainLineItemResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[9]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1113,7 @@ func (x *ExplainLineItemResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainLineItemResponse.ProtoReflect.Descriptor instead.
 func (*ExplainLineItemResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{9}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExplainLineItemResponse) GetEvents() []*ExplainedEvent {
@@ -1018,7 +1159,7 @@ type ClosePeriodRequest struct {
 
 func (x *ClosePeriodRequest) Reset() {
 	*x = ClosePeriodRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[10]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1171,7 @@ func (x *ClosePeriodRequest) String() string {
 func (*ClosePeriodRequest) ProtoMessage() {}
 
 func (x *ClosePeriodRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[10]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1184,7 @@ func (x *ClosePeriodRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosePeriodRequest.ProtoReflect.Descriptor instead.
 func (*ClosePeriodRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{10}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ClosePeriodRequest) GetCustomerId() string {
@@ -1068,7 +1209,7 @@ type CloseDuePeriodsRequest struct {
 
 func (x *CloseDuePeriodsRequest) Reset() {
 	*x = CloseDuePeriodsRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[11]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1221,7 @@ func (x *CloseDuePeriodsRequest) String() string {
 func (*CloseDuePeriodsRequest) ProtoMessage() {}
 
 func (x *CloseDuePeriodsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[11]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1234,7 @@ func (x *CloseDuePeriodsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseDuePeriodsRequest.ProtoReflect.Descriptor instead.
 func (*CloseDuePeriodsRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{11}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{12}
 }
 
 type CloseDuePeriodsResponse struct {
@@ -1106,7 +1247,7 @@ type CloseDuePeriodsResponse struct {
 
 func (x *CloseDuePeriodsResponse) Reset() {
 	*x = CloseDuePeriodsResponse{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[12]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1259,7 @@ func (x *CloseDuePeriodsResponse) String() string {
 func (*CloseDuePeriodsResponse) ProtoMessage() {}
 
 func (x *CloseDuePeriodsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[12]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1272,7 @@ func (x *CloseDuePeriodsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseDuePeriodsResponse.ProtoReflect.Descriptor instead.
 func (*CloseDuePeriodsResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{12}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CloseDuePeriodsResponse) GetInvoices() []*Invoice {
@@ -1150,7 +1291,7 @@ type GetInvoiceRequest struct {
 
 func (x *GetInvoiceRequest) Reset() {
 	*x = GetInvoiceRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[13]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1303,7 @@ func (x *GetInvoiceRequest) String() string {
 func (*GetInvoiceRequest) ProtoMessage() {}
 
 func (x *GetInvoiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[13]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1316,7 @@ func (x *GetInvoiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInvoiceRequest.ProtoReflect.Descriptor instead.
 func (*GetInvoiceRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{13}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetInvoiceRequest) GetInvoiceNumber() string {
@@ -1205,7 +1346,7 @@ type ListInvoicesRequest struct {
 
 func (x *ListInvoicesRequest) Reset() {
 	*x = ListInvoicesRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[14]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1358,7 @@ func (x *ListInvoicesRequest) String() string {
 func (*ListInvoicesRequest) ProtoMessage() {}
 
 func (x *ListInvoicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[14]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1371,7 @@ func (x *ListInvoicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvoicesRequest.ProtoReflect.Descriptor instead.
 func (*ListInvoicesRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{14}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListInvoicesRequest) GetCustomerId() string {
@@ -1285,7 +1426,7 @@ type ListInvoicesResponse struct {
 
 func (x *ListInvoicesResponse) Reset() {
 	*x = ListInvoicesResponse{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1438,7 @@ func (x *ListInvoicesResponse) String() string {
 func (*ListInvoicesResponse) ProtoMessage() {}
 
 func (x *ListInvoicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[15]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1451,7 @@ func (x *ListInvoicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvoicesResponse.ProtoReflect.Descriptor instead.
 func (*ListInvoicesResponse) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{15}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListInvoicesResponse) GetInvoices() []*Invoice {
@@ -1339,7 +1480,7 @@ type GetRevenueReportRequest struct {
 
 func (x *GetRevenueReportRequest) Reset() {
 	*x = GetRevenueReportRequest{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1492,7 @@ func (x *GetRevenueReportRequest) String() string {
 func (*GetRevenueReportRequest) ProtoMessage() {}
 
 func (x *GetRevenueReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[16]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1505,7 @@ func (x *GetRevenueReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevenueReportRequest.ProtoReflect.Descriptor instead.
 func (*GetRevenueReportRequest) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{16}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetRevenueReportRequest) GetPeriodStart() *timestamppb.Timestamp {
@@ -1411,7 +1552,7 @@ type RevenueLine struct {
 
 func (x *RevenueLine) Reset() {
 	*x = RevenueLine{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[17]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1564,7 @@ func (x *RevenueLine) String() string {
 func (*RevenueLine) ProtoMessage() {}
 
 func (x *RevenueLine) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[17]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1577,7 @@ func (x *RevenueLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevenueLine.ProtoReflect.Descriptor instead.
 func (*RevenueLine) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{17}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevenueLine) GetProductId() string {
@@ -1520,7 +1661,7 @@ type RevenueReconciliation struct {
 
 func (x *RevenueReconciliation) Reset() {
 	*x = RevenueReconciliation{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[18]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1673,7 @@ func (x *RevenueReconciliation) String() string {
 func (*RevenueReconciliation) ProtoMessage() {}
 
 func (x *RevenueReconciliation) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[18]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1686,7 @@ func (x *RevenueReconciliation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevenueReconciliation.ProtoReflect.Descriptor instead.
 func (*RevenueReconciliation) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{18}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevenueReconciliation) GetDeferredStart() string {
@@ -1616,7 +1757,7 @@ type RevenueReport struct {
 
 func (x *RevenueReport) Reset() {
 	*x = RevenueReport{}
-	mi := &file_tariff_v1_invoices_proto_msgTypes[19]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +1769,7 @@ func (x *RevenueReport) String() string {
 func (*RevenueReport) ProtoMessage() {}
 
 func (x *RevenueReport) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_invoices_proto_msgTypes[19]
+	mi := &file_tariff_v1_invoices_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +1782,7 @@ func (x *RevenueReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevenueReport.ProtoReflect.Descriptor instead.
 func (*RevenueReport) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{19}
+	return file_tariff_v1_invoices_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RevenueReport) GetCurrency() string {
@@ -1689,7 +1830,7 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"\x06amount\x18\x04 \x01(\tR\x06amount\x12\x16\n" +
 	"\x06events\x18\x05 \x01(\x04R\x06events\x12 \n" +
 	"\frate_card_id\x18\x06 \x01(\tR\n" +
-	"rateCardId\"\xc9\x03\n" +
+	"rateCardId\"\x86\x04\n" +
 	"\vInvoiceLine\x12\x17\n" +
 	"\aline_id\x18\x01 \x01(\tR\x06lineId\x12\x1d\n" +
 	"\n" +
@@ -1705,10 +1846,28 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"\x0fcredits_applied\x18\t \x03(\v2\x1c.tariff.v1.CreditApplicationR\x0ecreditsApplied\x12\x1d\n" +
 	"\n" +
 	"amount_due\x18\n" +
-	" \x01(\tR\tamountDue\x1a=\n" +
+	" \x01(\tR\tamountDue\x12;\n" +
+	"\vadjustments\x18\v \x03(\v2\x19.tariff.v1.LineAdjustmentR\vadjustments\x1a=\n" +
 	"\x0fDimensionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"H\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcf\x02\n" +
+	"\x0eLineAdjustment\x12\x1f\n" +
+	"\vjournal_seq\x18\x01 \x01(\x04R\n" +
+	"journalSeq\x12.\n" +
+	"\x04hour\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04hour\x12 \n" +
+	"\frate_card_id\x18\x03 \x01(\tR\n" +
+	"rateCardId\x12!\n" +
+	"\fold_versions\x18\x04 \x03(\rR\voldVersions\x12\x1f\n" +
+	"\vnew_version\x18\x05 \x01(\rR\n" +
+	"newVersion\x12\x1a\n" +
+	"\bquantity\x18\x06 \x01(\tR\bquantity\x12\x16\n" +
+	"\x06events\x18\a \x01(\x04R\x06events\x12\x1d\n" +
+	"\n" +
+	"old_amount\x18\b \x01(\tR\toldAmount\x12\x1d\n" +
+	"\n" +
+	"new_amount\x18\t \x01(\tR\tnewAmount\x12\x14\n" +
+	"\x05delta\x18\n" +
+	" \x01(\tR\x05delta\"H\n" +
 	"\x11CreditApplication\x12\x19\n" +
 	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x18\n" +
 	"\acredits\x18\x02 \x01(\tR\acredits\"\xf2\x06\n" +
@@ -1861,79 +2020,82 @@ func file_tariff_v1_invoices_proto_rawDescGZIP() []byte {
 }
 
 var file_tariff_v1_invoices_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tariff_v1_invoices_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_tariff_v1_invoices_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_tariff_v1_invoices_proto_goTypes = []any{
 	(InvoiceStatus)(0),              // 0: tariff.v1.InvoiceStatus
 	(*PreviewInvoiceRequest)(nil),   // 1: tariff.v1.PreviewInvoiceRequest
 	(*AppliedPrice)(nil),            // 2: tariff.v1.AppliedPrice
 	(*InvoiceLine)(nil),             // 3: tariff.v1.InvoiceLine
-	(*CreditApplication)(nil),       // 4: tariff.v1.CreditApplication
-	(*Invoice)(nil),                 // 5: tariff.v1.Invoice
-	(*InvoiceGrantBalance)(nil),     // 6: tariff.v1.InvoiceGrantBalance
-	(*ExplainLineItemRequest)(nil),  // 7: tariff.v1.ExplainLineItemRequest
-	(*GrantDraw)(nil),               // 8: tariff.v1.GrantDraw
-	(*ExplainedEvent)(nil),          // 9: tariff.v1.ExplainedEvent
-	(*ExplainLineItemResponse)(nil), // 10: tariff.v1.ExplainLineItemResponse
-	(*ClosePeriodRequest)(nil),      // 11: tariff.v1.ClosePeriodRequest
-	(*CloseDuePeriodsRequest)(nil),  // 12: tariff.v1.CloseDuePeriodsRequest
-	(*CloseDuePeriodsResponse)(nil), // 13: tariff.v1.CloseDuePeriodsResponse
-	(*GetInvoiceRequest)(nil),       // 14: tariff.v1.GetInvoiceRequest
-	(*ListInvoicesRequest)(nil),     // 15: tariff.v1.ListInvoicesRequest
-	(*ListInvoicesResponse)(nil),    // 16: tariff.v1.ListInvoicesResponse
-	(*GetRevenueReportRequest)(nil), // 17: tariff.v1.GetRevenueReportRequest
-	(*RevenueLine)(nil),             // 18: tariff.v1.RevenueLine
-	(*RevenueReconciliation)(nil),   // 19: tariff.v1.RevenueReconciliation
-	(*RevenueReport)(nil),           // 20: tariff.v1.RevenueReport
-	nil,                             // 21: tariff.v1.InvoiceLine.DimensionsEntry
-	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
+	(*LineAdjustment)(nil),          // 4: tariff.v1.LineAdjustment
+	(*CreditApplication)(nil),       // 5: tariff.v1.CreditApplication
+	(*Invoice)(nil),                 // 6: tariff.v1.Invoice
+	(*InvoiceGrantBalance)(nil),     // 7: tariff.v1.InvoiceGrantBalance
+	(*ExplainLineItemRequest)(nil),  // 8: tariff.v1.ExplainLineItemRequest
+	(*GrantDraw)(nil),               // 9: tariff.v1.GrantDraw
+	(*ExplainedEvent)(nil),          // 10: tariff.v1.ExplainedEvent
+	(*ExplainLineItemResponse)(nil), // 11: tariff.v1.ExplainLineItemResponse
+	(*ClosePeriodRequest)(nil),      // 12: tariff.v1.ClosePeriodRequest
+	(*CloseDuePeriodsRequest)(nil),  // 13: tariff.v1.CloseDuePeriodsRequest
+	(*CloseDuePeriodsResponse)(nil), // 14: tariff.v1.CloseDuePeriodsResponse
+	(*GetInvoiceRequest)(nil),       // 15: tariff.v1.GetInvoiceRequest
+	(*ListInvoicesRequest)(nil),     // 16: tariff.v1.ListInvoicesRequest
+	(*ListInvoicesResponse)(nil),    // 17: tariff.v1.ListInvoicesResponse
+	(*GetRevenueReportRequest)(nil), // 18: tariff.v1.GetRevenueReportRequest
+	(*RevenueLine)(nil),             // 19: tariff.v1.RevenueLine
+	(*RevenueReconciliation)(nil),   // 20: tariff.v1.RevenueReconciliation
+	(*RevenueReport)(nil),           // 21: tariff.v1.RevenueReport
+	nil,                             // 22: tariff.v1.InvoiceLine.DimensionsEntry
+	(*timestamppb.Timestamp)(nil),   // 23: google.protobuf.Timestamp
 }
 var file_tariff_v1_invoices_proto_depIdxs = []int32{
-	22, // 0: tariff.v1.PreviewInvoiceRequest.period_start:type_name -> google.protobuf.Timestamp
-	21, // 1: tariff.v1.InvoiceLine.dimensions:type_name -> tariff.v1.InvoiceLine.DimensionsEntry
+	23, // 0: tariff.v1.PreviewInvoiceRequest.period_start:type_name -> google.protobuf.Timestamp
+	22, // 1: tariff.v1.InvoiceLine.dimensions:type_name -> tariff.v1.InvoiceLine.DimensionsEntry
 	2,  // 2: tariff.v1.InvoiceLine.prices:type_name -> tariff.v1.AppliedPrice
-	4,  // 3: tariff.v1.InvoiceLine.credits_applied:type_name -> tariff.v1.CreditApplication
-	0,  // 4: tariff.v1.Invoice.status:type_name -> tariff.v1.InvoiceStatus
-	22, // 5: tariff.v1.Invoice.period_start:type_name -> google.protobuf.Timestamp
-	22, // 6: tariff.v1.Invoice.period_end:type_name -> google.protobuf.Timestamp
-	3,  // 7: tariff.v1.Invoice.lines:type_name -> tariff.v1.InvoiceLine
-	4,  // 8: tariff.v1.Invoice.credits_applied:type_name -> tariff.v1.CreditApplication
-	22, // 9: tariff.v1.Invoice.closed_at:type_name -> google.protobuf.Timestamp
-	6,  // 10: tariff.v1.Invoice.grant_balances:type_name -> tariff.v1.InvoiceGrantBalance
-	22, // 11: tariff.v1.ExplainLineItemRequest.period_start:type_name -> google.protobuf.Timestamp
-	8,  // 12: tariff.v1.ExplainedEvent.draws:type_name -> tariff.v1.GrantDraw
-	9,  // 13: tariff.v1.ExplainLineItemResponse.events:type_name -> tariff.v1.ExplainedEvent
-	22, // 14: tariff.v1.ClosePeriodRequest.period_start:type_name -> google.protobuf.Timestamp
-	5,  // 15: tariff.v1.CloseDuePeriodsResponse.invoices:type_name -> tariff.v1.Invoice
-	0,  // 16: tariff.v1.ListInvoicesRequest.status:type_name -> tariff.v1.InvoiceStatus
-	22, // 17: tariff.v1.ListInvoicesRequest.period_start_from:type_name -> google.protobuf.Timestamp
-	22, // 18: tariff.v1.ListInvoicesRequest.period_start_before:type_name -> google.protobuf.Timestamp
-	5,  // 19: tariff.v1.ListInvoicesResponse.invoices:type_name -> tariff.v1.Invoice
-	22, // 20: tariff.v1.GetRevenueReportRequest.period_start:type_name -> google.protobuf.Timestamp
-	22, // 21: tariff.v1.GetRevenueReportRequest.period_end:type_name -> google.protobuf.Timestamp
-	22, // 22: tariff.v1.RevenueLine.period_start:type_name -> google.protobuf.Timestamp
-	22, // 23: tariff.v1.RevenueLine.period_end:type_name -> google.protobuf.Timestamp
-	18, // 24: tariff.v1.RevenueReport.lines:type_name -> tariff.v1.RevenueLine
-	18, // 25: tariff.v1.RevenueReport.customer_lines:type_name -> tariff.v1.RevenueLine
-	19, // 26: tariff.v1.RevenueReport.reconciliation:type_name -> tariff.v1.RevenueReconciliation
-	1,  // 27: tariff.v1.InvoiceService.PreviewInvoice:input_type -> tariff.v1.PreviewInvoiceRequest
-	7,  // 28: tariff.v1.InvoiceService.ExplainLineItem:input_type -> tariff.v1.ExplainLineItemRequest
-	11, // 29: tariff.v1.InvoiceService.ClosePeriod:input_type -> tariff.v1.ClosePeriodRequest
-	14, // 30: tariff.v1.InvoiceService.GetInvoice:input_type -> tariff.v1.GetInvoiceRequest
-	15, // 31: tariff.v1.InvoiceService.ListInvoices:input_type -> tariff.v1.ListInvoicesRequest
-	17, // 32: tariff.v1.InvoiceService.GetRevenueReport:input_type -> tariff.v1.GetRevenueReportRequest
-	12, // 33: tariff.v1.InvoiceService.CloseDuePeriods:input_type -> tariff.v1.CloseDuePeriodsRequest
-	5,  // 34: tariff.v1.InvoiceService.PreviewInvoice:output_type -> tariff.v1.Invoice
-	10, // 35: tariff.v1.InvoiceService.ExplainLineItem:output_type -> tariff.v1.ExplainLineItemResponse
-	5,  // 36: tariff.v1.InvoiceService.ClosePeriod:output_type -> tariff.v1.Invoice
-	5,  // 37: tariff.v1.InvoiceService.GetInvoice:output_type -> tariff.v1.Invoice
-	16, // 38: tariff.v1.InvoiceService.ListInvoices:output_type -> tariff.v1.ListInvoicesResponse
-	20, // 39: tariff.v1.InvoiceService.GetRevenueReport:output_type -> tariff.v1.RevenueReport
-	13, // 40: tariff.v1.InvoiceService.CloseDuePeriods:output_type -> tariff.v1.CloseDuePeriodsResponse
-	34, // [34:41] is the sub-list for method output_type
-	27, // [27:34] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	5,  // 3: tariff.v1.InvoiceLine.credits_applied:type_name -> tariff.v1.CreditApplication
+	4,  // 4: tariff.v1.InvoiceLine.adjustments:type_name -> tariff.v1.LineAdjustment
+	23, // 5: tariff.v1.LineAdjustment.hour:type_name -> google.protobuf.Timestamp
+	0,  // 6: tariff.v1.Invoice.status:type_name -> tariff.v1.InvoiceStatus
+	23, // 7: tariff.v1.Invoice.period_start:type_name -> google.protobuf.Timestamp
+	23, // 8: tariff.v1.Invoice.period_end:type_name -> google.protobuf.Timestamp
+	3,  // 9: tariff.v1.Invoice.lines:type_name -> tariff.v1.InvoiceLine
+	5,  // 10: tariff.v1.Invoice.credits_applied:type_name -> tariff.v1.CreditApplication
+	23, // 11: tariff.v1.Invoice.closed_at:type_name -> google.protobuf.Timestamp
+	7,  // 12: tariff.v1.Invoice.grant_balances:type_name -> tariff.v1.InvoiceGrantBalance
+	23, // 13: tariff.v1.ExplainLineItemRequest.period_start:type_name -> google.protobuf.Timestamp
+	9,  // 14: tariff.v1.ExplainedEvent.draws:type_name -> tariff.v1.GrantDraw
+	10, // 15: tariff.v1.ExplainLineItemResponse.events:type_name -> tariff.v1.ExplainedEvent
+	23, // 16: tariff.v1.ClosePeriodRequest.period_start:type_name -> google.protobuf.Timestamp
+	6,  // 17: tariff.v1.CloseDuePeriodsResponse.invoices:type_name -> tariff.v1.Invoice
+	0,  // 18: tariff.v1.ListInvoicesRequest.status:type_name -> tariff.v1.InvoiceStatus
+	23, // 19: tariff.v1.ListInvoicesRequest.period_start_from:type_name -> google.protobuf.Timestamp
+	23, // 20: tariff.v1.ListInvoicesRequest.period_start_before:type_name -> google.protobuf.Timestamp
+	6,  // 21: tariff.v1.ListInvoicesResponse.invoices:type_name -> tariff.v1.Invoice
+	23, // 22: tariff.v1.GetRevenueReportRequest.period_start:type_name -> google.protobuf.Timestamp
+	23, // 23: tariff.v1.GetRevenueReportRequest.period_end:type_name -> google.protobuf.Timestamp
+	23, // 24: tariff.v1.RevenueLine.period_start:type_name -> google.protobuf.Timestamp
+	23, // 25: tariff.v1.RevenueLine.period_end:type_name -> google.protobuf.Timestamp
+	19, // 26: tariff.v1.RevenueReport.lines:type_name -> tariff.v1.RevenueLine
+	19, // 27: tariff.v1.RevenueReport.customer_lines:type_name -> tariff.v1.RevenueLine
+	20, // 28: tariff.v1.RevenueReport.reconciliation:type_name -> tariff.v1.RevenueReconciliation
+	1,  // 29: tariff.v1.InvoiceService.PreviewInvoice:input_type -> tariff.v1.PreviewInvoiceRequest
+	8,  // 30: tariff.v1.InvoiceService.ExplainLineItem:input_type -> tariff.v1.ExplainLineItemRequest
+	12, // 31: tariff.v1.InvoiceService.ClosePeriod:input_type -> tariff.v1.ClosePeriodRequest
+	15, // 32: tariff.v1.InvoiceService.GetInvoice:input_type -> tariff.v1.GetInvoiceRequest
+	16, // 33: tariff.v1.InvoiceService.ListInvoices:input_type -> tariff.v1.ListInvoicesRequest
+	18, // 34: tariff.v1.InvoiceService.GetRevenueReport:input_type -> tariff.v1.GetRevenueReportRequest
+	13, // 35: tariff.v1.InvoiceService.CloseDuePeriods:input_type -> tariff.v1.CloseDuePeriodsRequest
+	6,  // 36: tariff.v1.InvoiceService.PreviewInvoice:output_type -> tariff.v1.Invoice
+	11, // 37: tariff.v1.InvoiceService.ExplainLineItem:output_type -> tariff.v1.ExplainLineItemResponse
+	6,  // 38: tariff.v1.InvoiceService.ClosePeriod:output_type -> tariff.v1.Invoice
+	6,  // 39: tariff.v1.InvoiceService.GetInvoice:output_type -> tariff.v1.Invoice
+	17, // 40: tariff.v1.InvoiceService.ListInvoices:output_type -> tariff.v1.ListInvoicesResponse
+	21, // 41: tariff.v1.InvoiceService.GetRevenueReport:output_type -> tariff.v1.RevenueReport
+	14, // 42: tariff.v1.InvoiceService.CloseDuePeriods:output_type -> tariff.v1.CloseDuePeriodsResponse
+	36, // [36:43] is the sub-list for method output_type
+	29, // [29:36] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_invoices_proto_init() }
@@ -1947,7 +2109,7 @@ func file_tariff_v1_invoices_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_invoices_proto_rawDesc), len(file_tariff_v1_invoices_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

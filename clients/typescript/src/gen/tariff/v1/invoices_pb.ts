@@ -24,7 +24,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tariff/v1/invoices.proto.
  */
 export const file_tariff_v1_invoices: GenFile = /*@__PURE__*/
-  fileDesc("Chh0YXJpZmYvdjEvaW52b2ljZXMucHJvdG8SCXRhcmlmZi52MSJeChVQcmV2aWV3SW52b2ljZVJlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSMAoMcGVyaW9kX3N0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ7CgxBcHBsaWVkUHJpY2USDwoHdmVyc2lvbhgBIAEoDRISCgp1bml0X3ByaWNlGAIgASgJEhAKCHF1YW50aXR5GAMgASgJEg4KBmFtb3VudBgEIAEoCRIOCgZldmVudHMYBSABKAQSFAoMcmF0ZV9jYXJkX2lkGAYgASgJItgCCgtJbnZvaWNlTGluZRIPCgdsaW5lX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSOgoKZGltZW5zaW9ucxgDIAMoCzImLnRhcmlmZi52MS5JbnZvaWNlTGluZS5EaW1lbnNpb25zRW50cnkSEAoIcXVhbnRpdHkYBCABKAkSJwoGcHJpY2VzGAUgAygLMhcudGFyaWZmLnYxLkFwcGxpZWRQcmljZRIOCgZhbW91bnQYBiABKAkSDgoGZXZlbnRzGAcgASgEEg8KB292ZXJhZ2UYCCABKAkSNQoPY3JlZGl0c19hcHBsaWVkGAkgAygLMhwudGFyaWZmLnYxLkNyZWRpdEFwcGxpY2F0aW9uEhIKCmFtb3VudF9kdWUYCiABKAkaMQoPRGltZW5zaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNgoRQ3JlZGl0QXBwbGljYXRpb24SEAoIZ3JhbnRfaWQYASABKAkSDwoHY3JlZGl0cxgCIAEoCSL4BAoHSW52b2ljZRITCgtjdXN0b21lcl9pZBgBIAEoCRIWCg5pbnZvaWNlX251bWJlchgCIAEoCRIoCgZzdGF0dXMYAyABKA4yGC50YXJpZmYudjEuSW52b2ljZVN0YXR1cxIwCgxwZXJpb2Rfc3RhcnQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHByaWNpbmdfdW5pdBgGIAEoCRIQCghjdXJyZW5jeRgHIAEoCRIlCgVsaW5lcxgIIAMoCzIWLnRhcmlmZi52MS5JbnZvaWNlTGluZRI1Cg9jcmVkaXRzX2FwcGxpZWQYCSADKAsyHC50YXJpZmYudjEuQ3JlZGl0QXBwbGljYXRpb24SFgoOb3ZlcmFnZV9hbW91bnQYCiABKAkSEwoLb3ZlcmFnZV9kdWUYCyABKAkSGAoQdG9wX3VwX3B1cmNoYXNlcxgMIAEoCRIRCgl0b3RhbF9kdWUYDSABKAkSEAoIc3VidG90YWwYDiABKAkSEgoKbWlub3JfdW5pdBgPIAEoDRIbChNyb3VuZGluZ19hZGp1c3RtZW50GBAgASgJEhUKDW92ZXJhZ2VfcHJpY2UYESABKAkSEwoLY29udHJhY3RfaWQYEiABKAkSLQoJY2xvc2VkX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2Cg5ncmFudF9iYWxhbmNlcxgUIAMoCzIeLnRhcmlmZi52MS5JbnZvaWNlR3JhbnRCYWxhbmNlImsKE0ludm9pY2VHcmFudEJhbGFuY2USEAoIZ3JhbnRfaWQYASABKAkSDwoHZ3JhbnRlZBgCIAEoCRINCgVkcmF3bhgDIAEoCRIRCglyZW1haW5pbmcYBCABKAkSDwoHZXhwaXJlZBgFIAEoCSKXAQoWRXhwbGFpbkxpbmVJdGVtUmVxdWVzdBITCgtjdXN0b21lcl9pZBgBIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2xpbmVfaWQYAyABKAkSEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAkiLgoJR3JhbnREcmF3EhAKCGdyYW50X2lkGAEgASgJEg8KB2NyZWRpdHMYAiABKAkiuwEKDkV4cGxhaW5lZEV2ZW50EhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEhQKDHRpbWVzdGFtcF9tcxgCIAEoAxIQCghxdWFudGl0eRgDIAEoCRIPCgd2ZXJzaW9uGAQgASgNEhIKCnVuaXRfcHJpY2UYBSABKAkSDgoGYW1vdW50GAYgASgJEiMKBWRyYXdzGAcgAygLMhQudGFyaWZmLnYxLkdyYW50RHJhdxIPCgdvdmVyYWdlGAggASgJIokBChdFeHBsYWluTGluZUl0ZW1SZXNwb25zZRIpCgZldmVudHMYASADKAsyGS50YXJpZmYudjEuRXhwbGFpbmVkRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhMKC2xpbmVfYW1vdW50GAMgASgJEhUKDWxpbmVfcXVhbnRpdHkYBCABKAkiWwoSQ2xvc2VQZXJpb2RSZXF1ZXN0EhMKC2N1c3RvbWVyX2lkGAEgASgJEjAKDHBlcmlvZF9zdGFydBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiGAoWQ2xvc2VEdWVQZXJpb2RzUmVxdWVzdCI/ChdDbG9zZUR1ZVBlcmlvZHNSZXNwb25zZRIkCghpbnZvaWNlcxgBIAMoCzISLnRhcmlmZi52MS5JbnZvaWNlIisKEUdldEludm9pY2VSZXF1ZXN0EhYKDmludm9pY2VfbnVtYmVyGAEgASgJIusBChNMaXN0SW52b2ljZXNSZXF1ZXN0EhMKC2N1c3RvbWVyX2lkGAEgASgJEigKBnN0YXR1cxgCIAEoDjIYLnRhcmlmZi52MS5JbnZvaWNlU3RhdHVzEjUKEXBlcmlvZF9zdGFydF9mcm9tGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3ChNwZXJpb2Rfc3RhcnRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBSABKA0SEgoKcGFnZV90b2tlbhgGIAEoCSJVChRMaXN0SW52b2ljZXNSZXNwb25zZRIkCghpbnZvaWNlcxgBIAMoCzISLnRhcmlmZi52MS5JbnZvaWNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKQAQoXR2V0UmV2ZW51ZVJlcG9ydFJlcXVlc3QSMAoMcGVyaW9kX3N0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtjdXN0b21lcl9pZBgDIAEoCSKIAgoLUmV2ZW51ZUxpbmUSEgoKcHJvZHVjdF9pZBgBIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnJlY29nbml6ZWQYAyABKAkSEAoIZGVmZXJyZWQYBCABKAkSEAoIYnJlYWthZ2UYBSABKAkSEwoLY3VzdG9tZXJfaWQYBiABKAkSGgoScmVjb2duaXplZF9jcmVkaXRzGAcgASgJEhoKEnJlY29nbml6ZWRfb3ZlcmFnZRgIIAEoCRIuCgpwZXJpb2RfZW5kGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLNAQoVUmV2ZW51ZVJlY29uY2lsaWF0aW9uEhYKDmRlZmVycmVkX3N0YXJ0GAEgASgJEhQKDHByZXBhaWRfc29sZBgCIAEoCRIaChJyZWNvZ25pemVkX2NyZWRpdHMYAyABKAkSEAoIYnJlYWthZ2UYBCABKAkSFAoMZGVmZXJyZWRfZW5kGAUgASgJEhIKCnJlY29uY2lsZXMYBiABKAgSGgoScmVjb2duaXplZF9vdmVyYWdlGAcgASgJEhIKCnJlY29nbml6ZWQYCCABKAkisgEKDVJldmVudWVSZXBvcnQSEAoIY3VycmVuY3kYASABKAkSJQoFbGluZXMYAiADKAsyFi50YXJpZmYudjEuUmV2ZW51ZUxpbmUSLgoOY3VzdG9tZXJfbGluZXMYAyADKAsyFi50YXJpZmYudjEuUmV2ZW51ZUxpbmUSOAoOcmVjb25jaWxpYXRpb24YBCABKAsyIC50YXJpZmYudjEuUmV2ZW51ZVJlY29uY2lsaWF0aW9uKlUKDUludm9pY2VTdGF0dXMSHgoaSU5WT0lDRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1JTlZPSUNFX0RSQUZUEAESEQoNSU5WT0lDRV9GSU5BTBACMrEECg5JbnZvaWNlU2VydmljZRJGCg5QcmV2aWV3SW52b2ljZRIgLnRhcmlmZi52MS5QcmV2aWV3SW52b2ljZVJlcXVlc3QaEi50YXJpZmYudjEuSW52b2ljZRJYCg9FeHBsYWluTGluZUl0ZW0SIS50YXJpZmYudjEuRXhwbGFpbkxpbmVJdGVtUmVxdWVzdBoiLnRhcmlmZi52MS5FeHBsYWluTGluZUl0ZW1SZXNwb25zZRJACgtDbG9zZVBlcmlvZBIdLnRhcmlmZi52MS5DbG9zZVBlcmlvZFJlcXVlc3QaEi50YXJpZmYudjEuSW52b2ljZRI+CgpHZXRJbnZvaWNlEhwudGFyaWZmLnYxLkdldEludm9pY2VSZXF1ZXN0GhIudGFyaWZmLnYxLkludm9pY2USTwoMTGlzdEludm9pY2VzEh4udGFyaWZmLnYxLkxpc3RJbnZvaWNlc1JlcXVlc3QaHy50YXJpZmYudjEuTGlzdEludm9pY2VzUmVzcG9uc2USUAoQR2V0UmV2ZW51ZVJlcG9ydBIiLnRhcmlmZi52MS5HZXRSZXZlbnVlUmVwb3J0UmVxdWVzdBoYLnRhcmlmZi52MS5SZXZlbnVlUmVwb3J0ElgKD0Nsb3NlRHVlUGVyaW9kcxIhLnRhcmlmZi52MS5DbG9zZUR1ZVBlcmlvZHNSZXF1ZXN0GiIudGFyaWZmLnYxLkNsb3NlRHVlUGVyaW9kc1Jlc3BvbnNlQkUKDWRldi50YXJpZmYudjFQAVoyZ2l0aHViLmNvbS90YXJpZmYvdGFyaWZmL2dlbi9nby90YXJpZmYvdjE7dGFyaWZmdjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Chh0YXJpZmYvdjEvaW52b2ljZXMucHJvdG8SCXRhcmlmZi52MSJeChVQcmV2aWV3SW52b2ljZVJlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSMAoMcGVyaW9kX3N0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ7CgxBcHBsaWVkUHJpY2USDwoHdmVyc2lvbhgBIAEoDRISCgp1bml0X3ByaWNlGAIgASgJEhAKCHF1YW50aXR5GAMgASgJEg4KBmFtb3VudBgEIAEoCRIOCgZldmVudHMYBSABKAQSFAoMcmF0ZV9jYXJkX2lkGAYgASgJIogDCgtJbnZvaWNlTGluZRIPCgdsaW5lX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSOgoKZGltZW5zaW9ucxgDIAMoCzImLnRhcmlmZi52MS5JbnZvaWNlTGluZS5EaW1lbnNpb25zRW50cnkSEAoIcXVhbnRpdHkYBCABKAkSJwoGcHJpY2VzGAUgAygLMhcudGFyaWZmLnYxLkFwcGxpZWRQcmljZRIOCgZhbW91bnQYBiABKAkSDgoGZXZlbnRzGAcgASgEEg8KB292ZXJhZ2UYCCABKAkSNQoPY3JlZGl0c19hcHBsaWVkGAkgAygLMhwudGFyaWZmLnYxLkNyZWRpdEFwcGxpY2F0aW9uEhIKCmFtb3VudF9kdWUYCiABKAkSLgoLYWRqdXN0bWVudHMYCyADKAsyGS50YXJpZmYudjEuTGluZUFkanVzdG1lbnQaMQoPRGltZW5zaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi6QEKDkxpbmVBZGp1c3RtZW50EhMKC2pvdXJuYWxfc2VxGAEgASgEEigKBGhvdXIYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHJhdGVfY2FyZF9pZBgDIAEoCRIUCgxvbGRfdmVyc2lvbnMYBCADKA0SEwoLbmV3X3ZlcnNpb24YBSABKA0SEAoIcXVhbnRpdHkYBiABKAkSDgoGZXZlbnRzGAcgASgEEhIKCm9sZF9hbW91bnQYCCABKAkSEgoKbmV3X2Ftb3VudBgJIAEoCRINCgVkZWx0YRgKIAEoCSI2ChFDcmVkaXRBcHBsaWNhdGlvbhIQCghncmFudF9pZBgBIAEoCRIPCgdjcmVkaXRzGAIgASgJIvgECgdJbnZvaWNlEhMKC2N1c3RvbWVyX2lkGAEgASgJEhYKDmludm9pY2VfbnVtYmVyGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLnRhcmlmZi52MS5JbnZvaWNlU3RhdHVzEjAKDHBlcmlvZF9zdGFydBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcGVyaW9kX2VuZBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcHJpY2luZ191bml0GAYgASgJEhAKCGN1cnJlbmN5GAcgASgJEiUKBWxpbmVzGAggAygLMhYudGFyaWZmLnYxLkludm9pY2VMaW5lEjUKD2NyZWRpdHNfYXBwbGllZBgJIAMoCzIcLnRhcmlmZi52MS5DcmVkaXRBcHBsaWNhdGlvbhIWCg5vdmVyYWdlX2Ftb3VudBgKIAEoCRITCgtvdmVyYWdlX2R1ZRgLIAEoCRIYChB0b3BfdXBfcHVyY2hhc2VzGAwgASgJEhEKCXRvdGFsX2R1ZRgNIAEoCRIQCghzdWJ0b3RhbBgOIAEoCRISCgptaW5vcl91bml0GA8gASgNEhsKE3JvdW5kaW5nX2FkanVzdG1lbnQYECABKAkSFQoNb3ZlcmFnZV9wcmljZRgRIAEoCRITCgtjb250cmFjdF9pZBgSIAEoCRItCgljbG9zZWRfYXQYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKDmdyYW50X2JhbGFuY2VzGBQgAygLMh4udGFyaWZmLnYxLkludm9pY2VHcmFudEJhbGFuY2UiawoTSW52b2ljZUdyYW50QmFsYW5jZRIQCghncmFudF9pZBgBIAEoCRIPCgdncmFudGVkGAIgASgJEg0KBWRyYXduGAMgASgJEhEKCXJlbWFpbmluZxgEIAEoCRIPCgdleHBpcmVkGAUgASgJIpcBChZFeHBsYWluTGluZUl0ZW1SZXF1ZXN0EhMKC2N1c3RvbWVyX2lkGAEgASgJEjAKDHBlcmlvZF9zdGFydBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHbGluZV9pZBgDIAEoCRIRCglwYWdlX3NpemUYBCABKA0SEgoKcGFnZV90b2tlbhgFIAEoCSIuCglHcmFudERyYXcSEAoIZ3JhbnRfaWQYASABKAkSDwoHY3JlZGl0cxgCIAEoCSK7AQoORXhwbGFpbmVkRXZlbnQSFgoOdHJhbnNhY3Rpb25faWQYASABKAkSFAoMdGltZXN0YW1wX21zGAIgASgDEhAKCHF1YW50aXR5GAMgASgJEg8KB3ZlcnNpb24YBCABKA0SEgoKdW5pdF9wcmljZRgFIAEoCRIOCgZhbW91bnQYBiABKAkSIwoFZHJhd3MYByADKAsyFC50YXJpZmYudjEuR3JhbnREcmF3Eg8KB292ZXJhZ2UYCCABKAkiiQEKF0V4cGxhaW5MaW5lSXRlbVJlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLnRhcmlmZi52MS5FeHBsYWluZWRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLbGluZV9hbW91bnQYAyABKAkSFQoNbGluZV9xdWFudGl0eRgEIAEoCSJbChJDbG9zZVBlcmlvZFJlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSMAoMcGVyaW9kX3N0YXJ0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIYChZDbG9zZUR1ZVBlcmlvZHNSZXF1ZXN0Ij8KF0Nsb3NlRHVlUGVyaW9kc1Jlc3BvbnNlEiQKCGludm9pY2VzGAEgAygLMhIudGFyaWZmLnYxLkludm9pY2UiKwoRR2V0SW52b2ljZVJlcXVlc3QSFgoOaW52b2ljZV9udW1iZXIYASABKAki6wEKE0xpc3RJbnZvaWNlc1JlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSKAoGc3RhdHVzGAIgASgOMhgudGFyaWZmLnYxLkludm9pY2VTdGF0dXMSNQoRcGVyaW9kX3N0YXJ0X2Zyb20YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKE3BlcmlvZF9zdGFydF9iZWZvcmUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgFIAEoDRISCgpwYWdlX3Rva2VuGAYgASgJIlUKFExpc3RJbnZvaWNlc1Jlc3BvbnNlEiQKCGludm9pY2VzGAEgAygLMhIudGFyaWZmLnYxLkludm9pY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIpABChdHZXRSZXZlbnVlUmVwb3J0UmVxdWVzdBIwCgxwZXJpb2Rfc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2N1c3RvbWVyX2lkGAMgASgJIogCCgtSZXZlbnVlTGluZRISCgpwcm9kdWN0X2lkGAEgASgJEjAKDHBlcmlvZF9zdGFydBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVjb2duaXplZBgDIAEoCRIQCghkZWZlcnJlZBgEIAEoCRIQCghicmVha2FnZRgFIAEoCRITCgtjdXN0b21lcl9pZBgGIAEoCRIaChJyZWNvZ25pemVkX2NyZWRpdHMYByABKAkSGgoScmVjb2duaXplZF9vdmVyYWdlGAggASgJEi4KCnBlcmlvZF9lbmQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIs0BChVSZXZlbnVlUmVjb25jaWxpYXRpb24SFgoOZGVmZXJyZWRfc3RhcnQYASABKAkSFAoMcHJlcGFpZF9zb2xkGAIgASgJEhoKEnJlY29nbml6ZWRfY3JlZGl0cxgDIAEoCRIQCghicmVha2FnZRgEIAEoCRIUCgxkZWZlcnJlZF9lbmQYBSABKAkSEgoKcmVjb25jaWxlcxgGIAEoCBIaChJyZWNvZ25pemVkX292ZXJhZ2UYByABKAkSEgoKcmVjb2duaXplZBgIIAEoCSKyAQoNUmV2ZW51ZVJlcG9ydBIQCghjdXJyZW5jeRgBIAEoCRIlCgVsaW5lcxgCIAMoCzIWLnRhcmlmZi52MS5SZXZlbnVlTGluZRIuCg5jdXN0b21lcl9saW5lcxgDIAMoCzIWLnRhcmlmZi52MS5SZXZlbnVlTGluZRI4Cg5yZWNvbmNpbGlhdGlvbhgEIAEoCzIgLnRhcmlmZi52MS5SZXZlbnVlUmVjb25jaWxpYXRpb24qVQoNSW52b2ljZVN0YXR1cxIeChpJTlZPSUNFX1NUQVRVU19VTlNQRUNJRklFRBAAEhEKDUlOVk9JQ0VfRFJBRlQQARIRCg1JTlZPSUNFX0ZJTkFMEAIysQQKDkludm9pY2VTZXJ2aWNlEkYKDlByZXZpZXdJbnZvaWNlEiAudGFyaWZmLnYxLlByZXZpZXdJbnZvaWNlUmVxdWVzdBoSLnRhcmlmZi52MS5JbnZvaWNlElgKD0V4cGxhaW5MaW5lSXRlbRIhLnRhcmlmZi52MS5FeHBsYWluTGluZUl0ZW1SZXF1ZXN0GiIudGFyaWZmLnYxLkV4cGxhaW5MaW5lSXRlbVJlc3BvbnNlEkAKC0Nsb3NlUGVyaW9kEh0udGFyaWZmLnYxLkNsb3NlUGVyaW9kUmVxdWVzdBoSLnRhcmlmZi52MS5JbnZvaWNlEj4KCkdldEludm9pY2USHC50YXJpZmYudjEuR2V0SW52b2ljZVJlcXVlc3QaEi50YXJpZmYudjEuSW52b2ljZRJPCgxMaXN0SW52b2ljZXMSHi50YXJpZmYudjEuTGlzdEludm9pY2VzUmVxdWVzdBofLnRhcmlmZi52MS5MaXN0SW52b2ljZXNSZXNwb25zZRJQChBHZXRSZXZlbnVlUmVwb3J0EiIudGFyaWZmLnYxLkdldFJldmVudWVSZXBvcnRSZXF1ZXN0GhgudGFyaWZmLnYxLlJldmVudWVSZXBvcnQSWAoPQ2xvc2VEdWVQZXJpb2RzEiEudGFyaWZmLnYxLkNsb3NlRHVlUGVyaW9kc1JlcXVlc3QaIi50YXJpZmYudjEuQ2xvc2VEdWVQZXJpb2RzUmVzcG9uc2VCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message tariff.v1.PreviewInvoiceRequest
@@ -170,6 +170,18 @@ export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
    * @generated from field: string amount_due = 10;
    */
   amountDue: string;
+
+  /**
+   * The re-rating adjustments of this line's hour buckets whose hour starts in
+   * the period, oldest first (journal order, then hour): one per bucket each
+   * retroactive publish or rollback changed. They explain the line, they do
+   * not add to it: amount and prices already hold the re-rated buckets, and
+   * each bucket's latest new_amount is its amount now. Empty when no bucket
+   * of the line was re-rated.
+   *
+   * @generated from field: repeated tariff.v1.LineAdjustment adjustments = 11;
+   */
+  adjustments: LineAdjustment[];
 };
 
 /**
@@ -178,6 +190,87 @@ export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
  */
 export const InvoiceLineSchema: GenMessage<InvoiceLine> = /*@__PURE__*/
   messageDesc(file_tariff_v1_invoices, 2);
+
+/**
+ * One hour bucket of a line priced again by a retroactive publish (or a
+ * rollback, which publishes a copy): what it was charged, what it is charged
+ * now, and by which versions.
+ *
+ * @generated from message tariff.v1.LineAdjustment
+ */
+export type LineAdjustment = Message<"tariff.v1.LineAdjustment"> & {
+  /**
+   * The journal seq of the PublishVersion or RollbackRateCard that re-rated
+   * the bucket (the audit entry's seq).
+   *
+   * @generated from field: uint64 journal_seq = 1;
+   */
+  journalSeq: bigint;
+
+  /**
+   * The start of the bucket's hour.
+   *
+   * @generated from field: google.protobuf.Timestamp hour = 2;
+   */
+  hour?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string rate_card_id = 3;
+   */
+  rateCardId: string;
+
+  /**
+   * The versions that had priced the bucket before, ascending.
+   *
+   * @generated from field: repeated uint32 old_versions = 4;
+   */
+  oldVersions: number[];
+
+  /**
+   * The version in force for the hour since the re-rating.
+   *
+   * @generated from field: uint32 new_version = 5;
+   */
+  newVersion: number;
+
+  /**
+   * The bucket's quantity (unchanged by re-rating) and events.
+   *
+   * @generated from field: string quantity = 6;
+   */
+  quantity: string;
+
+  /**
+   * @generated from field: uint64 events = 7;
+   */
+  events: bigint;
+
+  /**
+   * In the pricing unit, exact: the bucket's amount before and after.
+   *
+   * @generated from field: string old_amount = 8;
+   */
+  oldAmount: string;
+
+  /**
+   * @generated from field: string new_amount = 9;
+   */
+  newAmount: string;
+
+  /**
+   * new_amount - old_amount (negative for a price cut).
+   *
+   * @generated from field: string delta = 10;
+   */
+  delta: string;
+};
+
+/**
+ * Describes the message tariff.v1.LineAdjustment.
+ * Use `create(LineAdjustmentSchema)` to create a new message.
+ */
+export const LineAdjustmentSchema: GenMessage<LineAdjustment> = /*@__PURE__*/
+  messageDesc(file_tariff_v1_invoices, 3);
 
 /**
  * @generated from message tariff.v1.CreditApplication
@@ -199,7 +292,7 @@ export type CreditApplication = Message<"tariff.v1.CreditApplication"> & {
  * Use `create(CreditApplicationSchema)` to create a new message.
  */
 export const CreditApplicationSchema: GenMessage<CreditApplication> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 3);
+  messageDesc(file_tariff_v1_invoices, 4);
 
 /**
  * @generated from message tariff.v1.Invoice
@@ -338,7 +431,7 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
  * Use `create(InvoiceSchema)` to create a new message.
  */
 export const InvoiceSchema: GenMessage<Invoice> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 4);
+  messageDesc(file_tariff_v1_invoices, 5);
 
 /**
  * A grant at the end of the invoice's period, in the pricing unit.
@@ -383,7 +476,7 @@ export type InvoiceGrantBalance = Message<"tariff.v1.InvoiceGrantBalance"> & {
  * Use `create(InvoiceGrantBalanceSchema)` to create a new message.
  */
 export const InvoiceGrantBalanceSchema: GenMessage<InvoiceGrantBalance> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 5);
+  messageDesc(file_tariff_v1_invoices, 6);
 
 /**
  * The events behind one invoice line, in the order they were rated (journal order), a page at a time.
@@ -426,7 +519,7 @@ export type ExplainLineItemRequest = Message<"tariff.v1.ExplainLineItemRequest">
  * Use `create(ExplainLineItemRequestSchema)` to create a new message.
  */
 export const ExplainLineItemRequestSchema: GenMessage<ExplainLineItemRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 6);
+  messageDesc(file_tariff_v1_invoices, 7);
 
 /**
  * @generated from message tariff.v1.GrantDraw
@@ -448,7 +541,7 @@ export type GrantDraw = Message<"tariff.v1.GrantDraw"> & {
  * Use `create(GrantDrawSchema)` to create a new message.
  */
 export const GrantDrawSchema: GenMessage<GrantDraw> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 7);
+  messageDesc(file_tariff_v1_invoices, 8);
 
 /**
  * One event's part of a line. quantity: what the event added to the line's quantity (its own quantity
@@ -506,7 +599,7 @@ export type ExplainedEvent = Message<"tariff.v1.ExplainedEvent"> & {
  * Use `create(ExplainedEventSchema)` to create a new message.
  */
 export const ExplainedEventSchema: GenMessage<ExplainedEvent> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 8);
+  messageDesc(file_tariff_v1_invoices, 9);
 
 /**
  * @generated from message tariff.v1.ExplainLineItemResponse
@@ -542,7 +635,7 @@ export type ExplainLineItemResponse = Message<"tariff.v1.ExplainLineItemResponse
  * Use `create(ExplainLineItemResponseSchema)` to create a new message.
  */
 export const ExplainLineItemResponseSchema: GenMessage<ExplainLineItemResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 9);
+  messageDesc(file_tariff_v1_invoices, 10);
 
 /**
  * Finalises the invoice of the customer's period starting exactly at
@@ -570,7 +663,7 @@ export type ClosePeriodRequest = Message<"tariff.v1.ClosePeriodRequest"> & {
  * Use `create(ClosePeriodRequestSchema)` to create a new message.
  */
 export const ClosePeriodRequestSchema: GenMessage<ClosePeriodRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 10);
+  messageDesc(file_tariff_v1_invoices, 11);
 
 /**
  * @generated from message tariff.v1.CloseDuePeriodsRequest
@@ -583,7 +676,7 @@ export type CloseDuePeriodsRequest = Message<"tariff.v1.CloseDuePeriodsRequest">
  * Use `create(CloseDuePeriodsRequestSchema)` to create a new message.
  */
 export const CloseDuePeriodsRequestSchema: GenMessage<CloseDuePeriodsRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 11);
+  messageDesc(file_tariff_v1_invoices, 12);
 
 /**
  * @generated from message tariff.v1.CloseDuePeriodsResponse
@@ -602,7 +695,7 @@ export type CloseDuePeriodsResponse = Message<"tariff.v1.CloseDuePeriodsResponse
  * Use `create(CloseDuePeriodsResponseSchema)` to create a new message.
  */
 export const CloseDuePeriodsResponseSchema: GenMessage<CloseDuePeriodsResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 12);
+  messageDesc(file_tariff_v1_invoices, 13);
 
 /**
  * @generated from message tariff.v1.GetInvoiceRequest
@@ -619,7 +712,7 @@ export type GetInvoiceRequest = Message<"tariff.v1.GetInvoiceRequest"> & {
  * Use `create(GetInvoiceRequestSchema)` to create a new message.
  */
 export const GetInvoiceRequestSchema: GenMessage<GetInvoiceRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 13);
+  messageDesc(file_tariff_v1_invoices, 14);
 
 /**
  * Final invoices, by number. Drafts are not stored: PreviewInvoice shows one.
@@ -672,7 +765,7 @@ export type ListInvoicesRequest = Message<"tariff.v1.ListInvoicesRequest"> & {
  * Use `create(ListInvoicesRequestSchema)` to create a new message.
  */
 export const ListInvoicesRequestSchema: GenMessage<ListInvoicesRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 14);
+  messageDesc(file_tariff_v1_invoices, 15);
 
 /**
  * @generated from message tariff.v1.ListInvoicesResponse
@@ -694,7 +787,7 @@ export type ListInvoicesResponse = Message<"tariff.v1.ListInvoicesResponse"> & {
  * Use `create(ListInvoicesResponseSchema)` to create a new message.
  */
 export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 15);
+  messageDesc(file_tariff_v1_invoices, 16);
 
 /**
  * @generated from message tariff.v1.GetRevenueReportRequest
@@ -723,7 +816,7 @@ export type GetRevenueReportRequest = Message<"tariff.v1.GetRevenueReportRequest
  * Use `create(GetRevenueReportRequestSchema)` to create a new message.
  */
 export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 16);
+  messageDesc(file_tariff_v1_invoices, 17);
 
 /**
  * Revenue of one billing period (period_start), in the contract's currency: by product in
@@ -787,7 +880,7 @@ export type RevenueLine = Message<"tariff.v1.RevenueLine"> & {
  * Use `create(RevenueLineSchema)` to create a new message.
  */
 export const RevenueLineSchema: GenMessage<RevenueLine> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 17);
+  messageDesc(file_tariff_v1_invoices, 18);
 
 /**
  * deferred_start + prepaid_sold - recognized_credits - breakage = deferred_end, over the report's
@@ -842,7 +935,7 @@ export type RevenueReconciliation = Message<"tariff.v1.RevenueReconciliation"> &
  * Use `create(RevenueReconciliationSchema)` to create a new message.
  */
 export const RevenueReconciliationSchema: GenMessage<RevenueReconciliation> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 18);
+  messageDesc(file_tariff_v1_invoices, 19);
 
 /**
  * @generated from message tariff.v1.RevenueReport
@@ -874,7 +967,7 @@ export type RevenueReport = Message<"tariff.v1.RevenueReport"> & {
  * Use `create(RevenueReportSchema)` to create a new message.
  */
 export const RevenueReportSchema: GenMessage<RevenueReport> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_invoices, 19);
+  messageDesc(file_tariff_v1_invoices, 20);
 
 /**
  * @generated from enum tariff.v1.InvoiceStatus
