@@ -147,6 +147,7 @@ class Billing:
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
+        self.engine.top_up_purchases = self._top_up_purchases
 
     @property
     def last_seq(self) -> int:
@@ -355,6 +356,10 @@ class Billing:
         """The kernel's invoice lines of a period (engine/invoicing.py reads them through this)."""
         self.refresh_tables()
         return self.kernel.invoice_lines(customer_id, at_ms)
+
+    def _top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
+        """The kernel's top-up purchases of a customer (engine/invoicing.py puts them on invoices)."""
+        return self.kernel.top_up_purchases(customer_id)
 
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         customer = self.engine.customer(customer_id)  # NotFound for an unknown customer

@@ -107,7 +107,6 @@ def test_deferred_is_the_paid_value_of_remaining_credits_at_each_period_end() ->
         ("tokens", 9 * PICOS_PER_UNIT),
         ("tokens", 18 * PICOS_PER_UNIT),
     ]
-    assert revenue.breakage_credits(kernel.world.grant_by_id("g0"), FAR_FUTURE_MS) == 0  # the hook, until expiry
 
 
 def test_bad_spans_and_unknown_customers_are_refused() -> None:
