@@ -148,6 +148,7 @@ class Billing:
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
+        self.engine.top_up_purchases = self._top_up_purchases
 
     @property
     def last_seq(self) -> int:
@@ -375,6 +376,10 @@ class Billing:
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
         return self.kernel.adjustments(customer_id)
+
+    def _top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
+        """The kernel's top-up purchases of a customer (engine/invoicing.py puts them on invoices)."""
+        return self.kernel.top_up_purchases(customer_id)
 
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         customer = self.engine.customer(customer_id)  # NotFound for an unknown customer

@@ -13,6 +13,9 @@ for `status`, `number` and `closed_at_ms`):
   amounts due, rounded once the same way; `rounding_adjustment` = overage_due - the sum of the lines' rounded
   amounts due, so the rounded lines plus the adjustment are the overage due to the minor unit, and no minor
   unit appears or vanishes;
+- top_up_purchases = the exact sum of the costs (credits x price_per_credit, at 10^-30 of the currency) of the
+  top-ups bought in the period (the kernel counts a purchase in the billing period of the event or hold that
+  triggered it), rounded half-even once to the minor unit;
 - total_due = overage_due + top_up_purchases (currency, minor unit). Credits are not rounded: they are drawn
   at 10^-12 exactly, whether the pricing unit is credits or a currency.
 """
@@ -53,6 +56,8 @@ LinesReader = Callable[[str, int], KernelLines | None]
 KernelAdjustment = tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]
 AdjustmentsReader = Callable[[str], list[KernelAdjustment]]
 HOUR_MS = 3_600_000
+# Kernel.top_up_purchases: [(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)].
+PurchasesReader = Callable[[str], list[tuple[int, str, int, int, int, int]]]
 
 
 def minor_unit(currency: str) -> int:
@@ -177,11 +182,11 @@ def build_invoice(
                 overage,
                 list(drawn),
                 [VersionPart(*part) for part in parts],
-                _round(line_due, to_minor),
+                round_due(line_due, to_minor),
                 adjusted.get((product_id, tuple(values)), []),
             )
         )
-    overage_due = _round(due_exact, to_minor)
+    overage_due = round_due(due_exact, to_minor)
     return Invoice(
         contract.customer_id,
         contract.id,
@@ -227,7 +232,7 @@ def _grant_at_end(grant: KernelGrant, end_ms: int) -> GrantBalance:
     return GrantBalance(grant_id, amount, drawn, left, 0)
 
 
-def _round(value: int, divisor: int) -> int:
+def round_due(value: int, divisor: int) -> int:
     """value / divisor rounded half-even, for negative values too (a refund's overage)."""
     return round_ratio(value, divisor) if value >= 0 else -round_ratio(-value, divisor)
 

@@ -14,13 +14,28 @@ from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.control import ControlPlane
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Repeated
-from engine.invoices import AdjustmentsReader, Invoice, KernelLines, LinesReader, build_invoice, invoice_number, iso
+from engine.invoices import (
+    DUE_EXPONENT,
+    AdjustmentsReader,
+    Invoice,
+    KernelLines,
+    LinesReader,
+    PurchasesReader,
+    build_invoice,
+    invoice_number,
+    iso,
+    minor_unit,
+    round_due,
+)
 
 
-def top_up_purchases_minor(engine: ControlPlane, customer_id: str, start_ms: int, end_ms: int) -> int:
-    """TOP-UP HOOK: currency the customer paid for top-up grants in the period, in minor units. Automatic top-ups
-    are not built yet (SetTopUpPolicy answers UNIMPLEMENTED), so nothing is bought: always 0."""
-    return 0
+def top_up_purchases_minor(engine: InvoiceCommands, customer_id: str, period_start_ms: int, currency: str) -> int:
+    """Currency the customer paid for the top-up grants bought in the period starting at period_start_ms, in
+    minor units: the exact sum of the purchases' costs (credits x price_per_credit, at 10^-30), rounded half-even
+    once to the currency's minor unit."""
+    assert engine.top_up_purchases is not None, "the engine reads purchases through the kernel (engine/billing.py)"
+    cost_e30 = sum(row[4] for row in engine.top_up_purchases(customer_id) if row[0] == period_start_ms)
+    return round_due(cost_e30, 10 ** (DUE_EXPONENT - minor_unit(currency)))
 
 
 class InvoiceCommands(ControlPlane):
@@ -28,6 +43,9 @@ class InvoiceCommands(ControlPlane):
 
     period_lines: LinesReader | None
     period_adjustments: AdjustmentsReader | None
+    # The kernel's top-up purchases of a customer (engine/billing.py sets it): a class default, so the
+    # Engine dataclass keeps its fields.
+    top_up_purchases: PurchasesReader | None = None
     _due_heap: list[tuple[int, str]] | None
 
     # Reads -------------------------------------------------------------------------------------------------
@@ -39,7 +57,7 @@ class InvoiceCommands(ControlPlane):
         number = self.state.accounts[customer_id].invoices.get(period[0])
         if number is not None:
             return self.state.invoices[number]
-        top_ups = top_up_purchases_minor(self, customer_id, period[0], period[1])
+        top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency)
         return self._build(contract, period, top_ups)
 
     def invoice(self, number: str) -> Invoice:
@@ -159,7 +177,7 @@ class InvoiceCommands(ControlPlane):
 
     def _finalise(self, contract: Contract, start_ms: int, at_ms: int) -> Invoice:
         period = self._lines(contract.customer_id, start_ms)
-        top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], period[1])
+        top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], contract.currency)
         invoice = self._build(contract, period, top_ups)
         self.state.invoices_created += 1
         invoice.number = invoice_number(self.state.invoices_created)

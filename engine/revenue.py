@@ -5,15 +5,24 @@ Rules (amounts in picos of the contract's currency):
 - A grant is *sold* at the start of the billing period that contains its `starts_at` (so every draw on it falls
   in that period or later); its paid amount enters deferred revenue then.
 - Credits drawn are recognised at the grant's cost basis (paid / amount). Exact rationals, rounded once and
-  cumulatively: a grant's recognised value up to a period is paid x credits drawn up to it / amount, rounded
-  half-even to the pico; a period's recognition is the difference of that figure at its two ends. Periods thus
-  sum to the whole, a fully drawn grant recognises exactly its paid amount, and no pico appears or vanishes.
+  cumulatively: without breakage, a grant's recognised value up to a period is paid x credits drawn up to it /
+  amount, rounded half-even to the pico; a period's recognition is the difference of that figure at its two
+  ends. Periods thus sum to the whole, a fully drawn grant recognises exactly its paid amount, and no pico
+  appears or vanishes.
   Within a period, a grant's recognition is split among products in proportion to their draws by the largest
   remainder (ties to the smaller product id), so products sum to it exactly.
 - Overage is recognised in the period it is charged: overage x the contract's overage price, rounded half-even
   to the pico once per (customer, period, product).
-- Breakage (credits expired unused, at cost basis) comes from `breakage_credits`, a hook that contributes zero
-  until grant expiry and breakage are built.
+- Grants come from the control plane and from the kernel (`Kernel.made_grants`): a TOP_UP grant is prepaid
+  sold at its cost (credits x price_per_credit, exactly); a ROLLOVER grant the kernel made is no sale: it carries
+  credits of the grant it rolled from at that grant's cost basis, so its draws and breakage count as that
+  grant's (the credits stay deferred until drawn or broken).
+- Breakage (credits expired unused, `Kernel.breakage`) is recognised at the grant's cost basis in the billing
+  period the kernel recorded it in (the period of the grant's last usable instant). A grant's credits consumed
+  up to a period (drawn, then broken, period by period) are valued cumulatively: paid x consumed / amount,
+  rounded half-even to the pico; within a period the draws come first, so a period's recognition is the value
+  after its draws minus the value before them, and its breakage the value after its breakage minus the value
+  after its draws. Nothing appears or vanishes, and a grant drawn or broken to the end is worth its paid amount.
 - Deferred at a time t = paid value of grants sold before t - recognised before t - breakage before t. So
   deferred at start + prepaid sold - recognised credits - breakage = deferred at end, exactly, by construction;
   `Reconciliation.reconciles` checks it on the figures reported.
@@ -30,13 +39,18 @@ from decimal import Decimal
 from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
 from engine.explain import add_months, check_instant
-from engine.ledger import Grant
+from engine.ledger import Grant, GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from engine.state import Engine
 
 # A customer's aggregates as Kernel.usage gives them: (period start, product, dimension values, quantity, events,
 # amount, overage, [(grant id, credits drawn)]).
 Aggregate = tuple[int, str, list[str], int, int, int, int, list[tuple[str, int]]]
+# Kernel.made_grants: (grant id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30, rolled_from, at_ms).
+MadeGrant = tuple[str, str, int, int, int, int | None, int, str, int]
+# Kernel.breakage: (customer id, grant id, period start, credits broken, at_ms).
+BreakageEntry = tuple[str, str, int, int, int]
+COST_EXPONENT = 30  # a top-up's cost_e30 is in 10^-30 of the currency
 PERIODS_MAX = 1200  # a report spans at most a century of monthly periods
 
 
@@ -73,18 +87,20 @@ class Reconciliation:
         return left == self.deferred_end
 
 
+@dataclass(frozen=True)
+class KernelCredits:
+    """What the kernel made and recorded for one customer: its TOP_UP and ROLLOVER grants, and its breakage."""
+
+    made_grants: Sequence[MadeGrant] = ()
+    breakage: Sequence[BreakageEntry] = ()
+
+
 @dataclass
 class Report:
     currency: str
     by_product: list[Line] = field(default_factory=list)
     by_customer: list[Line] = field(default_factory=list)
     totals: Reconciliation = field(default_factory=Reconciliation)
-
-
-def breakage_credits(grant: Grant, before_ms: int) -> int:
-    """Credits of `grant` expired unused in periods starting before `before_ms`. Breakage is not built yet (grant
-    expiry is): this hook contributes zero until it is."""
-    return 0
 
 
 def period_of(contract: Contract, ts_ms: int) -> tuple[int, int]:
@@ -116,21 +132,39 @@ def split_largest_remainder(total: int, weights: dict[str, int]) -> dict[str, in
 
 @dataclass
 class _GrantLedger:
-    """One grant's draws by period start, and the figures derived from them."""
+    """One grant's draws (by period start and product) and breakage (by period start), and the figures derived
+    from them; a ROLLOVER grant the kernel made shares the ledger of the grant it rolled from."""
 
     grant: Grant
     sold_at_ms: int
     drawn_by_period: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    broken_by_period: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    _by_period: dict[int, tuple[int, int]] | None = None
+
+    def by_period(self) -> dict[int, tuple[int, int]]:
+        """(recognised, breakage) per period start: the cumulative value of the credits consumed, draws first."""
+        if self._by_period is None:
+            self._by_period, consumed, value = {}, 0, 0
+            for start in sorted(self.drawn_by_period.keys() | self.broken_by_period.keys()):
+                consumed += sum(self.drawn_by_period.get(start, {}).values())
+                after_draws = value_picos(self.grant, consumed)
+                consumed += self.broken_by_period.get(start, 0)
+                after_breakage = value_picos(self.grant, consumed)
+                self._by_period[start] = (after_draws - value, after_breakage - after_draws)
+                value = after_breakage
+        return self._by_period
 
     def recognized_before(self, t_ms: int) -> int:
-        drawn = sum(c for start, by in self.drawn_by_period.items() if start < t_ms for c in by.values())
-        return value_picos(self.grant, drawn)
+        return sum(recognized for start, (recognized, _) in self.by_period().items() if start < t_ms)
+
+    def breakage_before(self, t_ms: int) -> int:
+        return sum(broken for start, (_, broken) in self.by_period().items() if start < t_ms)
 
     def deferred_before(self, t_ms: int) -> int:
         if self.sold_at_ms >= t_ms:
             return 0
-        breakage = value_picos(self.grant, breakage_credits(self.grant, t_ms))
-        return value_picos(self.grant, self.grant.amount) - self.recognized_before(t_ms) - breakage
+        consumed = self.recognized_before(t_ms) + self.breakage_before(t_ms)
+        return value_picos(self.grant, self.grant.amount) - consumed
 
 
 def report(
@@ -139,8 +173,10 @@ def report(
     start_ms: int | None,
     end_ms: int | None,
     customer_id: str = "",
+    credits_of: Callable[[str], KernelCredits] | None = None,
 ) -> Report:
-    """The revenue report for billing periods starting in [start_ms, end_ms); see the module docstring."""
+    """The revenue report for billing periods starting in [start_ms, end_ms); see the module docstring.
+    `credits_of`: the kernel's made grants and breakage of a customer (none when not given)."""
     if start_ms is None:
         raise InvalidArgument.field("period_start", "is required")
     if end_ms is None:
@@ -160,7 +196,9 @@ def report(
     result = Report(currency=next(iter(currencies), ""))
     products: dict[tuple[int, str], Line] = {}
     for customer in customers:
-        _customer_revenue(engine, customer, contracts[customer], usage_of(customer), start_ms, end_ms, result, products)
+        kernel_credits = credits_of(customer) if credits_of is not None else KernelCredits()
+        ledgers = _ledgers(engine, customer, contracts[customer], usage_of(customer), kernel_credits)
+        _customer_revenue(customer, contracts[customer], ledgers, start_ms, end_ms, result, products)
     result.by_product = [products[key] for key in sorted(products)]
     return result
 
@@ -169,28 +207,68 @@ def _contract_at(contracts: list[Contract], ts_ms: int) -> Contract | None:
     return next((k for k in contracts if k.covers(ts_ms)), contracts[0] if contracts else None)
 
 
+def _ledgers(
+    engine: Engine, customer: str, contracts: list[Contract], aggregates: Sequence[Aggregate], credits: KernelCredits
+) -> tuple[dict[str, _GrantLedger], dict[tuple[int, str], int]]:
+    """The customer's grant ledgers (control-plane grants and the kernel's top-ups; rollovers join their origin's)
+    with their draws and breakage, and the overage per (period start, product)."""
+    account = engine.state.accounts.get(customer)
+    ledgers: dict[str, _GrantLedger] = {}
+    owner: dict[str, str] = {}  # a kernel-made ROLLOVER grant -> the ledger it shares
+    for grant in [*(account.grants if account is not None else []), *_top_ups(customer, credits.made_grants)]:
+        contract = engine.state.contracts.get(grant.contract_id) or _contract_at(contracts, grant.starts_at_ms)
+        sold = period_of(contract, grant.starts_at_ms)[0] if contract is not None else grant.starts_at_ms
+        ledgers[grant.id] = _GrantLedger(grant, sold)
+    for grant_id, kind, *_, rolled_from, _at_ms in credits.made_grants:
+        if kind == GrantKind.ROLLOVER:
+            owner[grant_id] = owner.get(rolled_from, rolled_from)
+    overage: dict[tuple[int, str], int] = defaultdict(int)
+    for period_start, product_id, _values, _q, _n, _amount, overage_picos, drawn in aggregates:
+        overage[(period_start, product_id)] += overage_picos
+        for grant_id, credits_drawn in drawn:
+            by_product = ledgers[owner.get(grant_id, grant_id)].drawn_by_period[period_start]
+            by_product[product_id] = by_product.get(product_id, 0) + credits_drawn
+    for _customer, grant_id, period_start, broken, at_ms in credits.breakage:
+        if not period_start:  # no contract covered the grant's last instant: the period of the recording
+            contract = _contract_at(contracts, at_ms)
+            period_start = period_of(contract, at_ms)[0] if contract is not None else at_ms
+        ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
+    return ledgers, overage
+
+
+def _top_ups(customer: str, made: Sequence[MadeGrant]) -> list[Grant]:
+    """The kernel's TOP_UP grants as grants sold at their exact cost (credits x price_per_credit)."""
+    return [
+        Grant(
+            id=grant_id,
+            customer_id=customer,
+            contract_id="",
+            kind=GrantKind.TOP_UP,
+            amount=amount,
+            paid_amount=Decimal(f"{cost_e30}E-{COST_EXPONENT}"),
+            priority=priority,
+            applicable_product_ids=(),
+            starts_at_ms=starts_at_ms,
+            expires_at_ms=expires_at_ms,
+            rollover_fraction=Decimal(0),
+            created_at_ms=at_ms,
+            creation_order=-1,
+        )
+        for grant_id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30, _, at_ms in made
+        if kind == GrantKind.TOP_UP
+    ]
+
+
 def _customer_revenue(
-    engine: Engine,
     customer: str,
     contracts: list[Contract],
-    aggregates: Sequence[Aggregate],
+    grants: tuple[dict[str, _GrantLedger], dict[tuple[int, str], int]],
     start_ms: int,
     end_ms: int,
     result: Report,
     products: dict[tuple[int, str], Line],
 ) -> None:
-    account = engine.state.accounts.get(customer)
-    ledgers: dict[str, _GrantLedger] = {}
-    for grant in account.grants if account is not None else []:
-        contract = engine.state.contracts.get(grant.contract_id) or _contract_at(contracts, grant.starts_at_ms)
-        sold = period_of(contract, grant.starts_at_ms)[0] if contract is not None else grant.starts_at_ms
-        ledgers[grant.id] = _GrantLedger(grant, sold)
-    overage: dict[tuple[int, str], int] = defaultdict(int)
-    for period_start, product_id, _values, _q, _n, _amount, overage_picos, drawn in aggregates:
-        overage[(period_start, product_id)] += overage_picos
-        for grant_id, credits in drawn:
-            by_product = ledgers[grant_id].drawn_by_period[period_start]
-            by_product[product_id] = by_product.get(product_id, 0) + credits
+    ledgers, overage = grants
     totals = result.totals
     for ledger in ledgers.values():
         totals.deferred_start += ledger.deferred_before(start_ms)
@@ -198,13 +276,12 @@ def _customer_revenue(
         if start_ms <= ledger.sold_at_ms < end_ms:
             totals.prepaid_sold += value_picos(ledger.grant, ledger.grant.amount)
         totals.recognized_credits += ledger.recognized_before(end_ms) - ledger.recognized_before(start_ms)
-        breakage_end = value_picos(ledger.grant, breakage_credits(ledger.grant, end_ms))
-        totals.breakage += breakage_end - value_picos(ledger.grant, breakage_credits(ledger.grant, start_ms))
+        totals.breakage += ledger.breakage_before(end_ms) - ledger.breakage_before(start_ms)
     for period_start, period_end in _periods(contracts, start_ms, end_ms):
         line = Line(period_start, period_end, customer_id=customer, deferred=0)
         for ledger in ledgers.values():
-            after = period_start + 1  # the periods starting at or before period_start
-            recognized = ledger.recognized_before(after) - ledger.recognized_before(period_start)
+            recognized, broken = ledger.by_period().get(period_start, (0, 0))
+            line.breakage += broken
             parts = split_largest_remainder(recognized, ledger.drawn_by_period.get(period_start, {}))
             for product_id, part in parts.items():
                 _product_line(products, period_start, period_end, product_id).recognized_credits += part

@@ -1,7 +1,8 @@
 """Revenue recognition (engine/revenue.py) over the kernel's aggregates: for random grants (with cost bases that do
-not divide evenly) and random usage over three months, the report reconciles for any span, recognised + deferred +
-breakage == paid for credits, spans add up, products and customers sum to the same figure, and the recognised
-total equals each grant's paid x drawn / amount computed independently from the balances.
+not divide evenly), some expiring (their rest broken by the clock), and random usage over three months, the report
+reconciles for any span, recognised + deferred + breakage == paid for credits, spans add up, products and customers
+sum to the same figure, the recognised total equals each grant's paid x drawn / amount and the breakage each
+grant's value once drawn and broken less its value once drawn, both computed independently from the balances.
 """
 
 from __future__ import annotations
@@ -22,13 +23,26 @@ MONTHS = [add_months(EPOCH_MS, k) for k in range(4)]  # the contract's first thr
 FAR_FUTURE_MS = add_months(EPOCH_MS, 120)
 
 
-def world(grants: list[tuple[int, int, int]], overage_price: str = "1.5") -> KernelWorld:
-    """acme with grants (amount credits, paid currency units, starts in month k)."""
+def world(
+    grants: list[tuple[int, int, int]], overage_price: str = "1.5", expiry_days: list[int | None] | None = None
+) -> KernelWorld:
+    """acme with grants (amount credits, paid currency units, starts in month k), the i-th expiring
+    expiry_days[i] days after it starts when given."""
     w = basic_world([rate("tokens", unit("1"))], overage_price=overage_price, extra_products=["images"])
     w.version([rate("tokens", unit("1")), rate("images", unit("3"))])
     for i, (amount, paid, month) in enumerate(grants):
         kind = GrantKind.PROMOTIONAL if paid == 0 else GrantKind.PREPAID
-        w.grant(f"g{i}", str(amount), paid=str(paid), kind=kind, priority=i, starts_at_ms=MONTHS[month])
+        days = expiry_days[i] if expiry_days else None
+        expires_at_ms = MONTHS[month] + days * DAY_MS if days is not None else None
+        w.grant(
+            f"g{i}",
+            str(amount),
+            paid=str(paid),
+            kind=kind,
+            priority=i,
+            starts_at_ms=MONTHS[month],
+            expires_at_ms=expires_at_ms,
+        )
     kernel = KernelWorld(w)
     kernel.load()
     return kernel
@@ -36,7 +50,8 @@ def world(grants: list[tuple[int, int, int]], overage_price: str = "1.5") -> Ker
 
 def report(kernel: KernelWorld, start: int, end: int) -> revenue.Report:
     usage = kernel.kernel.usage("acme")
-    return revenue.report(kernel.world.engine, lambda c: usage[0] if usage else [], start, end)
+    credits = revenue.KernelCredits(kernel.kernel.made_grants("acme"), kernel.kernel.breakage("acme"))
+    return revenue.report(kernel.world.engine, lambda c: usage[0] if usage else [], start, end, "", lambda c: credits)
 
 
 grants_strategy = st.lists(st.tuples(st.integers(1, 60), st.integers(0, 97), st.integers(0, 2)), min_size=1, max_size=4)
@@ -47,17 +62,21 @@ usage_strategy = st.lists(
 )
 
 
+expiries_strategy = st.lists(st.one_of(st.none(), st.integers(1, 80)), min_size=4, max_size=4)
+
+
 @settings(max_examples=50, deadline=None)
-@given(grants=grants_strategy, usage=usage_strategy, cut=st.integers(0, 3))
+@given(grants=grants_strategy, usage=usage_strategy, cut=st.integers(0, 3), expiry_days=expiries_strategy)
 def test_revenue_reconciles_and_credits_are_conserved(
-    grants: list[tuple[int, int, int]], usage: list[tuple[int, int, str]], cut: int
+    grants: list[tuple[int, int, int]], usage: list[tuple[int, int, str]], cut: int, expiry_days: list[int | None]
 ) -> None:
-    kernel = world(grants)
+    kernel = world(grants, expiry_days=expiry_days)
     events = [
         usage_event(f"t{i}", EPOCH_MS + at, {"tokens": n}, event_type=kind) for i, (at, n, kind) in enumerate(usage)
     ]
     ack = kernel.ingest(events, MONTHS[3])
     assert ack.accepted == len(events)
+    kernel.kernel.advance_clock(MONTHS[3])  # grants expired by then break: what they still hold
     whole = report(kernel, EPOCH_MS, FAR_FUTURE_MS)
     totals = whole.totals
     paid_picos = sum(paid for _, paid, _ in grants) * PICOS_PER_UNIT
@@ -69,6 +88,13 @@ def test_revenue_reconciles_and_credits_are_conserved(
     drawn = {grant_id: d for grant_id, _, _, _, d in balance["grants"]}
     expected = sum(round_ratio(drawn[f"g{i}"] * paid, amount) for i, (amount, paid, _) in enumerate(grants))
     assert totals.recognized_credits == expected
+    # Breakage: each grant's value once drawn and broken, less its value once drawn (breakage follows draws).
+    gone = {grant_id: d + expired for grant_id, _, _, expired, d in balance["grants"]}
+    assert totals.breakage == sum(
+        round_ratio(gone[f"g{i}"] * paid, amount) - round_ratio(drawn[f"g{i}"] * paid, amount)
+        for i, (amount, paid, _) in enumerate(grants)
+    )
+    assert sum(line.breakage for line in whole.by_customer) == totals.breakage
     # Spans add up at any cut, and products and customers sum to the same recognised figure.
     first, second = report(kernel, EPOCH_MS, MONTHS[cut]) if cut else None, report(kernel, MONTHS[cut], FAR_FUTURE_MS)
     for part in (first, second):
@@ -107,7 +133,6 @@ def test_deferred_is_the_paid_value_of_remaining_credits_at_each_period_end() ->
         ("tokens", 9 * PICOS_PER_UNIT),
         ("tokens", 18 * PICOS_PER_UNIT),
     ]
-    assert revenue.breakage_credits(kernel.world.grant_by_id("g0"), FAR_FUTURE_MS) == 0  # the hook, until expiry
 
 
 def test_bad_spans_and_unknown_customers_are_refused() -> None:

@@ -226,12 +226,16 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             usage = kernel.usage(customer_id)
             return usage[0] if usage is not None else []
 
+        def credits_of(customer_id: str) -> revenue.KernelCredits:
+            return revenue.KernelCredits(kernel.made_grants(customer_id), kernel.breakage(customer_id))
+
         found = revenue.report(
             self.engine,
             usage_of,
             convert.optional_ms(request, "period_start"),
             convert.optional_ms(request, "period_end"),
             request.customer_id,
+            credits_of,
         )
         totals = found.totals
         return invoices_pb2.RevenueReport(

@@ -562,8 +562,8 @@ type Invoice struct {
 	// overage_amount at the contract's overage_price, in currency: the exact
 	// sum of the lines' unrounded amounts due, rounded half-even once.
 	OverageDue string `protobuf:"bytes,11,opt,name=overage_due,json=overageDue,proto3" json:"overage_due,omitempty"`
-	// Top-ups bought in the period, in currency (0 until automatic top-ups are
-	// built).
+	// Top-ups bought in the period, in currency: the exact sum of the
+	// purchases' costs (credits x price_per_credit), rounded half-even once.
 	TopUpPurchases string `protobuf:"bytes,12,opt,name=top_up_purchases,json=topUpPurchases,proto3" json:"top_up_purchases,omitempty"`
 	// In currency: overage_due + top_up_purchases.
 	TotalDue string `protobuf:"bytes,13,opt,name=total_due,json=totalDue,proto3" json:"total_due,omitempty"`
@@ -1534,7 +1534,9 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 // empty). recognized = recognized_credits (credits drawn, at each grant's cost basis paid / amount) +
 // recognized_overage (overage x the contract's overage price). deferred: the paid value of the
 // customer's remaining credits at period_end (customer lines only: a grant may serve several products,
-// so product lines leave it empty). breakage: credits expired unused, at cost basis.
+// so product lines leave it empty). breakage: credits expired unused, at cost basis, in the period
+// the server recorded it in (customer lines; product lines show 0, expired credit belonging to no
+// product).
 type RevenueLine struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	ProductId         string                 `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`

@@ -362,8 +362,8 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
   overageDue: string;
 
   /**
-   * Top-ups bought in the period, in currency (0 until automatic top-ups are
-   * built).
+   * Top-ups bought in the period, in currency: the exact sum of the
+   * purchases' costs (credits x price_per_credit), rounded half-even once.
    *
    * @generated from field: string top_up_purchases = 12;
    */
@@ -824,7 +824,9 @@ export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> 
  * empty). recognized = recognized_credits (credits drawn, at each grant's cost basis paid / amount) +
  * recognized_overage (overage x the contract's overage price). deferred: the paid value of the
  * customer's remaining credits at period_end (customer lines only: a grant may serve several products,
- * so product lines leave it empty). breakage: credits expired unused, at cost basis.
+ * so product lines leave it empty). breakage: credits expired unused, at cost basis, in the period
+ * the server recorded it in (customer lines; product lines show 0, expired credit belonging to no
+ * product).
  *
  * @generated from message tariff.v1.RevenueLine
  */

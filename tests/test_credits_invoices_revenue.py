@@ -1,0 +1,152 @@
+"""Top-ups on invoices and breakage in revenue (engine/invoicing.py, engine/revenue.py) over the kernel's credits
+state, driven as the server's writer drives them: a period's top-up purchases are due once, rounded half-even once
+to the minor unit, equal in the draft and the final invoice; revenue counts the kernel's TOP_UP grants as prepaid
+sold, recognises breakage at cost basis in its period, keeps a ROLLOVER grant on its origin's cost basis, and
+reconciles to the pico."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import msgspec
+
+from engine import commands as cmd
+from engine import revenue
+from engine.invoices import Invoice
+from engine.money import PICOS_PER_UNIT
+from tests.credits_fixtures import Ledger, event
+from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos
+
+DAY_MS = 86_400_000
+T0 = EPOCH_MS + 3_600_000
+FEB_MS = EPOCH_MS + 31 * DAY_MS
+MAR_MS = FEB_MS + 28 * DAY_MS
+APR_MS = MAR_MS + 31 * DAY_MS
+CENT = Decimal("0.01")
+
+
+def policy(threshold: str, recharge_to: str, price: str, cap: int) -> cmd.SetTopUpPolicy:
+    return cmd.SetTopUpPolicy(EPOCH_MS, ACTOR, "c-acme", threshold, recharge_to, price, cap)
+
+
+def preview(m: Ledger, at_ms: int) -> Invoice:
+    return m.billing.engine.preview("acme", at_ms)
+
+
+def draft_fields(invoice: Invoice) -> dict[str, Any]:
+    fields: dict[str, Any] = msgspec.to_builtins(invoice)
+    for name in ("number", "final", "closed_at_ms"):
+        fields.pop(name)
+    return fields
+
+
+def purchases_due(m: Ledger, period_start_ms: int, price: Decimal) -> Decimal:
+    """Independently: the period's purchases' credits x price, summed exactly, rounded half-even once to cents."""
+    rows = [p for p in m.billing.kernel.top_up_purchases("acme") if p[0] == period_start_ms]
+    exact = sum((Decimal(credits) / PICOS_PER_UNIT * price for _, _, credits, _, _, _ in rows), Decimal(0))
+    return exact.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+def test_an_invoice_charges_the_periods_top_ups_rounded_once_and_the_final_invoice_equals_the_draft() -> None:
+    world = basic_world()
+    world.grant("g", "100", paid="100")
+    m = Ledger(world)
+    m.run(policy("50", "51", "0.0025", 2))  # each purchase: 2 credits for 0.005, half a cent
+    m.ingest([event("t1", T0, 51)], T0)  # available 49: buys 2
+    m.ingest([event("t2", T0 + 1, 2)], T0 + 1)  # 49 again: buys 2
+    m.ingest([event("t3", T0 + 2, 2)], T0 + 2)  # the cap: no third purchase in January
+    assert [(p[0], p[2], p[4]) for p in m.billing.kernel.top_up_purchases("acme")] == [
+        (EPOCH_MS, picos("2"), picos("2") * 25 * 10**14),
+        (EPOCH_MS, picos("2"), picos("2") * 25 * 10**14),
+    ]
+    january = preview(m, T0)
+    # 0.005 + 0.005 = 0.01 exactly, rounded once: 1 cent (each rounded alone, half-even, would be 0 + 0).
+    assert purchases_due(m, EPOCH_MS, Decimal("0.0025")) == CENT
+    assert (january.top_up_purchases_minor, january.overage_due_minor, january.total_due_minor) == (1, 0, 1)
+    # February (47 available after f1): one purchase of 4 credits, 0.01, on February's invoice, not January's.
+    m.ingest([event("f1", FEB_MS + 10, 2)], FEB_MS + 10)
+    february = preview(m, FEB_MS + 10)
+    assert [(p[0], p[2]) for p in m.billing.kernel.top_up_purchases("acme")][2:] == [(FEB_MS, picos("4"))]
+    assert purchases_due(m, FEB_MS, Decimal("0.0025")) == CENT
+    assert (february.top_up_purchases_minor, february.total_due_minor) == (1, 1)
+    assert preview(m, T0).top_up_purchases_minor == 1
+    closed = m.run(cmd.ClosePeriod(FEB_MS, ACTOR, "acme", EPOCH_MS))
+    assert isinstance(closed, Invoice) and closed.final
+    assert draft_fields(closed) == draft_fields(january)
+    assert preview(m, T0) == closed
+    assert m.replayed().engine.preview("acme", T0) == closed  # replay finalises the same invoice
+
+
+def test_top_ups_add_to_overage_in_total_due() -> None:
+    world = basic_world(overage_price="0.013")
+    world.grant("g", "10", paid="10")
+    m = Ledger(world)
+    m.run(policy("5", "10", "0.333", 1))
+    m.ingest([event("t1", T0, 6)], T0)  # available 4: buys 6 credits for 1.998; then 10 available
+    m.ingest([event("t2", T0 + 1, 13)], T0 + 1)  # the cap: 3 credits of overage at 0.013 = 0.039
+    invoice = preview(m, T0)
+    assert invoice.top_up_purchases_minor == 200  # 1.998 -> 2.00
+    assert invoice.overage_due_minor == 4  # 0.039 -> 0.04
+    assert invoice.total_due_minor == 204
+
+
+def credits_of(m: Ledger) -> revenue.KernelCredits:
+    kernel = m.billing.kernel
+    return revenue.KernelCredits(kernel.made_grants("acme"), kernel.breakage("acme"))
+
+
+def report(m: Ledger, start_ms: int, end_ms: int) -> revenue.Report:
+    usage = m.billing.kernel.usage("acme")
+    aggregates = usage[0] if usage is not None else []
+    return revenue.report(m.billing.engine, lambda c: aggregates, start_ms, end_ms, "", lambda c: credits_of(m))
+
+
+def test_revenue_counts_top_ups_as_sold_breakage_at_cost_basis_and_rollovers_on_their_origin() -> None:
+    world = basic_world()
+    world.grant("g", "100", paid="30", expires_at_ms=T0 + 10 * DAY_MS)  # 0.3 a credit, expires in January
+    world.apply(world.grant_command("r", "90", paid="45", priority=1, rollover_fraction="0.5"))  # 0.5 a credit
+    m = Ledger(world)
+    m.run(policy("20", "50", "0.25", 3))
+    m.ingest([event("jan1", T0, 60)], T0)  # g: 60 drawn
+    m.advance(T0 + 10 * DAY_MS)  # g breaks: 40 credits at 0.3 = 12
+    m.ingest([event("jan2", T0 + 11 * DAY_MS, 75)], T0 + 11 * DAY_MS)  # r: 75 drawn, 15 left: a top-up of 35
+    m.advance(FEB_MS)  # r rolls 7.5 over, 7.5 break (at 0.5: 3.75), in January
+    m.ingest([event("feb", FEB_MS + DAY_MS, 5)], FEB_MS + DAY_MS)
+    m.advance(MAR_MS)  # what the rollover grant still holds breaks in February
+    broken = {(b[1], b[2]): b[3] for b in m.billing.kernel.breakage("acme")}
+    rolled = f"rollover-r-{FEB_MS}"
+    assert broken == {("g", EPOCH_MS): picos("40"), ("r", EPOCH_MS): picos("7.5"), (rolled, FEB_MS): picos("2.5")}
+    (top_up,) = m.billing.kernel.top_up_purchases("acme")
+    assert (top_up[0], top_up[2]) == (EPOCH_MS, picos("35"))  # the top-up's 35 credits cost 8.75
+
+    whole = report(m, EPOCH_MS, APR_MS)
+    totals = whole.totals
+    assert totals.prepaid_sold == picos("83.75")  # 30 + 45 + 8.75: the rollover is no sale
+    assert totals.breakage == picos("12") + picos("3.75") + picos("1.25")
+    assert totals.recognized_credits == picos("18") + picos("37.5") + picos("2.5")  # 60 x 0.3, 75 x 0.5, 5 x 0.5
+    assert totals.deferred_end == picos("8.75")  # the top-up, undrawn
+    assert (totals.deferred_start, totals.reconciles) == (0, True)
+    jan, feb, mar = whole.by_customer
+    assert (jan.breakage, jan.recognized_credits, jan.deferred) == (picos("15.75"), picos("55.5"), picos("12.5"))
+    assert (feb.breakage, feb.recognized_credits, feb.deferred) == (picos("1.25"), picos("2.5"), picos("8.75"))
+    assert (mar.breakage, mar.recognized_credits, mar.deferred) == (0, 0, picos("8.75"))
+    assert all(line.breakage == 0 for line in whole.by_product)  # expired credit belongs to no product
+    # Spans cut at each period reconcile and add up.
+    for cut in (FEB_MS, MAR_MS):
+        first, second = report(m, EPOCH_MS, cut), report(m, cut, APR_MS)
+        assert first.totals.reconciles and second.totals.reconciles
+        assert first.totals.deferred_end == second.totals.deferred_start
+        assert first.totals.breakage + second.totals.breakage == totals.breakage
+
+
+def test_breakage_of_a_grant_whose_cost_basis_is_not_exact_keeps_the_whole_paid_amount() -> None:
+    world = basic_world()
+    world.grant("g", "3", paid="1", expires_at_ms=T0 + DAY_MS)  # a third a credit
+    m = Ledger(world)
+    m.ingest([event("t1", T0, 1)], T0)
+    m.advance(T0 + DAY_MS)  # 2 credits break
+    totals = report(m, EPOCH_MS, FEB_MS).totals
+    assert (totals.recognized_credits, totals.breakage) == (333_333_333_333, 666_666_666_667)
+    assert totals.recognized_credits + totals.breakage == PICOS_PER_UNIT  # nothing appears or vanishes
+    assert (totals.deferred_end, totals.reconciles) == (0, True)
