@@ -637,10 +637,14 @@ impl Kernel {
     }
 
     /// (the kernel's clock, the earliest time something is due or None).
-    fn clock(&self) -> PyResult<(i64, Option<i64>)> {
-        let kernel = self.read()?;
-        let due = kernel.clock.due_ms;
-        Ok((kernel.clock.now_ms, (due != i64::MAX).then_some(due)))
+    /// The GIL is released while waiting for the lock: the server's clock driver asks this on the event
+    /// loop every few tens of ms, and a batch being rated holds the lock for milliseconds.
+    fn clock(&self, py: Python<'_>) -> PyResult<(i64, Option<i64>)> {
+        py.detach(|| {
+            let kernel = self.read()?;
+            let due = kernel.clock.due_ms;
+            Ok((kernel.clock.now_ms, (due != i64::MAX).then_some(due)))
+        })
     }
 
     /// The notices since the last call, oldest first: [(kind, customer_id, details)], kind
