@@ -3,7 +3,7 @@
 A change to prices is a new DRAFT version (its base plus the changes), validated, then published with the
 hour it takes effect from. Rates are given as JSON objects of the wire's `Rate` message (protobuf's JSON
 mapping), e.g. `{"product_id": "calls", "match": {"region": "eu"}, "unit": {"price": "0.02"}}`.
-Commands whose RPC the server does not implement print its UNIMPLEMENTED answer and exit 1. `--actor` (on
+On an error a command prints the server's status and message and exits 1. `--actor` (on
 every command) names the person the audit log records for a change.
 """
 

@@ -1,8 +1,7 @@
 """gRPC servicers: proto in, engine command or read, proto out, one module per service. Errors leave through
 server/errors.py.
 
-State changes go through the Sequencer (answered once durable); reads read the engine directly. RPCs of the
-contract whose behaviour is not built yet answer UNIMPLEMENTED, naming what is missing.
+State changes go through the Sequencer (answered once durable); reads read the engine directly.
 """
 
 from server.services.alerts import AlertService

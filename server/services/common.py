@@ -1,13 +1,11 @@
-"""Shared by the servicers: the base holding the engine and sequencer, limits, paging, and the answer of an RPC
-whose behaviour is not built yet (UNIMPLEMENTED, naming what is missing).
-"""
+"""Shared by the servicers: the base holding the engine and sequencer, limits and paging."""
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeAlias, TypeVar
 
 from engine import commands as cmd
 from engine.billing import Billing
@@ -15,10 +13,7 @@ from engine.errors import InvalidArgument
 from server import auth
 from server.errors import (
     UndecodableRequest,
-    Unimplemented,
     check_deadline,
-    streaming,
-    unary,
 )
 from server.sequencer import Sequencer
 
@@ -58,28 +53,6 @@ class _Base:
         _, result = await self.sequencer.run(command, deadline)
         assert isinstance(result, result_type), f"{type(command).__name__} gave {type(result).__name__}"
         return result
-
-
-def _not_built(message: str) -> Callable[..., Awaitable[Any]]:
-    """A servicer method for an RPC of the contract whose behaviour is not built yet: UNIMPLEMENTED, with a
-    message that names the missing feature in a user's words, then the RPC (and what to do instead)."""
-
-    @unary
-    async def method(self: object, request: object, context: Context) -> NoReturn:
-        raise Unimplemented(message)
-
-    return method
-
-
-def _not_built_stream(message: str) -> Callable[..., AsyncIterator[Any]]:
-    """The same for a server-streaming RPC: an async generator, which is what interceptors wrap a stream as."""
-
-    @streaming
-    async def method(self: object, request: object, context: Context) -> AsyncIterator[Any]:
-        raise Unimplemented(message)
-        yield  # unreachable: makes this an async generator
-
-    return method
 
 
 def _required(**fields: object) -> None:

@@ -894,8 +894,8 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
  * and the change note "rollback of version F to version T: a copy of version
  * T, effective from <time>". It goes through PublishVersion's path: the same
  * validation and the same handling of usage already rated after
- * effective_from (today refused with UNIMPLEMENTED, naming the first such
- * hour, as PublishVersion is). The audit log records one entry, action
+ * effective_from (re-rated in open periods, as for a retroactive
+ * PublishVersion; the reply says what was re-rated). The audit log records one entry, action
  * "RollbackRateCard", target "rate_card/<id>/version/<copy>", whose diff
  * holds the request's fields and "version" (the copy), "rollback_from" and
  * "rollback_to".
