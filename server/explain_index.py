@@ -18,6 +18,11 @@ saved only once the index covers their seq (`flush`), so that replay from the sn
 Page tokens are opaque: (journal seq, event index) of the next event, and a MAC over it and the (customer,
 period, line) it pages, keyed by a secret stored in the index. A token that does not verify (altered, for
 another line, or from an index since rebuilt) is refused.
+
+After a line's last event its pages go on with the line's re-rating adjustments (the caller passes how many the
+line has in the period; they are append-only): a page may hold the last events and the first adjustments, and a
+token past the events names the ordinal of the next adjustment instead (a token kind of its own, MACed alike).
+An adjustment token whose ordinal the line does not have is refused as stale.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ _META_DB = b"meta"
 _COVERED_KEY = b"covered_seq"
 _SECRET_KEY = b"token_secret"
 _TOKEN_VERSION = 1
+_TOKEN_ADJUSTMENT = 2  # a token past the events: (kind, 0, ordinal of the next adjustment)
 _TOKEN = struct.Struct(">BQI")  # version, seq, index of the next event in that seq's entry
 _MAC_BYTES = 16
 # The writer gathers records this long (or this many bytes) before it writes them: one put per line per write.
@@ -79,7 +85,8 @@ class IndexedEvent:
 @dataclass(frozen=True, slots=True)
 class Page:
     events: list[IndexedEvent]
-    next_token: str  # empty: no more events
+    next_token: str  # empty: no more events nor adjustments
+    adjustments: range = range(0)  # ordinals of the line's adjustments on this page, after its events
 
 
 def _i128(data: bytes, at: int) -> int:
@@ -236,11 +243,18 @@ class ExplainIndex:
 
     # Reading ------------------------------------------------------------------------------------------
 
-    def page(self, customer_id: str, period_start_ms: int, line_id: str, page_size: int, token: str) -> Page:
-        """Up to page_size events of the line, in journal order, from `token` ("" for the first page). Raises
-        StaleToken for a token this index did not issue for this line."""
+    def page(
+        self, customer_id: str, period_start_ms: int, line_id: str, page_size: int, token: str, adjustments: int = 0
+    ) -> Page:
+        """Up to page_size entries of the line from `token` ("" for the first page): its events in journal order,
+        then ordinals of its `adjustments` re-rating adjustments. Raises StaleToken for a token this index did not
+        issue for this line."""
         line_key = Kernel.explain_line_key(customer_id, period_start_ms, line_id)
-        seq, skip = self._open_token(line_key, token) if token else (0, 0)
+        kind, seq, skip = self._open_token(line_key, token) if token else (_TOKEN_VERSION, 0, 0)
+        if kind == _TOKEN_ADJUSTMENT:
+            if skip >= adjustments:
+                raise StaleToken("names an adjustment this line does not have (stale)")
+            return self._adjustments_page(line_key, [], skip, page_size, adjustments)
         events: list[IndexedEvent] = []
         with self._env.begin(buffers=False) as txn, txn.cursor(db=self._entries) as cursor:
             found = cursor.set_range(line_key + seq.to_bytes(8, "big"))
@@ -250,19 +264,27 @@ class ExplainIndex:
                 start = skip if entry_seq == seq else 0
                 for index in range(start, len(entry_events)):
                     if len(events) == page_size:
-                        return Page(events, self._token(line_key, entry_seq, index))
+                        return Page(events, self._token(line_key, _TOKEN_VERSION, entry_seq, index))
                     events.append(entry_events[index])
                 found = cursor.next()
-        return Page(events, "")
+        return self._adjustments_page(line_key, events, 0, page_size, adjustments)
+
+    def _adjustments_page(
+        self, line_key: bytes, events: list[IndexedEvent], first: int, page_size: int, adjustments: int
+    ) -> Page:
+        """The page's events (the last of the line) topped up with adjustment ordinals from `first`."""
+        last = min(adjustments, first + page_size - len(events))
+        token = self._token(line_key, _TOKEN_ADJUSTMENT, 0, last) if last < adjustments else ""
+        return Page(events, token, range(first, last))
 
     def _mac(self, line_key: bytes, head: bytes) -> bytes:
         return hmac.new(self._secret, line_key + head, hashlib.blake2b).digest()[:_MAC_BYTES]
 
-    def _token(self, line_key: bytes, seq: int, index: int) -> str:
-        head = _TOKEN.pack(_TOKEN_VERSION, seq, index)
+    def _token(self, line_key: bytes, kind: int, seq: int, index: int) -> str:
+        head = _TOKEN.pack(kind, seq, index)
         return base64.urlsafe_b64encode(head + self._mac(line_key, head)).decode("ascii").rstrip("=")
 
-    def _open_token(self, line_key: bytes, token: str) -> tuple[int, int]:
+    def _open_token(self, line_key: bytes, token: str) -> tuple[int, int, int]:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except ValueError:
@@ -270,9 +292,9 @@ class ExplainIndex:
         head, mac = raw[: _TOKEN.size], raw[_TOKEN.size :]
         if (
             len(head) != _TOKEN.size
-            or head[0] != _TOKEN_VERSION
+            or head[0] not in (_TOKEN_VERSION, _TOKEN_ADJUSTMENT)
             or not hmac.compare_digest(mac, self._mac(line_key, head))
         ):
             raise StaleToken("was not issued by this server for this customer, period and line (altered, or stale)")
-        _, seq, index = _TOKEN.unpack(head)
-        return seq, index
+        kind, seq, index = _TOKEN.unpack(head)
+        return kind, seq, index

@@ -6,11 +6,15 @@ It joins the `invoices` group of server/admin/invoices.py (server/admin/__init__
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from server.admin.output import print_fields, print_json, print_table
 from server.admin.remote import Remote, fail, remote_command
+
+if TYPE_CHECKING:
+    from tariff.v1 import invoices_pb2
 
 PAGE_SIZE = 1_000
 EXIT_BAD_INPUT = 2
@@ -79,7 +83,7 @@ def explain(
         return
     rows = [
         (
-            e.transaction_id,
+            e.transaction_id or adjustment_label(e),
             datetime.fromtimestamp(e.timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ"),
             e.quantity,
             e.version,
@@ -100,3 +104,13 @@ def explain(
             ("next page token", token),
         ]
     )
+
+
+def adjustment_label(entry: invoices_pb2.ExplainedEvent) -> str:
+    """The transaction column of a re-rating adjustment entry: which publish re-rated the bucket, from which
+    versions to which ("re-rated #12 v1->v3")."""
+    if not entry.HasField("adjustment"):
+        return ""
+    adjustment = entry.adjustment
+    old = ",".join(f"v{v}" for v in adjustment.old_versions)
+    return f"re-rated #{adjustment.journal_seq} {old}->v{adjustment.new_version}"

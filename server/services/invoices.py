@@ -205,12 +205,16 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             )
         if index.covered_seq() < seq and not await asyncio.to_thread(index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S):
             raise Unavailable("the explain index is still catching up with the journal; retry shortly")
+        adjustments = _line_adjustments(self.engine.preview(request.customer_id, period_start_ms), line.line_id)
         try:
-            page = index.page(request.customer_id, period_start_ms, line.line_id, page_size, request.page_token)
+            page = index.page(
+                request.customer_id, period_start_ms, line.line_id, page_size, request.page_token, len(adjustments)
+            )
         except StaleToken as exc:
             raise InvalidArgument.field("page_token", str(exc)) from None
         return invoices_pb2.ExplainLineItemResponse(
-            events=[_explained(e) for e in page.events],
+            events=[_explained(e) for e in page.events]
+            + [_explained_adjustment(adjustments[ordinal]) for ordinal in page.adjustments],
             next_page_token=page.next_token,
             line_amount=format_picos(line.amount_picos),
             line_quantity=quantity_text(line.quantity_e18),
@@ -280,4 +284,21 @@ def _explained(event: IndexedEvent) -> invoices_pb2.ExplainedEvent:
         amount=format_picos(event.amount_picos),
         draws=[invoices_pb2.GrantDraw(grant_id=g, credits=format_picos(c)) for g, c in event.draws],
         overage=format_picos(event.overage_picos),
+    )
+
+
+def _line_adjustments(invoice: Invoice, line: str) -> list[LineAdjustment]:
+    """The re-rating adjustments of one line of the period's invoice (draft or final), in the invoice's order."""
+    return next((found.adjustments for found in invoice.lines if found.line_id == line), [])
+
+
+def _explained_adjustment(adjustment: LineAdjustment) -> invoices_pb2.ExplainedEvent:
+    """A re-rating adjustment as an explain entry: its delta is the amount; no per-adjustment draws exist (a
+    re-rating settles the period's draws anew as a whole), so draws and overage stay empty."""
+    return invoices_pb2.ExplainedEvent(
+        timestamp_ms=adjustment.hour_start_ms,
+        quantity="0",
+        version=adjustment.new_version,
+        amount=format_picos(adjustment.new_amount_picos - adjustment.old_amount_picos),
+        adjustment=_adjustment_pb(adjustment),
     )

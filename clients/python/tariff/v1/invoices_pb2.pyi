@@ -189,7 +189,7 @@ class GrantDraw(_message.Message):
     def __init__(self, grant_id: _Optional[str] = ..., credits: _Optional[str] = ...) -> None: ...
 
 class ExplainedEvent(_message.Message):
-    __slots__ = ("transaction_id", "timestamp_ms", "quantity", "version", "unit_price", "amount", "draws", "overage")
+    __slots__ = ("transaction_id", "timestamp_ms", "quantity", "version", "unit_price", "amount", "draws", "overage", "adjustment")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +198,7 @@ class ExplainedEvent(_message.Message):
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     DRAWS_FIELD_NUMBER: _ClassVar[int]
     OVERAGE_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTMENT_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     timestamp_ms: int
     quantity: str
@@ -206,7 +207,8 @@ class ExplainedEvent(_message.Message):
     amount: str
     draws: _containers.RepeatedCompositeFieldContainer[GrantDraw]
     overage: str
-    def __init__(self, transaction_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., quantity: _Optional[str] = ..., version: _Optional[int] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., draws: _Optional[_Iterable[_Union[GrantDraw, _Mapping]]] = ..., overage: _Optional[str] = ...) -> None: ...
+    adjustment: LineAdjustment
+    def __init__(self, transaction_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., quantity: _Optional[str] = ..., version: _Optional[int] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., draws: _Optional[_Iterable[_Union[GrantDraw, _Mapping]]] = ..., overage: _Optional[str] = ..., adjustment: _Optional[_Union[LineAdjustment, _Mapping]] = ...) -> None: ...
 
 class ExplainLineItemResponse(_message.Message):
     __slots__ = ("events", "next_page_token", "line_amount", "line_quantity")
