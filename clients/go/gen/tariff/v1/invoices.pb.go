@@ -841,6 +841,16 @@ func (x *InvoiceGrantBalance) GetExpired() string {
 // otherwise); an unknown line_id is NOT_FOUND; page_size 0 means 100, at most 1000; a page_token that this
 // server did not issue for this customer, period and line (altered, or from an index since rebuilt) is
 // INVALID_ARGUMENT. The amounts of all pages sum to the line's amount exactly, and every event appears once.
+//
+// Re-rated lines: after the line's last event come its re-rating adjustments, one entry per element of
+// InvoiceLine.adjustments of the same line and period, in the same order (journal order, then hour), each an
+// ExplainedEvent with `adjustment` set and amount = new_amount - old_amount. Each event keeps the amount it
+// was charged when it was rated; events plus adjustments sum to the line's amount. Pages run on across the
+// boundary: one page may hold the last events and the first adjustments, and a next_page_token issued past
+// the last event names the next adjustment (the page size counts events and adjustments alike). A token
+// issued past the events pages adjustments only: an event of the line recorded after it was issued is not
+// on the following pages, so to see a sum that matches line_amount after such a change, page again from
+// the first page.
 type ExplainLineItemRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CustomerId    string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
@@ -974,6 +984,14 @@ func (x *GrantDraw) GetCredits() string {
 // pricing unit (negative when a cheaper tier or version gave some back). unit_price: amount / quantity,
 // rounded half-even to 12 decimals; empty when quantity is 0. draws: credits per grant (negative: given
 // back); overage: the part no grant covered. amount = sum of draws + overage.
+//
+// An entry with `adjustment` set is no event but one re-rating adjustment of one hour bucket of the line
+// (a retroactive PublishVersion or a RollbackRateCard): transaction_id empty; timestamp_ms the start of the
+// bucket's hour; quantity "0" (re-rating moves no quantity; the bucket's is adjustment.quantity); version
+// adjustment.new_version; unit_price empty; amount adjustment.delta (new_amount - old_amount, negative for a
+// price cut). draws empty and overage empty: a re-rating settles the draws of the customer's open periods
+// anew as a whole, not per bucket, so no exact per-adjustment draws exist; the line's credits_applied and
+// overage on the invoice are the settled result.
 type ExplainedEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TransactionId string                 `protobuf:"bytes,1,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
@@ -984,6 +1002,9 @@ type ExplainedEvent struct {
 	Amount        string                 `protobuf:"bytes,6,opt,name=amount,proto3" json:"amount,omitempty"`
 	Draws         []*GrantDraw           `protobuf:"bytes,7,rep,name=draws,proto3" json:"draws,omitempty"`
 	Overage       string                 `protobuf:"bytes,8,opt,name=overage,proto3" json:"overage,omitempty"`
+	// Set only on a re-rating adjustment entry: the adjustment as InvoiceLine.adjustments shows it (journal_seq
+	// of the publish, hour, rate_card_id, old_versions, new_version, quantity, events, old and new amounts).
+	Adjustment    *LineAdjustment `protobuf:"bytes,9,opt,name=adjustment,proto3" json:"adjustment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1072,6 +1093,13 @@ func (x *ExplainedEvent) GetOverage() string {
 		return x.Overage
 	}
 	return ""
+}
+
+func (x *ExplainedEvent) GetAdjustment() *LineAdjustment {
+	if x != nil {
+		return x.Adjustment
+	}
+	return nil
 }
 
 type ExplainLineItemResponse struct {
@@ -1916,7 +1944,7 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"page_token\x18\x05 \x01(\tR\tpageToken\"@\n" +
 	"\tGrantDraw\x12\x19\n" +
 	"\bgrant_id\x18\x01 \x01(\tR\agrantId\x12\x18\n" +
-	"\acredits\x18\x02 \x01(\tR\acredits\"\x8d\x02\n" +
+	"\acredits\x18\x02 \x01(\tR\acredits\"\xc8\x02\n" +
 	"\x0eExplainedEvent\x12%\n" +
 	"\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12!\n" +
 	"\ftimestamp_ms\x18\x02 \x01(\x03R\vtimestampMs\x12\x1a\n" +
@@ -1926,7 +1954,10 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"unit_price\x18\x05 \x01(\tR\tunitPrice\x12\x16\n" +
 	"\x06amount\x18\x06 \x01(\tR\x06amount\x12*\n" +
 	"\x05draws\x18\a \x03(\v2\x14.tariff.v1.GrantDrawR\x05draws\x12\x18\n" +
-	"\aoverage\x18\b \x01(\tR\aoverage\"\xba\x01\n" +
+	"\aoverage\x18\b \x01(\tR\aoverage\x129\n" +
+	"\n" +
+	"adjustment\x18\t \x01(\v2\x19.tariff.v1.LineAdjustmentR\n" +
+	"adjustment\"\xba\x01\n" +
 	"\x17ExplainLineItemResponse\x121\n" +
 	"\x06events\x18\x01 \x03(\v2\x19.tariff.v1.ExplainedEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1f\n" +
@@ -2065,39 +2096,40 @@ var file_tariff_v1_invoices_proto_depIdxs = []int32{
 	7,  // 12: tariff.v1.Invoice.grant_balances:type_name -> tariff.v1.InvoiceGrantBalance
 	23, // 13: tariff.v1.ExplainLineItemRequest.period_start:type_name -> google.protobuf.Timestamp
 	9,  // 14: tariff.v1.ExplainedEvent.draws:type_name -> tariff.v1.GrantDraw
-	10, // 15: tariff.v1.ExplainLineItemResponse.events:type_name -> tariff.v1.ExplainedEvent
-	23, // 16: tariff.v1.ClosePeriodRequest.period_start:type_name -> google.protobuf.Timestamp
-	6,  // 17: tariff.v1.CloseDuePeriodsResponse.invoices:type_name -> tariff.v1.Invoice
-	0,  // 18: tariff.v1.ListInvoicesRequest.status:type_name -> tariff.v1.InvoiceStatus
-	23, // 19: tariff.v1.ListInvoicesRequest.period_start_from:type_name -> google.protobuf.Timestamp
-	23, // 20: tariff.v1.ListInvoicesRequest.period_start_before:type_name -> google.protobuf.Timestamp
-	6,  // 21: tariff.v1.ListInvoicesResponse.invoices:type_name -> tariff.v1.Invoice
-	23, // 22: tariff.v1.GetRevenueReportRequest.period_start:type_name -> google.protobuf.Timestamp
-	23, // 23: tariff.v1.GetRevenueReportRequest.period_end:type_name -> google.protobuf.Timestamp
-	23, // 24: tariff.v1.RevenueLine.period_start:type_name -> google.protobuf.Timestamp
-	23, // 25: tariff.v1.RevenueLine.period_end:type_name -> google.protobuf.Timestamp
-	19, // 26: tariff.v1.RevenueReport.lines:type_name -> tariff.v1.RevenueLine
-	19, // 27: tariff.v1.RevenueReport.customer_lines:type_name -> tariff.v1.RevenueLine
-	20, // 28: tariff.v1.RevenueReport.reconciliation:type_name -> tariff.v1.RevenueReconciliation
-	1,  // 29: tariff.v1.InvoiceService.PreviewInvoice:input_type -> tariff.v1.PreviewInvoiceRequest
-	8,  // 30: tariff.v1.InvoiceService.ExplainLineItem:input_type -> tariff.v1.ExplainLineItemRequest
-	12, // 31: tariff.v1.InvoiceService.ClosePeriod:input_type -> tariff.v1.ClosePeriodRequest
-	15, // 32: tariff.v1.InvoiceService.GetInvoice:input_type -> tariff.v1.GetInvoiceRequest
-	16, // 33: tariff.v1.InvoiceService.ListInvoices:input_type -> tariff.v1.ListInvoicesRequest
-	18, // 34: tariff.v1.InvoiceService.GetRevenueReport:input_type -> tariff.v1.GetRevenueReportRequest
-	13, // 35: tariff.v1.InvoiceService.CloseDuePeriods:input_type -> tariff.v1.CloseDuePeriodsRequest
-	6,  // 36: tariff.v1.InvoiceService.PreviewInvoice:output_type -> tariff.v1.Invoice
-	11, // 37: tariff.v1.InvoiceService.ExplainLineItem:output_type -> tariff.v1.ExplainLineItemResponse
-	6,  // 38: tariff.v1.InvoiceService.ClosePeriod:output_type -> tariff.v1.Invoice
-	6,  // 39: tariff.v1.InvoiceService.GetInvoice:output_type -> tariff.v1.Invoice
-	17, // 40: tariff.v1.InvoiceService.ListInvoices:output_type -> tariff.v1.ListInvoicesResponse
-	21, // 41: tariff.v1.InvoiceService.GetRevenueReport:output_type -> tariff.v1.RevenueReport
-	14, // 42: tariff.v1.InvoiceService.CloseDuePeriods:output_type -> tariff.v1.CloseDuePeriodsResponse
-	36, // [36:43] is the sub-list for method output_type
-	29, // [29:36] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	4,  // 15: tariff.v1.ExplainedEvent.adjustment:type_name -> tariff.v1.LineAdjustment
+	10, // 16: tariff.v1.ExplainLineItemResponse.events:type_name -> tariff.v1.ExplainedEvent
+	23, // 17: tariff.v1.ClosePeriodRequest.period_start:type_name -> google.protobuf.Timestamp
+	6,  // 18: tariff.v1.CloseDuePeriodsResponse.invoices:type_name -> tariff.v1.Invoice
+	0,  // 19: tariff.v1.ListInvoicesRequest.status:type_name -> tariff.v1.InvoiceStatus
+	23, // 20: tariff.v1.ListInvoicesRequest.period_start_from:type_name -> google.protobuf.Timestamp
+	23, // 21: tariff.v1.ListInvoicesRequest.period_start_before:type_name -> google.protobuf.Timestamp
+	6,  // 22: tariff.v1.ListInvoicesResponse.invoices:type_name -> tariff.v1.Invoice
+	23, // 23: tariff.v1.GetRevenueReportRequest.period_start:type_name -> google.protobuf.Timestamp
+	23, // 24: tariff.v1.GetRevenueReportRequest.period_end:type_name -> google.protobuf.Timestamp
+	23, // 25: tariff.v1.RevenueLine.period_start:type_name -> google.protobuf.Timestamp
+	23, // 26: tariff.v1.RevenueLine.period_end:type_name -> google.protobuf.Timestamp
+	19, // 27: tariff.v1.RevenueReport.lines:type_name -> tariff.v1.RevenueLine
+	19, // 28: tariff.v1.RevenueReport.customer_lines:type_name -> tariff.v1.RevenueLine
+	20, // 29: tariff.v1.RevenueReport.reconciliation:type_name -> tariff.v1.RevenueReconciliation
+	1,  // 30: tariff.v1.InvoiceService.PreviewInvoice:input_type -> tariff.v1.PreviewInvoiceRequest
+	8,  // 31: tariff.v1.InvoiceService.ExplainLineItem:input_type -> tariff.v1.ExplainLineItemRequest
+	12, // 32: tariff.v1.InvoiceService.ClosePeriod:input_type -> tariff.v1.ClosePeriodRequest
+	15, // 33: tariff.v1.InvoiceService.GetInvoice:input_type -> tariff.v1.GetInvoiceRequest
+	16, // 34: tariff.v1.InvoiceService.ListInvoices:input_type -> tariff.v1.ListInvoicesRequest
+	18, // 35: tariff.v1.InvoiceService.GetRevenueReport:input_type -> tariff.v1.GetRevenueReportRequest
+	13, // 36: tariff.v1.InvoiceService.CloseDuePeriods:input_type -> tariff.v1.CloseDuePeriodsRequest
+	6,  // 37: tariff.v1.InvoiceService.PreviewInvoice:output_type -> tariff.v1.Invoice
+	11, // 38: tariff.v1.InvoiceService.ExplainLineItem:output_type -> tariff.v1.ExplainLineItemResponse
+	6,  // 39: tariff.v1.InvoiceService.ClosePeriod:output_type -> tariff.v1.Invoice
+	6,  // 40: tariff.v1.InvoiceService.GetInvoice:output_type -> tariff.v1.Invoice
+	17, // 41: tariff.v1.InvoiceService.ListInvoices:output_type -> tariff.v1.ListInvoicesResponse
+	21, // 42: tariff.v1.InvoiceService.GetRevenueReport:output_type -> tariff.v1.RevenueReport
+	14, // 43: tariff.v1.InvoiceService.CloseDuePeriods:output_type -> tariff.v1.CloseDuePeriodsResponse
+	37, // [37:44] is the sub-list for method output_type
+	30, // [30:37] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_invoices_proto_init() }
