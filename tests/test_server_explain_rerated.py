@@ -1,9 +1,10 @@
 """ExplainLineItem on a re-rated line, against a real server: after the line's events come its re-rating
 adjustments (one per InvoiceLine.adjustments entry, amount = new - old), so that the pages sum to the line's amount
-from PreviewInvoice exactly, whatever the page size, with page tokens running on across the boundary."""
+from PreviewInvoice exactly, whatever the page size, with page tokens running on across the boundary, and after kill -9 alike."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 from tariff import TariffClient
@@ -11,6 +12,7 @@ from tariff.v1 import invoices_pb2, pricing_pb2
 
 from engine.lines import line_id
 from tests.serverproc import ServerFactory
+from tests.test_cli import tariff
 from tests.test_server_admin import (
     CARD,
     CUSTOMER,
@@ -117,3 +119,17 @@ def test_a_rerated_line_explains_its_events_then_its_adjustments_summing_to_the_
         output_entries = [e for page in drill(client, h0, OUTPUT_LINE, 3) for e in page]
         assert len(output_entries) == 6 + len(output.adjustments) == 8
         assert sum(Decimal(e.amount) for e in output_entries) == Decimal(output.amount)
+
+        # The CLI names each adjustment by the publish that made it and the versions it moved between.
+        period = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(h0 / 1000))
+        table = tariff(server, "invoices", "explain", CUSTOMER, INPUT_LINE, "--period-start", period).stdout
+        assert table.count(f"re-rated #{audit.seq} v1->v{v2}") == 2
+
+    # After kill -9: the same pages (adjustments come back with the kernel's state), and a token issued before
+    # the crash, past the events, still pages the adjustments.
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert [e for page in drill(client, h0, INPUT_LINE, 3) for e in page] == whole
+        resumed = explain(client, h0, INPUT_LINE, 7, into_adjustments)
+        assert (list(resumed.events), resumed.next_page_token) == (whole[7:], "")
