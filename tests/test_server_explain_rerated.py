@@ -133,3 +133,37 @@ def test_a_rerated_line_explains_its_events_then_its_adjustments_summing_to_the_
         assert [e for page in drill(client, h0, INPUT_LINE, 3) for e in page] == whole
         resumed = explain(client, h0, INPUT_LINE, 7, into_adjustments)
         assert (list(resumed.events), resumed.next_page_token) == (whole[7:], "")
+
+
+def test_a_bucket_rerated_twice_by_a_publish_and_a_rollback_still_sums_exactly(server_factory: ServerFactory) -> None:
+    server = server_factory()
+    with server.client() as client:
+        h0 = build_catalogue(client).h0
+        for n in range(1, 4):  # 0.36 each under v1
+            ingest_one(client, llm(f"e{n}", h0 + n * MINUTE_MS, "gpt-4", "us", 10_000, 10_000))
+        v2 = markup_draft(client, "1.5")  # 0.45 an event
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=v2, effective_from=stamp(h0))
+        )
+        # The rollback publishes a copy of v1 as v3 from h0: the bucket goes 1.08 -> 1.35 -> 1.08.
+        rolled = client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(h0))
+        )
+        assert rolled.buckets_rerated == 2
+        preview = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id=CUSTOMER, period_start=stamp(h0))
+        )
+        line = next(found for found in preview.lines if found.line_id == INPUT_LINE)
+        assert line.amount == "1.08"
+        entries = [e for page in drill(client, h0, INPUT_LINE, 2) for e in page]
+        assert [(e.transaction_id, e.amount) for e in entries] == [
+            ("e1", "0.36"),
+            ("e2", "0.36"),
+            ("e3", "0.36"),
+            ("", "0.27"),
+            ("", "-0.27"),
+        ]
+        moves = [(list(e.adjustment.old_versions), e.adjustment.new_version, e.version) for e in entries[3:]]
+        assert moves == [([1], v2, v2), ([v2], v2 + 1, v2 + 1)]
+        assert entries[3].adjustment.journal_seq < entries[4].adjustment.journal_seq
+        assert sum(Decimal(e.amount) for e in entries) == Decimal(line.amount)
