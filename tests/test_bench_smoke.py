@@ -132,3 +132,20 @@ def test_memory_reports_heap_per_customer_and_the_seeding_time(bench_run: tuple[
     assert heap["values"][0] > 0
     assert heap["met"] is None, "the 2 KiB target is judged only at 1,000,000 customers"
     assert _figure(memory, "seeding ")["values"][0] > 0
+
+
+def test_authorize_reports_journaled_holds_after_its_other_rows(bench_run: tuple[dict[str, Any], str]) -> None:
+    document, _ = bench_run
+    authorize = document["workloads"]["authorize"]
+    assert authorize["status"] == "ok", authorize["reason"]
+    metrics = [f["metric"] for f in authorize["figures"]]
+    reserving = [i for i, metric in enumerate(metrics) if metric.startswith("Authorize(reserve=true")]
+    assert len(reserving) == 6, metrics
+    assert reserving == list(range(len(metrics) - 6, len(metrics))), "the reserve rows come after the others"
+    [latency] = [
+        f for f in authorize["figures"] if f["metric"] == "Authorize(reserve=true, journaled hold) unloaded p99"
+    ]
+    assert latency["target"] == "" and latency["met"] is None, "no target in docs/architecture.md §9"
+    holds = _figure(authorize, "Authorize(reserve=true) journaled holds/s (8 callers)")
+    assert len(holds["values"]) == RUNS and all(v > 0 for v in holds["values"])
+    assert any("AuthorizeBatches refuses reserve" in note for note in authorize["notes"])

@@ -16,9 +16,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from tariff.v1 import balance_pb2, invoices_pb2, usage_pb2
 
 from server.bench.seed import MODELS, REGIONS, batches, customer_id
@@ -32,6 +33,9 @@ AUTHORIZE_BATCHES_METHOD = "/tariff.v1.BalanceService/AuthorizeBatches"
 PREVIEW_INVOICE_METHOD = "/tariff.v1.InvoiceService/PreviewInvoice"
 BARRIER_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 60.0
+# A reserving Authorize's hold lasts this long: short, so the bench's holds lapse soon after the run instead of
+# piling up; long enough that none expires while its run measures (the kernel journals each expiry too).
+RESERVATION_TTL_S = 30
 
 
 class IngestSpec(TypedDict):
@@ -55,6 +59,9 @@ class UnarySpec(TypedDict):
     calls: int
     warmup_calls: int
     seconds_max: float  # stop early when the calls take longer than this
+    # Authorize only: when set, every call reserves (reserve=true) under its own id `{tag}-{call number}`.
+    reservation_tag: NotRequired[str]
+    callers: NotRequired[int]  # threads calling at once, each one in flight (1 when absent)
 
 
 class StreamSpec(TypedDict):
@@ -195,14 +202,20 @@ def _ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, 
     )
 
 
-def authorize_request(number: int, customers: int) -> balance_pb2.AuthorizeRequest:
-    return balance_pb2.AuthorizeRequest(
+def authorize_request(number: int, customers: int, reservation_tag: str = "") -> balance_pb2.AuthorizeRequest:
+    """Request `number`, round-robin over the seeded customers; with a tag, a hold under its own id."""
+    request = balance_pb2.AuthorizeRequest(
         request_id=f"r{number}",
         customer_id=customer_id(number % customers),
         event_type="llm_call",
         dimensions={"model": MODELS[number % len(MODELS)], "region": REGIONS[number % len(REGIONS)]},
         values={"input_tokens": 1200.0, "output_tokens": 350.0},
     )
+    if reservation_tag:
+        request.reserve = True
+        request.reservation_id = f"{reservation_tag}-{number}"
+        request.reservation_ttl.CopyFrom(Duration(seconds=RESERVATION_TTL_S))
+    return request
 
 
 def _unary_payloads(spec: UnarySpec) -> tuple[list[bytes], Callable[[bytes], Any]]:
@@ -221,37 +234,65 @@ def _unary_payloads(spec: UnarySpec) -> tuple[list[bytes], Callable[[bytes], Any
         return payloads, invoices_pb2.Invoice.FromString
     if spec["method"] != AUTHORIZE_METHOD:
         raise ValueError(f"no requests for {spec['method']}")
-    payloads = [authorize_request(n, spec["customers"]).SerializeToString() for n in range(count)]
+    tag = spec.get("reservation_tag", "")
+    payloads = [authorize_request(n, spec["customers"], tag).SerializeToString() for n in range(count)]
     return payloads, balance_pb2.AuthorizeResponse.FromString
 
 
 def _unary_worker(spec: UnarySpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
-    """Sequential unary calls, one in flight: the latency a gateway sees per credit check."""
+    """Unary calls, one in flight per caller thread: the latency a gateway sees per credit check."""
     payloads, decode = _unary_payloads(spec)
+    callers = spec.get("callers", 1)
     latencies_s: list[float] = []
-    error: list[str] | None = None
+    denied: list[str] = []
+    errors: list[list[str]] = []
+    lock = threading.Lock()
     with grpc.insecure_channel(spec["target"], options=CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary(spec["method"], request_serializer=_identity, response_deserializer=decode)
         try:
             for payload in payloads[: spec["warmup_calls"]]:
                 call(payload, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as e:
-            error = _rpc_error(e)
+            errors.append(_rpc_error(e))
         barrier.wait(BARRIER_TIMEOUT_S)
         started = time.monotonic()
-        if error is None:
+        deadline = started + spec["seconds_max"]
+
+        def caller(share: list[bytes]) -> None:
             try:
-                deadline = started + spec["seconds_max"]
-                for payload in payloads[spec["warmup_calls"] :]:
+                for payload in share:
                     sent = time.monotonic()
                     if sent > deadline:
-                        break
-                    call(payload, timeout=CALL_TIMEOUT_S)
-                    latencies_s.append(time.monotonic() - sent)
+                        return
+                    answer = call(payload, timeout=CALL_TIMEOUT_S)
+                    latency = time.monotonic() - sent
+                    with lock:
+                        latencies_s.append(latency)
+                        if isinstance(answer, balance_pb2.AuthorizeResponse) and not answer.allowed:
+                            denied.append(f"{answer.reason}: {answer.message}")
             except grpc.RpcError as e:
-                error = _rpc_error(e)
+                with lock:
+                    errors.append(_rpc_error(e))
+
+        if not errors:
+            measured = payloads[spec["warmup_calls"] :]
+            threads = [threading.Thread(target=caller, args=(measured[i::callers],)) for i in range(callers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         ended = time.monotonic()
-    results.put({"kind": "unary", "started": started, "ended": ended, "latencies_s": latencies_s, "error": error})
+    results.put(
+        {
+            "kind": "unary",
+            "started": started,
+            "ended": ended,
+            "latencies_s": latencies_s,
+            "denied": len(denied),
+            "denied_samples": denied[:5],
+            "error": errors[0] if errors else None,
+        }
+    )
 
 
 def _stream_worker(spec: StreamSpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:

@@ -49,6 +49,16 @@ WARMUP_BATCHES = 5
 RECOVERY_CUSTOMERS = 100
 # Decisions per AuthorizeBatches message: what a gateway gathers in about a millisecond at 50,000 checks a second.
 AUTHORIZE_BATCH_REQUESTS = 50
+# Gateways reserving at once in the concurrent Authorize(reserve=true) part: RESERVE_PROCESSES load-generator
+# processes, each with RESERVE_CALLERS_PER_PROCESS threads of unary calls, one in flight apiece.
+RESERVE_PROCESSES = 2
+RESERVE_CALLERS_PER_PROCESS = 4
+RESERVE_NOTE = (
+    "Authorize(reserve=true): each call holds credit under its own client-chosen reservation_id "
+    f"(ttl {loadgen.RESERVATION_TTL_S} s), round-robin over the seeded customers, whose grants dwarf the holds; "
+    "the hold is journaled before the answer, so these rows measure a durable write path, not a read; "
+    "AuthorizeBatches refuses reserve by design (INVALID_ARGUMENT on requests.reserve), so it has no reserve row"
+)
 
 
 def progress(message: str) -> None:
@@ -489,7 +499,15 @@ def memory_workload(bench: Bench) -> WorkloadResult:
 
 
 def _unary(bench: Bench, server: ServedProcess, method: str, calls: int, customers: int | None = None) -> list[float]:
-    spec = loadgen.UnarySpec(
+    spec = _unary_spec(bench, server, method, calls, customers)
+    latencies: list[float] = _drive_unary(method, [spec], server).results[0]["latencies_s"]
+    return latencies
+
+
+def _unary_spec(
+    bench: Bench, server: ServedProcess, method: str, calls: int, customers: int | None = None
+) -> loadgen.UnarySpec:
+    return loadgen.UnarySpec(
         target=server.target,
         method=method,
         customers=customers or bench.config.customers,
@@ -497,15 +515,51 @@ def _unary(bench: Bench, server: ServedProcess, method: str, calls: int, custome
         warmup_calls=min(200, calls),
         seconds_max=bench.config.measure_seconds_max,
     )
-    driven = drive(loadgen.unary_worker, [spec], server)
+
+
+def _drive_unary(method: str, specs: list[loadgen.UnarySpec], server: ServedProcess) -> Driven:
+    """Drives unary generators; UNIMPLEMENTED is NotAvailable, any other error a failure."""
+    driven = drive(loadgen.unary_worker, specs, server)
     error = driven.error
+    rpc = method.rsplit("/", 1)[1]
     if error is not None:
-        rpc = method.rsplit("/", 1)[1]
         if error[0] == "UNIMPLEMENTED":
             raise NotAvailable(f"{rpc} answers UNIMPLEMENTED: {error[1]}")
         raise RuntimeError(f"{rpc} failed: {error[0]}: {error[1]}")
-    latencies: list[float] = driven.results[0]["latencies_s"]
+    return driven
+
+
+def _holds(driven: Driven) -> Driven:
+    """A reserving run, checked: a refused hold writes nothing, so it is not the path measured (the grants are
+    meant never to run out)."""
+    denied = [s for r in driven.results for s in r["denied_samples"]]
+    if denied:
+        raise RuntimeError(
+            f"Authorize(reserve=true) refused {sum(r['denied'] for r in driven.results)}, e.g. {denied[0]}"
+        )
+    return driven
+
+
+def _reserving_unary(bench: Bench, server: ServedProcess, calls: int) -> list[float]:
+    """One caller, one Authorize(reserve=true) in flight; every id fresh (the tag is new each run)."""
+    spec = _unary_spec(bench, server, loadgen.AUTHORIZE_METHOD, calls)
+    spec["reservation_tag"] = bench.tag("bench-hold")
+    latencies: list[float] = _holds(_drive_unary(loadgen.AUTHORIZE_METHOD, [spec], server)).results[0]["latencies_s"]
     return latencies
+
+
+def _reservations_s(bench: Bench, server: ServedProcess, calls: int) -> float:
+    """Holds a second with RESERVE_PROCESSES × RESERVE_CALLERS_PER_PROCESS callers reserving at once."""
+    specs = []
+    for _ in range(RESERVE_PROCESSES):
+        spec = _unary_spec(bench, server, loadgen.AUTHORIZE_METHOD, calls)
+        spec["warmup_calls"] = min(20, calls)
+        spec["reservation_tag"] = bench.tag("bench-hold")
+        spec["callers"] = RESERVE_CALLERS_PER_PROCESS
+        specs.append(spec)
+    driven = _holds(_drive_unary(loadgen.AUTHORIZE_METHOD, specs, server))
+    held = sum(len(r["latencies_s"]) for r in driven.results)
+    return held / driven.elapsed_s
 
 
 @dataclass
@@ -545,7 +599,8 @@ def _guarded(name: str, part: Callable[[], list[Figure]], result: WorkloadResult
 
 
 def authorize_workload(bench: Bench) -> WorkloadResult:
-    """Authorize and GetBalance latency unloaded and under ingest load; AuthorizeStream decisions/s."""
+    """Authorize and GetBalance latency unloaded and under ingest load; AuthorizeStream decisions/s; then
+    Authorize(reserve=true), a journaled hold per call: latency with one in flight, holds/s with several callers."""
     config = bench.config
     tariff = bench.main_server()
     noop = bench.reference("noop")
@@ -659,11 +714,26 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
             )
         ]
 
+    def reserving() -> list[Figure]:
+        runs = LatencyRuns()
+        for _ in range(config.runs):
+            runs.add(_reserving_unary(bench, tariff, config.authorize_calls))
+        return runs.figures("Authorize(reserve=true, journaled hold) unloaded")
+
+    def reserving_concurrently() -> list[Figure]:
+        callers = RESERVE_PROCESSES * RESERVE_CALLERS_PER_PROCESS
+        rates = [_reservations_s(bench, tariff, config.authorize_calls) for _ in range(config.runs)]
+        return [Figure(f"Authorize(reserve=true) journaled holds/s ({callers} callers)", "holds/s", rates)]
+
     _guarded("Authorize", unloaded, result)
     _guarded("GetBalance", balance, result)
     _guarded("Authorize under ingest", loaded, result)
     _guarded("AuthorizeStream", stream, result)
     _guarded("AuthorizeBatches", batched, result)
+    _guarded("Authorize(reserve=true)", reserving, result)
+    _guarded("Authorize(reserve=true) concurrent", reserving_concurrently, result)
+    if any(f.metric.startswith("Authorize(reserve=true") for f in result.figures):
+        result.notes.append(RESERVE_NOTE)
     if not result.figures:
         result.status, result.reason = "not available", "; ".join(result.notes)
     result.details = {"calls_per_run": config.authorize_calls, "stream_decisions_per_run": config.stream_decisions}
