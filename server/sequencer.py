@@ -492,6 +492,12 @@ class Sequencer:
         except EngineError as exc:
             group.answers.append((submission, 0, exc))
             return
+        self._record_applied(group, submission, command, seq, result)
+
+    def _record_applied(
+        self, group: _Group, submission: _Submission, command: cmd.AdminCommand, seq: int, result: object
+    ) -> None:
+        """An applied command's record (with the alerts it fired), audit line, touched customers and answer."""
         if not isinstance(command, cmd.KERNEL_COMMANDS):  # reservations and the clock are not admin changes
             group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
         group.records.append((seq, encode_record(JournalRecord(command, alerts=self.billing.take_fired()))))
@@ -528,11 +534,7 @@ class Sequencer:
                 # On the loop, a slice's balance rules at a time (as Billing._publish_and_rerate does in replay).
                 self.billing.rerated(customers, command.at_ms, seq)
             oplog.line("re-rating done", rate_card=plan.rate_card_id, seq=seq, buckets=done.buckets, events=done.events)
-        result = with_rerated(published, done)
-        group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
-        group.records.append((seq, encode_record(JournalRecord(command, alerts=self.billing.take_fired()))))
-        group.touched.update(self.billing.touched_customers(command, result))
-        group.answers.append((submission, seq, result))
+        self._record_applied(group, submission, command, seq, with_rerated(published, done))
 
     async def _rate(self, group: _Group, run: list[tuple[_Submission, UsageBatch]]) -> None:
         """Rates a run of usage batches on the rating thread while the event loop goes on serving reads (each
