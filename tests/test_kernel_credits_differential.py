@@ -168,8 +168,10 @@ def step(ledger: Ledger, oracle: ReferenceCredits, op: Op, now_ms: int, index: i
 
 
 def agree(ledger: Ledger, oracle: ReferenceCredits, now_ms: int) -> None:
-    """Per grant: remaining (raw), held and breakage agree; credits are conserved on both sides."""
+    """Per grant: remaining (raw), held and breakage agree; credits are conserved on both sides; the kernel's
+    index of due times holds what a walk of every account finds."""
     oracle.credits_conserved()
+    ledger.billing.kernel.check_due_index()
     view = ledger.billing.kernel.balance("acme", now_ms)
     assert view is not None
     breakage: dict[str, int] = {}

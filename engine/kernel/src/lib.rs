@@ -12,6 +12,7 @@ pub mod credits;
 pub mod decode;
 pub mod dedupe;
 pub mod draw;
+pub mod due;
 pub mod explain;
 pub mod invoice;
 pub mod kernel;

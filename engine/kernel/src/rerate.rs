@@ -200,6 +200,8 @@ impl Kernel {
         if let Some(first_period) = first_period {
             done.customers = 1;
             resettle(rater, account, first_period);
+            // Credit given back to a grant may make its expiry due again.
+            self.due.refresh(customer_id, account, rater.catalog.dedupe_window_ms);
         }
         Ok(done)
     }
