@@ -20,6 +20,7 @@ use crate::decode::{check_event, py_repr, wire};
 use crate::draw::{burn_order, Grant, Outcomes};
 use crate::kernel::{Account, Decision, Kernel};
 use crate::money::Picos;
+use crate::rollover;
 use crate::route::period_containing;
 use crate::tables::GrantTable;
 
@@ -648,9 +649,10 @@ fn rollover_at(account: &Account, grant: &Grant) -> Option<i64> {
     grant.expires_at_ms.is_none_or(|expiry| expiry > end).then_some(end)
 }
 
-/// Rolls over the grants whose period has ended by `now_ms`: floor(remaining x fraction) into a new
-/// ROLLOVER grant (cost basis of the original, usable from the period end until the end of the next
-/// period, no rollover of its own), the rest breakage. Returns the breakage entries recorded.
+/// Rolls over the grants whose period has ended by `now_ms`: floor((remaining + held) x fraction) into a
+/// new ROLLOVER grant (cost basis of the original, usable from the period end until the end of the next
+/// period, no rollover of its own), the rest breakage; open holds on the grant keep their rolled share on
+/// the new grant (crate::rollover). Returns the breakage entries recorded.
 fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
     let Some(credits) = account.credits.as_deref() else { return 0 };
     let due: Vec<(Box<str>, i128, i64)> = credits
@@ -665,20 +667,21 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
     let mut broken = 0;
     for (id, fraction, period_end_ms) in due {
         let g = account.grants.iter().position(|g| g.id == id).expect("found above");
-        let remaining = account.grants[g].remaining;
-        let rolled = remaining * fraction / ROLLOVER_ONE; // floor: both are non-negative
+        let new_grant = u32::try_from(account.grants.len()).expect("grant indexes are u32");
+        let split = rollover::split_at_rollover(account, g as u32, new_grant, fraction);
+        let (total, rolled) = (split.total, split.rolled);
         let next_end = period_start_at(account, period_end_ms)
             .and_then(|_| account.route.as_ref()?.contracts.iter().find(|c| c.covers(period_end_ms)))
             .map(|c| period_containing(c.starting_at_ms, period_end_ms).1);
         let to: Box<str> = format!("rollover-{id}-{period_end_ms}").into();
         let credits = account.credits.as_deref_mut().expect("present");
         credits.rollover.remove(&id);
-        if remaining <= 0 {
+        if total <= 0 {
             continue;
         }
-        if remaining > rolled {
+        if total > rolled {
             let period_start_ms = period_start_at(account, period_end_ms - 1).unwrap_or(0);
-            let entry = Breakage { grant_id: id.clone(), period_start_ms, credits: remaining - rolled, at_ms: now_ms };
+            let entry = Breakage { grant_id: id.clone(), period_start_ms, credits: total - rolled, at_ms: now_ms };
             account.credits.as_deref_mut().expect("present").breakage.push(entry);
             broken += 1;
         }
@@ -688,7 +691,7 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
             let grant = Grant {
                 id: to.clone(),
                 amount: rolled,
-                remaining: rolled,
+                remaining: split.rolled_remaining,
                 priority: original.priority,
                 applicable: original.applicable.clone(),
                 starts_at_ms: period_end_ms,

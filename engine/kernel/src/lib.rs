@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod money;
 pub mod price;
 pub mod rerate;
+pub mod rollover;
 pub mod route;
 pub mod snapshot;
 pub mod tables;
