@@ -677,6 +677,9 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
         let credits = account.credits.as_deref_mut().expect("present");
         credits.rollover.remove(&id);
         if total <= 0 {
+            // Recorded all the same: the grant has had its rollover, and new tables must not give it another.
+            let done = Rolled { from: id, to, credits: 0, at_period_end_ms: period_end_ms, at_ms: now_ms };
+            credits.rolled.push(done);
             continue;
         }
         if total > rolled {
