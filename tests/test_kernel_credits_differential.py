@@ -265,6 +265,8 @@ def check(run: Run) -> None:
 
 
 def state(billing: Billing) -> bytes:
-    """The kernel's state bytes once its tables are loaded (loading them interns the catalogue's names)."""
+    """The kernel's state bytes once its tables are loaded (loading them interns the catalogue's names); its index
+    of due times, rebuilt on a restore, holds what a walk of every account finds."""
     billing.refresh_tables()
+    billing.kernel.check_due_index()
     return billing.kernel.snapshot()

@@ -441,7 +441,7 @@ impl Kernel {
         if let Some(period_start) = period_start_at(account, now_ms) {
             top_up(account, &mut self.clock, &event.customer_id, period_start, now_ms);
         }
-        self.due.refresh(&event.customer_id, account, self.rater.catalog.dedupe_window_ms);
+        self.due.refresh_at(&event.customer_id, account, self.rater.catalog.dedupe_window_ms, now_ms);
         Ok(Reserved { decision, held: total, repeated: false, expires_at_ms })
     }
 
@@ -539,7 +539,7 @@ impl Kernel {
         if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
             self.clock.note_due(now_ms);
         }
-        self.due.refresh(customer_id, account, self.rater.catalog.dedupe_window_ms);
+        self.due.refresh_at(customer_id, account, self.rater.catalog.dedupe_window_ms, now_ms);
         Ok((released, false))
     }
 

@@ -22,6 +22,8 @@ use crate::kernel::{Account, Kernel};
 /// Nothing due (the key of an account that is not in the index).
 pub const NEVER: i64 = i64::MAX;
 const NO_SLOT: u32 = u32::MAX;
+/// `DueKeys::ended` before the first exact computation.
+const UNCOUNTED: usize = usize::MAX;
 
 /// An account's entries in the index, kept in the account so that a refresh finds them without a lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +32,14 @@ pub struct DueKeys {
     slot: u32,
     due_ms: i64,
     forget_ms: i64,
+    /// How many ended reservations `forget_ms` accounts for: a busy gateway's customer may have millions
+    /// within the dedupe window, so a change that only adds some (at its own time) does not walk them.
+    ended: usize,
 }
 
 impl Default for DueKeys {
     fn default() -> DueKeys {
-        DueKeys { slot: NO_SLOT, due_ms: NEVER, forget_ms: NEVER }
+        DueKeys { slot: NO_SLOT, due_ms: NEVER, forget_ms: NEVER, ended: UNCOUNTED }
     }
 }
 
@@ -51,10 +56,6 @@ pub struct DueIndex {
 fn forget_at(account: &Account, window_ms: i64) -> i64 {
     let ended = account.credits.as_deref().into_iter().flat_map(|c| c.ended.values());
     ended.map(|e| e.at_ms.saturating_add(window_ms)).min().unwrap_or(NEVER)
-}
-
-fn keys_of(account: &Account, window_ms: i64) -> (i64, i64) {
-    (account_due(account, i64::MIN), forget_at(account, window_ms))
 }
 
 fn move_entry(set: &mut BTreeSet<(i64, u32)>, slot: u32, from: i64, to: i64) {
@@ -75,11 +76,28 @@ impl DueIndex {
         self.due.first().map_or(NEVER, |&(at, _)| at)
     }
 
-    /// Brings the account's entries up to date after a change to its grants, holds, ended reservations or
-    /// rollovers. Cheap when nothing moved: the account's keys are computed and compared.
+    /// Brings the account's entries up to date after any change to its grants, holds, ended reservations
+    /// or rollovers, walking its ended reservations.
     pub fn refresh(&mut self, customer_id: &str, account: &mut Account, window_ms: i64) {
-        let (due_ms, forget_ms) = keys_of(account, window_ms);
+        account.due.ended = UNCOUNTED;
+        self.refresh_at(customer_id, account, window_ms, NEVER);
+    }
+
+    /// `refresh` after a change at `at_ms` that may have ended reservations (then, at `at_ms`) but
+    /// forgot none: the oldest ended one is found without walking them all.
+    pub fn refresh_at(&mut self, customer_id: &str, account: &mut Account, window_ms: i64, at_ms: i64) {
+        let ended = account.credits.as_deref().map_or(0, |c| c.ended.len());
+        let counted = account.due.ended;
+        let forget_ms = if counted == UNCOUNTED || ended < counted {
+            forget_at(account, window_ms)
+        } else if ended > counted {
+            account.due.forget_ms.min(at_ms.saturating_add(window_ms))
+        } else {
+            account.due.forget_ms
+        };
+        let due_ms = account_due(account, i64::MIN);
         let keys = &mut account.due;
+        keys.ended = ended;
         if (keys.due_ms, keys.forget_ms) == (due_ms, forget_ms) {
             return;
         }
@@ -108,14 +126,11 @@ impl DueIndex {
 
     /// The index of these accounts, from a walk of every one (restore, tables loaded).
     pub fn rebuild(accounts: &mut FxHashMap<String, Box<Account>>, window_ms: i64) -> DueIndex {
+        // Slots follow the map's order: they only name accounts (`due_by` sorts by customer id).
         let mut index = DueIndex::default();
-        let mut customers: Vec<&String> = accounts.keys().collect();
-        customers.sort_unstable(); // slots in id order: the same state numbers its accounts alike
-        let customers: Vec<String> = customers.into_iter().cloned().collect();
-        for customer_id in customers {
-            let account = accounts.get_mut(&customer_id).expect("listed");
+        for (customer_id, account) in accounts.iter_mut() {
             account.due = DueKeys::default();
-            index.refresh(&customer_id, account, window_ms);
+            index.refresh(customer_id, account, window_ms);
         }
         index
     }
@@ -141,12 +156,26 @@ impl Kernel {
         self.due = DueIndex::rebuild(&mut self.accounts, self.rater.catalog.dedupe_window_ms);
     }
 
+    /// After `load_tables` (whose `install` refreshed the customers the tables name): every other account
+    /// lost its route, which moves its rollovers, and a new dedupe window moves when ended reservations are
+    /// forgotten. Only accounts with rollovers or ended reservations are refreshed: the others' keys depend on
+    /// their grants and holds alone, which new tables do not change.
+    pub fn refresh_due_after_tables(&mut self, window_before_ms: i64) {
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        for (customer_id, account) in self.accounts.iter_mut() {
+            let Some(credits) = account.credits.as_deref() else { continue };
+            if !credits.rollover.is_empty() || (window_ms != window_before_ms && !credits.ended.is_empty()) {
+                self.due.refresh(customer_id, account, window_ms);
+            }
+        }
+    }
+
     /// Ok when the index holds exactly what a walk of every account finds; Err says where it differs.
     pub fn check_due_index(&self) -> Result<(), String> {
         let window_ms = self.rater.catalog.dedupe_window_ms;
         let (mut due, mut forget) = (BTreeSet::new(), BTreeSet::new());
         for (customer_id, account) in &self.accounts {
-            let (due_ms, forget_ms) = keys_of(account, window_ms);
+            let (due_ms, forget_ms) = (account_due(account, i64::MIN), forget_at(account, window_ms));
             let keys = account.due;
             if (keys.due_ms, keys.forget_ms) != (due_ms, forget_ms) {
                 return Err(format!(

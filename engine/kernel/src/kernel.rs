@@ -193,9 +193,10 @@ impl Kernel {
         for account in self.accounts.values_mut() {
             account.route = None;
         }
+        let window_before_ms = self.rater.catalog.dedupe_window_ms;
         self.rater.catalog = catalog;
         self.install(&tables.customers, compiled);
-        self.rebuild_due(); // every route was replaced, and the dedupe window may have changed
+        self.refresh_due_after_tables(window_before_ms); // routes were replaced, the window may have changed
         Ok(())
     }
 
@@ -399,7 +400,7 @@ impl Kernel {
             credits::after_event(account, clock, customer, plan.period_start_ms, refunded, received_ms, ack);
         }
         // Draws, refunds and settlements move what is due (a grant emptied or refilled, a hold ended).
-        self.due.refresh(event.customer_id, account, self.rater.catalog.dedupe_window_ms);
+        self.due.refresh_at(event.customer_id, account, self.rater.catalog.dedupe_window_ms, received_ms);
         let seen = Seen { digest, at_ms: received_ms };
         slot.and_modify(|s| *s = seen).or_insert(seen);
         Ok(true)
