@@ -365,3 +365,21 @@ def test_a_hold_expiring_after_the_period_end_gives_its_share_to_the_rollover_gr
     assert m.billing.kernel.next_due() == MAR_MS  # the ROLLOVER grant's own expiry
     conserved(m, FEB_MS + 1_000)
     assert_replays(m)
+
+
+def test_the_next_due_time_is_exact_and_a_settled_hold_is_not_due() -> None:
+    """`next_due()` (what the server's clock driver waits for) reads the kernel's index of due times: a settled
+    hold is no longer due. `clock()` keeps the lower bound from before the index, so an AdvanceClock at the
+    settled hold's TTL, as journals written before the index hold, is still applied."""
+    m = ledger()
+    m.reserve("r1", 30, T0, ttl_ms=10_000)
+    assert m.billing.kernel.next_due() == T0 + 10_000
+    m.ingest([event("t1", T0, 30, reservation_id="r1")], T0 + 1)
+    assert m.billing.kernel.next_due() is None
+    assert m.billing.kernel.clock()[1] == T0 + 10_000
+    records = len(m.records)
+    assert m.advance(T0 + 10_000) == credits.Advanced(0, 0)
+    assert len(m.records) == records + 1
+    assert m.billing.kernel.clock() == (T0 + 10_000, None)
+    m.billing.kernel.check_due_index()
+    assert_replays(m)
