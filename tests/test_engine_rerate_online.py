@@ -21,6 +21,7 @@ from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
 from engine.billing import Billing, Ingested
+from engine.control import encode_state_parts
 from engine.versions import PublishResult
 from server.journal import MemoryJournal
 from server.sequencer import Sequencer, UsageBatch, decode_record, recover
@@ -227,3 +228,23 @@ def batch_of(customers: list[str], name: str, drawn: list[Event]) -> bytes:
         for n, (customer, hour, calls) in enumerate(drawn)
     ]
     return usage_pb2.UsageBatch(batch_id=name, events=usage).SerializeToString()
+
+
+def test_a_snapshot_taken_while_a_rerating_is_pending_holds_the_pending_customers() -> None:
+    """The server may snapshot mid re-rating: the snapshot holds who is still pending (in the control plane's
+    half, encoded in parts byte for byte as a whole), and a machine restored from it completes the re-rating to
+    the same state as the one that went on."""
+    went_on = machine([5, 0, 20, 0, 5], [(n, hour, 2) for n in range(len(CUSTOMERS)) for hour in range(4)])
+    went_on.publish_deferred(publish(2), went_on.last_seq + 1)
+    assert went_on.ingest(batch("touch", [(4, 3, 1)]), RECEIVED_MS).accepted == 1
+    went_on.rerate_next(2)
+    assert went_on.rerating is not None and list(went_on.rerating.pending) == ["c2", "c3"]
+    parts = list(encode_state_parts(went_on.engine.state, entries_per_part=1))
+    assert b"".join(parts) == msgspec.json.encode(went_on.engine.state)
+    restored = Billing.from_snapshot(went_on.encode_snapshot())
+    assert restored.rerating == went_on.rerating
+    for billing in (went_on, restored):
+        assert billing.ingest(batch("after", [(3, 1, 2), (0, 3, 1)]), RECEIVED_MS).accepted == 2
+        billing.finish_rerating(billing.last_seq + 1, RECEIVED_MS)
+    assert restored.kernel.snapshot() == went_on.kernel.snapshot()
+    assert msgspec.json.encode(restored.engine.state) == msgspec.json.encode(went_on.engine.state)
