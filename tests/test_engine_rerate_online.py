@@ -248,3 +248,42 @@ def test_a_snapshot_taken_while_a_rerating_is_pending_holds_the_pending_customer
         billing.finish_rerating(billing.last_seq + 1, RECEIVED_MS)
     assert restored.kernel.snapshot() == went_on.kernel.snapshot()
     assert msgspec.json.encode(restored.engine.state) == msgspec.json.encode(went_on.engine.state)
+
+
+def test_another_admin_command_completes_a_pending_rerating_first() -> None:
+    """Submitted together: a publish, usage, a new customer, usage. The new customer waits for the re-rating to
+    complete (its completion record comes before it); the usage before it does not. Replay gives the live state."""
+    journal = MemoryJournal()
+
+    async def main() -> Billing:
+        billing = recover(journal)
+        sequencer = Sequencer(billing, journal, clock_ms=lambda: RECEIVED_MS)
+        sequencer.start()
+        for command in world([5] * len(CUSTOMERS)).journal:
+            await sequencer.run(command)
+        before = [(n, hour, 1) for n in range(len(CUSTOMERS)) for hour in range(3)]
+        await sequencer.run(UsageBatch(batch("before", before), 100))
+        submitted = [
+            sequencer.submit(publish(0)),
+            sequencer.submit(UsageBatch(batch("during", [(4, 1, 1)]), 10)),
+            sequencer.submit(cmd.CreateCustomer(RECEIVED_MS, ACTOR, "late", "late", {})),
+            sequencer.submit(UsageBatch(batch("after", [(3, 2, 1)]), 10)),
+        ]
+        for future in submitted:
+            await future
+        await sequencer.close()
+        return billing
+
+    live = asyncio.run(main())
+    records = [decode_record(blob) for _, blob in journal.read_records(0)][-5:]
+    kinds = [
+        "publish" if r.deferred else "completion" if r.rerated else "usage" if r.usage else type(r.command).__name__
+        for r in records
+    ]
+    assert kinds == ["publish", "usage", "completion", "CreateCustomer", "usage"]
+    # 3 calls at 3 each, plus the later call at 3: the usage after the completion found everyone re-rated.
+    assert live.balance("c3", RECEIVED_MS).period_charges == 12 * 10**12
+    assert live.balance("c0", RECEIVED_MS).period_charges == 9 * 10**12
+    replayed = recover(journal)
+    assert replayed.kernel.snapshot() == live.kernel.snapshot()
+    assert msgspec.json.encode(replayed.engine.state) == msgspec.json.encode(live.engine.state)
