@@ -18,6 +18,12 @@ in flight, answers leave in journal order, and if a commit fails the group appli
 state is rebuilt from the journal, which holds neither). Dedupe lives in the kernel's state (per customer and
 transaction id), in snapshots and rebuilt by replay: nothing on the ack path writes a second index.
 
+A publish that re-rates usage already rated (engine/pending.py) is journaled at once, its re-rating left pending;
+the writer re-rates a slice of pending customers after each group (also with nothing queued), a usage batch
+re-rates the pending customers it names before it is rated, and any other admin command (or the close) first
+completes the re-rating with a record of its own. The publish's caller is answered once that record is durable;
+usage is answered meanwhile as usual.
+
 A command that changes nothing gets no journal record and no seq: a usage batch that accepts no event (empty,
 or every event a duplicate or refused), and a retried admin request the state already reflects (the engine
 answers it as the first call was answered). Such a batch is acked with the journal's current seq.
