@@ -212,8 +212,9 @@ class Billing:
         return customers
 
     def _publish_and_rerate(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
-        """PublishVersion whole, its re-rating included (recovery, tests): the server runs the same steps, the
-        plan and the slices on its rating thread. Deterministic: replaying the command re-rates the same."""
+        """PublishVersion whole, its re-rating included, everyone at once (tests, tools, and the replay of a publish
+        record an earlier release wrote). The server now defers the re-rating (publish_deferred, engine/pending.py),
+        which gives each customer the same state. Deterministic: replaying the command re-rates the same."""
         plan = self.rerate_plan(command)
         published = self.publish(command, seq)
         done = Rerated()
