@@ -1,7 +1,9 @@
 """Re-rating cases in the engine and the kernel (engine/rerate.py, engine/kernel/src/rerate.rs) that the other
 re-rating tests do not cover: rollbacks of rollbacks re-rating back and forth over the same buckets, each
-adjustment citing the versions it moved between; and which customers a re-rating reports as touched (waking
-their balance watchers): those whose charges or draws it changed, not those whose buckets only changed version.
+adjustment citing the versions it moved between; contract overrides (a multiplier, and a price whose window starts
+after the effective hour) applied to re-rated usage as rating from scratch applies them; and which customers a
+re-rating reports as touched (waking their balance watchers): those whose charges or draws it changed, not those
+whose buckets only changed version.
 """
 
 from __future__ import annotations
@@ -189,3 +191,50 @@ def test_the_writer_wakes_watchers_of_changed_customers_only() -> None:
 
     asyncio.run(main())
     assert handed == [{"acme"}]
+
+
+def overridden_world() -> World:
+    """card_world's acme with two overrides on its contract: gpt-4 at half price throughout, llama at 2 a token
+    from T + 2h."""
+    world = card_world(("acme",))
+    world.override("tokens", contract_id="k-acme", multiplier="0.5", match={"model": "gpt-4"}, override_id="half")
+    world.override(
+        "tokens",
+        contract_id="k-acme",
+        price="2",
+        match={"model": "llama"},
+        starting_at_ms=T + 2 * HOUR_MS,
+        override_id="two",
+    )
+    return world
+
+
+def test_overrides_apply_to_rerated_usage_in_their_windows_as_rating_from_scratch_does() -> None:
+    usage = [(hour, model) for hour in range(4) for model in ("gpt-4", "llama") if (hour, model) != (0, "llama")]
+    m = Machine(overridden_world())
+    for n, (hour, model) in enumerate(usage):
+        m.ingest("acme", n, T + hour * HOUR_MS + 5 * MINUTE_MS, 10, model)
+    # gpt-4: 4 x 10 x 1 x 0.5 = 20; llama: hour 1 at 5 (before its override) 50, hours 2 and 3 at 2: 40.
+    assert m.charged("acme") == picos("110")
+    v2 = m.draft("3", "7")
+    result, touched = m.publish(cmd.PublishVersion(NOW_MS, ACTOR, "card", v2, T + HOUR_MS))
+    # gpt-4 hours 1..3 at 3 x 0.5; llama hour 1 at 7; llama hours 2 and 3 keep the override's 2 (version only).
+    assert m.charged("acme") == picos("5") + 3 * picos("15") + picos("70") + 2 * picos("20")
+    assert (result.buckets_rerated, result.rerated_amount_delta_picos, touched) == (6, picos("50"), ("acme",))
+    changed = {(hour, old, new) for hour, _, _, old, new in m.adjustments("acme")}
+    assert changed == {
+        (1, picos("5"), picos("15")),
+        (2, picos("5"), picos("15")),
+        (3, picos("5"), picos("15")),
+        (1, picos("50"), picos("70")),
+        (2, picos("20"), picos("20")),
+        (3, picos("20"), picos("20")),
+    }
+    # The same usage rated from scratch with version 2 in force from hour 1: the same aggregates and buckets.
+    fresh = Machine(overridden_world())
+    fresh.apply(cmd.CreateDraftVersion(NOW_MS, ACTOR, "card", 0, {}, (), tuple(prices("3", "7")), (), ""))
+    fresh.apply(cmd.PublishVersion(NOW_MS, ACTOR, "card", v2, T + HOUR_MS))
+    for n, (hour, model) in enumerate(usage):
+        fresh.ingest("acme", n, T + hour * HOUR_MS + 5 * MINUTE_MS, 10, model)
+    assert m.billing.kernel.usage("acme") == fresh.billing.kernel.usage("acme")
+    assert m.billing.balance("acme", NOW_MS) == fresh.billing.balance("acme", NOW_MS)
