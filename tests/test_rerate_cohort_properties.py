@@ -142,7 +142,7 @@ def cohort_histories(draw: st.DrawFn) -> CohortHistory:
             draft = order[len(published) - 1]
             steps.append(Step(hour, draft=draft, cohort=draw(cohorts(existing, len(kinds)))))
             published.append(draft + 2)
-    # Every draft gets published: the rollbacks asked for beyond them stay rollbacks.
+    # The drafts the steps above left unpublished are published last, for everyone.
     for draft in order[len(published) - 1 :]:
         steps.append(Step(draw(st.integers(0, LAST_HOUR - 1)), draft=draft))
     return CohortHistory(draw(prices()), tuple(draw(prices()) for _ in range(publishes)), who, tuple(steps))
