@@ -66,7 +66,9 @@ class Kernel:
     def rerate_check(self, customers: list[str], version: bytes, from_hour: int) -> None: ...
     def rerate(
         self, customers: list[str], rate_card_id: str, from_hour: int, seq: int
-    ) -> tuple[int, int, int, int, int, int, int]: ...  # customers, buckets, events, delta, closed b/e/amount
+    ) -> tuple[
+        int, int, int, int, int, int, int, list[str]
+    ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed
     def simulate(
         self, version: bytes, start_ms: int, end_ms: int, customers: list[str] | None
     ) -> list[tuple[str, str, int, int]]: ...  # (customer_id, product_id, current_picos, simulated_picos)

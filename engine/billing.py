@@ -145,6 +145,7 @@ class Billing:
         self._tracking = False
         self._fired: list[alerts.FiredAlert] = []  # alerts fired by admin commands, until take_fired()
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
+        self._rerate_changed: set[str] = set()  # the customers a publish's re-rating changed so far
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
@@ -240,19 +241,22 @@ class Billing:
 
     def rerate_slice(self, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
         """Re-rates some of a publish's customers (the kernel's lock held a customer at a time, GIL released)."""
-        return rerate_slice(self.kernel, plan, customers, seq)
+        done = rerate_slice(self.kernel, plan, customers, seq)
+        self._rerate_changed.update(done.amounts_changed)
+        return done
 
     def start_rerating(self) -> None:
         """A publish's re-rating begins: no customer counts as touched by it yet."""
         self._kernel_touched = ()
+        self._rerate_changed = set()
 
     def rerated(self, customers: list[str], at_ms: int, seq: int) -> None:
-        """After a slice of record `seq`'s re-rating: its customers count as touched (balance watchers wake, see
-        touched_customers) and the balance rules are evaluated for them at the publish's time, in the plan's
-        order, as for any record (the fired alerts are kept for take_fired(); replay re-rates the same slices
-        and so fires the same). Every customer of the slice counts: the plan holds those with usage the publish
-        covers, whether or not their amounts changed."""
-        self._kernel_touched += tuple(customers)
+        """After a slice of record `seq`'s re-rating (rerate_slice): those of its customers whose charges or draws
+        it changed count as touched (balance watchers wake, see touched_customers; a customer whose buckets only
+        changed version does not), and the balance rules are evaluated for every customer of the slice at the
+        publish's time, in the plan's order, as for any record (the fired alerts are kept for take_fired();
+        replay re-rates the same slices and so fires the same)."""
+        self._kernel_touched += tuple(c for c in customers if c in self._rerate_changed)
         self._fired.extend(self._evaluate_alerts(customers, at_ms, seq))
 
     # A re-rating online (engine/pending.py) ------------------------------------------------------------
@@ -293,9 +297,10 @@ class Billing:
         pending.rerate_all(self.kernel, rerating)
         self.engine.state.rerating = None
         self.engine.state.last_seq = seq
-        self._kernel_touched = tuple(rerating.customers)
+        changed = set(rerating.changed)
+        self._kernel_touched = tuple(customer for customer in rerating.customers if customer in changed)
         self._fired.extend(self._evaluate_alerts(rerating.customers, at_ms, seq))
-        done = Rerated()
+        done = Rerated(amounts_changed=list(self._kernel_touched))
         done.add(rerating.done)
         return done
 

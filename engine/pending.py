@@ -45,6 +45,8 @@ class PendingRerating(msgspec.Struct):
     cursor: int = 0  # background slices have looked at customers[:cursor]
     # What the re-rating did so far: customers, buckets, events, amount delta, closed buckets/events/amount.
     done: tuple[int, int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0, 0)
+    # The re-rated customers whose charges or draws changed, in the order re-rated (the ones it wakes watchers of).
+    changed: list[str] = msgspec.field(default_factory=list)
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
@@ -89,6 +91,7 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
         raise AssertionError(f"a pending re-rating failed although its publish was checked: {exc}") from exc
     for customer in customers:
         del rerating.pending[customer]
+    rerating.changed += done[7]
     customers_so_far, buckets, events, delta_picos, closed_buckets, closed_events, closed_picos = rerating.done
     rerating.done = (
         customers_so_far + done[0],

@@ -643,7 +643,7 @@ class Sequencer:
             rerated=RerationDone(rerating.publish_seq, group.now_ms, totals), alerts=self.billing.take_fired()
         )
         group.records.append((seq, encode_record(record)))
-        group.touched.update(rerating.customers)
+        group.touched.update(done.amounts_changed)
         oplog.line(
             "re-rating done",
             rate_card=rerating.rate_card_id,

@@ -402,7 +402,8 @@ impl Kernel {
 
     /// Re-rates these customers (rerate.rs) as record `seq`, one customer at a time under the lock,
     /// offering it to a waiting read between customers, with the GIL released. Returns (customers,
-    /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos).
+    /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos,
+    /// the customers whose charges or draws changed, in the order given).
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity)]
     fn rerate(
@@ -412,21 +413,35 @@ impl Kernel {
         rate_card_id: &str,
         from_hour: i64,
         seq: u64,
-    ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128)> {
-        let done = py
+    ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
+        let (done, changed) = py
             .detach(|| {
                 self.change(|kernel| {
                     let mut done = crate::rerate::Rerated::default();
+                    let mut changed = Vec::new();
                     for customer in &customers {
-                        done.add(&kernel.rerate_customer(customer, rate_card_id, from_hour, seq)?);
+                        let one = kernel.rerate_customer(customer, rate_card_id, from_hour, seq)?;
+                        if one.amounts_changed > 0 {
+                            changed.push(customer.clone());
+                        }
+                        done.add(&one);
                         RwLockWriteGuard::bump(kernel);
                     }
-                    Ok::<_, String>(done)
+                    Ok::<_, String>((done, changed))
                 })
             })?
             .map_err(PyValueError::new_err)?;
         let d = done;
-        Ok((d.customers, d.buckets, d.events, d.amount_delta, d.closed_buckets, d.closed_events, d.closed_amount))
+        Ok((
+            d.customers,
+            d.buckets,
+            d.events,
+            d.amount_delta,
+            d.closed_buckets,
+            d.closed_events,
+            d.closed_amount,
+            changed,
+        ))
     }
 
     /// What `version` (a VersionTable's msgpack from engine/tables.py; a draft too) gives the usage
