@@ -8,6 +8,7 @@ A complex GPT-4 summary costs 5 credits on the demo rate card; gateway customers
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -213,3 +214,29 @@ def test_usage_settling_a_batch_hold_acks_without_notice_and_a_second_settle_say
     assert list(first.notices) == []
     assert [n.reason for n in second.notices] == [usage_pb2.NOTICE_RESERVATION_ALREADY_SETTLED]
     assert held(demo_server) == ("0", "90", "90")
+
+
+def test_a_gateway_that_waits_for_each_answer_before_its_next_message_is_answered_in_turn(
+    demo_server: ServerProcess,
+) -> None:
+    """Lock-step: each message is sent only once the answer before it came back, so the server is reading the
+    next message while nothing waits any more, after holds and after plain decisions alike."""
+    with demo_server.client() as client:
+        gateway_customer(client, "gw")
+    answers: queue.SimpleQueue[balance_pb2.AuthorizeBatchResult] = queue.SimpleQueue()
+    groups = [[hold(f"m{m}", f"m{m}")] if m % 2 == 0 else [decide(f"m{m}")] for m in range(8)]
+
+    def lock_step() -> Iterator[balance_pb2.AuthorizeBatch]:
+        for group in groups:
+            yield balance_pb2.AuthorizeBatch(requests=group)
+            answers.get(timeout=10)
+
+    with grpc.insecure_channel(demo_server.target) as channel:
+        stub = balance_pb2_grpc.BalanceServiceStub(channel)
+        received = []
+        for result in stub.AuthorizeBatches(lock_step(), timeout=30):
+            received.append(result)
+            answers.put(result)
+    assert [r.request_id for result in received for r in result.responses] == [f"m{m}" for m in range(8)]
+    assert all(r.allowed for result in received for r in result.responses)
+    assert held(demo_server) == ("20", "80", "100")

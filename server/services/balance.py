@@ -233,7 +233,9 @@ class BalanceService(_Base):
                     head = waiting.popleft()
                     yield head if isinstance(head, bytes) else head.result()
                 if not waiting:
-                    batch = await anext(messages, None)
+                    # A read already under way (started while a message waited) is the one to finish.
+                    batch = await (arriving if arriving is not None else anext(messages, None))
+                    arriving = None
                 else:
                     if arriving is None and len(waiting) < HOLDING_MESSAGES_MAX:
                         arriving = asyncio.ensure_future(anext(messages, None))
