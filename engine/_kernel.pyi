@@ -139,5 +139,31 @@ class Kernel:
         many were dropped past 100,000 waiting."""
     def batch_customers(self, batch: bytes) -> list[str]:
         """The distinct customer ids a UsageBatch names, first named first; ValueError if not a UsageBatch."""
+    # AuthorizeBatches with holds (engine/kernel/src/holds.rs).
+    def authorize_batch_holding(
+        self,
+        batch: bytes,
+        now_ms: int,
+        requests_max: int,
+        allowed: list[str] | None,
+        ttl_max_ms: int,
+        id_seed: bytes,
+        message_number: int,
+    ) -> tuple[bytes | HoldingBatch, int]:
+        """authorize_batch, but a request may ask for a hold: the result bytes when none does, else a HoldingBatch
+        (the other requests decided, the holds to journal); and the message's decisions."""
+    def reserve_batch(self, requests: bytes, now_ms: int) -> tuple[bytes, int, list[str]]:
+        """A HoldingBatch's requests applied (a journaled change): (the holds' AuthorizeBatchResult bytes, holds
+        placed, their customers in first-appearance order)."""
+
+@final
+class HoldingBatch:
+    """An AuthorizeBatch whose holds wait for the writer."""
+
+    @property
+    def requests(self) -> bytes:
+        """A tariff.v1.AuthorizeBatch of the hold requests, ids and TTLs filled in: what ReserveBatch journals."""
+    def finish(self, held: bytes) -> bytes:
+        """The message's AuthorizeBatchResult bytes, reserve_batch's answers in their places; once only."""
 
 def period_containing(anchor_ms: int, ts_ms: int) -> tuple[int, int]: ...

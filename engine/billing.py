@@ -24,7 +24,7 @@ import msgspec
 
 from engine import alerts, credits, pending
 from engine import commands as cmd
-from engine._kernel import Kernel
+from engine._kernel import HoldingBatch, Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import NotFound
@@ -514,14 +514,24 @@ class Billing:
         return Estimate(allowed, reason, message, cost, available)
 
     def authorize_batch(
-        self, batch: bytes, now_ms: int, requests_max: int, allowed: list[str] | None
-    ) -> tuple[bytes, int]:
-        """AuthorizeBatches on raw bytes: the AuthorizeBatchResult bytes the kernel encodes for an AuthorizeBatch's
-        bytes, and how many decisions it holds; each request priced as `estimate` prices it. Raises the kernel's refusals of a whole message
-        (ValueError, CustomerNotAllowed, BatchTooLarge, RequestIdMissing, ReservationAsked), having decided
-        nothing."""
+        self,
+        batch: bytes,
+        now_ms: int,
+        requests_max: int,
+        allowed: list[str] | None,
+        ttl_max_ms: int,
+        id_seed: bytes,
+        message_number: int,
+    ) -> tuple[bytes | HoldingBatch, int]:
+        """AuthorizeBatches on raw bytes, and how many decisions the message holds: the AuthorizeBatchResult bytes
+        the kernel encodes for an AuthorizeBatch's bytes, each request priced as `estimate` prices it; or, when
+        requests ask for holds, a HoldingBatch whose `requests` the writer applies as one ReserveBatch command
+        (engine/credits.py) and whose `finish` then gives the result. Raises the kernel's refusals of a whole
+        message (ValueError, CustomerNotAllowed, BatchTooLarge, RequestIdMissing), having decided nothing."""
         self.refresh_tables()
-        return self.kernel.authorize_batch(batch, now_ms, requests_max, allowed)
+        return self.kernel.authorize_batch_holding(
+            batch, now_ms, requests_max, allowed, ttl_max_ms, id_seed, message_number
+        )
 
     def simulate(
         self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]
@@ -580,5 +590,7 @@ def _credit_customers(command: cmd.KernelCommand, result: object) -> list[str]:
     """The customer a reservation or top-up policy command names (AdvanceClock names none: its notices do)."""
     if isinstance(command, cmd.Reserve | cmd.ReleaseReservation):
         return [command.customer_id]
+    if isinstance(result, credits.HeldBatch):
+        return list(result.customers)
     customer_id = getattr(result, "customer_id", None)
     return [customer_id] if isinstance(customer_id, str) else []
