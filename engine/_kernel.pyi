@@ -66,7 +66,9 @@ class Kernel:
     def rerate_check(self, customers: list[str], version: bytes, from_hour: int) -> None: ...
     def rerate(
         self, customers: list[str], rate_card_id: str, from_hour: int, seq: int
-    ) -> tuple[int, int, int, int, int, int, int]: ...  # customers, buckets, events, delta, closed b/e/amount
+    ) -> tuple[
+        int, int, int, int, int, int, int, list[str]
+    ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed
     def simulate(
         self, version: bytes, start_ms: int, end_ms: int, customers: list[str] | None
     ) -> list[tuple[str, str, int, int]]: ...  # (customer_id, product_id, current_picos, simulated_picos)
@@ -140,5 +142,33 @@ class Kernel:
         """The earliest time something is due, exactly (the index of due times, O(log n)), or None."""
     def check_due_index(self) -> None:
         """Raises ValueError when the index of due times differs from a walk of every account (tests)."""
+    def batch_customers(self, batch: bytes) -> list[str]:
+        """The distinct customer ids a UsageBatch names, first named first; ValueError if not a UsageBatch."""
+    # AuthorizeBatches with holds (engine/kernel/src/holds.rs).
+    def authorize_batch_holding(
+        self,
+        batch: bytes,
+        now_ms: int,
+        requests_max: int,
+        allowed: list[str] | None,
+        ttl_max_ms: int,
+        id_seed: bytes,
+        message_number: int,
+    ) -> tuple[bytes | HoldingBatch, int]:
+        """authorize_batch, but a request may ask for a hold: the result bytes when none does, else a HoldingBatch
+        (the other requests decided, the holds to journal); and the message's decisions."""
+    def reserve_batch(self, requests: bytes, now_ms: int) -> tuple[bytes, int, list[str]]:
+        """A HoldingBatch's requests applied (a journaled change): (the holds' AuthorizeBatchResult bytes, holds
+        placed, their customers in first-appearance order)."""
+
+@final
+class HoldingBatch:
+    """An AuthorizeBatch whose holds wait for the writer."""
+
+    @property
+    def requests(self) -> bytes:
+        """A tariff.v1.AuthorizeBatch of the hold requests, ids and TTLs filled in: what ReserveBatch journals."""
+    def finish(self, held: bytes) -> bytes:
+        """The message's AuthorizeBatchResult bytes, reserve_batch's answers in their places; once only."""
 
 def period_containing(anchor_ms: int, ts_ms: int) -> tuple[int, int]: ...

@@ -22,9 +22,9 @@ from decimal import Decimal
 
 import msgspec
 
-from engine import alerts, credits
+from engine import alerts, credits, pending
 from engine import commands as cmd
-from engine._kernel import Kernel
+from engine._kernel import HoldingBatch, Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import NotFound
@@ -145,6 +145,7 @@ class Billing:
         self._tracking = False
         self._fired: list[alerts.FiredAlert] = []  # alerts fired by admin commands, until take_fired()
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
+        self._rerate_changed: set[str] = set()  # the customers a publish's re-rating changed so far
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
@@ -168,6 +169,7 @@ class Billing:
 
     def apply(self, command: cmd.AdminCommand, seq: int) -> object:
         """Applies a control-plane command as record `seq`; raises EngineError (nothing changed) to refuse it."""
+        self._rerate_named(command)
         if isinstance(command, cmd.KERNEL_COMMANDS):
             return self._apply_kernel_command(command, seq)
         if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
@@ -211,8 +213,9 @@ class Billing:
         return customers
 
     def _publish_and_rerate(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
-        """PublishVersion whole, its re-rating included (recovery, tests): the server runs the same steps, the
-        plan and the slices on its rating thread. Deterministic: replaying the command re-rates the same."""
+        """PublishVersion whole, its re-rating included, everyone at once (tests, tools, and the replay of a publish
+        record an earlier release wrote). The server now defers the re-rating (publish_deferred, engine/pending.py),
+        which gives each customer the same state. Deterministic: replaying the command re-rates the same."""
         plan = self.rerate_plan(command)
         published = self.publish(command, seq)
         done = Rerated()
@@ -238,20 +241,90 @@ class Billing:
 
     def rerate_slice(self, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
         """Re-rates some of a publish's customers (the kernel's lock held a customer at a time, GIL released)."""
-        return rerate_slice(self.kernel, plan, customers, seq)
+        done = rerate_slice(self.kernel, plan, customers, seq)
+        self._rerate_changed.update(done.amounts_changed)
+        return done
 
     def start_rerating(self) -> None:
         """A publish's re-rating begins: no customer counts as touched by it yet."""
         self._kernel_touched = ()
+        self._rerate_changed = set()
 
     def rerated(self, customers: list[str], at_ms: int, seq: int) -> None:
-        """After a slice of record `seq`'s re-rating: its customers count as touched (balance watchers wake, see
-        touched_customers) and the balance rules are evaluated for them at the publish's time, in the plan's
-        order, as for any record (the fired alerts are kept for take_fired(); replay re-rates the same slices
-        and so fires the same). Every customer of the slice counts: the plan holds those with usage the publish
-        covers, whether or not their amounts changed."""
-        self._kernel_touched += tuple(customers)
+        """After a slice of record `seq`'s re-rating (rerate_slice): those of its customers whose charges or draws
+        it changed count as touched (balance watchers wake, see touched_customers; a customer whose buckets only
+        changed version does not), and the balance rules are evaluated for every customer of the slice at the
+        publish's time, in the plan's order, as for any record (the fired alerts are kept for take_fired();
+        replay re-rates the same slices and so fires the same)."""
+        self._kernel_touched += tuple(c for c in customers if c in self._rerate_changed)
         self._fired.extend(self._evaluate_alerts(customers, at_ms, seq))
+
+    # A re-rating online (engine/pending.py) ------------------------------------------------------------
+
+    def publish_deferred(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
+        """PublishVersion as the server journals it (replay): checked and published, its re-rating left pending
+        (the writer's steps, in one call)."""
+        plan = self.rerate_plan(command)
+        published = self.publish(command, seq)
+        self.defer_rerating(plan, seq)
+        return published
+
+    def defer_rerating(self, plan: RerationPlan | None, seq: int) -> None:
+        """After record `seq` published: its re-rating, if any, is pending (a usage batch, Reserve or release
+        re-rates the pending customers it names first; finish_rerating re-rates the rest)."""
+        self.start_rerating()
+        if plan is not None:
+            self.refresh_tables()  # the new timeline, which the re-rating prices with
+            self.engine.state.rerating = pending.start(plan, seq)
+
+    @property
+    def rerating(self) -> pending.PendingRerating | None:
+        """The publish's re-rating still pending, if any."""
+        return self.engine.state.rerating
+
+    def rerate_next(self, limit: int) -> int:
+        """A background slice of the pending re-rating: up to `limit` customers, next in plan order (the kernel's
+        lock held a customer at a time, GIL released); returns how many. No record: see engine/pending.py."""
+        rerating = self.engine.state.rerating
+        return 0 if rerating is None else pending.rerate_next(self.kernel, rerating, limit)
+
+    def finish_rerating(self, seq: int, at_ms: int) -> Rerated:
+        """The pending re-rating's completion as record `seq`: whoever is still pending is re-rated, and the
+        balance rules evaluated at `at_ms` for every customer of the plan, in plan order (the fired alerts are
+        kept for take_fired()). Returns what the whole re-rating did."""
+        rerating = self.engine.state.rerating
+        assert rerating is not None, "no re-rating is pending"
+        pending.rerate_all(self.kernel, rerating)
+        self.engine.state.rerating = None
+        self.engine.state.last_seq = seq
+        changed = set(rerating.changed)
+        self._kernel_touched = tuple(customer for customer in rerating.customers if customer in changed)
+        self._fired.extend(self._evaluate_alerts(rerating.customers, at_ms, seq))
+        done = Rerated(amounts_changed=list(self._kernel_touched))
+        done.add(rerating.done)
+        return done
+
+    def _rerate_named(self, command: cmd.AdminCommand) -> None:
+        """Re-rate on touch for the commands that may apply while a re-rating is pending (Reserve and
+        ReleaseReservation name one customer); the writer completes a re-rating before any other."""
+        rerating = self.engine.state.rerating
+        if rerating is None:
+            return
+        assert isinstance(command, cmd.Reserve | cmd.ReleaseReservation), (
+            f"{type(command).__name__} applied while the re-rating of record {rerating.publish_seq} is pending"
+        )
+        pending.rerate(self.kernel, rerating, [command.customer_id])
+
+    def _rerate_touched(self, batch: bytes) -> None:
+        """Re-rate on touch for a usage batch: the pending customers it names, before it is rated."""
+        rerating = self.engine.state.rerating
+        if rerating is None:
+            return
+        try:
+            named = self.kernel.batch_customers(batch)
+        except ValueError:
+            return  # not a UsageBatch: ingestion refuses it, changing nothing
+        pending.rerate(self.kernel, rerating, named)
 
     def ingest(
         self, batch: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None
@@ -260,6 +333,7 @@ class Billing:
 
         Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
         self.refresh_tables()
+        self._rerate_touched(batch)
         seq = self.last_seq + 1
         ack, digest, accepted, duplicates, rejected = self.kernel.ingest_checked(
             batch, received_ms, seq, events_max, allowed
@@ -440,14 +514,24 @@ class Billing:
         return Estimate(allowed, reason, message, cost, available)
 
     def authorize_batch(
-        self, batch: bytes, now_ms: int, requests_max: int, allowed: list[str] | None
-    ) -> tuple[bytes, int]:
-        """AuthorizeBatches on raw bytes: the AuthorizeBatchResult bytes the kernel encodes for an AuthorizeBatch's
-        bytes, and how many decisions it holds; each request priced as `estimate` prices it. Raises the kernel's refusals of a whole message
-        (ValueError, CustomerNotAllowed, BatchTooLarge, RequestIdMissing, ReservationAsked), having decided
-        nothing."""
+        self,
+        batch: bytes,
+        now_ms: int,
+        requests_max: int,
+        allowed: list[str] | None,
+        ttl_max_ms: int,
+        id_seed: bytes,
+        message_number: int,
+    ) -> tuple[bytes | HoldingBatch, int]:
+        """AuthorizeBatches on raw bytes, and how many decisions the message holds: the AuthorizeBatchResult bytes
+        the kernel encodes for an AuthorizeBatch's bytes, each request priced as `estimate` prices it; or, when
+        requests ask for holds, a HoldingBatch whose `requests` the writer applies as one ReserveBatch command
+        (engine/credits.py) and whose `finish` then gives the result. Raises the kernel's refusals of a whole
+        message (ValueError, CustomerNotAllowed, BatchTooLarge, RequestIdMissing), having decided nothing."""
         self.refresh_tables()
-        return self.kernel.authorize_batch(batch, now_ms, requests_max, allowed)
+        return self.kernel.authorize_batch_holding(
+            batch, now_ms, requests_max, allowed, ttl_max_ms, id_seed, message_number
+        )
 
     def simulate(
         self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]
@@ -506,5 +590,7 @@ def _credit_customers(command: cmd.KernelCommand, result: object) -> list[str]:
     """The customer a reservation or top-up policy command names (AdvanceClock names none: its notices do)."""
     if isinstance(command, cmd.Reserve | cmd.ReleaseReservation):
         return [command.customer_id]
+    if isinstance(result, credits.HeldBatch):
+        return list(result.customers)
     customer_id = getattr(result, "customer_id", None)
     return [customer_id] if isinstance(customer_id, str) else []

@@ -208,6 +208,16 @@ class AdvanceClock(msgspec.Struct, frozen=True, tag="advance_clock"):
     actor: str
 
 
+class ReserveBatch(msgspec.Struct, frozen=True, tag="reserve_batch"):
+    """An AuthorizeBatches message's holds, one command for the message: `requests` is a tariff.v1.AuthorizeBatch
+    of its reserve requests as the kernel completed them (each with its reservation id and TTL), applied in order
+    as Reserve applies one (engine/credits.py)."""
+
+    at_ms: int
+    actor: str
+    requests: bytes
+
+
 AdminCommand = (
     CreateCustomer
     | CreateProduct
@@ -225,8 +235,9 @@ AdminCommand = (
     | ReleaseReservation
     | SetTopUpPolicy
     | AdvanceClock
+    | ReserveBatch
 )
 # Applied by the kernel (engine/credits.py), not the control plane.
-KernelCommand = Reserve | ReleaseReservation | SetTopUpPolicy | AdvanceClock
-KERNEL_COMMANDS = (Reserve, ReleaseReservation, SetTopUpPolicy, AdvanceClock)
+KernelCommand = Reserve | ReleaseReservation | SetTopUpPolicy | AdvanceClock | ReserveBatch
+KERNEL_COMMANDS = (Reserve, ReleaseReservation, SetTopUpPolicy, AdvanceClock, ReserveBatch)
 Command = IngestBatch | AdminCommand

@@ -47,6 +47,16 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldBatch:
+    """A ReserveBatch's answer: `responses`, a tariff.v1.AuthorizeBatchResult of one answer per hold request (in
+    order; a request that could not hold answered in-band), the holds it placed, and their customers."""
+
+    responses: bytes
+    placed: int
+    customers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Released:
     reservation_id: str
     released: int  # picos given back to grants
@@ -81,6 +91,8 @@ def apply(billing: Billing, command: cmd.KernelCommand, seq: int) -> object:
             billing.engine._audit(command, seq, result)  # a policy change is an admin change: audited
         case cmd.AdvanceClock():
             result = _advance(billing, command)
+        case cmd.ReserveBatch():
+            result = _reserve_batch(billing, command)
     billing.engine.state.last_seq = seq
     return result
 
@@ -108,6 +120,19 @@ def _reserve(billing: Billing, command: cmd.Reserve) -> Reservation:
     )
     if repeated or not allowed:
         raise Repeated(result)  # nothing held, nothing journaled
+    return result
+
+
+def _reserve_batch(billing: Billing, command: cmd.ReserveBatch) -> HeldBatch:
+    """A message's holds in one kernel call; a batch that placed none (every request denied, repeated or refused)
+    changed nothing and takes no journal record."""
+    try:
+        responses, placed, customers = billing.kernel.reserve_batch(command.requests, command.at_ms)
+    except ValueError as exc:
+        raise InvalidArgument.field("requests", f"not an AuthorizeBatch: {exc}") from None
+    result = HeldBatch(responses, placed, tuple(customers))
+    if not placed:
+        raise Repeated(result)
     return result
 
 

@@ -43,7 +43,9 @@ class RerationPlan:
 
 @dataclass(slots=True)
 class Rerated:
-    """What a re-rating did; `closed_*` is the usage it left alone in closed periods."""
+    """What a re-rating did; `closed_*` is the usage it left alone in closed periods; `amounts_changed` the
+    customers whose charges or draws it changed (a customer whose buckets only changed version is not among them),
+    in plan order."""
 
     customers: int = 0
     buckets: int = 0
@@ -52,8 +54,10 @@ class Rerated:
     closed_buckets: int = 0
     closed_events: int = 0
     closed_amount_picos: int = 0
+    amounts_changed: list[str] = field(default_factory=list)
 
     def merge(self, other: Rerated) -> None:
+        self.amounts_changed += other.amounts_changed
         self.add(
             (
                 other.customers,
@@ -143,8 +147,9 @@ def plan_rerating(
 
 def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
     """Re-rates some of the plan's customers as journal record `seq` (the GIL released inside)."""
-    done = Rerated()
-    done.add(kernel.rerate(customers, plan.rate_card_id, plan.from_hour, seq))
+    counts = kernel.rerate(customers, plan.rate_card_id, plan.from_hour, seq)
+    done = Rerated(amounts_changed=counts[7])
+    done.add(counts[:7])
     return done
 
 

@@ -844,6 +844,106 @@ class ReferenceRating:
                 raise Mismatch(f"grant {grant.id}: {grant.amount} != {drawn} drawn + {grant.remaining} remaining")
 
 
+# Cohorts: which published versions price which customer ------------------------------------------------------
+#
+# Rewritten from the documented rules (README "Cohorts", the Cohort and PublishVersionRequest messages in
+# proto/tariff/v1/pricing.proto), for the re-rating property test (tests/test_rerate_cohort_properties.py): a
+# cohort holds a customer when the customer meets every criterion given (its id is one of customer_ids, when any;
+# its attributes hold every attributes entry, when any; it was created strictly after created_after_ms, when
+# set); a version published without a cohort, or with one without criteria, holds everyone. Membership is
+# decided when the version is published, for the customers there are then, and for a customer created later,
+# when it is created. At time t a customer's price comes from the newest-effective published version whose
+# cohort holds it; of two effective at once, the later published (ReferenceRating's timeline rule).
+
+
+@dataclasses.dataclass(frozen=True)
+class RCustomer:
+    id: str
+    attributes: tuple[tuple[str, str], ...]
+    created_at_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RCohort:
+    customer_ids: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
+    created_after_ms: int | None = None
+
+    def everyone(self) -> bool:
+        return not self.customer_ids and not self.attributes and self.created_after_ms is None
+
+    def holds(self, customer: RCustomer) -> bool:
+        if self.customer_ids and customer.id not in self.customer_ids:
+            return False
+        held = dict(customer.attributes)
+        if any(held.get(key) != value for key, value in self.attributes):
+            return False
+        return self.created_after_ms is None or customer.created_at_ms > self.created_after_ms
+
+
+@dataclasses.dataclass(frozen=True)
+class RPublication:
+    version: int
+    effective_from_ms: int
+    rates: tuple[RRate, ...]
+    cohort: RCohort | None  # None: everyone (outside cohorts)
+
+
+class ReferenceCohorts:
+    """Customers created and versions published, fed in journal order; each customer's version timeline as
+    decided then (for ReferenceRating's `timeline`), and which version prices it at a time."""
+
+    def __init__(self) -> None:
+        self.customers: dict[str, RCustomer] = {}
+        self.publications: list[RPublication] = []  # in publish order
+        # customer id -> the publications whose cohort holds it, in publish order
+        self.members_of: dict[str, list[RPublication]] = {}
+
+    def create_customer(self, customer: RCustomer) -> None:
+        """A customer created now joins every version published so far whose cohort holds it."""
+        assert customer.id not in self.customers, f"customer {customer.id!r} exists"
+        self.customers[customer.id] = customer
+        self.members_of[customer.id] = [p for p in self.publications if p.cohort is None or p.cohort.holds(customer)]
+
+    def publish(self, version: int, effective_from_ms: int, rates: tuple[RRate, ...], cohort: RCohort | None) -> None:
+        """Membership among the customers there are now; an id naming no customer is refused (ValueError), as
+        the server refuses it (INVALID_ARGUMENT)."""
+        if cohort is not None:
+            unknown = [c for c in cohort.customer_ids if c not in self.customers]
+            if unknown:
+                raise ValueError(f"no such customer: {unknown}")
+            if cohort.everyone():
+                cohort = None
+        publication = RPublication(version, effective_from_ms, rates, cohort)
+        self.publications.append(publication)
+        for customer in self.customers.values():
+            if cohort is None or cohort.holds(customer):
+                self.members_of[customer.id].append(publication)
+
+    def timeline(self, customer_id: str) -> list[tuple[int, list[RRate]]]:
+        return [(p.effective_from_ms, list(p.rates)) for p in self.members_of[customer_id]]
+
+    @staticmethod
+    def _newest(publications: list[RPublication], ts_ms: int) -> RPublication | None:
+        in_force: RPublication | None = None
+        for publication in publications:  # publish order: of two effective at once, the later wins
+            if publication.effective_from_ms <= ts_ms and (
+                in_force is None or publication.effective_from_ms >= in_force.effective_from_ms
+            ):
+                in_force = publication
+        return in_force
+
+    def version_at(self, customer_id: str, ts_ms: int) -> int | None:
+        """The version pricing the customer's usage at ts_ms."""
+        in_force = self._newest(self.members_of[customer_id], ts_ms)
+        return None if in_force is None else in_force.version
+
+    def version_outside_cohorts_at(self, ts_ms: int) -> int | None:
+        """The version in force at ts_ms among those published without a cohort (what a rollback replaces)."""
+        in_force = self._newest([p for p in self.publications if p.cohort is None], ts_ms)
+        return None if in_force is None else in_force.version
+
+
 # Invoices ---------------------------------------------------------------------------------------------------
 
 

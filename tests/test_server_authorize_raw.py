@@ -22,10 +22,6 @@ from tests.test_server_auth import STANDARD_KEYS, Keys
 
 BATCHES = "/tariff.v1.BalanceService/AuthorizeBatches"
 AUTHORIZE = "/tariff.v1.BalanceService/Authorize"
-RESERVATIONS_NOT_BATCHED = (
-    "requests.reserve: AuthorizeBatches decides without holding credit: a request with reserve or reservation_id "
-    "is refused; reserve with Authorize or AuthorizeStream, where each hold is journaled before it is answered"
-)
 
 
 def request(
@@ -170,16 +166,12 @@ def test_a_repeated_map_key_is_resolved_as_the_python_path_resolves_it(demo_serv
 
 def test_whole_message_refusals_keep_their_status_and_message(demo_server: ServerProcess) -> None:
     too_many = batch_bytes(*[request(f"r{i}", **SIMPLE) for i in range(10_001)])
-    reserving = batch_bytes(request("a", **SIMPLE), balance_pb2.AuthorizeRequest(request_id="b", reserve=True))
-    named = batch_bytes(request("a", **SIMPLE), balance_pb2.AuthorizeRequest(request_id="b", reservation_id="x"))
     with grpc.insecure_channel(demo_server.target) as channel:
         refusals = {
             name: status_of(lambda m=message: raw_batches(channel, [batch_bytes(request("first")), m]))  # type: ignore[misc]
             for name, message in [
                 ("no-id", batch_bytes(request("a", **SIMPLE), request(""))),
                 ("too-many", too_many),
-                ("reserve", reserving),
-                ("reservation-id", named),
                 ("garbage", b"\x0a\x05ab"),
             ]
         }
@@ -192,8 +184,6 @@ def test_whole_message_refusals_keep_their_status_and_message(demo_server: Serve
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "an AuthorizeBatch holds at most 10000 requests, this one 10001",
         ),
-        "reserve": (grpc.StatusCode.INVALID_ARGUMENT, RESERVATIONS_NOT_BATCHED),
-        "reservation-id": (grpc.StatusCode.INVALID_ARGUMENT, RESERVATIONS_NOT_BATCHED),
         "garbage": (
             grpc.StatusCode.INVALID_ARGUMENT,
             "request: could not be decoded: Error parsing message with type 'tariff.v1.AuthorizeBatch': Wire format was corrupt",

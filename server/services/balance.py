@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import itertools
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from tariff.v1 import (
@@ -13,9 +18,9 @@ from tariff.v1 import (
 
 from engine import commands as cmd
 from engine import credits
-from engine._kernel import BatchTooLarge, CustomerNotAllowed, RequestIdMissing, ReservationAsked
+from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing
 from engine.billing import Billing
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
 from server import auth, convert, telemetry
 from server.errors import (
@@ -42,10 +47,38 @@ from server.watch import SHUTTING_DOWN, WatchHub
 # --reservation-ttl-max-s`).
 RESERVATION_TTL_DEFAULT_MS = 60_000
 RESERVATION_TTL_MAX_MS_DEFAULT = 3_600_000
-RESERVATIONS_NOT_BATCHED = (
-    "AuthorizeBatches decides without holding credit: a request with reserve or reservation_id is refused; "
-    "reserve with Authorize or AuthorizeStream, where each hold is journaled before it is answered"
-)
+# AuthorizeBatches messages of one stream waiting for their holds' commit before the stream stops reading more.
+HOLDING_MESSAGES_MAX = 64
+# With a message's number and a request's index, names the holds AuthorizeBatches requests leave unnamed: random
+# per process, so that names made before a restart are not made again after it.
+_RESERVATION_ID_SEED = os.urandom(16)
+
+
+def seconds_text(ms: int) -> str:
+    """Milliseconds as seconds with the decimals needed ("3600", "1.5"), as the kernel words a hold's TTL limit."""
+    return f"{ms // 1000}.{ms % 1000:03d}".rstrip("0").rstrip(".")
+
+
+class _Holding:
+    """An AuthorizeBatches message waiting for its holds: the writer's future, then the message's answer."""
+
+    __slots__ = ("future", "holding")
+
+    def __init__(self, holding: HoldingBatch, future: asyncio.Future[tuple[int, object]]) -> None:
+        self.holding = holding
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> bytes:
+        _, held = self.future.result()
+        assert isinstance(held, credits.HeldBatch)
+        return self.holding.finish(held.responses)
+
+    async def wait(self) -> bytes:
+        await asyncio.wait([self.future])
+        return self.result()
 
 
 class BalanceService(_Base):
@@ -62,6 +95,7 @@ class BalanceService(_Base):
     ) -> None:
         super().__init__(billing, sequencer, clock_ms)
         self.watch = watch if watch is not None else WatchHub(billing, sequencer)
+        self._messages = itertools.count()  # AuthorizeBatches messages decided, for the names of their holds
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(BALANCE_SERVICE, self.method_handlers())
@@ -130,7 +164,7 @@ class BalanceService(_Base):
         if ttl_ms > self.reservation_ttl_max_ms:
             raise InvalidArgument.field(
                 "reservation_ttl",
-                f"must be at most {self.reservation_ttl_max_ms / 1000:g} s (the server's --reservation-ttl-max-s)",
+                f"must be at most {seconds_text(self.reservation_ttl_max_ms)} s (the server's --reservation-ttl-max-s)",
             )
         return ttl_ms
 
@@ -186,19 +220,71 @@ class BalanceService(_Base):
 
     @streaming
     async def AuthorizeBatches(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-        async for batch in request_iterator:
-            yield self._decide_batch(batch)
+        """Answers in message order. A message whose requests hold waits for its journal commit; meanwhile the
+        stream goes on reading and deciding the next messages (up to HOLDING_MESSAGES_MAX waiting), so the
+        messages a gateway keeps in flight share group commits. With nothing waiting, a message is answered
+        as soon as it is decided."""
+        waiting: collections.deque[bytes | _Holding] = collections.deque()
+        messages = aiter(request_iterator)
+        arriving: asyncio.Future[bytes | None] | None = None
+        try:
+            while True:
+                while waiting and (isinstance(waiting[0], bytes) or waiting[0].done()):
+                    head = waiting.popleft()
+                    yield head if isinstance(head, bytes) else head.result()
+                if not waiting:
+                    # A read already under way (started while a message waited) is the one to finish.
+                    batch = await (arriving if arriving is not None else anext(messages, None))
+                    arriving = None
+                else:
+                    if arriving is None and len(waiting) < HOLDING_MESSAGES_MAX:
+                        arriving = asyncio.ensure_future(anext(messages, None))
+                    head = waiting[0]
+                    assert isinstance(head, _Holding)
+                    waits: list[asyncio.Future[Any]] = [head.future] if arriving is None else [head.future, arriving]
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if arriving is None or not arriving.done():
+                        continue
+                    batch, arriving = arriving.result(), None
+                if batch is None:
+                    break
+                try:
+                    answer = self._decide_batch(batch, context)
+                except EngineError:
+                    # The answers to the messages before it leave first, then the stream ends with its status.
+                    for earlier in waiting:
+                        yield earlier if isinstance(earlier, bytes) else await earlier.wait()
+                    waiting.clear()
+                    raise
+                waiting.append(answer)
+            while waiting:
+                head = waiting.popleft()
+                yield head if isinstance(head, bytes) else await head.wait()
+        finally:
+            if arriving is not None:
+                arriving.cancel()
+            for left in waiting:  # the stream ended early: holds the writer has not applied yet are dropped
+                if isinstance(left, _Holding):
+                    left.future.cancel()
 
-    def _decide_batch(self, batch: bytes) -> bytes:
-        """One AuthorizeBatch's answer, or the refusal of the whole message (the stream ends with its status). A
-        malformed request inside is answered INVALID_REQUEST in-band and does not sink the batch."""
+    def _decide_batch(self, batch: bytes, context: Context) -> bytes | _Holding:
+        """One AuthorizeBatch's answer, or its holds submitted to the writer, or the refusal of the whole message
+        (the stream ends with its status). A malformed request inside is answered INVALID_REQUEST in-band and
+        does not sink the batch."""
         identity = auth.caller.get()
         # A restricted key's customers: the kernel checks every request's before it decides any.
         allowed = sorted(identity.customers) if identity is not None and identity.customers is not None else None
         started_ns = time.perf_counter_ns()
+        now_ms = self.clock_ms()
         try:
             result, decisions = self.billing.authorize_batch(
-                batch, self.clock_ms(), AUTHORIZE_BATCH_REQUESTS_MAX, allowed
+                batch,
+                now_ms,
+                AUTHORIZE_BATCH_REQUESTS_MAX,
+                allowed,
+                self.reservation_ttl_max_ms,
+                _RESERVATION_ID_SEED,
+                next(self._messages),
             )
         except CustomerNotAllowed as exc:
             # Worded as server/auth.py words its check for every other RPC.
@@ -218,14 +304,15 @@ class BalanceService(_Base):
             raise InvalidArgument.field(
                 f"requests[{exc.args[0]}].request_id", "is required on AuthorizeBatches to correlate answers"
             ) from None
-        except ReservationAsked:
-            raise InvalidArgument.field("requests.reserve", RESERVATIONS_NOT_BATCHED) from None
         except ValueError as exc:
             raise _undecodable(balance_pb2.AuthorizeBatch, batch, exc) from None
         if decisions:
             # One sample per message (its mean per decision): a sample per decision would cost more than one.
             telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6 / decisions)
-        return result
+        if isinstance(result, bytes):
+            return result
+        command = cmd.ReserveBatch(now_ms, actor_of(context), result.requests)
+        return _Holding(result, self.sequencer.submit(command, check_deadline(auth.current_call.get())))
 
     @unary
     async def ReleaseReservation(

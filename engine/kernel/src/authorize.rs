@@ -35,6 +35,19 @@ pub fn decode_batch(
     requests_max: usize,
     allowed: Option<&[String]>,
 ) -> Result<Vec<wire::AuthorizeRequest>, Refused> {
+    let requests = decode_requests(bytes, requests_max, allowed)?;
+    if requests.iter().any(asks_reservation) {
+        return Err(Refused::Reservation);
+    }
+    Ok(requests)
+}
+
+/// `decode_batch` but for the reservation check (crate::holds answers those requests).
+pub(crate) fn decode_requests(
+    bytes: &[u8],
+    requests_max: usize,
+    allowed: Option<&[String]>,
+) -> Result<Vec<wire::AuthorizeRequest>, Refused> {
     let batch = wire::AuthorizeBatch::decode(bytes).map_err(|e| Refused::NotDecodable(e.to_string()))?;
     let requests = batch.requests;
     if let Some(allowed) = allowed {
@@ -48,9 +61,6 @@ pub fn decode_batch(
     }
     if let Some(index) = requests.iter().position(|r| r.request_id.is_empty()) {
         return Err(Refused::NoRequestId(index));
-    }
-    if requests.iter().any(asks_reservation) {
-        return Err(Refused::Reservation);
     }
     Ok(requests)
 }
@@ -90,7 +100,7 @@ pub fn answer(kernel: &Kernel, request: wire::AuthorizeRequest, now_ms: i64) -> 
     response(request.request_id, decision.allowed, decision.reason, decision.message, decision.cost, decision.available)
 }
 
-fn response(
+pub(crate) fn response(
     request_id: String,
     allowed: bool,
     reason: &str,

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use prost::Message;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -23,6 +24,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::authorize::{self, Refused};
 use crate::credits::{Made, ReleaseRefusal, TopUpPolicy};
 use crate::decode::wire;
+use crate::holds;
 use crate::kernel::{self, BatchRefusal};
 
 pyo3::create_exception!(_kernel, BatchTooLarge, PyValueError, "A batch with more events than the server takes.");
@@ -402,7 +404,8 @@ impl Kernel {
 
     /// Re-rates these customers (rerate.rs) as record `seq`, one customer at a time under the lock,
     /// offering it to a waiting read between customers, with the GIL released. Returns (customers,
-    /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos).
+    /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos,
+    /// the customers whose charges or draws changed, in the order given).
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity)]
     fn rerate(
@@ -412,21 +415,35 @@ impl Kernel {
         rate_card_id: &str,
         from_hour: i64,
         seq: u64,
-    ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128)> {
-        let done = py
+    ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
+        let (done, changed) = py
             .detach(|| {
                 self.change(|kernel| {
                     let mut done = crate::rerate::Rerated::default();
+                    let mut changed = Vec::new();
                     for customer in &customers {
-                        done.add(&kernel.rerate_customer(customer, rate_card_id, from_hour, seq)?);
+                        let one = kernel.rerate_customer(customer, rate_card_id, from_hour, seq)?;
+                        if one.amounts_changed > 0 {
+                            changed.push(customer.clone());
+                        }
+                        done.add(&one);
                         RwLockWriteGuard::bump(kernel);
                     }
-                    Ok::<_, String>(done)
+                    Ok::<_, String>((done, changed))
                 })
             })?
             .map_err(PyValueError::new_err)?;
         let d = done;
-        Ok((d.customers, d.buckets, d.events, d.amount_delta, d.closed_buckets, d.closed_events, d.closed_amount))
+        Ok((
+            d.customers,
+            d.buckets,
+            d.events,
+            d.amount_delta,
+            d.closed_buckets,
+            d.closed_events,
+            d.closed_amount,
+            changed,
+        ))
     }
 
     /// What `version` (a VersionTable's msgpack from engine/tables.py; a draft too) gives the usage
@@ -683,6 +700,83 @@ impl Kernel {
         }
         Ok((out, dropped))
     }
+
+    /// The distinct customer ids a UsageBatch's events name, in the order first named (touch.rs), read
+    /// with the GIL released; changes nothing. ValueError when the bytes are not a UsageBatch.
+    fn batch_customers(&self, py: Python<'_>, batch: &[u8]) -> PyResult<Vec<String>> {
+        py.detach(|| crate::touch::batch_customers(batch)).map_err(PyValueError::new_err)
+    }
+
+    /// AuthorizeBatches with holds: `authorize_batch`, except that a request may ask for a hold. A message
+    /// without one is answered as `authorize_batch` answers it: (AuthorizeBatchResult bytes, decisions). A
+    /// message with one gives (HoldingBatch, decisions): the other requests decided now, the holds (TTL
+    /// checked against `ttl_max_ms`, an unnamed one named from `id_seed` and `message_number`) for the
+    /// server to journal as one command and apply with `reserve_batch`. Refusals as `authorize_batch`,
+    /// but for ReservationAsked.
+    #[allow(clippy::too_many_arguments)]
+    fn authorize_batch_holding<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &[u8],
+        now_ms: i64,
+        requests_max: usize,
+        allowed: Option<Vec<String>>,
+        ttl_max_ms: i64,
+        id_seed: &[u8],
+        message_number: u64,
+    ) -> PyResult<(Bound<'py, PyAny>, usize)> {
+        let requests = holds::decode(batch, requests_max, allowed.as_deref()).map_err(refused)?;
+        let decisions = requests.len();
+        let rules = holds::HoldRules { ttl_max_ms, id_seed, message_number };
+        let split = holds::split(&*self.read()?, requests, now_ms, &rules);
+        if split.holds.is_empty() {
+            let responses = split.answers.into_iter().map(|a| a.expect("no hold, so every request is answered"));
+            let result = PyBytes::new(py, &authorize::encode_result(responses.collect()));
+            return Ok((result.into_any(), decisions));
+        }
+        let holding = HoldingBatch {
+            requests: holds::encode_holds(split.holds),
+            answers: parking_lot::Mutex::new(Some(split.answers)),
+        };
+        Ok((Bound::new(py, holding)?.into_any(), decisions))
+    }
+
+    /// Applies a HoldingBatch's `requests` (a change: the server journals it first) at now_ms, each as
+    /// `reserve` applies one, in order: (the holds' AuthorizeBatchResult bytes, holds placed, their customers
+    /// in first-appearance order). A request that cannot hold is answered in-band. ValueError (nothing
+    /// changed) when the bytes are not an AuthorizeBatch.
+    fn reserve_batch<'py>(
+        &self,
+        py: Python<'py>,
+        requests: &[u8],
+        now_ms: i64,
+    ) -> PyResult<(Bound<'py, PyBytes>, u32, Vec<String>)> {
+        let requests = holds::decode_holds(requests).map_err(PyValueError::new_err)?;
+        let done = py.detach(|| self.change(|k| k.reserve_batch(requests, now_ms)))?;
+        let result = PyBytes::new(py, &authorize::encode_result(done.responses));
+        Ok((result, done.placed, done.customers))
+    }
+}
+
+/// An AuthorizeBatch whose hold requests wait for the writer: `requests` (an AuthorizeBatch of them, as
+/// journaled), and the other requests' answers, already decided.
+#[pyclass(frozen, module = "engine._kernel")]
+struct HoldingBatch {
+    #[pyo3(get)]
+    requests: Vec<u8>,
+    answers: parking_lot::Mutex<Option<Vec<Option<wire::AuthorizeResponse>>>>,
+}
+
+#[pymethods]
+impl HoldingBatch {
+    /// The message's AuthorizeBatchResult bytes, the holds' answers (`reserve_batch`'s result bytes) put
+    /// in their places. Once only: a second call raises RuntimeError.
+    fn finish<'py>(&self, py: Python<'py>, held: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let held = wire::AuthorizeBatchResult::decode(held).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let answers = self.answers.lock().take().ok_or_else(|| PyRuntimeError::new_err("already finished"))?;
+        let result = holds::merge(answers, held.responses).map_err(PyValueError::new_err)?;
+        Ok(PyBytes::new(py, &result))
+    }
 }
 
 /// (start_ms, end_ms) of the monthly period anchored on `anchor_ms` that contains `ts_ms` (>= anchor_ms): the
@@ -703,5 +797,6 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("ReservationNotFound", module.py().get_type::<ReservationNotFound>())?;
     module.add("ReservationEnded", module.py().get_type::<ReservationEnded>())?;
     module.add_function(wrap_pyfunction!(period_containing, module)?)?;
+    module.add_class::<HoldingBatch>()?;
     Ok(())
 }

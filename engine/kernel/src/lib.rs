@@ -14,6 +14,7 @@ pub mod dedupe;
 pub mod draw;
 pub mod due;
 pub mod explain;
+pub mod holds;
 pub mod invoice;
 pub mod kernel;
 pub mod money;
@@ -23,6 +24,7 @@ pub mod rollover;
 pub mod route;
 pub mod snapshot;
 pub mod tables;
+pub mod touch;
 
 mod bindings;
 

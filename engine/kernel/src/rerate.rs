@@ -58,6 +58,10 @@ pub struct Rerated {
     pub closed_buckets: u64,
     pub closed_events: u64,
     pub closed_amount: Picos,
+    /// Customers whose charges or draws re-rating changed (a bucket's amount, a grant's balance, a
+    /// period's charges or overage): those whose balance watchers must wake. A customer whose
+    /// buckets only changed version is re-rated (counted in `customers`) but not among these.
+    pub amounts_changed: u64,
 }
 
 impl Rerated {
@@ -69,6 +73,7 @@ impl Rerated {
         self.closed_buckets += other.closed_buckets;
         self.closed_events += other.closed_events;
         self.closed_amount += other.closed_amount;
+        self.amounts_changed += other.amounts_changed;
     }
 }
 
@@ -168,6 +173,7 @@ impl Kernel {
             for bucket in aggregate.buckets.iter().filter(|b| b.selected && b.changed()) {
                 first_period = first_period.or(Some(aggregate.key.period_start_ms));
                 done.buckets += 1;
+                done.amounts_changed |= u64::from(bucket.new_amount != bucket.old_amount);
                 let event_type = event_type_of(&rater.catalog, bucket.key.product);
                 *events.entry((bucket.key.hour, event_type)).or_default().entry(bucket.key.product).or_default() +=
                     bucket.events;
@@ -199,7 +205,12 @@ impl Kernel {
         // Aggregates come sorted by period: the first changed one names the earliest period touched.
         if let Some(first_period) = first_period {
             done.customers = 1;
+            // Settling again from scratch may move draws even when no amount changed (grants are judged
+            // usable at an hour's start): compare what a balance shows.
+            let balances = |a: &Account| (a.grants.iter().map(|g| g.remaining).collect::<Vec<_>>(), a.periods.clone());
+            let before = balances(account);
             resettle(rater, account, first_period);
+            done.amounts_changed |= u64::from(balances(account) != before);
             // Credit given back to a grant may make its expiry due again.
             self.due.refresh(customer_id, account, rater.catalog.dedupe_window_ms);
         }
@@ -776,6 +787,27 @@ mod tests {
         // The snapshot keeps the adjustments.
         let restored = Kernel::restore(&kernel.snapshot()).unwrap();
         assert_eq!(restored.adjustments("acme"), kernel.adjustments("acme"));
+    }
+
+    #[test]
+    fn a_customer_whose_buckets_only_change_version_is_rerated_but_its_amounts_are_not_changed() {
+        let grants = [("prepaid", 1_000 * E18, 0)];
+        let versions = [(1, 100), (2, 100), (3, 120)];
+        let mut kernel = scratch(&versions, &[(0, 0)], &grants, &EVENTS);
+        let before = state(&kernel);
+        // Version 2 has version 1's prices: every bucket from hour 3 changes version, no amount or draw.
+        let same = [(0, 0), (T0 + 3 * HOUR_MS, 1)];
+        kernel.load_tables(&tables(&versions, &same, &grants, &[])).unwrap();
+        let done = rerate(&mut kernel, T0 / HOUR_MS + 3, 7);
+        assert_eq!((done.customers, done.buckets, done.amount_delta, done.amounts_changed), (1, 25, 0, 0));
+        assert_eq!(kernel.balance("acme", T0), scratch(&versions, &[(0, 0)], &grants, &EVENTS).balance("acme", T0));
+        assert_ne!(state(&kernel), before, "the buckets name version 2 now");
+        // Version 3 (20% dearer) from hour 5 changes amounts.
+        let dearer = [(0, 0), (T0 + 3 * HOUR_MS, 1), (T0 + 5 * HOUR_MS, 2)];
+        kernel.load_tables(&tables(&versions, &dearer, &grants, &[])).unwrap();
+        let done = rerate(&mut kernel, T0 / HOUR_MS + 5, 8);
+        assert_eq!((done.customers, done.amounts_changed), (1, 1));
+        assert!(done.amount_delta > 0);
     }
 
     #[test]

@@ -99,9 +99,18 @@ class BalanceServiceServicer:
         how one process answers tens of thousands of checks a second.
         Every request needs its request_id; a malformed request is answered
         in-band (reason INVALID_REQUEST) and does not end the stream.
-        It never holds credit: a request with reserve or reservation_id refuses
-        the whole message with INVALID_ARGUMENT (requests.reserve); reserve with
-        Authorize or AuthorizeStream.
+        Requests with reserve=true hold credit as Authorize(reserve=true) does:
+        all the holds of one message are one journaled command, applied in request
+        order (each decided against the holds before it, in the same message too),
+        and the message is answered once that command is durable. The requests
+        without reserve are decided when the message arrives (before its holds are
+        placed) and do not wait for the journal. A hold request that cannot hold
+        is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
+        reservation_ttl, reservation_id without reserve), UNKNOWN_CUSTOMER,
+        RESERVATION_CONFLICT (the id is taken by a different request), or the
+        denial; the other requests are answered as usual. Answers leave in
+        message order; a stream keeps reading and deciding its next messages
+        while earlier ones wait for their holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -363,7 +363,8 @@ type AuthorizeRequest struct {
 	// Hold the estimated cost until an event with reservation_id settles it
 	// (the hold is given back and the event charged what it costs), it is
 	// released, or its TTL runs out. The hold is journaled before the answer.
-	// Under BLOCK, holds together never exceed the available credit.
+	// Under BLOCK, holds together never exceed the available credit. Read by
+	// Authorize, AuthorizeStream and AuthorizeBatches alike.
 	Reserve bool `protobuf:"varint,6,opt,name=reserve,proto3" json:"reserve,omitempty"`
 	// How long the hold lasts: 60 s when unset; zero, negative, not whole
 	// milliseconds or beyond the server's maximum (--reservation-ttl-max-s,
@@ -371,8 +372,10 @@ type AuthorizeRequest struct {
 	ReservationTtl *durationpb.Duration `protobuf:"bytes,7,opt,name=reservation_ttl,json=reservationTtl,proto3" json:"reservation_ttl,omitempty"`
 	// Client-chosen id for the reservation (optional; generated if empty).
 	// The same id with the same request answers again and holds once; with a
-	// different request it is ALREADY_EXISTS and nothing is held. Only read
-	// with reserve=true (otherwise INVALID_ARGUMENT).
+	// different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
+	// RESERVATION_CONFLICT, in-band) and nothing is held. Only read with
+	// reserve=true (otherwise INVALID_ARGUMENT; INVALID_REQUEST in-band on
+	// AuthorizeBatches).
 	ReservationId string `protobuf:"bytes,8,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -469,17 +472,22 @@ type AuthorizeResponse struct {
 	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	Allowed   bool                   `protobuf:"varint,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	// A stable code: OK, OVERAGE_ALLOWED, INSUFFICIENT_CREDIT,
-	// NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, UNKNOWN_CUSTOMER, INVALID_REQUEST.
+	// NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, UNKNOWN_CUSTOMER, INVALID_REQUEST,
+	// RESERVATION_CONFLICT.
 	// UNKNOWN_CUSTOMER and INVALID_REQUEST are answered in-band only on
 	// AuthorizeStream and AuthorizeBatches (so one bad request does not end the
 	// stream); unary Authorize answers them with the status NOT_FOUND and
-	// INVALID_ARGUMENT (with the field) instead.
+	// INVALID_ARGUMENT (with the field) instead. RESERVATION_CONFLICT is
+	// AuthorizeBatches' in-band answer where Authorize and AuthorizeStream end
+	// the call with ALREADY_EXISTS.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// What the described usage would be charged now, in pricing units.
 	EstimatedCost string `protobuf:"bytes,4,opt,name=estimated_cost,json=estimatedCost,proto3" json:"estimated_cost,omitempty"`
 	// Credit available to this usage's products.
 	CreditsAvailable string `protobuf:"bytes,5,opt,name=credits_available,json=creditsAvailable,proto3" json:"credits_available,omitempty"`
-	ReservationId    string `protobuf:"bytes,6,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
+	// The hold's id when a reserve request was allowed (the client's, or the
+	// one the server made); empty otherwise.
+	ReservationId string `protobuf:"bytes,6,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	// The reason for a person.
 	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -247,7 +247,8 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
    * Hold the estimated cost until an event with reservation_id settles it
    * (the hold is given back and the event charged what it costs), it is
    * released, or its TTL runs out. The hold is journaled before the answer.
-   * Under BLOCK, holds together never exceed the available credit.
+   * Under BLOCK, holds together never exceed the available credit. Read by
+   * Authorize, AuthorizeStream and AuthorizeBatches alike.
    *
    * @generated from field: bool reserve = 6;
    */
@@ -265,8 +266,10 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   /**
    * Client-chosen id for the reservation (optional; generated if empty).
    * The same id with the same request answers again and holds once; with a
-   * different request it is ALREADY_EXISTS and nothing is held. Only read
-   * with reserve=true (otherwise INVALID_ARGUMENT).
+   * different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
+   * RESERVATION_CONFLICT, in-band) and nothing is held. Only read with
+   * reserve=true (otherwise INVALID_ARGUMENT; INVALID_REQUEST in-band on
+   * AuthorizeBatches).
    *
    * @generated from field: string reservation_id = 8;
    */
@@ -296,11 +299,14 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
 
   /**
    * A stable code: OK, OVERAGE_ALLOWED, INSUFFICIENT_CREDIT,
-   * NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, UNKNOWN_CUSTOMER, INVALID_REQUEST.
+   * NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, UNKNOWN_CUSTOMER, INVALID_REQUEST,
+   * RESERVATION_CONFLICT.
    * UNKNOWN_CUSTOMER and INVALID_REQUEST are answered in-band only on
    * AuthorizeStream and AuthorizeBatches (so one bad request does not end the
    * stream); unary Authorize answers them with the status NOT_FOUND and
-   * INVALID_ARGUMENT (with the field) instead.
+   * INVALID_ARGUMENT (with the field) instead. RESERVATION_CONFLICT is
+   * AuthorizeBatches' in-band answer where Authorize and AuthorizeStream end
+   * the call with ALREADY_EXISTS.
    *
    * @generated from field: string reason = 3;
    */
@@ -321,6 +327,9 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
   creditsAvailable: string;
 
   /**
+   * The hold's id when a reserve request was allowed (the client's, or the
+   * one the server made); empty otherwise.
+   *
    * @generated from field: string reservation_id = 6;
    */
   reservationId: string;
@@ -476,9 +485,18 @@ export const BalanceService: GenService<{
    * how one process answers tens of thousands of checks a second.
    * Every request needs its request_id; a malformed request is answered
    * in-band (reason INVALID_REQUEST) and does not end the stream.
-   * It never holds credit: a request with reserve or reservation_id refuses
-   * the whole message with INVALID_ARGUMENT (requests.reserve); reserve with
-   * Authorize or AuthorizeStream.
+   * Requests with reserve=true hold credit as Authorize(reserve=true) does:
+   * all the holds of one message are one journaled command, applied in request
+   * order (each decided against the holds before it, in the same message too),
+   * and the message is answered once that command is durable. The requests
+   * without reserve are decided when the message arrives (before its holds are
+   * placed) and do not wait for the journal. A hold request that cannot hold
+   * is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
+   * reservation_ttl, reservation_id without reserve), UNKNOWN_CUSTOMER,
+   * RESERVATION_CONFLICT (the id is taken by a different request), or the
+   * denial; the other requests are answered as usual. Answers leave in
+   * message order; a stream keeps reading and deciding its next messages
+   * while earlier ones wait for their holds.
    *
    * @generated from rpc tariff.v1.BalanceService.AuthorizeBatches
    */

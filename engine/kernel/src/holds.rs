@@ -1,0 +1,522 @@
+//! AuthorizeBatches with holds: a message's `reserve` requests become one journaled command.
+//!
+//! `split` runs when a message arrives (the kernel's lock shared): requests without `reserve` are
+//! decided at once as `authorize::answer` decides them (the fast path, no journal), and each request
+//! with `reserve` is checked (customer, event type, TTL) and completed (a reservation id when it has
+//! none, its TTL in whole milliseconds) or answered INVALID_REQUEST in-band. The completed requests
+//! are what the server journals, as one `ReserveBatch` command for the whole message;
+//! `Kernel::reserve_batch` then applies them in order through `Kernel::reserve`, so each hold is
+//! decided against the holds before it (in the same message too) exactly as one `Authorize
+//! (reserve=true)` would be, and replay applies the same bytes to the same state with the same
+//! result. A request that cannot hold (denied, a conflicting id) is answered in-band and never sinks
+//! the others.
+
+use prost::Message;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::authorize::{answer, response, Refused};
+use crate::decode::wire;
+use crate::kernel::Kernel;
+
+/// A hold's TTL when the request gives none (the unary path's RESERVATION_TTL_DEFAULT_MS).
+pub const TTL_DEFAULT_MS: i64 = 60_000;
+
+/// `AuthorizeResponse.reason` of a request whose reservation_id the customer already used for a
+/// different request (unary Authorize answers ALREADY_EXISTS).
+pub const RESERVATION_CONFLICT: &str = "RESERVATION_CONFLICT";
+
+/// What the server allows a hold, and where the ids it makes come from.
+pub struct HoldRules<'a> {
+    pub ttl_max_ms: i64,
+    /// Random per server process: with the message's number and the request's index it names a
+    /// reservation the request left unnamed, `r-<32 hex>` (as unary Authorize names one).
+    pub id_seed: &'a [u8],
+    pub message_number: u64,
+}
+
+/// A message split in two: the answers decided now, and the holds the writer must decide.
+#[derive(Debug, PartialEq)]
+pub struct Split {
+    /// One per request, in order; None where a hold waits for `reserve_batch`.
+    pub answers: Vec<Option<wire::AuthorizeResponse>>,
+    /// The holds, in request order, ids and TTLs filled in.
+    pub holds: Vec<wire::AuthorizeRequest>,
+}
+
+/// What `reserve_batch` did.
+#[derive(Debug, PartialEq)]
+pub struct HeldBatch {
+    /// One per hold request, in order.
+    pub responses: Vec<wire::AuthorizeResponse>,
+    /// Requests that placed a new hold (0: the state did not change, nothing to journal).
+    pub placed: u32,
+    /// The customers of those holds, first appearance first.
+    pub customers: Vec<String>,
+}
+
+/// Decodes an AuthorizeBatch with the whole-message checks of `authorize::decode_batch`, except that
+/// a request may ask for a hold.
+pub fn decode(
+    bytes: &[u8],
+    requests_max: usize,
+    allowed: Option<&[String]>,
+) -> Result<Vec<wire::AuthorizeRequest>, Refused> {
+    crate::authorize::decode_requests(bytes, requests_max, allowed)
+}
+
+/// Decides the requests without `reserve` at now_ms and prepares the others; changes nothing.
+pub fn split(kernel: &Kernel, requests: Vec<wire::AuthorizeRequest>, now_ms: i64, rules: &HoldRules<'_>) -> Split {
+    let mut answers = Vec::with_capacity(requests.len());
+    let mut holds = Vec::new();
+    for (index, mut request) in requests.into_iter().enumerate() {
+        if !request.reserve {
+            answers.push(Some(if request.reservation_id.is_empty() {
+                answer(kernel, request, now_ms)
+            } else {
+                invalid(request.request_id, "reservation_id: is only read with reserve=true".into())
+            }));
+            continue;
+        }
+        match prepare(&mut request, index, rules) {
+            Ok(()) => {
+                answers.push(None);
+                holds.push(request);
+            }
+            Err(message) => answers.push(Some(invalid(request.request_id, message))),
+        }
+    }
+    Split { answers, holds }
+}
+
+/// Completes a hold request (its id and TTL), or says what is wrong with it, in the unary path's
+/// order and words.
+fn prepare(request: &mut wire::AuthorizeRequest, index: usize, rules: &HoldRules<'_>) -> Result<(), String> {
+    if request.customer_id.is_empty() {
+        return Err("customer_id: is required".into());
+    }
+    if request.event_type.is_empty() {
+        return Err("event_type: is required".into());
+    }
+    let ttl_ms = ttl_ms(request)?;
+    if ttl_ms > rules.ttl_max_ms {
+        let most = seconds_text(rules.ttl_max_ms);
+        return Err(format!("reservation_ttl: must be at most {most} s (the server's --reservation-ttl-max-s)"));
+    }
+    request.reservation_ttl =
+        Some(wire::Duration { seconds: ttl_ms / 1000, nanos: (ttl_ms % 1000) as i32 * 1_000_000 });
+    if request.reservation_id.is_empty() {
+        let mut named = Vec::with_capacity(rules.id_seed.len() + 16);
+        named.extend_from_slice(rules.id_seed);
+        named.extend_from_slice(&rules.message_number.to_le_bytes());
+        named.extend_from_slice(&(index as u64).to_le_bytes());
+        request.reservation_id = format!("r-{:032x}", xxh3_128(&named));
+    }
+    Ok(())
+}
+
+/// The request's TTL in milliseconds (TTL_DEFAULT_MS when unset), or why it is refused.
+fn ttl_ms(request: &wire::AuthorizeRequest) -> Result<i64, String> {
+    let Some(ttl) = &request.reservation_ttl else { return Ok(TTL_DEFAULT_MS) };
+    if ttl.nanos % 1_000_000 != 0 {
+        return Err("reservation_ttl: must be a whole number of milliseconds".into());
+    }
+    let ttl_ms = ttl.seconds.saturating_mul(1000).saturating_add(i64::from(ttl.nanos / 1_000_000));
+    if ttl_ms <= 0 {
+        return Err("reservation_ttl: must be positive".into());
+    }
+    Ok(ttl_ms)
+}
+
+/// Milliseconds as seconds, the decimals it needs and no more ("3600", "1.5", "0.001").
+pub fn seconds_text(ms: i64) -> String {
+    let text = format!("{}.{:03}", ms / 1000, (ms % 1000).abs());
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn invalid(request_id: String, message: String) -> wire::AuthorizeResponse {
+    response(request_id, false, "INVALID_REQUEST", message, 0, 0)
+}
+
+/// The AuthorizeBatchResult bytes for a split message once its holds are answered: `held` fills
+/// the holes, in order.
+pub fn merge(
+    answers: Vec<Option<wire::AuthorizeResponse>>,
+    held: Vec<wire::AuthorizeResponse>,
+) -> Result<Vec<u8>, String> {
+    let mut held = held.into_iter();
+    let responses: Option<Vec<_>> = answers.into_iter().map(|a| a.or_else(|| held.next())).collect();
+    match (responses, held.next()) {
+        (Some(responses), None) => Ok(crate::authorize::encode_result(responses)),
+        _ => Err("the holds' answers do not match the message's hold requests".into()),
+    }
+}
+
+impl Kernel {
+    /// Applies a message's hold requests (as `split` completed them) at now_ms, in order, each as
+    /// `reserve` applies one: a request that cannot hold is answered in-band (INVALID_REQUEST,
+    /// RESERVATION_CONFLICT, or the denial) and the others go on.
+    pub fn reserve_batch(&mut self, requests: Vec<wire::AuthorizeRequest>, now_ms: i64) -> HeldBatch {
+        let mut done = HeldBatch { responses: Vec::with_capacity(requests.len()), placed: 0, customers: Vec::new() };
+        for request in requests {
+            let ttl = match ttl_ms(&request) {
+                Ok(ttl) if !request.reservation_id.is_empty() && !request.customer_id.is_empty() => ttl,
+                Ok(_) => {
+                    let message = "reservation_id and customer_id: are required to hold".to_string();
+                    done.responses.push(invalid(request.request_id, message));
+                    continue;
+                }
+                Err(message) => {
+                    done.responses.push(invalid(request.request_id, message));
+                    continue;
+                }
+            };
+            let event = wire::UsageEvent {
+                transaction_id: "authorize".into(),
+                customer_id: request.customer_id,
+                event_type: request.event_type,
+                timestamp_ms: now_ms,
+                dimensions: request.dimensions,
+                values: request.values,
+                reservation_id: String::new(),
+            };
+            let answered = match self.reserve(&request.reservation_id, &event, now_ms, ttl) {
+                Ok(r) => {
+                    let d = r.decision;
+                    if d.allowed && !r.repeated {
+                        done.placed += 1;
+                        if !done.customers.contains(&event.customer_id) {
+                            done.customers.push(event.customer_id.clone());
+                        }
+                    }
+                    let mut answered =
+                        response(request.request_id, d.allowed, d.reason, d.message, d.cost, d.available);
+                    if d.allowed {
+                        answered.reservation_id = request.reservation_id;
+                    }
+                    answered
+                }
+                Err(conflict) => {
+                    let message = format!("{conflict}; nothing was held");
+                    response(request.request_id, false, RESERVATION_CONFLICT, message, 0, 0)
+                }
+            };
+            done.responses.push(answered);
+        }
+        done
+    }
+}
+
+/// The hold requests as journaled: an AuthorizeBatch holding only them.
+pub fn encode_holds(holds: Vec<wire::AuthorizeRequest>) -> Vec<u8> {
+    wire::AuthorizeBatch { requests: holds }.encode_to_vec()
+}
+
+/// A journaled hold message back to its requests.
+pub fn decode_holds(bytes: &[u8]) -> Result<Vec<wire::AuthorizeRequest>, String> {
+    wire::AuthorizeBatch::decode(bytes).map(|b| b.requests).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Picos;
+    use crate::tables::{
+        self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
+    };
+
+    const SCALE: &str = "000000000000000000"; // 10^-18 fixed point: "1" + SCALE is 1
+    const NOW: i64 = 1_000;
+    const RULES: HoldRules<'static> = HoldRules { ttl_max_ms: 3_600_000, id_seed: b"seed", message_number: 7 };
+
+    /// One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
+    fn kernel() -> Kernel {
+        let curve = CurveTable {
+            kind: "UNIT".into(),
+            price: format!("25{}", &SCALE[1..]),
+            per_units: format!("1{SCALE}"),
+            package_size: "0".into(),
+            tiers: vec![],
+        };
+        let tables = Tables {
+            future_skew_ms: 300_000,
+            dedupe_window_ms: 1_000_000,
+            products: vec![ProductTable {
+                id: "calls".into(),
+                event_type: "call".into(),
+                aggregation: "COUNT".into(),
+                value_key: String::new(),
+                filters: vec![],
+                pricing_dimensions: vec![],
+            }],
+            versions: vec![VersionTable {
+                rate_card_id: "card".into(),
+                number: 1,
+                rates: vec![RateTable { product_id: "calls".into(), required: vec![], curve }],
+            }],
+            timelines: vec![vec![(0, 0)]],
+            customers: vec![CustomerTable {
+                id: "c".into(),
+                contracts: vec![ContractTable {
+                    id: "k".into(),
+                    rate_card_id: "card".into(),
+                    starting_at_ms: 0,
+                    ending_before_ms: None,
+                    block: true,
+                    overage_price: format!("1{SCALE}"),
+                    timeline: 0,
+                    overrides: vec![],
+                }],
+                grants: vec![GrantTable {
+                    id: "g".into(),
+                    amount_picos: "10000000000000".into(),
+                    priority: 0,
+                    applicable_product_ids: vec![],
+                    starts_at_ms: 0,
+                    expires_at_ms: None,
+                    creation_order: 0,
+                    rollover_fraction_e18: String::new(),
+                }],
+                closed_periods: vec![],
+            }],
+        };
+        let mut kernel = Kernel::default();
+        kernel.load_tables(&tables::encode(&tables)).expect("valid tables");
+        kernel
+    }
+
+    /// A hold of one call for customer `c` under `reservation_id` (empty: the server names it).
+    fn hold(request_id: &str, reservation_id: &str) -> wire::AuthorizeRequest {
+        wire::AuthorizeRequest {
+            request_id: request_id.into(),
+            customer_id: "c".into(),
+            event_type: "call".into(),
+            reserve: true,
+            reservation_id: reservation_id.into(),
+            ..wire::AuthorizeRequest::default()
+        }
+    }
+
+    fn ttl(request: wire::AuthorizeRequest, seconds: i64, nanos: i32) -> wire::AuthorizeRequest {
+        wire::AuthorizeRequest { reservation_ttl: Some(wire::Duration { seconds, nanos }), ..request }
+    }
+
+    /// The message split, its holds applied, the answers merged: what AuthorizeBatches answers.
+    fn through(
+        kernel: &mut Kernel,
+        requests: Vec<wire::AuthorizeRequest>,
+    ) -> (Vec<wire::AuthorizeResponse>, HeldBatch) {
+        let split = split(kernel, requests, NOW, &RULES);
+        let journaled = encode_holds(split.holds);
+        let held = kernel.reserve_batch(decode_holds(&journaled).expect("our own bytes"), NOW);
+        let merged = merge(split.answers, held.responses.clone()).expect("as many answers as holds");
+        (wire::AuthorizeBatchResult::decode(&merged[..]).expect("our own bytes").responses, held)
+    }
+
+    fn summary(answers: &[wire::AuthorizeResponse]) -> Vec<(&str, bool, &str, &str)> {
+        answers
+            .iter()
+            .map(|a| (a.request_id.as_str(), a.allowed, a.reason.as_str(), a.credits_available.as_str()))
+            .collect()
+    }
+
+    fn held_now(kernel: &Kernel) -> Vec<(String, Picos)> {
+        let open = &kernel.account_credits("c").expect("holds were made").open;
+        open.iter().map(|(id, r)| (id.to_string(), r.held_total())).collect()
+    }
+
+    #[test]
+    fn holds_in_one_message_never_exceed_the_credit_under_block() {
+        let mut kernel = kernel();
+        let requests = (0..6).map(|n| hold(&format!("q{n}"), &format!("h{n}"))).collect();
+        let (answers, held) = through(&mut kernel, requests);
+        // 10 credits hold four calls of 2.5; the fifth and sixth find nothing left, whatever the message.
+        assert_eq!(
+            summary(&answers),
+            vec![
+                ("q0", true, "OK", "7.5"),
+                ("q1", true, "OK", "5"),
+                ("q2", true, "OK", "2.5"),
+                ("q3", true, "OK", "0"),
+                ("q4", false, "INSUFFICIENT_CREDIT", "0"),
+                ("q5", false, "INSUFFICIENT_CREDIT", "0"),
+            ]
+        );
+        assert_eq!(
+            answers.iter().map(|a| a.reservation_id.as_str()).collect::<Vec<_>>(),
+            ["h0", "h1", "h2", "h3", "", ""]
+        );
+        assert_eq!((held.placed, held.customers.clone()), (4, vec!["c".to_string()]));
+        let holds = held_now(&kernel);
+        assert_eq!(holds.len(), 4);
+        assert!(holds.iter().all(|(_, credits)| *credits == 2_500_000_000_000));
+        assert_eq!(kernel.balance("c", NOW).expect("known").remaining, 0);
+    }
+
+    #[test]
+    fn a_message_of_holds_changes_the_state_exactly_as_the_same_holds_one_at_a_time() {
+        let requests: Vec<_> = (0..5).map(|n| ttl(hold(&format!("q{n}"), &format!("h{n}")), 30, 0)).collect();
+        let mut batched = kernel();
+        let (answers, _) = through(&mut batched, requests.clone());
+        let mut single = kernel();
+        for (request, answer) in requests.into_iter().zip(&answers) {
+            let event = wire::UsageEvent {
+                transaction_id: "authorize".into(),
+                customer_id: request.customer_id,
+                event_type: request.event_type,
+                timestamp_ms: NOW,
+                ..wire::UsageEvent::default()
+            };
+            let one = single.reserve(&request.reservation_id, &event, NOW, 30_000).expect("no conflict");
+            assert_eq!((one.decision.allowed, one.decision.reason), (answer.allowed, answer.reason.as_str()));
+        }
+        assert_eq!(batched.snapshot(), single.snapshot());
+    }
+
+    #[test]
+    fn a_repeated_id_in_one_message_holds_once_and_a_conflicting_one_holds_nothing() {
+        let mut kernel = kernel();
+        let requests = vec![
+            hold("a", "same"),
+            hold("b", "same"),            // identical: answered again, nothing more held
+            ttl(hold("c", "same"), 5, 0), // another TTL is another request: a conflict
+            hold("d", "other"),
+        ];
+        let (answers, held) = through(&mut kernel, requests);
+        assert_eq!(
+            summary(&answers),
+            vec![
+                ("a", true, "OK", "7.5"),
+                ("b", true, "OK", "7.5"),
+                ("c", false, RESERVATION_CONFLICT, "0"),
+                ("d", true, "OK", "5")
+            ]
+        );
+        assert!(answers[1].message.starts_with("already held"), "{}", answers[1].message);
+        assert_eq!(
+            answers[2].message,
+            "reservation_id 'same' is already used by a different request of this customer; nothing was held"
+        );
+        assert_eq!((answers[1].reservation_id.as_str(), answers[2].reservation_id.as_str()), ("same", ""));
+        assert_eq!(held.placed, 2);
+        assert_eq!(held_now(&kernel), vec![("other".into(), 2_500_000_000_000), ("same".into(), 2_500_000_000_000)]);
+    }
+
+    #[test]
+    fn a_bad_ttl_mid_message_is_answered_in_band_and_the_others_hold() {
+        let mut kernel = kernel();
+        let requests = vec![
+            hold("a", "h0"),
+            ttl(hold("zero", "h1"), 0, 0),
+            ttl(hold("negative", "h2"), -1, 0),
+            ttl(hold("partial-ms", "h3"), 1, 500),
+            ttl(hold("too-long", "h4"), 3_601, 0),
+            ttl(hold("b", "h5"), 3_600, 0),
+        ];
+        let (answers, held) = through(&mut kernel, requests);
+        let messages: Vec<_> = answers.iter().map(|a| (a.reason.as_str(), a.message.as_str())).collect();
+        assert_eq!(
+            messages,
+            vec![
+                ("OK", ""),
+                ("INVALID_REQUEST", "reservation_ttl: must be positive"),
+                ("INVALID_REQUEST", "reservation_ttl: must be positive"),
+                ("INVALID_REQUEST", "reservation_ttl: must be a whole number of milliseconds"),
+                ("INVALID_REQUEST", "reservation_ttl: must be at most 3600 s (the server's --reservation-ttl-max-s)"),
+                ("OK", ""),
+            ]
+        );
+        assert_eq!(held.placed, 2);
+        let expiries: Vec<i64> =
+            kernel.account_credits("c").expect("held").open.values().map(|r| r.expires_at_ms).collect();
+        assert_eq!(expiries, vec![NOW + 60_000, NOW + 3_600_000]); // h0 took the default TTL
+                                                                   // A journaled hold whose TTL the kernel would refuse (written by hand: split never lets one through)
+                                                                   // is answered in-band when applied, and holds nothing.
+        let done = kernel.reserve_batch(vec![ttl(hold("late", "h6"), 0, 0)], NOW);
+        assert_eq!((done.placed, done.responses[0].reason.as_str()), (0, "INVALID_REQUEST"));
+    }
+
+    #[test]
+    fn requests_without_reserve_are_decided_at_once_and_holds_wait() {
+        let kernel = kernel();
+        let plain = wire::AuthorizeRequest { reserve: false, reservation_id: String::new(), ..hold("plain", "") };
+        let named = wire::AuthorizeRequest { reserve: false, ..hold("named", "x") };
+        let nobody = wire::AuthorizeRequest { customer_id: String::new(), ..hold("nobody", "") };
+        let untyped = wire::AuthorizeRequest { event_type: String::new(), ..hold("untyped", "") };
+        let split = split(
+            &kernel,
+            vec![plain, hold("held", ""), named, nobody, untyped, hold("named-hold", "mine")],
+            NOW,
+            &RULES,
+        );
+        let answered: Vec<_> =
+            split.answers.iter().map(|a| a.as_ref().map(|a| (a.reason.as_str(), a.message.as_str()))).collect();
+        assert_eq!(
+            answered,
+            vec![
+                Some(("OK", "")),
+                None,
+                Some(("INVALID_REQUEST", "reservation_id: is only read with reserve=true")),
+                Some(("INVALID_REQUEST", "customer_id: is required")),
+                Some(("INVALID_REQUEST", "event_type: is required")),
+                None,
+            ]
+        );
+        let ids: Vec<_> = split.holds.iter().map(|h| h.reservation_id.clone()).collect();
+        assert_eq!(ids[1], "mine");
+        assert!(ids[0].starts_with("r-") && ids[0].len() == 34 && ids[0][2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        // The same request at another index, or in another message, is named otherwise; the same message
+        // number and index name it alike (the seed is what differs between server processes).
+        let first = |rules: &HoldRules<'_>| {
+            super::split(&kernel, vec![hold("held", "")], NOW, rules).holds[0].reservation_id.clone()
+        };
+        assert_ne!(first(&RULES), ids[0]);
+        assert_ne!(first(&HoldRules { message_number: 8, ..RULES }), first(&RULES));
+        assert_ne!(first(&HoldRules { id_seed: b"other", ..RULES }), first(&RULES));
+        assert_eq!(first(&RULES), first(&RULES));
+        assert_eq!(split.holds[0].reservation_ttl, Some(wire::Duration { seconds: 60, nanos: 0 }));
+    }
+
+    #[test]
+    fn an_unknown_customer_is_answered_in_band_and_holds_nothing() {
+        let mut kernel = kernel();
+        let stranger = wire::AuthorizeRequest { customer_id: "nobody".into(), ..hold("s", "h0") };
+        let (answers, held) = through(&mut kernel, vec![stranger, hold("c", "h1")]);
+        assert_eq!(summary(&answers), vec![("s", false, "UNKNOWN_CUSTOMER", "0"), ("c", true, "OK", "7.5")]);
+        assert_eq!(answers[0].message, "customer 'nobody' does not exist");
+        assert_eq!((held.placed, held.customers), (1, vec!["c".to_string()]));
+    }
+
+    #[test]
+    fn a_message_whose_holds_all_fail_places_nothing() {
+        let mut kernel = kernel();
+        through(&mut kernel, (0..4).map(|n| hold("q", &format!("h{n}"))).collect());
+        let before = kernel.snapshot();
+        let (_, held) = through(&mut kernel, vec![hold("denied", "h9"), hold("again", "h0")]);
+        assert_eq!((held.placed, held.customers.len()), (0, 0));
+        assert_eq!(kernel.snapshot(), before);
+    }
+
+    #[test]
+    fn merging_needs_one_answer_per_hold() {
+        let answer = |id: &str| response(id.into(), true, "OK", String::new(), 0, 0);
+        let merged =
+            merge(vec![Some(answer("a")), None, Some(answer("c"))], vec![answer("b")]).expect("one hole, one answer");
+        let ids: Vec<_> = wire::AuthorizeBatchResult::decode(&merged[..])
+            .expect("bytes")
+            .responses
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(merge(vec![None, None], vec![answer("b")]).is_err());
+        assert!(merge(vec![None], vec![answer("b"), answer("x")]).is_err());
+    }
+
+    #[test]
+    fn seconds_read_as_the_unary_path_words_them() {
+        assert_eq!(seconds_text(3_600_000), "3600");
+        assert_eq!(seconds_text(1_500), "1.5");
+        assert_eq!(seconds_text(1), "0.001");
+        assert_eq!(seconds_text(10_000), "10");
+    }
+}
