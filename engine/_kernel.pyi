@@ -133,10 +133,15 @@ class Kernel:
     def advance_clock(self, now_ms: int) -> tuple[int, int]:
         """(reservations expired, breakage entries); changes nothing unless something is due by now_ms."""
     def clock(self) -> tuple[int, int | None]:
-        """(the latest AdvanceClock's time, the earliest time something is due or None)."""
+        """(the latest AdvanceClock's time, from when an AdvanceClock is applied or None): a lower bound of
+        next_due(), kept so that journals written before the index of due times replay alike."""
     def drain_notices(self) -> tuple[list[Notice], int]:
         """Top-ups executed and reservations expired since the last call (replay produces them too), and how
         many were dropped past 100,000 waiting."""
+    def next_due(self) -> int | None:
+        """The earliest time something is due, exactly (the index of due times, O(log n)), or None."""
+    def check_due_index(self) -> None:
+        """Raises ValueError when the index of due times differs from a walk of every account (tests)."""
     def batch_customers(self, batch: bytes) -> list[str]:
         """The distinct customer ids a UsageBatch names, first named first; ValueError if not a UsageBatch."""
     # AuthorizeBatches with holds (engine/kernel/src/holds.rs).

@@ -2,9 +2,10 @@
 
 The kernel never reads a clock (replay must not): reservations expire and expired grants' remainders become
 breakage only when an AdvanceClock command says the time has come. This task looks at when the kernel next has
-something due (`Kernel.clock()`), and when the server's clock has reached it, submits AdvanceClock(now) through
-the writer, so the change is journaled like any other; with nothing due it submits nothing. After a restart the
-first look happens at once, so a hold whose TTL ran out while the server was down expires as soon as it serves.
+something due (`Kernel.next_due()`: exact, read from the kernel's ordered index of due times in O(log n)), and
+when the server's clock has reached it, submits AdvanceClock(now) through the writer, so the change is journaled
+like any other; with nothing due it submits nothing. After a restart the first look happens at once, so a hold
+whose TTL ran out while the server was down expires as soon as it serves.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ async def drive_clock(
 ) -> None:
     """Runs until cancelled or the writer stops."""
     while sequencer.failure is None:
-        _, due_ms = billing.kernel.clock()
+        due_ms = billing.kernel.next_due()
         now_ms = clock_ms()
         if due_ms is not None and now_ms >= due_ms:
             try:

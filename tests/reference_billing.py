@@ -1053,14 +1053,20 @@ class ReferenceCredits(ReferenceRating):
     usage would draw from grants in burn order; an event naming an open reservation gives the hold back before it
     is charged; a top-up buys recharge_to - available when available credit falls below the threshold, at most
     max_per_period times per calendar month (the contracts here start on the 1st); at a clock tick due holds end,
-    then what expired grants still hold becomes breakage."""
+    then grants whose month has ended roll over (`rollover`: grant id -> fraction, see `_roll_over`), then what
+    expired grants still hold becomes breakage."""
 
-    def __init__(self, *args: Any, top_up: RTopUp | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, top_up: RTopUp | None = None, rollover: dict[str, Decimal] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.top_up = top_up
         self.reservations: dict[str, RReservation] = {}
         self.purchases: list[tuple[tuple[int, int], str, Decimal]] = []  # (period, grant id, picos)
         self.breakage: dict[str, Decimal] = {}
+        # Grants still to roll over (id -> fraction in (0, 1]) and, once rolled, what each moved out.
+        self.rollover = {grant_id: f for grant_id, f in (rollover or {}).items() if f > 0}
+        self.rolled_out: dict[str, Decimal] = {}
 
     def held(self, grant_id: str) -> Decimal:
         return sum(
@@ -1147,6 +1153,7 @@ class ReferenceCredits(ReferenceRating):
         for reservation in self.reservations.values():
             if not reservation.ended and reservation.expires_at_ms <= now_ms:
                 self._give_back(reservation, "expired")
+        self._roll_over(now_ms)
         for grant in self.grants:
             if grant.expires_at_ms is not None and grant.expires_at_ms <= now_ms and grant.remaining > 0:
                 self.breakage[grant.id] = self.breakage.get(grant.id, Decimal(0)) + grant.remaining
@@ -1173,5 +1180,71 @@ class ReferenceCredits(ReferenceRating):
         for grant in self.grants:
             drawn = sum((a.drawn.get(grant.id, Decimal(0)) for a in self.aggregates.values()), start=Decimal(0))
             held, broken = self.held(grant.id), self.breakage.get(grant.id, Decimal(0))
-            if grant.amount != drawn + grant.remaining + held + broken or min(grant.remaining, held, drawn) < 0:
-                raise Mismatch(f"grant {grant.id}: {grant.amount} != {drawn} + {grant.remaining} + {held} + {broken}")
+            moved = self.rolled_out.get(grant.id, Decimal(0))  # now granted again, as a ROLLOVER grant
+            if grant.amount != drawn + grant.remaining + held + broken + moved or min(grant.remaining, held, drawn) < 0:
+                raise Mismatch(
+                    f"grant {grant.id}: {grant.amount} != {drawn} + {grant.remaining} + {held} + {broken} + {moved}"
+                )
+
+    # Rollover ----------------------------------------------------------------------------------------------
+
+    def _roll_over(self, now_ms: int) -> None:
+        """A grant with a rollover fraction lasts until the end of the calendar month in which it starts (one that
+        expires at or before that end just expires). At the first tick at or after that end, the grant's credit
+        (what it has left plus what open holds took from it) splits: fraction x credit, rounded down to the pico,
+        moves into a new ROLLOVER grant (same priority and products, usable from that end until the end of the
+        next month, never rolling again), the rest is breakage right away. A hold is treated as if it had ended
+        just before the end: its part of the rolled credit stays held, on the ROLLOVER grant; the part that
+        broke is no longer held. Rounding: the grant's own remainder comes first, then the holds by reservation
+        id; each piece rolls floor(f x credit up to and including it) - floor(f x credit before it)."""
+        for grant in list(self.grants):
+            fraction = self.rollover.get(grant.id)
+            if fraction is None:
+                continue
+            end_ms = _month_start_ms(*month_of(grant.starts_at_ms), months_later=1)
+            if grant.expires_at_ms is not None and grant.expires_at_ms <= end_ms:
+                del self.rollover[grant.id]
+                continue
+            if now_ms < end_ms:
+                continue
+            del self.rollover[grant.id]
+            pieces: list[tuple[RReservation | None, Decimal]] = [(None, grant.remaining)]
+            for reservation_id in sorted(self.reservations):
+                reservation = self.reservations[reservation_id]
+                if not reservation.ended and reservation.held.get(grant.id, Decimal(0)) > 0:
+                    pieces.append((reservation, reservation.held[grant.id]))
+            credit = sum((c for _, c in pieces), start=Decimal(0))
+            if credit == 0:
+                continue
+            new_id = f"rollover-{grant.id}-{end_ms}"
+            rolled_before, seen = Decimal(0), Decimal(0)
+            kept_remaining = Decimal(0)
+            for holder, piece in pieces:
+                seen += piece
+                rolled_upto = _floor(RATING.multiply(seen, fraction))
+                mine, rolled_before = rolled_upto - rolled_before, rolled_upto
+                if holder is None:
+                    kept_remaining = mine
+                    continue
+                del holder.held[grant.id]
+                if mine > 0:
+                    holder.held[new_id] = mine
+            grant.remaining = Decimal(0)
+            self.rolled_out[grant.id] = rolled_before
+            if credit > rolled_before:
+                self.breakage[grant.id] = self.breakage.get(grant.id, Decimal(0)) + credit - rolled_before
+            if rolled_before > 0:
+                next_end_ms = _month_start_ms(*month_of(end_ms), months_later=1)
+                order = 2**48 + 2**40 + grant.order
+                made = RGrant(new_id, rolled_before, grant.priority, grant.products, end_ms, next_end_ms, order)
+                made.remaining = kept_remaining
+                self.grants.append(made)
+
+
+def _month_start_ms(year: int, month: int, *, months_later: int = 0) -> int:
+    index = year * 12 + (month - 1) + months_later
+    return int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp()) * 1000
+
+
+def _floor(value: Decimal) -> Decimal:
+    return value.to_integral_value(rounding=decimal.ROUND_FLOOR)

@@ -302,3 +302,84 @@ def test_at_the_periods_end_a_fraction_rolls_over_and_the_rest_breaks() -> None:
     assert m.billing.kernel.breakage("acme")[-1] == ("acme", rolled_id, FEB_MS, picos("20"), MAR_MS)
     conserved(m, MAR_MS)
     assert_replays(m)
+
+
+def test_credit_held_at_the_periods_end_rolls_over_as_if_released_just_before_it() -> None:
+    """Holds on a rollover grant at its period's end: (remainder + held) x fraction rolls over in all, each hold
+    keeping its share on the ROLLOVER grant (given back there when it ends), the rest breaking at the period's
+    end, in the period that ended."""
+    world = basic_world()
+    world.apply(world.grant_command("g", "100", paid="50", rollover_fraction="0.5"))
+    m = Ledger(world)
+    m.ingest([event("jan", T0, 40)], T0)
+    m.reserve("r1", 20, FEB_MS - 1_000, ttl_ms=60_000)
+    m.reserve("r2", 6, FEB_MS - 500, ttl_ms=60_000)
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1)
+    rolled_id = f"rollover-g-{FEB_MS}"
+    # 34 left + 20 + 6 held = 60: 30 roll over (17 of the remainder, 10 and 3 of the holds), 30 break now.
+    assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("30"), FEB_MS)]
+    assert [(r[0], r[2]) for r in m.billing.kernel.reservations("acme")] == [("r1", picos("10")), ("r2", picos("3"))]
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 1).grants}
+    rolled = by_id[rolled_id]
+    assert (rolled.grant.amount, rolled.remaining, rolled.held) == (picos("30"), picos("30"), picos("13"))
+    assert rolled.grant.paid_amount == 15  # the cost basis carried over: 0.5 per credit
+    assert (by_id["g"].remaining, by_id["g"].held, by_id["g"].expired) == (0, 0, picos("30"))
+    conserved(m, FEB_MS + 1)
+    # Released after the period's end: the hold's share comes back to the ROLLOVER grant, not to "g".
+    assert m.release("r1", FEB_MS + 1_000) == picos("10")
+    # Settled by a February event of 5: its 3 come back to the ROLLOVER grant, then the event draws 5 there.
+    ack = m.ingest([event("feb", FEB_MS + 2_000, 5, reservation_id="r2")], FEB_MS + 2_000)
+    assert list(ack.notices) == []
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 3_000).grants}
+    assert (by_id[rolled_id].remaining, by_id[rolled_id].held) == (picos("25"), 0)
+    assert (by_id["g"].remaining, by_id["g"].held) == (0, 0)
+    conserved(m, FEB_MS + 3_000)
+    m.billing.kernel.check_due_index()
+    # The same history with both holds released just before the period's end rolls over and breaks the same.
+    world = basic_world()
+    world.apply(world.grant_command("g", "100", paid="50", rollover_fraction="0.5"))
+    early = Ledger(world)
+    early.ingest([event("jan", T0, 40)], T0)
+    early.reserve("r1", 20, FEB_MS - 1_000, ttl_ms=60_000)
+    early.reserve("r2", 6, FEB_MS - 500, ttl_ms=60_000)
+    early.release("r1", FEB_MS - 2)
+    early.release("r2", FEB_MS - 1)
+    early.advance(FEB_MS)
+    assert early.billing.kernel.breakage("acme") == m.billing.kernel.breakage("acme")
+    assert early.billing.kernel.made_grants("acme") == m.billing.kernel.made_grants("acme")
+    assert_replays(m)
+
+
+def test_a_hold_expiring_after_the_period_end_gives_its_share_to_the_rollover_grant() -> None:
+    world = basic_world()
+    world.apply(world.grant_command("g", "10", paid="10", rollover_fraction="0.25"))
+    m = Ledger(world)
+    m.reserve("r1", 10, FEB_MS - 100, ttl_ms=1_000)  # the whole grant held across the period's end
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1)
+    rolled_id = f"rollover-g-{FEB_MS}"
+    assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("7.5"), FEB_MS)]
+    assert m.billing.kernel.next_due() == FEB_MS + 900  # the hold's TTL
+    assert m.advance(FEB_MS + 900) == credits.Advanced(1, 0)
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 1_000).grants}
+    assert (by_id[rolled_id].grant.amount, by_id[rolled_id].remaining) == (picos("2.5"), picos("2.5"))
+    assert m.billing.kernel.next_due() == MAR_MS  # the ROLLOVER grant's own expiry
+    conserved(m, FEB_MS + 1_000)
+    assert_replays(m)
+
+
+def test_the_next_due_time_is_exact_and_a_settled_hold_is_not_due() -> None:
+    """`next_due()` (what the server's clock driver waits for) reads the kernel's index of due times: a settled
+    hold is no longer due. `clock()` keeps the lower bound from before the index, so an AdvanceClock at the
+    settled hold's TTL, as journals written before the index hold, is still applied."""
+    m = ledger()
+    m.reserve("r1", 30, T0, ttl_ms=10_000)
+    assert m.billing.kernel.next_due() == T0 + 10_000
+    m.ingest([event("t1", T0, 30, reservation_id="r1")], T0 + 1)
+    assert m.billing.kernel.next_due() is None
+    assert m.billing.kernel.clock()[1] == T0 + 10_000
+    records = len(m.records)
+    assert m.advance(T0 + 10_000) == credits.Advanced(0, 0)
+    assert len(m.records) == records + 1
+    assert m.billing.kernel.clock() == (T0 + 10_000, None)
+    m.billing.kernel.check_due_index()
+    assert_replays(m)

@@ -1,9 +1,11 @@
 """Reservations, top-ups and breakage in the kernel against the hand-written oracle (tests/reference_billing.py's
 ReferenceCredits), on generated runs of operations.
 
-Hypothesis generates grants (priorities, expiries), ALLOW or BLOCK, an optional top-up policy, and a run of
-operations at an advancing time: reservations (ids reused, so repeats and conflicts happen), usage events (some
-settling a reservation, some naming an unknown or ended one, some dated in the past), releases, and clock ticks.
+Hypothesis generates grants (priorities, expiries, rollover fractions), ALLOW or BLOCK, an optional top-up policy,
+a start an hour into January or minutes before its end (so rollovers happen with holds open across them), and a
+run of operations at an advancing time: reservations (ids reused, so repeats and conflicts happen), usage events
+(some settling a reservation, some naming an unknown or ended one, some dated in the past), releases, clock ticks
+and jumps of days (past the ROLLOVER grants' own expiry).
 Every decision, ack notice and release must agree with the oracle, credits are conserved after every step
 (granted = drawn + remaining + held + expired, nothing negative), and replaying the journal, or restoring a
 snapshot, gives the same kernel state byte for byte.
@@ -11,6 +13,7 @@ snapshot, gives the same kernel state byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,6 +33,13 @@ from tests.reference_billing import Curve, ReferenceCredits, REvent, RGrant, RPr
 EXAMPLES = int(os.environ.get("TARIFF_KERNEL_EXAMPLES", "30"))
 PICOS = 10**12
 T0 = EPOCH_MS + 3_600_000
+DAY_MS = 86_400_000
+FEB_MS = EPOCH_MS + 31 * DAY_MS
+# A run stays within the dedupe window (35 days; a jump that would pass this is not taken): the oracle does not
+# model when the kernel forgets ended reservation ids.
+HORIZON_MS = 34 * DAY_MS
+# Rollover fractions: none, round ones, and one whose shares round down to the pico.
+FRACTIONS = ["", "0.5", "1", "0.3", "0.333333333333333333"]
 IDS = ["r0", "r1", "r2"]
 NOTICES = {
     usage_pb2.NOTICE_RESERVATION_UNKNOWN: "unknown",
@@ -44,11 +54,12 @@ class GrantSpec:
     amount: int  # credits
     priority: int
     expires_in_ms: int | None
+    rollover_fraction: str = ""
 
 
 @dataclass(frozen=True)
 class Op:
-    kind: str  # reserve | event | release | tick
+    kind: str  # reserve | event | release | tick (a jump is a tick after days)
     after_ms: int  # time passing before it
     reservation_id: str = ""
     tokens: int = 0
@@ -62,13 +73,16 @@ class Run:
     grants: tuple[GrantSpec, ...]
     top_up: tuple[int, int, int] | None  # threshold, recharge_to (credits), cap
     ops: tuple[Op, ...]
+    start_ms: int = T0
 
 
+# Time passing before an operation: often little, so that holds and ticks meet a period's end.
+steps = st.one_of(st.integers(0, 2_000), st.integers(0, 20_000))
 ops = st.one_of(
     st.builds(
         Op,
         st.just("reserve"),
-        st.integers(0, 20_000),
+        steps,
         st.sampled_from(IDS),
         st.integers(0, 30),
         st.integers(1, 60_000),
@@ -76,13 +90,14 @@ ops = st.one_of(
     st.builds(
         Op,
         st.just("event"),
-        st.integers(0, 20_000),
+        steps,
         st.sampled_from(["", "", *IDS, "nope"]),
         st.integers(0, 30),
         lag_ms=st.integers(0, 120_000),
     ),
-    st.builds(Op, st.just("release"), st.integers(0, 20_000), st.sampled_from(IDS)),
-    st.builds(Op, st.just("tick"), st.integers(0, 60_000)),
+    st.builds(Op, st.just("release"), steps, st.sampled_from(IDS)),
+    st.builds(Op, st.just("tick"), st.one_of(st.integers(0, 5_000), st.integers(0, 60_000))),
+    st.builds(Op, st.just("tick"), st.sampled_from([DAY_MS, 28 * DAY_MS])),
 )
 
 
@@ -90,7 +105,13 @@ ops = st.one_of(
 def runs(draw: st.DrawFn) -> Run:
     grants = draw(
         st.lists(
-            st.builds(GrantSpec, st.integers(1, 60), st.integers(0, 1), st.one_of(st.none(), st.integers(1, 300_000))),
+            st.builds(
+                GrantSpec,
+                st.integers(1, 60),
+                st.integers(0, 1),
+                st.one_of(st.none(), st.integers(1, 300_000)),
+                st.sampled_from(FRACTIONS),
+            ),
             min_size=1,
             max_size=3,
         )
@@ -99,23 +120,30 @@ def runs(draw: st.DrawFn) -> Run:
     if draw(st.booleans()):
         threshold = draw(st.integers(0, 20))
         top_up = (threshold, draw(st.integers(threshold + 1, 60)), draw(st.integers(1, 3)))
-    return Run(draw(st.booleans()), tuple(grants), top_up, tuple(draw(st.lists(ops, max_size=25))))
+    start_ms = draw(st.sampled_from([T0, FEB_MS - 120_000, FEB_MS - 10_000]))
+    return Run(draw(st.booleans()), tuple(grants), top_up, tuple(draw(st.lists(ops, max_size=25))), start_ms)
 
 
 def setup(run: Run) -> tuple[Ledger, ReferenceCredits]:
     world = basic_world(overage_policy=OveragePolicy.BLOCK if run.block else OveragePolicy.ALLOW)
-    ref_grants = []
+    ref_grants, rollover = [], {}
     for index, spec in enumerate(run.grants):
-        expires = T0 + spec.expires_in_ms if spec.expires_in_ms is not None else None
-        world.grant(f"g{index}", str(spec.amount), priority=spec.priority, expires_at_ms=expires)
+        expires = run.start_ms + spec.expires_in_ms if spec.expires_in_ms is not None else None
+        fraction = spec.rollover_fraction
+        command = world.grant_command(
+            f"g{index}", str(spec.amount), priority=spec.priority, expires_at_ms=expires, rollover_fraction=fraction
+        )
+        world.apply(command)
         ref_grants.append(
             RGrant(f"g{index}", Decimal(spec.amount * PICOS), spec.priority, (), EPOCH_MS, expires, index)
         )
+        if fraction:
+            rollover[f"g{index}"] = Decimal(fraction)
     ledger = Ledger(world)
     policy = None
     if run.top_up is not None:
         threshold, recharge_to, cap = run.top_up
-        ledger.run(cmd.SetTopUpPolicy(T0, ACTOR, "c-acme", str(threshold), str(recharge_to), "0.5", cap))
+        ledger.run(cmd.SetTopUpPolicy(run.start_ms, ACTOR, "c-acme", str(threshold), str(recharge_to), "0.5", cap))
         policy = RTopUp(Decimal(threshold * PICOS), Decimal(recharge_to * PICOS), cap)
     product = RProduct("tokens", "ai", "SUM", "tokens", (), ("model", "region"))
     oracle = ReferenceCredits(
@@ -127,6 +155,7 @@ def setup(run: Run) -> tuple[Ledger, ReferenceCredits]:
         contract_start_ms=EPOCH_MS,
         block=run.block,
         top_up=policy,
+        rollover=rollover,
     )
     return ledger, oracle
 
@@ -168,8 +197,10 @@ def step(ledger: Ledger, oracle: ReferenceCredits, op: Op, now_ms: int, index: i
 
 
 def agree(ledger: Ledger, oracle: ReferenceCredits, now_ms: int) -> None:
-    """Per grant: remaining (raw), held and breakage agree; credits are conserved on both sides."""
+    """Per grant: remaining (raw), held and breakage agree; credits are conserved on both sides; the kernel's
+    index of due times holds what a walk of every account finds."""
     oracle.credits_conserved()
+    ledger.billing.kernel.check_due_index()
     view = ledger.billing.kernel.balance("acme", now_ms)
     assert view is not None
     breakage: dict[str, int] = {}
@@ -186,13 +217,42 @@ def agree(ledger: Ledger, oracle: ReferenceCredits, now_ms: int) -> None:
     assert got == expected
 
 
+@st.composite
+def runs_holding_across_a_period_end(draw: st.DrawFn) -> Run:
+    """Runs whose holds are open when the clock passes January's end: reservations in its last seconds (TTLs
+    long enough to outlive it), a tick just past it, then any operations."""
+    run = draw(runs())
+    holds = draw(
+        st.lists(
+            st.builds(Op, st.just("reserve"), st.integers(0, 1_000), st.sampled_from(IDS), st.integers(1, 30)),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    holds = [dataclasses.replace(op, ttl_ms=draw(st.integers(10_000, 60_000))) for op in holds]
+    cross = Op("tick", draw(st.integers(3_000, 8_000)))
+    return dataclasses.replace(run, start_ms=FEB_MS - 5_000, ops=(*holds, cross, *run.ops))
+
+
 @given(runs())
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_holds_top_ups_and_breakage_agree_with_the_oracle_and_replay_identically(run: Run) -> None:
+    check(run)
+
+
+@given(runs_holding_across_a_period_end())
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_credit_held_across_a_rollover_agrees_with_the_oracle_and_replays_identically(run: Run) -> None:
+    check(run)
+
+
+def check(run: Run) -> None:
+    """Runs the operations on the kernel and the oracle, comparing after each; then the top-up purchases, and the
+    state replayed from the journal and restored from a snapshot."""
     ledger, oracle = setup(run)
-    now = T0
+    now = run.start_ms
     for index, op in enumerate(run.ops):
-        now += op.after_ms
+        now += op.after_ms if now + op.after_ms - run.start_ms < HORIZON_MS else 0
         step(ledger, oracle, op, now, index)
         agree(ledger, oracle, now)
     purchases = [
@@ -205,6 +265,8 @@ def test_holds_top_ups_and_breakage_agree_with_the_oracle_and_replay_identically
 
 
 def state(billing: Billing) -> bytes:
-    """The kernel's state bytes once its tables are loaded (loading them interns the catalogue's names)."""
+    """The kernel's state bytes once its tables are loaded (loading them interns the catalogue's names); its index
+    of due times, rebuilt on a restore, holds what a walk of every account finds."""
     billing.refresh_tables()
+    billing.kernel.check_due_index()
     return billing.kernel.snapshot()

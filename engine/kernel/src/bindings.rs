@@ -659,9 +659,22 @@ impl Kernel {
     fn clock(&self, py: Python<'_>) -> PyResult<(i64, Option<i64>)> {
         py.detach(|| {
             let kernel = self.read()?;
-            let due = kernel.clock.due_ms;
+            let due = kernel.clock_due_ms();
             Ok((kernel.clock.now_ms, (due != i64::MAX).then_some(due)))
         })
+    }
+
+    /// The earliest time something is due, exactly, from the index of due times (None: nothing), in
+    /// O(log n): the server's clock driver journals an AdvanceClock once this time has come. `clock()`
+    /// may answer earlier (a lower bound: a hold settled since, for one), when an AdvanceClock would still
+    /// be applied.
+    fn next_due(&self, py: Python<'_>) -> PyResult<Option<i64>> {
+        py.detach(|| Ok(self.read()?.next_due_ms()))
+    }
+
+    /// Raises ValueError when the index of due times differs from a walk of every account (tests).
+    fn check_due_index(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.read()?.check_due_index().map_err(PyValueError::new_err))
     }
 
     /// The notices since the last call, oldest first: [(kind, customer_id, details)], kind

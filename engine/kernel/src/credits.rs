@@ -20,6 +20,7 @@ use crate::decode::{check_event, py_repr, wire};
 use crate::draw::{burn_order, Grant, Outcomes};
 use crate::kernel::{Account, Decision, Kernel};
 use crate::money::Picos;
+use crate::rollover;
 use crate::route::period_containing;
 use crate::tables::GrantTable;
 
@@ -440,6 +441,7 @@ impl Kernel {
         if let Some(period_start) = period_start_at(account, now_ms) {
             top_up(account, &mut self.clock, &event.customer_id, period_start, now_ms);
         }
+        self.due.refresh_at(&event.customer_id, account, self.rater.catalog.dedupe_window_ms, now_ms);
         Ok(Reserved { decision, held: total, repeated: false, expires_at_ms })
     }
 
@@ -537,6 +539,7 @@ impl Kernel {
         if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
             self.clock.note_due(now_ms);
         }
+        self.due.refresh_at(customer_id, account, self.rater.catalog.dedupe_window_ms, now_ms);
         Ok((released, false))
     }
 
@@ -553,42 +556,29 @@ impl Kernel {
     /// otherwise changes nothing. Returns (reservations expired, breakage
     /// entries recorded). Entries of ended reservations older than the dedupe window are dropped.
     pub fn advance_clock(&mut self, now_ms: i64) -> (u32, u32) {
-        if now_ms <= self.clock.now_ms || now_ms < self.clock.due_ms {
+        if now_ms <= self.clock.now_ms || now_ms < self.clock_due_ms() {
             return (0, 0); // nothing due: nothing changes, not even the clock
         }
         self.clock.now_ms = now_ms;
         let window_ms = self.rater.catalog.dedupe_window_ms;
-        // Only the accounts with something due, sorted so that the notices come in the same order on every
-        // replay. Finding them visits every account (no index of due times is kept): a cost per AdvanceClock
-        // that grows with the number of customers.
-        let mut due = i64::MAX;
-        let mut customers: Vec<&String> = Vec::new();
-        for (customer_id, account) in &self.accounts {
-            let at = account_due(account, i64::MIN);
-            if at <= now_ms || account.credits.as_deref().is_some_and(|c| !c.ended.is_empty()) {
-                customers.push(customer_id);
-            } else {
-                due = due.min(at);
-            }
-        }
-        customers.sort_unstable();
-        let customers: Vec<String> = customers.into_iter().cloned().collect();
+        // Only the accounts the index of due times (crate::due) has at its front, sorted by id so that the
+        // notices come in the same order on every replay.
         let (mut expired, mut broken) = (0, 0);
-        for customer_id in customers {
-            let account = self.accounts.get_mut(&customer_id).expect("listed");
-            let (e, b, d) = advance_account(account, &mut self.clock, &customer_id, now_ms, window_ms);
+        for customer_id in self.due.due_by(now_ms) {
+            let account = self.accounts.get_mut(&*customer_id).expect("indexed, so present");
+            let (e, b, _) = advance_account(account, &mut self.clock, &customer_id, now_ms, window_ms);
+            self.due.refresh(&customer_id, account, window_ms);
             expired += e;
             broken += b;
-            due = due.min(d);
         }
-        self.clock.due_ms = due;
+        self.clock.due_ms = self.due.next_due_ms();
         (expired, broken)
     }
 
-    /// Recomputes when something is next due (after a restore).
+    /// Rebuilds the index of due times and makes the clock's lower bound exact (after a restore).
     pub fn recompute_due(&mut self) {
-        let due = self.accounts.values().map(|a| account_due(a, i64::MIN)).min().unwrap_or(i64::MAX);
-        self.clock.due_ms = due;
+        self.rebuild_due();
+        self.clock.due_ms = self.due.next_due_ms();
     }
 
     /// Takes the notices recorded since the last call.
@@ -619,7 +609,7 @@ impl Kernel {
 }
 
 /// The earliest time after `after_ms` something of the account is due.
-fn account_due(account: &Account, after_ms: i64) -> i64 {
+pub(crate) fn account_due(account: &Account, after_ms: i64) -> i64 {
     let grants = account.grants.iter().filter(|g| g.remaining > 0).filter_map(|g| g.expires_at_ms);
     let holds = account.credits.as_deref().into_iter().flat_map(|c| c.open.values().map(|r| r.expires_at_ms));
     let rollovers = account.credits.as_deref().into_iter().flat_map(|c| c.rollover.keys()).filter_map(|id| {
@@ -659,9 +649,10 @@ fn rollover_at(account: &Account, grant: &Grant) -> Option<i64> {
     grant.expires_at_ms.is_none_or(|expiry| expiry > end).then_some(end)
 }
 
-/// Rolls over the grants whose period has ended by `now_ms`: floor(remaining x fraction) into a new
-/// ROLLOVER grant (cost basis of the original, usable from the period end until the end of the next
-/// period, no rollover of its own), the rest breakage. Returns the breakage entries recorded.
+/// Rolls over the grants whose period has ended by `now_ms`: floor((remaining + held) x fraction) into a
+/// new ROLLOVER grant (cost basis of the original, usable from the period end until the end of the next
+/// period, no rollover of its own), the rest breakage; open holds on the grant keep their rolled share on
+/// the new grant (crate::rollover). Returns the breakage entries recorded.
 fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
     let Some(credits) = account.credits.as_deref() else { return 0 };
     let due: Vec<(Box<str>, i128, i64)> = credits
@@ -676,20 +667,24 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
     let mut broken = 0;
     for (id, fraction, period_end_ms) in due {
         let g = account.grants.iter().position(|g| g.id == id).expect("found above");
-        let remaining = account.grants[g].remaining;
-        let rolled = remaining * fraction / ROLLOVER_ONE; // floor: both are non-negative
+        let new_grant = u32::try_from(account.grants.len()).expect("grant indexes are u32");
+        let split = rollover::split_at_rollover(account, g as u32, new_grant, fraction);
+        let (total, rolled) = (split.total, split.rolled);
         let next_end = period_start_at(account, period_end_ms)
             .and_then(|_| account.route.as_ref()?.contracts.iter().find(|c| c.covers(period_end_ms)))
             .map(|c| period_containing(c.starting_at_ms, period_end_ms).1);
         let to: Box<str> = format!("rollover-{id}-{period_end_ms}").into();
         let credits = account.credits.as_deref_mut().expect("present");
         credits.rollover.remove(&id);
-        if remaining <= 0 {
+        if total <= 0 {
+            // Recorded all the same: the grant has had its rollover, and new tables must not give it another.
+            let done = Rolled { from: id, to, credits: 0, at_period_end_ms: period_end_ms, at_ms: now_ms };
+            credits.rolled.push(done);
             continue;
         }
-        if remaining > rolled {
+        if total > rolled {
             let period_start_ms = period_start_at(account, period_end_ms - 1).unwrap_or(0);
-            let entry = Breakage { grant_id: id.clone(), period_start_ms, credits: remaining - rolled, at_ms: now_ms };
+            let entry = Breakage { grant_id: id.clone(), period_start_ms, credits: total - rolled, at_ms: now_ms };
             account.credits.as_deref_mut().expect("present").breakage.push(entry);
             broken += 1;
         }
@@ -699,7 +694,7 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
             let grant = Grant {
                 id: to.clone(),
                 amount: rolled,
-                remaining: rolled,
+                remaining: split.rolled_remaining,
                 priority: original.priority,
                 applicable: original.applicable.clone(),
                 starts_at_ms: period_end_ms,

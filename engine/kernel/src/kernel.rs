@@ -49,6 +49,8 @@ pub struct Account {
     touched_epoch: u64,
     /// Reservations, top-up policy and purchases, breakage (crate::credits); None until used.
     pub credits: Option<Box<AccountCredits>>,
+    /// The account's entries in the kernel's index of due times (crate::due). Not snapshotted.
+    pub(crate) due: crate::due::DueKeys,
 }
 
 impl Account {
@@ -175,6 +177,8 @@ pub struct Kernel {
     touched: Vec<String>,
     /// The time AdvanceClock brought, what is due next, and notices for alerts (crate::credits).
     pub(crate) clock: Clock,
+    /// Which accounts have something due, by time (crate::due): derived, rebuilt on restore.
+    pub(crate) due: crate::due::DueIndex,
 }
 
 impl Kernel {
@@ -189,8 +193,10 @@ impl Kernel {
         for account in self.accounts.values_mut() {
             account.route = None;
         }
+        let window_before_ms = self.rater.catalog.dedupe_window_ms;
         self.rater.catalog = catalog;
         self.install(&tables.customers, compiled);
+        self.refresh_due_after_tables(window_before_ms); // routes were replaced, the window may have changed
         Ok(())
     }
 
@@ -279,6 +285,7 @@ impl Kernel {
             account.grants = grants;
             account.route = Some(route);
             credits::note_rollovers(account, &customer.grants, &mut self.clock);
+            self.due.refresh(&customer.id, account, self.rater.catalog.dedupe_window_ms);
         }
     }
 
@@ -392,6 +399,8 @@ impl Kernel {
             let (clock, customer) = (&mut self.clock, event.customer_id);
             credits::after_event(account, clock, customer, plan.period_start_ms, refunded, received_ms, ack);
         }
+        // Draws, refunds and settlements move what is due (a grant emptied or refilled, a hold ended).
+        self.due.refresh_at(event.customer_id, account, self.rater.catalog.dedupe_window_ms, received_ms);
         let seen = Seen { digest, at_ms: received_ms };
         slot.and_modify(|s| *s = seen).or_insert(seen);
         Ok(true)
@@ -890,6 +899,7 @@ impl Kernel {
                 adjustments: stored.adjustments,
                 touched_epoch: 0,
                 credits: stored.credits.map(Box::new),
+                due: crate::due::DueKeys::default(),
             };
             kernel.accounts.insert(stored.customer_id, Box::new(account));
         }

@@ -211,6 +211,8 @@ impl Kernel {
             let before = balances(account);
             resettle(rater, account, first_period);
             done.amounts_changed |= u64::from(balances(account) != before);
+            // Credit given back to a grant may make its expiry due again.
+            self.due.refresh(customer_id, account, rater.catalog.dedupe_window_ms);
         }
         Ok(done)
     }

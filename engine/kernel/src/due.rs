@@ -1,0 +1,364 @@
+//! The index of due times: which accounts have something for `advance_clock` to do, and from when.
+//!
+//! An account is due at the earliest of: the expiry of a grant that still holds credit, the TTL of an
+//! open reservation, the end of the billing period at which a grant rolls over (`credits::account_due`).
+//! The index keeps `(due_ms, slot)` for every account with something due, ordered by time, so the next
+//! due instant is its first entry (O(log n)) and `advance_clock` visits only the accounts at its front,
+//! not every account. It keeps, the same way, when an account's oldest ended reservation leaves the
+//! dedupe window: an `advance_clock` that runs forgets old reservation ids in those accounts only (as the
+//! walk of every account did before; forgetting alone never makes the clock due).
+//!
+//! The index is derived state: every change to an account's grants, holds or rollovers refreshes that
+//! account's entry (`refresh`), a snapshot does not store it, and restoring or loading the tables
+//! rebuilds it. `Kernel::check_due_index` compares it with a full walk (tests).
+
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
+
+use crate::credits::account_due;
+use crate::kernel::{Account, Kernel};
+
+/// Nothing due (the key of an account that is not in the index).
+pub const NEVER: i64 = i64::MAX;
+const NO_SLOT: u32 = u32::MAX;
+/// `DueKeys::ended` before the first exact computation.
+const UNCOUNTED: usize = usize::MAX;
+
+/// An account's entries in the index, kept in the account so that a refresh finds them without a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DueKeys {
+    /// The account's number in `DueIndex::customers` (NO_SLOT until it first has something due).
+    slot: u32,
+    due_ms: i64,
+    forget_ms: i64,
+    /// How many ended reservations `forget_ms` accounts for: a busy gateway's customer may have millions
+    /// within the dedupe window, so a change that only adds some (at its own time) does not walk them.
+    ended: usize,
+}
+
+impl Default for DueKeys {
+    fn default() -> DueKeys {
+        DueKeys { slot: NO_SLOT, due_ms: NEVER, forget_ms: NEVER, ended: UNCOUNTED }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct DueIndex {
+    /// Customer ids by slot: the index orders small integers, not strings.
+    customers: Vec<Box<str>>,
+    due: BTreeSet<(i64, u32)>,
+    forget: BTreeSet<(i64, u32)>,
+}
+
+/// When the account's oldest ended reservation leaves the dedupe window (it is kept while
+/// `at_ms + window_ms > now`).
+fn forget_at(account: &Account, window_ms: i64) -> i64 {
+    let ended = account.credits.as_deref().into_iter().flat_map(|c| c.ended.values());
+    ended.map(|e| e.at_ms.saturating_add(window_ms)).min().unwrap_or(NEVER)
+}
+
+fn move_entry(set: &mut BTreeSet<(i64, u32)>, slot: u32, from: i64, to: i64) {
+    if from == to {
+        return;
+    }
+    if from != NEVER {
+        set.remove(&(from, slot));
+    }
+    if to != NEVER {
+        set.insert((to, slot));
+    }
+}
+
+impl DueIndex {
+    /// The earliest time something is due (NEVER: nothing).
+    pub fn next_due_ms(&self) -> i64 {
+        self.due.first().map_or(NEVER, |&(at, _)| at)
+    }
+
+    /// Brings the account's entries up to date after any change to its grants, holds, ended reservations
+    /// or rollovers, walking its ended reservations.
+    pub fn refresh(&mut self, customer_id: &str, account: &mut Account, window_ms: i64) {
+        account.due.ended = UNCOUNTED;
+        self.refresh_at(customer_id, account, window_ms, NEVER);
+    }
+
+    /// `refresh` after a change at `at_ms` that may have ended reservations (then, at `at_ms`) but
+    /// forgot none: the oldest ended one is found without walking them all.
+    pub fn refresh_at(&mut self, customer_id: &str, account: &mut Account, window_ms: i64, at_ms: i64) {
+        let ended = account.credits.as_deref().map_or(0, |c| c.ended.len());
+        let counted = account.due.ended;
+        let forget_ms = if counted == UNCOUNTED || ended < counted {
+            forget_at(account, window_ms)
+        } else if ended > counted {
+            account.due.forget_ms.min(at_ms.saturating_add(window_ms))
+        } else {
+            account.due.forget_ms
+        };
+        let due_ms = account_due(account, i64::MIN);
+        let keys = &mut account.due;
+        keys.ended = ended;
+        if (keys.due_ms, keys.forget_ms) == (due_ms, forget_ms) {
+            return;
+        }
+        if keys.slot == NO_SLOT {
+            keys.slot = u32::try_from(self.customers.len()).expect("fewer than 2^32 customers");
+            self.customers.push(customer_id.into());
+        }
+        move_entry(&mut self.due, keys.slot, keys.due_ms, due_ms);
+        move_entry(&mut self.forget, keys.slot, keys.forget_ms, forget_ms);
+        (keys.due_ms, keys.forget_ms) = (due_ms, forget_ms);
+    }
+
+    /// The customers with something due, or an ended reservation to forget, by `now_ms`, sorted by id
+    /// (so that notices come in the same order on every replay).
+    pub fn due_by(&self, now_ms: i64) -> Vec<Box<str>> {
+        let front = |set: &BTreeSet<(i64, u32)>| {
+            set.range(..=(now_ms, NO_SLOT)).map(|&(_, slot)| slot).collect::<Vec<u32>>().into_iter()
+        };
+        let mut slots: Vec<u32> = front(&self.due).chain(front(&self.forget)).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let mut customers: Vec<Box<str>> = slots.into_iter().map(|s| self.customers[s as usize].clone()).collect();
+        customers.sort_unstable();
+        customers
+    }
+
+    /// The index of these accounts, from a walk of every one (restore, tables loaded).
+    pub fn rebuild(accounts: &mut FxHashMap<String, Box<Account>>, window_ms: i64) -> DueIndex {
+        // Slots follow the map's order: they only name accounts (`due_by` sorts by customer id).
+        let mut index = DueIndex::default();
+        for (customer_id, account) in accounts.iter_mut() {
+            account.due = DueKeys::default();
+            index.refresh(customer_id, account, window_ms);
+        }
+        index
+    }
+}
+
+impl Kernel {
+    /// The earliest time anything is due, exactly (None: nothing): what the server's clock driver waits for.
+    pub fn next_due_ms(&self) -> Option<i64> {
+        Some(self.due.next_due_ms()).filter(|&at| at != NEVER)
+    }
+
+    /// From when an AdvanceClock changes the state: the earlier of the exact next due instant and
+    /// `clock.due_ms`, a lower bound kept as before the index existed (lowered whenever something may
+    /// become due, exact after each AdvanceClock), so that a journal written before the index replays the
+    /// same AdvanceClock commands with the same effect.
+    pub fn clock_due_ms(&self) -> i64 {
+        self.clock.due_ms.min(self.due.next_due_ms())
+    }
+
+    /// Rebuilds the index from every account (after a restore or new tables: routes and the dedupe window
+    /// may have changed). The clock's lower bound is left as it is (see `clock_due_ms`).
+    pub fn rebuild_due(&mut self) {
+        self.due = DueIndex::rebuild(&mut self.accounts, self.rater.catalog.dedupe_window_ms);
+    }
+
+    /// After `load_tables` (whose `install` refreshed the customers the tables name): every other account
+    /// lost its route, which moves its rollovers, and a new dedupe window moves when ended reservations are
+    /// forgotten. Only accounts with rollovers or ended reservations are refreshed: the others' keys depend on
+    /// their grants and holds alone, which new tables do not change.
+    pub fn refresh_due_after_tables(&mut self, window_before_ms: i64) {
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        for (customer_id, account) in self.accounts.iter_mut() {
+            let Some(credits) = account.credits.as_deref() else { continue };
+            if !credits.rollover.is_empty() || (window_ms != window_before_ms && !credits.ended.is_empty()) {
+                self.due.refresh(customer_id, account, window_ms);
+            }
+        }
+    }
+
+    /// Ok when the index holds exactly what a walk of every account finds; Err says where it differs.
+    pub fn check_due_index(&self) -> Result<(), String> {
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        let (mut due, mut forget) = (BTreeSet::new(), BTreeSet::new());
+        for (customer_id, account) in &self.accounts {
+            let (due_ms, forget_ms) = (account_due(account, i64::MIN), forget_at(account, window_ms));
+            let keys = account.due;
+            if (keys.due_ms, keys.forget_ms) != (due_ms, forget_ms) {
+                return Err(format!(
+                    "customer {customer_id:?}: indexed (due {}, forget {}), a walk finds (due {due_ms}, forget {forget_ms})",
+                    keys.due_ms, keys.forget_ms
+                ));
+            }
+            if due_ms == NEVER && forget_ms == NEVER {
+                continue;
+            }
+            if self.due.customers.get(keys.slot as usize).is_none_or(|c| **c != **customer_id) {
+                return Err(format!("customer {customer_id:?}: slot {} names another customer", keys.slot));
+            }
+            if due_ms != NEVER {
+                due.insert((due_ms, keys.slot));
+            }
+            if forget_ms != NEVER {
+                forget.insert((forget_ms, keys.slot));
+            }
+        }
+        if due != self.due.due || forget != self.due.forget {
+            return Err(format!(
+                "the index holds {} due and {} forget entries, a walk finds {} and {}",
+                self.due.due.len(),
+                self.due.forget.len(),
+                due.len(),
+                forget.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::decode::wire;
+    use crate::tables::{self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable};
+    use crate::tables::{Tables, VersionTable};
+
+    const CREDIT: i128 = 1_000_000_000_000;
+
+    /// Customers c0..c{n-1}, each on an ALLOW contract from 0 with one grant of 10 credits (1 a call) expiring
+    /// at `expiry(customer number)`.
+    fn kernel(n: usize, expiry: impl Fn(usize) -> Option<i64>) -> Kernel {
+        let scale = "000000000000000000";
+        let curve = CurveTable {
+            kind: "UNIT".into(),
+            price: format!("1{scale}"),
+            per_units: format!("1{scale}"),
+            package_size: "0".into(),
+            tiers: vec![],
+        };
+        let customers = (0..n)
+            .map(|c| CustomerTable {
+                id: format!("c{c}"),
+                contracts: vec![ContractTable {
+                    id: format!("k{c}"),
+                    rate_card_id: "card".into(),
+                    starting_at_ms: 0,
+                    ending_before_ms: None,
+                    block: false,
+                    overage_price: format!("1{scale}"),
+                    timeline: 0,
+                    overrides: vec![],
+                }],
+                grants: vec![GrantTable {
+                    id: "g".into(),
+                    amount_picos: (10 * CREDIT).to_string(),
+                    priority: 0,
+                    applicable_product_ids: vec![],
+                    starts_at_ms: 0,
+                    expires_at_ms: expiry(c),
+                    creation_order: 0,
+                    rollover_fraction_e18: String::new(),
+                }],
+                closed_periods: vec![],
+            })
+            .collect();
+        let tables = Tables {
+            future_skew_ms: 300_000,
+            dedupe_window_ms: 1_000_000,
+            products: vec![ProductTable {
+                id: "calls".into(),
+                event_type: "call".into(),
+                aggregation: "COUNT".into(),
+                value_key: String::new(),
+                filters: vec![],
+                pricing_dimensions: vec![],
+            }],
+            versions: vec![VersionTable {
+                rate_card_id: "card".into(),
+                number: 1,
+                rates: vec![RateTable { product_id: "calls".into(), required: vec![], curve }],
+            }],
+            timelines: vec![vec![(0, 0)]],
+            customers,
+        };
+        let mut kernel = Kernel::default();
+        kernel.load_tables(&tables::encode(&tables)).expect("valid tables");
+        kernel
+    }
+
+    fn call(customer_id: &str, transaction_id: &str, reservation_id: &str, at_ms: i64) -> wire::UsageEvent {
+        wire::UsageEvent {
+            transaction_id: transaction_id.into(),
+            customer_id: customer_id.into(),
+            event_type: "call".into(),
+            timestamp_ms: at_ms,
+            reservation_id: reservation_id.into(),
+            ..wire::UsageEvent::default()
+        }
+    }
+
+    fn ingest(kernel: &mut Kernel, events: Vec<wire::UsageEvent>, at_ms: i64, seq: u64) {
+        let batch = wire::UsageBatch { batch_id: format!("b{seq}"), events }.encode_to_vec();
+        kernel.ingest(&batch, at_ms, seq).expect("a batch");
+    }
+
+    fn checked(kernel: &Kernel) {
+        kernel.check_due_index().expect("the index matches a walk of every account");
+    }
+
+    #[test]
+    fn the_index_lists_exactly_the_accounts_due_and_follows_every_change() {
+        // c0 expires at 5_000, c1 at 9_000, c2 never; c3 expires at 5_000 too.
+        let mut kernel = kernel(4, |c| [Some(5_000), Some(9_000), None, Some(5_000)][c]);
+        checked(&kernel);
+        assert_eq!(kernel.next_due_ms(), Some(5_000));
+        assert_eq!(kernel.due.due_by(4_999), Vec::<Box<str>>::new());
+        assert_eq!(kernel.due.due_by(5_000), vec!["c0".into(), "c3".into()]);
+        // c3 draws its grant to nothing: its expiry is no longer due.
+        let calls = (0..10).map(|n| call("c3", &format!("t{n}"), "", 1_000)).collect();
+        ingest(&mut kernel, calls, 1_000, 1);
+        checked(&kernel);
+        assert_eq!(kernel.due.due_by(5_000), vec!["c0".into()]);
+        // c2 holds credit until 3_000 (TTL 2_000): its hold is due before anyone's expiry.
+        let reserved = kernel.reserve("r1", &call("c2", "h1", "", 1_000), 1_000, 2_000).expect("reserves");
+        assert_eq!(reserved.held, CREDIT);
+        checked(&kernel);
+        assert_eq!(kernel.next_due_ms(), Some(3_000));
+        // Settled by an event: the hold is no longer due, its id is remembered until 2_000 + the window.
+        ingest(&mut kernel, vec![call("c2", "t9", "r1", 2_000)], 2_000, 2);
+        checked(&kernel);
+        assert_eq!(kernel.next_due_ms(), Some(5_000));
+        // The clock's lower bound still says 3_000 (a journal from before the index may hold that tick),
+        // and such a tick moves the clock but finds no account due.
+        assert_eq!(kernel.clock_due_ms(), 3_000);
+        assert_eq!(kernel.advance_clock(3_000), (0, 0));
+        assert_eq!(kernel.clock.now_ms, 3_000);
+        assert_eq!(kernel.clock_due_ms(), 5_000);
+        // At 5_000 only c0 is visited: its grant breaks; c1 stays due at 9_000.
+        assert_eq!(kernel.advance_clock(5_000), (0, 1));
+        checked(&kernel);
+        assert_eq!(kernel.next_due_ms(), Some(9_000));
+        assert_eq!(kernel.account_credits("c0").map(|c| c.breakage.len()), Some(1));
+        assert!(kernel.account_credits("c1").is_none_or(|c| c.breakage.is_empty()));
+        // The ended reservation is forgotten at the first AdvanceClock at or after 2_000 + the window.
+        assert_eq!(kernel.advance_clock(9_000), (0, 1));
+        assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(1));
+        assert_eq!(kernel.next_due_ms(), None);
+        assert_eq!(kernel.advance_clock(1_002_000), (0, 0)); // nothing due: not run
+        assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(1));
+        kernel.reserve("r2", &call("c1", "h2", "", 1_002_000), 1_002_000, 1_000).expect("reserves");
+        assert_eq!(kernel.advance_clock(1_003_000), (1, 0));
+        assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(0));
+        checked(&kernel);
+    }
+
+    #[test]
+    fn restoring_a_snapshot_rebuilds_the_index_it_does_not_store() {
+        let mut kernel = kernel(50, |c| Some(1_000 + (c as i64 % 7) * 100));
+        kernel.reserve("r", &call("c3", "h3", "", 10), 10, 5_000).expect("reserves");
+        let snapshot = kernel.snapshot();
+        let mut restored = Kernel::restore(&snapshot).expect("restores");
+        restored.check_due_index().expect("rebuilt on restore");
+        assert_eq!(restored.next_due_ms(), kernel.next_due_ms());
+        assert_eq!(restored.snapshot(), snapshot);
+        // Both advance alike, whichever accounts they visit.
+        assert_eq!(restored.advance_clock(1_300), kernel.advance_clock(1_300));
+        assert_eq!(restored.snapshot(), kernel.snapshot());
+        assert_eq!(restored.due.due_by(1_300), kernel.due.due_by(1_300));
+    }
+}
