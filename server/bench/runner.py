@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-flight", type=int, default=4, help="unacked batches per stream (default 4)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL reference")
     parser.add_argument(
+        "--no-explain-index",
+        action="store_true",
+        help="serve every Tariff server with --no-explain-index (the ingest path without the explain index's cost)",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, help="where data directories go (default: a fresh temp dir, removed after)"
     )
 
@@ -84,6 +89,7 @@ def _config(args: argparse.Namespace, work_dir: Path) -> BenchConfig:
         only=only,
         postgres=not args.no_postgres,
         work_dir=work_dir,
+        serve_args=("--no-explain-index",) if args.no_explain_index else (),
     )
 
 
@@ -147,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     print("Server and load generators share this machine's cores: the generators take CPU the server would use.")
     print(table)
     notes = [note for r in results for note in r.notes]
+    if config.serve_args:
+        notes.append(f"every Tariff server ran with {' '.join(config.serve_args)}")
     for r in results:
         if r.status != "ok":
             notes.append(f"{r.name}: {r.reason}")

@@ -440,8 +440,11 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
     kernel.rater.explain.begin(next_seq);
     let mut checked = Event::empty();
     for (index, event) in batch.events().enumerate() {
-        if index > 0 && index % PAUSE_EVERY_EVENTS == 0 {
-            pause(kernel);
+        if index % PAUSE_EVERY_EVENTS == 0 {
+            if index > 0 {
+                pause(kernel);
+            }
+            kernel.warm(batch.events().skip(index).take(PAUSE_EVERY_EVENTS));
         }
         match kernel.ingest_event(index, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
@@ -925,5 +928,28 @@ impl Account {
     /// The customer's contracts and closed periods, once the tables name it.
     pub(crate) fn route(&self) -> Option<&Route> {
         self.route.as_ref()
+    }
+}
+
+/// Warming a batch's lookups before rating it.
+impl Kernel {
+    /// Looks up each event's account and dedupe slot and drops what it found. Rating an event
+    /// waits on these cache misses one after another, each behind a chain of work that depends on
+    /// the one before; here the lookups do not depend on each other, so the processor overlaps
+    /// their misses, and rating then finds them in cache. Called on PAUSE_EVERY_EVENTS events at a
+    /// time, few enough that what it brought in is still cached when they are rated (a whole
+    /// batch at once measured no gain; with 10,000 customers, a 64-event slice about 7% less
+    /// CPU per event in the kernel spike). Reads only: changes nothing.
+    fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>>) {
+        let Kernel { accounts, dedupe, canonical, .. } = self;
+        let mut found = 0u64;
+        for event in events {
+            let key = dedupe::key(event.customer_id, event.transaction_id, canonical);
+            found += u64::from(dedupe.contains_key(&key));
+            if let Some(account) = accounts.get(event.customer_id) {
+                found += account.aggregates.len() as u64 + u64::from(account.route.is_some());
+            }
+        }
+        std::hint::black_box(found);
     }
 }
