@@ -16,7 +16,7 @@ Sans-I/O like the rest of engine/: time comes in with each call.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -33,6 +33,7 @@ from engine.ledger import Grant
 from engine.rerate import Rerated, RerationPlan, Simulation, plan_rerating, rerate_slice, simulate, with_rerated
 from engine.state import Engine
 from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
+from engine.tables_paced import compile_all_steps, compile_customers_steps
 from engine.versions import PublishResult
 
 HOUR_MS = 3_600_000
@@ -90,6 +91,15 @@ class Estimate:
     available: int
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledTables:
+    """Tables compiled by `Billing.compile_steps`, for `Billing.load_compiled`: whole, or some customers'."""
+
+    whole: bool
+    blob: bytes
+    compiler: TableCompiler  # whose indexes the blob follows
+
+
 class Snapshot(msgspec.Struct, frozen=True):
     """A snapshot's stored form: the control plane (JSON of engine/control.py's BillingState) and the kernel's state bytes."""
 
@@ -139,6 +149,9 @@ class Billing:
         self._compiler = TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
         self._tables_stale = True  # the whole tables
         self._customers_stale: set[str] = set()  # only these customers' (when the whole tables are current)
+        # A refresh compiling a slice at a time (compile_steps) until its tables are loaded: refresh_tables()
+        # then does nothing, so a read meanwhile uses the tables loaded before (see compile_steps).
+        self._refreshing = False
         # The kernel lists the customers each batch touches while someone watches a balance or an alert rule
         # exists; otherwise ingestion does not even compare (see Kernel.track_touched).
         self._watching = False
@@ -160,6 +173,7 @@ class Billing:
         self.engine.reset(other.engine.state)
         self.kernel = other.kernel
         self._tables_stale = True
+        self._refreshing = False
         self._fired.clear()
         self._tracking = other._tracking
         self._sync_tracking()
@@ -351,20 +365,54 @@ class Billing:
     def refresh_tables(self, *, whole: bool = False) -> None:
         """Compiles what an admin command changed since: the whole tables, or only the customers touched (a
         no-op when nothing changed, so a read calling it while a batch is rated elsewhere does nothing: the
-        writer refreshed them first). `whole` recompiles everything regardless."""
-        if self._tables_stale or whole:
-            self.kernel.load_tables(self._compiler.compile_all(self.engine.state))
-            self._tables_stale = False
-            self._customers_stale.clear()
-        elif self._customers_stale:
+        writer refreshed them first). `whole` recompiles everything regardless. While a refresh compiles in
+        steps (compile_steps), it does nothing: that refresh loads the tables."""
+        if self._refreshing:
+            return
+        if whole:
+            self._tables_stale = True
+        compiled = drain_compile(self.compile_steps())
+        if compiled is not None:
+            self.load_compiled(compiled)
+
+    def compile_steps(self) -> Generator[None, None, CompiledTables | None]:
+        """refresh_tables' compile, a slice of customers per step (engine/tables_paced.py), for a caller that pauses
+        between steps; None when nothing changed. Until `load_compiled` (or a failure) refresh_tables() does
+        nothing, so a read between steps prices with the tables loaded before: the refresh belongs to a command
+        not yet acknowledged. The caller applies no command until the tables are loaded."""
+        if not self._tables_stale and not self._customers_stale:
+            return None
+        self._refreshing = True
+        try:
+            if self._tables_stale:
+                # A compiler of its own: the current one's indexes stay those of the tables loaded.
+                compiler = TableCompiler(future_skew_ms=self.future_skew_ms, dedupe_window_ms=self.dedupe_window_ms)
+                blob = yield from compile_all_steps(compiler, self.engine.state)
+                return CompiledTables(True, blob, compiler)
             # Failing half way (a value the kernel refuses), the compiler's indexes and the kernel's may part:
             # the next refresh compiles the whole tables again.
             self._tables_stale = True
-            self.kernel.load_customers(
-                self._compiler.compile_customers(self.engine.state, self._customers_stale, self.engine.contracts_of)
+            blob = yield from compile_customers_steps(
+                self._compiler, self.engine.state, self._customers_stale, self.engine.contracts_of
             )
+            return CompiledTables(False, blob, self._compiler)
+        except BaseException:
+            self._refreshing = False
+            raise
+
+    def load_compiled(self, compiled: CompiledTables) -> None:
+        """Loads what compile_steps compiled into the kernel (one call, the GIL released: a server may make it
+        on another thread while nothing else changes the state)."""
+        try:
+            if compiled.whole:
+                self.kernel.load_tables(compiled.blob)
+                self._compiler = compiled.compiler
+            else:
+                self.kernel.load_customers(compiled.blob)
             self._tables_stale = False
             self._customers_stale.clear()
+        finally:
+            self._refreshing = False
 
     # Reads ---------------------------------------------------------------------------------------------
 
@@ -508,3 +556,13 @@ def _credit_customers(command: cmd.KernelCommand, result: object) -> list[str]:
         return [command.customer_id]
     customer_id = getattr(result, "customer_id", None)
     return [customer_id] if isinstance(customer_id, str) else []
+
+
+def drain_compile(steps: Generator[None, None, CompiledTables | None]) -> CompiledTables | None:
+    """Runs compile_steps without pausing."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            compiled: CompiledTables | None = done.value
+            return compiled

@@ -49,7 +49,7 @@ from engine import commands as cmd
 from engine._kernel import BatchTooLarge, CustomerNotAllowed
 from engine.alerts import FiredAlert
 from engine.audit import audit_target
-from engine.billing import Billing, Ingested, RatingChanged, snapshot_parts
+from engine.billing import Billing, CompiledTables, Ingested, RatingChanged, snapshot_parts
 from engine.errors import EngineError, InvalidArgument, Repeated
 from engine.rerate import Rerated, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
@@ -514,7 +514,7 @@ class Sequencer:
         and the one journal record (the command) is appended once the re-rating is done: a crash half way leaves
         nothing of it, replay re-rates exactly as here (the same plan from the same state)."""
         seq = self.billing.last_seq + 1
-        self.billing.refresh_tables()
+        await self._refresh_tables()
         try:
             plan = await self._rating_thread.run(self.billing.rerate_plan, command)
             published = self.billing.publish(command, seq)
@@ -527,7 +527,7 @@ class Sequencer:
         done = Rerated()
         self.billing.start_rerating()
         if plan is not None:
-            self.billing.refresh_tables()  # the new timeline, compiled here on the loop before the thread prices
+            await self._refresh_tables()  # the new timeline, compiled before the thread prices
             oplog.line("re-rating started", rate_card=plan.rate_card_id, seq=seq, customers=len(plan.customers))
             for customers in plan.slices():
                 done.merge(await self._rating_thread.run(self.billing.rerate_slice, plan, customers, seq))
@@ -541,7 +541,7 @@ class Sequencer:
         batch is one kernel call that holds the kernel's lock, so a read waits for at most one batch). The
         tables are compiled here first, on the loop, and no admin command applies until the run is rated, so a
         read meanwhile compiles nothing and touches no Python state the thread uses."""
-        self.billing.refresh_tables()
+        await self._refresh_tables()
         now_ms = group.now_ms
         batches = [batch for _, batch in run]
         rated = await self._rating_thread.run(_rate_batches, self.billing, batches, now_ms)
@@ -558,6 +558,26 @@ class Sequencer:
                 group.events += outcome.accepted
                 group.touched.update(outcome.touched)
                 group.answers.append((submission, seq, outcome))
+
+    async def _refresh_tables(self) -> None:
+        """Billing.refresh_tables without holding the event loop: the Python compile a slice of customers at a
+        time on the loop, pausing every PAUSE_EVERY_S, then the one kernel load on the rating thread (GIL released).
+        The writer is here, so no command changes the state meanwhile; a read meanwhile uses the tables loaded
+        before (their change belongs to a command not yet acknowledged)."""
+        steps = self.billing.compile_steps()
+        clock = time.perf_counter
+        resumed = clock()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                compiled: CompiledTables | None = done.value
+                break
+            if clock() - resumed >= PAUSE_EVERY_S:
+                await asyncio.sleep(0)
+                resumed = clock()
+        if compiled is not None:
+            await self._rating_thread.run(self.billing.load_compiled, compiled)
 
     async def _finish(self, group: _Group) -> ResourceExhausted | Unavailable | None:
         """Waits for the group's commit and answers its callers; if the commit failed, the state is rebuilt
