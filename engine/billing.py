@@ -93,9 +93,8 @@ class Estimate:
 
 @dataclass(frozen=True, slots=True)
 class CompiledTables:
-    """Tables compiled by `Billing.compile_steps`, for `Billing.load_compiled`: whole, or some customers'."""
+    """The whole tables compiled by `Billing.compile_steps`, for `Billing.load_compiled`."""
 
-    whole: bool
     blob: bytes
     compiler: TableCompiler  # whose indexes the blob follows
 
@@ -149,9 +148,10 @@ class Billing:
         self._compiler = TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
         self._tables_stale = True  # the whole tables
         self._customers_stale: set[str] = set()  # only these customers' (when the whole tables are current)
-        # A refresh compiling a slice at a time (compile_steps) until its tables are loaded: refresh_tables()
-        # then does nothing, so a read meanwhile uses the tables loaded before (see compile_steps).
+        # A refresh in steps (compile_steps): under way until its tables are loaded, and the steps themselves
+        # with whether they compile an unacknowledged command's tables, until they are exhausted.
         self._refreshing = False
+        self._in_flight: tuple[Generator[None, None, CompiledTables | None], bool] | None = None
         # The kernel lists the customers each batch touches while someone watches a balance or an alert rule
         # exists; otherwise ingestion does not even compare (see Kernel.track_touched).
         self._watching = False
@@ -174,6 +174,7 @@ class Billing:
         self.kernel = other.kernel
         self._tables_stale = True
         self._refreshing = False
+        self._in_flight = None
         self._fired.clear()
         self._tracking = other._tracking
         self._sync_tracking()
@@ -365,21 +366,40 @@ class Billing:
     def refresh_tables(self, *, whole: bool = False) -> None:
         """Compiles what an admin command changed since: the whole tables, or only the customers touched (a
         no-op when nothing changed, so a read calling it while a batch is rated elsewhere does nothing: the
-        writer refreshed them first). `whole` recompiles everything regardless. While a refresh compiles in
-        steps (compile_steps), it does nothing: that refresh loads the tables."""
-        if self._refreshing:
-            return
+        writer refreshed them first). `whole` recompiles everything regardless. A refresh in steps under way
+        (compile_steps) is finished here at once, unless it compiles an unacknowledged command's tables: those a
+        read does not wait for."""
+        if self._in_flight is not None:
+            steps, unacknowledged = self._in_flight
+            if unacknowledged:
+                return
+            compiled = drain_compile(steps)  # its driver finds it exhausted
+            if compiled is not None:
+                self.load_compiled(compiled)
+        elif self._refreshing:
+            return  # compiled, being loaded by the writer
         if whole:
             self._tables_stale = True
         compiled = drain_compile(self.compile_steps())
         if compiled is not None:
             self.load_compiled(compiled)
 
-    def compile_steps(self) -> Generator[None, None, CompiledTables | None]:
-        """refresh_tables' compile, a slice of customers per step (engine/tables_paced.py), for a caller that pauses
-        between steps; None when nothing changed. Until `load_compiled` (or a failure) refresh_tables() does
-        nothing, so a read between steps prices with the tables loaded before: the refresh belongs to a command
-        not yet acknowledged. The caller applies no command until the tables are loaded."""
+    def compile_steps(self, *, unacknowledged: bool = False) -> Generator[None, None, CompiledTables | None]:
+        """refresh_tables a slice of customers per step (engine/tables_paced.py), for a caller that pauses between
+        steps. Touched customers load a slice at a time as they compile (each slice alone is consistent); the whole
+        tables are returned compiled, for `load_compiled` (one atomic load), or None when there is nothing to load.
+        The caller applies no command until then. A read meanwhile (refresh_tables) finishes the refresh itself,
+        unless `unacknowledged`: the tables of a command not yet acknowledged (a publish being applied), which a
+        read need not see, so it reads the tables loaded before."""
+        steps = self._compile_steps()
+        self._in_flight = (steps, unacknowledged)
+        try:
+            return (yield from steps)
+        finally:
+            if self._in_flight is not None and self._in_flight[0] is steps:
+                self._in_flight = None
+
+    def _compile_steps(self) -> Generator[None, None, CompiledTables | None]:
         if not self._tables_stale and not self._customers_stale:
             return None
         self._refreshing = True
@@ -388,27 +408,29 @@ class Billing:
                 # A compiler of its own: the current one's indexes stay those of the tables loaded.
                 compiler = TableCompiler(future_skew_ms=self.future_skew_ms, dedupe_window_ms=self.dedupe_window_ms)
                 blob = yield from compile_all_steps(compiler, self.engine.state)
-                return CompiledTables(True, blob, compiler)
+                return CompiledTables(blob, compiler)
             # Failing half way (a value the kernel refuses), the compiler's indexes and the kernel's may part:
             # the next refresh compiles the whole tables again.
             self._tables_stale = True
-            blob = yield from compile_customers_steps(
+            for blob in compile_customers_steps(
                 self._compiler, self.engine.state, self._customers_stale, self.engine.contracts_of
-            )
-            return CompiledTables(False, blob, self._compiler)
+            ):
+                self.kernel.load_customers(blob)
+                yield
+            self._tables_stale = False
+            self._customers_stale.clear()
+            self._refreshing = False
+            return None
         except BaseException:
             self._refreshing = False
             raise
 
     def load_compiled(self, compiled: CompiledTables) -> None:
-        """Loads what compile_steps compiled into the kernel (one call, the GIL released: a server may make it
+        """Loads the whole tables compile_steps compiled (one kernel call, the GIL released: a server may make it
         on another thread while nothing else changes the state)."""
         try:
-            if compiled.whole:
-                self.kernel.load_tables(compiled.blob)
-                self._compiler = compiled.compiler
-            else:
-                self.kernel.load_customers(compiled.blob)
+            self.kernel.load_tables(compiled.blob)
+            self._compiler = compiled.compiler
             self._tables_stale = False
             self._customers_stale.clear()
         finally:

@@ -1,16 +1,16 @@
 """The kernel's tables compiled a slice of customers at a time, so that a caller on an event loop can pause
 between slices (at 10,000 customers a whole compile is 100-200 ms of Python holding the GIL).
 
-Each generator yields after every CUSTOMERS_PER_STEP customers and returns the same bytes as
-TableCompiler.compile_all / compile_customers (tests/test_tables_paced.py holds them to it): the customers are
-encoded a slice at a time and spliced behind the rest, so no single msgspec call encodes them all. Nothing here
-reads the control plane's state after the generator is exhausted; between steps the caller must apply no command
-(the server's writer awaits the whole refresh).
+`compile_all_steps` yields after every CUSTOMERS_PER_STEP customers and returns the bytes of
+TableCompiler.compile_all (the customers are encoded a slice at a time and spliced behind the rest, so no single
+msgspec call encodes them all); `compile_customers_steps` yields compile_customers' tables as one CustomerTables
+per slice, which the kernel loads in turn (tests/test_tables_paced.py holds both to the whole compile). Between
+steps the caller must apply no command (the server's writer awaits the whole refresh).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 
 import msgspec
 
@@ -50,20 +50,19 @@ def compile_customers_steps(
     state: BillingState,
     customer_ids: Iterable[str],
     contracts_of: Callable[[str], Sequence[Contract]],
-) -> Steps:
-    """`compiler.compile_customers(state, customer_ids, contracts_of)`, a slice of customers per step."""
-    first_timeline = compiler.timelines_held
-    timelines: list[list[tuple[int, int]]] = []
-    encoded: list[bytes] = []
+) -> Iterator[bytes]:
+    """`compiler.compile_customers(state, customer_ids, contracts_of)` as one CustomerTables per slice, for
+    Kernel.load_customers in turn: each slice follows the timelines of those before it, so loading them in order
+    gives the kernel loading the whole gives."""
     ordered = sorted(customer_ids)
     for start in range(0, len(ordered), CUSTOMERS_PER_STEP):
-        yield
-        for customer_id in ordered[start : start + CUSTOMERS_PER_STEP]:
-            table: CustomerTable = compiler.customer_table(
-                state, state.customers[customer_id], contracts_of(customer_id), timelines
-            )
-            encoded.append(_encoder.encode(table))
-    return _with_customers(_encoder.encode(CustomerTables(first_timeline, timelines, [])), encoded)
+        first_timeline = compiler.timelines_held
+        timelines: list[list[tuple[int, int]]] = []
+        customers: list[CustomerTable] = [
+            compiler.customer_table(state, state.customers[customer_id], contracts_of(customer_id), timelines)
+            for customer_id in ordered[start : start + CUSTOMERS_PER_STEP]
+        ]
+        yield _encoder.encode(CustomerTables(first_timeline, timelines, customers))
 
 
 def _with_customers(head: bytes, customers: list[bytes]) -> bytes:

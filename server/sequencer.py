@@ -526,8 +526,8 @@ class Sequencer:
             return
         done = Rerated()
         self.billing.start_rerating()
+        await self._refresh_tables(unacknowledged=True)  # the new timeline (the re-rating prices with it)
         if plan is not None:
-            await self._refresh_tables()  # the new timeline, compiled before the thread prices
             oplog.line("re-rating started", rate_card=plan.rate_card_id, seq=seq, customers=len(plan.customers))
             for customers in plan.slices():
                 done.merge(await self._rating_thread.run(self.billing.rerate_slice, plan, customers, seq))
@@ -559,12 +559,14 @@ class Sequencer:
                 group.touched.update(outcome.touched)
                 group.answers.append((submission, seq, outcome))
 
-    async def _refresh_tables(self) -> None:
-        """Billing.refresh_tables without holding the event loop: the Python compile a slice of customers at a
-        time on the loop, pausing every PAUSE_EVERY_S, then the one kernel load on the rating thread (GIL released).
-        The writer is here, so no command changes the state meanwhile; a read meanwhile uses the tables loaded
-        before (their change belongs to a command not yet acknowledged)."""
-        steps = self.billing.compile_steps()
+    async def _refresh_tables(self, *, unacknowledged: bool = False) -> None:
+        """Billing.refresh_tables without holding the event loop long: compiled on the loop a slice of customers
+        at a time (touched customers loaded slice by slice), pausing every PAUSE_EVERY_S. The writer is here, so
+        no command changes the state meanwhile; a read meanwhile finishes the refresh itself (see
+        Billing.compile_steps). Whole tables load in one kernel call: for `unacknowledged` tables (a publish being
+        applied, which reads need not see) on the rating thread with the GIL released, else here, so that no read
+        sees the tables of an acknowledged command missing."""
+        steps = self.billing.compile_steps(unacknowledged=unacknowledged)
         clock = time.perf_counter
         resumed = clock()
         while True:
@@ -576,8 +578,12 @@ class Sequencer:
             if clock() - resumed >= PAUSE_EVERY_S:
                 await asyncio.sleep(0)
                 resumed = clock()
-        if compiled is not None:
+        if compiled is None:
+            return
+        if unacknowledged:
             await self._rating_thread.run(self.billing.load_compiled, compiled)
+        else:
+            self.billing.load_compiled(compiled)
 
     async def _finish(self, group: _Group) -> ResourceExhausted | Unavailable | None:
         """Waits for the group's commit and answers its callers; if the commit failed, the state is rebuilt
