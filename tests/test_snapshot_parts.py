@@ -103,9 +103,9 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
                 yield part
 
         monkeypatch.setattr(sequencer.billing, "control_snapshot_parts", counted_parts)
-        monkeypatch.setattr(sequencer_module.time, "sleep", counted_sleep)
+        monkeypatch.setattr(time, "sleep", counted_sleep)
         await sequencer._snapshot()
-        monkeypatch.setattr(sequencer_module.time, "sleep", sleep)
+        monkeypatch.setattr(time, "sleep", sleep)
 
     billing = run_with(journal, body)
     assert encoded_on and loop_thread[0] not in encoded_on
