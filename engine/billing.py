@@ -93,10 +93,10 @@ class Estimate:
 
 @dataclass(frozen=True, slots=True)
 class CompiledTables:
-    """The whole tables compiled by `Billing.compile_steps`, for `Billing.load_compiled`."""
+    """The whole tables compiled by `Billing.compile_steps`, in parts, for `Billing.load_compiled`."""
 
-    blob: bytes
-    compiler: TableCompiler  # whose indexes the blob follows
+    parts: list[bytes]
+    compiler: TableCompiler  # whose indexes the parts follow
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -407,8 +407,8 @@ class Billing:
             if self._tables_stale:
                 # A compiler of its own: the current one's indexes stay those of the tables loaded.
                 compiler = TableCompiler(future_skew_ms=self.future_skew_ms, dedupe_window_ms=self.dedupe_window_ms)
-                blob = yield from compile_all_steps(compiler, self.engine.state)
-                return CompiledTables(blob, compiler)
+                parts = yield from compile_all_steps(compiler, self.engine.state)
+                return CompiledTables(parts, compiler)
             # Failing half way (a value the kernel refuses), the compiler's indexes and the kernel's may part:
             # the next refresh compiles the whole tables again.
             self._tables_stale = True
@@ -426,10 +426,10 @@ class Billing:
             raise
 
     def load_compiled(self, compiled: CompiledTables) -> None:
-        """Loads the whole tables compile_steps compiled (one kernel call, the GIL released: a server may make it
-        on another thread while nothing else changes the state)."""
+        """Loads the whole tables compile_steps compiled (a join and one kernel call, both with the GIL released: a
+        server may make them on another thread while nothing else changes the state)."""
         try:
-            self.kernel.load_tables(compiled.blob)
+            self.kernel.load_tables(b"".join(compiled.parts))
             self._compiler = compiled.compiler
             self._tables_stale = False
             self._customers_stale.clear()
