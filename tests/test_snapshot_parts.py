@@ -4,6 +4,7 @@ tasks run between the parts instead of holding the event loop for the whole enco
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -77,14 +78,16 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The control plane's parts are encoded on another thread than the event loop's, handing the GIL over between
-    parts (with no time budget: after every part), while the loop goes on running tasks; the stored snapshot is
-    the one-shot encoding's bytes, and recovery through it gives the same state."""
+    parts (with no time budget: after every part) at a shorter switch interval, restored afterwards; the stored
+    snapshot is the one-shot encoding's bytes, and recovery through it gives the same state."""
     monkeypatch.setattr(sequencer_module, "PAUSE_EVERY_S", 0.0)
     journal = MemoryJournal()
     encoded_on: set[int] = set()
     expected: list[bytes] = []
     loop_thread: list[int] = []
     handovers: list[float] = []
+    switch_intervals: set[float] = set()
+    default_switch_interval = sys.getswitchinterval()
     sleep = time.sleep
 
     def counted_sleep(seconds: float) -> None:
@@ -100,6 +103,7 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
         def counted_parts() -> Iterator[bytes]:
             for part in parts_of():
                 encoded_on.add(threading.get_ident())
+                switch_intervals.add(sys.getswitchinterval())
                 yield part
 
         monkeypatch.setattr(sequencer.billing, "control_snapshot_parts", counted_parts)
@@ -110,6 +114,8 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
     billing = run_with(journal, body)
     assert encoded_on and loop_thread[0] not in encoded_on
     assert len(handovers) > 10 and set(handovers) == {sequencer_module.GIL_HANDOVER_S}
+    assert switch_intervals == {sequencer_module.SNAPSHOT_SWITCH_INTERVAL_S}
+    assert sys.getswitchinterval() == default_switch_interval
     stored = journal.load_snapshot()
     assert stored is not None
     # close() wrote the last snapshot, at the same state: the paced path stored the one-shot bytes.
