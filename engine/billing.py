@@ -6,9 +6,9 @@ Usage goes to the kernel as the `UsageBatch` bytes received: one call per batch,
 event. Admin commands go to the control plane; the kernel's tables are recompiled from it in ONE place
 (`refresh_tables`), lazily: an admin command notes what it changed, and the next batch or read compiles
 once, so a run of admin commands compiles once. A command that changes one customer (its creation,
-contracts, overrides, grants) recompiles that customer only; any other (catalogue, rate cards, versions)
-recompiles the whole tables. The writer refreshes them before it hands batches to another
-thread and applies no admin command until they are rated, so while a batch is rated the tables are current
+contracts, overrides, grants) recompiles that customer only; a draft version or a new rate card
+(in no table yet) recompiles nothing; any other (products, publishes, rollbacks) recompiles the whole
+tables. The writer refreshes them before it hands batches to another thread and applies no admin command until they are rated, so while a batch is rated the tables are current
 and a read (balances, Authorize) compiles nothing: it touches no Python state the rating thread uses.
 
 Sans-I/O like the rest of engine/: time comes in with each call.
@@ -195,6 +195,8 @@ class Billing:
             # batch is being rated while an admin command applies.
             self.kernel.take_touched()
             return result
+        if isinstance(command, cmd.CreateDraftVersion | cmd.CreateRateCard):
+            return result  # no table holds a draft, nor a rate card until it has a published version
         customer_id = _changed_customer(command, result)
         if customer_id is None:
             self._tables_stale = True
