@@ -135,5 +135,7 @@ class Kernel:
     def drain_notices(self) -> tuple[list[Notice], int]:
         """Top-ups executed and reservations expired since the last call (replay produces them too), and how
         many were dropped past 100,000 waiting."""
+    def batch_customers(self, batch: bytes) -> list[str]:
+        """The distinct customer ids a UsageBatch names, first named first; ValueError if not a UsageBatch."""
 
 def period_containing(anchor_ms: int, ts_ms: int) -> tuple[int, int]: ...

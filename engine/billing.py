@@ -22,7 +22,7 @@ from decimal import Decimal
 
 import msgspec
 
-from engine import alerts, credits
+from engine import alerts, credits, pending
 from engine import commands as cmd
 from engine._kernel import Kernel
 from engine.contracts import Contract, Period
@@ -183,6 +183,7 @@ class Billing:
 
     def apply(self, command: cmd.AdminCommand, seq: int) -> object:
         """Applies a control-plane command as record `seq`; raises EngineError (nothing changed) to refuse it."""
+        self._rerate_named(command)
         if isinstance(command, cmd.KERNEL_COMMANDS):
             return self._apply_kernel_command(command, seq)
         if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
@@ -228,8 +229,9 @@ class Billing:
         return customers
 
     def _publish_and_rerate(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
-        """PublishVersion whole, its re-rating included (recovery, tests): the server runs the same steps, the
-        plan and the slices on its rating thread. Deterministic: replaying the command re-rates the same."""
+        """PublishVersion whole, its re-rating included, everyone at once (tests, tools, and the replay of a publish
+        record an earlier release wrote). The server now defers the re-rating (publish_deferred, engine/pending.py),
+        which gives each customer the same state. Deterministic: replaying the command re-rates the same."""
         plan = self.rerate_plan(command)
         published = self.publish(command, seq)
         done = Rerated()
@@ -270,6 +272,72 @@ class Billing:
         self._kernel_touched += tuple(customers)
         self._fired.extend(self._evaluate_alerts(customers, at_ms, seq))
 
+    # A re-rating online (engine/pending.py) ------------------------------------------------------------
+
+    def publish_deferred(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
+        """PublishVersion as the server journals it (replay): checked and published, its re-rating left pending
+        (the writer's steps, in one call)."""
+        plan = self.rerate_plan(command)
+        published = self.publish(command, seq)
+        self.defer_rerating(plan, seq)
+        return published
+
+    def defer_rerating(self, plan: RerationPlan | None, seq: int) -> None:
+        """After record `seq` published: its re-rating, if any, is pending (a usage batch, Reserve or release
+        re-rates the pending customers it names first; finish_rerating re-rates the rest)."""
+        self.start_rerating()
+        if plan is not None:
+            self.refresh_tables()  # the new timeline, which the re-rating prices with
+            self.engine.state.rerating = pending.start(plan, seq)
+
+    @property
+    def rerating(self) -> pending.PendingRerating | None:
+        """The publish's re-rating still pending, if any."""
+        return self.engine.state.rerating
+
+    def rerate_next(self, limit: int) -> int:
+        """A background slice of the pending re-rating: up to `limit` customers, next in plan order (the kernel's
+        lock held a customer at a time, GIL released); returns how many. No record: see engine/pending.py."""
+        rerating = self.engine.state.rerating
+        return 0 if rerating is None else pending.rerate_next(self.kernel, rerating, limit)
+
+    def finish_rerating(self, seq: int, at_ms: int) -> Rerated:
+        """The pending re-rating's completion as record `seq`: whoever is still pending is re-rated, and the
+        balance rules evaluated at `at_ms` for every customer of the plan, in plan order (the fired alerts are
+        kept for take_fired()). Returns what the whole re-rating did."""
+        rerating = self.engine.state.rerating
+        assert rerating is not None, "no re-rating is pending"
+        pending.rerate_all(self.kernel, rerating)
+        self.engine.state.rerating = None
+        self.engine.state.last_seq = seq
+        self._kernel_touched = tuple(rerating.customers)
+        self._fired.extend(self._evaluate_alerts(rerating.customers, at_ms, seq))
+        done = Rerated()
+        done.add(rerating.done)
+        return done
+
+    def _rerate_named(self, command: cmd.AdminCommand) -> None:
+        """Re-rate on touch for the commands that may apply while a re-rating is pending (Reserve and
+        ReleaseReservation name one customer); the writer completes a re-rating before any other."""
+        rerating = self.engine.state.rerating
+        if rerating is None:
+            return
+        assert isinstance(command, cmd.Reserve | cmd.ReleaseReservation), (
+            f"{type(command).__name__} applied while the re-rating of record {rerating.publish_seq} is pending"
+        )
+        pending.rerate(self.kernel, rerating, [command.customer_id])
+
+    def _rerate_touched(self, batch: bytes) -> None:
+        """Re-rate on touch for a usage batch: the pending customers it names, before it is rated."""
+        rerating = self.engine.state.rerating
+        if rerating is None:
+            return
+        try:
+            named = self.kernel.batch_customers(batch)
+        except ValueError:
+            return  # not a UsageBatch: ingestion refuses it, changing nothing
+        pending.rerate(self.kernel, rerating, named)
+
     def ingest(
         self, batch: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None
     ) -> Ingested:
@@ -277,6 +345,7 @@ class Billing:
 
         Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
         self.refresh_tables()
+        self._rerate_touched(batch)
         seq = self.last_seq + 1
         ack, digest, accepted, duplicates, rejected = self.kernel.ingest_checked(
             batch, received_ms, seq, events_max, allowed

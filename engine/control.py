@@ -22,6 +22,7 @@ from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound, Repeated
 from engine.invoices import Invoice
 from engine.ledger import Grant
+from engine.pending import PendingRerating
 from engine.products import Product
 from engine.ratecard import RateCard
 
@@ -92,6 +93,7 @@ class BillingState(msgspec.Struct):
     alerts: AlertBook = msgspec.field(default_factory=AlertBook)  # alert rules and fired alerts (engine/alerts.py)
     invoices: dict[str, Invoice] = {}  # final invoices by number
     invoices_created: int = 0  # the last invoice number's serial
+    rerating: PendingRerating | None = None  # a publish's re-rating still running online (engine/pending.py)
 
 
 _json = msgspec.json.Encoder()
@@ -114,7 +116,7 @@ def _struct_parts(value: msgspec.Struct, entries_per_part: int) -> Iterator[byte
             yield from _dict_parts(item, size)
         elif isinstance(item, list) and len(item) > size:
             yield from _list_parts(item, size)
-        elif isinstance(item, AlertBook):
+        elif isinstance(item, AlertBook | PendingRerating):
             yield from _struct_parts(item, entries_per_part)
         else:
             yield _json.encode(item)

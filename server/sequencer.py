@@ -18,6 +18,12 @@ in flight, answers leave in journal order, and if a commit fails the group appli
 state is rebuilt from the journal, which holds neither). Dedupe lives in the kernel's state (per customer and
 transaction id), in snapshots and rebuilt by replay: nothing on the ack path writes a second index.
 
+A publish that re-rates usage already rated (engine/pending.py) is journaled at once, its re-rating left pending;
+the writer re-rates a slice of pending customers after each group (also with nothing queued), a usage batch
+re-rates the pending customers it names before it is rated, and any other admin command (or the close) first
+completes the re-rating with a record of its own. The publish's caller is answered once that record is durable;
+usage is answered meanwhile as usual.
+
 A command that changes nothing gets no journal record and no seq: a usage batch that accepts no event (empty,
 or every event a duplicate or refused), and a retried admin request the state already reflects (the engine
 answers it as the first call was answered). Such a batch is acked with the journal's current seq.
@@ -52,8 +58,9 @@ from engine.alerts import FiredAlert
 from engine.audit import audit_target
 from engine.billing import Billing, CompiledTables, Ingested, RatingChanged, snapshot_parts
 from engine.errors import EngineError, InvalidArgument, Repeated
-from engine.rerate import Rerated, with_rerated
+from engine.rerate import SLICE_CUSTOMERS, Rerated, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
+from engine.versions import PublishResult
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
@@ -102,6 +109,16 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     rejected: int
 
 
+class RerationDone(msgspec.Struct, frozen=True, array_like=True):
+    """A deferred re-rating's completion (engine/pending.py): the publish it completes, the time its balance rules
+    were evaluated, and what the whole re-rating did (customers, buckets, events, amount delta, closed buckets,
+    events and amount), which replay asserts."""
+
+    publish_seq: int
+    at_ms: int
+    done: tuple[int, int, int, int, int, int, int]
+
+
 class JournalRecord(msgspec.Struct, frozen=True, array_like=True):
     """One record: an admin command, or (since journal format 2) a usage batch. Stored formats only gain fields."""
 
@@ -110,6 +127,10 @@ class JournalRecord(msgspec.Struct, frozen=True, array_like=True):
     usage: UsageRecord | None = None
     # The alerts this record's change fired (engine/alerts.py), in seq order: replay must fire the same.
     alerts: list[FiredAlert] = []
+    # A publish whose re-rating runs after it, interleaved with usage (engine/pending.py); a later `rerated`
+    # record completes it. False: the record holds the re-rating whole (earlier releases, or nothing to re-rate).
+    deferred: bool = False
+    rerated: RerationDone | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,11 +188,17 @@ def recover(
         record = decode_record(blob)
         if record.usage is not None:
             billing.replay(seq, record.usage.batch, record.usage.received_ms, record.usage.digest, record.alerts)
+        elif record.rerated is not None:
+            _replay_rerated(billing, seq, record.rerated, record.alerts)
         else:
             assert record.command is not None and not isinstance(record.command, cmd.IngestBatch), (
                 f"record {seq}: a format-1 usage record in a format-2 journal"
             )
-            billing.apply(record.command, seq)
+            if record.deferred:
+                assert isinstance(record.command, cmd.PublishVersion | cmd.RollbackRateCard)
+                billing.publish_deferred(record.command, seq)
+            else:
+                billing.apply(record.command, seq)
             if billing.take_fired() != record.alerts:
                 raise RatingChanged(
                     f"journal record {seq}: alerts changed between releases; run the release that wrote it"
@@ -182,6 +209,29 @@ def recover(
     # customer's tables (seconds at a million customers).
     billing.refresh_tables()
     return billing
+
+
+def _replay_rerated(billing: Billing, seq: int, done: RerationDone, fired: list[FiredAlert]) -> None:
+    """A deferred re-rating's completion record: it must complete the pending publish and do what it did then."""
+    rerating = billing.rerating
+    assert rerating is not None and rerating.publish_seq == done.publish_seq, (
+        f"record {seq} completes the re-rating of record {done.publish_seq}, which is not pending"
+    )
+    replayed = billing.finish_rerating(seq, done.at_ms)
+    again = (
+        replayed.customers,
+        replayed.buckets,
+        replayed.events,
+        replayed.amount_delta_picos,
+        replayed.closed_buckets,
+        replayed.closed_events,
+        replayed.closed_amount_picos,
+    )
+    if again != done.done or billing.take_fired() != fired:
+        raise RatingChanged(
+            f"journal record {seq}: re-rating changed between releases (replaying it gives another result than "
+            "the journal holds); run the release that wrote this journal"
+        )
 
 
 class _RecoveryProgress:
@@ -270,6 +320,15 @@ class _Submission:
     deadline_monotonic: float | None = None
 
 
+@dataclasses.dataclass(slots=True)
+class _HeldPublish:
+    """A publish journaled with its re-rating pending: its caller, answered once the re-rating completes."""
+
+    submission: _Submission
+    seq: int
+    published: PublishResult
+
+
 @dataclasses.dataclass
 class _Group:
     """One group commit: the records a group of commands produced, and who to answer."""
@@ -351,6 +410,7 @@ class Sequencer:
         # Told after each durable group which customers it touched and the alert seq it reached, and with
         # (None, seq) after the state was rebuilt from the journal (server/watch.py).
         self.committed: Callable[[set[str] | None, int], None] | None = None
+        self._held: _HeldPublish | None = None  # a publish whose re-rating is pending: answered on completion
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tariff-writer")
@@ -395,7 +455,8 @@ class Sequencer:
         taken: list[_Submission] = []
         try:
             while True:
-                if in_flight is not None and (self._queue.empty() or self._snapshot_due()):
+                idle = self._queue.empty() and self.billing.rerating is None  # else: work, or re-rating to do
+                if in_flight is not None and (idle or self._snapshot_due()):
                     if await self._work_arrived_during(in_flight):
                         continue  # prepare it while the commit goes on
                     await self._finish(in_flight)
@@ -404,8 +465,12 @@ class Sequencer:
                     if self._closing and self._queue.empty():
                         return
                     continue
-                taken = [await self._queue.get()]
-                size = _size(taken[0].command)
+                if self._queue.empty() and self.billing.rerating is not None:
+                    taken = []  # a group of no command: a slice of the pending re-rating (`_prepare`)
+                    await asyncio.sleep(0)  # reads are served between slices even with nothing queued
+                else:
+                    taken = [await self._queue.get()]
+                size = _size(taken[0].command) if taken else 0
                 while not self._queue.empty() and len(taken) < GROUP_COMMANDS_MAX and size < GROUP_USAGE_BYTES_MAX:
                     taken.append(self._queue.get_nowait())
                     size += _size(taken[-1].command)
@@ -435,6 +500,8 @@ class Sequencer:
                     # A commit already started may still land; its callers are told it did not, which is safe
                     # (a resend with the same ids is answered as duplicates after the restart).
                     group.fail(stopped)
+            if self._held is not None and not self._held.submission.future.done():
+                self._held.submission.future.set_exception(stopped)  # a retry of the publish is answered as done
             while not self._queue.empty():
                 taken.append(self._queue.get_nowait())
             for submission in taken:
@@ -474,17 +541,23 @@ class Sequencer:
                 await self._rate(group, run)
                 run = []
             if command is None:
+                await self._complete_rerating(group)  # the close: a pending re-rating completes first
                 group.answers.append((submission, self.billing.last_seq, None))
             elif _expired(submission):
                 expired = DeadlineExceeded("the call's deadline passed while its command waited; nothing was applied")
                 group.answers.append((submission, 0, expired))
-            elif isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
-                await self._apply_publish(group, submission, command)
             else:
                 assert not isinstance(command, UsageBatch)
-                self._apply_admin(group, submission, command)
+                if not isinstance(command, cmd.Reserve | cmd.ReleaseReservation):
+                    # Only usage, Reserve and release apply beside a pending re-rating (they re-rate on touch).
+                    await self._complete_rerating(group)
+                if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
+                    await self._apply_publish(group, submission, command)
+                else:
+                    self._apply_admin(group, submission, command)
         if run:
             await self._rate(group, run)
+        await self._rerate_slice(group)
         group.alerts_upto = self.billing.engine.state.alerts.last_seq
         return group
 
@@ -513,12 +586,12 @@ class Sequencer:
     async def _apply_publish(
         self, group: _Group, submission: _Submission, command: cmd.PublishVersion | cmd.RollbackRateCard
     ) -> None:
-        """PublishVersion, re-rating included (engine/rerate.py): the plan (checked, changing nothing) and then the
-        re-rating, a slice of customers at a time, run on the rating thread with the GIL released inside the
-        kernel, so the event loop serves reads between and during slices; the control plane's half applies on the
-        loop. The writer awaits it all before the next command, so usage arriving meanwhile waits in the queue,
-        and the one journal record (the command) is appended once the re-rating is done: a crash half way leaves
-        nothing of it, replay re-rates exactly as here (the same plan from the same state)."""
+        """PublishVersion (engine/rerate.py, engine/pending.py): the plan (checked, changing nothing) on the rating
+        thread, the control plane's half on the loop, and the command journaled at once. Its re-rating, if any,
+        is then pending: it runs after, a slice of customers at a time between usage runs (`_rerate_slice`), and
+        a batch re-rates the pending customers it names before it is rated; usage goes on meanwhile. The caller
+        is answered, with what the re-rating did, once its completion record is durable (`_complete_rerating`).
+        A crash half way loses nothing: replay of the publish record leaves the same customers pending."""
         seq = self.billing.last_seq + 1
         await self._refresh_tables()
         try:
@@ -530,17 +603,76 @@ class Sequencer:
         except EngineError as exc:
             group.answers.append((submission, 0, exc))
             return
-        done = Rerated()
-        self.billing.start_rerating()
-        await self._refresh_tables(unacknowledged=True)  # the new timeline (the re-rating prices with it)
-        if plan is not None:
-            oplog.line("re-rating started", rate_card=plan.rate_card_id, seq=seq, customers=len(plan.customers))
-            for customers in plan.slices():
-                done.merge(await self._rating_thread.run(self.billing.rerate_slice, plan, customers, seq))
-                # On the loop, a slice's balance rules at a time (as Billing._publish_and_rerate does in replay).
-                self.billing.rerated(customers, command.at_ms, seq)
-            oplog.line("re-rating done", rate_card=plan.rate_card_id, seq=seq, buckets=done.buckets, events=done.events)
-        self._record_applied(group, submission, command, seq, with_rerated(published, done))
+        # The new timeline, compiled a slice at a time and loaded on the rating thread: the publish is not answered
+        # yet, so reads meanwhile may use the tables before it.
+        await self._refresh_tables(unacknowledged=True)
+        if plan is None:
+            self.billing.defer_rerating(None, seq)
+            self._record_applied(group, submission, command, seq, with_rerated(published, Rerated()))
+            return
+        self.billing.defer_rerating(plan, seq)
+        oplog.line("re-rating started", rate_card=plan.rate_card_id, seq=seq, customers=len(plan.customers))
+        group.changes.append((command.actor, type(command).__name__, audit_target(command, published)))
+        record = JournalRecord(command, alerts=self.billing.take_fired(), deferred=True)
+        group.records.append((seq, encode_record(record)))
+        self._held = _HeldPublish(submission, seq, published)
+
+    async def _rerate_slice(self, group: _Group) -> None:
+        """Background work of a pending re-rating: the next slice of its customers on the rating thread (GIL
+        released inside the kernel); once none is pending, its completion record goes into `group`."""
+        if self.billing.rerating is None:
+            return
+        await self._rating_thread.run(self.billing.rerate_next, SLICE_CUSTOMERS)
+        rerating = self.billing.rerating
+        if rerating is not None and not rerating.pending:
+            await self._complete_rerating(group)
+
+    async def _complete_rerating(self, group: _Group) -> None:
+        """Completes the pending re-rating, if any, before another admin command (or the close) applies: its
+        remaining slices, then its completion record (with the alerts the re-rating fired), and the publish's
+        answer in `group`. The balance rules are evaluated on the rating thread, as a batch's are."""
+        while self.billing.rerating is not None and self.billing.rerating.pending:
+            await self._rating_thread.run(self.billing.rerate_next, SLICE_CUSTOMERS)
+        rerating = self.billing.rerating
+        if rerating is None:
+            return
+        seq = self.billing.last_seq + 1
+        done = await self._rating_thread.run(self.billing.finish_rerating, seq, group.now_ms)
+        totals = (
+            done.customers,
+            done.buckets,
+            done.events,
+            done.amount_delta_picos,
+            done.closed_buckets,
+            done.closed_events,
+            done.closed_amount_picos,
+        )
+        record = JournalRecord(
+            rerated=RerationDone(rerating.publish_seq, group.now_ms, totals), alerts=self.billing.take_fired()
+        )
+        group.records.append((seq, encode_record(record)))
+        group.touched.update(rerating.customers)
+        oplog.line(
+            "re-rating done",
+            rate_card=rerating.rate_card_id,
+            seq=rerating.publish_seq,
+            buckets=done.buckets,
+            events=done.events,
+        )
+        held, self._held = self._held, None
+        if held is not None and held.seq == rerating.publish_seq:
+            group.answers.append((held.submission, held.seq, with_rerated(held.published, done)))
+
+    def _fail_held(self, error: Exception) -> None:
+        """After the state was rebuilt from the journal: a held publish the journal does not hold is answered
+        with the error (a publish it holds stays pending and is answered on completion)."""
+        held = self._held
+        rerating = self.billing.rerating
+        if held is None or (rerating is not None and rerating.publish_seq == held.seq):
+            return
+        self._held = None
+        if not held.submission.future.done():
+            held.submission.future.set_exception(error)
 
     async def _rate(self, group: _Group, run: list[tuple[_Submission, UsageBatch]]) -> None:
         """Rates a run of usage batches on the rating thread while the event loop goes on serving reads (each
@@ -604,6 +736,7 @@ class Sequencer:
             failure = Unavailable(f"the journal commit failed, nothing was written: {exc}")
         if failure is not None:
             self._rebuild()
+            self._fail_held(failure)
             group.fail(failure)
             if self.committed is not None:
                 self.committed(None, self.billing.engine.state.alerts.last_seq)

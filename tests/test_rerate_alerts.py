@@ -1,5 +1,6 @@
 """A re-rating is a change like any other for balance rules and watchers: a retroactive publish that moves a
-customer's balance across a LOW_BALANCE threshold fires the alert once, in the publish's journal record, reports
+customer's balance across a LOW_BALANCE threshold fires the alert once, in the record that completes the re-rating
+(the one after the publish's: the writer journals a publish first and re-rates after, engine/pending.py), reports
 the customer as touched (a rollback that re-rates back too, clearing the condition), and a replay of the journal
 fires exactly the same."""
 
@@ -38,7 +39,7 @@ def batch(hour: int) -> UsageBatch:
     return UsageBatch(usage_pb2.UsageBatch(batch_id=f"b{hour}", events=[event]).SerializeToString(), 100)
 
 
-def test_a_retroactive_price_increase_crossing_low_balance_fires_once_in_the_publish_record() -> None:
+def test_a_retroactive_price_increase_crossing_low_balance_fires_once_in_the_rerating_completion_record() -> None:
     journal = MemoryJournal()
     touched: list[set[str]] = []
 
@@ -79,13 +80,15 @@ def test_a_retroactive_price_increase_crossing_low_balance_fires_once_in_the_pub
     live, publish_seq = asyncio.run(main())
     [alert] = live.engine.state.alerts.log
     assert (alert.seq, alert.rule_id, alert.customer_id, alert.type) == (1, "low", "acme", AlertType.LOW_BALANCE)
-    assert (alert.journal_seq, alert.at_ms) == (publish_seq, RECEIVED_MS)
+    assert (alert.journal_seq, alert.at_ms) == (publish_seq + 1, RECEIVED_MS)
     assert alert.details == {"credits_available": "2", "threshold": "3"}
     records = {seq: decode_record(blob) for seq, blob in journal.read_records(0)}
-    assert {seq: record.alerts for seq, record in records.items() if record.alerts} == {publish_seq: [alert]}
-    assert isinstance(records[publish_seq].command, cmd.PublishVersion)
-    # Replay re-rates through Billing._publish_and_rerate and must fire the same (recover compares each record's
-    # alerts and raises RatingChanged otherwise).
+    assert {seq: record.alerts for seq, record in records.items() if record.alerts} == {publish_seq + 1: [alert]}
+    assert isinstance(records[publish_seq].command, cmd.PublishVersion) and records[publish_seq].deferred
+    completion = records[publish_seq + 1].rerated
+    assert completion is not None and completion.publish_seq == publish_seq
+    # Replay leaves the publish's re-rating pending and completes it at the completion record, and must fire the
+    # same (recover compares each record's alerts and raises RatingChanged otherwise).
     replayed = recover(journal)
     assert replayed.engine.state.alerts == live.engine.state.alerts
     assert replayed.balance("acme", RECEIVED_MS).available == 4 * 10**12  # the rollback replayed too

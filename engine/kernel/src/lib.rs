@@ -21,6 +21,7 @@ pub mod rerate;
 pub mod route;
 pub mod snapshot;
 pub mod tables;
+pub mod touch;
 
 mod bindings;
 
