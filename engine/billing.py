@@ -6,9 +6,9 @@ Usage goes to the kernel as the `UsageBatch` bytes received: one call per batch,
 event. Admin commands go to the control plane; the kernel's tables are recompiled from it in ONE place
 (`refresh_tables`), lazily: an admin command notes what it changed, and the next batch or read compiles
 once, so a run of admin commands compiles once. A command that changes one customer (its creation,
-contracts, overrides, grants) recompiles that customer only; any other (catalogue, rate cards, versions)
-recompiles the whole tables. The writer refreshes them before it hands batches to another
-thread and applies no admin command until they are rated, so while a batch is rated the tables are current
+contracts, overrides, grants) recompiles that customer only; a draft version or a new rate card
+(in no table yet) recompiles nothing; any other (products, publishes, rollbacks) recompiles the whole
+tables. The writer refreshes them before it hands batches to another thread and applies no admin command until they are rated, so while a batch is rated the tables are current
 and a read (balances, Authorize) compiles nothing: it touches no Python state the rating thread uses.
 
 Sans-I/O like the rest of engine/: time comes in with each call.
@@ -16,7 +16,7 @@ Sans-I/O like the rest of engine/: time comes in with each call.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -33,6 +33,7 @@ from engine.ledger import Grant
 from engine.rerate import Rerated, RerationPlan, Simulation, plan_rerating, rerate_slice, simulate, with_rerated
 from engine.state import Engine
 from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
+from engine.tables_paced import compile_all_steps, compile_customers_steps
 from engine.versions import PublishResult
 
 HOUR_MS = 3_600_000
@@ -90,6 +91,14 @@ class Estimate:
     available: int
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledTables:
+    """The whole tables compiled by `Billing.compile_steps`, in parts, for `Billing.load_compiled`."""
+
+    parts: list[bytes]
+    compiler: TableCompiler  # whose indexes the parts follow
+
+
 class Snapshot(msgspec.Struct, frozen=True):
     """A snapshot's stored form: the control plane (JSON of engine/control.py's BillingState) and the kernel's state bytes."""
 
@@ -139,6 +148,10 @@ class Billing:
         self._compiler = TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
         self._tables_stale = True  # the whole tables
         self._customers_stale: set[str] = set()  # only these customers' (when the whole tables are current)
+        # A refresh in steps (compile_steps): under way until its tables are loaded, and the steps themselves
+        # with whether they compile an unacknowledged command's tables, until they are exhausted.
+        self._refreshing = False
+        self._in_flight: tuple[Generator[None, None, CompiledTables | None], bool] | None = None
         # The kernel lists the customers each batch touches while someone watches a balance or an alert rule
         # exists; otherwise ingestion does not even compare (see Kernel.track_touched).
         self._watching = False
@@ -161,6 +174,8 @@ class Billing:
         self.engine.reset(other.engine.state)
         self.kernel = other.kernel
         self._tables_stale = True
+        self._refreshing = False
+        self._in_flight = None
         self._fired.clear()
         self._tracking = other._tracking
         self._sync_tracking()
@@ -182,6 +197,8 @@ class Billing:
             # batch is being rated while an admin command applies.
             self.kernel.take_touched()
             return result
+        if isinstance(command, cmd.CreateDraftVersion | cmd.CreateRateCard):
+            return result  # no table holds a draft, nor a rate card until it has a published version
         customer_id = _changed_customer(command, result)
         if customer_id is None:
             self._tables_stale = True
@@ -425,20 +442,75 @@ class Billing:
     def refresh_tables(self, *, whole: bool = False) -> None:
         """Compiles what an admin command changed since: the whole tables, or only the customers touched (a
         no-op when nothing changed, so a read calling it while a batch is rated elsewhere does nothing: the
-        writer refreshed them first). `whole` recompiles everything regardless."""
-        if self._tables_stale or whole:
-            self.kernel.load_tables(self._compiler.compile_all(self.engine.state))
-            self._tables_stale = False
-            self._customers_stale.clear()
-        elif self._customers_stale:
+        writer refreshed them first). `whole` recompiles everything regardless. A refresh in steps under way
+        (compile_steps) is finished here at once, unless it compiles an unacknowledged command's tables: those a
+        read does not wait for."""
+        if self._in_flight is not None:
+            steps, unacknowledged = self._in_flight
+            if unacknowledged:
+                return
+            compiled = drain_compile(steps)  # its driver finds it exhausted
+            if compiled is not None:
+                self.load_compiled(compiled)
+        elif self._refreshing:
+            return  # compiled, being loaded by the writer
+        if whole:
+            self._tables_stale = True
+        compiled = drain_compile(self.compile_steps())
+        if compiled is not None:
+            self.load_compiled(compiled)
+
+    def compile_steps(self, *, unacknowledged: bool = False) -> Generator[None, None, CompiledTables | None]:
+        """refresh_tables a slice of customers per step (engine/tables_paced.py), for a caller that pauses between
+        steps. Touched customers load a slice at a time as they compile (each slice alone is consistent); the whole
+        tables are returned compiled, for `load_compiled` (one atomic load), or None when there is nothing to load.
+        The caller applies no command until then. A read meanwhile (refresh_tables) finishes the refresh itself,
+        unless `unacknowledged`: the tables of a command not yet acknowledged (a publish being applied), which a
+        read need not see, so it reads the tables loaded before."""
+        steps = self._compile_steps()
+        self._in_flight = (steps, unacknowledged)
+        try:
+            return (yield from steps)
+        finally:
+            if self._in_flight is not None and self._in_flight[0] is steps:
+                self._in_flight = None
+
+    def _compile_steps(self) -> Generator[None, None, CompiledTables | None]:
+        if not self._tables_stale and not self._customers_stale:
+            return None
+        self._refreshing = True
+        try:
+            if self._tables_stale:
+                # A compiler of its own: the current one's indexes stay those of the tables loaded.
+                compiler = TableCompiler(future_skew_ms=self.future_skew_ms, dedupe_window_ms=self.dedupe_window_ms)
+                parts = yield from compile_all_steps(compiler, self.engine.state)
+                return CompiledTables(parts, compiler)
             # Failing half way (a value the kernel refuses), the compiler's indexes and the kernel's may part:
             # the next refresh compiles the whole tables again.
             self._tables_stale = True
-            self.kernel.load_customers(
-                self._compiler.compile_customers(self.engine.state, self._customers_stale, self.engine.contracts_of)
-            )
+            for blob in compile_customers_steps(
+                self._compiler, self.engine.state, self._customers_stale, self.engine.contracts_of
+            ):
+                self.kernel.load_customers(blob)
+                yield
             self._tables_stale = False
             self._customers_stale.clear()
+            self._refreshing = False
+            return None
+        except BaseException:
+            self._refreshing = False
+            raise
+
+    def load_compiled(self, compiled: CompiledTables) -> None:
+        """Loads the whole tables compile_steps compiled (a join and one kernel call, both with the GIL released: a
+        server may make them on another thread while nothing else changes the state)."""
+        try:
+            self.kernel.load_tables(b"".join(compiled.parts))
+            self._compiler = compiled.compiler
+            self._tables_stale = False
+            self._customers_stale.clear()
+        finally:
+            self._refreshing = False
 
     # Reads ---------------------------------------------------------------------------------------------
 
@@ -594,3 +666,13 @@ def _credit_customers(command: cmd.KernelCommand, result: object) -> list[str]:
         return list(result.customers)
     customer_id = getattr(result, "customer_id", None)
     return [customer_id] if isinstance(customer_id, str) else []
+
+
+def drain_compile(steps: Generator[None, None, CompiledTables | None]) -> CompiledTables | None:
+    """Runs compile_steps without pausing."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            compiled: CompiledTables | None = done.value
+            return compiled

@@ -62,7 +62,10 @@ class Account(msgspec.Struct, gc=False):
     """One customer's grants as granted (their balances are the kernel's) and its closed periods."""
 
     customer_id: str
-    grants: list[Grant] = []
+    # A tuple, not a list: a tuple of untracked structs drops out of the garbage collector's view after its first
+    # collection, where a list stays tracked for ever, one per customer in every full collection (the server's
+    # periodic one holds the event loop: server/app.py keep_freezing_survivors).
+    grants: tuple[Grant, ...] = ()
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
     invoices: dict[int, str] = {}  # period start -> the number of its final invoice
 

@@ -64,7 +64,7 @@ class GrantCommands(ControlPlane):
             creation_order=self.state.grants_created,
             request=print_,
         )
-        account.grants.append(grant)
+        account.grants = (*account.grants, grant)
         self._grant_ids.add(grant.id)
         return grant
 

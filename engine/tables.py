@@ -163,6 +163,21 @@ class TableCompiler:
 
     def compile_all(self, state: BillingState) -> bytes:
         """Every table, msgpack-encoded for Kernel.load_tables; the indexes later customer compiles follow."""
+        products, versions = self.shared_tables(state)
+        timelines: list[list[tuple[int, int]]] = []
+        contracts_by_customer: dict[str, list[Contract]] = {}
+        for contract in state.contracts.values():  # grouped once: a scan per customer would be quadratic
+            contracts_by_customer.setdefault(contract.customer_id, []).append(contract)
+        customers = [
+            self.customer_table(state, customer, contracts_by_customer.get(customer.id, ()), timelines)
+            for customer in state.customers.values()
+        ]
+        tables = Tables(self.future_skew_ms, self.dedupe_window_ms, products, versions, timelines, customers)
+        return msgspec.msgpack.encode(tables)
+
+    def shared_tables(self, state: BillingState) -> tuple[list[ProductTable], list[VersionTable]]:
+        """The products and versions of a whole compile: indexes the versions afresh and forgets the timelines, which
+        the customers' tables compiled next index again."""
         products = [
             ProductTable(
                 p.id,
@@ -182,31 +197,27 @@ class TableCompiler:
                     self._version_index[(card.id, number)] = len(versions)
                     versions.append(_version_table(card, number, state))
         self._timeline_index = {}
-        timelines: list[list[tuple[int, int]]] = []
-        contracts_by_customer: dict[str, list[Contract]] = {}
-        for contract in state.contracts.values():  # grouped once: a scan per customer would be quadratic
-            contracts_by_customer.setdefault(contract.customer_id, []).append(contract)
-        customers = [
-            self._customer_table(state, customer, contracts_by_customer.get(customer.id, ()), timelines)
-            for customer in state.customers.values()
-        ]
-        tables = Tables(self.future_skew_ms, self.dedupe_window_ms, products, versions, timelines, customers)
-        return msgspec.msgpack.encode(tables)
+        return products, versions
+
+    @property
+    def timelines_held(self) -> int:
+        """How many timelines the compiled customers name so far (those the kernel holds once loaded)."""
+        return len(self._timeline_index)
 
     def compile_customers(
         self, state: BillingState, customer_ids: Iterable[str], contracts_of: Callable[[str], Sequence[Contract]]
     ) -> bytes:
         """These customers' tables, msgpack-encoded for Kernel.load_customers, against the last `compile_all`
         (which must have seen every product, version and rate card they name)."""
-        first_timeline = len(self._timeline_index)
+        first_timeline = self.timelines_held
         timelines: list[list[tuple[int, int]]] = []
         customers = [
-            self._customer_table(state, state.customers[customer_id], contracts_of(customer_id), timelines)
+            self.customer_table(state, state.customers[customer_id], contracts_of(customer_id), timelines)
             for customer_id in sorted(customer_ids)
         ]
         return msgspec.msgpack.encode(CustomerTables(first_timeline, timelines, customers))
 
-    def _customer_table(
+    def customer_table(
         self,
         state: BillingState,
         customer: Customer,

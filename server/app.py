@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import gc
 import importlib.metadata
 import ipaddress
@@ -440,7 +441,10 @@ async def report_activity(every_s: float, journal_bytes: Callable[[], int], stal
     """The periodic activity line, only for an interval in which something happened."""
     while True:
         await asyncio.sleep(every_s)
-        fields = oplog.activity.report(journal_bytes)
+        # Read on a thread: LMDB's statistics read pages of the journal's map, which can wait for the disk
+        # (a 45 ms and a 609 ms stall of the loop were measured in this call under the stall bench).
+        used_bytes = await asyncio.to_thread(journal_bytes)
+        fields = oplog.activity.report(functools.partial(int, used_bytes))
         stall_ms = stalls.take() if stalls is not None else None
         if fields is not None:
             if stall_ms is not None:

@@ -36,7 +36,9 @@ async def drive_clock(
 ) -> None:
     """Runs until cancelled or the writer stops."""
     while sequencer.failure is None:
-        due_ms = billing.kernel.next_due()
+        # Asked on a thread: the call waits for the kernel's lock, which a batch being rated holds, and on a busy
+        # machine the rating thread can lose its CPU while it holds it (20-45 ms measured): the loop would wait.
+        due_ms = await asyncio.to_thread(billing.kernel.next_due)
         now_ms = clock_ms()
         if due_ms is not None and now_ms >= due_ms:
             try:

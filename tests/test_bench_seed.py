@@ -27,7 +27,7 @@ RECEIPT_TIMES = {"at_ms", "created_at_ms", "published_at_ms"}
 def without_receipt_times(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: without_receipt_times(v) for k, v in value.items() if k not in RECEIPT_TIMES}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # a tuple field (an account's grants) stays a tuple in to_builtins
         return [without_receipt_times(v) for v in value]
     return value
 

@@ -210,7 +210,7 @@ class CountingKernel:
         self.kernel.load_customers(customers)
 
 
-def test_a_customer_command_recompiles_that_customer_only_and_a_version_the_whole_tables() -> None:
+def test_a_customer_command_recompiles_that_customer_a_publish_the_whole_tables_a_draft_nothing() -> None:
     counting = CountingKernel()
     billing = Billing(kernel=cast(Kernel, counting))
     catalogue = (ProductSpec("p0", "ai", Aggregation.SUM, "a", (), ("model",), UNIT_ONE, None, None),)
@@ -228,6 +228,9 @@ def test_a_customer_command_recompiles_that_customer_only_and_a_version_the_whol
     billing.refresh_tables()  # nothing changed since: nothing loaded
     assert (counting.whole_loads, counting.customer_loads) == (1, [["acme", "c1"]])
     billing.apply(cmd.CreateDraftVersion(EPOCH_MS, ACTOR, "card", 1, {}, (), (), (), ""), billing.last_seq + 1)
+    billing.refresh_tables()  # a draft is in no table: nothing loaded
+    assert (counting.whole_loads, len(counting.customer_loads)) == (1, 1)
+    billing.apply(cmd.PublishVersion(EPOCH_MS, ACTOR, "card", 2, EPOCH_MS + HOUR_MS), billing.last_seq + 1)
     billing.refresh_tables()
     assert (counting.whole_loads, len(counting.customer_loads)) == (2, 1)
 

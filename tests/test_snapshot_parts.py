@@ -4,7 +4,9 @@ tasks run between the parts instead of holding the event loop for the whole enco
 
 from __future__ import annotations
 
-import asyncio
+import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import msgspec
@@ -72,42 +74,48 @@ def test_billing_encode_snapshot_restores_the_same_state() -> None:
     assert restored.balance("cust-1", EPOCH_MS).remaining == billing.balance("cust-1", EPOCH_MS).remaining
 
 
-def test_the_writer_lets_other_tasks_run_while_it_encodes_a_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no time budget between pauses, the writer yields after every part: a task counting its turns runs
-    between the parts of the control plane's encoding, and the stored snapshot is the one-shot encoding's
-    bytes (recovery through it gives the same state)."""
+def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_one_shot_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The control plane's parts are encoded on another thread than the event loop's, handing the GIL over between
+    parts (with no time budget: after every part) at a shorter switch interval, restored afterwards; the stored
+    snapshot is the one-shot encoding's bytes, and recovery through it gives the same state."""
     monkeypatch.setattr(sequencer_module, "PAUSE_EVERY_S", 0.0)
     journal = MemoryJournal()
-    turns_at_part: list[int] = []
+    encoded_on: set[int] = set()
     expected: list[bytes] = []
+    loop_thread: list[int] = []
+    handovers: list[float] = []
+    switch_intervals: set[float] = set()
+    default_switch_interval = sys.getswitchinterval()
+    sleep = time.sleep
+
+    def counted_sleep(seconds: float) -> None:
+        handovers.append(seconds)
+        sleep(seconds)
 
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(*(event(f"t{i}") for i in range(5))))
         expected.append(sequencer.billing.encode_snapshot())
-        turns = [0]
-
-        async def count_turns() -> None:
-            while True:
-                turns[0] += 1
-                await asyncio.sleep(0)
-
+        loop_thread.append(threading.get_ident())
         parts_of = sequencer.billing.control_snapshot_parts
 
         def counted_parts() -> Iterator[bytes]:
             for part in parts_of():
-                seen.append(turns[0])
+                encoded_on.add(threading.get_ident())
+                switch_intervals.add(sys.getswitchinterval())
                 yield part
 
-        seen: list[int] = []
         monkeypatch.setattr(sequencer.billing, "control_snapshot_parts", counted_parts)
-        counter = asyncio.create_task(count_turns())
+        monkeypatch.setattr(time, "sleep", counted_sleep)
         await sequencer._snapshot()
-        counter.cancel()
-        turns_at_part.extend(seen)
+        monkeypatch.setattr(time, "sleep", sleep)
 
     billing = run_with(journal, body)
-    assert len(turns_at_part) > 10
-    assert turns_at_part[-1] - turns_at_part[0] >= len(turns_at_part) - 1  # a turn between every two parts
+    assert encoded_on and loop_thread[0] not in encoded_on
+    assert len(handovers) > 10 and set(handovers) == {sequencer_module.GIL_HANDOVER_S}
+    assert switch_intervals == {sequencer_module.SNAPSHOT_SWITCH_INTERVAL_S}
+    assert sys.getswitchinterval() == default_switch_interval
     stored = journal.load_snapshot()
     assert stored is not None
     # close() wrote the last snapshot, at the same state: the paced path stored the one-shot bytes.
