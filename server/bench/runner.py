@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work-dir", type=Path, help="where data directories go (default: a fresh temp dir, removed after)"
     )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to every `tariff serve` the bench starts (repeatable; e.g. --server-arg=--no-explain-index)",
+    )
 
 
 def _config(args: argparse.Namespace, work_dir: Path) -> BenchConfig:
@@ -84,6 +91,7 @@ def _config(args: argparse.Namespace, work_dir: Path) -> BenchConfig:
         only=only,
         postgres=not args.no_postgres,
         work_dir=work_dir,
+        server_args=tuple(args.server_arg),
     )
 
 

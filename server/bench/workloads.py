@@ -89,6 +89,7 @@ class BenchConfig:
     only: tuple[str, ...]
     postgres: bool
     work_dir: Path
+    server_args: tuple[str, ...] = ()  # given to every `tariff serve` (--server-arg)
 
 
 @dataclass
@@ -154,7 +155,7 @@ class Bench:
 
     def start_tariff(self, name: str, extra_args: tuple[str, ...] = ()) -> ServedProcess:
         directory = self.directory(name)
-        server = tariff_server(directory / "data", directory / "server.log", extra_args)
+        server = tariff_server(directory / "data", directory / "server.log", (*self.config.server_args, *extra_args))
         self.servers.append(server)
         server.start()
         return server
@@ -204,7 +205,7 @@ class Bench:
         progress(f"writing the journal of {customers:,} customers' seeding RPCs, then recovering it")
         directory = self.directory("tariff")
         written_s = seed_journal(directory / "data", customers)
-        server = tariff_server(directory / "data", directory / "server.log")
+        server = tariff_server(directory / "data", directory / "server.log", self.config.server_args)
         self.servers.append(server)
         recovered_s = server.start(timeout_s=JOURNAL_SEED_RECOVERY_TIMEOUT_S)
         self.seed_s = written_s + recovered_s
