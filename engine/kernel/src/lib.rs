@@ -13,6 +13,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod draw;
 pub mod explain;
+pub mod explain_block;
 pub mod invoice;
 pub mod kernel;
 pub mod money;
