@@ -6,7 +6,10 @@
 //! chunk's key is block u64 BE | line key (16 bytes) of its first part | that part's ordinal among the line's
 //! parts in the block (u32 BE): a block's chunks are one key range, and blocks follow journal order, so LMDB
 //! appends them without touching an older page.
-//! Chunk layout: (line key 16 bytes | part length u32 LE | event part)*, the event part as in explain.rs.
+//! Chunk layout: (line key 16 bytes | packed length | packed event part)*: the event part of explain.rs with
+//! every length and count a LEB128 varint and every integer a zigzag varint (a quantity, amount or credit of a
+//! few units takes a few bytes instead of 16; an index write costs about what its bytes cost), unpacked back to
+//! explain.rs's layout for the one line a page asks for.
 //!
 //! Alongside, one entry per (customer, period) the block touched: key = `period_key` | block u64 BE, value =
 //! the first 4 bytes of each line key of that customer and period in the block, sorted and distinct. A reader
@@ -36,13 +39,15 @@ fn digest(scratch: &mut Vec<u8>, customer_id: &str, period_start_ms: i64, line: 
     xxh3_128(scratch).to_be_bytes()
 }
 
+/// A chunk: (28-byte key, value).
+pub type Chunk = (Vec<u8>, Vec<u8>);
+
 /// One block's entries, sorted by key within each list.
 #[derive(Debug, Default, PartialEq)]
 pub struct Block {
     /// Its number: the first journal seq it holds (0 for a block that holds nothing).
     pub block: u64,
-    /// (28-byte key, chunk).
-    pub chunks: Vec<(Vec<u8>, Vec<u8>)>,
+    pub chunks: Vec<Chunk>,
     /// (period_key | block, sorted distinct 4-byte line key prefixes).
     pub periods: Vec<([u8; 24], Vec<u8>)>,
 }
@@ -75,12 +80,13 @@ pub fn build(records: &[&[u8]], after_seq: u64, chunk_bytes: usize) -> Result<Bl
         }
     }
     parts.sort_by_key(|part| part.line); // stable
-    Ok(Block { block, chunks: chunks(&parts, block, chunk_bytes), periods: periods(&parts, block) })
+    Ok(Block { block, chunks: chunks(&parts, block, chunk_bytes)?, periods: periods(&parts, block) })
 }
 
-fn chunks(parts: &[Part], block: u64, chunk_bytes: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut chunks: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+fn chunks(parts: &[Part], block: u64, chunk_bytes: usize) -> Result<Vec<Chunk>, String> {
+    let mut chunks: Vec<Chunk> = Vec::new();
     let mut ordinal = 0u32;
+    let mut packed = Vec::with_capacity(256);
     for (at, part) in parts.iter().enumerate() {
         ordinal = if at > 0 && parts[at - 1].line == part.line { ordinal + 1 } else { 0 };
         if chunks.last().is_none_or(|(_, chunk)| chunk.len() >= chunk_bytes) {
@@ -91,11 +97,104 @@ fn chunks(parts: &[Part], block: u64, chunk_bytes: usize) -> Vec<(Vec<u8>, Vec<u
             chunks.push((key, Vec::with_capacity(chunk_bytes + 256)));
         }
         let chunk = &mut chunks.last_mut().expect("pushed above").1;
+        packed.clear();
+        pack_part(part.part, &mut packed)?;
         chunk.extend_from_slice(&part.line);
-        chunk.extend_from_slice(&(part.part.len() as u32).to_le_bytes());
-        chunk.extend_from_slice(part.part);
+        put_varint(chunk, packed.len() as u128);
+        chunk.extend_from_slice(&packed);
     }
-    chunks
+    Ok(chunks)
+}
+
+fn put_varint(out: &mut Vec<u8>, value: u128) {
+    // Most values fit 64 bits: their loop runs on one register instead of two.
+    if let Ok(mut narrow) = u64::try_from(value) {
+        while narrow >= 0x80 {
+            out.push((narrow as u8) | 0x80);
+            narrow >>= 7;
+        }
+        out.push(narrow as u8);
+        return;
+    }
+    let mut wide = value;
+    while wide >= 0x80 {
+        out.push((wide as u8) | 0x80);
+        wide >>= 7;
+    }
+    out.push(wide as u8);
+}
+
+fn put_zigzag(out: &mut Vec<u8>, value: i128) {
+    put_varint(out, ((value << 1) ^ (value >> 127)) as u128);
+}
+
+fn varint(reader: &mut Reader) -> Result<u128, String> {
+    let mut value = 0u128;
+    for shift in (0..128).step_by(7) {
+        let byte = reader.take(1)?[0];
+        value |= u128::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(format!("a varint runs past 128 bits at byte {}", reader.at))
+}
+
+fn zigzag(reader: &mut Reader) -> Result<i128, String> {
+    let value = varint(reader)?;
+    Ok(((value >> 1) as i128) ^ -((value & 1) as i128))
+}
+
+fn i128_at(reader: &mut Reader) -> Result<i128, String> {
+    Ok(i128::from_le_bytes(reader.take(16)?.try_into().expect("16 bytes")))
+}
+
+/// An event part (explain.rs's layout), packed.
+fn pack_part(part: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let mut reader = Reader { bytes: part, at: 0 };
+    let put_text = |out: &mut Vec<u8>, reader: &mut Reader| -> Result<(), String> {
+        let size = reader.u32()?;
+        put_varint(out, size.into());
+        out.extend_from_slice(reader.take(size as usize)?); // checked UTF-8 when the record was read
+        Ok(())
+    };
+    put_text(out, &mut reader)?;
+    put_zigzag(out, i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes")).into());
+    put_varint(out, reader.u32()?.into());
+    for _ in 0..3 {
+        put_zigzag(out, i128_at(&mut reader)?); // quantity, amount, overage
+    }
+    let draws = reader.u32()?;
+    put_varint(out, draws.into());
+    for _ in 0..draws {
+        put_text(out, &mut reader)?;
+        put_zigzag(out, i128_at(&mut reader)?);
+    }
+    Ok(())
+}
+
+/// A packed event part, appended to `out` in explain.rs's layout.
+fn unpack_part(reader: &mut Reader, out: &mut Vec<u8>) -> Result<(), String> {
+    fn text(reader: &mut Reader, out: &mut Vec<u8>) -> Result<(), String> {
+        let size = u32::try_from(varint(reader)?).map_err(|e| e.to_string())?;
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(reader.take(size as usize)?);
+        Ok(())
+    }
+    let small = |value: u128| u32::try_from(value).map_err(|e| e.to_string());
+    text(reader, out)?;
+    out.extend_from_slice(&i64::try_from(zigzag(reader)?).map_err(|e| e.to_string())?.to_le_bytes());
+    out.extend_from_slice(&small(varint(reader)?)?.to_le_bytes());
+    for _ in 0..3 {
+        out.extend_from_slice(&zigzag(reader)?.to_le_bytes());
+    }
+    let draws = small(varint(reader)?)?;
+    out.extend_from_slice(&draws.to_le_bytes());
+    for _ in 0..draws {
+        text(reader, out)?;
+        out.extend_from_slice(&zigzag(reader)?.to_le_bytes());
+    }
+    Ok(())
 }
 
 fn periods(parts: &[Part], block: u64) -> Vec<([u8; 24], Vec<u8>)> {
@@ -130,12 +229,16 @@ pub fn chunk_line(chunk: &[u8], line: &[u8]) -> Result<(Vec<u8>, u32, bool), Str
     let mut count = 0u32;
     while reader.at < chunk.len() {
         let key = reader.take(16)?;
-        let size = reader.u32()? as usize;
-        let part = reader.take(size)?;
+        let size = usize::try_from(varint(&mut reader)?).map_err(|e| e.to_string())?;
+        let packed = reader.take(size)?;
         match key.cmp(line) {
             std::cmp::Ordering::Less => {}
             std::cmp::Ordering::Equal => {
-                found.extend_from_slice(part);
+                let mut part = Reader { bytes: packed, at: 0 };
+                unpack_part(&mut part, &mut found)?;
+                if part.at != packed.len() {
+                    return Err(format!("a packed event part has {} bytes past its end", packed.len() - part.at));
+                }
                 count += 1;
             }
             std::cmp::Ordering::Greater => return Ok((found, count, true)),
@@ -167,6 +270,33 @@ mod tests {
             recorder.record(&charged, product, 0, || format!("p{product}"), [("g", 10)].iter().copied());
         }
         recorder.take()
+    }
+
+    #[test]
+    fn packed_parts_unpack_to_the_same_bytes_at_the_extremes() {
+        let mut part = Vec::new();
+        for tx in ["", "tx-é"] {
+            part.clear();
+            part.extend_from_slice(&(tx.len() as u32).to_le_bytes());
+            part.extend_from_slice(tx.as_bytes());
+            part.extend_from_slice(&i64::MIN.to_le_bytes());
+            part.extend_from_slice(&u32::MAX.to_le_bytes());
+            for value in [i128::MAX, i128::MIN, -1] {
+                part.extend_from_slice(&value.to_le_bytes());
+            }
+            part.extend_from_slice(&2u32.to_le_bytes());
+            for (grant, credits) in [("g", 0i128), ("", i128::MIN + 1)] {
+                part.extend_from_slice(&(grant.len() as u32).to_le_bytes());
+                part.extend_from_slice(grant.as_bytes());
+                part.extend_from_slice(&credits.to_le_bytes());
+            }
+            let mut packed = Vec::new();
+            pack_part(&part, &mut packed).unwrap();
+            let mut unpacked = Vec::new();
+            unpack_part(&mut Reader { bytes: &packed, at: 0 }, &mut unpacked).unwrap();
+            assert_eq!(unpacked, part);
+        }
+        assert!(varint(&mut Reader { bytes: &[0xff; 20], at: 0 }).is_err(), "past 128 bits");
     }
 
     #[test]
