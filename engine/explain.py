@@ -1,7 +1,7 @@
 """ExplainLineItem's rules, sans-I/O: which periods exist, which lines a period has, and each event's figures.
 
 A customer's billing periods are the monthly calendar of its contracts (engine/contracts.py, computed the same
-way as the rating kernel's route.rs); a line is one product and combination of pricing-dimension values with
+way as the rating kernel: its `period_containing`); a line is one product and combination of pricing-dimension values with
 usage in the period (engine/lines.py names it). The events behind a line come from the explain index
 (server/explain_index.py); here they become the figures the wire shows.
 """
@@ -12,7 +12,9 @@ import calendar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from engine._kernel import period_containing
 from engine.errors import InvalidArgument, NotFound
+from engine.invoices import HOUR_MS, LineAdjustment
 from engine.lines import line_id
 from engine.money import round_ratio
 from engine.state import Engine
@@ -30,7 +32,8 @@ def check_instant(ms: int, field: str) -> None:
 
 
 def add_months(anchor_ms: int, months: int) -> int:
-    """The anchor plus `months` calendar months, a day past the month's end clamped to its last day (route.rs)."""
+    """The anchor plus `months` calendar months, a day past the month's end clamped to its last day (route.rs).
+    engine/revenue.py's calendar; ExplainLineItem asks the kernel's `period_containing`."""
     anchor = datetime.fromtimestamp(anchor_ms / 1000, UTC)
     month_index = anchor.year * 12 + anchor.month - 1 + months
     year, month = divmod(month_index, 12)
@@ -40,18 +43,21 @@ def add_months(anchor_ms: int, months: int) -> int:
     return anchor_ms + round((moved - anchor).total_seconds() * 1000)
 
 
-def is_period_start(engine: Engine, customer_id: str, start_ms: int) -> bool:
-    """Whether one of the customer's contracts has a billing period starting at start_ms."""
+def period_starting(engine: Engine, customer_id: str, start_ms: int) -> tuple[int, int] | None:
+    """(start, end) of the customer's billing period starting at start_ms (the kernel's calendar), None when no
+    contract of the customer has a period starting then."""
     for contract in engine.state.contracts.values():
         if contract.customer_id != customer_id or not contract.covers(start_ms):
             continue
-        anchor = contract.starting_at_ms
-        months = max(0, (start_ms - anchor) // (31 * 86_400_000))  # never past the answer
-        while (at := add_months(anchor, months)) < start_ms:
-            months += 1
-        if at == start_ms:
-            return True
-    return False
+        period = period_containing(contract.starting_at_ms, start_ms)
+        if period[0] == start_ms:
+            return period
+    return None
+
+
+def is_period_start(engine: Engine, customer_id: str, start_ms: int) -> bool:
+    """Whether one of the customer's contracts has a billing period starting at start_ms."""
+    return period_starting(engine, customer_id, start_ms) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,37 @@ def period_lines(engine: Engine, usage: object, period_start_ms: int) -> dict[st
         line = line_id(product_id, dimensions)
         lines[line] = Line(line, product_id, dimensions, quantity, events, amount)
     return lines
+
+
+def line_adjustments(engine: Engine, customer_id: str, period_start_ms: int, line: Line) -> list[LineAdjustment]:
+    """One line's re-rating adjustments as the period's invoice shows them (the final invoice's once the period is
+    closed), without building the invoice: the kernel's adjustments of the line's buckets whose hour starts in
+    the period, in the kernel's order (engine/invoices.py's build_invoice gives each line the same)."""
+    number = engine.state.accounts[customer_id].invoices.get(period_start_ms)
+    if number is not None:
+        final = engine.state.invoices[number].lines
+        return next((found.adjustments for found in final if found.line_id == line.line_id), [])
+    period = period_starting(engine, customer_id, period_start_ms)
+    reader = engine.period_adjustments
+    if period is None or reader is None:
+        return []
+    start_ms, end_ms = period
+    product = engine.state.products.get(line.product_id)
+    keys = product.pricing_dimensions if product is not None else ()
+    found: list[LineAdjustment] = []
+    for seq, hour, product_id, values, card, old_versions, new_version, quantity, events, old, new in reader(
+        customer_id
+    ):
+        hour_start_ms = hour * HOUR_MS
+        if (
+            product_id == line.product_id
+            and start_ms <= hour_start_ms < end_ms
+            and line_id(product_id, dict(zip(keys, values, strict=False))) == line.line_id
+        ):
+            found.append(
+                LineAdjustment(seq, hour_start_ms, card, list(old_versions), new_version, quantity, events, old, new)
+            )
+    return found
 
 
 def check_request(engine: Engine, customer_id: str, period_start_ms: int | None, line: str) -> None:

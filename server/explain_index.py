@@ -3,19 +3,22 @@
 The journal holds each usage batch as received and a digest, not per-event amounts. When asked
 (`Kernel.set_explain`), the rating kernel appends a compact record per product an accepted event charged; the
 sequencer takes them once per run of rated batches and, once the group's journal commit has succeeded, hands
-them here. A thread of this module's own gathers them for up to FLUSH_EVERY_S (less while a reader waits), turns
-them into entries (`Kernel.explain_entries`: one per customer, period and line per write, keyed by a digest of
-the three and the first journal seq the entry holds, 24 bytes, so one line's events are one contiguous key range
-in journal order) and writes them in a write transaction of its own, with the journal seq it now covers. The ack
-never waits for any of it.
+them here. A thread of this module's own gathers them for up to FLUSH_EVERY_S (less while a reader waits) and
+writes them as one block (`explain_block`, built by the kernel with the GIL released; layout in
+engine/kernel/src/explain_block.rs): the events sorted by line in chunks of about CHUNK_BYTES appended under
+increasing keys (blocks are numbered in journal order, so older pages are never rewritten), and one small entry
+per (customer, period) the block touched, naming the lines it holds. A write costs a few puts per chunk and
+per customer, whatever the number of events; the ack never waits for any of it. A page reads the blocks of the
+line's customer and period in order and, in those that name the line, the chunks that hold it.
 
 The index lives in its own LMDB environment (`<data dir>/explain`), written without fsync: it is derived data.
 Recovery replays the journal after the snapshot with recording on from `covered_seq() + 1`, so whatever was
 committed but not indexed (a kill -9 between the two) is indexed again; an index behind the snapshot (deleted,
-or from before this module existed) is rebuilt by a replay from the journal's first record. Snapshots are
-saved only once the index covers their seq (`flush`), so that replay from the snapshot is always enough.
+from before this module existed, or in an older layout, which is dropped at open) is rebuilt by a replay from
+the journal's first record. Snapshots are saved only once the index covers their seq (`flush`), so that replay
+from the snapshot is always enough.
 
-Page tokens are opaque: (journal seq, event index) of the next event, and a MAC over it and the (customer,
+Page tokens are opaque: (block, ordinal among the line's events in it) of the next event, and a MAC over it and the (customer,
 period, line) it pages, keyed by a secret stored in the index. A token that does not verify (altered, for
 another line, or from an index since rebuilt) is refused.
 
@@ -38,28 +41,33 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 
-from engine._kernel import Kernel
+from engine._kernel import Kernel, explain_block, explain_chunk_line, explain_period_key
 
 log = logging.getLogger("tariff.explain")
 
 __all__ = ["ExplainIndex", "IndexedEvent", "Page", "StaleToken", "parse_events"]
 
+_CHUNKS_DB = b"chunks"
+# Per (customer, period) and block; the layout before blocks kept one entry per line per write here (dropped).
 _ENTRIES_DB = b"entries"
 _META_DB = b"meta"
 _COVERED_KEY = b"covered_seq"
 _SECRET_KEY = b"token_secret"
-_TOKEN_VERSION = 1
+_FORMAT_KEY = b"format"
+_FORMAT = b"blocks-1"
 _TOKEN_ADJUSTMENT = 2  # a token past the events: (kind, 0, ordinal of the next adjustment)
-_TOKEN = struct.Struct(">BQI")  # version, seq, index of the next event in that seq's entry
+_TOKEN_BLOCK = 3  # (kind, block, ordinal of the next event among the line's in that block); kind 1 was per entry
+_TOKEN = struct.Struct(">BQI")  # kind, block, ordinal
+CHUNK_BYTES = 16 * 1024  # a chunk of a block: one LMDB value, read whole by a page that needs one of its events
 _MAC_BYTES = 16
 # The writer gathers records this long (or this many bytes) before it writes them: one put per line per write.
 FLUSH_EVERY_S = 1.0
 FLUSH_BYTES = 32 * 1024 * 1024
-MAP_SIZE_BYTES_DEFAULT = 16 * 1024**3  # address space (a sparse file): about 150 bytes per event and line
+MAP_SIZE_BYTES_DEFAULT = 16 * 1024**3  # address space (a sparse file): about 160 bytes per event and line
 
 _HEAD = struct.Struct("<qI")  # timestamp_ms, version
 _I128 = 16
@@ -119,6 +127,11 @@ def parse_events(value: bytes) -> list[IndexedEvent]:
     return events
 
 
+def _names(prefixes: bytes, prefix: bytes) -> bool:
+    """Whether a block's (customer, period) entry names a line key prefix (sorted 4-byte prefixes)."""
+    return any(prefixes[at : at + 4] == prefix for at in range(0, len(prefixes), 4))
+
+
 class ExplainIndex:
     """The index on its LMDB environment, and the thread that writes it (see the module docstring)."""
 
@@ -127,11 +140,14 @@ class ExplainIndex:
         # No fsync: the index is rebuilt from the journal, and LMDB without sync still never corrupts itself.
         # writemap: a put dirties pages of the map in place instead of copying them out at commit.
         self._env = lmdb.open(
-            str(path), map_size=map_size_bytes, sync=False, metasync=False, writemap=True, max_dbs=2, lock=True
+            str(path), map_size=map_size_bytes, sync=False, metasync=False, writemap=True, max_dbs=4, lock=True
         )
         with self._env.begin(write=True) as txn:
-            self._entries = self._env.open_db(_ENTRIES_DB, txn=txn)
             self._meta = self._env.open_db(_META_DB, txn=txn)
+            self._chunks = self._env.open_db(_CHUNKS_DB, txn=txn)
+            self._periods = self._env.open_db(_ENTRIES_DB, txn=txn)
+            if txn.get(_FORMAT_KEY, db=self._meta) != _FORMAT:
+                self._drop_older_layout(txn)
             secret = txn.get(_SECRET_KEY, db=self._meta)
             if secret is None:
                 secret = os.urandom(32)
@@ -158,22 +174,37 @@ class ExplainIndex:
 
     def write(self, records: list[bytes], through_seq: int) -> None:
         """Writes records now, in the caller's thread (recovery). Records at or below the covered seq are skipped:
-        writing the same records twice changes nothing."""
+        writing the same records twice changes nothing. One block, numbered by the first seq it holds (so blocks
+        follow journal order): its chunks appended, one entry per (customer, period) it touched."""
         covered = self.covered_seq()
-        entries = Kernel.explain_entries(b"".join(records), covered) if any(records) else []
         with self._env.begin(write=True) as txn:
-            if entries:
-                with txn.cursor(db=self._entries) as cursor:
-                    cursor.putmulti(entries)
+            _block, chunks, periods = explain_block(records, covered, CHUNK_BYTES) if any(records) else (0, [], [])
+            if chunks:
+                with txn.cursor(db=self._chunks) as cursor:
+                    # Chunks past the covered seq belong to a write the index does not count (an index cut back).
+                    if cursor.set_range((covered + 1).to_bytes(8, "big")):
+                        while cursor.delete():
+                            pass
+                    cursor.putmulti(chunks, append=True)
+                with txn.cursor(db=self._periods) as cursor:
+                    cursor.putmulti(periods)
             new_covered = max(covered, through_seq)
             txn.put(_COVERED_KEY, str(new_covered).encode("ascii"), db=self._meta)
         with self._covered_changed:
             self._covered = max(self._covered, new_covered)
             self._covered_changed.notify_all()
 
+    def _drop_older_layout(self, txn: lmdb.Transaction) -> None:
+        """An index in an older layout (or none) starts empty at covered seq 0: the recovery's replay from the
+        journal's first record rebuilds it (tokens it issued no longer verify: their kind is refused)."""
+        txn.drop(self._chunks, delete=False)
+        txn.drop(self._periods, delete=False)
+        txn.delete(_COVERED_KEY, db=self._meta)
+        txn.put(_FORMAT_KEY, _FORMAT, db=self._meta)
+
     def _serve(self) -> None:
         """Gathers what is submitted and writes it every FLUSH_EVERY_S (or past FLUSH_BYTES, or at once while a
-        reader waits): one entry per line per write, so a line touched by many batches costs one put, not many."""
+        reader waits): one block per write."""
         pending: list[bytes] = []
         pending_bytes = 0
         through = self.covered_seq()
@@ -250,24 +281,59 @@ class ExplainIndex:
         then ordinals of its `adjustments` re-rating adjustments. Raises StaleToken for a token this index did not
         issue for this line."""
         line_key = Kernel.explain_line_key(customer_id, period_start_ms, line_id)
-        kind, seq, skip = self._open_token(line_key, token) if token else (_TOKEN_VERSION, 0, 0)
+        kind, block, skip = self._open_token(line_key, token) if token else (_TOKEN_BLOCK, 0, 0)
         if kind == _TOKEN_ADJUSTMENT:
             if skip >= adjustments:
                 raise StaleToken("names an adjustment this line does not have (stale)")
             return self._adjustments_page(line_key, [], skip, page_size, adjustments)
+        period_key = explain_period_key(customer_id, period_start_ms)
         events: list[IndexedEvent] = []
-        with self._env.begin(buffers=False) as txn, txn.cursor(db=self._entries) as cursor:
-            found = cursor.set_range(line_key + seq.to_bytes(8, "big"))
-            while found and cursor.key()[:16] == line_key:
-                entry_seq = int.from_bytes(cursor.key()[16:], "big")
-                entry_events = parse_events(cursor.value())
-                start = skip if entry_seq == seq else 0
-                for index in range(start, len(entry_events)):
-                    if len(events) == page_size:
-                        return Page(events, self._token(line_key, _TOKEN_VERSION, entry_seq, index))
-                    events.append(entry_events[index])
-                found = cursor.next()
+        with self._env.begin(buffers=False) as txn, txn.cursor(db=self._periods) as blocks:
+            found = blocks.set_range(period_key + block.to_bytes(8, "big"))
+            while found and blocks.key()[:16] == period_key:
+                at = int.from_bytes(blocks.key()[16:], "big")
+                if _names(blocks.value(), line_key[:4]):
+                    start = skip if at == block else 0
+                    for ordinal, event in self._block_events(txn, at, line_key, start, page_size - len(events) + 1):
+                        if len(events) == page_size:
+                            return Page(events, self._token(line_key, _TOKEN_BLOCK, at, ordinal))
+                        events.append(event)
+                found = blocks.next()
         return self._adjustments_page(line_key, events, 0, page_size, adjustments)
+
+    def _block_events(
+        self, txn: lmdb.Transaction, block: int, line_key: bytes, start: int, limit: int
+    ) -> list[tuple[int, IndexedEvent]]:
+        """Up to `limit` of the line's events in one block from ordinal `start` on, each with its ordinal."""
+        prefix = block.to_bytes(8, "big")
+        target = prefix + line_key + start.to_bytes(4, "big")
+        with txn.cursor(db=self._chunks) as cursor:
+            # The chunk holding ordinal `start` is the one keyed by it, else the one before (if in this block).
+            if not cursor.set_range(target):
+                positioned = cursor.last()
+            elif cursor.key() == target:
+                positioned = True
+            elif cursor.prev():
+                positioned = cursor.key()[:8] == prefix or cursor.next()
+            else:
+                positioned = cursor.first()
+            found: list[tuple[int, IndexedEvent]] = []
+            while positioned:
+                key = cast(bytes, cursor.key())  # the transaction reads without buffers: bytes
+                if key[:8] != prefix or key[8:24] > line_key:
+                    break
+                ordinal = int.from_bytes(key[24:], "big") if key[8:24] == line_key else 0
+                parts, _count, past = explain_chunk_line(cast(bytes, cursor.value()), line_key)
+                for event in parse_events(parts):
+                    if ordinal >= start:
+                        found.append((ordinal, event))
+                        if len(found) == limit:
+                            return found
+                    ordinal += 1
+                if past:
+                    break
+                positioned = cursor.next()
+        return found
 
     def _adjustments_page(
         self, line_key: bytes, events: list[IndexedEvent], first: int, page_size: int, adjustments: int
@@ -292,7 +358,7 @@ class ExplainIndex:
         head, mac = raw[: _TOKEN.size], raw[_TOKEN.size :]
         if (
             len(head) != _TOKEN.size
-            or head[0] not in (_TOKEN_VERSION, _TOKEN_ADJUSTMENT)
+            or head[0] not in (_TOKEN_BLOCK, _TOKEN_ADJUSTMENT)
             or not hmac.compare_digest(mac, self._mac(line_key, head))
         ):
             raise StaleToken("was not issued by this server for this customer, period and line (altered, or stale)")

@@ -205,7 +205,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             )
         if index.covered_seq() < seq and not await asyncio.to_thread(index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S):
             raise Unavailable("the explain index is still catching up with the journal; retry shortly")
-        adjustments = _line_adjustments(self.engine.preview(request.customer_id, period_start_ms), line.line_id)
+        adjustments = explain.line_adjustments(self.engine, request.customer_id, period_start_ms, line)
         try:
             page = index.page(
                 request.customer_id, period_start_ms, line.line_id, page_size, request.page_token, len(adjustments)
@@ -285,11 +285,6 @@ def _explained(event: IndexedEvent) -> invoices_pb2.ExplainedEvent:
         draws=[invoices_pb2.GrantDraw(grant_id=g, credits=format_picos(c)) for g, c in event.draws],
         overage=format_picos(event.overage_picos),
     )
-
-
-def _line_adjustments(invoice: Invoice, line: str) -> list[LineAdjustment]:
-    """The re-rating adjustments of one line of the period's invoice (draft or final), in the invoice's order."""
-    return next((found.adjustments for found in invoice.lines if found.line_id == line), [])
 
 
 def _explained_adjustment(adjustment: LineAdjustment) -> invoices_pb2.ExplainedEvent:

@@ -786,6 +786,48 @@ fn period_containing(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
     crate::route::period_containing(anchor_ms, ts_ms)
 }
 
+/// The explain index's block of explain records buffers (in journal order; records of seqs <= `after_seq` left
+/// out), layout in explain_block.rs: (block number, chunks, periods), the lists of (key, value) sorted by key,
+/// ready for LMDB puts; block 0 and empty lists when no record is left. Built with the GIL released. ValueError for bytes that are not explain records.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn explain_block<'py>(
+    py: Python<'py>,
+    records: Vec<Bound<'py, PyBytes>>,
+    after_seq: u64,
+    chunk_bytes: usize,
+) -> PyResult<(u64, Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>, Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>)> {
+    let buffers: Vec<&[u8]> = records.iter().map(|b| b.as_bytes()).collect();
+    let built =
+        py.detach(|| crate::explain_block::build(&buffers, after_seq, chunk_bytes)).map_err(PyValueError::new_err)?;
+    let pairs = |entries: Vec<(&[u8], &[u8])>| -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        entries.into_iter().map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect()
+    };
+    Ok((
+        built.block,
+        pairs(built.chunks.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect()),
+        pairs(built.periods.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect()),
+    ))
+}
+
+/// The 16-byte prefix of the explain index's entries of one customer's period (explain_block.rs).
+#[pyfunction]
+fn explain_period_key<'py>(py: Python<'py>, customer_id: &str, period_start_ms: i64) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &crate::explain_block::period_key(customer_id, period_start_ms))
+}
+
+/// The event parts of one line (its 16-byte key) in an explain index chunk: (parts concatenated, how many, whether
+/// the chunk goes on past the line). ValueError for bytes that are not a chunk.
+#[pyfunction]
+fn explain_chunk_line<'py>(
+    py: Python<'py>,
+    chunk: &[u8],
+    line_key: &[u8],
+) -> PyResult<(Bound<'py, PyBytes>, u32, bool)> {
+    let (parts, count, past) = crate::explain_block::chunk_line(chunk, line_key).map_err(PyValueError::new_err)?;
+    Ok((PyBytes::new(py, &parts), count, past))
+}
+
 #[pymodule]
 fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Kernel>()?;
@@ -798,5 +840,8 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("ReservationEnded", module.py().get_type::<ReservationEnded>())?;
     module.add_function(wrap_pyfunction!(period_containing, module)?)?;
     module.add_class::<HoldingBatch>()?;
+    module.add_function(wrap_pyfunction!(explain_block, module)?)?;
+    module.add_function(wrap_pyfunction!(explain_period_key, module)?)?;
+    module.add_function(wrap_pyfunction!(explain_chunk_line, module)?)?;
     Ok(())
 }

@@ -140,31 +140,31 @@ impl Recorder {
 }
 
 /// Reads a records buffer.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
         let end = end.ok_or_else(|| format!("explain records end inside a field at byte {}", self.at))?;
         let taken = &self.bytes[self.at..end];
         self.at = end;
         Ok(taken)
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(crate) fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(crate) fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
-    fn text(&mut self) -> Result<&'a str, String> {
+    pub(crate) fn text(&mut self) -> Result<&'a str, String> {
         let n = self.u32()? as usize;
         std::str::from_utf8(self.take(n)?).map_err(|e| e.to_string())
     }
     /// Skips an event part, returning it whole.
-    fn event_part(&mut self) -> Result<&'a [u8], String> {
+    pub(crate) fn event_part(&mut self) -> Result<&'a [u8], String> {
         let start = self.at;
         self.text()?;
         self.take(8 + 4 + 16 * 3)?;

@@ -14,6 +14,7 @@ pub mod dedupe;
 pub mod draw;
 pub mod due;
 pub mod explain;
+pub mod explain_block;
 pub mod holds;
 pub mod invoice;
 pub mod kernel;
