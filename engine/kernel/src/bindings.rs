@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 
 use prost::Message;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -128,7 +128,21 @@ impl Kernel {
     /// Replaces the compiled control plane (msgpack from engine/tables.py). Raises ValueError
     /// when the tables are malformed, having changed nothing.
     fn load_tables(&self, py: Python<'_>, tables: &[u8]) -> PyResult<()> {
-        py.detach(|| self.change(|k| k.load_tables(tables))?.map_err(PyValueError::new_err))
+        py.detach(|| {
+            // Compiled under an upgradable read, which lets reads (Authorize, balances) go on and keeps
+            // every change out, so the state is the one compiled against when the lock is upgraded to
+            // install: a read waits for the install, not for the compile.
+            let guard = self.inner.upgradable_read();
+            self.check_poisoned()?;
+            let prepared = guard.prepare_tables(tables).map_err(PyValueError::new_err)?;
+            let mut guard = RwLockUpgradableReadGuard::upgrade(guard);
+            let armed = Unfinished(&self.poisoned);
+            let retired = guard.install_tables(prepared);
+            std::mem::forget(armed);
+            drop(guard);
+            drop(retired); // freed with the lock let go: a read need not wait for it
+            Ok(())
+        })
     }
 
     /// Loads some customers' routes and grants (msgpack from engine/tables.py) against the tables

@@ -186,18 +186,38 @@ impl Kernel {
     /// by id, new grants start full; an account the tables do not name loses its route. Changes
     /// nothing when the tables are malformed.
     pub fn load_tables(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let prepared = self.prepare_tables(bytes)?;
+        drop(self.install_tables(prepared));
+        Ok(())
+    }
+
+    /// The first half of `load_tables`, reading the state only: the tables decoded and compiled,
+    /// against a copy of the interner. It is the long half (tens of ms at 10,000 customers), so the
+    /// binding runs it while reads go on, and takes the lock alone only for `install_tables`.
+    pub fn prepare_tables(&self, bytes: &[u8]) -> Result<PreparedTables, String> {
         let tables = tables::decode(bytes)?;
-        let catalog = Catalog::compile(&tables, &mut self.rater.interner)?;
-        let compiled = self.compile_customers(&catalog, &tables.customers, catalog.timelines.len())?;
+        let mut interner = self.rater.interner.clone();
+        let catalog = Catalog::compile(&tables, &mut interner)?;
+        let timelines = catalog.timelines.len();
+        let compiled = compile_customers(&self.accounts, &catalog, &tables.customers, timelines, &mut interner)?;
+        Ok(PreparedTables { customers: tables.customers, catalog, compiled, interner })
+    }
+
+    /// The second half of `load_tables`: installs what `prepare_tables` compiled from this same state
+    /// (the caller guarantees no change came between; the interner it extended replaces this one).
+    /// Returns the replaced catalog and interner, for the caller to free once it has let go of the lock.
+    pub fn install_tables(&mut self, prepared: PreparedTables) -> (Catalog, Interner) {
+        debug_assert!(prepared.interner.strings().len() >= self.rater.interner.strings().len());
         // Each account holds its route (the one copy), so rating an event looks its customer up once.
         for account in self.accounts.values_mut() {
             account.route = None;
         }
         let window_before_ms = self.rater.catalog.dedupe_window_ms;
-        self.rater.catalog = catalog;
-        self.install(&tables.customers, compiled);
+        let retired_catalog = std::mem::replace(&mut self.rater.catalog, prepared.catalog);
+        let retired_interner = std::mem::replace(&mut self.rater.interner, prepared.interner);
+        self.install(&prepared.customers, prepared.compiled);
         self.refresh_due_after_tables(window_before_ms); // routes were replaced, the window may have changed
-        Ok(())
+        (retired_catalog, retired_interner)
     }
 
     /// Loads some customers' routes and grants (`CustomerTables` from engine/tables.py) against the
@@ -225,49 +245,14 @@ impl Kernel {
         Ok(())
     }
 
-    /// Each customer's route and grants (merged with the account's: a known grant keeps what was
-    /// drawn), checked; changes no account.
+    /// Each customer's route and grants (see the free function of that name); changes no account.
     fn compile_customers(
         &mut self,
         catalog: &Catalog,
         customers: &[tables::CustomerTable],
         timelines: usize,
     ) -> Result<Vec<(Route, Vec<Grant>)>, String> {
-        let mut compiled = Vec::with_capacity(customers.len());
-        for customer in customers {
-            let route = catalog.route(customer, timelines, &mut self.rater.interner)?;
-            let mut grants = self.accounts.get(customer.id.as_str()).map_or_else(Vec::new, |a| a.grants.clone());
-            for table in &customer.grants {
-                let amount = parse_i128(&table.amount_picos)?;
-                if amount <= 0 {
-                    return Err(format!("grant {:?}: the amount must be positive", table.id));
-                }
-                let applicable = table.applicable_product_ids.iter().map(|p| self.rater.interner.intern(p)).collect();
-                let fresh = Grant {
-                    id: table.id.as_str().into(),
-                    amount,
-                    remaining: amount,
-                    priority: table.priority,
-                    applicable,
-                    starts_at_ms: table.starts_at_ms,
-                    expires_at_ms: table.expires_at_ms,
-                    creation_order: table.creation_order,
-                };
-                match grants.iter_mut().find(|g| g.id == fresh.id) {
-                    Some(known) => {
-                        let drawn = known.drawn();
-                        if drawn > amount {
-                            return Err(format!("grant {:?}: {drawn} picos drawn exceed its amount", table.id));
-                        }
-                        *known = Grant { remaining: amount - drawn, ..fresh };
-                    }
-                    None => grants.push(fresh),
-                }
-            }
-            grants.shrink_to_fit(); // a Vec grows by doubling from 4: one grant would hold room for four
-            compiled.push((route, grants));
-        }
-        Ok(compiled)
+        compile_customers(&self.accounts, catalog, customers, timelines, &mut self.rater.interner)
     }
 
     fn install(&mut self, customers: &[tables::CustomerTable], compiled: Vec<(Route, Vec<Grant>)>) {
@@ -952,4 +937,58 @@ impl Kernel {
         }
         std::hint::black_box(found);
     }
+}
+
+/// Tables decoded and compiled against the kernel's state, ready to install (`Kernel::prepare_tables`).
+pub struct PreparedTables {
+    customers: Vec<tables::CustomerTable>,
+    catalog: Catalog,
+    compiled: Vec<(Route, Vec<Grant>)>,
+    interner: Interner,
+}
+
+/// Each customer's route and grants (merged with the account's: a known grant keeps what was
+/// drawn), checked; changes no account, only interns into `interner`.
+fn compile_customers(
+    accounts: &FxHashMap<String, Box<Account>>,
+    catalog: &Catalog,
+    customers: &[tables::CustomerTable],
+    timelines: usize,
+    interner: &mut Interner,
+) -> Result<Vec<(Route, Vec<Grant>)>, String> {
+    let mut compiled = Vec::with_capacity(customers.len());
+    for customer in customers {
+        let route = catalog.route(customer, timelines, interner)?;
+        let mut grants = accounts.get(customer.id.as_str()).map_or_else(Vec::new, |a| a.grants.clone());
+        for table in &customer.grants {
+            let amount = parse_i128(&table.amount_picos)?;
+            if amount <= 0 {
+                return Err(format!("grant {:?}: the amount must be positive", table.id));
+            }
+            let applicable = table.applicable_product_ids.iter().map(|p| interner.intern(p)).collect();
+            let fresh = Grant {
+                id: table.id.as_str().into(),
+                amount,
+                remaining: amount,
+                priority: table.priority,
+                applicable,
+                starts_at_ms: table.starts_at_ms,
+                expires_at_ms: table.expires_at_ms,
+                creation_order: table.creation_order,
+            };
+            match grants.iter_mut().find(|g| g.id == fresh.id) {
+                Some(known) => {
+                    let drawn = known.drawn();
+                    if drawn > amount {
+                        return Err(format!("grant {:?}: {drawn} picos drawn exceed its amount", table.id));
+                    }
+                    *known = Grant { remaining: amount - drawn, ..fresh };
+                }
+                None => grants.push(fresh),
+            }
+        }
+        grants.shrink_to_fit(); // a Vec grows by doubling from 4: one grant would hold room for four
+        compiled.push((route, grants));
+    }
+    Ok(compiled)
 }
