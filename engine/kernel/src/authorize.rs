@@ -154,7 +154,7 @@ pub fn format_picos(picos: Picos) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernel::ingest_checked_pausing;
     use crate::tables::{
@@ -214,8 +214,9 @@ mod tests {
 
     const SCALE: &str = "000000000000000000"; // 10^-18 fixed point: "1" + SCALE is 1
 
-    /// One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
-    fn kernel() -> Kernel {
+    /// One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits (the
+    /// holds tests use it too).
+    pub(crate) fn kernel() -> Kernel {
         let curve = CurveTable {
             kind: "UNIT".into(),
             price: format!("25{}", &SCALE[1..]),

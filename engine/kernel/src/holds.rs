@@ -220,69 +220,11 @@ pub fn decode_holds(bytes: &[u8]) -> Result<Vec<wire::AuthorizeRequest>, String>
 mod tests {
     use super::*;
     use crate::money::Picos;
-    use crate::tables::{
-        self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
-    };
+    // One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
+    use crate::authorize::tests::kernel;
 
-    const SCALE: &str = "000000000000000000"; // 10^-18 fixed point: "1" + SCALE is 1
     const NOW: i64 = 1_000;
     const RULES: HoldRules<'static> = HoldRules { ttl_max_ms: 3_600_000, id_seed: b"seed", message_number: 7 };
-
-    /// One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
-    fn kernel() -> Kernel {
-        let curve = CurveTable {
-            kind: "UNIT".into(),
-            price: format!("25{}", &SCALE[1..]),
-            per_units: format!("1{SCALE}"),
-            package_size: "0".into(),
-            tiers: vec![],
-        };
-        let tables = Tables {
-            future_skew_ms: 300_000,
-            dedupe_window_ms: 1_000_000,
-            products: vec![ProductTable {
-                id: "calls".into(),
-                event_type: "call".into(),
-                aggregation: "COUNT".into(),
-                value_key: String::new(),
-                filters: vec![],
-                pricing_dimensions: vec![],
-            }],
-            versions: vec![VersionTable {
-                rate_card_id: "card".into(),
-                number: 1,
-                rates: vec![RateTable { product_id: "calls".into(), required: vec![], curve }],
-            }],
-            timelines: vec![vec![(0, 0)]],
-            customers: vec![CustomerTable {
-                id: "c".into(),
-                contracts: vec![ContractTable {
-                    id: "k".into(),
-                    rate_card_id: "card".into(),
-                    starting_at_ms: 0,
-                    ending_before_ms: None,
-                    block: true,
-                    overage_price: format!("1{SCALE}"),
-                    timeline: 0,
-                    overrides: vec![],
-                }],
-                grants: vec![GrantTable {
-                    id: "g".into(),
-                    amount_picos: "10000000000000".into(),
-                    priority: 0,
-                    applicable_product_ids: vec![],
-                    starts_at_ms: 0,
-                    expires_at_ms: None,
-                    creation_order: 0,
-                    rollover_fraction_e18: String::new(),
-                }],
-                closed_periods: vec![],
-            }],
-        };
-        let mut kernel = Kernel::default();
-        kernel.load_tables(&tables::encode(&tables)).expect("valid tables");
-        kernel
-    }
 
     /// A hold of one call for customer `c` under `reservation_id` (empty: the server names it).
     fn hold(request_id: &str, reservation_id: &str) -> wire::AuthorizeRequest {
