@@ -157,6 +157,9 @@ class Kernel:
     ) -> tuple[bytes | HoldingBatch, int]:
         """authorize_batch, but a request may ask for a hold: the result bytes when none does, else a HoldingBatch
         (the other requests decided, the holds to journal); and the message's decisions."""
+    def hold_customers(self, requests: bytes) -> list[str]:
+        """The distinct customer ids of a ReserveBatch's requests, first named first; ValueError if not an
+        AuthorizeBatch."""
     def reserve_batch(self, requests: bytes, now_ms: int) -> tuple[bytes, int, list[str]]:
         """A HoldingBatch's requests applied (a journaled change): (the holds' AuthorizeBatchResult bytes, holds
         placed, their customers in first-appearance order)."""

@@ -323,9 +323,13 @@ class Billing:
 
     def _rerate_named(self, command: cmd.AdminCommand) -> None:
         """Re-rate on touch for the commands that may apply while a re-rating is pending (Reserve and
-        ReleaseReservation name one customer); the writer completes a re-rating before any other."""
+        ReleaseReservation name one customer, a ReserveBatch its holds' customers); the writer completes a
+        re-rating before any other."""
         rerating = self.engine.state.rerating
         if rerating is None:
+            return
+        if isinstance(command, cmd.ReserveBatch):
+            pending.rerate(self.kernel, rerating, self.kernel.hold_customers(command.requests))
             return
         assert isinstance(command, cmd.Reserve | cmd.ReleaseReservation), (
             f"{type(command).__name__} applied while the re-rating of record {rerating.publish_seq} is pending"

@@ -6,7 +6,7 @@ goes on being ingested meanwhile (server/sequencer.py). The publish record leave
 state: the plan's customers (engine/rerate.py), none re-rated yet. From then on, until the writer journals the
 re-rating's completion record:
 
-- a usage batch, a Reserve or a ReleaseReservation first re-rates the pending customers it names ("re-rate on
+- a usage batch, a Reserve, a ReserveBatch or a ReleaseReservation first re-rates the pending customers it names ("re-rate on
   touch"), then applies as usual; replay does the same, so each customer is re-rated before any usage of it
   newer than the publish, exactly as when the publish re-rated everyone at once;
 - between commands the writer re-rates the next pending customers in plan order (background slices). No record

@@ -548,8 +548,8 @@ class Sequencer:
                 group.answers.append((submission, 0, expired))
             else:
                 assert not isinstance(command, UsageBatch)
-                if not isinstance(command, cmd.Reserve | cmd.ReleaseReservation):
-                    # Only usage, Reserve and release apply beside a pending re-rating (they re-rate on touch).
+                if not isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch):
+                    # Only usage, holds and releases apply beside a pending re-rating (they re-rate on touch).
                     await self._complete_rerating(group)
                 if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
                     await self._apply_publish(group, submission, command)

@@ -15,11 +15,13 @@ import asyncio
 import os
 
 import msgspec
+from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tariff.v1 import usage_pb2
+from tariff.v1 import balance_pb2, usage_pb2
 
 from engine import commands as cmd
+from engine import credits
 from engine.billing import Billing, Ingested
 from engine.control import encode_state_parts
 from engine.versions import PublishResult
@@ -287,3 +289,35 @@ def test_another_admin_command_completes_a_pending_rerating_first() -> None:
     replayed = recover(journal)
     assert replayed.kernel.snapshot() == live.kernel.snapshot()
     assert msgspec.json.encode(replayed.engine.state) == msgspec.json.encode(live.engine.state)
+
+
+def test_a_message_of_holds_rerates_the_pending_customers_it_names_and_leaves_the_rest_pending() -> None:
+    billing = machine([0, 20, 0, 20, 0], [(n, hour, 2) for n in range(len(CUSTOMERS)) for hour in range(3)])
+    billing.publish_deferred(publish(1), billing.last_seq + 1)
+    rerating = billing.rerating
+    assert rerating is not None and list(rerating.pending) == CUSTOMERS
+    holds = [
+        balance_pb2.AuthorizeRequest(
+            request_id=f"q{n}",
+            customer_id=customer_id,
+            event_type="ai",
+            dimensions={"model": "m1"},
+            values={"n": 1.0},
+            reserve=True,
+            reservation_id=f"h{n}",
+            reservation_ttl=Duration(seconds=60),
+        )
+        for n, customer_id in enumerate(["c3", "c1", "c3"])
+    ]
+    message = balance_pb2.AuthorizeBatch(requests=holds).SerializeToString()
+    held = billing.apply(cmd.ReserveBatch(RECEIVED_MS, ACTOR, message), billing.last_seq + 1)
+    assert isinstance(held, credits.HeldBatch) and (held.placed, held.customers) == (3, ("c3", "c1"))
+    # c3 and c1 were re-rated before their holds (hours 1 and 2 at 3 a call), the others are still pending.
+    assert list(rerating.pending) == ["c0", "c2", "c4"]
+    assert billing.balance("c3", RECEIVED_MS).period_charges == (2 + 2 * 2 * 3) * 10**12
+    assert billing.balance("c0", RECEIVED_MS).period_charges == 6 * 10**12
+    # Each hold priced at the new rate: one call at 3 (two for c3), held from the grant the re-rating drew down.
+    assert (billing.balance("c3", RECEIVED_MS).held, billing.balance("c1", RECEIVED_MS).held) == (
+        6 * 10**12,
+        3 * 10**12,
+    )

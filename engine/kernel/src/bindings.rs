@@ -755,6 +755,19 @@ impl Kernel {
         Ok((Bound::new(py, holding)?.into_any(), decisions))
     }
 
+    /// The distinct customer ids of a ReserveBatch's `requests` (an AuthorizeBatch), first named first:
+    /// the customers a pending re-rating re-rates before the holds apply. ValueError when the bytes are
+    /// not an AuthorizeBatch; changes nothing.
+    fn hold_customers(&self, requests: &[u8]) -> PyResult<Vec<String>> {
+        let mut customers: Vec<String> = Vec::new();
+        for request in holds::decode_holds(requests).map_err(PyValueError::new_err)? {
+            if !customers.contains(&request.customer_id) {
+                customers.push(request.customer_id);
+            }
+        }
+        Ok(customers)
+    }
+
     /// Applies a HoldingBatch's `requests` (a change: the server journals it first) at now_ms, each as
     /// `reserve` applies one, in order: (the holds' AuthorizeBatchResult bytes, holds placed, their customers
     /// in first-appearance order). A request that cannot hold is answered in-band. ValueError (nothing
