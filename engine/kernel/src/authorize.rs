@@ -212,19 +212,25 @@ pub(crate) mod tests {
         assert!(matches!(decode_batch(&bad_text, 10, None), Err(Refused::NotDecodable(_))));
     }
 
-    const SCALE: &str = "000000000000000000"; // 10^-18 fixed point: "1" + SCALE is 1
+    pub(crate) const SCALE: &str = "000000000000000000"; // 10^-18 fixed point: "1" + SCALE is 1
 
     /// One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits (the
     /// holds tests use it too).
     pub(crate) fn kernel() -> Kernel {
+        let customer = calls_customer("c", "k", true, "10000000000000".into(), None);
+        loaded(calls_tables(format!("25{}", &SCALE[1..]), vec![customer]))
+    }
+
+    /// One COUNT product `calls` (event type `call`) at `price` a call on rate card `card`, for `customers`.
+    pub(crate) fn calls_tables(price: String, customers: Vec<CustomerTable>) -> Tables {
         let curve = CurveTable {
             kind: "UNIT".into(),
-            price: format!("25{}", &SCALE[1..]),
+            price,
             per_units: format!("1{SCALE}"),
             package_size: "0".into(),
             tiers: vec![],
         };
-        let tables = Tables {
+        Tables {
             future_skew_ms: 300_000,
             dedupe_window_ms: 1_000_000,
             products: vec![ProductTable {
@@ -241,31 +247,47 @@ pub(crate) mod tests {
                 rates: vec![RateTable { product_id: "calls".into(), required: vec![], curve }],
             }],
             timelines: vec![vec![(0, 0)]],
-            customers: vec![CustomerTable {
-                id: "c".into(),
-                contracts: vec![ContractTable {
-                    id: "k".into(),
-                    rate_card_id: "card".into(),
-                    starting_at_ms: 0,
-                    ending_before_ms: None,
-                    block: true,
-                    overage_price: format!("1{SCALE}"),
-                    timeline: 0,
-                    overrides: vec![],
-                }],
-                grants: vec![GrantTable {
-                    id: "g".into(),
-                    amount_picos: "10000000000000".into(),
-                    priority: 0,
-                    applicable_product_ids: vec![],
-                    starts_at_ms: 0,
-                    expires_at_ms: None,
-                    creation_order: 0,
-                    rollover_fraction_e18: String::new(),
-                }],
-                closed_periods: vec![],
+            customers,
+        }
+    }
+
+    /// Customer `id` on contract `contract_id` for rate card `card` (BLOCK or not, overage at 1), with one
+    /// grant `g` of `amount_picos` expiring at `expires_at_ms`.
+    pub(crate) fn calls_customer(
+        id: &str,
+        contract_id: &str,
+        block: bool,
+        amount_picos: String,
+        expires_at_ms: Option<i64>,
+    ) -> CustomerTable {
+        CustomerTable {
+            id: id.into(),
+            contracts: vec![ContractTable {
+                id: contract_id.into(),
+                rate_card_id: "card".into(),
+                starting_at_ms: 0,
+                ending_before_ms: None,
+                block,
+                overage_price: format!("1{SCALE}"),
+                timeline: 0,
+                overrides: vec![],
             }],
-        };
+            grants: vec![GrantTable {
+                id: "g".into(),
+                amount_picos,
+                priority: 0,
+                applicable_product_ids: vec![],
+                starts_at_ms: 0,
+                expires_at_ms,
+                creation_order: 0,
+                rollover_fraction_e18: String::new(),
+            }],
+            closed_periods: vec![],
+        }
+    }
+
+    /// A kernel with these tables loaded.
+    pub(crate) fn loaded(tables: Tables) -> Kernel {
         let mut kernel = Kernel::default();
         kernel.load_tables(&tables::encode(&tables)).expect("valid tables");
         kernel

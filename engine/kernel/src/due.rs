@@ -215,70 +215,17 @@ mod tests {
 
     use super::*;
     use crate::decode::wire;
-    use crate::tables::{self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable};
-    use crate::tables::{Tables, VersionTable};
+    // One COUNT product `calls` on rate card `card`, and customers with one grant each.
+    use crate::authorize::tests::{calls_customer, calls_tables, loaded, SCALE};
 
     const CREDIT: i128 = 1_000_000_000_000;
 
     /// Customers c0..c{n-1}, each on an ALLOW contract from 0 with one grant of 10 credits (1 a call) expiring
     /// at `expiry(customer number)`.
     fn kernel(n: usize, expiry: impl Fn(usize) -> Option<i64>) -> Kernel {
-        let scale = "000000000000000000";
-        let curve = CurveTable {
-            kind: "UNIT".into(),
-            price: format!("1{scale}"),
-            per_units: format!("1{scale}"),
-            package_size: "0".into(),
-            tiers: vec![],
-        };
         let customers = (0..n)
-            .map(|c| CustomerTable {
-                id: format!("c{c}"),
-                contracts: vec![ContractTable {
-                    id: format!("k{c}"),
-                    rate_card_id: "card".into(),
-                    starting_at_ms: 0,
-                    ending_before_ms: None,
-                    block: false,
-                    overage_price: format!("1{scale}"),
-                    timeline: 0,
-                    overrides: vec![],
-                }],
-                grants: vec![GrantTable {
-                    id: "g".into(),
-                    amount_picos: (10 * CREDIT).to_string(),
-                    priority: 0,
-                    applicable_product_ids: vec![],
-                    starts_at_ms: 0,
-                    expires_at_ms: expiry(c),
-                    creation_order: 0,
-                    rollover_fraction_e18: String::new(),
-                }],
-                closed_periods: vec![],
-            })
-            .collect();
-        let tables = Tables {
-            future_skew_ms: 300_000,
-            dedupe_window_ms: 1_000_000,
-            products: vec![ProductTable {
-                id: "calls".into(),
-                event_type: "call".into(),
-                aggregation: "COUNT".into(),
-                value_key: String::new(),
-                filters: vec![],
-                pricing_dimensions: vec![],
-            }],
-            versions: vec![VersionTable {
-                rate_card_id: "card".into(),
-                number: 1,
-                rates: vec![RateTable { product_id: "calls".into(), required: vec![], curve }],
-            }],
-            timelines: vec![vec![(0, 0)]],
-            customers,
-        };
-        let mut kernel = Kernel::default();
-        kernel.load_tables(&tables::encode(&tables)).expect("valid tables");
-        kernel
+            .map(|c| calls_customer(&format!("c{c}"), &format!("k{c}"), false, (10 * CREDIT).to_string(), expiry(c)));
+        loaded(calls_tables(format!("1{SCALE}"), customers.collect()))
     }
 
     fn call(customer_id: &str, transaction_id: &str, reservation_id: &str, at_ms: i64) -> wire::UsageEvent {
