@@ -22,7 +22,6 @@ Notice = tuple[Literal["TOP_UP_EXECUTED", "RESERVATION_EXPIRED"], str, dict[str,
 class BatchTooLarge(ValueError): ...  # args: (events,)
 class CustomerNotAllowed(ValueError): ...  # args: (index, customer_id)
 class RequestIdMissing(ValueError): ...  # args: (index,)
-class ReservationAsked(ValueError): ...
 class ReservationConflict(ValueError): ...  # args: (message,) - the id is known with another request
 class ReservationNotFound(ValueError): ...  # args: (message,) - never made, or another customer's (worded alike)
 class ReservationEnded(ValueError): ...  # args: (message,) - settled or expired
@@ -45,9 +44,6 @@ class Kernel:
         values: list[tuple[str, float]],
         now_ms: int,
     ) -> tuple[bool, str, str, int, int]: ...
-    def authorize_batch(
-        self, batch: bytes, now_ms: int, requests_max: int, allowed: list[str] | None
-    ) -> tuple[bytes, int]: ...
     def balance(self, customer_id: str, now_ms: int) -> Balance | None: ...
     def usage(
         self, customer_id: str
@@ -155,8 +151,10 @@ class Kernel:
         id_seed: bytes,
         message_number: int,
     ) -> tuple[bytes | HoldingBatch, int]:
-        """authorize_batch, but a request may ask for a hold: the result bytes when none does, else a HoldingBatch
-        (the other requests decided, the holds to journal); and the message's decisions."""
+        """AuthorizeBatches on raw bytes, one decision per request, priced as `authorize`: the result bytes when no
+        request asks for a hold, else a HoldingBatch (the other requests decided, the holds to journal); and the
+        message's decisions. Refuses the whole message, deciding nothing: ValueError, CustomerNotAllowed,
+        BatchTooLarge, RequestIdMissing."""
     def hold_customers(self, requests: bytes) -> list[str]:
         """The distinct customer ids of a ReserveBatch's requests, first named first; ValueError if not an
         AuthorizeBatch."""

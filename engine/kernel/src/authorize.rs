@@ -25,24 +25,10 @@ pub enum Refused {
     CustomerNotAllowed(usize, String),
     /// requests[index] has no request_id.
     NoRequestId(usize),
-    /// A request asks for a reservation, which is not built yet.
-    Reservation,
 }
 
-/// Decodes an AuthorizeBatch and runs the whole-message checks; changes nothing.
-pub fn decode_batch(
-    bytes: &[u8],
-    requests_max: usize,
-    allowed: Option<&[String]>,
-) -> Result<Vec<wire::AuthorizeRequest>, Refused> {
-    let requests = decode_requests(bytes, requests_max, allowed)?;
-    if requests.iter().any(asks_reservation) {
-        return Err(Refused::Reservation);
-    }
-    Ok(requests)
-}
-
-/// `decode_batch` but for the reservation check (crate::holds answers those requests).
+/// Decodes an AuthorizeBatch and runs the whole-message checks; changes nothing. A request may ask for
+/// a hold (crate::holds answers those).
 pub(crate) fn decode_requests(
     bytes: &[u8],
     requests_max: usize,
@@ -63,10 +49,6 @@ pub(crate) fn decode_requests(
         return Err(Refused::NoRequestId(index));
     }
     Ok(requests)
-}
-
-fn asks_reservation(request: &wire::AuthorizeRequest) -> bool {
-    request.reserve || !request.reservation_id.is_empty()
 }
 
 /// The field a request lacks before it can be priced ("customer_id", "event_type"), if any:
@@ -194,22 +176,20 @@ pub(crate) mod tests {
     fn whole_message_checks_come_in_the_servers_order() {
         let allowed = vec!["a".to_string()];
         let two = batch(vec![request("", "a"), request("r", "b")]);
-        assert_eq!(decode_batch(&two, 1, Some(&allowed)), Err(Refused::CustomerNotAllowed(1, "b".into())));
-        assert_eq!(decode_batch(&two, 1, None), Err(Refused::TooManyRequests(2)));
-        assert_eq!(decode_batch(&two, 2, None), Err(Refused::NoRequestId(0)));
+        assert_eq!(decode_requests(&two, 1, Some(&allowed)), Err(Refused::CustomerNotAllowed(1, "b".into())));
+        assert_eq!(decode_requests(&two, 1, None), Err(Refused::TooManyRequests(2)));
+        assert_eq!(decode_requests(&two, 2, None), Err(Refused::NoRequestId(0)));
         let unnamed = batch(vec![request("r", "")]);
-        assert_eq!(decode_batch(&unnamed, 2, Some(&allowed)), Err(Refused::CustomerNotAllowed(0, String::new())));
-        let reserving = batch(vec![request("r", "a"), wire::AuthorizeRequest { reserve: true, ..request("s", "a") }]);
-        assert_eq!(decode_batch(&reserving, 2, None), Err(Refused::Reservation));
-        assert_eq!(decode_batch(&batch(vec![request("r", "a")]), 2, Some(&allowed)).map(|r| r.len()), Ok(1));
+        assert_eq!(decode_requests(&unnamed, 2, Some(&allowed)), Err(Refused::CustomerNotAllowed(0, String::new())));
+        assert_eq!(decode_requests(&batch(vec![request("r", "a")]), 2, Some(&allowed)).map(|r| r.len()), Ok(1));
     }
 
     #[test]
     fn bytes_that_are_not_the_message_are_refused() {
-        assert!(matches!(decode_batch(b"\x0a\x05ab", 10, None), Err(Refused::NotDecodable(_))));
+        assert!(matches!(decode_requests(b"\x0a\x05ab", 10, None), Err(Refused::NotDecodable(_))));
         // Invalid UTF-8 in a string field, which protobuf refuses too.
         let bad_text = [0x0a, 0x03, 0x12, 0x01, 0xff];
-        assert!(matches!(decode_batch(&bad_text, 10, None), Err(Refused::NotDecodable(_))));
+        assert!(matches!(decode_requests(&bad_text, 10, None), Err(Refused::NotDecodable(_))));
     }
 
     pub(crate) const SCALE: &str = "000000000000000000"; // 10^-18 fixed point: "1" + SCALE is 1

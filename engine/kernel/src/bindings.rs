@@ -40,7 +40,6 @@ pyo3::create_exception!(
     PyValueError,
     "An AuthorizeBatch request without the request_id its answer is correlated by."
 );
-pyo3::create_exception!(_kernel, ReservationAsked, PyValueError, "An Authorize request asking for a reservation.");
 pyo3::create_exception!(
     _kernel,
     ReservationConflict,
@@ -57,7 +56,6 @@ fn refused(refusal: Refused) -> PyErr {
         Refused::TooManyRequests(count) => BatchTooLarge::new_err(count),
         Refused::CustomerNotAllowed(index, customer) => CustomerNotAllowed::new_err((index, customer)),
         Refused::NoRequestId(index) => RequestIdMissing::new_err(index),
-        Refused::Reservation => ReservationAsked::new_err(()),
     }
 }
 
@@ -229,29 +227,6 @@ impl Kernel {
         };
         let decision = self.read()?.authorize(&event, now_ms);
         Ok((decision.allowed, decision.reason, decision.message, decision.cost, decision.available))
-    }
-
-    /// AuthorizeBatches on raw bytes: (AuthorizeBatchResult bytes, decisions) answering an
-    /// AuthorizeBatch's bytes at now_ms, one decision per request, priced as `authorize`. Refuses the whole message,
-    /// deciding nothing: ValueError (not an AuthorizeBatch), CustomerNotAllowed(index, customer_id)
-    /// for a customer outside `allowed` (None: every customer), BatchTooLarge(requests) past
-    /// `requests_max`, RequestIdMissing(index), ReservationAsked. The kernel's lock is held only
-    /// while deciding, not while decoding or encoding; the GIL throughout (see the module's note).
-    fn authorize_batch<'py>(
-        &self,
-        py: Python<'py>,
-        batch: &[u8],
-        now_ms: i64,
-        requests_max: usize,
-        allowed: Option<Vec<String>>,
-    ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
-        let requests = authorize::decode_batch(batch, requests_max, allowed.as_deref()).map_err(refused)?;
-        let decisions = requests.len();
-        let responses = {
-            let kernel = self.read()?;
-            requests.into_iter().map(|r| authorize::answer(&kernel, r, now_ms)).collect()
-        };
-        Ok((PyBytes::new(py, &authorize::encode_result(responses)), decisions))
     }
 
     /// The customer's balance at now_ms as a dict of ints (picos), or None for an unknown customer.
@@ -721,12 +696,13 @@ impl Kernel {
         py.detach(|| crate::touch::batch_customers(batch)).map_err(PyValueError::new_err)
     }
 
-    /// AuthorizeBatches with holds: `authorize_batch`, except that a request may ask for a hold. A message
-    /// without one is answered as `authorize_batch` answers it: (AuthorizeBatchResult bytes, decisions). A
-    /// message with one gives (HoldingBatch, decisions): the other requests decided now, the holds (TTL
-    /// checked against `ttl_max_ms`, an unnamed one named from `id_seed` and `message_number`) for the
-    /// server to journal as one command and apply with `reserve_batch`. Refusals as `authorize_batch`,
-    /// but for ReservationAsked.
+    /// AuthorizeBatches on raw bytes at now_ms, one decision per request, priced as `authorize`. A message
+    /// without a hold request gives (AuthorizeBatchResult bytes, decisions). A message with one gives
+    /// (HoldingBatch, decisions): the other requests decided now, the holds (TTL checked against
+    /// `ttl_max_ms`, an unnamed one named from `id_seed` and `message_number`) for the server to journal as
+    /// one command and apply with `reserve_batch`. Refuses the whole message, deciding nothing: ValueError
+    /// (not an AuthorizeBatch), CustomerNotAllowed(index, customer_id) for a customer outside `allowed`
+    /// (None: every customer), BatchTooLarge(requests) past `requests_max`, RequestIdMissing(index).
     #[allow(clippy::too_many_arguments)]
     fn authorize_batch_holding<'py>(
         &self,
@@ -861,7 +837,6 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("BatchTooLarge", module.py().get_type::<BatchTooLarge>())?;
     module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
     module.add("RequestIdMissing", module.py().get_type::<RequestIdMissing>())?;
-    module.add("ReservationAsked", module.py().get_type::<ReservationAsked>())?;
     module.add("ReservationConflict", module.py().get_type::<ReservationConflict>())?;
     module.add("ReservationNotFound", module.py().get_type::<ReservationNotFound>())?;
     module.add("ReservationEnded", module.py().get_type::<ReservationEnded>())?;

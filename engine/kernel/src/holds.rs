@@ -54,8 +54,7 @@ pub struct HeldBatch {
     pub customers: Vec<String>,
 }
 
-/// Decodes an AuthorizeBatch with the whole-message checks of `authorize::decode_batch`, except that
-/// a request may ask for a hold.
+/// Decodes an AuthorizeBatch with the whole-message checks of `authorize::decode_requests`.
 pub fn decode(
     bytes: &[u8],
     requests_max: usize,
