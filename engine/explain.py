@@ -8,7 +8,6 @@ usage in the period (engine/lines.py names it). The events behind a line come fr
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,18 +28,6 @@ def check_instant(ms: int, field: str) -> None:
     """INVALID_ARGUMENT naming `field` for an instant before 1970 or after 9999."""
     if not 0 <= ms <= LATEST_MS:
         raise InvalidArgument.field(field, "must lie between 1970-01-01 and 8999-12-31 (UTC)")
-
-
-def add_months(anchor_ms: int, months: int) -> int:
-    """The anchor plus `months` calendar months, a day past the month's end clamped to its last day (route.rs).
-    engine/revenue.py's calendar; ExplainLineItem asks the kernel's `period_containing`."""
-    anchor = datetime.fromtimestamp(anchor_ms / 1000, UTC)
-    month_index = anchor.year * 12 + anchor.month - 1 + months
-    year, month = divmod(month_index, 12)
-    day = min(anchor.day, calendar.monthrange(year, month + 1)[1])
-    moved = anchor.replace(year=year, month=month + 1, day=day)
-    # Whole milliseconds: datetime keeps microseconds, the anchor had none beyond its milliseconds.
-    return anchor_ms + round((moved - anchor).total_seconds() * 1000)
 
 
 def period_starting(engine: Engine, customer_id: str, start_ms: int) -> tuple[int, int] | None:

@@ -36,9 +36,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
-from engine.explain import add_months, check_instant
+from engine.explain import check_instant
 from engine.ledger import Grant, GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from engine.state import Engine
@@ -104,12 +105,9 @@ class Report:
 
 
 def period_of(contract: Contract, ts_ms: int) -> tuple[int, int]:
-    """(start, end) of the contract's billing period containing ts_ms (at its first period when before it)."""
-    anchor = contract.starting_at_ms
-    months = max(0, (ts_ms - anchor) // (31 * 86_400_000))
-    while add_months(anchor, months + 1) <= ts_ms:
-        months += 1
-    return add_months(anchor, months), add_months(anchor, months + 1)
+    """(start, end) of the contract's billing period containing ts_ms (at its first period when before it), by the
+    rating kernel's calendar."""
+    return period_containing(contract.starting_at_ms, max(ts_ms, contract.starting_at_ms))
 
 
 def value_picos(grant: Grant, credits_picos: int) -> int:
@@ -307,13 +305,11 @@ def _periods(contracts: list[Contract], start_ms: int, end_ms: int) -> list[tupl
     """The billing periods of the customer's contracts that start in [start_ms, end_ms)."""
     periods: set[tuple[int, int]] = set()
     for contract in contracts:
-        anchor = contract.starting_at_ms
-        months = max(0, (start_ms - anchor) // (31 * 86_400_000))
+        begin, finish = period_of(contract, start_ms)
         for _ in range(PERIODS_MAX):
-            begin, finish = add_months(anchor, months), add_months(anchor, months + 1)
-            months += 1
             if begin >= end_ms or (contract.ending_before_ms is not None and begin >= contract.ending_before_ms):
                 break
             if begin >= start_ms:
                 periods.add((begin, finish))
+            begin, finish = finish, period_containing(contract.starting_at_ms, finish)[1]
     return sorted(periods)

@@ -7,17 +7,29 @@ grant's value once drawn and broken less its value once drawn, both computed ind
 
 from __future__ import annotations
 
+import calendar
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import revenue
 from engine.errors import InvalidArgument, NotFound
-from engine.explain import add_months
 from engine.ledger import GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from tests.engine_fixtures import DAY_MS, EPOCH_MS, basic_world, rate, unit
 from tests.kernel_fixtures import KernelWorld, usage_event
+
+
+def add_months(anchor_ms: int, months: int) -> int:
+    """The anchor plus `months` calendar months, a day past the month's end clamped to the month's last day (the
+    README's billing calendar), computed here independently of the engine."""
+    anchor = datetime.fromtimestamp(anchor_ms / 1000, UTC)
+    year, month = divmod(anchor.year * 12 + anchor.month - 1 + months, 12)
+    day = min(anchor.day, calendar.monthrange(year, month + 1)[1])
+    return anchor_ms + (anchor.replace(year=year, month=month + 1, day=day) - anchor) // timedelta(milliseconds=1)
+
 
 MONTHS = [add_months(EPOCH_MS, k) for k in range(4)]  # the contract's first three periods and the end
 FAR_FUTURE_MS = add_months(EPOCH_MS, 120)
