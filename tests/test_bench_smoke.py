@@ -18,7 +18,8 @@ import pytest
 
 from tests.serverproc import REPO_ROOT
 
-WORKLOADS = ("references", "ingest", "telemetry", "authorize", "memory", "preview", "recovery", "stall")
+WORKLOADS = ("references", "ingest", "telemetry", "authorize", "memory", "preview", "recovery", "stall", "dedupe")
+QUICK_DEDUPE_IDS = 20_000
 RUNS = 2
 BATCHES = 4
 BATCH_EVENTS = 50
@@ -153,3 +154,19 @@ def test_authorize_reports_journaled_holds_after_its_other_rows(bench_run: tuple
     batch_holds = _figure(authorize, "AuthorizeBatches(reserve=true) journaled holds/s (50 a message)")
     assert len(batch_holds["values"]) == RUNS and all(v > 0 for v in batch_holds["values"])
     assert any("settles each granted hold with its usage event" in note for note in authorize["notes"])
+
+
+def test_the_dedupe_workload_fills_the_window_and_compares_runs_pair_by_pair(
+    bench_run: tuple[dict[str, Any], str],
+) -> None:
+    document, _ = bench_run
+    dedupe = document["workloads"]["dedupe"]
+    assert dedupe["status"] == "ok", dedupe["reason"]
+    assert dedupe["details"]["ids_filled"] == QUICK_DEDUPE_IDS, "every filling event is accepted: no id repeats"
+    assert dedupe["details"]["ids_before_fill"] > 0
+    after = _figure(dedupe, f"ingest events/s, {QUICK_DEDUPE_IDS:,} more ids")
+    assert after["reference"] == "window before the fill"
+    assert len(after["ratios"]) == RUNS, "one ratio per run, pair by pair"
+    assert after["met"] is None, "not judged below 100,000,000 ids"
+    assert _figure(dedupe, "anon RSS per id")["values"][0] > 0
+    assert _figure(dedupe, "data directory growth per id")["values"][0] > 0

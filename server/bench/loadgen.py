@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from tariff.v1 import balance_pb2, invoices_pb2, usage_pb2
 
-from server.bench.seed import MODELS, REGIONS, batches, customer_id
+from server.bench.seed import MODELS, REGIONS, batches, customer_id, stamped_batches
 from server.bench.target import CHANNEL_OPTIONS
 
 INGEST_METHOD = "/tariff.v1.UsageService/IngestUsage"
@@ -50,6 +50,8 @@ class IngestSpec(TypedDict):
     seed: int
     only_customer: int | None
     prebuild: bool  # serialize every batch before the barrier (throughput runs) or build as it sends
+    # Stamp fresh ids into a few pre-encoded batches as it sends (seed.stamped_batches): filling the dedupe window.
+    stamped: NotRequired[bool]
 
 
 class UnarySpec(TypedDict):
@@ -98,6 +100,13 @@ def _ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, 
         seed=spec["seed"],
         only_customer=spec["only_customer"],
     )
+    stamped = (
+        stamped_batches(
+            spec["run_tag"], spec["customers"], spec["batch_events"], spec["batch_count"], seed=spec["seed"]
+        )
+        if spec.get("stamped")
+        else None
+    )
     prepared: list[bytes] = []
     keys: set[tuple[str, str, str]] = set()
     if not lazy:
@@ -115,6 +124,10 @@ def _ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, 
     def take() -> bytes | None:
         """The next batch to send, shared by the streams; None when there is none left."""
         with lock:
+            if stamped is not None:
+                payload = next(stamped, None)
+                totals["sent"] += spec["batch_events"] if payload is not None else 0
+                return payload
             if lazy:
                 if stop is not None and stop.is_set():
                     return None

@@ -1,7 +1,8 @@
 """The bench's flags and its run: sizes from the flags, workloads in order, the table and the JSON.
 
 Default sizes fit `make bench` in under 10 minutes on the 2-core machine; `--quick` shrinks every
-size for a smoke test (its figures mean nothing); `--full` raises recovery to 10 M journaled events.
+size for a smoke test (its figures mean nothing); `--full` raises recovery to 10 M journaled events and the dedupe
+window's fill to 100 M ids.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from server.bench.workloads import BenchConfig
 
-WORKLOAD_NAMES = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory", "stall")
+WORKLOAD_NAMES = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory", "stall", "dedupe")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON file to write (default bench.json)")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure; the table shows their median (default 3)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
-    parser.add_argument("--full", action="store_true", help="recovery after 10,000,000 journaled events (slow)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="recovery after 10,000,000 journaled events, dedupe with 100,000,000 ids in the window (slow)",
+    )
     parser.add_argument(
         "--only",
         default=",".join(WORKLOAD_NAMES),
@@ -40,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, help="batches per ingest run (default 200)")
     parser.add_argument(
         "--events", type=int, help="events journaled before the recovery restart (default 300,000; --full: 10,000,000)"
+    )
+    parser.add_argument(
+        "--dedupe-ids",
+        type=int,
+        help="ids added to the dedupe window before ingest is measured again (default 10,000,000; --full: 100,000,000)",
     )
     parser.add_argument(
         "--preview-events", type=int, help="events in the previewed customer's period (default 1,000,000)"
@@ -85,6 +95,7 @@ def _config(args: argparse.Namespace, work_dir: Path) -> BenchConfig:
         preview_events=args.preview_events or (2_000 if quick else 1_000_000),
         preview_calls=20 if quick else 200,
         recovery_events=args.events or (10_000_000 if args.full else 2_000 if quick else 300_000),
+        dedupe_ids=args.dedupe_ids or (100_000_000 if args.full else 20_000 if quick else 10_000_000),
         measure_seconds_max=1.0 if quick else 4.0,
         only=only,
         postgres=not args.no_postgres,
@@ -94,7 +105,7 @@ def _config(args: argparse.Namespace, work_dir: Path) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.bench import report, stalls, workloads
+    from server.bench import dedupe, report, stalls, workloads
 
     owned_work_dir = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="tariff-bench-")) if owned_work_dir else args.work_dir
@@ -138,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
             attempt("recovery", lambda: workloads.recovery_workload(bench))
         if "stall" in config.only:
             attempt("stall", lambda: stalls.stall_workload(bench))
+        if "dedupe" in config.only:
+            attempt("dedupe", lambda: dedupe.dedupe_workload(bench))
     finally:
         bench.stop_all()
         if owned_work_dir:

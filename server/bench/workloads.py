@@ -44,7 +44,7 @@ from server.bench.target import (
 )
 
 JOURNAL_SEED_RECOVERY_TIMEOUT_S = 3600.0
-WORKLOADS = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory", "stall")
+WORKLOADS = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory", "stall", "dedupe")
 WARMUP_BATCHES = 5
 RECOVERY_CUSTOMERS = 100
 # Decisions per AuthorizeBatches message: what a gateway gathers in about a millisecond at 50,000 checks a second.
@@ -90,6 +90,8 @@ class BenchConfig:
     preview_events: int
     preview_calls: int
     recovery_events: int
+    # Ids added to the main server's dedupe window before ingest is measured again (server/bench/dedupe.py).
+    dedupe_ids: int
     # Caps on one latency or AuthorizeStream measurement, so a slow server cannot stretch the bench.
     measure_seconds_max: float
     only: tuple[str, ...]
