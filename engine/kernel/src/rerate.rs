@@ -927,7 +927,7 @@ mod tests {
         let grants = [("prepaid", 1_000 * E18, 0)];
         let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
         let stored = crate::snapshot::decode(&kernel.snapshot()).unwrap();
-        assert_eq!(stored.format, 3);
+        assert_eq!(stored.format, crate::snapshot::FORMAT);
         // Format 2 is format 3 without the accounts' adjustment entries (postcard encodes a tuple as a struct).
         let accounts: Vec<_> = (stored.accounts.iter())
             .map(|a| (&a.customer_id, &a.grants, &a.aggregates, &a.buckets, &a.period_charges, &a.period_overage))

@@ -11,8 +11,9 @@ use crate::money::Picos;
 use crate::rerate::Adjustment;
 
 /// Format version: bump when the encoding changes. Format 1 (dedupe entries by transaction id
-/// per account) and format 2 (no adjustment entries, reservations, top-ups, breakage or clock) are still read.
-pub const FORMAT: u32 = 3;
+/// per account), format 2 (no adjustment entries, reservations, top-ups, breakage or clock) and format 3
+/// (dedupe entries as postcard varints) are still read.
+pub const FORMAT: u32 = 4;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub struct StoredAccount {
@@ -33,10 +34,83 @@ pub struct Stored {
     pub format: u32,
     pub strings: Vec<String>,
     pub accounts: Vec<StoredAccount>,
-    /// Keyed by `dedupe::key(customer_id, transaction_id)`, sorted by key.
+    /// Keyed by `dedupe::key(customer_id, transaction_id)`, sorted by key. Since format 4 one byte string
+    /// of fixed-width entries (`dedupe_entries`): a window of 10 M ids took seconds to restore as varints.
+    #[serde(with = "dedupe_entries")]
     pub dedupe: Vec<(u128, Seen)>,
     /// The latest AdvanceClock's time (since format 3).
     pub clock_ms: i64,
+}
+
+/// Dedupe entries as one byte string, each ENTRY_BYTES wide: key, digest (little-endian u128) and
+/// acceptance time (little-endian i64). Fixed width, so decoding is a walk over the bytes, with no
+/// per-field varint.
+mod dedupe_entries {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    use crate::dedupe::Seen;
+
+    pub const ENTRY_BYTES: usize = 40;
+
+    pub fn serialize<S: Serializer>(entries: &[(u128, Seen)], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(entries.len() * ENTRY_BYTES);
+        for (key, seen) in entries {
+            bytes.extend_from_slice(&key.to_le_bytes());
+            bytes.extend_from_slice(&seen.digest.to_le_bytes());
+            bytes.extend_from_slice(&seen.at_ms.to_le_bytes());
+        }
+        serializer.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(u128, Seen)>, D::Error> {
+        deserializer.deserialize_bytes(EntriesVisitor)
+    }
+
+    struct EntriesVisitor;
+
+    impl Visitor<'_> for EntriesVisitor {
+        type Value = Vec<(u128, Seen)>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "dedupe entries of {ENTRY_BYTES} bytes each")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+            if bytes.len() % ENTRY_BYTES != 0 {
+                return Err(E::custom(format!(
+                    "{} bytes of dedupe entries, not a multiple of {ENTRY_BYTES}",
+                    bytes.len()
+                )));
+            }
+            let u128_at =
+                |entry: &[u8], at: usize| u128::from_le_bytes(entry[at..at + 16].try_into().expect("16 bytes"));
+            let entries = bytes.chunks_exact(ENTRY_BYTES).map(|entry| {
+                let at_ms = i64::from_le_bytes(entry[32..40].try_into().expect("8 bytes"));
+                (u128_at(entry, 0), Seen { digest: u128_at(entry, 16), at_ms })
+            });
+            Ok(entries.collect())
+        }
+    }
+}
+
+/// Format 3: as format 4 with the dedupe entries as a postcard sequence of varints.
+#[derive(Deserialize)]
+struct StoredV3 {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccount>,
+    dedupe: Vec<(u128, Seen)>,
+    clock_ms: i64,
+}
+
+impl StoredV3 {
+    fn upgrade(self) -> Stored {
+        debug_assert_eq!(self.format, 3);
+        let Self { strings, accounts, dedupe, clock_ms, .. } = self;
+        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms }
+    }
 }
 
 /// Format 2: as format 3 without adjustment entries, credits and clock.
@@ -130,6 +204,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
     match format {
         FORMAT => postcard::from_bytes(bytes).map_err(broken),
+        3 => postcard::from_bytes::<StoredV3>(bytes).map_err(broken).map(StoredV3::upgrade),
         2 => postcard::from_bytes::<StoredV2>(bytes).map_err(broken).map(StoredV2::upgrade),
         1 => postcard::from_bytes::<StoredV1>(bytes).map_err(broken).map(|v1| {
             debug_assert_eq!(v1.format, 1);
@@ -178,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn a_format_2_snapshot_reads_as_format_3_without_credits() {
+    fn a_format_2_snapshot_reads_as_the_current_format_without_credits() {
         let account = WrittenAccountV2 {
             customer_id: "acme".into(),
             grants: vec![grant()],
@@ -201,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn format_3_round_trips_credits_and_the_clock() {
+    fn format_4_round_trips_credits_and_the_clock() {
         let policy = TopUpPolicy { threshold: 1, recharge_to: 2, price_per_credit_e18: 3, max_per_period: 4 };
         let credits = AccountCredits { top_up: Some(policy), ..AccountCredits::default() };
         let account = StoredAccount {
@@ -215,6 +290,69 @@ mod tests {
             credits: Some(credits),
         };
         let stored = Stored { format: FORMAT, strings: vec![], accounts: vec![account], dedupe: vec![], clock_ms: 42 };
-        assert_eq!(decode(&encode(&stored)).expect("format 3 reads"), stored);
+        assert_eq!(decode(&encode(&stored)).expect("format 4 reads"), stored);
+    }
+
+    /// Format 3's layout: as format 4, the dedupe entries a postcard sequence.
+    #[derive(Serialize)]
+    struct WrittenV3 {
+        format: u32,
+        strings: Vec<String>,
+        accounts: Vec<StoredAccount>,
+        dedupe: Vec<(u128, Seen)>,
+        clock_ms: i64,
+    }
+
+    fn extreme_entries() -> Vec<(u128, Seen)> {
+        vec![
+            (0, Seen { digest: u128::MAX, at_ms: i64::MIN }),
+            (7, Seen { digest: 0, at_ms: -1 }),
+            (u128::MAX, Seen { digest: 1 << 127, at_ms: i64::MAX }),
+        ]
+    }
+
+    #[test]
+    fn a_format_3_snapshot_reads_as_format_4_with_the_same_dedupe_entries() {
+        let written = WrittenV3 {
+            format: 3,
+            strings: vec!["p".into()],
+            accounts: vec![],
+            dedupe: extreme_entries(),
+            clock_ms: 9,
+        };
+        let stored = decode(&postcard::to_allocvec(&written).unwrap()).expect("format 3 reads");
+        assert_eq!(stored.format, FORMAT);
+        assert_eq!((stored.dedupe, stored.clock_ms, stored.strings), (extreme_entries(), 9, vec!["p".to_string()]));
+    }
+
+    #[test]
+    fn format_4_keeps_dedupe_entries_exactly_in_fixed_width_bytes() {
+        let stored =
+            Stored { format: FORMAT, strings: vec![], accounts: vec![], dedupe: extreme_entries(), clock_ms: 0 };
+        let bytes = encode(&stored);
+        assert_eq!(decode(&bytes).expect("format 4 reads"), stored);
+        let empty = encode(&Stored { dedupe: vec![], ..stored });
+        assert_eq!(
+            bytes.len() - empty.len(),
+            3 * dedupe_entries::ENTRY_BYTES,
+            "fixed width, plus no length growth here"
+        );
+    }
+
+    #[test]
+    fn dedupe_bytes_not_a_whole_number_of_entries_are_refused() {
+        let stored =
+            Stored { format: FORMAT, strings: vec![], accounts: vec![], dedupe: extreme_entries(), clock_ms: 0 };
+        let mut bytes = encode(&stored);
+        // The blob's length prefix is the byte before its first entry: one byte short of three entries.
+        let at = bytes.len() - 3 * dedupe_entries::ENTRY_BYTES - 1 - 1;
+        assert_eq!(bytes[at] as usize, 3 * dedupe_entries::ENTRY_BYTES);
+        bytes[at] -= 1;
+        bytes.remove(at + 1);
+        // postcard keeps no message of a custom error: the refusal says only that the snapshot does not decode.
+        assert!(decode(&bytes).unwrap_err().contains("does not decode"));
+        bytes[at] += 1;
+        bytes.insert(at + 1, 0);
+        assert_eq!(decode(&bytes).expect("whole entries again").dedupe.len(), 3);
     }
 }
