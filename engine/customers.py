@@ -8,7 +8,7 @@ import msgspec
 
 from engine import commands as cmd
 from engine.contracts import Contract, Customer
-from engine.control import Account, ControlPlane, check_id, check_text_map, fingerprint
+from engine.control import ControlPlane, check_id, check_text_map, fingerprint, new_account
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.money import parse_decimal
 from engine.ratecard import normalize_match
@@ -30,7 +30,7 @@ class CustomerCommands(ControlPlane):
         attributes = dict(c.attributes) if c.attributes else NO_ATTRIBUTES
         customer = Customer(c.id, c.name or c.id, attributes, c.at_ms, request=print_)
         self.state.customers[c.id] = customer
-        self.state.accounts[c.id] = Account(c.id)
+        self.state.accounts[c.id] = new_account(c.id)
         return customer
 
     def _create_contract(self, c: cmd.CreateContract) -> Contract:

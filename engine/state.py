@@ -18,7 +18,7 @@ from engine.alerts import AlertRule, parse_rule
 from engine.audit import AuditLog
 from engine.catalogue import CatalogueCommands
 from engine.contracts import Contract
-from engine.control import BillingState, check_id
+from engine.control import BillingState, check_id, share_empty_dicts
 from engine.customers import CustomerCommands
 from engine.errors import AlreadyExists, Repeated
 from engine.grants import GrantCommands
@@ -69,7 +69,11 @@ class Engine(
         for contract in self.state.contracts.values():
             held = self._contracts_by_customer.get(contract.customer_id, ())
             self._contracts_by_customer[contract.customer_id] = (*held, contract)
-        self._grant_ids = {grant.id for account in self.state.accounts.values() for grant in account.grants}
+        grant_ids: set[str] = set()
+        for account in self.state.accounts.values():
+            grant_ids.update(grant.id for grant in account.grants)
+            share_empty_dicts(account)
+        self._grant_ids = grant_ids
         self._due_heap = None
 
     # Applying commands -------------------------------------------------------------------------------------
