@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -26,6 +27,7 @@ from engine.pending import PendingRerating
 from engine.products import Product
 from engine.ratecard import RateCard
 
+DAY_MS = 24 * 3_600_000
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TEXT_BYTES_MAX = 256
 TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
@@ -237,3 +239,12 @@ def check_text_map(entries: dict[str, str], field_path: str) -> None:
             raise InvalidArgument.field(
                 f"{field_path}[{key[:32]}]", f"keys (non-empty) and values are at most {TEXT_BYTES_MAX} bytes"
             )
+
+
+def default_contract_id(customer_id: str, starting_at_ms: int) -> str:
+    """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
+    if starting_at_ms % DAY_MS == 0:
+        suffix = datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")
+    else:
+        suffix = str(starting_at_ms)
+    return f"{customer_id[: 127 - len(suffix)]}-{suffix}"

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import msgspec
 
 from engine import commands as cmd
 from engine.contracts import Contract, Customer
-from engine.control import ControlPlane, check_id, check_text_map, fingerprint, new_account
+from engine.control import DAY_MS, ControlPlane, check_id, check_text_map, default_contract_id, fingerprint, new_account
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.money import parse_decimal
 from engine.ratecard import normalize_match
 
-DAY_MS = 24 * 3_600_000
 # Shared by every customer created without attributes (most): an empty dict is 64 bytes, and a Customer is
 # frozen, its attributes never changed in place.
 NO_ATTRIBUTES: dict[str, str] = {}
@@ -97,12 +94,3 @@ class CustomerCommands(ControlPlane):
         contract.overrides = (*contract.overrides, o)
         self._remember(key, print_)
         return contract
-
-
-def default_contract_id(customer_id: str, starting_at_ms: int) -> str:
-    """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
-    if starting_at_ms % DAY_MS == 0:
-        suffix = datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")
-    else:
-        suffix = str(starting_at_ms)
-    return f"{customer_id[: 127 - len(suffix)]}-{suffix}"
