@@ -6,7 +6,16 @@ import msgspec
 
 from engine import commands as cmd
 from engine.contracts import Contract, Customer
-from engine.control import DAY_MS, ControlPlane, check_id, check_text_map, default_contract_id, fingerprint, new_account
+from engine.control import (
+    DAY_MS,
+    ControlPlane,
+    check_id,
+    check_text_map,
+    default_contract_id,
+    fingerprint,
+    keeping_print,
+    new_account,
+)
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.money import parse_decimal
 from engine.ratecard import normalize_match
@@ -21,11 +30,11 @@ class CustomerCommands(ControlPlane):
         check_id(c.id, "id")
         check_text_map(c.attributes, "attributes")
         held = self.state.customers.get(c.id)
-        print_ = self._repeat_held(f"customer/{c.id}", c, None if held is None else held.request, lambda: held)
+        print_ = self._repeat_held(f"customer/{c.id}", c, self._held_print(held), lambda: held)
         if held is not None:
             raise AlreadyExists(f"customer {c.id!r} already exists")
         attributes = dict(c.attributes) if c.attributes else NO_ATTRIBUTES
-        customer = Customer(c.id, c.name or c.id, attributes, c.at_ms, request=print_)
+        customer = keeping_print(Customer(c.id, c.name or c.id, attributes, c.at_ms), print_)
         self.state.customers[c.id] = customer
         self.state.accounts[c.id] = new_account(c.id)
         return customer
@@ -46,7 +55,7 @@ class CustomerCommands(ControlPlane):
         # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
         contract_id = c.id or default_contract_id(customer.id, starting_at_ms)
         held = self.state.contracts.get(contract_id)
-        print_ = self._repeat_held(f"contract/{contract_id}", c, None if held is None else held.request, lambda: held)
+        print_ = self._repeat_held(f"contract/{contract_id}", c, self._held_print(held), lambda: held)
         if held is not None:
             raise AlreadyExists(f"contract {contract_id!r} already exists")
         contracts = self._contracts_by_customer.get(customer.id, ())
@@ -63,8 +72,8 @@ class CustomerCommands(ControlPlane):
             overage_price,
             c.currency or "USD",
             c.at_ms,
-            request=print_,
         )
+        contract = keeping_print(contract, print_)
         self.state.contracts[contract_id] = contract
         self._contracts_by_customer[customer.id] = (*contracts, contract)
         return contract
