@@ -58,8 +58,7 @@ class CustomerCommands(ControlPlane):
         print_ = self._repeat_held(f"contract/{contract_id}", c, self._held_print(held), lambda: held)
         if held is not None:
             raise AlreadyExists(f"contract {contract_id!r} already exists")
-        contracts = self._contracts_by_customer.get(customer.id, ())
-        for other in contracts:
+        for other in self.contracts_of(customer.id):
             if other.overlaps(starting_at_ms, c.ending_before_ms):
                 raise FailedPrecondition(f"customer {customer.id!r} already has contract {other.id!r} in that time")
         contract = Contract(
@@ -75,7 +74,7 @@ class CustomerCommands(ControlPlane):
         )
         contract = keeping_print(contract, print_)
         self.state.contracts[contract_id] = contract
-        self._contracts_by_customer[customer.id] = (*contracts, contract)
+        self._index_contract(contract)
         return contract
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:

@@ -213,7 +213,7 @@ class InvoiceCommands(ControlPlane):
 
     def _nearest_period_start(self, customer_id: str, ts_ms: int) -> int | None:
         candidates = []
-        for contract in self._contracts_by_customer.get(customer_id, ()):
+        for contract in self.contracts_of(customer_id):
             if contract.covers(ts_ms):
                 start, end = self._period_of(contract, ts_ms)
                 candidates += [start] + ([end] if contract.covers(end) else [])

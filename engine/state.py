@@ -33,8 +33,8 @@ class Engine(
     CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands, AuditLog, RollbackCommands, InvoiceCommands
 ):
     state: BillingState = field(default_factory=BillingState)
-    # Tuples: a customer has one contract or a few, and a tuple of one is 48 bytes where a list grown by append is 88.
-    _contracts_by_customer: dict[str, tuple[Contract, ...]] = field(default_factory=dict)
+    # A customer's one contract, or a tuple of its few (engine/control.py ControlPlane.contracts_of).
+    _contracts_by_customer: dict[str, Contract | tuple[Contract, ...]] = field(default_factory=dict)
     _grant_ids: set[str] = field(default_factory=set)
     # The kernel's invoice lines (engine/billing.py sets it); contracts by their first unclosed period's end.
     period_lines: LinesReader | None = None
@@ -67,8 +67,7 @@ class Engine(
         self._seal_audit()  # a snapshot from before audit chunks holds its whole log as entries
         self._contracts_by_customer.clear()
         for contract in self.state.contracts.values():
-            held = self._contracts_by_customer.get(contract.customer_id, ())
-            self._contracts_by_customer[contract.customer_id] = (*held, contract)
+            self._index_contract(contract)
         grant_ids: set[str] = set()
         for account in self.state.accounts.values():
             grant_ids.update(grant.id for grant in account.grants)
