@@ -80,6 +80,22 @@ NO_CLOSED_PERIODS: dict[int, None] = {}
 NO_INVOICES: dict[int, str] = {}
 
 
+# Times and amounts repeat: the commands of a bulk load share their millisecond, contracts start on the first of
+# a month, grants come in a few sizes; and an int past 2^30 is 32 bytes (a grant amount in picos, 36 to 48). One
+# object per value among the recent distinct ones: the whole table is forgotten when full, so it stays small and
+# a value still in use is shared again from its next use.
+SHARED_INTS_MAX = 4096
+_shared_ints: dict[int, int] = {}
+
+
+def shared_int(value: int) -> int:
+    """`value`, as the object already held for an equal value if there is one."""
+    held = _shared_ints.setdefault(value, value)
+    if len(_shared_ints) > SHARED_INTS_MAX:
+        _shared_ints.clear()
+    return held
+
+
 def new_account(customer_id: str) -> Account:
     return Account(customer_id, (), NO_CLOSED_PERIODS, NO_INVOICES)
 

@@ -15,6 +15,7 @@ from engine.control import (
     fingerprint,
     keeping_print,
     new_account,
+    shared_int,
 )
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.money import parse_decimal
@@ -34,7 +35,7 @@ class CustomerCommands(ControlPlane):
         if held is not None:
             raise AlreadyExists(f"customer {c.id!r} already exists")
         attributes = dict(c.attributes) if c.attributes else NO_ATTRIBUTES
-        customer = keeping_print(Customer(c.id, c.name or c.id, attributes, c.at_ms), print_)
+        customer = keeping_print(Customer(c.id, c.name or c.id, attributes, shared_int(c.at_ms)), print_)
         self.state.customers[c.id] = customer
         self.state.accounts[c.id] = new_account(c.id)
         return customer
@@ -65,12 +66,12 @@ class CustomerCommands(ControlPlane):
             contract_id,
             customer.id,
             card.id,
-            starting_at_ms,
+            shared_int(starting_at_ms),
             c.ending_before_ms,
             c.overage_policy,
             overage_price,
             c.currency or "USD",
-            c.at_ms,
+            shared_int(c.at_ms),
         )
         contract = keeping_print(contract, print_)
         self.state.contracts[contract_id] = contract
