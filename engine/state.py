@@ -24,6 +24,7 @@ from engine.errors import AlreadyExists, Repeated
 from engine.grants import GrantCommands
 from engine.invoices import AdjustmentsReader, LinesReader
 from engine.invoicing import InvoiceCommands
+from engine.restore import decode_state
 from engine.rollback import RollbackCommands
 from engine.versions import VersionCommands
 
@@ -61,7 +62,7 @@ class Engine(
     def from_snapshot(cls, blob: bytes) -> Engine:
         if blob[:1] != b"{":  # written before snapshots were JSON: a msgpack map
             return cls(msgspec.msgpack.decode(blob, type=BillingState))
-        return cls(msgspec.json.decode(blob, type=BillingState))
+        return cls(decode_state(blob))
 
     def _reindex(self) -> None:
         self._seal_audit()  # a snapshot from before audit chunks holds its whole log as entries
