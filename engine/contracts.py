@@ -26,7 +26,8 @@ class Customer(msgspec.Struct, frozen=True, gc=False):
     attributes: dict[str, str]
     created_at_ms: int
     # The fingerprint of the CreateCustomer that made it: its retry key, held here rather than as an entry of
-    # BillingState.requests (one per customer, contract and grant: most of the control plane's memory).
+    # BillingState.requests (one per customer, contract and grant: most of the control plane's memory). Empty
+    # when the request is the one the record restates (engine/control.py restated_request), as most are.
     request: bytes = b""
 
 

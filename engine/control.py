@@ -8,11 +8,13 @@ engine/state.py ties them together.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -22,10 +24,12 @@ from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound, Repeated
 from engine.invoices import Invoice
 from engine.ledger import Grant
+from engine.money import PICOS_PER_UNIT, format_decimal, format_picos
 from engine.pending import PendingRerating
 from engine.products import Product
 from engine.ratecard import RateCard
 
+DAY_MS = 24 * 3_600_000
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TEXT_BYTES_MAX = 256
 TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
@@ -68,6 +72,40 @@ class Account(msgspec.Struct, gc=False):
     grants: tuple[Grant, ...] = ()
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
     invoices: dict[int, str] = {}  # period start -> the number of its final invoice
+
+
+# Shared by every account without a closed period (most): msgspec gives each Account its own empty dicts, 64 bytes
+# each. Never changed in place: closing a period gives the account new dicts (engine/invoicing.py _finalise).
+NO_CLOSED_PERIODS: dict[int, None] = {}
+NO_INVOICES: dict[int, str] = {}
+
+
+# Times and amounts repeat: the commands of a bulk load share their millisecond, contracts start on the first of
+# a month, grants come in a few sizes; and an int past 2^30 is 32 bytes (a grant amount in picos, 36 to 48). One
+# object per value among the recent distinct ones: the whole table is forgotten when full, so it stays small and
+# a value still in use is shared again from its next use.
+SHARED_INTS_MAX = 4096
+_shared_ints: dict[int, int] = {}
+
+
+def shared_int(value: int) -> int:
+    """`value`, as the object already held for an equal value if there is one."""
+    held = _shared_ints.setdefault(value, value)
+    if len(_shared_ints) > SHARED_INTS_MAX:
+        _shared_ints.clear()
+    return held
+
+
+def new_account(customer_id: str) -> Account:
+    return Account(customer_id, (), NO_CLOSED_PERIODS, NO_INVOICES)
+
+
+def share_empty_dicts(account: Account) -> None:
+    """An account decoded from a snapshot holds its own empty dicts: the shared ones instead."""
+    if not account.closed_periods:
+        account.closed_periods = NO_CLOSED_PERIODS
+    if not account.invoices:
+        account.invoices = NO_INVOICES
 
 
 class RequestMark(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -145,6 +183,7 @@ def check_id(value: str, field_path: str) -> None:
         raise InvalidArgument.field(field_path, f"{value!r} must be 1-128 characters of letters, digits and ._:@-")
 
 
+_Record = TypeVar("_Record", Customer, Contract, Grant)
 _fingerprint_encoder = msgspec.msgpack.Encoder(order="deterministic")
 
 
@@ -158,7 +197,8 @@ class ControlPlane:
     """The state and indexes every command reads, and the retry-key rules (see engine/state.py's Engine)."""
 
     state: BillingState
-    _contracts_by_customer: dict[str, tuple[Contract, ...]]
+    # A customer's one contract itself (most customers: a tuple of one is 48 bytes more), or its contracts.
+    _contracts_by_customer: dict[str, Contract | tuple[Contract, ...]]
     _grant_ids: set[str]
 
     def _repeat(self, key: str, command: cmd.AdminCommand, answer: Callable[[], object]) -> bytes:
@@ -182,6 +222,13 @@ class ControlPlane:
             raise Repeated(answer())
         return self._repeat(key, command, answer) if self.state.requests else print_
 
+    def _held_print(self, held: Customer | Contract | Grant | None) -> bytes | None:
+        """The fingerprint of the request that made `held` (None if there is no record): its own, or, when it
+        keeps none, that of the request it restates (`restated_request`)."""
+        if held is None:
+            return None
+        return held.request or fingerprint(restated_request(held))
+
     def _remember(self, key: str, print_: bytes, version: int = 0) -> None:
         self.state.requests[key] = RequestMark(print_, version)
 
@@ -203,12 +250,17 @@ class ControlPlane:
             raise NotFound(f"customer {customer_id!r} does not exist")
         return customer
 
-    def contracts_of(self, customer_id: str) -> Sequence[Contract]:
+    def contracts_of(self, customer_id: str) -> tuple[Contract, ...]:
         """The customer's contracts, from an index: a read never scans every customer's contracts."""
-        return self._contracts_by_customer.get(customer_id, ())
+        held = self._contracts_by_customer.get(customer_id, ())
+        return held if isinstance(held, tuple) else (held,)
+
+    def _index_contract(self, contract: Contract) -> None:
+        held = self.contracts_of(contract.customer_id)
+        self._contracts_by_customer[contract.customer_id] = (*held, contract) if held else contract
 
     def _contract_at(self, customer_id: str, ts_ms: int) -> Contract | None:
-        return next((c for c in self._contracts_by_customer.get(customer_id, ()) if c.covers(ts_ms)), None)
+        return next((c for c in self.contracts_of(customer_id) if c.covers(ts_ms)), None)
 
 
 def check_text_map(entries: dict[str, str], field_path: str) -> None:
@@ -219,3 +271,69 @@ def check_text_map(entries: dict[str, str], field_path: str) -> None:
             raise InvalidArgument.field(
                 f"{field_path}[{key[:32]}]", f"keys (non-empty) and values are at most {TEXT_BYTES_MAX} bytes"
             )
+
+
+def keeping_print(record: _Record, print_: bytes) -> _Record:
+    """A new record (made with `request` empty) as it keeps its request's fingerprint: nothing when the request is
+    the one the record restates (`restated_request`), the usual case, else the fingerprint. A fingerprint is 49
+    bytes of heap (64 with the allocator's rounding), three a customer, recomputed only when the same id comes again."""
+    if print_ == fingerprint(restated_request(record)):
+        return record
+    return msgspec.structs.replace(record, request=print_)
+
+
+def restated_request(record: Customer | Contract | Grant) -> cmd.AdminCommand:
+    """The request that made `record` with its defaults left out, rebuilt from the record (time and caller are
+    not part of a fingerprint). Part of the stored format: a record that keeps no fingerprint is recognised by
+    this restatement, so a rule changed here no longer recognises the retries of records stored before."""
+    match record:
+        case Customer():
+            return cmd.CreateCustomer(0, "", record.id, record.name, record.attributes)
+        case Contract():
+            default_id = default_contract_id(record.customer_id, record.starting_at_ms)
+            return cmd.CreateContract(
+                0,
+                "",
+                "" if record.id == default_id else record.id,
+                record.customer_id,
+                record.rate_card_id,
+                record.starting_at_ms,
+                record.ending_before_ms,
+                record.overage_policy,
+                "" if record.overage_price == "1" else record.overage_price,
+                "" if record.currency == "USD" else record.currency,
+            )
+    return cmd.GrantCredits(
+        0,
+        "",
+        record.id,
+        record.customer_id,
+        record.contract_id,
+        record.kind,
+        _credits_text(record.amount),
+        "" if record.paid_amount == 0 else format_decimal(record.paid_amount),
+        record.priority,
+        record.applicable_product_ids,
+        None,
+        record.expires_at_ms,
+        "" if record.rollover_fraction == 0 else format_decimal(record.rollover_fraction),
+    )
+
+
+def _credits_text(picos: int) -> str:
+    """format_picos(picos), quicker for a whole number of credits (most grants)."""
+    units, fraction = divmod(picos, PICOS_PER_UNIT)
+    return str(units) if fraction == 0 else format_picos(picos)
+
+
+def default_contract_id(customer_id: str, starting_at_ms: int) -> str:
+    """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
+    suffix = _contract_id_suffix(starting_at_ms)
+    return f"{customer_id[: 127 - len(suffix)]}-{suffix}"
+
+
+@functools.lru_cache(maxsize=64)  # most contracts start on a few days (the first of a month): strftime is slow
+def _contract_id_suffix(starting_at_ms: int) -> str:
+    if starting_at_ms % DAY_MS == 0:
+        return datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")
+    return str(starting_at_ms)

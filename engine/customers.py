@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import msgspec
 
 from engine import commands as cmd
 from engine.contracts import Contract, Customer
-from engine.control import Account, ControlPlane, check_id, check_text_map, fingerprint
+from engine.control import (
+    DAY_MS,
+    ControlPlane,
+    check_id,
+    check_text_map,
+    default_contract_id,
+    fingerprint,
+    keeping_print,
+    new_account,
+    shared_int,
+)
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.money import parse_decimal
 from engine.ratecard import normalize_match
 
-DAY_MS = 24 * 3_600_000
 # Shared by every customer created without attributes (most): an empty dict is 64 bytes, and a Customer is
 # frozen, its attributes never changed in place.
 NO_ATTRIBUTES: dict[str, str] = {}
@@ -24,13 +31,13 @@ class CustomerCommands(ControlPlane):
         check_id(c.id, "id")
         check_text_map(c.attributes, "attributes")
         held = self.state.customers.get(c.id)
-        print_ = self._repeat_held(f"customer/{c.id}", c, None if held is None else held.request, lambda: held)
+        print_ = self._repeat_held(f"customer/{c.id}", c, self._held_print(held), lambda: held)
         if held is not None:
             raise AlreadyExists(f"customer {c.id!r} already exists")
         attributes = dict(c.attributes) if c.attributes else NO_ATTRIBUTES
-        customer = Customer(c.id, c.name or c.id, attributes, c.at_ms, request=print_)
+        customer = keeping_print(Customer(c.id, c.name or c.id, attributes, shared_int(c.at_ms)), print_)
         self.state.customers[c.id] = customer
-        self.state.accounts[c.id] = Account(c.id)
+        self.state.accounts[c.id] = new_account(c.id)
         return customer
 
     def _create_contract(self, c: cmd.CreateContract) -> Contract:
@@ -49,27 +56,26 @@ class CustomerCommands(ControlPlane):
         # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
         contract_id = c.id or default_contract_id(customer.id, starting_at_ms)
         held = self.state.contracts.get(contract_id)
-        print_ = self._repeat_held(f"contract/{contract_id}", c, None if held is None else held.request, lambda: held)
+        print_ = self._repeat_held(f"contract/{contract_id}", c, self._held_print(held), lambda: held)
         if held is not None:
             raise AlreadyExists(f"contract {contract_id!r} already exists")
-        contracts = self._contracts_by_customer.get(customer.id, ())
-        for other in contracts:
+        for other in self.contracts_of(customer.id):
             if other.overlaps(starting_at_ms, c.ending_before_ms):
                 raise FailedPrecondition(f"customer {customer.id!r} already has contract {other.id!r} in that time")
         contract = Contract(
             contract_id,
             customer.id,
             card.id,
-            starting_at_ms,
+            shared_int(starting_at_ms),
             c.ending_before_ms,
             c.overage_policy,
             overage_price,
             c.currency or "USD",
-            c.at_ms,
-            request=print_,
+            shared_int(c.at_ms),
         )
+        contract = keeping_print(contract, print_)
         self.state.contracts[contract_id] = contract
-        self._contracts_by_customer[customer.id] = (*contracts, contract)
+        self._index_contract(contract)
         return contract
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:
@@ -97,12 +103,3 @@ class CustomerCommands(ControlPlane):
         contract.overrides = (*contract.overrides, o)
         self._remember(key, print_)
         return contract
-
-
-def default_contract_id(customer_id: str, starting_at_ms: int) -> str:
-    """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
-    if starting_at_ms % DAY_MS == 0:
-        suffix = datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")
-    else:
-        suffix = str(starting_at_ms)
-    return f"{customer_id[: 127 - len(suffix)]}-{suffix}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from engine import commands as cmd
-from engine.control import ControlPlane, check_id
+from engine.control import ControlPlane, check_id, keeping_print, shared_int
 from engine.errors import AlreadyExists, InvalidArgument
 from engine.ledger import Grant, GrantKind
 from engine.money import PICOS_PER_UNIT, parse_decimal, to_picos
@@ -43,7 +43,7 @@ class GrantCommands(ControlPlane):
             )
         account = self.state.accounts[customer_id]
         held = next((g for g in account.grants if g.id == c.id), None) if c.id in self._grant_ids else None
-        print_ = self._repeat_held(f"grant/{c.id}", c, None if held is None else held.request, lambda: held)
+        print_ = self._repeat_held(f"grant/{c.id}", c, self._held_print(held), lambda: held)
         if c.id in self._grant_ids:
             raise AlreadyExists(f"grant {c.id!r} already exists")
         self.state.grants_created += 1
@@ -53,17 +53,17 @@ class GrantCommands(ControlPlane):
             # The contract's own id object, not the command's copy of the text: one string fewer per grant.
             contract_id=self.contract(c.contract_id).id if c.contract_id else "",
             kind=c.kind,
-            amount=amount,
+            amount=shared_int(amount),
             paid_amount=paid,
             priority=c.priority,
             applicable_product_ids=tuple(c.applicable_product_ids),
-            starts_at_ms=starts_at_ms,
+            starts_at_ms=shared_int(starts_at_ms),
             expires_at_ms=c.expires_at_ms,
             rollover_fraction=rollover,
-            created_at_ms=c.at_ms,
+            created_at_ms=shared_int(c.at_ms),
             creation_order=self.state.grants_created,
-            request=print_,
         )
+        grant = keeping_print(grant, print_)
         account.grants = (*account.grants, grant)
         self._grant_ids.add(grant.id)
         return grant

@@ -185,8 +185,10 @@ class InvoiceCommands(ControlPlane):
         invoice.closed_at_ms = at_ms
         self.state.invoices[invoice.number] = invoice
         account = self.state.accounts[contract.customer_id]
-        account.invoices[start_ms] = invoice.number
-        account.closed_periods[start_ms] = None
+        # New dicts, not changed in place: an account without closed periods holds the shared empty ones
+        # (engine/control.py new_account). A customer closes a period a month: the copies stay small.
+        account.invoices = {**account.invoices, start_ms: invoice.number}
+        account.closed_periods = {**account.closed_periods, start_ms: None}
         return invoice
 
     def _build(self, contract: Contract, period: KernelLines, top_ups_minor: int) -> Invoice:
@@ -211,7 +213,7 @@ class InvoiceCommands(ControlPlane):
 
     def _nearest_period_start(self, customer_id: str, ts_ms: int) -> int | None:
         candidates = []
-        for contract in self._contracts_by_customer.get(customer_id, ()):
+        for contract in self.contracts_of(customer_id):
             if contract.covers(ts_ms):
                 start, end = self._period_of(contract, ts_ms)
                 candidates += [start] + ([end] if contract.covers(end) else [])

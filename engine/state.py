@@ -18,12 +18,13 @@ from engine.alerts import AlertRule, parse_rule
 from engine.audit import AuditLog
 from engine.catalogue import CatalogueCommands
 from engine.contracts import Contract
-from engine.control import BillingState, check_id
+from engine.control import BillingState, check_id, share_empty_dicts
 from engine.customers import CustomerCommands
 from engine.errors import AlreadyExists, Repeated
 from engine.grants import GrantCommands
 from engine.invoices import AdjustmentsReader, LinesReader
 from engine.invoicing import InvoiceCommands
+from engine.restore import decode_state
 from engine.rollback import RollbackCommands
 from engine.versions import VersionCommands
 
@@ -33,8 +34,8 @@ class Engine(
     CatalogueCommands, VersionCommands, CustomerCommands, GrantCommands, AuditLog, RollbackCommands, InvoiceCommands
 ):
     state: BillingState = field(default_factory=BillingState)
-    # Tuples: a customer has one contract or a few, and a tuple of one is 48 bytes where a list grown by append is 88.
-    _contracts_by_customer: dict[str, tuple[Contract, ...]] = field(default_factory=dict)
+    # A customer's one contract, or a tuple of its few (engine/control.py ControlPlane.contracts_of).
+    _contracts_by_customer: dict[str, Contract | tuple[Contract, ...]] = field(default_factory=dict)
     _grant_ids: set[str] = field(default_factory=set)
     # The kernel's invoice lines (engine/billing.py sets it); contracts by their first unclosed period's end.
     period_lines: LinesReader | None = None
@@ -61,15 +62,18 @@ class Engine(
     def from_snapshot(cls, blob: bytes) -> Engine:
         if blob[:1] != b"{":  # written before snapshots were JSON: a msgpack map
             return cls(msgspec.msgpack.decode(blob, type=BillingState))
-        return cls(msgspec.json.decode(blob, type=BillingState))
+        return cls(decode_state(blob))
 
     def _reindex(self) -> None:
         self._seal_audit()  # a snapshot from before audit chunks holds its whole log as entries
         self._contracts_by_customer.clear()
         for contract in self.state.contracts.values():
-            held = self._contracts_by_customer.get(contract.customer_id, ())
-            self._contracts_by_customer[contract.customer_id] = (*held, contract)
-        self._grant_ids = {grant.id for account in self.state.accounts.values() for grant in account.grants}
+            self._index_contract(contract)
+        grant_ids: set[str] = set()
+        for account in self.state.accounts.values():
+            grant_ids.update(grant.id for grant in account.grants)
+            share_empty_dicts(account)
+        self._grant_ids = grant_ids
         self._due_heap = None
 
     # Applying commands -------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import pytest
 
 from engine import commands as cmd
 from engine.contracts import OveragePolicy
-from engine.control import BillingState, RequestMark, fingerprint
+from engine.control import BillingState, RequestMark, fingerprint, restated_request
 from engine.errors import AlreadyExists, Repeated
+from engine.ledger import GrantKind
 from engine.state import Engine
 from tests.engine_fixtures import ACTOR, EPOCH_MS, World
 
@@ -47,10 +48,38 @@ def assert_retries_repeat(engine: Engine, grant: cmd.GrantCredits) -> None:
 
 def test_retries_repeat_without_an_entry_in_requests_also_after_a_snapshot() -> None:
     world, grant = seeded()
-    assert not any(key.startswith(("customer/", "contract/", "grant/")) for key in world.engine.state.requests)
-    assert world.engine.state.customers["acme"].request == fingerprint(CUSTOMER)
+    state = world.engine.state
+    assert not any(key.startswith(("customer/", "contract/", "grant/")) for key in state.requests)
+    # The customer and the contract restate their requests (defaults left out), and so keep no fingerprint; the
+    # grant's request named its start, which the record cannot tell from a default: it keeps its fingerprint.
+    assert (state.customers["acme"].request, state.contracts["acme-20260101"].request) == (b"", b"")
+    assert fingerprint(restated_request(state.customers["acme"])) == fingerprint(CUSTOMER)
+    assert state.accounts["acme"].grants[0].request == fingerprint(grant) != b""
     assert_retries_repeat(world.engine, grant)
     assert_retries_repeat(Engine.from_snapshot(world.engine.encode_snapshot()), grant)
+
+
+def test_a_record_keeping_its_fingerprint_repeats_its_own_request_only() -> None:
+    """A customer made without a name is named after its id: its record restates a request with that name, not
+    the one made, so it keeps the made one's fingerprint and the restated request is another request."""
+    world, _ = seeded()
+    unnamed = cmd.CreateCustomer(EPOCH_MS, ACTOR, "initech", "", {})
+    world.apply(unnamed)
+    assert world.engine.state.customers["initech"].request == fingerprint(unnamed)
+    with pytest.raises(Repeated):
+        world.apply(msgspec.structs.replace(unnamed, at_ms=EPOCH_MS + 1))
+    with pytest.raises(AlreadyExists, match="customer 'initech' already exists"):
+        world.apply(msgspec.structs.replace(unnamed, name="initech"))
+    # A grant restating its request (no start, no paid amount) keeps none, and is still told from another.
+    plain = cmd.GrantCredits(
+        EPOCH_MS, ACTOR, "g-2", "acme", "", GrantKind.PROMOTIONAL, "5.5", "", 0, (), None, None, ""
+    )
+    world.apply(plain)
+    assert world.engine.state.accounts["acme"].grants[-1].request == b""
+    with pytest.raises(Repeated):
+        world.apply(msgspec.structs.replace(plain, at_ms=EPOCH_MS + 1))
+    with pytest.raises(AlreadyExists, match="grant 'g-2' already exists"):
+        world.apply(msgspec.structs.replace(plain, amount="5.50"))
 
 
 def test_a_state_with_its_retry_keys_in_requests_still_recognises_a_retry() -> None:

@@ -16,6 +16,7 @@ from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
 from engine.billing import Billing
+from engine.control import NO_CLOSED_PERIODS, NO_INVOICES
 from engine.errors import FailedPrecondition, InvalidArgument, Repeated
 from engine.invoices import Invoice, minor_unit
 from tests.engine_fixtures import ACTOR, DAY_MS, EPOCH_MS, HOUR_MS, World, rate, unit
@@ -178,6 +179,23 @@ def test_close_due_periods_closes_every_ended_period_once_and_survives_a_snapsho
     restored = Billing.from_snapshot(w.billing.encode_snapshot())
     assert restored.engine.invoices_of("acme") == w.engine.invoices_of("acme")
     assert restored.engine.invoice("INV-00000002").customer_id == "globex"
+
+
+def test_closing_one_customers_period_leaves_the_shared_empty_dicts_of_the_others_empty() -> None:
+    """Accounts without closed periods share one empty dict each for closed periods and invoices (64 bytes each
+    a customer): closing acme's period gives acme dicts of its own, and globex's, a snapshot's too, stay empty."""
+    w = world([(EPOCH_MS, "2", "1")])
+    w.customer("globex")
+    w.contract("c-globex", customer_id="globex")
+    acme, globex = w.engine.state.accounts["acme"], w.engine.state.accounts["globex"]
+    assert acme.invoices is globex.invoices and acme.closed_periods is globex.closed_periods
+    w.close()
+    assert (acme.invoices, acme.closed_periods) == ({EPOCH_MS: "INV-00000001"}, {EPOCH_MS: None})
+    assert (globex.invoices, globex.closed_periods) == ({}, {})
+    assert (NO_INVOICES, NO_CLOSED_PERIODS) == ({}, {})
+    restored = Billing.from_snapshot(w.billing.encode_snapshot()).engine.state.accounts
+    assert restored["globex"].invoices is NO_INVOICES and restored["globex"].closed_periods is NO_CLOSED_PERIODS
+    assert restored["acme"].invoices == {EPOCH_MS: "INV-00000001"}
 
 
 def test_close_due_periods_in_slices_takes_the_earliest_period_ends_first() -> None:

@@ -8,10 +8,12 @@ import collections
 import json
 import logging
 
+import msgspec
 import pytest
 from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
+from engine.errors import Repeated
 from server import oplog
 from server.demo import demo_commands
 from server.journal import MemoryJournal
@@ -138,5 +140,7 @@ def test_demo_commands_replay_to_the_same_state_with_the_request_marks() -> None
     replayed = recover(journal).engine
     assert replayed.state.requests == billing.engine.state.requests
     assert "rate_card/ai-credits" in replayed.state.requests and len(demo_commands(NOW_MS)) == 7
-    # A customer's mark is held on the customer (engine/contracts.py), and replay rebuilds it too.
-    assert replayed.state.customers["c-1"].request == billing.engine.state.customers["c-1"].request != b""
+    # A customer's mark is held on the customer (engine/contracts.py): replay rebuilds it, and a retry is known.
+    assert replayed.state.customers["c-1"] == billing.engine.state.customers["c-1"]
+    with pytest.raises(Repeated):
+        replayed.apply(msgspec.structs.replace(customer(1), at_ms=NOW_MS + 1), replayed.state.last_seq + 1)

@@ -34,7 +34,7 @@ from tariff.v1 import (
 )
 
 from engine import commands as cmd
-from engine.customers import default_contract_id
+from engine.control import default_contract_id
 from server import convert
 from server.auth import ACTOR_ANONYMOUS
 from server.bench.target import BENCH_MAP_SIZE_MB, CHANNEL_OPTIONS
