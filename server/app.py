@@ -434,8 +434,11 @@ async def report_activity(every_s: float, journal_bytes: Callable[[], int], stal
         fields = oplog.activity.report(functools.partial(int, used_bytes))
         stall_ms = stalls.take() if stalls is not None else None
         if fields is not None:
-            if stall_ms is not None:
+            if stall_ms is not None and stalls is not None:
                 fields["loop_stall_max_ms"] = stall_ms
+                fields["loop_stall_cpu_ms"] = stalls.cpu_ms
+                if stalls.runqueue_ms is not None:
+                    fields["loop_stall_runqueue_ms"] = stalls.runqueue_ms
             oplog.line("activity", **fields)
 
 
