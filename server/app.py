@@ -96,38 +96,27 @@ class ServeConfig:
     reservation_ttl_max_s: float = 3600.0  # the longest reservation_ttl an Authorize may ask
 
 
-# Rating allocates many short-lived objects and recovery loads a large, long-lived state that holds no
-# reference cycles worth finding. Never rescan what recovery loaded (freeze), and collect the young generation
-# less often than the default 700 allocations. Measured with the writer under load (pauses of the event loop):
-# the defaults give full collections of 100-230 ms as the state grows; (10000, 10, 10) keeps pauses under
-# ~30 ms and costs less CPU per event; a larger young generation (50,000) makes each young collection ~20 ms.
-GC_THRESHOLDS = (10_000, 10, 10)
+# Rating allocates many short-lived objects; what lives long (modules, classes, functions, the recovered state)
+# holds no reference cycles worth finding. Freeze it once after recovery: a full collection then scans only what
+# was created since. The young generation is collected every 2,000 allocations (the default is 700): grpc.aio's
+# server leaves ~15 objects in reference cycles behind every unary call (its handler lookup's closure, the call's
+# state and context), so under Authorize traffic the young generation is mostly such garbage, and a young
+# collection's pause grows with the threshold: at 10,000, 3.5-9.5 ms for the ~8,000 objects each one freed in a
+# server under the stall bench, a pause an Authorize waits out; at 2,000 a fifth of that, for the same total.
+#
+# Nothing is frozen after that, and nothing is ever unfrozen. A customer's state is not tracked by the collector
+# (seeding 10,000 customers adds ~1,100 tracked objects), so the objects created while serving stay few and a
+# full collection of them costs well under a millisecond. Unfreezing, as an earlier release did every 5 minutes
+# to find cycles among objects it had frozen while serving, makes one collection scan everything the process
+# tracks: 12-16 ms at 50,000 customers in-process (`python -m server.bench.gc_pause`), 17-19 ms in a server. What
+# the startup freeze can leak is bounded: cycles formed among objects that existed at recovery.
+GC_THRESHOLDS = (2_000, 10, 10)
 
 
 def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-# What the state gains while serving (new customers, aggregates, grants) would otherwise end up in the oldest
-# generation, whose full collections grow with the state (85-360 ms measured under the bench). Every few
-# seconds, collect what is not frozen yet (only what was created since the last time) and freeze the survivors.
-# A cycle formed later among frozen objects would never be collected: every GC_REFREEZE_ROUNDS rounds,
-# everything is unfrozen and collected once, so such garbage is bounded.
-GC_FREEZE_EVERY_S = 5.0
-GC_REFREEZE_ROUNDS = 60
-
-
-async def keep_freezing_survivors() -> None:
-    rounds = 0
-    while True:
-        await asyncio.sleep(GC_FREEZE_EVERY_S)
-        rounds += 1
-        if rounds % GC_REFREEZE_ROUNDS == 0:
-            gc.unfreeze()
-        gc.collect()
-        gc.freeze()
 
 
 def is_loopback(listen: str) -> bool:
@@ -327,7 +316,6 @@ async def _serve_locked(
     if config.close_grace_ms is not None:
         billing.engine.next_period_end_ms()  # builds the close driver's heap now, not on the loop once serving
     tune_garbage_collector()
-    freezer = asyncio.create_task(keep_freezing_survivors())
     stop_telemetry = telemetry.configure(telemetry.OtelExporter(config.otel), config.metrics_port)
     telemetry.gauges.journal_bytes = lambda: journal.stats().used_bytes
     sequencer = Sequencer(
@@ -388,7 +376,6 @@ async def _serve_locked(
     if explain_index is not None:
         explain_index.close()
     stop_telemetry()
-    freezer.cancel()
     oplog.line(
         f"stopped at journal seq {billing.last_seq}",
         journal_bytes=journal_bytes,
@@ -447,8 +434,11 @@ async def report_activity(every_s: float, journal_bytes: Callable[[], int], stal
         fields = oplog.activity.report(functools.partial(int, used_bytes))
         stall_ms = stalls.take() if stalls is not None else None
         if fields is not None:
-            if stall_ms is not None:
+            if stall_ms is not None and stalls is not None:
                 fields["loop_stall_max_ms"] = stall_ms
+                fields["loop_stall_cpu_ms"] = stalls.cpu_ms
+                if stalls.runqueue_ms is not None:
+                    fields["loop_stall_runqueue_ms"] = stalls.runqueue_ms
             oplog.line("activity", **fields)
 
 

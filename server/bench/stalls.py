@@ -22,6 +22,8 @@ STALL_SAMPLE_MS = 1.0
 ACTIVITY_EVERY_S = 0.25
 NEVER = str(10**12)
 STALL_FIELD = re.compile(r"\bloop_stall_max_ms=([0-9.]+)")
+# What the longest stall of an activity line was made of (server/loopstall.py): the loop's CPU, its wait for a CPU.
+SPLIT_FIELDS = re.compile(r"\bloop_stall_max_ms=([0-9.]+) loop_stall_cpu_ms=([0-9.]+) loop_stall_runqueue_ms=([0-9.]+)")
 SNAPSHOT_STALL_TARGET_MS = 5.0
 
 
@@ -50,7 +52,15 @@ def longest_stall_ms(log_text: str) -> float | None:
     return max(stalls) if stalls else None
 
 
-def _stall_during_ingest(bench: Bench, server: ServedProcess, batches: int) -> float:
+def longest_stall_split(log_text: str) -> tuple[float, float, float] | None:
+    """(stall, loop CPU, wait for a CPU) in ms of the longest stall in these log lines that carries its split."""
+    splits = [(float(m.group(1)), float(m.group(2)), float(m.group(3))) for m in SPLIT_FIELDS.finditer(log_text)]
+    return max(splits, default=None)
+
+
+def _stall_during_ingest(
+    bench: Bench, server: ServedProcess, batches: int
+) -> tuple[float, tuple[float, float, float] | None]:
     offset = server.log_path.stat().st_size
     bench.ingest(server, batches)
     time.sleep(ACTIVITY_EVERY_S * 2)  # the interval that holds the run's end is written
@@ -60,7 +70,7 @@ def _stall_during_ingest(bench: Bench, server: ServedProcess, batches: int) -> f
     stall = longest_stall_ms(text)
     if stall is None:
         raise RuntimeError(f"no loop_stall_max_ms in the activity lines; log tail:\n{server.log_tail()}")
-    return stall
+    return stall, longest_stall_split(text)
 
 
 def stall_workload(bench: Bench) -> WorkloadResult:
@@ -75,10 +85,16 @@ def stall_workload(bench: Bench) -> WorkloadResult:
             list(pool.map(lambda s: seed(s.target, config.customers), (plain, snapshots)))
         during_ingest: list[float] = []
         during_snapshots: list[float] = []
+        splits: dict[str, list[tuple[float, float, float] | None]] = {"ingest": [], "snapshots": []}
         for number in range(config.runs):
             progress(f"stall run {number + 1}/{config.runs}")
-            during_ingest.append(_stall_during_ingest(bench, plain, config.ingest_batches))
-            during_snapshots.append(_stall_during_ingest(bench, snapshots, config.ingest_batches))
+            for server, stalls, split in (
+                (plain, during_ingest, splits["ingest"]),
+                (snapshots, during_snapshots, splits["snapshots"]),
+            ):
+                stall, of_longest = _stall_during_ingest(bench, server, config.ingest_batches)
+                stalls.append(stall)
+                split.append(of_longest)
     finally:
         plain.stop()
         snapshots.stop()
@@ -101,9 +117,13 @@ def stall_workload(bench: Bench) -> WorkloadResult:
         "customers": config.customers,
         "worst_with_snapshots_ms": worst,
         "median_with_snapshots_ms": statistics.median(during_snapshots),
+        # Per run, the longest stall as (ms, of which the loop's CPU, of which waiting for a CPU); the rest is
+        # sleep: the GIL or a lock.
+        "longest_split_ms": splits,
     }
     result.notes.append(
         f"stall: the server samples its loop every {STALL_SAMPLE_MS:g} ms (`--loop-stall-sample-ms`); each value "
-        "is the longest lateness in one ingest run, read from its activity lines; 'met' judges the worst run"
+        "is the longest lateness in one ingest run, read from its activity lines; 'met' judges the worst run; "
+        "details.longest_split_ms splits each run's longest stall into the loop's CPU and its wait for a CPU"
     )
     return result
