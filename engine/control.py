@@ -67,8 +67,8 @@ class Account(msgspec.Struct, gc=False):
 
     customer_id: str
     # A tuple, not a list: a tuple of untracked structs drops out of the garbage collector's view after its first
-    # collection, where a list stays tracked for ever, one per customer in every full collection (the server's
-    # periodic one holds the event loop: server/app.py keep_freezing_survivors).
+    # collection, where a list stays tracked for ever, one per customer in every full collection (which holds
+    # the event loop for the objects the server did not freeze at start: server/app.py).
     grants: tuple[Grant, ...] = ()
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
     invoices: dict[int, str] = {}  # period start -> the number of its final invoice
