@@ -314,9 +314,6 @@ class Billing:
         assert planning is not None, "no publish is being planned"
         return planning.finish(self.kernel)
 
-    def abandon_plan(self) -> None:
-        self.planning = None
-
     # A re-rating online (engine/pending.py) ------------------------------------------------------------
 
     def publish_deferred(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
