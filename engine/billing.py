@@ -27,10 +27,19 @@ from engine import commands as cmd
 from engine._kernel import HoldingBatch, Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
-from engine.errors import NotFound
+from engine.errors import EngineError, NotFound
 from engine.invoices import Invoice, KernelAdjustment, KernelLines
 from engine.ledger import Grant
-from engine.rerate import Rerated, RerationPlan, Simulation, plan_rerating, rerate_slice, simulate, with_rerated
+from engine.rerate import (
+    PlanInSlices,
+    Rerated,
+    RerationPlan,
+    Simulation,
+    plan_rerating,
+    rerate_slice,
+    simulate,
+    with_rerated,
+)
 from engine.state import Engine
 from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
 from engine.tables_paced import compile_all_steps, compile_customers_steps
@@ -159,6 +168,7 @@ class Billing:
         self._fired: list[alerts.FiredAlert] = []  # alerts fired by admin commands, until take_fired()
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._rerate_changed: set[str] = set()  # the customers a publish's re-rating changed so far
+        self.planning: PlanInSlices | None = None  # a publish being planned a slice at a time (begin_plan)
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
@@ -177,6 +187,7 @@ class Billing:
         self._refreshing = False
         self._in_flight = None
         self._fired.clear()
+        self.planning = None
         self._tracking = other._tracking
         self._sync_tracking()
 
@@ -276,6 +287,33 @@ class Billing:
         self._kernel_touched += tuple(c for c in customers if c in self._rerate_changed)
         self._fired.extend(self._evaluate_alerts(customers, at_ms, seq))
 
+    # A publish planned a slice at a time (engine/rerate.py PlanInSlices) --------------------------------
+
+    def begin_plan(self, command: cmd.PublishVersion | cmd.RollbackRateCard) -> bool:
+        """Starts planning the publish a slice of customers at a time (the tables must be current); False when
+        it has nothing to plan (the engine refuses it anyway). Until `finish_plan`, only usage and holds may
+        apply: they record the customers they name, whom the plan looks at again."""
+        assert self.planning is None, "a publish is being planned already"
+        self.planning = PlanInSlices.begin(self.engine.state, command)
+        return self.planning is not None
+
+    def plan_step(self, limit: int) -> bool:
+        """The next slice of the plan (the kernel's lock shared, the GIL released); whether more remain.
+        FailedPrecondition, ending the planning, when the usage it covers cannot be priced again."""
+        planning = self.planning
+        assert planning is not None, "no publish is being planned"
+        try:
+            return planning.step(self.kernel, limit)
+        except EngineError:
+            self.planning = None
+            raise
+
+    def finish_plan(self) -> RerationPlan | None:
+        """The plan on the state now, which is what `rerate_plan` gives here; ends the planning."""
+        planning, self.planning = self.planning, None
+        assert planning is not None, "no publish is being planned"
+        return planning.finish(self.kernel)
+
     # A re-rating online (engine/pending.py) ------------------------------------------------------------
 
     def publish_deferred(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
@@ -326,26 +364,33 @@ class Billing:
         ReleaseReservation name one customer, a ReserveBatch its holds' customers); the writer completes a
         re-rating before any other."""
         rerating = self.engine.state.rerating
-        if rerating is None:
+        if rerating is None and self.planning is None:
             return
-        if isinstance(command, cmd.ReserveBatch):
-            pending.rerate(self.kernel, rerating, self.kernel.hold_customers(command.requests))
-            return
-        assert isinstance(command, cmd.Reserve | cmd.ReleaseReservation), (
-            f"{type(command).__name__} applied while the re-rating of record {rerating.publish_seq} is pending"
+        assert isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch), (
+            f"{type(command).__name__} applied while a publish is planned or its re-rating pending"
         )
-        pending.rerate(self.kernel, rerating, [command.customer_id])
+        if isinstance(command, cmd.ReserveBatch):
+            named = self.kernel.hold_customers(command.requests)
+        else:
+            named = [command.customer_id]
+        if self.planning is not None:
+            self.planning.touch(named)
+        if rerating is not None:
+            pending.rerate(self.kernel, rerating, named)
 
     def _rerate_touched(self, batch: bytes) -> None:
         """Re-rate on touch for a usage batch: the pending customers it names, before it is rated."""
         rerating = self.engine.state.rerating
-        if rerating is None:
+        if rerating is None and self.planning is None:
             return
         try:
             named = self.kernel.batch_customers(batch)
         except ValueError:
             return  # not a UsageBatch: ingestion refuses it, changing nothing
-        pending.rerate(self.kernel, rerating, named)
+        if self.planning is not None:
+            self.planning.touch(named)  # before it is rated: a refused batch touches no more than it names
+        if rerating is not None:
+            pending.rerate(self.kernel, rerating, named)
 
     def ingest(
         self, batch: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None

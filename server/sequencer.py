@@ -18,7 +18,10 @@ in flight, answers leave in journal order, and if a commit fails the group appli
 state is rebuilt from the journal, which holds neither). Dedupe lives in the kernel's state (per customer and
 transaction id), in snapshots and rebuilt by replay: nothing on the ack path writes a second index.
 
-A publish that re-rates usage already rated (engine/pending.py) is journaled at once, its re-rating left pending;
+A publish is planned and checked a slice of customers at a time (engine/rerate.py PlanInSlices), after each
+group, usage and holds applying between slices (any other command, or the close, first completes the plan and
+applies the publish); a plan of one slice applies at once. A publish that re-rates usage already rated
+(engine/pending.py) is then journaled at once, its re-rating left pending;
 the writer re-rates a slice of pending customers after each group (also with nothing queued), a usage batch
 re-rates the pending customers it names before it is rated, and any other admin command (or the close) first
 completes the re-rating with a record of its own. The publish's caller is answered once that record is durable;
@@ -58,7 +61,7 @@ from engine.alerts import FiredAlert
 from engine.audit import audit_target
 from engine.billing import Billing, CompiledTables, Ingested, RatingChanged, snapshot_parts
 from engine.errors import EngineError, InvalidArgument, Repeated
-from engine.rerate import SLICE_CUSTOMERS, Rerated, with_rerated
+from engine.rerate import PLAN_SLICE_CUSTOMERS, SLICE_CUSTOMERS, Rerated, RerationPlan, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from engine.versions import PublishResult
 from server import oplog, telemetry
@@ -387,8 +390,10 @@ class Sequencer:
         snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
         snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS_DEFAULT,
         explain_index: ExplainIndex | None = None,
+        plan_slice_customers: int = PLAN_SLICE_CUSTOMERS,
     ) -> None:
         self.billing = billing
+        self.plan_slice_customers = plan_slice_customers  # a publish's plan looks at this many per slice
         self.explain_index = explain_index
         self.journal = journal
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
@@ -411,6 +416,7 @@ class Sequencer:
         # (None, seq) after the state was rebuilt from the journal (server/watch.py).
         self.committed: Callable[[set[str] | None, int], None] | None = None
         self._held: _HeldPublish | None = None  # a publish whose re-rating is pending: answered on completion
+        self._planning: _Submission | None = None  # a publish being planned (Billing.planning), not applied yet
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tariff-writer")
@@ -455,7 +461,8 @@ class Sequencer:
         taken: list[_Submission] = []
         try:
             while True:
-                idle = self._queue.empty() and self.billing.rerating is None  # else: work, or re-rating to do
+                # Else: work, or a publish to plan, or re-rating to do.
+                idle = self._queue.empty() and self.billing.rerating is None and self._planning is None
                 if in_flight is not None and (idle or self._snapshot_due()):
                     if await self._work_arrived_during(in_flight):
                         continue  # prepare it while the commit goes on
@@ -465,8 +472,8 @@ class Sequencer:
                     if self._closing and self._queue.empty():
                         return
                     continue
-                if self._queue.empty() and self.billing.rerating is not None:
-                    taken = []  # a group of no command: a slice of the pending re-rating (`_prepare`)
+                if self._queue.empty() and (self.billing.rerating is not None or self._planning is not None):
+                    taken = []  # a group of no command: a slice of the plan or of the re-rating (`_prepare`)
                     await asyncio.sleep(0)  # reads are served between slices even with nothing queued
                 else:
                     taken = [await self._queue.get()]
@@ -502,6 +509,8 @@ class Sequencer:
                     group.fail(stopped)
             if self._held is not None and not self._held.submission.future.done():
                 self._held.submission.future.set_exception(stopped)  # a retry of the publish is answered as done
+            if self._planning is not None and not self._planning.future.done():
+                self._planning.future.set_exception(stopped)  # not applied: a retry publishes
             while not self._queue.empty():
                 taken.append(self._queue.get_nowait())
             for submission in taken:
@@ -541,7 +550,9 @@ class Sequencer:
                 await self._rate(group, run)
                 run = []
             if command is None:
-                await self._complete_rerating(group)  # the close: a pending re-rating completes first
+                # The close: a publish being planned applies first, and a pending re-rating completes.
+                await self._complete_planning(group)
+                await self._complete_rerating(group)
                 group.answers.append((submission, self.billing.last_seq, None))
             elif _expired(submission):
                 expired = DeadlineExceeded("the call's deadline passed while its command waited; nothing was applied")
@@ -549,14 +560,17 @@ class Sequencer:
             else:
                 assert not isinstance(command, UsageBatch)
                 if not isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch):
-                    # Only usage, holds and releases apply beside a pending re-rating (they re-rate on touch).
+                    # Only usage, holds and releases apply beside a publish being planned (they name the customers
+                    # the plan looks at again) or a pending re-rating (they re-rate on touch).
+                    await self._complete_planning(group)
                     await self._complete_rerating(group)
                 if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
-                    await self._apply_publish(group, submission, command)
+                    await self._start_publish(group, submission, command)
                 else:
                     self._apply_admin(group, submission, command)
         if run:
             await self._rate(group, run)
+        await self._plan_slice(group)
         await self._rerate_slice(group)
         group.alerts_upto = self.billing.engine.state.alerts.last_seq
         return group
@@ -583,19 +597,70 @@ class Sequencer:
         group.touched.update(self.billing.touched_customers(command, result))
         group.answers.append((submission, seq, result))
 
-    async def _apply_publish(
+    async def _start_publish(
         self, group: _Group, submission: _Submission, command: cmd.PublishVersion | cmd.RollbackRateCard
     ) -> None:
-        """PublishVersion (engine/rerate.py, engine/pending.py): the plan (checked, changing nothing) on the rating
-        thread, the control plane's half on the loop, and the command journaled at once. Its re-rating, if any,
-        is then pending: it runs after, a slice of customers at a time between usage runs (`_rerate_slice`), and
-        a batch re-rates the pending customers it names before it is rated; usage goes on meanwhile. The caller
-        is answered, with what the re-rating did, once its completion record is durable (`_complete_rerating`).
-        A crash half way loses nothing: replay of the publish record leaves the same customers pending."""
-        seq = self.billing.last_seq + 1
+        """PublishVersion (engine/rerate.py, engine/pending.py): planned and checked a slice of customers at a
+        time after each group, usage (and holds) applying between slices (PlanInSlices says why the plan is still
+        the one of the moment the publish applies); then `_apply_publish`. A publish the engine refuses anyway
+        applies (and is refused) at once."""
         await self._refresh_tables()
+        if not self.billing.begin_plan(command):
+            await self._apply_publish(group, submission, command, None)
+            return
+        self._planning = submission
+        await self._plan_slice(group)  # the first slice now: a plan of one slice applies at once
+
+    async def _plan_slice(self, group: _Group) -> None:
+        """The next slice of the publish being planned, on the rating thread (the GIL released inside the
+        kernel); once none remains, the publish applies into `group`. A slice that finds usage the version
+        cannot price refuses the publish (nothing changed)."""
+        submission = self._planning
+        if submission is None:
+            return
         try:
-            plan = await self._rating_thread.run(self.billing.rerate_plan, command)
+            more = await self._rating_thread.run(self.billing.plan_step, self.plan_slice_customers)
+        except EngineError as exc:
+            self._planning = None
+            group.answers.append((submission, 0, exc))
+            return
+        if not more:
+            await self._complete_planning(group)
+
+    async def _complete_planning(self, group: _Group) -> None:
+        """Completes the publish being planned, if any, and applies it into `group`: its remaining slices, then
+        the plan on the state now (the customers usage touched meanwhile looked at again)."""
+        submission = self._planning
+        if submission is None:
+            return
+        try:
+            while await self._rating_thread.run(self.billing.plan_step, self.plan_slice_customers):
+                pass
+            plan = await self._rating_thread.run(self.billing.finish_plan)
+        except EngineError as exc:
+            group.answers.append((submission, 0, exc))
+            return
+        finally:
+            self._planning = None
+        command = submission.command
+        assert isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard)
+        await self._apply_publish(group, submission, command, plan)
+
+    async def _apply_publish(
+        self,
+        group: _Group,
+        submission: _Submission,
+        command: cmd.PublishVersion | cmd.RollbackRateCard,
+        plan: RerationPlan | None,
+    ) -> None:
+        """The planned publish: the control plane's half on the loop, and the command journaled at once. Its
+        re-rating, if any, is then pending: it runs after, a slice of customers at a time between usage runs
+        (`_rerate_slice`), and a batch re-rates the pending customers it names before it is rated; usage goes on
+        meanwhile. The caller is answered, with what the re-rating did, once its completion record is durable
+        (`_complete_rerating`). A crash half way loses nothing: replay of the publish record (which plans it
+        whole, on the same state) leaves the same customers pending."""
+        seq = self.billing.last_seq + 1
+        try:
             published = self.billing.publish(command, seq)
         except Repeated as repeat:
             group.answers.append((submission, seq - 1, repeat.result))
@@ -664,8 +729,12 @@ class Sequencer:
             group.answers.append((held.submission, held.seq, with_rerated(held.published, done)))
 
     def _fail_held(self, error: Exception) -> None:
-        """After the state was rebuilt from the journal: a held publish the journal does not hold is answered
-        with the error (a publish it holds stays pending and is answered on completion)."""
+        """After the state was rebuilt from the journal: a publish being planned (applied nowhere yet) and a held
+        publish the journal does not hold are answered with the error (a publish it holds stays pending and is
+        answered on completion)."""
+        planning, self._planning = self._planning, None  # its plan went with the state (Billing.reset)
+        if planning is not None and not planning.future.done():
+            planning.future.set_exception(error)
         held = self._held
         rerating = self.billing.rerating
         if held is None or (rerating is not None and rerating.publish_seq == held.seq):

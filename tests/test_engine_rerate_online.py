@@ -168,7 +168,9 @@ def test_usage_is_acked_while_the_writer_rerates_and_replay_gives_the_live_state
             built.contract(f"k-{customer_id}", customer_id=customer_id)
             built.grant(f"g-{customer_id}", "20", customer_id=customer_id)
         billing = recover(journal)
-        sequencer = Sequencer(billing, journal, clock_ms=lambda: RECEIVED_MS)
+        # Planned in one slice, so the publish applies before the usage submitted after it (which it re-rates on
+        # touch); a plan of several slices lets such usage apply first (tests/test_rerate_plan_slices.py).
+        sequencer = Sequencer(billing, journal, clock_ms=lambda: RECEIVED_MS, plan_slice_customers=len(customers))
         sequencer.start()
         for command in built.journal:
             await sequencer.run(command)

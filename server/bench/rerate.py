@@ -7,7 +7,9 @@ products, so two hour buckets), then times, with the same code paths the writer 
 - SimulateVersion of a draft over the period, for every customer (slices of customers, read-only);
 - a PublishVersion of that draft effective from the first hour: the plan and its check, then the re-rating in
   slices (events and buckets re-rated per second of re-rating);
-- the server's online path (engine/pending.py): a second draft published with its re-rating left pending, then
+- the server's online path: a second draft planned in slices with a usage batch between some of them
+  (engine/rerate.py PlanInSlices: the slices' times, and what is left when the publish applies), published with
+  its re-rating left pending (engine/pending.py), then
   re-rated by background slices with a usage batch between two slices (each naming customers still pending,
   re-rated on touch), and the completion: the re-rating's rate, the longest slice (what a batch waits for at
   most behind it) and the batches' times.
@@ -27,7 +29,7 @@ from engine.billing import Billing
 from engine.contracts import OveragePolicy
 from engine.products import Aggregation
 from engine.ratecard import Rate, UnitPrice
-from engine.rerate import SLICE_CUSTOMERS, Rerated, with_rerated
+from engine.rerate import PLAN_SLICE_CUSTOMERS, SLICE_CUSTOMERS, Rerated, RerationPlan, with_rerated
 
 HOUR_MS = 3_600_000
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -151,13 +153,48 @@ def late_batch(customers: list[str], round_: int) -> bytes:
     return usage_pb2.UsageBatch(events=events).SerializeToString()
 
 
-def online(billing: Billing, customers: int, hours: int) -> None:
-    """Version 3 published as the writer publishes now: journaled first, re-rated after, usage meanwhile."""
-    publish = cmd.PublishVersion(START_MS, ACTOR, "card", 3, START_MS)
+def plan_online(billing: Billing, publish: cmd.PublishVersion, received_ms: int) -> RerationPlan:
+    """Plans the publish as the writer does (engine/rerate.py PlanInSlices): slices with a usage batch between
+    two (naming customers looked at already, so looked at again), the rest when it applies. Prints the slices'
+    times and the applying part's (what usage waits for of it); returns the plan."""
     started = time.perf_counter()
-    billing.publish_deferred(publish, billing.last_seq + 1)
-    published = time.perf_counter()
+    assert billing.begin_plan(publish)
+    began = time.perf_counter()
+    slices_s: list[float] = []
+    round_ = 0
+    more = True
+    while more:
+        at = time.perf_counter()
+        more = billing.plan_step(PLAN_SLICE_CUSTOMERS)
+        slices_s.append(time.perf_counter() - at)
+        if round_ % 10 == 0:  # 100 late events of customers looked at already, every tenth slice
+            looked_at = sorted(billing.engine.state.customers)[: (len(slices_s) * PLAN_SLICE_CUSTOMERS)][-100:]
+            billing.ingest(late_batch(looked_at, 1_000_000 + round_), received_ms)
+        round_ += 1
+    at = time.perf_counter()
+    plan = billing.finish_plan()
+    finished = time.perf_counter()
+    assert plan is not None
+    print(
+        f"online plan: begun in {1000 * (began - started):.1f} ms, {len(slices_s)} slices of "
+        f"{PLAN_SLICE_CUSTOMERS} customers (longest {1000 * max(slices_s):.1f} ms, "
+        f"{1000 * sum(slices_s):.1f} ms in all) with {(round_ + 9) // 10} batches between them, "
+        f"the rest when it applies {1000 * (finished - at):.1f} ms ({len(plan.customers)} customers)"
+    )
+    return plan
+
+
+def online(billing: Billing, customers: int, hours: int) -> None:
+    """Version 3 published as the writer publishes now: planned in slices with usage between them, journaled
+    first, re-rated after, usage meanwhile."""
+    publish = cmd.PublishVersion(START_MS, ACTOR, "card", 3, START_MS)
     received_ms = START_MS + (hours + 1) * HOUR_MS
+    plan = plan_online(billing, publish, received_ms)
+    started = time.perf_counter()
+    seq = billing.last_seq + 1
+    billing.publish(publish, seq)
+    billing.defer_rerating(plan, seq)  # the tables refreshed first
+    published = time.perf_counter()
     slices_s: list[float] = []
     batches_s: list[float] = []
     round_ = 0
@@ -175,7 +212,7 @@ def online(billing: Billing, customers: int, hours: int) -> None:
     done = billing.finish_rerating(billing.last_seq + 1, received_ms)
     finished = time.perf_counter()
     rerate_s = finished - published
-    print(f"online publish: plan, check, control plane and tables {1000 * (published - started):.1f} ms")
+    print(f"online publish: control plane and tables {1000 * (published - started):.1f} ms")
     print(
         f"online re-rating: {done.customers} customers, {done.buckets} buckets, {done.events} events in "
         f"{rerate_s * 1000:.1f} ms with {len(batches_s)} batches of 100 events between slices: "

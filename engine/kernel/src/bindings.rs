@@ -391,6 +391,20 @@ impl Kernel {
         py.detach(|| self.read()?.rerate_check(&customers, table, from_hour).map_err(PyValueError::new_err))
     }
 
+    /// A publish's plan a slice of customers at a time: those of `customers` (in the order given)
+    /// with usage of the version's rate card from `from_hour` on, each checked as `rerate_check`
+    /// checks (ValueError naming the product and why); changes nothing.
+    fn rerate_plan_slice(
+        &self,
+        py: Python<'_>,
+        customers: Vec<String>,
+        version: &[u8],
+        from_hour: i64,
+    ) -> PyResult<Vec<String>> {
+        let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
+        py.detach(|| self.read()?.rerate_plan_slice(&customers, table, from_hour).map_err(PyValueError::new_err))
+    }
+
     /// Re-rates these customers (rerate.rs) as record `seq`, one customer at a time under the lock,
     /// offering it to a waiting read between customers, with the GIL released. Returns (customers,
     /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos,

@@ -205,19 +205,28 @@ impl Kernel {
 
     /// The second half of `load_tables`: installs what `prepare_tables` compiled from this same state
     /// (the caller guarantees no change came between; the interner it extended replaces this one).
-    /// Returns the replaced catalog and interner, for the caller to free once it has let go of the lock.
-    pub fn install_tables(&mut self, prepared: PreparedTables) -> (Catalog, Interner) {
+    /// Returns what it replaced (catalog, interner, every route and grant list) and the decoded
+    /// tables, for the caller to free once it has let go of the lock: freeing them here, a few
+    /// allocations per customer, was a good part of the time a read waits for the install.
+    pub fn install_tables(&mut self, prepared: PreparedTables) -> RetiredTables {
         debug_assert!(prepared.interner.strings().len() >= self.rater.interner.strings().len());
         // Each account holds its route (the one copy), so rating an event looks its customer up once.
+        let mut routes = Vec::with_capacity(self.accounts.len());
         for account in self.accounts.values_mut() {
-            account.route = None;
+            routes.extend(account.route.take());
         }
         let window_before_ms = self.rater.catalog.dedupe_window_ms;
-        let retired_catalog = std::mem::replace(&mut self.rater.catalog, prepared.catalog);
-        let retired_interner = std::mem::replace(&mut self.rater.interner, prepared.interner);
-        self.install(&prepared.customers, prepared.compiled);
+        let catalog = std::mem::replace(&mut self.rater.catalog, prepared.catalog);
+        let interner = std::mem::replace(&mut self.rater.interner, prepared.interner);
+        let grants = self.install(&prepared.customers, prepared.compiled);
         self.refresh_due_after_tables(window_before_ms); // routes were replaced, the window may have changed
-        (retired_catalog, retired_interner)
+        RetiredTables {
+            _catalog: catalog,
+            _interner: interner,
+            _routes: routes,
+            _grants: grants,
+            _tables: prepared.customers,
+        }
     }
 
     /// Loads some customers' routes and grants (`CustomerTables` from engine/tables.py) against the
@@ -241,7 +250,7 @@ impl Kernel {
         self.rater.catalog = catalog;
         let compiled = compiled?;
         self.rater.catalog.timelines.extend(timelines);
-        self.install(&tables.customers, compiled);
+        drop(self.install(&tables.customers, compiled));
         Ok(())
     }
 
@@ -255,7 +264,9 @@ impl Kernel {
         compile_customers(&self.accounts, catalog, customers, timelines, &mut self.rater.interner)
     }
 
-    fn install(&mut self, customers: &[tables::CustomerTable], compiled: Vec<(Route, Vec<Grant>)>) {
+    /// Installs each customer's route and grants; returns the grant lists replaced, to free later.
+    fn install(&mut self, customers: &[tables::CustomerTable], compiled: Vec<(Route, Vec<Grant>)>) -> Vec<Vec<Grant>> {
+        let mut replaced = Vec::with_capacity(customers.len());
         for (customer, (route, grants)) in customers.iter().zip(compiled) {
             let account = match self.accounts.get_mut(customer.id.as_str()) {
                 Some(account) => account,
@@ -267,11 +278,12 @@ impl Kernel {
                     self.clock.note_due(end);
                 }
             }
-            account.grants = grants;
+            replaced.push(std::mem::replace(&mut account.grants, grants));
             account.route = Some(route);
             credits::note_rollovers(account, &customer.grants, &mut self.clock);
             self.due.refresh(&customer.id, account, self.rater.catalog.dedupe_window_ms);
         }
+        replaced
     }
 
     /// Rates a batch as record `journal_seq`; returns (IngestAck bytes, digest). Fails only if the bytes
@@ -937,6 +949,15 @@ impl Kernel {
         }
         std::hint::black_box(found);
     }
+}
+
+/// What `install_tables` took out of the kernel, freed when dropped (by the binding, after the lock).
+pub struct RetiredTables {
+    _catalog: Catalog,
+    _interner: Interner,
+    _routes: Vec<Route>,
+    _grants: Vec<Vec<Grant>>,
+    _tables: Vec<tables::CustomerTable>,
 }
 
 /// Tables decoded and compiled against the kernel's state, ready to install (`Kernel::prepare_tables`).

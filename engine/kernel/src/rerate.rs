@@ -123,14 +123,30 @@ impl Kernel {
     /// HOUR_MS): those a publish effective then may re-rate.
     pub fn rerate_customers(&self, rate_card_id: &str, from_hour: i64) -> Vec<String> {
         let Some(card) = self.rater.interner.get(rate_card_id) else { return Vec::new() };
-        let mut customers: Vec<String> = (self.accounts.iter())
-            .filter(|(_, a)| {
-                a.buckets.iter().any(|(k, u)| k.hour >= from_hour && u.iter().any(|v| v.rate_card == card))
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        let mut customers: Vec<String> =
+            (self.accounts.iter()).filter(|(_, a)| uses_card(a, card, from_hour)).map(|(id, _)| id.clone()).collect();
         customers.sort_unstable();
         customers
+    }
+
+    /// A publish's plan a slice of customers at a time: those of `customers` (in the order given)
+    /// that `rerate_customers` would list, each checked as `rerate_check` checks it. Changes
+    /// nothing; Err names the product and why, as `rerate_check` does.
+    pub fn rerate_plan_slice(
+        &self,
+        customers: &[String],
+        version: VersionTable,
+        from_hour: i64,
+    ) -> Result<Vec<String>, String> {
+        let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(Vec::new()) };
+        let affected: Vec<String> = (customers.iter())
+            .filter(|id| self.accounts.get(id.as_str()).is_some_and(|a| uses_card(a, card, from_hour)))
+            .cloned()
+            .collect();
+        if !affected.is_empty() {
+            self.rerate_check(&affected, version, from_hour)?;
+        }
+        Ok(affected)
     }
 
     /// Checks, changing nothing, that these customers' usage of the version's rate card at or after
@@ -514,6 +530,11 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
     }
     assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
     account.route = Some(route);
+}
+
+/// Whether the account has usage priced by `card` at or after `from_hour`.
+fn uses_card(account: &Account, card: Sym, from_hour: i64) -> bool {
+    account.buckets.iter().any(|(k, u)| k.hour >= from_hour && u.iter().any(|v| v.rate_card == card))
 }
 
 /// The last period found: the buckets of an account mostly share a few periods, and finding one
