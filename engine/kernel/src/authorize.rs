@@ -2,14 +2,22 @@
 //! wire types, each request decided by `Kernel::authorize`, the answers encoded as the public
 //! AuthorizeBatchResult (AuthorizeResponse) bytes. No Python object per decision.
 //!
+//! A message that asks for no hold takes the fast path (`answer_plain`): read in place by
+//! crate::batch's walker (strings borrowed from the bytes, no allocation per request), each request
+//! decided from that view, its answer appended to the result's bytes at once. Anything else (a hold,
+//! bytes prost must judge) goes through `decode_requests` and crate::holds, which answer the same.
+//!
 //! The checks run in the order the Python servicer ran them, with its messages: a restricted
 //! key's customers, the batch limit, request ids, reservations (whole-message refusals, for the
-//! server to map to a status), then per request the in-band INVALID_REQUEST answers. Decoding and
-//! encoding touch no account state, so the server runs them outside the kernel's lock.
+//! server to map to a status), then per request the in-band INVALID_REQUEST answers. Nothing here
+//! changes account state: the fast path decides under the kernel's shared lock.
+
+use std::ops::Range;
 
 use prost::Message;
 
-use crate::decode::wire;
+use crate::batch::{dimension_entry, value_entry, Reader, LEN, VARINT};
+use crate::decode::{wire, EventView};
 use crate::kernel::Kernel;
 use crate::money::{Picos, PICOS_PER_UNIT};
 
@@ -106,33 +114,241 @@ pub fn encode_result(responses: Vec<wire::AuthorizeResponse>) -> Vec<u8> {
     wire::AuthorizeBatchResult { responses }.encode_to_vec()
 }
 
-/// Picos as the wire's decimal text: no exponent, no trailing zeros ("49995", "0.03", "-1.5").
-/// Two per decision, so it avoids u128 formatting (several times slower than u64's).
-pub fn format_picos(picos: Picos) -> String {
-    use std::fmt::Write;
-    let magnitude = picos.unsigned_abs();
-    let (whole, fraction) = (magnitude / PICOS_PER_UNIT as u128, (magnitude % PICOS_PER_UNIT as u128) as u64);
-    let mut text = String::with_capacity(24);
-    if picos < 0 {
-        text.push('-');
-    }
-    match u64::try_from(whole) {
-        Ok(whole) => write!(text, "{whole}"),
-        Err(_) => write!(text, "{whole}"),
-    }
-    .expect("writing to a String cannot fail");
-    if fraction != 0 {
-        let mut digits = [b'0'; 12];
-        let mut rest = fraction;
-        for digit in digits.iter_mut().rev() {
-            *digit = b'0' + (rest % 10) as u8;
-            rest /= 10;
+/// One request of an AuthorizeBatch read in place: strings borrow the message's bytes, map entries
+/// are ranges of the batch's two shared vectors.
+struct RequestRef<'a> {
+    request_id: &'a str,
+    customer_id: &'a str,
+    event_type: &'a str,
+    dimensions: Range<usize>,
+    values: Range<usize>,
+}
+
+/// An AuthorizeBatch none of whose requests asks for a hold, read in place by crate::batch's walker:
+/// reading it allocates three times, not per request.
+struct PlainBatch<'a> {
+    requests: Vec<RequestRef<'a>>,
+    dimensions: Vec<(&'a str, &'a str)>,
+    values: Vec<(&'a str, f64)>,
+}
+
+impl<'a> PlainBatch<'a> {
+    /// None when the walker steps aside (prost decides, and words the refusal of bytes that are not
+    /// the message) or when a request asks for a hold or carries a TTL (crate::holds decides).
+    fn walk(bytes: &'a [u8]) -> Option<PlainBatch<'a>> {
+        let mut batch = PlainBatch { requests: Vec::new(), dimensions: Vec::new(), values: Vec::new() };
+        let mut reader = Reader { bytes, at: 0 };
+        while !reader.done() {
+            match reader.key()? {
+                (1, LEN) => batch.request(reader.len_delimited()?)?,
+                (1, _) => return None,
+                (_, wire_type) => reader.skip(wire_type)?,
+            }
         }
-        let kept = 12 - digits.iter().rev().take_while(|d| **d == b'0').count();
-        text.push('.');
-        text.push_str(std::str::from_utf8(&digits[..kept]).expect("ASCII digits"));
+        Some(batch)
     }
-    text
+
+    fn request(&mut self, bytes: &'a [u8]) -> Option<()> {
+        let (dimensions_from, values_from) = (self.dimensions.len(), self.values.len());
+        let (mut request_id, mut customer_id, mut event_type) = ("", "", "");
+        let (mut reserve, mut reservation_id) = (false, "");
+        let mut reader = Reader { bytes, at: 0 };
+        while !reader.done() {
+            match reader.key()? {
+                (1, LEN) => request_id = reader.text()?,
+                (2, LEN) => customer_id = reader.text()?,
+                (3, LEN) => event_type = reader.text()?,
+                (4, LEN) => self.dimensions.push(dimension_entry(reader.len_delimited()?)?),
+                (5, LEN) => self.values.push(value_entry(reader.len_delimited()?)?),
+                (6, VARINT) => reserve = reader.varint()? != 0,
+                (8, LEN) => reservation_id = reader.text()?,
+                // reservation_ttl (7) is a hold's, and a known field of another wire type is prost's.
+                (1..=8, _) => return None,
+                (_, wire_type) => reader.skip(wire_type)?,
+            }
+        }
+        if reserve || !reservation_id.is_empty() {
+            return None;
+        }
+        let (dimensions, values) = (dimensions_from..self.dimensions.len(), values_from..self.values.len());
+        self.requests.push(RequestRef { request_id, customer_id, event_type, dimensions, values });
+        Some(())
+    }
+
+    /// `decode_requests`' whole-message checks, in its order.
+    fn check(&self, requests_max: usize, allowed: Option<&[String]>) -> Result<(), Refused> {
+        let requests = &self.requests;
+        if let Some(allowed) = allowed {
+            let foreign = |r: &RequestRef| r.customer_id.is_empty() || !allowed.iter().any(|a| a == r.customer_id);
+            if let Some(index) = requests.iter().position(foreign) {
+                return Err(Refused::CustomerNotAllowed(index, requests[index].customer_id.to_owned()));
+            }
+        }
+        if requests.len() > requests_max {
+            return Err(Refused::TooManyRequests(requests.len()));
+        }
+        if let Some(index) = requests.iter().position(|r| r.request_id.is_empty()) {
+            return Err(Refused::NoRequestId(index));
+        }
+        Ok(())
+    }
+}
+
+/// AuthorizeBatches' fast path, for a message that asks for no hold: decides every request as `answer`
+/// would and encodes the AuthorizeBatchResult as it goes, allocating nothing per request but a refusal's
+/// message. None when the message is not read in place (a hold asked, or bytes prost must judge): the
+/// caller then takes the path through `decode_requests` and crate::holds, which answers the same.
+pub fn answer_plain(
+    kernel: &Kernel,
+    bytes: &[u8],
+    requests_max: usize,
+    allowed: Option<&[String]>,
+    now_ms: i64,
+) -> Option<Result<(Vec<u8>, usize), Refused>> {
+    let batch = PlainBatch::walk(bytes)?;
+    if let Err(refused) = batch.check(requests_max, allowed) {
+        return Some(Err(refused));
+    }
+    // An answer is about 40 bytes of text with an OK, ids of a dozen.
+    let mut out = Vec::with_capacity(batch.requests.len() * 64);
+    for request in &batch.requests {
+        if request.customer_id.is_empty() || request.event_type.is_empty() {
+            let field = if request.customer_id.is_empty() { "customer_id" } else { "event_type" };
+            let message = format!("{field}: is required");
+            put_response(&mut out, request.request_id, false, "INVALID_REQUEST", &message, 0, 0);
+            continue;
+        }
+        let event = EventView {
+            // check_event requires one; Authorize's answer never shows it.
+            transaction_id: "authorize",
+            customer_id: request.customer_id,
+            event_type: request.event_type,
+            timestamp_ms: now_ms,
+            dimensions: &batch.dimensions[request.dimensions.clone()],
+            values: &batch.values[request.values.clone()],
+            reservation_id: "",
+        };
+        let d = kernel.authorize_view(&event, now_ms);
+        put_response(&mut out, request.request_id, d.allowed, d.reason, &d.message, d.cost, d.available);
+    }
+    Some(Ok((out, batch.requests.len())))
+}
+
+/// Appends one AuthorizeResponse (no reservation) as AuthorizeBatchResult's field 1, encoded as
+/// prost encodes `response(..)`: fields in number order, empty ones left out.
+fn put_response(
+    out: &mut Vec<u8>,
+    request_id: &str,
+    allowed: bool,
+    reason: &str,
+    message: &str,
+    cost: Picos,
+    available: Picos,
+) {
+    let (cost, available) = (PicosText::of(cost), PicosText::of(available));
+    let texts = [(1, request_id), (3, reason), (4, cost.as_str()), (5, available.as_str()), (7, message)];
+    let length: usize = texts.iter().map(|(_, text)| text_len(text)).sum::<usize>() + if allowed { 2 } else { 0 };
+    out.push(0x0a);
+    put_varint(out, length);
+    put_text(out, 1, request_id);
+    if allowed {
+        out.extend_from_slice(&[0x10, 0x01]);
+    }
+    for (field, text) in &texts[1..] {
+        put_text(out, *field, text);
+    }
+}
+
+fn text_len(text: &str) -> usize {
+    if text.is_empty() {
+        0
+    } else {
+        1 + varint_len(text.len()) + text.len()
+    }
+}
+
+fn varint_len(value: usize) -> usize {
+    (usize::BITS - (value | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A string field (number below 16: a one-byte key), left out when empty.
+fn put_text(out: &mut Vec<u8>, field: u8, text: &str) {
+    if !text.is_empty() {
+        out.push(field << 3 | 2);
+        put_varint(out, text.len());
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+/// Picos as the wire's decimal text: no exponent, no trailing zeros ("49995", "0.03", "-1.5").
+pub fn format_picos(picos: Picos) -> String {
+    PicosText::of(picos).as_str().to_owned()
+}
+
+/// `format_picos` on the stack: two per decision, so it allocates nothing and avoids u128
+/// formatting (several times slower than u64's).
+pub struct PicosText {
+    bytes: [u8; PicosText::CAPACITY],
+    len: usize,
+}
+
+impl PicosText {
+    /// A sign, 27 whole digits (i128::MIN / 10^12), the point and 12 decimals.
+    const CAPACITY: usize = 48;
+
+    pub fn of(picos: Picos) -> PicosText {
+        use std::fmt::Write;
+        let magnitude = picos.unsigned_abs();
+        let (whole, fraction) = (magnitude / PICOS_PER_UNIT as u128, (magnitude % PICOS_PER_UNIT as u128) as u64);
+        let mut text = PicosText { bytes: [0; PicosText::CAPACITY], len: 0 };
+        if picos < 0 {
+            text.push(b"-");
+        }
+        match u64::try_from(whole) {
+            Ok(whole) => write!(text, "{whole}"),
+            Err(_) => write!(text, "{whole}"),
+        }
+        .expect("the capacity holds any i128's digits");
+        if fraction != 0 {
+            let mut digits = [b'0'; 12];
+            let mut rest = fraction;
+            for digit in digits.iter_mut().rev() {
+                *digit = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            let kept = 12 - digits.iter().rev().take_while(|d| **d == b'0').count();
+            text.push(b".");
+            text.push(&digits[..kept]);
+        }
+        text
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("ASCII digits")
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+impl std::fmt::Write for PicosText {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        if self.len + text.len() > PicosText::CAPACITY {
+            return Err(std::fmt::Error);
+        }
+        self.push(text.as_bytes());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +358,7 @@ pub(crate) mod tests {
     use crate::tables::{
         self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
     };
+    use proptest::prelude::*;
 
     fn request(request_id: &str, customer_id: &str) -> wire::AuthorizeRequest {
         wire::AuthorizeRequest {
@@ -334,5 +551,97 @@ pub(crate) mod tests {
         let unknown = answer(&kernel, request("r", "nobody"), 1);
         assert_eq!((unknown.request_id.as_str(), unknown.reason.as_str()), ("r", "UNKNOWN_CUSTOMER"));
         assert_eq!(unknown.message, "customer 'nobody' does not exist");
+    }
+
+    /// The path through prost and `answer`, which the plain path must answer as.
+    fn decoded_path(kernel: &Kernel, bytes: &[u8], allowed: Option<&[String]>) -> Result<(Vec<u8>, usize), Refused> {
+        let requests = decode_requests(bytes, 4, allowed)?;
+        let count = requests.len();
+        Ok((encode_result(requests.into_iter().map(|r| answer(kernel, r, 1_000)).collect()), count))
+    }
+
+    fn request_strategy() -> impl Strategy<Value = wire::AuthorizeRequest> {
+        let texts = |options: &'static [&'static str]| proptest::sample::select(options).prop_map(String::from);
+        let value = proptest::sample::select(&[1.0, 0.5, -1.0, 1e-50, 3e15][..]);
+        (
+            (texts(&["r", "", "é"]), texts(&["c", "", "nobody"]), texts(&["call", "", "other"])),
+            proptest::collection::vec((texts(&["k", "model"]), texts(&["v", ""])), 0..3),
+            proptest::collection::vec((texts(&["n", "m"]), value), 0..3),
+            proptest::bool::weighted(0.1),
+            texts(&["", "", "", "", "h"]),
+        )
+            .prop_map(|((request_id, customer_id, event_type), d, v, reserve, reservation_id)| {
+                wire::AuthorizeRequest {
+                    request_id,
+                    customer_id,
+                    event_type,
+                    dimensions: d.into_iter().map(|(key, value)| wire::DimensionEntry { key, value }).collect(),
+                    values: v.into_iter().map(|(key, value)| wire::ValueEntry { key, value }).collect(),
+                    reserve,
+                    reservation_id,
+                    ..wire::AuthorizeRequest::default()
+                }
+            })
+    }
+
+    fn same_as_decoded(kernel: &Kernel, bytes: &[u8], allowed: Option<&[String]>) -> Result<bool, TestCaseError> {
+        let Some(plain) = answer_plain(kernel, bytes, 4, allowed, 1_000) else { return Ok(false) };
+        prop_assert_eq!(plain, decoded_path(kernel, bytes, allowed));
+        Ok(true)
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn plain_messages_are_answered_as_the_decoded_path_answers(
+            requests in proptest::collection::vec(request_strategy(), 0..6),
+            restricted in any::<bool>(),
+        ) {
+            let kernel = kernel();
+            let allowed = vec!["c".to_string()];
+            let allowed = restricted.then_some(allowed.as_slice());
+            let holds = requests.iter().any(|r| r.reserve || !r.reservation_id.is_empty());
+            let bytes = batch(requests);
+            prop_assert_eq!(same_as_decoded(&kernel, &bytes, allowed)?, !holds, "read in place unless a hold is asked");
+        }
+
+        #[test]
+        fn damaged_messages_are_answered_as_the_decoded_path_answers_or_left_to_it(
+            requests in proptest::collection::vec(request_strategy(), 1..3),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let kernel = kernel();
+            let mut bytes = batch(requests);
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            same_as_decoded(&kernel, &bytes, None)?;
+            same_as_decoded(&kernel, &bytes[..cut.index(bytes.len())], None)?;
+        }
+    }
+
+    #[test]
+    fn a_ttl_or_a_group_leaves_the_message_to_the_decoded_path() {
+        let kernel = kernel();
+        let timed = wire::AuthorizeRequest { reservation_ttl: Some(wire::Duration::default()), ..request("r", "c") };
+        assert_eq!(answer_plain(&kernel, &batch(vec![timed]), 4, None, 1_000), None);
+        assert_eq!(answer_plain(&kernel, &[0x0b, 0x0c], 4, None, 1_000), None);
+        // Unknown fields are skipped, as prost skips them.
+        let mut bytes = batch(vec![wire::AuthorizeRequest { event_type: "call".into(), ..request("r", "c") }]);
+        bytes.extend_from_slice(&[0x48, 0x96, 0x01]);
+        assert!(same_as_decoded(&kernel, &bytes, None).unwrap());
+    }
+
+    #[test]
+    fn answers_are_encoded_as_prost_encodes_them() {
+        let long = "x".repeat(200);
+        for (allowed, message) in [(true, ""), (false, "no"), (true, long.as_str())] {
+            let mut out = Vec::new();
+            put_response(&mut out, "r", allowed, "OK", message, 25 * PICOS_PER_UNIT / 10, -1);
+            let expected = response("r".into(), allowed, "OK", message.into(), 25 * PICOS_PER_UNIT / 10, -1);
+            assert_eq!(out, encode_result(vec![expected]));
+        }
     }
 }

@@ -146,7 +146,7 @@ fn count_events(bytes: &[u8]) -> Option<usize> {
     Some(events)
 }
 
-fn dimension_entry(bytes: &[u8]) -> Option<(&str, &str)> {
+pub(crate) fn dimension_entry(bytes: &[u8]) -> Option<(&str, &str)> {
     let (mut key, mut value) = ("", "");
     let mut reader = Reader { bytes, at: 0 };
     while !reader.done() {
@@ -160,7 +160,7 @@ fn dimension_entry(bytes: &[u8]) -> Option<(&str, &str)> {
     Some((key, value))
 }
 
-fn value_entry(bytes: &[u8]) -> Option<(&str, f64)> {
+pub(crate) fn value_entry(bytes: &[u8]) -> Option<(&str, f64)> {
     let (mut key, mut value) = ("", 0.0);
     let mut reader = Reader { bytes, at: 0 };
     while !reader.done() {
@@ -174,24 +174,24 @@ fn value_entry(bytes: &[u8]) -> Option<(&str, f64)> {
     Some((key, value))
 }
 
-const VARINT: u8 = 0;
-const I64: u8 = 1;
-const LEN: u8 = 2;
-const I32: u8 = 5;
+pub(crate) const VARINT: u8 = 0;
+pub(crate) const I64: u8 = 1;
+pub(crate) const LEN: u8 = 2;
+pub(crate) const I32: u8 = 5;
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.at >= self.bytes.len()
     }
 
     /// At most ten bytes, the tenth 0 or 1, as prost accepts.
     #[inline]
-    fn varint(&mut self) -> Option<u64> {
+    pub(crate) fn varint(&mut self) -> Option<u64> {
         // Keys and lengths are almost always one byte.
         if let Some(&byte) = self.bytes.get(self.at) {
             if byte < 0x80 {
@@ -219,26 +219,26 @@ impl<'a> Reader<'a> {
     }
 
     /// (field number, wire type); None for what prost refuses (field 0, a key past 32 bits).
-    fn key(&mut self) -> Option<(u32, u8)> {
+    pub(crate) fn key(&mut self) -> Option<(u32, u8)> {
         let key = u32::try_from(self.varint()?).ok()?;
         let field = key >> 3;
         (field != 0).then_some((field, (key & 7) as u8))
     }
 
-    fn take(&mut self, count: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, count: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(count)?;
         let taken = self.bytes.get(self.at..end)?;
         self.at = end;
         Some(taken)
     }
 
-    fn len_delimited(&mut self) -> Option<&'a [u8]> {
+    pub(crate) fn len_delimited(&mut self) -> Option<&'a [u8]> {
         let count = usize::try_from(self.varint()?).ok()?;
         self.take(count)
     }
 
     #[inline]
-    fn text(&mut self) -> Option<&'a str> {
+    pub(crate) fn text(&mut self) -> Option<&'a str> {
         let bytes = self.len_delimited()?;
         // Ids and keys are almost always ASCII, which a word at a time checks several times faster.
         if bytes.is_ascii() {
@@ -249,7 +249,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An unknown field; groups (wire types 3 and 4) are left to prost.
-    fn skip(&mut self, wire_type: u8) -> Option<()> {
+    pub(crate) fn skip(&mut self, wire_type: u8) -> Option<()> {
         match wire_type {
             VARINT => self.varint().map(drop),
             I64 => self.take(8).map(drop),

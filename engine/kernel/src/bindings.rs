@@ -729,6 +729,12 @@ impl Kernel {
         id_seed: &[u8],
         message_number: u64,
     ) -> PyResult<(Bound<'py, PyAny>, usize)> {
+        // A message that asks for no hold is read in place and answered as it is decided.
+        let plain = authorize::answer_plain(&*self.read()?, batch, requests_max, allowed.as_deref(), now_ms);
+        if let Some(answered) = plain {
+            let (result, decisions) = answered.map_err(refused)?;
+            return Ok((PyBytes::new(py, &result).into_any(), decisions));
+        }
         let requests = holds::decode(batch, requests_max, allowed.as_deref()).map_err(refused)?;
         let decisions = requests.len();
         let rules = holds::HoldRules { ttl_max_ms, id_seed, message_number };

@@ -177,6 +177,14 @@ pub fn check_event(event: &wire::UsageEvent, now_ms: i64, future_skew_ms: i64) -
     check_view(&view_of(event, &dimensions, &values), now_ms, future_skew_ms)
 }
 
+/// `f` on the view of a decoded wire event, its map entries gathered on the stack.
+pub fn with_view<R>(event: &wire::UsageEvent, f: impl FnOnce(&EventView<'_, '_>) -> R) -> R {
+    let dimensions: SmallVec<[(&str, &str); 4]> =
+        event.dimensions.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+    let values: SmallVec<[(&str, f64); 4]> = event.values.iter().map(|e| (e.key.as_str(), e.value)).collect();
+    f(&view_of(event, &dimensions, &values))
+}
+
 fn view_of<'s, 'a>(
     event: &'a wire::UsageEvent,
     dimensions: &'s [(&'a str, &'a str)],

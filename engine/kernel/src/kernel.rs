@@ -18,7 +18,7 @@ use crate::buckets::{
     VersionUsage, HOUR_MS,
 };
 use crate::credits::{self, AccountCredits, Clock};
-use crate::decode::{check_event, check_into, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
+use crate::decode::{check_into, check_view, py_dict, py_repr, wire, with_view, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Seen};
 use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
 use crate::explain::{self, Charged, Recorder};
@@ -711,8 +711,14 @@ impl Rater {
 impl Kernel {
     /// Prices a hypothetical event at now_ms exactly as ingesting it would, and decides.
     pub fn authorize(&self, event: &wire::UsageEvent, now_ms: i64) -> Decision {
+        with_view(event, |view| self.authorize_view(view, now_ms))
+    }
+
+    /// `authorize` for an event read in place (AuthorizeBatches decides each request from a view of the
+    /// message's bytes, allocating nothing per request to read it).
+    pub fn authorize_view(&self, event: &EventView<'_, '_>, now_ms: i64) -> Decision {
         let available_for = |products: Option<&[Sym]>| -> Picos {
-            let Some(account) = self.accounts.get(&event.customer_id) else { return 0 };
+            let Some(account) = self.accounts.get(event.customer_id) else { return 0 };
             account
                 .grants
                 .iter()
@@ -720,11 +726,11 @@ impl Kernel {
                 .map(|g| g.remaining)
                 .sum()
         };
-        let account = self.accounts.get(&event.customer_id);
+        let account = self.accounts.get(event.customer_id);
         let mut plans = Vec::new();
-        let planned = check_event(event, now_ms, self.rater.catalog.future_skew_ms).and_then(|e| match account {
+        let planned = check_view(event, now_ms, self.rater.catalog.future_skew_ms).and_then(|e| match account {
             Some(account) => self.rater.plan(account, &e, &mut plans),
-            None => Err(unknown_customer(&event.customer_id)),
+            None => Err(unknown_customer(event.customer_id)),
         });
         let plan = match planned {
             Ok(plan) => plan,
