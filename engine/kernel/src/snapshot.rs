@@ -78,7 +78,7 @@ mod dedupe_entries {
         }
 
         fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-            if bytes.len() % ENTRY_BYTES != 0 {
+            if !bytes.len().is_multiple_of(ENTRY_BYTES) {
                 return Err(E::custom(format!(
                     "{} bytes of dedupe entries, not a multiple of {ENTRY_BYTES}",
                     bytes.len()
