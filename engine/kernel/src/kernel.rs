@@ -19,7 +19,7 @@ use crate::buckets::{
 };
 use crate::credits::{self, AccountCredits, Clock};
 use crate::decode::{check_event, check_into, py_dict, py_repr, wire, Event, EventView, Reason, Refusal};
-use crate::dedupe::{self, content_digest, prior, Seen};
+use crate::dedupe::{self, content_digest, prior, Held, Seen};
 use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
@@ -164,12 +164,12 @@ pub struct Kernel {
     /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
     pub(crate) accounts: FxHashMap<String, Box<Account>>,
     /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
-    dedupe: FxHashMap<u128, Seen>,
+    dedupe: FxHashMap<dedupe::Key, Held>,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
     /// The dedupe keys of the events `warm` looked up last, in order: rating them reuses these
     /// rather than hashing each pair again.
-    warmed_keys: Vec<u128>,
+    warmed_keys: Vec<dedupe::Key>,
     /// Scratch space for an event's plans.
     plans: Vec<Plan>,
     /// Whether accepted events list their customer in `touched` (off: not even the comparison).
@@ -338,7 +338,7 @@ impl Kernel {
     fn ingest_event<'a>(
         &mut self,
         index: usize,
-        dedupe_key: u128,
+        dedupe_key: dedupe::Key,
         raw: &EventView<'_, 'a>,
         event: &mut Event<'a>,
         received_ms: i64,
@@ -354,10 +354,10 @@ impl Kernel {
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
         let slot = self.dedupe.entry(dedupe_key);
         let seen = match &slot {
-            Entry::Occupied(seen) => Some(seen.get()),
+            Entry::Occupied(held) => Some(Seen::from(*held.get())),
             Entry::Vacant(_) => None,
         };
-        if let Some(known) = prior(seen, received_ms, catalog.dedupe_window_ms) {
+        if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
             if known != digest {
                 return Err(Refusal::new(
                     Reason::DuplicateConflict,
@@ -390,8 +390,8 @@ impl Kernel {
         }
         // Draws, refunds and settlements move what is due (a grant emptied or refilled, a hold ended).
         self.due.refresh_at(event.customer_id, account, self.rater.catalog.dedupe_window_ms, received_ms);
-        let seen = Seen { digest, at_ms: received_ms };
-        slot.and_modify(|s| *s = seen).or_insert(seen);
+        let held = Held::from(Seen { digest, at_ms: received_ms });
+        slot.and_modify(|h| *h = held).or_insert(held);
         Ok(true)
     }
 }
@@ -856,7 +856,7 @@ impl Kernel {
                 }
             })
             .collect();
-        let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
         dedupe.sort_unstable_by_key(|(k, _)| *k);
         let strings = self.rater.interner.strings();
         let clock_ms = self.clock.now_ms;
@@ -867,7 +867,7 @@ impl Kernel {
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
         let stored = snapshot::decode(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let dedupe = stored.dedupe.into_iter().collect();
+        let dedupe = stored.dedupe.into_iter().map(|(k, seen)| (k.into(), seen.into())).collect();
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         let combos = &mut kernel.rater.combos;
         for stored in stored.accounts {
@@ -940,7 +940,7 @@ impl Kernel {
         // a pass the lookups do not depend on each other, so their misses overlap.
         let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
         for event in events {
-            let key = dedupe::key(event.customer_id, event.transaction_id, canonical);
+            let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += u64::from(dedupe.contains_key(&key));
             warmed_keys.push(key);
             slice.push((event.timestamp_ms, accounts.get(event.customer_id).map(|a| &**a)));
