@@ -47,7 +47,13 @@ impl<'a> Batch<'a> {
     }
 
     pub fn events(&self) -> impl Iterator<Item = EventView<'_, 'a>> {
-        self.events.iter().map(|e| EventView {
+        self.events_from(0)
+    }
+
+    /// The events from index `start` on: reached directly (skipping on `events()` would build a
+    /// view of each event passed over).
+    pub fn events_from(&self, start: usize) -> impl Iterator<Item = EventView<'_, 'a>> {
+        self.events[start.min(self.events.len())..].iter().map(|e| EventView {
             transaction_id: e.transaction_id,
             customer_id: e.customer_id,
             event_type: e.event_type,

@@ -38,6 +38,46 @@ pub fn key(customer_id: &str, transaction_id: &str, canonical: &mut Vec<u8>) -> 
     xxh3_128(canonical)
 }
 
+/// A dedupe key as the kernel's table holds it, in halves: a u128 is aligned to 16 bytes, which
+/// pads a (u128, Seen) entry to 48 bytes; a (Key, Held) entry takes 40, a sixth less memory and
+/// cache traffic in the kernel's largest table. The snapshot still stores u128 and `Seen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    low: u64,
+    high: u64,
+}
+
+impl From<u128> for Key {
+    fn from(key: u128) -> Key {
+        Key { low: key as u64, high: (key >> 64) as u64 }
+    }
+}
+
+impl From<Key> for u128 {
+    fn from(key: Key) -> u128 {
+        (u128::from(key.high) << 64) | u128::from(key.low)
+    }
+}
+
+/// `Seen` as the kernel's table holds it: the digest in halves, for the reason `Key` gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    digest: Key,
+    at_ms: i64,
+}
+
+impl From<Seen> for Held {
+    fn from(seen: Seen) -> Held {
+        Held { digest: seen.digest.into(), at_ms: seen.at_ms }
+    }
+}
+
+impl From<Held> for Seen {
+    fn from(held: Held) -> Seen {
+        Seen { digest: held.digest.into(), at_ms: held.at_ms }
+    }
+}
+
 /// `canonical` is scratch space, reused between events.
 pub fn content_digest(event: &Event, canonical: &mut Vec<u8>) -> u128 {
     canonical.clear();
@@ -62,4 +102,23 @@ pub fn content_digest(event: &Event, canonical: &mut Vec<u8>) -> u128 {
 /// What a transaction id seen before means now: None if unseen or out of the window.
 pub fn prior(seen: Option<&Seen>, received_ms: i64, window_ms: i64) -> Option<u128> {
     seen.filter(|s| received_ms.saturating_sub(s.at_ms) < window_ms).map(|s| s.digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_entries_are_smaller_and_convert_back_exactly() {
+        assert_eq!(std::mem::size_of::<(Key, Held)>(), 40);
+        assert_eq!(std::mem::size_of::<(u128, Seen)>(), 48);
+        for key in
+            [0, 1, u128::from(u64::MAX), u128::from(u64::MAX) + 1, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210]
+        {
+            assert_eq!(u128::from(Key::from(key)), key);
+            let seen = Seen { digest: key, at_ms: -7 };
+            assert_eq!(Seen::from(Held::from(seen)), seen);
+        }
+        assert_ne!(Key::from(1), Key::from(1 << 64), "the halves are not confused");
+    }
 }

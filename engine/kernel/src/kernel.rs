@@ -19,7 +19,7 @@ use crate::buckets::{
 };
 use crate::credits::{self, AccountCredits, Clock};
 use crate::decode::{check_into, check_view, py_dict, py_repr, wire, with_view, Event, EventView, Reason, Refusal};
-use crate::dedupe::{self, content_digest, prior, Seen};
+use crate::dedupe::{self, content_digest, prior, Held, Seen};
 use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
@@ -164,9 +164,12 @@ pub struct Kernel {
     /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
     pub(crate) accounts: FxHashMap<String, Box<Account>>,
     /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
-    dedupe: FxHashMap<u128, Seen>,
+    dedupe: FxHashMap<dedupe::Key, Held>,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
+    /// The dedupe keys of the events `warm` looked up last, in order: rating them reuses these
+    /// rather than hashing each pair again.
+    warmed_keys: Vec<dedupe::Key>,
     /// Scratch space for an event's plans.
     plans: Vec<Plan>,
     /// Whether accepted events list their customer in `touched` (off: not even the comparison).
@@ -342,10 +345,12 @@ impl Kernel {
     }
 
     /// Ok(true) accepted, Ok(false) a duplicate.
+    /// `dedupe_key` is `dedupe::key` of the event's (customer_id, transaction_id), computed by `warm`;
     /// `event` is where the raw event is checked into, reused between events.
     fn ingest_event<'a>(
         &mut self,
         index: usize,
+        dedupe_key: dedupe::Key,
         raw: &EventView<'_, 'a>,
         event: &mut Event<'a>,
         received_ms: i64,
@@ -358,14 +363,13 @@ impl Kernel {
         let Some(account) = self.accounts.get_mut(event.customer_id) else {
             return Err(unknown_customer(event.customer_id));
         };
-        let dedupe_key = dedupe::key(event.customer_id, event.transaction_id, &mut self.canonical);
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
         let slot = self.dedupe.entry(dedupe_key);
         let seen = match &slot {
-            Entry::Occupied(seen) => Some(seen.get()),
+            Entry::Occupied(held) => Some(Seen::from(*held.get())),
             Entry::Vacant(_) => None,
         };
-        if let Some(known) = prior(seen, received_ms, catalog.dedupe_window_ms) {
+        if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
             if known != digest {
                 return Err(Refusal::new(
                     Reason::DuplicateConflict,
@@ -398,8 +402,8 @@ impl Kernel {
         }
         // Draws, refunds and settlements move what is due (a grant emptied or refilled, a hold ended).
         self.due.refresh_at(event.customer_id, account, self.rater.catalog.dedupe_window_ms, received_ms);
-        let seen = Seen { digest, at_ms: received_ms };
-        slot.and_modify(|s| *s = seen).or_insert(seen);
+        let held = Held::from(Seen { digest, at_ms: received_ms });
+        slot.and_modify(|h| *h = held).or_insert(held);
         Ok(true)
     }
 }
@@ -441,9 +445,10 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
             if index > 0 {
                 pause(kernel);
             }
-            kernel.warm(batch.events().skip(index).take(PAUSE_EVERY_EVENTS));
+            kernel.warm(batch.events_from(index).take(PAUSE_EVERY_EVENTS));
         }
-        match kernel.ingest_event(index, &event, &mut checked, received_ms, &mut ack) {
+        let dedupe_key = kernel.warmed_keys[index % PAUSE_EVERY_EVENTS];
+        match kernel.ingest_event(index, dedupe_key, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
             Err(refusal) => ack.rejected(index, event.transaction_id, refusal),
@@ -869,7 +874,7 @@ impl Kernel {
                 }
             })
             .collect();
-        let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
         dedupe.sort_unstable_by_key(|(k, _)| *k);
         let strings = self.rater.interner.strings();
         let clock_ms = self.clock.now_ms;
@@ -880,7 +885,7 @@ impl Kernel {
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
         let stored = snapshot::decode(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let dedupe = stored.dedupe.into_iter().collect();
+        let dedupe = stored.dedupe.into_iter().map(|(k, seen)| (k.into(), seen.into())).collect();
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         let combos = &mut kernel.rater.combos;
         for stored in stored.accounts {
@@ -936,22 +941,30 @@ impl Account {
 
 /// Warming a batch's lookups before rating it.
 impl Kernel {
-    /// Looks up each event's account and dedupe slot and drops what it found. Rating an event
-    /// waits on these cache misses one after another, each behind a chain of work that depends on
-    /// the one before; here the lookups do not depend on each other, so the processor overlaps
-    /// their misses, and rating then finds them in cache. Called on PAUSE_EVERY_EVENTS events at a
-    /// time, few enough that what it brought in is still cached when they are rated (a whole
-    /// batch at once measured no gain; with 10,000 customers, a 64-event slice about 7% less
-    /// CPU per event in the kernel spike). Reads only: changes nothing.
+    /// Looks up each event's dedupe slot, account, first grant and covering contract, and drops
+    /// what it found. Rating an event waits on these cache misses one after another, each behind a
+    /// chain of work that depends on the one before; here the lookups do not depend on each other,
+    /// so the processor overlaps their misses, and rating then finds them in cache. Called on
+    /// PAUSE_EVERY_EVENTS events at a time, few enough that what it brought in is still cached when
+    /// they are rated (a whole batch at once measured no gain; with 10,000 customers, a 64-event
+    /// slice about 7% less CPU per event in the kernel spike). Looking up each event's aggregates
+    /// and hour buckets here too measured no gain: finding their keys costs about as much as the
+    /// misses it overlaps. Reads only; the dedupe keys are kept for rating (`warmed_keys`).
     fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>>) {
-        let Kernel { accounts, dedupe, canonical, .. } = self;
+        let Kernel { accounts, dedupe, canonical, warmed_keys, .. } = self;
+        warmed_keys.clear();
         let mut found = 0u64;
+        // Two passes over the slice: the second's reads start from what the first found, and within
+        // a pass the lookups do not depend on each other, so their misses overlap.
+        let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
         for event in events {
-            let key = dedupe::key(event.customer_id, event.transaction_id, canonical);
+            let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += u64::from(dedupe.contains_key(&key));
-            if let Some(account) = accounts.get(event.customer_id) {
-                found += account.aggregates.len() as u64 + u64::from(account.route.is_some());
-            }
+            warmed_keys.push(key);
+            slice.push((event.timestamp_ms, accounts.get(event.customer_id).map(|a| &**a)));
+        }
+        for (ts_ms, account) in slice {
+            found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
         }
         std::hint::black_box(found);
     }
@@ -964,6 +977,15 @@ pub struct RetiredTables {
     _routes: Vec<Route>,
     _grants: Vec<Vec<Grant>>,
     _tables: Vec<tables::CustomerTable>,
+}
+
+impl Account {
+    /// Reads the account's first grant and the contract covering ts_ms, for `Kernel::warm`.
+    fn warm_grant_and_contract(&self, ts_ms: i64) -> u64 {
+        let grant = self.grants.first().map_or(0, |g| g.remaining as u64);
+        let contracts = self.route.as_ref().map_or(&[][..], |r| &r.contracts[..]);
+        grant + contracts.iter().find(|c| c.covers(ts_ms)).map_or(0, |c| c.starting_at_ms as u64)
+    }
 }
 
 /// Tables decoded and compiled against the kernel's state, ready to install (`Kernel::prepare_tables`).
