@@ -605,7 +605,8 @@ class Sequencer:
         the one of the moment the publish applies); then `_apply_publish`. A publish the engine refuses anyway
         applies (and is refused) at once."""
         await self._refresh_tables()
-        if not self.billing.begin_plan(command):
+        # On the rating thread, as the slices are: the candidates come from the kernel with the GIL released.
+        if not await self._rating_thread.run(self.billing.begin_plan, command):
             await self._apply_publish(group, submission, command, None)
             return
         self._planning = submission
