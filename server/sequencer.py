@@ -47,6 +47,7 @@ import ctypes
 import dataclasses
 import logging
 import mmap
+import os
 import queue
 import sys
 import threading
@@ -71,6 +72,10 @@ from server.explain_index import ExplainIndex
 from server.journal import Journal, JournalFull
 
 log = logging.getLogger("tariff.sequencer")
+
+# Test-only pacing: a pause after each background slice of a re-rating, so that a test can make a re-rating provably
+# long (tests/test_server_rerate_online.py). Unset (0) in any real use.
+RERATE_SLICE_PAUSE_S = float(os.environ.get("TARIFF_TEST_RERATE_SLICE_PAUSE_MS", "0")) / 1000
 
 GROUP_COMMANDS_MAX = 256
 # A group also closes past this many bytes of usage batches (about 50,000 events of a typical batch).
@@ -740,6 +745,8 @@ class Sequencer:
         rerating = self.billing.rerating
         if rerating is not None and not rerating.pending:
             await self._complete_rerating(group)
+        elif RERATE_SLICE_PAUSE_S:
+            await asyncio.sleep(RERATE_SLICE_PAUSE_S)
 
     async def _complete_rerating(self, group: _Group) -> None:
         """Completes the pending re-rating, if any, before another admin command (or the close) applies: its
@@ -772,6 +779,7 @@ class Sequencer:
             seq=rerating.publish_seq,
             buckets=done.buckets,
             events=done.events,
+            record=seq,
         )
         held, self._held = self._held, None
         if held is not None and held.seq == rerating.publish_seq:
