@@ -7,8 +7,8 @@ event. Admin commands go to the control plane; the kernel's tables are recompile
 (`refresh_tables`), lazily: an admin command notes what it changed, and the next batch or read compiles
 once, so a run of admin commands compiles once. A command that changes one customer (its creation,
 contracts, overrides, grants) recompiles that customer only; a draft version or a new rate card
-(in no table yet) recompiles nothing; any other (products, publishes, rollbacks) recompiles the whole
-tables. The writer refreshes them before it hands batches to another thread and applies no admin command until they are rated, so while a batch is rated the tables are current
+(in no table yet) recompiles nothing; a publish or rollback appends its version to the tables loaded
+(Kernel.append_version: no route is compiled); any other (products) recompiles the whole tables. The writer refreshes them before it hands batches to another thread and applies no admin command until they are rated, so while a batch is rated the tables are current
 and a read (balances, Authorize) compiles nothing: it touches no Python state the rating thread uses.
 
 Sans-I/O like the rest of engine/: time comes in with each call.
@@ -42,7 +42,7 @@ from engine.rerate import (
 )
 from engine.state import Engine
 from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
-from engine.tables_paced import compile_all_steps, compile_customers_steps
+from engine.tables_paced import cohort_members_steps, compile_all_steps, compile_customers_steps
 from engine.versions import PublishResult
 
 HOUR_MS = 3_600_000
@@ -157,6 +157,9 @@ class Billing:
         self._compiler = TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
         self._tables_stale = True  # the whole tables
         self._customers_stale: set[str] = set()  # only these customers' (when the whole tables are current)
+        # Versions published since (rate card, number), appended to the tables loaded before the customers above
+        # compile (when the whole tables are current): see TableCompiler.prepare_append.
+        self._appends: list[tuple[str, int]] = []
         # A refresh in steps (compile_steps): under way until its tables are loaded, and the steps themselves
         # with whether they compile an unacknowledged command's tables, until they are exhausted.
         self._refreshing = False
@@ -184,6 +187,7 @@ class Billing:
         self.engine.reset(other.engine.state)
         self.kernel = other.kernel
         self._tables_stale = True
+        self._appends.clear()
         self._refreshing = False
         self._in_flight = None
         self._fired.clear()
@@ -264,8 +268,16 @@ class Billing:
         re-rating)."""
         result = self.engine.apply(command, seq)
         assert isinstance(result, PublishResult)
-        self._tables_stale = True
+        self._note_published(command.rate_card_id, result.version.number)
         return result
+
+    def _note_published(self, rate_card_id: str, number: int) -> None:
+        """A version was published: appended to the tables loaded at the next refresh (its cost the version's, not
+        the customers'), or compiled with the whole tables when they are stale anyway."""
+        if self._tables_stale or self._refreshing:
+            self._tables_stale = True
+        else:
+            self._appends.append((rate_card_id, number))
 
     def rerate_slice(self, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
         """Re-rates some of a publish's customers (the kernel's lock held a customer at a time, GIL released)."""
@@ -494,7 +506,9 @@ class Billing:
         writer refreshed them first). `whole` recompiles everything regardless. A refresh in steps under way
         (compile_steps) is finished here at once, unless it compiles an unacknowledged command's tables: those a
         read does not wait for."""
-        if not (whole or self._tables_stale or self._customers_stale or self._refreshing or self._in_flight):
+        if not (
+            whole or self._tables_stale or self._customers_stale or self._appends or self._refreshing or self._in_flight
+        ):
             return  # nothing changed since: every read asks, so this answer costs no generator (about 10 us)
         if self._in_flight is not None:
             steps, unacknowledged = self._in_flight
@@ -527,10 +541,12 @@ class Billing:
                 self._in_flight = None
 
     def _compile_steps(self) -> Generator[None, None, CompiledTables | None]:
-        if not self._tables_stale and not self._customers_stale:
+        if not self._tables_stale and not self._customers_stale and not self._appends:
             return None
         self._refreshing = True
         try:
+            if self._appends and not self._tables_stale:
+                yield from self._append_steps()
             if self._tables_stale:
                 # A compiler of its own: the current one's indexes stay those of the tables loaded.
                 compiler = TableCompiler(future_skew_ms=self.future_skew_ms, dedupe_window_ms=self.dedupe_window_ms)
@@ -552,6 +568,23 @@ class Billing:
             self._refreshing = False
             raise
 
+    def _append_steps(self) -> Generator[None, None, None]:
+        """The versions published since, appended to the kernel's tables in publish order (before the customers
+        touched since compile, as a whole compile interns versions before routes). A value the kernel refuses
+        leaves the whole tables stale: their compile then refuses it as it did before appends."""
+        appends, self._appends = self._appends, []
+        self._tables_stale = True
+        for rate_card_id, number in appends:
+            cohort = self.engine.state.rate_cards[rate_card_id].version(number).cohort
+            members = yield from cohort_members_steps(cohort, self.engine.state, self._customers_stale)
+            try:
+                prepared = self._compiler.prepare_append(self.engine.state, rate_card_id, number, members)
+                self.kernel.append_version(prepared.encoded)
+            except ValueError:  # TablesError among them
+                return
+            self._compiler.commit_append(prepared)
+        self._tables_stale = False
+
     def load_compiled(self, compiled: CompiledTables) -> None:
         """Loads the whole tables compile_steps compiled (a join and one kernel call, both with the GIL released: a
         server may make them on another thread while nothing else changes the state)."""
@@ -560,6 +593,7 @@ class Billing:
             self._compiler = compiled.compiler
             self._tables_stale = False
             self._customers_stale.clear()
+            self._appends.clear()
         finally:
             self._refreshing = False
 

@@ -6,14 +6,15 @@ ask it. Sans-I/O like the rest of engine/.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
 
 from engine import commands as cmd
 from engine._kernel import Kernel
-from engine.cohorts import checked_cohort, members
+from engine.cohorts import checked_cohort, contains, members
+from engine.contracts import Customer
 from engine.control import BillingState
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.ratecard import HOUR_MS, Cohort, RateCard, Severity, Version, VersionState, validate
@@ -195,8 +196,10 @@ class PlanInSlices:
 
     planned: _Planned
     table: bytes
-    candidates: list[str]  # every customer the plan looks at (the cohort's members), sorted
-    candidate_set: frozenset[str]
+    # Those the slices look at, in creation order (the plan sorts what it finds): every customer, or for a cohort
+    # by ids its ids; a slice leaves out the cohort's non-members (so beginning costs no pass over the customers).
+    candidates: list[str]
+    customers: Mapping[str, Customer]  # the control plane's, for the cohort of a customer touched meanwhile
     cursor: int = 0  # slices have looked at candidates[:cursor]
     affected: set[str] = field(default_factory=set)  # those found with usage to re-rate, checked
     touched: set[str] = field(default_factory=set)  # candidates usage named since their slice looked at them
@@ -205,18 +208,20 @@ class PlanInSlices:
 
     @classmethod
     def begin(cls, state: BillingState, command: cmd.PublishVersion | cmd.RollbackRateCard) -> PlanInSlices | None:
-        """None when the engine refuses the publish anyway; nothing to look at when no customer has usage."""
+        """None when the engine refuses the publish anyway. Beginning costs the version's compile and a copy of
+        the customer ids (no sort, no membership: the slices test it), so it is short at any customer count."""
         planned = _planned(state, command)
         if planned is None:
             return None
-        candidates = sorted(state.customers)
-        if planned.cohort:
-            candidates = members(planned.members, candidates, state.customers)
-        return cls(planned, planned.table(state), candidates, frozenset(candidates))
+        cohort = planned.members
+        candidates = list(cohort.customer_ids) if cohort is not None and cohort.customer_ids else list(state.customers)
+        return cls(planned, planned.table(state), candidates, state.customers)
 
     def touch(self, customers: Iterable[str]) -> None:
-        """Usage (or a hold) named these customers: what a slice found for them may have changed."""
-        self.touched.update(c for c in customers if c in self.candidate_set)
+        """Usage (or a hold) named these customers: what a slice found for them may have changed (one the plan
+        prices for: a customer, of the cohort if the version has one)."""
+        cohort, known = self.planned.members, self.customers
+        self.touched.update(c for c in customers if c in known and (cohort is None or contains(cohort, known[c])))
 
     def step(self, kernel: Kernel, limit: int) -> bool:
         """Looks at the next `limit` customers (first every candidate, then in up to PLAN_PASSES further passes
@@ -244,6 +249,9 @@ class PlanInSlices:
         return RerationPlan(self.planned.card.id, self.planned.from_hour, sorted(self.affected))
 
     def _look(self, kernel: Kernel, customers: list[str]) -> None:
+        cohort, known = self.planned.members, self.customers
+        if cohort is not None:
+            customers = [c for c in customers if c in known and contains(cohort, known[c])]
         if not customers:
             return
         try:

@@ -13,11 +13,16 @@ overrides, timeline), grants (burn-order fields) and closed periods.
 `TableCompiler` compiles them whole (`compile_all`, for Kernel.load_tables) or, after a command that touched
 only some customers, just those customers (`compile_customers`, for Kernel.load_customers): it remembers the
 version and timeline indexes of the last whole compile, so a customer's tables name the same shared entries
-and a new timeline (a cohort not seen yet) is appended after those the kernel holds.
+and a new timeline (a cohort not seen yet) is appended after those the kernel holds. After a publish it compiles
+the published version alone (`prepare_append`, for Kernel.append_version): the version is appended and inserted
+into its card's timelines, which is what the whole tables compiled after the publish hold, in other indexes. For
+that a timeline belongs to one rate card: timelines are indexed by (card, entries), so a card's empty timeline
+is its own.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
@@ -122,6 +127,32 @@ class CustomerTables(msgspec.Struct):
     customers: list[CustomerTable]
 
 
+class VersionAppend(msgspec.Struct):
+    """A published version for Kernel.append_version (engine/kernel/src/tables.rs VersionAppend)."""
+
+    versions_held: int
+    timelines_held: int
+    version: VersionTable
+    effective_from_ms: int
+    in_place: list[int]  # the card's timelines the version is inserted into (a publish to everyone)
+    split: list[int]  # the card's timelines copied with it inserted, the copies appended in order (a cohort)
+    members: list[str]  # whose contracts of the card move to the copies
+
+
+# A timeline's index key: its rate card and its (effective_from_ms, version index) entries.
+TimelineKey = tuple[str, tuple[tuple[int, int], ...]]
+
+
+class PreparedAppend(msgspec.Struct):
+    """`TableCompiler.prepare_append`'s answer: the kernel's bytes, and the compiler's indexes once it took them."""
+
+    encoded: bytes
+    version_key: tuple[str, int]
+    version_index: int
+    rekeyed: list[tuple[TimelineKey, TimelineKey]]  # (old key, new key) of timelines changed in place
+    added: list[TimelineKey]  # the copies' keys, in index order after those held
+
+
 class Tables(msgspec.Struct):
     future_skew_ms: int
     dedupe_window_ms: int
@@ -159,7 +190,7 @@ class TableCompiler:
         self.future_skew_ms = future_skew_ms
         self.dedupe_window_ms = dedupe_window_ms
         self._version_index: dict[tuple[str, int], int] = {}
-        self._timeline_index: dict[tuple[tuple[int, int], ...], int] = {}
+        self._timeline_index: dict[TimelineKey, int] = {}
 
     def compile_all(self, state: BillingState) -> bytes:
         """Every table, msgpack-encoded for Kernel.load_tables; the indexes later customer compiles follow."""
@@ -204,6 +235,48 @@ class TableCompiler:
         """How many timelines the compiled customers name so far (those the kernel holds once loaded)."""
         return len(self._timeline_index)
 
+    def prepare_append(
+        self, state: BillingState, rate_card_id: str, number: int, members: Iterable[str] = ()
+    ) -> PreparedAppend:
+        """The published version `number` of the card for Kernel.append_version, against the last whole compile
+        (and the appends and customers loaded since): inserted in place into every timeline of the card for a
+        publish to everyone, else into copies of them to which `members` (the cohort's customers the kernel holds
+        tables for) move. Changes no index until `commit_append`."""
+        card = state.rate_cards[rate_card_id]
+        version = card.version(number)
+        assert version.effective_from_ms is not None, "a published version has an effective time"
+        version_index = len(self._version_index)
+        entry = (version.effective_from_ms, version_index)
+        own = [(key, index) for key, index in self._timeline_index.items() if key[0] == rate_card_id]
+        changed = [(key, (rate_card_id, _inserted(key[1], entry))) for key, _ in own]
+        everyone = version.cohort is None
+        in_place = [index for _, index in own] if everyone else []
+        split = [] if everyone else [index for _, index in own]
+        append = VersionAppend(
+            versions_held=len(self._version_index),
+            timelines_held=len(self._timeline_index),
+            version=_version_table(card, number, state),
+            effective_from_ms=version.effective_from_ms,
+            in_place=in_place,
+            split=split,
+            members=[] if everyone else list(members),
+        )
+        return PreparedAppend(
+            msgspec.msgpack.encode(append),
+            (rate_card_id, number),
+            version_index,
+            changed if everyone else [],
+            [] if everyone else [new for _, new in changed],
+        )
+
+    def commit_append(self, prepared: PreparedAppend) -> None:
+        """The indexes after the kernel took `prepared` (Kernel.append_version)."""
+        self._version_index[prepared.version_key] = prepared.version_index
+        for old, new in prepared.rekeyed:
+            self._timeline_index[new] = self._timeline_index.pop(old)
+        for key in prepared.added:
+            self._timeline_index[key] = len(self._timeline_index)
+
     def compile_customers(
         self, state: BillingState, customer_ids: Iterable[str], contracts_of: Callable[[str], Sequence[Contract]]
     ) -> bytes:
@@ -230,9 +303,10 @@ class TableCompiler:
         for contract in contracts:
             card = state.rate_cards[contract.rate_card_id]
             timeline = _timeline_for(card, customer, self._version_index)
-            index = self._timeline_index.get(timeline)
+            key = (card.id, timeline)
+            index = self._timeline_index.get(key)
             if index is None:
-                index = self._timeline_index[timeline] = len(self._timeline_index)
+                index = self._timeline_index[key] = len(self._timeline_index)
                 timelines.append(list(timeline))
             contract_tables.append(_contract_table(contract, index))
         grants = [
@@ -320,6 +394,13 @@ def _timeline_for(
         for effective_from_ms, number in card.timeline
         if _in_cohort(card.version(number).cohort, customer)
     )
+
+
+def _inserted(timeline: tuple[tuple[int, int], ...], entry: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """The timeline with `entry` after every entry effective at or before it, as the card's timeline takes a
+    publish (engine/versions.py) and as the kernel inserts it."""
+    place = bisect.bisect_right(timeline, entry[0], key=lambda held: held[0])
+    return (*timeline[:place], entry, *timeline[place:])
 
 
 def _contract_table(contract: Contract, timeline: int) -> ContractTable:

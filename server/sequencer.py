@@ -19,12 +19,13 @@ state is rebuilt from the journal, which holds neither). Dedupe lives in the ker
 transaction id), in snapshots and rebuilt by replay: nothing on the ack path writes a second index.
 
 A publish is planned and checked a slice of customers at a time (engine/rerate.py PlanInSlices), after each
-group, usage and holds applying between slices (any other command, or the close, first completes the plan and
-applies the publish); a plan of one slice applies at once. A publish that re-rates usage already rated
+group, usage and holds applying between slices (any other command queues behind it, see below; the close first
+completes the plan and applies the publish); a plan of one slice applies at once. A publish that re-rates usage already rated
 (engine/pending.py) is then journaled at once, its re-rating left pending;
 the writer re-rates a slice of pending customers after each group (also with nothing queued), a usage batch
-re-rates the pending customers it names before it is rated, and any other admin command (or the close) first
-completes the re-rating with a record of its own. The publish's caller is answered once that record is durable;
+re-rates the pending customers it names before it is rated, and any other admin command queues behind the
+publish (in arrival order) until the re-rating completes with a record of its own, usage going on meanwhile
+(the close completes it at once). The publish's caller is answered once that record is durable;
 usage is answered meanwhile as usual.
 
 A command that changes nothing gets no journal record and no seq: a usage batch that accepts no event (empty,
@@ -46,6 +47,7 @@ import ctypes
 import dataclasses
 import logging
 import mmap
+import os
 import queue
 import sys
 import threading
@@ -70,6 +72,10 @@ from server.explain_index import ExplainIndex
 from server.journal import Journal, JournalFull
 
 log = logging.getLogger("tariff.sequencer")
+
+# Test-only pacing: a pause after each background slice of a re-rating, so that a test can make a re-rating provably
+# long (tests/test_server_rerate_online.py). Unset (0) in any real use.
+RERATE_SLICE_PAUSE_S = float(os.environ.get("TARIFF_TEST_RERATE_SLICE_PAUSE_MS", "0")) / 1000
 
 GROUP_COMMANDS_MAX = 256
 # A group also closes past this many bytes of usage batches (about 50,000 events of a typical batch).
@@ -417,6 +423,9 @@ class Sequencer:
         self.committed: Callable[[set[str] | None, int], None] | None = None
         self._held: _HeldPublish | None = None  # a publish whose re-rating is pending: answered on completion
         self._planning: _Submission | None = None  # a publish being planned (Billing.planning), not applied yet
+        # Admin commands that came while a publish was planned or its re-rating pending, in arrival order: they
+        # apply once it completes (`_apply_deferred`), usage and holds applying meanwhile.
+        self._deferred: collections.deque[_Submission] = collections.deque()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tariff-writer")
@@ -462,7 +471,12 @@ class Sequencer:
         try:
             while True:
                 # Else: work, or a publish to plan, or re-rating to do.
-                idle = self._queue.empty() and self.billing.rerating is None and self._planning is None
+                idle = (
+                    self._queue.empty()
+                    and self.billing.rerating is None
+                    and self._planning is None
+                    and not self._deferred
+                )
                 if in_flight is not None and (idle or self._snapshot_due()):
                     if await self._work_arrived_during(in_flight):
                         continue  # prepare it while the commit goes on
@@ -472,7 +486,9 @@ class Sequencer:
                     if self._closing and self._queue.empty():
                         return
                     continue
-                if self._queue.empty() and (self.billing.rerating is not None or self._planning is not None):
+                if self._queue.empty() and (
+                    self.billing.rerating is not None or self._planning is not None or self._deferred
+                ):
                     taken = []  # a group of no command: a slice of the plan or of the re-rating (`_prepare`)
                     await asyncio.sleep(0)  # reads are served between slices even with nothing queued
                 else:
@@ -513,6 +529,8 @@ class Sequencer:
                 self._planning.future.set_exception(stopped)  # not applied: a retry publishes
             while not self._queue.empty():
                 taken.append(self._queue.get_nowait())
+            taken += self._deferred  # queued behind a publish, applied nowhere
+            self._deferred.clear()
             for submission in taken:
                 if not submission.future.done():
                     submission.future.set_exception(stopped)
@@ -550,30 +568,65 @@ class Sequencer:
                 await self._rate(group, run)
                 run = []
             if command is None:
-                # The close: a publish being planned applies first, and a pending re-rating completes.
+                # The close: a publish being planned applies first, a pending re-rating completes, and the commands
+                # queued behind them apply (each publish among them planned and re-rated whole in turn).
                 await self._complete_planning(group)
                 await self._complete_rerating(group)
+                while self._deferred:
+                    await self._apply_deferred(group)
+                    await self._complete_planning(group)
+                    await self._complete_rerating(group)
                 group.answers.append((submission, self.billing.last_seq, None))
             elif _expired(submission):
                 expired = DeadlineExceeded("the call's deadline passed while its command waited; nothing was applied")
                 group.answers.append((submission, 0, expired))
-            else:
+            elif not self._deferred_behind_publish(submission):
                 assert not isinstance(command, UsageBatch)
-                if not isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch):
-                    # Only usage, holds and releases apply beside a publish being planned (they name the customers
-                    # the plan looks at again) or a pending re-rating (they re-rate on touch).
-                    await self._complete_planning(group)
-                    await self._complete_rerating(group)
-                if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
-                    await self._start_publish(group, submission, command)
-                else:
-                    self._apply_admin(group, submission, command)
+                await self._apply_command(group, submission, command)
         if run:
             await self._rate(group, run)
         await self._plan_slice(group)
         await self._rerate_slice(group)
+        await self._apply_deferred(group)
         group.alerts_upto = self.billing.engine.state.alerts.last_seq
         return group
+
+    async def _apply_command(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None:
+        """An admin command, with no publish planned or re-rating pending but for holds (which apply beside one)."""
+        if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
+            await self._start_publish(group, submission, command)
+        else:
+            self._apply_admin(group, submission, command)
+
+    def _deferred_behind_publish(self, submission: _Submission) -> bool:
+        """Whether the admin command waits for the publish being planned or re-rated (True: queued, answered once
+        it applies). Only usage, holds and releases apply beside a publish being planned (they name the customers
+        the plan looks at again) or a pending re-rating (they re-rate on touch); any other command would need the
+        whole plan or re-rating completed first, which would hold usage up behind it for as long as it takes (a
+        re-rating of 10,000 customers is hundreds of ms). So it queues, and the re-rating goes on a slice per
+        group. Replay gives the same state: the journal holds the commands in the order they applied."""
+        command = submission.command
+        if isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch):
+            return False
+        if self._planning is None and self.billing.rerating is None and not self._deferred:
+            return False
+        self._deferred.append(submission)
+        return True
+
+    async def _apply_deferred(self, group: _Group) -> None:
+        """The commands queued behind a publish, in arrival order, once none is planned or re-rated (a deferred
+        publish starts planning: those after it wait for it in turn)."""
+        while self._deferred and self._planning is None and self.billing.rerating is None:
+            submission = self._deferred.popleft()
+            command = submission.command
+            assert command is not None and not isinstance(command, UsageBatch)
+            if submission.future.cancelled():
+                continue
+            if _expired(submission):
+                expired = DeadlineExceeded("the call's deadline passed while its command waited; nothing was applied")
+                group.answers.append((submission, 0, expired))
+                continue
+            await self._apply_command(group, submission, command)
 
     def _apply_admin(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None:
         seq = self.billing.last_seq + 1
@@ -605,7 +658,8 @@ class Sequencer:
         the one of the moment the publish applies); then `_apply_publish`. A publish the engine refuses anyway
         applies (and is refused) at once."""
         await self._refresh_tables()
-        if not self.billing.begin_plan(command):
+        # On the rating thread, as the slices are: the candidates come from the kernel with the GIL released.
+        if not await self._rating_thread.run(self.billing.begin_plan, command):
             await self._apply_publish(group, submission, command, None)
             return
         self._planning = submission
@@ -691,6 +745,8 @@ class Sequencer:
         rerating = self.billing.rerating
         if rerating is not None and not rerating.pending:
             await self._complete_rerating(group)
+        elif RERATE_SLICE_PAUSE_S:
+            await asyncio.sleep(RERATE_SLICE_PAUSE_S)
 
     async def _complete_rerating(self, group: _Group) -> None:
         """Completes the pending re-rating, if any, before another admin command (or the close) applies: its
@@ -723,6 +779,7 @@ class Sequencer:
             seq=rerating.publish_seq,
             buckets=done.buckets,
             events=done.events,
+            record=seq,
         )
         held, self._held = self._held, None
         if held is not None and held.seq == rerating.publish_seq:

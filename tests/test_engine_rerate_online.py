@@ -254,9 +254,10 @@ def test_a_snapshot_taken_while_a_rerating_is_pending_holds_the_pending_customer
     assert msgspec.json.encode(restored.engine.state) == msgspec.json.encode(went_on.engine.state)
 
 
-def test_another_admin_command_completes_a_pending_rerating_first() -> None:
-    """Submitted together: a publish, usage, a new customer, usage. The new customer waits for the re-rating to
-    complete (its completion record comes before it); the usage before it does not. Replay gives the live state."""
+def test_another_admin_command_queues_behind_a_pending_rerating() -> None:
+    """Submitted together: a publish, usage, a new customer, usage. The new customer waits, queued, for the
+    re-rating to complete (its completion record comes before it); the usage before it and the usage after it do
+    not wait for it. Replay gives the live state."""
     journal = MemoryJournal()
 
     async def main() -> Billing:
@@ -284,7 +285,7 @@ def test_another_admin_command_completes_a_pending_rerating_first() -> None:
         "publish" if r.deferred else "completion" if r.rerated else "usage" if r.usage else type(r.command).__name__
         for r in records
     ]
-    assert kinds == ["publish", "usage", "completion", "CreateCustomer", "usage"]
+    assert kinds == ["publish", "usage", "usage", "completion", "CreateCustomer"]
     # 3 calls at 3 each, plus the later call at 3: the usage after the completion found everyone re-rated.
     assert live.balance("c3", RECEIVED_MS).period_charges == 12 * 10**12
     assert live.balance("c0", RECEIVED_MS).period_charges == 9 * 10**12

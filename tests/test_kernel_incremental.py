@@ -210,7 +210,7 @@ class CountingKernel:
         self.kernel.load_customers(customers)
 
 
-def test_a_customer_command_recompiles_that_customer_a_publish_the_whole_tables_a_draft_nothing() -> None:
+def test_a_customer_command_recompiles_that_customer_a_publish_appends_its_version_a_draft_nothing() -> None:
     counting = CountingKernel()
     billing = Billing(kernel=cast(Kernel, counting))
     catalogue = (ProductSpec("p0", "ai", Aggregation.SUM, "a", (), ("model",), UNIT_ONE, None, None),)
@@ -231,8 +231,9 @@ def test_a_customer_command_recompiles_that_customer_a_publish_the_whole_tables_
     billing.refresh_tables()  # a draft is in no table: nothing loaded
     assert (counting.whole_loads, len(counting.customer_loads)) == (1, 1)
     billing.apply(cmd.PublishVersion(EPOCH_MS, ACTOR, "card", 2, EPOCH_MS + HOUR_MS), billing.last_seq + 1)
-    billing.refresh_tables()
-    assert (counting.whole_loads, len(counting.customer_loads)) == (2, 1)
+    billing.refresh_tables()  # appended (Kernel.append_version): no whole load, no customer compiled
+    assert (counting.whole_loads, len(counting.customer_loads)) == (1, 1)
+    assert billing.kernel.contract_timelines("acme") == [[(EPOCH_MS, "card", 1), (EPOCH_MS + HOUR_MS, "card", 2)]]
 
 
 def test_customer_tables_compiled_against_other_tables_are_refused_and_change_nothing() -> None:

@@ -7,10 +7,8 @@ replay of the journal gives them again, and a `kill -9` in the middle loses noth
 from __future__ import annotations
 
 import asyncio
-import calendar
 import re
 import threading
-import time
 from decimal import Decimal
 
 import pytest
@@ -24,6 +22,12 @@ from tests.test_server_rerate import HOURS, PRICE_V1, PRICE_V2, ingest_many, qua
 # A re-rating of 3,000 customers x 150 hour buckets: a few hundred milliseconds here.
 CUSTOMERS = 3_000
 DONE = re.compile(r"re-rating done.*?buckets=(\d+).*?events=(\d+)")
+# The publish's record and the re-rating's completion record, as the server logs them.
+STARTED_SEQ = re.compile(r"re-rating started.*?seq=(\d+)")
+DONE_RECORD = re.compile(r"re-rating done.*?record=(\d+)")
+# The server pauses this long after each background slice of 64 customers (a test-only knob): the re-rating of
+# 3,000 customers then lasts at least 47 x 40 ms, whatever the machine's speed or load.
+PACED = {"TARIFF_TEST_RERATE_SLICE_PAUSE_MS": "40"}
 
 
 def set_up(server: ServerProcess) -> tuple[int, pricing_pb2.PublishVersionRequest]:
@@ -53,9 +57,9 @@ def publish_in_background(server: ServerProcess, request: pricing_pb2.PublishVer
     return caller
 
 
-def late_usage(client: TariffClient, start_ms: int, round_: int, extra: dict[int, int]) -> None:
+def late_usage(client: TariffClient, start_ms: int, round_: int, extra: dict[int, int]) -> int:
     """A batch of late events (in hours the re-rating covers) for customers at the end, start and middle of the
-    re-rating's order, acked; `extra` adds up what was sent per customer."""
+    re-rating's order, acked; `extra` adds up what was sent per customer. Returns the ack's journal seq."""
     customers = [(CUSTOMERS - 1 - round_) % CUSTOMERS, round_ * 37 % CUSTOMERS, (CUSTOMERS // 2 + round_) % CUSTOMERS]
     events = []
     for n, customer in enumerate(dict.fromkeys(customers)):
@@ -72,6 +76,7 @@ def late_usage(client: TariffClient, start_ms: int, round_: int, extra: dict[int
         )
     ack = client.ingest_batch(events, batch_id=f"late-{round_}")
     assert ack.accepted == len(events), ack.rejected[:3]
+    return int(ack.journal_seq)
 
 
 def expected_charges(customer: int, extra: dict[int, int]) -> Decimal:
@@ -100,18 +105,17 @@ def assert_each_bucket_adjusted_once(client: TariffClient, start_ms: int, custom
         }
 
 
-def logged_ms(server: ServerProcess, message: str) -> int:
-    """When the server logged `message` (its line's UTC timestamp, in Unix ms)."""
-    [stamp] = re.findall(r"^(\S+)Z .*" + re.escape(message), server.log_path.read_text(errors="replace"), re.M)
-    seconds, millis = stamp.split(".")
-    return calendar.timegm(time.strptime(seconds, "%Y-%m-%dT%H:%M:%S")) * 1000 + int(millis)
+def logged_seq(server: ServerProcess, pattern: re.Pattern[str]) -> int:
+    """The journal seq the server's log line (matched by `pattern`, the seq its group) names."""
+    [seq] = pattern.findall(server.log_path.read_text(errors="replace"))
+    return int(seq)
 
 
 def stream_late_usage(
     server: ServerProcess, start_ms: int, extra: dict[int, int], go: threading.Event, stop: threading.Event
 ) -> tuple[threading.Thread, list[int]]:
-    """A client sending late usage batch after batch from `go` to `stop`; returns it and the acks' times (ms)."""
-    acked_ms: list[int] = []
+    """A client sending late usage batch after batch from `go` to `stop`; returns it and the acks' journal seqs."""
+    acked_seqs: list[int] = []
 
     def stream() -> None:
         with server.client() as client:
@@ -119,33 +123,33 @@ def stream_late_usage(
             go.wait()
             round_ = 0
             while not stop.is_set():
-                late_usage(client, start_ms, round_, extra)
-                acked_ms.append(time.time_ns() // 1_000_000)
+                acked_seqs.append(late_usage(client, start_ms, round_, extra))
                 round_ += 1
 
     streamer = threading.Thread(target=stream)
     streamer.start()
-    return streamer, acked_ms
+    return streamer, acked_seqs
 
 
 @pytest.mark.slow
 def test_usage_is_acked_while_a_long_rerating_runs_and_amounts_equal_rating_from_scratch(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory()
+    server = server_factory(env=PACED)
     start_ms, request = set_up(server)
     extra: dict[int, int] = {}
     go, stop = threading.Event(), threading.Event()
-    streamer, acked_ms = stream_late_usage(server, start_ms, extra, go, stop)
+    streamer, acked_seqs = stream_late_usage(server, start_ms, extra, go, stop)
     caller = publish_in_background(server, request)
     wait_for_log(server, "re-rating started", 60)
     go.set()  # every late batch is applied after the publish: its customers are re-rated first
     caller.join()
     stop.set()
     streamer.join()
-    # Batches were acked (so committed, after the publish: the journal is in order) while the re-rating ran.
-    started_ms, done_ms = logged_ms(server, "re-rating started"), logged_ms(server, "re-rating done")
-    assert [at for at in acked_ms if started_ms < at < done_ms], (started_ms, done_ms, acked_ms[:5])
+    # Batches were acked while the re-rating ran: journaled (the journal is in order) after the publish's record
+    # and before the re-rating's completion record, which the publish's answer waited for.
+    published, completed = logged_seq(server, STARTED_SEQ), logged_seq(server, DONE_RECORD)
+    assert [seq for seq in acked_seqs if published < seq < completed], (published, completed, acked_seqs[:5])
     [done] = caller.answers  # type: ignore[attr-defined]
     assert isinstance(done, pricing_pb2.PublishVersionResponse), done
     # Every bucket the publish covered, once: the late events were rated at the new price after their customer.
@@ -171,7 +175,7 @@ def test_usage_is_acked_while_a_long_rerating_runs_and_amounts_equal_rating_from
 def test_kill_9_in_the_middle_of_a_long_rerating_loses_nothing_and_rerates_nothing_twice(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory()
+    server = server_factory(env=PACED)  # so that the kill comes before the re-rating completes
     start_ms, request = set_up(server)
     extra: dict[int, int] = {}
     with server.client() as client:

@@ -132,6 +132,9 @@ def test_a_read_during_an_unacknowledged_refresh_prices_with_the_tables_loaded_b
         return Decimal(billing.estimate("c000", "ai", {"model": "m1"}, {"a": 3.0}, now_ms).cost)
 
     before = cost()
+    # A new product with it: the whole tables are compiled (a publish alone appends its version in one step).
+    other = cmd.CreateProduct(EPOCH_MS, ACTOR, "p9", "p9", "other", Aggregation.SUM, "a", {}, (), "u")
+    billing.apply(other, billing.last_seq + 1)
     doubled = (rate("p0", price_spec(Curve("UNIT", price=Decimal(2), per_units=Decimal(1)))),)
     billing.apply(cmd.CreateDraftVersion(EPOCH_MS, ACTOR, "card", 0, {}, (), doubled, (), ""), billing.last_seq + 1)
     billing.apply(cmd.PublishVersion(EPOCH_MS, ACTOR, "card", 2, EPOCH_MS), billing.last_seq + 1)

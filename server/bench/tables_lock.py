@@ -4,7 +4,8 @@
 Builds the re-rating bench's machine (server/bench/rerate.py: N customers on one rate card, a day of usage), then
 one thread reads balances (Kernel.balance, what GetBalance and Authorize read on the event loop) in a loop while
 another loads the whole tables L times (Kernel.load_tables: compiled under a shared lock, installed under the
-exclusive one), as a publish does. Prints the reads' latency with no load going on and during the loads, with the
+exclusive one), as a publish did, then publishes L versions, each appended to the tables (Kernel.append_version),
+as a publish does now. Prints the reads' latency with no load going on and during the loads, with the
 five longest: a read arriving as an install starts waits for all of it, so with L loads the L longest reads are
 about what each install holds the lock alone for (on a busy machine, compare with the longest reads alone). The
 clock is read here only.
@@ -17,10 +18,12 @@ import statistics
 import threading
 import time
 
+from engine import commands as cmd
 from engine._kernel import Kernel
+from engine.billing import Billing
 from engine.tables import TableCompiler
 from engine.tables_paced import compile_all_steps, drain
-from server.bench.rerate import START_MS, build, ingest
+from server.bench.rerate import ACTOR, HOUR_MS, START_MS, build, ingest, rates
 
 
 def reads(kernel: Kernel, customer_ids: list[str], stop: threading.Event, out: list[float]) -> None:
@@ -75,6 +78,32 @@ def main() -> None:
         print(figures(name, latencies))
         if load_s:
             print(f"loads: {len(load_s)}, {1e3 * statistics.median(load_s):.1f} ms median each")
+    appends(billing, customer_ids, args.hours, args.loads)
+
+
+def appends(billing: Billing, customer_ids: list[str], hours: int, count: int) -> None:
+    """Reads while `count` versions are published (effective after the usage: nothing to re-rate) and each is
+    appended to the kernel's tables (Billing.refresh_tables: Kernel.append_version), as a publish does now."""
+    stop = threading.Event()
+    latencies: list[float] = []
+    reader = threading.Thread(target=reads, args=(billing.kernel, customer_ids, stop, latencies))
+    reader.start()
+    append_s: list[float] = []
+    for n in range(count):
+        effective_ms = START_MS + (hours + 1 + n) * HOUR_MS
+        billing.apply(
+            cmd.CreateDraftVersion(START_MS, ACTOR, "card", 0, {}, (), rates("0.02"), (), ""), billing.last_seq + 1
+        )
+        number = max(v.number for v in billing.engine.state.rate_cards["card"].versions)
+        billing.apply(cmd.PublishVersion(START_MS, ACTOR, "card", number, effective_ms), billing.last_seq + 1)
+        at = time.perf_counter()
+        billing.refresh_tables()
+        append_s.append(time.perf_counter() - at)
+        time.sleep(0.05)
+    stop.set()
+    reader.join()
+    print(figures("reads during appends", latencies))
+    print(f"appends: {len(append_s)}, {1e3 * statistics.median(append_s):.2f} ms median each (refresh_tables)")
 
 
 if __name__ == "__main__":

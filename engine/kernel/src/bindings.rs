@@ -150,6 +150,25 @@ impl Kernel {
         py.detach(|| self.change(|k| k.load_customers(customers))?.map_err(PyValueError::new_err))
     }
 
+    // -- A publish appended to the tables loaded (issue 11: engine/kernel/src/append.rs) -----------
+
+    /// Adds a published version to the tables loaded (msgpack VersionAppend from engine/tables.py),
+    /// under the lock alone for as long as the version and its card's timelines take, not the
+    /// customers. Raises ValueError when it is malformed or was compiled against other tables,
+    /// having changed nothing.
+    fn append_version(&self, py: Python<'_>, append: &[u8]) -> PyResult<()> {
+        py.detach(|| self.change(|k| k.append_version(append))?.map_err(PyValueError::new_err))
+    }
+
+    /// Each contract's timeline as (effective_from_ms, rate_card_id, version), in the order the
+    /// customer's tables list its contracts; None for a customer the tables do not name.
+    #[allow(clippy::type_complexity)]
+    fn contract_timelines(&self, py: Python<'_>, customer_id: &str) -> PyResult<Option<Vec<Vec<(i64, String, u32)>>>> {
+        py.detach(|| self.read().map(|k| k.contract_timelines(customer_id)))
+    }
+
+    // -- end of the publish block --------------------------------------------------------------------
+
     /// Rates a UsageBatch given as its wire bytes: (IngestAck bytes, 16-byte digest). Raises
     /// ValueError, having changed nothing, when the bytes are not a UsageBatch.
     fn ingest<'py>(

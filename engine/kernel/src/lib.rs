@@ -5,6 +5,7 @@
 //! with each call. See README.md for the API and the tables' format.
 
 pub mod ack;
+pub mod append;
 pub mod authorize;
 pub mod batch;
 pub mod buckets;

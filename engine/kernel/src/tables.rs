@@ -122,3 +122,29 @@ pub fn decode_customers(bytes: &[u8]) -> Result<CustomerTables, String> {
 pub fn encode(tables: &Tables) -> Vec<u8> {
     rmp_serde::to_vec_named(tables).expect("tables always encode")
 }
+
+/// A published version added to the tables already loaded (`Kernel::append_version`), as
+/// engine/tables.py's `TableCompiler.append_version` compiles it: the kernel then holds what a
+/// whole load of the tables compiled after the publish would give, without compiling any route.
+/// Every timeline belongs to one rate card (engine/tables.py keys them by card), so the version
+/// is inserted into its card's timelines, in place when every contract naming one sees it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VersionAppend {
+    /// How many versions and timelines the kernel holds: the version becomes version
+    /// `versions_held`, the `split` copies timelines `timelines_held` on.
+    pub versions_held: u32,
+    pub timelines_held: u32,
+    pub version: VersionTable,
+    pub effective_from_ms: i64,
+    /// Timelines the version is inserted into in place (a publish to everyone).
+    pub in_place: Vec<u32>,
+    /// Timelines copied with the version inserted, the copies appended in this order (a cohort):
+    /// the members' contracts of the card move from each to its copy, the others' stay.
+    pub split: Vec<u32>,
+    /// The cohort's members (customer ids) whose contracts of the card move to the copies.
+    pub members: Vec<String>,
+}
+
+pub fn decode_append(bytes: &[u8]) -> Result<VersionAppend, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("the version append does not decode: {e}"))
+}
