@@ -155,15 +155,19 @@ endif
 run: install proto
 	$(VENV)/bin/tariff serve --listen $(LISTEN) --data-dir $(DATA_DIR) --demo
 
-# The whole suite: lint, types, engine, journal, and tests against real server processes.
+# The whole suite: lint, types, engine, journal, and tests against real server processes. pytest runs on
+# PYTEST_WORKERS processes (pytest-xdist), a test file to a worker, so module-scoped fixtures start once;
+# every server binds a free port of its own and every test has its own tmp_path, so they do not collide.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
 test: install lint kernel-check
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory test-ts
 	$(MAKE) --no-print-directory test-go
 	$(MAKE) --no-print-directory test-java
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .
