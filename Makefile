@@ -30,12 +30,13 @@ kernel: $(KERNEL_STAMP)
 install: $(VENV)/.installed $(KERNEL_STAMP)
 
 # The kernel's own checks: formatting, clippy with warnings as errors, and its unit and property tests
-# (TARIFF_PROPTEST_CASES raises the property tests' case count; `make soak` does).
+# (TARIFF_PROPTEST_CASES raises the property tests' case count; `make soak` does). The spike's clippy shares
+# the kernel's target dir, so the kernel and its dependencies are checked once, not once per crate.
 kernel-check:
 	cd $(KERNEL_DIR) && cargo fmt --check
 	cd $(KERNEL_DIR) && cargo clippy --quiet --all-targets -- -D warnings
 	cd $(KERNEL_DIR) && cargo test --quiet
-	cd server/bench/kernel_spike && cargo fmt --check && cargo clippy --quiet -- -D warnings
+	cd server/bench/kernel_spike && cargo fmt --check && cargo clippy --quiet --target-dir $(abspath $(KERNEL_DIR))/target -- -D warnings
 
 # A wheel with the compiled kernel inside, in dist/: it installs without Rust.
 wheel: install
