@@ -30,12 +30,13 @@ kernel: $(KERNEL_STAMP)
 install: $(VENV)/.installed $(KERNEL_STAMP)
 
 # The kernel's own checks: formatting, clippy with warnings as errors, and its unit and property tests
-# (TARIFF_PROPTEST_CASES raises the property tests' case count; `make soak` does).
+# (TARIFF_PROPTEST_CASES raises the property tests' case count; `make soak` does). The spike's clippy shares
+# the kernel's target dir, so the kernel and its dependencies are checked once, not once per crate.
 kernel-check:
 	cd $(KERNEL_DIR) && cargo fmt --check
 	cd $(KERNEL_DIR) && cargo clippy --quiet --all-targets -- -D warnings
 	cd $(KERNEL_DIR) && cargo test --quiet
-	cd server/bench/kernel_spike && cargo fmt --check && cargo clippy --quiet -- -D warnings
+	cd server/bench/kernel_spike && cargo fmt --check && cargo clippy --quiet --target-dir $(abspath $(KERNEL_DIR))/target -- -D warnings
 
 # A wheel with the compiled kernel inside, in dist/: it installs without Rust.
 wheel: install
@@ -155,15 +156,19 @@ endif
 run: install proto
 	$(VENV)/bin/tariff serve --listen $(LISTEN) --data-dir $(DATA_DIR) --demo
 
-# The whole suite: lint, types, engine, journal, and tests against real server processes.
+# The whole suite: lint, types, engine, journal, and tests against real server processes. pytest runs on
+# PYTEST_WORKERS processes (pytest-xdist), a test file to a worker, so module-scoped fixtures start once;
+# every server binds a free port of its own and every test has its own tmp_path, so they do not collide.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
 test: install lint kernel-check
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory test-ts
 	$(MAKE) --no-print-directory test-go
 	$(MAKE) --no-print-directory test-java
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

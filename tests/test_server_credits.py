@@ -106,11 +106,16 @@ def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
     return condition()
 
 
+# Long enough for a kill -9 and a restart on a loaded 2-core machine (a restart took 3.5 s under pytest-xdist at
+# load 10): the hold must still be there when the restarted server first answers.
+SHORT_TTL_S = 8
+
+
 def test_holds_survive_kill_9_and_expire_on_time_after_the_restart(demo_server: ServerProcess) -> None:
     with demo_server.client() as client:
         gateway_customer(client, "gw")
         short = client.authorize(
-            "gw", "ai_action", GPT4_COMPLEX, reserve=True, reservation_id="short", reservation_ttl_s=4
+            "gw", "ai_action", GPT4_COMPLEX, reserve=True, reservation_id="short", reservation_ttl_s=SHORT_TTL_S
         )
         long = client.authorize(
             "gw", "ai_action", GPT4_COMPLEX, reserve=True, reservation_id="long", reservation_ttl_s=600
@@ -122,7 +127,7 @@ def test_holds_survive_kill_9_and_expire_on_time_after_the_restart(demo_server: 
     with demo_server.client() as client:
         assert client.get_balance("gw").credits_held == "10"  # both holds came back
         assert wait_for(lambda: client.get_balance("gw").credits_held == "5", 15)
-        assert time.monotonic() - made_at >= 3.9  # not before its TTL
+        assert time.monotonic() - made_at >= SHORT_TTL_S - 0.1  # not before its TTL
         balance = client.get_balance("gw")
         assert (balance.credits_available, balance.credits_remaining) == ("95", "100")
         ack = client.ingest_batch([usage("late", "gw", "short")])
