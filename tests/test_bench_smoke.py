@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +24,16 @@ QUICK_DEDUPE_IDS = 20_000
 RUNS = 2
 BATCHES = 4
 BATCH_EVENTS = 50
+# Generous: a guard against a hung bench, not a speed check (pytest runs two files at once).
+BENCH_TIMEOUT_S = 420
+BENCH_STOP_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "bench.json"
-    done = subprocess.run(
+    bench = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -48,10 +52,23 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
             str(tmp / "work"),
         ],
         cwd=REPO_ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
     )
+    try:
+        stdout, stderr = bench.communicate(timeout=BENCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # SIGINT, not SIGKILL: the bench's finally stops the servers and load generators it started in their
+        # own sessions, which a kill would leave running for the rest of the suite.
+        bench.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = bench.communicate(timeout=BENCH_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            bench.kill()
+            stdout, stderr = bench.communicate()
+        pytest.fail(f"bench did not finish in {BENCH_TIMEOUT_S} s:\n{stdout}\n{stderr}")
+    done = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
     assert done.returncode == 0, f"bench exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     document: dict[str, Any] = json.loads(Path(out).read_text())
     return document, done.stdout
