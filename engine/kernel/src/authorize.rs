@@ -44,19 +44,33 @@ pub(crate) fn decode_requests(
 ) -> Result<Vec<wire::AuthorizeRequest>, Refused> {
     let batch = wire::AuthorizeBatch::decode(bytes).map_err(|e| Refused::NotDecodable(e.to_string()))?;
     let requests = batch.requests;
+    let ids = || requests.iter().map(|r| (r.customer_id.as_str(), r.request_id.as_str()));
+    check_message(ids, requests.len(), requests_max, allowed)?;
+    Ok(requests)
+}
+
+/// The whole-message checks over each request's (customer_id, request_id), in the order the Python servicer
+/// ran them: a restricted key's customers, the batch limit, request ids. The decoded path and the fast path
+/// both run these, so they refuse the same messages in the same words.
+fn check_message<'r, I: Iterator<Item = (&'r str, &'r str)>>(
+    ids: impl Fn() -> I,
+    count: usize,
+    requests_max: usize,
+    allowed: Option<&[String]>,
+) -> Result<(), Refused> {
     if let Some(allowed) = allowed {
-        let foreign = |r: &wire::AuthorizeRequest| r.customer_id.is_empty() || !allowed.contains(&r.customer_id);
-        if let Some(index) = requests.iter().position(foreign) {
-            return Err(Refused::CustomerNotAllowed(index, requests[index].customer_id.clone()));
+        let foreign = |customer: &str| customer.is_empty() || !allowed.iter().any(|a| a == customer);
+        if let Some((index, (customer, _))) = ids().enumerate().find(|(_, (customer, _))| foreign(customer)) {
+            return Err(Refused::CustomerNotAllowed(index, customer.to_owned()));
         }
     }
-    if requests.len() > requests_max {
-        return Err(Refused::TooManyRequests(requests.len()));
+    if count > requests_max {
+        return Err(Refused::TooManyRequests(count));
     }
-    if let Some(index) = requests.iter().position(|r| r.request_id.is_empty()) {
+    if let Some(index) = ids().position(|(_, request_id)| request_id.is_empty()) {
         return Err(Refused::NoRequestId(index));
     }
-    Ok(requests)
+    Ok(())
 }
 
 /// The field a request lacks before it can be priced ("customer_id", "event_type"), if any:
@@ -175,22 +189,10 @@ impl<'a> PlainBatch<'a> {
         Some(())
     }
 
-    /// `decode_requests`' whole-message checks, in its order.
+    /// `decode_requests`' whole-message checks (`check_message`), over the borrowed views.
     fn check(&self, requests_max: usize, allowed: Option<&[String]>) -> Result<(), Refused> {
-        let requests = &self.requests;
-        if let Some(allowed) = allowed {
-            let foreign = |r: &RequestRef| r.customer_id.is_empty() || !allowed.iter().any(|a| a == r.customer_id);
-            if let Some(index) = requests.iter().position(foreign) {
-                return Err(Refused::CustomerNotAllowed(index, requests[index].customer_id.to_owned()));
-            }
-        }
-        if requests.len() > requests_max {
-            return Err(Refused::TooManyRequests(requests.len()));
-        }
-        if let Some(index) = requests.iter().position(|r| r.request_id.is_empty()) {
-            return Err(Refused::NoRequestId(index));
-        }
-        Ok(())
+        let ids = || self.requests.iter().map(|r| (r.customer_id, r.request_id));
+        check_message(ids, self.requests.len(), requests_max, allowed)
     }
 }
 
