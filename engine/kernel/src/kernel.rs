@@ -5,7 +5,6 @@
 //! event with the same functions, on a copy of the balances, and commits nothing. Time comes in
 //! with each call.
 
-use std::collections::hash_map::Entry;
 use std::ops::DerefMut;
 
 use rustc_hash::FxHashMap;
@@ -164,7 +163,7 @@ pub struct Kernel {
     /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
     pub(crate) accounts: FxHashMap<String, Box<Account>>,
     /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
-    dedupe: FxHashMap<dedupe::Key, Held>,
+    dedupe: dedupe::Table,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
     /// The dedupe keys of the events `warm` looked up last, in order: rating them reuses these
@@ -364,11 +363,8 @@ impl Kernel {
             return Err(unknown_customer(event.customer_id));
         };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
-        let slot = self.dedupe.entry(dedupe_key);
-        let seen = match &slot {
-            Entry::Occupied(held) => Some(Seen::from(*held.get())),
-            Entry::Vacant(_) => None,
-        };
+        let place = self.dedupe.place(dedupe_key);
+        let seen = self.dedupe.held(place).map(Seen::from);
         if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
             if known != digest {
                 return Err(Refusal::new(
@@ -403,7 +399,7 @@ impl Kernel {
         // Draws, refunds and settlements move what is due (a grant emptied or refilled, a hold ended).
         self.due.refresh_at(event.customer_id, account, self.rater.catalog.dedupe_window_ms, received_ms);
         let held = Held::from(Seen { digest, at_ms: received_ms });
-        slot.and_modify(|h| *h = held).or_insert(held);
+        self.dedupe.put(dedupe_key, place, held);
         Ok(true)
     }
 }
@@ -857,7 +853,7 @@ impl Kernel {
     pub fn snapshot(&self) -> Vec<u8> {
         let mut customers: Vec<&String> = self.accounts.keys().collect();
         customers.sort();
-        let accounts = customers
+        let accounts: Vec<StoredAccount> = customers
             .into_iter()
             .map(|id| {
                 let account = &self.accounts[id];
@@ -874,8 +870,7 @@ impl Kernel {
                 }
             })
             .collect();
-        let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        dedupe.sort_unstable_by_key(|(k, _)| *k);
+        let dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| (k.into(), v.into())).collect();
         let strings = self.rater.interner.strings();
         let clock_ms = self.clock.now_ms;
         snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe, clock_ms })
@@ -885,7 +880,7 @@ impl Kernel {
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
         let stored = snapshot::decode(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let dedupe = stored.dedupe.into_iter().map(|(k, seen)| (k.into(), seen.into())).collect();
+        let dedupe = dedupe::Table::from_entries(stored.dedupe.iter().copied());
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         let combos = &mut kernel.rater.combos;
         for stored in stored.accounts {
@@ -959,7 +954,7 @@ impl Kernel {
         let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
         for event in events {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
-            found += u64::from(dedupe.contains_key(&key));
+            found += u64::from(dedupe.get(key).is_some());
             warmed_keys.push(key);
             slice.push((event.timestamp_ms, accounts.get(event.customer_id).map(|a| &**a)));
         }
