@@ -25,7 +25,7 @@ use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
     curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Route, Sym, Version,
 };
-use crate::snapshot::{self, Stored, StoredAccount};
+use crate::snapshot::{self, StoredAccount};
 use crate::tables;
 
 #[derive(Default)]
@@ -870,17 +870,19 @@ impl Kernel {
                 }
             })
             .collect();
-        let dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| (k.into(), v.into())).collect();
         let strings = self.rater.interner.strings();
-        let clock_ms = self.clock.now_ms;
-        snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe, clock_ms })
+        let (count, dedupe) = (self.dedupe.len(), self.dedupe.iter().map(|(k, v)| (k.into(), v.into())));
+        snapshot::encode_parts(snapshot::FORMAT, &strings, &accounts, count, dedupe, self.clock.now_ms)
     }
 
     /// A kernel holding a snapshot's state; load tables before rating with it.
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
-        let stored = snapshot::decode(bytes)?;
+        let (stored, entry_bytes) = snapshot::decode_borrowing(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let dedupe = dedupe::Table::from_entries(stored.dedupe.iter().copied());
+        let dedupe = match entry_bytes {
+            Some(entry_bytes) => dedupe::Table::from_entries(snapshot::dedupe_entries::read(entry_bytes)?),
+            None => dedupe::Table::from_entries(stored.dedupe.iter().copied()),
+        };
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         let combos = &mut kernel.rater.combos;
         for stored in stored.accounts {
