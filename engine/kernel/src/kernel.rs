@@ -453,6 +453,8 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
     let (accepted, duplicates, rejected) = ack.counts();
     if accepted == 0 {
         ack.set_journal_seq(next_seq.saturating_sub(1));
+    } else {
+        kernel.prune_dedupe(next_seq, received_ms);
     }
     let (ack, digest) = ack.finish();
     Ok(Ingested { ack, digest, accepted, duplicates, rejected })
@@ -933,6 +935,19 @@ impl Account {
     /// The customer's contracts and closed periods, once the tables name it.
     pub(crate) fn route(&self) -> Option<&Route> {
         self.route.as_ref()
+    }
+}
+
+/// Pruning the dedupe table.
+impl Kernel {
+    /// Drops the dedupe entries of one key range that are past the window (`dedupe::expired`), so the
+    /// table holds the window, not every id ever accepted. Only a batch that accepts an event, and so
+    /// becomes journal record `seq`, sweeps, range `seq` mod the ranges: replay runs the same sweeps at
+    /// the same times, so live and replayed state match with no cursor to store.
+    fn prune_dedupe(&mut self, seq: u64, received_ms: i64) {
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        let range = seq % (1 << dedupe::PRUNE_RANGE_BITS);
+        self.dedupe.prune_range(range, |held| dedupe::expired(held.at_ms(), received_ms, window_ms));
     }
 }
 
