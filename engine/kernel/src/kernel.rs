@@ -5,7 +5,6 @@
 //! event with the same functions, on a copy of the balances, and commits nothing. Time comes in
 //! with each call.
 
-use std::collections::hash_map::Entry;
 use std::ops::DerefMut;
 
 use rustc_hash::FxHashMap;
@@ -26,7 +25,7 @@ use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
     curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Route, Sym, Version,
 };
-use crate::snapshot::{self, Stored, StoredAccount};
+use crate::snapshot::{self, StoredAccount};
 use crate::tables;
 
 #[derive(Default)]
@@ -164,7 +163,7 @@ pub struct Kernel {
     /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
     pub(crate) accounts: FxHashMap<String, Box<Account>>,
     /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
-    dedupe: FxHashMap<dedupe::Key, Held>,
+    dedupe: dedupe::Table,
     /// Scratch space for an event's canonical encoding.
     canonical: Vec<u8>,
     /// The dedupe keys of the events `warm` looked up last, in order: rating them reuses these
@@ -364,11 +363,8 @@ impl Kernel {
             return Err(unknown_customer(event.customer_id));
         };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
-        let slot = self.dedupe.entry(dedupe_key);
-        let seen = match &slot {
-            Entry::Occupied(held) => Some(Seen::from(*held.get())),
-            Entry::Vacant(_) => None,
-        };
+        let place = self.dedupe.place(dedupe_key);
+        let seen = self.dedupe.held(place).map(Seen::from);
         if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
             if known != digest {
                 return Err(Refusal::new(
@@ -403,7 +399,7 @@ impl Kernel {
         // Draws, refunds and settlements move what is due (a grant emptied or refilled, a hold ended).
         self.due.refresh_at(event.customer_id, account, self.rater.catalog.dedupe_window_ms, received_ms);
         let held = Held::from(Seen { digest, at_ms: received_ms });
-        slot.and_modify(|h| *h = held).or_insert(held);
+        self.dedupe.put(dedupe_key, place, held);
         Ok(true)
     }
 }
@@ -457,6 +453,8 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
     let (accepted, duplicates, rejected) = ack.counts();
     if accepted == 0 {
         ack.set_journal_seq(next_seq.saturating_sub(1));
+    } else {
+        kernel.prune_dedupe(next_seq, received_ms);
     }
     let (ack, digest) = ack.finish();
     Ok(Ingested { ack, digest, accepted, duplicates, rejected })
@@ -857,7 +855,7 @@ impl Kernel {
     pub fn snapshot(&self) -> Vec<u8> {
         let mut customers: Vec<&String> = self.accounts.keys().collect();
         customers.sort();
-        let accounts = customers
+        let accounts: Vec<StoredAccount> = customers
             .into_iter()
             .map(|id| {
                 let account = &self.accounts[id];
@@ -874,18 +872,19 @@ impl Kernel {
                 }
             })
             .collect();
-        let mut dedupe: Vec<(u128, Seen)> = self.dedupe.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        dedupe.sort_unstable_by_key(|(k, _)| *k);
         let strings = self.rater.interner.strings();
-        let clock_ms = self.clock.now_ms;
-        snapshot::encode(&Stored { format: snapshot::FORMAT, strings, accounts, dedupe, clock_ms })
+        let (count, dedupe) = (self.dedupe.len(), self.dedupe.iter().map(|(k, v)| (k.into(), v.into())));
+        snapshot::encode_parts(snapshot::FORMAT, &strings, &accounts, count, dedupe, self.clock.now_ms)
     }
 
     /// A kernel holding a snapshot's state; load tables before rating with it.
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
-        let stored = snapshot::decode(bytes)?;
+        let (stored, entry_bytes) = snapshot::decode_borrowing(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let dedupe = stored.dedupe.into_iter().map(|(k, seen)| (k.into(), seen.into())).collect();
+        let dedupe = match entry_bytes {
+            Some(entry_bytes) => dedupe::Table::from_entries(snapshot::dedupe_entries::read(entry_bytes)?),
+            None => dedupe::Table::from_entries(stored.dedupe.iter().copied()),
+        };
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         let combos = &mut kernel.rater.combos;
         for stored in stored.accounts {
@@ -939,6 +938,19 @@ impl Account {
     }
 }
 
+/// Pruning the dedupe table.
+impl Kernel {
+    /// Drops the dedupe entries of one key range that are past the window (`dedupe::expired`), so the
+    /// table holds the window, not every id ever accepted. Only a batch that accepts an event, and so
+    /// becomes journal record `seq`, sweeps, range `seq` mod the ranges: replay runs the same sweeps at
+    /// the same times, so live and replayed state match with no cursor to store.
+    fn prune_dedupe(&mut self, seq: u64, received_ms: i64) {
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        let range = seq % (1 << dedupe::PRUNE_RANGE_BITS);
+        self.dedupe.prune_range(range, |held| dedupe::expired(held.at_ms(), received_ms, window_ms));
+    }
+}
+
 /// Warming a batch's lookups before rating it.
 impl Kernel {
     /// Looks up each event's dedupe slot, account, first grant and covering contract, and drops
@@ -959,7 +971,7 @@ impl Kernel {
         let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
         for event in events {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
-            found += u64::from(dedupe.contains_key(&key));
+            found += u64::from(dedupe.get(key).is_some());
             warmed_keys.push(key);
             slice.push((event.timestamp_ms, accounts.get(event.customer_id).map(|a| &**a)));
         }

@@ -45,7 +45,7 @@ pub struct Stored {
 /// Dedupe entries as one byte string, each ENTRY_BYTES wide: key, digest (little-endian u128) and
 /// acceptance time (little-endian i64). Fixed width, so decoding is a walk over the bytes, with no
 /// per-field varint.
-mod dedupe_entries {
+pub mod dedupe_entries {
     use serde::de::{Error, Visitor};
     use serde::{Deserializer, Serializer};
     use std::fmt;
@@ -54,12 +54,28 @@ mod dedupe_entries {
 
     pub const ENTRY_BYTES: usize = 40;
 
+    pub fn write(bytes: &mut Vec<u8>, (key, seen): (u128, Seen)) {
+        bytes.extend_from_slice(&key.to_le_bytes());
+        bytes.extend_from_slice(&seen.digest.to_le_bytes());
+        bytes.extend_from_slice(&seen.at_ms.to_le_bytes());
+    }
+
+    /// The entries a byte string holds, read as they are walked.
+    pub fn read(bytes: &[u8]) -> Result<impl ExactSizeIterator<Item = (u128, Seen)> + Clone + '_, String> {
+        if !bytes.len().is_multiple_of(ENTRY_BYTES) {
+            return Err(format!("{} bytes of dedupe entries, not a multiple of {ENTRY_BYTES}", bytes.len()));
+        }
+        let u128_at = |entry: &[u8], at: usize| u128::from_le_bytes(entry[at..at + 16].try_into().expect("16 bytes"));
+        Ok(bytes.chunks_exact(ENTRY_BYTES).map(move |entry| {
+            let at_ms = i64::from_le_bytes(entry[32..40].try_into().expect("8 bytes"));
+            (u128_at(entry, 0), Seen { digest: u128_at(entry, 16), at_ms })
+        }))
+    }
+
     pub fn serialize<S: Serializer>(entries: &[(u128, Seen)], serializer: S) -> Result<S::Ok, S::Error> {
         let mut bytes = Vec::with_capacity(entries.len() * ENTRY_BYTES);
-        for (key, seen) in entries {
-            bytes.extend_from_slice(&key.to_le_bytes());
-            bytes.extend_from_slice(&seen.digest.to_le_bytes());
-            bytes.extend_from_slice(&seen.at_ms.to_le_bytes());
+        for entry in entries {
+            write(&mut bytes, *entry);
         }
         serializer.serialize_bytes(&bytes)
     }
@@ -78,19 +94,7 @@ mod dedupe_entries {
         }
 
         fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-            if !bytes.len().is_multiple_of(ENTRY_BYTES) {
-                return Err(E::custom(format!(
-                    "{} bytes of dedupe entries, not a multiple of {ENTRY_BYTES}",
-                    bytes.len()
-                )));
-            }
-            let u128_at =
-                |entry: &[u8], at: usize| u128::from_le_bytes(entry[at..at + 16].try_into().expect("16 bytes"));
-            let entries = bytes.chunks_exact(ENTRY_BYTES).map(|entry| {
-                let at_ms = i64::from_le_bytes(entry[32..40].try_into().expect("8 bytes"));
-                (u128_at(entry, 0), Seen { digest: u128_at(entry, 16), at_ms })
-            });
-            Ok(entries.collect())
+            Ok(read(bytes).map_err(E::custom)?.collect())
         }
     }
 }
@@ -195,8 +199,57 @@ impl StoredV1 {
     }
 }
 
+/// Format 4 as the kernel restores it: the dedupe entries left in the snapshot's bytes (`dedupe_entries::read`).
+#[derive(Deserialize)]
+struct StoredBorrowing<'a> {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccount>,
+    #[serde(borrow)]
+    dedupe: &'a [u8],
+    clock_ms: i64,
+}
+
 pub fn encode(stored: &Stored) -> Vec<u8> {
-    postcard::to_allocvec(stored).expect("plain structures always encode")
+    let dedupe = stored.dedupe.iter().copied();
+    encode_parts(stored.format, &stored.strings, &stored.accounts, stored.dedupe.len(), dedupe, stored.clock_ms)
+}
+
+/// `encode` of the `Stored` these parts make, the `count` dedupe entries (in key order) written from the
+/// iterator straight into the output: the table's entries are not copied into a list, then a byte
+/// string, then the output (at 10 M ids each copy is 400 MB or more).
+pub fn encode_parts(
+    format: u32,
+    strings: &[String],
+    accounts: &[StoredAccount],
+    count: usize,
+    dedupe: impl Iterator<Item = (u128, Seen)>,
+    clock_ms: i64,
+) -> Vec<u8> {
+    let encodes = "plain structures always encode";
+    // A postcard struct is its fields one after another; a byte string is its length (a varint, as
+    // a u64's) then the bytes.
+    let mut out = postcard::to_extend(&(format, strings, accounts), Vec::new()).expect(encodes);
+    let entry_bytes = count * dedupe_entries::ENTRY_BYTES;
+    out.reserve_exact(2 * 10 + entry_bytes);
+    out = postcard::to_extend(&(entry_bytes as u64), out).expect(encodes);
+    let start = out.len();
+    dedupe.for_each(|entry| dedupe_entries::write(&mut out, entry));
+    assert_eq!(out.len() - start, entry_bytes, "{count} dedupe entries");
+    postcard::to_extend(&clock_ms, out).expect(encodes)
+}
+
+/// `decode` for a restore: the format-4 dedupe entries are left in `bytes`, for the caller to read
+/// straight into its table (`dedupe_entries::read`); other formats' are in the `Stored`.
+pub fn decode_borrowing(bytes: &[u8]) -> Result<(Stored, Option<&[u8]>), String> {
+    let broken = |e: postcard::Error| format!("the kernel snapshot does not decode: {e}");
+    let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
+    if format != FORMAT {
+        return decode(bytes).map(|stored| (stored, None));
+    }
+    let StoredBorrowing { format, strings, accounts, dedupe, clock_ms } =
+        postcard::from_bytes(bytes).map_err(broken)?;
+    Ok((Stored { format, strings, accounts, dedupe: Vec::new(), clock_ms }, Some(dedupe)))
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
@@ -337,6 +390,38 @@ mod tests {
             3 * dedupe_entries::ENTRY_BYTES,
             "fixed width, plus no length growth here"
         );
+    }
+
+    #[test]
+    fn encoding_from_parts_gives_serdes_bytes_and_a_borrowing_decode_the_same_entries() {
+        let credits = AccountCredits::default();
+        let account = StoredAccount {
+            customer_id: "acme".into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: vec![(0, 60)],
+            period_overage: vec![(0, 1)],
+            adjustments: vec![],
+            credits: Some(credits),
+        };
+        let stored = Stored {
+            format: FORMAT,
+            strings: vec!["p".into(), "q".into()],
+            accounts: vec![account],
+            dedupe: extreme_entries(),
+            clock_ms: -3,
+        };
+        let bytes = encode(&stored);
+        assert_eq!(bytes, postcard::to_allocvec(&stored).unwrap(), "the derived encoding, byte for byte");
+        let (head, entries) = decode_borrowing(&bytes).expect("format 4 reads");
+        let entries: Vec<(u128, Seen)> = dedupe_entries::read(entries.expect("format 4")).unwrap().collect();
+        assert_eq!(Stored { dedupe: entries, ..head }, stored);
+        // Another format's entries come decoded.
+        let v3 = WrittenV3 { format: 3, strings: vec![], accounts: vec![], dedupe: extreme_entries(), clock_ms: 9 };
+        let v3 = postcard::to_allocvec(&v3).unwrap();
+        let (v3, none) = decode_borrowing(&v3).expect("format 3 reads");
+        assert_eq!((v3.dedupe, none), (extreme_entries(), None));
     }
 
     #[test]
