@@ -376,26 +376,48 @@ fn days_in_month(year: i64, month: i64) -> i64 {
     next - days_from_civil(year, month, 1)
 }
 
-fn add_months(anchor_ms: i64, months: i64) -> i64 {
-    let (days, time_of_day) = (anchor_ms.div_euclid(DAY_MS), anchor_ms.rem_euclid(DAY_MS));
-    let (year, month, day) = civil_from_days(days);
-    let index = month - 1 + months;
-    let (y, m) = (year + index.div_euclid(12), index.rem_euclid(12) + 1);
-    (days_from_civil(y, m, day.min(days_in_month(y, m)))) * DAY_MS + time_of_day
+/// A contract's anchor read once into its civil date: a period's boundaries are whole months
+/// added to it, and reading the anchor again for each boundary was most of the work.
+struct Anchor {
+    year: i64,
+    month: i64,
+    day: i64,
+    time_of_day_ms: i64,
+}
+
+impl Anchor {
+    fn new(anchor_ms: i64) -> Anchor {
+        let (days, time_of_day_ms) = (anchor_ms.div_euclid(DAY_MS), anchor_ms.rem_euclid(DAY_MS));
+        let (year, month, day) = civil_from_days(days);
+        Anchor { year, month, day, time_of_day_ms }
+    }
+
+    /// The anchor moved `months` months on, a day past the month's end clamped to its last day.
+    fn plus_months(&self, months: i64) -> i64 {
+        let index = self.month - 1 + months;
+        let (y, m) = (self.year + index.div_euclid(12), index.rem_euclid(12) + 1);
+        (days_from_civil(y, m, self.day.min(days_in_month(y, m)))) * DAY_MS + self.time_of_day_ms
+    }
 }
 
 /// (start_ms, end_ms) of the monthly period anchored on anchor_ms that contains ts_ms >= anchor_ms.
+/// Each boundary is computed once (an event whose account has no cached period pays this).
 pub fn period_containing(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
-    let (ay, am, _) = civil_from_days(anchor_ms.div_euclid(DAY_MS));
+    let anchor = Anchor::new(anchor_ms);
     let (ty, tm, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
-    let mut months = ((ty - ay) * 12 + (tm - am)).max(0);
-    while add_months(anchor_ms, months) > ts_ms {
+    let mut months = ((ty - anchor.year) * 12 + (tm - anchor.month)).max(0);
+    let mut start = anchor.plus_months(months);
+    while start > ts_ms {
         months -= 1;
+        start = anchor.plus_months(months);
     }
-    while add_months(anchor_ms, months + 1) <= ts_ms {
+    let mut end = anchor.plus_months(months + 1);
+    while end <= ts_ms {
         months += 1;
+        start = end;
+        end = anchor.plus_months(months + 1);
     }
-    (add_months(anchor_ms, months), add_months(anchor_ms, months + 1))
+    (start, end)
 }
 
 #[cfg(test)]
@@ -439,6 +461,35 @@ mod tests {
         assert_eq!(interner.text(route.contracts[0].rate_card), "card");
         let missing = catalog.route(&customer(1, vec![]), 1, &mut interner).err().expect("timeline 1 of 1");
         assert!(missing.contains("missing timeline"), "{missing}");
+    }
+
+    /// The former definition, which read the anchor's date again for every boundary.
+    fn period_by_repeated_anchor_reads(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
+        let add_months = |months: i64| Anchor::new(anchor_ms).plus_months(months);
+        let (ay, am, _) = civil_from_days(anchor_ms.div_euclid(DAY_MS));
+        let (ty, tm, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
+        let mut months = ((ty - ay) * 12 + (tm - am)).max(0);
+        while add_months(months) > ts_ms {
+            months -= 1;
+        }
+        while add_months(months + 1) <= ts_ms {
+            months += 1;
+        }
+        (add_months(months), add_months(months + 1))
+    }
+
+    #[test]
+    fn periods_match_the_boundary_by_boundary_definition() {
+        // Anchors on month ends (clamped), across leap years and before 1970; events up to years later.
+        let anchors = [JAN_31_2026, JAN_31_2026 - 700 * DAY_MS + 12_345, -86 * DAY_MS - 1, 0, 951_782_400_000];
+        for anchor in anchors {
+            for step in 0..400 {
+                let ts = anchor + step * 3 * DAY_MS + step * 7_777_777;
+                let period = period_containing(anchor, ts);
+                assert_eq!(period, period_by_repeated_anchor_reads(anchor, ts), "anchor {anchor}, ts {ts}");
+                assert!(period.0 <= ts && ts < period.1);
+            }
+        }
     }
 
     #[test]
