@@ -119,8 +119,8 @@ impl Kernel {
 }
 
 /// Tables of one version: `Catalog::compile` compiles it as within whole tables, interning its
-/// strings in the same order.
-fn alone(table: VersionTable, catalog: &Catalog) -> Tables {
+/// strings in the same order. A simulation compiles its version the same way.
+pub(crate) fn alone(table: VersionTable, catalog: &Catalog) -> Tables {
     Tables {
         future_skew_ms: catalog.future_skew_ms,
         dedupe_window_ms: catalog.dedupe_window_ms,

@@ -578,14 +578,7 @@ fn compile_version(
 ) -> Result<Version, String> {
     let mut compiled = Catalog::default();
     let mut scratch = interner.clone();
-    let tables = crate::tables::Tables {
-        future_skew_ms: catalog.future_skew_ms,
-        dedupe_window_ms: catalog.dedupe_window_ms,
-        products: Vec::new(),
-        versions: vec![table],
-        timelines: Vec::new(),
-        customers: Vec::new(),
-    };
+    let tables = crate::append::alone(table, catalog);
     compiled.versions = Catalog::compile(&tables, &mut scratch)?.versions;
     let mut version = compiled.versions.pop().expect("one version compiled");
     // Symbols the scratch interner added name nothing recorded: make them match nothing.
