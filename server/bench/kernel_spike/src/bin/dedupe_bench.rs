@@ -1,9 +1,10 @@
 //! Timings of the kernel's dedupe table (not a test: figures to report, nothing asserted).
 //!
-//! `cargo run --release --example dedupe_bench -- MODE [IDS | PATH]`, MODE one of `restore` (restore a kernel
-//! snapshot holding IDS dedupe ids, or the snapshot file at PATH), `snapshot` (restore, then snapshot it again) or `ops` (ns per
-//! lookup and insert against a table of IDS ids, the kernel's table and a hash map, twice each, in one
-//! run). Run it under `/usr/bin/time -v` for the peak RSS.
+//! `cargo run --release --bin dedupe_bench -- MODE [IDS | PATH]` in server/bench/kernel_spike, MODE
+//! one of `restore` (restore a kernel snapshot holding IDS dedupe ids, or the snapshot file at
+//! PATH), `snapshot` (restore, then snapshot it again) or `ops` (ns per lookup and insert against a
+//! table of IDS ids, the kernel's table and a hash map, twice each, in one run). Run it under
+//! `/usr/bin/time -v` for the peak RSS.
 
 use std::time::Instant;
 
