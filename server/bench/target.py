@@ -7,13 +7,15 @@ from the outside (/proc/PID/stat for CPU, /proc/PID/status for resident memory).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -34,6 +36,21 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_reconnect_backoff_ms", 250),
 ]
 ARGPARSE_USAGE_EXIT = 2
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Resolved in the parent: the child between fork and exec must not import or load anything.
+_LIBC_PRCTL: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _stop_with_bench(bench_pid: int) -> Callable[[], None]:
+    """A pre-exec hook: the server gets SIGTERM when the bench dies, even by SIGKILL, so that a killed bench
+    leaves no server behind (they run in their own sessions, out of reach of the terminal's signals)."""
+
+    def hook() -> None:
+        _LIBC_PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != bench_pid:  # the bench died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 def free_port() -> int:
@@ -76,6 +93,9 @@ class ServedProcess:
         command = [*self.base_command, "--listen", self.target]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The death signal follows the thread that forked: only the main thread's end is the bench's end.
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        stop_with_bench = _stop_with_bench(os.getpid()) if on_main_thread else None
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {' '.join(command)}\n".encode())
             log.flush()
@@ -88,6 +108,7 @@ class ServedProcess:
                 cwd=REPO_ROOT,
                 env=env,
                 start_new_session=True,  # a Ctrl-C on the bench does not reach it before the bench stops it
+                preexec_fn=stop_with_bench,
             )
         try:
             self._wait_serving(started + timeout_s)
