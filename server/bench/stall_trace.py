@@ -6,7 +6,8 @@ serve` with the stall bench's flags), seeds it, runs ingest as `tariff bench --o
 every late wake of the loop over `--report-over-ms` to what overlapped it in the server:
 
 - `late`: the stall sampler's wake (server/loopstall.py), with the loop thread's CPU and its wait for a CPU;
-- `gc`: a collection (generation, thread, objects collected);
+- `gc`: a collection (generation, thread, CPU, objects collected); before a generation 1 or 2 collection, what it
+  scans (`gcscan`: tracked objects by type, the largest containers);
 - `job`: a call handed to a writer thread (_Worker.run: rating, journal), or an explain index write, with its
   thread's CPU time over the call: a job whose CPU nearly equals its wall time held the GIL, or competed for it;
 - `gil`: a probe thread's wake that waited for the GIL (its lateness less its wait for a CPU) over GIL_PROBE_MS,
@@ -18,6 +19,7 @@ every late wake of the loop over `--report-over-ms` to what overlapped it in the
 The server runs on uvloop, whose callbacks cannot be wrapped from Python: the loop's own long callbacks show as
 the sampler's `loop_cpu_ms`, not by name.
 
+Policies can be tried before they are made the server's own: TRACE_SWITCH_INTERVAL_S, TRACE_GC_THRESHOLDS.
 The records are written as JSON at exit; the summary prints the distribution of stalls and, for the longest, what
 overlapped each.
 """
@@ -85,6 +87,8 @@ def _install_tracing(path: str) -> None:
     def on_gc(phase: str, info: dict[str, int]) -> None:
         ident = threading.get_ident()
         if phase == "start":
+            if info["generation"] >= 1:  # what an older generation's collection scans (rare: worth the count)
+                records.append(("gcscan", _now(), _now(), info["generation"], _young_types(info["generation"])))
             gc_started[ident] = (_now(), time.thread_time())
         elif ident in gc_started:
             start, cpu = gc_started.pop(ident)
@@ -178,6 +182,21 @@ class _ThreadClocks:
         return spent
 
 
+def _young_types(generation: int) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    total = 0
+    for older in range(generation + 1):
+        for item in gc.get_objects(older):
+            total += 1
+            counts[type(item).__qualname__] = counts.get(type(item).__qualname__, 0) + 1
+    largest = sorted(
+        ((len(item), type(item).__qualname__) for older in range(generation + 1) for item in gc.get_objects(older)
+         if isinstance(item, list | dict | set | tuple)),
+        reverse=True,
+    )[:5]  # fmt: skip
+    return {"tracked": total, "types": sorted(counts.items(), key=lambda kv: -kv[1])[:8], "largest": largest}
+
+
 def _gen2_types() -> dict[str, Any]:
     """What a full collection scans at exit: the oldest generation's tracked objects (the frozen ones are not), by
     type, the most common first."""
@@ -217,11 +236,16 @@ def serve(argv: list[str]) -> None:
     _install_tracing(os.environ[RECORDS_ENV])
     if os.environ.get("TRACE_SWITCH_INTERVAL_S"):  # a policy tried before it is made the server's own
         sys.setswitchinterval(float(os.environ["TRACE_SWITCH_INTERVAL_S"]))
+    if os.environ.get("TRACE_GC_THRESHOLDS"):  # "2000,10,10": read by tune_garbage_collector after recovery
+        from server import app
+
+        first, second, third = (int(part) for part in os.environ["TRACE_GC_THRESHOLDS"].split(","))
+        app.GC_THRESHOLDS = (first, second, third)
     main(["serve", *argv])
 
 
 def _overlapping(records: list[list[Any]], start: float, end: float) -> list[list[Any]]:
-    return [r for r in records if r[0] not in ("late", "loopwait") and r[1] < end and r[2] > start]
+    return [r for r in records if r[0] not in ("late", "loopwait", "gcscan") and r[1] < end and r[2] > start]
 
 
 def _describe_record(record: list[Any], stall_start: float) -> str:
