@@ -8,13 +8,16 @@ an id, key or value are percent-escaped, so distinct lines never share an id and
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, unquote
 
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%;=")
+# A character quote() would escape: text without one is its own escape (the common case, and the cheap one).
+_NEEDS_ESCAPE = re.compile(r"[^\x20-\x7e]|[%;=]")
 
 
 def _escape(text: str) -> str:
-    return quote(text, safe=_SAFE)
+    return quote(text, safe=_SAFE) if _NEEDS_ESCAPE.search(text) else text
 
 
 def line_id(product_id: str, dimensions: dict[str, str]) -> str:

@@ -41,3 +41,19 @@ def test_distinct_lines_have_distinct_ids(p1: str, d1: dict[str, str], p2: str, 
 def test_text_that_is_no_line_id_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_line_id(text)
+
+
+@given(st.text(max_size=12), st.dictionaries(st.text(max_size=6), st.text(max_size=12), max_size=3))
+def test_text_without_a_character_to_escape_is_kept_as_is_and_other_text_is_quoted(
+    product: str, dimensions: dict[str, str]
+) -> None:
+    from urllib.parse import quote
+
+    safe = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%;=")
+    expected = ";".join(
+        [
+            quote(product, safe=safe),
+            *(f"{quote(k, safe=safe)}={quote(dimensions[k], safe=safe)}" for k in sorted(dimensions)),
+        ]
+    )
+    assert line_id(product, dimensions) == expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from decimal import Decimal
+from typing import Any
 
 from tariff.v1 import (
     invoices_pb2,
@@ -15,8 +15,8 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine import explain, revenue
 from engine.errors import InvalidArgument, NotFound
-from engine.invoices import QUANTITY_SCALE, Invoice, LineAdjustment, VersionPart
-from engine.money import format_decimal, format_picos
+from engine.invoices import QUANTITY_SCALE, Invoice, InvoiceLine, LineAdjustment, VersionPart
+from engine.money import format_picos, format_scaled
 from server import convert
 from server.errors import Unavailable, unary
 from server.explain_index import IndexedEvent, StaleToken
@@ -34,16 +34,19 @@ EXPLAIN_INDEX_WAIT_S = 10.0
 
 
 def quantity_text(quantity_e18: int) -> str:
-    return format_decimal(Decimal(quantity_e18).scaleb(-18))
+    return format_scaled(quantity_e18, 18)
 
 
 def minor_text(amount_minor: int, places: int) -> str:
     """An amount due in minor units as a decimal with exactly the currency's places ("12.30", "1500")."""
-    return f"{Decimal(amount_minor).scaleb(-places):.{places}f}"
+    if not places:
+        return str(amount_minor)
+    whole, fraction = divmod(-amount_minor if amount_minor < 0 else amount_minor, 10**places)
+    return f"{'-' if amount_minor < 0 else ''}{whole}.{fraction:0{places}d}"
 
 
-def _price_pb(part: VersionPart) -> invoices_pb2.AppliedPrice:
-    return invoices_pb2.AppliedPrice(
+def _add_price(prices: Any, part: VersionPart) -> None:
+    prices.add(
         version=part.version,
         unit_price=format_picos(part.unit_price_picos),
         quantity=quantity_text(part.quantity_e18),
@@ -53,41 +56,48 @@ def _price_pb(part: VersionPart) -> invoices_pb2.AppliedPrice:
     )
 
 
+def _adjustment_fields(adjustment: LineAdjustment) -> dict[str, Any]:
+    return {
+        "journal_seq": adjustment.journal_seq,
+        "hour": convert.timestamp(adjustment.hour_start_ms),
+        "rate_card_id": adjustment.rate_card_id,
+        "old_versions": adjustment.old_versions,
+        "new_version": adjustment.new_version,
+        "quantity": quantity_text(adjustment.quantity_e18),
+        "events": adjustment.events,
+        "old_amount": format_picos(adjustment.old_amount_picos),
+        "new_amount": format_picos(adjustment.new_amount_picos),
+        "delta": format_picos(adjustment.new_amount_picos - adjustment.old_amount_picos),
+    }
+
+
 def _adjustment_pb(adjustment: LineAdjustment) -> invoices_pb2.LineAdjustment:
-    return invoices_pb2.LineAdjustment(
-        journal_seq=adjustment.journal_seq,
-        hour=convert.timestamp(adjustment.hour_start_ms),
-        rate_card_id=adjustment.rate_card_id,
-        old_versions=adjustment.old_versions,
-        new_version=adjustment.new_version,
-        quantity=quantity_text(adjustment.quantity_e18),
-        events=adjustment.events,
-        old_amount=format_picos(adjustment.old_amount_picos),
-        new_amount=format_picos(adjustment.new_amount_picos),
-        delta=format_picos(adjustment.new_amount_picos - adjustment.old_amount_picos),
+    return invoices_pb2.LineAdjustment(**_adjustment_fields(adjustment))
+
+
+def _add_line(lines: Any, line: InvoiceLine, places: int) -> None:
+    """One line, built in place in the invoice (`add`): a sub-message built apart and passed in a list is
+    copied into its parent, which made up about half of PreviewInvoice's time."""
+    added = lines.add(
+        line_id=line.line_id,
+        product_id=line.product_id,
+        dimensions=line.dimensions,
+        quantity=quantity_text(line.quantity_e18),
+        amount=format_picos(line.amount_picos),
+        events=line.events,
+        overage=format_picos(line.overage_picos),
+        amount_due=minor_text(line.amount_due_minor, places),
     )
+    for part in line.parts:
+        _add_price(added.prices, part)
+    for grant_id, credits in line.credits:
+        added.credits_applied.add(grant_id=grant_id, credits=format_picos(credits))
+    for adjustment in line.adjustments:
+        added.adjustments.add(**_adjustment_fields(adjustment))
 
 
 def invoice_pb(invoice: Invoice) -> invoices_pb2.Invoice:
     places = invoice.minor_unit
-    lines = [
-        invoices_pb2.InvoiceLine(
-            line_id=line.line_id,
-            product_id=line.product_id,
-            dimensions=line.dimensions,
-            quantity=quantity_text(line.quantity_e18),
-            prices=[_price_pb(part) for part in line.parts],
-            amount=format_picos(line.amount_picos),
-            events=line.events,
-            overage=format_picos(line.overage_picos),
-            credits_applied=[
-                invoices_pb2.CreditApplication(grant_id=g, credits=format_picos(c)) for g, c in line.credits
-            ],
-            amount_due=minor_text(line.amount_due_minor, places),
-            adjustments=[_adjustment_pb(a) for a in line.adjustments],
-        )
-        for line in invoice.lines
-    ]
     message = invoices_pb2.Invoice(
         customer_id=invoice.customer_id,
         invoice_number=invoice.number,
@@ -96,10 +106,6 @@ def invoice_pb(invoice: Invoice) -> invoices_pb2.Invoice:
         period_end=convert.timestamp(invoice.period_end_ms),
         pricing_unit=invoice.pricing_unit,
         currency=invoice.currency,
-        lines=lines,
-        credits_applied=[
-            invoices_pb2.CreditApplication(grant_id=g, credits=format_picos(c)) for g, c in invoice.credits_applied
-        ],
         overage_amount=format_picos(invoice.overage_picos),
         overage_due=minor_text(invoice.overage_due_minor, places),
         top_up_purchases=minor_text(invoice.top_up_purchases_minor, places),
@@ -109,17 +115,19 @@ def invoice_pb(invoice: Invoice) -> invoices_pb2.Invoice:
         rounding_adjustment=minor_text(invoice.rounding_adjustment_minor, places),
         overage_price=invoice.overage_price,
         contract_id=invoice.contract_id,
-        grant_balances=[
-            invoices_pb2.InvoiceGrantBalance(
-                grant_id=g.grant_id,
-                granted=format_picos(g.granted_picos),
-                drawn=format_picos(g.drawn_picos),
-                remaining=format_picos(g.remaining_picos),
-                expired=format_picos(g.expired_picos),
-            )
-            for g in invoice.grant_balances
-        ],
     )
+    for line in invoice.lines:
+        _add_line(message.lines, line, places)
+    for grant_id, credits in invoice.credits_applied:
+        message.credits_applied.add(grant_id=grant_id, credits=format_picos(credits))
+    for g in invoice.grant_balances:
+        message.grant_balances.add(
+            grant_id=g.grant_id,
+            granted=format_picos(g.granted_picos),
+            drawn=format_picos(g.drawn_picos),
+            remaining=format_picos(g.remaining_picos),
+            expired=format_picos(g.expired_picos),
+        )
     if invoice.final:
         message.closed_at.CopyFrom(convert.timestamp(invoice.closed_at_ms))
     return message
