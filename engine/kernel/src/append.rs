@@ -7,7 +7,7 @@
 //! strings are the only new ones either way, interned in the order `Catalog::compile` interns
 //! them), and every account untouched but for its contracts' timeline indexes.
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::kernel::Kernel;
 use crate::route::{Catalog, Interner, Version};
@@ -53,11 +53,15 @@ impl Kernel {
     }
 
     /// (customer, contract position, new timeline) for every contract of the card a member holds on
-    /// a split timeline; Err, changing nothing, when a member is unknown or holds a contract of the
-    /// card on a timeline the append does not split.
+    /// a split timeline (one on an `in_place` timeline stays: the version comes to it); Err,
+    /// changing nothing, when a member is unknown or holds a contract of the card on a timeline the
+    /// append neither splits nor inserts into. That only members hold an `in_place` timeline of a
+    /// cohort's version is the compiler's word (it counts each timeline's contracts): checking it
+    /// here would cost a pass over every customer.
     fn member_moves(&self, append: &VersionAppend) -> Result<Vec<(String, usize, u32)>, String> {
         let copies: FxHashMap<u32, u32> =
             append.split.iter().enumerate().map(|(i, &t)| (t, append.timelines_held + i as u32)).collect();
+        let stays: FxHashSet<u32> = append.in_place.iter().copied().collect();
         let card = self.rater.interner.get(&append.version.rate_card_id);
         let mut moves = Vec::new();
         for customer_id in &append.members {
@@ -68,9 +72,12 @@ impl Kernel {
                 if Some(contract.rate_card) != card {
                     continue;
                 }
+                if stays.contains(&contract.timeline) {
+                    continue;
+                }
                 let Some(&copy) = copies.get(&contract.timeline) else {
                     return Err(format!(
-                        "customer {customer_id:?}'s contract names a timeline the append does not split"
+                        "customer {customer_id:?}'s contract names a timeline the append neither splits nor inserts into"
                     ));
                 };
                 moves.push((customer_id.clone(), position, copy));
