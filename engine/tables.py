@@ -195,10 +195,11 @@ class TableCompiler:
         self.dedupe_window_ms = dedupe_window_ms
         self._version_index: dict[tuple[str, int], int] = {}
         self._timeline_index: dict[TimelineKey, int] = {}
-        # What the kernel's routes name, as compiled: each customer's contracts' (rate card, timeline index) in
-        # order, and how many contracts name each timeline (index), so that a cohort's version knows which
-        # timelines only its members use (prepare_append).
-        self._customer_timelines: dict[str, list[tuple[str, int]]] = {}
+        # What the kernel's routes name, as compiled: each customer's contracts' timeline indexes in order, and per
+        # timeline index its rate card and how many contracts name it, so that a cohort's version knows which
+        # timelines only its members use (prepare_append). A tuple of ints: about 100 bytes a customer.
+        self._customer_timelines: dict[str, tuple[int, ...]] = {}
+        self._timeline_cards: list[str] = []
         self._timeline_users: list[int] = []
 
     def compile_all(self, state: BillingState) -> bytes:
@@ -238,6 +239,7 @@ class TableCompiler:
                     versions.append(_version_table(card, number, state))
         self._timeline_index = {}
         self._customer_timelines = {}
+        self._timeline_cards = []
         self._timeline_users = []
         return products, versions
 
@@ -298,8 +300,8 @@ class TableCompiler:
         that only members' contracts name apart from those that others' name too."""
         named: dict[int, int] = {}  # timeline index -> how many members' contracts name it
         for customer_id in member_ids:
-            for card_id, index in self._customer_timelines.get(customer_id, ()):
-                if card_id == rate_card_id:
+            for index in self._customer_timelines.get(customer_id, ()):
+                if self._timeline_cards[index] == rate_card_id:
                     named[index] = named.get(index, 0) + 1
         in_place = [index for index, count in named.items() if count == self._timeline_users[index]]
         split = [index for index, count in named.items() if count != self._timeline_users[index]]
@@ -313,17 +315,18 @@ class TableCompiler:
         copies: dict[int, int] = {}
         for source, key in zip(prepared.split, prepared.added, strict=True):
             copies[source] = self._timeline_index[key] = len(self._timeline_index)
+            self._timeline_cards.append(key[0])
             self._timeline_users.append(0)
         if not copies:
             return
-        rate_card_id = prepared.version_key[0]
         for customer_id in prepared.members:
-            named = self._customer_timelines.get(customer_id, [])
-            for position, (card_id, index) in enumerate(named):
-                if card_id == rate_card_id and index in copies:
-                    named[position] = (card_id, copies[index])
+            named = self._customer_timelines.get(customer_id, ())
+            for index in named:
+                if index in copies:
                     self._timeline_users[index] -= 1
                     self._timeline_users[copies[index]] += 1
+            if any(index in copies for index in named):
+                self._customer_timelines[customer_id] = tuple(copies.get(index, index) for index in named)
 
     def compile_customers(
         self, state: BillingState, customer_ids: Iterable[str], contracts_of: Callable[[str], Sequence[Contract]]
@@ -348,9 +351,9 @@ class TableCompiler:
         """One customer's tables; a timeline not indexed yet gets the next index and is added to `timelines`."""
         account = state.accounts[customer.id]
         contract_tables = []
-        for _, index in self._customer_timelines.pop(customer.id, ()):  # the tables it had: replaced by these
+        for index in self._customer_timelines.pop(customer.id, ()):  # the tables it had: replaced by these
             self._timeline_users[index] -= 1
-        named: list[tuple[str, int]] = []
+        named: list[int] = []
         for contract in contracts:
             card = state.rate_cards[contract.rate_card_id]
             timeline = _timeline_for(card, customer, self._version_index)
@@ -359,12 +362,13 @@ class TableCompiler:
             if index is None:
                 index = self._timeline_index[key] = len(self._timeline_index)
                 timelines.append(list(timeline))
+                self._timeline_cards.append(card.id)
                 self._timeline_users.append(0)
             self._timeline_users[index] += 1
-            named.append((card.id, index))
+            named.append(index)
             contract_tables.append(_contract_table(contract, index))
         if named:
-            self._customer_timelines[customer.id] = named
+            self._customer_timelines[customer.id] = tuple(named)
         grants = [
             GrantTable(
                 g.id,
