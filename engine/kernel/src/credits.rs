@@ -718,35 +718,10 @@ fn advance_account(
     now_ms: i64,
     window_ms: i64,
 ) -> (u32, u32, i64) {
-    let mut expired = 0;
     if let Some(credits) = account.credits.as_deref_mut() {
         credits.ended.retain(|_, e| e.at_ms.saturating_add(window_ms) > now_ms);
-        let due: Vec<Box<str>> =
-            credits.open.iter().filter(|(_, r)| r.expires_at_ms <= now_ms).map(|(id, _)| id.clone()).collect();
-        for id in due {
-            let credits = account.credits.as_deref_mut().expect("present");
-            let reservation = credits.open.remove(&id).expect("listed");
-            let released = reservation.held_total();
-            let ended = Ended {
-                ending: Ending::Expired,
-                digest: reservation.digest,
-                amount: reservation.amount,
-                released,
-                at_ms: now_ms,
-            };
-            credits.ended.insert(id.clone(), ended);
-            give_back(account, &reservation.held);
-            clock.notify(Notice {
-                kind: "RESERVATION_EXPIRED",
-                customer_id: customer_id.to_owned(),
-                id: id.to_string(),
-                amount: released,
-                period_start_ms: period_start_at(account, reservation.expires_at_ms).unwrap_or(0),
-                at_ms: now_ms,
-            });
-            expired += 1;
-        }
     }
+    let expired = expire_reservations(account, clock, customer_id, now_ms);
     let mut broken = roll_over(account, now_ms);
     for g in 0..account.grants.len() {
         let grant = &account.grants[g];
@@ -763,4 +738,37 @@ fn advance_account(
         broken += 1;
     }
     (expired, broken, account_due(account, now_ms))
+}
+
+/// Expires the account's open reservations whose TTL ran out by `now_ms`, giving their held credit
+/// back to the grants it was taken from, with a notice each: (reservations expired).
+fn expire_reservations(account: &mut Account, clock: &mut Clock, customer_id: &str, now_ms: i64) -> u32 {
+    let Some(credits) = account.credits.as_deref() else { return 0 };
+    let due: Vec<Box<str>> =
+        credits.open.iter().filter(|(_, r)| r.expires_at_ms <= now_ms).map(|(id, _)| id.clone()).collect();
+    let mut expired = 0;
+    for id in due {
+        let credits = account.credits.as_deref_mut().expect("present");
+        let reservation = credits.open.remove(&id).expect("listed");
+        let released = reservation.held_total();
+        let ended = Ended {
+            ending: Ending::Expired,
+            digest: reservation.digest,
+            amount: reservation.amount,
+            released,
+            at_ms: now_ms,
+        };
+        credits.ended.insert(id.clone(), ended);
+        give_back(account, &reservation.held);
+        clock.notify(Notice {
+            kind: "RESERVATION_EXPIRED",
+            customer_id: customer_id.to_owned(),
+            id: id.to_string(),
+            amount: released,
+            period_start_ms: period_start_at(account, reservation.expires_at_ms).unwrap_or(0),
+            at_ms: now_ms,
+        });
+        expired += 1;
+    }
+    expired
 }
