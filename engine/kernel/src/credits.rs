@@ -575,6 +575,34 @@ impl Kernel {
         (expired, broken)
     }
 
+    /// The customers (sorted by id) holding an open reservation whose TTL ran out by `now_ms`: those
+    /// `expire_holds(now_ms)` changes. Re-rating never creates, changes or ends a reservation, so this
+    /// is the same whichever customers a pending re-rating has reached (engine/credits.py relies on it).
+    pub fn holds_due_by(&self, now_ms: i64) -> Vec<String> {
+        let expired = |account: &Account| {
+            account.credits.as_deref().is_some_and(|c| c.open.values().any(|r| r.expires_at_ms <= now_ms))
+        };
+        let due = self.due.due_by(now_ms).into_iter(); // a superset, sorted: the index is exact
+        due.filter(|id| self.accounts.get(&**id).is_some_and(|a| expired(a))).map(String::from).collect()
+    }
+
+    /// Expires the reservations whose TTL ran out by `now_ms` and does nothing else `advance_clock`
+    /// does: no breakage, rollover or forgetting, and the clock stays where it is (its lower bound of
+    /// what is due stays one: expiring only moves due times later). What applies while a publish's
+    /// re-rating is pending (engine/credits.py): the breakage and rollovers `advance_clock` records
+    /// depend on grant balances the re-rating changes, customer by customer in slices no record
+    /// lists, but reservations it never touches. Returns how many expired.
+    pub fn expire_holds(&mut self, now_ms: i64) -> u32 {
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        let mut expired = 0;
+        for customer_id in self.holds_due_by(now_ms) {
+            let account = self.accounts.get_mut(customer_id.as_str()).expect("listed, so present");
+            expired += expire_reservations(account, &mut self.clock, &customer_id, now_ms);
+            self.due.refresh(&customer_id, account, window_ms);
+        }
+        expired
+    }
+
     /// Rebuilds the index of due times and makes the clock's lower bound exact (after a restore).
     pub fn recompute_due(&mut self) {
         self.rebuild_due();
