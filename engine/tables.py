@@ -271,6 +271,8 @@ class TableCompiler:
         everyone = version.cohort is None
         member_ids = [] if everyone else list(dict.fromkeys(members))  # a member counted twice would look alone
         own = [(key, index) for key, index in self._timeline_index.items() if key[0] == rate_card_id]
+        in_place: list[int]
+        split: list[int]
         if everyone:
             in_place, split = [index for _, index in own], []
         else:
@@ -351,8 +353,8 @@ class TableCompiler:
         """One customer's tables; a timeline not indexed yet gets the next index and is added to `timelines`."""
         account = state.accounts[customer.id]
         contract_tables = []
-        for index in self._customer_timelines.pop(customer.id, ()):  # the tables it had: replaced by these
-            self._timeline_users[index] -= 1
+        for held in self._customer_timelines.pop(customer.id, ()):  # the tables it had: replaced by these
+            self._timeline_users[held] -= 1
         named: list[int] = []
         for contract in contracts:
             card = state.rate_cards[contract.rate_card_id]
