@@ -140,6 +140,12 @@ class Kernel:
         many were dropped past 100,000 waiting."""
     def next_due(self) -> int | None:
         """The earliest time something is due, exactly (the index of due times, O(log n)), or None."""
+    def holds_due_by(self, now_ms: int) -> list[str]:
+        """The customers (sorted) holding an open reservation whose TTL ran out by now_ms (expire_holds changes
+        those, and re-rating never changes a reservation)."""
+    def expire_holds(self, now_ms: int) -> int:
+        """AdvanceClock while a publish's re-rating is pending: expires the reservations whose TTL ran out by
+        now_ms and nothing else (no breakage, no rollover, the clock stays); how many expired."""
     def check_due_index(self) -> None:
         """Raises ValueError when the index of due times differs from a walk of every account (tests)."""
     def batch_customers(self, batch: bytes) -> list[str]:

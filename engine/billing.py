@@ -373,10 +373,14 @@ class Billing:
 
     def _rerate_named(self, command: cmd.AdminCommand) -> None:
         """Re-rate on touch for the commands that may apply while a re-rating is pending (Reserve and
-        ReleaseReservation name one customer, a ReserveBatch its holds' customers); the writer completes a
-        re-rating before any other."""
+        ReleaseReservation name one customer, a ReserveBatch its holds' customers, an AdvanceClock those whose
+        holds it expires: engine/credits.py); the writer completes a re-rating before any other."""
         rerating = self.engine.state.rerating
         if rerating is None and self.planning is None:
+            return
+        if isinstance(command, cmd.AdvanceClock) and self.planning is None:
+            assert rerating is not None
+            pending.rerate(self.kernel, rerating, self.kernel.holds_due_by(command.at_ms))
             return
         assert isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch), (
             f"{type(command).__name__} applied while a publish is planned or its re-rating pending"

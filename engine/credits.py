@@ -194,11 +194,26 @@ def _set_top_up(billing: Billing, command: cmd.SetTopUpPolicy) -> Contract:
 
 
 def _advance(billing: Billing, command: cmd.AdvanceClock) -> Advanced:
+    if billing.rerating is not None:
+        return _expire_holds(billing, command)
     now_ms, due_ms = billing.kernel.clock()
     if due_ms is None or command.at_ms < due_ms or command.at_ms <= now_ms:
         raise Repeated(Advanced(0, 0))
     expired, broken = billing.kernel.advance_clock(command.at_ms)
     return Advanced(expired, broken)
+
+
+def _expire_holds(billing: Billing, command: cmd.AdvanceClock) -> Advanced:
+    """AdvanceClock while a publish's re-rating is pending (engine/pending.py): the holds whose TTL ran out expire
+    on time, each customer re-rated first (Billing re-rates on touch those Kernel.holds_due_by names), and nothing
+    else moves. The breakage and rollovers due wait for the completion record, after which the next AdvanceClock
+    records them: they depend on grant balances the re-rating changes customer by customer in background slices
+    that no record lists, so applied now they would differ between the server and its replay. Reservations the
+    re-rating never touches, so which holds expire is the same in both. Repeated (no record) when none expires."""
+    expired = billing.kernel.expire_holds(command.at_ms)
+    if not expired:
+        raise Repeated(Advanced(0, 0))
+    return Advanced(expired, 0)
 
 
 def top_up_policy(billing: Billing, customer_id: str) -> TopUp | None:

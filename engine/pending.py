@@ -9,6 +9,9 @@ re-rating's completion record:
 - a usage batch, a Reserve, a ReserveBatch or a ReleaseReservation first re-rates the pending customers it names ("re-rate on
   touch"), then applies as usual; replay does the same, so each customer is re-rated before any usage of it
   newer than the publish, exactly as when the publish re-rated everyone at once;
+- an AdvanceClock only expires the holds whose TTL ran out, re-rating their customers first (engine/credits.py):
+  its breakage and rollovers would depend on whether background slices had reached a customer, which no record
+  says, so they wait for the completion; which holds ran out the re-rating never changes;
 - between commands the writer re-rates the next pending customers in plan order (background slices). No record
   says so: re-rating a customer reads only that customer's account and the tables, which nothing changes until
   completion (every other admin command waits for it), so when it happens does not change what it does;

@@ -17,7 +17,9 @@ and a new timeline (a cohort not seen yet) is appended after those the kernel ho
 the published version alone (`prepare_append`, for Kernel.append_version): the version is appended and inserted
 into its card's timelines, which is what the whole tables compiled after the publish hold, in other indexes. For
 that a timeline belongs to one rate card: timelines are indexed by (card, entries), so a card's empty timeline
-is its own.
+is its own. A cohort's version touches only the timelines its members' contracts name: one that only members use
+takes the version in place, one that others use too is copied for the members (the compiler counts each
+timeline's contracts, so a cohort publish neither copies a timeline no member uses nor leaves one nobody uses).
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ class PreparedAppend(msgspec.Struct):
     version_index: int
     rekeyed: list[tuple[TimelineKey, TimelineKey]]  # (old key, new key) of timelines changed in place
     added: list[TimelineKey]  # the copies' keys, in index order after those held
+    split: list[int]  # the timelines copied, in the copies' order
+    members: list[str]  # whose contracts of the card on a `split` timeline move to its copy
 
 
 class Tables(msgspec.Struct):
@@ -191,6 +195,12 @@ class TableCompiler:
         self.dedupe_window_ms = dedupe_window_ms
         self._version_index: dict[tuple[str, int], int] = {}
         self._timeline_index: dict[TimelineKey, int] = {}
+        # What the kernel's routes name, as compiled: each customer's contracts' timeline indexes in order, and per
+        # timeline index its rate card and how many contracts name it, so that a cohort's version knows which
+        # timelines only its members use (prepare_append). A tuple of ints: about 100 bytes a customer.
+        self._customer_timelines: dict[str, tuple[int, ...]] = {}
+        self._timeline_cards: list[str] = []
+        self._timeline_users: list[int] = []
 
     def compile_all(self, state: BillingState) -> bytes:
         """Every table, msgpack-encoded for Kernel.load_tables; the indexes later customer compiles follow."""
@@ -228,6 +238,9 @@ class TableCompiler:
                     self._version_index[(card.id, number)] = len(versions)
                     versions.append(_version_table(card, number, state))
         self._timeline_index = {}
+        self._customer_timelines = {}
+        self._timeline_cards = []
+        self._timeline_users = []
         return products, versions
 
     @property
@@ -235,23 +248,36 @@ class TableCompiler:
         """How many timelines the compiled customers name so far (those the kernel holds once loaded)."""
         return len(self._timeline_index)
 
+    @property
+    def unused_timelines(self) -> int:
+        """How many of the timelines the compiled customers name so far no contract names any more (a customer
+        compiled again moved off it; a cohort publish leaves none)."""
+        return self._timeline_users.count(0)
+
     def prepare_append(
         self, state: BillingState, rate_card_id: str, number: int, members: Iterable[str] = ()
     ) -> PreparedAppend:
         """The published version `number` of the card for Kernel.append_version, against the last whole compile
         (and the appends and customers loaded since): inserted in place into every timeline of the card for a
-        publish to everyone, else into copies of them to which `members` (the cohort's customers the kernel holds
-        tables for) move. Changes no index until `commit_append`."""
+        publish to everyone. For a cohort, `members` (the cohort's customers the kernel holds tables for) decide:
+        a timeline of the card only members' contracts name takes it in place, one others name too is copied with
+        it and the members move to the copy, one no member names is left alone. Changes no index until
+        `commit_append`."""
         card = state.rate_cards[rate_card_id]
         version = card.version(number)
         assert version.effective_from_ms is not None, "a published version has an effective time"
         version_index = len(self._version_index)
         entry = (version.effective_from_ms, version_index)
-        own = [(key, index) for key, index in self._timeline_index.items() if key[0] == rate_card_id]
-        changed = [(key, (rate_card_id, _inserted(key[1], entry))) for key, _ in own]
         everyone = version.cohort is None
-        in_place = [index for _, index in own] if everyone else []
-        split = [] if everyone else [index for _, index in own]
+        member_ids = [] if everyone else list(dict.fromkeys(members))  # a member counted twice would look alone
+        own = [(key, index) for key, index in self._timeline_index.items() if key[0] == rate_card_id]
+        in_place: list[int]
+        split: list[int]
+        if everyone:
+            in_place, split = [index for _, index in own], []
+        else:
+            in_place, split = self._cohort_timelines(rate_card_id, member_ids)
+        key_of = {index: key for key, index in own}
         append = VersionAppend(
             versions_held=len(self._version_index),
             timelines_held=len(self._timeline_index),
@@ -259,23 +285,50 @@ class TableCompiler:
             effective_from_ms=version.effective_from_ms,
             in_place=in_place,
             split=split,
-            members=[] if everyone else list(members),
+            members=member_ids,
         )
         return PreparedAppend(
             msgspec.msgpack.encode(append),
             (rate_card_id, number),
             version_index,
-            changed if everyone else [],
-            [] if everyone else [new for _, new in changed],
+            [(key_of[index], (rate_card_id, _inserted(key_of[index][1], entry))) for index in in_place],
+            [(rate_card_id, _inserted(key_of[index][1], entry)) for index in split],
+            split,
+            member_ids,
         )
+
+    def _cohort_timelines(self, rate_card_id: str, member_ids: Iterable[str]) -> tuple[list[int], list[int]]:
+        """(in place, split): the card's timelines the members' contracts name, in the order first named, those
+        that only members' contracts name apart from those that others' name too."""
+        named: dict[int, int] = {}  # timeline index -> how many members' contracts name it
+        for customer_id in member_ids:
+            for index in self._customer_timelines.get(customer_id, ()):
+                if self._timeline_cards[index] == rate_card_id:
+                    named[index] = named.get(index, 0) + 1
+        in_place = [index for index, count in named.items() if count == self._timeline_users[index]]
+        split = [index for index, count in named.items() if count != self._timeline_users[index]]
+        return in_place, split
 
     def commit_append(self, prepared: PreparedAppend) -> None:
         """The indexes after the kernel took `prepared` (Kernel.append_version)."""
         self._version_index[prepared.version_key] = prepared.version_index
         for old, new in prepared.rekeyed:
             self._timeline_index[new] = self._timeline_index.pop(old)
-        for key in prepared.added:
-            self._timeline_index[key] = len(self._timeline_index)
+        copies: dict[int, int] = {}
+        for source, key in zip(prepared.split, prepared.added, strict=True):
+            copies[source] = self._timeline_index[key] = len(self._timeline_index)
+            self._timeline_cards.append(key[0])
+            self._timeline_users.append(0)
+        if not copies:
+            return
+        for customer_id in prepared.members:
+            named = self._customer_timelines.get(customer_id, ())
+            for index in named:
+                if index in copies:
+                    self._timeline_users[index] -= 1
+                    self._timeline_users[copies[index]] += 1
+            if any(index in copies for index in named):
+                self._customer_timelines[customer_id] = tuple(copies.get(index, index) for index in named)
 
     def compile_customers(
         self, state: BillingState, customer_ids: Iterable[str], contracts_of: Callable[[str], Sequence[Contract]]
@@ -300,6 +353,9 @@ class TableCompiler:
         """One customer's tables; a timeline not indexed yet gets the next index and is added to `timelines`."""
         account = state.accounts[customer.id]
         contract_tables = []
+        for held in self._customer_timelines.pop(customer.id, ()):  # the tables it had: replaced by these
+            self._timeline_users[held] -= 1
+        named: list[int] = []
         for contract in contracts:
             card = state.rate_cards[contract.rate_card_id]
             timeline = _timeline_for(card, customer, self._version_index)
@@ -308,7 +364,13 @@ class TableCompiler:
             if index is None:
                 index = self._timeline_index[key] = len(self._timeline_index)
                 timelines.append(list(timeline))
+                self._timeline_cards.append(card.id)
+                self._timeline_users.append(0)
+            self._timeline_users[index] += 1
+            named.append(index)
             contract_tables.append(_contract_table(contract, index))
+        if named:
+            self._customer_timelines[customer.id] = tuple(named)
         grants = [
             GrantTable(
                 g.id,

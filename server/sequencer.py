@@ -23,7 +23,8 @@ group, usage and holds applying between slices (any other command queues behind 
 completes the plan and applies the publish); a plan of one slice applies at once. A publish that re-rates usage already rated
 (engine/pending.py) is then journaled at once, its re-rating left pending;
 the writer re-rates a slice of pending customers after each group (also with nothing queued), a usage batch
-re-rates the pending customers it names before it is rated, and any other admin command queues behind the
+re-rates the pending customers it names before it is rated, an AdvanceClock only expires holds (engine/credits.py),
+and any other admin command queues behind the
 publish (in arrival order) until the re-rating completes with a record of its own, usage going on meanwhile
 (the close completes it at once). The publish's caller is answered once that record is durable;
 usage is answered meanwhile as usual.
@@ -601,12 +602,16 @@ class Sequencer:
     def _deferred_behind_publish(self, submission: _Submission) -> bool:
         """Whether the admin command waits for the publish being planned or re-rated (True: queued, answered once
         it applies). Only usage, holds and releases apply beside a publish being planned (they name the customers
-        the plan looks at again) or a pending re-rating (they re-rate on touch); any other command would need the
-        whole plan or re-rating completed first, which would hold usage up behind it for as long as it takes (a
-        re-rating of 10,000 customers is hundreds of ms). So it queues, and the re-rating goes on a slice per
-        group. Replay gives the same state: the journal holds the commands in the order they applied."""
+        the plan looks at again) or a pending re-rating (they re-rate on touch), and AdvanceClock beside a pending
+        re-rating (it then only expires holds, re-rating their customers first: engine/credits.py), so a hold falls
+        due on time; any other command would need the whole plan or re-rating completed first, which would hold
+        usage up behind it for as long as it takes (a re-rating of 10,000 customers is hundreds of ms). So it
+        queues, and the re-rating goes on a slice per group. Replay gives the same state: the journal holds the
+        commands in the order they applied."""
         command = submission.command
         if isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch):
+            return False
+        if isinstance(command, cmd.AdvanceClock) and self._planning is None and self.billing.rerating is not None:
             return False
         if self._planning is None and self.billing.rerating is None and not self._deferred:
             return False

@@ -5,8 +5,10 @@ Hypothesis drives random catalogues and steps (customers in and out of cohorts, 
 usage, versions published to everyone or to a cohort by attribute or by ids, some effective before usage already
 rated, rollbacks). Two machines apply the same steps: one refreshes its tables as the server does (a publish
 appended), the other loads the whole tables at every refresh. Every contract's timeline as the kernel resolves
-it, every ack, balance and Authorize answer and the kernel's state bytes must be the same; and the appending
-machine must never have loaded the whole tables after the first load.
+it, every ack, balance and Authorize answer and the kernel's state bytes must be the same; the appending
+machine must never have loaded the whole tables after the first load; and no publish may add a timeline that no
+contract names (a cohort's version goes only into the timelines its members name, in place when only they name
+one).
 """
 
 from __future__ import annotations
@@ -92,9 +94,13 @@ def test_appended_versions_give_the_kernel_a_whole_load_gives(data: st.DataObjec
         assert appending.apply(Step(command)) == whole.apply(Step(command)) is None
     whole_loads = counting.whole_loads  # one per product created
     for step in run:
+        unused = appending.billing._compiler.unused_timelines
         outcome = appending.apply(step)
         if isinstance(step.command, cmd.PublishVersion | cmd.RollbackRateCard):
             event(f"{type(step.command).__name__}: {outcome or 'applied'}")
+            # A cohort's version is inserted only into timelines its members name, in place when only they do:
+            # no copy of a timeline no member names, no timeline left to nobody.
+            assert appending.billing._compiler.unused_timelines <= unused
         assert outcome == whole.apply(step)
         assert _timelines(appending) == _timelines(whole)
         assert appending.observed() == whole.observed()
@@ -147,3 +153,29 @@ def test_a_publish_for_a_cohort_moves_its_members_only() -> None:
     assert billing.kernel.contract_timelines("acme") == [[first, (EPOCH_MS + DAY_MS, "card", 2)]]
     assert billing.kernel.contract_timelines("c1") == [[first]]
     assert billing.kernel.contract_timelines("nobody") is None
+
+
+def test_a_cohort_version_goes_in_place_into_a_timeline_only_its_members_name() -> None:
+    billing = _billing_with_customers()
+    pilot = Cohort(customer_ids=("acme",))
+    billing.apply(cmd.PublishVersion(EPOCH_MS, ACTOR, "card", 2, EPOCH_MS + DAY_MS, pilot), billing.last_seq + 1)
+    billing.refresh_tables()
+    compiler = billing._compiler
+    assert (compiler.timelines_held, compiler.unused_timelines) == (2, 0)  # acme moved to a copy, c1 stayed
+    billing.apply(cmd.CreateDraftVersion(EPOCH_MS, ACTOR, "card", 2, {}, (), (), (), ""), billing.last_seq + 1)
+    publish = cmd.PublishVersion(EPOCH_MS, ACTOR, "card", 3, EPOCH_MS + 2 * DAY_MS, pilot)
+    billing.apply(publish, billing.last_seq + 1)
+    billing.refresh_tables()
+    # acme alone names its timeline: version 3 goes in place, no copy, nothing left behind.
+    assert (compiler.timelines_held, compiler.unused_timelines) == (2, 0)
+    first = (EPOCH_MS, "card", 1)
+    pilot_timeline = [first, (EPOCH_MS + DAY_MS, "card", 2), (EPOCH_MS + 2 * DAY_MS, "card", 3)]
+    assert billing.kernel.contract_timelines("acme") == [pilot_timeline]
+    assert billing.kernel.contract_timelines("c1") == [[first]]
+    # A cohort naming nobody with a contract of the card touches no timeline.
+    billing.apply(cmd.CreateDraftVersion(EPOCH_MS, ACTOR, "card", 3, {}, (), (), (), ""), billing.last_seq + 1)
+    nobody = Cohort(attributes={"tier": "none"})
+    billing.apply(cmd.PublishVersion(EPOCH_MS, ACTOR, "card", 4, EPOCH_MS, nobody), billing.last_seq + 1)
+    billing.refresh_tables()
+    assert (compiler.timelines_held, compiler.unused_timelines) == (2, 0)
+    assert billing.kernel.contract_timelines("acme") == [pilot_timeline]

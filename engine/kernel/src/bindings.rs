@@ -167,6 +167,19 @@ impl Kernel {
         py.detach(|| self.read().map(|k| k.contract_timelines(customer_id)))
     }
 
+    /// The customers (sorted) holding an open reservation whose TTL ran out by now_ms: those
+    /// `expire_holds` changes, which a pending re-rating must reach first (re-rate on touch).
+    fn holds_due_by(&self, py: Python<'_>, now_ms: i64) -> PyResult<Vec<String>> {
+        py.detach(|| Ok(self.read()?.holds_due_by(now_ms)))
+    }
+
+    /// AdvanceClock while a publish's re-rating is pending (a journaled change): expires the
+    /// reservations whose TTL ran out by now_ms and nothing else (no breakage, no rollover, the
+    /// clock stays). Returns how many expired.
+    fn expire_holds(&self, py: Python<'_>, now_ms: i64) -> PyResult<u32> {
+        py.detach(|| self.change(|k| k.expire_holds(now_ms)))
+    }
+
     // -- end of the publish block --------------------------------------------------------------------
 
     /// Rates a UsageBatch given as its wire bytes: (IngestAck bytes, 16-byte digest). Raises

@@ -575,6 +575,34 @@ impl Kernel {
         (expired, broken)
     }
 
+    /// The customers (sorted by id) holding an open reservation whose TTL ran out by `now_ms`: those
+    /// `expire_holds(now_ms)` changes. Re-rating never creates, changes or ends a reservation, so this
+    /// is the same whichever customers a pending re-rating has reached (engine/credits.py relies on it).
+    pub fn holds_due_by(&self, now_ms: i64) -> Vec<String> {
+        let expired = |account: &Account| {
+            account.credits.as_deref().is_some_and(|c| c.open.values().any(|r| r.expires_at_ms <= now_ms))
+        };
+        let due = self.due.due_by(now_ms).into_iter(); // a superset, sorted: the index is exact
+        due.filter(|id| self.accounts.get(&**id).is_some_and(|a| expired(a))).map(String::from).collect()
+    }
+
+    /// Expires the reservations whose TTL ran out by `now_ms` and does nothing else `advance_clock`
+    /// does: no breakage, rollover or forgetting, and the clock stays where it is (its lower bound of
+    /// what is due stays one: expiring only moves due times later). What applies while a publish's
+    /// re-rating is pending (engine/credits.py): the breakage and rollovers `advance_clock` records
+    /// depend on grant balances the re-rating changes, customer by customer in slices no record
+    /// lists, but reservations it never touches. Returns how many expired.
+    pub fn expire_holds(&mut self, now_ms: i64) -> u32 {
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        let mut expired = 0;
+        for customer_id in self.holds_due_by(now_ms) {
+            let account = self.accounts.get_mut(customer_id.as_str()).expect("listed, so present");
+            expired += expire_reservations(account, &mut self.clock, &customer_id, now_ms);
+            self.due.refresh(&customer_id, account, window_ms);
+        }
+        expired
+    }
+
     /// Rebuilds the index of due times and makes the clock's lower bound exact (after a restore).
     pub fn recompute_due(&mut self) {
         self.rebuild_due();
@@ -718,35 +746,10 @@ fn advance_account(
     now_ms: i64,
     window_ms: i64,
 ) -> (u32, u32, i64) {
-    let mut expired = 0;
     if let Some(credits) = account.credits.as_deref_mut() {
         credits.ended.retain(|_, e| e.at_ms.saturating_add(window_ms) > now_ms);
-        let due: Vec<Box<str>> =
-            credits.open.iter().filter(|(_, r)| r.expires_at_ms <= now_ms).map(|(id, _)| id.clone()).collect();
-        for id in due {
-            let credits = account.credits.as_deref_mut().expect("present");
-            let reservation = credits.open.remove(&id).expect("listed");
-            let released = reservation.held_total();
-            let ended = Ended {
-                ending: Ending::Expired,
-                digest: reservation.digest,
-                amount: reservation.amount,
-                released,
-                at_ms: now_ms,
-            };
-            credits.ended.insert(id.clone(), ended);
-            give_back(account, &reservation.held);
-            clock.notify(Notice {
-                kind: "RESERVATION_EXPIRED",
-                customer_id: customer_id.to_owned(),
-                id: id.to_string(),
-                amount: released,
-                period_start_ms: period_start_at(account, reservation.expires_at_ms).unwrap_or(0),
-                at_ms: now_ms,
-            });
-            expired += 1;
-        }
     }
+    let expired = expire_reservations(account, clock, customer_id, now_ms);
     let mut broken = roll_over(account, now_ms);
     for g in 0..account.grants.len() {
         let grant = &account.grants[g];
@@ -763,4 +766,37 @@ fn advance_account(
         broken += 1;
     }
     (expired, broken, account_due(account, now_ms))
+}
+
+/// Expires the account's open reservations whose TTL ran out by `now_ms`, giving their held credit
+/// back to the grants it was taken from, with a notice each: (reservations expired).
+fn expire_reservations(account: &mut Account, clock: &mut Clock, customer_id: &str, now_ms: i64) -> u32 {
+    let Some(credits) = account.credits.as_deref() else { return 0 };
+    let due: Vec<Box<str>> =
+        credits.open.iter().filter(|(_, r)| r.expires_at_ms <= now_ms).map(|(id, _)| id.clone()).collect();
+    let mut expired = 0;
+    for id in due {
+        let credits = account.credits.as_deref_mut().expect("present");
+        let reservation = credits.open.remove(&id).expect("listed");
+        let released = reservation.held_total();
+        let ended = Ended {
+            ending: Ending::Expired,
+            digest: reservation.digest,
+            amount: reservation.amount,
+            released,
+            at_ms: now_ms,
+        };
+        credits.ended.insert(id.clone(), ended);
+        give_back(account, &reservation.held);
+        clock.notify(Notice {
+            kind: "RESERVATION_EXPIRED",
+            customer_id: customer_id.to_owned(),
+            id: id.to_string(),
+            amount: released,
+            period_start_ms: period_start_at(account, reservation.expires_at_ms).unwrap_or(0),
+            at_ms: now_ms,
+        });
+        expired += 1;
+    }
+    expired
 }

@@ -127,7 +127,9 @@ pub fn encode(tables: &Tables) -> Vec<u8> {
 /// engine/tables.py's `TableCompiler.append_version` compiles it: the kernel then holds what a
 /// whole load of the tables compiled after the publish would give, without compiling any route.
 /// Every timeline belongs to one rate card (engine/tables.py keys them by card), so the version
-/// is inserted into its card's timelines, in place when every contract naming one sees it.
+/// is inserted into its card's timelines, in place when every contract naming one sees it (all of
+/// them for a publish to everyone; for a cohort those only members' contracts name), into a copy
+/// when only some do (a cohort's members among others); a timeline no member names is left alone.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VersionAppend {
     /// How many versions and timelines the kernel holds: the version becomes version
@@ -136,7 +138,8 @@ pub struct VersionAppend {
     pub timelines_held: u32,
     pub version: VersionTable,
     pub effective_from_ms: i64,
-    /// Timelines the version is inserted into in place (a publish to everyone).
+    /// Timelines the version is inserted into in place: every one of the card for a publish to
+    /// everyone, for a cohort those only its members' contracts name.
     pub in_place: Vec<u32>,
     /// Timelines copied with the version inserted, the copies appended in this order (a cohort):
     /// the members' contracts of the card move from each to its copy, the others' stay.
