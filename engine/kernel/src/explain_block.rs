@@ -1,7 +1,7 @@
 //! The explain index's unit of writing: one block per write, built off the ack path from the kernel's explain
 //! records (explain.rs), so that the server makes a handful of puts per write instead of one per line.
 //!
-//! A block holds the records' event parts sorted by line key (a stable sort: journal order within a line),
+//! A block holds the records' event parts sorted by line key (journal order within a line),
 //! cut into chunks of about `chunk_bytes`. A block is numbered by the first journal seq it may hold, and a
 //! chunk's key is block u64 BE | line key (16 bytes) of its first part | that part's ordinal among the line's
 //! parts in the block (u32 BE): a block's chunks are one key range, and blocks follow journal order, so LMDB
@@ -16,25 +16,24 @@
 //! walks only the blocks of the line's customer and period, and opens the chunks of those whose value names
 //! the line's prefix (a prefix shared by two lines only costs a look that finds nothing).
 
-use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::explain::Reader;
 
 /// The 16-byte prefix of the keys of one customer's period among the blocks: a digest of (customer, period).
 pub fn period_key(customer_id: &str, period_start_ms: i64) -> [u8; 16] {
-    digest(&mut Vec::new(), customer_id, period_start_ms, None)
+    digest(&mut Vec::new(), customer_id.as_bytes(), period_start_ms, None)
 }
 
 /// explain::line_key for `Some(line)` (the same canonical bytes), period_key for None; `scratch` is reused.
-fn digest(scratch: &mut Vec<u8>, customer_id: &str, period_start_ms: i64, line: Option<&str>) -> [u8; 16] {
+fn digest(scratch: &mut Vec<u8>, customer_id: &[u8], period_start_ms: i64, line: Option<&[u8]>) -> [u8; 16] {
     scratch.clear();
     scratch.extend_from_slice(&(customer_id.len() as u32).to_le_bytes());
-    scratch.extend_from_slice(customer_id.as_bytes());
+    scratch.extend_from_slice(customer_id);
     scratch.extend_from_slice(&period_start_ms.to_le_bytes());
     if let Some(line) = line {
         scratch.extend_from_slice(&(line.len() as u32).to_le_bytes());
-        scratch.extend_from_slice(line.as_bytes());
+        scratch.extend_from_slice(line);
     }
     xxh3_128(scratch).to_be_bytes()
 }
@@ -52,12 +51,22 @@ pub struct Block {
     pub periods: Vec<([u8; 24], Vec<u8>)>,
 }
 
-/// A record's place in the block: its keys, and its event part packed in the arena.
+/// A record's place in the block: its line key (as two big-endian halves, so that comparing them compares the
+/// key's bytes), and its event part packed in the arena.
 struct Part {
-    line: [u8; 16],
-    period: [u8; 16],
+    line: (u64, u64),
     at: usize,
-    size: usize,
+    size: u32,
+}
+
+/// The (customer, period) entries of a block being built: a (period key, line key prefix) pair per record, sorted
+/// and grouped at the end (a pair list is written in order; a map of lists missed the cache on nearly every record).
+/// Records come one per product an event charged, so consecutive ones mostly share (customer, period): its
+/// digest is computed once for them.
+#[derive(Default)]
+struct Periods<'a> {
+    named: Vec<((u64, u64), [u8; 4])>,
+    last: Option<(&'a [u8], i64, (u64, u64))>, // (customer, period, its key)
 }
 
 /// The block of records buffers (any number of batches, in journal order), leaving out records of seqs <=
@@ -65,31 +74,94 @@ struct Part {
 pub fn build(records: &[&[u8]], after_seq: u64, chunk_bytes: usize) -> Result<Block, String> {
     // Parts are packed as they are read, in order (the records are read once, front to back); the sort then
     // moves small Part entries, and the chunks copy packed bytes: reading the records in line order instead
-    // missed the cache on nearly every part.
-    let mut parts: Vec<Part> = Vec::new();
-    let mut arena: Vec<u8> = Vec::with_capacity(records.iter().map(|r| r.len()).sum::<usize>() / 2);
+    // missed the cache on nearly every part. Strings are taken as the bytes the kernel wrote (lengths checked,
+    // UTF-8 not: the reader of a page decodes them).
+    let total: usize = records.iter().map(|r| r.len()).sum();
+    let mut parts: Vec<Part> = Vec::with_capacity(total / 128);
+    let mut arena: Vec<u8> = Vec::with_capacity(total / 2);
+    let mut periods = Periods::default();
     let mut block = 0;
     let mut scratch = Vec::with_capacity(128);
     for &bytes in records {
         let mut reader = Reader { bytes, at: 0 };
         while reader.at < bytes.len() {
             let seq = reader.u64()?;
-            let customer = reader.text()?;
+            let customer = sized(&mut reader)?;
             let period = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
-            let line = reader.text()?;
-            let part = reader.event_part()?;
-            if seq > after_seq {
-                block = if parts.is_empty() { seq } else { block.min(seq) };
-                let line = digest(&mut scratch, customer, period, Some(line));
-                let at = arena.len();
-                pack_part(part, &mut arena)?;
-                let period = digest(&mut scratch, customer, period, None);
-                parts.push(Part { line, period, at, size: arena.len() - at });
+            let line = sized(&mut reader)?;
+            if seq <= after_seq {
+                skip_part(&mut reader)?;
+                continue;
             }
+            block = if parts.is_empty() { seq } else { block.min(seq) };
+            let key = digest(&mut scratch, customer, period, Some(line));
+            let at = arena.len();
+            pack_part(&mut reader, &mut arena)?;
+            let size = u32::try_from(arena.len() - at).map_err(|e| e.to_string())?;
+            let period = periods.key(&mut scratch, customer, period);
+            periods.named.push((period, key[..4].try_into().expect("4 bytes")));
+            parts.push(Part { line: halves(key), at, size });
         }
     }
-    parts.sort_by_key(|part| part.line); // stable
-    Ok(Block { block, chunks: chunks(&parts, &arena, block, chunk_bytes), periods: periods(&parts, block) })
+    // Unstable but ordered by arena offset within a line, which is journal order: what a stable sort gives.
+    parts.sort_unstable_by_key(|part| (part.line, part.at));
+    Ok(Block { block, chunks: chunks(&parts, &arena, block, chunk_bytes), periods: periods.entries(block) })
+}
+
+/// A string field's bytes (u32 length first).
+fn sized<'a>(reader: &mut Reader<'a>) -> Result<&'a [u8], String> {
+    let size = reader.u32()? as usize;
+    reader.take(size)
+}
+
+/// Skips an event part (explain.rs's layout).
+fn skip_part(reader: &mut Reader) -> Result<(), String> {
+    sized(reader)?;
+    reader.take(8 + 4 + 16 * 3)?;
+    for _ in 0..reader.u32()? {
+        sized(reader)?;
+        reader.take(16)?;
+    }
+    Ok(())
+}
+
+impl<'a> Periods<'a> {
+    /// The period key of (customer, period): the previous record's when it names the same.
+    fn key(&mut self, scratch: &mut Vec<u8>, customer: &'a [u8], period: i64) -> (u64, u64) {
+        if let Some((last_customer, last_period, key)) = self.last {
+            if last_period == period && last_customer == customer {
+                return key;
+            }
+        }
+        let key = halves(digest(scratch, customer, period, None));
+        self.last = Some((customer, period, key));
+        key
+    }
+
+    /// (period_key | block, sorted distinct 4-byte line key prefixes), sorted by key.
+    fn entries(mut self, block: u64) -> Vec<([u8; 24], Vec<u8>)> {
+        self.named.sort_unstable();
+        self.named.dedup();
+        let mut periods: Vec<([u8; 24], Vec<u8>)> = Vec::new();
+        for (period, prefix) in self.named {
+            let mut key = [0u8; 24];
+            key[..16].copy_from_slice(&line_bytes(period));
+            key[16..].copy_from_slice(&block.to_be_bytes());
+            if periods.last().is_none_or(|(last, _)| *last != key) {
+                periods.push((key, Vec::with_capacity(8)));
+            }
+            periods.last_mut().expect("pushed above").1.extend_from_slice(&prefix);
+        }
+        periods
+    }
+}
+
+/// A key's 16 bytes as two big-endian halves: the halves compare as the bytes do.
+fn halves(key: [u8; 16]) -> (u64, u64) {
+    (
+        u64::from_be_bytes(key[..8].try_into().expect("8 bytes")),
+        u64::from_be_bytes(key[8..].try_into().expect("8 bytes")),
+    )
 }
 
 fn chunks(parts: &[Part], arena: &[u8], block: u64, chunk_bytes: usize) -> Vec<Chunk> {
@@ -97,19 +169,27 @@ fn chunks(parts: &[Part], arena: &[u8], block: u64, chunk_bytes: usize) -> Vec<C
     let mut ordinal = 0u32;
     for (at, part) in parts.iter().enumerate() {
         ordinal = if at > 0 && parts[at - 1].line == part.line { ordinal + 1 } else { 0 };
+        let line = line_bytes(part.line);
         if chunks.last().is_none_or(|(_, chunk)| chunk.len() >= chunk_bytes) {
             let mut key = Vec::with_capacity(28);
             key.extend_from_slice(&block.to_be_bytes());
-            key.extend_from_slice(&part.line);
+            key.extend_from_slice(&line);
             key.extend_from_slice(&ordinal.to_be_bytes());
             chunks.push((key, Vec::with_capacity(chunk_bytes + 256)));
         }
         let chunk = &mut chunks.last_mut().expect("pushed above").1;
-        chunk.extend_from_slice(&part.line);
-        put_varint(chunk, part.size as u128);
-        chunk.extend_from_slice(&arena[part.at..part.at + part.size]);
+        chunk.extend_from_slice(&line);
+        put_varint(chunk, part.size.into());
+        chunk.extend_from_slice(&arena[part.at..part.at + part.size as usize]);
     }
     chunks
+}
+
+fn line_bytes(line: (u64, u64)) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&line.0.to_be_bytes());
+    bytes[8..].copy_from_slice(&line.1.to_be_bytes());
+    bytes
 }
 
 fn put_varint(out: &mut Vec<u8>, value: u128) {
@@ -155,26 +235,25 @@ fn i128_at(reader: &mut Reader) -> Result<i128, String> {
     Ok(i128::from_le_bytes(reader.take(16)?.try_into().expect("16 bytes")))
 }
 
-/// An event part (explain.rs's layout), packed.
-fn pack_part(part: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    let mut reader = Reader { bytes: part, at: 0 };
+/// The event part at the reader (explain.rs's layout), packed.
+fn pack_part(reader: &mut Reader, out: &mut Vec<u8>) -> Result<(), String> {
     let put_text = |out: &mut Vec<u8>, reader: &mut Reader| -> Result<(), String> {
         let size = reader.u32()?;
         put_varint(out, size.into());
-        out.extend_from_slice(reader.take(size as usize)?); // checked UTF-8 when the record was read
+        out.extend_from_slice(reader.take(size as usize)?); // the kernel's UTF-8, decoded by the page's reader
         Ok(())
     };
-    put_text(out, &mut reader)?;
+    put_text(out, reader)?;
     put_zigzag(out, i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes")).into());
     put_varint(out, reader.u32()?.into());
     for _ in 0..3 {
-        put_zigzag(out, i128_at(&mut reader)?); // quantity, amount, overage
+        put_zigzag(out, i128_at(reader)?); // quantity, amount, overage
     }
     let draws = reader.u32()?;
     put_varint(out, draws.into());
     for _ in 0..draws {
-        put_text(out, &mut reader)?;
-        put_zigzag(out, i128_at(&mut reader)?);
+        put_text(out, reader)?;
+        put_zigzag(out, i128_at(reader)?);
     }
     Ok(())
 }
@@ -201,30 +280,6 @@ fn unpack_part(reader: &mut Reader, out: &mut Vec<u8>) -> Result<(), String> {
         out.extend_from_slice(&zigzag(reader)?.to_le_bytes());
     }
     Ok(())
-}
-
-fn periods(parts: &[Part], block: u64) -> Vec<([u8; 24], Vec<u8>)> {
-    let mut prefixes: FxHashMap<[u8; 16], Vec<[u8; 4]>> = FxHashMap::default();
-    for part in parts {
-        let named = prefixes.entry(part.period).or_default();
-        let prefix: [u8; 4] = part.line[..4].try_into().expect("4 bytes");
-        if named.last() != Some(&prefix) {
-            named.push(prefix);
-        }
-    }
-    let mut periods: Vec<([u8; 24], Vec<u8>)> = prefixes
-        .into_iter()
-        .map(|(period, mut named)| {
-            named.sort_unstable();
-            named.dedup();
-            let mut key = [0u8; 24];
-            key[..16].copy_from_slice(&period);
-            key[16..].copy_from_slice(&block.to_be_bytes());
-            (key, named.concat())
-        })
-        .collect();
-    periods.sort_unstable_by_key(|entry| entry.0);
-    periods
 }
 
 /// The event parts of `line` in one chunk, concatenated, how many there are, and whether the chunk goes on past
@@ -297,7 +352,7 @@ mod tests {
                 part.extend_from_slice(&credits.to_le_bytes());
             }
             let mut packed = Vec::new();
-            pack_part(&part, &mut packed).unwrap();
+            pack_part(&mut Reader { bytes: &part, at: 0 }, &mut packed).unwrap();
             let mut unpacked = Vec::new();
             unpack_part(&mut Reader { bytes: &packed, at: 0 }, &mut unpacked).unwrap();
             assert_eq!(unpacked, part);
@@ -307,7 +362,7 @@ mod tests {
 
     #[test]
     fn digests_match_the_line_keys() {
-        assert_eq!(digest(&mut Vec::new(), "c", 7, Some("p;k=v")), line_key("c", 7, "p;k=v"));
+        assert_eq!(digest(&mut Vec::new(), b"c", 7, Some(b"p;k=v")), line_key("c", 7, "p;k=v"));
         assert_ne!(period_key("c", 7), period_key("c", 8));
     }
 
