@@ -18,8 +18,7 @@ from collections.abc import Callable
 from engine import commands as cmd
 from engine.billing import Billing
 from server.errors import Unavailable
-from server.sequencer import Sequencer
-from server.sequencer import _Worker as Worker  # the writer's hand-over to a thread of its own
+from server.sequencer import Sequencer, Worker
 
 log = logging.getLogger("tariff.clock")
 

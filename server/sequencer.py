@@ -273,7 +273,7 @@ class _RecoveryProgress:
 Result = TypeVar("Result")
 
 
-class _Worker:
+class Worker:
     """A thread of its own running the calls handed to it one at a time, in order, each call's outcome
     delivered to an asyncio future. Lighter than run_in_executor on a one-thread pool, which chains a
     concurrent future to an asyncio one: about twenty Python calls on the event loop per hand-over, two here
@@ -357,7 +357,7 @@ class _Group:
     alerts_upto: int = 0
     explain: list[bytes] = dataclasses.field(default_factory=list)  # the kernel's explain records of its batches
 
-    def start(self, writer_thread: _Worker, journal: Journal) -> None:
+    def start(self, writer_thread: Worker, journal: Journal) -> None:
         if not self.records:
             return
         started_ns = time.perf_counter_ns()
@@ -407,10 +407,10 @@ class Sequencer:
         self.snapshot_every_records = snapshot_every_records
         self.snapshot_every_events = snapshot_every_events
         self._queue: asyncio.Queue[_Submission] = asyncio.Queue()
-        self._writer_thread = _Worker("tariff-journal")
+        self._writer_thread = Worker("tariff-journal")
         # Usage batches are rated here, not on the journal's thread, so one group's commit (fsync) overlaps the
         # next group's rating; the writer awaits each run, so it stays the one writer.
-        self._rating_thread = _Worker("tariff-rating")
+        self._rating_thread = Worker("tariff-rating")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._records_since_snapshot = 0

@@ -120,13 +120,13 @@ def _experiments() -> None:
         sys.setswitchinterval(float(os.environ["TRACE_SWITCH_INTERVAL_S"]))
     nice = int(os.environ.get("TRACE_WORKER_NICE", "0"))
     if nice:
-        serve_calls = sequencer._Worker._serve
+        serve_calls = sequencer.Worker._serve
 
-        def niced(self: sequencer._Worker) -> None:
+        def niced(self: sequencer.Worker) -> None:
             os.setpriority(os.PRIO_PROCESS, 0, nice)  # who=0 on Linux: the calling thread only
             serve_calls(self)
 
-        sequencer._Worker._serve = niced  # type: ignore[method-assign]
+        sequencer.Worker._serve = niced  # type: ignore[method-assign]
 
 
 def serve(argv: list[str]) -> None:

@@ -8,7 +8,7 @@ every late wake of the loop over `--report-over-ms` to what overlapped it in the
 - `late`: the stall sampler's wake (server/loopstall.py), with the loop thread's CPU and its wait for a CPU;
 - `gc`: a collection (generation, thread, CPU, objects collected); before a generation 1 or 2 collection, what it
   scans (`gcscan`: tracked objects by type, the largest containers);
-- `job`: a call handed to a writer thread (_Worker.run: rating, journal), or an explain index write, with its
+- `job`: a call handed to a writer thread (Worker.run: rating, journal), or an explain index write, with its
   thread's CPU time over the call: a job whose CPU nearly equals its wall time held the GIL, or competed for it;
 - `gil`: a probe thread's wake that waited for the GIL (its lateness less its wait for a CPU) over GIL_PROBE_MS,
   with every thread's CPU time and wait for a CPU over that wait (/proc/self/task/*/schedstat) and where each
@@ -97,9 +97,9 @@ def _install_tracing(path: str) -> None:
 
     gc.callbacks.append(on_gc)
 
-    worker_run = sequencer._Worker.run
+    worker_run = sequencer.Worker.run
 
-    def traced_worker_run(self: sequencer._Worker, function: Any, *args: Any) -> Any:
+    def traced_worker_run(self: sequencer.Worker, function: Any, *args: Any) -> Any:
         name = getattr(function, "__qualname__", repr(function))
 
         def job(*call_args: Any) -> Any:
@@ -111,7 +111,7 @@ def _install_tracing(path: str) -> None:
 
         return worker_run(self, job, *args)
 
-    sequencer._Worker.run = traced_worker_run  # type: ignore[method-assign]
+    sequencer.Worker.run = traced_worker_run  # type: ignore[method-assign]
 
     index_write = explain_index.ExplainIndex.write
 
