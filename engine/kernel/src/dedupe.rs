@@ -141,10 +141,10 @@ pub fn expired(at_ms: i64, received_ms: i64, window_ms: i64) -> bool {
 ///
 /// Why this shape: a snapshot stores the entries sorted by key, and restoring 10 M of them as
 /// random inserts into a hash map cost seconds in cache misses; here restoring is one streaming
-/// pass (each entry goes to its home or just after the one before), as is growing, and encoding
-/// a snapshot walks the slots in order with no sort. Keys and entries are in two arrays: a lookup
-/// reads a run of adjacent 16-byte keys, usually one cache line, and a hit one entry (with 40-byte
-/// slots a miss read about two lines, and measured slower than a hash map's).
+/// pass (each entry goes to its home or just after the one before), growing is one pass in place
+/// (`grow`), and encoding a snapshot walks the slots in order with no sort. Keys and entries are in
+/// two arrays: a lookup reads a run of adjacent 16-byte keys, usually one cache line, and a hit one
+/// entry (with 40-byte slots a miss read about two lines, and measured slower than a hash map's).
 #[derive(Default)]
 pub struct Table {
     /// The keys in order; an empty slot holds `EMPTY`. Holds the 2^bits home slots and a tail for
@@ -245,21 +245,7 @@ impl Table {
                 let place = self.place(key);
                 self.put(key, place, held);
             }
-            Place::Free(at) => {
-                // The run from `at` on moves one slot up (each entry stays at or after its home).
-                let mut end = at;
-                while self.keys.get(end).is_some_and(|k| *k != EMPTY) {
-                    end += 1;
-                }
-                if end == self.keys.len() {
-                    self.keys.push(EMPTY);
-                    self.helds.push(NOTHING);
-                }
-                self.keys.copy_within(at..end, at + 1);
-                self.helds.copy_within(at..end, at + 1);
-                (self.keys[at], self.helds[at]) = (key, held);
-                self.len += 1;
-            }
+            Place::Free(at) => self.shift_in(at, key, held),
         }
     }
 
@@ -292,13 +278,46 @@ impl Table {
         self.len += 1;
     }
 
+    /// Grows to `bits` in place: the arrays are extended (no second table, so growing needs half
+    /// the memory a copy took, and only the new slots are fresh pages), then the entries are
+    /// re-inserted from the last one down, each as the smallest so far, at the later of its new home
+    /// and its old slot. Why that is safe: the final slot of each entry is at or after its old one
+    /// (homes only move up, and by induction over the entries in order), so the later of the two
+    /// gives the same layout as the homes alone, and every write lands at or after the slot being
+    /// read: the entries not yet moved all sit below it.
     fn grow(&mut self, bits: u32) {
-        let old = std::mem::replace(self, Table::with_bits(bits));
-        self.zero = old.zero;
-        let mut next = 0;
-        for (key, held) in old.keys.into_iter().zip(old.helds).filter(|(k, _)| *k != EMPTY) {
-            self.append(&mut next, key, held);
+        let old_slots = self.keys.len();
+        let slots = ((1usize << bits) + TAIL_SLOTS).max(old_slots);
+        self.keys.resize(slots, EMPTY);
+        self.helds.resize(slots, NOTHING);
+        self.bits = bits;
+        for from in (0..old_slots).rev() {
+            let key = self.keys[from];
+            if key == EMPTY {
+                continue;
+            }
+            let held = self.helds[from];
+            (self.keys[from], self.helds[from]) = (EMPTY, NOTHING);
+            self.len -= 1;
+            self.shift_in(self.home(key).max(from), key, held);
         }
+    }
+
+    /// Puts `key` at `at`, moving the run from `at` on one slot up (each entry stays at or after its
+    /// home); `at` is where the order puts it.
+    fn shift_in(&mut self, at: usize, key: Key, held: Held) {
+        let mut end = at;
+        while self.keys.get(end).is_some_and(|k| *k != EMPTY) {
+            end += 1;
+        }
+        if end == self.keys.len() {
+            self.keys.push(EMPTY);
+            self.helds.push(NOTHING);
+        }
+        self.keys.copy_within(at..end, at + 1);
+        self.helds.copy_within(at..end, at + 1);
+        (self.keys[at], self.helds[at]) = (key, held);
+        self.len += 1;
     }
 
     fn remove_at(&mut self, mut at: usize) {
@@ -465,6 +484,36 @@ mod tests {
             for &(key, h) in &expected {
                 prop_assert_eq!(restored.get(key.into()), Some(h));
             }
+        }
+
+        /// Growing in place by any number of bits keeps the entries and gives exactly the layout a
+        /// fresh table of that size filled in order has (the layout the invariants allow is unique).
+        #[test]
+        fn growing_in_place_gives_the_layout_of_a_fresh_fill(
+            keys in proptest::collection::vec(keys(), 0..400),
+            more_bits in 1u32..4,
+        ) {
+            let mut table = Table::default();
+            for (at_ms, key) in (0..).zip(keys) {
+                table.insert(key.into(), held(at_ms));
+            }
+            let before: Vec<(Key, Held)> = table.iter().collect();
+            let bits = table.bits.max(MIN_BITS) + more_bits;
+            table.grow(bits);
+            check(&table);
+            let mut fresh = Table::with_bits(bits);
+            let mut next = 0;
+            fresh.zero = table.zero;
+            for (key, held) in before.iter().copied().filter(|(k, _)| *k != EMPTY) {
+                fresh.append(&mut next, key, held);
+            }
+            prop_assert_eq!(table.iter().collect::<Vec<_>>(), before);
+            prop_assert_eq!(table.len, fresh.len);
+            // The same slots (the fresh table's tail may be shorter than the grown one's).
+            let used = table.keys.len().min(fresh.keys.len());
+            prop_assert!(table.keys[used..].iter().chain(&fresh.keys[used..]).all(|k| *k == EMPTY));
+            prop_assert_eq!(&table.keys[..used], &fresh.keys[..used]);
+            prop_assert_eq!(&table.helds[..used], &fresh.helds[..used]);
         }
 
         /// The kernel's rule, modelled: an id is a resend when `prior` finds it. Pruning one range per
