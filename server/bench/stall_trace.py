@@ -7,7 +7,9 @@ every late wake of the loop over `--report-over-ms` to what overlapped it in the
 
 - `late`: the stall sampler's wake (server/loopstall.py), with the loop thread's CPU and its wait for a CPU;
 - `gc`: a collection (generation, thread, CPU, objects collected); before a generation 1 or 2 collection, what it
-  scans (`gcscan`: tracked objects by type, the largest containers);
+  scans (`gcscan`: tracked objects by type, their referents, which its traversal visits, by type, and the
+  containers with the most); after a full collection, what it freed by type (`gcfreed`). These counts run inside
+  the collector's callback, on the collecting thread: the stalls they overlap are longer for them;
 - `job`: a call handed to a writer thread (_Worker.run: rating, journal), or an explain index write, with its
   thread's CPU time over the call: a job whose CPU nearly equals its wall time held the GIL, or competed for it;
 - `gil`: a probe thread's wake that waited for the GIL (its lateness less its wait for a CPU) over GIL_PROBE_MS,
