@@ -7,7 +7,9 @@ every late wake of the loop over `--report-over-ms` to what overlapped it in the
 
 - `late`: the stall sampler's wake (server/loopstall.py), with the loop thread's CPU and its wait for a CPU;
 - `gc`: a collection (generation, thread, CPU, objects collected); before a generation 1 or 2 collection, what it
-  scans (`gcscan`: tracked objects by type, the largest containers);
+  scans (`gcscan`: tracked objects by type, their referents, which its traversal visits, by type, and the
+  containers with the most); after a full collection, what it freed by type (`gcfreed`). These counts run inside
+  the collector's callback, on the collecting thread: the stalls they overlap are longer for them;
 - `job`: a call handed to a writer thread (Worker.run: rating, journal), or an explain index write, with its
   thread's CPU time over the call: a job whose CPU nearly equals its wall time held the GIL, or competed for it;
 - `gil`: a probe thread's wake that waited for the GIL (its lateness less its wait for a CPU) over GIL_PROBE_MS,
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +86,28 @@ def _install_tracing(path: str) -> None:
     loopstall.StallSampler.run = traced_sampler  # type: ignore[method-assign]
 
     gc_started: dict[int, tuple[float, float]] = {}
+    scanned: dict[int, dict[int, str]] = {}
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         ident = threading.get_ident()
         if phase == "start":
             if info["generation"] >= 1:  # what an older generation's collection scans (rare: worth the count)
                 records.append(("gcscan", _now(), _now(), info["generation"], _young_types(info["generation"])))
+            if info["generation"] == 2:  # what a full collection will free: the scanned objects by id, then by type
+                scanned[ident] = {id(item): type(item).__qualname__ for item in gc.get_objects()}
             gc_started[ident] = (_now(), time.thread_time())
         elif ident in gc_started:
             start, cpu = gc_started.pop(ident)
             name = threading.current_thread().name
             records.append(("gc", start, _now(), time.thread_time() - cpu, info["generation"], info["collected"], name))
+            if ident in scanned:
+                before = scanned.pop(ident)
+                for item in gc.get_objects():
+                    before.pop(id(item), None)
+                freed: dict[str, int] = {}
+                for type_name in before.values():
+                    freed[type_name] = freed.get(type_name, 0) + 1
+                records.append(("gcfreed", start, _now(), sorted(freed.items(), key=lambda kv: -kv[1])[:15]))
 
     gc.callbacks.append(on_gc)
 
@@ -189,12 +203,36 @@ def _young_types(generation: int) -> dict[str, Any]:
         for item in gc.get_objects(older):
             total += 1
             counts[type(item).__qualname__] = counts.get(type(item).__qualname__, 0) + 1
-    largest = sorted(
-        ((len(item), type(item).__qualname__) for older in range(generation + 1) for item in gc.get_objects(older)
-         if isinstance(item, list | dict | set | tuple)),
-        reverse=True,
-    )[:5]  # fmt: skip
-    return {"tracked": total, "types": sorted(counts.items(), key=lambda kv: -kv[1])[:8], "largest": largest}
+    # What the collection traverses: each object's referents (its tp_traverse visits), the largest first.
+    visits: dict[str, int] = {}
+    largest: list[tuple[int, str, str]] = []
+    for older in range(generation + 1):
+        for item in gc.get_objects(older):
+            referents = len(gc.get_referents(item))
+            name = type(item).__qualname__
+            visits[name] = visits.get(name, 0) + referents
+            if referents >= 200:
+                largest.append((referents, name, _hint(item)))
+    return {
+        "tracked": total,
+        "types": sorted(counts.items(), key=lambda kv: -kv[1])[:8],
+        "visits": sum(visits.values()),
+        "visits_by_type": sorted(visits.items(), key=lambda kv: -kv[1])[:10],
+        "largest": sorted(largest, reverse=True)[:20],
+    }
+
+
+def _hint(item: Any) -> str:
+    """Which container this is: a dict's first keys, a sequence's first element's type, an object's referrers."""
+    try:
+        if isinstance(item, dict):
+            return "keys " + ", ".join(repr(key)[:40] for key in list(item)[:4])
+        referrers = [type(r).__qualname__ for r in gc.get_referrers(item)[:4]]
+        sequence = isinstance(item, list | tuple | set | frozenset | deque) and len(item) > 0
+        first = type(next(iter(item))).__qualname__ if sequence else ""
+        return f"first {first}; held by {referrers}"
+    except Exception as error:
+        return f"? {type(error).__name__}"
 
 
 def _gen2_types() -> dict[str, Any]:
@@ -245,7 +283,7 @@ def serve(argv: list[str]) -> None:
 
 
 def _overlapping(records: list[list[Any]], start: float, end: float) -> list[list[Any]]:
-    return [r for r in records if r[0] not in ("late", "loopwait", "gcscan") and r[1] < end and r[2] > start]
+    return [r for r in records if r[0] not in ("late", "loopwait", "gcscan", "gcfreed") and r[1] < end and r[2] > start]
 
 
 def _describe_record(record: list[Any], stall_start: float) -> str:
