@@ -144,6 +144,18 @@ fn cpu_ns() -> u128 {
     now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128
 }
 
+/// Rates the batches in order; returns how many events were accepted. Not inlined, so that
+/// `valgrind --tool=callgrind --toggle-collect='*kernel_spike::rate*'` counts the rating alone.
+#[inline(never)]
+fn rate(kernel: &mut Kernel, batches: &[Vec<u8>]) -> u32 {
+    let mut accepted = 0;
+    for (seq, bytes) in batches.iter().enumerate() {
+        let (ack, _) = kernel.ingest(bytes, NOW_MS + 3_600_000, seq as u64 + 1).expect("decodes");
+        accepted += wire::IngestAck::decode(ack.as_slice()).expect("an ack").accepted;
+    }
+    accepted
+}
+
 fn main() {
     let mut kernel = Kernel::default();
     let count: usize = std::env::args().nth(1).map_or(200, |n| n.parse().expect("a batch count"));
@@ -153,11 +165,7 @@ fn main() {
     let started = std::time::Instant::now();
     let cpu_started = cpu_ns();
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
-    let mut accepted = 0;
-    for (seq, bytes) in batches.iter().enumerate() {
-        let (ack, _) = kernel.ingest(bytes, NOW_MS + 3_600_000, seq as u64 + 1).expect("decodes");
-        accepted += wire::IngestAck::decode(ack.as_slice()).expect("an ack").accepted;
-    }
+    let accepted = rate(&mut kernel, &batches);
     let elapsed = started.elapsed();
     let cpu = cpu_ns() - cpu_started;
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
