@@ -44,13 +44,28 @@ steps = st.lists(
 )
 
 
-def world(grants: list[int]) -> World:
-    """A card at 1 credit a call (a draft at 3 as version 2) and the customers, some with credits."""
+def card_at_1_and_draft_at_3() -> World:
+    """A card at 1 credit a call, and a draft at 3 that will be its version 2."""
     built = World()
     built.product("calls", value_key="n", dimensions=("model",))
     built.rate_card()
     built.version([rate("calls", unit("1"))])
     built.draft([rate("calls", unit("3"))])
+    return built
+
+
+def with_granted_customers(built: World, customers: list[str], credits: str) -> World:
+    """Each customer with a contract on the card and a grant of `credits`."""
+    for customer_id in customers:
+        built.customer(customer_id)
+        built.contract(f"k-{customer_id}", customer_id=customer_id)
+        built.grant(f"g-{customer_id}", credits, customer_id=customer_id)
+    return built
+
+
+def world(grants: list[int]) -> World:
+    """A card at 1 credit a call (a draft at 3 as version 2) and the customers, some with credits."""
+    built = card_at_1_and_draft_at_3()
     for index, customer_id in enumerate(CUSTOMERS):
         built.customer(customer_id)
         built.contract(f"k-{customer_id}", customer_id=customer_id)
@@ -158,15 +173,7 @@ def test_usage_is_acked_while_the_writer_rerates_and_replay_gives_the_live_state
     journal = MemoryJournal()
 
     async def main() -> tuple[Billing, list[str]]:
-        built = World()
-        built.product("calls", value_key="n", dimensions=("model",))
-        built.rate_card()
-        built.version([rate("calls", unit("1"))])
-        built.draft([rate("calls", unit("3"))])
-        for customer_id in customers:
-            built.customer(customer_id)
-            built.contract(f"k-{customer_id}", customer_id=customer_id)
-            built.grant(f"g-{customer_id}", "20", customer_id=customer_id)
+        built = with_granted_customers(card_at_1_and_draft_at_3(), customers, "20")
         billing = recover(journal)
         # Planned in one slice, so the publish applies before the usage submitted after it (which it re-rates on
         # touch); a plan of several slices lets such usage apply first (tests/test_rerate_plan_slices.py).

@@ -22,8 +22,17 @@ from engine.billing import Billing
 from engine.errors import Repeated
 from server.journal import MemoryJournal
 from server.sequencer import Sequencer, UsageBatch, decode_record, recover
-from tests.engine_fixtures import ACTOR, World, rate, unit
-from tests.test_engine_rerate_online import CUSTOMERS, PROFILE, RECEIVED_MS, batch, batch_of, publish
+from tests.engine_fixtures import ACTOR, World
+from tests.test_engine_rerate_online import (
+    CUSTOMERS,
+    PROFILE,
+    RECEIVED_MS,
+    batch,
+    batch_of,
+    card_at_1_and_draft_at_3,
+    publish,
+    with_granted_customers,
+)
 
 TTL_MS = 60_000
 DUE_MS = RECEIVED_MS + TTL_MS  # when the holds placed at RECEIVED_MS fall due
@@ -34,11 +43,7 @@ LATER_MS = DUE_MS + 60_000
 def world() -> World:
     """A card at 1 credit a call (a draft at 3 as version 2) and the customers with 20 credits each, c4's expiring
     at EXPIRES_MS."""
-    built = World()
-    built.product("calls", value_key="n", dimensions=("model",))
-    built.rate_card()
-    built.version([rate("calls", unit("1"))])
-    built.draft([rate("calls", unit("3"))])
+    built = card_at_1_and_draft_at_3()
     for customer_id in CUSTOMERS:
         built.customer(customer_id)
         built.contract(f"k-{customer_id}", customer_id=customer_id)
@@ -122,15 +127,7 @@ def test_through_the_writer_a_hold_expires_before_the_rerating_completes_and_rep
     customers = [f"c{n:03d}" for n in range(200)]
 
     async def main() -> Billing:
-        built = World()
-        built.product("calls", value_key="n", dimensions=("model",))
-        built.rate_card()
-        built.version([rate("calls", unit("1"))])
-        built.draft([rate("calls", unit("3"))])
-        for customer_id in customers:
-            built.customer(customer_id)
-            built.contract(f"k-{customer_id}", customer_id=customer_id)
-            built.grant(f"g-{customer_id}", "20", customer_id=customer_id)
+        built = with_granted_customers(card_at_1_and_draft_at_3(), customers, "20")
         billing = recover(journal)
         sequencer = Sequencer(billing, journal, clock_ms=lambda: RECEIVED_MS, plan_slice_customers=len(customers))
         sequencer.start()
