@@ -49,6 +49,13 @@ WARMUP_BATCHES = 5
 RECOVERY_CUSTOMERS = 100
 # Decisions per AuthorizeBatches message: what a gateway gathers in about a millisecond at 50,000 checks a second.
 AUTHORIZE_BATCH_REQUESTS = 50
+# What a gateway gathers in about a millisecond at the target's 250,000 checks a second: the decisions/s target is
+# judged at this size. At 50 a message one generator's stream is the limit (the no-op server answers no faster).
+AUTHORIZE_BATCH_REQUESTS_AT_TARGET = 250
+# Decision-only AuthorizeBatches runs send this many times the AuthorizeStream run's decisions: at 100,000
+# decisions/s and more, its 30,000 would last a third of a second.
+AUTHORIZE_BATCH_DECISIONS_FACTOR = 10
+AUTHORIZE_BATCHES_TARGET_S = 250_000
 # Gateways reserving at once in the concurrent Authorize(reserve=true) part: RESERVE_PROCESSES load-generator
 # processes, each with RESERVE_CALLERS_PER_PROCESS threads of unary calls, one in flight apiece.
 RESERVE_PROCESSES = 2
@@ -694,7 +701,7 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
             Figure(f"ingest achieved (asked {rate:,.0f} ev/s)", "ev/s", achieved),
         ]
 
-    def stream_rates(rpc: str, batch_requests: int) -> tuple[list[float], list[float]]:
+    def stream_rates(rpc: str, batch_requests: int, decisions: int) -> tuple[list[float], list[float]]:
         tariff_rates: list[float] = []
         reference_rates: list[float] = []
         for _ in range(config.runs):
@@ -702,7 +709,7 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
                 spec = loadgen.StreamSpec(
                     target=server.target,
                     customers=config.customers,
-                    decisions=config.stream_decisions,
+                    decisions=decisions,
                     in_flight=max(256 // batch_requests, 4),
                     seconds_max=config.measure_seconds_max,
                     batch_requests=batch_requests,
@@ -717,7 +724,7 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
         return tariff_rates, reference_rates
 
     def stream() -> list[Figure]:
-        tariff_rates, reference_rates = stream_rates("AuthorizeStream", 1)
+        tariff_rates, reference_rates = stream_rates("AuthorizeStream", 1, config.stream_decisions)
         return [
             Figure(
                 "AuthorizeStream decisions/s",
@@ -729,18 +736,23 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
         ]
 
     def batched() -> list[Figure]:
-        tariff_rates, reference_rates = stream_rates("AuthorizeBatches", AUTHORIZE_BATCH_REQUESTS)
-        return [
-            Figure(
-                f"AuthorizeBatches decisions/s ({AUTHORIZE_BATCH_REQUESTS} a message)",
-                "dec/s",
-                tariff_rates,
-                "no-op batches",
-                _ratios(tariff_rates, reference_rates),
-                "≥ 250,000 /s",
-                statistics.median(tariff_rates) >= 250_000,
+        decisions = config.stream_decisions * AUTHORIZE_BATCH_DECISIONS_FACTOR
+        figures = []
+        for batch_requests in (AUTHORIZE_BATCH_REQUESTS, AUTHORIZE_BATCH_REQUESTS_AT_TARGET):
+            tariff_rates, reference_rates = stream_rates("AuthorizeBatches", batch_requests, decisions)
+            judged = batch_requests == AUTHORIZE_BATCH_REQUESTS_AT_TARGET
+            figures.append(
+                Figure(
+                    f"AuthorizeBatches decisions/s ({batch_requests} a message)",
+                    "dec/s",
+                    tariff_rates,
+                    "no-op batches",
+                    _ratios(tariff_rates, reference_rates),
+                    f"≥ {AUTHORIZE_BATCHES_TARGET_S:,} /s" if judged else "",
+                    statistics.median(tariff_rates) >= AUTHORIZE_BATCHES_TARGET_S if judged else None,
+                )
             )
-        ]
+        return figures
 
     def reserving() -> list[Figure]:
         runs = LatencyRuns()
