@@ -63,6 +63,19 @@ def with_granted_customers(built: World, customers: list[str], credits: str) -> 
     return built
 
 
+async def writer_with_granted_customers(journal: MemoryJournal, customers: list[str]) -> tuple[Billing, Sequencer]:
+    """A started writer on `journal`: card_at_1_and_draft_at_3 and `customers`, each with 20 credits. Its publish
+    plan is one slice, so a publish applies before what is submitted after it (which it re-rates on touch); a plan
+    of several slices lets such usage apply first (tests/test_rerate_plan_slices.py)."""
+    built = with_granted_customers(card_at_1_and_draft_at_3(), customers, "20")
+    billing = recover(journal)
+    sequencer = Sequencer(billing, journal, clock_ms=lambda: RECEIVED_MS, plan_slice_customers=len(customers))
+    sequencer.start()
+    for command in built.journal:
+        await sequencer.run(command)
+    return billing, sequencer
+
+
 def world(grants: list[int]) -> World:
     """A card at 1 credit a call (a draft at 3 as version 2) and the customers, some with credits."""
     built = card_at_1_and_draft_at_3()
@@ -173,14 +186,7 @@ def test_usage_is_acked_while_the_writer_rerates_and_replay_gives_the_live_state
     journal = MemoryJournal()
 
     async def main() -> tuple[Billing, list[str]]:
-        built = with_granted_customers(card_at_1_and_draft_at_3(), customers, "20")
-        billing = recover(journal)
-        # Planned in one slice, so the publish applies before the usage submitted after it (which it re-rates on
-        # touch); a plan of several slices lets such usage apply first (tests/test_rerate_plan_slices.py).
-        sequencer = Sequencer(billing, journal, clock_ms=lambda: RECEIVED_MS, plan_slice_customers=len(customers))
-        sequencer.start()
-        for command in built.journal:
-            await sequencer.run(command)
+        billing, sequencer = await writer_with_granted_customers(journal, customers)
         await sequencer.run(cmd.CreateAlert(RECEIVED_MS, ACTOR, "low", "", True, "LOW_BALANCE", "10"))
         usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(3)]
         await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))

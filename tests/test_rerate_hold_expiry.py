@@ -21,7 +21,7 @@ from engine import credits
 from engine.billing import Billing
 from engine.errors import Repeated
 from server.journal import MemoryJournal
-from server.sequencer import Sequencer, UsageBatch, decode_record, recover
+from server.sequencer import UsageBatch, decode_record, recover
 from tests.engine_fixtures import ACTOR, World
 from tests.test_engine_rerate_online import (
     CUSTOMERS,
@@ -31,7 +31,7 @@ from tests.test_engine_rerate_online import (
     batch_of,
     card_at_1_and_draft_at_3,
     publish,
-    with_granted_customers,
+    writer_with_granted_customers,
 )
 
 TTL_MS = 60_000
@@ -127,12 +127,7 @@ def test_through_the_writer_a_hold_expires_before_the_rerating_completes_and_rep
     customers = [f"c{n:03d}" for n in range(200)]
 
     async def main() -> Billing:
-        built = with_granted_customers(card_at_1_and_draft_at_3(), customers, "20")
-        billing = recover(journal)
-        sequencer = Sequencer(billing, journal, clock_ms=lambda: RECEIVED_MS, plan_slice_customers=len(customers))
-        sequencer.start()
-        for command in built.journal:
-            await sequencer.run(command)
+        billing, sequencer = await writer_with_granted_customers(journal, customers)
         usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
         await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
         await sequencer.run(hold("c150", "h-c150", 1))
