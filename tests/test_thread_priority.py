@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from server.app import BACKGROUND_NICE, lower_background_threads
+from server.scheduling import BACKGROUND_NICE, lower_background_threads
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux only")
 
