@@ -1,7 +1,10 @@
 //! Measures the kernel on its own: decode, rate and ack 1,000-event batches from bytes, with
 //! 10,000 customers, two products per event, a dimensional rate and a prepaid grant each.
-//! `cargo run --release -- [batches] [customers]` in server/bench/kernel_spike (a measurement, not a
-//! test). Fewer customers (all hot in the cache) separate the kernel's computing from its cache misses.
+//! `cargo run --release -- [batches] [customers] [regions]` in server/bench/kernel_spike (a
+//! measurement, not a test). Fewer customers (all hot in the cache) separate the kernel's computing
+//! from its cache misses. Regions above 1 price by model x region, as the server's bench does
+//! (server/bench/seed.py: 3 models x 2 regions, so 12 aggregates a customer); 1, the default, prices
+//! by model alone, the workload earlier figures were measured on.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,33 +32,42 @@ fn unit(price: &str) -> CurveTable {
     }
 }
 
-fn product(id: &str, value_key: &str) -> ProductTable {
+const MODELS: [&str; 3] = ["gpt4", "claude", "llama"];
+const REGIONS: [&str; 4] = ["us-east", "eu-west", "ap-south", "sa-east"];
+
+fn product(id: &str, value_key: &str, regions: usize) -> ProductTable {
+    let mut pricing_dimensions = vec!["model".into()];
+    if regions > 1 {
+        pricing_dimensions.push("region".into());
+    }
     ProductTable {
         id: id.into(),
         event_type: "ai".into(),
         aggregation: "SUM".into(),
         value_key: value_key.into(),
         filters: vec![],
-        pricing_dimensions: vec!["model".into()],
+        pricing_dimensions,
     }
 }
 
-fn tables(customers: usize) -> Tables {
+fn tables(customers: usize, regions: usize) -> Tables {
     let mut rates = Vec::new();
-    for (index, model) in ["gpt4", "claude", "llama"].iter().enumerate() {
-        for product in ["input", "output"] {
-            let price = format!("{}", (index as i128 + 1) * 10_000_000_000_000_000);
-            rates.push(RateTable {
-                product_id: product.into(),
-                required: vec![(0, (*model).into())],
-                curve: unit(&price),
-            });
+    for (index, model) in MODELS.iter().enumerate() {
+        for (markup, region) in REGIONS[..regions].iter().enumerate() {
+            for product in ["input", "output"] {
+                let price = format!("{}", (index as i128 + 1 + markup as i128) * 10_000_000_000_000_000);
+                let mut required = vec![(0, (*model).into())];
+                if regions > 1 {
+                    required.push((1, (*region).into()));
+                }
+                rates.push(RateTable { product_id: product.into(), required, curve: unit(&price) });
+            }
         }
     }
     Tables {
         future_skew_ms: 300_000,
         dedupe_window_ms: 35 * 86_400_000,
-        products: vec![product("input", "input_tokens"), product("output", "output_tokens")],
+        products: vec![product("input", "input_tokens", regions), product("output", "output_tokens", regions)],
         versions: vec![VersionTable { rate_card_id: "ai".into(), number: 1, rates }],
         timelines: vec![vec![(0, 0)]],
         customers: (0..customers)
@@ -87,17 +99,21 @@ fn tables(customers: usize) -> Tables {
     }
 }
 
-fn batch(number: usize, customers: usize) -> Vec<u8> {
-    let models = ["gpt4", "claude", "llama"];
+fn batch(number: usize, customers: usize, regions: usize) -> Vec<u8> {
     let events = (0..BATCH)
         .map(|i| {
             let n = number * BATCH + i;
+            let mut dimensions = vec![wire::DimensionEntry { key: "model".into(), value: MODELS[n % 3].into() }];
+            if regions > 1 {
+                dimensions
+                    .push(wire::DimensionEntry { key: "region".into(), value: REGIONS[(n / 3) % regions].into() });
+            }
             wire::UsageEvent {
                 transaction_id: format!("tx-{n}"),
                 customer_id: format!("customer-{}", (n * 7919) % customers),
                 event_type: "ai".into(),
                 timestamp_ms: NOW_MS + (n as i64 % 3_600_000),
-                dimensions: vec![wire::DimensionEntry { key: "model".into(), value: models[n % 3].into() }],
+                dimensions,
                 values: vec![
                     wire::ValueEntry { key: "input_tokens".into(), value: (n % 5000) as f64 },
                     wire::ValueEntry { key: "output_tokens".into(), value: (n % 700) as f64 + 0.5 },
@@ -160,8 +176,10 @@ fn main() {
     let mut kernel = Kernel::default();
     let count: usize = std::env::args().nth(1).map_or(200, |n| n.parse().expect("a batch count"));
     let customers: usize = std::env::args().nth(2).map_or(CUSTOMERS, |n| n.parse().expect("a customer count"));
-    kernel.load_tables(&tables::encode(&tables(customers))).expect("the spike's tables load");
-    let batches: Vec<Vec<u8>> = (0..count).map(|number| batch(number, customers)).collect();
+    let regions: usize = std::env::args().nth(3).map_or(1, |n| n.parse().expect("a region count"));
+    assert!((1..=REGIONS.len()).contains(&regions), "1 to {} regions", REGIONS.len());
+    kernel.load_tables(&tables::encode(&tables(customers, regions))).expect("the spike's tables load");
+    let batches: Vec<Vec<u8>> = (0..count).map(|number| batch(number, customers, regions)).collect();
     let started = std::time::Instant::now();
     let cpu_started = cpu_ns();
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -175,7 +193,7 @@ fn main() {
         return;
     }
     println!(
-        "{} batches of {BATCH} events (2 products each, {customers} customers): {:.0} ns CPU/event ({:.0} ns wall), {:.2} M events/s of CPU, {:.1} allocations/event",
+        "{} batches of {BATCH} events (2 products each, {customers} customers, {regions} regions): {:.0} ns CPU/event ({:.0} ns wall), {:.2} M events/s of CPU, {:.1} allocations/event",
         batches.len(),
         cpu as f64 / events as f64,
         elapsed.as_nanos() as f64 / events as f64,
