@@ -100,10 +100,11 @@ class ServeConfig:
 # Rating allocates many short-lived objects; what lives long (modules, classes, functions, the recovered state)
 # holds no reference cycles worth finding. Freeze it once after recovery: a full collection then scans only what
 # was created since. The young generation is collected every 2,000 allocations (the default is 700): grpc.aio's
-# server leaves ~15 objects in reference cycles behind every unary call (its handler lookup's closure, the call's
-# state and context), so under Authorize traffic the young generation is mostly such garbage, and a young
-# collection's pause grows with the threshold: at 10,000, 3.5-9.5 ms for the ~8,000 objects each one freed in a
-# server under the stall bench, a pause an Authorize waits out; at 2,000 a fifth of that, for the same total.
+# server leaves 5 objects in a reference cycle behind every call (its handler lookup's closure; the call's state
+# and context no longer: see CallGate._admit), so under Authorize traffic the young generation is mostly such
+# garbage, and a young collection's pause grows with the threshold: at 10,000, 3.5-9.5 ms for the ~8,000 objects
+# each one freed in a server under the stall bench (when a call left ~11), a pause an Authorize waits out; at 2,000
+# a fifth of that, for the same total.
 #
 # Nothing is frozen after that, and nothing is ever unfrozen. A customer's state is not tracked by the collector
 # (seeding 10,000 customers adds ~1,100 tracked objects), so the objects created while serving stay few and a
