@@ -251,12 +251,9 @@ def main() -> None:
 
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="authz-trace-"))
-    config = BenchConfig(
-        runs=args.runs, customers=args.customers, batch_events=1_000, ingest_batches=200, generators=1, streams=2,
-        batches_in_flight=4, ingest_fraction=args.fraction, authorize_calls=args.calls, stream_decisions=0,
-        preview_events=0, preview_calls=0, recovery_events=0, dedupe_ids=0, measure_seconds_max=SECONDS_MAX,
-        only=(), postgres=False, work_dir=work,
-    )  # fmt: skip
+    config = BenchConfig.for_trace(
+        work, args.runs, args.customers, 200, args.fraction, args.calls, measure_seconds_max=SECONDS_MAX
+    )
     bench = Bench(config)
     records_path = work / "records.json"
     os.environ[RECORDS_ENV] = str(records_path)

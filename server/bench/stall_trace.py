@@ -369,12 +369,7 @@ def main() -> None:
 
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="stall-trace-"))
-    config = BenchConfig(
-        runs=args.runs, customers=args.customers, batch_events=1_000, ingest_batches=args.batches, generators=1,
-        streams=2, batches_in_flight=4, ingest_fraction=0.8, authorize_calls=0, stream_decisions=0,
-        preview_events=0, preview_calls=0, recovery_events=0, dedupe_ids=0, measure_seconds_max=8.0,
-        only=(), postgres=False, work_dir=work,
-    )  # fmt: skip
+    config = BenchConfig.for_trace(work, args.runs, args.customers, args.batches)
     bench = Bench(config)
     records_path = work / "records.json"
     os.environ[RECORDS_ENV] = str(records_path)

@@ -107,6 +107,26 @@ class BenchConfig:
     # `tariff serve` flags given to every Tariff server the bench starts (e.g. --no-explain-index).
     serve_args: tuple[str, ...] = ()
 
+    @classmethod
+    def for_trace(
+        cls,
+        work_dir: Path,
+        runs: int,
+        customers: int,
+        ingest_batches: int,
+        ingest_fraction: float = 0.8,
+        authorize_calls: int = 0,
+        measure_seconds_max: float = 8.0,
+    ) -> BenchConfig:
+        """The shape the diagnostic traces (server/bench/*_trace.py) drive: the bench's ingest load (one generator,
+        2 streams of 1,000-event batches, 4 in flight) and Authorize calls if asked, nothing else."""
+        return cls(
+            runs=runs, customers=customers, batch_events=1_000, ingest_batches=ingest_batches, generators=1,
+            streams=2, batches_in_flight=4, ingest_fraction=ingest_fraction, authorize_calls=authorize_calls,
+            stream_decisions=0, preview_events=0, preview_calls=0, recovery_events=0, dedupe_ids=0,
+            measure_seconds_max=measure_seconds_max, only=(), postgres=False, work_dir=work_dir,
+        )  # fmt: skip
+
 
 @dataclass
 class IngestRun:
