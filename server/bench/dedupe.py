@@ -36,6 +36,7 @@ def _fill(bench: Bench, target: str, ids: int) -> IngestRun:
     spec["prebuild"] = False
     spec["stamped"] = True
     spec["batches_in_flight"] = FILL_BATCHES_IN_FLIGHT
+    spec["call_timeout_s"] = FILL_TIMEOUT_S
     return IngestRun.of(drive(loadgen.ingest_worker, [spec], bench.main, timeout_s=FILL_TIMEOUT_S))
 
 

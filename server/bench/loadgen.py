@@ -52,6 +52,8 @@ class IngestSpec(TypedDict):
     prebuild: bool  # serialize every batch before the barrier (throughput runs) or build as it sends
     # Stamp fresh ids into a few pre-encoded batches as it sends (seed.stamped_batches): filling the dedupe window.
     stamped: NotRequired[bool]
+    # Each stream's deadline (CALL_TIMEOUT_S × 20 when absent): a dedupe fill of 100,000,000 ids runs longer.
+    call_timeout_s: NotRequired[float]
 
 
 class UnarySpec(TypedDict):
@@ -170,7 +172,8 @@ def _ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, 
                 yield payload
 
         try:
-            for number, ack in enumerate(call(requests(), timeout=CALL_TIMEOUT_S * 20)):
+            timeout_s = spec.get("call_timeout_s", CALL_TIMEOUT_S * 20)
+            for number, ack in enumerate(call(requests(), timeout=timeout_s)):
                 latency = time.monotonic() - sent_at[number]
                 window.release()
                 with lock:
