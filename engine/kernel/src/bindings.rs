@@ -864,7 +864,8 @@ fn explain_block<'py>(
         Some(builder) => builder,
         None => own.insert(crate::explain_block::Builder::new()),
     };
-    let block = py.detach(|| builder.build(&buffers, after_seq, chunk_bytes)).map_err(PyValueError::new_err)?;
+    let block = py.detach(|| builder.build(&buffers, after_seq, chunk_bytes)).inspect_err(|_| builder.trim());
+    let block = block.map_err(PyValueError::new_err)?;
     let pairs = |entries: &mut dyn Iterator<Item = (&[u8], &[u8])>| -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
         entries.map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect()
     };
