@@ -843,7 +843,9 @@ fn period_containing(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
 
 /// The explain index's block of explain records buffers (in journal order; records of seqs <= `after_seq` left
 /// out), layout in explain_block.rs: (block number, chunks, periods), the lists of (key, value) sorted by key,
-/// ready for LMDB puts; block 0 and empty lists when no record is left. Built with the GIL released. ValueError for bytes that are not explain records.
+/// ready for LMDB puts; block 0 and empty lists when no record is left. Built with the GIL released, by a builder
+/// kept across calls (its working arrays reused; a second caller at the same time builds with one of its own).
+/// ValueError for bytes that are not explain records.
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 fn explain_block<'py>(
@@ -852,17 +854,24 @@ fn explain_block<'py>(
     after_seq: u64,
     chunk_bytes: usize,
 ) -> PyResult<(u64, Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>, Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>)> {
+    static SHARED: parking_lot::Mutex<crate::explain_block::Builder> =
+        parking_lot::const_mutex(crate::explain_block::Builder::new());
     let buffers: Vec<&[u8]> = records.iter().map(|b| b.as_bytes()).collect();
-    let built =
-        py.detach(|| crate::explain_block::build(&buffers, after_seq, chunk_bytes)).map_err(PyValueError::new_err)?;
-    let pairs = |entries: Vec<(&[u8], &[u8])>| -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        entries.into_iter().map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect()
+    // try_lock with the GIL held: waiting for the builder here could wait on a holder that waits for the GIL.
+    let mut own = None;
+    let mut shared = SHARED.try_lock();
+    let builder = match shared.as_deref_mut() {
+        Some(builder) => builder,
+        None => own.insert(crate::explain_block::Builder::new()),
     };
-    Ok((
-        built.block,
-        pairs(built.chunks.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect()),
-        pairs(built.periods.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect()),
-    ))
+    let block = py.detach(|| builder.build(&buffers, after_seq, chunk_bytes)).inspect_err(|_| builder.trim());
+    let block = block.map_err(PyValueError::new_err)?;
+    let pairs = |entries: &mut dyn Iterator<Item = (&[u8], &[u8])>| -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        entries.map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect()
+    };
+    let built = (block, pairs(&mut builder.chunks()), pairs(&mut builder.periods()));
+    builder.trim();
+    Ok(built)
 }
 
 /// The 16-byte prefix of the explain index's entries of one customer's period (explain_block.rs).

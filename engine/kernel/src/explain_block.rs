@@ -52,60 +52,288 @@ pub struct Block {
 }
 
 /// A record's place in the block: its line key (as two big-endian halves, so that comparing them compares the
-/// key's bytes), and its event part packed in the arena.
+/// key's bytes), its event part packed in the arena, and its (customer, period) key in `Builder::period_keys`.
+#[derive(Clone, Copy)]
 struct Part {
     line: (u64, u64),
     at: usize,
     size: u32,
+    period: u32,
 }
 
-/// The (customer, period) entries of a block being built: a (period key, line key prefix) pair per record, sorted
-/// and grouped at the end (a pair list is written in order; a map of lists missed the cache on nearly every record).
-/// Records come one per product an event charged, so consecutive ones mostly share (customer, period): its
-/// digest is computed once for them.
-#[derive(Default)]
-struct Periods<'a> {
+/// What a builder keeps across blocks, at most (bytes of capacity per working array): a block of FLUSH_BYTES
+/// (32 MiB) of records needs about half of that for its arena and its chunks; a larger block (a recovery's)
+/// gives back what it took past this once the caller has its entries (`trim`).
+pub const KEPT_BYTES_MAX: usize = 64 << 20;
+
+/// Builds blocks, keeping its working arrays and its output across blocks: allocating them afresh for every
+/// block cost the kernel zeroing their pages each time. A block's entries are read from the builder
+/// (`chunks`, `periods`) until its next build.
+pub struct Builder {
+    parts: Vec<Part>,
+    /// The parts as read, while they are sorted into `parts` (sort_parts).
+    spare: Vec<Part>,
+    arena: Vec<u8>,
+    /// The (customer, period) keys in the order records name them (consecutive records naming the same one share).
+    period_keys: Vec<(u64, u64)>,
+    /// (period key, line key prefix), one per line of the block.
     named: Vec<((u64, u64), [u8; 4])>,
-    last: Option<(&'a [u8], i64, (u64, u64))>, // (customer, period, its key)
+    block: u64,
+    /// The chunks' values, concatenated; `chunks` holds each chunk's key and end in it.
+    values: Vec<u8>,
+    chunks: Vec<([u8; 28], usize)>,
+    /// The period entries' values, concatenated; `periods` holds each entry's key and end in it.
+    prefixes: Vec<u8>,
+    periods: Vec<([u8; 24], usize)>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    pub const fn new() -> Self {
+        Self {
+            parts: Vec::new(),
+            spare: Vec::new(),
+            arena: Vec::new(),
+            period_keys: Vec::new(),
+            named: Vec::new(),
+            block: 0,
+            values: Vec::new(),
+            chunks: Vec::new(),
+            prefixes: Vec::new(),
+            periods: Vec::new(),
+        }
+    }
+
+    /// Builds the block of records buffers (any number of batches, in journal order), leaving out records of
+    /// seqs <= `after_seq` (already indexed); returns its number. Err for bytes that are not explain records
+    /// (the builder then holds no entries).
+    pub fn build(&mut self, records: &[&[u8]], after_seq: u64, chunk_bytes: usize) -> Result<u64, String> {
+        self.clear();
+        let built = self.read(records, after_seq);
+        if built.is_err() {
+            self.clear();
+            return built.map(|_| 0);
+        }
+        sort_parts(&mut self.parts, &mut self.spare);
+        self.fill_chunks(chunk_bytes);
+        self.fill_periods();
+        Ok(self.block)
+    }
+
+    /// The block's chunks, (28-byte key, value), sorted by key.
+    pub fn chunks(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let starts = std::iter::once(0).chain(self.chunks.iter().map(|&(_, end)| end));
+        self.chunks.iter().zip(starts).map(|((key, end), start)| (&key[..], &self.values[start..*end]))
+    }
+
+    /// The block's (customer, period) entries, (period_key | block, sorted distinct 4-byte line key prefixes),
+    /// sorted by key.
+    pub fn periods(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let starts = std::iter::once(0).chain(self.periods.iter().map(|&(_, end)| end));
+        self.periods.iter().zip(starts).map(|((key, end), start)| (&key[..], &self.prefixes[start..*end]))
+    }
+
+    /// Drops the block's entries (read them first), and gives back the capacity past KEPT_BYTES_MAX of each
+    /// working array (taken by a block larger than the server's).
+    pub fn trim(&mut self) {
+        fn cap<T>(items: &mut Vec<T>) {
+            let kept = KEPT_BYTES_MAX / std::mem::size_of::<T>().max(1);
+            if items.capacity() > kept {
+                items.shrink_to(kept);
+            }
+        }
+        self.clear();
+        cap(&mut self.parts);
+        cap(&mut self.spare);
+        cap(&mut self.arena);
+        cap(&mut self.period_keys);
+        cap(&mut self.named);
+        cap(&mut self.values);
+        cap(&mut self.chunks);
+        cap(&mut self.prefixes);
+        cap(&mut self.periods);
+    }
+
+    fn clear(&mut self) {
+        self.parts.clear();
+        self.spare.clear();
+        self.arena.clear();
+        self.period_keys.clear();
+        self.named.clear();
+        self.block = 0;
+        self.values.clear();
+        self.chunks.clear();
+        self.prefixes.clear();
+        self.periods.clear();
+    }
+
+    /// Reads the records, packing each part as it is read, in order (the records are read once, front to back);
+    /// the sort then moves small Part entries, and the chunks copy packed bytes: reading the records in line
+    /// order instead missed the cache on nearly every part. Strings are taken as the bytes the kernel wrote
+    /// (lengths checked, UTF-8 not: the reader of a page decodes them).
+    fn read(&mut self, records: &[&[u8]], after_seq: u64) -> Result<(), String> {
+        let total: usize = records.iter().map(|r| r.len()).sum();
+        self.parts.reserve(total / 128);
+        self.arena.reserve(total / 2);
+        // Records come one per product an event charged, so consecutive ones mostly share (customer, period):
+        // its digest is computed once for them.
+        let mut last: Option<(&[u8], i64)> = None;
+        for &bytes in records {
+            let mut reader = Reader { bytes, at: 0 };
+            while reader.at < bytes.len() {
+                let start = reader.at;
+                let seq = reader.u64()?;
+                let customer = sized(&mut reader)?;
+                let period = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
+                let period_end = reader.at;
+                sized(&mut reader)?; // the line
+                                     // From the customer's length to the line's end, a record holds digest's canonical bytes (lengths
+                                     // u32 and period i64, little-endian): hashed in place instead of copied to a scratch buffer first.
+                let line_key = &bytes[start + 8..reader.at];
+                if seq <= after_seq {
+                    skip_part(&mut reader)?;
+                    continue;
+                }
+                self.block = if self.parts.is_empty() { seq } else { self.block.min(seq) };
+                let key = xxh3_128(line_key).to_be_bytes();
+                let at = self.arena.len();
+                pack_part(&mut reader, &mut self.arena)?;
+                let size = u32::try_from(self.arena.len() - at).map_err(|e| e.to_string())?;
+                if last != Some((customer, period)) {
+                    self.period_keys.push(halves(xxh3_128(&bytes[start + 8..period_end]).to_be_bytes()));
+                    last = Some((customer, period));
+                }
+                let period = u32::try_from(self.period_keys.len() - 1).map_err(|e| e.to_string())?;
+                self.parts.push(Part { line: halves(key), at, size, period });
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts the sorted parts into chunks of about `chunk_bytes`, and names each line once for its period
+    /// (a line key digests its customer and period: all its parts name the same period).
+    fn fill_chunks(&mut self, chunk_bytes: usize) {
+        let mut ordinal = 0u32;
+        let mut chunk_start = 0;
+        for (at, part) in self.parts.iter().enumerate() {
+            // The parts are copied in line order from an arena in journal order, larger than the L2: a copy
+            // waited for its part's bytes on nearly every part, now they are asked for PREFETCH_PARTS ahead.
+            if let Some(ahead) = self.parts.get(at + PREFETCH_PARTS) {
+                prefetch(&self.arena, ahead.at);
+                prefetch(&self.arena, (ahead.at + ahead.size as usize).saturating_sub(1));
+            }
+            let same_line = at > 0 && self.parts[at - 1].line == part.line;
+            ordinal = if same_line { ordinal + 1 } else { 0 };
+            let line = line_bytes(part.line);
+            if !same_line {
+                self.named.push((self.period_keys[part.period as usize], line[..4].try_into().expect("4 bytes")));
+            }
+            if self.chunks.is_empty() || self.values.len() - chunk_start >= chunk_bytes {
+                if let Some(last) = self.chunks.last_mut() {
+                    last.1 = self.values.len();
+                }
+                chunk_start = self.values.len();
+                let mut key = [0u8; 28];
+                key[..8].copy_from_slice(&self.block.to_be_bytes());
+                key[8..24].copy_from_slice(&line);
+                key[24..].copy_from_slice(&ordinal.to_be_bytes());
+                self.chunks.push((key, chunk_start));
+            }
+            self.values.extend_from_slice(&line);
+            put_varint(&mut self.values, part.size.into());
+            self.values.extend_from_slice(&self.arena[part.at..part.at + part.size as usize]);
+        }
+        if let Some(last) = self.chunks.last_mut() {
+            last.1 = self.values.len();
+        }
+    }
+
+    /// Groups the named (period, line prefix) pairs: sorted, distinct, one entry per period.
+    fn fill_periods(&mut self) {
+        self.named.sort_unstable();
+        self.named.dedup();
+        for &(period, prefix) in &self.named {
+            let mut key = [0u8; 24];
+            key[..16].copy_from_slice(&line_bytes(period));
+            key[16..].copy_from_slice(&self.block.to_be_bytes());
+            if self.periods.last().is_none_or(|(last, _)| *last != key) {
+                self.periods.push((key, self.prefixes.len()));
+            }
+            self.prefixes.extend_from_slice(&prefix);
+            self.periods.last_mut().expect("pushed above").1 = self.prefixes.len();
+        }
+    }
+}
+
+/// How far ahead of the part being copied the chunks ask for a part's bytes: enough copies to cover a miss to
+/// the L3.
+const PREFETCH_PARTS: usize = 16;
+
+/// Asks the CPU for the cache line of `bytes[at]` (nothing when past the end).
+fn prefetch(bytes: &[u8], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(byte) = bytes.get(at) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is a hint: it reads no byte and faults on no address (this one is in bounds anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(byte).cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, at);
+}
+
+/// Sorts parts by line key, then arena offset (journal order within a line, what a stable sort by line gives):
+/// first into buckets by the top bits of the line key (a digest: spread evenly), then each bucket on its own,
+/// in the cache; one sort of the whole list moved every part some 18 times across more memory than the cache.
+fn sort_parts(parts: &mut [Part], spare: &mut Vec<Part>) {
+    const BUCKET_BITS_MAX: u32 = 12; // 4,096 buckets: their counts fit the stack, their write fronts the L2
+    let key = |part: &Part| (part.line, part.at);
+    // About 64 parts a bucket (a few KiB), no more buckets than BUCKET_BITS_MAX allows.
+    let bits = (parts.len() / 64).checked_ilog2().unwrap_or(0).min(BUCKET_BITS_MAX);
+    if bits == 0 {
+        parts.sort_unstable_by_key(key);
+        return;
+    }
+    let bucket = |part: &Part| (part.line.0 >> (64 - bits)) as usize;
+    let mut ends = [0usize; 1 << BUCKET_BITS_MAX];
+    for part in parts.iter() {
+        ends[bucket(part)] += 1;
+    }
+    let mut start = 0;
+    for end in &mut ends[..1 << bits] {
+        start += *end;
+        *end = start;
+    }
+    spare.clear();
+    spare.extend_from_slice(parts);
+    // Filled back to front, so that each bucket's end ends at its start.
+    for part in spare.iter().rev() {
+        let end = &mut ends[bucket(part)];
+        *end -= 1;
+        parts[*end] = *part;
+    }
+    let mut start = 0;
+    for b in 0..1 << bits {
+        let end = if b + 1 < 1 << bits { ends[b + 1] } else { parts.len() };
+        parts[start..end].sort_unstable_by_key(key);
+        start = end;
+    }
 }
 
 /// The block of records buffers (any number of batches, in journal order), leaving out records of seqs <=
-/// `after_seq` (already indexed). Err for bytes that are not explain records.
+/// `after_seq` (already indexed), built by a builder of its own. Err for bytes that are not explain records.
 pub fn build(records: &[&[u8]], after_seq: u64, chunk_bytes: usize) -> Result<Block, String> {
-    // Parts are packed as they are read, in order (the records are read once, front to back); the sort then
-    // moves small Part entries, and the chunks copy packed bytes: reading the records in line order instead
-    // missed the cache on nearly every part. Strings are taken as the bytes the kernel wrote (lengths checked,
-    // UTF-8 not: the reader of a page decodes them).
-    let total: usize = records.iter().map(|r| r.len()).sum();
-    let mut parts: Vec<Part> = Vec::with_capacity(total / 128);
-    let mut arena: Vec<u8> = Vec::with_capacity(total / 2);
-    let mut periods = Periods::default();
-    let mut block = 0;
-    let mut scratch = Vec::with_capacity(128);
-    for &bytes in records {
-        let mut reader = Reader { bytes, at: 0 };
-        while reader.at < bytes.len() {
-            let seq = reader.u64()?;
-            let customer = sized(&mut reader)?;
-            let period = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
-            let line = sized(&mut reader)?;
-            if seq <= after_seq {
-                skip_part(&mut reader)?;
-                continue;
-            }
-            block = if parts.is_empty() { seq } else { block.min(seq) };
-            let key = digest(&mut scratch, customer, period, Some(line));
-            let at = arena.len();
-            pack_part(&mut reader, &mut arena)?;
-            let size = u32::try_from(arena.len() - at).map_err(|e| e.to_string())?;
-            let period = periods.key(&mut scratch, customer, period);
-            periods.named.push((period, key[..4].try_into().expect("4 bytes")));
-            parts.push(Part { line: halves(key), at, size });
-        }
-    }
-    // Unstable but ordered by arena offset within a line, which is journal order: what a stable sort gives.
-    parts.sort_unstable_by_key(|part| (part.line, part.at));
-    Ok(Block { block, chunks: chunks(&parts, &arena, block, chunk_bytes), periods: periods.entries(block) })
+    let mut builder = Builder::new();
+    let block = builder.build(records, after_seq, chunk_bytes)?;
+    Ok(Block {
+        block,
+        chunks: builder.chunks().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+        periods: builder.periods().map(|(k, v)| (k.try_into().expect("24 bytes"), v.to_vec())).collect(),
+    })
 }
 
 /// A string field's bytes (u32 length first).
@@ -125,64 +353,12 @@ fn skip_part(reader: &mut Reader) -> Result<(), String> {
     Ok(())
 }
 
-impl<'a> Periods<'a> {
-    /// The period key of (customer, period): the previous record's when it names the same.
-    fn key(&mut self, scratch: &mut Vec<u8>, customer: &'a [u8], period: i64) -> (u64, u64) {
-        if let Some((last_customer, last_period, key)) = self.last {
-            if last_period == period && last_customer == customer {
-                return key;
-            }
-        }
-        let key = halves(digest(scratch, customer, period, None));
-        self.last = Some((customer, period, key));
-        key
-    }
-
-    /// (period_key | block, sorted distinct 4-byte line key prefixes), sorted by key.
-    fn entries(mut self, block: u64) -> Vec<([u8; 24], Vec<u8>)> {
-        self.named.sort_unstable();
-        self.named.dedup();
-        let mut periods: Vec<([u8; 24], Vec<u8>)> = Vec::new();
-        for (period, prefix) in self.named {
-            let mut key = [0u8; 24];
-            key[..16].copy_from_slice(&line_bytes(period));
-            key[16..].copy_from_slice(&block.to_be_bytes());
-            if periods.last().is_none_or(|(last, _)| *last != key) {
-                periods.push((key, Vec::with_capacity(8)));
-            }
-            periods.last_mut().expect("pushed above").1.extend_from_slice(&prefix);
-        }
-        periods
-    }
-}
-
 /// A key's 16 bytes as two big-endian halves: the halves compare as the bytes do.
 fn halves(key: [u8; 16]) -> (u64, u64) {
     (
         u64::from_be_bytes(key[..8].try_into().expect("8 bytes")),
         u64::from_be_bytes(key[8..].try_into().expect("8 bytes")),
     )
-}
-
-fn chunks(parts: &[Part], arena: &[u8], block: u64, chunk_bytes: usize) -> Vec<Chunk> {
-    let mut chunks: Vec<Chunk> = Vec::new();
-    let mut ordinal = 0u32;
-    for (at, part) in parts.iter().enumerate() {
-        ordinal = if at > 0 && parts[at - 1].line == part.line { ordinal + 1 } else { 0 };
-        let line = line_bytes(part.line);
-        if chunks.last().is_none_or(|(_, chunk)| chunk.len() >= chunk_bytes) {
-            let mut key = Vec::with_capacity(28);
-            key.extend_from_slice(&block.to_be_bytes());
-            key.extend_from_slice(&line);
-            key.extend_from_slice(&ordinal.to_be_bytes());
-            chunks.push((key, Vec::with_capacity(chunk_bytes + 256)));
-        }
-        let chunk = &mut chunks.last_mut().expect("pushed above").1;
-        chunk.extend_from_slice(&line);
-        put_varint(chunk, part.size.into());
-        chunk.extend_from_slice(&arena[part.at..part.at + part.size as usize]);
-    }
-    chunks
 }
 
 fn line_bytes(line: (u64, u64)) -> [u8; 16] {
@@ -364,6 +540,43 @@ mod tests {
     fn digests_match_the_line_keys() {
         assert_eq!(digest(&mut Vec::new(), b"c", 7, Some(b"p;k=v")), line_key("c", 7, "p;k=v"));
         assert_ne!(period_key("c", 7), period_key("c", 8));
+    }
+
+    #[test]
+    fn parts_sorted_in_buckets_come_in_line_then_journal_order() {
+        for count in [0usize, 1, 200, 5_000, 300_000] {
+            let mut parts: Vec<Part> = (0..count)
+                .map(|at| {
+                    let line = halves(xxh3_128(&((at * 7919) % (count / 3 + 1)).to_le_bytes()).to_be_bytes());
+                    Part { line, at, size: 1, period: 0 }
+                })
+                .collect();
+            let mut expected: Vec<_> = parts.iter().map(|part| (part.line, part.at)).collect();
+            expected.sort_unstable();
+            sort_parts(&mut parts, &mut Vec::new());
+            assert!(parts.iter().map(|part| (part.line, part.at)).eq(expected));
+        }
+    }
+
+    #[test]
+    fn a_builder_reused_across_blocks_builds_what_a_fresh_one_does() {
+        let big = recorded(&[(3, "c", "a", 1), (3, "d", "b", 1), (4, "c", "x", 2), (5, "e", "e", 3), (6, "c", "f", 1)]);
+        let small = recorded(&[(7, "d", "g", 2), (8, "d", "h", 2)]);
+        let mut builder = Builder::new();
+        let read = |builder: &Builder, block: u64| Block {
+            block,
+            chunks: builder.chunks().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+            periods: builder.periods().map(|(k, v)| (k.try_into().unwrap(), v.to_vec())).collect(),
+        };
+        for (records, after_seq, chunk_bytes) in [(&big, 0, 40), (&small, 6, 1 << 20), (&big, 4, 1), (&small, 0, 1)] {
+            let block = builder.build(&[records], after_seq, chunk_bytes).unwrap();
+            assert_eq!(read(&builder, block), build(&[records], after_seq, chunk_bytes).unwrap());
+            builder.trim();
+        }
+        assert!(builder.build(&[&big[..big.len() - 1]], 0, 64).is_err(), "a record cut short is refused");
+        assert_eq!(read(&builder, 0), Block::default(), "nothing left of a refused block");
+        assert_eq!(builder.build(&[&small], 8, 64).unwrap(), 0);
+        assert_eq!(read(&builder, 0), Block::default(), "every seq already indexed");
     }
 
     #[test]
