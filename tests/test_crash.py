@@ -196,8 +196,10 @@ async def ingest_stream(
     window: int,
     on_sent: Callable[[], None],
     on_ack: Callable[[usage_pb2.IngestAck], None],
+    last_held: asyncio.Event | None = None,
 ) -> None:
-    """One IngestUsage stream: at most `window` batches unacknowledged at a time; acks checked to come in order."""
+    """One IngestUsage stream: at most `window` batches unacknowledged at a time; acks checked to come in order.
+    With `last_held`, the last batch waits for it: a round with a kill never sends every batch before the kill."""
     received = 0
     last_seq = 0
     finished = False
@@ -208,6 +210,8 @@ async def ingest_stream(
             while i - received >= window and not finished:
                 progress.clear()
                 await progress.wait()
+            if last_held is not None and i == len(batches) - 1:
+                await last_held.wait()
             if finished:  # the call is over (the server was killed): grpc does not stop this generator itself
                 return
             on_sent()
@@ -244,12 +248,18 @@ async def send_round(
     result = RoundResult()
     sent = 0
     killer: threading.Thread | None = None
+    loop = asyncio.get_running_loop()
+    # A fast server can take every batch in the few milliseconds between the kill's moment and the signal landing;
+    # each stream's last batch waits for the kill, so the kill always leaves batches unsent.
+    last_held = asyncio.Event() if kill is not None else None
 
     def kill_later(plan: KillPlan) -> None:
         time.sleep(plan.delay_s)
         result.sent_at_kill, result.acked_at_kill = sent, len(result.acks)
         server.kill9()
         result.killed = True
+        if last_held is not None:
+            loop.call_soon_threadsafe(last_held.set)
 
     def on_sent() -> None:
         nonlocal sent
@@ -265,7 +275,9 @@ async def send_round(
 
     async with channel(server) as ch:
         stub = usage_pb2_grpc.UsageServiceStub(ch)
-        tasks = [asyncio.create_task(ingest_stream(stub, batches, window, on_sent, on_ack)) for batches in streams]
+        tasks = [
+            asyncio.create_task(ingest_stream(stub, batches, window, on_sent, on_ack, last_held)) for batches in streams
+        ]
         outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), ROUND_TIMEOUT_S)
     if killer is not None:
         await asyncio.to_thread(killer.join)
