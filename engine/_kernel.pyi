@@ -1,5 +1,6 @@
 """Types of the rating kernel's Python binding (engine/kernel/src/bindings.rs); amounts are ints in picos."""
 
+from collections.abc import Callable
 from typing import Literal, TypedDict, final
 
 class Balance(TypedDict):
@@ -184,7 +185,7 @@ class HoldingBatch:
 
 def period_containing(anchor_ms: int, ts_ms: int) -> tuple[int, int]: ...
 def explain_block(
-    records: list[bytes], after_seq: int, chunk_bytes: int
+    records: list[bytes], after_seq: int, chunk_bytes: int, pause: Callable[[], object] | None = None
 ) -> tuple[int, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]: ...
 def explain_period_key(customer_id: str, period_start_ms: int) -> bytes: ...
 def explain_chunk_line(chunk: bytes, line_key: bytes) -> tuple[bytes, int, bool]: ...

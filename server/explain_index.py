@@ -46,6 +46,7 @@ from typing import Any, cast
 import lmdb
 
 from engine._kernel import Kernel, explain_block, explain_chunk_line, explain_period_key
+from server.scheduling import GilHandover
 
 log = logging.getLogger("tariff.explain")
 
@@ -67,6 +68,9 @@ _MAC_BYTES = 16
 # The writer gathers records this long (or this many bytes) before it writes them: one put per line per write.
 FLUSH_EVERY_S = 1.0
 FLUSH_BYTES = 32 * 1024 * 1024
+# A write puts this many chunks (or (customer, period) entries) between two chances to hand the GIL over.
+PUT_SLICE_CHUNKS = 32
+PUT_SLICE_ENTRIES = 1024
 MAP_SIZE_BYTES_DEFAULT = 16 * 1024**3  # address space (a sparse file): about 160 bytes per event and line
 
 _HEAD = struct.Struct("<qI")  # timestamp_ms, version
@@ -177,19 +181,33 @@ class ExplainIndex:
         writing the same records twice changes nothing. One block, numbered by the first seq it holds (so blocks
         follow journal order): its chunks appended, one entry per (customer, period) it touched."""
         covered = self.covered_seq()
+        # Making a block's ten thousand objects and putting them holds the GIL throughout but for moments that do
+        # not hand it over (server/scheduling.py): the event loop is let in every HANDOVER_EVERY_S.
+        pause = GilHandover()
         with self._env.begin(write=True) as txn:
-            _block, chunks, periods = explain_block(records, covered, CHUNK_BYTES) if any(records) else (0, [], [])
+            block = explain_block(records, covered, CHUNK_BYTES, pause) if any(records) else (0, [], [])
+            _block, chunks, periods = block
             if chunks:
                 with txn.cursor(db=self._chunks) as cursor:
                     # Chunks past the covered seq belong to a write the index does not count (an index cut back).
                     if cursor.set_range((covered + 1).to_bytes(8, "big")):
                         while cursor.delete():
                             pass
-                    cursor.putmulti(chunks, append=True)
+                    for start in range(0, len(chunks), PUT_SLICE_CHUNKS):
+                        cursor.putmulti(chunks[start : start + PUT_SLICE_CHUNKS], append=True)
+                        pause()
                 with txn.cursor(db=self._periods) as cursor:
-                    cursor.putmulti(periods)
+                    for start in range(0, len(periods), PUT_SLICE_ENTRIES):
+                        cursor.putmulti(periods[start : start + PUT_SLICE_ENTRIES])
+                        pause()
             new_covered = max(covered, through_seq)
             txn.put(_COVERED_KEY, str(new_covered).encode("ascii"), db=self._meta)
+        # Freed a slice at a time too: ten thousand entries take a millisecond or more to free.
+        del block
+        for entries in (chunks, periods):
+            while entries:
+                del entries[-PUT_SLICE_ENTRIES:]
+                pause()
         with self._covered_changed:
             self._covered = max(self._covered, new_covered)
             self._covered_changed.notify_all()

@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("tariff")
@@ -95,3 +96,31 @@ def shorten_slices(slice_us: int = WOKEN_THREAD_SLICE_US) -> list[str]:
             continue
         shortened.append(name)
     return shortened
+
+
+# A thread that gives the GIL up for a moment and takes it back at once (a C call between Py_BEGIN_ALLOW_THREADS and
+# Py_END_ALLOW_THREADS, as each LMDB put is) keeps it: a waiting thread is woken, but takes tens of microseconds to
+# run, and by then the GIL is taken again, which also resets the switch interval's count of its wait. So a thread
+# making thousands of objects in C, or putting thousands of entries, holds the event loop for as long as it takes
+# (and longer when it loses its CPU meanwhile: the writer's threads run at a lower priority). Sleeping hands the GIL
+# over: the waiter runs while the sleeper cannot take it back.
+HANDOVER_EVERY_S = 0.0005
+HANDOVER_SLEEP_S = 0.00005
+
+
+class GilHandover:
+    """Called now and then by a thread doing long work with the GIL held or given up only for moments: once
+    `every_s` has passed since the work started or last paused, sleeps `sleep_s` so that a thread waiting for the GIL
+    (the event loop) takes it. Costs a clock read otherwise."""
+
+    def __init__(self, every_s: float = HANDOVER_EVERY_S, sleep_s: float = HANDOVER_SLEEP_S) -> None:
+        self.every_s = every_s
+        self.sleep_s = sleep_s
+        self.pauses = 0
+        self._resumed = time.perf_counter()
+
+    def __call__(self) -> None:
+        if time.perf_counter() - self._resumed >= self.every_s:
+            time.sleep(self.sleep_s)
+            self.pauses += 1
+            self._resumed = time.perf_counter()

@@ -16,7 +16,12 @@ every late wake of the loop over `--report-over-ms` to what overlapped it in the
   with every thread's CPU time and wait for a CPU over that wait (/proc/self/task/*/schedstat) and where each
   thread's Python stack stands once the GIL is free: the holder is the thread that ran or waited for a CPU;
 - `loopwait`: where the kernel has the loop's thread waiting (state, wchan, syscall) when the probe finds the
-  stall sampler LOOP_OVERDUE_S past its wake-up (a wait for something other than the GIL).
+  stall sampler LOOP_OVERDUE_S past its wake-up (a wait for something other than the GIL);
+- `threads`: a process of its own (`sample`, so that it runs while the server's threads wait for the GIL, which the
+  probe above cannot: it needs the GIL to look) reads every server thread's state and system call from /proc every
+  THREAD_SAMPLE_S. A stall whose samples show the loop's thread waiting on a futex (the GIL) names its holder: the
+  thread that ran meanwhile (`gil_holder`, with how many samples saw it running). A stall whose loop was not on a
+  futex was the machine's: the loop's thread waited for a CPU, for its timer (a busy host), or ran.
 
 The server runs on uvloop, whose callbacks cannot be wrapped from Python: the loop's own long callbacks show as
 the sampler's `loop_cpu_ms`, not by name.
@@ -30,10 +35,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
+import platform
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +56,9 @@ GIL_PROBE_MS = 1.0
 LATE_RECORD_MS = 1.0
 # The probe reads where the loop's thread waits when its sampler is this far past its wake-up.
 LOOP_OVERDUE_S = 0.002
+THREAD_SAMPLE_S = 0.00025
+SAMPLES_ENV = "TARIFF_STALL_TRACE_SAMPLES"
+SYS_FUTEX = {"x86_64": "202", "aarch64": "98"}
 
 
 def _now() -> float:
@@ -137,6 +149,18 @@ def _install_tracing(path: str) -> None:
             records.append(("job", start, _now(), time.thread_time() - cpu, "ExplainIndex.write", "tariff-explain"))
 
     explain_index.ExplainIndex.write = traced_index_write  # type: ignore[method-assign,assignment]
+    trim_heap = sequencer.trim_heap
+
+    def traced_trim_heap() -> None:  # after a snapshot: malloc_trim holds the process's mmap lock meanwhile
+        start, cpu = _now(), time.thread_time()
+        try:
+            trim_heap()
+        finally:
+            records.append(
+                ("job", start, _now(), time.thread_time() - cpu, "trim_heap", threading.current_thread().name)
+            )
+
+    sequencer.trim_heap = traced_trim_heap
 
     def gil_probe() -> None:
         fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
@@ -158,15 +182,83 @@ def _install_tracing(path: str) -> None:
                 records.append(("gil", due, woke, runqueue_s, spent, stacks))
 
     threading.Thread(target=gil_probe, name="gil-probe", daemon=True).start()
+    names: dict[int, str] = {}  # every thread's name by native id, kept for threads that end before the dump
+
+    def name_threads() -> None:
+        while True:
+            names.update({thread.native_id or 0: thread.name for thread in threading.enumerate()})
+            time.sleep(0.5)
+
+    threading.Thread(target=name_threads, name="thread-names", daemon=True).start()
+    command = [sys.executable, "-m", "server.bench.stall_trace", "sample", str(os.getpid()), path + ".threads"]
+    sampler = subprocess.Popen(command, preexec_fn=_raise_priority)
 
     def dump() -> None:
-        Path(path).write_text(
-            json.dumps(
-                {"records": records, "switch_interval_s": sys.getswitchinterval(), "gen2_at_exit": _gen2_types()}
-            )
-        )
+        sampler.terminate()
+        sampler.wait()
+        with contextlib.suppress(OSError):
+            samples = json.loads(Path(path + ".threads").read_text())
+            records.extend(("threads", at, at, row) for at, row in samples)
+        names.update({thread.native_id or 0: thread.name for thread in threading.enumerate()})
+        dumped = {"switch_interval_s": sys.getswitchinterval(), "gen2_at_exit": _gen2_types()}
+        Path(path).write_text(json.dumps(dumped | {"records": records, "loop_tid": os.getpid(), "names": names}))
 
     atexit.register(dump)
+
+
+def _raise_priority() -> None:
+    """In the sampler, before it starts: a nice below the server's, where permitted, so that it samples on time."""
+    with contextlib.suppress(OSError):
+        os.nice(-10)
+
+
+def sample_threads(pid: int, out: Path) -> None:
+    """Until SIGTERM, every THREAD_SAMPLE_S while the process's main thread (the event loop) waits on a futex:
+    (time, [(thread id, state, system call or "running")]) for its every thread; written to `out` as JSON."""
+    stopping = False
+
+    def stop(_signal: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    futex = SYS_FUTEX.get(platform.machine(), "202")
+    files: dict[int, tuple[int, int]] = {}
+    samples: list[tuple[float, list[tuple[int, str, str]]]] = []
+    listed = 0.0
+    while not stopping:
+        now = time.perf_counter()
+        if now - listed > 0.05:  # threads come and go: listed again every 50 ms
+            listed = now
+            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+                if tid not in files:
+                    with contextlib.suppress(OSError):
+                        base = f"/proc/{pid}/task/{tid}/"
+                        files[tid] = (os.open(base + "stat", os.O_RDONLY), os.open(base + "syscall", os.O_RDONLY))
+        row = []
+        for tid, (stat, syscall) in list(files.items()):
+            try:
+                state = os.pread(stat, 512, 0).rsplit(b")", 1)[1].split()[0].decode()
+                call = (os.pread(syscall, 256, 0).split() or [b"?"])[0].decode()
+            except (OSError, IndexError):
+                del files[tid]
+                continue
+            row.append((tid, state, call))
+        if any(tid == pid and call == futex for tid, _, call in row):
+            samples.append((now, row))
+        time.sleep(THREAD_SAMPLE_S)
+    out.write_text(json.dumps(samples))
+
+
+def _gil_holder(samples: list[list[Any]], loop_tid: int, names: dict[str, str]) -> dict[str, Any]:
+    """Of a stall's thread samples: how many saw the loop on a futex, and the threads seen running meanwhile."""
+    running: dict[str, int] = {}
+    for sample in samples:
+        for tid, state, call in sample[3]:
+            if tid != loop_tid and state == "R" and call == "running":
+                name = names.get(str(tid), str(tid))
+                running[name] = running.get(name, 0) + 1
+    return {"loop_on_futex_samples": len(samples), "gil_holder": sorted(running.items(), key=lambda kv: -kv[1])[:3]}
 
 
 class _ThreadClocks:
@@ -283,7 +375,11 @@ def serve(argv: list[str]) -> None:
 
 
 def _overlapping(records: list[list[Any]], start: float, end: float) -> list[list[Any]]:
-    return [r for r in records if r[0] not in ("late", "loopwait", "gcscan", "gcfreed") and r[1] < end and r[2] > start]
+    return [
+        r
+        for r in records
+        if r[0] not in ("late", "loopwait", "gcscan", "gcfreed", "threads") and r[1] < end and r[2] > start
+    ]
 
 
 def _describe_record(record: list[Any], stall_start: float) -> str:
@@ -308,9 +404,15 @@ def _distribution(values_ms: list[float]) -> dict[str, int]:
     return {f">= {b} ms": sum(1 for v in values_ms if v >= b) for b in (1, 2, 3, 4, 5, 7, 10, 20)}
 
 
-def summarize(records: list[list[Any]], over_ms: float, top: int) -> dict[str, Any]:
+def summarize(
+    records: list[list[Any]], over_ms: float, top: int, loop_tid: int = 0, names: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The stall distribution (whole lateness, and its asleep part: GIL or lock), and for the `top` stalls with
-    the longest asleep part what overlapped each (the runqueue part is the machine's load, not the server's)."""
+    the longest asleep part what overlapped each (the runqueue part is the machine's load, not the server's) and
+    which thread held the GIL; and every stall over `over_ms` counted by the thread that held the GIL meanwhile
+    (`gil_stalls`: "-" when the loop was not seen waiting on a futex: not a wait for the GIL)."""
+    names = names or {}
+    threads = [r for r in records if r[0] == "threads"]
     lates = [r for r in records if r[0] == "late"]
     late_ms = [(r[2] - r[1]) * 1e3 for r in lates]
     collections: dict[str, int] = {}
@@ -334,6 +436,7 @@ def summarize(records: list[list[Any]], over_ms: float, top: int) -> dict[str, A
                 "loop_runqueue_ms": round(r[4] * 1e3, 2),
                 "overlapping": [_describe_record(o, r[1]) for o in _overlapping(records, r[1], r[2])],
             }
+            | _gil_holder(_within(threads, r), loop_tid, names)
         )
     return {
         "late_wakes": _distribution(late_ms),
@@ -341,8 +444,27 @@ def summarize(records: list[list[Any]], over_ms: float, top: int) -> dict[str, A
         "max_ms": round(max(late_ms, default=0.0), 2),
         "max_asleep_ms": round(max((_asleep_ms(r) for r in lates), default=0.0), 2),
         "gc": collections,
+        "gil_stalls": _gil_stalls([r for r in lates if (r[2] - r[1]) * 1e3 >= over_ms], threads, loop_tid, names),
         "longest_asleep": explained,
     }
+
+
+def _within(records: list[list[Any]], late: list[Any]) -> list[list[Any]]:
+    return [r for r in records if late[1] <= r[1] <= late[2]]
+
+
+def _gil_stalls(
+    lates: list[list[Any]], threads: list[list[Any]], loop_tid: int, names: dict[str, str]
+) -> dict[str, dict[str, float]]:
+    """Stalls by the thread seen running most while the loop waited on a futex (at least 2 samples): count, worst."""
+    by_holder: dict[str, dict[str, float]] = {}
+    for late in lates:
+        found = _gil_holder(_within(threads, late), loop_tid, names)
+        holder = found["gil_holder"][0][0] if found["loop_on_futex_samples"] >= 2 and found["gil_holder"] else "-"
+        entry = by_holder.setdefault(holder, {"stalls": 0, "worst_ms": 0.0})
+        entry["stalls"] += 1
+        entry["worst_ms"] = max(entry["worst_ms"], round((late[2] - late[1]) * 1e3, 2))
+    return dict(sorted(by_holder.items(), key=lambda kv: -kv[1]["stalls"]))
 
 
 def _arguments() -> argparse.Namespace:
@@ -361,6 +483,9 @@ def _arguments() -> argparse.Namespace:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         serve(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "sample":
+        sample_threads(int(sys.argv[2]), Path(sys.argv[3]))
         return
     from server.bench.seed import seed
     from server.bench.stalls import ACTIVITY_EVERY_S, NEVER, STALL_SAMPLE_MS
@@ -392,13 +517,16 @@ def main() -> None:
         dumped = json.loads(records_path.read_text())
         during = [r for r in dumped["records"] if r[1] >= ingest_from]
         if args.keep is not None:
-            args.keep.write_text(json.dumps(during))
+            args.keep.write_text(
+                json.dumps({"records": during, "loop_tid": dumped["loop_tid"], "names": dumped["names"]})
+            )
         result = {
             "loadavg": os.getloadavg(),
             "switch_interval_s": dumped["switch_interval_s"],
             "gen2_at_exit": dumped["gen2_at_exit"],
         }
-        print(json.dumps(result | summarize(during, args.report_over_ms, args.top), indent=1))
+        summary = summarize(during, args.report_over_ms, args.top, dumped["loop_tid"], dumped["names"])
+        print(json.dumps(result | summary, indent=1))
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)
