@@ -70,6 +70,9 @@ pub struct Product {
     pub value_key: String,
     pub filters: Vec<(String, String)>,
     pub dimensions: Vec<String>,
+    /// The first product (by index) with the same pricing dimensions in the same order: an event's
+    /// products of one class share its dimension symbols and their combination, looked up once.
+    pub dimensions_class: usize,
 }
 
 pub struct Rate {
@@ -202,6 +205,8 @@ impl Catalog {
                 value_key: table.value_key.clone(),
                 filters: table.filters.clone(),
                 dimensions: table.pricing_dimensions.clone(),
+                dimensions_class: (catalog.products.iter().position(|p| p.dimensions == table.pricing_dimensions))
+                    .unwrap_or(index),
             });
         }
         // An event's products in product-id order: the order its charges draw in (never creation order).
