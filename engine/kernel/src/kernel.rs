@@ -637,24 +637,24 @@ impl Rater {
         ts_ms: i64,
         outcomes: &mut Outcomes,
     ) -> SmallVec<[Picos; 4]> {
-        let charges: SmallVec<[Charge; 4]> = plans
-            .iter()
-            .map(|p| {
-                // Only a refund reads where its bucket's charges went.
-                let drawn_by_grant = match p.aggregate {
-                    Some(key) if p.charge < 0 => account.aggregates.get(&key).map_or(&[][..], |a| &a.drawn_by_grant),
-                    _ => &[],
-                };
-                let product = &self.catalog.products[p.product];
-                Charge {
-                    product: product.id,
-                    product_id: &product.id_text,
-                    charge: p.charge,
-                    drawn_by_grant,
-                    overage: p.overage,
-                }
-            })
-            .collect();
+        // Pushed into a vector built where it stays: collected, the vector (a few hundred bytes
+        // inline) was built and then copied out.
+        let mut charges: SmallVec<[Charge; 4]> = SmallVec::new();
+        for p in plans {
+            // Only a refund reads where its bucket's charges went.
+            let drawn_by_grant = match p.aggregate {
+                Some(key) if p.charge < 0 => account.aggregates.get(&key).map_or(&[][..], |a| &a.drawn_by_grant),
+                _ => &[],
+            };
+            let product = &self.catalog.products[p.product];
+            charges.push(Charge {
+                product: product.id,
+                product_id: &product.id_text,
+                charge: p.charge,
+                drawn_by_grant,
+                overage: p.overage,
+            });
+        }
         let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
         settle_into(&account.grants, &account.order, &mut remaining, &charges, ts_ms, outcomes);
         remaining
@@ -664,8 +664,8 @@ impl Rater {
         let ts = event.timestamp_ms;
         let mut outcomes = Outcomes::new();
         let remaining = self.settle(account, plans, ts, &mut outcomes);
-        for (grant, balance) in account.grants.iter_mut().zip(remaining) {
-            grant.remaining = balance;
+        for (grant, balance) in account.grants.iter_mut().zip(&remaining) {
+            grant.remaining = *balance;
         }
         account.last_period = plan.period;
         if plans.is_empty() {
