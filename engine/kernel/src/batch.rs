@@ -152,7 +152,49 @@ fn count_events(bytes: &[u8]) -> Option<usize> {
     Some(events)
 }
 
+/// The key of a map entry as protobuf libraries write a short one: its tag (field 1, LEN) and a
+/// one-byte length first. Some((key, the bytes after it)); None for any other layout (the entry is
+/// then walked field by field).
+fn short_key(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [KEY_TAG, key_len, ref rest @ ..] = *bytes else { return None };
+    if key_len >= 0x80 {
+        return None;
+    }
+    rest.split_at_checked(usize::from(key_len))
+}
+
+const KEY_TAG: u8 = 1 << 3 | LEN;
+
+/// A dimension entry's (key, value) when it is exactly a short key then a short value (field 2,
+/// LEN), all ASCII (as tags and one-byte lengths are: one check covers both strings).
+fn short_dimension(bytes: &[u8]) -> Option<(&str, &str)> {
+    let (key, rest) = short_key(bytes)?;
+    let [VALUE_TAG, value_len, ref value @ ..] = *rest else { return None };
+    if value.len() != usize::from(value_len) || !bytes.is_ascii() {
+        return None;
+    }
+    const VALUE_TAG: u8 = 2 << 3 | LEN;
+    // SAFETY: ASCII bytes are valid UTF-8.
+    Some(unsafe { (std::str::from_utf8_unchecked(key), std::str::from_utf8_unchecked(value)) })
+}
+
+/// A value entry's (key, value) when it is exactly a short ASCII key then the double (field 2, I64).
+fn short_value(bytes: &[u8]) -> Option<(&str, f64)> {
+    let (key, rest) = short_key(bytes)?;
+    let [VALUE_TAG, ref value @ ..] = *rest else { return None };
+    let value: [u8; 8] = value.try_into().ok()?;
+    if !key.is_ascii() {
+        return None;
+    }
+    const VALUE_TAG: u8 = 2 << 3 | I64;
+    // SAFETY: ASCII bytes are valid UTF-8.
+    Some((unsafe { std::str::from_utf8_unchecked(key) }, f64::from_le_bytes(value)))
+}
+
 pub(crate) fn dimension_entry(bytes: &[u8]) -> Option<(&str, &str)> {
+    if let Some(entry) = short_dimension(bytes) {
+        return Some(entry); // the usual layout, read without walking its fields
+    }
     let (mut key, mut value) = ("", "");
     let mut reader = Reader { bytes, at: 0 };
     while !reader.done() {
@@ -167,6 +209,9 @@ pub(crate) fn dimension_entry(bytes: &[u8]) -> Option<(&str, &str)> {
 }
 
 pub(crate) fn value_entry(bytes: &[u8]) -> Option<(&str, f64)> {
+    if let Some(entry) = short_value(bytes) {
+        return Some(entry);
+    }
     let (mut key, mut value) = ("", 0.0);
     let mut reader = Reader { bytes, at: 0 };
     while !reader.done() {

@@ -314,9 +314,14 @@ impl Table {
             self.keys.push(EMPTY);
             self.helds.push(NOTHING);
         }
-        self.keys.copy_within(at..end, at + 1);
-        self.helds.copy_within(at..end, at + 1);
-        (self.keys[at], self.helds[at]) = (key, held);
+        // Runs are short (at most 3/4 of the home slots full, and usually `at` is empty): moving them
+        // slot by slot costs less than two memmove calls, which were most of an insert's instructions.
+        let (keys, helds) = (&mut self.keys[at..=end], &mut self.helds[at..=end]);
+        for slot in (1..keys.len()).rev() {
+            keys[slot] = keys[slot - 1];
+            helds[slot] = helds[slot - 1];
+        }
+        (keys[0], helds[0]) = (key, held);
         self.len += 1;
     }
 

@@ -489,6 +489,30 @@ mod tests {
     use super::*;
     use crate::explain::{entries, line_key, Charged, Recorder};
 
+    #[test]
+    fn varints_are_leb128_and_read_back() {
+        let edges = [0, 1, 0x7f, 0x80, u128::from(u64::MAX), u128::from(u64::MAX) + 1, 1 << 70, u128::MAX];
+        for value in edges.into_iter().chain((0..128).map(|bits| (1u128 << bits) - 1)) {
+            // LEB128 by its definition: 7 bits a byte, low first, the high bit set on all but the last.
+            let mut expected = Vec::new();
+            let mut rest = value;
+            loop {
+                let low = (rest & 0x7f) as u8;
+                rest >>= 7;
+                expected.push(if rest == 0 { low } else { low | 0x80 });
+                if rest == 0 {
+                    break;
+                }
+            }
+            let mut out = vec![9]; // appended after what is there
+            put_varint(&mut out, value);
+            assert_eq!(&out[1..], &expected[..], "{value}");
+            let mut reader = Reader { bytes: &out[1..], at: 0 };
+            assert_eq!(varint(&mut reader), Ok(value));
+            assert_eq!(reader.at, expected.len());
+        }
+    }
+
     fn recorded(events: &[(u64, &'static str, &'static str, u32)]) -> Vec<u8> {
         let mut recorder = Recorder::default();
         recorder.enable(Some(1));

@@ -23,7 +23,7 @@ use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
-    curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Route, Sym, Version,
+    curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Product, Route, Sym, Version,
 };
 use crate::snapshot::{self, StoredAccount};
 use crate::tables;
@@ -109,6 +109,14 @@ pub(crate) struct Plan {
     overage: Picos,
     rate_card: Sym,
     version: u32,
+}
+
+/// An event's dimension symbols under one class of products' pricing dimensions (None: a value
+/// never interned), and their combination (None: no bucket has it yet).
+pub(crate) struct Keyed {
+    class: usize,
+    dimensions: SmallVec<[Option<Sym>; 4]>,
+    combo: Option<u32>,
 }
 
 /// What one event would do: its period and contract, and one `Plan` per product it feeds (kept
@@ -517,13 +525,29 @@ impl Rater {
                 ),
             ));
         };
+        let mut keyed = None;
         for index in feeding {
-            plans.push(self.plan_product(account, event, contract, version, period_start_ms, index)?);
+            plans.push(self.plan_product(account, event, contract, version, period_start_ms, index, &mut keyed)?);
         }
         Ok(EventPlan { period_start_ms, period, block: contract.block })
     }
 
-    /// What the event would charge one product it feeds.
+    /// The event's dimension symbols under a product's pricing dimensions, and their combination:
+    /// `last` holds those of the event's previous product, reused when its dimensions are the same.
+    fn keyed<'k>(&self, product: &Product, event: &Event, last: &'k mut Option<Keyed>) -> &'k Keyed {
+        if last.as_ref().is_none_or(|k| k.class != product.dimensions_class) {
+            let dimensions: SmallVec<[Option<Sym>; 4]> =
+                product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
+            // A tuple with a value never interned has no bucket yet.
+            let combo =
+                dimensions.iter().copied().collect::<Option<SmallVec<[Sym; 4]>>>().and_then(|t| self.combos.get(&t));
+            *last = Some(Keyed { class: product.dimensions_class, dimensions, combo });
+        }
+        last.as_ref().expect("set above")
+    }
+
+    /// What the event would charge one product it feeds; `keyed` is `keyed`'s cache for the event.
+    #[allow(clippy::too_many_arguments)]
     fn plan_product(
         &self,
         account: &Account,
@@ -532,12 +556,13 @@ impl Rater {
         version: &Version,
         period_start_ms: i64,
         index: usize,
+        keyed: &mut Option<Keyed>,
     ) -> Result<Plan, Refusal> {
         let ts = event.timestamp_ms;
         let product = &self.catalog.products[index];
         let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
-        let dimensions: SmallVec<[Option<Sym>; 4]> =
-            product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
+        let Keyed { dimensions, combo, .. } = self.keyed(product, event, keyed);
+        let (dimensions, combo) = (dimensions.clone(), *combo);
         let Some(rate) = version.rate_for(product.id, &dimensions) else {
             return Err(Refusal::new(
                 Reason::NoApplicableRate,
@@ -551,9 +576,6 @@ impl Rater {
             ));
         };
         let curve = curve_with_override(contract, product.id, &dimensions, rate, ts);
-        // A tuple with a value never interned has no bucket yet.
-        let combo =
-            dimensions.iter().copied().collect::<Option<SmallVec<[Sym; 4]>>>().and_then(|t| self.combos.get(&t));
         let key = combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
         let empty = Aggregate::default();
         let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
@@ -615,24 +637,24 @@ impl Rater {
         ts_ms: i64,
         outcomes: &mut Outcomes,
     ) -> SmallVec<[Picos; 4]> {
-        let charges: SmallVec<[Charge; 4]> = plans
-            .iter()
-            .map(|p| {
-                // Only a refund reads where its bucket's charges went.
-                let drawn_by_grant = match p.aggregate {
-                    Some(key) if p.charge < 0 => account.aggregates.get(&key).map_or(&[][..], |a| &a.drawn_by_grant),
-                    _ => &[],
-                };
-                let product = &self.catalog.products[p.product];
-                Charge {
-                    product: product.id,
-                    product_id: &product.id_text,
-                    charge: p.charge,
-                    drawn_by_grant,
-                    overage: p.overage,
-                }
-            })
-            .collect();
+        // Pushed into a vector built where it stays: collected, the vector (a few hundred bytes
+        // inline) was built and then copied out.
+        let mut charges: SmallVec<[Charge; 4]> = SmallVec::new();
+        for p in plans {
+            // Only a refund reads where its bucket's charges went.
+            let drawn_by_grant = match p.aggregate {
+                Some(key) if p.charge < 0 => account.aggregates.get(&key).map_or(&[][..], |a| &a.drawn_by_grant),
+                _ => &[],
+            };
+            let product = &self.catalog.products[p.product];
+            charges.push(Charge {
+                product: product.id,
+                product_id: &product.id_text,
+                charge: p.charge,
+                drawn_by_grant,
+                overage: p.overage,
+            });
+        }
         let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
         settle_into(&account.grants, &account.order, &mut remaining, &charges, ts_ms, outcomes);
         remaining
@@ -642,8 +664,8 @@ impl Rater {
         let ts = event.timestamp_ms;
         let mut outcomes = Outcomes::new();
         let remaining = self.settle(account, plans, ts, &mut outcomes);
-        for (grant, balance) in account.grants.iter_mut().zip(remaining) {
-            grant.remaining = balance;
+        for (grant, balance) in account.grants.iter_mut().zip(&remaining) {
+            grant.remaining = *balance;
         }
         account.last_period = plan.period;
         if plans.is_empty() {

@@ -70,6 +70,9 @@ pub struct Product {
     pub value_key: String,
     pub filters: Vec<(String, String)>,
     pub dimensions: Vec<String>,
+    /// The first product (by index) with the same pricing dimensions in the same order: an event's
+    /// products of one class share its dimension symbols and their combination, looked up once.
+    pub dimensions_class: usize,
 }
 
 pub struct Rate {
@@ -202,6 +205,8 @@ impl Catalog {
                 value_key: table.value_key.clone(),
                 filters: table.filters.clone(),
                 dimensions: table.pricing_dimensions.clone(),
+                dimensions_class: (catalog.products.iter().position(|p| p.dimensions == table.pricing_dimensions))
+                    .unwrap_or(index),
             });
         }
         // An event's products in product-id order: the order its charges draw in (never creation order).
@@ -285,12 +290,16 @@ impl Catalog {
     where
         Self: 'a,
     {
-        let Some(candidates) = self.by_event_type.get(event_type) else { return SmallVec::new() };
-        candidates
-            .iter()
-            .copied()
-            .filter(|&p| self.products[p].filters.iter().all(|(k, v)| dimension(k) == Some(v.as_str())))
-            .collect()
+        let mut feeding = SmallVec::new();
+        let Some(candidates) = self.by_event_type.get(event_type) else { return feeding };
+        // A loop, not filter().collect(): the adapter's next() was a call per candidate, several
+        // times the cost of checking a product without filters.
+        for &p in candidates {
+            if self.products[p].filters.iter().all(|(k, v)| dimension(k) == Some(v.as_str())) {
+                feeding.push(p);
+            }
+        }
+        feeding
     }
 
     /// The version in force at ts_ms on a timeline (the newest effective; a later entry wins a tie).

@@ -4,7 +4,10 @@
 //! measurement, not a test). Fewer customers (all hot in the cache) separate the kernel's computing
 //! from its cache misses. Regions above 1 price by model x region, as the server's bench does
 //! (server/bench/seed.py: 3 models x 2 regions, so 12 aggregates a customer); 1, the default, prices
-//! by model alone, the workload earlier figures were measured on.
+//! by model alone, the workload earlier figures were measured on. A fourth argument, `explain`,
+//! records what each event charged (ExplainLineItem's records, as the server does) and then builds
+//! the explain index's block of them (explain_block.rs, 16 KiB chunks as server/explain_index.py
+//! asks), timed apart: `--toggle-collect='*kernel_spike::index_explain*'` counts the block alone.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prost::Message;
 
 use _kernel::decode::wire;
+use _kernel::explain_block;
 use _kernel::kernel::Kernel;
 use _kernel::tables::{
     self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
@@ -162,14 +166,30 @@ fn cpu_ns() -> u128 {
 
 /// Rates the batches in order; returns how many events were accepted. Not inlined, so that
 /// `valgrind --tool=callgrind --toggle-collect='*kernel_spike::rate*'` counts the rating alone.
+/// With `explain`, each batch's records are taken after it, as the server takes them.
 #[inline(never)]
-fn rate(kernel: &mut Kernel, batches: &[Vec<u8>]) -> u32 {
+fn rate(kernel: &mut Kernel, batches: &[Vec<u8>], explain: &mut Option<Vec<Vec<u8>>>) -> u32 {
     let mut accepted = 0;
     for (seq, bytes) in batches.iter().enumerate() {
         let (ack, _) = kernel.ingest(bytes, NOW_MS + 3_600_000, seq as u64 + 1).expect("decodes");
         accepted += wire::IngestAck::decode(ack.as_slice()).expect("an ack").accepted;
+        if let Some(records) = explain {
+            records.push(kernel.take_explain());
+        }
     }
     accepted
+}
+
+/// The explain index's block of the records (one block, as the server builds one per flush);
+/// returns its bytes, read as the binding reads them. Not inlined, for callgrind's --toggle-collect.
+#[inline(never)]
+fn index_explain(builder: &mut explain_block::Builder, records: &[Vec<u8>]) -> usize {
+    const CHUNK_BYTES: usize = 16 * 1024; // server/explain_index.py
+    let buffers: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    builder.build(&buffers, 0, CHUNK_BYTES).expect("the kernel's records");
+    let bytes = builder.chunks().chain(builder.periods()).map(|(k, v)| k.len() + v.len()).sum();
+    builder.trim();
+    bytes
 }
 
 fn main() {
@@ -178,15 +198,29 @@ fn main() {
     let customers: usize = std::env::args().nth(2).map_or(CUSTOMERS, |n| n.parse().expect("a customer count"));
     let regions: usize = std::env::args().nth(3).map_or(1, |n| n.parse().expect("a region count"));
     assert!((1..=REGIONS.len()).contains(&regions), "1 to {} regions", REGIONS.len());
+    let mut explain = match std::env::args().nth(4).as_deref() {
+        None => None,
+        Some("explain") => Some(Vec::new()),
+        Some(other) => panic!("the fourth argument is `explain`, not {other:?}"),
+    };
+    if explain.is_some() {
+        kernel.set_explain(Some(1));
+    }
     kernel.load_tables(&tables::encode(&tables(customers, regions))).expect("the spike's tables load");
     let batches: Vec<Vec<u8>> = (0..count).map(|number| batch(number, customers, regions)).collect();
     let started = std::time::Instant::now();
     let cpu_started = cpu_ns();
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
-    let accepted = rate(&mut kernel, &batches);
+    let accepted = rate(&mut kernel, &batches, &mut explain);
     let elapsed = started.elapsed();
     let cpu = cpu_ns() - cpu_started;
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
+    let indexed = explain.map(|records| {
+        let mut builder = explain_block::Builder::new();
+        let cpu_started = cpu_ns();
+        let bytes = index_explain(&mut builder, &records);
+        (cpu_ns() - cpu_started, bytes, records.iter().map(Vec::len).sum::<usize>())
+    });
     let events = batches.len() * BATCH;
     assert_eq!(accepted as usize, events, "every spike event is accepted");
     if events == 0 {
@@ -200,4 +234,10 @@ fn main() {
         events as f64 / (cpu as f64 / 1e9) / 1e6,
         allocations as f64 / events as f64
     );
+    if let Some((cpu, bytes, records)) = indexed {
+        println!(
+            "explain block: {:.0} ns CPU/event, {records} bytes of records -> {bytes} bytes of entries",
+            cpu as f64 / events as f64
+        );
+    }
 }
