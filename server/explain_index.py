@@ -179,8 +179,11 @@ class ExplainIndex:
             return self._covered
 
     def submit(self, records: list[bytes], through_seq: int) -> None:
-        """Queues the kernel's records of committed batches, up to journal seq `through_seq`; returns at once."""
-        self._work.put(("records", records, through_seq))
+        """Queues the kernel's records of committed batches, up to journal seq `through_seq`; returns at once. An
+        index that stopped takes nothing more: its writer no longer empties the queue, which would grow by every
+        accepted event's records (the next start rebuilds the index from the journal anyway)."""
+        if self._failure is None:
+            self._work.put(("records", records, through_seq))
 
     def write(self, records: list[bytes], through_seq: int) -> None:
         """Writes records now, in the caller's thread (recovery). Records at or below the covered seq are skipped:
