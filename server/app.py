@@ -79,6 +79,8 @@ class ServeConfig:
     future_skew_ms: int = 5 * 60 * 1000
     snapshot_every_records: int = 5_000
     snapshot_every_events: int = 1_000_000
+    # A snapshot also waits until the journal has taken this many times the last snapshot's bytes (0: it does not).
+    snapshot_journal_factor: float = 0.5
     api_keys: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -325,6 +327,7 @@ async def _serve_locked(
         journal,
         snapshot_every_records=config.snapshot_every_records,
         snapshot_every_events=config.snapshot_every_events,
+        snapshot_journal_factor=config.snapshot_journal_factor,
         explain_index=explain_index,
     )
     sequencer.start()

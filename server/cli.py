@@ -49,6 +49,12 @@ def _mib(value: int) -> int:
     help="usage events between snapshots (whichever of the two comes first)",
 )
 @click.option(
+    "--snapshot-journal-factor",
+    type=float,
+    default=0.5,
+    help="a snapshot also waits until the journal has taken this many times the last snapshot's bytes (0: no wait)",
+)
+@click.option(
     "--api-keys",
     type=click.Path(path_type=Path),
     help="API key file (JSON, or TOML if it ends in .toml); see `tariff keys`  [default: none: no keys]",
@@ -124,6 +130,7 @@ def serve(
     future_skew_s: int,
     snapshot_every: int,
     snapshot_every_events: int,
+    snapshot_journal_factor: float,
     api_keys: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -162,6 +169,7 @@ def serve(
         future_skew_ms=future_skew_s * 1000,
         snapshot_every_records=snapshot_every,
         snapshot_every_events=snapshot_every_events,
+        snapshot_journal_factor=snapshot_journal_factor,
         api_keys=api_keys,
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -8,9 +8,10 @@ kernel's state (in its snapshots), not of the journal.
 Two implementations with the same observable semantics:
 
 - `LmdbJournal`, the default: one LMDB environment (a directory) with three named databases,
-  "records" (seq as 8-byte big-endian -> record), "snapshots" (only the newest one) and "meta"
-  (format version). A store written by an earlier release may also hold a "transactions"
-  database (a dedupe index); it is neither read nor written.
+  "records" (seq as 8-byte big-endian -> record), "snapshots" and "meta" (format version), and
+  the newest snapshot in a file of its own beside them, `snapshot` (see `_SnapshotFile`). A store
+  written by an earlier release may hold its snapshot in "snapshots" instead (read, and deleted once
+  a newer one is saved) and a "transactions" database (a dedupe index), neither read nor written.
 - `MemoryJournal`, in RAM, for engine and server unit tests; `capacity_bytes` simulates a full
   map so the `JournalFull` path can be tested without a disk.
 
@@ -26,11 +27,14 @@ transaction is ever shared between threads. `MemoryJournal` takes a lock for the
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import lmdb
 import msgspec
@@ -66,6 +70,14 @@ _READ_CHUNK_RECORDS = 1024
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
 
 _SEQ_KEY_BYTES = 8
+
+# The snapshot file: magic, seq and blob length (8-byte big-endian each), then the blob.
+_SNAPSHOT_FILE = "snapshot"
+_SNAPSHOT_MAGIC = b"TARIFFS1"
+_SNAPSHOT_HEADER_BYTES = 24
+# One write(2) moves at most about 2 GiB on Linux; a snapshot at 100,000,000 dedupe ids is bigger.
+_SNAPSHOT_WRITE_BYTES = 256 * 1024 * 1024
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class JournalStats(msgspec.Struct, frozen=True):
@@ -150,6 +162,89 @@ def _closed_error(what: str) -> RuntimeError:
     return RuntimeError(f"{what} is closed")
 
 
+class _SnapshotFile:
+    """The newest snapshot as a file beside the LMDB environment, replaced by write, fsync, rename.
+
+    Not in the LMDB map: a snapshot there (hundreds of MB once the dedupe window holds millions of ids) is freed
+    by the next one, and LMDB hands its pages to the journal's later commits a few at a time. Those pages sit in
+    the page cache in the large folios the snapshot's write made (2 MB here, kernel 6.18, ext4), so each small
+    commit dirtied whole folios: at 5,000,000 filled ids the journal's commits wrote 4 bytes per byte of record
+    (README, Dedupe at scale). A file is written once, in order, and its predecessor is unlinked, not reused.
+    """
+
+    def __init__(self, directory: Path, *, sync: bool) -> None:
+        self._path = directory / _SNAPSHOT_FILE
+        self._partial_path = directory / f"{_SNAPSHOT_FILE}.partial"
+        self._sync = sync
+        with contextlib.suppress(FileNotFoundError):
+            self._partial_path.unlink()  # a save cut short: the file it was to replace is whole
+        self.seq = self._read_seq()
+
+    def _read_seq(self) -> int | None:
+        try:
+            with open(self._path, "rb") as file:
+                return self._header(file)[0]
+        except FileNotFoundError:
+            return None
+
+    def _header(self, file: BinaryIO) -> tuple[int, int]:
+        header = file.read(_SNAPSHOT_HEADER_BYTES)
+        if len(header) != _SNAPSHOT_HEADER_BYTES or header[:8] != _SNAPSHOT_MAGIC:
+            raise JournalFormatError(f"{self._path} is not a Tariff snapshot (header {header[:8]!r})")
+        return int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:24], "big")
+
+    def load(self) -> tuple[int, bytes] | None:
+        try:
+            with open(self._path, "rb") as file:
+                seq, length = self._header(file)
+                blob = file.read(length)
+        except FileNotFoundError:
+            return None
+        if len(blob) != length:
+            raise JournalFormatError(f"{self._path} holds {len(blob)} of its {length} snapshot bytes")
+        return seq, blob
+
+    def save(self, seq: int, blob: bytes | mmap.mmap) -> None:
+        """Raises JournalFull (the stored snapshot kept) when the disk has no room."""
+        header = _SNAPSHOT_MAGIC + seq.to_bytes(8, "big") + len(blob).to_bytes(8, "big")
+        try:
+            fd = os.open(self._partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fd, memoryview(header))
+                with memoryview(blob) as view:
+                    for start in range(0, len(view), _SNAPSHOT_WRITE_BYTES):
+                        _write_all(fd, view[start : start + _SNAPSHOT_WRITE_BYTES])
+                if self._sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self._partial_path, self._path)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                self._partial_path.unlink()
+            if exc.errno in _DISK_FULL_ERRNOS:
+                raise JournalFull(
+                    f"no room on disk for a snapshot at {self._path}: nothing was written ({exc})"
+                ) from exc
+            raise
+        if self._sync:
+            _fsync_directory(self._path.parent)  # the rename itself must survive a crash
+        self.seq = seq
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LmdbJournal:
     """The Journal on one LMDB environment (a directory). See the module docstring."""
 
@@ -203,6 +298,10 @@ class LmdbJournal:
                 with txn.cursor(db=self._records_db) as cursor:
                     # Cached because the sequencer asks on every batch; only this object writes.
                     self._last_seq = _seq_from_key(cursor.key()) if cursor.last() else 0
+                with txn.cursor(db=self._snapshots_db) as cursor:
+                    # An earlier release's snapshot, in the map: read until a newer one is saved.
+                    self._stored_snapshot_seq = _seq_from_key(cursor.key()) if cursor.last() else None
+            self._snapshot_file = _SnapshotFile(path, sync=sync)
         except BaseException:
             env.close()
             raise
@@ -274,6 +373,9 @@ class LmdbJournal:
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         env = self._require_env()
+        file_seq, stored_seq = self._snapshot_file.seq, self._stored_snapshot_seq
+        if file_seq is not None and (stored_seq is None or file_seq >= stored_seq):
+            return self._snapshot_file.load()
         with env.begin(buffers=False) as txn, txn.cursor(db=self._snapshots_db) as cursor:
             if not cursor.last():
                 return None
@@ -281,19 +383,14 @@ class LmdbJournal:
 
     def save_snapshot(self, seq: int, blob: bytes | mmap.mmap) -> None:
         env = self._require_env()
-        # The old snapshot is deleted in the same transaction, but LMDB is copy-on-write: the map
-        # needs room for both blobs while the transaction is open.
-        try:
+        seqs = [s for s in (self._snapshot_file.seq, self._stored_snapshot_seq) if s is not None]
+        _check_snapshot_seq(seq, self._last_seq, max(seqs, default=None))
+        self._snapshot_file.save(seq, blob)
+        if self._stored_snapshot_seq is not None:
+            # Once, after an earlier release's store: the file now holds the newer snapshot.
             with env.begin(write=True) as txn:
-                with txn.cursor(db=self._snapshots_db) as cursor:
-                    old_keys = list(cursor.iternext(values=False))
-                current_seq = _seq_from_key(old_keys[-1]) if old_keys else None
-                _check_snapshot_seq(seq, self._last_seq, current_seq)
-                for key in old_keys:
-                    txn.delete(key, db=self._snapshots_db)
-                txn.put(_seq_key(seq), blob, db=self._snapshots_db)
-        except lmdb.MapFullError as exc:
-            raise self._journal_full(env, exc) from exc
+                txn.drop(self._snapshots_db, delete=False)
+            self._stored_snapshot_seq = None
 
     def stats(self) -> JournalStats:
         env = self._require_env()
@@ -317,8 +414,9 @@ class LmdbJournal:
 class MemoryJournal:
     """The Journal in RAM, with LmdbJournal's semantics, for engine and server unit tests.
 
-    capacity_bytes simulates LMDB's map size: a commit (or snapshot) that would take the stored
-    bytes (8 + len(record) per record, 8 + len(blob) for the snapshot) beyond it raises JournalFull and writes nothing. None means unbounded.
+    capacity_bytes simulates LMDB's map size (and, for a snapshot, a full disk): a commit (or snapshot) that would
+    take the stored bytes (8 + len(record) per record, 8 + len(blob) for the snapshot) beyond it raises JournalFull
+    and writes nothing. None means unbounded.
     """
 
     def __init__(self, *, capacity_bytes: int | None = None) -> None:

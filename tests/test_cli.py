@@ -97,6 +97,7 @@ def test_serve_help_shows_every_default() -> None:
         ("--future-skew-s", "300"),
         ("--snapshot-every", "5000"),
         ("--snapshot-every-events", "1000000"),
+        ("--snapshot-journal-factor", "0.5"),
         ("--max-concurrent-rpcs", "1000"),
         ("--intake-mb-max", "256"),
         ("--stream-inflight-batches-max", "16"),

@@ -139,3 +139,23 @@ def test_an_index_in_the_layout_before_blocks_is_dropped_and_its_tokens_refused(
         assert [e.transaction_id for e in _paged(reopened, "acme", "images", 1)] == ["t1", "t2"]
     finally:
         reopened.close()
+
+
+def test_an_index_whose_map_filled_stops_and_queues_no_more_records(tmp_path: Path) -> None:
+    index = ExplainIndex(tmp_path / "explain", map_size_bytes=1 << 20)
+    try:
+        records = [_record(seq, "acme", "images", f"t{seq}" * 40, seq)[0] for seq in range(1, 20_001)]
+        index.submit(records, len(records))
+        index.flush(len(records))  # returns once the writer stopped: the records cannot fit in 1 MiB
+        with pytest.raises(RuntimeError, match="stopped"):
+            index.wait_covered(len(records), timeout_s=1.0)
+
+        index.submit(records, 2 * len(records))
+
+        queued = []
+        while not index._work.empty():
+            queued.append(index._work.get())
+        # No records held that no writer would ever take (flush requests, a few bytes each, may wait there).
+        assert [item[0] for item in queued if item is not None and item[0] == "records"] == []
+    finally:
+        index.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,7 +163,8 @@ def test_commit_that_does_not_fit_raises_journal_full_writes_nothing_and_a_small
     assert all_records(tiny_journal) == [(1, b"first"), (2, b"small")]
 
 
-def test_snapshot_that_does_not_fit_raises_journal_full_and_keeps_the_old_one(tiny_journal: Journal) -> None:
+def test_memory_snapshot_that_does_not_fit_raises_journal_full_and_keeps_the_old_one() -> None:
+    tiny_journal = MemoryJournal(capacity_bytes=TINY_BYTES)
     tiny_journal.commit([(1, b"a"), (2, b"b")])
     tiny_journal.save_snapshot(1, b"state@1")
 
@@ -169,6 +172,89 @@ def test_snapshot_that_does_not_fit_raises_journal_full_and_keeps_the_old_one(ti
         tiny_journal.save_snapshot(2, b"x" * MiB)
 
     assert tiny_journal.load_snapshot() == (1, b"state@1")
+
+
+def test_lmdb_snapshot_is_stored_outside_the_map(tmp_path: Path) -> None:
+    path = tmp_path / "tiny"
+    journal = LmdbJournal(path, map_size_bytes=TINY_BYTES)
+    journal.commit([(1, b"a"), (2, b"b")])
+
+    journal.save_snapshot(2, b"x" * MiB)  # 16 times the map
+    journal.commit([(3, b"c")])  # and the map still has its room
+
+    assert journal.load_snapshot() == (2, b"x" * MiB)
+    journal.close()
+    assert (path / "snapshot").stat().st_size > MiB
+
+
+def test_lmdb_snapshot_on_a_full_disk_raises_journal_full_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a"), (2, b"b")])
+    journal.save_snapshot(1, b"state@1")
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", disk_full)
+        with pytest.raises(JournalFull):
+            journal.save_snapshot(2, b"state@2")
+
+    assert journal.load_snapshot() == (1, b"state@1")
+    assert sorted(entry.name for entry in path.iterdir()) == ["data.mdb", "lock.mdb", "snapshot"]
+    journal.save_snapshot(2, b"state@2")
+    assert journal.load_snapshot() == (2, b"state@2")
+    journal.close()
+
+
+def _store_snapshot_as_an_earlier_release_did(path: Path, seq: int, blob: bytes) -> None:
+    with lmdb.open(str(path), max_dbs=4) as env:
+        snapshots = env.open_db(b"snapshots")
+        with env.begin(write=True) as txn:
+            txn.put(seq.to_bytes(8, "big"), blob, db=snapshots)
+
+
+def test_lmdb_reads_the_snapshot_an_earlier_release_stored_in_the_map_until_a_newer_one_is_saved(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a"), (2, b"b"), (3, b"c")])
+    journal.close()
+    _store_snapshot_as_an_earlier_release_did(path, 2, b"state@2, in the map")
+
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    assert journal.load_snapshot() == (2, b"state@2, in the map")
+    with pytest.raises(ValueError, match="older than the stored snapshot"):
+        journal.save_snapshot(1, b"state@1")
+    journal.save_snapshot(3, b"state@3")
+    assert journal.load_snapshot() == (3, b"state@3")
+    journal.close()
+
+    with lmdb.open(str(path), max_dbs=4, readonly=True) as env:
+        snapshots = env.open_db(b"snapshots", create=False)
+        with env.begin() as txn:
+            assert list(txn.cursor(db=snapshots)) == []  # the earlier release's copy went with the save
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    assert journal.load_snapshot() == (3, b"state@3")
+    journal.close()
+
+
+def test_lmdb_start_drops_a_snapshot_file_whose_save_was_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a"), (2, b"b")])
+    journal.save_snapshot(1, b"state@1")
+    journal.close()
+    (path / "snapshot.partial").write_bytes(b"TARIFFS1 and no more")
+
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    assert journal.load_snapshot() == (1, b"state@1")
+    assert not (path / "snapshot.partial").exists()
+    journal.close()
 
 
 def test_snapshot_save_then_load_keeps_only_the_newest(journal: Journal) -> None:

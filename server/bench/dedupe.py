@@ -6,7 +6,9 @@ fills the window with `--dedupe-ids` more accepted events (fresh ids stamped int
 seed.stamped_batches, so the generator keeps up), then measures `--runs` ingest runs again: run i after the fill
 over run i before it is ratio i. It also reports the resident memory (RssAnon) and the data directory's growth per
 id filled: the disk figure is the journal of the filling events themselves (their raw batches) plus the ids in
-snapshots, since an id is only ever stored with its event.
+snapshots, since an id is only ever stored with its event. Beside it, the bytes the server process wrote to disk
+per id filled (`write_bytes` in /proc/PID/io: the journal, the snapshots, the explain index, each LMDB page as
+often as it was dirtied): how much more than its growth the data directory costs the disk.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ def _directory_bytes(path: Path) -> int:
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
 
+def _written_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to storage so far (the page cache's dirtied pages included)."""
+    with open(f"/proc/{pid}/io") as io:
+        for line in io:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    raise RuntimeError("no write_bytes in /proc io")
+
+
 def _fill(bench: Bench, target: str, ids: int) -> IngestRun:
     config = bench.config
     spec = bench.ingest_spec(target, max(1, ids // config.batch_events))
@@ -48,11 +59,13 @@ def dedupe_workload(bench: Bench) -> WorkloadResult:
     before = [bench.ingest(server, config.ingest_batches) for _ in range(config.runs)]
     ids_before = bench.events_ingested
     rss_before, disk_before = server.rss_bytes("RssAnon"), _directory_bytes(data_dir)
+    written_before = _written_bytes(server.pid)
     progress(f"filling the dedupe window with {config.dedupe_ids:,} ids")
     fill = _fill(bench, server.target, config.dedupe_ids)
     if fill.accepted != fill.sent:
         raise RuntimeError(f"the fill accepted {fill.accepted:,} of {fill.sent:,} events: {fill.reject_samples}")
     rss_after, disk_after = server.rss_bytes("RssAnon"), _directory_bytes(data_dir)
+    written_after = _written_bytes(server.pid)
     after = [bench.ingest(server, config.ingest_batches) for _ in range(config.runs)]
     ratios = [a.events_s / b.events_s if b.events_s else 0.0 for a, b in zip(after, before, strict=True)]
     judged = fill.accepted >= DEDUPE_TARGET_IDS
@@ -73,6 +86,9 @@ def dedupe_workload(bench: Bench) -> WorkloadResult:
         Figure(
             "data directory growth per id (journal + snapshots)", "bytes", [(disk_after - disk_before) / fill.accepted]
         ),
+        Figure(
+            "bytes the server wrote to disk per id filled", "bytes", [(written_after - written_before) / fill.accepted]
+        ),
     ]
     result.details = {
         "ids_before_fill": ids_before,
@@ -81,6 +97,8 @@ def dedupe_workload(bench: Bench) -> WorkloadResult:
         "rss_anon_after_bytes": rss_after,
         "data_dir_before_bytes": disk_before,
         "data_dir_after_bytes": disk_after,
+        "server_written_before_bytes": written_before,
+        "server_written_after_bytes": written_after,
     }
     if not judged:
         result.notes.append(

@@ -500,7 +500,7 @@ def main() -> None:
     os.environ[RECORDS_ENV] = str(records_path)
     flags = [
         "--loop-stall-sample-ms", str(STALL_SAMPLE_MS), "--log-activity-every-s", str(ACTIVITY_EVERY_S),
-        "--snapshot-every-events", str(args.snapshot_every_events), "--snapshot-every", NEVER,
+        "--snapshot-every-events", str(args.snapshot_every_events), "--snapshot-every", NEVER, "--snapshot-journal-factor", "0",
     ]  # fmt: skip
     command = [sys.executable, "-m", "server.bench.stall_trace", "serve", "--data-dir", str(work / "data")]
     server = ServedProcess(

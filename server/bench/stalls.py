@@ -37,6 +37,8 @@ def _start(bench: Bench, name: str, snapshot_every_events: str, snapshot_every_r
         snapshot_every_events,
         "--snapshot-every",
         snapshot_every_records,
+        "--snapshot-journal-factor",  # the intervals above, however small the journal between snapshots
+        "0",
     )
     try:
         return bench.start_tariff(name, flags)
