@@ -211,9 +211,12 @@ class _SnapshotFile:
             fd = os.open(self._partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 _write_all(fd, memoryview(header))
+                # Every view of the blob is released on the way out, an error's too (its traceback keeps the
+                # frames that wrote): the server closes the blob, a map, right after, and a live view fails that.
                 with memoryview(blob) as view:
                     for start in range(0, len(view), _SNAPSHOT_WRITE_BYTES):
-                        _write_all(fd, view[start : start + _SNAPSHOT_WRITE_BYTES])
+                        with view[start : start + _SNAPSHOT_WRITE_BYTES] as part:
+                            _write_all(fd, part)
                 if self._sync:
                     os.fsync(fd)
             finally:
@@ -233,8 +236,10 @@ class _SnapshotFile:
 
 
 def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
+    written = 0
+    while written < len(view):
+        with view[written:] as rest:
+            written += os.write(fd, rest)
 
 
 def _fsync_directory(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -207,6 +208,47 @@ def test_lmdb_snapshot_on_a_full_disk_raises_journal_full_and_keeps_the_old_one(
     assert sorted(entry.name for entry in path.iterdir()) == ["data.mdb", "lock.mdb", "snapshot"]
     journal.save_snapshot(2, b"state@2")
     assert journal.load_snapshot() == (2, b"state@2")
+    journal.close()
+
+
+def _mapped(blob: bytes) -> mmap.mmap:
+    mapped = mmap.mmap(-1, len(blob))
+    mapped[:] = blob
+    return mapped
+
+
+def test_lmdb_snapshot_from_a_map_leaves_the_map_closable_after_a_save_and_after_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server hands the journal its snapshot as a map and closes the map right after (sequencer's
+    _save_snapshot): no view of it may outlive the call, not even one a traceback keeps (a full disk's error
+    holds the frames that wrote), or close() raises BufferError and stops the writer."""
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a"), (2, b"b")])
+    saved = _mapped(b"s" * (3 * MiB + 5))
+    journal.save_snapshot(1, saved)
+    saved.close()
+
+    write = os.write
+    room_bytes = MiB // 2
+
+    def fills_the_disk(fd: int, data: memoryview) -> int:
+        nonlocal room_bytes
+        if room_bytes <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = write(fd, data[:room_bytes])
+        room_bytes -= written
+        return written
+
+    refused = _mapped(b"r" * MiB)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", fills_the_disk)
+        with pytest.raises(JournalFull) as raised:
+            journal.save_snapshot(2, refused)
+    assert raised.value.__cause__ is not None  # the error, and the frames it holds, are still alive here
+    refused.close()
+    assert journal.load_snapshot() == (1, b"s" * (3 * MiB + 5))
     journal.close()
 
 
