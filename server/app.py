@@ -46,7 +46,7 @@ from server.explain_index import ExplainIndex
 from server.journal import JournalFormatError, LmdbJournal
 from server.loopstall import StallSampler
 from server.scheduling import lower_background_threads, shorten_slices
-from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, fix_mmap_threshold, recover, trim_heap
+from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover, trim_heap
 from server.services import (
     INTAKE_BYTES_MAX_DEFAULT,
     AlertService,
@@ -224,7 +224,6 @@ def _bind(server: grpc.aio.Server, config: ServeConfig, credentials: grpc.Server
 
 async def serve(config: ServeConfig) -> int:
     started = time.monotonic()
-    fix_mmap_threshold()  # before recovery's and snapshots' large buffers: no heap trim after each snapshot
     refusal = listen_refusal(config)
     if refusal is not None:
         log.error("%s", refusal)

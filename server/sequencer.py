@@ -978,14 +978,15 @@ class Sequencer:
         self._last_snapshot_bytes = snapshot_bytes
 
     def _save_snapshot(self, seq: int, blob: mmap.mmap) -> None:
-        """On the journal's thread: stores the snapshot, then unmaps its buffer (with the GIL released). Its
-        parts were maps of their own (fix_mmap_threshold), already handed back to the system when freed."""
+        """On the journal's thread: stores the snapshot, then unmaps its buffer (with the GIL released) and
+        hands the heap the snapshot's parts freed back to the system."""
         try:
             if self.explain_index is not None:
                 self.explain_index.flush(seq)  # a restart replays from the snapshot: the index must reach it
             self.journal.save_snapshot(seq, blob)
         finally:
             blob.close()
+            trim_heap()
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -999,37 +1000,6 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 _malloc_trim = _load_malloc_trim()
-
-# glibc's mallopt parameter (malloc.h); the threshold it sets is fixed from then on.
-_M_MMAP_THRESHOLD = -3
-# Below a snapshot's 1 MiB parts, above a usage batch's bytes (about 100 KB for 1,000 events): a batch's buffers
-# stay in the arenas, where reusing them costs no page faults.
-MMAP_THRESHOLD_BYTES = 256 * 1024
-
-
-def _load_mallopt() -> Callable[[int, int], int] | None:
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
-
-
-_mallopt = _load_mallopt()
-
-
-def fix_mmap_threshold(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """At start: every allocation of threshold_bytes or more gets a map of its own, unmapped when freed. glibc's
-    default threshold moves up to the size of each such block freed (up to 32 MiB), after which a snapshot's
-    parts (1 MiB each, tens of MB at a million customers) come from the arenas and leave their pages behind
-    when freed. Handing those back took malloc_trim(0) after each snapshot, which holds each arena's lock
-    while it walks the whole arena (2-7 ms of CPU at 10,000 customers, more under load): every thread that
-    allocates meanwhile, the event loop first, waits for it. False where there is no glibc."""
-    if _mallopt is None:
-        return False
-    return _mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1
 
 
 def trim_heap() -> None:

@@ -149,6 +149,18 @@ def _install_tracing(path: str) -> None:
             records.append(("job", start, _now(), time.thread_time() - cpu, "ExplainIndex.write", "tariff-explain"))
 
     explain_index.ExplainIndex.write = traced_index_write  # type: ignore[method-assign,assignment]
+    trim_heap = sequencer.trim_heap
+
+    def traced_trim_heap() -> None:  # after a snapshot: malloc_trim holds the process's mmap lock meanwhile
+        start, cpu = _now(), time.thread_time()
+        try:
+            trim_heap()
+        finally:
+            records.append(
+                ("job", start, _now(), time.thread_time() - cpu, "trim_heap", threading.current_thread().name)
+            )
+
+    sequencer.trim_heap = traced_trim_heap
 
     def gil_probe() -> None:
         fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
