@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import server as _tariff_server  # noqa: F401  (first: it turns gRPC's fork handlers off before grpc is imported)
+
 # Tests import helpers as `tests.serverproc`: pyproject's `pythonpath = ["."]` puts the repo root on sys.path.
 from tests.serverproc import ServerFactory, ServerProcess
 
