@@ -71,6 +71,7 @@ from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
 from server.journal import Journal, JournalFull
+from server.scheduling import GilHandover
 
 log = logging.getLogger("tariff.sequencer")
 
@@ -1017,13 +1018,10 @@ def _encode_handing_over(parts: Iterator[bytes]) -> list[bytes]:
     keeps the GIL until another has waited the whole switch interval (5 ms) for it, and a msgspec call does not
     give it up at all: the sleep releases it, so an event loop waiting for it runs at once."""
     done: list[bytes] = []
-    clock = time.perf_counter
-    resumed = clock()
+    pause = GilHandover(every_s=PAUSE_EVERY_S, sleep_s=GIL_HANDOVER_S)
     for part in parts:
         done.append(part)
-        if clock() - resumed >= PAUSE_EVERY_S:
-            time.sleep(GIL_HANDOVER_S)
-            resumed = clock()
+        pause()
     return done
 
 
