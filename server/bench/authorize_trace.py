@@ -18,7 +18,9 @@ While the call is in the kernel, the loop thread's wait for a CPU is `handler_lo
 in the server sleeps 1 ms at a time: its lateness less its wait for a CPU is its wait for the GIL
 (`gil_probe_ms`). The generator's own CPU use is read from /proc, to tell whether it starves the server of the
 machine's cores. Policies can be tried before they are made the server's own: TRACE_SWITCH_INTERVAL_S,
-TRACE_WORKER_NICE (see `_experiments`).
+TRACE_WORKER_NICE, TRACE_RATING_NICE_OFF, TRACE_FIFO, TRACE_NEG_NICE (see `_experiments`); TRACE_CLIENT_SLICES
+gives this module's calling thread and its gRPC I/O threads the shortest slice, to tell the client's own waits
+for a CPU from the server's.
 """
 
 from __future__ import annotations
@@ -113,8 +115,11 @@ def _start_gil_probe() -> list[float]:
 
 def _experiments() -> None:
     """Policies tried before they are made the server's own: TRACE_SWITCH_INTERVAL_S sets the GIL's switch
-    interval; TRACE_WORKER_NICE the nice value of the writer's threads (rating, journal; Linux: per thread)."""
-    from server import sequencer
+    interval; TRACE_WORKER_NICE the nice value of the writer's threads (rating, journal; Linux: per thread);
+    TRACE_RATING_NICE_OFF leaves the rating thread (the kernel lock's writer) at the loop's nice. TRACE_FIFO puts
+    the threads on the Authorize path (the loop, gRPC's I/O threads and grpc.aio's poller) in SCHED_FIFO, and
+    TRACE_NEG_NICE at nice -10 instead: both need CAP_SYS_NICE."""
+    from server import app, scheduling, sequencer
 
     if os.environ.get("TRACE_SWITCH_INTERVAL_S"):
         sys.setswitchinterval(float(os.environ["TRACE_SWITCH_INTERVAL_S"]))
@@ -127,6 +132,27 @@ def _experiments() -> None:
             serve_calls(self)
 
         sequencer.Worker._serve = niced  # type: ignore[method-assign]
+    if os.environ.get("TRACE_RATING_NICE_OFF"):
+        lowered = tuple(t for t in scheduling.BACKGROUND_THREADS if t != "tariff-rating")
+        scheduling.__dict__["BACKGROUND_THREADS"] = lowered
+    if os.environ.get("TRACE_FIFO") or os.environ.get("TRACE_NEG_NICE"):
+        shorten = scheduling.shorten_slices
+
+        def raised(slice_us: int = 100) -> list[str]:
+            names = shorten(slice_us)
+            for task in Path("/proc/self/task").iterdir():
+                tid = int(task.name)
+                named = (task / "comm").read_text().strip() in ("event_engine", "grpc_global_tim")
+                poller = any(t.native_id == tid and t.name.endswith("(_poll_wrapper)") for t in threading.enumerate())
+                if not (named or poller or tid == threading.get_native_id()):
+                    continue
+                if os.environ.get("TRACE_FIFO"):
+                    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(1))
+                else:
+                    os.setpriority(os.PRIO_PROCESS, tid, -10)
+            return names
+
+        app.__dict__["shorten_slices"] = raised  # app.py calls the name it imported
 
 
 def serve(argv: list[str]) -> None:
@@ -163,6 +189,10 @@ def _call(target: str, calls: int, customers: int, received: dict[int, int], sec
         )
         deadline = time.monotonic() + seconds_max
         for number in range(calls + 200):
+            if number == 1 and os.environ.get("TRACE_CLIENT_SLICES"):
+                from server.scheduling import shorten_slices
+
+                shorten_slices()
             request = loadgen.authorize_request(number, customers)
             sent = time.monotonic_ns()
             request.request_id = f"t{sent}" if number >= 200 else "warmup"
