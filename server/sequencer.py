@@ -938,19 +938,28 @@ class Sequencer:
         if seq == 0:
             return
         switch_interval_s = sys.getswitchinterval()
-        # Two threads hold the GIL in turn meanwhile (the kernel's part copies, the control plane's encode): a
-        # loop waiting for it asks for it after this long instead of the default 5 ms.
+        # Threads hold the GIL in turn meanwhile (the kernel's part copies, the control plane's encode, then the
+        # explain index's thread catching up to the snapshot's seq while it is stored): a loop waiting for it asks
+        # for it after this long instead of the default 5 ms.
         sys.setswitchinterval(SNAPSHOT_SWITCH_INTERVAL_S)
         try:
-            kernel_half = self._writer_thread.run(self.billing.kernel_snapshot)
-            try:
-                control_parts = await self._rating_thread.run(
-                    _encode_handing_over, self.billing.control_snapshot_parts()
-                )
-            finally:
-                kernel_parts = await kernel_half
+            snapshot_bytes = await self._encode_and_store(seq)
         finally:
             sys.setswitchinterval(switch_interval_s)
+        if snapshot_bytes is None:
+            return
+        self._records_since_snapshot = 0
+        self._events_since_snapshot = 0
+        self._journal_bytes_since_snapshot = 0
+        self._last_snapshot_bytes = snapshot_bytes
+
+    async def _encode_and_store(self, seq: int) -> int | None:
+        """The snapshot's bytes stored, or None when the disk had no room."""
+        kernel_half = self._writer_thread.run(self.billing.kernel_snapshot)
+        try:
+            control_parts = await self._rating_thread.run(_encode_handing_over, self.billing.control_snapshot_parts())
+        finally:
+            kernel_parts = await kernel_half
         parts = snapshot_parts(control_parts, kernel_parts)
         # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
         del control_parts, kernel_parts, kernel_half
@@ -962,11 +971,8 @@ class Sequencer:
         except JournalFull:
             # The journal alone still recovers everything; only restart time suffers.
             log.warning("no room for a snapshot at seq %d: grow --map-size-mb", seq)
-            return
-        self._records_since_snapshot = 0
-        self._events_since_snapshot = 0
-        self._journal_bytes_since_snapshot = 0
-        self._last_snapshot_bytes = snapshot_bytes
+            return None
+        return snapshot_bytes
 
     def _save_snapshot(self, seq: int, parts: list[bytes]) -> None:
         """On the journal's thread: stores the snapshot's parts (the journal empties the list as it writes), then

@@ -18,7 +18,7 @@ from engine.billing import SNAPSHOT_FORMAT, Billing, Snapshot, snapshot_parts
 from engine.control import encode_state_parts
 from engine.state import Engine
 from server import sequencer as sequencer_module
-from server.journal import LmdbJournal, MemoryJournal, SnapshotBlob
+from server.journal import JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
 from server.sequencer import Sequencer, recover
 from tests.engine_fixtures import EPOCH_MS, World, basic_world
 from tests.test_sequencer import NOW_MS, batch, event, run_with
@@ -159,3 +159,32 @@ def test_the_server_hands_the_journal_its_parts_and_the_file_holds_the_one_shot_
     recovered = recover(journal)
     assert recovered.encode_snapshot() == expected[0]
     journal.close()
+
+
+@pytest.mark.parametrize("disk_full", [False, True])
+def test_the_switch_interval_stays_short_while_the_snapshot_is_stored_and_is_restored_after(
+    monkeypatch: pytest.MonkeyPatch, disk_full: bool
+) -> None:
+    """While the journal's thread stores the snapshot, the explain index's thread catches up to its seq, running
+    Python: a loop waiting for the GIL asks for it after the snapshot's short switch interval, not the default
+    5 ms. The default is back afterwards, after a full disk too."""
+    journal = MemoryJournal()
+    save_snapshot = journal.save_snapshot
+    intervals_while_stored: list[float] = []
+    default_switch_interval = sys.getswitchinterval()
+
+    def recording_save(seq: int, blob: SnapshotBlob) -> None:
+        intervals_while_stored.append(sys.getswitchinterval())
+        if disk_full:
+            raise JournalFull("no room")
+        save_snapshot(seq, blob)
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(batch(event("t1")))
+        monkeypatch.setattr(journal, "save_snapshot", recording_save)
+        await sequencer._snapshot()
+        assert sys.getswitchinterval() == default_switch_interval
+        monkeypatch.setattr(journal, "save_snapshot", save_snapshot)
+
+    run_with(journal, body)
+    assert intervals_while_stored == [sequencer_module.SNAPSHOT_SWITCH_INTERVAL_S]
