@@ -79,6 +79,9 @@ _SNAPSHOT_HEADER_BYTES = 24
 _SNAPSHOT_WRITE_BYTES = 256 * 1024 * 1024
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
+# A snapshot's bytes: one buffer, or a list of parts that make it up in order.
+SnapshotBlob = bytes | mmap.mmap | list[bytes]
+
 
 class JournalStats(msgspec.Struct, frozen=True):
     """Sizes for metrics and for the operator deciding when to grow the map."""
@@ -120,8 +123,9 @@ class Journal(Protocol):
         """(seq, blob) of the newest snapshot, or None."""
         ...
 
-    def save_snapshot(self, seq: int, blob: bytes | mmap.mmap) -> None:
-        """Replace the snapshot. ValueError if seq > last_seq() or older than the current one."""
+    def save_snapshot(self, seq: int, blob: SnapshotBlob) -> None:
+        """Replace the snapshot. ValueError if seq > last_seq() or older than the current one. A list is the blob
+        in parts, concatenated; each part leaves the list once stored (see `_SnapshotFile.save`)."""
         ...
 
     def stats(self) -> JournalStats: ...
@@ -204,19 +208,22 @@ class _SnapshotFile:
             raise JournalFormatError(f"{self._path} holds {len(blob)} of its {length} snapshot bytes")
         return seq, blob
 
-    def save(self, seq: int, blob: bytes | mmap.mmap) -> None:
-        """Raises JournalFull (the stored snapshot kept) when the disk has no room."""
-        header = _SNAPSHOT_MAGIC + seq.to_bytes(8, "big") + len(blob).to_bytes(8, "big")
+    def save(self, seq: int, blob: SnapshotBlob) -> None:
+        """Raises JournalFull (the stored snapshot kept) when the disk has no room. A list of parts is written part
+        after part, each removed from the list once written, so that the caller's last reference to it goes and it
+        is freed meanwhile: the server hands its snapshot over in parts, and no copy of the whole is ever made."""
+        length = sum(len(part) for part in blob) if isinstance(blob, list) else len(blob)
+        header = _SNAPSHOT_MAGIC + seq.to_bytes(8, "big") + length.to_bytes(8, "big")
         try:
             fd = os.open(self._partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 _write_all(fd, memoryview(header))
-                # Every view of the blob is released on the way out, an error's too (its traceback keeps the
-                # frames that wrote): the server closes the blob, a map, right after, and a live view fails that.
-                with memoryview(blob) as view:
-                    for start in range(0, len(view), _SNAPSHOT_WRITE_BYTES):
-                        with view[start : start + _SNAPSHOT_WRITE_BYTES] as part:
-                            _write_all(fd, part)
+                if isinstance(blob, list):
+                    while blob:
+                        _write_blob(fd, blob[0])
+                        del blob[0]
+                else:
+                    _write_blob(fd, blob)
                 if self._sync:
                     os.fsync(fd)
             finally:
@@ -233,6 +240,15 @@ class _SnapshotFile:
         if self._sync:
             _fsync_directory(self._path.parent)  # the rename itself must survive a crash
         self.seq = seq
+
+
+def _write_blob(fd: int, blob: bytes | mmap.mmap) -> None:
+    # Every view of the blob is released on the way out, an error's too (its traceback keeps the frames that
+    # wrote): a caller may close the blob, a map, right after, and a live view fails that.
+    with memoryview(blob) as view:
+        for start in range(0, len(view), _SNAPSHOT_WRITE_BYTES):
+            with view[start : start + _SNAPSHOT_WRITE_BYTES] as part:
+                _write_all(fd, part)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -386,7 +402,7 @@ class LmdbJournal:
                 return None
             return _seq_from_key(cursor.key()), cursor.value()
 
-    def save_snapshot(self, seq: int, blob: bytes | mmap.mmap) -> None:
+    def save_snapshot(self, seq: int, blob: SnapshotBlob) -> None:
         env = self._require_env()
         seqs = [s for s in (self._snapshot_file.seq, self._stored_snapshot_seq) if s is not None]
         _check_snapshot_seq(seq, self._last_seq, max(seqs, default=None))
@@ -485,14 +501,17 @@ class MemoryJournal:
             self._require_open()
             return self._snapshot
 
-    def save_snapshot(self, seq: int, blob: bytes | mmap.mmap) -> None:
+    def save_snapshot(self, seq: int, blob: SnapshotBlob) -> None:
         with self._lock:
             self._require_open()
             _check_snapshot_seq(seq, len(self._records), None if self._snapshot is None else self._snapshot[0])
+            joined = b"".join(blob) if isinstance(blob, list) else bytes(blob)
             old_bytes = 0 if self._snapshot is None else _SEQ_KEY_BYTES + len(self._snapshot[1])
-            new_bytes = _SEQ_KEY_BYTES + len(blob)
+            new_bytes = _SEQ_KEY_BYTES + len(joined)
             self._reserve(new_bytes - old_bytes)
-            self._snapshot = (seq, bytes(blob))
+            if isinstance(blob, list):
+                blob.clear()  # as LmdbJournal leaves it: every part stored
+            self._snapshot = (seq, joined)
             self._used_bytes += new_bytes - old_bytes
 
     def stats(self) -> JournalStats:

@@ -47,7 +47,6 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
-import mmap
 import os
 import queue
 import sys
@@ -92,15 +91,13 @@ SNAPSHOT_EVERY_EVENTS_DEFAULT = 1_000_000
 # journal. Replaying a journal byte took about 5 times the CPU of restoring a snapshot byte (10,000,000 events:
 # 20 s against 1.2 s for 400 MB), so 0.5 keeps a restart at 10,000,000 ids within about 1,500,000 events of replay.
 SNAPSHOT_JOURNAL_FACTOR_DEFAULT = 0.5
-# A snapshot gives the event loop back this often (the target: no stall over 5 ms), and copies this much at a
-# time (about 0.3 ms per MiB here).
+# A snapshot's encoding gives the GIL over this often (the target: no stall over 5 ms).
 PAUSE_EVERY_S = 0.001
 # How long a thread encoding a snapshot sleeps, every PAUSE_EVERY_S, so that the event loop can take the GIL;
 # and the interpreter's switch interval while both halves encode (a snapshot encoded beside a loop measured a p99
 # lateness of the loop of 9 ms at the default 5 ms, 2.4-4 ms at this).
 GIL_HANDOVER_S = 0.00005
 SNAPSHOT_SWITCH_INTERVAL_S = 0.0005
-COPY_SLICE_BYTES = 1 << 20
 # A recovery that takes longer than this says how far it got, every this often.
 RECOVERY_PROGRESS_EVERY_S = 2.0
 # A replay hands the explain index what it recorded every this many records (a bounded buffer).
@@ -933,7 +930,7 @@ class Sequencer:
         """Writes a snapshot without holding the event loop more than about PAUSE_EVERY_S at a time. Both halves
         are encoded off the loop, at once: the kernel's on the journal's thread with the GIL released, the control
         plane's on the rating thread (idle: the writer is here) a part at a time, handing the GIL over between
-        parts (see _encode_handing_over); both are then copied into one buffer a slice at a time on the loop.
+        parts (see _encode_handing_over); the journal's thread then writes both to the file as they are.
         One msgspec encode or bytes join of the whole holds the GIL throughout: at 10,000 customers the control
         plane is 20 MB of JSON, 40 ms and more in one call. The writer is here, so no command changes the state
         meanwhile (reads do not change it): the state at this command boundary is what both threads encode."""
@@ -941,52 +938,51 @@ class Sequencer:
         if seq == 0:
             return
         switch_interval_s = sys.getswitchinterval()
-        # Two threads hold the GIL in turn meanwhile (the kernel's part copies, the control plane's encode): a
-        # loop waiting for it asks for it after this long instead of the default 5 ms.
+        # Threads hold the GIL in turn meanwhile (the kernel's part copies, the control plane's encode, then the
+        # explain index's thread catching up to the snapshot's seq while it is stored): a loop waiting for it asks
+        # for it after this long instead of the default 5 ms.
         sys.setswitchinterval(SNAPSHOT_SWITCH_INTERVAL_S)
         try:
-            kernel_half = self._writer_thread.run(self.billing.kernel_snapshot)
-            try:
-                control_parts = await self._rating_thread.run(
-                    _encode_handing_over, self.billing.control_snapshot_parts()
-                )
-            finally:
-                kernel_parts = await kernel_half
+            snapshot_bytes = await self._encode_and_store(seq)
         finally:
             sys.setswitchinterval(switch_interval_s)
-        parts = snapshot_parts(control_parts, kernel_parts)
-        # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
-        del control_parts, kernel_parts, kernel_half
-        # A map, not bytes: freeing tens of MB of touched memory takes milliseconds, and a map's close() (on the
-        # journal's thread once stored) does it with the GIL released.
-        snapshot_bytes = sum(len(part) for part in parts)
-        blob = await self._writer_thread.run(_faulted_map, snapshot_bytes)
-        try:
-            await _copy_into(blob, parts)
-        except BaseException:
-            blob.close()
-            raise
-        del parts
-        try:
-            await self._writer_thread.run(self._save_snapshot, seq, blob)
-        except JournalFull:
-            # The journal alone still recovers everything; only restart time suffers.
-            log.warning("no room for a snapshot at seq %d: grow --map-size-mb", seq)
+        if snapshot_bytes is None:
             return
         self._records_since_snapshot = 0
         self._events_since_snapshot = 0
         self._journal_bytes_since_snapshot = 0
         self._last_snapshot_bytes = snapshot_bytes
 
-    def _save_snapshot(self, seq: int, blob: mmap.mmap) -> None:
-        """On the journal's thread: stores the snapshot, then unmaps its buffer (with the GIL released) and
+    async def _encode_and_store(self, seq: int) -> int | None:
+        """The snapshot's bytes stored, or None when the disk had no room."""
+        kernel_half = self._writer_thread.run(self.billing.kernel_snapshot)
+        try:
+            control_parts = await self._rating_thread.run(_encode_handing_over, self.billing.control_snapshot_parts())
+        finally:
+            kernel_parts = await kernel_half
+        parts = snapshot_parts(control_parts, kernel_parts)
+        # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
+        del control_parts, kernel_parts, kernel_half
+        snapshot_bytes = sum(len(part) for part in parts)
+        try:
+            # The journal writes the parts to the file one after the other with the GIL released, and drops each
+            # once written: no copy of the whole is made (nor faulted in, nor unmapped), on the loop or off it.
+            await self._writer_thread.run(self._save_snapshot, seq, parts)
+        except JournalFull:
+            # The journal alone still recovers everything; only restart time suffers.
+            log.warning("no room for a snapshot at seq %d: grow --map-size-mb", seq)
+            return None
+        return snapshot_bytes
+
+    def _save_snapshot(self, seq: int, parts: list[bytes]) -> None:
+        """On the journal's thread: stores the snapshot's parts (the journal empties the list as it writes), then
         hands the heap the snapshot's parts freed back to the system."""
         try:
             if self.explain_index is not None:
                 self.explain_index.flush(seq)  # a restart replays from the snapshot: the index must reach it
-            self.journal.save_snapshot(seq, blob)
+            self.journal.save_snapshot(seq, parts)
         finally:
-            blob.close()
+            parts.clear()  # what a refused save left unwritten is freed before the trim too
             trim_heap()
 
 
@@ -1023,39 +1019,6 @@ def _encode_handing_over(parts: Iterator[bytes]) -> list[bytes]:
         done.append(part)
         pause()
     return done
-
-
-def _faulted_map(size: int) -> mmap.mmap:
-    """An anonymous map of `size` bytes whose pages are already faulted in. On the journal's thread: reading
-    /dev/zero into it faults them with the GIL released, where a first touch from Python (a copy on the event
-    loop) would hold it for about 0.7 ms per MB."""
-    mapped = mmap.mmap(-1, size)
-    try:
-        with open("/dev/zero", "rb", buffering=0) as zeros, memoryview(mapped) as view:
-            filled = 0
-            while filled < size:
-                filled += zeros.readinto(view[filled:]) or 0
-    except OSError:
-        pass  # no /dev/zero: the copy faults the pages in
-    return mapped
-
-
-async def _copy_into(joined: mmap.mmap, parts: list[bytes]) -> None:
-    """Copies `parts` one after the other into `joined` on the event loop, COPY_SLICE_BYTES at a time, letting
-    other tasks run every PAUSE_EVERY_S."""
-    clock = time.perf_counter
-    resumed = clock()
-    offset = 0
-    for part in parts:
-        with memoryview(part) as source:
-            for start in range(0, len(source), COPY_SLICE_BYTES):
-                piece = source[start : start + COPY_SLICE_BYTES]
-                joined[offset : offset + len(piece)] = piece
-                offset += len(piece)
-                if clock() - resumed >= PAUSE_EVERY_S:
-                    await asyncio.sleep(0)
-                    resumed = clock()
-    assert offset == len(joined)
 
 
 def _count_events(answered: list[tuple[_Submission, int, object]]) -> None:

@@ -252,6 +252,71 @@ def test_lmdb_snapshot_from_a_map_leaves_the_map_closable_after_a_save_and_after
     journal.close()
 
 
+def test_snapshot_in_parts_is_stored_as_their_concatenation_and_the_list_is_emptied(journal: Journal) -> None:
+    journal.commit([(1, b"a"), (2, b"b")])
+    parts = [b"head", b"x" * MiB, b"", b"tail"]
+
+    journal.save_snapshot(2, parts)
+
+    assert parts == []
+    assert journal.load_snapshot() == (2, b"head" + b"x" * MiB + b"tail")
+
+
+def test_lmdb_snapshot_in_parts_drops_each_part_once_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's parts are freed as the write goes: when a part is written, the ones before it are out of the
+    list (the server holds no other reference), so the whole snapshot is never held twice."""
+    journal = LmdbJournal(tmp_path / "journal", map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a")])
+    parts = [b"1" * 10, b"2" * 20, b"3" * 30]
+    write = os.write
+    listed_while_written: list[tuple[int, list[int]]] = []
+
+    def recording_write(fd: int, data: memoryview) -> int:
+        listed_while_written.append((len(data), [len(part) for part in parts]))
+        return write(fd, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", recording_write)
+        journal.save_snapshot(1, parts)
+
+    assert listed_while_written == [(24, [10, 20, 30]), (10, [10, 20, 30]), (20, [20, 30]), (30, [30])]
+    assert journal.load_snapshot() == (1, b"1" * 10 + b"2" * 20 + b"3" * 30)
+    journal.close()
+
+
+def test_lmdb_snapshot_in_parts_on_a_disk_full_halfway_raises_journal_full_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a"), (2, b"b")])
+    journal.save_snapshot(1, [b"state", b"@1"])
+    write = os.write
+    room_bytes = MiB + MiB // 2  # the disk fills in the second part
+
+    def fills_the_disk(fd: int, data: memoryview) -> int:
+        nonlocal room_bytes
+        if room_bytes <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = write(fd, data[:room_bytes])
+        room_bytes -= written
+        return written
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", fills_the_disk)
+        with pytest.raises(JournalFull):
+            journal.save_snapshot(2, [b"r" * MiB, b"s" * MiB, b"t" * MiB])
+
+    assert journal.load_snapshot() == (1, b"state@1")
+    assert sorted(entry.name for entry in path.iterdir()) == ["data.mdb", "lock.mdb", "snapshot"]
+    journal.close()
+    reopened = LmdbJournal(path, map_size_bytes=4 * MiB)
+    assert reopened.load_snapshot() == (1, b"state@1")
+    reopened.save_snapshot(2, [b"state", b"@2"])
+    assert reopened.load_snapshot() == (2, b"state@2")
+    reopened.close()
+
+
 def _store_snapshot_as_an_earlier_release_did(path: Path, seq: int, blob: bytes) -> None:
     with lmdb.open(str(path), max_dbs=4) as env:
         snapshots = env.open_db(b"snapshots")

@@ -8,15 +8,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from engine import billing as billing_module
 from engine.billing import SNAPSHOT_FORMAT, Billing, Snapshot, snapshot_parts
 from engine.control import encode_state_parts
 from engine.state import Engine
 from server import sequencer as sequencer_module
-from server.journal import MemoryJournal
+from server.journal import JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
 from server.sequencer import Sequencer, recover
 from tests.engine_fixtures import EPOCH_MS, World, basic_world
 from tests.test_sequencer import NOW_MS, batch, event, run_with
@@ -122,3 +124,67 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
     assert stored[1] == expected[0] == billing.encode_snapshot()
     assert recover(journal).encode_snapshot() == expected[0]
     assert recover(journal).balance("acme", NOW_MS).remaining == billing.balance("acme", NOW_MS).remaining
+
+
+def test_the_server_hands_the_journal_its_parts_and_the_file_holds_the_one_shot_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer stores its snapshot as the parts it encoded, written to the file one after the other (no copy of
+    the whole is made), and the file holds the one-shot encoding's bytes, from which recovery gives the same
+    state: with the kernel's half cut into parts of 64 bytes, so that there are many."""
+    monkeypatch.setattr(billing_module, "KERNEL_SNAPSHOT_PART_BYTES", 64)
+    journal = LmdbJournal(tmp_path / "journal", map_size_bytes=16 << 20)
+    saved: list[tuple[str, int]] = []
+    save_snapshot = journal.save_snapshot
+
+    def recording_save(seq: int, blob: SnapshotBlob) -> None:
+        saved.append((type(blob).__name__, len(blob)))
+        save_snapshot(seq, blob)
+
+    monkeypatch.setattr(journal, "save_snapshot", recording_save)
+    expected: list[bytes] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(batch(*(event(f"t{i}") for i in range(20))))
+        expected.append(sequencer.billing.encode_snapshot())
+        await sequencer._snapshot()
+        stored = journal.load_snapshot()
+        assert stored is not None and stored[1] == expected[0]
+
+    run_with(journal, body)  # type: ignore[arg-type]
+    assert saved and all(kind == "list" for kind, _ in saved)
+    assert saved[0][1] > 10  # the kernel's half alone is dozens of parts
+    with open(tmp_path / "journal" / "snapshot", "rb") as stored_file:
+        assert stored_file.read()[24:] == expected[0]
+    recovered = recover(journal)
+    assert recovered.encode_snapshot() == expected[0]
+    journal.close()
+
+
+@pytest.mark.parametrize("disk_full", [False, True])
+def test_the_switch_interval_stays_short_while_the_snapshot_is_stored_and_is_restored_after(
+    monkeypatch: pytest.MonkeyPatch, disk_full: bool
+) -> None:
+    """While the journal's thread stores the snapshot, the explain index's thread catches up to its seq, running
+    Python: a loop waiting for the GIL asks for it after the snapshot's short switch interval, not the default
+    5 ms. The default is back afterwards, after a full disk too."""
+    journal = MemoryJournal()
+    save_snapshot = journal.save_snapshot
+    intervals_while_stored: list[float] = []
+    default_switch_interval = sys.getswitchinterval()
+
+    def recording_save(seq: int, blob: SnapshotBlob) -> None:
+        intervals_while_stored.append(sys.getswitchinterval())
+        if disk_full:
+            raise JournalFull("no room")
+        save_snapshot(seq, blob)
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(batch(event("t1")))
+        monkeypatch.setattr(journal, "save_snapshot", recording_save)
+        await sequencer._snapshot()
+        assert sys.getswitchinterval() == default_switch_interval
+        monkeypatch.setattr(journal, "save_snapshot", save_snapshot)
+
+    run_with(journal, body)
+    assert intervals_while_stored == [sequencer_module.SNAPSHOT_SWITCH_INTERVAL_S]

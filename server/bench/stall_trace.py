@@ -20,8 +20,10 @@ every late wake of the loop over `--report-over-ms` to what overlapped it in the
 - `threads`: a process of its own (`sample`, so that it runs while the server's threads wait for the GIL, which the
   probe above cannot: it needs the GIL to look) reads every server thread's state and system call from /proc every
   THREAD_SAMPLE_S. A stall whose samples show the loop's thread waiting on a futex (the GIL) names its holder: the
-  thread that ran meanwhile (`gil_holder`, with how many samples saw it running). A stall whose loop was not on a
-  futex was the machine's: the loop's thread waited for a CPU, for its timer (a busy host), or ran.
+  thread that ran meanwhile (`gil_holder`, with how many samples saw it running). Every stall says where the loop's
+  thread was sampled (`loop_in`: state and system call, "S 232" epoll_wait, "D -1" a page fault waiting in the
+  kernel) and which threads were blocked in the kernel meanwhile (`blocked`). A stall whose loop sat in epoll_wait
+  with its timer due, or ran, was the machine's.
 
 The server runs on uvloop, whose callbacks cannot be wrapped from Python: the loop's own long callbacks show as
 the sampler's `loop_cpu_ms`, not by name.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import gc
 import json
@@ -59,6 +62,9 @@ LOOP_OVERDUE_S = 0.002
 THREAD_SAMPLE_S = 0.00025
 SAMPLES_ENV = "TARIFF_STALL_TRACE_SAMPLES"
 SYS_FUTEX = {"x86_64": "202", "aarch64": "98"}
+# epoll_wait, epoll_pwait, epoll_pwait2 (aarch64 has only the last two): the sampler keeps only the loop's own
+# state while it sleeps in one of these or runs in user space ("running").
+SYS_EPOLL = {"x86_64": ("232", "281", "441"), "aarch64": ("22", "441")}
 
 
 def _now() -> float:
@@ -213,8 +219,10 @@ def _raise_priority() -> None:
 
 
 def sample_threads(pid: int, out: Path) -> None:
-    """Until SIGTERM, every THREAD_SAMPLE_S while the process's main thread (the event loop) waits on a futex:
-    (time, [(thread id, state, system call or "running")]) for its every thread; written to `out` as JSON."""
+    """Until SIGTERM, every THREAD_SAMPLE_S: (time, [(thread id, state, system call or "running")]) for every
+    thread while the process's main thread (the event loop) is elsewhere than in epoll_wait or on a CPU (on a
+    futex: the GIL; in state D: a page fault or a lock in the kernel), for the loop's thread alone otherwise;
+    written to `out` as JSON."""
     stopping = False
 
     def stop(_signal: int, _frame: Any) -> None:
@@ -223,8 +231,9 @@ def sample_threads(pid: int, out: Path) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     futex = SYS_FUTEX.get(platform.machine(), "202")
+    quiet = (*SYS_EPOLL.get(platform.machine(), ("232", "281", "441")), "running")
     files: dict[int, tuple[int, int]] = {}
-    samples: list[tuple[float, list[tuple[int, str, str]]]] = []
+    samples: list[tuple[float, list[tuple[int, str, str, str]]]] = []
     listed = 0.0
     while not stopping:
         now = time.perf_counter()
@@ -239,26 +248,52 @@ def sample_threads(pid: int, out: Path) -> None:
         for tid, (stat, syscall) in list(files.items()):
             try:
                 state = os.pread(stat, 512, 0).rsplit(b")", 1)[1].split()[0].decode()
-                call = (os.pread(syscall, 256, 0).split() or [b"?"])[0].decode()
+                fields = os.pread(syscall, 256, 0).split() or [b"?"]
             except (OSError, IndexError):
                 del files[tid]
                 continue
-            row.append((tid, state, call))
-        if any(tid == pid and call == futex for tid, _, call in row):
-            samples.append((now, row))
+            call = fields[0].decode()
+            # A futex's address tells the GIL (one address, the most waited on) from a lock (a malloc arena's).
+            word = fields[1].decode() if call == futex and len(fields) > 1 else ""
+            row.append((tid, state, call, word))
+        loop = next((entry for entry in row if entry[0] == pid), (pid, "?", "?", ""))
+        if loop[2] == futex or loop[1] == "D" or loop[2] not in quiet:
+            samples.append((now, row))  # every thread: what the loop waits for, and who runs meanwhile
+        else:
+            samples.append((now, [loop]))  # the loop in epoll_wait or running: its own state only
         time.sleep(THREAD_SAMPLE_S)
     out.write_text(json.dumps(samples))
 
 
 def _gil_holder(samples: list[list[Any]], loop_tid: int, names: dict[str, str]) -> dict[str, Any]:
-    """Of a stall's thread samples: how many saw the loop on a futex, and the threads seen running meanwhile."""
+    """Of a stall's thread samples: how many saw the loop on a futex, the threads seen running meanwhile, and
+    where the loop was in the others (state and system call: "S 232" is epoll_wait, "D -1" a page fault that
+    waits, for the process's memory-map lock for instance), with the other threads blocked in the kernel (D)."""
+    futex = SYS_FUTEX.get(platform.machine(), "202")
     running: dict[str, int] = {}
+    loop_in: dict[str, int] = {}
+    blocked: dict[str, int] = {}
+    on_futex = 0
     for sample in samples:
-        for tid, state, call in sample[3]:
+        loop = next((f"{state} {call} {word}".strip() for tid, state, call, word in sample[3] if tid == loop_tid), "?")
+        loop_in[loop] = loop_in.get(loop, 0) + 1
+        for tid, state, call, _ in sample[3]:
+            name = names.get(str(tid), str(tid))
+            if tid != loop_tid and state == "D":
+                blocked[f"{name} {call}"] = blocked.get(f"{name} {call}", 0) + 1
+        if not loop.startswith(f"S {futex} "):
+            continue
+        on_futex += 1
+        for tid, state, call, _ in sample[3]:
             if tid != loop_tid and state == "R" and call == "running":
                 name = names.get(str(tid), str(tid))
                 running[name] = running.get(name, 0) + 1
-    return {"loop_on_futex_samples": len(samples), "gil_holder": sorted(running.items(), key=lambda kv: -kv[1])[:3]}
+    return {
+        "loop_on_futex_samples": on_futex,
+        "gil_holder": sorted(running.items(), key=lambda kv: -kv[1])[:3],
+        "loop_in": sorted(loop_in.items(), key=lambda kv: -kv[1])[:4],
+        "blocked": sorted(blocked.items(), key=lambda kv: -kv[1])[:4],
+    }
 
 
 class _ThreadClocks:
@@ -450,7 +485,10 @@ def summarize(
 
 
 def _within(records: list[list[Any]], late: list[Any]) -> list[list[Any]]:
-    return [r for r in records if late[1] <= r[1] <= late[2]]
+    """Of records in time order (the thread samples), those within the late wake."""
+    start = bisect.bisect_left(records, late[1], key=lambda r: r[1])
+    end = bisect.bisect_right(records, late[2], key=lambda r: r[1])
+    return records[start:end]
 
 
 def _gil_stalls(
