@@ -393,22 +393,35 @@ fn line_bytes(line: (u64, u64)) -> [u8; 16] {
     bytes
 }
 
+/// The most bytes a varint takes: 128 bits, 7 a byte.
+const VARINT_BYTES_MAX: usize = 19;
+
 fn put_varint(out: &mut Vec<u8>, value: u128) {
+    // Written into capacity reserved once instead of pushed byte by byte: each push checked the capacity,
+    // and a part's dozen varints were a third of building a block.
+    out.reserve(VARINT_BYTES_MAX);
+    let spare = &mut out.spare_capacity_mut()[..VARINT_BYTES_MAX];
+    let mut written = 0;
     // Most values fit 64 bits: their loop runs on one register instead of two.
     if let Ok(mut narrow) = u64::try_from(value) {
         while narrow >= 0x80 {
-            out.push((narrow as u8) | 0x80);
+            spare[written].write((narrow as u8) | 0x80);
             narrow >>= 7;
+            written += 1;
         }
-        out.push(narrow as u8);
-        return;
+        spare[written].write(narrow as u8);
+    } else {
+        let mut wide = value;
+        while wide >= 0x80 {
+            spare[written].write((wide as u8) | 0x80);
+            wide >>= 7;
+            written += 1;
+        }
+        spare[written].write(wide as u8);
     }
-    let mut wide = value;
-    while wide >= 0x80 {
-        out.push((wide as u8) | 0x80);
-        wide >>= 7;
-    }
-    out.push(wide as u8);
+    let len = out.len() + written + 1;
+    // SAFETY: the `written + 1` bytes past the length were initialized just above, within the capacity reserved.
+    unsafe { out.set_len(len) };
 }
 
 fn put_zigzag(out: &mut Vec<u8>, value: i128) {
