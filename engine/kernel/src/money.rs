@@ -95,8 +95,13 @@ fn divide_128_by_64(n: u128, d: u64) -> Option<(u64, u64)> {
 /// (0.1 -> 100_000_000_000_000_000). None when that text has more than 18 decimal places.
 pub fn fixed_from_f64(value: f64) -> Option<Fixed> {
     debug_assert!(value.is_finite() && value >= 0.0, "callers check range first");
-    if value.fract() == 0.0 && value < USAGE_VALUE_MAX {
-        return Some(value as i128 * SCALE); // token counts: exact, without formatting the double
+    if value < USAGE_VALUE_MAX {
+        // Token counts: exact, without formatting the double. Under 10^15 a value converts to i64 exactly
+        // when it is whole (the compiler's f64 -> i128 conversion and fract() were two calls an event value).
+        let whole = value as i64;
+        if whole as f64 == value {
+            return Some(i128::from(whole) * SCALE);
+        }
     }
     if let Some(quantity) = few_decimals(value) {
         return Some(quantity);
@@ -296,6 +301,14 @@ mod tests {
                 // The fixed value reads back as the same double: nothing was rounded.
                 let text = format!("{}e-18", fixed);
                 prop_assert_eq!(text.parse::<f64>().unwrap(), value);
+            }
+        }
+
+        #[test]
+        fn conversion_reads_as_the_shortest_text(whole in 0u64..1_000_000_000_000_000, bits in 0u64..0x4330_0000_0000_0000) {
+            // Whole values (the fast path) and doubles of any bit pattern below 2^52, whole or not.
+            for value in [whole as f64, f64::from_bits(bits), f64::from_bits(bits).trunc()] {
+                prop_assert_eq!(fixed_from_f64(value), from_shortest_text(value), "{:e}", value);
             }
         }
 
