@@ -39,8 +39,7 @@ pub fn round_half_even(numerator: I256, denominator: I256) -> Option<i128> {
 
 /// `round_half_even` in 128 bits (denominator > 0), with one division.
 pub fn round_half_even_128(numerator: i128, denominator: i128) -> Option<i128> {
-    let mut quotient = numerator / denominator;
-    let mut remainder = numerator - quotient * denominator;
+    let (mut quotient, mut remainder) = divide(numerator, denominator);
     if remainder < 0 {
         quotient -= 1;
         remainder += denominator;
@@ -53,12 +52,56 @@ pub fn round_half_even_128(numerator: i128, denominator: i128) -> Option<i128> {
     }
 }
 
+/// numerator / denominator (> 0) truncated, and its remainder. A price's denominator fits 64 bits and so does
+/// its quotient: one 128-by-64 division then, instead of the compiler's general 128-bit one (`__divti3`).
+fn divide(numerator: i128, denominator: i128) -> (i128, i128) {
+    if let (Ok(n), Ok(d)) = (u128::try_from(numerator), u64::try_from(denominator)) {
+        if let Some((quotient, remainder)) = divide_128_by_64(n, d) {
+            return (quotient.into(), remainder.into());
+        }
+    }
+    let quotient = numerator / denominator;
+    (quotient, numerator - quotient * denominator)
+}
+
+/// n / d and n % d when the quotient fits 64 bits (n's high half below d); None otherwise.
+#[cfg(target_arch = "x86_64")]
+fn divide_128_by_64(n: u128, d: u64) -> Option<(u64, u64)> {
+    let (high, low) = ((n >> 64) as u64, n as u64);
+    if high >= d {
+        return None;
+    }
+    let (quotient, remainder): (u64, u64);
+    // SAFETY: `div` divides rdx:rax by d, faulting only when d is 0 or the quotient overflows 64 bits; high < d
+    // rules out both. It touches no memory and no flags anyone reads.
+    unsafe {
+        std::arch::asm!(
+            "div {d}",
+            d = in(reg) d,
+            inout("rax") low => quotient,
+            inout("rdx") high => remainder,
+            options(pure, nomem, nostack),
+        );
+    }
+    Some((quotient, remainder))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn divide_128_by_64(n: u128, d: u64) -> Option<(u64, u64)> {
+    u64::try_from(n / u128::from(d)).ok().map(|quotient| (quotient, (n % u128::from(d)) as u64))
+}
+
 /// A wire double as an exact quantity at 10^-18, from its shortest round-trip decimal text
 /// (0.1 -> 100_000_000_000_000_000). None when that text has more than 18 decimal places.
 pub fn fixed_from_f64(value: f64) -> Option<Fixed> {
     debug_assert!(value.is_finite() && value >= 0.0, "callers check range first");
-    if value.fract() == 0.0 && value < USAGE_VALUE_MAX {
-        return Some(value as i128 * SCALE); // token counts: exact, without formatting the double
+    if value < USAGE_VALUE_MAX {
+        // Token counts: exact, without formatting the double. Under 10^15 a value converts to i64 exactly
+        // when it is whole (the compiler's f64 -> i128 conversion and fract() were two calls an event value).
+        let whole = value as i64;
+        if whole as f64 == value {
+            return Some(i128::from(whole) * SCALE);
+        }
     }
     if let Some(quantity) = few_decimals(value) {
         return Some(quantity);
@@ -228,6 +271,17 @@ mod tests {
     }
 
     #[test]
+    fn division_at_the_edges_of_64_bit_quotients() {
+        let max = i128::from(u64::MAX);
+        let d = 1i128 << 62; // quotients of n below d << 64 fit 64 bits
+        for (n, d) in
+            [(0, 1), (max, 1), (max + 1, 1), (i128::MAX, max), (((d - 1) << 64) | max, d), (d << 64, d), (-7, 2)]
+        {
+            assert_eq!(divide(n, d), (n / d, n % d), "{n} / {d}");
+        }
+    }
+
+    #[test]
     fn rounding_is_half_even() {
         let r = |n: i64, d: i64| round_half_even(I256::new(n.into()), I256::new(d.into()));
         assert_eq!(r(5, 2), Some(2));
@@ -251,6 +305,14 @@ mod tests {
         }
 
         #[test]
+        fn conversion_reads_as_the_shortest_text(whole in 0u64..1_000_000_000_000_000, bits in 0u64..0x4330_0000_0000_0000) {
+            // Whole values (the fast path) and doubles of any bit pattern below 2^52, whole or not.
+            for value in [whole as f64, f64::from_bits(bits), f64::from_bits(bits).trunc()] {
+                prop_assert_eq!(fixed_from_f64(value), from_shortest_text(value), "{:e}", value);
+            }
+        }
+
+        #[test]
         fn few_decimals_reads_as_the_shortest_text(
             m in 0u64..(1u64 << 41),
             d in 0u32..12,
@@ -264,6 +326,15 @@ mod tests {
                 if let Some(fast) = few_decimals(value) {
                     prop_assert_eq!(Some(fast), from_shortest_text(value), "{:e}", value);
                 }
+            }
+        }
+
+        #[test]
+        fn division_matches_128_bit_division(n in any::<i128>(), d in 1u64.., wide in 1i128.., shift in 0u32..64) {
+            // Quotients that fit 64 bits (n's high half below d) and ones that do not; divisors past 64 bits.
+            let near = (n >> shift) as u128 % (u128::from(d) << 64);
+            for (n, d) in [(n, i128::from(d)), (near as i128, i128::from(d)), (n, wide)] {
+                prop_assert_eq!(divide(n, d), (n / d, n % d), "{} / {}", n, d);
             }
         }
 

@@ -10,6 +10,7 @@
 //! asks), timed apart: `--toggle-collect='*kernel_spike::index_explain*'` counts the block alone.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
@@ -187,9 +188,18 @@ fn index_explain(builder: &mut explain_block::Builder, records: &[Vec<u8>]) -> u
     const CHUNK_BYTES: usize = 16 * 1024; // server/explain_index.py
     let buffers: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
     builder.build(&buffers, 0, CHUNK_BYTES).expect("the kernel's records");
-    let bytes = builder.chunks().chain(builder.periods()).map(|(k, v)| k.len() + v.len()).sum();
-    builder.trim();
-    bytes
+    builder.chunks().chain(builder.periods()).map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// A digest of the records and of the block's entries, so that a change to recording or to the block
+/// can be checked to leave their bytes as they were (compare the printed digest before and after).
+fn digest(records: &[Vec<u8>], builder: &explain_block::Builder) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    records.hash(&mut hasher);
+    for (key, value) in builder.chunks().chain(builder.periods()) {
+        (key, value).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn main() {
@@ -219,7 +229,10 @@ fn main() {
         let mut builder = explain_block::Builder::new();
         let cpu_started = cpu_ns();
         let bytes = index_explain(&mut builder, &records);
-        (cpu_ns() - cpu_started, bytes, records.iter().map(Vec::len).sum::<usize>())
+        let cpu = cpu_ns() - cpu_started;
+        let digest = digest(&records, &builder);
+        builder.trim();
+        (cpu, bytes, records.iter().map(Vec::len).sum::<usize>(), digest)
     });
     let events = batches.len() * BATCH;
     assert_eq!(accepted as usize, events, "every spike event is accepted");
@@ -234,9 +247,9 @@ fn main() {
         events as f64 / (cpu as f64 / 1e9) / 1e6,
         allocations as f64 / events as f64
     );
-    if let Some((cpu, bytes, records)) = indexed {
+    if let Some((cpu, bytes, records, digest)) = indexed {
         println!(
-            "explain block: {:.0} ns CPU/event, {records} bytes of records -> {bytes} bytes of entries",
+            "explain block: {:.0} ns CPU/event, {records} bytes of records -> {bytes} bytes of entries (digest {digest:016x})",
             cpu as f64 / events as f64
         );
     }
