@@ -15,12 +15,12 @@ log = logging.getLogger("tariff")
 
 
 # The event loop answers every read and every ack; the writer's threads (rating, the journal's commits, the explain
-# index) work behind it. On a machine with more runnable threads than cores (a 2-core machine shared with load
-# generators), a thread that wakes waits for a CPU, and a woken loop waits for these threads' timeslices too. At nice
-# 5 (a third of the loop's CPU weight under Linux's scheduler) the loop is run first when both are runnable; with a
+# index, the snapshot's file) work behind it. On a machine with more runnable threads than cores (a 2-core machine
+# shared with load generators), a thread that wakes waits for a CPU, and a woken loop waits for these threads'
+# timeslices too. At nice 5 (a third of the loop's CPU weight under Linux's scheduler) the loop is run first when both are runnable; with a
 # core free nothing changes. Authorize p99 under ingest at 80 %, one call at a time (`python -m
 # server.bench.authorize_trace`, load 10-11): 56-61 ms at nice 0, 33 ms at nice 5, ingest achieved the same.
-BACKGROUND_THREADS = ("tariff-rating", "tariff-journal", "tariff-explain")
+BACKGROUND_THREADS = ("tariff-rating", "tariff-journal", "tariff-explain", "tariff-snapshot")
 BACKGROUND_NICE = 5  # added to the thread's own nice: a server started under `nice` keeps the same gap
 
 

@@ -327,6 +327,18 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Store:
+    """A snapshot encoded and being written to its file."""
+
+    seq: int
+    snapshot_bytes: int
+    started_s: float
+    encoded_s: float
+    switch_interval_s: float  # the interpreter's, restored once stored
+    future: asyncio.Future[None]
+
+
 @dataclasses.dataclass(slots=True)
 class _Submission:
     command: Submitted | None  # None: the marker close() queues behind the last real command
@@ -418,6 +430,10 @@ class Sequencer:
         # Usage batches are rated here, not on the journal's thread, so one group's commit (fsync) overlaps the
         # next group's rating; the writer awaits each run, so it stays the one writer.
         self._rating_thread = Worker("tariff-rating")
+        # A snapshot's file is written here while the writer goes on: once encoded, the state it holds is fixed.
+        self._snapshot_thread = Worker("tariff-snapshot")
+        self._storing: _Store | None = None  # the snapshot being written, at most one
+        self._store_failure: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._records_since_snapshot = 0
@@ -468,6 +484,7 @@ class Sequencer:
             await self._task
         if self.failure is None:
             await self._snapshot()
+        self._snapshot_thread.shutdown()
         self._writer_thread.shutdown()
         self._rating_thread.shutdown()
 
@@ -878,6 +895,7 @@ class Sequencer:
             log.exception("journal commit failed")
             failure = Unavailable(f"the journal commit failed, nothing was written: {exc}")
         if failure is not None:
+            await self._stored()  # the rebuild reads the snapshot: not while one is written
             self._rebuild()
             self._fail_held(failure)
             group.fail(failure)
@@ -904,9 +922,11 @@ class Sequencer:
         return None
 
     async def _housekeeping(self) -> None:
-        """The snapshot, taken only when every applied group is committed."""
+        """The snapshot, taken only when every applied group is committed; the writer goes on while it is stored."""
+        if self._store_failure is not None:
+            raise self._store_failure
         if self._snapshot_due():
-            await self._snapshot()
+            await self._snapshot(wait_for_store=False)
 
     def _rebuild(self) -> None:
         """Drops what was applied but not committed by recovering the state from the journal."""
@@ -922,71 +942,105 @@ class Sequencer:
 
     def _snapshot_due(self) -> bool:
         return (
-            self._records_since_snapshot >= self.snapshot_every_records
-            or self._events_since_snapshot >= self.snapshot_every_events
-        ) and self._journal_bytes_since_snapshot >= self.snapshot_journal_factor * self._last_snapshot_bytes
+            self._storing is None
+            and (
+                self._records_since_snapshot >= self.snapshot_every_records
+                or self._events_since_snapshot >= self.snapshot_every_events
+            )
+            and self._journal_bytes_since_snapshot >= self.snapshot_journal_factor * self._last_snapshot_bytes
+        )
 
-    async def _snapshot(self) -> None:
+    async def _snapshot(self, *, wait_for_store: bool = True) -> None:
         """Writes a snapshot without holding the event loop more than about PAUSE_EVERY_S at a time. Both halves
         are encoded off the loop, at once: the kernel's on the journal's thread with the GIL released, the control
         plane's on the rating thread (idle: the writer is here) a part at a time, handing the GIL over between
-        parts (see _encode_handing_over); the journal's thread then writes both to the file as they are.
+        parts (see _encode_handing_over); the snapshot's thread then writes both to the file as they are.
         One msgspec encode or bytes join of the whole holds the GIL throughout: at 10,000 customers the control
         plane is 20 MB of JSON, 40 ms and more in one call. The writer is here, so no command changes the state
-        meanwhile (reads do not change it): the state at this command boundary is what both threads encode."""
+        meanwhile (reads do not change it): the state at this command boundary is what both threads encode.
+        Once encoded the parts are that state whatever follows, so with `wait_for_store` False the writer goes on
+        while they are written (the store took as long as the encode at 10,000,000 ids); the next snapshot waits
+        for this one's store. The counts toward the next start at the encode: after a store the disk had no room
+        for, the next is tried once they are reached again."""
+        await self._stored()  # one store at a time, in seq order
         seq = self.billing.last_seq
         if seq == 0:
             return
         switch_interval_s = sys.getswitchinterval()
         # Threads hold the GIL in turn meanwhile (the kernel's part copies, the control plane's encode, then the
         # explain index's thread catching up to the snapshot's seq while it is stored): a loop waiting for it asks
-        # for it after this long instead of the default 5 ms.
+        # for it after this long instead of the default 5 ms, until the snapshot is stored.
         sys.setswitchinterval(SNAPSHOT_SWITCH_INTERVAL_S)
+        started_s = time.perf_counter()
         try:
-            snapshot_bytes = await self._encode_and_store(seq)
-        finally:
+            parts = await self._encode()
+        except BaseException:
             sys.setswitchinterval(switch_interval_s)
-        if snapshot_bytes is None:
-            return
+            raise
         self._records_since_snapshot = 0
         self._events_since_snapshot = 0
         self._journal_bytes_since_snapshot = 0
-        self._last_snapshot_bytes = snapshot_bytes
+        storing = _Store(
+            seq=seq,
+            snapshot_bytes=sum(len(part) for part in parts),
+            started_s=started_s,
+            encoded_s=time.perf_counter(),
+            switch_interval_s=switch_interval_s,
+            # The snapshot's thread writes the parts to the file one after the other with the GIL released, and
+            # drops each once written: no copy of the whole is made (nor faulted in, nor unmapped).
+            future=self._snapshot_thread.run(self._save_snapshot, seq, parts),
+        )
+        del parts
+        self._storing = storing
+        storing.future.add_done_callback(lambda _: self._finish_store(storing))
+        if wait_for_store:
+            await self._stored()
 
-    async def _encode_and_store(self, seq: int) -> int | None:
-        """The snapshot's bytes stored, or None when the disk had no room. Logs how long each step held the writer
-        (no batch is rated meanwhile): at 100,000,000 ids in the dedupe window a snapshot is gigabytes."""
-        started_s = time.perf_counter()
+    async def _encode(self) -> list[bytes]:
+        """The snapshot's parts, both halves encoded at once off the loop (see _snapshot)."""
         kernel_half = self._writer_thread.run(self.billing.kernel_snapshot)
         try:
             control_parts = await self._rating_thread.run(_encode_handing_over, self.billing.control_snapshot_parts())
         finally:
             kernel_parts = await kernel_half
-        parts = snapshot_parts(control_parts, kernel_parts)
         # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
-        del control_parts, kernel_parts, kernel_half
-        snapshot_bytes = sum(len(part) for part in parts)
-        encoded_s = time.perf_counter()
-        try:
-            # The journal writes the parts to the file one after the other with the GIL released, and drops each
-            # once written: no copy of the whole is made (nor faulted in, nor unmapped), on the loop or off it.
-            await self._writer_thread.run(self._save_snapshot, seq, parts)
-        except JournalFull:
+        return snapshot_parts(control_parts, kernel_parts)
+
+    async def _stored(self) -> None:
+        """Waits for the snapshot being stored, if any; raises what stopped a store other than a full disk."""
+        storing = self._storing
+        if storing is not None:
+            await asyncio.wait([storing.future])
+            self._finish_store(storing)
+        if self._store_failure is not None:
+            raise self._store_failure
+
+    def _finish_store(self, storing: _Store) -> None:
+        """On the loop once a store ended, by its future's callback or the writer that waited for it, whichever
+        comes first. Logs how long the snapshot held the writer (its encode) and took to store: at 100,000,000
+        ids in the dedupe window a snapshot is gigabytes."""
+        if self._storing is not storing:
+            return
+        self._storing = None
+        sys.setswitchinterval(storing.switch_interval_s)
+        error = None if storing.future.cancelled() else storing.future.exception()
+        if isinstance(error, JournalFull):
             # The journal alone still recovers everything; only restart time suffers.
-            log.warning("no room for a snapshot at seq %d: grow --map-size-mb", seq)
-            return None
-        stored_s = time.perf_counter()
-        log.info(
-            "snapshot seq=%d bytes=%d encode_ms=%.0f store_ms=%.0f",
-            seq,
-            snapshot_bytes,
-            (encoded_s - started_s) * 1000,
-            (stored_s - encoded_s) * 1000,
-        )
-        return snapshot_bytes
+            log.warning("no room for a snapshot at seq %d: grow --map-size-mb", storing.seq)
+        elif error is not None:
+            self._store_failure = error  # the writer stops at its next housekeeping, as if it had stored it
+        else:
+            self._last_snapshot_bytes = storing.snapshot_bytes
+            log.info(
+                "snapshot seq=%d bytes=%d encode_ms=%.0f store_ms=%.0f",
+                storing.seq,
+                storing.snapshot_bytes,
+                (storing.encoded_s - storing.started_s) * 1000,
+                (time.perf_counter() - storing.encoded_s) * 1000,
+            )
 
     def _save_snapshot(self, seq: int, parts: list[bytes]) -> None:
-        """On the journal's thread: stores the snapshot's parts (the journal empties the list as it writes), then
+        """On the snapshot's thread: stores the snapshot's parts (the journal empties the list as it writes), then
         hands the heap the snapshot's parts freed back to the system."""
         try:
             if self.explain_index is not None:

@@ -193,8 +193,9 @@ def test_the_switch_interval_stays_short_while_the_snapshot_is_stored_and_is_res
 def test_a_stored_snapshot_logs_its_seq_size_and_how_long_it_held_the_writer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An operator sees each snapshot's seq, bytes, and the milliseconds its encode and its store held the writer
-    (no batch rated meanwhile): at 100,000,000 ids in the dedupe window a snapshot is gigabytes."""
+    """An operator sees each snapshot's seq, bytes, the milliseconds its encode held the writer (no batch rated
+    meanwhile) and the milliseconds its store took: at 100,000,000 ids in the dedupe window a snapshot is
+    gigabytes."""
     journal = MemoryJournal()
     logged: list[str] = []
 
