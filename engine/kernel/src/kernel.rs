@@ -891,7 +891,44 @@ impl Kernel {
         self.rater.interner.text(sym)
     }
 
+    /// The whole state's bytes, the dedupe table included: the same state always encodes to the same bytes.
     pub fn snapshot(&self) -> Vec<u8> {
+        let (strings, accounts) = self.stored_accounts();
+        let (count, dedupe) = (self.dedupe.len(), self.dedupe.iter().map(|(k, v)| (k.into(), v.into())));
+        let tail = snapshot::Tail { clock_ms: self.clock.now_ms, dedupe_in_segments: false };
+        snapshot::encode_parts(snapshot::FORMAT, &strings, &accounts, count, dedupe, tail)
+    }
+
+    /// The state's bytes without the dedupe table, which is in segments stored beside them (snapshot::segment):
+    /// the segments of the snapshots before, and `take_dedupe_changes` (or `dedupe_base_segment`) for this one.
+    pub fn snapshot_head(&self) -> Vec<u8> {
+        let (strings, accounts) = self.stored_accounts();
+        let tail = snapshot::Tail { clock_ms: self.clock.now_ms, dedupe_in_segments: true };
+        snapshot::encode_parts(snapshot::FORMAT, &strings, &accounts, 0, std::iter::empty(), tail)
+    }
+
+    /// Starts (or stops) logging the dedupe table's changes for `take_dedupe_changes`; starting empties the log.
+    pub fn record_dedupe_changes(&mut self, on: bool) {
+        self.dedupe.record_changes(on);
+    }
+
+    /// Whether `record_dedupe_changes` is on.
+    pub fn dedupe_recording(&self) -> bool {
+        self.dedupe.recording()
+    }
+
+    /// The dedupe table's changes since the last call (or since recording started), leaving none: made into a
+    /// segment by `snapshot::segment::from_changes`, off the writer (it sorts them).
+    pub fn take_dedupe_changes(&mut self) -> Vec<dedupe::Change> {
+        self.dedupe.take_changes()
+    }
+
+    /// The whole dedupe table as a base segment (the first snapshot in segments, or after one was lost).
+    pub fn dedupe_base_segment(&self) -> Vec<u8> {
+        snapshot::segment::from_table(&self.dedupe)
+    }
+
+    fn stored_accounts(&self) -> (Vec<String>, Vec<StoredAccount>) {
         let mut customers: Vec<&String> = self.accounts.keys().collect();
         customers.sort();
         let accounts: Vec<StoredAccount> = customers
@@ -911,18 +948,33 @@ impl Kernel {
                 }
             })
             .collect();
-        let strings = self.rater.interner.strings();
-        let (count, dedupe) = (self.dedupe.len(), self.dedupe.iter().map(|(k, v)| (k.into(), v.into())));
-        snapshot::encode_parts(snapshot::FORMAT, &strings, &accounts, count, dedupe, self.clock.now_ms)
+        (self.rater.interner.strings(), accounts)
     }
 
-    /// A kernel holding a snapshot's state; load tables before rating with it.
+    /// A kernel holding a snapshot's state; load tables before rating with it. A snapshot whose dedupe table is
+    /// in segments is refused (`restore_segmented`).
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
+        Kernel::restore_segmented(bytes, &[])
+    }
+
+    /// `restore` of a snapshot and the dedupe segments stored beside it (oldest first), merged into the table
+    /// in one streaming pass. Segments must be given exactly when the snapshot says its table is in them.
+    pub fn restore_segmented(bytes: &[u8], segments: &[&[u8]]) -> Result<Kernel, String> {
         let (stored, entry_bytes) = snapshot::decode_borrowing(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let dedupe = match entry_bytes {
-            Some(entry_bytes) => dedupe::Table::from_entries(snapshot::dedupe_entries::read(entry_bytes)?),
-            None => dedupe::Table::from_entries(stored.dedupe.iter().copied()),
+        let dedupe = match (stored.dedupe_in_segments, entry_bytes) {
+            (true, _) if segments.is_empty() => {
+                return Err("the snapshot's dedupe table is in segments, and none were given".into())
+            }
+            (true, _) => {
+                let layers = segments.iter().map(|s| snapshot::segment::read(s)).collect::<Result<Vec<_>, _>>()?;
+                dedupe::Table::from_entries(snapshot::segment::table_entries(&layers))
+            }
+            (false, _) if !segments.is_empty() => {
+                return Err("the snapshot holds its dedupe table, and segments were given".into())
+            }
+            (false, Some(entry_bytes)) => dedupe::Table::from_entries(snapshot::dedupe_entries::read(entry_bytes)?),
+            (false, None) => dedupe::Table::from_entries(stored.dedupe.iter().copied()),
         };
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         let combos = &mut kernel.rater.combos;
