@@ -64,16 +64,19 @@ pub mod dedupe_entries {
         bytes.extend_from_slice(&seen.at_ms.to_le_bytes());
     }
 
+    /// The entry in the first ENTRY_BYTES of `entry`.
+    pub fn entry(entry: &[u8]) -> (u128, Seen) {
+        let u128_at = |at: usize| u128::from_le_bytes(entry[at..at + 16].try_into().expect("16 bytes"));
+        let at_ms = i64::from_le_bytes(entry[32..40].try_into().expect("8 bytes"));
+        (u128_at(0), Seen { digest: u128_at(16), at_ms })
+    }
+
     /// The entries a byte string holds, read as they are walked.
     pub fn read(bytes: &[u8]) -> Result<impl ExactSizeIterator<Item = (u128, Seen)> + Clone + '_, String> {
         if !bytes.len().is_multiple_of(ENTRY_BYTES) {
             return Err(format!("{} bytes of dedupe entries, not a multiple of {ENTRY_BYTES}", bytes.len()));
         }
-        let u128_at = |entry: &[u8], at: usize| u128::from_le_bytes(entry[at..at + 16].try_into().expect("16 bytes"));
-        Ok(bytes.chunks_exact(ENTRY_BYTES).map(move |entry| {
-            let at_ms = i64::from_le_bytes(entry[32..40].try_into().expect("8 bytes"));
-            (u128_at(entry, 0), Seen { digest: u128_at(entry, 16), at_ms })
-        }))
+        Ok(bytes.chunks_exact(ENTRY_BYTES).map(entry))
     }
 
     pub fn serialize<S: Serializer>(entries: &[(u128, Seen)], serializer: S) -> Result<S::Ok, S::Error> {
@@ -427,12 +430,29 @@ pub mod segment {
         u128::from_le_bytes(bytes[..KEY_BYTES].try_into().expect("16 bytes"))
     }
 
-    /// One of a layer's lists being walked.
+    /// One of a layer's lists being walked: the rest of it, its first key read once.
     #[derive(Clone)]
     struct Cursor<'a> {
         rest: &'a [u8],
         width: usize,
         layer: usize,
+        key: u128,
+    }
+
+    impl<'a> Cursor<'a> {
+        fn new(rest: &'a [u8], width: usize, layer: usize) -> Option<Cursor<'a>> {
+            (!rest.is_empty()).then(|| Cursor { rest, width, layer, key: key_at(rest) })
+        }
+
+        /// Steps past its first entry; false once it is empty.
+        fn advance(&mut self) -> bool {
+            self.rest = &self.rest[self.width..];
+            if self.rest.is_empty() {
+                return false;
+            }
+            self.key = key_at(self.rest);
+            true
+        }
     }
 
     /// Segments merged in key order: each key once, as (key, its entry or None if removed) from the newest
@@ -445,9 +465,9 @@ pub mod segment {
     /// `layers` oldest first.
     pub fn merged<'a>(layers: &[Layer<'a>]) -> Merged<'a> {
         let lists = layers.iter().enumerate().flat_map(|(layer, l)| {
-            [Cursor { rest: l.entries, width: ENTRY_BYTES, layer }, Cursor { rest: l.removed, width: KEY_BYTES, layer }]
+            [Cursor::new(l.entries, ENTRY_BYTES, layer), Cursor::new(l.removed, KEY_BYTES, layer)]
         });
-        Merged { cursors: lists.filter(|c| !c.rest.is_empty()).collect() }
+        Merged { cursors: lists.flatten().collect() }
     }
 
     impl Iterator for Merged<'_> {
@@ -456,7 +476,7 @@ pub mod segment {
         fn next(&mut self) -> Option<(u128, Option<Seen>)> {
             let mut best: Option<(u128, usize)> = None;
             for (at, cursor) in self.cursors.iter().enumerate() {
-                let here = key_at(cursor.rest);
+                let here = cursor.key;
                 if best.is_none_or(|(key, n)| here < key || (here == key && cursor.layer > self.cursors[n].layer)) {
                     best = Some((here, at));
                 }
@@ -464,15 +484,10 @@ pub mod segment {
             let (key, at) = best?;
             let winner = &self.cursors[at];
             let found = match winner.width {
-                ENTRY_BYTES => dedupe_entries::read(&winner.rest[..ENTRY_BYTES]).expect("whole").next().map(|e| e.1),
+                ENTRY_BYTES => Some(dedupe_entries::entry(&winner.rest[..ENTRY_BYTES]).1),
                 _ => None,
             };
-            for cursor in &mut self.cursors {
-                if key_at(cursor.rest) == key {
-                    cursor.rest = &cursor.rest[cursor.width..];
-                }
-            }
-            self.cursors.retain(|c| !c.rest.is_empty());
+            self.cursors.retain_mut(|cursor| cursor.key != key || cursor.advance());
             Some((key, found))
         }
     }
