@@ -16,11 +16,15 @@ Sans-I/O like the rest of engine/: time comes in with each call.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    import mmap  # the server's maps of segment files; engine/ reads them as bytes-like only
 
 from engine import alerts, credits, pending
 from engine import commands as cmd
@@ -736,7 +740,7 @@ class Billing:
         *,
         future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
-        segments: list[bytes] | None = None,
+        segments: Sequence[bytes | mmap.mmap] | None = None,
     ) -> Billing:
         """`segments`: the dedupe segments stored beside a snapshot the server wrote in segments, oldest first."""
         stored = msgspec.msgpack.decode(blob, type=Snapshot)

@@ -49,6 +49,7 @@ __all__ = [
     "JournalStats",
     "LmdbJournal",
     "MemoryJournal",
+    "Segment",
 ]
 
 # Bumped whenever the on-disk layout changes, so that an older server refuses a newer store
@@ -87,8 +88,10 @@ _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 # A snapshot's bytes: one buffer, or a list of parts that make it up in order.
 SnapshotBlob = bytes | mmap.mmap | list[bytes]
+# A stored dedupe segment as loaded: bytes, or a read-only map of its file.
+Segment = bytes | mmap.mmap
 # Merges dedupe segments (oldest first; whether the oldest is a base) into one, in parts (the kernel's).
-SegmentMerge = Callable[[list[bytes], bool], list[bytes]]
+SegmentMerge = Callable[[list[Segment], bool], list[bytes]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,7 +144,7 @@ class Journal(Protocol):
         """(seq, blob) of the newest snapshot, or None."""
         ...
 
-    def load_segmented_snapshot(self) -> tuple[int, bytes, list[bytes]] | None:
+    def load_segmented_snapshot(self) -> tuple[int, bytes, list[Segment]] | None:
         """(seq, blob, its dedupe segments oldest first, [] for none) of the newest snapshot, or None."""
         ...
 
@@ -265,19 +268,22 @@ class _SnapshotFile:
             raise JournalFormatError(f"{self._path} holds {len(blob)} of its {length} snapshot bytes")
         return seq, blob
 
-    def load_segments(self) -> list[bytes]:
-        segments = []
+    def load_segments(self) -> list[Segment]:
+        """The segments, each a read-only map of its file: read through the page cache, never copied onto the heap
+        (a base at 100,000,000 ids is 4 GB)."""
+        segments: list[Segment] = []
         for number, length in self.segments:
             path = self._segment_path(number)
             try:
-                segment = path.read_bytes()
+                with open(path, "rb") as file:
+                    size = os.fstat(file.fileno()).st_size
+                    if size != length:
+                        raise JournalFormatError(f"{path} holds {size} of its {length} bytes")
+                    segments.append(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")
             except FileNotFoundError:
                 raise JournalFormatError(
                     f"{self._path} lists the dedupe segment {path.name}, which is missing"
                 ) from None
-            if len(segment) != length:
-                raise JournalFormatError(f"{path} holds {len(segment)} of its {length} bytes")
-            segments.append(segment)
         return segments
 
     def save(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
@@ -529,7 +535,7 @@ class LmdbJournal:
                 return None
             return _seq_from_key(cursor.key()), cursor.value()
 
-    def load_segmented_snapshot(self) -> tuple[int, bytes, list[bytes]] | None:
+    def load_segmented_snapshot(self) -> tuple[int, bytes, list[Segment]] | None:
         loaded = self.load_snapshot()
         if loaded is None:
             return None
@@ -644,7 +650,7 @@ class MemoryJournal:
             self._require_open()
             return self._snapshot
 
-    def load_segmented_snapshot(self) -> tuple[int, bytes, list[bytes]] | None:
+    def load_segmented_snapshot(self) -> tuple[int, bytes, list[Segment]] | None:
         with self._lock:
             self._require_open()
             return None if self._snapshot is None else (*self._snapshot, list(self._segments))
@@ -683,7 +689,7 @@ class MemoryJournal:
             segments, snapshot = self._segments, self._snapshot
         if not 2 <= count <= len(segments) or snapshot is None:
             raise ValueError(f"{count} of {len(segments)} dedupe segments cannot be compacted")
-        merged = b"".join(merge(segments[-count:], count == len(segments)))
+        merged = b"".join(merge(list(segments[-count:]), count == len(segments)))
         with self._lock:
             self._require_open()
             assert self._snapshot is snapshot, "a snapshot was saved beside a compaction"

@@ -69,7 +69,7 @@ from engine.versions import PublishResult
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
-from server.journal import DedupeSegmentSave, Journal, JournalFull
+from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment
 from server.scheduling import GilHandover
 
 log = logging.getLogger("tariff.sequencer")
@@ -1111,7 +1111,7 @@ def segments_to_compact(segment_bytes: list[int]) -> int:
     return len(segment_bytes) if due else 0
 
 
-def _merge_segments(segments: list[bytes], base: bool) -> list[bytes]:
+def _merge_segments(segments: list[Segment], base: bool) -> list[bytes]:
     return merge_dedupe_segments(segments, base, SEGMENT_PART_BYTES)
 
 

@@ -406,9 +406,9 @@ impl Kernel {
     /// dedupe segments stored beside a snapshot made by `snapshot_segmented` (ValueError without them).
     #[staticmethod]
     #[pyo3(signature = (snapshot, segments = None))]
-    fn restore(py: Python<'_>, snapshot: &[u8], segments: Option<Vec<Bound<'_, PyBytes>>>) -> PyResult<Kernel> {
-        let segments = segments.unwrap_or_default();
-        let slices: Vec<&[u8]> = segments.iter().map(|s| s.as_bytes()).collect();
+    fn restore(py: Python<'_>, snapshot: &[u8], segments: Option<Vec<Bound<'_, PyAny>>>) -> PyResult<Kernel> {
+        let views = Views::get(&segments.unwrap_or_default())?;
+        let slices = views.slices();
         let kernel =
             py.detach(|| kernel::Kernel::restore_segmented(snapshot, &slices)).map_err(PyValueError::new_err)?;
         Ok(Kernel::wrap(kernel))
@@ -446,7 +446,11 @@ impl Kernel {
         })??;
         let (head, segment) = py.detach(|| {
             self.read().map(|k| {
-                let segment = if base { Pending::Encoded(k.dedupe_base_segment()) } else { Pending::Changes(changes) };
+                let segment = if base {
+                    Pending::Encoded(k.dedupe_base_segment(part_bytes_max))
+                } else {
+                    Pending::Changes(changes)
+                };
                 (k.snapshot_head(), segment)
             })
         })?;
@@ -869,7 +873,8 @@ struct DedupeSegment {
 
 enum Pending {
     Changes(Vec<crate::dedupe::Change>),
-    Encoded(Vec<u8>),
+    /// A base, in `snapshot_segmented`'s parts.
+    Encoded(Vec<Vec<u8>>),
 }
 
 #[pymethods]
@@ -882,20 +887,51 @@ impl DedupeSegment {
         }
         let pending = self.pending.lock().take().ok_or_else(|| PyRuntimeError::new_err("encoded already"))?;
         let encoded = py.detach(|| match pending {
-            Pending::Changes(changes) => crate::snapshot::segment::from_changes(changes),
-            Pending::Encoded(bytes) => bytes,
+            Pending::Changes(changes) => crate::snapshot::segment::from_changes(changes, part_bytes_max),
+            Pending::Encoded(parts) => parts,
         });
-        parts_detached(py, encoded, part_bytes_max)
+        parts_detached(py, encoded)
     }
 }
 
-/// `bytes` copied into parts of at most `part_bytes_max`, then freed, the GIL released meanwhile.
-fn parts_detached(py: Python<'_>, bytes: Vec<u8>, part_bytes_max: usize) -> PyResult<Vec<Bound<'_, PyBytes>>> {
-    let parts = bytes.chunks(part_bytes_max).collect::<Vec<_>>();
-    let copied = bytes_copied_detached(py, &parts, None)?;
-    drop(parts);
-    py.detach(|| drop(bytes));
+/// Parts copied into bytes objects one at a time, each freed once copied (so the whole is never held twice), the
+/// GIL released meanwhile.
+fn parts_detached(py: Python<'_>, parts: Vec<Vec<u8>>) -> PyResult<Vec<Bound<'_, PyBytes>>> {
+    let mut copied = Vec::with_capacity(parts.len());
+    for part in parts {
+        copied.extend(bytes_copied_detached(py, &[&part], None)?);
+        py.detach(|| drop(part));
+    }
     Ok(copied)
+}
+
+/// Read-only views of bytes-like objects (bytes, or the server's read-only maps of segment files), read with the
+/// GIL released: a segment file is read through the page cache, not copied onto the heap.
+struct Views(Vec<pyo3::buffer::PyBuffer<u8>>);
+
+impl Views {
+    fn get(objects: &[Bound<'_, PyAny>]) -> PyResult<Views> {
+        let mut buffers = Vec::with_capacity(objects.len());
+        for object in objects {
+            let buffer = pyo3::buffer::PyBuffer::<u8>::get(object)?;
+            if !buffer.is_c_contiguous() {
+                return Err(PyValueError::new_err("a dedupe segment must be one contiguous buffer"));
+            }
+            buffers.push(buffer);
+        }
+        Ok(Views(buffers))
+    }
+
+    fn slices(&self) -> Vec<&[u8]> {
+        let slice = |buffer: &pyo3::buffer::PyBuffer<u8>| {
+            // SAFETY: the buffer is C-contiguous (checked in `get`), of `len_bytes` bytes, and held by `self`, so
+            // its memory stays valid and in place while the slice (which borrows `self`) lives. Nothing writes it
+            // meanwhile: the server passes bytes (immutable) or read-only maps of segment files, which are written
+            // once, before any snapshot lists them, and never again.
+            unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) }
+        };
+        self.0.iter().map(slice).collect()
+    }
 }
 
 /// Dedupe segments (oldest first) merged into one, in parts of at most `part_bytes_max` bytes, the GIL released:
@@ -904,16 +940,17 @@ fn parts_detached(py: Python<'_>, bytes: Vec<u8>, part_bytes_max: usize) -> PyRe
 #[pyfunction]
 fn merge_dedupe_segments<'py>(
     py: Python<'py>,
-    segments: Vec<Bound<'py, PyBytes>>,
+    segments: Vec<Bound<'py, PyAny>>,
     base: bool,
     part_bytes_max: usize,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     if part_bytes_max == 0 {
         return Err(PyValueError::new_err("part_bytes_max must be positive"));
     }
-    let slices: Vec<&[u8]> = segments.iter().map(|s| s.as_bytes()).collect();
-    let merged = py.detach(|| crate::snapshot::segment::merge(&slices, base)).map_err(PyValueError::new_err)?;
-    parts_detached(py, merged, part_bytes_max)
+    let views = Views::get(&segments)?;
+    let slices = views.slices();
+    let merged = py.detach(|| crate::snapshot::segment::merge(&slices, base, part_bytes_max));
+    parts_detached(py, merged.map_err(PyValueError::new_err)?)
 }
 
 #[pyclass(frozen, module = "engine._kernel")]

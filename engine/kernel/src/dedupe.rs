@@ -733,13 +733,13 @@ mod pruning_tests {
     fn segmented_snapshots_restore_the_same_state_bytes() {
         let journal = journal();
         let mut live = fresh();
-        let mut segments = vec![live.dedupe_base_segment()];
+        let mut segments = vec![live.dedupe_base_segment(7).concat()];
         live.record_dedupe_changes(true);
         let mut taken = Vec::new();
         for (seq, (batch, at_ms)) in (1..).zip(&journal) {
             ingest(&mut live, batch, *at_ms, seq);
             if seq % 1000 == 0 || seq == 2 {
-                segments.push(snapshot::segment::from_changes(live.take_dedupe_changes()));
+                segments.push(snapshot::segment::from_changes(live.take_dedupe_changes(), 1 << 20).concat());
                 taken.push((seq as usize, live.snapshot_head(), segments.clone(), live.snapshot()));
             }
         }

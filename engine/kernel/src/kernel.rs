@@ -923,9 +923,10 @@ impl Kernel {
         self.dedupe.take_changes()
     }
 
-    /// The whole dedupe table as a base segment (the first snapshot in segments, or after one was lost).
-    pub fn dedupe_base_segment(&self) -> Vec<u8> {
-        snapshot::segment::from_table(&self.dedupe)
+    /// The whole dedupe table as a base segment (the first snapshot in segments, or after one was lost), in
+    /// chunks of at most `chunk_bytes`.
+    pub fn dedupe_base_segment(&self, chunk_bytes: usize) -> Vec<Vec<u8>> {
+        snapshot::segment::from_table(&self.dedupe, chunk_bytes)
     }
 
     fn stored_accounts(&self) -> (Vec<String>, Vec<StoredAccount>) {

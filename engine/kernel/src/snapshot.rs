@@ -58,10 +58,17 @@ pub mod dedupe_entries {
 
     pub const ENTRY_BYTES: usize = 40;
 
-    pub fn write(bytes: &mut Vec<u8>, (key, seen): (u128, Seen)) {
-        bytes.extend_from_slice(&key.to_le_bytes());
-        bytes.extend_from_slice(&seen.digest.to_le_bytes());
-        bytes.extend_from_slice(&seen.at_ms.to_le_bytes());
+    pub fn write(bytes: &mut Vec<u8>, entry: (u128, Seen)) {
+        bytes.extend_from_slice(&encoded(entry));
+    }
+
+    /// One entry's bytes.
+    pub fn encoded((key, seen): (u128, Seen)) -> [u8; ENTRY_BYTES] {
+        let mut bytes = [0u8; ENTRY_BYTES];
+        bytes[..16].copy_from_slice(&key.to_le_bytes());
+        bytes[16..32].copy_from_slice(&seen.digest.to_le_bytes());
+        bytes[32..].copy_from_slice(&seen.at_ms.to_le_bytes());
+        bytes
     }
 
     /// The entry in the first ENTRY_BYTES of `entry`.
@@ -359,41 +366,82 @@ pub mod segment {
     pub const FORMAT: u32 = 1;
     const KEY_BYTES: usize = 16;
 
-    /// The segment of a log of changes (`Table::take_changes`): each key's last change.
-    pub fn from_changes(mut changes: Vec<Change>) -> Vec<u8> {
+    /// The segment of a log of changes (`Table::take_changes`): each key's last change, in chunks of at most
+    /// `chunk_bytes`.
+    pub fn from_changes(mut changes: Vec<Change>, chunk_bytes: usize) -> Vec<Vec<u8>> {
         // A stable sort: one key's changes stay in the order made, its last one last.
         changes.sort_by_key(|change| change.key);
         let last = |at: usize| changes.get(at + 1).is_none_or(|next| next.key != changes[at].key);
         let kept = || (0..changes.len()).filter(|&at| last(at)).map(|at| changes[at]);
         let puts = kept().filter(|change| change.held.is_some()).count();
-        let removals = kept().count() - puts;
-        let mut out = head(puts * ENTRY_BYTES);
+        let mut out = Chunks::new(chunk_bytes);
+        out.put_head(puts);
         for change in kept() {
             if let Some(held) = change.held {
-                dedupe_entries::write(&mut out, (change.key.into(), held.into()));
+                out.put_entry((change.key.into(), held.into()));
             }
         }
-        out = postcard::to_extend(&((removals * KEY_BYTES) as u64), out).expect("a u64 encodes");
+        out.put_length((kept().count() - puts) * KEY_BYTES);
         for change in kept().filter(|change| change.held.is_none()) {
-            out.extend_from_slice(&u128::from(change.key).to_le_bytes());
+            out.put(&u128::from(change.key).to_le_bytes());
         }
-        out
+        out.parts
     }
 
-    /// The base segment of a whole table: its entries, no removals.
-    pub fn from_table(table: &Table) -> Vec<u8> {
-        let mut out = head(table.len() * ENTRY_BYTES);
+    /// The base segment of a whole table (its entries, no removals), in chunks of at most `chunk_bytes`.
+    pub fn from_table(table: &Table, chunk_bytes: usize) -> Vec<Vec<u8>> {
+        let mut out = Chunks::new(chunk_bytes);
+        out.put_head(table.len());
         for (key, held) in table.iter() {
-            dedupe_entries::write(&mut out, (key.into(), held.into()));
+            out.put_entry((key.into(), held.into()));
         }
-        postcard::to_extend(&0u64, out).expect("a u64 encodes")
+        out.put_length(0);
+        out.parts
     }
 
-    /// The format and the entries' length prefix, with room for `entry_bytes` more.
-    fn head(entry_bytes: usize) -> Vec<u8> {
-        let mut out = postcard::to_allocvec(&(FORMAT, entry_bytes as u64)).expect("plain numbers encode");
-        out.reserve_exact(entry_bytes + 10);
-        out
+    /// A segment written in chunks of at most `max` bytes: a segment of a large window (400 MB at 10,000,000 ids)
+    /// is handed to Python a chunk at a time, each freed once copied, so it is never held twice whole.
+    struct Chunks {
+        parts: Vec<Vec<u8>>,
+        max: usize,
+    }
+
+    impl Chunks {
+        fn new(max: usize) -> Chunks {
+            assert!(max > 0, "chunks of at least a byte");
+            Chunks { parts: Vec::new(), max }
+        }
+
+        fn put(&mut self, mut bytes: &[u8]) {
+            while !bytes.is_empty() {
+                let room = self.parts.last().map_or(0, |last| self.max - last.len());
+                if room == 0 {
+                    self.parts.push(Vec::with_capacity(self.max));
+                    continue;
+                }
+                let (now, later) = bytes.split_at(room.min(bytes.len()));
+                self.parts.last_mut().expect("a part with room").extend_from_slice(now);
+                bytes = later;
+            }
+        }
+
+        /// A byte string's length prefix (a postcard varint).
+        fn put_length(&mut self, length: usize) {
+            let mut varint = [0u8; 10];
+            let encoded = postcard::to_slice(&(length as u64), &mut varint).expect("a u64 takes at most 10 bytes");
+            self.put(encoded);
+        }
+
+        /// The format and the length prefix of `entries` entries.
+        fn put_head(&mut self, entries: usize) {
+            let mut format = [0u8; 5];
+            self.put(postcard::to_slice(&FORMAT, &mut format).expect("a u32 takes at most 5 bytes"));
+            self.put_length(entries * ENTRY_BYTES);
+        }
+
+        fn put_entry(&mut self, entry: (u128, Seen)) {
+            self.put(&dedupe_entries::encoded(entry));
+        }
     }
 
     /// One segment's two sorted lists, left in its bytes.
@@ -520,32 +568,27 @@ pub mod segment {
 
     impl<I: Iterator> ExactSizeIterator for Counted<I> {}
 
-    /// Segments (oldest first) merged into one, for compaction. With `base` (the oldest segment is a base, or
-    /// there is none older) removals are dropped, since they remove nothing any more; otherwise they are kept.
-    pub fn merge(segments: &[&[u8]], base: bool) -> Result<Vec<u8>, String> {
+    /// Segments (oldest first) merged into one, for compaction, in chunks of at most `chunk_bytes`. With `base`
+    /// (the oldest segment is a base, or there is none older) removals are dropped, since they remove nothing any
+    /// more; otherwise they are kept.
+    pub fn merge(segments: &[&[u8]], base: bool, chunk_bytes: usize) -> Result<Vec<Vec<u8>>, String> {
         let layers = segments.iter().map(|bytes| read(bytes)).collect::<Result<Vec<_>, _>>()?;
-        let (mut puts, mut removals) = (0usize, 0usize);
-        for (_, seen) in merged(&layers) {
-            match seen {
-                Some(_) => puts += 1,
-                None => removals += 1,
-            }
-        }
-        let removals = if base { 0 } else { removals };
-        let mut out = head(puts * ENTRY_BYTES);
+        let puts = merged(&layers).filter(|(_, seen)| seen.is_some()).count();
+        let mut out = Chunks::new(chunk_bytes);
+        out.put_head(puts);
         for (key, seen) in merged(&layers) {
             if let Some(seen) = seen {
-                dedupe_entries::write(&mut out, (key, seen));
+                out.put_entry((key, seen));
             }
         }
-        out = postcard::to_extend(&((removals * KEY_BYTES) as u64), out).expect("a u64 encodes");
+        let removals = || merged(&layers).filter(|(_, seen)| seen.is_none());
+        out.put_length(if base { 0 } else { removals().count() * KEY_BYTES });
         if !base {
-            out.reserve_exact(removals * KEY_BYTES);
-            for (key, _) in merged(&layers).filter(|(_, seen)| seen.is_none()) {
-                out.extend_from_slice(&key.to_le_bytes());
+            for (key, _) in removals() {
+                out.put(&key.to_le_bytes());
             }
         }
-        Ok(out)
+        Ok(out.parts)
     }
 }
 
@@ -789,7 +832,7 @@ mod segment_tests {
         for key in [3u128, 9] {
             table.insert(key.into(), Seen { digest: 1, at_ms: 1 }.into());
         }
-        let bytes = segment::from_changes(table.take_changes());
+        let bytes = segment::from_changes(table.take_changes(), 1 << 20).concat();
         assert!(read(&bytes).is_ok());
         let mut swapped = bytes.clone();
         let first = swapped.len() - 1 - 2 * dedupe_entries::ENTRY_BYTES;
@@ -820,18 +863,19 @@ mod segment_tests {
         fn merged_segments_are_exactly_the_table(
             ops in proptest::collection::vec((keys(), 0i64..100, 0u8..10), 0..400),
             compact_from in 0usize..6,
+            chunk_bytes in prop_oneof![1usize..50, Just(1 << 20)],
         ) {
             let mut table = Table::default();
-            let mut segments = vec![segment::from_table(&table)];
+            let mut segments = vec![segment::from_table(&table, 1 << 20).concat()];
             table.record_changes(true);
             for (key, at_ms, op) in ops {
                 match op {
                     0 => drop(table.prune_range((key >> (128 - PRUNE_RANGE_BITS)) as u64, |h| h.at_ms() < at_ms)),
-                    1 => segments.push(segment::from_changes(table.take_changes())),
+                    1 => segments.push(segment::from_changes(table.take_changes(), chunk_bytes).concat()),
                     _ => table.insert(key.into(), held(at_ms)),
                 }
             }
-            segments.push(segment::from_changes(table.take_changes()));
+            segments.push(segment::from_changes(table.take_changes(), chunk_bytes).concat());
             let expected: Vec<(u128, Seen)> = table.iter().map(|(k, h)| (k.into(), h.into())).collect();
             let slices: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
             let layers: Vec<_> = slices.iter().map(|s| read(s).unwrap()).collect();
@@ -841,12 +885,12 @@ mod segment_tests {
             let restored = Table::from_entries(table_entries(&layers));
             prop_assert!(restored.iter().map(|(k, h)| (u128::from(k), Seen::from(h))).eq(expected.iter().copied()));
             // Compacted whole: no removals left.
-            let whole = merge(&slices, true).unwrap();
+            let whole = merge(&slices, true, chunk_bytes).unwrap().concat();
             prop_assert!(merged(&[read(&whole).unwrap()]).all(|(_, seen)| seen.is_some()));
             prop_assert_eq!(table_entries(&[read(&whole).unwrap()]).collect::<Vec<_>>(), expected.clone());
             // The newer segments compacted, the older kept before them.
             let from = compact_from.min(slices.len());
-            let tail = merge(&slices[from..], from == 0).unwrap();
+            let tail = merge(&slices[from..], from == 0, chunk_bytes).unwrap().concat();
             let mut kept: Vec<&[u8]> = slices[..from].to_vec();
             kept.push(&tail);
             let layers: Vec<_> = kept.iter().map(|s| read(s).unwrap()).collect();
