@@ -527,20 +527,22 @@ class LmdbJournal:
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         env = self._require_env()
-        file_seq, stored_seq = self._snapshot_file.seq, self._stored_snapshot_seq
-        if file_seq is not None and (stored_seq is None or file_seq >= stored_seq):
+        if self._file_is_newest():
             return self._snapshot_file.load()
         with env.begin(buffers=False) as txn, txn.cursor(db=self._snapshots_db) as cursor:
             if not cursor.last():
                 return None
             return _seq_from_key(cursor.key()), cursor.value()
 
+    def _file_is_newest(self) -> bool:
+        file_seq, stored_seq = self._snapshot_file.seq, self._stored_snapshot_seq
+        return file_seq is not None and (stored_seq is None or file_seq >= stored_seq)
+
     def load_segmented_snapshot(self) -> tuple[int, bytes, list[Segment]] | None:
         loaded = self.load_snapshot()
         if loaded is None:
             return None
-        from_file = loaded[0] == self._snapshot_file.seq and self._stored_snapshot_seq is None
-        return loaded[0], loaded[1], self._snapshot_file.load_segments() if from_file else []
+        return loaded[0], loaded[1], self._snapshot_file.load_segments() if self._file_is_newest() else []
 
     def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         env = self._require_env()

@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from engine._kernel import Kernel
@@ -312,3 +313,20 @@ def test_a_snapshot_head_without_its_segments_is_refused() -> None:
 def test_a_segment_of_changes_is_refused_by_a_kernel_that_does_not_log_them() -> None:
     with pytest.raises(RuntimeError, match="a base is due"):
         Billing().kernel_snapshot_segmented(base=False)
+
+
+def test_a_segmented_snapshot_newer_than_an_earlier_releases_snapshot_in_the_map_loads_with_its_segments(
+    tmp_path: Path,
+) -> None:
+    """A kill between the file's rename and the drop of the map's copy leaves both: the newer, the file, is loaded,
+    with its segments."""
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a"), (2, b"b"), (3, b"c")])
+    journal.save_snapshot(3, [b"state@3"], DedupeSegmentSave([b"base"], base=True))
+    journal.close()
+    with lmdb.open(str(path), max_dbs=4) as env, env.begin(write=True) as txn:
+        txn.put((2).to_bytes(8, "big"), b"state@2, in the map", db=env.open_db(b"snapshots", txn=txn))
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    assert _loaded(journal) == (3, b"state@3", [b"base"])
+    journal.close()
