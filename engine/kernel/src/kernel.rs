@@ -25,7 +25,7 @@ use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
     curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Product, Route, Sym, Version,
 };
-use crate::snapshot::{self, StoredAccount};
+use crate::snapshot::{self, KeyRef, StoredAccountRef};
 use crate::tables;
 
 #[derive(Default)]
@@ -929,27 +929,37 @@ impl Kernel {
         snapshot::segment::from_table(&self.dedupe, chunk_bytes)
     }
 
-    fn stored_accounts(&self) -> (Vec<String>, Vec<StoredAccount>) {
-        let mut customers: Vec<&String> = self.accounts.keys().collect();
-        customers.sort();
-        let accounts: Vec<StoredAccount> = customers
-            .into_iter()
-            .map(|id| {
-                let account = &self.accounts[id];
-                let (aggregates, buckets) = self.usage(id).expect("listed, so present");
-                StoredAccount {
-                    customer_id: id.clone(),
-                    grants: account.grants.clone(),
-                    aggregates,
-                    buckets,
-                    period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
-                    period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
-                    adjustments: account.adjustments.clone(),
-                    credits: account.credits.as_deref().cloned(),
-                }
-            })
-            .collect();
+    /// The accounts as a snapshot stores them, sorted by customer id, borrowed from the kernel's (copying every
+    /// account's grants, usage and credits first took most of a snapshot's encode once the dedupe table was out of it).
+    fn stored_accounts(&self) -> (Vec<String>, Vec<StoredAccountRef<'_>>) {
+        let mut customers: Vec<(&String, &Account)> = self.accounts.iter().map(|(id, a)| (id, &**a)).collect();
+        customers.sort_unstable_by_key(|(id, _)| *id);
+        let accounts = customers.into_iter().map(|(id, account)| self.stored_account(id, account)).collect();
         (self.rater.interner.strings(), accounts)
+    }
+
+    fn stored_account<'a>(&'a self, id: &'a str, account: &'a Account) -> StoredAccountRef<'a> {
+        let key = |at_ms: i64, product: Sym, combo: u32| KeyRef {
+            at_ms,
+            product,
+            dimensions: self.rater.combos.tuple(combo),
+        };
+        let mut aggregates: Vec<_> =
+            account.aggregates.iter().map(|(k, v)| (key(k.period_start_ms, k.product, k.combo), v)).collect();
+        aggregates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut buckets: Vec<_> =
+            account.buckets.iter().map(|(k, v)| (key(k.hour, k.product, k.combo), v.as_slice())).collect();
+        buckets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        StoredAccountRef {
+            customer_id: id,
+            grants: &account.grants,
+            aggregates,
+            buckets,
+            period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
+            period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
+            adjustments: &account.adjustments,
+            credits: account.credits.as_deref(),
+        }
     }
 
     /// A kernel holding a snapshot's state; load tables before rating with it. A snapshot whose dedupe table is

@@ -29,6 +29,30 @@ pub struct StoredAccount {
     pub credits: Option<AccountCredits>,
 }
 
+/// `StoredAccount` borrowing the kernel's account instead of copying it, for encoding a snapshot: the same fields
+/// in the same order, each serialized as its owned form is (a slice or a SmallVec as a sequence, a reference as
+/// its value), so the bytes are `StoredAccount`'s (a test in kernel.rs compares them).
+#[derive(Serialize)]
+pub struct StoredAccountRef<'a> {
+    pub customer_id: &'a str,
+    pub grants: &'a [Grant],
+    pub aggregates: Vec<(KeyRef<'a>, &'a Aggregate)>,
+    pub buckets: Vec<(KeyRef<'a>, &'a [VersionUsage])>,
+    pub period_charges: Vec<(i64, Picos)>,
+    pub period_overage: Vec<(i64, Picos)>,
+    pub adjustments: &'a [Adjustment],
+    pub credits: Option<&'a AccountCredits>,
+}
+
+/// `AggregateKey` or `BucketKey` (the same fields: a time, the product, the dimensions), borrowing the dimensions;
+/// ordered as they are.
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyRef<'a> {
+    pub at_ms: i64,
+    pub product: crate::route::Sym,
+    pub dimensions: &'a [crate::route::Sym],
+}
+
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub struct Stored {
     pub format: u32,
@@ -287,10 +311,10 @@ pub struct Tail {
 /// `encode` of the `Stored` these parts make, the `count` dedupe entries (in key order) written from the
 /// iterator straight into the output: the table's entries are not copied into a list, then a byte
 /// string, then the output (at 10 M ids each copy is 400 MB or more).
-pub fn encode_parts(
+pub fn encode_parts<A: Serialize>(
     format: u32,
     strings: &[String],
-    accounts: &[StoredAccount],
+    accounts: &[A],
     count: usize,
     dedupe: impl Iterator<Item = (u128, Seen)>,
     tail: Tail,
@@ -786,6 +810,20 @@ mod tests {
         bytes.insert(at + 1, 0);
         assert_eq!(decode(&bytes).expect("whole entries again").dedupe.len(), 3);
     }
+}
+
+/// That a kernel snapshot's bytes are what the owned `Stored` of them encodes to, its accounts' aggregates and
+/// buckets in their keys' order: the borrowed encoding (`StoredAccountRef`) writes what copying did.
+#[cfg(test)]
+pub(crate) fn check_owned_form(bytes: &[u8]) {
+    let stored = decode(bytes).expect("decodes");
+    assert!(!stored.accounts.is_empty(), "some account to check");
+    for account in &stored.accounts {
+        assert!(account.aggregates.is_sorted_by(|a, b| a.0 < b.0), "{}", account.customer_id);
+        assert!(account.buckets.is_sorted_by(|a, b| a.0 < b.0), "{}", account.customer_id);
+    }
+    assert!(stored.accounts.is_sorted_by(|a, b| a.customer_id < b.customer_id));
+    assert!(encode(&stored) == bytes, "the owned form encodes to the same bytes");
 }
 
 #[cfg(test)]
