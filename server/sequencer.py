@@ -496,7 +496,9 @@ class Sequencer:
             self._arrived.set()
             await self._task
         if self.failure is None:
-            await self._snapshot()
+            # No compaction: a shutdown should not wait for one (seconds at 10,000,000 ids); the next start's
+            # first store does it.
+            await self._snapshot(compact=False)
         self._snapshot_thread.shutdown()
         self._writer_thread.shutdown()
         self._rating_thread.shutdown()
@@ -963,7 +965,7 @@ class Sequencer:
             and self._journal_bytes_since_snapshot >= self.snapshot_journal_factor * self._last_snapshot_bytes
         )
 
-    async def _snapshot(self, *, wait_for_store: bool = True) -> None:
+    async def _snapshot(self, *, wait_for_store: bool = True, compact: bool = True) -> None:
         """Writes a snapshot without holding the event loop more than about PAUSE_EVERY_S at a time. Both halves
         are encoded off the loop, at once: the kernel's on the journal's thread with the GIL released, the control
         plane's on the rating thread (idle: the writer is here) a part at a time, handing the GIL over between
@@ -974,7 +976,8 @@ class Sequencer:
         Once encoded the parts are that state whatever follows, so with `wait_for_store` False the writer goes on
         while they are written (the store took as long as the encode at 10,000,000 ids); the next snapshot waits
         for this one's store. The counts toward the next start at the encode: after a store the disk had no room
-        for, the next is tried once they are reached again."""
+        for, the next is tried once they are reached again. With `compact`, the store compacts the dedupe segments
+        when due."""
         await self._stored()  # one store at a time, in seq order
         seq = self.billing.last_seq
         if seq == 0:
@@ -1005,7 +1008,7 @@ class Sequencer:
             switch_interval_s=switch_interval_s,
             # The snapshot's thread writes the parts to the file one after the other with the GIL released, and
             # drops each once written: no copy of the whole is made (nor faulted in, nor unmapped).
-            future=self._snapshot_thread.run(self._save_snapshot, seq, parts, segment, base),
+            future=self._snapshot_thread.run(self._save_snapshot, seq, parts, segment, base, compact),
         )
         del parts, segment
         self._storing = storing
@@ -1061,10 +1064,12 @@ class Sequencer:
                 (time.perf_counter() - storing.encoded_s) * 1000,
             )
 
-    def _save_snapshot(self, seq: int, parts: list[bytes], segment: DedupeSegment, base: bool) -> int:
+    def _save_snapshot(
+        self, seq: int, parts: list[bytes], segment: DedupeSegment, base: bool, compact: bool = True
+    ) -> int:
         """On the snapshot's thread: encodes the dedupe segment, stores it and the snapshot's parts (the journal
-        empties the lists as it writes), compacts the segments when due, then hands the heap the snapshot's parts
-        freed back to the system. Returns the segment's bytes."""
+        empties the lists as it writes), compacts the segments when due (and `compact`), then hands the heap the
+        snapshot's parts freed back to the system. Returns the segment's bytes."""
         segment_parts: list[bytes] = []
         try:
             if self.explain_index is not None:
@@ -1072,7 +1077,8 @@ class Sequencer:
             segment_parts = segment.encode(SEGMENT_PART_BYTES)
             segment_bytes = sum(len(part) for part in segment_parts)
             self.journal.save_snapshot(seq, parts, DedupeSegmentSave(segment_parts, base))
-            self._compact_segments()
+            if compact:
+                self._compact_segments()
             return segment_bytes
         finally:
             parts.clear()  # what a refused save left unwritten is freed before the trim too

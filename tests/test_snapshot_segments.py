@@ -105,7 +105,9 @@ def test_each_snapshot_stores_only_the_changes_and_recovery_gives_the_state_exac
     journal.close()
 
 
-def test_segments_are_compacted_on_the_snapshot_thread_once_due(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_segments_are_compacted_on_the_snapshot_thread_once_due_but_not_at_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(sequencer_module, "DEDUPE_SEGMENTS_MAX", 3)
     journal = MemoryJournal()
     counts: list[int] = []
@@ -119,6 +121,7 @@ def test_segments_are_compacted_on_the_snapshot_thread_once_due(monkeypatch: pyt
 
     billing = run_with(journal, body)
     assert counts == [1, 2, 3, 1, 2, 3], "compacted when a fourth was stored"
+    assert len(journal.dedupe_segment_bytes()) == 4, "close() stores a fourth and does not wait for a compaction"
     assert recover(journal).encode_snapshot() == billing.encode_snapshot()
 
 
