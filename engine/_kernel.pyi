@@ -1,6 +1,7 @@
 """Types of the rating kernel's Python binding (engine/kernel/src/bindings.rs); amounts are ints in picos."""
 
-from collections.abc import Callable
+import mmap
+from collections.abc import Callable, Sequence
 from typing import Literal, TypedDict, final
 
 class Balance(TypedDict):
@@ -60,8 +61,12 @@ class Kernel:
     ): ...
     def snapshot(self) -> bytes: ...
     def snapshot_parts(self, part_bytes_max: int) -> list[bytes]: ...
+    # The state without the dedupe table (in parts), and this snapshot's dedupe segment (the changes since the
+    # last call, or with base the whole table), to encode off the writer.
+    def snapshot_segmented(self, part_bytes_max: int, base: bool) -> tuple[list[bytes], DedupeSegment]: ...
+    def record_dedupe_changes(self, on: bool) -> None: ...
     @staticmethod
-    def restore(snapshot: bytes) -> Kernel: ...
+    def restore(snapshot: bytes, segments: Sequence[bytes | mmap.mmap] | None = None) -> Kernel: ...
     def rerate_customers(self, rate_card_id: str, from_hour: int) -> list[str]: ...
     def rerate_check(self, customers: list[str], version: bytes, from_hour: int) -> None: ...
     def rerate_plan_slice(self, customers: list[str], version: bytes, from_hour: int) -> list[str]: ...
@@ -172,6 +177,13 @@ class Kernel:
     def reserve_batch(self, requests: bytes, now_ms: int) -> tuple[bytes, int, list[str]]:
         """A HoldingBatch's requests applied (a journaled change): (the holds' AuthorizeBatchResult bytes, holds
         placed, their customers in first-appearance order)."""
+
+@final
+class DedupeSegment:
+    def encode(self, part_bytes_max: int) -> list[bytes]: ...  # RuntimeError on a second call
+
+# Dedupe segments (oldest first) merged into one; with base (the oldest is a base) removals are dropped.
+def merge_dedupe_segments(segments: Sequence[bytes | mmap.mmap], base: bool, part_bytes_max: int) -> list[bytes]: ...
 
 @final
 class HoldingBatch:

@@ -16,15 +16,19 @@ Sans-I/O like the rest of engine/: time comes in with each call.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import msgspec
 
+if TYPE_CHECKING:
+    import mmap  # the server's maps of segment files; engine/ reads them as bytes-like only
+
 from engine import alerts, credits, pending
 from engine import commands as cmd
-from engine._kernel import HoldingBatch, Kernel
+from engine._kernel import DedupeSegment, HoldingBatch, Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import EngineError, NotFound
@@ -172,6 +176,9 @@ class Billing:
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._rerate_changed: set[str] = set()  # the customers a publish's re-rating changed so far
         self.planning: PlanInSlices | None = None  # a publish being planned a slice at a time (begin_plan)
+        # The seq of the stored snapshot whose dedupe segments the kernel's logged changes follow (the kernel
+        # restored from them, or the server's last snapshot); None: the next snapshot's segment is a base.
+        self.dedupe_segments_seq: int | None = None
         self._sync_tracking()
         self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
@@ -193,6 +200,7 @@ class Billing:
         self._fired.clear()
         self.planning = None
         self._tracking = other._tracking
+        self.dedupe_segments_seq = other.dedupe_segments_seq
         self._sync_tracking()
 
     # Commands ------------------------------------------------------------------------------------------
@@ -718,6 +726,13 @@ class Billing:
         self.refresh_tables()
         return self.kernel.snapshot_parts(KERNEL_SNAPSHOT_PART_BYTES)
 
+    def kernel_snapshot_segmented(self, base: bool) -> tuple[list[bytes], DedupeSegment]:
+        """The kernel's half without its dedupe table, which goes in a segment beside the snapshot: the table's
+        changes since the last one (to encode off the writer), or with `base` the whole table (and from then on
+        the kernel logs its changes). See Kernel.snapshot_segmented."""
+        self.refresh_tables()
+        return self.kernel.snapshot_segmented(KERNEL_SNAPSHOT_PART_BYTES, base)
+
     @classmethod
     def from_snapshot(
         cls,
@@ -725,11 +740,13 @@ class Billing:
         *,
         future_skew_ms: int = FUTURE_SKEW_MS_DEFAULT,
         dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
+        segments: Sequence[bytes | mmap.mmap] | None = None,
     ) -> Billing:
+        """`segments`: the dedupe segments stored beside a snapshot the server wrote in segments, oldest first."""
         stored = msgspec.msgpack.decode(blob, type=Snapshot)
         assert stored.format == SNAPSHOT_FORMAT, f"snapshot format {stored.format}"
         engine = Engine.from_snapshot(stored.control)
-        kernel = Kernel.restore(stored.kernel)
+        kernel = Kernel.restore(stored.kernel, segments or None)
         return cls(engine, kernel, future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
 
 

@@ -28,11 +28,12 @@ transaction is ever shared between threads. `MemoryJournal` takes a lock for the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import mmap
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -41,12 +42,14 @@ import msgspec
 
 __all__ = [
     "FORMAT_VERSION",
+    "DedupeSegmentSave",
     "Journal",
     "JournalFormatError",
     "JournalFull",
     "JournalStats",
     "LmdbJournal",
     "MemoryJournal",
+    "Segment",
 ]
 
 # Bumped whenever the on-disk layout changes, so that an older server refuses a newer store
@@ -71,16 +74,34 @@ _READ_CHUNK_BYTES = 8 * 1024 * 1024
 
 _SEQ_KEY_BYTES = 8
 
-# The snapshot file: magic, seq and blob length (8-byte big-endian each), then the blob.
+# The snapshot file: magic, seq and blob length (8-byte big-endian each), then the blob. TARIFFS2 adds, before the
+# blob, the count of the dedupe segments the snapshot lists and each one's number and length (8 bytes each): its
+# file is `segment.<number>` beside it. A snapshot without segments is still written as TARIFFS1.
 _SNAPSHOT_FILE = "snapshot"
 _SNAPSHOT_MAGIC = b"TARIFFS1"
+_SNAPSHOT_MAGIC_SEGMENTED = b"TARIFFS2"
 _SNAPSHOT_HEADER_BYTES = 24
+_SEGMENT_PREFIX = "segment."
 # One write(2) moves at most about 2 GiB on Linux; a snapshot at 100,000,000 dedupe ids is bigger.
 _SNAPSHOT_WRITE_BYTES = 256 * 1024 * 1024
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 # A snapshot's bytes: one buffer, or a list of parts that make it up in order.
 SnapshotBlob = bytes | mmap.mmap | list[bytes]
+# A stored dedupe segment as loaded: bytes, or a read-only map of its file.
+Segment = bytes | mmap.mmap
+# Merges dedupe segments (oldest first; whether the oldest is a base) into one, in parts (the kernel's).
+SegmentMerge = Callable[[list[Segment], bool], list[bytes]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DedupeSegmentSave:
+    """A snapshot's dedupe segment (engine/kernel/src/snapshot.rs, `segment`), in parts, emptied as written. A base
+    holds the whole table and replaces the segments listed before; otherwise it holds the changes since the stored
+    snapshot and is listed after its segments."""
+
+    parts: list[bytes]
+    base: bool
 
 
 class JournalStats(msgspec.Struct, frozen=True):
@@ -123,9 +144,25 @@ class Journal(Protocol):
         """(seq, blob) of the newest snapshot, or None."""
         ...
 
-    def save_snapshot(self, seq: int, blob: SnapshotBlob) -> None:
-        """Replace the snapshot. ValueError if seq > last_seq() or older than the current one. A list is the blob
-        in parts, concatenated; each part leaves the list once stored (see `_SnapshotFile.save`)."""
+    def load_segmented_snapshot(self) -> tuple[int, bytes, list[Segment]] | None:
+        """(seq, blob, its dedupe segments oldest first, [] for none) of the newest snapshot, or None."""
+        ...
+
+    def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
+        """Replace the snapshot. ValueError if seq > last_seq() or older than the current one, or for a segment that
+        is no base when the current snapshot lists none. A list is the blob in parts, concatenated; each part leaves
+        the list once stored (see `_SnapshotFile.save`). Without a segment the snapshot lists none. Raises
+        JournalFull (the stored snapshot and its segments kept) when there is no room."""
+        ...
+
+    def dedupe_segment_bytes(self) -> list[int]:
+        """The sizes of the current snapshot's dedupe segments, oldest first."""
+        ...
+
+    def compact_dedupe_segments(self, count: int, merge: SegmentMerge) -> None:
+        """Replaces the current snapshot's `count` newest segments (at least 2) by their merge, as one change:
+        a crash leaves the snapshot listing either the old segments or the merged one. JournalFull (nothing
+        changed) when there is no room. On the thread that saves snapshots, never beside a save."""
         ...
 
     def stats(self) -> JournalStats: ...
@@ -167,7 +204,10 @@ def _closed_error(what: str) -> RuntimeError:
 
 
 class _SnapshotFile:
-    """The newest snapshot as a file beside the LMDB environment, replaced by write, fsync, rename.
+    """The newest snapshot as a file beside the LMDB environment, replaced by write, fsync, rename; and the dedupe
+    segments it lists, each a file of its own (`segment.<number>`), written and fsynced before the snapshot file
+    that lists it is renamed into place, and deleted once no snapshot file lists it: a crash at any step leaves
+    the snapshot file listing only durable segments, and the files no snapshot lists are deleted at the next open.
 
     Not in the LMDB map: a snapshot there (hundreds of MB once the dedupe window holds millions of ids) is freed
     by the next one, and LMDB hands its pages to the journal's later commits a few at a time. Those pages sit in
@@ -177,30 +217,50 @@ class _SnapshotFile:
     """
 
     def __init__(self, directory: Path, *, sync: bool) -> None:
+        self._directory = directory
         self._path = directory / _SNAPSHOT_FILE
         self._partial_path = directory / f"{_SNAPSHOT_FILE}.partial"
         self._sync = sync
         with contextlib.suppress(FileNotFoundError):
             self._partial_path.unlink()  # a save cut short: the file it was to replace is whole
-        self.seq = self._read_seq()
+        self.seq: int | None = None
+        # (number, bytes) of the segments the snapshot file lists, oldest first.
+        self.segments: list[tuple[int, int]] = []
+        with contextlib.suppress(FileNotFoundError), open(self._path, "rb") as file:
+            self.seq, _, self.segments = self._header(file)
+        listed = {number for number, _ in self.segments}
+        for path in directory.glob(f"{_SEGMENT_PREFIX}*"):
+            if _segment_number(path) not in listed:
+                path.unlink()  # written by a save or compaction cut short, or replaced: no snapshot lists it
+        self._next_number = max(listed, default=0) + 1
 
-    def _read_seq(self) -> int | None:
-        try:
-            with open(self._path, "rb") as file:
-                return self._header(file)[0]
-        except FileNotFoundError:
-            return None
-
-    def _header(self, file: BinaryIO) -> tuple[int, int]:
+    def _header(self, file: BinaryIO) -> tuple[int, int, list[tuple[int, int]]]:
+        """(seq, blob length, segments), the file left at the blob."""
         header = file.read(_SNAPSHOT_HEADER_BYTES)
-        if len(header) != _SNAPSHOT_HEADER_BYTES or header[:8] != _SNAPSHOT_MAGIC:
-            raise JournalFormatError(f"{self._path} is not a Tariff snapshot (header {header[:8]!r})")
-        return int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:24], "big")
+        magic = header[:8]
+        if len(header) != _SNAPSHOT_HEADER_BYTES or magic not in (_SNAPSHOT_MAGIC, _SNAPSHOT_MAGIC_SEGMENTED):
+            raise JournalFormatError(f"{self._path} is not a Tariff snapshot (header {magic!r})")
+        seq, length = int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:24], "big")
+        segments: list[tuple[int, int]] = []
+        if magic == _SNAPSHOT_MAGIC_SEGMENTED:
+            listed = file.read(8)
+            count = int.from_bytes(listed, "big")
+            entries = file.read(16 * count)
+            if len(listed) != 8 or len(entries) != 16 * count:
+                raise JournalFormatError(f"{self._path} is cut short in its list of dedupe segments")
+            for at in range(0, len(entries), 16):
+                segments.append(
+                    (int.from_bytes(entries[at : at + 8], "big"), int.from_bytes(entries[at + 8 : at + 16], "big"))
+                )
+        return seq, length, segments
+
+    def _segment_path(self, number: int) -> Path:
+        return self._directory / f"{_SEGMENT_PREFIX}{number:020d}"
 
     def load(self) -> tuple[int, bytes] | None:
         try:
             with open(self._path, "rb") as file:
-                seq, length = self._header(file)
+                seq, length, _ = self._header(file)
                 blob = file.read(length)
         except FileNotFoundError:
             return None
@@ -208,14 +268,86 @@ class _SnapshotFile:
             raise JournalFormatError(f"{self._path} holds {len(blob)} of its {length} snapshot bytes")
         return seq, blob
 
-    def save(self, seq: int, blob: SnapshotBlob) -> None:
+    def load_segments(self) -> list[Segment]:
+        """The segments, each a read-only map of its file: read through the page cache, never copied onto the heap
+        (a base at 100,000,000 ids is 4 GB)."""
+        segments: list[Segment] = []
+        for number, length in self.segments:
+            path = self._segment_path(number)
+            try:
+                with open(path, "rb") as file:
+                    size = os.fstat(file.fileno()).st_size
+                    if size != length:
+                        raise JournalFormatError(f"{path} holds {size} of its {length} bytes")
+                    segments.append(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")
+            except FileNotFoundError:
+                raise JournalFormatError(
+                    f"{self._path} lists the dedupe segment {path.name}, which is missing"
+                ) from None
+        return segments
+
+    def save(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         """Raises JournalFull (the stored snapshot kept) when the disk has no room. A list of parts is written part
         after part, each removed from the list once written, so that the caller's last reference to it goes and it
         is freed meanwhile: the server hands its snapshot over in parts, and no copy of the whole is ever made."""
+        if segment is not None and not segment.base and not self.segments:
+            raise ValueError("a dedupe segment of changes needs a stored snapshot with segments to follow")
+        listed: list[tuple[int, int]] = []
+        if segment is not None:
+            written = self._write_segment(segment.parts)
+            listed = [*(() if segment.base else self.segments), written]
+        self._replace(seq, blob, listed, listed[-1][0] if listed else None)
+        self.seq = seq
+
+    def compact(self, count: int, merge: SegmentMerge) -> None:
+        if not 2 <= count <= len(self.segments) or self.seq is None:
+            raise ValueError(f"{count} of {len(self.segments)} dedupe segments cannot be compacted")
+        kept = self.segments[:-count]
+        parts = merge(self.load_segments()[-count:], not kept)
+        written = self._write_segment(parts)
+        loaded = self.load()
+        assert loaded is not None and loaded[0] == self.seq, "the snapshot compacted is the one stored"
+        self._replace(self.seq, loaded[1], [*kept, written], written[0])
+
+    def _write_segment(self, parts: list[bytes]) -> tuple[int, int]:
+        """Writes and fsyncs a new segment file (its directory entry too); (number, bytes)."""
+        number, self._next_number = self._next_number, self._next_number + 1
+        path = self._segment_path(number)
+        length = sum(len(part) for part in parts)
+        self._write_file(path, parts)
+        return number, length
+
+    def _replace(self, seq: int, blob: SnapshotBlob, segments: list[tuple[int, int]], new: int | None) -> None:
+        """Writes the snapshot file listing `segments` and renames it into place, then deletes the segment files it
+        no longer lists. Until the rename, a failure deletes the segment just written (`new`), which nothing lists."""
         length = sum(len(part) for part in blob) if isinstance(blob, list) else len(blob)
-        header = _SNAPSHOT_MAGIC + seq.to_bytes(8, "big") + length.to_bytes(8, "big")
+        header = (_SNAPSHOT_MAGIC_SEGMENTED if segments else _SNAPSHOT_MAGIC) + seq.to_bytes(8, "big")
+        header += length.to_bytes(8, "big")
+        if segments:
+            header += len(segments).to_bytes(8, "big")
+            header += b"".join(number.to_bytes(8, "big") + size.to_bytes(8, "big") for number, size in segments)
         try:
-            fd = os.open(self._partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._write_file(self._partial_path, blob, header)
+            os.replace(self._partial_path, self._path)
+        except BaseException:
+            for path in [self._partial_path, *([] if new is None else [self._segment_path(new)])]:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            raise
+        if self._sync:
+            _fsync_directory(self._path.parent)  # the rename itself must survive a crash
+        replaced = {number for number, _ in self.segments} - {number for number, _ in segments}
+        self.segments = segments
+        for number in sorted(replaced):
+            with contextlib.suppress(FileNotFoundError):
+                self._segment_path(number).unlink()
+
+    def _write_file(self, path: Path, blob: SnapshotBlob, header: bytes = b"") -> None:
+        """Writes `header` then `blob` to a new file at `path` and fsyncs it (and, for a segment, its directory
+        entry), a list's parts dropped from it once written. JournalFull, the file removed, when the disk has no
+        room."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 _write_all(fd, memoryview(header))
                 if isinstance(blob, list):
@@ -228,18 +360,19 @@ class _SnapshotFile:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(self._partial_path, self._path)
+            if self._sync and path != self._partial_path:
+                _fsync_directory(self._directory)  # durable before any snapshot file lists it
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
-                self._partial_path.unlink()
+                path.unlink()
             if exc.errno in _DISK_FULL_ERRNOS:
-                raise JournalFull(
-                    f"no room on disk for a snapshot at {self._path}: nothing was written ({exc})"
-                ) from exc
+                raise JournalFull(f"no room on disk for a snapshot at {path}: nothing was written ({exc})") from exc
             raise
-        if self._sync:
-            _fsync_directory(self._path.parent)  # the rename itself must survive a crash
-        self.seq = seq
+
+
+def _segment_number(path: Path) -> int | None:
+    digits = path.name.removeprefix(_SEGMENT_PREFIX)
+    return int(digits) if digits.isdigit() else None
 
 
 def _write_blob(fd: int, blob: bytes | mmap.mmap) -> None:
@@ -394,24 +527,41 @@ class LmdbJournal:
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         env = self._require_env()
-        file_seq, stored_seq = self._snapshot_file.seq, self._stored_snapshot_seq
-        if file_seq is not None and (stored_seq is None or file_seq >= stored_seq):
+        if self._file_is_newest():
             return self._snapshot_file.load()
         with env.begin(buffers=False) as txn, txn.cursor(db=self._snapshots_db) as cursor:
             if not cursor.last():
                 return None
             return _seq_from_key(cursor.key()), cursor.value()
 
-    def save_snapshot(self, seq: int, blob: SnapshotBlob) -> None:
+    def _file_is_newest(self) -> bool:
+        file_seq, stored_seq = self._snapshot_file.seq, self._stored_snapshot_seq
+        return file_seq is not None and (stored_seq is None or file_seq >= stored_seq)
+
+    def load_segmented_snapshot(self) -> tuple[int, bytes, list[Segment]] | None:
+        loaded = self.load_snapshot()
+        if loaded is None:
+            return None
+        return loaded[0], loaded[1], self._snapshot_file.load_segments() if self._file_is_newest() else []
+
+    def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         env = self._require_env()
         seqs = [s for s in (self._snapshot_file.seq, self._stored_snapshot_seq) if s is not None]
         _check_snapshot_seq(seq, self._last_seq, max(seqs, default=None))
-        self._snapshot_file.save(seq, blob)
+        self._snapshot_file.save(seq, blob, segment)
         if self._stored_snapshot_seq is not None:
             # Once, after an earlier release's store: the file now holds the newer snapshot.
             with env.begin(write=True) as txn:
                 txn.drop(self._snapshots_db, delete=False)
             self._stored_snapshot_seq = None
+
+    def dedupe_segment_bytes(self) -> list[int]:
+        self._require_env()
+        return [size for _, size in self._snapshot_file.segments]
+
+    def compact_dedupe_segments(self, count: int, merge: SegmentMerge) -> None:
+        self._require_env()
+        self._snapshot_file.compact(count, merge)
 
     def stats(self) -> JournalStats:
         env = self._require_env()
@@ -448,6 +598,7 @@ class MemoryJournal:
         self._lock = threading.Lock()
         self._records: list[bytes] = []  # index i holds seq i + 1
         self._snapshot: tuple[int, bytes] | None = None
+        self._segments: list[bytes] = []  # the snapshot's dedupe segments, oldest first
         self._used_bytes = 0
         self._closed = False
 
@@ -501,18 +652,50 @@ class MemoryJournal:
             self._require_open()
             return self._snapshot
 
-    def save_snapshot(self, seq: int, blob: SnapshotBlob) -> None:
+    def load_segmented_snapshot(self) -> tuple[int, bytes, list[Segment]] | None:
+        with self._lock:
+            self._require_open()
+            return None if self._snapshot is None else (*self._snapshot, list(self._segments))
+
+    def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         with self._lock:
             self._require_open()
             _check_snapshot_seq(seq, len(self._records), None if self._snapshot is None else self._snapshot[0])
+            if segment is not None and not segment.base and not self._segments:
+                raise ValueError("a dedupe segment of changes needs a stored snapshot with segments to follow")
             joined = b"".join(blob) if isinstance(blob, list) else bytes(blob)
-            old_bytes = 0 if self._snapshot is None else _SEQ_KEY_BYTES + len(self._snapshot[1])
-            new_bytes = _SEQ_KEY_BYTES + len(joined)
-            self._reserve(new_bytes - old_bytes)
+            segments = [] if segment is None else [*([] if segment.base else self._segments), b"".join(segment.parts)]
+            self._replace((seq, joined), segments)
             if isinstance(blob, list):
                 blob.clear()  # as LmdbJournal leaves it: every part stored
-            self._snapshot = (seq, joined)
-            self._used_bytes += new_bytes - old_bytes
+            if segment is not None:
+                segment.parts.clear()
+
+    def _replace(self, snapshot: tuple[int, bytes], segments: list[bytes]) -> None:
+        """JournalFull, nothing changed, when the snapshot and its segments would not fit."""
+        old_bytes = 0 if self._snapshot is None else _SEQ_KEY_BYTES + len(self._snapshot[1])
+        old_bytes += sum(len(segment) for segment in self._segments)
+        new_bytes = _SEQ_KEY_BYTES + len(snapshot[1]) + sum(len(segment) for segment in segments)
+        self._reserve(new_bytes - old_bytes)
+        self._snapshot, self._segments = snapshot, segments
+        self._used_bytes += new_bytes - old_bytes
+
+    def dedupe_segment_bytes(self) -> list[int]:
+        with self._lock:
+            self._require_open()
+            return [len(segment) for segment in self._segments]
+
+    def compact_dedupe_segments(self, count: int, merge: SegmentMerge) -> None:
+        with self._lock:
+            self._require_open()
+            segments, snapshot = self._segments, self._snapshot
+        if not 2 <= count <= len(segments) or snapshot is None:
+            raise ValueError(f"{count} of {len(segments)} dedupe segments cannot be compacted")
+        merged = b"".join(merge(list(segments[-count:]), count == len(segments)))
+        with self._lock:
+            self._require_open()
+            assert self._snapshot is snapshot, "a snapshot was saved beside a compaction"
+            self._replace(snapshot, [*segments[:-count], merged])
 
     def stats(self) -> JournalStats:
         with self._lock:

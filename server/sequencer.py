@@ -58,7 +58,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine import commands as cmd
-from engine._kernel import BatchTooLarge, CustomerNotAllowed
+from engine._kernel import BatchTooLarge, CustomerNotAllowed, DedupeSegment, merge_dedupe_segments
 from engine.alerts import FiredAlert
 from engine.audit import audit_target
 from engine.billing import Billing, CompiledTables, Ingested, RatingChanged, snapshot_parts
@@ -69,7 +69,7 @@ from engine.versions import PublishResult
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
-from server.journal import Journal, JournalFull
+from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment
 from server.scheduling import GilHandover
 
 log = logging.getLogger("tariff.sequencer")
@@ -98,6 +98,12 @@ PAUSE_EVERY_S = 0.001
 # lateness of the loop of 9 ms at the default 5 ms, 2.4-4 ms at this).
 GIL_HANDOVER_S = 0.00005
 SNAPSHOT_SWITCH_INTERVAL_S = 0.0005
+# A snapshot's dedupe segment (the table's changes since the one before) is written in parts of this many bytes.
+SEGMENT_PART_BYTES = 64 * 1024 * 1024
+# The stored dedupe segments are merged into one once the changes after the oldest reach this fraction of it, or
+# once there are more than this many (see segments_to_compact).
+DEDUPE_COMPACT_FACTOR = 0.5
+DEDUPE_SEGMENTS_MAX = 8
 # A recovery that takes longer than this says how far it got, every this often.
 RECOVERY_PROGRESS_EVERY_S = 2.0
 # A replay hands the explain index what it recorded every this many records (a bounded buffer).
@@ -185,11 +191,18 @@ def recover(
     `explain_index`, the replay indexes what the index does not cover yet, and the kernel records from then on
     (an index behind the snapshot makes the replay start at the journal's first record)."""
     skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
-    snapshot = journal.load_snapshot()
+    snapshot = journal.load_segmented_snapshot()
     if explain_index is not None and snapshot is not None and explain_index.covered_seq() < snapshot[0]:
         snapshot = None
     if snapshot is not None:
-        billing = Billing.from_snapshot(snapshot[1], future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms)
+        seq, blob, segments = snapshot
+        billing = Billing.from_snapshot(
+            blob, future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms, segments=segments
+        )
+        if segments:
+            # The next snapshot stores the changes since this one, the replay's first.
+            billing.kernel.record_dedupe_changes(True)
+            billing.dedupe_segments_seq = seq
     else:
         billing = Billing(future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms)
     assert billing.last_seq == (snapshot[0] if snapshot else 0), "snapshot seq and state disagree"
@@ -332,11 +345,11 @@ class _Store:
     """A snapshot encoded and being written to its file."""
 
     seq: int
-    snapshot_bytes: int
+    snapshot_bytes: int  # without its dedupe segment, which the future gives (encoded on the snapshot's thread)
     started_s: float
     encoded_s: float
     switch_interval_s: float  # the interpreter's, restored once stored
-    future: asyncio.Future[None]
+    future: asyncio.Future[int]
 
 
 @dataclasses.dataclass(slots=True)
@@ -483,7 +496,9 @@ class Sequencer:
             self._arrived.set()
             await self._task
         if self.failure is None:
-            await self._snapshot()
+            # No compaction: a shutdown should not wait for one (seconds at 10,000,000 ids); the next start's
+            # first store does it.
+            await self._snapshot(compact=False)
         self._snapshot_thread.shutdown()
         self._writer_thread.shutdown()
         self._rating_thread.shutdown()
@@ -950,7 +965,7 @@ class Sequencer:
             and self._journal_bytes_since_snapshot >= self.snapshot_journal_factor * self._last_snapshot_bytes
         )
 
-    async def _snapshot(self, *, wait_for_store: bool = True) -> None:
+    async def _snapshot(self, *, wait_for_store: bool = True, compact: bool = True) -> None:
         """Writes a snapshot without holding the event loop more than about PAUSE_EVERY_S at a time. Both halves
         are encoded off the loop, at once: the kernel's on the journal's thread with the GIL released, the control
         plane's on the rating thread (idle: the writer is here) a part at a time, handing the GIL over between
@@ -961,7 +976,8 @@ class Sequencer:
         Once encoded the parts are that state whatever follows, so with `wait_for_store` False the writer goes on
         while they are written (the store took as long as the encode at 10,000,000 ids); the next snapshot waits
         for this one's store. The counts toward the next start at the encode: after a store the disk had no room
-        for, the next is tried once they are reached again."""
+        for, the next is tried once they are reached again. With `compact`, the store compacts the dedupe segments
+        when due."""
         await self._stored()  # one store at a time, in seq order
         seq = self.billing.last_seq
         if seq == 0:
@@ -972,11 +988,15 @@ class Sequencer:
         # for it after this long instead of the default 5 ms, until the snapshot is stored.
         sys.setswitchinterval(SNAPSHOT_SWITCH_INTERVAL_S)
         started_s = time.perf_counter()
+        # The changes since the stored snapshot whose segments they follow; a base when there is none (a first
+        # snapshot, one after a store that failed, or after a recovery from a snapshot without segments).
+        base = self.billing.dedupe_segments_seq is None
         try:
-            parts = await self._encode()
+            parts, segment = await self._encode(base)
         except BaseException:
             sys.setswitchinterval(switch_interval_s)
             raise
+        self.billing.dedupe_segments_seq = seq
         self._records_since_snapshot = 0
         self._events_since_snapshot = 0
         self._journal_bytes_since_snapshot = 0
@@ -988,23 +1008,24 @@ class Sequencer:
             switch_interval_s=switch_interval_s,
             # The snapshot's thread writes the parts to the file one after the other with the GIL released, and
             # drops each once written: no copy of the whole is made (nor faulted in, nor unmapped).
-            future=self._snapshot_thread.run(self._save_snapshot, seq, parts),
+            future=self._snapshot_thread.run(self._save_snapshot, seq, parts, segment, base, compact),
         )
-        del parts
+        del parts, segment
         self._storing = storing
         storing.future.add_done_callback(lambda _: self._finish_store(storing))
         if wait_for_store:
             await self._stored()
 
-    async def _encode(self) -> list[bytes]:
-        """The snapshot's parts, both halves encoded at once off the loop (see _snapshot)."""
-        kernel_half = self._writer_thread.run(self.billing.kernel_snapshot)
+    async def _encode(self, base: bool) -> tuple[list[bytes], DedupeSegment]:
+        """The snapshot's parts, both halves encoded at once off the loop (see _snapshot), and its dedupe segment
+        (encoded on the snapshot's thread)."""
+        kernel_half = self._writer_thread.run(self.billing.kernel_snapshot_segmented, base)
         try:
             control_parts = await self._rating_thread.run(_encode_handing_over, self.billing.control_snapshot_parts())
         finally:
-            kernel_parts = await kernel_half
+            kernel_parts, segment = await kernel_half
         # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
-        return snapshot_parts(control_parts, kernel_parts)
+        return snapshot_parts(control_parts, kernel_parts), segment
 
     async def _stored(self) -> None:
         """Waits for the snapshot being stored, if any; raises what stopped a store other than a full disk."""
@@ -1024,31 +1045,80 @@ class Sequencer:
         self._storing = None
         sys.setswitchinterval(storing.switch_interval_s)
         error = None if storing.future.cancelled() else storing.future.exception()
+        if error is not None:
+            # Its segment's changes are in no file: the next snapshot's segment holds the whole table.
+            self.billing.dedupe_segments_seq = None
         if isinstance(error, JournalFull):
             # The journal alone still recovers everything; only restart time suffers.
             log.warning("no room for a snapshot at seq %d: grow --map-size-mb", storing.seq)
         elif error is not None:
             self._store_failure = error  # the writer stops at its next housekeeping, as if it had stored it
         else:
-            self._last_snapshot_bytes = storing.snapshot_bytes
+            snapshot_bytes = storing.snapshot_bytes + storing.future.result()
+            self._last_snapshot_bytes = snapshot_bytes
             log.info(
                 "snapshot seq=%d bytes=%d encode_ms=%.0f store_ms=%.0f",
                 storing.seq,
-                storing.snapshot_bytes,
+                snapshot_bytes,
                 (storing.encoded_s - storing.started_s) * 1000,
                 (time.perf_counter() - storing.encoded_s) * 1000,
             )
 
-    def _save_snapshot(self, seq: int, parts: list[bytes]) -> None:
-        """On the snapshot's thread: stores the snapshot's parts (the journal empties the list as it writes), then
-        hands the heap the snapshot's parts freed back to the system."""
+    def _save_snapshot(
+        self, seq: int, parts: list[bytes], segment: DedupeSegment, base: bool, compact: bool = True
+    ) -> int:
+        """On the snapshot's thread: encodes the dedupe segment, stores it and the snapshot's parts (the journal
+        empties the lists as it writes), compacts the segments when due (and `compact`), then hands the heap the
+        snapshot's parts freed back to the system. Returns the segment's bytes."""
+        segment_parts: list[bytes] = []
         try:
             if self.explain_index is not None:
                 self.explain_index.flush(seq)  # a restart replays from the snapshot: the index must reach it
-            self.journal.save_snapshot(seq, parts)
+            segment_parts = segment.encode(SEGMENT_PART_BYTES)
+            segment_bytes = sum(len(part) for part in segment_parts)
+            self.journal.save_snapshot(seq, parts, DedupeSegmentSave(segment_parts, base))
+            if compact:
+                self._compact_segments()
+            return segment_bytes
         finally:
             parts.clear()  # what a refused save left unwritten is freed before the trim too
+            segment_parts.clear()
             trim_heap()
+
+    def _compact_segments(self) -> None:
+        """On the snapshot's thread, after a store: merges the stored snapshot's dedupe segments when due
+        (`segments_to_compact`), from their files, off the writer. A disk with no room for the merge keeps them."""
+        count = segments_to_compact(self.journal.dedupe_segment_bytes())
+        if count == 0:
+            return
+        started_s = time.perf_counter()
+        try:
+            self.journal.compact_dedupe_segments(count, _merge_segments)
+        except JournalFull:
+            log.warning("no room to compact %d dedupe segments: kept as they are", count)
+            return
+        log.info(
+            "dedupe segments compacted count=%d bytes=%d ms=%.0f",
+            count,
+            sum(self.journal.dedupe_segment_bytes()),
+            (time.perf_counter() - started_s) * 1000,
+        )
+
+
+def segments_to_compact(segment_bytes: list[int]) -> int:
+    """How many of the newest dedupe segments (sizes oldest first) to merge into one, 0 for none. All of them once
+    the segments after the oldest (the changes since it) reach DEDUPE_COMPACT_FACTOR of its size, or once there are
+    more than DEDUPE_SEGMENTS_MAX: a restore then reads at most about (1 + factor) times the table, and the merges'
+    bytes stay about 1 / factor of the changes' own."""
+    if len(segment_bytes) < 2:
+        return 0
+    changes = sum(segment_bytes[1:])
+    due = len(segment_bytes) > DEDUPE_SEGMENTS_MAX or changes >= DEDUPE_COMPACT_FACTOR * segment_bytes[0]
+    return len(segment_bytes) if due else 0
+
+
+def _merge_segments(segments: list[Segment], base: bool) -> list[bytes]:
+    return merge_dedupe_segments(segments, base, SEGMENT_PART_BYTES)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

@@ -18,7 +18,7 @@ from engine.billing import SNAPSHOT_FORMAT, Billing, Snapshot, snapshot_parts
 from engine.control import encode_state_parts
 from engine.state import Engine
 from server import sequencer as sequencer_module
-from server.journal import JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
+from server.journal import DedupeSegmentSave, JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
 from server.sequencer import Sequencer, recover
 from tests.engine_fixtures import EPOCH_MS, World, basic_world
 from tests.test_sequencer import NOW_MS, batch, event, run_with
@@ -118,10 +118,13 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
     assert len(handovers) > 10 and set(handovers) == {sequencer_module.GIL_HANDOVER_S}
     assert switch_intervals == {sequencer_module.SNAPSHOT_SWITCH_INTERVAL_S}
     assert sys.getswitchinterval() == default_switch_interval
-    stored = journal.load_snapshot()
+    stored = journal.load_segmented_snapshot()
     assert stored is not None
-    # close() wrote the last snapshot, at the same state: the paced path stored the one-shot bytes.
-    assert stored[1] == expected[0] == billing.encode_snapshot()
+    _, blob, segments = stored
+    # close() wrote the last snapshot, at the same state: the paced path stored the one-shot control plane, and the
+    # kernel's head with its dedupe segments restores the state the one-shot encoding holds.
+    assert msgspec.msgpack.decode(blob, type=Snapshot).control == msgspec.json.encode(billing.engine.state)
+    assert Billing.from_snapshot(blob, segments=segments).encode_snapshot() == expected[0] == billing.encode_snapshot()
     assert recover(journal).encode_snapshot() == expected[0]
     assert recover(journal).balance("acme", NOW_MS).remaining == billing.balance("acme", NOW_MS).remaining
 
@@ -130,16 +133,16 @@ def test_the_server_hands_the_journal_its_parts_and_the_file_holds_the_one_shot_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The writer stores its snapshot as the parts it encoded, written to the file one after the other (no copy of
-    the whole is made), and the file holds the one-shot encoding's bytes, from which recovery gives the same
-    state: with the kernel's half cut into parts of 64 bytes, so that there are many."""
+    the whole is made), and the file holds them, from which (with its dedupe segment) recovery gives the state the
+    one-shot encoding holds: with the kernel's half cut into parts of 64 bytes, so that there are many."""
     monkeypatch.setattr(billing_module, "KERNEL_SNAPSHOT_PART_BYTES", 64)
     journal = LmdbJournal(tmp_path / "journal", map_size_bytes=16 << 20)
     saved: list[tuple[str, int]] = []
     save_snapshot = journal.save_snapshot
 
-    def recording_save(seq: int, blob: SnapshotBlob) -> None:
+    def recording_save(seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         saved.append((type(blob).__name__, len(blob)))
-        save_snapshot(seq, blob)
+        save_snapshot(seq, blob, segment)
 
     monkeypatch.setattr(journal, "save_snapshot", recording_save)
     expected: list[bytes] = []
@@ -148,14 +151,18 @@ def test_the_server_hands_the_journal_its_parts_and_the_file_holds_the_one_shot_
         await sequencer.run(batch(*(event(f"t{i}") for i in range(20))))
         expected.append(sequencer.billing.encode_snapshot())
         await sequencer._snapshot()
-        stored = journal.load_snapshot()
-        assert stored is not None and stored[1] == expected[0]
+        stored = journal.load_segmented_snapshot()
+        assert (
+            stored is not None and Billing.from_snapshot(stored[1], segments=stored[2]).encode_snapshot() == expected[0]
+        )
 
     run_with(journal, body)  # type: ignore[arg-type]
     assert saved and all(kind == "list" for kind, _ in saved)
     assert saved[0][1] > 10  # the kernel's half alone is dozens of parts
+    stored = journal.load_snapshot()
+    assert stored is not None
     with open(tmp_path / "journal" / "snapshot", "rb") as stored_file:
-        assert stored_file.read()[24:] == expected[0]
+        assert stored_file.read().endswith(stored[1])
     recovered = recover(journal)
     assert recovered.encode_snapshot() == expected[0]
     journal.close()
@@ -173,11 +180,11 @@ def test_the_switch_interval_stays_short_while_the_snapshot_is_stored_and_is_res
     intervals_while_stored: list[float] = []
     default_switch_interval = sys.getswitchinterval()
 
-    def recording_save(seq: int, blob: SnapshotBlob) -> None:
+    def recording_save(seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         intervals_while_stored.append(sys.getswitchinterval())
         if disk_full:
             raise JournalFull("no room")
-        save_snapshot(seq, blob)
+        save_snapshot(seq, blob, segment)
 
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(event("t1")))
@@ -212,5 +219,7 @@ def test_a_stored_snapshot_logs_its_seq_size_and_how_long_it_held_the_writer(
     fields = dict(field.split("=") for field in line.split()[1:])
     assert set(fields) == {"seq", "bytes", "encode_ms", "store_ms"}
     assert int(fields["seq"]) == billing.last_seq
-    assert int(fields["bytes"]) == len(stored[1])  # close() stored the same state again
+    # close() stored the same state again, and its dedupe segment (no changes) after the logged snapshot's base.
+    assert len(journal.dedupe_segment_bytes()) == 2
+    assert int(fields["bytes"]) == len(stored[1]) + journal.dedupe_segment_bytes()[0]
     assert int(fields["encode_ms"]) >= 0 and int(fields["store_ms"]) >= 0

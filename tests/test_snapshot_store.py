@@ -13,7 +13,7 @@ import pytest
 
 from server.demo import demo_commands
 from server.errors import Unavailable
-from server.journal import MemoryJournal, SnapshotBlob
+from server.journal import DedupeSegmentSave, MemoryJournal, SnapshotBlob
 from server.sequencer import Sequencer, recover
 from tests.test_sequencer import NOW_MS, batch, event
 
@@ -31,12 +31,12 @@ class HeldJournal(MemoryJournal):
         self.stored: list[int] = []
         self.refusal: BaseException | None = None
 
-    def save_snapshot(self, seq: int, blob: SnapshotBlob) -> None:
+    def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         self.entered.append(seq)
         self.release.wait()
         if self.refusal is not None:
             raise self.refusal
-        super().save_snapshot(seq, blob)
+        super().save_snapshot(seq, blob, segment)
         self.stored.append(seq)
 
 

@@ -402,11 +402,61 @@ impl Kernel {
         PyBytes::new(py, &crate::explain::line_key(customer_id, period_start_ms, line_id))
     }
 
-    /// A kernel holding a snapshot's state (load tables before rating with it).
+    /// A kernel holding a snapshot's state (load tables before rating with it); `segments`, oldest first, the
+    /// dedupe segments stored beside a snapshot made by `snapshot_segmented` (ValueError without them).
     #[staticmethod]
-    fn restore(py: Python<'_>, snapshot: &[u8]) -> PyResult<Kernel> {
-        let kernel = py.detach(|| kernel::Kernel::restore(snapshot)).map_err(PyValueError::new_err)?;
+    #[pyo3(signature = (snapshot, segments = None))]
+    fn restore(py: Python<'_>, snapshot: &[u8], segments: Option<Vec<Bound<'_, PyAny>>>) -> PyResult<Kernel> {
+        let views = Views::get(&segments.unwrap_or_default())?;
+        let slices = views.slices();
+        let kernel =
+            py.detach(|| kernel::Kernel::restore_segmented(snapshot, &slices)).map_err(PyValueError::new_err)?;
         Ok(Kernel::wrap(kernel))
+    }
+
+    /// Starts (or stops) logging the dedupe table's changes, for `snapshot_segmented`; starting empties the log.
+    fn record_dedupe_changes(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        py.detach(|| self.change(|k| k.record_dedupe_changes(on)))
+    }
+
+    /// The server's snapshot: the state without the dedupe table (`Kernel::snapshot_head`) in parts of at most
+    /// `part_bytes_max` bytes, and this snapshot's dedupe segment, still to encode (`DedupeSegment.encode`, on
+    /// another thread): the table's changes since the last call, or with `base` the whole table (and the table
+    /// logs its changes from then on; without `base`, RuntimeError if it does not). The changes
+    /// are taken under the lock alone, the rest encoded under a shared lock (reads go on), the GIL released.
+    fn snapshot_segmented<'py>(
+        &self,
+        py: Python<'py>,
+        part_bytes_max: usize,
+        base: bool,
+    ) -> PyResult<(Vec<Bound<'py, PyBytes>>, DedupeSegment)> {
+        if part_bytes_max == 0 {
+            return Err(PyValueError::new_err("part_bytes_max must be positive"));
+        }
+        // A base starts the log the next snapshots' changes come from; changes need a log.
+        let changes = py.detach(|| {
+            self.change(|k| match base {
+                true => {
+                    k.record_dedupe_changes(true);
+                    Ok(Vec::new())
+                }
+                false if k.dedupe_recording() => Ok(k.take_dedupe_changes()),
+                false => Err(PyRuntimeError::new_err("the dedupe table's changes are not logged: a base is due")),
+            })
+        })??;
+        let (head, segment) = py.detach(|| {
+            self.read().map(|k| {
+                let segment = if base {
+                    Pending::Encoded(k.dedupe_base_segment(part_bytes_max))
+                } else {
+                    Pending::Changes(changes)
+                };
+                (k.snapshot_head(), segment)
+            })
+        })?;
+        let parts = head.chunks(part_bytes_max).collect::<Vec<_>>();
+        let copied = bytes_copied_detached(py, &parts, None)?;
+        Ok((copied, DedupeSegment { pending: parking_lot::Mutex::new(Some(segment)) }))
     }
 
     /// Customers (sorted) with usage priced by the rate card from `from_hour` (Unix ms / 3,600,000)
@@ -815,6 +865,94 @@ impl Kernel {
 
 /// An AuthorizeBatch whose hold requests wait for the writer: `requests` (an AuthorizeBatch of them, as
 /// journaled), and the other requests' answers, already decided.
+/// A snapshot's dedupe segment (`Kernel.snapshot_segmented`), encoded once by `encode`.
+#[pyclass(frozen, module = "engine._kernel")]
+struct DedupeSegment {
+    pending: parking_lot::Mutex<Option<Pending>>,
+}
+
+enum Pending {
+    Changes(Vec<crate::dedupe::Change>),
+    /// A base, in `snapshot_segmented`'s parts.
+    Encoded(Vec<Vec<u8>>),
+}
+
+#[pymethods]
+impl DedupeSegment {
+    /// The segment's bytes in parts of at most `part_bytes_max`, made with the GIL released (sorting the
+    /// changes); RuntimeError on a second call.
+    fn encode<'py>(&self, py: Python<'py>, part_bytes_max: usize) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        if part_bytes_max == 0 {
+            return Err(PyValueError::new_err("part_bytes_max must be positive"));
+        }
+        let pending = self.pending.lock().take().ok_or_else(|| PyRuntimeError::new_err("encoded already"))?;
+        let encoded = py.detach(|| match pending {
+            Pending::Changes(changes) => crate::snapshot::segment::from_changes(changes, part_bytes_max),
+            Pending::Encoded(parts) => parts,
+        });
+        parts_detached(py, encoded)
+    }
+}
+
+/// Parts copied into bytes objects one at a time, each freed once copied (so the whole is never held twice), the
+/// GIL released meanwhile.
+fn parts_detached(py: Python<'_>, parts: Vec<Vec<u8>>) -> PyResult<Vec<Bound<'_, PyBytes>>> {
+    let mut copied = Vec::with_capacity(parts.len());
+    for part in parts {
+        copied.extend(bytes_copied_detached(py, &[&part], None)?);
+        py.detach(|| drop(part));
+    }
+    Ok(copied)
+}
+
+/// Read-only views of bytes-like objects (bytes, or the server's read-only maps of segment files), read with the
+/// GIL released: a segment file is read through the page cache, not copied onto the heap.
+struct Views(Vec<pyo3::buffer::PyBuffer<u8>>);
+
+impl Views {
+    fn get(objects: &[Bound<'_, PyAny>]) -> PyResult<Views> {
+        let mut buffers = Vec::with_capacity(objects.len());
+        for object in objects {
+            let buffer = pyo3::buffer::PyBuffer::<u8>::get(object)?;
+            if !buffer.is_c_contiguous() {
+                return Err(PyValueError::new_err("a dedupe segment must be one contiguous buffer"));
+            }
+            buffers.push(buffer);
+        }
+        Ok(Views(buffers))
+    }
+
+    fn slices(&self) -> Vec<&[u8]> {
+        let slice = |buffer: &pyo3::buffer::PyBuffer<u8>| {
+            // SAFETY: the buffer is C-contiguous (checked in `get`), of `len_bytes` bytes, and held by `self`, so
+            // its memory stays valid and in place while the slice (which borrows `self`) lives. Nothing writes it
+            // meanwhile: the server passes bytes (immutable) or read-only maps of segment files, which are written
+            // once, before any snapshot lists them, and never again.
+            unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) }
+        };
+        self.0.iter().map(slice).collect()
+    }
+}
+
+/// Dedupe segments (oldest first) merged into one, in parts of at most `part_bytes_max` bytes, the GIL released:
+/// the server's compaction. With `base` (the oldest is a base) removals are dropped. ValueError for bytes that are
+/// not segments.
+#[pyfunction]
+fn merge_dedupe_segments<'py>(
+    py: Python<'py>,
+    segments: Vec<Bound<'py, PyAny>>,
+    base: bool,
+    part_bytes_max: usize,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    if part_bytes_max == 0 {
+        return Err(PyValueError::new_err("part_bytes_max must be positive"));
+    }
+    let views = Views::get(&segments)?;
+    let slices = views.slices();
+    let merged = py.detach(|| crate::snapshot::segment::merge(&slices, base, part_bytes_max));
+    parts_detached(py, merged.map_err(PyValueError::new_err)?)
+}
+
 #[pyclass(frozen, module = "engine._kernel")]
 struct HoldingBatch {
     #[pyo3(get)]
@@ -958,6 +1096,8 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("ReservationEnded", module.py().get_type::<ReservationEnded>())?;
     module.add_function(wrap_pyfunction!(period_containing, module)?)?;
     module.add_class::<HoldingBatch>()?;
+    module.add_class::<DedupeSegment>()?;
+    module.add_function(wrap_pyfunction!(merge_dedupe_segments, module)?)?;
     module.add_function(wrap_pyfunction!(explain_block, module)?)?;
     module.add_function(wrap_pyfunction!(explain_period_key, module)?)?;
     module.add_function(wrap_pyfunction!(explain_chunk_line, module)?)?;

@@ -158,6 +158,16 @@ pub struct Table {
     /// The entry of key 0, which marks an empty slot and so lives here (a real key is 0 with
     /// probability 2^-128, but a snapshot may hold it).
     zero: Option<Held>,
+    /// Every put and removal since the log was last taken, in order, while recording (`record_changes`):
+    /// a snapshot stores these (a segment, crate::snapshot::segment), not the whole table.
+    changes: Option<Vec<Change>>,
+}
+
+/// A change to the table: the key's new entry, or None for its removal (pruned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: Key,
+    pub held: Option<Held>,
 }
 
 const EMPTY: Key = Key { low: 0, high: 0 };
@@ -237,13 +247,20 @@ impl Table {
 
     /// Sets `key`'s entry; `place` is what `place(key)` returned, with no change to the table since.
     pub fn put(&mut self, key: Key, place: Place, held: Held) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(Change { key, held: Some(held) });
+        }
+        self.put_unrecorded(key, place, held);
+    }
+
+    fn put_unrecorded(&mut self, key: Key, place: Place, held: Held) {
         match place {
             Place::Found(at) => self.helds[at] = held,
             Place::Zero => self.zero = Some(held),
             Place::Free(_) if self.len >= (3usize << self.bits) / 4 => {
                 self.grow(bits_for(self.len + 1));
                 let place = self.place(key);
-                self.put(key, place, held);
+                self.put_unrecorded(key, place, held);
             }
             Place::Free(at) => self.shift_in(at, key, held),
         }
@@ -251,6 +268,21 @@ impl Table {
 
     pub fn insert(&mut self, key: Key, held: Held) {
         self.put(key, self.place(key), held);
+    }
+
+    /// Starts (or stops) logging every change, for the next `take_changes`; starting empties the log.
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes = on.then(Vec::new);
+    }
+
+    /// The changes since the last call (or since recording started), in order, leaving none.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.changes.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Whether `record_changes` is on.
+    pub fn recording(&self) -> bool {
+        self.changes.is_some()
     }
 
     /// The entries in key order.
@@ -262,7 +294,7 @@ impl Table {
 
     fn with_bits(bits: u32) -> Table {
         let slots = (1usize << bits) + TAIL_SLOTS;
-        Table { keys: vec![EMPTY; slots], helds: vec![NOTHING; slots], bits, len: 0, zero: None }
+        Table { keys: vec![EMPTY; slots], helds: vec![NOTHING; slots], bits, len: 0, zero: None, changes: None }
     }
 
     /// Appends an entry whose key is greater than every key held (and not 0): it goes to its home or
@@ -326,6 +358,9 @@ impl Table {
     }
 
     fn remove_at(&mut self, mut at: usize) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(Change { key: self.keys[at], held: None });
+        }
         // Backward shift: the entries after it that sit past their home move one slot down, which
         // keeps the order and leaves no empty slot between an entry and its home.
         while let Some(&key) = self.keys.get(at + 1) {
@@ -346,6 +381,9 @@ impl Table {
         let before = self.len();
         if range == 0 && self.zero.is_some_and(&expired) {
             self.zero = None;
+            if let Some(changes) = &mut self.changes {
+                changes.push(Change { key: EMPTY, held: None });
+            }
         }
         if self.keys.is_empty() {
             return before - self.len();
@@ -687,5 +725,38 @@ mod pruning_tests {
         assert!(held_ids(&live).len() < journal.len(), "something was pruned");
         assert!(restored.snapshot() == state, "snapshot + replay");
         assert!(replayed.snapshot() == state, "replay from the start");
+    }
+
+    /// The server's snapshots in segments: a base, then each snapshot's changes (prunes among them), restored
+    /// at any point and replayed on, give the live state's bytes; a head without its segments is refused.
+    #[test]
+    fn segmented_snapshots_restore_the_same_state_bytes() {
+        let journal = journal();
+        let mut live = fresh();
+        let mut segments = vec![live.dedupe_base_segment(7).concat()];
+        live.record_dedupe_changes(true);
+        let mut taken = Vec::new();
+        for (seq, (batch, at_ms)) in (1..).zip(&journal) {
+            ingest(&mut live, batch, *at_ms, seq);
+            if seq % 1000 == 0 || seq == 2 {
+                segments.push(snapshot::segment::from_changes(live.take_dedupe_changes(), 1 << 20).concat());
+                taken.push((seq as usize, live.snapshot_head(), segments.clone(), live.snapshot()));
+            }
+        }
+        assert!(taken.len() >= 4);
+        for (seq, head, segments, state) in taken {
+            let slices: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
+            let mut restored = Kernel::restore_segmented(&head, &slices).expect("restores");
+            assert!(restored.snapshot() == state, "restored at {seq}");
+            restored.load_tables(&tables()).expect("valid tables");
+            for (seq, (batch, at_ms)) in (1..).zip(&journal).skip(seq) {
+                ingest(&mut restored, batch, *at_ms, seq);
+            }
+            assert!(restored.snapshot() == live.snapshot(), "replayed on from {seq}");
+            assert!(Kernel::restore(&head).err().expect("refused").contains("in segments"));
+            let both = Kernel::restore_segmented(&state, &slices);
+            assert!(both.err().expect("refused").contains("segments were given"));
+        }
+        assert!(held_ids(&live).len() < journal.len(), "something was pruned");
     }
 }

@@ -299,6 +299,7 @@ mod tests {
         let mut kernel = kernel(50, |c| Some(1_000 + (c as i64 % 7) * 100));
         kernel.reserve("r", &call("c3", "h3", "", 10), 10, 5_000).expect("reserves");
         let snapshot = kernel.snapshot();
+        crate::snapshot::check_owned_form(&snapshot);
         let mut restored = Kernel::restore(&snapshot).expect("restores");
         restored.check_due_index().expect("rebuilt on restore");
         assert_eq!(restored.next_due_ms(), kernel.next_due_ms());

@@ -25,7 +25,7 @@ use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
     curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Product, Route, Sym, Version,
 };
-use crate::snapshot::{self, StoredAccount};
+use crate::snapshot::{self, KeyRef, StoredAccountRef};
 use crate::tables;
 
 #[derive(Default)]
@@ -891,38 +891,101 @@ impl Kernel {
         self.rater.interner.text(sym)
     }
 
+    /// The whole state's bytes, the dedupe table included: the same state always encodes to the same bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut customers: Vec<&String> = self.accounts.keys().collect();
-        customers.sort();
-        let accounts: Vec<StoredAccount> = customers
-            .into_iter()
-            .map(|id| {
-                let account = &self.accounts[id];
-                let (aggregates, buckets) = self.usage(id).expect("listed, so present");
-                StoredAccount {
-                    customer_id: id.clone(),
-                    grants: account.grants.clone(),
-                    aggregates,
-                    buckets,
-                    period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
-                    period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
-                    adjustments: account.adjustments.clone(),
-                    credits: account.credits.as_deref().cloned(),
-                }
-            })
-            .collect();
-        let strings = self.rater.interner.strings();
+        let (strings, accounts) = self.stored_accounts();
         let (count, dedupe) = (self.dedupe.len(), self.dedupe.iter().map(|(k, v)| (k.into(), v.into())));
-        snapshot::encode_parts(snapshot::FORMAT, &strings, &accounts, count, dedupe, self.clock.now_ms)
+        let tail = snapshot::Tail { clock_ms: self.clock.now_ms, dedupe_in_segments: false };
+        snapshot::encode_parts(snapshot::FORMAT, &strings, &accounts, count, dedupe, tail)
     }
 
-    /// A kernel holding a snapshot's state; load tables before rating with it.
+    /// The state's bytes without the dedupe table, which is in segments stored beside them (snapshot::segment):
+    /// the segments of the snapshots before, and `take_dedupe_changes` (or `dedupe_base_segment`) for this one.
+    pub fn snapshot_head(&self) -> Vec<u8> {
+        let (strings, accounts) = self.stored_accounts();
+        let tail = snapshot::Tail { clock_ms: self.clock.now_ms, dedupe_in_segments: true };
+        snapshot::encode_parts(snapshot::FORMAT, &strings, &accounts, 0, std::iter::empty(), tail)
+    }
+
+    /// Starts (or stops) logging the dedupe table's changes for `take_dedupe_changes`; starting empties the log.
+    pub fn record_dedupe_changes(&mut self, on: bool) {
+        self.dedupe.record_changes(on);
+    }
+
+    /// Whether `record_dedupe_changes` is on.
+    pub fn dedupe_recording(&self) -> bool {
+        self.dedupe.recording()
+    }
+
+    /// The dedupe table's changes since the last call (or since recording started), leaving none: made into a
+    /// segment by `snapshot::segment::from_changes`, off the writer (it sorts them).
+    pub fn take_dedupe_changes(&mut self) -> Vec<dedupe::Change> {
+        self.dedupe.take_changes()
+    }
+
+    /// The whole dedupe table as a base segment (the first snapshot in segments, or after one was lost), in
+    /// chunks of at most `chunk_bytes`.
+    pub fn dedupe_base_segment(&self, chunk_bytes: usize) -> Vec<Vec<u8>> {
+        snapshot::segment::from_table(&self.dedupe, chunk_bytes)
+    }
+
+    /// The accounts as a snapshot stores them, sorted by customer id, borrowed from the kernel's (copying every
+    /// account's grants, usage and credits first took most of a snapshot's encode once the dedupe table was out of it).
+    fn stored_accounts(&self) -> (Vec<String>, Vec<StoredAccountRef<'_>>) {
+        let mut customers: Vec<(&String, &Account)> = self.accounts.iter().map(|(id, a)| (id, &**a)).collect();
+        customers.sort_unstable_by_key(|(id, _)| *id);
+        let accounts = customers.into_iter().map(|(id, account)| self.stored_account(id, account)).collect();
+        (self.rater.interner.strings(), accounts)
+    }
+
+    fn stored_account<'a>(&'a self, id: &'a str, account: &'a Account) -> StoredAccountRef<'a> {
+        let key = |at_ms: i64, product: Sym, combo: u32| KeyRef {
+            at_ms,
+            product,
+            dimensions: self.rater.combos.tuple(combo),
+        };
+        let mut aggregates: Vec<_> =
+            account.aggregates.iter().map(|(k, v)| (key(k.period_start_ms, k.product, k.combo), v)).collect();
+        aggregates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut buckets: Vec<_> =
+            account.buckets.iter().map(|(k, v)| (key(k.hour, k.product, k.combo), v.as_slice())).collect();
+        buckets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        StoredAccountRef {
+            customer_id: id,
+            grants: &account.grants,
+            aggregates,
+            buckets,
+            period_charges: account.periods.iter().map(|(start, t)| (start, t.charges)).collect(),
+            period_overage: account.periods.iter().map(|(start, t)| (start, t.overage)).collect(),
+            adjustments: &account.adjustments,
+            credits: account.credits.as_deref(),
+        }
+    }
+
+    /// A kernel holding a snapshot's state; load tables before rating with it. A snapshot whose dedupe table is
+    /// in segments is refused (`restore_segmented`).
     pub fn restore(bytes: &[u8]) -> Result<Kernel, String> {
+        Kernel::restore_segmented(bytes, &[])
+    }
+
+    /// `restore` of a snapshot and the dedupe segments stored beside it (oldest first), merged into the table
+    /// in one streaming pass. Segments must be given exactly when the snapshot says its table is in them.
+    pub fn restore_segmented(bytes: &[u8], segments: &[&[u8]]) -> Result<Kernel, String> {
         let (stored, entry_bytes) = snapshot::decode_borrowing(bytes)?;
         let rater = Rater { interner: Interner::from_strings(stored.strings), ..Rater::default() };
-        let dedupe = match entry_bytes {
-            Some(entry_bytes) => dedupe::Table::from_entries(snapshot::dedupe_entries::read(entry_bytes)?),
-            None => dedupe::Table::from_entries(stored.dedupe.iter().copied()),
+        let dedupe = match (stored.dedupe_in_segments, entry_bytes) {
+            (true, _) if segments.is_empty() => {
+                return Err("the snapshot's dedupe table is in segments, and none were given".into())
+            }
+            (true, _) => {
+                let layers = segments.iter().map(|s| snapshot::segment::read(s)).collect::<Result<Vec<_>, _>>()?;
+                dedupe::Table::from_entries(snapshot::segment::table_entries(&layers))
+            }
+            (false, _) if !segments.is_empty() => {
+                return Err("the snapshot holds its dedupe table, and segments were given".into())
+            }
+            (false, Some(entry_bytes)) => dedupe::Table::from_entries(snapshot::dedupe_entries::read(entry_bytes)?),
+            (false, None) => dedupe::Table::from_entries(stored.dedupe.iter().copied()),
         };
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         let combos = &mut kernel.rater.combos;

@@ -799,6 +799,7 @@ mod tests {
         // A second re-rating finds nothing to change.
         assert_eq!(rerate(&mut kernel, (T0 / HOUR_MS) + 3, 100).buckets, 0);
         // The snapshot keeps the adjustments.
+        crate::snapshot::check_owned_form(&kernel.snapshot());
         let restored = Kernel::restore(&kernel.snapshot()).unwrap();
         assert_eq!(restored.adjustments("acme"), kernel.adjustments("acme"));
     }

@@ -11,9 +11,9 @@ use crate::money::Picos;
 use crate::rerate::Adjustment;
 
 /// Format version: bump when the encoding changes. Format 1 (dedupe entries by transaction id
-/// per account), format 2 (no adjustment entries, reservations, top-ups, breakage or clock) and format 3
-/// (dedupe entries as postcard varints) are still read.
-pub const FORMAT: u32 = 4;
+/// per account), format 2 (no adjustment entries, reservations, top-ups, breakage or clock), format 3
+/// (dedupe entries as postcard varints) and format 4 (no `dedupe_in_segments`) are still read.
+pub const FORMAT: u32 = 5;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub struct StoredAccount {
@@ -29,6 +29,30 @@ pub struct StoredAccount {
     pub credits: Option<AccountCredits>,
 }
 
+/// `StoredAccount` borrowing the kernel's account instead of copying it, for encoding a snapshot: the same fields
+/// in the same order, each serialized as its owned form is (a slice or a SmallVec as a sequence, a reference as
+/// its value), so the bytes are `StoredAccount`'s (a test in kernel.rs compares them).
+#[derive(Serialize)]
+pub struct StoredAccountRef<'a> {
+    pub customer_id: &'a str,
+    pub grants: &'a [Grant],
+    pub aggregates: Vec<(KeyRef<'a>, &'a Aggregate)>,
+    pub buckets: Vec<(KeyRef<'a>, &'a [VersionUsage])>,
+    pub period_charges: Vec<(i64, Picos)>,
+    pub period_overage: Vec<(i64, Picos)>,
+    pub adjustments: &'a [Adjustment],
+    pub credits: Option<&'a AccountCredits>,
+}
+
+/// `AggregateKey` or `BucketKey` (the same fields: a time, the product, the dimensions), borrowing the dimensions;
+/// ordered as they are.
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyRef<'a> {
+    pub at_ms: i64,
+    pub product: crate::route::Sym,
+    pub dimensions: &'a [crate::route::Sym],
+}
+
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub struct Stored {
     pub format: u32,
@@ -40,6 +64,10 @@ pub struct Stored {
     pub dedupe: Vec<(u128, Seen)>,
     /// The latest AdvanceClock's time (since format 3).
     pub clock_ms: i64,
+    /// Since format 5: the dedupe table is not in `dedupe` (empty) but in segments stored beside the snapshot
+    /// (`segment`), so a snapshot costs the changes since the previous one, not the whole window. Restoring
+    /// such a snapshot without its segments is refused: an empty table would accept every resend as new.
+    pub dedupe_in_segments: bool,
 }
 
 /// Dedupe entries as one byte string, each ENTRY_BYTES wide: key, digest (little-endian u128) and
@@ -54,10 +82,24 @@ pub mod dedupe_entries {
 
     pub const ENTRY_BYTES: usize = 40;
 
-    pub fn write(bytes: &mut Vec<u8>, (key, seen): (u128, Seen)) {
-        bytes.extend_from_slice(&key.to_le_bytes());
-        bytes.extend_from_slice(&seen.digest.to_le_bytes());
-        bytes.extend_from_slice(&seen.at_ms.to_le_bytes());
+    pub fn write(bytes: &mut Vec<u8>, entry: (u128, Seen)) {
+        bytes.extend_from_slice(&encoded(entry));
+    }
+
+    /// One entry's bytes.
+    pub fn encoded((key, seen): (u128, Seen)) -> [u8; ENTRY_BYTES] {
+        let mut bytes = [0u8; ENTRY_BYTES];
+        bytes[..16].copy_from_slice(&key.to_le_bytes());
+        bytes[16..32].copy_from_slice(&seen.digest.to_le_bytes());
+        bytes[32..].copy_from_slice(&seen.at_ms.to_le_bytes());
+        bytes
+    }
+
+    /// The entry in the first ENTRY_BYTES of `entry`.
+    pub fn entry(entry: &[u8]) -> (u128, Seen) {
+        let u128_at = |at: usize| u128::from_le_bytes(entry[at..at + 16].try_into().expect("16 bytes"));
+        let at_ms = i64::from_le_bytes(entry[32..40].try_into().expect("8 bytes"));
+        (u128_at(0), Seen { digest: u128_at(16), at_ms })
     }
 
     /// The entries a byte string holds, read as they are walked.
@@ -65,11 +107,7 @@ pub mod dedupe_entries {
         if !bytes.len().is_multiple_of(ENTRY_BYTES) {
             return Err(format!("{} bytes of dedupe entries, not a multiple of {ENTRY_BYTES}", bytes.len()));
         }
-        let u128_at = |entry: &[u8], at: usize| u128::from_le_bytes(entry[at..at + 16].try_into().expect("16 bytes"));
-        Ok(bytes.chunks_exact(ENTRY_BYTES).map(move |entry| {
-            let at_ms = i64::from_le_bytes(entry[32..40].try_into().expect("8 bytes"));
-            (u128_at(entry, 0), Seen { digest: u128_at(entry, 16), at_ms })
-        }))
+        Ok(bytes.chunks_exact(ENTRY_BYTES).map(entry))
     }
 
     pub fn serialize<S: Serializer>(entries: &[(u128, Seen)], serializer: S) -> Result<S::Ok, S::Error> {
@@ -99,6 +137,25 @@ pub mod dedupe_entries {
     }
 }
 
+/// Format 4: as format 5 without `dedupe_in_segments` (the table always in `dedupe`).
+#[derive(Deserialize)]
+struct StoredV4 {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccount>,
+    #[serde(with = "dedupe_entries")]
+    dedupe: Vec<(u128, Seen)>,
+    clock_ms: i64,
+}
+
+impl StoredV4 {
+    fn upgrade(self) -> Stored {
+        debug_assert_eq!(self.format, 4);
+        let Self { strings, accounts, dedupe, clock_ms, .. } = self;
+        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments: false }
+    }
+}
+
 /// Format 3: as format 4 with the dedupe entries as a postcard sequence of varints.
 #[derive(Deserialize)]
 struct StoredV3 {
@@ -113,7 +170,7 @@ impl StoredV3 {
     fn upgrade(self) -> Stored {
         debug_assert_eq!(self.format, 3);
         let Self { strings, accounts, dedupe, clock_ms, .. } = self;
-        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms }
+        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments: false }
     }
 }
 
@@ -151,7 +208,15 @@ impl StoredV2 {
                 credits: None,
             })
             .collect();
-        Stored { format: FORMAT, strings: self.strings, accounts, dedupe: self.dedupe, clock_ms: i64::MIN }
+        let dedupe = self.dedupe;
+        Stored {
+            format: FORMAT,
+            strings: self.strings,
+            accounts,
+            dedupe,
+            clock_ms: i64::MIN,
+            dedupe_in_segments: false,
+        }
     }
 }
 
@@ -195,13 +260,32 @@ impl StoredV1 {
             });
         }
         dedupe.sort_unstable_by_key(|(k, _)| *k);
-        Stored { format: FORMAT, strings: self.strings, accounts, dedupe, clock_ms: i64::MIN }
+        Stored {
+            format: FORMAT,
+            strings: self.strings,
+            accounts,
+            dedupe,
+            clock_ms: i64::MIN,
+            dedupe_in_segments: false,
+        }
     }
 }
 
-/// Format 4 as the kernel restores it: the dedupe entries left in the snapshot's bytes (`dedupe_entries::read`).
+/// Format 5 as the kernel restores it: the dedupe entries left in the snapshot's bytes (`dedupe_entries::read`).
 #[derive(Deserialize)]
 struct StoredBorrowing<'a> {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccount>,
+    #[serde(borrow)]
+    dedupe: &'a [u8],
+    clock_ms: i64,
+    dedupe_in_segments: bool,
+}
+
+/// Format 4 as the kernel restores it (`StoredBorrowing` without `dedupe_in_segments`).
+#[derive(Deserialize)]
+struct StoredBorrowingV4<'a> {
     format: u32,
     strings: Vec<String>,
     accounts: Vec<StoredAccount>,
@@ -212,19 +296,28 @@ struct StoredBorrowing<'a> {
 
 pub fn encode(stored: &Stored) -> Vec<u8> {
     let dedupe = stored.dedupe.iter().copied();
-    encode_parts(stored.format, &stored.strings, &stored.accounts, stored.dedupe.len(), dedupe, stored.clock_ms)
+    let Stored { format, strings, accounts, clock_ms, dedupe_in_segments, .. } = stored;
+    let tail = Tail { clock_ms: *clock_ms, dedupe_in_segments: *dedupe_in_segments };
+    encode_parts(*format, strings, accounts, stored.dedupe.len(), dedupe, tail)
+}
+
+/// The fields after the dedupe entries.
+#[derive(Clone, Copy, Debug)]
+pub struct Tail {
+    pub clock_ms: i64,
+    pub dedupe_in_segments: bool,
 }
 
 /// `encode` of the `Stored` these parts make, the `count` dedupe entries (in key order) written from the
 /// iterator straight into the output: the table's entries are not copied into a list, then a byte
 /// string, then the output (at 10 M ids each copy is 400 MB or more).
-pub fn encode_parts(
+pub fn encode_parts<A: Serialize>(
     format: u32,
     strings: &[String],
-    accounts: &[StoredAccount],
+    accounts: &[A],
     count: usize,
     dedupe: impl Iterator<Item = (u128, Seen)>,
-    clock_ms: i64,
+    tail: Tail,
 ) -> Vec<u8> {
     let encodes = "plain structures always encode";
     // A postcard struct is its fields one after another; a byte string is its length (a varint, as
@@ -236,20 +329,31 @@ pub fn encode_parts(
     let start = out.len();
     dedupe.for_each(|entry| dedupe_entries::write(&mut out, entry));
     assert_eq!(out.len() - start, entry_bytes, "{count} dedupe entries");
-    postcard::to_extend(&clock_ms, out).expect(encodes)
+    postcard::to_extend(&(tail.clock_ms, tail.dedupe_in_segments), out).expect(encodes)
 }
 
-/// `decode` for a restore: the format-4 dedupe entries are left in `bytes`, for the caller to read
+/// `decode` for a restore: the format-4 and -5 dedupe entries are left in `bytes`, for the caller to read
 /// straight into its table (`dedupe_entries::read`); other formats' are in the `Stored`.
 pub fn decode_borrowing(bytes: &[u8]) -> Result<(Stored, Option<&[u8]>), String> {
     let broken = |e: postcard::Error| format!("the kernel snapshot does not decode: {e}");
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
-    if format != FORMAT {
-        return decode(bytes).map(|stored| (stored, None));
-    }
-    let StoredBorrowing { format, strings, accounts, dedupe, clock_ms } =
-        postcard::from_bytes(bytes).map_err(broken)?;
-    Ok((Stored { format, strings, accounts, dedupe: Vec::new(), clock_ms }, Some(dedupe)))
+    let (strings, accounts, dedupe, clock_ms, dedupe_in_segments) = match format {
+        FORMAT => {
+            let StoredBorrowing { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
+                postcard::from_bytes(bytes).map_err(broken)?;
+            debug_assert_eq!(format, FORMAT);
+            (strings, accounts, dedupe, clock_ms, dedupe_in_segments)
+        }
+        4 => {
+            let StoredBorrowingV4 { format, strings, accounts, dedupe, clock_ms } =
+                postcard::from_bytes(bytes).map_err(broken)?;
+            debug_assert_eq!(format, 4);
+            (strings, accounts, dedupe, clock_ms, false)
+        }
+        _ => return decode(bytes).map(|stored| (stored, None)),
+    };
+    let stored = Stored { format: FORMAT, strings, accounts, dedupe: Vec::new(), clock_ms, dedupe_in_segments };
+    Ok((stored, Some(dedupe)))
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
@@ -257,6 +361,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
     match format {
         FORMAT => postcard::from_bytes(bytes).map_err(broken),
+        4 => postcard::from_bytes::<StoredV4>(bytes).map_err(broken).map(StoredV4::upgrade),
         3 => postcard::from_bytes::<StoredV3>(bytes).map_err(broken).map(StoredV3::upgrade),
         2 => postcard::from_bytes::<StoredV2>(bytes).map_err(broken).map(StoredV2::upgrade),
         1 => postcard::from_bytes::<StoredV1>(bytes).map_err(broken).map(|v1| {
@@ -264,6 +369,250 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
             v1.upgrade()
         }),
         other => Err(format!("kernel snapshot format {other} is not {FORMAT}")),
+    }
+}
+
+/// Dedupe segments: the dedupe table of a snapshot whose `dedupe_in_segments` is set, as byte strings stored
+/// beside it (server/journal.py keeps the files; the kernel only makes and reads bytes). A segment holds either
+/// the whole table (a base) or the changes since the previous snapshot: the entries put (inserted or
+/// overwritten) and the keys removed (pruned). The table is the segments merged in order, a later segment's
+/// entry or removal of a key winning over an earlier one's; a removal in the oldest segment removes nothing.
+///
+/// Layout: postcard of (FORMAT, entries, removed): `entries` a byte string of `dedupe_entries::ENTRY_BYTES`-wide
+/// entries sorted by key, `removed` a byte string of 16-byte keys (little-endian u128) sorted by key, no key in
+/// both. Why removals are stored: a segment's entries stay in the files after the table prunes them, and a
+/// restore that brought them back would hold a different table from the one snapshotted (and so different state
+/// bytes after a replay); with removals the merged segments are exactly the table.
+pub mod segment {
+    use crate::dedupe::{Change, Seen, Table};
+    use crate::snapshot::dedupe_entries::{self, ENTRY_BYTES};
+
+    pub const FORMAT: u32 = 1;
+    const KEY_BYTES: usize = 16;
+
+    /// The segment of a log of changes (`Table::take_changes`): each key's last change, in chunks of at most
+    /// `chunk_bytes`.
+    pub fn from_changes(mut changes: Vec<Change>, chunk_bytes: usize) -> Vec<Vec<u8>> {
+        // A stable sort: one key's changes stay in the order made, its last one last.
+        changes.sort_by_key(|change| change.key);
+        let last = |at: usize| changes.get(at + 1).is_none_or(|next| next.key != changes[at].key);
+        let kept = || (0..changes.len()).filter(|&at| last(at)).map(|at| changes[at]);
+        let puts = kept().filter(|change| change.held.is_some()).count();
+        let mut out = Chunks::new(chunk_bytes);
+        out.put_head(puts);
+        for change in kept() {
+            if let Some(held) = change.held {
+                out.put_entry((change.key.into(), held.into()));
+            }
+        }
+        out.put_length((kept().count() - puts) * KEY_BYTES);
+        for change in kept().filter(|change| change.held.is_none()) {
+            out.put(&u128::from(change.key).to_le_bytes());
+        }
+        out.parts
+    }
+
+    /// The base segment of a whole table (its entries, no removals), in chunks of at most `chunk_bytes`.
+    pub fn from_table(table: &Table, chunk_bytes: usize) -> Vec<Vec<u8>> {
+        let mut out = Chunks::new(chunk_bytes);
+        out.put_head(table.len());
+        for (key, held) in table.iter() {
+            out.put_entry((key.into(), held.into()));
+        }
+        out.put_length(0);
+        out.parts
+    }
+
+    /// A segment written in chunks of at most `max` bytes: a segment of a large window (400 MB at 10,000,000 ids)
+    /// is handed to Python a chunk at a time, each freed once copied, so it is never held twice whole.
+    struct Chunks {
+        parts: Vec<Vec<u8>>,
+        max: usize,
+    }
+
+    impl Chunks {
+        fn new(max: usize) -> Chunks {
+            assert!(max > 0, "chunks of at least a byte");
+            Chunks { parts: Vec::new(), max }
+        }
+
+        fn put(&mut self, mut bytes: &[u8]) {
+            while !bytes.is_empty() {
+                let room = self.parts.last().map_or(0, |last| self.max - last.len());
+                if room == 0 {
+                    self.parts.push(Vec::with_capacity(self.max));
+                    continue;
+                }
+                let (now, later) = bytes.split_at(room.min(bytes.len()));
+                self.parts.last_mut().expect("a part with room").extend_from_slice(now);
+                bytes = later;
+            }
+        }
+
+        /// A byte string's length prefix (a postcard varint).
+        fn put_length(&mut self, length: usize) {
+            let mut varint = [0u8; 10];
+            let encoded = postcard::to_slice(&(length as u64), &mut varint).expect("a u64 takes at most 10 bytes");
+            self.put(encoded);
+        }
+
+        /// The format and the length prefix of `entries` entries.
+        fn put_head(&mut self, entries: usize) {
+            let mut format = [0u8; 5];
+            self.put(postcard::to_slice(&FORMAT, &mut format).expect("a u32 takes at most 5 bytes"));
+            self.put_length(entries * ENTRY_BYTES);
+        }
+
+        fn put_entry(&mut self, entry: (u128, Seen)) {
+            self.put(&dedupe_entries::encoded(entry));
+        }
+    }
+
+    /// One segment's two sorted lists, left in its bytes.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Layer<'a> {
+        entries: &'a [u8],
+        removed: &'a [u8],
+    }
+
+    /// A segment's lists, checked: its format, whole entries and keys, each list strictly in key order.
+    pub fn read(bytes: &[u8]) -> Result<Layer<'_>, String> {
+        let broken = |e: postcard::Error| format!("a dedupe segment does not decode: {e}");
+        let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
+        if format != FORMAT {
+            return Err(format!("dedupe segment format {format} is not {FORMAT}"));
+        }
+        let (_, entries, removed): (u32, &[u8], &[u8]) = postcard::from_bytes(bytes).map_err(broken)?;
+        if !removed.len().is_multiple_of(KEY_BYTES) {
+            return Err(format!("{} bytes of removed dedupe keys, not a multiple of {KEY_BYTES}", removed.len()));
+        }
+        let keys = dedupe_entries::read(entries)?.map(|(key, _)| key);
+        if !strictly_increasing(keys) || !strictly_increasing(removed.chunks_exact(KEY_BYTES).map(key_at)) {
+            return Err("a dedupe segment's keys are not in order".into());
+        }
+        Ok(Layer { entries, removed })
+    }
+
+    fn strictly_increasing(mut keys: impl Iterator<Item = u128>) -> bool {
+        let Some(mut previous) = keys.next() else { return true };
+        keys.all(|key| std::mem::replace(&mut previous, key) < key)
+    }
+
+    fn key_at(bytes: &[u8]) -> u128 {
+        u128::from_le_bytes(bytes[..KEY_BYTES].try_into().expect("16 bytes"))
+    }
+
+    /// One of a layer's lists being walked: the rest of it, its first key read once.
+    #[derive(Clone)]
+    struct Cursor<'a> {
+        rest: &'a [u8],
+        width: usize,
+        layer: usize,
+        key: u128,
+    }
+
+    impl<'a> Cursor<'a> {
+        fn new(rest: &'a [u8], width: usize, layer: usize) -> Option<Cursor<'a>> {
+            (!rest.is_empty()).then(|| Cursor { rest, width, layer, key: key_at(rest) })
+        }
+
+        /// Steps past its first entry; false once it is empty.
+        fn advance(&mut self) -> bool {
+            self.rest = &self.rest[self.width..];
+            if self.rest.is_empty() {
+                return false;
+            }
+            self.key = key_at(self.rest);
+            true
+        }
+    }
+
+    /// Segments merged in key order: each key once, as (key, its entry or None if removed) from the newest
+    /// segment holding it. Few segments are merged (the server compacts them), so each step scans every list.
+    #[derive(Clone)]
+    pub struct Merged<'a> {
+        cursors: Vec<Cursor<'a>>,
+    }
+
+    /// `layers` oldest first.
+    pub fn merged<'a>(layers: &[Layer<'a>]) -> Merged<'a> {
+        let lists = layers.iter().enumerate().flat_map(|(layer, l)| {
+            [Cursor::new(l.entries, ENTRY_BYTES, layer), Cursor::new(l.removed, KEY_BYTES, layer)]
+        });
+        Merged { cursors: lists.flatten().collect() }
+    }
+
+    impl Iterator for Merged<'_> {
+        type Item = (u128, Option<Seen>);
+
+        fn next(&mut self) -> Option<(u128, Option<Seen>)> {
+            let mut best: Option<(u128, usize)> = None;
+            for (at, cursor) in self.cursors.iter().enumerate() {
+                let here = cursor.key;
+                if best.is_none_or(|(key, n)| here < key || (here == key && cursor.layer > self.cursors[n].layer)) {
+                    best = Some((here, at));
+                }
+            }
+            let (key, at) = best?;
+            let winner = &self.cursors[at];
+            let found = match winner.width {
+                ENTRY_BYTES => Some(dedupe_entries::entry(&winner.rest[..ENTRY_BYTES]).1),
+                _ => None,
+            };
+            self.cursors.retain_mut(|cursor| cursor.key != key || cursor.advance());
+            Some((key, found))
+        }
+    }
+
+    /// The entries of merged segments that are in the table (not removed), counted, for `Table::from_entries`.
+    pub fn table_entries<'a>(layers: &[Layer<'a>]) -> impl ExactSizeIterator<Item = (u128, Seen)> + Clone + 'a {
+        let live = merged(layers).filter_map(|(key, seen)| seen.map(|seen| (key, seen)));
+        Counted { left: live.clone().count(), inner: live }
+    }
+
+    #[derive(Clone)]
+    struct Counted<I> {
+        inner: I,
+        left: usize,
+    }
+
+    impl<I: Iterator> Iterator for Counted<I> {
+        type Item = I::Item;
+
+        fn next(&mut self) -> Option<I::Item> {
+            let item = self.inner.next()?;
+            self.left -= 1;
+            Some(item)
+        }
+
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (self.left, Some(self.left))
+        }
+    }
+
+    impl<I: Iterator> ExactSizeIterator for Counted<I> {}
+
+    /// Segments (oldest first) merged into one, for compaction, in chunks of at most `chunk_bytes`. With `base`
+    /// (the oldest segment is a base, or there is none older) removals are dropped, since they remove nothing any
+    /// more; otherwise they are kept.
+    pub fn merge(segments: &[&[u8]], base: bool, chunk_bytes: usize) -> Result<Vec<Vec<u8>>, String> {
+        let layers = segments.iter().map(|bytes| read(bytes)).collect::<Result<Vec<_>, _>>()?;
+        let puts = merged(&layers).filter(|(_, seen)| seen.is_some()).count();
+        let mut out = Chunks::new(chunk_bytes);
+        out.put_head(puts);
+        for (key, seen) in merged(&layers) {
+            if let Some(seen) = seen {
+                out.put_entry((key, seen));
+            }
+        }
+        let removals = || merged(&layers).filter(|(_, seen)| seen.is_none());
+        out.put_length(if base { 0 } else { removals().count() * KEY_BYTES });
+        if !base {
+            for (key, _) in removals() {
+                out.put(&key.to_le_bytes());
+            }
+        }
+        Ok(out.parts)
     }
 }
 
@@ -342,7 +691,14 @@ mod tests {
             adjustments: vec![],
             credits: Some(credits),
         };
-        let stored = Stored { format: FORMAT, strings: vec![], accounts: vec![account], dedupe: vec![], clock_ms: 42 };
+        let stored = Stored {
+            format: FORMAT,
+            strings: vec![],
+            accounts: vec![account],
+            dedupe: vec![],
+            clock_ms: 42,
+            dedupe_in_segments: false,
+        };
         assert_eq!(decode(&encode(&stored)).expect("format 4 reads"), stored);
     }
 
@@ -380,8 +736,14 @@ mod tests {
 
     #[test]
     fn format_4_keeps_dedupe_entries_exactly_in_fixed_width_bytes() {
-        let stored =
-            Stored { format: FORMAT, strings: vec![], accounts: vec![], dedupe: extreme_entries(), clock_ms: 0 };
+        let stored = Stored {
+            format: FORMAT,
+            strings: vec![],
+            accounts: vec![],
+            dedupe: extreme_entries(),
+            clock_ms: 0,
+            dedupe_in_segments: false,
+        };
         let bytes = encode(&stored);
         assert_eq!(decode(&bytes).expect("format 4 reads"), stored);
         let empty = encode(&Stored { dedupe: vec![], ..stored });
@@ -411,6 +773,7 @@ mod tests {
             accounts: vec![account],
             dedupe: extreme_entries(),
             clock_ms: -3,
+            dedupe_in_segments: true,
         };
         let bytes = encode(&stored);
         assert_eq!(bytes, postcard::to_allocvec(&stored).unwrap(), "the derived encoding, byte for byte");
@@ -426,11 +789,18 @@ mod tests {
 
     #[test]
     fn dedupe_bytes_not_a_whole_number_of_entries_are_refused() {
-        let stored =
-            Stored { format: FORMAT, strings: vec![], accounts: vec![], dedupe: extreme_entries(), clock_ms: 0 };
+        let stored = Stored {
+            format: FORMAT,
+            strings: vec![],
+            accounts: vec![],
+            dedupe: extreme_entries(),
+            clock_ms: 0,
+            dedupe_in_segments: false,
+        };
         let mut bytes = encode(&stored);
-        // The blob's length prefix is the byte before its first entry: one byte short of three entries.
-        let at = bytes.len() - 3 * dedupe_entries::ENTRY_BYTES - 1 - 1;
+        // The blob's length prefix is the byte before its first entry (then the clock's varint and the bool): one
+        // byte short of three entries.
+        let at = bytes.len() - 3 * dedupe_entries::ENTRY_BYTES - 1 - 1 - 1;
         assert_eq!(bytes[at] as usize, 3 * dedupe_entries::ENTRY_BYTES);
         bytes[at] -= 1;
         bytes.remove(at + 1);
@@ -439,5 +809,130 @@ mod tests {
         bytes[at] += 1;
         bytes.insert(at + 1, 0);
         assert_eq!(decode(&bytes).expect("whole entries again").dedupe.len(), 3);
+    }
+}
+
+/// That a kernel snapshot's bytes are what the owned `Stored` of them encodes to, its accounts' aggregates and
+/// buckets in their keys' order: the borrowed encoding (`StoredAccountRef`) writes what copying did.
+#[cfg(test)]
+pub(crate) fn check_owned_form(bytes: &[u8]) {
+    let stored = decode(bytes).expect("decodes");
+    assert!(!stored.accounts.is_empty(), "some account to check");
+    for account in &stored.accounts {
+        assert!(account.aggregates.is_sorted_by(|a, b| a.0 < b.0), "{}", account.customer_id);
+        assert!(account.buckets.is_sorted_by(|a, b| a.0 < b.0), "{}", account.customer_id);
+    }
+    assert!(stored.accounts.is_sorted_by(|a, b| a.customer_id < b.customer_id));
+    assert!(encode(&stored) == bytes, "the owned form encodes to the same bytes");
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::segment::{self, merge, merged, read, table_entries};
+    use super::*;
+    use crate::dedupe::{Held, Table, PRUNE_RANGE_BITS};
+    use proptest::prelude::*;
+
+    /// Format 4's layout: as format 5 without `dedupe_in_segments`, written as the release before segments wrote it.
+    #[derive(Serialize)]
+    struct WrittenV4 {
+        format: u32,
+        strings: Vec<String>,
+        accounts: Vec<StoredAccount>,
+        #[serde(with = "dedupe_entries")]
+        dedupe: Vec<(u128, Seen)>,
+        clock_ms: i64,
+    }
+
+    fn entries() -> Vec<(u128, Seen)> {
+        vec![(0, Seen { digest: 3, at_ms: i64::MIN }), (7, Seen { digest: 0, at_ms: 5 })]
+    }
+
+    #[test]
+    fn a_format_4_snapshot_reads_as_format_5_with_its_dedupe_table_in_it() {
+        let written =
+            WrittenV4 { format: 4, strings: vec!["p".into()], accounts: vec![], dedupe: entries(), clock_ms: 9 };
+        let bytes = postcard::to_allocvec(&written).unwrap();
+        let stored = decode(&bytes).expect("format 4 reads");
+        assert_eq!((stored.format, stored.dedupe_in_segments, stored.clock_ms), (FORMAT, false, 9));
+        assert_eq!(stored.dedupe, entries());
+        let (head, borrowed) = decode_borrowing(&bytes).expect("format 4 reads");
+        let borrowed: Vec<(u128, Seen)> = dedupe_entries::read(borrowed.expect("left in the bytes")).unwrap().collect();
+        assert_eq!((borrowed, head.dedupe_in_segments, head.strings), (entries(), false, vec!["p".to_string()]));
+        let kernel = crate::kernel::Kernel::restore(&bytes).expect("restores");
+        assert_eq!(decode(&kernel.snapshot()).unwrap().dedupe, entries());
+    }
+
+    #[test]
+    fn segments_that_are_not_whole_or_not_in_order_are_refused() {
+        let mut table = Table::default();
+        table.record_changes(true);
+        for key in [3u128, 9] {
+            table.insert(key.into(), Seen { digest: 1, at_ms: 1 }.into());
+        }
+        let bytes = segment::from_changes(table.take_changes(), 1 << 20).concat();
+        assert!(read(&bytes).is_ok());
+        let mut swapped = bytes.clone();
+        let first = swapped.len() - 1 - 2 * dedupe_entries::ENTRY_BYTES;
+        let (a, b) = swapped[first..].split_at_mut(dedupe_entries::ENTRY_BYTES);
+        a.swap_with_slice(&mut b[..dedupe_entries::ENTRY_BYTES]);
+        assert!(read(&swapped).unwrap_err().contains("not in order"));
+        assert!(read(&bytes[..bytes.len() - 2]).is_err(), "cut short");
+        let mut other = bytes.clone();
+        other[0] = 2;
+        assert!(read(&other).unwrap_err().contains("format 2"));
+    }
+
+    fn held(at_ms: i64) -> Held {
+        Seen { digest: at_ms as u128 * 31, at_ms }.into()
+    }
+
+    /// Keys in few prune ranges, so puts, overwrites and removals of one key meet within and across segments.
+    fn keys() -> impl Strategy<Value = u128> {
+        prop_oneof![Just(0u128), (0u128..4, 0u128..40).prop_map(|(top, low)| (top << 126) | low)]
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+
+        /// A base segment, then each interval's changes as a segment: merged, they are exactly the table, and so
+        /// is any compaction of them (all into a base, or the newer ones into one keeping their removals).
+        #[test]
+        fn merged_segments_are_exactly_the_table(
+            ops in proptest::collection::vec((keys(), 0i64..100, 0u8..10), 0..400),
+            compact_from in 0usize..6,
+            chunk_bytes in prop_oneof![1usize..50, Just(1 << 20)],
+        ) {
+            let mut table = Table::default();
+            let mut segments = vec![segment::from_table(&table, 1 << 20).concat()];
+            table.record_changes(true);
+            for (key, at_ms, op) in ops {
+                match op {
+                    0 => drop(table.prune_range((key >> (128 - PRUNE_RANGE_BITS)) as u64, |h| h.at_ms() < at_ms)),
+                    1 => segments.push(segment::from_changes(table.take_changes(), chunk_bytes).concat()),
+                    _ => table.insert(key.into(), held(at_ms)),
+                }
+            }
+            segments.push(segment::from_changes(table.take_changes(), chunk_bytes).concat());
+            let expected: Vec<(u128, Seen)> = table.iter().map(|(k, h)| (k.into(), h.into())).collect();
+            let slices: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
+            let layers: Vec<_> = slices.iter().map(|s| read(s).unwrap()).collect();
+            let restored: Vec<(u128, Seen)> = table_entries(&layers).collect();
+            prop_assert_eq!(&restored, &expected);
+            prop_assert_eq!(table_entries(&layers).len(), expected.len());
+            let restored = Table::from_entries(table_entries(&layers));
+            prop_assert!(restored.iter().map(|(k, h)| (u128::from(k), Seen::from(h))).eq(expected.iter().copied()));
+            // Compacted whole: no removals left.
+            let whole = merge(&slices, true, chunk_bytes).unwrap().concat();
+            prop_assert!(merged(&[read(&whole).unwrap()]).all(|(_, seen)| seen.is_some()));
+            prop_assert_eq!(table_entries(&[read(&whole).unwrap()]).collect::<Vec<_>>(), expected.clone());
+            // The newer segments compacted, the older kept before them.
+            let from = compact_from.min(slices.len());
+            let tail = merge(&slices[from..], from == 0, chunk_bytes).unwrap().concat();
+            let mut kept: Vec<&[u8]> = slices[..from].to_vec();
+            kept.push(&tail);
+            let layers: Vec<_> = kept.iter().map(|s| read(s).unwrap()).collect();
+            prop_assert_eq!(table_entries(&layers).collect::<Vec<_>>(), expected);
+        }
     }
 }

@@ -35,7 +35,14 @@ fn snapshot_of(ids: usize) -> Vec<u8> {
     let mut dedupe: Vec<(u128, Seen)> =
         (0..ids).map(|i| (random.key(), Seen { digest: random.key(), at_ms: i as i64 })).collect();
     dedupe.sort_unstable_by_key(|(k, _)| *k);
-    encode(&Stored { format: FORMAT, strings: vec![], accounts: vec![], dedupe, clock_ms: 0 })
+    encode(&Stored {
+        format: FORMAT,
+        strings: vec![],
+        accounts: vec![],
+        dedupe,
+        clock_ms: 0,
+        dedupe_in_segments: false,
+    })
 }
 
 /// The dedupe table's operations as the kernel uses them.
