@@ -405,6 +405,9 @@ fn size_varint_bytes(size: u32) -> usize {
     (32 - (size | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+// Inlined, with put_zigzag: as calls, saving and restoring registers took some 24 of a varint's 55 instructions
+// (a spread of the 7-bit groups in one 8-byte store instead of the loop measured no fewer once inlined).
+#[inline(always)]
 fn put_varint(out: &mut Vec<u8>, value: u128) {
     // Written into capacity reserved once instead of pushed byte by byte: each push checked the capacity,
     // and a part's dozen varints were a third of building a block.
@@ -433,6 +436,7 @@ fn put_varint(out: &mut Vec<u8>, value: u128) {
     unsafe { out.set_len(len) };
 }
 
+#[inline(always)]
 fn put_zigzag(out: &mut Vec<u8>, value: i128) {
     put_varint(out, ((value << 1) ^ (value >> 127)) as u128);
 }
