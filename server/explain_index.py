@@ -5,7 +5,7 @@ The journal holds each usage batch as received and a digest, not per-event amoun
 sequencer takes them once per run of rated batches and, once the group's journal commit has succeeded, hands
 them here. A thread of this module's own gathers them for up to FLUSH_EVERY_S (less while a reader waits) and
 writes them as one block (`explain_block`, built by the kernel with the GIL released; layout in
-engine/kernel/src/explain_block.rs): the events sorted by line in chunks of about CHUNK_BYTES appended under
+engine/kernel/src/explain_block.rs): the events sorted by line in chunks of at most CHUNK_BYTES appended under
 increasing keys (blocks are numbered in journal order, so older pages are never rewritten), and one small entry
 per (customer, period) the block touched, naming the lines it holds. A write costs a few puts per chunk and
 per customer, whatever the number of events; the ack never waits for any of it. A page reads the blocks of the
@@ -63,7 +63,10 @@ _FORMAT = b"blocks-1"
 _TOKEN_ADJUSTMENT = 2  # a token past the events: (kind, 0, ordinal of the next adjustment)
 _TOKEN_BLOCK = 3  # (kind, block, ordinal of the next event among the line's in that block); kind 1 was per entry
 _TOKEN = struct.Struct(">BQI")  # kind, block, ordinal
-CHUNK_BYTES = 16 * 1024  # a chunk of a block: one LMDB value, read whole by a page that needs one of its events
+# A chunk of a block: one LMDB value, read whole by a page that needs one of its events. At most this long, so that
+# it fills four 4 KiB pages (an LMDB value longer than a page takes whole pages after a 16-byte header): chunks cut
+# once past 16 KiB took a fifth page, a quarter of the index's file.
+CHUNK_BYTES = 4 * 4096 - 16
 _MAC_BYTES = 16
 # The writer gathers records this long (or this many bytes) before it writes them: one put per line per write.
 FLUSH_EVERY_S = 1.0

@@ -6,7 +6,7 @@
 //! (server/bench/seed.py: 3 models x 2 regions, so 12 aggregates a customer); 1, the default, prices
 //! by model alone, the workload earlier figures were measured on. A fourth argument, `explain`,
 //! records what each event charged (ExplainLineItem's records, as the server does) and then builds
-//! the explain index's block of them (explain_block.rs, 16 KiB chunks as server/explain_index.py
+//! the explain index's block of them (explain_block.rs, chunks of four 4 KiB pages as server/explain_index.py
 //! asks), timed apart: `--toggle-collect='*kernel_spike::index_explain*'` counts the block alone.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -185,7 +185,7 @@ fn rate(kernel: &mut Kernel, batches: &[Vec<u8>], explain: &mut Option<Vec<Vec<u
 /// returns its bytes, read as the binding reads them. Not inlined, for callgrind's --toggle-collect.
 #[inline(never)]
 fn index_explain(builder: &mut explain_block::Builder, records: &[Vec<u8>]) -> usize {
-    const CHUNK_BYTES: usize = 16 * 1024; // server/explain_index.py
+    const CHUNK_BYTES: usize = 4 * 4096 - 16; // server/explain_index.py
     let buffers: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
     builder.build(&buffers, 0, CHUNK_BYTES).expect("the kernel's records");
     builder.chunks().chain(builder.periods()).map(|(k, v)| k.len() + v.len()).sum()
