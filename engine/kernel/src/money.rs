@@ -112,6 +112,17 @@ pub fn fixed_from_f64(value: f64) -> Option<Fixed> {
 /// The largest number of decimal places `few_decimals` tries.
 const FEW_DECIMALS_MAX: i32 = 9;
 
+/// 10^i for i up to SCALE_DIGITS (a table: `10i128.pow(i)` was a loop of 128-bit products per value).
+const POW10: [i128; SCALE_DIGITS as usize + 1] = {
+    let mut powers = [1i128; SCALE_DIGITS as usize + 1];
+    let mut i = 1;
+    while i < powers.len() {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
+    }
+    powers
+};
+
 /// `fixed_from_f64` without formatting, for a value whose shortest text has at most
 /// FEW_DECIMALS_MAX decimal places (0.5, 12.25): for d = 1, 2, ... the one d-place decimal m / 10^d
 /// nearest the value, if it parses back to the value. None when unsure (the caller formats).
@@ -131,10 +142,13 @@ fn few_decimals(value: f64) -> Option<Fixed> {
         if spacing * scale > 0.5 || product >= (1u64 << 40) as f64 {
             return None;
         }
-        let m = product.round();
+        // product.round() (halves away from zero; product >= 0) without a libm call: product < 2^40
+        // converts to i64 exactly, and its fraction, product - whole, is exact.
+        let whole = product as i64;
+        let m = whole + i64::from(product - whole as f64 >= 0.5);
         // m and 10^d are exact doubles, so the division rounds once, exactly as parsing the text.
-        if m / scale == value {
-            return Some(m as i128 * 10i128.pow((SCALE_DIGITS - d) as u32));
+        if m as f64 / scale == value {
+            return Some(i128::from(m) * POW10[(SCALE_DIGITS - d) as usize]);
         }
     }
     None
