@@ -37,6 +37,21 @@ pub fn round_half_even(numerator: I256, denominator: I256) -> Option<i128> {
     i128::try_from(rounded).ok()
 }
 
+/// `a.checked_mul(b)`, cheaper when a >= 0 and 0 <= b < 2^64 (a quantity times a reduced price
+/// coefficient): two 64-by-64 products, where the general signed 128-bit product with its overflow
+/// check is a long sequence of them.
+#[inline]
+pub fn checked_mul_128(a: i128, b: i128) -> Option<i128> {
+    let (Ok(a_wide), Ok(b_word)) = (u128::try_from(a), u64::try_from(b)) else { return a.checked_mul(b) };
+    let b_wide = u128::from(b_word);
+    let low = u128::from(a_wide as u64) * b_wide;
+    let high = (a_wide >> 64) * b_wide; // a < 2^127 and b < 2^64: cannot overflow
+    if high >> 63 != 0 {
+        return None; // high x 2^64 alone passes i128::MAX
+    }
+    i128::try_from((high << 64).checked_add(low)?).ok()
+}
+
 /// `round_half_even` in 128 bits (denominator > 0), with one division.
 pub fn round_half_even_128(numerator: i128, denominator: i128) -> Option<i128> {
     let (mut quotient, mut remainder) = divide(numerator, denominator);
@@ -340,6 +355,16 @@ mod tests {
                 if let Some(fast) = few_decimals(value) {
                     prop_assert_eq!(Some(fast), from_shortest_text(value), "{:e}", value);
                 }
+            }
+        }
+
+        #[test]
+        fn products_match_checked_multiplication(a in any::<i128>(), b in any::<i128>(), shift in 0u32..128, word in any::<u64>()) {
+            // Any operands, and the fast path's (a >= 0, b a word) near the overflow boundary.
+            let near = (a >> shift).checked_abs().unwrap_or(i128::MAX);
+            let positive = a.checked_abs().unwrap_or(i128::MAX);
+            for (a, b) in [(a, b), (near, i128::from(word)), (positive, i128::from(word >> (shift % 64)))] {
+                prop_assert_eq!(checked_mul_128(a, b), a.checked_mul(b), "{} x {}", a, b);
             }
         }
 

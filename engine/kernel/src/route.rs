@@ -587,7 +587,8 @@ mod tests {
         let mut version =
             Version { rate_card: 0, number: 1, rates: [(9, rates)].into_iter().collect(), exact: FxHashMap::default() };
         version.index_rates();
-        let price = |product: Sym, key: &[Option<Sym>]| version.rate_for(product, key).map(|r| r.priced.picos(1_000_000));
+        let price =
+            |product: Sym, key: &[Option<Sym>]| version.rate_for(product, key).map(|r| r.priced.picos(1_000_000));
         assert_eq!(price(9, &[Some(1), Some(2)]), Some(Some(10)), "the first match in order, as the scan");
         assert_eq!(price(9, &[Some(3), Some(4)]), Some(Some(30)));
         assert_eq!(price(9, &[Some(3), None]), None);
