@@ -163,7 +163,9 @@ fn resolve<'a, V: Copy, A: smallvec::Array<Item = (&'a str, V)>>(
         if entries.len() > EVENT_MAP_ENTRIES_MAX {
             return None;
         }
-        resolved.extend(entries.iter().copied());
+        for &entry in entries {
+            resolved.push(entry);
+        }
         return Some(true);
     }
     for &(key, value) in entries {

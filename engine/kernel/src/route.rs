@@ -329,7 +329,12 @@ impl Catalog {
         Self: 'a,
     {
         let mut feeding = SmallVec::new();
-        let Some(candidates) = self.by_event_type.get(event_type) else { return feeding };
+        // One event type (the usual catalogue): compared, not hashed.
+        let candidates = match self.by_event_type.len() {
+            1 => self.by_event_type.iter().next().filter(|(only, _)| *only == event_type).map(|(_, products)| products),
+            _ => self.by_event_type.get(event_type),
+        };
+        let Some(candidates) = candidates else { return feeding };
         // A loop, not filter().collect(): the adapter's next() was a call per candidate, several
         // times the cost of checking a product without filters.
         for &p in candidates {
