@@ -109,9 +109,27 @@ impl<'a> Event<'a> {
 /// lengths first, so most cost no memcmp); many are bisected.
 fn find<V: Copy>(entries: &[(&str, V)], key: &str) -> Option<V> {
     if entries.len() <= 8 {
-        return entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        return entries.iter().find(|(k, _)| same_text(k, key)).map(|(_, v)| *v);
     }
     entries.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| entries[at].1)
+}
+
+/// `a == b` for the short keys events carry: the lengths, then up to 16 bytes compared as two
+/// overlapping words in place of a call to memcmp.
+#[inline]
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    let word = |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let half = |bytes: &[u8], at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    match len {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, len - 4) == half(b, len - 4),
+        _ => a == b,
+    }
 }
 
 /// One event as it arrived: strings borrowed from the batch bytes (`'a`), its map entries as
@@ -364,6 +382,27 @@ mod tests {
             }
             let refused = check_event(&event(entries), 0, 300_000).err().unwrap();
             assert!(refused.message.contains("at most 64 entries"), "{}", refused.message);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn short_keys_compare_as_strings(
+            a in "[ab]{0,20}",
+            other in "[ab]{0,20}",
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            // The same length with one byte changed (at every position the words cover), and any other string.
+            let mut changed = a.clone().into_bytes();
+            if !changed.is_empty() {
+                let at = flip.index(changed.len());
+                changed[at] = if changed[at] == b'a' { b'b' } else { b'a' };
+            }
+            let changed = String::from_utf8(changed).expect("ASCII");
+            for b in [&a, &changed, &other] {
+                proptest::prop_assert_eq!(same_text(&a, b), a == *b, "{:?} {:?}", a, b);
+            }
         }
     }
 
