@@ -48,13 +48,17 @@ impl AckBuilder {
 
     /// One product's ledger change for the event just accepted.
     pub fn ledger(&mut self, product_id: &str, version: u32, charge: Picos, draws: &[(u32, Picos)], overage: Picos) {
+        // Fixed-width fields gathered on the stack and appended at once: each append checks capacity.
+        let mut fixed = [0u8; 21];
+        fixed[1..5].copy_from_slice(&version.to_le_bytes()); // fixed[0]: the product id's terminator
+        fixed[5..].copy_from_slice(&charge.to_le_bytes());
         self.digest.extend_from_slice(product_id.as_bytes());
-        self.digest.extend_from_slice(&[0]);
-        self.digest.extend_from_slice(&version.to_le_bytes());
-        self.digest.extend_from_slice(&charge.to_le_bytes());
+        self.digest.extend_from_slice(&fixed);
         for (grant, credits) in draws {
-            self.digest.extend_from_slice(&grant.to_le_bytes());
-            self.digest.extend_from_slice(&credits.to_le_bytes());
+            let mut draw = [0u8; 20];
+            draw[..4].copy_from_slice(&grant.to_le_bytes());
+            draw[4..].copy_from_slice(&credits.to_le_bytes());
+            self.digest.extend_from_slice(&draw);
         }
         self.digest.extend_from_slice(&overage.to_le_bytes());
     }

@@ -109,9 +109,27 @@ impl<'a> Event<'a> {
 /// lengths first, so most cost no memcmp); many are bisected.
 fn find<V: Copy>(entries: &[(&str, V)], key: &str) -> Option<V> {
     if entries.len() <= 8 {
-        return entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        return entries.iter().find(|(k, _)| same_text(k, key)).map(|(_, v)| *v);
     }
     entries.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|at| entries[at].1)
+}
+
+/// `a == b` for the short keys events carry: the lengths, then up to 16 bytes compared as two
+/// overlapping words in place of a call to memcmp.
+#[inline]
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    let word = |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let half = |bytes: &[u8], at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    match len {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, len - 4) == half(b, len - 4),
+        _ => a == b,
+    }
 }
 
 /// One event as it arrived: strings borrowed from the batch bytes (`'a`), its map entries as
@@ -150,23 +168,34 @@ fn first_chars(text: &str, count: usize) -> &str {
     text.char_indices().nth(count).map_or(text, |(at, _)| &text[..at])
 }
 
-/// Repeated keys resolved as a protobuf map would be: the last value wins. False if more than
-/// EVENT_MAP_ENTRIES_MAX distinct keys.
+/// Repeated keys resolved as a protobuf map would be: the last value wins, at the key's first
+/// position. None if more than EVENT_MAP_ENTRIES_MAX distinct keys; else whether they are sorted.
 fn resolve<'a, V: Copy, A: smallvec::Array<Item = (&'a str, V)>>(
     entries: &[(&'a str, V)],
     resolved: &mut SmallVec<A>,
-) -> bool {
+) -> Option<bool> {
     resolved.clear();
+    // Keys in ascending order, as most clients send a map: none repeats and none needs sorting, so
+    // they are taken as they are (one comparison per entry, where resolving and sorting took several).
+    if entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+        if entries.len() > EVENT_MAP_ENTRIES_MAX {
+            return None;
+        }
+        for &entry in entries {
+            resolved.push(entry);
+        }
+        return Some(true);
+    }
     for &(key, value) in entries {
         if let Some(slot) = resolved.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
         } else if resolved.len() == EVENT_MAP_ENTRIES_MAX {
-            return false;
+            return None;
         } else {
             resolved.push((key, value));
         }
     }
-    true
+    Some(false)
 }
 
 /// `check_view` for a decoded wire event (Authorize's path).
@@ -220,9 +249,11 @@ pub fn check_into<'a>(
     let too_many =
         || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));
     let mut raw_values: SmallVec<[(&'a str, f64); 4]> = SmallVec::new();
-    if !resolve(view.dimensions, &mut event.dimensions) || !resolve(view.values, &mut raw_values) {
+    let (Some(dimensions_sorted), Some(values_sorted)) =
+        (resolve(view.dimensions, &mut event.dimensions), resolve(view.values, &mut raw_values))
+    else {
         return Err(too_many());
-    }
+    };
     for (key, text) in &event.dimensions {
         if too_long(key) || too_long(text) {
             let key = py_repr(first_chars(key, 32));
@@ -241,9 +272,14 @@ pub fn check_into<'a>(
             format!("timestamp_ms {} is more than {} s in the future", view.timestamp_ms, future_skew_ms / 1000),
         ));
     }
-    // Sorted by key once valid: the digest needs a canonical order, and lookups can bisect.
-    event.dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    event.values.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // Sorted by key once valid (checked in their first-position order, which names the same entry
+    // first as the Python engine): the digest needs a canonical order, and lookups can bisect.
+    if !dimensions_sorted {
+        event.dimensions.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    }
+    if !values_sorted {
+        event.values.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    }
     event.transaction_id = view.transaction_id;
     event.customer_id = view.customer_id;
     event.event_type = view.event_type;
@@ -321,6 +357,53 @@ mod tests {
         assert_eq!(refused(1e15).as_deref(), Some("values['n'] is 1000000000000000.0: must be below 1e+15"));
         assert!(refused(1e-50).unwrap().contains("cannot be held exactly"));
         assert_eq!(refused(0.1), None);
+    }
+
+    #[test]
+    fn maps_come_out_sorted_in_any_order_and_are_checked_in_the_order_sent() {
+        let sorted = event(vec![("a", 1.0), ("b", 2.0), ("c", 3.0)]);
+        let shuffled = event(vec![("c", 3.0), ("a", 1.0), ("b", 2.0)]);
+        let (sorted, shuffled) =
+            (check_event(&sorted, 0, 300_000).unwrap(), check_event(&shuffled, 0, 300_000).unwrap());
+        assert_eq!(sorted.values.as_slice(), shuffled.values.as_slice());
+        assert_eq!(sorted.values.iter().map(|(k, _)| *k).collect::<Vec<_>>(), ["a", "b", "c"]);
+        // Two bad values: the one sent first is named, sorted keys or not.
+        for (first, second) in [("b", "a"), ("a", "b")] {
+            let bad = event(vec![(first, -1.0), (second, -2.0)]);
+            let message = check_event(&bad, 0, 300_000).err().unwrap().message;
+            assert!(message.starts_with(&format!("values['{first}']")), "{message}");
+        }
+        assert!(check_event(&event(vec![("k", 1.0); 65]), 0, 300_000).is_ok(), "one key repeated is one entry");
+        let keys: Vec<String> = (0..65).map(|i| format!("k{i:02}")).collect();
+        for ascending in [true, false] {
+            let mut entries: Vec<(&str, f64)> = keys.iter().map(|k| (k.as_str(), 1.0)).collect();
+            if !ascending {
+                entries.reverse();
+            }
+            let refused = check_event(&event(entries), 0, 300_000).err().unwrap();
+            assert!(refused.message.contains("at most 64 entries"), "{}", refused.message);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn short_keys_compare_as_strings(
+            a in "[ab]{0,20}",
+            other in "[ab]{0,20}",
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            // The same length with one byte changed (at every position the words cover), and any other string.
+            let mut changed = a.clone().into_bytes();
+            if !changed.is_empty() {
+                let at = flip.index(changed.len());
+                changed[at] = if changed[at] == b'a' { b'b' } else { b'a' };
+            }
+            let changed = String::from_utf8(changed).expect("ASCII");
+            for b in [&a, &changed, &other] {
+                proptest::prop_assert_eq!(same_text(&a, b), a == *b, "{:?} {:?}", a, b);
+            }
+        }
     }
 
     #[test]

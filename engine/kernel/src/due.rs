@@ -58,6 +58,25 @@ fn forget_at(account: &Account, window_ms: i64) -> i64 {
     ended.map(|e| e.at_ms.saturating_add(window_ms)).min().unwrap_or(NEVER)
 }
 
+/// (due_ms, forget_ms, ended reservations) for `refresh_at`.
+fn due_times(account: &Account, window_ms: i64, at_ms: i64) -> (i64, i64, usize) {
+    if account.credits.is_none() && account.grants.iter().all(|g| g.expires_at_ms.is_none()) {
+        // No holds, rollovers or ended reservations, no grant that expires (the usual account, refreshed
+        // after each of its events): nothing is due, which the walks below would find more slowly.
+        return (NEVER, NEVER, 0);
+    }
+    let ended = account.credits.as_deref().map_or(0, |c| c.ended.len());
+    let counted = account.due.ended;
+    let forget_ms = if counted == UNCOUNTED || ended < counted {
+        forget_at(account, window_ms)
+    } else if ended > counted {
+        account.due.forget_ms.min(at_ms.saturating_add(window_ms))
+    } else {
+        account.due.forget_ms
+    };
+    (account_due(account, i64::MIN), forget_ms, ended)
+}
+
 fn move_entry(set: &mut BTreeSet<(i64, u32)>, slot: u32, from: i64, to: i64) {
     if from == to {
         return;
@@ -86,16 +105,7 @@ impl DueIndex {
     /// `refresh` after a change at `at_ms` that may have ended reservations (then, at `at_ms`) but
     /// forgot none: the oldest ended one is found without walking them all.
     pub fn refresh_at(&mut self, customer_id: &str, account: &mut Account, window_ms: i64, at_ms: i64) {
-        let ended = account.credits.as_deref().map_or(0, |c| c.ended.len());
-        let counted = account.due.ended;
-        let forget_ms = if counted == UNCOUNTED || ended < counted {
-            forget_at(account, window_ms)
-        } else if ended > counted {
-            account.due.forget_ms.min(at_ms.saturating_add(window_ms))
-        } else {
-            account.due.forget_ms
-        };
-        let due_ms = account_due(account, i64::MIN);
+        let (due_ms, forget_ms, ended) = due_times(account, window_ms, at_ms);
         let keys = &mut account.due;
         keys.ended = ended;
         if (keys.due_ms, keys.forget_ms) == (due_ms, forget_ms) {

@@ -491,6 +491,8 @@ pub(crate) struct Rater {
     pub(crate) combos: Combos,
     /// Per-event records for ExplainLineItem, when enabled.
     pub(crate) explain: Recorder,
+    /// What a bucket not yet created holds (built once, not for every product of every event).
+    no_aggregate: Aggregate,
 }
 
 impl Rater {
@@ -577,8 +579,7 @@ impl Rater {
         };
         let curve = curve_with_override(contract, product.id, &dimensions, rate, ts);
         let key = combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
-        let empty = Aggregate::default();
-        let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&empty);
+        let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&self.no_aggregate);
         let out_of_range = || {
             Refusal::new(
                 Reason::InvalidEvent,

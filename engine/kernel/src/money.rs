@@ -37,6 +37,21 @@ pub fn round_half_even(numerator: I256, denominator: I256) -> Option<i128> {
     i128::try_from(rounded).ok()
 }
 
+/// `a.checked_mul(b)`, cheaper when a >= 0 and 0 <= b < 2^64 (a quantity times a reduced price
+/// coefficient): two 64-by-64 products, where the general signed 128-bit product with its overflow
+/// check is a long sequence of them.
+#[inline]
+pub fn checked_mul_128(a: i128, b: i128) -> Option<i128> {
+    let (Ok(a_wide), Ok(b_word)) = (u128::try_from(a), u64::try_from(b)) else { return a.checked_mul(b) };
+    let b_wide = u128::from(b_word);
+    let low = u128::from(a_wide as u64) * b_wide;
+    let high = (a_wide >> 64) * b_wide; // a < 2^127 and b < 2^64: cannot overflow
+    if high >> 63 != 0 {
+        return None; // high x 2^64 alone passes i128::MAX
+    }
+    i128::try_from((high << 64).checked_add(low)?).ok()
+}
+
 /// `round_half_even` in 128 bits (denominator > 0), with one division.
 pub fn round_half_even_128(numerator: i128, denominator: i128) -> Option<i128> {
     let (mut quotient, mut remainder) = divide(numerator, denominator);
@@ -112,6 +127,17 @@ pub fn fixed_from_f64(value: f64) -> Option<Fixed> {
 /// The largest number of decimal places `few_decimals` tries.
 const FEW_DECIMALS_MAX: i32 = 9;
 
+/// 10^i for i up to SCALE_DIGITS (a table: `10i128.pow(i)` was a loop of 128-bit products per value).
+const POW10: [i128; SCALE_DIGITS as usize + 1] = {
+    let mut powers = [1i128; SCALE_DIGITS as usize + 1];
+    let mut i = 1;
+    while i < powers.len() {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
+    }
+    powers
+};
+
 /// `fixed_from_f64` without formatting, for a value whose shortest text has at most
 /// FEW_DECIMALS_MAX decimal places (0.5, 12.25): for d = 1, 2, ... the one d-place decimal m / 10^d
 /// nearest the value, if it parses back to the value. None when unsure (the caller formats).
@@ -131,10 +157,13 @@ fn few_decimals(value: f64) -> Option<Fixed> {
         if spacing * scale > 0.5 || product >= (1u64 << 40) as f64 {
             return None;
         }
-        let m = product.round();
+        // product.round() (halves away from zero; product >= 0) without a libm call: product < 2^40
+        // converts to i64 exactly, and its fraction, product - whole, is exact.
+        let whole = product as i64;
+        let m = whole + i64::from(product - whole as f64 >= 0.5);
         // m and 10^d are exact doubles, so the division rounds once, exactly as parsing the text.
-        if m / scale == value {
-            return Some(m as i128 * 10i128.pow((SCALE_DIGITS - d) as u32));
+        if m as f64 / scale == value {
+            return Some(i128::from(m) * POW10[(SCALE_DIGITS - d) as usize]);
         }
     }
     None
@@ -326,6 +355,16 @@ mod tests {
                 if let Some(fast) = few_decimals(value) {
                     prop_assert_eq!(Some(fast), from_shortest_text(value), "{:e}", value);
                 }
+            }
+        }
+
+        #[test]
+        fn products_match_checked_multiplication(a in any::<i128>(), b in any::<i128>(), shift in 0u32..128, word in any::<u64>()) {
+            // Any operands, and the fast path's (a >= 0, b a word) near the overflow boundary.
+            let near = (a >> shift).checked_abs().unwrap_or(i128::MAX);
+            let positive = a.checked_abs().unwrap_or(i128::MAX);
+            for (a, b) in [(a, b), (near, i128::from(word)), (positive, i128::from(word >> (shift % 64)))] {
+                prop_assert_eq!(checked_mul_128(a, b), a.checked_mul(b), "{} x {}", a, b);
             }
         }
 

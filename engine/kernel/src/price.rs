@@ -8,7 +8,7 @@
 use ethnum::I256;
 use serde::{Deserialize, Serialize};
 
-use crate::money::{round_half_even, round_half_even_128, Fixed, Picos, FIXED_PER_PICO, SCALE};
+use crate::money::{checked_mul_128, round_half_even, round_half_even_128, Fixed, Picos, FIXED_PER_PICO, SCALE};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tier {
@@ -114,11 +114,11 @@ impl PricedCurve {
             return Some(0);
         }
         let numerator = match &self.curve {
-            Curve::Unit { .. } => quantity.checked_mul(reduced.unit[0])?,
+            Curve::Unit { .. } => checked_mul_128(quantity, reduced.unit[0])?,
             Curve::Tiered { volume: true, tiers, .. } => {
                 let at =
                     tiers.iter().position(|t| t.up_to.is_none_or(|up_to| quantity <= up_to)).unwrap_or(tiers.len() - 1);
-                quantity.checked_mul(reduced.unit[at])?.checked_add(reduced.flat[at])?
+                checked_mul_128(quantity, reduced.unit[at])?.checked_add(reduced.flat[at])?
             }
             Curve::Tiered { volume: false, tiers, .. } => {
                 let (mut numerator, mut lower) = (0i128, 0);
@@ -127,13 +127,13 @@ impl PricedCurve {
                     if upper <= lower {
                         break;
                     }
-                    let portion = (upper - lower).checked_mul(reduced.unit[at])?;
+                    let portion = checked_mul_128(upper - lower, reduced.unit[at])?;
                     numerator = numerator.checked_add(portion)?.checked_add(reduced.flat[at])?;
                     lower = upper;
                 }
                 numerator
             }
-            Curve::Package { size, .. } => (quantity.checked_add(size - 1)? / size).checked_mul(reduced.unit[0])?,
+            Curve::Package { size, .. } => checked_mul_128(quantity.checked_add(size - 1)? / size, reduced.unit[0])?,
             Curve::Flat { .. } => reduced.unit[0],
         };
         round_half_even_128(numerator, reduced.denominator)

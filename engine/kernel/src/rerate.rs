@@ -594,6 +594,7 @@ fn compile_version(
     }
     let rates = std::mem::take(&mut version.rates);
     version.rates = rates.into_iter().filter(|(product, _)| *product < known).collect();
+    version.index_rates();
     if version.rate_card >= known {
         version.rate_card = Sym::MAX;
     }

@@ -75,6 +75,7 @@ pub struct Product {
     pub dimensions_class: usize,
 }
 
+#[derive(Clone)]
 pub struct Rate {
     pub required: Vec<(usize, Sym)>,
     /// The rate card's price, ready to price (a contract's override derives its own).
@@ -84,7 +85,42 @@ pub struct Rate {
 pub struct Version {
     pub rate_card: Sym,
     pub number: u32,
+    /// Rates by product, in the tables' order. Whoever changes them calls `index_rates` after.
     pub rates: FxHashMap<Sym, Vec<Rate>>,
+    /// `rate_for` of the keys that name a value at every position (the usual key: a rate for each
+    /// combination of the pricing dimensions' values), a copy of the rate by product and values: one
+    /// hash lookup, where finding the product's rates and scanning them compared each in turn.
+    exact: FxHashMap<ExactKey, Rate>,
+}
+
+/// A product and a key naming a value at each of up to 4 positions: three words to hash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ExactKey {
+    product: Sym,
+    len: u32,
+    values: [Sym; 4],
+}
+
+impl ExactKey {
+    fn new(product: Sym, key: &[Option<Sym>]) -> Option<ExactKey> {
+        let mut values = [0; 4];
+        if key.len() > values.len() {
+            return None;
+        }
+        for (slot, value) in values.iter_mut().zip(key) {
+            *slot = (*value)?;
+        }
+        Some(ExactKey { product, len: key.len() as u32, values })
+    }
+}
+
+impl std::hash::Hash for ExactKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let pair = |a: u32, b: u32| (u64::from(a) << 32) | u64::from(b);
+        state.write_u64(pair(self.product, self.len));
+        state.write_u64(pair(self.values[0], self.values[1]));
+        state.write_u64(pair(self.values[2], self.values[3]));
+    }
 }
 
 pub struct Override {
@@ -221,7 +257,9 @@ impl Catalog {
                 rates.entry(interner.intern(&rate.product_id)).or_default().push(compiled);
             }
             let rate_card = interner.intern(&table.rate_card_id);
-            catalog.versions.push(Version { rate_card, number: table.number, rates });
+            let mut version = Version { rate_card, number: table.number, rates, exact: FxHashMap::default() };
+            version.index_rates();
+            catalog.versions.push(version);
         }
         catalog.timelines = catalog.checked_timelines(&tables.timelines)?;
         Ok(catalog)
@@ -291,7 +329,12 @@ impl Catalog {
         Self: 'a,
     {
         let mut feeding = SmallVec::new();
-        let Some(candidates) = self.by_event_type.get(event_type) else { return feeding };
+        // One event type (the usual catalogue): compared, not hashed.
+        let candidates = match self.by_event_type.len() {
+            1 => self.by_event_type.iter().next().filter(|(only, _)| *only == event_type).map(|(_, products)| products),
+            _ => self.by_event_type.get(event_type),
+        };
+        let Some(candidates) = candidates else { return feeding };
         // A loop, not filter().collect(): the adapter's next() was a call per candidate, several
         // times the cost of checking a product without filters.
         for &p in candidates {
@@ -313,7 +356,40 @@ impl Catalog {
 impl Version {
     /// The most specific rate for a product and dimension key (symbols; None = never interned).
     pub fn rate_for(&self, product: Sym, key: &[Option<Sym>]) -> Option<&Rate> {
+        let indexed = ExactKey::new(product, key).and_then(|exact| self.exact.get(&exact));
+        let rate = indexed.or_else(|| self.scan(product, key));
+        debug_assert!(
+            rate.map(|r| (&r.required, &r.priced)) == self.scan(product, key).map(|r| (&r.required, &r.priced)),
+            "the index gives what the scan finds"
+        );
+        rate
+    }
+
+    /// `rate_for` by scanning the product's rates in order: the first whose required values the key holds.
+    fn scan(&self, product: Sym, key: &[Option<Sym>]) -> Option<&Rate> {
         self.rates.get(&product)?.iter().find(|r| r.required.iter().all(|(p, v)| key.get(*p) == Some(&Some(*v))))
+    }
+
+    /// Rebuilds `exact` from `rates`: for each rate requiring positions 0, 1, ... each once, the key
+    /// of exactly those values maps to a copy of what the scan finds for it (the first match in
+    /// order, which may be another rate), so an indexed lookup always agrees with the scan.
+    pub fn index_rates(&mut self) {
+        let mut exact = FxHashMap::default();
+        for (&product, rates) in &self.rates {
+            for rate in rates {
+                let mut key: SmallVec<[Option<Sym>; 4]> = smallvec::smallvec![None; rate.required.len()];
+                for &(position, value) in &rate.required {
+                    if let Some(slot) = key.get_mut(position).filter(|slot| slot.is_none()) {
+                        *slot = Some(value);
+                    }
+                }
+                let Some(indexed) = ExactKey::new(product, &key) else { continue };
+                if let Some(found) = self.scan(product, &key) {
+                    exact.entry(indexed).or_insert_with(|| found.clone());
+                }
+            }
+        }
+        self.exact = exact;
     }
 }
 
@@ -499,6 +575,32 @@ mod tests {
                 assert!(period.0 <= ts && ts < period.1);
             }
         }
+    }
+
+    #[test]
+    fn indexed_rates_are_the_ones_the_scan_finds() {
+        let unit = |price: i128| PricedCurve::new(Curve::Unit { price, per_units: 1 }, None);
+        let rate = |required: Vec<(usize, Sym)>, price| Rate { required, priced: unit(price) };
+        // Product 9: a rate on position 0 alone listed before the exact one for (1, 2), an exact one
+        // with its positions in another order, and a rate naming position 0 twice.
+        let rates = vec![
+            rate(vec![(0, 1)], 10),
+            rate(vec![(0, 1), (1, 2)], 20),
+            rate(vec![(1, 4), (0, 3)], 30),
+            rate(vec![(0, 5), (0, 5)], 40),
+        ];
+        let mut version =
+            Version { rate_card: 0, number: 1, rates: [(9, rates)].into_iter().collect(), exact: FxHashMap::default() };
+        version.index_rates();
+        let price =
+            |product: Sym, key: &[Option<Sym>]| version.rate_for(product, key).map(|r| r.priced.picos(1_000_000));
+        assert_eq!(price(9, &[Some(1), Some(2)]), Some(Some(10)), "the first match in order, as the scan");
+        assert_eq!(price(9, &[Some(3), Some(4)]), Some(Some(30)));
+        assert_eq!(price(9, &[Some(3), None]), None);
+        assert_eq!(price(9, &[Some(5), Some(7)]), Some(Some(40)));
+        assert_eq!(price(8, &[Some(1), Some(2)]), None);
+        assert_eq!(price(9, &[Some(1)]), Some(Some(10)));
+        assert_eq!(version.exact.len(), 3, "only rates naming each position once are indexed");
     }
 
     #[test]
