@@ -90,8 +90,13 @@ def test_a_store_that_fails_for_another_reason_than_a_full_disk_stops_the_writer
         sequencer = await _started(journal)
         journal.refusal = RuntimeError("the snapshot's file cannot be written")
         await sequencer.run(batch(event("before-the-failure")))  # its commit starts the store that fails
-        while sequencer._storing is not None:
-            await asyncio.sleep(0.001)
+
+        async def store_failed() -> None:
+            # Housekeeping follows the answer, so the store may not have begun yet: wait for its failure itself.
+            while sequencer._store_failure is None:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(store_failed(), ACK_TIMEOUT_S)
         assert not sequencer.stopped.is_set()  # the writer hears of it at its next housekeeping: after this batch
         await asyncio.wait_for(sequencer.run(batch(event("committed-then-stopped"))), ACK_TIMEOUT_S)
         await asyncio.wait_for(sequencer.stopped.wait(), ACK_TIMEOUT_S)
