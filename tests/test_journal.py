@@ -21,6 +21,7 @@ from server.journal import (
     LmdbJournal,
     MemoryJournal,
 )
+from tests.disk import disk_with_room
 
 MiB = 1024 * 1024
 TINY_BYTES = 64 * 1024  # LMDB opens with this, but a 1 MiB record cannot fit
@@ -232,7 +233,7 @@ def test_lmdb_snapshot_from_a_map_leaves_the_map_closable_after_a_save_and_after
 
     refused = _mapped(b"r" * MiB)
     with monkeypatch.context() as patch:
-        patch.setattr(os, "write", _disk_with_room(MiB // 2))
+        patch.setattr(os, "write", disk_with_room(MiB // 2))
         with pytest.raises(JournalFull) as raised:
             journal.save_snapshot(2, refused)
     assert raised.value.__cause__ is not None  # the error, and the frames it holds, are still alive here
@@ -281,7 +282,7 @@ def test_lmdb_snapshot_in_parts_on_a_disk_full_halfway_raises_journal_full_and_k
     journal.commit([(1, b"a"), (2, b"b")])
     journal.save_snapshot(1, [b"state", b"@1"])
     with monkeypatch.context() as patch:
-        patch.setattr(os, "write", _disk_with_room(MiB + MiB // 2))  # the disk fills in the second part
+        patch.setattr(os, "write", disk_with_room(MiB + MiB // 2))  # the disk fills in the second part
         with pytest.raises(JournalFull):
             journal.save_snapshot(2, [b"r" * MiB, b"s" * MiB, b"t" * MiB])
 
@@ -293,21 +294,6 @@ def test_lmdb_snapshot_in_parts_on_a_disk_full_halfway_raises_journal_full_and_k
     reopened.save_snapshot(2, [b"state", b"@2"])
     assert reopened.load_snapshot() == (2, b"state@2")
     reopened.close()
-
-
-def _disk_with_room(room_bytes: int) -> Callable[[int, memoryview], int]:
-    """An os.write for a disk that takes `room_bytes` more bytes, then answers ENOSPC."""
-    write = os.write
-
-    def fills_the_disk(fd: int, data: memoryview) -> int:
-        nonlocal room_bytes
-        if room_bytes <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written = write(fd, data[:room_bytes])
-        room_bytes -= written
-        return written
-
-    return fills_the_disk
 
 
 def _store_snapshot_as_an_earlier_release_did(path: Path, seq: int, blob: bytes) -> None:

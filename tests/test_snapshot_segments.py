@@ -6,7 +6,6 @@ the stored snapshot; a data directory whose snapshot predates segments (TARIFFS1
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ from engine.billing import Billing, Ingested
 from server import sequencer as sequencer_module
 from server.journal import DedupeSegmentSave, JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
 from server.sequencer import Sequencer, recover, segments_to_compact
+from tests.disk import disk_with_room
 from tests.test_sequencer import NOW_MS, batch, event, run_with
 
 MiB = 1 << 20
@@ -160,20 +160,6 @@ def test_after_a_snapshot_the_disk_had_no_room_for_the_next_one_stores_the_whole
     assert recover(journal).encode_snapshot() == billing.encode_snapshot()
 
 
-def _disk_with_room(room_bytes: int) -> Callable[[int, memoryview], int]:
-    write = os.write
-
-    def fills_the_disk(fd: int, data: memoryview) -> int:
-        nonlocal room_bytes
-        if room_bytes <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written = write(fd, data[:room_bytes])
-        room_bytes -= written
-        return written
-
-    return fills_the_disk
-
-
 def _stored_with_segments(path: Path) -> LmdbJournal:
     """A journal whose snapshot at seq 2 lists a base and one segment of changes (bytes the journal does not read)."""
     journal = LmdbJournal(path, map_size_bytes=4 * MiB)
@@ -195,7 +181,7 @@ def test_a_full_disk_during_a_store_keeps_the_stored_snapshot_and_its_segments(
     journal = _stored_with_segments(path)
     files = _segment_files(path)
     with monkeypatch.context() as patch:
-        patch.setattr(os, "write", _disk_with_room(room_bytes))
+        patch.setattr(os, "write", disk_with_room(room_bytes))
         with pytest.raises(JournalFull):
             journal.save_snapshot(3, [b"state@3"], DedupeSegmentSave([b"changes"], base=False))
     assert _loaded(journal) == STORED
@@ -206,7 +192,7 @@ def test_a_full_disk_during_a_store_keeps_the_stored_snapshot_and_its_segments(
         "snapshot",
     ]
     with monkeypatch.context() as patch:
-        patch.setattr(os, "write", _disk_with_room(room_bytes))
+        patch.setattr(os, "write", disk_with_room(room_bytes))
         with pytest.raises(JournalFull):
             journal.compact_dedupe_segments(2, lambda segments, base: [b"".join(segments) * 8])
     assert _loaded(journal) == STORED
