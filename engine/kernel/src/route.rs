@@ -331,7 +331,12 @@ impl Catalog {
         let mut feeding = SmallVec::new();
         // One event type (the usual catalogue): compared, not hashed.
         let candidates = match self.by_event_type.len() {
-            1 => self.by_event_type.iter().next().filter(|(only, _)| *only == event_type).map(|(_, products)| products),
+            1 => self
+                .by_event_type
+                .iter()
+                .next()
+                .filter(|(only, _)| crate::decode::same_text(only, event_type))
+                .map(|(_, products)| products),
             _ => self.by_event_type.get(event_type),
         };
         let Some(candidates) = candidates else { return feeding };
