@@ -540,8 +540,7 @@ impl Rater {
             let dimensions: SmallVec<[Option<Sym>; 4]> =
                 product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
             // A tuple with a value never interned has no bucket yet.
-            let combo =
-                dimensions.iter().copied().collect::<Option<SmallVec<[Sym; 4]>>>().and_then(|t| self.combos.get(&t));
+            let combo = self.combos.get_interned(&dimensions);
             *last = Some(Keyed { class: product.dimensions_class, dimensions, combo });
         }
         last.as_ref().expect("set above")
