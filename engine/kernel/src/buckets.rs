@@ -215,7 +215,10 @@ impl Aggregate {
                 None => self.drawn_by_grant.push((grant, credits)),
             }
         }
-        self.drawn_by_grant.retain(|(_, credits)| *credits != 0);
+        // Most events leave every grant's share nonzero: retain's pass (with its moves) only then.
+        if self.drawn_by_grant.iter().any(|(_, credits)| *credits == 0) {
+            self.drawn_by_grant.retain(|(_, credits)| *credits != 0);
+        }
         self.overage += overage;
         debug_assert_eq!(
             self.amount,
