@@ -24,15 +24,41 @@ pub struct Combos {
     tuples: Vec<Box<[Sym]>>,
     /// One-value tuples (the usual case) by their value: cheaper to hash than a slice.
     singles: FxHashMap<Sym, u32>,
+    /// Two-value tuples by both values in one word: no slice to hash and compare.
+    pairs: FxHashMap<u64, u32>,
     index: FxHashMap<Box<[Sym]>, u32>,
+}
+
+fn pair(first: Sym, second: Sym) -> u64 {
+    (u64::from(first) << 32) | u64::from(second)
 }
 
 impl Combos {
     pub fn get(&self, tuple: &[Sym]) -> Option<u32> {
-        match tuple {
-            [single] => self.singles.get(single).copied(),
+        match *tuple {
+            [single] => self.singles.get(&single).copied(),
+            [first, second] => self.pairs.get(&pair(first, second)).copied(),
             _ => self.index.get(tuple).copied(),
         }
+    }
+    /// `get` of a tuple whose values may not be interned (None: then no combination has it), with
+    /// no tuple of symbols gathered first for the usual one or two values.
+    pub fn get_interned(&self, tuple: &[Option<Sym>]) -> Option<u32> {
+        let combo = match *tuple {
+            [single] => self.singles.get(&single?).copied(),
+            [first, second] => self.pairs.get(&pair(first?, second?)).copied(),
+            _ => tuple.iter().copied().collect::<Option<SmallVec<[Sym; 4]>>>().and_then(|t| self.get(&t)),
+        };
+        debug_assert_eq!(
+            combo,
+            tuple.iter().copied().collect::<Option<SmallVec<[Sym; 4]>>>().and_then(|t| self.index_get(&t)),
+            "the one- and two-value maps agree with the tuples"
+        );
+        combo
+    }
+    /// The combination of a tuple found by scanning the tuples (the reference `get` is checked against).
+    fn index_get(&self, tuple: &[Sym]) -> Option<u32> {
+        self.tuples.iter().position(|t| **t == *tuple).map(|at| at as u32)
     }
     pub fn intern(&mut self, tuple: &[Sym]) -> u32 {
         if let Some(combo) = self.get(tuple) {
@@ -40,8 +66,9 @@ impl Combos {
         }
         let combo = self.tuples.len() as u32;
         self.tuples.push(tuple.into());
-        match tuple {
-            [single] => self.singles.insert(*single, combo),
+        match *tuple {
+            [single] => self.singles.insert(single, combo),
+            [first, second] => self.pairs.insert(pair(first, second), combo),
             _ => self.index.insert(tuple.into(), combo),
         };
         combo
@@ -188,7 +215,10 @@ impl Aggregate {
                 None => self.drawn_by_grant.push((grant, credits)),
             }
         }
-        self.drawn_by_grant.retain(|(_, credits)| *credits != 0);
+        // Most events leave every grant's share nonzero: retain's pass (with its moves) only then.
+        if self.drawn_by_grant.iter().any(|(_, credits)| *credits == 0) {
+            self.drawn_by_grant.retain(|(_, credits)| *credits != 0);
+        }
         self.overage += overage;
         debug_assert_eq!(
             self.amount,
@@ -258,6 +288,29 @@ impl PeriodTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn combinations_are_found_as_the_tuples_list_them(
+            interned in proptest::collection::vec(proptest::collection::vec(0u32..4, 0..4), 0..24),
+            probes in proptest::collection::vec(proptest::collection::vec(proptest::option::weighted(0.9, 0u32..5), 0..4), 0..24),
+        ) {
+            let mut combos = Combos::default();
+            for tuple in &interned {
+                let combo = combos.intern(tuple);
+                proptest::prop_assert_eq!(combos.tuple(combo), tuple.as_slice());
+            }
+            for probe in probes.iter().chain(&interned.iter().map(|t| t.iter().map(|s| Some(*s)).collect()).collect::<Vec<_>>()) {
+                let tuple: Option<Vec<Sym>> = probe.iter().copied().collect();
+                let scanned = tuple.as_ref().and_then(|t| combos.index_get(t));
+                proptest::prop_assert_eq!(combos.get_interned(probe), scanned);
+                if let Some(t) = &tuple {
+                    proptest::prop_assert_eq!(combos.get(t), scanned);
+                }
+            }
+        }
+    }
 
     #[test]
     fn period_totals_stay_sorted_by_start() {

@@ -98,8 +98,7 @@ fn unknown_customer(customer_id: &str) -> Refusal {
 /// What one event would do to one product.
 pub(crate) struct Plan {
     product: usize,
-    dimensions: SmallVec<[Option<Sym>; 4]>,
-    /// None when the bucket does not exist yet.
+    /// None when the bucket does not exist yet (its dimension values are interned at commit).
     aggregate: Option<PeriodKey>,
     measure: Measure,
     after: Fixed,
@@ -541,8 +540,7 @@ impl Rater {
             let dimensions: SmallVec<[Option<Sym>; 4]> =
                 product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
             // A tuple with a value never interned has no bucket yet.
-            let combo =
-                dimensions.iter().copied().collect::<Option<SmallVec<[Sym; 4]>>>().and_then(|t| self.combos.get(&t));
+            let combo = self.combos.get_interned(&dimensions);
             *last = Some(Keyed { class: product.dimensions_class, dimensions, combo });
         }
         last.as_ref().expect("set above")
@@ -563,9 +561,10 @@ impl Rater {
         let ts = event.timestamp_ms;
         let product = &self.catalog.products[index];
         let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
+        // Borrowed from the event's cache, not copied into the plan: commit needs the values only
+        // for a new combination, and interns them from the event then.
         let Keyed { dimensions, combo, .. } = self.keyed(product, event, keyed);
-        let (dimensions, combo) = (dimensions.clone(), *combo);
-        let Some(rate) = version.rate_for(product.id, &dimensions) else {
+        let Some(rate) = version.rate_for(product.id, dimensions) else {
             return Err(Refusal::new(
                 Reason::NoApplicableRate,
                 format!(
@@ -577,7 +576,7 @@ impl Rater {
                 ),
             ));
         };
-        let curve = curve_with_override(contract, product.id, &dimensions, rate, ts);
+        let curve = curve_with_override(contract, product.id, dimensions, rate, ts);
         let key = combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
         let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&self.no_aggregate);
         let out_of_range = || {
@@ -594,7 +593,6 @@ impl Rater {
         let charge = (price_after - price_before).max(-current.amount);
         Ok(Plan {
             product: index,
-            dimensions,
             aggregate: key,
             measure,
             after,
@@ -737,16 +735,15 @@ impl Rater {
         self.explain.record(&charged, product.id, key.combo, line, draws);
     }
 
-    /// The key of a plan's period aggregate: a bucket seen before was keyed in planning; a new one
-    /// interns its dimension values now.
+    /// The key of a plan's period aggregate: a combination seen before was keyed in planning; a new
+    /// one interns its dimension values now (a value interned already keeps its symbol).
     fn aggregate_key(&mut self, plan: &Plan, event: &Event, period_start_ms: i64) -> PeriodKey {
         if let Some(key) = plan.aggregate {
             return key;
         }
         let product = &self.catalog.products[plan.product];
-        let tuple: SmallVec<[Sym; 4]> = (plan.dimensions.iter().zip(&product.dimensions))
-            .map(|(sym, key)| sym.unwrap_or_else(|| self.interner.intern(event.dimension(key).unwrap_or(""))))
-            .collect();
+        let tuple: SmallVec<[Sym; 4]> =
+            product.dimensions.iter().map(|key| self.interner.intern(event.dimension(key).unwrap_or(""))).collect();
         PeriodKey { period_start_ms, product: product.id, combo: self.combos.intern(&tuple) }
     }
 }

@@ -19,21 +19,72 @@ pub type Sym = u32;
 #[derive(Default, Clone)]
 pub struct Interner {
     strings: Vec<Box<str>>,
-    index: FxHashMap<Box<str>, Sym>,
+    index: FxHashMap<Interned, Sym>,
 }
+
+/// A string as the interner's index holds it: hashed as the str, compared through `Text` (events'
+/// dimension values are short, and a call to memcmp cost several times the comparison).
+#[derive(Clone, Debug)]
+struct Interned(Box<str>);
+
+/// A string looked up in the interner's index: equal as `same_text` says (the same as `==`).
+#[repr(transparent)]
+struct Text(str);
+
+impl Text {
+    fn of(text: &str) -> &Text {
+        // SAFETY: Text is repr(transparent) over str, so a &str and a &Text have the same layout and
+        // metadata (the length), and the borrow's lifetime carries over unchanged.
+        unsafe { &*(text as *const str as *const Text) }
+    }
+}
+
+impl std::borrow::Borrow<Text> for Interned {
+    fn borrow(&self) -> &Text {
+        Text::of(&self.0)
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+impl std::hash::Hash for Interned {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Text::of(&self.0).hash(state)
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        crate::decode::same_text(&self.0, &other.0)
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialEq for Interned {
+    fn eq(&self, other: &Interned) -> bool {
+        Text::of(&self.0) == Text::of(&other.0)
+    }
+}
+
+impl Eq for Interned {}
 
 impl Interner {
     pub fn intern(&mut self, text: &str) -> Sym {
-        if let Some(&sym) = self.index.get(text) {
+        if let Some(&sym) = self.index.get(Text::of(text)) {
             return sym;
         }
         let sym = self.strings.len() as Sym;
         self.strings.push(text.into());
-        self.index.insert(text.into(), sym);
+        self.index.insert(Interned(text.into()), sym);
         sym
     }
     pub fn get(&self, text: &str) -> Option<Sym> {
-        self.index.get(text).copied()
+        self.index.get(Text::of(text)).copied()
     }
     pub fn text(&self, sym: Sym) -> &str {
         &self.strings[sym as usize]
@@ -49,7 +100,7 @@ impl Interner {
     }
     pub fn from_strings(strings: Vec<String>) -> Interner {
         let strings: Vec<Box<str>> = strings.into_iter().map(String::into_boxed_str).collect();
-        let index = strings.iter().enumerate().map(|(i, s)| (s.clone(), i as Sym)).collect();
+        let index = strings.iter().enumerate().map(|(i, s)| (Interned(s.clone()), i as Sym)).collect();
         Interner { strings, index }
     }
 }
@@ -331,7 +382,12 @@ impl Catalog {
         let mut feeding = SmallVec::new();
         // One event type (the usual catalogue): compared, not hashed.
         let candidates = match self.by_event_type.len() {
-            1 => self.by_event_type.iter().next().filter(|(only, _)| *only == event_type).map(|(_, products)| products),
+            1 => self
+                .by_event_type
+                .iter()
+                .next()
+                .filter(|(only, _)| crate::decode::same_text(only, event_type))
+                .map(|(_, products)| products),
             _ => self.by_event_type.get(event_type),
         };
         let Some(candidates) = candidates else { return feeding };
@@ -508,6 +564,29 @@ pub fn period_containing(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn the_interner_finds_each_string_as_a_map_of_strings_does(
+            texts in proptest::collection::vec("[ab\u{e9}]{0,20}", 0..40),
+            probes in proptest::collection::vec("[ab\u{e9}]{0,20}", 0..40),
+        ) {
+            let mut interner = Interner::default();
+            let mut reference: std::collections::HashMap<String, Sym> = std::collections::HashMap::new();
+            for text in &texts {
+                let next = reference.len() as Sym;
+                let sym = *reference.entry(text.clone()).or_insert(next);
+                proptest::prop_assert_eq!(interner.intern(text), sym);
+                proptest::prop_assert_eq!(interner.text(sym), text.as_str());
+            }
+            let restored = Interner::from_strings(interner.strings());
+            for probe in probes.iter().chain(&texts) {
+                proptest::prop_assert_eq!(interner.get(probe), reference.get(probe).copied());
+                proptest::prop_assert_eq!(restored.get(probe), reference.get(probe).copied());
+            }
+        }
+    }
 
     const JAN_31_2026: i64 = 1_769_817_600_000; // 2026-01-31T00:00:00Z
 
