@@ -19,7 +19,7 @@ use crate::buckets::{
 use crate::credits::{self, AccountCredits, Clock};
 use crate::decode::{check_into, check_view, py_dict, py_repr, wire, with_view, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Held, Seen};
-use crate::draw::{burn_order, settle_into, Charge, Grant, Outcomes};
+use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
@@ -31,7 +31,7 @@ use crate::tables;
 #[derive(Default)]
 pub struct Account {
     pub grants: Vec<Grant>,
-    pub(crate) order: Vec<u32>,
+    pub(crate) order: BurnOrder,
     pub aggregates: FxHashMap<PeriodKey, Aggregate>,
     pub buckets: FxHashMap<HourKey, HourUsage>,
     pub periods: PeriodTotals,
