@@ -1069,14 +1069,17 @@ impl Kernel {
         let Kernel { accounts, dedupe, canonical, warmed_keys, .. } = self;
         warmed_keys.clear();
         let mut found = 0u64;
-        // Two passes over the slice: the second's reads start from what the first found, and within
-        // a pass the lookups do not depend on each other, so their misses overlap.
+        // Three passes over the slice: each pass's reads start from what the one before found, and
+        // within a pass the lookups do not depend on each other, so their misses overlap.
         let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
         for event in events {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
-            found += u64::from(dedupe.get(key).is_some());
+            found += dedupe.warm(key);
             warmed_keys.push(key);
             slice.push((event.timestamp_ms, accounts.get(event.customer_id).map(|a| &**a)));
+        }
+        for &(_, account) in &slice {
+            found += account.map_or(0, Account::warm_fields);
         }
         for (ts_ms, account) in slice {
             found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
@@ -1095,11 +1098,31 @@ pub struct RetiredTables {
 }
 
 impl Account {
-    /// Reads the account's first grant and the contract covering ts_ms, for `Kernel::warm`.
+    /// Reads the fields rating reads (the account spans several cache lines), for `Kernel::warm`.
+    fn warm_fields(&self) -> u64 {
+        let lengths = self.grants.len()
+            + self.order.len()
+            + self.aggregates.len()
+            + self.buckets.len()
+            + usize::from(self.route.is_some())
+            + usize::from(self.credits.is_some());
+        let period = self.periods.iter().next().map_or(0, |(start_ms, _)| start_ms);
+        std::hint::black_box(self.due);
+        lengths as u64 + period as u64 + self.last_period.0 as u64 + self.touched_epoch
+    }
+
+    /// Reads the account's first grant, the contract covering ts_ms and the control bytes of its
+    /// period aggregates and hour buckets, for `Kernel::warm`. The keys looked up guess the product
+    /// and combination (finding them is rating's work), so they read where a lookup starts, not the
+    /// entry: all the control bytes of a map of up to 16 slots, a cache line.
     fn warm_grant_and_contract(&self, ts_ms: i64) -> u64 {
-        let grant = self.grants.first().map_or(0, |g| g.remaining as u64);
+        let grant = self.grants.first().map_or(0, |g| {
+            g.remaining as u64 + g.expires_at_ms.unwrap_or(g.starts_at_ms) as u64 + g.applicable.len() as u64
+        });
         let contracts = self.route.as_ref().map_or(&[][..], |r| &r.contracts[..]);
-        grant + contracts.iter().find(|c| c.covers(ts_ms)).map_or(0, |c| c.starting_at_ms as u64)
+        let Some(contract) = contracts.iter().find(|c| c.covers(ts_ms)) else { return grant };
+        let (aggregate, hour) = (0, 0);
+        grant + contract.starting_at_ms as u64 + aggregate + hour
     }
 }
 
