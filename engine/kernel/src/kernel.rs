@@ -1121,7 +1121,11 @@ impl Account {
         });
         let contracts = self.route.as_ref().map_or(&[][..], |r| &r.contracts[..]);
         let Some(contract) = contracts.iter().find(|c| c.covers(ts_ms)) else { return grant };
-        let (aggregate, hour) = (0, 0);
+        let (_, period_start_ms, _) = self.period(contract.starting_at_ms, ts_ms);
+        let aggregate = PeriodKey { period_start_ms, product: 0, combo: 0 };
+        let hour = HourKey { hour: ts_ms.div_euclid(HOUR_MS), product: 0, combo: 0 };
+        let aggregate = self.aggregates.get(&aggregate).map_or(0, |a| a.events);
+        let hour = self.buckets.get(&hour).map_or(0, |usages| usages.len() as u64);
         grant + contract.starting_at_ms as u64 + aggregate + hour
     }
 }
