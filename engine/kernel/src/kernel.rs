@@ -456,7 +456,7 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
             return Err(BatchRefusal::CustomerNotAllowed(index, event.customer_id.to_owned()));
         }
     }
-    let mut ack = AckBuilder::new(batch.batch_id, next_seq, batch.len());
+    let mut ack = AckBuilder::new(batch.batch_id, next_seq);
     kernel.rater.explain.begin(next_seq);
     let mut checked = Event::empty();
     for (index, event) in batch.events().enumerate() {
