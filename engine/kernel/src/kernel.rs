@@ -17,6 +17,7 @@ use crate::buckets::{
     VersionUsage, HOUR_MS,
 };
 use crate::credits::{self, AccountCredits, Clock};
+use crate::customer_key::CustomerKey;
 use crate::decode::{check_into, check_view, py_dict, py_repr, wire, with_view, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Held, Seen};
 use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes};
@@ -179,12 +180,14 @@ pub enum BatchRefusal {
     CustomerNotAllowed(usize, String),
 }
 
+/// The accounts by customer id. Boxed: a map slot holds a pointer, not the whole account, so the
+/// map's spare capacity (up to half of it after a resize) costs 8 bytes a slot rather than the account's size.
+pub(crate) type Accounts = FxHashMap<CustomerKey, Box<Account>>;
+
 #[derive(Default)]
 pub struct Kernel {
     pub(crate) rater: Rater,
-    /// Boxed: a map slot holds a pointer, not the whole account, so the map's spare capacity (up to
-    /// half of it after a resize) costs 8 bytes a slot rather than the account's size.
-    pub(crate) accounts: FxHashMap<String, Box<Account>>,
+    pub(crate) accounts: Accounts,
     /// Accepted transactions by `dedupe::key(customer_id, transaction_id)`.
     dedupe: dedupe::Table,
     /// Scratch space for an event's canonical encoding.
@@ -295,7 +298,7 @@ impl Kernel {
         for (customer, (route, grants)) in customers.iter().zip(compiled) {
             let account = match self.accounts.get_mut(customer.id.as_str()) {
                 Some(account) => account,
-                None => self.accounts.entry(customer.id.clone()).or_default(),
+                None => self.accounts.entry(CustomerKey::from(customer.id.as_str())).or_default(),
             };
             account.order = burn_order(&grants);
             for grant in grants.iter().filter(|g| g.remaining > 0) {
@@ -933,7 +936,7 @@ impl Kernel {
     /// The accounts as a snapshot stores them, sorted by customer id, borrowed from the kernel's (copying every
     /// account's grants, usage and credits first took most of a snapshot's encode once the dedupe table was out of it).
     fn stored_accounts(&self) -> (Vec<String>, Vec<StoredAccountRef<'_>>) {
-        let mut customers: Vec<(&String, &Account)> = self.accounts.iter().map(|(id, a)| (id, &**a)).collect();
+        let mut customers: Vec<(&str, &Account)> = self.accounts.iter().map(|(id, a)| (id.as_str(), &**a)).collect();
         customers.sort_unstable_by_key(|(id, _)| *id);
         let accounts = customers.into_iter().map(|(id, account)| self.stored_account(id, account)).collect();
         (self.rater.interner.strings(), accounts)
@@ -1014,7 +1017,7 @@ impl Kernel {
                 credits: stored.credits.map(Box::new),
                 due: crate::due::DueKeys::default(),
             };
-            kernel.accounts.insert(stored.customer_id, Box::new(account));
+            kernel.accounts.insert(stored.customer_id.into(), Box::new(account));
         }
         kernel.clock.now_ms = stored.clock_ms;
         kernel.recompute_due();
@@ -1139,7 +1142,7 @@ pub struct PreparedTables {
 /// Each customer's route and grants (merged with the account's: a known grant keeps what was
 /// drawn), checked; changes no account, only interns into `interner`.
 fn compile_customers(
-    accounts: &FxHashMap<String, Box<Account>>,
+    accounts: &Accounts,
     catalog: &Catalog,
     customers: &[tables::CustomerTable],
     timelines: usize,
