@@ -706,15 +706,15 @@ impl Kernel {
     #[allow(clippy::type_complexity)]
     fn breakage(&self, customer_id: Option<&str>) -> PyResult<Vec<(String, String, i64, i128, i64)>> {
         let kernel = self.read()?;
-        let mut customers: Vec<&String> = match customer_id {
-            Some(id) => kernel.accounts.get_key_value(id).map(|(k, _)| k).into_iter().collect(),
-            None => kernel.accounts.keys().collect(),
+        let mut customers: Vec<&str> = match customer_id {
+            Some(id) => kernel.accounts.get_key_value(id).map(|(k, _)| k.as_str()).into_iter().collect(),
+            None => kernel.accounts.keys().map(|k| k.as_str()).collect(),
         };
         customers.sort_unstable();
         let mut rows = Vec::new();
         for customer in customers {
             for b in kernel.account_credits(customer).map_or(&[][..], |c| &c.breakage) {
-                rows.push((customer.clone(), b.grant_id.to_string(), b.period_start_ms, b.credits, b.at_ms));
+                rows.push((customer.to_owned(), b.grant_id.to_string(), b.period_start_ms, b.credits, b.at_ms));
             }
         }
         Ok(rows)

@@ -428,7 +428,7 @@ impl Kernel {
             return Ok(Reserved { decision, held: 0, repeated: false, expires_at_ms });
         }
         let held = self.hold_draws(event, now_ms);
-        let account = self.accounts.get_mut(&event.customer_id).expect("allowed, so the account exists");
+        let account = self.accounts.get_mut(event.customer_id.as_str()).expect("allowed, so the account exists");
         for &(g, credits) in &held {
             account.grants[g as usize].remaining -= credits;
             assert!(account.grants[g as usize].remaining >= 0, "a hold never takes a grant below zero");
@@ -453,7 +453,7 @@ impl Kernel {
         digest: u64,
         now_ms: i64,
     ) -> Result<Option<Reserved>, String> {
-        let Some(credits) = self.accounts.get(&event.customer_id).and_then(|a| a.credits.as_deref()) else {
+        let Some(credits) = self.accounts.get(event.customer_id.as_str()).and_then(|a| a.credits.as_deref()) else {
             return Ok(None);
         };
         let conflict = || {
@@ -486,7 +486,7 @@ impl Kernel {
 
     /// What the usage would draw from each grant now (positive draws, netted per grant).
     fn hold_draws(&self, event: &wire::UsageEvent, now_ms: i64) -> Vec<(u32, Picos)> {
-        let Some(account) = self.accounts.get(&event.customer_id) else { return Vec::new() };
+        let Some(account) = self.accounts.get(event.customer_id.as_str()) else { return Vec::new() };
         let Ok(checked) = check_event(event, now_ms, self.rater.catalog.future_skew_ms) else { return Vec::new() };
         let mut plans = Vec::new();
         if self.rater.plan(account, &checked, &mut plans).is_err() {

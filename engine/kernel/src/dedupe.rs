@@ -324,6 +324,16 @@ impl Table {
         self.held(self.place(key))
     }
 
+    /// Reads what `place(key)` reads and the entry slot at the place found, which a hit reads and
+    /// an insert shifts (the entries are an array apart from the keys, so another cache line): for
+    /// the kernel's prefetching pass, whose misses overlap. Returns a value derived from both.
+    pub fn warm(&self, key: Key) -> u64 {
+        match self.place(key) {
+            Place::Found(at) | Place::Free(at) => self.helds.get(at).map_or(0, |held| held.at_ms as u64),
+            Place::Zero => 0,
+        }
+    }
+
     /// Sets `key`'s entry; `place` is what `place(key)` returned, with no change to the table since.
     pub fn put(&mut self, key: Key, place: Place, held: Held) {
         if let Some(changes) = &mut self.changes {

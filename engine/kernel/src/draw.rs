@@ -49,9 +49,13 @@ impl Grant {
     }
 }
 
+/// Grant indices in burn order, inline for up to four grants: held in a Vec, an account's order was
+/// a heap block of its own, one more cache line (a miss, at 10,000 customers) for every event settled.
+pub type BurnOrder = SmallVec<[u32; 4]>;
+
 /// Grant indices in burn order.
-pub fn burn_order(grants: &[Grant]) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..grants.len() as u32).collect();
+pub fn burn_order(grants: &[Grant]) -> BurnOrder {
+    let mut order: BurnOrder = (0..grants.len() as u32).collect();
     order.sort_by_key(|&i| grants[i as usize].burn_key());
     order
 }
@@ -181,7 +185,7 @@ mod tests {
             grant("first", 1, 0, vec![], None, 3),
             grant("twin", 1, 1, vec![], None, 4),
         ];
-        assert_eq!(burn_order(&grants), vec![3, 2, 1, 0, 4]);
+        assert_eq!(burn_order(&grants).as_slice(), [3, 2, 1, 0, 4]);
     }
 
     #[test]

@@ -14,8 +14,6 @@
 
 use std::collections::BTreeSet;
 
-use rustc_hash::FxHashMap;
-
 use crate::credits::account_due;
 use crate::kernel::{Account, Kernel};
 
@@ -135,7 +133,7 @@ impl DueIndex {
     }
 
     /// The index of these accounts, from a walk of every one (restore, tables loaded).
-    pub fn rebuild(accounts: &mut FxHashMap<String, Box<Account>>, window_ms: i64) -> DueIndex {
+    pub fn rebuild(accounts: &mut crate::kernel::Accounts, window_ms: i64) -> DueIndex {
         // Slots follow the map's order: they only name accounts (`due_by` sorts by customer id).
         let mut index = DueIndex::default();
         for (customer_id, account) in accounts.iter_mut() {

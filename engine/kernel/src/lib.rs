@@ -10,6 +10,7 @@ pub mod authorize;
 pub mod batch;
 pub mod buckets;
 pub mod credits;
+pub mod customer_key;
 pub mod decode;
 pub mod dedupe;
 pub mod draw;

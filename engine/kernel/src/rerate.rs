@@ -123,8 +123,10 @@ impl Kernel {
     /// HOUR_MS): those a publish effective then may re-rate.
     pub fn rerate_customers(&self, rate_card_id: &str, from_hour: i64) -> Vec<String> {
         let Some(card) = self.rater.interner.get(rate_card_id) else { return Vec::new() };
-        let mut customers: Vec<String> =
-            (self.accounts.iter()).filter(|(_, a)| uses_card(a, card, from_hour)).map(|(id, _)| id.clone()).collect();
+        let mut customers: Vec<String> = (self.accounts.iter())
+            .filter(|(_, a)| uses_card(a, card, from_hour))
+            .map(|(id, _)| id.to_string())
+            .collect();
         customers.sort_unstable();
         customers
     }
@@ -157,7 +159,7 @@ impl Kernel {
         let compiled = compile_version(&self.rater.catalog, &self.rater.interner, version)?;
         let pricing = Pricing::Inserted { at_ms: from_hour * HOUR_MS, version: &compiled };
         for id in customers {
-            if let Some(account) = self.accounts.get(id) {
+            if let Some(account) = self.accounts.get(id.as_str()) {
                 self.reprice(account, card, (from_hour, i64::MAX), pricing)?;
             }
         }
@@ -247,9 +249,9 @@ impl Kernel {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(Vec::new()) };
         let compiled = compile_version(&self.rater.catalog, &self.rater.interner, version)?;
         let hours = (start_ms.div_euclid(HOUR_MS), end_ms.div_euclid(HOUR_MS) + i64::from(end_ms % HOUR_MS != 0));
-        let mut ids: Vec<&String> = match customers {
-            Some(ids) => ids.iter().collect(),
-            None => self.accounts.keys().collect(),
+        let mut ids: Vec<&str> = match customers {
+            Some(ids) => ids.iter().map(String::as_str).collect(),
+            None => self.accounts.keys().map(|id| id.as_str()).collect(),
         };
         ids.sort_unstable();
         ids.dedup();
@@ -268,7 +270,7 @@ impl Kernel {
             let mut lines: Vec<Simulated> = by_product
                 .into_iter()
                 .map(|(product, (current, simulated))| Simulated {
-                    customer_id: id.clone(),
+                    customer_id: id.to_owned(),
                     product_id: self.rater.interner.text(product).to_string(),
                     current,
                     simulated,
