@@ -60,6 +60,10 @@ _COVERED_KEY = b"covered_seq"
 _SECRET_KEY = b"token_secret"
 _FORMAT_KEY = b"format"
 _FORMAT = b"blocks-1"
+# Blocks numbered from this on are in chunk layout 2 (engine/kernel/src/explain_chunk.rs: a line's key once per run of
+# its parts, grant ids by index into the (customer, period) entry, 2-byte line prefixes there); older blocks of an
+# index written before it are in layout 1 and read as they were. Absent from such an index: set at its first open.
+_CHUNKS2_FROM_KEY = b"chunks-2-from"
 _TOKEN_ADJUSTMENT = 2  # a token past the events: (kind, 0, ordinal of the next adjustment)
 _TOKEN_BLOCK = 3  # (kind, block, ordinal of the next event among the line's in that block); kind 1 was per entry
 _TOKEN = struct.Struct(">BQI")  # kind, block, ordinal
@@ -136,9 +140,19 @@ def parse_events(value: bytes) -> list[IndexedEvent]:
     return events
 
 
-def _names(prefixes: bytes, prefix: bytes) -> bool:
-    """Whether a block's (customer, period) entry names a line key prefix (sorted 4-byte prefixes)."""
-    return any(prefixes[at : at + 4] == prefix for at in range(0, len(prefixes), 4))
+def _names(value: bytes, line_key: bytes, layout2: bool) -> bool:
+    """Whether a block's (customer, period) entry names a line's key prefix: in layout 1 the value is the sorted
+    4-byte prefixes; in layout 2 a varint count of sorted 2-byte prefixes, then the prefixes (then grant ids)."""
+    if not layout2:
+        return any(value[at : at + 4] == line_key[:4] for at in range(0, len(value), 4))
+    count, at = 0, 0
+    for shift in range(0, 64, 7):
+        count |= (value[at] & 0x7F) << shift
+        at += 1
+        if value[at - 1] < 0x80:
+            break
+    prefix = line_key[:2]
+    return any(value[start : start + 2] == prefix for start in range(at, at + 2 * count, 2))
 
 
 class ExplainIndex:
@@ -172,8 +186,14 @@ class ExplainIndex:
                 secret = os.urandom(32)
                 txn.put(_SECRET_KEY, secret, db=self._meta)
             covered = txn.get(_COVERED_KEY, db=self._meta)
+            chunks2_from = txn.get(_CHUNKS2_FROM_KEY, db=self._meta)
+            if chunks2_from is None:
+                # Every block written from now on is numbered past the covered seq (its first record's seq).
+                chunks2_from = str(int(covered) + 1 if covered is not None else 1).encode("ascii")
+                txn.put(_CHUNKS2_FROM_KEY, chunks2_from, db=self._meta)
         self._secret: bytes = bytes(secret)
         self._covered = int(covered) if covered is not None else 0
+        self._chunks2_from = int(chunks2_from)
         self._covered_changed = threading.Condition()
         self._work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._failure: BaseException | None = None
@@ -328,9 +348,13 @@ class ExplainIndex:
             found = blocks.set_range(period_key + block.to_bytes(8, "big"))
             while found and blocks.key()[:16] == period_key:
                 at = int.from_bytes(blocks.key()[16:], "big")
-                if _names(blocks.value(), line_key[:4]):
+                layout2 = at >= self._chunks2_from
+                period = blocks.value()
+                if _names(period, line_key, layout2):
                     start = skip if at == block else 0
-                    for ordinal, event in self._block_events(txn, at, line_key, start, page_size - len(events) + 1):
+                    limit = page_size - len(events) + 1
+                    in_block = self._block_events(txn, at, line_key, start, limit, period if layout2 else None)
+                    for ordinal, event in in_block:
                         if len(events) == page_size:
                             return Page(events, self._token(line_key, _TOKEN_BLOCK, at, ordinal))
                         events.append(event)
@@ -338,9 +362,10 @@ class ExplainIndex:
         return self._adjustments_page(line_key, events, 0, page_size, adjustments)
 
     def _block_events(
-        self, txn: lmdb.Transaction, block: int, line_key: bytes, start: int, limit: int
+        self, txn: lmdb.Transaction, block: int, line_key: bytes, start: int, limit: int, period: bytes | None
     ) -> list[tuple[int, IndexedEvent]]:
-        """Up to `limit` of the line's events in one block from ordinal `start` on, each with its ordinal."""
+        """Up to `limit` of the line's events in one block from ordinal `start` on, each with its ordinal. `period`:
+        the block's entry for the line's (customer, period) when the block is in chunk layout 2, else None."""
         prefix = block.to_bytes(8, "big")
         target = prefix + line_key + start.to_bytes(4, "big")
         with txn.cursor(db=self._chunks) as cursor:
@@ -359,7 +384,7 @@ class ExplainIndex:
                 if key[:8] != prefix or key[8:24] > line_key:
                     break
                 ordinal = int.from_bytes(key[24:], "big") if key[8:24] == line_key else 0
-                parts, _count, past = explain_chunk_line(cast(bytes, cursor.value()), line_key)
+                parts, _count, past = explain_chunk_line(cast(bytes, cursor.value()), line_key, period)
                 for event in parse_events(parts):
                     if ordinal >= start:
                         found.append((ordinal, event))
