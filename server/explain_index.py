@@ -7,7 +7,8 @@ them here. A thread of this module's own gathers them for up to FLUSH_EVERY_S (l
 writes them as one block (`explain_block`, built by the kernel with the GIL released; layout in
 engine/kernel/src/explain_block.rs): the events sorted by line in chunks of at most CHUNK_BYTES appended under
 increasing keys (blocks are numbered in journal order, so older pages are never rewritten), and one small entry
-per (customer, period) the block touched, naming the lines it holds. A write costs a few puts per chunk and
+per (customer, period) the block touched, naming the lines it holds and the grant ids its events drew on (chunk
+layout 2; blocks an index wrote before it stay in layout 1 and read as they were: `_CHUNKS2_FROM_KEY`). A write costs a few puts per chunk and
 per customer, whatever the number of events; the ack never waits for any of it. A page reads the blocks of the
 line's customer and period in order and, in those that name the line, the chunks that hold it.
 
