@@ -8,7 +8,7 @@ writes them as one block (`explain_block`, built by the kernel with the GIL rele
 engine/kernel/src/explain_block.rs): the events sorted by line in chunks of at most CHUNK_BYTES appended under
 increasing keys (blocks are numbered in journal order, so older pages are never rewritten), and one small entry
 per (customer, period) the block touched, naming the lines it holds and the grant ids its events drew on (chunk
-layout 2; blocks an index wrote before it stay in layout 1 and read as they were: `_CHUNKS2_FROM_KEY`). A write costs a few puts per chunk and
+layout 2; blocks an index wrote before it stay in layout 1 and read as they were: `_PERIODS2_DB`). A write costs a few puts per chunk and
 per customer, whatever the number of events; the ack never waits for any of it. A page reads the blocks of the
 line's customer and period in order and, in those that name the line, the chunks that hold it.
 
@@ -61,10 +61,11 @@ _COVERED_KEY = b"covered_seq"
 _SECRET_KEY = b"token_secret"
 _FORMAT_KEY = b"format"
 _FORMAT = b"blocks-1"
-# Blocks numbered from this on are in chunk layout 2 (engine/kernel/src/explain_chunk.rs: a line's key once per run of
-# its parts, grant ids by index into the (customer, period) entry, 2-byte line prefixes there); older blocks of an
-# index written before it are in layout 1 and read as they were. Absent from such an index: set at its first open.
-_CHUNKS2_FROM_KEY = b"chunks-2-from"
+# The (customer, period) entries of blocks in chunk layout 2 (engine/kernel/src/explain_chunk.rs: a line's key once
+# per run of its parts, grant ids by index into the entry, which holds them, keyed by the first 8 bytes of the
+# period key): a table of their own, so that an index written before them keeps its blocks, in layout 1, with their
+# entries in _ENTRIES_DB, read as they were. Every block there precedes every block here.
+_PERIODS2_DB = b"periods-2"
 _TOKEN_ADJUSTMENT = 2  # a token past the events: (kind, 0, ordinal of the next adjustment)
 _TOKEN_BLOCK = 3  # (kind, block, ordinal of the next event among the line's in that block); kind 1 was per entry
 _TOKEN = struct.Struct(">BQI")  # kind, block, ordinal
@@ -180,6 +181,7 @@ class ExplainIndex:
             self._meta = self._env.open_db(_META_DB, txn=txn)
             self._chunks = self._env.open_db(_CHUNKS_DB, txn=txn)
             self._periods = self._env.open_db(_ENTRIES_DB, txn=txn)
+            self._periods2 = self._env.open_db(_PERIODS2_DB, txn=txn)
             if txn.get(_FORMAT_KEY, db=self._meta) != _FORMAT:
                 self._drop_older_layout(txn)
             secret = txn.get(_SECRET_KEY, db=self._meta)
@@ -187,14 +189,8 @@ class ExplainIndex:
                 secret = os.urandom(32)
                 txn.put(_SECRET_KEY, secret, db=self._meta)
             covered = txn.get(_COVERED_KEY, db=self._meta)
-            chunks2_from = txn.get(_CHUNKS2_FROM_KEY, db=self._meta)
-            if chunks2_from is None:
-                # Every block written from now on is numbered past the covered seq (its first record's seq).
-                chunks2_from = str(int(covered) + 1 if covered is not None else 1).encode("ascii")
-                txn.put(_CHUNKS2_FROM_KEY, chunks2_from, db=self._meta)
         self._secret: bytes = bytes(secret)
         self._covered = int(covered) if covered is not None else 0
-        self._chunks2_from = int(chunks2_from)
         self._covered_changed = threading.Condition()
         self._work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._failure: BaseException | None = None
@@ -235,7 +231,7 @@ class ExplainIndex:
                     for start in range(0, len(chunks), PUT_SLICE_CHUNKS):
                         cursor.putmulti(chunks[start : start + PUT_SLICE_CHUNKS], append=True)
                         pause()
-                with txn.cursor(db=self._periods) as cursor:
+                with txn.cursor(db=self._periods2) as cursor:
                     for start in range(0, len(periods), PUT_SLICE_ENTRIES):
                         cursor.putmulti(periods[start : start + PUT_SLICE_ENTRIES])
                         pause()
@@ -256,6 +252,7 @@ class ExplainIndex:
         journal's first record rebuilds it (tokens it issued no longer verify: their kind is refused)."""
         txn.drop(self._chunks, delete=False)
         txn.drop(self._periods, delete=False)
+        txn.drop(self._periods2, delete=False)
         txn.delete(_COVERED_KEY, db=self._meta)
         txn.put(_FORMAT_KEY, _FORMAT, db=self._meta)
 
@@ -345,21 +342,24 @@ class ExplainIndex:
             return self._adjustments_page(line_key, [], skip, page_size, adjustments)
         period_key = explain_period_key(customer_id, period_start_ms)
         events: list[IndexedEvent] = []
-        with self._env.begin(buffers=False) as txn, txn.cursor(db=self._periods) as blocks:
-            found = blocks.set_range(period_key + block.to_bytes(8, "big"))
-            while found and blocks.key()[:16] == period_key:
-                at = int.from_bytes(blocks.key()[16:], "big")
-                layout2 = at >= self._chunks2_from
-                period = blocks.value()
-                if _names(period, line_key, layout2):
-                    start = skip if at == block else 0
-                    limit = page_size - len(events) + 1
-                    in_block = self._block_events(txn, at, line_key, start, limit, period if layout2 else None)
-                    for ordinal, event in in_block:
-                        if len(events) == page_size:
-                            return Page(events, self._token(line_key, _TOKEN_BLOCK, at, ordinal))
-                        events.append(event)
-                found = blocks.next()
+        with self._env.begin(buffers=False) as txn:
+            # The blocks in layout 1 (keyed by the whole period key), then those in layout 2 (by its first 8 bytes).
+            for periods, prefix in ((self._periods, period_key), (self._periods2, period_key[:8])):
+                layout2 = periods is self._periods2
+                with txn.cursor(db=periods) as blocks:
+                    found = blocks.set_range(prefix + block.to_bytes(8, "big"))
+                    while found and blocks.key()[: len(prefix)] == prefix:
+                        at = int.from_bytes(blocks.key()[len(prefix) :], "big")
+                        period = blocks.value()
+                        if _names(period, line_key, layout2):
+                            start = skip if at == block else 0
+                            limit = page_size - len(events) + 1
+                            in_block = self._block_events(txn, at, line_key, start, limit, period if layout2 else None)
+                            for ordinal, event in in_block:
+                                if len(events) == page_size:
+                                    return Page(events, self._token(line_key, _TOKEN_BLOCK, at, ordinal))
+                                events.append(event)
+                        found = blocks.next()
         return self._adjustments_page(line_key, events, 0, page_size, adjustments)
 
     def _block_events(

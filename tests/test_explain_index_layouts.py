@@ -13,6 +13,7 @@ import lmdb
 import pytest
 
 import server.explain_index as explain_index
+from engine._kernel import explain_period_key
 from server.explain_index import ExplainIndex, IndexedEvent, parse_events
 from tests.fixtures.make_explain_blocks1 import CUSTOMERS, LINES, PERIOD_MS, record
 
@@ -79,19 +80,23 @@ def test_an_index_in_chunk_layout_1_pages_as_before_and_on_into_layout_2(
         index.close()
 
 
-def test_the_layout_2_blocks_begin_past_what_the_layout_1_index_covered(tmp_path: Path) -> None:
-    index = _opened_fixture(tmp_path)
-    index.close()
-    env = lmdb.open(str(tmp_path / "explain"), max_dbs=4, readonly=True, lock=False)
+def test_layout_2_blocks_have_their_entries_apart_and_layout_1_entries_stay(tmp_path: Path) -> None:
+    def entries(table: bytes) -> list[bytes]:
+        env = lmdb.open(str(tmp_path / "explain"), max_dbs=4, readonly=True, lock=False)
+        try:
+            with env.begin() as txn:
+                return [key for key, _ in txn.cursor(db=env.open_db(table, txn=txn, create=False))]
+        finally:
+            env.close()
+
+    _opened_fixture(tmp_path).close()
+    layout1 = entries(b"entries")
+    assert len(layout1) == 2 * 3  # two customers' period in each of the fixture's three blocks
+    index = ExplainIndex(tmp_path / "explain", map_size_bytes=1 << 24)
     try:
-        with env.begin() as txn:
-            meta = env.open_db(b"meta", txn=txn)
-            assert txn.get(b"chunks-2-from", db=meta) == str(FIXTURE_LAST_SEQ + 1).encode()
+        index.write([record(FIXTURE_LAST_SEQ + 1, "acme", LINES[0])], FIXTURE_LAST_SEQ + 1)
     finally:
-        env.close()
-    # A fresh index has nothing in layout 1.
-    fresh = ExplainIndex(tmp_path / "fresh", map_size_bytes=1 << 24)
-    try:
-        assert fresh._chunks2_from == 1
-    finally:
-        fresh.close()
+        index.close()
+    assert entries(b"entries") == layout1
+    (key,) = entries(b"periods-2")
+    assert key == explain_period_key("acme", PERIOD_MS)[:8] + (FIXTURE_LAST_SEQ + 1).to_bytes(8, "big")

@@ -11,11 +11,15 @@
 //! trailing decimal zeros where they allow, a timestamp from the base, a grant id as an index into its
 //! (customer, period) entry's table), unpacked back to explain.rs's layout for the one line a page asks for.
 //!
-//! Alongside, one entry per (customer, period) the block touched: key = `period_key` | block u64 BE, value =
-//! varint count | the first 2 bytes of each line key of that customer and period in the block, sorted and
-//! distinct | varint count | (varint length | grant id)* of the grants its parts drew on, in order of first draw. A
-//! reader walks only the blocks of the line's customer and period, and opens the chunks of those whose value names
-//! the line's prefix (a prefix shared by two lines only costs a look that finds nothing).
+//! Alongside, one entry per (customer, period) the block touched: key = the first 8 bytes of `period_key` | block
+//! u64 BE, value = varint count | the first 2 bytes of each line key of that customer and period in the block,
+//! sorted and distinct | varint count | (varint length | grant id)* of the grants its parts drew on, in order of
+//! first draw. Two (customer, period)s whose keys share those 8 bytes share one entry (its lines and grant ids are
+//! both's): the entry only tells a reader which blocks to look in, and a part is told from another line's by its
+//! whole line key. The key was the whole 16 bytes: the entries take a put each in a table whose every page a block
+//! rewrites, so each byte of theirs costs about three in the file. A reader walks only the blocks of the line's
+//! customer and period, and opens the chunks of those whose value names the line's prefix (a prefix shared by two
+//! lines only costs a look that finds nothing).
 
 use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::xxh3_128;
@@ -50,8 +54,8 @@ pub struct Block {
     /// Its number: the first journal seq it holds (0 for a block that holds nothing).
     pub block: u64,
     pub chunks: Vec<Chunk>,
-    /// (period_key | block, its line key prefixes and grant ids: see the module's doc).
-    pub periods: Vec<([u8; 24], Vec<u8>)>,
+    /// (period_key's first 8 bytes | block, its line key prefixes and grant ids: see the module's doc).
+    pub periods: Vec<([u8; 16], Vec<u8>)>,
 }
 
 /// A record's place in the block: its line key (as two big-endian halves, so that comparing them compares the
@@ -81,11 +85,11 @@ pub struct Builder {
     base_ms: i64,
     /// The (customer, period)s the records name, each once, and each one's place in `periods_read`.
     periods_read: Vec<PeriodRead>,
-    period_at: FxHashMap<(u64, u64), u32>,
+    period_at: FxHashMap<u64, u32>,
     /// The grant ids the parts drew on, per (customer, period) a list linked through `Grant::next`.
     grants: Vec<Grant>,
     grant_ids: Vec<u8>,
-    /// (period key, line key prefix, the period's place in `periods_read`), one per line of the block.
+    /// (period key's first half, line key prefix, the period's place in `periods_read`), one per line of the block.
     named: Vec<Named>,
     /// The named lines while they are sorted (radix_sort).
     named_spare: Vec<Named>,
@@ -95,18 +99,19 @@ pub struct Builder {
     chunks: Vec<([u8; 28], usize)>,
     /// The period entries' values, concatenated; `periods` holds each entry's key and end in it.
     prefixes: Vec<u8>,
-    periods: Vec<([u8; 24], usize)>,
+    periods: Vec<([u8; 16], usize)>,
 }
 
-type Named = ((u64, u64), [u8; 2], u32);
+type Named = (u64, [u8; 2], u32);
 
 /// No grant (the end of a period's list).
 const NO_GRANT: u32 = u32::MAX;
 
-/// A (customer, period) the block's records name: its key, and its grant ids (first and last in `Builder::grants`).
+/// A (customer, period) the block's records name: its key's first half (the entry's), and its grant ids (first and
+/// last in `Builder::grants`).
 #[derive(Clone, Copy)]
 struct PeriodRead {
-    key: (u64, u64),
+    key: u64,
     first_grant: u32,
     last_grant: u32,
     grants: u32,
@@ -195,7 +200,7 @@ impl Builder {
         self.chunks.iter().zip(starts).map(|((key, end), start)| (&key[..], &self.values[start..*end]))
     }
 
-    /// The block's (customer, period) entries, (period_key | block, its line key prefixes and grant ids),
+    /// The block's (customer, period) entries, (period_key's first 8 bytes | block, line key prefixes and grant ids),
     /// sorted by key.
     pub fn periods(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let starts = std::iter::once(0).chain(self.periods.iter().map(|&(_, end)| end));
@@ -218,7 +223,7 @@ impl Builder {
         cap(&mut self.periods_read);
         cap(&mut self.grants);
         cap(&mut self.grant_ids);
-        let kept = KEPT_BYTES_MAX / std::mem::size_of::<((u64, u64), u32)>();
+        let kept = KEPT_BYTES_MAX / std::mem::size_of::<(u64, u32)>();
         if self.period_at.capacity() > kept {
             self.period_at.shrink_to(kept);
         }
@@ -288,7 +293,7 @@ impl Builder {
                 let period = match last {
                     Some((c, p, period)) if (c, p) == (customer, period_start_ms) => period,
                     _ => {
-                        let key = halves(xxh3_128(&bytes[start + 8..period_end]).to_be_bytes());
+                        let key = halves(xxh3_128(&bytes[start + 8..period_end]).to_be_bytes()).0;
                         let next = u32::try_from(self.periods_read.len()).map_err(|e| e.to_string())?;
                         let period = *self.period_at.entry(key).or_insert(next);
                         if period == next {
@@ -368,15 +373,15 @@ impl Builder {
 
     /// Groups the named (period, line prefix) pairs: sorted, distinct, one entry per period, with its grant ids.
     fn fill_periods(&mut self) {
-        radix_sort(&mut self.named, &mut self.named_spare, |named| named.0 .0, |&named| named);
+        radix_sort(&mut self.named, &mut self.named_spare, |named| named.0, |&named| named);
         self.named.dedup();
         let mut start = 0;
         while start < self.named.len() {
             let (period, _, read) = self.named[start];
             let lines = self.named[start..].iter().take_while(|named| named.0 == period).count();
-            let mut key = [0u8; 24];
-            key[..16].copy_from_slice(&line_bytes(period));
-            key[16..].copy_from_slice(&self.block.to_be_bytes());
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&period.to_be_bytes());
+            key[8..].copy_from_slice(&self.block.to_be_bytes());
             put_varint(&mut self.prefixes, lines as u128);
             for (_, prefix, _) in &self.named[start..start + lines] {
                 self.prefixes.extend_from_slice(prefix);
@@ -478,7 +483,7 @@ pub fn build(records: &[&[u8]], after_seq: u64, chunk_bytes: usize) -> Result<Bl
     Ok(Block {
         block,
         chunks: builder.chunks().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
-        periods: builder.periods().map(|(k, v)| (k.try_into().expect("24 bytes"), v.to_vec())).collect(),
+        periods: builder.periods().map(|(k, v)| (k.try_into().expect("16 bytes"), v.to_vec())).collect(),
     })
 }
 
@@ -604,7 +609,7 @@ mod tests {
     fn read_back(block: &Block) -> Vec<Vec<u8>> {
         let lines = ["c", "d", "e"].iter().flat_map(|c| (0..4).map(move |p| (c, line_key(c, 0, &format!("p{p}")))));
         let found = lines.map(|(customer, line)| {
-            let period = block.periods.iter().find(|(k, _)| k[..16] == period_key(customer, 0));
+            let period = block.periods.iter().find(|(k, _)| k[..8] == period_key(customer, 0)[..8]);
             let Some((_, period)) = period else { return vec![] };
             let chunks = block.chunks.iter().filter(|(key, _)| key[8..24] <= line[..]);
             chunks.flat_map(|(_, chunk)| chunk_line(chunk, &line, Some(period)).unwrap().0).collect()
@@ -652,7 +657,8 @@ mod tests {
         let block = build(&[&records], 3, 1).unwrap(); // seq 3 already indexed; one part per chunk
         assert_eq!((block.block, block.chunks.len()), (4, 3));
         let line = line_key("c", 0, "p1");
-        let of_c = |block: &Block| block.periods.iter().find(|(k, _)| k[..16] == period_key("c", 0)).unwrap().1.clone();
+        let of_c =
+            |block: &Block| block.periods.iter().find(|(k, _)| k[..8] == period_key("c", 0)[..8]).unwrap().1.clone();
         let mut ordinals = vec![];
         for (key, chunk) in &block.chunks {
             assert_eq!(&key[..8], &4u64.to_be_bytes());
@@ -669,8 +675,8 @@ mod tests {
         let old = entries(&records, 0).unwrap();
         assert_eq!(parts, old.iter().find(|(k, _)| k[..16] == line).unwrap().1);
         assert_eq!(whole.periods.len(), 2);
-        let of_c = whole.periods.iter().find(|(k, _)| k[..16] == period_key("c", 0)).unwrap();
-        assert_eq!(&of_c.0[16..], &3u64.to_be_bytes());
+        let of_c = whole.periods.iter().find(|(k, _)| k[..8] == period_key("c", 0)[..8]).unwrap();
+        assert_eq!(&of_c.0[8..], &3u64.to_be_bytes());
         // Two lines' 2-byte prefixes, sorted, then the one grant the period's parts drew on.
         let mut named = [line[..2].to_vec(), line_key("c", 0, "p2")[..2].to_vec()];
         named.sort();
@@ -687,7 +693,7 @@ mod tests {
         let keyed: Vec<bool> = parts.iter().map(|part| !part.2).collect();
         assert!(keyed == [true, true, false, false] || keyed == [true, false, false, true], "{keyed:?}");
         let line = line_key("c", 0, "p1");
-        let of_c = block.periods.iter().find(|(k, _)| k[..16] == period_key("c", 0)).unwrap();
+        let of_c = block.periods.iter().find(|(k, _)| k[..8] == period_key("c", 0)[..8]).unwrap();
         let (_, count, _) = chunk_line(&block.chunks[0].1, &line, Some(&of_c.1)).unwrap();
         assert_eq!(count, 3);
         // Cut after each part, every chunk's first part carries the key again.
