@@ -7,7 +7,8 @@ them here. A thread of this module's own gathers them for up to FLUSH_EVERY_S (l
 writes them as one block (`explain_block`, built by the kernel with the GIL released; layout in
 engine/kernel/src/explain_block.rs): the events sorted by line in chunks of at most CHUNK_BYTES appended under
 increasing keys (blocks are numbered in journal order, so older pages are never rewritten), and one small entry
-per (customer, period) the block touched, naming the lines it holds. A write costs a few puts per chunk and
+per (customer, period) the block touched, naming the lines it holds and the grant ids its events drew on (chunk
+layout 2; blocks an index wrote before it stay in layout 1 and read as they were: `_PERIODS2_DB`). A write costs a few puts per chunk and
 per customer, whatever the number of events; the ack never waits for any of it. A page reads the blocks of the
 line's customer and period in order and, in those that name the line, the chunks that hold it.
 
@@ -60,6 +61,11 @@ _COVERED_KEY = b"covered_seq"
 _SECRET_KEY = b"token_secret"
 _FORMAT_KEY = b"format"
 _FORMAT = b"blocks-1"
+# The (customer, period) entries of blocks in chunk layout 2 (engine/kernel/src/explain_chunk.rs: a line's key once
+# per run of its parts, grant ids by index into the entry, which holds them, keyed by the first 8 bytes of the
+# period key): a table of their own, so that an index written before them keeps its blocks, in layout 1, with their
+# entries in _ENTRIES_DB, read as they were. Every block there precedes every block here.
+_PERIODS2_DB = b"periods-2"
 _TOKEN_ADJUSTMENT = 2  # a token past the events: (kind, 0, ordinal of the next adjustment)
 _TOKEN_BLOCK = 3  # (kind, block, ordinal of the next event among the line's in that block); kind 1 was per entry
 _TOKEN = struct.Struct(">BQI")  # kind, block, ordinal
@@ -136,9 +142,19 @@ def parse_events(value: bytes) -> list[IndexedEvent]:
     return events
 
 
-def _names(prefixes: bytes, prefix: bytes) -> bool:
-    """Whether a block's (customer, period) entry names a line key prefix (sorted 4-byte prefixes)."""
-    return any(prefixes[at : at + 4] == prefix for at in range(0, len(prefixes), 4))
+def _names(value: bytes, line_key: bytes, layout2: bool) -> bool:
+    """Whether a block's (customer, period) entry names a line's key prefix: in layout 1 the value is the sorted
+    4-byte prefixes; in layout 2 a varint count of sorted 2-byte prefixes, then the prefixes (then grant ids)."""
+    if not layout2:
+        return any(value[at : at + 4] == line_key[:4] for at in range(0, len(value), 4))
+    count, at = 0, 0
+    for shift in range(0, 64, 7):
+        count |= (value[at] & 0x7F) << shift
+        at += 1
+        if value[at - 1] < 0x80:
+            break
+    prefix = line_key[:2]
+    return any(value[start : start + 2] == prefix for start in range(at, at + 2 * count, 2))
 
 
 class ExplainIndex:
@@ -165,6 +181,7 @@ class ExplainIndex:
             self._meta = self._env.open_db(_META_DB, txn=txn)
             self._chunks = self._env.open_db(_CHUNKS_DB, txn=txn)
             self._periods = self._env.open_db(_ENTRIES_DB, txn=txn)
+            self._periods2 = self._env.open_db(_PERIODS2_DB, txn=txn)
             if txn.get(_FORMAT_KEY, db=self._meta) != _FORMAT:
                 self._drop_older_layout(txn)
             secret = txn.get(_SECRET_KEY, db=self._meta)
@@ -214,7 +231,7 @@ class ExplainIndex:
                     for start in range(0, len(chunks), PUT_SLICE_CHUNKS):
                         cursor.putmulti(chunks[start : start + PUT_SLICE_CHUNKS], append=True)
                         pause()
-                with txn.cursor(db=self._periods) as cursor:
+                with txn.cursor(db=self._periods2) as cursor:
                     for start in range(0, len(periods), PUT_SLICE_ENTRIES):
                         cursor.putmulti(periods[start : start + PUT_SLICE_ENTRIES])
                         pause()
@@ -235,6 +252,7 @@ class ExplainIndex:
         journal's first record rebuilds it (tokens it issued no longer verify: their kind is refused)."""
         txn.drop(self._chunks, delete=False)
         txn.drop(self._periods, delete=False)
+        txn.drop(self._periods2, delete=False)
         txn.delete(_COVERED_KEY, db=self._meta)
         txn.put(_FORMAT_KEY, _FORMAT, db=self._meta)
 
@@ -324,23 +342,31 @@ class ExplainIndex:
             return self._adjustments_page(line_key, [], skip, page_size, adjustments)
         period_key = explain_period_key(customer_id, period_start_ms)
         events: list[IndexedEvent] = []
-        with self._env.begin(buffers=False) as txn, txn.cursor(db=self._periods) as blocks:
-            found = blocks.set_range(period_key + block.to_bytes(8, "big"))
-            while found and blocks.key()[:16] == period_key:
-                at = int.from_bytes(blocks.key()[16:], "big")
-                if _names(blocks.value(), line_key[:4]):
-                    start = skip if at == block else 0
-                    for ordinal, event in self._block_events(txn, at, line_key, start, page_size - len(events) + 1):
-                        if len(events) == page_size:
-                            return Page(events, self._token(line_key, _TOKEN_BLOCK, at, ordinal))
-                        events.append(event)
-                found = blocks.next()
+        with self._env.begin(buffers=False) as txn:
+            # The blocks in layout 1 (keyed by the whole period key), then those in layout 2 (by its first 8 bytes).
+            for periods, prefix in ((self._periods, period_key), (self._periods2, period_key[:8])):
+                layout2 = periods is self._periods2
+                with txn.cursor(db=periods) as blocks:
+                    found = blocks.set_range(prefix + block.to_bytes(8, "big"))
+                    while found and blocks.key()[: len(prefix)] == prefix:
+                        at = int.from_bytes(blocks.key()[len(prefix) :], "big")
+                        period = blocks.value()
+                        if _names(period, line_key, layout2):
+                            start = skip if at == block else 0
+                            limit = page_size - len(events) + 1
+                            in_block = self._block_events(txn, at, line_key, start, limit, period if layout2 else None)
+                            for ordinal, event in in_block:
+                                if len(events) == page_size:
+                                    return Page(events, self._token(line_key, _TOKEN_BLOCK, at, ordinal))
+                                events.append(event)
+                        found = blocks.next()
         return self._adjustments_page(line_key, events, 0, page_size, adjustments)
 
     def _block_events(
-        self, txn: lmdb.Transaction, block: int, line_key: bytes, start: int, limit: int
+        self, txn: lmdb.Transaction, block: int, line_key: bytes, start: int, limit: int, period: bytes | None
     ) -> list[tuple[int, IndexedEvent]]:
-        """Up to `limit` of the line's events in one block from ordinal `start` on, each with its ordinal."""
+        """Up to `limit` of the line's events in one block from ordinal `start` on, each with its ordinal. `period`:
+        the block's entry for the line's (customer, period) when the block is in chunk layout 2, else None."""
         prefix = block.to_bytes(8, "big")
         target = prefix + line_key + start.to_bytes(4, "big")
         with txn.cursor(db=self._chunks) as cursor:
@@ -359,7 +385,7 @@ class ExplainIndex:
                 if key[:8] != prefix or key[8:24] > line_key:
                     break
                 ordinal = int.from_bytes(key[24:], "big") if key[8:24] == line_key else 0
-                parts, _count, past = explain_chunk_line(cast(bytes, cursor.value()), line_key)
+                parts, _count, past = explain_chunk_line(cast(bytes, cursor.value()), line_key, period)
                 for event in parse_events(parts):
                     if ordinal >= start:
                         found.append((ordinal, event))

@@ -142,9 +142,10 @@ def index_behind(path: Path, covered_seq: int) -> None:
     env = lmdb.open(str(path), max_dbs=2)
     try:
         with env.begin(write=True) as txn:
-            entries, meta = env.open_db(b"entries", txn=txn), env.open_db(b"meta", txn=txn)
+            # The (customer, period) entries of blocks in chunk layout 2: 8 bytes of period key, then the block.
+            entries, meta = env.open_db(b"periods-2", txn=txn), env.open_db(b"meta", txn=txn)
             assert int(txn.get(b"covered_seq", db=meta) or b"0") > covered_seq
-            late = [key for key, _ in txn.cursor(db=entries) if int.from_bytes(key[16:], "big") > covered_seq]
+            late = [key for key, _ in txn.cursor(db=entries) if int.from_bytes(key[8:], "big") > covered_seq]
             assert late, "there are entries to lose"
             for key in late:
                 txn.delete(key, db=entries)

@@ -1074,14 +1074,18 @@ fn explain_period_key<'py>(py: Python<'py>, customer_id: &str, period_start_ms: 
 }
 
 /// The event parts of one line (its 16-byte key) in an explain index chunk: (parts concatenated, how many, whether
-/// the chunk goes on past the line). ValueError for bytes that are not a chunk.
+/// the chunk goes on past the line). `period`: for a chunk of layout 2, the value of its block's entry for the
+/// line's (customer, period); None for layout 1 (explain_chunk.rs). ValueError for bytes that are not a chunk.
 #[pyfunction]
+#[pyo3(signature = (chunk, line_key, period = None))]
 fn explain_chunk_line<'py>(
     py: Python<'py>,
     chunk: &[u8],
     line_key: &[u8],
+    period: Option<&[u8]>,
 ) -> PyResult<(Bound<'py, PyBytes>, u32, bool)> {
-    let (parts, count, past) = crate::explain_block::chunk_line(chunk, line_key).map_err(PyValueError::new_err)?;
+    let found = crate::explain_chunk::chunk_line(chunk, line_key, period).map_err(PyValueError::new_err)?;
+    let (parts, count, past) = found;
     Ok((PyBytes::new(py, &parts), count, past))
 }
 

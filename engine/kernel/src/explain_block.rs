@@ -6,19 +6,26 @@
 //! chunk's key is block u64 BE | line key (16 bytes) of its first part | that part's ordinal among the line's
 //! parts in the block (u32 BE): a block's chunks are one key range, and blocks follow journal order, so LMDB
 //! appends them without touching an older page.
-//! Chunk layout: (line key 16 bytes | packed length | packed event part)*: the event part of explain.rs with
-//! every length and count a LEB128 varint and every integer a zigzag varint (a quantity, amount or credit of a
-//! few units takes a few bytes instead of 16; an index write costs about what its bytes cost), unpacked back to
-//! explain.rs's layout for the one line a page asks for.
+//! The chunks' layout (explain_chunk.rs, layout 2): the block's base timestamp, then per part a flags byte, its line
+//! key unless it is the previous part's, its packed body (quantities in whole units and amounts without their
+//! trailing decimal zeros where they allow, a timestamp from the base, a grant id as an index into its
+//! (customer, period) entry's table), unpacked back to explain.rs's layout for the one line a page asks for.
 //!
-//! Alongside, one entry per (customer, period) the block touched: key = `period_key` | block u64 BE, value =
-//! the first 4 bytes of each line key of that customer and period in the block, sorted and distinct. A reader
-//! walks only the blocks of the line's customer and period, and opens the chunks of those whose value names
-//! the line's prefix (a prefix shared by two lines only costs a look that finds nothing).
+//! Alongside, one entry per (customer, period) the block touched: key = the first 8 bytes of `period_key` | block
+//! u64 BE, value = varint count | the first 2 bytes of each line key of that customer and period in the block,
+//! sorted and distinct | varint count | (varint length | grant id)* of the grants its parts drew on, in order of
+//! first draw. Two (customer, period)s whose keys share those 8 bytes share one entry (its lines and grant ids are
+//! both's): the entry only tells a reader which blocks to look in, and a part is told from another line's by its
+//! whole line key. The key was the whole 16 bytes: the entries go into a table most of whose pages each block
+//! rewrites, and on bench records each of their bytes took about four in the file (its pages, and those LMDB freed). A reader walks only the blocks of the line's
+//! customer and period, and opens the chunks of those whose value names the line's prefix (a prefix shared by two
+//! lines only costs a look that finds nothing).
 
+use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::explain::Reader;
+use crate::explain_chunk::{pack_part, put_varint, put_zigzag, size_varint_bytes, sized, SAME_LINE};
 
 /// The 16-byte prefix of the keys of one customer's period among the blocks: a digest of (customer, period).
 pub fn period_key(customer_id: &str, period_start_ms: i64) -> [u8; 16] {
@@ -47,12 +54,12 @@ pub struct Block {
     /// Its number: the first journal seq it holds (0 for a block that holds nothing).
     pub block: u64,
     pub chunks: Vec<Chunk>,
-    /// (period_key | block, sorted distinct 4-byte line key prefixes).
-    pub periods: Vec<([u8; 24], Vec<u8>)>,
+    /// (period_key's first 8 bytes | block, its line key prefixes and grant ids: see the module's doc).
+    pub periods: Vec<([u8; 16], Vec<u8>)>,
 }
 
 /// A record's place in the block: its line key (as two big-endian halves, so that comparing them compares the
-/// key's bytes), its event part packed in the arena, and its (customer, period) key in `Builder::period_keys`.
+/// key's bytes), its flags byte and packed body in the arena, and its (customer, period) in `Builder::periods_read`.
 #[derive(Clone, Copy)]
 struct Part {
     line: (u64, u64),
@@ -74,19 +81,74 @@ pub struct Builder {
     /// The parts as read, while they are sorted into `parts` (sort_parts).
     spare: Vec<Part>,
     arena: Vec<u8>,
-    /// The (customer, period) keys in the order records name them (consecutive records naming the same one share).
-    period_keys: Vec<(u64, u64)>,
-    /// (period key, line key prefix), one per line of the block.
-    named: Vec<((u64, u64), [u8; 4])>,
-    /// The named pairs while they are sorted (radix_sort).
-    named_spare: Vec<((u64, u64), [u8; 4])>,
+    /// The block's base timestamp (its first record's): each part's is written from it.
+    base_ms: i64,
+    /// The (customer, period)s the records name, each once, and each one's place in `periods_read`.
+    periods_read: Vec<PeriodRead>,
+    period_at: FxHashMap<u64, u32>,
+    /// The grant ids the parts drew on, per (customer, period) a list linked through `Grant::next`.
+    grants: Vec<Grant>,
+    grant_ids: Vec<u8>,
+    /// (period key's first half, line key prefix, the period's place in `periods_read`), one per line of the block.
+    named: Vec<Named>,
+    /// The named lines while they are sorted (radix_sort).
+    named_spare: Vec<Named>,
     block: u64,
     /// The chunks' values, concatenated; `chunks` holds each chunk's key and end in it.
     values: Vec<u8>,
     chunks: Vec<([u8; 28], usize)>,
     /// The period entries' values, concatenated; `periods` holds each entry's key and end in it.
     prefixes: Vec<u8>,
-    periods: Vec<([u8; 24], usize)>,
+    periods: Vec<([u8; 16], usize)>,
+}
+
+type Named = (u64, [u8; 2], u32);
+
+/// No grant (the end of a period's list).
+const NO_GRANT: u32 = u32::MAX;
+
+/// A (customer, period) the block's records name: its key's first half (the entry's), and its grant ids (first and
+/// last in `Builder::grants`).
+#[derive(Clone, Copy)]
+struct PeriodRead {
+    key: u64,
+    first_grant: u32,
+    last_grant: u32,
+    grants: u32,
+}
+
+/// A grant id of one (customer, period): its bytes in `Builder::grant_ids`, and the period's next one.
+#[derive(Clone, Copy)]
+struct Grant {
+    at: u32,
+    size: u32,
+    next: u32,
+}
+
+/// The index of `grant` in the period's table (linked through `grants`, its bytes in `ids`), added if new: a
+/// customer draws on a grant or two, so the walk is short.
+#[inline(always)]
+fn grant_index(period: &mut PeriodRead, grants: &mut Vec<Grant>, ids: &mut Vec<u8>, grant: &[u8]) -> u32 {
+    let mut at = period.first_grant;
+    let mut index = 0;
+    while at != NO_GRANT {
+        let known = grants[at as usize];
+        if &ids[known.at as usize..(known.at + known.size) as usize] == grant {
+            return index;
+        }
+        at = known.next;
+        index += 1;
+    }
+    let added = grants.len() as u32;
+    grants.push(Grant { at: ids.len() as u32, size: grant.len() as u32, next: NO_GRANT });
+    ids.extend_from_slice(grant);
+    match period.last_grant {
+        NO_GRANT => period.first_grant = added,
+        last => grants[last as usize].next = added,
+    }
+    period.last_grant = added;
+    period.grants += 1;
+    index
 }
 
 impl Default for Builder {
@@ -101,7 +163,11 @@ impl Builder {
             parts: Vec::new(),
             spare: Vec::new(),
             arena: Vec::new(),
-            period_keys: Vec::new(),
+            base_ms: 0,
+            periods_read: Vec::new(),
+            period_at: FxHashMap::with_hasher(rustc_hash::FxBuildHasher),
+            grants: Vec::new(),
+            grant_ids: Vec::new(),
             named: Vec::new(),
             named_spare: Vec::new(),
             block: 0,
@@ -134,7 +200,7 @@ impl Builder {
         self.chunks.iter().zip(starts).map(|((key, end), start)| (&key[..], &self.values[start..*end]))
     }
 
-    /// The block's (customer, period) entries, (period_key | block, sorted distinct 4-byte line key prefixes),
+    /// The block's (customer, period) entries, (period_key's first 8 bytes | block, line key prefixes and grant ids),
     /// sorted by key.
     pub fn periods(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let starts = std::iter::once(0).chain(self.periods.iter().map(|&(_, end)| end));
@@ -154,7 +220,13 @@ impl Builder {
         cap(&mut self.parts);
         cap(&mut self.spare);
         cap(&mut self.arena);
-        cap(&mut self.period_keys);
+        cap(&mut self.periods_read);
+        cap(&mut self.grants);
+        cap(&mut self.grant_ids);
+        let kept = KEPT_BYTES_MAX / std::mem::size_of::<(u64, u32)>();
+        if self.period_at.capacity() > kept {
+            self.period_at.shrink_to(kept);
+        }
         cap(&mut self.named);
         cap(&mut self.named_spare);
         cap(&mut self.values);
@@ -167,7 +239,11 @@ impl Builder {
         self.parts.clear();
         self.spare.clear();
         self.arena.clear();
-        self.period_keys.clear();
+        self.base_ms = 0;
+        self.periods_read.clear();
+        self.period_at.clear();
+        self.grants.clear();
+        self.grant_ids.clear();
         self.named.clear();
         self.named_spare.clear();
         self.block = 0;
@@ -184,17 +260,17 @@ impl Builder {
     fn read(&mut self, records: &[&[u8]], after_seq: u64) -> Result<(), String> {
         let total: usize = records.iter().map(|r| r.len()).sum();
         self.parts.reserve(total / 128);
-        self.arena.reserve(total / 2);
+        self.arena.reserve(total / 4);
         // Records come one per product an event charged, so consecutive ones mostly share (customer, period):
-        // its digest is computed once for them.
-        let mut last: Option<(&[u8], i64)> = None;
+        // its digest is computed, and looked up, once for them.
+        let mut last: Option<(&[u8], i64, u32)> = None;
         for &bytes in records {
             let mut reader = Reader { bytes, at: 0 };
             while reader.at < bytes.len() {
                 let start = reader.at;
                 let seq = reader.u64()?;
                 let customer = sized(&mut reader)?;
-                let period = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
+                let period_start_ms = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
                 let period_end = reader.at;
                 sized(&mut reader)?; // the line
                                      // From the customer's length to the line's end, a record holds digest's canonical bytes (lengths
@@ -204,16 +280,39 @@ impl Builder {
                     skip_part(&mut reader)?;
                     continue;
                 }
-                self.block = if self.parts.is_empty() { seq } else { self.block.min(seq) };
-                let key = xxh3_128(line_key).to_be_bytes();
-                let at = self.arena.len();
-                pack_part(&mut reader, &mut self.arena)?;
-                let size = u32::try_from(self.arena.len() - at).map_err(|e| e.to_string())?;
-                if last != Some((customer, period)) {
-                    self.period_keys.push(halves(xxh3_128(&bytes[start + 8..period_end]).to_be_bytes()));
-                    last = Some((customer, period));
+                if self.parts.is_empty() {
+                    self.block = seq;
+                    // The first record's timestamp: the part's, just past its transaction id.
+                    let mut ahead = Reader { bytes, at: reader.at };
+                    sized(&mut ahead)?;
+                    self.base_ms = i64::from_le_bytes(ahead.take(8)?.try_into().expect("8 bytes"));
+                } else {
+                    self.block = self.block.min(seq);
                 }
-                let period = u32::try_from(self.period_keys.len() - 1).map_err(|e| e.to_string())?;
+                let key = xxh3_128(line_key).to_be_bytes();
+                let period = match last {
+                    Some((c, p, period)) if (c, p) == (customer, period_start_ms) => period,
+                    _ => {
+                        let key = halves(xxh3_128(&bytes[start + 8..period_end]).to_be_bytes()).0;
+                        let next = u32::try_from(self.periods_read.len()).map_err(|e| e.to_string())?;
+                        let period = *self.period_at.entry(key).or_insert(next);
+                        if period == next {
+                            self.periods_read.push(PeriodRead {
+                                key,
+                                first_grant: NO_GRANT,
+                                last_grant: NO_GRANT,
+                                grants: 0,
+                            });
+                        }
+                        last = Some((customer, period_start_ms, period));
+                        period
+                    }
+                };
+                let at = self.arena.len();
+                let (read, grants, ids) =
+                    (&mut self.periods_read[period as usize], &mut self.grants, &mut self.grant_ids);
+                pack_part(&mut reader, &mut self.arena, self.base_ms, |grant| grant_index(read, grants, ids, grant))?;
+                let size = u32::try_from(self.arena.len() - at).map_err(|e| e.to_string())?;
                 self.parts.push(Part { line: halves(key), at, size, period });
             }
         }
@@ -236,13 +335,16 @@ impl Builder {
             ordinal = if same_line { ordinal + 1 } else { 0 };
             let line = line_bytes(part.line);
             if !same_line {
-                self.named.push((self.period_keys[part.period as usize], line[..4].try_into().expect("4 bytes")));
+                let prefix = line[..2].try_into().expect("2 bytes");
+                self.named.push((self.periods_read[part.period as usize].key, prefix, part.period));
             }
             // A part that would take the chunk past chunk_bytes starts the next one (a part larger than that gets
             // a chunk of its own): an LMDB value takes whole pages, and a chunk cut only once it had passed
             // chunk_bytes took a fifth page for its last part's few hundred bytes (a quarter of the index's file).
-            let part_bytes = 16 + size_varint_bytes(part.size) + part.size as usize;
-            if self.chunks.is_empty() || self.values.len() - chunk_start + part_bytes > chunk_bytes {
+            let body = part.size - 1; // past the flags byte
+            let part_bytes = 1 + if same_line { 0 } else { 16 } + size_varint_bytes(body) + body as usize;
+            let new_chunk = self.chunks.is_empty() || self.values.len() - chunk_start + part_bytes > chunk_bytes;
+            if new_chunk {
                 if let Some(last) = self.chunks.last_mut() {
                     last.1 = self.values.len();
                 }
@@ -252,29 +354,49 @@ impl Builder {
                 key[8..24].copy_from_slice(&line);
                 key[24..].copy_from_slice(&ordinal.to_be_bytes());
                 self.chunks.push((key, chunk_start));
+                put_zigzag(&mut self.values, self.base_ms.into());
             }
-            self.values.extend_from_slice(&line);
-            put_varint(&mut self.values, part.size.into());
-            self.values.extend_from_slice(&self.arena[part.at..part.at + part.size as usize]);
+            let packed = &self.arena[part.at..part.at + part.size as usize];
+            if same_line && !new_chunk {
+                self.values.push(packed[0] | SAME_LINE);
+            } else {
+                self.values.push(packed[0]);
+                self.values.extend_from_slice(&line);
+            }
+            put_varint(&mut self.values, body.into());
+            self.values.extend_from_slice(&packed[1..]);
         }
         if let Some(last) = self.chunks.last_mut() {
             last.1 = self.values.len();
         }
     }
 
-    /// Groups the named (period, line prefix) pairs: sorted, distinct, one entry per period.
+    /// Groups the named (period, line prefix) pairs: sorted, distinct, one entry per period, with its grant ids.
     fn fill_periods(&mut self) {
-        radix_sort(&mut self.named, &mut self.named_spare, |named| named.0 .0, |&named| named);
+        radix_sort(&mut self.named, &mut self.named_spare, |named| named.0, |&named| named);
         self.named.dedup();
-        for &(period, prefix) in &self.named {
-            let mut key = [0u8; 24];
-            key[..16].copy_from_slice(&line_bytes(period));
-            key[16..].copy_from_slice(&self.block.to_be_bytes());
-            if self.periods.last().is_none_or(|(last, _)| *last != key) {
-                self.periods.push((key, self.prefixes.len()));
+        let mut start = 0;
+        while start < self.named.len() {
+            let (period, _, read) = self.named[start];
+            let lines = self.named[start..].iter().take_while(|named| named.0 == period).count();
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&period.to_be_bytes());
+            key[8..].copy_from_slice(&self.block.to_be_bytes());
+            put_varint(&mut self.prefixes, lines as u128);
+            for (_, prefix, _) in &self.named[start..start + lines] {
+                self.prefixes.extend_from_slice(prefix);
             }
-            self.prefixes.extend_from_slice(&prefix);
-            self.periods.last_mut().expect("pushed above").1 = self.prefixes.len();
+            let read = self.periods_read[read as usize];
+            put_varint(&mut self.prefixes, read.grants.into());
+            let mut at = read.first_grant;
+            while at != NO_GRANT {
+                let grant = self.grants[at as usize];
+                put_varint(&mut self.prefixes, grant.size.into());
+                self.prefixes.extend_from_slice(&self.grant_ids[grant.at as usize..(grant.at + grant.size) as usize]);
+                at = grant.next;
+            }
+            self.periods.push((key, self.prefixes.len()));
+            start += lines;
         }
     }
 }
@@ -361,14 +483,8 @@ pub fn build(records: &[&[u8]], after_seq: u64, chunk_bytes: usize) -> Result<Bl
     Ok(Block {
         block,
         chunks: builder.chunks().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
-        periods: builder.periods().map(|(k, v)| (k.try_into().expect("24 bytes"), v.to_vec())).collect(),
+        periods: builder.periods().map(|(k, v)| (k.try_into().expect("16 bytes"), v.to_vec())).collect(),
     })
-}
-
-/// A string field's bytes (u32 length first).
-fn sized<'a>(reader: &mut Reader<'a>) -> Result<&'a [u8], String> {
-    let size = reader.u32()? as usize;
-    reader.take(size)
 }
 
 /// Skips an event part (explain.rs's layout).
@@ -397,175 +513,11 @@ fn line_bytes(line: (u64, u64)) -> [u8; 16] {
     bytes
 }
 
-/// The most bytes a varint takes: 128 bits, 7 a byte.
-const VARINT_BYTES_MAX: usize = 19;
-
-/// How many bytes put_varint writes for a u32 `size`.
-fn size_varint_bytes(size: u32) -> usize {
-    (32 - (size | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-// Inlined, with put_zigzag: as calls, saving and restoring registers took some 24 of a varint's 55 instructions
-// (a spread of the 7-bit groups in one 8-byte store instead of the loop measured no fewer once inlined).
-#[inline(always)]
-fn put_varint(out: &mut Vec<u8>, value: u128) {
-    // Written into capacity reserved once instead of pushed byte by byte: each push checked the capacity,
-    // and a part's dozen varints were a third of building a block.
-    out.reserve(VARINT_BYTES_MAX);
-    let spare = &mut out.spare_capacity_mut()[..VARINT_BYTES_MAX];
-    let mut written = 0;
-    // Most values fit 64 bits: their loop runs on one register instead of two.
-    if let Ok(mut narrow) = u64::try_from(value) {
-        while narrow >= 0x80 {
-            spare[written].write((narrow as u8) | 0x80);
-            narrow >>= 7;
-            written += 1;
-        }
-        spare[written].write(narrow as u8);
-    } else {
-        let mut wide = value;
-        while wide >= 0x80 {
-            spare[written].write((wide as u8) | 0x80);
-            wide >>= 7;
-            written += 1;
-        }
-        spare[written].write(wide as u8);
-    }
-    let len = out.len() + written + 1;
-    // SAFETY: the `written + 1` bytes past the length were initialized just above, within the capacity reserved.
-    unsafe { out.set_len(len) };
-}
-
-#[inline(always)]
-fn put_zigzag(out: &mut Vec<u8>, value: i128) {
-    put_varint(out, ((value << 1) ^ (value >> 127)) as u128);
-}
-
-fn varint(reader: &mut Reader) -> Result<u128, String> {
-    let mut value = 0u128;
-    for shift in (0..128).step_by(7) {
-        let byte = reader.take(1)?[0];
-        value |= u128::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Ok(value);
-        }
-    }
-    Err(format!("a varint runs past 128 bits at byte {}", reader.at))
-}
-
-fn zigzag(reader: &mut Reader) -> Result<i128, String> {
-    let value = varint(reader)?;
-    Ok(((value >> 1) as i128) ^ -((value & 1) as i128))
-}
-
-fn i128_at(reader: &mut Reader) -> Result<i128, String> {
-    Ok(i128::from_le_bytes(reader.take(16)?.try_into().expect("16 bytes")))
-}
-
-/// The event part at the reader (explain.rs's layout), packed.
-fn pack_part(reader: &mut Reader, out: &mut Vec<u8>) -> Result<(), String> {
-    let put_text = |out: &mut Vec<u8>, reader: &mut Reader| -> Result<(), String> {
-        let size = reader.u32()?;
-        put_varint(out, size.into());
-        out.extend_from_slice(reader.take(size as usize)?); // the kernel's UTF-8, decoded by the page's reader
-        Ok(())
-    };
-    put_text(out, reader)?;
-    put_zigzag(out, i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes")).into());
-    put_varint(out, reader.u32()?.into());
-    for _ in 0..3 {
-        put_zigzag(out, i128_at(reader)?); // quantity, amount, overage
-    }
-    let draws = reader.u32()?;
-    put_varint(out, draws.into());
-    for _ in 0..draws {
-        put_text(out, reader)?;
-        put_zigzag(out, i128_at(reader)?);
-    }
-    Ok(())
-}
-
-/// A packed event part, appended to `out` in explain.rs's layout.
-fn unpack_part(reader: &mut Reader, out: &mut Vec<u8>) -> Result<(), String> {
-    fn text(reader: &mut Reader, out: &mut Vec<u8>) -> Result<(), String> {
-        let size = u32::try_from(varint(reader)?).map_err(|e| e.to_string())?;
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(reader.take(size as usize)?);
-        Ok(())
-    }
-    let small = |value: u128| u32::try_from(value).map_err(|e| e.to_string());
-    text(reader, out)?;
-    out.extend_from_slice(&i64::try_from(zigzag(reader)?).map_err(|e| e.to_string())?.to_le_bytes());
-    out.extend_from_slice(&small(varint(reader)?)?.to_le_bytes());
-    for _ in 0..3 {
-        out.extend_from_slice(&zigzag(reader)?.to_le_bytes());
-    }
-    let draws = small(varint(reader)?)?;
-    out.extend_from_slice(&draws.to_le_bytes());
-    for _ in 0..draws {
-        text(reader, out)?;
-        out.extend_from_slice(&zigzag(reader)?.to_le_bytes());
-    }
-    Ok(())
-}
-
-/// The event parts of `line` in one chunk, concatenated, how many there are, and whether the chunk goes on past
-/// the line (so the line's parts in this block end here).
-pub fn chunk_line(chunk: &[u8], line: &[u8]) -> Result<(Vec<u8>, u32, bool), String> {
-    let mut reader = Reader { bytes: chunk, at: 0 };
-    let mut found = Vec::new();
-    let mut count = 0u32;
-    while reader.at < chunk.len() {
-        let key = reader.take(16)?;
-        let size = usize::try_from(varint(&mut reader)?).map_err(|e| e.to_string())?;
-        let packed = reader.take(size)?;
-        match key.cmp(line) {
-            std::cmp::Ordering::Less => {}
-            std::cmp::Ordering::Equal => {
-                let mut part = Reader { bytes: packed, at: 0 };
-                unpack_part(&mut part, &mut found)?;
-                if part.at != packed.len() {
-                    return Err(format!("a packed event part has {} bytes past its end", packed.len() - part.at));
-                }
-                count += 1;
-            }
-            std::cmp::Ordering::Greater => return Ok((found, count, true)),
-        }
-    }
-    Ok((found, count, false))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::explain::{entries, line_key, Charged, Recorder};
-
-    #[test]
-    fn varints_are_leb128_and_read_back() {
-        let edges = [0, 1, 0x7f, 0x80, u128::from(u64::MAX), u128::from(u64::MAX) + 1, 1 << 70, u128::MAX];
-        for value in edges.into_iter().chain((0..128).map(|bits| (1u128 << bits) - 1)) {
-            // LEB128 by its definition: 7 bits a byte, low first, the high bit set on all but the last.
-            let mut expected = Vec::new();
-            let mut rest = value;
-            loop {
-                let low = (rest & 0x7f) as u8;
-                rest >>= 7;
-                expected.push(if rest == 0 { low } else { low | 0x80 });
-                if rest == 0 {
-                    break;
-                }
-            }
-            let mut out = vec![9]; // appended after what is there
-            put_varint(&mut out, value);
-            assert_eq!(&out[1..], &expected[..], "{value}");
-            if let Ok(size) = u32::try_from(value) {
-                assert_eq!(size_varint_bytes(size), expected.len(), "{value}");
-            }
-            let mut reader = Reader { bytes: &out[1..], at: 0 };
-            assert_eq!(varint(&mut reader), Ok(value));
-            assert_eq!(reader.at, expected.len());
-        }
-    }
+    use crate::explain_chunk::{chunk_line, varint, zigzag};
 
     fn recorded(events: &[(u64, &'static str, &'static str, u32)]) -> Vec<u8> {
         let mut recorder = Recorder::default();
@@ -585,33 +537,6 @@ mod tests {
             recorder.record(&charged, product, 0, || format!("p{product}"), [("g", 10)].iter().copied());
         }
         recorder.take()
-    }
-
-    #[test]
-    fn packed_parts_unpack_to_the_same_bytes_at_the_extremes() {
-        let mut part = Vec::new();
-        for tx in ["", "tx-é"] {
-            part.clear();
-            part.extend_from_slice(&(tx.len() as u32).to_le_bytes());
-            part.extend_from_slice(tx.as_bytes());
-            part.extend_from_slice(&i64::MIN.to_le_bytes());
-            part.extend_from_slice(&u32::MAX.to_le_bytes());
-            for value in [i128::MAX, i128::MIN, -1] {
-                part.extend_from_slice(&value.to_le_bytes());
-            }
-            part.extend_from_slice(&2u32.to_le_bytes());
-            for (grant, credits) in [("g", 0i128), ("", i128::MIN + 1)] {
-                part.extend_from_slice(&(grant.len() as u32).to_le_bytes());
-                part.extend_from_slice(grant.as_bytes());
-                part.extend_from_slice(&credits.to_le_bytes());
-            }
-            let mut packed = Vec::new();
-            pack_part(&mut Reader { bytes: &part, at: 0 }, &mut packed).unwrap();
-            let mut unpacked = Vec::new();
-            unpack_part(&mut Reader { bytes: &packed, at: 0 }, &mut unpacked).unwrap();
-            assert_eq!(unpacked, part);
-        }
-        assert!(varint(&mut Reader { bytes: &[0xff; 20], at: 0 }).is_err(), "past 128 bits");
     }
 
     #[test]
@@ -662,27 +587,62 @@ mod tests {
         assert_eq!(read(&builder, 0), Block::default(), "every seq already indexed");
     }
 
+    /// A layout-2 chunk's parts: (start, end, whether it names its line by SAME_LINE) of each.
+    fn parts_of(chunk: &[u8]) -> Vec<(usize, usize, bool)> {
+        let mut reader = Reader { bytes: chunk, at: 0 };
+        zigzag(&mut reader).unwrap(); // the base timestamp
+        let mut parts = vec![];
+        while reader.at < chunk.len() {
+            let start = reader.at;
+            let same_line = reader.take(1).unwrap()[0] & SAME_LINE != 0;
+            if !same_line {
+                reader.take(16).unwrap();
+            }
+            let size = varint(&mut reader).unwrap() as usize;
+            reader.take(size).unwrap();
+            parts.push((start, reader.at, same_line));
+        }
+        parts
+    }
+
+    /// The parts of customers c, d and e's lines p0 to p3 in a block, read back from its chunks as a page would.
+    fn read_back(block: &Block) -> Vec<Vec<u8>> {
+        let lines = ["c", "d", "e"].iter().flat_map(|c| (0..4).map(move |p| (c, line_key(c, 0, &format!("p{p}")))));
+        let found = lines.map(|(customer, line)| {
+            let period = block.periods.iter().find(|(k, _)| k[..8] == period_key(customer, 0)[..8]);
+            let Some((_, period)) = period else { return vec![] };
+            let chunks = block.chunks.iter().filter(|(key, _)| key[8..24] <= line[..]);
+            chunks.flat_map(|(_, chunk)| chunk_line(chunk, &line, Some(period)).unwrap().0).collect()
+        });
+        found.collect()
+    }
+
     #[test]
     fn chunks_stay_within_chunk_bytes_but_for_a_part_larger_than_that() {
         let events: Vec<_> =
             (0..40).map(|n| (3 + n / 7, ["c", "d", "e"][n as usize % 3], "tx", n as u32 % 4)).collect();
         let records = recorded(&events);
-        let parts = build(&[&records], 0, 1 << 20).unwrap().chunks[0].1.len();
-        for chunk_bytes in [1, 50, 120, 300, parts - 1, parts] {
+        let whole = build(&[&records], 0, 1 << 20).unwrap();
+        assert_eq!(whole.chunks.len(), 1);
+        assert_eq!(read_back(&whole).iter().filter(|parts| !parts.is_empty()).count(), 12, "every line read");
+        for chunk_bytes in [1, 50, 120, 300, whole.chunks[0].1.len() - 1] {
             let block = build(&[&records], 0, chunk_bytes).unwrap();
-            assert_eq!(block.chunks.iter().map(|(_, v)| v.len()).sum::<usize>(), parts, "{chunk_bytes}");
+            assert_eq!(read_back(&block), read_back(&whole), "{chunk_bytes}");
             for (_, chunk) in &block.chunks {
-                let mut reader = Reader { bytes: chunk, at: 0 };
-                reader.take(16).unwrap();
-                let size = varint(&mut reader).unwrap() as usize;
-                let first = reader.at + size;
-                assert!(chunk.len() <= chunk_bytes || chunk.len() == first, "{chunk_bytes}: {}", chunk.len());
+                let parts = parts_of(chunk);
+                assert!(!parts[0].2, "a chunk's first part names its line");
+                assert!(chunk.len() <= chunk_bytes || parts.len() == 1, "{chunk_bytes}: {}", chunk.len());
             }
-            // Cut only where the next part would not fit: no two neighbours would have fitted in one.
+            // Cut only where the next part would not fit: no two neighbours would have fitted in one (the next
+            // chunk's first part without its line key when it goes on with the same line).
             for pair in block.chunks.windows(2) {
-                let mut reader = Reader { bytes: &pair[1].1, at: 16 };
-                let size = varint(&mut reader).unwrap() as usize;
-                let next_first = reader.at + size;
+                let (start, end, _) = parts_of(&pair[1].1)[0];
+                let same_line = pair[0].0[8..24] == pair[1].0[8..24]
+                    || parts_of(&pair[0].1).len() > 1 && {
+                        let last = parts_of(&pair[0].1).into_iter().rev().find(|part| !part.2).unwrap();
+                        pair[0].1[last.0 + 1..last.0 + 17] == pair[1].0[8..24]
+                    };
+                let next_first = end - start - if same_line { 16 } else { 0 };
                 assert!(pair[0].1.len() + next_first > chunk_bytes, "{chunk_bytes}");
             }
         }
@@ -697,26 +657,48 @@ mod tests {
         let block = build(&[&records], 3, 1).unwrap(); // seq 3 already indexed; one part per chunk
         assert_eq!((block.block, block.chunks.len()), (4, 3));
         let line = line_key("c", 0, "p1");
+        let of_c =
+            |block: &Block| block.periods.iter().find(|(k, _)| k[..8] == period_key("c", 0)[..8]).unwrap().1.clone();
         let mut ordinals = vec![];
         for (key, chunk) in &block.chunks {
             assert_eq!(&key[..8], &4u64.to_be_bytes());
             if key[8..24] == line {
                 ordinals.push(u32::from_be_bytes(key[24..].try_into().unwrap()));
-                assert_eq!(chunk_line(chunk, &line).unwrap().1, 1);
+                assert_eq!(chunk_line(chunk, &line, Some(&of_c(&block))).unwrap().1, 1);
             }
         }
         assert_eq!(ordinals, vec![0, 1]);
         let whole = build(&[&records[..0], &records], 0, 1 << 20).unwrap();
         assert_eq!(whole.chunks.len(), 1);
-        let (parts, count, _) = chunk_line(&whole.chunks[0].1, &line).unwrap();
+        let (parts, count, _) = chunk_line(&whole.chunks[0].1, &line, Some(&of_c(&whole))).unwrap();
         assert_eq!(count, 3);
         let old = entries(&records, 0).unwrap();
         assert_eq!(parts, old.iter().find(|(k, _)| k[..16] == line).unwrap().1);
         assert_eq!(whole.periods.len(), 2);
-        let of_c = whole.periods.iter().find(|(k, _)| k[..16] == period_key("c", 0)).unwrap();
-        assert_eq!(&of_c.0[16..], &3u64.to_be_bytes());
-        let mut named = [line[..4].to_vec(), line_key("c", 0, "p2")[..4].to_vec()];
+        let of_c = whole.periods.iter().find(|(k, _)| k[..8] == period_key("c", 0)[..8]).unwrap();
+        assert_eq!(&of_c.0[8..], &3u64.to_be_bytes());
+        // Two lines' 2-byte prefixes, sorted, then the one grant the period's parts drew on.
+        let mut named = [line[..2].to_vec(), line_key("c", 0, "p2")[..2].to_vec()];
         named.sort();
-        assert_eq!(of_c.1, named.concat());
+        assert_eq!(of_c.1, [&[2][..], &named.concat(), &[1, 1], b"g"].concat());
+    }
+
+    #[test]
+    fn a_lines_key_is_written_once_per_run_of_its_parts_in_a_chunk() {
+        let events = [(3, "c", "a", 1), (4, "c", "b", 1), (5, "d", "c", 1), (6, "c", "d", 1)];
+        let records = recorded(&events);
+        let block = build(&[&records], 0, 1 << 20).unwrap();
+        let parts = parts_of(&block.chunks[0].1);
+        // c's p1 three times, d's p1 once: two runs, their first parts keyed, in either order of the digests.
+        let keyed: Vec<bool> = parts.iter().map(|part| !part.2).collect();
+        assert!(keyed == [true, true, false, false] || keyed == [true, false, false, true], "{keyed:?}");
+        let line = line_key("c", 0, "p1");
+        let of_c = block.periods.iter().find(|(k, _)| k[..8] == period_key("c", 0)[..8]).unwrap();
+        let (_, count, _) = chunk_line(&block.chunks[0].1, &line, Some(&of_c.1)).unwrap();
+        assert_eq!(count, 3);
+        // Cut after each part, every chunk's first part carries the key again.
+        for (_, chunk) in &build(&[&records], 0, 1).unwrap().chunks {
+            assert_eq!(parts_of(chunk).iter().map(|part| part.2).collect::<Vec<_>>(), [false]);
+        }
     }
 }

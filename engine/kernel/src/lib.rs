@@ -17,6 +17,7 @@ pub mod draw;
 pub mod due;
 pub mod explain;
 pub mod explain_block;
+pub mod explain_chunk;
 pub mod holds;
 pub mod invoice;
 pub mod kernel;
