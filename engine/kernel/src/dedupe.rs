@@ -214,25 +214,17 @@ pub fn expired(at_ms: i64, received_ms: i64, window_ms: i64) -> bool {
     received_ms.saturating_sub(at_ms) >= window_ms.saturating_add(PRUNE_SLACK_MS)
 }
 
-/// The kernel's dedupe table: open addressing with linear probing, each key's home slot its top
-/// `bits` bits, and every run of occupied slots kept in key order, so the whole slot array is
-/// sorted by key (an "ordered hash table": a lookup stops at the first greater key, hit or miss).
-///
-/// Why this shape: a snapshot stores the entries sorted by key, and restoring 10 M of them as
-/// random inserts into a hash map cost seconds in cache misses; here restoring is one streaming
-/// pass (each entry goes to its home or just after the one before), growing is one pass in place
-/// (`grow`), and encoding a snapshot walks the slots in order with no sort. Keys and entries are in
-/// two arrays: a lookup reads a run of adjacent 16-byte keys, usually one cache line, and a hit one
-/// entry (with 40-byte slots a miss read about two lines, and measured slower than a hash map's).
+/// The kernel's dedupe table: 2^SHARD_BITS shards by the key's top bits, each an ordered hash table
+/// (`Shard`). Shards grow one at a time, each when it passes 3/4 full: growing one table of 100 M ids
+/// in one go held the writer (and every read waiting for the kernel lock) for 10 s or more, where a
+/// shard of 1/4096 of them grows in a few ms; keys are uniform, so the shards' growths spread over
+/// the puts near each doubling of the whole. The shards in order are the keys in order, so a snapshot
+/// still walks them with no sort, and pruning sweeps one shard per journaled batch.
 #[derive(Default)]
 pub struct Table {
-    /// The keys in order; an empty slot holds `EMPTY`. Holds the 2^bits home slots and a tail for
-    /// the runs that pass the last one (no wrap-around, which would break the order).
-    keys: Vec<Key>,
-    /// The entry of the key in the same slot.
-    helds: Vec<Held>,
-    bits: u32,
-    /// Entries in `keys` (not counting `zero`).
+    /// Empty until the first put (an empty table allocates nothing), then 2^SHARD_BITS of them.
+    shards: Vec<Shard>,
+    /// Entries in the shards (not counting `zero`).
     len: usize,
     /// The entry of key 0, which marks an empty slot and so lives here (a real key is 0 with
     /// probability 2^-128, but a snapshot may hold it).
@@ -240,6 +232,28 @@ pub struct Table {
     /// Every put and removal since the log was last taken, in order, while recording (`record_changes`):
     /// a snapshot stores these (a segment, crate::snapshot::segment), not the whole table.
     changes: Option<Vec<Change>>,
+}
+
+/// One shard: open addressing with linear probing, each key's home slot the `bits` bits after the
+/// shard's, and every run of occupied slots kept in key order, so the whole slot array is sorted by
+/// key (an "ordered hash table": a lookup stops at the first greater key, hit or miss).
+///
+/// Why this shape: a snapshot stores the entries sorted by key, and restoring 10 M of them as
+/// random inserts into a hash map cost seconds in cache misses; here restoring is one streaming
+/// pass (each entry goes to its home or just after the one before), growing is one streaming
+/// pass (`grow`), and encoding a snapshot walks the slots in order with no sort. Keys and entries are in
+/// two arrays: a lookup reads a run of adjacent 16-byte keys, usually one cache line, and a hit one
+/// entry (with 40-byte slots a miss read about two lines, and measured slower than a hash map's).
+#[derive(Default)]
+struct Shard {
+    /// The keys in order; an empty slot holds `EMPTY`. Holds the 2^bits home slots and a tail for
+    /// the runs that pass the last one (no wrap-around, which would break the order).
+    keys: Vec<Key>,
+    /// The entry of the key in the same slot.
+    helds: Vec<Held>,
+    bits: u32,
+    /// Entries in `keys`.
+    len: usize,
 }
 
 /// A change to the table: the key's new entry, or None for its removal (pruned).
@@ -251,18 +265,22 @@ pub struct Change {
 
 const EMPTY: Key = Key { low: 0, high: 0 };
 const NOTHING: Held = Held { digest: EMPTY, at_ms: 0 };
-/// Slots past the 2^bits home slots, so a run near the end rarely needs the array to grow.
-const TAIL_SLOTS: usize = 64;
-const MIN_BITS: u32 = 4;
-/// Pruning sweeps the table one key range at a time, 2^PRUNE_RANGE_BITS ranges by the key's top bits
-/// (the kernel sweeps one range per journaled batch: at 10 M ids about 2,400 entries, 100 KB read).
-pub const PRUNE_RANGE_BITS: u32 = 12;
+/// The shards are 2^SHARD_BITS key ranges by the key's top bits: at 100 M ids a shard holds about
+/// 24,000 (a 2.6 MB array to grow), and the shards' fixed part is 4096 × 64 bytes.
+pub const SHARD_BITS: u32 = 12;
+const SHARDS: usize = 1 << SHARD_BITS;
+/// Slots past a shard's 2^bits home slots, so a run near the end rarely needs the arrays to grow.
+const TAIL_SLOTS: usize = 4;
+const MIN_BITS: u32 = 2;
+/// Pruning sweeps the table one key range at a time, 2^PRUNE_RANGE_BITS ranges by the key's top bits:
+/// one shard (the kernel sweeps one range per journaled batch: at 10 M ids about 2,400 entries, 100 KB read).
+pub const PRUNE_RANGE_BITS: u32 = SHARD_BITS;
 
-/// Where `Table::place` found a key: its slot, or where it would go.
+/// Where `Table::place` found a key: its shard and slot, or where it would go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
-    Found(usize),
-    Free(usize),
+    Found(usize, usize),
+    Free(usize, usize),
     Zero,
 }
 
@@ -276,6 +294,10 @@ fn bits_for(len: usize) -> u32 {
     bits
 }
 
+fn shard_of(key: Key) -> usize {
+    (key.high >> (64 - SHARD_BITS)) as usize
+}
+
 impl Table {
     pub fn len(&self) -> usize {
         self.len + usize::from(self.zero.is_some())
@@ -285,37 +307,23 @@ impl Table {
         self.len() == 0
     }
 
-    fn home(&self, key: Key) -> usize {
-        (key.high >> (64 - self.bits)) as usize
-    }
-
     /// Where `key` is, or where it would be inserted (valid until the table next changes).
     pub fn place(&self, key: Key) -> Place {
         if key == EMPTY {
             return Place::Zero;
         }
-        if self.keys.is_empty() {
-            return Place::Free(0);
+        let shard = shard_of(key);
+        match self.shards.get(shard).map_or(Err(0), |s| s.place(key)) {
+            Ok(at) => Place::Found(shard, at),
+            Err(at) => Place::Free(shard, at),
         }
-        let mut at = self.home(key);
-        while let Some(held_key) = self.keys.get(at) {
-            if *held_key == EMPTY {
-                return Place::Free(at);
-            }
-            match held_key.cmp(&key) {
-                std::cmp::Ordering::Less => at += 1,
-                std::cmp::Ordering::Equal => return Place::Found(at),
-                std::cmp::Ordering::Greater => return Place::Free(at),
-            }
-        }
-        Place::Free(at)
     }
 
     /// The entry at a place `place` returned.
     pub fn held(&self, place: Place) -> Option<Held> {
         match place {
-            Place::Found(at) => Some(self.helds[at]),
-            Place::Free(_) => None,
+            Place::Found(shard, at) => Some(self.shards[shard].helds[at]),
+            Place::Free(..) => None,
             Place::Zero => self.zero,
         }
     }
@@ -329,7 +337,9 @@ impl Table {
     /// the kernel's prefetching pass, whose misses overlap. Returns a value derived from both.
     pub fn warm(&self, key: Key) -> u64 {
         match self.place(key) {
-            Place::Found(at) | Place::Free(at) => self.helds.get(at).map_or(0, |held| held.at_ms as u64),
+            Place::Found(shard, at) | Place::Free(shard, at) => {
+                self.shards.get(shard).and_then(|s| s.helds.get(at)).map_or(0, |held| held.at_ms as u64)
+            }
             Place::Zero => 0,
         }
     }
@@ -339,19 +349,16 @@ impl Table {
         if let Some(changes) = &mut self.changes {
             changes.push(Change { key, held: Some(held) });
         }
-        self.put_unrecorded(key, place, held);
-    }
-
-    fn put_unrecorded(&mut self, key: Key, place: Place, held: Held) {
         match place {
-            Place::Found(at) => self.helds[at] = held,
+            Place::Found(shard, at) => self.shards[shard].helds[at] = held,
             Place::Zero => self.zero = Some(held),
-            Place::Free(_) if self.len >= (3usize << self.bits) / 4 => {
-                self.grow(bits_for(self.len + 1));
-                let place = self.place(key);
-                self.put_unrecorded(key, place, held);
+            Place::Free(shard, at) => {
+                if self.shards.is_empty() {
+                    self.shards.resize_with(SHARDS, Shard::default);
+                }
+                self.shards[shard].put_new(key, at, held);
+                self.len += 1;
             }
-            Place::Free(at) => self.shift_in(at, key, held),
         }
     }
 
@@ -377,13 +384,113 @@ impl Table {
     /// The entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (Key, Held)> + '_ {
         let zero = self.zero.map(|held| (EMPTY, held));
-        let held = self.keys.iter().copied().zip(self.helds.iter().copied());
+        let held = self.shards.iter().flat_map(|s| s.keys.iter().copied().zip(s.helds.iter().copied()));
         zero.into_iter().chain(held.filter(|(k, _)| *k != EMPTY))
     }
 
-    fn with_bits(bits: u32) -> Table {
+    /// Drops the entries of key range `range` (of the 2^PRUNE_RANGE_BITS ranges by the key's top
+    /// bits, one shard) that `expired` says are expired; returns how many.
+    pub fn prune_range(&mut self, range: u64, expired: impl Fn(Held) -> bool) -> usize {
+        let mut dropped = 0;
+        if range == 0 && self.zero.is_some_and(&expired) {
+            self.zero = None;
+            dropped += 1;
+            if let Some(changes) = &mut self.changes {
+                changes.push(Change { key: EMPTY, held: None });
+            }
+        }
+        if let Some(shard) = self.shards.get_mut(range as usize) {
+            let removed = shard.prune(expired, &mut self.changes);
+            self.len -= removed;
+            dropped += removed;
+        }
+        dropped
+    }
+
+    /// The table of a snapshot's entries. Sorted entries (as every snapshot stores them) fill each
+    /// shard in one streaming pass, sized for its own entries; others are inserted one by one, a later
+    /// entry replacing an earlier one of its key (as collecting them into a map did).
+    pub fn from_entries(entries: impl ExactSizeIterator<Item = (u128, Seen)> + Clone) -> Table {
+        let mut table = Table::default();
+        let mut previous = None;
+        // One shard's entries at a time: its size is known once the next shard's first key comes.
+        let mut pending: Vec<(Key, Held)> = Vec::new();
+        for (key, seen) in entries.clone() {
+            if previous.is_some_and(|p| p >= key) {
+                let mut table = Table::default();
+                entries.for_each(|(key, seen)| table.insert(key.into(), seen.into()));
+                return table;
+            }
+            previous = Some(key);
+            let (key, held) = (Key::from(key), Held::from(seen));
+            if key == EMPTY {
+                table.zero = Some(held);
+                continue;
+            }
+            if pending.last().is_some_and(|(last, _)| shard_of(*last) != shard_of(key)) {
+                table.fill_shard(&mut pending);
+            }
+            pending.push((key, held));
+        }
+        table.fill_shard(&mut pending);
+        table
+    }
+
+    /// Fills the shard of `entries` (sorted, one shard's, not yet in the table), leaving `entries` empty.
+    fn fill_shard(&mut self, entries: &mut Vec<(Key, Held)>) {
+        let Some(&(first, _)) = entries.first() else { return };
+        if self.shards.is_empty() {
+            self.shards.resize_with(SHARDS, Shard::default);
+        }
+        let shard = &mut self.shards[shard_of(first)];
+        debug_assert_eq!(shard.len, 0, "each shard is filled once");
+        *shard = Shard::with_bits(bits_for(entries.len()));
+        let mut next = 0;
+        for (key, held) in entries.drain(..) {
+            shard.append(&mut next, key, held);
+        }
+        self.len += shard.len;
+    }
+}
+
+impl Shard {
+    fn home(&self, key: Key) -> usize {
+        ((key.high << SHARD_BITS) >> (64 - self.bits)) as usize
+    }
+
+    /// Ok(the slot of `key`), or Err(the slot it would be inserted at).
+    fn place(&self, key: Key) -> Result<usize, usize> {
+        if self.keys.is_empty() {
+            return Err(0);
+        }
+        let mut at = self.home(key);
+        while let Some(held_key) = self.keys.get(at) {
+            if *held_key == EMPTY {
+                return Err(at);
+            }
+            match held_key.cmp(&key) {
+                std::cmp::Ordering::Less => at += 1,
+                std::cmp::Ordering::Equal => return Ok(at),
+                std::cmp::Ordering::Greater => return Err(at),
+            }
+        }
+        Err(at)
+    }
+
+    /// Puts a key that is not in the shard at `at`, where `place` said it would go.
+    fn put_new(&mut self, key: Key, at: usize, held: Held) {
+        if self.len >= (3usize << self.bits) / 4 {
+            self.grow(bits_for(self.len + 1));
+            let at = self.place(key).expect_err("a new key");
+            self.shift_in(at, key, held);
+        } else {
+            self.shift_in(at, key, held);
+        }
+    }
+
+    fn with_bits(bits: u32) -> Shard {
         let slots = (1usize << bits) + TAIL_SLOTS;
-        Table { keys: vec![EMPTY; slots], helds: vec![NOTHING; slots], bits, len: 0, zero: None, changes: None }
+        Shard { keys: vec![EMPTY; slots], helds: vec![NOTHING; slots], bits, len: 0 }
     }
 
     /// Appends an entry whose key is greater than every key held (and not 0): it goes to its home or
@@ -399,29 +506,21 @@ impl Table {
         self.len += 1;
     }
 
-    /// Grows to `bits` in place: the arrays are extended (no second table, so growing needs half
-    /// the memory a copy took, and only the new slots are fresh pages), then the entries are
-    /// re-inserted from the last one down, each as the smallest so far, at the later of its new home
-    /// and its old slot. Why that is safe: the final slot of each entry is at or after its old one
-    /// (homes only move up, and by induction over the entries in order), so the later of the two
-    /// gives the same layout as the homes alone, and every write lands at or after the slot being
-    /// read: the entries not yet moved all sit below it.
+    /// Grows to `bits`: a fresh shard of that size filled in one streaming pass from this one's slots
+    /// in order (`append`), which gives the one layout the invariants allow. A shard is small (about
+    /// 24,000 entries at 100 M ids), so holding both for the pass costs little; growing in place
+    /// (extend the arrays, then move each entry up from the last) paid `realloc`'s copy as well,
+    /// measured slower.
     fn grow(&mut self, bits: u32) {
-        let old_slots = self.keys.len();
-        let slots = ((1usize << bits) + TAIL_SLOTS).max(old_slots);
-        self.keys.resize(slots, EMPTY);
-        self.helds.resize(slots, NOTHING);
-        self.bits = bits;
-        for from in (0..old_slots).rev() {
-            let key = self.keys[from];
-            if key == EMPTY {
-                continue;
+        let mut grown = Shard::with_bits(bits);
+        let mut next = 0;
+        for (&key, &held) in self.keys.iter().zip(&self.helds) {
+            if key != EMPTY {
+                grown.append(&mut next, key, held);
             }
-            let held = self.helds[from];
-            (self.keys[from], self.helds[from]) = (EMPTY, NOTHING);
-            self.len -= 1;
-            self.shift_in(self.home(key).max(from), key, held);
         }
+        debug_assert_eq!(grown.len, self.len);
+        *self = grown;
     }
 
     /// Puts `key` at `at`, moving the run from `at` on one slot up (each entry stays at or after its
@@ -446,8 +545,8 @@ impl Table {
         self.len += 1;
     }
 
-    fn remove_at(&mut self, mut at: usize) {
-        if let Some(changes) = &mut self.changes {
+    fn remove_at(&mut self, mut at: usize, changes: &mut Option<Vec<Change>>) {
+        if let Some(changes) = changes {
             changes.push(Change { key: self.keys[at], held: None });
         }
         // Backward shift: the entries after it that sit past their home move one slot down, which
@@ -463,62 +562,19 @@ impl Table {
         self.len -= 1;
     }
 
-    /// Drops the entries of key range `range` (of the 2^PRUNE_RANGE_BITS ranges by the key's top
-    /// bits) that `expired` says are expired; returns how many. Reads only that range's slots.
-    pub fn prune_range(&mut self, range: u64, expired: impl Fn(Held) -> bool) -> usize {
-        let range_of = |key: Key| key.high >> (64 - PRUNE_RANGE_BITS);
-        let before = self.len();
-        if range == 0 && self.zero.is_some_and(&expired) {
-            self.zero = None;
-            if let Some(changes) = &mut self.changes {
-                changes.push(Change { key: EMPTY, held: None });
-            }
-        }
-        if self.keys.is_empty() {
-            return before - self.len();
-        }
-        let first = Key { high: range << (64 - PRUNE_RANGE_BITS), low: 0 };
-        // Past the home of the next range's first key, an empty slot ends the range's entries.
-        let next_home = ((range + 1) << self.bits) >> PRUNE_RANGE_BITS;
-        let mut at = self.home(first);
+    /// Drops the entries `expired` says are expired, logging each removal in `changes` (when recording);
+    /// returns how many.
+    fn prune(&mut self, expired: impl Fn(Held) -> bool, changes: &mut Option<Vec<Change>>) -> usize {
+        let before = self.len;
+        let mut at = 0;
         while let Some(&key) = self.keys.get(at) {
-            if key == EMPTY {
-                if at as u64 >= next_home {
-                    break;
-                }
-                at += 1;
-            } else if range_of(key) < range {
-                at += 1;
-            } else if range_of(key) > range {
-                break;
-            } else if expired(self.helds[at]) {
-                self.remove_at(at); // the next entry, if any moved, is now at `at`
+            if key != EMPTY && expired(self.helds[at]) {
+                self.remove_at(at, changes); // the next entry, if any moved, is now at `at`
             } else {
                 at += 1;
             }
         }
-        before - self.len()
-    }
-
-    /// The table of a snapshot's entries. Sorted entries (as every snapshot stores them) fill it in
-    /// one streaming pass; others are inserted one by one, a later entry replacing an earlier one of
-    /// its key (as collecting them into a map did).
-    pub fn from_entries(entries: impl ExactSizeIterator<Item = (u128, Seen)> + Clone) -> Table {
-        let mut table = Table::with_bits(bits_for(entries.len()));
-        let (mut next, mut previous) = (0, None);
-        for (key, seen) in entries.clone() {
-            if previous.is_some_and(|p| p >= key) {
-                let mut table = Table::default();
-                entries.for_each(|(key, seen)| table.insert(key.into(), seen.into()));
-                return table;
-            }
-            previous = Some(key);
-            match key {
-                0 => table.zero = Some(seen.into()),
-                _ => table.append(&mut next, key.into(), seen.into()),
-            }
-        }
-        table
+        before - self.len
     }
 }
 
@@ -541,25 +597,36 @@ mod tests {
         assert_ne!(Key::from(1), Key::from(1 << 64), "the halves are not confused");
     }
 
-    /// The table's invariants: slots sorted by key, each entry at or after its home with no empty
-    /// slot between, `len` counting them.
+    /// The table's invariants: each shard holds the keys of its range, its slots sorted by key, each
+    /// entry at or after its home with no empty slot between, `len` counting them.
     fn check(table: &Table) {
+        assert!(table.shards.is_empty() || table.shards.len() == SHARDS);
+        let mut count = 0;
+        for (index, shard) in table.shards.iter().enumerate() {
+            check_shard(shard);
+            assert!(shard.keys.iter().all(|&k| k == EMPTY || shard_of(k) == index), "shard {index} holds its keys");
+            count += shard.len;
+        }
+        assert_eq!(count, table.len);
+    }
+
+    fn check_shard(shard: &Shard) {
         let mut previous: Option<Key> = None;
         let mut run_start = 0;
         let mut count = 0;
-        assert_eq!(table.keys.len(), table.helds.len());
-        for (at, &key) in table.keys.iter().enumerate() {
+        assert_eq!(shard.keys.len(), shard.helds.len());
+        for (at, &key) in shard.keys.iter().enumerate() {
             if key == EMPTY {
                 run_start = at + 1;
                 continue;
             }
             count += 1;
             assert!(previous.is_none_or(|p| p < key), "slot {at} out of order");
-            let home = table.home(key);
+            let home = shard.home(key);
             assert!(run_start <= home && home <= at, "slot {at}: home {home}, its run from {run_start}");
             previous = Some(key);
         }
-        assert_eq!(count, table.len);
+        assert_eq!(count, shard.len);
     }
 
     fn held(at_ms: i64) -> Held {
@@ -681,34 +748,36 @@ mod tests {
             }
         }
 
-        /// Growing in place by any number of bits keeps the entries and gives exactly the layout a
-        /// fresh table of that size filled in order has (the layout the invariants allow is unique).
+        /// Growing by any number of bits keeps the entries and gives exactly the layout inserting them
+        /// one by one into a shard of that size gives (the layout the invariants allow is unique).
         #[test]
-        fn growing_in_place_gives_the_layout_of_a_fresh_fill(
+        fn growing_gives_the_layout_of_inserting_into_a_shard_of_that_size(
             keys in proptest::collection::vec(keys(), 0..400),
             more_bits in 1u32..4,
         ) {
-            let mut table = Table::default();
-            for (at_ms, key) in (0..).zip(keys) {
-                table.insert(key.into(), held(at_ms));
+            // All in one shard (the first): its home bits are what `keys` varies least, so runs are long.
+            let keys: Vec<Key> = keys.into_iter().map(|k| Key::from(k & (u128::MAX >> SHARD_BITS))).collect();
+            let mut shard = Shard::default();
+            for (at_ms, &key) in (0..).zip(&keys) {
+                if let (false, Err(at)) = (key == EMPTY, shard.place(key)) {
+                    shard.put_new(key, at, held(at_ms));
+                }
             }
-            let before: Vec<(Key, Held)> = table.iter().collect();
-            let bits = table.bits.max(MIN_BITS) + more_bits;
-            table.grow(bits);
-            check(&table);
-            let mut fresh = Table::with_bits(bits);
-            let mut next = 0;
-            fresh.zero = table.zero;
-            for (key, held) in before.iter().copied().filter(|(k, _)| *k != EMPTY) {
-                fresh.append(&mut next, key, held);
+            let bits = shard.bits.max(MIN_BITS) + more_bits;
+            let mut inserted = Shard::with_bits(bits);
+            for (at_ms, &key) in (0..).zip(&keys) {
+                if let (false, Err(at)) = (key == EMPTY, inserted.place(key)) {
+                    inserted.shift_in(at, key, held(at_ms));
+                }
             }
-            prop_assert_eq!(table.iter().collect::<Vec<_>>(), before);
-            prop_assert_eq!(table.len, fresh.len);
-            // The same slots (the fresh table's tail may be shorter than the grown one's).
-            let used = table.keys.len().min(fresh.keys.len());
-            prop_assert!(table.keys[used..].iter().chain(&fresh.keys[used..]).all(|k| *k == EMPTY));
-            prop_assert_eq!(&table.keys[..used], &fresh.keys[..used]);
-            prop_assert_eq!(&table.helds[..used], &fresh.helds[..used]);
+            shard.grow(bits);
+            check_shard(&shard);
+            prop_assert_eq!(shard.len, inserted.len);
+            // The same slots (a tail grown by a long run may be longer in one of them).
+            let used = shard.keys.len().min(inserted.keys.len());
+            prop_assert!(shard.keys[used..].iter().chain(&inserted.keys[used..]).all(|k| *k == EMPTY));
+            prop_assert_eq!(&shard.keys[..used], &inserted.keys[..used]);
+            prop_assert_eq!(&shard.helds[..used], &inserted.helds[..used]);
         }
 
         /// The kernel's rule, modelled: an id is a resend when `prior` finds it. Pruning one range per
