@@ -478,14 +478,12 @@ impl Shard {
     }
 
     /// Puts a key that is not in the shard at `at`, where `place` said it would go.
-    fn put_new(&mut self, key: Key, at: usize, held: Held) {
+    fn put_new(&mut self, key: Key, mut at: usize, held: Held) {
         if self.len >= (3usize << self.bits) / 4 {
             self.grow(bits_for(self.len + 1));
-            let at = self.place(key).expect_err("a new key");
-            self.shift_in(at, key, held);
-        } else {
-            self.shift_in(at, key, held);
+            at = self.place(key).expect_err("a new key");
         }
+        self.shift_in(at, key, held);
     }
 
     fn with_bits(bits: u32) -> Shard {

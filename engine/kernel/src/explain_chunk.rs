@@ -304,17 +304,23 @@ pub fn chunk_line(chunk: &[u8], line: &[u8], period: Option<&[u8]>) -> Result<(V
         match key.cmp(line) {
             std::cmp::Ordering::Less => {}
             std::cmp::Ordering::Equal => {
-                let mut body = Reader { bytes: packed, at: 0 };
-                unpack_part(flags, &mut body, base_ms, &grants, &mut found)?;
-                if body.at != packed.len() {
-                    return Err(format!("a packed event part has {} bytes past its end", packed.len() - body.at));
-                }
+                whole_part(packed, |body| unpack_part(flags, body, base_ms, &grants, &mut found))?;
                 count += 1;
             }
             std::cmp::Ordering::Greater => return Ok((found, count, true)),
         }
     }
     Ok((found, count, false))
+}
+
+/// Unpacks one packed event part with `unpack` (either layout's), refusing bytes left past its end.
+fn whole_part(packed: &[u8], unpack: impl FnOnce(&mut Reader) -> Result<(), String>) -> Result<(), String> {
+    let mut part = Reader { bytes: packed, at: 0 };
+    unpack(&mut part)?;
+    if part.at != packed.len() {
+        return Err(format!("a packed event part has {} bytes past its end", packed.len() - part.at));
+    }
+    Ok(())
 }
 
 /// chunk_line for a layout-1 chunk.
@@ -329,11 +335,7 @@ fn chunk_line_1(chunk: &[u8], line: &[u8]) -> Result<(Vec<u8>, u32, bool), Strin
         match key.cmp(line) {
             std::cmp::Ordering::Less => {}
             std::cmp::Ordering::Equal => {
-                let mut part = Reader { bytes: packed, at: 0 };
-                unpack_part_1(&mut part, &mut found)?;
-                if part.at != packed.len() {
-                    return Err(format!("a packed event part has {} bytes past its end", packed.len() - part.at));
-                }
+                whole_part(packed, |part| unpack_part_1(part, &mut found))?;
                 count += 1;
             }
             std::cmp::Ordering::Greater => return Ok((found, count, true)),
