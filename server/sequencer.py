@@ -100,8 +100,8 @@ GIL_HANDOVER_S = 0.00005
 SNAPSHOT_SWITCH_INTERVAL_S = 0.0005
 # A snapshot's dedupe segment (the table's changes since the one before) is written in parts of this many bytes.
 SEGMENT_PART_BYTES = 64 * 1024 * 1024
-# The stored dedupe segments are merged into one once the changes after the oldest reach this fraction of it, or
-# once there are more than this many (see segments_to_compact).
+# The newest stored dedupe segments are merged into one from the oldest whose newer ones reach this fraction of its
+# size, and the newest ones are merged once there are more than this many (see segments_to_compact).
 DEDUPE_COMPACT_FACTOR = 0.5
 DEDUPE_SEGMENTS_MAX = 8
 # A recovery that takes longer than this says how far it got, every this often.
@@ -1106,15 +1106,18 @@ class Sequencer:
 
 
 def segments_to_compact(segment_bytes: list[int]) -> int:
-    """How many of the newest dedupe segments (sizes oldest first) to merge into one, 0 for none. All of them once
-    the segments after the oldest (the changes since it) reach DEDUPE_COMPACT_FACTOR of its size, or once there are
-    more than DEDUPE_SEGMENTS_MAX: a restore then reads at most about (1 + factor) times the table, and the merges'
-    bytes stay about 1 / factor of the changes' own."""
-    if len(segment_bytes) < 2:
-        return 0
-    changes = sum(segment_bytes[1:])
-    due = len(segment_bytes) > DEDUPE_SEGMENTS_MAX or changes >= DEDUPE_COMPACT_FACTOR * segment_bytes[0]
-    return len(segment_bytes) if due else 0
+    """How many of the newest dedupe segments (sizes oldest first) to merge into one, 0 for none. From the oldest
+    segment whose newer ones add up to DEDUPE_COMPACT_FACTOR of its size on; failing that, the newest ones beyond
+    DEDUPE_SEGMENTS_MAX - 1. So the segments after the base stay under that fraction of it (a restore reads at most
+    about 1 + factor times the table) and each is more than that fraction of the ones after it (sizes fall
+    geometrically, so there are few); a merge rewrites the base only when the changes reach that fraction of it,
+    not whenever segments pile up (at 100,000,000 ids the base is 4 GB and the segments of a snapshot a few MB)."""
+    for start, oldest_bytes in enumerate(segment_bytes[:-1]):
+        if sum(segment_bytes[start + 1 :]) >= DEDUPE_COMPACT_FACTOR * oldest_bytes:
+            return len(segment_bytes) - start
+    if len(segment_bytes) > DEDUPE_SEGMENTS_MAX:
+        return len(segment_bytes) - DEDUPE_SEGMENTS_MAX + 1
+    return 0
 
 
 def _merge_segments(segments: list[Segment], base: bool) -> list[bytes]:

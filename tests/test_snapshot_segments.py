@@ -73,9 +73,12 @@ def test_a_data_directory_with_a_single_file_snapshot_of_the_release_before_reco
     journal.close()
 
 
-def test_each_snapshot_stores_only_the_changes_and_recovery_gives_the_state_exactly(tmp_path: Path) -> None:
+def test_each_snapshot_stores_only_the_changes_and_recovery_gives_the_state_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A base first, then segments of about 40 bytes an id accepted since the snapshot before; recovering from any
     of them (replaying the journal after it) gives the live state's bytes, and so does a compaction's merge."""
+    monkeypatch.setattr(sequencer_module, "DEDUPE_COMPACT_FACTOR", 1000.0)  # no compaction between the snapshots
     journal = LmdbJournal(tmp_path / "journal", map_size_bytes=64 * MiB)
     sizes: list[list[int]] = []
     states: list[bytes] = []
@@ -109,8 +112,10 @@ def test_segments_are_compacted_on_the_snapshot_thread_once_due_but_not_at_shutd
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sequencer_module, "DEDUPE_SEGMENTS_MAX", 3)
+    monkeypatch.setattr(sequencer_module, "DEDUPE_COMPACT_FACTOR", 1000.0)  # only the count compacts
     journal = MemoryJournal()
     counts: list[int] = []
+    base_bytes: set[int] = set()
 
     async def body(sequencer: Sequencer) -> None:
         await _ingested(sequencer, *(f"t{i}" for i in range(100)))
@@ -118,18 +123,28 @@ def test_segments_are_compacted_on_the_snapshot_thread_once_due_but_not_at_shutd
             await _ingested(sequencer, f"u{round_}")
             await sequencer._snapshot()
             counts.append(len(journal.dedupe_segment_bytes()))
+            base_bytes.add(journal.dedupe_segment_bytes()[0])
 
     billing = run_with(journal, body)
-    assert counts == [1, 2, 3, 1, 2, 3], "compacted when a fourth was stored"
+    assert counts == [1, 2, 3, 3, 3, 3], "the newest two merged whenever a fourth was stored"
+    assert len(base_bytes) == 1, "the base is not rewritten to merge the changes after it"
     assert len(journal.dedupe_segment_bytes()) == 4, "close() stores a fourth and does not wait for a compaction"
     assert recover(journal).encode_snapshot() == billing.encode_snapshot()
 
 
 def test_when_segments_are_compacted() -> None:
     assert segments_to_compact([]) == segments_to_compact([100]) == 0
-    assert segments_to_compact([100, 10, 39]) == 0
-    assert segments_to_compact([100, 10, 40]) == 3, "the changes reach half the base"
-    assert segments_to_compact([100] + [1] * sequencer_module.DEDUPE_SEGMENTS_MAX) == 9, "too many"
+    assert segments_to_compact([100, 10, 4]) == 0
+    assert segments_to_compact([100, 10, 5]) == 2, "the newest reaches half the one before: the two merge"
+    assert segments_to_compact([200, 40, 10, 5]) == 2
+    assert segments_to_compact([200, 40, 10, 4]) == 0
+    assert segments_to_compact([100, 20, 8, 7]) == 3, "merged from the oldest segment the ones after reach half of"
+    assert segments_to_compact([100, 10, 40]) == 3, "the changes reach half the base: all merge, the base too"
+    falling = [3**k for k in range(sequencer_module.DEDUPE_SEGMENTS_MAX, -1, -1)]  # each > twice all after it
+    assert len(falling) == sequencer_module.DEDUPE_SEGMENTS_MAX + 1
+    assert segments_to_compact(falling[:-1]) == 0
+    assert segments_to_compact(falling) == 2, "too many: the newest merge down to the most kept"
+    assert segments_to_compact([100] + [1] * sequencer_module.DEDUPE_SEGMENTS_MAX) == 8, "the base is kept"
 
 
 class _RefusingJournal(MemoryJournal):
