@@ -256,6 +256,10 @@ struct Shard {
     bits: u32,
     /// Entries in `keys`.
     len: usize,
+    /// At or before the acceptance time of every entry (exact after a sweep, a restore or a growth): a sweep
+    /// finds nothing to drop when this is not expired, and reads nothing (at 100 M ids a shard's sweep reads
+    /// about 1 MB, each batch, while the window is filling and nothing in it is old enough).
+    oldest_ms: i64,
 }
 
 /// A change to the table: the key's new entry, or None for its removal (pruned).
@@ -363,7 +367,11 @@ impl Table {
             changes.push(Change { key, held: Some(held) });
         }
         match place {
-            Place::Found(shard, at) => self.shards[shard].helds[at] = held,
+            Place::Found(shard, at) => {
+                let shard = &mut self.shards[shard];
+                shard.helds[at] = held;
+                shard.oldest_ms = shard.oldest_ms.min(held.at_ms);
+            }
             Place::Zero => self.zero = Some(held),
             Place::Free(shard, at) => {
                 if self.shards.is_empty() {
@@ -402,7 +410,8 @@ impl Table {
     }
 
     /// Drops the entries of key range `range` (of the 2^PRUNE_RANGE_BITS ranges by the key's top
-    /// bits, one shard) that `expired` says are expired; returns how many.
+    /// bits, one shard) that `expired` says are expired; returns how many. `expired` must hold for an
+    /// entry if it holds for a later one (it is asked first about the shard's oldest time).
     pub fn prune_range(&mut self, range: u64, expired: impl Fn(Held) -> bool) -> usize {
         let mut dropped = 0;
         if range == 0 && self.zero.is_some_and(&expired) {
@@ -505,7 +514,7 @@ impl Shard {
 
     fn with_bits(bits: u32) -> Shard {
         let slots = (1usize << bits) + TAIL_SLOTS;
-        Shard { keys: vec![EMPTY; slots], helds: vec![NOTHING; slots], bits, len: 0 }
+        Shard { keys: vec![EMPTY; slots], helds: vec![NOTHING; slots], bits, len: 0, oldest_ms: i64::MAX }
     }
 
     /// Appends an entry whose key is greater than every key held (and not 0): it goes to its home or
@@ -519,6 +528,7 @@ impl Shard {
         (self.keys[at], self.helds[at]) = (key, held);
         *next = at + 1;
         self.len += 1;
+        self.oldest_ms = self.oldest_ms.min(held.at_ms);
     }
 
     /// Grows to `bits`: a fresh shard of that size filled in one streaming pass from this one's slots
@@ -558,6 +568,7 @@ impl Shard {
         }
         (keys[0], helds[0]) = (key, held);
         self.len += 1;
+        self.oldest_ms = self.oldest_ms.min(held.at_ms);
     }
 
     fn remove_at(&mut self, mut at: usize, changes: &mut Option<Vec<Change>>) {
@@ -580,15 +591,23 @@ impl Shard {
     /// Drops the entries `expired` says are expired, logging each removal in `changes` (when recording);
     /// returns how many.
     fn prune(&mut self, expired: impl Fn(Held) -> bool, changes: &mut Option<Vec<Change>>) -> usize {
+        if !expired(Held { digest: EMPTY, at_ms: self.oldest_ms }) {
+            return 0;
+        }
         let before = self.len;
+        let mut oldest_ms = i64::MAX;
         let mut at = 0;
         while let Some(&key) = self.keys.get(at) {
             if key != EMPTY && expired(self.helds[at]) {
                 self.remove_at(at, changes); // the next entry, if any moved, is now at `at`
             } else {
+                if key != EMPTY {
+                    oldest_ms = oldest_ms.min(self.helds[at].at_ms);
+                }
                 at += 1;
             }
         }
+        self.oldest_ms = oldest_ms;
         before - self.len
     }
 }
@@ -621,6 +640,8 @@ mod tests {
             check_shard(shard);
             assert!(shard.keys.iter().all(|&k| k == EMPTY || shard_of(k) == index), "shard {index} holds its keys");
             assert!(shard.len <= limit(shard.bits, index), "shard {index} within its limit");
+            let at_ms = shard.keys.iter().zip(&shard.helds).filter(|(k, _)| **k != EMPTY).map(|(_, h)| h.at_ms);
+            assert!(at_ms.min().is_none_or(|oldest_ms| shard.oldest_ms <= oldest_ms), "shard {index}'s oldest");
             count += shard.len;
         }
         assert_eq!(count, table.len);
