@@ -86,6 +86,13 @@ pub struct PeriodKey {
     pub combo: u32,
 }
 
+impl PeriodKey {
+    /// The key of the hour bucket an event at ts_ms adds to, alongside this aggregate.
+    pub fn hour_key(&self, ts_ms: i64) -> HourKey {
+        HourKey { hour: ts_ms.div_euclid(HOUR_MS), product: self.product, combo: self.combo }
+    }
+}
+
 /// An hour bucket's key in the account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HourKey {
@@ -159,6 +166,14 @@ impl Default for Aggregate {
 }
 
 impl Aggregate {
+    /// Reads the fields rating reads and writes (an aggregate spans several cache lines), for
+    /// `Kernel::warm`.
+    pub fn warm(&self) -> u64 {
+        let lengths = self.uniques.len() ^ self.drawn_by_grant.len();
+        let sum = self.quantity ^ self.amount ^ self.overage;
+        sum as u64 ^ self.events ^ self.latest_ts_ms as u64 ^ lengths as u64
+    }
+
     /// The cumulative quantity once this event is counted; None on overflow.
     pub fn quantity_after(&self, aggregation: Aggregation, measure: Measure, ts_ms: i64) -> Option<Fixed> {
         Some(match (aggregation, measure) {

@@ -14,7 +14,7 @@ use crate::ack::AckBuilder;
 use crate::batch;
 use crate::buckets::{
     record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, HourUsage, Measure, PeriodKey, PeriodTotals,
-    VersionUsage, HOUR_MS,
+    VersionUsage,
 };
 use crate::credits::{self, AccountCredits, Clock};
 use crate::customer_key::CustomerKey;
@@ -54,6 +54,12 @@ pub struct Account {
 }
 
 impl Account {
+    /// The contract covering ts_ms, and (anchor, start, end) of its period containing ts_ms.
+    fn covering(&self, ts_ms: i64) -> Option<(&Contract, (i64, i64, i64))> {
+        let contract = self.route.as_ref()?.contracts.iter().find(|c| c.covers(ts_ms))?;
+        Some((contract, self.period(contract.starting_at_ms, ts_ms)))
+    }
+
     /// (anchor, start, end) of the period containing ts_ms under the contract anchored at anchor_ms.
     fn period(&self, anchor_ms: i64, ts_ms: i64) -> (i64, i64, i64) {
         let (anchor, start, end) = self.last_period;
@@ -505,13 +511,12 @@ impl Rater {
         let customer = event.customer_id;
         let Some(route) = account.route.as_ref() else { return Err(unknown_customer(customer)) };
         let ts = event.timestamp_ms;
-        let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else {
+        let Some((contract, period)) = account.covering(ts) else {
             return Err(Refusal::new(
                 Reason::NoActiveContract,
                 format!("customer {} has no contract covering {ts}", py_repr(customer)),
             ));
         };
-        let period = account.period(contract.starting_at_ms, ts);
         let period_start_ms = period.1;
         if route.is_closed(period_start_ms) {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
@@ -536,20 +541,31 @@ impl Rater {
         Ok(EventPlan { period_start_ms, period, block: contract.block })
     }
 
-    /// The event's dimension symbols under a product's pricing dimensions, and their combination:
-    /// `last` holds those of the event's previous product, reused when its dimensions are the same.
-    fn keyed<'k>(&self, product: &Product, event: &Event, last: &'k mut Option<Keyed>) -> &'k Keyed {
+    /// The event's dimension symbols under a product's pricing dimensions, and the key of the
+    /// product's period aggregate (None: a combination no bucket has yet). `dimension` reads the
+    /// event's values; `last` holds the symbols of the event's previous product, reused when its
+    /// dimensions are the same. Planning and `Kernel::warm` both key here, so warm reads the
+    /// entries rating looks up.
+    fn product_key<'k, 'a>(
+        &self,
+        product: &Product,
+        period_start_ms: i64,
+        dimension: impl Fn(&str) -> Option<&'a str>,
+        last: &'k mut Option<Keyed>,
+    ) -> (&'k Keyed, Option<PeriodKey>) {
         if last.as_ref().is_none_or(|k| k.class != product.dimensions_class) {
             let dimensions: SmallVec<[Option<Sym>; 4]> =
-                product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
+                product.dimensions.iter().map(|d| self.interner.get(dimension(d).unwrap_or(""))).collect();
             // A tuple with a value never interned has no bucket yet.
             let combo = self.combos.get_interned(&dimensions);
             *last = Some(Keyed { class: product.dimensions_class, dimensions, combo });
         }
-        last.as_ref().expect("set above")
+        let keyed = last.as_ref().expect("set above");
+        let key = keyed.combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
+        (keyed, key)
     }
 
-    /// What the event would charge one product it feeds; `keyed` is `keyed`'s cache for the event.
+    /// What the event would charge one product it feeds; `keyed` is `product_key`'s cache for the event.
     #[allow(clippy::too_many_arguments)]
     fn plan_product(
         &self,
@@ -566,7 +582,7 @@ impl Rater {
         let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
         // Borrowed from the event's cache, not copied into the plan: commit needs the values only
         // for a new combination, and interns them from the event then.
-        let Keyed { dimensions, combo, .. } = self.keyed(product, event, keyed);
+        let (Keyed { dimensions, .. }, key) = self.product_key(product, period_start_ms, |d| event.dimension(d), keyed);
         let Some(rate) = version.rate_for(product.id, dimensions) else {
             return Err(Refusal::new(
                 Reason::NoApplicableRate,
@@ -580,7 +596,6 @@ impl Rater {
             ));
         };
         let curve = curve_with_override(contract, product.id, dimensions, rate, ts);
-        let key = combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
         let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&self.no_aggregate);
         let out_of_range = || {
             Refusal::new(
@@ -686,7 +701,7 @@ impl Rater {
                 }
                 Measure::Quantity(_) => None,
             };
-            let hour = HourKey { hour: ts.div_euclid(HOUR_MS), product: product.id, combo: key.combo };
+            let hour = key.hour_key(ts);
             account.aggregates.entry(key).or_default().record(
                 p.after,
                 p.charge,
@@ -1056,23 +1071,24 @@ impl Kernel {
 
 /// Warming a batch's lookups before rating it.
 impl Kernel {
-    /// Looks up each event's dedupe slot, account, first grant and covering contract, and drops
-    /// what it found. Rating an event waits on these cache misses one after another, each behind a
-    /// chain of work that depends on the one before; here the lookups do not depend on each other,
-    /// so the processor overlaps their misses, and rating then finds them in cache. Called on
-    /// PAUSE_EVERY_EVENTS events at a time, few enough that what it brought in is still cached when
-    /// they are rated (a whole batch at once measured no gain; with 10,000 customers, a 64-event
-    /// slice about 7% less CPU per event in the kernel spike). Looking up each event's aggregates
-    /// and hour buckets here too measured no gain: finding their keys costs about as much as the
-    /// misses it overlaps. Reads only; the dedupe keys are kept for rating (`warmed_keys`).
-    fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>>) {
-        let Kernel { accounts, dedupe, canonical, warmed_keys, .. } = self;
+    /// Looks up each event's dedupe slot, account, first grant, covering contract, period
+    /// aggregates and hour buckets, and drops what it found. Rating an event waits on these cache
+    /// misses one after another, each behind a chain of work that depends on the one before; here
+    /// the lookups do not depend on each other, so the processor overlaps their misses, and rating
+    /// then finds them in cache. Called on PAUSE_EVERY_EVENTS events at a time, few enough that what
+    /// it brought in is still cached when they are rated (a whole batch at once measured no gain;
+    /// with 10,000 customers, a 64-event slice about 7% less CPU per event in the kernel spike). The
+    /// aggregates and hour buckets are keyed as planning keys them (`Rater::entry_keys`): some 750
+    /// instructions an event more, for about 11% less CPU an event in the spike (its rating took
+    /// no LL miss on them after). Reads only; the dedupe keys are kept for rating (`warmed_keys`).
+    fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>> + Clone) {
+        let Kernel { accounts, dedupe, canonical, warmed_keys, rater, .. } = self;
         warmed_keys.clear();
         let mut found = 0u64;
-        // Three passes over the slice: each pass's reads start from what the one before found, and
+        // Four passes over the slice: each pass's reads start from what the one before found, and
         // within a pass the lookups do not depend on each other, so their misses overlap.
         let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
-        for event in events {
+        for event in events.clone() {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += dedupe.warm(key);
             warmed_keys.push(key);
@@ -1081,10 +1097,47 @@ impl Kernel {
         for &(_, account) in &slice {
             found += account.map_or(0, Account::warm_fields);
         }
-        for (ts_ms, account) in slice {
+        for &(ts_ms, account) in &slice {
             found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
         }
+        for (event, (_, account)) in events.zip(slice) {
+            found ^= account.map_or(0, |a| rater.warm_entries(a, &event));
+        }
         std::hint::black_box(found);
+    }
+}
+
+impl Rater {
+    /// Reads the period aggregates and hour buckets the event's products will be rated against,
+    /// for `Kernel::warm`.
+    fn warm_entries(&self, account: &Account, event: &EventView<'_, '_>) -> u64 {
+        // An account with no aggregate yet has nothing to read, and would walk the calendar for a
+        // period it has not cached yet.
+        if account.aggregates.is_empty() {
+            return 0;
+        }
+        let mut found = 0;
+        self.entry_keys(account, event, |key| {
+            found ^= account.aggregates.get(&key).map_or(0, Aggregate::warm);
+            let hour = key.hour_key(event.timestamp_ms);
+            found ^= account.buckets.get(&hour).map_or(0, |usages| usages.len() as u64);
+        });
+        found
+    }
+
+    /// Passes `found` the key of each period aggregate the event's products would be rated
+    /// against, keyed as `plan` keys them (`product_key`): those of the products an event that
+    /// plans feeds, whose combination exists. Read ahead of checking: an event checking or
+    /// planning will refuse may name keys nothing comes of.
+    fn entry_keys(&self, account: &Account, event: &EventView<'_, '_>, mut found: impl FnMut(PeriodKey)) {
+        let Some((_, (_, period_start_ms, _))) = account.covering(event.timestamp_ms) else { return };
+        let mut keyed = None;
+        for index in self.catalog.feeding(event.event_type, |d| event.dimension(d)) {
+            let product = &self.catalog.products[index];
+            if let (_, Some(key)) = self.product_key(product, period_start_ms, |d| event.dimension(d), &mut keyed) {
+                found(key);
+            }
+        }
     }
 }
 
@@ -1112,10 +1165,9 @@ impl Account {
     }
 
     /// Reads the account's first grant, the contract covering ts_ms and the control bytes of its
-    /// period aggregates and hour buckets, for `Kernel::warm`. Finding the event's own entries is
-    /// rating's work (its products and their combination): the first entry found stands in, so
-    /// only where a lookup starts is read, all the control bytes of a map of up to 16 slots, a cache
-    /// line (a lookup with a made-up key read the same line for 200 instructions an event more).
+    /// period aggregates and hour buckets, for `Kernel::warm`: its last pass reads the event's own
+    /// entries from there (`Rater::warm_entries`). The first entry found reads all the control
+    /// bytes of a map of up to 16 slots, a cache line.
     fn warm_grant_and_contract(&self, ts_ms: i64) -> u64 {
         let grant = self.grants.first().map_or(0, |g| {
             g.remaining as u64 + g.expires_at_ms.unwrap_or(g.starts_at_ms) as u64 + g.applicable.len() as u64
@@ -1180,4 +1232,105 @@ fn compile_customers(
         compiled.push((route, grants));
     }
     Ok(compiled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authorize::tests::{calls_customer, loaded};
+    use crate::tables::{CurveTable, ProductTable, RateTable, Tables, VersionTable};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    const RECEIVED_MS: i64 = 9_000_000_000;
+
+    /// Products keyed every way `product_key` keys: two sharing their dimensions (one class), one
+    /// with fewer, one with none behind a filter.
+    fn dimensional_kernel() -> Kernel {
+        let product =
+            |id: &str, aggregation: &str, value_key: &str, dimensions: &[&str], filters: Vec<(String, String)>| {
+                ProductTable {
+                    id: id.into(),
+                    event_type: "ai".into(),
+                    aggregation: aggregation.into(),
+                    value_key: value_key.into(),
+                    filters,
+                    pricing_dimensions: dimensions.iter().map(|d| d.to_string()).collect(),
+                }
+            };
+        let products = vec![
+            product("input", "SUM", "in", &["model", "region"], vec![]),
+            product("output", "SUM", "out", &["model", "region"], vec![]),
+            product("calls", "COUNT", "", &["model"], vec![]),
+            product("eu", "COUNT", "", &[], vec![("region".into(), "eu".into())]),
+        ];
+        let curve = || CurveTable {
+            kind: "UNIT".into(),
+            price: "1000000000000".into(),
+            per_units: "1000000000000000000".into(),
+            package_size: "0".into(),
+            tiers: vec![],
+        };
+        let rates =
+            products.iter().map(|p| RateTable { product_id: p.id.clone(), required: vec![], curve: curve() }).collect();
+        let customer = calls_customer("c", "k", false, "1000000000000000".into(), None);
+        loaded(Tables {
+            future_skew_ms: 300_000,
+            dedupe_window_ms: 1_000_000,
+            products,
+            versions: vec![VersionTable { rate_card_id: "card".into(), number: 1, rates }],
+            timelines: vec![vec![(0, 0)]],
+            customers: vec![customer],
+        })
+    }
+
+    /// Events of customer `c` (mostly) with dimensions out of order, repeated or missing, in a few periods.
+    fn event_strategy() -> impl Strategy<Value = wire::UsageEvent> {
+        let texts = |options: &'static [&'static str]| proptest::sample::select(options).prop_map(String::from);
+        (
+            texts(&["c", "c", "c", "nobody"]),
+            proptest::sample::select(&[1_000, 2_000_000_000, 3_000_000_000, 8_000_000_000][..]),
+            proptest::collection::vec((texts(&["model", "region", "other"]), texts(&["a", "b", "eu"])), 0..5),
+            // Mostly both values (a SUM product refuses an event without its own).
+            proptest::collection::vec(texts(&["in", "out", "in", "out", "other"]), 1..5),
+            any::<u32>(),
+        )
+            .prop_map(|(customer_id, timestamp_ms, dimensions, values, transaction)| wire::UsageEvent {
+                transaction_id: format!("t{transaction}"),
+                customer_id,
+                event_type: "ai".into(),
+                timestamp_ms,
+                dimensions: dimensions.into_iter().map(|(key, value)| wire::DimensionEntry { key, value }).collect(),
+                values: values.into_iter().map(|key| wire::ValueEntry { key, value: 2.0 }).collect(),
+                reservation_id: String::new(),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn warm_reads_the_aggregates_plan_keys(
+            rated in proptest::collection::vec(event_strategy(), 0..24),
+            probes in proptest::collection::vec(event_strategy(), 1..8),
+        ) {
+            let mut kernel = dimensional_kernel();
+            let batch = wire::UsageBatch { batch_id: "b".into(), events: rated }.encode_to_vec();
+            kernel.ingest(&batch, RECEIVED_MS, 1).expect("decodes");
+            let account = kernel.account("c").expect("a known customer");
+            let mut plans = Vec::new();
+            for probe in probes {
+                with_view(&probe, |view| -> Result<(), TestCaseError> {
+                    let mut warmed = Vec::new();
+                    kernel.rater.entry_keys(account, view, |key| warmed.push(key));
+                    let Ok(event) = check_view(view, RECEIVED_MS, 300_000) else { return Ok(()) };
+                    if event.customer_id != "c" || kernel.rater.plan(account, &event, &mut plans).is_err() {
+                        return Ok(());
+                    }
+                    let planned: Vec<PeriodKey> = plans.iter().filter_map(|p| p.aggregate).collect();
+                    prop_assert_eq!(warmed, planned);
+                    Ok(())
+                })?;
+            }
+        }
+    }
 }
