@@ -119,6 +119,7 @@ pub(crate) struct Plan {
 
 /// An event's dimension symbols under one class of products' pricing dimensions (None: a value
 /// never interned), and their combination (None: no bucket has it yet).
+#[derive(Debug, PartialEq)]
 pub(crate) struct Keyed {
     class: usize,
     dimensions: SmallVec<[Option<Sym>; 4]>,
@@ -200,6 +201,9 @@ pub struct Kernel {
     /// The dedupe keys of the events `warm` looked up last, in order: rating them reuses these
     /// rather than hashing each pair again.
     warmed_keys: Vec<dedupe::Key>,
+    /// What `warm` keyed each of those events' products by (`Rater::entry_keys`), in the same
+    /// order: planning starts from it rather than interning the event's dimensions again.
+    warmed_keyed: Vec<Option<Keyed>>,
     /// Scratch space for an event's plans.
     plans: Vec<Plan>,
     /// Whether accepted events list their customer in `touched` (off: not even the comparison).
@@ -375,12 +379,12 @@ impl Kernel {
     }
 
     /// Ok(true) accepted, Ok(false) a duplicate.
-    /// `dedupe_key` is `dedupe::key` of the event's (customer_id, transaction_id), computed by `warm`;
-    /// `event` is where the raw event is checked into, reused between events.
+    /// `warmed` is what `warm` found for the event; `event` is where the raw event is checked into,
+    /// reused between events.
     fn ingest_event<'a>(
         &mut self,
         index: usize,
-        dedupe_key: dedupe::Key,
+        warmed: Warmed,
         raw: &EventView<'_, 'a>,
         event: &mut Event<'a>,
         received_ms: i64,
@@ -394,6 +398,7 @@ impl Kernel {
             return Err(unknown_customer(event.customer_id));
         };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
+        let Warmed { dedupe_key, keyed } = warmed;
         let place = self.dedupe.place(dedupe_key);
         let seen = self.dedupe.held(place).map(Seen::from);
         if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
@@ -408,7 +413,7 @@ impl Kernel {
             }
             return Ok(false);
         }
-        let plan = self.rater.plan(account, event, &mut self.plans)?;
+        let plan = self.rater.plan_keyed(account, event, &mut self.plans, keyed)?;
         if !event.reservation_id.is_empty() {
             match credits::settle_event(account, event.reservation_id, received_ms) {
                 Ok(released) => ack.settled(event.reservation_id, released),
@@ -433,6 +438,14 @@ impl Kernel {
         self.dedupe.put(dedupe_key, place, held);
         Ok(true)
     }
+}
+
+/// What `Kernel::warm` found for one event, for rating it.
+struct Warmed {
+    /// `dedupe::key` of the event's (customer_id, transaction_id).
+    dedupe_key: dedupe::Key,
+    /// What its first product was keyed by (`Rater::entry_keys`), for `Rater::plan_keyed`.
+    keyed: Option<Keyed>,
 }
 
 /// Events `ingest_checked_pausing` rates between two pauses.
@@ -474,8 +487,11 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
             }
             kernel.warm(batch.events_from(index).take(PAUSE_EVERY_EVENTS));
         }
-        let dedupe_key = kernel.warmed_keys[index % PAUSE_EVERY_EVENTS];
-        match kernel.ingest_event(index, dedupe_key, &event, &mut checked, received_ms, &mut ack) {
+        let warmed = Warmed {
+            dedupe_key: kernel.warmed_keys[index % PAUSE_EVERY_EVENTS],
+            keyed: kernel.warmed_keyed[index % PAUSE_EVERY_EVENTS].take(),
+        };
+        match kernel.ingest_event(index, warmed, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
             Err(refusal) => ack.rejected(index, event.transaction_id, refusal),
@@ -507,6 +523,19 @@ impl Rater {
     /// Everything the event would charge (into `plans`, cleared first), or why it is refused;
     /// changes nothing.
     pub(crate) fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
+        self.plan_keyed(account, event, plans, None)
+    }
+
+    /// `plan` starting from `keyed`, what `Kernel::warm` keyed the event's products by. Taken only
+    /// when it names a combination: its symbols and combination keep their meaning, where a value
+    /// or combination warm found none of may have been interned since (by an event rated between).
+    pub(crate) fn plan_keyed(
+        &self,
+        account: &Account,
+        event: &Event,
+        plans: &mut Vec<Plan>,
+        keyed: Option<Keyed>,
+    ) -> Result<EventPlan, Refusal> {
         plans.clear();
         let customer = event.customer_id;
         let Some(route) = account.route.as_ref() else { return Err(unknown_customer(customer)) };
@@ -534,7 +563,7 @@ impl Rater {
                 ),
             ));
         };
-        let mut keyed = None;
+        let mut keyed = keyed.filter(|k| k.combo.is_some());
         for index in feeding {
             plans.push(self.plan_product(account, event, contract, version, period_start_ms, index, &mut keyed)?);
         }
@@ -1078,12 +1107,14 @@ impl Kernel {
     /// then finds them in cache. Called on PAUSE_EVERY_EVENTS events at a time, few enough that what
     /// it brought in is still cached when they are rated (a whole batch at once measured no gain;
     /// with 10,000 customers, a 64-event slice about 7% less CPU per event in the kernel spike). The
-    /// aggregates and hour buckets are keyed as planning keys them (`Rater::entry_keys`): some 750
-    /// instructions an event more, for about 11% less CPU an event in the spike (its rating took
-    /// no LL miss on them after). Reads only; the dedupe keys are kept for rating (`warmed_keys`).
+    /// aggregates and hour buckets are keyed as planning keys them (`Rater::entry_keys`), and
+    /// planning starts from that keying: some 520 instructions an event more, for about 11% less
+    /// CPU an event in the spike (its rating took no LL miss on them after). Reads only; the dedupe
+    /// keys and the keying are kept for rating (`warmed_keys`, `warmed_keyed`).
     fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>> + Clone) {
-        let Kernel { accounts, dedupe, canonical, warmed_keys, rater, .. } = self;
+        let Kernel { accounts, dedupe, canonical, warmed_keys, warmed_keyed, rater, .. } = self;
         warmed_keys.clear();
+        warmed_keyed.clear();
         let mut found = 0u64;
         // Four passes over the slice: each pass's reads start from what the one before found, and
         // within a pass the lookups do not depend on each other, so their misses overlap.
@@ -1100,8 +1131,10 @@ impl Kernel {
         for &(ts_ms, account) in &slice {
             found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
         }
-        for (event, (_, account)) in events.zip(slice) {
-            found ^= account.map_or(0, |a| rater.warm_entries(a, &event));
+        for (event, &(_, account)) in events.zip(&slice) {
+            let (entries, keyed) = account.map_or((0, None), |a| rater.warm_entries(a, &event));
+            found ^= entries;
+            warmed_keyed.push(keyed);
         }
         std::hint::black_box(found);
     }
@@ -1109,35 +1142,47 @@ impl Kernel {
 
 impl Rater {
     /// Reads the period aggregates and hour buckets the event's products will be rated against,
-    /// for `Kernel::warm`.
-    fn warm_entries(&self, account: &Account, event: &EventView<'_, '_>) -> u64 {
+    /// for `Kernel::warm`; returns what it read and what it keyed them by, for planning.
+    fn warm_entries(&self, account: &Account, event: &EventView<'_, '_>) -> (u64, Option<Keyed>) {
         // An account with no aggregate yet has nothing to read, and would walk the calendar for a
         // period it has not cached yet.
         if account.aggregates.is_empty() {
-            return 0;
+            return (0, None);
         }
         let mut found = 0;
-        self.entry_keys(account, event, |key| {
+        let keyed = self.entry_keys(account, event, |key| {
             found ^= account.aggregates.get(&key).map_or(0, Aggregate::warm);
             let hour = key.hour_key(event.timestamp_ms);
             found ^= account.buckets.get(&hour).map_or(0, |usages| usages.len() as u64);
         });
-        found
+        (found, keyed)
     }
 
     /// Passes `found` the key of each period aggregate the event's products would be rated
     /// against, keyed as `plan` keys them (`product_key`): those of the products an event that
-    /// plans feeds, whose combination exists. Read ahead of checking: an event checking or
+    /// plans feeds, whose combination exists. Returns what its first product was keyed by, where
+    /// `plan_keyed` starts. Read ahead of checking: an event checking or
     /// planning will refuse may name keys nothing comes of.
-    fn entry_keys(&self, account: &Account, event: &EventView<'_, '_>, mut found: impl FnMut(PeriodKey)) {
-        let Some((_, (_, period_start_ms, _))) = account.covering(event.timestamp_ms) else { return };
-        let mut keyed = None;
+    fn entry_keys(
+        &self,
+        account: &Account,
+        event: &EventView<'_, '_>,
+        mut found: impl FnMut(PeriodKey),
+    ) -> Option<Keyed> {
+        let (_, (_, period_start_ms, _)) = account.covering(event.timestamp_ms)?;
+        let (mut keyed, mut first) = (None, None);
         for index in self.catalog.feeding(event.event_type, |d| event.dimension(d)) {
             let product = &self.catalog.products[index];
+            // The first product's keying is kept (moved, not copied) before a product of another
+            // class replaces it.
+            if first.is_none() && keyed.as_ref().is_some_and(|k: &Keyed| k.class != product.dimensions_class) {
+                first = keyed.take();
+            }
             if let (_, Some(key)) = self.product_key(product, period_start_ms, |d| event.dimension(d), &mut keyed) {
                 found(key);
             }
         }
+        first.or(keyed)
     }
 }
 
@@ -1306,8 +1351,34 @@ mod tests {
             })
     }
 
+    /// What plans charge which aggregate.
+    fn summary(plans: &[Plan]) -> Vec<(usize, Option<PeriodKey>, Fixed, Picos)> {
+        plans.iter().map(|p| (p.product, p.aggregate, p.after, p.charge)).collect()
+    }
+
     proptest! {
         #![proptest_config(crate::test_config())]
+        #[test]
+        fn a_batch_rates_as_its_events_one_batch_each(
+            before in proptest::collection::vec(event_strategy(), 1..8),
+            rated in proptest::collection::vec(event_strategy(), 1..24),
+        ) {
+            // Within a batch, an event can intern a dimension value or combination that a later one,
+            // warmed before either was rated, then names (the batch before gives the account
+            // aggregates, so warm keys its events).
+            let batch = |events: Vec<wire::UsageEvent>| wire::UsageBatch { batch_id: "b".into(), events }.encode_to_vec();
+            let mut whole = dimensional_kernel();
+            let mut single = dimensional_kernel();
+            for kernel in [&mut whole, &mut single] {
+                kernel.ingest(&batch(before.clone()), RECEIVED_MS, 1).expect("decodes");
+            }
+            whole.ingest(&batch(rated.clone()), RECEIVED_MS, 2).expect("decodes");
+            for (seq, event) in rated.into_iter().enumerate() {
+                single.ingest(&batch(vec![event]), RECEIVED_MS, seq as u64 + 2).expect("decodes");
+            }
+            prop_assert_eq!(whole.usage("c"), single.usage("c"));
+        }
+
         #[test]
         fn warm_reads_the_aggregates_plan_keys(
             rated in proptest::collection::vec(event_strategy(), 0..24),
@@ -1321,13 +1392,19 @@ mod tests {
             for probe in probes {
                 with_view(&probe, |view| -> Result<(), TestCaseError> {
                     let mut warmed = Vec::new();
-                    kernel.rater.entry_keys(account, view, |key| warmed.push(key));
+                    let keyed = kernel.rater.entry_keys(account, view, |key| warmed.push(key));
                     let Ok(event) = check_view(view, RECEIVED_MS, 300_000) else { return Ok(()) };
-                    if event.customer_id != "c" || kernel.rater.plan(account, &event, &mut plans).is_err() {
+                    if event.customer_id != "c" {
                         return Ok(());
                     }
-                    let planned: Vec<PeriodKey> = plans.iter().filter_map(|p| p.aggregate).collect();
-                    prop_assert_eq!(warmed, planned);
+                    let rater = &kernel.rater;
+                    let planned = rater.plan(account, &event, &mut plans).map(|_| summary(&plans));
+                    let from_warm = rater.plan_keyed(account, &event, &mut plans, keyed).map(|_| summary(&plans));
+                    prop_assert_eq!(&from_warm, &planned, "planning from warm's keying plans as from scratch");
+                    if let Ok(planned) = planned {
+                        let keys: Vec<PeriodKey> = planned.iter().filter_map(|p| p.1).collect();
+                        prop_assert_eq!(warmed, keys);
+                    }
                     Ok(())
                 })?;
             }
