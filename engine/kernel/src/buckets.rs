@@ -166,11 +166,12 @@ impl Default for Aggregate {
 }
 
 impl Aggregate {
-    /// Reads the fields rating reads and writes (an aggregate spans several cache lines), for
-    /// `Kernel::warm`.
+    /// Reads the fields rating reads and writes (an aggregate spans several cache lines, and its
+    /// first grant's share may sit on another than the length), for `Kernel::warm`.
     pub fn warm(&self) -> u64 {
         let lengths = self.uniques.len() ^ self.drawn_by_grant.len();
-        let sum = self.quantity ^ self.amount ^ self.overage;
+        let drawn = self.drawn_by_grant.first().map_or(0, |(grant, credits)| credits ^ i128::from(*grant));
+        let sum = self.quantity ^ self.amount ^ self.overage ^ drawn;
         sum as u64 ^ self.events ^ self.latest_ts_ms as u64 ^ lengths as u64
     }
 
@@ -245,6 +246,13 @@ impl Aggregate {
 
 /// An hour bucket's usage per rate card version: inline for the usual one version.
 pub type HourUsage = SmallVec<[VersionUsage; 1]>;
+
+/// Reads what `record_hour` reads and writes of an hour bucket (its first version's usage may sit
+/// on another cache line than the length), for `Kernel::warm`.
+pub fn warm_hour(usages: &HourUsage) -> u64 {
+    let first = usages.first().map_or(0, |u| (u.quantity ^ u.amount) as u64 ^ u.events ^ u64::from(u.version));
+    first ^ usages.len() as u64
+}
 
 /// Adds one event to its hour bucket, under the version that priced it.
 pub fn record_hour(usages: &mut HourUsage, rate_card: Sym, version: u32, quantity: Fixed, amount: Picos) {

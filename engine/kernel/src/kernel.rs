@@ -1153,7 +1153,7 @@ impl Rater {
         let keyed = self.entry_keys(account, event, |key| {
             found ^= account.aggregates.get(&key).map_or(0, Aggregate::warm);
             let hour = key.hour_key(event.timestamp_ms);
-            found ^= account.buckets.get(&hour).map_or(0, |usages| usages.len() as u64);
+            found ^= account.buckets.get(&hour).map_or(0, crate::buckets::warm_hour);
         });
         (found, keyed)
     }
