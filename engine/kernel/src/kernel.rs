@@ -1212,7 +1212,10 @@ impl Account {
     /// Reads the account's first grant, the contract covering ts_ms and the control bytes of its
     /// period aggregates and hour buckets, for `Kernel::warm`: its last pass reads the event's own
     /// entries from there (`Rater::warm_entries`). The first entry found reads all the control
-    /// bytes of a map of up to 16 slots, a cache line.
+    /// bytes of a map of up to 16 slots, a cache line, a pass ahead of the entries' lookups; without
+    /// it each lookup waited on the control bytes and then on its entry, and the spike took about
+    /// 16% more CPU an event, though with 1.5 LL misses fewer (the first entry is often not one
+    /// the event rates).
     fn warm_grant_and_contract(&self, ts_ms: i64) -> u64 {
         let grant = self.grants.first().map_or(0, |g| {
             g.remaining as u64 + g.expires_at_ms.unwrap_or(g.starts_at_ms) as u64 + g.applicable.len() as u64
