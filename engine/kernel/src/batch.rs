@@ -52,7 +52,7 @@ impl<'a> Batch<'a> {
 
     /// The events from index `start` on: reached directly (skipping on `events()` would build a
     /// view of each event passed over).
-    pub fn events_from(&self, start: usize) -> impl Iterator<Item = EventView<'_, 'a>> {
+    pub fn events_from(&self, start: usize) -> impl Iterator<Item = EventView<'_, 'a>> + Clone {
         self.events[start.min(self.events.len())..].iter().map(|e| EventView {
             transaction_id: e.transaction_id,
             customer_id: e.customer_id,

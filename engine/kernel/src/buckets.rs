@@ -86,6 +86,13 @@ pub struct PeriodKey {
     pub combo: u32,
 }
 
+impl PeriodKey {
+    /// The key of the hour bucket an event at ts_ms adds to, alongside this aggregate.
+    pub fn hour_key(&self, ts_ms: i64) -> HourKey {
+        HourKey { hour: ts_ms.div_euclid(HOUR_MS), product: self.product, combo: self.combo }
+    }
+}
+
 /// An hour bucket's key in the account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HourKey {
@@ -159,6 +166,15 @@ impl Default for Aggregate {
 }
 
 impl Aggregate {
+    /// Reads the fields rating reads and writes (an aggregate spans several cache lines, and its
+    /// first grant's share may sit on another than the length), for `Kernel::warm`.
+    pub fn warm(&self) -> u64 {
+        let lengths = self.uniques.len() ^ self.drawn_by_grant.len();
+        let drawn = self.drawn_by_grant.first().map_or(0, |(grant, credits)| credits ^ i128::from(*grant));
+        let sum = self.quantity ^ self.amount ^ self.overage ^ drawn;
+        sum as u64 ^ self.events ^ self.latest_ts_ms as u64 ^ lengths as u64
+    }
+
     /// The cumulative quantity once this event is counted; None on overflow.
     pub fn quantity_after(&self, aggregation: Aggregation, measure: Measure, ts_ms: i64) -> Option<Fixed> {
         Some(match (aggregation, measure) {
@@ -230,6 +246,13 @@ impl Aggregate {
 
 /// An hour bucket's usage per rate card version: inline for the usual one version.
 pub type HourUsage = SmallVec<[VersionUsage; 1]>;
+
+/// Reads what `record_hour` reads and writes of an hour bucket (its first version's usage may sit
+/// on another cache line than the length), for `Kernel::warm`.
+pub fn warm_hour(usages: &HourUsage) -> u64 {
+    let first = usages.first().map_or(0, |u| (u.quantity ^ u.amount) as u64 ^ u.events ^ u64::from(u.version));
+    first ^ usages.len() as u64
+}
 
 /// Adds one event to its hour bucket, under the version that priced it.
 pub fn record_hour(usages: &mut HourUsage, rate_card: Sym, version: u32, quantity: Fixed, amount: Picos) {

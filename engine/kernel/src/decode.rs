@@ -155,6 +155,14 @@ pub struct EventView<'s, 'a> {
     pub reservation_id: &'a str,
 }
 
+impl<'a> EventView<'_, 'a> {
+    /// The value under `key` as checking resolves it (a repeated key's last entry), for reading
+    /// ahead of checking (`Kernel::warm`).
+    pub fn dimension(&self, key: &str) -> Option<&'a str> {
+        self.dimensions.iter().rev().find(|(k, _)| same_text(k, key)).map(|(_, v)| *v)
+    }
+}
+
 /// The whole batch as prost reads it: the slow path, and what decides a malformed batch's error.
 pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, String> {
     wire::UsageBatch::decode(bytes).map_err(|e| format!("the UsageBatch does not decode: {e}"))

@@ -14,7 +14,7 @@ use crate::ack::AckBuilder;
 use crate::batch;
 use crate::buckets::{
     record_hour, Aggregate, AggregateKey, BucketKey, Combos, HourKey, HourUsage, Measure, PeriodKey, PeriodTotals,
-    VersionUsage, HOUR_MS,
+    VersionUsage,
 };
 use crate::credits::{self, AccountCredits, Clock};
 use crate::customer_key::CustomerKey;
@@ -54,6 +54,12 @@ pub struct Account {
 }
 
 impl Account {
+    /// The contract covering ts_ms, and (anchor, start, end) of its period containing ts_ms.
+    fn covering(&self, ts_ms: i64) -> Option<(&Contract, (i64, i64, i64))> {
+        let contract = self.route.as_ref()?.contracts.iter().find(|c| c.covers(ts_ms))?;
+        Some((contract, self.period(contract.starting_at_ms, ts_ms)))
+    }
+
     /// (anchor, start, end) of the period containing ts_ms under the contract anchored at anchor_ms.
     fn period(&self, anchor_ms: i64, ts_ms: i64) -> (i64, i64, i64) {
         let (anchor, start, end) = self.last_period;
@@ -113,6 +119,7 @@ pub(crate) struct Plan {
 
 /// An event's dimension symbols under one class of products' pricing dimensions (None: a value
 /// never interned), and their combination (None: no bucket has it yet).
+#[derive(Debug, PartialEq)]
 pub(crate) struct Keyed {
     class: usize,
     dimensions: SmallVec<[Option<Sym>; 4]>,
@@ -194,6 +201,9 @@ pub struct Kernel {
     /// The dedupe keys of the events `warm` looked up last, in order: rating them reuses these
     /// rather than hashing each pair again.
     warmed_keys: Vec<dedupe::Key>,
+    /// What `warm` keyed each of those events' products by (`Rater::entry_keys`), in the same
+    /// order: planning starts from it rather than interning the event's dimensions again.
+    warmed_keyed: Vec<Option<Keyed>>,
     /// Scratch space for an event's plans.
     plans: Vec<Plan>,
     /// Whether accepted events list their customer in `touched` (off: not even the comparison).
@@ -369,12 +379,12 @@ impl Kernel {
     }
 
     /// Ok(true) accepted, Ok(false) a duplicate.
-    /// `dedupe_key` is `dedupe::key` of the event's (customer_id, transaction_id), computed by `warm`;
-    /// `event` is where the raw event is checked into, reused between events.
+    /// `warmed` is what `warm` found for the event; `event` is where the raw event is checked into,
+    /// reused between events.
     fn ingest_event<'a>(
         &mut self,
         index: usize,
-        dedupe_key: dedupe::Key,
+        warmed: Warmed,
         raw: &EventView<'_, 'a>,
         event: &mut Event<'a>,
         received_ms: i64,
@@ -388,6 +398,7 @@ impl Kernel {
             return Err(unknown_customer(event.customer_id));
         };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
+        let Warmed { dedupe_key, keyed } = warmed;
         let place = self.dedupe.place(dedupe_key);
         let seen = self.dedupe.held(place).map(Seen::from);
         if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
@@ -402,7 +413,7 @@ impl Kernel {
             }
             return Ok(false);
         }
-        let plan = self.rater.plan(account, event, &mut self.plans)?;
+        let plan = self.rater.plan_keyed(account, event, &mut self.plans, keyed)?;
         if !event.reservation_id.is_empty() {
             match credits::settle_event(account, event.reservation_id, received_ms) {
                 Ok(released) => ack.settled(event.reservation_id, released),
@@ -427,6 +438,14 @@ impl Kernel {
         self.dedupe.put(dedupe_key, place, held);
         Ok(true)
     }
+}
+
+/// What `Kernel::warm` found for one event, for rating it.
+struct Warmed {
+    /// `dedupe::key` of the event's (customer_id, transaction_id).
+    dedupe_key: dedupe::Key,
+    /// What its first product was keyed by (`Rater::entry_keys`), for `Rater::plan_keyed`.
+    keyed: Option<Keyed>,
 }
 
 /// Events `ingest_checked_pausing` rates between two pauses.
@@ -468,8 +487,11 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
             }
             kernel.warm(batch.events_from(index).take(PAUSE_EVERY_EVENTS));
         }
-        let dedupe_key = kernel.warmed_keys[index % PAUSE_EVERY_EVENTS];
-        match kernel.ingest_event(index, dedupe_key, &event, &mut checked, received_ms, &mut ack) {
+        let warmed = Warmed {
+            dedupe_key: kernel.warmed_keys[index % PAUSE_EVERY_EVENTS],
+            keyed: kernel.warmed_keyed[index % PAUSE_EVERY_EVENTS].take(),
+        };
+        match kernel.ingest_event(index, warmed, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
             Err(refusal) => ack.rejected(index, event.transaction_id, refusal),
@@ -501,17 +523,29 @@ impl Rater {
     /// Everything the event would charge (into `plans`, cleared first), or why it is refused;
     /// changes nothing.
     pub(crate) fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
+        self.plan_keyed(account, event, plans, None)
+    }
+
+    /// `plan` starting from `keyed`, what `Kernel::warm` keyed the event's products by. Taken only
+    /// when it names a combination: its symbols and combination keep their meaning, where a value
+    /// or combination warm found none of may have been interned since (by an event rated between).
+    pub(crate) fn plan_keyed(
+        &self,
+        account: &Account,
+        event: &Event,
+        plans: &mut Vec<Plan>,
+        keyed: Option<Keyed>,
+    ) -> Result<EventPlan, Refusal> {
         plans.clear();
         let customer = event.customer_id;
         let Some(route) = account.route.as_ref() else { return Err(unknown_customer(customer)) };
         let ts = event.timestamp_ms;
-        let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else {
+        let Some((contract, period)) = account.covering(ts) else {
             return Err(Refusal::new(
                 Reason::NoActiveContract,
                 format!("customer {} has no contract covering {ts}", py_repr(customer)),
             ));
         };
-        let period = account.period(contract.starting_at_ms, ts);
         let period_start_ms = period.1;
         if route.is_closed(period_start_ms) {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
@@ -529,27 +563,38 @@ impl Rater {
                 ),
             ));
         };
-        let mut keyed = None;
+        let mut keyed = keyed.filter(|k| k.combo.is_some());
         for index in feeding {
             plans.push(self.plan_product(account, event, contract, version, period_start_ms, index, &mut keyed)?);
         }
         Ok(EventPlan { period_start_ms, period, block: contract.block })
     }
 
-    /// The event's dimension symbols under a product's pricing dimensions, and their combination:
-    /// `last` holds those of the event's previous product, reused when its dimensions are the same.
-    fn keyed<'k>(&self, product: &Product, event: &Event, last: &'k mut Option<Keyed>) -> &'k Keyed {
+    /// The event's dimension symbols under a product's pricing dimensions, and the key of the
+    /// product's period aggregate (None: a combination no bucket has yet). `dimension` reads the
+    /// event's values; `last` holds the symbols of the event's previous product, reused when its
+    /// dimensions are the same. Planning and `Kernel::warm` both key here, so warm reads the
+    /// entries rating looks up.
+    fn product_key<'k, 'a>(
+        &self,
+        product: &Product,
+        period_start_ms: i64,
+        dimension: impl Fn(&str) -> Option<&'a str>,
+        last: &'k mut Option<Keyed>,
+    ) -> (&'k Keyed, Option<PeriodKey>) {
         if last.as_ref().is_none_or(|k| k.class != product.dimensions_class) {
             let dimensions: SmallVec<[Option<Sym>; 4]> =
-                product.dimensions.iter().map(|d| self.interner.get(event.dimension(d).unwrap_or(""))).collect();
+                product.dimensions.iter().map(|d| self.interner.get(dimension(d).unwrap_or(""))).collect();
             // A tuple with a value never interned has no bucket yet.
             let combo = self.combos.get_interned(&dimensions);
             *last = Some(Keyed { class: product.dimensions_class, dimensions, combo });
         }
-        last.as_ref().expect("set above")
+        let keyed = last.as_ref().expect("set above");
+        let key = keyed.combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
+        (keyed, key)
     }
 
-    /// What the event would charge one product it feeds; `keyed` is `keyed`'s cache for the event.
+    /// What the event would charge one product it feeds; `keyed` is `product_key`'s cache for the event.
     #[allow(clippy::too_many_arguments)]
     fn plan_product(
         &self,
@@ -566,7 +611,7 @@ impl Rater {
         let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
         // Borrowed from the event's cache, not copied into the plan: commit needs the values only
         // for a new combination, and interns them from the event then.
-        let Keyed { dimensions, combo, .. } = self.keyed(product, event, keyed);
+        let (Keyed { dimensions, .. }, key) = self.product_key(product, period_start_ms, |d| event.dimension(d), keyed);
         let Some(rate) = version.rate_for(product.id, dimensions) else {
             return Err(Refusal::new(
                 Reason::NoApplicableRate,
@@ -580,7 +625,6 @@ impl Rater {
             ));
         };
         let curve = curve_with_override(contract, product.id, dimensions, rate, ts);
-        let key = combo.map(|combo| PeriodKey { period_start_ms, product: product.id, combo });
         let current = key.as_ref().and_then(|k| account.aggregates.get(k)).unwrap_or(&self.no_aggregate);
         let out_of_range = || {
             Refusal::new(
@@ -686,7 +730,7 @@ impl Rater {
                 }
                 Measure::Quantity(_) => None,
             };
-            let hour = HourKey { hour: ts.div_euclid(HOUR_MS), product: product.id, combo: key.combo };
+            let hour = key.hour_key(ts);
             account.aggregates.entry(key).or_default().record(
                 p.after,
                 p.charge,
@@ -1056,23 +1100,26 @@ impl Kernel {
 
 /// Warming a batch's lookups before rating it.
 impl Kernel {
-    /// Looks up each event's dedupe slot, account, first grant and covering contract, and drops
-    /// what it found. Rating an event waits on these cache misses one after another, each behind a
-    /// chain of work that depends on the one before; here the lookups do not depend on each other,
-    /// so the processor overlaps their misses, and rating then finds them in cache. Called on
-    /// PAUSE_EVERY_EVENTS events at a time, few enough that what it brought in is still cached when
-    /// they are rated (a whole batch at once measured no gain; with 10,000 customers, a 64-event
-    /// slice about 7% less CPU per event in the kernel spike). Looking up each event's aggregates
-    /// and hour buckets here too measured no gain: finding their keys costs about as much as the
-    /// misses it overlaps. Reads only; the dedupe keys are kept for rating (`warmed_keys`).
-    fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>>) {
-        let Kernel { accounts, dedupe, canonical, warmed_keys, .. } = self;
+    /// Looks up each event's dedupe slot, account, first grant, covering contract, period
+    /// aggregates and hour buckets, and drops what it found. Rating an event waits on these cache
+    /// misses one after another, each behind a chain of work that depends on the one before; here
+    /// the lookups do not depend on each other, so the processor overlaps their misses, and rating
+    /// then finds them in cache. Called on PAUSE_EVERY_EVENTS events at a time, few enough that what
+    /// it brought in is still cached when they are rated (a whole batch at once measured no gain;
+    /// with 10,000 customers, a 64-event slice about 7% less CPU per event in the kernel spike). The
+    /// aggregates and hour buckets are keyed as planning keys them (`Rater::entry_keys`), and
+    /// planning starts from that keying: some 520 instructions an event more, for about 11% less
+    /// CPU an event in the spike (its rating took no LL miss on them after). Reads only; the dedupe
+    /// keys and the keying are kept for rating (`warmed_keys`, `warmed_keyed`).
+    fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>> + Clone) {
+        let Kernel { accounts, dedupe, canonical, warmed_keys, warmed_keyed, rater, .. } = self;
         warmed_keys.clear();
+        warmed_keyed.clear();
         let mut found = 0u64;
-        // Three passes over the slice: each pass's reads start from what the one before found, and
+        // Four passes over the slice: each pass's reads start from what the one before found, and
         // within a pass the lookups do not depend on each other, so their misses overlap.
         let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
-        for event in events {
+        for event in events.clone() {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += dedupe.warm(key);
             warmed_keys.push(key);
@@ -1081,10 +1128,61 @@ impl Kernel {
         for &(_, account) in &slice {
             found += account.map_or(0, Account::warm_fields);
         }
-        for (ts_ms, account) in slice {
+        for &(ts_ms, account) in &slice {
             found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
         }
+        for (event, &(_, account)) in events.zip(&slice) {
+            let (entries, keyed) = account.map_or((0, None), |a| rater.warm_entries(a, &event));
+            found ^= entries;
+            warmed_keyed.push(keyed);
+        }
         std::hint::black_box(found);
+    }
+}
+
+impl Rater {
+    /// Reads the period aggregates and hour buckets the event's products will be rated against,
+    /// for `Kernel::warm`; returns what it read and what it keyed them by, for planning.
+    fn warm_entries(&self, account: &Account, event: &EventView<'_, '_>) -> (u64, Option<Keyed>) {
+        // An account with no aggregate yet has nothing to read, and would walk the calendar for a
+        // period it has not cached yet.
+        if account.aggregates.is_empty() {
+            return (0, None);
+        }
+        let mut found = 0;
+        let keyed = self.entry_keys(account, event, |key| {
+            found ^= account.aggregates.get(&key).map_or(0, Aggregate::warm);
+            let hour = key.hour_key(event.timestamp_ms);
+            found ^= account.buckets.get(&hour).map_or(0, crate::buckets::warm_hour);
+        });
+        (found, keyed)
+    }
+
+    /// Passes `found` the key of each period aggregate the event's products would be rated
+    /// against, keyed as `plan` keys them (`product_key`): those of the products an event that
+    /// plans feeds, whose combination exists. Returns what its first product was keyed by, where
+    /// `plan_keyed` starts. Read ahead of checking: an event checking or
+    /// planning will refuse may name keys nothing comes of.
+    fn entry_keys(
+        &self,
+        account: &Account,
+        event: &EventView<'_, '_>,
+        mut found: impl FnMut(PeriodKey),
+    ) -> Option<Keyed> {
+        let (_, (_, period_start_ms, _)) = account.covering(event.timestamp_ms)?;
+        let (mut keyed, mut first) = (None, None);
+        for index in self.catalog.feeding(event.event_type, |d| event.dimension(d)) {
+            let product = &self.catalog.products[index];
+            // The first product's keying is kept (moved, not copied) before a product of another
+            // class replaces it.
+            if first.is_none() && keyed.as_ref().is_some_and(|k: &Keyed| k.class != product.dimensions_class) {
+                first = keyed.take();
+            }
+            if let (_, Some(key)) = self.product_key(product, period_start_ms, |d| event.dimension(d), &mut keyed) {
+                found(key);
+            }
+        }
+        first.or(keyed)
     }
 }
 
@@ -1112,19 +1210,22 @@ impl Account {
     }
 
     /// Reads the account's first grant, the contract covering ts_ms and the control bytes of its
-    /// period aggregates and hour buckets, for `Kernel::warm`. Finding the event's own entries is
-    /// rating's work (its products and their combination): the first entry found stands in, so
-    /// only where a lookup starts is read, all the control bytes of a map of up to 16 slots, a cache
-    /// line (a lookup with a made-up key read the same line for 200 instructions an event more).
+    /// period aggregates and hour buckets, for `Kernel::warm`: its last pass reads the event's own
+    /// entries from there (`Rater::warm_entries`). The first entry found reads all the control
+    /// bytes of a map of up to 16 slots, a cache line, a pass ahead of the entries' lookups; without
+    /// it each lookup waited on the control bytes and then on its entry, and the spike took about
+    /// 16% more CPU an event, though with 1.5 LL misses fewer (the first entry is often not one
+    /// the event rates, so its slot is found, not read).
     fn warm_grant_and_contract(&self, ts_ms: i64) -> u64 {
         let grant = self.grants.first().map_or(0, |g| {
             g.remaining as u64 + g.expires_at_ms.unwrap_or(g.starts_at_ms) as u64 + g.applicable.len() as u64
         });
         let contracts = self.route.as_ref().map_or(&[][..], |r| &r.contracts[..]);
         let contract = contracts.iter().find(|c| c.covers(ts_ms)).map_or(0, |c| c.starting_at_ms as u64);
-        let aggregate = self.aggregates.keys().next().map_or(0, |key| key.combo);
-        let hour = self.buckets.keys().next().map_or(0, |key| key.combo);
-        grant + contract + u64::from(aggregate) + u64::from(hour)
+        // Where the first entry is, not what it holds: finding it reads the control bytes only.
+        let aggregate = self.aggregates.keys().next().map_or(0, |key| key as *const PeriodKey as u64);
+        let hour = self.buckets.keys().next().map_or(0, |key| key as *const HourKey as u64);
+        grant ^ contract ^ aggregate ^ hour
     }
 }
 
@@ -1180,4 +1281,137 @@ fn compile_customers(
         compiled.push((route, grants));
     }
     Ok(compiled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authorize::tests::{calls_customer, loaded};
+    use crate::tables::{CurveTable, ProductTable, RateTable, Tables, VersionTable};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    const RECEIVED_MS: i64 = 9_000_000_000;
+
+    /// Products keyed every way `product_key` keys: two sharing their dimensions (one class), one
+    /// with fewer, one with none behind a filter.
+    fn dimensional_kernel() -> Kernel {
+        let product =
+            |id: &str, aggregation: &str, value_key: &str, dimensions: &[&str], filters: Vec<(String, String)>| {
+                ProductTable {
+                    id: id.into(),
+                    event_type: "ai".into(),
+                    aggregation: aggregation.into(),
+                    value_key: value_key.into(),
+                    filters,
+                    pricing_dimensions: dimensions.iter().map(|d| d.to_string()).collect(),
+                }
+            };
+        let products = vec![
+            product("input", "SUM", "in", &["model", "region"], vec![]),
+            product("output", "SUM", "out", &["model", "region"], vec![]),
+            product("calls", "COUNT", "", &["model"], vec![]),
+            product("eu", "COUNT", "", &[], vec![("region".into(), "eu".into())]),
+        ];
+        let curve = || CurveTable {
+            kind: "UNIT".into(),
+            price: "1000000000000".into(),
+            per_units: "1000000000000000000".into(),
+            package_size: "0".into(),
+            tiers: vec![],
+        };
+        let rates =
+            products.iter().map(|p| RateTable { product_id: p.id.clone(), required: vec![], curve: curve() }).collect();
+        let customer = calls_customer("c", "k", false, "1000000000000000".into(), None);
+        loaded(Tables {
+            future_skew_ms: 300_000,
+            dedupe_window_ms: 1_000_000,
+            products,
+            versions: vec![VersionTable { rate_card_id: "card".into(), number: 1, rates }],
+            timelines: vec![vec![(0, 0)]],
+            customers: vec![customer],
+        })
+    }
+
+    /// Events of customer `c` (mostly) with dimensions out of order, repeated or missing, in a few periods.
+    fn event_strategy() -> impl Strategy<Value = wire::UsageEvent> {
+        let texts = |options: &'static [&'static str]| proptest::sample::select(options).prop_map(String::from);
+        (
+            texts(&["c", "c", "c", "nobody"]),
+            proptest::sample::select(&[1_000, 2_000_000_000, 3_000_000_000, 8_000_000_000][..]),
+            proptest::collection::vec((texts(&["model", "region", "other"]), texts(&["a", "b", "eu"])), 0..5),
+            // Mostly both values (a SUM product refuses an event without its own).
+            proptest::collection::vec(texts(&["in", "out", "in", "out", "other"]), 1..5),
+            any::<u32>(),
+        )
+            .prop_map(|(customer_id, timestamp_ms, dimensions, values, transaction)| wire::UsageEvent {
+                transaction_id: format!("t{transaction}"),
+                customer_id,
+                event_type: "ai".into(),
+                timestamp_ms,
+                dimensions: dimensions.into_iter().map(|(key, value)| wire::DimensionEntry { key, value }).collect(),
+                values: values.into_iter().map(|key| wire::ValueEntry { key, value: 2.0 }).collect(),
+                reservation_id: String::new(),
+            })
+    }
+
+    /// What plans charge which aggregate.
+    fn summary(plans: &[Plan]) -> Vec<(usize, Option<PeriodKey>, Fixed, Picos)> {
+        plans.iter().map(|p| (p.product, p.aggregate, p.after, p.charge)).collect()
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn a_batch_rates_as_its_events_one_batch_each(
+            before in proptest::collection::vec(event_strategy(), 1..8),
+            rated in proptest::collection::vec(event_strategy(), 1..24),
+        ) {
+            // Within a batch, an event can intern a dimension value or combination that a later one,
+            // warmed before either was rated, then names (the batch before gives the account
+            // aggregates, so warm keys its events).
+            let batch = |events: Vec<wire::UsageEvent>| wire::UsageBatch { batch_id: "b".into(), events }.encode_to_vec();
+            let mut whole = dimensional_kernel();
+            let mut single = dimensional_kernel();
+            for kernel in [&mut whole, &mut single] {
+                kernel.ingest(&batch(before.clone()), RECEIVED_MS, 1).expect("decodes");
+            }
+            whole.ingest(&batch(rated.clone()), RECEIVED_MS, 2).expect("decodes");
+            for (seq, event) in rated.into_iter().enumerate() {
+                single.ingest(&batch(vec![event]), RECEIVED_MS, seq as u64 + 2).expect("decodes");
+            }
+            prop_assert_eq!(whole.usage("c"), single.usage("c"));
+        }
+
+        #[test]
+        fn warm_reads_the_aggregates_plan_keys(
+            rated in proptest::collection::vec(event_strategy(), 0..24),
+            probes in proptest::collection::vec(event_strategy(), 1..8),
+        ) {
+            let mut kernel = dimensional_kernel();
+            let batch = wire::UsageBatch { batch_id: "b".into(), events: rated }.encode_to_vec();
+            kernel.ingest(&batch, RECEIVED_MS, 1).expect("decodes");
+            let account = kernel.account("c").expect("a known customer");
+            let mut plans = Vec::new();
+            for probe in probes {
+                with_view(&probe, |view| -> Result<(), TestCaseError> {
+                    let mut warmed = Vec::new();
+                    let keyed = kernel.rater.entry_keys(account, view, |key| warmed.push(key));
+                    let Ok(event) = check_view(view, RECEIVED_MS, 300_000) else { return Ok(()) };
+                    if event.customer_id != "c" {
+                        return Ok(());
+                    }
+                    let rater = &kernel.rater;
+                    let planned = rater.plan(account, &event, &mut plans).map(|_| summary(&plans));
+                    let from_warm = rater.plan_keyed(account, &event, &mut plans, keyed).map(|_| summary(&plans));
+                    prop_assert_eq!(&from_warm, &planned, "planning from warm's keying plans as from scratch");
+                    if let Ok(planned) = planned {
+                        let keys: Vec<PeriodKey> = planned.iter().filter_map(|p| p.1).collect();
+                        prop_assert_eq!(warmed, keys);
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
 }
