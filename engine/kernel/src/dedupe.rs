@@ -367,11 +367,7 @@ impl Table {
             changes.push(Change { key, held: Some(held) });
         }
         match place {
-            Place::Found(shard, at) => {
-                let shard = &mut self.shards[shard];
-                shard.helds[at] = held;
-                shard.oldest_ms = shard.oldest_ms.min(held.at_ms);
-            }
+            Place::Found(shard, at) => self.shards[shard].replace(at, held),
             Place::Zero => self.zero = Some(held),
             Place::Free(shard, at) => {
                 if self.shards.is_empty() {
@@ -510,6 +506,12 @@ impl Shard {
             at = self.place(key).expect_err("a new key");
         }
         self.shift_in(at, key, held);
+    }
+
+    /// Sets the entry at `at`, a slot `place` found its key in.
+    fn replace(&mut self, at: usize, held: Held) {
+        self.helds[at] = held;
+        self.oldest_ms = self.oldest_ms.min(held.at_ms);
     }
 
     fn with_bits(bits: u32) -> Shard {

@@ -54,9 +54,14 @@ pub struct Account {
 }
 
 impl Account {
+    /// The contract covering ts_ms.
+    fn contract_at(&self, ts_ms: i64) -> Option<&Contract> {
+        self.route.as_ref()?.contracts.iter().find(|c| c.covers(ts_ms))
+    }
+
     /// The contract covering ts_ms, and (anchor, start, end) of its period containing ts_ms.
     fn covering(&self, ts_ms: i64) -> Option<(&Contract, (i64, i64, i64))> {
-        let contract = self.route.as_ref()?.contracts.iter().find(|c| c.covers(ts_ms))?;
+        let contract = self.contract_at(ts_ms)?;
         Some((contract, self.period(contract.starting_at_ms, ts_ms)))
     }
 
@@ -67,7 +72,7 @@ impl Account {
     /// minutes). Warming an event in another period is skipped, not needed for correctness.
     fn last_period_covering(&self, ts_ms: i64) -> Option<i64> {
         let (anchor, start, end) = self.last_period;
-        let contract = self.route.as_ref()?.contracts.iter().find(|c| c.covers(ts_ms))?;
+        let contract = self.contract_at(ts_ms)?;
         (contract.starting_at_ms == anchor && start <= ts_ms && ts_ms < end).then_some(start)
     }
 
@@ -1231,8 +1236,7 @@ impl Account {
         let grant = self.grants.first().map_or(0, |g| {
             g.remaining as u64 + g.expires_at_ms.unwrap_or(g.starts_at_ms) as u64 + g.applicable.len() as u64
         });
-        let contracts = self.route.as_ref().map_or(&[][..], |r| &r.contracts[..]);
-        let contract = contracts.iter().find(|c| c.covers(ts_ms)).map_or(0, |c| c.starting_at_ms as u64);
+        let contract = self.contract_at(ts_ms).map_or(0, |c| c.starting_at_ms as u64);
         // Where the first entry is, not what it holds: finding it reads the control bytes only.
         let aggregate = self.aggregates.keys().next().map_or(0, |key| key as *const PeriodKey as u64);
         let hour = self.buckets.keys().next().map_or(0, |key| key as *const HourKey as u64);
