@@ -45,7 +45,7 @@ from server.errors import UndecodableRequests
 from server.explain_index import ExplainIndex
 from server.journal import JournalFormatError, LmdbJournal
 from server.loopstall import StallSampler
-from server.scheduling import lower_background_threads, shorten_slices
+from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
 from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover, trim_heap
 from server.services import (
     INTAKE_BYTES_MAX_DEFAULT,
@@ -332,6 +332,7 @@ async def _serve_locked(
     )
     sequencer.start()
     lower_background_threads()
+    name_os_threads()
     shorten_slices()
     if config.demo and billing.last_seq == 0:
         for command in demo_commands(wall_ms()):

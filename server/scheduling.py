@@ -42,6 +42,24 @@ def lower_background_threads(nice: int = BACKGROUND_NICE) -> list[str]:
     return lowered
 
 
+def name_os_threads(prefix: str = "tariff-") -> list[str]:
+    """Gives the server's own threads (Python names starting with `prefix`) the same name in the operating system
+    (Linux's comm, at most 15 bytes), where they are all "python" otherwise: `top -H`, `perf` and
+    `python -m server.bench.thread_cpu` then tell the rating thread from the journal's. Returns the names set."""
+    if not sys.platform.startswith("linux"):
+        return []
+    named = []
+    for thread in threading.enumerate():
+        if thread.name.startswith(prefix) and thread.native_id is not None:
+            try:
+                Path(f"/proc/self/task/{thread.native_id}/comm").write_text(thread.name[:15])
+            except OSError as exc:  # the thread ended meanwhile, or /proc is not mounted
+                log.warning("could not name thread %s: %s", thread.name, exc)
+                continue
+            named.append(thread.name)
+    return named
+
+
 # Nice sets a thread's share of a CPU, not how soon it runs once woken. Linux's EEVDF scheduler (6.6+) runs first
 # the eligible thread whose virtual deadline is earliest, a deadline one slice after it becomes eligible, and since
 # 6.12 a thread may ask for a shorter slice (sched_setattr's sched_runtime, 0.1 to 100 ms, no privilege needed) and

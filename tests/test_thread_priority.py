@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from server.scheduling import BACKGROUND_NICE, WOKEN_THREAD_SLICE_US, lower_background_threads, shorten_slices
+from server.scheduling import (
+    BACKGROUND_NICE,
+    WOKEN_THREAD_SLICE_US,
+    lower_background_threads,
+    name_os_threads,
+    shorten_slices,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux only")
 
@@ -31,6 +37,24 @@ def test_the_writers_threads_are_lowered_and_no_other_thread_is() -> None:
     finally:
         release.set()
         rating.join()
+        other.join()
+
+
+def test_the_servers_threads_get_their_names_in_the_os_and_no_other_thread_does() -> None:
+    release = threading.Event()
+    journal = threading.Thread(target=release.wait, name="tariff-journal", daemon=True)
+    other = threading.Thread(target=release.wait, name="not-a-writer", daemon=True)
+    journal.start()
+    other.start()
+    try:
+        assert journal.native_id is not None and other.native_id is not None
+        comm_before = Path(f"/proc/self/task/{other.native_id}/comm").read_text().strip()
+        assert "tariff-journal" in name_os_threads()
+        assert Path(f"/proc/self/task/{journal.native_id}/comm").read_text().strip() == "tariff-journal"
+        assert Path(f"/proc/self/task/{other.native_id}/comm").read_text().strip() == comm_before != "not-a-writer"
+    finally:
+        release.set()
+        journal.join()
         other.join()
 
 

@@ -1,0 +1,89 @@
+"""Where the server's CPU goes during ingest, thread by thread: the split `make bench`'s "server CPU per event" does
+not show.
+
+`python -m server.bench.thread_cpu [--customers N] [--batches 800] [--runs 3] [--serve-arg ARG ...]` starts `tariff
+serve` with the bench's flags on a fresh data directory, seeds it as the bench does, and drives the bench's ingest load
+(one generator, 2 streams of 1,000-event batches, 4 in flight, as fast as the server acks) `--runs` times. Around each
+run it reads every server thread's time on a CPU (`/proc/PID/task/*/schedstat`, in ns, so short runs still resolve)
+and prints, per thread name (threads of one name added, gRPC's pollers for one), µs per accepted event, with the
+process's total from `/proc/PID/stat` beside it. A measurement, not a test: it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def thread_cpu_ns(pid: int) -> dict[int, tuple[str, int]]:
+    """(name, ns on a CPU so far) of each live thread of `pid`, by thread id. A thread that ends between the listing
+    and its read is left out."""
+    threads: dict[int, tuple[str, int]] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as comm, open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                threads[int(task)] = (comm.read().strip(), int(stat.read().split()[0]))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return threads
+
+
+def cpu_us_per_event_by_name(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], events: int
+) -> dict[str, float]:
+    """µs per event each thread name spent between two readings; a thread started in between counts from zero."""
+    spent_ns: dict[str, int] = defaultdict(int)
+    for tid, (name, ns) in after.items():
+        spent_ns[name] += ns - before.get(tid, (name, 0))[1]
+    return {name: round(ns / events / 1000, 3) for name, ns in sorted(spent_ns.items(), key=lambda kv: -kv[1]) if ns}
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--batches", type=int, default=800, help="1,000-event batches a run (the bench's default)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--serve-arg", action="append", default=[], help="an extra `tariff serve` argument")
+    return parser.parse_args()
+
+
+def main() -> None:
+    from server.bench.seed import build_kernel_tables, seed
+    from server.bench.workloads import WARMUP_BATCHES, Bench, BenchConfig
+
+    args = _arguments()
+    work = Path(tempfile.mkdtemp(prefix="thread-cpu-"))
+    bench = Bench(BenchConfig.for_trace(work, args.runs, args.customers, args.batches))
+    runs: list[dict[str, Any]] = []
+    try:
+        server = bench.start_tariff("tariff", tuple(args.serve_arg))
+        seed(server.target, args.customers)
+        build_kernel_tables(server.target)
+        bench.ingest(server, WARMUP_BATCHES)
+        for _ in range(args.runs):
+            before, process_before_s = thread_cpu_ns(server.pid), server.cpu_s()
+            run = bench.ingest(server, args.batches)
+            after, process_after_s = thread_cpu_ns(server.pid), server.cpu_s()
+            runs.append(
+                {
+                    "events_s": round(run.events_s),
+                    "accepted": run.accepted,
+                    "process_us_per_event": round((process_after_s - process_before_s) / run.accepted * 1e6, 3),
+                    "threads_us_per_event": cpu_us_per_event_by_name(before, after, run.accepted),
+                }
+            )
+            print(json.dumps(runs[-1]), flush=True)
+    finally:
+        bench.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"loadavg": os.getloadavg(), "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
