@@ -180,6 +180,7 @@ class Kernel:
 
 @final
 class DedupeSegment:
+    table_base_bytes: int  # a base of the whole table at this snapshot would take this many bytes
     def encode(self, part_bytes_max: int) -> list[bytes]: ...  # RuntimeError on a second call
 
 # Dedupe segments (oldest first) merged into one; with base (the oldest is a base) removals are dropped.

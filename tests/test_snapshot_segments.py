@@ -6,11 +6,12 @@ the stored snapshot; a data directory whose snapshot predates segments (TARIFFS1
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lmdb
@@ -22,7 +23,7 @@ from server import sequencer as sequencer_module
 from server.journal import DedupeSegmentSave, JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
 from server.sequencer import Sequencer, recover, segments_to_compact
 from tests.disk import disk_with_room
-from tests.test_sequencer import NOW_MS, batch, event, run_with
+from tests.test_sequencer import DAY_MS, NOW_MS, batch, event, run_with
 
 MiB = 1 << 20
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -126,25 +127,63 @@ def test_segments_are_compacted_on_the_snapshot_thread_once_due_but_not_at_shutd
             base_bytes.add(journal.dedupe_segment_bytes()[0])
 
     billing = run_with(journal, body)
-    assert counts == [1, 2, 3, 3, 3, 3], "the newest two merged whenever a fourth was stored"
+    assert counts == [1, 2, 3, 2, 3, 3], "a fourth merged the newest from the oldest the ones after it add up to"
     assert len(base_bytes) == 1, "the base is not rewritten to merge the changes after it"
     assert len(journal.dedupe_segment_bytes()) == 4, "close() stores a fourth and does not wait for a compaction"
     assert recover(journal).encode_snapshot() == billing.encode_snapshot()
 
 
 def test_when_segments_are_compacted() -> None:
-    assert segments_to_compact([]) == segments_to_compact([100]) == 0
-    assert segments_to_compact([100, 10, 4]) == 0
-    assert segments_to_compact([100, 10, 5]) == 2, "the newest reaches half the one before: the two merge"
-    assert segments_to_compact([200, 40, 10, 5]) == 2
-    assert segments_to_compact([200, 40, 10, 4]) == 0
-    assert segments_to_compact([100, 20, 8, 7]) == 3, "merged from the oldest segment the ones after reach half of"
-    assert segments_to_compact([100, 10, 40]) == 3, "the changes reach half the base: all merge, the base too"
-    falling = [3**k for k in range(sequencer_module.DEDUPE_SEGMENTS_MAX, -1, -1)]  # each > twice all after it
-    assert len(falling) == sequencer_module.DEDUPE_SEGMENTS_MAX + 1
-    assert segments_to_compact(falling[:-1]) == 0
-    assert segments_to_compact(falling) == 2, "too many: the newest merge down to the most kept"
-    assert segments_to_compact([100] + [1] * sequencer_module.DEDUPE_SEGMENTS_MAX) == 8, "the base is kept"
+    most = sequencer_module.DEDUPE_SEGMENTS_MAX
+
+    def due(sizes_mib: Sequence[float], table_mib: float) -> int:
+        return segments_to_compact([round(size * MiB) for size in sizes_mib], round(table_mib * MiB))
+
+    assert due([], 0) == due([1], 1) == 0
+    # A window filling: the segments add up to the table, so they are merged only when too many, never the base.
+    assert due([100, 100, 100], 300) == 0, "no waste and few: nothing merges"
+    assert due([1] + [100] * (most - 1), 1 + 100 * (most - 1)) == 0
+    assert due([1] + [100] * most, 1 + 100 * most) == most, "too many: all after the base merge"
+    assert due([1, 2000, 700] + [100] * (most - 2), 3301) == most - 2, (
+        "from the oldest after the base that the newer ones add up to"
+    )
+    falling = [3**k for k in range(most, -1, -1)]  # each more than twice all after it
+    assert len(falling) == most + 1
+    assert due(falling, sum(falling)) == most, "none reached by the ones after it: all but the base"
+    # A window sliding: ids removed since the base (and their removals) are waste a restore would read.
+    assert due([100, 20, 30], 100) == 0, "the segments hold 1.5 times the table: not yet"
+    assert due([100, 20, 31], 100) == 3, "more than 1.5 times the table: all merge, the base too"
+    assert due([100, 60], 100) == 2
+    assert due([0.01, 0.01, 0.01], 0.01) == 0, "waste under DEDUPE_WASTE_BYTES_MIN is left"
+    assert due([0.01, 0.1], 0.01) == 2
+
+
+def test_a_filling_window_never_rewrites_its_base_and_a_sliding_one_is_merged_back_to_its_table() -> None:
+    """Ids only added: each snapshot stores one more segment, and none is merged while they are few. Then every
+    one of them expires and a sweep of each key range (one range per accepted batch) removes them: the removals
+    make the segments more than 1.5 times the table, so all merge into one base of the table, and recovering from
+    it gives the live state."""
+    journal = MemoryJournal()
+    clock = [NOW_MS]
+    sizes: list[list[int]] = []
+    ranges = 1 << 12  # dedupe.rs PRUNE_RANGE_BITS: a batch sweeps one range
+
+    async def body(sequencer: Sequencer) -> None:
+        for round_ in range(4):
+            await _ingested(sequencer, *(f"r{round_}-{i}" for i in range(2_000)))
+            await sequencer._snapshot()
+            sizes.append(journal.dedupe_segment_bytes())
+        clock[0] = NOW_MS + 2 * DAY_MS + 1  # every id above is past the window and the day pruning waits more
+        await asyncio.gather(*(sequencer.submit(batch(event(f"late-{i}"))) for i in range(ranges)))
+        await sequencer._snapshot()
+        sizes.append(journal.dedupe_segment_bytes())
+
+    billing = run_with(journal, body, clock=lambda: clock[0], dedupe_window_ms=DAY_MS)
+    assert [len(s) for s in sizes] == [1, 2, 3, 4, 1], sizes
+    assert len({s[0] for s in sizes[:4]}) == 1, "the base is not rewritten while the window fills"
+    live_base_bytes = billing.kernel.snapshot_segmented(MiB, True)[1].table_base_bytes
+    assert sizes[4] == [live_base_bytes] and live_base_bytes < sum(sizes[3]), "the new base is the live table alone"
+    assert recover(journal, dedupe_window_ms=DAY_MS).encode_snapshot() == billing.encode_snapshot()
 
 
 class _RefusingJournal(MemoryJournal):

@@ -444,19 +444,19 @@ impl Kernel {
                 false => Err(PyRuntimeError::new_err("the dedupe table's changes are not logged: a base is due")),
             })
         })??;
-        let (head, segment) = py.detach(|| {
+        let (head, segment, table_base_bytes) = py.detach(|| {
             self.read().map(|k| {
                 let segment = if base {
                     Pending::Encoded(k.dedupe_base_segment(part_bytes_max))
                 } else {
                     Pending::Changes(changes)
                 };
-                (k.snapshot_head(), segment)
+                (k.snapshot_head(), segment, crate::snapshot::segment::base_bytes(k.dedupe_ids()))
             })
         })?;
         let parts = head.chunks(part_bytes_max).collect::<Vec<_>>();
         let copied = bytes_copied_detached(py, &parts, None)?;
-        Ok((copied, DedupeSegment { pending: parking_lot::Mutex::new(Some(segment)) }))
+        Ok((copied, DedupeSegment { pending: parking_lot::Mutex::new(Some(segment)), table_base_bytes }))
     }
 
     /// Customers (sorted) with usage priced by the rate card from `from_hour` (Unix ms / 3,600,000)
@@ -869,6 +869,10 @@ impl Kernel {
 #[pyclass(frozen, module = "engine._kernel")]
 struct DedupeSegment {
     pending: parking_lot::Mutex<Option<Pending>>,
+    /// The bytes a base of the whole table would take at this snapshot: what the stored segments are weighed
+    /// against before they are merged.
+    #[pyo3(get)]
+    table_base_bytes: usize,
 }
 
 enum Pending {

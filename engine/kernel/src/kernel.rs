@@ -973,6 +973,11 @@ impl Kernel {
         self.dedupe.record_changes(on);
     }
 
+    /// How many ids the dedupe window holds.
+    pub fn dedupe_ids(&self) -> usize {
+        self.dedupe.len()
+    }
+
     /// Whether `record_dedupe_changes` is on.
     pub fn dedupe_recording(&self) -> bool {
         self.dedupe.recording()

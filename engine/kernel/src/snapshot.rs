@@ -423,6 +423,15 @@ pub mod segment {
         out.parts
     }
 
+    /// The bytes of a base segment of a table of `entries` entries (`from_table`'s): what the server weighs the
+    /// stored segments against, to merge them once they hold more than the table by some fraction.
+    pub fn base_bytes(entries: usize) -> usize {
+        let mut head = Chunks::new(32);
+        head.put_head(entries);
+        head.put_length(0);
+        head.parts.iter().map(Vec::len).sum::<usize>() + entries * ENTRY_BYTES
+    }
+
     /// A segment written in chunks of at most `max` bytes: a segment of a large window (400 MB at 10,000,000 ids)
     /// is handed to Python a chunk at a time, each freed once copied, so it is never held twice whole.
     struct Chunks {
@@ -914,6 +923,7 @@ mod segment_tests {
                 }
             }
             segments.push(segment::from_changes(table.take_changes(), chunk_bytes).concat());
+            prop_assert_eq!(segment::base_bytes(table.len()), segment::from_table(&table, chunk_bytes).concat().len());
             let expected: Vec<(u128, Seen)> = table.iter().map(|(k, h)| (k.into(), h.into())).collect();
             let slices: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
             let layers: Vec<_> = slices.iter().map(|s| read(s).unwrap()).collect();
