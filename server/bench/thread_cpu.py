@@ -6,7 +6,7 @@ serve` with the bench's flags on a fresh data directory, seeds it as the bench d
 (one generator, 2 streams of 1,000-event batches, 4 in flight, as fast as the server acks) `--runs` times. Around each
 run it reads every server thread's time on a CPU (`/proc/PID/task/*/schedstat`, in ns, so short runs still resolve)
 and prints, per thread name (threads of one name added, gRPC's pollers for one), µs per accepted event, with the
-process's total from `/proc/PID/stat` beside it. A measurement, not a test: it asserts nothing about speed.
+process's total from `/proc/PID/stat` beside it, then the server's log lines of its snapshots and dedupe compactions. A measurement, not a test: it asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -79,6 +79,10 @@ def main() -> None:
                 }
             )
             print(json.dumps(runs[-1]), flush=True)
+        # What the snapshot's thread did meanwhile: its stores and dedupe compactions, as the server logged them.
+        for line in server.log_path.read_text(errors="replace").splitlines():
+            if "snapshot seq=" in line or "segments compacted" in line:
+                print(line.strip(), flush=True)
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)
