@@ -133,7 +133,7 @@ fn grant_index(period: &mut PeriodRead, grants: &mut Vec<Grant>, ids: &mut Vec<u
     let mut index = 0;
     while at != NO_GRANT {
         let known = grants[at as usize];
-        if &ids[known.at as usize..(known.at + known.size) as usize] == grant {
+        if same_bytes(&ids[known.at as usize..(known.at + known.size) as usize], grant) {
             return index;
         }
         at = known.next;
@@ -268,13 +268,16 @@ impl Builder {
             let mut reader = Reader { bytes, at: 0 };
             while reader.at < bytes.len() {
                 let start = reader.at;
-                let seq = reader.u64()?;
-                let customer = sized(&mut reader)?;
-                let period_start_ms = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
-                let period_end = reader.at;
-                sized(&mut reader)?; // the line
-                                     // From the customer's length to the line's end, a record holds digest's canonical bytes (lengths
-                                     // u32 and period i64, little-endian): hashed in place instead of copied to a scratch buffer first.
+                // Fixed fields next to each other are taken at once (seq and the customer's length, the period and
+                // the line's length): each take checks the bounds and carries a Result.
+                let (seq, customer_bytes) = seq_and_size(reader.take(12)?);
+                let customer = reader.take(customer_bytes)?;
+                let (period_start_ms, line_bytes) = seq_and_size(reader.take(12)?);
+                let period_start_ms = period_start_ms as i64;
+                let period_end = reader.at - 4;
+                reader.take(line_bytes)?; // the line
+                                          // From the customer's length to the line's end, a record holds digest's canonical bytes (lengths
+                                          // u32 and period i64, little-endian): hashed in place instead of copied to a scratch buffer first.
                 let line_key = &bytes[start + 8..reader.at];
                 if seq <= after_seq {
                     skip_part(&mut reader)?;
@@ -291,7 +294,7 @@ impl Builder {
                 }
                 let key = xxh3_128(line_key).to_be_bytes();
                 let period = match last {
-                    Some((c, p, period)) if (c, p) == (customer, period_start_ms) => period,
+                    Some((c, p, period)) if p == period_start_ms && same_bytes(c, customer) => period,
                     _ => {
                         let key = halves(xxh3_128(&bytes[start + 8..period_end]).to_be_bytes()).0;
                         let next = u32::try_from(self.periods_read.len()).map_err(|e| e.to_string())?;
@@ -311,7 +314,13 @@ impl Builder {
                 let at = self.arena.len();
                 let (read, grants, ids) =
                     (&mut self.periods_read[period as usize], &mut self.grants, &mut self.grant_ids);
-                pack_part(&mut reader, &mut self.arena, self.base_ms, |grant| grant_index(read, grants, ids, grant))?;
+                pack_part(
+                    &mut reader,
+                    &mut self.arena,
+                    self.base_ms,
+                    #[inline(always)]
+                    |grant| grant_index(read, grants, ids, grant),
+                )?;
                 let size = u32::try_from(self.arena.len() - at).map_err(|e| e.to_string())?;
                 self.parts.push(Part { line: halves(key), at, size, period });
             }
@@ -496,6 +505,31 @@ fn skip_part(reader: &mut Reader) -> Result<(), String> {
         reader.take(16)?;
     }
     Ok(())
+}
+
+/// A u64 then a u32 (a seq or a period start, then a string's length), little-endian.
+#[inline(always)]
+fn seq_and_size(bytes: &[u8]) -> (u64, usize) {
+    let (first, size) = bytes.split_at(8);
+    (
+        u64::from_le_bytes(first.try_into().expect("8 bytes")),
+        u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize,
+    )
+}
+
+/// Whether two short strings (a customer or grant id) are equal, compared eight bytes at a time inline: slice
+/// equality called memcmp, whose call and dispatch cost more than comparing a short id.
+#[inline(always)]
+fn same_bytes(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    let (mut left_words, mut right_words) = (left.chunks_exact(8), right.chunks_exact(8));
+    let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
+    if (&mut left_words).zip(&mut right_words).any(|(l, r)| word(l) != word(r)) {
+        return false;
+    }
+    left_words.remainder().iter().zip(right_words.remainder()).all(|(l, r)| l == r)
 }
 
 /// A key's 16 bytes as two big-endian halves: the halves compare as the bytes do.
