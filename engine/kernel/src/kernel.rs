@@ -651,8 +651,7 @@ impl Rater {
             )
         };
         let after = current.quantity_after(product.aggregation, measure, ts).ok_or_else(out_of_range)?;
-        let price_after = curve.picos(after).ok_or_else(out_of_range)?;
-        let price_before = curve.picos(current.quantity).ok_or_else(out_of_range)?;
+        let (price_before, price_after) = curve.picos_before_after(current.quantity, after).ok_or_else(out_of_range)?;
         // Under a newer, dearer version the old quantity prices higher than it was charged:
         // never give back more than the bucket was charged in all.
         let charge = (price_after - price_before).max(-current.amount);
