@@ -42,7 +42,9 @@ impl Combos {
         }
     }
     /// `get` of a tuple whose values may not be interned (None: then no combination has it), with
-    /// no tuple of symbols gathered first for the usual one or two values.
+    /// no tuple of symbols gathered first for the usual one or two values. Inline: called once an
+    /// event, a call's register saving was a third of its instructions.
+    #[inline]
     pub fn get_interned(&self, tuple: &[Option<Sym>]) -> Option<u32> {
         let combo = match *tuple {
             [single] => self.singles.get(&single?).copied(),
@@ -286,8 +288,20 @@ impl PeriodTotals {
     }
 
     /// The period's totals, created at zero.
+    #[inline]
     pub fn slot(&mut self, period_start_ms: i64) -> &mut PeriodTotal {
-        // Newest last: the period of most events is found first.
+        // Newest last: the period of most events is the last, found here with no call (the whole
+        // search as a call spent most of its instructions saving and restoring registers).
+        let newest = self.0.len().wrapping_sub(1);
+        if self.0.get(newest).is_some_and(|(start, _)| *start == period_start_ms) {
+            return &mut self.0[newest].1;
+        }
+        self.slot_searched(period_start_ms)
+    }
+
+    /// `slot` of a period that is not the newest (an older one, or one to create).
+    #[inline(never)]
+    fn slot_searched(&mut self, period_start_ms: i64) -> &mut PeriodTotal {
         let at = match self.0.iter().rposition(|(start, _)| *start <= period_start_ms) {
             Some(at) if self.0[at].0 == period_start_ms => at,
             Some(at) => {

@@ -193,17 +193,27 @@ fn resolve<'a, V: Copy, A: smallvec::Array<Item = (&'a str, V)>>(
     resolved: &mut SmallVec<A>,
 ) -> Option<bool> {
     resolved.clear();
-    // Keys in ascending order, as most clients send a map: none repeats and none needs sorting, so
-    // they are taken as they are (one comparison per entry, where resolving and sorting took several).
-    if entries.windows(2).all(|pair| text_less(pair[0].0, pair[1].0)) {
-        if entries.len() > EVENT_MAP_ENTRIES_MAX {
-            return None;
-        }
-        for &entry in entries {
-            resolved.push(entry);
-        }
+    if let Some(sorted) = ascending(entries) {
+        // One copy of the slice: pushed one at a time, each entry checked the vector's capacity.
+        resolved.extend_from_slice(sorted);
         return Some(true);
     }
+    resolve_unsorted(entries, resolved)
+}
+
+/// The entries themselves when their keys are in ascending order, as most clients send a map: none
+/// repeats and none needs sorting, so they are taken as they are (one comparison per entry, where
+/// resolving and sorting took several). None when unsorted or more than EVENT_MAP_ENTRIES_MAX.
+fn ascending<'s, 'a, V>(entries: &'s [(&'a str, V)]) -> Option<&'s [(&'a str, V)]> {
+    let sorted = entries.windows(2).all(|pair| text_less(pair[0].0, pair[1].0));
+    (sorted && entries.len() <= EVENT_MAP_ENTRIES_MAX).then_some(entries)
+}
+
+/// `resolve` of entries `ascending` did not take (unsorted, or too many).
+fn resolve_unsorted<'a, V: Copy, A: smallvec::Array<Item = (&'a str, V)>>(
+    entries: &[(&'a str, V)],
+    resolved: &mut SmallVec<A>,
+) -> Option<bool> {
     for &(key, value) in entries {
         if let Some(slot) = resolved.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
@@ -266,9 +276,14 @@ pub fn check_into<'a>(
     let too_long = |text: &str| text.len() > TEXT_BYTES_MAX;
     let too_many =
         || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));
+    // Sorted values are read from the view itself, not copied into `raw_values` first.
     let mut raw_values: SmallVec<[(&'a str, f64); 4]> = SmallVec::new();
-    let (Some(dimensions_sorted), Some(values_sorted)) =
-        (resolve(view.dimensions, &mut event.dimensions), resolve(view.values, &mut raw_values))
+    let values = match ascending(view.values) {
+        Some(sorted) => Some((sorted, true)),
+        None => resolve_unsorted(view.values, &mut raw_values).map(|sorted| (&raw_values[..], sorted)),
+    };
+    let (Some(dimensions_sorted), Some((values, values_sorted))) =
+        (resolve(view.dimensions, &mut event.dimensions), values)
     else {
         return Err(too_many());
     };
@@ -281,7 +296,7 @@ pub fn check_into<'a>(
         }
     }
     event.values.clear();
-    for (key, value) in raw_values {
+    for &(key, value) in values {
         event.values.push((key, exact_value(key, value)?));
     }
     if view.timestamp_ms > now_ms.saturating_add(future_skew_ms) {

@@ -414,7 +414,7 @@ impl Kernel {
             return Err(unknown_customer(event.customer_id));
         };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
-        let Warmed { dedupe_key, keyed } = warmed;
+        let Warmed { dedupe_key, slot } = warmed;
         let place = self.dedupe.place(dedupe_key);
         let seen = self.dedupe.held(place).map(Seen::from);
         if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
@@ -429,7 +429,7 @@ impl Kernel {
             }
             return Ok(false);
         }
-        let plan = self.rater.plan_keyed(account, event, &mut self.plans, keyed)?;
+        let plan = self.rater.plan_keyed(account, event, &mut self.plans, &mut self.warmed_keyed[slot])?;
         if !event.reservation_id.is_empty() {
             match credits::settle_event(account, event.reservation_id, received_ms) {
                 Ok(released) => ack.settled(event.reservation_id, released),
@@ -460,8 +460,9 @@ impl Kernel {
 struct Warmed {
     /// `dedupe::key` of the event's (customer_id, transaction_id).
     dedupe_key: dedupe::Key,
-    /// What its first product was keyed by (`Rater::entry_keys`), for `Rater::plan_keyed`.
-    keyed: Option<Keyed>,
+    /// Where in `Kernel::warmed_keyed` is what its first product was keyed by (`Rater::entry_keys`),
+    /// which `Rater::plan_keyed` starts from in place (moved, the keying was copied a few times).
+    slot: usize,
 }
 
 /// Events `ingest_checked_pausing` rates between two pauses.
@@ -503,10 +504,8 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
             }
             kernel.warm(batch.events_from(index).take(PAUSE_EVERY_EVENTS));
         }
-        let warmed = Warmed {
-            dedupe_key: kernel.warmed_keys[index % PAUSE_EVERY_EVENTS],
-            keyed: kernel.warmed_keyed[index % PAUSE_EVERY_EVENTS].take(),
-        };
+        let slot = index % PAUSE_EVERY_EVENTS;
+        let warmed = Warmed { dedupe_key: kernel.warmed_keys[slot], slot };
         match kernel.ingest_event(index, warmed, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
@@ -539,18 +538,19 @@ impl Rater {
     /// Everything the event would charge (into `plans`, cleared first), or why it is refused;
     /// changes nothing.
     pub(crate) fn plan(&self, account: &Account, event: &Event, plans: &mut Vec<Plan>) -> Result<EventPlan, Refusal> {
-        self.plan_keyed(account, event, plans, None)
+        self.plan_keyed(account, event, plans, &mut None)
     }
 
-    /// `plan` starting from `keyed`, what `Kernel::warm` keyed the event's products by. Taken only
-    /// when it names a combination: its symbols and combination keep their meaning, where a value
-    /// or combination warm found none of may have been interned since (by an event rated between).
+    /// `plan` starting from `keyed`, what `Kernel::warm` keyed the event's products by (planning
+    /// may replace it). Taken only when it names a combination: its symbols and combination keep
+    /// their meaning, where a value or combination warm found none of may have been interned since
+    /// (by an event rated between).
     pub(crate) fn plan_keyed(
         &self,
         account: &Account,
         event: &Event,
         plans: &mut Vec<Plan>,
-        keyed: Option<Keyed>,
+        keyed: &mut Option<Keyed>,
     ) -> Result<EventPlan, Refusal> {
         plans.clear();
         let customer = event.customer_id;
@@ -579,9 +579,11 @@ impl Rater {
                 ),
             ));
         };
-        let mut keyed = keyed.filter(|k| k.combo.is_some());
+        if keyed.as_ref().is_some_and(|k| k.combo.is_none()) {
+            *keyed = None;
+        }
         for index in feeding {
-            plans.push(self.plan_product(account, event, contract, version, period_start_ms, index, &mut keyed)?);
+            plans.push(self.plan_product(account, event, contract, version, period_start_ms, index, keyed)?);
         }
         Ok(EventPlan { period_start_ms, period, block: contract.block })
     }
@@ -649,8 +651,7 @@ impl Rater {
             )
         };
         let after = current.quantity_after(product.aggregation, measure, ts).ok_or_else(out_of_range)?;
-        let price_after = curve.picos(after).ok_or_else(out_of_range)?;
-        let price_before = curve.picos(current.quantity).ok_or_else(out_of_range)?;
+        let (price_before, price_after) = curve.picos_before_after(current.quantity, after).ok_or_else(out_of_range)?;
         // Under a newer, dearer version the old quantity prices higher than it was charged:
         // never give back more than the bucket was charged in all.
         let charge = (price_after - price_before).max(-current.amount);
@@ -1433,14 +1434,14 @@ mod tests {
             for probe in probes {
                 with_view(&probe, |view| -> Result<(), TestCaseError> {
                     let mut warmed = Vec::new();
-                    let keyed = kernel.rater.entry_keys(account, view, |key| warmed.push(key));
+                    let mut keyed = kernel.rater.entry_keys(account, view, |key| warmed.push(key));
                     let Ok(event) = check_view(view, RECEIVED_MS, 300_000) else { return Ok(()) };
                     if event.customer_id != "c" {
                         return Ok(());
                     }
                     let rater = &kernel.rater;
                     let planned = rater.plan(account, &event, &mut plans).map(|_| summary(&plans));
-                    let from_warm = rater.plan_keyed(account, &event, &mut plans, keyed).map(|_| summary(&plans));
+                    let from_warm = rater.plan_keyed(account, &event, &mut plans, &mut keyed).map(|_| summary(&plans));
                     prop_assert_eq!(&from_warm, &planned, "planning from warm's keying plans as from scratch");
                     if let Ok(planned) = planned {
                         // Warm keys only events in the period the account last rated in (its cached one).

@@ -96,10 +96,25 @@ impl PricedCurve {
     }
 
     /// The price of a cumulative quantity, in picos (rounded half-even once); None on overflow.
+    #[inline]
     pub fn picos(&self, quantity: Fixed) -> Option<Picos> {
         if let Some(picos) = self.reduced.as_ref().and_then(|r| self.picos_128(r, quantity)) {
             return Some(picos);
         }
+        self.picos_256(quantity)
+    }
+
+    /// (`picos(before)`, `picos(after)`): a charge's two prices in one call. Rating prices both for
+    /// every product of every event, and each call of `picos` spent about a quarter of its
+    /// instructions saving and restoring registers.
+    pub fn picos_before_after(&self, before: Fixed, after: Fixed) -> Option<(Picos, Picos)> {
+        Some((self.picos(before)?, self.picos(after)?))
+    }
+
+    /// `picos` in 256 bits, when the reduced coefficients do not fit 128 (or overflow there).
+    #[cold]
+    #[inline(never)]
+    fn picos_256(&self, quantity: Fixed) -> Option<Picos> {
         let (mut numerator, mut denominator) = self.curve.ratio(quantity)?;
         if let Some(multiplier) = self.multiplier {
             numerator = numerator.checked_mul(big(multiplier))?;
@@ -109,6 +124,7 @@ impl PricedCurve {
     }
 
     /// `Curve::ratio` over the reduced coefficients in 128 bits; None if anything overflows.
+    #[inline(always)]
     fn picos_128(&self, reduced: &Reduced, quantity: Fixed) -> Option<Picos> {
         if quantity <= 0 {
             return Some(0);

@@ -167,12 +167,14 @@ fn cpu_ns() -> u128 {
 
 /// Rates the batches in order; returns how many events were accepted. Not inlined, so that
 /// `valgrind --tool=callgrind --toggle-collect='*kernel_spike::rate*'` counts the rating alone.
-/// With `explain`, each batch's records are taken after it, as the server takes them.
+/// With `explain`, each batch's records are taken after it, as the server takes them. `acks` hashes
+/// each batch's ack bytes and digest, so a change to rating can be checked to leave them as they were.
 #[inline(never)]
-fn rate(kernel: &mut Kernel, batches: &[Vec<u8>], explain: &mut Option<Vec<Vec<u8>>>) -> u32 {
+fn rate(kernel: &mut Kernel, batches: &[Vec<u8>], explain: &mut Option<Vec<Vec<u8>>>, acks: &mut DefaultHasher) -> u32 {
     let mut accepted = 0;
     for (seq, bytes) in batches.iter().enumerate() {
-        let (ack, _) = kernel.ingest(bytes, NOW_MS + 3_600_000, seq as u64 + 1).expect("decodes");
+        let (ack, ack_digest) = kernel.ingest(bytes, NOW_MS + 3_600_000, seq as u64 + 1).expect("decodes");
+        (&ack, ack_digest).hash(acks);
         accepted += wire::IngestAck::decode(ack.as_slice()).expect("an ack").accepted;
         if let Some(records) = explain {
             records.push(kernel.take_explain());
@@ -221,7 +223,8 @@ fn main() {
     let started = std::time::Instant::now();
     let cpu_started = cpu_ns();
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
-    let accepted = rate(&mut kernel, &batches, &mut explain);
+    let mut acks = DefaultHasher::new();
+    let accepted = rate(&mut kernel, &batches, &mut explain, &mut acks);
     let elapsed = started.elapsed();
     let cpu = cpu_ns() - cpu_started;
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
@@ -247,6 +250,10 @@ fn main() {
         events as f64 / (cpu as f64 / 1e9) / 1e6,
         allocations as f64 / events as f64
     );
+    // What rating left: the acks and the kernel's state (its snapshot), outside the timing.
+    let mut state = DefaultHasher::new();
+    kernel.snapshot().hash(&mut state);
+    println!("ack digest {:016x}, state digest {:016x}", acks.finish(), state.finish());
     if let Some((cpu, bytes, records, digest)) = indexed {
         println!(
             "explain block: {:.0} ns CPU/event, {records} bytes of records -> {bytes} bytes of entries (digest {digest:016x})",
