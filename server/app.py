@@ -401,6 +401,12 @@ async def _until_stopped(sequencer: Sequencer) -> None:
         loop.add_signal_handler(signum, stop.set)
     writer_stopped = asyncio.ensure_future(sequencer.stopped.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), writer_stopped], return_when=asyncio.FIRST_COMPLETED)
+    # Stopping has begun: a second SIGTERM or SIGINT has nothing more to ask. Ignored, not left to the loop, whose
+    # close sets them back to the default, so that one arriving after the clean stop, while the process exits
+    # (freeing the kernel's state, ending threads), would kill it and turn exit code 0 into -15.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
 
 
 SERVICE_NAMES = [

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -147,6 +148,21 @@ def test_sigterm_stops_cleanly_and_restart_has_everything_acknowledged(demo_serv
         # The last acknowledged batch is known: resent, it is all duplicates.
         again = client.ingest_batch(last.events, batch_id="t-2-again")
         assert (again.accepted, again.duplicates, list(again.rejected)) == (0, 4, [])
+
+
+def test_sigterms_after_the_first_do_not_kill_a_stopping_server(demo_server: ServerProcess) -> None:
+    """A supervisor may signal again while the server stops, or just after its clean stop while the process exits:
+    the stop stays clean, exit code 0, not killed by the signal (-15)."""
+    proc = demo_server.proc
+    assert proc is not None
+    proc.send_signal(signal.SIGTERM)
+    deadline_s = time.monotonic() + 20
+    while proc.poll() is None:
+        assert time.monotonic() < deadline_s, "the server did not exit"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.001)
+    assert proc.returncode == 0
+    assert "clean=True" in demo_server.log_tail(5)
 
 
 def test_sigterm_lets_an_in_flight_batch_commit_and_be_acknowledged(demo_server: ServerProcess) -> None:
