@@ -3,9 +3,11 @@ the shortest slice (server/scheduling.py, Linux)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,41 +23,38 @@ from server.scheduling import (
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux only")
 
 
-def test_the_writers_threads_are_lowered_and_no_other_thread_is() -> None:
+@contextlib.contextmanager
+def waiting_threads(*names: str) -> Iterator[list[threading.Thread]]:
+    """Threads of these Python names, started and waiting until the block ends."""
     release = threading.Event()
-    rating = threading.Thread(target=release.wait, name="tariff-rating", daemon=True)
-    other = threading.Thread(target=release.wait, name="not-a-writer", daemon=True)
-    rating.start()
-    other.start()
+    threads = [threading.Thread(target=release.wait, name=name, daemon=True) for name in names]
+    for thread in threads:
+        thread.start()
     try:
+        yield threads
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+
+
+def test_the_writers_threads_are_lowered_and_no_other_thread_is() -> None:
+    with waiting_threads("tariff-rating", "not-a-writer") as (rating, other):
         nice_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         assert "tariff-rating" in lower_background_threads()
         assert rating.native_id is not None and other.native_id is not None
         assert os.getpriority(os.PRIO_PROCESS, rating.native_id) == min(nice_before + BACKGROUND_NICE, 19)
         assert os.getpriority(os.PRIO_PROCESS, other.native_id) == nice_before
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == nice_before
-    finally:
-        release.set()
-        rating.join()
-        other.join()
 
 
 def test_the_servers_threads_get_their_names_in_the_os_and_no_other_thread_does() -> None:
-    release = threading.Event()
-    journal = threading.Thread(target=release.wait, name="tariff-journal", daemon=True)
-    other = threading.Thread(target=release.wait, name="not-a-writer", daemon=True)
-    journal.start()
-    other.start()
-    try:
+    with waiting_threads("tariff-journal", "not-a-writer") as (journal, other):
         assert journal.native_id is not None and other.native_id is not None
         comm_before = Path(f"/proc/self/task/{other.native_id}/comm").read_text().strip()
         assert "tariff-journal" in name_os_threads()
         assert Path(f"/proc/self/task/{journal.native_id}/comm").read_text().strip() == "tariff-journal"
         assert Path(f"/proc/self/task/{other.native_id}/comm").read_text().strip() == comm_before != "not-a-writer"
-    finally:
-        release.set()
-        journal.join()
-        other.join()
 
 
 def slice_ns(thread_id: int) -> int | None:
