@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from engine._kernel import period_containing
 from engine.errors import InvalidArgument, NotFound
+from engine.instants import check_instant
 from engine.invoices import HOUR_MS, LineAdjustment
 from engine.lines import line_id
 from engine.money import round_ratio
@@ -20,14 +21,6 @@ from engine.state import Engine
 
 QUANTITY_SCALE = 10**18
 PICOS_PER_UNIT = 10**12
-# Instants a request may name: 1970-01-01 to the end of year 8999 (UTC), room left for the periods after them.
-LATEST_MS = 221_845_392_000_000 - 1
-
-
-def check_instant(ms: int, field: str) -> None:
-    """INVALID_ARGUMENT naming `field` for an instant before 1970 or after 9999."""
-    if not 0 <= ms <= LATEST_MS:
-        raise InvalidArgument.field(field, "must lie between 1970-01-01 and 8999-12-31 (UTC)")
 
 
 def period_starting(engine: Engine, customer_id: str, start_ms: int) -> tuple[int, int] | None:

@@ -39,7 +39,7 @@ from decimal import Decimal
 from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
-from engine.explain import check_instant
+from engine.instants import check_instant
 from engine.ledger import Grant, GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from engine.state import Engine
