@@ -10,6 +10,6 @@ LATEST_MS = 221_845_392_000_000 - 1
 
 
 def check_instant(ms: int, field: str) -> None:
-    """INVALID_ARGUMENT naming `field` for an instant before 1970 or after 9999."""
+    """INVALID_ARGUMENT naming `field` for an instant before 1970 or after 8999."""
     if not 0 <= ms <= LATEST_MS:
         raise InvalidArgument.field(field, "must lie between 1970-01-01 and 8999-12-31 (UTC)")

@@ -13,6 +13,7 @@ from engine.contracts import Contract, Customer, OveragePolicy, Override
 from engine.control import check_id
 from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
+from engine.instants import check_instant
 from engine.ledger import Grant, GrantKind
 from engine.money import format_decimal, format_picos
 from engine.products import Aggregation, Product
@@ -34,17 +35,40 @@ from engine.ratecard import Finding as EngineFinding
 
 # Proto enum fields take their value's name, which is what the engine's StrEnums hold.
 
+NANOS_PER_SECOND = 1_000_000_000
+
 # Times --------------------------------------------------------------------------------------------------------
 
 
-def ms_of(timestamp: timestamp_pb2.Timestamp) -> int:
+def _valid_ms(timestamp: timestamp_pb2.Timestamp, field: str) -> int:
+    """Unix ms (sub-millisecond nanos dropped); INVALID_ARGUMENT naming `field` when nanos are not 0-999,999,999."""
+    if not 0 <= timestamp.nanos < NANOS_PER_SECOND:
+        raise InvalidArgument.field(field, f"nanos must be from 0 to 999,999,999, not {timestamp.nanos}")
     return timestamp.seconds * 1000 + timestamp.nanos // 1_000_000
 
 
-def optional_ms(message: object, field: str) -> int | None:
+def ms_of(timestamp: timestamp_pb2.Timestamp, field: str) -> int:
+    """An instant a request names (a start, an end, an expiry, a period), in Unix ms: refused with
+    INVALID_ARGUMENT naming `field` outside 1970-01-01 to 8999-12-31 (engine/instants.py), which keeps the
+    months computed from it within the calendar's arithmetic."""
+    ms = _valid_ms(timestamp, field)
+    check_instant(ms, field)
+    return ms
+
+
+def optional_ms(message: object, field: str, name: str = "") -> int | None:
+    """`ms_of` of an optional field (None when unset); `name` is the field's path in the request when the
+    message is nested in it ("grant.starts_at")."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    return ms_of(getattr(message, field))
+    return ms_of(getattr(message, field), name or field)
+
+
+def optional_filter_ms(message: object, field: str) -> int | None:
+    """A filter's bound (None when unset): compared, never computed with, so any valid Timestamp will do."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    return _valid_ms(getattr(message, field), field)
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:
@@ -193,7 +217,7 @@ def cohort_of(message: pricing_pb2.Cohort) -> Cohort:
     return Cohort(
         tuple(message.customer_ids),
         dict(message.attributes),
-        optional_ms(message, "customers_created_after"),
+        optional_ms(message, "customers_created_after", "cohort.customers_created_after"),
     )
 
 
@@ -239,7 +263,7 @@ def overage_policy(number: int) -> OveragePolicy:
 def override(message: contracts_pb2.PriceOverride) -> Override:
     """An empty id is named by the engine, after the override's content (so that a retry finds it)."""
     adjustment = message.WhichOneof("adjustment")
-    starting_at_ms = optional_ms(message, "starting_at")
+    starting_at_ms = optional_ms(message, "starting_at", "override.starting_at")
     return Override(
         id=message.id,
         product_id=message.product_id,
@@ -247,7 +271,7 @@ def override(message: contracts_pb2.PriceOverride) -> Override:
         multiplier=message.multiplier if adjustment == "multiplier" else None,
         price=message.price if adjustment == "price" else None,
         starting_at_ms=starting_at_ms if starting_at_ms is not None else 0,
-        ending_before_ms=optional_ms(message, "ending_before"),
+        ending_before_ms=optional_ms(message, "ending_before", "override.ending_before"),
     )
 
 
@@ -325,8 +349,8 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         g.paid_amount,
         g.priority,
         tuple(g.applicable_product_ids),
-        optional_ms(g, "starts_at"),
-        optional_ms(g, "expires_at"),
+        optional_ms(g, "starts_at", "grant.starts_at"),
+        optional_ms(g, "expires_at", "grant.expires_at"),
         g.rollover_fraction,
     )
 

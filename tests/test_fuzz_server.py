@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor, message, message_factory
+from google.protobuf import descriptor, message, message_factory, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tariff.v1 import (
@@ -210,14 +210,41 @@ def messages(draw: st.DrawFn, desc: descriptor.Descriptor, depth: int = 0) -> me
         elif field.message_type is not None:
             if depth >= MESSAGE_DEPTH_MAX:
                 continue
-            target.CopyFrom(draw(messages(field.message_type, depth + 1)))
+            target.CopyFrom(draw(value_strategy(field, depth)))
         else:
             setattr(built, field.name, draw(scalar(field)))
     return built
 
 
+# Instants at the calendar's edges, as (seconds, nanos): the server's range is 1970-01-01 to 8999-12-31
+# (engine/instants.py); a start at midnight of 10000-01-01 once stopped the writer (the default contract id
+# formats its date, past Python's datetime), which random seconds at midnight almost never hit.
+DAY_S = 86_400
+LATEST_S = 221_845_391_999  # 8999-12-31T23:59:59Z
+EDGE_INSTANTS = [
+    (0, 0),
+    (-1, 999_000_000),
+    (LATEST_S, 999_000_000),
+    (LATEST_S + 1, 0),
+    (253_402_300_800, 0),  # 10000-01-01T00:00:00Z
+    (-62_135_596_800, 0),  # 0001-01-01T00:00:00Z
+    (NOW_MS // 1000 // DAY_S * DAY_S, 0),
+    (NOW_MS // 1000, -1),
+    (NOW_MS // 1000, 1_000_000_000),
+]
+
+
+def timestamps(depth: int) -> st.SearchStrategy[message.Message]:
+    edges = st.sampled_from(EDGE_INSTANTS).map(lambda edge: timestamp_pb2.Timestamp(seconds=edge[0], nanos=edge[1]))
+    return st.one_of(edges, messages(timestamp_pb2.Timestamp.DESCRIPTOR, depth + 1))
+
+
 def value_strategy(field: descriptor.FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
-    return messages(field.message_type, depth + 1) if field.message_type is not None else scalar(field)
+    if field.message_type is None:
+        return scalar(field)
+    if field.message_type.full_name == "google.protobuf.Timestamp":
+        return timestamps(depth)
+    return messages(field.message_type, depth + 1)
 
 
 def _put(target: Any, key: Any, value_field: descriptor.FieldDescriptor, value: Any) -> None:

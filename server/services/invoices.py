@@ -176,8 +176,8 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             found = self.engine.invoices_of(request.customer_id)
         else:
             found = list(self.engine.state.invoices.values())
-        start = convert.optional_ms(request, "period_start_from")
-        before = convert.optional_ms(request, "period_start_before")
+        start = convert.optional_filter_ms(request, "period_start_from")
+        before = convert.optional_filter_ms(request, "period_start_before")
         numbers = sorted(
             i.number
             for i in found

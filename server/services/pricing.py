@@ -120,7 +120,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         _required(rate_card_id=request.rate_card_id)
         card = self.engine.rate_card(request.rate_card_id)
         if request.WhichOneof("selector") == "at":
-            number = card.version_number_at(convert.ms_of(request.at))
+            number = card.version_number_at(convert.ms_of(request.at, "at"))
             if number is None:
                 raise NotFound(f"rate card {card.id!r} has no version in force at that time")
         else:
@@ -132,7 +132,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.GetAuditLogRequest, context: Context
     ) -> pricing_pb2.GetAuditLogResponse:
         page_size = min(request.page_size or 100, PAGE_SIZE_MAX)
-        start_ms, end_ms = convert.optional_ms(request, "start_time"), convert.optional_ms(request, "end_time")
+        start_ms, end_ms = (
+            convert.optional_filter_ms(request, "start_time"),
+            convert.optional_filter_ms(request, "end_time"),
+        )
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise InvalidArgument.field("end_time", "must be after start_time")
         where = AuditFilter(request.actor, request.action, start_ms, end_ms)
@@ -190,7 +193,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         a slice of customers at a time under its shared lock, so reads and ingestion are not held up."""
         _required(rate_card_id=request.rate_card_id, version=request.version)
         _required(period_start=request.HasField("period_start"), period_end=request.HasField("period_end"))
-        start_ms, end_ms = convert.ms_of(request.period_start), convert.ms_of(request.period_end)
+        start_ms, end_ms = (
+            convert.ms_of(request.period_start, "period_start"),
+            convert.ms_of(request.period_end, "period_end"),
+        )
         self.billing.refresh_tables()
         table = simulation_table(self.engine.state, request.rate_card_id, request.version, start_ms, end_ms)
         loop = asyncio.get_running_loop()

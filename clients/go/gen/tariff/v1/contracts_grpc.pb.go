@@ -6,6 +6,14 @@
 // enters: 1 to 128 characters, each an ASCII letter, digit, or one of
 // . _ : @ -
 //
+// Times a request names (starting_at, ending_before, starts_at, expires_at,
+// and in pricing.proto and invoices.proto effective_from,
+// customers_created_after, at, period_start, period_end) lie between
+// 1970-01-01T00:00:00Z and 8999-12-31T23:59:59.999Z, nanos 0-999,999,999;
+// anything else is INVALID_ARGUMENT naming the field. The bounds of a filter
+// (start_time, end_time, period_start_from, period_start_before) may be any
+// valid Timestamp.
+//
 // Every call that changes state is safe to retry: its id (or request_id) is
 // its idempotency key. The same key with the same request answers as the first
 // call did and changes nothing; the same key with a different request is

@@ -1,5 +1,5 @@
 // Invoices and revenue: the live draft, finalised periods, and why each line
-// costs what it does.
+// costs what it does. Times follow the range at the top of contracts.proto.
 //
 // Amounts: line amounts, credits and overage are in the rate card's pricing
 // unit, exact at 12 decimal places (never rounded). Amounts due (a line's
