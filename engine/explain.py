@@ -9,11 +9,10 @@ usage in the period (engine/lines.py names it). The events behind a line come fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from engine._kernel import period_containing
 from engine.errors import InvalidArgument, NotFound
-from engine.instants import check_instant
+from engine.instants import check_instant, iso
 from engine.invoices import HOUR_MS, LineAdjustment
 from engine.lines import line_id
 from engine.money import round_ratio
@@ -126,7 +125,3 @@ def unit_price_picos(amount_picos: int, quantity_e18: int) -> int | None:
         return None
     sign = -1 if quantity_e18 < 0 else 1
     return round_ratio(sign * amount_picos * QUANTITY_SCALE, abs(quantity_e18))
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")

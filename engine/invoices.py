@@ -23,7 +23,6 @@ for `status`, `number` and `closed_at_ms`):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 import msgspec
 
@@ -235,7 +234,3 @@ def _grant_at_end(grant: KernelGrant, end_ms: int) -> GrantBalance:
 def round_due(value: int, divisor: int) -> int:
     """value / divisor rounded half-even, for negative values too (a refund's overage)."""
     return round_ratio(value, divisor) if value >= 0 else -round_ratio(-value, divisor)
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")

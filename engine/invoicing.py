@@ -14,6 +14,7 @@ from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.control import ControlPlane
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Repeated
+from engine.instants import iso
 from engine.invoices import (
     DUE_EXPONENT,
     AdjustmentsReader,
@@ -23,7 +24,6 @@ from engine.invoices import (
     PurchasesReader,
     build_invoice,
     invoice_number,
-    iso,
     minor_unit,
     round_due,
 )

@@ -12,16 +12,14 @@ request is answered as the first call was.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from engine import commands as cmd
 from engine.control import ControlPlane
 from engine.errors import EngineError, FailedPrecondition, InvalidArgument, Repeated
+from engine.instants import iso
 from engine.ratecard import HOUR_MS, RateCard, Version, VersionState, validate
 from engine.versions import PublishResult
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RollbackCommands(ControlPlane):
@@ -65,11 +63,6 @@ def origin(card: RateCard, version: Version) -> int:
     while version.rollback_to:
         version = card.version(version.rollback_to)
     return version.number
-
-
-def iso(ms: int) -> str:
-    """A time as the messages name it: `2026-12-01T00:00:00Z`."""
-    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _already_in_force(card: RateCard, in_force: Version, target: Version, effective_from_ms: int) -> str:

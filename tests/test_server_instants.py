@@ -166,6 +166,13 @@ def test_the_range_ends_are_accepted(server_factory: ServerFactory) -> None:
             invoices_pb2.PreviewInvoiceRequest(customer_id="last", period_start=stamp(LATEST_MS - 1))
         )
         assert invoice.period_start.seconds == last_day_ms // 1000
+        # The message names the instant exactly (a float of seconds made it 23:59:59.998993 this late).
+        with pytest.raises(TariffError) as uncovered:
+            client.invoices.PreviewInvoice(
+                invoices_pb2.PreviewInvoiceRequest(customer_id="last", period_start=stamp(LATEST_MS))
+            )
+        assert uncovered.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "covers 8999-12-31T23:59:59.999000Z:" in uncovered.value.details
 
 
 def test_a_filters_bound_may_be_any_valid_timestamp(server_factory: ServerFactory) -> None:

@@ -15,6 +15,7 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine import explain, revenue
 from engine.errors import InvalidArgument, NotFound
+from engine.instants import iso
 from engine.invoices import QUANTITY_SCALE, Invoice, InvoiceLine, LineAdjustment, VersionPart
 from engine.money import format_picos, format_scaled
 from server import convert
@@ -209,7 +210,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         if line is None:
             raise NotFound(
                 f"line {request.line_id!r} has no usage in the period of customer {request.customer_id!r} starting "
-                f"{explain.iso(period_start_ms)}"
+                f"{iso(period_start_ms)}"
             )
         if index.covered_seq() < seq and not await asyncio.to_thread(index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S):
             raise Unavailable("the explain index is still catching up with the journal; retry shortly")
