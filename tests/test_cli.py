@@ -315,6 +315,23 @@ def test_a_malformed_rate_is_a_usage_error_before_any_call(shared: ServerProcess
     assert len(versions) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("revenue", "--from", "9999-12"), "--from"),
+        (("revenue", "--from", "2026-01", "--to", "9999-12"), "--to"),
+        (("revenue", "--from", "1969-12"), "--from"),
+        (("invoices", "list", "--customer", "acme", "--period", "9999-12"), "--period"),
+    ],
+)
+def test_a_month_outside_the_servers_range_is_a_usage_error_before_any_call(args: tuple[str, ...], option: str) -> None:
+    """The month after 9999-12 is no datetime: `tariff revenue --from 9999-12` used to end in a traceback."""
+    done = tariff("127.0.0.1:1", *args, check=False)  # nothing listens there: the command must not get that far
+    assert done.returncode == 2, done.stderr
+    assert f"tariff: {option} '{args[-1]}': the server takes months from 1970-01 to 8999-12" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # -- API keys and TLS -------------------------------------------------------------------------------------------
 
 

@@ -50,13 +50,18 @@ CSV_COLUMNS = (
     "closed_at",
 )
 
+LAST_YEAR = 8999  # the server takes instants to 8999-12-31 (engine/instants.py)
 
-def month_range(period: str) -> tuple[datetime, datetime]:
-    """[first instant, first instant of the next month) of `YYYY-MM`, UTC."""
+
+def month_range(period: str, option: str = "--period") -> tuple[datetime, datetime]:
+    """[first instant, first instant of the next month) of `YYYY-MM`, UTC; a month from 1970-01 to 8999-12, the
+    server's range of instants (past 9999-12 the next month is no datetime at all)."""
     try:
         start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
     except ValueError:
-        fail(f"--period {period!r} is not YYYY-MM", 2)
+        fail(f"{option} {period!r} is not YYYY-MM", 2)
+    if not 1970 <= start.year <= LAST_YEAR:
+        fail(f"{option} {period!r}: the server takes months from 1970-01 to {LAST_YEAR}-12", 2)
     end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
     return start, end
 

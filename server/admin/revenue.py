@@ -3,24 +3,16 @@ and whether it reconciles (InvoiceService.GetRevenueReport)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import click
 
+from server.admin.invoices import month_range
 from server.admin.output import print_fields, print_json, print_table, when
-from server.admin.remote import Remote, fail, remote_command
-
-EXIT_BAD_INPUT = 2
+from server.admin.remote import Remote, remote_command
 
 
-def month_start_ms(month: str, *, after: bool = False) -> int:
-    try:
-        moment = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        fail(f"{month!r} is not a month (YYYY-MM)", EXIT_BAD_INPUT)
-    if after:
-        moment = moment.replace(year=moment.year + moment.month // 12, month=moment.month % 12 + 1)
-    return int(moment.timestamp() * 1000)
+def month_start_ms(month: str, option: str, *, after: bool = False) -> int:
+    start, end = month_range(month, option)
+    return int((end if after else start).timestamp()) * 1000
 
 
 @click.command()
@@ -36,8 +28,8 @@ def revenue(remote: Remote, first: str, last: str | None, customer_id: str) -> N
     from tariff.v1 import invoices_pb2
 
     start, end = Timestamp(), Timestamp()
-    start.FromMilliseconds(month_start_ms(first))
-    end.FromMilliseconds(month_start_ms(last or first, after=True))
+    start.FromMilliseconds(month_start_ms(first, "--from"))
+    end.FromMilliseconds(month_start_ms(last or first, "--to" if last else "--from", after=True))
     request = invoices_pb2.GetRevenueReportRequest(period_start=start, period_end=end, customer_id=customer_id)
     with remote.client() as client:
         found = client.invoices.GetRevenueReport(request)
