@@ -559,24 +559,44 @@ impl Anchor {
     }
 }
 
-/// (start_ms, end_ms) of the monthly period anchored on anchor_ms that contains ts_ms >= anchor_ms.
-/// Each boundary is computed once (an event whose account has no cached period pays this).
+/// The last instant of year 8999 UTC: the server refuses instants after it (and before 1970) at the
+/// wire (engine/explain.py `LATEST_MS`), so contract anchors lie in [0, LATEST_MS].
+const LATEST_MS: i64 = 221_845_392_000_000 - 1;
+
+/// The instants `period_containing` finds the period of: those the server accepts, the end of a period
+/// after one of them (up to a month past LATEST_MS), and as far again either side (about years -5060 to
+/// 16029), where every boundary stays some 10^4 times below i64 overflow.
+const EARLIEST_PERIOD_TS_MS: i64 = -LATEST_MS;
+const LATEST_PERIOD_TS_MS: i64 = 2 * LATEST_MS;
+
+/// (start_ms, end_ms) of the monthly period anchored on anchor_ms that contains ts_ms: start_ms <= ts_ms <
+/// end_ms, start_ms the anchor moved a whole number of months (fewer than none when ts_ms precedes the
+/// anchor: the same clamped calendar extrapolated backwards) and end_ms one month more.
+///
+/// Domain: ts_ms in [EARLIEST_PERIOD_TS_MS, LATEST_PERIOD_TS_MS] and any anchor_ms (a contract's lies in
+/// [0, LATEST_MS]). A ts_ms outside is clamped into it first, so the result is the period of the domain's
+/// first or last instant: still a period of the calendar, found without overflow, panic or walk. Only a
+/// caller's bug sends one (the server refuses such instants at the wire), and for the single writer a
+/// wrong period is a better outcome than a panic or a hang: near i64::MIN or MAX a boundary overflows,
+/// or, saturated, stops moving, and a walk towards it never ends.
+///
+/// Two boundaries, no walk: ts_ms lies in some civil month; the anchor moved into that month (its day
+/// clamped) is either at or before ts_ms, and the next boundary, in the following month, is after it; or
+/// after ts_ms, and the previous boundary, in the month before, is at or before it. Each boundary is
+/// computed once (an event whose account has no cached period pays this).
 pub fn period_containing(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
+    let ts_ms = ts_ms.clamp(EARLIEST_PERIOD_TS_MS, LATEST_PERIOD_TS_MS);
     let anchor = Anchor::new(anchor_ms);
     let (ty, tm, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
-    let mut months = ((ty - anchor.year) * 12 + (tm - anchor.month)).max(0);
-    let mut start = anchor.plus_months(months);
-    while start > ts_ms {
-        months -= 1;
-        start = anchor.plus_months(months);
-    }
-    let mut end = anchor.plus_months(months + 1);
-    while end <= ts_ms {
-        months += 1;
-        start = end;
-        end = anchor.plus_months(months + 1);
-    }
-    (start, end)
+    let months = (ty - anchor.year) * 12 + (tm - anchor.month);
+    let in_ts_month = anchor.plus_months(months);
+    let period = if in_ts_month <= ts_ms {
+        (in_ts_month, anchor.plus_months(months + 1))
+    } else {
+        (anchor.plus_months(months - 1), in_ts_month)
+    };
+    debug_assert!(period.0 <= ts_ms && ts_ms < period.1, "anchor {anchor_ms}, ts {ts_ms}: {period:?}");
+    period
 }
 
 #[cfg(test)]
@@ -672,6 +692,183 @@ mod tests {
                 assert!(period.0 <= ts && ts < period.1);
             }
         }
+    }
+
+    // An oracle calendar written apart from days_from_civil and civil_from_days: days counted year by
+    // year and month by month from 1970-01-01, so it stays fast only near 1970 (the properties keep it
+    // within a few centuries).
+
+    fn oracle_month_days(year: i64, month: i64) -> i64 {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        }
+    }
+
+    fn oracle_year_days(year: i64) -> i64 {
+        (1..=12).map(|month| oracle_month_days(year, month)).sum()
+    }
+
+    fn oracle_ms(year: i64, month: i64, day: i64, time_of_day_ms: i64) -> i64 {
+        let before_1970: i64 = (year..1970).map(oracle_year_days).sum();
+        let since_1970: i64 = (1970..year).map(oracle_year_days).sum();
+        let in_year: i64 = (1..month).map(|m| oracle_month_days(year, m)).sum();
+        (since_1970 - before_1970 + in_year + day - 1) * DAY_MS + time_of_day_ms
+    }
+
+    /// (year, month, day, time of day in ms) of an instant.
+    fn oracle_civil(ms: i64) -> (i64, i64, i64, i64) {
+        let (mut days, mut year, mut month) = (ms.div_euclid(DAY_MS), 1970, 1);
+        while days < 0 {
+            year -= 1;
+            days += oracle_year_days(year);
+        }
+        while days >= oracle_year_days(year) {
+            days -= oracle_year_days(year);
+            year += 1;
+        }
+        while days >= oracle_month_days(year, month) {
+            days -= oracle_month_days(year, month);
+            month += 1;
+        }
+        (year, month, days + 1, ms.rem_euclid(DAY_MS))
+    }
+
+    /// The period found by stepping the anchor back or on one month at a time until ts lies between two
+    /// boundaries.
+    fn period_by_walking_months(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
+        let (anchor_year, anchor_month, anchor_day, time_of_day_ms) = oracle_civil(anchor_ms);
+        let boundary = |(y, m): (i64, i64)| oracle_ms(y, m, anchor_day.min(oracle_month_days(y, m)), time_of_day_ms);
+        let next = |(y, m): (i64, i64)| if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        let previous = |(y, m): (i64, i64)| if m == 1 { (y - 1, 12) } else { (y, m - 1) };
+        let mut month = (anchor_year, anchor_month);
+        while boundary(month) > ts_ms {
+            month = previous(month);
+        }
+        while boundary(next(month)) <= ts_ms {
+            month = next(month);
+        }
+        (boundary(month), boundary(next(month)))
+    }
+
+    const YEAR_2100_MS: i64 = 4_102_444_800_000;
+    const FORTY_YEARS_MS: i64 = 40 * 365 * DAY_MS;
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn periods_are_those_a_month_by_month_walk_finds(
+            anchor in 0..YEAR_2100_MS,
+            offset in -FORTY_YEARS_MS..FORTY_YEARS_MS,
+        ) {
+            let ts = anchor + offset;
+            proptest::prop_assert_eq!(period_containing(anchor, ts), period_by_walking_months(anchor, ts));
+        }
+
+        #[test]
+        fn every_instant_of_the_domain_lies_in_a_month_of_the_anchors_calendar(
+            anchor in 0..=LATEST_MS,
+            ts in EARLIEST_PERIOD_TS_MS..=LATEST_PERIOD_TS_MS,
+        ) {
+            let (start, end) = period_containing(anchor, ts);
+            proptest::prop_assert!(start <= ts && ts < end, "{start} <= {ts} < {end}");
+            assert_one_month_apart_on_the_calendar(anchor, start, end);
+            // Periods tile: the instants just before and at each boundary fall either side of it.
+            if end <= LATEST_PERIOD_TS_MS {
+                proptest::prop_assert_eq!(period_containing(anchor, end - 1).1, end);
+                proptest::prop_assert_eq!(period_containing(anchor, end).0, end);
+            }
+            if start > EARLIEST_PERIOD_TS_MS {
+                proptest::prop_assert_eq!(period_containing(anchor, start - 1).1, start);
+            }
+        }
+
+        #[test]
+        fn periods_are_those_the_former_walk_found(
+            anchor in 0..=LATEST_MS,
+            ts in -FORTY_YEARS_MS..=LATEST_PERIOD_TS_MS,
+        ) {
+            // The former definition walked back one month at a time before the anchor: 40 years at most here.
+            let ts = ts.max(anchor - FORTY_YEARS_MS);
+            proptest::prop_assert_eq!(period_containing(anchor, ts), period_by_repeated_anchor_reads(anchor, ts));
+        }
+
+        #[test]
+        fn any_instants_give_the_period_of_the_instant_clamped_into_the_domain(
+            anchor in proptest::num::i64::ANY,
+            ts in proptest::num::i64::ANY,
+        ) {
+            let clamped = ts.clamp(EARLIEST_PERIOD_TS_MS, LATEST_PERIOD_TS_MS);
+            let (start, end) = period_containing(anchor, ts);
+            proptest::prop_assert!(start <= clamped && clamped < end, "{start} <= {clamped} < {end}");
+            proptest::prop_assert_eq!((start, end), period_containing(anchor, clamped));
+        }
+    }
+
+    /// start and end are boundaries of the anchor's calendar a month apart: the anchor's time of day, its
+    /// day of the month clamped to each month's last, in consecutive months.
+    fn assert_one_month_apart_on_the_calendar(anchor_ms: i64, start_ms: i64, end_ms: i64) {
+        let anchor = Anchor::new(anchor_ms);
+        let civil = |ms: i64| (civil_from_days(ms.div_euclid(DAY_MS)), ms.rem_euclid(DAY_MS));
+        let ((sy, sm, sd), start_time_ms) = civil(start_ms);
+        let ((ey, em, ed), end_time_ms) = civil(end_ms);
+        assert_eq!((start_time_ms, end_time_ms), (anchor.time_of_day_ms, anchor.time_of_day_ms));
+        assert_eq!(sd, anchor.day.min(days_in_month(sy, sm)), "start {start_ms} of anchor {anchor_ms}");
+        assert_eq!(ed, anchor.day.min(days_in_month(ey, em)), "end {end_ms} of anchor {anchor_ms}");
+        assert_eq!(ey * 12 + em, sy * 12 + sm + 1, "{start_ms}..{end_ms} of anchor {anchor_ms}");
+    }
+
+    #[test]
+    fn periods_at_the_domains_edges_and_on_leap_and_month_end_anchors() {
+        let at = |y: i64, m: i64, d: i64, time_of_day_ms: i64| days_from_civil(y, m, d) * DAY_MS + time_of_day_ms;
+        const LAST_MS_OF_DAY: i64 = DAY_MS - 1;
+        assert_eq!(LATEST_MS, at(8999, 12, 31, LAST_MS_OF_DAY));
+        // The anchor at the last instant accepted: its first period ends a month past it, clamped to Jan 31.
+        assert_eq!(period_containing(LATEST_MS, LATEST_MS), (LATEST_MS, at(9000, 1, 31, LAST_MS_OF_DAY)));
+        assert_eq!(period_containing(LATEST_MS, LATEST_MS - 1), (at(8999, 11, 30, LAST_MS_OF_DAY), LATEST_MS));
+        assert_eq!(
+            period_containing(LATEST_MS, 0),
+            (at(1969, 12, 31, LAST_MS_OF_DAY), at(1970, 1, 31, LAST_MS_OF_DAY))
+        );
+        assert_eq!(period_containing(0, LATEST_MS), (at(8999, 12, 1, 0), at(9000, 1, 1, 0)));
+        assert_eq!(period_containing(0, -1), (at(1969, 12, 1, 0), 0));
+        // The domain's edges, and instants past them (clamped to them).
+        let first = period_containing(0, EARLIEST_PERIOD_TS_MS);
+        let last = period_containing(0, LATEST_PERIOD_TS_MS);
+        assert!(first.0 <= EARLIEST_PERIOD_TS_MS && EARLIEST_PERIOD_TS_MS < first.1);
+        assert!(last.0 <= LATEST_PERIOD_TS_MS && LATEST_PERIOD_TS_MS < last.1);
+        for anchor in [0, LATEST_MS, i64::MIN, i64::MAX] {
+            let (earliest, latest) = (EARLIEST_PERIOD_TS_MS, LATEST_PERIOD_TS_MS);
+            for (outside, edge) in
+                [(i64::MIN, earliest), (earliest - 1, earliest), (i64::MAX, latest), (latest + 1, latest)]
+            {
+                assert_eq!(
+                    period_containing(anchor, outside),
+                    period_containing(anchor, edge),
+                    "anchor {anchor}, ts {outside}"
+                );
+            }
+        }
+        // Jan 31 anchors: February's end in a common and a leap year, then back to the 31st (no drift).
+        assert_eq!(period_containing(at(2024, 1, 31, 0), at(2024, 2, 29, 0)), (at(2024, 2, 29, 0), at(2024, 3, 31, 0)));
+        assert_eq!(period_containing(at(2025, 1, 31, 0), at(2025, 2, 27, 0)), (at(2025, 1, 31, 0), at(2025, 2, 28, 0)));
+        // Feb 29: the 29th of each month after, Feb 28 in common years, and before the anchor too.
+        let leap_day = at(2024, 2, 29, 0);
+        assert_eq!(period_containing(leap_day, at(2025, 2, 28, 0)), (at(2025, 2, 28, 0), at(2025, 3, 29, 0)));
+        assert_eq!(period_containing(leap_day, at(2028, 3, 1, 0)), (at(2028, 2, 29, 0), at(2028, 3, 29, 0)));
+        assert_eq!(period_containing(leap_day, leap_day - 1), (at(2024, 1, 29, 0), leap_day));
+        assert_eq!(period_containing(leap_day, at(2023, 3, 1, 0)), (at(2023, 2, 28, 0), at(2023, 3, 29, 0)));
+        // An anchor at 23:59:59.999 on the 31st: the instant before it is in the period ending at it.
+        let late = at(2026, 1, 31, LAST_MS_OF_DAY);
+        assert_eq!(period_containing(late, late - 1), (at(2025, 12, 31, LAST_MS_OF_DAY), late));
+        assert_eq!(period_containing(late, late), (late, at(2026, 2, 28, LAST_MS_OF_DAY)));
+        assert_eq!(
+            period_containing(late, at(2026, 3, 1, 0)),
+            (at(2026, 2, 28, LAST_MS_OF_DAY), at(2026, 3, 31, LAST_MS_OF_DAY))
+        );
     }
 
     #[test]
