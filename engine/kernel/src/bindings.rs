@@ -976,8 +976,9 @@ impl HoldingBatch {
     }
 }
 
-/// (start_ms, end_ms) of the monthly period anchored on `anchor_ms` that contains `ts_ms` (>= anchor_ms): the
-/// calendar the kernel rates by.
+/// (start_ms, end_ms) of the monthly period anchored on `anchor_ms` that contains `ts_ms` (before the anchor
+/// too, the calendar extrapolated backwards; see `route::period_containing` for its domain): the calendar the
+/// kernel rates by.
 #[pyfunction]
 fn period_containing(anchor_ms: i64, ts_ms: i64) -> (i64, i64) {
     crate::route::period_containing(anchor_ms, ts_ms)

@@ -560,7 +560,7 @@ impl Anchor {
 }
 
 /// The last instant of year 8999 UTC: the server refuses instants after it (and before 1970) at the
-/// wire (engine/explain.py `LATEST_MS`), so contract anchors lie in [0, LATEST_MS].
+/// wire (engine/instants.py `LATEST_MS`), so contract anchors lie in [0, LATEST_MS].
 const LATEST_MS: i64 = 221_845_392_000_000 - 1;
 
 /// The instants `period_containing` finds the period of: those the server accepts, the end of a period
