@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from engine._kernel import period_containing
-from engine.explain import LATEST_MS
+from engine.instants import LATEST_MS
 
 
 def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, milli: int = 0) -> int:
