@@ -537,6 +537,12 @@ class Billing:
         if compiled is not None:
             self.load_compiled(compiled)
 
+    @property
+    def tables_behind(self) -> bool:
+        """Whether an admin command changed what the kernel's tables hold since they were compiled: until they are,
+        the kernel's index of due times misses what it changed (a grant's expiry or rollover)."""
+        return bool(self._tables_stale or self._customers_stale or self._appends)
+
     def compile_steps(self, *, unacknowledged: bool = False) -> Generator[None, None, CompiledTables | None]:
         """refresh_tables a slice of customers per step (engine/tables_paced.py), for a caller that pauses between
         steps. Touched customers load a slice at a time as they compile (each slice alone is consistent); the whole
