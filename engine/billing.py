@@ -537,6 +537,12 @@ class Billing:
         if compiled is not None:
             self.load_compiled(compiled)
 
+    @property
+    def tables_behind(self) -> bool:
+        """Whether an admin command changed what the kernel's tables hold since they were compiled: until they are,
+        the kernel's index of due times misses what it changed (a grant's expiry or rollover)."""
+        return bool(self._tables_stale or self._customers_stale or self._appends)
+
     def compile_steps(self, *, unacknowledged: bool = False) -> Generator[None, None, CompiledTables | None]:
         """refresh_tables a slice of customers per step (engine/tables_paced.py), for a caller that pauses between
         steps. Touched customers load a slice at a time as they compile (each slice alone is consistent); the whole
@@ -635,15 +641,20 @@ class Billing:
             raise NotFound(f"customer {customer_id!r} not found")
         grants = {g.id: g for g in self.engine.state.accounts[customer.id].grants}
         contract = self._contract_for_balance(customer.id, now_ms)
-        if len(grants) < len(view["grants"]):  # the kernel bought top-ups
+        rolled_out: dict[str, int] = {}
+        if len(grants) < len(view["grants"]):  # the kernel bought top-ups or rolled grants over
             grants.update(credits.made_grants(self, customer.id, contract.id if contract else ""))
+            rolled_out = credits.rolled_out(self, customer.id)
         views = []
         for (grant_id, _amount, remaining, expired, drawn), held in zip(
             view["grants"], view["grants_held"], strict=True
         ):
             grant = grants[grant_id]
+            # The kernel counts what rolled out of a grant as drawn; that credit is its ROLLOVER grant's, recognised
+            # when usage draws it there, so the original's revenue is that of usage's draws alone.
+            recognized = grant.revenue_for_drawn(drawn - rolled_out.get(grant_id, 0))
             current = msgspec.structs.replace(
-                grant, drawn=drawn, remaining=grant.amount - drawn, recognized_revenue=grant.revenue_for_drawn(drawn)
+                grant, drawn=drawn, remaining=grant.amount - drawn, recognized_revenue=recognized
             )
             usable = grant.expires_at_ms is None or now_ms < grant.expires_at_ms
             views.append(GrantView(current, remaining + held if usable else remaining, expired, held))

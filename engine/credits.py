@@ -257,5 +257,15 @@ def made_grants(billing: Billing, customer_id: str, contract_id: str) -> dict[st
     return grants
 
 
+def rolled_out(billing: Billing, customer_id: str) -> dict[str, int]:
+    """Picos each of the customer's grants moved into ROLLOVER grants at its period's end (kernel-made grants)."""
+    moved: dict[str, int] = {}
+    for grant_id, kind, amount, *_, rolled_from, _made_at_ms in billing.kernel.made_grants(customer_id):
+        if kind == "ROLLOVER":
+            assert rolled_from, f"ROLLOVER grant {grant_id!r} names the grant it rolled from"
+            moved[rolled_from] = moved.get(rolled_from, 0) + amount
+    return moved
+
+
 def format_credits(picos: int) -> str:
     return str(picos_to_decimal(picos))

@@ -4,8 +4,11 @@ The kernel never reads a clock (replay must not): reservations expire and expire
 breakage only when an AdvanceClock command says the time has come. This task looks at when the kernel next has
 something due (`Kernel.next_due()`: exact, read from the kernel's ordered index of due times in O(log n)), and
 when the server's clock has reached it, submits AdvanceClock(now) through the writer, so the change is journaled
-like any other; with nothing due it submits nothing. After a restart the first look happens at once, so a hold
-whose TTL ran out while the server was down expires as soon as it serves.
+like any other; with nothing due it submits nothing. The index knows only what the kernel's tables hold, which
+compile lazily (at the next batch or read): while an admin command's changes are not compiled yet
+(`Billing.tables_behind`), it also submits AdvanceClock(now), for which the writer compiles them first, so that a
+grant's expiry or rollover is due on time even when nothing reads. After a restart the first look happens at
+once, so a hold whose TTL ran out while the server was down expires as soon as it serves.
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ async def _drive(
     while sequencer.failure is None:
         due_ms = await asker.run(billing.kernel.next_due)
         now_ms = clock_ms()
-        if due_ms is not None and now_ms >= due_ms:
+        # Tables compile lazily, at the next batch or read: a grant granted with its expiry (or rollover) already
+        # past, or passing before anything reads, would otherwise wait for one, and a late event dated before the
+        # expiry could draw on it long after. The writer compiles them before it applies the AdvanceClock (which
+        # takes no record when, compiled, nothing is due).
+        if (due_ms is not None and now_ms >= due_ms) or billing.tables_behind:
             try:
                 await sequencer.run(cmd.AdvanceClock(now_ms, CLOCK_ACTOR))
             except Unavailable:

@@ -641,6 +641,9 @@ class Sequencer:
         """An admin command, with no publish planned or re-rating pending but for holds (which apply beside one)."""
         if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
             await self._start_publish(group, submission, command)
+        elif isinstance(command, cmd.AdvanceClock):
+            await self._refresh_tables()  # paced here, rather than at once inside the command (server/clock.py)
+            self._apply_admin(group, submission, command)
         else:
             self._apply_admin(group, submission, command)
 
