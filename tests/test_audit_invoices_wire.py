@@ -305,6 +305,8 @@ def test_each_price_model_and_each_override_charges_what_the_docs_say(server_fac
             final = close(client, who)
             assert but_final_fields(final) == but_final_fields(draft)
             assert preview(client, who, JAN + DAY_MS) == final  # a closed period previews as its final invoice
+        volume = next(line for line in preview(client, "list").lines if line.line_id == "vol;k=e")
+        assert [p.unit_price for p in volume.prices] == ["0.549504950495"]  # 55.5 / 101 = 0.549504950495|0495...
         graduated = next(line for line in preview(client, "list").lines if line.line_id == "grad;k=a")
         assert [(p.version, p.unit_price, p.quantity, p.amount, p.events) for p in graduated.prices] == [
             (1, "0.688", "250", "172", 3)
@@ -364,6 +366,9 @@ def test_a_contract_starting_on_the_31st_has_month_end_periods(server_factory: S
         with pytest.raises(InvalidArgument) as not_a_start:
             close(client, "d31", ms("2026-03-01T00:00:00"))
         assert "2026-02-28T00:00:00Z" in not_a_start.value.details
+        with pytest.raises(InvalidArgument) as before_the_contract:
+            close(client, "d31", JAN)
+        assert "2026-01-31T00:00:00Z" in before_the_contract.value.details
         closed = close(client, "d31", feb28)
         assert (closed.period_end.ToMilliseconds(), closed.total_due, closed.invoice_number) == (
             mar31,
@@ -484,6 +489,7 @@ def test_revenue_recognises_a_third_then_rounds_cumulatively(server_factory: Ser
         )
         split_by_product(client)
         sold_in_february(client)
+        overage_rounded_per_product(client)
         with pytest.raises(InvalidArgument):  # r bills in USD, split in EUR: one currency per report
             client.invoices.GetRevenueReport(
                 invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(apr))
@@ -575,6 +581,12 @@ def test_corners_multi_product_events_zero_quantities_and_a_third_multiplier(ser
         # The multiplier scales the cumulative price, rounded to 10^-12 once: 3 x 0.333333333333333333 = 0.999999999999999999
         # is 1 at 10^-12, whatever each event's share.
         assert third_lines["unit;k=a"].amount == "1"
+        # Each event is price(after) - price(before), each side rounded to the pico: 0.333333333333 - 0,
+        # 0.666666666667 - 0.333333333333, 1 - 0.666666666667.
+        thirds = client.invoices.ExplainLineItem(
+            invoices_pb2.ExplainLineItemRequest(customer_id="third", period_start=ts(JAN), line_id="unit;k=a")
+        )
+        assert [e.amount for e in thirds.events] == ["0.333333333333", "0.333333333334", "0.333333333333"]
         # PriceOverride's own example: 5,000 units at per_units 1000 and price "0.02" cost 0.1, tiers and flat fees dropped.
         assert third_lines["grad;k=a"].amount == "0.1"
         # FLAT is due once the period's quantity is above zero: an event adding 0 units charges nothing.
@@ -834,3 +846,20 @@ def test_the_cli_period_is_the_one_starting_in_that_month_also_the_first(server_
     ]
     nothing = invoices_cli(server, "preview", "d31", "--period", "2025-12")
     assert nothing.returncode != 0
+
+
+def overage_rounded_per_product(client: TariffClient) -> None:
+    """Two lines of one product, 1 credit of overage each at 0.0000000000005: half a pico each, one pico together.
+    Revenue rounds once per customer, period and product (1 pico), not per line (0 + 0)."""
+    customer(client, "pico", "EUR", "0.0000000000005")
+    ingest(client, "pico", [("unit", "a", 1000, JAN + DAY_MS), ("unit", "b", 1000, JAN + DAY_MS)])
+    report = client.invoices.GetRevenueReport(
+        invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(FEB), customer_id="pico")
+    )
+    assert [(line.customer_id, line.product_id, line.recognized_overage) for line in report.lines] == [
+        ("", "unit", "0.000000000001")
+    ]
+    assert [(line.customer_id, line.product_id, line.recognized_overage) for line in report.customer_lines] == [
+        ("pico", "", "0.000000000001")
+    ]
+    assert (preview(client, "pico").overage_due, preview(client, "pico").total_due) == ("0.00", "0.00")
