@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -600,35 +600,32 @@ def test_corners_multi_product_events_zero_quantities_and_a_third_multiplier(ser
 
 
 def test_an_expired_grant_breaks_at_cost_basis_and_explain_shows_each_draw(server_factory: ServerFactory) -> None:
-    """3 credits paid 1, expiring on Feb 15: 1 drawn in January (0.333333333333 recognised), then a 2.5-credit event
-    draws the last 2 and leaves 0.5 overage; nothing is left to break. A second grant of 3 paid 1 expiring on Feb 15,
-    drawn 1 in January, breaks 2 credits in February: 1 - 0.333333333333 = 0.666666666667."""
-    feb15 = ms("2026-02-15T00:00:00")
+    """3 credits paid 1, no expiry: a 1-credit event, then a 2.5-credit one that draws the last 2 and leaves 0.5
+    overage. Another grant of 3 paid 1, drawn 1, expires exactly at a period boundary a few seconds from now (so the
+    server's clock records it only after the usage is rated): its last usable instant lies in the period ending
+    there, which recognises 0 and breaks 2 credits: 1 - 0.333333333333 = 0.666666666667."""
     with start_server(server_factory, "breakage") as client:
         catalogue(client)
-        drawn = customer(client, "drawn", "USD", "1")
-        broken = customer(client, "broken", "USD", "1")
-        edge = customer(client, "edge", "USD", "1")
-        for contract_id, expires_ms in ((drawn, feb15), (broken, feb15), (edge, FEB)):
-            client.contracts.GrantCredits(
-                contracts_pb2.GrantCreditsRequest(
-                    grant=contracts_pb2.Grant(
-                        id=f"{contract_id}-g",
-                        contract_id=contract_id,
-                        kind=contracts_pb2.PREPAID,
-                        amount="3",
-                        paid_amount="1",
-                        expires_at=ts(expires_ms),
-                    )
-                )
+        boundary = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+        anchor = boundary.replace(year=boundary.year - 1)  # periods run from here, one ending at the boundary
+        anchor_ms, boundary_ms = int(anchor.timestamp() * 1000), int(boundary.timestamp() * 1000)
+        last_ms = int(months_later(boundary, -1).timestamp() * 1000)  # the period ending at the boundary
+        drawn = customer(client, "drawn", "USD", "1", start_ms=anchor_ms)
+        broken = customer(client, "broken", "USD", "1", start_ms=anchor_ms)
+        for contract_id in (drawn, broken):
+            paid = contracts_pb2.Grant(
+                id=f"{contract_id}-g", contract_id=contract_id, kind=contracts_pb2.PREPAID, amount="3", paid_amount="1"
             )
-        ingest(client, "drawn", [("unit", "a", 1000, JAN + DAY_MS), ("unit", "a", 2500, JAN + 2 * DAY_MS)])
-        ingest(client, "broken", [("unit", "a", 1000, JAN + DAY_MS)])
-        january = preview(client, "drawn")
-        assert [(c.grant_id, c.credits) for c in january.credits_applied] == [("drawn-c-g", "3")]
-        assert (january.overage_amount, january.total_due) == ("0.5", "0.50")
+            if contract_id == broken:
+                paid.expires_at.CopyFrom(ts(boundary_ms))
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=paid))
+        ingest(client, "broken", [("unit", "a", 1000, anchor_ms + DAY_MS)])
+        ingest(client, "drawn", [("unit", "a", 1000, anchor_ms + DAY_MS), ("unit", "a", 2500, anchor_ms + 2 * DAY_MS)])
+        first = preview(client, "drawn", anchor_ms)
+        assert [(c.grant_id, c.credits) for c in first.credits_applied] == [("drawn-c-g", "3")]
+        assert (first.overage_amount, first.total_due) == ("0.5", "0.50")
         pages = client.invoices.ExplainLineItem(
-            invoices_pb2.ExplainLineItemRequest(customer_id="drawn", period_start=ts(JAN), line_id="unit;k=a")
+            invoices_pb2.ExplainLineItemRequest(customer_id="drawn", period_start=ts(anchor_ms), line_id="unit;k=a")
         )
         assert [([(d.grant_id, d.credits) for d in e.draws], e.overage, e.amount) for e in pages.events] == [
             ([("drawn-c-g", "1")], "0", "1"),
@@ -636,19 +633,21 @@ def test_an_expired_grant_breaks_at_cost_basis_and_explain_shows_each_draw(serve
         ]
         balances = [
             [(g.granted, g.drawn, g.remaining, g.expired) for g in preview(client, "broken", at).grant_balances]
-            for at in (JAN, FEB)
+            for at in (anchor_ms, last_ms)
         ]
+        # The grant expires at the last period's end: that invoice shows it expired.
         assert balances == [[("3", "1", "2", "0")], [("3", "1", "0", "2")]]
-        report = wait_for_breakage(client, "broken")
+        report = wait_for_breakage(client, "broken", anchor_ms, boundary_ms + 1000)
         by_period = {line.period_start.ToMilliseconds(): line for line in report.customer_lines}
-        assert (Decimal(by_period[JAN].recognized_credits), Decimal(by_period[JAN].breakage)) == (
+        assert (Decimal(by_period[anchor_ms].recognized_credits), Decimal(by_period[anchor_ms].breakage)) == (
             Decimal("0.333333333333"),
             Decimal(0),
         )
-        assert (Decimal(by_period[FEB].breakage), Decimal(by_period[FEB].deferred)) == (
+        assert (Decimal(by_period[last_ms].breakage), Decimal(by_period[last_ms].deferred)) == (
             Decimal("0.666666666667"),
             Decimal(0),
         )
+        assert Decimal(by_period[boundary_ms].breakage) == 0
         assert all(Decimal(line.breakage) == 0 and line.deferred == "" for line in report.lines)
         r = report.reconciliation
         assert (Decimal(r.prepaid_sold), Decimal(r.breakage), Decimal(r.deferred_end), r.reconciles) == (
@@ -657,22 +656,19 @@ def test_an_expired_grant_breaks_at_cost_basis_and_explain_shows_each_draw(serve
             Decimal(0),
             True,
         )
-        # Expiring exactly at February's start, its last usable instant is in January: it breaks there, whole,
-        # and January's invoice shows it expired.
-        edge_report = wait_for_breakage(client, "edge")
-        assert [
-            (line.period_start.ToMilliseconds(), Decimal(line.breakage)) for line in edge_report.customer_lines
-        ] == [
-            (JAN, Decimal(1)),
-            (FEB, Decimal(0)),
-        ]
-        assert [(g.remaining, g.expired) for g in preview(client, "edge").grant_balances] == [("0", "3")]
 
 
-def wait_for_breakage(client: TariffClient, customer_id: str) -> invoices_pb2.RevenueReport:
+def months_later(moment: datetime, months: int) -> datetime:
+    index = moment.year * 12 + moment.month - 1 + months
+    return moment.replace(year=index // 12, month=index % 12 + 1)
+
+
+def wait_for_breakage(client: TariffClient, customer_id: str, start_ms: int, end_ms: int) -> invoices_pb2.RevenueReport:
     """The server's clock records an expiry a moment after it is due (its driver looks every 50 ms)."""
-    request = invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(MAR), customer_id=customer_id)
-    for _ in range(200):
+    request = invoices_pb2.GetRevenueReportRequest(
+        period_start=ts(start_ms), period_end=ts(end_ms), customer_id=customer_id
+    )
+    for _ in range(400):
         report: invoices_pb2.RevenueReport = client.invoices.GetRevenueReport(request)
         if Decimal(report.reconciliation.breakage):
             return report
