@@ -2,8 +2,9 @@
 period, and its id is a readable, stable text of that pair, the same in a draft, the final invoice, an
 export and an ExplainLineItem request.
 
-The id is the product id, then `;key=value` for each pricing dimension in key order. `%`, `;` and `=` inside
-an id, key or value are percent-escaped, so distinct lines never share an id and an id parses back.
+The id is the product id, then `;key=value` for each pricing dimension in key order. `%`, `;`, `=` and every
+character outside printable ASCII inside an id, key or value are percent-escaped (as UTF-8), so distinct lines
+never share an id, an id parses back, and an id is printable ASCII.
 """
 
 from __future__ import annotations

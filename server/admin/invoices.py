@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -76,16 +76,28 @@ def _timestamp(moment: datetime) -> Any:
 
 def _period_starting_in(client: TariffClient, customer_id: str, period: str) -> invoices_pb2.Invoice:
     """The draft (or final invoice) of the customer's period that starts in the month `period`."""
+    from tariff import FailedPrecondition
     from tariff.v1 import invoices_pb2
 
     start, end = month_range(period)
-    found: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
-        invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=_timestamp(start))
-    )
-    if found.period_start.ToDatetime(tzinfo=UTC) < start:  # anchored mid-month: the next period starts in it
-        found = client.invoices.PreviewInvoice(
-            invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=found.period_end)
+
+    def preview_at(moment: Any) -> invoices_pb2.Invoice:
+        found: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=moment)
         )
+        return found
+
+    try:
+        found = preview_at(_timestamp(start))
+    except FailedPrecondition:
+        # No contract at the month's first instant: a contract starting later in the month has its first period
+        # start in it, and that period holds the month's last millisecond (a period lasts at least 28 days).
+        try:
+            found = preview_at(_timestamp(end - timedelta(milliseconds=1)))
+        except FailedPrecondition:
+            fail(f"customer {customer_id!r} has no period starting in {period}")
+    if found.period_start.ToDatetime(tzinfo=UTC) < start:  # anchored mid-month: the next period starts in it
+        found = preview_at(found.period_end)
     if not start <= found.period_start.ToDatetime(tzinfo=UTC) < end:
         fail(f"customer {customer_id!r} has no period starting in {period}")
     return found

@@ -229,7 +229,8 @@ func (x *AppliedPrice) GetRateCardId() string {
 type InvoiceLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// line_id(product_id, dimensions): the product id, then ";key=value" per
-	// pricing dimension in key order, with %, ; and = percent-escaped.
+	// pricing dimension in key order, with %, ;, = and every character outside
+	// printable ASCII percent-escaped (as UTF-8: "café" is "caf%C3%A9").
 	LineId    string `protobuf:"bytes,1,opt,name=line_id,json=lineId,proto3" json:"line_id,omitempty"`
 	ProductId string `protobuf:"bytes,2,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
 	// Pricing dimension -> value.

@@ -768,7 +768,8 @@ func (x *PackagePrice) GetPackagePrice() string {
 
 type FlatPrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Charged once per period when the product sees any usage.
+	// Charged once per period per line whose quantity in the period is above
+	// zero (an event that adds 0 to it charges nothing).
 	Price         string `protobuf:"bytes,1,opt,name=price,proto3" json:"price,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

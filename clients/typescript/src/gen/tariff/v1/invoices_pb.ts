@@ -108,7 +108,8 @@ export const AppliedPriceSchema: GenMessage<AppliedPrice> = /*@__PURE__*/
 export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
   /**
    * line_id(product_id, dimensions): the product id, then ";key=value" per
-   * pricing dimension in key order, with %, ; and = percent-escaped.
+   * pricing dimension in key order, with %, ;, = and every character outside
+   * printable ASCII percent-escaped (as UTF-8: "café" is "caf%C3%A9").
    *
    * @generated from field: string line_id = 1;
    */

@@ -248,7 +248,8 @@ export const PackagePriceSchema: GenMessage<PackagePrice> = /*@__PURE__*/
  */
 export type FlatPrice = Message<"tariff.v1.FlatPrice"> & {
   /**
-   * Charged once per period when the product sees any usage.
+   * Charged once per period per line whose quantity in the period is above
+   * zero (an event that adds 0 to it charges nothing).
    *
    * @generated from field: string price = 1;
    */
