@@ -77,7 +77,8 @@ type GrantBalance struct {
 	GrantId string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
 	Kind    GrantKind              `protobuf:"varint,2,opt,name=kind,proto3,enum=tariff.v1.GrantKind" json:"kind,omitempty"`
 	Amount  string                 `protobuf:"bytes,3,opt,name=amount,proto3" json:"amount,omitempty"`
-	// Drawn by rated usage so far.
+	// Drawn by rated usage so far; for a grant that rolled over, also what
+	// moved into its ROLLOVER grant.
 	Drawn string `protobuf:"bytes,4,opt,name=drawn,proto3" json:"drawn,omitempty"`
 	// Still usable (0 once expired).
 	Remaining string `protobuf:"bytes,5,opt,name=remaining,proto3" json:"remaining,omitempty"`
@@ -87,7 +88,9 @@ type GrantBalance struct {
 	ApplicableProductIds []string               `protobuf:"bytes,8,rep,name=applicable_product_ids,json=applicableProductIds,proto3" json:"applicable_product_ids,omitempty"`
 	StartsAt             *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
 	ExpiresAt            *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	// Revenue recognised from this grant's draws: drawn x paid_amount / amount.
+	// Revenue recognised from this grant's draws by usage: drawn x
+	// paid_amount / amount, what rolled over left out (the ROLLOVER grant
+	// recognises it as usage draws it there).
 	RecognizedRevenue string `protobuf:"bytes,11,opt,name=recognized_revenue,json=recognizedRevenue,proto3" json:"recognized_revenue,omitempty"`
 	// Held by open reservations.
 	Held          string `protobuf:"bytes,12,opt,name=held,proto3" json:"held,omitempty"`
@@ -212,7 +215,9 @@ func (x *GrantBalance) GetHeld() string {
 type Balance struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	// Sum of remaining over started, unexpired grants.
+	// Sum of remaining over started, unexpired grants, plus what open
+	// reservations still hold on grants that have expired since (usable by
+	// nothing: it becomes breakage when the hold ends).
 	CreditsRemaining string `protobuf:"bytes,2,opt,name=credits_remaining,json=creditsRemaining,proto3" json:"credits_remaining,omitempty"`
 	// Held by open reservations.
 	CreditsHeld string `protobuf:"bytes,3,opt,name=credits_held,json=creditsHeld,proto3" json:"credits_held,omitempty"`

@@ -59,7 +59,8 @@ export type GrantBalance = Message<"tariff.v1.GrantBalance"> & {
   amount: string;
 
   /**
-   * Drawn by rated usage so far.
+   * Drawn by rated usage so far; for a grant that rolled over, also what
+   * moved into its ROLLOVER grant.
    *
    * @generated from field: string drawn = 4;
    */
@@ -100,7 +101,9 @@ export type GrantBalance = Message<"tariff.v1.GrantBalance"> & {
   expiresAt?: Timestamp | undefined;
 
   /**
-   * Revenue recognised from this grant's draws: drawn x paid_amount / amount.
+   * Revenue recognised from this grant's draws by usage: drawn x
+   * paid_amount / amount, what rolled over left out (the ROLLOVER grant
+   * recognises it as usage draws it there).
    *
    * @generated from field: string recognized_revenue = 11;
    */
@@ -131,7 +134,9 @@ export type Balance = Message<"tariff.v1.Balance"> & {
   customerId: string;
 
   /**
-   * Sum of remaining over started, unexpired grants.
+   * Sum of remaining over started, unexpired grants, plus what open
+   * reservations still hold on grants that have expired since (usable by
+   * nothing: it becomes breakage when the hold ends).
    *
    * @generated from field: string credits_remaining = 2;
    */
