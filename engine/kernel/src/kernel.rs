@@ -25,7 +25,8 @@ use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
-    curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Product, Route, Sym, Version,
+    curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Product, Route, Sym, Text,
+    Version,
 };
 use crate::snapshot::{self, KeyRef, StoredAccountRef};
 use crate::tables;
@@ -1169,7 +1170,7 @@ impl Kernel {
             // A raw borrow of the box's contents, not `&mut **a`: it makes no reference, so the
             // pointers of two events of one customer are one pointer, both valid (as Box::as_mut_ptr,
             // not yet stable, promises).
-            *found_account = accounts.get_mut(event.customer_id).and_then(|a| NonNull::new(&raw mut **a));
+            *found_account = accounts.get_mut(Text::of(event.customer_id)).and_then(|a| NonNull::new(&raw mut **a));
             // SAFETY: just taken from a live box in `accounts`, which this function does not change,
             // and only read through (rating writes through these pointers after warm returns).
             slice.push((event.timestamp_ms, found_account.map(|a| unsafe { a.as_ref() })));
