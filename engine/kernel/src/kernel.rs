@@ -6,7 +6,6 @@
 //! with each call.
 
 use std::ops::DerefMut;
-use std::ptr::NonNull;
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -412,18 +411,11 @@ impl Kernel {
         check_into(raw, received_ms, catalog.future_skew_ms, event)?;
         let event = &*event;
         let digest = content_digest(event, &mut self.canonical);
-        let Warmed { dedupe_key, slot, account } = warmed;
-        // The checked event's customer_id is the view's that warm looked up (check_into copies it).
-        let Some(mut account) = account else {
+        let Some(account) = self.accounts.get_mut(Text::of(event.customer_id)) else {
             return Err(unknown_customer(event.customer_id));
         };
-        // SAFETY: warm took this pointer from the account's box in `self.accounts` (through
-        // `get_mut`, so it may write) for this slice of the batch, and nothing since added or removed
-        // an account (rating an event changes accounts in place; `pause` comes before warm): the box,
-        // which a rehash of the map does not move, is still alive. Rating borrows no other path to it:
-        // `self.accounts` is not read below, and this reference ends with the call.
-        let account = unsafe { account.as_mut() };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
+        let Warmed { dedupe_key, slot } = warmed;
         let place = self.dedupe.place(dedupe_key);
         let seen = self.dedupe.held(place).map(Seen::from);
         if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
@@ -472,14 +464,7 @@ struct Warmed {
     /// Where in `Kernel::warmed_keyed` is what its first product was keyed by (`Rater::entry_keys`),
     /// which `Rater::plan_keyed` starts from in place (moved, the keying was copied a few times).
     slot: usize,
-    /// The account of the event's customer_id (None: unknown), found by warm's lookup so that
-    /// rating does not hash the id and look it up a second time.
-    account: Option<NonNull<Account>>,
 }
-
-/// What `Kernel::warm` found each event of a slice's account at (in order); kept in
-/// `ingest_checked_pausing`'s frame, not in the kernel, as pointers are only valid until the next pause.
-type WarmedAccounts = [Option<NonNull<Account>>; PAUSE_EVERY_EVENTS];
 
 /// Events `ingest_checked_pausing` rates between two pauses.
 pub const PAUSE_EVERY_EVENTS: usize = 64;
@@ -513,16 +498,15 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
     let mut ack = AckBuilder::new(batch.batch_id, next_seq);
     kernel.rater.explain.begin(next_seq);
     let mut checked = Event::empty();
-    let mut warmed_accounts: WarmedAccounts = [None; PAUSE_EVERY_EVENTS];
     for (index, event) in batch.events().enumerate() {
         if index % PAUSE_EVERY_EVENTS == 0 {
             if index > 0 {
                 pause(kernel);
             }
-            kernel.warm(batch.events_from(index).take(PAUSE_EVERY_EVENTS), &mut warmed_accounts);
+            kernel.warm(batch.events_from(index).take(PAUSE_EVERY_EVENTS));
         }
         let slot = index % PAUSE_EVERY_EVENTS;
-        let warmed = Warmed { dedupe_key: kernel.warmed_keys[slot], slot, account: warmed_accounts[slot] };
+        let warmed = Warmed { dedupe_key: kernel.warmed_keys[slot], slot };
         match kernel.ingest_event(index, warmed, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
@@ -1149,13 +1133,8 @@ impl Kernel {
     /// aggregates and hour buckets are keyed as planning keys them (`Rater::entry_keys`), and
     /// planning starts from that keying: some 520 instructions an event more, for about 11% less
     /// CPU an event in the spike (its rating took no LL miss on them after). Reads only; the dedupe
-    /// keys and the keying are kept for rating (`warmed_keys`, `warmed_keyed`), and where each
-    /// event's account is (`found_accounts`, at most PAUSE_EVERY_EVENTS events).
-    fn warm<'s, 'a: 's>(
-        &mut self,
-        events: impl Iterator<Item = EventView<'s, 'a>> + Clone,
-        found_accounts: &mut WarmedAccounts,
-    ) {
+    /// keys and the keying are kept for rating (`warmed_keys`, `warmed_keyed`).
+    fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>> + Clone) {
         let Kernel { accounts, dedupe, canonical, warmed_keys, warmed_keyed, rater, .. } = self;
         warmed_keys.clear();
         warmed_keyed.clear();
@@ -1163,17 +1142,11 @@ impl Kernel {
         // Four passes over the slice: each pass's reads start from what the one before found, and
         // within a pass the lookups do not depend on each other, so their misses overlap.
         let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
-        for (event, found_account) in events.clone().zip(found_accounts.iter_mut()) {
+        for event in events.clone() {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += dedupe.warm(key);
             warmed_keys.push(key);
-            // A raw borrow of the box's contents, not `&mut **a`: it makes no reference, so the
-            // pointers of two events of one customer are one pointer, both valid (as Box::as_mut_ptr,
-            // not yet stable, promises).
-            *found_account = accounts.get_mut(Text::of(event.customer_id)).and_then(|a| NonNull::new(&raw mut **a));
-            // SAFETY: just taken from a live box in `accounts`, which this function does not change,
-            // and only read through (rating writes through these pointers after warm returns).
-            slice.push((event.timestamp_ms, found_account.map(|a| unsafe { a.as_ref() })));
+            slice.push((event.timestamp_ms, accounts.get(Text::of(event.customer_id)).map(|a| &**a)));
         }
         for &(_, account) in &slice {
             found += account.map_or(0, Account::warm_fields);
