@@ -115,7 +115,8 @@ fn find<V: Copy>(entries: &[(&str, V)], key: &str) -> Option<V> {
 }
 
 /// `a == b` for the short keys events carry: the lengths, then up to 16 bytes compared as two
-/// overlapping words in place of a call to memcmp.
+/// overlapping words (up to 3 as their first, middle and last byte) in place of a call to memcmp.
+/// Short texts too: an event type such as "ai", compared for every event, called memcmp.
 #[inline]
 pub(crate) fn same_text(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -128,6 +129,9 @@ pub(crate) fn same_text(a: &str, b: &str) -> bool {
     match len {
         8..=16 => word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8),
         4..=7 => half(a, 0) == half(b, 0) && half(a, len - 4) == half(b, len - 4),
+        // The first, middle and last byte are every byte of a text this short.
+        1..=3 => a[0] == b[0] && a[len / 2] == b[len / 2] && a[len - 1] == b[len - 1],
+        0 => true,
         _ => a == b,
     }
 }

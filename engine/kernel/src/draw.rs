@@ -107,12 +107,11 @@ pub fn settle_into(
         }
     }
     debug_assert!(charges.windows(2).all(|w| w[0].product_id <= w[1].product_id), "charges come in product-id order");
-    for (i, charge) in charges.iter().enumerate() {
+    for (charge, outcome) in charges.iter().zip(outcomes.iter_mut()) {
         if charge.charge <= 0 {
             continue;
         }
         let mut left = charge.charge;
-        let outcome = &mut outcomes[i];
         for &g in order {
             let grant = &grants[g as usize];
             let balance = &mut remaining[g as usize];

@@ -24,7 +24,8 @@ use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
-    curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Product, Route, Sym, Version,
+    curve_with_override, period_containing, Aggregation, Catalog, Contract, Interner, Product, Route, Sym, Text,
+    Version,
 };
 use crate::snapshot::{self, KeyRef, StoredAccountRef};
 use crate::tables;
@@ -410,7 +411,7 @@ impl Kernel {
         check_into(raw, received_ms, catalog.future_skew_ms, event)?;
         let event = &*event;
         let digest = content_digest(event, &mut self.canonical);
-        let Some(account) = self.accounts.get_mut(event.customer_id) else {
+        let Some(account) = self.accounts.get_mut(Text::of(event.customer_id)) else {
             return Err(unknown_customer(event.customer_id));
         };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
@@ -1145,7 +1146,7 @@ impl Kernel {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += dedupe.warm(key);
             warmed_keys.push(key);
-            slice.push((event.timestamp_ms, accounts.get(event.customer_id).map(|a| &**a)));
+            slice.push((event.timestamp_ms, accounts.get(Text::of(event.customer_id)).map(|a| &**a)));
         }
         for &(_, account) in &slice {
             found += account.map_or(0, Account::warm_fields);

@@ -27,12 +27,13 @@ pub struct Interner {
 #[derive(Clone, Debug)]
 struct Interned(Box<str>);
 
-/// A string looked up in the interner's index: equal as `same_text` says (the same as `==`).
+/// A string looked up in the interner's index (and in the kernel's accounts, crate::customer_key):
+/// equal as `same_text` says (the same as `==`).
 #[repr(transparent)]
-struct Text(str);
+pub(crate) struct Text(str);
 
 impl Text {
-    fn of(text: &str) -> &Text {
+    pub(crate) fn of(text: &str) -> &Text {
         // SAFETY: Text is repr(transparent) over str, so a &str and a &Text have the same layout and
         // metadata (the length), and the borrow's lifetime carries over unchanged.
         unsafe { &*(text as *const str as *const Text) }
