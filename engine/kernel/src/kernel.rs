@@ -68,9 +68,10 @@ impl Account {
 
     /// The start of the period containing ts_ms under the contract covering it, when that period is
     /// the one the account last rated in (`last_period`); else None. For `Kernel::warm`, which reads
-    /// ahead of checking: an unchecked timestamp may be anywhere, and the calendar (`period`) is only
-    /// defined for the timestamps checking lets through (a fuzzed one near i64::MAX looped in it for
-    /// minutes). Warming an event in another period is skipped, not needed for correctness.
+    /// ahead of checking: an unchecked timestamp may be anywhere, so warm asks only the cached period
+    /// and computes none (a fuzzed timestamp near i64::MAX once looped in the calendar for minutes; it
+    /// is total now, but computing a period is work an event not yet checked should not cost). Warming
+    /// an event in another period is skipped, not needed for correctness.
     fn last_period_covering(&self, ts_ms: i64) -> Option<i64> {
         let (anchor, start, end) = self.last_period;
         let contract = self.contract_at(ts_ms)?;
