@@ -835,6 +835,11 @@ def test_the_cli_period_is_the_one_starting_in_that_month_also_the_first(server_
     )
     second = json.loads(invoices_cli(server, "preview", "d31", "--period", "2026-02", "--json").stdout)
     assert (second["period_start"], second["subtotal"]) == ("2026-02-28T00:00:00Z", "2")
+    # `invoices explain --period` reads the same period (it asked for the one starting on the 1st: none here).
+    explained = invoices_cli(server, "explain", "d31", "unit;k=a", "--period", "2026-01", "--json")
+    assert explained.returncode == 0, explained.stderr
+    events = json.loads(explained.stdout)
+    assert (events["line_amount"], [e["timestamp_ms"] for e in events["events"]]) == ("1", [str(jan31 + DAY_MS)])
     closed = invoices_cli(server, "close", "d31", "--period", "2026-01", "--json")
     assert closed.returncode == 0, closed.stderr
     assert [(i["invoice_number"], i["period_start"]) for i in json.loads(closed.stdout)] == [

@@ -10,37 +10,47 @@ from typing import TYPE_CHECKING
 
 import click
 
+from server.admin.invoices import period_starting_in
 from server.admin.output import print_fields, print_json, print_table
 from server.admin.remote import Remote, fail, remote_command
 
 if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from tariff import TariffClient
     from tariff.v1 import invoices_pb2
 
 PAGE_SIZE = 1_000
 EXIT_BAD_INPUT = 2
 
 
-def period_start_ms(period: str | None, period_start: str | None) -> int:
-    """--period YYYY-MM (the period starting on that month's first day, 00:00 UTC), --period-start ISO-8601, or the
-    current month's first day."""
-    try:
-        if period_start:
+def period_start_of(client: TariffClient, customer_id: str, period: str | None, period_start: str | None) -> Timestamp:
+    """--period-start ISO-8601 as given; --period YYYY-MM, the customer's period that starts in that month (as
+    `invoices preview` and `close` read it: a contract anchored mid-month has no period starting on the 1st); else
+    the customer's current period."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from tariff.v1 import invoices_pb2
+
+    if period_start:
+        try:
             moment = datetime.fromisoformat(period_start.replace("Z", "+00:00"))
-            return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
-        if period:
-            moment = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
-        else:
-            moment = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    except ValueError as exc:
-        fail(f"--period is YYYY-MM and --period-start ISO-8601: {exc}", EXIT_BAD_INPUT)
-    return int(moment.timestamp() * 1000)
+        except ValueError as exc:
+            fail(f"--period-start is ISO-8601: {exc}", EXIT_BAD_INPUT)
+        start = Timestamp()
+        start.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+        return start
+    if period:
+        return period_starting_in(client, customer_id, period).period_start
+    current: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
+        invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id)
+    )
+    return current.period_start
 
 
 @click.command()
 @click.argument("customer_id")
 @click.argument("line_id")
 @click.option(
-    "--period", metavar="YYYY-MM", help="the billing period starting on that month's first day  [default: this month]"
+    "--period", metavar="YYYY-MM", help="the billing period starting in that month  [default: the current period]"
 )
 @click.option("--period-start", metavar="ISO-8601", help="the exact start of the billing period (overrides --period)")
 @click.option("--page-size", type=click.IntRange(1, PAGE_SIZE), help="one page of this many events, not every page")
@@ -57,14 +67,12 @@ def explain(
 ) -> None:
     """Why was CUSTOMER_ID charged LINE_ID? Every event behind the line: quantity, version, unit price, amount and
     the credits it drew per grant; the amounts sum to the line's amount."""
-    from google.protobuf.timestamp_pb2 import Timestamp
     from tariff.v1 import invoices_pb2
 
-    start = Timestamp()
-    start.FromMilliseconds(period_start_ms(period, period_start))
     events: list[invoices_pb2.ExplainedEvent] = []
     token = page_token
     with remote.client() as client:
+        start = period_start_of(client, customer_id, period, period_start)
         while True:
             request = invoices_pb2.ExplainLineItemRequest(
                 customer_id=customer_id,

@@ -74,7 +74,7 @@ def _timestamp(moment: datetime) -> Any:
     return stamp
 
 
-def _period_starting_in(client: TariffClient, customer_id: str, period: str) -> invoices_pb2.Invoice:
+def period_starting_in(client: TariffClient, customer_id: str, period: str) -> invoices_pb2.Invoice:
     """The draft (or final invoice) of the customer's period that starts in the month `period`."""
     from tariff import FailedPrecondition
     from tariff.v1 import invoices_pb2
@@ -155,7 +155,7 @@ def preview(remote: Remote, customer_id: str, period: str | None) -> None:
         if period is None:
             found = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id))
         else:
-            found = _period_starting_in(client, customer_id, period)
+            found = period_starting_in(client, customer_id, period)
     print_json(found) if remote.as_json else print_invoice(found)
 
 
@@ -176,7 +176,7 @@ def close(remote: Remote, customer_id: str | None, period: str | None, close_all
         else:
             if customer_id is None or period is None:
                 fail("closing one customer's period needs CUSTOMER_ID and --period YYYY-MM", 2)
-            draft = _period_starting_in(client, customer_id, period)
+            draft = period_starting_in(client, customer_id, period)
             request = invoices_pb2.ClosePeriodRequest(customer_id=customer_id, period_start=draft.period_start)
             made = [client.invoices.ClosePeriod(request)]
     if remote.as_json:
