@@ -271,6 +271,20 @@ def test_dedupe_is_by_customer_and_transaction_id_on_content_not_wire_order(serv
         ack = ingest(client, *copies)
         assert (ack.accepted, ack.duplicates, rejections(ack)) == (1, 1, [(2, "o2", REJECT.DUPLICATE_CONFLICT)])
         assert (charges(client, "once"), charges(client, "other")) == ("2", "4")
+        # Six batches on one stream, written before any ack is read, all naming o4 with n alternating 1 and 2:
+        # the first is accepted, the identical ones are duplicates, the others conflicts; one unit charged.
+        customer(client, "piped")
+        batches = [
+            usage_pb2.UsageBatch(batch_id=f"x{i}", events=[event("o4", "piped", "s", at_ms, {"n": 1 + i % 2})])
+            for i in range(6)
+        ]
+        acks = list(client.usage.IngestUsage(iter(batches), timeout=10))
+        answers = [(a.batch_id, a.accepted, a.duplicates, [r.reason for r in a.rejected]) for a in acks]
+        conflict = [REJECT.DUPLICATE_CONFLICT]
+        assert answers == [
+            (f"x{i}", 1 if i == 0 else 0, 1 if i in (2, 4) else 0, conflict if i % 2 else []) for i in range(6)
+        ]
+        assert charges(client, "piped") == "1"
         # The window runs from receipt: an event stamped 40 days ago, resent at once, is a duplicate.
         customer(client, "old", starting_at_ms=CARD_FROM_MS)
         old = event("o3", "old", "s", now_ms() - 40 * 24 * HOUR_MS, {"n": 1})
