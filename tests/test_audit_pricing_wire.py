@@ -595,3 +595,20 @@ def test_audit_time_bounds_between_milliseconds_are_compared_exactly(server_fact
         # Two bounds inside one millisecond, the end after the start: a valid (empty) window, not INVALID_ARGUMENT.
         window = log(pricing_pb2.GetAuditLogRequest(start_time=half_ms_after, end_time=later))
         assert list(window.entries) == []
+
+
+def test_a_price_field_out_of_its_range_is_named_with_its_value_as_a_plain_decimal(
+    server_factory: ServerFactory,
+) -> None:
+    """The finding shows the evaluated value as the rest of the API writes decimals ("0", "-0.5"); before the fix
+    it showed the 18-place quantized Decimal: "0E-18", "-0.500000000000000000"."""
+    server = server_factory()
+    with server.client() as client:
+        catalogue(client, this_hour_ms())
+        rates = [unit("1", {"model": "a"}, per_units="p - 2"), unit("p - 2.5", {"model": "b"})]
+        version = draft(client, 1, rates, {"p": "2"})
+        report = client.pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id=CARD, version=version))
+        assert [(f.path, f.message) for f in report.findings] == [
+            ("rates[1].unit.per_units", "'p - 2' = 0 must be > 0"),
+            ("rates[2].unit.price", "'p - 2.5' = -0.5 must be >= 0"),
+        ]
