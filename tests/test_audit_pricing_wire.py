@@ -30,7 +30,12 @@ def stamp(ms: int) -> timestamp_pb2.Timestamp:
 
 
 def this_hour_ms() -> int:
+    """The start of the current hour; within 15 s of the next one, that one (after waiting for it), so a scenario
+    that publishes "from now" (the current hour) runs inside the hour it computed."""
     now = time.time_ns() // 1_000_000
+    if HOUR_MS - now % HOUR_MS < 15_000:
+        time.sleep((HOUR_MS - now % HOUR_MS) / 1000 + 0.05)
+        now = time.time_ns() // 1_000_000
     return now - now % HOUR_MS
 
 
@@ -612,3 +617,29 @@ def test_a_price_field_out_of_its_range_is_named_with_its_value_as_a_plain_decim
             ("rates[1].unit.per_units", "'p - 2' = 0 must be > 0"),
             ("rates[2].unit.price", "'p - 2.5' = -0.5 must be >= 0"),
         ]
+
+
+def test_an_event_feeding_two_products_is_counted_once_and_a_retry_rerates_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory()
+    hour = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, hour - 3 * HOUR_MS)
+        also = pricing_pb2.Product(id="u2", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=also))
+        u2 = pricing_pb2.Rate(product_id="u2", unit=pricing_pb2.UnitPrice(price="1"))
+        publish(client, draft(client, 1, [u2]), hour - 3 * HOUR_MS)
+        ingest(client, work("a1", hour + 1, 2), work("a2", hour + 2, 3))  # 5 units, each feeding both: 10
+        assert charges(client) == "10"
+        v3 = draft(client, 2, [unit("2"), pricing_pb2.Rate(product_id="u2", unit=pricing_pb2.UnitPrice(price="3"))])
+        done = publish(client, v3, hour)  # 5 x 2 + 5 x 3 = 25
+        counts = (done.customers_rerated, done.buckets_rerated, done.events_rerated, done.rerated_amount_delta)
+        assert counts == (1, 2, 2, "15")
+        again = publish(client, v3, hour)
+        assert (again.customers_rerated, again.buckets_rerated, again.events_rerated) == (0, 0, 0)
+        assert (again.rerated_amount_delta, charges(client)) == ("0", "25")
+        # A rollback without effective_from: from the current hour, back to version 2's prices (10).
+        copy = client.pricing.RollbackRateCard(pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=2))
+        assert copy.version.effective_from.ToMilliseconds() == hour and copy.version.rollback_from_version == 3
+        assert (copy.events_rerated, copy.rerated_amount_delta, charges(client)) == (2, "-15", "10")
