@@ -20,7 +20,7 @@ import msgspec
 
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.formula import FormulaError, evaluate
-from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PLACES_MAX
+from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PLACES_MAX, format_decimal
 from engine.products import Product
 
 HOUR_MS = 3_600_000
@@ -404,7 +404,11 @@ def _price_field(
     value = rounded
     if value < 0 or (positive and value == 0):
         findings.append(
-            Finding(Severity.ERROR, field_path, f"{text!r} = {value} must be {'> 0' if positive else '>= 0'}")
+            Finding(
+                Severity.ERROR,
+                field_path,
+                f"{text!r} = {format_decimal(value)} must be {'> 0' if positive else '>= 0'}",
+            )
         )
     return value
 

@@ -65,10 +65,13 @@ def optional_ms(message: object, field: str, name: str = "") -> int | None:
 
 
 def optional_filter_ms(message: object, field: str) -> int | None:
-    """A filter's bound (None when unset): compared, never computed with, so any valid Timestamp will do."""
+    """A filter's bound (None when unset): compared, never computed with, so any valid Timestamp will do. Rounded
+    up to a whole millisecond: the instants it is compared with are whole milliseconds, so `t >= bound` ("at or
+    after") and `t < bound` ("before") then answer exactly what the Timestamp asks (t is before t + 0.5 ms)."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    return _valid_ms(getattr(message, field), field)
+    timestamp = getattr(message, field)
+    return _valid_ms(timestamp, field) + (1 if timestamp.nanos % 1_000_000 else 0)
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from google.protobuf import timestamp_pb2
 from tariff.v1 import (
     pricing_pb2,
     pricing_pb2_grpc,
@@ -136,7 +137,8 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             convert.optional_filter_ms(request, "start_time"),
             convert.optional_filter_ms(request, "end_time"),
         )
-        if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+        # Compared exactly: two bounds inside one millisecond round up to the same one, yet end after start is valid.
+        if start_ms is not None and end_ms is not None and _nanos(request.end_time) <= _nanos(request.start_time):
             raise InvalidArgument.field("end_time", "must be after start_time")
         where = AuditFilter(request.actor, request.action, start_ms, end_ms)
         # Only the newer filters bound the chunks a page opens: a page by after_seq and target alone is whole, as
@@ -243,3 +245,7 @@ def publish_response(result: PublishResult) -> pricing_pb2.PublishVersionRespons
         closed_amount_left_alone=format_picos(result.closed_amount_left_alone_picos),
         left_alone_reason=LEFT_ALONE_REASON if result.closed_buckets_left_alone else "",
     )
+
+
+def _nanos(timestamp: timestamp_pb2.Timestamp) -> int:
+    return int(timestamp.seconds) * 1_000_000_000 + int(timestamp.nanos)
