@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2
 
 from tests.demo_usage import ACME, CHEAP, demo_batch
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerFactory, ServerProcess, free_port
 from tests.test_server_auth import BETA, CHANNEL_OPTIONS, Keys, add_beta, code_of
 
 AUDIT_KEYS: dict[str, tuple[str, list[str] | None]] = {
@@ -308,3 +308,49 @@ def test_x_actor_is_refused_to_a_restricted_key_on_an_ingest_stream(world: World
     assert code == grpc.StatusCode.PERMISSION_DENIED and "x-actor" in details, (code, details)
     with world.server.client() as admin:
         assert admin.usage.IngestUsageBatch(demo_batch("after", "named-stream", 1)).accepted == 1, "nothing applied"
+
+
+def test_reservation_ids_are_per_customer_so_reusing_anothers_learns_and_touches_nothing(world: World) -> None:
+    """acme's key holds, then frees, under beta's reservation id: its own hold only, beta's stays."""
+    held_before = beta_balance(world).credits_held
+    with world.server.client(api_key=world.keys.key["acme-meter"]) as meter:
+        request = balance_pb2.AuthorizeRequest(
+            customer_id=ACME,
+            event_type="ai_action",
+            dimensions=CHEAP,
+            reserve=True,
+            reservation_id=world.beta_reservation_id,
+        )
+        code, details = code_of(functools.partial(meter.balance.Authorize, request))
+        assert code == grpc.StatusCode.OK, (code, details)
+        released = meter.balance.ReleaseReservation(
+            balance_pb2.ReleaseReservationRequest(customer_id=ACME, reservation_id=world.beta_reservation_id)
+        )
+        assert released.released_amount == "0.5"
+    assert beta_balance(world).credits_held == held_before
+
+
+def test_list_customers_pages_hold_only_the_keys_customers_whatever_the_page_token(world: World) -> None:
+    with world.server.client() as admin:
+        first = admin.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_size=1))
+    assert first.next_page_token, "the admin's first page stops after acme"
+    with world.server.client(api_key=world.keys.key["acme-portal"]) as portal:
+        for token in ("", first.next_page_token):
+            listed = portal.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_token=token))
+            assert {c.id for c in listed.customers} <= {ACME}, (token, listed)
+
+
+def test_keys_without_tls_beyond_loopback_serve_with_a_loud_clear_text_warning(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    keys = Keys(tmp_path / "keys.json", {"ops-admin": ("admin", None)})
+    port = free_port()
+    server = server_factory(
+        extra_args=[*keys.args, "--listen", f"0.0.0.0:{port}"], api_key=keys.key["ops-admin"], start=False
+    )
+    server.port = port
+    server.start()
+    with server.client() as admin:  # served (a warning, not a refusal)
+        assert admin.contracts.ListCustomers(contracts_pb2.ListCustomersRequest()) is not None
+    log = server.log_tail(200)
+    assert f"serving 0.0.0.0:{port} with API keys but WITHOUT TLS" in log and "clear text" in log, log
