@@ -354,3 +354,26 @@ def test_keys_without_tls_beyond_loopback_serve_with_a_loud_clear_text_warning(
         assert admin.contracts.ListCustomers(contracts_pb2.ListCustomersRequest()) is not None
     log = server.log_tail(200)
     assert f"serving 0.0.0.0:{port} with API keys but WITHOUT TLS" in log and "clear text" in log, log
+
+
+def test_contract_and_grant_ids_are_server_wide_a_taken_id_says_only_that(world: World) -> None:
+    """README: a restricted admin key creating a contract or grant under an id another customer holds learns that
+    the id is taken (ALREADY_EXISTS) and nothing else: not the owner, not the amount; nothing changes."""
+    before = beta_balance(world)
+    with world.server.client(api_key=world.keys.key["acme-admin"]) as admin_acme:
+        contract = contracts_pb2.CreateContractRequest(id="beta-2026", customer_id=ACME, rate_card_id="ai-credits")
+        grant = contracts_pb2.Grant(
+            id="beta-prepaid", customer_id=ACME, kind=contracts_pb2.PREPAID, amount="100", paid_amount="90"
+        )
+        answers = [
+            code_of(functools.partial(admin_acme.contracts.CreateContract, contract)),
+            code_of(
+                functools.partial(admin_acme.contracts.GrantCredits, contracts_pb2.GrantCreditsRequest(grant=grant))
+            ),
+        ]
+    assert [code for code, _ in answers] == [grpc.StatusCode.ALREADY_EXISTS] * 2, answers
+    assert [details for _, details in answers] == [
+        "contract 'beta-2026' already exists",
+        "grant 'beta-prepaid' already exists",
+    ]
+    assert beta_balance(world) == before
