@@ -377,3 +377,23 @@ def test_contract_and_grant_ids_are_server_wide_a_taken_id_says_only_that(world:
         "grant 'beta-prepaid' already exists",
     ]
     assert beta_balance(world) == before
+
+
+def test_x_actor_is_refused_to_a_restricted_key_on_holds_but_not_on_plain_authorization(world: World) -> None:
+    def request(reserve: bool) -> balance_pb2.AuthorizeRequest:
+        return balance_pb2.AuthorizeRequest(
+            request_id="r", customer_id=ACME, event_type="ai_action", dimensions=CHEAP, reserve=reserve
+        )
+
+    with world.server.client(api_key=world.keys.key["acme-meter"], actor="someone-else") as named:
+        held = {
+            "AuthorizeStream": lambda: list(named.balance.AuthorizeStream(iter([request(True)]), timeout=5)),
+            "AuthorizeBatches": lambda: list(
+                named.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=[request(True)])]), timeout=5)
+            ),
+        }
+        for what, call in held.items():
+            code, details = code_of(call)
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "x-actor" in details, (what, code, details)
+        assert named.balance.Authorize(request(False)).allowed, "a plain authorization changes nothing"
+    assert beta_balance(world).credits_held == "0.5"
