@@ -91,8 +91,17 @@ class UsageService(_Base):
             return UsageBatch(data, self.batch_events_max)
         return UsageBatch(data, self.batch_events_max, sorted(identity.customers), identity.name)
 
+    @staticmethod
+    def _refuse_a_restricted_key_naming_an_actor(context: Context) -> None:
+        """PERMISSION_DENIED when a key restricted to some customers sends x-actor, as on every other
+        state-changing call (README "API keys"). Usage records no actor, so unrestricted keys skip the check."""
+        identity = auth.caller.get()
+        if identity is not None and identity.customers is not None:
+            auth.actor(auth.actor_named(context.invocation_metadata()))
+
     @unary
     async def IngestUsageBatch(self, request: bytes, context: Context) -> bytes:
+        self._refuse_a_restricted_key_naming_an_actor(context)
         taken = await self.intake.acquire(len(request))
         try:
             deadline = check_deadline(context)
@@ -106,6 +115,7 @@ class UsageService(_Base):
     async def IngestUsage(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         # Batches are submitted as they arrive (so concurrent streams share group commits) and acked in order.
         # At most STREAM_BATCHES_IN_FLIGHT_MAX await their commit: past that the server stops reading the stream.
+        self._refuse_a_restricted_key_naming_an_actor(context)
         slots = asyncio.Semaphore(self.stream_batches_in_flight_max)
         # Never holds more than the slots allow (plus the end marker), so putting never has to wait.
         in_flight: asyncio.Queue[tuple[int, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
