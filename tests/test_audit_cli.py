@@ -6,6 +6,7 @@ one line on stderr and no Python traceback, as README promises for a malformed a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,14 @@ def test_a_time_before_year_one_is_a_usage_error(demo: ServerProcess, args: tupl
 @pytest.mark.parametrize("ttl_s", ["nan", "inf", "-inf", "1e30"])
 def test_reserve_a_ttl_that_is_no_number_of_seconds_is_a_usage_error(demo: ServerProcess, ttl_s: str) -> None:
     assert_usage_error(demo, "reserve", "acme", "ai_action", "model=gpt-4", "--ttl-s", ttl_s)
+
+
+def test_a_ca_file_that_is_no_pem_fails_with_one_line(demo: ServerProcess, tmp_path: Path) -> None:
+    # README: a failed call prints the status code and the server's message; gRPC core's own log lines must not
+    # come before it.
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    done = tariff(demo, "balance", "acme", "--tls-ca", str(not_pem), check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("tariff: UNAVAILABLE"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
