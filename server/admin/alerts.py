@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from server.admin.output import message_dict, pairs, print_json, print_table, when
+from server.admin.output import JOURNAL_SEQ, message_dict, pairs, print_json, print_table, when
 from server.admin.remote import Remote, remote_command
 
 if TYPE_CHECKING:
@@ -90,9 +90,7 @@ def alert_line(alert: alerts_pb2.Alert) -> str:
 
 
 @alerts.command("watch")
-@click.option(
-    "--after", "after_seq", type=click.IntRange(0), default=0, show_default=True, help="alerts after this seq"
-)
+@click.option("--after", "after_seq", type=JOURNAL_SEQ, default=0, show_default=True, help="alerts after this seq")
 @click.option("--count", type=click.IntRange(1), help="stop after this many alerts  [default: never]")
 @remote_command
 def watch_alerts(remote: Remote, after_seq: int, count: int | None) -> None:

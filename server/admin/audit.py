@@ -6,7 +6,7 @@ from datetime import datetime
 
 import click
 
-from server.admin.output import print_json, print_table, when
+from server.admin.output import JOURNAL_SEQ, print_json, print_table, when
 from server.admin.remote import Remote, remote_command
 from server.admin.versions import UtcTime, timestamp
 
@@ -19,9 +19,7 @@ def clip(change: str) -> str:
 
 
 @click.command()
-@click.option(
-    "--after", "after_seq", type=click.IntRange(0), default=0, show_default=True, help="entries after this seq"
-)
+@click.option("--after", "after_seq", type=JOURNAL_SEQ, default=0, show_default=True, help="entries after this seq")
 @click.option("--target", default="", help='only targets starting with this ("rate_card/ai-credits", "customer/")')
 @click.option("--by", default="", metavar="ACTOR", help="only changes by this actor: a key's name or a person")
 @click.option("--action", default="", help='only this action, the RPC\'s name ("PublishVersion", "RollbackRateCard")')

@@ -3,9 +3,12 @@ its automatic top-up, and holding credit as a gateway does (ContractService, Bal
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import click
 
-from server.admin.output import parse_numbers, parse_pairs, print_fields, print_json, print_table, when
+from server.admin.output import UINT32_MAX, parse_numbers, parse_pairs, print_fields, print_json, print_table, when
 from server.admin.remote import Remote, remote_command
 
 
@@ -52,7 +55,7 @@ def topup() -> None:
 @click.option("--threshold", required=True, help="decimal credits: top up when available credit falls below it")
 @click.option("--recharge-to", required=True, help="decimal credits: what a top-up brings available credit to")
 @click.option("--price-per-credit", required=True, help="decimal, in the contract's currency")
-@click.option("--max-per-period", required=True, type=click.IntRange(min=0), help="top-ups per billing period")
+@click.option("--max-per-period", required=True, type=click.IntRange(0, UINT32_MAX), help="top-ups per billing period")
 @remote_command
 def topup_set(
     remote: Remote, contract_id: str, threshold: str, recharge_to: str, price_per_credit: str, max_per_period: int
@@ -102,13 +105,38 @@ def _print_policy(remote: Remote, contract: object) -> None:
     )
 
 
+DURATION_SECONDS_MAX = 315_576_000_000  # the most a protobuf Duration holds (10,000 years)
+
+
+class DurationSeconds(click.ParamType[float]):
+    """A number of seconds a Duration holds: NaN, infinities and more than 10,000 years make protobuf raise while
+    the request is built, so they are usage errors here (a negative or too long TTL is the server's to refuse)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        seconds = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(seconds) or abs(seconds) > DURATION_SECONDS_MAX:
+            self.fail(
+                f"{value!r} is not a number of seconds from -{DURATION_SECONDS_MAX} to {DURATION_SECONDS_MAX}",
+                param,
+                ctx,
+            )
+        return seconds
+
+
+DURATION_SECONDS = DurationSeconds()
+
+
 @click.command()
 @click.argument("customer_id")
 @click.argument("event_type")
 @click.argument("dimensions", nargs=-1, metavar="[DIMENSION=VALUE]...")
 @click.option("--value", "values", multiple=True, metavar="NAME=NUMBER", help="a measured quantity (repeatable)")
 @click.option("--id", "reservation_id", default="", help="the reservation id (a retry with it holds once)")
-@click.option("--ttl-s", type=float, default=None, help="seconds the hold lasts unless settled  [default: 60]")
+@click.option(
+    "--ttl-s", type=DURATION_SECONDS, default=None, help="seconds the hold lasts unless settled  [default: 60]"
+)
 @remote_command
 def reserve(
     remote: Remote,

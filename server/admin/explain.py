@@ -36,7 +36,10 @@ def period_start_of(client: TariffClient, customer_id: str, period: str | None, 
         except ValueError as exc:
             fail(f"--period-start is ISO-8601: {exc}", EXIT_BAD_INPUT)
         start = Timestamp()
-        start.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+        try:
+            start.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+        except (ValueError, OverflowError):  # an offset may carry the time outside a Timestamp's years 1-9999
+            fail(f"--period-start {period_start!r} is outside years 1 to 9999 in UTC", EXIT_BAD_INPUT)
         return start
     if period:
         return period_starting_in(client, customer_id, period).period_start

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 
 Cell = str | int | float | None
 
+# The wire's integer ranges: past them protobuf raises ValueError while the request is built, so a command checks
+# them as it parses its arguments (a usage error, exit 2) instead.
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+VERSION_NUMBER = click.IntRange(1, UINT32_MAX)  # a rate card version (uint32)
+JOURNAL_SEQ = click.IntRange(0, UINT64_MAX)  # an --after seq of the audit log or the alerts (uint64)
+
 
 def message_dict(message: Message) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from server.admin.output import pairs, print_fields, print_json, print_table, when
+from server.admin.output import VERSION_NUMBER, pairs, print_fields, print_json, print_table, when
 from server.admin.remote import Remote, remote_command
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def list_rate_cards(remote: Remote, page_size: int) -> None:
 
 @ratecards.command("show")
 @click.argument("rate_card_id")
-@click.option("--version", type=click.IntRange(1), help="the version whose rates to show [default: the current one]")
+@click.option("--version", type=VERSION_NUMBER, help="the version whose rates to show [default: the current one]")
 @remote_command
 def show_rate_card(remote: Remote, rate_card_id: str, version: int | None) -> None:
     """A rate card, its versions, and the rates of its current version (or --version)."""

@@ -9,6 +9,7 @@ imported only when a command runs, so `tariff --help` stays fast.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
     def run(
         server: str, api_key: str | None, tls_ca: Path | None, as_json: bool, actor: str | None, **kwargs: Any
     ) -> None:
+        # Before grpc loads: gRPC core's own log lines (`ssl_utils.cc ... TSI_INVALID_ARGUMENT` for a CA file that is
+        # no PEM) must not bury the one line a failed call prints; GRPC_VERBOSITY in the environment still wins.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         try:
             command(Remote(server, api_key, tls_ca, as_json, actor), **kwargs)
         except Exception as exc:

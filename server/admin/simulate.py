@@ -6,14 +6,14 @@ from datetime import datetime
 
 import click
 
-from server.admin.output import print_fields, print_json, print_table
+from server.admin.output import VERSION_NUMBER, print_fields, print_json, print_table
 from server.admin.remote import Remote, remote_command
 from server.admin.versions import UtcTime, timestamp
 
 
 @click.command()
 @click.argument("rate_card_id")
-@click.argument("version", type=click.IntRange(1))
+@click.argument("version", type=VERSION_NUMBER)
 @click.option("--from", "period_start", type=UtcTime(), required=True, help="start of the usage to re-price")
 @click.option("--to", "period_end", type=UtcTime(), required=True, help="end of the usage to re-price (excluded)")
 @click.option("--customer", "customer_ids", multiple=True, help="only this customer (repeatable) [default: all]")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from server.admin.output import pairs, parse_pairs, print_fields, print_json, print_table
+from server.admin.output import UINT32_MAX, VERSION_NUMBER, pairs, parse_pairs, print_fields, print_json, print_table
 from server.admin.ratecards import VERSION_COLUMNS, price_text, print_version, version_rows
 from server.admin.remote import Remote, fail, remote_command
 
@@ -40,7 +40,13 @@ class UtcTime(click.ParamType[datetime]):
             parsed = datetime.fromisoformat(str(value))
         except ValueError:
             self.fail(f"{value!r} is not an ISO 8601 time (2026-12-01T13:00:00Z)", param, ctx)
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        moment = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        try:
+            # A protobuf Timestamp holds UTC years 1 to 9999: an offset may carry a time past either end.
+            moment.astimezone(UTC)
+        except OverflowError:
+            self.fail(f"{value!r} is outside years 1 to 9999 in UTC", param, ctx)
+        return moment
 
 
 def timestamp(moment: datetime) -> Timestamp:
@@ -83,7 +89,9 @@ def ratecard() -> None:
 
 @ratecard.command()
 @click.argument("rate_card_id")
-@click.option("--base", type=click.IntRange(0), default=0, show_default=True, help="version to start from; 0: empty")
+@click.option(
+    "--base", type=click.IntRange(0, UINT32_MAX), default=0, show_default=True, help="version to start from; 0: empty"
+)
 @click.option("--set", "set_parameters", multiple=True, metavar="NAME=DECIMAL", help="add or change a parameter")
 @click.option("--remove-parameter", "remove_parameters", multiple=True, metavar="NAME", help="drop a parameter")
 @click.option("--rate", "rates", multiple=True, metavar="JSON", help="add or replace a rate (a Rate as JSON)")
@@ -140,7 +148,7 @@ def print_report(report: pricing_pb2.ValidationReport) -> None:
 
 @ratecard.command()
 @click.argument("rate_card_id")
-@click.argument("version", type=click.IntRange(1))
+@click.argument("version", type=VERSION_NUMBER)
 @remote_command
 def validate(remote: Remote, rate_card_id: str, version: int) -> None:
     """Check a version: every finding, with where it is. Exit status 1 when it has errors."""
@@ -160,7 +168,7 @@ def validate(remote: Remote, rate_card_id: str, version: int) -> None:
 
 @ratecard.command()
 @click.argument("rate_card_id")
-@click.argument("version", type=click.IntRange(1))
+@click.argument("version", type=VERSION_NUMBER)
 @click.option("--effective-from", type=UtcTime(), help="on an hour boundary [default: now, rounded down to the hour]")
 @click.option("--cohort-customer", "cohort_customers", multiple=True, help="cohort: this customer id (repeatable)")
 @click.option(
@@ -233,8 +241,8 @@ def versions(remote: Remote, rate_card_id: str) -> None:
 
 @ratecard.command()
 @click.argument("rate_card_id")
-@click.argument("from_version", type=click.IntRange(1))
-@click.argument("to_version", type=click.IntRange(1))
+@click.argument("from_version", type=VERSION_NUMBER)
+@click.argument("to_version", type=VERSION_NUMBER)
 @remote_command
 def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) -> None:
     """What changed from FROM_VERSION to TO_VERSION (drafts too): parameters, rates, and each price field
@@ -283,7 +291,7 @@ def rate_change_rows(change: pricing_pb2.RateChange) -> list[tuple[str, ...]]:
 
 @ratecard.command()
 @click.argument("rate_card_id")
-@click.argument("version", type=click.IntRange(1), required=False)
+@click.argument("version", type=VERSION_NUMBER, required=False)
 @click.option("--at", type=UtcTime(), help="the version in force at this time (outside cohorts)")
 @remote_command
 def show(remote: Remote, rate_card_id: str, version: int | None, at: datetime | None) -> None:
@@ -307,7 +315,7 @@ def show(remote: Remote, rate_card_id: str, version: int | None, at: datetime | 
 
 @ratecard.command()
 @click.argument("rate_card_id")
-@click.argument("to_version", type=click.IntRange(1))
+@click.argument("to_version", type=VERSION_NUMBER)
 @click.option("--effective-from", type=UtcTime(), help="on an hour boundary [default: now, rounded down to the hour]")
 @remote_command
 def rollback(remote: Remote, rate_card_id: str, to_version: int, effective_from: datetime | None) -> None:
