@@ -13,10 +13,10 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
-from tariff import TariffClient, TariffError
+from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
+from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
 from tests.test_server_explain import month_start_ms
 
@@ -24,16 +24,6 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 # The card is in force from 60 days ago (on an hour), so every past instant the scenarios use has a price.
 CARD_FROM_MS = (time.time_ns() // 1_000_000 // HOUR_MS - 60 * 24) * HOUR_MS
-
-
-def stamp(ms: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def catalogue(client: TariffClient) -> None:

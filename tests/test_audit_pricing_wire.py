@@ -16,17 +16,12 @@ from google.protobuf import timestamp_pb2
 from tariff import TariffClient, TariffError
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
+from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
 
 HOUR_MS = 3_600_000
 S = grpc.StatusCode
 CARD = "card"
-
-
-def stamp(ms: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
 
 
 def this_hour_ms() -> int:

@@ -24,10 +24,10 @@ import time
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
-from tariff import TariffClient
+from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
+from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory, ServerProcess
 
 HOUR_MS = 3_600_000
@@ -46,16 +46,6 @@ PRODUCTS: tuple[tuple[str, str, pricing_pb2.Aggregation, str, dict[str, str], st
     ("micro", "p", pricing_pb2.SUM, "n", {}, "1000000"),
     ("unrated", "nr", pricing_pb2.SUM, "n", {}, ""),
 )
-
-
-def stamp(ms: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def this_hour_ms() -> int:

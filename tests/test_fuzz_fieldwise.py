@@ -23,6 +23,7 @@ import grpc
 from google.protobuf import descriptor, duration_pb2, message, timestamp_pb2
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
+from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory, ServerProcess
 
 HOUR_MS = 3_600_000
@@ -90,10 +91,6 @@ EDGE_INSTANTS = [
 ]
 DURATIONS = [(0, 0), (-1, 0), (2**62, 0), (0, 1), (0, -5), (1, -1)]
 MAP_ENTRIES = 12  # the first TEXTS, as a key and as a value
-
-
-def stamp(ms: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
 Edit = Callable[[message.Message], None]

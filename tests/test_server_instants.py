@@ -17,16 +17,13 @@ from google.protobuf import timestamp_pb2
 from tariff import TariffClient, TariffError
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2
 
+from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
 
 LATEST_MS = 221_845_392_000_000 - 1  # 8999-12-31T23:59:59.999Z
 YEAR_10000_S = 253_402_300_800  # 10000-01-01T00:00:00Z: past Python's datetime
 CONTRACT = "acme-2026"  # the demo's contract (server/demo.py)
 PRODUCT = "ai_action"
-
-
-def stamp(ms: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
 OUT_OF_RANGE = {
