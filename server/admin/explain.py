@@ -12,7 +12,8 @@ import click
 
 from server.admin.invoices import period_starting_in
 from server.admin.output import print_fields, print_json, print_table
-from server.admin.remote import Remote, fail, remote_command
+from server.admin.remote import Remote, remote_command
+from server.admin.versions import UtcTime
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -20,26 +21,20 @@ if TYPE_CHECKING:
     from tariff.v1 import invoices_pb2
 
 PAGE_SIZE = 1_000
-EXIT_BAD_INPUT = 2
 
 
-def period_start_of(client: TariffClient, customer_id: str, period: str | None, period_start: str | None) -> Timestamp:
-    """--period-start ISO-8601 as given; --period YYYY-MM, the customer's period that starts in that month (as
-    `invoices preview` and `close` read it: a contract anchored mid-month has no period starting on the 1st); else
-    the customer's current period."""
+def period_start_of(
+    client: TariffClient, customer_id: str, period: str | None, period_start: datetime | None
+) -> Timestamp:
+    """--period-start as given; --period YYYY-MM, the customer's period that starts in that month (as `invoices
+    preview` and `close` read it: a contract anchored mid-month has no period starting on the 1st); else the
+    customer's current period."""
     from google.protobuf.timestamp_pb2 import Timestamp
     from tariff.v1 import invoices_pb2
 
-    if period_start:
-        try:
-            moment = datetime.fromisoformat(period_start.replace("Z", "+00:00"))
-        except ValueError as exc:
-            fail(f"--period-start is ISO-8601: {exc}", EXIT_BAD_INPUT)
+    if period_start is not None:
         start = Timestamp()
-        try:
-            start.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-        except (ValueError, OverflowError):  # an offset may carry the time outside a Timestamp's years 1-9999
-            fail(f"--period-start {period_start!r} is outside years 1 to 9999 in UTC", EXIT_BAD_INPUT)
+        start.FromDatetime(period_start)
         return start
     if period:
         return period_starting_in(client, customer_id, period).period_start
@@ -55,7 +50,12 @@ def period_start_of(client: TariffClient, customer_id: str, period: str | None, 
 @click.option(
     "--period", metavar="YYYY-MM", help="the billing period starting in that month  [default: the current period]"
 )
-@click.option("--period-start", metavar="ISO-8601", help="the exact start of the billing period (overrides --period)")
+@click.option(
+    "--period-start",
+    type=UtcTime(),
+    metavar="ISO-8601",
+    help="the exact start of the billing period (overrides --period)",
+)
 @click.option("--page-size", type=click.IntRange(1, PAGE_SIZE), help="one page of this many events, not every page")
 @click.option("--page-token", default="", help="the page to start at (a next_page_token)")
 @remote_command
@@ -64,7 +64,7 @@ def explain(
     customer_id: str,
     line_id: str,
     period: str | None,
-    period_start: str | None,
+    period_start: datetime | None,
     page_size: int | None,
     page_token: str,
 ) -> None:
