@@ -1,7 +1,7 @@
 // The UsageSender's stream handling against an in-process fake UsageService whose misbehaviour a
 // real server does not offer on demand: a stream that never acks (the sender gives up on it after
 // AckTimeout and resends the same batches on a new one), a stream ended with batches unacknowledged,
-// an out-of-order ack, a non-retryable status.
+// an out-of-order ack, a non-retryable status (RESOURCE_EXHAUSTED without a RetryInfo among them).
 
 package tariff_test
 
@@ -199,5 +199,22 @@ func TestANonRetryableStatusFailsTheSenderWithoutARetry(t *testing.T) {
 	}
 	if err := sender.Send(context.Background(), event); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("Send after the failure: %v, want the same INVALID_ARGUMENT", err)
+	}
+}
+
+func TestAResourceExhaustedWithoutRetryInfoFailsTheSenderWithoutARetry(t *testing.T) {
+	fake := &fakeUsage{answer: func(int, *tariffv1.UsageBatch) (*tariffv1.IngestAck, error) {
+		return nil, status.Error(codes.ResourceExhausted, "a batch holds at most 2 events")
+	}}
+	sender, err := startFake(t, fake).NewUsageSender(tariff.SenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	event, _ := demoEvent("too-big", 0, 1_700_000_000_000)
+	if _, err = sender.SendBatch(context.Background(), []*tariffv1.UsageEvent{event}, ""); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("SendBatch: %v, want the server's RESOURCE_EXHAUSTED", err)
+	}
+	if streams := fake.streams(); len(streams) != 1 {
+		t.Fatalf("%d streams opened, want 1: waiting cannot fix a status without RetryInfo", len(streams))
 	}
 }
