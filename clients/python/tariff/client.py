@@ -759,9 +759,9 @@ class AsyncTariffClient(_Stubs):
 class RetryPolicy:
     """How ``UsageStream`` reconnects after the stream breaks.
 
-    It gives up (and fails every unacknowledged send with the last error) after ``max_attempts``
-    consecutive failed connections, or ``max_elapsed_s`` after the first of them, whichever comes
-    first; an ack received resets both. Delays grow from ``initial_backoff_s`` by ``multiplier``
+    It gives up (and fails every unacknowledged send with the last error) when ``max_attempts``
+    reconnects in a row have failed too (``max_attempts + 1`` failed connections), or
+    ``max_elapsed_s`` after the first failure, whichever comes first; an ack received resets both. Delays grow from ``initial_backoff_s`` by ``multiplier``
     up to ``max_backoff_s``, each randomised by ±``jitter``. A status carrying a
     ``google.rpc.RetryInfo`` (an overloaded server's RESOURCE_EXHAUSTED: "retry after 100 ms") is
     retried too, no sooner than the delay it names. Other statuses outside ``retryable_codes``
