@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -41,7 +42,9 @@ type RetryPolicy struct {
 	Multiplier     float64
 	// Jitter randomises each delay by ±Jitter (a fraction) so that many senders do not reconnect in step.
 	Jitter float64
-	// RetryableCodes are worth another stream; any other status fails the sender at once.
+	// RetryableCodes are worth another stream; any other status fails the sender at once, but for
+	// one carrying a google.rpc.RetryInfo (an overloaded server's RESOURCE_EXHAUSTED, "retry after
+	// 100 ms"), which is retried no sooner than the delay it names.
 	RetryableCodes []codes.Code
 }
 
@@ -402,8 +405,12 @@ func (s *UsageSender) run() {
 			s.fail(fmt.Errorf("tariff: usage sender: after %d failed streams: %w", failures, err))
 			return
 		}
+		delay := s.backoff(failures)
+		if serverDelay, ok := serverRetryDelay(err); ok && serverDelay > delay {
+			delay = serverDelay
+		}
 		select {
-		case <-time.After(s.backoff(failures)):
+		case <-time.After(delay):
 		case <-s.ctx.Done():
 			return
 		}
@@ -602,6 +609,9 @@ func (s *UsageSender) watchAcks(ctx context.Context, cancel context.CancelCauseF
 }
 
 func (s *UsageSender) retryable(err error) bool {
+	if _, ok := serverRetryDelay(err); ok {
+		return true
+	}
 	code := status.Code(err)
 	for _, retryable := range s.retry.RetryableCodes {
 		if code == retryable {
@@ -609,6 +619,21 @@ func (s *UsageSender) retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// serverRetryDelay is the delay of the status's google.rpc.RetryInfo, when it carries one: the
+// server says that waiting that long helps.
+func serverRetryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, detail := range st.Details() {
+		if info, ok := detail.(*errdetails.RetryInfo); ok {
+			return info.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
 }
 
 func (s *UsageSender) backoff(failures int) time.Duration {

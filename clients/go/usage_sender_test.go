@@ -1,7 +1,8 @@
 // The UsageSender's stream handling against an in-process fake UsageService whose misbehaviour a
 // real server does not offer on demand: a stream that never acks (the sender gives up on it after
 // AckTimeout and resends the same batches on a new one), a stream ended with batches unacknowledged,
-// an out-of-order ack, a non-retryable status.
+// an out-of-order ack, a non-retryable status (RESOURCE_EXHAUSTED without a RetryInfo among them),
+// and a full buffer (Send waits while BufferEventsMax events are unacknowledged).
 
 package tariff_test
 
@@ -199,5 +200,48 @@ func TestANonRetryableStatusFailsTheSenderWithoutARetry(t *testing.T) {
 	}
 	if err := sender.Send(context.Background(), event); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("Send after the failure: %v, want the same INVALID_ARGUMENT", err)
+	}
+}
+
+func TestAResourceExhaustedWithoutRetryInfoFailsTheSenderWithoutARetry(t *testing.T) {
+	fake := &fakeUsage{answer: func(int, *tariffv1.UsageBatch) (*tariffv1.IngestAck, error) {
+		return nil, status.Error(codes.ResourceExhausted, "a batch holds at most 2 events")
+	}}
+	sender, err := startFake(t, fake).NewUsageSender(tariff.SenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	event, _ := demoEvent("too-big", 0, 1_700_000_000_000)
+	if _, err = sender.SendBatch(context.Background(), []*tariffv1.UsageEvent{event}, ""); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("SendBatch: %v, want the server's RESOURCE_EXHAUSTED", err)
+	}
+	if streams := fake.streams(); len(streams) != 1 {
+		t.Fatalf("%d streams opened, want 1: waiting cannot fix a status without RetryInfo", len(streams))
+	}
+}
+
+func TestSendBlocksWhileBufferEventsMaxEventsAreUnacknowledged(t *testing.T) {
+	fake := &fakeUsage{answer: func(int, *tariffv1.UsageBatch) (*tariffv1.IngestAck, error) {
+		return nil, nil // takes the batches, never acks
+	}}
+	sender, err := startFake(t, fake).NewUsageSender(tariff.SenderOptions{BatchEventsMax: 1, BufferEventsMax: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Abort()
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := range 2 {
+		event, _ := demoEvent("full", i, 1_700_000_000_000)
+		if err := sender.Send(cancelled, event); err != nil {
+			t.Fatalf("Send %d with room in the buffer: %v", i, err)
+		}
+	}
+	event, _ := demoEvent("full", 2, 1_700_000_000_000)
+	if err := sender.Send(cancelled, event); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Send with the buffer full: %v, want it to wait (until its context ends)", err)
+	}
+	if held := sender.Stats().BufferedEvents; held != 2 {
+		t.Fatalf("%d events held, want 2", held)
 	}
 }

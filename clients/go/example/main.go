@@ -37,7 +37,7 @@ func main() {
 		if err := sender.Send(ctx, event); err != nil {
 			log.Fatal(err)
 		}
-		if _, err := sender.Close(ctx); err != nil { // waits until every event is durable
+		if _, err := sender.Close(ctx); err != nil { // waits for every ack: each event durable, a duplicate, or rejected (see OnAck)
 			log.Fatal(err)
 		}
 	}

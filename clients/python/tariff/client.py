@@ -759,12 +759,14 @@ class AsyncTariffClient(_Stubs):
 class RetryPolicy:
     """How ``UsageStream`` reconnects after the stream breaks.
 
-    It gives up (and fails every unacknowledged send with the last error) after ``max_attempts``
-    consecutive failed connections, or ``max_elapsed_s`` after the first of them, whichever comes
-    first; an ack received resets both. Delays grow from ``initial_backoff_s`` by ``multiplier``
-    up to ``max_backoff_s``, each randomised by ±``jitter``. Statuses outside ``retryable_codes``
-    (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED, ...) are never
-    retried.
+    It gives up (and fails every unacknowledged send with the last error) when ``max_attempts``
+    reconnects in a row have failed too (``max_attempts + 1`` failed connections), or
+    ``max_elapsed_s`` after the first failure, whichever comes first; an ack received resets both. Delays grow from ``initial_backoff_s`` by ``multiplier``
+    up to ``max_backoff_s``, each randomised by ±``jitter``. A status carrying a
+    ``google.rpc.RetryInfo`` (an overloaded server's RESOURCE_EXHAUSTED: "retry after 100 ms") is
+    retried too, no sooner than the delay it names. Other statuses outside ``retryable_codes``
+    (INVALID_ARGUMENT, RESOURCE_EXHAUSTED without RetryInfo, UNAUTHENTICATED, PERMISSION_DENIED, ...)
+    are never retried.
     """
 
     max_attempts: int = 10
@@ -854,11 +856,12 @@ class UsageStream(_DrainsOnExit):
     so run several senders concurrently (tasks) to pipeline, or use ``UsageBatcher``.
 
     When the stream breaks (UNAVAILABLE, connection reset, server restart, no ack for
-    ``ack_timeout_s``), it reconnects per ``retry`` and resends every unacknowledged batch, in
+    ``ack_timeout_s``, an overloaded server's RESOURCE_EXHAUSTED with a RetryInfo delay), it
+    reconnects per ``retry`` and resends every unacknowledged batch, in
     order, byte for byte (same transaction ids): a batch that was committed but whose ack was lost
     is acked again with its events counted as ``duplicates``. A status that retrying cannot fix
-    (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED, or retries
-    exhausted) fails every unacknowledged send with the typed ``TariffError`` and the stream stays
+    (INVALID_ARGUMENT, RESOURCE_EXHAUSTED without RetryInfo, UNAUTHENTICATED, PERMISSION_DENIED, or
+    retries exhausted) fails every unacknowledged send with the typed ``TariffError`` and the stream stays
     failed: later sends raise the same error. A failed send's batch may or may not have been
     committed; sending the same events again (on a new stream) is safe.
 
@@ -1042,7 +1045,8 @@ class UsageStream(_DrainsOnExit):
                     )
                     self._fail(error)
                     return
-                delay = min(self.retry.backoff_s(failures), max(0.0, self.retry.max_elapsed_s - elapsed))
+                backoff_s = max(self.retry.backoff_s(failures), self._server_retry_after_s(outcome) or 0.0)
+                delay = min(backoff_s, max(0.0, self.retry.max_elapsed_s - elapsed))
                 _log.warning(
                     "usage stream broke (%s); reconnecting in %.2f s with %d batch(es) to resend",
                     self._describe(outcome),
@@ -1067,8 +1071,13 @@ class UsageStream(_DrainsOnExit):
         if isinstance(outcome, _AckTimeout | _StreamEnded):
             return True
         if isinstance(outcome, grpc.RpcError):
-            return outcome.code() in self.retry.retryable_codes
+            return outcome.code() in self.retry.retryable_codes or self._server_retry_after_s(outcome) is not None
         return False
+
+    @staticmethod
+    def _server_retry_after_s(outcome: BaseException) -> float | None:
+        """The delay of the status's ``google.rpc.RetryInfo``: the server says waiting that long helps."""
+        return error_from_rpc(outcome).retry_after_s if isinstance(outcome, grpc.RpcError) else None
 
     @staticmethod
     def _translate(outcome: BaseException) -> TariffError:

@@ -14,7 +14,9 @@
  *     await sender.close(); // flushes and waits for every ack
  */
 
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
+import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { randomUUID } from "node:crypto";
 
@@ -50,7 +52,11 @@ export interface RetryPolicy {
   multiplier: number;
   /** Each delay is randomised by ±jitter (a fraction) so that many senders do not reconnect in step. */
   jitter: number;
-  /** Statuses worth retrying; anything else (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) fails at once. */
+  /**
+   * Statuses worth retrying; anything else (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) fails at once, but for a
+   * status carrying a google.rpc.RetryInfo (an overloaded server's RESOURCE_EXHAUSTED, "retry after 100 ms"),
+   * which is retried no sooner than the delay it names.
+   */
   retryableCodes: ReadonlySet<Code>;
 }
 
@@ -136,6 +142,32 @@ function toEvent(usage: Usage | UsageEvent): UsageEvent {
     values: usage.values ?? {},
     reservationId: usage.reservationId ?? "",
   });
+}
+
+/**
+ * The delay of the status's google.rpc.RetryInfo in milliseconds, when it carries one: the server says waiting that
+ * long helps. RetryInfo is `{ google.protobuf.Duration retry_delay = 1; }` (google/rpc/error_details.proto), read
+ * here by hand since the package generates no google.rpc types.
+ */
+export function serverRetryDelayMs(error: ConnectError): number | undefined {
+  for (const detail of error.details) {
+    if ("desc" in detail || detail.type !== "google.rpc.RetryInfo") {
+      continue;
+    }
+    const reader = new BinaryReader(detail.value);
+    let delayMs = 0;
+    while (reader.pos < reader.len) {
+      const [field, wireType] = reader.tag();
+      if (field === 1 && wireType === WireType.LengthDelimited) {
+        const delay = fromBinary(DurationSchema, reader.bytes());
+        delayMs = Number(delay.seconds) * 1000 + delay.nanos / 1_000_000;
+      } else {
+        reader.skip(wireType, field);
+      }
+    }
+    return delayMs;
+  }
+  return undefined;
 }
 
 function positiveInteger(name: string, value: number): number {
@@ -395,12 +427,13 @@ export class UsageSender {
         this.requeueUnacked();
         const exhausted =
           failures >= this.retry.attemptsMax || Date.now() - firstFailureAtMs >= this.retry.elapsedMaxMs;
-        if (!this.retry.retryableCodes.has(cause.code) || exhausted) {
+        const serverDelayMs = timedOut ? undefined : serverRetryDelayMs(cause);
+        if ((serverDelayMs === undefined && !this.retry.retryableCodes.has(cause.code)) || exhausted) {
           this.fail(cause);
           return;
         }
         try {
-          await this.backoff(failures);
+          await this.backoff(failures, serverDelayMs ?? 0);
         } catch {
           return; // aborted while waiting
         }
@@ -506,10 +539,11 @@ export class UsageSender {
     this.unacked = [];
   }
 
-  private backoff(failures: number): Promise<void> {
+  /** Waits before the next stream: the policy's backoff, and at least `minimumMs` (the server's RetryInfo delay). */
+  private backoff(failures: number, minimumMs: number): Promise<void> {
     const { initialBackoffMs, maxBackoffMs, multiplier, jitter } = this.retry;
     const baseMs = Math.min(maxBackoffMs, initialBackoffMs * multiplier ** Math.max(0, failures - 1));
-    const delayMs = Math.max(0, baseMs * (1 + (Math.random() * 2 - 1) * jitter));
+    const delayMs = Math.max(minimumMs, baseMs * (1 + (Math.random() * 2 - 1) * jitter));
     const signal = this.stopSignal.signal;
     return new Promise<void>((resolve, reject) => {
       if (signal.aborted) {

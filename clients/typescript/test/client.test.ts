@@ -1,17 +1,20 @@
 /**
  * The TypeScript client against a real Tariff server process (demo catalogue): streaming usage
- * with UsageSender, balances, the gateway's authorize(), and the API-key metadata.
+ * with UsageSender, balances, the gateway's authorize(), and the API-key metadata; a sender waiting
+ * out an overloaded server (RESOURCE_EXHAUSTED with RetryInfo).
  */
 
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { rmSync } from "node:fs";
 import http2 from "node:http2";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import { Code, ConnectError, TariffClient, type IngestAck } from "../src/index.js";
 import { micros } from "./support/money.js";
-import { CUSTOMER, EVENT_KINDS, EVENT_TYPE, demoEvent } from "./support/events.js";
-import { freePort, startDemoServer, type TariffServer } from "./support/server.js";
+import { CUSTOMER, EVENT_KINDS, EVENT_TYPE, PREPAID_CREDITS, demoEvent } from "./support/events.js";
+import { TariffServer, freePort, startDemoServer, tempDir } from "./support/server.js";
 
 describe("against a demo server", () => {
   let server: TariffServer;
@@ -167,6 +170,53 @@ describe("against a demo server", () => {
     });
     await assert.rejects(sender.close(), (error: unknown) => error instanceof ConnectError && error.code === Code.ResourceExhausted);
     assert.equal(sender.stats.reconnects, 0, "not retried");
+  });
+});
+
+describe("against an overloaded server", () => {
+  let server: TariffServer;
+  let dir: string;
+
+  before(async () => {
+    dir = tempDir("busy");
+    server = new TariffServer(path.join(dir, "data"), { demo: true, extraArgs: ["--max-concurrent-rpcs", "1"] });
+    await server.start();
+  });
+
+  after(async () => {
+    await server?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a usage sender waits out RESOURCE_EXHAUSTED with RetryInfo and delivers every event", async () => {
+    const holder = new TariffClient(server.target);
+    const client = new TariffClient(server.target);
+    try {
+      // The one call the server runs: every other call is refused, with RetryInfo, while it lasts.
+      const watching = new AbortController();
+      const watch = holder.balance.watchBalance({ customerId: CUSTOMER }, { signal: watching.signal })[Symbol.asyncIterator]();
+      await watch.next();
+      const sender = client.usageSender({ batchEventsMax: 1 });
+      const { usage, kind } = demoEvent(`busy-${randomUUID()}`, 0, Date.now());
+      await sender.send(usage);
+      // Until the sender's stream was refused and reopened, or the sender failed (what it did before).
+      const safety = Date.now() + 20_000;
+      while (sender.stats.reconnects < 1 && sender.error === undefined) {
+        assert.ok(Date.now() < safety, "the sender neither reconnected nor failed");
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      assert.equal(sender.error, undefined, `the sender gave up on a busy server: ${String(sender.error)}`);
+      watching.abort(); // the server has room again
+      await watch.next().catch(() => undefined);
+      const stats = await sender.close();
+      assert.equal(stats.eventsAccepted, 1);
+      assert.ok(stats.reconnects >= 1, JSON.stringify(stats));
+      const balance = await client.getBalance(CUSTOMER);
+      assert.equal(micros(balance.creditsRemaining), micros(PREPAID_CREDITS) - micros(kind.price));
+    } finally {
+      holder.close();
+      client.close();
+    }
   });
 });
 

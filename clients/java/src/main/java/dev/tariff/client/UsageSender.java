@@ -18,8 +18,12 @@ import dev.tariff.v1.IngestAck;
 import dev.tariff.v1.UsageBatch;
 import dev.tariff.v1.UsageEvent;
 import dev.tariff.v1.UsageServiceGrpc;
+import com.google.protobuf.Any;
+import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.rpc.RetryInfo;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.protobuf.StatusProto;
 import io.grpc.stub.StreamObserver;
 import java.time.Duration;
 import java.util.ArrayDeque;
@@ -42,7 +46,9 @@ public final class UsageSender {
   /**
    * How the sender reconnects: attemptsMax consecutive failed streams (an ack resets the count) or
    * elapsedMax since the first of them end it; delays grow from initialBackoff by multiplier up to
-   * maxBackoff, randomised by ±jitter; statuses outside retryableCodes end it at once.
+   * maxBackoff, randomised by ±jitter; statuses outside retryableCodes end it at once, but for one
+   * carrying a google.rpc.RetryInfo (an overloaded server's RESOURCE_EXHAUSTED, "retry after 100
+   * ms"), which is retried no sooner than the delay it names.
    */
   public record RetryPolicy(
       int attemptsMax,
@@ -398,12 +404,12 @@ public final class UsageSender {
 
               @Override
               public void onError(Throwable error) {
-                streamEnded(streamGeneration, Status.fromThrowable(error));
+                streamEnded(streamGeneration, Status.fromThrowable(error), serverRetryDelay(error));
               }
 
               @Override
               public void onCompleted() {
-                streamEnded(streamGeneration, null);
+                streamEnded(streamGeneration, null, null);
               }
             });
   }
@@ -438,7 +444,26 @@ public final class UsageSender {
     }
   }
 
-  private synchronized void streamEnded(int streamGeneration, Status status) {
+  /** The delay of the status's google.rpc.RetryInfo, when it carries one: the server says waiting that long helps. */
+  private static Duration serverRetryDelay(Throwable error) {
+    com.google.rpc.Status status = StatusProto.fromThrowable(error);
+    if (status == null) {
+      return null;
+    }
+    for (Any detail : status.getDetailsList()) {
+      if (detail.is(RetryInfo.class)) {
+        try {
+          com.google.protobuf.Duration delay = detail.unpack(RetryInfo.class).getRetryDelay();
+          return Duration.ofSeconds(delay.getSeconds(), delay.getNanos());
+        } catch (InvalidProtocolBufferException e) {
+          return null;
+        }
+      }
+    }
+    return null;
+  }
+
+  private synchronized void streamEnded(int streamGeneration, Status status, Duration serverDelay) {
     if (streamGeneration != generation || failure != null) {
       return;
     }
@@ -465,12 +490,13 @@ public final class UsageSender {
     RetryPolicy retry = options.retry;
     boolean exhausted =
         failures >= retry.attemptsMax() || System.nanoTime() - firstFailureNanos >= retry.elapsedMax().toNanos();
-    if (exhausted || !retry.retryableCodes().contains(status.getCode())) {
+    if (exhausted || (serverDelay == null && !retry.retryableCodes().contains(status.getCode()))) {
       fail(status.withDescription("after " + failures + " failed streams: " + status.getDescription()).asRuntimeException());
       return;
     }
     reconnectScheduled = true;
-    timers.schedule(this::reconnect, backoffNanos(failures), TimeUnit.NANOSECONDS);
+    long delayNanos = Math.max(backoffNanos(failures), serverDelay == null ? 0 : serverDelay.toNanos());
+    timers.schedule(this::reconnect, delayNanos, TimeUnit.NANOSECONDS);
   }
 
   private synchronized void reconnect() {

@@ -1,11 +1,13 @@
 /*
  * The UsageSender's stream handling against an in-process fake UsageService whose misbehaviour a
  * real server does not offer on demand: a stream that never acks (the sender gives up on it after
- * ackTimeout and resends the same batches on a new one) and a non-retryable status.
+ * ackTimeout and resends the same batches on a new one), a non-retryable status, and a full buffer
+ * (send blocks while bufferEventsMax events are unacknowledged).
  */
 package dev.tariff.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -23,7 +25,9 @@ import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
 import java.util.function.BiFunction;
 import org.junit.jupiter.api.Test;
@@ -127,5 +131,42 @@ class UsageSenderTest {
     } finally {
       server.shutdownNow().awaitTermination();
     }
+  }
+
+  @Test
+  void sendBlocksWhileBufferEventsMaxEventsAreUnacknowledged() throws Exception {
+    FakeUsage fake = new FakeUsage((stream, batch) -> null); // takes the batches, never acks
+    Server server = startFake(fake);
+    try (TariffClient client = new TariffClient("127.0.0.1:" + server.getPort())) {
+      UsageSender sender = client.usageSender(new UsageSender.Options().batchEventsMax(1).bufferEventsMax(2));
+      sender.send(DemoEvents.event("full", 0, 1_700_000_000_000L));
+      sender.send(DemoEvents.event("full", 1, 1_700_000_000_000L));
+      CompletableFuture<Void> third = CompletableFuture.runAsync(() -> {
+        try {
+          sender.send(DemoEvents.event("full", 2, 1_700_000_000_000L));
+        } catch (InterruptedException e) {
+          throw new IllegalStateException(e);
+        }
+      });
+      // Until the third send waits on the sender's monitor, or returns (what a send ignoring the bound would do).
+      while (!third.isDone() && sender.stats().bufferedEvents() == 2 && !hasWaitingSender()) {
+        Thread.sleep(5);
+      }
+      assertFalse(third.isDone(), "send returned with bufferEventsMax events unacknowledged");
+      assertEquals(2, sender.stats().bufferedEvents());
+      sender.abort(); // the blocked send fails with the sender's CANCELLED
+      ExecutionException error = assertThrows(ExecutionException.class, third::get);
+      assertEquals(Status.Code.CANCELLED, Status.fromThrowable(error.getCause()).getCode());
+    } finally {
+      server.shutdownNow().awaitTermination();
+    }
+  }
+
+  /** Whether a thread is blocked in UsageSender.send (waiting for room). */
+  private static boolean hasWaitingSender() {
+    return Thread.getAllStackTraces().entrySet().stream().anyMatch(entry ->
+        (entry.getKey().getState() == Thread.State.WAITING || entry.getKey().getState() == Thread.State.TIMED_WAITING)
+            && Arrays.stream(entry.getValue()).anyMatch(frame ->
+                frame.getClassName().equals(UsageSender.class.getName()) && frame.getMethodName().equals("send")));
   }
 }

@@ -22,7 +22,7 @@ public final class Quickstart {
         UsageSender sender = client.usageSender(new UsageSender.Options().batchEventsMax(500)); // batches, streams, resends unacked batches
         sender.send(UsageEvent.newBuilder().setTransactionId("txn-1").setCustomerId("acme").setEventType("ai_action")
             .setTimestampMs(System.currentTimeMillis()).putAllDimensions(gpt4ComplexSummary).build());
-        sender.close(); // waits until every event is durable
+        sender.close(); // waits for every ack: each event durable, a duplicate, or rejected (see onAck)
       }
       System.out.println(decision.estimatedCost() + " " + client.getBalance("acme").getCreditsRemaining()); // 5 49995
     }
