@@ -75,30 +75,34 @@ def _timestamp(moment: datetime) -> Any:
 
 
 def period_starting_in(client: TariffClient, customer_id: str, period: str) -> invoices_pb2.Invoice:
-    """The draft (or final invoice) of the customer's period that starts in the month `period`."""
+    """The draft (or final invoice) of the customer's period that starts in the month `period`: the period holding
+    the month's first instant when it starts then; else the one right after it; else (no contract then, or that
+    period ends in a gap between contracts) the one holding the month's last millisecond, since a period that
+    starts in a month holds its last millisecond (a period lasts at least 28 days)."""
     from tariff import FailedPrecondition
     from tariff.v1 import invoices_pb2
 
     start, end = month_range(period)
 
-    def preview_at(moment: Any) -> invoices_pb2.Invoice:
-        found: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
-            invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=moment)
-        )
+    def preview_at(moment: datetime) -> invoices_pb2.Invoice | None:
+        """The period holding `moment`; None when no contract of the customer covers it."""
+        try:
+            found: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
+                invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=_timestamp(moment))
+            )
+        except FailedPrecondition:
+            return None
         return found
 
-    try:
-        found = preview_at(_timestamp(start))
-    except FailedPrecondition:
-        # No contract at the month's first instant: a contract starting later in the month has its first period
-        # start in it, and that period holds the month's last millisecond (a period lasts at least 28 days).
-        try:
-            found = preview_at(_timestamp(end - timedelta(milliseconds=1)))
-        except FailedPrecondition:
-            fail(f"customer {customer_id!r} has no period starting in {period}")
-    if found.period_start.ToDatetime(tzinfo=UTC) < start:  # anchored mid-month: the next period starts in it
-        found = preview_at(found.period_end)
-    if not start <= found.period_start.ToDatetime(tzinfo=UTC) < end:
+    def starts_in_month(found: invoices_pb2.Invoice | None) -> bool:
+        return found is not None and start <= found.period_start.ToDatetime(tzinfo=UTC) < end
+
+    found = preview_at(start)
+    if found is not None and found.period_start.ToDatetime(tzinfo=UTC) < start:  # anchored mid-month
+        found = preview_at(found.period_end.ToDatetime(tzinfo=UTC))
+    if not starts_in_month(found):
+        found = preview_at(end - timedelta(milliseconds=1))
+    if found is None or not starts_in_month(found):
         fail(f"customer {customer_id!r} has no period starting in {period}")
     return found
 
