@@ -332,3 +332,35 @@ def test_a_rerated_line_shows_its_events_and_adjustments_apart_to_the_millisecon
     assert adjustment[1:5] == ["2026-06-10 08:00:00.000Z", "0", "2", "1"]
     totals = dict(row for row in rows if len(row) == 2)
     assert (totals["events"], totals["re-rating adjustments"], totals["line amount"]) == ("1", "1", "3")
+
+
+def test_every_page_of_explain_and_of_invoices_list_once(server_factory: ServerFactory) -> None:
+    """explain reads pages of 1,000 events and `invoices list` pages of 100 invoices: past both, every event and
+    every invoice shows exactly once. Customer `old` has a contract from 2015-01, so `close --all` finalises one
+    period a month from then to the last month that has ended."""
+    server = server_factory(name="paging")
+    with server.client() as client:
+        product(client)
+        calls(client, CARD, "0.123456789012")
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="old", name="old"))
+        contract(client, "old-c", "old", "2015-01-01T00:00:00")
+        send(
+            client,
+            [(f"o{i}", "old", "eu", 1, f"2026-01-01T00:00:{i // 1000:02d}.{i % 1000:03d}") for i in range(2_345)],
+        )
+    explained = json.loads(tariff(server, "invoices", "explain", "old", EU, "--period", "2026-01", "--json").stdout)
+    assert sorted(e["transaction_id"] for e in explained["events"]) == sorted(f"o{i}" for i in range(2_345))
+    # 2,345 x 0.123456789012
+    assert (explained["line_quantity"], explained["line_amount"], explained["next_page_token"]) == (
+        "2345",
+        "289.50617023314",
+        "",
+    )
+    assert sum(Decimal(e["amount"]) for e in explained["events"]) == Decimal("289.50617023314")
+    now = datetime.now(UTC)
+    closed = json.loads(tariff(server, "invoices", "close", "--all", "--json").stdout)
+    months = (now.year - 2015) * 12 + now.month - 1
+    assert len(closed) == months > 100
+    listed = json.loads(tariff(server, "invoices", "list", "--customer", "old", "--json").stdout)
+    assert [i["invoice_number"] for i in listed] == [f"INV-{n:08d}" for n in range(1, months + 1)]
+    assert [i["period_start"][:7] for i in listed] == [f"{2015 + m // 12}-{m % 12 + 1:02d}" for m in range(months)]
