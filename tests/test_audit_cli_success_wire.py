@@ -6,7 +6,8 @@ from the server. Hostile arguments and exit codes of failures are tests/test_aud
 The catalogue: product `calls` (the sum of `n`, priced by `region`) at 0.123456789012 USD a call, in force from
 2025. Customer `mid`: a contract anchored on 2026-01-15 (periods from the 15th), overage at 1.005 USD, a
 PREPAID grant of 1 USD bought for 0.9. Customer `gap`: a contract from 2026-01-15 that ends before 2026-03-05,
-then a second one from 2026-03-25. The server closes nothing by itself (`--close-grace off`).
+then a second one from 2026-03-25. Customer `two`: contracts from 2026-05-01 (ending before 2026-05-10) and
+from 2026-05-20, so two of its periods start in May. The server closes nothing by itself (`--close-grace off`).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def billed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with server.client() as client:
         product(client)
         calls(client, CARD, "0.123456789012")
-        for customer_id in ("mid", "gap"):
+        for customer_id in ("mid", "gap", "two"):
             client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
         contract(client, "mid-c", "mid", "2026-01-15T00:00:00", overage_price="1.005")
         grant = contracts_pb2.Grant(
@@ -122,6 +123,8 @@ def billed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
         contract(client, "gap-a", "gap", "2026-01-15T00:00:00", ending_before=ts(ms("2026-03-05T00:00:00")))
         contract(client, "gap-b", "gap", "2026-03-25T00:00:00")
+        contract(client, "two-a", "two", "2026-05-01T00:00:00", ending_before=ts(ms("2026-05-10T00:00:00")))
+        contract(client, "two-b", "two", "2026-05-20T00:00:00")
         send(
             client,
             [
@@ -130,6 +133,8 @@ def billed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
                 ("t2", "mid", "us", 2, "2026-02-01T00:00:00"),
                 ("t3", "mid", "eu", 5, "2026-02-16T00:00:00"),
                 ("g0", "gap", "eu", 2, "2026-03-26T00:00:00"),
+                ("w0", "two", "eu", 1, "2026-05-02T00:00:00"),
+                ("w1", "two", "us", 3, "2026-05-25T00:00:00"),
             ],
         )
     yield server
@@ -176,6 +181,26 @@ def test_a_period_after_a_gap_between_contracts_is_the_one_starting_in_that_mont
     assert [(i["period_start"], i["total_due"], i["status"]) for i in closed] == [
         ("2026-03-25T00:00:00Z", "0.25", "INVOICE_FINAL")
     ]
+
+
+def test_period_start_names_the_second_period_starting_in_a_month(billed: ServerProcess) -> None:
+    """`--period 2026-05` is two-a's period (May 1 .. Jun 1); two-b's first period (May 20 .. Jun 20) could be
+    neither previewed nor closed from the command line, which had no `--period-start` for preview and close."""
+    first = json.loads(tariff(billed, "invoices", "preview", "two", "--period", "2026-05", "--json").stdout)
+    assert (first["contract_id"], first["period_start"], first["total_due"]) == (
+        "two-a",
+        "2026-05-01T00:00:00Z",
+        "0.12",
+    )
+    second = json.loads(
+        tariff(billed, "invoices", "preview", "two", "--period-start", "2026-05-20T00:00:00Z", "--json").stdout
+    )
+    # 3 calls = 0.370370367036, all overage at 1: 0.37 USD.
+    assert (second["contract_id"], second["period_end"]) == ("two-b", "2026-06-20T00:00:00Z")
+    assert [(x["line_id"], x["amount"], x["amount_due"]) for x in second["lines"]] == [(US, "0.370370367036", "0.37")]
+    closed = table_rows(tariff(billed, "invoices", "close", "two", "--period-start", "2026-05-20 02:00+02:00").stdout)
+    assert closed[-1][1:] == ["two", "2026-05-20 00:00:00Z", "0.37", "USD"]
+    assert tariff(billed, "invoices", "list", "--customer", "two").stdout.count("2026-05-20 00:00:00Z") == 1
 
 
 def test_explain_json_is_the_servers_answer_with_the_line_quantity(billed: ServerProcess) -> None:
