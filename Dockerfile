@@ -1,5 +1,11 @@
 # Tariff server: slim, non-root, journal on a volume, gRPC health check.
 FROM python:3.11-slim AS build
+# The wheel holds the rating kernel (engine/kernel, Rust + PyO3, built by setuptools-rust): the build stage needs a
+# stable Rust toolchain and a C linker, as `make install` does (Makefile); the final image needs neither.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain stable
+ENV PATH=/root/.cargo/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto ./proto

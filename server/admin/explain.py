@@ -90,12 +90,17 @@ def explain(
             if not token or page_size:
                 break
     if remote.as_json:
-        print_json({"events": list(events), "next_page_token": token, "line_amount": page.line_amount})
+        # The server's answer, its pages joined: ExplainLineItemResponse in protobuf's JSON mapping.
+        print_json(
+            invoices_pb2.ExplainLineItemResponse(
+                events=events, next_page_token=token, line_amount=page.line_amount, line_quantity=page.line_quantity
+            )
+        )
         return
     rows = [
         (
             e.transaction_id or adjustment_label(e),
-            datetime.fromtimestamp(e.timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ"),
+            event_time(e.timestamp_ms),
             e.quantity,
             e.version,
             e.unit_price,
@@ -109,12 +114,19 @@ def explain(
     print_table(columns, rows, title=line_id)
     print_fields(
         [
-            ("events", len(events)),
+            ("events", sum(1 for e in events if not e.HasField("adjustment"))),
+            ("re-rating adjustments", sum(1 for e in events if e.HasField("adjustment"))),
             ("line amount", page.line_amount),
             ("line quantity", page.line_quantity),
             ("next page token", token),
         ]
     )
+
+
+def event_time(timestamp_ms: int) -> str:
+    """An entry's time to the wire's millisecond: `2026-01-20 10:00:00.123Z`."""
+    moment = datetime.fromtimestamp(timestamp_ms // 1000, UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S}.{timestamp_ms % 1000:03d}Z"
 
 
 def adjustment_label(entry: invoices_pb2.ExplainedEvent) -> str:

@@ -1,6 +1,7 @@
 """`tariff invoices preview|close|list|export`: a customer's live draft, closing periods, and final invoices for
 the ERP as CSV or JSON (InvoiceService). `--period YYYY-MM` names the billing period that starts in that
-calendar month (UTC).
+calendar month (UTC), the earlier one when two contracts' periods start in it; `--period-start` names one by its
+exact start.
 
 The CSV has one row per invoice line, the invoice's own fields repeated on each (an invoice without lines has
 one row with the line columns empty); its columns, in this order, are `CSV_COLUMNS` and only ever gain new
@@ -20,6 +21,7 @@ import click
 
 from server.admin.output import print_fields, print_json, print_table, when
 from server.admin.remote import Remote, fail, remote_command
+from server.admin.versions import UtcTime
 
 if TYPE_CHECKING:
     from tariff import TariffClient
@@ -75,30 +77,34 @@ def _timestamp(moment: datetime) -> Any:
 
 
 def period_starting_in(client: TariffClient, customer_id: str, period: str) -> invoices_pb2.Invoice:
-    """The draft (or final invoice) of the customer's period that starts in the month `period`."""
+    """The draft (or final invoice) of the customer's period that starts in the month `period`: the period holding
+    the month's first instant when it starts then; else the one right after it; else (no contract then, or that
+    period ends in a gap between contracts) the one holding the month's last millisecond, since a period that
+    starts in a month holds its last millisecond (a period lasts at least 28 days)."""
     from tariff import FailedPrecondition
     from tariff.v1 import invoices_pb2
 
     start, end = month_range(period)
 
-    def preview_at(moment: Any) -> invoices_pb2.Invoice:
-        found: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
-            invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=moment)
-        )
+    def preview_at(moment: datetime) -> invoices_pb2.Invoice | None:
+        """The period holding `moment`; None when no contract of the customer covers it."""
+        try:
+            found: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
+                invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=_timestamp(moment))
+            )
+        except FailedPrecondition:
+            return None
         return found
 
-    try:
-        found = preview_at(_timestamp(start))
-    except FailedPrecondition:
-        # No contract at the month's first instant: a contract starting later in the month has its first period
-        # start in it, and that period holds the month's last millisecond (a period lasts at least 28 days).
-        try:
-            found = preview_at(_timestamp(end - timedelta(milliseconds=1)))
-        except FailedPrecondition:
-            fail(f"customer {customer_id!r} has no period starting in {period}")
-    if found.period_start.ToDatetime(tzinfo=UTC) < start:  # anchored mid-month: the next period starts in it
-        found = preview_at(found.period_end)
-    if not start <= found.period_start.ToDatetime(tzinfo=UTC) < end:
+    def starts_in_month(found: invoices_pb2.Invoice | None) -> bool:
+        return found is not None and start <= found.period_start.ToDatetime(tzinfo=UTC) < end
+
+    found = preview_at(start)
+    if found is not None and found.period_start.ToDatetime(tzinfo=UTC) < start:  # anchored mid-month
+        found = preview_at(found.period_end.ToDatetime(tzinfo=UTC))
+    if not starts_in_month(found):
+        found = preview_at(end - timedelta(milliseconds=1))
+    if found is None or not starts_in_month(found):
         fail(f"customer {customer_id!r} has no period starting in {period}")
     return found
 
@@ -143,16 +149,25 @@ def invoices() -> None:
     """Invoices: the live draft, closing periods, final invoices and their export."""
 
 
+PERIOD_START_HELP = (
+    "the exact start of the billing period (overrides --period; the one to name when two start in a month)"
+)
+
+
 @invoices.command()
 @click.argument("customer_id")
 @click.option("--period", help="YYYY-MM: the period starting in that month  [default: the current period]")
+@click.option("--period-start", type=UtcTime(), metavar="ISO-8601", help=PERIOD_START_HELP)
 @remote_command
-def preview(remote: Remote, customer_id: str, period: str | None) -> None:
+def preview(remote: Remote, customer_id: str, period: str | None, period_start: datetime | None) -> None:
     """A customer's invoice as it stands: the live draft (or the final invoice of a closed period)."""
     from tariff.v1 import invoices_pb2
 
     with remote.client() as client:
-        if period is None:
+        if period_start is not None:
+            request = invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=_timestamp(period_start))
+            found = client.invoices.PreviewInvoice(request)
+        elif period is None:
             found = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id))
         else:
             found = period_starting_in(client, customer_id, period)
@@ -162,22 +177,29 @@ def preview(remote: Remote, customer_id: str, period: str | None) -> None:
 @invoices.command()
 @click.argument("customer_id", required=False)
 @click.option("--period", help="YYYY-MM: the period starting in that month (with CUSTOMER_ID)")
+@click.option("--period-start", type=UtcTime(), metavar="ISO-8601", help=PERIOD_START_HELP)
 @click.option("--all", "close_all", is_flag=True, help="every customer's periods that have ended")
 @remote_command
-def close(remote: Remote, customer_id: str | None, period: str | None, close_all: bool) -> None:
-    """Finalise invoices: one customer's period (CUSTOMER_ID --period YYYY-MM), or every ended period (--all)."""
+def close(
+    remote: Remote, customer_id: str | None, period: str | None, period_start: datetime | None, close_all: bool
+) -> None:
+    """Finalise invoices: one customer's period (CUSTOMER_ID --period YYYY-MM or --period-start), or every ended
+    period (--all)."""
     from tariff.v1 import invoices_pb2
 
-    if close_all == bool(customer_id or period):
-        fail("give CUSTOMER_ID --period YYYY-MM, or --all", 2)
+    if close_all == bool(customer_id or period or period_start):
+        fail("give CUSTOMER_ID --period YYYY-MM (or --period-start), or --all", 2)
     with remote.client() as client:
         if close_all:
             made = list(client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices)
         else:
-            if customer_id is None or period is None:
-                fail("closing one customer's period needs CUSTOMER_ID and --period YYYY-MM", 2)
-            draft = period_starting_in(client, customer_id, period)
-            request = invoices_pb2.ClosePeriodRequest(customer_id=customer_id, period_start=draft.period_start)
+            if customer_id is None or (period is None and period_start is None):
+                fail("closing one customer's period needs CUSTOMER_ID and --period YYYY-MM or --period-start", 2)
+            if period_start is not None:
+                start = _timestamp(period_start)
+            else:
+                start = period_starting_in(client, customer_id, period or "").period_start
+            request = invoices_pb2.ClosePeriodRequest(customer_id=customer_id, period_start=start)
             made = [client.invoices.ClosePeriod(request)]
     if remote.as_json:
         print_json(made)
