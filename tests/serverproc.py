@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -302,3 +302,21 @@ class ServerFactory(Protocol):
         api_key: str | None = None,
         env: dict[str, str] | None = None,
     ) -> ServerProcess: ...
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Polls `condition` every 50 ms until it holds or `timeout_s` passes; whether it held at the end."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def wait_for_log(server: ServerProcess, text: str, timeout_s: float) -> None:
+    """Until `text` is in the server's log; fails with the log's tail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while text not in server.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in the log: {server.log_tail()}"
+        time.sleep(0.002)

@@ -17,7 +17,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.serverproc import ServerFactory
+from tests.serverproc import ServerFactory, wait_for
 from tests.test_server_explain import month_start_ms
 
 HOUR_MS = 3_600_000
@@ -116,15 +116,6 @@ def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(TariffError) as failed:
         call()
     return failed.value.code, failed.value.details
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def breakage(client: TariffClient, customer_id: str) -> Decimal:

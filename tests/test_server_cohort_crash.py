@@ -22,7 +22,7 @@ import pytest
 from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
-from tests.serverproc import ServerFactory, ServerProcess
+from tests.serverproc import ServerFactory, ServerProcess, wait_for_log
 from tests.test_server_admin import HOUR_MS, ms_of, ts
 
 CUSTOMERS = 2_000
@@ -145,13 +145,6 @@ def ingest_regular_usage(client: TariffClient, start_ms: int) -> None:
     for first in range(0, len(events), 10_000):
         ack = client.ingest_batch(events[first : first + 10_000], batch_id=f"regular-{first}")
         assert ack.accepted == len(events[first : first + 10_000]), ack.rejected[:3]
-
-
-def wait_for_log(server: ServerProcess, text: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in server.log_path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"no {text!r} in the log: {server.log_tail()}"
-        time.sleep(0.002)
 
 
 def balances(client: TariffClient) -> dict[int, tuple[Decimal, Decimal, Decimal]]:

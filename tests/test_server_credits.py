@@ -13,7 +13,7 @@ import pytest
 from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2, usage_pb2
 
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, wait_for
 
 GPT4_COMPLEX = {"action": "summary", "data_source": "crm", "model": "gpt-4", "complexity": "complex"}  # 5 credits
 CREDIT = 100
@@ -95,15 +95,6 @@ def test_eight_gateways_never_hold_more_than_the_credit_and_the_balance_ends_exa
         final = client.get_balance("gw")
     assert (final.credits_remaining, final.credits_held, final.credits_available) == ("0", "0", "0")
     assert (final.period_charges, final.overage_amount) == ("100", "0")
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 # Long enough for a kill -9 and a restart on a loaded 2-core machine (a restart took 3.5 s under pytest-xdist at

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 from tariff.v1 import contracts_pb2, invoices_pb2
 
-from tests.serverproc import ServerProcess
-from tests.test_server_credits import GPT4_COMPLEX, usage, wait_for
+from tests.serverproc import ServerProcess, wait_for
+from tests.test_server_credits import GPT4_COMPLEX, usage
 from tests.test_server_explain import month_start_ms, stamp
 from tests.test_server_revenue import next_month_start_ms
 

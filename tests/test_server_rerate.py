@@ -193,13 +193,6 @@ def ingest_many(client: TariffClient, start_ms: int, customers: int = CUSTOMERS)
         assert ack.accepted == len(events[first : first + 10_000]), ack.rejected[:3]
 
 
-def wait_for_log(server: ServerProcess, text: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in server.log_path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"no {text!r} in the log: {server.log_tail()}"
-        time.sleep(0.002)
-
-
 def test_the_cli_simulates_a_draft_and_prints_the_totals(server_factory: ServerFactory) -> None:
     from tests.test_cli import tariff
 

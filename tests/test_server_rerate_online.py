@@ -15,9 +15,9 @@ import pytest
 from tariff import TariffClient, now_ms
 from tariff.v1 import invoices_pb2, pricing_pb2, usage_pb2
 
-from tests.serverproc import ServerFactory, ServerProcess
+from tests.serverproc import ServerFactory, ServerProcess, wait_for_log
 from tests.test_server_admin import HOUR_MS, ts
-from tests.test_server_rerate import HOURS, PRICE_V1, PRICE_V2, ingest_many, quantity_of, set_up_many, wait_for_log
+from tests.test_server_rerate import HOURS, PRICE_V1, PRICE_V2, ingest_many, quantity_of, set_up_many
 
 # A re-rating of 3,000 customers x 150 hour buckets: a few hundred milliseconds here.
 CUSTOMERS = 3_000

@@ -17,7 +17,7 @@ from pathlib import Path
 from tariff.v1 import contracts_pb2
 
 from tests.demo_usage import demo_batch
-from tests.serverproc import HOST, REPO_ROOT, ServerFactory, ServerProcess
+from tests.serverproc import HOST, REPO_ROOT, ServerFactory, ServerProcess, wait_for
 
 
 def run_serve(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -107,15 +107,6 @@ def log_records(server: ServerProcess) -> list[dict[str, object]]:
     return records
 
 
-def wait_for(predicate: object, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
 def test_the_operators_log_in_json_start_admin_activity_and_stop(server_factory: ServerFactory) -> None:
     server = server_factory(
         demo=True, name="logged", extra_args=["--log-format", "json", "--log-activity-every-s", "0.5"]
@@ -130,7 +121,7 @@ def test_the_operators_log_in_json_start_admin_activity_and_stop(server_factory:
         batch.events[3].customer_id = "nobody"
         client.ingest_batch(batch.events, "b1")
         client.ingest_batch(batch.events, "b1-again")  # 3 duplicates, the same refusal
-    wait_for(lambda: any(r["msg"] == "activity" for r in log_records(server)))
+    assert wait_for(lambda: any(r["msg"] == "activity" for r in log_records(server)), 10)
     changes = [r for r in log_records(server) if r["msg"] == "admin change"]
     assert {"actor": "anonymous", "action": "CreateCustomer", "target": "customer/initech"}.items() <= changes[
         -1
