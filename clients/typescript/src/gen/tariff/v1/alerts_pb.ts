@@ -315,7 +315,9 @@ export const AlertService: GenService<{
    * an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
    * naming the oldest seq kept; an after_seq past the newest alert is
    * OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
-   * with the last seq received.
+   * with the last seq received. Any key may watch; a key restricted to some
+   * customers gets only their alerts (seqs are server-wide: it skips the
+   * others').
    *
    * @generated from rpc tariff.v1.AlertService.WatchAlerts
    */
@@ -325,7 +327,9 @@ export const AlertService: GenService<{
     output: typeof AlertSchema;
   },
   /**
-   * The rules, in id order, a page at a time.
+   * The rules, in id order, a page at a time. A key restricted to some
+   * customers gets the rules watching them: theirs and those for every
+   * customer.
    *
    * @generated from rpc tariff.v1.AlertService.ListAlertRules
    */

@@ -1,0 +1,230 @@
+"""README "What the server does today" and "Watching balances and alerts" audited over the wire, claim by claim,
+against real server processes: alert rules fire as the table says (amounts computed by hand from the demo prices:
+a complex GPT-4 summary costs 5 credits, a simple gpt-4o-mini one 0.5), a key restricted to one customer watches
+that customer's alerts, and the audit log records the hour a publish or rollback without `effective_from` took
+effect. The tests of tests/test_server_watch.py and the other tests/test_audit_*_wire.py files are not repeated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from tariff import TariffClient, now_ms
+from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2
+
+from tests.demo_usage import ACME, CHEAP, COMPLEX, demo_batch
+from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_server_auth import BETA, Keys, add_beta, code_of
+
+HOUR_MS = 3_600_000
+STREAM_TIMEOUT_S = 20.0
+GAMMA = "gamma"
+
+
+def create_alert(client: TariffClient, request: alerts_pb2.CreateAlertRequest) -> alerts_pb2.AlertRule:
+    rule: alerts_pb2.AlertRule = client.alerts.CreateAlert(request)
+    return rule
+
+
+def spend(
+    client: TariffClient, batch_id: str, customer: str, count: int = 1, dimensions: dict[str, str] = COMPLEX
+) -> None:
+    ack = client.usage.IngestUsageBatch(demo_batch(batch_id, batch_id, count, customer=customer, dimensions=dimensions))
+    assert ack.accepted == count, ack
+
+
+def grant(client: TariffClient, grant_id: str, customer: str, amount: str) -> None:
+    promo = contracts_pb2.Grant(id=grant_id, customer_id=customer, kind=contracts_pb2.PROMOTIONAL, amount=amount)
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=promo))
+
+
+def watch_alerts(client: TariffClient, after_seq: int) -> Iterator[alerts_pb2.Alert]:
+    request = alerts_pb2.WatchAlertsRequest(after_seq=after_seq)
+    return iter(client.alerts.WatchAlerts(request, timeout=STREAM_TIMEOUT_S))
+
+
+def summary(alert: alerts_pb2.Alert) -> tuple[int, str, str, dict[str, str]]:
+    return alert.seq, alerts_pb2.AlertType.Name(alert.type), alert.customer_id, dict(alert.details)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Alert rules: when each type fires, once per crossing, SPEND_THRESHOLD once a period, nothing without grants
+
+
+def test_alert_types_fire_on_the_crossing_once_and_re_arm_only_once_cleared(demo_server: ServerProcess) -> None:
+    with demo_server.client() as client:
+        add_beta(client)  # 100 prepaid credits
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=GAMMA, name="Gamma, no grants"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(id="gamma-2026", customer_id=GAMMA, rate_card_id="ai-credits")
+        )
+        spend(client, "beta-before", BETA, count=19)  # 100 - 19 x 5 = 5 available, 95 charged
+        # Created while beta is already below 10: creating a rule fires nothing.
+        low = create_alert(
+            client, alerts_pb2.CreateAlertRequest(customer_id=BETA, type=alerts_pb2.LOW_BALANCE, threshold="10")
+        )
+        exhausted = create_alert(
+            client, alerts_pb2.CreateAlertRequest(customer_id=BETA, type=alerts_pb2.CREDITS_EXHAUSTED)
+        )
+        spent = create_alert(
+            client, alerts_pb2.CreateAlertRequest(customer_id=BETA, type=alerts_pb2.SPEND_THRESHOLD, threshold="99.5")
+        )
+        # A customer holding no grant has 0 available but is never LOW_BALANCE nor CREDITS_EXHAUSTED.
+        create_alert(
+            client, alerts_pb2.CreateAlertRequest(customer_id=GAMMA, type=alerts_pb2.LOW_BALANCE, threshold="1")
+        )
+        create_alert(client, alerts_pb2.CreateAlertRequest(customer_id=GAMMA, type=alerts_pb2.CREDITS_EXHAUSTED))
+        spend(client, "gamma-1", GAMMA)  # 5 of overage, no grant: nothing fires
+        stream = watch_alerts(client, 0)
+
+        spend(client, "beta-1", BETA, dimensions=CHEAP)  # 4.5 available (below 10 at its first evaluation), 95.5
+        first = next(stream)
+        assert summary(first) == (1, "LOW_BALANCE", BETA, {"credits_available": "4.5", "threshold": "10"}), first
+        assert first.rule_id == low.id
+        spend(client, "beta-2", BETA, count=8, dimensions=CHEAP)  # 0.5 available, 99.5 charged: SPEND only
+        assert summary(next(stream)) == (
+            2,
+            "SPEND_THRESHOLD",
+            BETA,
+            {"period_charges": "99.5", "threshold": "99.5", "period_start_ms": period_start_ms(client, BETA)},
+        )
+        spend(client, "beta-3", BETA, dimensions=CHEAP)  # 0 available: CREDITS_EXHAUSTED (<= 0)
+        third = next(stream)
+        assert (summary(third), third.rule_id) == (
+            (3, "CREDITS_EXHAUSTED", BETA, {"credits_available": "0"}),
+            exhausted.id,
+        )
+        spend(client, "beta-4", BETA)  # 5 more of overage: every condition still holds, nothing new
+        grant(client, "beta-lift", BETA, "2")  # 2 available: CREDITS_EXHAUSTED clears; still below 10
+        spend(client, "beta-5", BETA, count=4, dimensions=CHEAP)  # 0 again: CREDITS_EXHAUSTED re-armed, fires
+        fourth = next(stream)
+        assert (summary(fourth), fourth.rule_id) == (
+            (4, "CREDITS_EXHAUSTED", BETA, {"credits_available": "0"}),
+            exhausted.id,
+        )
+        # Nothing else was fired: the newest alert is seq 4 (5 is past it), LOW_BALANCE and SPEND_THRESHOLD once.
+        code, _ = code_of(lambda: next(watch_alerts(client, 5)))
+        assert code == grpc.StatusCode.OUT_OF_RANGE
+        assert {r.id for r in client.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest()).rules} >= {
+            low.id,
+            exhausted.id,
+            spent.id,
+        }
+
+
+def period_start_ms(client: TariffClient, customer_id: str) -> str:
+    """The customer's current period start in ms, as a SPEND_THRESHOLD alert reports it."""
+    return str(client.get_balance(customer_id).period_start.ToMilliseconds())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A key restricted to one customer watches that customer's alerts (as it watches its balance)
+
+KEYS: dict[str, tuple[str, list[str] | None]] = {
+    "ops-admin": ("admin", None),
+    "acme-gateway": ("ingest", [ACME]),
+    "acme-portal": ("read", [ACME]),
+}
+
+
+@pytest.fixture
+def keyed_server(server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerProcess, Keys]:
+    keys = Keys(tmp_path_factory.mktemp("today-keys") / "keys.json", KEYS)
+    server = server_factory(demo=True, name="today-keyed", extra_args=keys.args, api_key=keys.key["ops-admin"])
+    return server, keys
+
+
+def test_a_restricted_key_lists_and_watches_only_its_customers_rules_and_alerts(
+    keyed_server: tuple[ServerProcess, Keys],
+) -> None:
+    server, keys = keyed_server
+    with server.client() as admin:
+        add_beta(admin)
+        acme_low = create_alert(
+            admin, alerts_pb2.CreateAlertRequest(customer_id=ACME, type=alerts_pb2.LOW_BALANCE, threshold="49999")
+        )
+        create_alert(  # beta's: never listed nor sent to acme's keys
+            admin, alerts_pb2.CreateAlertRequest(customer_id=BETA, type=alerts_pb2.LOW_BALANCE, threshold="99")
+        )
+        everyone = create_alert(admin, alerts_pb2.CreateAlertRequest(all=True, type=alerts_pb2.CREDITS_EXHAUSTED))
+        spend(admin, "beta-a", BETA)  # beta 95 available: LOW_BALANCE seq 1 (beta's)
+        spend(admin, "acme-a", ACME)  # acme 49995: LOW_BALANCE seq 2 (acme's)
+        spend(admin, "beta-b", BETA, count=19)  # beta 0: CREDITS_EXHAUSTED seq 3 (beta's)
+        assert [summary(next(watch_alerts(admin, seq)))[:3] for seq in (0, 1, 2)] == [
+            (1, "LOW_BALANCE", BETA),
+            (2, "LOW_BALANCE", ACME),
+            (3, "CREDITS_EXHAUSTED", BETA),
+        ]
+    with server.client(api_key=keys.key["acme-portal"]) as portal:
+        rules = portal.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest())
+        assert sorted(r.id for r in rules.rules) == sorted([acme_low.id, everyone.id]), rules
+        stream = watch_alerts(portal, 0)
+        own = next(stream)
+        assert summary(own) == (2, "LOW_BALANCE", ACME, {"credits_available": "49995", "threshold": "49999"})
+        with server.client() as admin:
+            spend(admin, "beta-c", BETA)  # beta's overage: nothing new for beta either
+            grant(admin, "acme-lift", ACME, "10")  # acme 50005, not below 49999: LOW_BALANCE clears
+            spend(admin, "acme-b", ACME, count=3)  # acme 49990: LOW_BALANCE again, seq 4
+            spend(admin, "beta-d", BETA)  # nothing new
+            grant(admin, "beta-lift", BETA, "1")  # beta 1: its CREDITS_EXHAUSTED clears
+            spend(admin, "beta-e", BETA)  # beta 0: CREDITS_EXHAUSTED again, seq 5 (beta's)
+            spend(admin, "acme-c", ACME)  # acme 49985: still below, nothing new
+        again = next(stream)
+        assert summary(again) == (4, "LOW_BALANCE", ACME, {"credits_available": "49990", "threshold": "49999"})
+    with server.client(api_key=keys.key["acme-gateway"]) as gateway:
+        rules = gateway.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest(page_size=1))
+        assert [r.id for r in rules.rules] == [min(acme_low.id, everyone.id)], rules
+        # Resumes after the seq it last received; beta's seq 5 is skipped, so acme's newest is the last sent.
+        resumed = watch_alerts(gateway, own.seq)
+        assert next(resumed) == again
+        with server.client() as admin:
+            grant(admin, "acme-lift-2", ACME, "20")  # acme 50005: LOW_BALANCE clears
+            spend(admin, "acme-d", ACME, count=3)  # acme 49990: LOW_BALANCE, seq 6
+        assert summary(next(resumed)) == (6, "LOW_BALANCE", ACME, {"credits_available": "49990", "threshold": "49999"})
+    with server.client(api_key=keys.key["acme-portal"]) as portal:
+        code, details = code_of(
+            lambda: portal.alerts.CreateAlert(alerts_pb2.CreateAlertRequest(all=True, type=alerts_pb2.TOP_UP_EXECUTED))
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED, details
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The audit log: a publish or rollback without effective_from records the hour it took effect
+
+
+def test_publish_and_rollback_without_effective_from_audit_the_hour_they_took_effect(
+    demo_server: ServerProcess,
+) -> None:
+    with demo_server.client() as client:
+        draft = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="ai-credits", based_on_version=1, set_parameters={"gpt4_factor": "2"}
+            )
+        )
+        before = now_ms()
+        published = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id="ai-credits", version=draft.version)
+        )
+        rolled_back = client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id="ai-credits", to_version=1)
+        )
+        after = now_ms()
+        entries = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(target="rate_card/ai-credits")).entries
+    effective = {
+        answer.version.version: answer.version.effective_from.ToMilliseconds() for answer in (published, rolled_back)
+    }
+    # The hour the call was applied in, as README says of an effective_from left out.
+    for number, effective_ms in effective.items():
+        assert before - before % HOUR_MS <= effective_ms <= after - after % HOUR_MS, (number, effective_ms)
+    audited = {
+        entry.action: json.loads(entry.diff)["effective_from_ms"]
+        for entry in entries
+        if entry.target != "rate_card/ai-credits/version/1" and entry.action in ("PublishVersion", "RollbackRateCard")
+    }
+    assert audited == {
+        "PublishVersion": effective[draft.version],
+        "RollbackRateCard": effective[rolled_back.version.version],
+    }, entries
