@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from tariff import TariffClient, now_ms
-from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2
 
 from tests.demo_usage import ACME, CHEAP, COMPLEX, demo_batch
 from tests.serverproc import ServerFactory, ServerProcess
@@ -228,3 +229,54 @@ def test_publish_and_rollback_without_effective_from_audit_the_hour_they_took_ef
         "PublishVersion": effective[draft.version],
         "RollbackRateCard": effective[rolled_back.version.version],
     }, entries
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Event alerts: TOP_UP_EXECUTED and RESERVATION_EXPIRED, once per event, amounts in the pricing unit
+
+
+def test_event_alerts_fire_once_per_event_with_amounts_in_the_pricing_unit(demo_server: ServerProcess) -> None:
+    with demo_server.client() as client:
+        topped = create_alert(client, alerts_pb2.CreateAlertRequest(customer_id=ACME, type=alerts_pb2.TOP_UP_EXECUTED))
+        expired = create_alert(client, alerts_pb2.CreateAlertRequest(all=True, type=alerts_pb2.RESERVATION_EXPIRED))
+        policy = contracts_pb2.TopUpPolicy(
+            threshold="49999", recharge_to="50000", price_per_credit="0.9", max_per_period=2
+        )
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="acme-2026", top_up=policy))
+        stream = watch_alerts(client, 0)
+        spend(client, "topped-1", ACME, dimensions=CHEAP)  # 49999.5: not below 49999, no purchase
+        spend(client, "topped-2", ACME)  # 49994.5 < 49999: buys 50000 - 49994.5 = 5.5 credits
+        bought = next(stream)
+        assert (bought.seq, bought.type, bought.rule_id, bought.customer_id) == (
+            1,
+            alerts_pb2.TOP_UP_EXECUTED,
+            topped.id,
+            ACME,
+        )
+        assert bought.details["credits"] == "5.5", bought
+        assert bought.details["grant_id"].startswith("top-up-") and "_picos" not in str(bought), bought
+        assert client.get_balance(ACME).credits_available == "50000"
+        hold = client.balance.Authorize(
+            balance_pb2.AuthorizeRequest(
+                customer_id=ACME,
+                event_type="ai_action",
+                dimensions=COMPLEX,
+                reserve=True,
+                reservation_id="gw-1",
+                reservation_ttl=duration_pb2.Duration(nanos=200_000_000),
+            )
+        )
+        assert hold.allowed, hold
+        # The hold leaves 50000 - 5 = 49995 available, below 49999: the second (and last) purchase, 5 credits.
+        again = next(stream)
+        assert (again.seq, again.type, again.details["credits"]) == (2, alerts_pb2.TOP_UP_EXECUTED, "5"), again
+        lapsed = next(stream)  # the clock driver expires the hold 200 ms on
+        assert (lapsed.seq, lapsed.type, lapsed.rule_id, lapsed.customer_id) == (
+            3,
+            alerts_pb2.RESERVATION_EXPIRED,
+            expired.id,
+            ACME,
+        )
+        assert (lapsed.details["reservation_id"], lapsed.details["released"]) == ("gw-1", "5"), lapsed
+        assert "5000000000000" not in lapsed.message, lapsed.message
+        assert client.get_balance(ACME).credits_available == "50005"  # the second purchase, the hold given back

@@ -44,14 +44,15 @@ def alert_rule_pb(rule: alerts.AlertRule) -> alerts_pb2.AlertRule:
 
 
 def alert_pb(alert: alerts.FiredAlert) -> alerts_pb2.Alert:
+    message, details = alerts.as_shown(alert)  # an event alert's amounts in the pricing unit, not picos
     return alerts_pb2.Alert(
         seq=alert.seq,
         rule_id=alert.rule_id,
         customer_id=alert.customer_id,
         type=alert.type.value,
-        message=alert.message,
+        message=message,
         time=convert.timestamp(alert.at_ms),
-        details=alert.details,
+        details=details,
         journal_seq=alert.journal_seq,
     )
 

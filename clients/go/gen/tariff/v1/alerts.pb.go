@@ -443,9 +443,12 @@ type Alert struct {
 	// The time of the change that fired it (a batch's receive time, a
 	// command's time).
 	Time *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
-	// What the condition read, as decimal strings: credits_available and
-	// threshold (LOW_BALANCE, CREDITS_EXHAUSTED), period_charges, threshold and
-	// period_start_ms (SPEND_THRESHOLD); the event's own for event alerts.
+	// What the condition read, as decimal strings (amounts in the pricing
+	// unit): credits_available and threshold (LOW_BALANCE), credits_available
+	// (CREDITS_EXHAUSTED), period_charges, threshold and period_start_ms
+	// (SPEND_THRESHOLD); grant_id, credits (bought), period_start_ms and at_ms
+	// (TOP_UP_EXECUTED); reservation_id, released (the credits the hold gave
+	// back), period_start_ms and at_ms (RESERVATION_EXPIRED).
 	Details map[string]string `protobuf:"bytes,7,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The journal record whose change fired it.
 	JournalSeq    uint64 `protobuf:"varint,8,opt,name=journal_seq,json=journalSeq,proto3" json:"journal_seq,omitempty"`

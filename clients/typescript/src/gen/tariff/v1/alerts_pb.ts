@@ -207,9 +207,12 @@ export type Alert = Message<"tariff.v1.Alert"> & {
   time?: Timestamp | undefined;
 
   /**
-   * What the condition read, as decimal strings: credits_available and
-   * threshold (LOW_BALANCE, CREDITS_EXHAUSTED), period_charges, threshold and
-   * period_start_ms (SPEND_THRESHOLD); the event's own for event alerts.
+   * What the condition read, as decimal strings (amounts in the pricing
+   * unit): credits_available and threshold (LOW_BALANCE), credits_available
+   * (CREDITS_EXHAUSTED), period_charges, threshold and period_start_ms
+   * (SPEND_THRESHOLD); grant_id, credits (bought), period_start_ms and at_ms
+   * (TOP_UP_EXECUTED); reservation_id, released (the credits the hold gave
+   * back), period_start_ms and at_ms (RESERVATION_EXPIRED).
    *
    * @generated from field: map<string, string> details = 7;
    */
