@@ -14,8 +14,9 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from tariff import TariffClient, now_ms
-from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
+from server.convert import timestamp
 from tests.demo_usage import ACME, CHEAP, COMPLEX, demo_batch
 from tests.serverproc import ServerFactory, ServerProcess
 from tests.test_server_auth import BETA, Keys, add_beta, code_of
@@ -280,3 +281,92 @@ def test_event_alerts_fire_once_per_event_with_amounts_in_the_pricing_unit(demo_
         assert (lapsed.details["reservation_id"], lapsed.details["released"]) == ("gw-1", "5"), lapsed
         assert "5000000000000" not in lapsed.message, lapsed.message
         assert client.get_balance(ACME).credits_available == "50005"  # the second purchase, the hold given back
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A contract switch mid-period: each contract keeps its own monthly periods; the credit is the customer's
+
+DAY_MS = 24 * HOUR_MS
+SWITCHER = "switcher"
+
+
+def usage_at(transaction_id: str, at_ms: int) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id=SWITCHER,
+        event_type="ai_action",
+        timestamp_ms=at_ms,
+        dimensions=COMPLEX,
+    )
+
+
+def test_a_contract_switch_mid_period_keeps_each_contracts_periods_and_the_customers_credit(
+    demo_server: ServerProcess,
+) -> None:
+    hour = now_ms() - now_ms() % HOUR_MS
+    switch_ms = hour - 2 * DAY_MS
+    with demo_server.client() as client:
+        # The demo's prices from 60 days back (version 1 is in force from the 1st only): a copy, same prices.
+        copy = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="ai-credits", based_on_version=1)
+        )
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id="ai-credits", version=copy.version, effective_from=timestamp(hour - 60 * DAY_MS)
+            )
+        )
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=SWITCHER, name="Switcher"))
+        for contract_id, starting_at, ending_before in (
+            ("switcher-old", hour - 40 * DAY_MS, switch_ms),
+            ("switcher-new", switch_ms, None),
+        ):
+            request = contracts_pb2.CreateContractRequest(
+                id=contract_id, customer_id=SWITCHER, rate_card_id="ai-credits", starting_at=timestamp(starting_at)
+            )
+            if ending_before is not None:
+                request.ending_before.CopyFrom(timestamp(ending_before))
+            client.contracts.CreateContract(request)
+        create_alert(
+            client, alerts_pb2.CreateAlertRequest(customer_id=SWITCHER, type=alerts_pb2.SPEND_THRESHOLD, threshold="5")
+        )
+        stream = watch_alerts(client, 0)
+        old_usage = usage_pb2.UsageBatch(batch_id="old", events=[usage_at("old-1", switch_ms - HOUR_MS)])
+        assert client.usage.IngestUsageBatch(old_usage).accepted == 1
+        # 5 charged in the old contract's last period; the balance is the new contract's period: nothing charged.
+        balance = client.get_balance(SWITCHER)
+        assert (balance.period_start.ToMilliseconds(), balance.period_charges) == (switch_ms, "0")
+        new_usage = usage_pb2.UsageBatch(batch_id="new", events=[usage_at("new-1", switch_ms + HOUR_MS)])
+        assert client.usage.IngestUsageBatch(new_usage).accepted == 1
+        reached = next(stream)  # SPEND_THRESHOLD counts the new contract's period only: 5, reached by this batch
+        assert summary(reached) == (
+            1,
+            "SPEND_THRESHOLD",
+            SWITCHER,
+            {"period_charges": "5", "threshold": "5", "period_start_ms": str(switch_ms)},
+        )
+        old = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id=SWITCHER, period_start=timestamp(switch_ms - HOUR_MS))
+        )
+        new = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=SWITCHER))
+        # The old contract's last period keeps its monthly bounds, past the contract's end; each invoice holds its
+        # own contract's usage.
+        old_start, old_end = old.period_start.ToMilliseconds(), old.period_end.ToMilliseconds()
+        assert (old.contract_id, old.subtotal, old.total_due) == ("switcher-old", "5", "5.00")
+        assert old_start <= switch_ms - HOUR_MS and old_end > switch_ms and 28 <= (old_end - old_start) // DAY_MS <= 31
+        assert (new.contract_id, new.period_start.ToMilliseconds(), new.subtotal) == ("switcher-new", switch_ms, "5")
+        code, details = code_of(
+            lambda: client.invoices.ClosePeriod(
+                invoices_pb2.ClosePeriodRequest(customer_id=SWITCHER, period_start=old.period_start)
+            )
+        )
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "has not ended" in details, details
+        # A grant for the old contract is the customer's credit: it pays usage under the new one too.
+        old_grant = contracts_pb2.Grant(
+            id="switcher-credit", contract_id="switcher-old", kind=contracts_pb2.PROMOTIONAL, amount="100"
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=old_grant))
+        later = usage_pb2.UsageBatch(batch_id="later", events=[usage_at("new-2", switch_ms + 2 * HOUR_MS)])
+        assert client.usage.IngestUsageBatch(later).accepted == 1
+        balance = client.get_balance(SWITCHER)
+        assert (balance.credits_available, balance.period_charges) == ("95", "10")
+        assert [(g.grant_id, g.drawn) for g in balance.grants] == [("switcher-credit", "5")]
