@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -370,3 +371,44 @@ def test_a_contract_switch_mid_period_keeps_each_contracts_periods_and_the_custo
         balance = client.get_balance(SWITCHER)
         assert (balance.credits_available, balance.period_charges) == ("95", "10")
         assert [(g.grant_id, g.drawn) for g in balance.grants] == [("switcher-credit", "5")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The alert log keeps the newest 10,000 alerts (up to 11,000 between prunes), across a kill -9
+
+
+def test_the_alert_log_keeps_the_newest_10000_and_refuses_older_seqs_naming_the_oldest_kept(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(demo=True, name="pruned")
+    rules, customers = 110, 101  # one batch fires 110 x 101 = 11,110 alerts
+    with server.client() as client:
+        for index in range(rules):  # every customer's 5 credits reach each threshold, 0.01 to 1.10
+            threshold = str(Decimal(index + 1) / 100)
+            create_alert(
+                client, alerts_pb2.CreateAlertRequest(all=True, type=alerts_pb2.SPEND_THRESHOLD, threshold=threshold)
+            )
+        for index in range(customers):
+            customer_id = f"kept-{index:03}"
+            client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+            client.contracts.CreateContract(
+                contracts_pb2.CreateContractRequest(customer_id=customer_id, rate_card_id="ai-credits")
+            )
+        events = [
+            demo_batch("kept", f"kept-{i:03}", 1, customer=f"kept-{i:03}", dimensions=COMPLEX).events[0]
+            for i in range(customers)
+        ]
+        ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="kept", events=events))
+        assert ack.accepted == customers, ack
+    # The 11,001st alert pruned the log to the newest 10,000: seqs 1,002 to 11,001, then 11,002 to 11,110 appended.
+    for restarted in (False, True):
+        if restarted:
+            server.kill9()
+            server.restart()
+        with server.client() as client:
+            code, details = code_of(lambda: next(watch_alerts(client, 1000)))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, (restarted, code, details)
+            assert "the oldest kept is 1002" in details and "after_seq 1001" in details, details
+            assert [next(watch_alerts(client, seq)).seq for seq in (0, 1001, 11_109)] == [1002, 1002, 11_110]
+            code, details = code_of(lambda: next(watch_alerts(client, 11_111)))
+            assert code == grpc.StatusCode.OUT_OF_RANGE, (restarted, code, details)
