@@ -14,7 +14,7 @@ from decimal import Decimal
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from tariff import TariffClient, now_ms
+from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp
@@ -412,3 +412,22 @@ def test_the_alert_log_keeps_the_newest_10000_and_refuses_older_seqs_naming_the_
             assert [next(watch_alerts(client, seq)).seq for seq in (0, 1001, 11_109)] == [1002, 1002, 11_110]
             code, details = code_of(lambda: next(watch_alerts(client, 11_111)))
             assert code == grpc.StatusCode.OUT_OF_RANGE, (restarted, code, details)
+
+
+def test_list_alert_rules_pages_and_refuses_a_negative_page_size(demo_server: ServerProcess) -> None:
+    with demo_server.client() as client:
+        ids = [f"rule-{index}" for index in range(3)]
+        for rule_id in ids:
+            create_alert(
+                client, alerts_pb2.CreateAlertRequest(id=rule_id, customer_id=ACME, type=alerts_pb2.CREDITS_EXHAUSTED)
+            )
+        first = client.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest(page_size=2))
+        rest = client.alerts.ListAlertRules(
+            alerts_pb2.ListAlertRulesRequest(page_size=2, page_token=first.next_page_token)
+        )
+        assert ([r.id for r in first.rules], [r.id for r in rest.rules], rest.next_page_token) == (ids[:2], ids[2:], "")
+        # page_size is an int32 here: a negative one is refused, not answered with an empty page and no next token.
+        with pytest.raises(TariffError) as refused:
+            client.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest(page_size=-1))
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in refused.value.field_violations] == ["page_size"], refused.value

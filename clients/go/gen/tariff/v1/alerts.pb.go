@@ -330,7 +330,7 @@ func (x *WatchAlertsRequest) GetAfterSeq() uint64 {
 
 type ListAlertRulesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Default 100, at most 1,000.
+	// Default 100 (when 0), at most 1,000; negative: INVALID_ARGUMENT.
 	PageSize      int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -128,7 +128,7 @@ export const WatchAlertsRequestSchema: GenMessage<WatchAlertsRequest> = /*@__PUR
  */
 export type ListAlertRulesRequest = Message<"tariff.v1.ListAlertRulesRequest"> & {
   /**
-   * Default 100, at most 1,000.
+   * Default 100 (when 0), at most 1,000; negative: INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 1;
    */
