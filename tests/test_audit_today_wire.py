@@ -431,3 +431,25 @@ def test_list_alert_rules_pages_and_refuses_a_negative_page_size(demo_server: Se
             client.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest(page_size=-1))
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert [v.field for v in refused.value.field_violations] == ["page_size"], refused.value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# WatchBalance: open watches count against --max-concurrent-rpcs
+
+
+def test_open_watches_count_against_max_concurrent_rpcs(server_factory: ServerFactory) -> None:
+    server = server_factory(demo=True, name="watch-limit", extra_args=["--max-concurrent-rpcs", "2"])
+    with server.client() as client:
+        request = balance_pb2.WatchBalanceRequest(customer_id=ACME)
+        first = client.balance.WatchBalance(request, timeout=STREAM_TIMEOUT_S)
+        assert next(first).credits_available == "50000"  # the first message: the balance now
+        spend(client, "limit-1", ACME)  # one place left: the batch is served
+        assert next(first).credits_available == "49995"  # then one after the change
+        second = client.balance.WatchBalance(request, timeout=STREAM_TIMEOUT_S)
+        assert next(second).credits_available == "49995"
+        # Two watches open: every further call is refused until one ends.
+        for call in (lambda: client.get_balance(ACME), lambda: spend(client, "limit-2", ACME)):
+            code, details = code_of(call)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+        first.cancel()
+        second.cancel()
