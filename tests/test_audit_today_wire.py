@@ -453,3 +453,34 @@ def test_open_watches_count_against_max_concurrent_rpcs(server_factory: ServerFa
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
         first.cancel()
         second.cancel()
+
+
+def test_spend_threshold_fires_once_a_period_unless_a_rerating_lowers_the_charges_below_it(
+    demo_server: ServerProcess,
+) -> None:
+    with demo_server.client() as client:
+        create_alert(
+            client, alerts_pb2.CreateAlertRequest(customer_id=ACME, type=alerts_pb2.SPEND_THRESHOLD, threshold="10")
+        )
+        stream = watch_alerts(client, 0)
+        spend(client, "spend-1", ACME, count=2)  # 2 x 5 = 10: reached
+        assert summary(next(stream))[:2] == (1, "SPEND_THRESHOLD")
+        spend(client, "spend-2", ACME)  # 15: still reached, nothing new
+        # GPT-4 20% cheaper from the start of version 1: the 3 summaries cost 4 each, 12, still >= 10: nothing new.
+        # A second cut to 2 credits each: 6, below 10: cleared.
+        in_force = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id="ai-credits", version=1))
+        for factor in ("2", "1"):
+            draft = client.pricing.CreateDraftVersion(
+                pricing_pb2.CreateDraftVersionRequest(
+                    rate_card_id="ai-credits", based_on_version=1, set_parameters={"gpt4_factor": factor}
+                )
+            )
+            client.pricing.PublishVersion(
+                pricing_pb2.PublishVersionRequest(
+                    rate_card_id="ai-credits", version=draft.version, effective_from=in_force.effective_from
+                )
+            )
+        assert client.get_balance(ACME).period_charges == "6"
+        spend(client, "spend-3", ACME, count=2)  # 6 + 2 x 2 = 10: reached again in the same period
+        again = next(stream)
+        assert summary(again)[:2] == (2, "SPEND_THRESHOLD") and again.details["period_charges"] == "10", again

@@ -37,8 +37,9 @@ const (
 	AlertType_ALERT_TYPE_UNSPECIFIED AlertType = 0
 	// credits_available < threshold, for a customer holding at least one grant.
 	AlertType_LOW_BALANCE AlertType = 1
-	// period_charges >= threshold in the contract period in force; fires at
-	// most once per period.
+	// period_charges >= threshold in the contract period in force; fires once
+	// per period, unless a re-rating (a retroactive publish or rollback) lowers
+	// the charges below the threshold: reaching it again then fires again.
 	AlertType_SPEND_THRESHOLD AlertType = 2
 	// No credit available (credits_available <= 0) to a customer holding at
 	// least one grant. No threshold.

@@ -257,8 +257,9 @@ export enum AlertType {
   LOW_BALANCE = 1,
 
   /**
-   * period_charges >= threshold in the contract period in force; fires at
-   * most once per period.
+   * period_charges >= threshold in the contract period in force; fires once
+   * per period, unless a re-rating (a retroactive publish or rollback) lowers
+   * the charges below the threshold: reaching it again then fires again.
    *
    * @generated from enum value: SPEND_THRESHOLD = 2;
    */
