@@ -4,7 +4,8 @@ Sans-I/O and deterministic: a rule's conditions are evaluated after each journal
 touched, from the balance the kernel holds at that record's time, so replaying the journal fires exactly the
 same alerts with the same sequence numbers. Balance conditions fire once per crossing: a rule fires for a
 customer when its condition holds and had not held at the previous evaluation; it fires again only after an
-evaluation found the condition cleared. SPEND_THRESHOLD fires at most once per billing period of a customer.
+evaluation found the condition cleared. SPEND_THRESHOLD fires once per billing period of a customer, unless a
+re-rating lowers the period's charges below its threshold (cleared: reaching it again fires again).
 Event alerts (TOP_UP_EXECUTED, RESERVATION_EXPIRED) fire once per notice the rating kernel reports.
 
 The state lives in BillingState (engine/control.py) so that snapshots hold it: the rules, which (rule,
@@ -165,13 +166,36 @@ def notice(
     if alert_type not in NOTICE_TYPES:
         return []
     shown = dict(sorted(details.items()))
-    described = ", ".join(f"{k} {v}" for k, v in shown.items())
-    message = f"{alert_type} for customer {customer_id!r}" + (f": {described}" if described else "")
+    message = _notice_message(alert_type, customer_id, shown)
     return [
         _fire(book, rule, customer_id, message, at_ms, journal_seq, shown)
         for rule in book.rules.values()
         if rule.type is alert_type and rule.applies_to(customer_id)
     ]
+
+
+def as_shown(alert: FiredAlert) -> tuple[str, dict[str, str]]:
+    """The message and details of an alert as clients see them. The rating kernel reports an event alert's
+    amounts in picos (`credits_picos`, `released_picos`), and the alert is journaled so (replay compares it);
+    clients get them as decimals in the pricing unit, named without `_picos` (`credits`, `released`), as every
+    other amount. Balance alerts are shown as fired."""
+    if alert.type not in NOTICE_TYPES:
+        return alert.message, alert.details
+    details = {
+        (key.removesuffix(_PICOS_SUFFIX) if key.endswith(_PICOS_SUFFIX) else key): (
+            format_picos(int(value)) if key.endswith(_PICOS_SUFFIX) else value
+        )
+        for key, value in alert.details.items()
+    }
+    return _notice_message(alert.type, alert.customer_id, details), details
+
+
+_PICOS_SUFFIX = "_picos"
+
+
+def _notice_message(alert_type: AlertType, customer_id: str, details: Mapping[str, str]) -> str:
+    described = ", ".join(f"{k} {v}" for k, v in details.items())
+    return f"{alert_type} for customer {customer_id!r}" + (f": {described}" if described else "")
 
 
 def alerts_after(book: AlertBook, after_seq: int, up_to_seq: int, limit: int) -> list[FiredAlert]:

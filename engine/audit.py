@@ -228,11 +228,15 @@ def capped_diff(fields: dict[str, Any]) -> str:
 
 
 def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
-    """What a command's own fields do not say: for a rollback, the version it made and the one it replaced."""
-    if isinstance(command, cmd.RollbackRateCard) and isinstance(result, PublishResult):
-        version = result.version
-        return {"version": version.number, "rollback_from": version.rollback_from, "rollback_to": version.rollback_to}
-    return {}
+    """What a command's own fields do not say: for a publish or rollback, the instant it took effect (the hour it
+    was applied in when the request named none); for a rollback, the version it made and the one it replaced."""
+    if not isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard) or not isinstance(result, PublishResult):
+        return {}
+    version = result.version
+    fields: dict[str, Any] = {"effective_from_ms": version.effective_from_ms}
+    if isinstance(command, cmd.RollbackRateCard):
+        fields.update(version=version.number, rollback_from=version.rollback_from, rollback_to=version.rollback_to)
+    return fields
 
 
 def audit_target(command: cmd.AdminCommand, result: object) -> str:

@@ -126,7 +126,7 @@ def visible_customers(customer_ids: Iterable[str]) -> list[str]:
 class Scope(enum.Enum):
     """Which customers a call touches, so a restricted key can be checked."""
 
-    # Not per customer (audit log, pricing administration, every customer's alerts): denied to a restricted key.
+    # Not per customer (audit log, pricing administration, rate cards): denied to a restricted key.
     GLOBAL = "global"
     # The shared catalogue, naming no customer: allowed to a restricted key.
     SHARED = "shared"
@@ -144,7 +144,7 @@ class Scope(enum.Enum):
     REQUESTS = "requests"
     # A non-empty list of customer ids in `Rule.field`, all of them allowed.
     FIELD_LIST = "field_list"
-    # The servicer filters its answer to the caller's customers (ListCustomers).
+    # The servicer filters its answer to the caller's customers (ListCustomers, ListAlertRules, WatchAlerts).
     FILTERED = "filtered"
 
 
@@ -162,8 +162,8 @@ def _rule(roles: str, scope: Scope, field: str = "") -> Rule:
 _ALL = "admin ingest read"
 _USE = "admin ingest"
 _READ = "admin read"
-# The one table of who may call what. admin: everything; ingest: usage, balances, authorize, reservations;
-# read: every read-only RPC. ValidateVersion changes nothing, so read may call it.
+# The one table of who may call what. admin: everything; ingest: usage, balances, authorize, reservations,
+# alerts; read: every read-only RPC. ValidateVersion changes nothing, so read may call it.
 RULES: Mapping[str, Rule] = {
     "/tariff.v1.UsageService/IngestUsage": _rule(_USE, Scope.EVENTS),
     "/tariff.v1.UsageService/IngestUsageBatch": _rule(_USE, Scope.EVENTS),
@@ -205,8 +205,9 @@ RULES: Mapping[str, Rule] = {
     "/tariff.v1.InvoiceService/GetRevenueReport": _rule(_READ, Scope.FIELD, "customer_id"),
     "/tariff.v1.InvoiceService/CloseDuePeriods": _rule(ADMIN, Scope.GLOBAL),
     "/tariff.v1.AlertService/CreateAlert": _rule(ADMIN, Scope.FIELD, "customer_id"),
-    "/tariff.v1.AlertService/WatchAlerts": _rule(_READ, Scope.GLOBAL),
-    "/tariff.v1.AlertService/ListAlertRules": _rule(_READ, Scope.GLOBAL),
+    # Like WatchBalance, for every role; a restricted key gets its customers' alerts and the rules that watch them.
+    "/tariff.v1.AlertService/WatchAlerts": _rule(_ALL, Scope.FILTERED),
+    "/tariff.v1.AlertService/ListAlertRules": _rule(_ALL, Scope.FILTERED),
 }
 # A Tariff method missing from the table (added to the proto later) is for admin keys only, until it is listed.
 _UNLISTED = _rule(ADMIN, Scope.GLOBAL)

@@ -89,7 +89,6 @@ def test_restricted_read_key_is_refused_every_read_about_another_customer_or_all
             "GetRevenueReport(beta)": lambda: portal.invoices.GetRevenueReport(
                 invoices_pb2.GetRevenueReportRequest(customer_id=BETA)
             ),
-            "ListAlertRules": lambda: portal.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest()),
             "SimulateVersion(acme+beta)": lambda: portal.pricing.SimulateVersion(
                 pricing_pb2.SimulateVersionRequest(rate_card_id="ai-credits", version=1, customer_ids=[ACME, BETA])
             ),

@@ -147,14 +147,15 @@ def test_every_rpc_of_every_tariff_service_is_in_the_role_table_with_fields_that
     assert listed == set(), f"rules for methods that do not exist: {sorted(listed)}"
 
 
-def test_read_role_gets_no_state_changing_rpc_and_ingest_only_usage_and_balances() -> None:
+def test_read_role_gets_no_state_changing_rpc_and_ingest_only_usage_balances_and_alert_reads() -> None:
     changing = {"Create", "Publish", "Rollback", "Add", "Grant", "Set", "Close", "Ingest", "Release"}
+    alert_reads = {"/tariff.v1.AlertService/WatchAlerts", "/tariff.v1.AlertService/ListAlertRules"}
     for path, rule in auth.RULES.items():
         name = path.rsplit("/", 1)[-1]
         if "read" in rule.roles:
             assert not any(name.startswith(prefix) for prefix in changing), path
         if "ingest" in rule.roles:
-            assert path.startswith(("/tariff.v1.UsageService/", "/tariff.v1.BalanceService/")), path
+            assert path.startswith(("/tariff.v1.UsageService/", "/tariff.v1.BalanceService/")) or path in alert_reads
 
 
 @pytest.mark.parametrize(
@@ -403,7 +404,7 @@ ALLOWED: dict[str, set[str]] = {
         "alerts.WatchAlerts",
         "alerts.CreateAlert",
     },
-    "meter": {"usage.IngestUsageBatch", "balance.GetBalance", "balance.Authorize"},
+    "meter": {"usage.IngestUsageBatch", "balance.GetBalance", "balance.Authorize", "alerts.WatchAlerts"},
     "finance": {
         "balance.GetBalance",
         "pricing.ListProducts",
@@ -536,7 +537,6 @@ def test_restricted_read_key_sees_only_its_customers_and_nothing_global(keyed: t
             "ExplainLineItem(beta)": lambda: portal.invoices.ExplainLineItem(
                 invoices_pb2.ExplainLineItemRequest(customer_id=BETA, line_id="ai_action")
             ),
-            "WatchAlerts": lambda: list(portal.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest())),
             "SimulateVersion(all)": lambda: portal.pricing.SimulateVersion(
                 pricing_pb2.SimulateVersionRequest(rate_card_id="ai-credits", version=1)
             ),

@@ -200,9 +200,10 @@ def test_a_restricted_key_watches_only_its_customers(keyed: tuple[ServerProcess,
         with pytest.raises(TariffError) as refused:
             next(_watch_balance(portal, "beta"))
         assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
-        with pytest.raises(TariffError) as alerts_refused:
-            next(_watch_alerts(portal, 0))
-        assert alerts_refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        # Alerts too: beta's rule is not listed to acme's key (tests/test_audit_today_wire.py watches them).
+        with server.client() as admin:
+            _create_alert(admin, alerts_pb2.LOW_BALANCE, "99", customer_id="beta")
+        assert list(portal.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest()).rules) == []
 
 
 def test_shutdown_ends_watch_streams_with_unavailable(demo_server: ServerProcess) -> None:

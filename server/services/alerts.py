@@ -11,7 +11,7 @@ from engine import commands as cmd
 from engine.billing import Billing
 from engine.errors import FailedPrecondition, InvalidArgument
 from engine.money import format_picos
-from server import convert
+from server import auth, convert
 from server.errors import OutOfRange, Unavailable, streaming, unary
 from server.sequencer import Sequencer
 from server.services.common import Context, _Base, _page, actor_of, wall_ms
@@ -19,6 +19,17 @@ from server.watch import SHUTTING_DOWN, WatchHub
 
 # Alerts read from the log between two sends of the stream's loop.
 WATCH_PAGE_ALERTS = 256
+
+
+def _allowed_customers() -> frozenset[str] | None:
+    """The customers a restricted caller's key may touch; None for an unrestricted key or without keys."""
+    identity = auth.caller.get()
+    return identity.customers if identity is not None else None
+
+
+def _watches_one_of(rule: alerts.AlertRule, customers: frozenset[str]) -> bool:
+    """A rule for every customer watches each of them; a rule for one customer, that one."""
+    return not rule.customer_id or rule.customer_id in customers
 
 
 def alert_rule_pb(rule: alerts.AlertRule) -> alerts_pb2.AlertRule:
@@ -33,14 +44,15 @@ def alert_rule_pb(rule: alerts.AlertRule) -> alerts_pb2.AlertRule:
 
 
 def alert_pb(alert: alerts.FiredAlert) -> alerts_pb2.Alert:
+    message, details = alerts.as_shown(alert)  # an event alert's amounts in the pricing unit, not picos
     return alerts_pb2.Alert(
         seq=alert.seq,
         rule_id=alert.rule_id,
         customer_id=alert.customer_id,
         type=alert.type.value,
-        message=alert.message,
+        message=message,
         time=convert.timestamp(alert.at_ms),
-        details=alert.details,
+        details=details,
         journal_seq=alert.journal_seq,
     )
 
@@ -79,7 +91,9 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
         self, request: alerts_pb2.ListAlertRulesRequest, context: Context
     ) -> alerts_pb2.ListAlertRulesResponse:
         rules = self.engine.state.alerts.rules
-        page, next_token = _page(sorted(rules), request.page_size, request.page_token)
+        allowed = _allowed_customers()
+        ids = sorted(i for i, rule in rules.items() if allowed is None or _watches_one_of(rule, allowed))
+        page, next_token = _page(ids, request.page_size, request.page_token)
         return alerts_pb2.ListAlertRulesResponse(
             rules=[alert_rule_pb(rules[i]) for i in page], next_page_token=next_token
         )
@@ -88,8 +102,9 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
     async def WatchAlerts(
         self, request: alerts_pb2.WatchAlertsRequest, context: Context
     ) -> AsyncIterator[alerts_pb2.Alert]:
-        """Every committed alert after `after_seq`, then each new one once committed. Registered before the
-        first read, so an alert committed meanwhile wakes it."""
+        """Every committed alert after `after_seq`, then each new one once committed (for a restricted key, those
+        of its customers). Registered before the first read, so an alert committed meanwhile wakes it."""
+        allowed = _allowed_customers()
         after = request.after_seq
         newest = self.watch.alerts_committed
         if after > newest:
@@ -98,8 +113,9 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
             while True:
                 page = self._alerts_after(after, request.after_seq)
                 for alert in page:
-                    yield alert_pb(alert)
-                    after = alert.seq
+                    if allowed is None or alert.customer_id in allowed:
+                        yield alert_pb(alert)
+                    after = alert.seq  # past another customer's alert too, unsent
                 if len(page) < WATCH_PAGE_ALERTS:
                     await watcher.changed()
                 if self.watch.closing:

@@ -63,7 +63,12 @@ def _required(**fields: object) -> None:
 
 
 def _page(ids: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
-    """One page of sorted ids after `page_token` (the last id of the previous page), and the next token."""
+    """One page of sorted ids after `page_token` (the last id of the previous page), and the next token. A negative
+    page_size (ListAlertRules' is an int32) is refused: it would answer an empty page with no next token."""
+    if page_size < 0:
+        raise InvalidArgument.field(
+            "page_size", f"must not be negative (0: 100, at most {PAGE_SIZE_MAX}), not {page_size}"
+        )
     size = min(page_size or 100, PAGE_SIZE_MAX)
     start = bisect.bisect_right(ids, page_token) if page_token else 0
     page = ids[start : start + size]

@@ -71,14 +71,18 @@ class AlertServiceServicer:
         an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
         naming the oldest seq kept; an after_seq past the newest alert is
         OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
-        with the last seq received.
+        with the last seq received. Any key may watch; a key restricted to some
+        customers gets only their alerts (seqs are server-wide: it skips the
+        others').
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAlertRules(self, request, context):
-        """The rules, in id order, a page at a time.
+        """The rules, in id order, a page at a time. A key restricted to some
+        customers gets the rules watching them: theirs and those for every
+        customer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,8 +37,9 @@ const (
 	AlertType_ALERT_TYPE_UNSPECIFIED AlertType = 0
 	// credits_available < threshold, for a customer holding at least one grant.
 	AlertType_LOW_BALANCE AlertType = 1
-	// period_charges >= threshold in the contract period in force; fires at
-	// most once per period.
+	// period_charges >= threshold in the contract period in force; fires once
+	// per period, unless a re-rating (a retroactive publish or rollback) lowers
+	// the charges below the threshold: reaching it again then fires again.
 	AlertType_SPEND_THRESHOLD AlertType = 2
 	// No credit available (credits_available <= 0) to a customer holding at
 	// least one grant. No threshold.
@@ -330,7 +331,7 @@ func (x *WatchAlertsRequest) GetAfterSeq() uint64 {
 
 type ListAlertRulesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Default 100, at most 1,000.
+	// Default 100 (when 0), at most 1,000; negative: INVALID_ARGUMENT.
 	PageSize      int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -443,9 +444,12 @@ type Alert struct {
 	// The time of the change that fired it (a batch's receive time, a
 	// command's time).
 	Time *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
-	// What the condition read, as decimal strings: credits_available and
-	// threshold (LOW_BALANCE, CREDITS_EXHAUSTED), period_charges, threshold and
-	// period_start_ms (SPEND_THRESHOLD); the event's own for event alerts.
+	// What the condition read, as decimal strings (amounts in the pricing
+	// unit): credits_available and threshold (LOW_BALANCE), credits_available
+	// (CREDITS_EXHAUSTED), period_charges, threshold and period_start_ms
+	// (SPEND_THRESHOLD); grant_id, credits (bought), period_start_ms and at_ms
+	// (TOP_UP_EXECUTED); reservation_id, released (the credits the hold gave
+	// back), period_start_ms and at_ms (RESERVATION_EXPIRED).
 	Details map[string]string `protobuf:"bytes,7,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The journal record whose change fired it.
 	JournalSeq    uint64 `protobuf:"varint,8,opt,name=journal_seq,json=journalSeq,proto3" json:"journal_seq,omitempty"`

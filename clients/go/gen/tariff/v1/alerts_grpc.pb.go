@@ -42,9 +42,13 @@ type AlertServiceClient interface {
 	// an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
 	// naming the oldest seq kept; an after_seq past the newest alert is
 	// OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
-	// with the last seq received.
+	// with the last seq received. Any key may watch; a key restricted to some
+	// customers gets only their alerts (seqs are server-wide: it skips the
+	// others').
 	WatchAlerts(ctx context.Context, in *WatchAlertsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Alert], error)
-	// The rules, in id order, a page at a time.
+	// The rules, in id order, a page at a time. A key restricted to some
+	// customers gets the rules watching them: theirs and those for every
+	// customer.
 	ListAlertRules(ctx context.Context, in *ListAlertRulesRequest, opts ...grpc.CallOption) (*ListAlertRulesResponse, error)
 }
 
@@ -110,9 +114,13 @@ type AlertServiceServer interface {
 	// an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
 	// naming the oldest seq kept; an after_seq past the newest alert is
 	// OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
-	// with the last seq received.
+	// with the last seq received. Any key may watch; a key restricted to some
+	// customers gets only their alerts (seqs are server-wide: it skips the
+	// others').
 	WatchAlerts(*WatchAlertsRequest, grpc.ServerStreamingServer[Alert]) error
-	// The rules, in id order, a page at a time.
+	// The rules, in id order, a page at a time. A key restricted to some
+	// customers gets the rules watching them: theirs and those for every
+	// customer.
 	ListAlertRules(context.Context, *ListAlertRulesRequest) (*ListAlertRulesResponse, error)
 	mustEmbedUnimplementedAlertServiceServer()
 }

@@ -653,7 +653,9 @@ type Contract struct {
 	RateCardId string                 `protobuf:"bytes,3,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	// Billing periods are monthly, anchored on starting_at (UTC).
 	StartingAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=starting_at,json=startingAt,proto3" json:"starting_at,omitempty"`
-	// Unset: open-ended.
+	// Unset: open-ended. Set only at creation: a switch to another contract is
+	// planned by ending this one here and starting the next from here. The last
+	// period keeps its monthly end (it is closed once that has passed).
 	EndingBefore  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
 	Overrides     []*PriceOverride       `protobuf:"bytes,6,rep,name=overrides,proto3" json:"overrides,omitempty"`
 	Grants        []*Grant               `protobuf:"bytes,7,rep,name=grants,proto3" json:"grants,omitempty"`
@@ -977,8 +979,11 @@ type Grant struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	CustomerId string                 `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	ContractId string                 `protobuf:"bytes,3,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
-	Kind       GrantKind              `protobuf:"varint,4,opt,name=kind,proto3,enum=tariff.v1.GrantKind" json:"kind,omitempty"`
+	// The contract it is granted under: starts_at defaults to its start. The
+	// credit is the customer's: it also pays usage under the customer's later
+	// contracts.
+	ContractId string    `protobuf:"bytes,3,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
+	Kind       GrantKind `protobuf:"varint,4,opt,name=kind,proto3,enum=tariff.v1.GrantKind" json:"kind,omitempty"`
 	// Decimal string, in the rate card's pricing unit. > 0, at most 12 decimal
 	// places (the fixed scale is 10^-12 of a unit; more is refused, never rounded).
 	Amount string `protobuf:"bytes,5,opt,name=amount,proto3" json:"amount,omitempty"`

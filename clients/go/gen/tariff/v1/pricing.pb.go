@@ -3091,8 +3091,10 @@ type AuditEntry struct {
 	// "product/<id>", "customer/<id>", "contract/<id>", "grant/<id>".
 	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
 	// What changed, as a JSON object: the request's fields as the server
-	// applied them (for RollbackRateCard also "version", "rollback_from" and
-	// "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
+	// applied them (for PublishVersion and RollbackRateCard, "effective_from_ms"
+	// is the instant the version took effect: the hour the call was applied in
+	// when it named none; for RollbackRateCard also "version", "rollback_from"
+	// and "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
 	// keeps its fields but shortens the largest (a list or map to its first
 	// entries, a text to its start) until it fits, and adds "truncated":
 	// {"bytes": size of the whole, "fields": {name: {"of": entries or

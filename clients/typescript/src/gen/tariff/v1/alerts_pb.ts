@@ -128,7 +128,7 @@ export const WatchAlertsRequestSchema: GenMessage<WatchAlertsRequest> = /*@__PUR
  */
 export type ListAlertRulesRequest = Message<"tariff.v1.ListAlertRulesRequest"> & {
   /**
-   * Default 100, at most 1,000.
+   * Default 100 (when 0), at most 1,000; negative: INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 1;
    */
@@ -207,9 +207,12 @@ export type Alert = Message<"tariff.v1.Alert"> & {
   time?: Timestamp | undefined;
 
   /**
-   * What the condition read, as decimal strings: credits_available and
-   * threshold (LOW_BALANCE, CREDITS_EXHAUSTED), period_charges, threshold and
-   * period_start_ms (SPEND_THRESHOLD); the event's own for event alerts.
+   * What the condition read, as decimal strings (amounts in the pricing
+   * unit): credits_available and threshold (LOW_BALANCE), credits_available
+   * (CREDITS_EXHAUSTED), period_charges, threshold and period_start_ms
+   * (SPEND_THRESHOLD); grant_id, credits (bought), period_start_ms and at_ms
+   * (TOP_UP_EXECUTED); reservation_id, released (the credits the hold gave
+   * back), period_start_ms and at_ms (RESERVATION_EXPIRED).
    *
    * @generated from field: map<string, string> details = 7;
    */
@@ -254,8 +257,9 @@ export enum AlertType {
   LOW_BALANCE = 1,
 
   /**
-   * period_charges >= threshold in the contract period in force; fires at
-   * most once per period.
+   * period_charges >= threshold in the contract period in force; fires once
+   * per period, unless a re-rating (a retroactive publish or rollback) lowers
+   * the charges below the threshold: reaching it again then fires again.
    *
    * @generated from enum value: SPEND_THRESHOLD = 2;
    */
@@ -315,7 +319,9 @@ export const AlertService: GenService<{
    * an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
    * naming the oldest seq kept; an after_seq past the newest alert is
    * OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
-   * with the last seq received.
+   * with the last seq received. Any key may watch; a key restricted to some
+   * customers gets only their alerts (seqs are server-wide: it skips the
+   * others').
    *
    * @generated from rpc tariff.v1.AlertService.WatchAlerts
    */
@@ -325,7 +331,9 @@ export const AlertService: GenService<{
     output: typeof AlertSchema;
   },
   /**
-   * The rules, in id order, a page at a time.
+   * The rules, in id order, a page at a time. A key restricted to some
+   * customers gets the rules watching them: theirs and those for every
+   * customer.
    *
    * @generated from rpc tariff.v1.AlertService.ListAlertRules
    */

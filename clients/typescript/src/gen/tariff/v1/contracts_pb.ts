@@ -306,7 +306,9 @@ export type Contract = Message<"tariff.v1.Contract"> & {
   startingAt?: Timestamp | undefined;
 
   /**
-   * Unset: open-ended.
+   * Unset: open-ended. Set only at creation: a switch to another contract is
+   * planned by ending this one here and starting the next from here. The last
+   * period keeps its monthly end (it is closed once that has passed).
    *
    * @generated from field: google.protobuf.Timestamp ending_before = 5;
    */
@@ -465,6 +467,10 @@ export type Grant = Message<"tariff.v1.Grant"> & {
   customerId: string;
 
   /**
+   * The contract it is granted under: starts_at defaults to its start. The
+   * credit is the customer's: it also pays usage under the customer's later
+   * contracts.
+   *
    * @generated from field: string contract_id = 3;
    */
   contractId: string;
