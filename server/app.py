@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tariff.v1 import (
     alerts_pb2,
@@ -43,6 +43,7 @@ from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
 from server.explain_index import ExplainIndex
+from server.health import SERVING, HealthService
 from server.journal import JournalFormatError, LmdbJournal
 from server.loopstall import StallSampler
 from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
@@ -339,12 +340,12 @@ async def _serve_locked(
             await sequencer.run(command)
         log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
     watch = _add_services(server, billing, sequencer, config)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     await server.start()
     for name in ["", *SERVICE_NAMES]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set(name, SERVING)
     oplog.line(
         "serving",
         version=tariff_version(),
@@ -371,7 +372,7 @@ async def _serve_locked(
 
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
     log.info("shutting down")
-    await health_servicer.enter_graceful_shutdown()
+    health_servicer.stop()  # NOT_SERVING; its Watch streams, like the watch streams, end now
     watch.close()  # watch streams never end on their own: ended now, they do not hold the grace period
     await server.stop(SHUTDOWN_GRACE_S)
     if sequencer.failure is None:
