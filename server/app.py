@@ -195,8 +195,20 @@ class DataDirLock:
             self._file = None
 
 
-def listen_failure(listen: str) -> str:
-    """Why binding `listen` failed, in one line: the bind error a plain socket gets on that address."""
+def metrics_port_refusal(metrics_port: int) -> str | None:
+    """Opens the Prometheus endpoint on 127.0.0.1:`metrics_port`, or returns why it cannot, in one line."""
+    try:
+        telemetry.serve_metrics(metrics_port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"--metrics-port {metrics_port}: 127.0.0.1:{metrics_port} is already in use"
+        return f"--metrics-port {metrics_port}: cannot listen on 127.0.0.1:{metrics_port}: {exc.strerror or exc}"
+    return None
+
+
+def listen_failure(listen: str, *, tls: bool = False) -> str:
+    """Why binding `listen` failed, in one line: the bind error a plain socket gets on that address, or, when a
+    plain socket binds it and TLS is on, that gRPC could not use the TLS files."""
     host, _, port = listen.rpartition(":")
     try:
         infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
@@ -209,6 +221,11 @@ def listen_failure(listen: str) -> str:
         return f"cannot listen on {listen}: {exc.strerror or exc}"
     except ValueError:
         return f"cannot listen on {listen}: not a host:port address"
+    if tls:
+        return (
+            f"cannot listen on {listen} with TLS: gRPC could not use --tls-cert and --tls-key (a PEM certificate "
+            "chain and its matching PEM private key) or --tls-client-ca (PEM certificates)"
+        )
     return f"cannot listen on {listen}"
 
 
@@ -260,7 +277,12 @@ async def serve(config: ServeConfig) -> int:
     )
     # Bind first: a taken port must refuse before anything is read, locked or written.
     if _bind(server, config, credentials) == 0:
-        log.error("%s", listen_failure(config.listen))
+        log.error("%s", listen_failure(config.listen, tls=credentials is not None))
+        await server.stop(None)
+        return 2
+    metrics_refusal = metrics_port_refusal(config.metrics_port) if config.metrics_port is not None else None
+    if metrics_refusal is not None:
+        log.error("%s", metrics_refusal)
         await server.stop(None)
         return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)

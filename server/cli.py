@@ -82,7 +82,11 @@ def _mib(value: int) -> int:
     default="off",
     help="OpenTelemetry export: metrics and control-plane traces to stdout, or OTLP/gRPC",
 )
-@click.option("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics  [default: none]")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics  [default: none]",
+)
 @click.option("--log-format", type=click.Choice(oplog.LOG_FORMATS), default="text", help="the operator's log on stderr")
 @click.option(
     "--log-level",

@@ -10,14 +10,88 @@ the watch streams' end at shutdown (test_server_watch.py), a clean and an in-fli
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.serverproc import ServerFactory
+from tests.serverproc import HOST, REPO_ROOT, ServerFactory, free_port
 
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
+
+
+def run_serve(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """`tariff serve ARGS` to completion (a server that refuses to start exits at once)."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def log_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# A server that refuses to start says why in one line and exits with status 2
+
+
+def test_a_taken_metrics_port_refuses_in_one_line_with_status_2_and_writes_nothing(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((HOST, 0))
+        holder.listen()
+        metrics_port = holder.getsockname()[1]
+        data_dir = tmp_path / "data"
+        result = run_serve(
+            "--listen", f"{HOST}:{free_port()}", "--data-dir", str(data_dir), "--metrics-port", str(metrics_port)
+        )
+    lines = log_lines(result)
+    assert result.returncode == 2, lines
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f"--metrics-port {metrics_port}: {HOST}:{metrics_port} is already in use"), lines
+    assert not data_dir.exists(), "nothing may be written by a server that did not start"
+
+
+def test_a_metrics_port_outside_1_to_65535_is_a_usage_error(tmp_path: Path) -> None:
+    for port in ("0", "65536"):
+        result = run_serve(
+            "--listen", f"{HOST}:{free_port()}", "--data-dir", str(tmp_path / "d"), "--metrics-port", port
+        )
+        assert result.returncode == 2, log_lines(result)
+        assert "--metrics-port" in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "tls_args",
+    [
+        ("--tls-cert", "cert.pem", "--tls-key", "key.pem"),
+        ("--tls-cert", "cert.pem", "--tls-key", "key.pem", "--tls-client-ca", "ca.pem"),
+    ],
+    ids=["server-pair", "client-ca"],
+)
+def test_tls_files_grpc_cannot_use_are_named_in_the_refusal(tmp_path: Path, tls_args: tuple[str, ...]) -> None:
+    """Files that exist but are no PEM certificate or key: the port is free, so the refusal must say it is TLS."""
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("not a PEM file\n")
+    args = [str(tmp_path / a) if a.endswith(".pem") else a for a in tls_args]
+    listen = f"{HOST}:{free_port()}"
+    result = run_serve("--listen", listen, "--data-dir", str(tmp_path / "data"), *args)
+    lines = log_lines(result)
+    assert result.returncode == 2, lines
+    assert len(lines) == 1, lines
+    assert f"cannot listen on {listen} with TLS" in lines[0], lines
+    assert "--tls-cert" in lines[0] and "--tls-key" in lines[0] and "PEM" in lines[0], lines
+    assert not (tmp_path / "data").exists()
 
 
 # ---------------------------------------------------------------------------------------------
