@@ -403,10 +403,10 @@ async def _serve_locked(
     if sampler is not None:
         sampler.cancel()
     journal_bytes = journal.stats().used_bytes
+    stop_telemetry()  # its last export reads the journal's size: before the journal closes
     journal.close()
     if explain_index is not None:
         explain_index.close()
-    stop_telemetry()
     oplog.line(
         f"stopped at journal seq {billing.last_seq}",
         journal_bytes=journal_bytes,

@@ -19,7 +19,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tariff.v1 import pricing_pb2
 
+from tests.demo_usage import demo_batch
 from tests.serverproc import HOST, REPO_ROOT, ServerFactory, free_port
 
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
@@ -92,6 +94,27 @@ def test_tls_files_grpc_cannot_use_are_named_in_the_refusal(tmp_path: Path, tls_
     assert f"cannot listen on {listen} with TLS" in lines[0], lines
     assert "--tls-cert" in lines[0] and "--tls-key" in lines[0] and "PEM" in lines[0], lines
     assert not (tmp_path / "data").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and traces
+
+
+def test_otel_console_exports_spans_and_metrics_and_stops_without_an_error(server_factory: ServerFactory) -> None:
+    """`--otel console`: the last export, at shutdown, still reads the journal's size (the journal is closed after
+    it), and nothing is logged at ERROR; a control-plane call has a span, usage has none."""
+    server = server_factory(demo=True, name="console", extra_args=["--otel", "console"])
+    with server.client() as client:
+        client.pricing.ListRateCards(pricing_pb2.ListRateCardsRequest())
+        assert client.ingest_batch(demo_batch("otel", "otel", 2).events).accepted == 2
+    assert server.terminate() == 0
+    log = server.log_path.read_text()
+    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
+    assert '"name": "tariff.v1.PricingService.ListRateCards"' in log
+    assert '"name": "tariff.v1.UsageService' not in log  # no span on the usage hot path
+    for metric in ("tariff.events.ingested", "tariff.batch.commit.duration", "tariff.journal.size"):
+        assert f'"name": "{metric}"' in log, metric
+    assert "clean=True" in log.splitlines()[-1]
 
 
 # ---------------------------------------------------------------------------------------------
