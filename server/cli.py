@@ -104,7 +104,8 @@ def _mib(value: int) -> int:
     "--loop-stall-sample-ms",
     type=click.FloatRange(min=0.0),
     default=0.0,
-    help="sample the event loop's longest stall every this many ms, reported in the activity line  [default: off]",
+    show_default="off",
+    help="sample the event loop's longest stall every this many ms, reported in the activity line",
 )
 @click.option(
     "--close-grace",
