@@ -18,11 +18,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tariff import ResourceExhausted
 from tariff.v1 import pricing_pb2
 
 from tests.demo_usage import demo_batch
 from tests.serverproc import HOST, REPO_ROOT, ServerFactory, free_port
+from tests.test_server_limits import Bidi
 
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
@@ -115,6 +119,37 @@ def test_otel_console_exports_spans_and_metrics_and_stops_without_an_error(serve
     for metric in ("tariff.events.ingested", "tariff.batch.commit.duration", "tariff.journal.size"):
         assert f'"name": "{metric}"' in log, metric
     assert "clean=True" in log.splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+
+
+def test_an_overloaded_server_says_retry_after_100_ms_and_reflection_is_not_counted(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(demo=True, name="busy", extra_args=["--max-concurrent-rpcs", "1"])
+    with server.client() as client:
+        stream = Bidi(client)
+        assert stream.send(demo_batch("hold", "hold", 1)).accepted == 1  # the one place is taken
+        with pytest.raises(ResourceExhausted) as caught:
+            client.pricing.ListRateCards(pricing_pb2.ListRateCardsRequest())
+        assert "maximum of 1 calls" in caught.value.details
+        status = caught.value.status
+        assert status is not None
+        retry = error_details_pb2.RetryInfo()
+        assert [d.Unpack(retry) for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)] == [True]
+        assert retry.retry_delay.ToMilliseconds() == 100
+        with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            answers = list(
+                reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            )
+            names = {s.name for s in answers[0].list_services_response.service}
+            assert "tariff.v1.PricingService" in names
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert stream.end() == []
 
 
 # ---------------------------------------------------------------------------------------------
