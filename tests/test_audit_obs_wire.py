@@ -78,6 +78,28 @@ def test_a_metrics_port_outside_1_to_65535_is_a_usage_error(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--batch-events-max", "0"),  # every batch refused
+        ("--message-mb-max", "0"),  # not even a health check answered
+        ("--message-mb-max", "2048"),  # past gRPC's largest message (2 GiB - 1 byte): a traceback
+        ("--max-concurrent-rpcs", "0"),  # every call RESOURCE_EXHAUSTED
+        ("--intake-mb-max", "0"),  # a traceback
+        ("--stream-inflight-batches-max", "0"),  # every IngestUsage stream waits for ever
+        ("--stream-inflight-batches-max", "-1"),  # every IngestUsage stream INTERNAL
+        ("--log-activity-every-s", "0"),  # the reporter would spin
+    ],
+)
+def test_a_limit_a_server_could_not_serve_by_is_a_usage_error(tmp_path: Path, option: str, value: str) -> None:
+    result = run_serve(
+        "--listen", f"{HOST}:{free_port()}", "--data-dir", str(tmp_path / "d"), option, value, timeout_s=20
+    )
+    assert result.returncode == 2, log_lines(result)
+    assert f"Invalid value for '{option}'" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
     "tls_args",
     [
         ("--tls-cert", "cert.pem", "--tls-key", "key.pem"),
