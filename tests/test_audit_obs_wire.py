@@ -10,10 +10,12 @@ the watch streams' end at shutdown (test_server_watch.py), a clean and an in-fli
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -120,6 +122,57 @@ def test_tls_files_grpc_cannot_use_are_named_in_the_refusal(tmp_path: Path, tls_
     assert f"cannot listen on {listen} with TLS" in lines[0], lines
     assert "--tls-cert" in lines[0] and "--tls-key" in lines[0] and "PEM" in lines[0], lines
     assert not (tmp_path / "data").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator's log, as text
+
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def test_the_text_log_start_activity_with_loop_stalls_and_stop_lines(server_factory: ServerFactory) -> None:
+    """README's text lines, field for field: start, an activity line with the loop-stall fields, the stop line."""
+    server = server_factory(
+        demo=True, name="text-log", extra_args=["--log-activity-every-s", "0.3", "--loop-stall-sample-ms", "10"]
+    )
+    with server.client() as client:
+        batch = demo_batch("text", "text", 3)
+        batch.events[2].customer_id = "nobody"
+        ack = client.usage.IngestUsageBatch(batch)
+        assert (ack.accepted, len(ack.rejected)) == (2, 1)
+    activity = re.compile(
+        rf"^{STAMP} INFO tariff: activity events_per_s=\d+\.\d accepted=2 duplicates=0 rejected=1 "
+        r"rejected_by_reason=UNKNOWN_CUSTOMER:1 admin_changes=0 commits=1 commit_p99_ms=\d+(\.\d+)? "
+        r"journal_bytes=\d+ streams=0 loop_stall_max_ms=\d+(\.\d+)? loop_stall_cpu_ms=\d+(\.\d+)? "
+        r"loop_stall_runqueue_ms=\d+(\.\d+)?$",
+        re.MULTILINE,
+    )
+    deadline = time.monotonic() + 10
+    while not activity.search(server.log_path.read_text()):
+        assert time.monotonic() < deadline, server.log_tail(10)
+        time.sleep(0.05)
+    assert server.terminate() == 0
+    log = server.log_path.read_text()
+    data_dir = re.escape(str(server.data_dir))
+    start = (
+        rf"^{STAMP} INFO tariff: serving version=\d+\.\d+\.\d+ listen={re.escape(server.target)} "
+        rf"data_dir={data_dir} journal_seq=7 customers=1 recovery_s=\d+(\.\d+)?$"
+    )
+    assert re.search(start, log, re.MULTILINE), log[-2000:]
+    stop = rf"^{STAMP} INFO tariff: stopped at journal seq 8 journal_bytes=\d+ uptime_s=\d+(\.\d)? clean=True$"
+    assert re.search(rf"^{STAMP} INFO tariff: shutting down$", log, re.MULTILINE)
+    assert re.search(stop, log, re.MULTILINE) and log.rstrip().endswith("clean=True"), log[-2000:]
+
+
+def test_log_level_warning_writes_no_info_line(server_factory: ServerFactory) -> None:
+    server = server_factory(demo=True, name="quiet-log", extra_args=["--log-level", "warning"])
+    with server.client() as client:
+        assert client.ingest_batch(demo_batch("q", "q", 1).events).accepted == 1
+    assert server.terminate() == 0
+    log = server.log_path.read_text()
+    assert re.search(rf"^{STAMP} ", log, re.MULTILINE) is None, log  # no line of the operator's log at all
+    assert "tariff: serving gRPC on" in log  # the banner on stdout is not the log
 
 
 # ---------------------------------------------------------------------------------------------
