@@ -165,6 +165,21 @@ def test_the_text_log_start_activity_with_loop_stalls_and_stop_lines(server_fact
     assert re.search(stop, log, re.MULTILINE) and log.rstrip().endswith("clean=True"), log[-2000:]
 
 
+def test_the_last_interval_s_activity_is_logged_at_shutdown(server_factory: ServerFactory) -> None:
+    """Summing the activity lines gives everything the server did: the interval cut short by the stop is logged
+    too, before the stop line, not lost with up to a minute of counts."""
+    server = server_factory(demo=True, name="last-activity", extra_args=["--log-activity-every-s", "3600"])
+    with server.client() as client:
+        assert client.ingest_batch(demo_batch("last", "last", 3).events).accepted == 3
+    assert server.terminate() == 0
+    lines = [line for line in server.log_path.read_text().splitlines() if re.match(STAMP, line)]
+    activity = [line for line in lines if " INFO tariff: activity " in line]
+    assert len(activity) == 1, lines[-5:]
+    assert " accepted=3 duplicates=0 rejected=0 rejected_by_reason=none admin_changes=0 commits=1 " in activity[0]
+    assert lines.index(activity[0]) > lines.index(next(line for line in lines if line.endswith("shutting down")))
+    assert lines[-1].endswith("clean=True")
+
+
 def test_log_level_warning_writes_no_info_line(server_factory: ServerFactory) -> None:
     server = server_factory(demo=True, name="quiet-log", extra_args=["--log-level", "warning"])
     with server.client() as client:
