@@ -180,6 +180,17 @@ def test_the_last_interval_s_activity_is_logged_at_shutdown(server_factory: Serv
     assert lines[-1].endswith("clean=True")
 
 
+def test_log_level_debug_keeps_grpc_core_s_lines_asked_for_by_the_environment(server_factory: ServerFactory) -> None:
+    env = {"GRPC_VERBOSITY": "debug", "GRPC_TRACE": "http"}
+    server = server_factory(demo=True, name="debug-log", env=env, extra_args=["--log-level", "debug"])
+    with server.client() as client:
+        client.get_balance("acme")
+    assert server.terminate() == 0
+    log = server.log_path.read_text()
+    assert re.search(r"^[IWE]\d{4} .*\.cc:\d+\]", log, re.MULTILINE), log[-2000:]
+    assert re.search(rf"^{STAMP} DEBUG ", log, re.MULTILINE)
+
+
 def test_log_level_warning_writes_no_info_line(server_factory: ServerFactory) -> None:
     server = server_factory(demo=True, name="quiet-log", extra_args=["--log-level", "warning"])
     with server.client() as client:
@@ -209,6 +220,22 @@ def test_otel_console_exports_spans_and_metrics_and_stops_without_an_error(serve
     for metric in ("tariff.events.ingested", "tariff.batch.commit.duration", "tariff.journal.size"):
         assert f'"name": "{metric}"' in log, metric
     assert "clean=True" in log.splitlines()[-1]
+
+
+def test_telemetry_off_imports_nothing_of_the_sdk_and_on_it_does(server_factory: ServerFactory) -> None:
+    """PYTHONPROFILEIMPORTTIME makes the server's Python name, on stderr, every module it imports."""
+    imports = {"PYTHONPROFILEIMPORTTIME": "1"}
+    off = server_factory(demo=True, name="otel-off", env=imports)
+    on = server_factory(demo=True, name="otel-on", env=imports, extra_args=["--metrics-port", str(free_port())])
+    for server in (off, on):
+        with server.client() as client:
+            client.pricing.ListRateCards(pricing_pb2.ListRateCardsRequest())
+        assert server.terminate() == 0
+    sdk = re.compile(
+        r"^import time:.*\| +(opentelemetry\.sdk|opentelemetry\.exporter|prometheus_client)\b", re.MULTILINE
+    )
+    assert sdk.search(off.log_path.read_text()) is None
+    assert sdk.search(on.log_path.read_text()) is not None  # the check sees them when they are loaded
 
 
 # ---------------------------------------------------------------------------------------------
