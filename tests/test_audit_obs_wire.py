@@ -161,7 +161,13 @@ def test_the_text_log_start_activity_with_loop_stalls_and_stop_lines(server_fact
     )
     assert re.search(start, log, re.MULTILINE), log[-2000:]
     stop = rf"^{STAMP} INFO tariff: stopped at journal seq 8 journal_bytes=\d+ uptime_s=\d+(\.\d)? clean=True$"
-    assert re.search(rf"^{STAMP} INFO tariff: shutting down$", log, re.MULTILINE)
+    # Stopping: the writer drained, a snapshot of the last seq written, then the stop line.
+    stopping = re.search(
+        rf"^{STAMP} INFO tariff: shutting down\n(.*\n)*{STAMP} INFO tariff.sequencer: snapshot seq=8 .*\n",
+        log,
+        re.MULTILINE,
+    )
+    assert stopping, log[-2000:]
     assert re.search(stop, log, re.MULTILINE) and log.rstrip().endswith("clean=True"), log[-2000:]
 
 
