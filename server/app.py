@@ -136,6 +136,10 @@ def is_loopback(listen: str) -> bool:
 
 def listen_refusal(config: ServeConfig) -> str | None:
     """Why the server must not start with this address and security set-up, or None when it may."""
+    _, colon, port = config.listen.rpartition(":")
+    # gRPC would bind a port past 65535 modulo 65536, port 0 as any free port and a bare host as port 443.
+    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"cannot listen on {config.listen}: give host:port, the port from 1 to 65535"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together"
     if config.tls_client_ca is not None and config.tls_cert is None:

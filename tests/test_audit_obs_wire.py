@@ -101,6 +101,17 @@ def test_a_limit_a_server_could_not_serve_by_is_a_usage_error(tmp_path: Path, op
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("listen", [f"{HOST}:99999", f"{HOST}:0", HOST, "[::1]:-1"])
+def test_a_listen_address_without_a_port_from_1_to_65535_is_refused(tmp_path: Path, listen: str) -> None:
+    """gRPC would bind 127.0.0.1:99999 as port 34463 (99999 - 65536), port 0 as any free port and a bare host as port
+    443, while the log and the banner said the address given: the server must refuse it instead."""
+    result = run_serve("--listen", listen, "--data-dir", str(tmp_path / "data"), timeout_s=20)
+    lines = log_lines(result)
+    assert result.returncode == 2, lines
+    assert len(lines) == 1 and lines[0].endswith(f"cannot listen on {listen}: give host:port, the port from 1 to 65535")
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize(
     "tls_args",
     [
