@@ -11,6 +11,7 @@ the watch streams' end at shutdown (test_server_watch.py), a clean and an in-fli
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -293,12 +294,13 @@ def test_an_overloaded_server_says_retry_after_100_ms_and_reflection_is_not_coun
 def test_a_health_watch_sees_not_serving_then_ends_at_once_with_unavailable(server_factory: ServerFactory) -> None:
     """A Health/Watch stream (client-side health checking) never ends on its own, like WatchBalance: at SIGTERM
     it is sent NOT_SERVING and then ended by the server with UNAVAILABLE, not left to hold the grace period and
-    be cancelled at its end ("Cancelling all calls")."""
+    be cancelled at its end ("Cancelling all calls"). Meanwhile (an open IngestUsage stream holds the grace) a
+    health Check, like any new call, gets UNAVAILABLE."""
     server = server_factory(demo=True, name="health-watch")
     statuses: list[str] = []
     ended: list[grpc.RpcError] = []
     serving = threading.Event()
-    with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+    with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel, server.client() as client:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
 
         def read() -> None:
@@ -312,8 +314,17 @@ def test_a_health_watch_sees_not_serving_then_ends_at_once_with_unavailable(serv
         reader = threading.Thread(target=read)
         reader.start()
         assert serving.wait(10)
-        assert server.terminate() == 0
+        ingest = Bidi(client)
+        assert ingest.send(demo_batch("grace", "grace", 1)).accepted == 1  # a running call: the grace waits for it
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
         reader.join(10)
+        assert not reader.is_alive(), "the health Watch stream did not end"
+        with pytest.raises(grpc.RpcError) as check:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert check.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert ingest.end() == []
+        assert server.terminate() == 0
     assert statuses == ["SERVING", "NOT_SERVING"]
     assert [e.code() for e in ended] == [grpc.StatusCode.UNAVAILABLE]
     assert "the server is shutting down" in (ended[0].details() or ""), ended[0].details()
