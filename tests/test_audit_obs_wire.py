@@ -328,3 +328,14 @@ def test_a_health_watch_sees_not_serving_then_ends_at_once_with_unavailable(serv
     assert statuses == ["SERVING", "NOT_SERVING"]
     assert [e.code() for e in ended] == [grpc.StatusCode.UNAVAILABLE]
     assert "the server is shutting down" in (ended[0].details() or ""), ended[0].details()
+
+
+def test_sigint_stops_as_sigterm_does(server_factory: ServerFactory) -> None:
+    server = server_factory(demo=True, name="sigint")
+    with server.client() as client:
+        assert client.ingest_batch(demo_batch("int", "int", 2).events).accepted == 2
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(timeout=20) == 0
+    last = server.log_tail(1)
+    assert re.search(r"INFO tariff: stopped at journal seq 8 journal_bytes=\d+ uptime_s=[\d.]+ clean=True$", last), last
