@@ -42,9 +42,9 @@ def _within(low: float, high: float | None = None) -> Callable[[click.Context, c
     leaves the help's `[default: N]` as it is."""
 
     def check(_ctx: click.Context, _param: click.Parameter, value: Number) -> Number:
-        if value < low or (high is not None and value > high):
+        if not low <= value or (high is not None and not value <= high):  # NaN is refused too
             raise click.BadParameter(
-                f"{value} is not within {low:g}..{high:g}" if high is not None else f"{value} is below {low:g}"
+                f"{value} is not within {low:g}..{high:g}" if high is not None else f"{value} is not at least {low:g}"
             )
         return value
 

@@ -91,6 +91,7 @@ def test_a_metrics_port_outside_1_to_65535_is_a_usage_error(tmp_path: Path) -> N
         ("--stream-inflight-batches-max", "0"),  # every IngestUsage stream waits for ever
         ("--stream-inflight-batches-max", "-1"),  # every IngestUsage stream INTERNAL
         ("--log-activity-every-s", "0"),  # the reporter would spin
+        ("--log-activity-every-s", "nan"),  # the reporter would die: no activity line ever
     ],
 )
 def test_a_limit_a_server_could_not_serve_by_is_a_usage_error(tmp_path: Path, option: str, value: str) -> None:
