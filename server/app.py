@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import fcntl
 import functools
@@ -137,9 +138,9 @@ def is_loopback(listen: str) -> bool:
 def listen_refusal(config: ServeConfig) -> str | None:
     """Why the server must not start with this address and security set-up, or None when it may."""
     _, colon, port = config.listen.rpartition(":")
-    # gRPC would bind a port past 65535 modulo 65536, port 0 as any free port and a bare host as port 443.
-    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
-        return f"cannot listen on {config.listen}: give host:port, the port from 1 to 65535"
+    # gRPC would bind a port past 65535 modulo 65536 and a bare host as port 443. Port 0: any free port.
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"cannot listen on {config.listen}: give host:port, the port from 0 (any free port) to 65535"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together"
     if config.tls_client_ca is not None and config.tls_cert is None:
@@ -280,10 +281,14 @@ async def serve(config: ServeConfig) -> int:
         ],
     )
     # Bind first: a taken port must refuse before anything is read, locked or written.
-    if _bind(server, config, credentials) == 0:
+    bound_port = _bind(server, config, credentials)
+    if bound_port == 0:
         log.error("%s", listen_failure(config.listen, tls=credentials is not None))
         await server.stop(None)
         return 2
+    host, _, port = config.listen.rpartition(":")
+    if int(port) == 0:  # any free port: the log and the banner name the one bound
+        config = dataclasses.replace(config, listen=f"{host}:{bound_port}")
     metrics_refusal = metrics_port_refusal(config.metrics_port) if config.metrics_port is not None else None
     if metrics_refusal is not None:
         log.error("%s", metrics_refusal)

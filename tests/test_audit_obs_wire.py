@@ -103,15 +103,37 @@ def test_a_limit_a_server_could_not_serve_by_is_a_usage_error(tmp_path: Path, op
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("listen", [f"{HOST}:99999", f"{HOST}:0", HOST, "[::1]:-1"])
-def test_a_listen_address_without_a_port_from_1_to_65535_is_refused(tmp_path: Path, listen: str) -> None:
-    """gRPC would bind 127.0.0.1:99999 as port 34463 (99999 - 65536), port 0 as any free port and a bare host as port
-    443, while the log and the banner said the address given: the server must refuse it instead."""
+@pytest.mark.parametrize("listen", [f"{HOST}:99999", HOST, "[::1]:-1"])
+def test_a_listen_address_without_a_port_from_0_to_65535_is_refused(tmp_path: Path, listen: str) -> None:
+    """gRPC would bind 127.0.0.1:99999 as port 34463 (99999 - 65536) and a bare host as port 443, while the log and
+    the banner said the address given: the server must refuse it instead."""
     result = run_serve("--listen", listen, "--data-dir", str(tmp_path / "data"), timeout_s=20)
     lines = log_lines(result)
     assert result.returncode == 2, lines
-    assert len(lines) == 1 and lines[0].endswith(f"cannot listen on {listen}: give host:port, the port from 1 to 65535")
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f"cannot listen on {listen}: give host:port, the port from 0 (any free port) to 65535")
     assert not (tmp_path / "data").exists()
+
+
+def test_port_0_serves_on_a_free_port_and_the_log_names_it(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "server.cli", "serve", "--listen", f"{HOST}:0", "--data-dir", str(tmp_path / "d")]
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            serving = next(line for line in proc.stdout if " INFO tariff: serving " in line)
+            found = re.search(rf"listen={re.escape(HOST)}:(\d+) ", serving)
+            assert found and int(found.group(1)) != 0, serving
+            banner = next(proc.stdout)
+            assert banner.startswith(f"tariff: serving gRPC on {HOST}:{found.group(1)} "), banner
+            with grpc.insecure_channel(f"{HOST}:{found.group(1)}", options=CHANNEL_OPTIONS) as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            proc.kill()
 
 
 @pytest.mark.parametrize(
