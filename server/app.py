@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import fcntl
 import functools
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tariff.v1 import (
     alerts_pb2,
@@ -43,6 +44,7 @@ from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
 from server.explain_index import ExplainIndex
+from server.health import SERVING, HealthService
 from server.journal import JournalFormatError, LmdbJournal
 from server.loopstall import StallSampler
 from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
@@ -135,6 +137,10 @@ def is_loopback(listen: str) -> bool:
 
 def listen_refusal(config: ServeConfig) -> str | None:
     """Why the server must not start with this address and security set-up, or None when it may."""
+    _, colon, port = config.listen.rpartition(":")
+    # gRPC would bind a port past 65535 modulo 65536 and a bare host as port 443. Port 0: any free port.
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"cannot listen on {config.listen}: give host:port, the port from 0 (any free port) to 65535"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together"
     if config.tls_client_ca is not None and config.tls_cert is None:
@@ -194,8 +200,20 @@ class DataDirLock:
             self._file = None
 
 
-def listen_failure(listen: str) -> str:
-    """Why binding `listen` failed, in one line: the bind error a plain socket gets on that address."""
+def metrics_port_refusal(metrics_port: int) -> str | None:
+    """Opens the Prometheus endpoint on 127.0.0.1:`metrics_port`, or returns why it cannot, in one line."""
+    try:
+        telemetry.serve_metrics(metrics_port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"--metrics-port {metrics_port}: 127.0.0.1:{metrics_port} is already in use"
+        return f"--metrics-port {metrics_port}: cannot listen on 127.0.0.1:{metrics_port}: {exc.strerror or exc}"
+    return None
+
+
+def listen_failure(listen: str, *, tls: bool = False) -> str:
+    """Why binding `listen` failed, in one line: the bind error a plain socket gets on that address, or, when a
+    plain socket binds it and TLS is on, that gRPC could not use the TLS files."""
     host, _, port = listen.rpartition(":")
     try:
         infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
@@ -208,6 +226,11 @@ def listen_failure(listen: str) -> str:
         return f"cannot listen on {listen}: {exc.strerror or exc}"
     except ValueError:
         return f"cannot listen on {listen}: not a host:port address"
+    if tls:
+        return (
+            f"cannot listen on {listen} with TLS: gRPC could not use --tls-cert and --tls-key (a PEM certificate "
+            "chain and its matching PEM private key) or --tls-client-ca (PEM certificates)"
+        )
     return f"cannot listen on {listen}"
 
 
@@ -258,8 +281,17 @@ async def serve(config: ServeConfig) -> int:
         ],
     )
     # Bind first: a taken port must refuse before anything is read, locked or written.
-    if _bind(server, config, credentials) == 0:
-        log.error("%s", listen_failure(config.listen))
+    bound_port = _bind(server, config, credentials)
+    if bound_port == 0:
+        log.error("%s", listen_failure(config.listen, tls=credentials is not None))
+        await server.stop(None)
+        return 2
+    host, _, port = config.listen.rpartition(":")
+    if int(port) == 0:  # any free port: the log and the banner name the one bound
+        config = dataclasses.replace(config, listen=f"{host}:{bound_port}")
+    metrics_refusal = metrics_port_refusal(config.metrics_port) if config.metrics_port is not None else None
+    if metrics_refusal is not None:
+        log.error("%s", metrics_refusal)
         await server.stop(None)
         return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -339,12 +371,12 @@ async def _serve_locked(
             await sequencer.run(command)
         log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
     watch = _add_services(server, billing, sequencer, config)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     await server.start()
     for name in ["", *SERVICE_NAMES]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set(name, SERVING)
     oplog.line(
         "serving",
         version=tariff_version(),
@@ -371,7 +403,7 @@ async def _serve_locked(
 
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
     log.info("shutting down")
-    await health_servicer.enter_graceful_shutdown()
+    health_servicer.stop()  # NOT_SERVING; its Watch streams, like the watch streams, end now
     watch.close()  # watch streams never end on their own: ended now, they do not hold the grace period
     await server.stop(SHUTDOWN_GRACE_S)
     if sequencer.failure is None:
@@ -380,10 +412,11 @@ async def _serve_locked(
     if sampler is not None:
         sampler.cancel()
     journal_bytes = journal.stats().used_bytes
+    log_activity(journal_bytes, stalls)  # the interval the stop cut short: its counts are not lost
+    stop_telemetry()  # its last export reads the journal's size: before the journal closes
     journal.close()
     if explain_index is not None:
         explain_index.close()
-    stop_telemetry()
     oplog.line(
         f"stopped at journal seq {billing.last_seq}",
         journal_bytes=journal_bytes,
@@ -444,16 +477,20 @@ async def report_activity(every_s: float, journal_bytes: Callable[[], int], stal
         await asyncio.sleep(every_s)
         # Read on a thread: LMDB's statistics read pages of the journal's map, which can wait for the disk
         # (a 45 ms and a 609 ms stall of the loop were measured in this call under the stall bench).
-        used_bytes = await asyncio.to_thread(journal_bytes)
-        fields = oplog.activity.report(functools.partial(int, used_bytes))
-        stall_ms = stalls.take() if stalls is not None else None
-        if fields is not None:
-            if stall_ms is not None and stalls is not None:
-                fields["loop_stall_max_ms"] = stall_ms
-                fields["loop_stall_cpu_ms"] = stalls.cpu_ms
-                if stalls.runqueue_ms is not None:
-                    fields["loop_stall_runqueue_ms"] = stalls.runqueue_ms
-            oplog.line("activity", **fields)
+        log_activity(await asyncio.to_thread(journal_bytes), stalls)
+
+
+def log_activity(journal_bytes: int, stalls: StallSampler | None) -> None:
+    """The activity line of the interval ending now, if something happened in it; a new interval begins."""
+    fields = oplog.activity.report(functools.partial(int, journal_bytes))
+    stall_ms = stalls.take() if stalls is not None else None
+    if fields is not None:
+        if stall_ms is not None and stalls is not None:
+            fields["loop_stall_max_ms"] = stall_ms
+            fields["loop_stall_cpu_ms"] = stalls.cpu_ms
+            if stalls.runqueue_ms is not None:
+                fields["loop_stall_runqueue_ms"] = stalls.runqueue_ms
+        oplog.line("activity", **fields)
 
 
 def tariff_version() -> str:

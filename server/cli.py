@@ -9,7 +9,9 @@ that needs them, so `tariff --help` starts fast.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -32,14 +34,34 @@ def _mib(value: int) -> int:
     return value * 1024 * 1024
 
 
+Number = TypeVar("Number", int, float)
+
+
+def _within(low: float, high: float | None = None) -> Callable[[click.Context, click.Parameter, Number], Number]:
+    """An option callback refusing a value outside [low, high] as a usage error (exit 2). Unlike click.IntRange it
+    leaves the help's `[default: N]` as it is."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: Number) -> Number:
+        if not low <= value or (high is not None and not value <= high):  # NaN is refused too
+            raise click.BadParameter(
+                f"{value} is not within {low:g}..{high:g}" if high is not None else f"{value} is not at least {low:g}"
+            )
+        return value
+
+    return check
+
+
 @main.command(context_settings={"show_default": True})
 @click.option("--listen", default="127.0.0.1:50051", help="address to listen on")
 @click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="where the LMDB journal lives")
 @click.option("--demo", is_flag=True, help="load the demo catalogue when the data directory is empty")
 @click.option("--insecure", is_flag=True, help="allow a non-loopback listen address without API keys")
 @click.option("--map-size-mb", type=int, default=1024, help="LMDB map size in MiB; grows the map when raised")
-@click.option("--batch-events-max", type=int, default=10_000, help="most events one UsageBatch may hold")
-@click.option("--message-mb-max", type=int, default=16, help="largest gRPC message in MiB")
+@click.option(
+    "--batch-events-max", type=int, default=10_000, callback=_within(1), help="most events one UsageBatch may hold"
+)
+# gRPC takes a message limit below 2 GiB (an int of bytes).
+@click.option("--message-mb-max", type=int, default=16, callback=_within(1, 2047), help="largest gRPC message in MiB")
 @click.option("--future-skew-s", type=int, default=300, help="how far in the future an event timestamp may be")
 @click.option("--snapshot-every", type=int, default=5_000, help="journal records between snapshots")
 @click.option(
@@ -66,15 +88,26 @@ def _mib(value: int) -> int:
     type=click.Path(path_type=Path),
     help="PEM CA that client certificates must chain to (mutual TLS)",
 )
-@click.option("--max-concurrent-rpcs", type=int, default=1_000, help="calls running at once; more: RESOURCE_EXHAUSTED")
+@click.option(
+    "--max-concurrent-rpcs",
+    type=int,
+    default=1_000,
+    callback=_within(1),
+    help="calls running at once; more: RESOURCE_EXHAUSTED",
+)
 @click.option(
     "--intake-mb-max",
     type=int,
     default=256,
+    callback=_within(1),
     help="MiB of usage batches read but not yet answered, all streams together; past it reading waits",
 )
 @click.option(
-    "--stream-inflight-batches-max", type=int, default=16, help="batches of one IngestUsage stream awaiting commit"
+    "--stream-inflight-batches-max",
+    type=int,
+    default=16,
+    callback=_within(1),
+    help="batches of one IngestUsage stream awaiting commit",
 )
 @click.option(
     "--otel",
@@ -82,7 +115,11 @@ def _mib(value: int) -> int:
     default="off",
     help="OpenTelemetry export: metrics and control-plane traces to stdout, or OTLP/gRPC",
 )
-@click.option("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics  [default: none]")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics  [default: none]",
+)
 @click.option("--log-format", type=click.Choice(oplog.LOG_FORMATS), default="text", help="the operator's log on stderr")
 @click.option(
     "--log-level",
@@ -94,13 +131,15 @@ def _mib(value: int) -> int:
     "--log-activity-every-s",
     type=float,
     default=oplog.ACTIVITY_EVERY_S_DEFAULT,
+    callback=_within(0.001),
     help="seconds between activity lines (written only when there was activity)",
 )
 @click.option(
     "--loop-stall-sample-ms",
     type=click.FloatRange(min=0.0),
     default=0.0,
-    help="sample the event loop's longest stall every this many ms, reported in the activity line  [default: off]",
+    show_default="off",
+    help="sample the event loop's longest stall every this many ms, reported in the activity line",
 )
 @click.option(
     "--close-grace",

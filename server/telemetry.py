@@ -80,8 +80,18 @@ _meter.create_observable_gauge(
 )
 
 
+def serve_metrics(metrics_port: int) -> None:
+    """Opens the Prometheus scrape endpoint on 127.0.0.1:PORT, before anything is read or written, so that a taken
+    port refuses the start; it serves the metrics once `configure` has installed its reader. Loopback only: the
+    endpoint has no authentication. Raises OSError when the port cannot be bound."""
+    from prometheus_client import start_http_server
+
+    start_http_server(metrics_port, addr="127.0.0.1")
+
+
 def configure(exporter: OtelExporter, metrics_port: int | None) -> Callable[[], None]:
-    """Installs the SDK providers for the chosen exporters; returns the function that flushes and stops them."""
+    """Installs the SDK providers for the chosen exporters (the scrape endpoint of `metrics_port` was opened by
+    `serve_metrics`); returns the function that flushes and stops them."""
     if exporter is OtelExporter.OFF and metrics_port is None:
         return lambda: None
     # Imported here so that a server with telemetry off never loads the SDK or the exporters.
@@ -105,11 +115,8 @@ def configure(exporter: OtelExporter, metrics_port: int | None) -> Callable[[], 
         span_exporter = OTLPSpanExporter()
     if metrics_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import start_http_server
 
-        # Loopback only: the scrape endpoint has no authentication.
-        start_http_server(metrics_port, addr="127.0.0.1")
-        readers.append(PrometheusMetricReader())
+        readers.append(PrometheusMetricReader())  # what serve_metrics' endpoint serves from now on
         log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", metrics_port)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)
