@@ -49,7 +49,8 @@ def in_range(value: Decimal) -> bool:
         return False
     if value == 0:
         return True
-    return abs(value) < MAGNITUDE_LIMIT and value.normalize(DECIMAL_CONTEXT).as_tuple().exponent >= -PLACES_MAX  # type: ignore[operator]
+    # copy_abs, not abs(): abs() rounds to the thread's context (28 digits), taking 999...9.99...9 to 10^18.
+    return value.copy_abs() < MAGNITUDE_LIMIT and value.normalize(DECIMAL_CONTEXT).as_tuple().exponent >= -PLACES_MAX  # type: ignore[operator]
 
 
 def to_picos(value: Decimal) -> int:

@@ -64,6 +64,8 @@ def _required(**fields: object) -> None:
 
 def _page(ids: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
     """One page of sorted ids after `page_token` (the last id of the previous page), and the next token."""
+    if page_size < 0:  # ListAlertRules' page_size is an int32: a negative slice end would pass the cap
+        raise InvalidArgument.field("page_size", f"{page_size} must not be negative")
     size = min(page_size or 100, PAGE_SIZE_MAX)
     start = bisect.bisect_right(ids, page_token) if page_token else 0
     page = ids[start : start + size]

@@ -1,0 +1,47 @@
+"""Limits docs/architecture.md §6 and §8 state, held by the code at their edges: a decimal string is any finite
+decimal below 10^18 with at most 18 places (whatever its number of digits), and a list page holds at most 1,000
+entries whatever page size is asked."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from engine.errors import InvalidArgument
+from engine.money import parse_decimal
+from engine.ratecard import price_field_value
+from server.services.common import PAGE_SIZE_MAX, _page
+
+# The largest decimal §6 admits: below 10^18, 18 decimal places, 36 digits (more than Python's default 28).
+LARGEST = "999999999999999999.999999999999999999"
+
+
+def test_the_largest_decimal_below_10_18_with_18_places_is_accepted_exactly() -> None:
+    assert parse_decimal(LARGEST, "amount") == Decimal(LARGEST)
+    assert parse_decimal("-" + LARGEST, "parameter", allow_negative=True) == Decimal("-" + LARGEST)
+
+
+def test_10_18_itself_is_refused() -> None:
+    with pytest.raises(InvalidArgument):
+        parse_decimal("1000000000000000000", "amount")
+
+
+def test_a_price_field_of_the_largest_decimal_is_valid_and_exact() -> None:
+    value, why = price_field_value(LARGEST, {})
+    assert why == ""
+    assert value == Decimal(LARGEST)
+
+
+def test_a_negative_page_size_is_invalid_argument_not_a_page_past_the_cap() -> None:
+    ids = [f"rule-{i:05d}" for i in range(PAGE_SIZE_MAX * 3)]
+    with pytest.raises(InvalidArgument, match="page_size"):
+        _page(ids, -1, "")
+
+
+@pytest.mark.parametrize("page_size", [0, 1, PAGE_SIZE_MAX, PAGE_SIZE_MAX + 1, 2**31 - 1])
+def test_a_page_holds_at_most_the_cap(page_size: int) -> None:
+    ids = [f"rule-{i:05d}" for i in range(PAGE_SIZE_MAX * 3)]
+    page, token = _page(ids, page_size, "")
+    assert len(page) == min(page_size or 100, PAGE_SIZE_MAX)
+    assert token == page[-1]
