@@ -55,7 +55,9 @@ def in_range(value: Decimal) -> bool:
 
 def to_picos(value: Decimal) -> int:
     """Rounds half-even to 10^-12: the one place a computed price becomes a ledger amount."""
-    return int(value.quantize(_PICO, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT).scaleb(12))
+    # Every step in DECIMAL_CONTEXT: the default context's 28 digits would round an amount of 10^16 or more.
+    quantized = value.quantize(_PICO, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
+    return int(quantized.scaleb(12, context=DECIMAL_CONTEXT))
 
 
 def round_ratio(numerator: int, denominator: int) -> int:
@@ -74,7 +76,7 @@ def round_ratio(numerator: int, denominator: int) -> int:
 
 
 def picos_to_decimal(picos: int) -> Decimal:
-    return Decimal(picos).scaleb(-12)
+    return Decimal(picos).scaleb(-12, context=DECIMAL_CONTEXT)
 
 
 def format_picos(picos: int) -> str:
