@@ -49,12 +49,15 @@ def in_range(value: Decimal) -> bool:
         return False
     if value == 0:
         return True
-    return abs(value) < MAGNITUDE_LIMIT and value.normalize(DECIMAL_CONTEXT).as_tuple().exponent >= -PLACES_MAX  # type: ignore[operator]
+    # copy_abs, not abs(): abs() rounds to the thread's context (28 digits), taking 999...9.99...9 to 10^18.
+    return value.copy_abs() < MAGNITUDE_LIMIT and value.normalize(DECIMAL_CONTEXT).as_tuple().exponent >= -PLACES_MAX  # type: ignore[operator]
 
 
 def to_picos(value: Decimal) -> int:
     """Rounds half-even to 10^-12: the one place a computed price becomes a ledger amount."""
-    return int(value.quantize(_PICO, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT).scaleb(12))
+    # Every step in DECIMAL_CONTEXT: the default context's 28 digits would round an amount of 10^16 or more.
+    quantized = value.quantize(_PICO, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
+    return int(quantized.scaleb(12, context=DECIMAL_CONTEXT))
 
 
 def round_ratio(numerator: int, denominator: int) -> int:
@@ -73,7 +76,7 @@ def round_ratio(numerator: int, denominator: int) -> int:
 
 
 def picos_to_decimal(picos: int) -> Decimal:
-    return Decimal(picos).scaleb(-12)
+    return Decimal(picos).scaleb(-12, context=DECIMAL_CONTEXT)
 
 
 def format_picos(picos: int) -> str:

@@ -169,7 +169,8 @@ class Tables(msgspec.Struct):
 def fixed(value: Decimal | str, what: str) -> str:
     """The exact count of 10^-18 in `value`, as text; TablesError if it has more than 18 decimal places."""
     decimal_value = Decimal(value)
-    scaled = decimal_value.scaleb(SCALE_PLACES)
+    # In DECIMAL_CONTEXT: the default context's 28 digits would round a price of 10^10 or more with 18 places.
+    scaled = decimal_value.scaleb(SCALE_PLACES, context=DECIMAL_CONTEXT)
     if not decimal_value.is_finite() or scaled != scaled.to_integral_value():
         raise TablesError(f"{what}: {value} cannot be held exactly at {SCALE_PLACES} decimal places")
     return str(int(scaled))

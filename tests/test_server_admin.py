@@ -522,12 +522,9 @@ def test_events_the_catalogue_cannot_price_are_rejected_with_their_reason(server
         assert_amount(balance.overage_amount, "0.012")
 
 
-def test_publishing_over_already_rated_usage_rerates_it_or_refuses_as_unimplemented(
-    server_factory: ServerFactory,
-) -> None:
-    """A version effective in the past is to re-rate the usage it covers (docs/architecture.md §10); today
-    re-rating is not built and the publication answers UNIMPLEMENTED (§3). Either is acceptable; silently
-    keeping the old price is not."""
+def test_publishing_over_already_rated_usage_rerates_it(server_factory: ServerFactory) -> None:
+    """A version effective before usage already rated re-rates the usage it covers (docs/architecture.md §5,
+    "Re-rating and simulation"); silently keeping the old price would be wrong."""
     server = server_factory()
     with server.client() as client:
         cat = build_catalogue(client)
@@ -541,17 +538,10 @@ def test_publishing_over_already_rated_usage_rerates_it_or_refuses_as_unimplemen
             )
         )
         request = pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(h1))
-        try:
-            response = client.pricing.PublishVersion(request)
-        except TariffError as error:
-            assert error.code == S.UNIMPLEMENTED, error
-            version = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=2))
-            assert version.state == pricing_pb2.DRAFT
-            assert_amount(client.get_balance(CUSTOMER).period_charges, "1.08")
-        else:
-            # re-rated at v2: 10 x 0.045 + 10 x 0.09 = 0.45 + 0.9 = 1.35
-            assert response.events_rerated == 1
-            assert_amount(client.get_balance(CUSTOMER).period_charges, "1.35")
+        response = client.pricing.PublishVersion(request)
+        # re-rated at v2: 10 x 0.045 + 10 x 0.09 = 0.45 + 0.9 = 1.35
+        assert response.events_rerated == 1
+        assert_amount(client.get_balance(CUSTOMER).period_charges, "1.35")
 
 
 # ---------------------------------------------------------------------------------------------

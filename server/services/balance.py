@@ -20,7 +20,7 @@ from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing
 from engine.billing import Billing
-from engine.errors import EngineError, InvalidArgument, NotFound
+from engine.errors import AlreadyExists, EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
 from server import auth, convert, telemetry
 from server.errors import (
@@ -216,7 +216,29 @@ class BalanceService(_Base):
         async for request in request_iterator:
             if not request.request_id:
                 raise InvalidArgument.field("request_id", "is required on AuthorizeStream to correlate answers")
-            yield await self._reserve(request, context) if request.reserve else self._decide(request)
+            yield await self._reserve_in_band(request, context) if request.reserve else self._decide(request)
+
+    async def _reserve_in_band(
+        self, request: balance_pb2.AuthorizeRequest, context: Context
+    ) -> balance_pb2.AuthorizeResponse:
+        """_reserve for a stream: a hold request that cannot hold is answered in-band, as AuthorizeBatches answers
+        it (INVALID_REQUEST, UNKNOWN_CUSTOMER, RESERVATION_CONFLICT), and the stream goes on."""
+        try:
+            return await self._reserve(request, context)
+        except InvalidArgument as exc:
+            reason, message = "INVALID_REQUEST", exc.message
+        except NotFound as exc:
+            reason, message = "UNKNOWN_CUSTOMER", exc.message
+        except AlreadyExists as exc:
+            reason, message = "RESERVATION_CONFLICT", exc.message
+        return balance_pb2.AuthorizeResponse(
+            request_id=request.request_id,
+            allowed=False,
+            reason=reason,
+            estimated_cost="0",
+            credits_available="0",
+            message=message,
+        )
 
     @streaming
     async def AuthorizeBatches(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
