@@ -29,7 +29,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from tariff import AlreadyExists, TariffClient, now_ms
+from tariff import AlreadyExists, NotFound, ResourceExhausted, TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.journal import _RECORDS_DB, LmdbJournal, _seq_key
@@ -465,3 +465,45 @@ def test_one_refused_event_leaves_the_rest_of_its_batch_accepted_and_a_resend_af
         assert (again.accepted, again.duplicates) == (0, 2), again
         assert list(again.rejected) == list(ack.rejected), "the same events refused for the same reasons"
         assert client.get_balance(ACME) == after
+
+
+# ---------------------------------------------------------------------------------------------
+# A full LMDB map refuses an admin change as it refuses a batch
+
+
+def customer_request(n: int) -> contracts_pb2.CreateCustomerRequest:
+    attributes = {f"attribute-{a:02d}": f"{n:05d}-{a:02d}-" + "x" * 200 for a in range(20)}
+    return contracts_pb2.CreateCustomerRequest(id=f"c-{n:05d}", name=f"Customer {n}", attributes=attributes)
+
+
+def test_a_full_map_refuses_an_admin_change_whole_keeps_serving_and_a_bigger_map_takes_its_retry(
+    server_factory: ServerFactory,
+) -> None:
+    server = started(server_factory(name="full-admin", extra_args=["--map-size-mb", "1"]))
+    created: list[contracts_pb2.Customer] = []
+    with server.client() as client:
+        for n in range(2000):
+            try:
+                created.append(client.contracts.CreateCustomer(customer_request(n)))
+            except ResourceExhausted as refused:
+                assert "full" in refused.details, refused.details
+                break
+        else:
+            raise AssertionError("a 1 MiB map never filled up")
+        assert created, "the map was full before the first change"
+        refused_id = f"c-{len(created):05d}"
+        with pytest.raises(NotFound):
+            client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id=refused_id))
+        listed = client.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_size=1000)).customers
+        assert [c.id for c in listed] == [c.id for c in created], "reads still answer; the refused change is absent"
+        assert server.running
+    server.kill9()
+    assert journal_ends(server)[1] == len(created), "one record per acknowledged change, none for the refused one"
+    server.extra_args = ("--map-size-mb", "64")
+    started_again(server)
+    with server.client() as client:
+        again = client.contracts.CreateCustomer(customer_request(len(created)))
+        assert again.id == refused_id
+        for n, first in enumerate(created):
+            assert client.contracts.CreateCustomer(customer_request(n)) == first, "acknowledged: a retry finds it"
+        assert client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id=refused_id)) == again
