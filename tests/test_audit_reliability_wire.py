@@ -167,6 +167,13 @@ def hold_now(client: TariffClient, first: Message) -> balance_pb2.AuthorizeRespo
     return answer
 
 
+def one_streamed_hold(client: TariffClient, request: balance_pb2.AuthorizeRequest) -> Message:
+    """AuthorizeStream with one request: its one answer."""
+    (answer,) = list(client.balance.AuthorizeStream(iter([request])))
+    found: Message = answer
+    return found
+
+
 def holds_now(client: TariffClient, first: Message) -> Message:
     assert isinstance(first, balance_pb2.AuthorizeBatchResult)
     return balance_pb2.AuthorizeBatchResult(responses=[hold_now(client, r) for r in first.responses])
@@ -322,6 +329,12 @@ def retry_table(hour_ms: int) -> list[Step]:
             "Authorize reserve",
             lambda t: t.balance.Authorize(hold("hold-1", 20)),
             lambda t: t.balance.Authorize(hold("hold-1", 21)),
+            again=hold_now,
+        ),
+        Step(
+            "AuthorizeStream reserve",
+            lambda t: one_streamed_hold(t, hold("hold-4", 6)),
+            lambda t: one_streamed_hold(t, hold("hold-4", 7)),
             again=hold_now,
         ),
         Step("AuthorizeBatches reserve", lambda t: one_batch_of_holds(t, hold("hold-3", 5)), again=holds_now),
