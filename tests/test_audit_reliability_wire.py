@@ -367,7 +367,7 @@ def answers_again_and_changes_nothing(client: TariffClient, steps: list[Step], f
     assert (seq_of(client), audit_count(client)) == (seq, audited), "resent batches change nothing"
 
 
-def test_every_state_changing_call_retried_also_after_kill_9_answers_as_first_and_changes_nothing(
+def test_every_state_changing_call_retried_also_after_kill_9_and_a_clean_stop_changes_nothing(
     server_factory: ServerFactory,
 ) -> None:
     server = started(server_factory(name="retries"))
@@ -390,7 +390,12 @@ def test_every_state_changing_call_retried_also_after_kill_9_answers_as_first_an
             if step.name == "ClosePeriod":
                 assert client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices
         answers_again_and_changes_nothing(client, steps, firsts)
-    server.kill9()
+    server.kill9()  # the keys come back by replaying the journal
+    started_again(server)
+    with server.client() as client:
+        answers_again_and_changes_nothing(client, steps, firsts)
+    assert server.terminate() == 0  # and from the snapshot a clean stop writes
+    assert journal_ends(server)[0] == journal_ends(server)[1], "the restart restores the snapshot alone"
     started_again(server)
     with server.client() as client:
         answers_again_and_changes_nothing(client, steps, firsts)
