@@ -121,11 +121,13 @@ def hold(reservation_id: str, n: float) -> balance_pb2.AuthorizeRequest:
     )
 
 
-def one_batch_of_holds(client: TariffClient, *requests: balance_pb2.AuthorizeRequest) -> Message:
+def one_batch_of_holds(
+    client: TariffClient, *requests: balance_pb2.AuthorizeRequest
+) -> balance_pb2.AuthorizeBatchResult:
     """AuthorizeBatches with one message: its one result."""
     (result,) = list(client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=list(requests))])))
-    answer: Message = result
-    return answer
+    assert isinstance(result, balance_pb2.AuthorizeBatchResult)
+    return result
 
 
 Call = Callable[[TariffClient], Message]
@@ -252,6 +254,11 @@ def retry_table(hour_ms: int) -> list[Step]:
                     customer_id=CUSTOMER, rate_card_id=CARD, starting_at=ts(JAN), overage_policy=contracts_pb2.ALLOW
                 )
             ),
+            lambda t: t.contracts.CreateContract(
+                contracts_pb2.CreateContractRequest(
+                    id=CONTRACT, customer_id=CUSTOMER, rate_card_id=CARD, starting_at=ts(JAN), overage_price="2"
+                )
+            ),
             again=contract_now,
         ),
         Step(
@@ -360,6 +367,9 @@ def answers_again_and_changes_nothing(client: TariffClient, steps: list[Step], f
             with pytest.raises(AlreadyExists):
                 step.clash(client)
             assert (seq_of(client), audit_count(client)) == (seq, audited), f"{step.name}: a clash changes nothing"
+    (conflict,) = one_batch_of_holds(client, hold("hold-3", 6)).responses
+    assert (conflict.allowed, conflict.reason) == (False, "RESERVATION_CONFLICT"), conflict
+    assert (seq_of(client), audit_count(client)) == (seq, audited), "AuthorizeBatches: a clash changes nothing"
     assert list(client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices) == []
     for batch_id, sent in BATCHES.items():
         ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id=batch_id, events=sent))
