@@ -29,7 +29,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from tariff import AlreadyExists, NotFound, ResourceExhausted, TariffClient, now_ms
+from tariff import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.journal import _RECORDS_DB, LmdbJournal, _seq_key
@@ -367,6 +367,10 @@ def answers_again_and_changes_nothing(client: TariffClient, steps: list[Step], f
             with pytest.raises(AlreadyExists):
                 step.clash(client)
             assert (seq_of(client), audit_count(client)) == (seq, audited), f"{step.name}: a clash changes nothing"
+    with pytest.raises(FailedPrecondition):  # PublishVersion's key with another effective_from
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=1, effective_from=ts(JAN))
+        )
     (conflict,) = one_batch_of_holds(client, hold("hold-3", 6)).responses
     assert (conflict.allowed, conflict.reason) == (False, "RESERVATION_CONFLICT"), conflict
     assert (seq_of(client), audit_count(client)) == (seq, audited), "AuthorizeBatches: a clash changes nothing"
