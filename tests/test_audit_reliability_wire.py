@@ -194,23 +194,22 @@ class Step:
     again: Expected = first_answer
 
 
-def retry_table(hour_ms: int) -> list[Step]:
-    """Every row of README's retry table but ingestion and CloseDuePeriods (their retries answer differently by
-    design: duplicates, no invoices), in an order that lets each first call succeed."""
-    product = pricing_pb2.Product(
-        id="unit", name="unit", event_type="unit", aggregation=pricing_pb2.SUM, value_key="n", pricing_dimensions=["k"]
-    )
-    rate_v1 = pricing_pb2.Rate(product_id="unit", unit=pricing_pb2.UnitPrice(price="1"))
-    rate_v2 = pricing_pb2.Rate(product_id="unit", unit=pricing_pb2.UnitPrice(price="2"))
-    policy = contracts_pb2.TopUpPolicy(threshold="100", recharge_to="500", price_per_credit="0.01", max_per_period=3)
-    grant = contracts_pb2.Grant(customer_id=CUSTOMER, kind=contracts_pb2.PREPAID, amount="1000", paid_amount="10")
-    bigger = contracts_pb2.Grant(customer_id=CUSTOMER, kind=contracts_pb2.PREPAID, amount="2000", paid_amount="10")
-    override = contracts_pb2.PriceOverride(product_id="unit", match={"k": "b"}, multiplier="0.5")
-    alert = alerts_pb2.CreateAlertRequest(customer_id=CUSTOMER, type=alerts_pb2.LOW_BALANCE, threshold="50")
-    named_alert = alerts_pb2.CreateAlertRequest(
-        customer_id=CUSTOMER, type=alerts_pb2.LOW_BALANCE, threshold="50", id="low"
-    )
-    named = contracts_pb2.PriceOverride(id="half-c", product_id="unit", match={"k": "c"}, multiplier="0.5")
+PRODUCT = pricing_pb2.Product(
+    id="unit", name="unit", event_type="unit", aggregation=pricing_pb2.SUM, value_key="n", pricing_dimensions=["k"]
+)
+RATE_V1 = pricing_pb2.Rate(product_id="unit", unit=pricing_pb2.UnitPrice(price="1"))
+RATE_V2 = pricing_pb2.Rate(product_id="unit", unit=pricing_pb2.UnitPrice(price="2"))
+POLICY = contracts_pb2.TopUpPolicy(threshold="100", recharge_to="500", price_per_credit="0.01", max_per_period=3)
+GRANT = contracts_pb2.Grant(customer_id=CUSTOMER, kind=contracts_pb2.PREPAID, amount="1000", paid_amount="10")
+BIGGER_GRANT = contracts_pb2.Grant(customer_id=CUSTOMER, kind=contracts_pb2.PREPAID, amount="2000", paid_amount="10")
+OVERRIDE = contracts_pb2.PriceOverride(product_id="unit", match={"k": "b"}, multiplier="0.5")
+ALERT = alerts_pb2.CreateAlertRequest(customer_id=CUSTOMER, type=alerts_pb2.LOW_BALANCE, threshold="50")
+NAMED_ALERT = alerts_pb2.CreateAlertRequest(customer_id=CUSTOMER, type=alerts_pb2.LOW_BALANCE, threshold="50", id="low")
+NAMED_OVERRIDE = contracts_pb2.PriceOverride(id="half-c", product_id="unit", match={"k": "c"}, multiplier="0.5")
+
+
+def catalogue_steps() -> list[Step]:
+    """The customer, the product, the rate card and its first version, published."""
     return [
         Step(
             "CreateCustomer",
@@ -219,7 +218,7 @@ def retry_table(hour_ms: int) -> list[Step]:
         ),
         Step(
             "CreateProduct",
-            lambda t: t.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product)),
+            lambda t: t.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=PRODUCT)),
             lambda t: t.pricing.CreateProduct(
                 pricing_pb2.CreateProductRequest(
                     product=pricing_pb2.Product(id="unit", event_type="other", aggregation=pricing_pb2.COUNT)
@@ -235,10 +234,10 @@ def retry_table(hour_ms: int) -> list[Step]:
         Step(
             "CreateDraftVersion",
             lambda t: t.pricing.CreateDraftVersion(
-                pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, upsert_rates=[rate_v1], request_id="v1")
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, upsert_rates=[RATE_V1], request_id="v1")
             ),
             lambda t: t.pricing.CreateDraftVersion(
-                pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, upsert_rates=[rate_v2], request_id="v1")
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, upsert_rates=[RATE_V2], request_id="v1")
             ),
             again=version_now,
         ),
@@ -248,6 +247,12 @@ def retry_table(hour_ms: int) -> list[Step]:
                 pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=1, effective_from=ts(JAN_2025))
             ),
         ),
+    ]
+
+
+def contract_steps() -> list[Step]:
+    """The contract, its overrides, grant and top-up policy, and the customer's alerts."""
+    return [
         Step(
             "CreateContract",  # no id: named after the customer and the start
             lambda t: t.contracts.CreateContract(
@@ -265,26 +270,28 @@ def retry_table(hour_ms: int) -> list[Step]:
         Step(
             "AddOverride",  # no id: named after its content
             lambda t: t.contracts.AddOverride(
-                contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=override)
+                contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=OVERRIDE)
             ),
             again=contract_now,
         ),
         Step(
             "GrantCredits",
-            lambda t: t.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant, request_id="topup-1")),
-            lambda t: t.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=bigger, request_id="topup-1")),
+            lambda t: t.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=GRANT, request_id="topup-1")),
+            lambda t: t.contracts.GrantCredits(
+                contracts_pb2.GrantCreditsRequest(grant=BIGGER_GRANT, request_id="topup-1")
+            ),
         ),
         Step(
             "SetTopUpPolicy",
             lambda t: t.contracts.SetTopUpPolicy(
-                contracts_pb2.SetTopUpPolicyRequest(contract_id=CONTRACT, top_up=policy)
+                contracts_pb2.SetTopUpPolicyRequest(contract_id=CONTRACT, top_up=POLICY)
             ),
             again=contract_now,
         ),
-        Step("CreateAlert", lambda t: t.alerts.CreateAlert(alert)),  # no id: named after the rule
+        Step("CreateAlert", lambda t: t.alerts.CreateAlert(ALERT)),  # no id: named after the rule
         Step(
             "CreateAlert with an id",
-            lambda t: t.alerts.CreateAlert(named_alert),
+            lambda t: t.alerts.CreateAlert(NAMED_ALERT),
             lambda t: t.alerts.CreateAlert(
                 alerts_pb2.CreateAlertRequest(
                     customer_id=CUSTOMER, type=alerts_pb2.LOW_BALANCE, threshold="60", id="low"
@@ -293,7 +300,9 @@ def retry_table(hour_ms: int) -> list[Step]:
         ),
         Step(
             "AddOverride with an id",
-            lambda t: t.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=named)),
+            lambda t: t.contracts.AddOverride(
+                contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=NAMED_OVERRIDE)
+            ),
             lambda t: t.contracts.AddOverride(
                 contracts_pb2.AddOverrideRequest(
                     contract_id=CONTRACT,
@@ -302,11 +311,17 @@ def retry_table(hour_ms: int) -> list[Step]:
             ),
             again=contract_now,
         ),
+    ]
+
+
+def pricing_change_steps(hour_ms: int) -> list[Step]:
+    """A second version from two hours on, rolled back from three hours on; January closed."""
+    return [
         Step(
             "CreateDraftVersion v2",
             lambda t: t.pricing.CreateDraftVersion(
                 pricing_pb2.CreateDraftVersionRequest(
-                    rate_card_id=CARD, based_on_version=1, upsert_rates=[rate_v2], request_id="v2"
+                    rate_card_id=CARD, based_on_version=1, upsert_rates=[RATE_V2], request_id="v2"
                 )
             ),
             again=version_now,
@@ -333,6 +348,12 @@ def retry_table(hour_ms: int) -> list[Step]:
                 invoices_pb2.ClosePeriodRequest(customer_id=CUSTOMER, period_start=ts(JAN))
             ),
         ),
+    ]
+
+
+def hold_steps() -> list[Step]:
+    """Holds by each of the three Authorize RPCs, and one released."""
+    return [
         Step(
             "Authorize reserve",
             lambda t: t.balance.Authorize(hold("hold-1", 20)),
@@ -353,6 +374,12 @@ def retry_table(hour_ms: int) -> list[Step]:
             ),
         ),
     ]
+
+
+def retry_table(hour_ms: int) -> list[Step]:
+    """Every row of README's retry table but ingestion and CloseDuePeriods (their retries answer differently by
+    design: duplicates, no invoices), in an order that lets each first call succeed."""
+    return catalogue_steps() + contract_steps() + pricing_change_steps(hour_ms) + hold_steps()
 
 
 def answers_again_and_changes_nothing(client: TariffClient, steps: list[Step], firsts: dict[str, Message]) -> None:
