@@ -190,8 +190,9 @@ LOADTEST_S ?= 30
 loadtest: install
 	LOADTEST_S=$(LOADTEST_S) $(PY) loadtests/run.py
 
-# The full fault soak (50 x kill -9 under streaming load with retries, checked against a recomputation of the
-# journal; ~10-15 min) and the hostile-input fuzz with more examples (`make test` runs short versions of both).
+# The kernel's property and differential tests with more cases, the full fault soak (50 x kill -9 under
+# streaming load with retries, checked against a recomputation of the journal; 20 min on the 2-core development
+# machine, see README "Figures") and the hostile-input fuzz with more examples (`make test` runs short versions).
 SOAK_SEED ?= 1
 FUZZ_EXAMPLES ?= 100
 soak: install

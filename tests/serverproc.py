@@ -233,8 +233,8 @@ class ServerProcess:
     def restart(self, timeout_s: float = 30.0) -> None:
         """Starts again on the same port and data directory.
 
-        A server still running is terminated first (SIGTERM, SIGKILL after 20 s): two processes
-        must never share the port (gRPC binds with SO_REUSEPORT, so both would serve).
+        A server still running is terminated first (SIGTERM, SIGKILL after 20 s): the server turns
+        gRPC's SO_REUSEPORT off, so a second one on a taken port would refuse to start (exit 2).
         """
         if self.running:
             with contextlib.suppress(TimeoutError):
