@@ -20,7 +20,7 @@ from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing
 from engine.billing import Billing
-from engine.errors import AlreadyExists, EngineError, InvalidArgument, NotFound
+from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
 from server import auth, convert, telemetry
 from server.errors import (
@@ -221,16 +221,15 @@ class BalanceService(_Base):
     async def _reserve_in_band(
         self, request: balance_pb2.AuthorizeRequest, context: Context
     ) -> balance_pb2.AuthorizeResponse:
-        """_reserve for a stream: a hold request that cannot hold is answered in-band, as AuthorizeBatches answers
-        it (INVALID_REQUEST, UNKNOWN_CUSTOMER, RESERVATION_CONFLICT), and the stream goes on."""
+        """_reserve for a stream: a hold request that cannot hold is answered in-band (INVALID_REQUEST,
+        UNKNOWN_CUSTOMER), as AuthorizeBatches answers it, and the stream goes on. A reservation_id taken by a
+        different request ends the call with ALREADY_EXISTS, as on unary Authorize (balance.proto, reason)."""
         try:
             return await self._reserve(request, context)
         except InvalidArgument as exc:
             reason, message = "INVALID_REQUEST", exc.message
         except NotFound as exc:
             reason, message = "UNKNOWN_CUSTOMER", exc.message
-        except AlreadyExists as exc:
-            reason, message = "RESERVATION_CONFLICT", exc.message
         return balance_pb2.AuthorizeResponse(
             request_id=request.request_id,
             allowed=False,
