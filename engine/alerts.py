@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 
 from engine.errors import InvalidArgument
-from engine.money import PICOS_PER_UNIT, format_picos, parse_decimal, to_picos
+from engine.money import DECIMAL_CONTEXT, PICOS_PER_UNIT, format_picos, parse_decimal, to_picos
 
 # The alert log keeps this many of the newest alerts (snapshots and restarts included); a watcher asking for
 # alerts after an older seq is refused (see alerts_after).
@@ -109,7 +109,7 @@ def parse_rule(
     if kind in THRESHOLD_TYPES:
         value = parse_decimal(threshold, "threshold")  # refuses a negative one
         threshold_picos = to_picos(value)
-        if threshold_picos != value * PICOS_PER_UNIT:
+        if threshold_picos != DECIMAL_CONTEXT.multiply(value, PICOS_PER_UNIT):
             raise InvalidArgument.field("threshold", f"{threshold!r} has more than 12 decimal places")
         if threshold_picos <= 0:
             raise InvalidArgument.field("threshold", f"must be greater than 0 for {kind}")

@@ -8,7 +8,7 @@ from engine import commands as cmd
 from engine.control import ControlPlane, check_id, keeping_print, shared_int
 from engine.errors import AlreadyExists, InvalidArgument
 from engine.ledger import Grant, GrantKind
-from engine.money import PICOS_PER_UNIT, parse_decimal, to_picos
+from engine.money import DECIMAL_CONTEXT, PICOS_PER_UNIT, parse_decimal, to_picos
 
 
 class GrantCommands(ControlPlane):
@@ -102,7 +102,7 @@ def _grant_amount_picos(text: str) -> int:
     """A grant amount in picos: positive and exact at 12 decimal places (never rounded)."""
     amount_units = parse_decimal(text, "grant.amount")
     amount = to_picos(amount_units)
-    if amount != amount_units * PICOS_PER_UNIT:
+    if amount != DECIMAL_CONTEXT.multiply(amount_units, PICOS_PER_UNIT):
         raise InvalidArgument.field(
             "grant.amount", f"{text!r} has more than 12 decimal places: credits are held at 10^-12 exactly"
         )

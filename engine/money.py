@@ -49,12 +49,14 @@ def in_range(value: Decimal) -> bool:
         return False
     if value == 0:
         return True
-    return abs(value) < MAGNITUDE_LIMIT and value.normalize(DECIMAL_CONTEXT).as_tuple().exponent >= -PLACES_MAX  # type: ignore[operator]
+    return value.copy_abs() < MAGNITUDE_LIMIT and value.normalize(DECIMAL_CONTEXT).as_tuple().exponent >= -PLACES_MAX  # type: ignore[operator]
 
 
 def to_picos(value: Decimal) -> int:
     """Rounds half-even to 10^-12: the one place a computed price becomes a ledger amount."""
-    return int(value.quantize(_PICO, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT).scaleb(12))
+    return int(
+        value.quantize(_PICO, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT).scaleb(12, DECIMAL_CONTEXT)
+    )
 
 
 def round_ratio(numerator: int, denominator: int) -> int:
@@ -73,7 +75,7 @@ def round_ratio(numerator: int, denominator: int) -> int:
 
 
 def picos_to_decimal(picos: int) -> Decimal:
-    return Decimal(picos).scaleb(-12)
+    return Decimal(picos).scaleb(-12, DECIMAL_CONTEXT)
 
 
 def format_picos(picos: int) -> str:

@@ -385,7 +385,7 @@ def _price_field(
     except FormulaError as exc:
         findings.append(Finding(Severity.ERROR, field_path, f"{text!r} {exc}"))
         return Decimal(1)
-    if abs(value) >= MAGNITUDE_LIMIT:
+    if value.copy_abs() >= MAGNITUDE_LIMIT:  # copy_abs: exact (abs() rounds to 28 digits)
         findings.append(
             Finding(Severity.ERROR, field_path, f"{text!r} = {value} is out of range (must be below 10^18)")
         )

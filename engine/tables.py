@@ -169,7 +169,7 @@ class Tables(msgspec.Struct):
 def fixed(value: Decimal | str, what: str) -> str:
     """The exact count of 10^-18 in `value`, as text; TablesError if it has more than 18 decimal places."""
     decimal_value = Decimal(value)
-    scaled = decimal_value.scaleb(SCALE_PLACES)
+    scaled = decimal_value.scaleb(SCALE_PLACES, DECIMAL_CONTEXT)  # exact: the default context keeps 28 digits
     if not decimal_value.is_finite() or scaled != scaled.to_integral_value():
         raise TablesError(f"{what}: {value} cannot be held exactly at {SCALE_PLACES} decimal places")
     return str(int(scaled))
