@@ -3,7 +3,9 @@
 A formula is a decimal or an expression with + - * /, parentheses, unary minus, parameter names and the
 functions min(a, b, ...), max(a, b, ...) and round(x, places). It is parsed with Python's own grammar but
 only this whitelist of nodes is evaluated, and numbers are read from their source text as Decimals, never as
-floats. Formulas are evaluated once, when a version is validated, never per event.
+floats; a number must be in the wire's decimal grammar (engine/money.py DECIMAL_GRAMMAR, without its sign), so
+Python's other spellings ("1_000", "1e3", "0x10", "1.", "+1") are refused. A formula neither begins nor ends with
+whitespace. Formulas are evaluated once, when a version is validated, never per event.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import decimal
 from collections.abc import Mapping
 from decimal import Decimal
 
-from engine.money import DECIMAL_CONTEXT
+from engine.money import DECIMAL_CONTEXT, GRAMMAR_TEXT, UNSIGNED_DECIMAL_GRAMMAR
 
 FORMULA_TEXT_MAX = 1_000
 FORMULA_DEPTH_MAX = 32
@@ -28,13 +30,14 @@ def evaluate(text: str, parameters: Mapping[str, Decimal]) -> Decimal:
         raise FormulaError("is empty")
     if len(text) > FORMULA_TEXT_MAX:
         raise FormulaError(f"is longer than {FORMULA_TEXT_MAX} characters")
+    if text != text.strip():
+        raise FormulaError("begins or ends with whitespace: a decimal or a formula is written without it")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"is not a valid formula: {exc.msg}") from None
-    source = text.strip()
     try:
-        result = _evaluate(tree.body, source, parameters, 0)
+        result = _evaluate(tree.body, text, parameters, 0)
     except (decimal.InvalidOperation, decimal.DivisionByZero, ZeroDivisionError):
         raise FormulaError("divides by zero or overflows") from None
     if not result.is_finite():
@@ -52,18 +55,15 @@ def _evaluate(node: ast.expr, source: str, parameters: Mapping[str, Decimal], de
         case ast.Constant(value=int() | float()):
             literal = ast.get_source_segment(source, node)
             assert literal is not None
-            try:
-                return Decimal(literal.replace("_", ""))
-            except decimal.InvalidOperation:
-                raise FormulaError(f"{literal!r} is not a decimal number") from None
+            if UNSIGNED_DECIMAL_GRAMMAR.fullmatch(literal) is None:
+                raise FormulaError(f"{literal!r} is not a decimal: write {GRAMMAR_TEXT}")
+            return Decimal(literal)
         case ast.Name(id=name):
             if name not in parameters:
                 raise FormulaError(f"unknown parameter {name!r}")
             return parameters[name]
         case ast.UnaryOp(op=ast.USub(), operand=operand):
             return ctx.minus(_evaluate(operand, source, parameters, depth + 1))
-        case ast.UnaryOp(op=ast.UAdd(), operand=operand):
-            return _evaluate(operand, source, parameters, depth + 1)
         case ast.BinOp(left=left, op=op, right=right):
             a = _evaluate(left, source, parameters, depth + 1)
             b = _evaluate(right, source, parameters, depth + 1)

@@ -9,6 +9,7 @@ quantities that arrive as doubles are read through their shortest round-trip tex
 from __future__ import annotations
 
 import decimal
+import re
 from decimal import Decimal
 
 from engine.errors import InvalidArgument
@@ -23,17 +24,31 @@ DECIMAL_TEXT_MAX = 64
 MAGNITUDE_LIMIT = Decimal(10) ** 18
 PLACES_MAX = 18
 
+# The one grammar of a decimal on the wire (an amount, a price, a parameter, a number in a formula): JSON's number
+# without its exponent. An optional '-', then ASCII digits without leading zeros, then optionally '.' and ASCII
+# digits: "0", "-1.5", "0.03", "12.50". No '+', exponent, spaces, '_' separators, other scripts' digits, "1." or
+# ".5". Decimal() reads all of those, so no wire text reaches it before this matches. ([0-9], never \d, which
+# matches any script's digits.)
+DECIMAL_GRAMMAR = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+# A number inside a formula: the grammar without the sign (a '-' there is the formula's minus).
+UNSIGNED_DECIMAL_GRAMMAR = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+GRAMMAR_TEXT = (
+    "an optional '-', ASCII digits without leading zeros, optionally '.' and digits (no '+', exponent or spaces)"
+)
+
+
+def is_decimal_text(text: str) -> bool:
+    """Whether `text` is a decimal in the wire's grammar (DECIMAL_GRAMMAR); says nothing of its range."""
+    return DECIMAL_GRAMMAR.fullmatch(text) is not None
+
 
 def parse_decimal(text: str, field: str, *, allow_negative: bool = False) -> Decimal:
-    """A finite decimal from its wire text; raises InvalidArgument naming `field`."""
+    """A decimal from its wire text, in the grammar and range above; raises InvalidArgument naming `field`."""
     if not text or len(text) > DECIMAL_TEXT_MAX:
         raise InvalidArgument.field(field, f"must be a decimal string of 1 to {DECIMAL_TEXT_MAX} characters")
-    try:
-        value = Decimal(text.strip())
-    except decimal.InvalidOperation:
-        raise InvalidArgument.field(field, f"{text!r} is not a decimal number") from None
-    if not value.is_finite():
-        raise InvalidArgument.field(field, f"{text!r} is not a finite number")
+    if not is_decimal_text(text):
+        raise InvalidArgument.field(field, f"{text!r} is not a decimal: write {GRAMMAR_TEXT}")
+    value = Decimal(text)
     if not in_range(value):
         raise InvalidArgument.field(
             field, f"{text!r} is out of range: below 10^18 with at most {PLACES_MAX} decimal places"

@@ -1,17 +1,99 @@
-"""Decimal strings over a real server.
+"""Every decimal string a request carries is held to one grammar (engine/money.py DECIMAL_GRAMMAR), over a real
+server: an optional '-', ASCII digits, and an optional '.' followed by ASCII digits.
 
-An amount of more than 28 significant digits below 10^18 (a grant of 999999999999999999.999999999999 credits, an
-alert threshold as long) is read exactly: Decimal's default 28-digit context rounded it in the range check and
-in the exactness check, refusing it as out of range or as having more than 12 decimal places.
+The server used to read them with Python's Decimal(text.strip()), so it accepted digit separators ("1_000"),
+surrounding spaces, a '+' sign, exponents ("1e3") and other scripts' digits (Arabic-Indic "١٢"); a price
+literal inside a formula was read by Python's own number syntax likewise. Each refusal is INVALID_ARGUMENT naming
+the field and saying why, and changes nothing (the audit log, which records every admin change, does not grow;
+the balance is the same). An amount of more than 28 digits is read exactly.
 """
 
 from __future__ import annotations
 
-from tariff import TariffClient
-from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2
+import functools
+from collections.abc import Callable
+
+import grpc
+import pytest
+from tariff import TariffClient, TariffError
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2
 
 from tests.serverproc import ServerFactory
-from tests.test_server_instants import CONTRACT
+from tests.test_server_instants import CONTRACT, PRODUCT, audit_entries, refused_field
+
+CARD = "ai-credits"  # the demo's rate card (server/demo.py), version 1 published
+
+# Texts outside the grammar, each of which Decimal() reads as a number.
+HOSTILE = {
+    "digit separators": "1_000",
+    "a leading space": " 1",
+    "a trailing space": "1 ",
+    "a trailing newline": "1\n",
+    "a plus sign": "+1",
+    "an exponent": "1e3",
+    "a negative exponent": "5E-1",
+    "Arabic-Indic digits": "\u0661\u0662",
+    "full-width digits": "\uff11\uff12",
+    "no fraction digits": "1.",
+    "no whole digits": ".5",
+    "leading zeros": "007",
+}
+
+
+def decimal_fields(client: TariffClient, text: str) -> dict[str, Callable[[], object]]:
+    """A request per decimal field of a state-changing call, `text` in that field and sound values elsewhere."""
+    contracts = client.contracts
+
+    def grant(field: str) -> Callable[[], object]:
+        new = contracts_pb2.Grant(
+            id="g-probe", contract_id=CONTRACT, kind=contracts_pb2.PREPAID, amount="5", paid_amount="1"
+        )
+        setattr(new, field, text)
+        return lambda: contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=new))
+
+    def override(field: str) -> Callable[[], object]:
+        new = contracts_pb2.PriceOverride(product_id=PRODUCT)
+        setattr(new, field, text)
+        return lambda: contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=new))
+
+    def top_up(field: str) -> Callable[[], object]:
+        policy = contracts_pb2.TopUpPolicy(threshold="10", recharge_to="100", price_per_credit="0.9", max_per_period=1)
+        setattr(policy, field, text)
+        return lambda: contracts.SetTopUpPolicy(
+            contracts_pb2.SetTopUpPolicyRequest(contract_id=CONTRACT, top_up=policy)
+        )
+
+    return {
+        "grant.amount": grant("amount"),
+        "grant.paid_amount": grant("paid_amount"),
+        "grant.rollover_fraction": grant("rollover_fraction"),
+        "override.multiplier": override("multiplier"),
+        "override.price": override("price"),
+        "overage_price": lambda: contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(customer_id="globex", rate_card_id=CARD, overage_price=text)
+        ),
+        "top_up.threshold": top_up("threshold"),
+        "top_up.recharge_to": top_up("recharge_to"),
+        "top_up.price_per_credit": top_up("price_per_credit"),
+        "threshold": lambda: client.alerts.CreateAlert(
+            alerts_pb2.CreateAlertRequest(customer_id="acme", type=alerts_pb2.LOW_BALANCE, threshold=text)
+        ),
+        "set_parameters[markup]": lambda: client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD, based_on_version=1, set_parameters={"markup": text}
+            )
+        ),
+    }
+
+
+def refusal(call: Callable[[], object]) -> tuple[list[str], str]:
+    """The fields an INVALID_ARGUMENT names, and why (the first violation's description)."""
+    try:
+        call()
+    except TariffError as error:
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
+        return [v.field for v in error.field_violations], error.field_violations[0].description
+    raise AssertionError("the call succeeded")
 
 
 def balance(client: TariffClient) -> balance_pb2.Balance:
@@ -19,6 +101,114 @@ def balance(client: TariffClient) -> balance_pb2.Balance:
     read: balance_pb2.Balance = client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="acme"))
     read.ClearField("as_of_seq")
     return read
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_decimal_outside_the_grammar_is_invalid_argument_naming_its_field_and_changes_nothing(
+    server_factory: ServerFactory, case: str
+) -> None:
+    server = server_factory(demo=True)
+    text = HOSTILE[case]
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="globex", name="Globex"))
+        before, balance_before = audit_entries(client), balance(client)
+        for field, call in decimal_fields(client, text).items():
+            fields, why = refusal(call)
+            assert fields == [field], field
+            assert "decimal" in why and repr(text) in why, (field, why)
+        assert audit_entries(client) == before
+        assert balance(client) == balance_before
+        assert server.running
+
+
+def rate(price: pricing_pb2.UnitPrice | pricing_pb2.TieredPrice, action: str) -> pricing_pb2.Rate:
+    if isinstance(price, pricing_pb2.UnitPrice):
+        return pricing_pb2.Rate(product_id=PRODUCT, match={"action": action}, unit=price)
+    return pricing_pb2.Rate(product_id=PRODUCT, match={"action": action}, tiered=price)
+
+
+def price_cases(text: str) -> dict[str, pricing_pb2.UnitPrice | pricing_pb2.TieredPrice]:
+    """A price per price field that may hold a literal, `text` in it, and the path validation names it by."""
+    return {
+        "unit.price": pricing_pb2.UnitPrice(price=text),
+        "unit.per_units": pricing_pb2.UnitPrice(price="1", per_units=text),
+        "tiered.tiers[0].up_to": pricing_pb2.TieredPrice(
+            mode=pricing_pb2.GRADUATED,
+            tiers=[pricing_pb2.Tier(up_to=text, unit_price="1"), pricing_pb2.Tier(unit_price="2")],
+        ),
+        "tiered.tiers[1].unit_price": pricing_pb2.TieredPrice(
+            mode=pricing_pb2.GRADUATED,
+            tiers=[pricing_pb2.Tier(up_to="10", unit_price="1"), pricing_pb2.Tier(unit_price=text)],
+        ),
+    }
+
+
+def refused_prices(server_factory: ServerFactory, texts: list[str]) -> None:
+    """For each text, a draft with it in every price field is refused at validation and at publish, naming each
+    field; the publish changes nothing."""
+    server = server_factory(demo=True)
+    with server.client() as client:
+        for text in texts:
+            path_of = {f"a{index}": path for index, path in enumerate(price_cases(text))}
+            rates = [rate(price, f"a{index}") for index, price in enumerate(price_cases(text).values())]
+            draft = client.pricing.CreateDraftVersion(
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, based_on_version=1, upsert_rates=rates)
+            )
+            expected = [
+                f"rates[{index}].{path_of[r.match['action']]}"
+                for index, r in enumerate(draft.rates)
+                if r.match.get("action") in path_of
+            ]
+            assert len(expected) == len(rates)
+            report = client.pricing.ValidateVersion(
+                pricing_pb2.ValidateVersionRequest(rate_card_id=CARD, version=draft.version)
+            )
+            errors = [f.path for f in report.findings if f.severity == pricing_pb2.ERROR]
+            assert sorted(errors) == sorted(expected), (text, report.findings)
+            before = audit_entries(client)
+            publish = pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=draft.version)
+            fields = refused_field(functools.partial(client.pricing.PublishVersion, publish))
+            assert sorted(fields) == sorted(f"version.{path}" for path in expected), text
+            assert audit_entries(client) == before
+            card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
+            assert card.current_version == 1
+
+
+def test_a_price_literal_outside_the_grammar_is_refused_at_validation_and_publish(
+    server_factory: ServerFactory,
+) -> None:
+    refused_prices(server_factory, list(HOSTILE.values()))
+
+
+def test_a_number_in_a_formula_follows_the_grammar(server_factory: ServerFactory) -> None:
+    refused_prices(
+        server_factory,
+        [
+            "summary_base * 1_000",
+            "summary_base * 1e3",
+            "2E-1 + summary_base",
+            "summary_base * 1.",
+            "01.5 * 2",
+            "+summary_base",
+        ],
+    )
+
+
+def test_formulas_and_grammatical_literals_still_publish(server_factory: ServerFactory) -> None:
+    server = server_factory(demo=True)
+    with server.client() as client:
+        prices = ["summary_base * 2", "-0.5 + summary_base", "round(summary_base / 3, 4)", "0.50", "0", "-0 + 1"]
+        rates = [rate(pricing_pb2.UnitPrice(price=price), f"a{index}") for index, price in enumerate(prices)]
+        draft = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD, based_on_version=1, upsert_rates=rates, set_parameters={"markup": "-1.25"}
+            )
+        )
+        report = client.pricing.ValidateVersion(
+            pricing_pb2.ValidateVersionRequest(rate_card_id=CARD, version=draft.version)
+        )
+        assert report.ok, report
+        client.pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=draft.version))
 
 
 # Below 10^18 at 12 places: 30 digits, past the 28 of Decimal's default context, which rounded 10^18 - 10^-12 to

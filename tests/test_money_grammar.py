@@ -1,0 +1,87 @@
+"""The wire's decimal grammar (engine/money.py DECIMAL_GRAMMAR) accepts exactly an optional '-', ASCII digits
+without leading zeros, and optionally '.' and ASCII digits: every canonical text the server writes reads back to
+the same amount, and any other text is refused, naming the field, whatever Decimal() would make of it."""
+
+from __future__ import annotations
+
+from decimal import Context, Decimal
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from engine.errors import InvalidArgument
+from engine.formula import FormulaError, evaluate
+from engine.money import format_picos, format_scaled, is_decimal_text, parse_decimal
+
+ASCII_DIGITS = "0123456789"
+WIDE = Context(prec=100)  # exact for every value here (the default context's 28 digits would round some)
+
+
+def in_grammar(text: str) -> bool:
+    """The grammar, spelled out character by character (the reference the regular expression is checked against)."""
+    body = text[1:] if text.startswith("-") else text
+    whole, dot, fraction = body.partition(".")
+    if dot and not fraction:
+        return False
+    if not whole or any(c not in ASCII_DIGITS for c in whole + fraction):
+        return False
+    return whole == "0" or whole[0] != "0"
+
+
+@given(st.integers(min_value=-(10**30) + 1, max_value=10**30 - 1))
+def test_canonical_picos_read_back_to_the_same_amount(picos: int) -> None:
+    text = format_picos(picos)
+    assert is_decimal_text(text)
+    assert parse_decimal(text, "amount", allow_negative=True) == Decimal(picos).scaleb(-12, WIDE)
+
+
+@given(st.integers(min_value=-(10**36) + 1, max_value=10**36 - 1), st.integers(min_value=0, max_value=18))
+def test_canonical_text_at_any_scale_is_in_the_grammar(value: int, places: int) -> None:
+    text = format_scaled(value, places)
+    assert is_decimal_text(text) and in_grammar(text)
+    assert Decimal(text) == Decimal(value).scaleb(-places, WIDE)
+
+
+texts = st.text(alphabet=st.sampled_from("0123456789-+._eE x\u0661\uff11\n"), max_size=12) | st.text(max_size=12)
+
+
+@given(texts)
+@example("1_000")
+@example(" 1")
+@example("+1")
+@example("1e3")
+@example("\u0661\u0662")
+@example("007")
+@example("1.")
+@example(".5")
+@example("-0")
+@example("0.50")
+@example("Infinity")
+@example("NaN")
+def test_the_grammar_accepts_exactly_what_it_describes(text: str) -> None:
+    assert is_decimal_text(text) == in_grammar(text)
+    if in_grammar(text):
+        assert parse_decimal(text, "amount", allow_negative=True) == Decimal(text)
+    elif text:
+        with pytest.raises(InvalidArgument) as refused:
+            parse_decimal(text, "amount", allow_negative=True)
+        assert refused.value.violations[0][0] == "amount"
+
+
+@given(texts)
+def test_a_number_in_a_formula_follows_the_same_grammar(text: str) -> None:
+    """As a price, and as a number inside a formula, a text is read exactly when the grammar accepts it."""
+    parameters = {"rate": Decimal(2)}
+    for formula, times in ((text, 1), (f"rate * {text}", 2)):
+        try:
+            value: Decimal | None = evaluate(formula, parameters)
+        except FormulaError:
+            value = None
+        if in_grammar(text):
+            assert value == Decimal(text) * times
+        elif value is not None:
+            # Read only as a formula of its own ("-1 - 1", "(1)"), never through another spelling of a number,
+            # and never with whitespace around the whole price.
+            assert not any(c in text for c in "_eE\u0661\uff11") and not text.startswith("+")
+            assert formula == formula.strip()
