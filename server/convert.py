@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 
 from engine import commands as cmd
@@ -72,6 +72,20 @@ def optional_filter_ms(message: object, field: str) -> int | None:
         return None
     timestamp = getattr(message, field)
     return _valid_ms(timestamp, field) + (1 if timestamp.nanos % 1_000_000 else 0)
+
+
+def duration_ms(duration: duration_pb2.Duration, field: str) -> int:
+    """A Duration a request names, in ms: INVALID_ARGUMENT naming `field` unless it is valid as
+    google/protobuf/duration.proto defines it (nanos from -999,999,999 to 999,999,999, and not of the other sign
+    than a nonzero seconds: seconds=1, nanos=-1,000,000 is not 999 ms) and a whole number of milliseconds."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if not -NANOS_PER_SECOND < nanos < NANOS_PER_SECOND:
+        raise InvalidArgument.field(field, f"nanos must be from -999,999,999 to 999,999,999, not {nanos}")
+    if (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        raise InvalidArgument.field(field, f"seconds ({seconds}) and nanos ({nanos}) must not have different signs")
+    if nanos % 1_000_000:
+        raise InvalidArgument.field(field, "must be a whole number of milliseconds")
+    return seconds * 1000 + nanos // 1_000_000
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:

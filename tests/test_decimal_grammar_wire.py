@@ -5,7 +5,9 @@ The server used to read them with Python's Decimal(text.strip()), so it accepted
 surrounding spaces, a '+' sign, exponents ("1e3") and other scripts' digits (Arabic-Indic "١٢"); a price
 literal inside a formula was read by Python's own number syntax likewise. Each refusal is INVALID_ARGUMENT naming
 the field and saying why, and changes nothing (the audit log, which records every admin change, does not grow;
-the balance is the same). An amount of more than 28 digits is read exactly.
+the balance is the same). An amount of more than 28 digits is read exactly. A Duration with seconds and nanos
+of different signs, or nanos past a second, is invalid per the protobuf spec: it was read as their sum
+(seconds=1, nanos=-1,000,000 held for 999 ms), by Authorize and by AuthorizeBatches (in the kernel) alike.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from tariff import TariffClient, TariffError
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2
 
 from tests.serverproc import ServerFactory
+from tests.test_server_authorize_batches import stub
 from tests.test_server_instants import CONTRACT, PRODUCT, audit_entries, refused_field
 
 CARD = "ai-credits"  # the demo's rate card (server/demo.py), version 1 published
@@ -209,6 +213,48 @@ def test_formulas_and_grammatical_literals_still_publish(server_factory: ServerF
         )
         assert report.ok, report
         client.pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=draft.version))
+
+
+MIXED_DURATIONS = {
+    "positive seconds, negative nanos": duration_pb2.Duration(seconds=1, nanos=-1_000_000),
+    "negative seconds, positive nanos": duration_pb2.Duration(seconds=-1, nanos=999_000_000),
+    "nanos of a second": duration_pb2.Duration(seconds=0, nanos=1_000_000_000),
+    "nanos below minus a second": duration_pb2.Duration(seconds=0, nanos=-1_000_000_000),
+}
+
+
+@pytest.mark.parametrize("case", list(MIXED_DURATIONS))
+def test_an_invalid_duration_is_invalid_argument_naming_its_field_and_holds_nothing(
+    server_factory: ServerFactory, case: str
+) -> None:
+    server = server_factory(demo=True)
+    with server.client() as client:
+        before = balance(client)
+        request = balance_pb2.AuthorizeRequest(
+            request_id="probe",
+            customer_id="acme",
+            event_type="ai_action",
+            dimensions={"action": "summary", "model": "gpt-4", "complexity": "simple"},
+            reserve=True,
+            reservation_ttl=MIXED_DURATIONS[case],
+        )
+        fields, why = refusal(lambda: client.balance.Authorize(request))
+        assert fields == ["reservation_ttl"]
+        assert "sign" in why or "nanos" in why, why
+        assert balance(client) == before
+        # AuthorizeBatches reads the same Duration in the kernel: refused in-band, nothing held.
+        channel, balance_stub = stub(server)
+        with channel:
+            [result] = balance_stub.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=[request])]), timeout=10)
+        [answer] = result.responses
+        assert (answer.allowed, answer.reason) == (False, "INVALID_REQUEST")
+        assert answer.message.startswith("reservation_ttl: ") and (
+            "sign" in answer.message or "nanos" in answer.message
+        )
+        assert balance(client) == before
+        request.reservation_ttl.CopyFrom(duration_pb2.Duration(seconds=1, nanos=1_000_000))
+        assert client.balance.Authorize(request).allowed
+        assert balance(client).credits_held == "2.5"
 
 
 # Below 10^18 at 12 places: 30 digits, past the 28 of Decimal's default context, which rounded 10^18 - 10^-12 to
