@@ -10,12 +10,12 @@ them (engine/ratecard.py): once, rounded half-even to 18 places, the field's def
 
 from __future__ import annotations
 
+import decimal
 import enum
 from dataclasses import dataclass
 from decimal import Decimal
 
-from engine.errors import InvalidArgument
-from engine.money import format_decimal, parse_decimal
+from engine.money import format_decimal
 from engine.ratecard import (
     FlatPrice,
     PackagePrice,
@@ -134,10 +134,10 @@ def parameter_values(version: Version) -> dict[str, Decimal]:
     values = {}
     for name, text in version.parameters.items():
         try:
-            value = parse_decimal(text, f"parameters.{name}", allow_negative=True)
-        except InvalidArgument:
+            value = Decimal(text)
+        except decimal.InvalidOperation:
             continue
-        if name.isidentifier():
+        if name.isidentifier() and value.is_finite():
             values[name] = value
     return values
 
@@ -157,7 +157,7 @@ def price_fields(price: PriceSpec, parameters: dict[str, Decimal]) -> dict[str, 
         case TieredPrice():
             for index, tier in enumerate(price.tiers):
                 path = f"tiered.tiers[{index}]"
-                if tier.up_to:
+                if tier.up_to.strip():
                     field(f"{path}.up_to", tier.up_to, positive=True)
                 else:
                     fields[f"{path}.up_to"] = FieldSide(tier.up_to, None)  # unbounded: the last tier

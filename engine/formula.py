@@ -3,9 +3,11 @@
 A formula is a decimal or an expression with + - * /, parentheses, unary minus, parameter names and the
 functions min(a, b, ...), max(a, b, ...) and round(x, places). It is parsed with Python's own grammar but
 only this whitelist of nodes is evaluated, and numbers are read from their source text as Decimals, never as
-floats; a number must be in the wire's decimal grammar (engine/money.py DECIMAL_GRAMMAR, without its sign), so
-Python's other spellings ("1_000", "1e3", "0x10", "1.", "+1") are refused. A formula neither begins nor ends with
-whitespace. Formulas are evaluated once, when a version is validated, never per event.
+floats. Formulas are evaluated once, when a version is validated, never per event.
+
+Evaluation reads a formula as earlier releases did (Python's spellings of a number, "1_000", "+1", surrounding
+spaces): versions in the journal hold such texts. A price field a new request carries is first held to the
+decimal grammar by `price_text_problem` (server/convert.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import decimal
 from collections.abc import Mapping
 from decimal import Decimal
 
-from engine.money import DECIMAL_CONTEXT, GRAMMAR_TEXT, UNSIGNED_DECIMAL_GRAMMAR
+from engine.money import DECIMAL_CONTEXT, GRAMMAR_TEXT, UNSIGNED_DECIMAL_GRAMMAR, decimal_text_problem
 
 FORMULA_TEXT_MAX = 1_000
 FORMULA_DEPTH_MAX = 32
@@ -25,19 +27,48 @@ class FormulaError(Exception):
     """Why a formula cannot be evaluated, for a person."""
 
 
+def price_text_problem(text: str) -> str | None:
+    """Why a price field a new request carries is not in the decimal grammar, or None when it is not refused for
+    that. A literal must match DECIMAL_GRAMMAR (engine/money.py) whole; a formula neither begins nor ends with
+    whitespace, has no unary '+', and each number in it matches the grammar without its sign ("2", not "2.",
+    "1_000" or "02"). Empty (the field's default) and a formula that does not parse are left to validation, which
+    reports them as it always has."""
+    if not text or len(text) > FORMULA_TEXT_MAX:
+        return None
+    try:
+        read_as_number = Decimal(text.strip()).is_finite()
+    except decimal.InvalidOperation:
+        read_as_number = False
+    if read_as_number:  # Decimal() reads it ("007", " 1", "1_000", other scripts' digits): a literal
+        return decimal_text_problem(text)
+    if text != text.strip():
+        return "begins or ends with whitespace: a decimal or a formula is written without it"
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+            return "has a unary '+': write the number or name without it"
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            literal = ast.get_source_segment(text, node)
+            if literal is not None and UNSIGNED_DECIMAL_GRAMMAR.fullmatch(literal) is None:
+                return f"{literal!r} is not a decimal: write {GRAMMAR_TEXT}"
+    return None
+
+
 def evaluate(text: str, parameters: Mapping[str, Decimal]) -> Decimal:
     if not text.strip():
         raise FormulaError("is empty")
     if len(text) > FORMULA_TEXT_MAX:
         raise FormulaError(f"is longer than {FORMULA_TEXT_MAX} characters")
-    if text != text.strip():
-        raise FormulaError("begins or ends with whitespace: a decimal or a formula is written without it")
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"is not a valid formula: {exc.msg}") from None
+    source = text.strip()
     try:
-        result = _evaluate(tree.body, text, parameters, 0)
+        result = _evaluate(tree.body, source, parameters, 0)
     except (decimal.InvalidOperation, decimal.DivisionByZero, ZeroDivisionError):
         raise FormulaError("divides by zero or overflows") from None
     if not result.is_finite():
@@ -55,15 +86,18 @@ def _evaluate(node: ast.expr, source: str, parameters: Mapping[str, Decimal], de
         case ast.Constant(value=int() | float()):
             literal = ast.get_source_segment(source, node)
             assert literal is not None
-            if UNSIGNED_DECIMAL_GRAMMAR.fullmatch(literal) is None:
-                raise FormulaError(f"{literal!r} is not a decimal: write {GRAMMAR_TEXT}")
-            return Decimal(literal)
+            try:
+                return Decimal(literal.replace("_", ""))
+            except decimal.InvalidOperation:
+                raise FormulaError(f"{literal!r} is not a decimal number") from None
         case ast.Name(id=name):
             if name not in parameters:
                 raise FormulaError(f"unknown parameter {name!r}")
             return parameters[name]
         case ast.UnaryOp(op=ast.USub(), operand=operand):
             return ctx.minus(_evaluate(operand, source, parameters, depth + 1))
+        case ast.UnaryOp(op=ast.UAdd(), operand=operand):
+            return _evaluate(operand, source, parameters, depth + 1)
         case ast.BinOp(left=left, op=op, right=right):
             a = _evaluate(left, source, parameters, depth + 1)
             b = _evaluate(right, source, parameters, depth + 1)

@@ -20,7 +20,7 @@ import msgspec
 
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.formula import FormulaError, evaluate
-from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PLACES_MAX, format_decimal, is_decimal_text, parse_decimal
+from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PLACES_MAX, format_decimal
 from engine.products import Product
 
 HOUR_MS = 3_600_000
@@ -293,9 +293,12 @@ def _compile(version: Version, products: Mapping[str, Product]) -> tuple[Compile
             findings.append(Finding(Severity.ERROR, f"parameters.{name}", "a parameter name must be an identifier"))
             continue
         try:
-            parameters[name] = parse_decimal(text, f"parameters.{name}", allow_negative=True)
-        except InvalidArgument as exc:
-            findings.extend(Finding(Severity.ERROR, path, why) for path, why in exc.violations)
+            parameters[name] = Decimal(text)
+        except decimal.InvalidOperation:
+            findings.append(Finding(Severity.ERROR, f"parameters.{name}", f"{text!r} is not a decimal"))
+            continue
+        if not parameters[name].is_finite():
+            findings.append(Finding(Severity.ERROR, f"parameters.{name}", f"{text!r} is not finite"))
     by_product: dict[str, list[CompiledRate]] = {}
     seen: set[RateKey] = set()
     for index, rate in enumerate(version.rates):
@@ -356,6 +359,15 @@ def _ambiguities(product_id: str, rates: list[CompiledRate], source: list[Rate])
     return findings
 
 
+def _is_literal(text: str) -> bool:
+    """Whether a price field is a plain decimal rather than a formula."""
+    try:
+        Decimal(text.strip())
+    except decimal.InvalidOperation:
+        return False
+    return True
+
+
 def _price_field(
     text: str,
     field_path: str,
@@ -366,7 +378,7 @@ def _price_field(
     positive: bool = False,
 ) -> Decimal:
     """One price field's value, evaluated and checked (at most 18 places, below 10^18); problems go to `findings`."""
-    if not text and default is not None:
+    if not text.strip() and default is not None:
         text = default
     try:
         value = evaluate(text, parameters)
@@ -379,7 +391,7 @@ def _price_field(
         )
         return Decimal(1)
     rounded = value.quantize(PRICE_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
-    if rounded != value and is_decimal_text(text):
+    if rounded != value and _is_literal(text):
         findings.append(
             Finding(
                 Severity.ERROR,
@@ -424,7 +436,7 @@ def _curve(
                 tier_path = f"{path}.tiered.tiers[{position}]"
                 last = position == len(price.tiers) - 1
                 up_to: Decimal | None = None
-                if tier.up_to:
+                if tier.up_to.strip():
                     up_to = amount(tier.up_to, f"{tier_path}.up_to", positive=True)
                     if tiers and tiers[-1].up_to is not None and up_to <= tiers[-1].up_to:
                         findings.append(Finding(Severity.ERROR, f"{tier_path}.up_to", "tiers must ascend"))

@@ -33,7 +33,7 @@ import msgspec
 from engine import cohorts
 from engine.contracts import Contract, Customer, OveragePolicy
 from engine.control import BillingState
-from engine.money import DECIMAL_CONTEXT, is_decimal_text
+from engine.money import DECIMAL_CONTEXT
 from engine.ratecard import (
     Cohort,
     CompiledVersion,
@@ -409,8 +409,13 @@ def _check_literals(spec: object, where: str) -> None:
     elif isinstance(spec, list):
         for position, value in enumerate(spec):
             _check_literals(value, f"{where}[{position}]")
-    elif isinstance(spec, str) and is_decimal_text(spec):  # otherwise a formula, a name or empty
-        fixed(spec, where)
+    elif isinstance(spec, str) and spec.strip():
+        try:
+            literal = Decimal(spec.strip())
+        except ArithmeticError:
+            return  # a formula or a name, not a literal
+        if literal.is_finite():
+            fixed(spec.strip(), where)
 
 
 def _curve_table(curve: PriceCurve) -> CurveTable:

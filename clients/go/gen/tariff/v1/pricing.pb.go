@@ -602,8 +602,9 @@ func (x *Tier) GetFlatPrice() string {
 // parameters ("gpt4_cost_per_1k * markup"; + - * / parentheses, unary minus,
 // min, max, round). A number in a formula follows the decimal grammar at the
 // top of contracts.proto ("2", not "2e0" or "+2"), and a price neither begins
-// nor ends with whitespace: validation reports any other as an error naming
-// the field. Formulas are evaluated once, at validation.
+// nor ends with whitespace: CreateDraftVersion refuses any other as
+// INVALID_ARGUMENT naming the field. Formulas are evaluated once, at
+// validation.
 type UnitPrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Price string                 `protobuf:"bytes,1,opt,name=price,proto3" json:"price,omitempty"`
