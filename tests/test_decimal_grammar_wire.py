@@ -1,12 +1,13 @@
-"""Every decimal string a request carries is held to one grammar (engine/money.py DECIMAL_GRAMMAR), over a real
-server: an optional '-', ASCII digits, and an optional '.' followed by ASCII digits.
+"""Every decimal string a request carries is held to one grammar (engine/money.py DECIMAL_GRAMMAR, JSON's number),
+over a real server: an optional '-', ASCII digits without leading zeros, optionally '.' and ASCII digits, optionally
+an exponent ("1E-7", read as the value it writes, then held to the same range).
 
 The server used to read them with Python's Decimal(text.strip()), so it accepted digit separators ("1_000"),
-surrounding spaces, a '+' sign, exponents ("1e3") and other scripts' digits (Arabic-Indic "١٢"); a price
-literal inside a formula was read by Python's own number syntax likewise. The server refuses them where a request
-enters (server/convert.py), price fields of a draft included: each refusal is INVALID_ARGUMENT naming the field and
-saying why, and changes nothing (the audit log, which records every admin change, does not grow;
-the balance is the same). An amount of more than 28 digits is read exactly. A Duration with seconds and nanos
+surrounding spaces, a '+' sign, leading zeros and other scripts' digits (Arabic-Indic "١٢"); a price literal
+inside a formula was read by Python's own number syntax likewise. The server refuses them where a request enters
+(server/convert.py), price fields of a draft included: each refusal is INVALID_ARGUMENT naming the field and saying
+why, and changes nothing (the audit log, which records every admin change, does not grow; the balance is the
+same). An amount of more than 28 digits is read exactly. A Duration with seconds and nanos
 of different signs, or nanos past a second, is invalid per the protobuf spec: it was read as their sum
 (seconds=1, nanos=-1,000,000 held for 999 ms), by Authorize and by AuthorizeBatches (in the kernel) alike.
 """
@@ -35,8 +36,9 @@ HOSTILE = {
     "a trailing space": "1 ",
     "a trailing newline": "1\n",
     "a plus sign": "+1",
-    "an exponent": "1e3",
-    "a negative exponent": "5E-1",
+    "a plus sign before an exponent": "+1e3",
+    "an exponent after no fraction digits": "1.e3",
+    "an exponent after a leading zero": "01e3",
     "Arabic-Indic digits": "\u0661\u0662",
     "full-width digits": "\uff11\uff12",
     "no fraction digits": "1.",
@@ -177,8 +179,8 @@ def test_a_number_in_a_formula_follows_the_grammar(server_factory: ServerFactory
         server_factory,
         [
             "summary_base * 1_000",
-            "summary_base * 1e3",
-            "2E-1 + summary_base",
+            "summary_base * 1.e3",
+            "01e3 + summary_base",
             "summary_base * 1.",
             "01.5 * 2",
             "+summary_base",
@@ -190,7 +192,17 @@ def test_a_number_in_a_formula_follows_the_grammar(server_factory: ServerFactory
 def test_formulas_and_grammatical_literals_still_publish(server_factory: ServerFactory) -> None:
     server = server_factory(demo=True)
     with server.client() as client:
-        prices = ["summary_base * 2", "-0.5 + summary_base", "round(summary_base / 3, 4)", "0.50", "0", "-0 + 1"]
+        prices = [
+            "summary_base * 2",
+            "-0.5 + summary_base",
+            "round(summary_base / 3, 4)",
+            "0.50",
+            "0",
+            "-0 + 1",
+            "summary_base * 1e3",
+            "2E-1 + summary_base",
+            "1E-7",
+        ]
         rates = [rate(pricing_pb2.UnitPrice(price=price), f"a{index}") for index, price in enumerate(prices)]
         draft = client.pricing.CreateDraftVersion(
             pricing_pb2.CreateDraftVersionRequest(
@@ -202,6 +214,46 @@ def test_formulas_and_grammatical_literals_still_publish(server_factory: ServerF
         )
         assert report.ok, report
         client.pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=draft.version))
+
+
+def test_a_decimal_with_an_exponent_is_read_as_the_value_it_writes(server_factory: ServerFactory) -> None:
+    """JSON's number has an exponent, and Java's BigDecimal.toString() and JavaScript write small values with
+    one ("1E-7"): read exactly, then held to the same range and places as any decimal."""
+    server = server_factory(demo=True)
+    with server.client() as client:
+        grant = contracts_pb2.Grant(
+            id="g-exp",
+            contract_id=CONTRACT,
+            kind=contracts_pb2.PREPAID,
+            amount="1e3",
+            paid_amount="9E+2",
+            rollover_fraction="5E-1",
+        )
+        made = client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        assert (made.amount, made.paid_amount, made.rollover_fraction) == ("1000", "900", "0.5")
+        [read] = [g for g in balance(client).grants if g.grant_id == "g-exp"]
+        assert (read.amount, read.remaining) == ("1000", "1000")
+        request = alerts_pb2.CreateAlertRequest(customer_id="acme", type=alerts_pb2.LOW_BALANCE, threshold="1E-7")
+        assert client.alerts.CreateAlert(request).threshold == "0.0000001"
+        draft = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD, based_on_version=1, set_parameters={"markup": "1.25e-1"}
+            )
+        )
+        assert draft.parameters["markup"] == "1.25e-1"  # the text as written, as every parameter is kept
+        before = audit_entries(client)
+        for field, text in (("grant.amount", "1e18"), ("grant.amount", "1e-13"), ("threshold", "1e-19")):
+            if field == "threshold":
+                call = functools.partial(
+                    client.alerts.CreateAlert,
+                    alerts_pb2.CreateAlertRequest(customer_id="acme", type=alerts_pb2.LOW_BALANCE, threshold=text),
+                )
+            else:
+                too = contracts_pb2.Grant(id="g-too", contract_id=CONTRACT, kind=contracts_pb2.PREPAID, amount=text)
+                call = functools.partial(client.contracts.GrantCredits, contracts_pb2.GrantCreditsRequest(grant=too))
+            fields, why = refusal(call)
+            assert fields == [field] and repr(text) in why, (text, why)
+        assert audit_entries(client) == before
 
 
 MIXED_DURATIONS = {

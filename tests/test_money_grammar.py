@@ -1,6 +1,7 @@
-"""The decimal grammar of new requests (engine/money.py DECIMAL_GRAMMAR) accepts exactly an optional '-', ASCII
-digits without leading zeros, and optionally '.' and ASCII digits: every canonical text the server writes reads
-back to the same amount, and any other text is refused where a request enters (decimal_text_problem,
+"""The decimal grammar of new requests (engine/money.py DECIMAL_GRAMMAR) accepts exactly JSON's number: an optional
+'-', ASCII digits without leading zeros, optionally '.' and ASCII digits, optionally 'e' or 'E', a sign and ASCII
+digits. Every canonical text the server writes reads back to the same amount, a text with an exponent reads as
+the value it writes ("1E-7" is 0.0000001) and is then held to the same range, and any other text is refused where a request enters (decimal_text_problem,
 price_text_problem), whatever Decimal() would make of it. parse_decimal and formulas read the texts they are given
 as earlier releases did, since the journal holds texts those accepted."""
 
@@ -8,12 +9,20 @@ from __future__ import annotations
 
 from decimal import Context, Decimal
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from engine.errors import InvalidArgument
 from engine.formula import FormulaError, evaluate, price_text_problem
-from engine.money import decimal_text_problem, format_picos, format_scaled, is_decimal_text, parse_decimal
+from engine.money import (
+    decimal_text_problem,
+    format_picos,
+    format_scaled,
+    in_range,
+    is_decimal_text,
+    parse_decimal,
+)
 
 ASCII_DIGITS = "0123456789"
 WIDE = Context(prec=100)  # exact for every value here (the default context's 28 digits would round some)
@@ -22,6 +31,12 @@ WIDE = Context(prec=100)  # exact for every value here (the default context's 28
 def in_grammar(text: str) -> bool:
     """The grammar, spelled out character by character (the reference the regular expression is checked against)."""
     body = text[1:] if text.startswith("-") else text
+    exponent_at = min((body.index(e) for e in "eE" if e in body), default=len(body))
+    body, exponent = body[:exponent_at], body[exponent_at + 1 :]
+    if exponent_at < len(text) - (text[:1] == "-"):
+        digits = exponent[1:] if exponent[:1] in ("+", "-") else exponent
+        if not digits or any(c not in ASCII_DIGITS for c in digits):
+            return False
     whole, dot, fraction = body.partition(".")
     if dot and not fraction:
         return False
@@ -52,6 +67,15 @@ texts = st.text(alphabet=st.sampled_from("0123456789-+._eE x\u0661\uff11\n"), ma
 @example(" 1")
 @example("+1")
 @example("1e3")
+@example("5E-1")
+@example("1E-7")
+@example("-2.5e+3")
+@example("1e18")
+@example("1e-19")
+@example("1e")
+@example("1.e3")
+@example("01e3")
+@example("1e3e3")
 @example("\u0661\u0662")
 @example("007")
 @example("1.")
@@ -67,8 +91,22 @@ def test_the_grammar_accepts_exactly_what_it_describes(text: str) -> None:
         assert problem is None
     else:
         assert problem is not None and repr(text) in problem
-    if in_grammar(text):
+    if in_grammar(text) and in_range(Decimal(text)):
         assert parse_decimal(text, "amount", allow_negative=True) == Decimal(text)
+    elif in_grammar(text):  # an exponent takes it past 10^18 or 18 places: refused by the range check
+        with pytest.raises(InvalidArgument) as refused:
+            parse_decimal(text, "amount", allow_negative=True)
+        assert refused.value.violations[0][0] == "amount"
+
+
+def test_exponents_read_as_the_values_they_write() -> None:
+    assert [parse_decimal(t, "amount") for t in ("1e3", "5E-1", "1E-7", "2.5e+2", "1e-18")] == [
+        Decimal(1000),
+        Decimal("0.5"),
+        Decimal("0.0000001"),
+        Decimal(250),
+        Decimal("0.000000000000000001"),
+    ]
 
 
 @given(texts)
@@ -104,7 +142,9 @@ def test_a_number_in_a_formula_follows_the_same_grammar(text: str) -> None:
     for formula, times in ((text, 1), (f"rate * {text}", 2)):
         problem = price_text_problem(formula)
         if in_grammar(text):
-            assert problem is None and evaluate(formula, parameters) == Decimal(text) * times
+            assert problem is None
+            if abs(Decimal(text).adjusted()) < 1_000:  # else past the context's exponents: a validation error
+                assert evaluate(formula, parameters) == Decimal(text) * times
         elif problem is None and text:
             try:
                 evaluate(formula, parameters)
@@ -112,5 +152,5 @@ def test_a_number_in_a_formula_follows_the_same_grammar(text: str) -> None:
                 continue
             # Read only as a formula of its own, never through another spelling of a number, and never with
             # whitespace around the whole price.
-            assert not any(c in text for c in "_eE\u0661\uff11") and not text.startswith("+")
+            assert not any(c in text for c in "_\u0661\uff11") and not text.startswith("+")
             assert formula == formula.strip()

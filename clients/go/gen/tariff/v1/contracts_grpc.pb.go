@@ -15,13 +15,14 @@
 // valid Timestamp.
 //
 // Decimal strings (amounts, prices, parameters, multipliers, thresholds, here
-// and in pricing.proto and alerts.proto) are written as JSON writes a number,
-// without an exponent: an optional '-', ASCII digits without leading zeros,
-// then optionally '.' and ASCII digits ("0", "-1.5", "0.03", "12.50"); at most
-// 64 characters, below 10^18, at most 18 decimal places. Anything else ("1_000",
-// " 1", "+1", "1e3", "1.", ".5", "007", other scripts' digits) is
-// INVALID_ARGUMENT naming the field. Amounts the server writes follow the same
-// grammar, without trailing zeros.
+// and in pricing.proto and alerts.proto) are written as JSON writes a number:
+// an optional '-', ASCII digits without leading zeros, optionally '.' and
+// ASCII digits, then optionally 'e' or 'E', an optional sign and ASCII digits
+// ("0", "-1.5", "0.03", "12.50", "1e3", "1E-7"); at most 64 characters, and the
+// value below 10^18 with at most 18 decimal places ("1e-19" is refused, never
+// rounded). Anything else ("1_000", " 1", "+1", "1.", ".5", "1.e3", "007",
+// other scripts' digits) is INVALID_ARGUMENT naming the field. Amounts the
+// server writes follow the same grammar, without an exponent or trailing zeros.
 //
 // Every call that changes state is safe to retry: its id (or request_id) is
 // its idempotency key. The same key with the same request answers as the first
