@@ -29,10 +29,10 @@ PLACES_MAX = 18
 # optionally an exponent, 'e' or 'E' with an optional sign and ASCII digits: "0", "-1.5", "0.03", "12.50", "1E-7"
 # (as Java's BigDecimal.toString() and JavaScript write small values). No '+' before the number, spaces, '_'
 # separators, other scripts' digits, leading zeros, "1." or ".5", all of which Decimal() reads. Range and places
-# are checked on the value, after it is read (parse_decimal): "1e18" and "1e-19" are refused there. The server holds new requests to it where they enter (server/convert.py);
-# the engine reads the texts it is given as it always has (parse_decimal), because the journal and snapshots hold
-# texts that earlier releases accepted and replay must read them as they were read then. ([0-9], never \d, which
-# matches any script's digits.)
+# are checked on the value, after it is read (parse_decimal): "1e18" and "1e-19" are refused there. The server
+# holds new requests to the grammar where they enter (server/convert.py); the engine reads the texts it is given
+# as it always has (parse_decimal), because the journal and snapshots hold texts that earlier releases accepted
+# and replay must read them as they were read then. ([0-9], never \d, which matches any script's digits.)
 DECIMAL_GRAMMAR = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 # A number inside a formula: the grammar without the sign (a '-' there is the formula's minus).
 UNSIGNED_DECIMAL_GRAMMAR = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
