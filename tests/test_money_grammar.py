@@ -1,9 +1,9 @@
 """The decimal grammar of new requests (engine/money.py DECIMAL_GRAMMAR) accepts exactly JSON's number: an optional
 '-', ASCII digits without leading zeros, optionally '.' and ASCII digits, optionally 'e' or 'E', a sign and ASCII
 digits. Every canonical text the server writes reads back to the same amount, a text with an exponent reads as
-the value it writes ("1E-7" is 0.0000001) and is then held to the same range, and any other text is refused where a request enters (decimal_text_problem,
-price_text_problem), whatever Decimal() would make of it. parse_decimal and formulas read the texts they are given
-as earlier releases did, since the journal holds texts those accepted."""
+the value it writes ("1E-7" is 0.0000001) and is then held to the same range, and any other text is refused where
+a request enters (decimal_text_problem, price_text_problem), whatever Decimal() would make of it. parse_decimal and
+formulas read the texts they are given as earlier releases did, since the journal holds texts those accepted."""
 
 from __future__ import annotations
 
