@@ -4,6 +4,10 @@ A formula is a decimal or an expression with + - * /, parentheses, unary minus, 
 functions min(a, b, ...), max(a, b, ...) and round(x, places). It is parsed with Python's own grammar but
 only this whitelist of nodes is evaluated, and numbers are read from their source text as Decimals, never as
 floats. Formulas are evaluated once, when a version is validated, never per event.
+
+Evaluation reads a formula as earlier releases did (Python's spellings of a number, "1_000", "+1", surrounding
+spaces): versions in the journal hold such texts. A price field a new request carries is first held to the
+decimal grammar by `price_text_problem` (server/convert.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import decimal
 from collections.abc import Mapping
 from decimal import Decimal
 
-from engine.money import DECIMAL_CONTEXT
+from engine.money import DECIMAL_CONTEXT, GRAMMAR_TEXT, UNSIGNED_DECIMAL_GRAMMAR, decimal_text_problem
 
 FORMULA_TEXT_MAX = 1_000
 FORMULA_DEPTH_MAX = 32
@@ -21,6 +25,36 @@ FORMULA_DEPTH_MAX = 32
 
 class FormulaError(Exception):
     """Why a formula cannot be evaluated, for a person."""
+
+
+def price_text_problem(text: str) -> str | None:
+    """Why a price field a new request carries is not in the decimal grammar, or None when it is not refused for
+    that. A literal must match DECIMAL_GRAMMAR (engine/money.py) whole; a formula neither begins nor ends with
+    whitespace, has no unary '+', and each number in it matches the grammar without its sign ("2", not "2.",
+    "1_000" or "02"). Empty (the field's default) and a formula that does not parse are left to validation, which
+    reports them as it always has."""
+    if not text or len(text) > FORMULA_TEXT_MAX:
+        return None
+    try:
+        read_as_number = Decimal(text.strip()).is_finite()
+    except decimal.InvalidOperation:
+        read_as_number = False
+    if read_as_number:  # Decimal() reads it ("007", " 1", "1_000", other scripts' digits): a literal
+        return decimal_text_problem(text)
+    if text != text.strip():
+        return "begins or ends with whitespace: a decimal or a formula is written without it"
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+            return "has a unary '+': write the number or name without it"
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            literal = ast.get_source_segment(text, node)
+            if literal is not None and UNSIGNED_DECIMAL_GRAMMAR.fullmatch(literal) is None:
+                return f"{literal!r} is not a decimal: write {GRAMMAR_TEXT}"
+    return None
 
 
 def evaluate(text: str, parameters: Mapping[str, Decimal]) -> Decimal:

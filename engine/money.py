@@ -9,6 +9,7 @@ quantities that arrive as doubles are read through their shortest round-trip tex
 from __future__ import annotations
 
 import decimal
+import re
 from decimal import Decimal
 
 from engine.errors import InvalidArgument
@@ -23,9 +24,41 @@ DECIMAL_TEXT_MAX = 64
 MAGNITUDE_LIMIT = Decimal(10) ** 18
 PLACES_MAX = 18
 
+# The one grammar of a decimal a request carries (an amount, a price, a parameter, a number in a formula): JSON's
+# number. An optional '-', then ASCII digits without leading zeros, then optionally '.' and ASCII digits, then
+# optionally an exponent, 'e' or 'E' with an optional sign and ASCII digits: "0", "-1.5", "0.03", "12.50", "1E-7"
+# (as Java's BigDecimal.toString() and JavaScript write small values). No '+' before the number, spaces, '_'
+# separators, other scripts' digits, leading zeros, "1." or ".5", all of which Decimal() reads. Range and places
+# are checked on the value, after it is read (parse_decimal): "1e18" and "1e-19" are refused there. The server
+# holds new requests to the grammar where they enter (server/convert.py); the engine reads the texts it is given
+# as it always has (parse_decimal), because the journal and snapshots hold texts that earlier releases accepted
+# and replay must read them as they were read then. ([0-9], never \d, which matches any script's digits.)
+DECIMAL_GRAMMAR = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+# A number inside a formula: the grammar without the sign (a '-' there is the formula's minus).
+UNSIGNED_DECIMAL_GRAMMAR = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+GRAMMAR_TEXT = (
+    "an optional '-', ASCII digits without leading zeros, optionally '.' and digits, optionally 'e' or 'E', an"
+    " optional sign and digits (JSON's number: no leading '+', no spaces)"
+)
+
+
+def is_decimal_text(text: str) -> bool:
+    """Whether `text` is a decimal in the grammar of new requests (DECIMAL_GRAMMAR); says nothing of its range."""
+    return DECIMAL_GRAMMAR.fullmatch(text) is not None
+
+
+def decimal_text_problem(text: str) -> str | None:
+    """Why a decimal a new request carries is not in DECIMAL_GRAMMAR, or None when it is (or is empty: whether a
+    field may be empty, and the range, are parse_decimal's and the field's own rules)."""
+    if not text or is_decimal_text(text):
+        return None
+    return f"{text!r} is not a decimal: write {GRAMMAR_TEXT}"
+
 
 def parse_decimal(text: str, field: str, *, allow_negative: bool = False) -> Decimal:
-    """A finite decimal from its wire text; raises InvalidArgument naming `field`."""
+    """A finite decimal from its text; raises InvalidArgument naming `field`. Lenient as it always was (surrounding
+    spaces, '+', '_', exponents): it reads journaled and snapshotted texts too. New requests are held to
+    DECIMAL_GRAMMAR before they get here (server/convert.py)."""
     if not text or len(text) > DECIMAL_TEXT_MAX:
         raise InvalidArgument.field(field, f"must be a decimal string of 1 to {DECIMAL_TEXT_MAX} characters")
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 
 from engine import commands as cmd
@@ -13,9 +13,10 @@ from engine.contracts import Contract, Customer, OveragePolicy, Override
 from engine.control import check_id
 from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
+from engine.formula import price_text_problem
 from engine.instants import check_instant
 from engine.ledger import Grant, GrantKind
-from engine.money import format_decimal, format_picos
+from engine.money import decimal_text_problem, format_decimal, format_picos
 from engine.products import Aggregation, Product
 from engine.ratecard import (
     Cohort,
@@ -36,6 +37,30 @@ from engine.ratecard import Finding as EngineFinding
 # Proto enum fields take their value's name, which is what the engine's StrEnums hold.
 
 NANOS_PER_SECOND = 1_000_000_000
+
+# Decimals -----------------------------------------------------------------------------------------------------
+# New requests are held to the decimal grammar here, where they enter (engine/money.py DECIMAL_GRAMMAR); the
+# engine reads the texts it is given leniently, as earlier releases did, since it also replays journaled texts
+# they accepted (" 1", "+1", "1_000"...), which must read as they did then.
+
+
+def decimal_text(text: str, field: str) -> str:
+    """`text`, once it is in the decimal grammar (or empty: the field's own rules decide then); INVALID_ARGUMENT
+    naming `field` otherwise."""
+    problem = decimal_text_problem(text)
+    if problem is not None:
+        raise InvalidArgument.field(field, problem)
+    return text
+
+
+def price_text(text: str, field: str) -> str:
+    """A price field (a decimal or a formula, engine/formula.py price_text_problem) once its numbers are in the
+    decimal grammar; INVALID_ARGUMENT naming `field` otherwise."""
+    problem = price_text_problem(text)
+    if problem is not None:
+        raise InvalidArgument.field(field, problem)
+    return text
+
 
 # Times --------------------------------------------------------------------------------------------------------
 
@@ -72,6 +97,20 @@ def optional_filter_ms(message: object, field: str) -> int | None:
         return None
     timestamp = getattr(message, field)
     return _valid_ms(timestamp, field) + (1 if timestamp.nanos % 1_000_000 else 0)
+
+
+def duration_ms(duration: duration_pb2.Duration, field: str) -> int:
+    """A Duration a request names, in ms: INVALID_ARGUMENT naming `field` unless it is valid as
+    google/protobuf/duration.proto defines it (nanos from -999,999,999 to 999,999,999, and not of the other sign
+    than a nonzero seconds: seconds=1, nanos=-1,000,000 is not 999 ms) and a whole number of milliseconds."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if not -NANOS_PER_SECOND < nanos < NANOS_PER_SECOND:
+        raise InvalidArgument.field(field, f"nanos must be from -999,999,999 to 999,999,999, not {nanos}")
+    if (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        raise InvalidArgument.field(field, f"seconds ({seconds}) and nanos ({nanos}) must not have different signs")
+    if nanos % 1_000_000:
+        raise InvalidArgument.field(field, "must be a whole number of milliseconds")
+    return seconds * 1000 + nanos // 1_000_000
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:
@@ -147,19 +186,32 @@ def rate_card_pb(card: RateCard, now_ms: int) -> pricing_pb2.RateCard:
 
 def price_spec(rate: pricing_pb2.Rate, path: str) -> PriceSpec:
     kind = rate.WhichOneof("price")
+
+    def price(text: str, name: str) -> str:
+        return price_text(text, f"{path}.{kind}.{name}")
+
     match kind:
         case "unit":
-            return UnitPrice(rate.unit.price, rate.unit.per_units)
+            return UnitPrice(price(rate.unit.price, "price"), price(rate.unit.per_units, "per_units"))
         case "tiered":
             mode = _enum_name(pricing_pb2.TierMode, rate.tiered.mode)
             if mode is None:
                 raise InvalidArgument.field(f"{path}.tiered.mode", "is required: GRADUATED or VOLUME")
-            tiers = tuple(Tier(t.up_to, t.unit_price, t.flat_price) for t in rate.tiered.tiers)
-            return TieredPrice(TierMode(mode), tiers, rate.tiered.per_units)
+            tiers = tuple(
+                Tier(
+                    price(t.up_to, f"tiers[{i}].up_to"),
+                    price(t.unit_price, f"tiers[{i}].unit_price"),
+                    price(t.flat_price, f"tiers[{i}].flat_price"),
+                )
+                for i, t in enumerate(rate.tiered.tiers)
+            )
+            return TieredPrice(TierMode(mode), tiers, price(rate.tiered.per_units, "per_units"))
         case "package":
-            return PackagePrice(rate.package.package_size, rate.package.package_price)
+            return PackagePrice(
+                price(rate.package.package_size, "package_size"), price(rate.package.package_price, "package_price")
+            )
         case "flat":
-            return FlatPrice(rate.flat.price)
+            return FlatPrice(price(rate.flat.price, "price"))
     raise InvalidArgument.field(f"{path}.price", "set one of unit, tiered, package or flat")
 
 
@@ -198,7 +250,7 @@ def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, act
         actor,
         request.rate_card_id,
         request.based_on_version,
-        dict(request.set_parameters),
+        {name: decimal_text(text, f"set_parameters[{name}]") for name, text in request.set_parameters.items()},
         tuple(request.remove_parameters),
         tuple(rate(r, f"upsert_rates[{i}]") for i, r in enumerate(request.upsert_rates)),
         tuple(cmd.RemoveRate(k.product_id, dict(k.match)) for k in request.remove_rates),
@@ -271,8 +323,8 @@ def override(message: contracts_pb2.PriceOverride) -> Override:
         id=message.id,
         product_id=message.product_id,
         match=normalize_match(message.match),
-        multiplier=message.multiplier if adjustment == "multiplier" else None,
-        price=message.price if adjustment == "price" else None,
+        multiplier=decimal_text(message.multiplier, "override.multiplier") if adjustment == "multiplier" else None,
+        price=decimal_text(message.price, "override.price") if adjustment == "price" else None,
         starting_at_ms=starting_at_ms if starting_at_ms is not None else 0,
         ending_before_ms=optional_ms(message, "ending_before", "override.ending_before"),
     )
@@ -348,13 +400,13 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         g.customer_id,
         g.contract_id,
         GrantKind(kind_name) if kind_name else None,
-        g.amount,
-        g.paid_amount,
+        decimal_text(g.amount, "grant.amount"),
+        decimal_text(g.paid_amount, "grant.paid_amount"),
         g.priority,
         tuple(g.applicable_product_ids),
         optional_ms(g, "starts_at", "grant.starts_at"),
         optional_ms(g, "expires_at", "grant.expires_at"),
-        g.rollover_fraction,
+        decimal_text(g.rollover_fraction, "grant.rollover_fraction"),
     )
 
 

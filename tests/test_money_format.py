@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from decimal import Context, Decimal
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from engine.money import format_decimal, format_picos, format_scaled
+from engine.money import (
+    format_decimal,
+    format_picos,
+    format_scaled,
+    in_range,
+    parse_decimal,
+    picos_to_decimal,
+    to_picos,
+)
+from engine.tables import fixed
 from server.services.invoices import minor_text, quantity_text
 
 # Exact: the default context's 28 digits rounded longer values (format_scaled is exact at any length).
@@ -40,3 +49,24 @@ def test_canonical_text_has_no_exponent_and_no_trailing_zeros() -> None:
 def test_minor_text_shows_exactly_the_currency_places(amount_minor: int, places: int) -> None:
     assert minor_text(amount_minor, places) == f"{Decimal(amount_minor).scaleb(-places, WIDE):.{places}f}"
     assert minor_text(-5, 2) == "-0.05" and minor_text(1500, 0) == "1500" and minor_text(1230, 2) == "12.30"
+
+
+# Below 10^18 with 18 places is 36 digits: Decimal's default context keeps 28, and rounded such a price in the
+# kernel's tables (123456789012.123456789012345678 was held as ...012345700), and amounts of 30 digits in picos.
+long_prices = st.integers(min_value=1, max_value=10**36 - 1).map(lambda n: Decimal(n).scaleb(-18, WIDE))
+long_amounts = st.integers(min_value=-(10**30) + 1, max_value=10**30 - 1)
+
+
+@given(long_prices)
+@example(Decimal("123456789012.123456789012345678"))
+def test_a_price_of_any_length_in_range_is_held_exactly_in_the_tables(price: Decimal) -> None:
+    assert int(fixed(format_decimal(price), "price")) == price.scaleb(18, WIDE)
+    assert in_range(price) and parse_decimal(format_decimal(price), "price") == price
+
+
+@given(long_amounts)
+@example(10**30 - 1)
+def test_picos_of_any_length_in_range_convert_exactly(picos: int) -> None:
+    assert to_picos(picos_to_decimal(picos)) == picos
+    assert picos_to_decimal(picos) == Decimal(picos).scaleb(-12, WIDE)
+    assert parse_decimal(format_picos(picos), "amount", allow_negative=True) == Decimal(picos).scaleb(-12, WIDE)

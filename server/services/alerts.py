@@ -82,7 +82,7 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
             request.customer_id,
             all_customers,
             type_name,
-            request.threshold,
+            convert.decimal_text(request.threshold, "threshold"),
         )
         return alert_rule_pb(await self._apply(command, alerts.AlertRule))
 

@@ -155,10 +155,7 @@ class BalanceService(_Base):
     def _ttl_ms(self, request: balance_pb2.AuthorizeRequest) -> int:
         if not request.HasField("reservation_ttl"):
             return RESERVATION_TTL_DEFAULT_MS
-        ttl = request.reservation_ttl
-        if ttl.nanos % 1_000_000:
-            raise InvalidArgument.field("reservation_ttl", "must be a whole number of milliseconds")
-        ttl_ms = ttl.seconds * 1000 + ttl.nanos // 1_000_000
+        ttl_ms = convert.duration_ms(request.reservation_ttl, "reservation_ttl")
         if ttl_ms <= 0:
             raise InvalidArgument.field("reservation_ttl", "must be positive")
         if ttl_ms > self.reservation_ttl_max_ms:

@@ -69,7 +69,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             convert.optional_ms(request, "starting_at"),
             convert.optional_ms(request, "ending_before"),
             convert.overage_policy(request.overage_policy),
-            request.overage_price,
+            convert.decimal_text(request.overage_price, "overage_price"),
             request.currency,
         )
         contract = await self._apply(command, Contract)
@@ -122,9 +122,9 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             self.clock_ms(),
             actor_of(context),
             request.contract_id,
-            top_up.threshold if request.HasField("top_up") else "",
-            top_up.recharge_to if request.HasField("top_up") else "",
-            top_up.price_per_credit if request.HasField("top_up") else "",
+            convert.decimal_text(top_up.threshold, "top_up.threshold"),
+            convert.decimal_text(top_up.recharge_to, "top_up.recharge_to"),
+            convert.decimal_text(top_up.price_per_credit, "top_up.price_per_credit"),
             top_up.max_per_period if request.HasField("top_up") else 0,
         )
         contract = await self._apply(command, Contract)

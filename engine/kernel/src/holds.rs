@@ -116,6 +116,16 @@ fn prepare(request: &mut wire::AuthorizeRequest, index: usize, rules: &HoldRules
 /// The request's TTL in milliseconds (TTL_DEFAULT_MS when unset), or why it is refused.
 fn ttl_ms(request: &wire::AuthorizeRequest) -> Result<i64, String> {
     let Some(ttl) = &request.reservation_ttl else { return Ok(TTL_DEFAULT_MS) };
+    // Valid as google/protobuf/duration.proto defines it (server/convert.py duration_ms words it the same).
+    if !(-999_999_999..=999_999_999).contains(&ttl.nanos) {
+        return Err(format!("reservation_ttl: nanos must be from -999,999,999 to 999,999,999, not {}", ttl.nanos));
+    }
+    if (ttl.seconds > 0 && ttl.nanos < 0) || (ttl.seconds < 0 && ttl.nanos > 0) {
+        return Err(format!(
+            "reservation_ttl: seconds ({}) and nanos ({}) must not have different signs",
+            ttl.seconds, ttl.nanos
+        ));
+    }
     if ttl.nanos % 1_000_000 != 0 {
         return Err("reservation_ttl: must be a whole number of milliseconds".into());
     }
@@ -352,6 +362,9 @@ mod tests {
             ttl(hold("partial-ms", "h3"), 1, 500),
             ttl(hold("too-long", "h4"), 3_601, 0),
             ttl(hold("b", "h5"), 3_600, 0),
+            ttl(hold("mixed-signs", "m1"), 1, -1_000_000),
+            ttl(hold("mixed-signs-too", "m2"), -1, 999_000_000),
+            ttl(hold("a-second-of-nanos", "m3"), 0, 1_000_000_000),
         ];
         let (answers, held) = through(&mut kernel, requests);
         let messages: Vec<_> = answers.iter().map(|a| (a.reason.as_str(), a.message.as_str())).collect();
@@ -364,6 +377,12 @@ mod tests {
                 ("INVALID_REQUEST", "reservation_ttl: must be a whole number of milliseconds"),
                 ("INVALID_REQUEST", "reservation_ttl: must be at most 3600 s (the server's --reservation-ttl-max-s)"),
                 ("OK", ""),
+                ("INVALID_REQUEST", "reservation_ttl: seconds (1) and nanos (-1000000) must not have different signs"),
+                (
+                    "INVALID_REQUEST",
+                    "reservation_ttl: seconds (-1) and nanos (999000000) must not have different signs"
+                ),
+                ("INVALID_REQUEST", "reservation_ttl: nanos must be from -999,999,999 to 999,999,999, not 1000000000"),
             ]
         );
         assert_eq!(held.placed, 2);

@@ -372,8 +372,9 @@ type AuthorizeRequest struct {
 	// Authorize, AuthorizeStream and AuthorizeBatches alike.
 	Reserve bool `protobuf:"varint,6,opt,name=reserve,proto3" json:"reserve,omitempty"`
 	// How long the hold lasts: 60 s when unset; zero, negative, not whole
-	// milliseconds or beyond the server's maximum (--reservation-ttl-max-s,
-	// 3600 s by default) is INVALID_ARGUMENT.
+	// milliseconds, not a valid Duration (nanos outside -999,999,999 to
+	// 999,999,999, or of the other sign than seconds) or beyond the server's
+	// maximum (--reservation-ttl-max-s, 3600 s by default) is INVALID_ARGUMENT.
 	ReservationTtl *durationpb.Duration `protobuf:"bytes,7,opt,name=reservation_ttl,json=reservationTtl,proto3" json:"reservation_ttl,omitempty"`
 	// Client-chosen id for the reservation (optional; generated if empty).
 	// The same id with the same request answers again and holds once; with a

@@ -14,6 +14,16 @@
 // (start_time, end_time, period_start_from, period_start_before) may be any
 // valid Timestamp.
 //
+// Decimal strings (amounts, prices, parameters, multipliers, thresholds, here
+// and in pricing.proto and alerts.proto) are written as JSON writes a number:
+// an optional '-', ASCII digits without leading zeros, optionally '.' and
+// ASCII digits, then optionally 'e' or 'E', an optional sign and ASCII digits
+// ("0", "-1.5", "0.03", "12.50", "1e3", "1E-7"); at most 64 characters, and the
+// value below 10^18 with at most 18 decimal places ("1e-19" is refused, never
+// rounded). Anything else ("1_000", " 1", "+1", "1.", ".5", "1.e3", "007",
+// other scripts' digits) is INVALID_ARGUMENT naming the field. Amounts the
+// server writes follow the same grammar, without an exponent or trailing zeros.
+//
 // Every call that changes state is safe to retry: its id (or request_id) is
 // its idempotency key. The same key with the same request answers with what
 // the first call made, as it is now (a contract with its later grants, say),

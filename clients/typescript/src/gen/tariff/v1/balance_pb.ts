@@ -261,8 +261,9 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
 
   /**
    * How long the hold lasts: 60 s when unset; zero, negative, not whole
-   * milliseconds or beyond the server's maximum (--reservation-ttl-max-s,
-   * 3600 s by default) is INVALID_ARGUMENT.
+   * milliseconds, not a valid Duration (nanos outside -999,999,999 to
+   * 999,999,999, or of the other sign than seconds) or beyond the server's
+   * maximum (--reservation-ttl-max-s, 3600 s by default) is INVALID_ARGUMENT.
    *
    * @generated from field: google.protobuf.Duration reservation_ttl = 7;
    */
