@@ -75,8 +75,9 @@ def print_fields(fields: Sequence[tuple[str, Cell]], title: str | None = None) -
 
 
 def when(timestamp: Timestamp, present: bool = True) -> str:
-    """A Timestamp as `2026-12-01 00:00:00Z`; empty when unset."""
-    if not present or (timestamp.seconds == 0 and timestamp.nanos == 0):
+    """A Timestamp as `2026-12-01 00:00:00Z`; empty when the field is unset (`present`: the caller's HasField).
+    1970-01-01 00:00:00Z is a time like any other (a period may start then)."""
+    if not present:
         return ""
     from datetime import UTC
 
