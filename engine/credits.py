@@ -19,7 +19,7 @@ from engine._kernel import ReservationConflict, ReservationEnded, ReservationNot
 from engine.contracts import Contract
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Repeated
 from engine.ledger import Grant, GrantKind
-from engine.money import DECIMAL_CONTEXT, parse_decimal, picos_to_decimal
+from engine.money import DECIMAL_CONTEXT, parse_decimal
 
 if TYPE_CHECKING:
     from engine.billing import Billing
@@ -265,7 +265,3 @@ def rolled_out(billing: Billing, customer_id: str) -> dict[str, int]:
             assert rolled_from, f"ROLLOVER grant {grant_id!r} names the grant it rolled from"
             moved[rolled_from] = moved.get(rolled_from, 0) + amount
     return moved
-
-
-def format_credits(picos: int) -> str:
-    return str(picos_to_decimal(picos))

@@ -10,7 +10,7 @@ Two implementations with the same observable semantics:
 - `LmdbJournal`, the default: one LMDB environment (a directory) with three named databases,
   "records" (seq as 8-byte big-endian -> record), "snapshots" and "meta" (format version), and
   the newest snapshot in a file of its own beside them, `snapshot` (see `_SnapshotFile`). A store
-  written by an earlier release may hold its snapshot in "snapshots" instead (read, and deleted once
+  written by an earlier release may hold its snapshot in "snapshots" instead (read, and emptied once
   a newer one is saved) and a "transactions" database (a dedupe index), neither read nor written.
 - `MemoryJournal`, in RAM, for engine and server unit tests; `capacity_bytes` simulates a full
   map so the `JournalFull` path can be tested without a disk.
