@@ -8,6 +8,10 @@ metadata size exceeds hard limit" instead of INVALID_ARGUMENT, and none of the f
 quoted in a message did the same. The server now bounds both, for every call: the message to
 MESSAGE_BYTES_MAX bytes, the details to DETAILS_BYTES_MAX, keeping the first violations and a last one saying
 how many more there are (ValidateVersion still lists every finding of a version in its response).
+
+CreateAlert answered NOT_FOUND for a customer_id that is not an id at all; it is INVALID_ARGUMENT naming
+`customer_id` now, as for every id, and a well-formed unknown one stays NOT_FOUND. A threshold rule without a
+threshold said the threshold "must be a decimal string of 1 to 64 characters"; it says it is required.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from tariff.v1 import contracts_pb2, contracts_pb2_grpc, pricing_pb2, pricing_pb2_grpc
+from tariff.v1 import alerts_pb2, alerts_pb2_grpc, contracts_pb2, contracts_pb2_grpc, pricing_pb2, pricing_pb2_grpc
 
 from tests.serverproc import ServerFactory, ServerProcess
 
@@ -143,4 +147,36 @@ def test_a_refusal_quoting_a_long_value_keeps_its_code(server: ServerProcess, ch
         contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=""), timeout=10)
     status = refused(missing.value)
     assert [(v.field, v.description) for v in violations(status)] == [("id", status.message.removeprefix("id: "))]
+    assert server.running
+
+
+def test_create_alert_tells_a_malformed_customer_id_from_an_unknown_one(
+    server: ServerProcess, channel: grpc.Channel
+) -> None:
+    alerts = alerts_pb2_grpc.AlertServiceStub(channel)
+
+    def create(customer_id: str, alert_type: alerts_pb2.AlertType, threshold: str) -> grpc.RpcError:
+        request = alerts_pb2.CreateAlertRequest(customer_id=customer_id, type=alert_type, threshold=threshold)
+        with pytest.raises(grpc.RpcError) as refusal:
+            alerts.CreateAlert(request, timeout=10)
+        return refusal.value
+
+    malformed = create("not an id!", alerts_pb2.LOW_BALANCE, "10")
+    assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT, malformed
+    assert [v.field for v in violations(refused(malformed))] == ["customer_id"]
+    unknown = create("nobody", alerts_pb2.LOW_BALANCE, "10")
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND, unknown
+    assert unknown.details() == "customer 'nobody' does not exist"
+    for kind in (alerts_pb2.SPEND_THRESHOLD, alerts_pb2.LOW_BALANCE):
+        no_threshold = create("acme", kind, "")
+        assert no_threshold.code() == grpc.StatusCode.INVALID_ARGUMENT, no_threshold
+        name = alerts_pb2.AlertType.Name(kind)
+        described = [(v.field, v.description) for v in violations(refused(no_threshold))]
+        assert described == [("threshold", f"is required for {name}")], described
+    rules = alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest(), timeout=10).rules
+    assert list(rules) == []  # nothing was created
+    created = alerts.CreateAlert(
+        alerts_pb2.CreateAlertRequest(customer_id="acme", type=alerts_pb2.SPEND_THRESHOLD, threshold="5"), timeout=10
+    )
+    assert created.customer_id == "acme"  # the demo's customer: this server is the one answering
     assert server.running
