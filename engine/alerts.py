@@ -108,6 +108,8 @@ def parse_rule(
         raise InvalidArgument.field("type", f"must be one of {', '.join(AlertType)}, not {type_name!r}") from None
     threshold_picos = 0
     if kind in THRESHOLD_TYPES:
+        if not threshold:
+            raise InvalidArgument.field("threshold", f"is required for {kind}")
         value = parse_decimal(threshold, "threshold")  # refuses a negative one
         threshold_picos = to_picos(value)
         if threshold_picos != value.scaleb(12, context=DECIMAL_CONTEXT):  # exact, where `* 10**12` rounds at 28 digits

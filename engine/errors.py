@@ -16,12 +16,17 @@ class EngineError(Exception):
 
 
 class InvalidArgument(EngineError):
-    """A field is missing or malformed: `violations` lists (field path, why)."""
+    """A field is missing or malformed: `violations` lists (field path, why).
 
-    def __init__(self, violations: list[tuple[str, str]]) -> None:
+    The status sent holds the first violations only when they are many (server/errors.py bounds its size);
+    `listed_by` then names where a client reads them all (e.g. "ValidateVersion"), when somewhere does.
+    """
+
+    def __init__(self, violations: list[tuple[str, str]], *, listed_by: str = "") -> None:
         assert violations, "InvalidArgument needs at least one violation"
         super().__init__("; ".join(f"{field}: {why}" for field, why in violations))
         self.violations = violations
+        self.listed_by = listed_by
 
     @classmethod
     def field(cls, field: str, why: str) -> InvalidArgument:

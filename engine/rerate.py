@@ -282,7 +282,7 @@ def simulation_table(state: BillingState, rate_card_id: str, number: int, start_
         raise InvalidArgument.field("period_end", "must be after period_start")
     errors = [f for f in validate(version, state.products) if f.severity is Severity.ERROR]
     if errors:
-        raise InvalidArgument([(f"version.{f.path}", f.message) for f in errors])
+        raise InvalidArgument([(f"version.{f.path}", f.message) for f in errors], listed_by="ValidateVersion")
     return msgspec.msgpack.encode(_version_table(card, version.number, state))
 
 

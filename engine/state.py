@@ -119,7 +119,8 @@ class Engine(
     def _create_alert(self, c: cmd.CreateAlert) -> AlertRule:
         if c.id:
             check_id(c.id, "id")
-        if c.customer_id:
+        if c.customer_id and c.customer_id not in self.state.customers:
+            check_id(c.customer_id, "customer_id")  # not an id at all: INVALID_ARGUMENT, as for every id
             self.customer(c.customer_id)  # NotFound
         rule = parse_rule(c.id, c.customer_id, c.all_customers, c.alert_type, c.threshold, self.state.last_seq + 1)
         rules = self.state.alerts.rules

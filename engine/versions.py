@@ -120,7 +120,7 @@ class VersionCommands(ControlPlane):
         findings = validate(version, self.state.products)
         errors = [f for f in findings if f.severity is Severity.ERROR]
         if errors:
-            raise InvalidArgument([(f"version.{f.path}", f.message) for f in errors])
+            raise InvalidArgument([(f"version.{f.path}", f.message) for f in errors], listed_by="ValidateVersion")
         version.state = VersionState.PUBLISHED
         version.effective_from_ms = effective_from_ms
         version.published_at_ms = c.at_ms

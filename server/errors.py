@@ -24,6 +24,8 @@ from server import telemetry
 log = logging.getLogger("tariff.errors")
 
 __all__ = [
+    "DETAILS_BYTES_MAX",
+    "MESSAGE_BYTES_MAX",
     "DeadlineExceeded",
     "OutOfRange",
     "PermissionDenied",
@@ -32,6 +34,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "abort",
+    "bounded_message",
     "check_deadline",
     "streaming",
     "to_status",
@@ -99,26 +102,84 @@ _CODES: list[tuple[type[EngineError], grpc.StatusCode]] = [
 ]
 
 
-def to_status(exc: EngineError) -> grpc.Status:
-    code = next((code for kind, code in _CODES if isinstance(exc, kind)), grpc.StatusCode.FAILED_PRECONDITION)
-    details: list[any_pb2.Any] = []
-    if isinstance(exc, InvalidArgument):
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=field, description=why)
-                for field, why in exc.violations
-            ]
+# A refusal travels in trailers: the message in grpc-message (percent-encoded: a byte outside printable ASCII takes
+# three) and the google.rpc.Status, which repeats the message, in grpc-status-details-bin (base64: four bytes per
+# three). Bounded so, they stay under 7 KiB together, within the smallest default limit on received metadata
+# (8 KiB: Java's, and C-core's soft limit, past which it fails some calls and all past 16 KiB): a refusal is
+# never turned into RESOURCE_EXHAUSTED by the client. README "What the server does today" documents both.
+MESSAGE_BYTES_MAX = 512
+DETAILS_BYTES_MAX = 4096
+# One violation's field path and description, so that one quoting a long value leaves room for the others.
+_FIELD_BYTES_MAX = 256
+_DESCRIPTION_BYTES_MAX = 768
+
+
+def _cut(text: str, limit: int, tail: str = " …") -> str:
+    """`text` when its UTF-8 is at most `limit` bytes; else its start, at a character boundary, and `tail`."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - len(tail.encode())].decode(errors="ignore") + tail
+
+
+def bounded_message(exc: EngineError) -> str:
+    """The status message: the error's, cut to MESSAGE_BYTES_MAX bytes (saying how many violations there are)."""
+    if isinstance(exc, InvalidArgument) and len(exc.violations) > 1:
+        listed_by = f"; {exc.listed_by} lists them all" if exc.listed_by else ""
+        return _cut(exc.message, MESSAGE_BYTES_MAX, f" … ({len(exc.violations)} violations in all{listed_by})")
+    return _cut(exc.message, MESSAGE_BYTES_MAX)
+
+
+def _more(count: int, listed_by: str) -> error_details_pb2.BadRequest.FieldViolation:
+    where = f"; {listed_by} lists them all" if listed_by else ""
+    return error_details_pb2.BadRequest.FieldViolation(
+        field="", description=f"and {count} more violations, not listed here (the status is kept small){where}"
+    )
+
+
+def _bad_request(exc: InvalidArgument, budget: int) -> error_details_pb2.BadRequest:
+    """The first violations that fit in `budget` bytes and, when some do not, a last one (field "") counting them."""
+    every = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=_cut(field, _FIELD_BYTES_MAX), description=_cut(why, _DESCRIPTION_BYTES_MAX)
         )
-        packed = any_pb2.Any()
-        packed.Pack(bad_request)
-        details.append(packed)
+        for field, why in exc.violations
+    ]
+    reserve = error_details_pb2.BadRequest(field_violations=[_more(len(every), exc.listed_by)]).ByteSize()
+    listed: list[error_details_pb2.BadRequest.FieldViolation] = []
+    used = 0
+    for violation in every:
+        size = error_details_pb2.BadRequest(field_violations=[violation]).ByteSize()
+        if used + size > budget - (0 if len(listed) + 1 == len(every) else reserve):
+            break
+        listed.append(violation)
+        used += size
+    if len(listed) < len(every):
+        listed.append(_more(len(every) - len(listed), exc.listed_by))
+    return error_details_pb2.BadRequest(field_violations=listed)
+
+
+def _packed(detail: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+def to_status(exc: EngineError) -> grpc.Status:
+    """The status `exc` is answered with: message at most MESSAGE_BYTES_MAX bytes, the google.rpc.Status (message
+    and details) at most DETAILS_BYTES_MAX."""
+    code = next((code for kind, code in _CODES if isinstance(exc, kind)), grpc.StatusCode.FAILED_PRECONDITION)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=bounded_message(exc))
     if isinstance(exc, ResourceExhausted) and exc.retry_after_ms is not None:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(exc.retry_after_ms)
-        packed = any_pb2.Any()
-        packed.Pack(retry)
-        details.append(packed)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
+        status.details.append(_packed(retry))
+    if isinstance(exc, InvalidArgument):
+        # What the BadRequest adds besides its violations: the Any's type URL and the fields' tags and lengths.
+        overhead = status_pb2.Status(details=[_packed(error_details_pb2.BadRequest())]).ByteSize() + 8
+        bad_request = _bad_request(exc, DETAILS_BYTES_MAX - status.ByteSize() - overhead)
+        status.details.insert(0, _packed(bad_request))
+    assert status.ByteSize() <= DETAILS_BYTES_MAX, status.ByteSize()
     return rpc_status.to_status(status)
 
 

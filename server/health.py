@@ -14,6 +14,9 @@ from typing import Any, TypeAlias
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from engine.errors import NotFound
+from server.errors import bounded_message
+
 ServingStatus: TypeAlias = int  # a health_pb2.HealthCheckResponse.ServingStatus value
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -47,7 +50,8 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
         status = self._status.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            unknown = NotFound(f"unknown service {request.service!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, bounded_message(unknown))  # a long name is cut
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(

@@ -157,7 +157,9 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishVersion(self, request, context):
-        """Validates first; refuses with INVALID_ARGUMENT and the findings. Key:
+        """Validates first; refuses with INVALID_ARGUMENT and the findings (the
+        first of them when they are many: the status is kept small, see the top
+        of contracts.proto; ValidateVersion lists them all). Key:
         rate_card_id and version: publishing a published version again, with the
         same effective_from or none, answers as the first call did.
         """

@@ -107,7 +107,8 @@ type CreateAlertRequest struct {
 	Scope isCreateAlertRequest_Scope `protobuf_oneof:"scope"`
 	Type  AlertType                  `protobuf:"varint,3,opt,name=type,proto3,enum=tariff.v1.AlertType" json:"type,omitempty"`
 	// Decimal string in the pricing unit: required and > 0 for LOW_BALANCE and
-	// SPEND_THRESHOLD, exact at 12 decimal places; empty for the other types.
+	// SPEND_THRESHOLD (INVALID_ARGUMENT "is required for SPEND_THRESHOLD"
+	// when empty), exact at 12 decimal places; empty for the other types.
 	Threshold string `protobuf:"bytes,4,opt,name=threshold,proto3" json:"threshold,omitempty"`
 	// The rule's id (1-128 of A-Z a-z 0-9 . _ : @ -), the retry key. Empty:
 	// "alert-" and a hash of the scope, type and threshold.
@@ -197,6 +198,9 @@ type isCreateAlertRequest_Scope interface {
 }
 
 type CreateAlertRequest_CustomerId struct {
+	// An existing customer's id: one that breaks the id rule (top of
+	// contracts.proto) is INVALID_ARGUMENT naming customer_id, an unknown
+	// one NOT_FOUND.
 	CustomerId string `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3,oneof"`
 }
 

@@ -2690,7 +2690,7 @@ func (x *DiffVersionsResponse) GetRates() []*RateChange {
 // bucket priced by `version` over the cumulative quantity, as re-rating after
 // publishing `version` effective from that period's start would price it.
 // A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
-// findings otherwise); unknown card or version: NOT_FOUND; usage the version
+// findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
 // cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product): FAILED_PRECONDITION.
 // A period without usage gives no amounts and zero totals.
 type SimulateVersionRequest struct {

@@ -59,7 +59,9 @@ type PricingServiceClient interface {
 	// one, a retry may leave a second, unused draft; drafts price nothing).
 	CreateDraftVersion(ctx context.Context, in *CreateDraftVersionRequest, opts ...grpc.CallOption) (*RateCardVersion, error)
 	ValidateVersion(ctx context.Context, in *ValidateVersionRequest, opts ...grpc.CallOption) (*ValidationReport, error)
-	// Validates first; refuses with INVALID_ARGUMENT and the findings. Key:
+	// Validates first; refuses with INVALID_ARGUMENT and the findings (the
+	// first of them when they are many: the status is kept small, see the top
+	// of contracts.proto; ValidateVersion lists them all). Key:
 	// rate_card_id and version: publishing a published version again, with the
 	// same effective_from or none, answers as the first call did.
 	PublishVersion(ctx context.Context, in *PublishVersionRequest, opts ...grpc.CallOption) (*PublishVersionResponse, error)
@@ -248,7 +250,9 @@ type PricingServiceServer interface {
 	// one, a retry may leave a second, unused draft; drafts price nothing).
 	CreateDraftVersion(context.Context, *CreateDraftVersionRequest) (*RateCardVersion, error)
 	ValidateVersion(context.Context, *ValidateVersionRequest) (*ValidationReport, error)
-	// Validates first; refuses with INVALID_ARGUMENT and the findings. Key:
+	// Validates first; refuses with INVALID_ARGUMENT and the findings (the
+	// first of them when they are many: the status is kept small, see the top
+	// of contracts.proto; ValidateVersion lists them all). Key:
 	// rate_card_id and version: publishing a published version again, with the
 	// same effective_from or none, answers as the first call did.
 	PublishVersion(context.Context, *PublishVersionRequest) (*PublishVersionResponse, error)

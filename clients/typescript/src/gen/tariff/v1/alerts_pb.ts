@@ -26,6 +26,10 @@ export type CreateAlertRequest = Message<"tariff.v1.CreateAlertRequest"> & {
    */
   scope: {
     /**
+     * An existing customer's id: one that breaks the id rule (top of
+     * contracts.proto) is INVALID_ARGUMENT naming customer_id, an unknown
+     * one NOT_FOUND.
+     *
      * @generated from field: string customer_id = 1;
      */
     value: string;
@@ -45,7 +49,8 @@ export type CreateAlertRequest = Message<"tariff.v1.CreateAlertRequest"> & {
 
   /**
    * Decimal string in the pricing unit: required and > 0 for LOW_BALANCE and
-   * SPEND_THRESHOLD, exact at 12 decimal places; empty for the other types.
+   * SPEND_THRESHOLD (INVALID_ARGUMENT "is required for SPEND_THRESHOLD"
+   * when empty), exact at 12 decimal places; empty for the other types.
    *
    * @generated from field: string threshold = 4;
    */

@@ -24,6 +24,16 @@
 // other scripts' digits) is INVALID_ARGUMENT naming the field. Amounts the
 // server writes follow the same grammar, without an exponent or trailing zeros.
 //
+// A refusal's status stays small, so that every client receives its code
+// (gRPC clients refuse trailers past 8 or 16 KiB): its message is at most 512
+// bytes (UTF-8), its details (the google.rpc.Status in
+// grpc-status-details-bin, message included) at most 4,096 bytes. An
+// INVALID_ARGUMENT whose violations do not all fit carries the first ones in
+// its google.rpc.BadRequest, then one last violation with an empty field
+// saying how many more there are (and, for a version's findings, that
+// ValidateVersion lists them all); its message ends "(N violations in all)".
+// A value quoted in a message or violation may be cut, ending with "…".
+//
 // Every call that changes state is safe to retry: its id (or request_id) is
 // its idempotency key. The same key with the same request answers with what
 // the first call made, as it is now (a contract with its later grants, say),

@@ -1260,7 +1260,7 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * bucket priced by `version` over the cumulative quantity, as re-rating after
  * publishing `version` effective from that period's start would price it.
  * A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
- * findings otherwise); unknown card or version: NOT_FOUND; usage the version
+ * findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
  * cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product): FAILED_PRECONDITION.
  * A period without usage gives no amounts and zero totals.
  *
@@ -1815,7 +1815,9 @@ export const PricingService: GenService<{
     output: typeof ValidationReportSchema;
   },
   /**
-   * Validates first; refuses with INVALID_ARGUMENT and the findings. Key:
+   * Validates first; refuses with INVALID_ARGUMENT and the findings (the
+   * first of them when they are many: the status is kept small, see the top
+   * of contracts.proto; ValidateVersion lists them all). Key:
    * rate_card_id and version: publishing a published version again, with the
    * same effective_from or none, answers as the first call did.
    *
