@@ -21,26 +21,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
 from server.admin.invoices import CSV_COLUMNS
 from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_audit_invoices_wire import ms, ts
 from tests.test_cli import table_rows, tariff
 
 CARD = "usd-card"
 EU, US = "calls;region=eu", "calls;region=us"
-
-
-def ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-def ts(at_ms: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(at_ms)
-    return stamp
 
 
 def calls(client: TariffClient, card: str, price: str) -> None:

@@ -30,24 +30,9 @@ from tariff.v1 import pricing_pb2
 from tests.demo_usage import demo_batch
 from tests.serverproc import HOST, REPO_ROOT, ServerFactory, free_port
 from tests.test_server_limits import Bidi
+from tests.test_server_startup import output_lines, run_serve
 
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
-
-
-def run_serve(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """`tariff serve ARGS` to completion (a server that refuses to start exits at once)."""
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def log_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +48,7 @@ def test_a_taken_metrics_port_refuses_in_one_line_with_status_2_and_writes_nothi
         result = run_serve(
             "--listen", f"{HOST}:{free_port()}", "--data-dir", str(data_dir), "--metrics-port", str(metrics_port)
         )
-    lines = log_lines(result)
+    lines = output_lines(result)
     assert result.returncode == 2, lines
     assert len(lines) == 1, lines
     assert lines[0].endswith(f"--metrics-port {metrics_port}: {HOST}:{metrics_port} is already in use"), lines
@@ -75,7 +60,7 @@ def test_a_metrics_port_outside_1_to_65535_is_a_usage_error(tmp_path: Path) -> N
         result = run_serve(
             "--listen", f"{HOST}:{free_port()}", "--data-dir", str(tmp_path / "d"), "--metrics-port", port
         )
-        assert result.returncode == 2, log_lines(result)
+        assert result.returncode == 2, output_lines(result)
         assert "--metrics-port" in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "d").exists()
 
@@ -98,7 +83,7 @@ def test_a_limit_a_server_could_not_serve_by_is_a_usage_error(tmp_path: Path, op
     result = run_serve(
         "--listen", f"{HOST}:{free_port()}", "--data-dir", str(tmp_path / "d"), option, value, timeout_s=20
     )
-    assert result.returncode == 2, log_lines(result)
+    assert result.returncode == 2, output_lines(result)
     assert f"Invalid value for '{option}'" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "d").exists()
 
@@ -108,7 +93,7 @@ def test_a_listen_address_without_a_port_from_0_to_65535_is_refused(tmp_path: Pa
     """gRPC would bind 127.0.0.1:99999 as port 34463 (99999 - 65536) and a bare host as port 443, while the log and
     the banner said the address given: the server must refuse it instead."""
     result = run_serve("--listen", listen, "--data-dir", str(tmp_path / "data"), timeout_s=20)
-    lines = log_lines(result)
+    lines = output_lines(result)
     assert result.returncode == 2, lines
     assert len(lines) == 1, lines
     assert lines[0].endswith(f"cannot listen on {listen}: give host:port, the port from 0 (any free port) to 65535")
@@ -151,7 +136,7 @@ def test_tls_files_grpc_cannot_use_are_named_in_the_refusal(tmp_path: Path, tls_
     args = [str(tmp_path / a) if a.endswith(".pem") else a for a in tls_args]
     listen = f"{HOST}:{free_port()}"
     result = run_serve("--listen", listen, "--data-dir", str(tmp_path / "data"), *args)
-    lines = log_lines(result)
+    lines = output_lines(result)
     assert result.returncode == 2, lines
     assert len(lines) == 1, lines
     assert f"cannot listen on {listen} with TLS" in lines[0], lines

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -29,28 +28,19 @@ import msgspec
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from tariff import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
-from server.journal import _RECORDS_DB, LmdbJournal, _seq_key
+from server.journal import _RECORDS_DB, _seq_key
 from server.sequencer import decode_record, encode_record
 from tests.demo_usage import ACME, demo_batch
 from tests.serverproc import ServerFactory, ServerProcess, ServerStartError
+from tests.test_audit_invoices_wire import ms, ts
+from tests.test_crash import peek_journal
 
 CARD = "rel-credits"
 CUSTOMER = "rel"
 HOUR_MS = 3_600_000
-
-
-def ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-def ts(at_ms: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(at_ms)
-    return stamp
 
 
 JAN_2025 = ms("2025-01-01T00:00:00")
@@ -436,7 +426,7 @@ def test_every_state_changing_call_retried_also_after_kill_9_and_a_clean_stop_ch
     with server.client() as client:
         answers_again_and_changes_nothing(client, steps, firsts)
     assert server.terminate() == 0  # and from the snapshot a clean stop writes
-    assert journal_ends(server)[0] == journal_ends(server)[1], "the restart restores the snapshot alone"
+    assert peek_journal(server)[0] == peek_journal(server)[1], "the restart restores the snapshot alone"
     started_again(server)
     with server.client() as client:
         answers_again_and_changes_nothing(client, steps, firsts)
@@ -444,17 +434,6 @@ def test_every_state_changing_call_retried_also_after_kill_9_and_a_clean_stop_ch
 
 # ---------------------------------------------------------------------------------------------
 # Recovery checks each replayed batch against the digest journaled with it
-
-
-def journal_ends(server: ServerProcess) -> tuple[int, int]:
-    """(seq of the newest snapshot, last journal seq), read while the server is down."""
-    assert not server.running
-    journal = LmdbJournal(server.data_dir / "journal", map_size_bytes=1 << 20)
-    try:
-        snapshot = journal.load_snapshot()
-        return (snapshot[0] if snapshot else 0), journal.last_seq()
-    finally:
-        journal.close()
 
 
 def rewrite_digest(journal_dir: Path, seq: int) -> None:
@@ -484,7 +463,7 @@ def test_a_batch_that_replays_to_another_digest_stops_the_start_naming_its_recor
         assert ack.accepted == 3
         seq = ack.journal_seq
     server.kill9()  # no final snapshot: the batch is replayed at the next start
-    ends = journal_ends(server)
+    ends = peek_journal(server)
     assert ends[0] < seq == ends[1], f"the batch is the last record and after the newest snapshot: {ends}"
     rewrite_digest(server.data_dir / "journal", seq)
     before = (server.data_dir / "journal" / "data.mdb").read_bytes()
@@ -493,7 +472,7 @@ def test_a_batch_that_replays_to_another_digest_stops_the_start_naming_its_recor
     assert server.returncode == 2
     said = [line for line in server.log_tail(200).splitlines() if "rating changed between releases" in line]
     assert len(said) == 1 and f"journal record {seq}:" in said[0], server.log_tail()
-    assert journal_ends(server) == ends, "nothing written: no record, no snapshot"
+    assert peek_journal(server) == ends, "nothing written: no record, no snapshot"
     assert (server.data_dir / "journal" / "data.mdb").read_bytes() == before
 
 
@@ -557,7 +536,7 @@ def test_a_full_map_refuses_an_admin_change_whole_keeps_serving_and_a_bigger_map
         assert [c.id for c in listed] == [c.id for c in created], "reads still answer; the refused change is absent"
         assert server.running
     server.kill9()
-    assert journal_ends(server)[1] == len(created), "one record per acknowledged change, none for the refused one"
+    assert peek_journal(server)[1] == len(created), "one record per acknowledged change, none for the refused one"
     server.extra_args = ("--map-size-mb", "64")
     started_again(server)
     with server.client() as client:

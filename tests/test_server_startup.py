@@ -20,7 +20,7 @@ from tests.demo_usage import demo_batch
 from tests.serverproc import HOST, REPO_ROOT, ServerFactory, ServerProcess, wait_for
 
 
-def run_serve(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run_serve(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
     """`tariff serve ARGS` to completion (a server that refuses to start exits at once)."""
     return subprocess.run(
         [sys.executable, "-m", "server.cli", "serve", *args],
