@@ -316,37 +316,12 @@ async def _serve_locked(
     recovered: list[Billing],
 ) -> int:
     """Recovers, seeds the demo, serves until a signal, shuts down: with the port bound and the data dir locked."""
-    if keyring is not None and not tls and not is_loopback(config.listen):
-        log.warning(
-            "WARNING: serving %s with API keys but WITHOUT TLS: keys and billing data cross the network in clear "
-            "text; use --tls-cert/--tls-key",
-            config.listen,
-        )
     if keyring is not None:
-        log.info("API keys: %d loaded from %s", len(keyring), config.api_keys)
-    try:
-        journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
-    except JournalFormatError as exc:
-        log.error("%s", exc)
-        await server.stop(None)
+        _log_keys(config, keyring, tls)
+    opened = await _recover(config, server)
+    if opened is None:
         return 2
-    explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
-    try:
-        billing = recover(
-            journal,
-            future_skew_ms=config.future_skew_ms,
-            progress_every_s=RECOVERY_PROGRESS_EVERY_S,
-            explain_index=explain_index,
-        )
-    except RatingChanged as exc:
-        log.error("%s", exc)
-        journal.close()
-        if explain_index is not None:
-            explain_index.close()
-        await server.stop(None)
-        return 2
-    # Recovery's transient buffers (records, the snapshot, the tables' encoding) are freed by now.
-    trim_heap()
+    journal, explain_index, billing = opened
     recovery_s = time.monotonic() - started
     recovered.append(billing)
     if config.close_grace_ms is not None:
@@ -366,40 +341,15 @@ async def _serve_locked(
     lower_background_threads()
     name_os_threads()
     shorten_slices()
-    if config.demo and billing.last_seq == 0:
-        for command in demo_commands(wall_ms()):
-            await sequencer.run(command)
-        log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
-    watch = _add_services(server, billing, sequencer, config)
-    health_servicer = HealthService()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    await server.start()
-    for name in ["", *SERVICE_NAMES]:
-        health_servicer.set(name, SERVING)
-    oplog.line(
-        "serving",
-        version=tariff_version(),
-        listen=config.listen,
-        data_dir=config.data_dir,
-        journal_seq=billing.last_seq,
-        customers=len(billing.engine.state.customers),
-        recovery_s=round(recovery_s, 2),
-    )
-    print(_banner(config, billing.last_seq), flush=True)
+    health_servicer, watch = await _start_serving(config, server, billing, sequencer, recovery_s)
     oplog.activity.report(lambda: 0)  # the first interval starts now
     stalls = StallSampler(config.loop_stall_sample_s) if config.loop_stall_sample_s > 0 else None
     sampler = asyncio.create_task(stalls.run()) if stalls is not None else None
     reporter = asyncio.create_task(report_activity(config.activity_every_s, lambda: journal.stats().used_bytes, stalls))
-    grace_ms = config.close_grace_ms
-    closer = (
-        asyncio.create_task(close_due_periods(billing, sequencer, grace_ms, wall_ms)) if grace_ms is not None else None
-    )
-    clock = asyncio.create_task(drive_clock(billing, sequencer))  # reservation and grant expiry, journaled
+    drivers = _start_drivers(config, billing, sequencer)
     await _until_stopped(sequencer)
-    clock.cancel()
-    if closer is not None:
-        closer.cancel()
+    for driver in drivers:
+        driver.cancel()
 
     # Stop taking work, let in-flight calls finish (their batches commit and are acked), then close the journal.
     log.info("shutting down")
@@ -424,6 +374,83 @@ async def _serve_locked(
         clean=sequencer.failure is None,
     )
     return 1 if sequencer.failure is not None else 0
+
+
+def _log_keys(config: ServeConfig, keyring: Keyring, tls: bool) -> None:
+    if not tls and not is_loopback(config.listen):
+        log.warning(
+            "WARNING: serving %s with API keys but WITHOUT TLS: keys and billing data cross the network in clear "
+            "text; use --tls-cert/--tls-key",
+            config.listen,
+        )
+    log.info("API keys: %d loaded from %s", len(keyring), config.api_keys)
+
+
+def _start_drivers(config: ServeConfig, billing: Billing, sequencer: Sequencer) -> list[asyncio.Task[None]]:
+    """The tasks that submit commands on their own: the period closer (unless turned off) and the clock."""
+    drivers = [asyncio.create_task(drive_clock(billing, sequencer))]  # reservation and grant expiry, journaled
+    grace_ms = config.close_grace_ms
+    if grace_ms is not None:
+        drivers.append(asyncio.create_task(close_due_periods(billing, sequencer, grace_ms, wall_ms)))
+    return drivers
+
+
+async def _recover(
+    config: ServeConfig, server: grpc.aio.Server
+) -> tuple[LmdbJournal, ExplainIndex | None, Billing] | None:
+    """Opens the journal and recovers its state; None (logged, server stopped) when it cannot start."""
+    try:
+        journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
+    except JournalFormatError as exc:
+        log.error("%s", exc)
+        await server.stop(None)
+        return None
+    explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
+    try:
+        billing = recover(
+            journal,
+            future_skew_ms=config.future_skew_ms,
+            progress_every_s=RECOVERY_PROGRESS_EVERY_S,
+            explain_index=explain_index,
+        )
+    except RatingChanged as exc:
+        log.error("%s", exc)
+        journal.close()
+        if explain_index is not None:
+            explain_index.close()
+        await server.stop(None)
+        return None
+    # Recovery's transient buffers (records, the snapshot, the tables' encoding) are freed by now.
+    trim_heap()
+    return journal, explain_index, billing
+
+
+async def _start_serving(
+    config: ServeConfig, server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, recovery_s: float
+) -> tuple[HealthService, WatchHub]:
+    """Seeds the demo on an empty journal, adds the services, starts answering and says so."""
+    if config.demo and billing.last_seq == 0:
+        for command in demo_commands(wall_ms()):
+            await sequencer.run(command)
+        log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
+    watch = _add_services(server, billing, sequencer, config)
+    health_servicer = HealthService()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    await server.start()
+    for name in ["", *SERVICE_NAMES]:
+        health_servicer.set(name, SERVING)
+    oplog.line(
+        "serving",
+        version=tariff_version(),
+        listen=config.listen,
+        data_dir=config.data_dir,
+        journal_seq=billing.last_seq,
+        customers=len(billing.engine.state.customers),
+        recovery_s=round(recovery_s, 2),
+    )
+    print(_banner(config, billing.last_seq), flush=True)
+    return health_servicer, watch
 
 
 async def _until_stopped(sequencer: Sequencer) -> None:
