@@ -561,28 +561,32 @@ class Sequencer:
                     if self._closing and self._queue.empty():
                         return
         except BaseException as exc:  # a broken invariant: stop before anything else commits
-            self.failure = exc
-            log.critical("the writer stopped: %r", exc, exc_info=exc)
-            stopped = Unavailable("the writer stopped; nothing more was committed")
-            for group in (in_flight, prepared):
-                if group is not None:
-                    # A commit already started may still land; its callers are told it did not, which is safe
-                    # (a resend with the same ids is answered as duplicates after the restart).
-                    group.fail(stopped)
-            if self._held is not None and not self._held.submission.future.done():
-                self._held.submission.future.set_exception(stopped)  # a retry of the publish is answered as done
-            if self._planning is not None and not self._planning.future.done():
-                self._planning.future.set_exception(stopped)  # not applied: a retry publishes
-            while not self._queue.empty():
-                taken.append(self._queue.get_nowait())
-            taken += self._deferred  # queued behind a publish, applied nowhere
-            self._deferred.clear()
-            for submission in taken:
-                if not submission.future.done():
-                    submission.future.set_exception(stopped)
+            self._stop_on(exc, (in_flight, prepared), taken)
             raise
         finally:
             self.stopped.set()
+
+    def _stop_on(self, exc: BaseException, groups: tuple[_Group | None, ...], taken: list[_Submission]) -> None:
+        """The writer stops at a broken invariant: every caller still waiting is told nothing more was committed."""
+        self.failure = exc
+        log.critical("the writer stopped: %r", exc, exc_info=exc)
+        stopped = Unavailable("the writer stopped; nothing more was committed")
+        for group in groups:
+            if group is not None:
+                # A commit already started may still land; its callers are told it did not, which is safe
+                # (a resend with the same ids is answered as duplicates after the restart).
+                group.fail(stopped)
+        if self._held is not None and not self._held.submission.future.done():
+            self._held.submission.future.set_exception(stopped)  # a retry of the publish is answered as done
+        if self._planning is not None and not self._planning.future.done():
+            self._planning.future.set_exception(stopped)  # not applied: a retry publishes
+        while not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        taken += self._deferred  # queued behind a publish, applied nowhere
+        self._deferred.clear()
+        for submission in taken:
+            if not submission.future.done():
+                submission.future.set_exception(stopped)
 
     async def _work_arrived_during(self, in_flight: _Group) -> bool:
         """Waits for the commit in flight or for new work, whichever comes first; True if work came first."""
