@@ -120,6 +120,12 @@ def _evaluate(node: ast.expr, source: str, parameters: Mapping[str, Decimal], de
                 places = int(values[1]) if len(values) == 2 else 0
                 if len(values) == 2 and values[1] != places:
                     raise FormulaError("round() takes a whole number of places")
-                return values[0].quantize(Decimal(1).scaleb(-places), rounding=decimal.ROUND_HALF_EVEN, context=ctx)
+                try:
+                    return values[0].quantize(Decimal(1).scaleb(-places), rounding=decimal.ROUND_HALF_EVEN, context=ctx)
+                except decimal.InvalidOperation:
+                    # The result would need more digits than the context carries: say which call, not "overflows".
+                    raise FormulaError(
+                        f"round() to {places} places is beyond the {ctx.prec} significant digits a formula carries"
+                    ) from None
             raise FormulaError(f"unknown function or wrong arguments: {function}()")
     raise FormulaError(f"{ast.get_source_segment(source, node)!r} is not allowed in a formula")

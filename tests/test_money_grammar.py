@@ -154,3 +154,10 @@ def test_a_number_in_a_formula_follows_the_same_grammar(text: str) -> None:
             # whitespace around the whole price.
             assert not any(c in text for c in "_\u0661\uff11") and not text.startswith("+")
             assert formula == formula.strip()
+
+
+@pytest.mark.parametrize("text", ["round(1, 100)", "round(2.5, 1000000000000)"])
+def test_round_past_the_formula_precision_says_so(text: str) -> None:
+    # These were refused as "divides by zero or overflows", which names neither round() nor its places.
+    with pytest.raises(FormulaError, match=r"round\(\) to \d+ places is beyond the 60 significant digits"):
+        evaluate(text, {})
