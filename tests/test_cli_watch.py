@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 
 from tests.serverproc import REPO_ROOT, ServerProcess
@@ -91,3 +92,33 @@ def test_watch_balance_prints_the_balance_then_the_next_one(demo_server: ServerP
         watching.wait()
     line = tariff(demo_server, "watch", "balance", "acme", "--count", "1").stdout
     assert line.startswith("seq ") and "remaining 49995 credits" in line and "period charges 5" in line
+
+
+def _interrupted(demo_server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs a watch command until it prints its first line, then sends it SIGINT, as Ctrl-C does."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    environment |= {"TARIFF_SERVER": demo_server.target, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    watching = subprocess.Popen(
+        [str(TARIFF), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=REPO_ROOT
+    )
+    try:
+        assert watching.stdout is not None
+        first = watching.stdout.readline()
+        watching.send_signal(signal.SIGINT)
+        stdout, stderr = watching.communicate(timeout=30)
+        return subprocess.CompletedProcess(watching.args, watching.returncode, first + stdout, stderr)
+    finally:
+        watching.kill()
+        watching.wait()
+
+
+def test_ctrl_c_ends_a_watch_quietly_with_status_0(demo_server: ServerProcess) -> None:
+    # Interrupting is how a watch without --count ends (its help says so): not a failure, and no "Aborted!".
+    balance = _interrupted(demo_server, "watch", "balance", "acme")
+    assert (balance.returncode, balance.stderr) == (0, ""), balance
+    assert balance.stdout.startswith("seq ") and "remaining 50000 credits" in balance.stdout
+    tariff(demo_server, "alerts", "create", "--customer", "acme", "--type", "LOW_BALANCE", "--threshold", "49999")
+    tariff(demo_server, "usage", "send", stdin=usage_lines("cli-interrupt", 1))
+    alerts = _interrupted(demo_server, "alerts", "watch")
+    assert (alerts.returncode, alerts.stderr) == (0, ""), alerts
+    assert "LOW_BALANCE  acme" in alerts.stdout

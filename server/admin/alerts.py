@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from server.admin.output import JOURNAL_SEQ, message_dict, pairs, print_json, print_table, when
-from server.admin.remote import Remote, remote_command
+from server.admin.remote import Remote, remote_command, until_interrupted
 
 if TYPE_CHECKING:
     from tariff import TariffClient
@@ -93,6 +93,7 @@ def alert_line(alert: alerts_pb2.Alert) -> str:
 @click.option("--after", "after_seq", type=JOURNAL_SEQ, default=0, show_default=True, help="alerts after this seq")
 @click.option("--count", type=click.IntRange(1), help="stop after this many alerts  [default: never]")
 @remote_command
+@until_interrupted
 def watch_alerts(remote: Remote, after_seq: int, count: int | None) -> None:
     """Every alert after --after (0: the oldest kept), then each new one as it is committed. Pass the last seq
     printed as --after to resume without missing or repeating one. With --json, one JSON object a line."""

@@ -75,6 +75,19 @@ def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
     sys.exit(status)
 
 
+def until_interrupted(command: Callable[..., None]) -> Callable[..., None]:
+    """For a command that follows a stream until Ctrl-C: the interrupt is how it ends, so status 0 and no "Aborted!"."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            return
+
+    return run
+
+
 def remote_command(command: Callable[..., None]) -> Callable[..., None]:
     """Adds the connection options to a command; a failed call exits 1 with the server's code and message."""
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from server.admin.output import message_dict
-from server.admin.remote import Remote, remote_command
+from server.admin.remote import Remote, remote_command, until_interrupted
 
 if TYPE_CHECKING:
     from tariff.v1 import balance_pb2
@@ -32,6 +32,7 @@ def balance_line(balance: balance_pb2.Balance) -> str:
 @click.argument("customer_id")
 @click.option("--count", type=click.IntRange(1), help="stop after this many balances  [default: never]")
 @remote_command
+@until_interrupted
 def watch_balance(remote: Remote, customer_id: str, count: int | None) -> None:
     """The balance now, then the newest one after each committed change that touches the customer (several
     changes in quick succession may show as one). One line each; with --json, one JSON object a line."""
