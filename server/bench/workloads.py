@@ -325,12 +325,7 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
         except Exception as e:  # a telemetry failure must not cost the other workloads
             telemetry_result.status, telemetry_result.reason = "failed", str(e)
     tariff = bench.main_server(also_seed=telemetry)
-    ledger = PostgresLedger(bench.directory("postgres")) if config.postgres else None
-    postgres_reason = "" if ledger is not None else "skipped (--no-postgres)"
-    if ledger is not None:
-        postgres_reason = ledger.start(config.customers)
-        if postgres_reason:
-            ledger = None
+    ledger, postgres_reason = _start_ledger(bench)
 
     targets: dict[str, ServedProcess] = {"noop": noop, "read": read, "journal": journal, "tariff": tariff}
     if telemetry is not None:
@@ -339,6 +334,81 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
         bench.ingest(server, WARMUP_BATCHES)
     if ledger is not None:
         ledger.run(WARMUP_BATCHES, config.batch_events, bench.tag("pg"), config.customers)
+    measured, postgres_events_s = _ingest_runs(bench, targets, ledger)
+    runs = measured["tariff"]
+    tariff_events_s = [r.events_s for r in runs]
+    bench.ingest_max_events_s = statistics.median(tariff_events_s)
+
+    references = _reference_figures(measured, postgres_events_s, postgres_reason)
+
+    result = WorkloadResult("ingest")
+    result.figures = _ingest_figures(runs, measured, postgres_events_s)
+    if not postgres_events_s:
+        result.notes.append(f"no PostgreSQL ratio: {postgres_reason}")
+    sent = sum(r.sent for r in runs)
+    accepted = sum(r.accepted for r in runs)
+    result.details = {
+        "events_sent": sent,
+        "events_accepted": accepted,
+        "events_rejected": sum(r.rejected for r in runs),
+        "reject_samples": [s for r in runs for s in r.reject_samples][:5],
+        "batch_events": config.batch_events,
+        "customers": config.customers,
+        "batches_per_run": config.ingest_batches,
+        "generators": config.generators,
+        "streams_per_generator": config.streams,
+        "batches_in_flight_per_stream": config.batches_in_flight,
+        "products_per_event": len(PRODUCTS),
+        "seed_s": round(bench.seed_s, 1),
+    }
+    if accepted != sent:
+        result.notes.append(
+            f"accepted {accepted} of {sent} events sent; first rejections: {result.details['reject_samples']}"
+        )
+
+    if telemetry is not None:
+        telemetry_result.figures = _telemetry_figures(measured["telemetry"], tariff_events_s)
+    bench.telemetry_figures = telemetry_result
+    return [references, result]
+
+
+def _start_ledger(bench: Bench) -> tuple[PostgresLedger | None, str]:
+    """The PostgreSQL reference, started; or None and why it is not run."""
+    config = bench.config
+    ledger = PostgresLedger(bench.directory("postgres")) if config.postgres else None
+    postgres_reason = "" if ledger is not None else "skipped (--no-postgres)"
+    if ledger is not None:
+        postgres_reason = ledger.start(config.customers)
+        if postgres_reason:
+            ledger = None
+    return ledger, postgres_reason
+
+
+def _reference_figures(
+    measured: dict[str, list[IngestRun]], postgres_events_s: list[float], postgres_reason: str
+) -> WorkloadResult:
+    """The references' own rows: what each did with the same load in the same runs."""
+    references = WorkloadResult("references")
+    references.figures = [
+        Figure("no-op stream events/s", "ev/s", [r.events_s for r in measured["noop"]]),
+        Figure("no-op server CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["noop"]]),
+        Figure("read-every-field events/s", "ev/s", [r.events_s for r in measured["read"]]),
+        Figure("read-every-field CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["read"]]),
+        Figure("raw-bytes journal events/s (durable)", "ev/s", [r.events_s for r in measured["journal"]]),
+        Figure("raw-bytes journal CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["journal"]]),
+    ]
+    if postgres_events_s:
+        references.figures.append(Figure("PostgreSQL ledger events/s", "ev/s", postgres_events_s))
+    else:
+        references.notes.append(f"PostgreSQL reference not run: {postgres_reason}")
+    return references
+
+
+def _ingest_runs(
+    bench: Bench, targets: dict[str, ServedProcess], ledger: PostgresLedger | None
+) -> tuple[dict[str, list[IngestRun]], list[float]]:
+    """`--runs` ingest runs, each driving every target then the PostgreSQL ledger back to back."""
+    config = bench.config
     measured: dict[str, list[IngestRun]] = {name: [] for name in targets}
     postgres_events_s: list[float] = []
     try:
@@ -354,32 +424,20 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
     finally:
         if ledger is not None:
             ledger.stop()
+    return measured, postgres_events_s
 
-    runs = measured["tariff"]
+
+def _ingest_figures(
+    runs: list[IngestRun], measured: dict[str, list[IngestRun]], postgres_events_s: list[float]
+) -> list[Figure]:
+    """Tariff's ingest rows, each ratio taken pair by pair against the references' runs."""
     tariff_events_s = [r.events_s for r in runs]
     noop_events_s = [r.events_s for r in measured["noop"]]
     read_events_s = [r.events_s for r in measured["read"]]
     journal_events_s = [r.events_s for r in measured["journal"]]
-    bench.ingest_max_events_s = statistics.median(tariff_events_s)
-
-    references = WorkloadResult("references")
-    references.figures = [
-        Figure("no-op stream events/s", "ev/s", noop_events_s),
-        Figure("no-op server CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["noop"]]),
-        Figure("read-every-field events/s", "ev/s", read_events_s),
-        Figure("read-every-field CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["read"]]),
-        Figure("raw-bytes journal events/s (durable)", "ev/s", journal_events_s),
-        Figure("raw-bytes journal CPU per event", "µs", [r.server_cpu_us_per_event for r in measured["journal"]]),
-    ]
-    if postgres_events_s:
-        references.figures.append(Figure("PostgreSQL ledger events/s", "ev/s", postgres_events_s))
-    else:
-        references.notes.append(f"PostgreSQL reference not run: {postgres_reason}")
-
-    result = WorkloadResult("ingest")
     ratio_read = _ratios(tariff_events_s, read_events_s)
     ratio_journal = _ratios(tariff_events_s, journal_events_s)
-    result.figures = [
+    figures = [
         Figure(
             "events/s (durable)",
             "ev/s",
@@ -419,7 +477,7 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
     ]
     if postgres_events_s:
         ratio_pg = _ratios(tariff_events_s, postgres_events_s)
-        result.figures.append(
+        figures.append(
             Figure(
                 "events/s vs PostgreSQL",
                 "ev/s",
@@ -430,48 +488,25 @@ def ingest_workload(bench: Bench) -> list[WorkloadResult]:
                 statistics.median(ratio_pg) >= 5,
             )
         )
-    else:
-        result.notes.append(f"no PostgreSQL ratio: {postgres_reason}")
-    sent = sum(r.sent for r in runs)
-    accepted = sum(r.accepted for r in runs)
-    result.details = {
-        "events_sent": sent,
-        "events_accepted": accepted,
-        "events_rejected": sum(r.rejected for r in runs),
-        "reject_samples": [s for r in runs for s in r.reject_samples][:5],
-        "batch_events": config.batch_events,
-        "customers": config.customers,
-        "batches_per_run": config.ingest_batches,
-        "generators": config.generators,
-        "streams_per_generator": config.streams,
-        "batches_in_flight_per_stream": config.batches_in_flight,
-        "products_per_event": len(PRODUCTS),
-        "seed_s": round(bench.seed_s, 1),
-    }
-    if accepted != sent:
-        result.notes.append(
-            f"accepted {accepted} of {sent} events sent; first rejections: {result.details['reject_samples']}"
-        )
+    return figures
 
-    if telemetry is not None:
-        on = [r.events_s for r in measured["telemetry"]]
-        ratio_on = _ratios(on, tariff_events_s)
-        telemetry_result.figures = [
-            Figure(
-                "ingest events/s, --metrics-port on",
-                "ev/s",
-                on,
-                "telemetry off",
-                ratio_on,
-                "≥ 0.95 × off",
-                statistics.median(ratio_on) >= 0.95,
-            ),
-            Figure(
-                "server CPU per event, telemetry on", "µs", [r.server_cpu_us_per_event for r in measured["telemetry"]]
-            ),
-        ]
-    bench.telemetry_figures = telemetry_result
-    return [references, result]
+
+def _telemetry_figures(on_runs: list[IngestRun], tariff_events_s: list[float]) -> list[Figure]:
+    """Ingest with --metrics-port on, against the same runs with telemetry off."""
+    on = [r.events_s for r in on_runs]
+    ratio_on = _ratios(on, tariff_events_s)
+    return [
+        Figure(
+            "ingest events/s, --metrics-port on",
+            "ev/s",
+            on,
+            "telemetry off",
+            ratio_on,
+            "≥ 0.95 × off",
+            statistics.median(ratio_on) >= 0.95,
+        ),
+        Figure("server CPU per event, telemetry on", "µs", [r.server_cpu_us_per_event for r in on_runs]),
+    ]
 
 
 def _memory_sample(bench: Bench) -> dict[str, float]:
@@ -660,165 +695,14 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
     tariff = bench.main_server()
     noop = bench.reference("noop")
     result = WorkloadResult("authorize")
-
-    def unloaded() -> list[Figure]:
-        authorize, reference = LatencyRuns(), LatencyRuns()
-        for _ in range(config.runs):
-            reference.add(_unary(bench, noop, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
-            authorize.add(_unary(bench, tariff, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
-        figures = authorize.figures("Authorize unloaded")
-        ratio = _ratios(authorize.p99, reference.p99)
-        figures[2] = Figure(
-            "Authorize unloaded p99",
-            "ms",
-            authorize.p99,
-            "no-op unary p99",
-            ratio,
-            "≤ 1.5 × no-op p99",
-            statistics.median(ratio) <= 1.5,
-        )
-        figures.append(Figure("no-op unary p99", "ms", reference.p99))
-        return figures
-
-    def balance() -> list[Figure]:
-        runs = LatencyRuns()
-        for _ in range(config.runs):
-            runs.add(_unary(bench, tariff, loadgen.GET_BALANCE_METHOD, config.authorize_calls))
-        return runs.figures("GetBalance unloaded")
-
-    def loaded() -> list[Figure]:
-        max_events_s = bench.ingest_max_events_s
-        if max_events_s <= 0:
-            max_events_s = IngestRun.of(_ingest_probe(bench, tariff)).events_s
-        rate = max_events_s * config.ingest_fraction
-        runs, balance_runs, achieved = LatencyRuns(), LatencyRuns(), []
-        for _ in range(config.runs):
-            spec = bench.ingest_spec(tariff.target, 0, events_per_s=rate)
-            background = Background(loadgen.ingest_worker, spec)
-            background.start()
-            try:
-                runs.add(_unary(bench, tariff, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
-                balance_runs.add(_unary(bench, tariff, loadgen.GET_BALANCE_METHOD, config.authorize_calls))
-            finally:
-                load = background.stop()
-            if load.get("error"):
-                raise RuntimeError(f"background ingest failed: {load['error']}")
-            achieved.append(load["accepted"] / (load["ended"] - load["started"]))
-            bench.events_ingested += load["accepted"]
-        pct = int(config.ingest_fraction * 100)
-        return [
-            Figure(f"Authorize p50 under ingest at {pct}%", "ms", runs.p50),
-            Figure(
-                f"Authorize p99 under ingest at {pct}%",
-                "ms",
-                runs.p99,
-                target="≤ 5 ms",
-                met=statistics.median(runs.p99) <= 5,
-            ),
-            Figure(f"Authorize p99.9 under ingest at {pct}%", "ms", runs.p999),
-            Figure(f"GetBalance p50 under ingest at {pct}%", "ms", balance_runs.p50),
-            Figure(f"GetBalance p99 under ingest at {pct}%", "ms", balance_runs.p99),
-            Figure(f"ingest achieved (asked {rate:,.0f} ev/s)", "ev/s", achieved),
-        ]
-
-    def stream_rates(rpc: str, batch_requests: int, decisions: int) -> tuple[list[float], list[float]]:
-        tariff_rates: list[float] = []
-        reference_rates: list[float] = []
-        for _ in range(config.runs):
-            for server, rates in ((noop, reference_rates), (tariff, tariff_rates)):
-                spec = loadgen.StreamSpec(
-                    target=server.target,
-                    customers=config.customers,
-                    decisions=decisions,
-                    in_flight=max(256 // batch_requests, 4),
-                    seconds_max=config.measure_seconds_max,
-                    batch_requests=batch_requests,
-                )
-                driven = drive(loadgen.stream_worker, [spec], server)
-                error = driven.error
-                if error is not None:
-                    if error[0] == "UNIMPLEMENTED":
-                        raise NotAvailable(f"{rpc} answers UNIMPLEMENTED: {error[1]}")
-                    raise RuntimeError(f"{rpc} failed: {error[0]}: {error[1]}")
-                rates.append(driven.results[0]["decisions"] / driven.elapsed_s)
-        return tariff_rates, reference_rates
-
-    def stream() -> list[Figure]:
-        tariff_rates, reference_rates = stream_rates("AuthorizeStream", 1, config.stream_decisions)
-        return [
-            Figure(
-                "AuthorizeStream decisions/s",
-                "dec/s",
-                tariff_rates,
-                "no-op stream",
-                _ratios(tariff_rates, reference_rates),
-            )
-        ]
-
-    def batched() -> list[Figure]:
-        decisions = config.stream_decisions * AUTHORIZE_BATCH_DECISIONS_FACTOR
-        figures = []
-        for batch_requests in (AUTHORIZE_BATCH_REQUESTS, AUTHORIZE_BATCH_REQUESTS_AT_TARGET):
-            tariff_rates, reference_rates = stream_rates("AuthorizeBatches", batch_requests, decisions)
-            judged = batch_requests == AUTHORIZE_BATCH_REQUESTS_AT_TARGET
-            figures.append(
-                Figure(
-                    f"AuthorizeBatches decisions/s ({batch_requests} a message)",
-                    "dec/s",
-                    tariff_rates,
-                    "no-op batches",
-                    _ratios(tariff_rates, reference_rates),
-                    f"≥ {AUTHORIZE_BATCHES_TARGET_S:,} /s" if judged else "",
-                    statistics.median(tariff_rates) >= AUTHORIZE_BATCHES_TARGET_S if judged else None,
-                )
-            )
-        return figures
-
-    def reserving() -> list[Figure]:
-        runs = LatencyRuns()
-        for _ in range(config.runs):
-            runs.add(_reserving_unary(bench, tariff, config.authorize_calls))
-        return runs.figures("Authorize(reserve=true, journaled hold) unloaded")
-
-    def reserving_concurrently() -> list[Figure]:
-        callers = RESERVE_PROCESSES * RESERVE_CALLERS_PER_PROCESS
-        rates = [_reservations_s(bench, tariff, config.authorize_calls) for _ in range(config.runs)]
-        return [Figure(f"Authorize(reserve=true) journaled holds/s ({callers} callers)", "holds/s", rates)]
-
-    def reserving_batches() -> list[Figure]:
-        holds_s, runs = [], LatencyRuns()
-        for _ in range(config.runs):
-            spec = hold_load.HoldSpec(
-                target=tariff.target,
-                customers=config.customers,
-                decisions=config.stream_decisions,
-                in_flight=max(256 // AUTHORIZE_BATCH_REQUESTS, 4),
-                seconds_max=config.measure_seconds_max,
-                batch_requests=AUTHORIZE_BATCH_REQUESTS,
-                reservation_tag=bench.tag("bench-batch-hold"),
-            )
-            held = _settled_holds(drive(hold_load.hold_batches_worker, [spec], tariff))
-            holds_s.append(held.results[0]["decisions"] / held.elapsed_s)
-            runs.add(held.results[0]["latencies_s"])
-        label = f"AuthorizeBatches(reserve=true) message of {AUTHORIZE_BATCH_REQUESTS} holds"
-        return [
-            Figure(
-                f"AuthorizeBatches(reserve=true) journaled holds/s ({AUTHORIZE_BATCH_REQUESTS} a message)",
-                "holds/s",
-                holds_s,
-            ),
-            Figure(f"{label} p50", "ms", runs.p50),
-            Figure(f"{label} p99", "ms", runs.p99),
-        ]
-
-    _guarded("Authorize", unloaded, result)
-    _guarded("GetBalance", balance, result)
-    _guarded("Authorize under ingest", loaded, result)
-    _guarded("AuthorizeStream", stream, result)
-    _guarded("AuthorizeBatches", batched, result)
-    _guarded("Authorize(reserve=true)", reserving, result)
-    _guarded("Authorize(reserve=true) concurrent", reserving_concurrently, result)
-    _guarded("AuthorizeBatches(reserve=true)", reserving_batches, result)
+    _guarded("Authorize", lambda: _authorize_unloaded(bench, tariff, noop), result)
+    _guarded("GetBalance", lambda: _balance_unloaded(bench, tariff), result)
+    _guarded("Authorize under ingest", lambda: _authorize_under_ingest(bench, tariff), result)
+    _guarded("AuthorizeStream", lambda: _authorize_stream(bench, tariff, noop), result)
+    _guarded("AuthorizeBatches", lambda: _authorize_batches(bench, tariff, noop), result)
+    _guarded("Authorize(reserve=true)", lambda: _reserving(bench, tariff), result)
+    _guarded("Authorize(reserve=true) concurrent", lambda: _reserving_concurrently(bench, tariff), result)
+    _guarded("AuthorizeBatches(reserve=true)", lambda: _reserving_batches(bench, tariff), result)
     if any(f.metric.startswith("Authorize(reserve=true") for f in result.figures):
         result.notes.append(RESERVE_NOTE)
     if any(f.metric.startswith("AuthorizeBatches(reserve=true") for f in result.figures):
@@ -827,6 +711,182 @@ def authorize_workload(bench: Bench) -> WorkloadResult:
         result.status, result.reason = "not available", "; ".join(result.notes)
     result.details = {"calls_per_run": config.authorize_calls, "stream_decisions_per_run": config.stream_decisions}
     return result
+
+
+def _authorize_unloaded(bench: Bench, tariff: ServedProcess, noop: ServedProcess) -> list[Figure]:
+    """Authorize p50-p99.9 with one call in flight, against the no-op unary server."""
+    config = bench.config
+    authorize, reference = LatencyRuns(), LatencyRuns()
+    for _ in range(config.runs):
+        reference.add(_unary(bench, noop, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
+        authorize.add(_unary(bench, tariff, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
+    figures = authorize.figures("Authorize unloaded")
+    ratio = _ratios(authorize.p99, reference.p99)
+    figures[2] = Figure(
+        "Authorize unloaded p99",
+        "ms",
+        authorize.p99,
+        "no-op unary p99",
+        ratio,
+        "≤ 1.5 × no-op p99",
+        statistics.median(ratio) <= 1.5,
+    )
+    figures.append(Figure("no-op unary p99", "ms", reference.p99))
+    return figures
+
+
+def _balance_unloaded(bench: Bench, tariff: ServedProcess) -> list[Figure]:
+    """GetBalance p50-p99.9 with one call in flight."""
+    config = bench.config
+    runs = LatencyRuns()
+    for _ in range(config.runs):
+        runs.add(_unary(bench, tariff, loadgen.GET_BALANCE_METHOD, config.authorize_calls))
+    return runs.figures("GetBalance unloaded")
+
+
+def _authorize_under_ingest(bench: Bench, tariff: ServedProcess) -> list[Figure]:
+    """Authorize and GetBalance latency while ingest runs at the configured fraction of its maximum."""
+    config = bench.config
+    max_events_s = bench.ingest_max_events_s
+    if max_events_s <= 0:
+        max_events_s = IngestRun.of(_ingest_probe(bench, tariff)).events_s
+    rate = max_events_s * config.ingest_fraction
+    runs, balance_runs, achieved = LatencyRuns(), LatencyRuns(), []
+    for _ in range(config.runs):
+        spec = bench.ingest_spec(tariff.target, 0, events_per_s=rate)
+        background = Background(loadgen.ingest_worker, spec)
+        background.start()
+        try:
+            runs.add(_unary(bench, tariff, loadgen.AUTHORIZE_METHOD, config.authorize_calls))
+            balance_runs.add(_unary(bench, tariff, loadgen.GET_BALANCE_METHOD, config.authorize_calls))
+        finally:
+            load = background.stop()
+        if load.get("error"):
+            raise RuntimeError(f"background ingest failed: {load['error']}")
+        achieved.append(load["accepted"] / (load["ended"] - load["started"]))
+        bench.events_ingested += load["accepted"]
+    pct = int(config.ingest_fraction * 100)
+    return [
+        Figure(f"Authorize p50 under ingest at {pct}%", "ms", runs.p50),
+        Figure(
+            f"Authorize p99 under ingest at {pct}%",
+            "ms",
+            runs.p99,
+            target="≤ 5 ms",
+            met=statistics.median(runs.p99) <= 5,
+        ),
+        Figure(f"Authorize p99.9 under ingest at {pct}%", "ms", runs.p999),
+        Figure(f"GetBalance p50 under ingest at {pct}%", "ms", balance_runs.p50),
+        Figure(f"GetBalance p99 under ingest at {pct}%", "ms", balance_runs.p99),
+        Figure(f"ingest achieved (asked {rate:,.0f} ev/s)", "ev/s", achieved),
+    ]
+
+
+def _stream_rates(
+    bench: Bench, tariff: ServedProcess, noop: ServedProcess, rpc: str, batch_requests: int, decisions: int
+) -> tuple[list[float], list[float]]:
+    """Decisions/s on one stream, Tariff and the no-op server in turn, each run."""
+    config = bench.config
+    tariff_rates: list[float] = []
+    reference_rates: list[float] = []
+    for _ in range(config.runs):
+        for server, rates in ((noop, reference_rates), (tariff, tariff_rates)):
+            spec = loadgen.StreamSpec(
+                target=server.target,
+                customers=config.customers,
+                decisions=decisions,
+                in_flight=max(256 // batch_requests, 4),
+                seconds_max=config.measure_seconds_max,
+                batch_requests=batch_requests,
+            )
+            driven = drive(loadgen.stream_worker, [spec], server)
+            error = driven.error
+            if error is not None:
+                if error[0] == "UNIMPLEMENTED":
+                    raise NotAvailable(f"{rpc} answers UNIMPLEMENTED: {error[1]}")
+                raise RuntimeError(f"{rpc} failed: {error[0]}: {error[1]}")
+            rates.append(driven.results[0]["decisions"] / driven.elapsed_s)
+    return tariff_rates, reference_rates
+
+
+def _authorize_stream(bench: Bench, tariff: ServedProcess, noop: ServedProcess) -> list[Figure]:
+    config = bench.config
+    tariff_rates, reference_rates = _stream_rates(bench, tariff, noop, "AuthorizeStream", 1, config.stream_decisions)
+    return [
+        Figure(
+            "AuthorizeStream decisions/s",
+            "dec/s",
+            tariff_rates,
+            "no-op stream",
+            _ratios(tariff_rates, reference_rates),
+        )
+    ]
+
+
+def _authorize_batches(bench: Bench, tariff: ServedProcess, noop: ServedProcess) -> list[Figure]:
+    config = bench.config
+    decisions = config.stream_decisions * AUTHORIZE_BATCH_DECISIONS_FACTOR
+    figures = []
+    for batch_requests in (AUTHORIZE_BATCH_REQUESTS, AUTHORIZE_BATCH_REQUESTS_AT_TARGET):
+        tariff_rates, reference_rates = _stream_rates(
+            bench, tariff, noop, "AuthorizeBatches", batch_requests, decisions
+        )
+        judged = batch_requests == AUTHORIZE_BATCH_REQUESTS_AT_TARGET
+        figures.append(
+            Figure(
+                f"AuthorizeBatches decisions/s ({batch_requests} a message)",
+                "dec/s",
+                tariff_rates,
+                "no-op batches",
+                _ratios(tariff_rates, reference_rates),
+                f"≥ {AUTHORIZE_BATCHES_TARGET_S:,} /s" if judged else "",
+                statistics.median(tariff_rates) >= AUTHORIZE_BATCHES_TARGET_S if judged else None,
+            )
+        )
+    return figures
+
+
+def _reserving(bench: Bench, tariff: ServedProcess) -> list[Figure]:
+    config = bench.config
+    runs = LatencyRuns()
+    for _ in range(config.runs):
+        runs.add(_reserving_unary(bench, tariff, config.authorize_calls))
+    return runs.figures("Authorize(reserve=true, journaled hold) unloaded")
+
+
+def _reserving_concurrently(bench: Bench, tariff: ServedProcess) -> list[Figure]:
+    config = bench.config
+    callers = RESERVE_PROCESSES * RESERVE_CALLERS_PER_PROCESS
+    rates = [_reservations_s(bench, tariff, config.authorize_calls) for _ in range(config.runs)]
+    return [Figure(f"Authorize(reserve=true) journaled holds/s ({callers} callers)", "holds/s", rates)]
+
+
+def _reserving_batches(bench: Bench, tariff: ServedProcess) -> list[Figure]:
+    config = bench.config
+    holds_s, runs = [], LatencyRuns()
+    for _ in range(config.runs):
+        spec = hold_load.HoldSpec(
+            target=tariff.target,
+            customers=config.customers,
+            decisions=config.stream_decisions,
+            in_flight=max(256 // AUTHORIZE_BATCH_REQUESTS, 4),
+            seconds_max=config.measure_seconds_max,
+            batch_requests=AUTHORIZE_BATCH_REQUESTS,
+            reservation_tag=bench.tag("bench-batch-hold"),
+        )
+        held = _settled_holds(drive(hold_load.hold_batches_worker, [spec], tariff))
+        holds_s.append(held.results[0]["decisions"] / held.elapsed_s)
+        runs.add(held.results[0]["latencies_s"])
+    label = f"AuthorizeBatches(reserve=true) message of {AUTHORIZE_BATCH_REQUESTS} holds"
+    return [
+        Figure(
+            f"AuthorizeBatches(reserve=true) journaled holds/s ({AUTHORIZE_BATCH_REQUESTS} a message)",
+            "holds/s",
+            holds_s,
+        ),
+        Figure(f"{label} p50", "ms", runs.p50),
+        Figure(f"{label} p99", "ms", runs.p99),
+    ]
 
 
 def _ingest_probe(bench: Bench, server: ServedProcess) -> Driven:
