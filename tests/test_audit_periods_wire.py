@@ -11,7 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from tariff import TariffClient
-from tariff.v1 import contracts_pb2, invoices_pb2, usage_pb2
+from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
 from tests.test_audit_invoices_wire import CARD, DAY_MS, FEB, MAR, catalogue, close, ms, preview, start_server, ts
@@ -153,3 +153,53 @@ def test_a_switch_bills_each_event_once_and_its_revenue_rolls_forward(server_fac
             ("INV-00000001", "sw-old", JAN15),
             ("INV-00000002", "sw-new", FEB),
         ]
+
+
+def test_an_override_prices_usage_rated_after_it_is_added(server_factory: ServerFactory) -> None:
+    """PriceOverride.starting_at: an override without starting_at is in force from the contract's start for usage
+    rated from when it is added; usage already rated keeps its amount. 1,000 units (1 credit) on Jan 5, then a 0.5
+    multiplier, then 1,000 more on Jan 6 (0.5): 1.5, not 1 nor 2. A retroactive publish (the same prices, version 2
+    from Jan 1) re-rates both hours with the override then in force: 0.5 + 0.5."""
+    with start_server(server_factory, "override") as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="o", name="o"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="o-c", customer_id="o", rate_card_id=CARD, starting_at=ts(ms("2026-01-01T00:00:00")), currency="USD"
+            )
+        )
+
+        def unit(transaction_id: str, at_ms: int) -> usage_pb2.UsageEvent:
+            return usage_pb2.UsageEvent(
+                transaction_id=transaction_id,
+                customer_id="o",
+                event_type="unit",
+                timestamp_ms=at_ms,
+                dimensions={"k": "a"},
+                values={"n": 1000},
+            )
+
+        jan = ms("2026-01-01T00:00:00")
+        assert ingest_checked(client, [unit("before", jan + 4 * DAY_MS)], "before") == []
+        half = contracts_pb2.PriceOverride(id="half", product_id="unit", multiplier="0.5")
+        client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id="o-c", override=half))
+        assert ingest_checked(client, [unit("after", jan + 5 * DAY_MS)], "after") == []
+        (line,) = preview(client, "o", jan).lines
+        assert (line.amount, line.events) == ("1.5", 2)
+        explained = client.invoices.ExplainLineItem(
+            invoices_pb2.ExplainLineItemRequest(customer_id="o", period_start=ts(jan), line_id="unit;k=a")
+        )
+        assert [(e.transaction_id, e.amount) for e in explained.events] == [("before", "1"), ("after", "0.5")]
+        same_prices = pricing_pb2.Rate(product_id="unit", unit=pricing_pb2.UnitPrice(price="1", per_units="1000"))
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, based_on_version=1, upsert_rates=[same_prices])
+        )
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(jan))
+        )
+        (rerated,) = preview(client, "o", jan).lines
+        assert [(a.hour.ToMilliseconds(), a.old_amount, a.new_amount) for a in rerated.adjustments] == [
+            (jan + 4 * DAY_MS, "1", "0.5"),
+            (jan + 5 * DAY_MS, "0.5", "0.5"),
+        ]
+        assert rerated.amount == "1"
