@@ -8,13 +8,26 @@ nothing by itself while a test runs."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
-from tests.test_audit_invoices_wire import CARD, DAY_MS, FEB, MAR, catalogue, close, ms, preview, start_server, ts
+from tests.test_audit_invoices_wire import (
+    CARD,
+    DAY_MS,
+    FEB,
+    MAR,
+    catalogue,
+    close,
+    month_ends_before,
+    ms,
+    preview,
+    start_server,
+    ts,
+)
 
 JAN15 = ms("2026-01-15T00:00:00")
 FEB15 = ms("2026-02-15T00:00:00")
@@ -153,6 +166,17 @@ def test_a_switch_bills_each_event_once_and_its_revenue_rolls_forward(server_fac
             ("INV-00000001", "sw-old", JAN15),
             ("INV-00000002", "sw-new", FEB),
         ]
+        # CloseDuePeriods closes the new contract's ended periods from March on, each once, and none of the old's.
+        ends = month_ends_before(datetime(2026, 2, 1), datetime.now(UTC))[1:]
+        due = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices
+        assert [(i.contract_id, i.period_end.ToMilliseconds()) for i in due] == [("sw-new", end) for end in ends]
+        # March holds the late event: 1 unit, 10 + 1 credits drawn from the grant, nothing due.
+        assert (due[0].subtotal, due[0].total_due, [(c.grant_id, c.credits) for c in due[0].credits_applied]) == (
+            "11",
+            "0.00",
+            [("prepaid-50k", "11")],
+        )
+        assert list(client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices) == []
 
 
 def test_an_override_prices_usage_rated_after_it_is_added(server_factory: ServerFactory) -> None:

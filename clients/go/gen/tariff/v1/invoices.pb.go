@@ -86,7 +86,11 @@ func (InvoiceStatus) EnumDescriptor() ([]byte, []int) {
 type PreviewInvoiceRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	// Any instant inside the period; the current period when unset.
+	// Any instant inside the period; the current period when unset. The
+	// period is that of the contract in force at the instant: after a switch
+	// the old contract's last period (which keeps its monthly end) overlaps the
+	// new contract's first, and an instant in both reads the new one's; name
+	// the old one by an instant before the switch, its start say.
 	PeriodStart   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -36,7 +36,11 @@ export type PreviewInvoiceRequest = Message<"tariff.v1.PreviewInvoiceRequest"> &
   customerId: string;
 
   /**
-   * Any instant inside the period; the current period when unset.
+   * Any instant inside the period; the current period when unset. The
+   * period is that of the contract in force at the instant: after a switch
+   * the old contract's last period (which keeps its monthly end) overlaps the
+   * new contract's first, and an instant in both reads the new one's; name
+   * the old one by an instant before the switch, its start say.
    *
    * @generated from field: google.protobuf.Timestamp period_start = 2;
    */
