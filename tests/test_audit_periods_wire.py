@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from tariff import TariffClient
+import pytest
+from tariff import FailedPrecondition, TariffClient
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
@@ -227,3 +228,34 @@ def test_an_override_prices_usage_rated_after_it_is_added(server_factory: Server
             (jan + 5 * DAY_MS, "0.5", "0.5"),
         ]
         assert rerated.amount == "1"
+
+
+def test_an_instant_between_two_contracts_names_no_period(server_factory: ServerFactory) -> None:
+    """The old contract ends Feb 1 (its period runs to Feb 15), the next starts Feb 10: events in the gap are
+    NO_ACTIVE_CONTRACT, both sides of each boundary are billed once, and PreviewInvoice at an instant in the gap is
+    FAILED_PRECONDITION saying that no contract is in force then and how to name a period, not that there is none."""
+    feb10 = FEB + 9 * DAY_MS
+    with start_server(server_factory, "gap") as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="gap", name="gap"))
+        for contract_id, start, end in (("gap-old", JAN15, FEB), ("gap-new", feb10, None)):
+            request = contracts_pb2.CreateContractRequest(
+                id=contract_id, customer_id="gap", rate_card_id=CARD, starting_at=ts(start), currency="USD"
+            )
+            if end is not None:
+                request.ending_before.CopyFrom(ts(end))
+            client.contracts.CreateContract(request)
+        edges = [FEB - 1, FEB, feb10 - 1, feb10]
+        events = [graduated("gap", f"edge-{n}", n + 1, at_ms) for n, at_ms in enumerate(edges)]
+        assert ingest_checked(client, events, "edges") == ["NO_ACTIVE_CONTRACT", "NO_ACTIVE_CONTRACT"]
+        # 1 unit in the old period, 4 in the new one: 1 + 10 and 4 + 10 credits.
+        old, new = preview(client, "gap", FEB - 1), preview(client, "gap", feb10)
+        assert [(i.contract_id, i.period_end.ToMilliseconds(), i.subtotal) for i in (old, new)] == [
+            ("gap-old", FEB15, "11"),
+            ("gap-new", feb10 + 28 * DAY_MS, "14"),
+        ]
+        with pytest.raises(FailedPrecondition) as in_the_gap:
+            preview(client, "gap", FEB + 4 * DAY_MS)
+        assert "no contract of customer 'gap' is in force at 2026-02-05T00:00:00Z" in in_the_gap.value.details
+        assert "its start" in in_the_gap.value.details
+        assert "the period from 2026-01-15T00:00:00Z of contract 'gap-old' holds it" in in_the_gap.value.details

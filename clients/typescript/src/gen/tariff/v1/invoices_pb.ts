@@ -40,7 +40,9 @@ export type PreviewInvoiceRequest = Message<"tariff.v1.PreviewInvoiceRequest"> &
    * period is that of the contract in force at the instant: after a switch
    * the old contract's last period (which keeps its monthly end) overlaps the
    * new contract's first, and an instant in both reads the new one's; name
-   * the old one by an instant before the switch, its start say.
+   * the old one by an instant before the switch, its start say. An instant
+   * no contract is in force at (before the first, or between two) is
+   * FAILED_PRECONDITION, naming the ended contract's period that holds it.
    *
    * @generated from field: google.protobuf.Timestamp period_start = 2;
    */
