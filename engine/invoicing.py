@@ -77,8 +77,17 @@ class InvoiceCommands(ControlPlane):
         self.customer(customer_id)
         contract = self._contract_at(customer_id, at_ms)
         if contract is None:
+            # A contract switched away from keeps its last period's monthly end: name that period, if one holds at_ms.
+            ended = [k for k in self.contracts_of(customer_id) if k.starting_at_ms <= at_ms]
+            last_periods = [(k, self._period_of(k, at_ms)[0]) for k in ended]
+            hint = "".join(
+                f"; the period from {iso(start)} of contract {k.id!r} holds it"
+                for k, start in last_periods
+                if k.ending_before_ms is not None and start < k.ending_before_ms
+            )
             raise FailedPrecondition(
-                f"no contract of customer {customer_id!r} covers {iso(at_ms)}: it has no period then"
+                f"no contract of customer {customer_id!r} is in force at {iso(at_ms)}: a period is read at an "
+                f"instant its own contract is in force at (its start, say){hint}"
             )
         return contract
 

@@ -26,7 +26,12 @@ Rules (amounts in picos of the contract's currency):
 - Deferred at a time t = paid value of grants sold before t - recognised before t - breakage before t. So
   deferred at start + prepaid sold - recognised credits - breakage = deferred at end, exactly, by construction;
   `Reconciliation.reconciles` checks it on the figures reported.
-All periods are attributed by their start: an instant t counts the periods starting before t.
+All periods are attributed by their start: an instant t counts the periods starting before t. A customer line's
+deferred is the figure after its period: at its start + 1 ms, counting the periods starting at or before it. That
+is the figure at its end but after a contract switch, where the old contract's last period (which keeps its
+monthly end) overlaps the new contract's first: the new period's draws are not the old one's, so the lines roll
+forward (the previous line's deferred + sold - recognised - breakage = this line's) and the old line's deferred
+is the paid value of the balances its invoice shows.
 """
 
 from __future__ import annotations
@@ -284,7 +289,7 @@ def _customer_revenue(
             for product_id, part in parts.items():
                 _product_line(products, period_start, period_end, product_id).recognized_credits += part
             line.recognized_credits += recognized
-            line.deferred = (line.deferred or 0) + ledger.deferred_before(period_end)
+            line.deferred = (line.deferred or 0) + ledger.deferred_before(period_start + 1)
         contract = _contract_at(contracts, period_start)
         for (start, product_id), overage_picos in sorted(overage.items()):
             if start != period_start or contract is None or not overage_picos:

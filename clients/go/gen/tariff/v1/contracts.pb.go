@@ -469,6 +469,11 @@ type PriceOverride struct {
 	//	*PriceOverride_Price
 	Adjustment isPriceOverride_Adjustment `protobuf_oneof:"adjustment"`
 	// Unset: in force from the contract's start (and left unset in answers).
+	// The window is read against each event's own timestamp, but an override
+	// prices only what is rated after AddOverride: usage already rated keeps
+	// its amount (the override is not applied back), until a retroactive
+	// PublishVersion or RollbackRateCard re-rates those hours, which prices them
+	// with the contract's overrides as they are then.
 	StartingAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=starting_at,json=startingAt,proto3" json:"starting_at,omitempty"`
 	// Unset: open-ended.
 	EndingBefore  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`

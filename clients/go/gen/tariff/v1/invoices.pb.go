@@ -86,7 +86,13 @@ func (InvoiceStatus) EnumDescriptor() ([]byte, []int) {
 type PreviewInvoiceRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	// Any instant inside the period; the current period when unset.
+	// Any instant inside the period; the current period when unset. The
+	// period is that of the contract in force at the instant: after a switch
+	// the old contract's last period (which keeps its monthly end) overlaps the
+	// new contract's first, and an instant in both reads the new one's; name
+	// the old one by an instant before the switch, its start say. An instant
+	// no contract is in force at (before the first, or between two) is
+	// FAILED_PRECONDITION, naming the ended contract's period that holds it.
 	PeriodStart   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1562,8 +1568,13 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 // RevenueReport.lines (customer_id empty), by customer in RevenueReport.customer_lines (product_id
 // empty). recognized = recognized_credits (credits drawn, at each grant's cost basis paid / amount) +
 // recognized_overage (overage x the contract's overage price). deferred: the paid value of the
-// customer's remaining credits at period_end (customer lines only: a grant may serve several products,
-// so product lines leave it empty). breakage: credits expired unused, at cost basis, in the period
+// customer's credits sold and neither recognised nor broken by this period and the customer's periods
+// starting before it (customer lines only: a grant may serve several products, so product lines leave
+// it empty); that is the value at period_end, but for the last period of a contract switched away from,
+// which keeps its monthly end and so overlaps the next contract's first period: its deferred leaves that
+// period's draws out (they are the next line's), so each line's deferred is the previous line's + sold
+// - recognized_credits - breakage, and equals the paid value of the balances the period's invoice shows
+// (InvoiceGrantBalance.remaining). breakage: credits expired unused, at cost basis, in the period
 // the server recorded it in (customer lines; product lines show 0, expired credit belonging to no
 // product).
 type RevenueLine struct {

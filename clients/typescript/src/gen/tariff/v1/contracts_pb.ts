@@ -240,6 +240,11 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
 
   /**
    * Unset: in force from the contract's start (and left unset in answers).
+   * The window is read against each event's own timestamp, but an override
+   * prices only what is rated after AddOverride: usage already rated keeps
+   * its amount (the override is not applied back), until a retroactive
+   * PublishVersion or RollbackRateCard re-rates those hours, which prices them
+   * with the contract's overrides as they are then.
    *
    * @generated from field: google.protobuf.Timestamp starting_at = 6;
    */
