@@ -161,3 +161,17 @@ def test_round_past_the_formula_precision_says_so(text: str) -> None:
     # These were refused as "divides by zero or overflows", which names neither round() nor its places.
     with pytest.raises(FormulaError, match=r"round\(\) to \d+ places is beyond the 60 significant digits"):
         evaluate(text, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("round(2.5)", "2"),
+        ("round(3.5)", "4"),
+        ("round(0.125, 2)", "0.12"),
+        ("round(15, -1)", "20"),
+        ("round(25, -1)", "20"),
+    ],
+)
+def test_round_is_half_even_to_the_places_pricing_proto_documents(text: str, value: str) -> None:
+    assert evaluate(text, {}) == Decimal(value)

@@ -168,11 +168,14 @@ export const TierSchema: GenMessage<Tier> = /*@__PURE__*/
 /**
  * Every price field holds a decimal ("0.03") or a formula over the version's
  * parameters ("gpt4_cost_per_1k * markup"; + - * / parentheses, unary minus,
- * min, max, round). A number in a formula follows the decimal grammar at the
- * top of contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"),
- * and a price neither begins nor ends with whitespace: CreateDraftVersion
- * refuses any other as INVALID_ARGUMENT naming the field. Formulas are
- * evaluated once, at validation.
+ * min, max, round). round(x) rounds to a whole number, round(x, places) to
+ * that many decimal places (a negative count rounds to tens, hundreds...),
+ * half to even: round(2.5) is 2, round(0.125, 2) is 0.12, round(15, -1) is 20.
+ * A number in a formula follows the decimal grammar at the top of
+ * contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), and a
+ * price neither begins nor ends with whitespace: CreateDraftVersion refuses
+ * any other as INVALID_ARGUMENT naming the field. Formulas are evaluated once,
+ * at validation.
  *
  * @generated from message tariff.v1.UnitPrice
  */
