@@ -8,12 +8,17 @@ Real server processes on 127.0.0.1, a free port each, started from a working dir
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
-from tests.serverproc import HOST, free_port, wait_for
+from engine import commands as cmd
+from engine.ratecard import UnitPrice
+from server.demo import demo_commands
+from tests.serverproc import HOST, REPO_ROOT, free_port, wait_for
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
@@ -57,3 +62,48 @@ def test_the_demo_banners_python_hint_runs_as_printed_from_the_servers_directory
         server.send_signal(signal.SIGINT)
         returncode = server.wait(STOP_TIMEOUT_S)
     assert returncode == 0, log_path.read_text()
+
+
+# What the README's quick start says, against what the code and the Makefile do -------------------------------
+
+README = REPO_ROOT / "README.md"
+MAKEFILE = REPO_ROOT / "Makefile"
+
+
+def quick_start() -> str:
+    text = README.read_text()
+    start = text.index("## Two commands\n")
+    return " ".join(text[start : text.index("\n## ", start + 1)].split())  # one space for every line break
+
+
+def test_the_quick_start_shows_the_demos_gpt4_complex_summary_formula_as_the_demo_prices_it() -> None:
+    demo_rates = [
+        rate
+        for command in demo_commands(0)
+        if isinstance(command, cmd.CreateDraftVersion)
+        for rate in command.upsert_rates
+    ]
+    complex_summary = {"action": "summary", "model": "gpt-4", "complexity": "complex"}
+    (formula,) = [
+        rate.price.price for rate in demo_rates if isinstance(rate.price, UnitPrice) and rate.match == complex_summary
+    ]
+    assert f"`{formula}` =" in quick_start(), f"the quick start should show the demo's formula `{formula}`"
+
+
+def test_the_quick_start_names_what_make_install_needs() -> None:
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    minimum = pyproject["project"]["requires-python"].removeprefix(">=")
+    section = quick_start()
+    assert f"Python {minimum}" in section, f"the quick start should say `make run` needs Python {minimum}"
+    assert "Rust toolchain" in section, "the quick start should say `make run` builds the kernel with Rust"
+    assert "PYTHON=" in section, "the quick start should say how to choose the interpreter (make's PYTHON)"
+
+
+def test_the_quick_start_names_every_check_make_test_runs_before_the_suite() -> None:
+    makefile = MAKEFILE.read_text()
+    prerequisites = re.search(r"^test: (.*)$", makefile, re.M)
+    assert prerequisites is not None
+    checks = [target for target in prerequisites[1].split() if target != "install"]
+    assert checks, "make test runs checks before the suite"
+    section = quick_start()
+    assert [target for target in checks if f"`make {target}`" not in section] == []
