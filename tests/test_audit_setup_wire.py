@@ -107,3 +107,13 @@ def test_the_quick_start_names_every_check_make_test_runs_before_the_suite() -> 
     assert checks, "make test runs checks before the suite"
     section = quick_start()
     assert [target for target in checks if f"`make {target}`" not in section] == []
+
+
+def test_the_docker_section_says_how_the_images_user_reads_a_mounted_key_file() -> None:
+    uid = re.search(r"useradd [^\n]*--uid (\d+)", (REPO_ROOT / "Dockerfile").read_text())
+    assert uid is not None, "the Dockerfile makes a system user with a fixed uid"
+    text = README.read_text()
+    start = text.index("## Docker\n")
+    section = " ".join(text[start:].split("\n## ", 1)[0].split())
+    assert f"uid {uid[1]}" in section and f"chown {uid[1]} keys.toml" in section, section
+    assert "--api-keys /keys.toml" in section and "/keys.toml:ro" in section, section
