@@ -12,7 +12,9 @@ import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import tomllib
+import zipfile
 from pathlib import Path
 
 from engine import commands as cmd
@@ -117,3 +119,53 @@ def test_the_docker_section_says_how_the_images_user_reads_a_mounted_key_file() 
     section = " ".join(text[start:].split("\n## ", 1)[0].split())
     assert f"uid {uid[1]}" in section and f"chown {uid[1]} keys.toml" in section, section
     assert "--api-keys /keys.toml" in section and "/keys.toml:ro" in section, section
+
+
+# `make wheel`: "a wheel with the compiled kernel inside: it installs without Rust" ------------------------------
+
+
+def packaged_sources() -> set[str]:
+    """The wheel paths of the tracked .py files of every package pyproject.toml lists (each package's own
+    directory, not its subdirectories: those are packages of their own, or not packaged)."""
+    tool = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    files = set(tracked.stdout.split())
+    expected = set()
+    for package in tool["packages"]:
+        source = tool["package-dir"].get(package, package.replace(".", "/"))
+        for path in files:
+            name = path.removeprefix(f"{source}/")
+            if name != path and "/" not in name and name.endswith(".py"):
+                expected.add(f"{package.replace('.', '/')}/{name}")
+    return expected
+
+
+def test_make_wheel_holds_the_sources_the_generated_client_and_the_kernel_and_nothing_left_over(
+    tmp_path: Path,
+) -> None:
+    # A module a previous build left in setuptools' build/ (one since removed from the sources) must not ship.
+    left_over = REPO_ROOT / "build" / f"lib.{sysconfig.get_platform()}-{sys.implementation.cache_tag}" / "server"
+    left_over.mkdir(parents=True, exist_ok=True)
+    (left_over / "removed_since_the_last_wheel.py").write_text("REMOVED = True\n")
+    try:
+        done = subprocess.run(
+            ["make", "--no-print-directory", "wheel", f"WHEEL_DIR={tmp_path}"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    finally:
+        (left_over / "removed_since_the_last_wheel.py").unlink(missing_ok=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = tmp_path.glob("tariff-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    assert {name for name in names if name.endswith(".py")} == packaged_sources()
+    assert {"tariff/v1/usage_pb2.py", "tariff/v1/usage_pb2_grpc.py", "tariff/v1/usage_pb2.pyi"} <= names
+    assert "tariff/py.typed" in names and "engine/_kernel.pyi" in names
+    assert [name for name in names if name.startswith("engine/_kernel.") and name.endswith(".so")], sorted(names)
+    assert "tariff = server.cli:main" in scripts, scripts
