@@ -169,3 +169,14 @@ def test_make_wheel_holds_the_sources_the_generated_client_and_the_kernel_and_no
     assert "tariff/py.typed" in names and "engine/_kernel.pyi" in names
     assert [name for name in names if name.startswith("engine/_kernel.") and name.endswith(".so")], sorted(names)
     assert "tariff = server.cli:main" in scripts, scripts
+
+
+def test_the_docker_section_gives_docker_stop_more_time_than_the_servers_grace() -> None:
+    from server.app import SHUTDOWN_GRACE_S
+
+    text = README.read_text()
+    start = text.index("## Docker\n")
+    section = " ".join(text[start:].split("\n## ", 1)[0].split())
+    stop_timeout = re.search(r"--stop-timeout (\d+)", section)
+    assert stop_timeout is not None, "docker stop kills after 10 s by default: the section should say how long to wait"
+    assert int(stop_timeout[1]) > SHUTDOWN_GRACE_S, section
