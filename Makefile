@@ -38,9 +38,13 @@ kernel-check:
 	cd $(KERNEL_DIR) && cargo test --quiet
 	cd server/bench/kernel_spike && cargo fmt --check && cargo clippy --quiet --target-dir $(abspath $(KERNEL_DIR))/target -- -D warnings
 
-# A wheel with the compiled kernel inside, in dist/: it installs without Rust.
+# A wheel with the compiled kernel inside, in WHEEL_DIR (dist/): it installs without Rust. setuptools packs
+# whatever its build/ holds, so a module an earlier build left there (one since removed) would ship: build/ goes
+# first (the kernel's cargo cache is engine/kernel/target, kept).
+WHEEL_DIR ?= dist
 wheel: install
-	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w dist .
+	rm -rf build
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(WHEEL_DIR) .
 
 # Regenerates clients/python/tariff/v1 from proto/ (committed; a test checks it is fresh).
 proto: install

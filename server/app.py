@@ -12,8 +12,10 @@ import importlib.metadata
 import ipaddress
 import logging
 import os
+import shlex
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -527,14 +529,26 @@ def tariff_version() -> str:
         return "unknown"
 
 
+def _interpreter_command() -> str:
+    """This server's Python as a shell word for the banner's example: relative to the working directory when
+    inside it (`.venv/bin/python` under `make run`), else absolute (a wheel's venv elsewhere, the Docker image)."""
+    if not sys.executable:  # an embedding that cannot say: whichever python3 is on PATH
+        return "python3"
+    executable = Path(sys.executable)
+    if executable.is_relative_to(Path.cwd()):
+        executable = executable.relative_to(Path.cwd())
+    shown = str(executable)
+    return shlex.quote(shown if os.sep in shown else f".{os.sep}{shown}")
+
+
 def _banner(config: ServeConfig, seq: int) -> str:
     lines = [
         f"tariff: serving gRPC on {config.listen} (data in {config.data_dir}, journal seq {seq})",
         "  services: UsageService BalanceService PricingService ContractService InvoiceService AlertService, health, reflection",
     ]
     if config.demo:
-        # The examples say what this server needs: TLS (and a CA to trust), an API key; the Python one runs in
-        # the project's venv, where the client is installed.
+        # The examples say what this server needs: TLS (and a CA to trust), an API key; the Python one runs on
+        # this server's interpreter, where the client is installed.
         transport = f"-cacert {config.tls_cert} " if config.tls_cert is not None else "-plaintext "
         key_header = "-H 'authorization: Bearer $TARIFF_API_KEY' " if config.api_keys is not None else ""
         imports = "import os; " if config.api_keys is not None else ""
@@ -546,7 +560,7 @@ def _banner(config: ServeConfig, seq: int) -> str:
             f"{config.listen} tariff.v1.BalanceService/GetBalance"
         )
         lines.append(
-            f'  or:      .venv/bin/python -c "{imports}from tariff import TariffClient; '
+            f'  or:      {_interpreter_command()} -c "{imports}from tariff import TariffClient; '
             f"print(TariffClient('{config.listen}'{client_args}).get_balance('acme'))\""
         )
     return "\n".join(lines)
