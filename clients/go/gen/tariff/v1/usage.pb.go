@@ -30,8 +30,10 @@ type RejectReason int32
 
 const (
 	RejectReason_REJECT_REASON_UNSPECIFIED RejectReason = 0
-	// A field is missing or malformed (empty id, NaN or negative value, ...).
-	RejectReason_INVALID_EVENT    RejectReason = 1
+	// A field is missing or malformed (empty id, NaN or negative value, a
+	// customer_id breaking the id rule of contracts.proto, ...).
+	RejectReason_INVALID_EVENT RejectReason = 1
+	// A well-formed customer_id that names no customer.
 	RejectReason_UNKNOWN_CUSTOMER RejectReason = 2
 	// The customer has no contract covering the event's timestamp.
 	RejectReason_NO_ACTIVE_CONTRACT RejectReason = 3

@@ -257,13 +257,16 @@ export enum RejectReason {
   REJECT_REASON_UNSPECIFIED = 0,
 
   /**
-   * A field is missing or malformed (empty id, NaN or negative value, ...).
+   * A field is missing or malformed (empty id, NaN or negative value, a
+   * customer_id breaking the id rule of contracts.proto, ...).
    *
    * @generated from enum value: INVALID_EVENT = 1;
    */
   INVALID_EVENT = 1,
 
   /**
+   * A well-formed customer_id that names no customer.
+   *
    * @generated from enum value: UNKNOWN_CUSTOMER = 2;
    */
   UNKNOWN_CUSTOMER = 2,
