@@ -513,3 +513,43 @@ def test_a_cohort_id_breaking_the_rule_is_named_with_its_index(stubs: Stubs) -> 
     unknown = publish(UNKNOWN)
     assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT, unknown
     assert _violations(unknown) == [("cohort.customer_ids", f"no such customer: {UNKNOWN!r}")]
+
+
+def test_a_product_id_in_a_request_is_held_to_the_id_rule(stubs: Stubs) -> None:
+    """An override's, a grant's or a draft rate's product_id that is not an id at all is INVALID_ARGUMENT naming
+    it and the rule, where it was "unknown product ''" (empty) or accepted into a draft; an unknown one is
+    answered as before (INVALID_ARGUMENT "unknown product", a draft's ValidateVersion finding)."""
+
+    def override(product_id: str) -> object:
+        request = contracts_pb2.AddOverrideRequest(
+            contract_id=CONTRACT, override=contracts_pb2.PriceOverride(product_id=product_id, multiplier="2")
+        )
+        return stubs.contracts.AddOverride(request, timeout=10)
+
+    def grant(product_id: str) -> object:
+        request = contracts_pb2.GrantCreditsRequest(grant=_grant(), request_id="g-products")
+        request.grant.id, request.grant.applicable_product_ids[:] = "", [EVENT_TYPE, product_id]
+        return stubs.contracts.GrantCredits(request, timeout=10)
+
+    def draft(product_id: str) -> object:
+        rate = pricing_pb2.Rate(product_id=product_id, unit=pricing_pb2.UnitPrice(price="1"))
+        request = pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, based_on_version=1, upsert_rates=[rate])
+        return stubs.pricing.CreateDraftVersion(request, timeout=10)
+
+    cases: list[tuple[Callable[[str], object], str]] = [
+        (override, "override.product_id"),
+        (grant, "grant.applicable_product_ids[1]"),
+        (draft, "upsert_rates[0].product_id"),
+    ]
+    for call, field in cases:
+        for value, why in ((MALFORMED, f"{MALFORMED!r} {RULE_WHY}"), ("", "is required")):
+            with pytest.raises(grpc.RpcError) as refusal:
+                call(value)
+            assert refusal.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, refusal.value)
+            assert _violations(refusal.value) == [(field, why)], field
+    for call, field in cases[:2]:
+        with pytest.raises(grpc.RpcError) as unknown:
+            call(UNKNOWN)
+        assert _violations(unknown.value) == [(field, f"unknown product {UNKNOWN!r}")], field
+    versions = stubs.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD), timeout=10).versions
+    assert [v.version for v in versions] == [1]  # no draft was made

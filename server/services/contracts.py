@@ -96,6 +96,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
     @unary
     async def AddOverride(self, request: contracts_pb2.AddOverrideRequest, context: Context) -> contracts_pb2.Contract:
         check_reference(request.contract_id, "contract_id", self.engine.state.contracts)
+        check_reference(request.override.product_id, "override.product_id", self.engine.state.products)
         at_ms = self.clock_ms()
         override = convert.override(request.override)
         contract = await self._apply(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override), Contract)
@@ -108,6 +109,8 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             check_reference(grant_of.customer_id, "grant.customer_id", self.engine.state.customers)
         if grant_of.contract_id:
             check_reference(grant_of.contract_id, "grant.contract_id", self.engine.state.contracts)
+        for index, product_id in enumerate(grant_of.applicable_product_ids):
+            check_reference(product_id, f"grant.applicable_product_ids[{index}]", self.engine.state.products)
         command = convert.grant_credits(request, self.clock_ms(), actor_of(context))
         grant = await self._apply(command, Grant)
         return convert.grant_pb(grant)
