@@ -15,8 +15,12 @@
 // release answers to its id as it did. Streams answer in-band instead: an
 // AuthorizeStream or AuthorizeBatches request INVALID_REQUEST (its message
 // naming the field) or UNKNOWN_CUSTOMER, a usage event INVALID_EVENT or
-// UNKNOWN_CUSTOMER. reservation_id, transaction_id, invoice_number and
-// line_id are not under the rule.
+// UNKNOWN_CUSTOMER. A product_id inside a request's content (an override's,
+// a grant's applicable_product_ids, a draft's upsert_rates) breaking the
+// rule is INVALID_ARGUMENT naming it too; an unknown one there is
+// INVALID_ARGUMENT "unknown product" (in a draft, a ValidateVersion finding).
+// reservation_id, transaction_id, invoice_number and line_id are not under
+// the rule.
 //
 // Times a request names (starting_at, ending_before, starts_at, expires_at,
 // and in pricing.proto and invoices.proto effective_from,
