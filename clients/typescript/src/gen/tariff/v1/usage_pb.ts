@@ -257,15 +257,16 @@ export enum RejectReason {
   REJECT_REASON_UNSPECIFIED = 0,
 
   /**
-   * A field is missing or malformed (empty id, NaN or negative value, a
-   * customer_id breaking the id rule of contracts.proto, ...).
+   * A field is missing or malformed (empty id, NaN or negative value, ...).
    *
    * @generated from enum value: INVALID_EVENT = 1;
    */
   INVALID_EVENT = 1,
 
   /**
-   * A well-formed customer_id that names no customer.
+   * The customer_id names no customer. When it also breaks the id rule of
+   * contracts.proto the message says so ("customer_id: ... must be ..."); the
+   * reason stays UNKNOWN_CUSTOMER, as earlier releases answered (and journaled).
    *
    * @generated from enum value: UNKNOWN_CUSTOMER = 2;
    */
