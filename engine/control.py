@@ -12,7 +12,7 @@ import functools
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -179,8 +179,18 @@ def _list_parts(value: list[Any], size: int) -> Iterator[bytes]:
 def check_id(value: str, field_path: str) -> None:
     """The one rule for every id a client chooses (documented in the proto comments): 1-128 characters of
     ASCII letters, digits and . _ : @ -"""
+    if not value:
+        raise InvalidArgument.field(field_path, "is required")
     if not ID_PATTERN.match(value):
         raise InvalidArgument.field(field_path, f"{value!r} must be 1-128 characters of letters, digits and ._:@-")
+
+
+def check_reference(value: str, field_path: str, known: Container[str]) -> None:
+    """An id a request names to find a record by: INVALID_ARGUMENT naming `field_path` when it is empty or breaks
+    the id rule. An id `known` holds is never re-checked (a record stored by an earlier release answers to its
+    id as it did); a well-formed unknown one passes, for the lookup to answer NOT_FOUND naming it."""
+    if value not in known:
+        check_id(value, field_path)
 
 
 _Record = TypeVar("_Record", Customer, Contract, Grant)

@@ -20,6 +20,7 @@ from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing
 from engine.billing import Billing
+from engine.control import check_reference
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
 from server import auth, convert, telemetry
@@ -81,6 +82,13 @@ class _Holding:
         return self.result()
 
 
+def _in_band(request_id: str, reason: str, message: str) -> balance_pb2.AuthorizeResponse:
+    """A stream's answer to a request it cannot decide: not allowed, `reason` and `message` saying why."""
+    return balance_pb2.AuthorizeResponse(
+        request_id=request_id, allowed=False, reason=reason, estimated_cost="0", credits_available="0", message=message
+    )
+
+
 class BalanceService(_Base):
     """Balances and credit checks. AuthorizeBatches runs on raw bytes: a generic handler hands the servicer each
     AuthorizeBatch as received, and the kernel decodes it, decides every request and encodes the
@@ -126,8 +134,7 @@ class BalanceService(_Base):
 
     @unary
     async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Context) -> balance_pb2.Balance:
-        if not request.customer_id:
-            raise InvalidArgument.field("customer_id", "is required")
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         return convert.balance_pb(self.billing.balance(request.customer_id, self.clock_ms()))
 
     reservation_ttl_max_ms = RESERVATION_TTL_MAX_MS_DEFAULT
@@ -135,8 +142,7 @@ class BalanceService(_Base):
     def _decide(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
         if request.reservation_id and not request.reserve:
             raise InvalidArgument.field("reservation_id", "is only read with reserve=true")
-        if not request.customer_id:
-            raise InvalidArgument.field("customer_id", "is required")
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         if not request.event_type:
             raise InvalidArgument.field("event_type", "is required")
         started_ns = time.perf_counter_ns()
@@ -167,8 +173,7 @@ class BalanceService(_Base):
 
     async def _reserve(self, request: balance_pb2.AuthorizeRequest, context: Context) -> balance_pb2.AuthorizeResponse:
         """Authorize with a hold: a journaled command, answered once durable."""
-        if not request.customer_id:
-            raise InvalidArgument.field("customer_id", "is required")
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         if not request.event_type:
             raise InvalidArgument.field("event_type", "is required")
         ttl_ms = self._ttl_ms(request)
@@ -213,7 +218,15 @@ class BalanceService(_Base):
         async for request in request_iterator:
             if not request.request_id:
                 raise InvalidArgument.field("request_id", "is required on AuthorizeStream to correlate answers")
-            yield await self._reserve_in_band(request, context) if request.reserve else self._decide(request)
+            yield await self._reserve_in_band(request, context) if request.reserve else self._decide_in_band(request)
+
+    def _decide_in_band(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
+        """_decide for a stream: a malformed request (an empty or malformed customer_id, no event_type) is
+        answered INVALID_REQUEST in-band, its message naming the field, and the stream goes on (balance.proto)."""
+        try:
+            return self._decide(request)
+        except InvalidArgument as exc:
+            return _in_band(request.request_id, "INVALID_REQUEST", exc.message)
 
     async def _reserve_in_band(
         self, request: balance_pb2.AuthorizeRequest, context: Context
@@ -224,17 +237,9 @@ class BalanceService(_Base):
         try:
             return await self._reserve(request, context)
         except InvalidArgument as exc:
-            reason, message = "INVALID_REQUEST", exc.message
+            return _in_band(request.request_id, "INVALID_REQUEST", exc.message)
         except NotFound as exc:
-            reason, message = "UNKNOWN_CUSTOMER", exc.message
-        return balance_pb2.AuthorizeResponse(
-            request_id=request.request_id,
-            allowed=False,
-            reason=reason,
-            estimated_cost="0",
-            credits_available="0",
-            message=message,
-        )
+            return _in_band(request.request_id, "UNKNOWN_CUSTOMER", exc.message)
 
     @streaming
     async def AuthorizeBatches(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -337,8 +342,7 @@ class BalanceService(_Base):
         self, request: balance_pb2.ReleaseReservationRequest, context: Context
     ) -> balance_pb2.ReleaseReservationResponse:
         """Frees a hold. Another customer's reservation is NOT_FOUND, worded as for one never made."""
-        if not request.customer_id:
-            raise InvalidArgument.field("customer_id", "is required")
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         if not request.reservation_id:
             raise InvalidArgument.field("reservation_id", "is required")
         self.engine.customer(request.customer_id)  # NotFound
@@ -356,8 +360,7 @@ class BalanceService(_Base):
         customer; a balance equal to the last one sent is not sent again. Registered before the first read,
         so no change between that read and the next wake-up is missed."""
         customer_id = request.customer_id
-        if not customer_id:
-            raise InvalidArgument.field("customer_id", "is required")
+        check_reference(customer_id, "customer_id", self.engine.state.customers)
         self.engine.customer(customer_id)  # NotFound
         with self.watch.watch_balance(customer_id) as watcher:
             sent = None

@@ -10,7 +10,7 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine import credits
 from engine.contracts import Contract, Customer
-from engine.errors import InvalidArgument
+from engine.control import check_reference
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
 from server import auth, convert
@@ -21,7 +21,6 @@ from server.services.common import (
     Context,
     _Base,
     _page,
-    _required,
     actor_of,
 )
 
@@ -39,7 +38,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
 
     @unary
     async def GetCustomer(self, request: contracts_pb2.GetCustomerRequest, context: Context) -> contracts_pb2.Customer:
-        _required(id=request.id)
+        check_reference(request.id, "id", self.engine.state.customers)
         return convert.customer_pb(self.engine.customer(request.id))
 
     @unary
@@ -56,10 +55,8 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
     async def CreateContract(
         self, request: contracts_pb2.CreateContractRequest, context: Context
     ) -> contracts_pb2.Contract:
-        if not request.customer_id:
-            raise InvalidArgument.field("customer_id", "is required")
-        if not request.rate_card_id:
-            raise InvalidArgument.field("rate_card_id", "is required")
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
+        check_reference(request.rate_card_id, "rate_card_id", self.engine.state.rate_cards)
         command = cmd.CreateContract(
             self.clock_ms(),
             actor_of(context),
@@ -93,12 +90,13 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
 
     @unary
     async def GetContract(self, request: contracts_pb2.GetContractRequest, context: Context) -> contracts_pb2.Contract:
-        _required(id=request.id)
+        check_reference(request.id, "id", self.engine.state.contracts)
         return self._contract_pb(request.id)
 
     @unary
     async def AddOverride(self, request: contracts_pb2.AddOverrideRequest, context: Context) -> contracts_pb2.Contract:
-        _required(contract_id=request.contract_id)
+        check_reference(request.contract_id, "contract_id", self.engine.state.contracts)
+        check_reference(request.override.product_id, "override.product_id", self.engine.state.products)
         at_ms = self.clock_ms()
         override = convert.override(request.override)
         contract = await self._apply(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override), Contract)
@@ -106,6 +104,13 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
 
     @unary
     async def GrantCredits(self, request: contracts_pb2.GrantCreditsRequest, context: Context) -> contracts_pb2.Grant:
+        grant_of = request.grant
+        if grant_of.customer_id:
+            check_reference(grant_of.customer_id, "grant.customer_id", self.engine.state.customers)
+        if grant_of.contract_id:
+            check_reference(grant_of.contract_id, "grant.contract_id", self.engine.state.contracts)
+        for index, product_id in enumerate(grant_of.applicable_product_ids):
+            check_reference(product_id, f"grant.applicable_product_ids[{index}]", self.engine.state.products)
         command = convert.grant_credits(request, self.clock_ms(), actor_of(context))
         grant = await self._apply(command, Grant)
         return convert.grant_pb(grant)
@@ -116,7 +121,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
     ) -> contracts_pb2.Contract:
         """Sets the automatic top-up of the contract's customer (one policy per customer); a request without
         top_up clears it. Bad fields are INVALID_ARGUMENT naming them, nothing changed."""
-        _required(contract_id=request.contract_id)
+        check_reference(request.contract_id, "contract_id", self.engine.state.contracts)
         top_up = request.top_up
         command = cmd.SetTopUpPolicy(
             self.clock_ms(),

@@ -14,6 +14,7 @@ from tariff.v1 import (
 
 from engine import commands as cmd
 from engine import explain, revenue
+from engine.control import check_reference
 from engine.errors import InvalidArgument, NotFound
 from engine.instants import iso
 from engine.invoices import QUANTITY_SCALE, Invoice, InvoiceLine, LineAdjustment, VersionPart
@@ -142,13 +143,13 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     async def PreviewInvoice(
         self, request: invoices_pb2.PreviewInvoiceRequest, context: Context
     ) -> invoices_pb2.Invoice:
-        _required(customer_id=request.customer_id)
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         at_ms = convert.optional_ms(request, "period_start")
         return invoice_pb(self.engine.preview(request.customer_id, self.clock_ms() if at_ms is None else at_ms))
 
     @unary
     async def ClosePeriod(self, request: invoices_pb2.ClosePeriodRequest, context: Context) -> invoices_pb2.Invoice:
-        _required(customer_id=request.customer_id)
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         period_start_ms = convert.optional_ms(request, "period_start")
         if period_start_ms is None:
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
@@ -174,6 +175,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         if request.status == invoices_pb2.INVOICE_DRAFT:
             return invoices_pb2.ListInvoicesResponse()  # drafts are not stored: PreviewInvoice shows one
         if request.customer_id:
+            check_reference(request.customer_id, "customer_id", self.engine.state.customers)
             found = self.engine.invoices_of(request.customer_id)
         else:
             found = list(self.engine.state.invoices.values())
@@ -198,6 +200,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         index = self.sequencer.explain_index
         if index is None:
             raise Unavailable("this server runs without the explain index (--no-explain-index)")
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         period_start_ms = convert.optional_ms(request, "period_start")
         explain.check_request(self.engine, request.customer_id, period_start_ms, request.line_id)
         assert period_start_ms is not None
@@ -233,6 +236,8 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     async def GetRevenueReport(
         self, request: invoices_pb2.GetRevenueReportRequest, context: Context
     ) -> invoices_pb2.RevenueReport:
+        if request.customer_id:
+            check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         kernel = self.billing.kernel
 
         def usage_of(customer_id: str) -> list[revenue.Aggregate]:

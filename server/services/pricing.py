@@ -12,6 +12,7 @@ from tariff.v1 import (
 
 from engine import commands as cmd
 from engine.audit import AUDIT_PAGE_CHUNKS_MAX, AuditFilter
+from engine.control import check_reference
 from engine.diff import diff_versions
 from engine.errors import InvalidArgument, NotFound
 from engine.money import format_picos
@@ -41,6 +42,12 @@ from server.services.common import (
 
 
 class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
+    def _card_named(self, rate_card_id: str) -> RateCard:
+        """The rate card a request's rate_card_id names: INVALID_ARGUMENT when it is empty or not an id, NOT_FOUND
+        when no card has it."""
+        check_reference(rate_card_id, "rate_card_id", self.engine.state.rate_cards)
+        return self.engine.rate_card(rate_card_id)
+
     @unary
     async def CreateProduct(self, request: pricing_pb2.CreateProductRequest, context: Context) -> pricing_pb2.Product:
         product = await self._apply(convert.create_product(request, self.clock_ms(), actor_of(context)), Product)
@@ -64,7 +71,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
 
     @unary
     async def GetRateCard(self, request: pricing_pb2.GetRateCardRequest, context: Context) -> pricing_pb2.RateCard:
-        _required(id=request.id)
+        check_reference(request.id, "id", self.engine.state.rate_cards)
         return convert.rate_card_pb(self.engine.rate_card(request.id), self.clock_ms())
 
     @unary
@@ -82,7 +89,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     async def CreateDraftVersion(
         self, request: pricing_pb2.CreateDraftVersionRequest, context: Context
     ) -> pricing_pb2.RateCardVersion:
-        _required(rate_card_id=request.rate_card_id)
+        self._card_named(request.rate_card_id)
+        for index, rate in enumerate(request.upsert_rates):
+            if rate.product_id:  # empty: the engine's "is required"; unknown: a finding of ValidateVersion
+                check_reference(rate.product_id, f"upsert_rates[{index}].product_id", self.engine.state.products)
         version = await self._apply(convert.create_draft(request, self.clock_ms(), actor_of(context)), Version)
         return convert.version_pb(version)
 
@@ -91,6 +101,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.ValidateVersionRequest, context: Context
     ) -> pricing_pb2.ValidationReport:
         _required(rate_card_id=request.rate_card_id, version=request.version)
+        self._card_named(request.rate_card_id)
         return convert.findings_pb(self.engine.validate_version(request.rate_card_id, request.version))
 
     @unary
@@ -98,6 +109,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.PublishVersionRequest, context: Context
     ) -> pricing_pb2.PublishVersionResponse:
         _required(rate_card_id=request.rate_card_id, version=request.version)
+        self._card_named(request.rate_card_id)
+        for index, customer_id in enumerate(request.cohort.customer_ids):
+            if customer_id:  # empty: the engine's "an id must not be empty", with the cohort's other findings
+                check_reference(customer_id, f"cohort.customer_ids[{index}]", self.engine.state.customers)
         command = cmd.PublishVersion(
             self.clock_ms(),
             actor_of(context),
@@ -112,14 +127,12 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     async def ListVersions(
         self, request: pricing_pb2.ListVersionsRequest, context: Context
     ) -> pricing_pb2.ListVersionsResponse:
-        _required(rate_card_id=request.rate_card_id)
-        card = self.engine.rate_card(request.rate_card_id)
+        card = self._card_named(request.rate_card_id)
         return pricing_pb2.ListVersionsResponse(versions=[convert.version_pb(v) for v in card.versions])
 
     @unary
     async def GetVersion(self, request: pricing_pb2.GetVersionRequest, context: Context) -> pricing_pb2.RateCardVersion:
-        _required(rate_card_id=request.rate_card_id)
-        card = self.engine.rate_card(request.rate_card_id)
+        card = self._card_named(request.rate_card_id)
         if request.WhichOneof("selector") == "at":
             number = card.version_number_at(convert.ms_of(request.at, "at"))
             if number is None:
@@ -169,6 +182,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.RollbackRateCardRequest, context: Context
     ) -> pricing_pb2.PublishVersionResponse:
         _required(rate_card_id=request.rate_card_id, to_version=request.to_version)
+        self._card_named(request.rate_card_id)
         command = cmd.RollbackRateCard(
             self.clock_ms(),
             actor_of(context),
@@ -183,7 +197,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.DiffVersionsRequest, context: Context
     ) -> pricing_pb2.DiffVersionsResponse:
         _required(rate_card_id=request.rate_card_id, from_version=request.from_version, to_version=request.to_version)
-        card = self.engine.rate_card(request.rate_card_id)
+        card = self._card_named(request.rate_card_id)
         old, new = card.version(request.from_version), card.version(request.to_version)
         return convert.version_diff_pb(diff_versions(old, new))
 
@@ -195,6 +209,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         a slice of customers at a time under its shared lock, so reads and ingestion are not held up."""
         _required(rate_card_id=request.rate_card_id, version=request.version)
         _required(period_start=request.HasField("period_start"), period_end=request.HasField("period_end"))
+        self._card_named(request.rate_card_id)
+        for index, customer_id in enumerate(request.customer_ids):
+            check_reference(customer_id, f"customer_ids[{index}]", self.engine.state.customers)
+            self.engine.customer(customer_id)  # NotFound
         start_ms, end_ms = (
             convert.ms_of(request.period_start, "period_start"),
             convert.ms_of(request.period_end, "period_end"),

@@ -120,6 +120,34 @@ fn unknown_customer(customer_id: &str) -> Refusal {
     Refusal::new(Reason::UnknownCustomer, format!("customer {} does not exist", py_repr(customer_id)))
 }
 
+/// The refusal of an event or request naming no account: INVALID_EVENT naming customer_id when the id breaks
+/// the id rule (contracts.proto: 1-128 of ASCII letters, digits and . _ : @ -), else UNKNOWN_CUSTOMER. Asked
+/// only once no account has the id, so an account stored before the rule is never re-checked.
+fn no_such_customer(customer_id: &str) -> Refusal {
+    if is_id(customer_id) {
+        return unknown_customer(customer_id);
+    }
+    let why = "must be 1-128 characters of letters, digits and ._:@-";
+    Refusal::new(Reason::InvalidEvent, format!("customer_id: {} {why}", py_repr(customer_id)))
+}
+
+/// The refusal of a usage event naming no account. Its reason stays UNKNOWN_CUSTOMER whatever the id: a
+/// batch's digest covers each rejection's reason, so a journal written before the id rule (where such an
+/// event was UNKNOWN_CUSTOMER) must replay to the same digest. The message names customer_id and the rule.
+fn no_such_customer_event(customer_id: &str) -> Refusal {
+    if is_id(customer_id) {
+        return unknown_customer(customer_id);
+    }
+    let why = "must be 1-128 characters of letters, digits and ._:@-, so no customer has it";
+    Refusal::new(Reason::UnknownCustomer, format!("customer_id: {} {why}", py_repr(customer_id)))
+}
+
+/// Whether `text` follows the id rule (engine/control.py ID_PATTERN).
+fn is_id(text: &str) -> bool {
+    (1..=128).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+}
+
 /// What one event would do to one product.
 pub(crate) struct Plan {
     product: usize,
@@ -413,7 +441,7 @@ impl Kernel {
         let event = &*event;
         let digest = content_digest(event, &mut self.canonical);
         let Some(account) = self.accounts.get_mut(Text::of(event.customer_id)) else {
-            return Err(unknown_customer(event.customer_id));
+            return Err(no_such_customer_event(event.customer_id));
         };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
         let Warmed { dedupe_key, slot } = warmed;
@@ -836,7 +864,7 @@ impl Kernel {
         let mut plans = Vec::new();
         let planned = check_view(event, now_ms, self.rater.catalog.future_skew_ms).and_then(|e| match account {
             Some(account) => self.rater.plan(account, &e, &mut plans),
-            None => Err(unknown_customer(event.customer_id)),
+            None => Err(no_such_customer(event.customer_id)),
         });
         let plan = match planned {
             Ok(plan) => plan,

@@ -5,6 +5,22 @@
 // rate cards, request_id keys) follow one rule, enforced wherever an id
 // enters: 1 to 128 characters, each an ASCII letter, digit, or one of
 // . _ : @ -
+// A field naming a record to find (customer_id, contract_id, rate_card_id,
+// a Get's id, SimulateVersion's customer_ids, on every service) answers
+// alike: empty is INVALID_ARGUMENT "is required" naming the field (but
+// where the field says empty means every customer), breaking the rule is
+// INVALID_ARGUMENT whose google.rpc.BadRequest names the field path
+// ("customer_ids[2]") and why, and a well-formed id of no record is
+// NOT_FOUND naming it; none changes anything. A record stored by an earlier
+// release answers to its id as it did. Streams answer in-band instead: an
+// AuthorizeStream or AuthorizeBatches request INVALID_REQUEST (its message
+// naming the field) or UNKNOWN_CUSTOMER, a usage event INVALID_EVENT or
+// UNKNOWN_CUSTOMER. A product_id inside a request's content (an override's,
+// a grant's applicable_product_ids, a draft's upsert_rates) breaking the
+// rule is INVALID_ARGUMENT naming it too; an unknown one there is
+// INVALID_ARGUMENT "unknown product" (in a draft, a ValidateVersion finding).
+// reservation_id, transaction_id, invoice_number and line_id are not under
+// the rule.
 //
 // Times a request names (starting_at, ending_before, starts_at, expires_at,
 // and in pricing.proto and invoices.proto effective_from,

@@ -1016,7 +1016,8 @@ func (x *RateKey) GetMatch() map[string]string {
 // event. customer_ids must name existing customers (INVALID_ARGUMENT naming the
 // unknown ones otherwise): a customer created later joins through attributes
 // or customers_created_after. Empty ids, attribute keys and attribute values
-// are INVALID_ARGUMENT.
+// are INVALID_ARGUMENT, and so is an id breaking the id rule (naming
+// cohort.customer_ids[i]).
 type Cohort struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
 	CustomerIds           []string               `protobuf:"bytes,1,rep,name=customer_ids,json=customerIds,proto3" json:"customer_ids,omitempty"`
@@ -2703,7 +2704,9 @@ type SimulateVersionRequest struct {
 	Version     uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
 	PeriodEnd   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
-	// Empty: every customer on the rate card.
+	// Empty: every customer on the rate card. Each must name a customer: one
+	// breaking the id rule is INVALID_ARGUMENT naming customer_ids[i], an
+	// unknown one NOT_FOUND.
 	CustomerIds   []string `protobuf:"bytes,5,rep,name=customer_ids,json=customerIds,proto3" json:"customer_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

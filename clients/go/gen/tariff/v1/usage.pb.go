@@ -31,7 +31,10 @@ type RejectReason int32
 const (
 	RejectReason_REJECT_REASON_UNSPECIFIED RejectReason = 0
 	// A field is missing or malformed (empty id, NaN or negative value, ...).
-	RejectReason_INVALID_EVENT    RejectReason = 1
+	RejectReason_INVALID_EVENT RejectReason = 1
+	// The customer_id names no customer. When it also breaks the id rule of
+	// contracts.proto the message says so ("customer_id: ... must be ..."); the
+	// reason stays UNKNOWN_CUSTOMER, as earlier releases answered (and journaled).
 	RejectReason_UNKNOWN_CUSTOMER RejectReason = 2
 	// The customer has no contract covering the event's timestamp.
 	RejectReason_NO_ACTIVE_CONTRACT RejectReason = 3

@@ -310,7 +310,9 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
    * UNKNOWN_CUSTOMER and INVALID_REQUEST are answered in-band only on
    * AuthorizeStream and AuthorizeBatches (so one bad request does not end the
    * stream); unary Authorize answers them with the status NOT_FOUND and
-   * INVALID_ARGUMENT (with the field) instead. RESERVATION_CONFLICT is
+   * INVALID_ARGUMENT (with the field) instead. A customer_id that is empty or
+   * breaks the id rule (top of contracts.proto) is INVALID_REQUEST, its
+   * message naming customer_id; a well-formed unknown one UNKNOWN_CUSTOMER. RESERVATION_CONFLICT is
    * AuthorizeBatches' in-band answer where Authorize and AuthorizeStream end
    * the call with ALREADY_EXISTS.
    *

@@ -361,7 +361,8 @@ export const RateKeySchema: GenMessage<RateKey> = /*@__PURE__*/
  * event. customer_ids must name existing customers (INVALID_ARGUMENT naming the
  * unknown ones otherwise): a customer created later joins through attributes
  * or customers_created_after. Empty ids, attribute keys and attribute values
- * are INVALID_ARGUMENT.
+ * are INVALID_ARGUMENT, and so is an id breaking the id rule (naming
+ * cohort.customer_ids[i]).
  *
  * @generated from message tariff.v1.Cohort
  */
@@ -1293,7 +1294,9 @@ export type SimulateVersionRequest = Message<"tariff.v1.SimulateVersionRequest">
   periodEnd?: Timestamp | undefined;
 
   /**
-   * Empty: every customer on the rate card.
+   * Empty: every customer on the rate card. Each must name a customer: one
+   * breaking the id rule is INVALID_ARGUMENT naming customer_ids[i], an
+   * unknown one NOT_FOUND.
    *
    * @generated from field: repeated string customer_ids = 5;
    */

@@ -264,6 +264,10 @@ export enum RejectReason {
   INVALID_EVENT = 1,
 
   /**
+   * The customer_id names no customer. When it also breaks the id rule of
+   * contracts.proto the message says so ("customer_id: ... must be ..."); the
+   * reason stays UNKNOWN_CUSTOMER, as earlier releases answered (and journaled).
+   *
    * @generated from enum value: UNKNOWN_CUSTOMER = 2;
    */
   UNKNOWN_CUSTOMER = 2,
