@@ -17,6 +17,7 @@ from engine.cohorts import checked_cohort, contains, members
 from engine.contracts import Customer
 from engine.control import BillingState
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
+from engine.instants import iso
 from engine.ratecard import HOUR_MS, Cohort, RateCard, Severity, Version, VersionState, validate
 from engine.tables import _version_table
 from engine.versions import PublishResult
@@ -121,7 +122,7 @@ class _Planned:
     def refusal(self, why: ValueError) -> FailedPrecondition:
         return FailedPrecondition(
             f"version {self.version.number} of rate card {self.card.id!r} cannot be published effective from "
-            f"{self.effective_from_ms} (Unix ms): the usage it would re-rate cannot be priced again: {why}"
+            f"{iso(self.effective_from_ms)}: the usage it would re-rate cannot be priced again: {why}"
         )
 
 

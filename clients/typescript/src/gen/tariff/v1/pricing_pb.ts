@@ -1819,7 +1819,9 @@ export const PricingService: GenService<{
    * first of them when they are many: the status is kept small, see the top
    * of contracts.proto; ValidateVersion lists them all). Key:
    * rate_card_id and version: publishing a published version again, with the
-   * same effective_from or none, answers as the first call did.
+   * same effective_from or none, answers as the first call did; with another
+   * effective_from it is FAILED_PRECONDITION naming the hour it is in force
+   * from, changing nothing.
    *
    * @generated from rpc tariff.v1.PricingService.PublishVersion
    */

@@ -1,0 +1,45 @@
+"""A second audit of README "Changing prices safely" / "Cohorts" and PricingService's comments in pricing.proto,
+over the wire, for what tests/test_audit_pricing_wire.py (whose helpers and catalogue this reuses: product `units`
+on card `card`, customer `c`) does not cover: the refusals a demanding finance user meets when a request is
+slightly wrong, and the demo card's figures the README quotes (a complex GPT-4 summary: 5 credits, 4 after the
+20% cut), each computed by hand from the README."""
+
+from __future__ import annotations
+
+import grpc
+from tariff.v1 import pricing_pb2
+
+from engine.instants import iso
+from tests.serverproc import ServerFactory
+from tests.test_audit_pricing_wire import (
+    CARD,
+    HOUR_MS,
+    catalogue,
+    draft,
+    expect_error,
+    publish,
+    this_hour_ms,
+    unit,
+)
+
+S = grpc.StatusCode
+
+
+def test_publishing_a_published_version_from_another_hour_is_refused_naming_its_hour_in_utc(
+    server_factory: ServerFactory,
+) -> None:
+    """pricing.proto: a published version published again with the same effective_from (or none) is a retry; with
+    another one it is FAILED_PRECONDITION, changing nothing, and the message names the hour it is in force from as
+    every other message names a time (2026-12-04T16:00:00Z), not as Unix milliseconds."""
+    server = server_factory()
+    hour = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, hour - 2 * HOUR_MS)
+        v2 = draft(client, 1, [unit("2")])
+        first = publish(client, v2, hour - HOUR_MS)
+        message = expect_error(S.FAILED_PRECONDITION, lambda: publish(client, v2, hour))
+        assert iso(hour - HOUR_MS) in message, message
+        assert str(hour - HOUR_MS) not in message, message
+        assert publish(client, v2).version == first.version  # none: a retry
+        shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=v2))
+        assert shown.effective_from.ToMilliseconds() == hour - HOUR_MS
