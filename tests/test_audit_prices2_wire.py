@@ -43,3 +43,20 @@ def test_publishing_a_published_version_from_another_hour_is_refused_naming_its_
         assert publish(client, v2).version == first.version  # none: a retry
         shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=v2))
         assert shown.effective_from.ToMilliseconds() == hour - HOUR_MS
+
+
+def test_get_version_without_a_version_or_a_time_is_invalid_argument(server_factory: ServerFactory) -> None:
+    """GetVersion selects by version or by `at`; naming neither (or version 0, which no version has) is a malformed
+    request, INVALID_ARGUMENT as ValidateVersion's, not NOT_FOUND "has no version 0" as if it were looked for."""
+    server = server_factory()
+    with server.client() as client:
+        catalogue(client, this_hour_ms())
+        get = client.pricing.GetVersion
+        for request in (
+            pricing_pb2.GetVersionRequest(rate_card_id=CARD),
+            pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=0),
+        ):
+            message = expect_error(S.INVALID_ARGUMENT, lambda r=request: get(r))  # type: ignore[misc]
+            assert "version" in message and "at" in message, message
+        expect_error(S.NOT_FOUND, lambda: get(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=7)))
+        assert get(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=1)).version == 1

@@ -124,8 +124,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             number = card.version_number_at(convert.ms_of(request.at, "at"))
             if number is None:
                 raise NotFound(f"rate card {card.id!r} has no version in force at that time")
-        else:
+        elif request.version:
             number = request.version
+        else:
+            raise InvalidArgument.field("version", "is required: a version number, or at (the version in force then)")
         return convert.version_pb(card.version(number))
 
     @unary

@@ -2186,6 +2186,9 @@ func (x *ListVersionsResponse) GetVersions() []*RateCardVersion {
 	return nil
 }
 
+// One of version and at is required (INVALID_ARGUMENT naming version when
+// neither is given, or version is 0); an unknown rate card or version, or no
+// version in force at that time, is NOT_FOUND.
 type GetVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`

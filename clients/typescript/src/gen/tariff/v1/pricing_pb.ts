@@ -979,6 +979,10 @@ export const ListVersionsResponseSchema: GenMessage<ListVersionsResponse> = /*@_
   messageDesc(file_tariff_v1_pricing, 26);
 
 /**
+ * One of version and at is required (INVALID_ARGUMENT naming version when
+ * neither is given, or version is 0); an unknown rate card or version, or no
+ * version in force at that time, is NOT_FOUND.
+ *
  * @generated from message tariff.v1.GetVersionRequest
  */
 export type GetVersionRequest = Message<"tariff.v1.GetVersionRequest"> & {
