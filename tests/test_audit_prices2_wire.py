@@ -7,9 +7,10 @@ slightly wrong, and the demo card's figures the README quotes (a complex GPT-4 s
 from __future__ import annotations
 
 import grpc
-from tariff.v1 import pricing_pb2
+from tariff.v1 import contracts_pb2, pricing_pb2
 
 from engine.instants import iso
+from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
 from tests.test_audit_pricing_wire import (
     CARD,
@@ -17,9 +18,11 @@ from tests.test_audit_pricing_wire import (
     catalogue,
     draft,
     expect_error,
+    ingest,
     publish,
     this_hour_ms,
     unit,
+    work,
 )
 
 S = grpc.StatusCode
@@ -43,6 +46,39 @@ def test_publishing_a_published_version_from_another_hour_is_refused_naming_its_
         assert publish(client, v2).version == first.version  # none: a retry
         shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=v2))
         assert shown.effective_from.ToMilliseconds() == hour - HOUR_MS
+
+
+def test_simulate_refuses_customers_that_do_not_exist_naming_every_one(server_factory: ServerFactory) -> None:
+    """A misspelt customer in SimulateVersion.customer_ids answered an empty simulation (delta 0): the analyst read
+    "no change" for a customer the server had never heard of. It is NOT_FOUND naming every unknown id, as a cohort
+    names them; a customer that exists but has no usage of the card still gives no amounts."""
+    server = server_factory()
+    hour = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, hour - HOUR_MS)
+        ingest(client, work("s1", hour - HOUR_MS + 1, 2))
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="idle", name="idle"))
+        v2 = draft(client, 1, [unit("3")])
+
+        def simulate(*customers: str) -> pricing_pb2.SimulateVersionResponse:
+            request = pricing_pb2.SimulateVersionRequest(
+                rate_card_id=CARD,
+                version=v2,
+                period_start=stamp(hour - HOUR_MS),
+                period_end=stamp(hour),
+                customer_ids=customers,
+            )
+            response: pricing_pb2.SimulateVersionResponse = client.pricing.SimulateVersion(request)
+            return response
+
+        message = expect_error(S.NOT_FOUND, lambda: simulate("c", "ghost", "gh0st"))
+        assert "'ghost'" in message and "'gh0st'" in message and "'c'" not in message, message
+        idle = simulate("idle")
+        assert list(idle.amounts) == [] and idle.totals.delta == "0"
+        both = simulate("c", "idle")
+        assert [(a.customer_id, a.current_amount, a.simulated_amount, a.delta) for a in both.amounts] == [
+            ("c", "2", "6", "4")
+        ]
 
 
 def test_get_version_without_a_version_or_a_time_is_invalid_argument(server_factory: ServerFactory) -> None:

@@ -21,6 +21,7 @@ from engine.rerate import (
     LEFT_ALONE_REASON,
     SIMULATE_SLICE_CUSTOMERS,
     Simulation,
+    check_simulated_customers,
     simulate_slice,
     simulation_customers,
     simulation_table,
@@ -203,6 +204,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         )
         self.billing.refresh_tables()
         table = simulation_table(self.engine.state, request.rate_card_id, request.version, start_ms, end_ms)
+        check_simulated_customers(self.engine.state.customers, request.customer_ids)
         loop = asyncio.get_running_loop()
         kernel = self.billing.kernel
         customers = await loop.run_in_executor(

@@ -2703,7 +2703,9 @@ type SimulateVersionRequest struct {
 	Version     uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
 	PeriodEnd   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
-	// Empty: every customer on the rate card.
+	// Empty: every customer on the rate card. An id that is no customer is
+	// NOT_FOUND, every unknown one named (a misspelt one must not read as "no
+	// change"); a customer without usage of the card gives no amounts.
 	CustomerIds   []string `protobuf:"bytes,5,rep,name=customer_ids,json=customerIds,proto3" json:"customer_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

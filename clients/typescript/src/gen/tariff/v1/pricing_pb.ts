@@ -1294,7 +1294,9 @@ export type SimulateVersionRequest = Message<"tariff.v1.SimulateVersionRequest">
   periodEnd?: Timestamp | undefined;
 
   /**
-   * Empty: every customer on the rate card.
+   * Empty: every customer on the rate card. An id that is no customer is
+   * NOT_FOUND, every unknown one named (a misspelt one must not read as "no
+   * change"); a customer without usage of the card gives no amounts.
    *
    * @generated from field: repeated string customer_ids = 5;
    */
