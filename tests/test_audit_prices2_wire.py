@@ -7,7 +7,8 @@ slightly wrong, and the demo card's figures the README quotes (a complex GPT-4 s
 from __future__ import annotations
 
 import grpc
-from tariff.v1 import contracts_pb2, pricing_pb2
+from tariff import TariffClient
+from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
 from engine.instants import iso
 from server.convert import timestamp as stamp
@@ -26,6 +27,8 @@ from tests.test_audit_pricing_wire import (
 )
 
 S = grpc.StatusCode
+DEMO_CARD = "ai-credits"
+COMPLEX_GPT4_SUMMARY = {"action": "summary", "model": "gpt-4", "complexity": "complex"}
 
 
 def test_publishing_a_published_version_from_another_hour_is_refused_naming_its_hour_in_utc(
@@ -96,3 +99,53 @@ def test_get_version_without_a_version_or_a_time_is_invalid_argument(server_fact
             assert "version" in message and "at" in message, message
         expect_error(S.NOT_FOUND, lambda: get(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=7)))
         assert get(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=1)).version == 1
+
+
+def demo_cost(client: TariffClient, customer_id: str) -> str:
+    return str(client.authorize(customer_id, "ai_action", dimensions=COMPLEX_GPT4_SUMMARY).estimated_cost)
+
+
+def demo_customer(client: TariffClient, customer_id: str, attributes: dict[str, str], from_ms: int) -> None:
+    client.contracts.CreateCustomer(
+        contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id, attributes=attributes)
+    )
+    client.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id=f"k-{customer_id}", customer_id=customer_id, rate_card_id=DEMO_CARD, starting_at=stamp(from_ms)
+        )
+    )
+
+
+def test_demo_pilot_cohort_prices_members_at_4_and_everyone_else_at_5_including_later_customers(
+    server_factory: ServerFactory,
+) -> None:
+    """README "Cohorts" on the demo card: gpt4_factor 2.5 -> 2 takes a complex GPT-4 summary (1 x factor x 2) from
+    5 to 4 credits for the cohort only. A cohort by attribute and creation time also takes in a customer created
+    after the publish that meets it, and not one that does not."""
+    server = server_factory(demo=True)
+    hour = this_hour_ms()
+    with server.client() as client:
+        request = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=DEMO_CARD, based_on_version=1, set_parameters={"gpt4_factor": "2"}
+        )
+        v2 = client.pricing.CreateDraftVersion(request).version
+        cohort = pricing_pb2.Cohort(attributes={"segment": "pilot"}, customers_created_after=stamp(hour - HOUR_MS))
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=DEMO_CARD, version=v2, cohort=cohort)
+        )
+        demo_customer(client, "pilot-late", {"segment": "pilot"}, hour)
+        demo_customer(client, "other-late", {"segment": "enterprise"}, hour)
+        assert [demo_cost(client, who) for who in ("acme", "pilot-late", "other-late")] == ["5", "4", "5"]
+        events = [
+            usage_pb2.UsageEvent(
+                transaction_id=f"d-{who}",
+                customer_id=who,
+                event_type="ai_action",
+                timestamp_ms=hour + 1,
+                dimensions=COMPLEX_GPT4_SUMMARY,
+            )
+            for who in ("acme", "pilot-late")
+        ]
+        assert client.ingest_batch(events, batch_id="demo-1").accepted == 2
+        assert [client.get_balance(who).period_charges for who in ("acme", "pilot-late")] == ["5", "4"]
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=DEMO_CARD)).current_version == 1
