@@ -149,3 +149,42 @@ def test_demo_pilot_cohort_prices_members_at_4_and_everyone_else_at_5_including_
         assert client.ingest_batch(events, batch_id="demo-1").accepted == 2
         assert [client.get_balance(who).period_charges for who in ("acme", "pilot-late")] == ["5", "4"]
         assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=DEMO_CARD)).current_version == 1
+
+
+def test_a_draft_request_id_is_the_rate_cards_own_and_every_retry_survives_a_crash(
+    server_factory: ServerFactory,
+) -> None:
+    """CreateDraftVersion's key is request_id within the card (engine: rate_card/<id>/draft/<key>): the same key on
+    another card makes that card's own draft. After a kill -9 and a restart, retrying the draft, the publish and the
+    rollback answers as the first calls did and adds no version; the key with another request is still refused."""
+    server = server_factory()
+    hour = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, hour - 2 * HOUR_MS)
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card2", pricing_unit="USD"))
+
+        def keyed(card: str, note: str = "") -> pricing_pb2.CreateDraftVersionRequest:
+            return pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=card, based_on_version=1 if card == CARD else 0, change_note=note, request_id="k-1"
+            )
+
+        first = client.pricing.CreateDraftVersion(keyed(CARD))
+        assert (first.rate_card_id, first.version) == (CARD, 2)
+        other_card = client.pricing.CreateDraftVersion(keyed("card2"))
+        assert (other_card.rate_card_id, other_card.version) == ("card2", 1)
+        published = publish(client, 2, hour - HOUR_MS).version
+        rollback = pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(hour))
+        copy = client.pricing.RollbackRateCard(rollback).version
+        assert (copy.version, copy.rollback_from_version) == (3, 2)
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        # The version the first call made, as it is now (version 2 was published since).
+        assert client.pricing.CreateDraftVersion(keyed(CARD)).version == first.version
+        assert client.pricing.CreateDraftVersion(keyed("card2")) == other_card
+        expect_error(S.ALREADY_EXISTS, lambda: client.pricing.CreateDraftVersion(keyed(CARD, "another note")))
+        assert publish(client, 2, hour - HOUR_MS).version == published
+        assert publish(client, 2).version == published
+        assert client.pricing.RollbackRateCard(rollback).version == copy
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
+        assert (card.latest_version, card.current_version) == (3, 3)

@@ -1540,9 +1540,10 @@ type CreateDraftVersionRequest struct {
 	ChangeNote  string     `protobuf:"bytes,6,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`
 	// Parameters to drop.
 	RemoveParameters []string `protobuf:"bytes,7,rep,name=remove_parameters,json=removeParameters,proto3" json:"remove_parameters,omitempty"`
-	// Idempotency key: a retry with the same key and request returns the draft
-	// the first call made; the same key with a different request is
-	// ALREADY_EXISTS. Optional.
+	// Idempotency key, within the rate card (the same key on another card is
+	// another key): a retry with the same key and request returns the draft the
+	// first call made; the same key with a different request is ALREADY_EXISTS.
+	// Optional.
 	RequestId     string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

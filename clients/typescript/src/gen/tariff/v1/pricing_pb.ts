@@ -670,9 +670,10 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   removeParameters: string[];
 
   /**
-   * Idempotency key: a retry with the same key and request returns the draft
-   * the first call made; the same key with a different request is
-   * ALREADY_EXISTS. Optional.
+   * Idempotency key, within the rate card (the same key on another card is
+   * another key): a retry with the same key and request returns the draft the
+   * first call made; the same key with a different request is ALREADY_EXISTS.
+   * Optional.
    *
    * @generated from field: string request_id = 8;
    */
