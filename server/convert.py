@@ -89,6 +89,15 @@ def optional_ms(message: object, field: str, name: str = "") -> int | None:
     return ms_of(getattr(message, field), name or field)
 
 
+def optional_hour_ms(message: object, field: str) -> int | None:
+    """`optional_ms` of a time that must be on an hour (an effective_from): a sub-millisecond part is refused here,
+    as the engine refuses milliseconds past the hour, rather than dropped into an hour the caller did not name."""
+    ms = optional_ms(message, field)
+    if ms is not None and getattr(message, field).nanos % 1_000_000:
+        raise InvalidArgument.field(field, "must be on an hour boundary (UTC)")
+    return ms
+
+
 def optional_filter_ms(message: object, field: str) -> int | None:
     """A filter's bound (None when unset): compared, never computed with, so any valid Timestamp will do. Rounded
     up to a whole millisecond: the instants it is compared with are whole milliseconds, so `t >= bound` ("at or

@@ -7,6 +7,7 @@ slightly wrong, and the demo card's figures the README quotes (a complex GPT-4 s
 from __future__ import annotations
 
 import grpc
+from google.protobuf import timestamp_pb2
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
@@ -188,3 +189,27 @@ def test_a_draft_request_id_is_the_rate_cards_own_and_every_retry_survives_a_cra
         assert client.pricing.RollbackRateCard(rollback).version == copy
         card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
         assert (card.latest_version, card.current_version) == (3, 3)
+
+
+def test_an_effective_from_a_nanosecond_past_an_hour_is_not_on_an_hour(server_factory: ServerFactory) -> None:
+    """pricing.proto: effective_from is "on an hour boundary", INVALID_ARGUMENT otherwise. 17:00:00.000000001 is not
+    on one; the server dropped the sub-millisecond nanos first and published (or rolled back) from 17:00 anyway,
+    changing what was asked for without saying so. Refused now, changing nothing; a whole hour still publishes."""
+    server = server_factory()
+    hour = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, hour - 2 * HOUR_MS)
+        v2 = draft(client, 1, [unit("2")])
+        for nanos in (1, 999_999):
+            past_the_hour = timestamp_pb2.Timestamp()
+            past_the_hour.FromNanoseconds(hour * 1_000_000 + nanos)
+            request = pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=v2, effective_from=past_the_hour)
+            message = expect_error(S.INVALID_ARGUMENT, lambda r=request: client.pricing.PublishVersion(r))  # type: ignore[misc]
+            assert "effective_from" in message and "hour" in message, message
+            rollback = pricing_pb2.RollbackRateCardRequest(
+                rate_card_id=CARD, to_version=1, effective_from=past_the_hour
+            )
+            expect_error(S.INVALID_ARGUMENT, lambda r=rollback: client.pricing.RollbackRateCard(r))  # type: ignore[misc]
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
+        assert (card.latest_version, card.current_version) == (2, 1)
+        assert publish(client, v2, hour).version.effective_from.ToMilliseconds() == hour

@@ -104,7 +104,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             actor_of(context),
             request.rate_card_id,
             request.version,
-            convert.optional_ms(request, "effective_from"),
+            convert.optional_hour_ms(request, "effective_from"),
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
         )
         return publish_response(await self._apply(command, PublishResult))
@@ -177,7 +177,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             actor_of(context),
             request.rate_card_id,
             request.to_version,
-            convert.optional_ms(request, "effective_from"),
+            convert.optional_hour_ms(request, "effective_from"),
         )
         return publish_response(await self._apply(command, PublishResult))
 

@@ -1804,9 +1804,10 @@ type PublishVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	Version    uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	// UTC, on an hour boundary; past, now or future. Now (rounded down to the
-	// hour) when unset. When usage was already rated in an hour this version
-	// prices, that usage is re-rated in open periods: each affected customer's
+	// UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT otherwise);
+	// past, now or future. Now (rounded down to the hour) when unset. When usage
+	// was already rated in an hour this version prices, that usage is re-rated
+	// in open periods: each affected customer's
 	// hour buckets are priced again in time order, each by the version in force
 	// for its hour, over the period's cumulative quantity; every changed bucket
 	// gets an adjustment entry citing its old and new version, and the
@@ -2041,7 +2042,7 @@ type RollbackRateCardRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	ToVersion  uint32                 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
-	// UTC, on an hour boundary; past, now or future. Now (rounded down to the
+	// UTC, on an hour boundary to the nanosecond; past, now or future. Now (rounded down to the
 	// hour) when unset.
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	unknownFields protoimpl.UnknownFields

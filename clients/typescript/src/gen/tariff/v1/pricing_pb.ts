@@ -775,9 +775,10 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
   version: number;
 
   /**
-   * UTC, on an hour boundary; past, now or future. Now (rounded down to the
-   * hour) when unset. When usage was already rated in an hour this version
-   * prices, that usage is re-rated in open periods: each affected customer's
+   * UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT otherwise);
+   * past, now or future. Now (rounded down to the hour) when unset. When usage
+   * was already rated in an hour this version prices, that usage is re-rated
+   * in open periods: each affected customer's
    * hour buckets are priced again in time order, each by the version in force
    * for its hour, over the period's cumulative quantity; every changed bucket
    * gets an adjustment entry citing its old and new version, and the
@@ -930,7 +931,7 @@ export type RollbackRateCardRequest = Message<"tariff.v1.RollbackRateCardRequest
   toVersion: number;
 
   /**
-   * UTC, on an hour boundary; past, now or future. Now (rounded down to the
+   * UTC, on an hour boundary to the nanosecond; past, now or future. Now (rounded down to the
    * hour) when unset.
    *
    * @generated from field: google.protobuf.Timestamp effective_from = 3;
