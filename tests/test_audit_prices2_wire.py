@@ -26,6 +26,7 @@ from tests.test_audit_pricing_wire import (
     unit,
     work,
 )
+from tests.test_cli import table_rows, tariff
 
 S = grpc.StatusCode
 DEMO_CARD = "ai-credits"
@@ -213,3 +214,19 @@ def test_an_effective_from_a_nanosecond_past_an_hour_is_not_on_an_hour(server_fa
         card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
         assert (card.latest_version, card.current_version) == (2, 1)
         assert publish(client, v2, hour).version.effective_from.ToMilliseconds() == hour
+
+
+def test_the_versions_table_says_whom_each_version_prices(server_factory: ServerFactory) -> None:
+    """README "Cohorts": after publishing the GPT-4 cut to the acme pilot, `tariff ratecard versions` listed version
+    2 as PUBLISHED from this hour like any other, so the table read as everyone paying 4 credits; only --json showed
+    the cohort. The table says whom each published version prices: everyone (outside cohorts), or its cohort."""
+    server = server_factory(demo=True)
+    tariff(server, "ratecard", "draft", "ai-credits", "--base", "1", "--set", "gpt4_factor=2", "--note", "pilot")
+    tariff(server, "ratecard", "publish", "ai-credits", "2", "--cohort-customer", "acme")
+    tariff(server, "ratecard", "draft", "ai-credits", "--base", "2", "--note", "for everyone")
+    rows = table_rows(tariff(server, "ratecard", "versions", "ai-credits").stdout)
+    assert rows[0] == ["version", "state", "based on", "effective from", "prices", "created by", "change note"]
+    by_version = {row[0]: row for row in rows[2:]}
+    assert by_version["1"][1:2] + by_version["1"][3:4] == ["PUBLISHED", "everyone"]
+    assert by_version["2"][1:2] + by_version["2"][4:5] == ["PUBLISHED", "customers acme"]
+    assert "everyone" not in by_version["3"] and "customers acme" not in by_version["3"]  # a draft prices no one
