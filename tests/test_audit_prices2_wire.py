@@ -9,9 +9,10 @@ from __future__ import annotations
 import grpc
 from google.protobuf import timestamp_pb2
 from tariff import TariffClient
-from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from engine.instants import iso
+from engine.rerate import LEFT_ALONE_REASON
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
 from tests.test_audit_pricing_wire import (
@@ -21,6 +22,7 @@ from tests.test_audit_pricing_wire import (
     draft,
     expect_error,
     ingest,
+    month_start_ms,
     publish,
     this_hour_ms,
     unit,
@@ -230,3 +232,28 @@ def test_the_versions_table_says_whom_each_version_prices(server_factory: Server
     assert by_version["1"][1:2] + by_version["1"][3:4] == ["PUBLISHED", "everyone"]
     assert by_version["2"][1:2] + by_version["2"][4:5] == ["PUBLISHED", "customers acme"]
     assert "everyone" not in by_version["3"] and "customers acme" not in by_version["3"]  # a draft prices no one
+
+
+def test_the_publish_table_says_what_was_left_alone_in_closed_periods_and_why(server_factory: ServerFactory) -> None:
+    """README: the reply says "how much usage in closed periods was left alone". `tariff ratecard publish` printed the
+    closed buckets and amount but not their events nor the reason the reply gives; it prints all of them."""
+    server = server_factory()
+    last_month, this_month = month_start_ms(1), month_start_ms(0)
+    with server.client() as client:
+        catalogue(client, last_month)
+        ingest(client, work("old", this_month - HOUR_MS, 2), work("new", this_month, 3))
+        client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="c", period_start=stamp(last_month)))
+        v2 = draft(client, 1, [unit("5")])
+    published = tariff(server, "ratecard", "publish", CARD, str(v2), "--effective-from", iso(last_month))
+    rows = table_rows(published.stdout)
+    # Last month's bucket (2 units at 1) left alone; this month's 3 units re-rated from 3 to 15.
+    for row in (
+        ["events re-rated", "1"],
+        ["buckets re-rated", "1"],
+        ["re-rated amount delta", "12"],
+        ["closed-period buckets left alone", "1"],
+        ["closed-period events left alone", "1"],
+        ["closed-period amount left alone", "2"],
+        ["left alone because", LEFT_ALONE_REASON],
+    ):
+        assert row in rows, (row, published.stdout)
