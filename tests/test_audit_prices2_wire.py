@@ -257,3 +257,27 @@ def test_the_publish_table_says_what_was_left_alone_in_closed_periods_and_why(se
         ["left alone because", LEFT_ALONE_REASON],
     ):
         assert row in rows, (row, published.stdout)
+
+
+def test_simulate_widens_a_window_off_the_hour_to_whole_hours(server_factory: ServerFactory) -> None:
+    """Usage is kept in hour buckets, so SimulateVersion cannot cut an hour: a window [h+30 min, h+40 min) takes in
+    the whole hour h (both events, at h+10 min and h+50 min, at 1 now and 5 in the draft), as pricing.proto says;
+    a window from the next hour on holds none of it."""
+    server = server_factory()
+    hour = this_hour_ms()
+    h = hour - 2 * HOUR_MS
+    with server.client() as client:
+        catalogue(client, h - HOUR_MS)
+        ingest(client, work("w1", h + 10 * 60_000, 1), work("w2", h + 50 * 60_000, 1))
+        v2 = draft(client, 1, [unit("5")])
+
+        def totals(start_ms: int, end_ms: int) -> tuple[str, str]:
+            request = pricing_pb2.SimulateVersionRequest(
+                rate_card_id=CARD, version=v2, period_start=stamp(start_ms), period_end=stamp(end_ms)
+            )
+            done = client.pricing.SimulateVersion(request).totals
+            return done.current_amount, done.simulated_amount
+
+        assert totals(h + 30 * 60_000, h + 40 * 60_000) == ("2", "10")
+        assert totals(h, h + 1) == ("2", "10")
+        assert totals(h + HOUR_MS, hour) == ("0", "0")

@@ -2690,7 +2690,10 @@ func (x *DiffVersionsResponse) GetRates() []*RateChange {
 }
 
 // Prices the usage buckets recorded in [period_start, period_end) again with
-// one version and changes nothing. Each (customer, period, product, dimension
+// one version and changes nothing. Usage is kept by the hour, so a bound off
+// an hour takes in that whole hour: period_start is rounded down to its hour
+// and period_end up (a bucket is simulated when its hour overlaps the window,
+// both amounts over that whole hour). Each (customer, period, product, dimension
 // values) is walked in hour order from its billing period's start, every
 // bucket priced by `version` over the cumulative quantity, as re-rating after
 // publishing `version` effective from that period's start would price it.
