@@ -25,12 +25,14 @@ from engine.ratecard import (
     PriceSpec,
     Rate,
     RateCard,
+    RateKey,
     Tier,
     TieredPrice,
     TierMode,
     UnitPrice,
     Version,
     normalize_match,
+    rate_key,
 )
 from engine.ratecard import Finding as EngineFinding
 
@@ -253,7 +255,22 @@ def rate_pb(r: Rate) -> pricing_pb2.Rate:
     return message
 
 
+def check_rates_named_once(rates: Iterable[pricing_pb2.Rate]) -> None:
+    """INVALID_ARGUMENT naming each upsert_rates entry with the product and match of an earlier one ("*" entries
+    left out): the draft would keep only the last. Checked before the command is journaled, so stored drafts
+    replay as they were made."""
+    first: dict[RateKey, int] = {}
+    violations = []
+    for index, each in enumerate(rates):
+        at = first.setdefault(rate_key(each.product_id, each.match), index)
+        if at != index:
+            violations.append((f"upsert_rates[{index}]", f"the same product and match as upsert_rates[{at}]"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
 def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, actor: str) -> cmd.CreateDraftVersion:
+    check_rates_named_once(request.upsert_rates)
     return cmd.CreateDraftVersion(
         at_ms,
         actor,

@@ -281,3 +281,28 @@ def test_simulate_widens_a_window_off_the_hour_to_whole_hours(server_factory: Se
         assert totals(h + 30 * 60_000, h + 40 * 60_000) == ("2", "10")
         assert totals(h, h + 1) == ("2", "10")
         assert totals(h + HOUR_MS, hour) == ("0", "0")
+
+
+def test_a_draft_naming_one_rate_twice_is_refused_instead_of_keeping_the_last(server_factory: ServerFactory) -> None:
+    """Two upsert_rates with the same product and match ("*" entries left out, so {"model": "*"} is the catch-all)
+    in one CreateDraftVersion made a draft holding only the last: a rate pasted twice with two prices lost one
+    without a word. Refused, INVALID_ARGUMENT naming both, and no draft is made; removing a rate and upserting it
+    in one request still replaces it (removals apply first)."""
+    server = server_factory()
+    with server.client() as client:
+        catalogue(client, this_hour_ms())
+        twice = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=CARD,
+            based_on_version=1,
+            upsert_rates=[unit("3", {"model": "*"}), unit("2", {"region": "eu"}), unit("2")],
+        )
+        message = expect_error(S.INVALID_ARGUMENT, lambda: client.pricing.CreateDraftVersion(twice))
+        assert "upsert_rates[2]" in message and "upsert_rates[0]" in message, message
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).latest_version == 1
+        replaced = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=CARD,
+            based_on_version=1,
+            upsert_rates=[unit("9")],
+            remove_rates=[pricing_pb2.RateKey(product_id="units")],
+        )
+        assert [r.unit.price for r in client.pricing.CreateDraftVersion(replaced).rates] == ["9"]

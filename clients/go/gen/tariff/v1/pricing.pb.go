@@ -1534,7 +1534,10 @@ type CreateDraftVersionRequest struct {
 	BasedOnVersion uint32 `protobuf:"varint,2,opt,name=based_on_version,json=basedOnVersion,proto3" json:"based_on_version,omitempty"`
 	// Name -> decimal string; added or replaced.
 	SetParameters map[string]string `protobuf:"bytes,3,rep,name=set_parameters,json=setParameters,proto3" json:"set_parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Replaces the rate with the same product_id and match, or adds it.
+	// Replaces the rate with the same product_id and match, or adds it. A
+	// product and match ("*" entries left out) at most once in one request
+	// (INVALID_ARGUMENT naming both entries otherwise); remove_rates apply
+	// first, so a rate both removed and upserted is replaced.
 	UpsertRates []*Rate    `protobuf:"bytes,4,rep,name=upsert_rates,json=upsertRates,proto3" json:"upsert_rates,omitempty"`
 	RemoveRates []*RateKey `protobuf:"bytes,5,rep,name=remove_rates,json=removeRates,proto3" json:"remove_rates,omitempty"`
 	ChangeNote  string     `protobuf:"bytes,6,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`

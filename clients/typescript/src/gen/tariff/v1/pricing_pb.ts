@@ -646,7 +646,10 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   setParameters: { [key: string]: string };
 
   /**
-   * Replaces the rate with the same product_id and match, or adds it.
+   * Replaces the rate with the same product_id and match, or adds it. A
+   * product and match ("*" entries left out) at most once in one request
+   * (INVALID_ARGUMENT naming both entries otherwise); remove_rates apply
+   * first, so a rate both removed and upserted is replaced.
    *
    * @generated from field: repeated tariff.v1.Rate upsert_rates = 4;
    */
