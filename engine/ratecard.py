@@ -20,6 +20,7 @@ import msgspec
 
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.formula import FormulaError, evaluate
+from engine.instants import iso
 from engine.money import DECIMAL_CONTEXT, MAGNITUDE_LIMIT, PLACES_MAX, format_decimal
 from engine.products import Product
 
@@ -467,9 +468,10 @@ def _curve(
 
 def check_publishable(version: Version, effective_from_ms: int) -> None:
     if version.state is not VersionState.DRAFT:
+        assert version.effective_from_ms is not None, "a published version has the hour it took effect"
         raise FailedPrecondition(
             f"version {version.number} of {version.rate_card_id!r} is already published, effective from "
-            f"{version.effective_from_ms} (Unix ms): publishing it again must ask for that effective_from, or none"
+            f"{iso(version.effective_from_ms)}: publishing it again must ask for that effective_from, or none"
         )
     if effective_from_ms % HOUR_MS:
         raise InvalidArgument.field("effective_from", "must be on an hour boundary (UTC)")

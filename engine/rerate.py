@@ -17,6 +17,7 @@ from engine.cohorts import checked_cohort, contains, members
 from engine.contracts import Customer
 from engine.control import BillingState
 from engine.errors import FailedPrecondition, InvalidArgument, NotFound
+from engine.instants import iso
 from engine.ratecard import HOUR_MS, Cohort, RateCard, Severity, Version, VersionState, validate
 from engine.tables import _version_table
 from engine.versions import PublishResult
@@ -30,6 +31,8 @@ PLAN_SLICE_CUSTOMERS = 128
 PLAN_PASSES = 2
 # Customers simulated per kernel call (under the shared lock: the writer waits for at most one slice).
 SIMULATE_SLICE_CUSTOMERS = 256
+# Unknown customer ids a refused simulation names (then how many more), as a cohort names them.
+SIMULATE_UNKNOWN_NAMED_MAX = 20
 LEFT_ALONE_REASON = "in closed periods: a closed period's invoice is final, so its usage keeps its price"
 
 
@@ -121,7 +124,7 @@ class _Planned:
     def refusal(self, why: ValueError) -> FailedPrecondition:
         return FailedPrecondition(
             f"version {self.version.number} of rate card {self.card.id!r} cannot be published effective from "
-            f"{self.effective_from_ms} (Unix ms): the usage it would re-rate cannot be priced again: {why}"
+            f"{iso(self.effective_from_ms)}: the usage it would re-rate cannot be priced again: {why}"
         )
 
 
@@ -286,6 +289,18 @@ def simulation_table(state: BillingState, rate_card_id: str, number: int, start_
     return msgspec.msgpack.encode(_version_table(card, version.number, state))
 
 
+def check_simulated_customers(customers: Mapping[str, Customer], customer_ids: Iterable[str]) -> None:
+    """NotFound naming the ids in SimulateVersion.customer_ids that are no customer: a misspelt one would otherwise
+    simulate nothing, which reads as "no change"."""
+    unknown = sorted({i for i in customer_ids if i not in customers})
+    if unknown:
+        named = ", ".join(repr(i) for i in unknown[:SIMULATE_UNKNOWN_NAMED_MAX])
+        more = len(unknown) - SIMULATE_UNKNOWN_NAMED_MAX
+        if len(unknown) == 1:
+            raise NotFound(f"customer_ids: customer {named} does not exist")  # as every lookup says it
+        raise NotFound(f"customer_ids: customers {named}{f' and {more} more' if more > 0 else ''} do not exist")
+
+
 def simulation_customers(kernel: Kernel, rate_card_id: str, start_ms: int, customer_ids: list[str]) -> list[str]:
     """The customers a simulation looks at, sorted: those asked for, or all with usage of the card since start."""
     if customer_ids:
@@ -315,6 +330,7 @@ def simulate(
 ) -> Simulation:
     """SimulateVersion in one go (tests, tools); the server runs the same steps a slice of customers at a time."""
     table = simulation_table(state, rate_card_id, number, start_ms, end_ms)
+    check_simulated_customers(state.customers, customer_ids)
     customers = simulation_customers(kernel, rate_card_id, start_ms, customer_ids)
     lines: list[tuple[str, str, int, int]] = []
     for at in range(0, len(customers), SIMULATE_SLICE_CUSTOMERS):

@@ -25,12 +25,14 @@ from engine.ratecard import (
     PriceSpec,
     Rate,
     RateCard,
+    RateKey,
     Tier,
     TieredPrice,
     TierMode,
     UnitPrice,
     Version,
     normalize_match,
+    rate_key,
 )
 from engine.ratecard import Finding as EngineFinding
 
@@ -87,6 +89,15 @@ def optional_ms(message: object, field: str, name: str = "") -> int | None:
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
     return ms_of(getattr(message, field), name or field)
+
+
+def optional_hour_ms(message: object, field: str) -> int | None:
+    """`optional_ms` of a time that must be on an hour (an effective_from): a sub-millisecond part is refused here,
+    as the engine refuses milliseconds past the hour, rather than dropped into an hour the caller did not name."""
+    ms = optional_ms(message, field)
+    if ms is not None and getattr(message, field).nanos % 1_000_000:
+        raise InvalidArgument.field(field, "must be on an hour boundary (UTC)")
+    return ms
 
 
 def optional_filter_ms(message: object, field: str) -> int | None:
@@ -244,7 +255,22 @@ def rate_pb(r: Rate) -> pricing_pb2.Rate:
     return message
 
 
+def check_rates_named_once(rates: Iterable[pricing_pb2.Rate]) -> None:
+    """INVALID_ARGUMENT naming each upsert_rates entry with the product and match of an earlier one ("*" entries
+    left out): the draft would keep only the last. Checked before the command is journaled, so stored drafts
+    replay as they were made."""
+    first: dict[RateKey, int] = {}
+    violations = []
+    for index, each in enumerate(rates):
+        at = first.setdefault(rate_key(each.product_id, each.match), index)
+        if at != index:
+            violations.append((f"upsert_rates[{index}]", f"the same product and match as upsert_rates[{at}]"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
 def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, actor: str) -> cmd.CreateDraftVersion:
+    check_rates_named_once(request.upsert_rates)
     return cmd.CreateDraftVersion(
         at_ms,
         actor,

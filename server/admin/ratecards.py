@@ -89,6 +89,7 @@ def version_rows(versions: Any) -> list[tuple[Any, ...]]:
             pricing_pb2.VersionState.Name(v.state),
             v.based_on_version or "",
             when(v.effective_from, v.HasField("effective_from")),
+            priced_customers(v),
             v.created_by,
             v.change_note,
         )
@@ -96,7 +97,17 @@ def version_rows(versions: Any) -> list[tuple[Any, ...]]:
     ]
 
 
-VERSION_COLUMNS = ("version", "state", "based on", "effective from", "created by", "change note")
+VERSION_COLUMNS = ("version", "state", "based on", "effective from", "prices", "created by", "change note")
+
+
+def priced_customers(version: pricing_pb2.RateCardVersion) -> str:
+    """Whom a published version prices: everyone (outside cohorts) or its cohort; a draft prices no one."""
+    from tariff.v1 import pricing_pb2
+
+    if version.state != pricing_pb2.PUBLISHED:
+        return ""
+    cohort = cohort_fields(version)
+    return cohort[0][1] if cohort else "everyone"
 
 
 @click.group()

@@ -217,7 +217,9 @@ def print_published(remote: Remote, published: pricing_pb2.PublishVersionRespons
                 ("buckets re-rated", published.buckets_rerated),
                 ("re-rated amount delta", published.rerated_amount_delta),
                 ("closed-period buckets left alone", published.closed_buckets_left_alone),
+                ("closed-period events left alone", published.closed_events_left_alone),
                 ("closed-period amount left alone", published.closed_amount_left_alone),
+                *([("left alone because", published.left_alone_reason)] if published.left_alone_reason else []),
             ]
         )
     if published.validation.findings:

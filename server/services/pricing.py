@@ -22,6 +22,7 @@ from engine.rerate import (
     LEFT_ALONE_REASON,
     SIMULATE_SLICE_CUSTOMERS,
     Simulation,
+    check_simulated_customers,
     simulate_slice,
     simulation_customers,
     simulation_table,
@@ -118,7 +119,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             actor_of(context),
             request.rate_card_id,
             request.version,
-            convert.optional_ms(request, "effective_from"),
+            convert.optional_hour_ms(request, "effective_from"),
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
         )
         return publish_response(await self._apply(command, PublishResult))
@@ -137,8 +138,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             number = card.version_number_at(convert.ms_of(request.at, "at"))
             if number is None:
                 raise NotFound(f"rate card {card.id!r} has no version in force at that time")
-        else:
+        elif request.version:
             number = request.version
+        else:
+            raise InvalidArgument.field("version", "is required: a version number, or at (the version in force then)")
         return convert.version_pb(card.version(number))
 
     @unary
@@ -188,7 +191,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             actor_of(context),
             request.rate_card_id,
             request.to_version,
-            convert.optional_ms(request, "effective_from"),
+            convert.optional_hour_ms(request, "effective_from"),
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -212,7 +215,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self._card_named(request.rate_card_id)
         for index, customer_id in enumerate(request.customer_ids):
             check_reference(customer_id, f"customer_ids[{index}]", self.engine.state.customers)
-            self.engine.customer(customer_id)  # NotFound
+        check_simulated_customers(self.engine.state.customers, request.customer_ids)  # NotFound naming each
         start_ms, end_ms = (
             convert.ms_of(request.period_start, "period_start"),
             convert.ms_of(request.period_end, "period_end"),

@@ -161,7 +161,9 @@ class PricingServiceServicer:
         first of them when they are many: the status is kept small, see the top
         of contracts.proto; ValidateVersion lists them all). Key:
         rate_card_id and version: publishing a published version again, with the
-        same effective_from or none, answers as the first call did.
+        same effective_from or none, answers as the first call did; with another
+        effective_from it is FAILED_PRECONDITION naming the hour it is in force
+        from, changing nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1538,15 +1538,19 @@ type CreateDraftVersionRequest struct {
 	BasedOnVersion uint32 `protobuf:"varint,2,opt,name=based_on_version,json=basedOnVersion,proto3" json:"based_on_version,omitempty"`
 	// Name -> decimal string; added or replaced.
 	SetParameters map[string]string `protobuf:"bytes,3,rep,name=set_parameters,json=setParameters,proto3" json:"set_parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Replaces the rate with the same product_id and match, or adds it.
+	// Replaces the rate with the same product_id and match, or adds it. A
+	// product and match ("*" entries left out) at most once in one request
+	// (INVALID_ARGUMENT naming both entries otherwise); remove_rates apply
+	// first, so a rate both removed and upserted is replaced.
 	UpsertRates []*Rate    `protobuf:"bytes,4,rep,name=upsert_rates,json=upsertRates,proto3" json:"upsert_rates,omitempty"`
 	RemoveRates []*RateKey `protobuf:"bytes,5,rep,name=remove_rates,json=removeRates,proto3" json:"remove_rates,omitempty"`
 	ChangeNote  string     `protobuf:"bytes,6,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`
 	// Parameters to drop.
 	RemoveParameters []string `protobuf:"bytes,7,rep,name=remove_parameters,json=removeParameters,proto3" json:"remove_parameters,omitempty"`
-	// Idempotency key: a retry with the same key and request returns the draft
-	// the first call made; the same key with a different request is
-	// ALREADY_EXISTS. Optional.
+	// Idempotency key, within the rate card (the same key on another card is
+	// another key): a retry with the same key and request returns the draft the
+	// first call made; the same key with a different request is ALREADY_EXISTS.
+	// Optional.
 	RequestId     string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1807,9 +1811,10 @@ type PublishVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	Version    uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	// UTC, on an hour boundary; past, now or future. Now (rounded down to the
-	// hour) when unset. When usage was already rated in an hour this version
-	// prices, that usage is re-rated in open periods: each affected customer's
+	// UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT otherwise);
+	// past, now or future. Now (rounded down to the hour) when unset. When usage
+	// was already rated in an hour this version prices, that usage is re-rated
+	// in open periods: each affected customer's
 	// hour buckets are priced again in time order, each by the version in force
 	// for its hour, over the period's cumulative quantity; every changed bucket
 	// gets an adjustment entry citing its old and new version, and the
@@ -2044,7 +2049,7 @@ type RollbackRateCardRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	ToVersion  uint32                 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
-	// UTC, on an hour boundary; past, now or future. Now (rounded down to the
+	// UTC, on an hour boundary to the nanosecond; past, now or future. Now (rounded down to the
 	// hour) when unset.
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2190,6 +2195,9 @@ func (x *ListVersionsResponse) GetVersions() []*RateCardVersion {
 	return nil
 }
 
+// One of version and at is required (INVALID_ARGUMENT naming version when
+// neither is given, or version is 0); an unknown rate card or version, or no
+// version in force at that time, is NOT_FOUND.
 type GetVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
@@ -2689,7 +2697,10 @@ func (x *DiffVersionsResponse) GetRates() []*RateChange {
 }
 
 // Prices the usage buckets recorded in [period_start, period_end) again with
-// one version and changes nothing. Each (customer, period, product, dimension
+// one version and changes nothing. Usage is kept by the hour, so a bound off
+// an hour takes in that whole hour: period_start is rounded down to its hour
+// and period_end up (a bucket is simulated when its hour overlaps the window,
+// both amounts over that whole hour). Each (customer, period, product, dimension
 // values) is walked in hour order from its billing period's start, every
 // bucket priced by `version` over the cumulative quantity, as re-rating after
 // publishing `version` effective from that period's start would price it.
@@ -2704,9 +2715,10 @@ type SimulateVersionRequest struct {
 	Version     uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
 	PeriodEnd   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
-	// Empty: every customer on the rate card. Each must name a customer: one
-	// breaking the id rule is INVALID_ARGUMENT naming customer_ids[i], an
-	// unknown one NOT_FOUND.
+	// Empty: every customer on the rate card. One breaking the id rule is
+	// INVALID_ARGUMENT naming customer_ids[i]; an id that is no customer is
+	// NOT_FOUND, every unknown one named (a misspelt one must not read as "no
+	// change"); a customer without usage of the card gives no amounts.
 	CustomerIds   []string `protobuf:"bytes,5,rep,name=customer_ids,json=customerIds,proto3" json:"customer_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

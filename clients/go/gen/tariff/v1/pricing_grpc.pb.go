@@ -63,7 +63,9 @@ type PricingServiceClient interface {
 	// first of them when they are many: the status is kept small, see the top
 	// of contracts.proto; ValidateVersion lists them all). Key:
 	// rate_card_id and version: publishing a published version again, with the
-	// same effective_from or none, answers as the first call did.
+	// same effective_from or none, answers as the first call did; with another
+	// effective_from it is FAILED_PRECONDITION naming the hour it is in force
+	// from, changing nothing.
 	PublishVersion(ctx context.Context, in *PublishVersionRequest, opts ...grpc.CallOption) (*PublishVersionResponse, error)
 	// Publishes a copy of an earlier published version as a new version, through
 	// PublishVersion's own path (see RollbackRateCardRequest). Key: what the
@@ -254,7 +256,9 @@ type PricingServiceServer interface {
 	// first of them when they are many: the status is kept small, see the top
 	// of contracts.proto; ValidateVersion lists them all). Key:
 	// rate_card_id and version: publishing a published version again, with the
-	// same effective_from or none, answers as the first call did.
+	// same effective_from or none, answers as the first call did; with another
+	// effective_from it is FAILED_PRECONDITION naming the hour it is in force
+	// from, changing nothing.
 	PublishVersion(context.Context, *PublishVersionRequest) (*PublishVersionResponse, error)
 	// Publishes a copy of an earlier published version as a new version, through
 	// PublishVersion's own path (see RollbackRateCardRequest). Key: what the

@@ -650,7 +650,10 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   setParameters: { [key: string]: string };
 
   /**
-   * Replaces the rate with the same product_id and match, or adds it.
+   * Replaces the rate with the same product_id and match, or adds it. A
+   * product and match ("*" entries left out) at most once in one request
+   * (INVALID_ARGUMENT naming both entries otherwise); remove_rates apply
+   * first, so a rate both removed and upserted is replaced.
    *
    * @generated from field: repeated tariff.v1.Rate upsert_rates = 4;
    */
@@ -674,9 +677,10 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   removeParameters: string[];
 
   /**
-   * Idempotency key: a retry with the same key and request returns the draft
-   * the first call made; the same key with a different request is
-   * ALREADY_EXISTS. Optional.
+   * Idempotency key, within the rate card (the same key on another card is
+   * another key): a retry with the same key and request returns the draft the
+   * first call made; the same key with a different request is ALREADY_EXISTS.
+   * Optional.
    *
    * @generated from field: string request_id = 8;
    */
@@ -778,9 +782,10 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
   version: number;
 
   /**
-   * UTC, on an hour boundary; past, now or future. Now (rounded down to the
-   * hour) when unset. When usage was already rated in an hour this version
-   * prices, that usage is re-rated in open periods: each affected customer's
+   * UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT otherwise);
+   * past, now or future. Now (rounded down to the hour) when unset. When usage
+   * was already rated in an hour this version prices, that usage is re-rated
+   * in open periods: each affected customer's
    * hour buckets are priced again in time order, each by the version in force
    * for its hour, over the period's cumulative quantity; every changed bucket
    * gets an adjustment entry citing its old and new version, and the
@@ -933,7 +938,7 @@ export type RollbackRateCardRequest = Message<"tariff.v1.RollbackRateCardRequest
   toVersion: number;
 
   /**
-   * UTC, on an hour boundary; past, now or future. Now (rounded down to the
+   * UTC, on an hour boundary to the nanosecond; past, now or future. Now (rounded down to the
    * hour) when unset.
    *
    * @generated from field: google.protobuf.Timestamp effective_from = 3;
@@ -983,6 +988,10 @@ export const ListVersionsResponseSchema: GenMessage<ListVersionsResponse> = /*@_
   messageDesc(file_tariff_v1_pricing, 26);
 
 /**
+ * One of version and at is required (INVALID_ARGUMENT naming version when
+ * neither is given, or version is 0); an unknown rate card or version, or no
+ * version in force at that time, is NOT_FOUND.
+ *
  * @generated from message tariff.v1.GetVersionRequest
  */
 export type GetVersionRequest = Message<"tariff.v1.GetVersionRequest"> & {
@@ -1259,7 +1268,10 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
 
 /**
  * Prices the usage buckets recorded in [period_start, period_end) again with
- * one version and changes nothing. Each (customer, period, product, dimension
+ * one version and changes nothing. Usage is kept by the hour, so a bound off
+ * an hour takes in that whole hour: period_start is rounded down to its hour
+ * and period_end up (a bucket is simulated when its hour overlaps the window,
+ * both amounts over that whole hour). Each (customer, period, product, dimension
  * values) is walked in hour order from its billing period's start, every
  * bucket priced by `version` over the cumulative quantity, as re-rating after
  * publishing `version` effective from that period's start would price it.
@@ -1294,9 +1306,10 @@ export type SimulateVersionRequest = Message<"tariff.v1.SimulateVersionRequest">
   periodEnd?: Timestamp | undefined;
 
   /**
-   * Empty: every customer on the rate card. Each must name a customer: one
-   * breaking the id rule is INVALID_ARGUMENT naming customer_ids[i], an
-   * unknown one NOT_FOUND.
+   * Empty: every customer on the rate card. One breaking the id rule is
+   * INVALID_ARGUMENT naming customer_ids[i]; an id that is no customer is
+   * NOT_FOUND, every unknown one named (a misspelt one must not read as "no
+   * change"); a customer without usage of the card gives no amounts.
    *
    * @generated from field: repeated string customer_ids = 5;
    */
@@ -1825,7 +1838,9 @@ export const PricingService: GenService<{
    * first of them when they are many: the status is kept small, see the top
    * of contracts.proto; ValidateVersion lists them all). Key:
    * rate_card_id and version: publishing a published version again, with the
-   * same effective_from or none, answers as the first call did.
+   * same effective_from or none, answers as the first call did; with another
+   * effective_from it is FAILED_PRECONDITION naming the hour it is in force
+   * from, changing nothing.
    *
    * @generated from rpc tariff.v1.PricingService.PublishVersion
    */
