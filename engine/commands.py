@@ -113,7 +113,12 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
     override: Override
 
 
-class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits"):
+class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaults=True):
+    """`use_ends_at_rollover`: set by the server for every request it takes (server/convert.py), so a grant with a
+    rollover fraction pays only for usage dated before its rollover; False (left out when stored, as commands
+    stored before it have none) keeps the older rule, under which such a grant paid whatever it still held until
+    the clock rolled it over. Not part of a request's fingerprint (engine/control.py)."""
+
     at_ms: int
     actor: str
     id: str
@@ -127,6 +132,7 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits"):
     starts_at_ms: int | None
     expires_at_ms: int | None
     rollover_fraction: str
+    use_ends_at_rollover: bool = False
 
 
 class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):

@@ -60,6 +60,7 @@ class GrantCommands(ControlPlane):
             starts_at_ms=shared_int(starts_at_ms),
             expires_at_ms=c.expires_at_ms,
             rollover_fraction=rollover,
+            use_ends_at_rollover=c.use_ends_at_rollover,
             created_at_ms=shared_int(c.at_ms),
             creation_order=self.state.grants_created,
         )

@@ -41,6 +41,8 @@ class Grant(msgspec.Struct, gc=False):
     remaining: int = -1  # set to amount on creation
     recognized_revenue: int = 0  # picos of the currency
     request: bytes = b""  # the GrantCredits' fingerprint (its retry key, as Customer.request)
+    # With a rollover fraction: usable only for usage dated before its rollover (GrantCredits.use_ends_at_rollover).
+    use_ends_at_rollover: bool = False
 
     def __post_init__(self) -> None:
         if self.remaining == -1:

@@ -114,6 +114,7 @@ class GrantTable(msgspec.Struct):
     expires_at_ms: int | None
     creation_order: int
     rollover_fraction_e18: str = "0"  # at 10^-18, in [0, 10^18]: the share of the remainder that rolls over
+    use_ends_at_rollover: bool = False  # usable only for usage dated before its rollover (engine/ledger.py)
 
 
 class CustomerTable(msgspec.Struct):
@@ -382,6 +383,7 @@ class TableCompiler:
                 g.expires_at_ms,
                 g.creation_order,
                 str(int(g.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT))),
+                g.use_ends_at_rollover,
             )
             for g in account.grants
         ]

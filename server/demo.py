@@ -105,5 +105,6 @@ def demo_commands(now_ms: int) -> list[cmd.AdminCommand]:
             month_start_ms,
             month_start_ms + year_ms,
             "0",
+            use_ends_at_rollover=True,
         ),
     ]

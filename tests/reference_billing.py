@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -111,6 +111,9 @@ class RefGrant:
     expires_at_ms: int | None
     order: int
     drawn: Decimal = Decimal(0)
+    # Usage dated at or after this is not paid from it: the rollover of a grant with a rollover fraction whose
+    # GrantCredits says use_ends_at_rollover (the end of the calendar month it starts in; contracts start on a 1st).
+    usable_before_ms: int = NEVER_MS
 
     @property
     def remaining(self) -> Decimal:
@@ -322,6 +325,10 @@ class ReferenceBilling:
                     command.expires_at_ms,
                     self.grants_created,
                 )
+                if command.use_ends_at_rollover and Decimal(command.rollover_fraction or "0") > 0:
+                    end_ms = _month_start_ms(*month_of(grant.starts_at_ms), months_later=1)
+                    if grant.expires_at_ms is None or grant.expires_at_ms > end_ms:
+                        grant.usable_before_ms = end_ms
                 self.customers[contract.customer_id].grants.append(grant)
             case _:
                 raise Unsupported(f"record {seq}: {type(command).__name__}")
@@ -395,7 +402,8 @@ class ReferenceBilling:
             for grant in sorted(customer.grants, key=RefGrant.burn_key):
                 if left == 0:
                     break
-                if not grant.starts_at_ms <= event.timestamp_ms < (grant.expires_at_ms or NEVER_MS):
+                in_force = grant.starts_at_ms <= event.timestamp_ms < (grant.expires_at_ms or NEVER_MS)
+                if not in_force or event.timestamp_ms >= grant.usable_before_ms:
                     raise Unsupported(f"record {seq}: grant {grant.id!r} not in force at the event")
                 take = min(left, grant.remaining)
                 grant.drawn += take
@@ -563,9 +571,12 @@ class RGrant:
     expires_at_ms: int | None
     order: int
     remaining: Decimal = Decimal(0)
+    # Usage dated at or after this is not paid from it (ReferenceCredits' `use_ends_at_rollover`).
+    usable_before_ms: int = NEVER_MS
 
     def usable(self, ts_ms: int) -> bool:
-        return self.starts_at_ms <= ts_ms and (self.expires_at_ms is None or ts_ms < self.expires_at_ms)
+        in_force = self.starts_at_ms <= ts_ms and (self.expires_at_ms is None or ts_ms < self.expires_at_ms)
+        return in_force and ts_ms < self.usable_before_ms
 
     def applies(self, product_id: str) -> bool:
         return not self.products or product_id in self.products
@@ -1054,10 +1065,16 @@ class ReferenceCredits(ReferenceRating):
     is charged; a top-up buys recharge_to - available when available credit falls below the threshold, at most
     max_per_period times per calendar month (the contracts here start on the 1st); at a clock tick due holds end,
     then grants whose month has ended roll over (`rollover`: grant id -> fraction, see `_roll_over`), then what
-    expired grants still hold becomes breakage."""
+    expired grants still hold becomes breakage. A grant of `use_ends_at_rollover` with a rollover fraction pays
+    only for usage dated before the end of its month (its rollover), whenever that usage arrives."""
 
     def __init__(
-        self, *args: Any, top_up: RTopUp | None = None, rollover: dict[str, Decimal] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        top_up: RTopUp | None = None,
+        rollover: dict[str, Decimal] | None = None,
+        use_ends_at_rollover: Collection[str] = (),
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.top_up = top_up
@@ -1067,6 +1084,11 @@ class ReferenceCredits(ReferenceRating):
         # Grants still to roll over (id -> fraction in (0, 1]) and, once rolled, what each moved out.
         self.rollover = {grant_id: f for grant_id, f in (rollover or {}).items() if f > 0}
         self.rolled_out: dict[str, Decimal] = {}
+        for grant in self.grants:
+            if grant.id in use_ends_at_rollover and grant.id in self.rollover:
+                end_ms = _month_start_ms(*month_of(grant.starts_at_ms), months_later=1)
+                if grant.expires_at_ms is None or grant.expires_at_ms > end_ms:
+                    grant.usable_before_ms = end_ms
 
     def held(self, grant_id: str) -> Decimal:
         return sum(

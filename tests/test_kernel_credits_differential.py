@@ -1,7 +1,8 @@
 """Reservations, top-ups and breakage in the kernel against the hand-written oracle (tests/reference_billing.py's
 ReferenceCredits), on generated runs of operations.
 
-Hypothesis generates grants (priorities, expiries, rollover fractions), ALLOW or BLOCK, an optional top-up policy,
+Hypothesis generates grants (priorities, expiries, rollover fractions, whether their GrantCredits ends their use at
+the rollover, as the server's do, or is of the form stored before that), ALLOW or BLOCK, an optional top-up policy,
 a start an hour into January or minutes before its end (so rollovers happen with holds open across them), and a
 run of operations at an advancing time: reservations (ids reused, so repeats and conflicts happen), usage events
 (some settling a reservation, some naming an unknown or ended one, some dated in the past), releases, clock ticks
@@ -18,6 +19,7 @@ import os
 from dataclasses import dataclass
 from decimal import Decimal
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tariff.v1 import usage_pb2
@@ -55,6 +57,7 @@ class GrantSpec:
     priority: int
     expires_in_ms: int | None
     rollover_fraction: str = ""
+    use_ends_at_rollover: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ def runs(draw: st.DrawFn) -> Run:
                 st.integers(0, 1),
                 st.one_of(st.none(), st.integers(1, 300_000)),
                 st.sampled_from(FRACTIONS),
+                st.booleans(),
             ),
             min_size=1,
             max_size=3,
@@ -126,13 +130,16 @@ def runs(draw: st.DrawFn) -> Run:
 
 def setup(run: Run) -> tuple[Ledger, ReferenceCredits]:
     world = basic_world(overage_policy=OveragePolicy.BLOCK if run.block else OveragePolicy.ALLOW)
-    ref_grants, rollover = [], {}
+    ref_grants, rollover, ends_at_rollover = [], {}, set()
     for index, spec in enumerate(run.grants):
         expires = run.start_ms + spec.expires_in_ms if spec.expires_in_ms is not None else None
         fraction = spec.rollover_fraction
         command = world.grant_command(
             f"g{index}", str(spec.amount), priority=spec.priority, expires_at_ms=expires, rollover_fraction=fraction
         )
+        if spec.use_ends_at_rollover:
+            command = msgspec.structs.replace(command, use_ends_at_rollover=True)
+            ends_at_rollover.add(f"g{index}")
         world.apply(command)
         ref_grants.append(
             RGrant(f"g{index}", Decimal(spec.amount * PICOS), spec.priority, (), EPOCH_MS, expires, index)
@@ -156,6 +163,7 @@ def setup(run: Run) -> tuple[Ledger, ReferenceCredits]:
         block=run.block,
         top_up=policy,
         rollover=rollover,
+        use_ends_at_rollover=ends_at_rollover,
     )
     return ledger, oracle
 
@@ -234,6 +242,26 @@ def runs_holding_across_a_period_end(draw: st.DrawFn) -> Run:
     return dataclasses.replace(run, start_ms=FEB_MS - 5_000, ops=(*holds, cross, *run.ops))
 
 
+@st.composite
+def runs_using_credit_dated_after_a_period_end(draw: st.DrawFn) -> Run:
+    """Runs whose first grant rolls over at January's end and was granted as the server grants now (its use ends at
+    the rollover), with usage dated just after that end arriving before any clock tick reaches it (the rollover is
+    due, not done), then any operations: that usage is not paid from the grant."""
+    run = draw(runs())
+    first = dataclasses.replace(
+        run.grants[0], rollover_fraction=draw(st.sampled_from(FRACTIONS[1:])), use_ends_at_rollover=True
+    )
+    late = draw(
+        st.lists(
+            st.builds(Op, st.just("event"), st.integers(0, 2_000), st.sampled_from(["", *IDS]), st.integers(1, 30)),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    ops = (Op("reserve", 0, "r0", draw(st.integers(1, 30)), 60_000), Op("event", 2_000, tokens=5), *late, *run.ops)
+    return dataclasses.replace(run, grants=(first, *run.grants[1:]), start_ms=FEB_MS - 1_000, ops=ops)
+
+
 @given(runs())
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_holds_top_ups_and_breakage_agree_with_the_oracle_and_replay_identically(run: Run) -> None:
@@ -243,6 +271,12 @@ def test_holds_top_ups_and_breakage_agree_with_the_oracle_and_replay_identically
 @given(runs_holding_across_a_period_end())
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_credit_held_across_a_rollover_agrees_with_the_oracle_and_replays_identically(run: Run) -> None:
+    check(run)
+
+
+@given(runs_using_credit_dated_after_a_period_end())
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_credit_whose_use_ends_at_its_rollover_agrees_with_the_oracle_and_replays_identically(run: Run) -> None:
     check(run)
 
 

@@ -480,6 +480,7 @@ pub(crate) mod tests {
                 expires_at_ms,
                 creation_order: 0,
                 rollover_fraction_e18: String::new(),
+                use_ends_at_rollover: false,
             }],
             closed_periods: vec![],
         }

@@ -17,7 +17,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ack::AckBuilder;
 use crate::decode::{check_event, py_repr, wire};
-use crate::draw::{burn_order, Grant, Outcomes};
+use crate::draw::{burn_order, Grant, Outcomes, NEVER_MS};
 use crate::kernel::{Account, Decision, Kernel};
 use crate::money::Picos;
 use crate::rollover;
@@ -361,6 +361,7 @@ pub fn top_up(
         starts_at_ms: period_start_ms.min(at_ms),
         expires_at_ms: None,
         creation_order,
+        usable_before_ms: NEVER_MS,
     });
     account.order = burn_order(&account.grants);
     clock.notify(Notice {
@@ -648,10 +649,14 @@ pub(crate) fn account_due(account: &Account, after_ms: i64) -> i64 {
 }
 
 /// Keeps the rollover fractions of the grants the tables name (install): a grant that has rolled over
-/// already, or whose fraction is 0, has none.
+/// already, or whose fraction is 0, has none. A grant whose table says `use_ends_at_rollover` is usable
+/// only for usage dated before its rollover, before it rolls over and after (`bound_use_at_rollover`).
 pub fn note_rollovers(account: &mut Account, tables: &[GrantTable], clock: &mut Clock) {
     for table in tables {
         let fraction: i128 = table.rollover_fraction_e18.parse().unwrap_or(0);
+        if fraction > 0 && table.use_ends_at_rollover {
+            bound_use_at_rollover(account, &table.id);
+        }
         let rolled = account.credits.as_deref().is_some_and(|c| c.rolled.iter().any(|r| *r.from == *table.id));
         if fraction <= 0 || rolled {
             continue;
@@ -667,6 +672,15 @@ pub fn note_rollovers(account: &mut Account, tables: &[GrantTable], clock: &mut 
 }
 
 const ROLLOVER_ONE: i128 = 1_000_000_000_000_000_000;
+
+/// Sets the grant's `usable_before_ms` to its rollover: the end of the billing period in which it starts
+/// ("it lasts until then"), so usage dated after that end, arriving before the clock rolls the grant over,
+/// is not paid from it. Computed here, once per install of the account's tables, so a draw pays one
+/// comparison for it. None (no contract covers its start, or it expires first): its expiry bounds it.
+fn bound_use_at_rollover(account: &mut Account, grant_id: &str) {
+    let Some(g) = account.grants.iter().position(|g| *g.id == *grant_id) else { return };
+    account.grants[g].usable_before_ms = rollover_at(account, &account.grants[g]).unwrap_or(NEVER_MS);
+}
 
 /// When a grant with a rollover fraction rolls over: the end of the billing period in which it starts
 /// (None when no contract covers its start, or it expires first and simply breaks).
@@ -728,6 +742,7 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
                 starts_at_ms: period_end_ms,
                 expires_at_ms: next_end,
                 creation_order: MADE_CREATION_ORDER_BASE + (1 << 40) + original.creation_order,
+                usable_before_ms: NEVER_MS,
             };
             account.grants.push(grant);
             account.order = burn_order(&account.grants);

@@ -15,7 +15,11 @@ use smallvec::SmallVec;
 use crate::money::Picos;
 use crate::route::Sym;
 
-const NEVER_MS: i64 = i64::MAX;
+pub const NEVER_MS: i64 = i64::MAX;
+
+fn never() -> i64 {
+    NEVER_MS
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
@@ -28,6 +32,12 @@ pub struct Grant {
     pub starts_at_ms: i64,
     pub expires_at_ms: Option<i64>,
     pub creation_order: i64,
+    /// Usage dated at or after this is not paid from the grant: its rollover, for a grant with a rollover
+    /// fraction granted by a GrantCredits that says so (`GrantTable::use_ends_at_rollover`); NEVER_MS for
+    /// every other grant. Derived when tables are installed (`credits::note_rollovers`), from the tables and
+    /// the route, as recovery installs them before serving: a snapshot does not carry it.
+    #[serde(skip, default = "never")]
+    pub usable_before_ms: i64,
 }
 
 impl Grant {
@@ -38,7 +48,7 @@ impl Grant {
         self.applicable.is_empty() || self.applicable.contains(&product)
     }
     pub fn usable_at(&self, ts_ms: i64) -> bool {
-        self.starts_at_ms <= ts_ms && self.expires_at_ms.is_none_or(|end| ts_ms < end)
+        self.starts_at_ms <= ts_ms && ts_ms < self.usable_before_ms && self.expires_at_ms.is_none_or(|end| ts_ms < end)
     }
     pub fn expired_at(&self, ts_ms: i64) -> bool {
         self.expires_at_ms.is_some_and(|end| ts_ms >= end)
@@ -168,6 +178,7 @@ mod tests {
             starts_at_ms: 0,
             expires_at_ms: expires,
             creation_order: order,
+            usable_before_ms: NEVER_MS,
         }
     }
 

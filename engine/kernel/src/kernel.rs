@@ -20,7 +20,7 @@ use crate::credits::{self, AccountCredits, Clock};
 use crate::customer_key::CustomerKey;
 use crate::decode::{check_into, check_view, py_dict, py_repr, wire, with_view, Event, EventView, Reason, Refusal};
 use crate::dedupe::{self, content_digest, prior, Held, Seen};
-use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes};
+use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes, NEVER_MS};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
@@ -1316,6 +1316,7 @@ fn compile_customers(
                 starts_at_ms: table.starts_at_ms,
                 expires_at_ms: table.expires_at_ms,
                 creation_order: table.creation_order,
+                usable_before_ms: NEVER_MS, // bounded at install (credits::note_rollovers)
             };
             match grants.iter_mut().find(|g| g.id == fresh.id) {
                 Some(known) => {

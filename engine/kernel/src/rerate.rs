@@ -697,6 +697,7 @@ mod tests {
                 starts_at_ms: 0,
                 expires_at_ms: None,
                 rollover_fraction_e18: String::new(),
+                use_ends_at_rollover: false,
                 creation_order: i as i64,
             })
             .collect();

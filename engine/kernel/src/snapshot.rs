@@ -660,6 +660,7 @@ mod tests {
             starts_at_ms: 0,
             expires_at_ms: Some(5),
             creation_order: 0,
+            usable_before_ms: crate::draw::NEVER_MS,
         }
     }
 

@@ -109,6 +109,10 @@ pub struct GrantTable {
     /// period in which the grant starts (tables from before rollover have none: 0).
     #[serde(default)]
     pub rollover_fraction_e18: String,
+    /// With a rollover fraction: usable only for usage dated before the rollover (a grant granted since
+    /// GrantCredits carries the flag; tables from before it have none: false, usable until it rolls over).
+    #[serde(default)]
+    pub use_ends_at_rollover: bool,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Tables, String> {

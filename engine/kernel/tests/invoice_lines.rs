@@ -65,6 +65,7 @@ fn tables() -> Tables {
                 starts_at_ms: 0,
                 expires_at_ms: None,
                 rollover_fraction_e18: String::new(),
+                use_ends_at_rollover: false,
                 creation_order: 0,
             }],
             closed_periods: vec![],

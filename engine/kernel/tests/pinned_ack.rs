@@ -85,6 +85,7 @@ fn grant(id: &str, amount: &str, priority: i64, applicable: &[&str], expires: Op
         expires_at_ms: expires,
         creation_order: order,
         rollover_fraction_e18: String::new(),
+        use_ends_at_rollover: false,
     }
 }
 

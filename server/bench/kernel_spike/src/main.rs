@@ -97,6 +97,7 @@ fn tables(customers: usize, regions: usize) -> Tables {
                     expires_at_ms: None,
                     creation_order: 0,
                     rollover_fraction_e18: String::new(),
+                    use_ends_at_rollover: false,
                 }],
                 closed_periods: vec![],
             })

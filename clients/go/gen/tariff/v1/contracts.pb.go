@@ -1040,10 +1040,12 @@ type Grant struct {
 	// Unset: never expires.
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// Decimal string in [0, 1]: share of the remainder that rolls over. Such a
-	// grant lasts until the end of the billing period in which it starts; then
-	// that share (rounded down to 10^-12) moves into a ROLLOVER grant with the
-	// same cost basis, usable until the end of the next period, and the rest is
-	// breakage.
+	// grant lasts until the end of the billing period in which it starts: usage
+	// dated at or after that end is never paid from it, even if it arrives
+	// before the rollover is done. Then that share (rounded down to 10^-12)
+	// moves into a ROLLOVER grant with the same cost basis, usable until the
+	// end of the next period, and the rest is breakage. (Grants created before
+	// this rule kept paying such usage until the rollover, and still do.)
 	RolloverFraction string                 `protobuf:"bytes,11,opt,name=rollover_fraction,json=rolloverFraction,proto3" json:"rollover_fraction,omitempty"`
 	CreatedAt        *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	unknownFields    protoimpl.UnknownFields

@@ -566,10 +566,12 @@ export type Grant = Message<"tariff.v1.Grant"> & {
 
   /**
    * Decimal string in [0, 1]: share of the remainder that rolls over. Such a
-   * grant lasts until the end of the billing period in which it starts; then
-   * that share (rounded down to 10^-12) moves into a ROLLOVER grant with the
-   * same cost basis, usable until the end of the next period, and the rest is
-   * breakage.
+   * grant lasts until the end of the billing period in which it starts: usage
+   * dated at or after that end is never paid from it, even if it arrives
+   * before the rollover is done. Then that share (rounded down to 10^-12)
+   * moves into a ROLLOVER grant with the same cost basis, usable until the
+   * end of the next period, and the rest is breakage. (Grants created before
+   * this rule kept paying such usage until the rollover, and still do.)
    *
    * @generated from field: string rollover_fraction = 11;
    */

@@ -1,0 +1,56 @@
+"""A grant with a rollover_fraction lasts until the end of the billing period in which it starts (contracts.proto,
+Grant.rollover_fraction): usage dated after that end is not paid from it, even when it arrives before the clock has
+rolled the grant over. Over the wire against a real server, amounts computed by hand: one product at 1 credit a
+unit, an ALLOW contract with overage at 1 USD, a period boundary a few seconds from now."""
+
+from __future__ import annotations
+
+from tariff import now_ms
+from tariff.v1 import contracts_pb2
+
+from server.convert import timestamp as stamp
+from tests.serverproc import ServerFactory, wait_for
+from tests.test_audit_credits_wire import catalogue, grant, grants_of, period_anchor_ms, totals, work
+
+
+def test_usage_dated_after_the_period_end_is_not_paid_from_a_grant_that_rolls_over_there(
+    server_factory: ServerFactory,
+) -> None:
+    """Grant R: 10 credits, rollover_fraction 0.5, the customer's only grant. 4 units dated 1 s after the period's
+    end, ingested before it: R cannot pay them (they fall after its last usable instant), so they are 4 credits of
+    overage in the new period (4 USD due); R keeps its 10, and at the end 5 roll over into rollover-R-<end> and 5
+    break (not 3 and 3, as when R paid the 4). Authorize agrees: before the end R's 10 are available, after the
+    rollover the ROLLOVER grant's 5."""
+    server = server_factory()
+    with server.client() as client:
+        catalogue(client)
+        period_end_ms = (now_ms() // 1000 + 4) * 1000
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="ru", name="ru"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-ru",
+                customer_id="ru",
+                rate_card_id="card",
+                starting_at=stamp(period_anchor_ms(period_end_ms)),
+                overage_policy=contracts_pb2.ALLOW,
+                overage_price="1",
+                currency="USD",
+            )
+        )
+        grant(client, "ru", "R", "10", starts_at_ms=now_ms() - 1000, rollover_fraction="0.5")
+        assert client.ingest_batch([work("late", "ru", 4, period_end_ms + 1000)]).accepted == 1
+        assert now_ms() < period_end_ms, "the scenario needs the event in before the period's end"
+        assert grants_of(client, "ru")["R"] == ("0", "10", "0", "0", "0")
+        decision = client.authorize("ru", "work", values={"n": 10})
+        assert (decision.reason, decision.credits_available) == ("OK", "10")
+        rolled = f"rollover-R-{period_end_ms}"
+        assert wait_for(lambda: rolled in grants_of(client, "ru"), 15)
+        grants = grants_of(client, "ru")
+        # Nothing left, 5 broke; GetBalance counts the 5 moved into the ROLLOVER grant as R's drawn (they left it).
+        assert grants["R"] == ("5", "0", "0", "5", "0")
+        assert grants[rolled] == ("0", "5", "0", "0", "0")
+        assert totals(client, "ru") == ("5", "0", "5")
+        balance = client.get_balance("ru")
+        assert (balance.overage_amount, balance.overage_due) == ("4", "4")
+        decision = client.authorize("ru", "work", values={"n": 6})
+        assert (decision.reason, decision.credits_available) == ("OVERAGE_ALLOWED", "5")
