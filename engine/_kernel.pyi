@@ -94,7 +94,7 @@ class Kernel:
             list[
                 tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[tuple[str, int, int, int, int]]]
             ],
-            list[tuple[str, int, int, int | None]],
+            list[tuple[str, int, int, int | None, tuple[int, int] | None]],
         ]
         | None
     ): ...

@@ -162,6 +162,9 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     actor: str
     customer_id: str
     period_start_ms: int
+    # The invoice shows a grant that rolled over by the period's end as drawn into its ROLLOVER grant and broken
+    # (GetBalance's rule). False in the records of earlier releases, whose replay builds their invoices as then.
+    rollovers_shown: bool = False
 
 
 class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
@@ -172,6 +175,7 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     actor: str
     grace_ms: int
     periods_max: int = 0  # at most this many periods (the earliest period end first, then contract id); 0: all
+    rollovers_shown: bool = False  # as ClosePeriod's
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):

@@ -47,7 +47,8 @@ INVOICE_NUMBER_PREFIX = "INV-"
 # (period_start_ms, period_end_ms, overage_price_e18, closed, lines): what Kernel.invoice_lines returns.
 KernelPart = tuple[str, int, int, int, int]
 KernelLine = tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[KernelPart]]
-KernelGrant = tuple[str, int, int, int | None]  # (grant id, amount, drawn through the period, expires_at_ms)
+# (grant id, amount, drawn through the period, expires_at_ms, (period end it rolled at, credits rolled) or None)
+KernelGrant = tuple[str, int, int, int | None, tuple[int, int] | None]
 KernelLines = tuple[int, int, int, bool, list[KernelLine], list[KernelGrant]]
 LinesReader = Callable[[str, int], KernelLines | None]
 # (journal seq, hour (Unix ms / HOUR_MS), product_id, dimension values, rate_card_id, old versions, new version,
@@ -153,9 +154,13 @@ def build_invoice(
     period: KernelLines,
     top_ups_minor: int,
     adjustments: Sequence[KernelAdjustment] = (),
+    *,
+    rollovers_shown: bool = True,
 ) -> Invoice:
     """The invoice of a period from the kernel's lines (a draft: number, status and close time unset), each
-    line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period."""
+    line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period.
+    `rollovers_shown` False: a grant that rolled over keeps its remainder as `remaining`, as the final invoices
+    of ClosePeriod records written by earlier releases were built (their replay builds the same)."""
     start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
     adjusted = _adjustments_by_line(adjustments, start_ms, end_ms)
     currency = contract.currency
@@ -203,7 +208,7 @@ def build_invoice(
         top_ups_minor,
         overage_due - sum(line.amount_due_minor for line in lines),
         overage_due + top_ups_minor,
-        grant_balances=[_grant_at_end(grant, end_ms) for grant in grants],
+        grant_balances=[_grant_at_end(grant, end_ms, rollovers_shown) for grant in grants],
     )
 
 
@@ -223,9 +228,14 @@ def _adjustments_by_line(
     return by_line
 
 
-def _grant_at_end(grant: KernelGrant, end_ms: int) -> GrantBalance:
-    grant_id, amount, drawn, expires_at_ms = grant
+def _grant_at_end(grant: KernelGrant, end_ms: int, rollovers_shown: bool) -> GrantBalance:
+    grant_id, amount, drawn, expires_at_ms, rolled = grant
     left = amount - drawn
+    if rollovers_shown and rolled is not None and rolled[0] <= end_ms:
+        # As GetBalance shows it: what moved into the ROLLOVER grant is drawn, the rest of the remainder broke.
+        rolled_picos = rolled[1]
+        assert 0 <= rolled_picos <= left, f"grant {grant_id!r} rolled {rolled_picos} of {left} left"
+        return GrantBalance(grant_id, amount, drawn + rolled_picos, 0, left - rolled_picos)
     if expires_at_ms is not None and expires_at_ms <= end_ms:
         return GrantBalance(grant_id, amount, drawn, 0, left)
     return GrantBalance(grant_id, amount, drawn, left, 0)

@@ -150,3 +150,61 @@ def test_breakage_of_a_grant_whose_cost_basis_is_not_exact_keeps_the_whole_paid_
     assert (totals.recognized_credits, totals.breakage) == (333_333_333_333, 666_666_666_667)
     assert totals.recognized_credits + totals.breakage == PICOS_PER_UNIT  # nothing appears or vanishes
     assert (totals.deferred_end, totals.reconciles) == (0, True)
+
+
+def _balances(invoice: Invoice) -> dict[str, tuple[int, int, int, int]]:
+    return {
+        b.grant_id: (b.granted_picos, b.drawn_picos, b.remaining_picos, b.expired_picos) for b in invoice.grant_balances
+    }
+
+
+def test_an_invoice_shows_a_grant_that_rolled_over_as_drawn_into_its_rollover_and_broken_not_remaining() -> None:
+    # r: 90 granted, 75 drawn in January; at January's end 7.5 roll into rollover-r and 7.5 break. Before, every
+    # invoice from January on showed r with 15 remaining, so February's listed 15 + the rollover's 7.5 of balance
+    # on 90 granted. GetBalance's rule (balance.proto): drawn includes what moved into the ROLLOVER grant.
+    world = basic_world()
+    world.apply(world.grant_command("r", "90", paid="45", priority=1, rollover_fraction="0.5"))
+    m = Ledger(world)
+    m.ingest([event("jan", T0 + DAY_MS, 75)], T0 + DAY_MS)
+    assert _balances(preview(m, T0 + 2 * DAY_MS))["r"] == (picos("90"), picos("75"), picos("15"), 0)  # not rolled yet
+    m.advance(FEB_MS)
+    m.ingest([event("feb", FEB_MS + DAY_MS, 5)], FEB_MS + DAY_MS)
+    rolled = f"rollover-r-{FEB_MS}"
+    january = _balances(preview(m, T0))
+    assert january["r"] == (picos("90"), picos("82.5"), 0, picos("7.5"))
+    february = _balances(preview(m, FEB_MS + DAY_MS))
+    assert february["r"] == (picos("90"), picos("82.5"), 0, picos("7.5"))
+    # The rollover grant expires at February's end, so February's invoice shows what it still holds as expired.
+    assert february[rolled] == (picos("7.5"), picos("5"), 0, picos("2.5"))
+    # The 90 bought: 75 and 5 drawn by usage, 7.5 and 2.5 broken (r's drawn holds the 7.5 rolled into the other).
+    used = february["r"][1] - february[rolled][0] + february[rolled][1]
+    assert used + february["r"][3] + february[rolled][3] + february["r"][2] + february[rolled][2] == picos("90")
+
+
+def test_a_close_recorded_by_an_earlier_release_builds_its_invoice_as_that_release_did() -> None:
+    # ClosePeriod and CloseDuePeriods records without rollovers_shown (every record before it) replay to the
+    # final invoice they made then: the rolled grant's remainder as remaining. The server's new ones show it.
+    def closed(rollovers_shown: bool) -> dict[str, tuple[int, int, int, int]]:
+        world = basic_world()
+        world.apply(world.grant_command("r", "90", paid="45", priority=1, rollover_fraction="0.5"))
+        m = Ledger(world)
+        m.ingest([event("jan", T0 + DAY_MS, 75)], T0 + DAY_MS)
+        m.advance(FEB_MS)
+        invoice = m.run(cmd.ClosePeriod(FEB_MS, ACTOR, "acme", EPOCH_MS, rollovers_shown=rollovers_shown))
+        assert isinstance(invoice, Invoice) and invoice.final
+        closed_due = m.run(cmd.CloseDuePeriods(MAR_MS + DAY_MS, ACTOR, DAY_MS, rollovers_shown=rollovers_shown))
+        assert isinstance(closed_due, list) and len(closed_due) == 1
+        due = closed_due[0]
+        assert isinstance(due, Invoice) and due.period_start_ms == FEB_MS
+        return _balances(invoice) | {f"feb/{k}": v for k, v in _balances(due).items()}
+
+    assert closed(rollovers_shown=False) == {
+        "r": (picos("90"), picos("75"), picos("15"), 0),
+        "feb/r": (picos("90"), picos("75"), picos("15"), 0),
+        f"feb/rollover-r-{FEB_MS}": (picos("7.5"), 0, 0, picos("7.5")),
+    }
+    assert closed(rollovers_shown=True) == {
+        "r": (picos("90"), picos("82.5"), 0, picos("7.5")),
+        "feb/r": (picos("90"), picos("82.5"), 0, picos("7.5")),
+        f"feb/rollover-r-{FEB_MS}": (picos("7.5"), 0, 0, picos("7.5")),
+    }

@@ -153,14 +153,18 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         period_start_ms = convert.optional_ms(request, "period_start")
         if period_start_ms is None:
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
-        command = cmd.ClosePeriod(self.clock_ms(), actor_of(context), request.customer_id, period_start_ms)
+        command = cmd.ClosePeriod(
+            self.clock_ms(), actor_of(context), request.customer_id, period_start_ms, rollovers_shown=True
+        )
         return invoice_pb(await self._apply(command, Invoice))
 
     @unary
     async def CloseDuePeriods(
         self, request: invoices_pb2.CloseDuePeriodsRequest, context: Context
     ) -> invoices_pb2.CloseDuePeriodsResponse:
-        closed = await self._apply(cmd.CloseDuePeriods(self.clock_ms(), actor_of(context), 0), list)
+        closed = await self._apply(
+            cmd.CloseDuePeriods(self.clock_ms(), actor_of(context), 0, rollovers_shown=True), list
+        )
         return invoices_pb2.CloseDuePeriodsResponse(invoices=[invoice_pb(i) for i in closed])
 
     @unary

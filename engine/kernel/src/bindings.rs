@@ -114,8 +114,10 @@ fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyA
 /// overage_picos, [(grant_id, credits_picos)], [(rate_card_id, version, quantity_e18, events, amount_picos)]).
 type LineTuple = (String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>, Vec<(String, u32, i128, u64, i128)>);
 /// `Kernel.invoice_lines`' answer: (period_start_ms, period_end_ms, overage_price_e18, closed, lines, grants),
-/// a grant as (grant_id, amount_picos, drawn_picos through the period, expires_at_ms).
-type PeriodTuple = (i64, i64, i128, bool, Vec<LineTuple>, Vec<(String, i128, i128, Option<i64>)>);
+/// a grant as (grant_id, amount_picos, drawn_picos through the period, expires_at_ms, (rolled at the period end
+/// in ms, credits_picos moved into its ROLLOVER grant) or None).
+type GrantTuple = (String, i128, i128, Option<i64>, Option<(i64, i128)>);
+type PeriodTuple = (i64, i64, i128, bool, Vec<LineTuple>, Vec<GrantTuple>);
 
 #[pymethods]
 impl Kernel {
@@ -602,7 +604,7 @@ impl Kernel {
                 (l.product_id, l.dimensions, l.quantity, l.events, l.amount, l.overage, l.credits, parts)
             })
             .collect();
-        let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms)).collect();
+        let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms, g.rolled)).collect();
         Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
     }
 

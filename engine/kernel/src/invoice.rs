@@ -45,6 +45,9 @@ pub struct GrantAtEnd {
     /// Drawn by the usage of this period and every earlier one (net of refunds).
     pub drawn: Picos,
     pub expires_at_ms: Option<i64>,
+    /// When the grant rolled over (the period end it rolled at) and the credits it moved into its ROLLOVER
+    /// grant; None while it has not (or has no rollover fraction).
+    pub rolled: Option<(i64, Picos)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +128,7 @@ impl Kernel {
                 drawn[grant as usize] += credits;
             }
         }
+        let rolled = account.credits.as_deref().map_or(&[][..], |c| &c.rolled[..]);
         let grants = (account.grants.iter().zip(drawn))
             .filter(|(g, _)| g.starts_at_ms < end)
             .map(|(g, drawn)| GrantAtEnd {
@@ -132,6 +136,7 @@ impl Kernel {
                 amount: g.amount,
                 drawn,
                 expires_at_ms: g.expires_at_ms,
+                rolled: rolled.iter().find(|r| *r.from == *g.id).map(|r| (r.at_period_end_ms, r.credits)),
             })
             .collect();
         let mut lines: Vec<InvoiceLine> = by_key.into_values().collect();

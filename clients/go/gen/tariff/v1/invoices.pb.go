@@ -763,16 +763,24 @@ func (x *Invoice) GetGrantBalances() []*InvoiceGrantBalance {
 	return nil
 }
 
-// A grant at the end of the invoice's period, in the pricing unit.
+// A grant at the end of the invoice's period, in the pricing unit:
+// granted = drawn + remaining + expired.
 type InvoiceGrantBalance struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	GrantId string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
 	Granted string                 `protobuf:"bytes,2,opt,name=granted,proto3" json:"granted,omitempty"`
-	// Drawn by the usage of this period and every earlier one.
+	// Drawn by the usage of this period and every earlier one; for a grant
+	// that rolled over by the period's end, also what moved into its ROLLOVER
+	// grant (as GetBalance's GrantBalance.drawn counts it; the ROLLOVER grant is
+	// listed from the next period on).
 	Drawn string `protobuf:"bytes,3,opt,name=drawn,proto3" json:"drawn,omitempty"`
-	// granted - drawn, unless the grant expired by the period's end.
+	// granted - drawn, unless the grant expired or rolled over by the period's
+	// end (then 0).
 	Remaining string `protobuf:"bytes,4,opt,name=remaining,proto3" json:"remaining,omitempty"`
-	// granted - drawn of a grant that expired by the period's end; else 0.
+	// What was left of a grant that expired by the period's end, or the part of
+	// a rolled-over grant's remainder that did not roll (breakage); else 0.
+	// Final invoices closed by releases before this rule (their journal
+	// records) keep a rolled-over grant's remainder as remaining.
 	Expired       string `protobuf:"bytes,5,opt,name=expired,proto3" json:"expired,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

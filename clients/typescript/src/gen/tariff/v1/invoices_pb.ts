@@ -441,7 +441,8 @@ export const InvoiceSchema: GenMessage<Invoice> = /*@__PURE__*/
   messageDesc(file_tariff_v1_invoices, 5);
 
 /**
- * A grant at the end of the invoice's period, in the pricing unit.
+ * A grant at the end of the invoice's period, in the pricing unit:
+ * granted = drawn + remaining + expired.
  *
  * @generated from message tariff.v1.InvoiceGrantBalance
  */
@@ -457,21 +458,28 @@ export type InvoiceGrantBalance = Message<"tariff.v1.InvoiceGrantBalance"> & {
   granted: string;
 
   /**
-   * Drawn by the usage of this period and every earlier one.
+   * Drawn by the usage of this period and every earlier one; for a grant
+   * that rolled over by the period's end, also what moved into its ROLLOVER
+   * grant (as GetBalance's GrantBalance.drawn counts it; the ROLLOVER grant is
+   * listed from the next period on).
    *
    * @generated from field: string drawn = 3;
    */
   drawn: string;
 
   /**
-   * granted - drawn, unless the grant expired by the period's end.
+   * granted - drawn, unless the grant expired or rolled over by the period's
+   * end (then 0).
    *
    * @generated from field: string remaining = 4;
    */
   remaining: string;
 
   /**
-   * granted - drawn of a grant that expired by the period's end; else 0.
+   * What was left of a grant that expired by the period's end, or the part of
+   * a rolled-over grant's remainder that did not roll (breakage); else 0.
+   * Final invoices closed by releases before this rule (their journal
+   * records) keep a rolled-over grant's remainder as remaining.
    *
    * @generated from field: string expired = 5;
    */
