@@ -169,7 +169,7 @@ def test_the_range_ends_are_accepted(server_factory: ServerFactory) -> None:
                 invoices_pb2.PreviewInvoiceRequest(customer_id="last", period_start=stamp(LATEST_MS))
             )
         assert uncovered.value.code == grpc.StatusCode.FAILED_PRECONDITION
-        assert "covers 8999-12-31T23:59:59.999000Z:" in uncovered.value.details
+        assert "is in force at 8999-12-31T23:59:59.999000Z:" in uncovered.value.details
 
 
 def test_a_filters_bound_may_be_any_valid_timestamp(server_factory: ServerFactory) -> None:
