@@ -78,6 +78,8 @@ log = logging.getLogger("tariff.sequencer")
 # long (tests/test_server_rerate_online.py). Unset (0) in any real use.
 RERATE_SLICE_PAUSE_S = float(os.environ.get("TARIFF_TEST_RERATE_SLICE_PAUSE_MS", "0")) / 1000
 
+# The actor of the AdvanceClock commands the clock driver (server/clock.py) submits.
+CLOCK_ACTOR = "clock"
 GROUP_COMMANDS_MAX = 256
 # A group also closes past this many bytes of usage batches (about 50,000 events of a typical batch).
 GROUP_USAGE_BYTES_MAX = 8 * 1024 * 1024
