@@ -697,7 +697,14 @@ def test_one_reservation_id_twice_in_messages_at_once_holds_once(server: ServerP
             assert held(client) == before + 2
 
 
-def test_streams_acked_at_once_before_a_kill_9_lose_nothing_they_acked(server: ServerProcess) -> None:
+@pytest.mark.parametrize("snapshots", [(), ("--snapshot-every", "3", "--snapshot-journal-factor", "0")])
+def test_streams_acked_at_once_before_a_kill_9_lose_nothing_they_acked(
+    server_factory: ServerFactory, snapshots: tuple[str, ...]
+) -> None:
+    """Also with a snapshot every few records, so that snapshots are taken between the racing groups."""
+    server = server_factory(name="killed", extra_args=snapshots)
+    with server.client() as client:
+        setup(client)
     at_ms = now_ms() - 60_000
 
     def kept(transaction_id: str) -> usage_pb2.UsageEvent:
@@ -754,3 +761,42 @@ def test_streams_acked_at_once_before_a_kill_9_lose_nothing_they_acked(server: S
             assert (ack.accepted, ack.duplicates) == (0, 1), (transaction_id, ack)
         distinct = {e.transaction_id for batch in batches.values() for e in batch.events}
         assert Decimal(conserved(client).period_charges) == len(distinct)
+
+
+def test_usage_at_once_fires_each_alert_once_and_one_top_up_alert_per_top_up(server: ServerProcess) -> None:
+    policy = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="20", price_per_credit="0.5", max_per_period=2)
+    customer_id = "alerted"
+    with server.client() as client:
+        blocked_customer(client, customer_id, "10")
+        client.contracts.SetTopUpPolicy(
+            contracts_pb2.SetTopUpPolicyRequest(contract_id=f"{customer_id}-c", top_up=policy)
+        )
+        rules = [
+            (alerts_pb2.LOW_BALANCE, "5"),
+            (alerts_pb2.CREDITS_EXHAUSTED, ""),
+            (alerts_pb2.SPEND_THRESHOLD, "20"),
+            (alerts_pb2.TOP_UP_EXECUTED, ""),
+        ]
+        for type_, threshold in rules:
+            client.alerts.CreateAlert(
+                alerts_pb2.CreateAlertRequest(customer_id=customer_id, type=type_, threshold=threshold)
+            )
+        # The last alert: once it is read, every alert the race fired has been.
+        client.alerts.CreateAlert(alerts_pb2.CreateAlertRequest(customer_id=OTHER, type=alerts_pb2.CREDITS_EXHAUSTED))
+    # Each event charges 6: available 10 -> 4 (top-up to 20), 14, 8, 2 (top-up to 20), 14, 8, 2 (low), -4 (none
+    # left), whatever the order the batches apply in.
+    sends = [
+        by_unary(usage_pb2.UsageBatch(events=[event(f"al-{i}", 6, customer_id=customer_id)])) for i in range(CALLERS)
+    ]
+    assert sum(a.accepted for a in acks(race(server, sends))) == CALLERS
+    with server.client() as client:
+        client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=[event("last", 1000, customer_id=OTHER)]))
+        fired: list[str] = []
+        for alert in client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=60):
+            if alert.customer_id == OTHER:
+                break
+            fired.append(alerts_pb2.AlertType.Name(alert.type))
+        assert sorted(fired) == sorted(
+            ["TOP_UP_EXECUTED", "TOP_UP_EXECUTED", "SPEND_THRESHOLD", "LOW_BALANCE", "CREDITS_EXHAUSTED"]
+        ), fired
+        conserved(client, customer_id)
