@@ -20,6 +20,7 @@ once from many callers and checks what the proto comments promise for that case:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -800,3 +801,31 @@ def test_usage_at_once_fires_each_alert_once_and_one_top_up_alert_per_top_up(ser
             ["TOP_UP_EXECUTED", "TOP_UP_EXECUTED", "SPEND_THRESHOLD", "LOW_BALANCE", "CREDITS_EXHAUSTED"]
         ), fired
         conserved(client, customer_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# A hold's TTL against the server's clock driver
+
+
+def test_a_hold_past_its_ttl_is_expired_for_the_release_and_the_event_that_come_after_it(
+    server: ServerProcess,
+) -> None:
+    """The clock driver looks every 50 ms; a release or an event applied after the hold's TTL but before the
+    driver's AdvanceClock released or settled it (answering a released amount, or no notice) where balance.proto
+    and usage.proto say it expired at its TTL: FAILED_PRECONDITION, NOTICE_RESERVATION_EXPIRED."""
+    with server.client() as client:
+        for round_ in range(12):
+            request = hold_request(f"ttl-{round_}", 1)
+            request.reservation_ttl.CopyFrom(Duration(nanos=1_000_000))  # 1 ms
+            assert client.balance.Authorize(request).allowed
+            time.sleep(0.002)  # the TTL has run out, by any clock, before the next call leaves
+            if round_ % 2:
+                with pytest.raises(FailedPrecondition, match="already expired"):
+                    client.balance.ReleaseReservation(
+                        balance_pb2.ReleaseReservationRequest(customer_id=CUSTOMER, reservation_id=f"ttl-{round_}")
+                    )
+            else:
+                settle = event(f"ttl-{round_}", 1, reservation_id=f"ttl-{round_}")
+                ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=[settle]))
+                assert [n.reason for n in ack.notices] == [usage_pb2.NOTICE_RESERVATION_EXPIRED], ack
+            assert Decimal(conserved(client).credits_held) == 0
