@@ -402,9 +402,11 @@ def test_drafts_publishes_rollbacks_and_closes_from_many_callers_at_once_change_
         )
         at_ms = hour_ms - (ROUNDS - round_) * HOUR_MS
         identical_at_once(server, publish(version.version, at_ms), version_of, records=2)
+        # The next draft under one key (its version) from several effective times, all before the draft just
+        # published: whichever wins, that draft stays in force from at_ms on.
         one_wins_at_once(
             server,
-            [publish(version.version + 1, at_ms - i * HOUR_MS) for i in range(CALLERS)],
+            [publish(version.version + 1, at_ms - (i + 1) * HOUR_MS) for i in range(CALLERS)],
             FailedPrecondition,
             records=2,
         )
