@@ -384,6 +384,23 @@ def version_of(answer: Message) -> Message:
     return answer.version
 
 
+def product(id_: str, event_type: str) -> Call:
+    made = pricing_pb2.Product(id=id_, name=id_, event_type=event_type, aggregation=pricing_pb2.COUNT)
+    return lambda t: t.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=made))
+
+
+def rate_card(id_: str, pricing_unit: str) -> Call:
+    return lambda t: t.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=id_, pricing_unit=pricing_unit))
+
+
+def test_products_and_rate_cards_from_many_callers_at_once_are_created_once(server: ServerProcess) -> None:
+    for round_ in range(ROUNDS):
+        identical_at_once(server, product(f"p-{round_}", "unit"))
+        one_wins_at_once(server, [product(f"px-{round_}", f"type-{i}") for i in range(CALLERS)])
+        identical_at_once(server, rate_card(f"card-{round_}", "credits"))
+        one_wins_at_once(server, [rate_card(f"cardx-{round_}", f"unit-{i}") for i in range(CALLERS)])
+
+
 def test_drafts_publishes_rollbacks_and_closes_from_many_callers_at_once_change_once(server: ServerProcess) -> None:
     hour_ms = now_ms() // HOUR_MS * HOUR_MS
     with server.client() as client:
