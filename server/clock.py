@@ -21,13 +21,12 @@ from collections.abc import Callable
 from engine import commands as cmd
 from engine.billing import Billing
 from server.errors import Unavailable
-from server.sequencer import Sequencer, Worker
+from server.sequencer import CLOCK_ACTOR, Sequencer, Worker
 
 log = logging.getLogger("tariff.clock")
 
 # How often the driver looks when nothing is due sooner (a new hold or grant can make something due sooner).
 CLOCK_LOOK_EVERY_S = 0.05
-CLOCK_ACTOR = "clock"
 
 
 def wall_ms() -> int:

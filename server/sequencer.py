@@ -78,6 +78,8 @@ log = logging.getLogger("tariff.sequencer")
 # long (tests/test_server_rerate_online.py). Unset (0) in any real use.
 RERATE_SLICE_PAUSE_S = float(os.environ.get("TARIFF_TEST_RERATE_SLICE_PAUSE_MS", "0")) / 1000
 
+# The actor of the AdvanceClock commands the clock driver (server/clock.py) and the writer itself submit.
+CLOCK_ACTOR = "clock"
 GROUP_COMMANDS_MAX = 256
 # A group also closes past this many bytes of usage batches (about 50,000 events of a typical batch).
 GROUP_USAGE_BYTES_MAX = 8 * 1024 * 1024
@@ -606,6 +608,7 @@ class Sequencer:
         each run of consecutive usage batches is rated on the rating thread in one hop, awaited before the next
         command applies, so commands still apply strictly in order and never beside a batch."""
         group = _Group(now_ms=self.clock_ms())
+        await self._advance_clock_due(group)
         run: list[tuple[_Submission, UsageBatch]] = []
         for submission in taken:
             if submission.future.cancelled():
@@ -640,6 +643,23 @@ class Sequencer:
         await self._apply_deferred(group)
         group.alerts_upto = self.billing.engine.state.alerts.last_seq
         return group
+
+    async def _advance_clock_due(self, group: _Group) -> None:
+        """Applies the AdvanceClock the clock driver (server/clock.py) would, first in the group, when something is
+        due by the group's time: so that a hold whose TTL ran out is expired for every command and batch applied
+        after it (a release is FAILED_PRECONDITION, a settling event NOTICE_RESERVATION_EXPIRED), however long the
+        driver takes to look (every 50 ms). Journaled as the driver's is, so replay gives the same. Not while a
+        publish is planned or commands wait behind one (the driver's would wait too), nor beside a pending
+        re-rating (there it only expires holds, which the driver's does on its own)."""
+        if self._planning is not None or self._deferred or self.billing.rerating is not None:
+            return
+        due_ms = self.billing.kernel.next_due()
+        if due_ms is None or group.now_ms < due_ms:
+            return
+        command = cmd.AdvanceClock(group.now_ms, CLOCK_ACTOR)
+        submission = _Submission(command, asyncio.get_running_loop().create_future())
+        submission.future.add_done_callback(_nobody_waits)
+        await self._apply_command(group, submission, command)
 
     async def _apply_command(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None:
         """An admin command, with no publish planned or re-rating pending but for holds (which apply beside one)."""
@@ -1247,6 +1267,13 @@ def _rate_batches_explained(
     event loop held it (and the GIL) for milliseconds per run."""
     rated = _rate_batches(billing, batches, now_ms)
     return rated, billing.kernel.take_explain() if explained else None
+
+
+def _nobody_waits(future: asyncio.Future[tuple[int, object]]) -> None:
+    """The writer's own commands have no caller: their outcome is read here, so a refusal is not logged as an
+    exception nobody retrieved (the group's failure is logged where it happens)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _expired(submission: _Submission) -> bool:

@@ -368,6 +368,8 @@ type AuthorizeRequest struct {
 	// Hold the estimated cost until an event with reservation_id settles it
 	// (the hold is given back and the event charged what it costs), it is
 	// released, or its TTL runs out. The hold is journaled before the answer.
+	// A release or settling event applied after the TTL finds it expired; a
+	// read may show it held until the server's clock next looks (every 50 ms).
 	// Under BLOCK, holds together never exceed the available credit. Read by
 	// Authorize, AuthorizeStream and AuthorizeBatches alike.
 	Reserve bool `protobuf:"varint,6,opt,name=reserve,proto3" json:"reserve,omitempty"`
