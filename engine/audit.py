@@ -47,8 +47,8 @@ _rows_decoder = msgspec.msgpack.Decoder(list[_Row])
 class AuditLog(ControlPlane):
     def _audit(self, command: cmd.AdminCommand, seq: int, result: object) -> None:
         fields = msgspec.to_builtins(command)
-        fields.pop("at_ms", None)
-        fields.pop("actor", None)
+        for name in ("at_ms", "actor", *cmd.SERVER_SET_FIELDS):
+            fields.pop(name, None)
         fields.update(_result_fields(command, result))
         diff = capped_diff(fields)
         action = type(command).__name__

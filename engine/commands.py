@@ -113,6 +113,13 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
     override: Override
 
 
+# Fields the server sets on every new command of their type, asked for by no caller; absent from the records of
+# earlier releases. What was asked is the same with or without them, so neither a retry's fingerprint
+# (engine/control.py) nor the audit log's entry (engine/audit.py) holds them: replaying an earlier record then
+# writes the same entry its release wrote.
+SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown")
+
+
 class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaults=True):
     """`use_ends_at_rollover`: set by the server for every request it takes (server/convert.py), so a grant with a
     rollover fraction pays only for usage dated before its rollover; False (left out when stored, as commands

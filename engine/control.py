@@ -199,10 +199,8 @@ _fingerprint_encoder = msgspec.msgpack.Encoder(order="deterministic")
 
 def fingerprint(command: cmd.AdminCommand) -> bytes:
     """What a retry must repeat to be the same request: every field but the time and the caller."""
-    command = msgspec.structs.replace(command, at_ms=0, actor="")
-    if isinstance(command, cmd.GrantCredits):
-        # Set by the server, not asked for: a retry of a grant stored before the field existed is the same request.
-        command = msgspec.structs.replace(command, use_ends_at_rollover=False)
+    unasked = {name: False for name in cmd.SERVER_SET_FIELDS if name in command.__struct_fields__}
+    command = msgspec.structs.replace(command, at_ms=0, actor="", **unasked)
     canonical = _fingerprint_encoder.encode(command)
     return hashlib.blake2b(canonical, digest_size=16).digest()
 

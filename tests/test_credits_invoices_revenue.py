@@ -208,3 +208,17 @@ def test_a_close_recorded_by_an_earlier_release_builds_its_invoice_as_that_relea
         "feb/r": (picos("90"), picos("82.5"), 0, picos("7.5")),
         f"feb/rollover-r-{FEB_MS}": (picos("7.5"), 0, 0, picos("7.5")),
     }
+
+
+def test_the_server_set_invoice_rule_is_not_in_the_audit_log() -> None:
+    # rollovers_shown is the server's, not the caller's: were it in the audit entry, replaying a close recorded by
+    # an earlier release would write `"rollovers_shown":false` where that release wrote nothing, so the audit log
+    # would depend on whether a snapshot covered the record. Nor does a new close show it.
+    world = basic_world()
+    m = Ledger(world)
+    m.advance(FEB_MS)
+    m.run(cmd.ClosePeriod(FEB_MS, ACTOR, "acme", EPOCH_MS))
+    m.run(cmd.CloseDuePeriods(MAR_MS + DAY_MS, ACTOR, DAY_MS, rollovers_shown=True))
+    closes = [e for e in m.billing.engine.state.audit if e.action in ("ClosePeriod", "CloseDuePeriods")]
+    assert [e.action for e in closes] == ["ClosePeriod", "CloseDuePeriods"]
+    assert all("rollovers_shown" not in entry.diff for entry in closes), closes
