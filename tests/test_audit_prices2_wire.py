@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import timestamp_pb2
 from tariff import TariffClient
-from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
 from engine.instants import iso
 from engine.rerate import LEFT_ALONE_REASON
@@ -19,10 +19,10 @@ from tests.test_audit_pricing_wire import (
     CARD,
     HOUR_MS,
     catalogue,
+    closed_month_and_a_draft,
     draft,
     expect_error,
     ingest,
-    month_start_ms,
     publish,
     this_hour_ms,
     unit,
@@ -238,12 +238,8 @@ def test_the_publish_table_says_what_was_left_alone_in_closed_periods_and_why(se
     """README: the reply says "how much usage in closed periods was left alone". `tariff ratecard publish` printed the
     closed buckets and amount but not their events nor the reason the reply gives; it prints all of them."""
     server = server_factory()
-    last_month, this_month = month_start_ms(1), month_start_ms(0)
     with server.client() as client:
-        catalogue(client, last_month)
-        ingest(client, work("old", this_month - HOUR_MS, 2), work("new", this_month, 3))
-        client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="c", period_start=stamp(last_month)))
-        v2 = draft(client, 1, [unit("5")])
+        last_month, v2 = closed_month_and_a_draft(client)
     published = tariff(server, "ratecard", "publish", CARD, str(v2), "--effective-from", iso(last_month))
     rows = table_rows(published.stdout)
     # Last month's bucket (2 units at 1) left alone; this month's 3 units re-rated from 3 to 15.

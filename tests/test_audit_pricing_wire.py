@@ -230,14 +230,20 @@ def test_a_version_effective_at_an_events_exact_timestamp_prices_it(server_facto
         assert charges(client) == "11"
 
 
+def closed_month_and_a_draft(client: TariffClient) -> tuple[int, int]:
+    """Last month (2 units, closed) and this month (3 units) of customer c on version 1, and a draft at 5 a unit:
+    (last month's start, the draft's version)."""
+    last_month, this_month = month_start_ms(1), month_start_ms(0)
+    catalogue(client, last_month)
+    ingest(client, work("old", this_month - HOUR_MS, 2), work("new", this_month, 3))
+    client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="c", period_start=stamp(last_month)))
+    return last_month, draft(client, 1, [unit("5")])
+
+
 def test_a_closed_period_is_left_alone_and_the_open_one_rerated(server_factory: ServerFactory) -> None:
     server = server_factory()
-    last_month, this_month = month_start_ms(1), month_start_ms(0)
     with server.client() as client:
-        catalogue(client, last_month)
-        ingest(client, work("old", this_month - HOUR_MS, 2), work("new", this_month, 3))
-        client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="c", period_start=stamp(last_month)))
-        v2 = draft(client, 1, [unit("5")])
+        last_month, v2 = closed_month_and_a_draft(client)
         done = publish(client, v2, last_month)
         # Last month's bucket (2 units, 2 USD) is in a closed period: left alone, counted; this month's re-rated.
         assert (done.closed_buckets_left_alone, done.closed_events_left_alone) == (1, 1)
