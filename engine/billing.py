@@ -6,7 +6,8 @@ Usage goes to the kernel as the `UsageBatch` bytes received: one call per batch,
 event. Admin commands go to the control plane; the kernel's tables are recompiled from it in ONE place
 (`refresh_tables`), lazily: an admin command notes what it changed, and the next batch or read compiles
 once, so a run of admin commands compiles once. A command that changes one customer (its creation,
-contracts, overrides, grants) recompiles that customer only; a draft version or a new rate card
+contracts, overrides, grants, a period's close) recompiles that customer only, and CloseDuePeriods the
+customers it closed; a draft version or a new rate card
 (in no table yet) recompiles nothing; a publish or rollback appends its version to the tables loaded
 (Kernel.append_version: no route is compiled); any other (products) recompiles the whole tables. The writer refreshes them before it hands batches to another thread and applies no admin command until they are rated, so while a batch is rated the tables are current
 and a read (balances, Authorize) compiles nothing: it touches no Python state the rating thread uses.
@@ -223,11 +224,17 @@ class Billing:
         if isinstance(command, cmd.CreateDraftVersion | cmd.CreateRateCard):
             return result  # no table holds a draft, nor a rate card until it has a published version
         customer_id = _changed_customer(command, result)
-        if customer_id is None:
-            self._tables_stale = True
-        else:
+        if customer_id is not None:
             self._customers_stale.add(customer_id)
             self._fired.extend(self._evaluate_alerts([customer_id], command.at_ms, seq))
+        elif isinstance(command, cmd.CloseDuePeriods):
+            # Only the closed customers' tables change, as ClosePeriod's one's: a month's end closes every
+            # customer's period in commands of a few hundred, and each recompiling every customer's tables made
+            # the end of a month cost the square of the customers.
+            assert isinstance(result, list)
+            self._customers_stale.update(invoice.customer_id for invoice in result)
+        else:
+            self._tables_stale = True
         return result
 
     def _apply_kernel_command(self, command: cmd.KernelCommand, seq: int) -> object:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
-from engine.billing import Billing
+from engine.billing import Billing, drain_compile
 from engine.control import NO_CLOSED_PERIODS, NO_INVOICES
 from engine.errors import FailedPrecondition, InvalidArgument, Repeated
 from engine.invoices import Invoice, minor_unit
@@ -218,6 +218,31 @@ def test_close_due_periods_in_slices_takes_the_earliest_period_ends_first() -> N
     assert w.engine.next_period_end_ms() == april_1_ms + 30 * DAY_MS
     with pytest.raises(Repeated):
         w.apply(cmd.CloseDuePeriods(april_1_ms, ACTOR, 0, 2))
+
+
+def test_close_due_periods_recompiles_the_closed_customers_tables_only() -> None:
+    """A month's end closes every customer's period, 256 a command: each command recompiles the tables of the
+    customers it closed (as ClosePeriod does its one's), not every customer's, which at 10,000 customers cost
+    about 120 ms a command (40 of them) and grows with the square of the customers."""
+    w = world([(EPOCH_MS, "2", "1")])
+    w.customer("globex")
+    w.contract("c-globex", customer_id="globex")
+    w.billing.refresh_tables()
+    closed = w.apply(cmd.CloseDuePeriods(FEB_1_MS + HOUR_MS, ACTOR, 0, 1))
+    assert isinstance(closed, list) and [i.customer_id for i in closed] == ["acme"]
+    # Only the closed customer's tables compile, loaded as they compile: no whole tables to load.
+    assert drain_compile(w.billing.compile_steps()) is None
+    late = w.usage(
+        [
+            tokens("late", EPOCH_MS + 2 * HOUR_MS, 1),
+            usage_event("g", EPOCH_MS + 2 * HOUR_MS, {"tokens": 1}, customer_id="globex", dimensions={"model": "gpt4"}),
+        ],
+        FEB_1_MS + 2 * HOUR_MS,
+    )
+    # acme's January is closed in the kernel; globex's is still open.
+    assert [(r.index, usage_pb2.RejectReason.Name(r.reason)) for r in late.rejected] == [(0, "PERIOD_CLOSED")]
+    assert late.accepted == 1
+    assert w.engine.preview("globex", EPOCH_MS).subtotal_picos == 2 * 10**12
 
 
 def test_grant_balances_at_the_period_end_count_earlier_periods_and_expiry() -> None:
