@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from tariff import TariffClient, TariffError
-from tariff.v1 import alerts_pb2, contracts_pb2, invoices_pb2, usage_pb2
+from tariff.v1 import alerts_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory, ServerProcess, wait_for
 from tests.test_audit_invoices_wire import DAY_MS, JAN, catalogue, customer, ts
+from tests.test_server_admin import CARD, CUSTOMER, MINUTE_MS, build_catalogue, ingest_one, llm
+from tests.test_server_rerate import markup_draft
 
 STREAM_TIMEOUT_S = 60.0
 
@@ -219,3 +221,36 @@ def test_create_alert_refuses_what_it_cannot_honour_exactly_naming_the_field(ser
         assert sorted((r.id, r.threshold) for r in listed) == sorted(
             [(created.id, "0.000000000001"), ("c-spend", "2.5")]
         )
+
+
+def test_a_price_cut_that_lowers_spend_below_a_threshold_lets_it_fire_again_with_the_corrected_charges(
+    server_factory: ServerFactory,
+) -> None:
+    """SPEND_THRESHOLD fires once per period, unless a re-rating lowers the period's charges below the threshold
+    (alerts.proto): the first alert read prices since withdrawn, so reaching the threshold again at the corrected
+    prices fires a second one, naming the corrected charges. 10k tokens in and out cost 0.9 x markup: 1.08 at the
+    published 1.2, 0.45 at 0.5 from the period's start."""
+    server = server_factory()
+    with server.client() as client:
+        cat = build_catalogue(client)
+        spend = client.alerts.CreateAlert(
+            alerts_pb2.CreateAlertRequest(customer_id=CUSTOMER, type=alerts_pb2.SPEND_THRESHOLD, threshold="1")
+        ).id
+        tokens = ("gpt-4", "us", 10_000, 10_000)
+        ingest_one(client, llm("e1", cat.h0 + 10 * MINUTE_MS, *tokens))  # 1.08: fires
+        cut = markup_draft(client, "0.5")
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=cut, effective_from=ts(cat.h0))
+        )
+        assert client.get_balance(CUSTOMER).period_charges == "0.45"  # below 1: cleared
+        ingest_one(client, llm("e2", cat.h0 + 20 * MINUTE_MS, *tokens))  # 0.9: nothing
+        ingest_one(client, llm("e3", cat.h0 + 30 * MINUTE_MS, *tokens))  # 1.35: fires again
+        stream = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=STREAM_TIMEOUT_S)
+        alerts = iter(stream)
+        first, second = next(alerts), next(alerts)
+        assert [(a.seq, a.rule_id, a.details["period_charges"]) for a in (first, second)] == [
+            (1, spend, "1.08"),
+            (2, spend, "1.35"),
+        ]
+        assert first.details["period_start_ms"] == second.details["period_start_ms"]
+        assert client.get_balance(CUSTOMER).period_charges == "1.35"
