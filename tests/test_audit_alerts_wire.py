@@ -151,6 +151,14 @@ def test_close_due_periods_evaluates_the_balance_rules_of_the_customers_it_close
             ("r", boundary_ms),
             ("z", boundary_ms),
         }
+        # The close compiled only the closed customers' tables: usage dated in a closed period is refused.
+        late = usage_pb2.UsageEvent(
+            transaction_id="z-late", customer_id="z", event_type="unit", timestamp_ms=boundary_ms - 1000
+        )
+        late.dimensions["k"] = "a"
+        late.values["n"] = 1000
+        ack = client.ingest_batch([late], "z-late")
+        assert [usage_pb2.RejectReason.Name(r.reason) for r in ack.rejected] == ["PERIOD_CLOSED"]
         marker(client, "mark")
         seen = alerts_until(client, "mark")[:-1]
         assert [a.rule_id for a in seen] == [low_r, low_z, exhausted_z]
