@@ -223,6 +223,8 @@ class Billing:
             return result
         if isinstance(command, cmd.CreateDraftVersion | cmd.CreateRateCard):
             return result  # no table holds a draft, nor a rate card until it has a published version
+        if isinstance(command, cmd.CloseDuePeriods) and command.alerts_evaluated:
+            return self._closed_due(command, result, seq)
         customer_id = _changed_customer(command, result)
         if customer_id is not None:
             self._customers_stale.add(customer_id)
@@ -235,6 +237,15 @@ class Billing:
             self._customers_stale.update(invoice.customer_id for invoice in result)
         else:
             self._tables_stale = True
+        return result
+
+    def _closed_due(self, command: cmd.CloseDuePeriods, result: object, seq: int) -> object:
+        """A CloseDuePeriods that evaluates alerts: the customers whose periods it closed, first closed first, each
+        once (a close changes only its customer's tables, as ClosePeriod's), as ClosePeriod evaluates its one."""
+        assert isinstance(result, list)
+        customers = list(dict.fromkeys(invoice.customer_id for invoice in result))
+        self._customers_stale.update(customers)
+        self._fired.extend(self._evaluate_alerts(customers, command.at_ms, seq))
         return result
 
     def _apply_kernel_command(self, command: cmd.KernelCommand, seq: int) -> object:

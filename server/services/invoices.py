@@ -163,7 +163,8 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         self, request: invoices_pb2.CloseDuePeriodsRequest, context: Context
     ) -> invoices_pb2.CloseDuePeriodsResponse:
         closed = await self._apply(
-            cmd.CloseDuePeriods(self.clock_ms(), actor_of(context), 0, rollovers_shown=True), list
+            cmd.CloseDuePeriods(self.clock_ms(), actor_of(context), 0, rollovers_shown=True, alerts_evaluated=True),
+            list,
         )
         return invoices_pb2.CloseDuePeriodsResponse(invoices=[invoice_pb(i) for i in closed])
 
