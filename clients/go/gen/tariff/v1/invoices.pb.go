@@ -1369,7 +1369,8 @@ func (x *GetInvoiceRequest) GetInvoiceNumber() string {
 	return ""
 }
 
-// Final invoices, by number. Drafts are not stored: PreviewInvoice shows one.
+// Final invoices, by number, paged as the top of contracts.proto says. Drafts
+// are not stored: PreviewInvoice shows one.
 type ListInvoicesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty: every customer's.
@@ -1381,7 +1382,9 @@ type ListInvoicesRequest struct {
 	PeriodStartFrom   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=period_start_from,json=periodStartFrom,proto3" json:"period_start_from,omitempty"`
 	PeriodStartBefore *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_start_before,json=periodStartBefore,proto3" json:"period_start_before,omitempty"`
 	// Up to 1,000; 100 when unset.
-	PageSize      uint32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize uint32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, unchanged, with the same
+	// customer_id, status and period filters; empty for the first.
 	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -1424,11 +1424,12 @@ func (x *GetRateCardRequest) GetId() string {
 	return ""
 }
 
+// In id order, paged as the top of contracts.proto says.
 type ListRateCardsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most 1,000; 100 when 0.
 	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// next_page_token of the previous page; empty for the first.
+	// next_page_token of the previous page, unchanged; empty for the first.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -756,7 +756,8 @@ export const GetInvoiceRequestSchema: GenMessage<GetInvoiceRequest> = /*@__PURE_
   messageDesc(file_tariff_v1_invoices, 14);
 
 /**
- * Final invoices, by number. Drafts are not stored: PreviewInvoice shows one.
+ * Final invoices, by number, paged as the top of contracts.proto says. Drafts
+ * are not stored: PreviewInvoice shows one.
  *
  * @generated from message tariff.v1.ListInvoicesRequest
  */
@@ -796,6 +797,9 @@ export type ListInvoicesRequest = Message<"tariff.v1.ListInvoicesRequest"> & {
   pageSize: number;
 
   /**
+   * next_page_token of the previous page, unchanged, with the same
+   * customer_id, status and period filters; empty for the first.
+   *
    * @generated from field: string page_token = 6;
    */
   pageToken: string;

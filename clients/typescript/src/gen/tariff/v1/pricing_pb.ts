@@ -577,6 +577,8 @@ export const GetRateCardRequestSchema: GenMessage<GetRateCardRequest> = /*@__PUR
   messageDesc(file_tariff_v1_pricing, 15);
 
 /**
+ * In id order, paged as the top of contracts.proto says.
+ *
  * @generated from message tariff.v1.ListRateCardsRequest
  */
 export type ListRateCardsRequest = Message<"tariff.v1.ListRateCardsRequest"> & {
@@ -588,7 +590,7 @@ export type ListRateCardsRequest = Message<"tariff.v1.ListRateCardsRequest"> & {
   pageSize: number;
 
   /**
-   * next_page_token of the previous page; empty for the first.
+   * next_page_token of the previous page, unchanged; empty for the first.
    *
    * @generated from field: string page_token = 2;
    */
