@@ -307,6 +307,8 @@ def test_simulate_then_publish_re_rates_to_the_simulated_amounts(server_factory:
         for start_ms, end_ms in ((JAN + 3 * HOUR_MS, JAN + 4 * HOUR_MS), (JAN + 2 * HOUR_MS, JAN + 3 * HOUR_MS)):
             empty = simulated(client, number, start_ms, end_ms, ["done"] if start_ms == JAN + 2 * HOUR_MS else ())
             assert (amounts_of(empty), totals_of(empty)) == ([], ("0", "0", "0"))
+        backwards = refusal(lambda: simulated(client, number, FEB, JAN))
+        assert [v.field for v in backwards.field_violations] == ["period_end"], backwards
         # From 04:00 on: re's 05:00 bucket priced over the period's cumulative 120 units, 55 -> 15.
         assert amounts_of(simulated(client, number, JAN + 4 * HOUR_MS, FEB, ["re"])) == [
             ("re", "grad", "55", "15", "-40")
