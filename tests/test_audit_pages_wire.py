@@ -23,7 +23,19 @@ from tariff import TariffClient, TariffError
 from tariff.v1 import alerts_pb2, contracts_pb2, invoices_pb2, pricing_pb2
 
 from tests.serverproc import ServerFactory, ServerProcess
-from tests.test_audit_invoices_wire import CARD, FEB, JAN, MAR, catalogue, close, customer, ingest, preview, ts
+from tests.test_audit_invoices_wire import (
+    CARD,
+    FEB,
+    JAN,
+    MAR,
+    catalogue,
+    close,
+    customer,
+    ingest,
+    override,
+    preview,
+    ts,
+)
 from tests.test_server_auth import Keys
 
 HOUR_MS = 3_600_000
@@ -292,16 +304,22 @@ def re_rated_world(client: TariffClient) -> None:
 def test_simulate_then_publish_re_rates_to_the_simulated_amounts(server_factory: ServerFactory) -> None:
     """SimulateVersion over January and February, then PublishVersion effective from January 1st: each customer's
     simulated amount is what its open lines hold after the publish, the totals' delta the publish's
-    rerated_amount_delta; done's closed January is left out of both (its 140 counted as left alone)."""
+    rerated_amount_delta; done's closed January is left out of both (its 140 counted as left alone). "ov" has a
+    0.3333 multiplier on grad and 33 + 77 January units: v1 120 x 0.3333 = 39.996, v2 (1 + 100 + 60 x 0.25 = 116)
+    x 0.3333 = 38.6628, the same override in the simulation as in the re-rating."""
     with server_factory(name="simulate").client() as client:
         re_rated_world(client)
+        customer(client, "ov", "USD", "1")
+        override(client, "ov-c", "grad", multiplier="0.3333")
+        ingest(client, "ov", [("grad", "a", 33, JAN + HOUR_MS), ("grad", "a", 77, JAN + 9 * HOUR_MS)])
         number = version_2(client)
         simulation = simulated(client, number, JAN, MAR)
         assert amounts_of(simulation) == [
             ("done", "grad", "20", "21", "1"),
+            ("ov", "grad", "39.996", "38.6628", "-1.3332"),
             ("re", "grad", "165", "179.5", "14.5"),
         ]
-        assert totals_of(simulation) == ("185", "200.5", "15.5")
+        assert totals_of(simulation) == ("224.996", "239.1628", "14.1668")
         assert amounts_of(simulated(client, number, JAN, MAR, ["done"])) == [("done", "grad", "20", "21", "1")]
         # An hour without usage, and the closed period alone: no amounts, zero totals.
         for start_ms, end_ms in ((JAN + 3 * HOUR_MS, JAN + 4 * HOUR_MS), (JAN + 2 * HOUR_MS, JAN + 3 * HOUR_MS)):
@@ -316,13 +334,20 @@ def test_simulate_then_publish_re_rates_to_the_simulated_amounts(server_factory:
         published = client.pricing.PublishVersion(
             pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=number, effective_from=ts(JAN))
         )
-        assert (published.rerated_amount_delta, published.closed_amount_left_alone) == ("15.5", "140")
+        assert (published.rerated_amount_delta, published.closed_amount_left_alone) == ("14.1668", "140")
         lines = {
             (customer_id, start_ms): [line.amount for line in preview(client, customer_id, start_ms).lines]
-            for customer_id in ("re", "done")
+            for customer_id in ("re", "done", "ov")
             for start_ms in (JAN, FEB)
         }
-        assert lines == {("re", JAN): ["118.5"], ("re", FEB): ["61"], ("done", JAN): ["140"], ("done", FEB): ["21"]}
+        assert lines == {
+            ("re", JAN): ["118.5"],
+            ("re", FEB): ["61"],
+            ("done", JAN): ["140"],
+            ("done", FEB): ["21"],
+            ("ov", JAN): ["38.6628"],
+            ("ov", FEB): [],
+        }
         assert Decimal("118.5") + Decimal("61") == Decimal("179.5")
 
 
@@ -344,17 +369,18 @@ def test_explain_pages_events_then_adjustments_summing_to_the_line_across_a_rest
             pages = explained_pages(client, "re", page_size)
             size = page_size or 100
             assert [e for page in pages for e in page] == expected, (page_size, pages)
-            assert all(len(page) == size for page in pages[:-1]) and len(pages[-1]) <= size, (page_size, pages)
+            assert all(len(page) == size for page in pages[:-1]) and 0 < len(pages[-1]) <= size, (page_size, pages)
         first = explain(client, "re", 2)
         assert (first.line_amount, first.line_quantity) == ("121", "130")
         assert sum(Decimal(amount) for amount, _ in expected) == Decimal("121")
         at_adjustments = explain(client, "re", 3).next_page_token
         # done's January, closed before the publish: its one event, no adjustment.
-        closed = explain(client, "done", 0)
+        closed = explain(client, "done", 1)
         assert ([(e.amount, e.HasField("adjustment")) for e in closed.events], closed.line_amount) == (
             [("140", False)],
             "140",
         )
+        assert closed.next_page_token == "", "a full last page ends the line"
         for what, call in {
             "another customer": lambda: explain(client, "done", 2, first.next_page_token),
             "another period": lambda: explain(client, "re", 2, first.next_page_token, FEB),
