@@ -183,6 +183,10 @@ def test_a_page_token_not_issued_for_the_request_is_invalid_argument_naming_page
         "c2's invoice to ListInvoices(c1)": (list_invoices("c1"), c2_jan),
         "a January invoice to ListInvoices(from FEB)": (list_invoices(period_start_from=ts(FEB)), c1_jan),
         "a February invoice to ListInvoices(before FEB)": (list_invoices(period_start_before=ts(FEB)), c1_feb),
+        "an invoice to ListInvoices(DRAFT), which lists none": (
+            list_invoices(status=invoices_pb2.INVOICE_DRAFT),
+            c1_jan,
+        ),
     }
     with world.server.client() as admin:
         for what, (lister, token) in refused.items():

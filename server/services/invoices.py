@@ -177,6 +177,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         self, request: invoices_pb2.ListInvoicesRequest, context: Context
     ) -> invoices_pb2.ListInvoicesResponse:
         if request.status == invoices_pb2.INVOICE_DRAFT:
+            _page([], request.page_size, request.page_token)  # no token names a draft: any is refused
             return invoices_pb2.ListInvoicesResponse()  # drafts are not stored: PreviewInvoice shows one
         if request.customer_id:
             check_reference(request.customer_id, "customer_id", self.engine.state.customers)
