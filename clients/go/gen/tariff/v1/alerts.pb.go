@@ -340,7 +340,8 @@ func (x *WatchAlertsRequest) GetAfterSeq() uint64 {
 type ListAlertRulesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Default 100 (when 0), at most 1,000; negative: INVALID_ARGUMENT.
-	PageSize      int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, unchanged; empty for the first.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -140,6 +140,8 @@ export type ListAlertRulesRequest = Message<"tariff.v1.ListAlertRulesRequest"> &
   pageSize: number;
 
   /**
+   * next_page_token of the previous page, unchanged; empty for the first.
+   *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
@@ -340,9 +342,9 @@ export const AlertService: GenService<{
     output: typeof AlertSchema;
   },
   /**
-   * The rules, in id order, a page at a time. A key restricted to some
-   * customers gets the rules watching them: theirs and those for every
-   * customer.
+   * The rules, in id order, a page at a time (paged as the top of
+   * contracts.proto says). A key restricted to some customers gets the rules
+   * watching them: theirs and those for every customer.
    *
    * @generated from rpc tariff.v1.AlertService.ListAlertRules
    */
