@@ -872,7 +872,10 @@ export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> 
  * - recognized_credits - breakage, and equals the paid value of the balances the period's invoice shows
  * (InvoiceGrantBalance.remaining). breakage: credits expired unused, at cost basis, in the period
  * the server recorded it in (customer lines; product lines show 0, expired credit belonging to no
- * product).
+ * product). A grant is sold in the period containing its starts_at. A closed period's lines never
+ * change: a grant made after the period closed (its starts_at defaults to the contract's start) is
+ * sold, and breakage recorded after it closed is counted, in the customer's first period still open
+ * then.
  *
  * @generated from message tariff.v1.RevenueLine
  */
