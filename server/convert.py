@@ -434,6 +434,7 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         optional_ms(g, "expires_at", "grant.expires_at"),
         decimal_text(g.rollover_fraction, "grant.rollover_fraction"),
         use_ends_at_rollover=True,
+        paid_at_picos=True,
     )
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from tariff import InvalidArgument, NotFound, TariffClient
-from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
 from tests.test_audit_invoices_wire import (
@@ -275,6 +275,28 @@ def test_a_grant_made_after_a_close_is_sold_in_the_first_open_period_and_the_clo
         # February's draft shows the same balances: 10 of `late` expired, 20 of `later` and 5 of `early` remaining.
         balances = {g.grant_id: (g.remaining, g.expired) for g in preview(client, "a", FEB).grant_balances}
         assert balances == {"early": ("5", "0"), "late": ("0", "10"), "later": ("20", "0")}
+
+
+@pytest.mark.parametrize("paid", ["0.0000000000001", "0.0000000000005", "1.0000000000000001", "1e-13"])
+def test_a_paid_amount_finer_than_the_pico_is_refused_not_rounded_away(
+    server_factory: ServerFactory, paid: str
+) -> None:
+    """Revenue is kept in picos of the currency (10^-12): a grant paid 0.0000000000005 would be sold, recognised
+    and deferred as 0 (half-even), the cash vanishing from the report. Refused instead, naming the field, nothing
+    granted; a paid amount at 12 decimal places is recognised to the pico."""
+    with start_server(server_factory, "fine-paid") as client:
+        catalogue(client)
+        customer(client, "f", "1")
+        with pytest.raises(InvalidArgument) as refused:
+            grant(client, "f", "fine", "1", paid)
+        assert "grant.paid_amount" in str(refused.value)
+        assert [
+            g.grant_id for g in client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="f")).grants
+        ] == []
+        grant(client, "f", "exact", "3", "0.000000000001")
+        ingest(client, "f", [1], JAN, "jan")
+        assert customer_lines(revenue(client, JAN, FEB, "f")) == [(JAN, "0", "0", "0", "0.000000000001")]
+        assert totals(revenue(client, JAN, FEB, "f"))[:2] == ("0", "0.000000000001")
 
 
 def test_revenue_report_arguments_at_their_edges(server_factory: ServerFactory) -> None:

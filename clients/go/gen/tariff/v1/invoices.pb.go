@@ -1572,7 +1572,8 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 	return ""
 }
 
-// Revenue of one billing period (period_start), in the contract's currency: by product in
+// Revenue of one billing period (period_start), in the contract's currency at 10^-12 (every amount
+// here and in RevenueReconciliation: exact figures rounded half-even to the pico as below): by product in
 // RevenueReport.lines (customer_id empty), by customer in RevenueReport.customer_lines (product_id
 // empty). recognized = recognized_credits (credits drawn, at each grant's cost basis paid / amount) +
 // recognized_overage (overage x the contract's overage price). deferred: the paid value of the
