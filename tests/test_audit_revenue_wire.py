@@ -319,6 +319,7 @@ def test_revenue_report_arguments_at_their_edges(server_factory: ServerFactory) 
             (Timestamp(seconds=-1), ts(FEB), "period_start"),
             (ts(JAN), Timestamp(seconds=253_402_300_800), "period_end"),
             (Timestamp(seconds=0, nanos=-1), ts(FEB), "period_start"),
+            (Timestamp(seconds=-1, nanos=999_500_000), ts(FEB), "period_start"),
             (None, ts(FEB), "period_start"),
             (ts(JAN), None, "period_end"),
         ):
@@ -330,3 +331,31 @@ def test_revenue_report_arguments_at_their_edges(server_factory: ServerFactory) 
             with pytest.raises(InvalidArgument) as refused:
                 client.invoices.GetRevenueReport(request)
             assert str(refused.value).startswith(f"INVALID_ARGUMENT: {field}:"), (start, end, refused.value)
+
+
+def test_sub_millisecond_bounds_select_the_periods_starting_in_the_span_they_name(
+    server_factory: ServerFactory,
+) -> None:
+    """Periods starting in [period_start, period_end): February's period starts before February 1 + 0.5 ms, so a
+    span ending then holds it, and a span starting then does not."""
+    with start_server(server_factory, "sub-ms") as client:
+        catalogue(client)
+        customer(client, "m", "1")
+        grant(client, "m", "g", "10", "4")
+
+        def starts(start: Timestamp, end: Timestamp) -> list[int]:
+            report = client.invoices.GetRevenueReport(
+                invoices_pb2.GetRevenueReportRequest(period_start=start, period_end=end, customer_id="m")
+            )
+            return [line.period_start.ToMilliseconds() for line in report.customer_lines]
+
+        half_ms_after_feb = Timestamp(seconds=FEB // 1000, nanos=500_000)
+        assert starts(ts(JAN), half_ms_after_feb) == [JAN, FEB]
+        assert starts(half_ms_after_feb, ts(APR)) == [MAR]
+        # A span from January 1 + 0.5 ms sells nothing in it: the grant was sold at January's start, before it.
+        report = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(
+                period_start=Timestamp(seconds=JAN // 1000, nanos=500_000), period_end=ts(FEB), customer_id="m"
+            )
+        )
+        assert (list(report.customer_lines), report.reconciliation.prepaid_sold) == ([], "0")

@@ -1511,6 +1511,12 @@ func (x *ListInvoicesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// The billing periods that start in [period_start, period_end), both required
+// (period_end after period_start; INVALID_ARGUMENT naming the field
+// otherwise), read to the nanosecond: a period starting at t is in a span
+// ending at t + 0.5 ms, not in one starting then. A customer_id of no
+// customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
+// (ask per customer).
 type GetRevenueReportRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`

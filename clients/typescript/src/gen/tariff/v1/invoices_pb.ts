@@ -831,6 +831,13 @@ export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@_
   messageDesc(file_tariff_v1_invoices, 16);
 
 /**
+ * The billing periods that start in [period_start, period_end), both required
+ * (period_end after period_start; INVALID_ARGUMENT naming the field
+ * otherwise), read to the nanosecond: a period starting at t is in a span
+ * ending at t + 0.5 ms, not in one starting then. A customer_id of no
+ * customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
+ * (ask per customer).
+ *
  * @generated from message tariff.v1.GetRevenueReportRequest
  */
 export type GetRevenueReportRequest = Message<"tariff.v1.GetRevenueReportRequest"> & {
