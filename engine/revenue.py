@@ -5,7 +5,8 @@ Rules (amounts in picos of the contract's currency):
 - A grant is *sold* at the start of the billing period that contains its `starts_at` (so every draw on it falls
   in that period or later); its paid amount enters deferred revenue then. But a closed period's revenue is final:
   a grant made after that period was closed (its final invoice's closed_at before the grant's created_at) is sold
-  in the customer's first period still open when it was made (no draw can fall in a closed period).
+  in the customer's first period still open when it was made (no draw can fall in a closed period), or, with
+  none (the last contract ended and its periods all closed), at the instant it was made.
 - Credits drawn are recognised at the grant's cost basis (paid / amount). Exact rationals, rounded once and
   cumulatively: without breakage, a grant's recognised value up to a period is paid x credits drawn up to it /
   amount, rounded half-even to the pico; a period's recognition is the difference of that figure at its two
@@ -255,7 +256,8 @@ def _closed_at(engine: Engine, customer: str) -> dict[int, int]:
 def _open_period(contracts: list[Contract], closed_at: dict[int, int], period_start: int, recorded_ms: int) -> int:
     """The period a sale or a breakage recorded at recorded_ms counts in: period_start, unless that period had been
     closed before then (a grant made, or its expiry recorded, after the close), whose revenue is final: then the
-    customer's first period after it that was still open at recorded_ms (period_start when there is none)."""
+    customer's first period after it that was still open at recorded_ms, or recorded_ms itself when there is none
+    (every later period closed, or none: the instant counts in a span's reconciliation, in no period's line)."""
     start: int | None = period_start
     for _ in range(PERIODS_MAX):
         if start is None:
@@ -264,7 +266,7 @@ def _open_period(contracts: list[Contract], closed_at: dict[int, int], period_st
         if closed_ms is None or closed_ms >= recorded_ms:
             return start
         start = _next_period_start(contracts, start)
-    return period_start
+    return recorded_ms
 
 
 def _next_period_start(contracts: list[Contract], start_ms: int) -> int | None:

@@ -359,3 +359,27 @@ def test_sub_millisecond_bounds_select_the_periods_starting_in_the_span_they_nam
             )
         )
         assert (list(report.customer_lines), report.reconciliation.prepaid_sold) == ([], "0")
+
+
+def test_a_grant_made_after_a_customers_last_period_closed_leaves_that_period_alone(
+    server_factory: ServerFactory,
+) -> None:
+    """A contract of January only (ending February 1), closed. A grant of 10 credits for 4 made afterwards has no
+    open period to be sold in: it is sold when it was made (today), in the reconciliation of a span holding that
+    time, and January's line stays as it was closed."""
+    with start_server(server_factory, "last-closed") as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="z", name="z"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="z-c", customer_id="z", rate_card_id=CARD, starting_at=ts(JAN), ending_before=ts(FEB), currency="USD"
+            )
+        )
+        close(client, "z", JAN)
+        january = revenue(client, JAN, FEB, "z")
+        grant(client, "z", "after", "10", "4")
+        assert revenue(client, JAN, FEB, "z") == january
+        far = ms("9000-01-01T00:00:00") - 1
+        through_today = revenue(client, JAN, far, "z")
+        assert customer_lines(through_today) == [(JAN, "0", "0", "0", "0")]
+        assert totals(through_today) == ("0", "4", "0", "0", "4", "0", True)

@@ -1594,7 +1594,7 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 // product). A grant is sold in the period containing its starts_at. A closed period's lines never
 // change: a grant made after the period closed (its starts_at defaults to the contract's start) is
 // sold, and breakage recorded after it closed is counted, in the customer's first period still open
-// then.
+// then (with none left, at that instant: in a span's reconciliation, on no line).
 type RevenueLine struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	ProductId         string                 `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`

@@ -883,7 +883,7 @@ export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> 
  * product). A grant is sold in the period containing its starts_at. A closed period's lines never
  * change: a grant made after the period closed (its starts_at defaults to the contract's start) is
  * sold, and breakage recorded after it closed is counted, in the customer's first period still open
- * then.
+ * then (with none left, at that instant: in a span's reconciliation, on no line).
  *
  * @generated from message tariff.v1.RevenueLine
  */
