@@ -1592,9 +1592,11 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 // (InvoiceGrantBalance.remaining). breakage: credits expired unused, at cost basis, in the period
 // the server recorded it in (customer lines; product lines show 0, expired credit belonging to no
 // product). A grant is sold in the period containing its starts_at. A closed period's lines never
-// change: a grant made after the period closed (its starts_at defaults to the contract's start) is
-// sold, and breakage recorded after it closed is counted, in the customer's first period still open
-// then (with none left, at that instant: in a span's reconciliation, on no line).
+// change once the customer's earlier periods are closed too (late usage of an open earlier one
+// draws credits before it): a grant made after the period closed (its starts_at defaults to the
+// contract's start) is sold, and breakage recorded after it closed is counted, in the customer's
+// first period still open then (with none left, at that instant: in a span's reconciliation, on no
+// line).
 type RevenueLine struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	ProductId         string                 `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
