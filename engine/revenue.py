@@ -199,6 +199,12 @@ def report(
     customers = [customer_id] if customer_id else sorted(state.customers)
     contracts = {c: [k for k in state.contracts.values() if k.customer_id == c] for c in customers}
     currencies = {k.currency for ks in contracts.values() for k in ks}
+    if len(currencies) > 1 and customer_id:
+        raise InvalidArgument.field(
+            "customer_id",
+            f"customer {customer_id!r} has contracts in {sorted(currencies)}: a report is in one currency, and its "
+            "grants' deferred revenue carries from one contract to the next, so it cannot be reported",
+        )
     if len(currencies) > 1:
         raise InvalidArgument.field("customer_id", f"contracts bill in {sorted(currencies)}: ask per customer")
     result = Report(currency=next(iter(currencies), ""))

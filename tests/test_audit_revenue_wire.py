@@ -383,3 +383,30 @@ def test_a_grant_made_after_a_customers_last_period_closed_leaves_that_period_al
         through_today = revenue(client, JAN, far, "z")
         assert customer_lines(through_today) == [(JAN, "0", "0", "0", "0")]
         assert totals(through_today) == ("0", "4", "0", "0", "4", "0", True)
+
+
+def test_a_customer_billed_in_two_currencies_is_refused_saying_why_not_to_ask_per_customer(
+    server_factory: ServerFactory,
+) -> None:
+    """A report is in one currency. Across customers billed in two, asking per customer is the remedy; a customer
+    whose own contracts bill in two (USD in January, EUR from February) cannot be reported in one, and being told
+    to ask per customer, when it did, leaves the caller nowhere: the refusal names the customer and the currencies."""
+    with start_server(server_factory, "currencies") as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="two", name="two"))
+        for suffix, currency, start, end in (("usd", "USD", JAN, FEB), ("eur", "EUR", FEB, None)):
+            request = contracts_pb2.CreateContractRequest(
+                id=f"two-{suffix}", customer_id="two", rate_card_id=CARD, starting_at=ts(start), currency=currency
+            )
+            if end is not None:
+                request.ending_before.CopyFrom(ts(end))
+            client.contracts.CreateContract(request)
+        customer(client, "one", "1")
+        with pytest.raises(InvalidArgument) as everyone:
+            revenue(client, JAN, FEB, "")
+        assert "ask per customer" in str(everyone.value)
+        with pytest.raises(InvalidArgument) as refused:
+            revenue(client, JAN, FEB, "two")
+        message = str(refused.value)
+        assert message.startswith("INVALID_ARGUMENT: customer_id: customer 'two' has contracts in ['EUR', 'USD']")
+        assert "ask per customer" not in message

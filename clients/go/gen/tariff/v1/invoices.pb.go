@@ -1516,7 +1516,8 @@ func (x *ListInvoicesResponse) GetNextPageToken() string {
 // otherwise), read to the nanosecond: a period starting at t is in a span
 // ending at t + 0.5 ms, not in one starting then. A customer_id of no
 // customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
-// (ask per customer).
+// (ask per customer; a customer whose own contracts bill in two currencies
+// cannot be reported, and is INVALID_ARGUMENT saying so).
 type GetRevenueReportRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`

@@ -836,7 +836,8 @@ export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@_
  * otherwise), read to the nanosecond: a period starting at t is in a span
  * ending at t + 0.5 ms, not in one starting then. A customer_id of no
  * customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
- * (ask per customer).
+ * (ask per customer; a customer whose own contracts bill in two currencies
+ * cannot be reported, and is INVALID_ARGUMENT saying so).
  *
  * @generated from message tariff.v1.GetRevenueReportRequest
  */
