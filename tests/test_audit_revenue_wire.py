@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -410,3 +412,61 @@ def test_a_customer_billed_in_two_currencies_is_refused_saying_why_not_to_ask_pe
         message = str(refused.value)
         assert message.startswith("INVALID_ARGUMENT: customer_id: customer 'two' has contracts in ['EUR', 'USD']")
         assert "ask per customer" not in message
+
+
+def half_even(value: Fraction) -> Fraction:
+    """value rounded half-even to 10^-12."""
+    picos = value * 10**12
+    return Fraction(round(picos), 10**12)  # round() on a Fraction is half-even
+
+
+def text(value: Fraction) -> str:
+    """A decimal the server's way: no exponent, no trailing zeros."""
+    as_decimal = Decimal(value.numerator) / Decimal(value.denominator)
+    return f"{as_decimal.quantize(Decimal('1e-12')).normalize():f}"
+
+
+def test_ninety_odd_draws_on_three_awkward_cost_bases_recognise_to_the_pico_with_no_drift(
+    server_factory: ServerFactory,
+) -> None:
+    """Grants of 5 credits for 1.666665, 7 for 2 (2/7 a credit) and 11 for 3.333333, burnt in that order; 30 events a
+    month of 0.37, 0.113, 0.5, 0.29, ... units in January, February and March (9.394 units a month), the last 5.182
+    over the 23 credits as overage at 0.7. Each period's recognition, computed here independently (a grant's value
+    of its cumulative draw, rounded half-even to the pico, differenced), and the three periods together recognise
+    exactly the 6.999998 paid, with 3.6274 of overage."""
+    grants = [
+        ("a", Fraction(5), Fraction("1.666665")),
+        ("b", Fraction(7), Fraction(2)),
+        ("c", Fraction(11), Fraction("3.333333")),
+    ]
+    sizes = [Fraction(s) for s in ("0.37", "0.113", "0.5", "0.29")]
+    with start_server(server_factory, "drift") as client:
+        catalogue(client)
+        customer(client, "d", "0.7")
+        for priority, (grant_id, amount, paid) in enumerate(grants):
+            grant(
+                client, "d", grant_id, str(amount), str(Decimal(paid.numerator) / paid.denominator), priority=priority
+            )
+        months = [JAN, FEB, MAR]
+        month_units = [sizes[i % 4] for i in range(30)]
+        for start in months:
+            ingest(client, "d", [float(u) for u in month_units], start, f"m{start}")
+        drawn = dict.fromkeys([g for g, _, _ in grants], Fraction(0))
+        expected = []
+        for _ in months:
+            before = {g: half_even(paid * drawn[g] / amount) for g, amount, paid in grants}
+            overage = Fraction(0)
+            for units in month_units:
+                for g, amount, _ in grants:
+                    take = min(units, amount - drawn[g])
+                    drawn[g] += take
+                    units -= take
+                overage += units
+            after = {g: half_even(paid * drawn[g] / amount) for g, amount, paid in grants}
+            left = sum((paid * (amount - drawn[g]) / amount for g, amount, paid in grants), Fraction(0))
+            recognised = sum((after[g] - before[g] for g in after), Fraction(0))
+            expected.append((text(recognised), text(half_even(overage * Fraction("0.7"))), "0", text(half_even(left))))
+        report = revenue(client, JAN, APR, "d")
+        assert [line[1:] for line in customer_lines(report)] == expected
+        assert expected[2][1] == "3.6274" and expected[2][3] == "0"
+        assert totals(report) == ("0", "6.999998", "6.999998", "0", "0", "3.6274", True)
