@@ -470,3 +470,21 @@ def test_ninety_odd_draws_on_three_awkward_cost_bases_recognise_to_the_pico_with
         assert [line[1:] for line in customer_lines(report)] == expected
         assert expected[2][1] == "3.6274" and expected[2][3] == "0"
         assert totals(report) == ("0", "6.999998", "6.999998", "0", "0", "3.6274", True)
+
+
+def test_a_rollover_grant_made_after_a_close_breaks_in_the_first_open_period(server_factory: ServerFactory) -> None:
+    """January closed with no grant. Then 10 credits for 3 (0.3) with rollover_fraction 0.5, starts_at defaulting to
+    January 1: the server's clock is past both period ends, so 5 roll over at February 1 and 5 break, then the
+    ROLLOVER grant (until March 1) breaks its 5. January stays as closed; February sells 3 and breaks 1.5 + 1.5."""
+    with start_server(server_factory, "rollover-after-close") as client:
+        catalogue(client)
+        customer(client, "r", "1")
+        close(client, "r", JAN)
+        january = revenue(client, JAN, FEB, "r")
+        assert customer_lines(january) == [(JAN, "0", "0", "0", "0")]
+        grant(client, "r", "roll", "10", "3", rollover_fraction="0.5")
+        wait_for_reconciled_breakage(client, "r", "3")
+        assert revenue(client, JAN, FEB, "r") == january
+        report = revenue(client, JAN, MAR, "r")
+        assert customer_lines(report) == [(JAN, "0", "0", "0", "0"), (FEB, "0", "0", "3", "0")]
+        assert totals(report) == ("0", "3", "0", "3", "0", "0", True)
