@@ -117,14 +117,16 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
 # earlier releases. What was asked is the same with or without them, so neither a retry's fingerprint
 # (engine/control.py) nor the audit log's entry (engine/audit.py) holds them: replaying an earlier record then
 # writes the same entry its release wrote.
-SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown", "alerts_evaluated")
+SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown", "alerts_evaluated", "paid_at_picos")
 
 
 class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaults=True):
     """`use_ends_at_rollover`: set by the server for every request it takes (server/convert.py), so a grant with a
     rollover fraction pays only for usage dated before its rollover; False (left out when stored, as commands
     stored before it have none) keeps the older rule, under which such a grant paid whatever it still held until
-    the clock rolled it over. Not part of a request's fingerprint (engine/control.py)."""
+    the clock rolled it over. `paid_at_picos`: set by the server likewise, so a paid_amount finer than 10^-12 of
+    the currency (which revenue, kept in picos, would round away) is refused; False (commands stored before it)
+    takes it as it was taken then. Neither is part of a request's fingerprint (engine/control.py)."""
 
     at_ms: int
     actor: str
@@ -140,6 +142,7 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     expires_at_ms: int | None
     rollover_fraction: str
     use_ends_at_rollover: bool = False
+    paid_at_picos: bool = False
 
 
 class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):

@@ -20,6 +20,12 @@ class GrantCommands(ControlPlane):
             raise InvalidArgument.field("grant.kind", "is required: PREPAID, PROMOTIONAL, ROLLOVER or TOP_UP")
         amount = _grant_amount_picos(c.amount)
         paid = _shared_decimal(c.paid_amount or "0", "grant.paid_amount")
+        if c.paid_at_picos and not _exact_picos(paid):
+            raise InvalidArgument.field(
+                "grant.paid_amount",
+                f"{c.paid_amount!r} has more than 12 decimal places: revenue is kept at 10^-12 of the currency "
+                "exactly, so it would be rounded",
+            )
         if c.kind is GrantKind.PROMOTIONAL and paid != 0:
             raise InvalidArgument.field("grant.paid_amount", "a promotional grant is not paid for: must be 0")
         rollover = _shared_decimal(c.rollover_fraction or "0", "grant.rollover_fraction")
@@ -99,11 +105,16 @@ def _shared_decimal(text: str, field: str) -> Decimal:
     return value
 
 
+def _exact_picos(value: Decimal) -> bool:
+    """Whether value is a whole number of picos (10^-12)."""
+    return to_picos(value) == value.scaleb(12, context=DECIMAL_CONTEXT)  # exact, where `* 10**12` rounds at 28 digits
+
+
 def _grant_amount_picos(text: str) -> int:
     """A grant amount in picos: positive and exact at 12 decimal places (never rounded)."""
     amount_units = parse_decimal(text, "grant.amount")
     amount = to_picos(amount_units)
-    if amount != amount_units.scaleb(12, context=DECIMAL_CONTEXT):  # exact, where `* 10**12` rounds at 28 digits
+    if not _exact_picos(amount_units):
         raise InvalidArgument.field(
             "grant.amount", f"{text!r} has more than 12 decimal places: credits are held at 10^-12 exactly"
         )

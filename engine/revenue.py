@@ -3,7 +3,10 @@ the kernel's period aggregates (credits drawn per grant, overage) and the grants
 
 Rules (amounts in picos of the contract's currency):
 - A grant is *sold* at the start of the billing period that contains its `starts_at` (so every draw on it falls
-  in that period or later); its paid amount enters deferred revenue then.
+  in that period or later); its paid amount enters deferred revenue then. But a closed period's revenue is final:
+  a grant made after that period was closed (its final invoice's closed_at before the grant's created_at) is sold
+  in the customer's first period still open when it was made (no draw can fall in a closed period), or, with
+  none (the last contract ended and its periods all closed), at the instant it was made.
 - Credits drawn are recognised at the grant's cost basis (paid / amount). Exact rationals, rounded once and
   cumulatively: without breakage, a grant's recognised value up to a period is paid x credits drawn up to it /
   amount, rounded half-even to the pico; a period's recognition is the difference of that figure at its two
@@ -18,7 +21,9 @@ Rules (amounts in picos of the contract's currency):
   credits of the grant it rolled from at that grant's cost basis, so its draws and breakage count as that
   grant's (the credits stay deferred until drawn or broken).
 - Breakage (credits expired unused, `Kernel.breakage`) is recognised at the grant's cost basis in the billing
-  period the kernel recorded it in (the period of the grant's last usable instant). A grant's credits consumed
+  period the kernel recorded it in (the period of the grant's last usable instant), or, when that period had been
+  closed before the breakage was recorded (a grant made already expired after the close), in the customer's first
+  period still open then. A grant's credits consumed
   up to a period (drawn, then broken, period by period) are valued cumulatively: paid x consumed / amount,
   rounded half-even to the pico; within a period the draws come first, so a period's recognition is the value
   after its draws minus the value before them, and its breakage the value after its breakage minus the value
@@ -194,6 +199,12 @@ def report(
     customers = [customer_id] if customer_id else sorted(state.customers)
     contracts = {c: [k for k in state.contracts.values() if k.customer_id == c] for c in customers}
     currencies = {k.currency for ks in contracts.values() for k in ks}
+    if len(currencies) > 1 and customer_id:
+        raise InvalidArgument.field(
+            "customer_id",
+            f"customer {customer_id!r} has contracts in {sorted(currencies)}: a report is in one currency, and its "
+            "grants' deferred revenue carries from one contract to the next, so it cannot be reported",
+        )
     if len(currencies) > 1:
         raise InvalidArgument.field("customer_id", f"contracts bill in {sorted(currencies)}: ask per customer")
     result = Report(currency=next(iter(currencies), ""))
@@ -216,12 +227,13 @@ def _ledgers(
     """The customer's grant ledgers (control-plane grants and the kernel's top-ups; rollovers join their origin's)
     with their draws and breakage, and the overage per (period start, product)."""
     account = engine.state.accounts.get(customer)
+    closed = _closed_at(engine, customer)
     ledgers: dict[str, _GrantLedger] = {}
     owner: dict[str, str] = {}  # a kernel-made ROLLOVER grant -> the ledger it shares
     for grant in [*(account.grants if account is not None else []), *_top_ups(customer, credits.made_grants)]:
         contract = engine.state.contracts.get(grant.contract_id) or _contract_at(contracts, grant.starts_at_ms)
         sold = period_of(contract, grant.starts_at_ms)[0] if contract is not None else grant.starts_at_ms
-        ledgers[grant.id] = _GrantLedger(grant, sold)
+        ledgers[grant.id] = _GrantLedger(grant, _open_period(contracts, closed, sold, grant.created_at_ms))
     for grant_id, kind, *_, rolled_from, _at_ms in credits.made_grants:
         if kind == GrantKind.ROLLOVER:
             owner[grant_id] = owner.get(rolled_from, rolled_from)
@@ -235,8 +247,43 @@ def _ledgers(
         if not period_start:  # no contract covered the grant's last instant: the period of the recording
             contract = _contract_at(contracts, at_ms)
             period_start = period_of(contract, at_ms)[0] if contract is not None else at_ms
+        period_start = _open_period(contracts, closed, period_start, at_ms)
         ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
     return ledgers, overage
+
+
+def _closed_at(engine: Engine, customer: str) -> dict[int, int]:
+    """The customer's closed periods: period start -> when its invoice was made final."""
+    account = engine.state.accounts.get(customer)
+    invoices = account.invoices if account is not None else {}
+    return {start: engine.state.invoices[number].closed_at_ms for start, number in invoices.items()}
+
+
+def _open_period(contracts: list[Contract], closed_at: dict[int, int], period_start: int, recorded_ms: int) -> int:
+    """The period a sale or a breakage recorded at recorded_ms counts in: period_start, unless that period had been
+    closed before then (a grant made, or its expiry recorded, after the close), whose revenue is final: then the
+    customer's first period after it that was still open at recorded_ms, or recorded_ms itself when there is none
+    (every later period closed, or none: the instant counts in a span's reconciliation, in no period's line)."""
+    start: int | None = period_start
+    for _ in range(PERIODS_MAX):
+        if start is None:
+            break
+        closed_ms = closed_at.get(start)
+        if closed_ms is None or closed_ms >= recorded_ms:
+            return start
+        start = _next_period_start(contracts, start)
+    return recorded_ms
+
+
+def _next_period_start(contracts: list[Contract], start_ms: int) -> int | None:
+    """The start of the customer's first billing period (of any of its contracts) that starts after start_ms."""
+    starts = []
+    for contract in contracts:
+        begin, finish = period_of(contract, start_ms)
+        following = begin if begin > start_ms else finish
+        if contract.ending_before_ms is None or following < contract.ending_before_ms:
+            starts.append(following)
+    return min(starts, default=None)
 
 
 def _top_ups(customer: str, made: Sequence[MadeGrant]) -> list[Grant]:

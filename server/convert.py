@@ -91,6 +91,16 @@ def optional_ms(message: object, field: str, name: str = "") -> int | None:
     return ms_of(getattr(message, field), name or field)
 
 
+def optional_ms_up(message: object, field: str) -> int | None:
+    """`optional_ms`, rounded up to a whole millisecond: a bound compared with whole-millisecond instants (period
+    starts), so that `t >= bound` and `t < bound` answer exactly what the Timestamp asks (t is before t + 0.5 ms).
+    The range is checked on the instant itself (1969-12-31T23:59:59.9995Z is refused, not read as 1970)."""
+    ms = optional_ms(message, field)
+    if ms is None:
+        return None
+    return ms + (1 if getattr(message, field).nanos % 1_000_000 else 0)
+
+
 def optional_hour_ms(message: object, field: str) -> int | None:
     """`optional_ms` of a time that must be on an hour (an effective_from): a sub-millisecond part is refused here,
     as the engine refuses milliseconds past the hour, rather than dropped into an hour the caller did not name."""
@@ -434,6 +444,7 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         optional_ms(g, "expires_at", "grant.expires_at"),
         decimal_text(g.rollover_fraction, "grant.rollover_fraction"),
         use_ends_at_rollover=True,
+        paid_at_picos=True,
     )
 
 

@@ -10,9 +10,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import msgspec
+import pytest
 
 from engine import commands as cmd
 from engine import revenue
+from engine.control import fingerprint
+from engine.errors import InvalidArgument
 from engine.invoices import Invoice
 from engine.money import PICOS_PER_UNIT
 from tests.credits_fixtures import Ledger, event
@@ -222,3 +225,20 @@ def test_the_server_set_invoice_rule_is_not_in_the_audit_log() -> None:
     closes = [e for e in m.billing.engine.state.audit if e.action in ("ClosePeriod", "CloseDuePeriods")]
     assert [e.action for e in closes] == ["ClosePeriod", "CloseDuePeriods"]
     assert all("rollovers_shown" not in entry.diff for entry in closes), closes
+
+
+def test_a_paid_amount_finer_than_the_pico_is_refused_for_the_server_and_replays_as_recorded_before() -> None:
+    # paid_at_picos is the server's (server/convert.py sets it): a grant recorded by an earlier release, without
+    # it, replays as it was taken then, even paid 10^-13; a new one is refused, changing nothing. The flag is in
+    # neither the audit entry nor the retry fingerprint.
+    world = basic_world()
+    earlier = world.grant_command("earlier", "1", paid="0.0000000000001")
+    world.apply(earlier)
+    refused = msgspec.structs.replace(world.grant_command("new", "1", paid="0.0000000000001"), paid_at_picos=True)
+    with pytest.raises(InvalidArgument, match=r"grant\.paid_amount"):
+        world.apply(refused)
+    world.apply(msgspec.structs.replace(world.grant_command("new", "1", paid="0.000000000001"), paid_at_picos=True))
+    assert [g.id for g in world.engine.state.accounts["acme"].grants] == ["earlier", "new"]
+    grants = [e for e in world.engine.state.audit if e.action == "GrantCredits"]
+    assert len(grants) == 2 and all("paid_at_picos" not in entry.diff for entry in grants), grants
+    assert fingerprint(msgspec.structs.replace(earlier, paid_at_picos=True)) == fingerprint(earlier)

@@ -253,8 +253,8 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         found = revenue.report(
             self.engine,
             usage_of,
-            convert.optional_ms(request, "period_start"),
-            convert.optional_ms(request, "period_end"),
+            convert.optional_ms_up(request, "period_start"),
+            convert.optional_ms_up(request, "period_end"),
             request.customer_id,
             credits_of,
         )

@@ -1046,8 +1046,10 @@ type Grant struct {
 	// Decimal string, in the rate card's pricing unit. > 0, at most 12 decimal
 	// places (the fixed scale is 10^-12 of a unit; more is refused, never rounded).
 	Amount string `protobuf:"bytes,5,opt,name=amount,proto3" json:"amount,omitempty"`
-	// Decimal string: what the customer paid, in the contract's currency. Cost
-	// basis per credit = paid_amount / amount. 0 for promotional grants.
+	// Decimal string: what the customer paid, in the contract's currency, at
+	// most 12 decimal places (revenue is kept at 10^-12 of the currency; more
+	// is refused, never rounded). Cost basis per credit = paid_amount / amount.
+	// 0 for promotional grants.
 	PaidAmount string `protobuf:"bytes,6,opt,name=paid_amount,json=paidAmount,proto3" json:"paid_amount,omitempty"`
 	// Lower burns first.
 	Priority int32 `protobuf:"varint,7,opt,name=priority,proto3" json:"priority,omitempty"`

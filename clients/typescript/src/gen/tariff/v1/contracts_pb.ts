@@ -550,8 +550,10 @@ export type Grant = Message<"tariff.v1.Grant"> & {
   amount: string;
 
   /**
-   * Decimal string: what the customer paid, in the contract's currency. Cost
-   * basis per credit = paid_amount / amount. 0 for promotional grants.
+   * Decimal string: what the customer paid, in the contract's currency, at
+   * most 12 decimal places (revenue is kept at 10^-12 of the currency; more
+   * is refused, never rounded). Cost basis per credit = paid_amount / amount.
+   * 0 for promotional grants.
    *
    * @generated from field: string paid_amount = 6;
    */

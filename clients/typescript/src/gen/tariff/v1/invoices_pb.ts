@@ -838,6 +838,14 @@ export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@_
   messageDesc(file_tariff_v1_invoices, 16);
 
 /**
+ * The billing periods that start in [period_start, period_end), both required
+ * (period_end after period_start; INVALID_ARGUMENT naming the field
+ * otherwise), read to the nanosecond: a period starting at t is in a span
+ * ending at t + 0.5 ms, not in one starting then. A customer_id of no
+ * customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
+ * (ask per customer; a customer whose own contracts bill in two currencies
+ * cannot be reported, and is INVALID_ARGUMENT saying so).
+ *
  * @generated from message tariff.v1.GetRevenueReportRequest
  */
 export type GetRevenueReportRequest = Message<"tariff.v1.GetRevenueReportRequest"> & {
@@ -867,7 +875,8 @@ export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> 
   messageDesc(file_tariff_v1_invoices, 17);
 
 /**
- * Revenue of one billing period (period_start), in the contract's currency: by product in
+ * Revenue of one billing period (period_start), in the contract's currency at 10^-12 (every amount
+ * here and in RevenueReconciliation: exact figures rounded half-even to the pico as below): by product in
  * RevenueReport.lines (customer_id empty), by customer in RevenueReport.customer_lines (product_id
  * empty). recognized = recognized_credits (credits drawn, at each grant's cost basis paid / amount) +
  * recognized_overage (overage x the contract's overage price). deferred: the paid value of the
@@ -879,7 +888,12 @@ export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> 
  * - recognized_credits - breakage, and equals the paid value of the balances the period's invoice shows
  * (InvoiceGrantBalance.remaining). breakage: credits expired unused, at cost basis, in the period
  * the server recorded it in (customer lines; product lines show 0, expired credit belonging to no
- * product).
+ * product). A grant is sold in the period containing its starts_at. A closed period's lines never
+ * change once the customer's earlier periods are closed too (late usage of an open earlier one
+ * draws credits before it): a grant made after the period closed (its starts_at defaults to the
+ * contract's start) is sold, and breakage recorded after it closed is counted, in the customer's
+ * first period still open then (with none left, at that instant: in a span's reconciliation, on no
+ * line).
  *
  * @generated from message tariff.v1.RevenueLine
  */
