@@ -736,8 +736,14 @@ impl Kernel {
 
     /// Moves the kernel's clock to now_ms (a journaled change): expires reservations whose TTL ran
     /// out and records breakage of expired grants. Returns (reservations expired, breakage entries).
+    /// Offers the lock to a waiting read every few dozen accounts, as ingestion does every few dozen
+    /// events.
     fn advance_clock(&self, py: Python<'_>, now_ms: i64) -> PyResult<(u32, u32)> {
-        py.detach(|| self.change(|k| k.advance_clock(now_ms)))
+        py.detach(|| {
+            self.change(|kernel| {
+                crate::credits::advance_clock_pausing(kernel, now_ms, |held| RwLockWriteGuard::bump(held))
+            })
+        })
     }
 
     /// (the kernel's clock, the earliest time something is due or None).

@@ -11,6 +11,7 @@
 //! hold into breakage, and nothing here reads a clock.
 
 use std::collections::BTreeMap;
+use std::ops::DerefMut;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -557,23 +558,8 @@ impl Kernel {
     /// otherwise changes nothing. Returns (reservations expired, breakage
     /// entries recorded). Entries of ended reservations older than the dedupe window are dropped.
     pub fn advance_clock(&mut self, now_ms: i64) -> (u32, u32) {
-        if now_ms <= self.clock.now_ms || now_ms < self.clock_due_ms() {
-            return (0, 0); // nothing due: nothing changes, not even the clock
-        }
-        self.clock.now_ms = now_ms;
-        let window_ms = self.rater.catalog.dedupe_window_ms;
-        // Only the accounts the index of due times (crate::due) has at its front, sorted by id so that the
-        // notices come in the same order on every replay.
-        let (mut expired, mut broken) = (0, 0);
-        for customer_id in self.due.due_by(now_ms) {
-            let account = self.accounts.get_mut(&*customer_id).expect("indexed, so present");
-            let (e, b, _) = advance_account(account, &mut self.clock, &customer_id, now_ms, window_ms);
-            self.due.refresh(&customer_id, account, window_ms);
-            expired += e;
-            broken += b;
-        }
-        self.clock.due_ms = self.due.next_due_ms();
-        (expired, broken)
+        let mut kernel = self;
+        advance_clock_pausing(&mut kernel, now_ms, |_| {})
     }
 
     /// The customers (sorted by id) holding an open reservation whose TTL ran out by `now_ms`: those
@@ -751,6 +737,43 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
         credits.rolled.push(Rolled { from: id, to, credits: rolled, at_period_end_ms: period_end_ms, at_ms: now_ms });
     }
     broken
+}
+
+/// Accounts `advance_clock_pausing` advances between two pauses: a month's end can make every
+/// customer's grant due at once, at a few microseconds an account, so a read waits for these only.
+pub const ADVANCE_PAUSE_EVERY_ACCOUNTS: usize = 64;
+
+/// `Kernel::advance_clock` on a kernel behind a lock (`kernel` is its guard): `pause` gets the guard
+/// before every ADVANCE_PAUSE_EVERY_ACCOUNTS-th account, so the binding can hand the lock to a waiting
+/// read and take it back. Such a read sees some accounts advanced and the rest not yet, each account
+/// whole; it reads at its own time (a grant past its expiry is not usable to it either way), and
+/// nothing changes the kernel between the pauses but this. Same result as without pauses.
+pub fn advance_clock_pausing<K: DerefMut<Target = Kernel>>(
+    kernel: &mut K,
+    now_ms: i64,
+    mut pause: impl FnMut(&mut K),
+) -> (u32, u32) {
+    if now_ms <= kernel.clock.now_ms || now_ms < kernel.clock_due_ms() {
+        return (0, 0); // nothing due: nothing changes, not even the clock
+    }
+    kernel.clock.now_ms = now_ms;
+    let window_ms = kernel.rater.catalog.dedupe_window_ms;
+    // Only the accounts the index of due times (crate::due) has at its front, sorted by id so that the
+    // notices come in the same order on every replay.
+    let (mut expired, mut broken) = (0, 0);
+    for (index, customer_id) in kernel.due.due_by(now_ms).into_iter().enumerate() {
+        if index > 0 && index % ADVANCE_PAUSE_EVERY_ACCOUNTS == 0 {
+            pause(kernel);
+        }
+        let Kernel { accounts, clock, due, .. } = &mut **kernel;
+        let account = accounts.get_mut(&*customer_id).expect("indexed, so present");
+        let (e, b, _) = advance_account(account, clock, &customer_id, now_ms, window_ms);
+        due.refresh(&customer_id, account, window_ms);
+        expired += e;
+        broken += b;
+    }
+    kernel.clock.due_ms = kernel.due.next_due_ms();
+    (expired, broken)
 }
 
 /// One account's share of `advance_clock`: (reservations expired, breakage entries, next due).
