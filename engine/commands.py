@@ -117,7 +117,7 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
 # earlier releases. What was asked is the same with or without them, so neither a retry's fingerprint
 # (engine/control.py) nor the audit log's entry (engine/audit.py) holds them: replaying an earlier record then
 # writes the same entry its release wrote.
-SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown")
+SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown", "alerts_evaluated")
 
 
 class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaults=True):
@@ -183,6 +183,10 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     grace_ms: int
     periods_max: int = 0  # at most this many periods (the earliest period end first, then contract id); 0: all
     rollovers_shown: bool = False  # as ClosePeriod's
+    # The balance rules are evaluated for the customers whose periods it closed, as ClosePeriod's customer is
+    # (engine/billing.py): a grant that expired or rolled over at the period's end alerts at its close at the
+    # latest. False in the records of earlier releases, whose replay evaluates none, as they did.
+    alerts_evaluated: bool = False
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):

@@ -47,7 +47,9 @@ async def close_due_periods(
         if billing.engine.next_period_end_ms() + grace_ms <= now_ms:
             try:
                 _, closed = await sequencer.run(
-                    cmd.CloseDuePeriods(now_ms, ACTOR, grace_ms, PERIODS_PER_COMMAND, rollovers_shown=True)
+                    cmd.CloseDuePeriods(
+                        now_ms, ACTOR, grace_ms, PERIODS_PER_COMMAND, rollovers_shown=True, alerts_evaluated=True
+                    )
                 )
             except EngineError as exc:  # refused (nothing changed): try again at the next check
                 log.warning("closing due periods: %s", exc)

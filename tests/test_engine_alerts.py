@@ -266,3 +266,29 @@ def test_a_snapshot_splits_the_alert_book_into_parts_byte_for_byte() -> None:
     # 20 TOP_UP_EXECUTED alerts in the log, at most 3 a part: the log is split, not encoded in one part.
     assert sum(1 for part in parts if b'"TOP_UP_EXECUTED"' in part) >= 20 // 3
     assert Billing.from_snapshot(billing.encode_snapshot()).engine.state.alerts == book
+
+
+def test_close_due_periods_evaluates_the_customers_it_closed_only_when_the_server_set_alerts_evaluated() -> None:
+    """acme's one grant expires at the end of its January: no credit is left, a change of no record of acme's. The
+    server's CloseDuePeriods (alerts_evaluated) fires the customers' rules at the close, as ClosePeriod does; one
+    recorded by an earlier release (without the field) replays as it did then: no alert, and the same audit
+    entry either way (the field is the server's: commands.SERVER_SET_FIELDS)."""
+    feb_ms = EPOCH_MS + 31 * 24 * HOUR_MS
+    fired_by: dict[bool, list[tuple[str, AlertType, str]]] = {}
+    entries: dict[bool, str] = {}
+    for evaluated in (False, True):
+        world = basic_world()
+        world.grant("g-1", "100", expires_at_ms=feb_ms)
+        billing = Billing(world.engine)
+        _create_alert(billing, "CREDITS_EXHAUSTED")
+        billing.apply(cmd.AdvanceClock(feb_ms, "clock"), billing.last_seq + 1)
+        assert billing.take_fired() == []  # the expiry evaluates no rule (the kernel names no customer)
+        close = cmd.CloseDuePeriods(
+            feb_ms + 24 * HOUR_MS, ACTOR, 0, 1, rollovers_shown=True, alerts_evaluated=evaluated
+        )
+        closed = billing.apply(close, billing.last_seq + 1)
+        assert [i.customer_id for i in closed] == ["acme"]  # type: ignore[attr-defined]
+        fired_by[evaluated] = [(a.customer_id, a.type, a.details["credits_available"]) for a in billing.take_fired()]
+        entries[evaluated] = billing.engine.state.audit[-1].diff
+    assert fired_by == {False: [], True: [("acme", AlertType.CREDITS_EXHAUSTED, "0")]}
+    assert entries[False] == entries[True] and "alerts_evaluated" not in entries[True]

@@ -28,6 +28,10 @@ USAGE_SERVICE = "tariff.v1.UsageService"
 BALANCE_SERVICE = "tariff.v1.BalanceService"
 PAGE_SIZE_MAX = 1_000
 ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
+PAGE_TOKEN_NOT_ISSUED = (
+    "is not a next_page_token this list issued for this request: pass the previous page's next_page_token "
+    "unchanged, with the same request fields (customer, filters) and key, or none for the first page"
+)
 
 
 def wall_ms() -> int:
@@ -64,13 +68,20 @@ def _required(**fields: object) -> None:
 
 def _page(ids: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
     """One page of sorted ids after `page_token` (the last id of the previous page), and the next token. A negative
-    page_size (ListAlertRules' is an int32) is refused: it would answer an empty page with no next token."""
+    page_size (ListAlertRules' is an int32) is refused: it would answer an empty page with no next token.
+
+    `ids` are those the request lists (the caller's, within its filters), and no listed item is ever deleted, so a
+    token this list issued for the same request is always one of them. Anything else (made up, another RPC's,
+    another customer's, outside the filters) is INVALID_ARGUMENT: read as a position it would answer a silently
+    shortened or empty list. The refusal does not echo the token, nor say whether it names anything."""
     if page_size < 0:
         raise InvalidArgument.field(
             "page_size", f"must not be negative (0: 100, at most {PAGE_SIZE_MAX}), not {page_size}"
         )
     size = min(page_size or 100, PAGE_SIZE_MAX)
     start = bisect.bisect_right(ids, page_token) if page_token else 0
+    if page_token and (start == 0 or ids[start - 1] != page_token):
+        raise InvalidArgument.field("page_token", PAGE_TOKEN_NOT_ISSUED)
     page = ids[start : start + size]
     return page, (page[-1] if page and start + size < len(ids) else "")
 

@@ -4,7 +4,6 @@ read from the explain index) and revenue reports."""
 from __future__ import annotations
 
 import asyncio
-import bisect
 from typing import Any
 
 from tariff.v1 import (
@@ -26,6 +25,7 @@ from server.services.common import (
     PAGE_SIZE_MAX,
     Context,
     _Base,
+    _page,
     _required,
     actor_of,
 )
@@ -163,7 +163,8 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         self, request: invoices_pb2.CloseDuePeriodsRequest, context: Context
     ) -> invoices_pb2.CloseDuePeriodsResponse:
         closed = await self._apply(
-            cmd.CloseDuePeriods(self.clock_ms(), actor_of(context), 0, rollovers_shown=True), list
+            cmd.CloseDuePeriods(self.clock_ms(), actor_of(context), 0, rollovers_shown=True, alerts_evaluated=True),
+            list,
         )
         return invoices_pb2.CloseDuePeriodsResponse(invoices=[invoice_pb(i) for i in closed])
 
@@ -177,6 +178,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         self, request: invoices_pb2.ListInvoicesRequest, context: Context
     ) -> invoices_pb2.ListInvoicesResponse:
         if request.status == invoices_pb2.INVOICE_DRAFT:
+            _page([], request.page_size, request.page_token)  # no token names a draft: any is refused
             return invoices_pb2.ListInvoicesResponse()  # drafts are not stored: PreviewInvoice shows one
         if request.customer_id:
             check_reference(request.customer_id, "customer_id", self.engine.state.customers)
@@ -190,10 +192,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             for i in found
             if (start is None or i.period_start_ms >= start) and (before is None or i.period_start_ms < before)
         )
-        size = min(request.page_size or 100, PAGE_SIZE_MAX)
-        first = bisect.bisect_right(numbers, request.page_token) if request.page_token else 0
-        page = numbers[first : first + size]
-        token = page[-1] if page and first + size < len(numbers) else ""
+        page, token = _page(numbers, request.page_size, request.page_token)
         invoices = [invoice_pb(self.engine.invoice(n)) for n in page]
         return invoices_pb2.ListInvoicesResponse(invoices=invoices, next_page_token=token)
 

@@ -80,9 +80,9 @@ class AlertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAlertRules(self, request, context):
-        """The rules, in id order, a page at a time. A key restricted to some
-        customers gets the rules watching them: theirs and those for every
-        customer.
+        """The rules, in id order, a page at a time (paged as the top of
+        contracts.proto says). A key restricted to some customers gets the rules
+        watching them: theirs and those for every customer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -27,10 +27,14 @@ const (
 
 // Balance conditions (LOW_BALANCE, SPEND_THRESHOLD, CREDITS_EXHAUSTED) are
 // evaluated for a customer after every committed change that touches it (a
-// usage batch accepting one of its events, a grant, a contract): a rule fires
+// usage batch accepting one of its events, a grant, a contract, a hold) and
+// when one of its periods is closed (ClosePeriod, or CloseDuePeriods and the
+// server's own close for every customer whose period they close): a rule fires
 // when its condition holds and did not at the previous evaluation, and fires
-// again only after an evaluation found it cleared. Event alerts fire once per
-// event.
+// again only after an evaluation found it cleared. A grant expiring or rolling
+// over is not yet such a change: its customer's rules see it at the next one,
+// at the latest when the period it happened in is closed. Event alerts fire
+// once per event.
 type AlertType int32
 
 const (
@@ -336,7 +340,8 @@ func (x *WatchAlertsRequest) GetAfterSeq() uint64 {
 type ListAlertRulesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Default 100 (when 0), at most 1,000; negative: INVALID_ARGUMENT.
-	PageSize      int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, unchanged; empty for the first.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

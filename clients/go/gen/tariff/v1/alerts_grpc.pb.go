@@ -46,9 +46,9 @@ type AlertServiceClient interface {
 	// customers gets only their alerts (seqs are server-wide: it skips the
 	// others').
 	WatchAlerts(ctx context.Context, in *WatchAlertsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Alert], error)
-	// The rules, in id order, a page at a time. A key restricted to some
-	// customers gets the rules watching them: theirs and those for every
-	// customer.
+	// The rules, in id order, a page at a time (paged as the top of
+	// contracts.proto says). A key restricted to some customers gets the rules
+	// watching them: theirs and those for every customer.
 	ListAlertRules(ctx context.Context, in *ListAlertRulesRequest, opts ...grpc.CallOption) (*ListAlertRulesResponse, error)
 }
 
@@ -118,9 +118,9 @@ type AlertServiceServer interface {
 	// customers gets only their alerts (seqs are server-wide: it skips the
 	// others').
 	WatchAlerts(*WatchAlertsRequest, grpc.ServerStreamingServer[Alert]) error
-	// The rules, in id order, a page at a time. A key restricted to some
-	// customers gets the rules watching them: theirs and those for every
-	// customer.
+	// The rules, in id order, a page at a time (paged as the top of
+	// contracts.proto says). A key restricted to some customers gets the rules
+	// watching them: theirs and those for every customer.
 	ListAlertRules(context.Context, *ListAlertRulesRequest) (*ListAlertRulesResponse, error)
 	mustEmbedUnimplementedAlertServiceServer()
 }

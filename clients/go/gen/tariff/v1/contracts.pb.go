@@ -50,6 +50,20 @@
 // ValidateVersion lists them all); its message ends "(N violations in all)".
 // A value quoted in a message or violation may be cut, ending with "…".
 //
+// Paged lists (ListCustomers, ListRateCards, ListAlertRules, ListInvoices)
+// answer in id order (ListInvoices: invoice number order), page_size items
+// a page (100 when 0; more than 1,000 reads as 1,000), and an empty
+// next_page_token on the last page. A next_page_token is the id of its
+// page's last item: passed back unchanged, with the same request fields
+// (customer_id, filters) and key, it gives the next page, and every item
+// shows exactly once. Any other page_token (made up, another list's, another
+// customer's invoice, one outside the filters, an item the key may not see)
+// is INVALID_ARGUMENT naming page_token, the same refusal for each: it is
+// never read as a position. Nothing listed is ever deleted, so a token stays
+// valid, restarts included; an item added between two pages shows on a later
+// page when its id sorts after the token (every new invoice does, numbers
+// grow), and never otherwise.
+//
 // Every call that changes state is safe to retry: its id (or request_id) is
 // its idempotency key. The same key with the same request answers with what
 // the first call made, as it is now (a contract with its later grants, say),
@@ -364,10 +378,13 @@ func (x *GetCustomerRequest) GetId() string {
 	return ""
 }
 
+// Paged as the top of this file says; a key restricted to some customers
+// lists those only.
 type ListCustomersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most 1,000; 100 when 0.
-	PageSize      uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, unchanged; empty for the first.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -853,9 +853,12 @@ func (x *InvoiceGrantBalance) GetExpired() string {
 
 // The events behind one invoice line, in the order they were rated (journal order), a page at a time.
 // period_start must be the exact start of one of the customer's billing periods (INVALID_ARGUMENT
-// otherwise); an unknown line_id is NOT_FOUND; page_size 0 means 100, at most 1000; a page_token that this
-// server did not issue for this customer, period and line (altered, or from an index since rebuilt) is
-// INVALID_ARGUMENT. The amounts of all pages sum to the line's amount exactly, and every event appears once.
+// otherwise); an unknown line_id is NOT_FOUND; page_size 0 means 100, at most 1000 (more is INVALID_ARGUMENT
+// naming page_size, where the lists read it as 1,000); a page_token that this server did not issue for this
+// customer, period and line (altered, another line's, or from an index since rebuilt) is INVALID_ARGUMENT naming
+// page_token. Tokens stay valid across restarts. The amounts of all pages sum to the line's amount exactly, and
+// every event appears once; an event of the line rated between two pages shows on a later one (unless the
+// token was issued past the events: see below).
 //
 // Re-rated lines: after the line's last event come its re-rating adjustments, one entry per element of
 // InvoiceLine.adjustments of the same line and period, in the same order (journal order, then hour), each an
@@ -1369,7 +1372,8 @@ func (x *GetInvoiceRequest) GetInvoiceNumber() string {
 	return ""
 }
 
-// Final invoices, by number. Drafts are not stored: PreviewInvoice shows one.
+// Final invoices, by number, paged as the top of contracts.proto says. Drafts
+// are not stored: PreviewInvoice shows one.
 type ListInvoicesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty: every customer's.
@@ -1381,7 +1385,9 @@ type ListInvoicesRequest struct {
 	PeriodStartFrom   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=period_start_from,json=periodStartFrom,proto3" json:"period_start_from,omitempty"`
 	PeriodStartBefore *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_start_before,json=periodStartBefore,proto3" json:"period_start_before,omitempty"`
 	// Up to 1,000; 100 when unset.
-	PageSize      uint32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize uint32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, unchanged, with the same
+	// customer_id, status and period filters; empty for the first.
 	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

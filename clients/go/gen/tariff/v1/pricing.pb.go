@@ -1424,11 +1424,12 @@ func (x *GetRateCardRequest) GetId() string {
 	return ""
 }
 
+// In id order, paged as the top of contracts.proto says.
 type ListRateCardsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most 1,000; 100 when 0.
 	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// next_page_token of the previous page; empty for the first.
+	// next_page_token of the previous page, unchanged; empty for the first.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2704,10 +2705,23 @@ func (x *DiffVersionsResponse) GetRates() []*RateChange {
 // values) is walked in hour order from its billing period's start, every
 // bucket priced by `version` over the cumulative quantity, as re-rating after
 // publishing `version` effective from that period's start would price it.
+// Usage in closed periods is left out of both amounts (a publish leaves it
+// alone too: a closed period's invoice is final). Every bucket of the window
+// is priced by `version`, also in hours where a version that took effect for
+// the customer later (published effective after the period's start, or its
+// cohort's version) prices it now; a publish of `version` effective from the
+// period's start leaves those hours to that later version, so it re-rates
+// to the simulated amounts for the customers without such a version in the
+// window. With customer_ids empty every customer with usage of the card in
+// open periods of the window is simulated, cohorts' members included (the
+// version's cohort is chosen only when it is published): to see a cohort's
+// publish, list its customers.
 // A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
 // findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
 // cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product): FAILED_PRECONDITION.
-// A period without usage gives no amounts and zero totals.
+// A period without usage gives no amounts and zero totals. period_start and
+// period_end are required; a period_end not after period_start is
+// INVALID_ARGUMENT naming period_end.
 type SimulateVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`

@@ -140,6 +140,8 @@ export type ListAlertRulesRequest = Message<"tariff.v1.ListAlertRulesRequest"> &
   pageSize: number;
 
   /**
+   * next_page_token of the previous page, unchanged; empty for the first.
+   *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
@@ -241,10 +243,14 @@ export const AlertSchema: GenMessage<Alert> = /*@__PURE__*/
 /**
  * Balance conditions (LOW_BALANCE, SPEND_THRESHOLD, CREDITS_EXHAUSTED) are
  * evaluated for a customer after every committed change that touches it (a
- * usage batch accepting one of its events, a grant, a contract): a rule fires
+ * usage batch accepting one of its events, a grant, a contract, a hold) and
+ * when one of its periods is closed (ClosePeriod, or CloseDuePeriods and the
+ * server's own close for every customer whose period they close): a rule fires
  * when its condition holds and did not at the previous evaluation, and fires
- * again only after an evaluation found it cleared. Event alerts fire once per
- * event.
+ * again only after an evaluation found it cleared. A grant expiring or rolling
+ * over is not yet such a change: its customer's rules see it at the next one,
+ * at the latest when the period it happened in is closed. Event alerts fire
+ * once per event.
  *
  * @generated from enum tariff.v1.AlertType
  */
@@ -336,9 +342,9 @@ export const AlertService: GenService<{
     output: typeof AlertSchema;
   },
   /**
-   * The rules, in id order, a page at a time. A key restricted to some
-   * customers gets the rules watching them: theirs and those for every
-   * customer.
+   * The rules, in id order, a page at a time (paged as the top of
+   * contracts.proto says). A key restricted to some customers gets the rules
+   * watching them: theirs and those for every customer.
    *
    * @generated from rpc tariff.v1.AlertService.ListAlertRules
    */

@@ -50,6 +50,20 @@
 // ValidateVersion lists them all); its message ends "(N violations in all)".
 // A value quoted in a message or violation may be cut, ending with "…".
 //
+// Paged lists (ListCustomers, ListRateCards, ListAlertRules, ListInvoices)
+// answer in id order (ListInvoices: invoice number order), page_size items
+// a page (100 when 0; more than 1,000 reads as 1,000), and an empty
+// next_page_token on the last page. A next_page_token is the id of its
+// page's last item: passed back unchanged, with the same request fields
+// (customer_id, filters) and key, it gives the next page, and every item
+// shows exactly once. Any other page_token (made up, another list's, another
+// customer's invoice, one outside the filters, an item the key may not see)
+// is INVALID_ARGUMENT naming page_token, the same refusal for each: it is
+// never read as a position. Nothing listed is ever deleted, so a token stays
+// valid, restarts included; an item added between two pages shows on a later
+// page when its id sorts after the token (every new invoice does, numbers
+// grow), and never otherwise.
+//
 // Every call that changes state is safe to retry: its id (or request_id) is
 // its idempotency key. The same key with the same request answers with what
 // the first call made, as it is now (a contract with its later grants, say),
@@ -153,6 +167,9 @@ export const GetCustomerRequestSchema: GenMessage<GetCustomerRequest> = /*@__PUR
   messageDesc(file_tariff_v1_contracts, 2);
 
 /**
+ * Paged as the top of this file says; a key restricted to some customers
+ * lists those only.
+ *
  * @generated from message tariff.v1.ListCustomersRequest
  */
 export type ListCustomersRequest = Message<"tariff.v1.ListCustomersRequest"> & {
@@ -164,6 +181,8 @@ export type ListCustomersRequest = Message<"tariff.v1.ListCustomersRequest"> & {
   pageSize: number;
 
   /**
+   * next_page_token of the previous page, unchanged; empty for the first.
+   *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;

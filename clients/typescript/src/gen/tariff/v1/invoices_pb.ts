@@ -496,9 +496,12 @@ export const InvoiceGrantBalanceSchema: GenMessage<InvoiceGrantBalance> = /*@__P
 /**
  * The events behind one invoice line, in the order they were rated (journal order), a page at a time.
  * period_start must be the exact start of one of the customer's billing periods (INVALID_ARGUMENT
- * otherwise); an unknown line_id is NOT_FOUND; page_size 0 means 100, at most 1000; a page_token that this
- * server did not issue for this customer, period and line (altered, or from an index since rebuilt) is
- * INVALID_ARGUMENT. The amounts of all pages sum to the line's amount exactly, and every event appears once.
+ * otherwise); an unknown line_id is NOT_FOUND; page_size 0 means 100, at most 1000 (more is INVALID_ARGUMENT
+ * naming page_size, where the lists read it as 1,000); a page_token that this server did not issue for this
+ * customer, period and line (altered, another line's, or from an index since rebuilt) is INVALID_ARGUMENT naming
+ * page_token. Tokens stay valid across restarts. The amounts of all pages sum to the line's amount exactly, and
+ * every event appears once; an event of the line rated between two pages shows on a later one (unless the
+ * token was issued past the events: see below).
  *
  * Re-rated lines: after the line's last event come its re-rating adjustments, one entry per element of
  * InvoiceLine.adjustments of the same line and period, in the same order (journal order, then hour), each an
@@ -756,7 +759,8 @@ export const GetInvoiceRequestSchema: GenMessage<GetInvoiceRequest> = /*@__PURE_
   messageDesc(file_tariff_v1_invoices, 14);
 
 /**
- * Final invoices, by number. Drafts are not stored: PreviewInvoice shows one.
+ * Final invoices, by number, paged as the top of contracts.proto says. Drafts
+ * are not stored: PreviewInvoice shows one.
  *
  * @generated from message tariff.v1.ListInvoicesRequest
  */
@@ -796,6 +800,9 @@ export type ListInvoicesRequest = Message<"tariff.v1.ListInvoicesRequest"> & {
   pageSize: number;
 
   /**
+   * next_page_token of the previous page, unchanged, with the same
+   * customer_id, status and period filters; empty for the first.
+   *
    * @generated from field: string page_token = 6;
    */
   pageToken: string;

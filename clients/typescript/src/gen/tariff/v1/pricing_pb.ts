@@ -577,6 +577,8 @@ export const GetRateCardRequestSchema: GenMessage<GetRateCardRequest> = /*@__PUR
   messageDesc(file_tariff_v1_pricing, 15);
 
 /**
+ * In id order, paged as the top of contracts.proto says.
+ *
  * @generated from message tariff.v1.ListRateCardsRequest
  */
 export type ListRateCardsRequest = Message<"tariff.v1.ListRateCardsRequest"> & {
@@ -588,7 +590,7 @@ export type ListRateCardsRequest = Message<"tariff.v1.ListRateCardsRequest"> & {
   pageSize: number;
 
   /**
-   * next_page_token of the previous page; empty for the first.
+   * next_page_token of the previous page, unchanged; empty for the first.
    *
    * @generated from field: string page_token = 2;
    */
@@ -1275,10 +1277,23 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * values) is walked in hour order from its billing period's start, every
  * bucket priced by `version` over the cumulative quantity, as re-rating after
  * publishing `version` effective from that period's start would price it.
+ * Usage in closed periods is left out of both amounts (a publish leaves it
+ * alone too: a closed period's invoice is final). Every bucket of the window
+ * is priced by `version`, also in hours where a version that took effect for
+ * the customer later (published effective after the period's start, or its
+ * cohort's version) prices it now; a publish of `version` effective from the
+ * period's start leaves those hours to that later version, so it re-rates
+ * to the simulated amounts for the customers without such a version in the
+ * window. With customer_ids empty every customer with usage of the card in
+ * open periods of the window is simulated, cohorts' members included (the
+ * version's cohort is chosen only when it is published): to see a cohort's
+ * publish, list its customers.
  * A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
  * findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
  * cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product): FAILED_PRECONDITION.
- * A period without usage gives no amounts and zero totals.
+ * A period without usage gives no amounts and zero totals. period_start and
+ * period_end are required; a period_end not after period_start is
+ * INVALID_ARGUMENT naming period_end.
  *
  * @generated from message tariff.v1.SimulateVersionRequest
  */
