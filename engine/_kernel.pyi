@@ -136,8 +136,10 @@ class Kernel:
         period of the grant's last usable instant (0: no contract covered it). Customers sorted; None: all."""
     def reservations(self, customer_id: str) -> list[tuple[str, int, int, int, int]]:
         """Open reservations: [(reservation_id, estimated_cost, held, made_at_ms, expires_at_ms)], by id."""
-    def advance_clock(self, now_ms: int) -> tuple[int, int]:
-        """(reservations expired, breakage entries); changes nothing unless something is due by now_ms."""
+    def advance_clock(self, now_ms: int) -> tuple[int, int, list[str]]:
+        """(reservations expired, breakage entries, the customers, sorted, of which a grant expired or rolled over);
+        changes nothing unless something is due by now_ms. Offers the kernel's lock to a waiting read every 64
+        accounts."""
     def clock(self) -> tuple[int, int | None]:
         """(the latest AdvanceClock's time, from when an AdvanceClock is applied or None): a lower bound of
         next_due(), kept so that journals written before the index of due times replay alike."""

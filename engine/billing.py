@@ -792,9 +792,13 @@ def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:
 
 
 def _credit_customers(command: cmd.KernelCommand, result: object) -> list[str]:
-    """The customer a reservation or top-up policy command names (AdvanceClock names none: its notices do)."""
+    """The customer a reservation or top-up policy command names; for an AdvanceClock the server set
+    `alerts_evaluated` on, those of which a grant expired or rolled over (a reservation's expiry names its customer
+    in its notice)."""
     if isinstance(command, cmd.Reserve | cmd.ReleaseReservation):
         return [command.customer_id]
+    if isinstance(command, cmd.AdvanceClock):
+        return list(result.grants_ended) if command.alerts_evaluated and isinstance(result, credits.Advanced) else []
     if isinstance(result, credits.HeldBatch):
         return list(result.customers)
     customer_id = getattr(result, "customer_id", None)

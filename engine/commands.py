@@ -230,6 +230,10 @@ class AdvanceClock(msgspec.Struct, frozen=True, tag="advance_clock"):
 
     at_ms: int
     actor: str
+    # The balance rules are evaluated for the customers of which a grant expired or rolled over (engine/billing.py),
+    # as for a reservation's expiry: LOW_BALANCE and CREDITS_EXHAUSTED fire at the expiry's record. Set by the
+    # server; False in the records of earlier releases, whose replay evaluates none, as they did.
+    alerts_evaluated: bool = False
 
 
 class ReserveBatch(msgspec.Struct, frozen=True, tag="reserve_batch"):

@@ -76,6 +76,8 @@ class TopUp:
 class Advanced:
     reservations_expired: int
     breakage_entries: int
+    # The customers (sorted) of which a grant expired or rolled over: their balances changed.
+    grants_ended: tuple[str, ...] = ()
 
 
 def apply(billing: Billing, command: cmd.KernelCommand, seq: int) -> object:
@@ -199,8 +201,8 @@ def _advance(billing: Billing, command: cmd.AdvanceClock) -> Advanced:
     now_ms, due_ms = billing.kernel.clock()
     if due_ms is None or command.at_ms < due_ms or command.at_ms <= now_ms:
         raise Repeated(Advanced(0, 0))
-    expired, broken = billing.kernel.advance_clock(command.at_ms)
-    return Advanced(expired, broken)
+    expired, broken, grants_ended = billing.kernel.advance_clock(command.at_ms)
+    return Advanced(expired, broken, tuple(grants_ended))
 
 
 def _expire_holds(billing: Billing, command: cmd.AdvanceClock) -> Advanced:

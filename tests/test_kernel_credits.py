@@ -237,7 +237,7 @@ def test_an_expired_grant_becomes_breakage_and_a_late_event_cannot_draw_on_it() 
     m = ledger("100", expires_at_ms=expiry)
     m.ingest([event("t1", T0, 30)], T0)
     assert m.billing.kernel.clock()[1] == expiry
-    assert m.advance(expiry) == credits.Advanced(0, 1)
+    assert m.advance(expiry) == credits.Advanced(0, 1, ("acme",))
     assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("70"), expiry)]
     assert m.billing.kernel.breakage(None) == m.billing.kernel.breakage("acme")
     # Dated before the expiry, arriving after the breakage was recorded: rated, but drawn from nothing.
@@ -254,9 +254,9 @@ def test_a_hold_on_an_expiring_grant_becomes_breakage_when_it_is_given_back() ->
     expiry = T0 + 60_000
     m = ledger("100", expires_at_ms=expiry)
     m.reserve("r1", 30, T0, ttl_ms=120_000)
-    assert m.advance(expiry) == credits.Advanced(0, 1)  # 70 unheld broken, 30 still held
+    assert m.advance(expiry) == credits.Advanced(0, 1, ("acme",))  # 70 unheld broken, 30 still held
     conserved(m, expiry)
-    assert m.advance(T0 + 120_000) == credits.Advanced(1, 1)  # the hold expires, then its 30 break
+    assert m.advance(T0 + 120_000) == credits.Advanced(1, 1, ("acme",))  # the hold expires, then its 30 break
     assert [b[3] for b in m.billing.kernel.breakage("acme")] == [picos("70"), picos("30")]
     conserved(m, T0 + 120_000)
     assert_replays(m)
@@ -284,7 +284,7 @@ def test_at_the_periods_end_a_fraction_rolls_over_and_the_rest_breaks() -> None:
     m = Ledger(world)
     m.ingest([event("jan", T0, 40)], T0)
     assert m.billing.kernel.clock()[1] == FEB_MS  # the end of the period in which "g" starts
-    assert m.advance(FEB_MS) == credits.Advanced(0, 1)
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
     rolled_id = f"rollover-g-{FEB_MS}"
     assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("30"), FEB_MS)]
     view = m.billing.balance("acme", FEB_MS + 1)
@@ -298,7 +298,7 @@ def test_at_the_periods_end_a_fraction_rolls_over_and_the_rest_breaks() -> None:
     m.ingest([event("late-jan", T0 + 5, 10)], FEB_MS + 2)
     m.ingest([event("feb", FEB_MS + 10, 10)], FEB_MS + 10)
     assert m.billing.balance("acme", FEB_MS + 20).remaining == picos("20")
-    assert m.advance(MAR_MS) == credits.Advanced(0, 1)  # the rolled grant expires: its rest breaks
+    assert m.advance(MAR_MS) == credits.Advanced(0, 1, ("acme",))  # the rolled grant expires: its rest breaks
     assert m.billing.kernel.breakage("acme")[-1] == ("acme", rolled_id, FEB_MS, picos("20"), MAR_MS)
     conserved(m, MAR_MS)
     assert_replays(m)
@@ -314,7 +314,7 @@ def test_credit_held_at_the_periods_end_rolls_over_as_if_released_just_before_it
     m.ingest([event("jan", T0, 40)], T0)
     m.reserve("r1", 20, FEB_MS - 1_000, ttl_ms=60_000)
     m.reserve("r2", 6, FEB_MS - 500, ttl_ms=60_000)
-    assert m.advance(FEB_MS) == credits.Advanced(0, 1)
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
     rolled_id = f"rollover-g-{FEB_MS}"
     # 34 left + 20 + 6 held = 60: 30 roll over (17 of the remainder, 10 and 3 of the holds), 30 break now.
     assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("30"), FEB_MS)]
@@ -355,7 +355,7 @@ def test_a_hold_expiring_after_the_period_end_gives_its_share_to_the_rollover_gr
     world.apply(world.grant_command("g", "10", paid="10", rollover_fraction="0.25"))
     m = Ledger(world)
     m.reserve("r1", 10, FEB_MS - 100, ttl_ms=1_000)  # the whole grant held across the period's end
-    assert m.advance(FEB_MS) == credits.Advanced(0, 1)
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
     rolled_id = f"rollover-g-{FEB_MS}"
     assert m.billing.kernel.breakage("acme") == [("acme", "g", EPOCH_MS, picos("7.5"), FEB_MS)]
     assert m.billing.kernel.next_due() == FEB_MS + 900  # the hold's TTL

@@ -89,7 +89,7 @@ def test_a_hold_expires_while_the_rerating_is_pending_and_its_customer_is_rerate
     assert billing.kernel.snapshot() == before
     # c4's grant expired meanwhile: its breakage waits for the completion, then the next AdvanceClock records it.
     billing.finish_rerating(billing.last_seq + 1, DUE_MS)
-    assert billing.apply(cmd.AdvanceClock(LATER_MS, ACTOR), billing.last_seq + 1) == credits.Advanced(0, 1)
+    assert billing.apply(cmd.AdvanceClock(LATER_MS, ACTOR), billing.last_seq + 1) == credits.Advanced(0, 1, ("c4",))
 
 
 @PROFILE
@@ -113,7 +113,7 @@ def test_hold_expiry_during_a_rerating_equals_rerating_at_once_then_the_expiry(
     if online.rerating is not None:
         online.finish_rerating(seq + 2, DUE_MS)
     later = cmd.AdvanceClock(LATER_MS, ACTOR)
-    assert online.apply(later, seq + 3) == at_once.apply(later, seq + 3) == credits.Advanced(0, 1)
+    assert online.apply(later, seq + 3) == at_once.apply(later, seq + 3) == credits.Advanced(0, 1, ("c4",))
     assert online.kernel.snapshot() == at_once.kernel.snapshot()
     for customer_id in CUSTOMERS:
         assert online.kernel.adjustments(customer_id) == at_once.kernel.adjustments(customer_id)

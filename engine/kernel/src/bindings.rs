@@ -735,9 +735,25 @@ impl Kernel {
     }
 
     /// Moves the kernel's clock to now_ms (a journaled change): expires reservations whose TTL ran
-    /// out and records breakage of expired grants. Returns (reservations expired, breakage entries).
-    fn advance_clock(&self, py: Python<'_>, now_ms: i64) -> PyResult<(u32, u32)> {
-        py.detach(|| self.change(|k| k.advance_clock(now_ms)))
+    /// out and records breakage of expired grants. Returns (reservations expired, breakage entries,
+    /// the customers, sorted, of which a grant expired or rolled over).
+    /// Offers the lock to a waiting read every few dozen accounts, as ingestion does every few dozen
+    /// events.
+    fn advance_clock(&self, py: Python<'_>, now_ms: i64) -> PyResult<(u32, u32, Vec<String>)> {
+        py.detach(|| {
+            // The accounts are found under an upgradable read (reads go on, no change comes between),
+            // then advanced under the lock alone.
+            let guard = self.inner.upgradable_read();
+            self.check_poisoned()?;
+            let Some(due) = guard.due_accounts(now_ms) else { return Ok((0, 0, Vec::new())) };
+            let mut guard = RwLockUpgradableReadGuard::upgrade(guard);
+            let armed = Unfinished(&self.poisoned);
+            let advanced =
+                crate::credits::advance_clock_pausing(&mut guard, now_ms, due, |held| RwLockWriteGuard::bump(held));
+            std::mem::forget(armed);
+            let customers = advanced.grants_ended.into_iter().map(String::from).collect();
+            Ok((advanced.reservations_expired, advanced.breakage_entries, customers))
+        })
     }
 
     /// (the kernel's clock, the earliest time something is due or None).

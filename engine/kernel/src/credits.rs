@@ -11,6 +11,7 @@
 //! hold into breakage, and nothing here reads a clock.
 
 use std::collections::BTreeMap;
+use std::ops::DerefMut;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -557,23 +558,18 @@ impl Kernel {
     /// otherwise changes nothing. Returns (reservations expired, breakage
     /// entries recorded). Entries of ended reservations older than the dedupe window are dropped.
     pub fn advance_clock(&mut self, now_ms: i64) -> (u32, u32) {
-        if now_ms <= self.clock.now_ms || now_ms < self.clock_due_ms() {
-            return (0, 0); // nothing due: nothing changes, not even the clock
-        }
-        self.clock.now_ms = now_ms;
-        let window_ms = self.rater.catalog.dedupe_window_ms;
-        // Only the accounts the index of due times (crate::due) has at its front, sorted by id so that the
-        // notices come in the same order on every replay.
-        let (mut expired, mut broken) = (0, 0);
-        for customer_id in self.due.due_by(now_ms) {
-            let account = self.accounts.get_mut(&*customer_id).expect("indexed, so present");
-            let (e, b, _) = advance_account(account, &mut self.clock, &customer_id, now_ms, window_ms);
-            self.due.refresh(&customer_id, account, window_ms);
-            expired += e;
-            broken += b;
-        }
-        self.clock.due_ms = self.due.next_due_ms();
-        (expired, broken)
+        let Some(due) = self.due_accounts(now_ms) else { return (0, 0) };
+        let mut kernel = self;
+        let advanced = advance_clock_pausing(&mut kernel, now_ms, due, |_| {});
+        (advanced.reservations_expired, advanced.breakage_entries)
+    }
+
+    /// The accounts `advance_clock(now_ms)` visits, sorted by id (so that the notices come in the same
+    /// order on every replay), or None when it would change nothing, not even the clock: the accounts
+    /// the index of due times (crate::due) has at its front. Reads only: the binding finds them under a
+    /// lock that lets reads go on (sorting a month's end of accounts takes milliseconds).
+    pub fn due_accounts(&self, now_ms: i64) -> Option<Vec<Box<str>>> {
+        (now_ms > self.clock.now_ms && now_ms >= self.clock_due_ms()).then(|| self.due.due_by(now_ms))
     }
 
     /// The customers (sorted by id) holding an open reservation whose TTL ran out by `now_ms`: those
@@ -751,6 +747,55 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
         credits.rolled.push(Rolled { from: id, to, credits: rolled, at_period_end_ms: period_end_ms, at_ms: now_ms });
     }
     broken
+}
+
+/// Accounts `advance_clock_pausing` advances between two pauses: a month's end can make every
+/// customer's grant due at once, at a few microseconds an account, so a read waits for these only.
+pub const ADVANCE_PAUSE_EVERY_ACCOUNTS: usize = 64;
+
+/// `Kernel::advance_clock` on a kernel behind a lock (`kernel` is its guard), for the accounts
+/// `due_accounts(now_ms)` found with nothing changed since: `pause` gets the guard before every
+/// ADVANCE_PAUSE_EVERY_ACCOUNTS-th account, so the binding can hand the lock to a waiting read and take
+/// it back. Such a read sees some accounts advanced and the rest not yet, each account whole; it reads
+/// at its own time (a grant past its expiry is not usable to it either way), and nothing changes the
+/// kernel between the pauses but this. Same result as without pauses.
+pub fn advance_clock_pausing<K: DerefMut<Target = Kernel>>(
+    kernel: &mut K,
+    now_ms: i64,
+    due: Vec<Box<str>>,
+    mut pause: impl FnMut(&mut K),
+) -> Advanced {
+    debug_assert_eq!(kernel.due_accounts(now_ms).as_ref(), Some(&due), "nothing changed since");
+    kernel.clock.now_ms = now_ms;
+    let window_ms = kernel.rater.catalog.dedupe_window_ms;
+    let mut advanced = Advanced::default();
+    for (index, customer_id) in due.into_iter().enumerate() {
+        if index > 0 && index % ADVANCE_PAUSE_EVERY_ACCOUNTS == 0 {
+            pause(kernel);
+        }
+        let Kernel { accounts, clock, due, .. } = &mut **kernel;
+        let account = accounts.get_mut(&*customer_id).expect("indexed, so present");
+        let (expired, broken, _) = advance_account(account, clock, &customer_id, now_ms, window_ms);
+        due.refresh(&customer_id, account, window_ms);
+        advanced.reservations_expired += expired;
+        advanced.breakage_entries += broken;
+        if broken > 0 {
+            advanced.grants_ended.push(customer_id);
+        }
+    }
+    kernel.clock.due_ms = kernel.due.next_due_ms();
+    advanced
+}
+
+/// What an `advance_clock` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Advanced {
+    pub reservations_expired: u32,
+    /// Breakage entries recorded, a rolled-over grant's included.
+    pub breakage_entries: u32,
+    /// The accounts (by id, sorted) of which a grant expired or rolled over: their balances changed
+    /// (a reservation's expiry comes with a notice of its own).
+    pub grants_ended: Vec<Box<str>>,
 }
 
 /// One account's share of `advance_clock`: (reservations expired, breakage entries, next due).

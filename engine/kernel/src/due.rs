@@ -317,4 +317,30 @@ mod tests {
         assert_eq!(restored.snapshot(), kernel.snapshot());
         assert_eq!(restored.due.due_by(1_300), kernel.due.due_by(1_300));
     }
+
+    #[test]
+    fn advancing_with_pauses_pauses_every_few_dozen_accounts_and_ends_as_without() {
+        use crate::credits::{advance_clock_pausing, ADVANCE_PAUSE_EVERY_ACCOUNTS};
+        // 150 accounts whose grants all expire at 1_000: a month's end.
+        let mut paused = kernel(150, |_| Some(1_000));
+        let mut whole = kernel(150, |_| Some(1_000));
+        let mut pauses = Vec::new();
+        let mut guard = &mut paused;
+        let due = guard.due_accounts(1_000).expect("due");
+        let done = advance_clock_pausing(&mut guard, 1_000, due, |k| {
+            // What a read sees at a pause: the accounts before it advanced, the rest not yet.
+            let broken = (0..150)
+                .filter(|c| k.account_credits(&format!("c{c}")).is_some_and(|credits| !credits.breakage.is_empty()));
+            pauses.push(broken.count());
+        });
+        assert_eq!((done.reservations_expired, done.breakage_entries, done.grants_ended.len()), (0, 150, 150));
+        let mut ids: Vec<Box<str>> = (0..150).map(|c| format!("c{c}").into()).collect();
+        ids.sort_unstable();
+        assert_eq!(done.grants_ended, ids);
+        assert_eq!(pauses, vec![ADVANCE_PAUSE_EVERY_ACCOUNTS, 2 * ADVANCE_PAUSE_EVERY_ACCOUNTS]);
+        assert_eq!(whole.advance_clock(1_000), (0, 150));
+        assert_eq!(paused.snapshot(), whole.snapshot());
+        checked(&paused);
+        assert_eq!(paused.next_due_ms(), None);
+    }
 }

@@ -32,9 +32,9 @@ const (
 // server's own close for every customer whose period they close): a rule fires
 // when its condition holds and did not at the previous evaluation, and fires
 // again only after an evaluation found it cleared. A grant expiring or rolling
-// over is not yet such a change: its customer's rules see it at the next one,
-// at the latest when the period it happened in is closed. Event alerts fire
-// once per event.
+// over is such a change too, when the server's clock records it (within about
+// 50 ms of the instant; an expiry recorded by a release before this rule was
+// seen at the customer's next change). Event alerts fire once per event.
 type AlertType int32
 
 const (
