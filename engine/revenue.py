@@ -41,8 +41,9 @@ is the paid value of the balances its invoice shows.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -63,6 +64,8 @@ MadeGrant = tuple[str, str, int, int, int, int | None, int, str, int]
 BreakageEntry = tuple[str, str, int, int, int]
 COST_EXPONENT = 30  # a top-up's cost_e30 is in 10^-30 of the currency
 PERIODS_MAX = 1200  # a report spans at most a century of monthly periods
+# Customers a step of report_steps reads (about 16 us each here: a step of about 1 ms).
+REPORT_STEP_CUSTOMERS = 64
 
 
 @dataclass
@@ -185,6 +188,28 @@ def report(
 ) -> Report:
     """The revenue report for billing periods starting in [start_ms, end_ms); see the module docstring.
     `credits_of`: the kernel's made grants and breakage of a customer (none when not given)."""
+    steps = report_steps(engine, usage_of, start_ms, end_ms, customer_id, credits_of)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            found: Report = done.value
+            return found
+
+
+def report_steps(
+    engine: Engine,
+    usage_of: Callable[[str], Sequence[Aggregate]],
+    start_ms: int | None,
+    end_ms: int | None,
+    customer_id: str = "",
+    credits_of: Callable[[str], KernelCredits] | None = None,
+) -> Generator[None, None, Report]:
+    """`report` a few customers a step (REPORT_STEP_CUSTOMERS), for a caller that pauses between steps: a report of
+    every customer costs about 16 us a customer here, seconds at a million. Refusals come at the first step,
+    before any customer. The customers and their contracts are those of the first step; each customer's figures
+    are read whole within a step, so a change applied between steps shows in a customer's figures entirely or
+    not at all, and each customer's reconciliation holds."""
     if start_ms is None:
         raise InvalidArgument.field("period_start", "is required")
     if end_ms is None:
@@ -197,7 +222,42 @@ def report(
     if customer_id and customer_id not in state.customers:
         raise NotFound(f"customer {customer_id!r} does not exist")
     customers = [customer_id] if customer_id else sorted(state.customers)
-    contracts = {c: [k for k in state.contracts.values() if k.customer_id == c] for c in customers}
+    contracts: dict[str, list[Contract]] = {c: [] for c in customers}
+    grouped = _group_contracts(state.contracts, 0, contracts, customer_id)
+    result = Report(currency=_currency(contracts, customer_id))
+    products: dict[tuple[int, str], Line] = {}
+    for index, customer in enumerate(customers):
+        if index and index % REPORT_STEP_CUSTOMERS == 0:
+            yield
+            # Contracts are only ever added, at the end: those made meanwhile join their customers' lists.
+            grouped = _group_contracts(state.contracts, grouped, contracts, customer_id)
+            currency = _currency(contracts, customer_id)  # refuses a second currency
+            result.currency = result.currency or currency
+        kernel_credits = credits_of(customer) if credits_of is not None else KernelCredits()
+        ledgers = _ledgers(engine, customer, contracts[customer], usage_of(customer), kernel_credits)
+        _customer_revenue(customer, contracts[customer], ledgers, start_ms, end_ms, result, products)
+    result.by_product = [products[key] for key in sorted(products)]
+    return result
+
+
+def _group_contracts(
+    all_contracts: dict[str, Contract], grouped: int, contracts: dict[str, list[Contract]], customer_id: str
+) -> int:
+    """Appends the contracts after the first `grouped` of the state's (in its order) to their customers' lists in
+    `contracts` (those of customers the report covers); returns how many the state holds. One pass: a scan of
+    every contract per customer made a report of every customer cost the customers times the contracts (10,000
+    customers: 0.9 s of its 1.9)."""
+    if customer_id:  # one customer: its contracts only (an index the state keeps would do without the scan)
+        contracts[customer_id] = [k for k in all_contracts.values() if k.customer_id == customer_id]
+        return len(all_contracts)
+    for contract in itertools.islice(all_contracts.values(), grouped, None):
+        if contract.customer_id in contracts:
+            contracts[contract.customer_id].append(contract)
+    return len(all_contracts)
+
+
+def _currency(contracts: dict[str, list[Contract]], customer_id: str) -> str:
+    """The one currency the contracts bill in ("" with none); refuses contracts in several."""
     currencies = {k.currency for ks in contracts.values() for k in ks}
     if len(currencies) > 1 and customer_id:
         raise InvalidArgument.field(
@@ -207,14 +267,7 @@ def report(
         )
     if len(currencies) > 1:
         raise InvalidArgument.field("customer_id", f"contracts bill in {sorted(currencies)}: ask per customer")
-    result = Report(currency=next(iter(currencies), ""))
-    products: dict[tuple[int, str], Line] = {}
-    for customer in customers:
-        kernel_credits = credits_of(customer) if credits_of is not None else KernelCredits()
-        ledgers = _ledgers(engine, customer, contracts[customer], usage_of(customer), kernel_credits)
-        _customer_revenue(customer, contracts[customer], ledgers, start_ms, end_ms, result, products)
-    result.by_product = [products[key] for key in sorted(products)]
-    return result
+    return next(iter(currencies), "")
 
 
 def _contract_at(contracts: list[Contract], ts_ms: int) -> Contract | None:

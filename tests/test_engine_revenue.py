@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import commands as cmd
 from engine import revenue
+from engine.contracts import OveragePolicy
 from engine.errors import InvalidArgument, NotFound
 from engine.ledger import GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
@@ -160,3 +162,41 @@ def test_bad_spans_and_unknown_customers_are_refused() -> None:
 def test_largest_remainder_split_is_exact() -> None:
     assert revenue.split_largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
     assert sum(revenue.split_largest_remainder(7, {"x": 5, "y": 3}).values()) == 7
+
+
+def test_a_report_of_every_customer_comes_in_steps_and_counts_a_contract_made_between_them() -> None:
+    """GetRevenueReport runs report_steps on the event loop, pausing between steps (a report of a million
+    customers takes seconds): a step reads REPORT_STEP_CUSTOMERS customers whole, and a contract made between two
+    steps counts for its customer as in a report made after it; one in another currency refuses the report."""
+    w = basic_world()
+    customers = [f"c{n:03}" for n in range(2 * revenue.REPORT_STEP_CUSTOMERS + 2)]
+    for n, customer_id in enumerate(customers):
+        w.customer(customer_id)
+        ends_ms = EPOCH_MS + 40 * DAY_MS if customer_id == customers[-1] else None
+        w.contract(f"k-{customer_id}", customer_id=customer_id, ending_before_ms=ends_ms)
+        w.grant(f"g-{customer_id}", "10", customer_id=customer_id, paid=str(n))
+    start, end = EPOCH_MS, EPOCH_MS + 3 * 31 * DAY_MS
+    steps = revenue.report_steps(w.engine, lambda c: [], start, end)
+    next(steps)  # the first REPORT_STEP_CUSTOMERS customers read
+    last = customers[-1]
+    second_month = EPOCH_MS + 31 * DAY_MS
+    w.contract(
+        "k-last-2", customer_id=last, starting_at_ms=EPOCH_MS + 40 * DAY_MS, ending_before_ms=EPOCH_MS + 100 * DAY_MS
+    )
+    w.grant("g-last-2", "5", customer_id=last, paid="3", starts_at_ms=second_month)
+    next(steps)
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    stepped = done.value.value
+    assert stepped == revenue.report(w.engine, lambda c: [], start, end)
+    # The cash of every grant, the one made between the steps included (for the customer read after them).
+    assert stepped.totals.prepaid_sold == (sum(range(len(customers))) + 3) * PICOS_PER_UNIT
+    # A contract in another currency, made between two steps: the report is refused, not mixed.
+    steps = revenue.report_steps(w.engine, lambda c: [], start, end)
+    next(steps)
+    eur = cmd.CreateContract(
+        EPOCH_MS, "test", "k-eur", last, "card", EPOCH_MS + 100 * DAY_MS, None, OveragePolicy.ALLOW, "1", "EUR"
+    )
+    w.apply(eur)
+    with pytest.raises(InvalidArgument, match=r"contracts bill in \['EUR', 'USD'\]"):
+        list(steps)

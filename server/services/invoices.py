@@ -28,6 +28,7 @@ from server.services.common import (
     _page,
     _required,
     actor_of,
+    paced,
 )
 
 EXPLAIN_PAGE_SIZE_DEFAULT = 100
@@ -250,13 +251,15 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         def credits_of(customer_id: str) -> revenue.KernelCredits:
             return revenue.KernelCredits(kernel.made_grants(customer_id), kernel.breakage(customer_id))
 
-        found = revenue.report(
-            self.engine,
-            usage_of,
-            convert.optional_ms_up(request, "period_start"),
-            convert.optional_ms_up(request, "period_end"),
-            request.customer_id,
-            credits_of,
+        found = await paced(
+            revenue.report_steps(
+                self.engine,
+                usage_of,
+                convert.optional_ms_up(request, "period_start"),
+                convert.optional_ms_up(request, "period_end"),
+                request.customer_id,
+                credits_of,
+            )
         )
         totals = found.totals
         return invoices_pb2.RevenueReport(
