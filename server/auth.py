@@ -110,13 +110,10 @@ def actor_named(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | Non
     return value if isinstance(value, str) else value.decode(errors="replace")
 
 
-def visible_customers(customer_ids: Iterable[str]) -> list[str]:
-    """The ids the current caller may see (all of them for an unrestricted key or without keys)."""
+def allowed_customers() -> frozenset[str] | None:
+    """The customers the current caller's key may touch; None for an unrestricted key or without keys."""
     identity = caller.get()
-    if identity is None or identity.customers is None:
-        return list(customer_ids)
-    allowed = identity.customers
-    return [c for c in customer_ids if c in allowed]
+    return identity.customers if identity is not None else None
 
 
 # --------------------------------------------------------------------------------------------

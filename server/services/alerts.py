@@ -14,17 +14,11 @@ from engine.money import format_picos
 from server import auth, convert
 from server.errors import OutOfRange, Unavailable, streaming, unary
 from server.sequencer import Sequencer
-from server.services.common import Context, _Base, _page, actor_of, wall_ms
+from server.services.common import Context, SortedKeys, _Base, _page, actor_of, wall_ms
 from server.watch import SHUTTING_DOWN, WatchHub
 
 # Alerts read from the log between two sends of the stream's loop.
 WATCH_PAGE_ALERTS = 256
-
-
-def _allowed_customers() -> frozenset[str] | None:
-    """The customers a restricted caller's key may touch; None for an unrestricted key or without keys."""
-    identity = auth.caller.get()
-    return identity.customers if identity is not None else None
 
 
 def _watches_one_of(rule: alerts.AlertRule, customers: frozenset[str]) -> bool:
@@ -67,6 +61,7 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
     ) -> None:
         super().__init__(billing, sequencer, clock_ms)
         self.watch = watch if watch is not None else WatchHub(billing, sequencer)
+        self._rule_ids = SortedKeys()  # ListAlertRules' pages
 
     @unary
     async def CreateAlert(self, request: alerts_pb2.CreateAlertRequest, context: Context) -> alerts_pb2.AlertRule:
@@ -91,8 +86,11 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
         self, request: alerts_pb2.ListAlertRulesRequest, context: Context
     ) -> alerts_pb2.ListAlertRulesResponse:
         rules = self.engine.state.alerts.rules
-        allowed = _allowed_customers()
-        ids = sorted(i for i, rule in rules.items() if allowed is None or _watches_one_of(rule, allowed))
+        allowed = auth.allowed_customers()
+        if allowed is None:
+            ids = self._rule_ids.of(rules)
+        else:
+            ids = sorted(i for i, rule in rules.items() if _watches_one_of(rule, allowed))
         page, next_token = _page(ids, request.page_size, request.page_token)
         return alerts_pb2.ListAlertRulesResponse(
             rules=[alert_rule_pb(rules[i]) for i in page], next_page_token=next_token
@@ -104,7 +102,7 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
     ) -> AsyncIterator[alerts_pb2.Alert]:
         """Every committed alert after `after_seq`, then each new one once committed (for a restricted key, those
         of its customers). Registered before the first read, so an alert committed meanwhile wakes it."""
-        allowed = _allowed_customers()
+        allowed = auth.allowed_customers()
         after = request.after_seq
         newest = self.watch.alerts_committed
         if after > newest:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, TypeAlias, TypeVar
 
 from engine import commands as cmd
@@ -78,6 +79,35 @@ class _Base:
         _, result = await self.sequencer.run(command, deadline)
         assert isinstance(result, result_type), f"{type(command).__name__} gave {type(result).__name__}"
         return result
+
+
+# Up to this many keys added since the last read are inserted one by one (at a million keys, about 1 ms each, where
+# sorting the list again takes about 60 ms however few were added).
+SORTED_KEYS_INSERT_MAX = 32
+
+
+class SortedKeys:
+    """The sorted keys of a dict that only grows (customers, alert rules: nothing deletes either), kept from one
+    page of a list to the next. Sorting every key for each page made paging through a million customers cost
+    about 0.6 s of the event loop a page (ids in no order); the keys added since are inserted in place, or, when
+    more than a few, appended and the list sorted again. The list is shared: read it."""
+
+    def __init__(self) -> None:
+        self._source: object = None  # the dict the keys are of, by identity
+        self._keys: list[str] = []
+
+    def of(self, source: Mapping[str, object]) -> list[str]:
+        if source is not self._source or len(source) < len(self._keys):  # another state (a restore): start over
+            self._source, self._keys = source, sorted(source)
+        elif len(source) > len(self._keys):
+            added = list(itertools.islice(source, len(self._keys), None))
+            if len(added) <= SORTED_KEYS_INSERT_MAX:  # each put in its place: a move of the list, no compare of all
+                for key in added:
+                    bisect.insort(self._keys, key)
+            else:
+                self._keys.extend(added)
+                self._keys.sort()
+        return self._keys
 
 
 def _required(**fields: object) -> None:

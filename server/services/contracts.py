@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tariff.v1 import (
     contracts_pb2,
     contracts_pb2_grpc,
@@ -9,6 +11,7 @@ from tariff.v1 import (
 
 from engine import commands as cmd
 from engine import credits
+from engine.billing import Billing
 from engine.contracts import Contract, Customer
 from engine.control import check_reference
 from engine.ledger import Grant
@@ -17,15 +20,22 @@ from server import auth, convert
 from server.errors import (
     unary,
 )
+from server.sequencer import Sequencer
 from server.services.common import (
     Context,
+    SortedKeys,
     _Base,
     _page,
     actor_of,
+    wall_ms,
 )
 
 
 class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
+    def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
+        super().__init__(billing, sequencer, clock_ms)
+        self._customer_ids = SortedKeys()  # ListCustomers' pages
+
     @unary
     async def CreateCustomer(
         self, request: contracts_pb2.CreateCustomerRequest, context: Context
@@ -45,7 +55,9 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
     async def ListCustomers(
         self, request: contracts_pb2.ListCustomersRequest, context: Context
     ) -> contracts_pb2.ListCustomersResponse:
-        ids = sorted(auth.visible_customers(self.engine.state.customers))  # a restricted key sees its own only
+        customers = self.engine.state.customers
+        allowed = auth.allowed_customers()  # a restricted key sees its own only
+        ids = self._customer_ids.of(customers) if allowed is None else sorted(c for c in allowed if c in customers)
         page, next_token = _page(ids, request.page_size, request.page_token)
         return contracts_pb2.ListCustomersResponse(
             customers=[convert.customer_pb(self.engine.state.customers[i]) for i in page], next_page_token=next_token
