@@ -117,24 +117,38 @@ def _required(**fields: object) -> None:
         raise InvalidArgument(missing)
 
 
-def _page(ids: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
+def _page(
+    ids: list[str], page_size: int, page_token: str, keep: Callable[[str], bool] | None = None
+) -> tuple[list[str], str]:
     """One page of sorted ids after `page_token` (the last id of the previous page), and the next token. A negative
-    page_size (ListAlertRules' is an int32) is refused: it would answer an empty page with no next token.
+    page_size (ListAlertRules' is an int32) is refused: it would answer an empty page with no next token. With
+    `keep`, the ids the request lists are those it keeps: a page walks on from the token until it has page_size of
+    them (one more tells whether there are more), so paging through a filtered list costs about what it lists,
+    not the whole list a page.
 
-    `ids` are those the request lists (the caller's, within its filters), and no listed item is ever deleted, so a
-    token this list issued for the same request is always one of them. Anything else (made up, another RPC's,
-    another customer's, outside the filters) is INVALID_ARGUMENT: read as a position it would answer a silently
-    shortened or empty list. The refusal does not echo the token, nor say whether it names anything."""
+    The ids listed are the caller's, within its filters, and no listed item is ever deleted, so a token this list
+    issued for the same request is always one of them. Anything else (made up, another RPC's, another customer's,
+    outside the filters) is INVALID_ARGUMENT: read as a position it would answer a silently shortened or empty
+    list. The refusal does not echo the token, nor say whether it names anything."""
     if page_size < 0:
         raise InvalidArgument.field(
             "page_size", f"must not be negative (0: 100, at most {PAGE_SIZE_MAX}), not {page_size}"
         )
     size = min(page_size or 100, PAGE_SIZE_MAX)
     start = bisect.bisect_right(ids, page_token) if page_token else 0
-    if page_token and (start == 0 or ids[start - 1] != page_token):
+    issued = start > 0 and ids[start - 1] == page_token and (keep is None or keep(page_token))
+    if page_token and not issued:
         raise InvalidArgument.field("page_token", PAGE_TOKEN_NOT_ISSUED)
-    page = ids[start : start + size]
-    return page, (page[-1] if page and start + size < len(ids) else "")
+    if keep is None:
+        page = ids[start : start + size]
+        return page, (page[-1] if page and start + size < len(ids) else "")
+    page = []
+    for listed in itertools.islice(ids, start, None):
+        if keep(listed):
+            if len(page) == size:
+                return page, page[-1]
+            page.append(listed)
+    return page, ""
 
 
 def _undecodable(message_type: Any, data: bytes, kernel_error: ValueError) -> UndecodableRequest:

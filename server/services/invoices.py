@@ -4,6 +4,7 @@ read from the explain index) and revenue reports."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from tariff.v1 import (
@@ -13,6 +14,7 @@ from tariff.v1 import (
 
 from engine import commands as cmd
 from engine import explain, revenue
+from engine.billing import Billing
 from engine.control import check_reference
 from engine.errors import InvalidArgument, NotFound
 from engine.instants import iso
@@ -21,14 +23,17 @@ from engine.money import format_picos, format_scaled
 from server import convert
 from server.errors import Unavailable, unary
 from server.explain_index import IndexedEvent, StaleToken
+from server.sequencer import Sequencer
 from server.services.common import (
     PAGE_SIZE_MAX,
     Context,
+    SortedKeys,
     _Base,
     _page,
     _required,
     actor_of,
     paced,
+    wall_ms,
 )
 
 EXPLAIN_PAGE_SIZE_DEFAULT = 100
@@ -140,6 +145,10 @@ assert QUANTITY_SCALE == 10**18  # quantity_text's scale
 
 
 class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
+    def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
+        super().__init__(billing, sequencer, clock_ms)
+        self._invoice_numbers = SortedKeys()  # ListInvoices' pages of every customer's
+
     @unary
     async def PreviewInvoice(
         self, request: invoices_pb2.PreviewInvoiceRequest, context: Context
@@ -183,17 +192,19 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             return invoices_pb2.ListInvoicesResponse()  # drafts are not stored: PreviewInvoice shows one
         if request.customer_id:
             check_reference(request.customer_id, "customer_id", self.engine.state.customers)
-            found = self.engine.invoices_of(request.customer_id)
+            numbers = sorted(i.number for i in self.engine.invoices_of(request.customer_id))
         else:
-            found = list(self.engine.state.invoices.values())
+            numbers = self._invoice_numbers.of(self.engine.state.invoices)  # every customer's: kept between pages
         start = convert.optional_filter_ms(request, "period_start_from")
         before = convert.optional_filter_ms(request, "period_start_before")
-        numbers = sorted(
-            i.number
-            for i in found
-            if (start is None or i.period_start_ms >= start) and (before is None or i.period_start_ms < before)
-        )
-        page, token = _page(numbers, request.page_size, request.page_token)
+        invoices_by_number = self.engine.state.invoices
+
+        def in_window(number: str) -> bool:
+            period_start_ms = invoices_by_number[number].period_start_ms
+            return (start is None or period_start_ms >= start) and (before is None or period_start_ms < before)
+
+        keep = None if start is None and before is None else in_window
+        page, token = _page(numbers, request.page_size, request.page_token, keep)
         invoices = [invoice_pb(self.engine.invoice(n)) for n in page]
         return invoices_pb2.ListInvoicesResponse(invoices=invoices, next_page_token=token)
 
