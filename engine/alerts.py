@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Mapping
+import heapq
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -124,23 +126,75 @@ def parse_rule(
     return AlertRule(rule_id, customer_id, kind, threshold_picos, seq)
 
 
-def customers_to_evaluate(book: AlertBook, touched: Iterable[str]) -> list[str]:
-    """Of the customers a record touched, those some balance rule watches (in the order given)."""
-    rules = [r for r in book.rules.values() if r.type in BALANCE_TYPES]
-    if not rules:
-        return []
-    if any(not r.customer_id for r in rules):
-        return list(touched)
-    named = {r.customer_id for r in rules}
-    return [c for c in touched if c in named]
+class RuleIndex:
+    """The rules by the customers they watch, each list in creation order (the order `book.rules` holds them: rules
+    are only ever added), kept from one record to the next and grown with the book. Evaluating a record's
+    customers used to scan every rule for each of them: with one LOW_BALANCE rule per customer, 10,000 customers
+    made a batch of 1,000 events take 527 ms instead of 5. Derived, never stored: a snapshot holds the book only."""
+
+    def __init__(self) -> None:
+        self._start_over(None)
+
+    def _start_over(self, rules: object) -> None:
+        self._rules = rules  # the book's rules dict, by identity
+        self._count = 0
+        self._every: list[tuple[int, AlertRule]] = []  # (creation ordinal, rule) of the rules for every customer
+        self._own: dict[str, list[tuple[int, AlertRule]]] = {}
+        self._balance_every = False
+        self._balance_customers: set[str] = set()
+
+    def of(self, book: AlertBook) -> RuleIndex:
+        """This index, brought up to the book's rules."""
+        if book.rules is self._rules and len(book.rules) == self._count:
+            return self  # no rule added since (skipping the ones indexed would walk them all)
+        if book.rules is not self._rules or len(book.rules) < self._count:  # another book (a restore)
+            self._start_over(book.rules)
+        for rule in itertools.islice(book.rules.values(), self._count, None):
+            entry = (self._count, rule)
+            self._count += 1
+            if rule.customer_id:
+                self._own.setdefault(rule.customer_id, []).append(entry)
+            else:
+                self._every.append(entry)
+            if rule.type in BALANCE_TYPES:
+                self._balance_every |= not rule.customer_id
+                if rule.customer_id:
+                    self._balance_customers.add(rule.customer_id)
+        return self
+
+    def watching(self, customer_id: str) -> Iterator[AlertRule]:
+        """The rules that watch the customer (its own and those for every customer), in creation order."""
+        own = self._own.get(customer_id)
+        if own is None:
+            return (rule for _, rule in self._every)
+        return (rule for _, rule in heapq.merge(self._every, own, key=lambda entry: entry[0]))
+
+    def balance_watched(self, touched: Iterable[str]) -> list[str]:
+        """Of these customers, those some balance rule watches (in the order given)."""
+        if self._balance_every:
+            return list(touched)
+        return [c for c in touched if c in self._balance_customers]
 
 
-def evaluate(book: AlertBook, customer_id: str, standing: Standing, at_ms: int, journal_seq: int) -> list[FiredAlert]:
+def customers_to_evaluate(book: AlertBook, touched: Iterable[str], index: RuleIndex | None = None) -> list[str]:
+    """Of the customers a record touched, those some balance rule watches (in the order given). `index`: the
+    caller's RuleIndex, kept between records (one is built for this call otherwise)."""
+    return (index or RuleIndex()).of(book).balance_watched(touched)
+
+
+def evaluate(
+    book: AlertBook,
+    customer_id: str,
+    standing: Standing,
+    at_ms: int,
+    journal_seq: int,
+    index: RuleIndex | None = None,
+) -> list[FiredAlert]:
     """Applies one customer's standing after a record to every balance rule for it: fires the rules whose
     condition now holds and was clear, clears those whose condition no longer holds. Rules in creation order."""
     fired: list[FiredAlert] = []
-    for rule in book.rules.values():
-        if rule.type not in BALANCE_TYPES or not rule.applies_to(customer_id):
+    for rule in (index or RuleIndex()).of(book).watching(customer_id):
+        if rule.type not in BALANCE_TYPES:
             continue
         key = f"{rule.id}/{customer_id}"
         holds, mark, details = _condition(rule, standing)
@@ -157,7 +211,13 @@ def evaluate(book: AlertBook, customer_id: str, standing: Standing, at_ms: int, 
 
 
 def notice(
-    book: AlertBook, kind: str, customer_id: str, details: Mapping[str, str], at_ms: int, journal_seq: int
+    book: AlertBook,
+    kind: str,
+    customer_id: str,
+    details: Mapping[str, str],
+    at_ms: int,
+    journal_seq: int,
+    index: RuleIndex | None = None,
 ) -> list[FiredAlert]:
     """An event the rating kernel reported (TOP_UP_EXECUTED, RESERVATION_EXPIRED) for a customer: every rule of
     that type for the customer fires once. An unknown kind fires nothing."""
@@ -171,8 +231,8 @@ def notice(
     message = _notice_message(alert_type, customer_id, shown)
     return [
         _fire(book, rule, customer_id, message, at_ms, journal_seq, shown)
-        for rule in book.rules.values()
-        if rule.type is alert_type and rule.applies_to(customer_id)
+        for rule in (index or RuleIndex()).of(book).watching(customer_id)
+        if rule.type is alert_type
     ]
 
 

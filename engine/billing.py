@@ -174,6 +174,9 @@ class Billing:
         self._watching = False
         self._tracking = False
         self._fired: list[alerts.FiredAlert] = []  # alerts fired by admin commands, until take_fired()
+        self._rule_index = (
+            alerts.RuleIndex()
+        )  # the alert rules by the customers they watch (derived, grown as rules are added)
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._rerate_changed: set[str] = set()  # the customers a publish's re-rating changed so far
         self.planning: PlanInSlices | None = None  # a publish being planned a slice at a time (begin_plan)
@@ -491,7 +494,7 @@ class Billing:
     ) -> list[alerts.FiredAlert]:
         """An event the kernel reported while applying record `seq` (a top-up executed, a reservation expired):
         the alerts it fires, also kept for take_fired()."""
-        fired = alerts.notice(self.engine.state.alerts, kind, customer_id, details, at_ms, seq)
+        fired = alerts.notice(self.engine.state.alerts, kind, customer_id, details, at_ms, seq, self._rule_index)
         self._fired.extend(fired)
         return fired
 
@@ -500,7 +503,7 @@ class Billing:
         time. Tables are current: the writer refreshed them before the batch, and an admin command's
         customer is compiled here first."""
         book = self.engine.state.alerts
-        customers = alerts.customers_to_evaluate(book, touched)
+        customers = alerts.customers_to_evaluate(book, touched, self._rule_index)
         if not customers:
             return []
         self.refresh_tables()
@@ -516,7 +519,7 @@ class Billing:
                 period_start_ms=period[0] if period is not None else None,
                 has_grants=bool(view["grants"]),
             )
-            fired.extend(alerts.evaluate(book, customer_id, standing, at_ms, seq))
+            fired.extend(alerts.evaluate(book, customer_id, standing, at_ms, seq, self._rule_index))
         return fired
 
     def touched_customers(self, command: cmd.AdminCommand, result: object) -> tuple[str, ...]:
