@@ -223,14 +223,14 @@ def report_steps(
         raise NotFound(f"customer {customer_id!r} does not exist")
     customers = [customer_id] if customer_id else sorted(state.customers)
     contracts: dict[str, list[Contract]] = {c: [] for c in customers}
-    grouped = _group_contracts(state.contracts, 0, contracts, customer_id)
+    grouped = _group_contracts(engine, 0, contracts, customer_id)
     result = Report(currency=_currency(contracts, customer_id))
     products: dict[tuple[int, str], Line] = {}
     for index, customer in enumerate(customers):
         if index and index % REPORT_STEP_CUSTOMERS == 0:
             yield
             # Contracts are only ever added, at the end: those made meanwhile join their customers' lists.
-            grouped = _group_contracts(state.contracts, grouped, contracts, customer_id)
+            grouped = _group_contracts(engine, grouped, contracts, customer_id)
             currency = _currency(contracts, customer_id)  # refuses a second currency
             result.currency = result.currency or currency
         kernel_credits = credits_of(customer) if credits_of is not None else KernelCredits()
@@ -240,17 +240,16 @@ def report_steps(
     return result
 
 
-def _group_contracts(
-    all_contracts: dict[str, Contract], grouped: int, contracts: dict[str, list[Contract]], customer_id: str
-) -> int:
+def _group_contracts(engine: Engine, grouped: int, contracts: dict[str, list[Contract]], customer_id: str) -> int:
     """Appends the contracts after the first `grouped` of the state's (in its order) to their customers' lists in
     `contracts` (those of customers the report covers); returns how many the state holds. One pass: a scan of
     every contract per customer made a report of every customer cost the customers times the contracts (10,000
     customers: 0.9 s of its 1.9)."""
+    all_contracts = engine.state.contracts
     if len(all_contracts) == grouped:
         return grouped  # none made since (skipping the ones grouped would walk them all)
-    if customer_id:  # one customer: its contracts only (an index the state keeps would do without the scan)
-        contracts[customer_id] = [k for k in all_contracts.values() if k.customer_id == customer_id]
+    if customer_id:  # one customer: its contracts, from the state's index
+        contracts[customer_id] = list(engine.contracts_of(customer_id))
         return len(all_contracts)
     for contract in itertools.islice(all_contracts.values(), grouped, None):
         if contract.customer_id in contracts:
