@@ -11,6 +11,7 @@ from engine import commands as cmd
 from engine import credits
 from engine.contracts import Contract, Customer
 from engine.control import check_reference
+from engine.errors import InvalidArgument
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
 from server import auth, convert
@@ -123,6 +124,10 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         top_up clears it. Bad fields are INVALID_ARGUMENT naming them, nothing changed."""
         check_reference(request.contract_id, "contract_id", self.engine.state.contracts)
         top_up = request.top_up
+        if request.HasField("top_up") and not top_up.threshold:
+            # The engine reads a policy without threshold, recharge_to and max_per_period as a clearing; only a
+            # request without top_up may clear (contracts.proto), so an empty or partial one never does.
+            raise InvalidArgument.field("top_up.threshold", "is required (a request without top_up clears the policy)")
         command = cmd.SetTopUpPolicy(
             self.clock_ms(),
             actor_of(context),

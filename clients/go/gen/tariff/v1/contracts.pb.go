@@ -635,10 +635,16 @@ func (*PriceOverride_Price) isPriceOverride_Adjustment() {}
 // threshold, one TOP_UP grant of (recharge_to - available) credits is bought
 // at price_per_credit, at most max_per_period times per billing period. One
 // policy per customer (set through any of its contracts). threshold must be
-// below recharge_to, the price not negative, max_per_period at least 1.
+// below recharge_to, the price not negative, max_per_period at least 1. A
+// policy set while available credit is already below threshold buys at the
+// next rated event or hold, not when it is set. The purchase follows the
+// draw: an event costing more than is available is rated against what is
+// there (the rest is overage, BLOCK or not), and Authorize decides without it.
 type TopUpPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Decimal strings in the pricing unit / the contract's currency.
+	// Decimal strings in the pricing unit (threshold, recharge_to: at most 12
+	// decimal places) / the contract's currency (price_per_credit: at most 18);
+	// more is INVALID_ARGUMENT naming the field, never rounded.
 	Threshold      string `protobuf:"bytes,1,opt,name=threshold,proto3" json:"threshold,omitempty"`
 	RechargeTo     string `protobuf:"bytes,2,opt,name=recharge_to,json=rechargeTo,proto3" json:"recharge_to,omitempty"`
 	PricePerCredit string `protobuf:"bytes,3,opt,name=price_per_credit,json=pricePerCredit,proto3" json:"price_per_credit,omitempty"`
@@ -1246,7 +1252,9 @@ func (x *GrantCreditsRequest) GetRequestId() string {
 type SetTopUpPolicyRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	ContractId string                 `protobuf:"bytes,1,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
-	// Unset: clears the customer's policy.
+	// Unset: clears the customer's policy. Set, it is the whole policy: one
+	// without threshold (an empty TopUpPolicy, or one with only a price) is
+	// INVALID_ARGUMENT naming top_up.threshold, never a clearing.
 	TopUp         *TopUpPolicy `protobuf:"bytes,2,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
