@@ -316,10 +316,11 @@ def test_retries_and_clearing_change_nothing_twice(server_factory: ServerFactory
 
 
 def test_top_up_alerts_and_a_kill_9_restart_repeat_each_purchase_once(server_factory: ServerFactory) -> None:
-    """Policy below 4 back to 10 at 0.25, twice a period; 5 credits. A batch of two events, 2 then 7 (3 left: buys
-    7; then 3 left again: buys 7), fires TOP_UP_EXECUTED twice, each naming its grant, the credits bought, the
-    period and the batch's time. After kill -9 and a restart: the same two grants, balances and invoice (3.50),
-    the same two alerts (not fired again), and the batch resent is a duplicate that buys nothing."""
+    """Policy below 4 back to 10 at 0.25, three times a period; 5 credits. A batch of two events, 2 then 7 (3 left:
+    buys 7; then 3 left again: buys 7), fires TOP_UP_EXECUTED twice, each naming its grant, the credits bought, the
+    period and the batch's time; a hold of 7 (3 left) buys the third, 7, and fires the third. After kill -9 and a
+    restart: the same grants, holds, balances and invoice (21 x 0.25 = 5.25), the same three alerts (none fired
+    again), the batch and the hold resent buy nothing, and the period's cap, reached, still holds."""
     server = server_factory()
     cur = month_start_ms()
     with server.client() as client:
@@ -328,43 +329,52 @@ def test_top_up_alerts_and_a_kill_9_restart_repeat_each_purchase_once(server_fac
         rule = client.alerts.CreateAlert(
             alerts_pb2.CreateAlertRequest(customer_id="k", type=alerts_pb2.TOP_UP_EXECUTED)
         )
-        set_policy(client, contract_id, policy("4", "10", "0.25", 2))
+        set_policy(client, contract_id, policy("4", "10", "0.25", 3))
         at = now_ms()
         batch = [work("k1", "k", 2, at), work("k2", "k", 7, at)]
         ack = client.ingest_batch(batch, "kb")
         assert ack.accepted == 2, ack
+        held_at = now_ms()
+        assert client.authorize("k", "work", values={"n": 7}, reserve=True, reservation_id="kr").allowed
         before = client.get_balance("k")
-        assert {g.grant_id: (g.amount, g.drawn, g.remaining) for g in before.grants} == {
-            "k-g": ("5", "5", "0"),
-            f"top-up-{cur}-1": ("7", "4", "3"),
-            f"top-up-{cur}-2": ("7", "0", "7"),
+        assert {g.grant_id: (g.amount, g.drawn, g.remaining, g.held) for g in before.grants} == {
+            "k-g": ("5", "5", "0", "0"),
+            f"top-up-{cur}-1": ("7", "4", "3", "3"),  # remaining counts what is held on it (balance.proto)
+            f"top-up-{cur}-2": ("7", "0", "7", "4"),
+            f"top-up-{cur}-3": ("7", "0", "7", "0"),
         }
-        alerts = watch(client, 2)
-        assert [(a.rule_id, a.customer_id, a.type, a.journal_seq) for a in alerts] == [
-            (rule.id, "k", alerts_pb2.TOP_UP_EXECUTED, ack.journal_seq)
-        ] * 2
+        alerts = watch(client, 3)
+        assert [(a.rule_id, a.customer_id, a.type) for a in alerts] == [(rule.id, "k", alerts_pb2.TOP_UP_EXECUTED)] * 3
+        assert [a.journal_seq for a in alerts[:2]] == [ack.journal_seq] * 2
+        assert alerts[2].journal_seq > ack.journal_seq
         assert [dict(a.details) for a in alerts] == [
             {
                 "grant_id": f"top-up-{cur}-{n}",
                 "credits": "7",
                 "period_start_ms": str(cur),
-                "at_ms": str(alerts[0].time.ToMilliseconds()),
+                "at_ms": str(a.time.ToMilliseconds()),
             }
-            for n in (1, 2)
+            for n, a in zip((1, 2, 3), alerts, strict=True)
         ]
-        assert alerts[0].time.ToMilliseconds() >= at - 60_000
+        assert at <= alerts[0].time.ToMilliseconds() == alerts[1].time.ToMilliseconds() <= held_at
+        assert held_at <= alerts[2].time.ToMilliseconds() <= now_ms()
         invoice = preview(client, "k", cur)
-        assert invoice.top_up_purchases == "3.50"
+        assert invoice.top_up_purchases == "5.25"
     server.kill9()
     server.restart()
     with server.client() as client:
-        after = client.get_balance("k")
-        assert list(after.grants) == list(before.grants)
+        assert client.get_balance("k").grants == before.grants
         assert preview(client, "k", cur) == invoice
-        assert [(a.seq, dict(a.details)) for a in watch(client, 2)] == [(a.seq, dict(a.details)) for a in alerts]
+        seen = [(a.seq, a.journal_seq, dict(a.details)) for a in watch(client, 3)]
+        assert seen == [(a.seq, a.journal_seq, dict(a.details)) for a in alerts]
         resent = client.ingest_batch(batch, "kb")
         assert (resent.accepted, resent.duplicates) == (0, 2), resent
+        assert client.authorize("k", "work", values={"n": 7}, reserve=True, reservation_id="kr").allowed
         assert client.get_balance("k").grants == before.grants
+        # 10 available: 8 more leave 2, below 4, but the period's three top-ups are bought.
+        use(client, "k", "k3", 8)
+        assert len(top_ups_of(client, "k")) == 3
+        assert preview(client, "k", cur).top_up_purchases == "5.25"
 
 
 def watch(client: TariffClient, count: int) -> list[alerts_pb2.Alert]:
