@@ -265,9 +265,10 @@ def test_a_policy_set_below_its_threshold_tops_up_at_once(server_factory: Server
 
 
 def test_policy_refusals_name_the_field_and_change_nothing(server_factory: ServerFactory) -> None:
-    """More decimals than the scale holds (12 for credits, 18 for the price) is refused, never rounded; a top_up that
-    is present but incomplete (empty, or only a price) is refused too: only a request without top_up clears
-    (contracts.proto SetTopUpPolicyRequest)."""
+    """More decimals than the scale holds (12 for credits, 18 for the price) is refused, never rounded; a threshold of
+    0, which available credit (never negative) can never be below, is refused rather than kept as a policy that
+    never buys; a top_up that is present but incomplete (empty, or only a price) is refused too: only a request
+    without top_up clears (contracts.proto SetTopUpPolicyRequest)."""
     server = server_factory()
     with server.client() as client:
         catalogue(client)
@@ -277,6 +278,8 @@ def test_policy_refusals_name_the_field_and_change_nothing(server_factory: Serve
         bad = {
             "top_up.threshold": [
                 policy("0.0000000000001", "20", "1", 1),
+                policy("0", "20", "1", 1),  # available credit is never below 0: it would never buy
+                policy("0.000", "20", "1", 1),
                 contracts_pb2.TopUpPolicy(),
                 contracts_pb2.TopUpPolicy(price_per_credit="0.5"),
                 contracts_pb2.TopUpPolicy(price_per_credit="0.5", max_per_period=2),
