@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from tariff.v1 import (
     contracts_pb2,
     contracts_pb2_grpc,
@@ -124,18 +126,32 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         top_up clears it. Bad fields are INVALID_ARGUMENT naming them, nothing changed."""
         check_reference(request.contract_id, "contract_id", self.engine.state.contracts)
         top_up = request.top_up
-        if request.HasField("top_up") and not top_up.threshold:
-            # The engine reads a policy without threshold, recharge_to and max_per_period as a clearing; only a
-            # request without top_up may clear (contracts.proto), so an empty or partial one never does.
-            raise InvalidArgument.field("top_up.threshold", "is required (a request without top_up clears the policy)")
         command = cmd.SetTopUpPolicy(
             self.clock_ms(),
             actor_of(context),
             request.contract_id,
-            convert.decimal_text(top_up.threshold, "top_up.threshold"),
+            _threshold_text(request),
             convert.decimal_text(top_up.recharge_to, "top_up.recharge_to"),
             convert.decimal_text(top_up.price_per_credit, "top_up.price_per_credit"),
             top_up.max_per_period if request.HasField("top_up") else 0,
         )
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
+
+
+def _threshold_text(request: contracts_pb2.SetTopUpPolicyRequest) -> str:
+    """The request's top_up.threshold once it is a decimal a policy can use. Checked here, not in the engine, so
+    that journaled commands replay as they were applied: the engine reads a policy without threshold,
+    recharge_to and max_per_period as a clearing, but only a request without top_up may clear (contracts.proto),
+    so a present one without threshold (empty, or only a price) is refused; and available credit is never below
+    0, so a threshold of 0 would never buy."""
+    text = convert.decimal_text(request.top_up.threshold, "top_up.threshold")
+    if not request.HasField("top_up"):
+        return text
+    if not text:
+        raise InvalidArgument.field("top_up.threshold", "is required (a request without top_up clears the policy)")
+    if Decimal(text) == 0:
+        raise InvalidArgument.field(
+            "top_up.threshold", "must be above 0: available credit is never below 0, so the policy would never buy"
+        )
+    return text

@@ -635,7 +635,8 @@ func (*PriceOverride_Price) isPriceOverride_Adjustment() {}
 // threshold, one TOP_UP grant of (recharge_to - available) credits is bought
 // at price_per_credit, at most max_per_period times per billing period. One
 // policy per customer (set through any of its contracts). threshold must be
-// below recharge_to, the price not negative, max_per_period at least 1. A
+// above 0 (available credit is never below 0) and below recharge_to, the
+// price not negative, max_per_period at least 1. A
 // policy set while available credit is already below threshold buys at the
 // next rated event or hold, not when it is set. The purchase follows the
 // draw: an event costing more than is available is rated against what is
