@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pric
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
+from tests.test_server_auth import Keys
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -431,3 +433,23 @@ def test_a_top_up_an_event_of_the_next_period_triggers_is_billed_and_sold_in_the
             )
             sold.append(Decimal(report.reconciliation.prepaid_sold))
         assert sold == [Decimal(10), Decimal(16)]
+
+
+def test_a_key_restricted_to_one_customer_sets_only_that_customers_policy(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """An admin key restricted to customer `mine` sets and clears mine's policy; on `theirs`'s contract, setting
+    a policy or clearing it is PERMISSION_DENIED and leaves theirs's policy as it was."""
+    keys = Keys(tmp_path / "keys.json", {"ops": ("admin", None), "mine-admin": ("admin", ["mine"])})
+    server = server_factory(extra_args=keys.args, api_key=keys.key["ops"])
+    with server.client() as ops, server.client(api_key=keys.key["mine-admin"]) as restricted:
+        catalogue(ops)
+        mine, theirs = (customer(ops, name, credits="10", paid="10") for name in ("mine", "theirs"))
+        kept = policy("4", "20", "0.5", 2)
+        set_policy(ops, theirs, kept)
+        assert set_policy(restricted, mine, policy("1", "5", "2", 1)).top_up == policy("1", "5", "2", 1)
+        assert not set_policy(restricted, mine, None).HasField("top_up")
+        for top_up in (policy("1", "5", "0", 9), None):
+            code, _ = refusal(partial(set_policy, restricted, theirs, top_up))
+            assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert ops.contracts.GetContract(contracts_pb2.GetContractRequest(id=theirs)).top_up == kept
