@@ -188,12 +188,13 @@ def test_holds_buy_against_what_they_leave_available_and_authorize_agrees_with_i
     """BLOCK, 10 credits, policy below 5 back to 20 at 0.5, twice a period. Authorize of 12 is denied (10
     available); a hold of 6 leaves 4 available (held credit is not available) and buys 20 - 4 = 16; then 15 is
     affordable (20 available): Authorize says so and ingesting it draws no overage. Through AuthorizeBatches, one
-    message holding 16 (4 left < 5: the period's second top-up, 16) and then 30 decides the second against the
-    first's top-up: 20 available, 30 denied, and no third top-up (the cap)."""
+    message holding 1 (4 left < 5: the period's second top-up, 16) and then 30 decides the second against the
+    first's top-up: 20 available, 30 denied, and no third top-up (the cap). Each top-up fires TOP_UP_EXECUTED."""
     server = server_factory()
     with server.client() as client:
         catalogue(client)
         contract_id = customer(client, "h", credits="10", paid="10", block=True)
+        client.alerts.CreateAlert(alerts_pb2.CreateAlertRequest(customer_id="h", type=alerts_pb2.TOP_UP_EXECUTED))
         set_policy(client, contract_id, policy("5", "20", "0.5", 2))
         denied = client.authorize("h", "work", values={"n": 12})
         assert (denied.allowed, denied.reason, denied.credits_available) == (False, "INSUFFICIENT_CREDIT", "10")
@@ -224,6 +225,11 @@ def test_holds_buy_against_what_they_leave_available_and_authorize_agrees_with_i
         assert top_ups_of(client, "h") == {first: "16", f"top-up-{month_start_ms()}-2": "16"}
         assert client.get_balance("h").credits_available == "20"
         assert preview(client, "h", now_ms()).top_up_purchases == "16.00"  # (16 + 16) x 0.5
+        # Each hold's top-up fired TOP_UP_EXECUTED, the AuthorizeBatches one too.
+        assert [(a.details["grant_id"], a.details["credits"]) for a in watch(client, 2)] == [
+            (first, "16"),
+            (f"top-up-{month_start_ms()}-2", "16"),
+        ]
 
 
 @pytest.mark.xfail(
@@ -320,13 +326,21 @@ def test_retries_and_clearing_change_nothing_twice(server_factory: ServerFactory
         assert top_ups_of(client, "i") == {}
 
 
-def test_top_up_alerts_and_a_kill_9_restart_repeat_each_purchase_once(server_factory: ServerFactory) -> None:
+@pytest.mark.parametrize(
+    "extra_args",
+    [[], ["--snapshot-every", "1", "--snapshot-journal-factor", "0"]],
+    ids=["journal", "snapshots"],
+)
+def test_top_up_alerts_and_a_kill_9_restart_repeat_each_purchase_once(
+    server_factory: ServerFactory, extra_args: list[str]
+) -> None:
     """Policy below 4 back to 10 at 0.25, three times a period; 5 credits. A batch of two events, 2 then 7 (3 left:
     buys 7; then 3 left again: buys 7), fires TOP_UP_EXECUTED twice, each naming its grant, the credits bought, the
     period and the batch's time; a hold of 7 (3 left) buys the third, 7, and fires the third. After kill -9 and a
     restart: the same grants, holds, balances and invoice (21 x 0.25 = 5.25), the same three alerts (none fired
-    again), the batch and the hold resent buy nothing, and the period's cap, reached, still holds."""
-    server = server_factory()
+    again), the batch and the hold resent buy nothing, and the period's cap, reached, still holds. Recovered from
+    the journal alone, and from snapshots (one after every record)."""
+    server = server_factory(extra_args=extra_args)
     cur = month_start_ms()
     with server.client() as client:
         catalogue(client)
