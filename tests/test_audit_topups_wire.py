@@ -467,3 +467,36 @@ def test_a_key_restricted_to_one_customer_sets_only_that_customers_policy(
             code, _ = refusal(partial(set_policy, restricted, theirs, top_up))
             assert code == grpc.StatusCode.PERMISSION_DENIED
         assert ops.contracts.GetContract(contracts_pb2.GetContractRequest(id=theirs)).top_up == kept
+
+
+def test_a_grant_named_as_a_bought_top_up_is_refused_and_the_server_keeps_serving(
+    server_factory: ServerFactory,
+) -> None:
+    """Top-up ids are predictable (top-up-<period start ms>-<n>). 10 credits, below 5 back to 20: 6 used buys 16;
+    10 more draw 4 and then 6 of the top-up. A GrantCredits of 3 credits under the top-up's id is ALREADY_EXISTS
+    and changes nothing: before, it was taken, replaced the top-up bought (16 credits, paid for) in the rating
+    kernel, whose 6 drawn exceeded the 3 granted, so the writer stopped and the server could not start again."""
+    server = server_factory()
+    bought = f"top-up-{month_start_ms()}-1"
+    with server.client() as client:
+        catalogue(client)
+        contract_id = customer(client, "y", credits="10", paid="10")
+        set_policy(client, contract_id, policy("5", "20", "1", 3))
+        use(client, "y", "y1", 6)
+        use(client, "y", "y2", 10)
+        before = grants_of(client, "y")
+        assert before[bought] == ("16", "6", "10", "0")
+        clash = contracts_pb2.Grant(
+            id=bought, contract_id=contract_id, kind=contracts_pb2.PREPAID, amount="3", paid_amount="3"
+        )
+        code, details = refusal(lambda: client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=clash)))
+        assert code == grpc.StatusCode.ALREADY_EXISTS and bought in details, details
+        assert grants_of(client, "y") == before
+        use(client, "y", "y3", 1)
+        after = grants_of(client, "y")
+        assert after[bought] == ("16", "7", "9", "0")
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert grants_of(client, "y") == after
+        assert preview(client, "y", now_ms()).top_up_purchases == "16.00"
