@@ -1198,7 +1198,9 @@ type GrantCreditsRequest struct {
 	// that makes a retried call grant once. customer_id and contract_id: at
 	// least one. starts_at defaults to the start of the contract (given, or in
 	// force now), so it also pays for that contract's late usage; to now when no
-	// contract is in force.
+	// contract is in force. An id the server gave a grant it made for the
+	// customer (top-up-<period start ms>-<n>, rollover-<grant>-<period end ms>)
+	// is ALREADY_EXISTS, as any grant id taken.
 	Grant *Grant `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
 	// Idempotency key, used as the grant's id when grant.id is empty.
 	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`

@@ -627,7 +627,9 @@ export type GrantCreditsRequest = Message<"tariff.v1.GrantCreditsRequest"> & {
    * that makes a retried call grant once. customer_id and contract_id: at
    * least one. starts_at defaults to the start of the contract (given, or in
    * force now), so it also pays for that contract's late usage; to now when no
-   * contract is in force.
+   * contract is in force. An id the server gave a grant it made for the
+   * customer (top-up-<period start ms>-<n>, rollover-<grant>-<period end ms>)
+   * is ALREADY_EXISTS, as any grant id taken.
    *
    * @generated from field: tariff.v1.Grant grant = 1;
    */
