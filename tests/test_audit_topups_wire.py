@@ -232,6 +232,26 @@ def test_holds_buy_against_what_they_leave_available_and_authorize_agrees_with_i
         ]
 
 
+def test_under_block_usage_beyond_the_credit_is_overage_and_then_buys(server_factory: ServerFactory) -> None:
+    """README "Automatic top-up": the purchase follows the draw. BLOCK, 10 credits, below 5 back to 20 at 0.5:
+    Authorize denies 12 (10 available; the top-up it would trigger is not counted in advance); usage of 12 that
+    happened anyway is recorded: 10 drawn, 2 of overage, then 0 available buys 20 (10.00 due, with 2.00 of
+    overage at 1)."""
+    server = server_factory()
+    with server.client() as client:
+        catalogue(client)
+        contract_id = customer(client, "o", credits="10", paid="10", block=True)
+        set_policy(client, contract_id, policy("5", "20", "0.5", 1))
+        denied = client.authorize("o", "work", values={"n": 12})
+        assert (denied.allowed, denied.reason) == (False, "INSUFFICIENT_CREDIT")
+        use(client, "o", "o1", 12)
+        balance = client.get_balance("o")
+        assert (balance.overage_amount, balance.credits_available) == ("2", "20")
+        assert top_ups_of(client, "o") == {f"top-up-{month_start_ms()}-1": "20"}
+        invoice = preview(client, "o", now_ms())
+        assert (invoice.overage_due, invoice.top_up_purchases, invoice.total_due) == ("2.00", "10.00", "12.00")
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="engine/kernel/src/credits.rs Kernel::reserve computes the answer's available before the top-up the "
