@@ -308,6 +308,8 @@ def test_policy_refusals_name_the_field_and_change_nothing(server_factory: Serve
                 policy("0.0000000000001", "20", "1", 1),
                 policy("0", "20", "1", 1),  # available credit is never below 0: it would never buy
                 policy("0.000", "20", "1", 1),
+                policy("0e-9999999999999999999999999", "20", "1", 1),  # past what Decimal holds: no decimal
+                policy("1e-999999999999999999999", "20", "1", 1),
                 contracts_pb2.TopUpPolicy(),
                 contracts_pb2.TopUpPolicy(price_per_credit="0.5"),
                 contracts_pb2.TopUpPolicy(price_per_credit="0.5", max_per_period=2),

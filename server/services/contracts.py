@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from tariff.v1 import (
     contracts_pb2,
@@ -150,7 +150,11 @@ def _threshold_text(request: contracts_pb2.SetTopUpPolicyRequest) -> str:
         return text
     if not text:
         raise InvalidArgument.field("top_up.threshold", "is required (a request without top_up clears the policy)")
-    if Decimal(text) == 0:
+    try:
+        zero = Decimal(text).is_zero()
+    except InvalidOperation:  # an exponent past what Decimal holds: the engine refuses it as no decimal
+        return text
+    if zero:
         raise InvalidArgument.field(
             "top_up.threshold", "must be above 0: available credit is never below 0, so the policy would never buy"
         )
