@@ -32,7 +32,7 @@ from engine import commands as cmd
 from engine._kernel import DedupeSegment, HoldingBatch, Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
-from engine.errors import EngineError, NotFound
+from engine.errors import AlreadyExists, EngineError, NotFound
 from engine.invoices import Invoice, KernelAdjustment, KernelLines
 from engine.ledger import Grant
 from engine.rerate import (
@@ -216,6 +216,8 @@ class Billing:
             return self._apply_kernel_command(command, seq)
         if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
             return self._publish_and_rerate(command, seq)
+        if isinstance(command, cmd.GrantCredits):
+            self._refuse_made_grant_id(command)
         result = self.engine.apply(command, seq)
         if isinstance(command, cmd.CreateAlert):
             self._sync_tracking()  # changes no table
@@ -235,6 +237,18 @@ class Billing:
             self._customers_stale.add(customer_id)
             self._fired.extend(self._evaluate_alerts([customer_id], command.at_ms, seq))
         return result
+
+    def _refuse_made_grant_id(self, command: cmd.GrantCredits) -> None:
+        """AlreadyExists when the server set `made_ids_refused` and the grant's id is one the kernel gave a grant it
+        made for the customer (top-up-<period start ms>-<n>, rollover-<grant>-<period end ms>): the control plane
+        does not hold those, and the kernel's tables would take the new grant for the one it made, replacing what
+        was bought or rolled over (and, were more drawn from it than granted, refusing every later compile)."""
+        if not command.made_ids_refused or not command.id:
+            return
+        contract = self.engine.state.contracts.get(command.contract_id)
+        customer_id = command.customer_id or (contract.customer_id if contract is not None else "")
+        if customer_id and any(made[0] == command.id for made in self.kernel.made_grants(customer_id)):
+            raise AlreadyExists(f"grant {command.id!r} already exists: the server made it for customer {customer_id!r}")
 
     def _closed_due(self, command: cmd.CloseDuePeriods, result: object, seq: int) -> object:
         """The customers whose periods a CloseDuePeriods closed: their tables only are recompiled, as a ClosePeriod's

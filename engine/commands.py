@@ -117,7 +117,7 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
 # earlier releases. What was asked is the same with or without them, so neither a retry's fingerprint
 # (engine/control.py) nor the audit log's entry (engine/audit.py) holds them: replaying an earlier record then
 # writes the same entry its release wrote.
-SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown", "alerts_evaluated", "paid_at_picos")
+SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown", "alerts_evaluated", "paid_at_picos", "made_ids_refused")
 
 
 class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaults=True):
@@ -126,7 +126,10 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     stored before it have none) keeps the older rule, under which such a grant paid whatever it still held until
     the clock rolled it over. `paid_at_picos`: set by the server likewise, so a paid_amount finer than 10^-12 of
     the currency (which revenue, kept in picos, would round away) is refused; False (commands stored before it)
-    takes it as it was taken then. Neither is part of a request's fingerprint (engine/control.py)."""
+    takes it as it was taken then. `made_ids_refused`: set by the server likewise, so an id the rating kernel gave
+    a grant it made for the customer (a top-up, a rollover) is refused (engine/billing.py) instead of replacing
+    that grant in the kernel; False (commands stored before it) applies as it applied then. None of them is part
+    of a request's fingerprint (engine/control.py)."""
 
     at_ms: int
     actor: str
@@ -143,6 +146,7 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     rollover_fraction: str
     use_ends_at_rollover: bool = False
     paid_at_picos: bool = False
+    made_ids_refused: bool = False
 
 
 class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):

@@ -445,6 +445,7 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         decimal_text(g.rollover_fraction, "grant.rollover_fraction"),
         use_ends_at_rollover=True,
         paid_at_picos=True,
+        made_ids_refused=True,
     )
 
 

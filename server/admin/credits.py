@@ -1,4 +1,4 @@
-"""`tariff grants`, `tariff topup set|show`, `tariff reserve` and `tariff release`: a customer's credit grants,
+"""`tariff grants`, `tariff topup set|clear|show`, `tariff reserve` and `tariff release`: a customer's credit grants,
 its automatic top-up, and holding credit as a gateway does (ContractService, BalanceService)."""
 
 from __future__ import annotations
@@ -67,6 +67,20 @@ def topup_set(
         threshold=threshold, recharge_to=recharge_to, price_per_credit=price_per_credit, max_per_period=max_per_period
     )
     request = contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy)
+    with remote.client() as client:
+        contract = client.contracts.SetTopUpPolicy(request, timeout=client.default_timeout_s)
+    _print_policy(remote, contract)
+
+
+@topup.command("clear")
+@click.argument("contract_id")
+@remote_command
+def topup_clear(remote: Remote, contract_id: str) -> None:
+    """Clears the top-up policy of CONTRACT_ID's customer (a SetTopUpPolicy without top_up; clearing none changes
+    nothing)."""
+    from tariff.v1 import contracts_pb2
+
+    request = contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id)
     with remote.client() as client:
         contract = client.contracts.SetTopUpPolicy(request, timeout=client.default_timeout_s)
     _print_policy(remote, contract)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 
 from tariff.v1 import (
     contracts_pb2,
@@ -14,6 +15,7 @@ from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer
 from engine.control import check_reference
+from engine.errors import InvalidArgument
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
 from server import auth, convert
@@ -139,10 +141,32 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             self.clock_ms(),
             actor_of(context),
             request.contract_id,
-            convert.decimal_text(top_up.threshold, "top_up.threshold"),
+            _threshold_text(request),
             convert.decimal_text(top_up.recharge_to, "top_up.recharge_to"),
             convert.decimal_text(top_up.price_per_credit, "top_up.price_per_credit"),
             top_up.max_per_period if request.HasField("top_up") else 0,
         )
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
+
+
+def _threshold_text(request: contracts_pb2.SetTopUpPolicyRequest) -> str:
+    """The request's top_up.threshold once it is a decimal a policy can use. Checked here, not in the engine, so
+    that journaled commands replay as they were applied: the engine reads a policy without threshold,
+    recharge_to and max_per_period as a clearing, but only a request without top_up may clear (contracts.proto),
+    so a present one without threshold (empty, or only a price) is refused; and available credit is never below
+    0, so a threshold of 0 would never buy."""
+    text = convert.decimal_text(request.top_up.threshold, "top_up.threshold")
+    if not request.HasField("top_up"):
+        return text
+    if not text:
+        raise InvalidArgument.field("top_up.threshold", "is required (a request without top_up clears the policy)")
+    try:
+        zero = Decimal(text).is_zero()
+    except InvalidOperation:  # an exponent past what Decimal holds: the engine refuses it as no decimal
+        return text
+    if zero:
+        raise InvalidArgument.field(
+            "top_up.threshold", "must be above 0: available credit is never below 0, so the policy would never buy"
+        )
+    return text

@@ -635,10 +635,17 @@ func (*PriceOverride_Price) isPriceOverride_Adjustment() {}
 // threshold, one TOP_UP grant of (recharge_to - available) credits is bought
 // at price_per_credit, at most max_per_period times per billing period. One
 // policy per customer (set through any of its contracts). threshold must be
-// below recharge_to, the price not negative, max_per_period at least 1.
+// above 0 (available credit is never below 0) and below recharge_to, the
+// price not negative, max_per_period at least 1. A
+// policy set while available credit is already below threshold buys at the
+// next rated event or hold, not when it is set. The purchase follows the
+// draw: an event costing more than is available is rated against what is
+// there (the rest is overage, BLOCK or not), and Authorize decides without it.
 type TopUpPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Decimal strings in the pricing unit / the contract's currency.
+	// Decimal strings in the pricing unit (threshold, recharge_to: at most 12
+	// decimal places) / the contract's currency (price_per_credit: at most 18);
+	// more is INVALID_ARGUMENT naming the field, never rounded.
 	Threshold      string `protobuf:"bytes,1,opt,name=threshold,proto3" json:"threshold,omitempty"`
 	RechargeTo     string `protobuf:"bytes,2,opt,name=recharge_to,json=rechargeTo,proto3" json:"recharge_to,omitempty"`
 	PricePerCredit string `protobuf:"bytes,3,opt,name=price_per_credit,json=pricePerCredit,proto3" json:"price_per_credit,omitempty"`
@@ -1191,7 +1198,9 @@ type GrantCreditsRequest struct {
 	// that makes a retried call grant once. customer_id and contract_id: at
 	// least one. starts_at defaults to the start of the contract (given, or in
 	// force now), so it also pays for that contract's late usage; to now when no
-	// contract is in force.
+	// contract is in force. An id the server gave a grant it made for the
+	// customer (top-up-<period start ms>-<n>, rollover-<grant>-<period end ms>)
+	// is ALREADY_EXISTS, as any grant id taken.
 	Grant *Grant `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
 	// Idempotency key, used as the grant's id when grant.id is empty.
 	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -1246,7 +1255,9 @@ func (x *GrantCreditsRequest) GetRequestId() string {
 type SetTopUpPolicyRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	ContractId string                 `protobuf:"bytes,1,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
-	// Unset: clears the customer's policy.
+	// Unset: clears the customer's policy. Set, it is the whole policy: one
+	// without threshold (an empty TopUpPolicy, or one with only a price) is
+	// INVALID_ARGUMENT naming top_up.threshold, never a clearing.
 	TopUp         *TopUpPolicy `protobuf:"bytes,2,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -305,13 +305,20 @@ export const PriceOverrideSchema: GenMessage<PriceOverride> = /*@__PURE__*/
  * threshold, one TOP_UP grant of (recharge_to - available) credits is bought
  * at price_per_credit, at most max_per_period times per billing period. One
  * policy per customer (set through any of its contracts). threshold must be
- * below recharge_to, the price not negative, max_per_period at least 1.
+ * above 0 (available credit is never below 0) and below recharge_to, the
+ * price not negative, max_per_period at least 1. A
+ * policy set while available credit is already below threshold buys at the
+ * next rated event or hold, not when it is set. The purchase follows the
+ * draw: an event costing more than is available is rated against what is
+ * there (the rest is overage, BLOCK or not), and Authorize decides without it.
  *
  * @generated from message tariff.v1.TopUpPolicy
  */
 export type TopUpPolicy = Message<"tariff.v1.TopUpPolicy"> & {
   /**
-   * Decimal strings in the pricing unit / the contract's currency.
+   * Decimal strings in the pricing unit (threshold, recharge_to: at most 12
+   * decimal places) / the contract's currency (price_per_credit: at most 18);
+   * more is INVALID_ARGUMENT naming the field, never rounded.
    *
    * @generated from field: string threshold = 1;
    */
@@ -620,7 +627,9 @@ export type GrantCreditsRequest = Message<"tariff.v1.GrantCreditsRequest"> & {
    * that makes a retried call grant once. customer_id and contract_id: at
    * least one. starts_at defaults to the start of the contract (given, or in
    * force now), so it also pays for that contract's late usage; to now when no
-   * contract is in force.
+   * contract is in force. An id the server gave a grant it made for the
+   * customer (top-up-<period start ms>-<n>, rollover-<grant>-<period end ms>)
+   * is ALREADY_EXISTS, as any grant id taken.
    *
    * @generated from field: tariff.v1.Grant grant = 1;
    */
@@ -651,7 +660,9 @@ export type SetTopUpPolicyRequest = Message<"tariff.v1.SetTopUpPolicyRequest"> &
   contractId: string;
 
   /**
-   * Unset: clears the customer's policy.
+   * Unset: clears the customer's policy. Set, it is the whole policy: one
+   * without threshold (an empty TopUpPolicy, or one with only a price) is
+   * INVALID_ARGUMENT naming top_up.threshold, never a clearing.
    *
    * @generated from field: tariff.v1.TopUpPolicy top_up = 2;
    */
