@@ -252,11 +252,6 @@ def test_under_block_usage_beyond_the_credit_is_overage_and_then_buys(server_fac
         assert (invoice.overage_due, invoice.top_up_purchases, invoice.total_due) == ("2.00", "10.00", "12.00")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/kernel/src/credits.rs Kernel::reserve computes the answer's available before the top-up the "
-    "hold triggers (decision.available -= total, then top_up): a kernel fix, answer only",
-)
 def test_a_holds_answer_counts_the_credit_its_own_top_up_bought(server_factory: ServerFactory) -> None:
     """10 credits, policy below 5 back to 20: a hold of 7 leaves 3 and buys 17, so 20 are available after it, which
     is what the same request retried answers (and GetBalance shows); the first answer says 3."""

@@ -441,7 +441,10 @@ impl Kernel {
         account.credits.get_or_insert_with(Box::default).open.insert(reservation_id.into(), reservation);
         self.clock.note_due(expires_at_ms);
         if let Some(period_start) = period_start_at(account, now_ms) {
-            top_up(account, &mut self.clock, &event.customer_id, period_start, now_ms);
+            if let Some((_, bought)) = top_up(account, &mut self.clock, &event.customer_id, period_start, now_ms) {
+                // The answer counts what the hold's own top-up bought, as a retry's and GetBalance do.
+                decision.available += bought;
+            }
         }
         self.due.refresh_at(&event.customer_id, account, self.rater.catalog.dedupe_window_ms, now_ms);
         Ok(Reserved { decision, held: total, repeated: false, expires_at_ms })
