@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import itertools
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias, TypeVar
 
 from engine import commands as cmd
@@ -38,26 +37,6 @@ PAGE_TOKEN_NOT_ISSUED = (
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-# How long a read's steps hold the event loop before it lets other work run (a revenue report of every customer).
-READ_PAUSE_EVERY_S = 0.001
-
-
-async def paced(steps: Generator[None, None, Result]) -> Result:
-    """Runs a read's steps on the event loop, giving it back once READ_PAUSE_EVERY_S has passed, so a read of every
-    customer holds it about a millisecond at a time; returns what the steps return."""
-    clock = time.perf_counter
-    resumed = clock()
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: Result = done.value
-            return result
-        if clock() - resumed >= READ_PAUSE_EVERY_S:
-            await asyncio.sleep(0)
-            resumed = clock()
 
 
 def actor_of(context: Context) -> str:

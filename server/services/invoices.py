@@ -23,6 +23,7 @@ from engine.money import format_picos, format_scaled
 from server import convert
 from server.errors import Unavailable, unary
 from server.explain_index import IndexedEvent, StaleToken
+from server.scheduling import paced
 from server.sequencer import Sequencer
 from server.services.common import (
     PAGE_SIZE_MAX,
@@ -32,7 +33,6 @@ from server.services.common import (
     _page,
     _required,
     actor_of,
-    paced,
     wall_ms,
 )
 
