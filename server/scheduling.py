@@ -149,13 +149,14 @@ class GilHandover:
             self._resumed = time.perf_counter()
 
 
-# How long a read's steps hold the event loop before it lets other work run (a revenue report of every customer).
-READ_PAUSE_EVERY_S = 0.001
+# How long work run in steps on the event loop holds it before it lets other work run (a revenue report of every
+# customer, the writer's table compiles).
+LOOP_PAUSE_EVERY_S = 0.001
 
 
-async def paced(steps: Generator[None, None, Result]) -> Result:
-    """Runs a read's steps on the event loop, giving it back once READ_PAUSE_EVERY_S has passed, so a read of every
-    customer holds it about a millisecond at a time; returns what the steps return."""
+async def paced(steps: Generator[None, None, Result], every_s: float = LOOP_PAUSE_EVERY_S) -> Result:
+    """Runs the steps on the event loop, giving it back once `every_s` has passed, so work over every customer
+    holds it about a millisecond at a time; returns what the steps return."""
     clock = time.perf_counter
     resumed = clock()
     while True:
@@ -164,6 +165,6 @@ async def paced(steps: Generator[None, None, Result]) -> Result:
         except StopIteration as done:
             result: Result = done.value
             return result
-        if clock() - resumed >= READ_PAUSE_EVERY_S:
+        if clock() - resumed >= every_s:
             await asyncio.sleep(0)
             resumed = clock()

@@ -61,7 +61,7 @@ from engine import commands as cmd
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, DedupeSegment, merge_dedupe_segments
 from engine.alerts import FiredAlert
 from engine.audit import audit_target
-from engine.billing import Billing, CompiledTables, Ingested, RatingChanged, snapshot_parts
+from engine.billing import Billing, Ingested, RatingChanged, snapshot_parts
 from engine.errors import EngineError, InvalidArgument, Repeated
 from engine.rerate import PLAN_SLICE_CUSTOMERS, SLICE_CUSTOMERS, Rerated, RerationPlan, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
@@ -70,7 +70,7 @@ from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
 from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment
-from server.scheduling import GilHandover
+from server.scheduling import GilHandover, paced
 
 log = logging.getLogger("tariff.sequencer")
 
@@ -922,18 +922,7 @@ class Sequencer:
         Billing.compile_steps). Whole tables load in one kernel call: for `unacknowledged` tables (a publish being
         applied, which reads need not see) on the rating thread with the GIL released, else here, so that no read
         sees the tables of an acknowledged command missing."""
-        steps = self.billing.compile_steps(unacknowledged=unacknowledged)
-        clock = time.perf_counter
-        resumed = clock()
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                compiled: CompiledTables | None = done.value
-                break
-            if clock() - resumed >= PAUSE_EVERY_S:
-                await asyncio.sleep(0)
-                resumed = clock()
+        compiled = await paced(self.billing.compile_steps(unacknowledged=unacknowledged), PAUSE_EVERY_S)
         if compiled is None:
             return
         if unacknowledged:
