@@ -47,7 +47,7 @@ from engine.rerate import (
 )
 from engine.state import Engine
 from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
-from engine.tables_paced import cohort_members_steps, compile_all_steps, compile_customers_steps
+from engine.tables_paced import cohort_members_steps, compile_all_steps, compile_customers_steps, run_steps
 from engine.versions import PublishResult
 
 HOUR_MS = 3_600_000
@@ -824,9 +824,4 @@ def _credit_customers(command: cmd.KernelCommand, result: object) -> list[str]:
 
 def drain_compile(steps: Generator[None, None, CompiledTables | None]) -> CompiledTables | None:
     """Runs compile_steps without pausing."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            compiled: CompiledTables | None = done.value
-            return compiled
+    return run_steps(steps)

@@ -41,7 +41,6 @@ is the paid value of the balances its invoice shows.
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from engine.instants import check_instant
 from engine.ledger import Grant, GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from engine.state import Engine
+from engine.tables_paced import run_steps
 
 # A customer's aggregates as Kernel.usage gives them: (period start, product, dimension values, quantity, events,
 # amount, overage, [(grant id, credits drawn)]).
@@ -188,13 +188,7 @@ def report(
 ) -> Report:
     """The revenue report for billing periods starting in [start_ms, end_ms); see the module docstring.
     `credits_of`: the kernel's made grants and breakage of a customer (none when not given)."""
-    steps = report_steps(engine, usage_of, start_ms, end_ms, customer_id, credits_of)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            found: Report = done.value
-            return found
+    return run_steps(report_steps(engine, usage_of, start_ms, end_ms, customer_id, credits_of))
 
 
 def report_steps(
@@ -207,9 +201,9 @@ def report_steps(
 ) -> Generator[None, None, Report]:
     """`report` a few customers a step (REPORT_STEP_CUSTOMERS), for a caller that pauses between steps: a report of
     every customer costs about 16 us a customer here, seconds at a million. Refusals come at the first step,
-    before any customer. The customers and their contracts are those of the first step; each customer's figures
-    are read whole within a step, so a change applied between steps shows in a customer's figures entirely or
-    not at all, and each customer's reconciliation holds."""
+    before any customer. The customers are those of the first step; each customer's figures, its contracts
+    included, are read whole within a step, so a change applied between steps shows in a customer's figures
+    entirely or not at all, and each customer's reconciliation holds."""
     if start_ms is None:
         raise InvalidArgument.field("period_start", "is required")
     if end_ms is None:
@@ -222,44 +216,26 @@ def report_steps(
     if customer_id and customer_id not in state.customers:
         raise NotFound(f"customer {customer_id!r} does not exist")
     customers = [customer_id] if customer_id else sorted(state.customers)
-    contracts: dict[str, list[Contract]] = {c: [] for c in customers}
-    grouped = _group_contracts(engine, 0, contracts, customer_id)
-    result = Report(currency=_currency(contracts, customer_id))
+    # The state's index of each customer's contracts (in the state's order), read again at the customer's step: a
+    # contract made meanwhile counts, and one in a second currency refuses the report.
+    currencies = {k.currency for c in customers for k in engine.contracts_of(c)}
+    result = Report(currency=_currency(currencies, customer_id))
     products: dict[tuple[int, str], Line] = {}
     for index, customer in enumerate(customers):
         if index and index % REPORT_STEP_CUSTOMERS == 0:
             yield
-            # Contracts are only ever added, at the end: those made meanwhile join their customers' lists.
-            grouped = _group_contracts(engine, grouped, contracts, customer_id)
-            currency = _currency(contracts, customer_id)  # refuses a second currency
-            result.currency = result.currency or currency
+        contracts = list(engine.contracts_of(customer))
+        currency = _currency({result.currency, *(k.currency for k in contracts)} - {""}, customer_id)
+        result.currency = result.currency or currency
         kernel_credits = credits_of(customer) if credits_of is not None else KernelCredits()
-        ledgers = _ledgers(engine, customer, contracts[customer], usage_of(customer), kernel_credits)
-        _customer_revenue(customer, contracts[customer], ledgers, start_ms, end_ms, result, products)
+        ledgers = _ledgers(engine, customer, contracts, usage_of(customer), kernel_credits)
+        _customer_revenue(customer, contracts, ledgers, start_ms, end_ms, result, products)
     result.by_product = [products[key] for key in sorted(products)]
     return result
 
 
-def _group_contracts(engine: Engine, grouped: int, contracts: dict[str, list[Contract]], customer_id: str) -> int:
-    """Appends the contracts after the first `grouped` of the state's (in its order) to their customers' lists in
-    `contracts` (those of customers the report covers); returns how many the state holds. One pass: a scan of
-    every contract per customer made a report of every customer cost the customers times the contracts (10,000
-    customers: 0.9 s of its 1.9)."""
-    all_contracts = engine.state.contracts
-    if len(all_contracts) == grouped:
-        return grouped  # none made since (skipping the ones grouped would walk them all)
-    if customer_id:  # one customer: its contracts, from the state's index
-        contracts[customer_id] = list(engine.contracts_of(customer_id))
-        return len(all_contracts)
-    for contract in itertools.islice(all_contracts.values(), grouped, None):
-        if contract.customer_id in contracts:
-            contracts[contract.customer_id].append(contract)
-    return len(all_contracts)
-
-
-def _currency(contracts: dict[str, list[Contract]], customer_id: str) -> str:
-    """The one currency the contracts bill in ("" with none); refuses contracts in several."""
-    currencies = {k.currency for ks in contracts.values() for k in ks}
+def _currency(currencies: set[str], customer_id: str) -> str:
+    """The one currency of these contracts' ("" with none); refuses several."""
     if len(currencies) > 1 and customer_id:
         raise InvalidArgument.field(
             "customer_id",

@@ -12,6 +12,7 @@ steps the caller must apply no command (the server's writer awaits the whole ref
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -30,6 +31,7 @@ MEMBERS_PER_STEP = 1024  # a cohort's membership, about 1 µs a customer
 # Returns the tables' bytes in parts, to join where the join may take its time (bytes.join releases the GIL
 # past a megabyte, but not the thread that runs it).
 Steps = Generator[None, None, list[bytes]]
+Result = TypeVar("Result")
 
 _encoder = msgspec.msgpack.Encoder()
 _EMPTY_ARRAY = b"\x90"
@@ -112,9 +114,14 @@ def _array_header(length: int) -> bytes:
 
 def drain(steps: Steps) -> bytes:
     """Runs the steps without pausing: their bytes, joined."""
+    return b"".join(run_steps(steps))
+
+
+def run_steps(steps: Generator[None, None, Result]) -> Result:
+    """Runs work made of steps (for a caller that pauses between them) without pausing: what it returns."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            parts: list[bytes] = done.value
-            return b"".join(parts)
+            result: Result = done.value
+            return result
