@@ -9,22 +9,13 @@ import threading
 import time
 
 from engine import commands as cmd
-from engine._kernel import Kernel
 from engine.control import default_contract_id
+from engine.credits import Advanced
 from engine.ledger import GrantKind
 from server.bench.gc_pause import seeded
 from server.bench.month_end import next_month_start_ms
 from server.bench.seed import customer_id, month_start
-
-
-def reads(kernel: Kernel, customer_ids: list[str], at_ms: int, stop: threading.Event, out: list[float]) -> None:
-    clock = time.perf_counter
-    n = 0
-    while not stop.is_set():
-        at = clock()
-        kernel.balance(customer_ids[n % len(customer_ids)], at_ms)
-        out.append(clock() - at)
-        n += 1
+from server.bench.tables_lock import reads
 
 
 def main() -> None:
@@ -56,7 +47,7 @@ def main() -> None:
     billing.refresh_tables()
     stop = threading.Event()
     latencies: list[float] = []
-    reader = threading.Thread(target=reads, args=(billing.kernel, customer_ids, end_ms, stop, latencies))
+    reader = threading.Thread(target=reads, args=(billing.kernel, customer_ids, stop, latencies, end_ms))
     reader.start()
     time.sleep(0.05)
     at = time.perf_counter()
@@ -66,8 +57,10 @@ def main() -> None:
     stop.set()
     reader.join()
     ordered = sorted(latencies)
+    assert isinstance(advanced, Advanced)
+    shown = f"{advanced.breakage_entries:,} breakage entries, {advanced.reservations_expired} holds expired"
     print(
-        f"{args.customers:,} customers, AdvanceClock {advance_ms:.1f} ms ({advanced}); reads: {len(ordered)}, "
+        f"{args.customers:,} customers, AdvanceClock {advance_ms:.1f} ms ({shown}); reads: {len(ordered)}, "
         f"median {1e6 * statistics.median(ordered):.1f} µs, p99 {1e6 * ordered[int(len(ordered) * 0.99)]:.1f} µs, "
         f"longest {', '.join(f'{1e3 * t:.2f}' for t in ordered[:-4:-1])} ms"
     )

@@ -26,12 +26,15 @@ from engine.tables_paced import compile_all_steps, drain
 from server.bench.rerate import ACTOR, HOUR_MS, START_MS, build, ingest, rates
 
 
-def reads(kernel: Kernel, customer_ids: list[str], stop: threading.Event, out: list[float]) -> None:
+def reads(
+    kernel: Kernel, customer_ids: list[str], stop: threading.Event, out: list[float], at_ms: int = START_MS
+) -> None:
+    """Reads the customers' balances at at_ms in turn until `stop`, each read's wall time appended to `out`."""
     clock = time.perf_counter
     n = 0
     while not stop.is_set():
         at = clock()
-        kernel.balance(customer_ids[n % len(customer_ids)], START_MS)
+        kernel.balance(customer_ids[n % len(customer_ids)], at_ms)
         out.append(clock() - at)
         n += 1
 
