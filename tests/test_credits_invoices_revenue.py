@@ -316,3 +316,25 @@ def test_an_advance_clock_recorded_before_distinct_rollover_ids_replays_as_it_di
     assert sorted(ids) == sorted(["g", named, named]), ids
     replayed = m.replayed().balance("acme", FEB_MS + 2).grants
     assert [v.grant.id for v in replayed] == ids
+
+
+def test_a_grant_under_the_id_of_a_rollover_that_moved_nothing_is_not_taken_for_its_rollover() -> None:
+    # g (10 credits paid 10, half rolling over) is all drawn in January: at February nothing rolls over and no
+    # ROLLOVER grant is made, so rollover-g-<February> is free and a grant of 4 paid 2 takes it. The kernel's made
+    # grants must not name it (revenue would count its draws on g's ledger, at g's cost basis: 14 recognised of 12
+    # sold, -2 deferred), and another grant under it is ALREADY_EXISTS, as under any taken id.
+    world = basic_world()
+    m = Ledger(world)
+    m.run(world.grant_command("g", "10", paid="10", rollover_fraction="0.5"))
+    m.ingest([event("t1", T0 + 1, 10)], T0 + 1)
+    m.advance(FEB_MS + 1, rollover_ids_distinct=True)
+    named = f"rollover-g-{FEB_MS}"
+    m.run(msgspec.structs.replace(world.grant_command(named, "4", paid="2", at_ms=FEB_MS + 2), made_ids_refused=True))
+    m.ingest([event("t2", FEB_MS + DAY_MS, 4)], FEB_MS + DAY_MS)
+    assert m.billing.kernel.made_grants("acme") == []
+    totals = report(m, EPOCH_MS, APR_MS).totals
+    assert (totals.prepaid_sold, totals.recognized_credits) == (picos("12"), picos("12"))  # 10 x 1 + 4 x 0.5
+    assert (totals.deferred_end, totals.breakage, totals.reconciles) == (0, 0, True)
+    again = msgspec.structs.replace(world.grant_command(named, "5", paid="2", at_ms=FEB_MS + 3), made_ids_refused=True)
+    with pytest.raises(AlreadyExists, match=re.escape(named)):
+        m.run(again)

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import grpc
 from tariff import TariffClient, now_ms
-from tariff.v1 import contracts_pb2
+from tariff.v1 import contracts_pb2, invoices_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory, wait_for
-from tests.test_audit_credits_wire import catalogue, grant, grants_of, period_anchor_ms, refusal, totals, work
+from tests.test_audit_credits_wire import (
+    DAY_MS,
+    breakage,
+    catalogue,
+    grant,
+    grants_of,
+    period_anchor_ms,
+    refusal,
+    totals,
+    work,
+)
 
 
 def test_usage_dated_after_the_period_end_is_not_paid_from_a_grant_that_rolls_over_there(
@@ -99,3 +109,42 @@ def test_a_grant_named_as_the_rollover_in_advance_keeps_its_id_and_the_rollover_
     server.start()
     with server.client() as client:
         assert listed(client, "ra") == before_restart
+
+
+def test_a_grant_under_the_id_of_a_rollover_that_made_no_grant_keeps_its_own_revenue(
+    server_factory: ServerFactory,
+) -> None:
+    """Grant R: 10.000000000001 credits paid as many USD, rollover_fraction 0.5; 10 units drawn before the period's
+    end leave 10^-12, of which nothing rolls over (half of it rounds down to 0): it breaks and no ROLLOVER grant is
+    made. rollover-R-<end> is then free, and a grant of 4 paid 2 takes it; 4 units in the new period draw it. The
+    revenue report recognises them at that grant's 0.5 a credit, not at R's 1: 10 + 2 recognised of 12.000000000001
+    sold, nothing deferred (not 14 recognised and -2 deferred)."""
+    server = server_factory()
+    with server.client() as client:
+        catalogue(client)
+        period_end_ms = (now_ms() // 1000 + 4) * 1000
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rz", name="rz"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-rz", customer_id="rz", rate_card_id="card", starting_at=stamp(period_anchor_ms(period_end_ms))
+            )
+        )
+        amount = "10.000000000001"
+        grant(client, "rz", "R", amount, paid=amount, starts_at_ms=now_ms() - 1000, rollover_fraction="0.5")
+        assert client.ingest_batch([work("jan", "rz", 10, now_ms())]).accepted == 1
+        assert now_ms() < period_end_ms, "the scenario needs the usage in before the period's end"
+        assert wait_for(lambda: breakage(client, "rz") > 0, 15), "the server did not roll R over"
+        named = f"rollover-R-{period_end_ms}"
+        grant(client, "rz", named, "4", paid="2", starts_at_ms=period_end_ms)
+        assert client.ingest_batch([work("feb", "rz", 4, period_end_ms + 1000)]).accepted == 1
+        assert grants_of(client, "rz")[named] == ("4", "0", "0", "0", "2")
+        report = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(
+                period_start=stamp(period_anchor_ms(period_end_ms)),
+                period_end=stamp(period_end_ms + 40 * DAY_MS),
+                customer_id="rz",
+            )
+        )
+        totals = report.reconciliation
+        assert (totals.prepaid_sold, totals.recognized_credits) == ("12.000000000001", "12")
+        assert (totals.breakage, totals.deferred_end) == ("0.000000000001", "0")

@@ -627,12 +627,14 @@ impl Kernel {
     }
 
     /// The grants the kernel made for a customer: top-ups with their purchase, rollovers with their origin.
+    /// A rollover that moved nothing made no grant: a grant that took its `to` id since is none of the kernel's.
     pub fn made_grants(&self, customer_id: &str) -> Vec<(&Grant, Made<'_>)> {
         let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
         let Some(credits) = account.credits.as_deref() else { return Vec::new() };
         let find = |id: &str| account.grants.iter().find(|g| *g.id == *id);
         let top_ups = credits.purchases.iter().filter_map(|p| find(&p.grant_id).map(|g| (g, Made::TopUp(p))));
-        let rollovers = credits.rolled.iter().filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
+        let made_rollovers = credits.rolled.iter().filter(|r| r.credits > 0);
+        let rollovers = made_rollovers.filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
         top_ups.chain(rollovers).collect()
     }
 }
