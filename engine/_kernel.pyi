@@ -136,10 +136,12 @@ class Kernel:
         period of the grant's last usable instant (0: no contract covered it). Customers sorted; None: all."""
     def reservations(self, customer_id: str) -> list[tuple[str, int, int, int, int]]:
         """Open reservations: [(reservation_id, estimated_cost, held, made_at_ms, expires_at_ms)], by id."""
-    def advance_clock(self, now_ms: int) -> tuple[int, int, list[str]]:
+    def advance_clock(self, now_ms: int, rollover_ids_distinct: bool) -> tuple[int, int, list[str]]:
         """(reservations expired, breakage entries, the customers, sorted, of which a grant expired or rolled over);
         changes nothing unless something is due by now_ms. Offers the kernel's lock to a waiting read every 64
-        accounts."""
+        accounts. `rollover_ids_distinct`: the AdvanceClock record's; False names a ROLLOVER grant
+        rollover-<grant>-<period end ms> even when a grant of the customer holds that id (records of earlier
+        releases), True adds a '+' while one does."""
     def clock(self) -> tuple[int, int | None]:
         """(the latest AdvanceClock's time, from when an AdvanceClock is applied or None): a lower bound of
         next_due(), kept so that journals written before the index of due times replay alike."""

@@ -117,7 +117,14 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
 # earlier releases. What was asked is the same with or without them, so neither a retry's fingerprint
 # (engine/control.py) nor the audit log's entry (engine/audit.py) holds them: replaying an earlier record then
 # writes the same entry its release wrote.
-SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown", "alerts_evaluated", "paid_at_picos", "made_ids_refused")
+SERVER_SET_FIELDS = (
+    "use_ends_at_rollover",
+    "rollovers_shown",
+    "alerts_evaluated",
+    "paid_at_picos",
+    "made_ids_refused",
+    "rollover_ids_distinct",
+)
 
 
 class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaults=True):
@@ -238,6 +245,11 @@ class AdvanceClock(msgspec.Struct, frozen=True, tag="advance_clock"):
     # as for a reservation's expiry: LOW_BALANCE and CREDITS_EXHAUSTED fire at the expiry's record. Set by the
     # server; False in the records of earlier releases, whose replay evaluates none, as they did.
     alerts_evaluated: bool = False
+    # A ROLLOVER grant it makes is named rollover-<grant>-<period end ms> with a '+' added while a grant of the
+    # customer holds that id (one the control plane made in advance, as a top-up's id gets one), so that two grants
+    # of a customer never share an id. Set by the server; False in the records of earlier releases, whose replay
+    # names it as they did, even when taken.
+    rollover_ids_distinct: bool = False
 
 
 class ReserveBatch(msgspec.Struct, frozen=True, tag="reserve_batch"):

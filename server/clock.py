@@ -61,7 +61,9 @@ async def _drive(
         # takes no record when, compiled, nothing is due).
         if (due_ms is not None and now_ms >= due_ms) or billing.tables_behind:
             try:
-                await sequencer.run(cmd.AdvanceClock(now_ms, CLOCK_ACTOR, alerts_evaluated=True))
+                await sequencer.run(
+                    cmd.AdvanceClock(now_ms, CLOCK_ACTOR, alerts_evaluated=True, rollover_ids_distinct=True)
+                )
             except Unavailable:
                 return  # shutting down
             except Exception:

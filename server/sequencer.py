@@ -656,7 +656,7 @@ class Sequencer:
         due_ms = self.billing.kernel.next_due()
         if due_ms is None or group.now_ms < due_ms:
             return
-        command = cmd.AdvanceClock(group.now_ms, CLOCK_ACTOR, alerts_evaluated=True)
+        command = cmd.AdvanceClock(group.now_ms, CLOCK_ACTOR, alerts_evaluated=True, rollover_ids_distinct=True)
         submission = _Submission(command, asyncio.get_running_loop().create_future())
         submission.future.add_done_callback(_nobody_waits)
         await self._apply_command(group, submission, command)

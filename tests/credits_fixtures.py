@@ -59,8 +59,9 @@ class Ledger:
         assert isinstance(result, credits.Released)
         return result.released
 
-    def advance(self, at_ms: int) -> credits.Advanced:
-        result = self.run(cmd.AdvanceClock(at_ms, "clock"))
+    def advance(self, at_ms: int, *, rollover_ids_distinct: bool = False) -> credits.Advanced:
+        """AdvanceClock without the fields the server sets, or with `rollover_ids_distinct` as the server sets it."""
+        result = self.run(cmd.AdvanceClock(at_ms, "clock", rollover_ids_distinct=rollover_ids_distinct))
         assert isinstance(result, credits.Advanced)
         return result
 

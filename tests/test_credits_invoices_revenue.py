@@ -6,6 +6,7 @@ reconciles to the pico."""
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -17,6 +18,7 @@ from engine import revenue
 from engine.control import fingerprint
 from engine.errors import AlreadyExists, InvalidArgument
 from engine.invoices import Invoice
+from engine.ledger import GrantKind
 from engine.money import PICOS_PER_UNIT
 from tests.credits_fixtures import Ledger, event
 from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos
@@ -270,19 +272,69 @@ def test_a_grant_under_a_made_grants_id_is_refused_for_the_server_and_replays_as
     assert m.replayed().engine.state.accounts["acme"].grants == world.engine.state.accounts["acme"].grants
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/kernel/src/credits.rs names a ROLLOVER grant rollover-<grant>-<period end ms> without the '+' that "
-    "top_up adds when a grant the control plane made holds the id: two grants of the account share it",
-)
-def test_a_grant_named_as_a_future_rollover_does_not_share_its_id_with_the_rollover() -> None:
-    # 10 credits rolling half over at February; a grant of 1 named rollover-g-<February> made in January. At
-    # February the kernel rolls (10 - 2) / 2 = 4 credits over into a grant that must not take the same id.
+def future_rollover_world(rollover_ids_distinct: bool) -> tuple[Ledger, str]:
+    """10 credits of g rolling half over at February, 2 drawn in January; a grant of 1 named rollover-g-<February>
+    made in January; then the AdvanceClock past February: (the machine, that name)."""
     world = basic_world()
     m = Ledger(world)
     m.run(world.grant_command("g", "10", paid="10", rollover_fraction="0.5"))
-    m.run(msgspec.structs.replace(world.grant_command(f"rollover-g-{FEB_MS}", "1", at_ms=T0), made_ids_refused=True))
+    named = f"rollover-g-{FEB_MS}"
+    m.run(msgspec.structs.replace(world.grant_command(named, "1", at_ms=T0), made_ids_refused=True))
     m.ingest([event("t1", T0 + 1, 2)], T0 + 1)
-    m.advance(FEB_MS + 1)
-    ids = [g.grant.id for g in m.billing.balance("acme", FEB_MS + 2).grants]
+    m.advance(FEB_MS + 1, rollover_ids_distinct=rollover_ids_distinct)
+    return m, named
+
+
+def test_a_grant_named_as_a_future_rollover_does_not_share_its_id_with_the_rollover() -> None:
+    # At February the kernel rolls (10 - 2) / 2 = 4 credits over into a grant that must not take the id of the grant
+    # of 1 the control plane made under rollover-g-<February> in advance: it gets a '+', as a top-up's id does. The
+    # balance, the kernel's made grants and a later GrantCredits tell the two apart; replay gives the same grants.
+    m, named = future_rollover_world(rollover_ids_distinct=True)
+    rolled = f"{named}+"
+    views = m.billing.balance("acme", FEB_MS + 2).grants
+    ids = [view.grant.id for view in views]
     assert len(ids) == len(set(ids)) == 3, ids
+    amounts = {view.grant.id: (view.grant.kind, view.grant.amount, view.remaining) for view in views}
+    assert amounts[named] == (GrantKind.PREPAID, picos("1"), picos("1"))
+    assert amounts[rolled] == (GrantKind.ROLLOVER, picos("4"), picos("4"))
+    assert amounts["g"][2] == 0
+    made = m.billing.kernel.made_grants("acme")
+    assert [(row[0], row[1], row[2], row[7]) for row in made] == [(rolled, "ROLLOVER", picos("4"), "g")]
+    clash = msgspec.structs.replace(m.world.grant_command(rolled, "1", at_ms=FEB_MS + 3), made_ids_refused=True)
+    with pytest.raises(AlreadyExists, match=re.escape(rolled)):
+        m.run(clash)
+    replayed = m.replayed().balance("acme", FEB_MS + 2).grants
+    assert [(v.grant, v.remaining) for v in replayed] == [(v.grant, v.remaining) for v in views]
+
+
+def test_an_advance_clock_recorded_before_distinct_rollover_ids_replays_as_it_did() -> None:
+    # rollover_ids_distinct is the server's (server/clock.py and server/sequencer.py set it): an AdvanceClock of an
+    # earlier release, without it, names the ROLLOVER grant as that release did, sharing the id, so that its journal
+    # replays to the same state.
+    m, named = future_rollover_world(rollover_ids_distinct=False)
+    ids = [view.grant.id for view in m.billing.balance("acme", FEB_MS + 2).grants]
+    assert sorted(ids) == sorted(["g", named, named]), ids
+    replayed = m.replayed().balance("acme", FEB_MS + 2).grants
+    assert [v.grant.id for v in replayed] == ids
+
+
+def test_a_grant_under_the_id_of_a_rollover_that_moved_nothing_is_not_taken_for_its_rollover() -> None:
+    # g (10 credits paid 10, half rolling over) is all drawn in January: at February nothing rolls over and no
+    # ROLLOVER grant is made, so rollover-g-<February> is free and a grant of 4 paid 2 takes it. The kernel's made
+    # grants must not name it (revenue would count its draws on g's ledger, at g's cost basis: 14 recognised of 12
+    # sold, -2 deferred), and another grant under it is ALREADY_EXISTS, as under any taken id.
+    world = basic_world()
+    m = Ledger(world)
+    m.run(world.grant_command("g", "10", paid="10", rollover_fraction="0.5"))
+    m.ingest([event("t1", T0 + 1, 10)], T0 + 1)
+    m.advance(FEB_MS + 1, rollover_ids_distinct=True)
+    named = f"rollover-g-{FEB_MS}"
+    m.run(msgspec.structs.replace(world.grant_command(named, "4", paid="2", at_ms=FEB_MS + 2), made_ids_refused=True))
+    m.ingest([event("t2", FEB_MS + DAY_MS, 4)], FEB_MS + DAY_MS)
+    assert m.billing.kernel.made_grants("acme") == []
+    totals = report(m, EPOCH_MS, APR_MS).totals
+    assert (totals.prepaid_sold, totals.recognized_credits) == (picos("12"), picos("12"))  # 10 x 1 + 4 x 0.5
+    assert (totals.deferred_end, totals.breakage, totals.reconciles) == (0, 0, True)
+    again = msgspec.structs.replace(world.grant_command(named, "5", paid="2", at_ms=FEB_MS + 3), made_ids_refused=True)
+    with pytest.raises(AlreadyExists, match=re.escape(named)):
+        m.run(again)

@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::authorize::{self, Refused};
-use crate::credits::{Made, ReleaseRefusal, TopUpPolicy};
+use crate::credits::{Made, ReleaseRefusal, RolloverIds, TopUpPolicy};
 use crate::decode::wire;
 use crate::holds;
 use crate::kernel::{self, BatchRefusal};
@@ -738,8 +738,15 @@ impl Kernel {
     /// out and records breakage of expired grants. Returns (reservations expired, breakage entries,
     /// the customers, sorted, of which a grant expired or rolled over).
     /// Offers the lock to a waiting read every few dozen accounts, as ingestion does every few dozen
-    /// events.
-    fn advance_clock(&self, py: Python<'_>, now_ms: i64) -> PyResult<(u32, u32, Vec<String>)> {
+    /// events. `rollover_ids_distinct`: the AdvanceClock record's (engine/commands.py); False names the
+    /// ROLLOVER grants it makes as records of earlier releases did (crate::credits::RolloverIds).
+    fn advance_clock(
+        &self,
+        py: Python<'_>,
+        now_ms: i64,
+        rollover_ids_distinct: bool,
+    ) -> PyResult<(u32, u32, Vec<String>)> {
+        let ids = if rollover_ids_distinct { RolloverIds::Distinct } else { RolloverIds::AsRecordedBefore };
         py.detach(|| {
             // The accounts are found under an upgradable read (reads go on, no change comes between),
             // then advanced under the lock alone.
@@ -748,8 +755,9 @@ impl Kernel {
             let Some(due) = guard.due_accounts(now_ms) else { return Ok((0, 0, Vec::new())) };
             let mut guard = RwLockUpgradableReadGuard::upgrade(guard);
             let armed = Unfinished(&self.poisoned);
-            let advanced =
-                crate::credits::advance_clock_pausing(&mut guard, now_ms, due, |held| RwLockWriteGuard::bump(held));
+            let advanced = crate::credits::advance_clock_pausing(&mut guard, now_ms, due, ids, |held| {
+                RwLockWriteGuard::bump(held)
+            });
             std::mem::forget(armed);
             let customers = advanced.grants_ended.into_iter().map(String::from).collect();
             Ok((advanced.reservations_expired, advanced.breakage_entries, customers))

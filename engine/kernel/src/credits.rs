@@ -560,10 +560,11 @@ impl Kernel {
     /// when something is due by `now_ms`, moves the kernel's clock there (never back) and does it;
     /// otherwise changes nothing. Returns (reservations expired, breakage
     /// entries recorded). Entries of ended reservations older than the dedupe window are dropped.
+    /// A ROLLOVER grant it makes never takes an id a grant of the account holds (RolloverIds::Distinct).
     pub fn advance_clock(&mut self, now_ms: i64) -> (u32, u32) {
         let Some(due) = self.due_accounts(now_ms) else { return (0, 0) };
         let mut kernel = self;
-        let advanced = advance_clock_pausing(&mut kernel, now_ms, due, |_| {});
+        let advanced = advance_clock_pausing(&mut kernel, now_ms, due, RolloverIds::Distinct, |_| {});
         (advanced.reservations_expired, advanced.breakage_entries)
     }
 
@@ -626,12 +627,14 @@ impl Kernel {
     }
 
     /// The grants the kernel made for a customer: top-ups with their purchase, rollovers with their origin.
+    /// A rollover that moved nothing made no grant: a grant that took its `to` id since is none of the kernel's.
     pub fn made_grants(&self, customer_id: &str) -> Vec<(&Grant, Made<'_>)> {
         let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
         let Some(credits) = account.credits.as_deref() else { return Vec::new() };
         let find = |id: &str| account.grants.iter().find(|g| *g.id == *id);
         let top_ups = credits.purchases.iter().filter_map(|p| find(&p.grant_id).map(|g| (g, Made::TopUp(p))));
-        let rollovers = credits.rolled.iter().filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
+        let made_rollovers = credits.rolled.iter().filter(|r| r.credits > 0);
+        let rollovers = made_rollovers.filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
         top_ups.chain(rollovers).collect()
     }
 }
@@ -690,11 +693,31 @@ fn rollover_at(account: &Account, grant: &Grant) -> Option<i64> {
     grant.expires_at_ms.is_none_or(|expiry| expiry > end).then_some(end)
 }
 
+/// How `advance_clock` names the ROLLOVER grant of `<grant>` at `<period end ms>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloverIds {
+    /// `rollover-<grant>-<period end ms>`, with a '+' added while a grant of the account holds the id (one the
+    /// control plane made in advance), as a top-up's id gets one: two grants of an account never share an id.
+    Distinct,
+    /// `rollover-<grant>-<period end ms>` even when a grant of the account holds it: what AdvanceClock records
+    /// of earlier releases did, so that their journals replay to the same grants.
+    AsRecordedBefore,
+}
+
+/// The id of the ROLLOVER grant `from` rolls into at `period_end_ms` (see RolloverIds).
+fn rollover_id(account: &Account, from: &str, period_end_ms: i64, ids: RolloverIds) -> Box<str> {
+    let mut id = format!("rollover-{from}-{period_end_ms}");
+    while ids == RolloverIds::Distinct && account.grants.iter().any(|g| *g.id == *id) {
+        id.push('+'); // a grant the control plane made already has the id: never share it
+    }
+    id.into()
+}
+
 /// Rolls over the grants whose period has ended by `now_ms`: floor((remaining + held) x fraction) into a
 /// new ROLLOVER grant (cost basis of the original, usable from the period end until the end of the next
-/// period, no rollover of its own), the rest breakage; open holds on the grant keep their rolled share on
-/// the new grant (crate::rollover). Returns the breakage entries recorded.
-fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
+/// period, no rollover of its own; its id as `ids` says), the rest breakage; open holds on the grant keep
+/// their rolled share on the new grant (crate::rollover). Returns the breakage entries recorded.
+fn roll_over(account: &mut Account, now_ms: i64, ids: RolloverIds) -> u32 {
     let Some(credits) = account.credits.as_deref() else { return 0 };
     let due: Vec<(Box<str>, i128, i64)> = credits
         .rollover
@@ -714,7 +737,7 @@ fn roll_over(account: &mut Account, now_ms: i64) -> u32 {
         let next_end = period_start_at(account, period_end_ms)
             .and_then(|_| account.route.as_ref()?.contracts.iter().find(|c| c.covers(period_end_ms)))
             .map(|c| period_containing(c.starting_at_ms, period_end_ms).1);
-        let to: Box<str> = format!("rollover-{id}-{period_end_ms}").into();
+        let to = rollover_id(account, &id, period_end_ms, ids);
         let credits = account.credits.as_deref_mut().expect("present");
         credits.rollover.remove(&id);
         if total <= 0 {
@@ -761,11 +784,13 @@ pub const ADVANCE_PAUSE_EVERY_ACCOUNTS: usize = 64;
 /// ADVANCE_PAUSE_EVERY_ACCOUNTS-th account, so the binding can hand the lock to a waiting read and take
 /// it back. Such a read sees some accounts advanced and the rest not yet, each account whole; it reads
 /// at its own time (a grant past its expiry is not usable to it either way), and nothing changes the
-/// kernel between the pauses but this. Same result as without pauses.
+/// kernel between the pauses but this. Same result as without pauses. `ids`: how the ROLLOVER grants it
+/// makes are named (the AdvanceClock record says).
 pub fn advance_clock_pausing<K: DerefMut<Target = Kernel>>(
     kernel: &mut K,
     now_ms: i64,
     due: Vec<Box<str>>,
+    ids: RolloverIds,
     mut pause: impl FnMut(&mut K),
 ) -> Advanced {
     debug_assert_eq!(kernel.due_accounts(now_ms).as_ref(), Some(&due), "nothing changed since");
@@ -778,7 +803,7 @@ pub fn advance_clock_pausing<K: DerefMut<Target = Kernel>>(
         }
         let Kernel { accounts, clock, due, .. } = &mut **kernel;
         let account = accounts.get_mut(&*customer_id).expect("indexed, so present");
-        let (expired, broken, _) = advance_account(account, clock, &customer_id, now_ms, window_ms);
+        let (expired, broken, _) = advance_account(account, clock, &customer_id, now_ms, window_ms, ids);
         due.refresh(&customer_id, account, window_ms);
         advanced.reservations_expired += expired;
         advanced.breakage_entries += broken;
@@ -808,12 +833,13 @@ fn advance_account(
     customer_id: &str,
     now_ms: i64,
     window_ms: i64,
+    ids: RolloverIds,
 ) -> (u32, u32, i64) {
     if let Some(credits) = account.credits.as_deref_mut() {
         credits.ended.retain(|_, e| e.at_ms.saturating_add(window_ms) > now_ms);
     }
     let expired = expire_reservations(account, clock, customer_id, now_ms);
-    let mut broken = roll_over(account, now_ms);
+    let mut broken = roll_over(account, now_ms, ids);
     for g in 0..account.grants.len() {
         let grant = &account.grants[g];
         let Some(end) = grant.expires_at_ms else { continue };

@@ -1200,7 +1200,10 @@ type GrantCreditsRequest struct {
 	// force now), so it also pays for that contract's late usage; to now when no
 	// contract is in force. An id the server gave a grant it made for the
 	// customer (top-up-<period start ms>-<n>, rollover-<grant>-<period end ms>)
-	// is ALREADY_EXISTS, as any grant id taken.
+	// is ALREADY_EXISTS, as any grant id taken. Such an id is not reserved: a
+	// grant may take it before the server makes its grant, which then gets the
+	// id with a '+' added (as many as needed), so that no two grants of a
+	// customer share an id.
 	Grant *Grant `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
 	// Idempotency key, used as the grant's id when grant.id is empty.
 	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`

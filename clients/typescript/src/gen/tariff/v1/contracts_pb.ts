@@ -629,7 +629,10 @@ export type GrantCreditsRequest = Message<"tariff.v1.GrantCreditsRequest"> & {
    * force now), so it also pays for that contract's late usage; to now when no
    * contract is in force. An id the server gave a grant it made for the
    * customer (top-up-<period start ms>-<n>, rollover-<grant>-<period end ms>)
-   * is ALREADY_EXISTS, as any grant id taken.
+   * is ALREADY_EXISTS, as any grant id taken. Such an id is not reserved: a
+   * grant may take it before the server makes its grant, which then gets the
+   * id with a '+' added (as many as needed), so that no two grants of a
+   * customer share an id.
    *
    * @generated from field: tariff.v1.Grant grant = 1;
    */
