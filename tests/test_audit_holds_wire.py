@@ -493,3 +493,22 @@ def test_holds_made_before_a_period_end_are_charged_in_the_period_of_the_settlin
         assert preview_at(client, "pe", end_ms) == ("3", "0")
         assert client.get_balance("pe").period_charges == "3"
 
+
+def test_a_reservation_id_is_at_most_256_bytes_as_a_transaction_id_is(server: ServerProcess) -> None:
+    """balance.proto reservation_id: at most 256 bytes (as usage.proto's transaction_id and dimensions); a longer one
+    is INVALID_ARGUMENT naming reservation_id on Authorize, INVALID_REQUEST in-band on the streams, and holds
+    nothing: the server keeps every id for the dedupe window, so an unbounded one would let a caller fill its memory
+    and journal with a few requests."""
+    longest, too_long = "r" * 256, "r" * 257
+    message = "reservation_id: must be at most 256 bytes"
+    with server.client() as client:
+        customer(client, "long", "10", block=True)
+        assert answer_of(hold(client, "long", 1, longest)) == (True, "OK", "1", "9", longest)
+        assert refusal(lambda: hold(client, "long", 1, too_long)) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+        assert refusal(lambda: hold(client, "long", 1, "é" * 129)) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+        (answer,) = batches(client, [hold_request("long", 1, too_long, request_id="b")])
+        assert (answer.allowed, answer.reason, answer.message) == (False, "INVALID_REQUEST", message)
+        streamed = hold_request("long", 1, too_long, request_id="s")
+        (answer,) = client.balance.AuthorizeStream(iter([streamed]), timeout=STREAM_TIMEOUT_S)
+        assert (answer.allowed, answer.reason, answer.message) == (False, "INVALID_REQUEST", message)
+        assert totals(client, "long") == ("10", "1", "9")

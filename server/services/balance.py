@@ -20,7 +20,7 @@ from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing
 from engine.billing import Billing
-from engine.control import check_reference
+from engine.control import TEXT_BYTES_MAX, check_reference
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
 from server import auth, convert, telemetry
@@ -177,6 +177,9 @@ class BalanceService(_Base):
         if not request.event_type:
             raise InvalidArgument.field("event_type", "is required")
         ttl_ms = self._ttl_ms(request)
+        if len(request.reservation_id.encode()) > TEXT_BYTES_MAX:
+            # Checked here, not in the command: a Reserve journaled before the limit replays as it applied.
+            raise InvalidArgument.field("reservation_id", f"must be at most {TEXT_BYTES_MAX} bytes")
         reservation_id = request.reservation_id or f"r-{uuid.uuid4().hex}"
         dimensions, values = request.dimensions, request.values
         command = cmd.Reserve(

@@ -378,7 +378,9 @@ type AuthorizeRequest struct {
 	// 999,999,999, or of the other sign than seconds) or beyond the server's
 	// maximum (--reservation-ttl-max-s, 3600 s by default) is INVALID_ARGUMENT.
 	ReservationTtl *durationpb.Duration `protobuf:"bytes,7,opt,name=reservation_ttl,json=reservationTtl,proto3" json:"reservation_ttl,omitempty"`
-	// Client-chosen id for the reservation (optional; generated if empty).
+	// Client-chosen id for the reservation (optional; generated if empty), at
+	// most 256 bytes (more is INVALID_ARGUMENT naming reservation_id, nothing
+	// held; INVALID_REQUEST in-band on AuthorizeStream and AuthorizeBatches).
 	// The same id with the same request answers again and holds once; with a
 	// different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
 	// RESERVATION_CONFLICT, in-band) and nothing is held. Only read with

@@ -56,7 +56,8 @@ type BalanceServiceClient interface {
 	// without reserve are decided when the message arrives (before its holds are
 	// placed) and do not wait for the journal. A hold request that cannot hold
 	// is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
-	// reservation_ttl, reservation_id without reserve), UNKNOWN_CUSTOMER,
+	// reservation_ttl, reservation_id without reserve or over 256 bytes),
+	// UNKNOWN_CUSTOMER,
 	// RESERVATION_CONFLICT (the id is taken by a different request), or the
 	// denial; the other requests are answered as usual. Answers leave in
 	// message order; a stream keeps reading and deciding its next messages
@@ -185,7 +186,8 @@ type BalanceServiceServer interface {
 	// without reserve are decided when the message arrives (before its holds are
 	// placed) and do not wait for the journal. A hold request that cannot hold
 	// is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
-	// reservation_ttl, reservation_id without reserve), UNKNOWN_CUSTOMER,
+	// reservation_ttl, reservation_id without reserve or over 256 bytes),
+	// UNKNOWN_CUSTOMER,
 	// RESERVATION_CONFLICT (the id is taken by a different request), or the
 	// denial; the other requests are answered as usual. Answers leave in
 	// message order; a stream keeps reading and deciding its next messages

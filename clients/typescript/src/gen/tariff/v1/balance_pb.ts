@@ -272,7 +272,9 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   reservationTtl?: Duration | undefined;
 
   /**
-   * Client-chosen id for the reservation (optional; generated if empty).
+   * Client-chosen id for the reservation (optional; generated if empty), at
+   * most 256 bytes (more is INVALID_ARGUMENT naming reservation_id, nothing
+   * held; INVALID_REQUEST in-band on AuthorizeStream and AuthorizeBatches).
    * The same id with the same request answers again and holds once; with a
    * different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
    * RESERVATION_CONFLICT, in-band) and nothing is held. Only read with
@@ -502,7 +504,8 @@ export const BalanceService: GenService<{
    * without reserve are decided when the message arrives (before its holds are
    * placed) and do not wait for the journal. A hold request that cannot hold
    * is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
-   * reservation_ttl, reservation_id without reserve), UNKNOWN_CUSTOMER,
+   * reservation_ttl, reservation_id without reserve or over 256 bytes),
+   * UNKNOWN_CUSTOMER,
    * RESERVATION_CONFLICT (the id is taken by a different request), or the
    * denial; the other requests are answered as usual. Answers leave in
    * message order; a stream keeps reading and deciding its next messages
