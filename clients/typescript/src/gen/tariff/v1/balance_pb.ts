@@ -67,7 +67,10 @@ export type GrantBalance = Message<"tariff.v1.GrantBalance"> & {
   drawn: string;
 
   /**
-   * Still usable (0 once expired).
+   * Neither drawn nor expired: amount - drawn - expired while the grant is
+   * usable, what open reservations hold on it (held) included, so new usage
+   * may draw remaining - held; 0 once expired, when what holds still take
+   * from it shows in held alone (amount = drawn + expired + held then).
    *
    * @generated from field: string remaining = 5;
    */
@@ -249,7 +252,9 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   values: { [key: string]: number };
 
   /**
-   * Hold the estimated cost until an event with reservation_id settles it
+   * Hold the estimated cost (under ALLOW, when it is beyond the credit: the
+   * credit there is, what the usage would draw from grants; the rest would be
+   * overage and holds nothing) until an event with reservation_id settles it
    * (the hold is given back and the event charged what it costs), it is
    * released, or its TTL runs out. The hold is journaled before the answer.
    * A release or settling event applied after the TTL finds it expired; a
