@@ -512,3 +512,35 @@ def test_a_reservation_id_is_at_most_256_bytes_as_a_transaction_id_is(server: Se
         (answer,) = client.balance.AuthorizeStream(iter([streamed]), timeout=STREAM_TIMEOUT_S)
         assert (answer.allowed, answer.reason, answer.message) == (False, "INVALID_REQUEST", message)
         assert totals(client, "long") == ("10", "1", "9")
+
+
+BAD_USAGE = {
+    "dimensions": {"dimensions": {"k": "v" * 257}, "values": {"n": 1}},
+    "dimensions ": {"dimensions": {f"d{i}": "v" for i in range(65)}, "values": {"n": 1}},
+    "values": {"values": {"n": 1, "k" * 257: 1}},
+    "values ": {"values": {**{f"v{i}": 1.0 for i in range(64)}, "n": 1}},
+}
+
+
+def test_a_bad_dimension_or_value_is_invalid_argument_naming_that_field_with_or_without_a_hold(
+    server: ServerProcess,
+) -> None:
+    """balance.proto: unary Authorize answers INVALID_REQUEST as INVALID_ARGUMENT "with the field": the
+    google.rpc.BadRequest names dimensions or values, not "request"; nothing is held."""
+    with server.client() as client:
+        customer(client, "dv", "10", block=True)
+        for case, fields in BAD_USAGE.items():
+            for reserve in (False, True):
+                request = balance_pb2.AuthorizeRequest(
+                    customer_id="dv",
+                    event_type="work",
+                    reserve=reserve,
+                    **fields,  # type: ignore[arg-type]
+                )
+                with pytest.raises(TariffError) as failed:
+                    client.balance.Authorize(request)
+                assert failed.value.code == grpc.StatusCode.INVALID_ARGUMENT, (case, reserve)
+                named = [v.field for v in failed.value.field_violations]
+                assert named == [case.strip()], (case, reserve, failed.value.details)
+                assert failed.value.details.startswith(f"{case.strip()}: "), failed.value.details
+        assert totals(client, "dv") == ("10", "0", "10")
