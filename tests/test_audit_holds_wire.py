@@ -544,3 +544,35 @@ def test_a_bad_dimension_or_value_is_invalid_argument_naming_that_field_with_or_
                 assert named == [case.strip()], (case, reserve, failed.value.details)
                 assert failed.value.details.startswith(f"{case.strip()}: "), failed.value.details
         assert totals(client, "dv") == ("10", "0", "10")
+
+
+def test_watch_balance_sends_the_balance_after_each_hold_release_settlement_and_expiry(server: ServerProcess) -> None:
+    """WatchBalance: a new balance after every committed change that touches the customer, holds included (a hold,
+    through Authorize or AuthorizeBatches, its release, its settlement, its expiry at the TTL)."""
+    with server.client() as client:
+        customer(client, "wb", "10", block=True)
+        stream = client.balance.WatchBalance(
+            balance_pb2.WatchBalanceRequest(customer_id="wb"), timeout=STREAM_TIMEOUT_S
+        )
+        balances = iter(stream)
+
+        def next_balance() -> tuple[str, str, str]:
+            b = next(balances)
+            return b.credits_remaining, b.credits_held, b.credits_available
+
+        try:
+            assert next_balance() == ("10", "0", "10")
+            assert hold(client, "wb", 3, "w1").allowed
+            assert next_balance() == ("10", "3", "7")
+            assert release(client, "wb", "w1") == "3"
+            assert next_balance() == ("10", "0", "10")
+            (batched,) = batches(client, [hold_request("wb", 2, "w2", request_id="b")])
+            assert batched.allowed
+            assert next_balance() == ("10", "2", "8")
+            use(client, "wb", "w2-use", 1, "w2")
+            assert next_balance() == ("9", "0", "9")
+            assert hold(client, "wb", 4, "w3", Duration(nanos=200_000_000)).allowed
+            assert next_balance() == ("9", "4", "5")
+            assert next_balance() == ("9", "0", "9")  # expired at its TTL
+        finally:
+            stream.cancel()
