@@ -456,7 +456,7 @@ def test_holds_made_before_a_period_end_are_charged_in_the_period_of_the_settlin
     """A hold is not consumption: a hold made before a period's end and settled after it charges the period its
     event is dated in (a late event dated before the end: the period that ended), never both; the hold itself is in no
     invoice, and the grant (no expiry, no rollover) keeps the credit held across the end."""
-    end_ms = now_ms() + 1500
+    end_ms = now_ms() + 2000
     with server.client() as client:
         client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="pe", name="pe"))
         client.contracts.CreateContract(
@@ -476,6 +476,7 @@ def test_holds_made_before_a_period_end_are_charged_in_the_period_of_the_settlin
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
         before_ms = now_ms()
         assert hold(client, "pe", 4, "r1").allowed and hold(client, "pe", 5, "r2").allowed
+        assert now_ms() < end_ms, "the setup outlasted the period: the holds were not made before its end"
         assert totals(client, "pe") == ("10", "9", "1")
         while now_ms() <= end_ms + 50:
             time.sleep(0.05)
@@ -576,3 +577,46 @@ def test_watch_balance_sends_the_balance_after_each_hold_release_settlement_and_
             assert next_balance() == ("9", "0", "9")  # expired at its TTL
         finally:
             stream.cancel()
+
+
+def test_held_credit_is_spent_by_no_other_usage_and_a_repeated_or_denied_hold_journals_nothing(
+    server: ServerProcess,
+) -> None:
+    """README: held credits are taken out of the grants, so no other request, hold or usage can spend them: usage
+    not naming the hold draws what is left and the rest is overage. A hold is journaled before its answer (as_of_seq
+    moves once); an identical retry or a denied hold changes nothing and takes no record."""
+    with server.client() as client:
+        customer(client, "sp", "10", block=True)
+        before = client.get_balance("sp").as_of_seq
+        assert hold(client, "sp", 6, "h1").allowed
+        held_seq = client.get_balance("sp").as_of_seq
+        assert held_seq == before + 1
+        assert hold(client, "sp", 6, "h1").allowed  # the retry
+        assert not hold(client, "sp", 5, "h2").allowed  # denied: 4 available
+        assert client.get_balance("sp").as_of_seq == held_seq
+        use(client, "sp", "other", 8)  # draws the 4 left, 4 overage; the 6 held stay held
+        balance = client.get_balance("sp")
+        assert (balance.credits_remaining, balance.credits_held, balance.credits_available) == ("6", "6", "0")
+        assert (balance.period_charges, balance.overage_amount) == ("8", "4")
+        assert grant_row(client, "sp") == ("4", "6", "6", "0")
+        assert release(client, "sp", "h1") == "6"
+        assert totals(client, "sp") == ("6", "0", "6")
+
+
+def test_a_release_or_settling_event_right_after_the_ttl_always_finds_the_hold_expired(server: ServerProcess) -> None:
+    """balance.proto reserve: a release or settling event applied after the TTL finds the hold expired, whether or not
+    the server's clock has looked since (the writer expires it first)."""
+    with server.client() as client:
+        customer(client, "race", "10", block=True)
+        for n in range(3):
+            assert hold(client, "race", 1, f"rel{n}", Duration(nanos=100_000_000)).allowed
+            assert hold(client, "race", 1, f"use{n}", Duration(nanos=100_000_000)).allowed
+            answered_ms = now_ms()  # both holds were made (and their TTLs started) before this
+            while now_ms() <= answered_ms + 100:
+                time.sleep(0.005)
+            code, details = refusal(functools.partial(release, client, "race", f"rel{n}"))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+            assert details.startswith(f"reservation 'rel{n}' was already expired at "), details
+            ack = use(client, "race", f"late{n}", 1, f"use{n}")
+            assert notices(ack) == [(f"use{n}", "NOTICE_RESERVATION_EXPIRED")]
+        assert totals(client, "race") == ("7", "0", "7")
