@@ -493,6 +493,16 @@ def test_holds_made_before_a_period_end_are_charged_in_the_period_of_the_settlin
         assert preview_at(client, "pe", before_ms) == ("2", "0")
         assert preview_at(client, "pe", end_ms) == ("3", "0")
         assert client.get_balance("pe").period_charges == "3"
+        # The ended period closes with the late event's 2 and nothing of the holds.
+        closing = invoices_pb2.ClosePeriodRequest(customer_id="pe", period_start=stamp(period_anchor_ms(end_ms)))
+        final = client.invoices.ClosePeriod(closing)
+        assert (final.status, final.subtotal, final.overage_amount, final.total_due) == (
+            invoices_pb2.INVOICE_FINAL,
+            "2",
+            "0",
+            "0.00",
+        )
+        assert [(g.granted, g.drawn, g.remaining) for g in final.grant_balances] == [("10", "2", "8")]
 
 
 def test_a_reservation_id_is_at_most_256_bytes_as_a_transaction_id_is(server: ServerProcess) -> None:
@@ -663,3 +673,28 @@ def publish_price(client: TariffClient, card: str, price: str, from_ms: int) -> 
     )
     request = pricing_pb2.PublishVersionRequest(rate_card_id=card, version=draft.version, effective_from=stamp(from_ms))
     client.pricing.PublishVersion(request)
+
+
+def test_a_rejected_event_naming_a_hold_settles_nothing(server: ServerProcess) -> None:
+    """usage.proto: a rejected event changes nothing, so an event naming a hold that is refused (malformed, too far in
+    the future, the id of an accepted event with other content) leaves the hold open and charges nothing."""
+    with server.client() as client:
+        customer(client, "rj", "10", block=True)
+        assert hold(client, "rj", 4, "h").allowed
+        use(client, "rj", "taken", 1)
+        at_ms = now_ms()
+        events = [
+            usage_pb2.UsageEvent(transaction_id="neg", timestamp_ms=at_ms, values={"n": -1}),
+            usage_pb2.UsageEvent(transaction_id="future", timestamp_ms=at_ms + 3_600_000, values={"n": 1}),
+            usage_pb2.UsageEvent(transaction_id="taken", timestamp_ms=at_ms, values={"n": 2}),
+        ]
+        for event in events:
+            event.customer_id, event.event_type, event.reservation_id = "rj", "work", "h"
+        ack = client.ingest_batch(events)
+        assert (ack.accepted, [usage_pb2.RejectReason.Name(r.reason) for r in ack.rejected], list(ack.notices)) == (
+            0,
+            ["INVALID_EVENT", "TIMESTAMP_OUT_OF_RANGE", "DUPLICATE_CONFLICT"],
+            [],
+        )
+        assert totals(client, "rj") == ("9", "4", "5")
+        assert release(client, "rj", "h") == "4"
