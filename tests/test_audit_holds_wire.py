@@ -698,3 +698,23 @@ def test_a_rejected_event_naming_a_hold_settles_nothing(server: ServerProcess) -
         )
         assert totals(client, "rj") == ("9", "4", "5")
         assert release(client, "rj", "h") == "4"
+
+
+def test_a_hold_spans_grants_in_burn_order_and_its_settlement_draws_in_burn_order_again(server: ServerProcess) -> None:
+    """README: a hold takes credits out of the grants in burn order (per grant: GrantBalance.held); its settling event
+    gives every grant its share back before its own charge draws, in burn order again."""
+    with server.client() as client:
+        customer(client, "sg", "3", block=True)  # sg-g, priority 0: burns first
+        extra = contracts_pb2.Grant(
+            id="sg-late", contract_id="k-sg", kind=contracts_pb2.PREPAID, amount="10", paid_amount="10", priority=1
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=extra))
+        assert answer_of(hold(client, "sg", 5, "h")) == (True, "OK", "5", "8", "h")
+
+        def rows() -> dict[str, tuple[str, str, str]]:
+            return {g.grant_id: (g.drawn, g.remaining, g.held) for g in client.get_balance("sg").grants}
+
+        assert rows() == {"sg-g": ("0", "3", "3"), "sg-late": ("0", "10", "2")}
+        use(client, "sg", "one", 1, "h")
+        assert rows() == {"sg-g": ("1", "2", "0"), "sg-late": ("0", "10", "0")}
+        assert totals(client, "sg") == ("12", "0", "12")
