@@ -718,3 +718,26 @@ def test_a_hold_spans_grants_in_burn_order_and_its_settlement_draws_in_burn_orde
         use(client, "sg", "one", 1, "h")
         assert rows() == {"sg-g": ("1", "2", "0"), "sg-late": ("0", "10", "0")}
         assert totals(client, "sg") == ("12", "0", "12")
+
+
+def test_a_message_decides_its_plain_requests_before_its_holds_and_its_holds_against_each_other(
+    server: ServerProcess,
+) -> None:
+    """balance.proto AuthorizeBatches: the requests without reserve are decided when the message arrives, before its
+    holds; the holds, in request order, each against the holds before it (BLOCK: never more than the credit)."""
+    with server.client() as client:
+        customer(client, "mb", "10", block=True)
+        requests = [
+            hold_request("mb", 6, "a", request_id="hold-a"),
+            balance_pb2.AuthorizeRequest(request_id="plain", customer_id="mb", event_type="work", values={"n": 8}),
+            hold_request("mb", 5, "b", request_id="hold-b"),
+            hold_request("mb", 4, "c", request_id="hold-c"),
+        ]
+        answers = batches(client, requests)
+        assert [(a.request_id, *answer_of(a)) for a in answers] == [
+            ("hold-a", True, "OK", "6", "4", "a"),
+            ("plain", True, "OK", "8", "10", ""),
+            ("hold-b", False, "INSUFFICIENT_CREDIT", "5", "4", ""),
+            ("hold-c", True, "OK", "4", "0", "c"),
+        ]
+        assert totals(client, "mb") == ("10", "10", "0")
