@@ -20,7 +20,7 @@ from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing
 from engine.billing import Billing
-from engine.control import check_reference
+from engine.control import EVENT_MAP_ENTRIES_MAX, TEXT_BYTES_MAX, check_reference
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
 from server import auth, convert, telemetry
@@ -87,6 +87,17 @@ def _in_band(request_id: str, reason: str, message: str) -> balance_pb2.Authoriz
     return balance_pb2.AuthorizeResponse(
         request_id=request_id, allowed=False, reason=reason, estimated_cost="0", credits_available="0", message=message
     )
+
+
+def _invalid_field(request: balance_pb2.AuthorizeRequest, message: str) -> str:
+    """The field the kernel's INVALID_REQUEST message about the described usage is about: dimensions or values
+    (the message starts with it, or says which map holds too many entries), else the request as a whole."""
+    for field in ("dimensions", "values"):
+        if message.startswith((f"{field}[", f"{field} keys")):
+            return field
+    if message.startswith("dimensions and values hold at most"):
+        return "dimensions" if len(request.dimensions) > EVENT_MAP_ENTRIES_MAX else "values"
+    return "request"
 
 
 class BalanceService(_Base):
@@ -177,6 +188,9 @@ class BalanceService(_Base):
         if not request.event_type:
             raise InvalidArgument.field("event_type", "is required")
         ttl_ms = self._ttl_ms(request)
+        if len(request.reservation_id.encode()) > TEXT_BYTES_MAX:
+            # Checked here, not in the command: a Reserve journaled before the limit replays as it applied.
+            raise InvalidArgument.field("reservation_id", f"must be at most {TEXT_BYTES_MAX} bytes")
         reservation_id = request.reservation_id or f"r-{uuid.uuid4().hex}"
         dimensions, values = request.dimensions, request.values
         command = cmd.Reserve(
@@ -208,7 +222,7 @@ class BalanceService(_Base):
         if response.reason == "UNKNOWN_CUSTOMER":
             raise NotFound(response.message)
         if response.reason == "INVALID_REQUEST":
-            raise InvalidArgument.field("values" if "values[" in response.message else "request", response.message)
+            raise InvalidArgument.field(_invalid_field(request, response.message), response.message)
         return response
 
     @streaming

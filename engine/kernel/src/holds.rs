@@ -15,7 +15,7 @@ use prost::Message;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::authorize::{answer, response, Refused};
-use crate::decode::wire;
+use crate::decode::{wire, TEXT_BYTES_MAX};
 use crate::kernel::Kernel;
 
 /// A hold's TTL when the request gives none (the unary path's RESERVATION_TTL_DEFAULT_MS).
@@ -100,6 +100,9 @@ fn prepare(request: &mut wire::AuthorizeRequest, index: usize, rules: &HoldRules
     if ttl_ms > rules.ttl_max_ms {
         let most = seconds_text(rules.ttl_max_ms);
         return Err(format!("reservation_ttl: must be at most {most} s (the server's --reservation-ttl-max-s)"));
+    }
+    if request.reservation_id.len() > TEXT_BYTES_MAX {
+        return Err(format!("reservation_id: must be at most {TEXT_BYTES_MAX} bytes"));
     }
     request.reservation_ttl =
         Some(wire::Duration { seconds: ttl_ms / 1000, nanos: (ttl_ms % 1000) as i32 * 1_000_000 });
@@ -350,6 +353,19 @@ mod tests {
         assert_eq!((answers[1].reservation_id.as_str(), answers[2].reservation_id.as_str()), ("same", ""));
         assert_eq!(held.placed, 2);
         assert_eq!(held_now(&kernel), vec![("other".into(), 2_500_000_000_000), ("same".into(), 2_500_000_000_000)]);
+    }
+
+    #[test]
+    fn a_reservation_id_beyond_256_bytes_is_answered_in_band_and_a_journaled_one_still_holds() {
+        let mut kernel = kernel();
+        let (longest, too_long) = ("r".repeat(256), "r".repeat(257));
+        let (answers, held) = through(&mut kernel, vec![hold("a", &longest), hold("b", &too_long)]);
+        let messages: Vec<_> = answers.iter().map(|a| (a.reason.as_str(), a.message.as_str())).collect();
+        assert_eq!(messages, vec![("OK", ""), ("INVALID_REQUEST", "reservation_id: must be at most 256 bytes")]);
+        assert_eq!(held.placed, 1);
+        // A hold journaled before the limit (split lets none through now) replays as it applied: it holds.
+        let done = kernel.reserve_batch(vec![ttl(hold("old", &too_long), 60, 0)], NOW);
+        assert_eq!((done.placed, done.responses[0].reason.as_str()), (1, "OK"));
     }
 
     #[test]

@@ -80,7 +80,10 @@ type GrantBalance struct {
 	// Drawn by rated usage so far; for a grant that rolled over, also what
 	// moved into its ROLLOVER grant.
 	Drawn string `protobuf:"bytes,4,opt,name=drawn,proto3" json:"drawn,omitempty"`
-	// Still usable (0 once expired).
+	// Neither drawn nor expired: amount - drawn - expired while the grant is
+	// usable, what open reservations hold on it (held) included, so new usage
+	// may draw remaining - held; 0 once expired, when what holds still take
+	// from it shows in held alone (amount = drawn + expired + held then).
 	Remaining string `protobuf:"bytes,5,opt,name=remaining,proto3" json:"remaining,omitempty"`
 	// What was left when the grant expired (breakage).
 	Expired              string                 `protobuf:"bytes,6,opt,name=expired,proto3" json:"expired,omitempty"`
@@ -365,7 +368,9 @@ type AuthorizeRequest struct {
 	EventType  string             `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	Dimensions map[string]string  `protobuf:"bytes,4,rep,name=dimensions,proto3" json:"dimensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Values     map[string]float64 `protobuf:"bytes,5,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	// Hold the estimated cost until an event with reservation_id settles it
+	// Hold the estimated cost (under ALLOW, when it is beyond the credit: the
+	// credit there is, what the usage would draw from grants; the rest would be
+	// overage and holds nothing) until an event with reservation_id settles it
 	// (the hold is given back and the event charged what it costs), it is
 	// released, or its TTL runs out. The hold is journaled before the answer.
 	// A release or settling event applied after the TTL finds it expired; a
@@ -378,7 +383,9 @@ type AuthorizeRequest struct {
 	// 999,999,999, or of the other sign than seconds) or beyond the server's
 	// maximum (--reservation-ttl-max-s, 3600 s by default) is INVALID_ARGUMENT.
 	ReservationTtl *durationpb.Duration `protobuf:"bytes,7,opt,name=reservation_ttl,json=reservationTtl,proto3" json:"reservation_ttl,omitempty"`
-	// Client-chosen id for the reservation (optional; generated if empty).
+	// Client-chosen id for the reservation (optional; generated if empty), at
+	// most 256 bytes (more is INVALID_ARGUMENT naming reservation_id, nothing
+	// held; INVALID_REQUEST in-band on AuthorizeStream and AuthorizeBatches).
 	// The same id with the same request answers again and holds once; with a
 	// different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
 	// RESERVATION_CONFLICT, in-band) and nothing is held. Only read with

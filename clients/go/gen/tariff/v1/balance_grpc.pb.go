@@ -56,7 +56,8 @@ type BalanceServiceClient interface {
 	// without reserve are decided when the message arrives (before its holds are
 	// placed) and do not wait for the journal. A hold request that cannot hold
 	// is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
-	// reservation_ttl, reservation_id without reserve), UNKNOWN_CUSTOMER,
+	// reservation_ttl, reservation_id without reserve or over 256 bytes),
+	// UNKNOWN_CUSTOMER,
 	// RESERVATION_CONFLICT (the id is taken by a different request), or the
 	// denial; the other requests are answered as usual. Answers leave in
 	// message order; a stream keeps reading and deciding its next messages
@@ -69,7 +70,8 @@ type BalanceServiceClient interface {
 	// an event or expired.
 	ReleaseReservation(ctx context.Context, in *ReleaseReservationRequest, opts ...grpc.CallOption) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
-	// the customer (usage, grants, contracts). Changes committed in quick
+	// the customer (usage, grants, contracts, holds: a hold, its release,
+	// settlement or expiry). Changes committed in quick
 	// succession may arrive as one balance, the newest; a balance equal to the
 	// previous one is not sent again. A slow reader holds no queue on the server
 	// and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
@@ -185,7 +187,8 @@ type BalanceServiceServer interface {
 	// without reserve are decided when the message arrives (before its holds are
 	// placed) and do not wait for the journal. A hold request that cannot hold
 	// is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
-	// reservation_ttl, reservation_id without reserve), UNKNOWN_CUSTOMER,
+	// reservation_ttl, reservation_id without reserve or over 256 bytes),
+	// UNKNOWN_CUSTOMER,
 	// RESERVATION_CONFLICT (the id is taken by a different request), or the
 	// denial; the other requests are answered as usual. Answers leave in
 	// message order; a stream keeps reading and deciding its next messages
@@ -198,7 +201,8 @@ type BalanceServiceServer interface {
 	// an event or expired.
 	ReleaseReservation(context.Context, *ReleaseReservationRequest) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
-	// the customer (usage, grants, contracts). Changes committed in quick
+	// the customer (usage, grants, contracts, holds: a hold, its release,
+	// settlement or expiry). Changes committed in quick
 	// succession may arrive as one balance, the newest; a balance equal to the
 	// previous one is not sent again. A slow reader holds no queue on the server
 	// and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not

@@ -67,7 +67,10 @@ export type GrantBalance = Message<"tariff.v1.GrantBalance"> & {
   drawn: string;
 
   /**
-   * Still usable (0 once expired).
+   * Neither drawn nor expired: amount - drawn - expired while the grant is
+   * usable, what open reservations hold on it (held) included, so new usage
+   * may draw remaining - held; 0 once expired, when what holds still take
+   * from it shows in held alone (amount = drawn + expired + held then).
    *
    * @generated from field: string remaining = 5;
    */
@@ -249,7 +252,9 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   values: { [key: string]: number };
 
   /**
-   * Hold the estimated cost until an event with reservation_id settles it
+   * Hold the estimated cost (under ALLOW, when it is beyond the credit: the
+   * credit there is, what the usage would draw from grants; the rest would be
+   * overage and holds nothing) until an event with reservation_id settles it
    * (the hold is given back and the event charged what it costs), it is
    * released, or its TTL runs out. The hold is journaled before the answer.
    * A release or settling event applied after the TTL finds it expired; a
@@ -272,7 +277,9 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   reservationTtl?: Duration | undefined;
 
   /**
-   * Client-chosen id for the reservation (optional; generated if empty).
+   * Client-chosen id for the reservation (optional; generated if empty), at
+   * most 256 bytes (more is INVALID_ARGUMENT naming reservation_id, nothing
+   * held; INVALID_REQUEST in-band on AuthorizeStream and AuthorizeBatches).
    * The same id with the same request answers again and holds once; with a
    * different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
    * RESERVATION_CONFLICT, in-band) and nothing is held. Only read with
@@ -502,7 +509,8 @@ export const BalanceService: GenService<{
    * without reserve are decided when the message arrives (before its holds are
    * placed) and do not wait for the journal. A hold request that cannot hold
    * is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
-   * reservation_ttl, reservation_id without reserve), UNKNOWN_CUSTOMER,
+   * reservation_ttl, reservation_id without reserve or over 256 bytes),
+   * UNKNOWN_CUSTOMER,
    * RESERVATION_CONFLICT (the id is taken by a different request), or the
    * denial; the other requests are answered as usual. Answers leave in
    * message order; a stream keeps reading and deciding its next messages
@@ -531,7 +539,8 @@ export const BalanceService: GenService<{
   },
   /**
    * The balance now, then again after every committed change that touches
-   * the customer (usage, grants, contracts). Changes committed in quick
+   * the customer (usage, grants, contracts, holds: a hold, its release,
+   * settlement or expiry). Changes committed in quick
    * succession may arrive as one balance, the newest; a balance equal to the
    * previous one is not sent again. A slow reader holds no queue on the server
    * and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
