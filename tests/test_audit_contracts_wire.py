@@ -391,8 +391,8 @@ def test_the_most_specific_override_wins_within_its_window_read_at_each_events_t
     before the window: 2 x 10 = 20; 10 big inside it (more specific): 3 x 20 - 3 x 10 = 30; 10 small inside the
     window: 2 x 10 = 20. Lines: big 20 tokens, 50; small 10, 20."""
     with world.admin() as client:
-        start = month_start_ms()
-        contract_id = customer(client, "sp")
+        start = at("2025-05-01T00:00:00")  # a past month: every instant below is before now
+        contract_id = customer(client, "sp", starting_at=stamp(start))
         add_override(client, contract_id, id="first", product_id="tokens", multiplier="3")
         add_override(client, contract_id, id="all", product_id="tokens", multiplier="2", match={"model": "*"})
         add_override(
