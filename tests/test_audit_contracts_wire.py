@@ -191,6 +191,25 @@ def test_create_customer_is_idempotent_and_get_customer_names_what_it_cannot_fin
         assert (code, violations) == (grpc.StatusCode.INVALID_ARGUMENT, [("id", f"'a/b' {RULE_WHY}")])
 
 
+def test_a_customer_name_is_at_most_256_bytes_so_that_a_page_of_customers_stays_readable(world: World) -> None:
+    """A name had no bound: eight customers named with 2 MB each (every request under the 16 MiB message limit) made
+    ListCustomers' default page larger than any client reads (RESOURCE_EXHAUSTED, for every caller). A name is now
+    held to 256 bytes of UTF-8, as an attribute's value: 256 (128 x 'é') is kept whole, 257 is INVALID_ARGUMENT
+    naming `name`, and nothing is created."""
+    with world.admin() as client:
+        longest = "é" * 128
+        made = client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="long-name", name=longest))
+        assert made.name == longest
+        too_long = contracts_pb2.CreateCustomerRequest(id="too-long-name", name=longest + "x")
+        code, _, violations = refusal(lambda: client.contracts.CreateCustomer(too_long))
+        assert (code, violations) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            [("name", "must be at most 256 bytes (UTF-8), not 257")],
+        )
+        lookup = contracts_pb2.GetCustomerRequest(id="too-long-name")
+        assert refusal(lambda: client.contracts.GetCustomer(lookup))[0] == grpc.StatusCode.NOT_FOUND
+
+
 # Contracts --------------------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from engine import commands as cmd
 from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer, Override
-from engine.control import check_reference
+from engine.control import TEXT_BYTES_MAX, check_reference
 from engine.errors import InvalidArgument
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
@@ -44,7 +44,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         self, request: contracts_pb2.CreateCustomerRequest, context: Context
     ) -> contracts_pb2.Customer:
         command = cmd.CreateCustomer(
-            self.clock_ms(), actor_of(context), request.id, request.name, dict(request.attributes)
+            self.clock_ms(), actor_of(context), request.id, _customer_name(request.name), dict(request.attributes)
         )
         customer = await self._apply(command, Customer)
         return convert.customer_pb(customer)
@@ -152,6 +152,16 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         )
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
+
+
+def _customer_name(name: str) -> str:
+    """A customer's name once it is at most TEXT_BYTES_MAX bytes of UTF-8, as an attribute's value; INVALID_ARGUMENT
+    naming `name` otherwise. Unbounded, a few names of megabytes made a page of ListCustomers larger than any client
+    reads. Checked here, not in the engine, so that customers journaled before the check replay as they were."""
+    size = len(name.encode())
+    if size > TEXT_BYTES_MAX:
+        raise InvalidArgument.field("name", f"must be at most {TEXT_BYTES_MAX} bytes (UTF-8), not {size}")
+    return name
 
 
 def _currency(code: str) -> str:

@@ -276,8 +276,11 @@ func (x *Customer) GetCreatedAt() *timestamppb.Timestamp {
 type CreateCustomerRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required; 1-128 letters, digits and . _ : @ - (see the top of this file).
-	Id            string            `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Name          string            `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name); the
+	// id when empty.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// At most 64 entries; keys (non-empty) and values at most 256 bytes each.
 	Attributes    map[string]string `protobuf:"bytes,3,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

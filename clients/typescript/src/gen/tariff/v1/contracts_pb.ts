@@ -132,11 +132,16 @@ export type CreateCustomerRequest = Message<"tariff.v1.CreateCustomerRequest"> &
   id: string;
 
   /**
+   * At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name); the
+   * id when empty.
+   *
    * @generated from field: string name = 2;
    */
   name: string;
 
   /**
+   * At most 64 entries; keys (non-empty) and values at most 256 bytes each.
+   *
    * @generated from field: map<string, string> attributes = 3;
    */
   attributes: { [key: string]: string };
