@@ -447,6 +447,14 @@ def test_an_override_whose_match_names_no_pricing_dimension_is_refused(world: Wo
                 grpc.StatusCode.INVALID_ARGUMENT,
                 [(f"override.match.{key}", f"{key!r} is not a pricing dimension of 'tokens' (['model'])")],
             ), key
+        # An event's dimension value is at most 256 bytes (longer is INVALID_EVENT): a longer one could never match.
+        code, _, violations = refusal(
+            partial(add_override, client, contract_id, product_id="tokens", price="0", match={"model": "m" * 257})
+        )
+        assert (code, violations) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            [("override.match.model", "values are at most 256 bytes (an event's dimension value is), not 257")],
+        )
         assert not client.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id)).overrides
         rated(client, event("typo-1", "typo", "llm", 4, now_ms(), model="big"))
         assert lines(preview(client, "typo")) == {"tokens;model=big": ("4", "4")}

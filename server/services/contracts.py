@@ -176,14 +176,20 @@ def _currency(code: str) -> str:
 
 def _check_override_match(override: Override, product: Product) -> None:
     """INVALID_ARGUMENT naming `override.match.<key>` for a match entry on a key that is not one of the product's
-    pricing dimensions, as a rate's is: overrides match an event's pricing dimensions only, so such an override
-    would never price anything. A "*" entry is left out of the match anyway. Checked here, not in the engine, so
+    pricing dimensions, as a rate's is (overrides match an event's pricing dimensions only), or of a value longer
+    than an event's dimension value may be: such an override would never price anything. A "*" entry is left out of the match anyway. Checked here, not in the engine, so
     that overrides journaled before the check replay as they were."""
-    for key in override.match:  # normalized: no "*" entries
+    for key, value in override.match.items():  # normalized: no "*" entries
         if key not in product.pricing_dimensions:
             raise InvalidArgument.field(
                 f"override.match.{key}",
                 f"{key!r} is not a pricing dimension of {product.id!r} ({list(product.pricing_dimensions)})",
+            )
+        size = len(value.encode())
+        if size > TEXT_BYTES_MAX:  # an event's longer value is INVALID_EVENT (kernel decode.rs): it never matches
+            raise InvalidArgument.field(
+                f"override.match.{key}",
+                f"values are at most {TEXT_BYTES_MAX} bytes (an event's dimension value is), not {size}",
             )
 
 

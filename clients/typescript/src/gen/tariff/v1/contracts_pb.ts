@@ -245,8 +245,9 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
   /**
    * Dimension -> value or "*"; empty matches every event of the product.
    * Keys must be among the product's pricing_dimensions, as a rate's (an
-   * override matches those only): another key (not "*") is INVALID_ARGUMENT
-   * naming override.match.<key>.
+   * override matches those only), values at most 256 bytes (as an event's):
+   * another key, or a longer value (not "*"), is INVALID_ARGUMENT naming
+   * override.match.<key>.
    *
    * @generated from field: map<string, string> match = 3;
    */
