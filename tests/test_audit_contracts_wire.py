@@ -287,9 +287,10 @@ def test_create_contract_retries_answer_the_same_contract_and_a_changed_one_alre
 
 def test_successive_contracts_route_usage_by_event_time_and_never_overlap(world: World) -> None:
     """s1 runs 2025-01-01 to 2025-03-15 (its periods start on the 1st), s2 from 2025-03-15 on (periods start on the
-    15th). A contract starting a second before s1's end overlaps it: FAILED_PRECONDITION, nothing created. An event
-    a millisecond before the switch is s1's (period March 1 - April 1), one at the switch s2's (March 15 - April
-    15), one before s1 NO_ACTIVE_CONTRACT. The month of the switch has two drafts, each with its own usage."""
+    15th). A contract starting a second before s1's end overlaps it: FAILED_PRECONDITION, nothing created. s1 has an
+    override (price 9 per 10 units). An event of 10 units a millisecond before the switch is s1's (period March 1 -
+    April 1, 9 credits: s1's override), 30 at the switch are s2's (March 15 - April 15, the card's 6), one before s1
+    NO_ACTIVE_CONTRACT. The month of the switch has two drafts, each with its own usage."""
     with world.admin() as client:
         customer(
             client, "sw", starting_at=stamp(at("2025-01-01T00:00:00")), ending_before=stamp(at("2025-03-15T00:00:00"))
@@ -310,6 +311,7 @@ def test_successive_contracts_route_usage_by_event_time_and_never_overlap(world:
                 id="sw-2", customer_id="sw", rate_card_id="card", starting_at=stamp(at("2025-03-15T00:00:00"))
             )
         )
+        add_override(client, "k-sw", product_id="units", price="9")  # s1's own price: 9 per 10 units, not s2's
         switch = at("2025-03-15T00:00:00")
         ack = client.ingest_batch(
             [
@@ -327,7 +329,7 @@ def test_successive_contracts_route_usage_by_event_time_and_never_overlap(world:
             at("2025-03-01T00:00:00"),
             at("2025-04-01T00:00:00"),
         )
-        assert lines(old) == {"units": ("10", "2")}
+        assert lines(old) == {"units": ("10", "9")}
         for instant in ("2025-03-20T00:00:00", "2025-04-05T00:00:00"):  # the first in both: the new one's
             new = preview(client, "sw", at(instant))
             assert (new.contract_id, new.period_start.ToMilliseconds(), new.period_end.ToMilliseconds()) == (
