@@ -13,11 +13,12 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine import credits
 from engine.billing import Billing
-from engine.contracts import Contract, Customer
-from engine.control import check_reference
+from engine.contracts import Contract, Customer, Override
+from engine.control import TEXT_BYTES_MAX, check_reference
 from engine.errors import InvalidArgument
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
+from engine.products import Product
 from server import auth, convert
 from server.errors import (
     unary,
@@ -43,7 +44,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         self, request: contracts_pb2.CreateCustomerRequest, context: Context
     ) -> contracts_pb2.Customer:
         command = cmd.CreateCustomer(
-            self.clock_ms(), actor_of(context), request.id, request.name, dict(request.attributes)
+            self.clock_ms(), actor_of(context), request.id, _customer_name(request.name), dict(request.attributes)
         )
         customer = await self._apply(command, Customer)
         return convert.customer_pb(customer)
@@ -81,7 +82,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             convert.optional_ms(request, "ending_before"),
             convert.overage_policy(request.overage_policy),
             convert.decimal_text(request.overage_price, "overage_price"),
-            request.currency,
+            _currency(request.currency),
         )
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
@@ -113,6 +114,9 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         check_reference(request.override.product_id, "override.product_id", self.engine.state.products)
         at_ms = self.clock_ms()
         override = convert.override(request.override)
+        product = self.engine.state.products.get(override.product_id)
+        if product is not None:  # unknown: the engine refuses it as "unknown product"
+            _check_override_match(override, product)
         contract = await self._apply(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override), Contract)
         return self._contract_pb(contract.id)
 
@@ -148,6 +152,45 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         )
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
+
+
+def _customer_name(name: str) -> str:
+    """A customer's name once it is at most TEXT_BYTES_MAX bytes of UTF-8, as an attribute's value; INVALID_ARGUMENT
+    naming `name` otherwise. Unbounded, a few names of megabytes made a page of ListCustomers larger than any client
+    reads. Checked here, not in the engine, so that customers journaled before the check replay as they were."""
+    size = len(name.encode())
+    if size > TEXT_BYTES_MAX:
+        raise InvalidArgument.field("name", f"must be at most {TEXT_BYTES_MAX} bytes (UTF-8), not {size}")
+    return name
+
+
+def _currency(code: str) -> str:
+    """A contract's currency once it is an ISO 4217 code (three capital ASCII letters), or empty (USD).
+    INVALID_ARGUMENT naming `currency` otherwise: "usd" and "USD" would be two currencies to the revenue report
+    (which refuses a customer with two), and "US Dollar" none. Checked here, not in the engine, so that contracts
+    journaled before the check replay as they were."""
+    if code and not (len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()):
+        raise InvalidArgument.field("currency", f'{code!r} must be an ISO 4217 code: three capital letters ("USD")')
+    return code
+
+
+def _check_override_match(override: Override, product: Product) -> None:
+    """INVALID_ARGUMENT naming `override.match.<key>` for a match entry on a key that is not one of the product's
+    pricing dimensions, as a rate's is (overrides match an event's pricing dimensions only), or of a value longer
+    than an event's dimension value may be: such an override would never price anything. A "*" entry is left out of the match anyway. Checked here, not in the engine, so
+    that overrides journaled before the check replay as they were."""
+    for key, value in override.match.items():  # normalized: no "*" entries
+        if key not in product.pricing_dimensions:
+            raise InvalidArgument.field(
+                f"override.match.{key}",
+                f"{key!r} is not a pricing dimension of {product.id!r} ({list(product.pricing_dimensions)})",
+            )
+        size = len(value.encode())
+        if size > TEXT_BYTES_MAX:  # an event's longer value is INVALID_EVENT (kernel decode.rs): it never matches
+            raise InvalidArgument.field(
+                f"override.match.{key}",
+                f"values are at most {TEXT_BYTES_MAX} bytes (an event's dimension value is), not {size}",
+            )
 
 
 def _threshold_text(request: contracts_pb2.SetTopUpPolicyRequest) -> str:

@@ -276,8 +276,11 @@ func (x *Customer) GetCreatedAt() *timestamppb.Timestamp {
 type CreateCustomerRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required; 1-128 letters, digits and . _ : @ - (see the top of this file).
-	Id            string            `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Name          string            `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name); the
+	// id when empty.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// At most 64 entries; keys (non-empty) and values at most 256 bytes each.
 	Attributes    map[string]string `protobuf:"bytes,3,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -489,9 +492,16 @@ func (x *ListCustomersResponse) GetNextPageToken() string {
 type PriceOverride struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional; when empty, named after the override's content ("override-...").
-	Id        string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// A product the contract's rate card does not price is accepted (a later
+	// version may price it), but the override adds no rate: until the card
+	// prices the product, its usage is NO_APPLICABLE_RATE.
 	ProductId string `protobuf:"bytes,2,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
 	// Dimension -> value or "*"; empty matches every event of the product.
+	// Keys must be among the product's pricing_dimensions, as a rate's (an
+	// override matches those only), values at most 256 bytes (as an event's):
+	// another key, or a longer value (not "*"), is INVALID_ARGUMENT naming
+	// override.match.<key>.
 	Match map[string]string `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// When several overrides match an event, the most specific match wins (the
 	// most entries), and among equally specific ones the one added last.
@@ -729,7 +739,9 @@ type Contract struct {
 	// Decimal string: currency per pricing unit of overage. "1" when unset.
 	OveragePrice string       `protobuf:"bytes,9,opt,name=overage_price,json=overagePrice,proto3" json:"overage_price,omitempty"`
 	TopUp        *TopUpPolicy `protobuf:"bytes,10,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`
-	// ISO currency of overage_price and paid amounts ("USD" when unset).
+	// ISO 4217 currency of overage_price and paid amounts ("USD" when unset):
+	// three capital letters; anything else ("usd", "US Dollar") is
+	// INVALID_ARGUMENT naming currency.
 	Currency      string `protobuf:"bytes,11,opt,name=currency,proto3" json:"currency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

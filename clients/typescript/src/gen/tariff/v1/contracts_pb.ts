@@ -132,11 +132,16 @@ export type CreateCustomerRequest = Message<"tariff.v1.CreateCustomerRequest"> &
   id: string;
 
   /**
+   * At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name); the
+   * id when empty.
+   *
    * @generated from field: string name = 2;
    */
   name: string;
 
   /**
+   * At most 64 entries; keys (non-empty) and values at most 256 bytes each.
+   *
    * @generated from field: map<string, string> attributes = 3;
    */
   attributes: { [key: string]: string };
@@ -229,12 +234,20 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
   id: string;
 
   /**
+   * A product the contract's rate card does not price is accepted (a later
+   * version may price it), but the override adds no rate: until the card
+   * prices the product, its usage is NO_APPLICABLE_RATE.
+   *
    * @generated from field: string product_id = 2;
    */
   productId: string;
 
   /**
    * Dimension -> value or "*"; empty matches every event of the product.
+   * Keys must be among the product's pricing_dimensions, as a rate's (an
+   * override matches those only), values at most 256 bytes (as an event's):
+   * another key, or a longer value (not "*"), is INVALID_ARGUMENT naming
+   * override.match.<key>.
    *
    * @generated from field: map<string, string> match = 3;
    */
@@ -410,7 +423,9 @@ export type Contract = Message<"tariff.v1.Contract"> & {
   topUp?: TopUpPolicy | undefined;
 
   /**
-   * ISO currency of overage_price and paid amounts ("USD" when unset).
+   * ISO 4217 currency of overage_price and paid amounts ("USD" when unset):
+   * three capital letters; anything else ("usd", "US Dollar") is
+   * INVALID_ARGUMENT naming currency.
    *
    * @generated from field: string currency = 11;
    */
