@@ -196,6 +196,24 @@ def test_a_page_token_not_issued_for_the_request_is_invalid_argument_naming_page
         assert list_customers(admin, 2, "c2") == (["c3", "c4"], "c4")
 
 
+def test_list_invoices_with_a_status_the_proto_does_not_define_is_invalid_argument_naming_status(
+    world: World,
+) -> None:
+    """status 7 (no InvoiceStatus has it: a newer client's, or a mistake) was read as FINAL and listed every final
+    invoice, which a client asking for something else would take for its answer."""
+    with world.server.client() as admin:
+        error = refusal(lambda: list_invoices(status=7)(admin, 10, ""))
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
+        assert [v.field for v in error.field_violations] == ["status"], error
+        assert "7" in error.details, error
+        listed = [
+            number
+            for page in every_page(admin, list_invoices(status=invoices_pb2.INVOICE_FINAL), 10)
+            for number in page
+        ]
+        assert sorted(listed) == sorted(n for numbers in world.invoices.values() for n in numbers)
+
+
 def test_a_restricted_key_pages_its_customers_only_and_learns_nothing_from_a_token(world: World) -> None:
     """PORTAL may see c1 and c3: ListCustomers and ListAlertRules page through theirs only (rule-all watches them
     too); another customer's id as a token is refused exactly as a made-up one (no hint that c2 exists), and so is

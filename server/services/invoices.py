@@ -187,6 +187,8 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     async def ListInvoices(
         self, request: invoices_pb2.ListInvoicesRequest, context: Context
     ) -> invoices_pb2.ListInvoicesResponse:
+        if request.status not in invoices_pb2.InvoiceStatus.values():
+            raise InvalidArgument.field("status", f"unknown invoice status {request.status}")
         if request.status == invoices_pb2.INVOICE_DRAFT:
             _page([], request.page_size, request.page_token)  # no token names a draft: any is refused
             return invoices_pb2.ListInvoicesResponse()  # drafts are not stored: PreviewInvoice shows one
