@@ -1378,7 +1378,8 @@ type ListInvoicesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty: every customer's.
 	CustomerId string `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	// UNSPECIFIED or FINAL: final invoices; DRAFT: none (see above).
+	// UNSPECIFIED or FINAL: final invoices; DRAFT: none (see above); a value
+	// InvoiceStatus does not define is INVALID_ARGUMENT naming status.
 	Status InvoiceStatus `protobuf:"varint,2,opt,name=status,proto3,enum=tariff.v1.InvoiceStatus" json:"status,omitempty"`
 	// Invoices whose period starts at or after period_start_from and before
 	// period_start_before (each optional).

@@ -773,7 +773,8 @@ export type ListInvoicesRequest = Message<"tariff.v1.ListInvoicesRequest"> & {
   customerId: string;
 
   /**
-   * UNSPECIFIED or FINAL: final invoices; DRAFT: none (see above).
+   * UNSPECIFIED or FINAL: final invoices; DRAFT: none (see above); a value
+   * InvoiceStatus does not define is INVALID_ARGUMENT naming status.
    *
    * @generated from field: tariff.v1.InvoiceStatus status = 2;
    */
