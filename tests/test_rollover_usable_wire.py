@@ -24,6 +24,23 @@ from tests.test_audit_credits_wire import (
 )
 
 
+def customer_with_a_period_ending_soon(client: TariffClient, customer_id: str, **contract: object) -> int:
+    """A customer and its contract on the catalogue's card whose billing period ends about 4 s from now (the
+    contract starts a month before that end); returns the period's end, in ms."""
+    period_end_ms = (now_ms() // 1000 + 4) * 1000
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+    client.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id=f"k-{customer_id}",
+            customer_id=customer_id,
+            rate_card_id="card",
+            starting_at=stamp(period_anchor_ms(period_end_ms)),
+            **contract,  # type: ignore[arg-type]
+        )
+    )
+    return period_end_ms
+
+
 def test_usage_dated_after_the_period_end_is_not_paid_from_a_grant_that_rolls_over_there(
     server_factory: ServerFactory,
 ) -> None:
@@ -35,18 +52,8 @@ def test_usage_dated_after_the_period_end_is_not_paid_from_a_grant_that_rolls_ov
     server = server_factory()
     with server.client() as client:
         catalogue(client)
-        period_end_ms = (now_ms() // 1000 + 4) * 1000
-        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="ru", name="ru"))
-        client.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id="k-ru",
-                customer_id="ru",
-                rate_card_id="card",
-                starting_at=stamp(period_anchor_ms(period_end_ms)),
-                overage_policy=contracts_pb2.ALLOW,
-                overage_price="1",
-                currency="USD",
-            )
+        period_end_ms = customer_with_a_period_ending_soon(
+            client, "ru", overage_policy=contracts_pb2.ALLOW, overage_price="1", currency="USD"
         )
         grant(client, "ru", "R", "10", starts_at_ms=now_ms() - 1000, rollover_fraction="0.5")
         assert client.ingest_batch([work("late", "ru", 4, period_end_ms + 1000)]).accepted == 1
@@ -84,13 +91,7 @@ def test_a_grant_named_as_the_rollover_in_advance_keeps_its_id_and_the_rollover_
     server = server_factory()
     with server.client() as client:
         catalogue(client)
-        period_end_ms = (now_ms() // 1000 + 4) * 1000
-        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="ra", name="ra"))
-        client.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id="k-ra", customer_id="ra", rate_card_id="card", starting_at=stamp(period_anchor_ms(period_end_ms))
-            )
-        )
+        period_end_ms = customer_with_a_period_ending_soon(client, "ra")
         named, rolled = f"rollover-R-{period_end_ms}", f"rollover-R-{period_end_ms}+"
         grant(client, "ra", "R", "10", starts_at_ms=now_ms() - 1000, rollover_fraction="0.5")
         grant(client, "ra", named, "1", starts_at_ms=now_ms() - 1000)
@@ -122,13 +123,7 @@ def test_a_grant_under_the_id_of_a_rollover_that_made_no_grant_keeps_its_own_rev
     server = server_factory()
     with server.client() as client:
         catalogue(client)
-        period_end_ms = (now_ms() // 1000 + 4) * 1000
-        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rz", name="rz"))
-        client.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id="k-rz", customer_id="rz", rate_card_id="card", starting_at=stamp(period_anchor_ms(period_end_ms))
-            )
-        )
+        period_end_ms = customer_with_a_period_ending_soon(client, "rz")
         amount = "10.000000000001"
         grant(client, "rz", "R", amount, paid=amount, starts_at_ms=now_ms() - 1000, rollover_fraction="0.5")
         assert client.ingest_batch([work("jan", "rz", 10, now_ms())]).accepted == 1
