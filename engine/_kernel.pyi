@@ -38,8 +38,16 @@ class Kernel:
     def contract_timelines(self, customer_id: str) -> list[list[tuple[int, str, int]]] | None: ...
     def ingest(self, batch: bytes, received_ms: int, journal_seq: int) -> tuple[bytes, bytes]: ...
     def ingest_checked(
-        self, batch: bytes, received_ms: int, next_seq: int, events_max: int, allowed: list[str] | None
-    ) -> tuple[bytes, bytes, int, int, list[str]]: ...
+        self,
+        batch: bytes,
+        received_ms: int,
+        next_seq: int,
+        events_max: int,
+        allowed: list[str] | None,
+        top_ups_in_billed_period: bool = False,
+    ) -> tuple[bytes, bytes, int, int, list[str]]:
+        """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
+        (False: at the purchase, as batches journaled before it)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,
@@ -119,8 +127,11 @@ class Kernel:
         """(allowed, reason, message, estimated_cost, available, held, repeated, expires_at_ms)."""
     def release(self, customer_id: str, reservation_id: str, now_ms: int) -> tuple[int, bool]:
         """(credits given back, repeated)."""
-    def set_top_up(self, customer_id: str, policy: tuple[int, int, int, int] | None) -> bool:
-        """policy: (threshold_picos, recharge_to_picos, price_per_credit_e18, max_per_period); None clears."""
+    def set_top_up(
+        self, customer_id: str, policy: tuple[int, int, int, int] | None, bought_at_ms: int | None = None
+    ) -> bool:
+        """policy: (threshold_picos, recharge_to_picos, price_per_credit_e18, max_per_period); None clears. With
+        bought_at_ms, a policy set while available credit is below its threshold buys then."""
     def top_up_policy(self, customer_id: str) -> tuple[int, int, int, int] | None: ...
     def top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
         """[(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)], oldest first."""
