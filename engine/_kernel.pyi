@@ -127,11 +127,8 @@ class Kernel:
         """(allowed, reason, message, estimated_cost, available, held, repeated, expires_at_ms)."""
     def release(self, customer_id: str, reservation_id: str, now_ms: int) -> tuple[int, bool]:
         """(credits given back, repeated)."""
-    def set_top_up(
-        self, customer_id: str, policy: tuple[int, int, int, int] | None, bought_at_ms: int | None = None
-    ) -> bool:
-        """policy: (threshold_picos, recharge_to_picos, price_per_credit_e18, max_per_period); None clears. With
-        bought_at_ms, a policy set while available credit is below its threshold buys then."""
+    def set_top_up(self, customer_id: str, policy: tuple[int, int, int, int] | None) -> bool:
+        """policy: (threshold_picos, recharge_to_picos, price_per_credit_e18, max_per_period); None clears."""
     def top_up_policy(self, customer_id: str) -> tuple[int, int, int, int] | None: ...
     def top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
         """[(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)], oldest first."""

@@ -117,14 +117,7 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
 # earlier releases. What was asked is the same with or without them, so neither a retry's fingerprint
 # (engine/control.py) nor the audit log's entry (engine/audit.py) holds them: replaying an earlier record then
 # writes the same entry its release wrote.
-SERVER_SET_FIELDS = (
-    "use_ends_at_rollover",
-    "rollovers_shown",
-    "alerts_evaluated",
-    "paid_at_picos",
-    "made_ids_refused",
-    "bought_when_below",
-)
+SERVER_SET_FIELDS = ("use_ends_at_rollover", "rollovers_shown", "alerts_evaluated", "paid_at_picos", "made_ids_refused")
 
 
 class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaults=True):
@@ -224,13 +217,8 @@ class ReleaseReservation(msgspec.Struct, frozen=True, tag="release_reservation")
     reservation_id: str
 
 
-class SetTopUpPolicy(msgspec.Struct, frozen=True, tag="set_top_up_policy", omit_defaults=True):
-    """Decimal texts as received; an empty threshold and recharge_to with max_per_period 0 clears the policy.
-
-    `bought_when_below`: set by the server for every request it takes, so a policy set while the customer's
-    available credit is already below its threshold buys at once (at `at_ms`, as a draw that took it there would);
-    False (left out when stored, as commands stored before it have none) buys nothing until a later draw or hold,
-    as then. Not part of a request's fingerprint (engine/control.py)."""
+class SetTopUpPolicy(msgspec.Struct, frozen=True, tag="set_top_up_policy"):
+    """Decimal texts as received; an empty threshold and recharge_to with max_per_period 0 clears the policy."""
 
     at_ms: int
     actor: str
@@ -239,7 +227,6 @@ class SetTopUpPolicy(msgspec.Struct, frozen=True, tag="set_top_up_policy", omit_
     recharge_to: str
     price_per_credit: str
     max_per_period: int
-    bought_when_below: bool = False
 
 
 class AdvanceClock(msgspec.Struct, frozen=True, tag="advance_clock"):

@@ -190,8 +190,7 @@ def _set_top_up(billing: Billing, command: cmd.SetTopUpPolicy) -> Contract:
         policy = (top_up.threshold, top_up.recharge_to, price_e18, top_up.max_per_period)
     if billing.kernel.top_up_policy(contract.customer_id) == policy:
         raise Repeated(contract)
-    bought_at_ms = command.at_ms if command.bought_when_below else None
-    known = billing.kernel.set_top_up(contract.customer_id, policy, bought_at_ms)
+    known = billing.kernel.set_top_up(contract.customer_id, policy)
     assert known, f"customer {contract.customer_id!r} has a contract, so the kernel knows it"
     return contract
 

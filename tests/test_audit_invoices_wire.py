@@ -81,14 +81,7 @@ def catalogue(client: TariffClient) -> None:
     )
 
 
-def customer(
-    client: TariffClient,
-    customer_id: str,
-    currency: str,
-    overage_price: str,
-    start_ms: int = JAN,
-    end_ms: int | None = None,
-) -> str:
+def customer(client: TariffClient, customer_id: str, currency: str, overage_price: str, start_ms: int = JAN) -> str:
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
     contract = client.contracts.CreateContract(
         contracts_pb2.CreateContractRequest(
@@ -96,7 +89,6 @@ def customer(
             customer_id=customer_id,
             rate_card_id=CARD,
             starting_at=ts(start_ms),
-            ending_before=None if end_ms is None else ts(end_ms),
             overage_policy=contracts_pb2.ALLOW,
             overage_price=overage_price,
             currency=currency,
@@ -687,12 +679,10 @@ def wait_for_breakage(client: TariffClient, customer_id: str, start_ms: int, end
 def test_top_ups_bought_by_january_events_are_due_once_rounded_on_january(server_factory: ServerFactory) -> None:
     """Below 1 credit, buy up to 2 at 0.0025 each (at most twice): the first event (1 credit, no grant yet) is all
     overage and buys 2 credits for 0.005; the second (2 credits) draws them and buys 2 more for 0.005; the third
-    (1 credit) draws 1 and leaves 1, not below the threshold. 0.005 + 0.005 = 0.01, rounded once (each alone: 0.00).
-    The contract ended in March, so the policy, set now with no credit, buys nothing when set: no billing period
-    covers now (one that did would buy at once, in the current period)."""
+    (1 credit) draws 1 and leaves 1, not below the threshold. 0.005 + 0.005 = 0.01, rounded once (each alone: 0.00)."""
     with start_server(server_factory, "top-ups") as client:
         catalogue(client)
-        contract_id = customer(client, "t", "USD", "1", end_ms=MAR)
+        contract_id = customer(client, "t", "USD", "1")
         policy = contracts_pb2.TopUpPolicy(threshold="1", recharge_to="2", price_per_credit="0.0025", max_per_period=2)
         client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
         for n, at in ((1000, JAN + DAY_MS), (2000, JAN + 2 * DAY_MS), (1000, JAN + 3 * DAY_MS)):

@@ -266,6 +266,13 @@ def test_a_holds_answer_counts_the_credit_its_own_top_up_bought(server_factory: 
         assert first.credits_available == "20"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a policy set while available credit is below its threshold buys nothing until a draw or hold "
+    "(engine/kernel/src/credits.rs Kernel::set_top_up), as README and contracts.proto document; on BLOCK no such draw "
+    "is authorized. Buying at once changes the amounts of the documented zero-credit scenario (usage, then the "
+    "purchase): a contract decision, kept as documented",
+)
 def test_a_policy_set_below_its_threshold_tops_up_at_once(server_factory: ServerFactory) -> None:
     """BLOCK, 3 credits left; a policy below 5 back to 20 is set: the customer is below the threshold, so 17 are
     bought and a 4-credit request is authorized (and ingesting it draws no overage). Before: Authorize denies it for

@@ -283,38 +283,6 @@ def _replays_to_the_same_state(m: Ledger) -> bool:
     return m.replayed().encode_snapshot() == m.billing.encode_snapshot()
 
 
-def test_a_policy_set_below_its_threshold_buys_at_once_for_the_server_and_replays_as_recorded_before() -> None:
-    # bought_when_below is the server's (server/services/contracts.py sets it): a policy below 5 back to 20 set while
-    # 3 credits are left buys 17 at once, in the period of the command's time, within the cap; one recorded by an
-    # earlier release, without the flag, buys nothing until a draw, as then. The flag is in neither the audit entry
-    # nor the retry fingerprint, and each ledger replays to the state it made.
-    def ledger(bought_when_below: bool) -> Ledger:
-        world = basic_world()
-        world.grant("g", "3", paid="3")
-        m = Ledger(world)
-        m.run(msgspec.structs.replace(policy_at(T0, "5", "20", "1", 1), bought_when_below=bought_when_below))
-        return m
-
-    now = ledger(bought_when_below=True)
-    first = (EPOCH_MS, f"top-up-{EPOCH_MS}-1", picos("17"), T0)
-    assert _purchases(now) == [first]
-    assert preview(now, T0).top_up_purchases_minor == 1700
-    # Below a new threshold of 25 (20 available) with January's one purchase made: the cap holds; with 2, it buys.
-    now.run(msgspec.structs.replace(policy_at(T0 + 1, "25", "30", "1", 1), bought_when_below=True))
-    assert _purchases(now) == [first]
-    now.run(msgspec.structs.replace(policy_at(T0 + 2, "25", "30", "1", 2), bought_when_below=True))
-    assert _purchases(now) == [first, (EPOCH_MS, f"top-up-{EPOCH_MS}-2", picos("10"), T0 + 2)]
-    earlier = ledger(bought_when_below=False)
-    assert _purchases(earlier) == []
-    earlier.ingest([event("t1", T0 + 1, 1)], T0 + 1)  # the next draw buys: 2 left, 18 bought
-    assert _purchases(earlier) == [(EPOCH_MS, f"top-up-{EPOCH_MS}-1", picos("18"), T0 + 1)]
-    entries = [e for m in (now, earlier) for e in m.world.engine.state.audit if e.action == "SetTopUpPolicy"]
-    assert len(entries) == 4 and all("bought_when_below" not in entry.diff for entry in entries), entries
-    server_set = msgspec.structs.replace(policy_at(T0, "5", "20", "1", 1), bought_when_below=True)
-    assert fingerprint(server_set) == fingerprint(policy_at(T0, "5", "20", "1", 1))
-    assert _replays_to_the_same_state(now) and _replays_to_the_same_state(earlier)
-
-
 def test_a_top_up_an_event_of_the_next_period_buys_starts_there_for_the_server_and_replays_as_recorded_before() -> None:
     # top_ups_in_billed_period is the server's (server/sequencer.py sets it on every batch and journals it): an event
     # dated 10 s into February, received a minute before February, draws 6 of 10. The top-up of 16 counts in

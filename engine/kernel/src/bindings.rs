@@ -658,23 +658,15 @@ impl Kernel {
     }
 
     /// Sets the customer's top-up policy (threshold and recharge_to in picos, price per credit at
-    /// 10^-18), or clears it with None. False for a customer the kernel does not know. With
-    /// `bought_at_ms`, a policy set below its threshold buys then (`Kernel::set_top_up`).
-    #[pyo3(signature = (customer_id, policy, bought_at_ms = None))]
-    fn set_top_up(
-        &self,
-        py: Python<'_>,
-        customer_id: &str,
-        policy: Option<(i128, i128, i128, u32)>,
-        bought_at_ms: Option<i64>,
-    ) -> PyResult<bool> {
+    /// 10^-18), or clears it with None. False for a customer the kernel does not know.
+    fn set_top_up(&self, py: Python<'_>, customer_id: &str, policy: Option<(i128, i128, i128, u32)>) -> PyResult<bool> {
         let policy = policy.map(|(threshold, recharge_to, price_per_credit_e18, max_per_period)| TopUpPolicy {
             threshold,
             recharge_to,
             price_per_credit_e18,
             max_per_period,
         });
-        py.detach(|| self.change(|k| k.set_top_up(customer_id, policy, bought_at_ms)))
+        py.detach(|| self.change(|k| k.set_top_up(customer_id, policy)))
     }
 
     /// The customer's top-up policy (threshold, recharge_to, price_per_credit_e18, max_per_period) or None.

@@ -317,7 +317,7 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
     Ok(released)
 }
 
-/// After an event's charges drew (or a hold was taken, or the policy was set): executes the customer's
+/// After an event's charges drew (or a hold was taken): executes the customer's
 /// top-up when available credit is below its threshold and the period's cap allows. `period_start_ms`:
 /// the billing period the purchase counts in. `in_billed_period`: when that period starts after `at_ms`
 /// (an event dated past the period's end), the credit available is counted at its start and the grant
@@ -561,18 +561,10 @@ impl Kernel {
     }
 
     /// Sets (Some) or clears (None) the customer's top-up policy. False for an unknown customer.
-    /// With `bought_at_ms`, a policy set while available credit is already below its threshold buys
-    /// then, as a draw that took it there would (in the billing period covering that time, within the
-    /// cap); without it (commands journaled before it), such a policy buys at the next draw or hold.
-    pub fn set_top_up(&mut self, customer_id: &str, policy: Option<TopUpPolicy>, bought_at_ms: Option<i64>) -> bool {
+    /// A policy set while available credit is already below its threshold buys at the next draw.
+    pub fn set_top_up(&mut self, customer_id: &str, policy: Option<TopUpPolicy>) -> bool {
         let Some(account) = self.accounts.get_mut(customer_id) else { return false };
         account.credits.get_or_insert_with(Box::default).top_up = policy;
-        let Some(at_ms) = bought_at_ms.filter(|_| policy.is_some()) else { return true };
-        if let Some(period_start) = period_start_at(account, at_ms) {
-            if top_up(account, &mut self.clock, customer_id, period_start, at_ms, false).is_some() {
-                self.due.refresh_at(customer_id, account, self.rater.catalog.dedupe_window_ms, at_ms);
-            }
-        }
         true
     }
 

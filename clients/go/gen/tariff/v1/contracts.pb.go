@@ -637,11 +637,10 @@ func (*PriceOverride_Price) isPriceOverride_Adjustment() {}
 // policy per customer (set through any of its contracts). threshold must be
 // above 0 (available credit is never below 0) and below recharge_to, the
 // price not negative, max_per_period at least 1. A policy set while available
-// credit is already below threshold buys at once, as a draw that took it there
-// would (in the current billing period, within max_per_period), so that under
-// BLOCK the next Authorize can count it. The purchase follows the draw: an
-// event costing more than is available is rated against what is there (the
-// rest is overage, BLOCK or not), and Authorize decides without it. A purchase
+// credit is already below threshold buys at the next rated event or hold, not
+// when it is set. The purchase follows the draw: an event costing more than is
+// available is rated against what is there (the rest is overage, BLOCK or
+// not), and Authorize decides without it. A purchase
 // counts in the billing period of the event that triggered it; one an event
 // dated in the next period triggers (events may be dated up to the server's
 // future skew ahead) is a grant usable from that period's start, billed on its
@@ -1263,9 +1262,7 @@ type SetTopUpPolicyRequest struct {
 	ContractId string                 `protobuf:"bytes,1,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
 	// Unset: clears the customer's policy. Set, it is the whole policy: one
 	// without threshold (an empty TopUpPolicy, or one with only a price) is
-	// INVALID_ARGUMENT naming top_up.threshold, never a clearing. Set while the
-	// customer's available credit is below its threshold, it buys at once (see
-	// TopUpPolicy): the answer's contract is read after that purchase.
+	// INVALID_ARGUMENT naming top_up.threshold, never a clearing.
 	TopUp         *TopUpPolicy `protobuf:"bytes,2,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

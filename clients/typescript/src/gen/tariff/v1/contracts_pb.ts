@@ -307,11 +307,10 @@ export const PriceOverrideSchema: GenMessage<PriceOverride> = /*@__PURE__*/
  * policy per customer (set through any of its contracts). threshold must be
  * above 0 (available credit is never below 0) and below recharge_to, the
  * price not negative, max_per_period at least 1. A policy set while available
- * credit is already below threshold buys at once, as a draw that took it there
- * would (in the current billing period, within max_per_period), so that under
- * BLOCK the next Authorize can count it. The purchase follows the draw: an
- * event costing more than is available is rated against what is there (the
- * rest is overage, BLOCK or not), and Authorize decides without it. A purchase
+ * credit is already below threshold buys at the next rated event or hold, not
+ * when it is set. The purchase follows the draw: an event costing more than is
+ * available is rated against what is there (the rest is overage, BLOCK or
+ * not), and Authorize decides without it. A purchase
  * counts in the billing period of the event that triggered it; one an event
  * dated in the next period triggers (events may be dated up to the server's
  * future skew ahead) is a grant usable from that period's start, billed on its
@@ -668,9 +667,7 @@ export type SetTopUpPolicyRequest = Message<"tariff.v1.SetTopUpPolicyRequest"> &
   /**
    * Unset: clears the customer's policy. Set, it is the whole policy: one
    * without threshold (an empty TopUpPolicy, or one with only a price) is
-   * INVALID_ARGUMENT naming top_up.threshold, never a clearing. Set while the
-   * customer's available credit is below its threshold, it buys at once (see
-   * TopUpPolicy): the answer's contract is read after that purchase.
+   * INVALID_ARGUMENT naming top_up.threshold, never a clearing.
    *
    * @generated from field: tariff.v1.TopUpPolicy top_up = 2;
    */
