@@ -38,8 +38,16 @@ class Kernel:
     def contract_timelines(self, customer_id: str) -> list[list[tuple[int, str, int]]] | None: ...
     def ingest(self, batch: bytes, received_ms: int, journal_seq: int) -> tuple[bytes, bytes]: ...
     def ingest_checked(
-        self, batch: bytes, received_ms: int, next_seq: int, events_max: int, allowed: list[str] | None
-    ) -> tuple[bytes, bytes, int, int, list[str]]: ...
+        self,
+        batch: bytes,
+        received_ms: int,
+        next_seq: int,
+        events_max: int,
+        allowed: list[str] | None,
+        top_ups_in_billed_period: bool = False,
+    ) -> tuple[bytes, bytes, int, int, list[str]]:
+        """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
+        (False: at the purchase, as batches journaled before it)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,

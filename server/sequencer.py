@@ -126,7 +126,9 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
 
 class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     """A usage batch as journaled: the bytes as received, the writer's receive time, the kernel's digest (which
-    replay asserts), and the ack's counts (for tools that read the journal without the kernel)."""
+    replay asserts), and the ack's counts (for tools that read the journal without the kernel).
+    `top_ups_in_billed_period`: the rule the batch was rated by (Billing.ingest), True for every batch the server
+    rates; absent (False) from the records of earlier releases, which replay by the rule of then."""
 
     batch: bytes
     received_ms: int
@@ -134,6 +136,7 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     accepted: int
     duplicates: int
     rejected: int
+    top_ups_in_billed_period: bool = False
 
 
 class RerationDone(msgspec.Struct, frozen=True, array_like=True):
@@ -221,7 +224,15 @@ def recover(
             explain_index.write([billing.kernel.take_explain()], seq - 1)
         record = decode_record(blob)
         if record.usage is not None:
-            billing.replay(seq, record.usage.batch, record.usage.received_ms, record.usage.digest, record.alerts)
+            usage = record.usage
+            billing.replay(
+                seq,
+                usage.batch,
+                usage.received_ms,
+                usage.digest,
+                record.alerts,
+                top_ups_in_billed_period=usage.top_ups_in_billed_period,
+            )
         elif record.rerated is not None:
             _replay_rerated(billing, seq, record.rerated, record.alerts)
         else:
@@ -1234,7 +1245,9 @@ def _rate_batches(
     for batch in batches:
         seq = billing.last_seq + 1
         try:
-            done = billing.ingest(batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed)
+            done = billing.ingest(
+                batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed, top_ups_in_billed_period=True
+            )
         except BatchTooLarge as exc:
             refusal: EngineError = ResourceExhausted(
                 f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}"
@@ -1255,7 +1268,8 @@ def _rate_batches(
         if not done.accepted:
             rated.append((seq, done, None))
             continue
-        usage = UsageRecord(batch.data, now_ms, done.digest, done.accepted, done.duplicates, len(done.rejected))
+        counts = (done.accepted, done.duplicates, len(done.rejected))
+        usage = UsageRecord(batch.data, now_ms, done.digest, *counts, top_ups_in_billed_period=True)
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
 

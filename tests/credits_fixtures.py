@@ -14,7 +14,7 @@ from engine.billing import Billing
 from engine.errors import Repeated
 from tests.engine_fixtures import ACTOR, World
 
-Record = cmd.AdminCommand | tuple[bytes, int, bytes]
+Record = cmd.AdminCommand | tuple[bytes, int, bytes, bool]  # a batch: data, received_ms, digest, its top-up rule
 
 
 @dataclass
@@ -65,12 +65,15 @@ class Ledger:
         assert isinstance(result, credits.Advanced)
         return result
 
-    def ingest(self, events: Sequence[usage_pb2.UsageEvent], received_ms: int) -> usage_pb2.IngestAck:
+    def ingest(
+        self, events: Sequence[usage_pb2.UsageEvent], received_ms: int, *, top_ups_in_billed_period: bool = False
+    ) -> usage_pb2.IngestAck:
+        """Rates a batch as the writer does; `top_ups_in_billed_period` as the server sets it (Billing.ingest)."""
         self.batches += 1
         data = usage_pb2.UsageBatch(batch_id=f"b{self.batches}", events=list(events)).SerializeToString()
-        done = self.billing.ingest(data, received_ms)
+        done = self.billing.ingest(data, received_ms, top_ups_in_billed_period=top_ups_in_billed_period)
         if done.accepted:
-            self.records.append((data, received_ms, done.digest))
+            self.records.append((data, received_ms, done.digest, top_ups_in_billed_period))
         return usage_pb2.IngestAck.FromString(done.ack)
 
     def replayed(self) -> Billing:
@@ -80,8 +83,8 @@ class Ledger:
             fresh.apply(command, fresh.last_seq + 1)
         for record in self.records:
             if isinstance(record, tuple):
-                data, received_ms, digest = record
-                fresh.replay(fresh.last_seq + 1, data, received_ms, digest)
+                data, received_ms, digest, in_billed_period = record
+                fresh.replay(fresh.last_seq + 1, data, received_ms, digest, top_ups_in_billed_period=in_billed_period)
             else:
                 fresh.apply(record, fresh.last_seq + 1)
         return fresh

@@ -32,7 +32,11 @@ CENT = Decimal("0.01")
 
 
 def policy(threshold: str, recharge_to: str, price: str, cap: int) -> cmd.SetTopUpPolicy:
-    return cmd.SetTopUpPolicy(EPOCH_MS, ACTOR, "c-acme", threshold, recharge_to, price, cap)
+    return policy_at(EPOCH_MS, threshold, recharge_to, price, cap)
+
+
+def policy_at(at_ms: int, threshold: str, recharge_to: str, price: str, cap: int) -> cmd.SetTopUpPolicy:
+    return cmd.SetTopUpPolicy(at_ms, ACTOR, "c-acme", threshold, recharge_to, price, cap)
 
 
 def preview(m: Ledger, at_ms: int) -> Invoice:
@@ -270,6 +274,43 @@ def test_a_grant_under_a_made_grants_id_is_refused_for_the_server_and_replays_as
     assert entries and all("made_ids_refused" not in entry.diff for entry in entries), entries
     assert fingerprint(clash) == fingerprint(earlier)
     assert m.replayed().engine.state.accounts["acme"].grants == world.engine.state.accounts["acme"].grants
+
+
+def _purchases(m: Ledger) -> list[tuple[int, str, int, int]]:
+    """(period start, grant id, credits, bought at) of each purchase, oldest first."""
+    return [(p[0], p[1], p[2], p[5]) for p in m.billing.kernel.top_up_purchases("acme")]
+
+
+def _replays_to_the_same_state(m: Ledger) -> bool:
+    return m.replayed().encode_snapshot() == m.billing.encode_snapshot()
+
+
+def test_a_top_up_an_event_of_the_next_period_buys_starts_there_for_the_server_and_replays_as_recorded_before() -> None:
+    # top_ups_in_billed_period is the server's (server/sequencer.py sets it on every batch and journals it): an event
+    # dated 10 s into February, received a minute before February, draws 6 of 10. The top-up of 16 counts in
+    # February and starts there, so revenue sells it in February as its invoice bills it; a second February event
+    # finds 3 + 16 available there and buys nothing (cap 2). A batch recorded by an earlier release, without the
+    # rule, starts the grant at the purchase, in January, as then; each replays to the state it made.
+    def ledger(in_billed_period: bool) -> Ledger:
+        world = basic_world()
+        world.grant("g", "10", paid="10")
+        m = Ledger(world)
+        m.run(policy("5", "20", "1", 2))
+        for key, at_ms, units in (("f1", FEB_MS + 10_000, 6), ("f2", FEB_MS + 20_000, 1)):
+            m.ingest([event(key, at_ms, units)], FEB_MS - 60_000, top_ups_in_billed_period=in_billed_period)
+        return m
+
+    bought = f"top-up-{FEB_MS}-1"
+    now = ledger(in_billed_period=True)
+    assert _purchases(now) == [(FEB_MS, bought, picos("16"), FEB_MS - 60_000)]
+    assert [(g[0], g[4]) for g in now.billing.kernel.made_grants("acme")] == [(bought, FEB_MS)]
+    assert (preview(now, T0).top_up_purchases_minor, preview(now, FEB_MS).top_up_purchases_minor) == (0, 1600)
+    sold = [report(now, start, end).totals.prepaid_sold for start, end in ((EPOCH_MS, FEB_MS), (FEB_MS, MAR_MS))]
+    assert sold == [picos("10"), picos("16")]
+    earlier = ledger(in_billed_period=False)
+    assert _purchases(earlier) == _purchases(now)
+    assert [(g[0], g[4]) for g in earlier.billing.kernel.made_grants("acme")] == [(bought, FEB_MS - 60_000)]
+    assert _replays_to_the_same_state(now) and _replays_to_the_same_state(earlier)
 
 
 def future_rollover_world(rollover_ids_distinct: bool) -> tuple[Ledger, str]:

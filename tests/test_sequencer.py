@@ -169,7 +169,14 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
     for seq, blob in journal.read_records(0):
         record = decode_record(blob)
         if record.usage is not None:
-            replayed.replay(seq, record.usage.batch, record.usage.received_ms, record.usage.digest)
+            usage = record.usage
+            replayed.replay(
+                seq,
+                usage.batch,
+                usage.received_ms,
+                usage.digest,
+                top_ups_in_billed_period=usage.top_ups_in_billed_period,
+            )
         else:
             assert record.command is not None and not isinstance(record.command, cmd.IngestBatch)
             replayed.apply(record.command, seq)
@@ -197,6 +204,22 @@ def test_a_journaled_digest_the_kernel_does_not_reproduce_stops_recovery_naming_
         doctored.commit([(at, encode_record(tampered) if at == seq else blob)])
     with pytest.raises(RatingChanged, match=f"journal record {seq}: rating changed between releases"):
         recover(doctored)
+
+
+def test_a_batch_is_journaled_with_the_servers_top_up_rule_and_an_earlier_releases_record_reads_without_it() -> None:
+    # The writer rates every batch with top_ups_in_billed_period (engine/billing.py) and journals it, so recovery
+    # rates the batch by the same rule; a usage record of an earlier release (six fields) reads with it False.
+    journal = MemoryJournal()
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(batch(event("r1")))
+
+    run_with(journal, body)
+    seq = journal.last_seq()
+    record = decode_record(next(iter(journal.read_records(seq - 1)))[1])
+    assert record.usage is not None and record.usage.top_ups_in_billed_period
+    earlier = decode_record(msgspec.msgpack.encode([None, None, [b"batch", 1, bytes(16), 1, 0, 0]])).usage
+    assert earlier is not None and (earlier.batch, earlier.top_ups_in_billed_period) == (b"batch", False)
 
 
 def test_an_empty_batch_is_answered_with_an_empty_result_even_while_closing() -> None:
@@ -398,13 +421,24 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
         ingest = billing.ingest
 
         def held_ingest(
-            data: bytes, received_ms: int, *, events_max: int = 2**31, allowed: list[str] | None = None
+            data: bytes,
+            received_ms: int,
+            *,
+            events_max: int = 2**31,
+            allowed: list[str] | None = None,
+            top_ups_in_billed_period: bool = False,
         ) -> Ingested:
             rated_on.append(threading.get_ident())
             rating.set()
             # Rating on the loop would never see the read below: the wait would run out and the test fail.
             assert read_while_rating.wait(timeout=30), "the event loop was blocked while a batch was rated"
-            return ingest(data, received_ms, events_max=events_max, allowed=allowed)
+            return ingest(
+                data,
+                received_ms,
+                events_max=events_max,
+                allowed=allowed,
+                top_ups_in_billed_period=top_ups_in_billed_period,
+            )
 
         billing.ingest = held_ingest  # type: ignore[method-assign,assignment]
         answer = sequencer.submit(batch(event("off-loop")))

@@ -194,8 +194,13 @@ impl Kernel {
         received_ms: i64,
         journal_seq: u64,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        let (ack, digest) =
-            py.detach(|| self.change(|k| k.ingest(batch, received_ms, journal_seq))?.map_err(PyValueError::new_err))?;
+        let (ack, digest) = py.detach(|| {
+            self.change(|k| {
+                k.top_ups_in_billed_period = false;
+                k.ingest(batch, received_ms, journal_seq)
+            })?
+            .map_err(PyValueError::new_err)
+        })?;
         Ok((PyBytes::new(py, &ack), PyBytes::new(py, &digest)))
     }
 
@@ -203,8 +208,10 @@ impl Kernel {
     /// Refuses the whole batch, having changed nothing: ValueError when the bytes are not a
     /// UsageBatch, BatchTooLarge(events) past `events_max`, CustomerNotAllowed(index, customer_id)
     /// for a customer outside `allowed` (None: every customer). A batch that accepts nothing
-    /// reports `next_seq - 1`.
-    #[allow(clippy::type_complexity)]
+    /// reports `next_seq - 1`. `top_ups_in_billed_period`: a top-up an event dated in a later billing
+    /// period buys starts in that period (false: at the purchase, as batches journaled before it).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    #[pyo3(signature = (batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false))]
     fn ingest_checked<'py>(
         &self,
         py: Python<'py>,
@@ -213,9 +220,11 @@ impl Kernel {
         next_seq: u64,
         events_max: usize,
         allowed: Option<Vec<String>>,
+        top_ups_in_billed_period: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
+                kernel.top_ups_in_billed_period = top_ups_in_billed_period;
                 let allowed = allowed.as_deref();
                 kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
                     RwLockWriteGuard::bump(held)

@@ -317,18 +317,27 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
     Ok(released)
 }
 
-/// After an event's charges drew (or a hold was taken): executes the customer's top-up when
-/// available credit is below its threshold and the period's cap allows. `period_start_ms`: the
-/// billing period the purchase counts in. Returns (grant id, credits) when it bought.
+/// After an event's charges drew (or a hold was taken): executes the customer's
+/// top-up when available credit is below its threshold and the period's cap allows. `period_start_ms`:
+/// the billing period the purchase counts in. `in_billed_period`: when that period starts after `at_ms`
+/// (an event dated past the period's end), the credit available is counted at its start and the grant
+/// starts there, so that revenue sells it in the period that bills it; false (batches journaled
+/// before it) counts at `at_ms` and starts the grant there. Returns (grant id, credits) when it bought.
 pub fn top_up(
     account: &mut Account,
     clock: &mut Clock,
     customer_id: &str,
     period_start_ms: i64,
     at_ms: i64,
+    in_billed_period: bool,
 ) -> Option<(Box<str>, Picos)> {
     let policy = account.credits.as_deref()?.top_up?;
-    let available: Picos = account.grants.iter().filter(|g| g.usable_at(at_ms)).map(|g| g.remaining).sum();
+    let (counted_at_ms, starts_at_ms) = if in_billed_period {
+        (at_ms.max(period_start_ms), period_start_ms)
+    } else {
+        (at_ms, period_start_ms.min(at_ms))
+    };
+    let available: Picos = account.grants.iter().filter(|g| g.usable_at(counted_at_ms)).map(|g| g.remaining).sum();
     if available >= policy.threshold {
         return None;
     }
@@ -359,7 +368,7 @@ pub fn top_up(
         remaining: credits,
         priority: TOP_UP_PRIORITY,
         applicable: Vec::new(),
-        starts_at_ms: period_start_ms.min(at_ms),
+        starts_at_ms,
         expires_at_ms: None,
         creation_order,
         usable_before_ms: NEVER_MS,
@@ -383,8 +392,9 @@ fn period_start_at(account: &Account, at_ms: i64) -> Option<i64> {
     Some(period_containing(contract.starting_at_ms, at_ms).0)
 }
 
-/// Ingestion's hook after an event is committed: top-up, and a refund that gave credit back to an
-/// expired grant is due for breakage.
+/// Ingestion's hook after an event is committed: top-up (`in_billed_period`: as `top_up`'s), and a
+/// refund that gave credit back to an expired grant is due for breakage.
+#[allow(clippy::too_many_arguments)]
 pub fn after_event(
     account: &mut Account,
     clock: &mut Clock,
@@ -392,10 +402,11 @@ pub fn after_event(
     period_start_ms: i64,
     refunded: bool,
     at_ms: i64,
+    in_billed_period: bool,
     ack: &mut AckBuilder,
 ) {
     if account.credits.as_deref().is_some_and(|c| c.top_up.is_some()) {
-        if let Some((id, credits)) = top_up(account, clock, customer_id, period_start_ms, at_ms) {
+        if let Some((id, credits)) = top_up(account, clock, customer_id, period_start_ms, at_ms, in_billed_period) {
             ack.topped_up(&id, credits);
         }
     }
@@ -441,7 +452,8 @@ impl Kernel {
         account.credits.get_or_insert_with(Box::default).open.insert(reservation_id.into(), reservation);
         self.clock.note_due(expires_at_ms);
         if let Some(period_start) = period_start_at(account, now_ms) {
-            if let Some((_, bought)) = top_up(account, &mut self.clock, &event.customer_id, period_start, now_ms) {
+            if let Some((_, bought)) = top_up(account, &mut self.clock, &event.customer_id, period_start, now_ms, false)
+            {
                 // The answer counts what the hold's own top-up bought, as a retry's and GetBalance do.
                 decision.available += bought;
             }

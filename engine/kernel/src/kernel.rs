@@ -262,6 +262,10 @@ pub struct Kernel {
     pub(crate) clock: Clock,
     /// Which accounts have something due, by time (crate::due): derived, rebuilt on restore.
     pub(crate) due: crate::due::DueIndex,
+    /// How the batch being rated starts a top-up an event dated in a later billing period buys
+    /// (`credits::top_up`'s `in_billed_period`): set by the caller for each batch, as its journal
+    /// record says (false for records of earlier releases). Not state: a snapshot does not carry it.
+    pub top_ups_in_billed_period: bool,
 }
 
 impl Kernel {
@@ -476,7 +480,18 @@ impl Kernel {
         if account.credits.is_some() {
             let refunded = self.plans.iter().any(|p| p.charge < 0);
             let (clock, customer) = (&mut self.clock, event.customer_id);
-            credits::after_event(account, clock, customer, plan.period_start_ms, refunded, received_ms, ack);
+            let in_billed_period = self.top_ups_in_billed_period;
+            let period_start_ms = plan.period_start_ms;
+            credits::after_event(
+                account,
+                clock,
+                customer,
+                period_start_ms,
+                refunded,
+                received_ms,
+                in_billed_period,
+                ack,
+            );
         }
         // Draws, refunds and settlements move what is due (a grant emptied or refilled, a hold ended).
         self.due.refresh_at(event.customer_id, account, self.rater.catalog.dedupe_window_ms, received_ms);

@@ -319,11 +319,16 @@ export const PriceOverrideSchema: GenMessage<PriceOverride> = /*@__PURE__*/
  * at price_per_credit, at most max_per_period times per billing period. One
  * policy per customer (set through any of its contracts). threshold must be
  * above 0 (available credit is never below 0) and below recharge_to, the
- * price not negative, max_per_period at least 1. A
- * policy set while available credit is already below threshold buys at the
- * next rated event or hold, not when it is set. The purchase follows the
- * draw: an event costing more than is available is rated against what is
- * there (the rest is overage, BLOCK or not), and Authorize decides without it.
+ * price not negative, max_per_period at least 1. A policy set while available
+ * credit is already below threshold buys at the next rated event or hold, not
+ * when it is set. The purchase follows the draw: an event costing more than is
+ * available is rated against what is there (the rest is overage, BLOCK or
+ * not), and Authorize decides without it. A purchase
+ * counts in the billing period of the event that triggered it; one an event
+ * dated in the next period triggers (events may be dated up to the server's
+ * future skew ahead) is a grant usable from that period's start, billed on its
+ * invoice and sold in its revenue, and the credit available for it is counted
+ * there.
  *
  * @generated from message tariff.v1.TopUpPolicy
  */
