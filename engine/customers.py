@@ -94,8 +94,7 @@ class CustomerCommands(ControlPlane):
         if o.id:
             check_id(o.id, "override.id")
         else:
-            # Named after its content: two overrides alike in everything are one, so a retry finds this one.
-            o = msgspec.structs.replace(o, id="override-" + fingerprint(c).hex()[:16])
+            o = msgspec.structs.replace(o, id=override_id(c))
         key = f"contract/{contract.id}/override/{o.id}"
         print_ = self._repeat(key, c, lambda: contract)
         if any(existing.id == o.id for existing in contract.overrides):
@@ -103,3 +102,15 @@ class CustomerCommands(ControlPlane):
         contract.overrides = (*contract.overrides, o)
         self._remember(key, print_)
         return contract
+
+
+# Overrides a contract holds at most: each is read where its contract's usage is priced, and GetContract and
+# AddOverride answer with all of them. Checked where AddOverride requests arrive (server/services/contracts.py), not
+# when a command is applied, so that contracts journaled before the limit replay as they were.
+OVERRIDES_PER_CONTRACT_MAX = 1_000
+
+
+def override_id(c: cmd.AddOverride) -> str:
+    """The id the override of `c` takes: its own, or when empty one named after its content, so that two overrides
+    alike in everything are one and a retry finds this one."""
+    return c.override.id or "override-" + fingerprint(c).hex()[:16]

@@ -603,3 +603,24 @@ def test_a_key_restricted_to_one_customer_reaches_no_other_contract_and_learns_n
             assert refusal(partial(client.contracts.GetCustomer, lookup))[0] == grpc.StatusCode.PERMISSION_DENIED
     with world.admin() as admin:
         assert not admin.contracts.GetContract(contracts_pb2.GetContractRequest(id=theirs)).overrides
+
+
+def test_a_contract_holds_at_most_1000_overrides_and_a_retry_of_one_it_holds_still_answers(world: World) -> None:
+    """1,000 overrides (999 named, the last named after its content) fill the contract: another is RESOURCE_EXHAUSTED
+    naming the limit and changes nothing, named or not; a retry of one it holds, by id or by content, answers the
+    contract as a retry does. Before, overrides were unbounded, and each one is read where the contract's usage is
+    priced and returned by every GetContract and AddOverride."""
+    with world.admin() as client:
+        contract_id = customer(client, "crowded")
+        for index in range(999):
+            add_override(client, contract_id, id=f"o{index}", product_id="units", multiplier="1")
+        unnamed = {"product_id": "units", "multiplier": "1", "match": {}}
+        full = add_override(client, contract_id, **unnamed)
+        assert len(full.overrides) == 1_000
+        for fields in ({"id": "o1000", "product_id": "units", "multiplier": "1"}, {**unnamed, "multiplier": "2"}):
+            code, details, _ = refusal(partial(add_override, client, contract_id, **fields))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "1000" in details, (fields, details)
+        assert add_override(client, contract_id, id="o998", product_id="units", multiplier="1") == full
+        assert add_override(client, contract_id, **unnamed) == full
+        got = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id))
+        assert len(got.overrides) == 1_000

@@ -15,14 +15,13 @@ from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer, Override
 from engine.control import TEXT_BYTES_MAX, check_reference
+from engine.customers import OVERRIDES_PER_CONTRACT_MAX, override_id
 from engine.errors import InvalidArgument
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
 from engine.products import Product
 from server import auth, convert
-from server.errors import (
-    unary,
-)
+from server.errors import ResourceExhausted, unary
 from server.sequencer import Sequencer
 from server.services.common import (
     Context,
@@ -117,7 +116,11 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         product = self.engine.state.products.get(override.product_id)
         if product is not None:  # unknown: the engine refuses it as "unknown product"
             _check_override_match(override, product)
-        contract = await self._apply(cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override), Contract)
+        command = cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override)
+        contract_now = self.engine.state.contracts.get(request.contract_id)
+        if contract_now is not None:  # unknown: the engine refuses it as NOT_FOUND
+            _check_room_for_override(contract_now, command)
+        contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
 
     @unary
@@ -191,6 +194,19 @@ def _check_override_match(override: Override, product: Product) -> None:
                 f"override.match.{key}",
                 f"values are at most {TEXT_BYTES_MAX} bytes (an event's dimension value is), not {size}",
             )
+
+
+def _check_room_for_override(contract: Contract, command: cmd.AddOverride) -> None:
+    """RESOURCE_EXHAUSTED for a new override on a contract that holds OVERRIDES_PER_CONTRACT_MAX; a retry of one it
+    holds (same id, or same content when unnamed) goes on, and answers as a retry does."""
+    if len(contract.overrides) < OVERRIDES_PER_CONTRACT_MAX:
+        return
+    if override_id(command) in {o.id for o in contract.overrides}:
+        return
+    raise ResourceExhausted(
+        f"contract {contract.id!r} holds {len(contract.overrides)} overrides, the most a contract may hold "
+        f"({OVERRIDES_PER_CONTRACT_MAX}): no more can be added"
+    )
 
 
 def _threshold_text(request: contracts_pb2.SetTopUpPolicyRequest) -> str:
