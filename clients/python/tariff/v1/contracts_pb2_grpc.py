@@ -113,7 +113,9 @@ class ContractServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddOverride(self, request, context):
-        """Key: override.id; when empty, the override's content.
+        """Key: override.id; when empty, the override's content. A contract holds at
+        most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
+        holds still answers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

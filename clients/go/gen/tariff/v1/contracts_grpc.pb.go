@@ -113,7 +113,9 @@ type ContractServiceClient interface {
 	// never overlap).
 	CreateContract(ctx context.Context, in *CreateContractRequest, opts ...grpc.CallOption) (*Contract, error)
 	GetContract(ctx context.Context, in *GetContractRequest, opts ...grpc.CallOption) (*Contract, error)
-	// Key: override.id; when empty, the override's content.
+	// Key: override.id; when empty, the override's content. A contract holds at
+	// most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
+	// holds still answers).
 	AddOverride(ctx context.Context, in *AddOverrideRequest, opts ...grpc.CallOption) (*Contract, error)
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
 	GrantCredits(ctx context.Context, in *GrantCreditsRequest, opts ...grpc.CallOption) (*Grant, error)
@@ -220,7 +222,9 @@ type ContractServiceServer interface {
 	// never overlap).
 	CreateContract(context.Context, *CreateContractRequest) (*Contract, error)
 	GetContract(context.Context, *GetContractRequest) (*Contract, error)
-	// Key: override.id; when empty, the override's content.
+	// Key: override.id; when empty, the override's content. A contract holds at
+	// most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
+	// holds still answers).
 	AddOverride(context.Context, *AddOverrideRequest) (*Contract, error)
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
 	GrantCredits(context.Context, *GrantCreditsRequest) (*Grant, error)

@@ -822,7 +822,9 @@ export const ContractService: GenService<{
     output: typeof ContractSchema;
   },
   /**
-   * Key: override.id; when empty, the override's content.
+   * Key: override.id; when empty, the override's content. A contract holds at
+   * most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
+   * holds still answers).
    *
    * @generated from rpc tariff.v1.ContractService.AddOverride
    */
