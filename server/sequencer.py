@@ -62,7 +62,7 @@ from engine._kernel import BatchTooLarge, CustomerNotAllowed, DedupeSegment, mer
 from engine.alerts import FiredAlert
 from engine.audit import audit_target
 from engine.billing import Billing, Ingested, RatingChanged, snapshot_parts
-from engine.errors import EngineError, InvalidArgument, Repeated
+from engine.errors import EngineError, FailedPrecondition, InvalidArgument, Repeated
 from engine.rerate import PLAN_SLICE_CUSTOMERS, SLICE_CUSTOMERS, Rerated, RerationPlan, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from engine.versions import PublishResult
@@ -160,6 +160,16 @@ class JournalRecord(msgspec.Struct, frozen=True, array_like=True):
     rerated: RerationDone | None = None
 
 
+@dataclasses.dataclass(slots=True)
+class IngestStream:
+    """One IngestUsage stream's batches, as the writer sees them: once one of them is refused whole (too many
+    events, not a UsageBatch, a customer the key may not touch) the stream ends with that refusal, so the
+    batches it sent after that one are not applied either (no ack reaches them; resent on a new stream, they
+    are accepted). Read and set on the rating thread only."""
+
+    refused: bool = False
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class UsageBatch:
     """A usage batch submitted to the writer: the bytes received, and what the caller may send."""
@@ -168,6 +178,7 @@ class UsageBatch:
     events_max: int
     allowed: list[str] | None = None  # customers a restricted key may touch; None: all
     key_name: str = ""
+    stream: IngestStream | None = None  # the IngestUsage stream it came on; None: IngestUsageBatch
 
 
 Submitted = cmd.AdminCommand | UsageBatch
@@ -1233,31 +1244,39 @@ def _rate_batches(
     rated: list[tuple[int, Ingested | EngineError, bytes | None]] = []
     for batch in batches:
         seq = billing.last_seq + 1
-        try:
-            done = billing.ingest(batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed)
-        except BatchTooLarge as exc:
-            refusal: EngineError = ResourceExhausted(
-                f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}"
-            )
+        if batch.stream is not None and batch.stream.refused:
+            ended = FailedPrecondition("an earlier batch of this stream was refused; nothing of this one was applied")
+            rated.append((seq, ended, None))
+            continue
+        refusal = _batch_refusal(billing, batch, now_ms)
+        if isinstance(refusal, EngineError):
+            if batch.stream is not None:
+                batch.stream.refused = True
             rated.append((seq, refusal, None))
             continue
-        except CustomerNotAllowed as exc:
-            index, customer_id = exc.args
-            refusal = PermissionDenied(
-                f"events[{index}]: key {batch.key_name!r} may not touch customer {customer_id!r}; "
-                "nothing in this batch was applied"
-            )
-            rated.append((seq, refusal, None))
-            continue
-        except ValueError as exc:
-            rated.append((seq, InvalidArgument.field("request", f"not a UsageBatch: {exc}"), None))
-            continue
+        done = refusal
         if not done.accepted:
             rated.append((seq, done, None))
             continue
         usage = UsageRecord(batch.data, now_ms, done.digest, done.accepted, done.duplicates, len(done.rejected))
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
+
+
+def _batch_refusal(billing: Billing, batch: UsageBatch, now_ms: int) -> Ingested | EngineError:
+    """The batch rated, or why it is refused whole, having changed nothing."""
+    try:
+        return billing.ingest(batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed)
+    except BatchTooLarge as exc:
+        return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")
+    except CustomerNotAllowed as exc:
+        index, customer_id = exc.args
+        return PermissionDenied(
+            f"events[{index}]: key {batch.key_name!r} may not touch customer {customer_id!r}; "
+            "nothing in this batch was applied"
+        )
+    except ValueError as exc:
+        return InvalidArgument.field("request", f"not a UsageBatch: {exc}")
 
 
 def _rate_batches_explained(

@@ -16,7 +16,7 @@ from server.errors import (
     streaming,
     unary,
 )
-from server.sequencer import Sequencer, UsageBatch
+from server.sequencer import IngestStream, Sequencer, UsageBatch
 from server.services.common import (
     BATCH_EVENTS_MAX_DEFAULT,
     INTAKE_BYTES_MAX_DEFAULT,
@@ -84,12 +84,13 @@ class UsageService(_Base):
             },
         )
 
-    def _batch(self, data: bytes) -> UsageBatch:
-        """The writer's command for these bytes, with the customers the caller's key may touch."""
+    def _batch(self, data: bytes, stream: IngestStream | None = None) -> UsageBatch:
+        """The writer's command for these bytes, with the customers the caller's key may touch and the
+        IngestUsage stream they came on (None for IngestUsageBatch)."""
         identity = auth.caller.get()
         if identity is None or identity.customers is None:
-            return UsageBatch(data, self.batch_events_max)
-        return UsageBatch(data, self.batch_events_max, sorted(identity.customers), identity.name)
+            return UsageBatch(data, self.batch_events_max, stream=stream)
+        return UsageBatch(data, self.batch_events_max, sorted(identity.customers), identity.name, stream)
 
     @staticmethod
     def _refuse_a_restricted_key_naming_an_actor(context: Context) -> None:
@@ -116,6 +117,8 @@ class UsageService(_Base):
         # Batches are submitted as they arrive (so concurrent streams share group commits) and acked in order.
         # At most STREAM_BATCHES_IN_FLIGHT_MAX await their commit: past that the server stops reading the stream.
         self._refuse_a_restricted_key_naming_an_actor(context)
+        # Once a batch is refused whole the stream ends with it, and the writer applies none of the later ones.
+        stream = IngestStream()
         slots = asyncio.Semaphore(self.stream_batches_in_flight_max)
         # Never holds more than the slots allow (plus the end marker), so putting never has to wait.
         in_flight: asyncio.Queue[tuple[int, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
@@ -128,7 +131,7 @@ class UsageService(_Base):
                     taken = await self.intake.acquire(len(data))
                     held_bytes[0] += taken
                     try:
-                        future = self.sequencer.submit(self._batch(data), check_deadline(context))
+                        future = self.sequencer.submit(self._batch(data, stream), check_deadline(context))
                     except DeadlineExceeded as exc:
                         future = asyncio.get_running_loop().create_future()
                         future.set_exception(exc)
@@ -155,7 +158,16 @@ class UsageService(_Base):
         finally:
             oplog.activity.streams_open -= 1
             reader.cancel()
+            while not in_flight.empty():  # never answered (the stream ended): their outcome is nobody's to read
+                if (item := in_flight.get_nowait()) is not None:
+                    item[1].add_done_callback(_outcome_unread)
             if held_bytes[0]:
                 # Batches read but never answered (the stream broke): give their room back.
                 self.intake.release(held_bytes[0])
                 held_bytes[0] = 0
+
+
+def _outcome_unread(future: asyncio.Future[tuple[int, object]]) -> None:
+    """Marks the exception of a batch no ack will answer as retrieved (asyncio would log it as never read)."""
+    if not future.cancelled():
+        future.exception()

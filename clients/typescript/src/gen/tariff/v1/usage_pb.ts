@@ -369,7 +369,10 @@ export const UsageService: GenService<{
    * One IngestAck per UsageBatch, in the order the batches were sent, each
    * sent only after the batch is durable. A batch is the unit of retry: resend
    * it with the same transaction ids after a reconnect and already-accepted
-   * events count as duplicates.
+   * events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
+   * the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
+   * that status: the batches before it stay acknowledged, and none sent after
+   * it is applied (resend them on a new stream).
    *
    * @generated from rpc tariff.v1.UsageService.IngestUsage
    */
