@@ -514,3 +514,106 @@ def test_count_filters_on_two_keys_graduated_tiers_and_one_event_feeding_three_p
         assert outcome(ack) == (1, 0, [(1, "t2", REJECT.NO_APPLICABLE_RATE), (2, "t3", REJECT.NO_APPLICABLE_RATE)])
         assert "{'model': 'large'}" in ack.rejected[0].message
         assert charges(client, "models") == "3"
+
+
+def mixed_batches(who: str, at_ms: int) -> list[usage_pb2.UsageBatch]:
+    """Three batches for customer `who`: accepted events of four products, refusals of several reasons,
+    duplicates and a conflict of the first batch, and an empty batch."""
+    first = [
+        event("x1", who, "s", at_ms, {"n": 1}),
+        event("x2", who, "c", at_ms),
+        event("x3", who, "multi", at_ms, {"n": 2, "g": 3}),
+        event("x4", who, "s", at_ms, {"n": -1}),
+        event("x5", who, "tok", at_ms, {"n": 5}, {"model": "large"}),
+        event("x6", f"{who}-ghost", "s", at_ms, {"n": 1}),
+        event("x7", who, "s", at_ms + 3_600_000, {"n": 1}),
+        event("x8", who, "g", at_ms, {"n": 12}),
+    ]
+    second = [
+        event("x1", who, "s", at_ms, {"n": 1}),
+        event("x3", who, "multi", at_ms, {"n": 2, "g": 4}),
+        event("x9", who, "s", at_ms, {"n": 4}),
+        event("x9", who, "s", at_ms, {"n": 4}),
+    ]
+    return [
+        usage_pb2.UsageBatch(batch_id="one", events=first),
+        usage_pb2.UsageBatch(batch_id="two", events=second),
+        usage_pb2.UsageBatch(batch_id="three"),
+    ]
+
+
+def test_the_stream_and_the_unary_call_answer_and_charge_alike(server: ServerProcess) -> None:
+    """usage.proto: IngestUsageBatch is the unary form of IngestUsage; the same batches for two customers, one
+    sent on each, get the same acks (customer ids aside) and the same charges."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        customer(client, "by-call")
+        customer(client, "by-stream")
+        unary = [client.usage.IngestUsageBatch(batch) for batch in mixed_batches("by-call", at_ms)]
+        streamed = list(client.usage.IngestUsage(iter(mixed_batches("by-stream", at_ms)), timeout=10))
+
+        def answers(acks: list[usage_pb2.IngestAck], who: str) -> list[tuple[str, Outcome, list[str]]]:
+            return [(a.batch_id, outcome(a), [r.message.replace(who, "WHO") for r in a.rejected]) for a in acks]
+
+        assert answers(unary, "by-call") == answers(streamed, "by-stream")
+        rejected_first = [
+            (3, "x4", REJECT.INVALID_EVENT),
+            (4, "x5", REJECT.NO_APPLICABLE_RATE),
+            (5, "x6", REJECT.UNKNOWN_CUSTOMER),
+            (6, "x7", REJECT.TIMESTAMP_OUT_OF_RANGE),
+        ]
+        assert [outcome(a) for a in unary] == [
+            (4, 0, rejected_first),
+            (1, 2, [(1, "x3", REJECT.DUPLICATE_CONFLICT)]),
+            (0, 0, []),
+        ]
+        # s 1 + c 2 + multi (2 + 3 + 15) + grad 12 (10 + 1) + s 4 = 38.
+        assert charges(client, "by-call") == charges(client, "by-stream") == "38"
+
+
+def test_an_acknowledged_batch_survives_kill_9(server: ServerProcess) -> None:
+    """docs/architecture.md §7: an ack is sent only after the batch is durable; after kill -9 and a restart on
+    the same data directory every acknowledged event is there, and resending is all duplicates."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        customer(client, "durable", credit="1000")
+        batches = [
+            usage_pb2.UsageBatch(
+                batch_id=f"d{i}", events=[event(f"d{i}-{j}", "durable", "s", at_ms, {"n": 1}) for j in range(i + 1)]
+            )
+            for i in range(4)
+        ]
+        acks = [outcome(a) for a in client.usage.IngestUsage(iter(batches[:3]), timeout=10)]
+        last = client.usage.IngestUsageBatch(batches[3])
+    server.kill9()  # at once after the last ack
+    server.restart()
+    with server.client() as client:
+        assert [*acks, outcome(last)] == [(i + 1, 0, []) for i in range(4)]
+        balance = client.get_balance("durable")
+        # 1 + 2 + 3 + 4 events of 1 unit at 1 credit.
+        assert (balance.period_charges, balance.credits_remaining) == ("10", "990")
+        assert balance.as_of_seq >= last.journal_seq
+        again = [outcome(client.usage.IngestUsageBatch(batch)) for batch in batches]
+        assert again == [(0, i + 1, []) for i in range(4)]
+
+
+def test_an_ack_larger_than_the_message_limit_still_reaches_the_client(server: ServerProcess) -> None:
+    """usage.proto IngestAck: every batch gets its ack. A rejection's message quotes what it refuses (a
+    customer_id that breaks the id rule, escaped: each backslash doubled), so 9 events naming a 1 MB customer
+    id of backslashes (9 MB, under the 16 MiB message limit) made an 18 MB ack that gRPC refused to send: the
+    batch's good event was committed and charged, but the caller got RESOURCE_EXHAUSTED, and every resend the
+    same, never learning its outcome. The ack's messages are now cut to fit; reasons, indexes and transaction
+    ids stay whole."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        customer(client, "echoed")
+        odd = "\\" * 1_000_000
+        batch = [event("ok", "echoed", "s", at_ms, {"n": 1})] + [event(f"odd{i}", odd, "s", at_ms) for i in range(9)]
+        refused = [(i + 1, f"odd{i}", REJECT.UNKNOWN_CUSTOMER) for i in range(9)]
+        ack = ingest(client, *batch)
+        assert outcome(ack) == (1, 0, refused)
+        assert all(r.message.startswith("customer_id: '\\\\") and len(r.message) <= 512 for r in ack.rejected)
+        assert outcome(ingest(client, *batch)) == (0, 1, refused)
+        streamed = list(client.usage.IngestUsage(iter([usage_pb2.UsageBatch(events=batch)]), timeout=10))
+        assert [outcome(a) for a in streamed] == [(0, 1, refused)]
+        assert charges(client, "echoed") == "1"

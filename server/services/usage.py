@@ -7,6 +7,7 @@ import collections
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from tariff.v1 import usage_pb2
 
 from engine.billing import Billing, Ingested
 from server import auth, oplog
@@ -69,6 +70,7 @@ class UsageService(_Base):
 
     batch_events_max = BATCH_EVENTS_MAX_DEFAULT
     stream_batches_in_flight_max = STREAM_BATCHES_IN_FLIGHT_MAX
+    ack_bytes_max = 16 * 1024 * 1024  # gRPC sends no larger message: set from --message-mb-max (server/app.py)
 
     def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
         super().__init__(billing, sequencer, clock_ms)
@@ -110,7 +112,7 @@ class UsageService(_Base):
         finally:
             self.intake.release(taken)
         assert isinstance(result, Ingested)
-        return result.ack
+        return fitted_ack(result.ack, self.ack_bytes_max)
 
     @streaming
     async def IngestUsage(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -153,7 +155,7 @@ class UsageService(_Base):
                     self.intake.release(taken)
                 slots.release()
                 assert isinstance(result, Ingested)
-                yield result.ack
+                yield fitted_ack(result.ack, self.ack_bytes_max)
             await reader  # a broken request stream surfaces here
         finally:
             oplog.activity.streams_open -= 1
@@ -171,3 +173,38 @@ def _outcome_unread(future: asyncio.Future[tuple[int, object]]) -> None:
     """Marks the exception of a batch no ack will answer as retrieved (asyncio would log it as never read)."""
     if not future.cancelled():
         future.exception()
+
+
+# What a rejection's or notice's message is cut to in an ack that would not fit a gRPC message otherwise.
+ACK_MESSAGE_BYTES_MAX = 512
+
+
+def fitted_ack(ack: bytes, bytes_max: int) -> bytes:
+    """The IngestAck the kernel encoded, so that gRPC can send it (`bytes_max`, --message-mb-max): as it is when
+    it fits (always, but for messages quoting huge fields: a customer_id that breaks the id rule is quoted whole,
+    escaped); else with each rejection's and notice's message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that
+    is still too large, left out. Counts, indexes, reasons and transaction ids stay whole: a batch whose ack
+    could not be sent was committed all the same, and every resend would fail alike, its outcome never known."""
+    if len(ack) <= bytes_max:
+        return ack
+    fitted = usage_pb2.IngestAck.FromString(ack)
+    for limit in (ACK_MESSAGE_BYTES_MAX, 0):
+        for rejection in fitted.rejected:
+            rejection.message = _cut(rejection.message, limit)
+        for notice in fitted.notices:
+            notice.message = _cut(notice.message, limit)
+        encoded = fitted.SerializeToString()
+        if len(encoded) <= bytes_max:
+            break
+    return encoded
+
+
+def _cut(text: str, limit: int, tail: str = " …") -> str:
+    """`text` when its UTF-8 is at most `limit` bytes; else its start, at a character boundary, and `tail`
+    (empty when `limit` leaves no room for it)."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    if limit <= len(tail.encode()):
+        return ""
+    return encoded[: limit - len(tail.encode())].decode(errors="ignore") + tail

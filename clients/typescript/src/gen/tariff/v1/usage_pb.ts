@@ -133,7 +133,10 @@ export type EventRejection = Message<"tariff.v1.EventRejection"> & {
   reason: RejectReason;
 
   /**
-   * Which field and why, for a person.
+   * Which field and why, for a person. It quotes what it refuses; in the rare
+   * ack that would exceed the gRPC message limit (--message-mb-max) with them,
+   * every message is cut to 512 bytes, or left out if even that is too large,
+   * so that the ack is always sent: index, transaction_id and reason stay whole.
    *
    * @generated from field: string message = 4;
    */
@@ -233,7 +236,7 @@ export type EventNotice = Message<"tariff.v1.EventNotice"> & {
   reason: NoticeReason;
 
   /**
-   * What happened, for a person.
+   * What happened, for a person (cut like EventRejection.message).
    *
    * @generated from field: string message = 5;
    */
