@@ -116,14 +116,16 @@ def this_hour_ms() -> int:
     return now_ms() // HOUR_MS * HOUR_MS
 
 
-def customer(client: TariffClient, customer_id: str, *, starting_at_ms: int | None = None, credit: str = "") -> int:
+def customer(
+    client: TariffClient, customer_id: str, *, starting_at_ms: int | None = None, credit: str = "", card: str = "card"
+) -> int:
     """The customer, its contract `k-<id>` on `card` (from the hour 5 hours ago unless given), and a promotional
     grant of `credit` when given; returns the contract's start."""
     start_ms = this_hour_ms() - 5 * HOUR_MS if starting_at_ms is None else starting_at_ms
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
     client.contracts.CreateContract(
         contracts_pb2.CreateContractRequest(
-            id=f"k-{customer_id}", customer_id=customer_id, rate_card_id="card", starting_at=stamp(start_ms)
+            id=f"k-{customer_id}", customer_id=customer_id, rate_card_id=card, starting_at=stamp(start_ms)
         )
     )
     if credit:
@@ -516,6 +518,40 @@ def test_count_filters_on_two_keys_graduated_tiers_and_one_event_feeding_three_p
         assert charges(client, "models") == "3"
 
 
+def test_an_event_refused_for_want_of_a_rate_is_accepted_when_resent_once_a_version_prices_it(
+    server: ServerProcess,
+) -> None:
+    """usage.proto NO_APPLICABLE_RATE: "The event changes nothing and may be resent once pricing covers it": a
+    rate card of its own (`card-late`: tokens at 1 for model=small only), version 2 adding model=large at 2 from
+    this hour; the refused event, resent unchanged under the same transaction id, is accepted and priced by it."""
+    hour = this_hour_ms()
+    at_ms = hour + (now_ms() - hour) // 2  # inside this hour, in the past
+    with server.client() as client:
+        pricing = client.pricing
+        pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card-late", pricing_unit="credits"))
+        first = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="card-late", upsert_rates=[unit("tokens", "1", model="small")]
+        )
+        pricing.CreateDraftVersion(first)
+        pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id="card-late", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        customer(client, "priced-later", card="card-late")
+        large = event("big1", "priced-later", "tok", at_ms, {"n": 5}, {"model": "large"})
+        small = event("small1", "priced-later", "tok", at_ms, {"n": 3}, {"model": "small"})
+        ack = ingest(client, large, small)
+        assert outcome(ack) == (1, 0, [(0, "big1", REJECT.NO_APPLICABLE_RATE)])
+        second = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="card-late", based_on_version=1, upsert_rates=[unit("tokens", "2", model="large")]
+        )
+        pricing.CreateDraftVersion(second)
+        pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id="card-late", version=2, effective_from=stamp(hour))
+        )
+        assert outcome(ingest(client, large, small)) == (1, 1, [])
+        assert charges(client, "priced-later") == "13"  # 3 x 1 + 5 x 2
+
+
 def mixed_batches(who: str, at_ms: int) -> list[usage_pb2.UsageBatch]:
     """Three batches for customer `who`: accepted events of four products, refusals of several reasons,
     duplicates and a conflict of the first batch, and an empty batch."""
@@ -595,6 +631,14 @@ def test_an_acknowledged_batch_survives_kill_9(server: ServerProcess) -> None:
         assert balance.as_of_seq >= last.journal_seq
         again = [outcome(client.usage.IngestUsageBatch(batch)) for batch in batches]
         assert again == [(0, i + 1, []) for i in range(4)]
+    # A stop by SIGTERM writes a snapshot, which the next start reads: dedupe holds across it too, duplicates
+    # and conflicts alike.
+    server.restart()
+    with server.client() as client:
+        changed = event("d0-0", "durable", "s", at_ms, {"n": 2})
+        ack = ingest(client, batches[3].events[0], changed)
+        assert outcome(ack) == (0, 1, [(1, "d0-0", REJECT.DUPLICATE_CONFLICT)])
+        assert client.get_balance("durable").period_charges == "10"
 
 
 def test_an_ack_larger_than_the_message_limit_still_reaches_the_client(server: ServerProcess) -> None:
