@@ -134,6 +134,10 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     accepted: int
     duplicates: int
     rejected: int
+    # The --future-skew-s (in ms) the batch was rated under, which replay rates it under again, so that a start
+    # with another skew replays the journal as it was written. None in records of earlier releases: replayed
+    # under the skew the server starts with, as they always were.
+    future_skew_ms: int | None = None
 
 
 class RerationDone(msgspec.Struct, frozen=True, array_like=True):
@@ -232,6 +236,8 @@ def recover(
             explain_index.write([billing.kernel.take_explain()], seq - 1)
         record = decode_record(blob)
         if record.usage is not None:
+            written_skew_ms = record.usage.future_skew_ms
+            billing.use_future_skew(skew_ms if written_skew_ms is None else written_skew_ms)
             billing.replay(seq, record.usage.batch, record.usage.received_ms, record.usage.digest, record.alerts)
         elif record.rerated is not None:
             _replay_rerated(billing, seq, record.rerated, record.alerts)
@@ -248,6 +254,7 @@ def recover(
                 raise RatingChanged(
                     f"journal record {seq}: alerts changed between releases; run the release that wrote it"
                 )
+    billing.use_future_skew(skew_ms)  # what is received from now on
     if explain_index is not None:
         explain_index.write([billing.kernel.take_explain()], billing.last_seq)
     # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
@@ -1258,7 +1265,9 @@ def _rate_batches(
         if not done.accepted:
             rated.append((seq, done, None))
             continue
-        usage = UsageRecord(batch.data, now_ms, done.digest, done.accepted, done.duplicates, len(done.rejected))
+        usage = UsageRecord(
+            batch.data, now_ms, done.digest, done.accepted, done.duplicates, len(done.rejected), billing.future_skew_ms
+        )
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
 

@@ -21,7 +21,8 @@ Catalogue (rate card `card`, pricing unit credits, version 1 in force from 2024-
     tokens       tok         SUM           n          (pricing dimension model; a rate for model=small only)  1
 
 The server runs with API keys (`ops-admin`, unrestricted admin; `mine-meter`, an ingest key restricted to customer
-`mine`) and `--close-grace off`. Each test makes its own customers; a contract starts on the hour 5 hours ago
+`mine`) and `--close-grace off`. Each test makes its own customers (`mine` and `yours`, made with the catalogue,
+serve the restricted key's tests); a contract starts on the hour 5 hours ago
 unless said otherwise, so the events of the last 5 hours are in its current period."""
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerFactory, ServerProcess
 from tests.test_server_auth import Keys
 
 HOUR_MS = 3_600_000
@@ -106,6 +107,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Ser
     try:
         with process.client() as admin:
             catalogue(admin)
+            customer(admin, "mine")  # the customer of the restricted key
+            customer(admin, "yours")
         yield process
     finally:
         process.stop()
@@ -391,8 +394,6 @@ def test_a_key_restricted_to_one_customer_sending_anothers_event_is_refused_whol
     key nothing."""
     at_ms = now_ms() - 2_000
     with server.client() as admin, server.client(api_key=keys.key["mine-meter"]) as meter:
-        customer(admin, "mine")
-        customer(admin, "yours")
         assert outcome(ingest(admin, event("shared", "yours", "s", at_ms, {"n": 100}))) == (1, 0, [])
         denied = grpc.StatusCode.PERMISSION_DENIED
         for other in ("yours", "ghost"):
@@ -552,6 +553,33 @@ def test_an_event_refused_for_want_of_a_rate_is_accepted_when_resent_once_a_vers
         assert charges(client, "priced-later") == "13"  # 3 x 1 + 5 x 2
 
 
+def test_a_charge_too_large_to_hold_refuses_its_event_only(server: ServerProcess) -> None:
+    """docs/architecture.md §6: ledger amounts are 128-bit counts of 10^-12 (about 1.7 x 10^26 credits); a charge
+    that would overflow rejects the event (INVALID_EVENT), nothing charged, and the batch's other events rate.
+    Rate card `card-dear`: product `dear` (SUM of n) at 99,999,999,999,999,999 (below 10^18) a unit."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        dear = pricing_pb2.Product(id="dear", event_type="dear", aggregation=pricing_pb2.SUM, value_key="n")
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=dear))
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card-dear", pricing_unit="credits"))
+        draft = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="card-dear", upsert_rates=[unit("dear", "99999999999999999")]
+        )
+        client.pricing.CreateDraftVersion(draft)
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id="card-dear", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        customer(client, "spender", card="card-dear")
+        ack = ingest(
+            client,
+            event("h1", "spender", "dear", at_ms, {"n": 999_999_999_999_999}),  # about 10^32 credits
+            event("h2", "spender", "dear", at_ms, {"n": 1}),
+        )
+        assert outcome(ack) == (1, 0, [(0, "h1", REJECT.INVALID_EVENT)])
+        assert ack.rejected[0].message == "the charge for product 'dear' is out of range"
+        assert charges(client, "spender") == "99999999999999999"
+
+
 def mixed_batches(who: str, at_ms: int) -> list[usage_pb2.UsageBatch]:
     """Three batches for customer `who`: accepted events of four products, refusals of several reasons,
     duplicates and a conflict of the first batch, and an empty batch."""
@@ -702,6 +730,43 @@ def test_a_restricted_key_naming_an_actor_may_not_ingest(server: ServerProcess, 
             grpc.StatusCode.PERMISSION_DENIED
         )
         assert charges(admin, "mine") == before
+
+
+def test_changing_future_skew_between_starts_keeps_the_data_directory_serving(server_factory: ServerFactory) -> None:
+    """README "What the server does today" (Usage): `--future-skew-s` is how far ahead an event may be, by the
+    server's clock, when it is received. A batch is rated again from the journal at every start after a kill -9:
+    replayed under the new flag instead of the one it was received under, an event accepted 200 s ahead was now
+    refused, the digest differed, and the server would not start ("rating changed between releases"). Each batch
+    is now replayed with the skew it was received under; events received after the change get the new one."""
+    process = server_factory(name="skew")
+    now = now_ms()
+    with process.client() as client:
+        catalogue(client)
+        customer(client, "ahead")
+        ack = ingest(
+            client,
+            event("k1", "ahead", "s", now + 200_000, {"n": 1}),
+            event("k2", "ahead", "s", now + 400_000, {"n": 2}),
+            event("k3", "ahead", "s", now - 1_000, {"n": 4}),
+        )
+        assert outcome(ack) == (2, 0, [(1, "k2", REJECT.TIMESTAMP_OUT_OF_RANGE)])
+    process.kill9()
+    process.extra_args = ("--future-skew-s", "60")
+    process.start()
+    with process.client() as client:
+        assert charges(client, "ahead") == "5"
+        ack = ingest(
+            client, event("k4", "ahead", "s", now_ms() + 200_000, {"n": 8}), event("k5", "ahead", "s", now, {"n": 16})
+        )
+        assert outcome(ack) == (1, 0, [(0, "k4", REJECT.TIMESTAMP_OUT_OF_RANGE)])
+        assert "more than 60 s in the future" in ack.rejected[0].message
+    process.kill9()
+    process.extra_args = ("--future-skew-s", "600")
+    process.start()
+    with process.client() as client:
+        assert charges(client, "ahead") == "21"
+        assert outcome(ingest(client, event("k6", "ahead", "s", now_ms() + 400_000, {"n": 32}))) == (1, 0, [])
+        assert charges(client, "ahead") == "53"
 
 
 @pytest.mark.xfail(
