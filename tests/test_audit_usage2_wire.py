@@ -330,6 +330,7 @@ def test_empty_batches_and_batch_ids(server: ServerProcess) -> None:
         ]
         acks = list(client.usage.IngestUsage(iter(batches), timeout=10))
         answers = [(ack.batch_id, outcome(ack), ack.journal_seq) for ack in acks]
+        assert list(client.usage.IngestUsage(iter([]), timeout=10)) == []  # a stream of no batch: no ack, OK
         assert answers == [
             ("s0", (0, 0, []), seq + 2),
             ("s1", (1, 0, []), seq + 3),
@@ -379,6 +380,10 @@ def test_a_batch_over_10000_events_is_refused_whole_on_both_calls(server: Server
         ]
         acks, code, message = stream_answers(client, [before, big, *after])
         assert (acks, code) == ([("before", (1, 0, []))], grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert charges(client, "bulk") == "20002"
+        # A message over 16 MiB is refused by gRPC before the server reads it (README "Limits and backpressure").
+        huge = event("huge", "bulk", "c", at_ms, dimensions={"blob": "x" * (16 * 1024 * 1024)})
+        assert refusal(lambda: ingest(client, huge))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert charges(client, "bulk") == "20002"
         resent = stream_answers(client, after)
         assert resent == ([("after1", (1, 0, [])), ("after2", (1, 0, []))], grpc.StatusCode.OK, "")
