@@ -28,6 +28,8 @@ unless said otherwise, so the events of the last 5 hours are in its current peri
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.serverproc import ServerFactory, ServerProcess
+from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 from tests.test_server_auth import Keys
 
 HOUR_MS = 3_600_000
@@ -772,6 +774,20 @@ def test_changing_future_skew_between_starts_keeps_the_data_directory_serving(se
         assert charges(client, "ahead") == "21"
         assert outcome(ingest(client, event("k6", "ahead", "s", now_ms() + 400_000, {"n": 32}))) == (1, 0, [])
         assert charges(client, "ahead") == "53"
+
+
+@pytest.mark.parametrize("skew_s", ["-300", "100000000000000000"])
+def test_a_future_skew_outside_0_to_a_year_is_a_usage_error(tmp_path: Path, skew_s: str) -> None:
+    """`--future-skew-s` is how far ahead of the server's clock an event may be. A negative one (-300, a sign
+    typed by mistake) started a server that refused every event of the last 5 minutes as "more than -300 s in the
+    future"; 10^17 ended the start in an OverflowError traceback. Both are now usage errors (exit 2) naming the
+    option, before anything is opened."""
+    command = [sys.executable, "-m", "server.cli", "serve", "--listen", "127.0.0.1:0"]
+    command += ["--data-dir", str(tmp_path / "data"), "--future-skew-s", skew_s]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=15, cwd=REPO_ROOT)
+    assert done.returncode == 2, done.stderr
+    assert "--future-skew-s" in done.stderr and f"{skew_s} is not within 0..31622400" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "data").exists()
 
 
 @pytest.mark.xfail(
