@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 import pytest
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
@@ -425,6 +425,27 @@ def test_a_key_restricted_to_one_customer_sending_anothers_event_is_refused_whol
         assert (charges(admin, "mine"), charges(admin, "yours")) == ("6", "100")
         assert stream_answers(meter, after) == ([("a16", (1, 0, [])), ("a32", (1, 0, []))], grpc.StatusCode.OK, "")
         assert charges(admin, "mine") == "54"
+        # Reservation ids are per customer too: another customer's open reservation, named by the key's event, is
+        # "no reservation" exactly as one never made, and stays open.
+        grant = contracts_pb2.Grant(id="g-yours", contract_id="k-yours", kind=contracts_pb2.PROMOTIONAL, amount="10")
+        admin.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        reserve = balance_pb2.AuthorizeRequest(
+            customer_id="yours", event_type="s", values={"n": 3}, reserve=True, reservation_id="r-yours"
+        )
+        assert admin.balance.Authorize(reserve).allowed
+        ack = ingest(
+            meter,
+            event("m64", "mine", "s", at_ms, {"n": 0}, reservation_id="r-yours"),
+            event("m65", "mine", "s", at_ms, {"n": 0}, reservation_id="r-never"),
+        )
+        notices = [(n.index, n.reservation_id, n.reason, n.message) for n in ack.notices]
+        unknown = usage_pb2.NOTICE_RESERVATION_UNKNOWN
+        said = "the customer has no reservation '{}': the event was rated, nothing was released"
+        assert notices == [
+            (0, "r-yours", unknown, said.format("r-yours")),
+            (1, "r-never", unknown, said.format("r-never")),
+        ]
+        assert admin.get_balance("yours").credits_held == "3"
 
 
 def test_late_events_rate_in_their_own_open_period_and_a_closed_period_refuses_new_ones_not_resends(
