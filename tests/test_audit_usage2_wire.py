@@ -464,7 +464,9 @@ def test_late_events_rate_in_their_own_open_period_and_a_closed_period_refuses_n
         balance = client.get_balance("late")
         assert (balance.period_charges, balance.credits_remaining) == ("7", "88")
         first = invoices_pb2.PreviewInvoiceRequest(customer_id="late", period_start=stamp(start_ms))
-        assert client.invoices.PreviewInvoice(first).subtotal == "5"
+        draft = client.invoices.PreviewInvoice(first)
+        end_ms = draft.period_end.ToMilliseconds()
+        assert (draft.subtotal, draft.period_start.ToMilliseconds()) == ("5", start_ms)
         close = invoices_pb2.ClosePeriodRequest(customer_id="late", period_start=stamp(start_ms))
         invoice = client.invoices.ClosePeriod(close)
         assert invoice.subtotal == "5"
@@ -475,21 +477,25 @@ def test_late_events_rate_in_their_own_open_period_and_a_closed_period_refuses_n
             event("l1", "late", "s", old_ms, {"n": 6}),  # l1 with other content
             event("l4", "late", "s", start_ms - 1, {"n": 1}),  # before the contract
             event("l5", "late", "s", recent_ms, {"n": 1}),
+            event("l6", "late", "s", end_ms - 1, {"n": 1}),  # the closed period's last millisecond
+            event("l7", "late", "s", end_ms, {"n": 10}),  # the next period's first: open
         )
         assert outcome(ack) == (
-            1,
+            2,
             1,
             [
                 (0, "l3", REJECT.PERIOD_CLOSED),
                 (2, "l1", REJECT.DUPLICATE_CONFLICT),
                 (3, "l4", REJECT.NO_ACTIVE_CONTRACT),
+                (5, "l6", REJECT.PERIOD_CLOSED),
             ],
         )
         assert ack.rejected[0].message == f"the period starting {start_ms} is closed"
         number = invoices_pb2.GetInvoiceRequest(invoice_number=invoice.invoice_number)
         assert client.invoices.GetInvoice(number).subtotal == "5"
         balance = client.get_balance("late")
-        assert (balance.period_charges, balance.credits_remaining) == ("8", "87")
+        # l7 opens the second period, the current one: 7 + 1 + 10.
+        assert (balance.period_charges, balance.credits_remaining) == ("18", "77")
 
 
 def test_count_filters_on_two_keys_graduated_tiers_and_one_event_feeding_three_products(server: ServerProcess) -> None:
