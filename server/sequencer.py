@@ -1255,13 +1255,12 @@ def _rate_batches(
             ended = FailedPrecondition("an earlier batch of this stream was refused; nothing of this one was applied")
             rated.append((seq, ended, None))
             continue
-        refusal = _batch_refusal(billing, batch, now_ms)
-        if isinstance(refusal, EngineError):
+        done = _rated_or_refused(billing, batch, now_ms)
+        if isinstance(done, EngineError):
             if batch.stream is not None:
                 batch.stream.refused = True
-            rated.append((seq, refusal, None))
+            rated.append((seq, done, None))
             continue
-        done = refusal
         if not done.accepted:
             rated.append((seq, done, None))
             continue
@@ -1272,7 +1271,7 @@ def _rate_batches(
     return rated
 
 
-def _batch_refusal(billing: Billing, batch: UsageBatch, now_ms: int) -> Ingested | EngineError:
+def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Ingested | EngineError:
     """The batch rated, or why it is refused whole, having changed nothing."""
     try:
         return billing.ingest(batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed)
