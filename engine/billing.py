@@ -483,6 +483,16 @@ class Billing:
         fired += self.take_fired()
         return Ingested(ack, digest, accepted, duplicates, rejected, touched, tuple(fired))
 
+    def use_future_skew(self, future_skew_ms: int) -> None:
+        """Rates the batches that follow with this skew (how far ahead of its receive time an event may be): the
+        whole tables, which hold it, compile again before the next batch or read. Replay switches to the skew each
+        journaled batch was received under, so that changing --future-skew-s between starts replays the same."""
+        if future_skew_ms == self.future_skew_ms:
+            return
+        self.future_skew_ms = future_skew_ms
+        self._compiler = TableCompiler(future_skew_ms=future_skew_ms, dedupe_window_ms=self.dedupe_window_ms)
+        self._tables_stale = True
+
     def replay(
         self,
         seq: int,

@@ -484,6 +484,7 @@ SERVICE_NAMES = [
 def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, config: ServeConfig) -> WatchHub:
     usage = UsageService(billing, sequencer)
     usage.batch_events_max = config.batch_events_max
+    usage.ack_bytes_max = config.message_bytes_max
     usage.stream_batches_in_flight_max = config.stream_batches_in_flight_max
     usage.intake = IntakeBudget(config.intake_bytes_max)
     # Raw bytes in and out: the kernel decodes the UsageBatch and encodes the IngestAck.

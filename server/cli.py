@@ -44,11 +44,23 @@ def _within(low: float, high: float | None = None) -> Callable[[click.Context, c
     def check(_ctx: click.Context, _param: click.Parameter, value: Number) -> Number:
         if not low <= value or (high is not None and not value <= high):  # NaN is refused too
             raise click.BadParameter(
-                f"{value} is not within {low:g}..{high:g}" if high is not None else f"{value} is not at least {low:g}"
+                f"{value} is not within {_bound(low)}..{_bound(high)}"
+                if high is not None
+                else f"{value} is not at least {_bound(low)}"
             )
         return value
 
     return check
+
+
+def _bound(bound: float) -> str:
+    """A bound as written: an int's every digit (31622400, not 3.16224e+07), a float as :g writes it (0.001)."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+# --future-skew-s at most: a year (usage further ahead means nothing: the dedupe window is 35 days; 10^17 s ended
+# the start in an OverflowError).
+FUTURE_SKEW_S_MAX = 366 * 86_400
 
 
 @main.command(context_settings={"show_default": True})
@@ -62,7 +74,13 @@ def _within(low: float, high: float | None = None) -> Callable[[click.Context, c
 )
 # gRPC takes a message limit below 2 GiB (an int of bytes).
 @click.option("--message-mb-max", type=int, default=16, callback=_within(1, 2047), help="largest gRPC message in MiB")
-@click.option("--future-skew-s", type=int, default=300, help="how far in the future an event timestamp may be")
+@click.option(
+    "--future-skew-s",
+    type=int,
+    default=300,
+    callback=_within(0, FUTURE_SKEW_S_MAX),
+    help="how far in the future an event timestamp may be (seconds, 0 to a year)",
+)
 @click.option("--snapshot-every", type=int, default=5_000, help="journal records between snapshots")
 @click.option(
     "--snapshot-every-events",

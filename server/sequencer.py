@@ -62,7 +62,7 @@ from engine._kernel import BatchTooLarge, CustomerNotAllowed, DedupeSegment, mer
 from engine.alerts import FiredAlert
 from engine.audit import audit_target
 from engine.billing import Billing, Ingested, RatingChanged, snapshot_parts
-from engine.errors import EngineError, InvalidArgument, Repeated
+from engine.errors import EngineError, FailedPrecondition, InvalidArgument, Repeated
 from engine.rerate import PLAN_SLICE_CUSTOMERS, SLICE_CUSTOMERS, Rerated, RerationPlan, with_rerated
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from engine.versions import PublishResult
@@ -137,6 +137,10 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     duplicates: int
     rejected: int
     top_ups_in_billed_period: bool = False
+    # The --future-skew-s (in ms) the batch was rated under, which replay rates it under again, so that a start
+    # with another skew replays the journal as it was written. None in records of earlier releases: replayed
+    # under the skew the server starts with, as they always were.
+    future_skew_ms: int | None = None
 
 
 class RerationDone(msgspec.Struct, frozen=True, array_like=True):
@@ -163,6 +167,16 @@ class JournalRecord(msgspec.Struct, frozen=True, array_like=True):
     rerated: RerationDone | None = None
 
 
+@dataclasses.dataclass(slots=True)
+class IngestStream:
+    """One IngestUsage stream's batches, as the writer sees them: once one of them is refused whole (too many
+    events, not a UsageBatch, a customer the key may not touch) the stream ends with that refusal, so the
+    batches it sent after that one are not applied either (no ack reaches them; resent on a new stream, they
+    are accepted). Read and set on the rating thread only."""
+
+    refused: bool = False
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class UsageBatch:
     """A usage batch submitted to the writer: the bytes received, and what the caller may send."""
@@ -171,6 +185,7 @@ class UsageBatch:
     events_max: int
     allowed: list[str] | None = None  # customers a restricted key may touch; None: all
     key_name: str = ""
+    stream: IngestStream | None = None  # the IngestUsage stream it came on; None: IngestUsageBatch
 
 
 Submitted = cmd.AdminCommand | UsageBatch
@@ -225,6 +240,7 @@ def recover(
         record = decode_record(blob)
         if record.usage is not None:
             usage = record.usage
+            billing.use_future_skew(skew_ms if usage.future_skew_ms is None else usage.future_skew_ms)
             billing.replay(
                 seq,
                 usage.batch,
@@ -248,6 +264,7 @@ def recover(
                 raise RatingChanged(
                     f"journal record {seq}: alerts changed between releases; run the release that wrote it"
                 )
+    billing.use_future_skew(skew_ms)  # what is received from now on
     if explain_index is not None:
         explain_index.write([billing.kernel.take_explain()], billing.last_seq)
     # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
@@ -1244,34 +1261,48 @@ def _rate_batches(
     rated: list[tuple[int, Ingested | EngineError, bytes | None]] = []
     for batch in batches:
         seq = billing.last_seq + 1
-        try:
-            done = billing.ingest(
-                batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed, top_ups_in_billed_period=True
-            )
-        except BatchTooLarge as exc:
-            refusal: EngineError = ResourceExhausted(
-                f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}"
-            )
-            rated.append((seq, refusal, None))
+        if batch.stream is not None and batch.stream.refused:
+            ended = FailedPrecondition("an earlier batch of this stream was refused; nothing of this one was applied")
+            rated.append((seq, ended, None))
             continue
-        except CustomerNotAllowed as exc:
-            index, customer_id = exc.args
-            refusal = PermissionDenied(
-                f"events[{index}]: key {batch.key_name!r} may not touch customer {customer_id!r}; "
-                "nothing in this batch was applied"
-            )
-            rated.append((seq, refusal, None))
-            continue
-        except ValueError as exc:
-            rated.append((seq, InvalidArgument.field("request", f"not a UsageBatch: {exc}"), None))
+        done = _rated_or_refused(billing, batch, now_ms)
+        if isinstance(done, EngineError):
+            if batch.stream is not None:
+                batch.stream.refused = True
+            rated.append((seq, done, None))
             continue
         if not done.accepted:
             rated.append((seq, done, None))
             continue
         counts = (done.accepted, done.duplicates, len(done.rejected))
-        usage = UsageRecord(batch.data, now_ms, done.digest, *counts, top_ups_in_billed_period=True)
+        usage = UsageRecord(
+            batch.data,
+            now_ms,
+            done.digest,
+            *counts,
+            top_ups_in_billed_period=True,
+            future_skew_ms=billing.future_skew_ms,
+        )
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
+
+
+def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Ingested | EngineError:
+    """The batch rated, or why it is refused whole, having changed nothing."""
+    try:
+        return billing.ingest(
+            batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed, top_ups_in_billed_period=True
+        )
+    except BatchTooLarge as exc:
+        return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")
+    except CustomerNotAllowed as exc:
+        index, customer_id = exc.args
+        return PermissionDenied(
+            f"events[{index}]: key {batch.key_name!r} may not touch customer {customer_id!r}; "
+            "nothing in this batch was applied"
+        )
+    except ValueError as exc:
+        return InvalidArgument.field("request", f"not a UsageBatch: {exc}")
 
 
 def _rate_batches_explained(

@@ -7,6 +7,7 @@ import collections
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from tariff.v1 import usage_pb2
 
 from engine.billing import Billing, Ingested
 from server import auth, oplog
@@ -16,7 +17,7 @@ from server.errors import (
     streaming,
     unary,
 )
-from server.sequencer import Sequencer, UsageBatch
+from server.sequencer import IngestStream, Sequencer, UsageBatch
 from server.services.common import (
     BATCH_EVENTS_MAX_DEFAULT,
     INTAKE_BYTES_MAX_DEFAULT,
@@ -69,6 +70,7 @@ class UsageService(_Base):
 
     batch_events_max = BATCH_EVENTS_MAX_DEFAULT
     stream_batches_in_flight_max = STREAM_BATCHES_IN_FLIGHT_MAX
+    ack_bytes_max = 16 * 1024 * 1024  # gRPC sends no larger message: set from --message-mb-max (server/app.py)
 
     def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
         super().__init__(billing, sequencer, clock_ms)
@@ -84,12 +86,13 @@ class UsageService(_Base):
             },
         )
 
-    def _batch(self, data: bytes) -> UsageBatch:
-        """The writer's command for these bytes, with the customers the caller's key may touch."""
+    def _batch(self, data: bytes, stream: IngestStream | None = None) -> UsageBatch:
+        """The writer's command for these bytes, with the customers the caller's key may touch and the
+        IngestUsage stream they came on (None for IngestUsageBatch)."""
         identity = auth.caller.get()
         if identity is None or identity.customers is None:
-            return UsageBatch(data, self.batch_events_max)
-        return UsageBatch(data, self.batch_events_max, sorted(identity.customers), identity.name)
+            return UsageBatch(data, self.batch_events_max, stream=stream)
+        return UsageBatch(data, self.batch_events_max, sorted(identity.customers), identity.name, stream)
 
     @staticmethod
     def _refuse_a_restricted_key_naming_an_actor(context: Context) -> None:
@@ -109,13 +112,15 @@ class UsageService(_Base):
         finally:
             self.intake.release(taken)
         assert isinstance(result, Ingested)
-        return result.ack
+        return fitted_ack(result.ack, self.ack_bytes_max)
 
     @streaming
     async def IngestUsage(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         # Batches are submitted as they arrive (so concurrent streams share group commits) and acked in order.
         # At most STREAM_BATCHES_IN_FLIGHT_MAX await their commit: past that the server stops reading the stream.
         self._refuse_a_restricted_key_naming_an_actor(context)
+        # Once a batch is refused whole the stream ends with it, and the writer applies none of the later ones.
+        stream = IngestStream()
         slots = asyncio.Semaphore(self.stream_batches_in_flight_max)
         # Never holds more than the slots allow (plus the end marker), so putting never has to wait.
         in_flight: asyncio.Queue[tuple[int, asyncio.Future[tuple[int, object]]] | None] = asyncio.Queue()
@@ -128,7 +133,7 @@ class UsageService(_Base):
                     taken = await self.intake.acquire(len(data))
                     held_bytes[0] += taken
                     try:
-                        future = self.sequencer.submit(self._batch(data), check_deadline(context))
+                        future = self.sequencer.submit(self._batch(data, stream), check_deadline(context))
                     except DeadlineExceeded as exc:
                         future = asyncio.get_running_loop().create_future()
                         future.set_exception(exc)
@@ -150,12 +155,56 @@ class UsageService(_Base):
                     self.intake.release(taken)
                 slots.release()
                 assert isinstance(result, Ingested)
-                yield result.ack
+                yield fitted_ack(result.ack, self.ack_bytes_max)
             await reader  # a broken request stream surfaces here
         finally:
             oplog.activity.streams_open -= 1
             reader.cancel()
+            while not in_flight.empty():  # never answered (the stream ended): their outcome is nobody's to read
+                if (item := in_flight.get_nowait()) is not None:
+                    item[1].add_done_callback(_outcome_unread)
             if held_bytes[0]:
                 # Batches read but never answered (the stream broke): give their room back.
                 self.intake.release(held_bytes[0])
                 held_bytes[0] = 0
+
+
+def _outcome_unread(future: asyncio.Future[tuple[int, object]]) -> None:
+    """Marks the exception of a batch no ack will answer as retrieved (asyncio would log it as never read)."""
+    if not future.cancelled():
+        future.exception()
+
+
+# What a rejection's or notice's message is cut to in an ack that would not fit a gRPC message otherwise.
+ACK_MESSAGE_BYTES_MAX = 512
+
+
+def fitted_ack(ack: bytes, bytes_max: int) -> bytes:
+    """The IngestAck the kernel encoded, so that gRPC can send it (`bytes_max`, --message-mb-max): as it is when
+    it fits (always, but for messages quoting huge fields: a customer_id that breaks the id rule is quoted whole,
+    escaped); else with each rejection's and notice's message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that
+    is still too large, left out. Counts, indexes, reasons and transaction ids stay whole: a batch whose ack
+    could not be sent was committed all the same, and every resend would fail alike, its outcome never known."""
+    if len(ack) <= bytes_max:
+        return ack
+    fitted = usage_pb2.IngestAck.FromString(ack)
+    for limit in (ACK_MESSAGE_BYTES_MAX, 0):
+        for rejection in fitted.rejected:
+            rejection.message = _cut(rejection.message, limit)
+        for notice in fitted.notices:
+            notice.message = _cut(notice.message, limit)
+        encoded = fitted.SerializeToString()
+        if len(encoded) <= bytes_max:
+            break
+    return encoded
+
+
+def _cut(text: str, limit: int, tail: str = " …") -> str:
+    """`text` when its UTF-8 is at most `limit` bytes; else its start, at a character boundary, and `tail`
+    (empty when `limit` leaves no room for it)."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    if limit <= len(tail.encode()):
+        return ""
+    return encoded[: limit - len(tail.encode())].decode(errors="ignore") + tail

@@ -863,7 +863,9 @@ class UsageStream(_DrainsOnExit):
     (INVALID_ARGUMENT, RESOURCE_EXHAUSTED without RetryInfo, UNAUTHENTICATED, PERMISSION_DENIED, or
     retries exhausted) fails every unacknowledged send with the typed ``TariffError`` and the stream stays
     failed: later sends raise the same error. A failed send's batch may or may not have been
-    committed; sending the same events again (on a new stream) is safe.
+    committed; sending the same events again (on a new stream) is safe. When the server refused a
+    batch whole (INVALID_ARGUMENT, RESOURCE_EXHAUSTED past the events limit, PERMISSION_DENIED), that
+    batch and every one sent after it on the stream were not applied (usage.proto).
 
     The call is opened lazily, on the first send, and re-opened only when there is something to
     send. ``close()`` waits for every outstanding ack; leaving ``async with`` by an exception

@@ -53,7 +53,10 @@ class UsageServiceServicer:
         """One IngestAck per UsageBatch, in the order the batches were sent, each
         sent only after the batch is durable. A batch is the unit of retry: resend
         it with the same transaction ids after a reconnect and already-accepted
-        events count as duplicates.
+        events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
+        the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
+        that status: the batches before it stay acknowledged, and none sent after
+        it is applied (resend them on a new stream).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

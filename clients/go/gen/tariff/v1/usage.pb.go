@@ -327,7 +327,10 @@ type EventRejection struct {
 	Index         uint32       `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	TransactionId string       `protobuf:"bytes,2,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
 	Reason        RejectReason `protobuf:"varint,3,opt,name=reason,proto3,enum=tariff.v1.RejectReason" json:"reason,omitempty"`
-	// Which field and why, for a person.
+	// Which field and why, for a person. It quotes what it refuses; in the rare
+	// ack that would exceed the gRPC message limit (--message-mb-max) with them,
+	// every message is cut to 512 bytes, or left out if even that is too large,
+	// so that the ack is always sent: index, transaction_id and reason stay whole.
 	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -494,7 +497,7 @@ type EventNotice struct {
 	TransactionId string       `protobuf:"bytes,2,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
 	ReservationId string       `protobuf:"bytes,3,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	Reason        NoticeReason `protobuf:"varint,4,opt,name=reason,proto3,enum=tariff.v1.NoticeReason" json:"reason,omitempty"`
-	// What happened, for a person.
+	// What happened, for a person (cut like EventRejection.message).
 	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -35,7 +35,10 @@ type UsageServiceClient interface {
 	// One IngestAck per UsageBatch, in the order the batches were sent, each
 	// sent only after the batch is durable. A batch is the unit of retry: resend
 	// it with the same transaction ids after a reconnect and already-accepted
-	// events count as duplicates.
+	// events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
+	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
+	// that status: the batches before it stay acknowledged, and none sent after
+	// it is applied (resend them on a new stream).
 	IngestUsage(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[UsageBatch, IngestAck], error)
 	// The unary form of IngestUsage, for clients that cannot stream.
 	IngestUsageBatch(ctx context.Context, in *UsageBatch, opts ...grpc.CallOption) (*IngestAck, error)
@@ -79,7 +82,10 @@ type UsageServiceServer interface {
 	// One IngestAck per UsageBatch, in the order the batches were sent, each
 	// sent only after the batch is durable. A batch is the unit of retry: resend
 	// it with the same transaction ids after a reconnect and already-accepted
-	// events count as duplicates.
+	// events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
+	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
+	// that status: the batches before it stay acknowledged, and none sent after
+	// it is applied (resend them on a new stream).
 	IngestUsage(grpc.BidiStreamingServer[UsageBatch, IngestAck]) error
 	// The unary form of IngestUsage, for clients that cannot stream.
 	IngestUsageBatch(context.Context, *UsageBatch) (*IngestAck, error)

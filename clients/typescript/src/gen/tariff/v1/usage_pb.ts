@@ -133,7 +133,10 @@ export type EventRejection = Message<"tariff.v1.EventRejection"> & {
   reason: RejectReason;
 
   /**
-   * Which field and why, for a person.
+   * Which field and why, for a person. It quotes what it refuses; in the rare
+   * ack that would exceed the gRPC message limit (--message-mb-max) with them,
+   * every message is cut to 512 bytes, or left out if even that is too large,
+   * so that the ack is always sent: index, transaction_id and reason stay whole.
    *
    * @generated from field: string message = 4;
    */
@@ -233,7 +236,7 @@ export type EventNotice = Message<"tariff.v1.EventNotice"> & {
   reason: NoticeReason;
 
   /**
-   * What happened, for a person.
+   * What happened, for a person (cut like EventRejection.message).
    *
    * @generated from field: string message = 5;
    */
@@ -369,7 +372,10 @@ export const UsageService: GenService<{
    * One IngestAck per UsageBatch, in the order the batches were sent, each
    * sent only after the batch is durable. A batch is the unit of retry: resend
    * it with the same transaction ids after a reconnect and already-accepted
-   * events count as duplicates.
+   * events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
+   * the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
+   * that status: the batches before it stay acknowledged, and none sent after
+   * it is applied (resend them on a new stream).
    *
    * @generated from rpc tariff.v1.UsageService.IngestUsage
    */
