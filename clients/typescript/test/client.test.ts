@@ -11,7 +11,7 @@ import http2 from "node:http2";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { Code, ConnectError, TariffClient, type IngestAck } from "../src/index.js";
+import { Code, ConnectError, TariffClient, fieldViolations, type IngestAck } from "../src/index.js";
 import { micros } from "./support/money.js";
 import { CUSTOMER, EVENT_KINDS, EVENT_TYPE, PREPAID_CREDITS, demoEvent } from "./support/events.js";
 import { TariffServer, freePort, startDemoServer, tempDir } from "./support/server.js";
@@ -50,6 +50,23 @@ describe("against a demo server", () => {
       (error: unknown) => error instanceof ConnectError && error.code === Code.NotFound,
     );
     assert.equal(micros((await client.getBalance(CUSTOMER)).creditsRemaining), before, "authorize charged nothing");
+  });
+
+  test("fieldViolations reads the google.rpc.BadRequest of an INVALID_ARGUMENT: the field the server names", async () => {
+    const error = await client.contracts
+      .createCustomer({ id: `named-${randomUUID()}`, name: "n".repeat(300) })
+      .then(
+        () => assert.fail("a 300-byte name was accepted"),
+        (e: unknown) => ConnectError.from(e),
+      );
+    assert.equal(error.code, Code.InvalidArgument);
+    const violations = fieldViolations(error);
+    assert.deepEqual(
+      violations.map((v) => v.field),
+      ["name"],
+    );
+    assert.match(violations[0]!.description, /256 bytes/);
+    assert.deepEqual(fieldViolations(new ConnectError("no details", Code.InvalidArgument)), []);
   });
 
   test("an authorize streamer answers many concurrent decisions over one stream, matched by request_id", async () => {
