@@ -40,9 +40,9 @@ export interface TariffClientOptions {
   /** Sent as `authorization: Bearer KEY` on every call when given. */
   apiKey?: string;
   /**
-   * Deadline of getBalance() and authorize() unless the call passes its own `timeoutMs` (default
-   * 10,000). Calls on the generated clients take `{ timeoutMs }` themselves: a transport-wide default
-   * would also end the long-lived IngestUsage and AuthorizeStream streams.
+   * Deadline of every unary call that passes no `timeoutMs` of its own (default 10,000): getBalance(),
+   * authorize() and the generated clients' unary calls alike (`{ timeoutMs: 0 }`: none). Streams have
+   * none, so the long-lived IngestUsage and AuthorizeStream streams are not cut.
    */
   unaryTimeoutMs?: number;
   /** "https" for a TLS endpoint; default "http" (plaintext HTTP/2, as `tariff serve` without TLS). */
@@ -79,6 +79,20 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/**
+ * The transport with `timeoutMs` as the deadline of every unary call that sets none, so that a call on a generated
+ * client cannot wait for ever on a server that does not answer. Streams are left alone (a transport-wide
+ * defaultTimeoutMs would end them too).
+ */
+function withUnaryTimeout(transport: Transport, timeoutMs: number): Transport {
+  return {
+    unary: (method, signal, callTimeoutMs, header, input, contextValues) =>
+      transport.unary(method, signal, callTimeoutMs ?? timeoutMs, header, input, contextValues),
+    stream: (method, signal, callTimeoutMs, header, input, contextValues) =>
+      transport.stream(method, signal, callTimeoutMs, header, input, contextValues),
+  };
+}
+
 /** A client for one Tariff server, e.g. `new TariffClient("127.0.0.1:50051", { apiKey })`. */
 export class TariffClient {
   readonly target: string;
@@ -108,13 +122,16 @@ export class TariffClient {
       interceptors.push(apiKeyInterceptor(options.apiKey));
     }
     interceptors.push(...(options.interceptors ?? []));
-    this.transport = createGrpcTransport({
-      baseUrl,
-      sessionManager: this.sessionManager,
-      interceptors,
-      // The server sends uncompressed replies; asking for none saves it from considering them.
-      acceptCompression: [],
-    });
+    this.transport = withUnaryTimeout(
+      createGrpcTransport({
+        baseUrl,
+        sessionManager: this.sessionManager,
+        interceptors,
+        // The server sends uncompressed replies; asking for none saves it from considering them.
+        acceptCompression: [],
+      }),
+      this.unaryTimeoutMs,
+    );
     this.usage = createClient(UsageService, this.transport);
     this.balance = createClient(BalanceService, this.transport);
     this.pricing = createClient(PricingService, this.transport);

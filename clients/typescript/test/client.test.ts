@@ -259,6 +259,41 @@ describe("without a server", () => {
     }
   });
 
+  test("unaryTimeoutMs bounds every unary call without a timeout of its own, the generated clients' included", async () => {
+    // A bare HTTP/2 server that takes each request and never answers it.
+    const silent = http2.createServer();
+    // The client's close() ends its connection with GOAWAY(CANCEL): an error for the server's session and streams.
+    silent.on("session", (session) => session.on("error", () => undefined));
+    silent.on("stream", (stream) => stream.on("error", () => undefined));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const address = silent.address();
+    assert.ok(address !== null && typeof address === "object");
+    const client = new TariffClient(`127.0.0.1:${address.port}`, { unaryTimeoutMs: 300 });
+    let safety: NodeJS.Timeout | undefined;
+    try {
+      const gaveUp = new Promise<string>((resolve) => {
+        safety = setTimeout(() => resolve("still waiting after 20 s"), 20_000);
+      });
+      const outcome = await Promise.race([
+        client.contracts.createCustomer({ id: "acme-2" }).then(
+          () => "answered",
+          (e: unknown) => ConnectError.from(e).code,
+        ),
+        gaveUp,
+      ]);
+      assert.equal(outcome, Code.DeadlineExceeded, "a generated unary call on a silent server");
+      // The caller's own timeoutMs wins over the client's.
+      await assert.rejects(
+        client.pricing.listRateCards({}, { timeoutMs: 50 }),
+        (e: unknown) => ConnectError.from(e).code === Code.DeadlineExceeded,
+      );
+    } finally {
+      clearTimeout(safety);
+      client.close();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    }
+  });
+
   test("an apiKey is sent as `authorization: Bearer KEY` metadata on every call", async () => {
     // A bare HTTP/2 server that records each request's headers and answers UNAUTHENTICATED.
     const seen: http2.IncomingHttpHeaders[] = [];
