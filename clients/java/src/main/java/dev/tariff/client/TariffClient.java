@@ -5,7 +5,8 @@
  * proto/tariff/v1 (generated at build time into dev.tariff.v1), plus a few helpers where they pay:
  * getBalance and ingestBatch with the client's default deadline, authorize (the gateway's check,
  * with a deadline and a fail-open / fail-closed policy) and usageSender (batching, streaming,
- * resending every unacknowledged batch after a reconnect). With an API key every call carries
+ * resending every unacknowledged batch after a reconnect). Every unary call without a deadline of its own
+ * gets the client's timeout (default 10 s), on the generated stubs too; streams have none. With an API key every call carries
  * `authorization: Bearer KEY` metadata, streams included. Failed calls throw grpc-java's
  * StatusRuntimeException (getStatus().getCode() is the status code).
  */
@@ -67,7 +68,10 @@ public final class TariffClient implements AutoCloseable {
       return this;
     }
 
-    /** Deadline of getBalance, ingestBatch and authorize unless a call says otherwise (default 10 s). */
+    /**
+     * Deadline of every unary call without one of its own (default 10 s): getBalance, ingestBatch, authorize
+     * and the generated stubs' unary calls alike. Streams have none.
+     */
     public Options timeout(Duration timeout) {
       this.timeout = Objects.requireNonNull(timeout);
       return this;
@@ -85,11 +89,26 @@ public final class TariffClient implements AutoCloseable {
 
   public TariffClient(String target, Options options) {
     this.managedChannel = Grpc.newChannelBuilder(target, options.credentials).build();
+    Channel withDeadline = ClientInterceptors.intercept(managedChannel, defaultDeadline(options.timeout));
     this.channel =
-        options.apiKey.isEmpty()
-            ? managedChannel
-            : ClientInterceptors.intercept(managedChannel, bearer(options.apiKey));
+        options.apiKey.isEmpty() ? withDeadline : ClientInterceptors.intercept(withDeadline, bearer(options.apiKey));
     this.timeout = options.timeout;
+  }
+
+  /**
+   * Gives a unary call without a deadline of its own the client's timeout, so that a call on a generated stub
+   * cannot wait for ever on a server that does not answer. Streams are left alone.
+   */
+  private static ClientInterceptor defaultDeadline(Duration timeout) {
+    return new ClientInterceptor() {
+      @Override
+      public <Q, R> ClientCall<Q, R> interceptCall(MethodDescriptor<Q, R> method, CallOptions callOptions, Channel next) {
+        if (method.getType() == MethodDescriptor.MethodType.UNARY && callOptions.getDeadline() == null) {
+          callOptions = callOptions.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
+        }
+        return next.newCall(method, callOptions);
+      }
+    };
   }
 
   public TariffClient(String target) {

@@ -14,8 +14,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.tariff.client.AuthorizeOptions.UnavailablePolicy;
 import dev.tariff.v1.AuthorizeRequest;
+import dev.tariff.v1.CreateCustomerRequest;
 import dev.tariff.v1.EventRejection;
 import dev.tariff.v1.IngestAck;
+import dev.tariff.v1.ListRateCardsRequest;
 import dev.tariff.v1.RejectReason;
 import dev.tariff.v1.UsageBatch;
 import dev.tariff.v1.UsageEvent;
@@ -34,6 +36,11 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -183,6 +190,46 @@ class ClientTest {
         assertTrue(System.nanoTime() - started < Duration.ofSeconds(5).toNanos());
       }
     } finally {
+      for (Socket socket : accepted) {
+        socket.close();
+      }
+    }
+  }
+
+  @Test
+  void theClientTimeoutBoundsEveryUnaryCallTheGeneratedStubsIncluded() throws Exception {
+    List<Socket> accepted = new CopyOnWriteArrayList<>();
+    ExecutorService caller = Executors.newSingleThreadExecutor();
+    // A port that accepts connections and never answers: only a deadline ends a call there.
+    try (ServerSocket silent = new ServerSocket(0, 50, InetAddress.getLoopbackAddress());
+        TariffClient hanging = new TariffClient("127.0.0.1:" + silent.getLocalPort(),
+            new TariffClient.Options().timeout(Duration.ofMillis(300)))) {
+      Thread acceptor = new Thread(() -> {
+        try {
+          for (; ; ) {
+            accepted.add(silent.accept());
+          }
+        } catch (IOException e) {
+          // closed at the end of the test
+        }
+      });
+      acceptor.setDaemon(true);
+      acceptor.start();
+      Future<Status.Code> outcome = caller.submit(() -> assertThrows(StatusRuntimeException.class,
+          () -> hanging.contracts().createCustomer(CreateCustomerRequest.newBuilder().setId("acme-2").build()))
+          .getStatus().getCode());
+      try {
+        assertEquals(Status.Code.DEADLINE_EXCEEDED, outcome.get(20, TimeUnit.SECONDS));
+      } catch (TimeoutException e) {
+        outcome.cancel(true);
+        throw new AssertionError("createCustomer on a silent server still waits: the client's timeout was not applied", e);
+      }
+      // A stub's own deadline wins over the client's.
+      assertEquals(Status.Code.DEADLINE_EXCEEDED, assertThrows(StatusRuntimeException.class,
+          () -> hanging.pricing().withDeadlineAfter(50, TimeUnit.MILLISECONDS).listRateCards(ListRateCardsRequest.getDefaultInstance()))
+          .getStatus().getCode());
+    } finally {
+      caller.shutdownNow();
       for (Socket socket : accepted) {
         socket.close();
       }
