@@ -167,6 +167,18 @@ func TestAgainstDemoServer(t *testing.T) {
 		}
 	})
 
+	t.Run("a hold asked for without an id goes by the id the client chose before the call", func(t *testing.T) {
+		kind := eventKinds[0]
+		decision, err := client.Authorize(ctx, &tariffv1.AuthorizeRequest{CustomerId: customer, EventType: eventType, Dimensions: kind.dimensions, Reserve: true},
+			tariff.AuthorizeOptions{Timeout: 5 * time.Second})
+		if err != nil || !decision.Allowed || !strings.HasPrefix(decision.ReservationID, "go-r-") {
+			t.Fatalf("decision = %+v, %v; want an allowed hold under a go-r- id", decision, err)
+		}
+		if _, err := client.Balance.ReleaseReservation(ctx, &tariffv1.ReleaseReservationRequest{CustomerId: customer, ReservationId: decision.ReservationID}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("errors wrap the gRPC status and are never degraded into a decision", func(t *testing.T) {
 		_, err := client.Authorize(ctx, &tariffv1.AuthorizeRequest{CustomerId: "nobody", EventType: eventType}, tariff.AuthorizeOptions{OnUnavailable: tariff.FailOpen})
 		if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "nobody") {
@@ -219,6 +231,18 @@ func TestAuthorizeWhenTheServerIsNotReached(t *testing.T) {
 		if elapsed := time.Since(started); elapsed > 5*time.Second {
 			t.Fatalf("three authorize calls took %s", elapsed)
 		}
+	}
+	// A hold asked for without an id gets one chosen by the client before the call: a degraded decision
+	// carries it, since the server may have journaled the hold before the deadline ran out (the usage
+	// event settles it with that id; an unknown id only earns the event a notice).
+	reserve := &tariffv1.AuthorizeRequest{RequestId: "r-2", CustomerId: customer, EventType: eventType, Reserve: true}
+	held, err := hanging.Authorize(ctx, reserve, tariff.AuthorizeOptions{Timeout: 300 * time.Millisecond, OnUnavailable: tariff.FailOpen})
+	if err != nil || !held.Degraded || held.ReservationID == "" {
+		t.Fatalf("FailOpen with Reserve: %+v, %v; want a degraded decision naming the reservation id the hold may go by", held, err)
+	}
+	again, err := hanging.Authorize(ctx, reserve, tariff.AuthorizeOptions{Timeout: 300 * time.Millisecond, OnUnavailable: tariff.FailOpen})
+	if err != nil || again.ReservationID == held.ReservationID || reserve.GetReservationId() != "" {
+		t.Fatalf("a second hold asked for without an id: %+v, %v (request now %v); want a new id, the caller's request untouched", again, err, reserve)
 	}
 	// The caller's own cancellation is never turned into a decision.
 	cancelled, cancel := context.WithCancel(ctx)

@@ -156,14 +156,15 @@ export class TariffClient {
    */
   async authorize(input: AuthorizeInput, options: AuthorizeOptions = {}): Promise<AuthorizeDecision> {
     const requestId = input.requestId || newRequestId("auth");
+    const request = toAuthorizeRequest(input, requestId);
     try {
-      const response = await this.balance.authorize(toAuthorizeRequest(input, requestId), {
+      const response = await this.balance.authorize(request, {
         timeoutMs: options.timeoutMs ?? this.unaryTimeoutMs,
         signal: options.signal,
       });
       return toDecision(response, requestId);
     } catch (error) {
-      return decideWithoutServer(error, requestId, options.onUnavailable ?? "throw", options.signal);
+      return decideWithoutServer(error, request, options.onUnavailable ?? "throw", options.signal);
     }
   }
 

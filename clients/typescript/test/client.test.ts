@@ -50,6 +50,10 @@ describe("against a demo server", () => {
       (error: unknown) => error instanceof ConnectError && error.code === Code.NotFound,
     );
     assert.equal(micros((await client.getBalance(CUSTOMER)).creditsRemaining), before, "authorize charged nothing");
+    // A hold asked for without an id goes by the id the client chose before the call.
+    const hold = await client.authorize({ customerId: CUSTOMER, eventType: EVENT_TYPE, dimensions: EVENT_KINDS[0]!.dimensions, reserve: true });
+    assert.deepEqual([hold.allowed, hold.reservationId.startsWith("ts-r-")], [true, true], JSON.stringify(hold));
+    await client.balance.releaseReservation({ customerId: CUSTOMER, reservationId: hold.reservationId });
   });
 
   test("fieldViolations reads the google.rpc.BadRequest of an INVALID_ARGUMENT: the field the server names", async () => {
@@ -253,6 +257,14 @@ describe("without a server", () => {
       const streamer = client.authorizeStreamer({ onUnavailable: "deny" });
       const streamed = await streamer.authorize(input);
       assert.deepEqual([streamed.allowed, streamed.degraded, streamed.reason], [false, true, "UNAVAILABLE"]);
+      // A hold asked for without an id gets one chosen by the client before the call: a degraded decision carries
+      // it, since the server may have journaled the hold before the deadline (the usage event settles it by that id).
+      const reserve = { ...input, reserve: true };
+      const held = await client.authorize(reserve, { onUnavailable: "allow", timeoutMs: 2_000 });
+      assert.deepEqual([held.degraded, held.reservationId.startsWith("ts-r-")], [true, true], JSON.stringify(held));
+      const streamedHold = await streamer.authorize(reserve, { onUnavailable: "allow" });
+      assert.ok(streamedHold.reservationId.startsWith("ts-r-"), JSON.stringify(streamedHold));
+      assert.notEqual(streamedHold.reservationId, held.reservationId);
       streamer.close();
     } finally {
       client.close();

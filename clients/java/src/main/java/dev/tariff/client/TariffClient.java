@@ -183,11 +183,18 @@ public final class TariffClient implements AutoCloseable {
    * cost). A request without request_id gets a generated one. When the server is not reached
    * within the deadline (UNAVAILABLE or DEADLINE_EXCEEDED), options.onUnavailable decides: THROW
    * (default), ALLOW (fail open) or DENY (fail closed), the latter two with degraded() true. Other
-   * statuses (NOT_FOUND for an unknown customer, ...) and the caller's cancellation always throw.
+   * statuses (NOT_FOUND for an unknown customer, ...) and the caller's cancellation always throw. A reserve
+   * request without reservation_id gets one chosen here, before the call, so the hold's id is known whatever
+   * happens: a degraded decision carries it too (the server may have made the hold before the deadline ran out;
+   * an event naming an id never held is charged as usual, with a notice). To retry, send the same id: one hold.
    */
   public AuthorizeDecision authorize(AuthorizeRequest request, AuthorizeOptions options) {
     if (request.getRequestId().isEmpty()) {
       request = request.toBuilder().setRequestId(REQUEST_PREFIX + "-" + REQUEST_COUNTER.incrementAndGet()).build();
+    }
+    if (request.getReserve() && request.getReservationId().isEmpty()) {
+      // Random, so two gateways never share a hold by choosing the same id.
+      request = request.toBuilder().setReservationId("java-r-" + UUID.randomUUID()).build();
     }
     Duration deadline = options.timeout() == null ? timeout : options.timeout();
     try {
@@ -200,7 +207,7 @@ public final class TariffClient implements AutoCloseable {
       if (options.onUnavailable() == AuthorizeOptions.UnavailablePolicy.THROW || !unreachable) {
         throw e;
       }
-      return AuthorizeDecision.degraded(request.getRequestId(), options.onUnavailable(), e.getStatus());
+      return AuthorizeDecision.degraded(request, options.onUnavailable(), e.getStatus());
     }
   }
 

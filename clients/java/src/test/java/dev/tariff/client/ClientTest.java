@@ -19,6 +19,7 @@ import dev.tariff.v1.EventRejection;
 import dev.tariff.v1.IngestAck;
 import dev.tariff.v1.ListRateCardsRequest;
 import dev.tariff.v1.RejectReason;
+import dev.tariff.v1.ReleaseReservationRequest;
 import dev.tariff.v1.UsageBatch;
 import dev.tariff.v1.UsageEvent;
 import io.grpc.Status;
@@ -148,6 +149,17 @@ class ClientTest {
   }
 
   @Test
+  void aHoldAskedForWithoutAnIdGoesByTheIdTheClientChoseBeforeTheCall() {
+    AuthorizeDecision hold = client.authorize(
+        AuthorizeRequest.newBuilder().setCustomerId(CUSTOMER).setEventType(EVENT_TYPE)
+            .putAllDimensions(DemoEvents.KINDS.get(0).dimensions()).setReserve(true).build(),
+        new AuthorizeOptions(Duration.ofSeconds(5), UnavailablePolicy.THROW));
+    assertTrue(hold.allowed() && hold.reservationId().startsWith("java-r-"), hold.toString());
+    client.balance().releaseReservation(
+        ReleaseReservationRequest.newBuilder().setCustomerId(CUSTOMER).setReservationId(hold.reservationId()).build());
+  }
+
+  @Test
   void errorsCarryTheStatusAndAreNeverDegradedIntoADecision() {
     AuthorizeRequest unknown = AuthorizeRequest.newBuilder().setCustomerId("nobody").setEventType(EVENT_TYPE).build();
     StatusRuntimeException error = assertThrows(StatusRuntimeException.class,
@@ -186,6 +198,11 @@ class ClientTest {
         assertEquals(List.of(true, true, "UNAVAILABLE", "r-1"), List.of(open.allowed(), open.degraded(), open.reason(), open.requestId()));
         AuthorizeDecision shut = unreachable.authorize(request, new AuthorizeOptions(deadline, UnavailablePolicy.DENY));
         assertEquals(List.of(false, true, "UNAVAILABLE"), List.of(shut.allowed(), shut.degraded(), shut.reason()));
+        // A hold asked for without an id: the degraded decision names the id the client chose before the call,
+        // since the server may have made the hold before the deadline ran out (the usage event settles it by that id).
+        AuthorizeDecision held = unreachable.authorize(request.toBuilder().setReserve(true).build(),
+            new AuthorizeOptions(deadline, UnavailablePolicy.ALLOW));
+        assertTrue(held.degraded() && held.reservationId().startsWith("java-r-"), held.toString());
         // Three calls, each bounded by its 300 ms deadline (generous margin for a loaded machine).
         assertTrue(System.nanoTime() - started < Duration.ofSeconds(5).toNanos());
       }
