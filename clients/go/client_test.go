@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -176,6 +177,21 @@ func TestAgainstDemoServer(t *testing.T) {
 		}
 		if _, err := client.Balance.ReleaseReservation(ctx, &tariffv1.ReleaseReservationRequest{CustomerId: customer, ReservationId: decision.ReservationID}); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("an INVALID_ARGUMENT names its field in a google.rpc.BadRequest, as the README shows", func(t *testing.T) {
+		_, err := client.Contracts.CreateCustomer(ctx, &tariffv1.CreateCustomerRequest{Id: fmt.Sprintf("named-%d", time.Now().UnixNano()), Name: strings.Repeat("n", 300)})
+		var fields []string
+		for _, detail := range status.Convert(err).Details() {
+			if badRequest, ok := detail.(*errdetails.BadRequest); ok {
+				for _, violation := range badRequest.GetFieldViolations() {
+					fields = append(fields, violation.GetField())
+				}
+			}
+		}
+		if status.Code(err) != codes.InvalidArgument || strings.Join(fields, ",") != "name" {
+			t.Fatalf("a 300-byte customer name: %v, field violations %v; want INVALID_ARGUMENT naming name", err, fields)
 		}
 	})
 

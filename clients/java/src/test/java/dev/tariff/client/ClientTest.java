@@ -22,8 +22,10 @@ import dev.tariff.v1.RejectReason;
 import dev.tariff.v1.ReleaseReservationRequest;
 import dev.tariff.v1.UsageBatch;
 import dev.tariff.v1.UsageEvent;
+import com.google.rpc.BadRequest;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.protobuf.StatusProto;
 import java.io.IOException;
 import java.math.BigDecimal;
 import java.net.InetAddress;
@@ -146,6 +148,20 @@ class ClientTest {
       assertEquals(0, new BigDecimal(decision.estimatedCost()).compareTo(kind.price()), "price of " + kind.dimensions());
     }
     assertEquals(before, creditsRemaining(), "authorize charged nothing");
+  }
+
+  @Test
+  void anInvalidArgumentNamesItsFieldInABadRequestAsTheReadmeShows() throws Exception {
+    StatusRuntimeException error = assertThrows(StatusRuntimeException.class, () -> client.contracts().createCustomer(
+        CreateCustomerRequest.newBuilder().setId(runId("named")).setName("n".repeat(300)).build()));
+    List<String> fields = new ArrayList<>();
+    for (com.google.protobuf.Any detail : StatusProto.fromThrowable(error).getDetailsList()) {
+      if (detail.is(BadRequest.class)) {
+        detail.unpack(BadRequest.class).getFieldViolationsList().forEach(violation -> fields.add(violation.getField()));
+      }
+    }
+    assertEquals(Status.Code.INVALID_ARGUMENT, error.getStatus().getCode());
+    assertEquals(List.of("name"), fields);
   }
 
   @Test
