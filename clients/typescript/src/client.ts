@@ -45,10 +45,26 @@ export interface TariffClientOptions {
    * none, so the long-lived IngestUsage and AuthorizeStream streams are not cut.
    */
   unaryTimeoutMs?: number;
-  /** "https" for a TLS endpoint; default "http" (plaintext HTTP/2, as `tariff serve` without TLS). */
+  /**
+   * "https" for a TLS endpoint; default "http" (plaintext HTTP/2, as `tariff serve` without TLS), or "https" when
+   * `tls` is given.
+   */
   scheme?: "http" | "https";
+  /**
+   * TLS options (implies "https"): `ca`, the PEM of the CA to trust (for a server whose certificate a private CA
+   * signed; default: Node's roots), and `cert` + `key`, the client's certificate chain and key for mutual TLS
+   * (`tariff serve --tls-client-ca`).
+   */
+  tls?: TlsOptions;
   /** Extra interceptors, run after the one that adds the API key. */
   interceptors?: Interceptor[];
+}
+
+/** PEM text or bytes, as node:tls takes them. */
+export interface TlsOptions {
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
 }
 
 const DEFAULT_UNARY_TIMEOUT_MS = 10_000;
@@ -113,10 +129,15 @@ export class TariffClient {
   constructor(target: string, options: TariffClientOptions = {}) {
     this.target = target;
     this.unaryTimeoutMs = options.unaryTimeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS;
-    const baseUrl = /^https?:\/\//.test(target) ? target : `${options.scheme ?? "http"}://${target}`;
+    const scheme = options.scheme ?? (options.tls ? "https" : "http");
+    const baseUrl = /^https?:\/\//.test(target) ? target : `${scheme}://${target}`;
     // One session manager we hold on to, so that close() can end the HTTP/2 connection instead of
     // leaving it to keep the process alive until its idle timeout.
-    this.sessionManager = new Http2SessionManager(baseUrl, { pingIntervalMs: 30_000, idleConnectionTimeoutMs: 60_000 });
+    this.sessionManager = new Http2SessionManager(
+      baseUrl,
+      { pingIntervalMs: 30_000, idleConnectionTimeoutMs: 60_000 },
+      options.tls ? { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key } : undefined,
+    );
     const interceptors: Interceptor[] = [];
     if (options.apiKey) {
       interceptors.push(apiKeyInterceptor(options.apiKey));
