@@ -32,6 +32,10 @@ import (
 	tariffv1 "github.com/tariff/tariff/clients/go/gen/tariff/v1"
 )
 
+// ReplyBytesMax is the largest reply a Client reads (64 MiB, as the Python client; the server sends at
+// most its --message-mb-max, 16 MiB by default). DialOptions can set another limit.
+const ReplyBytesMax = 64 << 20
+
 // Options configures a Client. The zero value is a plaintext connection without an API key.
 type Options struct {
 	// APIKey, when set, is sent as `authorization: Bearer APIKey` on every call.
@@ -69,6 +73,9 @@ func New(target string, opts Options) (*Client, error) {
 	}
 	dial := []grpc.DialOption{
 		grpc.WithTransportCredentials(transport),
+		// A reply may be as large as the server's --message-mb-max (16 MiB by default): a ListCustomers
+		// or ListInvoices page can exceed gRPC's 4 MiB default. 64 MiB, as the Python client.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(ReplyBytesMax)),
 		// grpc-go's default reconnect backoff grows to 120 s; a usage sender waiting out a server
 		// restart wants to be back within seconds.
 		grpc.WithConnectParams(grpc.ConnectParams{

@@ -78,6 +78,9 @@ public final class TariffClient implements AutoCloseable {
     }
   }
 
+  /** The largest reply the client reads: 64 MiB, as the Python and Go clients (the server sends at most 16 MiB by default). */
+  public static final int REPLY_BYTES_MAX = 64 << 20;
+
   private static final Metadata.Key<String> AUTHORIZATION =
       Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
   private static final AtomicLong REQUEST_COUNTER = new AtomicLong();
@@ -88,7 +91,10 @@ public final class TariffClient implements AutoCloseable {
   private final Duration timeout;
 
   public TariffClient(String target, Options options) {
-    this.managedChannel = Grpc.newChannelBuilder(target, options.credentials).build();
+    // A reply may be as large as the server's --message-mb-max (16 MiB by default): a ListCustomers or
+    // ListInvoices page can exceed gRPC's 4 MiB default.
+    this.managedChannel =
+        Grpc.newChannelBuilder(target, options.credentials).maxInboundMessageSize(REPLY_BYTES_MAX).build();
     Channel withDeadline = ClientInterceptors.intercept(managedChannel, defaultDeadline(options.timeout));
     this.channel =
         options.apiKey.isEmpty() ? withDeadline : ClientInterceptors.intercept(withDeadline, bearer(options.apiKey));

@@ -17,6 +17,8 @@ import dev.tariff.v1.AuthorizeRequest;
 import dev.tariff.v1.CreateCustomerRequest;
 import dev.tariff.v1.EventRejection;
 import dev.tariff.v1.IngestAck;
+import dev.tariff.v1.ListCustomersRequest;
+import dev.tariff.v1.ListCustomersResponse;
 import dev.tariff.v1.ListRateCardsRequest;
 import dev.tariff.v1.RejectReason;
 import dev.tariff.v1.ReleaseReservationRequest;
@@ -148,6 +150,23 @@ class ClientTest {
       assertEquals(0, new BigDecimal(decision.estimatedCost()).compareTo(kind.price()), "price of " + kind.dimensions());
     }
     assertEquals(before, creditsRemaining(), "authorize charged nothing");
+  }
+
+  @Test
+  void aReplyOverFourMiBWithinTheServersMessageLimitIsRead() {
+    // 160 customers with 64 attributes of 256-byte keys and values each (the most the server takes): about 33 KB
+    // a customer, so one page of them is over 5 MB, within the server's 16 MiB --message-mb-max.
+    String run = runId("wide");
+    for (int i = 0; i < 160; i++) {
+      CreateCustomerRequest.Builder customer = CreateCustomerRequest.newBuilder().setId(run + "-" + i);
+      for (int j = 0; j < 64; j++) {
+        customer.putAttributes(String.format("%02d", j) + "k".repeat(254), "v".repeat(256));
+      }
+      client.contracts().createCustomer(customer.build());
+    }
+    ListCustomersResponse page = client.contracts().listCustomers(ListCustomersRequest.newBuilder().setPageSize(1000).build());
+    assertTrue(page.getCustomersCount() >= 160 && page.getSerializedSize() > 4 << 20,
+        page.getCustomersCount() + " customers in " + page.getSerializedSize() + " bytes");
   }
 
   @Test
