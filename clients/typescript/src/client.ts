@@ -22,8 +22,8 @@ import { BalanceService, type Balance } from "./gen/tariff/v1/balance_pb.js";
 import { ContractService } from "./gen/tariff/v1/contracts_pb.js";
 import { InvoiceService } from "./gen/tariff/v1/invoices_pb.js";
 import { PricingService } from "./gen/tariff/v1/pricing_pb.js";
-import { UsageService } from "./gen/tariff/v1/usage_pb.js";
-import { UsageSender, type UsageSenderOptions } from "./usage-sender.js";
+import { UsageService, type IngestAck, type UsageEvent } from "./gen/tariff/v1/usage_pb.js";
+import { UsageSender, toEvent, type Usage, type UsageSenderOptions } from "./usage-sender.js";
 import {
   AuthorizeStreamer,
   decideWithoutServer,
@@ -166,6 +166,22 @@ export class TariffClient {
   async getBalance(customerId: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Balance> {
     return this.balance.getBalance(
       { customerId },
+      { timeoutMs: options.timeoutMs ?? this.unaryTimeoutMs, signal: options.signal },
+    );
+  }
+
+  /**
+   * One batch by the unary IngestUsageBatch; resolves with its ack once the batch is durable. Per-event rejections
+   * (DUPLICATE_CONFLICT, UNKNOWN_CUSTOMER, ...) are in the ack, not an error. Safe to retry with the same events:
+   * those already counted come back as duplicates. For a steady flow of events, usageSender() streams them.
+   */
+  async ingestBatch(
+    events: ReadonlyArray<Usage | UsageEvent>,
+    batchId = "",
+    options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<IngestAck> {
+    return this.usage.ingestUsageBatch(
+      { batchId, events: events.map(toEvent) },
       { timeoutMs: options.timeoutMs ?? this.unaryTimeoutMs, signal: options.signal },
     );
   }

@@ -137,6 +137,18 @@ describe("against a demo server", () => {
     assert.ok(afterBalance.asOfSeq >= seqs[seqs.length - 1]!, "the balance reflects the last acked batch");
   });
 
+  test("ingestBatch (unary) returns the ack once durable; a retry of the same batch is all duplicates", async () => {
+    const runId = `unary-${randomUUID()}`;
+    const before = micros((await client.getBalance(CUSTOMER)).creditsRemaining);
+    const events = [0, 1, 2].map((i) => demoEvent(runId, i, Date.now()));
+    const ack = await client.ingestBatch(events.map((e) => e.usage), `${runId}-b`);
+    assert.deepEqual([ack.batchId, ack.accepted, ack.duplicates, ack.rejected.length], [`${runId}-b`, 3, 0, 0]);
+    const retry = await client.ingestBatch(events.map((e) => e.usage), `${runId}-b`);
+    assert.deepEqual([retry.accepted, retry.duplicates], [0, 3]);
+    const price = events.reduce((sum, e) => sum + micros(e.kind.price), 0n);
+    assert.equal(before - micros((await client.getBalance(CUSTOMER)).creditsRemaining), price, "charged once");
+  });
+
   test("sendBatch resolves with the ack; an identical resend is all duplicates and charges nothing", async () => {
     const runId = `resend-${randomUUID()}`;
     const events = Array.from({ length: 10 }, (_, i) => demoEvent(runId, i, Date.now()).usage);
