@@ -38,6 +38,7 @@ import io.grpc.Metadata;
 import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.stub.ClientCalls;
 import java.time.Duration;
 import java.util.Objects;
 import java.util.UUID;
@@ -219,6 +220,37 @@ public final class TariffClient implements AutoCloseable {
 
   public AuthorizeDecision authorize(AuthorizeRequest request) {
     return authorize(request, AuthorizeOptions.defaults());
+  }
+
+  /**
+   * Waits until the server's grpc.health.v1 Check("") answers SERVING, retrying while it is starting or not yet
+   * reachable; throws DEADLINE_EXCEEDED after timeout, and any other status (UNAUTHENTICATED, ...) at once.
+   */
+  public void waitReady(Duration timeout) throws InterruptedException {
+    long deadline = System.nanoTime() + timeout.toNanos();
+    String last = "no answer";
+    for (; ; ) {
+      long remaining = deadline - System.nanoTime();
+      if (remaining <= 0) {
+        throw Status.DEADLINE_EXCEEDED.withDescription("server not SERVING (last: " + last + ")").asRuntimeException();
+      }
+      CallOptions attempt =
+          CallOptions.DEFAULT.withWaitForReady().withDeadlineAfter(Math.min(remaining, 1_000_000_000L), TimeUnit.NANOSECONDS);
+      try {
+        int servingStatus = HealthCheck.status(ClientCalls.blockingUnaryCall(channel, HealthCheck.METHOD, attempt, new byte[0]));
+        if (servingStatus == HealthCheck.SERVING) {
+          return;
+        }
+        last = "serving status " + servingStatus;
+      } catch (StatusRuntimeException e) {
+        Status.Code code = e.getStatus().getCode();
+        if (code != Status.Code.UNAVAILABLE && code != Status.Code.DEADLINE_EXCEEDED) {
+          throw e;
+        }
+        last = code.toString();
+      }
+      Thread.sleep(Math.max(0, Math.min(50, TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime()))));
+    }
   }
 
   /** A batching, streaming sender of usage events; see UsageSender. */

@@ -153,6 +153,15 @@ class ClientTest {
   }
 
   @Test
+  void waitReadyReturnsOnceTheServerIsServingAndThrowsDeadlineExceededWhenItIsNot() throws Exception {
+    client.waitReady(Duration.ofSeconds(10));
+    try (TariffClient nowhere = new TariffClient("127.0.0.1:" + TariffServer.freePort())) {
+      assertEquals(Status.Code.DEADLINE_EXCEEDED,
+          assertThrows(StatusRuntimeException.class, () -> nowhere.waitReady(Duration.ofMillis(300))).getStatus().getCode());
+    }
+  }
+
+  @Test
   void aReplyOverFourMiBWithinTheServersMessageLimitIsRead() {
     // 160 customers with 64 attributes of 256-byte keys and values each (the most the server takes): about 33 KB
     // a customer, so one page of them is over 5 MB, within the server's 16 MiB --message-mb-max.
