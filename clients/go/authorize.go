@@ -5,12 +5,15 @@ package tariff
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	tariffv1 "github.com/tariff/tariff/clients/go/gen/tariff/v1"
 )
@@ -49,8 +52,10 @@ type Decision struct {
 	// ("" when Degraded).
 	EstimatedCost    string
 	CreditsAvailable string
-	ReservationID    string
-	Message          string
+	// ReservationID is the hold's id with Reserve: the server's answer, or, when Degraded, the id the
+	// request carried (the hold may have been made).
+	ReservationID string
+	Message       string
 	// Degraded is true when the server was not reached and OnUnavailable decided.
 	Degraded bool
 }
@@ -64,23 +69,24 @@ func newRequestID() string {
 
 // Authorize asks whether the customer may consume this usage now. A request without RequestId
 // gets a generated one (echoed in the Decision). It charges nothing; with Reserve it holds the
-// estimated cost until an event carrying the reservation id settles it.
+// estimated cost until an event carrying the reservation id settles it. A Reserve request without
+// ReservationId gets one chosen here, before the call, so the hold's id is known whatever happens:
+// a degraded decision carries it too (the server may have made the hold before the deadline ran
+// out; an event naming an id that was never held is charged as usual, with a notice in its ack).
+// To retry a Reserve request, send the same ReservationId: the server holds once.
 func (c *Client) Authorize(ctx context.Context, req *tariffv1.AuthorizeRequest, opts AuthorizeOptions) (Decision, error) {
-	requestID := req.GetRequestId()
-	if requestID == "" {
+	needsReservationID := req.GetReserve() && req.GetReservationId() == ""
+	if req.GetRequestId() == "" || needsReservationID {
 		// Copy rather than write into the caller's message, which it may reuse or share.
-		req = &tariffv1.AuthorizeRequest{
-			RequestId:      newRequestID(),
-			CustomerId:     req.GetCustomerId(),
-			EventType:      req.GetEventType(),
-			Dimensions:     req.GetDimensions(),
-			Values:         req.GetValues(),
-			Reserve:        req.GetReserve(),
-			ReservationTtl: req.GetReservationTtl(),
-			ReservationId:  req.GetReservationId(),
+		req = proto.Clone(req).(*tariffv1.AuthorizeRequest)
+		if req.GetRequestId() == "" {
+			req.RequestId = newRequestID()
 		}
-		requestID = req.GetRequestId()
+		if needsReservationID {
+			req.ReservationId = newReservationID()
+		}
 	}
+	requestID := req.GetRequestId()
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = c.timeout
@@ -106,12 +112,20 @@ func (c *Client) Authorize(ctx context.Context, req *tariffv1.AuthorizeRequest, 
 		return Decision{}, fmt.Errorf("tariff: Authorize(%q, %q): %w", req.GetCustomerId(), req.GetEventType(), err)
 	}
 	return Decision{
-		RequestID: requestID,
-		Allowed:   opts.OnUnavailable == FailOpen,
-		Reason:    "UNAVAILABLE",
-		Message:   fmt.Sprintf("Tariff server not reached (%s: %s); policy: %s", code, status.Convert(err).Message(), opts.OnUnavailable),
-		Degraded:  true,
+		RequestID:     requestID,
+		Allowed:       opts.OnUnavailable == FailOpen,
+		Reason:        "UNAVAILABLE",
+		ReservationID: req.GetReservationId(),
+		Message:       fmt.Sprintf("Tariff server not reached (%s: %s); policy: %s", code, status.Convert(err).Message(), opts.OnUnavailable),
+		Degraded:      true,
 	}, nil
+}
+
+// newReservationID is random (128 bits): two gateways must never share a hold by choosing the same id.
+func newReservationID() string {
+	random := make([]byte, 16)
+	_, _ = rand.Read(random) // crypto/rand.Read never fails (Go 1.24+)
+	return "go-r-" + hex.EncodeToString(random)
 }
 
 func (p UnavailablePolicy) String() string {

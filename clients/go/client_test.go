@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -167,6 +168,33 @@ func TestAgainstDemoServer(t *testing.T) {
 		}
 	})
 
+	t.Run("a hold asked for without an id goes by the id the client chose before the call", func(t *testing.T) {
+		kind := eventKinds[0]
+		decision, err := client.Authorize(ctx, &tariffv1.AuthorizeRequest{CustomerId: customer, EventType: eventType, Dimensions: kind.dimensions, Reserve: true},
+			tariff.AuthorizeOptions{Timeout: 5 * time.Second})
+		if err != nil || !decision.Allowed || !strings.HasPrefix(decision.ReservationID, "go-r-") {
+			t.Fatalf("decision = %+v, %v; want an allowed hold under a go-r- id", decision, err)
+		}
+		if _, err := client.Balance.ReleaseReservation(ctx, &tariffv1.ReleaseReservationRequest{CustomerId: customer, ReservationId: decision.ReservationID}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("an INVALID_ARGUMENT names its field in a google.rpc.BadRequest, as the README shows", func(t *testing.T) {
+		_, err := client.Contracts.CreateCustomer(ctx, &tariffv1.CreateCustomerRequest{Id: fmt.Sprintf("named-%d", time.Now().UnixNano()), Name: strings.Repeat("n", 300)})
+		var fields []string
+		for _, detail := range status.Convert(err).Details() {
+			if badRequest, ok := detail.(*errdetails.BadRequest); ok {
+				for _, violation := range badRequest.GetFieldViolations() {
+					fields = append(fields, violation.GetField())
+				}
+			}
+		}
+		if status.Code(err) != codes.InvalidArgument || strings.Join(fields, ",") != "name" {
+			t.Fatalf("a 300-byte customer name: %v, field violations %v; want INVALID_ARGUMENT naming name", err, fields)
+		}
+	})
+
 	t.Run("errors wrap the gRPC status and are never degraded into a decision", func(t *testing.T) {
 		_, err := client.Authorize(ctx, &tariffv1.AuthorizeRequest{CustomerId: "nobody", EventType: eventType}, tariff.AuthorizeOptions{OnUnavailable: tariff.FailOpen})
 		if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "nobody") {
@@ -219,6 +247,18 @@ func TestAuthorizeWhenTheServerIsNotReached(t *testing.T) {
 		if elapsed := time.Since(started); elapsed > 5*time.Second {
 			t.Fatalf("three authorize calls took %s", elapsed)
 		}
+	}
+	// A hold asked for without an id gets one chosen by the client before the call: a degraded decision
+	// carries it, since the server may have journaled the hold before the deadline ran out (the usage
+	// event settles it with that id; an unknown id only earns the event a notice).
+	reserve := &tariffv1.AuthorizeRequest{RequestId: "r-2", CustomerId: customer, EventType: eventType, Reserve: true}
+	held, err := hanging.Authorize(ctx, reserve, tariff.AuthorizeOptions{Timeout: 300 * time.Millisecond, OnUnavailable: tariff.FailOpen})
+	if err != nil || !held.Degraded || held.ReservationID == "" {
+		t.Fatalf("FailOpen with Reserve: %+v, %v; want a degraded decision naming the reservation id the hold may go by", held, err)
+	}
+	again, err := hanging.Authorize(ctx, reserve, tariff.AuthorizeOptions{Timeout: 300 * time.Millisecond, OnUnavailable: tariff.FailOpen})
+	if err != nil || again.ReservationID == held.ReservationID || reserve.GetReservationId() != "" {
+		t.Fatalf("a second hold asked for without an id: %+v, %v (request now %v); want a new id, the caller's request untouched", again, err, reserve)
 	}
 	// The caller's own cancellation is never turned into a decision.
 	cancelled, cancel := context.WithCancel(ctx)

@@ -107,7 +107,7 @@ type server struct {
 	port    int
 	// clientOpts reach the server for the readiness check.
 	clientOpts tariff.Options
-	starts  int
+	starts     int
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd

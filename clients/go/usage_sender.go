@@ -67,6 +67,25 @@ func DefaultRetryPolicy() RetryPolicy {
 	}
 }
 
+// withDefaults is the policy with its zero fields taken from defaults (RetryableCodes when nil): a
+// policy setting only AttemptsMax must not give up at once (ElapsedMax 0) nor retry nothing.
+func (p RetryPolicy) withDefaults(defaults RetryPolicy) RetryPolicy {
+	setDefault(&p.AttemptsMax, defaults.AttemptsMax)
+	setDefault(&p.ElapsedMax, defaults.ElapsedMax)
+	setDefault(&p.InitialBackoff, defaults.InitialBackoff)
+	setDefault(&p.MaxBackoff, defaults.MaxBackoff)
+	if p.Multiplier == 0 {
+		p.Multiplier = defaults.Multiplier
+	}
+	if p.Jitter == 0 {
+		p.Jitter = defaults.Jitter
+	}
+	if p.RetryableCodes == nil {
+		p.RetryableCodes = defaults.RetryableCodes
+	}
+	return p
+}
+
 // SenderOptions configure a UsageSender; zero fields take the defaults given.
 type SenderOptions struct {
 	// BatchEventsMax cuts a batch when it holds this many events (default 500; the server takes up to 10,000).
@@ -80,7 +99,8 @@ type SenderOptions struct {
 	InflightBatchesMax int
 	// AckTimeout: reconnect when batches are outstanding and no ack came for this long (default 60 s).
 	AckTimeout time.Duration
-	// Retry is the reconnect policy (nil: DefaultRetryPolicy()).
+	// Retry is the reconnect policy (nil: DefaultRetryPolicy(); its zero fields take the default's,
+	// RetryableCodes when nil, so an empty non-nil slice retries only statuses with a RetryInfo).
 	Retry *RetryPolicy
 	// BatchIDPrefix: batch ids are "<prefix>-<n>" (default: random per sender).
 	BatchIDPrefix string
@@ -151,7 +171,7 @@ func (c *Client) NewUsageSender(opts SenderOptions) (*UsageSender, error) {
 	}
 	retry := DefaultRetryPolicy()
 	if opts.Retry != nil {
-		retry = *opts.Retry
+		retry = opts.Retry.withDefaults(retry)
 	}
 	if opts.BatchIDPrefix == "" {
 		random := make([]byte, 6)

@@ -245,3 +245,26 @@ func TestSendBlocksWhileBufferEventsMaxEventsAreUnacknowledged(t *testing.T) {
 		t.Fatalf("%d events held, want 2", held)
 	}
 }
+
+func TestARetryPolicyWithOnlySomeFieldsSetTakesTheDefaultsForTheRest(t *testing.T) {
+	fake := &fakeUsage{answer: func(stream int, batch *tariffv1.UsageBatch) (*tariffv1.IngestAck, error) {
+		if stream == 1 {
+			return nil, status.Error(codes.Unavailable, "server restarting")
+		}
+		return ackOf(batch), nil
+	}}
+	// Only the attempt count set: the zero ElapsedMax, backoffs and RetryableCodes are the defaults', as
+	// SenderOptions' zero fields are, not "give up at once" and "retry nothing".
+	sender, err := startFake(t, fake).NewUsageSender(tariff.SenderOptions{Retry: &tariff.RetryPolicy{AttemptsMax: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	event, _ := demoEvent("partial-policy", 0, 1_700_000_000_000)
+	ack, err := sender.SendBatch(context.Background(), []*tariffv1.UsageEvent{event}, "b-1")
+	if err != nil || ack.GetAccepted() != 1 {
+		t.Fatalf("SendBatch after one UNAVAILABLE stream: %v, %v; want the batch resent and acked", ack, err)
+	}
+	if stats, err := sender.Close(context.Background()); err != nil || stats.Reconnects != 1 || stats.ResentBatches != 1 {
+		t.Fatalf("Close: %+v, %v", stats, err)
+	}
+}

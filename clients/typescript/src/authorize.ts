@@ -8,6 +8,7 @@
 import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { randomUUID } from "node:crypto";
 
 import {
   AuthorizeRequestSchema,
@@ -28,6 +29,11 @@ export interface AuthorizeInput {
   /** Hold the estimated cost until an event carrying `reservationId` settles it. */
   reserve?: boolean;
   reservationTtlMs?: number;
+  /**
+   * The hold's id; with `reserve` and none given, the client chooses one before the call, so the decision carries
+   * it whatever happens (a degraded one too: the server may have made the hold). To retry, send the same id: the
+   * server holds once.
+   */
   reservationId?: string;
 }
 
@@ -57,6 +63,7 @@ export interface AuthorizeDecision {
   estimatedCost: string;
   /** Decimal string ("" when degraded). */
   creditsAvailable: string;
+  /** With `reserve`: the hold's id, the server's answer or, when degraded, the request's (the hold may exist). */
   reservationId: string;
   message: string;
   /** True when the server was not reached and onUnavailable decided. */
@@ -71,15 +78,21 @@ export function newRequestId(prefix = "req"): string {
   return `${prefix}-${process.pid.toString(36)}-${Date.now().toString(36)}-${requestCounter.toString(36)}`;
 }
 
+/** A reservation id: random (122 bits), so two gateways never share a hold by choosing the same id. */
+export function newReservationId(): string {
+  return `ts-r-${randomUUID()}`;
+}
+
 export function toAuthorizeRequest(input: AuthorizeInput, requestId: string): AuthorizeRequest {
+  const reserve = input.reserve ?? false;
   const request = create(AuthorizeRequestSchema, {
     requestId,
     customerId: input.customerId,
     eventType: input.eventType,
     dimensions: input.dimensions ?? {},
     values: input.values ?? {},
-    reserve: input.reserve ?? false,
-    reservationId: input.reservationId ?? "",
+    reserve,
+    reservationId: input.reservationId || (reserve ? newReservationId() : ""),
   });
   if (input.reservationTtlMs !== undefined) {
     const ttlMs = Math.round(input.reservationTtlMs);
@@ -104,10 +117,13 @@ export function toDecision(response: AuthorizeResponse, requestId: string): Auth
   };
 }
 
-/** The fallback decision for an unreachable server, or the error itself when the policy says so. */
+/**
+ * The fallback decision for an unreachable server, or the error itself when the policy says so. It carries the
+ * request's reservation id: the server may have made the hold before the deadline ran out.
+ */
 export function decideWithoutServer(
   error: unknown,
-  requestId: string,
+  request: AuthorizeRequest,
   policy: UnavailablePolicy,
   signal: AbortSignal | undefined,
 ): AuthorizeDecision {
@@ -117,12 +133,12 @@ export function decideWithoutServer(
     throw connectError;
   }
   return {
-    requestId,
+    requestId: request.requestId,
     allowed: policy === "allow",
     reason: "UNAVAILABLE",
     estimatedCost: "",
     creditsAvailable: "",
-    reservationId: "",
+    reservationId: request.reservationId,
     message: `Tariff server not reached (${Code[connectError.code]}: ${connectError.rawMessage}); policy: ${policy}`,
     degraded: true,
   };
@@ -174,6 +190,7 @@ export class AuthorizeStreamer {
 
   async authorize(input: AuthorizeInput, options: AuthorizeOptions = {}): Promise<AuthorizeDecision> {
     const requestId = input.requestId || newRequestId("auth");
+    const request = toAuthorizeRequest(input, requestId);
     const policy = options.onUnavailable ?? this.onUnavailable;
     try {
       if (this.closed) {
@@ -200,13 +217,13 @@ export class AuthorizeStreamer {
           },
           { once: true },
         );
-        this.outbox.push(toAuthorizeRequest(input, requestId));
+        this.outbox.push(request);
         this.ensureStream();
         this.notify();
       });
       return toDecision(response, requestId);
     } catch (error) {
-      return decideWithoutServer(error, requestId, policy, options.signal);
+      return decideWithoutServer(error, request, policy, options.signal);
     }
   }
 

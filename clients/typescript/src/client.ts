@@ -22,8 +22,8 @@ import { BalanceService, type Balance } from "./gen/tariff/v1/balance_pb.js";
 import { ContractService } from "./gen/tariff/v1/contracts_pb.js";
 import { InvoiceService } from "./gen/tariff/v1/invoices_pb.js";
 import { PricingService } from "./gen/tariff/v1/pricing_pb.js";
-import { UsageService } from "./gen/tariff/v1/usage_pb.js";
-import { UsageSender, type UsageSenderOptions } from "./usage-sender.js";
+import { UsageService, type IngestAck, type UsageEvent } from "./gen/tariff/v1/usage_pb.js";
+import { UsageSender, toEvent, type Usage, type UsageSenderOptions } from "./usage-sender.js";
 import {
   AuthorizeStreamer,
   decideWithoutServer,
@@ -40,15 +40,31 @@ export interface TariffClientOptions {
   /** Sent as `authorization: Bearer KEY` on every call when given. */
   apiKey?: string;
   /**
-   * Deadline of getBalance() and authorize() unless the call passes its own `timeoutMs` (default
-   * 10,000). Calls on the generated clients take `{ timeoutMs }` themselves: a transport-wide default
-   * would also end the long-lived IngestUsage and AuthorizeStream streams.
+   * Deadline of every unary call that passes no `timeoutMs` of its own (default 10,000): getBalance(),
+   * authorize() and the generated clients' unary calls alike (`{ timeoutMs: 0 }`: none). Streams have
+   * none, so the long-lived IngestUsage and AuthorizeStream streams are not cut.
    */
   unaryTimeoutMs?: number;
-  /** "https" for a TLS endpoint; default "http" (plaintext HTTP/2, as `tariff serve` without TLS). */
+  /**
+   * "https" for a TLS endpoint; default "http" (plaintext HTTP/2, as `tariff serve` without TLS), or "https" when
+   * `tls` is given.
+   */
   scheme?: "http" | "https";
+  /**
+   * TLS options (implies "https"): `ca`, the PEM of the CA to trust (for a server whose certificate a private CA
+   * signed; default: Node's roots), and `cert` + `key`, the client's certificate chain and key for mutual TLS
+   * (`tariff serve --tls-client-ca`).
+   */
+  tls?: TlsOptions;
   /** Extra interceptors, run after the one that adds the API key. */
   interceptors?: Interceptor[];
+}
+
+/** PEM text or bytes, as node:tls takes them. */
+export interface TlsOptions {
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
 }
 
 const DEFAULT_UNARY_TIMEOUT_MS = 10_000;
@@ -79,6 +95,20 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/**
+ * The transport with `timeoutMs` as the deadline of every unary call that sets none, so that a call on a generated
+ * client cannot wait for ever on a server that does not answer. Streams are left alone (a transport-wide
+ * defaultTimeoutMs would end them too).
+ */
+function withUnaryTimeout(transport: Transport, timeoutMs: number): Transport {
+  return {
+    unary: (method, signal, callTimeoutMs, header, input, contextValues) =>
+      transport.unary(method, signal, callTimeoutMs ?? timeoutMs, header, input, contextValues),
+    stream: (method, signal, callTimeoutMs, header, input, contextValues) =>
+      transport.stream(method, signal, callTimeoutMs, header, input, contextValues),
+  };
+}
+
 /** A client for one Tariff server, e.g. `new TariffClient("127.0.0.1:50051", { apiKey })`. */
 export class TariffClient {
   readonly target: string;
@@ -99,22 +129,30 @@ export class TariffClient {
   constructor(target: string, options: TariffClientOptions = {}) {
     this.target = target;
     this.unaryTimeoutMs = options.unaryTimeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS;
-    const baseUrl = /^https?:\/\//.test(target) ? target : `${options.scheme ?? "http"}://${target}`;
+    const scheme = options.scheme ?? (options.tls ? "https" : "http");
+    const baseUrl = /^https?:\/\//.test(target) ? target : `${scheme}://${target}`;
     // One session manager we hold on to, so that close() can end the HTTP/2 connection instead of
     // leaving it to keep the process alive until its idle timeout.
-    this.sessionManager = new Http2SessionManager(baseUrl, { pingIntervalMs: 30_000, idleConnectionTimeoutMs: 60_000 });
+    this.sessionManager = new Http2SessionManager(
+      baseUrl,
+      { pingIntervalMs: 30_000, idleConnectionTimeoutMs: 60_000 },
+      options.tls ? { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key } : undefined,
+    );
     const interceptors: Interceptor[] = [];
     if (options.apiKey) {
       interceptors.push(apiKeyInterceptor(options.apiKey));
     }
     interceptors.push(...(options.interceptors ?? []));
-    this.transport = createGrpcTransport({
-      baseUrl,
-      sessionManager: this.sessionManager,
-      interceptors,
-      // The server sends uncompressed replies; asking for none saves it from considering them.
-      acceptCompression: [],
-    });
+    this.transport = withUnaryTimeout(
+      createGrpcTransport({
+        baseUrl,
+        sessionManager: this.sessionManager,
+        interceptors,
+        // The server sends uncompressed replies; asking for none saves it from considering them.
+        acceptCompression: [],
+      }),
+      this.unaryTimeoutMs,
+    );
     this.usage = createClient(UsageService, this.transport);
     this.balance = createClient(BalanceService, this.transport);
     this.pricing = createClient(PricingService, this.transport);
@@ -133,20 +171,37 @@ export class TariffClient {
   }
 
   /**
+   * One batch by the unary IngestUsageBatch; resolves with its ack once the batch is durable. Per-event rejections
+   * (DUPLICATE_CONFLICT, UNKNOWN_CUSTOMER, ...) are in the ack, not an error. Safe to retry with the same events:
+   * those already counted come back as duplicates. For a steady flow of events, usageSender() streams them.
+   */
+  async ingestBatch(
+    events: ReadonlyArray<Usage | UsageEvent>,
+    batchId = "",
+    options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<IngestAck> {
+    return this.usage.ingestUsageBatch(
+      { batchId, events: events.map(toEvent) },
+      { timeoutMs: options.timeoutMs ?? this.unaryTimeoutMs, signal: options.signal },
+    );
+  }
+
+  /**
    * The gateway's credit check: would this usage be allowed now, and what would it cost? The
    * server prices it exactly as ingesting it now would. See AuthorizeOptions.onUnavailable for
    * what happens when the server cannot be reached.
    */
   async authorize(input: AuthorizeInput, options: AuthorizeOptions = {}): Promise<AuthorizeDecision> {
     const requestId = input.requestId || newRequestId("auth");
+    const request = toAuthorizeRequest(input, requestId);
     try {
-      const response = await this.balance.authorize(toAuthorizeRequest(input, requestId), {
+      const response = await this.balance.authorize(request, {
         timeoutMs: options.timeoutMs ?? this.unaryTimeoutMs,
         signal: options.signal,
       });
       return toDecision(response, requestId);
     } catch (error) {
-      return decideWithoutServer(error, requestId, options.onUnavailable ?? "throw", options.signal);
+      return decideWithoutServer(error, request, options.onUnavailable ?? "throw", options.signal);
     }
   }
 

@@ -6,7 +6,8 @@
 export { Code, ConnectError } from "@connectrpc/connect";
 export { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 
-export { TariffClient, type TariffClientOptions } from "./client.js";
+export { TariffClient, type TariffClientOptions, type TlsOptions } from "./client.js";
+export { fieldViolations, type FieldViolation } from "./errors.js";
 export {
   AuthorizeStreamer,
   newRequestId,

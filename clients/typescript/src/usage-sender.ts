@@ -128,7 +128,8 @@ interface RoomWaiter {
   reject: (error: ConnectError) => void;
 }
 
-function toEvent(usage: Usage | UsageEvent): UsageEvent {
+/** The UsageEvent message of a `Usage` (a UsageEvent message is taken as it is). */
+export function toEvent(usage: Usage | UsageEvent): UsageEvent {
   if ("$typeName" in usage) {
     return usage;
   }

@@ -11,7 +11,7 @@ import http2 from "node:http2";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { Code, ConnectError, TariffClient, type IngestAck } from "../src/index.js";
+import { Code, ConnectError, TariffClient, fieldViolations, type IngestAck } from "../src/index.js";
 import { micros } from "./support/money.js";
 import { CUSTOMER, EVENT_KINDS, EVENT_TYPE, PREPAID_CREDITS, demoEvent } from "./support/events.js";
 import { TariffServer, freePort, startDemoServer, tempDir } from "./support/server.js";
@@ -50,6 +50,27 @@ describe("against a demo server", () => {
       (error: unknown) => error instanceof ConnectError && error.code === Code.NotFound,
     );
     assert.equal(micros((await client.getBalance(CUSTOMER)).creditsRemaining), before, "authorize charged nothing");
+    // A hold asked for without an id goes by the id the client chose before the call.
+    const hold = await client.authorize({ customerId: CUSTOMER, eventType: EVENT_TYPE, dimensions: EVENT_KINDS[0]!.dimensions, reserve: true });
+    assert.deepEqual([hold.allowed, hold.reservationId.startsWith("ts-r-")], [true, true], JSON.stringify(hold));
+    await client.balance.releaseReservation({ customerId: CUSTOMER, reservationId: hold.reservationId });
+  });
+
+  test("fieldViolations reads the google.rpc.BadRequest of an INVALID_ARGUMENT: the field the server names", async () => {
+    const error = await client.contracts
+      .createCustomer({ id: `named-${randomUUID()}`, name: "n".repeat(300) })
+      .then(
+        () => assert.fail("a 300-byte name was accepted"),
+        (e: unknown) => ConnectError.from(e),
+      );
+    assert.equal(error.code, Code.InvalidArgument);
+    const violations = fieldViolations(error);
+    assert.deepEqual(
+      violations.map((v) => v.field),
+      ["name"],
+    );
+    assert.match(violations[0]!.description, /256 bytes/);
+    assert.deepEqual(fieldViolations(new ConnectError("no details", Code.InvalidArgument)), []);
   });
 
   test("an authorize streamer answers many concurrent decisions over one stream, matched by request_id", async () => {
@@ -114,6 +135,18 @@ describe("against a demo server", () => {
     const afterBalance = await client.getBalance(CUSTOMER);
     assert.equal(micros(before.creditsRemaining) - micros(afterBalance.creditsRemaining), expectedMicros);
     assert.ok(afterBalance.asOfSeq >= seqs[seqs.length - 1]!, "the balance reflects the last acked batch");
+  });
+
+  test("ingestBatch (unary) returns the ack once durable; a retry of the same batch is all duplicates", async () => {
+    const runId = `unary-${randomUUID()}`;
+    const before = micros((await client.getBalance(CUSTOMER)).creditsRemaining);
+    const events = [0, 1, 2].map((i) => demoEvent(runId, i, Date.now()));
+    const ack = await client.ingestBatch(events.map((e) => e.usage), `${runId}-b`);
+    assert.deepEqual([ack.batchId, ack.accepted, ack.duplicates, ack.rejected.length], [`${runId}-b`, 3, 0, 0]);
+    const retry = await client.ingestBatch(events.map((e) => e.usage), `${runId}-b`);
+    assert.deepEqual([retry.accepted, retry.duplicates], [0, 3]);
+    const price = events.reduce((sum, e) => sum + micros(e.kind.price), 0n);
+    assert.equal(before - micros((await client.getBalance(CUSTOMER)).creditsRemaining), price, "charged once");
   });
 
   test("sendBatch resolves with the ack; an identical resend is all duplicates and charges nothing", async () => {
@@ -236,9 +269,52 @@ describe("without a server", () => {
       const streamer = client.authorizeStreamer({ onUnavailable: "deny" });
       const streamed = await streamer.authorize(input);
       assert.deepEqual([streamed.allowed, streamed.degraded, streamed.reason], [false, true, "UNAVAILABLE"]);
+      // A hold asked for without an id gets one chosen by the client before the call: a degraded decision carries
+      // it, since the server may have journaled the hold before the deadline (the usage event settles it by that id).
+      const reserve = { ...input, reserve: true };
+      const held = await client.authorize(reserve, { onUnavailable: "allow", timeoutMs: 2_000 });
+      assert.deepEqual([held.degraded, held.reservationId.startsWith("ts-r-")], [true, true], JSON.stringify(held));
+      const streamedHold = await streamer.authorize(reserve, { onUnavailable: "allow" });
+      assert.ok(streamedHold.reservationId.startsWith("ts-r-"), JSON.stringify(streamedHold));
+      assert.notEqual(streamedHold.reservationId, held.reservationId);
       streamer.close();
     } finally {
       client.close();
+    }
+  });
+
+  test("unaryTimeoutMs bounds every unary call without a timeout of its own, the generated clients' included", async () => {
+    // A bare HTTP/2 server that takes each request and never answers it.
+    const silent = http2.createServer();
+    // The client's close() ends its connection with GOAWAY(CANCEL): an error for the server's session and streams.
+    silent.on("session", (session) => session.on("error", () => undefined));
+    silent.on("stream", (stream) => stream.on("error", () => undefined));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const address = silent.address();
+    assert.ok(address !== null && typeof address === "object");
+    const client = new TariffClient(`127.0.0.1:${address.port}`, { unaryTimeoutMs: 300 });
+    let safety: NodeJS.Timeout | undefined;
+    try {
+      const gaveUp = new Promise<string>((resolve) => {
+        safety = setTimeout(() => resolve("still waiting after 20 s"), 20_000);
+      });
+      const outcome = await Promise.race([
+        client.contracts.createCustomer({ id: "acme-2" }).then(
+          () => "answered",
+          (e: unknown) => ConnectError.from(e).code,
+        ),
+        gaveUp,
+      ]);
+      assert.equal(outcome, Code.DeadlineExceeded, "a generated unary call on a silent server");
+      // The caller's own timeoutMs wins over the client's.
+      await assert.rejects(
+        client.pricing.listRateCards({}, { timeoutMs: 50 }),
+        (e: unknown) => ConnectError.from(e).code === Code.DeadlineExceeded,
+      );
+    } finally {
+      clearTimeout(safety);
+      client.close();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
     }
   });
 

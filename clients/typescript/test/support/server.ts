@@ -15,7 +15,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { TariffClient } from "../../src/index.js";
+import { TariffClient, type TariffClientOptions } from "../../src/index.js";
 
 /** clients/typescript (this file runs from dist/test/support/). */
 export const PACKAGE_DIR = fileURLToPath(new URL("../../..", import.meta.url));
@@ -51,17 +51,23 @@ export class TariffServer {
   readonly logPath: string;
   readonly demo: boolean;
   readonly extraArgs: readonly string[];
+  /** How start() reaches the server to see it SERVING (TLS options for a server started with --tls-cert). */
+  readonly clientOptions: TariffClientOptions;
   port = 0;
   starts = 0;
   private proc: ChildProcess | undefined;
   private exited: Promise<number | null> = Promise.resolve(null);
   private exitCode: number | null | undefined;
 
-  constructor(dataDir: string, options: { demo?: boolean; extraArgs?: readonly string[] } = {}) {
+  constructor(
+    dataDir: string,
+    options: { demo?: boolean; extraArgs?: readonly string[]; clientOptions?: TariffClientOptions } = {},
+  ) {
     this.dataDir = dataDir;
     this.logPath = `${dataDir}.server.log`;
     this.demo = options.demo ?? false;
     this.extraArgs = options.extraArgs ?? [];
+    this.clientOptions = options.clientOptions ?? {};
   }
 
   get target(): string {
@@ -110,7 +116,7 @@ export class TariffServer {
         resolve(this.exitCode);
       });
     });
-    const client = new TariffClient(this.target);
+    const client = new TariffClient(this.target, this.clientOptions);
     try {
       const exitedEarly = this.exited.then((code) => {
         throw new Error(`server exited (code ${code}) before SERVING on ${this.target}; log tail:\n${this.logTail()}`);

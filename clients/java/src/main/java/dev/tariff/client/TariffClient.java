@@ -5,7 +5,8 @@
  * proto/tariff/v1 (generated at build time into dev.tariff.v1), plus a few helpers where they pay:
  * getBalance and ingestBatch with the client's default deadline, authorize (the gateway's check,
  * with a deadline and a fail-open / fail-closed policy) and usageSender (batching, streaming,
- * resending every unacknowledged batch after a reconnect). With an API key every call carries
+ * resending every unacknowledged batch after a reconnect). Every unary call without a deadline of its own
+ * gets the client's timeout (default 10 s), on the generated stubs too; streams have none. With an API key every call carries
  * `authorization: Bearer KEY` metadata, streams included. Failed calls throw grpc-java's
  * StatusRuntimeException (getStatus().getCode() is the status code).
  */
@@ -37,6 +38,7 @@ import io.grpc.Metadata;
 import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.stub.ClientCalls;
 import java.time.Duration;
 import java.util.Objects;
 import java.util.UUID;
@@ -67,12 +69,18 @@ public final class TariffClient implements AutoCloseable {
       return this;
     }
 
-    /** Deadline of getBalance, ingestBatch and authorize unless a call says otherwise (default 10 s). */
+    /**
+     * Deadline of every unary call without one of its own (default 10 s): getBalance, ingestBatch, authorize
+     * and the generated stubs' unary calls alike. Streams have none.
+     */
     public Options timeout(Duration timeout) {
       this.timeout = Objects.requireNonNull(timeout);
       return this;
     }
   }
+
+  /** The largest reply the client reads: 64 MiB, as the Python and Go clients (the server sends at most 16 MiB by default). */
+  public static final int REPLY_BYTES_MAX = 64 << 20;
 
   private static final Metadata.Key<String> AUTHORIZATION =
       Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
@@ -84,12 +92,30 @@ public final class TariffClient implements AutoCloseable {
   private final Duration timeout;
 
   public TariffClient(String target, Options options) {
-    this.managedChannel = Grpc.newChannelBuilder(target, options.credentials).build();
+    // A reply may be as large as the server's --message-mb-max (16 MiB by default): a ListCustomers or
+    // ListInvoices page can exceed gRPC's 4 MiB default.
+    this.managedChannel =
+        Grpc.newChannelBuilder(target, options.credentials).maxInboundMessageSize(REPLY_BYTES_MAX).build();
+    Channel withDeadline = ClientInterceptors.intercept(managedChannel, defaultDeadline(options.timeout));
     this.channel =
-        options.apiKey.isEmpty()
-            ? managedChannel
-            : ClientInterceptors.intercept(managedChannel, bearer(options.apiKey));
+        options.apiKey.isEmpty() ? withDeadline : ClientInterceptors.intercept(withDeadline, bearer(options.apiKey));
     this.timeout = options.timeout;
+  }
+
+  /**
+   * Gives a unary call without a deadline of its own the client's timeout, so that a call on a generated stub
+   * cannot wait for ever on a server that does not answer. Streams are left alone.
+   */
+  private static ClientInterceptor defaultDeadline(Duration timeout) {
+    return new ClientInterceptor() {
+      @Override
+      public <Q, R> ClientCall<Q, R> interceptCall(MethodDescriptor<Q, R> method, CallOptions callOptions, Channel next) {
+        if (method.getType() == MethodDescriptor.MethodType.UNARY && callOptions.getDeadline() == null) {
+          callOptions = callOptions.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
+        }
+        return next.newCall(method, callOptions);
+      }
+    };
   }
 
   public TariffClient(String target) {
@@ -164,11 +190,18 @@ public final class TariffClient implements AutoCloseable {
    * cost). A request without request_id gets a generated one. When the server is not reached
    * within the deadline (UNAVAILABLE or DEADLINE_EXCEEDED), options.onUnavailable decides: THROW
    * (default), ALLOW (fail open) or DENY (fail closed), the latter two with degraded() true. Other
-   * statuses (NOT_FOUND for an unknown customer, ...) and the caller's cancellation always throw.
+   * statuses (NOT_FOUND for an unknown customer, ...) and the caller's cancellation always throw. A reserve
+   * request without reservation_id gets one chosen here, before the call, so the hold's id is known whatever
+   * happens: a degraded decision carries it too (the server may have made the hold before the deadline ran out;
+   * an event naming an id never held is charged as usual, with a notice). To retry, send the same id: one hold.
    */
   public AuthorizeDecision authorize(AuthorizeRequest request, AuthorizeOptions options) {
     if (request.getRequestId().isEmpty()) {
       request = request.toBuilder().setRequestId(REQUEST_PREFIX + "-" + REQUEST_COUNTER.incrementAndGet()).build();
+    }
+    if (request.getReserve() && request.getReservationId().isEmpty()) {
+      // Random, so two gateways never share a hold by choosing the same id.
+      request = request.toBuilder().setReservationId("java-r-" + UUID.randomUUID()).build();
     }
     Duration deadline = options.timeout() == null ? timeout : options.timeout();
     try {
@@ -181,12 +214,43 @@ public final class TariffClient implements AutoCloseable {
       if (options.onUnavailable() == AuthorizeOptions.UnavailablePolicy.THROW || !unreachable) {
         throw e;
       }
-      return AuthorizeDecision.degraded(request.getRequestId(), options.onUnavailable(), e.getStatus());
+      return AuthorizeDecision.degraded(request, options.onUnavailable(), e.getStatus());
     }
   }
 
   public AuthorizeDecision authorize(AuthorizeRequest request) {
     return authorize(request, AuthorizeOptions.defaults());
+  }
+
+  /**
+   * Waits until the server's grpc.health.v1 Check("") answers SERVING, retrying while it is starting or not yet
+   * reachable; throws DEADLINE_EXCEEDED after timeout, and any other status (UNAUTHENTICATED, ...) at once.
+   */
+  public void waitReady(Duration timeout) throws InterruptedException {
+    long deadline = System.nanoTime() + timeout.toNanos();
+    String last = "no answer";
+    for (; ; ) {
+      long remaining = deadline - System.nanoTime();
+      if (remaining <= 0) {
+        throw Status.DEADLINE_EXCEEDED.withDescription("server not SERVING (last: " + last + ")").asRuntimeException();
+      }
+      CallOptions attempt =
+          CallOptions.DEFAULT.withWaitForReady().withDeadlineAfter(Math.min(remaining, 1_000_000_000L), TimeUnit.NANOSECONDS);
+      try {
+        int servingStatus = HealthCheck.status(ClientCalls.blockingUnaryCall(channel, HealthCheck.METHOD, attempt, new byte[0]));
+        if (servingStatus == HealthCheck.SERVING) {
+          return;
+        }
+        last = "serving status " + servingStatus;
+      } catch (StatusRuntimeException e) {
+        Status.Code code = e.getStatus().getCode();
+        if (code != Status.Code.UNAVAILABLE && code != Status.Code.DEADLINE_EXCEEDED) {
+          throw e;
+        }
+        last = code.toString();
+      }
+      Thread.sleep(Math.max(0, Math.min(50, TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime()))));
+    }
   }
 
   /** A batching, streaming sender of usage events; see UsageSender. */

@@ -14,13 +14,20 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.tariff.client.AuthorizeOptions.UnavailablePolicy;
 import dev.tariff.v1.AuthorizeRequest;
+import dev.tariff.v1.CreateCustomerRequest;
 import dev.tariff.v1.EventRejection;
 import dev.tariff.v1.IngestAck;
+import dev.tariff.v1.ListCustomersRequest;
+import dev.tariff.v1.ListCustomersResponse;
+import dev.tariff.v1.ListRateCardsRequest;
 import dev.tariff.v1.RejectReason;
+import dev.tariff.v1.ReleaseReservationRequest;
 import dev.tariff.v1.UsageBatch;
 import dev.tariff.v1.UsageEvent;
+import com.google.rpc.BadRequest;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.protobuf.StatusProto;
 import java.io.IOException;
 import java.math.BigDecimal;
 import java.net.InetAddress;
@@ -34,6 +41,11 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -141,6 +153,57 @@ class ClientTest {
   }
 
   @Test
+  void waitReadyReturnsOnceTheServerIsServingAndThrowsDeadlineExceededWhenItIsNot() throws Exception {
+    client.waitReady(Duration.ofSeconds(10));
+    try (TariffClient nowhere = new TariffClient("127.0.0.1:" + TariffServer.freePort())) {
+      assertEquals(Status.Code.DEADLINE_EXCEEDED,
+          assertThrows(StatusRuntimeException.class, () -> nowhere.waitReady(Duration.ofMillis(300))).getStatus().getCode());
+    }
+  }
+
+  @Test
+  void aReplyOverFourMiBWithinTheServersMessageLimitIsRead() {
+    // 160 customers with 64 attributes of 256-byte keys and values each (the most the server takes): about 33 KB
+    // a customer, so one page of them is over 5 MB, within the server's 16 MiB --message-mb-max.
+    String run = runId("wide");
+    for (int i = 0; i < 160; i++) {
+      CreateCustomerRequest.Builder customer = CreateCustomerRequest.newBuilder().setId(run + "-" + i);
+      for (int j = 0; j < 64; j++) {
+        customer.putAttributes(String.format("%02d", j) + "k".repeat(254), "v".repeat(256));
+      }
+      client.contracts().createCustomer(customer.build());
+    }
+    ListCustomersResponse page = client.contracts().listCustomers(ListCustomersRequest.newBuilder().setPageSize(1000).build());
+    assertTrue(page.getCustomersCount() >= 160 && page.getSerializedSize() > 4 << 20,
+        page.getCustomersCount() + " customers in " + page.getSerializedSize() + " bytes");
+  }
+
+  @Test
+  void anInvalidArgumentNamesItsFieldInABadRequestAsTheReadmeShows() throws Exception {
+    StatusRuntimeException error = assertThrows(StatusRuntimeException.class, () -> client.contracts().createCustomer(
+        CreateCustomerRequest.newBuilder().setId(runId("named")).setName("n".repeat(300)).build()));
+    List<String> fields = new ArrayList<>();
+    for (com.google.protobuf.Any detail : StatusProto.fromThrowable(error).getDetailsList()) {
+      if (detail.is(BadRequest.class)) {
+        detail.unpack(BadRequest.class).getFieldViolationsList().forEach(violation -> fields.add(violation.getField()));
+      }
+    }
+    assertEquals(Status.Code.INVALID_ARGUMENT, error.getStatus().getCode());
+    assertEquals(List.of("name"), fields);
+  }
+
+  @Test
+  void aHoldAskedForWithoutAnIdGoesByTheIdTheClientChoseBeforeTheCall() {
+    AuthorizeDecision hold = client.authorize(
+        AuthorizeRequest.newBuilder().setCustomerId(CUSTOMER).setEventType(EVENT_TYPE)
+            .putAllDimensions(DemoEvents.KINDS.get(0).dimensions()).setReserve(true).build(),
+        new AuthorizeOptions(Duration.ofSeconds(5), UnavailablePolicy.THROW));
+    assertTrue(hold.allowed() && hold.reservationId().startsWith("java-r-"), hold.toString());
+    client.balance().releaseReservation(
+        ReleaseReservationRequest.newBuilder().setCustomerId(CUSTOMER).setReservationId(hold.reservationId()).build());
+  }
+
+  @Test
   void errorsCarryTheStatusAndAreNeverDegradedIntoADecision() {
     AuthorizeRequest unknown = AuthorizeRequest.newBuilder().setCustomerId("nobody").setEventType(EVENT_TYPE).build();
     StatusRuntimeException error = assertThrows(StatusRuntimeException.class,
@@ -179,10 +242,55 @@ class ClientTest {
         assertEquals(List.of(true, true, "UNAVAILABLE", "r-1"), List.of(open.allowed(), open.degraded(), open.reason(), open.requestId()));
         AuthorizeDecision shut = unreachable.authorize(request, new AuthorizeOptions(deadline, UnavailablePolicy.DENY));
         assertEquals(List.of(false, true, "UNAVAILABLE"), List.of(shut.allowed(), shut.degraded(), shut.reason()));
+        // A hold asked for without an id: the degraded decision names the id the client chose before the call,
+        // since the server may have made the hold before the deadline ran out (the usage event settles it by that id).
+        AuthorizeDecision held = unreachable.authorize(request.toBuilder().setReserve(true).build(),
+            new AuthorizeOptions(deadline, UnavailablePolicy.ALLOW));
+        assertTrue(held.degraded() && held.reservationId().startsWith("java-r-"), held.toString());
         // Three calls, each bounded by its 300 ms deadline (generous margin for a loaded machine).
         assertTrue(System.nanoTime() - started < Duration.ofSeconds(5).toNanos());
       }
     } finally {
+      for (Socket socket : accepted) {
+        socket.close();
+      }
+    }
+  }
+
+  @Test
+  void theClientTimeoutBoundsEveryUnaryCallTheGeneratedStubsIncluded() throws Exception {
+    List<Socket> accepted = new CopyOnWriteArrayList<>();
+    ExecutorService caller = Executors.newSingleThreadExecutor();
+    // A port that accepts connections and never answers: only a deadline ends a call there.
+    try (ServerSocket silent = new ServerSocket(0, 50, InetAddress.getLoopbackAddress());
+        TariffClient hanging = new TariffClient("127.0.0.1:" + silent.getLocalPort(),
+            new TariffClient.Options().timeout(Duration.ofMillis(300)))) {
+      Thread acceptor = new Thread(() -> {
+        try {
+          for (; ; ) {
+            accepted.add(silent.accept());
+          }
+        } catch (IOException e) {
+          // closed at the end of the test
+        }
+      });
+      acceptor.setDaemon(true);
+      acceptor.start();
+      Future<Status.Code> outcome = caller.submit(() -> assertThrows(StatusRuntimeException.class,
+          () -> hanging.contracts().createCustomer(CreateCustomerRequest.newBuilder().setId("acme-2").build()))
+          .getStatus().getCode());
+      try {
+        assertEquals(Status.Code.DEADLINE_EXCEEDED, outcome.get(20, TimeUnit.SECONDS));
+      } catch (TimeoutException e) {
+        outcome.cancel(true);
+        throw new AssertionError("createCustomer on a silent server still waits: the client's timeout was not applied", e);
+      }
+      // A stub's own deadline wins over the client's.
+      assertEquals(Status.Code.DEADLINE_EXCEEDED, assertThrows(StatusRuntimeException.class,
+          () -> hanging.pricing().withDeadlineAfter(50, TimeUnit.MILLISECONDS).listRateCards(ListRateCardsRequest.getDefaultInstance()))
+          .getStatus().getCode());
+    } finally {
+      caller.shutdownNow();
       for (Socket socket : accepted) {
         socket.close();
       }
