@@ -470,3 +470,29 @@ def test_a_simulation_prices_every_bucket_by_the_version_even_where_a_later_one_
             ("plain", ["6"]),
             ("vip", ["5"]),
         ]
+
+
+def test_a_page_of_large_customers_stays_within_what_a_client_reads_by_default(server_factory: ServerFactory) -> None:
+    """200 customers with 64 attributes of 256-byte keys and values each (about 33 KB a customer, 6.6 MB in all):
+    page_size 1,000 used to answer them in one 6.6 MB message, over the 4 MiB a gRPC client reads by default (and
+    560 of them passed the server's own 16 MiB limit: RESOURCE_EXHAUSTED for every caller, every page). Each page
+    now stays within 4 MiB, and paging on from its token lists every customer exactly once, in id order."""
+    server = server_factory()
+    ids = [f"big-{index:03d}" for index in range(200)]
+    with server.client() as admin:
+        for customer_id in ids:
+            attributes = {f"{key:03d}".ljust(256, "k"): "v" * 256 for key in range(64)}
+            admin.contracts.CreateCustomer(
+                contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id, attributes=attributes)
+            )
+        listed: list[str] = []
+        token, pages = "", 0
+        while True:
+            page = admin.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_size=1_000, page_token=token))
+            assert page.ByteSize() <= 4 * 1024 * 1024, page.ByteSize()
+            listed += [c.id for c in page.customers]
+            token, pages = page.next_page_token, pages + 1
+            if not token:
+                break
+            assert token == page.customers[-1].id
+        assert listed == ids and pages == 2, (pages, len(listed))

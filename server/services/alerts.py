@@ -14,7 +14,7 @@ from engine.money import format_picos
 from server import auth, convert
 from server.errors import OutOfRange, Unavailable, streaming, unary
 from server.sequencer import Sequencer
-from server.services.common import Context, SortedKeys, _Base, _page, actor_of, wall_ms
+from server.services.common import Context, SortedKeys, _Base, _fitted, _page, actor_of, wall_ms
 from server.watch import SHUTTING_DOWN, WatchHub
 
 # Alerts read from the log between two sends of the stream's loop.
@@ -92,9 +92,8 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
         else:
             ids = sorted(i for i, rule in rules.items() if _watches_one_of(rule, allowed))
         page, next_token = _page(ids, request.page_size, request.page_token)
-        return alerts_pb2.ListAlertRulesResponse(
-            rules=[alert_rule_pb(rules[i]) for i in page], next_page_token=next_token
-        )
+        listed, next_token = _fitted([alert_rule_pb(rules[i]) for i in page], page, next_token)
+        return alerts_pb2.ListAlertRulesResponse(rules=listed, next_page_token=next_token)
 
     @streaming
     async def WatchAlerts(

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias, TypeVar
 
+from google.protobuf.message import Message
+
 from engine import commands as cmd
 from engine.billing import Billing
 from engine.errors import InvalidArgument
@@ -28,6 +30,10 @@ AUTHORIZE_BATCH_REQUESTS_MAX = 10_000
 USAGE_SERVICE = "tariff.v1.UsageService"
 BALANCE_SERVICE = "tariff.v1.BalanceService"
 PAGE_SIZE_MAX = 1_000
+# A page's items take at most this many bytes: what a gRPC client reads by default (4 MiB), so that a page of large
+# items (a customer's attributes reach 33 KB, an invoice's lines more) is readable by any client, and under the
+# server's own message limit. A page cut short by it still has its next_page_token.
+PAGE_BYTES_MAX = 4 * 1024 * 1024
 ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
 PAGE_TOKEN_NOT_ISSUED = (
     "is not a next_page_token this list issued for this request: pass the previous page's next_page_token "
@@ -128,6 +134,20 @@ def _page(
                 return page, page[-1]
             page.append(listed)
     return page, ""
+
+
+Item = TypeVar("Item", bound=Message)
+
+
+def _fitted(items: list[Item], page: list[str], next_token: str) -> tuple[list[Item], str]:
+    """A page's messages cut to the first that fit PAGE_BYTES_MAX (at least one), and the token to go on from: the
+    last one kept's id (`page` holds each item's id) when cut, else `next_token`."""
+    total_bytes = 0
+    for count, item in enumerate(items):
+        total_bytes += item.ByteSize() + 8  # the field's tag and length prefix take at most 8 more
+        if total_bytes > PAGE_BYTES_MAX and count > 0:
+            return items[:count], page[count - 1]
+    return items, next_token
 
 
 def _undecodable(message_type: Any, data: bytes, kernel_error: ValueError) -> UndecodableRequest:

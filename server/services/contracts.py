@@ -27,6 +27,7 @@ from server.services.common import (
     Context,
     SortedKeys,
     _Base,
+    _fitted,
     _page,
     actor_of,
     wall_ms,
@@ -61,9 +62,8 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         allowed = auth.allowed_customers()  # a restricted key sees its own only
         ids = self._customer_ids.of(customers) if allowed is None else sorted(c for c in allowed if c in customers)
         page, next_token = _page(ids, request.page_size, request.page_token)
-        return contracts_pb2.ListCustomersResponse(
-            customers=[convert.customer_pb(self.engine.state.customers[i]) for i in page], next_page_token=next_token
-        )
+        listed, next_token = _fitted([convert.customer_pb(customers[i]) for i in page], page, next_token)
+        return contracts_pb2.ListCustomersResponse(customers=listed, next_page_token=next_token)
 
     @unary
     async def CreateContract(

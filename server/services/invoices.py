@@ -30,6 +30,7 @@ from server.services.common import (
     Context,
     SortedKeys,
     _Base,
+    _fitted,
     _page,
     _required,
     actor_of,
@@ -207,7 +208,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
 
         keep = None if start is None and before is None else in_window
         page, token = _page(numbers, request.page_size, request.page_token, keep)
-        invoices = [invoice_pb(self.engine.invoice(n)) for n in page]
+        invoices, token = _fitted([invoice_pb(self.engine.invoice(n)) for n in page], page, token)
         return invoices_pb2.ListInvoicesResponse(invoices=invoices, next_page_token=token)
 
     @unary

@@ -36,6 +36,7 @@ from server.services.common import (
     PAGE_SIZE_MAX,
     Context,
     _Base,
+    _fitted,
     _page,
     _required,
     actor_of,
@@ -82,9 +83,8 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         cards = self.engine.state.rate_cards
         page, next_token = _page(sorted(cards), request.page_size, request.page_token)
         now_ms = self.clock_ms()
-        return pricing_pb2.ListRateCardsResponse(
-            rate_cards=[convert.rate_card_pb(cards[i], now_ms) for i in page], next_page_token=next_token
-        )
+        listed, next_token = _fitted([convert.rate_card_pb(cards[i], now_ms) for i in page], page, next_token)
+        return pricing_pb2.ListRateCardsResponse(rate_cards=listed, next_page_token=next_token)
 
     @unary
     async def CreateDraftVersion(
