@@ -26,18 +26,25 @@ def test_batcher_survives_a_server_kill_and_restart_counting_each_event_once(ser
     server = server_factory(demo=True)
     acks: list[usage_pb2.IngestAck] = []
     killed = threading.Event()
+    restarters: list[threading.Thread] = []
+    restart_failures: list[BaseException] = []
     ts = now_ms()
 
     def crash_and_restart() -> None:
-        server.kill9()
-        server.restart()
+        try:
+            server.kill9()
+            server.restart()
+        except BaseException as exc:  # handed to the test, which fails with it
+            restart_failures.append(exc)
 
     def on_ack(ack: usage_pb2.IngestAck) -> None:
         acks.append(ack)
         if len(acks) == 3 and not killed.is_set():
             killed.set()
             # Kill and restart off the event loop, while the batcher keeps adding and sending.
-            threading.Thread(target=crash_and_restart, daemon=True).start()
+            restarter = threading.Thread(target=crash_and_restart, daemon=True)
+            restarters.append(restarter)
+            restarter.start()
 
     async def main() -> None:
         retry = RetryPolicy(max_attempts=50, max_elapsed_s=60.0, initial_backoff_s=0.05, max_backoff_s=0.5)
@@ -58,3 +65,9 @@ def test_batcher_survives_a_server_kill_and_restart_counting_each_event_once(ser
         assert Decimal(balance.credits_remaining) == Decimal(50_000) - Decimal("2.5") * EVENTS
 
     asyncio.run(main())
+    # The batcher may finish on the restarted server before the restart has seen it SERVING: wait for the restart,
+    # so that it is not cut short by the server's stop at the test's end (and fails this test if it failed).
+    for restarter in restarters:
+        restarter.join(timeout=60)
+        assert not restarter.is_alive(), "the restart never finished"
+    assert not restart_failures, restart_failures
