@@ -13,16 +13,23 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.tariff.client.AuthorizeOptions.UnavailablePolicy;
+import dev.tariff.v1.Aggregation;
 import dev.tariff.v1.AuthorizeRequest;
+import dev.tariff.v1.CreateDraftVersionRequest;
+import dev.tariff.v1.CreateProductRequest;
+import dev.tariff.v1.CreateRateCardRequest;
 import dev.tariff.v1.CreateCustomerRequest;
 import dev.tariff.v1.EventRejection;
+import dev.tariff.v1.GetVersionRequest;
 import dev.tariff.v1.IngestAck;
-import dev.tariff.v1.ListCustomersRequest;
-import dev.tariff.v1.ListCustomersResponse;
 import dev.tariff.v1.ListRateCardsRequest;
+import dev.tariff.v1.Product;
+import dev.tariff.v1.Rate;
+import dev.tariff.v1.RateCardVersion;
 import dev.tariff.v1.RejectReason;
 import dev.tariff.v1.ReleaseReservationRequest;
 import dev.tariff.v1.UsageBatch;
+import dev.tariff.v1.UnitPrice;
 import dev.tariff.v1.UsageEvent;
 import com.google.rpc.BadRequest;
 import io.grpc.Status;
@@ -163,19 +170,25 @@ class ClientTest {
 
   @Test
   void aReplyOverFourMiBWithinTheServersMessageLimitIsRead() {
-    // 160 customers with 64 attributes of 256-byte keys and values each (the most the server takes): about 33 KB
-    // a customer, so one page of them is over 5 MB, within the server's 16 MiB --message-mb-max.
+    // A draft of 10,000 rates (the most a version holds), each matching two 256-byte dimension values: about 5.5 MB,
+    // which CreateDraftVersion and GetVersion answer whole (paged lists keep a page within 4 MiB), within the
+    // server's 16 MiB --message-mb-max.
     String run = runId("wide");
-    for (int i = 0; i < 160; i++) {
-      CreateCustomerRequest.Builder customer = CreateCustomerRequest.newBuilder().setId(run + "-" + i);
-      for (int j = 0; j < 64; j++) {
-        customer.putAttributes(String.format("%02d", j) + "k".repeat(254), "v".repeat(256));
-      }
-      client.contracts().createCustomer(customer.build());
+    client.pricing().createProduct(CreateProductRequest.newBuilder().setProduct(Product.newBuilder()
+        .setId(run).setEventType(run).setAggregation(Aggregation.SUM).setValueKey("n")
+        .addPricingDimensions("a").addPricingDimensions("b")).build());
+    client.pricing().createRateCard(CreateRateCardRequest.newBuilder().setId(run).setName(run).setPricingUnit("c").build());
+    CreateDraftVersionRequest.Builder draft = CreateDraftVersionRequest.newBuilder().setRateCardId(run);
+    for (int i = 0; i < 10_000; i++) {
+      draft.addUpsertRates(Rate.newBuilder().setProductId(run)
+          .putMatch("a", String.format("%05d", i) + "a".repeat(251)).putMatch("b", "b".repeat(256))
+          .setUnit(UnitPrice.newBuilder().setPrice("1")));
     }
-    ListCustomersResponse page = client.contracts().listCustomers(ListCustomersRequest.newBuilder().setPageSize(1000).build());
-    assertTrue(page.getCustomersCount() >= 160 && page.getSerializedSize() > 4 << 20,
-        page.getCustomersCount() + " customers in " + page.getSerializedSize() + " bytes");
+    RateCardVersion created = client.pricing().createDraftVersion(draft.build());
+    RateCardVersion version = client.pricing().getVersion(
+        GetVersionRequest.newBuilder().setRateCardId(run).setVersion(created.getVersion()).build());
+    assertTrue(version.getRatesCount() == 10_000 && version.getSerializedSize() > 4 << 20,
+        version.getRatesCount() + " rates in " + version.getSerializedSize() + " bytes");
   }
 
   @Test
