@@ -213,19 +213,39 @@ def test_a_retried_hold_answers_the_same_and_holds_once_a_changed_one_is_already
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/kernel/src/credits.rs Kernel::known_reservation answers every retry of an open hold with reason "
-    "OK: a hold first answered OVERAGE_ALLOWED (ALLOW, cost beyond the credit) is answered OK on its retry. The fix "
-    "belongs in credits.rs (keep or derive the first decision's reason), which another helper is editing.",
-)
 def test_a_retried_overage_hold_answers_overage_allowed_again(server: ServerProcess) -> None:
+    """balance.proto: "The same id with the same request answers again": a hold allowed as overage (ALLOW, cost
+    beyond the credit) is answered OVERAGE_ALLOWED on its retry too, by Authorize, AuthorizeStream and
+    AuthorizeBatches, after a restart, and once it has ended; a gateway retrying after a timeout is never told
+    the usage is covered by credit when it was not."""
+    note = "allowed beyond available credit: billed as overage"
     with server.client() as client:
         customer(client, "ovr", "10", block=False)
         first = hold(client, "ovr", 15, "r1")
         assert answer_of(first) == (True, "OVERAGE_ALLOWED", "15", "0", "r1")
+        assert first.message == "beyond available credit: billed as overage"
         again = hold(client, "ovr", 15, "r1")
         assert answer_of(again) == answer_of(first)
+        assert again.message == f"already held: this reservation was made by an earlier identical request; {note}"
+        (batched,) = batches(client, [hold_request("ovr", 15, "r1", request_id="q1")])
+        assert (batched.request_id, *answer_of(batched)) == ("q1", *answer_of(first))
+        streamed = list(client.balance.AuthorizeStream(iter([hold_request("ovr", 15, "r1", request_id="q2")])))
+        assert [(a.request_id, *answer_of(a)) for a in streamed] == [("q2", *answer_of(first))]
+        assert totals(client, "ovr") == ("10", "10", "0")  # held once
+    server.restart()
+    with server.client() as client:
+        assert answer_of(hold(client, "ovr", 15, "r1")) == answer_of(first)
+        assert release(client, "ovr", "r1") == "10"
+        ended = hold(client, "ovr", 15, "r1")
+        assert answer_of(ended) == (True, "OVERAGE_ALLOWED", "15", "10", "r1")
+        assert ended.message.startswith("this reservation was already released at ")
+        assert ended.message.endswith(f"; nothing is held; {note}")
+        assert totals(client, "ovr") == ("10", "0", "10")
+        # A hold the credit covers still answers OK on its retry.
+        assert answer_of(hold(client, "ovr", 4, "r2")) == (True, "OK", "4", "6", "r2")
+        ok_again = hold(client, "ovr", 4, "r2")
+        assert answer_of(ok_again) == (True, "OK", "4", "6", "r2")
+        assert ok_again.message == "already held: this reservation was made by an earlier identical request"
 
 
 def test_a_hold_beyond_the_credit_is_denied_under_block_and_holds_only_the_credit_under_allow(

@@ -49,6 +49,40 @@ pub struct Reservation {
     pub held: Vec<(u32, Picos)>,
     pub made_at_ms: i64,
     pub expires_at_ms: i64,
+    /// Since snapshot format 6: the reason it was allowed, which a retry answers again.
+    pub reason: HoldReason,
+}
+
+/// Why a hold was allowed: a retry of its request answers the same (a hold allowed as overage is not covered
+/// by credit on its retry either). Holds restored from a snapshot before format 6 answer `Ok`, as they did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldReason {
+    #[default]
+    Ok,
+    OverageAllowed,
+}
+
+impl HoldReason {
+    /// The reason of an allowed decision (`Decision.reason`).
+    pub fn of(reason: &str) -> HoldReason {
+        match reason {
+            "OVERAGE_ALLOWED" => HoldReason::OverageAllowed,
+            _ => HoldReason::Ok,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            HoldReason::Ok => "OK",
+            HoldReason::OverageAllowed => "OVERAGE_ALLOWED",
+        }
+    }
+    /// What a retry's message adds to say why it was allowed.
+    fn retry_note(self) -> &'static str {
+        match self {
+            HoldReason::Ok => "",
+            HoldReason::OverageAllowed => "; allowed beyond available credit: billed as overage",
+        }
+    }
 }
 
 impl Reservation {
@@ -90,6 +124,8 @@ pub struct Ended {
     /// What its end gave back to grants.
     pub released: Picos,
     pub at_ms: i64,
+    /// Since snapshot format 6: the reservation's `reason`.
+    pub reason: HoldReason,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,6 +348,7 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
         amount: reservation.amount,
         released,
         at_ms: received_ms,
+        reason: reservation.reason,
     };
     credits.ended.insert(reservation_id.into(), ended);
     Ok(released)
@@ -448,7 +485,9 @@ impl Kernel {
         }
         let total: Picos = held.iter().map(|(_, c)| c).sum();
         decision.available -= total;
-        let reservation = Reservation { digest, amount: decision.cost, held, made_at_ms: now_ms, expires_at_ms };
+        let reason = HoldReason::of(decision.reason);
+        let reservation =
+            Reservation { digest, amount: decision.cost, held, made_at_ms: now_ms, expires_at_ms, reason };
         account.credits.get_or_insert_with(Box::default).open.insert(reservation_id.into(), reservation);
         self.clock.note_due(expires_at_ms);
         if let Some(period_start) = period_start_at(account, now_ms) {
@@ -482,8 +521,10 @@ impl Kernel {
             if open.digest != digest {
                 return Err(conflict());
             }
-            let message = "already held: this reservation was made by an earlier identical request".to_string();
-            let decision = Decision { allowed: true, reason: "OK", message, cost: open.amount, available: available() };
+            let note = open.reason.retry_note();
+            let message = format!("already held: this reservation was made by an earlier identical request{note}");
+            let (reason, cost) = (open.reason.name(), open.amount);
+            let decision = Decision { allowed: true, reason, message, cost, available: available() };
             return Ok(Some(Reserved {
                 decision,
                 held: open.held_total(),
@@ -495,9 +536,10 @@ impl Kernel {
         if ended.digest != digest {
             return Err(conflict());
         }
-        let message =
-            format!("this reservation was already {} at {}; nothing is held", ended.ending.name(), ended.at_ms);
-        let decision = Decision { allowed: true, reason: "OK", message, cost: ended.amount, available: available() };
+        let (ending, at_ms, note) = (ended.ending.name(), ended.at_ms, ended.reason.retry_note());
+        let message = format!("this reservation was already {ending} at {at_ms}; nothing is held{note}");
+        let (reason, cost) = (ended.reason.name(), ended.amount);
+        let decision = Decision { allowed: true, reason, message, cost, available: available() };
         Ok(Some(Reserved { decision, held: 0, repeated: true, expires_at_ms: ended.at_ms }))
     }
 
@@ -550,6 +592,7 @@ impl Kernel {
             amount: reservation.amount,
             released: reservation.held_total(),
             at_ms: now_ms,
+            reason: reservation.reason,
         };
         credits.ended.insert(reservation_id.into(), ended);
         let released = give_back(account, &reservation.held);
@@ -886,6 +929,7 @@ fn expire_reservations(account: &mut Account, clock: &mut Clock, customer_id: &s
             amount: reservation.amount,
             released,
             at_ms: now_ms,
+            reason: reservation.reason,
         };
         credits.ended.insert(id.clone(), ended);
         give_back(account, &reservation.held);

@@ -1,10 +1,12 @@
 //! The kernel's own state encoding: postcard over plain, sorted structures, so the same state
 //! always encodes to the same bytes (snapshot -> restore -> snapshot is the identity).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::buckets::{Aggregate, AggregateKey, BucketKey, VersionUsage};
-use crate::credits::AccountCredits;
+use crate::credits::{AccountCredits, Breakage, Ended, Ending, HoldReason, Purchase, Reservation, Rolled, TopUpPolicy};
 use crate::dedupe::{key, Seen};
 use crate::draw::Grant;
 use crate::money::Picos;
@@ -12,8 +14,9 @@ use crate::rerate::Adjustment;
 
 /// Format version: bump when the encoding changes. Format 1 (dedupe entries by transaction id
 /// per account), format 2 (no adjustment entries, reservations, top-ups, breakage or clock), format 3
-/// (dedupe entries as postcard varints) and format 4 (no `dedupe_in_segments`) are still read.
-pub const FORMAT: u32 = 5;
+/// (dedupe entries as postcard varints), format 4 (no `dedupe_in_segments`) and format 5 (reservations
+/// without the reason they were allowed for) are still read.
+pub const FORMAT: u32 = 6;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub struct StoredAccount {
@@ -137,12 +140,122 @@ pub mod dedupe_entries {
     }
 }
 
+/// Format 5: as format 6 with reservations without their reason (`StoredAccountV5`).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredV5 {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccountV5>,
+    #[serde(with = "dedupe_entries")]
+    dedupe: Vec<(u128, Seen)>,
+    clock_ms: i64,
+    dedupe_in_segments: bool,
+}
+
+impl StoredV5 {
+    fn upgrade(self) -> Stored {
+        debug_assert_eq!(self.format, 5);
+        let Self { strings, accounts, dedupe, clock_ms, dedupe_in_segments, .. } = self;
+        let accounts = upgrade_accounts(accounts);
+        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments }
+    }
+}
+
+/// An account of formats 3 to 5: its reservations (open and ended) without the reason they were allowed for.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredAccountV5 {
+    customer_id: String,
+    grants: Vec<Grant>,
+    aggregates: Vec<(AggregateKey, Aggregate)>,
+    buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
+    period_charges: Vec<(i64, Picos)>,
+    period_overage: Vec<(i64, Picos)>,
+    adjustments: Vec<Adjustment>,
+    credits: Option<AccountCreditsV5>,
+}
+
+/// `AccountCredits` of formats 3 to 5.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct AccountCreditsV5 {
+    open: BTreeMap<Box<str>, ReservationV5>,
+    ended: BTreeMap<Box<str>, EndedV5>,
+    top_up: Option<TopUpPolicy>,
+    purchases: Vec<Purchase>,
+    breakage: Vec<Breakage>,
+    rollover: BTreeMap<Box<str>, i128>,
+    rolled: Vec<Rolled>,
+}
+
+/// `Reservation` of formats 3 to 5: restored with `HoldReason::Ok`, what its retry answered then.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ReservationV5 {
+    digest: u64,
+    amount: Picos,
+    held: Vec<(u32, Picos)>,
+    made_at_ms: i64,
+    expires_at_ms: i64,
+}
+
+/// `Ended` of formats 3 to 5 (its reason `HoldReason::Ok`, as `ReservationV5`'s).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct EndedV5 {
+    ending: Ending,
+    digest: u64,
+    amount: Picos,
+    released: Picos,
+    at_ms: i64,
+}
+
+fn upgrade_accounts(accounts: Vec<StoredAccountV5>) -> Vec<StoredAccount> {
+    accounts.into_iter().map(StoredAccountV5::upgrade).collect()
+}
+
+impl StoredAccountV5 {
+    fn upgrade(self) -> StoredAccount {
+        let reason = HoldReason::Ok;
+        let credits = self.credits.map(|c| AccountCredits {
+            open: (c.open.into_iter())
+                .map(|(id, r)| {
+                    let ReservationV5 { digest, amount, held, made_at_ms, expires_at_ms } = r;
+                    (id, Reservation { digest, amount, held, made_at_ms, expires_at_ms, reason })
+                })
+                .collect(),
+            ended: (c.ended.into_iter())
+                .map(|(id, e)| {
+                    let EndedV5 { ending, digest, amount, released, at_ms } = e;
+                    (id, Ended { ending, digest, amount, released, at_ms, reason })
+                })
+                .collect(),
+            top_up: c.top_up,
+            purchases: c.purchases,
+            breakage: c.breakage,
+            rollover: c.rollover,
+            rolled: c.rolled,
+        });
+        StoredAccount {
+            customer_id: self.customer_id,
+            grants: self.grants,
+            aggregates: self.aggregates,
+            buckets: self.buckets,
+            period_charges: self.period_charges,
+            period_overage: self.period_overage,
+            adjustments: self.adjustments,
+            credits,
+        }
+    }
+}
+
 /// Format 4: as format 5 without `dedupe_in_segments` (the table always in `dedupe`).
 #[derive(Deserialize)]
 struct StoredV4 {
     format: u32,
     strings: Vec<String>,
-    accounts: Vec<StoredAccount>,
+    accounts: Vec<StoredAccountV5>,
     #[serde(with = "dedupe_entries")]
     dedupe: Vec<(u128, Seen)>,
     clock_ms: i64,
@@ -152,6 +265,7 @@ impl StoredV4 {
     fn upgrade(self) -> Stored {
         debug_assert_eq!(self.format, 4);
         let Self { strings, accounts, dedupe, clock_ms, .. } = self;
+        let accounts = upgrade_accounts(accounts);
         Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments: false }
     }
 }
@@ -161,7 +275,7 @@ impl StoredV4 {
 struct StoredV3 {
     format: u32,
     strings: Vec<String>,
-    accounts: Vec<StoredAccount>,
+    accounts: Vec<StoredAccountV5>,
     dedupe: Vec<(u128, Seen)>,
     clock_ms: i64,
 }
@@ -170,6 +284,7 @@ impl StoredV3 {
     fn upgrade(self) -> Stored {
         debug_assert_eq!(self.format, 3);
         let Self { strings, accounts, dedupe, clock_ms, .. } = self;
+        let accounts = upgrade_accounts(accounts);
         Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments: false }
     }
 }
@@ -271,7 +386,7 @@ impl StoredV1 {
     }
 }
 
-/// Format 5 as the kernel restores it: the dedupe entries left in the snapshot's bytes (`dedupe_entries::read`).
+/// Format 6 as the kernel restores it: the dedupe entries left in the snapshot's bytes (`dedupe_entries::read`).
 #[derive(Deserialize)]
 struct StoredBorrowing<'a> {
     format: u32,
@@ -283,12 +398,24 @@ struct StoredBorrowing<'a> {
     dedupe_in_segments: bool,
 }
 
-/// Format 4 as the kernel restores it (`StoredBorrowing` without `dedupe_in_segments`).
+/// Format 5 as the kernel restores it (`StoredBorrowing` with `StoredAccountV5`).
+#[derive(Deserialize)]
+struct StoredBorrowingV5<'a> {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccountV5>,
+    #[serde(borrow)]
+    dedupe: &'a [u8],
+    clock_ms: i64,
+    dedupe_in_segments: bool,
+}
+
+/// Format 4 as the kernel restores it (`StoredBorrowingV5` without `dedupe_in_segments`).
 #[derive(Deserialize)]
 struct StoredBorrowingV4<'a> {
     format: u32,
     strings: Vec<String>,
-    accounts: Vec<StoredAccount>,
+    accounts: Vec<StoredAccountV5>,
     #[serde(borrow)]
     dedupe: &'a [u8],
     clock_ms: i64,
@@ -332,7 +459,7 @@ pub fn encode_parts<A: Serialize>(
     postcard::to_extend(&(tail.clock_ms, tail.dedupe_in_segments), out).expect(encodes)
 }
 
-/// `decode` for a restore: the format-4 and -5 dedupe entries are left in `bytes`, for the caller to read
+/// `decode` for a restore: the format-4 to -6 dedupe entries are left in `bytes`, for the caller to read
 /// straight into its table (`dedupe_entries::read`); other formats' are in the `Stored`.
 pub fn decode_borrowing(bytes: &[u8]) -> Result<(Stored, Option<&[u8]>), String> {
     let broken = |e: postcard::Error| format!("the kernel snapshot does not decode: {e}");
@@ -344,11 +471,17 @@ pub fn decode_borrowing(bytes: &[u8]) -> Result<(Stored, Option<&[u8]>), String>
             debug_assert_eq!(format, FORMAT);
             (strings, accounts, dedupe, clock_ms, dedupe_in_segments)
         }
+        5 => {
+            let StoredBorrowingV5 { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
+                postcard::from_bytes(bytes).map_err(broken)?;
+            debug_assert_eq!(format, 5);
+            (strings, upgrade_accounts(accounts), dedupe, clock_ms, dedupe_in_segments)
+        }
         4 => {
             let StoredBorrowingV4 { format, strings, accounts, dedupe, clock_ms } =
                 postcard::from_bytes(bytes).map_err(broken)?;
             debug_assert_eq!(format, 4);
-            (strings, accounts, dedupe, clock_ms, false)
+            (strings, upgrade_accounts(accounts), dedupe, clock_ms, false)
         }
         _ => return decode(bytes).map(|stored| (stored, None)),
     };
@@ -361,6 +494,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
     match format {
         FORMAT => postcard::from_bytes(bytes).map_err(broken),
+        5 => postcard::from_bytes::<StoredV5>(bytes).map_err(broken).map(StoredV5::upgrade),
         4 => postcard::from_bytes::<StoredV4>(bytes).map_err(broken).map(StoredV4::upgrade),
         3 => postcard::from_bytes::<StoredV3>(bytes).map_err(broken).map(StoredV3::upgrade),
         2 => postcard::from_bytes::<StoredV2>(bytes).map_err(broken).map(StoredV2::upgrade),
@@ -945,5 +1079,134 @@ mod segment_tests {
             let layers: Vec<_> = kept.iter().map(|s| read(s).unwrap()).collect();
             prop_assert_eq!(table_entries(&layers).collect::<Vec<_>>(), expected);
         }
+    }
+}
+
+#[cfg(test)]
+mod hold_reason_tests {
+    use super::*;
+    use crate::authorize::tests::{calls_customer, calls_tables, SCALE};
+    use crate::decode::wire;
+    use crate::kernel::Kernel;
+    use crate::tables::{self, Tables};
+
+    const NOW: i64 = 1_000;
+
+    /// Calls at 2.5 each; customer `c` on an ALLOW contract holding 10 credits.
+    fn allow_tables() -> Tables {
+        let customer = calls_customer("c", "k", false, "10000000000000".into(), None);
+        calls_tables(format!("25{}", &SCALE[1..]), vec![customer])
+    }
+
+    fn with_tables(mut kernel: Kernel) -> Kernel {
+        kernel.load_tables(&tables::encode(&allow_tables())).expect("valid tables");
+        kernel
+    }
+
+    /// The answer's (reason, message) to a hold of one call under `reservation_id`.
+    fn hold(kernel: &mut Kernel, reservation_id: &str) -> (&'static str, String) {
+        let call = wire::UsageEvent {
+            transaction_id: "authorize".into(),
+            customer_id: "c".into(),
+            event_type: "call".into(),
+            timestamp_ms: NOW,
+            ..wire::UsageEvent::default()
+        };
+        let decision = kernel.reserve(reservation_id, &call, NOW, 60_000).expect("no conflict").decision;
+        (decision.reason, decision.message)
+    }
+
+    /// Open holds `h0`-`h2` (OK) and `h4` (OVERAGE_ALLOWED: the credit is all held); `h3` (OK) and `h5`
+    /// (OVERAGE_ALLOWED) released.
+    fn holding() -> Kernel {
+        let mut kernel = with_tables(Kernel::default());
+        let reasons: Vec<_> = (0..6).map(|n| hold(&mut kernel, &format!("h{n}")).0).collect();
+        assert_eq!(reasons, ["OK", "OK", "OK", "OK", "OVERAGE_ALLOWED", "OVERAGE_ALLOWED"]);
+        for id in ["h5", "h3"] {
+            kernel.release("c", id, NOW).expect("open");
+        }
+        kernel
+    }
+
+    fn retried(kernel: &mut Kernel) -> Vec<&'static str> {
+        ["h0", "h3", "h4", "h5"].iter().map(|id| hold(kernel, id).0).collect()
+    }
+
+    #[test]
+    fn a_retry_answers_why_the_hold_was_allowed_open_or_ended_and_a_snapshot_keeps_it() {
+        let mut kernel = holding();
+        assert_eq!(retried(&mut kernel), ["OK", "OK", "OVERAGE_ALLOWED", "OVERAGE_ALLOWED"]);
+        let (_, open) = hold(&mut kernel, "h4");
+        let (_, ended) = hold(&mut kernel, "h5");
+        let note = "allowed beyond available credit: billed as overage";
+        assert_eq!(open, format!("already held: this reservation was made by an earlier identical request; {note}"));
+        assert_eq!(ended, format!("this reservation was already released at {NOW}; nothing is held; {note}"));
+        let bytes = kernel.snapshot();
+        let stored = decode(&bytes).expect("decodes");
+        assert_eq!(stored.format, 6);
+        let credits = stored.accounts[0].credits.as_ref().expect("holds");
+        assert_eq!(credits.open["h4"].reason, HoldReason::OverageAllowed);
+        assert_eq!(
+            (credits.ended["h5"].reason, credits.ended["h3"].reason),
+            (HoldReason::OverageAllowed, HoldReason::Ok)
+        );
+        let mut restored = with_tables(Kernel::restore(&bytes).expect("restores"));
+        assert_eq!(restored.snapshot(), bytes);
+        assert_eq!(retried(&mut restored), ["OK", "OK", "OVERAGE_ALLOWED", "OVERAGE_ALLOWED"]);
+        assert_eq!(restored.snapshot(), bytes, "a retry changes nothing");
+    }
+
+    /// The account as format 5 wrote it: its reservations without their reason.
+    fn as_format_5(account: StoredAccount) -> StoredAccountV5 {
+        let credits = account.credits.map(|c| AccountCreditsV5 {
+            open: (c.open.into_iter())
+                .map(|(id, r)| {
+                    let Reservation { digest, amount, held, made_at_ms, expires_at_ms, .. } = r;
+                    (id, ReservationV5 { digest, amount, held, made_at_ms, expires_at_ms })
+                })
+                .collect(),
+            ended: (c.ended.into_iter())
+                .map(|(id, e)| {
+                    let Ended { ending, digest, amount, released, at_ms, .. } = e;
+                    (id, EndedV5 { ending, digest, amount, released, at_ms })
+                })
+                .collect(),
+            top_up: c.top_up,
+            purchases: c.purchases,
+            breakage: c.breakage,
+            rollover: c.rollover,
+            rolled: c.rolled,
+        });
+        StoredAccountV5 {
+            customer_id: account.customer_id,
+            grants: account.grants,
+            aggregates: account.aggregates,
+            buckets: account.buckets,
+            period_charges: account.period_charges,
+            period_overage: account.period_overage,
+            adjustments: account.adjustments,
+            credits,
+        }
+    }
+
+    #[test]
+    fn a_format_5_snapshot_restores_its_holds_answering_ok_as_they_did() {
+        let stored = decode(&holding().snapshot()).expect("decodes");
+        let Stored { strings, accounts, dedupe, clock_ms, dedupe_in_segments, .. } = stored;
+        let accounts = accounts.into_iter().map(as_format_5).collect();
+        let written = StoredV5 { format: 5, strings, accounts, dedupe, clock_ms, dedupe_in_segments };
+        let bytes = postcard::to_allocvec(&written).expect("encodes");
+        let upgraded = decode(&bytes).expect("format 5 reads");
+        assert_eq!(upgraded.format, FORMAT);
+        let credits = upgraded.accounts[0].credits.as_ref().expect("holds");
+        assert_eq!(credits.open.keys().map(|id| &**id).collect::<Vec<_>>(), ["h0", "h1", "h2", "h4"]);
+        assert!(credits.open.values().all(|r| r.reason == HoldReason::Ok));
+        assert!(credits.ended.values().all(|e| e.reason == HoldReason::Ok));
+        let mut restored = with_tables(Kernel::restore(&bytes).expect("restores"));
+        assert_eq!(decode(&restored.snapshot()).expect("decodes"), upgraded);
+        assert_eq!(retried(&mut restored), ["OK", "OK", "OK", "OK"], "as a format-5 hold's retry answered");
+        // Holds made since remember their reason: h6 takes the 2.5 h3 gave back, h7 finds none.
+        assert_eq!([hold(&mut restored, "h6").0, hold(&mut restored, "h7").0], ["OK", "OVERAGE_ALLOWED"]);
+        assert_eq!([hold(&mut restored, "h6").0, hold(&mut restored, "h7").0], ["OK", "OVERAGE_ALLOWED"]);
     }
 }
