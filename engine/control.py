@@ -30,7 +30,8 @@ from engine.products import Product
 from engine.ratecard import RateCard
 
 DAY_MS = 24 * 3_600_000
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+ID_CHARS_MAX = 128
+ID_PATTERN = re.compile(rf"^[A-Za-z0-9._:@-]{{1,{ID_CHARS_MAX}}}$")
 TEXT_BYTES_MAX = 256
 TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
 EVENT_MAP_ENTRIES_MAX = 64
@@ -182,7 +183,16 @@ def check_id(value: str, field_path: str) -> None:
     if not value:
         raise InvalidArgument.field(field_path, "is required")
     if not ID_PATTERN.match(value):
-        raise InvalidArgument.field(field_path, f"{value!r} must be 1-128 characters of letters, digits and ._:@-")
+        why = "must be 1-128 characters of letters, digits and ._:@-"
+        raise InvalidArgument.field(field_path, f"{quoted_id(value)} {why}")
+
+
+def quoted_id(value: str) -> str:
+    """`value` quoted for a message, cut to ID_CHARS_MAX characters ("…" after the quote when cut), as the kernel
+    quotes a customer_id (engine/kernel/src/decode.rs py_repr_cut): an answer quoting ids stays bounded in bytes."""
+    if len(value) <= ID_CHARS_MAX:
+        return repr(value)
+    return f"{value[:ID_CHARS_MAX]!r}…"
 
 
 def check_reference(value: str, field_path: str, known: Container[str]) -> None:

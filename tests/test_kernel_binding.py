@@ -58,7 +58,7 @@ BAD_EVENTS: list[tuple[str, dict[str, object], str, str]] = [
         "too many dimensions",
         {"dimensions": {f"k{i}": "v" for i in range(65)}},
         "INVALID_EVENT",
-        "dimensions and values hold at most 64 entries each",
+        "dimensions: at most 64 entries",
     ),
     ("missing value", {"values": {"other": 1.0}}, "INVALID_EVENT", "values['tokens'] is required by product 'p'"),
     (
@@ -72,7 +72,7 @@ BAD_EVENTS: list[tuple[str, dict[str, object], str, str]] = [
         "before the contract",
         {"timestamp_ms": BEFORE_MS},
         "NO_ACTIVE_CONTRACT",
-        f"customer 'acme' has no contract covering {BEFORE_MS}",
+        f"customer 'acme' has no contract covering timestamp_ms {BEFORE_MS}",
     ),
     (
         "no rate for the dimensions",

@@ -20,7 +20,7 @@ from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing
 from engine.billing import Billing
-from engine.control import EVENT_MAP_ENTRIES_MAX, TEXT_BYTES_MAX, check_reference
+from engine.control import TEXT_BYTES_MAX, check_reference
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
 from server import auth, convert, telemetry
@@ -89,14 +89,13 @@ def _in_band(request_id: str, reason: str, message: str) -> balance_pb2.Authoriz
     )
 
 
-def _invalid_field(request: balance_pb2.AuthorizeRequest, message: str) -> str:
+def _invalid_field(message: str) -> str:
     """The field the kernel's INVALID_REQUEST message about the described usage is about: dimensions or values
-    (the message starts with it, or says which map holds too many entries), else the request as a whole."""
+    (the message starts with it: "values['n'] is ...", "dimensions: at most 64 entries"), else the request as a
+    whole."""
     for field in ("dimensions", "values"):
-        if message.startswith((f"{field}[", f"{field} keys")):
+        if message.startswith((f"{field}[", f"{field}:")):
             return field
-    if message.startswith("dimensions and values hold at most"):
-        return "dimensions" if len(request.dimensions) > EVENT_MAP_ENTRIES_MAX else "values"
     return "request"
 
 
@@ -222,7 +221,7 @@ class BalanceService(_Base):
         if response.reason == "UNKNOWN_CUSTOMER":
             raise NotFound(response.message)
         if response.reason == "INVALID_REQUEST":
-            raise InvalidArgument.field(_invalid_field(request, response.message), response.message)
+            raise InvalidArgument.field(_invalid_field(response.message), response.message)
         return response
 
     @streaming

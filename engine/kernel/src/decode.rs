@@ -190,6 +190,21 @@ fn first_chars(text: &str, count: usize) -> &str {
     text.char_indices().nth(count).map_or(text, |(at, _)| &text[..at])
 }
 
+/// What a quoted value a client sent (a customer_id that breaks the id rule) is cut to: the id rule's most
+/// characters, so every id within that length shows whole.
+pub const QUOTED_CHARS_MAX: usize = 128;
+
+/// `py_repr` of at most QUOTED_CHARS_MAX characters of `text`, "…" after the quote when it was cut: at most
+/// 2 + 4 × 128 + 3 bytes whatever the client sent, so that an answer quoting many values fits a gRPC message.
+pub fn py_repr_cut(text: &str) -> String {
+    let shown = first_chars(text, QUOTED_CHARS_MAX);
+    let quoted = py_repr(shown);
+    if shown.len() == text.len() {
+        return quoted;
+    }
+    quoted + "…"
+}
+
 /// Repeated keys resolved as a protobuf map would be: the last value wins, at the key's first
 /// position. None if more than EVENT_MAP_ENTRIES_MAX distinct keys; else whether they are sorted.
 fn resolve<'a, V: Copy, A: smallvec::Array<Item = (&'a str, V)>>(
@@ -278,19 +293,18 @@ pub fn check_into<'a>(
 ) -> Result<(), Refusal> {
     check_scalars(view)?;
     let too_long = |text: &str| text.len() > TEXT_BYTES_MAX;
-    let too_many =
-        || Refusal::invalid(format!("dimensions and values hold at most {EVENT_MAP_ENTRIES_MAX} entries each"));
+    let too_many = |map: &str| Refusal::invalid(format!("{map}: at most {EVENT_MAP_ENTRIES_MAX} entries"));
     // Sorted values are read from the view itself, not copied into `raw_values` first.
     let mut raw_values: SmallVec<[(&'a str, f64); 4]> = SmallVec::new();
     let values = match ascending(view.values) {
         Some(sorted) => Some((sorted, true)),
         None => resolve_unsorted(view.values, &mut raw_values).map(|sorted| (&raw_values[..], sorted)),
     };
-    let (Some(dimensions_sorted), Some((values, values_sorted))) =
-        (resolve(view.dimensions, &mut event.dimensions), values)
-    else {
-        return Err(too_many());
+    // Both holding too many: dimensions are named.
+    let Some(dimensions_sorted) = resolve(view.dimensions, &mut event.dimensions) else {
+        return Err(too_many("dimensions"));
     };
+    let Some((values, values_sorted)) = values else { return Err(too_many("values")) };
     for (key, text) in &event.dimensions {
         if too_long(key) || too_long(text) {
             let key = py_repr(first_chars(key, 32));
@@ -352,7 +366,8 @@ fn check_scalars(view: &EventView) -> Result<(), Refusal> {
 /// One value as an exact quantity, or why it is refused.
 fn exact_value(key: &str, value: f64) -> Result<Fixed, Refusal> {
     if key.len() > TEXT_BYTES_MAX {
-        return Err(Refusal::invalid(format!("values keys are at most {TEXT_BYTES_MAX} bytes")));
+        let key = py_repr(first_chars(key, 32));
+        return Err(Refusal::invalid(format!("values[{key}]: keys are at most {TEXT_BYTES_MAX} bytes")));
     }
     let shown = || format!("values[{}] is {}", py_repr(key), python_repr(value));
     if !(0.0..USAGE_VALUE_MAX).contains(&value) {
@@ -397,6 +412,13 @@ mod tests {
     }
 
     #[test]
+    fn a_quoted_value_is_cut_to_128_characters_and_says_so() {
+        assert_eq!(py_repr_cut(&"a".repeat(128)), format!("'{}'", "a".repeat(128)));
+        assert_eq!(py_repr_cut(&"\\".repeat(129)), format!("'{}'…", "\\\\".repeat(128)));
+        assert!(py_repr_cut(&"😀".repeat(1_000_000)).len() <= 2 + 4 * QUOTED_CHARS_MAX + 3);
+    }
+
+    #[test]
     fn maps_come_out_sorted_in_any_order_and_are_checked_in_the_order_sent() {
         let sorted = event(vec![("a", 1.0), ("b", 2.0), ("c", 3.0)]);
         let shuffled = event(vec![("c", 3.0), ("a", 1.0), ("b", 2.0)]);
@@ -418,7 +440,7 @@ mod tests {
                 entries.reverse();
             }
             let refused = check_event(&event(entries), 0, 300_000).err().unwrap();
-            assert!(refused.message.contains("at most 64 entries"), "{}", refused.message);
+            assert_eq!(refused.message, "values: at most 64 entries");
         }
     }
 

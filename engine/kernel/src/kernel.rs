@@ -18,7 +18,9 @@ use crate::buckets::{
 };
 use crate::credits::{self, AccountCredits, Clock};
 use crate::customer_key::CustomerKey;
-use crate::decode::{check_into, check_view, py_dict, py_repr, wire, with_view, Event, EventView, Reason, Refusal};
+use crate::decode::{
+    check_into, check_view, py_dict, py_repr, py_repr_cut, wire, with_view, Event, EventView, Reason, Refusal,
+};
 use crate::dedupe::{self, content_digest, prior, Held, Seen};
 use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes, NEVER_MS};
 use crate::explain::{self, Charged, Recorder};
@@ -128,7 +130,7 @@ fn no_such_customer(customer_id: &str) -> Refusal {
         return unknown_customer(customer_id);
     }
     let why = "must be 1-128 characters of letters, digits and ._:@-";
-    Refusal::new(Reason::InvalidEvent, format!("customer_id: {} {why}", py_repr(customer_id)))
+    Refusal::new(Reason::InvalidEvent, format!("customer_id: {} {why}", py_repr_cut(customer_id)))
 }
 
 /// The refusal of a usage event naming no account. Its reason stays UNKNOWN_CUSTOMER whatever the id: a
@@ -139,7 +141,7 @@ fn no_such_customer_event(customer_id: &str) -> Refusal {
         return unknown_customer(customer_id);
     }
     let why = "must be 1-128 characters of letters, digits and ._:@-, so no customer has it";
-    Refusal::new(Reason::UnknownCustomer, format!("customer_id: {} {why}", py_repr(customer_id)))
+    Refusal::new(Reason::UnknownCustomer, format!("customer_id: {} {why}", py_repr_cut(customer_id)))
 }
 
 /// Whether `text` follows the id rule (engine/control.py ID_PATTERN).
@@ -604,7 +606,7 @@ impl Rater {
         let Some((contract, period)) = account.covering(ts) else {
             return Err(Refusal::new(
                 Reason::NoActiveContract,
-                format!("customer {} has no contract covering {ts}", py_repr(customer)),
+                format!("customer {} has no contract covering timestamp_ms {ts}", py_repr(customer)),
             ));
         };
         let period_start_ms = period.1;
@@ -886,13 +888,13 @@ impl Kernel {
             Err(refusal) => {
                 let reason =
                     if refusal.reason == Reason::InvalidEvent { "INVALID_REQUEST" } else { refusal.reason.name() };
-                return Decision {
-                    allowed: false,
-                    reason,
-                    message: refusal.message,
-                    cost: 0,
-                    available: available_for(None),
+                // A request has no timestamp_ms: it is decided now.
+                let message = if refusal.reason == Reason::NoActiveContract {
+                    format!("customer {} has no contract covering now ({now_ms})", py_repr(event.customer_id))
+                } else {
+                    refusal.message
                 };
+                return Decision { allowed: false, reason, message, cost: 0, available: available_for(None) };
             }
         };
         let products: SmallVec<[Sym; 4]> = plans.iter().map(|p| self.rater.catalog.products[p.product].id).collect();

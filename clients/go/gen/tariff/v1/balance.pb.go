@@ -505,7 +505,12 @@ type AuthorizeResponse struct {
 	// The hold's id when a reserve request was allowed (the client's, or the
 	// one the server made); empty otherwise.
 	ReservationId string `protobuf:"bytes,6,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
-	// The reason for a person.
+	// The reason for a person, naming the field it is about ("values: at most
+	// 64 entries"; NO_ACTIVE_CONTRACT: "customer 'acme' has no contract
+	// covering now (1700000000000)", the request decided at that instant). A
+	// customer_id it quotes is cut to its first 128 characters ("…" after the
+	// quote when cut), so that answers quoting long ids stay within the gRPC
+	// message limit.
 	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -327,7 +327,10 @@ type EventRejection struct {
 	Index         uint32       `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	TransactionId string       `protobuf:"bytes,2,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
 	Reason        RejectReason `protobuf:"varint,3,opt,name=reason,proto3,enum=tariff.v1.RejectReason" json:"reason,omitempty"`
-	// Which field and why, for a person. It quotes what it refuses; in the rare
+	// Which field and why, for a person ("values: at most 64 entries",
+	// "customer 'acme' has no contract covering timestamp_ms 1700000000000").
+	// It quotes what it refuses, a customer_id cut to its first 128 characters
+	// ("…" after the quote when cut); in the rare
 	// ack that would exceed the gRPC message limit (--message-mb-max) with them,
 	// every message is cut to 512 bytes, or left out if even that is too large,
 	// so that the ack is always sent: index, transaction_id and reason stay whole.

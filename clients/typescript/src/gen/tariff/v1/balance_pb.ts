@@ -352,7 +352,12 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
   reservationId: string;
 
   /**
-   * The reason for a person.
+   * The reason for a person, naming the field it is about ("values: at most
+   * 64 entries"; NO_ACTIVE_CONTRACT: "customer 'acme' has no contract
+   * covering now (1700000000000)", the request decided at that instant). A
+   * customer_id it quotes is cut to its first 128 characters ("…" after the
+   * quote when cut), so that answers quoting long ids stay within the gRPC
+   * message limit.
    *
    * @generated from field: string message = 7;
    */

@@ -133,7 +133,10 @@ export type EventRejection = Message<"tariff.v1.EventRejection"> & {
   reason: RejectReason;
 
   /**
-   * Which field and why, for a person. It quotes what it refuses; in the rare
+   * Which field and why, for a person ("values: at most 64 entries",
+   * "customer 'acme' has no contract covering timestamp_ms 1700000000000").
+   * It quotes what it refuses, a customer_id cut to its first 128 characters
+   * ("…" after the quote when cut); in the rare
    * ack that would exceed the gRPC message limit (--message-mb-max) with them,
    * every message is cut to 512 bytes, or left out if even that is too large,
    * so that the ack is always sent: index, transaction_id and reason stay whole.
