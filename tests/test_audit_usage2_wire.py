@@ -40,6 +40,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usa
 
 from server.convert import timestamp as stamp
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
+from tests.test_audit_usage_wire import event
 from tests.test_server_auth import Keys
 
 HOUR_MS = 3_600_000
@@ -139,26 +140,6 @@ def customer(
         )
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
     return start_ms
-
-
-def event(
-    transaction_id: str,
-    customer_id: str,
-    event_type: str,
-    at_ms: int,
-    values: dict[str, float] | None = None,
-    dimensions: dict[str, str] | None = None,
-    reservation_id: str = "",
-) -> usage_pb2.UsageEvent:
-    return usage_pb2.UsageEvent(
-        transaction_id=transaction_id,
-        customer_id=customer_id,
-        event_type=event_type,
-        timestamp_ms=at_ms,
-        values=values or {},
-        dimensions=dimensions or {},
-        reservation_id=reservation_id,
-    )
 
 
 def ingest(client: TariffClient, *events: usage_pb2.UsageEvent, batch_id: str = "b") -> usage_pb2.IngestAck:

@@ -106,6 +106,7 @@ def event(
     at_ms: int,
     values: dict[str, float] | None = None,
     dimensions: dict[str, str] | None = None,
+    reservation_id: str = "",
 ) -> usage_pb2.UsageEvent:
     return usage_pb2.UsageEvent(
         transaction_id=transaction_id,
@@ -114,6 +115,7 @@ def event(
         timestamp_ms=at_ms,
         values=values or {},
         dimensions=dimensions or {},
+        reservation_id=reservation_id,
     )
 
 
