@@ -21,6 +21,7 @@ from collections.abc import Callable
 from engine import commands as cmd
 from engine.billing import Billing
 from server.errors import Unavailable
+from server.scheduling import name_os_threads
 from server.sequencer import CLOCK_ACTOR, Sequencer, Worker
 
 log = logging.getLogger("tariff.clock")
@@ -43,6 +44,7 @@ async def drive_clock(
     # chained to an asyncio one, a context copied) cost the loop 58-75 us a look on a loaded 2-core machine, the
     # Worker's 22 us (3,000 hand-overs of a no-op, in-process on uvloop; the loop thread's CPU time).
     asker = Worker("tariff-clock")
+    name_os_threads()  # started after the server named its threads: else counted as "python" with the loop's
     try:
         await _drive(billing, sequencer, asker, clock_ms, every_s)
     finally:

@@ -5,7 +5,8 @@ not show.
 serve` with the bench's flags on a fresh data directory, seeds it as the bench does, and drives the bench's ingest load
 (one generator, 2 streams of 1,000-event batches, 4 in flight, as fast as the server acks) `--runs` times. Around each
 run it reads every server thread's time on a CPU (`/proc/PID/task/*/schedstat`, in ns, so short runs still resolve)
-and prints, per thread name (threads of one name added, gRPC's pollers for one), µs per accepted event, with the
+and prints, per thread name (threads of one name added, gRPC's pollers for one; the event loop, the process's main
+thread, as "event-loop", apart from the other threads the OS names "python"), µs per accepted event, with the
 process's total from `/proc/PID/stat` beside it, then the server's log lines of its snapshots and dedupe compactions. A measurement, not a test: it asserts nothing about speed.
 """
 
@@ -20,15 +21,20 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+# The name the process's main thread is reported under: the server's event loop runs there. Its OS name is
+# "python", as is that of gRPC's poller thread (which waits on gRPC's completion queue and wakes the loop).
+EVENT_LOOP = "event-loop"
+
 
 def thread_cpu_ns(pid: int) -> dict[int, tuple[str, int]]:
-    """(name, ns on a CPU so far) of each live thread of `pid`, by thread id. A thread that ends between the listing
-    and its read is left out."""
+    """(name, ns on a CPU so far) of each live thread of `pid`, by thread id; the main thread is EVENT_LOOP. A
+    thread that ends between the listing and its read is left out."""
     threads: dict[int, tuple[str, int]] = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{task}/comm") as comm, open(f"/proc/{pid}/task/{task}/schedstat") as stat:
-                threads[int(task)] = (comm.read().strip(), int(stat.read().split()[0]))
+                name = EVENT_LOOP if int(task) == pid else comm.read().strip()
+                threads[int(task)] = (name, int(stat.read().split()[0]))
         except (FileNotFoundError, ProcessLookupError):
             continue
     return threads
@@ -49,7 +55,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--batches", type=int, default=800, help="1,000-event batches a run (the bench's default)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--serve-arg", action="append", default=[], help="an extra `tariff serve` argument")
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="an extra `tariff serve` argument; one that starts with -- goes after =: --serve-arg=--no-explain-index",
+    )
     return parser.parse_args()
 
 
