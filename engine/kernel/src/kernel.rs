@@ -613,8 +613,8 @@ impl Rater {
         if route.is_closed(period_start_ms) {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
         }
-        let feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k));
-        if feeding.is_empty() {
+        let mut feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k)).peekable();
+        if feeding.peek().is_none() {
             return Ok(EventPlan { period_start_ms, period, block: contract.block });
         }
         let Some(version) = self.catalog.version_at(contract.timeline, ts) else {
@@ -1187,20 +1187,24 @@ impl Kernel {
         let mut found = 0u64;
         // Four passes over the slice: each pass's reads start from what the one before found, and
         // within a pass the lookups do not depend on each other, so their misses overlap.
-        let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
-        for event in events.clone() {
+        // An array, not a SmallVec: every access to a SmallVec first asks whether it spilled.
+        let mut slots: [(i64, Option<&Account>); PAUSE_EVERY_EVENTS] = [(0, None); PAUSE_EVERY_EVENTS];
+        let mut len = 0;
+        for (event, slot) in events.clone().zip(&mut slots) {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += dedupe.warm(key);
             warmed_keys.push(key);
-            slice.push((event.timestamp_ms, accounts.get(Text::of(event.customer_id)).map(|a| &**a)));
+            *slot = (event.timestamp_ms, accounts.get(Text::of(event.customer_id)).map(|a| &**a));
+            len += 1;
         }
-        for &(_, account) in &slice {
+        let slice = &slots[..len];
+        for &(_, account) in slice {
             found += account.map_or(0, Account::warm_fields);
         }
-        for &(ts_ms, account) in &slice {
+        for &(ts_ms, account) in slice {
             found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
         }
-        for (event, &(_, account)) in events.zip(&slice) {
+        for (event, &(_, account)) in events.zip(slice) {
             let (entries, keyed) = account.map_or((0, None), |a| rater.warm_entries(a, &event));
             found ^= entries;
             warmed_keyed.push(keyed);
