@@ -106,6 +106,21 @@ where
     }
 }
 
+/// `items.collect()` into a SmallVec of up to four inline, filled as an array when they fit: collecting
+/// asked whether the vector had spilled at every push, some 25 instructions for a single item (a
+/// grant's balance, the event's dimension values, gathered for every event).
+fn gather_four<T: Copy + Default>(items: impl ExactSizeIterator<Item = T>) -> SmallVec<[T; 4]> {
+    let len = items.len();
+    if len > 4 {
+        return items.collect();
+    }
+    let mut inline = [T::default(); 4];
+    for (slot, item) in inline.iter_mut().zip(items) {
+        *slot = item;
+    }
+    SmallVec::from_buf_and_len(inline, len)
+}
+
 /// An account's period totals from a snapshot's two lists (which hold the same periods).
 fn period_totals(charges: &[(i64, Picos)], overage: &[(i64, Picos)]) -> PeriodTotals {
     let mut totals = PeriodTotals::default();
@@ -613,8 +628,8 @@ impl Rater {
         if route.is_closed(period_start_ms) {
             return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
         }
-        let feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k));
-        if feeding.is_empty() {
+        let mut feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k)).peekable();
+        if feeding.peek().is_none() {
             return Ok(EventPlan { period_start_ms, period, block: contract.block });
         }
         let Some(version) = self.catalog.version_at(contract.timeline, ts) else {
@@ -648,8 +663,8 @@ impl Rater {
         last: &'k mut Option<Keyed>,
     ) -> (&'k Keyed, Option<PeriodKey>) {
         if last.as_ref().is_none_or(|k| k.class != product.dimensions_class) {
-            let dimensions: SmallVec<[Option<Sym>; 4]> =
-                product.dimensions.iter().map(|d| self.interner.get(dimension(d).unwrap_or(""))).collect();
+            let dimensions =
+                gather_four(product.dimensions.iter().map(|d| self.interner.get(dimension(d).unwrap_or(""))));
             // A tuple with a value never interned has no bucket yet.
             let combo = self.combos.get_interned(&dimensions);
             *last = Some(Keyed { class: product.dimensions_class, dimensions, combo });
@@ -765,7 +780,7 @@ impl Rater {
                 overage: p.overage,
             });
         }
-        let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
+        let mut remaining = gather_four(account.grants.iter().map(|g| g.remaining));
         settle_into(&account.grants, &account.order, &mut remaining, &charges, ts_ms, outcomes);
         remaining
     }
@@ -1187,20 +1202,24 @@ impl Kernel {
         let mut found = 0u64;
         // Four passes over the slice: each pass's reads start from what the one before found, and
         // within a pass the lookups do not depend on each other, so their misses overlap.
-        let mut slice: SmallVec<[(i64, Option<&Account>); PAUSE_EVERY_EVENTS]> = SmallVec::new();
-        for event in events.clone() {
+        // An array, not a SmallVec: every access to a SmallVec first asks whether it spilled.
+        let mut slots: [(i64, Option<&Account>); PAUSE_EVERY_EVENTS] = [(0, None); PAUSE_EVERY_EVENTS];
+        let mut len = 0;
+        for (event, slot) in events.clone().zip(&mut slots) {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += dedupe.warm(key);
             warmed_keys.push(key);
-            slice.push((event.timestamp_ms, accounts.get(Text::of(event.customer_id)).map(|a| &**a)));
+            *slot = (event.timestamp_ms, accounts.get(Text::of(event.customer_id)).map(|a| &**a));
+            len += 1;
         }
-        for &(_, account) in &slice {
+        let slice = &slots[..len];
+        for &(_, account) in slice {
             found += account.map_or(0, Account::warm_fields);
         }
-        for &(ts_ms, account) in &slice {
+        for &(ts_ms, account) in slice {
             found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
         }
-        for (event, &(_, account)) in events.zip(&slice) {
+        for (event, &(_, account)) in events.zip(slice) {
             let (entries, keyed) = account.map_or((0, None), |a| rater.warm_entries(a, &event));
             found ^= entries;
             warmed_keyed.push(keyed);

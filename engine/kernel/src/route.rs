@@ -375,12 +375,14 @@ impl Catalog {
         Ok(Route { contracts: contracts.into_boxed_slice(), closed_periods: closed_periods.into_boxed_slice() })
     }
 
-    /// Products of this event type whose filters the event meets (inline: no allocation for a few).
-    pub fn feeding<'a>(&'a self, event_type: &str, dimension: impl Fn(&str) -> Option<&'a str>) -> SmallVec<[usize; 4]>
-    where
-        Self: 'a,
-    {
-        let mut feeding = SmallVec::new();
+    /// Products of this event type whose filters the event meets, in catalogue order. An iterator,
+    /// not a collected buffer: rating walks it once or twice per event (`Kernel::warm`, planning),
+    /// and gathering the one or two products into a SmallVec cost more than checking their filters.
+    pub fn feeding<'c>(
+        &'c self,
+        event_type: &str,
+        dimension: impl Fn(&str) -> Option<&'c str> + Clone + 'c,
+    ) -> impl Iterator<Item = usize> + Clone + 'c {
         // One event type (the usual catalogue): compared, not hashed.
         let candidates = match self.by_event_type.len() {
             1 => self
@@ -391,15 +393,11 @@ impl Catalog {
                 .map(|(_, products)| products),
             _ => self.by_event_type.get(event_type),
         };
-        let Some(candidates) = candidates else { return feeding };
-        // A loop, not filter().collect(): the adapter's next() was a call per candidate, several
-        // times the cost of checking a product without filters.
-        for &p in candidates {
-            if self.products[p].filters.iter().all(|(k, v)| dimension(k) == Some(v.as_str())) {
-                feeding.push(p);
-            }
-        }
-        feeding
+        let candidates: &'c [usize] = candidates.map_or(&[], Vec::as_slice);
+        candidates
+            .iter()
+            .copied()
+            .filter(move |&p| self.products[p].filters.iter().all(|(k, v)| dimension(k) == Some(v.as_str())))
     }
 
     /// The version in force at ts_ms on a timeline (the newest effective; a later entry wins a tie).
