@@ -468,6 +468,11 @@ def test_paging_refusals_contract_switch_and_restricted_keys(server_factory: Ser
         expect_error(S.INVALID_ARGUMENT, lambda: explain(client, "s", "use", 1001), "page_size")
         expect_error(S.INVALID_ARGUMENT, lambda: explain(client, "s", "use", period_ms=JAN + 1), "period_start")
         expect_error(S.INVALID_ARGUMENT, lambda: explain(client, "s", "use", period_ms=ms("2026-02-01T00:00:00")))
+        # "the exact start": a nanosecond past it is not (the server dropped the sub-millisecond part and answered)
+        past_start = invoices_pb2.ExplainLineItemRequest(
+            customer_id="s", line_id="use", period_start=Timestamp(seconds=JAN // 1000, nanos=1)
+        )
+        expect_error(S.INVALID_ARGUMENT, lambda: client.invoices.ExplainLineItem(past_start), "period_start")
         missing = invoices_pb2.ExplainLineItemRequest(customer_id="s", line_id="use")
         expect_error(S.INVALID_ARGUMENT, lambda: client.invoices.ExplainLineItem(missing), "period_start")
         expect_error(S.NOT_FOUND, lambda: explain(client, "ghost", "use"))

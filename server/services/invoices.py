@@ -220,6 +220,12 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             raise Unavailable("this server runs without the explain index (--no-explain-index)")
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         period_start_ms = convert.optional_ms(request, "period_start")
+        if request.period_start.nanos % 1_000_000:  # periods start on whole milliseconds: this is past one
+            raise InvalidArgument.field(
+                "period_start",
+                f"{request.period_start.ToJsonString()} is not the start of a billing period (periods start on a "
+                "whole millisecond)",
+            )
         explain.check_request(self.engine, request.customer_id, period_start_ms, request.line_id)
         assert period_start_ms is not None
         if request.page_size > PAGE_SIZE_MAX:
