@@ -165,7 +165,12 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         if period_start_ms is None:
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
         command = cmd.ClosePeriod(
-            self.clock_ms(), actor_of(context), request.customer_id, period_start_ms, rollovers_shown=True
+            self.clock_ms(),
+            actor_of(context),
+            request.customer_id,
+            period_start_ms,
+            rollovers_shown=True,
+            adjustments_in_contract=True,
         )
         return invoice_pb(await self._apply(command, Invoice))
 
@@ -174,7 +179,14 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         self, request: invoices_pb2.CloseDuePeriodsRequest, context: Context
     ) -> invoices_pb2.CloseDuePeriodsResponse:
         closed = await self._apply(
-            cmd.CloseDuePeriods(self.clock_ms(), actor_of(context), 0, rollovers_shown=True, alerts_evaluated=True),
+            cmd.CloseDuePeriods(
+                self.clock_ms(),
+                actor_of(context),
+                0,
+                rollovers_shown=True,
+                alerts_evaluated=True,
+                adjustments_in_contract=True,
+            ),
             list,
         )
         return invoices_pb2.CloseDuePeriodsResponse(invoices=[invoice_pb(i) for i in closed])
