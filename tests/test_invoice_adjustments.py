@@ -93,3 +93,21 @@ def test_a_switched_contracts_last_period_lists_its_own_hours_unless_closed_by_a
 
     assert hours(adjustments_in_contract=True) == [jan_10]
     assert hours(adjustments_in_contract=False) == [jan_10, jan_25]
+
+
+def test_adjustments_in_contract_is_the_servers_in_neither_audit_entry_nor_retry_fingerprint() -> None:
+    from engine import commands as cmd
+    from engine.control import fingerprint
+    from tests.credits_fixtures import Ledger
+    from tests.engine_fixtures import ACTOR, basic_world
+
+    m = Ledger(basic_world())
+    m.advance(FEB_1_MS)
+    close = cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)
+    server_close = cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS, adjustments_in_contract=True)
+    assert fingerprint(server_close) == fingerprint(close)
+    m.run(server_close)
+    m.run(cmd.CloseDuePeriods(FEB_1_MS + 29 * DAY_MS, ACTOR, DAY_MS, adjustments_in_contract=True))
+    closes = [e for e in m.billing.engine.state.audit if e.action in ("ClosePeriod", "CloseDuePeriods")]
+    assert [e.action for e in closes] == ["ClosePeriod", "CloseDuePeriods"]
+    assert all("adjustments_in_contract" not in entry.diff for entry in closes), closes
