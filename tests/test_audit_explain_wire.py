@@ -417,6 +417,10 @@ def test_tokens_between_pages_and_past_the_events(server_factory: ServerFactory)
         entries, last = every_page(client, "v", "use", 3)
         assert len(entries) == 6 and last.line_amount == "7"
         check_sums(entries, last)
+    server.kill9()  # tokens stay valid across restarts
+    server.start()
+    with server.client() as client:
+        assert explain(client, "v", "use", 10, mid.next_page_token) == rest
 
 
 def test_paging_refusals_contract_switch_and_restricted_keys(server_factory: ServerFactory, tmp_path: object) -> None:
@@ -606,3 +610,17 @@ def test_after_a_switch_the_old_contracts_last_period_prices_only_its_own_hours(
         [line] = draft.lines
         assert (line.quantity, line.amount) == ("2", "2")
         assert [(p.version, p.quantity, p.amount) for p in line.prices] == [(1, "2", "2")]
+
+
+def test_without_the_explain_index_explain_is_unavailable(server_factory: ServerFactory) -> None:
+    """README: `tariff serve --no-explain-index` turns the index off, and ExplainLineItem then answers UNAVAILABLE
+    (the CLI says so and fails)."""
+    server = server_factory(extra_args=["--no-explain-index"])
+    with server.client() as client:
+        product(client, "use", dimensions=())
+        card(client, [unit("use", "1")])
+        customer(client, "v")
+        assert ingest(client, "n-1", use("n1", "2026-01-05T10:00:00", 1)).accepted == 1
+        assert "--no-explain-index" in expect_error(S.UNAVAILABLE, lambda: explain(client, "v", "use"))
+    failed = tariff(server, "invoices", "explain", "v", "use", "--period", "2026-01", check=False)
+    assert "--no-explain-index" in failed.stderr + failed.stdout
