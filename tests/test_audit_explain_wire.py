@@ -624,3 +624,33 @@ def test_without_the_explain_index_explain_is_unavailable(server_factory: Server
         assert "--no-explain-index" in expect_error(S.UNAVAILABLE, lambda: explain(client, "v", "use"))
     failed = tariff(server, "invoices", "explain", "v", "use", "--period", "2026-01", check=False)
     assert "--no-explain-index" in failed.stderr + failed.stdout
+
+
+def test_overrides_price_each_event_as_contracts_proto_says(server_factory: ServerFactory) -> None:
+    """PriceOverride: `price` on a GRADUATED rate is a flat unit price for the whole quantity, tiers and flat fees
+    dropped (0.5 a unit: 50 -> 25, +100 -> 50); `multiplier` multiplies the card's amount for the cumulative
+    quantity (VOLUME x 0.5: 90 -> 50, 110 -> 30, so -20); a PACKAGE `price` prices each started package (4 -> 1
+    package at 0.25, 12 -> 2: +0.25)."""
+    server = server_factory()
+    with server.client() as client:
+        models_catalogue(client)
+        contract_id = customer(client, "ov")
+        for override in (
+            contracts_pb2.PriceOverride(id="grad", product_id="grad", price="0.5"),
+            contracts_pb2.PriceOverride(id="vol", product_id="vol", multiplier="0.5"),
+            contracts_pb2.PriceOverride(id="pack", product_id="pack", match={"k": "a"}, price="0.25"),
+        ):
+            client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=contract_id, override=override))
+        rows_in = [("grad", 50), ("grad", 100), ("vol", 90), ("vol", 20), ("pack", 4), ("pack", 8)]
+        events = [event(f"o{i}", "ov", kind, "2026-01-12T10:00:00", n, k="a") for i, (kind, n) in enumerate(rows_in)]
+        assert ingest(client, "ov-1", *events).accepted == len(events)
+        expected = {
+            "grad;k=a": ([("50", "25", "0.5", "25", ""), ("100", "50", "0.5", "50", "")], ("75", "150")),
+            "vol;k=a": ([("90", "50", "0.555555555556", "50", ""), ("20", "-20", "-1", "-20", "")], ("30", "110")),
+            "pack;k=a": ([("4", "0.25", "0.0625", "0.25", ""), ("8", "0.25", "0.03125", "0.25", "")], ("0.5", "12")),
+        }
+        for line, (want, totals) in expected.items():
+            entries, last = every_page(client, "ov", line, 0)
+            assert rows(entries) == want, line
+            assert (last.line_amount, last.line_quantity) == totals, line
+            check_sums(entries, last)
