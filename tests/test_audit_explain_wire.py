@@ -391,6 +391,13 @@ def test_versions_retroactive_publish_rollback_and_override_explain_as_documente
         as_json = json.loads(tariff(server, "invoices", "explain", "v", "use", "--period", "2026-01", "--json").stdout)
         assert (as_json["line_amount"], as_json["line_quantity"], len(as_json["events"])) == ("11", "14", 6)
         assert sum(Decimal(e["amount"]) for e in as_json["events"]) == Decimal("11")
+        one_page = tariff(server, "invoices", "explain", "v", "use", "--period", "2026-01", "--page-size", "4")
+        token = dict((r[0], r[-1]) for r in table_rows(one_page.stdout) if len(r) == 2)["next page token"]
+        assert ["events", "4"] in table_rows(one_page.stdout) and ["re-rating adjustments", "0"] in table_rows(
+            one_page.stdout
+        )
+        rest = tariff(server, "invoices", "explain", "v", "use", "--period", "2026-01", "--page-token", token)
+        assert ["events", "0"] in table_rows(rest.stdout) and ["re-rating adjustments", "2"] in table_rows(rest.stdout)
 
 
 def test_tokens_between_pages_and_past_the_events(server_factory: ServerFactory) -> None:
