@@ -124,6 +124,7 @@ SERVER_SET_FIELDS = (
     "paid_at_picos",
     "made_ids_refused",
     "rollover_ids_distinct",
+    "adjustments_in_contract",
 )
 
 
@@ -186,6 +187,10 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # The invoice shows a grant that rolled over by the period's end as drawn into its ROLLOVER grant and broken
     # (GetBalance's rule). False in the records of earlier releases, whose replay builds their invoices as then.
     rollovers_shown: bool = False
+    # A line lists the re-rating adjustments of the hours its contract covers only (a switched contract's last
+    # period keeps its monthly end, past the contract's end). False in the records of earlier releases, whose
+    # replay lists every hour of the period as they did.
+    adjustments_in_contract: bool = False
 
 
 class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
@@ -201,6 +206,7 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     # (engine/billing.py): a grant that expired or rolled over at the period's end alerts at its close at the
     # latest. False in the records of earlier releases, whose replay evaluates none, as they did.
     alerts_evaluated: bool = False
+    adjustments_in_contract: bool = False  # as ClosePeriod's
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):

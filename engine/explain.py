@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine._kernel import period_containing
+from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
 from engine.instants import check_instant, iso
-from engine.invoices import HOUR_MS, LineAdjustment
+from engine.invoices import HOUR_MS, LineAdjustment, contract_hours_end
 from engine.lines import line_id
 from engine.money import round_ratio
 from engine.state import Engine
@@ -25,12 +26,20 @@ PICOS_PER_UNIT = 10**12
 def period_starting(engine: Engine, customer_id: str, start_ms: int) -> tuple[int, int] | None:
     """(start, end) of the customer's billing period starting at start_ms (the kernel's calendar), None when no
     contract of the customer has a period starting then."""
+    found = contract_period_starting(engine, customer_id, start_ms)
+    return None if found is None else found[1]
+
+
+def contract_period_starting(
+    engine: Engine, customer_id: str, start_ms: int
+) -> tuple[Contract, tuple[int, int]] | None:
+    """The contract with a billing period starting at start_ms, and that period's (start, end); None if none."""
     for contract in engine.contracts_of(customer_id):  # the state's index: a scan of every contract was a page's cost
         if not contract.covers(start_ms):
             continue
         period = period_containing(contract.starting_at_ms, start_ms)
         if period[0] == start_ms:
-            return period
+            return contract, period
     return None
 
 
@@ -72,16 +81,18 @@ def period_lines(engine: Engine, usage: object, period_start_ms: int) -> dict[st
 def line_adjustments(engine: Engine, customer_id: str, period_start_ms: int, line: Line) -> list[LineAdjustment]:
     """One line's re-rating adjustments as the period's invoice shows them (the final invoice's once the period is
     closed), without building the invoice: the kernel's adjustments of the line's buckets whose hour starts in
-    the period, in the kernel's order (engine/invoices.py's build_invoice gives each line the same)."""
+    the period and before the contract's end, in the kernel's order (engine/invoices.py's build_invoice gives
+    each line the same)."""
     number = engine.state.accounts[customer_id].invoices.get(period_start_ms)
     if number is not None:
         final = engine.state.invoices[number].lines
         return next((found.adjustments for found in final if found.line_id == line.line_id), [])
-    period = period_starting(engine, customer_id, period_start_ms)
+    located = contract_period_starting(engine, customer_id, period_start_ms)
     reader = engine.period_adjustments
-    if period is None or reader is None:
+    if located is None or reader is None:
         return []
-    start_ms, end_ms = period
+    contract, (start_ms, period_end_ms) = located
+    end_ms = contract_hours_end(contract, period_end_ms)  # as the invoice lists them (engine/invoices.py)
     product = engine.state.products.get(line.product_id)
     keys = product.pricing_dimensions if product is not None else ()
     found: list[LineAdjustment] = []

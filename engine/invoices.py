@@ -156,13 +156,18 @@ def build_invoice(
     adjustments: Sequence[KernelAdjustment] = (),
     *,
     rollovers_shown: bool = True,
+    adjustments_in_contract: bool = True,
 ) -> Invoice:
     """The invoice of a period from the kernel's lines (a draft: number, status and close time unset), each
-    line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period.
-    `rollovers_shown` False: a grant that rolled over keeps its remainder as `remaining`, as the final invoices
-    of ClosePeriod records written by earlier releases were built (their replay builds the same)."""
+    line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period
+    and, with `adjustments_in_contract`, before the contract's end (a switched contract's last period keeps its
+    monthly end: the hours past the switch are the next contract's). `rollovers_shown` and
+    `adjustments_in_contract` False: as the final invoices of ClosePeriod records written by earlier releases were
+    built (their replay builds the same): a rolled-over grant keeps its remainder as `remaining`, and every hour of
+    the period is listed."""
     start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
-    adjusted = _adjustments_by_line(adjustments, start_ms, end_ms)
+    listed_until_ms = contract_hours_end(contract, end_ms) if adjustments_in_contract else end_ms
+    adjusted = _adjustments_by_line(adjustments, start_ms, listed_until_ms)
     currency = contract.currency
     places = minor_unit(currency)
     to_minor = 10 ** (DUE_EXPONENT - places)
@@ -210,6 +215,13 @@ def build_invoice(
         overage_due + top_ups_minor,
         grant_balances=[_grant_at_end(grant, end_ms, rollovers_shown) for grant in grants],
     )
+
+
+def contract_hours_end(contract: Contract, period_end_ms: int) -> int:
+    """Where the hours of a contract's period end: the period's end, or the contract's end when that comes first
+    (a switched contract's last period)."""
+    ending_ms = contract.ending_before_ms
+    return period_end_ms if ending_ms is None else min(period_end_ms, ending_ms)
 
 
 def _adjustments_by_line(

@@ -119,7 +119,7 @@ class InvoiceCommands(ControlPlane):
             raise FailedPrecondition(
                 f"the period from {iso(start_ms)} has not ended: it ends at {iso(end_ms)}, and can be closed from then on"
             )
-        return self._finalise(contract, start_ms, c.at_ms, c.rollovers_shown)
+        return self._finalise(contract, start_ms, c.at_ms, c.rollovers_shown, c.adjustments_in_contract)
 
     def _close_due_periods(self, c: cmd.CloseDuePeriods) -> list[Invoice]:
         """Closes every period that ended at least grace_ms before at_ms (at most periods_max of them), the
@@ -133,7 +133,7 @@ class InvoiceCommands(ControlPlane):
             contract = earliest[0]
             period = self._first_open(contract)
             assert period is not None, "the heap's top has an open period"
-            closed.append(self._finalise(contract, period[0], c.at_ms, c.rollovers_shown))
+            closed.append(self._finalise(contract, period[0], c.at_ms, c.rollovers_shown, c.adjustments_in_contract))
         if not closed:
             raise Repeated([])  # nothing to close: nothing changes, nothing is journaled
         return closed
@@ -184,10 +184,12 @@ class InvoiceCommands(ControlPlane):
         period = self._first_open(contract)
         return period[1] if period is not None else None
 
-    def _finalise(self, contract: Contract, start_ms: int, at_ms: int, rollovers_shown: bool) -> Invoice:
+    def _finalise(
+        self, contract: Contract, start_ms: int, at_ms: int, rollovers_shown: bool, adjustments_in_contract: bool
+    ) -> Invoice:
         period = self._lines(contract.customer_id, start_ms)
         top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], contract.currency)
-        invoice = self._build(contract, period, top_ups, rollovers_shown)
+        invoice = self._build(contract, period, top_ups, rollovers_shown, adjustments_in_contract)
         self.state.invoices_created += 1
         invoice.number = invoice_number(self.state.invoices_created)
         invoice.final = True
@@ -201,14 +203,26 @@ class InvoiceCommands(ControlPlane):
         return invoice
 
     def _build(
-        self, contract: Contract, period: KernelLines, top_ups_minor: int, rollovers_shown: bool = True
+        self,
+        contract: Contract,
+        period: KernelLines,
+        top_ups_minor: int,
+        rollovers_shown: bool = True,
+        adjustments_in_contract: bool = True,
     ) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
         reader = self.period_adjustments
         adjustments = reader(contract.customer_id) if reader is not None else []
         return build_invoice(
-            contract, pricing_unit, dimensions, period, top_ups_minor, adjustments, rollovers_shown=rollovers_shown
+            contract,
+            pricing_unit,
+            dimensions,
+            period,
+            top_ups_minor,
+            adjustments,
+            rollovers_shown=rollovers_shown,
+            adjustments_in_contract=adjustments_in_contract,
         )
 
     # The period calendar ------------------------------------------------------------------------------------

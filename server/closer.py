@@ -48,7 +48,13 @@ async def close_due_periods(
             try:
                 _, closed = await sequencer.run(
                     cmd.CloseDuePeriods(
-                        now_ms, ACTOR, grace_ms, PERIODS_PER_COMMAND, rollovers_shown=True, alerts_evaluated=True
+                        now_ms,
+                        ACTOR,
+                        grace_ms,
+                        PERIODS_PER_COMMAND,
+                        rollovers_shown=True,
+                        alerts_evaluated=True,
+                        adjustments_in_contract=True,
                     )
                 )
             except EngineError as exc:  # refused (nothing changed): try again at the next check

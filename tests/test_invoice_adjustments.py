@@ -67,3 +67,47 @@ def test_a_retroactive_publish_shows_its_adjustments_on_the_lines_it_rerated() -
     # The final invoice is the preview, field by field, adjustments included.
     final = w.close(at_ms=FEB_1_MS + DAY_MS)
     assert draft_fields(final) == draft_fields(preview)
+
+
+def test_a_switched_contracts_last_period_lists_its_own_hours_unless_closed_by_an_earlier_release() -> None:
+    """A contract ending on Jan 20 12:00 keeps its last period's monthly end (Feb 1): the adjustment of the Jan 25
+    hour is the next contract's. Listed with adjustments_in_contract (drafts; closes the server records now), left
+    in as before without it (ClosePeriod and CloseDuePeriods records of earlier releases replay as they closed)."""
+    from engine.contracts import Contract, OveragePolicy
+    from engine.invoices import KernelAdjustment, KernelLine, KernelLines, build_invoice
+
+    jan_10, jan_25 = EPOCH_MS + 9 * DAY_MS, EPOCH_MS + 24 * DAY_MS
+    contract = Contract("old", "acme", "card", EPOCH_MS, EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS, OveragePolicy.ALLOW,
+                        "1", "USD", EPOCH_MS)  # fmt: skip
+    row: KernelLine = ("use", [], 2 * E18, 1, 4 * E12, 4 * E12, [], [])
+    period: KernelLines = (EPOCH_MS, EPOCH_MS + 31 * DAY_MS, E18, False, [row], [])
+    adjustments: list[KernelAdjustment] = [
+        (7, jan_10 // HOUR_MS, "use", [], "card", [1], 2, 2 * E18, 1, 2 * E12, 4 * E12),
+        (7, jan_25 // HOUR_MS, "use", [], "card", [1], 2, 3 * E18, 1, 3 * E12, 6 * E12),
+    ]
+
+    def hours(adjustments_in_contract: bool) -> list[int]:
+        invoice = build_invoice(contract, "credits", {"use": ()}, period, 0, adjustments,
+                                adjustments_in_contract=adjustments_in_contract)  # fmt: skip
+        return [a.hour_start_ms for a in invoice.lines[0].adjustments]
+
+    assert hours(adjustments_in_contract=True) == [jan_10]
+    assert hours(adjustments_in_contract=False) == [jan_10, jan_25]
+
+
+def test_adjustments_in_contract_is_the_servers_in_neither_audit_entry_nor_retry_fingerprint() -> None:
+    from engine import commands as cmd
+    from engine.control import fingerprint
+    from tests.credits_fixtures import Ledger
+    from tests.engine_fixtures import ACTOR, basic_world
+
+    m = Ledger(basic_world())
+    m.advance(FEB_1_MS)
+    close = cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)
+    server_close = cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS, adjustments_in_contract=True)
+    assert fingerprint(server_close) == fingerprint(close)
+    m.run(server_close)
+    m.run(cmd.CloseDuePeriods(FEB_1_MS + 29 * DAY_MS, ACTOR, DAY_MS, adjustments_in_contract=True))
+    closes = [e for e in m.billing.engine.state.audit if e.action in ("ClosePeriod", "CloseDuePeriods")]
+    assert [e.action for e in closes] == ["ClosePeriod", "CloseDuePeriods"]
+    assert all("adjustments_in_contract" not in entry.diff for entry in closes), closes

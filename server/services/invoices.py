@@ -165,7 +165,12 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         if period_start_ms is None:
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
         command = cmd.ClosePeriod(
-            self.clock_ms(), actor_of(context), request.customer_id, period_start_ms, rollovers_shown=True
+            self.clock_ms(),
+            actor_of(context),
+            request.customer_id,
+            period_start_ms,
+            rollovers_shown=True,
+            adjustments_in_contract=True,
         )
         return invoice_pb(await self._apply(command, Invoice))
 
@@ -174,7 +179,14 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         self, request: invoices_pb2.CloseDuePeriodsRequest, context: Context
     ) -> invoices_pb2.CloseDuePeriodsResponse:
         closed = await self._apply(
-            cmd.CloseDuePeriods(self.clock_ms(), actor_of(context), 0, rollovers_shown=True, alerts_evaluated=True),
+            cmd.CloseDuePeriods(
+                self.clock_ms(),
+                actor_of(context),
+                0,
+                rollovers_shown=True,
+                alerts_evaluated=True,
+                adjustments_in_contract=True,
+            ),
             list,
         )
         return invoices_pb2.CloseDuePeriodsResponse(invoices=[invoice_pb(i) for i in closed])
@@ -220,6 +232,12 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             raise Unavailable("this server runs without the explain index (--no-explain-index)")
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         period_start_ms = convert.optional_ms(request, "period_start")
+        if request.period_start.nanos % 1_000_000:  # periods start on whole milliseconds: this is past one
+            raise InvalidArgument.field(
+                "period_start",
+                f"{request.period_start.ToJsonString()} is not the start of a billing period (periods start on a "
+                "whole millisecond)",
+            )
         explain.check_request(self.engine, request.customer_id, period_start_ms, request.line_id)
         assert period_start_ms is not None
         if request.page_size > PAGE_SIZE_MAX:

@@ -255,7 +255,9 @@ type InvoiceLine struct {
 	// the currency's minor unit.
 	AmountDue string `protobuf:"bytes,10,opt,name=amount_due,json=amountDue,proto3" json:"amount_due,omitempty"`
 	// The re-rating adjustments of this line's hour buckets whose hour starts in
-	// the period, oldest first (journal order, then hour): one per bucket each
+	// the period and before its contract's end (after a switch, the old
+	// contract's last period keeps its monthly end: the hours past the switch
+	// are the new contract's), oldest first (journal order, then hour): one per bucket each
 	// retroactive publish or rollback changed. They explain the line, they do
 	// not add to it: amount and prices already hold the re-rated buckets, and
 	// each bucket's latest new_amount is its amount now. Empty when no bucket
