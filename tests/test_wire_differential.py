@@ -1,0 +1,463 @@
+"""A real server process against the hand-written oracle (tests/reference_billing.py), over the wire.
+
+tests/test_kernel_differential.py feeds the kernel tables the control plane compiled in-process; this test goes
+through the admin RPCs instead, as a client would: each generated world (the kernel test's catalogue, events and
+overrides; grants here with expiries in the past, which the server breaks at its next AdvanceClock, or in the
+future) is created with PricingService and ContractService calls (money as decimal strings, up to 18 decimal
+places for prices and 12 for grant amounts), its usage sent over IngestUsageBatch and the IngestUsage stream
+(duplicates, conflicts, invalid values, events before the contract, in the future, of an unknown customer), and
+every ack, GetBalance, PreviewInvoice of each billed period and an Authorize must equal what the oracle computes.
+
+One server for the module; every example uses ids, event types and transaction ids of its own prefix, so that
+no example sees another's products or events. Short budget by default; TARIFF_WIRE_EXAMPLES raises it (make soak).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from tariff import TariffClient, TariffError
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+
+from tests.engine_fixtures import EPOCH_MS, HOUR_MS
+from tests.reference_billing import (
+    Curve,
+    ReferenceCredits,
+    REvent,
+    RGrant,
+    ROverride,
+    RProduct,
+    RRate,
+)
+from tests.serverproc import ServerProcess
+from tests.test_kernel_differential import DAY_MS, PICOS, GrantSpec, ProductSpec, decimals, events, products
+
+EXAMPLES = int(os.environ.get("TARIFF_WIRE_EXAMPLES", "30"))
+PROFILE = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+# A grant expiry long past when the test runs (the server breaks what the grant holds at its next AdvanceClock),
+# and one long after it.
+PAST_EXPIRY_MS = EPOCH_MS + 20 * DAY_MS
+FUTURE_EXPIRY_MS = int(datetime(2099, 1, 1, tzinfo=UTC).timestamp()) * 1000
+MINOR = Decimal("0.01")  # USD's minor unit
+_EXAMPLE_NUMBERS = itertools.count()
+
+
+@dataclass(frozen=True)
+class WireEvent:
+    """One of the kernel test's events, and when it is dated: "" as generated (January and February 2026),
+    "recent" (minutes before it is sent: the current period) or "future" (two hours after: out of range)."""
+
+    event: REvent
+    when: str
+
+
+@dataclass(frozen=True)
+class WireScenario:
+    products: tuple[ProductSpec, ...]
+    block: bool
+    overage_price: Decimal
+    grants: tuple[GrantSpec, ...]
+    batches: tuple[tuple[WireEvent, ...], ...]
+    streamed: tuple[bool, ...]  # per batch: sent on the IngestUsage stream rather than IngestUsageBatch
+    probe: REvent
+
+
+@st.composite
+def fine_prices(draw: st.DrawFn, spec: ProductSpec) -> ProductSpec:
+    """Sometimes a UNIT price with all 18 decimal places the grammar allows, per a large per_units."""
+    if draw(st.integers(0, 3)) != 0:
+        return spec
+    price = draw(decimals(0, 9, 18))
+    per_units = draw(st.sampled_from([Decimal(1), Decimal(1_000_000), Decimal("0.000001")]))
+    return dataclasses.replace(spec, curve=Curve("UNIT", price=price, per_units=per_units))
+
+
+@st.composite
+def wire_events(draw: st.DrawFn, index: int) -> WireEvent:
+    when = draw(st.sampled_from(["", "", "", "", "", "", "recent", "future"]))
+    return WireEvent(draw(events(index)), when)
+
+
+@st.composite
+def wire_scenarios(draw: st.DrawFn) -> WireScenario:
+    catalogue = tuple(draw(fine_prices(p)) for p in draw(products()))
+    ids = [p.id for p in catalogue]
+    amounts = st.one_of(decimals(1, 300, 2), decimals(0, 40, 12).filter(lambda d: d > 0))
+    grants = tuple(
+        GrantSpec(
+            id=f"g{n}",
+            amount=draw(amounts),
+            priority=draw(st.integers(0, 2)),
+            products=tuple(sorted(draw(st.sets(st.sampled_from(ids), max_size=2)))),
+            starts_at_ms=EPOCH_MS + draw(st.sampled_from([0, 0, 10 * DAY_MS])),
+            expires_at_ms=draw(st.sampled_from([None, None, PAST_EXPIRY_MS, FUTURE_EXPIRY_MS])),
+        )
+        for n in range(draw(st.integers(0, 3)))
+    )
+    all_events = [draw(wire_events(i)) for i in range(draw(st.integers(1, 25)))]
+    for _ in range(draw(st.integers(0, 3))):  # identical resends
+        all_events.append(all_events[draw(st.integers(0, len(all_events) - 1))])
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(all_events) - 1)), max_size=3)))
+    batches = tuple(tuple(all_events[a:b]) for a, b in zip([0, *cuts], [*cuts, len(all_events)], strict=True) if a < b)
+    probe = draw(events(0))
+    probe = REvent("probe", "acme", probe.event_type, 0, probe.dimensions, (("a", 3.0), ("b", 7.5)))
+    return WireScenario(
+        products=catalogue,
+        block=draw(st.booleans()),
+        overage_price=draw(st.sampled_from([Decimal(1), Decimal("0.5"), Decimal("1.25"), Decimal("0.003")])),
+        grants=grants,
+        batches=batches,
+        streamed=tuple(draw(st.booleans()) for _ in batches),
+        probe=probe,
+    )
+
+
+# Writing the world over the wire ----------------------------------------------------------------------------------
+
+
+def text(value: Decimal) -> str:
+    """A decimal string as the grammar allows it, trailing zeros kept ("12.5000")."""
+    return format(value, "f")
+
+
+def stamp(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000)
+
+
+def wire_rate(product_id: str, curve: Curve, match: dict[str, str]) -> pricing_pb2.Rate:
+    rate = pricing_pb2.Rate(product_id=product_id, match=match)
+    match curve.model:
+        case "UNIT":
+            rate.unit.CopyFrom(pricing_pb2.UnitPrice(price=text(curve.price), per_units=text(curve.per_units)))
+        case "PACKAGE":
+            rate.package.CopyFrom(
+                pricing_pb2.PackagePrice(package_size=text(curve.size), package_price=text(curve.price))
+            )
+        case "FLAT":
+            rate.flat.CopyFrom(pricing_pb2.FlatPrice(price=text(curve.price)))
+        case _:
+            tiers = [
+                pricing_pb2.Tier(up_to="" if up is None else text(up), unit_price=text(price), flat_price=text(fee))
+                for up, price, fee in curve.tiers
+            ]
+            mode = pricing_pb2.VOLUME if curve.model == "VOLUME" else pricing_pb2.GRADUATED
+            rate.tiered.CopyFrom(pricing_pb2.TieredPrice(mode=mode, tiers=tiers, per_units=text(curve.per_units)))
+    return rate
+
+
+@dataclass(frozen=True)
+class Names:
+    """The example's own ids: the oracle's names, prefixed."""
+
+    prefix: str
+
+    def __call__(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def strip(self, name: str) -> str:
+        assert name.startswith(self.prefix), name
+        return name[len(self.prefix) :]
+
+
+def create_catalogue(client: TariffClient, scenario: WireScenario, names: Names) -> None:
+    for p in scenario.products:
+        product = pricing_pb2.Product(
+            id=names(p.id),
+            event_type=names(p.event_type),
+            aggregation=p.aggregation.value,
+            value_key=p.value_key,
+            filters=dict(p.filters),
+            pricing_dimensions=list(p.dimensions),
+        )
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    card = names("card")
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
+    rates = [wire_rate(names(p.id), p.curve, {}) for p in scenario.products]
+    rates += [wire_rate(names(p.id), p.specific, {"model": "m1"}) for p in scenario.products if p.specific]
+    draft = client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates)
+    )
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=card, version=draft.version, effective_from=stamp(EPOCH_MS))
+    )
+
+
+def create_contract(client: TariffClient, scenario: WireScenario, names: Names) -> None:
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=names("acme"), name="acme"))
+    policy = contracts_pb2.BLOCK if scenario.block else contracts_pb2.ALLOW
+    client.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id=names("k"),
+            customer_id=names("acme"),
+            rate_card_id=names("card"),
+            starting_at=stamp(EPOCH_MS),
+            overage_policy=policy,
+            overage_price=text(scenario.overage_price),
+            currency="USD",
+        )
+    )
+    for n, p in enumerate(scenario.products):
+        if p.override is None:
+            continue
+        kind, value = p.override
+        override = contracts_pb2.PriceOverride(id=names(f"o{n}"), product_id=names(p.id))
+        if kind == "price":
+            override.price = text(value)
+        else:
+            override.multiplier = text(value)
+        client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=names("k"), override=override))
+    for g in scenario.grants:
+        grant = contracts_pb2.Grant(
+            id=names(g.id),
+            contract_id=names("k"),
+            kind=contracts_pb2.PROMOTIONAL,
+            amount=text(g.amount),
+            priority=g.priority,
+            applicable_product_ids=[names(p) for p in g.products],
+            starts_at=stamp(g.starts_at_ms),
+        )
+        if g.expires_at_ms is not None:
+            grant.expires_at.CopyFrom(stamp(g.expires_at_ms))
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+
+def wait_for_breakage(client: TariffClient, scenario: WireScenario, names: Names) -> None:
+    """Until the server's clock has broken every grant that expired before it was made (within 10 s)."""
+    expired = {names(g.id) for g in scenario.grants if g.expires_at_ms == PAST_EXPIRY_MS}
+    deadline = time.monotonic() + 10
+    while expired:
+        balance = client.get_balance(names("acme"))
+        if all(Decimal(g.remaining) == 0 for g in balance.grants if g.grant_id in expired):
+            return
+        assert time.monotonic() < deadline, f"grants {sorted(expired)} not broken: {balance}"
+        time.sleep(0.02)
+
+
+# The oracle -------------------------------------------------------------------------------------------------------
+
+
+def build_oracle(scenario: WireScenario) -> ReferenceCredits:
+    products = [
+        RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions)
+        for p in scenario.products
+    ]
+    rates = [RRate(p.id, (), p.curve) for p in scenario.products]
+    rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in scenario.products if p.specific is not None]
+    overrides = [
+        ROverride(
+            p.id,
+            p.override[1] if p.override[0] == "price" else None,
+            p.override[1] if p.override[0] == "multiplier" else None,
+        )
+        for p in scenario.products
+        if p.override is not None
+    ]
+    grants = [
+        RGrant(g.id, g.amount * PICOS, g.priority, g.products, g.starts_at_ms, g.expires_at_ms, n)
+        for n, g in enumerate(scenario.grants)
+    ]
+    return ReferenceCredits(
+        products, rates, overrides, grants, customer_id="acme", contract_start_ms=EPOCH_MS, block=scenario.block
+    )
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def dated(wire: WireEvent, sent_ms: int) -> REvent:
+    """The event with its timestamp as sent: "recent" minutes before sent_ms, "future" two hours after."""
+    offset = int(wire.event.timestamp_ms - EPOCH_MS) % (50 * 60_000)
+    at_ms = {"": wire.event.timestamp_ms, "recent": sent_ms - offset, "future": sent_ms + 2 * HOUR_MS}[wire.when]
+    return dataclasses.replace(wire.event, timestamp_ms=at_ms)
+
+
+def to_wire(event: REvent, names: Names) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=names(event.transaction_id),
+        customer_id=names(event.customer_id),
+        event_type=names(event.event_type),
+        timestamp_ms=event.timestamp_ms,
+        dimensions=dict(event.dimensions),
+        values=dict(event.values),
+    )
+
+
+def credits(picos: Decimal) -> Decimal:
+    return picos / PICOS
+
+
+def period_of(ms: int) -> tuple[int, int]:
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.year, moment.month
+
+
+def period_start_ms(period: tuple[int, int]) -> int:
+    return int(datetime(period[0], period[1], 1, tzinfo=UTC).timestamp()) * 1000
+
+
+def to_minor(value: Decimal) -> Decimal:
+    return value.quantize(MINOR, rounding=decimal.ROUND_HALF_EVEN)
+
+
+# Comparing ----------------------------------------------------------------------------------------------------
+
+
+def ingest(
+    client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names
+) -> Iterator[tuple[usage_pb2.IngestAck, list[REvent], list[str]]]:
+    """Sends the batches (a run of streamed ones on one IngestUsage call), yielding each ack with the events as
+    sent and the oracle's outcomes for them."""
+    index = 0
+    while index < len(scenario.batches):
+        run = 1
+        while scenario.streamed[index] and index + run < len(scenario.batches) and scenario.streamed[index + run]:
+            run += 1
+        sent_ms = now_ms()
+        batches = [[dated(e, sent_ms) for e in batch] for batch in scenario.batches[index : index + run]]
+        requests = [
+            usage_pb2.UsageBatch(batch_id=names(f"b{index + n}"), events=[to_wire(e, names) for e in batch])
+            for n, batch in enumerate(batches)
+        ]
+        if scenario.streamed[index]:
+            acks = list(client.usage.IngestUsage(iter(requests)))
+        else:
+            acks = [client.usage.IngestUsageBatch(requests[0])]
+        assert len(acks) == len(batches)
+        for ack, batch in zip(acks, batches, strict=True):
+            yield ack, batch, [oracle.ingest(e, sent_ms) for e in batch]
+        index += run
+
+
+def check_ack(ack: usage_pb2.IngestAck, batch: list[REvent], outcomes: list[str], names: Names) -> None:
+    rejected = [(r.index, names.strip(r.transaction_id), usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
+    expected = [(i, batch[i].transaction_id, o) for i, o in enumerate(outcomes) if o not in ("accepted", "duplicate")]
+    assert (ack.accepted, ack.duplicates, rejected) == (
+        outcomes.count("accepted"),
+        outcomes.count("duplicate"),
+        expected,
+    ), [dataclasses.astuple(e) for e in batch]
+
+
+def check_balance(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
+    balance = client.get_balance(names("acme"))
+    period = period_of(now_ms())
+    got = {
+        names.strip(g.grant_id): (Decimal(g.amount), Decimal(g.drawn), Decimal(g.remaining), Decimal(g.expired))
+        for g in balance.grants
+    }
+    expected = {}
+    for g in oracle.grants:
+        broken = oracle.breakage.get(g.id, Decimal(0))
+        expected[g.id] = tuple(credits(x) for x in (g.amount, g.amount - g.remaining - broken, g.remaining, broken))
+    assert got == expected
+    overage = credits(oracle.overage.get(period, Decimal(0)))
+    assert (
+        Decimal(balance.credits_remaining),
+        Decimal(balance.period_charges),
+        Decimal(balance.overage_amount),
+        Decimal(balance.overage_due),
+    ) == (
+        credits(sum((g.remaining for g in oracle.grants), start=Decimal(0))),
+        credits(oracle.charges.get(period, Decimal(0))),
+        overage,
+        overage * scenario.overage_price,
+    )
+
+
+def expected_lines(oracle: ReferenceCredits, period: tuple[int, int]) -> dict[tuple[str, tuple[str, ...]], object]:
+    lines: dict[tuple[str, tuple[str, ...]], object] = {}
+    for (at, product_id, dimensions), a in oracle.aggregates.items():
+        if at != period or a.events == 0:
+            continue
+        drawn = {g: credits(c) for g, c in a.drawn.items() if c}
+        lines[(product_id, dimensions)] = (a.quantity, a.events, credits(a.amount), credits(a.overage), drawn)
+    return lines
+
+
+def check_invoice(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
+    periods = {key[0] for key in oracle.aggregates}
+    dimensions_of = {p.id: p.dimensions for p in scenario.products}
+    for period in sorted(periods):
+        invoice = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id=names("acme"), period_start=stamp(period_start_ms(period)))
+        )
+        got: dict[tuple[str, tuple[str, ...]], object] = {}
+        for line in invoice.lines:
+            product_id = names.strip(line.product_id)
+            key = (product_id, tuple(line.dimensions.get(d, "") for d in dimensions_of[product_id]))
+            drawn = {names.strip(c.grant_id): Decimal(c.credits) for c in line.credits_applied}
+            got[key] = (Decimal(line.quantity), line.events, Decimal(line.amount), Decimal(line.overage), drawn)
+        expected = expected_lines(oracle, period)
+        event(f"invoice lines {min(len(expected), 3)}+")
+        assert got == expected, period
+        overage = sum((credits(a.overage) for k, a in oracle.aggregates.items() if k[0] == period), start=Decimal(0))
+        subtotal = sum((credits(a.amount) for k, a in oracle.aggregates.items() if k[0] == period), start=Decimal(0))
+        due = to_minor(overage * scenario.overage_price)
+        assert (
+            Decimal(invoice.subtotal),
+            Decimal(invoice.overage_amount),
+            Decimal(invoice.overage_due),
+            Decimal(invoice.total_due),
+        ) == (subtotal, overage, due, due), period
+
+
+def check_authorize(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
+    probe = dataclasses.replace(scenario.probe, timestamp_ms=now_ms())
+    allowed, reason, cost = oracle.authorize(probe)
+    event(f"authorize {reason}")
+    try:
+        answer = client.authorize(names("acme"), names(probe.event_type), dict(probe.dimensions), dict(probe.values))
+    except TariffError as exc:
+        assert (exc.code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), exc
+        return
+    assert isinstance(answer, balance_pb2.AuthorizeResponse)
+    assert (answer.allowed, answer.reason, Decimal(answer.estimated_cost)) == (allowed, reason, credits(Decimal(cost)))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("wire-differential") / "data", extra_args=["--close-grace", "off"])
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[TariffClient]:
+    with server.client() as connected:
+        yield connected
+
+
+@PROFILE
+@given(scenario=wire_scenarios())
+def test_the_server_bills_as_the_oracle_does(client: TariffClient, scenario: WireScenario) -> None:
+    names = Names(f"w{next(_EXAMPLE_NUMBERS)}-")
+    create_catalogue(client, scenario, names)
+    create_contract(client, scenario, names)
+    oracle = build_oracle(scenario)
+    wait_for_breakage(client, scenario, names)
+    oracle.advance(now_ms())
+    for ack, batch, outcomes in ingest(client, scenario, oracle, names):
+        check_ack(ack, batch, outcomes, names)
+        for outcome in outcomes:
+            event(f"outcome {outcome}")
+    oracle.credits_conserved()
+    check_balance(client, scenario, oracle, names)
+    check_invoice(client, scenario, oracle, names)
+    check_authorize(client, scenario, oracle, names)
