@@ -559,6 +559,8 @@ class ROverride:
     product_id: str
     price: Decimal | None
     multiplier: Decimal | None
+    # Dimension -> value an event must have (no "*"); empty matches every event of the product.
+    match: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass
@@ -703,10 +705,21 @@ class ReferenceRating:
             if r.product_id == product.id and all(dimensions.get(k) == v for k, v in r.match)
         ]
         curve = max(matching, key=lambda r: len(r.match)).curve
-        override = next((o for o in reversed(self.overrides) if o.product_id == product.id), None)
+        override = self._override(product, dimensions)
         if override is not None and override.price is not None:
             curve = curve.overridden(override.price)
         return curve
+
+    def _override(self, product: RProduct, dimensions: dict[str, str]) -> ROverride | None:
+        """The override pricing the product's usage with these dimensions: of those matching, the most specific
+        (most match entries), and of equally specific ones the one added last."""
+        chosen: ROverride | None = None
+        for override in self.overrides:  # in the order they were added
+            if override.product_id != product.id or any(dimensions.get(k) != v for k, v in override.match):
+                continue
+            if chosen is None or len(override.match) >= len(chosen.match):
+                chosen = override
+        return chosen
 
     def _plan(self, event: REvent) -> list[Plan] | str:
         dimensions = dict(event.dimensions)
@@ -732,7 +745,7 @@ class ReferenceRating:
             aggregate = self.aggregates.get(key, RAggregate())
             after = self._after(product.aggregation, aggregate, measure, event.timestamp_ms)
             curve = self._curve(product, dimensions, event.timestamp_ms)
-            override = next((o for o in reversed(self.overrides) if o.product_id == product.id), None)
+            override = self._override(product, dimensions)
             multiplier = override.multiplier if override is not None and override.multiplier is not None else Decimal(1)
 
             def picos(quantity: Decimal, curve: Curve = curve, multiplier: Decimal = multiplier) -> Decimal:

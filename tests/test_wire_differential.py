@@ -34,6 +34,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usa
 
 from tests.engine_fixtures import EPOCH_MS, HOUR_MS
 from tests.reference_billing import (
+    RATING,
     Curve,
     ReferenceCredits,
     REvent,
@@ -41,6 +42,7 @@ from tests.reference_billing import (
     ROverride,
     RProduct,
     RRate,
+    round_pico,
 )
 from tests.serverproc import ServerProcess
 from tests.test_kernel_differential import DAY_MS, PICOS, GrantSpec, ProductSpec, decimals, events, products
@@ -71,7 +73,11 @@ class WireScenario:
     products: tuple[ProductSpec, ...]
     block: bool
     overage_price: Decimal
+    # After each product's own: (product id, match, "price" or "multiplier", value), added in this order.
+    overrides: tuple[tuple[str, tuple[tuple[str, str], ...], str, Decimal], ...]
     grants: tuple[GrantSpec, ...]
+    paid: tuple[Decimal | None, ...]  # per grant: PREPAID at this paid_amount, or PROMOTIONAL
+    exponent: bool  # decimal strings written with an exponent ("1.25e-3") rather than plainly
     batches: tuple[tuple[WireEvent, ...], ...]
     streamed: tuple[bool, ...]  # per batch: sent on the IngestUsage stream rather than IngestUsageBatch
     probe: REvent
@@ -85,6 +91,21 @@ def fine_prices(draw: st.DrawFn, spec: ProductSpec) -> ProductSpec:
     price = draw(decimals(0, 9, 18))
     per_units = draw(st.sampled_from([Decimal(1), Decimal(1_000_000), Decimal("0.000001")]))
     return dataclasses.replace(spec, curve=Curve("UNIT", price=price, per_units=per_units))
+
+
+@st.composite
+def more_overrides(
+    draw: st.DrawFn, catalogue: tuple[ProductSpec, ...]
+) -> tuple[tuple[str, tuple[tuple[str, str], ...], str, Decimal], ...]:
+    """Overrides beyond each product's own: some on model=m1 only (more specific), some replacing an earlier."""
+    made = []
+    for _ in range(draw(st.integers(0, 3))):
+        product = draw(st.sampled_from(catalogue))
+        match = draw(st.sampled_from([(), (("model", "m1"),)])) if "model" in product.dimensions else ()
+        kind = draw(st.sampled_from(["price", "multiplier"]))
+        value = draw(decimals(0, 20, 3) if kind == "price" else decimals(0, 3, 6))
+        made.append((product.id, match, kind, value))
+    return tuple(made)
 
 
 @st.composite
@@ -120,7 +141,10 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         products=catalogue,
         block=draw(st.booleans()),
         overage_price=draw(st.sampled_from([Decimal(1), Decimal("0.5"), Decimal("1.25"), Decimal("0.003")])),
+        overrides=draw(more_overrides(catalogue)),
         grants=grants,
+        paid=tuple(draw(st.none() | decimals(0, 500, 2) | decimals(0, 9, 12)) for _ in grants),
+        exponent=draw(st.booleans()),
         batches=batches,
         streamed=tuple(draw(st.booleans()) for _ in batches),
         probe=probe,
@@ -130,9 +154,19 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
 # Writing the world over the wire ----------------------------------------------------------------------------------
 
 
+SPELLING = {"exponent": False}  # how `text` writes: set per example (hypothesis runs one example at a time)
+
+
 def text(value: Decimal) -> str:
-    """A decimal string as the grammar allows it, trailing zeros kept ("12.5000")."""
-    return format(value, "f")
+    """A decimal string as the grammar allows it, trailing zeros kept: "12.5000", or with an exponent (alternately
+    'e' and 'E'), "1.25000e1", when the example says so."""
+    if not SPELLING["exponent"]:
+        return format(value, "f")
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    power = exponent + len(digits) - 1
+    return f"{'-' if sign else ''}{mantissa}{'E' if power % 2 else 'e'}{power}"
 
 
 def stamp(ms: int) -> timestamp_pb2.Timestamp:
@@ -197,6 +231,12 @@ def create_catalogue(client: TariffClient, scenario: WireScenario, names: Names)
     )
 
 
+def all_overrides(scenario: WireScenario) -> list[tuple[str, tuple[tuple[str, str], ...], str, Decimal]]:
+    """Each product's own override (the kernel test's), then the scenario's others, in the order they are added."""
+    own = [(p.id, (), p.override[0], p.override[1]) for p in scenario.products if p.override is not None]
+    return [*own, *scenario.overrides]
+
+
 def create_contract(client: TariffClient, scenario: WireScenario, names: Names) -> None:
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=names("acme"), name="acme"))
     policy = contracts_pb2.BLOCK if scenario.block else contracts_pb2.ALLOW
@@ -211,22 +251,20 @@ def create_contract(client: TariffClient, scenario: WireScenario, names: Names) 
             currency="USD",
         )
     )
-    for n, p in enumerate(scenario.products):
-        if p.override is None:
-            continue
-        kind, value = p.override
-        override = contracts_pb2.PriceOverride(id=names(f"o{n}"), product_id=names(p.id))
+    for n, (product_id, match, kind, value) in enumerate(all_overrides(scenario)):
+        override = contracts_pb2.PriceOverride(id=names(f"o{n}"), product_id=names(product_id), match=dict(match))
         if kind == "price":
             override.price = text(value)
         else:
             override.multiplier = text(value)
         client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=names("k"), override=override))
-    for g in scenario.grants:
+    for g, paid in zip(scenario.grants, scenario.paid, strict=True):
         grant = contracts_pb2.Grant(
             id=names(g.id),
             contract_id=names("k"),
-            kind=contracts_pb2.PROMOTIONAL,
+            kind=contracts_pb2.PROMOTIONAL if paid is None else contracts_pb2.PREPAID,
             amount=text(g.amount),
+            paid_amount="" if paid is None else text(paid),
             priority=g.priority,
             applicable_product_ids=[names(p) for p in g.products],
             starts_at=stamp(g.starts_at_ms),
@@ -259,13 +297,8 @@ def build_oracle(scenario: WireScenario) -> ReferenceCredits:
     rates = [RRate(p.id, (), p.curve) for p in scenario.products]
     rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in scenario.products if p.specific is not None]
     overrides = [
-        ROverride(
-            p.id,
-            p.override[1] if p.override[0] == "price" else None,
-            p.override[1] if p.override[0] == "multiplier" else None,
-        )
-        for p in scenario.products
-        if p.override is not None
+        ROverride(product_id, value if kind == "price" else None, value if kind == "multiplier" else None, match)
+        for product_id, match, kind, value in all_overrides(scenario)
     ]
     grants = [
         RGrant(g.id, g.amount * PICOS, g.priority, g.products, g.starts_at_ms, g.expires_at_ms, n)
@@ -358,13 +391,21 @@ def check_balance(client: TariffClient, scenario: WireScenario, oracle: Referenc
     balance = client.get_balance(names("acme"))
     period = period_of(now_ms())
     got = {
-        names.strip(g.grant_id): (Decimal(g.amount), Decimal(g.drawn), Decimal(g.remaining), Decimal(g.expired))
+        names.strip(g.grant_id): (
+            Decimal(g.amount),
+            Decimal(g.drawn),
+            Decimal(g.remaining),
+            Decimal(g.expired),
+            Decimal(g.recognized_revenue),
+        )
         for g in balance.grants
     }
     expected = {}
-    for g in oracle.grants:
+    for g, paid in zip(oracle.grants, scenario.paid, strict=True):
         broken = oracle.breakage.get(g.id, Decimal(0))
-        expected[g.id] = tuple(credits(x) for x in (g.amount, g.amount - g.remaining - broken, g.remaining, broken))
+        drawn = credits(g.amount - g.remaining - broken)
+        recognized = round_pico(RATING.divide(RATING.multiply(drawn, paid or Decimal(0)), credits(g.amount)))
+        expected[g.id] = (credits(g.amount), drawn, credits(g.remaining), credits(broken), recognized)
     assert got == expected
     overage = credits(oracle.overage.get(period, Decimal(0)))
     assert (
@@ -448,6 +489,7 @@ def client(server: ServerProcess) -> Iterator[TariffClient]:
 @given(scenario=wire_scenarios())
 def test_the_server_bills_as_the_oracle_does(client: TariffClient, scenario: WireScenario) -> None:
     names = Names(f"w{next(_EXAMPLE_NUMBERS)}-")
+    SPELLING["exponent"] = scenario.exponent
     create_catalogue(client, scenario, names)
     create_contract(client, scenario, names)
     oracle = build_oracle(scenario)
