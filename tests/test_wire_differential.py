@@ -78,6 +78,8 @@ class WireScenario:
     grants: tuple[GrantSpec, ...]
     paid: tuple[Decimal | None, ...]  # per grant: PREPAID at this paid_amount, or PROMOTIONAL
     exponent: bool  # decimal strings written with an exponent ("1.25e-3") rather than plainly
+    parameters: tuple[tuple[str, Decimal], ...]  # the version's
+    formulas: tuple[tuple[str, str], ...]  # (product id, formula its default UNIT rate's price is written as)
     batches: tuple[tuple[WireEvent, ...], ...]
     streamed: tuple[bool, ...]  # per batch: sent on the IngestUsage stream rather than IngestUsageBatch
     probe: REvent
@@ -91,6 +93,34 @@ def fine_prices(draw: st.DrawFn, spec: ProductSpec) -> ProductSpec:
     price = draw(decimals(0, 9, 18))
     per_units = draw(st.sampled_from([Decimal(1), Decimal(1_000_000), Decimal("0.000001")]))
     return dataclasses.replace(spec, curve=Curve("UNIT", price=price, per_units=per_units))
+
+
+FORMULAS = {
+    "pa * pb": lambda a, b: RATING.multiply(a, b),
+    "pa / pb": lambda a, b: RATING.divide(a, b),
+    "round(pa * pb, 3)": lambda a, b: RATING.multiply(a, b).quantize(
+        Decimal("0.001"), rounding=decimal.ROUND_HALF_EVEN
+    ),
+    "max(pa, pb) - min(pa, pb) / 7": lambda a, b: RATING.subtract(max(a, b), RATING.divide(min(a, b), 7)),
+}
+
+
+@st.composite
+def with_formulas(
+    draw: st.DrawFn, catalogue: tuple[ProductSpec, ...]
+) -> tuple[tuple[ProductSpec, ...], tuple[tuple[str, Decimal], ...], tuple[tuple[str, str], ...]]:
+    """Some UNIT default rates priced by a formula over two parameters: the catalogue with the price the formula
+    comes to (rounded half-even to 18 places, as engine/ratecard.py holds a formula's price), and the formulas."""
+    pa, pb = draw(decimals(0, 10, 6)), draw(decimals(1, 1000, 3))
+    specs, formulas = [], []
+    for spec in catalogue:
+        formula = draw(st.none() | st.sampled_from(sorted(FORMULAS))) if spec.curve.model == "UNIT" else None
+        if formula is not None:
+            price = FORMULAS[formula](pa, pb).quantize(Decimal(1).scaleb(-18), rounding=decimal.ROUND_HALF_EVEN)
+            spec = dataclasses.replace(spec, curve=dataclasses.replace(spec.curve, price=price))
+            formulas.append((spec.id, formula))
+        specs.append(spec)
+    return tuple(specs), (("pa", pa), ("pb", pb)), tuple(formulas)
 
 
 @st.composite
@@ -116,7 +146,7 @@ def wire_events(draw: st.DrawFn, index: int) -> WireEvent:
 
 @st.composite
 def wire_scenarios(draw: st.DrawFn) -> WireScenario:
-    catalogue = tuple(draw(fine_prices(p)) for p in draw(products()))
+    catalogue, parameters, formulas = draw(with_formulas(tuple(draw(fine_prices(p)) for p in draw(products()))))
     ids = [p.id for p in catalogue]
     amounts = st.one_of(decimals(1, 300, 2), decimals(0, 40, 12).filter(lambda d: d > 0))
     grants = tuple(
@@ -145,6 +175,8 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         grants=grants,
         paid=tuple(draw(st.none() | decimals(0, 500, 2) | decimals(0, 9, 12)) for _ in grants),
         exponent=draw(st.booleans()),
+        parameters=parameters,
+        formulas=formulas,
         batches=batches,
         streamed=tuple(draw(st.booleans()) for _ in batches),
         probe=probe,
@@ -222,9 +254,14 @@ def create_catalogue(client: TariffClient, scenario: WireScenario, names: Names)
     card = names("card")
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
     rates = [wire_rate(names(p.id), p.curve, {}) for p in scenario.products]
+    for rate, p in zip(rates, scenario.products, strict=True):
+        if p.id in dict(scenario.formulas):
+            rate.unit.price = dict(scenario.formulas)[p.id]
     rates += [wire_rate(names(p.id), p.specific, {"model": "m1"}) for p in scenario.products if p.specific]
     draft = client.pricing.CreateDraftVersion(
-        pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates)
+        pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=card, upsert_rates=rates, set_parameters={k: text(v) for k, v in scenario.parameters}
+        )
     )
     client.pricing.PublishVersion(
         pricing_pb2.PublishVersionRequest(rate_card_id=card, version=draft.version, effective_from=stamp(EPOCH_MS))
