@@ -42,6 +42,7 @@ from tests.reference_billing import (
     ROverride,
     RProduct,
     RRate,
+    RTopUp,
     round_pico,
 )
 from tests.serverproc import ServerProcess
@@ -69,6 +70,14 @@ class WireEvent:
 
 
 @dataclass(frozen=True)
+class TopUp:
+    threshold: Decimal
+    recharge_to: Decimal
+    price_per_credit: Decimal
+    max_per_period: int
+
+
+@dataclass(frozen=True)
 class WireScenario:
     products: tuple[ProductSpec, ...]
     block: bool
@@ -80,6 +89,7 @@ class WireScenario:
     exponent: bool  # decimal strings written with an exponent ("1.25e-3") rather than plainly
     parameters: tuple[tuple[str, Decimal], ...]  # the version's
     formulas: tuple[tuple[str, str], ...]  # (product id, formula its default UNIT rate's price is written as)
+    top_up: TopUp | None
     batches: tuple[tuple[WireEvent, ...], ...]
     streamed: tuple[bool, ...]  # per batch: sent on the IngestUsage stream rather than IngestUsageBatch
     probe: REvent
@@ -121,6 +131,14 @@ def with_formulas(
             formulas.append((spec.id, formula))
         specs.append(spec)
     return tuple(specs), (("pa", pa), ("pb", pb)), tuple(formulas)
+
+
+@st.composite
+def top_ups(draw: st.DrawFn) -> TopUp:
+    threshold = draw(st.one_of(decimals(1, 500, 2), decimals(1, 5, 12)))
+    recharge_to = threshold + draw(st.one_of(decimals(1, 100, 3), decimals(1, 2, 12)))
+    price = draw(st.sampled_from([Decimal(1), Decimal("0.9"), Decimal("0.0125"), Decimal("1.000000000000000001")]))
+    return TopUp(threshold, recharge_to, price, draw(st.integers(1, 3)))
 
 
 @st.composite
@@ -177,6 +195,7 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         exponent=draw(st.booleans()),
         parameters=parameters,
         formulas=formulas,
+        top_up=draw(st.none() | top_ups()),
         batches=batches,
         streamed=tuple(draw(st.booleans()) for _ in batches),
         probe=probe,
@@ -236,8 +255,8 @@ class Names:
         return f"{self.prefix}{name}"
 
     def strip(self, name: str) -> str:
-        assert name.startswith(self.prefix), name
-        return name[len(self.prefix) :]
+        """The oracle's name for an id of the example; one the server made (a top-up grant's) as it is."""
+        return name[len(self.prefix) :] if name.startswith(self.prefix) else name
 
 
 def create_catalogue(client: TariffClient, scenario: WireScenario, names: Names) -> None:
@@ -309,6 +328,15 @@ def create_contract(client: TariffClient, scenario: WireScenario, names: Names) 
         if g.expires_at_ms is not None:
             grant.expires_at.CopyFrom(stamp(g.expires_at_ms))
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+    if scenario.top_up is not None:
+        t = scenario.top_up
+        top_up = contracts_pb2.TopUpPolicy(
+            threshold=text(t.threshold),
+            recharge_to=text(t.recharge_to),
+            price_per_credit=text(t.price_per_credit),
+            max_per_period=t.max_per_period,
+        )
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=names("k"), top_up=top_up))
 
 
 def wait_for_breakage(client: TariffClient, scenario: WireScenario, names: Names) -> None:
@@ -341,9 +369,26 @@ def build_oracle(scenario: WireScenario) -> ReferenceCredits:
         RGrant(g.id, g.amount * PICOS, g.priority, g.products, g.starts_at_ms, g.expires_at_ms, n)
         for n, g in enumerate(scenario.grants)
     ]
+    t = scenario.top_up
     return ReferenceCredits(
-        products, rates, overrides, grants, customer_id="acme", contract_start_ms=EPOCH_MS, block=scenario.block
+        products,
+        rates,
+        overrides,
+        grants,
+        customer_id="acme",
+        contract_start_ms=EPOCH_MS,
+        block=scenario.block,
+        top_up=None if t is None else RTopUp(t.threshold * PICOS, t.recharge_to * PICOS, t.max_per_period),
     )
+
+
+def paid_amounts(scenario: WireScenario, oracle: ReferenceCredits) -> dict[str, Decimal]:
+    """Each grant's paid_amount: as granted (0 for PROMOTIONAL), credits x price_per_credit for a top-up."""
+    paid = {g.id: amount or Decimal(0) for g, amount in zip(scenario.grants, scenario.paid, strict=True)}
+    if scenario.top_up is not None:
+        for _, grant_id, picos in oracle.purchases:
+            paid[grant_id] = credits(picos) * scenario.top_up.price_per_credit
+    return paid
 
 
 def now_ms() -> int:
@@ -410,7 +455,7 @@ def ingest(
             acks = [client.usage.IngestUsageBatch(requests[0])]
         assert len(acks) == len(batches)
         for ack, batch in zip(acks, batches, strict=True):
-            yield ack, batch, [oracle.ingest(e, sent_ms) for e in batch]
+            yield ack, batch, [oracle.ingest_reserving(e, sent_ms)[0] for e in batch]
         index += run
 
 
@@ -438,10 +483,11 @@ def check_balance(client: TariffClient, scenario: WireScenario, oracle: Referenc
         for g in balance.grants
     }
     expected = {}
-    for g, paid in zip(oracle.grants, scenario.paid, strict=True):
+    paid = paid_amounts(scenario, oracle)
+    for g in oracle.grants:
         broken = oracle.breakage.get(g.id, Decimal(0))
         drawn = credits(g.amount - g.remaining - broken)
-        recognized = round_pico(RATING.divide(RATING.multiply(drawn, paid or Decimal(0)), credits(g.amount)))
+        recognized = round_pico(RATING.divide(RATING.multiply(drawn, paid[g.id]), credits(g.amount)))
         expected[g.id] = (credits(g.amount), drawn, credits(g.remaining), credits(broken), recognized)
     assert got == expected
     overage = credits(oracle.overage.get(period, Decimal(0)))
@@ -487,12 +533,15 @@ def check_invoice(client: TariffClient, scenario: WireScenario, oracle: Referenc
         overage = sum((credits(a.overage) for k, a in oracle.aggregates.items() if k[0] == period), start=Decimal(0))
         subtotal = sum((credits(a.amount) for k, a in oracle.aggregates.items() if k[0] == period), start=Decimal(0))
         due = to_minor(overage * scenario.overage_price)
+        paid = paid_amounts(scenario, oracle)
+        top_ups = to_minor(sum((paid[grant_id] for at, grant_id, _ in oracle.purchases if at == period), Decimal(0)))
         assert (
             Decimal(invoice.subtotal),
             Decimal(invoice.overage_amount),
             Decimal(invoice.overage_due),
+            Decimal(invoice.top_up_purchases),
             Decimal(invoice.total_due),
-        ) == (subtotal, overage, due, due), period
+        ) == (subtotal, overage, due, top_ups, due + top_ups), period
 
 
 def check_authorize(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
@@ -537,6 +586,7 @@ def test_the_server_bills_as_the_oracle_does(client: TariffClient, scenario: Wir
         for outcome in outcomes:
             event(f"outcome {outcome}")
     oracle.credits_conserved()
+    event(f"top-ups bought {min(len(oracle.purchases), 2)}+")
     check_balance(client, scenario, oracle, names)
     check_invoice(client, scenario, oracle, names)
     check_authorize(client, scenario, oracle, names)
