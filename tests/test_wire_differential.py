@@ -46,7 +46,7 @@ from tests.reference_billing import (
     round_pico,
 )
 from tests.serverproc import ServerProcess
-from tests.test_kernel_differential import DAY_MS, PICOS, GrantSpec, ProductSpec, decimals, events, products
+from tests.test_kernel_differential import DAY_MS, PICOS, GrantSpec, ProductSpec, curves, decimals, events, products
 
 EXAMPLES = int(os.environ.get("TARIFF_WIRE_EXAMPLES", "30"))
 PROFILE = settings(
@@ -78,6 +78,17 @@ class TopUp:
 
 
 @dataclass(frozen=True)
+class SecondVersion:
+    """Version 2, a draft based on version 1, published effective from an hour after the first's (before any
+    usage is sent, so nothing is re-rated)."""
+
+    effective_from_ms: int
+    upserts: tuple[tuple[str, Curve], ...]  # new default rates
+    removed: tuple[str, ...]  # products whose model=m1 rate is removed
+    parameters: tuple[tuple[str, Decimal], ...]  # set again: formulas kept from version 1 evaluate with these
+
+
+@dataclass(frozen=True)
 class WireScenario:
     products: tuple[ProductSpec, ...]
     block: bool
@@ -90,6 +101,7 @@ class WireScenario:
     parameters: tuple[tuple[str, Decimal], ...]  # the version's
     formulas: tuple[tuple[str, str], ...]  # (product id, formula its default UNIT rate's price is written as)
     top_up: TopUp | None
+    second: SecondVersion | None
     batches: tuple[tuple[WireEvent, ...], ...]
     streamed: tuple[bool, ...]  # per batch: sent on the IngestUsage stream rather than IngestUsageBatch
     probe: REvent
@@ -131,6 +143,18 @@ def with_formulas(
             formulas.append((spec.id, formula))
         specs.append(spec)
     return tuple(specs), (("pa", pa), ("pb", pb)), tuple(formulas)
+
+
+@st.composite
+def second_versions(draw: st.DrawFn, catalogue: tuple[ProductSpec, ...]) -> SecondVersion:
+    upserted = draw(st.sets(st.sampled_from([p.id for p in catalogue])))
+    removable = [p.id for p in catalogue if p.specific is not None]
+    return SecondVersion(
+        effective_from_ms=EPOCH_MS + draw(st.sampled_from([0, 1, 24 * 12, 24 * 31 + 5, 24 * 40])) * HOUR_MS,
+        upserts=tuple((product_id, draw(curves())) for product_id in sorted(upserted)),
+        removed=tuple(sorted(draw(st.sets(st.sampled_from(removable)))) if removable else ()),
+        parameters=draw(st.sampled_from([(), (("pa", Decimal("0.5")),), (("pa", Decimal(7)), ("pb", Decimal(3)))])),
+    )
 
 
 @st.composite
@@ -196,6 +220,7 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         parameters=parameters,
         formulas=formulas,
         top_up=draw(st.none() | top_ups()),
+        second=draw(st.none() | second_versions(catalogue)),
         batches=batches,
         streamed=tuple(draw(st.booleans()) for _ in batches),
         probe=probe,
@@ -284,6 +309,24 @@ def create_catalogue(client: TariffClient, scenario: WireScenario, names: Names)
     )
     client.pricing.PublishVersion(
         pricing_pb2.PublishVersionRequest(rate_card_id=card, version=draft.version, effective_from=stamp(EPOCH_MS))
+    )
+    if scenario.second is not None:
+        publish_second(client, scenario.second, names)
+
+
+def publish_second(client: TariffClient, second: SecondVersion, names: Names) -> None:
+    card = names("card")
+    request = pricing_pb2.CreateDraftVersionRequest(
+        rate_card_id=card,
+        based_on_version=1,
+        upsert_rates=[wire_rate(names(product_id), curve, {}) for product_id, curve in second.upserts],
+        remove_rates=[pricing_pb2.RateKey(product_id=names(p), match={"model": "m1"}) for p in second.removed],
+        set_parameters={k: text(v) for k, v in second.parameters},
+    )
+    draft = client.pricing.CreateDraftVersion(request)
+    assert draft.version == 2
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=card, version=2, effective_from=stamp(second.effective_from_ms))
     )
 
 
@@ -379,7 +422,27 @@ def build_oracle(scenario: WireScenario) -> ReferenceCredits:
         contract_start_ms=EPOCH_MS,
         block=scenario.block,
         top_up=None if t is None else RTopUp(t.threshold * PICOS, t.recharge_to * PICOS, t.max_per_period),
+        timeline=None if scenario.second is None else [(EPOCH_MS, rates), second_timeline_entry(scenario)],
     )
+
+
+def second_timeline_entry(scenario: WireScenario) -> tuple[int, list[RRate]]:
+    """Version 2's rates: version 1's with the upserts and removals, its formulas evaluated with the parameters
+    as version 2 sets them."""
+    second = scenario.second
+    assert second is not None
+    parameters = {**dict(scenario.parameters), **dict(second.parameters)}
+    formulas, upserts = dict(scenario.formulas), dict(second.upserts)
+    rates = []
+    for p in scenario.products:
+        curve = upserts.get(p.id, p.curve)
+        if p.id in formulas and p.id not in upserts:
+            price = FORMULAS[formulas[p.id]](parameters["pa"], parameters["pb"])
+            curve = dataclasses.replace(curve, price=price.quantize(Decimal(1).scaleb(-18), decimal.ROUND_HALF_EVEN))
+        rates.append(RRate(p.id, (), curve))
+        if p.specific is not None and p.id not in second.removed:
+            rates.append(RRate(p.id, (("model", "m1"),), p.specific))
+    return second.effective_from_ms, rates
 
 
 def paid_amounts(scenario: WireScenario, oracle: ReferenceCredits) -> dict[str, Decimal]:
