@@ -78,6 +78,16 @@ class TopUp:
 
 
 @dataclass(frozen=True)
+class Override:
+    product_id: str
+    match: tuple[tuple[str, str], ...]
+    kind: str  # "price" or "multiplier"
+    value: Decimal
+    starting_at_ms: int | None = None
+    ending_before_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class SecondVersion:
     """Version 2, a draft based on version 1, published effective from an hour after the first's (before any
     usage is sent, so nothing is re-rated)."""
@@ -93,8 +103,8 @@ class WireScenario:
     products: tuple[ProductSpec, ...]
     block: bool
     overage_price: Decimal
-    # After each product's own: (product id, match, "price" or "multiplier", value), added in this order.
-    overrides: tuple[tuple[str, tuple[tuple[str, str], ...], str, Decimal], ...]
+    # After each product's own: added in this order.
+    overrides: tuple[Override, ...]
     grants: tuple[GrantSpec, ...]
     paid: tuple[Decimal | None, ...]  # per grant: PREPAID at this paid_amount, or PROMOTIONAL
     exponent: bool  # decimal strings written with an exponent ("1.25e-3") rather than plainly
@@ -165,18 +175,21 @@ def top_ups(draw: st.DrawFn) -> TopUp:
     return TopUp(threshold, recharge_to, price, draw(st.integers(1, 3)))
 
 
+WINDOWS = [(None, None), (None, None), (EPOCH_MS + 15 * DAY_MS, None), (None, EPOCH_MS + 15 * DAY_MS)]
+WINDOWS += [(EPOCH_MS + 5 * DAY_MS + HOUR_MS, EPOCH_MS + 35 * DAY_MS + 7 * HOUR_MS)]
+
+
 @st.composite
-def more_overrides(
-    draw: st.DrawFn, catalogue: tuple[ProductSpec, ...]
-) -> tuple[tuple[str, tuple[tuple[str, str], ...], str, Decimal], ...]:
-    """Overrides beyond each product's own: some on model=m1 only (more specific), some replacing an earlier."""
+def more_overrides(draw: st.DrawFn, catalogue: tuple[ProductSpec, ...]) -> tuple[Override, ...]:
+    """Overrides beyond each product's own: some on model=m1 only (more specific), some replacing an earlier,
+    some in force for a window of time only."""
     made = []
     for _ in range(draw(st.integers(0, 3))):
         product = draw(st.sampled_from(catalogue))
         match = draw(st.sampled_from([(), (("model", "m1"),)])) if "model" in product.dimensions else ()
         kind = draw(st.sampled_from(["price", "multiplier"]))
         value = draw(decimals(0, 20, 3) if kind == "price" else decimals(0, 3, 6))
-        made.append((product.id, match, kind, value))
+        made.append(Override(product.id, match, kind, value, *draw(st.sampled_from(WINDOWS))))
     return tuple(made)
 
 
@@ -330,9 +343,9 @@ def publish_second(client: TariffClient, second: SecondVersion, names: Names) ->
     )
 
 
-def all_overrides(scenario: WireScenario) -> list[tuple[str, tuple[tuple[str, str], ...], str, Decimal]]:
+def all_overrides(scenario: WireScenario) -> list[Override]:
     """Each product's own override (the kernel test's), then the scenario's others, in the order they are added."""
-    own = [(p.id, (), p.override[0], p.override[1]) for p in scenario.products if p.override is not None]
+    own = [Override(p.id, (), p.override[0], p.override[1]) for p in scenario.products if p.override is not None]
     return [*own, *scenario.overrides]
 
 
@@ -350,12 +363,16 @@ def create_contract(client: TariffClient, scenario: WireScenario, names: Names) 
             currency="USD",
         )
     )
-    for n, (product_id, match, kind, value) in enumerate(all_overrides(scenario)):
-        override = contracts_pb2.PriceOverride(id=names(f"o{n}"), product_id=names(product_id), match=dict(match))
-        if kind == "price":
-            override.price = text(value)
+    for n, o in enumerate(all_overrides(scenario)):
+        override = contracts_pb2.PriceOverride(id=names(f"o{n}"), product_id=names(o.product_id), match=dict(o.match))
+        if o.kind == "price":
+            override.price = text(o.value)
         else:
-            override.multiplier = text(value)
+            override.multiplier = text(o.value)
+        if o.starting_at_ms is not None:
+            override.starting_at.CopyFrom(stamp(o.starting_at_ms))
+        if o.ending_before_ms is not None:
+            override.ending_before.CopyFrom(stamp(o.ending_before_ms))
         client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=names("k"), override=override))
     for g, paid in zip(scenario.grants, scenario.paid, strict=True):
         grant = contracts_pb2.Grant(
@@ -405,8 +422,15 @@ def build_oracle(scenario: WireScenario) -> ReferenceCredits:
     rates = [RRate(p.id, (), p.curve) for p in scenario.products]
     rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in scenario.products if p.specific is not None]
     overrides = [
-        ROverride(product_id, value if kind == "price" else None, value if kind == "multiplier" else None, match)
-        for product_id, match, kind, value in all_overrides(scenario)
+        ROverride(
+            o.product_id,
+            o.value if o.kind == "price" else None,
+            o.value if o.kind == "multiplier" else None,
+            o.match,
+            o.starting_at_ms,
+            o.ending_before_ms,
+        )
+        for o in all_overrides(scenario)
     ]
     grants = [
         RGrant(g.id, g.amount * PICOS, g.priority, g.products, g.starts_at_ms, g.expires_at_ms, n)
@@ -637,6 +661,11 @@ def client(server: ServerProcess) -> Iterator[TariffClient]:
 @PROFILE
 @given(scenario=wire_scenarios())
 def test_the_server_bills_as_the_oracle_does(client: TariffClient, scenario: WireScenario) -> None:
+    with decimal.localcontext(RATING):  # exact: sums of amounts reach 30 digits, past the default context's 28
+        bill_and_compare(client, scenario)
+
+
+def bill_and_compare(client: TariffClient, scenario: WireScenario) -> None:
     names = Names(f"w{next(_EXAMPLE_NUMBERS)}-")
     SPELLING["exponent"] = scenario.exponent
     create_catalogue(client, scenario, names)
