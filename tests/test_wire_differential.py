@@ -629,6 +629,27 @@ def check_invoice(client: TariffClient, scenario: WireScenario, oracle: Referenc
             Decimal(invoice.top_up_purchases),
             Decimal(invoice.total_due),
         ) == (subtotal, overage, due, top_ups, due + top_ups), period
+        got_balances = {
+            names.strip(b.grant_id): (Decimal(b.granted), Decimal(b.drawn), Decimal(b.remaining), Decimal(b.expired))
+            for b in invoice.grant_balances
+        }
+        assert got_balances == grant_balances(oracle, period), period
+
+
+def grant_balances(oracle: ReferenceCredits, period: tuple[int, int]) -> dict[str, tuple[Decimal, ...]]:
+    """An invoice's grant_balances: each grant started before the period's end, drawn by the usage of this period
+    and every earlier one; what it had left when it expired, if it did by the period's end."""
+    end_ms = period_start_ms((period[0] + period[1] // 12, period[1] % 12 + 1))
+    balances: dict[str, tuple[Decimal, ...]] = {}
+    for g in oracle.grants:
+        if g.starts_at_ms >= end_ms:
+            continue
+        drawn = sum((a.drawn.get(g.id, Decimal(0)) for k, a in oracle.aggregates.items() if k[0] <= period), Decimal(0))
+        expired = g.expires_at_ms is not None and g.expires_at_ms <= end_ms
+        broken = oracle.breakage.get(g.id, Decimal(0)) if expired else Decimal(0)
+        left = Decimal(0) if expired else g.amount - drawn
+        balances[g.id] = (credits(g.amount), credits(drawn), credits(left), credits(broken))
+    return balances
 
 
 def check_authorize(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
