@@ -607,7 +607,9 @@ func (x *Tier) GetFlatPrice() string {
 // contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), and a
 // price neither begins nor ends with whitespace: CreateDraftVersion refuses
 // any other as INVALID_ARGUMENT naming the field. Formulas are evaluated once,
-// at validation.
+// at validation, to 60 significant digits, and the price is that value
+// rounded half-even to 18 decimal places ("1 / 3" prices 0.333333333333333333),
+// where a decimal written with more than 18 places is refused, never rounded.
 type UnitPrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Price string                 `protobuf:"bytes,1,opt,name=price,proto3" json:"price,omitempty"`
