@@ -108,6 +108,10 @@ class WireScenario:
     grants: tuple[GrantSpec, ...]
     paid: tuple[Decimal | None, ...]  # per grant: PREPAID at this paid_amount, or PROMOTIONAL
     exponent: bool  # decimal strings written with an exponent ("1.25e-3") rather than plainly
+    # Fields left to their documented defaults where a value equals them (per_units 1, a tier's fees 0,
+    # overage_price 1, ALLOW, USD, a grant's starts_at at its contract's start and contract_id when customer_id
+    # names the customer), and rate keys written with "*" entries.
+    defaults: bool
     parameters: tuple[tuple[str, Decimal], ...]  # the version's
     formulas: tuple[tuple[str, str], ...]  # (product id, formula its default UNIT rate's price is written as)
     top_up: TopUp | None
@@ -230,6 +234,7 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         grants=grants,
         paid=tuple(draw(st.none() | decimals(0, 500, 2) | decimals(0, 9, 12)) for _ in grants),
         exponent=draw(st.booleans()),
+        defaults=draw(st.booleans()),
         parameters=parameters,
         formulas=formulas,
         top_up=draw(st.none() | top_ups()),
@@ -243,7 +248,9 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
 # Writing the world over the wire ----------------------------------------------------------------------------------
 
 
-SPELLING = {"exponent": False}  # how `text` writes: set per example (hypothesis runs one example at a time)
+# How requests are written (see WireScenario.exponent and .defaults): set per example (hypothesis runs one
+# example at a time).
+SPELLING = {"exponent": False, "defaults": False}
 
 
 def text(value: Decimal) -> str:
@@ -258,6 +265,18 @@ def text(value: Decimal) -> str:
     return f"{'-' if sign else ''}{mantissa}{'E' if power % 2 else 'e'}{power}"
 
 
+def field(value: Decimal, default: int) -> str:
+    """The field's text, or "" (its documented default) when the example leaves defaults out and it equals it."""
+    return "" if SPELLING["defaults"] and value == default else text(value)
+
+
+def key(product: ProductSpec, match: dict[str, str]) -> dict[str, str]:
+    """A rate key's match, with "*" for every other pricing dimension when the example writes them."""
+    if not SPELLING["defaults"]:
+        return match
+    return {d: match.get(d, "*") for d in product.dimensions if d in ("model", "region")}
+
+
 def stamp(ms: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000)
 
@@ -266,7 +285,7 @@ def wire_rate(product_id: str, curve: Curve, match: dict[str, str]) -> pricing_p
     rate = pricing_pb2.Rate(product_id=product_id, match=match)
     match curve.model:
         case "UNIT":
-            rate.unit.CopyFrom(pricing_pb2.UnitPrice(price=text(curve.price), per_units=text(curve.per_units)))
+            rate.unit.CopyFrom(pricing_pb2.UnitPrice(price=text(curve.price), per_units=field(curve.per_units, 1)))
         case "PACKAGE":
             rate.package.CopyFrom(
                 pricing_pb2.PackagePrice(package_size=text(curve.size), package_price=text(curve.price))
@@ -275,11 +294,14 @@ def wire_rate(product_id: str, curve: Curve, match: dict[str, str]) -> pricing_p
             rate.flat.CopyFrom(pricing_pb2.FlatPrice(price=text(curve.price)))
         case _:
             tiers = [
-                pricing_pb2.Tier(up_to="" if up is None else text(up), unit_price=text(price), flat_price=text(fee))
+                pricing_pb2.Tier(
+                    up_to="" if up is None else text(up), unit_price=field(price, 0), flat_price=field(fee, 0)
+                )
                 for up, price, fee in curve.tiers
             ]
             mode = pricing_pb2.VOLUME if curve.model == "VOLUME" else pricing_pb2.GRADUATED
-            rate.tiered.CopyFrom(pricing_pb2.TieredPrice(mode=mode, tiers=tiers, per_units=text(curve.per_units)))
+            tiered = pricing_pb2.TieredPrice(mode=mode, tiers=tiers, per_units=field(curve.per_units, 1))
+            rate.tiered.CopyFrom(tiered)
     return rate
 
 
@@ -310,11 +332,11 @@ def create_catalogue(client: TariffClient, scenario: WireScenario, names: Names)
         client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
     card = names("card")
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
-    rates = [wire_rate(names(p.id), p.curve, {}) for p in scenario.products]
+    rates = [wire_rate(names(p.id), p.curve, key(p, {})) for p in scenario.products]
     for rate, p in zip(rates, scenario.products, strict=True):
         if p.id in dict(scenario.formulas):
             rate.unit.price = dict(scenario.formulas)[p.id]
-    rates += [wire_rate(names(p.id), p.specific, {"model": "m1"}) for p in scenario.products if p.specific]
+    rates += [wire_rate(names(p.id), p.specific, key(p, {"model": "m1"})) for p in scenario.products if p.specific]
     draft = client.pricing.CreateDraftVersion(
         pricing_pb2.CreateDraftVersionRequest(
             rate_card_id=card, upsert_rates=rates, set_parameters={k: text(v) for k, v in scenario.parameters}
@@ -324,16 +346,21 @@ def create_catalogue(client: TariffClient, scenario: WireScenario, names: Names)
         pricing_pb2.PublishVersionRequest(rate_card_id=card, version=draft.version, effective_from=stamp(EPOCH_MS))
     )
     if scenario.second is not None:
-        publish_second(client, scenario.second, names)
+        publish_second(client, scenario, names)
 
 
-def publish_second(client: TariffClient, second: SecondVersion, names: Names) -> None:
+def publish_second(client: TariffClient, scenario: WireScenario, names: Names) -> None:
     card = names("card")
+    second = scenario.second
+    assert second is not None
+    product = {p.id: p for p in scenario.products}
     request = pricing_pb2.CreateDraftVersionRequest(
         rate_card_id=card,
         based_on_version=1,
-        upsert_rates=[wire_rate(names(product_id), curve, {}) for product_id, curve in second.upserts],
-        remove_rates=[pricing_pb2.RateKey(product_id=names(p), match={"model": "m1"}) for p in second.removed],
+        upsert_rates=[wire_rate(names(p), curve, key(product[p], {})) for p, curve in second.upserts],
+        remove_rates=[
+            pricing_pb2.RateKey(product_id=names(p), match=key(product[p], {"model": "m1"})) for p in second.removed
+        ],
         set_parameters={k: text(v) for k, v in second.parameters},
     )
     draft = client.pricing.CreateDraftVersion(request)
@@ -351,16 +378,16 @@ def all_overrides(scenario: WireScenario) -> list[Override]:
 
 def create_contract(client: TariffClient, scenario: WireScenario, names: Names) -> None:
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=names("acme"), name="acme"))
-    policy = contracts_pb2.BLOCK if scenario.block else contracts_pb2.ALLOW
+    allow = contracts_pb2.OVERAGE_POLICY_UNSPECIFIED if scenario.defaults else contracts_pb2.ALLOW
     client.contracts.CreateContract(
         contracts_pb2.CreateContractRequest(
             id=names("k"),
             customer_id=names("acme"),
             rate_card_id=names("card"),
             starting_at=stamp(EPOCH_MS),
-            overage_policy=policy,
-            overage_price=text(scenario.overage_price),
-            currency="USD",
+            overage_policy=contracts_pb2.BLOCK if scenario.block else allow,
+            overage_price=field(scenario.overage_price, 1),
+            currency="" if scenario.defaults else "USD",
         )
     )
     for n, o in enumerate(all_overrides(scenario)):
@@ -377,14 +404,18 @@ def create_contract(client: TariffClient, scenario: WireScenario, names: Names) 
     for g, paid in zip(scenario.grants, scenario.paid, strict=True):
         grant = contracts_pb2.Grant(
             id=names(g.id),
-            contract_id=names("k"),
             kind=contracts_pb2.PROMOTIONAL if paid is None else contracts_pb2.PREPAID,
             amount=text(g.amount),
             paid_amount="" if paid is None else text(paid),
             priority=g.priority,
             applicable_product_ids=[names(p) for p in g.products],
-            starts_at=stamp(g.starts_at_ms),
         )
+        if scenario.defaults:
+            grant.customer_id = names("acme")  # the contract in force now: the one from EPOCH_MS
+        else:
+            grant.contract_id = names("k")
+        if not scenario.defaults or g.starts_at_ms != EPOCH_MS:
+            grant.starts_at.CopyFrom(stamp(g.starts_at_ms))
         if g.expires_at_ms is not None:
             grant.expires_at.CopyFrom(stamp(g.expires_at_ms))
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
@@ -689,6 +720,7 @@ def test_the_server_bills_as_the_oracle_does(client: TariffClient, scenario: Wir
 def bill_and_compare(client: TariffClient, scenario: WireScenario) -> None:
     names = Names(f"w{next(_EXAMPLE_NUMBERS)}-")
     SPELLING["exponent"] = scenario.exponent
+    SPELLING["defaults"] = scenario.defaults
     create_catalogue(client, scenario, names)
     create_contract(client, scenario, names)
     oracle = build_oracle(scenario)
