@@ -144,14 +144,14 @@ export type Tier = Message<"tariff.v1.Tier"> & {
   upTo: string;
 
   /**
-   * Decimal or formula: price per per_units within the tier.
+   * Decimal or formula: price per per_units within the tier; "0" when empty.
    *
    * @generated from field: string unit_price = 2;
    */
   unitPrice: string;
 
   /**
-   * Decimal or formula: added once when the tier is entered.
+   * Decimal or formula: added once when the tier is entered; "0" when empty.
    *
    * @generated from field: string flat_price = 3;
    */
@@ -217,6 +217,8 @@ export type TieredPrice = Message<"tariff.v1.TieredPrice"> & {
   tiers: Tier[];
 
   /**
+   * Decimal or formula; "1" when empty: tier prices are per this many units.
+   *
    * @generated from field: string per_units = 3;
    */
   perUnits: string;
