@@ -673,7 +673,13 @@ class ReferenceRating:
         reason = self._invalid(event, received_ms)
         if reason:
             return reason
-        content = (event.event_type, event.timestamp_ms, tuple(sorted(event.dimensions)), tuple(sorted(event.values)))
+        content = (
+            event.event_type,
+            event.timestamp_ms,
+            tuple(sorted(event.dimensions)),
+            tuple(sorted(event.values)),
+            event.reservation_id,  # content too: the same id naming another reservation is a conflict
+        )
         if event.customer_id != self.customer_id:
             return "UNKNOWN_CUSTOMER"
         prior = self.accepted.get(event.transaction_id)
@@ -1138,7 +1144,13 @@ class ReferenceCredits(ReferenceRating):
         return outcome, notice
 
     def _dedupe(self, event: REvent, received_ms: int) -> str:
-        content = (event.event_type, event.timestamp_ms, tuple(sorted(event.dimensions)), tuple(sorted(event.values)))
+        content = (
+            event.event_type,
+            event.timestamp_ms,
+            tuple(sorted(event.dimensions)),
+            tuple(sorted(event.values)),
+            event.reservation_id,  # content too: the same id naming another reservation is a conflict
+        )
         prior = self.accepted.get(event.transaction_id)
         if prior is not None and received_ms - prior[0] < self.dedupe_window_ms:
             return "duplicate" if prior[1] == content else "DUPLICATE_CONFLICT"

@@ -70,6 +70,15 @@ class WireEvent:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Authorize(reserve=true) of this usage at the time it is made, for an hour; released at once, or not."""
+
+    reservation_id: str
+    usage: REvent
+    release: bool
+
+
+@dataclass(frozen=True)
 class TopUp:
     threshold: Decimal
     recharge_to: Decimal
@@ -116,6 +125,7 @@ class WireScenario:
     formulas: tuple[tuple[str, str], ...]  # (product id, formula its default UNIT rate's price is written as)
     top_up: TopUp | None
     second: SecondVersion | None
+    holds: tuple[Hold, ...]  # made (and some released) before any usage is sent
     batches: tuple[tuple[WireEvent, ...], ...]
     streamed: tuple[bool, ...]  # per batch: sent on the IngestUsage stream rather than IngestUsageBatch
     probe: REvent
@@ -200,7 +210,21 @@ def more_overrides(draw: st.DrawFn, catalogue: tuple[ProductSpec, ...]) -> tuple
 @st.composite
 def wire_events(draw: st.DrawFn, index: int) -> WireEvent:
     when = draw(st.sampled_from(["", "", "", "", "", "", "recent", "future"]))
-    return WireEvent(draw(events(index)), when)
+    usage = draw(events(index))
+    # Some settle a hold (r0, r1), or name one never made (r9).
+    reservation_id = draw(st.sampled_from(["", "", "", "", "", "r0", "r1", "r9"]))
+    return WireEvent(dataclasses.replace(usage, reservation_id=reservation_id), when)
+
+
+@st.composite
+def holds(draw: st.DrawFn) -> tuple[Hold, ...]:
+    made = []
+    for n in range(draw(st.integers(0, 2))):
+        usage = draw(events(0))
+        values = (("a", float(draw(st.integers(0, 500)))), ("b", draw(st.sampled_from([0.5, 12.0]))))
+        usage = REvent(f"hold{n}", "acme", usage.event_type, 0, usage.dimensions, values)
+        made.append(Hold(f"r{n}", usage, draw(st.integers(0, 3)) == 0))
+    return tuple(made)
 
 
 @st.composite
@@ -220,8 +244,12 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         for n in range(draw(st.integers(0, 3)))
     )
     all_events = [draw(wire_events(i)) for i in range(draw(st.integers(1, 25)))]
-    for _ in range(draw(st.integers(0, 3))):  # identical resends
-        all_events.append(all_events[draw(st.integers(0, len(all_events) - 1))])
+    for _ in range(draw(st.integers(0, 3))):  # resends: identical, or naming another reservation (a conflict)
+        resent = all_events[draw(st.integers(0, len(all_events) - 1))]
+        if draw(st.integers(0, 3)) == 0:
+            other = "r1" if resent.event.reservation_id != "r1" else ""
+            resent = WireEvent(dataclasses.replace(resent.event, reservation_id=other), resent.when)
+        all_events.append(resent)
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(all_events) - 1)), max_size=3)))
     batches = tuple(tuple(all_events[a:b]) for a, b in zip([0, *cuts], [*cuts, len(all_events)], strict=True) if a < b)
     probe = draw(events(0))
@@ -239,6 +267,7 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         formulas=formulas,
         top_up=draw(st.none() | top_ups()),
         second=draw(st.none() | second_versions(catalogue)),
+        holds=draw(holds()),
         batches=batches,
         streamed=tuple(draw(st.booleans()) for _ in batches),
         probe=probe,
@@ -528,6 +557,7 @@ def to_wire(event: REvent, names: Names) -> usage_pb2.UsageEvent:
         timestamp_ms=event.timestamp_ms,
         dimensions=dict(event.dimensions),
         values=dict(event.values),
+        reservation_id=names(event.reservation_id) if event.reservation_id else "",
     )
 
 
@@ -551,9 +581,12 @@ def to_minor(value: Decimal) -> Decimal:
 # Comparing ----------------------------------------------------------------------------------------------------
 
 
+Outcome = tuple[str, str]  # as ingest answers it, and the notice ("" or how the named reservation stands)
+
+
 def ingest(
     client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names
-) -> Iterator[tuple[usage_pb2.IngestAck, list[REvent], list[str]]]:
+) -> Iterator[tuple[usage_pb2.IngestAck, list[REvent], list[Outcome]]]:
     """Sends the batches (a run of streamed ones on one IngestUsage call), yielding each ack with the events as
     sent and the oracle's outcomes for them."""
     index = 0
@@ -573,17 +606,31 @@ def ingest(
             acks = [client.usage.IngestUsageBatch(requests[0])]
         assert len(acks) == len(batches)
         for ack, batch in zip(acks, batches, strict=True):
-            yield ack, batch, [oracle.ingest_reserving(e, sent_ms)[0] for e in batch]
+            yield ack, batch, [oracle.ingest_reserving(e, sent_ms) for e in batch]
         index += run
 
 
-def check_ack(ack: usage_pb2.IngestAck, batch: list[REvent], outcomes: list[str], names: Names) -> None:
+NOTICES = {
+    "unknown": "NOTICE_RESERVATION_UNKNOWN",
+    "settled": "NOTICE_RESERVATION_ALREADY_SETTLED",
+    "released": "NOTICE_RESERVATION_RELEASED",
+    "expired": "NOTICE_RESERVATION_EXPIRED",
+}
+
+
+def check_ack(ack: usage_pb2.IngestAck, batch: list[REvent], answers: list[Outcome], names: Names) -> None:
+    outcomes = [outcome for outcome, _ in answers]
     rejected = [(r.index, names.strip(r.transaction_id), usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
     expected = [(i, batch[i].transaction_id, o) for i, o in enumerate(outcomes) if o not in ("accepted", "duplicate")]
-    assert (ack.accepted, ack.duplicates, rejected) == (
+    notices = [(n.index, names.strip(n.reservation_id), usage_pb2.NoticeReason.Name(n.reason)) for n in ack.notices]
+    expected_notices = [
+        (i, batch[i].reservation_id, NOTICES[notice]) for i, (_, notice) in enumerate(answers) if notice
+    ]
+    assert (ack.accepted, ack.duplicates, rejected, notices) == (
         outcomes.count("accepted"),
         outcomes.count("duplicate"),
         expected,
+        expected_notices,
     ), [dataclasses.astuple(e) for e in batch]
 
 
@@ -597,25 +644,40 @@ def check_balance(client: TariffClient, scenario: WireScenario, oracle: Referenc
             Decimal(g.remaining),
             Decimal(g.expired),
             Decimal(g.recognized_revenue),
+            Decimal(g.held),
         )
         for g in balance.grants
     }
     expected = {}
     paid = paid_amounts(scenario, oracle)
     for g in oracle.grants:
-        broken = oracle.breakage.get(g.id, Decimal(0))
-        drawn = credits(g.amount - g.remaining - broken)
+        # The oracle's remaining is what new usage may draw; the server's includes what holds keep (balance.proto).
+        broken, held = oracle.breakage.get(g.id, Decimal(0)), oracle.held(g.id)
+        drawn = credits(g.amount - g.remaining - held - broken)
         recognized = round_pico(RATING.divide(RATING.multiply(drawn, paid[g.id]), credits(g.amount)))
-        expected[g.id] = (credits(g.amount), drawn, credits(g.remaining), credits(broken), recognized)
+        expected[g.id] = (
+            credits(g.amount),
+            drawn,
+            credits(g.remaining + held),
+            credits(broken),
+            recognized,
+            credits(held),
+        )
     assert got == expected
     overage = credits(oracle.overage.get(period, Decimal(0)))
+    available = sum((g.remaining for g in oracle.grants), start=Decimal(0))
+    held = sum((oracle.held(g.id) for g in oracle.grants), start=Decimal(0))
     assert (
         Decimal(balance.credits_remaining),
+        Decimal(balance.credits_held),
+        Decimal(balance.credits_available),
         Decimal(balance.period_charges),
         Decimal(balance.overage_amount),
         Decimal(balance.overage_due),
     ) == (
-        credits(sum((g.remaining for g in oracle.grants), start=Decimal(0))),
+        credits(available + held),
+        credits(held),
+        credits(available),
         credits(oracle.charges.get(period, Decimal(0))),
         overage,
         overage * scenario.overage_price,
@@ -683,6 +745,37 @@ def grant_balances(oracle: ReferenceCredits, period: tuple[int, int]) -> dict[st
     return balances
 
 
+def make_holds(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
+    for hold in scenario.holds:
+        usage = dataclasses.replace(hold.usage, timestamp_ms=now_ms())
+        decision = oracle.reserve(hold.reservation_id, usage, HOUR_MS)
+        assert isinstance(decision, tuple)
+        allowed, reason, cost = decision
+        event(f"hold {reason}")
+        try:
+            answer = client.authorize(
+                names("acme"),
+                names(usage.event_type),
+                dict(usage.dimensions),
+                dict(usage.values),
+                reserve=True,
+                reservation_ttl_s=HOUR_MS / 1000,
+                reservation_id=names(hold.reservation_id),
+            )
+        except TariffError as exc:
+            assert (exc.code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), exc
+            continue
+        got = (answer.allowed, answer.reason, Decimal(answer.estimated_cost))
+        assert got == (allowed, reason, credits(Decimal(cost))), hold
+        if allowed and hold.release:
+            released = oracle.release(hold.reservation_id)
+            assert isinstance(released, Decimal)
+            request = balance_pb2.ReleaseReservationRequest(
+                customer_id=names("acme"), reservation_id=names(hold.reservation_id)
+            )
+            assert Decimal(client.balance.ReleaseReservation(request).released_amount) == credits(released)
+
+
 def check_authorize(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
     probe = dataclasses.replace(scenario.probe, timestamp_ms=now_ms())
     allowed, reason, cost = oracle.authorize(probe)
@@ -726,10 +819,11 @@ def bill_and_compare(client: TariffClient, scenario: WireScenario) -> None:
     oracle = build_oracle(scenario)
     wait_for_breakage(client, scenario, names)
     oracle.advance(now_ms())
-    for ack, batch, outcomes in ingest(client, scenario, oracle, names):
-        check_ack(ack, batch, outcomes, names)
-        for outcome in outcomes:
-            event(f"outcome {outcome}")
+    make_holds(client, scenario, oracle, names)
+    for ack, batch, answers in ingest(client, scenario, oracle, names):
+        check_ack(ack, batch, answers, names)
+        for outcome, notice in answers:
+            event(f"outcome {outcome} {notice}")
     oracle.credits_conserved()
     event(f"top-ups bought {min(len(oracle.purchases), 2)}+")
     check_balance(client, scenario, oracle, names)
