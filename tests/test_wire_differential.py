@@ -1,15 +1,20 @@
 """A real server process against the hand-written oracle (tests/reference_billing.py), over the wire.
 
 tests/test_kernel_differential.py feeds the kernel tables the control plane compiled in-process; this test goes
-through the admin RPCs instead, as a client would: each generated world (the kernel test's catalogue, events and
-overrides; grants here with expiries in the past, which the server breaks at its next AdvanceClock, or in the
-future) is created with PricingService and ContractService calls (money as decimal strings, up to 18 decimal
-places for prices and 12 for grant amounts), its usage sent over IngestUsageBatch and the IngestUsage stream
-(duplicates, conflicts, invalid values, events before the contract, in the future, of an unknown customer), and
-every ack, GetBalance, PreviewInvoice of each billed period and an Authorize must equal what the oracle computes.
+through the admin RPCs instead, as a client would, so that a defect in how the server reads requests and compiles
+its tables shows. Each generated world is the kernel test's catalogue (every aggregation and price model, filters,
+a model=m1 rate, an override per product) and events, plus: UNIT prices with 18 decimal places and formulas over
+parameters; a second version based on the first (new rates, removed ones, parameters set again) effective from a
+later hour; more overrides (on model=m1, replacing earlier ones, in force for a window of time); PROMOTIONAL and
+PREPAID grants with 12 decimal places, expiring long ago (the server breaks them at its next AdvanceClock) or in
+the future; a top-up policy; holds, some released. Requests write decimals plainly or with exponents, and leave
+fields to their documented defaults or not. Usage goes over IngestUsageBatch and the IngestUsage stream
+(identical resends, conflicts, invalid and extreme values, events before the contract, in the future, of an
+unknown customer, naming holds); every ack (outcomes, reasons, notices), GetBalance, each billed period's
+PreviewInvoice (lines, totals, grant balances) and an Authorize must equal what the oracle computes, exactly.
 
-One server for the module; every example uses ids, event types and transaction ids of its own prefix, so that
-no example sees another's products or events. Short budget by default; TARIFF_WIRE_EXAMPLES raises it (make soak).
+One server for the module; every example uses ids, event types, transaction and reservation ids of its own
+prefix, so that no example sees another's. Short budget by default; TARIFF_WIRE_EXAMPLES raises it (make soak).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from tests.reference_billing import (
 from tests.serverproc import ServerProcess
 from tests.test_kernel_differential import DAY_MS, PICOS, GrantSpec, ProductSpec, curves, decimals, events, products
 
-EXAMPLES = int(os.environ.get("TARIFF_WIRE_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("TARIFF_WIRE_EXAMPLES", "40"))
 PROFILE = settings(
     max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
@@ -684,13 +689,18 @@ def check_balance(client: TariffClient, scenario: WireScenario, oracle: Referenc
     )
 
 
-def expected_lines(oracle: ReferenceCredits, period: tuple[int, int]) -> dict[tuple[str, tuple[str, ...]], object]:
-    lines: dict[tuple[str, tuple[str, ...]], object] = {}
+LineKey = tuple[str, tuple[str, ...]]  # product id, its pricing dimensions' values ("" for one not given)
+Line = tuple[Decimal, int, Decimal, Decimal, dict[str, Decimal], Decimal]  # ... overage, credits, amount due
+
+
+def expected_lines(oracle: ReferenceCredits, period: tuple[int, int], overage_price: Decimal) -> dict[LineKey, Line]:
+    lines: dict[LineKey, Line] = {}
     for (at, product_id, dimensions), a in oracle.aggregates.items():
         if at != period or a.events == 0:
             continue
         drawn = {g: credits(c) for g, c in a.drawn.items() if c}
-        lines[(product_id, dimensions)] = (a.quantity, a.events, credits(a.amount), credits(a.overage), drawn)
+        due = to_minor(credits(a.overage) * overage_price)
+        lines[(product_id, dimensions)] = (a.quantity, a.events, credits(a.amount), credits(a.overage), drawn, due)
     return lines
 
 
@@ -701,15 +711,17 @@ def check_invoice(client: TariffClient, scenario: WireScenario, oracle: Referenc
         invoice = client.invoices.PreviewInvoice(
             invoices_pb2.PreviewInvoiceRequest(customer_id=names("acme"), period_start=stamp(period_start_ms(period)))
         )
-        got: dict[tuple[str, tuple[str, ...]], object] = {}
+        got: dict[LineKey, Line] = {}
         for line in invoice.lines:
             product_id = names.strip(line.product_id)
             key = (product_id, tuple(line.dimensions.get(d, "") for d in dimensions_of[product_id]))
             drawn = {names.strip(c.grant_id): Decimal(c.credits) for c in line.credits_applied}
-            got[key] = (Decimal(line.quantity), line.events, Decimal(line.amount), Decimal(line.overage), drawn)
-        expected = expected_lines(oracle, period)
+            amounts = (Decimal(line.amount), Decimal(line.overage))
+            got[key] = (Decimal(line.quantity), line.events, *amounts, drawn, Decimal(line.amount_due))
+        expected = expected_lines(oracle, period, scenario.overage_price)
         event(f"invoice lines {min(len(expected), 3)}+")
         assert got == expected, period
+        check_invoice_credits(invoice, expected, names)
         overage = sum((credits(a.overage) for k, a in oracle.aggregates.items() if k[0] == period), start=Decimal(0))
         subtotal = sum((credits(a.amount) for k, a in oracle.aggregates.items() if k[0] == period), start=Decimal(0))
         due = to_minor(overage * scenario.overage_price)
@@ -727,6 +739,18 @@ def check_invoice(client: TariffClient, scenario: WireScenario, oracle: Referenc
             for b in invoice.grant_balances
         }
         assert got_balances == grant_balances(oracle, period), period
+
+
+def check_invoice_credits(invoice: invoices_pb2.Invoice, lines: dict[LineKey, Line], names: Names) -> None:
+    """The invoice's credits_applied (the lines' per grant) and rounding_adjustment (overage_due minus the lines'
+    rounded amounts due)."""
+    applied: dict[str, Decimal] = {}
+    for line in lines.values():
+        for grant_id, amount in line[4].items():
+            applied[grant_id] = applied.get(grant_id, Decimal(0)) + amount
+    got = {names.strip(c.grant_id): Decimal(c.credits) for c in invoice.credits_applied}
+    adjustment = Decimal(invoice.overage_due) - sum((line[5] for line in lines.values()), start=Decimal(0))
+    assert (got, Decimal(invoice.rounding_adjustment)) == ({g: c for g, c in applied.items() if c}, adjustment)
 
 
 def grant_balances(oracle: ReferenceCredits, period: tuple[int, int]) -> dict[str, tuple[Decimal, ...]]:
