@@ -131,6 +131,9 @@ class WireScenario:
     top_up: TopUp | None
     second: SecondVersion | None
     holds: tuple[Hold, ...]  # made (and some released) before any usage is sent
+    # When the server is killed (-9) and restarted on its data, so that the rest is compared after a replay of
+    # the journal (every example's so far): "", "setup" (before usage) or "usage" (before the reads).
+    crash: str
     batches: tuple[tuple[WireEvent, ...], ...]
     streamed: tuple[bool, ...]  # per batch: sent on the IngestUsage stream rather than IngestUsageBatch
     probe: REvent
@@ -273,6 +276,7 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         top_up=draw(st.none() | top_ups()),
         second=draw(st.none() | second_versions(catalogue)),
         holds=draw(holds()),
+        crash=draw(st.sampled_from([""] * 10 + ["setup", "usage"])),
         batches=batches,
         streamed=tuple(draw(st.booleans()) for _ in batches),
         probe=probe,
@@ -829,12 +833,20 @@ def client(server: ServerProcess) -> Iterator[TariffClient]:
 
 @PROFILE
 @given(scenario=wire_scenarios())
-def test_the_server_bills_as_the_oracle_does(client: TariffClient, scenario: WireScenario) -> None:
+def test_the_server_bills_as_the_oracle_does(
+    server: ServerProcess, client: TariffClient, scenario: WireScenario
+) -> None:
     with decimal.localcontext(RATING):  # exact: sums of amounts reach 30 digits, past the default context's 28
-        bill_and_compare(client, scenario)
+        bill_and_compare(server, client, scenario)
 
 
-def bill_and_compare(client: TariffClient, scenario: WireScenario) -> None:
+def crash_and_restart(server: ServerProcess, client: TariffClient) -> None:
+    server.kill9()
+    server.restart()
+    client.wait_ready()
+
+
+def bill_and_compare(server: ServerProcess, client: TariffClient, scenario: WireScenario) -> None:
     names = Names(f"w{next(_EXAMPLE_NUMBERS)}-")
     SPELLING["exponent"] = scenario.exponent
     SPELLING["defaults"] = scenario.defaults
@@ -844,11 +856,15 @@ def bill_and_compare(client: TariffClient, scenario: WireScenario) -> None:
     wait_for_breakage(client, scenario, names)
     oracle.advance(now_ms())
     make_holds(client, scenario, oracle, names)
+    if scenario.crash == "setup":
+        crash_and_restart(server, client)
     for ack, batch, answers in ingest(client, scenario, oracle, names):
         check_ack(ack, batch, answers, names)
         for outcome, notice in answers:
             event(f"outcome {outcome} {notice}")
     oracle.credits_conserved()
+    if scenario.crash == "usage":
+        crash_and_restart(server, client)
     event(f"top-ups bought {min(len(oracle.purchases), 2)}+")
     check_balance(client, scenario, oracle, names)
     check_invoice(client, scenario, oracle, names)
