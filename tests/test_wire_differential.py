@@ -23,6 +23,7 @@ import dataclasses
 import decimal
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -485,7 +486,7 @@ def wait_for_breakage(client: TariffClient, scenario: WireScenario, names: Names
     deadline = time.monotonic() + 10
     while expired:
         balance = client.get_balance(names("acme"))
-        if all(Decimal(g.remaining) == 0 for g in balance.grants if g.grant_id in expired):
+        if all(read(g.remaining) == 0 for g in balance.grants if g.grant_id in expired):
             return
         assert time.monotonic() < deadline, f"grants {sorted(expired)} not broken: {balance}"
         time.sleep(0.02)
@@ -581,6 +582,24 @@ def to_wire(event: REvent, names: Names) -> usage_pb2.UsageEvent:
     )
 
 
+CANONICAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?")
+
+
+def read(text: str) -> Decimal:
+    """An amount the server wrote: in the decimal grammar without an exponent or trailing zeros (contracts.proto)."""
+    assert CANONICAL.fullmatch(text) and text != "-0", f"{text!r} is not an amount as the server writes them"
+    return Decimal(text)
+
+
+DUE = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]{2}")
+
+
+def read_due(text: str) -> Decimal:
+    """An amount due in USD: written with exactly its minor unit's 2 places ("12.30"; README "Minor units")."""
+    assert DUE.fullmatch(text) and text != "-0.00", f"{text!r} is not an amount due as the server writes them"
+    return Decimal(text)
+
+
 def credits(picos: Decimal) -> Decimal:
     return picos / PICOS
 
@@ -659,12 +678,12 @@ def check_balance(client: TariffClient, scenario: WireScenario, oracle: Referenc
     period = period_of(now_ms())
     got = {
         names.strip(g.grant_id): (
-            Decimal(g.amount),
-            Decimal(g.drawn),
-            Decimal(g.remaining),
-            Decimal(g.expired),
-            Decimal(g.recognized_revenue),
-            Decimal(g.held),
+            read(g.amount),
+            read(g.drawn),
+            read(g.remaining),
+            read(g.expired),
+            read(g.recognized_revenue),
+            read(g.held),
         )
         for g in balance.grants
     }
@@ -688,12 +707,12 @@ def check_balance(client: TariffClient, scenario: WireScenario, oracle: Referenc
     available = sum((g.remaining for g in oracle.grants), start=Decimal(0))
     held = sum((oracle.held(g.id) for g in oracle.grants), start=Decimal(0))
     assert (
-        Decimal(balance.credits_remaining),
-        Decimal(balance.credits_held),
-        Decimal(balance.credits_available),
-        Decimal(balance.period_charges),
-        Decimal(balance.overage_amount),
-        Decimal(balance.overage_due),
+        read(balance.credits_remaining),
+        read(balance.credits_held),
+        read(balance.credits_available),
+        read(balance.period_charges),
+        read(balance.overage_amount),
+        read(balance.overage_due),
     ) == (
         credits(available + held),
         credits(held),
@@ -732,10 +751,10 @@ def check_invoice(client: TariffClient, scenario: WireScenario, oracle: Referenc
             key = (product_id, tuple(line.dimensions.get(d, "") for d in dimensions_of[product_id]))
             # Every pricing dimension, one the events lacked as "" (line_id: "per pricing dimension").
             assert sorted(line.dimensions) == sorted(dimensions_of[product_id]), line.line_id
-            drawn = {names.strip(c.grant_id): Decimal(c.credits) for c in line.credits_applied}
+            drawn = {names.strip(c.grant_id): read(c.credits) for c in line.credits_applied}
             assert line.line_id == expected_line_id(line.product_id, dict(line.dimensions)), line.line_id
-            amounts = (Decimal(line.amount), Decimal(line.overage))
-            got[key] = (Decimal(line.quantity), line.events, *amounts, drawn, Decimal(line.amount_due))
+            amounts = (read(line.amount), read(line.overage))
+            got[key] = (read(line.quantity), line.events, *amounts, drawn, read_due(line.amount_due))
         expected = expected_lines(oracle, period, scenario.overage_price)
         event(f"invoice lines {min(len(expected), 3)}+")
         assert got == expected, period
@@ -746,14 +765,14 @@ def check_invoice(client: TariffClient, scenario: WireScenario, oracle: Referenc
         paid = paid_amounts(scenario, oracle)
         top_ups = to_minor(sum((paid[grant_id] for at, grant_id, _ in oracle.purchases if at == period), Decimal(0)))
         assert (
-            Decimal(invoice.subtotal),
-            Decimal(invoice.overage_amount),
-            Decimal(invoice.overage_due),
-            Decimal(invoice.top_up_purchases),
-            Decimal(invoice.total_due),
+            read(invoice.subtotal),
+            read(invoice.overage_amount),
+            read_due(invoice.overage_due),
+            read_due(invoice.top_up_purchases),
+            read_due(invoice.total_due),
         ) == (subtotal, overage, due, top_ups, due + top_ups), period
         got_balances = {
-            names.strip(b.grant_id): (Decimal(b.granted), Decimal(b.drawn), Decimal(b.remaining), Decimal(b.expired))
+            names.strip(b.grant_id): (read(b.granted), read(b.drawn), read(b.remaining), read(b.expired))
             for b in invoice.grant_balances
         }
         assert got_balances == grant_balances(oracle, period), period
@@ -775,9 +794,9 @@ def check_invoice_credits(invoice: invoices_pb2.Invoice, lines: dict[LineKey, Li
     for line in lines.values():
         for grant_id, amount in line[4].items():
             applied[grant_id] = applied.get(grant_id, Decimal(0)) + amount
-    got = {names.strip(c.grant_id): Decimal(c.credits) for c in invoice.credits_applied}
-    adjustment = Decimal(invoice.overage_due) - sum((line[5] for line in lines.values()), start=Decimal(0))
-    assert (got, Decimal(invoice.rounding_adjustment)) == ({g: c for g, c in applied.items() if c}, adjustment)
+    got = {names.strip(c.grant_id): read(c.credits) for c in invoice.credits_applied}
+    adjustment = read_due(invoice.overage_due) - sum((line[5] for line in lines.values()), start=Decimal(0))
+    assert (got, read_due(invoice.rounding_adjustment)) == ({g: c for g, c in applied.items() if c}, adjustment)
 
 
 def grant_balances(oracle: ReferenceCredits, period: tuple[int, int]) -> dict[str, tuple[Decimal, ...]]:
@@ -816,7 +835,7 @@ def make_holds(client: TariffClient, scenario: WireScenario, oracle: ReferenceCr
         except TariffError as exc:
             assert (exc.code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), exc
             continue
-        got = (answer.allowed, answer.reason, Decimal(answer.estimated_cost))
+        got = (answer.allowed, answer.reason, read(answer.estimated_cost))
         assert got == (allowed, reason, credits(Decimal(cost))), hold
         if allowed and hold.release:
             released = oracle.release(hold.reservation_id)
@@ -824,7 +843,7 @@ def make_holds(client: TariffClient, scenario: WireScenario, oracle: ReferenceCr
             request = balance_pb2.ReleaseReservationRequest(
                 customer_id=names("acme"), reservation_id=names(hold.reservation_id)
             )
-            assert Decimal(client.balance.ReleaseReservation(request).released_amount) == credits(released)
+            assert read(client.balance.ReleaseReservation(request).released_amount) == credits(released)
 
 
 def check_authorize(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
@@ -837,7 +856,7 @@ def check_authorize(client: TariffClient, scenario: WireScenario, oracle: Refere
         assert (exc.code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), exc
         return
     assert isinstance(answer, balance_pb2.AuthorizeResponse)
-    assert (answer.allowed, answer.reason, Decimal(answer.estimated_cost)) == (allowed, reason, credits(Decimal(cost)))
+    assert (answer.allowed, answer.reason, read(answer.estimated_cost)) == (allowed, reason, credits(Decimal(cost)))
 
 
 @pytest.fixture(scope="module")
