@@ -873,6 +873,7 @@ def client(server: ServerProcess) -> Iterator[TariffClient]:
         yield connected
 
 
+@pytest.mark.timeout(max(300, 2 * EXAMPLES))  # make soak's examples take longer than pytest's 300 s
 @PROFILE
 @given(scenario=wire_scenarios())
 def test_the_server_bills_as_the_oracle_does(
