@@ -194,14 +194,16 @@ LOADTEST_S ?= 30
 loadtest: install
 	LOADTEST_S=$(LOADTEST_S) $(PY) loadtests/run.py
 
-# The kernel's property and differential tests with more cases, the full fault soak (50 x kill -9 under
-# streaming load with retries, checked against a recomputation of the journal; 20 min on the 2-core development
-# machine, see README "Figures") and the hostile-input fuzz with more examples (`make test` runs short versions).
+# The kernel's property and differential tests and the server's wire differential with more cases, the full
+# fault soak (50 x kill -9 under streaming load with retries, checked against a recomputation of the journal;
+# 20 min on the 2-core development machine, see README "Figures") and the hostile-input fuzz with more examples
+# (`make test` runs short versions).
 SOAK_SEED ?= 1
 FUZZ_EXAMPLES ?= 100
 soak: install
 	cd $(KERNEL_DIR) && TARIFF_PROPTEST_CASES=2000 cargo test --quiet
-	TARIFF_KERNEL_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_kernel_differential.py tests/test_kernel_properties.py
+	TARIFF_KERNEL_EXAMPLES=2000 TARIFF_WIRE_EXAMPLES=500 $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_kernel_differential.py tests/test_kernel_properties.py tests/test_wire_differential.py
 	$(PY) -m tests.soak --crashes 50 --clients 3 --seed $(SOAK_SEED) --out soak.json
 	TARIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -s tests/test_fuzz_server.py
 

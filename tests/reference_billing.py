@@ -559,6 +559,18 @@ class ROverride:
     product_id: str
     price: Decimal | None
     multiplier: Decimal | None
+    # Dimension -> value an event must have (no "*"); empty matches every event of the product.
+    match: tuple[tuple[str, str], ...] = ()
+    # The window the event's own timestamp must lie in (None: from the contract's start, open-ended).
+    starting_at_ms: int | None = None
+    ending_before_ms: int | None = None
+
+    def covers(self, dimensions: dict[str, str], ts_ms: int) -> bool:
+        if any(dimensions.get(k) != v for k, v in self.match):
+            return False
+        return (self.starting_at_ms is None or self.starting_at_ms <= ts_ms) and (
+            self.ending_before_ms is None or ts_ms < self.ending_before_ms
+        )
 
 
 @dataclasses.dataclass
@@ -661,7 +673,13 @@ class ReferenceRating:
         reason = self._invalid(event, received_ms)
         if reason:
             return reason
-        content = (event.event_type, event.timestamp_ms, tuple(sorted(event.dimensions)), tuple(sorted(event.values)))
+        content = (
+            event.event_type,
+            event.timestamp_ms,
+            tuple(sorted(event.dimensions)),
+            tuple(sorted(event.values)),
+            event.reservation_id,  # content too: the same id naming another reservation is a conflict
+        )
         if event.customer_id != self.customer_id:
             return "UNKNOWN_CUSTOMER"
         prior = self.accepted.get(event.transaction_id)
@@ -703,10 +721,21 @@ class ReferenceRating:
             if r.product_id == product.id and all(dimensions.get(k) == v for k, v in r.match)
         ]
         curve = max(matching, key=lambda r: len(r.match)).curve
-        override = next((o for o in reversed(self.overrides) if o.product_id == product.id), None)
+        override = self._override(product, dimensions, ts_ms)
         if override is not None and override.price is not None:
             curve = curve.overridden(override.price)
         return curve
+
+    def _override(self, product: RProduct, dimensions: dict[str, str], ts_ms: int) -> ROverride | None:
+        """The override pricing the product's usage with these dimensions at ts_ms: of those matching whose window
+        holds it, the most specific (most match entries), and of equally specific ones the one added last."""
+        chosen: ROverride | None = None
+        for override in self.overrides:  # in the order they were added
+            if override.product_id != product.id or not override.covers(dimensions, ts_ms):
+                continue
+            if chosen is None or len(override.match) >= len(chosen.match):
+                chosen = override
+        return chosen
 
     def _plan(self, event: REvent) -> list[Plan] | str:
         dimensions = dict(event.dimensions)
@@ -732,7 +761,7 @@ class ReferenceRating:
             aggregate = self.aggregates.get(key, RAggregate())
             after = self._after(product.aggregation, aggregate, measure, event.timestamp_ms)
             curve = self._curve(product, dimensions, event.timestamp_ms)
-            override = next((o for o in reversed(self.overrides) if o.product_id == product.id), None)
+            override = self._override(product, dimensions, event.timestamp_ms)
             multiplier = override.multiplier if override is not None and override.multiplier is not None else Decimal(1)
 
             def picos(quantity: Decimal, curve: Curve = curve, multiplier: Decimal = multiplier) -> Decimal:
@@ -1115,7 +1144,13 @@ class ReferenceCredits(ReferenceRating):
         return outcome, notice
 
     def _dedupe(self, event: REvent, received_ms: int) -> str:
-        content = (event.event_type, event.timestamp_ms, tuple(sorted(event.dimensions)), tuple(sorted(event.values)))
+        content = (
+            event.event_type,
+            event.timestamp_ms,
+            tuple(sorted(event.dimensions)),
+            tuple(sorted(event.values)),
+            event.reservation_id,  # content too: the same id naming another reservation is a conflict
+        )
         prior = self.accepted.get(event.transaction_id)
         if prior is not None and received_ms - prior[0] < self.dedupe_window_ms:
             return "duplicate" if prior[1] == content else "DUPLICATE_CONFLICT"

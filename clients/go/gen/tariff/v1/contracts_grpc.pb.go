@@ -38,7 +38,9 @@
 // value below 10^18 with at most 18 decimal places ("1e-19" is refused, never
 // rounded). Anything else ("1_000", " 1", "+1", "1.", ".5", "1.e3", "007",
 // other scripts' digits) is INVALID_ARGUMENT naming the field. Amounts the
-// server writes follow the same grammar, without an exponent or trailing zeros.
+// server writes follow the same grammar, without an exponent or trailing zeros,
+// but for an invoice's amounts due, written with exactly the currency's
+// minor_unit places ("12.30", "0.00", "1500"; invoices.proto).
 //
 // A refusal's status stays small, so that every client receives its code
 // (gRPC clients refuse trailers past 8 or 16 KiB): its message is at most 512

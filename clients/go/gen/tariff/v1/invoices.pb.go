@@ -578,7 +578,10 @@ type Invoice struct {
 	TotalDue string `protobuf:"bytes,13,opt,name=total_due,json=totalDue,proto3" json:"total_due,omitempty"`
 	// The sum of the lines' amounts, in the pricing unit.
 	Subtotal string `protobuf:"bytes,14,opt,name=subtotal,proto3" json:"subtotal,omitempty"`
-	// Decimal places of the currency's minor unit that amounts due are rounded to.
+	// Decimal places of the currency's minor unit that amounts due are rounded
+	// to, and written with exactly ("12.30", "0.00", "1500"; trailing zeros kept):
+	// amount_due, overage_due, top_up_purchases, total_due and
+	// rounding_adjustment.
 	MinorUnit uint32 `protobuf:"varint,15,opt,name=minor_unit,json=minorUnit,proto3" json:"minor_unit,omitempty"`
 	// overage_due minus the sum of the lines' rounded amount_due: the rounded
 	// lines plus this are overage_due exactly, so no minor unit appears or

@@ -539,9 +539,9 @@ type Tier struct {
 	// Decimal string: the tier covers quantities up to this bound; empty on
 	// the last tier (unbounded).
 	UpTo string `protobuf:"bytes,1,opt,name=up_to,json=upTo,proto3" json:"up_to,omitempty"`
-	// Decimal or formula: price per per_units within the tier.
+	// Decimal or formula: price per per_units within the tier; "0" when empty.
 	UnitPrice string `protobuf:"bytes,2,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
-	// Decimal or formula: added once when the tier is entered.
+	// Decimal or formula: added once when the tier is entered; "0" when empty.
 	FlatPrice     string `protobuf:"bytes,3,opt,name=flat_price,json=flatPrice,proto3" json:"flat_price,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -607,7 +607,9 @@ func (x *Tier) GetFlatPrice() string {
 // contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), and a
 // price neither begins nor ends with whitespace: CreateDraftVersion refuses
 // any other as INVALID_ARGUMENT naming the field. Formulas are evaluated once,
-// at validation.
+// at validation, to 60 significant digits, and the price is that value
+// rounded half-even to 18 decimal places ("1 / 3" prices 0.333333333333333333),
+// where a decimal written with more than 18 places is refused, never rounded.
 type UnitPrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Price string                 `protobuf:"bytes,1,opt,name=price,proto3" json:"price,omitempty"`
@@ -662,10 +664,11 @@ func (x *UnitPrice) GetPerUnits() string {
 }
 
 type TieredPrice struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mode          TierMode               `protobuf:"varint,1,opt,name=mode,proto3,enum=tariff.v1.TierMode" json:"mode,omitempty"`
-	Tiers         []*Tier                `protobuf:"bytes,2,rep,name=tiers,proto3" json:"tiers,omitempty"`
-	PerUnits      string                 `protobuf:"bytes,3,opt,name=per_units,json=perUnits,proto3" json:"per_units,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mode  TierMode               `protobuf:"varint,1,opt,name=mode,proto3,enum=tariff.v1.TierMode" json:"mode,omitempty"`
+	Tiers []*Tier                `protobuf:"bytes,2,rep,name=tiers,proto3" json:"tiers,omitempty"`
+	// Decimal or formula; "1" when empty: tier prices are per this many units.
+	PerUnits      string `protobuf:"bytes,3,opt,name=per_units,json=perUnits,proto3" json:"per_units,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

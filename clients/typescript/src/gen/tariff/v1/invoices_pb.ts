@@ -393,7 +393,10 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
   subtotal: string;
 
   /**
-   * Decimal places of the currency's minor unit that amounts due are rounded to.
+   * Decimal places of the currency's minor unit that amounts due are rounded
+   * to, and written with exactly ("12.30", "0.00", "1500"; trailing zeros kept):
+   * amount_due, overage_due, top_up_purchases, total_due and
+   * rounding_adjustment.
    *
    * @generated from field: uint32 minor_unit = 15;
    */

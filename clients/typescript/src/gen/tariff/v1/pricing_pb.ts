@@ -144,14 +144,14 @@ export type Tier = Message<"tariff.v1.Tier"> & {
   upTo: string;
 
   /**
-   * Decimal or formula: price per per_units within the tier.
+   * Decimal or formula: price per per_units within the tier; "0" when empty.
    *
    * @generated from field: string unit_price = 2;
    */
   unitPrice: string;
 
   /**
-   * Decimal or formula: added once when the tier is entered.
+   * Decimal or formula: added once when the tier is entered; "0" when empty.
    *
    * @generated from field: string flat_price = 3;
    */
@@ -175,7 +175,9 @@ export const TierSchema: GenMessage<Tier> = /*@__PURE__*/
  * contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), and a
  * price neither begins nor ends with whitespace: CreateDraftVersion refuses
  * any other as INVALID_ARGUMENT naming the field. Formulas are evaluated once,
- * at validation.
+ * at validation, to 60 significant digits, and the price is that value
+ * rounded half-even to 18 decimal places ("1 / 3" prices 0.333333333333333333),
+ * where a decimal written with more than 18 places is refused, never rounded.
  *
  * @generated from message tariff.v1.UnitPrice
  */
@@ -215,6 +217,8 @@ export type TieredPrice = Message<"tariff.v1.TieredPrice"> & {
   tiers: Tier[];
 
   /**
+   * Decimal or formula; "1" when empty: tier prices are per this many units.
+   *
    * @generated from field: string per_units = 3;
    */
   perUnits: string;
