@@ -91,6 +91,22 @@ def optional_ms(message: object, field: str, name: str = "") -> int | None:
     return ms_of(getattr(message, field), name or field)
 
 
+def optional_period_start_ms(message: object, field: str = "period_start") -> int | None:
+    """`optional_ms` of a field that must be a period's exact start (ClosePeriod, ExplainLineItem): periods start on
+    whole milliseconds, so a sub-millisecond part is refused here rather than dropped into the period the caller
+    passed by less than a millisecond."""
+    ms = optional_ms(message, field)
+    if ms is not None and getattr(message, field).nanos % 1_000_000:
+        start = timestamp_pb2.Timestamp()
+        start.FromMilliseconds(ms)
+        raise InvalidArgument.field(
+            field,
+            f"{getattr(message, field).ToJsonString()} is not the start of a billing period: periods start on a whole "
+            f"millisecond, and this is past {start.ToJsonString()} by less than one",
+        )
+    return ms
+
+
 def optional_ms_up(message: object, field: str) -> int | None:
     """`optional_ms`, rounded up to a whole millisecond: a bound compared with whole-millisecond instants (period
     starts), so that `t >= bound` and `t < bound` answer exactly what the Timestamp asks (t is before t + 0.5 ms).

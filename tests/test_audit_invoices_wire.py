@@ -369,6 +369,16 @@ def test_a_contract_starting_on_the_31st_has_month_end_periods(server_factory: S
         with pytest.raises(InvalidArgument) as before_the_contract:
             close(client, "d31", JAN)
         assert "2026-01-31T00:00:00Z" in before_the_contract.value.details
+        # "exactly at period_start": a nanosecond past February's start is no period's start (the server dropped
+        # the sub-millisecond part and closed February)
+        past_start = invoices_pb2.ClosePeriodRequest(
+            customer_id="d31", period_start=Timestamp(seconds=feb28 // 1000, nanos=1)
+        )
+        with pytest.raises(InvalidArgument) as past_a_start:
+            client.invoices.ClosePeriod(past_start)
+        assert [v.field for v in past_a_start.value.field_violations] == ["period_start"]
+        assert "2026-02-28T00:00:00Z" in past_a_start.value.details
+        assert preview(client, "d31", feb28).status == invoices_pb2.INVOICE_DRAFT  # nothing closed
         closed = close(client, "d31", feb28)
         assert (closed.period_end.ToMilliseconds(), closed.total_due, closed.invoice_number) == (
             mar31,

@@ -161,7 +161,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     @unary
     async def ClosePeriod(self, request: invoices_pb2.ClosePeriodRequest, context: Context) -> invoices_pb2.Invoice:
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
-        period_start_ms = convert.optional_ms(request, "period_start")
+        period_start_ms = convert.optional_period_start_ms(request)
         if period_start_ms is None:
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
         command = cmd.ClosePeriod(
@@ -231,13 +231,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         if index is None:
             raise Unavailable("this server runs without the explain index (--no-explain-index)")
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
-        period_start_ms = convert.optional_ms(request, "period_start")
-        if request.period_start.nanos % 1_000_000:  # periods start on whole milliseconds: this is past one
-            raise InvalidArgument.field(
-                "period_start",
-                f"{request.period_start.ToJsonString()} is not the start of a billing period (periods start on a "
-                "whole millisecond)",
-            )
+        period_start_ms = convert.optional_period_start_ms(request)
         explain.check_request(self.engine, request.customer_id, period_start_ms, request.line_id)
         assert period_start_ms is not None
         if request.page_size > PAGE_SIZE_MAX:
