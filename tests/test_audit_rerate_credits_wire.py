@@ -11,7 +11,9 @@ Customers' contracts start on 2026-01-01; everything happens in periods long ove
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pytest
 from tariff import TariffClient
@@ -19,8 +21,9 @@ from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
-from tests.test_audit_invoices_wire import JAN, MAR, ms, preview, product, start_server, ts
-from tests.test_audit_revenue_wire import customer_lines, revenue, totals, wait_for_reconciled_breakage
+from tests.test_audit_invoices_wire import JAN, MAR, but_final_fields, ms, preview, product, start_server, ts
+from tests.test_audit_pricing_wire import month_start_ms, this_hour_ms
+from tests.test_audit_revenue_wire import customer_lines, revenue, totals
 
 CARD = "rerate-credits"
 HOUR_MS = 3_600_000
@@ -155,38 +158,60 @@ def adjustments(client: TariffClient, customer_id: str, line_id: str) -> list[tu
     return [(list(a.old_versions), a.new_version, a.old_amount, a.new_amount, a.delta) for a in line.adjustments]
 
 
+def expiring_in_seconds(seconds: int) -> tuple[int, int]:
+    """(an expiry this many whole seconds from now, the start of the billing period it ends in: periods of
+    contracts starting on January 1 start on a month's first day)."""
+    expiry = (time.time_ns() // 1_000_000_000 + seconds) * 1000
+    last_usable = datetime.fromtimestamp((expiry - 1) / 1000, UTC)
+    return expiry, int(datetime(last_usable.year, last_usable.month, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def revenue_by_period(
+    client: TariffClient, customer_id: str, last_period_ms: int, breakage: str
+) -> tuple[dict[int, tuple[str, str, str, str]], tuple[str, str, str, str, str, str, bool]]:
+    """From January to the period starting at last_period_ms, once the reconciliation shows `breakage` (the
+    server's clock records it a moment after it is due): (period start -> (recognized_credits, recognized_overage,
+    breakage, deferred), the reconciliation)."""
+    for _ in range(400):
+        report = revenue(client, JAN, last_period_ms + 1, customer_id)
+        if report.reconciliation.breakage == breakage:
+            return {line[0]: line[1:] for line in customer_lines(report)}, totals(report)
+        time.sleep(0.05)
+    raise AssertionError(f"breakage {report.reconciliation.breakage}, not {breakage}")
+
+
 def test_breakage_is_final_a_cut_breaks_the_credit_it_gives_back_a_rise_cannot_draw_broken_credit(
     server_factory: ServerFactory,
 ) -> None:
-    """10 credits for 5 (0.5 a credit) expiring January 15; 4 units of `u` on January 1 draw 4, and the server's
-    clock (past the expiry) breaks the other 6: 3 USD. A cut to 0.5 from January 1 re-rates the 4 to 2: the 2 given
-    back land on the expired grant and break too (README: breakage, once recorded, is final; it only grows): 8
-    broken (4 USD), 2 drawn (1 USD recognised). A rise to 2 from January 1 then re-rates the usage to 8: the grant
-    was usable at that hour, but only the 2 it still paid can be drawn again; the 8 broken stay broken, so 6 are
-    overage at 0.5 USD: 3 USD due."""
+    """10 credits for 5 (0.5 a credit) expiring 5 s from now; 4 units of `u` on January 1 draw 4, then the
+    server's clock breaks the other 6 (3 USD) in the period the expiry ends (this month). A cut to 0.5 from January
+    1 re-rates the 4 to 2: the 2 given back land on the expired grant and break too (README: breakage, once
+    recorded, is final; it only grows): 8 broken (4 USD), 2 drawn (1 USD recognised in January). A rise to 2 from
+    January 1 then re-rates the usage to 8: the grant was usable at that hour, but only the 2 it still paid can be
+    drawn again; the 8 broken stay broken, so 6 are overage at 0.5 USD: 3 USD due in January."""
+    expiry, expiry_period = expiring_in_seconds(5)
     with start_server(server_factory, "expired") as client:
         catalogue(client)
         customer(client, "e", "0.5")
-        grant(client, "e", "soon", "10", "5", expires_at=ts(ms("2026-01-15T00:00:00")))
+        grant(client, "e", "soon", "10", "5", expires_at=ts(expiry))
         ingest(client, "e", [("u", 4, JAN + HOUR_MS)], "jan")
-        wait_for_reconciled_breakage(client, "e", "3")
+        lines_by_period, _ = revenue_by_period(client, "e", expiry_period, "3")
+        assert (lines_by_period[JAN], lines_by_period[expiry_period]) == (("2", "0", "0", "3"), ("0", "0", "3", "0"))
         assert grants(client, "e") == {"soon": ("4", "0", "6")}
         cut = publish(client, draft(client, "0.5", "0.5"))
         assert rerated(cut) == (1, 1, 1, "-2")
-        wait_for_reconciled_breakage(client, "e", "4")
+        lines_by_period, reconciliation = revenue_by_period(client, "e", expiry_period, "4")
+        assert (lines_by_period[JAN], lines_by_period[expiry_period]) == (("1", "0", "0", "4"), ("0", "0", "4", "0"))
+        assert reconciliation == ("0", "5", "1", "4", "0", "0", True)
         assert grants(client, "e") == {"soon": ("2", "0", "8")}
-        assert customer_lines(revenue(client, JAN, MAR, "e")) == [
-            (JAN, "1", "0", "4", "0"),
-            (ms("2026-02-01T00:00:00"), "0", "0", "0", "0"),
-        ]
         assert january(client, "e") == ("2", {"soon": "2"}, "0", "0.00", "0.00", "0.00")
         rise = publish(client, draft(client, "2", "2"))
         assert rerated(rise) == (1, 1, 1, "6")
         assert grants(client, "e") == {"soon": ("2", "0", "8")}
         assert january(client, "e") == ("8", {"soon": "2"}, "6", "3.00", "0.00", "3.00")
-        report = revenue(client, JAN, MAR, "e")
-        assert customer_lines(report)[0] == (JAN, "1", "3", "4", "0")
-        assert totals(report) == ("0", "5", "1", "4", "0", "3", True)
+        lines_by_period, reconciliation = revenue_by_period(client, "e", expiry_period, "4")
+        assert (lines_by_period[JAN], lines_by_period[expiry_period]) == (("1", "3", "0", "4"), ("0", "0", "4", "0"))
+        assert reconciliation == ("0", "5", "1", "4", "0", "3", True)
         assert adjustments(client, "e", "u;k=a") == [([1], 2, "4", "2", "-2"), ([2], 3, "2", "8", "6")]
 
 
@@ -276,6 +301,18 @@ def test_prepaid_revenue_follows_a_cut_and_a_rise_and_simulate_forecasts_each_pu
         assert totals(report) == ("0", "4", "4", "0", "0", "3", True)
         recognised = {g.grant_id: g.recognized_revenue for g in client.get_balance("r").grants}
         assert recognised == {"promo": "0", "pre": "4"}
+        # r's January closed as re-rated; a rollback to version 1 then re-rates s (6 -> 2) and leaves r's 18 alone.
+        draft_invoice = preview(client, "r", JAN)
+        final = client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="r", period_start=ts(JAN)))
+        assert (final.status, but_final_fields(final)) == (invoices_pb2.INVOICE_FINAL, but_final_fields(draft_invoice))
+        back = client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(JAN))
+        )
+        assert rerated(back) == (1, 1, 1, "-4")
+        assert (back.closed_buckets_left_alone, back.closed_amount_left_alone) == (1, "18")
+        assert grants(client, "r") == {"promo": ("2", "0", "0"), "pre": ("10", "0", "0")}
+        assert customer_lines(revenue(client, JAN, MAR, "r"))[0] == (JAN, "4", "3", "0", "0")
+        assert january(client, "s") == ("2", {}, "2", "1.00", "0.00", "1.00")
 
 
 def test_a_retroactive_rise_on_a_block_contract_is_overage_and_authorize_then_denies(
@@ -293,6 +330,7 @@ def test_a_retroactive_rise_on_a_block_contract_is_overage_and_authorize_then_de
         assert grants(client, "b") == {"free": ("10", "0", "0")}
         assert january(client, "b") == ("16", {"free": "10"}, "6", "6.00", "0.00", "6.00")
         assert client.get_balance("b").credits_available == "0"
+        assert not client.authorize("b", "u", dimensions={"k": "a"}, values={"n": 1}).allowed
 
 
 def top_ups_in_january(client: TariffClient, customer_id: str, max_per_period: int) -> None:
@@ -445,6 +483,106 @@ def test_a_grant_starting_inside_an_hour_is_judged_at_that_hours_start_when_rera
         grant(client, "m", "late", "5", "0", starts_at=ts(JAN + HOUR_MS + 15 * 60_000))
         ingest(client, "m", [("u", 2, JAN + HOUR_MS + 30 * 60_000)], "jan")
         assert january(client, "m") == ("2", {"late": "2"}, "0", "0.00", "0.00", "0.00")
-        assert rerated(publish(client, draft(client, "1", "1")))[3] == "0"
+        assert rerated(publish(client, draft(client, "1", "1"))) == (1, 1, 1, "0")
         assert january(client, "m") == ("2", {}, "2", "2.00", "0.00", "2.00")
         assert grants(client, "m") == {"late": ("0", "5", "0")}
+
+
+def test_get_balance_follows_a_publish_from_the_current_hour_through_a_rise_and_a_cut(
+    server_factory: ServerFactory,
+) -> None:
+    """The current period: a contract from last month's start, 10 credits for 5 (0.5 a credit), overage at 0.5 USD;
+    6 units of `u` this hour: 6 charged, 6 drawn, 4 available, 3 USD recognised. u at 2 from this hour: 12, the
+    grant's 10 drawn, 2 overage (1 USD), nothing available, 5 recognised. u at 0.5 from this hour: 3, 3 drawn, 7
+    available, no overage, 1.5 recognised. Each time SimulateVersion over this hour forecasts the publish's delta."""
+    hour = this_hour_ms()
+    with start_server(server_factory, "now") as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="g", name="g"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="g-c", customer_id="g", rate_card_id=CARD, starting_at=ts(month_start_ms(1)), overage_price="0.5"
+            )
+        )
+        grant(client, "g", "pre", "10", "5")
+        ingest(client, "g", [("u", 6, hour + 1)], "now")
+
+        def balance() -> tuple[str, str, str, str, str, dict[str, tuple[str, str]]]:
+            b = client.get_balance("g")
+            by_grant = {g.grant_id: (g.drawn, g.recognized_revenue) for g in b.grants}
+            return (
+                b.period_charges,
+                b.overage_amount,
+                b.overage_due,
+                b.credits_remaining,
+                b.credits_available,
+                by_grant,
+            )
+
+        def forecast_and_publish(u: str) -> tuple[str, str]:
+            version = draft(client, u, u)
+            request = pricing_pb2.SimulateVersionRequest(
+                rate_card_id=CARD, version=version, period_start=ts(hour), period_end=ts(hour + HOUR_MS)
+            )
+            forecast = client.pricing.SimulateVersion(request).totals.delta
+            done: pricing_pb2.PublishVersionResponse = client.pricing.PublishVersion(
+                pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=version, effective_from=ts(hour))
+            )
+            return forecast, done.rerated_amount_delta
+
+        assert balance() == ("6", "0", "0", "4", "4", {"pre": ("6", "3")})
+        assert forecast_and_publish("2") == ("6", "6")
+        assert balance() == ("12", "2", "1", "0", "0", {"pre": ("10", "5")})
+        assert forecast_and_publish("0.5") == ("-9", "-9")
+        assert balance() == ("3", "0", "0", "7", "7", {"pre": ("3", "1.5")})
+
+
+def test_a_cut_leaves_an_open_hold_as_it_was_and_the_settling_event_is_priced_at_the_new_price(
+    server_factory: ServerFactory,
+) -> None:
+    """BLOCK, 10 free credits, this hour: 4 units of `u` (4 drawn), then a hold for 3 units (3 held: 6 remaining,
+    3 available). u at 0.5 from this hour: the usage costs 2 (8 remaining); the hold is not re-rated (re-rating
+    never creates, changes or ends a reservation): 3 held, 5 available. The event settling it, 3 units, costs 1.5
+    at the price in force: the hold gives back 3 and 1.5 is drawn: 6.5 remaining and available, 3.5 charged."""
+    hour = this_hour_ms()
+    with start_server(server_factory, "hold") as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="h", name="h"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="h-c",
+                customer_id="h",
+                rate_card_id=CARD,
+                starting_at=ts(month_start_ms(1)),
+                overage_policy=contracts_pb2.BLOCK,
+            )
+        )
+        grant(client, "h", "free", "10", "0")
+        ingest(client, "h", [("u", 4, hour + 1)], "used")
+        held = client.authorize("h", "u", {"k": "a"}, {"n": 3}, reserve=True, reservation_id="h1")
+        assert (held.allowed, held.estimated_cost) == (True, "3")
+
+        def balance() -> tuple[str, str, str, str, str]:
+            b = client.get_balance("h")
+            return (b.period_charges, b.overage_amount, b.credits_remaining, b.credits_held, b.credits_available)
+
+        assert balance() == ("4", "0", "6", "3", "3")
+        done = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id=CARD, version=draft(client, "0.5", "0.5"), effective_from=ts(hour)
+            )
+        )
+        assert rerated(done) == (1, 1, 1, "-2")
+        assert balance() == ("2", "0", "8", "3", "5")
+        settling = usage_pb2.UsageEvent(
+            transaction_id="settle",
+            customer_id="h",
+            event_type="u",
+            timestamp_ms=hour + 2,
+            dimensions={"k": "a"},
+            values={"n": 3},
+            reservation_id="h1",
+        )
+        ack = client.ingest_batch([settling], "h-settle")
+        assert (ack.accepted, list(ack.notices)) == (1, [])
+        assert balance() == ("3.5", "0", "6.5", "0", "6.5")
