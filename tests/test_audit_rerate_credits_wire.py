@@ -110,10 +110,10 @@ def draft(client: TariffClient, u: str, w: str) -> int:
     return int(made.version)
 
 
-def publish(client: TariffClient, version: int) -> pricing_pb2.PublishVersionResponse:
-    """Publishes `version` for everyone from January 1 (re-rating January)."""
+def publish(client: TariffClient, version: int, from_ms: int = JAN) -> pricing_pb2.PublishVersionResponse:
+    """Publishes `version` for everyone from from_ms (January 1: re-rating January)."""
     done: pricing_pb2.PublishVersionResponse = client.pricing.PublishVersion(
-        pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=version, effective_from=stamp(JAN))
+        pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=version, effective_from=stamp(from_ms))
     )
     return done
 
@@ -209,6 +209,10 @@ def test_breakage_is_final_a_cut_breaks_the_credit_it_gives_back_a_rise_cannot_d
         assert rerated(rise) == (1, 1, 1, "6")
         assert grants(client, "e") == {"soon": ("2", "0", "8")}
         assert january(client, "e") == ("8", {"soon": "2"}, "6", "3.00", "0.00", "3.00")
+        assert [
+            [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in preview(client, "e", at).grant_balances]
+            for at in (JAN, expiry_period)
+        ] == [[("soon", "10", "2", "8", "0")], [("soon", "10", "2", "0", "8")]]
         lines_by_period, reconciliation = revenue_by_period(client, "e", expiry_period, "4")
         assert (lines_by_period[JAN], lines_by_period[expiry_period]) == (("1", "3", "0", "4"), ("0", "0", "4", "0"))
         assert reconciliation == ("0", "5", "1", "4", "0", "3", True)
@@ -586,3 +590,72 @@ def test_a_cut_leaves_an_open_hold_as_it_was_and_the_settling_event_is_priced_at
         ack = client.ingest_batch([settling], "h-settle")
         assert (ack.accepted, list(ack.notices)) == (1, [])
         assert balance() == ("3.5", "0", "6.5", "0", "6.5")
+
+
+def test_a_rollover_grants_draws_are_settled_again_at_its_cost_basis_and_rolled_credit_pays_no_earlier_period(
+    server_factory: ServerFactory,
+) -> None:
+    """A contract from last month's start, overage at 1 USD. 4 units of `u` last month, rated with no credit: 4
+    overage. Then 10 credits for 3 (0.3) with rollover_fraction 0.5, starting last month: that period is over, so it
+    rolls over at once, 5 into `rollover-roll-<this month's start>` (usable this month, cost 0.3) and 5 broken (1.5
+    USD, last month's). 3 units this hour draw 3 of the rolled grant (0.9 recognised). u at 2 from last month's
+    start: last month's 8 stay overage (the rolled credit is usable from this month only, the original grant has
+    nothing left); this month's 6 draw the rolled 5 (1.5) and 1 is overage. u at 0.5 instead: last month 2
+    overage; this month 1.5 drawn (0.45), 1.05 deferred."""
+    last, this = month_start_ms(1), month_start_ms(0)
+    hour = this_hour_ms()
+    rolled = f"rollover-roll-{this}"
+    with start_server(server_factory, "rollover") as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="o", name="o"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(id="o-c", customer_id="o", rate_card_id=CARD, starting_at=ts(last))
+        )
+        ingest(client, "o", [("u", 4, last + HOUR_MS)], "last")
+        grant(client, "o", "roll", "10", "3", rollover_fraction="0.5")
+        for _ in range(400):
+            if rolled in grants(client, "o"):
+                break
+            time.sleep(0.05)
+        ingest(client, "o", [("u", 3, hour + 1)], "this")
+        assert grants(client, "o")[rolled] == ("3", "2", "0")
+
+        def revenue_lines() -> list[tuple[int, str, str, str, str]]:
+            return customer_lines(revenue(client, last, this + 1, "o"))
+
+        assert revenue_lines() == [(last, "0", "4", "1.5", "1.5"), (this, "0.9", "0", "0", "0.6")]
+        rise = publish(client, draft(client, "2", "2"), last)
+        assert rerated(rise) == (1, 2, 2, "7")
+        assert grants(client, "o")[rolled] == ("5", "0", "0")
+        balance = client.get_balance("o")
+        assert (balance.period_charges, balance.overage_amount, balance.overage_due) == ("6", "1", "1")
+        assert revenue_lines() == [(last, "0", "8", "1.5", "1.5"), (this, "1.5", "1", "0", "0")]
+        # Invoices: the original grant "drew" the 5 that rolled, broke 5; the rolled grant is listed from this period.
+        assert [
+            [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in preview(client, "o", at).grant_balances]
+            for at in (last, this)
+        ] == [
+            [("roll", "10", "5", "0", "5")],
+            [("roll", "10", "5", "0", "5"), (rolled, "5", "5", "0", "0")],
+        ]
+        cut = publish(client, draft(client, "0.5", "0.5"), last)
+        assert rerated(cut) == (1, 2, 2, "-10.5")
+        assert grants(client, "o")[rolled] == ("1.5", "3.5", "0")
+        assert revenue_lines() == [(last, "0", "2", "1.5", "1.5"), (this, "0.45", "0", "0", "1.05")]
+
+
+def test_a_grant_made_after_usage_was_rated_pays_it_once_its_hours_are_re_rated(server_factory: ServerFactory) -> None:
+    """3 units on January 1 with no credit: 3 overage. Then 5 free credits, starts_at defaulting to the contract's
+    start (GrantCredits: "so it also pays for that contract's late usage"): usage already rated is not settled
+    again by the grant (still 3 overage). A version with the same prices from January 1 settles January again as
+    rating on time with the final timeline would have (docs/architecture.md): the grant, usable since January 1,
+    pays the 3."""
+    with start_server(server_factory, "late-grant") as client:
+        catalogue(client)
+        customer(client, "l", "1")
+        ingest(client, "l", [("u", 3, JAN + HOUR_MS)], "jan")
+        grant(client, "l", "late", "5", "0")
+        assert january(client, "l") == ("3", {}, "3", "3.00", "0.00", "3.00")
+        assert rerated(publish(client, draft(client, "1", "1"))) == (1, 1, 1, "0")
+        assert january(client, "l") == ("3", {"late": "3"}, "0", "0.00", "0.00", "0.00")
+        assert grants(client, "l") == {"late": ("3", "2", "0")}
