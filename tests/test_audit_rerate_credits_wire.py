@@ -394,7 +394,8 @@ def test_rerating_neither_buys_nor_gives_back_top_ups_and_the_cap_still_counts_t
         "usable from its billing period's start (credits::top_up sets starts_at_ms there), so a top-up pays for "
         "usage dated before the event that bought it, which rating on time billed as overage: the same-price "
         "publish moves 4 of January's 5 overage onto top-up 2 (overage 1, overage_due 1.00, total_due 5.00 "
-        "instead of 9.00), and any retroactive publish or rollback does so to every customer with top-ups"
+        "instead of 9.00); any retroactive publish or rollback re-rating a period where a top-up followed overage "
+        "does the same"
     ),
 )
 def test_a_version_with_the_same_prices_published_from_the_first_leaves_top_up_draws_as_rated(
