@@ -1824,6 +1824,11 @@ type PublishVersionRequest struct {
 	// gets an adjustment entry citing its old and new version, and the
 	// customer's draws on grants and overage in those periods are settled again
 	// (refunds give back overage first, then credits in reverse burn order).
+	// Settled again, a grant is judged usable as of each bucket's hour start;
+	// breakage already recorded stays final (a rise draws none of an expired
+	// grant's broken credit, the rest is overage; credit a cut gives back to
+	// it breaks too, in the period of its expiry); no top-up is bought or given
+	// back; BLOCK contracts take overage as ALLOW ones do.
 	// Usage in closed periods is left alone and counted in the reply. Refused
 	// with FAILED_PRECONDITION, changing nothing, when affected usage belongs to
 	// a MAX, LATEST or UNIQUE_COUNT product (its buckets cannot be priced
@@ -2806,15 +2811,21 @@ func (x *SimulateVersionRequest) GetCustomerIds() []string {
 	return nil
 }
 
+// Charges in the rate card's pricing unit, before any grant: how draws,
+// overage and top-ups would be settled again is not simulated.
 type SimulatedAmount struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	CustomerId      string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	ProductId       string                 `protobuf:"bytes,2,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
-	CurrentAmount   string                 `protobuf:"bytes,3,opt,name=current_amount,json=currentAmount,proto3" json:"current_amount,omitempty"`
-	SimulatedAmount string                 `protobuf:"bytes,4,opt,name=simulated_amount,json=simulatedAmount,proto3" json:"simulated_amount,omitempty"`
-	Delta           string                 `protobuf:"bytes,5,opt,name=delta,proto3" json:"delta,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	ProductId  string                 `protobuf:"bytes,2,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
+	// What the usage in the window is charged now.
+	CurrentAmount string `protobuf:"bytes,3,opt,name=current_amount,json=currentAmount,proto3" json:"current_amount,omitempty"`
+	// What the simulated version charges it, each aggregate walked from its
+	// period's start over the cumulative quantity.
+	SimulatedAmount string `protobuf:"bytes,4,opt,name=simulated_amount,json=simulatedAmount,proto3" json:"simulated_amount,omitempty"`
+	// simulated_amount - current_amount.
+	Delta         string `protobuf:"bytes,5,opt,name=delta,proto3" json:"delta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SimulatedAmount) Reset() {

@@ -797,6 +797,11 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
    * gets an adjustment entry citing its old and new version, and the
    * customer's draws on grants and overage in those periods are settled again
    * (refunds give back overage first, then credits in reverse burn order).
+   * Settled again, a grant is judged usable as of each bucket's hour start;
+   * breakage already recorded stays final (a rise draws none of an expired
+   * grant's broken credit, the rest is overage; credit a cut gives back to
+   * it breaks too, in the period of its expiry); no top-up is bought or given
+   * back; BLOCK contracts take overage as ALLOW ones do.
    * Usage in closed periods is left alone and counted in the reply. Refused
    * with FAILED_PRECONDITION, changing nothing, when affected usage belongs to
    * a MAX, LATEST or UNIQUE_COUNT product (its buckets cannot be priced
@@ -1343,6 +1348,9 @@ export const SimulateVersionRequestSchema: GenMessage<SimulateVersionRequest> = 
   messageDesc(file_tariff_v1_pricing, 33);
 
 /**
+ * Charges in the rate card's pricing unit, before any grant: how draws,
+ * overage and top-ups would be settled again is not simulated.
+ *
  * @generated from message tariff.v1.SimulatedAmount
  */
 export type SimulatedAmount = Message<"tariff.v1.SimulatedAmount"> & {
@@ -1357,16 +1365,23 @@ export type SimulatedAmount = Message<"tariff.v1.SimulatedAmount"> & {
   productId: string;
 
   /**
+   * What the usage in the window is charged now.
+   *
    * @generated from field: string current_amount = 3;
    */
   currentAmount: string;
 
   /**
+   * What the simulated version charges it, each aggregate walked from its
+   * period's start over the cumulative quantity.
+   *
    * @generated from field: string simulated_amount = 4;
    */
   simulatedAmount: string;
 
   /**
+   * simulated_amount - current_amount.
+   *
    * @generated from field: string delta = 5;
    */
   delta: string;
