@@ -85,12 +85,18 @@ class CreateDraftVersion(msgspec.Struct, frozen=True, tag="create_draft_version"
 
 
 class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
+    """`split_hours_refused`: set by the server for every publish it takes (server/services/pricing.py), so a
+    publish whose re-rating would price again usage in an hour holding a period boundary off the hour (an hour
+    bucket does not know which period each unit is of) is refused (engine/kernel/src/rerate.rs
+    refuse_split_hours); False (commands stored before it) re-rates as it re-rated then."""
+
     at_ms: int
     actor: str
     rate_card_id: str
     version: int
     effective_from_ms: int | None  # None: the start of the current hour
     cohort: Cohort | None = None  # None: every customer outside cohorts (engine/cohorts.py)
+    split_hours_refused: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -125,6 +131,7 @@ SERVER_SET_FIELDS = (
     "made_ids_refused",
     "rollover_ids_distinct",
     "adjustments_in_contract",
+    "split_hours_refused",
 )
 
 
@@ -165,6 +172,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rate_card_id: str
     to_version: int
     effective_from_ms: int | None  # None: the start of the current hour
+    split_hours_refused: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):

@@ -113,6 +113,7 @@ class _Planned:
     effective_from_ms: int
     members: Cohort | None
     cohort: bool
+    split_hours_refused: bool  # the command's: usage in an hour holding a period boundary off the hour is refused
 
     @property
     def from_hour(self) -> int:
@@ -156,7 +157,7 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         except InvalidArgument:
             return None  # the publish refuses it
     is_cohort = isinstance(command, cmd.PublishVersion) and command.cohort is not None
-    return _Planned(card, version, effective_from_ms, cohort, is_cohort)
+    return _Planned(card, version, effective_from_ms, cohort, is_cohort, command.split_hours_refused)
 
 
 def plan_rerating(
@@ -180,7 +181,7 @@ def plan_rerating(
     table = planned.table(state)
     refresh_tables()
     try:
-        kernel.rerate_check(customers, table, planned.from_hour)
+        kernel.rerate_check(customers, table, planned.from_hour, planned.split_hours_refused)
     except ValueError as exc:
         raise planned.refusal(exc) from None
     return RerationPlan(planned.card.id, planned.from_hour, customers)
@@ -258,7 +259,9 @@ class PlanInSlices:
         if not customers:
             return
         try:
-            found = kernel.rerate_plan_slice(customers, self.table, self.planned.from_hour)
+            found = kernel.rerate_plan_slice(
+                customers, self.table, self.planned.from_hour, self.planned.split_hours_refused
+            )
         except ValueError as exc:
             raise self.planned.refusal(exc) from None
         self.affected.difference_update(customers)

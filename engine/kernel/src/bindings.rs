@@ -478,24 +478,39 @@ impl Kernel {
 
     /// Raises ValueError (naming the product and why) when these customers' usage cannot be
     /// re-rated once `version` (a VersionTable's msgpack) is published effective from `from_hour`;
-    /// changes nothing.
-    fn rerate_check(&self, py: Python<'_>, customers: Vec<String>, version: &[u8], from_hour: i64) -> PyResult<()> {
+    /// with `split_hours_refused`, also when it is in an hour holding a period boundary off the hour
+    /// (naming the customer, the product and the hour). Changes nothing.
+    fn rerate_check(
+        &self,
+        py: Python<'_>,
+        customers: Vec<String>,
+        version: &[u8],
+        from_hour: i64,
+        split_hours_refused: bool,
+    ) -> PyResult<()> {
         let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
-        py.detach(|| self.read()?.rerate_check(&customers, table, from_hour).map_err(PyValueError::new_err))
+        py.detach(|| {
+            self.read()?.rerate_check(&customers, table, from_hour, split_hours_refused).map_err(PyValueError::new_err)
+        })
     }
 
     /// A publish's plan a slice of customers at a time: those of `customers` (in the order given)
     /// with usage of the version's rate card from `from_hour` on, each checked as `rerate_check`
-    /// checks (ValueError naming the product and why); changes nothing.
+    /// checks (ValueError naming the product and why, `split_hours_refused` as there); changes
+    /// nothing.
     fn rerate_plan_slice(
         &self,
         py: Python<'_>,
         customers: Vec<String>,
         version: &[u8],
         from_hour: i64,
+        split_hours_refused: bool,
     ) -> PyResult<Vec<String>> {
         let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
-        py.detach(|| self.read()?.rerate_plan_slice(&customers, table, from_hour).map_err(PyValueError::new_err))
+        py.detach(|| {
+            let kernel = self.read()?;
+            kernel.rerate_plan_slice(&customers, table, from_hour, split_hours_refused).map_err(PyValueError::new_err)
+        })
     }
 
     /// Re-rates these customers (rerate.rs) as record `seq`, one customer at a time under the lock,

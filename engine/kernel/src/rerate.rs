@@ -26,7 +26,7 @@ use crate::draw::{settle_into, Charge, Outcomes};
 use crate::kernel::{Account, Kernel};
 use crate::money::{Fixed, Picos};
 use crate::price::PricedCurve;
-use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Rate, Sym, Version};
+use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Rate, Route, Sym, Version};
 use crate::tables::VersionTable;
 
 /// One re-rated hour bucket: what it was charged and what it is charged now, and by which versions.
@@ -139,6 +139,7 @@ impl Kernel {
         customers: &[String],
         version: VersionTable,
         from_hour: i64,
+        split_hours_refused: bool,
     ) -> Result<Vec<String>, String> {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(Vec::new()) };
         let affected: Vec<String> = (customers.iter())
@@ -146,20 +147,31 @@ impl Kernel {
             .cloned()
             .collect();
         if !affected.is_empty() {
-            self.rerate_check(&affected, version, from_hour)?;
+            self.rerate_check(&affected, version, from_hour, split_hours_refused)?;
         }
         Ok(affected)
     }
 
     /// Checks, changing nothing, that these customers' usage of the version's rate card at or after
     /// `from_hour` can be re-rated once `version` is published effective from `from_hour` (to every
-    /// customer of the card): Err names the product and why not.
-    pub fn rerate_check(&self, customers: &[String], version: VersionTable, from_hour: i64) -> Result<(), String> {
+    /// customer of the card): Err names the product and why not. With `split_hours_refused` (the
+    /// server's publishes; a publish journaled before it is checked without), usage in an hour
+    /// holding a period boundary off the hour is refused too (`refuse_split_hours`).
+    pub fn rerate_check(
+        &self,
+        customers: &[String],
+        version: VersionTable,
+        from_hour: i64,
+        split_hours_refused: bool,
+    ) -> Result<(), String> {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(()) };
         let compiled = compile_version(&self.rater.catalog, &self.rater.interner, version)?;
         let pricing = Pricing::Inserted { at_ms: from_hour * HOUR_MS, version: &compiled };
         for id in customers {
             if let Some(account) = self.accounts.get(id.as_str()) {
+                if split_hours_refused {
+                    self.refuse_split_hours(id, account, card, (from_hour, i64::MAX))?;
+                }
                 self.reprice(account, card, (from_hour, i64::MAX), pricing)?;
             }
         }
@@ -238,7 +250,8 @@ impl Kernel {
     /// The amounts `version` gives the usage of the rate card recorded in [start_ms, end_ms) for
     /// these customers (all with such usage when None), per customer and product, sorted; changes
     /// nothing. Each aggregate is walked from its billing period's start, every bucket priced by
-    /// `version`. Err names a product that cannot be re-priced, or usage the version has no rate for.
+    /// `version`. Err names a product that cannot be re-priced, usage the version has no rate for, or
+    /// usage in an hour holding a period boundary off the hour (`refuse_split_hours`).
     pub fn simulate(
         &self,
         version: VersionTable,
@@ -258,6 +271,7 @@ impl Kernel {
         let mut out = Vec::new();
         for id in ids {
             let Some(account) = self.accounts.get(id) else { continue };
+            self.refuse_split_hours(id, account, card, hours)?;
             let (aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled))?;
             let mut by_product: FxHashMap<Sym, (Picos, Picos)> = FxHashMap::default();
             for bucket in
@@ -285,6 +299,43 @@ impl Kernel {
     /// The customer's adjustment entries, oldest first.
     pub fn adjustments(&self, customer_id: &str) -> &[Adjustment] {
         self.accounts.get(customer_id).map_or(&[][..], |a| &a.adjustments)
+    }
+
+    /// Err naming the customer, the product and the hour when pricing again the account's usage of
+    /// `card` in the hours [from, until) cannot be exact because an hour bucket holds a period
+    /// boundary off the hour (a contract's start or end, a period's end: `split_boundary`) with an
+    /// open period on one side: the bucket does not know which period each of its units is of, yet
+    /// a re-rating assigns it whole to the period its hour starts in (or to none, before a contract's
+    /// start). Refused are such a bucket in the hours re-rated, and one before them holding the start
+    /// of an open period whose re-rated buckets are walked over its cumulative quantity. Changes nothing.
+    fn refuse_split_hours(
+        &self,
+        customer_id: &str,
+        account: &Account,
+        card: Sym,
+        (from, until): (i64, i64),
+    ) -> Result<(), String> {
+        let Some(route) = account.route.as_ref() else { return Ok(()) };
+        let (interner, combos) = (&self.rater.interner, &self.rater.combos);
+        let split = (account.buckets.iter())
+            .filter(|(_, usages)| usages.iter().any(|u| u.rate_card == card))
+            .filter_map(|(key, _)| Some((key, split_boundary(route, key.hour)?)))
+            .filter(|(key, boundary)| {
+                (from..until).contains(&key.hour) || walked_after(account, route, key, *boundary, (from, until))
+            })
+            .min_by(|a, b| {
+                let order = |k: &HourKey| (k.hour, interner.text(k.product), combos.tuple(k.combo));
+                order(a.0).cmp(&order(b.0))
+            });
+        let Some((key, boundary)) = split else { return Ok(()) };
+        Err(format!(
+            "customer {customer_id:?}: product {:?}: the hour from {} holds a period boundary off the hour ({}) and \
+             its usage is in one hour bucket, which does not know which period each unit is of, so it cannot be \
+             priced again exactly",
+            interner.text(key.product),
+            crate::route::utc_text(key.hour * HOUR_MS),
+            crate::route::utc_text(boundary),
+        ))
     }
 
     /// Prices again every open-period aggregate of the account holding usage of `card` in the
@@ -557,6 +608,43 @@ impl PeriodCache {
             }
         }
     }
+}
+
+/// The first boundary strictly inside the hour (a contract's start or end, the end of the period
+/// holding the hour's start) with an open period on one side of it, if any: the hour's bucket then
+/// holds usage that a re-rating cannot assign to its periods exactly.
+fn split_boundary(route: &Route, hour: i64) -> Option<i64> {
+    let (start, end) = (hour * HOUR_MS, (hour + 1) * HOUR_MS);
+    let inside = |at: &i64| start < *at && *at < end;
+    let mut boundaries: SmallVec<[i64; 4]> = SmallVec::new();
+    for contract in route.contracts.iter() {
+        boundaries.extend([Some(contract.starting_at_ms), contract.ending_before_ms].into_iter().flatten());
+        if contract.covers(start) {
+            boundaries.push(period_containing(contract.starting_at_ms, start).1);
+        }
+    }
+    boundaries.retain(|at| inside(at));
+    boundaries.sort_unstable();
+    boundaries.into_iter().find(|&boundary| open_at(route, start) || open_at(route, boundary))
+}
+
+/// Whether the instant is in an open period of a contract covering it.
+fn open_at(route: &Route, at_ms: i64) -> bool {
+    (route.contracts.iter().find(|c| c.covers(at_ms)))
+        .is_some_and(|c| !route.is_closed(period_containing(c.starting_at_ms, at_ms).0))
+}
+
+/// Whether the bucket `key`, before the hours [from, until), holds usage of the open period that
+/// `boundary` starts and that period has usage of the same product and dimension values in those
+/// hours: re-rating walks that usage over a cumulative quantity the bucket's part is missing from.
+fn walked_after(account: &Account, route: &Route, key: &HourKey, boundary: i64, (from, until): (i64, i64)) -> bool {
+    let Some(contract) = route.contracts.iter().find(|c| c.covers(boundary)) else { return false };
+    let (start, end) = period_containing(contract.starting_at_ms, boundary);
+    if route.is_closed(start) {
+        return false;
+    }
+    let mut later = (from.max(key.hour + 1)..until).take_while(|hour| hour * HOUR_MS < end);
+    later.any(|hour| account.buckets.contains_key(&HourKey { hour, ..*key }))
 }
 
 /// The event type a product is fed by.
@@ -914,7 +1002,7 @@ mod tests {
         };
         let batch = wire::UsageBatch { batch_id: "g".into(), events: vec![gauge] }.encode_to_vec();
         kernel.ingest(&batch, T0 + 40 * 86_400_000, 50).unwrap();
-        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS).unwrap_err();
+        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true).unwrap_err();
         assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
         assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6).is_err());
     }
@@ -961,16 +1049,16 @@ mod tests {
         let grants = [("prepaid", 1_000 * E18, 0)];
         let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
         let customers = ["acme".to_string()];
-        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3).unwrap();
+        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3, true).unwrap();
         // A version without the rate the usage needs is refused, naming it.
         let mut partial = version(2, 80);
         partial.rates.retain(|r| r.product_id != "volume");
-        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3).unwrap_err();
+        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3, true).unwrap_err();
         assert!(refusal.contains("no rate for product \"volume\""), "{refusal}");
         // Effective after every bucket: nothing to price, nothing refused.
         let mut partial = version(2, 80);
         partial.rates.clear();
-        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100).unwrap();
+        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100, true).unwrap();
     }
 
     proptest! {
