@@ -76,12 +76,14 @@ class Kernel:
     @staticmethod
     def restore(snapshot: bytes, segments: Sequence[bytes | mmap.mmap] | None = None) -> Kernel: ...
     def rerate_customers(self, rate_card_id: str, from_hour: int) -> list[str]: ...
-    def rerate_check(self, customers: list[str], version: bytes, from_hour: int, split_hours_refused: bool) -> None: ...
+    def rerate_check(
+        self, customers: list[str], version: bytes, from_hour: int, split_hours_refused: bool, in_contract: bool
+    ) -> None: ...
     def rerate_plan_slice(
-        self, customers: list[str], version: bytes, from_hour: int, split_hours_refused: bool
+        self, customers: list[str], version: bytes, from_hour: int, split_hours_refused: bool, in_contract: bool
     ) -> list[str]: ...
     def rerate(
-        self, customers: list[str], rate_card_id: str, from_hour: int, seq: int
+        self, customers: list[str], rate_card_id: str, from_hour: int, seq: int, in_contract: bool
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed

@@ -595,16 +595,12 @@ def test_after_a_switch_the_old_contracts_last_period_lists_only_its_own_adjustm
         assert [e.amount for e in every_page(client, "s", "use", 0)[0]] == ["2", "2"]  # closed: the final's
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel defect (engine/kernel/src/rerate.rs reprice): after a contract switch, the old contract's last "
-    "period's aggregate runs over every bucket up to its monthly end, the new contract's hours included, so the "
-    "re-rating records the new period's bucket (Jan 25) twice in Kernel.adjustments: the new period's line (b: 6) "
-    "lists two +3 adjustments and its pages sum to 9",
-)
 def test_after_a_switch_the_new_contracts_first_period_lists_each_adjustment_once(
     server_factory: ServerFactory,
 ) -> None:
+    """After a switch on the hour, the old contract's last period keeps its monthly end (Feb 1), but its run of
+    hour buckets ends at its contract's end: the re-rating prices the new contract's bucket (Jan 25) once, in the
+    new period, so that line (b: 3 units, 6) lists one +3 adjustment (its pages summed to 9, listing it twice)."""
     server = server_factory()
     with server.client() as client:
         switch = switched_and_rerated(client)

@@ -11,6 +11,7 @@ from engine import commands as cmd
 from engine.billing import Billing
 from engine.control import fingerprint
 from engine.errors import FailedPrecondition, Repeated
+from engine.pending import PendingRerating
 from engine.products import Aggregation
 from engine.ratecard import VersionState
 from engine.versions import PublishResult
@@ -110,7 +111,9 @@ def off_hour_machine() -> Billing:
 
 
 def server_publish(number: int, effective_from_ms: int, refused: bool) -> cmd.PublishVersion:
-    return cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, effective_from_ms, split_hours_refused=refused)
+    return cmd.PublishVersion(
+        RECEIVED_MS, ACTOR, "card", number, effective_from_ms, split_hours_refused=refused, rerate_in_contract=refused
+    )
 
 
 def test_the_servers_publish_rerating_an_hour_holding_a_period_boundary_off_the_hour_is_refused_whole() -> None:
@@ -139,9 +142,10 @@ def test_a_publish_journaled_without_split_hours_refused_replays_its_rerating_as
     """A PublishVersion record an earlier release journaled has no split_hours_refused: decoded, it reads False,
     and it re-rates as it did then (the 03:00 bucket, 3 units 1 -> 2; the first hour's left at the old price)."""
     stored = msgspec.json.encode(cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS))
-    assert b"split_hours_refused" in stored
-    old = msgspec.json.decode(stored.replace(b',"split_hours_refused":false', b""), type=cmd.PublishVersion)
-    assert old.split_hours_refused is False
+    before = stored.replace(b',"split_hours_refused":false', b"").replace(b',"rerate_in_contract":false', b"")
+    assert b"split_hours_refused" not in before and b"rerate_in_contract" not in before
+    old = msgspec.json.decode(before, type=cmd.PublishVersion)
+    assert (old.split_hours_refused, old.rerate_in_contract) == (False, False)
     billing = off_hour_machine()
     number = draft(billing, (rate("calls", unit("2")),))
     assert number == old.version
@@ -150,7 +154,7 @@ def test_a_publish_journaled_without_split_hours_refused_replays_its_rerating_as
     assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (1, 3 * 10**12)
 
 
-def test_split_hours_refused_is_the_servers_in_neither_audit_entry_nor_retry_fingerprint() -> None:
+def test_split_hours_refused_and_rerate_in_contract_are_the_servers_in_neither_audit_entry_nor_fingerprint() -> None:
     billing = off_hour_machine()
     number = draft(billing, (rate("calls", unit("2")),))
     later = EPOCH_MS + 5 * HOUR_MS  # after the usage: nothing to re-rate, so it publishes
@@ -158,9 +162,63 @@ def test_split_hours_refused_is_the_servers_in_neither_audit_entry_nor_retry_fin
         server_publish(number, later, refused=False)
     )
     billing.apply(server_publish(number, later, refused=True), billing.last_seq + 1)
-    rollback = cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, later + HOUR_MS, split_hours_refused=True)
-    assert fingerprint(rollback) == fingerprint(msgspec.structs.replace(rollback, split_hours_refused=False))
+    rollback = cmd.RollbackRateCard(
+        RECEIVED_MS, ACTOR, "card", 1, later + HOUR_MS, split_hours_refused=True, rerate_in_contract=True
+    )
+    unasked = msgspec.structs.replace(rollback, split_hours_refused=False, rerate_in_contract=False)
+    assert fingerprint(rollback) == fingerprint(unasked)
     billing.apply(rollback, billing.last_seq + 1)
     entries = [e for e in billing.engine.state.audit if e.action in ("PublishVersion", "RollbackRateCard")]
     assert [e.action for e in entries][-2:] == ["PublishVersion", "RollbackRateCard"]
-    assert all("split_hours_refused" not in entry.diff for entry in entries), entries
+    assert all("split_hours_refused" not in e.diff and "rerate_in_contract" not in e.diff for e in entries), entries
+
+
+SWITCH_MS = EPOCH_MS + 19 * 24 * HOUR_MS + 12 * HOUR_MS  # 2026-01-20T12:00:00Z, on the hour
+JAN_26_MS = EPOCH_MS + 25 * 24 * HOUR_MS
+
+
+def switched_machine() -> Billing:
+    """Contract c-old from Jan 1 to the switch, c-new from it (same card, 1 a unit); usage on Jan 10 (2 units, the
+    old contract's last period, Jan 1 - Feb 1) and Jan 25 (3 units, the new one's first)."""
+    world = World()
+    world.product("calls", value_key="n", dimensions=())
+    world.rate_card()
+    world.version([rate("calls", unit("1"))])
+    world.customer()
+    world.contract("c-old", ending_before_ms=SWITCH_MS)
+    world.contract("c-new", starting_at_ms=SWITCH_MS)
+    billing = Billing(engine=world.engine)
+    for name, day, n in (("a", 9, 2.0), ("b", 24, 3.0)):
+        event = usage_event(name, EPOCH_MS + day * 24 * HOUR_MS + 10 * HOUR_MS, {"n": n})
+        assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), JAN_26_MS).accepted == 1
+    return billing
+
+
+def test_the_servers_publish_after_a_switch_rerates_each_hour_bucket_once() -> None:
+    """rerate_in_contract (the server's): the old contract's last period's run ends at the contract's end, so the
+    new contract's bucket (Jan 25) is priced and recorded once: two buckets re-rated, +2 and +3. A publish
+    journaled without it re-rates as then: the Jan 25 bucket a second time in the old period's run (three
+    buckets, +8, two adjustments for it)."""
+    jan_25 = (EPOCH_MS + 24 * 24 * HOUR_MS + 10 * HOUR_MS) // HOUR_MS
+    for in_contract, buckets, delta, jan_25_adjustments in ((True, 2, 5, 1), (False, 3, 8, 2)):
+        billing = switched_machine()
+        number = draft(billing, (rate("calls", unit("2")),))
+        command = cmd.PublishVersion(
+            JAN_26_MS, ACTOR, "card", number, EPOCH_MS + 4 * 24 * HOUR_MS, rerate_in_contract=in_contract
+        )
+        result = billing.apply(command, billing.last_seq + 1)
+        assert isinstance(result, PublishResult)
+        assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (buckets, delta * 10**12), in_contract
+        hours = [adjustment[1] for adjustment in billing.kernel.adjustments("acme")]
+        assert hours.count(jan_25) == jan_25_adjustments, (in_contract, hours)
+
+
+def test_a_pending_rerating_in_a_snapshot_of_an_earlier_release_rerates_as_then() -> None:
+    """PendingRerating.in_contract (the publish's rerate_in_contract) is missing from the snapshots of earlier
+    releases: such a pending re-rating reads False, the rule its publish was journaled under."""
+    pending = PendingRerating(7, "card", 3, ["acme"], {"acme": None}, in_contract=True)
+    stored = msgspec.msgpack.encode(msgspec.structs.replace(pending, in_contract=False))
+    fields = msgspec.msgpack.decode(stored)
+    assert fields.pop("in_contract") is False
+    earlier = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=PendingRerating)
+    assert earlier == msgspec.structs.replace(pending, in_contract=False)

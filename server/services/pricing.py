@@ -122,6 +122,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             convert.optional_hour_ms(request, "effective_from"),
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
             split_hours_refused=True,
+            rerate_in_contract=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -194,6 +195,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.to_version,
             convert.optional_hour_ms(request, "effective_from"),
             split_hours_refused=True,
+            rerate_in_contract=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 

@@ -479,7 +479,8 @@ impl Kernel {
     /// Raises ValueError (naming the product and why) when these customers' usage cannot be
     /// re-rated once `version` (a VersionTable's msgpack) is published effective from `from_hour`;
     /// with `split_hours_refused`, also when it is in an hour holding a period boundary off the hour
-    /// (naming the customer, the product and the hour). Changes nothing.
+    /// (naming the customer, the product and the hour); `in_contract` as `rerate` will re-rate.
+    /// Changes nothing.
     fn rerate_check(
         &self,
         py: Python<'_>,
@@ -487,10 +488,13 @@ impl Kernel {
         version: &[u8],
         from_hour: i64,
         split_hours_refused: bool,
+        in_contract: bool,
     ) -> PyResult<()> {
         let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
         py.detach(|| {
-            self.read()?.rerate_check(&customers, table, from_hour, split_hours_refused).map_err(PyValueError::new_err)
+            let kernel = self.read()?;
+            (kernel.rerate_check(&customers, table, from_hour, split_hours_refused, in_contract))
+                .map_err(PyValueError::new_err)
         })
     }
 
@@ -505,18 +509,21 @@ impl Kernel {
         version: &[u8],
         from_hour: i64,
         split_hours_refused: bool,
+        in_contract: bool,
     ) -> PyResult<Vec<String>> {
         let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
         py.detach(|| {
             let kernel = self.read()?;
-            kernel.rerate_plan_slice(&customers, table, from_hour, split_hours_refused).map_err(PyValueError::new_err)
+            (kernel.rerate_plan_slice(&customers, table, from_hour, split_hours_refused, in_contract))
+                .map_err(PyValueError::new_err)
         })
     }
 
     /// Re-rates these customers (rerate.rs) as record `seq`, one customer at a time under the lock,
     /// offering it to a waiting read between customers, with the GIL released. Returns (customers,
     /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos,
-    /// the customers whose charges or draws changed, in the order given).
+    /// the customers whose charges or draws changed, in the order given). `in_contract`: a period's
+    /// run ends at its contract's end too (the server's publishes; rerate.rs `reprice`).
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity)]
     fn rerate(
@@ -526,6 +533,7 @@ impl Kernel {
         rate_card_id: &str,
         from_hour: i64,
         seq: u64,
+        in_contract: bool,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
@@ -533,7 +541,7 @@ impl Kernel {
                     let mut done = crate::rerate::Rerated::default();
                     let mut changed = Vec::new();
                     for customer in &customers {
-                        let one = kernel.rerate_customer(customer, rate_card_id, from_hour, seq)?;
+                        let one = kernel.rerate_customer(customer, rate_card_id, from_hour, seq, in_contract)?;
                         if one.amounts_changed > 0 {
                             changed.push(customer.clone());
                         }

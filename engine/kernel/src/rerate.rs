@@ -140,6 +140,7 @@ impl Kernel {
         version: VersionTable,
         from_hour: i64,
         split_hours_refused: bool,
+        in_contract: bool,
     ) -> Result<Vec<String>, String> {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(Vec::new()) };
         let affected: Vec<String> = (customers.iter())
@@ -147,7 +148,7 @@ impl Kernel {
             .cloned()
             .collect();
         if !affected.is_empty() {
-            self.rerate_check(&affected, version, from_hour, split_hours_refused)?;
+            self.rerate_check(&affected, version, from_hour, split_hours_refused, in_contract)?;
         }
         Ok(affected)
     }
@@ -156,13 +157,15 @@ impl Kernel {
     /// `from_hour` can be re-rated once `version` is published effective from `from_hour` (to every
     /// customer of the card): Err names the product and why not. With `split_hours_refused` (the
     /// server's publishes; a publish journaled before it is checked without), usage in an hour
-    /// holding a period boundary off the hour is refused too (`refuse_split_hours`).
+    /// holding a period boundary off the hour is refused too (`refuse_split_hours`); `in_contract`
+    /// as `rerate_customer` will re-rate.
     pub fn rerate_check(
         &self,
         customers: &[String],
         version: VersionTable,
         from_hour: i64,
         split_hours_refused: bool,
+        in_contract: bool,
     ) -> Result<(), String> {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(()) };
         let compiled = compile_version(&self.rater.catalog, &self.rater.interner, version)?;
@@ -172,7 +175,7 @@ impl Kernel {
                 if split_hours_refused {
                     self.refuse_split_hours(id, account, card, (from_hour, i64::MAX))?;
                 }
-                self.reprice(account, card, (from_hour, i64::MAX), pricing)?;
+                self.reprice(account, card, (from_hour, i64::MAX), pricing, in_contract)?;
             }
         }
         Ok(())
@@ -180,19 +183,22 @@ impl Kernel {
 
     /// Re-rates one customer's open-period usage of the rate card at or after `from_hour` with the
     /// timelines loaded now, as record `seq`. On Err (a product that cannot be re-rated, a bucket
-    /// no rate prices) nothing changed.
+    /// no rate prices) nothing changed. `in_contract`: a period's run ends at its contract's end
+    /// (see `reprice`); without it (publishes journaled before) as they re-rated then.
     pub fn rerate_customer(
         &mut self,
         customer_id: &str,
         rate_card_id: &str,
         from_hour: i64,
         seq: u64,
+        in_contract: bool,
     ) -> Result<Rerated, String> {
         let (Some(card), Some(account)) = (self.rater.interner.get(rate_card_id), self.accounts.get(customer_id))
         else {
             return Ok(Rerated::default());
         };
-        let (aggregates, mut done) = self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline)?;
+        let (aggregates, mut done) =
+            self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline, in_contract)?;
         let rater = &self.rater;
         let account = self.accounts.get_mut(customer_id).expect("looked up above");
         let mut first_period = None;
@@ -272,7 +278,7 @@ impl Kernel {
         for id in ids {
             let Some(account) = self.accounts.get(id) else { continue };
             self.refuse_split_hours(id, account, card, hours)?;
-            let (aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled))?;
+            let (aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled), true)?;
             let mut by_product: FxHashMap<Sym, (Picos, Picos)> = FxHashMap::default();
             for bucket in
                 aggregates.iter().flat_map(|a| a.buckets.iter()).filter(|b| b.selected && b.key.hour < hours.1)
@@ -340,13 +346,17 @@ impl Kernel {
 
     /// Prices again every open-period aggregate of the account holding usage of `card` in the
     /// hours [from, until); returns them in a stable order (period, product, dimension values)
-    /// with the usage left alone in closed periods. Changes nothing.
+    /// with the usage left alone in closed periods. Changes nothing. `in_contract`: an aggregate's
+    /// run of buckets ends at its contract's end as well as its period's (a switched contract's last
+    /// period keeps its monthly end, and its run would otherwise take in the next contract's hours,
+    /// pricing and recording them a second time); without it, at the period's end only.
     fn reprice(
         &self,
         account: &Account,
         card: Sym,
         (from, until): (i64, i64),
         pricing: Pricing,
+        in_contract: bool,
     ) -> Result<(Vec<AggregateRepriced>, Rerated), String> {
         let mut closed = Rerated::default();
         let Some(route) = account.route.as_ref() else { return Ok((Vec::new(), closed)) };
@@ -364,7 +374,10 @@ impl Kernel {
             }
             let ts = key.hour * HOUR_MS;
             let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else { continue };
-            let (start, end) = periods.containing(contract.starting_at_ms, ts);
+            let (start, mut end) = periods.containing(contract.starting_at_ms, ts);
+            if in_contract {
+                end = end.min(contract.ending_before_ms.unwrap_or(i64::MAX));
+            }
             if route.is_closed(start) {
                 closed.closed_buckets += 1;
                 closed.closed_events += usages.iter().map(|u| u.events).sum::<u64>();
@@ -854,7 +867,7 @@ mod tests {
     fn rerate(kernel: &mut Kernel, from_hour: i64, seq: u64) -> Rerated {
         let mut done = Rerated::default();
         for customer in kernel.rerate_customers("card", from_hour) {
-            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq).unwrap());
+            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq, true).unwrap());
         }
         done
     }
@@ -1002,9 +1015,9 @@ mod tests {
         };
         let batch = wire::UsageBatch { batch_id: "g".into(), events: vec![gauge] }.encode_to_vec();
         kernel.ingest(&batch, T0 + 40 * 86_400_000, 50).unwrap();
-        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true).unwrap_err();
+        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true, true).unwrap_err();
         assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
-        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6).is_err());
+        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true).is_err());
     }
 
     #[test]
@@ -1049,16 +1062,16 @@ mod tests {
         let grants = [("prepaid", 1_000 * E18, 0)];
         let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
         let customers = ["acme".to_string()];
-        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3, true).unwrap();
+        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3, true, true).unwrap();
         // A version without the rate the usage needs is refused, naming it.
         let mut partial = version(2, 80);
         partial.rates.retain(|r| r.product_id != "volume");
-        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3, true).unwrap_err();
+        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3, true, true).unwrap_err();
         assert!(refusal.contains("no rate for product \"volume\""), "{refusal}");
         // Effective after every bucket: nothing to price, nothing refused.
         let mut partial = version(2, 80);
         partial.rates.clear();
-        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100, true).unwrap();
+        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100, true, true).unwrap();
     }
 
     proptest! {
