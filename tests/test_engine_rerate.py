@@ -222,3 +222,16 @@ def test_a_pending_rerating_in_a_snapshot_of_an_earlier_release_rerates_as_then(
     assert fields.pop("in_contract") is False
     earlier = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=PendingRerating)
     assert earlier == msgspec.structs.replace(pending, in_contract=False)
+
+
+def test_an_hour_holding_a_boundary_between_closed_periods_only_is_left_alone_not_refused() -> None:
+    """Once the period the first hour's usage is of (Jan 1 00:30 - Feb 1 00:30) is closed, nothing would price that
+    hour again: the server's publish effective from 00:00 is accepted, leaving the closed usage alone."""
+    billing = off_hour_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    close_ms = EPOCH_MS + 32 * 24 * HOUR_MS
+    billing.apply(cmd.ClosePeriod(close_ms, ACTOR, "acme", OFF_HOUR_START_MS), billing.last_seq + 1)
+    command = msgspec.structs.replace(server_publish(number, EPOCH_MS, refused=True), at_ms=close_ms)
+    result = billing.apply(command, billing.last_seq + 1)
+    assert isinstance(result, PublishResult)
+    assert (result.buckets_rerated, result.closed_buckets_left_alone) == (0, 1)

@@ -9,7 +9,9 @@
 //! unless its drop is cut by that floor inside one hour bucket), and the walk is in time order,
 //! as if every event had arrived on time. Only additive aggregations (SUM, COUNT) can be walked:
 //! the buckets of MAX, LATEST and UNIQUE_COUNT hold increments in arrival order, not the measure
-//! of their hour, so such usage is refused, never approximated.
+//! of their hour, so such usage is refused, never approximated. So is usage in an hour holding a
+//! period boundary off the hour (`refuse_split_hours`): a bucket is keyed by hour, not period, and
+//! cannot be split between the periods its units are of.
 //!
 //! Re-rating writes each changed bucket's new amount under the version now in force, an
 //! adjustment entry citing the old and new versions, and settles each aggregate's difference
@@ -322,6 +324,12 @@ impl Kernel {
         (from, until): (i64, i64),
     ) -> Result<(), String> {
         let Some(route) = account.route.as_ref() else { return Ok(()) };
+        // Periods are whole months from the contract's start, at its time of day: with every contract
+        // starting and ending on the hour, no boundary is off the hour (most customers: no bucket looked at).
+        let on_the_hour = |at: Option<i64>| at.is_none_or(|at| at.rem_euclid(HOUR_MS) == 0);
+        if route.contracts.iter().all(|c| on_the_hour(Some(c.starting_at_ms)) && on_the_hour(c.ending_before_ms)) {
+            return Ok(());
+        }
         let (interner, combos) = (&self.rater.interner, &self.rater.combos);
         let split = (account.buckets.iter())
             .filter(|(_, usages)| usages.iter().any(|u| u.rate_card == card))
