@@ -12,6 +12,7 @@ from engine.billing import Billing
 from engine.control import fingerprint
 from engine.errors import FailedPrecondition, Repeated
 from engine.pending import PendingRerating
+from engine.rerate import simulate
 from engine.products import Aggregation
 from engine.ratecard import VersionState
 from engine.versions import PublishResult
@@ -235,3 +236,14 @@ def test_an_hour_holding_a_boundary_between_closed_periods_only_is_left_alone_no
     result = billing.apply(command, billing.last_seq + 1)
     assert isinstance(result, PublishResult)
     assert (result.buckets_rerated, result.closed_buckets_left_alone) == (0, 1)
+
+
+def test_simulating_over_a_switch_counts_each_hour_bucket_once() -> None:
+    """SimulateVersion over January for the switched customer: the old contract's last period (Jan 1 - Feb 1)
+    walks its own hours only, so the new contract's bucket (Jan 25, 3 units) is counted once: current 2 + 3,
+    simulated at 2 a unit 4 + 6 (it was counted in both periods: 8 and 16)."""
+    billing = switched_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    feb_1 = EPOCH_MS + 31 * 24 * HOUR_MS
+    simulation = simulate(billing.engine.state, billing.kernel, "card", number, EPOCH_MS, feb_1, [])
+    assert simulation.lines == [("acme", "calls", 5 * 10**12, 10 * 10**12)]
