@@ -12,9 +12,9 @@ from engine.billing import Billing
 from engine.control import fingerprint
 from engine.errors import FailedPrecondition, Repeated
 from engine.pending import PendingRerating
-from engine.rerate import simulate
 from engine.products import Aggregation
 from engine.ratecard import VersionState
+from engine.rerate import simulate
 from engine.versions import PublishResult
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
