@@ -85,12 +85,22 @@ class CreateDraftVersion(msgspec.Struct, frozen=True, tag="create_draft_version"
 
 
 class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
+    """`split_hours_refused`: set by the server for every publish it takes (server/services/pricing.py), so a
+    publish whose re-rating would price again usage in an hour holding a period boundary off the hour (an hour
+    bucket does not know which period each unit is of) is refused (engine/kernel/src/rerate.rs
+    refuse_split_hours); False (commands stored before it) re-rates as it re-rated then. `rerate_in_contract`: set
+    likewise, so a re-rated period's run of hour buckets ends at its contract's end too (a switched contract's last
+    period keeps its monthly end, and its run took in the next contract's hours, pricing and recording them twice);
+    False (commands stored before it) re-rates as then."""
+
     at_ms: int
     actor: str
     rate_card_id: str
     version: int
     effective_from_ms: int | None  # None: the start of the current hour
     cohort: Cohort | None = None  # None: every customer outside cohorts (engine/cohorts.py)
+    split_hours_refused: bool = False
+    rerate_in_contract: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -125,6 +135,8 @@ SERVER_SET_FIELDS = (
     "made_ids_refused",
     "rollover_ids_distinct",
     "adjustments_in_contract",
+    "split_hours_refused",
+    "rerate_in_contract",
 )
 
 
@@ -165,6 +177,8 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rate_card_id: str
     to_version: int
     effective_from_ms: int | None  # None: the start of the current hour
+    split_hours_refused: bool = False  # as PublishVersion's
+    rerate_in_contract: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):

@@ -50,11 +50,19 @@ class PendingRerating(msgspec.Struct):
     done: tuple[int, int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0, 0)
     # The re-rated customers whose charges or draws changed, in the order re-rated (the ones it wakes watchers of).
     changed: list[str] = msgspec.field(default_factory=list)
+    # The publish's rerate_in_contract (engine/commands.py); False in the snapshots of earlier releases, whose
+    # publishes had none.
+    in_contract: bool = False
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
     return PendingRerating(
-        publish_seq, plan.rate_card_id, plan.from_hour, list(plan.customers), dict.fromkeys(plan.customers)
+        publish_seq,
+        plan.rate_card_id,
+        plan.from_hour,
+        list(plan.customers),
+        dict.fromkeys(plan.customers),
+        in_contract=plan.in_contract,
     )
 
 
@@ -88,7 +96,9 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
     if not customers:
         return
     try:
-        done = kernel.rerate(customers, rerating.rate_card_id, rerating.from_hour, rerating.publish_seq)
+        done = kernel.rerate(
+            customers, rerating.rate_card_id, rerating.from_hour, rerating.publish_seq, rerating.in_contract
+        )
     except ValueError as exc:
         # The publish checked these customers' usage, and nothing changes it before they are re-rated.
         raise AssertionError(f"a pending re-rating failed although its publish was checked: {exc}") from exc

@@ -38,11 +38,13 @@ LEFT_ALONE_REASON = "in closed periods: a closed period's invoice is final, so i
 
 @dataclass(frozen=True, slots=True)
 class RerationPlan:
-    """What a publish re-rates: the customers with usage of the card from `from_hour` on, in id order."""
+    """What a publish re-rates: the customers with usage of the card from `from_hour` on, in id order;
+    `in_contract` the command's `rerate_in_contract` (a period's run of buckets ends at its contract's end too)."""
 
     rate_card_id: str
     from_hour: int
     customers: list[str]
+    in_contract: bool = False
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -113,6 +115,8 @@ class _Planned:
     effective_from_ms: int
     members: Cohort | None
     cohort: bool
+    split_hours_refused: bool  # the command's: usage in an hour holding a period boundary off the hour is refused
+    in_contract: bool  # the command's rerate_in_contract
 
     @property
     def from_hour(self) -> int:
@@ -156,7 +160,9 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         except InvalidArgument:
             return None  # the publish refuses it
     is_cohort = isinstance(command, cmd.PublishVersion) and command.cohort is not None
-    return _Planned(card, version, effective_from_ms, cohort, is_cohort)
+    return _Planned(
+        card, version, effective_from_ms, cohort, is_cohort, command.split_hours_refused, command.rerate_in_contract
+    )
 
 
 def plan_rerating(
@@ -180,10 +186,10 @@ def plan_rerating(
     table = planned.table(state)
     refresh_tables()
     try:
-        kernel.rerate_check(customers, table, planned.from_hour)
+        kernel.rerate_check(customers, table, planned.from_hour, planned.split_hours_refused, planned.in_contract)
     except ValueError as exc:
         raise planned.refusal(exc) from None
-    return RerationPlan(planned.card.id, planned.from_hour, customers)
+    return RerationPlan(planned.card.id, planned.from_hour, customers, planned.in_contract)
 
 
 @dataclass(slots=True)
@@ -249,7 +255,9 @@ class PlanInSlices:
         self.cursor, self.again = len(self.candidates), []
         if not self.affected:
             return None
-        return RerationPlan(self.planned.card.id, self.planned.from_hour, sorted(self.affected))
+        return RerationPlan(
+            self.planned.card.id, self.planned.from_hour, sorted(self.affected), self.planned.in_contract
+        )
 
     def _look(self, kernel: Kernel, customers: list[str]) -> None:
         cohort, known = self.planned.members, self.customers
@@ -258,7 +266,13 @@ class PlanInSlices:
         if not customers:
             return
         try:
-            found = kernel.rerate_plan_slice(customers, self.table, self.planned.from_hour)
+            found = kernel.rerate_plan_slice(
+                customers,
+                self.table,
+                self.planned.from_hour,
+                self.planned.split_hours_refused,
+                self.planned.in_contract,
+            )
         except ValueError as exc:
             raise self.planned.refusal(exc) from None
         self.affected.difference_update(customers)
@@ -268,7 +282,7 @@ class PlanInSlices:
 
 def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
     """Re-rates some of the plan's customers as journal record `seq` (the GIL released inside)."""
-    counts = kernel.rerate(customers, plan.rate_card_id, plan.from_hour, seq)
+    counts = kernel.rerate(customers, plan.rate_card_id, plan.from_hour, seq, plan.in_contract)
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])
     return done

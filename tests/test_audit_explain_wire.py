@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 
 import grpc
 import pytest
@@ -502,18 +503,14 @@ def test_paging_refusals_contract_switch_and_restricted_keys(server_factory: Ser
     assert ["line amount", "75"] in table_rows(by_month.stdout) and ["events", "150"] in table_rows(by_month.stdout)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel defect (engine/kernel/src/rerate.rs): re-rating assigns each hour bucket to the period its hour "
-    "STARTS in, so with a contract starting off the hour the boundary hour's usage of both periods is priced into "
-    "the earlier period and the first partial hour into none: January's line (7 units at 2) reads 28, not 14, "
-    "February's (8 units) reads 0, not 16, and February's pages (b2: 8) no longer sum to its line_amount",
-)
-def test_a_rerated_hour_holding_a_period_boundary_still_sums_to_the_line(server_factory: ServerFactory) -> None:
+def test_a_rerating_of_an_hour_holding_a_period_boundary_off_the_hour_is_refused(server_factory: ServerFactory) -> None:
     """A contract starting off the hour (Jan 1 10:30): its periods run 10:30 to 10:30, so the hour 10:00-11:00 on
     Feb 1 holds usage of both periods (b1 at 10:15 in January's, b2 at 10:45 in February's) and the first hour
-    (Jan 1 10:00) starts before the first period. A retroactive v2 at 2 (from Jan 1 10:00) re-rates every bucket:
-    each period's line is then 2 a unit, and its pages (events at 1, then adjustments) must sum to it."""
+    (Jan 1 10:00) usage of January's only from 10:30. An hour bucket does not know which period each unit is of, so
+    pricing it again cannot be exact (January's line read 28 instead of 14, February's 0 instead of 16): pricing.proto
+    refuses such a publish (or rollback) FAILED_PRECONDITION, naming the customer, the product and the hour, and it
+    changes nothing. SimulateVersion over such an hour is refused likewise. A version effective after the boundary
+    hours publishes as usual."""
     server = server_factory()
     start = ms("2026-01-01T10:30:00")
     february = ms("2026-02-01T10:30:00")
@@ -528,11 +525,34 @@ def test_a_rerated_hour_holding_a_period_boundary_still_sums_to_the_line(server_
             use("b2", "2026-02-01T10:45:00", 8, who="o"),
         ]
         assert ingest(client, "o-1", *events).accepted == 4
-        publish_price(client, 1, "2", ms("2026-01-01T10:00:00"))
-        for period_ms, amount, quantity in ((start, "14", "7"), (february, "16", "8")):
-            entries, last = every_page(client, "o", "use", 0, period_ms)
-            assert (last.line_amount, last.line_quantity) == (amount, quantity), period_ms
-            assert sum(Decimal(e.amount) for e in entries) == Decimal(amount), [entry_fields(e) for e in entries]
+        lines = {p: every_page(client, "o", "use", 0, p) for p in (start, february)}
+        assert [(lines[p][1].line_amount, lines[p][1].line_quantity) for p in lines] == [("7", "7"), ("8", "8")]
+        draft = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD, based_on_version=1, upsert_rates=[unit("use", "2")]
+            )
+        ).version
+        # From Jan 20 the first hour is not re-rated itself, but January's walk over the cumulative quantity is
+        # missing its part (a1): refused as well, naming the earliest such hour.
+        named = 'customer "o": product "use": the hour from 2026-01-01T10:00:00Z holds a period boundary off the hour'
+        for from_ms in (ms("2026-01-01T10:00:00"), ms("2026-01-20T00:00:00"), ms("2026-02-01T10:00:00")):
+            request = pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=draft, effective_from=ts(from_ms))
+            details = expect_error(S.FAILED_PRECONDITION, partial(client.pricing.PublishVersion, request))
+            assert named + " (2026-01-01T10:30:00Z)" in details, details
+            rollback = pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=ts(from_ms))
+            details = expect_error(S.FAILED_PRECONDITION, partial(client.pricing.RollbackRateCard, rollback))
+            assert named in details, details
+        simulated = pricing_pb2.SimulateVersionRequest(
+            rate_card_id=CARD, version=draft, period_start=ts(start), period_end=ts(february)
+        )
+        details = expect_error(S.FAILED_PRECONDITION, lambda: client.pricing.SimulateVersion(simulated))
+        assert 'customer "o": product "use": the hour from 2026-01-01T10:00:00Z' in details, details
+        assert [v.state for v in client.pricing.ListVersions(
+            pricing_pb2.ListVersionsRequest(rate_card_id=CARD)).versions] == [pricing_pb2.PUBLISHED, pricing_pb2.DRAFT]  # fmt: skip
+        for period_ms, (entries, last) in lines.items():
+            assert every_page(client, "o", "use", 0, period_ms) == (entries, last), "the refusals changed nothing"
+        publish_price(client, 1, "3", ms("2026-02-01T11:00:00"))  # after every boundary hour: nothing to re-rate
+        assert every_page(client, "o", "use", 0, february)[1].line_amount == "8"
 
 
 def switched_and_rerated(client: TariffClient) -> int:
@@ -575,16 +595,12 @@ def test_after_a_switch_the_old_contracts_last_period_lists_only_its_own_adjustm
         assert [e.amount for e in every_page(client, "s", "use", 0)[0]] == ["2", "2"]  # closed: the final's
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel defect (engine/kernel/src/rerate.rs reprice): after a contract switch, the old contract's last "
-    "period's aggregate runs over every bucket up to its monthly end, the new contract's hours included, so the "
-    "re-rating records the new period's bucket (Jan 25) twice in Kernel.adjustments: the new period's line (b: 6) "
-    "lists two +3 adjustments and its pages sum to 9",
-)
 def test_after_a_switch_the_new_contracts_first_period_lists_each_adjustment_once(
     server_factory: ServerFactory,
 ) -> None:
+    """After a switch on the hour, the old contract's last period keeps its monthly end (Feb 1), but its run of
+    hour buckets ends at its contract's end: the re-rating prices the new contract's bucket (Jan 25) once, in the
+    new period, so that line (b: 3 units, 6) lists one +3 adjustment (its pages summed to 9, listing it twice)."""
     server = server_factory()
     with server.client() as client:
         switch = switched_and_rerated(client)

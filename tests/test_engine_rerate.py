@@ -3,14 +3,18 @@ re-rated is refused before anything changes, and a retried publish re-rates noth
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
 from engine.billing import Billing
+from engine.control import fingerprint
 from engine.errors import FailedPrecondition, Repeated
+from engine.pending import PendingRerating
 from engine.products import Aggregation
 from engine.ratecard import VersionState
+from engine.rerate import simulate
 from engine.versions import PublishResult
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
@@ -86,3 +90,160 @@ def test_a_retried_publish_rerates_nothing_again() -> None:
     repeated = again.value.result
     assert isinstance(repeated, PublishResult) and repeated.events_rerated == repeated.buckets_rerated == 0
     assert len(billing.kernel.adjustments("acme")) == 2
+
+
+OFF_HOUR_START_MS = EPOCH_MS + HOUR_MS // 2  # 2026-01-01T00:30:00Z: periods run 00:30 to 00:30
+
+
+def off_hour_machine() -> Billing:
+    """A contract starting off the hour, with usage in its first hour (00:45, 2 units: its part from 00:30 only)
+    and at 03:00 (3 units), priced 1 a unit."""
+    world = World()
+    world.product("calls", value_key="n", dimensions=())
+    world.rate_card()
+    world.version([rate("calls", unit("1"))])
+    world.customer()
+    world.contract(starting_at_ms=OFF_HOUR_START_MS)
+    billing = Billing(engine=world.engine)
+    for name, at_ms, n in (("first", EPOCH_MS + 45 * 60_000, 2.0), ("later", EPOCH_MS + 3 * HOUR_MS, 3.0)):
+        batch = usage_pb2.UsageBatch(events=[usage_event(name, at_ms, {"n": n})]).SerializeToString()
+        assert billing.ingest(batch, RECEIVED_MS).accepted == 1
+    return billing
+
+
+def server_publish(number: int, effective_from_ms: int, refused: bool) -> cmd.PublishVersion:
+    return cmd.PublishVersion(
+        RECEIVED_MS, ACTOR, "card", number, effective_from_ms, split_hours_refused=refused, rerate_in_contract=refused
+    )
+
+
+def test_the_servers_publish_rerating_an_hour_holding_a_period_boundary_off_the_hour_is_refused_whole() -> None:
+    """The server sets split_hours_refused: the first hour's bucket (00:00-01:00) holds the contract's start
+    (00:30), so no re-rating can price it exactly (one published effective from 00:00 left it at the old price,
+    outside every period's walk): the publish is refused, naming the customer, the product and the hour, and
+    changes nothing. A rollback is refused likewise."""
+    billing = off_hour_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    before = billing.kernel.snapshot()
+    with pytest.raises(FailedPrecondition) as refused:
+        billing.apply(server_publish(number, EPOCH_MS, refused=True), billing.last_seq + 1)
+    assert (
+        'cannot be priced again: customer "acme": product "calls": the hour from 2026-01-01T00:00:00Z holds a period '
+        "boundary off the hour (2026-01-01T00:30:00Z)"
+    ) in str(refused.value)
+    assert billing.engine.rate_card("card").version(number).state is VersionState.DRAFT
+    assert billing.kernel.snapshot() == before
+    rollback = cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS, split_hours_refused=True)
+    with pytest.raises(FailedPrecondition, match="holds a period boundary off the hour"):
+        billing.apply(rollback, billing.last_seq + 1)
+    assert billing.kernel.snapshot() == before
+
+
+def test_a_publish_journaled_without_split_hours_refused_replays_its_rerating_as_before() -> None:
+    """A PublishVersion record an earlier release journaled has no split_hours_refused: decoded, it reads False,
+    and it re-rates as it did then (the 03:00 bucket, 3 units 1 -> 2; the first hour's left at the old price)."""
+    stored = msgspec.json.encode(cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS))
+    before = stored.replace(b',"split_hours_refused":false', b"").replace(b',"rerate_in_contract":false', b"")
+    assert b"split_hours_refused" not in before and b"rerate_in_contract" not in before
+    old = msgspec.json.decode(before, type=cmd.PublishVersion)
+    assert (old.split_hours_refused, old.rerate_in_contract) == (False, False)
+    billing = off_hour_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    assert number == old.version
+    result = billing.apply(old, billing.last_seq + 1)
+    assert isinstance(result, PublishResult)
+    assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (1, 3 * 10**12)
+
+
+def test_split_hours_refused_and_rerate_in_contract_are_the_servers_in_neither_audit_entry_nor_fingerprint() -> None:
+    billing = off_hour_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    later = EPOCH_MS + 5 * HOUR_MS  # after the usage: nothing to re-rate, so it publishes
+    assert fingerprint(server_publish(number, later, refused=True)) == fingerprint(
+        server_publish(number, later, refused=False)
+    )
+    billing.apply(server_publish(number, later, refused=True), billing.last_seq + 1)
+    rollback = cmd.RollbackRateCard(
+        RECEIVED_MS, ACTOR, "card", 1, later + HOUR_MS, split_hours_refused=True, rerate_in_contract=True
+    )
+    unasked = msgspec.structs.replace(rollback, split_hours_refused=False, rerate_in_contract=False)
+    assert fingerprint(rollback) == fingerprint(unasked)
+    billing.apply(rollback, billing.last_seq + 1)
+    entries = [e for e in billing.engine.state.audit if e.action in ("PublishVersion", "RollbackRateCard")]
+    assert [e.action for e in entries][-2:] == ["PublishVersion", "RollbackRateCard"]
+    assert all("split_hours_refused" not in e.diff and "rerate_in_contract" not in e.diff for e in entries), entries
+
+
+SWITCH_MS = EPOCH_MS + 19 * 24 * HOUR_MS + 12 * HOUR_MS  # 2026-01-20T12:00:00Z, on the hour
+JAN_26_MS = EPOCH_MS + 25 * 24 * HOUR_MS
+
+
+def switched_machine() -> Billing:
+    """Contract c-old from Jan 1 to the switch, c-new from it (same card, 1 a unit); usage on Jan 10 (2 units, the
+    old contract's last period, Jan 1 - Feb 1) and Jan 25 (3 units, the new one's first)."""
+    world = World()
+    world.product("calls", value_key="n", dimensions=())
+    world.rate_card()
+    world.version([rate("calls", unit("1"))])
+    world.customer()
+    world.contract("c-old", ending_before_ms=SWITCH_MS)
+    world.contract("c-new", starting_at_ms=SWITCH_MS)
+    billing = Billing(engine=world.engine)
+    for name, day, n in (("a", 9, 2.0), ("b", 24, 3.0)):
+        event = usage_event(name, EPOCH_MS + day * 24 * HOUR_MS + 10 * HOUR_MS, {"n": n})
+        assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), JAN_26_MS).accepted == 1
+    return billing
+
+
+def test_the_servers_publish_after_a_switch_rerates_each_hour_bucket_once() -> None:
+    """rerate_in_contract (the server's): the old contract's last period's run ends at the contract's end, so the
+    new contract's bucket (Jan 25) is priced and recorded once: two buckets re-rated, +2 and +3. A publish
+    journaled without it re-rates as then: the Jan 25 bucket a second time in the old period's run (three
+    buckets, +8, two adjustments for it)."""
+    jan_25 = (EPOCH_MS + 24 * 24 * HOUR_MS + 10 * HOUR_MS) // HOUR_MS
+    for in_contract, buckets, delta, jan_25_adjustments in ((True, 2, 5, 1), (False, 3, 8, 2)):
+        billing = switched_machine()
+        number = draft(billing, (rate("calls", unit("2")),))
+        command = cmd.PublishVersion(
+            JAN_26_MS, ACTOR, "card", number, EPOCH_MS + 4 * 24 * HOUR_MS, rerate_in_contract=in_contract
+        )
+        result = billing.apply(command, billing.last_seq + 1)
+        assert isinstance(result, PublishResult)
+        assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (buckets, delta * 10**12), in_contract
+        hours = [adjustment[1] for adjustment in billing.kernel.adjustments("acme")]
+        assert hours.count(jan_25) == jan_25_adjustments, (in_contract, hours)
+
+
+def test_a_pending_rerating_in_a_snapshot_of_an_earlier_release_rerates_as_then() -> None:
+    """PendingRerating.in_contract (the publish's rerate_in_contract) is missing from the snapshots of earlier
+    releases: such a pending re-rating reads False, the rule its publish was journaled under."""
+    pending = PendingRerating(7, "card", 3, ["acme"], {"acme": None}, in_contract=True)
+    stored = msgspec.msgpack.encode(msgspec.structs.replace(pending, in_contract=False))
+    fields = msgspec.msgpack.decode(stored)
+    assert fields.pop("in_contract") is False
+    earlier = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=PendingRerating)
+    assert earlier == msgspec.structs.replace(pending, in_contract=False)
+
+
+def test_an_hour_holding_a_boundary_between_closed_periods_only_is_left_alone_not_refused() -> None:
+    """Once the period the first hour's usage is of (Jan 1 00:30 - Feb 1 00:30) is closed, nothing would price that
+    hour again: the server's publish effective from 00:00 is accepted, leaving the closed usage alone."""
+    billing = off_hour_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    close_ms = EPOCH_MS + 32 * 24 * HOUR_MS
+    billing.apply(cmd.ClosePeriod(close_ms, ACTOR, "acme", OFF_HOUR_START_MS), billing.last_seq + 1)
+    command = msgspec.structs.replace(server_publish(number, EPOCH_MS, refused=True), at_ms=close_ms)
+    result = billing.apply(command, billing.last_seq + 1)
+    assert isinstance(result, PublishResult)
+    assert (result.buckets_rerated, result.closed_buckets_left_alone) == (0, 1)
+
+
+def test_simulating_over_a_switch_counts_each_hour_bucket_once() -> None:
+    """SimulateVersion over January for the switched customer: the old contract's last period (Jan 1 - Feb 1)
+    walks its own hours only, so the new contract's bucket (Jan 25, 3 units) is counted once: current 2 + 3,
+    simulated at 2 a unit 4 + 6 (it was counted in both periods: 8 and 16)."""
+    billing = switched_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    feb_1 = EPOCH_MS + 31 * 24 * HOUR_MS
+    simulation = simulate(billing.engine.state, billing.kernel, "card", number, EPOCH_MS, feb_1, [])
+    assert simulation.lines == [("acme", "calls", 5 * 10**12, 10 * 10**12)]

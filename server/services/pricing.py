@@ -121,6 +121,8 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.version,
             convert.optional_hour_ms(request, "effective_from"),
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
+            split_hours_refused=True,
+            rerate_in_contract=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -192,6 +194,8 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.rate_card_id,
             request.to_version,
             convert.optional_hour_ms(request, "effective_from"),
+            split_hours_refused=True,
+            rerate_in_contract=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 

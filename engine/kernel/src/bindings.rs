@@ -478,30 +478,52 @@ impl Kernel {
 
     /// Raises ValueError (naming the product and why) when these customers' usage cannot be
     /// re-rated once `version` (a VersionTable's msgpack) is published effective from `from_hour`;
-    /// changes nothing.
-    fn rerate_check(&self, py: Python<'_>, customers: Vec<String>, version: &[u8], from_hour: i64) -> PyResult<()> {
+    /// with `split_hours_refused`, also when it is in an hour holding a period boundary off the hour
+    /// (naming the customer, the product and the hour); `in_contract` as `rerate` will re-rate.
+    /// Changes nothing.
+    fn rerate_check(
+        &self,
+        py: Python<'_>,
+        customers: Vec<String>,
+        version: &[u8],
+        from_hour: i64,
+        split_hours_refused: bool,
+        in_contract: bool,
+    ) -> PyResult<()> {
         let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
-        py.detach(|| self.read()?.rerate_check(&customers, table, from_hour).map_err(PyValueError::new_err))
+        py.detach(|| {
+            let kernel = self.read()?;
+            (kernel.rerate_check(&customers, table, from_hour, split_hours_refused, in_contract))
+                .map_err(PyValueError::new_err)
+        })
     }
 
     /// A publish's plan a slice of customers at a time: those of `customers` (in the order given)
     /// with usage of the version's rate card from `from_hour` on, each checked as `rerate_check`
-    /// checks (ValueError naming the product and why); changes nothing.
+    /// checks (ValueError naming the product and why, `split_hours_refused` as there); changes
+    /// nothing.
     fn rerate_plan_slice(
         &self,
         py: Python<'_>,
         customers: Vec<String>,
         version: &[u8],
         from_hour: i64,
+        split_hours_refused: bool,
+        in_contract: bool,
     ) -> PyResult<Vec<String>> {
         let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
-        py.detach(|| self.read()?.rerate_plan_slice(&customers, table, from_hour).map_err(PyValueError::new_err))
+        py.detach(|| {
+            let kernel = self.read()?;
+            (kernel.rerate_plan_slice(&customers, table, from_hour, split_hours_refused, in_contract))
+                .map_err(PyValueError::new_err)
+        })
     }
 
     /// Re-rates these customers (rerate.rs) as record `seq`, one customer at a time under the lock,
     /// offering it to a waiting read between customers, with the GIL released. Returns (customers,
     /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos,
-    /// the customers whose charges or draws changed, in the order given).
+    /// the customers whose charges or draws changed, in the order given). `in_contract`: a period's
+    /// run ends at its contract's end too (the server's publishes; rerate.rs `reprice`).
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity)]
     fn rerate(
@@ -511,6 +533,7 @@ impl Kernel {
         rate_card_id: &str,
         from_hour: i64,
         seq: u64,
+        in_contract: bool,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
@@ -518,7 +541,7 @@ impl Kernel {
                     let mut done = crate::rerate::Rerated::default();
                     let mut changed = Vec::new();
                     for customer in &customers {
-                        let one = kernel.rerate_customer(customer, rate_card_id, from_hour, seq)?;
+                        let one = kernel.rerate_customer(customer, rate_card_id, from_hour, seq, in_contract)?;
                         if one.amounts_changed > 0 {
                             changed.push(customer.clone());
                         }

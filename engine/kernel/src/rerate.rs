@@ -9,7 +9,9 @@
 //! unless its drop is cut by that floor inside one hour bucket), and the walk is in time order,
 //! as if every event had arrived on time. Only additive aggregations (SUM, COUNT) can be walked:
 //! the buckets of MAX, LATEST and UNIQUE_COUNT hold increments in arrival order, not the measure
-//! of their hour, so such usage is refused, never approximated.
+//! of their hour, so such usage is refused, never approximated. So is usage in an hour holding a
+//! period boundary off the hour (`refuse_split_hours`): a bucket is keyed by hour, not period, and
+//! cannot be split between the periods its units are of.
 //!
 //! Re-rating writes each changed bucket's new amount under the version now in force, an
 //! adjustment entry citing the old and new versions, and settles each aggregate's difference
@@ -26,7 +28,7 @@ use crate::draw::{settle_into, Charge, Outcomes};
 use crate::kernel::{Account, Kernel};
 use crate::money::{Fixed, Picos};
 use crate::price::PricedCurve;
-use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Rate, Sym, Version};
+use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Rate, Route, Sym, Version};
 use crate::tables::VersionTable;
 
 /// One re-rated hour bucket: what it was charged and what it is charged now, and by which versions.
@@ -139,6 +141,8 @@ impl Kernel {
         customers: &[String],
         version: VersionTable,
         from_hour: i64,
+        split_hours_refused: bool,
+        in_contract: bool,
     ) -> Result<Vec<String>, String> {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(Vec::new()) };
         let affected: Vec<String> = (customers.iter())
@@ -146,21 +150,34 @@ impl Kernel {
             .cloned()
             .collect();
         if !affected.is_empty() {
-            self.rerate_check(&affected, version, from_hour)?;
+            self.rerate_check(&affected, version, from_hour, split_hours_refused, in_contract)?;
         }
         Ok(affected)
     }
 
     /// Checks, changing nothing, that these customers' usage of the version's rate card at or after
     /// `from_hour` can be re-rated once `version` is published effective from `from_hour` (to every
-    /// customer of the card): Err names the product and why not.
-    pub fn rerate_check(&self, customers: &[String], version: VersionTable, from_hour: i64) -> Result<(), String> {
+    /// customer of the card): Err names the product and why not. With `split_hours_refused` (the
+    /// server's publishes; a publish journaled before it is checked without), usage in an hour
+    /// holding a period boundary off the hour is refused too (`refuse_split_hours`); `in_contract`
+    /// as `rerate_customer` will re-rate.
+    pub fn rerate_check(
+        &self,
+        customers: &[String],
+        version: VersionTable,
+        from_hour: i64,
+        split_hours_refused: bool,
+        in_contract: bool,
+    ) -> Result<(), String> {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(()) };
         let compiled = compile_version(&self.rater.catalog, &self.rater.interner, version)?;
         let pricing = Pricing::Inserted { at_ms: from_hour * HOUR_MS, version: &compiled };
         for id in customers {
             if let Some(account) = self.accounts.get(id.as_str()) {
-                self.reprice(account, card, (from_hour, i64::MAX), pricing)?;
+                if split_hours_refused {
+                    self.refuse_split_hours(id, account, card, (from_hour, i64::MAX))?;
+                }
+                self.reprice(account, card, (from_hour, i64::MAX), pricing, in_contract)?;
             }
         }
         Ok(())
@@ -168,19 +185,22 @@ impl Kernel {
 
     /// Re-rates one customer's open-period usage of the rate card at or after `from_hour` with the
     /// timelines loaded now, as record `seq`. On Err (a product that cannot be re-rated, a bucket
-    /// no rate prices) nothing changed.
+    /// no rate prices) nothing changed. `in_contract`: a period's run ends at its contract's end
+    /// (see `reprice`); without it (publishes journaled before) as they re-rated then.
     pub fn rerate_customer(
         &mut self,
         customer_id: &str,
         rate_card_id: &str,
         from_hour: i64,
         seq: u64,
+        in_contract: bool,
     ) -> Result<Rerated, String> {
         let (Some(card), Some(account)) = (self.rater.interner.get(rate_card_id), self.accounts.get(customer_id))
         else {
             return Ok(Rerated::default());
         };
-        let (aggregates, mut done) = self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline)?;
+        let (aggregates, mut done) =
+            self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline, in_contract)?;
         let rater = &self.rater;
         let account = self.accounts.get_mut(customer_id).expect("looked up above");
         let mut first_period = None;
@@ -238,7 +258,8 @@ impl Kernel {
     /// The amounts `version` gives the usage of the rate card recorded in [start_ms, end_ms) for
     /// these customers (all with such usage when None), per customer and product, sorted; changes
     /// nothing. Each aggregate is walked from its billing period's start, every bucket priced by
-    /// `version`. Err names a product that cannot be re-priced, or usage the version has no rate for.
+    /// `version`. Err names a product that cannot be re-priced, usage the version has no rate for, or
+    /// usage in an hour holding a period boundary off the hour (`refuse_split_hours`).
     pub fn simulate(
         &self,
         version: VersionTable,
@@ -258,7 +279,8 @@ impl Kernel {
         let mut out = Vec::new();
         for id in ids {
             let Some(account) = self.accounts.get(id) else { continue };
-            let (aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled))?;
+            self.refuse_split_hours(id, account, card, hours)?;
+            let (aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled), true)?;
             let mut by_product: FxHashMap<Sym, (Picos, Picos)> = FxHashMap::default();
             for bucket in
                 aggregates.iter().flat_map(|a| a.buckets.iter()).filter(|b| b.selected && b.key.hour < hours.1)
@@ -287,15 +309,62 @@ impl Kernel {
         self.accounts.get(customer_id).map_or(&[][..], |a| &a.adjustments)
     }
 
+    /// Err naming the customer, the product and the hour when pricing again the account's usage of
+    /// `card` in the hours [from, until) cannot be exact because an hour bucket holds a period
+    /// boundary off the hour (a contract's start or end, a period's end: `split_boundary`) with an
+    /// open period on one side: the bucket does not know which period each of its units is of, yet
+    /// a re-rating assigns it whole to the period its hour starts in (or to none, before a contract's
+    /// start). Refused are such a bucket in the hours re-rated, and one before them holding the start
+    /// of an open period whose re-rated buckets are walked over its cumulative quantity. Changes nothing.
+    fn refuse_split_hours(
+        &self,
+        customer_id: &str,
+        account: &Account,
+        card: Sym,
+        (from, until): (i64, i64),
+    ) -> Result<(), String> {
+        let Some(route) = account.route.as_ref() else { return Ok(()) };
+        // Periods are whole months from the contract's start, at its time of day: with every contract
+        // starting and ending on the hour, no boundary is off the hour (most customers: no bucket looked at).
+        let on_the_hour = |at: Option<i64>| at.is_none_or(|at| at.rem_euclid(HOUR_MS) == 0);
+        if route.contracts.iter().all(|c| on_the_hour(Some(c.starting_at_ms)) && on_the_hour(c.ending_before_ms)) {
+            return Ok(());
+        }
+        let (interner, combos) = (&self.rater.interner, &self.rater.combos);
+        let split = (account.buckets.iter())
+            .filter(|(_, usages)| usages.iter().any(|u| u.rate_card == card))
+            .filter_map(|(key, _)| Some((key, split_boundary(route, key.hour)?)))
+            .filter(|(key, boundary)| {
+                (from..until).contains(&key.hour) || walked_after(account, route, key, *boundary, (from, until))
+            })
+            .min_by(|a, b| {
+                let order = |k: &HourKey| (k.hour, interner.text(k.product), combos.tuple(k.combo));
+                order(a.0).cmp(&order(b.0))
+            });
+        let Some((key, boundary)) = split else { return Ok(()) };
+        Err(format!(
+            "customer {customer_id:?}: product {:?}: the hour from {} holds a period boundary off the hour ({}) and \
+             its usage is in one hour bucket, which does not know which period each unit is of, so it cannot be \
+             priced again exactly",
+            interner.text(key.product),
+            crate::route::utc_text(key.hour * HOUR_MS),
+            crate::route::utc_text(boundary),
+        ))
+    }
+
     /// Prices again every open-period aggregate of the account holding usage of `card` in the
     /// hours [from, until); returns them in a stable order (period, product, dimension values)
-    /// with the usage left alone in closed periods. Changes nothing.
+    /// with the usage left alone in closed periods. Changes nothing. `in_contract`: an aggregate's
+    /// run of buckets ends at its contract's end as well as its period's (a switched contract's last
+    /// period keeps its monthly end, and its run would otherwise take in the next contract's hours,
+    /// pricing and recording them a second time); without it, at the period's end only.
     fn reprice(
         &self,
         account: &Account,
         card: Sym,
         (from, until): (i64, i64),
         pricing: Pricing,
+        in_contract: bool,
     ) -> Result<(Vec<AggregateRepriced>, Rerated), String> {
         let mut closed = Rerated::default();
         let Some(route) = account.route.as_ref() else { return Ok((Vec::new(), closed)) };
@@ -313,7 +382,10 @@ impl Kernel {
             }
             let ts = key.hour * HOUR_MS;
             let Some(contract) = route.contracts.iter().find(|c| c.covers(ts)) else { continue };
-            let (start, end) = periods.containing(contract.starting_at_ms, ts);
+            let (start, mut end) = periods.containing(contract.starting_at_ms, ts);
+            if in_contract {
+                end = end.min(contract.ending_before_ms.unwrap_or(i64::MAX));
+            }
             if route.is_closed(start) {
                 closed.closed_buckets += 1;
                 closed.closed_events += usages.iter().map(|u| u.events).sum::<u64>();
@@ -559,6 +631,43 @@ impl PeriodCache {
     }
 }
 
+/// The first boundary strictly inside the hour (a contract's start or end, the end of the period
+/// holding the hour's start) with an open period on one side of it, if any: the hour's bucket then
+/// holds usage that a re-rating cannot assign to its periods exactly.
+fn split_boundary(route: &Route, hour: i64) -> Option<i64> {
+    let (start, end) = (hour * HOUR_MS, (hour + 1) * HOUR_MS);
+    let inside = |at: &i64| start < *at && *at < end;
+    let mut boundaries: SmallVec<[i64; 4]> = SmallVec::new();
+    for contract in route.contracts.iter() {
+        boundaries.extend([Some(contract.starting_at_ms), contract.ending_before_ms].into_iter().flatten());
+        if contract.covers(start) {
+            boundaries.push(period_containing(contract.starting_at_ms, start).1);
+        }
+    }
+    boundaries.retain(|at| inside(at));
+    boundaries.sort_unstable();
+    boundaries.into_iter().find(|&boundary| open_at(route, start) || open_at(route, boundary))
+}
+
+/// Whether the instant is in an open period of a contract covering it.
+fn open_at(route: &Route, at_ms: i64) -> bool {
+    (route.contracts.iter().find(|c| c.covers(at_ms)))
+        .is_some_and(|c| !route.is_closed(period_containing(c.starting_at_ms, at_ms).0))
+}
+
+/// Whether the bucket `key`, before the hours [from, until), holds usage of the open period that
+/// `boundary` starts and that period has usage of the same product and dimension values in those
+/// hours: re-rating walks that usage over a cumulative quantity the bucket's part is missing from.
+fn walked_after(account: &Account, route: &Route, key: &HourKey, boundary: i64, (from, until): (i64, i64)) -> bool {
+    let Some(contract) = route.contracts.iter().find(|c| c.covers(boundary)) else { return false };
+    let (start, end) = period_containing(contract.starting_at_ms, boundary);
+    if route.is_closed(start) {
+        return false;
+    }
+    let mut later = (from.max(key.hour + 1)..until).take_while(|hour| hour * HOUR_MS < end);
+    later.any(|hour| account.buckets.contains_key(&HourKey { hour, ..*key }))
+}
+
 /// The event type a product is fed by.
 fn event_type_of(catalog: &Catalog, product: Sym) -> &str {
     (catalog.by_event_type.iter())
@@ -766,7 +875,7 @@ mod tests {
     fn rerate(kernel: &mut Kernel, from_hour: i64, seq: u64) -> Rerated {
         let mut done = Rerated::default();
         for customer in kernel.rerate_customers("card", from_hour) {
-            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq).unwrap());
+            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq, true).unwrap());
         }
         done
     }
@@ -914,9 +1023,9 @@ mod tests {
         };
         let batch = wire::UsageBatch { batch_id: "g".into(), events: vec![gauge] }.encode_to_vec();
         kernel.ingest(&batch, T0 + 40 * 86_400_000, 50).unwrap();
-        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS).unwrap_err();
+        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true, true).unwrap_err();
         assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
-        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6).is_err());
+        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true).is_err());
     }
 
     #[test]
@@ -961,16 +1070,16 @@ mod tests {
         let grants = [("prepaid", 1_000 * E18, 0)];
         let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
         let customers = ["acme".to_string()];
-        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3).unwrap();
+        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3, true, true).unwrap();
         // A version without the rate the usage needs is refused, naming it.
         let mut partial = version(2, 80);
         partial.rates.retain(|r| r.product_id != "volume");
-        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3).unwrap_err();
+        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3, true, true).unwrap_err();
         assert!(refusal.contains("no rate for product \"volume\""), "{refusal}");
         // Effective after every bucket: nothing to price, nothing refused.
         let mut partial = version(2, 80);
         partial.rates.clear();
-        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100).unwrap();
+        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100, true, true).unwrap();
     }
 
     proptest! {

@@ -529,6 +529,17 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (if month <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, month, day)
 }
 
+/// An instant (Unix ms) as an RFC 3339 UTC text, to the second (the milliseconds shown when not
+/// zero): how a refusal names an hour or a boundary.
+pub fn utc_text(ms: i64) -> String {
+    let (year, month, day) = civil_from_days(ms.div_euclid(DAY_MS));
+    let in_day = ms.rem_euclid(DAY_MS);
+    let (hour, minute, second, millis) =
+        (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1_000 % 60, in_day % 1_000);
+    let fraction = if millis == 0 { String::new() } else { format!(".{millis:03}") };
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
+}
+
 fn days_in_month(year: i64, month: i64) -> i64 {
     let next = if month == 12 { days_from_civil(year + 1, 1, 1) } else { days_from_civil(year, month + 1, 1) };
     next - days_from_civil(year, month, 1)
@@ -894,6 +905,13 @@ mod tests {
         assert_eq!(price(8, &[Some(1), Some(2)]), None);
         assert_eq!(price(9, &[Some(1)]), Some(Some(10)));
         assert_eq!(version.exact.len(), 3, "only rates naming each position once are indexed");
+    }
+
+    #[test]
+    fn utc_text_names_an_instant_to_the_second_and_its_milliseconds_when_any() {
+        assert_eq!(utc_text(1_769_941_800_000), "2026-02-01T10:30:00Z");
+        assert_eq!(utc_text(1_769_941_800_007), "2026-02-01T10:30:00.007Z");
+        assert_eq!(utc_text(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -805,7 +805,15 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
    * Usage in closed periods is left alone and counted in the reply. Refused
    * with FAILED_PRECONDITION, changing nothing, when affected usage belongs to
    * a MAX, LATEST or UNIQUE_COUNT product (its buckets cannot be priced
-   * again) or has no rate in this version.
+   * again) or has no rate in this version, or when it lies in an hour holding
+   * a period boundary off the hour (a contract starting or ending off the
+   * hour: its periods run from that minute) with an open period on one side:
+   * that hour's bucket holds usage of both sides without knowing which unit is
+   * whose, so it cannot be priced again exactly. Refused so are such an hour
+   * re-rated itself and one before effective_from holding the start of an open
+   * period whose later hours are re-rated (their cumulative quantity would miss
+   * its part); the message names the customer, the product and the hour. A
+   * version effective after that period's boundary hours re-rates as usual.
    *
    * @generated from field: google.protobuf.Timestamp effective_from = 3;
    */
@@ -933,7 +941,10 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
  * (FAILED_PRECONDITION); to_version's prices already in force at
  * effective_from, that is the version in force is to_version or a copy of
  * the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
- * force).
+ * force); usage it would re-rate that cannot be priced again, as for
+ * PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
+ * no rate, an hour holding a period boundary off the hour; see
+ * PublishVersionRequest.effective_from).
  *
  * @generated from message tariff.v1.RollbackRateCardRequest
  */
@@ -1299,7 +1310,10 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * publish, list its customers.
  * A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
  * findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
- * cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product): FAILED_PRECONDITION.
+ * cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product) or usage in an
+ * hour holding a period boundary off the hour that a publish would refuse to
+ * re-rate (see PublishVersionRequest.effective_from; the window's hours count as
+ * re-rated): FAILED_PRECONDITION naming the customer, the product and the hour.
  * A period without usage gives no amounts and zero totals. period_start and
  * period_end are required; a period_end not after period_start is
  * INVALID_ARGUMENT naming period_end.
