@@ -304,7 +304,8 @@ def usage_at(transaction_id: str, at_ms: int) -> usage_pb2.UsageEvent:
 def test_a_contract_switch_mid_period_keeps_each_contracts_periods_and_the_customers_credit(
     demo_server: ServerProcess,
 ) -> None:
-    hour = now_ms() - now_ms() % HOUR_MS
+    now = now_ms()  # read once: two reads straddling an hour gave an instant off the hour
+    hour = now - now % HOUR_MS
     switch_ms = hour - 2 * DAY_MS
     with demo_server.client() as client:
         # The demo's prices from 60 days back (version 1 is in force from the 1st only): a copy, same prices.

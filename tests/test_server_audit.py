@@ -30,7 +30,8 @@ def world(
 ) -> int:
     """Products (id, value key) on event type `call`, one rate card version, customer `c` on contract `k` from
     two hours ago; returns that start (Unix ms)."""
-    start = now_ms() - now_ms() % HOUR_MS - 2 * HOUR_MS
+    now = now_ms()  # read once: two reads straddling an hour gave a start off the hour
+    start = now - now % HOUR_MS - 2 * HOUR_MS
     for product_id, value_key in products:
         client.pricing.CreateProduct(
             pricing_pb2.CreateProductRequest(
