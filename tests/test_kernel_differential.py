@@ -13,6 +13,7 @@ Short budgets by default; TARIFF_KERNEL_EXAMPLES raises them (make soak).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -242,13 +243,24 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
     return kernel
 
 
-def build_oracle(scenario: Scenario) -> ReferenceRating:
-    products = [
-        RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions)
-        for p in scenario.products
+def oracle_catalogue(specs: Sequence[ProductSpec]) -> tuple[list[RProduct], list[RRate]]:
+    """The oracle's products and version 1's rates (each product's default rate, and its model=m1 one if any)."""
+    products = [RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions) for p in specs]
+    rates = [RRate(p.id, (), p.curve) for p in specs]
+    rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in specs if p.specific is not None]
+    return products, rates
+
+
+def oracle_grants(specs: Sequence[GrantSpec]) -> list[RGrant]:
+    """The oracle's grants, burn ties broken by creation order."""
+    return [
+        RGrant(g.id, g.amount * PICOS, g.priority, g.products, g.starts_at_ms, g.expires_at_ms, n)
+        for n, g in enumerate(specs)
     ]
-    rates = [RRate(p.id, (), p.curve) for p in scenario.products]
-    rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in scenario.products if p.specific is not None]
+
+
+def build_oracle(scenario: Scenario) -> ReferenceRating:
+    products, rates = oracle_catalogue(scenario.products)
     overrides = [
         ROverride(
             p.id,
@@ -258,12 +270,14 @@ def build_oracle(scenario: Scenario) -> ReferenceRating:
         for p in scenario.products
         if p.override is not None
     ]
-    grants = [
-        RGrant(g.id, g.amount * PICOS, g.priority, g.products, g.starts_at_ms, g.expires_at_ms, n)
-        for n, g in enumerate(scenario.grants)
-    ]
     return ReferenceRating(
-        products, rates, overrides, grants, customer_id="acme", contract_start_ms=EPOCH_MS, block=scenario.block
+        products,
+        rates,
+        overrides,
+        oracle_grants(scenario.grants),
+        customer_id="acme",
+        contract_start_ms=EPOCH_MS,
+        block=scenario.block,
     )
 
 

@@ -44,15 +44,24 @@ from tests.reference_billing import (
     Curve,
     ReferenceCredits,
     REvent,
-    RGrant,
     ROverride,
-    RProduct,
     RRate,
     RTopUp,
     round_pico,
 )
 from tests.serverproc import ServerProcess
-from tests.test_kernel_differential import DAY_MS, PICOS, GrantSpec, ProductSpec, curves, decimals, events, products
+from tests.test_kernel_differential import (
+    DAY_MS,
+    PICOS,
+    GrantSpec,
+    ProductSpec,
+    curves,
+    decimals,
+    events,
+    oracle_catalogue,
+    oracle_grants,
+    products,
+)
 
 EXAMPLES = int(os.environ.get("TARIFF_WIRE_EXAMPLES", "40"))
 PROFILE = settings(
@@ -496,12 +505,7 @@ def wait_for_breakage(client: TariffClient, scenario: WireScenario, names: Names
 
 
 def build_oracle(scenario: WireScenario) -> ReferenceCredits:
-    products = [
-        RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions)
-        for p in scenario.products
-    ]
-    rates = [RRate(p.id, (), p.curve) for p in scenario.products]
-    rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in scenario.products if p.specific is not None]
+    products, rates = oracle_catalogue(scenario.products)
     overrides = [
         ROverride(
             o.product_id,
@@ -513,16 +517,12 @@ def build_oracle(scenario: WireScenario) -> ReferenceCredits:
         )
         for o in all_overrides(scenario)
     ]
-    grants = [
-        RGrant(g.id, g.amount * PICOS, g.priority, g.products, g.starts_at_ms, g.expires_at_ms, n)
-        for n, g in enumerate(scenario.grants)
-    ]
     t = scenario.top_up
     return ReferenceCredits(
         products,
         rates,
         overrides,
-        grants,
+        oracle_grants(scenario.grants),
         customer_id="acme",
         contract_start_ms=EPOCH_MS,
         block=scenario.block,
