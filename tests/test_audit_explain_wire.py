@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 
@@ -21,6 +20,7 @@ from tariff import TariffClient, TariffError
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory
+from tests.test_audit_invoices_wire import JAN, ms, ts
 from tests.test_cli import table_rows, tariff
 from tests.test_server_auth import Keys
 
@@ -29,17 +29,6 @@ CARD = "explain-card"
 Row = tuple[str, str, str, str, str]  # quantity, amount, unit_price, overage, draws ("grant:credits,...")
 
 
-def ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-def ts(at_ms: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(at_ms)
-    return stamp
-
-
-JAN = ms("2026-01-01T00:00:00")
 TIERS = [
     pricing_pb2.Tier(up_to="100", unit_price="1", flat_price="10"),
     pricing_pb2.Tier(up_to="200", unit_price="0.5", flat_price="5"),
