@@ -678,10 +678,11 @@ class Billing:
 
     # Reads ---------------------------------------------------------------------------------------------
 
-    def _period_lines(self, customer_id: str, at_ms: int) -> KernelLines | None:
-        """The kernel's invoice lines of a period (engine/invoicing.py reads them through this)."""
+    def _period_lines(self, customer_id: str, at_ms: int, in_contract: bool) -> KernelLines | None:
+        """The kernel's invoice lines of a period (engine/invoicing.py reads them through this); `in_contract`:
+        the version parts count the hours before the contract's end only."""
         self.refresh_tables()
-        return self.kernel.invoice_lines(customer_id, at_ms)
+        return self.kernel.invoice_lines(customer_id, at_ms, in_contract)
 
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""

@@ -137,6 +137,7 @@ SERVER_SET_FIELDS = (
     "adjustments_in_contract",
     "split_hours_refused",
     "rerate_in_contract",
+    "parts_in_contract",
 )
 
 
@@ -205,6 +206,10 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # period keeps its monthly end, past the contract's end). False in the records of earlier releases, whose
     # replay lists every hour of the period as they did.
     adjustments_in_contract: bool = False
+    # A line's version parts (`prices`) count the hours its contract covers only, as its adjustments do. False in
+    # the records of earlier releases (adjustments_in_contract ones included), whose replay counts every hour of
+    # the period in the parts as they did.
+    parts_in_contract: bool = False
 
 
 class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
@@ -221,6 +226,7 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     # latest. False in the records of earlier releases, whose replay evaluates none, as they did.
     alerts_evaluated: bool = False
     adjustments_in_contract: bool = False  # as ClosePeriod's
+    parts_in_contract: bool = False  # as ClosePeriod's
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):

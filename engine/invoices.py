@@ -7,7 +7,8 @@ for `status`, `number` and `closed_at_ms`):
 - a line is one product and one combination of its pricing-dimension values; its quantity, amount, the credits
   each grant paid for it and its overage (the part no grant covered) are the kernel's period aggregate, in the
   pricing unit at 10^-12 (picos), exact, never rounded; its parts per rate card version come from the hour
-  buckets whose hour starts inside the period;
+  buckets whose hour starts inside the period and before its contract's end (a switched contract's last period
+  keeps its monthly end: the hours past the switch are the next contract's);
 - a line's `amount_due` is its overage at the contract's overage price, in the currency, rounded half-even to
   the currency's minor unit (`minor_unit`); the invoice's `overage_due` is the exact sum of the lines' unrounded
   amounts due, rounded once the same way; `rounding_adjustment` = overage_due - the sum of the lines' rounded
@@ -50,7 +51,8 @@ KernelLine = tuple[str, list[str], int, int, int, int, list[tuple[str, int]], li
 # (grant id, amount, drawn through the period, expires_at_ms, (period end it rolled at, credits rolled) or None)
 KernelGrant = tuple[str, int, int, int | None, tuple[int, int] | None]
 KernelLines = tuple[int, int, int, bool, list[KernelLine], list[KernelGrant]]
-LinesReader = Callable[[str, int], KernelLines | None]
+# (customer_id, at_ms, in_contract): in_contract, the version parts count the hours before the contract's end only.
+LinesReader = Callable[[str, int, bool], KernelLines | None]
 # (journal seq, hour (Unix ms / HOUR_MS), product_id, dimension values, rate_card_id, old versions, new version,
 # quantity_e18, events, old_amount_picos, new_amount_picos): what Kernel.adjustments returns, oldest first.
 KernelAdjustment = tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]

@@ -53,7 +53,7 @@ class InvoiceCommands(ControlPlane):
     def preview(self, customer_id: str, at_ms: int) -> Invoice:
         """The invoice of the customer's period containing at_ms: the final one when the period is closed."""
         contract = self._contract_or_refuse(customer_id, at_ms)
-        period = self._lines(customer_id, at_ms)
+        period = self._lines(customer_id, at_ms, parts_in_contract=True)
         number = self.state.accounts[customer_id].invoices.get(period[0])
         if number is not None:
             return self.state.invoices[number]
@@ -91,9 +91,11 @@ class InvoiceCommands(ControlPlane):
             )
         return contract
 
-    def _lines(self, customer_id: str, at_ms: int) -> KernelLines:
+    def _lines(self, customer_id: str, at_ms: int, parts_in_contract: bool) -> KernelLines:
+        """The kernel's lines of the period containing at_ms; `parts_in_contract`: their version parts count the
+        hours before the contract's end only (without it every hour of the period, as closes of earlier releases)."""
         assert self.period_lines is not None, "the engine reads invoice lines through the kernel (engine/billing.py)"
-        period = self.period_lines(customer_id, at_ms)
+        period = self.period_lines(customer_id, at_ms, parts_in_contract)
         assert period is not None, f"the kernel's tables name customer {customer_id!r}"
         return period
 
@@ -119,7 +121,7 @@ class InvoiceCommands(ControlPlane):
             raise FailedPrecondition(
                 f"the period from {iso(start_ms)} has not ended: it ends at {iso(end_ms)}, and can be closed from then on"
             )
-        return self._finalise(contract, start_ms, c.at_ms, c.rollovers_shown, c.adjustments_in_contract)
+        return self._finalise(contract, start_ms, c.at_ms, c)
 
     def _close_due_periods(self, c: cmd.CloseDuePeriods) -> list[Invoice]:
         """Closes every period that ended at least grace_ms before at_ms (at most periods_max of them), the
@@ -133,7 +135,7 @@ class InvoiceCommands(ControlPlane):
             contract = earliest[0]
             period = self._first_open(contract)
             assert period is not None, "the heap's top has an open period"
-            closed.append(self._finalise(contract, period[0], c.at_ms, c.rollovers_shown, c.adjustments_in_contract))
+            closed.append(self._finalise(contract, period[0], c.at_ms, c))
         if not closed:
             raise Repeated([])  # nothing to close: nothing changes, nothing is journaled
         return closed
@@ -185,11 +187,13 @@ class InvoiceCommands(ControlPlane):
         return period[1] if period is not None else None
 
     def _finalise(
-        self, contract: Contract, start_ms: int, at_ms: int, rollovers_shown: bool, adjustments_in_contract: bool
+        self, contract: Contract, start_ms: int, at_ms: int, close: cmd.ClosePeriod | cmd.CloseDuePeriods
     ) -> Invoice:
-        period = self._lines(contract.customer_id, start_ms)
+        """The final invoice of the contract's period starting at start_ms, built by the rules `close` (the
+        record) carries: a close of an earlier release replays as it closed."""
+        period = self._lines(contract.customer_id, start_ms, close.parts_in_contract)
         top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], contract.currency)
-        invoice = self._build(contract, period, top_ups, rollovers_shown, adjustments_in_contract)
+        invoice = self._build(contract, period, top_ups, close.rollovers_shown, close.adjustments_in_contract)
         self.state.invoices_created += 1
         invoice.number = invoice_number(self.state.invoices_created)
         invoice.final = True

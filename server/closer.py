@@ -55,6 +55,7 @@ async def close_due_periods(
                         rollovers_shown=True,
                         alerts_evaluated=True,
                         adjustments_in_contract=True,
+                        parts_in_contract=True,
                     )
                 )
             except EngineError as exc:  # refused (nothing changed): try again at the next check

@@ -14,7 +14,6 @@ from decimal import Decimal
 from functools import partial
 
 import grpc
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from tariff import TariffClient, TariffError
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
@@ -598,13 +597,6 @@ def test_after_a_switch_the_new_contracts_first_period_lists_each_adjustment_onc
         assert last.line_amount == "6"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel defect (the period lines Kernel.lines builds from hour buckets, engine/kernel/src/invoice.rs or "
-    "bindings.rs): after a contract switch the old contract's last period counts every bucket up to its monthly end "
-    "in its line's version parts, the new contract's hours included: the old period's line (a: 2 units, 2) shows "
-    "prices [v1: quantity 5, amount 5], not [v1: 2, 2]",
-)
 def test_after_a_switch_the_old_contracts_last_period_prices_only_its_own_hours(server_factory: ServerFactory) -> None:
     server = server_factory()
     with server.client() as client:
@@ -622,6 +614,61 @@ def test_after_a_switch_the_old_contracts_last_period_prices_only_its_own_hours(
         [line] = draft.lines
         assert (line.quantity, line.amount) == ("2", "2")
         assert [(p.version, p.quantity, p.amount) for p in line.prices] == [(1, "2", "2")]
+
+
+def switched_with_usage(client: TariffClient) -> None:
+    """Contract 1 from Jan 1 to Jan 20 12:00 (its last period keeps its monthly end, Feb 1), contract 2 from then:
+    2 units on Jan 10 (contract 1's), 3 on Jan 25 (contract 2's), at 1 a unit."""
+    product(client, "use", dimensions=())
+    card(client, [unit("use", "1")])
+    switch = ms("2026-01-20T12:00:00")
+    customer(client, "s", JAN, switch)
+    customer(client, "s", switch)
+    assert ingest(
+        client, "s", use("a", "2026-01-10T10:00:00", 2, "s"), use("b", "2026-01-25T10:00:00", 3, "s")
+    ).accepted
+
+
+def line_prices(invoice: invoices_pb2.Invoice) -> list[tuple[int, str, str, str]]:
+    [line] = invoice.lines
+    return [(p.version, p.quantity, p.amount, p.unit_price) for p in line.prices]
+
+
+def test_after_a_switch_the_old_contracts_closed_invoice_prices_only_its_own_hours(
+    server_factory: ServerFactory,
+) -> None:
+    """The final invoice of the old contract's last period is its draft: one line (2 units, 2) priced by v1 for
+    2 units, 2 (it showed v1: 5 units, 5, the new contract's Jan 25 hour included), as ClosePeriod answers it and
+    GetInvoice reads it; the new contract's period prices its 3 units only."""
+    server = server_factory()
+    with server.client() as client:
+        switched_with_usage(client)
+        final = client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="s", period_start=ts(JAN)))
+        assert final.status == invoices_pb2.INVOICE_FINAL
+        assert (final.lines[0].quantity, final.lines[0].amount) == ("2", "2")
+        assert line_prices(final) == [(1, "2", "2", "1")]
+        read = client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=final.invoice_number))
+        assert line_prices(read) == [(1, "2", "2", "1")]
+        new_period = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id="s", period_start=ts(ms("2026-01-20T12:00:00")))
+        )
+        assert line_prices(new_period) == [(1, "3", "3", "1")]
+
+
+def test_after_a_switch_a_restart_keeps_the_old_contracts_closed_invoice(server_factory: ServerFactory) -> None:
+    """The close is journaled: after kill -9 the replay builds the same final invoice, its v1 part 2 units, 2
+    (the server marks its close so; a close record without the mark, from an earlier release, replays as then)."""
+    server = server_factory()
+    with server.client() as client:
+        switched_with_usage(client)
+        final = client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="s", period_start=ts(JAN)))
+        assert line_prices(final) == [(1, "2", "2", "1")]
+    server.kill9()
+    server.start()
+    with server.client() as client:
+        read = client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=final.invoice_number))
+        assert read == final
+        assert line_prices(read) == [(1, "2", "2", "1")]
 
 
 def test_without_the_explain_index_explain_is_unavailable(server_factory: ServerFactory) -> None:

@@ -341,3 +341,62 @@ def test_preview_before_close_is_the_final_invoice_and_the_oracle_agrees(
         2,
     )
     assert _engine_view(final) == expected
+
+
+def switched_world() -> BillingWorld:
+    """acme's contract c-acme ends on Jan 20 12:00 (its last period keeps its monthly end, Feb 1), c-next starts
+    then: 2 gpt4 tokens on Jan 10 (c-acme's), 3 on Jan 25 (c-next's), at 2 a token."""
+    w = BillingWorld()
+    w.product("tokens", dimensions=("model",))
+    w.rate_card()
+    w.version([rate("tokens", unit("2"), model="gpt4")], effective_from_ms=EPOCH_MS)
+    w.customer()
+    switch_ms = EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS
+    w.contract(ending_before_ms=switch_ms)
+    w.contract("c-next", starting_at_ms=switch_ms)
+    ack = w.usage([tokens("t1", EPOCH_MS + 9 * DAY_MS, 2), tokens("t2", EPOCH_MS + 24 * DAY_MS, 3)])
+    assert ack.accepted == 2
+    return w
+
+
+def parts_of(invoice: Invoice) -> list[tuple[int, int, int, int]]:
+    [line] = invoice.lines
+    return [(p.version, p.quantity_e18, p.events, p.amount_picos) for p in line.parts]
+
+
+def test_a_switched_contracts_last_period_prices_its_own_hours_unless_closed_by_an_earlier_release() -> None:
+    """The draft and a close the server records now (parts_in_contract) count c-acme's Jan 10 hour only in the
+    line's version parts (2 tokens, 4), as in its quantity and amount; a ClosePeriod or CloseDuePeriods record of
+    an earlier release (without it, adjustments_in_contract or not) replays as it closed: every hour up to Feb 1,
+    c-next's Jan 25 included (5 tokens, 10)."""
+    own, every_hour = [(1, 2 * 10**18, 1, 4 * 10**12)], [(1, 5 * 10**18, 2, 10 * 10**12)]
+    w = switched_world()
+    draft = w.engine.preview("acme", EPOCH_MS)
+    assert (draft.lines[0].quantity_e18, draft.lines[0].amount_picos, parts_of(draft)) == (2 * 10**18, 4 * 10**12, own)
+    now = w.apply(
+        cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS, adjustments_in_contract=True, parts_in_contract=True)
+    )
+    assert isinstance(now, Invoice) and draft_fields(now) == draft_fields(draft)
+    for earlier in (
+        cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS),
+        cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS, rollovers_shown=True, adjustments_in_contract=True),
+    ):
+        replayed = switched_world().apply(earlier)
+        assert isinstance(replayed, Invoice) and parts_of(replayed) == every_hour, earlier
+    due = switched_world().apply(cmd.CloseDuePeriods(FEB_1_MS, ACTOR, 0, adjustments_in_contract=True))
+    assert isinstance(due, list) and [parts_of(i) for i in due if i.period_start_ms == EPOCH_MS] == [every_hour]
+    due_now = switched_world().apply(cmd.CloseDuePeriods(FEB_1_MS, ACTOR, 0, parts_in_contract=True))
+    assert isinstance(due_now, list) and [parts_of(i) for i in due_now if i.period_start_ms == EPOCH_MS] == [own]
+
+
+def test_parts_in_contract_is_the_servers_in_neither_audit_entry_nor_retry_fingerprint() -> None:
+    from engine.control import fingerprint
+
+    w = switched_world()
+    server_close = cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS, parts_in_contract=True)
+    assert fingerprint(server_close) == fingerprint(cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS))
+    w.apply(server_close)
+    w.apply(cmd.CloseDuePeriods(FEB_1_MS + 29 * DAY_MS, ACTOR, DAY_MS, parts_in_contract=True))
+    closes = [e for e in w.engine.state.audit if e.action in ("ClosePeriod", "CloseDuePeriods")]
+    assert [e.action for e in closes] == ["ClosePeriod", "CloseDuePeriods"]
+    assert all("parts_in_contract" not in entry.diff for entry in closes), closes

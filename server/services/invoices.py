@@ -171,6 +171,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             period_start_ms,
             rollovers_shown=True,
             adjustments_in_contract=True,
+            parts_in_contract=True,
         )
         return invoice_pb(await self._apply(command, Invoice))
 
@@ -186,6 +187,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
                 rollovers_shown=True,
                 alerts_evaluated=True,
                 adjustments_in_contract=True,
+                parts_in_contract=True,
             ),
             list,
         )

@@ -2,7 +2,8 @@
 //!
 //! A line is a period aggregate (product x pricing-dimension values): its quantity, events,
 //! amount, and where the amount went (credits per grant, overage). Its parts per rate card
-//! version come from the hour buckets whose hour starts inside the period. The read costs one
+//! version come from the hour buckets whose hour starts inside the period (and before its
+//! contract's end, for a switched contract's last period). The read costs one
 //! pass over the customer's aggregates and hour buckets, whatever the number of events.
 
 use rustc_hash::FxHashMap;
@@ -73,7 +74,10 @@ pub enum NoLines {
 
 impl Kernel {
     /// The lines of the customer's period that contains `at_ms` (under the contract covering it).
-    pub fn period_lines(&self, customer_id: &str, at_ms: i64) -> Result<PeriodLines, NoLines> {
+    /// `in_contract`: the version parts count the hours before the contract's end only (a switched
+    /// contract's last period keeps its monthly end: the hours past the switch are the next contract's);
+    /// without it, every hour of the period (as final invoices closed by earlier releases were built).
+    pub fn period_lines(&self, customer_id: &str, at_ms: i64, in_contract: bool) -> Result<PeriodLines, NoLines> {
         let account = self.account(customer_id).ok_or(NoLines::UnknownCustomer)?;
         let route = account.route().ok_or(NoLines::UnknownCustomer)?;
         let contract = route.contracts.iter().find(|c| c.covers(at_ms)).ok_or(NoLines::NoContract)?;
@@ -100,8 +104,9 @@ impl Kernel {
             );
         }
         // An hour belongs to the period its start falls in (periods start on the hour when contracts do).
+        let hours_end = if in_contract { end.min(contract.ending_before_ms.unwrap_or(i64::MAX)) } else { end };
         let hours = start.div_euclid(HOUR_MS) + i64::from(start.rem_euclid(HOUR_MS) != 0)
-            ..end.div_euclid(HOUR_MS) + i64::from(end.rem_euclid(HOUR_MS) != 0);
+            ..hours_end.div_euclid(HOUR_MS) + i64::from(hours_end.rem_euclid(HOUR_MS) != 0);
         for (key, usages) in account.buckets.iter().filter(|(k, _)| hours.contains(&k.hour)) {
             let Some(line) = by_key.get_mut(&(key.product, key.combo)) else { continue };
             for usage in usages {

@@ -143,7 +143,9 @@ func (x *PreviewInvoiceRequest) GetPeriodStart() *timestamppb.Timestamp {
 }
 
 // One rate card version's part of a line: the usage of the hours (UTC) it
-// priced.
+// priced, counting the hours that start in the period and before its
+// contract's end (after a switch, the old contract's last period keeps its
+// monthly end: the hours past the switch are the new contract's period's).
 type AppliedPrice struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`

@@ -58,7 +58,9 @@ export const PreviewInvoiceRequestSchema: GenMessage<PreviewInvoiceRequest> = /*
 
 /**
  * One rate card version's part of a line: the usage of the hours (UTC) it
- * priced.
+ * priced, counting the hours that start in the period and before its
+ * contract's end (after a switch, the old contract's last period keeps its
+ * monthly end: the hours past the switch are the new contract's period's).
  *
  * @generated from message tariff.v1.AppliedPrice
  */
