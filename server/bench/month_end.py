@@ -33,7 +33,17 @@ def refreshes_ms(customers: int) -> list[float]:
     timings: list[float] = []
     while True:
         try:
-            billing.apply(cmd.CloseDuePeriods(at_ms, "bench", 0, PERIODS_PER_COMMAND, True), billing.last_seq + 1)
+            close = cmd.CloseDuePeriods(
+                at_ms,
+                "bench",
+                0,
+                PERIODS_PER_COMMAND,
+                rollovers_shown=True,
+                alerts_evaluated=True,
+                adjustments_in_contract=True,
+                parts_in_contract=True,
+            )
+            billing.apply(close, billing.last_seq + 1)
         except Repeated:  # nothing left to close
             return timings
         started = time.perf_counter()
