@@ -83,7 +83,13 @@ class Kernel:
         self, customers: list[str], version: bytes, from_hour: int, split_hours_refused: bool, in_contract: bool
     ) -> list[str]: ...
     def rerate(
-        self, customers: list[str], rate_card_id: str, from_hour: int, seq: int, in_contract: bool
+        self,
+        customers: list[str],
+        rate_card_id: str,
+        from_hour: int,
+        seq: int,
+        in_contract: bool,
+        holds_in_time: bool,
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed
@@ -164,7 +170,7 @@ class Kernel:
         """The earliest time something is due, exactly (the index of due times, O(log n)), or None."""
     def holds_due_by(self, now_ms: int) -> list[str]:
         """The customers (sorted) holding an open reservation whose TTL ran out by now_ms (expire_holds changes
-        those, and re-rating never changes a reservation)."""
+        those, and re-rating never creates or ends a reservation nor moves its TTL)."""
     def expire_holds(self, now_ms: int) -> int:
         """AdvanceClock while a publish's re-rating is pending: expires the reservations whose TTL ran out by
         now_ms and nothing else (no breakage, no rollover, the clock stays); how many expired."""

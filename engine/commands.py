@@ -91,7 +91,10 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     refuse_split_hours); False (commands stored before it) re-rates as it re-rated then. `rerate_in_contract`: set
     likewise, so a re-rated period's run of hour buckets ends at its contract's end too (a switched contract's last
     period keeps its monthly end, and its run took in the next contract's hours, pricing and recording them twice);
-    False (commands stored before it) re-rates as then."""
+    False (commands stored before it) re-rates as then. `rerate_holds_in_time`: set likewise, so settling the draws
+    again takes each open hold again at its place in time (engine/kernel/src/rerate.rs resettle: usage dated before
+    the hour a hold was made in draws first and the hold keeps at most what is left); False (commands stored before
+    it) settles the draws from what open holds leave, as then."""
 
     at_ms: int
     actor: str
@@ -101,6 +104,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     cohort: Cohort | None = None  # None: every customer outside cohorts (engine/cohorts.py)
     split_hours_refused: bool = False
     rerate_in_contract: bool = False
+    rerate_holds_in_time: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -138,6 +142,7 @@ SERVER_SET_FIELDS = (
     "split_hours_refused",
     "rerate_in_contract",
     "parts_in_contract",
+    "rerate_holds_in_time",
 )
 
 
@@ -180,6 +185,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     effective_from_ms: int | None  # None: the start of the current hour
     split_hours_refused: bool = False  # as PublishVersion's
     rerate_in_contract: bool = False  # as PublishVersion's
+    rerate_holds_in_time: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):

@@ -53,6 +53,9 @@ class PendingRerating(msgspec.Struct):
     # The publish's rerate_in_contract (engine/commands.py); False in the snapshots of earlier releases, whose
     # publishes had none.
     in_contract: bool = False
+    # The publish's rerate_holds_in_time (engine/commands.py); False in the snapshots of earlier releases, whose
+    # publishes had none.
+    holds_in_time: bool = False
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
@@ -63,6 +66,7 @@ def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
         list(plan.customers),
         dict.fromkeys(plan.customers),
         in_contract=plan.in_contract,
+        holds_in_time=plan.holds_in_time,
     )
 
 
@@ -97,7 +101,12 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
         return
     try:
         done = kernel.rerate(
-            customers, rerating.rate_card_id, rerating.from_hour, rerating.publish_seq, rerating.in_contract
+            customers,
+            rerating.rate_card_id,
+            rerating.from_hour,
+            rerating.publish_seq,
+            rerating.in_contract,
+            rerating.holds_in_time,
         )
     except ValueError as exc:
         # The publish checked these customers' usage, and nothing changes it before they are re-rated.

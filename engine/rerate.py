@@ -39,12 +39,14 @@ LEFT_ALONE_REASON = "in closed periods: a closed period's invoice is final, so i
 @dataclass(frozen=True, slots=True)
 class RerationPlan:
     """What a publish re-rates: the customers with usage of the card from `from_hour` on, in id order;
-    `in_contract` the command's `rerate_in_contract` (a period's run of buckets ends at its contract's end too)."""
+    `in_contract` the command's `rerate_in_contract` (a period's run of buckets ends at its contract's end too);
+    `holds_in_time` its `rerate_holds_in_time` (open holds are taken again at their place in time)."""
 
     rate_card_id: str
     from_hour: int
     customers: list[str]
     in_contract: bool = False
+    holds_in_time: bool = False
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -117,6 +119,7 @@ class _Planned:
     cohort: bool
     split_hours_refused: bool  # the command's: usage in an hour holding a period boundary off the hour is refused
     in_contract: bool  # the command's rerate_in_contract
+    holds_in_time: bool  # the command's rerate_holds_in_time
 
     @property
     def from_hour(self) -> int:
@@ -161,7 +164,14 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
             return None  # the publish refuses it
     is_cohort = isinstance(command, cmd.PublishVersion) and command.cohort is not None
     return _Planned(
-        card, version, effective_from_ms, cohort, is_cohort, command.split_hours_refused, command.rerate_in_contract
+        card,
+        version,
+        effective_from_ms,
+        cohort,
+        is_cohort,
+        command.split_hours_refused,
+        command.rerate_in_contract,
+        command.rerate_holds_in_time,
     )
 
 
@@ -189,7 +199,7 @@ def plan_rerating(
         kernel.rerate_check(customers, table, planned.from_hour, planned.split_hours_refused, planned.in_contract)
     except ValueError as exc:
         raise planned.refusal(exc) from None
-    return RerationPlan(planned.card.id, planned.from_hour, customers, planned.in_contract)
+    return RerationPlan(planned.card.id, planned.from_hour, customers, planned.in_contract, planned.holds_in_time)
 
 
 @dataclass(slots=True)
@@ -255,8 +265,9 @@ class PlanInSlices:
         self.cursor, self.again = len(self.candidates), []
         if not self.affected:
             return None
+        planned = self.planned
         return RerationPlan(
-            self.planned.card.id, self.planned.from_hour, sorted(self.affected), self.planned.in_contract
+            planned.card.id, planned.from_hour, sorted(self.affected), planned.in_contract, planned.holds_in_time
         )
 
     def _look(self, kernel: Kernel, customers: list[str]) -> None:
@@ -282,7 +293,7 @@ class PlanInSlices:
 
 def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
     """Re-rates some of the plan's customers as journal record `seq` (the GIL released inside)."""
-    counts = kernel.rerate(customers, plan.rate_card_id, plan.from_hour, seq, plan.in_contract)
+    counts = kernel.rerate(customers, plan.rate_card_id, plan.from_hour, seq, plan.in_contract, plan.holds_in_time)
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])
     return done

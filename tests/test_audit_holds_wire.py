@@ -652,37 +652,106 @@ def test_a_release_or_settling_event_right_after_the_ttl_always_finds_the_hold_e
         assert totals(client, "race") == ("7", "0", "7")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A retroactive re-rating settles the draws again from the grants' remaining with open holds' credit carved "
-    "out (engine/kernel/src/rerate.rs resettle), and nothing settles again when the hold ends: usage dated before the "
-    "hold is charged overage while the credit it would have drawn on time sits held, then free after the release, "
-    "against docs/architecture.md §5 'Grants and overage' (the result is what rating the usage on time would have "
-    "drawn). A contract decision (shrink the hold, or re-settle when it ends) and a kernel change in rerate.rs.",
-)
 def test_a_retroactive_price_rise_draws_on_credit_a_later_hold_took_as_rating_on_time_would(
     server: ServerProcess,
 ) -> None:
     """4 units used 2 hours ago (4 credits drawn of 10), then a hold of 6; a price rise to 2 from 3 hours ago makes the
-    usage cost 8. Rated on time it would have drawn 8 credits and no overage; once the hold is released the customer
-    has 2 credits and owes nothing."""
-    hour_ms = 3_600_000
-    effective_ms = max(month_start_ms(), (now_ms() - 3 * hour_ms) // hour_ms * hour_ms)
-    used_ms = max(effective_ms + 60_000, now_ms() - 2 * hour_ms)
+    usage cost 8. Rated on time it would have drawn 8 credits and no overage: the hold, taken after it, shrinks to the
+    2 credits left (docs/architecture.md §5), so its release gives back 2 and the customer has 2 credits and owes
+    nothing."""
     with server.client() as client:
-        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="rr-card", pricing_unit="credits"))
-        publish_price(client, "rr-card", "1", month_start_ms(1))
-        customer(client, "rr", "10", block=True, rate_card_id="rr-card")
-        event = usage_pb2.UsageEvent(
-            transaction_id="rr-1", customer_id="rr", event_type="work", timestamp_ms=used_ms, values={"n": 4}
-        )
-        assert client.ingest_batch([event]).accepted == 1
-        assert hold(client, "rr", 6, "h").allowed
+        rerate_world(client, "rr", "rr-card")
         assert totals(client, "rr") == ("6", "6", "0")
-        publish_price(client, "rr-card", "2", effective_ms)
-        assert release(client, "rr", "h") == "6"
+        publish_price(client, "rr-card", "2", rise_from_ms())
+        assert release(client, "rr", "h") == "2"
         balance = client.get_balance("rr")
         assert (balance.period_charges, balance.overage_amount, balance.credits_available) == ("8", "0", "2")
+
+
+def rise_from_ms() -> int:
+    """The hour a retroactive price rise takes effect: 3 hours ago (this month's start at the earliest)."""
+    hour_ms = 3_600_000
+    return max(month_start_ms(), (now_ms() - 3 * hour_ms) // hour_ms * hour_ms)
+
+
+def rerate_world(client: TariffClient, customer_id: str, card: str) -> None:
+    """Rate card `card` pricing `units` at 1 from last month; the customer on it (BLOCK, 10 credits) used 4 units
+    2 hours ago (after `rise_from_ms`), then holds 6 under `h` (an hour's TTL). Skipped in a month's first hour,
+    which has no earlier hour of the month to date that usage in (the hold's own hour counts as after it)."""
+    if now_ms() - month_start_ms() < 3_600_000 + 60_000:
+        pytest.skip("the month's first hour: no earlier hour of this month for the usage before the hold")
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
+    publish_price(client, card, "1", month_start_ms(1))
+    customer(client, customer_id, "10", block=True, rate_card_id=card)
+    used_ms = max(rise_from_ms() + 60_000, now_ms() - 2 * 3_600_000)
+    event = usage_pb2.UsageEvent(
+        transaction_id=f"{customer_id}-1",
+        customer_id=customer_id,
+        event_type="work",
+        timestamp_ms=used_ms,
+        values={"n": 4},
+    )
+    assert client.ingest_batch([event]).accepted == 1
+    assert hold(client, customer_id, 6, "h", Duration(seconds=3600)).allowed
+
+
+def test_a_retroactive_price_rise_keeps_usage_after_the_hold_off_the_credit_the_hold_still_holds(
+    server: ServerProcess,
+) -> None:
+    """docs/architecture.md §5: re-rating takes each open hold again at its place in time, so usage before it draws
+    first, the hold keeps what is left, and usage after it finds that held, as on time. 4 units 2 hours ago, a hold
+    of 6, then 1 unit now (overage: nothing available). A rise to 2 from 3 hours ago: the old usage draws 8, the
+    hold keeps 2, the new unit (2) is overage; the release gives back 2."""
+    with server.client() as client:
+        rerate_world(client, "ra", "ra-card")
+        use(client, "ra", "ra-2", 1)
+        balance = client.get_balance("ra")
+        assert (balance.period_charges, balance.overage_amount) == ("5", "1")
+        publish_price(client, "ra-card", "2", rise_from_ms())
+        balance = client.get_balance("ra")
+        assert (balance.period_charges, balance.overage_amount) == ("10", "2")
+        assert totals(client, "ra") == ("2", "2", "0")
+        assert grant_row(client, "ra") == ("8", "2", "2", "0")
+        assert release(client, "ra", "h") == "2"
+        balance = client.get_balance("ra")
+        assert (balance.period_charges, balance.overage_amount, balance.credits_available) == ("10", "2", "2")
+
+
+def test_a_hold_shrunk_by_a_retroactive_price_rise_is_settled_from_what_it_still_holds(server: ServerProcess) -> None:
+    """The hold shrunk to 2 by the rise (see above) is settled by an event of 1 unit (2 at the new price): the event
+    gives back the 2 held and draws them; nothing is overage, nothing is left."""
+    with server.client() as client:
+        rerate_world(client, "rs", "rs-card")
+        publish_price(client, "rs-card", "2", rise_from_ms())
+        assert totals(client, "rs") == ("2", "2", "0")
+        assert notices(use(client, "rs", "rs-2", 1, "h")) == []
+        balance = client.get_balance("rs")
+        assert (balance.period_charges, balance.overage_amount) == ("10", "0")
+        assert totals(client, "rs") == ("0", "0", "0")
+        assert grant_row(client, "rs") == ("10", "0", "0", "0")
+
+
+def test_a_hold_shrunk_by_a_retroactive_price_rise_is_shrunk_alike_after_a_restart(tmp_path: Path) -> None:
+    """Replay applies the journaled publish as it applied: after kill -9 and a restart the hold still holds 2 and its
+    release gives back 2."""
+    process = ServerProcess(tmp_path / "data")
+    process.start()
+    try:
+        with process.client() as client:
+            catalogue(client)
+            rerate_world(client, "rk", "rk-card")
+            publish_price(client, "rk-card", "2", rise_from_ms())
+            assert totals(client, "rk") == ("2", "2", "0")
+        process.kill9()
+        process.restart()
+        with process.client() as client:
+            assert totals(client, "rk") == ("2", "2", "0")
+            balance = client.get_balance("rk")
+            assert (balance.period_charges, balance.overage_amount) == ("8", "0")
+            assert release(client, "rk", "h") == "2"
+            assert totals(client, "rk") == ("2", "0", "2")
+    finally:
+        process.stop()
 
 
 def publish_price(client: TariffClient, card: str, price: str, from_ms: int) -> None:

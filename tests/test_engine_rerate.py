@@ -247,3 +247,59 @@ def test_simulating_over_a_switch_counts_each_hour_bucket_once() -> None:
     feb_1 = EPOCH_MS + 31 * 24 * HOUR_MS
     simulation = simulate(billing.engine.state, billing.kernel, "card", number, EPOCH_MS, feb_1, [])
     assert simulation.lines == [("acme", "calls", 5 * 10**12, 10 * 10**12)]
+
+
+def held_machine() -> Billing:
+    """A card at 1 a unit; 10 credits; 4 units used in the first hour (4 drawn), then a hold of 6 at RECEIVED_MS
+    (an hour's TTL)."""
+    world = World()
+    world.product("calls", value_key="n", dimensions=())
+    world.rate_card()
+    world.version([rate("calls", unit("1"))])
+    world.customer()
+    world.contract()
+    world.grant("g", "10")
+    billing = Billing(engine=world.engine)
+    event = usage_event("used", EPOCH_MS + 60_000, {"n": 4.0})
+    assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
+    billing.apply(cmd.Reserve(RECEIVED_MS, ACTOR, "acme", "h", "ai", {}, {"n": 6.0}, HOUR_MS), billing.last_seq + 1)
+    return billing
+
+
+def test_the_servers_publish_shrinks_a_hold_to_the_credit_a_rise_before_it_leaves_and_an_older_record_does_not() -> (
+    None
+):
+    """rerate_holds_in_time (the server's): the hold is taken again after the usage before it, which a rise to 2 makes
+    cost 8: 8 drawn, the hold keeps the 2 left, no overage. A publish journaled without it re-rates as then: the hold
+    keeps 6, the usage draws the 4 it leaves and 4 is overage."""
+    for in_time, held, overage in ((True, 2, 0), (False, 6, 4)):
+        billing = held_machine()
+        assert billing.balance("acme", RECEIVED_MS).held == 6 * 10**12
+        number = draft(billing, (rate("calls", unit("2")),))
+        command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, rerate_holds_in_time=in_time)
+        billing.apply(command, billing.last_seq + 1)
+        balance = billing.balance("acme", RECEIVED_MS)
+        assert (balance.period_charges, balance.held, balance.overage) == (8 * 10**12, held * 10**12, overage * 10**12)
+        assert balance.remaining - balance.held == 0, in_time
+
+
+def test_rerate_holds_in_time_is_the_servers_in_neither_audit_entry_nor_fingerprint_and_old_snapshots_lack_it() -> None:
+    """A PublishVersion or RollbackRateCard record of an earlier release has no rerate_holds_in_time (it reads False),
+    no audit entry holds it, a retry's fingerprint ignores it; a pending re-rating in a snapshot of an earlier
+    release reads holds_in_time False, the rule its publish was journaled under."""
+    stored = msgspec.json.encode(cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS))
+    old = msgspec.json.decode(stored.replace(b',"rerate_holds_in_time":false', b""), type=cmd.PublishVersion)
+    assert b"rerate_holds_in_time" in stored and old.rerate_holds_in_time is False
+    rollback = cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS, rerate_holds_in_time=True)
+    assert fingerprint(rollback) == fingerprint(msgspec.structs.replace(rollback, rerate_holds_in_time=False))
+    billing = held_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, rerate_holds_in_time=True)
+    billing.apply(command, billing.last_seq + 1)
+    entries = [e for e in billing.engine.state.audit if e.action == "PublishVersion"]
+    assert entries and all("rerate_holds_in_time" not in e.diff for e in entries), entries
+    pending = PendingRerating(7, "card", 3, ["acme"], {"acme": None}, holds_in_time=True)
+    fields = msgspec.msgpack.decode(msgspec.msgpack.encode(pending))
+    assert fields.pop("holds_in_time") is True
+    earlier = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=PendingRerating)
+    assert earlier == msgspec.structs.replace(pending, holds_in_time=False)

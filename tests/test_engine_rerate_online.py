@@ -109,7 +109,10 @@ def machine(grants: list[int], before: list[Event]) -> Billing:
 
 
 def publish(effective_hour: int) -> cmd.PublishVersion:
-    return cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS + effective_hour * HOUR_MS)
+    """As the server makes it: open holds are taken again at their place in time (rerate_holds_in_time)."""
+    return cmd.PublishVersion(
+        RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS + effective_hour * HOUR_MS, rerate_holds_in_time=True
+    )
 
 
 @PROFILE

@@ -123,6 +123,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
             split_hours_refused=True,
             rerate_in_contract=True,
+            rerate_holds_in_time=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -196,6 +197,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             convert.optional_hour_ms(request, "effective_from"),
             split_hours_refused=True,
             rerate_in_contract=True,
+            rerate_holds_in_time=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 

@@ -524,8 +524,9 @@ impl Kernel {
     /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos,
     /// the customers whose charges or draws changed, in the order given). `in_contract`: a period's
     /// run ends at its contract's end too (the server's publishes; rerate.rs `reprice`).
+    /// `holds_in_time`: open holds are taken again at their place in time (rerate.rs `resettle`).
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn rerate(
         &self,
         py: Python<'_>,
@@ -534,6 +535,7 @@ impl Kernel {
         from_hour: i64,
         seq: u64,
         in_contract: bool,
+        holds_in_time: bool,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
@@ -541,7 +543,14 @@ impl Kernel {
                     let mut done = crate::rerate::Rerated::default();
                     let mut changed = Vec::new();
                     for customer in &customers {
-                        let one = kernel.rerate_customer(customer, rate_card_id, from_hour, seq, in_contract)?;
+                        let one = kernel.rerate_customer(
+                            customer,
+                            rate_card_id,
+                            from_hour,
+                            seq,
+                            in_contract,
+                            holds_in_time,
+                        )?;
                         if one.amounts_changed > 0 {
                             changed.push(customer.clone());
                         }

@@ -632,8 +632,9 @@ impl Kernel {
     }
 
     /// The customers (sorted by id) holding an open reservation whose TTL ran out by `now_ms`: those
-    /// `expire_holds(now_ms)` changes. Re-rating never creates, changes or ends a reservation, so this
-    /// is the same whichever customers a pending re-rating has reached (engine/credits.py relies on it).
+    /// `expire_holds(now_ms)` changes. Re-rating never creates or ends a reservation nor moves its TTL
+    /// (it may shrink what one holds: rerate.rs `retake_hold`), so this is the same whichever customers
+    /// a pending re-rating has reached (engine/credits.py relies on it).
     pub fn holds_due_by(&self, now_ms: i64) -> Vec<String> {
         let expired = |account: &Account| {
             account.credits.as_deref().is_some_and(|c| c.open.values().any(|r| r.expires_at_ms <= now_ms))
@@ -647,7 +648,9 @@ impl Kernel {
     /// what is due stays one: expiring only moves due times later). What applies while a publish's
     /// re-rating is pending (engine/credits.py): the breakage and rollovers `advance_clock` records
     /// depend on grant balances the re-rating changes, customer by customer in slices no record
-    /// lists, but reservations it never touches. Returns how many expired.
+    /// lists, but not which reservations are open or when they run out (the customers `holds_due_by`
+    /// names are re-rated before they expire, so what they give back is the re-rated hold). Returns how
+    /// many expired.
     pub fn expire_holds(&mut self, now_ms: i64) -> u32 {
         let window_ms = self.rater.catalog.dedupe_window_ms;
         let mut expired = 0;

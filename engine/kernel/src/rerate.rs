@@ -187,6 +187,10 @@ impl Kernel {
     /// timelines loaded now, as record `seq`. On Err (a product that cannot be re-rated, a bucket
     /// no rate prices) nothing changed. `in_contract`: a period's run ends at its contract's end
     /// (see `reprice`); without it (publishes journaled before) as they re-rated then.
+    /// `holds_in_time`: settling again takes each open hold again at its place in time (`resettle`);
+    /// without it (publishes journaled before) open holds keep what they hold and the draws are
+    /// settled from what they leave, as then.
+    #[allow(clippy::too_many_arguments)]
     pub fn rerate_customer(
         &mut self,
         customer_id: &str,
@@ -194,6 +198,7 @@ impl Kernel {
         from_hour: i64,
         seq: u64,
         in_contract: bool,
+        holds_in_time: bool,
     ) -> Result<Rerated, String> {
         let (Some(card), Some(account)) = (self.rater.interner.get(rate_card_id), self.accounts.get(customer_id))
         else {
@@ -247,7 +252,7 @@ impl Kernel {
             // usable at an hour's start): compare what a balance shows.
             let balances = |a: &Account| (a.grants.iter().map(|g| g.remaining).collect::<Vec<_>>(), a.periods.clone());
             let before = balances(account);
-            resettle(rater, account, first_period);
+            resettle(rater, account, first_period, holds_in_time);
             done.amounts_changed |= u64::from(balances(account) != before);
             // Credit given back to a grant may make its expiry due again.
             self.due.refresh(customer_id, account, rater.catalog.dedupe_window_ms);
@@ -531,7 +536,15 @@ impl Repriced {
 /// in hour order, an hour's refunds before its charges, then by product id and dimension values,
 /// as ingestion settles events arriving on time.
 /// Earlier periods keep their draws, so the result is what rating on time would have drawn.
-fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i64) {
+///
+/// With `holds_in_time`, open holds take their place in that walk too: their credit is given back
+/// first, and each is taken again (`retake_hold`) before the buckets of the hour it was made in and
+/// of every later hour, holds of one hour in the order made (then by reservation id). So usage dated
+/// before a hold's hour draws first and the hold keeps at most what is left; usage of its hour and
+/// later finds it held, as when it arrived. Without it, open holds keep what they hold and the walk
+/// draws from what they leave (publishes journaled before).
+fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i64, holds_in_time: bool) {
+    let mut holds = if holds_in_time { give_back_open_holds(account) } else { Vec::new() };
     let route = account.route.take().expect("re-rated, so routed");
     let open = |start: i64| start >= first_period && !route.is_closed(start);
     for (key, aggregate) in account.aggregates.iter_mut().filter(|(k, _)| open(k.period_start_ms)) {
@@ -569,6 +582,7 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
     let mut carried: FxHashMap<PeriodKey, Picos> = FxHashMap::default();
     let mut outcomes = Outcomes::new();
     for (hour, key, amount) in walk {
+        retake_holds_by(account, &mut holds, hour.hour);
         let aggregate = account.aggregates.entry(key).or_default();
         let owed = amount + carried.remove(&key).unwrap_or(0);
         let charge = owed.max(-aggregate.amount);
@@ -603,7 +617,60 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
         assert!(aggregate.overage >= 0 && period.overage >= 0, "overage never falls below zero");
     }
     assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
+    retake_holds_by(account, &mut holds, i64::MAX);
     account.route = Some(route);
+}
+
+/// An open hold given back for `resettle`: (hour it was made in, when made, reservation id).
+type HoldPlace = (i64, i64, Box<str>);
+
+/// Gives every open hold's credit back to its grants (the reservations keep their entries until
+/// taken again); returns their places in time, latest last.
+fn give_back_open_holds(account: &mut Account) -> Vec<HoldPlace> {
+    let Some(credits) = account.credits.as_deref() else { return Vec::new() };
+    let mut holds: Vec<HoldPlace> = Vec::with_capacity(credits.open.len());
+    for (id, reservation) in &credits.open {
+        for &(grant, held) in &reservation.held {
+            account.grants[grant as usize].remaining += held;
+        }
+        holds.push((reservation.made_at_ms.div_euclid(HOUR_MS), reservation.made_at_ms, id.clone()));
+    }
+    holds.sort_unstable();
+    holds
+}
+
+/// Takes again, in their order, the holds of `holds` made in an hour up to `hour` (removing them).
+fn retake_holds_by(account: &mut Account, holds: &mut Vec<HoldPlace>, hour: i64) {
+    let due = holds.partition_point(|place| place.0 <= hour);
+    for (_, _, id) in holds.drain(..due) {
+        retake_hold(account, &id);
+    }
+}
+
+/// Takes an open hold again from the grants' remaining: in burn order, up to what it held (a hold
+/// never grows), from the grants usable when it was made that it held on or that apply to every
+/// product (it never moves to a grant that may not apply to its usage); what they no longer have
+/// it holds no more. Entries by grant index, as a hold's are made.
+fn retake_hold(account: &mut Account, reservation_id: &str) {
+    let credits = account.credits.as_deref_mut().expect("an open hold, so credits");
+    let reservation = credits.open.get_mut(reservation_id).expect("given back, so open");
+    let mut left = reservation.held_total();
+    let mut held: Vec<(u32, Picos)> = Vec::with_capacity(reservation.held.len());
+    for &g in &account.order {
+        let grant = &mut account.grants[g as usize];
+        let held_on = reservation.held.iter().any(|(h, _)| *h == g);
+        if left == 0 || grant.remaining <= 0 || !grant.usable_at(reservation.made_at_ms) {
+            continue;
+        }
+        if held_on || grant.applicable.is_empty() {
+            let take = left.min(grant.remaining);
+            grant.remaining -= take;
+            left -= take;
+            held.push((g, take));
+        }
+    }
+    held.sort_unstable();
+    reservation.held = held;
 }
 
 /// Whether the account has usage priced by `card` at or after `from_hour`.
@@ -873,11 +940,98 @@ mod tests {
     }
 
     fn rerate(kernel: &mut Kernel, from_hour: i64, seq: u64) -> Rerated {
+        rerate_holds(kernel, from_hour, seq, true)
+    }
+
+    fn rerate_holds(kernel: &mut Kernel, from_hour: i64, seq: u64, holds_in_time: bool) -> Rerated {
         let mut done = Rerated::default();
         for customer in kernel.rerate_customers("card", from_hour) {
-            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq, true).unwrap());
+            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq, true, holds_in_time).unwrap());
         }
         done
+    }
+
+    /// A hold `id` of `quantity` "big" units made at `hour` (from T0) and 30 minutes, for an hour.
+    fn hold_at(kernel: &mut Kernel, id: &str, hour: i64, quantity: f64) {
+        let now = T0 + hour * HOUR_MS + 1_800_000;
+        let event = wire::UsageEvent {
+            transaction_id: "authorize".into(),
+            customer_id: "acme".into(),
+            event_type: "ai".into(),
+            timestamp_ms: now,
+            dimensions: vec![wire::DimensionEntry { key: "model".into(), value: "big".into() }],
+            values: vec![wire::ValueEntry { key: "q".into(), value: quantity }],
+            reservation_id: String::new(),
+        };
+        assert!(kernel.reserve(id, &event, now, HOUR_MS).unwrap().decision.allowed);
+    }
+
+    fn held(kernel: &Kernel, id: &str) -> Picos {
+        kernel.account_credits("acme").unwrap().open[id].held_total()
+    }
+
+    /// Credits are conserved: per grant, its amount = what usage drew + remaining + held, none below zero.
+    fn assert_conserved(kernel: &Kernel) {
+        let account = &kernel.accounts["acme"];
+        let held = kernel.held_by_grant("acme"); // burn order
+        for (&g, held) in account.order.iter().zip(held) {
+            let grant = &account.grants[g as usize];
+            let drawn_by = account.aggregates.values().flat_map(|a| a.drawn_by_grant.iter());
+            let drawn: Picos = drawn_by.filter(|(d, _)| *d == g).map(|(_, c)| c).sum();
+            assert!(grant.remaining >= 0 && held >= 0, "{}", grant.id);
+            assert_eq!(grant.amount, drawn + grant.remaining + held, "{}", grant.id);
+        }
+    }
+
+    /// Usage up to the hold's hour, the hold, then the rest: each event on time, the hold when made.
+    fn with_hold(kernel: &mut Kernel, events: &[(i64, &str, f64)], hold_hour: i64, quantity: f64) {
+        let before = events.partition_point(|e| e.0 < hold_hour);
+        let mut seq = 0;
+        ingest(kernel, &events[..before], &mut seq);
+        hold_at(kernel, "h", hold_hour, quantity);
+        ingest(kernel, &events[before..], &mut seq);
+    }
+
+    #[test]
+    fn a_price_rise_before_a_hold_shrinks_it_to_the_credit_left_and_usage_after_it_finds_it_held() {
+        // 315 credits; usage in hours 0..2 (104 credits at version 1, 312 at version 2), a hold of 4 big units
+        // (8 credits at version 1) in hour 3, usage in hours 3..7. Version 2 triples the prices from hour 0.
+        let grants = [("prepaid", 315 * E18 / 1_000_000, 0)];
+        let (versions, before, after) = ([(1, 100), (2, 300)], [(0, 0)], [(0, 0), (T0, 1)]);
+        let mut kernel = Kernel::default();
+        kernel.load_tables(&tables(&versions, &before, &grants, &[])).unwrap();
+        with_hold(&mut kernel, &EVENTS, 3, 4.0);
+        let whole = held(&kernel, "h");
+        assert_eq!(whole, 8 * E18 / 1_000_000, "the hold covers its 8 credits");
+        // Without holds_in_time (a publish journaled before): the hold keeps all it held.
+        let mut legacy = Kernel::restore(&kernel.snapshot()).unwrap();
+        legacy.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+        rerate_holds(&mut legacy, T0 / HOUR_MS, 9, false);
+        assert_eq!(held(&legacy, "h"), whole);
+        assert_conserved(&legacy);
+        kernel.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+        rerate(&mut kernel, T0 / HOUR_MS, 9);
+        assert_conserved(&kernel);
+        // On time: hours 0..2 draw first, the hold takes what is left of its 8, hours 3..7 find it held.
+        let mut on_time = Kernel::default();
+        on_time.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+        let mut seq = 0;
+        ingest(&mut on_time, &EVENTS[..3], &mut seq);
+        let left = on_time.balance("acme", T0).unwrap().remaining;
+        assert!(0 < left && left < whole, "the rise leaves less than the hold held: {left}");
+        assert_eq!(held(&kernel, "h"), left);
+        // The credit the legacy hold kept from usage before it (8 - 3) is no longer overage.
+        let overage = |k: &Kernel| k.balance("acme", T0).unwrap().overage;
+        assert_eq!(overage(&kernel), overage(&legacy) - (whole - left));
+        let mut on_time = Kernel::default();
+        on_time.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+        with_hold(&mut on_time, &EVENTS, 3, 1_000.0); // holds all there is, as the shrunk hold does
+        assert_eq!(held(&on_time, "h"), left);
+        assert_eq!(state(&kernel), state(&on_time));
+        assert_eq!(kernel.held_by_grant("acme"), on_time.held_by_grant("acme"));
+        // The snapshot keeps the shrunk hold; its release gives back what it holds.
+        let mut restored = Kernel::restore(&kernel.snapshot()).unwrap();
+        assert_eq!(restored.release("acme", "h", T0 + 4 * HOUR_MS), Ok((left, false)));
     }
 
     const EVENTS: [(i64, &str, f64); 8] = [
@@ -1025,7 +1179,7 @@ mod tests {
         kernel.ingest(&batch, T0 + 40 * 86_400_000, 50).unwrap();
         let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true, true).unwrap_err();
         assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
-        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true).is_err());
+        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true, true).is_err());
     }
 
     #[test]
@@ -1084,8 +1238,56 @@ mod tests {
 
     proptest! {
         #![proptest_config(crate::test_config())]
-        /// Versions published one after another, some effective before usage already rated: the
-        /// state equals rating every event from scratch with the final timeline.
+        /// A hold made among usage, then a version effective at some hour (often before the hold):
+        /// credits stay conserved, and the hold holds what it held or, if less, what rating everything
+        /// on time leaves when it is made (every grant here applies to every product). When the
+        /// re-rating changes no price, or the hold held all there was and is left no more than that,
+        /// the state (the hold too) equals rating everything on time.
+        #[test]
+        fn rerating_takes_an_open_hold_again_as_rating_on_time_would(
+            events in proptest::collection::vec((0..3i64, any::<bool>(), 1..40u32), 1..10),
+            hold_after in 0..10usize,
+            everything in any::<bool>(),
+            effective_hour in 0..30i64,
+            factor in prop_oneof![Just(100i128), 20..400i128],
+            credits in 1..200i128,
+        ) {
+            let mut hour = 0;
+            let events: Vec<(i64, &str, f64)> = events
+                .iter()
+                .map(|(gap, big, q)| {
+                    hour += gap + 1;
+                    (hour, if *big { "big" } else { "small" }, f64::from(*q) / 4.0)
+                })
+                .collect();
+            let hold_hour = events[hold_after % events.len()].0 + 1;
+            let all_there_is = 100_000.0;
+            let quantity = if everything { all_there_is } else { 3.0 };
+            let grants = [("prepaid", credits * E18 / 1_000_000, 0), ("promo", credits * E18 / 3_000_000, 1)];
+            let versions = [(1, 100), (2, factor)];
+            let after = [(0, 0), (T0 + effective_hour * HOUR_MS, 1)];
+            let mut kernel = Kernel::default();
+            kernel.load_tables(&tables(&versions, &[(0, 0)], &grants, &[])).unwrap();
+            with_hold(&mut kernel, &events, hold_hour, quantity);
+            let whole = held(&kernel, "h");
+            kernel.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+            rerate(&mut kernel, T0 / HOUR_MS + effective_hour, 1_000);
+            assert_conserved(&kernel);
+            let on_time = |quantity: f64| {
+                let mut on_time = Kernel::default();
+                on_time.load_tables(&tables(&versions, &after, &grants, &[])).unwrap();
+                with_hold(&mut on_time, &events, hold_hour, quantity);
+                on_time
+            };
+            let left = held(&on_time(all_there_is), "h");
+            prop_assert_eq!(held(&kernel, "h"), whole.min(left));
+            if factor == 100 || (everything && left <= whole) {
+                let on_time = on_time(quantity);
+                prop_assert_eq!(kernel.balance("acme", T0), on_time.balance("acme", T0));
+                prop_assert_eq!(kernel.held_by_grant("acme"), on_time.held_by_grant("acme"));
+            }
+        }
+
         #[test]
         fn rerating_equals_rating_from_scratch(
             events in proptest::collection::vec((0..3i64, any::<bool>(), 1..40u32), 1..12),

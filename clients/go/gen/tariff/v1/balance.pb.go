@@ -375,8 +375,13 @@ type AuthorizeRequest struct {
 	// released, or its TTL runs out. The hold is journaled before the answer.
 	// A release or settling event applied after the TTL finds it expired; a
 	// read may show it held until the server's clock next looks (every 50 ms).
-	// Under BLOCK, holds together never exceed the available credit. Read by
-	// Authorize, AuthorizeStream and AuthorizeBatches alike.
+	// Under BLOCK, holds together never exceed the available credit. A
+	// retroactive re-rating (PublishVersion or RollbackRateCard effective before
+	// rated usage) takes an open hold again at its place in time: usage dated
+	// before the hour it was made in draws first, and the hold shrinks to the
+	// credit left (never grows); its release, expiry or settling event then
+	// gives back what it holds now. Read by Authorize, AuthorizeStream and
+	// AuthorizeBatches alike.
 	Reserve bool `protobuf:"varint,6,opt,name=reserve,proto3" json:"reserve,omitempty"`
 	// How long the hold lasts: 60 s when unset; zero, negative, not whole
 	// milliseconds, not a valid Duration (nanos outside -999,999,999 to
@@ -738,8 +743,10 @@ func (x *ReleaseReservationRequest) GetReservationId() string {
 }
 
 type ReleaseReservationResponse struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	ReleasedAmount string                 `protobuf:"bytes,1,opt,name=released_amount,json=releasedAmount,proto3" json:"released_amount,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The credits the hold held when released: what it took, or less when a
+	// retroactive re-rating shrank it (see AuthorizeRequest.reserve).
+	ReleasedAmount string `protobuf:"bytes,1,opt,name=released_amount,json=releasedAmount,proto3" json:"released_amount,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }

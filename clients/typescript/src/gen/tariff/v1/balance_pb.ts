@@ -259,8 +259,13 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
    * released, or its TTL runs out. The hold is journaled before the answer.
    * A release or settling event applied after the TTL finds it expired; a
    * read may show it held until the server's clock next looks (every 50 ms).
-   * Under BLOCK, holds together never exceed the available credit. Read by
-   * Authorize, AuthorizeStream and AuthorizeBatches alike.
+   * Under BLOCK, holds together never exceed the available credit. A
+   * retroactive re-rating (PublishVersion or RollbackRateCard effective before
+   * rated usage) takes an open hold again at its place in time: usage dated
+   * before the hour it was made in draws first, and the hold shrinks to the
+   * credit left (never grows); its release, expiry or settling event then
+   * gives back what it holds now. Read by Authorize, AuthorizeStream and
+   * AuthorizeBatches alike.
    *
    * @generated from field: bool reserve = 6;
    */
@@ -436,6 +441,9 @@ export const ReleaseReservationRequestSchema: GenMessage<ReleaseReservationReque
  */
 export type ReleaseReservationResponse = Message<"tariff.v1.ReleaseReservationResponse"> & {
   /**
+   * The credits the hold held when released: what it took, or less when a
+   * retroactive re-rating shrank it (see AuthorizeRequest.reserve).
+   *
    * @generated from field: string released_amount = 1;
    */
   releasedAmount: string;

@@ -801,7 +801,11 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
    * breakage already recorded stays final (a rise draws none of an expired
    * grant's broken credit, the rest is overage; credit a cut gives back to
    * it breaks too, in the period of its expiry); no top-up is bought or given
-   * back; BLOCK contracts take overage as ALLOW ones do.
+   * back; BLOCK contracts take overage as ALLOW ones do. Open holds take their
+   * place in time: each is taken again before the buckets of the hour it was
+   * made in, up to what it held, so usage dated before that hour draws first
+   * (as rated on time) and the hold shrinks to the credit left; usage of its
+   * hour and later finds it held.
    * Usage in closed periods is left alone and counted in the reply. Refused
    * with FAILED_PRECONDITION, changing nothing, when affected usage belongs to
    * a MAX, LATEST or UNIQUE_COUNT product (its buckets cannot be priced
