@@ -17,7 +17,6 @@ use crate::buckets::{
     VersionUsage,
 };
 use crate::credits::{self, AccountCredits, Clock};
-use crate::customer_key::CustomerKey;
 use crate::decode::{
     check_into, check_view, py_dict, py_repr, py_repr_cut, wire, with_view, Event, EventView, Reason, Refusal,
 };
@@ -249,9 +248,8 @@ pub enum BatchRefusal {
     CustomerNotAllowed(usize, String),
 }
 
-/// The accounts by customer id. Boxed: a map slot holds a pointer, not the whole account, so the
-/// map's spare capacity (up to half of it after a resize) costs 8 bytes a slot rather than the account's size.
-pub(crate) type Accounts = FxHashMap<CustomerKey, Box<Account>>;
+use crate::accounts::AccountAt;
+pub(crate) use crate::accounts::Accounts;
 
 #[derive(Default)]
 pub struct Kernel {
@@ -264,6 +262,9 @@ pub struct Kernel {
     /// The dedupe keys of the events `warm` looked up last, in order: rating them reuses these
     /// rather than hashing each pair again.
     warmed_keys: Vec<dedupe::Key>,
+    /// Where each of those events' accounts is (None: no account has its customer id), in the same
+    /// order: rating takes the account there rather than looking the customer id up again.
+    warmed_accounts: Vec<Option<AccountAt>>,
     /// What `warm` keyed each of those events' products by (`Rater::entry_keys`), in the same
     /// order: planning starts from it rather than interning the event's dimensions again.
     warmed_keyed: Vec<Option<Keyed>>,
@@ -372,10 +373,7 @@ impl Kernel {
     fn install(&mut self, customers: &[tables::CustomerTable], compiled: Vec<(Route, Vec<Grant>)>) -> Vec<Vec<Grant>> {
         let mut replaced = Vec::with_capacity(customers.len());
         for (customer, (route, grants)) in customers.iter().zip(compiled) {
-            let account = match self.accounts.get_mut(customer.id.as_str()) {
-                Some(account) => account,
-                None => self.accounts.entry(CustomerKey::from(customer.id.as_str())).or_default(),
-            };
+            let account = self.accounts.get_or_insert_default(customer.id.as_str());
             account.order = burn_order(&grants);
             for grant in grants.iter().filter(|g| g.remaining > 0) {
                 if let Some(end) = grant.expires_at_ms {
@@ -461,11 +459,11 @@ impl Kernel {
         check_into(raw, received_ms, catalog.future_skew_ms, event)?;
         let event = &*event;
         let digest = content_digest(event, &mut self.canonical);
-        let Some(account) = self.accounts.get_mut(Text::of(event.customer_id)) else {
+        let Warmed { dedupe_key, account, slot } = warmed;
+        let Some(account) = account.map(|at| self.accounts.at_mut(at)) else {
             return Err(no_such_customer_event(event.customer_id));
         };
         // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
-        let Warmed { dedupe_key, slot } = warmed;
         let place = self.dedupe.place(dedupe_key);
         let seen = self.dedupe.held(place).map(Seen::from);
         if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
@@ -522,6 +520,8 @@ impl Kernel {
 struct Warmed {
     /// `dedupe::key` of the event's (customer_id, transaction_id).
     dedupe_key: dedupe::Key,
+    /// Where the account of its customer id is (`Accounts::find`).
+    account: Option<AccountAt>,
     /// Where in `Kernel::warmed_keyed` is what its first product was keyed by (`Rater::entry_keys`),
     /// which `Rater::plan_keyed` starts from in place (moved, the keying was copied a few times).
     slot: usize,
@@ -567,7 +567,7 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
             kernel.warm(batch.events_from(index).take(PAUSE_EVERY_EVENTS));
         }
         let slot = index % PAUSE_EVERY_EVENTS;
-        let warmed = Warmed { dedupe_key: kernel.warmed_keys[slot], slot };
+        let warmed = Warmed { dedupe_key: kernel.warmed_keys[slot], account: kernel.warmed_accounts[slot], slot };
         match kernel.ingest_event(index, warmed, &event, &mut checked, received_ms, &mut ack) {
             Ok(true) => ack.accepted(index),
             Ok(false) => ack.duplicate(index),
@@ -1061,7 +1061,7 @@ impl Kernel {
     /// The accounts as a snapshot stores them, sorted by customer id, borrowed from the kernel's (copying every
     /// account's grants, usage and credits first took most of a snapshot's encode once the dedupe table was out of it).
     fn stored_accounts(&self) -> (Vec<String>, Vec<StoredAccountRef<'_>>) {
-        let mut customers: Vec<(&str, &Account)> = self.accounts.iter().map(|(id, a)| (id.as_str(), &**a)).collect();
+        let mut customers: Vec<(&str, &Account)> = self.accounts.iter().map(|(id, a)| (id.as_str(), a)).collect();
         customers.sort_unstable_by_key(|(id, _)| *id);
         let accounts = customers.into_iter().map(|(id, account)| self.stored_account(id, account)).collect();
         (self.rater.interner.strings(), accounts)
@@ -1194,10 +1194,12 @@ impl Kernel {
     /// aggregates and hour buckets are keyed as planning keys them (`Rater::entry_keys`), and
     /// planning starts from that keying: some 520 instructions an event more, for about 11% less
     /// CPU an event in the spike (its rating took no LL miss on them after). Reads only; the dedupe
-    /// keys and the keying are kept for rating (`warmed_keys`, `warmed_keyed`).
+    /// keys, the accounts' places and the keying are kept for rating (`warmed_keys`,
+    /// `warmed_accounts`, `warmed_keyed`).
     fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>> + Clone) {
-        let Kernel { accounts, dedupe, canonical, warmed_keys, warmed_keyed, rater, .. } = self;
+        let Kernel { accounts, dedupe, canonical, warmed_keys, warmed_accounts, warmed_keyed, rater, .. } = self;
         warmed_keys.clear();
+        warmed_accounts.clear();
         warmed_keyed.clear();
         let mut found = 0u64;
         // Four passes over the slice: each pass's reads start from what the one before found, and
@@ -1209,7 +1211,9 @@ impl Kernel {
             let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
             found += dedupe.warm(key);
             warmed_keys.push(key);
-            *slot = (event.timestamp_ms, accounts.get(Text::of(event.customer_id)).map(|a| &**a));
+            let at = accounts.find(Text::of(event.customer_id));
+            warmed_accounts.push(at);
+            *slot = (event.timestamp_ms, at.map(|at| accounts.at(at)));
             len += 1;
         }
         let slice = &slots[..len];
