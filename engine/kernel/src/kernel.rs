@@ -1236,9 +1236,10 @@ impl Kernel {
             found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
         }
         for (event, &(_, account)) in events.zip(slice) {
-            let (entries, keyed) = account.map_or((0, None), |a| rater.warm_entries(a, &event));
-            found ^= entries;
-            warmed_keyed.push(keyed);
+            // Keyed in its place in `warmed_keyed`: returned, the keying was moved twice more.
+            warmed_keyed.push(None);
+            let keyed = warmed_keyed.last_mut().expect("just pushed");
+            found ^= account.map_or(0, |a| rater.warm_entries(a, &event, keyed));
         }
         std::hint::black_box(found);
     }
@@ -1246,35 +1247,37 @@ impl Kernel {
 
 impl Rater {
     /// Reads the period aggregates and hour buckets the event's products will be rated against,
-    /// for `Kernel::warm`; returns what it read and what it keyed them by, for planning.
-    fn warm_entries(&self, account: &Account, event: &EventView<'_, '_>) -> (u64, Option<Keyed>) {
+    /// for `Kernel::warm`; returns what it read, and sets `keyed` (None) to what it keyed them by,
+    /// for planning.
+    fn warm_entries(&self, account: &Account, event: &EventView<'_, '_>, keyed: &mut Option<Keyed>) -> u64 {
         // An account with no aggregate yet has nothing to read, and would walk the calendar for a
         // period it has not cached yet.
         if account.aggregates.is_empty() {
-            return (0, None);
+            return 0;
         }
         let mut found = 0;
-        let keyed = self.entry_keys(account, event, |key| {
+        self.entry_keys(account, event, keyed, |key| {
             found ^= account.aggregates.get(&key).map_or(0, Aggregate::warm);
             let hour = key.hour_key(event.timestamp_ms);
             found ^= account.buckets.get(&hour).map_or(0, crate::buckets::warm_hour);
         });
-        (found, keyed)
+        found
     }
 
     /// Passes `found` the key of each period aggregate the event's products would be rated
     /// against, keyed as `plan` keys them (`product_key`): those of the products an event that
-    /// plans feeds, whose combination exists. Returns what its first product was keyed by, where
-    /// `plan_keyed` starts. Read ahead of checking: an event checking or
+    /// plans feeds, whose combination exists. Sets `keyed` (None) to what its first product was
+    /// keyed by, where `plan_keyed` starts. Read ahead of checking: an event checking or
     /// planning will refuse may name keys nothing comes of.
     fn entry_keys(
         &self,
         account: &Account,
         event: &EventView<'_, '_>,
+        keyed: &mut Option<Keyed>,
         mut found: impl FnMut(PeriodKey),
-    ) -> Option<Keyed> {
-        let period_start_ms = account.last_period_covering(event.timestamp_ms)?;
-        let (mut keyed, mut first) = (None, None);
+    ) {
+        let Some(period_start_ms) = account.last_period_covering(event.timestamp_ms) else { return };
+        let mut first = None;
         for index in self.catalog.feeding(event.event_type, |d| event.dimension(d)) {
             let product = &self.catalog.products[index];
             // The first product's keying is kept (moved, not copied) before a product of another
@@ -1282,11 +1285,13 @@ impl Rater {
             if first.is_none() && keyed.as_ref().is_some_and(|k: &Keyed| k.class != product.dimensions_class) {
                 first = keyed.take();
             }
-            if let (_, Some(key)) = self.product_key(product, period_start_ms, |d| event.dimension(d), &mut keyed) {
+            if let (_, Some(key)) = self.product_key(product, period_start_ms, |d| event.dimension(d), keyed) {
                 found(key);
             }
         }
-        first.or(keyed)
+        if first.is_some() {
+            *keyed = first;
+        }
     }
 }
 
@@ -1540,7 +1545,8 @@ mod tests {
             for probe in probes {
                 with_view(&probe, |view| -> Result<(), TestCaseError> {
                     let mut warmed = Vec::new();
-                    let mut keyed = kernel.rater.entry_keys(account, view, |key| warmed.push(key));
+                    let mut keyed = None;
+                    kernel.rater.entry_keys(account, view, &mut keyed, |key| warmed.push(key));
                     let Ok(event) = check_view(view, RECEIVED_MS, 300_000) else { return Ok(()) };
                     if event.customer_id != "c" {
                         return Ok(());
