@@ -277,13 +277,7 @@ pub const SHARD_BITS: u32 = 12;
 const SHARDS: usize = 1 << SHARD_BITS;
 /// Slots past a shard's 2^bits home slots, so a run near the end rarely needs the arrays to grow.
 const TAIL_SLOTS: usize = 4;
-/// The fewest home-slot bits a shard has once it holds an entry: 16 home slots (20 with the tail, 800
-/// bytes), room for 6 to 11 entries by the shard's `limit`. A shard starts there rather than at 4 home
-/// slots, skipping the two smallest growths (an allocation and a copy each, within its first half dozen
-/// puts): in the kernel spike (60,000 ids) about 120 instructions a put fewer. Only a small table gains:
-/// past some 25,000 to 37,000 ids the shards have grown beyond it and grow as before. The cost is RAM
-/// while the table is small: at most 4096 x 800 bytes, 3.3 MB, where 4 home slots took 1.3 MB.
-const MIN_BITS: u32 = 4;
+const MIN_BITS: u32 = 2;
 /// Pruning sweeps the table one key range at a time, 2^PRUNE_RANGE_BITS ranges by the key's top bits:
 /// one shard (the kernel sweeps one range per journaled batch: at 10 M ids about 2,400 entries, 100 KB read).
 pub const PRUNE_RANGE_BITS: u32 = SHARD_BITS;
