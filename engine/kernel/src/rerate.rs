@@ -972,7 +972,7 @@ mod tests {
 
     /// Credits are conserved: per grant, its amount = what usage drew + remaining + held, none below zero.
     fn assert_conserved(kernel: &Kernel) {
-        let account = &kernel.accounts["acme"];
+        let account = kernel.accounts.get("acme").expect("acme has an account");
         let held = kernel.held_by_grant("acme"); // burn order
         for (&g, held) in account.order.iter().zip(held) {
             let grant = &account.grants[g as usize];
