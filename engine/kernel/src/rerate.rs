@@ -613,30 +613,7 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
         if owed != charge {
             carried.insert(key, owed - charge);
         }
-        // Split at the next withheld top-up's point: each part is settled with the top-ups reached by then.
-        let (period, mut left) = (key.period_start_ms, charge);
-        loop {
-            let so_far = account.periods.get(period).map_or(0, |t| t.charges);
-            // Those of periods the walk has left are usable from now on; this period's are reached in the
-            // order bought, each once the charges settled since the one before reach its point.
-            withheld.retain(|w| w.period_start_ms >= period);
-            while let Some(at) = withheld.iter().position(|w| w.period_start_ms == period) {
-                if withheld[at].point > so_far {
-                    break;
-                }
-                withheld.remove(at);
-            }
-            let to_next = withheld.iter().find(|w| w.period_start_ms == period).map(|w| w.point - so_far);
-            let part = match to_next {
-                Some(to_next) if left > to_next => to_next,
-                _ => left,
-            };
-            settle_part(interner, account, (hour.hour, key), part, &withheld, &mut outcomes);
-            left -= part;
-            if left == 0 {
-                break;
-            }
-        }
+        settle_bucket(interner, account, (hour.hour, key), charge, &mut withheld, &mut outcomes);
     }
     assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
     retake_holds_by(account, &mut holds, i64::MAX);
@@ -669,6 +646,41 @@ fn withheld_top_ups(account: &Account, walked: impl Fn(i64) -> bool) -> Vec<With
             Some(Withheld { period_start_ms: p.period_start_ms, point, grant: grant as u32 })
         })
         .collect()
+}
+
+/// Settles a bucket's charge, split at the next withheld top-up's point of its period: each part
+/// is settled with the top-ups reached by then (`resettle`).
+fn settle_bucket(
+    interner: &crate::route::Interner,
+    account: &mut Account,
+    (hour, key): (i64, PeriodKey),
+    charge: Picos,
+    withheld: &mut Vec<Withheld>,
+    outcomes: &mut Outcomes,
+) {
+    let (period, mut left) = (key.period_start_ms, charge);
+    loop {
+        let so_far = account.periods.get(period).map_or(0, |t| t.charges);
+        // Those of periods the walk has left are usable from now on; this period's are reached in the
+        // order bought, each once (after the one before) the period's net charges reach its point.
+        withheld.retain(|w| w.period_start_ms >= period);
+        while let Some(at) = withheld.iter().position(|w| w.period_start_ms == period) {
+            if withheld[at].point > so_far {
+                break;
+            }
+            withheld.remove(at);
+        }
+        let to_next = withheld.iter().find(|w| w.period_start_ms == period).map(|w| w.point - so_far);
+        let part = match to_next {
+            Some(to_next) if left > to_next => to_next,
+            _ => left,
+        };
+        settle_part(interner, account, (hour, key), part, withheld, outcomes);
+        left -= part;
+        if left == 0 {
+            break;
+        }
+    }
 }
 
 /// Settles `charge` of the aggregate `key` at the hour's start against the grants but the top-ups
