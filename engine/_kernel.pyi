@@ -90,6 +90,7 @@ class Kernel:
         seq: int,
         in_contract: bool,
         holds_in_time: bool,
+        top_ups_in_time: bool,
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed

@@ -94,7 +94,10 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     False (commands stored before it) re-rates as then. `rerate_holds_in_time`: set likewise, so settling the draws
     again takes each open hold again at its place in time (engine/kernel/src/rerate.rs resettle: usage dated before
     the hour a hold was made in draws first and the hold keeps at most what is left); False (commands stored before
-    it) settles the draws from what open holds leave, as then."""
+    it) settles the draws from what open holds leave, as then. `rerate_top_ups_in_time`: set likewise, so settling
+    the draws again withholds each top-up from its period's charges until they reach what they were when it was
+    bought (rated on time, the purchase follows the draw that bought it); False (commands stored before it) lets
+    every top-up pay from its period's start, as then."""
 
     at_ms: int
     actor: str
@@ -105,6 +108,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     split_hours_refused: bool = False
     rerate_in_contract: bool = False
     rerate_holds_in_time: bool = False
+    rerate_top_ups_in_time: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -143,6 +147,7 @@ SERVER_SET_FIELDS = (
     "rerate_in_contract",
     "parts_in_contract",
     "rerate_holds_in_time",
+    "rerate_top_ups_in_time",
 )
 
 
@@ -186,6 +191,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     split_hours_refused: bool = False  # as PublishVersion's
     rerate_in_contract: bool = False  # as PublishVersion's
     rerate_holds_in_time: bool = False  # as PublishVersion's
+    rerate_top_ups_in_time: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):

@@ -56,6 +56,9 @@ class PendingRerating(msgspec.Struct):
     # The publish's rerate_holds_in_time (engine/commands.py); False in the snapshots of earlier releases, whose
     # publishes had none.
     holds_in_time: bool = False
+    # The publish's rerate_top_ups_in_time (engine/commands.py); False in the snapshots of earlier releases, whose
+    # publishes had none.
+    top_ups_in_time: bool = False
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
@@ -67,6 +70,7 @@ def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
         dict.fromkeys(plan.customers),
         in_contract=plan.in_contract,
         holds_in_time=plan.holds_in_time,
+        top_ups_in_time=plan.top_ups_in_time,
     )
 
 
@@ -107,6 +111,7 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
             rerating.publish_seq,
             rerating.in_contract,
             rerating.holds_in_time,
+            rerating.top_ups_in_time,
         )
     except ValueError as exc:
         # The publish checked these customers' usage, and nothing changes it before they are re-rated.

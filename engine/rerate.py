@@ -40,13 +40,15 @@ LEFT_ALONE_REASON = "in closed periods: a closed period's invoice is final, so i
 class RerationPlan:
     """What a publish re-rates: the customers with usage of the card from `from_hour` on, in id order;
     `in_contract` the command's `rerate_in_contract` (a period's run of buckets ends at its contract's end too);
-    `holds_in_time` its `rerate_holds_in_time` (open holds are taken again at their place in time)."""
+    `holds_in_time` its `rerate_holds_in_time` (open holds are taken again at their place in time); `top_ups_in_time`
+    its `rerate_top_ups_in_time` (a top-up pays only its period's charges beyond those at which it was bought)."""
 
     rate_card_id: str
     from_hour: int
     customers: list[str]
     in_contract: bool = False
     holds_in_time: bool = False
+    top_ups_in_time: bool = False
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -120,6 +122,7 @@ class _Planned:
     split_hours_refused: bool  # the command's: usage in an hour holding a period boundary off the hour is refused
     in_contract: bool  # the command's rerate_in_contract
     holds_in_time: bool  # the command's rerate_holds_in_time
+    top_ups_in_time: bool  # the command's rerate_top_ups_in_time
 
     @property
     def from_hour(self) -> int:
@@ -127,6 +130,12 @@ class _Planned:
 
     def table(self, state: BillingState) -> bytes:
         return msgspec.msgpack.encode(_version_table(self.card, self.version.number, state))
+
+    def plan(self, customers: list[str]) -> RerationPlan:
+        """The plan re-rating these customers as the command says."""
+        return RerationPlan(
+            self.card.id, self.from_hour, customers, self.in_contract, self.holds_in_time, self.top_ups_in_time
+        )
 
     def refusal(self, why: ValueError) -> FailedPrecondition:
         return FailedPrecondition(
@@ -172,6 +181,7 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         command.split_hours_refused,
         command.rerate_in_contract,
         command.rerate_holds_in_time,
+        command.rerate_top_ups_in_time,
     )
 
 
@@ -199,7 +209,7 @@ def plan_rerating(
         kernel.rerate_check(customers, table, planned.from_hour, planned.split_hours_refused, planned.in_contract)
     except ValueError as exc:
         raise planned.refusal(exc) from None
-    return RerationPlan(planned.card.id, planned.from_hour, customers, planned.in_contract, planned.holds_in_time)
+    return planned.plan(customers)
 
 
 @dataclass(slots=True)
@@ -265,10 +275,7 @@ class PlanInSlices:
         self.cursor, self.again = len(self.candidates), []
         if not self.affected:
             return None
-        planned = self.planned
-        return RerationPlan(
-            planned.card.id, planned.from_hour, sorted(self.affected), planned.in_contract, planned.holds_in_time
-        )
+        return self.planned.plan(sorted(self.affected))
 
     def _look(self, kernel: Kernel, customers: list[str]) -> None:
         cohort, known = self.planned.members, self.customers
@@ -293,7 +300,15 @@ class PlanInSlices:
 
 def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
     """Re-rates some of the plan's customers as journal record `seq` (the GIL released inside)."""
-    counts = kernel.rerate(customers, plan.rate_card_id, plan.from_hour, seq, plan.in_contract, plan.holds_in_time)
+    counts = kernel.rerate(
+        customers,
+        plan.rate_card_id,
+        plan.from_hour,
+        seq,
+        plan.in_contract,
+        plan.holds_in_time,
+        plan.top_ups_in_time,
+    )
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])
     return done

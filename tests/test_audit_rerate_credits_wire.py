@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.serverproc import ServerFactory
+from tests.serverproc import ServerFactory, ServerProcess
 from tests.test_audit_invoices_wire import JAN, MAR, but_final_fields, ms, preview, product, start_server, ts
 from tests.test_audit_pricing_wire import month_start_ms, this_hour_ms
 from tests.test_audit_revenue_wire import customer_lines, revenue, totals
@@ -387,17 +388,6 @@ def test_rerating_neither_buys_nor_gives_back_top_ups_and_the_cap_still_counts_t
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "kernel defect, engine/kernel/src/rerate.rs resettle: it draws the period again with every TOP_UP grant "
-        "usable from its billing period's start (credits::top_up sets starts_at_ms there), so a top-up pays for "
-        "usage dated before the event that bought it, which rating on time billed as overage: the same-price "
-        "publish moves 4 of January's 5 overage onto top-up 2 (overage 1, overage_due 1.00, total_due 5.00 "
-        "instead of 9.00); any retroactive publish or rollback re-rating a period where a top-up followed overage "
-        "does the same"
-    ),
-)
 def test_a_version_with_the_same_prices_published_from_the_first_leaves_top_up_draws_as_rated(
     server_factory: ServerFactory,
 ) -> None:
@@ -413,6 +403,68 @@ def test_a_version_with_the_same_prices_published_from_the_first_leaves_top_up_d
         same = publish(client, draft(client, "1", "1"))
         assert rerated(same)[3] == "0"
         assert january(client, "t") == before
+
+
+def two_top_ups_in_january(client: TariffClient, customer_id: str) -> None:
+    """Below 2, recharge to 10 at 0.5 USD a credit, up to 3 a period; `u` at 1: 4 units in hour 1 (all overage, no
+    credit yet: buys top-up 1, 10 credits, with January charged 4), 9 in hour 2 (drawn from top-up 1, 1 left: buys
+    top-up 2, 9 credits, January charged 13), 2 in hour 3 (1 from each). 15 charged, 11 drawn, 4 overage (4 USD),
+    19 credits bought (9.50 USD), 13.50 due."""
+    customer(client, customer_id, "1")
+    policy = contracts_pb2.TopUpPolicy(threshold="2", recharge_to="10", price_per_credit="0.5", max_per_period=3)
+    client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=f"{customer_id}-c", top_up=policy))
+    for hour, n in ((1, 4), (2, 9), (3, 2)):
+        ingest(client, customer_id, [("u", n, JAN + hour * HOUR_MS)], f"h{hour}")
+
+
+TWO_TOP_UPS_RATED = ("15", {TOP_UP_1: "10", TOP_UP_2: "1"}, "4", "4.00", "9.50", "13.50")
+# After u at 1.5 from January 1 (see the test below).
+TWO_TOP_UPS_RERATED = ("22.5", {TOP_UP_1: "10", TOP_UP_2: "8.5"}, "4", "4.00", "9.50", "13.50")
+
+
+def test_two_top_ups_each_pay_only_the_charges_after_the_draw_that_bought_it_when_a_rise_re_rates_them(
+    server_factory: ServerFactory,
+) -> None:
+    """docs/architecture.md "Re-rating and simulation": settled again, a top-up pays only its period's charges beyond
+    those at which it was bought (4 for top-up 1, 13 for top-up 2). u at 1.5 from January 1: hours 1, 2, 3 cost 6,
+    13.5, 3 (22.5). Hour 1: its first 4 are overage, as when rated (they bought top-up 1), the other 2 draw top-up 1
+    (8 left). Hour 2 (charges 6 -> 19.5): up to 13 without top-up 2, so 7 from top-up 1 (1 left); the other 6.5 in
+    burn order, 1 from top-up 1 and 5.5 from top-up 2 (3.5 left). Hour 3: 3 from top-up 2 (0.5 left). Overage
+    stays 4; drawn 10 and 8.5. No top-up is bought or given back (19 credits, 9.50 USD). Before the rule, both
+    top-ups paid from January 1: hour 1 all from top-up 1, 0.5 of hour 2 and all of hour 3 overage (3.5)."""
+    with start_server(server_factory, "two-top-ups") as client:
+        catalogue(client)
+        two_top_ups_in_january(client, "t")
+        assert january(client, "t") == TWO_TOP_UPS_RATED
+        assert grants(client, "t") == {TOP_UP_1: ("10", "0", "0"), TOP_UP_2: ("1", "8", "0")}
+        assert rerated(publish(client, draft(client, "1.5", "1.5"))) == (1, 3, 3, "7.5")
+        assert january(client, "t") == TWO_TOP_UPS_RERATED
+        assert grants(client, "t") == {TOP_UP_1: ("10", "0", "0"), TOP_UP_2: ("8.5", "0.5", "0")}
+        assert client.get_balance("t").credits_available == "0.5"
+
+
+@pytest.mark.parametrize("snapshot_every", ["100000", "4"])
+def test_a_re_rating_of_top_ups_replays_alike_after_a_restart(tmp_path: Path, snapshot_every: str) -> None:
+    """Replay applies the journaled publish as it applied, from the journal alone or from a snapshot taken on the way
+    (which keeps each purchase's charges when bought): after kill -9 and a restart, GetBalance and January's draft
+    invoice are as after the publish (the amounts of the test above: 0.5 credits available)."""
+    process = ServerProcess(tmp_path / "data", extra_args=["--close-grace", "off", "--snapshot-every", snapshot_every])
+    process.start()
+    try:
+        with process.client() as client:
+            catalogue(client)
+            two_top_ups_in_january(client, "t")
+            publish(client, draft(client, "1.5", "1.5"))
+            assert january(client, "t") == TWO_TOP_UPS_RERATED
+            before = (grants(client, "t"), lines(client, "t"), client.get_balance("t").credits_available)
+        process.kill9()
+        process.restart()
+        with process.client() as client:
+            assert january(client, "t") == TWO_TOP_UPS_RERATED
+            assert (grants(client, "t"), lines(client, "t"), client.get_balance("t").credits_available) == before
+            assert grants(client, "t")[TOP_UP_2] == ("8.5", "0.5", "0")
+    finally:
+        process.stop()
 
 
 def test_simulate_matches_a_publish_per_customer_except_hours_a_cohort_version_keeps_as_documented(

@@ -303,3 +303,63 @@ def test_rerate_holds_in_time_is_the_servers_in_neither_audit_entry_nor_fingerpr
     assert fields.pop("holds_in_time") is True
     earlier = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=PendingRerating)
     assert earlier == msgspec.structs.replace(pending, holds_in_time=False)
+
+
+def topped_up_machine() -> Billing:
+    """A card at 1 a unit, no grant; below 1 credit, recharge to 10 at 0.5 a credit. 4 units in the first hour (all
+    overage: they buy 10 credits, with the period charged 4), then 2 in the second (drawn from them, 8 left)."""
+    world = World()
+    world.product("calls", value_key="n", dimensions=())
+    world.rate_card()
+    world.version([rate("calls", unit("1"))])
+    world.customer()
+    world.contract()
+    billing = Billing(engine=world.engine)
+    billing.apply(cmd.SetTopUpPolicy(EPOCH_MS, ACTOR, "c-acme", "1", "10", "0.5", 3), billing.last_seq + 1)
+    for n, (transaction_id, at_ms) in enumerate((("first", EPOCH_MS + 60_000), ("second", EPOCH_MS + HOUR_MS))):
+        event = usage_event(transaction_id, at_ms, {"n": 4.0 if n == 0 else 2.0})
+        assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
+    return billing
+
+
+def test_the_servers_publish_leaves_usage_before_a_top_up_as_overage_and_an_older_record_does_not() -> None:
+    """rerate_top_ups_in_time (the server's): a version with the same prices from the first hour settles the period
+    again, and the top-up pays only the charges after the 4 that bought it: overage 4, 8 credits left, as rated. A
+    publish journaled without it re-rates as then: the top-up pays from the period's start, no overage, 4 left."""
+    for in_time, overage, remaining in ((True, 4, 8), (False, 0, 4)):
+        billing = topped_up_machine()
+        balance = billing.balance("acme", RECEIVED_MS)
+        assert (balance.period_charges, balance.overage, balance.remaining) == (6 * 10**12, 4 * 10**12, 8 * 10**12)
+        number = draft(billing, (rate("calls", unit("1")),))
+        command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, rerate_top_ups_in_time=in_time)
+        billing.apply(command, billing.last_seq + 1)
+        balance = billing.balance("acme", RECEIVED_MS)
+        assert (balance.period_charges, balance.overage, balance.remaining) == (
+            6 * 10**12,
+            overage * 10**12,
+            remaining * 10**12,
+        ), in_time
+
+
+def test_rerate_top_ups_in_time_is_the_servers_in_neither_audit_entry_nor_fingerprint_and_old_snapshots_lack_it() -> (
+    None
+):
+    """As rerate_holds_in_time: a record of an earlier release reads False, no audit entry holds it, a retry's
+    fingerprint ignores it; a pending re-rating in a snapshot of an earlier release reads top_ups_in_time False."""
+    stored = msgspec.json.encode(cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS))
+    old = msgspec.json.decode(stored.replace(b',"rerate_top_ups_in_time":false', b""), type=cmd.RollbackRateCard)
+    assert b"rerate_top_ups_in_time" in stored and old.rerate_top_ups_in_time is False
+    publish = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS, rerate_top_ups_in_time=True)
+    assert fingerprint(publish) == fingerprint(msgspec.structs.replace(publish, rerate_top_ups_in_time=False))
+    assert "rerate_top_ups_in_time" in cmd.SERVER_SET_FIELDS
+    billing = topped_up_machine()
+    number = draft(billing, (rate("calls", unit("2")),))
+    command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, rerate_top_ups_in_time=True)
+    billing.apply(command, billing.last_seq + 1)
+    entries = [e for e in billing.engine.state.audit if e.action == "PublishVersion"]
+    assert entries and all("rerate_top_ups_in_time" not in e.diff for e in entries), entries
+    pending = PendingRerating(7, "card", 3, ["acme"], {"acme": None}, top_ups_in_time=True)
+    fields = msgspec.msgpack.decode(msgspec.msgpack.encode(pending))
+    assert fields.pop("top_ups_in_time") is True
+    earlier = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=PendingRerating)
+    assert earlier == msgspec.structs.replace(pending, top_ups_in_time=False)

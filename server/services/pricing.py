@@ -124,6 +124,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             split_hours_refused=True,
             rerate_in_contract=True,
             rerate_holds_in_time=True,
+            rerate_top_ups_in_time=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -198,6 +199,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             split_hours_refused=True,
             rerate_in_contract=True,
             rerate_holds_in_time=True,
+            rerate_top_ups_in_time=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 

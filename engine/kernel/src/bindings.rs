@@ -525,6 +525,8 @@ impl Kernel {
     /// the customers whose charges or draws changed, in the order given). `in_contract`: a period's
     /// run ends at its contract's end too (the server's publishes; rerate.rs `reprice`).
     /// `holds_in_time`: open holds are taken again at their place in time (rerate.rs `resettle`).
+    /// `top_ups_in_time`: a top-up pays only its period's charges beyond those at which it was
+    /// bought (rerate.rs `resettle`).
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn rerate(
@@ -536,6 +538,7 @@ impl Kernel {
         seq: u64,
         in_contract: bool,
         holds_in_time: bool,
+        top_ups_in_time: bool,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
@@ -550,6 +553,7 @@ impl Kernel {
                             seq,
                             in_contract,
                             holds_in_time,
+                            top_ups_in_time,
                         )?;
                         if one.amounts_changed > 0 {
                             changed.push(customer.clone());

@@ -146,6 +146,12 @@ pub struct Purchase {
     /// credits x price, exactly: currency at 10^-30.
     pub cost_e30: i128,
     pub at_ms: i64,
+    /// Since snapshot format 7: its period's net charges when it was bought, the draw (or hold) that
+    /// bought it done. A re-rating that settles the period again in time withholds the top-up from
+    /// the period's charges until they reach this amount (rerate.rs `resettle`): rated on time, the
+    /// purchase follows the draw. None: bought before it was recorded (restored from an older
+    /// snapshot), and such a top-up is usable in a re-rating from its period's start, as then.
+    pub period_charges_when_bought: Option<Picos>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,6 +397,7 @@ pub fn top_up(
     let id: Box<str> = id.into();
     let cost_e30 = credits.checked_mul(policy.price_per_credit_e18).expect("checked when the policy was set");
     let creation_order = MADE_CREATION_ORDER_BASE + credits_state.purchases.len() as i64;
+    let period_charges_when_bought = Some(account.periods.get(period_start_ms).map_or(0, |p| p.charges));
     credits_state.purchases.push(Purchase {
         period_start_ms,
         grant_id: id.clone(),
@@ -398,6 +405,7 @@ pub fn top_up(
         price_per_credit_e18: policy.price_per_credit_e18,
         cost_e30,
         at_ms,
+        period_charges_when_bought,
     });
     account.grants.push(Grant {
         id: id.clone(),

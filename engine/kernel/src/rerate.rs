@@ -189,7 +189,9 @@ impl Kernel {
     /// (see `reprice`); without it (publishes journaled before) as they re-rated then.
     /// `holds_in_time`: settling again takes each open hold again at its place in time (`resettle`);
     /// without it (publishes journaled before) open holds keep what they hold and the draws are
-    /// settled from what they leave, as then.
+    /// settled from what they leave, as then. `top_ups_in_time`: a top-up pays only its period's
+    /// charges beyond those at which it was bought (`resettle`); without it (publishes journaled
+    /// before) every top-up is usable from its period's start, as then.
     #[allow(clippy::too_many_arguments)]
     pub fn rerate_customer(
         &mut self,
@@ -199,6 +201,7 @@ impl Kernel {
         seq: u64,
         in_contract: bool,
         holds_in_time: bool,
+        top_ups_in_time: bool,
     ) -> Result<Rerated, String> {
         let (Some(card), Some(account)) = (self.rater.interner.get(rate_card_id), self.accounts.get(customer_id))
         else {
@@ -252,7 +255,7 @@ impl Kernel {
             // usable at an hour's start): compare what a balance shows.
             let balances = |a: &Account| (a.grants.iter().map(|g| g.remaining).collect::<Vec<_>>(), a.periods.clone());
             let before = balances(account);
-            resettle(rater, account, first_period, holds_in_time);
+            resettle(rater, account, first_period, InTime { holds: holds_in_time, top_ups: top_ups_in_time });
             done.amounts_changed |= u64::from(balances(account) != before);
             // Credit given back to a grant may make its expiry due again.
             self.due.refresh(customer_id, account, rater.catalog.dedupe_window_ms);
@@ -537,16 +540,37 @@ impl Repriced {
 /// as ingestion settles events arriving on time.
 /// Earlier periods keep their draws, so the result is what rating on time would have drawn.
 ///
-/// With `holds_in_time`, open holds take their place in that walk too: their credit is given back
+/// With `in_time.holds`, open holds take their place in that walk too: their credit is given back
 /// first, and each is taken again (`retake_hold`) before the buckets of the hour it was made in and
 /// of every later hour, holds of one hour in the order made (then by reservation id). So usage dated
 /// before a hold's hour draws first and the hold keeps at most what is left; usage of its hour and
 /// later finds it held, as when it arrived. Without it, open holds keep what they hold and the walk
 /// draws from what they leave (publishes journaled before).
-fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i64, holds_in_time: bool) {
-    let mut holds = if holds_in_time { give_back_open_holds(account) } else { Vec::new() };
+///
+/// With `in_time.top_ups`, a top-up pays only its period's charges beyond those at which it was bought
+/// (`Purchase::period_charges_when_bought`, P: the period's net charges once the draw or hold that
+/// bought it was done): rated on time, the purchase follows the draw. The walk keeps the period's
+/// net charges settled so far (R, what `period.charges` holds as it is rebuilt) and withholds the
+/// period's top-ups from the draws, releasing them in the order bought: the next one once R
+/// reaches its P (a bucket's charge c is split at P - R, the first part settled without it, the
+/// rest with it). Refunds lower R (a negative charge, or what an aggregate could only give back at
+/// a later bucket, `carried`, once given back) and are never split: a withheld top-up was not drawn
+/// in the walk, so nothing is given back to it. A released top-up stays usable even if a refund
+/// takes R below its P again: rated on time, it was bought then and is still there. The order
+/// bought matters when refunds lower the charges between two purchases (the second bought at a
+/// lower P than the first). With the same prices and usage that arrived in time order this draws
+/// what rating on time drew, within an hour too, unless the net charges came back to a purchase's
+/// P between the purchase before it and it (a refund of overage while credits stayed drawn). A
+/// price rise reaches P sooner, a cut later or never (the top-up then pays nothing of its period's
+/// charges; it stays bought and pays later periods'). A top-up with no recorded P (bought by an
+/// earlier release, restored from an older snapshot) is usable from its period's start. Holds are
+/// taken again from what the grants have, a withheld top-up's credit included. Without it
+/// (publishes journaled before) every top-up is usable from its period's start.
+fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i64, in_time: InTime) {
+    let mut holds = if in_time.holds { give_back_open_holds(account) } else { Vec::new() };
     let route = account.route.take().expect("re-rated, so routed");
     let open = |start: i64| start >= first_period && !route.is_closed(start);
+    let mut withheld = if in_time.top_ups { withheld_top_ups(account, open) } else { Vec::new() };
     for (key, aggregate) in account.aggregates.iter_mut().filter(|(k, _)| open(k.period_start_ms)) {
         for &(grant, credits) in &aggregate.drawn_by_grant {
             account.grants[grant as usize].remaining += credits;
@@ -589,36 +613,120 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
         if owed != charge {
             carried.insert(key, owed - charge);
         }
-        let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
-        let settled = Charge {
-            product: key.product,
-            product_id: interner.text(key.product),
-            charge,
-            drawn_by_grant: &aggregate.drawn_by_grant,
-            overage: aggregate.overage,
-        };
-        settle_into(&account.grants, &account.order, &mut remaining, &[settled], hour.hour * HOUR_MS, &mut outcomes);
-        for (grant, balance) in account.grants.iter_mut().zip(remaining) {
-            grant.remaining = balance;
-        }
-        let outcome = &outcomes[0];
-        aggregate.amount += charge;
-        for &(grant, credits) in &outcome.draws {
-            match aggregate.drawn_by_grant.iter_mut().find(|(g, _)| *g == grant) {
-                Some(drawn) => drawn.1 += credits,
-                None => aggregate.drawn_by_grant.push((grant, credits)),
-            }
-        }
-        aggregate.drawn_by_grant.retain(|(_, credits)| *credits != 0);
-        aggregate.overage += outcome.overage;
-        let period = account.periods.slot(key.period_start_ms);
-        period.charges += charge;
-        period.overage += outcome.overage;
-        assert!(aggregate.overage >= 0 && period.overage >= 0, "overage never falls below zero");
+        settle_bucket(interner, account, (hour.hour, key), charge, &mut withheld, &mut outcomes);
     }
     assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
     retake_holds_by(account, &mut holds, i64::MAX);
     account.route = Some(route);
+}
+
+/// Which parts of a re-settlement take their place in time (`resettle`).
+#[derive(Clone, Copy, Debug)]
+struct InTime {
+    holds: bool,
+    top_ups: bool,
+}
+
+/// A top-up withheld from its period's re-settled charges until they reach `point` (`resettle`).
+struct Withheld {
+    period_start_ms: i64,
+    point: Picos,
+    grant: u32,
+}
+
+/// The top-ups with a recorded point bought in periods the walk settles again from their start,
+/// in the order bought.
+fn withheld_top_ups(account: &Account, walked: impl Fn(i64) -> bool) -> Vec<Withheld> {
+    let Some(credits) = account.credits.as_deref() else { return Vec::new() };
+    (credits.purchases.iter())
+        .filter(|p| walked(p.period_start_ms))
+        .filter_map(|p| {
+            let point = p.period_charges_when_bought?;
+            let grant = account.grants.iter().position(|g| *g.id == *p.grant_id)?;
+            Some(Withheld { period_start_ms: p.period_start_ms, point, grant: grant as u32 })
+        })
+        .collect()
+}
+
+/// Settles a bucket's charge, split at the next withheld top-up's point of its period: each part
+/// is settled with the top-ups reached by then (`resettle`).
+fn settle_bucket(
+    interner: &crate::route::Interner,
+    account: &mut Account,
+    (hour, key): (i64, PeriodKey),
+    charge: Picos,
+    withheld: &mut Vec<Withheld>,
+    outcomes: &mut Outcomes,
+) {
+    let (period, mut left) = (key.period_start_ms, charge);
+    loop {
+        let so_far = account.periods.get(period).map_or(0, |t| t.charges);
+        // Those of periods the walk has left are usable from now on; this period's are reached in the
+        // order bought, each once (after the one before) the period's net charges reach its point.
+        withheld.retain(|w| w.period_start_ms >= period);
+        while let Some(at) = withheld.iter().position(|w| w.period_start_ms == period) {
+            if withheld[at].point > so_far {
+                break;
+            }
+            withheld.remove(at);
+        }
+        let to_next = withheld.iter().find(|w| w.period_start_ms == period).map(|w| w.point - so_far);
+        let part = match to_next {
+            Some(to_next) if left > to_next => to_next,
+            _ => left,
+        };
+        settle_part(interner, account, (hour, key), part, withheld, outcomes);
+        left -= part;
+        if left == 0 {
+            break;
+        }
+    }
+}
+
+/// Settles `charge` of the aggregate `key` at the hour's start against the grants but the top-ups
+/// withheld in its period, recording the draws and overage on the aggregate and its period.
+fn settle_part(
+    interner: &crate::route::Interner,
+    account: &mut Account,
+    (hour, key): (i64, PeriodKey),
+    charge: Picos,
+    withheld: &[Withheld],
+    outcomes: &mut Outcomes,
+) {
+    let aggregate = account.aggregates.entry(key).or_default();
+    let mut remaining: SmallVec<[Picos; 4]> = account.grants.iter().map(|g| g.remaining).collect();
+    let mut kept: SmallVec<[(u32, Picos); 2]> = SmallVec::new();
+    for w in withheld.iter().filter(|w| w.period_start_ms == key.period_start_ms) {
+        kept.push((w.grant, std::mem::take(&mut remaining[w.grant as usize])));
+    }
+    let settled = Charge {
+        product: key.product,
+        product_id: interner.text(key.product),
+        charge,
+        drawn_by_grant: &aggregate.drawn_by_grant,
+        overage: aggregate.overage,
+    };
+    settle_into(&account.grants, &account.order, &mut remaining, &[settled], hour * HOUR_MS, outcomes);
+    for (grant, balance) in kept {
+        remaining[grant as usize] += balance;
+    }
+    for (grant, balance) in account.grants.iter_mut().zip(remaining) {
+        grant.remaining = balance;
+    }
+    let outcome = &outcomes[0];
+    aggregate.amount += charge;
+    for &(grant, credits) in &outcome.draws {
+        match aggregate.drawn_by_grant.iter_mut().find(|(g, _)| *g == grant) {
+            Some(drawn) => drawn.1 += credits,
+            None => aggregate.drawn_by_grant.push((grant, credits)),
+        }
+    }
+    aggregate.drawn_by_grant.retain(|(_, credits)| *credits != 0);
+    aggregate.overage += outcome.overage;
+    let period = account.periods.slot(key.period_start_ms);
+    period.charges += charge;
+    period.overage += outcome.overage;
+    assert!(aggregate.overage >= 0 && period.overage >= 0, "overage never falls below zero");
 }
 
 /// An open hold given back for `resettle`: (hour it was made in, when made, reservation id).
@@ -946,7 +1054,7 @@ mod tests {
     fn rerate_holds(kernel: &mut Kernel, from_hour: i64, seq: u64, holds_in_time: bool) -> Rerated {
         let mut done = Rerated::default();
         for customer in kernel.rerate_customers("card", from_hour) {
-            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq, true, holds_in_time).unwrap());
+            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq, true, holds_in_time, true).unwrap());
         }
         done
     }
@@ -1179,7 +1287,7 @@ mod tests {
         kernel.ingest(&batch, T0 + 40 * 86_400_000, 50).unwrap();
         let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true, true).unwrap_err();
         assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
-        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true, true).is_err());
+        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true, true, true).is_err());
     }
 
     #[test]
@@ -1236,8 +1344,112 @@ mod tests {
         kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100, true, true).unwrap();
     }
 
+    /// Every aggregate's charge, overage and draws by grant id (sorted), and each grant's remaining.
+    fn draws(kernel: &Kernel) -> (Vec<String>, Vec<(String, Picos)>) {
+        let account = &kernel.accounts["acme"];
+        let id = |g: u32| account.grants[g as usize].id.to_string();
+        let mut aggregates: Vec<String> = (account.aggregates.iter())
+            .map(|(key, a)| {
+                let mut drawn: Vec<(String, Picos)> = a.drawn_by_grant.iter().map(|&(g, c)| (id(g), c)).collect();
+                drawn.sort();
+                format!("{key:?} {} {} {drawn:?}", a.amount, a.overage)
+            })
+            .collect();
+        aggregates.sort();
+        (aggregates, account.grants.iter().map(|g| (g.id.to_string(), g.remaining)).collect())
+    }
+
+    /// Recharge to `recharge_to` credits when below `threshold`, at most `max` a period.
+    fn with_top_ups(kernel: &mut Kernel, threshold: i128, recharge_to: i128, max: u32) {
+        let credit = E18 / 1_000_000;
+        let policy = crate::credits::TopUpPolicy {
+            threshold: threshold * credit,
+            recharge_to: recharge_to * credit,
+            price_per_credit_e18: E18 / 2,
+            max_per_period: max,
+        };
+        assert!(kernel.set_top_up("acme", Some(policy)));
+    }
+
+    #[test]
+    fn a_top_up_pays_only_the_charges_after_the_draw_that_bought_it_when_settled_again() {
+        // 10 credits; below 5, recharge to 100, once a period. Hour 0 (4 big units) is charged 38: 10 drawn, 28
+        // overage, and buys 100 credits. Hour 1 (5 small units) is charged 39, drawn from them: 61 left.
+        let credit = E18 / 1_000_000;
+        let grants = [("prepaid", 10 * credit, 0)];
+        let (versions, same) = ([(1, 100), (2, 100)], [(0, 0), (T0, 1)]);
+        let mut kernel = Kernel::default();
+        kernel.load_tables(&tables(&versions, &[(0, 0)], &grants, &[])).unwrap();
+        with_top_ups(&mut kernel, 5, 100, 1);
+        ingest(&mut kernel, &EVENTS[..2], &mut 0);
+        let purchases = &kernel.account_credits("acme").unwrap().purchases;
+        assert_eq!(purchases.len(), 1);
+        assert_eq!(purchases[0].period_charges_when_bought, Some(38 * credit));
+        let overage = |k: &Kernel| k.balance("acme", T0).unwrap().overage;
+        assert_eq!(overage(&kernel), 28 * credit);
+        let (on_time, balance) = (draws(&kernel), kernel.balance("acme", T0));
+        // Before (a publish journaled without top_ups_in_time): the top-up pays hour 0's overage too.
+        let mut legacy = Kernel::restore(&kernel.snapshot()).unwrap();
+        legacy.load_tables(&tables(&versions, &same, &grants, &[])).unwrap();
+        legacy.rerate_customer("acme", "card", T0 / HOUR_MS, 9, true, true, false).unwrap();
+        assert_eq!(overage(&legacy), 0);
+        assert_conserved(&legacy);
+        kernel.load_tables(&tables(&versions, &same, &grants, &[])).unwrap();
+        let done = rerate(&mut kernel, T0 / HOUR_MS, 9);
+        assert_eq!((done.amount_delta, done.amounts_changed), (0, 0));
+        assert_eq!((draws(&kernel), kernel.balance("acme", T0)), (on_time, balance));
+        assert_conserved(&kernel);
+        // Restored from a snapshot without the point (format 6): usable from the period's start, as before.
+        let mut unrecorded = Kernel::restore(&kernel.snapshot()).unwrap();
+        let credits = unrecorded.accounts.get_mut("acme").unwrap().credits.as_deref_mut().unwrap();
+        credits.purchases.iter_mut().for_each(|p| p.period_charges_when_bought = None);
+        unrecorded
+            .load_tables(&tables(&[(1, 100), (2, 100), (3, 100)], &[(0, 0), (T0, 1), (T0, 2)], &grants, &[]))
+            .unwrap();
+        unrecorded.rerate_customer("acme", "card", T0 / HOUR_MS, 10, true, true, true).unwrap();
+        assert_eq!(overage(&unrecorded), 0);
+        assert_conserved(&unrecorded);
+    }
+
     proptest! {
         #![proptest_config(crate::test_config())]
+        /// Usage on time, one event an hour, with a top-up policy, then a version with the same prices effective at
+        /// some hour: settled again, every draw, overage and grant balance is as rated, and credits are conserved
+        /// (each grant's amount = drawn + remaining + held; none expires here). No purchase is made or undone.
+        #[test]
+        fn same_prices_in_time_order_leave_every_draw_and_top_up_as_rated(
+            events in proptest::collection::vec((0..3i64, any::<bool>(), 1..40u32), 1..12),
+            credits in 3..60i128,
+            threshold in 1..40i128,
+            recharge in 1..80i128,
+            max in 1..5u32,
+            effective_hour in 0..30i64,
+        ) {
+            let mut hour = 0;
+            let events: Vec<(i64, &str, f64)> = events
+                .iter()
+                .map(|(gap, big, q)| {
+                    hour += gap + 1;
+                    (hour, if *big { "big" } else { "small" }, f64::from(*q) / 4.0)
+                })
+                .collect();
+            let grants = [("prepaid", credits * E18 / 1_000_000, 0), ("promo", credits * E18 / 3_000_000, 1)];
+            let versions = [(1, 100), (2, 100)];
+            let mut kernel = Kernel::default();
+            kernel.load_tables(&tables(&versions, &[(0, 0)], &grants, &[])).unwrap();
+            with_top_ups(&mut kernel, threshold, threshold + recharge, max);
+            ingest(&mut kernel, &events, &mut 0);
+            let (on_time, balance) = (draws(&kernel), kernel.balance("acme", T0));
+            let purchases = kernel.account_credits("acme").unwrap().purchases.clone();
+            kernel.load_tables(&tables(&versions, &[(0, 0), (T0 + effective_hour * HOUR_MS, 1)], &grants, &[])).unwrap();
+            with_top_ups(&mut kernel, threshold, threshold + recharge, max);
+            rerate(&mut kernel, T0 / HOUR_MS + effective_hour, 1_000);
+            assert_conserved(&kernel);
+            prop_assert_eq!(draws(&kernel), on_time);
+            prop_assert_eq!(kernel.balance("acme", T0), balance);
+            prop_assert_eq!(&kernel.account_credits("acme").unwrap().purchases, &purchases);
+        }
+
         /// A hold made among usage, then a version effective at some hour (often before the hold):
         /// credits stay conserved, and the hold holds what it held or, if less, what rating everything
         /// on time leaves when it is made (every grant here applies to every product). When the

@@ -14,9 +14,10 @@ use crate::rerate::Adjustment;
 
 /// Format version: bump when the encoding changes. Format 1 (dedupe entries by transaction id
 /// per account), format 2 (no adjustment entries, reservations, top-ups, breakage or clock), format 3
-/// (dedupe entries as postcard varints), format 4 (no `dedupe_in_segments`) and format 5 (reservations
-/// without the reason they were allowed for) are still read.
-pub const FORMAT: u32 = 6;
+/// (dedupe entries as postcard varints), format 4 (no `dedupe_in_segments`), format 5 (reservations
+/// without the reason they were allowed for) and format 6 (top-up purchases without their period's
+/// charges when bought) are still read.
+pub const FORMAT: u32 = 7;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub struct StoredAccount {
@@ -140,6 +141,113 @@ pub mod dedupe_entries {
     }
 }
 
+/// Format 6: as format 7 with top-up purchases without their period's charges when bought
+/// (`StoredAccountV6`).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredV6 {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccountV6>,
+    #[serde(with = "dedupe_entries")]
+    dedupe: Vec<(u128, Seen)>,
+    clock_ms: i64,
+    dedupe_in_segments: bool,
+}
+
+impl StoredV6 {
+    fn upgrade(self) -> Stored {
+        debug_assert_eq!(self.format, 6);
+        let Self { strings, accounts, dedupe, clock_ms, dedupe_in_segments, .. } = self;
+        let accounts = accounts.into_iter().map(StoredAccountV6::upgrade).collect();
+        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments }
+    }
+}
+
+/// An account of format 6: its top-up purchases without their period's charges when bought.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredAccountV6 {
+    customer_id: String,
+    grants: Vec<Grant>,
+    aggregates: Vec<(AggregateKey, Aggregate)>,
+    buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
+    period_charges: Vec<(i64, Picos)>,
+    period_overage: Vec<(i64, Picos)>,
+    adjustments: Vec<Adjustment>,
+    credits: Option<AccountCreditsV6>,
+}
+
+/// `AccountCredits` of format 6.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct AccountCreditsV6 {
+    open: BTreeMap<Box<str>, Reservation>,
+    ended: BTreeMap<Box<str>, Ended>,
+    top_up: Option<TopUpPolicy>,
+    purchases: Vec<PurchaseV6>,
+    breakage: Vec<Breakage>,
+    rollover: BTreeMap<Box<str>, i128>,
+    rolled: Vec<Rolled>,
+}
+
+/// `Purchase` of formats 3 to 6: restored without its period's charges when bought (None), so a
+/// re-rating treats it as it did then.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct PurchaseV6 {
+    period_start_ms: i64,
+    grant_id: Box<str>,
+    credits: Picos,
+    price_per_credit_e18: i128,
+    cost_e30: i128,
+    at_ms: i64,
+}
+
+impl PurchaseV6 {
+    fn upgrade(self) -> Purchase {
+        let Self { period_start_ms, grant_id, credits, price_per_credit_e18, cost_e30, at_ms } = self;
+        let period_charges_when_bought = None;
+        Purchase {
+            period_start_ms,
+            grant_id,
+            credits,
+            price_per_credit_e18,
+            cost_e30,
+            at_ms,
+            period_charges_when_bought,
+        }
+    }
+}
+
+fn upgrade_purchases(purchases: Vec<PurchaseV6>) -> Vec<Purchase> {
+    purchases.into_iter().map(PurchaseV6::upgrade).collect()
+}
+
+impl StoredAccountV6 {
+    fn upgrade(self) -> StoredAccount {
+        let credits = self.credits.map(|c| AccountCredits {
+            open: c.open,
+            ended: c.ended,
+            top_up: c.top_up,
+            purchases: upgrade_purchases(c.purchases),
+            breakage: c.breakage,
+            rollover: c.rollover,
+            rolled: c.rolled,
+        });
+        StoredAccount {
+            customer_id: self.customer_id,
+            grants: self.grants,
+            aggregates: self.aggregates,
+            buckets: self.buckets,
+            period_charges: self.period_charges,
+            period_overage: self.period_overage,
+            adjustments: self.adjustments,
+            credits,
+        }
+    }
+}
+
 /// Format 5: as format 6 with reservations without their reason (`StoredAccountV5`).
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
@@ -183,7 +291,7 @@ struct AccountCreditsV5 {
     open: BTreeMap<Box<str>, ReservationV5>,
     ended: BTreeMap<Box<str>, EndedV5>,
     top_up: Option<TopUpPolicy>,
-    purchases: Vec<Purchase>,
+    purchases: Vec<PurchaseV6>,
     breakage: Vec<Breakage>,
     rollover: BTreeMap<Box<str>, i128>,
     rolled: Vec<Rolled>,
@@ -232,7 +340,7 @@ impl StoredAccountV5 {
                 })
                 .collect(),
             top_up: c.top_up,
-            purchases: c.purchases,
+            purchases: upgrade_purchases(c.purchases),
             breakage: c.breakage,
             rollover: c.rollover,
             rolled: c.rolled,
@@ -386,12 +494,24 @@ impl StoredV1 {
     }
 }
 
-/// Format 6 as the kernel restores it: the dedupe entries left in the snapshot's bytes (`dedupe_entries::read`).
+/// Format 7 as the kernel restores it: the dedupe entries left in the snapshot's bytes (`dedupe_entries::read`).
 #[derive(Deserialize)]
 struct StoredBorrowing<'a> {
     format: u32,
     strings: Vec<String>,
     accounts: Vec<StoredAccount>,
+    #[serde(borrow)]
+    dedupe: &'a [u8],
+    clock_ms: i64,
+    dedupe_in_segments: bool,
+}
+
+/// Format 6 as the kernel restores it (`StoredBorrowing` with `StoredAccountV6`).
+#[derive(Deserialize)]
+struct StoredBorrowingV6<'a> {
+    format: u32,
+    strings: Vec<String>,
+    accounts: Vec<StoredAccountV6>,
     #[serde(borrow)]
     dedupe: &'a [u8],
     clock_ms: i64,
@@ -459,7 +579,7 @@ pub fn encode_parts<A: Serialize>(
     postcard::to_extend(&(tail.clock_ms, tail.dedupe_in_segments), out).expect(encodes)
 }
 
-/// `decode` for a restore: the format-4 to -6 dedupe entries are left in `bytes`, for the caller to read
+/// `decode` for a restore: the format-4 to -7 dedupe entries are left in `bytes`, for the caller to read
 /// straight into its table (`dedupe_entries::read`); other formats' are in the `Stored`.
 pub fn decode_borrowing(bytes: &[u8]) -> Result<(Stored, Option<&[u8]>), String> {
     let broken = |e: postcard::Error| format!("the kernel snapshot does not decode: {e}");
@@ -469,6 +589,13 @@ pub fn decode_borrowing(bytes: &[u8]) -> Result<(Stored, Option<&[u8]>), String>
             let StoredBorrowing { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
                 postcard::from_bytes(bytes).map_err(broken)?;
             debug_assert_eq!(format, FORMAT);
+            (strings, accounts, dedupe, clock_ms, dedupe_in_segments)
+        }
+        6 => {
+            let StoredBorrowingV6 { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
+                postcard::from_bytes(bytes).map_err(broken)?;
+            debug_assert_eq!(format, 6);
+            let accounts = accounts.into_iter().map(StoredAccountV6::upgrade).collect();
             (strings, accounts, dedupe, clock_ms, dedupe_in_segments)
         }
         5 => {
@@ -494,6 +621,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
     match format {
         FORMAT => postcard::from_bytes(bytes).map_err(broken),
+        6 => postcard::from_bytes::<StoredV6>(bytes).map_err(broken).map(StoredV6::upgrade),
         5 => postcard::from_bytes::<StoredV5>(bytes).map_err(broken).map(StoredV5::upgrade),
         4 => postcard::from_bytes::<StoredV4>(bytes).map_err(broken).map(StoredV4::upgrade),
         3 => postcard::from_bytes::<StoredV3>(bytes).map_err(broken).map(StoredV3::upgrade),
@@ -821,6 +949,88 @@ mod tests {
         assert_eq!(stored.clock_ms, i64::MIN);
     }
 
+    /// A purchase as formats 3 to 6 wrote it: without its period's charges when bought.
+    pub(super) fn as_format_6(purchase: Purchase) -> PurchaseV6 {
+        let Purchase { period_start_ms, grant_id, credits, price_per_credit_e18, cost_e30, at_ms, .. } = purchase;
+        PurchaseV6 { period_start_ms, grant_id, credits, price_per_credit_e18, cost_e30, at_ms }
+    }
+
+    /// The account as format 6 wrote it: its purchases without their period's charges when bought.
+    fn as_format_6_account(account: StoredAccount) -> StoredAccountV6 {
+        let credits = account.credits.map(|c| AccountCreditsV6 {
+            open: c.open,
+            ended: c.ended,
+            top_up: c.top_up,
+            purchases: c.purchases.into_iter().map(as_format_6).collect(),
+            breakage: c.breakage,
+            rollover: c.rollover,
+            rolled: c.rolled,
+        });
+        StoredAccountV6 {
+            customer_id: account.customer_id,
+            grants: account.grants,
+            aggregates: account.aggregates,
+            buckets: account.buckets,
+            period_charges: account.period_charges,
+            period_overage: account.period_overage,
+            adjustments: account.adjustments,
+            credits,
+        }
+    }
+
+    #[test]
+    fn a_format_6_snapshot_restores_its_purchases_without_their_periods_charges_when_bought() {
+        let purchase = Purchase {
+            period_start_ms: 0,
+            grant_id: "top-up-0-1".into(),
+            credits: 4,
+            price_per_credit_e18: 5,
+            cost_e30: 20,
+            at_ms: 7,
+            period_charges_when_bought: Some(3),
+        };
+        let credits = AccountCredits { purchases: vec![purchase.clone()], ..AccountCredits::default() };
+        let account = || StoredAccount {
+            customer_id: "acme".into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: vec![(0, 3)],
+            period_overage: vec![(0, 3)],
+            adjustments: vec![],
+            credits: Some(credits.clone()),
+        };
+        let current = Stored {
+            format: FORMAT,
+            strings: vec![],
+            accounts: vec![account()],
+            dedupe: extreme_entries(),
+            clock_ms: 9,
+            dedupe_in_segments: false,
+        };
+        assert_eq!(decode(&encode(&current)).expect("format 7 reads"), current, "kept when stored since format 7");
+        let accounts = vec![as_format_6_account(account())];
+        let written = StoredV6 {
+            format: 6,
+            strings: vec![],
+            accounts,
+            dedupe: extreme_entries(),
+            clock_ms: 9,
+            dedupe_in_segments: false,
+        };
+        let bytes = postcard::to_allocvec(&written).expect("encodes");
+        let unrecorded = Purchase { period_charges_when_bought: None, ..purchase };
+        for (stored, entries) in [(decode(&bytes).expect("format 6 reads"), None), {
+            let (head, entries) = decode_borrowing(&bytes).expect("format 6 reads");
+            (head, Some(dedupe_entries::read(entries.expect("format 6")).unwrap().collect::<Vec<_>>()))
+        }] {
+            assert_eq!(stored.format, FORMAT);
+            let credits = stored.accounts[0].credits.as_ref().expect("credits");
+            assert_eq!(credits.purchases, vec![unrecorded.clone()]);
+            assert_eq!(entries.unwrap_or(stored.dedupe), extreme_entries());
+        }
+    }
+
     #[test]
     fn format_4_round_trips_credits_and_the_clock() {
         let policy = TopUpPolicy { threshold: 1, recharge_to: 2, price_per_credit_e18: 3, max_per_period: 4 };
@@ -1143,7 +1353,7 @@ mod hold_reason_tests {
         assert_eq!(ended, format!("this reservation was already released at {NOW}; nothing is held; {note}"));
         let bytes = kernel.snapshot();
         let stored = decode(&bytes).expect("decodes");
-        assert_eq!(stored.format, 6);
+        assert_eq!(stored.format, FORMAT);
         let credits = stored.accounts[0].credits.as_ref().expect("holds");
         assert_eq!(credits.open["h4"].reason, HoldReason::OverageAllowed);
         assert_eq!(
@@ -1172,7 +1382,7 @@ mod hold_reason_tests {
                 })
                 .collect(),
             top_up: c.top_up,
-            purchases: c.purchases,
+            purchases: c.purchases.into_iter().map(super::tests::as_format_6).collect(),
             breakage: c.breakage,
             rollover: c.rollover,
             rolled: c.rolled,

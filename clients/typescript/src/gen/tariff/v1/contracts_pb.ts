@@ -326,7 +326,10 @@ export const PriceOverrideSchema: GenMessage<PriceOverride> = /*@__PURE__*/
  * credit is already below threshold buys at the next rated event or hold, not
  * when it is set. The purchase follows the draw: an event costing more than is
  * available is rated against what is there (the rest is overage, BLOCK or
- * not), and Authorize decides without it. A purchase
+ * not), and Authorize decides without it; a retroactive PublishVersion or
+ * RollbackRateCard that settles the period's draws again keeps it so (the
+ * top-up pays only the period's charges beyond those at which it was
+ * bought). A purchase
  * counts in the billing period of the event that triggered it; one an event
  * dated in the next period triggers (events may be dated up to the server's
  * future skew ahead) is a grant usable from that period's start, billed on its

@@ -801,7 +801,9 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
    * breakage already recorded stays final (a rise draws none of an expired
    * grant's broken credit, the rest is overage; credit a cut gives back to
    * it breaks too, in the period of its expiry); no top-up is bought or given
-   * back; BLOCK contracts take overage as ALLOW ones do. Open holds take their
+   * back, and a top-up pays only its period's charges beyond those at which
+   * it was bought (the usage before its purchase stays overage); BLOCK
+   * contracts take overage as ALLOW ones do. Open holds take their
    * place in time: each is taken again before the buckets of the hour it was
    * made in, up to what it held, so usage dated before that hour draws first
    * (as rated on time) and the hold shrinks to the credit left; usage of its
