@@ -1346,7 +1346,7 @@ mod tests {
 
     /// Every aggregate's charge, overage and draws by grant id (sorted), and each grant's remaining.
     fn draws(kernel: &Kernel) -> (Vec<String>, Vec<(String, Picos)>) {
-        let account = &kernel.accounts["acme"];
+        let account = kernel.accounts.get("acme").expect("acme has an account");
         let id = |g: u32| account.grants[g as usize].id.to_string();
         let mut aggregates: Vec<String> = (account.aggregates.iter())
             .map(|(key, a)| {
