@@ -40,6 +40,8 @@ from typing import BinaryIO, Protocol
 import lmdb
 import msgspec
 
+from server.pages_ahead import PagesAhead
+
 __all__ = [
     "FORMAT_VERSION",
     "DedupeSegmentSave",
@@ -460,6 +462,8 @@ class LmdbJournal:
             env.close()
             raise
         self._env: lmdb.Environment | None = env
+        self._page_bytes: int = env.stat()["psize"]
+        self._pages_ahead = PagesAhead(path / "data.mdb", env.info()["map_size"])
 
     def _require_env(self) -> lmdb.Environment:
         env = self._env
@@ -524,6 +528,7 @@ class LmdbJournal:
         except lmdb.MapFullError as exc:
             raise self._journal_full(env, exc) from exc
         self._last_seq = records[-1][0]
+        self._pages_ahead.after_commit((env.info()["last_pgno"] + 1) * self._page_bytes)
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         env = self._require_env()
@@ -579,6 +584,7 @@ class LmdbJournal:
     def close(self) -> None:
         env, self._env = self._env, None
         if env is not None:
+            self._pages_ahead.close()
             env.close()
 
 

@@ -6,7 +6,8 @@ each UsageBatch arrives as the bytes sent. Every batch is appended to an LMDB jo
 by one writer thread with group commit: all batches waiting when a commit starts go into that
 commit. Each batch is then answered with a fixed IngestAck (accepted = N), encoded once at start, and
 only after its commit. Ingest over this is the rating's whole cost as a ratio: the transport, the
-journal and the fsync are the same.
+journal and the fsync are the same, and so is the file's next pages kept in the page cache after each commit
+(server/pages_ahead.py), as the server's journal does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import lmdb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tariff.v1 import usage_pb2
 
+from server.pages_ahead import PagesAhead
+
 MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 MAP_SIZE_BYTES = 32 * 1024 * 1024 * 1024
 SERVICE = "tariff.v1.UsageService"
@@ -36,6 +39,8 @@ class GroupCommitJournal:
     def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(str(directory), map_size=MAP_SIZE_BYTES, sync=True, metasync=True)
+        self.pages_ahead = PagesAhead(directory / "data.mdb", self.env.info()["map_size"])
+        self.page_bytes: int = self.env.stat()["psize"]
         self.loop = loop
         self.waiting: queue.SimpleQueue[Pending] = queue.SimpleQueue()
         self.seq = 0
@@ -58,6 +63,7 @@ class GroupCommitJournal:
                 for batch, _ in group:
                     self.seq += 1
                     txn.put(self.seq.to_bytes(8, "big"), batch, append=True)
+            self.pages_ahead.after_commit((self.env.info()["last_pgno"] + 1) * self.page_bytes)
             self.loop.call_soon_threadsafe(_resolve, [done for _, done in group])
 
 

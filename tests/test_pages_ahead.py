@@ -1,0 +1,70 @@
+"""server/pages_ahead.py: the journal's next pages are reserved past LMDB's used ones, up to the map and no further,
+the journal reads back every record after it, and a file system that refuses the reservation only turns it off."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from server.journal import LmdbJournal
+from server.pages_ahead import AHEAD_BYTES, PagesAhead
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+def test_the_pages_past_the_used_ones_are_reserved_once_half_are_used_and_never_past_the_map(tmp_path: Path) -> None:
+    data_file = tmp_path / "data.mdb"
+    data_file.write_bytes(b"")
+    pages_ahead = PagesAhead(data_file, map_size_bytes=3 * MiB, ahead_bytes=1 * MiB)
+    try:
+        pages_ahead.after_commit(used_bytes=0)
+        assert data_file.stat().st_size == 1 * MiB
+        pages_ahead.after_commit(used_bytes=256 * KiB)  # 768 KiB still ahead: more than half
+        assert data_file.stat().st_size == 1 * MiB
+        pages_ahead.after_commit(used_bytes=768 * KiB)  # 256 KiB ahead: topped up to 1 MiB past the used
+        assert data_file.stat().st_size == 768 * KiB + 1 * MiB
+        pages_ahead.after_commit(used_bytes=2560 * KiB)
+        assert data_file.stat().st_size == 3 * MiB  # the map's end, not 3.5 MiB
+    finally:
+        pages_ahead.close()
+    assert data_file.read_bytes() == bytes(3 * MiB)  # reserved reads back as zeros: nothing was written
+
+
+def test_a_journal_reserved_ahead_reads_back_every_record_after_a_reopen(tmp_path: Path) -> None:
+    records = [(seq, os.urandom(100_000)) for seq in range(1, 61)]
+    journal = LmdbJournal(tmp_path / "journal", map_size_bytes=64 * MiB)
+    for start in range(0, len(records), 3):
+        journal.commit(records[start : start + 3])
+    used_bytes = journal.stats().used_bytes
+    journal.close()
+    assert (tmp_path / "journal" / "data.mdb").stat().st_size >= used_bytes + AHEAD_BYTES // 2
+    reopened = LmdbJournal(tmp_path / "journal", map_size_bytes=64 * MiB)
+    try:
+        assert list(reopened.read_records(0)) == records
+        reopened.commit([(61, b"after the reopen")])
+        assert list(reopened.read_records(60)) == [(61, b"after the reopen")]
+    finally:
+        reopened.close()
+
+
+def test_a_refused_reservation_turns_it_off_and_the_commits_still_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+
+    def no_room(fd: int, offset: int, length: int) -> None:
+        asked.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    journal = LmdbJournal(tmp_path / "journal", map_size_bytes=64 * MiB)
+    try:
+        for seq in range(1, 31):
+            journal.commit([(seq, os.urandom(100_000))])
+        assert len(asked) == 1  # tried once, then off
+        assert journal.last_seq() == 30 and len(list(journal.read_records(0))) == 30
+    finally:
+        journal.close()
