@@ -84,8 +84,10 @@ _SNAPSHOT_MAGIC = b"TARIFFS1"
 _SNAPSHOT_MAGIC_SEGMENTED = b"TARIFFS2"
 _SNAPSHOT_HEADER_BYTES = 24
 _SEGMENT_PREFIX = "segment."
-# One write(2) moves at most about 2 GiB on Linux; a snapshot at 100,000,000 dedupe ids is bigger.
-_SNAPSHOT_WRITE_BYTES = 256 * 1024 * 1024
+# A snapshot is written 64 KiB at a time: on the development machine a write of more than 64 KiB into a new file
+# takes about 20 times the CPU per byte (48 MB: 240-320 ms of CPU in 1 MiB or 256 MiB writes, 12-20 ms in 64 KiB
+# ones; server/pages_ahead.py, `python -m server.bench.page_writes`).
+_SNAPSHOT_WRITE_BYTES = 64 * 1024
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 # A snapshot's bytes: one buffer, or a list of parts that make it up in order.
