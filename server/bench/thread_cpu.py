@@ -7,7 +7,9 @@ serve` with the bench's flags on a fresh data directory, seeds it as the bench d
 run it reads every server thread's time on a CPU (`/proc/PID/task/*/schedstat`, in ns, so short runs still resolve)
 and prints, per thread name (threads of one name added, gRPC's pollers for one; the event loop, the process's main
 thread, as "event-loop", apart from the other threads the OS names "python"), µs per accepted event, with the
-process's total from `/proc/PID/stat` beside it, then the server's log lines of its snapshots and dedupe compactions. A measurement, not a test: it asserts nothing about speed.
+process's total from `/proc/PID/stat` and the bytes it wrote to disk per event (`write_bytes` of `/proc/PID/io`: the
+pages it dirtied, counted when dirtied) beside it, then the server's log lines of its snapshots and dedupe
+compactions. A measurement, not a test: it asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ def thread_cpu_ns(pid: int) -> dict[int, tuple[str, int]]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return threads
+
+
+def written_bytes(pid: int) -> int:
+    """The bytes `pid` caused to be written to disk so far (`write_bytes` of /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
 
 
 def cpu_us_per_event_by_name(
@@ -79,13 +89,16 @@ def main() -> None:
         bench.ingest(server, WARMUP_BATCHES)
         for _ in range(args.runs):
             before, process_before_s = thread_cpu_ns(server.pid), server.cpu_s()
+            written_before = written_bytes(server.pid)
             run = bench.ingest(server, args.batches)
             after, process_after_s = thread_cpu_ns(server.pid), server.cpu_s()
+            written = written_bytes(server.pid) - written_before
             runs.append(
                 {
                     "events_s": round(run.events_s),
                     "accepted": run.accepted,
                     "process_us_per_event": round((process_after_s - process_before_s) / run.accepted * 1e6, 3),
+                    "written_bytes_per_event": round(written / run.accepted, 1),
                     "threads_us_per_event": cpu_us_per_event_by_name(before, after, run.accepted),
                 }
             )
