@@ -4,13 +4,14 @@ the journal reads back every record after it, and a file system that refuses the
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 from pathlib import Path
 
 import pytest
 
 from server.journal import LmdbJournal
-from server.pages_ahead import AHEAD_BYTES, PagesAhead
+from server.pages_ahead import AHEAD_BYTES, WILLNEED_STEP_BYTES, PagesAhead
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -68,3 +69,29 @@ def test_a_refused_reservation_turns_it_off_and_the_commits_still_land(
         assert journal.last_seq() == 30 and len(list(journal.read_records(0))) == 30
     finally:
         journal.close()
+
+
+def test_the_pages_are_asked_in_in_steps_no_readahead_window_is_below(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux reads at most one readahead window (128 KiB by default) per WILLNEED call: a range asked whole would be
+    read in only in part on such a device."""
+    asked: list[tuple[int, int]] = []
+    advise = os.posix_fadvise
+
+    def recorded(fd: int, offset: int, length: int, advice: int) -> None:
+        asked.append((offset, length))
+        advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recorded)
+    data_file = tmp_path / "data.mdb"
+    data_file.write_bytes(b"")
+    pages_ahead = PagesAhead(data_file, map_size_bytes=64 * MiB, ahead_bytes=1 * MiB + 4 * KiB)
+    try:
+        pages_ahead.after_commit(used_bytes=8 * KiB)
+    finally:
+        pages_ahead.close()
+    assert all(length <= WILLNEED_STEP_BYTES for _, length in asked)
+    covered = [(offset, offset + length) for offset, length in asked]
+    assert covered[0][0] == 8 * KiB and covered[-1][1] == 8 * KiB + 1 * MiB + 4 * KiB
+    assert all(end == following for (_, end), (following, _) in itertools.pairwise(covered))
