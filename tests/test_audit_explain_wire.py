@@ -600,14 +600,7 @@ def test_after_a_switch_the_new_contracts_first_period_lists_each_adjustment_onc
 def test_after_a_switch_the_old_contracts_last_period_prices_only_its_own_hours(server_factory: ServerFactory) -> None:
     server = server_factory()
     with server.client() as client:
-        product(client, "use", dimensions=())
-        card(client, [unit("use", "1")])
-        switch = ms("2026-01-20T12:00:00")
-        customer(client, "s", JAN, switch)
-        customer(client, "s", switch)
-        assert ingest(
-            client, "s", use("a", "2026-01-10T10:00:00", 2, "s"), use("b", "2026-01-25T10:00:00", 3, "s")
-        ).accepted
+        switched_with_usage(client)
         draft = client.invoices.PreviewInvoice(
             invoices_pb2.PreviewInvoiceRequest(customer_id="s", period_start=ts(JAN))
         )
