@@ -1411,6 +1411,23 @@ mod tests {
         assert_conserved(&unrecorded);
     }
 
+    /// A proptest's events as (hour, product, quantity): one an hour after a gap of 0 to 2 hours, `big` or
+    /// `small`, in quarters of a unit.
+    fn hourly(events: &[(i64, bool, u32)]) -> Vec<(i64, &'static str, f64)> {
+        let mut hour = 0;
+        (events.iter())
+            .map(|(gap, big, q)| {
+                hour += gap + 1;
+                (hour, if *big { "big" } else { "small" }, f64::from(*q) / 4.0)
+            })
+            .collect()
+    }
+
+    /// The proptests' grants: a prepaid one of `credits` burnt first, a promotional third of it after.
+    fn two_grants(credits: i128) -> [(&'static str, i128, i64); 2] {
+        [("prepaid", credits * E18 / 1_000_000, 0), ("promo", credits * E18 / 3_000_000, 1)]
+    }
+
     proptest! {
         #![proptest_config(crate::test_config())]
         /// Usage on time, one event an hour, with a top-up policy, then a version with the same prices effective at
@@ -1425,15 +1442,8 @@ mod tests {
             max in 1..5u32,
             effective_hour in 0..30i64,
         ) {
-            let mut hour = 0;
-            let events: Vec<(i64, &str, f64)> = events
-                .iter()
-                .map(|(gap, big, q)| {
-                    hour += gap + 1;
-                    (hour, if *big { "big" } else { "small" }, f64::from(*q) / 4.0)
-                })
-                .collect();
-            let grants = [("prepaid", credits * E18 / 1_000_000, 0), ("promo", credits * E18 / 3_000_000, 1)];
+            let events = hourly(&events);
+            let grants = two_grants(credits);
             let versions = [(1, 100), (2, 100)];
             let mut kernel = Kernel::default();
             kernel.load_tables(&tables(&versions, &[(0, 0)], &grants, &[])).unwrap();
@@ -1464,18 +1474,11 @@ mod tests {
             factor in prop_oneof![Just(100i128), 20..400i128],
             credits in 1..200i128,
         ) {
-            let mut hour = 0;
-            let events: Vec<(i64, &str, f64)> = events
-                .iter()
-                .map(|(gap, big, q)| {
-                    hour += gap + 1;
-                    (hour, if *big { "big" } else { "small" }, f64::from(*q) / 4.0)
-                })
-                .collect();
+            let events = hourly(&events);
             let hold_hour = events[hold_after % events.len()].0 + 1;
             let all_there_is = 100_000.0;
             let quantity = if everything { all_there_is } else { 3.0 };
-            let grants = [("prepaid", credits * E18 / 1_000_000, 0), ("promo", credits * E18 / 3_000_000, 1)];
+            let grants = two_grants(credits);
             let versions = [(1, 100), (2, factor)];
             let after = [(0, 0), (T0 + effective_hour * HOUR_MS, 1)];
             let mut kernel = Kernel::default();
@@ -1507,15 +1510,8 @@ mod tests {
             credits in 1..200i128,
         ) {
             // One event per hour (a bucket priced as one step is then exactly its event).
-            let mut hour = 0;
-            let events: Vec<(i64, &str, f64)> = events
-                .iter()
-                .map(|(gap, big, q)| {
-                    hour += gap + 1;
-                    (hour, if *big { "big" } else { "small" }, f64::from(*q) / 4.0)
-                })
-                .collect();
-            let grants = [("prepaid", credits * E18 / 1_000_000, 0), ("promo", credits * E18 / 3_000_000, 1)];
+            let events = hourly(&events);
+            let grants = two_grants(credits);
             let mut versions = vec![(1, 100)];
             let mut timeline = vec![(0, 0)];
             let mut kernel = Kernel::default();
