@@ -287,22 +287,41 @@ def test_rerate_holds_in_time_is_the_servers_in_neither_audit_entry_nor_fingerpr
     """A PublishVersion or RollbackRateCard record of an earlier release has no rerate_holds_in_time (it reads False),
     no audit entry holds it, a retry's fingerprint ignores it; a pending re-rating in a snapshot of an earlier
     release reads holds_in_time False, the rule its publish was journaled under."""
-    stored = msgspec.json.encode(cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS))
-    old = msgspec.json.decode(stored.replace(b',"rerate_holds_in_time":false', b""), type=cmd.PublishVersion)
-    assert b"rerate_holds_in_time" in stored and old.rerate_holds_in_time is False
-    rollback = cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS, rerate_holds_in_time=True)
-    assert fingerprint(rollback) == fingerprint(msgspec.structs.replace(rollback, rerate_holds_in_time=False))
-    billing = held_machine()
+    assert_a_server_set_rerate_rule(
+        "rerate_holds_in_time",
+        "holds_in_time",
+        cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS),
+        cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS, rerate_holds_in_time=True),
+        held_machine(),
+    )
+
+
+def assert_a_server_set_rerate_rule(
+    field: str,
+    pending_field: str,
+    stored: cmd.PublishVersion | cmd.RollbackRateCard,
+    retried: cmd.PublishVersion | cmd.RollbackRateCard,
+    billing: Billing,
+) -> None:
+    """`field`, a re-rating rule the server sets on publishes and rollbacks: `stored` (made without it) written and
+    read back without it reads False; `retried` (made with it) has the fingerprint it has without it; it is a server
+    field; a publish with it applied to `billing` leaves it out of the audit entry; a pending re-rating whose
+    `pending_field` an earlier release did not write reads False."""
+    encoded = msgspec.json.encode(stored)
+    old = msgspec.json.decode(encoded.replace(f',"{field}":false'.encode(), b""), type=type(stored))
+    assert field.encode() in encoded and getattr(old, field) is False
+    assert fingerprint(retried) == fingerprint(msgspec.structs.replace(retried, **{field: False}))
+    assert field in cmd.SERVER_SET_FIELDS
     number = draft(billing, (rate("calls", unit("2")),))
-    command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, rerate_holds_in_time=True)
+    command = msgspec.structs.replace(cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS), **{field: True})
     billing.apply(command, billing.last_seq + 1)
     entries = [e for e in billing.engine.state.audit if e.action == "PublishVersion"]
-    assert entries and all("rerate_holds_in_time" not in e.diff for e in entries), entries
-    pending = PendingRerating(7, "card", 3, ["acme"], {"acme": None}, holds_in_time=True)
+    assert entries and all(field not in e.diff for e in entries), entries
+    pending = msgspec.structs.replace(PendingRerating(7, "card", 3, ["acme"], {"acme": None}), **{pending_field: True})
     fields = msgspec.msgpack.decode(msgspec.msgpack.encode(pending))
-    assert fields.pop("holds_in_time") is True
+    assert fields.pop(pending_field) is True
     earlier = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=PendingRerating)
-    assert earlier == msgspec.structs.replace(pending, holds_in_time=False)
+    assert earlier == msgspec.structs.replace(pending, **{pending_field: False})
 
 
 def topped_up_machine() -> Billing:
@@ -346,20 +365,10 @@ def test_rerate_top_ups_in_time_is_the_servers_in_neither_audit_entry_nor_finger
 ):
     """As rerate_holds_in_time: a record of an earlier release reads False, no audit entry holds it, a retry's
     fingerprint ignores it; a pending re-rating in a snapshot of an earlier release reads top_ups_in_time False."""
-    stored = msgspec.json.encode(cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS))
-    old = msgspec.json.decode(stored.replace(b',"rerate_top_ups_in_time":false', b""), type=cmd.RollbackRateCard)
-    assert b"rerate_top_ups_in_time" in stored and old.rerate_top_ups_in_time is False
-    publish = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS, rerate_top_ups_in_time=True)
-    assert fingerprint(publish) == fingerprint(msgspec.structs.replace(publish, rerate_top_ups_in_time=False))
-    assert "rerate_top_ups_in_time" in cmd.SERVER_SET_FIELDS
-    billing = topped_up_machine()
-    number = draft(billing, (rate("calls", unit("2")),))
-    command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, rerate_top_ups_in_time=True)
-    billing.apply(command, billing.last_seq + 1)
-    entries = [e for e in billing.engine.state.audit if e.action == "PublishVersion"]
-    assert entries and all("rerate_top_ups_in_time" not in e.diff for e in entries), entries
-    pending = PendingRerating(7, "card", 3, ["acme"], {"acme": None}, top_ups_in_time=True)
-    fields = msgspec.msgpack.decode(msgspec.msgpack.encode(pending))
-    assert fields.pop("top_ups_in_time") is True
-    earlier = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=PendingRerating)
-    assert earlier == msgspec.structs.replace(pending, top_ups_in_time=False)
+    assert_a_server_set_rerate_rule(
+        "rerate_top_ups_in_time",
+        "top_ups_in_time",
+        cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS),
+        cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS, rerate_top_ups_in_time=True),
+        topped_up_machine(),
+    )
