@@ -141,33 +141,35 @@ pub mod dedupe_entries {
     }
 }
 
-/// Format 6: as format 7 with top-up purchases without their period's charges when bought
-/// (`StoredAccountV6`).
+/// Formats 5 and 6: as format 7 with accounts of their format's shape (`StoredAccountV5`, `StoredAccountV6`).
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct StoredV6 {
+struct StoredOf<A> {
     format: u32,
     strings: Vec<String>,
-    accounts: Vec<StoredAccountV6>,
+    accounts: Vec<A>,
     #[serde(with = "dedupe_entries")]
     dedupe: Vec<(u128, Seen)>,
     clock_ms: i64,
     dedupe_in_segments: bool,
 }
 
-impl StoredV6 {
-    fn upgrade(self) -> Stored {
-        debug_assert_eq!(self.format, 6);
+type StoredV6 = StoredOf<StoredAccountV6>;
+type StoredV5 = StoredOf<StoredAccountV5>;
+
+impl<A> StoredOf<A> {
+    fn upgrade(self, format: u32, upgrade: impl Fn(A) -> StoredAccount) -> Stored {
+        debug_assert_eq!(self.format, format);
         let Self { strings, accounts, dedupe, clock_ms, dedupe_in_segments, .. } = self;
-        let accounts = accounts.into_iter().map(StoredAccountV6::upgrade).collect();
+        let accounts = accounts.into_iter().map(upgrade).collect();
         Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments }
     }
 }
 
-/// An account of format 6: its top-up purchases without their period's charges when bought.
+/// An account of formats 3 to 6, with the credits of its format (`C`).
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct StoredAccountV6 {
+struct StoredAccountOf<C> {
     customer_id: String,
     grants: Vec<Grant>,
     aggregates: Vec<(AggregateKey, Aggregate)>,
@@ -175,20 +177,57 @@ struct StoredAccountV6 {
     period_charges: Vec<(i64, Picos)>,
     period_overage: Vec<(i64, Picos)>,
     adjustments: Vec<Adjustment>,
-    credits: Option<AccountCreditsV6>,
+    credits: Option<C>,
 }
 
-/// `AccountCredits` of format 6.
+/// An account of format 6: its top-up purchases without their period's charges when bought.
+type StoredAccountV6 = StoredAccountOf<AccountCreditsV6>;
+/// An account of formats 3 to 5: also its reservations (open and ended) without the reason they were allowed for.
+type StoredAccountV5 = StoredAccountOf<AccountCreditsV5>;
+
+impl<C> StoredAccountOf<C> {
+    fn upgrade(self, credits: impl FnOnce(C) -> AccountCredits) -> StoredAccount {
+        StoredAccount {
+            customer_id: self.customer_id,
+            grants: self.grants,
+            aggregates: self.aggregates,
+            buckets: self.buckets,
+            period_charges: self.period_charges,
+            period_overage: self.period_overage,
+            adjustments: self.adjustments,
+            credits: self.credits.map(credits),
+        }
+    }
+}
+
+/// `AccountCredits` of formats 3 to 6, with open and ended holds of their format (`R`, `E`).
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct AccountCreditsV6 {
-    open: BTreeMap<Box<str>, Reservation>,
-    ended: BTreeMap<Box<str>, Ended>,
+struct AccountCreditsOf<R, E> {
+    open: BTreeMap<Box<str>, R>,
+    ended: BTreeMap<Box<str>, E>,
     top_up: Option<TopUpPolicy>,
     purchases: Vec<PurchaseV6>,
     breakage: Vec<Breakage>,
     rollover: BTreeMap<Box<str>, i128>,
     rolled: Vec<Rolled>,
+}
+
+type AccountCreditsV6 = AccountCreditsOf<Reservation, Ended>;
+type AccountCreditsV5 = AccountCreditsOf<ReservationV5, EndedV5>;
+
+impl<R, E> AccountCreditsOf<R, E> {
+    fn upgrade(self, open: impl Fn(R) -> Reservation, ended: impl Fn(E) -> Ended) -> AccountCredits {
+        AccountCredits {
+            open: self.open.into_iter().map(|(id, r)| (id, open(r))).collect(),
+            ended: self.ended.into_iter().map(|(id, e)| (id, ended(e))).collect(),
+            top_up: self.top_up,
+            purchases: self.purchases.into_iter().map(PurchaseV6::upgrade).collect(),
+            breakage: self.breakage,
+            rollover: self.rollover,
+            rolled: self.rolled,
+        }
+    }
 }
 
 /// `Purchase` of formats 3 to 6: restored without its period's charges when bought (None), so a
@@ -220,81 +259,38 @@ impl PurchaseV6 {
     }
 }
 
-fn upgrade_purchases(purchases: Vec<PurchaseV6>) -> Vec<Purchase> {
-    purchases.into_iter().map(PurchaseV6::upgrade).collect()
+/// A format-6 account as format 7 holds it.
+fn upgrade_v6(account: StoredAccountV6) -> StoredAccount {
+    account.upgrade(|credits| credits.upgrade(|r| r, |e| e))
 }
 
-impl StoredAccountV6 {
-    fn upgrade(self) -> StoredAccount {
-        let credits = self.credits.map(|c| AccountCredits {
-            open: c.open,
-            ended: c.ended,
-            top_up: c.top_up,
-            purchases: upgrade_purchases(c.purchases),
-            breakage: c.breakage,
-            rollover: c.rollover,
-            rolled: c.rolled,
-        });
-        StoredAccount {
-            customer_id: self.customer_id,
-            grants: self.grants,
-            aggregates: self.aggregates,
-            buckets: self.buckets,
-            period_charges: self.period_charges,
-            period_overage: self.period_overage,
-            adjustments: self.adjustments,
-            credits,
-        }
-    }
+/// A format-3-to-5 account as format 7 holds it: its holds' reason `HoldReason::Ok`, what their retries answered then.
+fn upgrade_v5(account: StoredAccountV5) -> StoredAccount {
+    let reason = HoldReason::Ok;
+    account.upgrade(|credits| {
+        credits.upgrade(
+            |ReservationV5 { digest, amount, held, made_at_ms, expires_at_ms }| Reservation {
+                digest,
+                amount,
+                held,
+                made_at_ms,
+                expires_at_ms,
+                reason,
+            },
+            |EndedV5 { ending, digest, amount, released, at_ms }| Ended {
+                ending,
+                digest,
+                amount,
+                released,
+                at_ms,
+                reason,
+            },
+        )
+    })
 }
 
-/// Format 5: as format 6 with reservations without their reason (`StoredAccountV5`).
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct StoredV5 {
-    format: u32,
-    strings: Vec<String>,
-    accounts: Vec<StoredAccountV5>,
-    #[serde(with = "dedupe_entries")]
-    dedupe: Vec<(u128, Seen)>,
-    clock_ms: i64,
-    dedupe_in_segments: bool,
-}
-
-impl StoredV5 {
-    fn upgrade(self) -> Stored {
-        debug_assert_eq!(self.format, 5);
-        let Self { strings, accounts, dedupe, clock_ms, dedupe_in_segments, .. } = self;
-        let accounts = upgrade_accounts(accounts);
-        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments }
-    }
-}
-
-/// An account of formats 3 to 5: its reservations (open and ended) without the reason they were allowed for.
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct StoredAccountV5 {
-    customer_id: String,
-    grants: Vec<Grant>,
-    aggregates: Vec<(AggregateKey, Aggregate)>,
-    buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
-    period_charges: Vec<(i64, Picos)>,
-    period_overage: Vec<(i64, Picos)>,
-    adjustments: Vec<Adjustment>,
-    credits: Option<AccountCreditsV5>,
-}
-
-/// `AccountCredits` of formats 3 to 5.
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct AccountCreditsV5 {
-    open: BTreeMap<Box<str>, ReservationV5>,
-    ended: BTreeMap<Box<str>, EndedV5>,
-    top_up: Option<TopUpPolicy>,
-    purchases: Vec<PurchaseV6>,
-    breakage: Vec<Breakage>,
-    rollover: BTreeMap<Box<str>, i128>,
-    rolled: Vec<Rolled>,
+fn upgrade_accounts(accounts: Vec<StoredAccountV5>) -> Vec<StoredAccount> {
+    accounts.into_iter().map(upgrade_v5).collect()
 }
 
 /// `Reservation` of formats 3 to 5: restored with `HoldReason::Ok`, what its retry answered then.
@@ -317,45 +313,6 @@ struct EndedV5 {
     amount: Picos,
     released: Picos,
     at_ms: i64,
-}
-
-fn upgrade_accounts(accounts: Vec<StoredAccountV5>) -> Vec<StoredAccount> {
-    accounts.into_iter().map(StoredAccountV5::upgrade).collect()
-}
-
-impl StoredAccountV5 {
-    fn upgrade(self) -> StoredAccount {
-        let reason = HoldReason::Ok;
-        let credits = self.credits.map(|c| AccountCredits {
-            open: (c.open.into_iter())
-                .map(|(id, r)| {
-                    let ReservationV5 { digest, amount, held, made_at_ms, expires_at_ms } = r;
-                    (id, Reservation { digest, amount, held, made_at_ms, expires_at_ms, reason })
-                })
-                .collect(),
-            ended: (c.ended.into_iter())
-                .map(|(id, e)| {
-                    let EndedV5 { ending, digest, amount, released, at_ms } = e;
-                    (id, Ended { ending, digest, amount, released, at_ms, reason })
-                })
-                .collect(),
-            top_up: c.top_up,
-            purchases: upgrade_purchases(c.purchases),
-            breakage: c.breakage,
-            rollover: c.rollover,
-            rolled: c.rolled,
-        });
-        StoredAccount {
-            customer_id: self.customer_id,
-            grants: self.grants,
-            aggregates: self.aggregates,
-            buckets: self.buckets,
-            period_charges: self.period_charges,
-            period_overage: self.period_overage,
-            adjustments: self.adjustments,
-            credits,
-        }
-    }
 }
 
 /// Format 4: as format 5 without `dedupe_in_segments` (the table always in `dedupe`).
@@ -494,43 +451,20 @@ impl StoredV1 {
     }
 }
 
-/// Format 7 as the kernel restores it: the dedupe entries left in the snapshot's bytes (`dedupe_entries::read`).
+/// Formats 5 to 7 as the kernel restores them, with accounts of their format's shape: the dedupe entries left in
+/// the snapshot's bytes (`dedupe_entries::read`).
 #[derive(Deserialize)]
-struct StoredBorrowing<'a> {
+struct StoredBorrowing<'a, A> {
     format: u32,
     strings: Vec<String>,
-    accounts: Vec<StoredAccount>,
+    accounts: Vec<A>,
     #[serde(borrow)]
     dedupe: &'a [u8],
     clock_ms: i64,
     dedupe_in_segments: bool,
 }
 
-/// Format 6 as the kernel restores it (`StoredBorrowing` with `StoredAccountV6`).
-#[derive(Deserialize)]
-struct StoredBorrowingV6<'a> {
-    format: u32,
-    strings: Vec<String>,
-    accounts: Vec<StoredAccountV6>,
-    #[serde(borrow)]
-    dedupe: &'a [u8],
-    clock_ms: i64,
-    dedupe_in_segments: bool,
-}
-
-/// Format 5 as the kernel restores it (`StoredBorrowing` with `StoredAccountV5`).
-#[derive(Deserialize)]
-struct StoredBorrowingV5<'a> {
-    format: u32,
-    strings: Vec<String>,
-    accounts: Vec<StoredAccountV5>,
-    #[serde(borrow)]
-    dedupe: &'a [u8],
-    clock_ms: i64,
-    dedupe_in_segments: bool,
-}
-
-/// Format 4 as the kernel restores it (`StoredBorrowingV5` without `dedupe_in_segments`).
+/// Format 4 as the kernel restores it (`StoredBorrowing` of format 5 without `dedupe_in_segments`).
 #[derive(Deserialize)]
 struct StoredBorrowingV4<'a> {
     format: u32,
@@ -586,20 +520,19 @@ pub fn decode_borrowing(bytes: &[u8]) -> Result<(Stored, Option<&[u8]>), String>
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
     let (strings, accounts, dedupe, clock_ms, dedupe_in_segments) = match format {
         FORMAT => {
-            let StoredBorrowing { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
+            let StoredBorrowing::<StoredAccount> { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
                 postcard::from_bytes(bytes).map_err(broken)?;
             debug_assert_eq!(format, FORMAT);
             (strings, accounts, dedupe, clock_ms, dedupe_in_segments)
         }
         6 => {
-            let StoredBorrowingV6 { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
+            let StoredBorrowing::<StoredAccountV6> { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
                 postcard::from_bytes(bytes).map_err(broken)?;
             debug_assert_eq!(format, 6);
-            let accounts = accounts.into_iter().map(StoredAccountV6::upgrade).collect();
-            (strings, accounts, dedupe, clock_ms, dedupe_in_segments)
+            (strings, accounts.into_iter().map(upgrade_v6).collect(), dedupe, clock_ms, dedupe_in_segments)
         }
         5 => {
-            let StoredBorrowingV5 { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
+            let StoredBorrowing::<StoredAccountV5> { format, strings, accounts, dedupe, clock_ms, dedupe_in_segments } =
                 postcard::from_bytes(bytes).map_err(broken)?;
             debug_assert_eq!(format, 5);
             (strings, upgrade_accounts(accounts), dedupe, clock_ms, dedupe_in_segments)
@@ -621,8 +554,8 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
     let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(broken)?;
     match format {
         FORMAT => postcard::from_bytes(bytes).map_err(broken),
-        6 => postcard::from_bytes::<StoredV6>(bytes).map_err(broken).map(StoredV6::upgrade),
-        5 => postcard::from_bytes::<StoredV5>(bytes).map_err(broken).map(StoredV5::upgrade),
+        6 => postcard::from_bytes::<StoredV6>(bytes).map_err(broken).map(|v6| v6.upgrade(6, upgrade_v6)),
+        5 => postcard::from_bytes::<StoredV5>(bytes).map_err(broken).map(|v5| v5.upgrade(5, upgrade_v5)),
         4 => postcard::from_bytes::<StoredV4>(bytes).map_err(broken).map(StoredV4::upgrade),
         3 => postcard::from_bytes::<StoredV3>(bytes).map_err(broken).map(StoredV3::upgrade),
         2 => postcard::from_bytes::<StoredV2>(bytes).map_err(broken).map(StoredV2::upgrade),
