@@ -890,16 +890,26 @@ mod tests {
 
     /// The account as format 6 wrote it: its purchases without their period's charges when bought.
     fn as_format_6_account(account: StoredAccount) -> StoredAccountV6 {
-        let credits = account.credits.map(|c| AccountCreditsV6 {
-            open: c.open,
-            ended: c.ended,
+        as_format_of(account, |r| r, |e| e)
+    }
+
+    /// The account as formats 3 to 6 wrote it, its holds as `open` and `ended` make them, its purchases without
+    /// their period's charges when bought.
+    pub(super) fn as_format_of<R, E>(
+        account: StoredAccount,
+        open: impl Fn(Reservation) -> R,
+        ended: impl Fn(Ended) -> E,
+    ) -> StoredAccountOf<AccountCreditsOf<R, E>> {
+        let credits = account.credits.map(|c| AccountCreditsOf {
+            open: c.open.into_iter().map(|(id, r)| (id, open(r))).collect(),
+            ended: c.ended.into_iter().map(|(id, e)| (id, ended(e))).collect(),
             top_up: c.top_up,
             purchases: c.purchases.into_iter().map(as_format_6).collect(),
             breakage: c.breakage,
             rollover: c.rollover,
             rolled: c.rolled,
         });
-        StoredAccountV6 {
+        StoredAccountOf {
             customer_id: account.customer_id,
             grants: account.grants,
             aggregates: account.aggregates,
@@ -1301,35 +1311,17 @@ mod hold_reason_tests {
 
     /// The account as format 5 wrote it: its reservations without their reason.
     fn as_format_5(account: StoredAccount) -> StoredAccountV5 {
-        let credits = account.credits.map(|c| AccountCreditsV5 {
-            open: (c.open.into_iter())
-                .map(|(id, r)| {
-                    let Reservation { digest, amount, held, made_at_ms, expires_at_ms, .. } = r;
-                    (id, ReservationV5 { digest, amount, held, made_at_ms, expires_at_ms })
-                })
-                .collect(),
-            ended: (c.ended.into_iter())
-                .map(|(id, e)| {
-                    let Ended { ending, digest, amount, released, at_ms, .. } = e;
-                    (id, EndedV5 { ending, digest, amount, released, at_ms })
-                })
-                .collect(),
-            top_up: c.top_up,
-            purchases: c.purchases.into_iter().map(super::tests::as_format_6).collect(),
-            breakage: c.breakage,
-            rollover: c.rollover,
-            rolled: c.rolled,
-        });
-        StoredAccountV5 {
-            customer_id: account.customer_id,
-            grants: account.grants,
-            aggregates: account.aggregates,
-            buckets: account.buckets,
-            period_charges: account.period_charges,
-            period_overage: account.period_overage,
-            adjustments: account.adjustments,
-            credits,
-        }
+        super::tests::as_format_of(
+            account,
+            |Reservation { digest, amount, held, made_at_ms, expires_at_ms, .. }| ReservationV5 {
+                digest,
+                amount,
+                held,
+                made_at_ms,
+                expires_at_ms,
+            },
+            |Ended { ending, digest, amount, released, at_ms, .. }| EndedV5 { ending, digest, amount, released, at_ms },
+        )
     }
 
     #[test]
