@@ -628,6 +628,18 @@ class REvent:
     reservation_id: str = ""
 
 
+def event_content(event: REvent) -> tuple[object, ...]:
+    """What an event's transaction id stands for: a retry with the same content is a duplicate, other content a
+    conflict. The reservation id is content too: the same id naming another reservation is a conflict."""
+    return (
+        event.event_type,
+        event.timestamp_ms,
+        tuple(sorted(event.dimensions)),
+        tuple(sorted(event.values)),
+        event.reservation_id,
+    )
+
+
 Plan = tuple[RProduct, AggregateKey, Decimal | str, Decimal, Decimal]  # product, key, measure, after, charge
 
 
@@ -673,13 +685,7 @@ class ReferenceRating:
         reason = self._invalid(event, received_ms)
         if reason:
             return reason
-        content = (
-            event.event_type,
-            event.timestamp_ms,
-            tuple(sorted(event.dimensions)),
-            tuple(sorted(event.values)),
-            event.reservation_id,  # content too: the same id naming another reservation is a conflict
-        )
+        content = event_content(event)
         if event.customer_id != self.customer_id:
             return "UNKNOWN_CUSTOMER"
         prior = self.accepted.get(event.transaction_id)
@@ -1144,13 +1150,7 @@ class ReferenceCredits(ReferenceRating):
         return outcome, notice
 
     def _dedupe(self, event: REvent, received_ms: int) -> str:
-        content = (
-            event.event_type,
-            event.timestamp_ms,
-            tuple(sorted(event.dimensions)),
-            tuple(sorted(event.values)),
-            event.reservation_id,  # content too: the same id naming another reservation is a conflict
-        )
+        content = event_content(event)
         prior = self.accepted.get(event.transaction_id)
         if prior is not None and received_ms - prior[0] < self.dedupe_window_ms:
             return "duplicate" if prior[1] == content else "DUPLICATE_CONFLICT"
