@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,23 @@ EVENT_LOOP = "event-loop"
 def thread_cpu_ns(pid: int) -> dict[int, tuple[str, int]]:
     """(name, ns on a CPU so far) of each live thread of `pid`, by thread id; the main thread is EVENT_LOOP. A
     thread that ends between the listing and its read is left out."""
+    return _per_thread(pid, lambda task: int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0]))
+
+
+def thread_minor_faults(pid: int) -> dict[int, tuple[str, int]]:
+    """(name, minor page faults so far) of each live thread of `pid`, by thread id: field 10 of its `stat`, counted
+    after the `)` that ends the thread's name."""
+    return _per_thread(
+        pid, lambda task: int(Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    )
+
+
+def _per_thread(pid: int, counter: Callable[[str], int]) -> dict[int, tuple[str, int]]:
     threads: dict[int, tuple[str, int]] = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{task}/comm") as comm, open(f"/proc/{pid}/task/{task}/schedstat") as stat:
-                name = EVENT_LOOP if int(task) == pid else comm.read().strip()
-                threads[int(task)] = (name, int(stat.read().split()[0]))
+            name = EVENT_LOOP if int(task) == pid else Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+            threads[int(task)] = (name, counter(task))
         except (FileNotFoundError, ProcessLookupError):
             continue
     return threads
@@ -48,6 +60,16 @@ def written_bytes(pid: int) -> int:
         if line.startswith("write_bytes:"):
             return int(line.split()[1])
     return 0
+
+
+def per_1000_events_by_name(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], events: int
+) -> dict[str, float]:
+    """Each thread name's count between two readings per 1,000 events; a thread started in between counts from zero."""
+    counted: dict[str, int] = defaultdict(int)
+    for tid, (name, count) in after.items():
+        counted[name] += count - before.get(tid, (name, 0))[1]
+    return {name: round(n / events * 1000, 2) for name, n in sorted(counted.items(), key=lambda kv: -kv[1]) if n}
 
 
 def cpu_us_per_event_by_name(
@@ -89,9 +111,10 @@ def main() -> None:
         bench.ingest(server, WARMUP_BATCHES)
         for _ in range(args.runs):
             before, process_before_s = thread_cpu_ns(server.pid), server.cpu_s()
-            written_before = written_bytes(server.pid)
+            written_before, faults_before = written_bytes(server.pid), thread_minor_faults(server.pid)
             run = bench.ingest(server, args.batches)
             after, process_after_s = thread_cpu_ns(server.pid), server.cpu_s()
+            faults_after = thread_minor_faults(server.pid)
             written = written_bytes(server.pid) - written_before
             runs.append(
                 {
@@ -100,6 +123,9 @@ def main() -> None:
                     "process_us_per_event": round((process_after_s - process_before_s) / run.accepted * 1e6, 3),
                     "written_bytes_per_event": round(written / run.accepted, 1),
                     "threads_us_per_event": cpu_us_per_event_by_name(before, after, run.accepted),
+                    "threads_minor_faults_per_1000_events": per_1000_events_by_name(
+                        faults_before, faults_after, run.accepted
+                    ),
                 }
             )
             print(json.dumps(runs[-1]), flush=True)
