@@ -170,9 +170,10 @@ class JournalRecord(msgspec.Struct, frozen=True, array_like=True):
 @dataclasses.dataclass(slots=True)
 class IngestStream:
     """One IngestUsage stream's batches, as the writer sees them: once one of them is refused whole (too many
-    events, not a UsageBatch, a customer the key may not touch) the stream ends with that refusal, so the
-    batches it sent after that one are not applied either (no ack reaches them; resent on a new stream, they
-    are accepted). Read and set on the rating thread only."""
+    events, not a UsageBatch, a customer the key may not touch) or its group's commit fails, the stream ends
+    with that error, so the batches it sent after that one are not applied either (no ack reaches them; resent
+    on a new stream, they are accepted). Read and set by the writer only: on the rating thread, or on the event
+    loop while that thread is idle (a failed group, `_Group.fail`)."""
 
     refused: bool = False
 
@@ -446,7 +447,11 @@ class _Group:
                 submission.future.set_result((seq, result))
 
     def fail(self, error: Exception) -> None:
+        """Nothing of the group was committed: every caller gets `error`, and each IngestUsage stream with a batch
+        here ends with it, so the writer applies none of the batches that stream sent after (queued behind)."""
         for submission, _, _ in self.answers:
+            if isinstance(submission.command, UsageBatch) and submission.command.stream is not None:
+                submission.command.stream.refused = True
             if not submission.future.done():
                 submission.future.set_exception(error)
 
@@ -1262,7 +1267,9 @@ def _rate_batches(
     for batch in batches:
         seq = billing.last_seq + 1
         if batch.stream is not None and batch.stream.refused:
-            ended = FailedPrecondition("an earlier batch of this stream was refused; nothing of this one was applied")
+            ended = FailedPrecondition(
+                "an earlier batch of this stream was refused or not committed; nothing of this one was applied"
+            )
             rated.append((seq, ended, None))
             continue
         done = _rated_or_refused(billing, batch, now_ms)

@@ -191,6 +191,40 @@ def test_whole_message_refusals_keep_their_status_and_message(demo_server: Serve
     }
 
 
+def test_a_request_id_over_256_bytes_is_refused_on_every_authorize_call_and_holds_nothing(
+    demo_server: ServerProcess,
+) -> None:
+    # A request_id is echoed in the answer and a hold's is journaled with it: bounded like reservation_id. On
+    # AuthorizeBatches it refuses the whole message, as a missing one does (no answer to correlate it by).
+    longest, too_long = "r" * 256, "r" * 257
+    longest_in_utf8, too_long_in_utf8 = "é" * 128, "é" * 129  # bytes count, not characters
+    holding = balance_pb2.AuthorizeRequest(
+        request_id=too_long, customer_id="acme", event_type="ai_action", dimensions=SIMPLE, reserve=True
+    )
+    with grpc.insecure_channel(demo_server.target) as channel:
+        stub = balance_pb2_grpc.BalanceServiceStub(channel)
+        (answered,) = raw_batches(
+            channel, [batch_bytes(request(longest, **SIMPLE), request("é", **SIMPLE), request(longest_in_utf8))]
+        )
+        refused_utf8 = status_of(lambda: raw_batches(channel, [batch_bytes(request(too_long_in_utf8))]))
+        refused_batch = status_of(
+            lambda: raw_batches(channel, [batch_bytes(request("first", **SIMPLE)), batch_bytes(request("a"), holding)])
+        )
+        refused_unary = status_of(lambda: stub.Authorize(holding, timeout=10))
+        refused_stream = status_of(lambda: stream_answers(channel, [holding.SerializeToString()]))
+        balance = stub.GetBalance(balance_pb2.GetBalanceRequest(customer_id="acme"), timeout=10)
+    assert [(a.request_id, a.reason) for a in answered.responses] == [
+        (longest, "OK"),
+        ("é", "OK"),
+        (longest_in_utf8, "OK"),
+    ]
+    assert refused_utf8 == (grpc.StatusCode.INVALID_ARGUMENT, "requests[0].request_id: must be at most 256 bytes")
+    assert refused_batch == (grpc.StatusCode.INVALID_ARGUMENT, "requests[1].request_id: must be at most 256 bytes")
+    assert refused_unary == (grpc.StatusCode.INVALID_ARGUMENT, "request_id: must be at most 256 bytes")
+    assert refused_stream == (grpc.StatusCode.INVALID_ARGUMENT, "request_id: must be at most 256 bytes")
+    assert (balance.credits_available, balance.credits_remaining) == ("50000", "50000"), "nothing was held"
+
+
 def test_a_restricted_key_is_refused_a_batch_naming_another_customer(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:

@@ -267,3 +267,35 @@ def test_full_map_answers_resource_exhausted_commits_nothing_and_a_bigger_map_ta
         stream.close()
         # (k + 1) batches x 250 credits.
         assert_amount(client.get_balance(ACME).credits_remaining, str(50_000 - 250 * (k + 1)))
+
+
+def test_a_batch_whose_commit_fails_ends_its_stream_and_none_sent_after_it_is_applied(
+    server_factory: ServerFactory,
+) -> None:
+    # A batch larger than the whole 1 MiB map cannot commit (RESOURCE_EXHAUSTED, the journal is full); the
+    # one-event batches sent behind it on the same stream would fit. They arrive while its 100,000 events are
+    # rated, up to 2,048 may await their commit, and a group takes at most 256: when its commit fails, some
+    # still wait in the writer's queue, behind the group prepared meanwhile (which fails with it).
+    server = server_factory(
+        demo=True,
+        extra_args=["--map-size-mb", "1", "--batch-events-max", "100000", "--stream-inflight-batches-max", "2048"],
+        name="stream-commit-fails",
+    )
+    too_big = demo_batch("too-big", "too-big", 100_000)
+    assert too_big.ByteSize() > 2 * 1024 * 1024
+    behind = [demo_batch(f"behind-{n}", f"behind-{n}", 1) for n in range(1000)]
+    with server.client() as client:
+        before = client.get_balance(ACME)
+        acks = client.usage.IngestUsage(iter([too_big, *behind]))
+        with pytest.raises(ResourceExhausted) as refused:
+            next(acks)
+        assert "full" in refused.value.details, refused.value.details
+        after = client.get_balance(ACME)
+        assert credits_money(after) == credits_money(before), "no batch of the stream was applied"
+        assert after.as_of_seq == before.as_of_seq, "nothing of the stream reached the journal"
+        stream = Bidi(client)
+        for batch in behind:
+            resent = stream.send(batch)
+            assert (resent.accepted, resent.duplicates) == (1, 0), f"{batch.batch_id} was applied before: {resent}"
+        stream.close()
+        assert_amount(client.get_balance(ACME).period_charges, "500")

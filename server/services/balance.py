@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 from tariff.v1 import (
     balance_pb2,
 )
@@ -53,6 +54,48 @@ HOLDING_MESSAGES_MAX = 64
 # With a message's number and a request's index, names the holds AuthorizeBatches requests leave unnamed: random
 # per process, so that names made before a restart are not made again after it.
 _RESERVATION_ID_SEED = os.urandom(16)
+
+
+def _request_ids_type() -> type[message.Message]:
+    """An AuthorizeBatch read for its requests' request_id only (as bytes): parsing it builds no map or value
+    object, and the other fields are kept as unknown bytes, dropped before the ids are looked at."""
+    proto = descriptor_pb2.FileDescriptorProto(name="tariff_request_ids.proto", package="tariff.request_ids")
+    request = proto.message_type.add(name="Request")
+    request.field.add(name="request_id", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES)
+    batch = proto.message_type.add(name="Batch")
+    batch.field.add(
+        name="requests",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+        type_name=".tariff.request_ids.Request",
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tariff.request_ids.Batch"))
+
+
+_RequestIds = _request_ids_type()
+
+
+def request_id_over_limit(batch: bytes) -> int | None:
+    """The index of the first request of an AuthorizeBatch (one the kernel decided: well formed) whose request_id
+    is over TEXT_BYTES_MAX bytes; None when there is none. Once the other fields are dropped, bytes that are all
+    ASCII hold no length of 128 or more: then no request_id is too long, and no request is looked at one by one."""
+    view = _RequestIds.FromString(batch)
+    view.DiscardUnknownFields()
+    if view.SerializeToString().isascii():
+        return None
+    for index, request in enumerate(view.requests):  # type: ignore[attr-defined]
+        if len(request.request_id) > TEXT_BYTES_MAX:
+            return index
+    return None
+
+
+def check_request_id(request: balance_pb2.AuthorizeRequest) -> None:
+    """A request_id is echoed in the answer (and a hold's journaled with it): at most TEXT_BYTES_MAX bytes."""
+    if len(request.request_id.encode()) > TEXT_BYTES_MAX:
+        raise InvalidArgument.field("request_id", f"must be at most {TEXT_BYTES_MAX} bytes")
 
 
 def seconds_text(ms: int) -> str:
@@ -216,6 +259,7 @@ class BalanceService(_Base):
 
     @unary
     async def Authorize(self, request: balance_pb2.AuthorizeRequest, context: Context) -> balance_pb2.AuthorizeResponse:
+        check_request_id(request)
         response = await self._reserve(request, context) if request.reserve else self._decide(request)
         # A unary caller made a mistake it can fix: say so with a status. The stream answers in-band instead.
         if response.reason == "UNKNOWN_CUSTOMER":
@@ -231,6 +275,7 @@ class BalanceService(_Base):
         async for request in request_iterator:
             if not request.request_id:
                 raise InvalidArgument.field("request_id", "is required on AuthorizeStream to correlate answers")
+            check_request_id(request)  # like a missing one, it ends the stream: its answer could not be sent back
             yield await self._reserve_in_band(request, context) if request.reserve else self._decide_in_band(request)
 
     def _decide_in_band(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
@@ -342,6 +387,9 @@ class BalanceService(_Base):
             ) from None
         except ValueError as exc:
             raise _undecodable(balance_pb2.AuthorizeBatch, batch, exc) from None
+        if (index := request_id_over_limit(batch)) is not None:
+            # Refused whole, as a missing one is (an answer goes back by it), before any hold is submitted.
+            raise InvalidArgument.field(f"requests[{index}].request_id", f"must be at most {TEXT_BYTES_MAX} bytes")
         if decisions:
             # One sample per message (its mean per decision): a sample per decision would cost more than one.
             telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6 / decisions)

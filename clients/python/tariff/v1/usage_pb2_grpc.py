@@ -56,7 +56,9 @@ class UsageServiceServicer:
         events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
         the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
         that status: the batches before it stay acknowledged, and none sent after
-        it is applied (resend them on a new stream).
+        it is applied (resend them on a new stream). So does a batch whose journal
+        commit fails (RESOURCE_EXHAUSTED when the journal is full, else
+        UNAVAILABLE): nothing of it and nothing sent after it is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

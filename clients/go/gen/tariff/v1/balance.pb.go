@@ -362,7 +362,10 @@ func (x *Balance) GetPeriodEnd() *timestamppb.Timestamp {
 
 type AuthorizeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Echoed in the response; required on AuthorizeStream.
+	// Echoed in the response; required on AuthorizeStream (and on
+	// AuthorizeBatches). At most 256 bytes: more is INVALID_ARGUMENT naming
+	// request_id, nothing decided or held; it ends AuthorizeStream, as a missing
+	// one does.
 	RequestId  string             `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	CustomerId string             `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	EventType  string             `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`

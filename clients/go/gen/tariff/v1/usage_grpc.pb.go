@@ -38,7 +38,9 @@ type UsageServiceClient interface {
 	// events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
 	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
 	// that status: the batches before it stay acknowledged, and none sent after
-	// it is applied (resend them on a new stream).
+	// it is applied (resend them on a new stream). So does a batch whose journal
+	// commit fails (RESOURCE_EXHAUSTED when the journal is full, else
+	// UNAVAILABLE): nothing of it and nothing sent after it is applied.
 	IngestUsage(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[UsageBatch, IngestAck], error)
 	// The unary form of IngestUsage, for clients that cannot stream.
 	IngestUsageBatch(ctx context.Context, in *UsageBatch, opts ...grpc.CallOption) (*IngestAck, error)
@@ -85,7 +87,9 @@ type UsageServiceServer interface {
 	// events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
 	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
 	// that status: the batches before it stay acknowledged, and none sent after
-	// it is applied (resend them on a new stream).
+	// it is applied (resend them on a new stream). So does a batch whose journal
+	// commit fails (RESOURCE_EXHAUSTED when the journal is full, else
+	// UNAVAILABLE): nothing of it and nothing sent after it is applied.
 	IngestUsage(grpc.BidiStreamingServer[UsageBatch, IngestAck]) error
 	// The unary form of IngestUsage, for clients that cannot stream.
 	IngestUsageBatch(context.Context, *UsageBatch) (*IngestAck, error)

@@ -225,7 +225,10 @@ export const BalanceSchema: GenMessage<Balance> = /*@__PURE__*/
  */
 export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   /**
-   * Echoed in the response; required on AuthorizeStream.
+   * Echoed in the response; required on AuthorizeStream (and on
+   * AuthorizeBatches). At most 256 bytes: more is INVALID_ARGUMENT naming
+   * request_id, nothing decided or held; it ends AuthorizeStream, as a missing
+   * one does.
    *
    * @generated from field: string request_id = 1;
    */
@@ -513,8 +516,12 @@ export const BalanceService: GenService<{
    * gets one AuthorizeBatchResult back, the answers in request order. Every
    * gRPC message costs the server tens of microseconds of its own, so this is
    * how one process answers tens of thousands of checks a second.
-   * Every request needs its request_id; a malformed request is answered
-   * in-band (reason INVALID_REQUEST) and does not end the stream.
+   * Every request needs its request_id, at most 256 bytes: a message with a
+   * request without one or with a longer one is refused whole (INVALID_ARGUMENT
+   * naming requests[i].request_id; nothing of it is decided or held, the
+   * answers to the messages before it are sent, then the stream ends). Any
+   * other malformed request is answered in-band (reason INVALID_REQUEST) and
+   * does not end the stream.
    * Requests with reserve=true hold credit as Authorize(reserve=true) does:
    * all the holds of one message are one journaled command, applied in request
    * order (each decided against the holds before it, in the same message too),

@@ -380,7 +380,9 @@ export const UsageService: GenService<{
    * events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
    * the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
    * that status: the batches before it stay acknowledged, and none sent after
-   * it is applied (resend them on a new stream).
+   * it is applied (resend them on a new stream). So does a batch whose journal
+   * commit fails (RESOURCE_EXHAUSTED when the journal is full, else
+   * UNAVAILABLE): nothing of it and nothing sent after it is applied.
    *
    * @generated from rpc tariff.v1.UsageService.IngestUsage
    */
