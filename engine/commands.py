@@ -148,7 +148,6 @@ SERVER_SET_FIELDS = (
     "parts_in_contract",
     "rerate_holds_in_time",
     "rerate_top_ups_in_time",
-    "earlier_open_refused",
 )
 
 
@@ -223,10 +222,6 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # the records of earlier releases (adjustments_in_contract ones included), whose replay counts every hour of
     # the period in the parts as they did.
     parts_in_contract: bool = False
-    # Refused while a period of the customer starting before this one is open (its late events would change the
-    # grant balances this final invoice shows). False in the records of earlier releases, which closed in any
-    # order: their replay closes as they did.
-    earlier_open_refused: bool = False
 
 
 class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):

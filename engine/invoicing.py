@@ -121,25 +121,7 @@ class InvoiceCommands(ControlPlane):
             raise FailedPrecondition(
                 f"the period from {iso(start_ms)} has not ended: it ends at {iso(end_ms)}, and can be closed from then on"
             )
-        if c.earlier_open_refused:
-            self._refuse_an_earlier_open_period(c.customer_id, start_ms)
         return self._finalise(contract, start_ms, c.at_ms, c)
-
-    def _refuse_an_earlier_open_period(self, customer_id: str, start_ms: int) -> None:
-        """FAILED_PRECONDITION naming the customer's earliest open period when it starts before start_ms: a final
-        invoice's grant balances count the draws of its period and the periods before it, so an earlier period
-        still taking events would make them wrong for good (CloseDuePeriods closes the earliest end first)."""
-        open_before = [
-            (period[0], contract.id)
-            for contract in self.contracts_of(customer_id)
-            if (period := self._first_open(contract)) is not None and period[0] < start_ms
-        ]
-        if open_before:
-            earliest_ms, contract_id = min(open_before)
-            raise FailedPrecondition(
-                f"the period from {iso(earliest_ms)} of contract {contract_id!r} is still open: a customer's periods "
-                f"close in order, the earliest first (the period from {iso(start_ms)} can be closed after it)"
-            )
 
     def _close_due_periods(self, c: cmd.CloseDuePeriods) -> list[Invoice]:
         """Closes every period that ended at least grace_ms before at_ms (at most periods_max of them), the

@@ -406,7 +406,6 @@ def test_drafts_publishes_rollbacks_and_closes_from_many_callers_at_once_change_
     with server.client() as client:
         # Usage already rated in the hours the publishes re-rate, so that each publish has re-rating to do.
         client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=[event("rated", 3)]))
-        close(JAN_2025)(client)  # periods close in order: each round closes the next month
     for round_ in range(ROUNDS):
         rate = RATE_V2 if round_ % 2 else RATE_V1
         version = identical_at_once(server, draft(f"d-{round_}", rate))
@@ -624,7 +623,6 @@ def test_usage_at_once_buys_at_most_the_policys_top_ups(server: ServerProcess) -
 
 def test_a_period_closed_while_usage_for_it_arrives_bills_every_event_acked_accepted(server: ServerProcess) -> None:
     with server.client() as client:
-        close(JAN_2025)(client)  # periods close in order: each round closes the next month
         for round_ in range(ROUNDS):
             period_ms = ms(f"2025-{round_ + 2:02d}-01T00:00:00")
             sends: list[Call] = []

@@ -400,23 +400,3 @@ def test_parts_in_contract_is_the_servers_in_neither_audit_entry_nor_retry_finge
     closes = [e for e in w.engine.state.audit if e.action in ("ClosePeriod", "CloseDuePeriods")]
     assert [e.action for e in closes] == ["ClosePeriod", "CloseDuePeriods"]
     assert all("parts_in_contract" not in entry.diff for entry in closes), closes
-
-
-def test_a_close_before_an_earlier_open_period_is_refused_unless_recorded_by_an_earlier_release() -> None:
-    from engine.control import fingerprint
-
-    march_1_ms = FEB_1_MS + 28 * DAY_MS
-    server_close = cmd.ClosePeriod(march_1_ms, ACTOR, "acme", FEB_1_MS, earlier_open_refused=True)
-    earlier_release_close = cmd.ClosePeriod(march_1_ms, ACTOR, "acme", FEB_1_MS)
-    assert fingerprint(server_close) == fingerprint(earlier_release_close)
-    w = world([(EPOCH_MS, "2", "1")])
-    with pytest.raises(
-        FailedPrecondition, match="the period from 2026-01-01T00:00:00Z of contract 'c-acme' is still open"
-    ):
-        w.apply(server_close)
-    replayed = w.apply(earlier_release_close)  # as such a record applied then: February closed first
-    assert isinstance(replayed, Invoice) and (replayed.period_start_ms, replayed.number) == (FEB_1_MS, "INV-00000001")
-    january = w.apply(cmd.ClosePeriod(march_1_ms, ACTOR, "acme", EPOCH_MS, earlier_open_refused=True))
-    assert isinstance(january, Invoice) and january.number == "INV-00000002"
-    closes = [e for e in w.engine.state.audit if e.action == "ClosePeriod"]
-    assert len(closes) == 2 and all("earlier_open_refused" not in entry.diff for entry in closes), closes

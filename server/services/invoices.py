@@ -172,7 +172,6 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             rollovers_shown=True,
             adjustments_in_contract=True,
             parts_in_contract=True,
-            earlier_open_refused=True,
         )
         return invoice_pb(await self._apply(command, Invoice))
 

@@ -1201,11 +1201,7 @@ func (x *ExplainLineItemResponse) GetLineQuantity() string {
 // period_start. A period that has not ended is FAILED_PRECONDITION (saying when
 // it ends); a period_start that is no period's start is INVALID_ARGUMENT (saying
 // the nearest one); closing a closed period answers its invoice, changing
-// nothing. A customer's periods close in order: while one of its periods
-// starting earlier (of any of its contracts) is open, closing is
-// FAILED_PRECONDITION naming that period (its late usage would change the
-// grant balances and draws a later final invoice shows). Afterwards events for
-// that period are rejected with PERIOD_CLOSED.
+// nothing. Afterwards events for that period are rejected with PERIOD_CLOSED.
 type ClosePeriodRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CustomerId    string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
