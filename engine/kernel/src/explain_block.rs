@@ -26,6 +26,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::explain::Reader;
 use crate::explain_chunk::{pack_part, put_varint, put_zigzag, size_varint_bytes, sized, SAME_LINE};
+use crate::prefetch;
 
 /// The 16-byte prefix of the keys of one customer's period among the blocks: a digest of (customer, period).
 pub fn period_key(customer_id: &str, period_start_ms: i64) -> [u8; 16] {
@@ -337,8 +338,8 @@ impl Builder {
             // The parts are copied in line order from an arena in journal order, larger than the L2: a copy
             // waited for its part's bytes on nearly every part, now they are asked for PREFETCH_PARTS ahead.
             if let Some(ahead) = self.parts.get(at + PREFETCH_PARTS) {
-                prefetch(&self.arena, ahead.at);
-                prefetch(&self.arena, (ahead.at + ahead.size as usize).saturating_sub(1));
+                prefetch::line(&self.arena, ahead.at);
+                prefetch::line(&self.arena, (ahead.at + ahead.size as usize).saturating_sub(1));
             }
             let same_line = at > 0 && self.parts[at - 1].line == part.line;
             ordinal = if same_line { ordinal + 1 } else { 0 };
@@ -413,18 +414,6 @@ impl Builder {
 /// How far ahead of the part being copied the chunks ask for a part's bytes: enough copies to cover a miss to
 /// the L3.
 const PREFETCH_PARTS: usize = 16;
-
-/// Asks the CPU for the cache line of `bytes[at]` (nothing when past the end).
-fn prefetch(bytes: &[u8], at: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(byte) = bytes.get(at) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch is a hint: it reads no byte and faults on no address (this one is in bounds anyway).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(byte).cast()) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (bytes, at);
-}
 
 /// Sorts parts by line key, then arena offset (journal order within a line, what a stable sort by line gives).
 fn sort_parts(parts: &mut [Part], spare: &mut Vec<Part>) {

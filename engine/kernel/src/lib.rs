@@ -23,6 +23,7 @@ pub mod holds;
 pub mod invoice;
 pub mod kernel;
 pub mod money;
+pub mod prefetch;
 pub mod price;
 pub mod rerate;
 pub mod rollover;
