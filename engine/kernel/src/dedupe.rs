@@ -349,6 +349,19 @@ impl Table {
         self.held(self.place(key))
     }
 
+    /// Asks for the cache lines of `key`'s home slot and its entry, where `place(key)` starts
+    /// reading, without waiting for them or branching on them: the kernel's first warming pass
+    /// asks for a slice's keys at once, so their misses overlap.
+    pub fn prefetch(&self, key: Key) {
+        if let Some(shard) = self.shards.get(shard_of(key)) {
+            if !shard.keys.is_empty() {
+                let at = shard.home(key);
+                crate::prefetch::line(&shard.keys, at);
+                crate::prefetch::line(&shard.helds, at);
+            }
+        }
+    }
+
     /// Reads what `place(key)` reads and the entry slot at the place found, which a hit reads and
     /// an insert shifts (the entries are an array apart from the keys, so another cache line): for
     /// the kernel's prefetching pass, whose misses overlap. Returns a value derived from both.
