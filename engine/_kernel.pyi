@@ -24,6 +24,7 @@ Notice = tuple[Literal["TOP_UP_EXECUTED", "RESERVATION_EXPIRED"], str, dict[str,
 class BatchTooLarge(ValueError): ...  # args: (events,)
 class CustomerNotAllowed(ValueError): ...  # args: (index, customer_id)
 class RequestIdMissing(ValueError): ...  # args: (index,)
+class RequestIdTooLong(ValueError): ...  # args: (index,): over 256 bytes
 class ReservationConflict(ValueError): ...  # args: (message,) - the id is known with another request
 class ReservationNotFound(ValueError): ...  # args: (message,) - never made, or another customer's (worded alike)
 class ReservationEnded(ValueError): ...  # args: (message,) - settled or expired
@@ -193,7 +194,7 @@ class Kernel:
         """AuthorizeBatches on raw bytes, one decision per request, priced as `authorize`: the result bytes when no
         request asks for a hold, else a HoldingBatch (the other requests decided, the holds to journal); and the
         message's decisions. Refuses the whole message, deciding nothing: ValueError, CustomerNotAllowed,
-        BatchTooLarge, RequestIdMissing."""
+        BatchTooLarge, RequestIdMissing, RequestIdTooLong."""
     def hold_customers(self, requests: bytes) -> list[str]:
         """The distinct customer ids of a ReserveBatch's requests, first named first; ValueError if not an
         AuthorizeBatch."""

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 from tariff.v1 import (
     balance_pb2,
 )
 
 from engine import commands as cmd
 from engine import credits
-from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing
+from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing, RequestIdTooLong
 from engine.billing import Billing
 from engine.control import TEXT_BYTES_MAX, check_reference
 from engine.errors import EngineError, InvalidArgument, NotFound
@@ -54,42 +53,6 @@ HOLDING_MESSAGES_MAX = 64
 # With a message's number and a request's index, names the holds AuthorizeBatches requests leave unnamed: random
 # per process, so that names made before a restart are not made again after it.
 _RESERVATION_ID_SEED = os.urandom(16)
-
-
-def _request_ids_type() -> type[message.Message]:
-    """An AuthorizeBatch read for its requests' request_id only (as bytes): parsing it builds no map or value
-    object, and the other fields are kept as unknown bytes, dropped before the ids are looked at."""
-    proto = descriptor_pb2.FileDescriptorProto(name="tariff_request_ids.proto", package="tariff.request_ids")
-    request = proto.message_type.add(name="Request")
-    request.field.add(name="request_id", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES)
-    batch = proto.message_type.add(name="Batch")
-    batch.field.add(
-        name="requests",
-        number=1,
-        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
-        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
-        type_name=".tariff.request_ids.Request",
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tariff.request_ids.Batch"))
-
-
-_RequestIds = _request_ids_type()
-
-
-def request_id_over_limit(batch: bytes) -> int | None:
-    """The index of the first request of an AuthorizeBatch (one the kernel decided: well formed) whose request_id
-    is over TEXT_BYTES_MAX bytes; None when there is none. Once the other fields are dropped, bytes that are all
-    ASCII hold no length of 128 or more: then no request_id is too long, and no request is looked at one by one."""
-    view = _RequestIds.FromString(batch)
-    view.DiscardUnknownFields()
-    if view.SerializeToString().isascii():
-        return None
-    for index, request in enumerate(view.requests):  # type: ignore[attr-defined]
-        if len(request.request_id) > TEXT_BYTES_MAX:
-            return index
-    return None
 
 
 def check_request_id(request: balance_pb2.AuthorizeRequest) -> None:
@@ -385,11 +348,13 @@ class BalanceService(_Base):
             raise InvalidArgument.field(
                 f"requests[{exc.args[0]}].request_id", "is required on AuthorizeBatches to correlate answers"
             ) from None
+        except RequestIdTooLong as exc:
+            # Refused whole, as a missing one is (an answer goes back by it), before any hold is submitted.
+            raise InvalidArgument.field(
+                f"requests[{exc.args[0]}].request_id", f"must be at most {TEXT_BYTES_MAX} bytes"
+            ) from None
         except ValueError as exc:
             raise _undecodable(balance_pb2.AuthorizeBatch, batch, exc) from None
-        if (index := request_id_over_limit(batch)) is not None:
-            # Refused whole, as a missing one is (an answer goes back by it), before any hold is submitted.
-            raise InvalidArgument.field(f"requests[{index}].request_id", f"must be at most {TEXT_BYTES_MAX} bytes")
         if decisions:
             # One sample per message (its mean per decision): a sample per decision would cost more than one.
             telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6 / decisions)

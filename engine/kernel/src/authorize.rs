@@ -17,7 +17,7 @@ use std::ops::Range;
 use prost::Message;
 
 use crate::batch::{dimension_entry, value_entry, Reader, LEN, VARINT};
-use crate::decode::{wire, EventView};
+use crate::decode::{wire, EventView, TEXT_BYTES_MAX};
 use crate::kernel::Kernel;
 use crate::money::{Picos, PICOS_PER_UNIT};
 
@@ -33,6 +33,9 @@ pub enum Refused {
     CustomerNotAllowed(usize, String),
     /// requests[index] has no request_id.
     NoRequestId(usize),
+    /// requests[index]'s request_id is longer than TEXT_BYTES_MAX bytes (it is echoed in the answer, and a
+    /// hold's journaled with it).
+    RequestIdTooLong(usize),
 }
 
 /// Decodes an AuthorizeBatch and runs the whole-message checks; changes nothing. A request may ask for
@@ -69,6 +72,9 @@ fn check_message<'r, I: Iterator<Item = (&'r str, &'r str)>>(
     }
     if let Some(index) = ids().position(|(_, request_id)| request_id.is_empty()) {
         return Err(Refused::NoRequestId(index));
+    }
+    if let Some(index) = ids().position(|(_, request_id)| request_id.len() > TEXT_BYTES_MAX) {
+        return Err(Refused::RequestIdTooLong(index));
     }
     Ok(())
 }
@@ -401,6 +407,14 @@ pub(crate) mod tests {
         let unnamed = batch(vec![request("r", "")]);
         assert_eq!(decode_requests(&unnamed, 2, Some(&allowed)), Err(Refused::CustomerNotAllowed(0, String::new())));
         assert_eq!(decode_requests(&batch(vec![request("r", "a")]), 2, Some(&allowed)).map(|r| r.len()), Ok(1));
+        let long = "r".repeat(TEXT_BYTES_MAX + 1);
+        let over = batch(vec![request(&"r".repeat(TEXT_BYTES_MAX), "a"), request(&long, "a")]);
+        assert_eq!(decode_requests(&over, 2, None), Err(Refused::RequestIdTooLong(1)));
+        let kernel = Kernel::default();
+        assert_eq!(
+            answer_plain(&kernel, &over, 2, None, 0).map(|r| r.map(|_| ())),
+            Some(Err(Refused::RequestIdTooLong(1)))
+        );
     }
 
     #[test]

@@ -43,6 +43,12 @@ pyo3::create_exception!(
 );
 pyo3::create_exception!(
     _kernel,
+    RequestIdTooLong,
+    PyValueError,
+    "An AuthorizeBatch request whose request_id is longer than an id may be."
+);
+pyo3::create_exception!(
+    _kernel,
     ReservationConflict,
     PyValueError,
     "A reservation id the customer already used for a different request."
@@ -57,6 +63,7 @@ fn refused(refusal: Refused) -> PyErr {
         Refused::TooManyRequests(count) => BatchTooLarge::new_err(count),
         Refused::CustomerNotAllowed(index, customer) => CustomerNotAllowed::new_err((index, customer)),
         Refused::NoRequestId(index) => RequestIdMissing::new_err(index),
+        Refused::RequestIdTooLong(index) => RequestIdTooLong::new_err(index),
     }
 }
 
@@ -870,7 +877,8 @@ impl Kernel {
     /// `ttl_max_ms`, an unnamed one named from `id_seed` and `message_number`) for the server to journal as
     /// one command and apply with `reserve_batch`. Refuses the whole message, deciding nothing: ValueError
     /// (not an AuthorizeBatch), CustomerNotAllowed(index, customer_id) for a customer outside `allowed`
-    /// (None: every customer), BatchTooLarge(requests) past `requests_max`, RequestIdMissing(index).
+    /// (None: every customer), BatchTooLarge(requests) past `requests_max`, RequestIdMissing(index),
+    /// RequestIdTooLong(index).
     #[allow(clippy::too_many_arguments)]
     fn authorize_batch_holding<'py>(
         &self,
@@ -1172,6 +1180,7 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("BatchTooLarge", module.py().get_type::<BatchTooLarge>())?;
     module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
     module.add("RequestIdMissing", module.py().get_type::<RequestIdMissing>())?;
+    module.add("RequestIdTooLong", module.py().get_type::<RequestIdTooLong>())?;
     module.add("ReservationConflict", module.py().get_type::<ReservationConflict>())?;
     module.add("ReservationNotFound", module.py().get_type::<ReservationNotFound>())?;
     module.add("ReservationEnded", module.py().get_type::<ReservationEnded>())?;
