@@ -474,7 +474,16 @@ impl Kernel {
         })?;
         let parts = head.chunks(part_bytes_max).collect::<Vec<_>>();
         let copied = bytes_copied_detached(py, &parts, None)?;
-        Ok((copied, DedupeSegment { pending: parking_lot::Mutex::new(Some(segment)), table_base_bytes }))
+        let spent = parking_lot::Mutex::new(None);
+        Ok((copied, DedupeSegment { pending: parking_lot::Mutex::new(Some(segment)), spent, table_base_bytes }))
+    }
+
+    /// Takes back the log of changes an encoded `segment` was made from (nothing before its `encode`, or for a
+    /// base): the dedupe table's next changes are logged in its room, already in memory, instead of in pages
+    /// new to the process.
+    fn give_back_dedupe_log(&self, py: Python<'_>, segment: &DedupeSegment) -> PyResult<()> {
+        let Some(changes) = segment.spent.lock().take() else { return Ok(()) };
+        py.detach(|| self.change(|k| k.give_back_dedupe_changes(changes)))
     }
 
     /// Customers (sorted) with usage priced by the rate card from `from_hour` (Unix ms / 3,600,000)
@@ -949,6 +958,8 @@ impl Kernel {
 #[pyclass(frozen, module = "engine._kernel")]
 struct DedupeSegment {
     pending: parking_lot::Mutex<Option<Pending>>,
+    /// The log of changes once encoded, for `Kernel.give_back_dedupe_log`.
+    spent: parking_lot::Mutex<Option<Vec<crate::dedupe::Change>>>,
     /// The bytes a base of the whole table would take at this snapshot: what the stored segments are weighed
     /// against before they are merged.
     #[pyo3(get)]
@@ -971,7 +982,11 @@ impl DedupeSegment {
         }
         let pending = self.pending.lock().take().ok_or_else(|| PyRuntimeError::new_err("encoded already"))?;
         let encoded = py.detach(|| match pending {
-            Pending::Changes(changes) => crate::snapshot::segment::from_changes(changes, part_bytes_max),
+            Pending::Changes(mut changes) => {
+                let parts = crate::snapshot::segment::from_changes(&mut changes, part_bytes_max);
+                *self.spent.lock() = Some(changes);
+                parts
+            }
             Pending::Encoded(parts) => parts,
         });
         parts_detached(py, encoded)

@@ -1067,6 +1067,12 @@ impl Kernel {
         self.dedupe.take_changes()
     }
 
+    /// A log `take_dedupe_changes` gave, once made into a segment: its room is kept for the log's next
+    /// changes (`dedupe::Table::give_back_changes`).
+    pub fn give_back_dedupe_changes(&mut self, changes: Vec<dedupe::Change>) {
+        self.dedupe.give_back_changes(changes);
+    }
+
     /// The whole dedupe table as a base segment (the first snapshot in segments, or after one was lost), in
     /// chunks of at most `chunk_bytes`.
     pub fn dedupe_base_segment(&self, chunk_bytes: usize) -> Vec<Vec<u8>> {

@@ -586,8 +586,8 @@ pub mod segment {
     const KEY_BYTES: usize = 16;
 
     /// The segment of a log of changes (`Table::take_changes`): each key's last change, in chunks of at most
-    /// `chunk_bytes`.
-    pub fn from_changes(mut changes: Vec<Change>, chunk_bytes: usize) -> Vec<Vec<u8>> {
+    /// `chunk_bytes`. Sorts the log in place (by key, each key's changes in the order made).
+    pub fn from_changes(changes: &mut [Change], chunk_bytes: usize) -> Vec<Vec<u8>> {
         // A stable sort: one key's changes stay in the order made, its last one last.
         changes.sort_by_key(|change| change.key);
         let last = |at: usize| changes.get(at + 1).is_none_or(|next| next.key != changes[at].key);
@@ -1167,7 +1167,7 @@ mod segment_tests {
         for key in [3u128, 9] {
             table.insert(key.into(), Seen { digest: 1, at_ms: 1 }.into());
         }
-        let bytes = segment::from_changes(table.take_changes(), 1 << 20).concat();
+        let bytes = segment::from_changes(&mut table.take_changes(), 1 << 20).concat();
         assert!(read(&bytes).is_ok());
         let mut swapped = bytes.clone();
         let first = swapped.len() - 1 - 2 * dedupe_entries::ENTRY_BYTES;
@@ -1206,11 +1206,11 @@ mod segment_tests {
             for (key, at_ms, op) in ops {
                 match op {
                     0 => drop(table.prune_range((key >> (128 - PRUNE_RANGE_BITS)) as u64, |h| h.at_ms() < at_ms)),
-                    1 => segments.push(segment::from_changes(table.take_changes(), chunk_bytes).concat()),
+                    1 => segments.push(segment::from_changes(&mut table.take_changes(), chunk_bytes).concat()),
                     _ => table.insert(key.into(), held(at_ms)),
                 }
             }
-            segments.push(segment::from_changes(table.take_changes(), chunk_bytes).concat());
+            segments.push(segment::from_changes(&mut table.take_changes(), chunk_bytes).concat());
             prop_assert_eq!(segment::base_bytes(table.len()), segment::from_table(&table, chunk_bytes).concat().len());
             let expected: Vec<(u128, Seen)> = table.iter().map(|(k, h)| (k.into(), h.into())).collect();
             let slices: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
