@@ -1140,10 +1140,10 @@ class Sequencer:
             if self.explain_index is not None:
                 self.explain_index.flush(seq)  # a restart replays from the snapshot: the index must reach it
             segment_parts = segment.encode(SEGMENT_PART_BYTES)
-            # The log's room, already in memory, takes the next changes (pages new to the process cost the writer).
-            self.billing.kernel.give_back_dedupe_log(segment)
             segment_bytes = sum(len(part) for part in segment_parts)
             self.journal.save_snapshot(seq, parts, DedupeSegmentSave(segment_parts, base))
+            # The log's room, already in memory, takes the next changes (pages new to the process cost the writer).
+            self.billing.kernel.give_back_dedupe_log(segment)
             if compact:
                 self._compact_segments(segment.table_base_bytes)
             return segment_bytes
