@@ -65,21 +65,24 @@ def written_bytes(pid: int) -> int:
 def per_1000_events_by_name(
     before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], events: int
 ) -> dict[str, float]:
-    """Each thread name's count between two readings per 1,000 events; a thread started in between counts from zero."""
-    counted: dict[str, int] = defaultdict(int)
-    for tid, (name, count) in after.items():
-        counted[name] += count - before.get(tid, (name, 0))[1]
-    return {name: round(n / events * 1000, 2) for name, n in sorted(counted.items(), key=lambda kv: -kv[1]) if n}
+    """Each thread name's count between two readings per 1,000 events."""
+    return {name: round(n / events * 1000, 2) for name, n in _counted_by_name(before, after).items()}
 
 
 def cpu_us_per_event_by_name(
     before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], events: int
 ) -> dict[str, float]:
-    """µs per event each thread name spent between two readings; a thread started in between counts from zero."""
-    spent_ns: dict[str, int] = defaultdict(int)
-    for tid, (name, ns) in after.items():
-        spent_ns[name] += ns - before.get(tid, (name, 0))[1]
-    return {name: round(ns / events / 1000, 3) for name, ns in sorted(spent_ns.items(), key=lambda kv: -kv[1]) if ns}
+    """µs per event each thread name spent between two readings (in ns)."""
+    return {name: round(ns / events / 1000, 3) for name, ns in _counted_by_name(before, after).items()}
+
+
+def _counted_by_name(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> dict[str, int]:
+    """Each thread name's count between two readings, largest first, zeros left out; a thread started in between
+    counts from zero."""
+    counted: dict[str, int] = defaultdict(int)
+    for tid, (name, count) in after.items():
+        counted[name] += count - before.get(tid, (name, 0))[1]
+    return {name: n for name, n in sorted(counted.items(), key=lambda kv: -kv[1]) if n}
 
 
 def _arguments() -> argparse.Namespace:
