@@ -273,6 +273,11 @@ pub struct Change {
     pub held: Option<Held>,
 }
 
+/// The most room a spare log keeps (`Table::give_back_changes`): a log of the server's default
+/// snapshot cadence (about 1,000,000 changes of 48 B, in a Vec of 2^20 or, a little past it, 2^21) is
+/// kept; a longer one is freed, so that a server snapshotting seldom does not hold two large logs for good.
+pub const SPARE_CHANGES_BYTES_MAX: usize = 128 << 20;
+
 const EMPTY: Key = Key { low: 0, high: 0 };
 const NOTHING: Held = Held { digest: EMPTY, at_ms: 0 };
 /// The shards are 2^SHARD_BITS key ranges by the key's top bits: at 100 M ids a shard holds about
@@ -413,10 +418,11 @@ impl Table {
     }
 
     /// A log `take_changes` gave, once read: kept (emptied) for the next `take_changes`, if it holds
-    /// more room than the spare already kept.
+    /// more room than the spare already kept and no more than SPARE_CHANGES_BYTES_MAX.
     pub fn give_back_changes(&mut self, mut changes: Vec<Change>) {
         changes.clear();
-        if changes.capacity() > self.spare_changes.capacity() {
+        let room_bytes = changes.capacity() * std::mem::size_of::<Change>();
+        if changes.capacity() > self.spare_changes.capacity() && room_bytes <= SPARE_CHANGES_BYTES_MAX {
             self.spare_changes = changes;
         }
     }
@@ -670,9 +676,10 @@ mod tests {
         let third = table.take_changes();
         assert_eq!(third, vec![change(1002)]);
         assert_eq!(third.capacity(), room, "logged in the room given back");
-        // A smaller log given back keeps the larger spare.
+        // A smaller log given back keeps the larger spare; one past the limit is not kept.
         table.give_back_changes(third);
         table.give_back_changes(Vec::with_capacity(2));
+        table.give_back_changes(Vec::with_capacity(SPARE_CHANGES_BYTES_MAX / std::mem::size_of::<Change>() + 1));
         table.take_changes();
         assert_eq!(table.take_changes().capacity(), room);
     }
