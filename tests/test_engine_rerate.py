@@ -22,6 +22,16 @@ from tests.kernel_fixtures import usage_event
 RECEIVED_MS = EPOCH_MS + 10 * HOUR_MS
 
 
+def calls_world() -> World:
+    """Customer acme, no contract yet, and a card pricing `calls` (value `n`, no pricing dimensions) at 1 a unit."""
+    world = World()
+    world.product("calls", value_key="n", dimensions=())
+    world.rate_card()
+    world.version([rate("calls", unit("1"))])
+    world.customer()
+    return world
+
+
 def machine(aggregation: Aggregation) -> Billing:
     world = World()
     world.product("calls", aggregation=aggregation, value_key="n", dimensions=("model",))
@@ -98,11 +108,7 @@ OFF_HOUR_START_MS = EPOCH_MS + HOUR_MS // 2  # 2026-01-01T00:30:00Z: periods run
 def off_hour_machine() -> Billing:
     """A contract starting off the hour, with usage in its first hour (00:45, 2 units: its part from 00:30 only)
     and at 03:00 (3 units), priced 1 a unit."""
-    world = World()
-    world.product("calls", value_key="n", dimensions=())
-    world.rate_card()
-    world.version([rate("calls", unit("1"))])
-    world.customer()
+    world = calls_world()
     world.contract(starting_at_ms=OFF_HOUR_START_MS)
     billing = Billing(engine=world.engine)
     for name, at_ms, n in (("first", EPOCH_MS + 45 * 60_000, 2.0), ("later", EPOCH_MS + 3 * HOUR_MS, 3.0)):
@@ -181,11 +187,7 @@ JAN_26_MS = EPOCH_MS + 25 * 24 * HOUR_MS
 def switched_machine() -> Billing:
     """Contract c-old from Jan 1 to the switch, c-new from it (same card, 1 a unit); usage on Jan 10 (2 units, the
     old contract's last period, Jan 1 - Feb 1) and Jan 25 (3 units, the new one's first)."""
-    world = World()
-    world.product("calls", value_key="n", dimensions=())
-    world.rate_card()
-    world.version([rate("calls", unit("1"))])
-    world.customer()
+    world = calls_world()
     world.contract("c-old", ending_before_ms=SWITCH_MS)
     world.contract("c-new", starting_at_ms=SWITCH_MS)
     billing = Billing(engine=world.engine)
@@ -252,11 +254,7 @@ def test_simulating_over_a_switch_counts_each_hour_bucket_once() -> None:
 def held_machine() -> Billing:
     """A card at 1 a unit; 10 credits; 4 units used in the first hour (4 drawn), then a hold of 6 at RECEIVED_MS
     (an hour's TTL)."""
-    world = World()
-    world.product("calls", value_key="n", dimensions=())
-    world.rate_card()
-    world.version([rate("calls", unit("1"))])
-    world.customer()
+    world = calls_world()
     world.contract()
     world.grant("g", "10")
     billing = Billing(engine=world.engine)
@@ -327,11 +325,7 @@ def assert_a_server_set_rerate_rule(
 def topped_up_machine() -> Billing:
     """A card at 1 a unit, no grant; below 1 credit, recharge to 10 at 0.5 a credit. 4 units in the first hour (all
     overage: they buy 10 credits, with the period charged 4), then 2 in the second (drawn from them, 8 left)."""
-    world = World()
-    world.product("calls", value_key="n", dimensions=())
-    world.rate_card()
-    world.version([rate("calls", unit("1"))])
-    world.customer()
+    world = calls_world()
     world.contract()
     billing = Billing(engine=world.engine)
     billing.apply(cmd.SetTopUpPolicy(EPOCH_MS, ACTOR, "c-acme", "1", "10", "0.5", 3), billing.last_seq + 1)

@@ -845,6 +845,20 @@ mod tests {
         period_overage: Vec<(i64, Picos)>,
     }
 
+    /// Customer acme's stored account with one grant (`grant`), no usage, the period totals given and `credits`.
+    fn acme_account(charges: &[(i64, Picos)], overage: &[(i64, Picos)], credits: AccountCredits) -> StoredAccount {
+        StoredAccount {
+            customer_id: "acme".into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: charges.to_vec(),
+            period_overage: overage.to_vec(),
+            adjustments: vec![],
+            credits: Some(credits),
+        }
+    }
+
     fn grant() -> Grant {
         Grant {
             id: "g".into(),
@@ -933,16 +947,7 @@ mod tests {
             period_charges_when_bought: Some(3),
         };
         let credits = AccountCredits { purchases: vec![purchase.clone()], ..AccountCredits::default() };
-        let account = || StoredAccount {
-            customer_id: "acme".into(),
-            grants: vec![grant()],
-            aggregates: vec![],
-            buckets: vec![],
-            period_charges: vec![(0, 3)],
-            period_overage: vec![(0, 3)],
-            adjustments: vec![],
-            credits: Some(credits.clone()),
-        };
+        let account = || acme_account(&[(0, 3)], &[(0, 3)], credits.clone());
         let current = Stored {
             format: FORMAT,
             strings: vec![],
@@ -978,16 +983,7 @@ mod tests {
     fn format_4_round_trips_credits_and_the_clock() {
         let policy = TopUpPolicy { threshold: 1, recharge_to: 2, price_per_credit_e18: 3, max_per_period: 4 };
         let credits = AccountCredits { top_up: Some(policy), ..AccountCredits::default() };
-        let account = StoredAccount {
-            customer_id: "acme".into(),
-            grants: vec![grant()],
-            aggregates: vec![],
-            buckets: vec![],
-            period_charges: vec![],
-            period_overage: vec![],
-            adjustments: vec![],
-            credits: Some(credits),
-        };
+        let account = acme_account(&[], &[], credits);
         let stored = Stored {
             format: FORMAT,
             strings: vec![],
@@ -1054,16 +1050,7 @@ mod tests {
     #[test]
     fn encoding_from_parts_gives_serdes_bytes_and_a_borrowing_decode_the_same_entries() {
         let credits = AccountCredits::default();
-        let account = StoredAccount {
-            customer_id: "acme".into(),
-            grants: vec![grant()],
-            aggregates: vec![],
-            buckets: vec![],
-            period_charges: vec![(0, 60)],
-            period_overage: vec![(0, 1)],
-            adjustments: vec![],
-            credits: Some(credits),
-        };
+        let account = acme_account(&[(0, 60)], &[(0, 1)], credits);
         let stored = Stored {
             format: FORMAT,
             strings: vec!["p".into(), "q".into()],
