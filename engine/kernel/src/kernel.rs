@@ -1267,8 +1267,10 @@ impl Kernel {
             // Keyed in its place in `warmed_keyed`: returned, the keying was moved twice more.
             warmed_keyed.push(None);
             let keyed = warmed_keyed.last_mut().expect("just pushed");
-            if let Some(account) = account {
-                rater.entry_keys_to_warm(account, &event, keyed, |key| warmed_entries.push((number, key)));
+            // An account with no aggregate yet has nothing to read, and would walk the calendar for a
+            // period it has not cached yet.
+            if let Some(account) = account.filter(|a| !a.aggregates.is_empty()) {
+                rater.entry_keys(account, &event, keyed, |key| warmed_entries.push((number, key)));
             }
         }
         // Apart from the keying, so that the processor holds many of these lookups at once: keying
@@ -1282,20 +1284,6 @@ impl Kernel {
 }
 
 impl Rater {
-    /// `entry_keys` for `Kernel::warm`: nothing for an account with no aggregate yet, which has
-    /// nothing to read and would walk the calendar for a period it has not cached yet.
-    fn entry_keys_to_warm(
-        &self,
-        account: &Account,
-        event: &EventView<'_, '_>,
-        keyed: &mut Option<Keyed>,
-        found: impl FnMut(PeriodKey),
-    ) {
-        if !account.aggregates.is_empty() {
-            self.entry_keys(account, event, keyed, found);
-        }
-    }
-
     /// Passes `found` the key of each period aggregate the event's products would be rated
     /// against, keyed as `plan` keys them (`product_key`): those of the products an event that
     /// plans feeds, whose combination exists. Sets `keyed` (None) to what its first product was
