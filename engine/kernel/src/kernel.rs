@@ -466,7 +466,7 @@ impl Kernel {
         let catalog = &self.rater.catalog;
         check_into(raw, received_ms, catalog.future_skew_ms, event)?;
         let event = &*event;
-        let digest = content_digest(event, &mut self.canonical);
+        let digest = dedupe::kept_digest(content_digest(event, &mut self.canonical));
         let Warmed { dedupe_key, account, slot } = warmed;
         let Some(account) = account.map(|at| self.accounts.at_mut(at)) else {
             return Err(no_such_customer_event(event.customer_id));
