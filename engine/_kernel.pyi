@@ -207,10 +207,14 @@ class Kernel:
 @final
 class DedupeSegment:
     table_base_bytes: int  # a base of the whole table at this snapshot would take this many bytes
-    def encode(self, part_bytes_max: int) -> list[bytes]: ...  # RuntimeError on a second call
+    # Hands `write` the segment a part at a time as each is made; its bytes. RuntimeError on a second call.
+    def write_to(self, write: Callable[[bytes], object], part_bytes_max: int) -> int: ...
 
-# Dedupe segments (oldest first) merged into one; with base (the oldest is a base) removals are dropped.
-def merge_dedupe_segments(segments: Sequence[bytes | mmap.mmap], base: bool, part_bytes_max: int) -> list[bytes]: ...
+# Dedupe segments (oldest first) merged into one, handed to `write` a part at a time; with base (the oldest is a
+# base) removals are dropped. The merged segment's bytes.
+def merge_dedupe_segments_to(
+    segments: Sequence[bytes | mmap.mmap], base: bool, part_bytes_max: int, write: Callable[[bytes], object]
+) -> int: ...
 
 @final
 class HoldingBatch:

@@ -52,6 +52,8 @@ __all__ = [
     "LmdbJournal",
     "MemoryJournal",
     "Segment",
+    "SegmentParts",
+    "SegmentWriter",
 ]
 
 # Bumped whenever the on-disk layout changes, so that an older server refuses a newer store
@@ -94,17 +96,33 @@ _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 SnapshotBlob = bytes | mmap.mmap | list[bytes]
 # A stored dedupe segment as loaded: bytes, or a read-only map of its file.
 Segment = bytes | mmap.mmap
-# Merges dedupe segments (oldest first; whether the oldest is a base) into one, in parts (the kernel's).
-SegmentMerge = Callable[[list[Segment], bool], list[bytes]]
+# Writes a dedupe segment through the callable it is given, a part at a time as each is made (the kernel's
+# `DedupeSegment.write_to`, `merge_dedupe_segments_to`), and returns its bytes: the segment is never in memory whole.
+SegmentWriter = Callable[[Callable[[bytes], object]], int]
+# A dedupe segment to store: its parts in order (emptied as written), or its writer.
+SegmentParts = list[bytes] | SegmentWriter
+# Merges dedupe segments (oldest first; whether the oldest is a base) into one (the kernel's).
+SegmentMerge = Callable[[list[Segment], bool], SegmentParts]
+
+
+def segment_joined(parts: SegmentParts) -> bytes:
+    """A segment's bytes in one piece: its parts joined (the list emptied), or all its writer wrote."""
+    if isinstance(parts, list):
+        joined = b"".join(parts)
+        parts.clear()
+        return joined
+    written: list[bytes] = []
+    parts(written.append)
+    return b"".join(written)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DedupeSegmentSave:
-    """A snapshot's dedupe segment (engine/kernel/src/snapshot.rs, `segment`), in parts, emptied as written. A base
-    holds the whole table and replaces the segments listed before; otherwise it holds the changes since the stored
-    snapshot and is listed after its segments."""
+    """A snapshot's dedupe segment (engine/kernel/src/snapshot.rs, `segment`), in parts emptied as written or as its
+    writer. A base holds the whole table and replaces the segments listed before; otherwise it holds the changes
+    since the stored snapshot and is listed after its segments."""
 
-    parts: list[bytes]
+    parts: SegmentParts
     base: bool
 
 
@@ -313,13 +331,10 @@ class _SnapshotFile:
         assert loaded is not None and loaded[0] == self.seq, "the snapshot compacted is the one stored"
         self._replace(self.seq, loaded[1], [*kept, written], written[0])
 
-    def _write_segment(self, parts: list[bytes]) -> tuple[int, int]:
+    def _write_segment(self, parts: SegmentParts) -> tuple[int, int]:
         """Writes and fsyncs a new segment file (its directory entry too); (number, bytes)."""
         number, self._next_number = self._next_number, self._next_number + 1
-        path = self._segment_path(number)
-        length = sum(len(part) for part in parts)
-        self._write_file(path, parts)
-        return number, length
+        return number, self._write_file(self._segment_path(number), parts)
 
     def _replace(self, seq: int, blob: SnapshotBlob, segments: list[tuple[int, int]], new: int | None) -> None:
         """Writes the snapshot file listing `segments` and renames it into place, then deletes the segment files it
@@ -346,26 +361,30 @@ class _SnapshotFile:
             with contextlib.suppress(FileNotFoundError):
                 self._segment_path(number).unlink()
 
-    def _write_file(self, path: Path, blob: SnapshotBlob, header: bytes = b"") -> None:
+    def _write_file(self, path: Path, blob: SnapshotBlob | SegmentWriter, header: bytes = b"") -> int:
         """Writes `header` then `blob` to a new file at `path` and fsyncs it (and, for a segment, its directory
-        entry), a list's parts dropped from it once written. JournalFull, the file removed, when the disk has no
-        room."""
+        entry), a list's parts dropped from it once written, a writer's written as they come; the blob's bytes.
+        JournalFull, the file removed, when the disk has no room."""
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 _write_all(fd, memoryview(header))
                 if isinstance(blob, list):
+                    written = 0
                     while blob:
-                        _write_blob(fd, blob[0])
+                        written += _write_blob(fd, blob[0])
                         del blob[0]
+                elif callable(blob):
+                    written = blob(lambda part: _write_blob(fd, part))
                 else:
-                    _write_blob(fd, blob)
+                    written = _write_blob(fd, blob)
                 if self._sync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
             if self._sync and path != self._partial_path:
                 _fsync_directory(self._directory)  # durable before any snapshot file lists it
+            return written
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -379,13 +398,14 @@ def _segment_number(path: Path) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def _write_blob(fd: int, blob: bytes | mmap.mmap) -> None:
+def _write_blob(fd: int, blob: bytes | mmap.mmap) -> int:
     # Every view of the blob is released on the way out, an error's too (its traceback keeps the frames that
     # wrote): a caller may close the blob, a map, right after, and a live view fails that.
     with memoryview(blob) as view:
         for start in range(0, len(view), _SNAPSHOT_WRITE_BYTES):
             with view[start : start + _SNAPSHOT_WRITE_BYTES] as part:
                 _write_all(fd, part)
+        return len(view)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -672,12 +692,12 @@ class MemoryJournal:
             if segment is not None and not segment.base and not self._segments:
                 raise ValueError("a dedupe segment of changes needs a stored snapshot with segments to follow")
             joined = b"".join(blob) if isinstance(blob, list) else bytes(blob)
-            segments = [] if segment is None else [*([] if segment.base else self._segments), b"".join(segment.parts)]
+            segments = (
+                [] if segment is None else [*([] if segment.base else self._segments), segment_joined(segment.parts)]
+            )
             self._replace((seq, joined), segments)
             if isinstance(blob, list):
                 blob.clear()  # as LmdbJournal leaves it: every part stored
-            if segment is not None:
-                segment.parts.clear()
 
     def _replace(self, snapshot: tuple[int, bytes], segments: list[bytes]) -> None:
         """JournalFull, nothing changed, when the snapshot and its segments would not fit."""
@@ -699,7 +719,7 @@ class MemoryJournal:
             segments, snapshot = self._segments, self._snapshot
         if not 2 <= count <= len(segments) or snapshot is None:
             raise ValueError(f"{count} of {len(segments)} dedupe segments cannot be compacted")
-        merged = b"".join(merge(list(segments[-count:]), count == len(segments)))
+        merged = segment_joined(merge(list(segments[-count:]), count == len(segments)))
         with self._lock:
             self._require_open()
             assert self._snapshot is snapshot, "a snapshot was saved beside a compaction"

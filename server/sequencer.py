@@ -58,7 +58,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine import commands as cmd
-from engine._kernel import BatchTooLarge, CustomerNotAllowed, DedupeSegment, merge_dedupe_segments
+from engine._kernel import BatchTooLarge, CustomerNotAllowed, DedupeSegment, merge_dedupe_segments_to
 from engine.alerts import FiredAlert
 from engine.audit import audit_target
 from engine.billing import Billing, Ingested, RatingChanged, snapshot_parts
@@ -69,7 +69,7 @@ from engine.versions import PublishResult
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
-from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment
+from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment, SegmentWriter
 from server.scheduling import GilHandover, paced
 
 log = logging.getLogger("tariff.sequencer")
@@ -100,8 +100,9 @@ PAUSE_EVERY_S = 0.001
 # lateness of the loop of 9 ms at the default 5 ms, 2.4-4 ms at this).
 GIL_HANDOVER_S = 0.00005
 SNAPSHOT_SWITCH_INTERVAL_S = 0.0005
-# A snapshot's dedupe segment (the table's changes since the one before) is written in parts of this many bytes.
-SEGMENT_PART_BYTES = 64 * 1024 * 1024
+# A dedupe segment (a snapshot's changes to the table, or a compaction's merge) is made and written a part of this
+# many bytes at a time, the one part's room reused (server/journal.py writes it 64 KiB at a time).
+SEGMENT_PART_BYTES = 1024 * 1024
 # The stored dedupe segments are merged into a new base once they hold more than the table by this fraction of it
 # (ids removed or put again since the base), and the newest ones are merged once there are more than this many (see
 # segments_to_compact).
@@ -1135,13 +1136,13 @@ class Sequencer:
         """On the snapshot's thread: encodes the dedupe segment, stores it and the snapshot's parts (the journal
         empties the lists as it writes), compacts the segments when due (and `compact`), then hands the heap the
         snapshot's parts freed back to the system. Returns the segment's bytes."""
-        segment_parts: list[bytes] = []
         try:
             if self.explain_index is not None:
                 self.explain_index.flush(seq)  # a restart replays from the snapshot: the index must reach it
-            segment_parts = segment.encode(SEGMENT_PART_BYTES)
-            segment_bytes = sum(len(part) for part in segment_parts)
-            self.journal.save_snapshot(seq, parts, DedupeSegmentSave(segment_parts, base))
+            # The segment is made and written a part at a time, as the journal asks for it.
+            writer = DedupeSegmentSave(lambda write: segment.write_to(write, SEGMENT_PART_BYTES), base)
+            self.journal.save_snapshot(seq, parts, writer)
+            segment_bytes = self.journal.dedupe_segment_bytes()[-1]
             # The log's room, already in memory, takes the next changes (pages new to the process cost the writer).
             self.billing.kernel.give_back_dedupe_log(segment)
             if compact:
@@ -1149,7 +1150,6 @@ class Sequencer:
             return segment_bytes
         finally:
             parts.clear()  # what a refused save left unwritten is freed before the trim too
-            segment_parts.clear()
             trim_heap()
 
     def _compact_segments(self, table_base_bytes: int) -> None:
@@ -1200,8 +1200,8 @@ def segments_to_compact(segment_bytes: list[int], table_base_bytes: int) -> int:
     return max(2, count - 1)
 
 
-def _merge_segments(segments: list[Segment], base: bool) -> list[bytes]:
-    return merge_dedupe_segments(segments, base, SEGMENT_PART_BYTES)
+def _merge_segments(segments: list[Segment], base: bool) -> SegmentWriter:
+    return lambda write: merge_dedupe_segments_to(segments, base, SEGMENT_PART_BYTES, write)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

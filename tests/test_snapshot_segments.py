@@ -20,7 +20,15 @@ import pytest
 from engine._kernel import Kernel
 from engine.billing import Billing, Ingested
 from server import sequencer as sequencer_module
-from server.journal import DedupeSegmentSave, JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
+from server.journal import (
+    DedupeSegmentSave,
+    JournalFull,
+    LmdbJournal,
+    MemoryJournal,
+    SegmentParts,
+    SegmentWriter,
+    SnapshotBlob,
+)
 from server.sequencer import Sequencer, recover, segments_to_compact
 from tests.disk import disk_with_room
 from tests.test_sequencer import DAY_MS, NOW_MS, batch, event, run_with
@@ -80,6 +88,7 @@ def test_each_snapshot_stores_only_the_changes_and_recovery_gives_the_state_exac
     """A base first, then segments of about 40 bytes an id accepted since the snapshot before; recovering from any
     of them (replaying the journal after it) gives the live state's bytes, and so does a compaction's merge."""
     monkeypatch.setattr(sequencer_module, "DEDUPE_COMPACT_FACTOR", 1000.0)  # no compaction between the snapshots
+    monkeypatch.setattr(sequencer_module, "SEGMENT_PART_BYTES", 64)  # segments and the merge made in many parts
     journal = LmdbJournal(tmp_path / "journal", map_size_bytes=64 * MiB)
     sizes: list[list[int]] = []
     states: list[bytes] = []
@@ -226,18 +235,32 @@ def _stored_with_segments(path: Path) -> LmdbJournal:
 STORED = (2, b"state@2", [b"base", b"delta"])
 
 
+def _written(*parts: bytes) -> SegmentWriter:
+    """A segment's writer, as the kernel's: each part handed over in turn; the bytes."""
+
+    def write_to(write: Callable[[bytes], object]) -> int:
+        for part in parts:
+            write(part)
+        return sum(len(part) for part in parts)
+
+    return write_to
+
+
 @pytest.mark.parametrize("room_bytes", [0, 3, 30])
+@pytest.mark.parametrize("by_writer", [False, True])
 def test_a_full_disk_during_a_store_keeps_the_stored_snapshot_and_its_segments(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room_bytes: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room_bytes: int, by_writer: bool
 ) -> None:
-    """In the segment (0, 3 bytes of room) or in the snapshot file after it (30): JournalFull, nothing changed."""
+    """In the segment (0, 3 bytes of room) or in the snapshot file after it (30): JournalFull, nothing changed; with
+    the segment in parts or made part by part as it is written."""
     path = tmp_path / "journal"
     journal = _stored_with_segments(path)
     files = _segment_files(path)
+    changes: SegmentParts = _written(b"chan", b"ges") if by_writer else [b"changes"]
     with monkeypatch.context() as patch:
         patch.setattr(os, "write", disk_with_room(room_bytes))
         with pytest.raises(JournalFull):
-            journal.save_snapshot(3, [b"state@3"], DedupeSegmentSave([b"changes"], base=False))
+            journal.save_snapshot(3, [b"state@3"], DedupeSegmentSave(changes, base=False))
     assert _loaded(journal) == STORED
     assert _segment_files(path) == files
     assert sorted(p.name for p in path.iterdir() if not p.name.startswith("segment.")) == [
@@ -248,7 +271,12 @@ def test_a_full_disk_during_a_store_keeps_the_stored_snapshot_and_its_segments(
     with monkeypatch.context() as patch:
         patch.setattr(os, "write", disk_with_room(room_bytes))
         with pytest.raises(JournalFull):
-            journal.compact_dedupe_segments(2, lambda segments, base: [b"".join(segments) * 8])
+            journal.compact_dedupe_segments(
+                2,
+                lambda segments, base: (
+                    _written(*[bytes(s) for s in segments] * 8) if by_writer else [b"".join(segments) * 8]
+                ),
+            )
     assert _loaded(journal) == STORED
     assert _segment_files(path) == files
     journal.close()
@@ -348,9 +376,28 @@ def test_a_snapshot_head_without_its_segments_is_refused() -> None:
     head, segment = billing.kernel_snapshot_segmented(base=True)
     with pytest.raises(ValueError, match="in segments"):
         Kernel.restore(b"".join(head))
-    assert Kernel.restore(b"".join(head), segment.encode(1 << 20)).snapshot() == billing.kernel.snapshot()
-    with pytest.raises(RuntimeError, match="encoded already"):
-        segment.encode(1 << 20)
+    parts: list[bytes] = []
+    assert segment.write_to(parts.append, 1) == 3, "an empty table's base: its format and two lengths"
+    assert parts == [b"\x01", b"\x00", b"\x00"], "handed over a part at a time"
+    assert Kernel.restore(b"".join(head), [b"".join(parts)]).snapshot() == billing.kernel.snapshot()
+    with pytest.raises(RuntimeError, match="written already"):
+        segment.write_to(parts.append, 1 << 20)
+
+
+def test_what_a_segments_write_raises_ends_the_segment_and_is_raised_as_it_was() -> None:
+    _, segment = Billing().kernel_snapshot_segmented(base=True)
+    parts: list[bytes] = []
+    full = OSError(28, "No space left on device")
+
+    def write(part: bytes) -> None:
+        if parts:
+            raise full
+        parts.append(part)
+
+    with pytest.raises(OSError) as raised:
+        segment.write_to(write, 1)
+    assert raised.value is full
+    assert parts == [b"\x01"], "nothing made after the refused part"
 
 
 def test_a_segment_of_changes_is_refused_by_a_kernel_that_does_not_log_them() -> None:

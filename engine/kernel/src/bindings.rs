@@ -27,6 +27,7 @@ use crate::credits::{Made, ReleaseRefusal, RolloverIds, TopUpPolicy};
 use crate::decode::wire;
 use crate::holds;
 use crate::kernel::{self, BatchRefusal};
+use crate::snapshot::segment::Chunks;
 
 pyo3::create_exception!(_kernel, BatchTooLarge, PyValueError, "A batch with more events than the server takes.");
 pyo3::create_exception!(
@@ -438,7 +439,7 @@ impl Kernel {
     }
 
     /// The server's snapshot: the state without the dedupe table (`Kernel::snapshot_head`) in parts of at most
-    /// `part_bytes_max` bytes, and this snapshot's dedupe segment, still to encode (`DedupeSegment.encode`, on
+    /// `part_bytes_max` bytes, and this snapshot's dedupe segment, still to encode (`DedupeSegment.write_to`, on
     /// another thread): the table's changes since the last call, or with `base` the whole table (and the table
     /// logs its changes from then on; without `base`, RuntimeError if it does not). The changes
     /// are taken under the lock alone, the rest encoded under a shared lock (reads go on), the GIL released.
@@ -478,7 +479,7 @@ impl Kernel {
         Ok((copied, DedupeSegment { pending: parking_lot::Mutex::new(Some(segment)), spent, table_base_bytes }))
     }
 
-    /// Takes back the log of changes an encoded `segment` was made from (nothing before its `encode`, or for a
+    /// Takes back the log of changes an encoded `segment` was made from (nothing before its `write_to`, or for a
     /// base): the dedupe table's next changes are logged in its room, already in memory, instead of in pages
     /// new to the process.
     fn give_back_dedupe_log(&self, py: Python<'_>, segment: &DedupeSegment) -> PyResult<()> {
@@ -954,7 +955,7 @@ impl Kernel {
 
 /// An AuthorizeBatch whose hold requests wait for the writer: `requests` (an AuthorizeBatch of them, as
 /// journaled), and the other requests' answers, already decided.
-/// A snapshot's dedupe segment (`Kernel.snapshot_segmented`), encoded once by `encode`.
+/// A snapshot's dedupe segment (`Kernel.snapshot_segmented`), encoded once by `write_to`.
 #[pyclass(frozen, module = "engine._kernel")]
 struct DedupeSegment {
     pending: parking_lot::Mutex<Option<Pending>>,
@@ -974,34 +975,32 @@ enum Pending {
 
 #[pymethods]
 impl DedupeSegment {
-    /// The segment's bytes in parts of at most `part_bytes_max`, made with the GIL released (sorting the
-    /// changes); RuntimeError on a second call.
-    fn encode<'py>(&self, py: Python<'py>, part_bytes_max: usize) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    /// The segment handed to `write` (a Python callable) a part of at most `part_bytes_max` bytes at a time, as
+    /// each is made, the GIL released in between (sorting the changes and encoding); the segment's bytes. One
+    /// part is in memory at a time, in room reused from part to part: a whole segment built, then copied into
+    /// bytes, took pages new to the process for twice the segment at every snapshot (40 MB a million changes). What `write` raises ends it and is raised here; RuntimeError after `encode` or a first call.
+    fn write_to(&self, py: Python<'_>, write: Bound<'_, PyAny>, part_bytes_max: usize) -> PyResult<usize> {
         if part_bytes_max == 0 {
             return Err(PyValueError::new_err("part_bytes_max must be positive"));
         }
-        let pending = self.pending.lock().take().ok_or_else(|| PyRuntimeError::new_err("encoded already"))?;
-        let encoded = py.detach(|| match pending {
+        let pending = self.pending.lock().take().ok_or_else(|| PyRuntimeError::new_err("written already"))?;
+        let write = write.unbind();
+        let send = |part: &mut Vec<u8>| Python::attach(|py| write.bind(py).call1((PyBytes::new(py, part),)).map(drop));
+        match pending {
             Pending::Changes(mut changes) => {
-                let parts = crate::snapshot::segment::from_changes(&mut changes, part_bytes_max);
+                let written = py.detach(|| {
+                    crate::snapshot::segment::write_changes(&mut changes, &mut Chunks::new(part_bytes_max, send))
+                });
                 *self.spent.lock() = Some(changes);
-                parts
+                written
             }
-            Pending::Encoded(parts) => parts,
-        });
-        parts_detached(py, encoded)
+            Pending::Encoded(parts) => py.detach(|| {
+                let mut out = Chunks::new(part_bytes_max, send);
+                parts.iter().try_for_each(|part| out.put_bytes(part))?;
+                out.finish()
+            }),
+        }
     }
-}
-
-/// Parts copied into bytes objects one at a time, each freed once copied (so the whole is never held twice), the
-/// GIL released meanwhile.
-fn parts_detached(py: Python<'_>, parts: Vec<Vec<u8>>) -> PyResult<Vec<Bound<'_, PyBytes>>> {
-    let mut copied = Vec::with_capacity(parts.len());
-    for part in parts {
-        copied.extend(bytes_copied_detached(py, &[&part], None)?);
-        py.detach(|| drop(part));
-    }
-    Ok(copied)
 }
 
 /// Read-only views of bytes-like objects (bytes, or the server's read-only maps of segment files), read with the
@@ -1033,23 +1032,28 @@ impl Views {
     }
 }
 
-/// Dedupe segments (oldest first) merged into one, in parts of at most `part_bytes_max` bytes, the GIL released:
-/// the server's compaction. With `base` (the oldest is a base) removals are dropped. ValueError for bytes that are
-/// not segments.
+/// Dedupe segments (oldest first) merged into one, the server's compaction: with `base` (the oldest is a base)
+/// removals are dropped. Each part of at most `part_bytes_max` bytes is handed to `write` (a Python callable) as
+/// it is made, the GIL released in between, so the merged segment (the whole table, at a compaction after a base)
+/// is never in memory whole. Returns its bytes; ValueError for bytes that are not segments; what `write` raises
+/// ends it and is raised here.
 #[pyfunction]
-fn merge_dedupe_segments<'py>(
+fn merge_dedupe_segments_to<'py>(
     py: Python<'py>,
     segments: Vec<Bound<'py, PyAny>>,
     base: bool,
     part_bytes_max: usize,
-) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    write: Bound<'py, PyAny>,
+) -> PyResult<usize> {
     if part_bytes_max == 0 {
         return Err(PyValueError::new_err("part_bytes_max must be positive"));
     }
     let views = Views::get(&segments)?;
     let slices = views.slices();
-    let merged = py.detach(|| crate::snapshot::segment::merge(&slices, base, part_bytes_max));
-    parts_detached(py, merged.map_err(PyValueError::new_err)?)
+    let layers = crate::snapshot::segment::read_all(&slices).map_err(PyValueError::new_err)?;
+    let write = write.unbind();
+    let send = |part: &mut Vec<u8>| Python::attach(|py| write.bind(py).call1((PyBytes::new(py, part),)).map(drop));
+    py.detach(|| crate::snapshot::segment::write_merged(&layers, base, &mut Chunks::new(part_bytes_max, send)))
 }
 
 #[pyclass(frozen, module = "engine._kernel")]
@@ -1202,7 +1206,7 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(period_containing, module)?)?;
     module.add_class::<HoldingBatch>()?;
     module.add_class::<DedupeSegment>()?;
-    module.add_function(wrap_pyfunction!(merge_dedupe_segments, module)?)?;
+    module.add_function(wrap_pyfunction!(merge_dedupe_segments_to, module)?)?;
     module.add_function(wrap_pyfunction!(explain_block, module)?)?;
     module.add_function(wrap_pyfunction!(explain_period_key, module)?)?;
     module.add_function(wrap_pyfunction!(explain_chunk_line, module)?)?;

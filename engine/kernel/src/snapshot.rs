@@ -579,6 +579,8 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
 /// restore that brought them back would hold a different table from the one snapshotted (and so different state
 /// bytes after a replay); with removals the merged segments are exactly the table.
 pub mod segment {
+    use std::convert::Infallible;
+
     use crate::dedupe::{Change, Seen, Table};
     use crate::snapshot::dedupe_entries::{self, ENTRY_BYTES};
 
@@ -588,87 +590,140 @@ pub mod segment {
     /// The segment of a log of changes (`Table::take_changes`): each key's last change, in chunks of at most
     /// `chunk_bytes`. Sorts the log in place (by key, each key's changes in the order made).
     pub fn from_changes(changes: &mut [Change], chunk_bytes: usize) -> Vec<Vec<u8>> {
+        collected(chunk_bytes, |out| write_changes(changes, out))
+    }
+
+    /// `from_changes`, each chunk handed to `out`'s sink as it is made (its bytes once sent, one chunk's
+    /// memory for the whole segment); the segment's bytes, or the sink's error.
+    pub fn write_changes<E, S: FnMut(&mut Vec<u8>) -> Result<(), E>>(
+        changes: &mut [Change],
+        out: &mut Chunks<S>,
+    ) -> Result<usize, E> {
         // A stable sort: one key's changes stay in the order made, its last one last.
         changes.sort_by_key(|change| change.key);
         let last = |at: usize| changes.get(at + 1).is_none_or(|next| next.key != changes[at].key);
         let kept = || (0..changes.len()).filter(|&at| last(at)).map(|at| changes[at]);
         let puts = kept().filter(|change| change.held.is_some()).count();
-        let mut out = Chunks::new(chunk_bytes);
-        out.put_head(puts);
+        out.put_head(puts)?;
         for change in kept() {
             if let Some(held) = change.held {
-                out.put_entry((change.key.into(), held.into()));
+                out.put_entry((change.key.into(), held.into()))?;
             }
         }
-        out.put_length((kept().count() - puts) * KEY_BYTES);
+        out.put_length((kept().count() - puts) * KEY_BYTES)?;
         for change in kept().filter(|change| change.held.is_none()) {
-            out.put(&u128::from(change.key).to_le_bytes());
+            out.put(&u128::from(change.key).to_le_bytes())?;
         }
-        out.parts
+        out.finish()
     }
 
     /// The base segment of a whole table (its entries, no removals), in chunks of at most `chunk_bytes`.
     pub fn from_table(table: &Table, chunk_bytes: usize) -> Vec<Vec<u8>> {
-        let mut out = Chunks::new(chunk_bytes);
-        out.put_head(table.len());
-        for (key, held) in table.iter() {
-            out.put_entry((key.into(), held.into()));
-        }
-        out.put_length(0);
-        out.parts
+        collected(chunk_bytes, |out| {
+            out.put_head(table.len())?;
+            for (key, held) in table.iter() {
+                out.put_entry((key.into(), held.into()))?;
+            }
+            out.put_length(0)?;
+            out.finish()
+        })
     }
 
     /// The bytes of a base segment of a table of `entries` entries (`from_table`'s): what the server weighs the
     /// stored segments against, to merge them once they hold more than the table by some fraction.
     pub fn base_bytes(entries: usize) -> usize {
-        let mut head = Chunks::new(32);
-        head.put_head(entries);
-        head.put_length(0);
-        head.parts.iter().map(Vec::len).sum::<usize>() + entries * ENTRY_BYTES
+        let mut head = Chunks::new(32, |_: &mut Vec<u8>| Ok::<(), Infallible>(()));
+        let head_bytes = (|| {
+            head.put_head(entries)?;
+            head.put_length(0)?;
+            head.finish()
+        })();
+        head_bytes.unwrap_or_else(|never| match never {}) + entries * ENTRY_BYTES
     }
 
-    /// A segment written in chunks of at most `max` bytes: a segment of a large window (400 MB at 10,000,000 ids)
-    /// is handed to Python a chunk at a time, each freed once copied, so it is never held twice whole.
-    struct Chunks {
-        parts: Vec<Vec<u8>>,
+    /// What `write` puts in chunks of at most `chunk_bytes`, each chunk a Vec of its own.
+    fn collected(
+        chunk_bytes: usize,
+        write: impl FnOnce(&mut Chunks<&mut dyn FnMut(&mut Vec<u8>) -> Result<(), Infallible>>) -> Result<usize, Infallible>,
+    ) -> Vec<Vec<u8>> {
+        let mut parts = Vec::new();
+        let mut keep = |part: &mut Vec<u8>| {
+            parts.push(std::mem::take(part));
+            Ok(())
+        };
+        let written = write(&mut Chunks::new(chunk_bytes, &mut keep));
+        written.unwrap_or_else(|never| match never {});
+        parts
+    }
+
+    /// A segment made in chunks of at most `max` bytes, each handed to `sink` once full (and the last at
+    /// `finish`): the server writes each to the segment's file as it comes, so a segment (40 MB for a million
+    /// changes, 400 MB for a base at 10,000,000 ids) is never in memory whole, and the one chunk's room is
+    /// reused. The sink may take the chunk's Vec (`from_changes` keeps each) or leave it to be cleared.
+    pub struct Chunks<S> {
+        part: Vec<u8>,
         max: usize,
+        written: usize,
+        sink: S,
     }
 
-    impl Chunks {
-        fn new(max: usize) -> Chunks {
+    impl<E, S: FnMut(&mut Vec<u8>) -> Result<(), E>> Chunks<S> {
+        pub fn new(max: usize, sink: S) -> Chunks<S> {
             assert!(max > 0, "chunks of at least a byte");
-            Chunks { parts: Vec::new(), max }
+            Chunks { part: Vec::new(), max, written: 0, sink }
         }
 
-        fn put(&mut self, mut bytes: &[u8]) {
+        /// Bytes already encoded (a base's parts): as they are, chunked anew.
+        pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<(), E> {
+            self.put(bytes)
+        }
+
+        fn put(&mut self, mut bytes: &[u8]) -> Result<(), E> {
             while !bytes.is_empty() {
-                let room = self.parts.last().map_or(0, |last| self.max - last.len());
-                if room == 0 {
-                    self.parts.push(Vec::with_capacity(self.max));
-                    continue;
+                if self.part.len() == self.max {
+                    self.send()?;
                 }
-                let (now, later) = bytes.split_at(room.min(bytes.len()));
-                self.parts.last_mut().expect("a part with room").extend_from_slice(now);
+                if self.part.capacity() == 0 {
+                    self.part.reserve_exact(self.max);
+                }
+                let (now, later) = bytes.split_at((self.max - self.part.len()).min(bytes.len()));
+                self.part.extend_from_slice(now);
                 bytes = later;
             }
+            Ok(())
+        }
+
+        fn send(&mut self) -> Result<(), E> {
+            self.written += self.part.len();
+            (self.sink)(&mut self.part)?;
+            self.part.clear();
+            Ok(())
+        }
+
+        /// Sends the last chunk; the segment's bytes.
+        pub fn finish(&mut self) -> Result<usize, E> {
+            if !self.part.is_empty() {
+                self.send()?;
+            }
+            Ok(self.written)
         }
 
         /// A byte string's length prefix (a postcard varint).
-        fn put_length(&mut self, length: usize) {
+        fn put_length(&mut self, length: usize) -> Result<(), E> {
             let mut varint = [0u8; 10];
             let encoded = postcard::to_slice(&(length as u64), &mut varint).expect("a u64 takes at most 10 bytes");
-            self.put(encoded);
+            self.put(encoded)
         }
 
         /// The format and the length prefix of `entries` entries.
-        fn put_head(&mut self, entries: usize) {
+        fn put_head(&mut self, entries: usize) -> Result<(), E> {
             let mut format = [0u8; 5];
-            self.put(postcard::to_slice(&FORMAT, &mut format).expect("a u32 takes at most 5 bytes"));
-            self.put_length(entries * ENTRY_BYTES);
+            self.put(postcard::to_slice(&FORMAT, &mut format).expect("a u32 takes at most 5 bytes"))?;
+            self.put_length(entries * ENTRY_BYTES)
         }
 
-        fn put_entry(&mut self, entry: (u128, Seen)) {
-            self.put(&dedupe_entries::encoded(entry));
+        fn put_entry(&mut self, entry: (u128, Seen)) -> Result<(), E> {
+            self.put(&dedupe_entries::encoded(entry))
         }
     }
 
@@ -800,23 +855,37 @@ pub mod segment {
     /// (the oldest segment is a base, or there is none older) removals are dropped, since they remove nothing any
     /// more; otherwise they are kept.
     pub fn merge(segments: &[&[u8]], base: bool, chunk_bytes: usize) -> Result<Vec<Vec<u8>>, String> {
-        let layers = segments.iter().map(|bytes| read(bytes)).collect::<Result<Vec<_>, _>>()?;
-        let puts = merged(&layers).filter(|(_, seen)| seen.is_some()).count();
-        let mut out = Chunks::new(chunk_bytes);
-        out.put_head(puts);
-        for (key, seen) in merged(&layers) {
+        let layers = read_all(segments)?;
+        Ok(collected(chunk_bytes, |out| write_merged(&layers, base, out)))
+    }
+
+    /// Each segment's lists, checked (`read`).
+    pub fn read_all<'a>(segments: &[&'a [u8]]) -> Result<Vec<Layer<'a>>, String> {
+        segments.iter().map(|bytes| read(bytes)).collect()
+    }
+
+    /// `merge` of segments already read, each chunk handed to `out`'s sink as it is made; the merged segment's
+    /// bytes, or the sink's error.
+    pub fn write_merged<E, S: FnMut(&mut Vec<u8>) -> Result<(), E>>(
+        layers: &[Layer<'_>],
+        base: bool,
+        out: &mut Chunks<S>,
+    ) -> Result<usize, E> {
+        let puts = merged(layers).filter(|(_, seen)| seen.is_some()).count();
+        out.put_head(puts)?;
+        for (key, seen) in merged(layers) {
             if let Some(seen) = seen {
-                out.put_entry((key, seen));
+                out.put_entry((key, seen))?;
             }
         }
-        let removals = || merged(&layers).filter(|(_, seen)| seen.is_none());
-        out.put_length(if base { 0 } else { removals().count() * KEY_BYTES });
+        let removals = || merged(layers).filter(|(_, seen)| seen.is_none());
+        out.put_length(if base { 0 } else { removals().count() * KEY_BYTES })?;
         if !base {
             for (key, _) in removals() {
-                out.put(&key.to_le_bytes());
+                out.put(&key.to_le_bytes())?;
             }
         }
-        Ok(out.parts)
+        out.finish()
     }
 }
 
