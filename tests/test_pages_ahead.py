@@ -1,5 +1,6 @@
 """server/pages_ahead.py: the journal's next pages are reserved past LMDB's used ones, up to the map and no further,
-the journal reads back every record after it, and a file system that refuses the reservation only turns it off."""
+the pages far behind them are let go of, the journal reads back every record after both, and a file system that
+refuses the reservation only turns it off."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from server.journal import LmdbJournal
-from server.pages_ahead import AHEAD_BYTES, WILLNEED_STEP_BYTES, PagesAhead
+from server.pages_ahead import AHEAD_BYTES, BEHIND_BYTES, WILLNEED_STEP_BYTES, PagesAhead
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -95,3 +96,43 @@ def test_the_pages_are_asked_in_in_steps_no_readahead_window_is_below(
     covered = [(offset, offset + length) for offset, length in asked]
     assert covered[0][0] == 8 * KiB and covered[-1][1] == 8 * KiB + 1 * MiB + 4 * KiB
     assert all(end == following for (_, end), (following, _) in itertools.pairwise(covered))
+
+
+def test_the_pages_further_back_than_behind_bytes_are_let_go_of_once_each_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    let_go: list[tuple[int, int]] = []
+    advise = os.posix_fadvise
+
+    def recorded(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_DONTNEED:
+            let_go.append((offset, offset + length))
+        advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recorded)
+    data_file = tmp_path / "data.mdb"
+    data_file.write_bytes(b"")
+    pages_ahead = PagesAhead(data_file, map_size_bytes=64 * MiB, ahead_bytes=1 * MiB, behind_bytes=2 * MiB)
+    try:
+        for used_bytes in range(0, 2 * MiB + 1, 256 * KiB):
+            pages_ahead.after_commit(used_bytes)
+        assert let_go == [], "nothing is 2 MiB behind yet"
+        for used_bytes in range(2 * MiB, 8 * MiB + 1, 256 * KiB):
+            pages_ahead.after_commit(used_bytes)
+            assert all(end <= used_bytes - 2 * MiB for _, end in let_go), "the last 2 MiB stay"
+    finally:
+        pages_ahead.close()
+    assert let_go[0][0] == 0 and let_go[-1][1] >= 6 * MiB - 512 * KiB
+    assert all(end == following for (_, end), (following, _) in itertools.pairwise(let_go)), "each page once"
+
+
+def test_a_journal_whose_pages_behind_were_let_go_of_reads_back_every_record(tmp_path: Path) -> None:
+    records = [(seq, os.urandom(100_000)) for seq in range(1, BEHIND_BYTES // 100_000 + 60)]
+    journal = LmdbJournal(tmp_path / "journal", map_size_bytes=64 * MiB)
+    try:
+        for start in range(0, len(records), 10):
+            journal.commit(records[start : start + 10])
+        assert journal.stats().used_bytes > BEHIND_BYTES + 4 * MiB
+        assert list(journal.read_records(0)) == records
+    finally:
+        journal.close()
