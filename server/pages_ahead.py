@@ -13,10 +13,11 @@ the zeros are never read as data; the file is only longer than LMDB's pages, as 
 Behind the used pages it lets go of the file's pages more than `behind_bytes` back (POSIX_FADV_DONTNEED): once
 committed (and synced) they are read again only by a recovery, and a page cache that keeps every page of a journal
 that only grows takes a new page for every page written. On the development machine, whose host takes back the
-memory its guest frees, a new page costs 14-21 µs (touching 2 GB of new memory a page at a time); with the pages
-behind let go, the journal's thread took 0.27-0.44 µs of CPU an event instead of 0.31-0.93 (`python -m
-server.bench.thread_cpu`, runs of 1,500,000 events, two invocations each, alternating). Linux keeps the pages a
-mapping has touched (LMDB reads its meta and branch pages through its map), so those stay cached.
+memory its guest frees, a page new to the guest cost 14-21 µs at times (touching 2 GB of new memory a page at a
+time). The journal's thread, `python -m server.bench.thread_cpu` (runs of 1,500,000 events, two invocations each,
+alternating): while new pages were slow, 0.27-0.44 µs of CPU an event with the pages behind let go against
+0.31-0.93 without; while they were not, 0.37-0.49 against 0.26-0.43 (letting go costs a little). Linux keeps the
+pages a mapping has touched (LMDB reads its meta and branch pages through its map), so those stay cached.
 
 Best effort: speed is all it changes. The first OSError (no room for the reservation, a file system without
 fallocate) turns it off, and LMDB then allocates its pages as it always did.
