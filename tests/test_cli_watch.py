@@ -94,12 +94,25 @@ def test_watch_balance_prints_the_balance_then_the_next_one(demo_server: ServerP
     assert line.startswith("seq ") and "remaining 49995 credits" in line and "period charges 5" in line
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupted(demo_server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
     """Runs a watch command until it prints its first line, then sends it SIGINT, as Ctrl-C does."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
     environment |= {"TARIFF_SERVER": demo_server.target, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     watching = subprocess.Popen(
-        [str(TARIFF), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=REPO_ROOT
+        [str(TARIFF), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        # SIGINT at its default, as under a terminal: a suite started as a background job of a non-interactive shell
+        # runs with SIGINT ignored, every process it starts inherits that, and Python then never raises
+        # KeyboardInterrupt, so the watch would run on.
+        preexec_fn=_sigint_default,
     )
     try:
         assert watching.stdout is not None
