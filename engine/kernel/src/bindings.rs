@@ -978,14 +978,15 @@ impl DedupeSegment {
     /// The segment handed to `write` (a Python callable) a part of at most `part_bytes_max` bytes at a time, as
     /// each is made, the GIL released in between (sorting the changes and encoding); the segment's bytes. One
     /// part is in memory at a time, in room reused from part to part: a whole segment built, then copied into
-    /// bytes, took pages new to the process for twice the segment at every snapshot (40 MB a million changes). What `write` raises ends it and is raised here; RuntimeError after `encode` or a first call.
+    /// bytes, took pages new to the process for twice the segment at every snapshot (40 MB a million changes).
+    /// What `write` raises ends it and is raised here; RuntimeError on a second call.
     fn write_to(&self, py: Python<'_>, write: Bound<'_, PyAny>, part_bytes_max: usize) -> PyResult<usize> {
         if part_bytes_max == 0 {
             return Err(PyValueError::new_err("part_bytes_max must be positive"));
         }
         let pending = self.pending.lock().take().ok_or_else(|| PyRuntimeError::new_err("written already"))?;
         let write = write.unbind();
-        let send = |part: &mut Vec<u8>| Python::attach(|py| write.bind(py).call1((PyBytes::new(py, part),)).map(drop));
+        let send = python_sink(&write);
         match pending {
             Pending::Changes(mut changes) => {
                 let written = py.detach(|| {
@@ -996,11 +997,17 @@ impl DedupeSegment {
             }
             Pending::Encoded(parts) => py.detach(|| {
                 let mut out = Chunks::new(part_bytes_max, send);
-                parts.iter().try_for_each(|part| out.put_bytes(part))?;
+                parts.iter().try_for_each(|part| out.put(part))?;
                 out.finish()
             }),
         }
     }
+}
+
+/// A segment's sink that hands each part to `write` (a Python callable) as bytes, taking the GIL for the call:
+/// the encoding around it runs with the GIL released.
+fn python_sink(write: &Py<PyAny>) -> impl FnMut(&mut Vec<u8>) -> PyResult<()> + '_ {
+    |part| Python::attach(|py| write.bind(py).call1((PyBytes::new(py, part),)).map(drop))
 }
 
 /// Read-only views of bytes-like objects (bytes, or the server's read-only maps of segment files), read with the
@@ -1052,7 +1059,7 @@ fn merge_dedupe_segments_to<'py>(
     let slices = views.slices();
     let layers = crate::snapshot::segment::read_all(&slices).map_err(PyValueError::new_err)?;
     let write = write.unbind();
-    let send = |part: &mut Vec<u8>| Python::attach(|py| write.bind(py).call1((PyBytes::new(py, part),)).map(drop));
+    let send = python_sink(&write);
     py.detach(|| crate::snapshot::segment::write_merged(&layers, base, &mut Chunks::new(part_bytes_max, send)))
 }
 

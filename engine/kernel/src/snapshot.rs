@@ -632,13 +632,12 @@ pub mod segment {
     /// The bytes of a base segment of a table of `entries` entries (`from_table`'s): what the server weighs the
     /// stored segments against, to merge them once they hold more than the table by some fraction.
     pub fn base_bytes(entries: usize) -> usize {
-        let mut head = Chunks::new(32, |_: &mut Vec<u8>| Ok::<(), Infallible>(()));
-        let head_bytes = (|| {
-            head.put_head(entries)?;
-            head.put_length(0)?;
-            head.finish()
-        })();
-        head_bytes.unwrap_or_else(|never| match never {}) + entries * ENTRY_BYTES
+        let head = collected(32, |out| {
+            out.put_head(entries)?;
+            out.put_length(0)?;
+            out.finish()
+        });
+        head.iter().map(Vec::len).sum::<usize>() + entries * ENTRY_BYTES
     }
 
     /// What `write` puts in chunks of at most `chunk_bytes`, each chunk a Vec of its own.
@@ -673,12 +672,8 @@ pub mod segment {
             Chunks { part: Vec::new(), max, written: 0, sink }
         }
 
-        /// Bytes already encoded (a base's parts): as they are, chunked anew.
-        pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<(), E> {
-            self.put(bytes)
-        }
-
-        fn put(&mut self, mut bytes: &[u8]) -> Result<(), E> {
+        /// `bytes` as they are (the segment's own fields, or a base's parts already encoded), chunked anew.
+        pub fn put(&mut self, mut bytes: &[u8]) -> Result<(), E> {
             while !bytes.is_empty() {
                 if self.part.len() == self.max {
                     self.send()?;
