@@ -27,6 +27,7 @@ from engine.invoices import (
     minor_unit,
     round_due,
 )
+from engine.money import DECIMAL_CONTEXT
 
 
 def top_up_purchases_minor(engine: InvoiceCommands, customer_id: str, period_start_ms: int, currency: str) -> int:
@@ -58,7 +59,7 @@ class InvoiceCommands(ControlPlane):
         if number is not None:
             return self.state.invoices[number]
         top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency)
-        return self._build(contract, period, top_ups)
+        return self._build(contract, period, top_ups, rollovers_due=self._rollovers_due(customer_id, period[1]))
 
     def invoice(self, number: str) -> Invoice:
         found = self.state.invoices.get(number)
@@ -90,6 +91,23 @@ class InvoiceCommands(ControlPlane):
                 f"instant its own contract is in force at (its start, say){hint}"
             )
         return contract
+
+    def _rollovers_due(self, customer_id: str, period_end_ms: int) -> dict[str, int]:
+        """The customer's grants that roll over at period_end_ms (the end of the billing period each starts in,
+        unless it expires by then and simply breaks: as the kernel's rollover_at), by id: their rollover fraction
+        at 10^-18. A draft shows them as the clock will roll them (those already rolled keep what they rolled)."""
+        due: dict[str, int] = {}
+        for grant in self.state.accounts[customer_id].grants:
+            if grant.rollover_fraction <= 0:
+                continue
+            contract = self._contract_at(customer_id, grant.starts_at_ms)
+            if contract is None:
+                continue
+            rolls_at_ms = self._period_of(contract, grant.starts_at_ms)[1]
+            expires_first = grant.expires_at_ms is not None and grant.expires_at_ms <= rolls_at_ms
+            if rolls_at_ms == period_end_ms and not expires_first:
+                due[grant.id] = int(grant.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT))
+        return due
 
     def _lines(self, customer_id: str, at_ms: int, parts_in_contract: bool) -> KernelLines:
         """The kernel's lines of the period containing at_ms; `parts_in_contract`: their version parts count the
@@ -213,6 +231,7 @@ class InvoiceCommands(ControlPlane):
         top_ups_minor: int,
         rollovers_shown: bool = True,
         adjustments_in_contract: bool = True,
+        rollovers_due: dict[str, int] | None = None,
     ) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
@@ -227,6 +246,7 @@ class InvoiceCommands(ControlPlane):
             adjustments,
             rollovers_shown=rollovers_shown,
             adjustments_in_contract=adjustments_in_contract,
+            rollovers_due=rollovers_due,
         )
 
     # The period calendar ------------------------------------------------------------------------------------

@@ -512,3 +512,26 @@ def test_overage_and_top_ups_round_apart_and_total_due_adds_the_rounded_figures(
         )
         r = report.reconciliation
         assert (r.prepaid_sold, r.recognized_credits, r.deferred_end, r.reconciles) == ("0.0015", "0.0015", "0", True)
+
+
+def test_a_running_periods_draft_shows_a_rollover_due_at_its_end_as_closing_will(
+    server_factory: ServerFactory,
+) -> None:
+    """README "Draft = final": the draft is computed as closing would, and a final invoice shows a grant that rolled
+    over by the period's end as drawn into its ROLLOVER grant and the rest expired (InvoiceGrantBalance). A grant of
+    10 credits (paid 5) with rollover_fraction 0.333333333333333333, on a contract that starts this month, 4 credits
+    drawn: at the period's end 0.333333333333333333 x 6 = 1.999999999999999998 rolls, rounded down to 10^-12:
+    1.999999999999; so the draft shows drawn 4 + 1.999999999999 = 5.999999999999, remaining 0, expired
+    4.000000000001, as the final invoice will from the same usage. GetBalance, live, still shows 6 remaining."""
+    now = datetime.now(UTC)
+    start_ms = int(month_start(now, 0).timestamp() * 1000)
+    with start_server(server_factory, "draft-rollover") as client:
+        catalogue(client)
+        contract_id = customer(client, "f", "USD", "1", start_ms=start_ms)
+        give(client, contract_id, "roll", "10", "5", rollover_fraction="0.333333333333333333")
+        one(client, "f1", "f", "unit", "a", 4000, start_ms + MINUTE_MS)
+        draft = preview(client, "f", start_ms)
+        assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in draft.grant_balances] == [
+            ("roll", "10", "5.999999999999", "0", "4.000000000001")
+        ]
+        assert [(g.grant_id, g.remaining, g.expired) for g in client.get_balance("f").grants] == [("roll", "6", "0")]

@@ -175,7 +175,8 @@ def test_an_invoice_shows_a_grant_that_rolled_over_as_drawn_into_its_rollover_an
     world.apply(world.grant_command("r", "90", paid="45", priority=1, rollover_fraction="0.5"))
     m = Ledger(world)
     m.ingest([event("jan", T0 + DAY_MS, 75)], T0 + DAY_MS)
-    assert _balances(preview(m, T0 + 2 * DAY_MS))["r"] == (picos("90"), picos("75"), picos("15"), 0)  # not rolled yet
+    # Not rolled yet, but January's draft shows it as its close will (README "Draft = final"): 7.5 rolled, 7.5 broken.
+    assert _balances(preview(m, T0 + 2 * DAY_MS))["r"] == (picos("90"), picos("82.5"), 0, picos("7.5"))
     m.advance(FEB_MS)
     m.ingest([event("feb", FEB_MS + DAY_MS, 5)], FEB_MS + DAY_MS)
     rolled = f"rollover-r-{FEB_MS}"
