@@ -449,7 +449,10 @@ export const InvoiceSchema: GenMessage<Invoice> = /*@__PURE__*/
 
 /**
  * A grant at the end of the invoice's period, in the pricing unit:
- * granted = drawn + remaining + expired.
+ * granted = drawn + remaining + expired. A draft of a running period shows it
+ * as closing will from the usage so far: a grant that expires, or rolls over,
+ * by the period's end shows so already (GetBalance shows the credit usable
+ * until the server's clock reaches that instant).
  *
  * @generated from message tariff.v1.InvoiceGrantBalance
  */
@@ -894,9 +897,10 @@ export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> 
  * which keeps its monthly end and so overlaps the next contract's first period: its deferred leaves that
  * period's draws out (they are the next line's), so each line's deferred is the previous line's + sold
  * - recognized_credits - breakage, and equals the paid value of the balances the period's invoice shows
- * (InvoiceGrantBalance.remaining). breakage: credits expired unused, at cost basis, in the period
- * the server recorded it in (customer lines; product lines show 0, expired credit belonging to no
- * product). A grant is sold in the period containing its starts_at. A closed period's lines never
+ * (InvoiceGrantBalance.remaining; while the period runs, its draft already shows the expiries and
+ * rollovers due by its end, which the line counts once the server's clock has recorded them).
+ * breakage: credits expired unused, at cost basis, in the period the server recorded it in (customer
+ * lines; product lines show 0, expired credit belonging to no product). A grant is sold in the period containing its starts_at. A closed period's lines never
  * change once the customer's earlier periods are closed too (late usage of an open earlier one
  * draws credits before it): a grant made after the period closed (its starts_at defaults to the
  * contract's start) is sold, and breakage recorded after it closed is counted, in the customer's
