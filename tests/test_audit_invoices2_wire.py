@@ -227,8 +227,10 @@ def test_close_retried_answers_once_and_refusals_name_the_field_and_change_nothi
     PERIOD_CLOSED and, the batch accepting nothing, moves no seq (its ack carries the current one). Refusals, each
     changing nothing: no period_start (INVALID_ARGUMENT naming period_start), a period_start inside January (naming
     the nearest start, 2026-01-01T00:00:00Z), no customer_id (INVALID_ARGUMENT naming customer_id), an unknown
-    customer (NOT_FOUND), the current period, not ended (FAILED_PRECONDITION saying when it ends)."""
-    with start_server(server_factory, "closing-twice") as client:
+    customer (NOT_FOUND), the current period, not ended (FAILED_PRECONDITION saying when it ends). After a kill -9
+    and a restart, closing January again still answers the same invoice and moves nothing."""
+    server = server_factory(name="closing-twice", extra_args=["--close-grace", "off"])
+    with server.client() as client:
         catalogue(client)
         customer(client, "k", "KWD", "1")
         one(client, "k1", "k", "unit", "a", 1500, JAN + DAY_MS)
@@ -282,6 +284,15 @@ def test_close_retried_answers_once_and_refusals_name_the_field_and_change_nothi
         assert preview(client, "k", JAN) == january
         february = close(client, "k", FEB)
         assert (february.invoice_number, february.total_due) == ("INV-00000002", "2.500")
+        closed_seq = seq(client, "k")
+    server.kill9()
+    server.start()
+    with server.client() as client:
+        assert (close(client, "k"), close(client, "k", FEB)) == (january, february)
+        ack = client.ingest_batch([late], "k-late-again")
+        assert [usage_pb2.RejectReason.Name(r.reason) for r in ack.rejected] == ["PERIOD_CLOSED"]
+        assert seq(client, "k") == closed_seq
+        assert len(client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(action="ClosePeriod")).entries) == 2
 
 
 def month_start(moment: datetime, months: int) -> datetime:
