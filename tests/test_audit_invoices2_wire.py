@@ -546,3 +546,46 @@ def test_a_running_periods_draft_shows_a_rollover_due_at_its_end_as_closing_will
             ("roll", "10", "5.999999999999", "0", "4.000000000001")
         ]
         assert [(g.grant_id, g.remaining, g.expired) for g in client.get_balance("f").grants] == [("roll", "6", "0")]
+
+
+def test_a_give_back_across_two_grants_returns_to_the_last_burnt_first_and_revenue_follows(
+    server_factory: ServerFactory,
+) -> None:
+    """docs/architecture.md §5 step 7: a negative charge gives credits back to the grants the aggregate drew from, in
+    reverse burn order. cheap: 50 credits paid 5 (0.1 a credit, priority 1); dear: 100 paid 50 (0.5, priority 2).
+    r1 vol;k=a 90 units: 10 + 90 = 100, drawing cheap's 50 then 50 of dear; r2 20 more (110 units, second tier: 5 +
+    55 = 60): -40, all given back to dear (burnt last), none to cheap; r3 unit;k=a 30,000 units: 30, from dear
+    (cheap is empty). The invoice: vol;k=a 60 = cheap 50 + dear 10; unit;k=a 30 from dear; balances cheap 50 drawn,
+    dear 40 drawn, 60 left. Revenue (cost basis per grant): cheap 5 x 50/50 = 5, dear 50 x 40/100 = 20: 25
+    recognised, split by product in proportion to draws: vol 5 + 50 x 10/100 = 10, unit 50 x 30/100 = 15. Sold 55,
+    deferred 30 (dear's 60 left at 0.5). Were the 40 given back to cheap, cheap would recognise 1 and dear 25."""
+    with start_server(server_factory, "give-back-order") as client:
+        catalogue(client)
+        contract_id = customer(client, "v", "USD", "1")
+        give(client, contract_id, "cheap", "50", "5", priority=1)
+        give(client, contract_id, "dear", "100", "50", priority=2)
+        for index, (tx, product_id, n) in enumerate((("r1", "vol", 90), ("r2", "vol", 20), ("r3", "unit", 30000))):
+            one(client, tx, "v", product_id, "a", n, JAN + DAY_MS + index * MINUTE_MS)
+        assert explained_rows(explain_page(client, "v", "vol;k=a", 0).events) == [
+            ("r1", "90", "100", "1.111111111111", "0", [("cheap", "50"), ("dear", "50")]),
+            ("r2", "20", "-40", "-2", "0", [("dear", "-40")]),
+        ]
+        draft = preview(client, "v")
+        assert [
+            (line.line_id, line.amount, line.overage, [(c.grant_id, c.credits) for c in line.credits_applied])
+            for line in draft.lines
+        ] == [
+            ("unit;k=a", "30", "0", [("dear", "30")]),
+            ("vol;k=a", "60", "0", [("cheap", "50"), ("dear", "10")]),
+        ]
+        assert [(g.grant_id, g.drawn, g.remaining) for g in draft.grant_balances] == [
+            ("cheap", "50", "0"),
+            ("dear", "40", "60"),
+        ]
+        report = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(FEB), customer_id="v")
+        )
+        assert [(line.product_id, line.recognized_credits) for line in report.lines] == [("unit", "15"), ("vol", "10")]
+        assert [(line.recognized_credits, line.deferred) for line in report.customer_lines] == [("25", "30")]
+        r = report.reconciliation
+        assert (r.prepaid_sold, r.recognized_credits, r.deferred_end, r.reconciles) == ("55", "25", "30", True)
