@@ -160,7 +160,7 @@ def build_invoice(
     *,
     rollovers_shown: bool = True,
     adjustments_in_contract: bool = True,
-    rollovers_due: Mapping[str, int] | None = None,
+    rollovers_due: Mapping[str, tuple[int, int]] | None = None,
 ) -> Invoice:
     """The invoice of a period from the kernel's lines (a draft: number, status and close time unset), each
     line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period
@@ -168,8 +168,8 @@ def build_invoice(
     monthly end: the hours past the switch are the next contract's). `rollovers_shown` and
     `adjustments_in_contract` False: as the final invoices of ClosePeriod records written by earlier releases were
     built (their replay builds the same): a rolled-over grant keeps its remainder as `remaining`, and every hour of
-    the period is listed. `rollovers_due` (a draft's: grant id -> rollover fraction at 10^-18): the grants that roll
-    over at this period's end and have not yet, shown as rolled from the usage so far, as closing will show them."""
+    the period is listed. `rollovers_due` (a draft's: grant id -> (when, rollover fraction at 10^-18)): the grants
+    that roll over by this period's end and have not yet, shown as rolled from the usage so far, as closing will."""
     start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
     listed_until_ms = contract_hours_end(contract, end_ms) if adjustments_in_contract else end_ms
     adjusted = _adjustments_by_line(adjustments, start_ms, listed_until_ms)
@@ -246,14 +246,14 @@ def _adjustments_by_line(
 
 
 def _grant_at_end(
-    grant: KernelGrant, end_ms: int, rollovers_shown: bool, rollovers_due: Mapping[str, int]
+    grant: KernelGrant, end_ms: int, rollovers_shown: bool, rollovers_due: Mapping[str, tuple[int, int]]
 ) -> GrantBalance:
     grant_id, amount, drawn, expires_at_ms, rolled = grant
     left = amount - drawn
-    fraction_e18 = rollovers_due.get(grant_id)
-    if rolled is None and fraction_e18 is not None:
-        # What the clock will roll at end_ms from this remainder: fraction x it, rounded down to the pico.
-        rolled = (end_ms, left * fraction_e18 // ROLLOVER_FRACTION_ONE)
+    due = rollovers_due.get(grant_id)
+    if rolled is None and due is not None:
+        # What the clock will roll then from this remainder: fraction x it, rounded down to the pico.
+        rolled = (due[0], left * due[1] // ROLLOVER_FRACTION_ONE)
     if rollovers_shown and rolled is not None and rolled[0] <= end_ms:
         # As GetBalance shows it: what moved into the ROLLOVER grant is drawn, the rest of the remainder broke.
         rolled_picos = rolled[1]

@@ -92,11 +92,11 @@ class InvoiceCommands(ControlPlane):
             )
         return contract
 
-    def _rollovers_due(self, customer_id: str, period_end_ms: int) -> dict[str, int]:
-        """The customer's grants that roll over at period_end_ms (the end of the billing period each starts in,
-        unless it expires by then and simply breaks: as the kernel's rollover_at), by id: their rollover fraction
-        at 10^-18. A draft shows them as the clock will roll them (those already rolled keep what they rolled)."""
-        due: dict[str, int] = {}
+    def _rollovers_due(self, customer_id: str, period_end_ms: int) -> dict[str, tuple[int, int]]:
+        """The customer's grants that roll over by period_end_ms (at the end of the billing period each starts in,
+        unless it expires by then and simply breaks: as the kernel's rollover_at), by id: (when, rollover fraction
+        at 10^-18). A draft shows them as the clock will roll them (those already rolled keep what they rolled)."""
+        due: dict[str, tuple[int, int]] = {}
         for grant in self.state.accounts[customer_id].grants:
             if grant.rollover_fraction <= 0:
                 continue
@@ -105,8 +105,8 @@ class InvoiceCommands(ControlPlane):
                 continue
             rolls_at_ms = self._period_of(contract, grant.starts_at_ms)[1]
             expires_first = grant.expires_at_ms is not None and grant.expires_at_ms <= rolls_at_ms
-            if rolls_at_ms == period_end_ms and not expires_first:
-                due[grant.id] = int(grant.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT))
+            if rolls_at_ms <= period_end_ms and not expires_first:
+                due[grant.id] = (rolls_at_ms, int(grant.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT)))
         return due
 
     def _lines(self, customer_id: str, at_ms: int, parts_in_contract: bool) -> KernelLines:
@@ -231,7 +231,7 @@ class InvoiceCommands(ControlPlane):
         top_ups_minor: int,
         rollovers_shown: bool = True,
         adjustments_in_contract: bool = True,
-        rollovers_due: dict[str, int] | None = None,
+        rollovers_due: dict[str, tuple[int, int]] | None = None,
     ) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}

@@ -533,7 +533,8 @@ def test_a_running_periods_draft_shows_a_rollover_due_at_its_end_as_closing_will
     10 credits (paid 5) with rollover_fraction 0.333333333333333333, on a contract that starts this month, 4 credits
     drawn: at the period's end 0.333333333333333333 x 6 = 1.999999999999999998 rolls, rounded down to 10^-12:
     1.999999999999; so the draft shows drawn 4 + 1.999999999999 = 5.999999999999, remaining 0, expired
-    4.000000000001, as the final invoice will from the same usage. GetBalance, live, still shows 6 remaining."""
+    4.000000000001, as the final invoice will from the same usage; so does next month's draft. GetBalance, live,
+    still shows 6 remaining."""
     now = datetime.now(UTC)
     start_ms = int(month_start(now, 0).timestamp() * 1000)
     with start_server(server_factory, "draft-rollover") as client:
@@ -546,6 +547,11 @@ def test_a_running_periods_draft_shows_a_rollover_due_at_its_end_as_closing_will
             ("roll", "10", "5.999999999999", "0", "4.000000000001")
         ]
         assert [(g.grant_id, g.remaining, g.expired) for g in client.get_balance("f").grants] == [("roll", "6", "0")]
+        # Next month's draft (its grant rolled over before it starts) shows the grant alike.
+        following = preview(client, "f", int(month_start(now, 1).timestamp() * 1000))
+        assert [(g.grant_id, g.drawn, g.remaining, g.expired) for g in following.grant_balances][:1] == [
+            ("roll", "5.999999999999", "0", "4.000000000001")
+        ]
 
 
 def test_a_give_back_across_two_grants_returns_to_the_last_burnt_first_and_revenue_follows(
