@@ -595,3 +595,65 @@ def test_a_give_back_across_two_grants_returns_to_the_last_burnt_first_and_reven
         assert [(line.recognized_credits, line.deferred) for line in report.customer_lines] == [("25", "30")]
         r = report.reconciliation
         assert (r.prepaid_sold, r.recognized_credits, r.deferred_end, r.reconciles) == ("55", "25", "30", True)
+
+
+def test_top_ups_across_a_switch_count_in_the_period_of_the_event_that_bought_them(
+    server_factory: ServerFactory,
+) -> None:
+    """m-old from Jan 1 (overage 0.003 USD) ends before 2026-01-20T12:00Z, m-new from then (overage 0.02 USD); the
+    old contract's last period (Jan 1 - Feb 1) overlaps the new one's first (Jan 20 12:00 - Feb 20 12:00). Top-ups:
+    below 1 credit, buy up to 3 at 0.01 USD a credit, once per billing period. a1 (Jan 5, old, 2 credits): no
+    credit, 2 of overage, buys 3 (top-up-<Jan 1>-1, 0.03, usable from Jan 1); a2 (Jan 24 12:00, new, 5 credits):
+    draws those 3, 2 of overage, buys 3 in the new period (top-up-<Jan 20 12:00>-1, 0.03, usable from then, its own
+    period's one purchase); a3 (Jan 6, old, 1 credit): the new top-up is not usable before Jan 20 12:00, so 1 of
+    overage, and nothing bought. Old invoice: overage 3 x 0.003 = 0.009 -> 0.01, top-ups 0.03, total 0.04, nothing
+    drawn by its own usage. New invoice: overage 2 x 0.02 = 0.04, top-ups 0.03, total 0.07, 3 drawn. Revenue: the
+    old line sells 0.03, recognises 0.009 of overage and defers 0.03; the new line sells 0.03, recognises 0.03 of
+    credits and 0.04 of overage, and defers 0.03 (0.03 + 0.03 - 0.03)."""
+    with start_server(server_factory, "top-ups-switch") as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="m", name="m"))
+        for suffix, start, end, price in (("old", JAN, SWITCH, "0.003"), ("new", SWITCH, None, "0.02")):
+            request = contracts_pb2.CreateContractRequest(
+                id=f"m-{suffix}",
+                customer_id="m",
+                rate_card_id="audit-credits",
+                starting_at=ts(start),
+                overage_policy=contracts_pb2.ALLOW,
+                overage_price=price,
+                currency="USD",
+            )
+            if end is not None:
+                request.ending_before.CopyFrom(ts(end))
+            client.contracts.CreateContract(request)
+        policy = contracts_pb2.TopUpPolicy(threshold="1", recharge_to="3", price_per_credit="0.01", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="m-old", top_up=policy))
+        one(client, "a1", "m", "unit", "a", 2000, JAN + 4 * DAY_MS)
+        one(client, "a2", "m", "unit", "a", 5000, SWITCH + 4 * DAY_MS)
+        one(client, "a3", "m", "unit", "a", 1000, JAN + 5 * DAY_MS)
+        bought = [f"top-up-{JAN}-1", f"top-up-{SWITCH}-1"]
+        old, new = preview(client, "m", JAN), preview(client, "m", SWITCH)
+        assert [
+            (
+                i.contract_id,
+                i.overage_amount,
+                i.overage_due,
+                i.top_up_purchases,
+                i.total_due,
+                [(c.grant_id, c.credits) for c in i.credits_applied],
+                [(g.grant_id, g.drawn, g.remaining) for g in i.grant_balances],
+            )
+            for i in (old, new)
+        ] == [
+            ("m-old", "3", "0.01", "0.03", "0.04", [], [(bought[0], "0", "3"), (bought[1], "0", "3")]),
+            ("m-new", "2", "0.04", "0.03", "0.07", [(bought[0], "3")], [(bought[0], "3", "0"), (bought[1], "0", "3")]),
+        ]
+        report = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(FEB), customer_id="m")
+        )
+        assert [
+            (line.period_start.ToMilliseconds(), line.recognized_credits, line.recognized_overage, line.deferred)
+            for line in report.customer_lines
+        ] == [(JAN, "0", "0.009", "0.03"), (SWITCH, "0.03", "0.04", "0.03")]
+        r = report.reconciliation
+        assert (r.prepaid_sold, r.recognized_credits, r.deferred_end, r.reconciles) == ("0.06", "0.03", "0.03", True)
