@@ -502,9 +502,9 @@ class Billing:
         fired: list[alerts.FiredAlert] | None = None,
         *,
         top_ups_in_billed_period: bool = False,
-    ) -> None:
+    ) -> int:
         """Re-applies a journaled batch (with the rule it was rated by, see `ingest`) and asserts it did what the
-        journal says (and fired the alerts it holds, when `fired` is given)."""
+        journal says (and fired the alerts it holds, when `fired` is given). Returns the events it accepted."""
         assert seq == self.last_seq + 1, f"records replay in order: {seq} after {self.last_seq}"
         done = self.ingest(batch, received_ms, top_ups_in_billed_period=top_ups_in_billed_period)
         if done.digest != digest or not done.accepted or (fired is not None and list(done.alerts) != fired):
@@ -512,6 +512,7 @@ class Billing:
                 f"journal record {seq}: rating changed between releases (replaying the batch gives another "
                 "result than the journal holds); run the release that wrote this journal"
             )
+        return done.accepted
 
     # Watching and alerts -------------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ from server.health import SERVING, HealthService
 from server.journal import JournalFormatError, LmdbJournal
 from server.loopstall import StallSampler
 from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
-from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover, trim_heap
+from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Backlog, Sequencer, recover_counting, trim_heap
 from server.services import (
     INTAKE_BYTES_MAX_DEFAULT,
     AlertService,
@@ -323,7 +323,7 @@ async def _serve_locked(
     opened = await _recover(config, server)
     if opened is None:
         return 2
-    journal, explain_index, billing = opened
+    journal, explain_index, billing, backlog = opened
     recovery_s = time.monotonic() - started
     recovered.append(billing)
     if config.close_grace_ms is not None:
@@ -338,6 +338,7 @@ async def _serve_locked(
         snapshot_every_events=config.snapshot_every_events,
         snapshot_journal_factor=config.snapshot_journal_factor,
         explain_index=explain_index,
+        backlog=backlog,
     )
     sequencer.start()
     lower_background_threads()
@@ -399,8 +400,9 @@ def _start_drivers(config: ServeConfig, billing: Billing, sequencer: Sequencer) 
 
 async def _recover(
     config: ServeConfig, server: grpc.aio.Server
-) -> tuple[LmdbJournal, ExplainIndex | None, Billing] | None:
-    """Opens the journal and recovers its state; None (logged, server stopped) when it cannot start."""
+) -> tuple[LmdbJournal, ExplainIndex | None, Billing, Backlog] | None:
+    """Opens the journal and recovers its state (and what the replay counts toward the next snapshot); None
+    (logged, server stopped) when it cannot start."""
     try:
         journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
     except JournalFormatError as exc:
@@ -409,7 +411,7 @@ async def _recover(
         return None
     explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
     try:
-        billing = recover(
+        billing, backlog = recover_counting(
             journal,
             future_skew_ms=config.future_skew_ms,
             progress_every_s=RECOVERY_PROGRESS_EVERY_S,
@@ -424,7 +426,7 @@ async def _recover(
         return None
     # Recovery's transient buffers (records, the snapshot, the tables' encoding) are freed by now.
     trim_heap()
-    return journal, explain_index, billing
+    return journal, explain_index, billing, backlog
 
 
 async def _start_serving(

@@ -204,6 +204,18 @@ def decode_record(blob: bytes) -> JournalRecord:
     return _decoder.decode(blob)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a recovery replayed after the snapshot it started from, and that snapshot's bytes: the next snapshot is
+    due counting them (Sequencer), as it would have been had the server not stopped. Counting only its own records,
+    a server restarted more often than the snapshot interval never took one, and each start replayed more."""
+
+    records: int = 0
+    events: int = 0
+    journal_bytes: int = 0
+    snapshot_bytes: int = 0
+
+
 def recover(
     journal: Journal,
     *,
@@ -216,12 +228,33 @@ def recover(
     (RatingChanged otherwise). With `progress_every_s`, a long replay logs its progress that often. With
     `explain_index`, the replay indexes what the index does not cover yet, and the kernel records from then on
     (an index behind the snapshot makes the replay start at the journal's first record)."""
+    return recover_counting(
+        journal,
+        future_skew_ms=future_skew_ms,
+        dedupe_window_ms=dedupe_window_ms,
+        progress_every_s=progress_every_s,
+        explain_index=explain_index,
+    )[0]
+
+
+def recover_counting(
+    journal: Journal,
+    *,
+    future_skew_ms: int | None = None,
+    dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
+    progress_every_s: float | None = None,
+    explain_index: ExplainIndex | None = None,
+) -> tuple[Billing, Backlog]:
+    """`recover`, and what it replayed after the snapshot (its Backlog)."""
     skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
     snapshot = journal.load_segmented_snapshot()
     if explain_index is not None and snapshot is not None and explain_index.covered_seq() < snapshot[0]:
         snapshot = None
+    snapshot_bytes = 0
     if snapshot is not None:
         seq, blob, segments = snapshot
+        # As a store counts it: the snapshot and the segment it wrote last.
+        snapshot_bytes = len(blob) + (journal.dedupe_segment_bytes() or [0])[-1]
         billing = Billing.from_snapshot(
             blob, future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms, segments=segments
         )
@@ -235,15 +268,18 @@ def recover(
     progress = _RecoveryProgress(billing.last_seq, journal.last_seq(), progress_every_s)
     if explain_index is not None:
         billing.kernel.set_explain(explain_index.covered_seq() + 1)
+    records = events = journal_bytes = 0
     for seq, blob in journal.read_records(billing.last_seq):
         progress.at(seq)
+        records += 1
+        journal_bytes += len(blob)
         if explain_index is not None and seq % EXPLAIN_REPLAY_RECORDS == 0:
             explain_index.write([billing.kernel.take_explain()], seq - 1)
         record = decode_record(blob)
         if record.usage is not None:
             usage = record.usage
             billing.use_future_skew(skew_ms if usage.future_skew_ms is None else usage.future_skew_ms)
-            billing.replay(
+            events += billing.replay(
                 seq,
                 usage.batch,
                 usage.received_ms,
@@ -272,7 +308,7 @@ def recover(
     # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
     # customer's tables (seconds at a million customers).
     billing.refresh_tables()
-    return billing
+    return billing, Backlog(records, events, journal_bytes, snapshot_bytes)
 
 
 def _replay_rerated(billing: Billing, seq: int, done: RerationDone, fired: list[FiredAlert]) -> None:
@@ -469,7 +505,9 @@ class Sequencer:
         snapshot_journal_factor: float = SNAPSHOT_JOURNAL_FACTOR_DEFAULT,
         explain_index: ExplainIndex | None = None,
         plan_slice_customers: int = PLAN_SLICE_CUSTOMERS,
+        backlog: Backlog | None = None,
     ) -> None:
+        """`backlog`: what the recovery of `billing` replayed, counted toward the first snapshot."""
         self.billing = billing
         self.plan_slice_customers = plan_slice_customers  # a publish's plan looks at this many per slice
         self.explain_index = explain_index
@@ -489,10 +527,7 @@ class Sequencer:
         self._store_failure: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._records_since_snapshot = 0
-        self._events_since_snapshot = 0
-        self._journal_bytes_since_snapshot = 0
-        self._last_snapshot_bytes = 0  # none taken by this process yet: the first is due on the counts alone
+        self._count_backlog(backlog or Backlog())
         self.stopped = asyncio.Event()
         self.failure: BaseException | None = None
         self.commits = 0
@@ -1012,14 +1047,22 @@ class Sequencer:
     def _rebuild(self) -> None:
         """Drops what was applied but not committed by recovering the state from the journal."""
         billing = self.billing
-        self.billing.reset(
-            recover(
-                self.journal,
-                future_skew_ms=billing.future_skew_ms,
-                dedupe_window_ms=billing.dedupe_window_ms,
-                explain_index=self.explain_index,
-            )
+        recovered, backlog = recover_counting(
+            self.journal,
+            future_skew_ms=billing.future_skew_ms,
+            dedupe_window_ms=billing.dedupe_window_ms,
+            explain_index=self.explain_index,
         )
+        self.billing.reset(recovered)
+        self._count_backlog(backlog)
+
+    def _count_backlog(self, backlog: Backlog) -> None:
+        """The counts toward the next snapshot start at what the journal holds past the stored one; a snapshot
+        bytes 0 (none stored) makes the first due on the counts alone."""
+        self._records_since_snapshot = backlog.records
+        self._events_since_snapshot = backlog.events
+        self._journal_bytes_since_snapshot = backlog.journal_bytes
+        self._last_snapshot_bytes = backlog.snapshot_bytes
 
     def _snapshot_due(self) -> bool:
         return (
