@@ -633,3 +633,35 @@ def test_under_block_nothing_is_held_at_zero_credit_and_an_ended_ids_changed_ret
         code, details = refusal(lambda: hold(client, "zero", 1, "all"))
         assert code == grpc.StatusCode.ALREADY_EXISTS, details
         assert totals(client, "zero") == ("2", "0", "2")
+
+
+def test_what_a_settling_event_leaves_on_an_expired_grant_pays_no_other_event_of_its_batch(
+    server: ServerProcess,
+) -> None:
+    """As above, `short` (10, paid 5, expiring in 1.5 s) and `long` (10, paid 10, priority 1); a hold of 4 on `short`,
+    which then expires (6 broken). One batch, both events dated before the expiry: the event settling the hold (1
+    unit) draws 1 of the 4 it gave back; the next event (5 units, naming no hold) is a late event arriving after the
+    breakage was recorded, so it draws nothing from `short` (README "Expiry and breakage") but 5 from `long`. The
+    3 the settling event left break with the batch, before anything else can draw them: `short` drawn 1, expired 9;
+    `long` drawn 5, 5 left. Recognised 1 x 0.5 + 5 x 1 = 5.5, breakage 9 x 0.5 = 4.5; the same after a kill -9 and a
+    restart (the journal replays it). Before, the second event drew the 3 (recognised 4, breakage 3)."""
+    with server.client() as client:
+        customer(client, "xb", block=False)
+        grant(client, "xb", "short", "10", paid="5", expires_at_ms=now_ms() + 1500)
+        grant(client, "xb", "long", "10", paid="10", priority=1)
+        held_at_ms = now_ms()
+        assert hold(client, "xb", 4, "r1", ttl=Duration(seconds=120)) == (True, "OK", "4", "16", "r1")
+        assert wait_for(lambda: rows(client, "xb")["short"] == ("0", "0", "4", "6"), 10)
+        use(
+            client,
+            event("b1", "xb", 1, reservation_id="r1", at_ms=held_at_ms),
+            event("b2", "xb", 5, at_ms=held_at_ms),
+        )
+        assert revenue_of(client, "xb") == ("15", "5.5", "4.5")
+        assert rows(client, "xb") == {"short": ("1", "0", "0", "9"), "long": ("5", "5", "0", "0")}
+        assert charges(client, "xb") == ("6", "0")
+    server.kill9()
+    server.restart()
+    with server.client() as client:  # the journal replays to the same amounts
+        assert revenue_of(client, "xb") == ("15", "5.5", "4.5")
+        assert rows(client, "xb") == {"short": ("1", "0", "0", "9"), "long": ("5", "5", "0", "0")}

@@ -292,6 +292,11 @@ pub struct Kernel {
     /// (`credits::top_up`'s `in_billed_period`): set by the caller for each batch, as its journal
     /// record says (false for records of earlier releases). Not state: a snapshot does not carry it.
     pub top_ups_in_billed_period: bool,
+    /// Whether what a settled hold gave back to a grant already broken at its expiry, and the settling
+    /// event did not draw, breaks at once (`credits::break_given_back`) rather than at the next
+    /// AdvanceClock, where another event could draw it first: set by the caller for each batch, as
+    /// its journal record says (false for records of earlier releases). Not state.
+    pub settled_expired_credit_breaks: bool,
 }
 
 impl Kernel {
@@ -487,15 +492,22 @@ impl Kernel {
             return Ok(false);
         }
         let plan = self.rater.plan_keyed(account, event, &mut self.plans, &mut self.warmed_keyed[slot])?;
+        let mut settled = Vec::new();
         if !event.reservation_id.is_empty() {
             match credits::settle_event(account, event.reservation_id, received_ms) {
-                Ok(released) => ack.settled(event.reservation_id, released),
+                Ok((released, held)) => {
+                    ack.settled(event.reservation_id, released);
+                    settled = held;
+                }
                 Err((reason, message)) => {
                     ack.notice(index, event.transaction_id, event.reservation_id, reason, message)
                 }
             }
         }
         self.rater.commit(account, event, plan, &self.plans, ack);
+        if self.settled_expired_credit_breaks && !settled.is_empty() {
+            credits::break_given_back(account, &settled, self.clock.now_ms, received_ms);
+        }
         if self.track_touched && account.touched_epoch != self.touch_epoch {
             account.touched_epoch = self.touch_epoch;
             self.touched.push(event.customer_id.to_owned());
