@@ -55,8 +55,14 @@ class Ledger:
         assert isinstance(result, credits.Reservation)
         return result
 
-    def release(self, reservation_id: str, at_ms: int, customer_id: str = "acme") -> int:
-        result = self.run(cmd.ReleaseReservation(at_ms, ACTOR, customer_id, reservation_id))
+    def release(
+        self, reservation_id: str, at_ms: int, customer_id: str = "acme", *, expired_credit_breaks: bool = False
+    ) -> int:
+        """ReleaseReservation without the field the server sets, or with `expired_credit_breaks` as it sets it."""
+        command = cmd.ReleaseReservation(
+            at_ms, ACTOR, customer_id, reservation_id, expired_credit_breaks=expired_credit_breaks
+        )
+        result = self.run(command)
         assert isinstance(result, credits.Released)
         return result.released
 

@@ -711,9 +711,19 @@ impl Kernel {
     }
 
     /// Frees an open reservation: (credits given back, repeated). Raises ReservationNotFound or
-    /// ReservationEnded(message), having changed nothing.
-    fn release(&self, py: Python<'_>, customer_id: &str, reservation_id: &str, now_ms: i64) -> PyResult<(i128, bool)> {
-        match py.detach(|| self.change(|k| k.release(customer_id, reservation_id, now_ms)))? {
+    /// ReservationEnded(message), having changed nothing. `expired_credit_breaks`: as
+    /// `Kernel::release`'s (false: as releases stored before it).
+    #[pyo3(signature = (customer_id, reservation_id, now_ms, expired_credit_breaks = false))]
+    fn release(
+        &self,
+        py: Python<'_>,
+        customer_id: &str,
+        reservation_id: &str,
+        now_ms: i64,
+        expired_credit_breaks: bool,
+    ) -> PyResult<(i128, bool)> {
+        let breaks = expired_credit_breaks;
+        match py.detach(|| self.change(|k| k.release(customer_id, reservation_id, now_ms, breaks)))? {
             Ok(done) => Ok(done),
             Err(ReleaseRefusal::NotFound(message)) => Err(ReservationNotFound::new_err(message)),
             Err(ReleaseRefusal::Ended(message)) => Err(ReservationEnded::new_err(message)),

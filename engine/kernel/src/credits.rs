@@ -600,11 +600,14 @@ impl Kernel {
     /// released answers what the first release gave back (a retry). One settled or expired is
     /// `Ended`; one the customer does not have (never made, or another customer's) is `NotFound`,
     /// worded alike in both cases so that nothing reveals another customer's reservations.
+    /// `expired_credit_breaks`: what it gives back to a grant already broken at its expiry breaks at
+    /// once (`break_given_back`); false (releases stored before it) leaves it to the next AdvanceClock.
     pub fn release(
         &mut self,
         customer_id: &str,
         reservation_id: &str,
         now_ms: i64,
+        expired_credit_breaks: bool,
     ) -> Result<(Picos, bool), ReleaseRefusal> {
         let not_found = || {
             let (customer, id) = (py_repr(customer_id), py_repr(reservation_id));
@@ -634,6 +637,9 @@ impl Kernel {
         };
         credits.ended.insert(reservation_id.into(), ended);
         let released = give_back(account, &reservation.held);
+        if expired_credit_breaks {
+            break_given_back(account, &reservation.held, self.clock.now_ms, now_ms);
+        }
         if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
             self.clock.note_due(now_ms);
         }
