@@ -17,6 +17,7 @@ server for the file, each test on customers of its own, contracts from this mont
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -665,3 +666,55 @@ def test_what_a_settling_event_leaves_on_an_expired_grant_pays_no_other_event_of
     with server.client() as client:  # the journal replays to the same amounts
         assert revenue_of(client, "xb") == ("15", "5.5", "4.5")
         assert rows(client, "xb") == {"short": ("1", "0", "0", "9"), "long": ("5", "5", "0", "0")}
+
+
+def test_a_release_of_credit_held_on_an_expired_grant_breaks_it_with_the_release(server: ServerProcess) -> None:
+    """`short` (10, paid 5, expiring in 1.5 s) and `long` (10, paid 10, priority 1); a hold of 4 on `short`, which
+    then expires (6 broken, 3 USD). Releasing the hold gives back 4 and breaks them in the same record (README
+    "Expiry and breakage": a release breaks it all at once): right after its answer, with no clock in between,
+    `short` shows 10 expired and revenue 10 x 0.5 = 5 of breakage; a late event dated before the expiry then draws
+    only `long`."""
+    with server.client() as client:
+        customer(client, "xr", block=False)
+        grant(client, "xr", "short", "10", paid="5", expires_at_ms=now_ms() + 1500)
+        grant(client, "xr", "long", "10", paid="10", priority=1)
+        held_at_ms = now_ms()
+        assert hold(client, "xr", 4, "r1", ttl=Duration(seconds=120)) == (True, "OK", "4", "16", "r1")
+        assert wait_for(lambda: revenue_of(client, "xr") == ("15", "0", "3"), 10), revenue_of(client, "xr")
+        assert release(client, "xr", "r1") == "4"
+        assert revenue_of(client, "xr") == ("15", "0", "5")
+        use(client, event("late", "xr", 2, at_ms=held_at_ms))
+        assert rows(client, "xr") == {"short": ("0", "0", "0", "10"), "long": ("2", "8", "0", "0")}
+        assert revenue_of(client, "xr") == ("15", "2", "5")
+
+
+def test_one_message_retrying_a_hold_holds_once_and_unnamed_holds_are_each_their_own(server: ServerProcess) -> None:
+    """balance.proto AuthorizeBatches: requests in order, each against the holds before it, the same message too.
+    BLOCK, 10 credits. One message: hold `a` of 3 (7 left); the same request again (a retry: the same hold, 7 left);
+    `a` with 4 units (RESERVATION_CONFLICT, nothing held); two unnamed holds of 2 (each its own `r-<32 hex>` hold: 5,
+    then 3 left). GetBalance: 7 held, 3 available."""
+    with server.client() as client:
+        customer(client, "mm", block=True)
+        grant(client, "mm", "g", "10")
+        requests = [
+            hold_request("mm", 3, "a", request_id="q0"),
+            hold_request("mm", 3, "a", request_id="q1"),
+            hold_request("mm", 4, "a", request_id="q2"),
+            hold_request("mm", 2, "", request_id="q3"),
+            hold_request("mm", 2, "", request_id="q4"),
+        ]
+        (result,) = list(client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)])))
+        answers = [(a.request_id, a.allowed, a.reason, a.credits_available) for a in result.responses]
+        assert answers == [
+            ("q0", True, "OK", "7"),
+            ("q1", True, "OK", "7"),
+            ("q2", False, "RESERVATION_CONFLICT", "0"),
+            ("q3", True, "OK", "5"),
+            ("q4", True, "OK", "3"),
+        ]
+        ids = [a.reservation_id for a in result.responses]
+        assert ids[:3] == ["a", "a", ""]
+        assert ids[3] != ids[4] and all(re.fullmatch(r"r-[0-9a-f]{32}", i) for i in ids[3:]), ids
+        assert totals(client, "mm") == ("10", "7", "3")
+        assert [release(client, "mm", i) for i in ids[3:]] == ["2", "2"]
+        assert totals(client, "mm") == ("10", "3", "7")
