@@ -27,7 +27,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerProcess, wait_for
@@ -718,3 +718,43 @@ def test_one_message_retrying_a_hold_holds_once_and_unnamed_holds_are_each_their
         assert totals(client, "mm") == ("10", "7", "3")
         assert [release(client, "mm", i) for i in ids[3:]] == ["2", "2"]
         assert totals(client, "mm") == ("10", "3", "7")
+
+
+def alerts_of(client: TariffClient, customer_id: str, count: int) -> list[tuple[str, str]]:
+    """The first `count` alerts of the customer, oldest first: (type, credits_available read)."""
+    stream = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=10)
+    seen: list[tuple[str, str]] = []
+    for alert in stream:
+        if alert.customer_id == customer_id:
+            seen.append((alerts_pb2.AlertType.Name(alert.type), alert.details["credits_available"]))
+            if len(seen) == count:
+                stream.cancel()
+                return seen
+    raise AssertionError(f"the stream ended after {seen}")
+
+
+def test_balance_alerts_read_the_customers_available_credit_across_holds_and_products(server: ServerProcess) -> None:
+    """README "Watching balances and alerts": LOW_BALANCE when credits_available falls below the threshold,
+    CREDITS_EXHAUSTED when it is <= 0; each fires again only once an evaluation found it cleared. credits_available is
+    the customer's (GetBalance's), held credit left out. BLOCK; `u` 5 credits for `units`, `x` 3 for `extra`; rules
+    LOW_BALANCE below 4 and CREDITS_EXHAUSTED. A hold of 5 units: 8 - 5 = 3 available: LOW_BALANCE (3); not
+    exhausted, `x`'s 3 are available. 3 units of `other`: 0: CREDITS_EXHAUSTED (0), LOW_BALANCE still holds (no
+    second). The release: 5, both cleared. A hold of 2: 3: LOW_BALANCE again (3)."""
+    with server.client() as client:
+        customer(client, "al", block=True)
+        grant(client, "al", "u", "5", products=("units",))
+        grant(client, "al", "x", "3", products=("extra",))
+        for rule_id, kind, threshold in (
+            ("al-low", alerts_pb2.LOW_BALANCE, "4"),
+            ("al-out", alerts_pb2.CREDITS_EXHAUSTED, ""),
+        ):
+            client.alerts.CreateAlert(
+                alerts_pb2.CreateAlertRequest(id=rule_id, customer_id="al", type=kind, threshold=threshold)
+            )
+        assert hold(client, "al", 5, "h1") == (True, "OK", "5", "0", "h1")
+        assert totals(client, "al") == ("8", "5", "3")
+        use(client, event("o1", "al", 3, event_type="other"))
+        assert totals(client, "al") == ("5", "5", "0")
+        assert release(client, "al", "h1") == "5"
+        assert hold(client, "al", 2, "h2") == (True, "OK", "2", "3", "h2")
+        assert alerts_of(client, "al", 3) == [("LOW_BALANCE", "3"), ("CREDITS_EXHAUSTED", "0"), ("LOW_BALANCE", "3")]
