@@ -46,10 +46,10 @@ class Kernel:
         events_max: int,
         allowed: list[str] | None,
         top_ups_in_billed_period: bool = False,
-        settled_expired_credit_breaks: bool = False,
+        returned_expired_credit_breaks: bool = False,
     ) -> tuple[bytes, bytes, int, int, list[str]]:
         """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
-        (False: at the purchase, as batches journaled before it). settled_expired_credit_breaks: what a settled hold
+        (False: at the purchase, as batches journaled before it). returned_expired_credit_breaks: what a settled hold
         gives back to a grant already broken at its expiry, and its event does not draw, breaks at once (False: at
         the next AdvanceClock, as batches journaled before it)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...

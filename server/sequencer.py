@@ -130,7 +130,7 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     replay asserts), and the ack's counts (for tools that read the journal without the kernel).
     `top_ups_in_billed_period`: the rule the batch was rated by (Billing.ingest), True for every batch the server
     rates; absent (False) from the records of earlier releases, which replay by the rule of then.
-    `settled_expired_credit_breaks` likewise (Billing.ingest): True for every batch the server rates."""
+    `returned_expired_credit_breaks` likewise (Billing.ingest): True for every batch the server rates."""
 
     batch: bytes
     received_ms: int
@@ -143,7 +143,7 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     # with another skew replays the journal as it was written. None in records of earlier releases: replayed
     # under the skew the server starts with, as they always were.
     future_skew_ms: int | None = None
-    settled_expired_credit_breaks: bool = False
+    returned_expired_credit_breaks: bool = False
 
 
 class RerationDone(msgspec.Struct, frozen=True, array_like=True):
@@ -252,7 +252,7 @@ def recover(
                 usage.digest,
                 record.alerts,
                 top_ups_in_billed_period=usage.top_ups_in_billed_period,
-                settled_expired_credit_breaks=usage.settled_expired_credit_breaks,
+                returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
             )
         elif record.rerated is not None:
             _replay_rerated(billing, seq, record.rerated, record.alerts)
@@ -1294,7 +1294,7 @@ def _rate_batches(
             *counts,
             top_ups_in_billed_period=True,
             future_skew_ms=billing.future_skew_ms,
-            settled_expired_credit_breaks=True,
+            returned_expired_credit_breaks=True,
         )
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
@@ -1309,7 +1309,7 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
             events_max=batch.events_max,
             allowed=batch.allowed,
             top_ups_in_billed_period=True,
-            settled_expired_credit_breaks=True,
+            returned_expired_credit_breaks=True,
         )
     except BatchTooLarge as exc:
         return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")

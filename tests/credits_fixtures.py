@@ -78,18 +78,18 @@ class Ledger:
         received_ms: int,
         *,
         top_ups_in_billed_period: bool = False,
-        settled_expired_credit_breaks: bool = False,
+        returned_expired_credit_breaks: bool = False,
     ) -> usage_pb2.IngestAck:
-        """Rates a batch as the writer does; `top_ups_in_billed_period` and `settled_expired_credit_breaks` as the
+        """Rates a batch as the writer does; `top_ups_in_billed_period` and `returned_expired_credit_breaks` as the
         server sets them (Billing.ingest)."""
         self.batches += 1
         data = usage_pb2.UsageBatch(batch_id=f"b{self.batches}", events=list(events)).SerializeToString()
-        rules = (top_ups_in_billed_period, settled_expired_credit_breaks)
+        rules = (top_ups_in_billed_period, returned_expired_credit_breaks)
         done = self.billing.ingest(
             data,
             received_ms,
             top_ups_in_billed_period=top_ups_in_billed_period,
-            settled_expired_credit_breaks=settled_expired_credit_breaks,
+            returned_expired_credit_breaks=returned_expired_credit_breaks,
         )
         if done.accepted:
             self.records.append((data, received_ms, done.digest, *rules))
@@ -109,7 +109,7 @@ class Ledger:
                     received_ms,
                     digest,
                     top_ups_in_billed_period=in_billed_period,
-                    settled_expired_credit_breaks=settled_breaks,
+                    returned_expired_credit_breaks=settled_breaks,
                 )
             else:
                 fresh.apply(record, fresh.last_seq + 1)

@@ -276,7 +276,7 @@ def test_what_a_settling_event_leaves_on_an_expired_grant_breaks_with_its_batch(
     m.reserve("r1", 30, T0, ttl_ms=120_000)
     assert m.advance(expiry) == credits.Advanced(0, 1, ("acme",))
     events = [event("s", T0 + 1, 1, reservation_id="r1"), event("late", T0 + 2, 29)]
-    m.ingest(events, expiry + 10, settled_expired_credit_breaks=breaks)
+    m.ingest(events, expiry + 10, returned_expired_credit_breaks=breaks)
     view = m.billing.balance("acme", expiry + 10)
     assert view.grants[0].grant.drawn == picos(drawn)
     assert view.overage == (picos("29") if breaks else 0)
@@ -301,7 +301,7 @@ def test_what_a_release_gives_back_to_an_expired_grant_breaks_at_once(
     m.reserve("r1", 30, T0, ttl_ms=120_000)
     assert m.advance(expiry) == credits.Advanced(0, 1, ("acme",))
     assert m.release("r1", expiry + 5, expired_credit_breaks=breaks) == picos("30")
-    m.ingest([event("late", T0 + 2, 29)], expiry + 10, settled_expired_credit_breaks=True)
+    m.ingest([event("late", T0 + 2, 29)], expiry + 10, returned_expired_credit_breaks=True)
     view = m.billing.balance("acme", expiry + 10)
     assert view.grants[0].grant.drawn == picos(drawn)
     assert view.overage == (picos("29") if breaks else 0)

@@ -205,7 +205,7 @@ impl Kernel {
         let (ack, digest) = py.detach(|| {
             self.change(|k| {
                 k.top_ups_in_billed_period = false;
-                k.settled_expired_credit_breaks = false;
+                k.returned_expired_credit_breaks = false;
                 k.ingest(batch, received_ms, journal_seq)
             })?
             .map_err(PyValueError::new_err)
@@ -219,13 +219,13 @@ impl Kernel {
     /// for a customer outside `allowed` (None: every customer). A batch that accepts nothing
     /// reports `next_seq - 1`. `top_ups_in_billed_period`: a top-up an event dated in a later billing
     /// period buys starts in that period (false: at the purchase, as batches journaled before it).
-    /// `settled_expired_credit_breaks`: what a settled hold gives back to a grant already broken at
+    /// `returned_expired_credit_breaks`: what a settled hold gives back to a grant already broken at
     /// its expiry, and its event does not draw, breaks at once (false: at the next AdvanceClock, as
     /// batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false,
-        settled_expired_credit_breaks = false
+        returned_expired_credit_breaks = false
     ))]
     fn ingest_checked<'py>(
         &self,
@@ -236,12 +236,12 @@ impl Kernel {
         events_max: usize,
         allowed: Option<Vec<String>>,
         top_ups_in_billed_period: bool,
-        settled_expired_credit_breaks: bool,
+        returned_expired_credit_breaks: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
                 kernel.top_ups_in_billed_period = top_ups_in_billed_period;
-                kernel.settled_expired_credit_breaks = settled_expired_credit_breaks;
+                kernel.returned_expired_credit_breaks = returned_expired_credit_breaks;
                 let allowed = allowed.as_deref();
                 kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
                     RwLockWriteGuard::bump(held)

@@ -296,7 +296,7 @@ pub struct Kernel {
     /// event did not draw, breaks at once (`credits::break_given_back`) rather than at the next
     /// AdvanceClock, where another event could draw it first: set by the caller for each batch, as
     /// its journal record says (false for records of earlier releases). Not state.
-    pub settled_expired_credit_breaks: bool,
+    pub returned_expired_credit_breaks: bool,
 }
 
 impl Kernel {
@@ -505,7 +505,7 @@ impl Kernel {
             }
         }
         self.rater.commit(account, event, plan, &self.plans, ack);
-        if self.settled_expired_credit_breaks && !settled.is_empty() {
+        if self.returned_expired_credit_breaks && !settled.is_empty() {
             credits::break_given_back(account, &settled, self.clock.now_ms, received_ms);
         }
         if self.track_touched && account.touched_epoch != self.touch_epoch {
