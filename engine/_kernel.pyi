@@ -49,8 +49,9 @@ class Kernel:
         returned_expired_credit_breaks: bool = False,
     ) -> tuple[bytes, bytes, int, int, list[str]]:
         """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
-        (False: at the purchase, as batches journaled before it). returned_expired_credit_breaks: what a settled hold
-        gives back to a grant already broken at its expiry, and its event does not draw, breaks at once (False: at
+        (False: at the purchase, as batches journaled before it). returned_expired_credit_breaks: what an event's
+        settled hold or refund gives back to a grant already broken at its expiry, and the event does not draw, breaks
+        at once (False: at
         the next AdvanceClock, as batches journaled before it)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(

@@ -465,8 +465,8 @@ class Billing:
         top-up an event dated in a later billing period buys (within the future skew) starts in that period, the
         one that bills it, and revenue sells it there; False (batches journaled before it) starts it at the
         purchase, in the period before, as then. `returned_expired_credit_breaks`: likewise set and journaled, so that
-        what a settled hold gives back to a grant already broken at its expiry, and the settling event does not
-        draw, breaks at once, where no other event can draw it; False (batches journaled before it) leaves it to the
+        what an event's settled hold or refund gives back to a grant already broken at its expiry, and the event
+        does not draw, breaks at once, where no other event can draw it; False (batches journaled before it) leaves it to the
         next AdvanceClock, as then.
 
         Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""

@@ -69,12 +69,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         process.stop()
 
 
-def customer(client: TariffClient, customer_id: str, *, block: bool) -> str:
+def customer(client: TariffClient, customer_id: str, *, block: bool, rate_card_id: str = "card") -> str:
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
     contract = contracts_pb2.CreateContractRequest(
         id=f"k-{customer_id}",
         customer_id=customer_id,
-        rate_card_id="card",
+        rate_card_id=rate_card_id,
         starting_at=stamp(month_start_ms()),
         overage_policy=contracts_pb2.BLOCK if block else contracts_pb2.ALLOW,
         overage_price="1",
@@ -758,3 +758,50 @@ def test_balance_alerts_read_the_customers_available_credit_across_holds_and_pro
         assert release(client, "al", "h1") == "5"
         assert hold(client, "al", 2, "h2") == (True, "OK", "2", "3", "h2")
         assert alerts_of(client, "al", 3) == [("LOW_BALANCE", "3"), ("CREDITS_EXHAUSTED", "0"), ("LOW_BALANCE", "3")]
+
+
+def gauge_card(client: TariffClient) -> None:
+    """Card `gauge-card`: product `last` (event type `gauge`, LATEST of `n`) at 1 credit a unit, so an event dated
+    after the period's latest one changes the charge by its value minus that one's (a lower value gives back)."""
+    product = pricing_pb2.Product(id="last", event_type="gauge", aggregation=pricing_pb2.LATEST, value_key="n")
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="gauge-card", pricing_unit="credits"))
+    rates = [pricing_pb2.Rate(product_id="last", unit=pricing_pb2.UnitPrice(price="1"))]
+    draft = client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="gauge-card", upsert_rates=rates)
+    )
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(
+            rate_card_id="gauge-card", version=draft.version, effective_from=stamp(CARD_FROM_MS)
+        )
+    )
+
+
+def test_credit_a_lower_reading_gives_back_to_an_expired_grant_pays_no_later_event(server: ServerProcess) -> None:
+    """Breakage, once recorded, is final (README "Expiry and breakage"). LATEST at 1 a unit; `short` 10 (paid 5,
+    expiring in 1.5 s), `long` 10 (paid 10, priority 1). A reading of 5 draws 5 of `short`; `short` expires: 5 break
+    (2.5 USD). One batch after it, both dated before the expiry: a reading of 2 (charge 2 - 5 = -3: `short`, which
+    paid, gets 3 back, now breakage too), then a reading of 4 (+2): a late event, so `long` pays the 2, not the 3
+    `short` got back. `short` drawn 2, expired 8; `long` drawn 2. Recognised 2 x 0.5 + 2 x 1 = 3, breakage 8 x 0.5
+    = 4 (before: `short` paid the 2, drawn 4, recognised 2, and breakage 3); the same after a kill -9 and a restart."""
+    with server.client() as client:
+        gauge_card(client)
+        customer(client, "rf", block=False, rate_card_id="gauge-card")
+        grant(client, "rf", "short", "10", paid="5", expires_at_ms=now_ms() + 1500)
+        grant(client, "rf", "long", "10", paid="10", priority=1)
+        read_at_ms = now_ms()
+        use(client, event("g1", "rf", 5, event_type="gauge", at_ms=read_at_ms))
+        assert wait_for(lambda: revenue_of(client, "rf") == ("15", "2.5", "2.5"), 10), revenue_of(client, "rf")
+        use(
+            client,
+            event("g2", "rf", 2, event_type="gauge", at_ms=read_at_ms + 1),
+            event("g3", "rf", 4, event_type="gauge", at_ms=read_at_ms + 2),
+        )
+        assert revenue_of(client, "rf") == ("15", "3", "4")
+        assert rows(client, "rf") == {"short": ("2", "0", "0", "8"), "long": ("2", "8", "0", "0")}
+        assert charges(client, "rf") == ("4", "0")
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert revenue_of(client, "rf") == ("15", "3", "4")
+        assert rows(client, "rf") == {"short": ("2", "0", "0", "8"), "long": ("2", "8", "0", "0")}

@@ -219,8 +219,8 @@ impl Kernel {
     /// for a customer outside `allowed` (None: every customer). A batch that accepts nothing
     /// reports `next_seq - 1`. `top_ups_in_billed_period`: a top-up an event dated in a later billing
     /// period buys starts in that period (false: at the purchase, as batches journaled before it).
-    /// `returned_expired_credit_breaks`: what a settled hold gives back to a grant already broken at
-    /// its expiry, and its event does not draw, breaks at once (false: at the next AdvanceClock, as
+    /// `returned_expired_credit_breaks`: what an event's settled hold or refund gives back to a grant
+    /// already broken at its expiry, and the event does not draw, breaks at once (false: at the next AdvanceClock, as
     /// batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (

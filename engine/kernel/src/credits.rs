@@ -309,9 +309,6 @@ pub fn request_digest(event: &wire::UsageEvent, ttl_ms: i64) -> u64 {
     xxh3_64(&bytes)
 }
 
-/// What a reservation held on each grant: (grant index, picos).
-pub type GrantHolds = Vec<(u32, Picos)>;
-
 /// Gives a reservation's hold back to its grants; returns the credits given back.
 fn give_back(account: &mut Account, held: &[(u32, Picos)]) -> Picos {
     let mut total = 0;
@@ -323,13 +320,9 @@ fn give_back(account: &mut Account, held: &[(u32, Picos)]) -> Picos {
 }
 
 /// Called by ingestion for an event naming `reservation_id`, after it was planned and before its
-/// charges draw: Ok(credits released, what it held per grant) when it settled an open reservation,
-/// else the notice (reason, message) its ack carries. The event is rated either way.
-pub fn settle_event(
-    account: &mut Account,
-    reservation_id: &str,
-    received_ms: i64,
-) -> Result<(Picos, GrantHolds), (i32, String)> {
+/// charges draw: Ok(credits released) when it settled an open reservation, else the notice
+/// (reason, message) its ack carries. The event is rated either way.
+pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i64) -> Result<Picos, (i32, String)> {
     let credits = account.credits.as_deref_mut();
     let Some(reservation) = credits.as_ref().and_then(|c| c.open.get(reservation_id)).cloned() else {
         let ended = credits.and_then(|c| c.ended.get(reservation_id));
@@ -364,17 +357,17 @@ pub fn settle_event(
         reason: reservation.reason,
     };
     credits.ended.insert(reservation_id.into(), ended);
-    Ok((released, reservation.held))
+    Ok(released)
 }
 
-/// After the event that settled a reservation has drawn: what its hold gave back to a grant whose
-/// expiry the clock had already passed (`clock_ms`, the latest AdvanceClock: the grant's breakage is
-/// recorded) and the event did not draw breaks now, at `at_ms`, so that no other event draws credit
-/// that breakage made final. Returns the breakage entries recorded.
-pub fn break_given_back(account: &mut Account, held: &[(u32, Picos)], clock_ms: i64, at_ms: i64) -> u32 {
+/// After credit went back to the account's grants (a settled or released hold, a refund) and,
+/// for an event, that event drew: what a grant whose expiry the clock had already passed
+/// (`clock_ms`, the latest AdvanceClock: the grant's breakage is recorded) still has breaks now, at
+/// `at_ms`, so that nothing draws credit that breakage made final. Returns the entries recorded.
+pub fn break_returned(account: &mut Account, clock_ms: i64, at_ms: i64) -> u32 {
     let mut broken = 0;
-    for &(g, _) in held {
-        let grant = &account.grants[g as usize];
+    for g in 0..account.grants.len() {
+        let grant = &account.grants[g];
         let Some(end) = grant.expires_at_ms else { continue };
         if end > clock_ms || grant.remaining <= 0 {
             continue;
@@ -382,7 +375,7 @@ pub fn break_given_back(account: &mut Account, held: &[(u32, Picos)], clock_ms: 
         let credits = grant.remaining;
         let grant_id = grant.id.clone();
         let period_start_ms = period_start_at(account, end - 1).unwrap_or(0);
-        account.grants[g as usize].remaining = 0;
+        account.grants[g].remaining = 0;
         let entry = Breakage { grant_id, period_start_ms, credits, at_ms };
         account.credits.get_or_insert_with(Box::default).breakage.push(entry);
         broken += 1;
@@ -601,7 +594,7 @@ impl Kernel {
     /// `Ended`; one the customer does not have (never made, or another customer's) is `NotFound`,
     /// worded alike in both cases so that nothing reveals another customer's reservations.
     /// `expired_credit_breaks`: what it gives back to a grant already broken at its expiry breaks at
-    /// once (`break_given_back`); false (releases stored before it) leaves it to the next AdvanceClock.
+    /// once (`break_returned`); false (releases stored before it) leaves it to the next AdvanceClock.
     pub fn release(
         &mut self,
         customer_id: &str,
@@ -638,7 +631,7 @@ impl Kernel {
         credits.ended.insert(reservation_id.into(), ended);
         let released = give_back(account, &reservation.held);
         if expired_credit_breaks {
-            break_given_back(account, &reservation.held, self.clock.now_ms, now_ms);
+            break_returned(account, self.clock.now_ms, now_ms);
         }
         if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
             self.clock.note_due(now_ms);
