@@ -805,3 +805,30 @@ def test_credit_a_lower_reading_gives_back_to_an_expired_grant_pays_no_later_eve
     with server.client() as client:
         assert revenue_of(client, "rf") == ("15", "3", "4")
         assert rows(client, "rf") == {"short": ("2", "0", "0", "8"), "long": ("2", "8", "0", "0")}
+
+
+def test_get_balance_prices_overage_at_the_contracts_price_exactly(server: ServerProcess) -> None:
+    """Balance.overage_due: overage_amount priced at the contract's overage_price, in its currency; amounts the
+    server writes have no trailing zeros (contracts.proto), and only an invoice's amounts due are written in the
+    currency's minor unit. ALLOW at 0.37 EUR a credit, 1 credit granted: 4 units leave 3 of overage, 3 x 0.37 =
+    1.11; 0.001 more: 3.001 x 0.37 = 1.11037."""
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="od", name="od"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-od",
+                customer_id="od",
+                rate_card_id="card",
+                starting_at=stamp(month_start_ms()),
+                overage_policy=contracts_pb2.ALLOW,
+                overage_price="0.37",
+                currency="EUR",
+            )
+        )
+        grant(client, "od", "g", "1")
+        use(client, event("o1", "od", 4))
+        balance = client.get_balance("od")
+        assert (balance.period_charges, balance.overage_amount, balance.overage_due) == ("4", "3", "1.11")
+        use(client, event("o2", "od", 0.001))
+        balance = client.get_balance("od")
+        assert (balance.period_charges, balance.overage_amount, balance.overage_due) == ("4.001", "3.001", "1.11037")
