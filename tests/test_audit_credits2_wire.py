@@ -832,3 +832,20 @@ def test_get_balance_prices_overage_at_the_contracts_price_exactly(server: Serve
         use(client, event("o2", "od", 0.001))
         balance = client.get_balance("od")
         assert (balance.period_charges, balance.overage_amount, balance.overage_due) == ("4.001", "3.001", "1.11037")
+
+
+def test_a_grant_pays_events_dated_from_its_start_up_to_but_not_at_its_expiry(server: ServerProcess) -> None:
+    """docs/architecture.md §3: a grant pays from starts_at until expires_at: the window is [starts_at, expires_at).
+    Events may be dated up to 5 minutes ahead. `win` (priority 0, 5 credits) starts in 1 minute and expires in 2;
+    `other` (priority 1, 5 credits) always pays. One unit each, dated: a millisecond before the start (other), at
+    the start (win), a millisecond before the expiry (win), at the expiry (other)."""
+    with server.client() as client:
+        customer(client, "wd", block=False)
+        start_ms = (now_ms() // 1000 + 60) * 1000
+        end_ms = start_ms + 60_000
+        grant(client, "wd", "win", "5", starts_at_ms=start_ms, expires_at_ms=end_ms)
+        grant(client, "wd", "other", "5", priority=1)
+        for i, at_ms in enumerate((start_ms - 1, start_ms, end_ms - 1, end_ms)):
+            use(client, event(f"w{i}", "wd", 1, at_ms=at_ms))
+        assert rows(client, "wd") == {"win": ("2", "3", "0", "0"), "other": ("2", "3", "0", "0")}
+        assert charges(client, "wd") == ("4", "0")
