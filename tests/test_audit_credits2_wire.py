@@ -327,7 +327,7 @@ def test_a_grant_expiring_between_a_hold_and_its_settlement(
     long_row: Row,
     revenue: tuple[str, str],
 ) -> None:
-    """ALLOW. `short`: 10 credits paid 5 (0.5 a credit), priority 0, expiring in 1.5 s; `long`: 10 paid 10,
+    """ALLOW. `short`: 10 credits paid 5 (0.5 a credit), priority 0, expiring in 3 s; `long`: 10 paid 10,
     priority 1. A hold of 4 takes 4 of `short` (available 20 - 4 = 16). `short` expires: its 6 unheld credits break
     (expired 6), the 4 stay held (credits_remaining 10 + 4 = 14, held 4, available 10). The settling event arrives
     after that breakage was recorded; it gives the hold's 4 back to `short`, then is charged in burn order at its
@@ -342,7 +342,7 @@ def test_a_grant_expiring_between_a_hold_and_its_settlement(
     customer_id = f"xs-{name}"
     with server.client() as client:
         customer(client, customer_id, block=False)
-        expires_at_ms = now_ms() + 1500
+        expires_at_ms = now_ms() + 3000
         grant(client, customer_id, "short", "10", paid="5", expires_at_ms=expires_at_ms)
         grant(client, customer_id, "long", "10", paid="10", priority=1)
         held_at_ms = now_ms()
@@ -412,7 +412,7 @@ def test_a_hold_settled_by_an_event_of_another_product_gives_every_grant_its_sha
 def test_a_hold_across_grants_that_outlives_its_ttl_gives_each_grant_back_and_a_retry_says_expired(
     server: ServerProcess,
 ) -> None:
-    """BLOCK. `a` 2 credits priority 0, `b` 5 priority 1. A hold of 6 for 400 ms takes a 2 and b 4 (1 available).
+    """BLOCK. `a` 2 credits priority 0, `b` 5 priority 1. A hold of 6 for 2 s takes a 2 and b 4 (1 available).
     Meanwhile 1 unit of usage draws b's last free credit (0 available, nothing overage). At the TTL the 6 come back
     (a 2, b 4: 6 available). The same hold request retried answers allowed with the same estimate and its id, says
     the reservation expired and holds nothing; a release is FAILED_PRECONDITION; an event naming it is charged (1
@@ -421,7 +421,7 @@ def test_a_hold_across_grants_that_outlives_its_ttl_gives_each_grant_back_and_a_
         customer(client, "tt", block=True)
         grant(client, "tt", "a", "2")
         grant(client, "tt", "b", "5", priority=1)
-        ttl = Duration(nanos=400_000_000)
+        ttl = Duration(seconds=2)
         assert hold(client, "tt", 6, "r", ttl=ttl) == (True, "OK", "6", "1", "r")
         use(client, event("t1", "tt", 1))
         assert rows(client, "tt") == {"a": ("0", "2", "2", "0"), "b": ("1", "4", "4", "0")}
@@ -639,7 +639,7 @@ def test_under_block_nothing_is_held_at_zero_credit_and_an_ended_ids_changed_ret
 def test_what_a_settling_event_leaves_on_an_expired_grant_pays_no_other_event_of_its_batch(
     server: ServerProcess,
 ) -> None:
-    """As above, `short` (10, paid 5, expiring in 1.5 s) and `long` (10, paid 10, priority 1); a hold of 4 on `short`,
+    """As above, `short` (10, paid 5, expiring in 3 s) and `long` (10, paid 10, priority 1); a hold of 4 on `short`,
     which then expires (6 broken). One batch, both events dated before the expiry: the event settling the hold (1
     unit) draws 1 of the 4 it gave back; the next event (5 units, naming no hold) is a late event arriving after the
     breakage was recorded, so it draws nothing from `short` (README "Expiry and breakage") but 5 from `long`. The
@@ -648,7 +648,7 @@ def test_what_a_settling_event_leaves_on_an_expired_grant_pays_no_other_event_of
     restart (the journal replays it). Before, the second event drew the 3 (recognised 4, breakage 3)."""
     with server.client() as client:
         customer(client, "xb", block=False)
-        grant(client, "xb", "short", "10", paid="5", expires_at_ms=now_ms() + 1500)
+        grant(client, "xb", "short", "10", paid="5", expires_at_ms=now_ms() + 3000)
         grant(client, "xb", "long", "10", paid="10", priority=1)
         held_at_ms = now_ms()
         assert hold(client, "xb", 4, "r1", ttl=Duration(seconds=120)) == (True, "OK", "4", "16", "r1")
@@ -669,14 +669,14 @@ def test_what_a_settling_event_leaves_on_an_expired_grant_pays_no_other_event_of
 
 
 def test_a_release_of_credit_held_on_an_expired_grant_breaks_it_with_the_release(server: ServerProcess) -> None:
-    """`short` (10, paid 5, expiring in 1.5 s) and `long` (10, paid 10, priority 1); a hold of 4 on `short`, which
+    """`short` (10, paid 5, expiring in 3 s) and `long` (10, paid 10, priority 1); a hold of 4 on `short`, which
     then expires (6 broken, 3 USD). Releasing the hold gives back 4 and breaks them in the same record (README
     "Expiry and breakage": a release breaks it all at once): right after its answer, with no clock in between,
     `short` shows 10 expired and revenue 10 x 0.5 = 5 of breakage; a late event dated before the expiry then draws
     only `long`."""
     with server.client() as client:
         customer(client, "xr", block=False)
-        grant(client, "xr", "short", "10", paid="5", expires_at_ms=now_ms() + 1500)
+        grant(client, "xr", "short", "10", paid="5", expires_at_ms=now_ms() + 3000)
         grant(client, "xr", "long", "10", paid="10", priority=1)
         held_at_ms = now_ms()
         assert hold(client, "xr", 4, "r1", ttl=Duration(seconds=120)) == (True, "OK", "4", "16", "r1")
@@ -779,7 +779,7 @@ def gauge_card(client: TariffClient) -> None:
 
 def test_credit_a_lower_reading_gives_back_to_an_expired_grant_pays_no_later_event(server: ServerProcess) -> None:
     """Breakage, once recorded, is final (README "Expiry and breakage"). LATEST at 1 a unit; `short` 10 (paid 5,
-    expiring in 1.5 s), `long` 10 (paid 10, priority 1). A reading of 5 draws 5 of `short`; `short` expires: 5 break
+    expiring in 3 s), `long` 10 (paid 10, priority 1). A reading of 5 draws 5 of `short`; `short` expires: 5 break
     (2.5 USD). One batch after it, both dated before the expiry: a reading of 2 (charge 2 - 5 = -3: `short`, which
     paid, gets 3 back, now breakage too), then a reading of 4 (+2): a late event, so `long` pays the 2, not the 3
     `short` got back. `short` drawn 2, expired 8; `long` drawn 2. Recognised 2 x 0.5 + 2 x 1 = 3, breakage 8 x 0.5
@@ -787,7 +787,7 @@ def test_credit_a_lower_reading_gives_back_to_an_expired_grant_pays_no_later_eve
     with server.client() as client:
         gauge_card(client)
         customer(client, "rf", block=False, rate_card_id="gauge-card")
-        grant(client, "rf", "short", "10", paid="5", expires_at_ms=now_ms() + 1500)
+        grant(client, "rf", "short", "10", paid="5", expires_at_ms=now_ms() + 3000)
         grant(client, "rf", "long", "10", paid="10", priority=1)
         read_at_ms = now_ms()
         use(client, event("g1", "rf", 5, event_type="gauge", at_ms=read_at_ms))
