@@ -849,3 +849,51 @@ def test_a_grant_pays_events_dated_from_its_start_up_to_but_not_at_its_expiry(se
             use(client, event(f"w{i}", "wd", 1, at_ms=at_ms))
         assert rows(client, "wd") == {"win": ("2", "3", "0", "0"), "other": ("2", "3", "0", "0")}
         assert charges(client, "wd") == ("4", "0")
+
+
+def publish_units(client: TariffClient, card: str, price: str, from_ms: int) -> None:
+    """A version of `card` pricing `units` at `price`, in force from `from_ms` (an hour)."""
+    rates = [pricing_pb2.Rate(product_id="units", unit=pricing_pb2.UnitPrice(price=price))]
+    draft = client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates)
+    )
+    request = pricing_pb2.PublishVersionRequest(rate_card_id=card, version=draft.version, effective_from=stamp(from_ms))
+    client.pricing.PublishVersion(request)
+
+
+def test_re_rating_a_settlement_on_an_expired_grant_keeps_its_breakage_final(server: ServerProcess) -> None:
+    """`short` (10, paid 5, expiring in 3 s) and `long` (10, paid 10, priority 1) on a card at 1; a hold of 4 on
+    `short`, which expires (6 broken); the settling event, 3 units dated before the expiry, draws 3 of the 4 and 1
+    breaks with it (revenue: 1.5 recognised, 3.5 broken). A cut to 0.5 from that hour: the 3 units cost 1.5, and
+    the 1.5 `short` gives back breaks too (README "Changing prices safely": credit a cut gives back to an expired
+    grant breaks; 8.5 x 0.5 = 4.25 broken, 0.75 recognised). A rise to 2: 6, of which `short` pays again only what
+    it drew before the rise (1.5) and `long` 4.5 (recognised 0.75 + 4.5 = 5.25). Conserved throughout, and the same
+    after a kill -9 and a restart."""
+    if now_ms() % HOUR_MS > HOUR_MS - 60_000:
+        pytest.skip("the hour ends within the scenario: its events would straddle the re-rated hour")
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="cut-card", pricing_unit="credits"))
+        publish_units(client, "cut-card", "1", CARD_FROM_MS)
+        customer(client, "cu", block=False, rate_card_id="cut-card")
+        grant(client, "cu", "short", "10", paid="5", expires_at_ms=now_ms() + 3000)
+        grant(client, "cu", "long", "10", paid="10", priority=1)
+        held_at_ms = now_ms()
+        assert hold(client, "cu", 4, "r1", ttl=Duration(seconds=120))[0]
+        assert wait_for(lambda: rows(client, "cu")["short"] == ("0", "0", "4", "6"), 10)
+        use(client, event("c1", "cu", 3, reservation_id="r1", at_ms=held_at_ms))
+        assert rows(client, "cu") == {"short": ("3", "0", "0", "7"), "long": ("0", "10", "0", "0")}
+        assert revenue_of(client, "cu") == ("15", "1.5", "3.5")
+        hour_ms = held_at_ms // HOUR_MS * HOUR_MS
+        publish_units(client, "cut-card", "0.5", hour_ms)
+        assert wait_for(lambda: revenue_of(client, "cu") == ("15", "0.75", "4.25"), 10), revenue_of(client, "cu")
+        assert rows(client, "cu") == {"short": ("1.5", "0", "0", "8.5"), "long": ("0", "10", "0", "0")}
+        assert charges(client, "cu") == ("1.5", "0")
+        publish_units(client, "cut-card", "2", hour_ms)
+        expected = {"short": ("1.5", "0", "0", "8.5"), "long": ("4.5", "5.5", "0", "0")}
+        assert rows(client, "cu") == expected
+        assert (charges(client, "cu"), revenue_of(client, "cu")) == (("6", "0"), ("15", "5.25", "4.25"))
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert rows(client, "cu") == expected
+        assert (charges(client, "cu"), revenue_of(client, "cu")) == (("6", "0"), ("15", "5.25", "4.25"))
