@@ -46,9 +46,13 @@ class Kernel:
         events_max: int,
         allowed: list[str] | None,
         top_ups_in_billed_period: bool = False,
+        returned_expired_credit_breaks: bool = False,
     ) -> tuple[bytes, bytes, int, int, list[str]]:
         """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
-        (False: at the purchase, as batches journaled before it)."""
+        (False: at the purchase, as batches journaled before it). returned_expired_credit_breaks: what an event's
+        settled hold or refund gives back to a grant already broken at its expiry, and the event does not draw, breaks
+        at once (False: at
+        the next AdvanceClock, as batches journaled before it)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,
@@ -139,8 +143,11 @@ class Kernel:
         ttl_ms: int,
     ) -> tuple[bool, str, str, int, int, int, bool, int]:
         """(allowed, reason, message, estimated_cost, available, held, repeated, expires_at_ms)."""
-    def release(self, customer_id: str, reservation_id: str, now_ms: int) -> tuple[int, bool]:
-        """(credits given back, repeated)."""
+    def release(
+        self, customer_id: str, reservation_id: str, now_ms: int, expired_credit_breaks: bool = False
+    ) -> tuple[int, bool]:
+        """(credits given back, repeated). expired_credit_breaks: what it gives back to a grant already broken at its
+        expiry breaks at once (False: at the next AdvanceClock, as releases stored before it)."""
     def set_top_up(self, customer_id: str, policy: tuple[int, int, int, int] | None) -> bool:
         """policy: (threshold_picos, recharge_to_picos, price_per_credit_e18, max_per_period); None clears."""
     def top_up_policy(self, customer_id: str) -> tuple[int, int, int, int] | None: ...

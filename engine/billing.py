@@ -457,20 +457,24 @@ class Billing:
         events_max: int = 2**31,
         allowed: list[str] | None = None,
         top_ups_in_billed_period: bool = False,
+        returned_expired_credit_breaks: bool = False,
     ) -> Ingested:
         """Rates a batch as record last_seq + 1, which it becomes only if it accepts an event.
 
         `top_ups_in_billed_period`: set by the server for every batch it takes, and journaled with it, so that a
         top-up an event dated in a later billing period buys (within the future skew) starts in that period, the
         one that bills it, and revenue sells it there; False (batches journaled before it) starts it at the
-        purchase, in the period before, as then.
+        purchase, in the period before, as then. `returned_expired_credit_breaks`: likewise set and journaled, so that
+        what an event's settled hold or refund gives back to a grant already broken at its expiry, and the event
+        does not draw, breaks at once, where no other event can draw it; False (batches journaled before it) leaves it to the
+        next AdvanceClock, as then.
 
         Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
         self.refresh_tables()
         self._rerate_touched(batch)
         seq = self.last_seq + 1
         ack, digest, accepted, duplicates, rejected = self.kernel.ingest_checked(
-            batch, received_ms, seq, events_max, allowed, top_ups_in_billed_period
+            batch, received_ms, seq, events_max, allowed, top_ups_in_billed_period, returned_expired_credit_breaks
         )
         if not accepted:
             return Ingested(ack, digest, accepted, duplicates, rejected)
@@ -502,11 +506,17 @@ class Billing:
         fired: list[alerts.FiredAlert] | None = None,
         *,
         top_ups_in_billed_period: bool = False,
+        returned_expired_credit_breaks: bool = False,
     ) -> int:
         """Re-applies a journaled batch (with the rule it was rated by, see `ingest`) and asserts it did what the
         journal says (and fired the alerts it holds, when `fired` is given). Returns the events it accepted."""
         assert seq == self.last_seq + 1, f"records replay in order: {seq} after {self.last_seq}"
-        done = self.ingest(batch, received_ms, top_ups_in_billed_period=top_ups_in_billed_period)
+        done = self.ingest(
+            batch,
+            received_ms,
+            top_ups_in_billed_period=top_ups_in_billed_period,
+            returned_expired_credit_breaks=returned_expired_credit_breaks,
+        )
         if done.digest != digest or not done.accepted or (fired is not None and list(done.alerts) != fired):
             raise RatingChanged(
                 f"journal record {seq}: rating changed between releases (replaying the batch gives another "

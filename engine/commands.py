@@ -148,6 +148,7 @@ SERVER_SET_FIELDS = (
     "parts_in_contract",
     "rerate_holds_in_time",
     "rerate_top_ups_in_time",
+    "expired_credit_breaks",
 )
 
 
@@ -256,10 +257,15 @@ class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
 
 
 class ReleaseReservation(msgspec.Struct, frozen=True, tag="release_reservation"):
+    """`expired_credit_breaks`: set by the server for every release it takes, so that what the hold gives back to a
+    grant already broken at its expiry breaks at once, where no event can draw it before the next AdvanceClock; False
+    (commands stored before it) leaves it to that AdvanceClock, as then."""
+
     at_ms: int
     actor: str
     customer_id: str
     reservation_id: str
+    expired_credit_breaks: bool = False
 
 
 class SetTopUpPolicy(msgspec.Struct, frozen=True, tag="set_top_up_policy"):

@@ -144,7 +144,9 @@ def _release(billing: Billing, command: cmd.ReleaseReservation) -> Released:
     if not command.reservation_id:
         raise InvalidArgument.field("reservation_id", "is required")
     try:
-        released, repeated = billing.kernel.release(command.customer_id, command.reservation_id, command.at_ms)
+        released, repeated = billing.kernel.release(
+            command.customer_id, command.reservation_id, command.at_ms, command.expired_credit_breaks
+        )
     except ReservationNotFound as exc:
         raise NotFound(str(exc.args[0])) from None
     except ReservationEnded as exc:

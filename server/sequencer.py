@@ -129,7 +129,8 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     """A usage batch as journaled: the bytes as received, the writer's receive time, the kernel's digest (which
     replay asserts), and the ack's counts (for tools that read the journal without the kernel).
     `top_ups_in_billed_period`: the rule the batch was rated by (Billing.ingest), True for every batch the server
-    rates; absent (False) from the records of earlier releases, which replay by the rule of then."""
+    rates; absent (False) from the records of earlier releases, which replay by the rule of then.
+    `returned_expired_credit_breaks` likewise (Billing.ingest): True for every batch the server rates."""
 
     batch: bytes
     received_ms: int
@@ -142,6 +143,7 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     # with another skew replays the journal as it was written. None in records of earlier releases: replayed
     # under the skew the server starts with, as they always were.
     future_skew_ms: int | None = None
+    returned_expired_credit_breaks: bool = False
 
 
 class RerationDone(msgspec.Struct, frozen=True, array_like=True):
@@ -286,6 +288,7 @@ def recover_counting(
                 usage.digest,
                 record.alerts,
                 top_ups_in_billed_period=usage.top_ups_in_billed_period,
+                returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
             )
         elif record.rerated is not None:
             _replay_rerated(billing, seq, record.rerated, record.alerts)
@@ -1334,6 +1337,7 @@ def _rate_batches(
             *counts,
             top_ups_in_billed_period=True,
             future_skew_ms=billing.future_skew_ms,
+            returned_expired_credit_breaks=True,
         )
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
@@ -1343,7 +1347,12 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
     """The batch rated, or why it is refused whole, having changed nothing."""
     try:
         return billing.ingest(
-            batch.data, now_ms, events_max=batch.events_max, allowed=batch.allowed, top_ups_in_billed_period=True
+            batch.data,
+            now_ms,
+            events_max=batch.events_max,
+            allowed=batch.allowed,
+            top_ups_in_billed_period=True,
+            returned_expired_credit_breaks=True,
         )
     except BatchTooLarge as exc:
         return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")

@@ -14,7 +14,8 @@ from engine.billing import Billing
 from engine.errors import Repeated
 from tests.engine_fixtures import ACTOR, World
 
-Record = cmd.AdminCommand | tuple[bytes, int, bytes, bool]  # a batch: data, received_ms, digest, its top-up rule
+# A batch: data, received_ms, digest, its top-up rule, its rule for credit a settled hold gives back to an expired grant.
+Record = cmd.AdminCommand | tuple[bytes, int, bytes, bool, bool]
 
 
 @dataclass
@@ -54,8 +55,14 @@ class Ledger:
         assert isinstance(result, credits.Reservation)
         return result
 
-    def release(self, reservation_id: str, at_ms: int, customer_id: str = "acme") -> int:
-        result = self.run(cmd.ReleaseReservation(at_ms, ACTOR, customer_id, reservation_id))
+    def release(
+        self, reservation_id: str, at_ms: int, customer_id: str = "acme", *, expired_credit_breaks: bool = False
+    ) -> int:
+        """ReleaseReservation without the field the server sets, or with `expired_credit_breaks` as it sets it."""
+        command = cmd.ReleaseReservation(
+            at_ms, ACTOR, customer_id, reservation_id, expired_credit_breaks=expired_credit_breaks
+        )
+        result = self.run(command)
         assert isinstance(result, credits.Released)
         return result.released
 
@@ -66,14 +73,26 @@ class Ledger:
         return result
 
     def ingest(
-        self, events: Sequence[usage_pb2.UsageEvent], received_ms: int, *, top_ups_in_billed_period: bool = False
+        self,
+        events: Sequence[usage_pb2.UsageEvent],
+        received_ms: int,
+        *,
+        top_ups_in_billed_period: bool = False,
+        returned_expired_credit_breaks: bool = False,
     ) -> usage_pb2.IngestAck:
-        """Rates a batch as the writer does; `top_ups_in_billed_period` as the server sets it (Billing.ingest)."""
+        """Rates a batch as the writer does; `top_ups_in_billed_period` and `returned_expired_credit_breaks` as the
+        server sets them (Billing.ingest)."""
         self.batches += 1
         data = usage_pb2.UsageBatch(batch_id=f"b{self.batches}", events=list(events)).SerializeToString()
-        done = self.billing.ingest(data, received_ms, top_ups_in_billed_period=top_ups_in_billed_period)
+        rules = (top_ups_in_billed_period, returned_expired_credit_breaks)
+        done = self.billing.ingest(
+            data,
+            received_ms,
+            top_ups_in_billed_period=top_ups_in_billed_period,
+            returned_expired_credit_breaks=returned_expired_credit_breaks,
+        )
         if done.accepted:
-            self.records.append((data, received_ms, done.digest, top_ups_in_billed_period))
+            self.records.append((data, received_ms, done.digest, *rules))
         return usage_pb2.IngestAck.FromString(done.ack)
 
     def replayed(self) -> Billing:
@@ -83,8 +102,15 @@ class Ledger:
             fresh.apply(command, fresh.last_seq + 1)
         for record in self.records:
             if isinstance(record, tuple):
-                data, received_ms, digest, in_billed_period = record
-                fresh.replay(fresh.last_seq + 1, data, received_ms, digest, top_ups_in_billed_period=in_billed_period)
+                data, received_ms, digest, in_billed_period, settled_breaks = record
+                fresh.replay(
+                    fresh.last_seq + 1,
+                    data,
+                    received_ms,
+                    digest,
+                    top_ups_in_billed_period=in_billed_period,
+                    returned_expired_credit_breaks=settled_breaks,
+                )
             else:
                 fresh.apply(record, fresh.last_seq + 1)
         return fresh

@@ -262,6 +262,56 @@ def test_a_hold_on_an_expiring_grant_becomes_breakage_when_it_is_given_back() ->
     assert_replays(m)
 
 
+@pytest.mark.parametrize(("breaks", "drawn", "broken"), [(True, "1", ["70", "29"]), (False, "30", ["70"])])
+def test_what_a_settling_event_leaves_on_an_expired_grant_breaks_with_its_batch(
+    breaks: bool, drawn: str, broken: list[str]
+) -> None:
+    """A hold of 30 on "g" (100, expiring at T0 + 1 min), whose 70 unheld break at the expiry. One batch after it: the
+    event settling the hold (1 token, dated before the expiry) draws 1 of the 30 given back, then a late event (29,
+    dated before the expiry too). With the rule the server sets, the 29 left break with the batch (at its time) and
+    the late event draws nothing (drawn 1, 29 of overage); a batch journaled without it replays as before: the late event
+    draws the 29 (drawn 1 + 29 = 30), nothing more breaks. Either way the record replays to the same state."""
+    expiry = T0 + 60_000
+    m = ledger("100", expires_at_ms=expiry)
+    m.reserve("r1", 30, T0, ttl_ms=120_000)
+    assert m.advance(expiry) == credits.Advanced(0, 1, ("acme",))
+    events = [event("s", T0 + 1, 1, reservation_id="r1"), event("late", T0 + 2, 29)]
+    m.ingest(events, expiry + 10, returned_expired_credit_breaks=breaks)
+    view = m.billing.balance("acme", expiry + 10)
+    assert view.grants[0].grant.drawn == picos(drawn)
+    assert view.overage == (picos("29") if breaks else 0)
+    breakage = m.billing.kernel.breakage("acme")
+    assert [b[3] for b in breakage] == [picos(c) for c in broken]
+    assert [b[4] for b in breakage] == [expiry, expiry + 10][: len(broken)]
+    conserved(m, expiry + 10)
+    assert_replays(m)
+
+
+@pytest.mark.parametrize(("breaks", "drawn", "broken"), [(True, "0", ["70", "30"]), (False, "29", ["70"])])
+def test_what_a_release_gives_back_to_an_expired_grant_breaks_at_once(
+    breaks: bool, drawn: str, broken: list[str]
+) -> None:
+    """A hold of 30 on "g" (100, expiring at T0 + 1 min), whose 70 unheld break at the expiry; the hold is released
+    after it, then a late event (29 tokens, dated before the expiry) arrives before any AdvanceClock (the writer
+    may apply both in one group). With the rule the server sets on its releases, the 30 break with the release (at
+    its time) and the late event draws nothing (29 of overage); a release stored without it replays as before: the
+    30 wait for the clock and the late event draws 29 of them. Either way the record replays to the same state."""
+    expiry = T0 + 60_000
+    m = ledger("100", expires_at_ms=expiry)
+    m.reserve("r1", 30, T0, ttl_ms=120_000)
+    assert m.advance(expiry) == credits.Advanced(0, 1, ("acme",))
+    assert m.release("r1", expiry + 5, expired_credit_breaks=breaks) == picos("30")
+    m.ingest([event("late", T0 + 2, 29)], expiry + 10, returned_expired_credit_breaks=True)
+    view = m.billing.balance("acme", expiry + 10)
+    assert view.grants[0].grant.drawn == picos(drawn)
+    assert view.overage == (picos("29") if breaks else 0)
+    breakage = m.billing.kernel.breakage("acme")
+    assert [b[3] for b in breakage] == [picos(c) for c in broken]
+    assert [b[4] for b in breakage] == [expiry, expiry + 5][: len(broken)]
+    conserved(m, expiry + 10)
+    assert_replays(m)
+
+
 def test_the_snapshot_keeps_holds_policies_and_breakage_and_restores_them() -> None:
     m = ledger("100", expires_at_ms=T0 + DAY_MS)
     m.run(top_up_policy())

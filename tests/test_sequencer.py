@@ -176,6 +176,7 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
                 usage.received_ms,
                 usage.digest,
                 top_ups_in_billed_period=usage.top_ups_in_billed_period,
+                returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
             )
         else:
             assert record.command is not None and not isinstance(record.command, cmd.IngestBatch)
@@ -427,6 +428,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
             events_max: int = 2**31,
             allowed: list[str] | None = None,
             top_ups_in_billed_period: bool = False,
+            returned_expired_credit_breaks: bool = False,
         ) -> Ingested:
             rated_on.append(threading.get_ident())
             rating.set()
@@ -438,6 +440,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
                 events_max=events_max,
                 allowed=allowed,
                 top_ups_in_billed_period=top_ups_in_billed_period,
+                returned_expired_credit_breaks=returned_expired_credit_breaks,
             )
 
         billing.ingest = held_ingest  # type: ignore[method-assign,assignment]

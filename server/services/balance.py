@@ -373,7 +373,7 @@ class BalanceService(_Base):
             raise InvalidArgument.field("reservation_id", "is required")
         self.engine.customer(request.customer_id)  # NotFound
         command = cmd.ReleaseReservation(
-            self.clock_ms(), actor_of(context), request.customer_id, request.reservation_id
+            self.clock_ms(), actor_of(context), request.customer_id, request.reservation_id, expired_credit_breaks=True
         )
         released = await self._apply(command, credits.Released)
         return balance_pb2.ReleaseReservationResponse(released_amount=format_picos(released.released))

@@ -205,6 +205,7 @@ impl Kernel {
         let (ack, digest) = py.detach(|| {
             self.change(|k| {
                 k.top_ups_in_billed_period = false;
+                k.returned_expired_credit_breaks = false;
                 k.ingest(batch, received_ms, journal_seq)
             })?
             .map_err(PyValueError::new_err)
@@ -218,8 +219,14 @@ impl Kernel {
     /// for a customer outside `allowed` (None: every customer). A batch that accepts nothing
     /// reports `next_seq - 1`. `top_ups_in_billed_period`: a top-up an event dated in a later billing
     /// period buys starts in that period (false: at the purchase, as batches journaled before it).
+    /// `returned_expired_credit_breaks`: what an event's settled hold or refund gives back to a grant
+    /// already broken at its expiry, and the event does not draw, breaks at once (false: at the next AdvanceClock, as
+    /// batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
-    #[pyo3(signature = (batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false))]
+    #[pyo3(signature = (
+        batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false,
+        returned_expired_credit_breaks = false
+    ))]
     fn ingest_checked<'py>(
         &self,
         py: Python<'py>,
@@ -229,10 +236,12 @@ impl Kernel {
         events_max: usize,
         allowed: Option<Vec<String>>,
         top_ups_in_billed_period: bool,
+        returned_expired_credit_breaks: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
                 kernel.top_ups_in_billed_period = top_ups_in_billed_period;
+                kernel.returned_expired_credit_breaks = returned_expired_credit_breaks;
                 let allowed = allowed.as_deref();
                 kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
                     RwLockWriteGuard::bump(held)
@@ -702,9 +711,19 @@ impl Kernel {
     }
 
     /// Frees an open reservation: (credits given back, repeated). Raises ReservationNotFound or
-    /// ReservationEnded(message), having changed nothing.
-    fn release(&self, py: Python<'_>, customer_id: &str, reservation_id: &str, now_ms: i64) -> PyResult<(i128, bool)> {
-        match py.detach(|| self.change(|k| k.release(customer_id, reservation_id, now_ms)))? {
+    /// ReservationEnded(message), having changed nothing. `expired_credit_breaks`: as
+    /// `Kernel::release`'s (false: as releases stored before it).
+    #[pyo3(signature = (customer_id, reservation_id, now_ms, expired_credit_breaks = false))]
+    fn release(
+        &self,
+        py: Python<'_>,
+        customer_id: &str,
+        reservation_id: &str,
+        now_ms: i64,
+        expired_credit_breaks: bool,
+    ) -> PyResult<(i128, bool)> {
+        let breaks = expired_credit_breaks;
+        match py.detach(|| self.change(|k| k.release(customer_id, reservation_id, now_ms, breaks)))? {
             Ok(done) => Ok(done),
             Err(ReleaseRefusal::NotFound(message)) => Err(ReservationNotFound::new_err(message)),
             Err(ReleaseRefusal::Ended(message)) => Err(ReservationEnded::new_err(message)),

@@ -360,6 +360,29 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
     Ok(released)
 }
 
+/// After credit went back to the account's grants (a settled or released hold, a refund) and,
+/// for an event, that event drew: what a grant whose expiry the clock had already passed
+/// (`clock_ms`, the latest AdvanceClock: the grant's breakage is recorded) still has breaks now, at
+/// `at_ms`, so that nothing draws credit that breakage made final. Returns the entries recorded.
+pub fn break_returned(account: &mut Account, clock_ms: i64, at_ms: i64) -> u32 {
+    let mut broken = 0;
+    for g in 0..account.grants.len() {
+        let grant = &account.grants[g];
+        let Some(end) = grant.expires_at_ms else { continue };
+        if end > clock_ms || grant.remaining <= 0 {
+            continue;
+        }
+        let credits = grant.remaining;
+        let grant_id = grant.id.clone();
+        let period_start_ms = period_start_at(account, end - 1).unwrap_or(0);
+        account.grants[g].remaining = 0;
+        let entry = Breakage { grant_id, period_start_ms, credits, at_ms };
+        account.credits.get_or_insert_with(Box::default).breakage.push(entry);
+        broken += 1;
+    }
+    broken
+}
+
 /// After an event's charges drew (or a hold was taken): executes the customer's
 /// top-up when available credit is below its threshold and the period's cap allows. `period_start_ms`:
 /// the billing period the purchase counts in. `in_billed_period`: when that period starts after `at_ms`
@@ -570,11 +593,14 @@ impl Kernel {
     /// released answers what the first release gave back (a retry). One settled or expired is
     /// `Ended`; one the customer does not have (never made, or another customer's) is `NotFound`,
     /// worded alike in both cases so that nothing reveals another customer's reservations.
+    /// `expired_credit_breaks`: what it gives back to a grant already broken at its expiry breaks at
+    /// once (`break_returned`); false (releases stored before it) leaves it to the next AdvanceClock.
     pub fn release(
         &mut self,
         customer_id: &str,
         reservation_id: &str,
         now_ms: i64,
+        expired_credit_breaks: bool,
     ) -> Result<(Picos, bool), ReleaseRefusal> {
         let not_found = || {
             let (customer, id) = (py_repr(customer_id), py_repr(reservation_id));
@@ -604,6 +630,9 @@ impl Kernel {
         };
         credits.ended.insert(reservation_id.into(), ended);
         let released = give_back(account, &reservation.held);
+        if expired_credit_breaks {
+            break_returned(account, self.clock.now_ms, now_ms);
+        }
         if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
             self.clock.note_due(now_ms);
         }

@@ -292,6 +292,11 @@ pub struct Kernel {
     /// (`credits::top_up`'s `in_billed_period`): set by the caller for each batch, as its journal
     /// record says (false for records of earlier releases). Not state: a snapshot does not carry it.
     pub top_ups_in_billed_period: bool,
+    /// Whether what an event's settled hold or refund gave back to a grant already broken at its
+    /// expiry, and the event did not draw, breaks at once (`credits::break_returned`) rather than at
+    /// the next AdvanceClock, where another event could draw it first: set by the caller for each
+    /// batch, as its journal record says (false for records of earlier releases). Not state.
+    pub returned_expired_credit_breaks: bool,
 }
 
 impl Kernel {
@@ -487,21 +492,28 @@ impl Kernel {
             return Ok(false);
         }
         let plan = self.rater.plan_keyed(account, event, &mut self.plans, &mut self.warmed_keyed[slot])?;
+        let mut settled = false;
         if !event.reservation_id.is_empty() {
             match credits::settle_event(account, event.reservation_id, received_ms) {
-                Ok(released) => ack.settled(event.reservation_id, released),
+                Ok(released) => {
+                    ack.settled(event.reservation_id, released);
+                    settled = true;
+                }
                 Err((reason, message)) => {
                     ack.notice(index, event.transaction_id, event.reservation_id, reason, message)
                 }
             }
         }
         self.rater.commit(account, event, plan, &self.plans, ack);
+        let refunded = self.plans.iter().any(|p| p.charge < 0);
+        if self.returned_expired_credit_breaks && (settled || refunded) {
+            credits::break_returned(account, self.clock.now_ms, received_ms);
+        }
         if self.track_touched && account.touched_epoch != self.touch_epoch {
             account.touched_epoch = self.touch_epoch;
             self.touched.push(event.customer_id.to_owned());
         }
         if account.credits.is_some() {
-            let refunded = self.plans.iter().any(|p| p.charge < 0);
             let (clock, customer) = (&mut self.clock, event.customer_id);
             let in_billed_period = self.top_ups_in_billed_period;
             let period_start_ms = plan.period_start_ms;

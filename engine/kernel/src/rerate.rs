@@ -1139,7 +1139,7 @@ mod tests {
         assert_eq!(kernel.held_by_grant("acme"), on_time.held_by_grant("acme"));
         // The snapshot keeps the shrunk hold; its release gives back what it holds.
         let mut restored = Kernel::restore(&kernel.snapshot()).unwrap();
-        assert_eq!(restored.release("acme", "h", T0 + 4 * HOUR_MS), Ok((left, false)));
+        assert_eq!(restored.release("acme", "h", T0 + 4 * HOUR_MS, true), Ok((left, false)));
     }
 
     const EVENTS: [(i64, &str, f64); 8] = [

@@ -1327,7 +1327,7 @@ mod hold_reason_tests {
         let reasons: Vec<_> = (0..6).map(|n| hold(&mut kernel, &format!("h{n}")).0).collect();
         assert_eq!(reasons, ["OK", "OK", "OK", "OK", "OVERAGE_ALLOWED", "OVERAGE_ALLOWED"]);
         for id in ["h5", "h3"] {
-            kernel.release("c", id, NOW).expect("open");
+            kernel.release("c", id, NOW, true).expect("open");
         }
         kernel
     }

@@ -220,7 +220,8 @@ type Balance struct {
 	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	// Sum of remaining over started, unexpired grants, plus what open
 	// reservations still hold on grants that have expired since (usable by
-	// nothing: it becomes breakage when the hold ends).
+	// nothing but the event settling its hold, when dated before the expiry:
+	// what that event does not draw becomes breakage when the hold ends).
 	CreditsRemaining string `protobuf:"bytes,2,opt,name=credits_remaining,json=creditsRemaining,proto3" json:"credits_remaining,omitempty"`
 	// Held by open reservations.
 	CreditsHeld string `protobuf:"bytes,3,opt,name=credits_held,json=creditsHeld,proto3" json:"credits_held,omitempty"`

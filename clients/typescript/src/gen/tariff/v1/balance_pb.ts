@@ -139,7 +139,8 @@ export type Balance = Message<"tariff.v1.Balance"> & {
   /**
    * Sum of remaining over started, unexpired grants, plus what open
    * reservations still hold on grants that have expired since (usable by
-   * nothing: it becomes breakage when the hold ends).
+   * nothing but the event settling its hold, when dated before the expiry:
+   * what that event does not draw becomes breakage when the hold ends).
    *
    * @generated from field: string credits_remaining = 2;
    */
