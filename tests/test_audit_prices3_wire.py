@@ -19,6 +19,7 @@ import grpc
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
+from engine.instants import iso
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
 from tests.test_audit_pricing_wire import (
@@ -27,6 +28,7 @@ from tests.test_audit_pricing_wire import (
     catalogue,
     charges,
     draft,
+    expect_error,
     ingest,
     publish,
     this_hour_ms,
@@ -208,3 +210,58 @@ def test_simulate_with_overrides_tiers_packages_and_flat_fees_is_what_the_publis
         done = publish(client, v2, h0)
         assert (done.customers_rerated, done.rerated_amount_delta) == (2, "-38")
         assert (charges(client), client.get_balance("d").period_charges) == ("17.5", "18")
+
+
+def test_a_re_rating_that_cannot_read_an_override_window_off_the_hour_is_refused_changing_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    """contracts.proto PriceOverride: the window is read against each event's own timestamp. Version 1 prices a unit
+    at 1; k-c has `half` (price 0.5 a unit) from h1 + 30 min, and `x` (model=x, price 9) from h0 + 30 min, which no
+    usage below matches. 1 unit at h0 + 5 min: 1. 4 units at h1 + 10 min, before `half`: 4; 4 at h1 + 40 min, inside
+    it: 0.5 x 8 - 0.5 x 4 = 2. Charges 7.
+
+    A version with the very same prices published from h0 re-rated the hour h1 as one bucket priced at its hour's
+    start, before `half`: 8 units at 1, charges 7 -> 9, the customer billed 2 more for prices that did not change (and
+    an override ending off the hour would have been applied to the whole hour). The bucket cannot tell the units used
+    before 30 past from those after, so, as for a period boundary off the hour, the publish, its simulation and a
+    rollback covering h1 are refused with FAILED_PRECONDITION naming the customer, the product and the hour h1 (not
+    h0: `x` matches nothing there), and change nothing. A publish from the hour after h1 re-rates nothing to refuse."""
+    server = server_factory()
+    hour = this_hour_ms()
+    h0, h1 = hour - 2 * HOUR_MS, hour - HOUR_MS
+    with server.client() as client:
+        catalogue(client, h0)
+        override(client, "k-c", id="half", product_id="units", price="0.5", starting_at=stamp(h1 + 30 * MINUTE_MS))
+        override(
+            client,
+            "k-c",
+            id="x",
+            product_id="units",
+            match={"model": "x"},
+            price="9",
+            starting_at=stamp(h0 + 30 * MINUTE_MS),
+        )
+        ingest(client, work("e0", h0 + 5 * MINUTE_MS, 1))
+        ingest(client, work("e1", h1 + 10 * MINUTE_MS, 4), work("e2", h1 + 40 * MINUTE_MS, 4))
+        assert charges(client) == "7"
+        same = draft(client, 1, [unit("1")])
+        for refused in (
+            lambda: publish(client, same, h0),
+            lambda: client.pricing.SimulateVersion(
+                pricing_pb2.SimulateVersionRequest(
+                    rate_card_id=CARD, version=same, period_start=stamp(h0), period_end=stamp(hour)
+                )
+            ),
+            lambda: client.pricing.RollbackRateCard(
+                pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(h1))
+            ),
+        ):
+            message = expect_error(S.FAILED_PRECONDITION, refused)
+            assert "'c'" in message or '"c"' in message, message
+            assert "units" in message and f"the hour from {iso(h1)}" in message, message
+            assert f"the hour from {iso(h0)}" not in message, message
+        assert charges(client) == "7"
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
+        assert (card.latest_version, card.current_version) == (2, 1)
+        assert counts(publish(client, same, hour)) == (0, 0, 0, "0")
+        assert charges(client) == "7"
