@@ -1847,6 +1847,11 @@ type PublishVersionRequest struct {
 	// period whose later hours are re-rated (their cumulative quantity would miss
 	// its part); the message names the customer, the product and the hour. A
 	// version effective after that period's boundary hours re-rates as usual.
+	// Refused so is usage re-rated in an hour holding the start or end, off the
+	// hour, of one of the contract's price overrides that matches it (starting_at
+	// 10:30): the units before that instant were rated without the override and
+	// those after with it, and the hour's bucket cannot tell them apart (the
+	// message names the customer, the product, the hour and the instant).
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	// Unset (or empty): the version prices every customer outside cohorts. Set:
 	// only the cohort's customers. At time t a customer's price comes from the
@@ -2069,8 +2074,8 @@ func (x *PublishVersionResponse) GetLeftAloneReason() string {
 // the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
 // force); usage it would re-rate that cannot be priced again, as for
 // PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
-// no rate, an hour holding a period boundary off the hour; see
-// PublishVersionRequest.effective_from).
+// no rate, an hour holding a period boundary or a matching override's start or
+// end off the hour; see PublishVersionRequest.effective_from).
 type RollbackRateCardRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
@@ -2744,9 +2749,10 @@ func (x *DiffVersionsResponse) GetRates() []*RateChange {
 // A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
 // findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
 // cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product) or usage in an
-// hour holding a period boundary off the hour that a publish would refuse to
-// re-rate (see PublishVersionRequest.effective_from; the window's hours count as
-// re-rated): FAILED_PRECONDITION naming the customer, the product and the hour.
+// hour holding a period boundary or a matching override's start or end off the
+// hour that a publish would refuse to re-rate (see
+// PublishVersionRequest.effective_from; the window's hours count as re-rated):
+// FAILED_PRECONDITION naming the customer, the product and the hour.
 // A period without usage gives no amounts and zero totals. period_start and
 // period_end are required; a period_end not after period_start is
 // INVALID_ARGUMENT naming period_end.

@@ -820,6 +820,11 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
    * period whose later hours are re-rated (their cumulative quantity would miss
    * its part); the message names the customer, the product and the hour. A
    * version effective after that period's boundary hours re-rates as usual.
+   * Refused so is usage re-rated in an hour holding the start or end, off the
+   * hour, of one of the contract's price overrides that matches it (starting_at
+   * 10:30): the units before that instant were rated without the override and
+   * those after with it, and the hour's bucket cannot tell them apart (the
+   * message names the customer, the product, the hour and the instant).
    *
    * @generated from field: google.protobuf.Timestamp effective_from = 3;
    */
@@ -949,8 +954,8 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
  * the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
  * force); usage it would re-rate that cannot be priced again, as for
  * PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
- * no rate, an hour holding a period boundary off the hour; see
- * PublishVersionRequest.effective_from).
+ * no rate, an hour holding a period boundary or a matching override's start or
+ * end off the hour; see PublishVersionRequest.effective_from).
  *
  * @generated from message tariff.v1.RollbackRateCardRequest
  */
@@ -1317,9 +1322,10 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
  * findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
  * cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product) or usage in an
- * hour holding a period boundary off the hour that a publish would refuse to
- * re-rate (see PublishVersionRequest.effective_from; the window's hours count as
- * re-rated): FAILED_PRECONDITION naming the customer, the product and the hour.
+ * hour holding a period boundary or a matching override's start or end off the
+ * hour that a publish would refuse to re-rate (see
+ * PublishVersionRequest.effective_from; the window's hours count as re-rated):
+ * FAILED_PRECONDITION naming the customer, the product and the hour.
  * A period without usage gives no amounts and zero totals. period_start and
  * period_end are required; a period_end not after period_start is
  * INVALID_ARGUMENT naming period_end.
