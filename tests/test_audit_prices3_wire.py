@@ -13,10 +13,12 @@ its hour (the newest-effective, of two at once the later published)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-from tariff import TariffClient
+from tariff import TariffClient, TariffError
 from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
 from engine.instants import iso
@@ -265,3 +267,164 @@ def test_a_re_rating_that_cannot_read_an_override_window_off_the_hour_is_refused
         assert (card.latest_version, card.current_version) == (2, 1)
         assert counts(publish(client, same, hour)) == (0, 0, 0, "0")
         assert charges(client) == "7"
+
+
+def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, list[tuple[str, str]]]:
+    """The code and the google.rpc.BadRequest violations (field, why) of a refused call."""
+    try:
+        call()
+    except TariffError as exc:
+        return exc.code, [(v.field, v.description) for v in exc.field_violations]
+    raise AssertionError("expected a refusal, the call succeeded")
+
+
+def test_a_cohort_by_attribute_and_creation_time_re_rates_only_customers_created_strictly_after(
+    server_factory: ServerFactory,
+) -> None:
+    """Customers e1 and e2 (segment=ent, e2 created after e1), s1 (segment=smb) and c (no attributes), each 5 units at
+    h0 priced 1: 5 each. Cohort {segment: ent, created strictly after e1's created_at} holds e2 only. Malformed
+    cohorts are refused first, INVALID_ARGUMENT naming the field, each changing nothing (v2 stays a draft, no
+    PublishVersion entry, charges 5 each). Then v2 (3 a unit) published from h0 to the cohort re-rates e2 only: 5 ->
+    15, delta 10, 1 customer, 1 bucket, 1 event. The same request again answers the same version and re-rates
+    nothing; the same version with the creation time 1 ms later is another cohort: FAILED_PRECONDITION."""
+    server = server_factory()
+    hour = this_hour_ms()
+    h0 = hour - HOUR_MS
+    with server.client() as client:
+        catalogue(client, h0)
+        created = {}
+        for who, segment in (("e1", "ent"), ("e2", "ent"), ("s1", "smb")):
+            time.sleep(0.005)  # created_at is the server's millisecond: e2's after e1's
+            customer(client, who, h0, segment=segment)
+            got = client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id=who))
+            created[who] = got.created_at.ToMilliseconds()
+        assert created["e1"] < created["e2"]
+        ingest(client, *(used(who, f"{who}-1", h0 + 1, 5) for who in ("c", "e1", "e2", "s1")))
+        v2 = draft(client, 1, [unit("3")])
+        invalid = S.INVALID_ARGUMENT
+        for cohort, violation in (
+            (pricing_pb2.Cohort(attributes={"": "ent"}), ("cohort.attributes", "an attribute key must not be empty")),
+            (
+                pricing_pb2.Cohort(attributes={"segment": ""}),
+                ("cohort.attributes[segment]", "an attribute match needs a value"),
+            ),
+            (pricing_pb2.Cohort(customer_ids=["e2", ""]), ("cohort.customer_ids", "an id must not be empty")),
+            (
+                pricing_pb2.Cohort(customer_ids=["e2", "e 1"]),
+                ("cohort.customer_ids[1]", "'e 1' must be 1-128 characters of letters, digits and ._:@-"),
+            ),
+            (
+                pricing_pb2.Cohort(customer_ids=["nope", "e2", "zz"]),
+                ("cohort.customer_ids", "no such customer: 'nope', 'zz'"),
+            ),
+        ):
+            request = pricing_pb2.PublishVersionRequest(
+                rate_card_id=CARD, version=v2, effective_from=stamp(h0), cohort=cohort
+            )
+            assert refusal(lambda r=request: client.pricing.PublishVersion(r)) == (invalid, [violation])  # type: ignore[misc]
+        version = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=v2))
+        assert version.state == pricing_pb2.DRAFT and not version.HasField("cohort")
+        log = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(action="PublishVersion")).entries
+        assert [e.target for e in log] == [f"rate_card/{CARD}/version/1"]
+        everyone = ("c", "e1", "e2", "s1")
+        assert [client.get_balance(who).period_charges for who in everyone] == ["5", "5", "5", "5"]
+
+        def cohort_publish(after_ms: int) -> pricing_pb2.PublishVersionResponse:
+            cohort = pricing_pb2.Cohort(attributes={"segment": "ent"}, customers_created_after=stamp(after_ms))
+            request = pricing_pb2.PublishVersionRequest(
+                rate_card_id=CARD, version=v2, effective_from=stamp(h0), cohort=cohort
+            )
+            response: pricing_pb2.PublishVersionResponse = client.pricing.PublishVersion(request)
+            return response
+
+        done = cohort_publish(created["e1"])
+        assert counts(done) == (1, 1, 1, "10")
+        assert [client.get_balance(who).period_charges for who in everyone] == ["5", "5", "15", "5"]
+        again = cohort_publish(created["e1"])
+        assert again.version == done.version and counts(again) == (0, 0, 0, "0")
+        expect_error(S.FAILED_PRECONDITION, lambda: cohort_publish(created["e1"] + 1))
+        assert [client.get_balance(who).period_charges for who in everyone] == ["5", "5", "15", "5"]
+
+
+def test_simulate_refusals_name_the_field_and_a_window_before_any_usage_is_empty(server_factory: ServerFactory) -> None:
+    """pricing.proto SimulateVersionRequest: period_start and period_end are required, a period_end not after
+    period_start is INVALID_ARGUMENT naming period_end, a customer id breaking the id rule names customer_ids[i];
+    a window holding no usage gives no amounts and zero totals."""
+    server = server_factory()
+    hour = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, hour - HOUR_MS)
+        ingest(client, work("s1", hour - HOUR_MS + 1, 2))
+        v2 = draft(client, 1, [unit("3")])
+
+        def simulate(**fields: Any) -> pricing_pb2.SimulateVersionResponse:
+            request = pricing_pb2.SimulateVersionRequest(rate_card_id=CARD, version=v2, **fields)
+            response: pricing_pb2.SimulateVersionResponse = client.pricing.SimulateVersion(request)
+            return response
+
+        start, end = stamp(hour - HOUR_MS), stamp(hour)
+        invalid = S.INVALID_ARGUMENT
+        assert refusal(lambda: simulate(period_start=start)) == (invalid, [("period_end", "is required")])
+        assert refusal(lambda: simulate(period_end=end)) == (invalid, [("period_start", "is required")])
+        assert refusal(lambda: simulate(period_start=start, period_end=start)) == (
+            invalid,
+            [("period_end", "must be after period_start")],
+        )
+        code, violations = refusal(lambda: simulate(period_start=start, period_end=end, customer_ids=["c", "c d"]))
+        assert (code, [field for field, _ in violations]) == (invalid, ["customer_ids[1]"])
+        early = simulate(period_start=stamp(hour - 3 * HOUR_MS), period_end=stamp(hour - HOUR_MS))
+        assert list(early.amounts) == [] and (early.totals.current_amount, early.totals.delta) == ("0", "0")
+        [row] = simulate(period_start=start, period_end=end).amounts
+        assert (row.current_amount, row.simulated_amount, row.delta) == ("2", "6", "4")
+
+
+def test_an_override_added_after_usage_is_applied_back_only_by_a_re_rating_tiers_and_flat_fee_dropped(
+    server_factory: ServerFactory,
+) -> None:
+    """v2 from h0 (before usage): GRADUATED per 1000 units, up to 1000 at 2 with a flat fee of 1, then 1. 600 units at
+    h0: 600 x 2 / 1000 + 1 = 2.2. Then an override at price 0.5 (no window: from the contract's start): per
+    contracts.proto a flat 0.5 per 1000 for the whole quantity, tiers and flat fee dropped, pricing only what is
+    rated after it. 900 units at h1: 0.5 x 1500 / 1000 - 0.5 x 600 / 1000 = 0.45; charges 2.65 (h0 kept). Authorize
+    of 1000 more: 0.5 x 2500 / 1000 - 0.75 = 0.5.
+    v3 with v2's prices published from h0 re-rates both hours "with the contract's overrides as they are then":
+    h0 0.3, h1 0.45: charges 0.75, delta -1.9, 2 buckets (h0's charge changed, h1's version), 2 events."""
+    server = server_factory()
+    hour = this_hour_ms()
+    h0, h1 = hour - 2 * HOUR_MS, hour - HOUR_MS
+    with server.client() as client:
+        catalogue(client, h0)
+        card_prices = [tiered(False, [("1000", "2", "1"), ("", "1", "")], "1000")]
+        publish(client, draft(client, 1, card_prices), h0)
+        ingest(client, work("t0", h0 + 1, 600))
+        assert charges(client) == "2.2"
+        override(client, "k-c", id="deal", product_id="units", price="0.5")
+        ingest(client, work("t1", h1 + 1, 900))
+        assert charges(client) == "2.65"
+        assert str(client.authorize("c", "work", values={"n": 1000}).estimated_cost) == "0.5"
+        done = publish(client, draft(client, 1, card_prices), h0)
+        assert counts(done) == (1, 2, 2, "-1.9")
+        assert charges(client) == "0.75"
+
+
+def test_a_volume_price_that_drops_across_hours_is_rated_and_re_rated_alike(server_factory: ServerFactory) -> None:
+    """VOLUME up to 10 at 1, then 0.5 (v2 from h0, before usage): 10 units at h0 cost v(10) = 10; 2 more at h1 bring
+    the whole period to v(12) = 12 x 0.5 = 6, so h1's bucket is charged 6 - 10 = -4 and the period 6 (a bucket is
+    curve(after) - curve(before)). A version with the same prices from h0 re-rates to the same amounts: delta 0,
+    charges 6; one with the second tier at 0.75 makes v(12) = 9: h1 -1, charges 9, delta +3 (one bucket changed its
+    charge, the other only its version: 2 buckets)."""
+    server = server_factory()
+    hour = this_hour_ms()
+    h0, h1 = hour - 2 * HOUR_MS, hour - HOUR_MS
+    with server.client() as client:
+        catalogue(client, h0)
+        volume = [tiered(True, [("10", "1", ""), ("", "0.5", "")])]
+        publish(client, draft(client, 1, volume), h0)
+        ingest(client, work("v0", h0 + 1, 10))
+        assert charges(client) == "10"
+        ingest(client, work("v1", h1 + 1, 2))
+        assert charges(client) == "6"
+        assert counts(publish(client, draft(client, 1, volume), h0))[3] == "0"
+        assert charges(client) == "6"
+        dearer = [tiered(True, [("10", "1", ""), ("", "0.75", "")])]
+        assert counts(publish(client, draft(client, 1, dearer), h0)) == (1, 2, 2, "3")
+        assert charges(client) == "9"
