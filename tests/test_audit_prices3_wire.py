@@ -428,3 +428,70 @@ def test_a_volume_price_that_drops_across_hours_is_rated_and_re_rated_alike(serv
         dearer = [tiered(True, [("10", "1", ""), ("", "0.75", "")])]
         assert counts(publish(client, draft(client, 1, dearer), h0)) == (1, 2, 2, "3")
         assert charges(client) == "9"
+
+
+def test_override_windows_on_the_hour_re_rate_exactly_and_an_hour_only_walked_is_not_refused(
+    server_factory: ServerFactory,
+) -> None:
+    """Card price 1. k-c: `double` (multiplier 2, every event) from h1, on the hour; `half` (model=m, price 0.5, the
+    more specific) from h1 + 30 min. At h0: 3 units: 3. At h1: 3 units: 2 x (6 - 3) = 6; 4 of model m at h1 + 10 min
+    (`double`): 2 x 4 = 8; 4 of m at h1 + 40 min (`half`): 0.5 x 8 - 0.5 x 4 = 2. In the current hour h2: 2 of m
+    (`half`): 0.5 x 10 - 0.5 x 8 = 1; 1 unit (`double`): 2 x 7 - 2 x 6 = 2. Charges 22.
+    v2 at 2 a unit from h2 re-rates h2 only (h1, holding `half`'s start off the hour, is walked for its quantity,
+    never priced): m keeps 1 (`half` replaces the card's price), the other bucket 2 x 2 x 7 - 2 x 2 x 6 = 4 (was 2):
+    charges 24, delta 2, 2 buckets (one charge, one version), 2 events. v3 from h0 would price h1 again: refused,
+    naming h1, changing nothing."""
+    server = server_factory()
+    h2 = this_hour_ms()
+    h0, h1 = h2 - 2 * HOUR_MS, h2 - HOUR_MS
+    with server.client() as client:
+        catalogue(client, h0)
+        override(client, "k-c", id="double", product_id="units", multiplier="2", starting_at=stamp(h1))
+        half_from = stamp(h1 + 30 * MINUTE_MS)
+        override(client, "k-c", id="half", product_id="units", match={"model": "m"}, price="0.5", starting_at=half_from)
+        ingest(client, work("a0", h0 + 1, 3), work("a1", h1 + 1, 3))
+        assert charges(client) == "9"
+        ingest(client, work("m1", h1 + 10 * MINUTE_MS, 4, model="m"), work("m2", h1 + 40 * MINUTE_MS, 4, model="m"))
+        assert charges(client) == "19"
+        ingest(client, work("m3", h2 + 1, 2, model="m"), work("a2", h2 + 2, 1))
+        assert charges(client) == "22"
+        assert counts(publish(client, draft(client, 1, [unit("2")]), h2)) == (1, 2, 2, "2")
+        assert charges(client) == "24"
+        v3 = draft(client, 1, [unit("3")])
+        message = expect_error(S.FAILED_PRECONDITION, lambda: publish(client, v3, h0))
+        assert f"the hour from {iso(h1)}" in message, message
+        assert charges(client) == "24"
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).current_version == 2
+
+
+def test_a_rollback_retried_after_another_version_took_over_is_a_new_rollback_re_rating_again(
+    server_factory: ServerFactory,
+) -> None:
+    """v1 (1 a unit) and v2 (2 a unit) in force from h0; 1 unit at h1: 2. Rollback to 1 from h1: version 3, a copy
+    of v1, re-rating it to 1 (delta -1); retried, the same copy and nothing re-rated. v4 (5 a unit) published from
+    h1 takes over (same hour, published later): 5 (delta +4). The same rollback request now is a new rollback:
+    version 5, rollback_from 4, re-rating to 1 (delta -4); its retry answers version 5."""
+    server = server_factory()
+    hour = this_hour_ms()
+    h0, h1 = hour - 2 * HOUR_MS, hour - HOUR_MS
+    with server.client() as client:
+        catalogue(client, h0)
+        publish(client, draft(client, 1, [unit("2")]), h0)
+        ingest(client, work("r1", h1 + 1, 1))
+        assert charges(client) == "2"
+        request = pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(h1))
+
+        def rollback() -> tuple[int, int, str]:
+            done = client.pricing.RollbackRateCard(request)
+            return done.version.version, done.version.rollback_from_version, done.rerated_amount_delta
+
+        assert rollback() == (3, 2, "-1")
+        assert rollback() == (3, 2, "0")
+        assert charges(client) == "1"
+        assert counts(publish(client, draft(client, 1, [unit("5")]), h1))[3] == "4"
+        assert charges(client) == "5"
+        assert rollback() == (5, 4, "-4")
+        assert charges(client) == "1"
+        assert rollback() == (5, 4, "0")
+        versions = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD)).versions
+        assert [(v.version, v.rollback_to_version) for v in versions] == [(1, 0), (2, 0), (3, 1), (4, 0), (5, 1)]
