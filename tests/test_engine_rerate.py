@@ -218,6 +218,24 @@ def test_the_servers_publish_rerating_an_hour_holding_an_override_start_off_the_
     assert isinstance(billing.apply(later, billing.last_seq + 1), PublishResult)
 
 
+def test_an_override_of_an_earlier_contract_does_not_refuse_the_hours_of_the_next_one() -> None:
+    """Contract c-a until 02:00 holds an override (0.5 a unit) whose window ends at 02:30, past the contract; c-b
+    prices from 02:00 at the card's 1 a unit. 4 units at 02:10 are c-b's: 4. The 02:00 bucket is priced by c-b, which
+    has no override, so nothing in it is split: a publish at 2 a unit from 00:00 re-rates it, 4 -> 8."""
+    world = calls_world()
+    world.contract("c-a", ending_before_ms=EPOCH_MS + 2 * HOUR_MS)
+    world.contract("c-b", starting_at_ms=EPOCH_MS + 2 * HOUR_MS)
+    world.override("calls", contract_id="c-a", price="0.5", ending_before_ms=EPOCH_MS + 2 * HOUR_MS + HOUR_MS // 2)
+    billing = Billing(engine=world.engine)
+    batch = usage_pb2.UsageBatch(events=[usage_event("b", EPOCH_MS + 130 * 60_000, {"n": 4.0})])
+    assert billing.ingest(batch.SerializeToString(), RECEIVED_MS).accepted == 1
+    number = draft(billing, (rate("calls", unit("2")),))
+    command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, override_hours_refused=True)
+    result = billing.apply(command, billing.last_seq + 1)
+    assert isinstance(result, PublishResult)
+    assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (1, 4 * 10**12)
+
+
 def test_a_publish_journaled_without_override_hours_refused_replays_its_rerating_as_before() -> None:
     """A PublishVersion record an earlier release journaled has no override_hours_refused: decoded, it reads False,
     and re-rates as it did then: the 01:00 bucket priced at its hour's start, before the override: 8 units at 1,

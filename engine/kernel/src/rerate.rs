@@ -400,7 +400,9 @@ impl Kernel {
                     o.product == key.product
                         && o.required.as_ref().is_some_and(|req| req.iter().all(|(p, v)| tuple.get(*p) == Some(v)))
                 };
-                let boundary = overrides().filter(matches).find_map(|o| {
+                // The contract that prices the bucket (`walk`): the one in force at the hour's start.
+                let contract = route.contracts.iter().find(|c| c.covers(key.hour * HOUR_MS))?;
+                let boundary = contract.overrides.iter().filter(matches).find_map(|o| {
                     [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten().find(|at| inside(*at, key.hour))
                 })?;
                 Some((key, boundary))
