@@ -440,7 +440,7 @@ def test_override_windows_on_the_hour_re_rate_exactly_and_an_hour_only_walked_is
     v2 at 2 a unit from h2 re-rates h2 only (h1, holding `half`'s start off the hour, is walked for its quantity,
     never priced): m keeps 1 (`half` replaces the card's price), the other bucket 2 x 2 x 7 - 2 x 2 x 6 = 4 (was 2):
     charges 24, delta 2, 2 buckets (one charge, one version), 2 events. v3 from h0 would price h1 again: refused,
-    naming h1, changing nothing."""
+    naming h1, changing nothing. After a kill -9 and a restart the charges are still 24."""
     server = server_factory()
     h2 = this_hour_ms()
     h0, h1 = h2 - 2 * HOUR_MS, h2 - HOUR_MS
@@ -462,6 +462,11 @@ def test_override_windows_on_the_hour_re_rate_exactly_and_an_hour_only_walked_is
         assert f"the hour from {iso(h1)}" in message, message
         assert charges(client) == "24"
         assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).current_version == 2
+    server.kill9()
+    server.restart()
+    with server.client() as client:  # the journal replays the publish (its override_hours_refused too) exactly
+        assert charges(client) == "24"
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).latest_version == 3
 
 
 def test_a_rollback_retried_after_another_version_took_over_is_a_new_rollback_re_rating_again(
