@@ -500,3 +500,33 @@ def test_a_rollback_retried_after_another_version_took_over_is_a_new_rollback_re
         assert rollback() == (5, 4, "0")
         versions = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD)).versions
         assert [(v.version, v.rollback_to_version) for v in versions] == [(1, 0), (2, 0), (3, 1), (4, 0), (5, 1)]
+
+
+def test_a_version_published_ahead_prices_the_hours_from_its_effective_hour_and_a_rollback_undoes_it_there(
+    server_factory: ServerFactory,
+) -> None:
+    """README step 4: publish from the next hour, usage before it keeps the old price. With events taken up to two
+    hours ahead (--future-skew-s 7200): v2 (GRADUATED up to 5 at 2, then 1) from the next hour h+1; v1 prices 1 a
+    unit. 4 units now (h): 4, and Authorize now estimates 4 more at v1: 4. 4 units at h+1 priced by v2 over the
+    cumulative 4 -> 8: (5 x 2 + 3 x 1) - 4 x 2 = 5; charges 9. GetVersion at h is 1, at h+1 is 2; the card's
+    current version is still 1. A rollback to 1 from h+1 (version 3, replacing 2) re-rates that hour: 8 - 4 = 4,
+    delta -1, charges 8."""
+    server = server_factory(extra_args=["--future-skew-s", "7200"])
+    h = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, h - HOUR_MS)
+        v2 = draft(client, 1, [tiered(False, [("5", "2", ""), ("", "1", "")])])
+        assert counts(publish(client, v2, h + HOUR_MS)) == (0, 0, 0, "0")
+        ingest(client, work("now", h + 1, 4))
+        assert charges(client) == "4"
+        assert str(client.authorize("c", "work", values={"n": 4}).estimated_cost) == "4"
+        ingest(client, work("ahead", h + HOUR_MS + 1, 4))
+        assert charges(client) == "9"
+        assert (version_at(client, h), version_at(client, h + HOUR_MS)) == (1, v2)
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).current_version == 1
+        rollback = client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(h + HOUR_MS))
+        )
+        assert (rollback.version.version, rollback.version.rollback_from_version) == (3, v2)
+        assert counts(rollback) == (1, 1, 1, "-1")
+        assert charges(client) == "8"
