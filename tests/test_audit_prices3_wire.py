@@ -530,3 +530,32 @@ def test_a_version_published_ahead_prices_the_hours_from_its_effective_hour_and_
         assert (rollback.version.version, rollback.version.rollback_from_version) == (3, v2)
         assert counts(rollback) == (1, 1, 1, "-1")
         assert charges(client) == "8"
+
+
+def test_tier_bounds_package_sizes_and_per_units_may_be_formulas_priced_as_evaluated(
+    server_factory: ServerFactory,
+) -> None:
+    """pricing.proto: every price field holds a decimal or a formula over the version's parameters (DiffVersions
+    lists tiers[N].up_to and package.package_size among them). With p = 2: model=t GRADUATED up to p x 5 = 10 at
+    1, then 0.5: 12 units cost 10 + 1 = 11; model=k PACKAGE size p = 2 at p x 1.5 = 3: 3 units are 2 packages, 6;
+    model=u UNIT p per p x 1000 = 2000 units: 3000 units cost 3. Charges 20. Changing only p to 4 (a draft based on
+    it) reprices all three, published from h: t up to 20 at 1: 12; k size 4 at 6: one package, 6; u 4 per 4000:
+    3. Charges 21, delta 1."""
+    server = server_factory()
+    h = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, h)
+        rates = [
+            tiered(False, [("p * 5", "1", ""), ("", "0.5", "")], model="t"),
+            package("p", "p * 1.5", model="k"),
+            unit("p", {"model": "u"}, per_units="p * 1000"),
+        ]
+        v2 = draft(client, 1, rates, {"p": "2"})
+        publish(client, v2, h)
+        ingest(
+            client, work("t", h + 1, 12, model="t"), work("k", h + 2, 3, model="k"), work("u", h + 3, 3000, model="u")
+        )
+        assert charges(client) == "20"
+        v3 = draft(client, v2, [], {"p": "4"})
+        assert counts(publish(client, v3, h)) == (1, 3, 3, "1")
+        assert charges(client) == "21"
