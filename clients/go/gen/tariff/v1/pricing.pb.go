@@ -536,8 +536,8 @@ func (x *ListProductsResponse) GetProducts() []*Product {
 
 type Tier struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Decimal string: the tier covers quantities up to this bound; empty on
-	// the last tier (unbounded).
+	// Decimal or formula: the tier covers quantities up to this bound
+	// (inclusive); empty on the last tier (unbounded).
 	UpTo string `protobuf:"bytes,1,opt,name=up_to,json=upTo,proto3" json:"up_to,omitempty"`
 	// Decimal or formula: price per per_units within the tier; "0" when empty.
 	UnitPrice string `protobuf:"bytes,2,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
@@ -726,8 +726,10 @@ func (x *TieredPrice) GetPerUnits() string {
 
 type PackagePrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Quantity is rounded up to whole packages.
-	PackageSize   string `protobuf:"bytes,1,opt,name=package_size,json=packageSize,proto3" json:"package_size,omitempty"`
+	// Decimal or formula: quantity is rounded up to whole packages of this
+	// size.
+	PackageSize string `protobuf:"bytes,1,opt,name=package_size,json=packageSize,proto3" json:"package_size,omitempty"`
+	// Decimal or formula: the price of each started package.
 	PackagePrice  string `protobuf:"bytes,2,opt,name=package_price,json=packagePrice,proto3" json:"package_price,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -779,8 +781,8 @@ func (x *PackagePrice) GetPackagePrice() string {
 
 type FlatPrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Charged once per period per line whose quantity in the period is above
-	// zero (an event that adds 0 to it charges nothing).
+	// Decimal or formula, charged once per period per line whose quantity in
+	// the period is above zero (an event that adds 0 to it charges nothing).
 	Price         string `protobuf:"bytes,1,opt,name=price,proto3" json:"price,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -136,8 +136,8 @@ export const ListProductsResponseSchema: GenMessage<ListProductsResponse> = /*@_
  */
 export type Tier = Message<"tariff.v1.Tier"> & {
   /**
-   * Decimal string: the tier covers quantities up to this bound; empty on
-   * the last tier (unbounded).
+   * Decimal or formula: the tier covers quantities up to this bound
+   * (inclusive); empty on the last tier (unbounded).
    *
    * @generated from field: string up_to = 1;
    */
@@ -236,13 +236,16 @@ export const TieredPriceSchema: GenMessage<TieredPrice> = /*@__PURE__*/
  */
 export type PackagePrice = Message<"tariff.v1.PackagePrice"> & {
   /**
-   * Quantity is rounded up to whole packages.
+   * Decimal or formula: quantity is rounded up to whole packages of this
+   * size.
    *
    * @generated from field: string package_size = 1;
    */
   packageSize: string;
 
   /**
+   * Decimal or formula: the price of each started package.
+   *
    * @generated from field: string package_price = 2;
    */
   packagePrice: string;
@@ -260,8 +263,8 @@ export const PackagePriceSchema: GenMessage<PackagePrice> = /*@__PURE__*/
  */
 export type FlatPrice = Message<"tariff.v1.FlatPrice"> & {
   /**
-   * Charged once per period per line whose quantity in the period is above
-   * zero (an event that adds 0 to it charges nothing).
+   * Decimal or formula, charged once per period per line whose quantity in
+   * the period is above zero (an event that adds 0 to it charges nothing).
    *
    * @generated from field: string price = 1;
    */
