@@ -559,3 +559,36 @@ def test_tier_bounds_package_sizes_and_per_units_may_be_formulas_priced_as_evalu
         v3 = draft(client, v2, [], {"p": "4"})
         assert counts(publish(client, v3, h)) == (1, 3, 3, "1")
         assert charges(client) == "21"
+
+
+def test_a_cohort_publish_retried_after_a_restart_answers_the_same_and_later_members_stay_members(
+    server_factory: ServerFactory,
+) -> None:
+    """v2 (4 a unit) published from h to the cohort of customers created strictly after c's creation; v1 prices 1.
+    n1, created after the publish, joins it: 2 units cost 8; c stays outside: 2 units cost 2. After a kill -9 and a
+    restart the same publish request answers the same version (nothing re-rated), a customer created now (n2) still
+    joins (4 for 1 unit), and the charges are as before."""
+    server = server_factory()
+    h = this_hour_ms()
+    with server.client() as client:
+        catalogue(client, h)
+        c_created = client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id="c")).created_at
+        request = pricing_pb2.PublishVersionRequest(
+            rate_card_id=CARD,
+            version=draft(client, 1, [unit("4")]),
+            effective_from=stamp(h),
+            cohort=pricing_pb2.Cohort(customers_created_after=c_created),
+        )
+        first = client.pricing.PublishVersion(request)
+        time.sleep(0.005)
+        customer(client, "n1", h)
+        ingest(client, work("c1", h + 1, 2), used("n1", "n1-1", h + 1, 2))
+        assert (charges(client), client.get_balance("n1").period_charges) == ("2", "8")
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        again = client.pricing.PublishVersion(request)
+        assert again.version == first.version and counts(again) == (0, 0, 0, "0")
+        customer(client, "n2", h)
+        ingest(client, used("n2", "n2-1", h + 2, 1))
+        assert [client.get_balance(who).period_charges for who in ("c", "n1", "n2")] == ["2", "8", "4"]
