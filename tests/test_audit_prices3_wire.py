@@ -592,3 +592,39 @@ def test_a_cohort_publish_retried_after_a_restart_answers_the_same_and_later_mem
         customer(client, "n2", h)
         ingest(client, used("n2", "n2-1", h + 2, 1))
         assert [client.get_balance(who).period_charges for who in ("c", "n1", "n2")] == ["2", "8", "4"]
+
+
+def test_a_version_without_a_rate_for_usage_it_would_re_rate_is_refused_by_publish_and_simulate_alike(
+    server_factory: ServerFactory,
+) -> None:
+    """v2 keeps only a rate for model=m (the catch-all removed). c used 3 units of model z at h0 and 1 of m: charges
+    4. Publishing v2 from h0 would leave model z unpriced: FAILED_PRECONDITION naming the product, changing nothing
+    (v2 a draft, charges 4); SimulateVersion over the same hours refuses it too. From h1, after the usage, it
+    publishes (nothing to re-rate), and a new z event is then NO_APPLICABLE_RATE, not silently free."""
+    server = server_factory()
+    hour = this_hour_ms()
+    h0, h1 = hour - HOUR_MS, hour
+    with server.client() as client:
+        catalogue(client, h0)
+        ingest(client, work("z1", h0 + 1, 3, model="z"), work("m1", h0 + 2, 1, model="m"))
+        assert charges(client) == "4"
+        request = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=CARD,
+            based_on_version=1,
+            upsert_rates=[unit("2", {"model": "m"})],
+            remove_rates=[pricing_pb2.RateKey(product_id="units")],
+        )
+        v2 = client.pricing.CreateDraftVersion(request).version
+        message = expect_error(S.FAILED_PRECONDITION, lambda: publish(client, v2, h0))
+        assert "units" in message and "no rate" in message, message
+        simulate = pricing_pb2.SimulateVersionRequest(
+            rate_card_id=CARD, version=v2, period_start=stamp(h0), period_end=stamp(h1)
+        )
+        message = expect_error(S.FAILED_PRECONDITION, lambda: client.pricing.SimulateVersion(simulate))
+        assert "units" in message and "no rate" in message, message
+        shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=CARD, version=v2))
+        assert shown.state == pricing_pb2.DRAFT and charges(client) == "4"
+        assert counts(publish(client, v2, h1)) == (0, 0, 0, "0")
+        ack = client.ingest_batch([work("z2", h1 + 1, 1, model="z")], batch_id="b-z2")
+        assert ack.accepted == 0 and [r.reason for r in ack.rejected] == [usage_pb2.NO_APPLICABLE_RATE]
+        assert charges(client) == "4"
