@@ -236,6 +236,36 @@ def test_an_override_of_an_earlier_contract_does_not_refuse_the_hours_of_the_nex
     assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (1, 4 * 10**12)
 
 
+def test_an_override_boundary_that_changes_no_price_in_its_hour_does_not_refuse() -> None:
+    """`deal` (model=m, 0.5 a unit, always) is more specific than `promo` (every model, multiplier 2, from 01:30):
+    usage of model m is priced by `deal` on both sides of 01:30, so its 01:00 bucket is not split and a publish at 2
+    a unit from 00:00 re-rates it (8 units: 4 -> 4, version only). Usage of model z in that hour is split by `promo`
+    and would be refused: it is what the check must see, not every override's boundary."""
+    world = World()
+    world.product("calls", value_key="n", dimensions=("model",))
+    world.rate_card()
+    world.version([rate("calls", unit("1"))])
+    world.customer()
+    world.contract()
+    world.override("calls", price="0.5", match={"model": "m"}, override_id="deal")
+    world.override("calls", multiplier="2", starting_at_ms=EPOCH_MS + HOUR_MS + HOUR_MS // 2, override_id="promo")
+    billing = Billing(engine=world.engine)
+    for name, minutes in (("before", 70), ("inside", 100)):
+        event = usage_event(name, EPOCH_MS + minutes * 60_000, {"n": 4.0}, dimensions={"model": "m"})
+        assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
+    number = draft(billing, (rate("calls", unit("2")),))
+    command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, override_hours_refused=True)
+    result = billing.apply(command, billing.last_seq + 1)
+    assert isinstance(result, PublishResult)
+    assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (1, 0)
+    event = usage_event("z", EPOCH_MS + 80 * 60_000, {"n": 1.0}, dimensions={"model": "z"})
+    assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
+    later = draft(billing, (rate("calls", unit("3")),))
+    again = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", later, EPOCH_MS, override_hours_refused=True)
+    with pytest.raises(FailedPrecondition, match="override off the hour"):
+        billing.apply(again, billing.last_seq + 1)
+
+
 def test_a_publish_journaled_without_override_hours_refused_replays_its_rerating_as_before() -> None:
     """A PublishVersion record an earlier release journaled has no override_hours_refused: decoded, it reads False,
     and re-rates as it did then: the 01:00 bucket priced at its hour's start, before the override: 8 units at 1,

@@ -28,7 +28,9 @@ use crate::draw::{settle_into, Charge, Outcomes};
 use crate::kernel::{Account, Kernel};
 use crate::money::{Fixed, Picos};
 use crate::price::PricedCurve;
-use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Rate, Route, Sym, Version};
+use crate::route::{
+    chosen_override, curve_with_override, period_containing, Aggregation, Catalog, Rate, Route, Sym, Version,
+};
 use crate::tables::VersionTable;
 
 /// One re-rated hour bucket: what it was charged and what it is charged now, and by which versions.
@@ -371,11 +373,11 @@ impl Kernel {
 
     /// Err naming the customer, the product and the hour when pricing again the account's usage of
     /// `card` in the hours [from, until) cannot be exact because an hour bucket to be priced again
-    /// holds an override's start or end off the hour (`starting_at`, `ending_before`) for an
-    /// override that matches the bucket: rated on time, the units before that instant and those
-    /// after it were priced with and without the override, but the bucket does not know which are
-    /// which, and priced again at its hour's start it would take the override for all or none of
-    /// them. Hours before `from` are only walked for their quantity, so they are not looked at.
+    /// holds an override's start or end off the hour (`starting_at`, `ending_before`) where the
+    /// override chosen for the bucket's usage (`chosen_override`) changes: rated on time, the units
+    /// before that instant and those after it were priced by different overrides (or one and none),
+    /// but the bucket does not know which are which, and priced again at its hour's start it would
+    /// take one choice for all of them. Hours before `from` are only walked for their quantity, so they are not looked at.
     /// Changes nothing.
     fn refuse_override_split_hours(
         &self,
@@ -395,16 +397,16 @@ impl Kernel {
         let split = (account.buckets.iter())
             .filter(|(key, usages)| (from..until).contains(&key.hour) && usages.iter().any(|u| u.rate_card == card))
             .filter_map(|(key, _)| {
-                let tuple = combos.tuple(key.combo);
-                let matches = |o: &&crate::route::Override| {
-                    o.product == key.product
-                        && o.required.as_ref().is_some_and(|req| req.iter().all(|(p, v)| tuple.get(*p) == Some(v)))
-                };
-                // The contract that prices the bucket (`walk`): the one in force at the hour's start.
+                // The contract that prices the bucket (`walk`): the one in force at the hour's start. An
+                // instant splits the bucket when the override chosen for its usage changes there.
                 let contract = route.contracts.iter().find(|c| c.covers(key.hour * HOUR_MS))?;
-                let boundary = contract.overrides.iter().filter(matches).find_map(|o| {
-                    [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten().find(|at| inside(*at, key.hour))
-                })?;
+                let dimensions: SmallVec<[Option<Sym>; 4]> = combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
+                let chosen = |at: i64| chosen_override(contract, key.product, &dimensions, at).map(std::ptr::from_ref);
+                let boundary = (contract.overrides.iter())
+                    .filter(|o| o.product == key.product)
+                    .flat_map(|o| [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten())
+                    .filter(|at| inside(*at, key.hour) && chosen(*at - 1) != chosen(*at))
+                    .min()?;
                 Some((key, boundary))
             })
             .min_by(|a, b| {
