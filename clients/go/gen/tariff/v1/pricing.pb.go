@@ -1849,10 +1849,11 @@ type PublishVersionRequest struct {
 	// period whose later hours are re-rated (their cumulative quantity would miss
 	// its part); the message names the customer, the product and the hour. A
 	// version effective after that period's boundary hours re-rates as usual.
-	// Refused so is usage re-rated in an hour holding the start or end, off the
-	// hour, of one of the contract's price overrides that matches it (starting_at
-	// 10:30): the units before that instant were rated without the override and
-	// those after with it, and the hour's bucket cannot tell them apart (the
+	// Refused so is usage re-rated in an hour holding an instant off the hour
+	// where the contract's price override that prices it changes (a matching
+	// override's starting_at 10:30, unless a more specific one prices that usage
+	// on both sides): the units before that instant were rated by one and those
+	// after by the other, and the hour's bucket cannot tell them apart (the
 	// message names the customer, the product, the hour and the instant).
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	// Unset (or empty): the version prices every customer outside cohorts. Set:

@@ -823,10 +823,11 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
    * period whose later hours are re-rated (their cumulative quantity would miss
    * its part); the message names the customer, the product and the hour. A
    * version effective after that period's boundary hours re-rates as usual.
-   * Refused so is usage re-rated in an hour holding the start or end, off the
-   * hour, of one of the contract's price overrides that matches it (starting_at
-   * 10:30): the units before that instant were rated without the override and
-   * those after with it, and the hour's bucket cannot tell them apart (the
+   * Refused so is usage re-rated in an hour holding an instant off the hour
+   * where the contract's price override that prices it changes (a matching
+   * override's starting_at 10:30, unless a more specific one prices that usage
+   * on both sides): the units before that instant were rated by one and those
+   * after by the other, and the hour's bucket cannot tell them apart (the
    * message names the customer, the product, the hour and the instant).
    *
    * @generated from field: google.protobuf.Timestamp effective_from = 3;
