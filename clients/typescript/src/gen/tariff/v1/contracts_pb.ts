@@ -298,7 +298,8 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
    * with the contract's overrides as they are then. Usage is kept by the hour:
    * a starting_at or ending_before off the hour splits its hour's usage between
    * two prices that the hour's bucket cannot tell apart, so a publish that would
-   * re-rate that hour's matching usage is refused (FAILED_PRECONDITION, see
+   * re-rate that hour's matching usage (unless a more specific override prices
+   * it on both sides) is refused (FAILED_PRECONDITION, see
    * PublishVersionRequest.effective_from) until the period closes; on the hour,
    * nothing is refused.
    *
