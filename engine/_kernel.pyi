@@ -84,10 +84,22 @@ class Kernel:
     def restore(snapshot: bytes, segments: Sequence[bytes | mmap.mmap] | None = None) -> Kernel: ...
     def rerate_customers(self, rate_card_id: str, from_hour: int) -> list[str]: ...
     def rerate_check(
-        self, customers: list[str], version: bytes, from_hour: int, split_hours_refused: bool, in_contract: bool
+        self,
+        customers: list[str],
+        version: bytes,
+        from_hour: int,
+        split_hours_refused: bool,
+        override_hours_refused: bool,
+        in_contract: bool,
     ) -> None: ...
     def rerate_plan_slice(
-        self, customers: list[str], version: bytes, from_hour: int, split_hours_refused: bool, in_contract: bool
+        self,
+        customers: list[str],
+        version: bytes,
+        from_hour: int,
+        split_hours_refused: bool,
+        override_hours_refused: bool,
+        in_contract: bool,
     ) -> list[str]: ...
     def rerate(
         self,

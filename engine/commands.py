@@ -97,7 +97,10 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     it) settles the draws from what open holds leave, as then. `rerate_top_ups_in_time`: set likewise, so settling
     the draws again withholds each top-up from its period's charges until they reach what they were when it was
     bought (rated on time, the purchase follows the draw that bought it); False (commands stored before it) lets
-    every top-up pay from its period's start, as then."""
+    every top-up pay from its period's start, as then. `override_hours_refused`: set likewise, so a publish whose
+    re-rating would price again usage in an hour holding the start or end of a matching price override off the hour
+    (an hour bucket does not know which units were used before that instant) is refused (engine/kernel/src/rerate.rs
+    refuse_override_split_hours); False (commands stored before it) re-rates as it re-rated then."""
 
     at_ms: int
     actor: str
@@ -109,6 +112,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rerate_in_contract: bool = False
     rerate_holds_in_time: bool = False
     rerate_top_ups_in_time: bool = False
+    override_hours_refused: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -149,6 +153,7 @@ SERVER_SET_FIELDS = (
     "rerate_holds_in_time",
     "rerate_top_ups_in_time",
     "expired_credit_breaks",
+    "override_hours_refused",
 )
 
 
@@ -193,6 +198,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rerate_in_contract: bool = False  # as PublishVersion's
     rerate_holds_in_time: bool = False  # as PublishVersion's
     rerate_top_ups_in_time: bool = False  # as PublishVersion's
+    override_hours_refused: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):

@@ -120,6 +120,7 @@ class _Planned:
     members: Cohort | None
     cohort: bool
     split_hours_refused: bool  # the command's: usage in an hour holding a period boundary off the hour is refused
+    override_hours_refused: bool  # the command's: usage in an hour holding an override's start or end off the hour
     in_contract: bool  # the command's rerate_in_contract
     holds_in_time: bool  # the command's rerate_holds_in_time
     top_ups_in_time: bool  # the command's rerate_top_ups_in_time
@@ -179,6 +180,7 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         cohort,
         is_cohort,
         command.split_hours_refused,
+        command.override_hours_refused,
         command.rerate_in_contract,
         command.rerate_holds_in_time,
         command.rerate_top_ups_in_time,
@@ -206,7 +208,14 @@ def plan_rerating(
     table = planned.table(state)
     refresh_tables()
     try:
-        kernel.rerate_check(customers, table, planned.from_hour, planned.split_hours_refused, planned.in_contract)
+        kernel.rerate_check(
+            customers,
+            table,
+            planned.from_hour,
+            planned.split_hours_refused,
+            planned.override_hours_refused,
+            planned.in_contract,
+        )
     except ValueError as exc:
         raise planned.refusal(exc) from None
     return planned.plan(customers)
@@ -289,6 +298,7 @@ class PlanInSlices:
                 self.table,
                 self.planned.from_hour,
                 self.planned.split_hours_refused,
+                self.planned.override_hours_refused,
                 self.planned.in_contract,
             )
         except ValueError as exc:

@@ -180,6 +180,112 @@ def test_split_hours_refused_and_rerate_in_contract_are_the_servers_in_neither_a
     assert all("split_hours_refused" not in e.diff and "rerate_in_contract" not in e.diff for e in entries), entries
 
 
+def override_off_hour_machine() -> Billing:
+    """calls at 1 a unit; the contract has an override at 0.5 a unit from 01:30. 4 units at 01:10 (before it): 4;
+    4 at 01:40 (inside it): 0.5 x 8 - 0.5 x 4 = 2."""
+    world = calls_world()
+    world.contract()
+    world.override("calls", price="0.5", starting_at_ms=EPOCH_MS + HOUR_MS + HOUR_MS // 2)
+    billing = Billing(engine=world.engine)
+    for name, minutes in (("before", 70), ("inside", 100)):
+        batch = usage_pb2.UsageBatch(events=[usage_event(name, EPOCH_MS + minutes * 60_000, {"n": 4.0})])
+        assert billing.ingest(batch.SerializeToString(), RECEIVED_MS).accepted == 1
+    return billing
+
+
+def test_the_servers_publish_rerating_an_hour_holding_an_override_start_off_the_hour_is_refused() -> None:
+    """The server sets override_hours_refused: the 01:00 bucket holds 8 units, 4 used before the override's 01:30
+    start and 4 after, which it cannot tell apart: a publish (even of the same prices) or a rollback re-rating it is
+    refused naming the customer, the product, the hour and the override's instant, and changes nothing."""
+    billing = override_off_hour_machine()
+    number = draft(billing, (rate("calls", unit("1")),))
+    before = billing.kernel.snapshot()
+    publish_command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, override_hours_refused=True)
+    with pytest.raises(FailedPrecondition) as refused:
+        billing.apply(publish_command, billing.last_seq + 1)
+    assert (
+        'customer "acme": product "calls": the hour from 2026-01-01T01:00:00Z holds the start or end of a price '
+        "override off the hour (2026-01-01T01:30:00Z)"
+    ) in str(refused.value)
+    assert billing.engine.rate_card("card").version(number).state is VersionState.DRAFT
+    assert billing.kernel.snapshot() == before
+    rollback = cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS + HOUR_MS, override_hours_refused=True)
+    with pytest.raises(FailedPrecondition, match="override off the hour"):
+        billing.apply(rollback, billing.last_seq + 1)
+    assert billing.kernel.snapshot() == before
+    # Effective from 02:00, after that hour: nothing to re-rate there, it publishes.
+    later = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS + 2 * HOUR_MS, override_hours_refused=True)
+    assert isinstance(billing.apply(later, billing.last_seq + 1), PublishResult)
+
+
+def test_an_override_of_an_earlier_contract_does_not_refuse_the_hours_of_the_next_one() -> None:
+    """Contract c-a until 02:00 holds an override (0.5 a unit) whose window ends at 02:30, past the contract; c-b
+    prices from 02:00 at the card's 1 a unit. 4 units at 02:10 are c-b's: 4. The 02:00 bucket is priced by c-b, which
+    has no override, so nothing in it is split: a publish at 2 a unit from 00:00 re-rates it, 4 -> 8."""
+    world = calls_world()
+    world.contract("c-a", ending_before_ms=EPOCH_MS + 2 * HOUR_MS)
+    world.contract("c-b", starting_at_ms=EPOCH_MS + 2 * HOUR_MS)
+    world.override("calls", contract_id="c-a", price="0.5", ending_before_ms=EPOCH_MS + 2 * HOUR_MS + HOUR_MS // 2)
+    billing = Billing(engine=world.engine)
+    batch = usage_pb2.UsageBatch(events=[usage_event("b", EPOCH_MS + 130 * 60_000, {"n": 4.0})])
+    assert billing.ingest(batch.SerializeToString(), RECEIVED_MS).accepted == 1
+    number = draft(billing, (rate("calls", unit("2")),))
+    command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, override_hours_refused=True)
+    result = billing.apply(command, billing.last_seq + 1)
+    assert isinstance(result, PublishResult)
+    assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (1, 4 * 10**12)
+
+
+def test_an_override_boundary_that_changes_no_price_in_its_hour_does_not_refuse() -> None:
+    """`deal` (model=m, 0.5 a unit, always) is more specific than `promo` (every model, multiplier 2, from 01:30):
+    usage of model m is priced by `deal` on both sides of 01:30, so its 01:00 bucket is not split and a publish at 2
+    a unit from 00:00 re-rates it (8 units: 4 -> 4, version only). Usage of model z in that hour is split by `promo`
+    and would be refused: it is what the check must see, not every override's boundary."""
+    world = World()
+    world.product("calls", value_key="n", dimensions=("model",))
+    world.rate_card()
+    world.version([rate("calls", unit("1"))])
+    world.customer()
+    world.contract()
+    world.override("calls", price="0.5", match={"model": "m"}, override_id="deal")
+    world.override("calls", multiplier="2", starting_at_ms=EPOCH_MS + HOUR_MS + HOUR_MS // 2, override_id="promo")
+    billing = Billing(engine=world.engine)
+    for name, minutes in (("before", 70), ("inside", 100)):
+        event = usage_event(name, EPOCH_MS + minutes * 60_000, {"n": 4.0}, dimensions={"model": "m"})
+        assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
+    number = draft(billing, (rate("calls", unit("2")),))
+    command = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS, override_hours_refused=True)
+    result = billing.apply(command, billing.last_seq + 1)
+    assert isinstance(result, PublishResult)
+    assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (1, 0)
+    event = usage_event("z", EPOCH_MS + 80 * 60_000, {"n": 1.0}, dimensions={"model": "z"})
+    assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
+    later = draft(billing, (rate("calls", unit("3")),))
+    again = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", later, EPOCH_MS, override_hours_refused=True)
+    with pytest.raises(FailedPrecondition, match="override off the hour"):
+        billing.apply(again, billing.last_seq + 1)
+
+
+def test_a_publish_journaled_without_override_hours_refused_replays_its_rerating_as_before() -> None:
+    """A PublishVersion record an earlier release journaled has no override_hours_refused: decoded, it reads False,
+    and re-rates as it did then: the 01:00 bucket priced at its hour's start, before the override: 8 units at 1,
+    6 -> 8. The field is the server's: in neither the retry fingerprint nor the audit entry."""
+    stored = msgspec.json.encode(cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS))
+    before = stored.replace(b',"override_hours_refused":false', b"")
+    assert b"override_hours_refused" not in before
+    old = msgspec.json.decode(before, type=cmd.PublishVersion)
+    assert old.override_hours_refused is False
+    asked = msgspec.structs.replace(old, override_hours_refused=True)
+    assert fingerprint(old) == fingerprint(asked)
+    billing = override_off_hour_machine()
+    assert draft(billing, (rate("calls", unit("1")),)) == old.version
+    result = billing.apply(old, billing.last_seq + 1)
+    assert isinstance(result, PublishResult)
+    assert (result.buckets_rerated, result.rerated_amount_delta_picos) == (1, 2 * 10**12)
+    entries = [e for e in billing.engine.state.audit if e.action == "PublishVersion"]
+    assert entries and all("override_hours_refused" not in e.diff for e in entries)
+
+
 SWITCH_MS = EPOCH_MS + 19 * 24 * HOUR_MS + 12 * HOUR_MS  # 2026-01-20T12:00:00Z, on the hour
 JAN_26_MS = EPOCH_MS + 25 * 24 * HOUR_MS
 

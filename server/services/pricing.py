@@ -125,6 +125,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             rerate_in_contract=True,
             rerate_holds_in_time=True,
             rerate_top_ups_in_time=True,
+            override_hours_refused=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -200,6 +201,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             rerate_in_contract=True,
             rerate_holds_in_time=True,
             rerate_top_ups_in_time=True,
+            override_hours_refused=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 

@@ -505,8 +505,10 @@ impl Kernel {
     /// Raises ValueError (naming the product and why) when these customers' usage cannot be
     /// re-rated once `version` (a VersionTable's msgpack) is published effective from `from_hour`;
     /// with `split_hours_refused`, also when it is in an hour holding a period boundary off the hour
-    /// (naming the customer, the product and the hour); `in_contract` as `rerate` will re-rate.
-    /// Changes nothing.
+    /// (naming the customer, the product and the hour); with `override_hours_refused`, also when it
+    /// is in an hour holding the start or end of a matching override off the hour; `in_contract` as
+    /// `rerate` will re-rate. Changes nothing.
+    #[allow(clippy::too_many_arguments)]
     fn rerate_check(
         &self,
         py: Python<'_>,
@@ -514,20 +516,30 @@ impl Kernel {
         version: &[u8],
         from_hour: i64,
         split_hours_refused: bool,
+        override_hours_refused: bool,
         in_contract: bool,
     ) -> PyResult<()> {
         let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
         py.detach(|| {
             let kernel = self.read()?;
-            (kernel.rerate_check(&customers, table, from_hour, split_hours_refused, in_contract))
-                .map_err(PyValueError::new_err)
+            (kernel.rerate_check(
+                &customers,
+                table,
+                from_hour,
+                split_hours_refused,
+                override_hours_refused,
+                in_contract,
+            ))
+            .map_err(PyValueError::new_err)
         })
     }
 
     /// A publish's plan a slice of customers at a time: those of `customers` (in the order given)
     /// with usage of the version's rate card from `from_hour` on, each checked as `rerate_check`
-    /// checks (ValueError naming the product and why, `split_hours_refused` as there); changes
+    /// checks (ValueError naming the product and why, `split_hours_refused` and
+    /// `override_hours_refused` as there); changes
     /// nothing.
+    #[allow(clippy::too_many_arguments)]
     fn rerate_plan_slice(
         &self,
         py: Python<'_>,
@@ -535,13 +547,21 @@ impl Kernel {
         version: &[u8],
         from_hour: i64,
         split_hours_refused: bool,
+        override_hours_refused: bool,
         in_contract: bool,
     ) -> PyResult<Vec<String>> {
         let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
         py.detach(|| {
             let kernel = self.read()?;
-            (kernel.rerate_plan_slice(&customers, table, from_hour, split_hours_refused, in_contract))
-                .map_err(PyValueError::new_err)
+            (kernel.rerate_plan_slice(
+                &customers,
+                table,
+                from_hour,
+                split_hours_refused,
+                override_hours_refused,
+                in_contract,
+            ))
+            .map_err(PyValueError::new_err)
         })
     }
 

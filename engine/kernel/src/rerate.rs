@@ -28,7 +28,9 @@ use crate::draw::{settle_into, Charge, Outcomes};
 use crate::kernel::{Account, Kernel};
 use crate::money::{Fixed, Picos};
 use crate::price::PricedCurve;
-use crate::route::{curve_with_override, period_containing, Aggregation, Catalog, Rate, Route, Sym, Version};
+use crate::route::{
+    chosen_override, curve_with_override, period_containing, Aggregation, Catalog, Rate, Route, Sym, Version,
+};
 use crate::tables::VersionTable;
 
 /// One re-rated hour bucket: what it was charged and what it is charged now, and by which versions.
@@ -142,6 +144,7 @@ impl Kernel {
         version: VersionTable,
         from_hour: i64,
         split_hours_refused: bool,
+        override_hours_refused: bool,
         in_contract: bool,
     ) -> Result<Vec<String>, String> {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(Vec::new()) };
@@ -150,7 +153,7 @@ impl Kernel {
             .cloned()
             .collect();
         if !affected.is_empty() {
-            self.rerate_check(&affected, version, from_hour, split_hours_refused, in_contract)?;
+            self.rerate_check(&affected, version, from_hour, split_hours_refused, override_hours_refused, in_contract)?;
         }
         Ok(affected)
     }
@@ -159,14 +162,17 @@ impl Kernel {
     /// `from_hour` can be re-rated once `version` is published effective from `from_hour` (to every
     /// customer of the card): Err names the product and why not. With `split_hours_refused` (the
     /// server's publishes; a publish journaled before it is checked without), usage in an hour
-    /// holding a period boundary off the hour is refused too (`refuse_split_hours`); `in_contract`
-    /// as `rerate_customer` will re-rate.
+    /// holding a period boundary off the hour is refused too (`refuse_split_hours`); with
+    /// `override_hours_refused` (likewise), usage in an hour holding the start or end of a matching
+    /// override off the hour (`refuse_override_split_hours`); `in_contract` as `rerate_customer`
+    /// will re-rate.
     pub fn rerate_check(
         &self,
         customers: &[String],
         version: VersionTable,
         from_hour: i64,
         split_hours_refused: bool,
+        override_hours_refused: bool,
         in_contract: bool,
     ) -> Result<(), String> {
         let Some(card) = self.rater.interner.get(&version.rate_card_id) else { return Ok(()) };
@@ -176,6 +182,9 @@ impl Kernel {
             if let Some(account) = self.accounts.get(id.as_str()) {
                 if split_hours_refused {
                     self.refuse_split_hours(id, account, card, (from_hour, i64::MAX))?;
+                }
+                if override_hours_refused {
+                    self.refuse_override_split_hours(id, account, card, (from_hour, i64::MAX))?;
                 }
                 self.reprice(account, card, (from_hour, i64::MAX), pricing, in_contract)?;
             }
@@ -267,7 +276,8 @@ impl Kernel {
     /// these customers (all with such usage when None), per customer and product, sorted; changes
     /// nothing. Each aggregate is walked from its billing period's start, every bucket priced by
     /// `version`. Err names a product that cannot be re-priced, usage the version has no rate for, or
-    /// usage in an hour holding a period boundary off the hour (`refuse_split_hours`).
+    /// usage in an hour holding a period boundary off the hour (`refuse_split_hours`) or the start or
+    /// end of a matching override off the hour (`refuse_override_split_hours`).
     pub fn simulate(
         &self,
         version: VersionTable,
@@ -288,6 +298,7 @@ impl Kernel {
         for id in ids {
             let Some(account) = self.accounts.get(id) else { continue };
             self.refuse_split_hours(id, account, card, hours)?;
+            self.refuse_override_split_hours(id, account, card, hours)?;
             let (aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled), true)?;
             let mut by_product: FxHashMap<Sym, (Picos, Picos)> = FxHashMap::default();
             for bucket in
@@ -354,6 +365,59 @@ impl Kernel {
             "customer {customer_id:?}: product {:?}: the hour from {} holds a period boundary off the hour ({}) and \
              its usage is in one hour bucket, which does not know which period each unit is of, so it cannot be \
              priced again exactly",
+            interner.text(key.product),
+            crate::route::utc_text(key.hour * HOUR_MS),
+            crate::route::utc_text(boundary),
+        ))
+    }
+
+    /// Err naming the customer, the product and the hour when pricing again the account's usage of
+    /// `card` in the hours [from, until) cannot be exact because an hour bucket to be priced again
+    /// holds an override's start or end off the hour (`starting_at`, `ending_before`) where the
+    /// override chosen for the bucket's usage (`chosen_override`) changes: rated on time, the units
+    /// before that instant and those after it were priced by different overrides (or one and none),
+    /// but the bucket does not know which are which, and priced again at its hour's start it would
+    /// take one choice for all of them. Hours before `from` are only walked for their quantity, so they are not looked at.
+    /// Changes nothing.
+    fn refuse_override_split_hours(
+        &self,
+        customer_id: &str,
+        account: &Account,
+        card: Sym,
+        (from, until): (i64, i64),
+    ) -> Result<(), String> {
+        let Some(route) = account.route.as_ref() else { return Ok(()) };
+        let off_the_hour = |at: i64| at.rem_euclid(HOUR_MS) != 0;
+        let inside = |at: i64, hour: i64| off_the_hour(at) && at.div_euclid(HOUR_MS) == hour;
+        let overrides = || route.contracts.iter().flat_map(|c| c.overrides.iter());
+        if !overrides().any(|o| off_the_hour(o.starting_at_ms) || o.ending_before_ms.is_some_and(off_the_hour)) {
+            return Ok(()); // most customers: no bucket looked at
+        }
+        let (interner, combos) = (&self.rater.interner, &self.rater.combos);
+        let split = (account.buckets.iter())
+            .filter(|(key, usages)| (from..until).contains(&key.hour) && usages.iter().any(|u| u.rate_card == card))
+            .filter_map(|(key, _)| {
+                // The contract that prices the bucket (`walk`): the one in force at the hour's start. An
+                // instant splits the bucket when the override chosen for its usage changes there.
+                let contract = route.contracts.iter().find(|c| c.covers(key.hour * HOUR_MS))?;
+                let dimensions: SmallVec<[Option<Sym>; 4]> = combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
+                let chosen = |at: i64| chosen_override(contract, key.product, &dimensions, at).map(std::ptr::from_ref);
+                let boundary = (contract.overrides.iter())
+                    .filter(|o| o.product == key.product)
+                    .flat_map(|o| [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten())
+                    .filter(|at| inside(*at, key.hour) && chosen(*at - 1) != chosen(*at))
+                    .min()?;
+                Some((key, boundary))
+            })
+            .min_by(|a, b| {
+                let order = |k: &HourKey| (k.hour, interner.text(k.product), combos.tuple(k.combo));
+                order(a.0).cmp(&order(b.0))
+            });
+        let Some((key, boundary)) = split else { return Ok(()) };
+        Err(format!(
+            "customer {customer_id:?}: product {:?}: the hour from {} holds the start or end of a price override \
+             off the hour ({}) and its usage is in one hour bucket, which does not know which units were used \
+             before it and which after, so it cannot be priced again exactly",
             interner.text(key.product),
             crate::route::utc_text(key.hour * HOUR_MS),
             crate::route::utc_text(boundary),
@@ -1285,7 +1349,8 @@ mod tests {
         };
         let batch = wire::UsageBatch { batch_id: "g".into(), events: vec![gauge] }.encode_to_vec();
         kernel.ingest(&batch, T0 + 40 * 86_400_000, 50).unwrap();
-        let refusal = kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true, true).unwrap_err();
+        let refusal =
+            kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true, true, true).unwrap_err();
         assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
         assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true, true, true).is_err());
     }
@@ -1332,16 +1397,16 @@ mod tests {
         let grants = [("prepaid", 1_000 * E18, 0)];
         let kernel = scratch(&[(1, 100)], &[(0, 0)], &grants, &EVENTS);
         let customers = ["acme".to_string()];
-        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3, true, true).unwrap();
+        kernel.rerate_check(&customers, version(2, 80), T0 / HOUR_MS + 3, true, true, true).unwrap();
         // A version without the rate the usage needs is refused, naming it.
         let mut partial = version(2, 80);
         partial.rates.retain(|r| r.product_id != "volume");
-        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3, true, true).unwrap_err();
+        let refusal = kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 3, true, true, true).unwrap_err();
         assert!(refusal.contains("no rate for product \"volume\""), "{refusal}");
         // Effective after every bucket: nothing to price, nothing refused.
         let mut partial = version(2, 80);
         partial.rates.clear();
-        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100, true, true).unwrap();
+        kernel.rerate_check(&customers, partial, T0 / HOUR_MS + 100, true, true, true).unwrap();
     }
 
     /// Every aggregate's charge, overage and draws by grant id (sorted), and each grant's remaining.

@@ -476,19 +476,7 @@ fn overridden_curve<'a>(
     rate: &'a Rate,
     ts_ms: i64,
 ) -> Cow<'a, PricedCurve> {
-    let chosen = contract
-        .overrides
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| {
-            o.product == product
-                && o.starting_at_ms <= ts_ms
-                && o.ending_before_ms.is_none_or(|end| ts_ms < end)
-                && o.required.as_ref().is_some_and(|req| req.iter().all(|(p, v)| key.get(*p) == Some(&Some(*v))))
-        })
-        .max_by_key(|(i, o)| (o.required.as_ref().map_or(0, Vec::len), *i))
-        .map(|(_, o)| o);
-    let Some(chosen) = chosen else { return Cow::Borrowed(&rate.priced) };
+    let Some(chosen) = chosen_override(contract, product, key, ts_ms) else { return Cow::Borrowed(&rate.priced) };
     let base = rate.priced.curve.clone();
     if let Some(multiplier) = chosen.multiplier {
         return Cow::Owned(PricedCurve::new(base, Some(multiplier)));
@@ -500,6 +488,29 @@ fn overridden_curve<'a>(
         Curve::Flat { .. } => Curve::Flat { price },
     };
     Cow::Owned(PricedCurve::new(curve, None))
+}
+
+/// The override `curve_with_override` applies to usage of `product` with these dimension values at
+/// `ts_ms`: of those in force then that match, the most specific (most entries), of equally specific
+/// ones the one added last; None when none does.
+pub fn chosen_override<'c>(
+    contract: &'c Contract,
+    product: Sym,
+    key: &[Option<Sym>],
+    ts_ms: i64,
+) -> Option<&'c Override> {
+    contract
+        .overrides
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| {
+            o.product == product
+                && o.starting_at_ms <= ts_ms
+                && o.ending_before_ms.is_none_or(|end| ts_ms < end)
+                && o.required.as_ref().is_some_and(|req| req.iter().all(|(p, v)| key.get(*p) == Some(&Some(*v))))
+        })
+        .max_by_key(|(i, o)| (o.required.as_ref().map_or(0, Vec::len), *i))
+        .map(|(_, o)| o)
 }
 
 // The period calendar: months anchored on the contract's start (UTC), a day past a month's end

@@ -536,8 +536,8 @@ func (x *ListProductsResponse) GetProducts() []*Product {
 
 type Tier struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Decimal string: the tier covers quantities up to this bound; empty on
-	// the last tier (unbounded).
+	// Decimal or formula: the tier covers quantities up to this bound
+	// (inclusive); empty on the last tier (unbounded).
 	UpTo string `protobuf:"bytes,1,opt,name=up_to,json=upTo,proto3" json:"up_to,omitempty"`
 	// Decimal or formula: price per per_units within the tier; "0" when empty.
 	UnitPrice string `protobuf:"bytes,2,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
@@ -726,8 +726,10 @@ func (x *TieredPrice) GetPerUnits() string {
 
 type PackagePrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Quantity is rounded up to whole packages.
-	PackageSize   string `protobuf:"bytes,1,opt,name=package_size,json=packageSize,proto3" json:"package_size,omitempty"`
+	// Decimal or formula: quantity is rounded up to whole packages of this
+	// size.
+	PackageSize string `protobuf:"bytes,1,opt,name=package_size,json=packageSize,proto3" json:"package_size,omitempty"`
+	// Decimal or formula: the price of each started package.
 	PackagePrice  string `protobuf:"bytes,2,opt,name=package_price,json=packagePrice,proto3" json:"package_price,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -779,8 +781,8 @@ func (x *PackagePrice) GetPackagePrice() string {
 
 type FlatPrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Charged once per period per line whose quantity in the period is above
-	// zero (an event that adds 0 to it charges nothing).
+	// Decimal or formula, charged once per period per line whose quantity in
+	// the period is above zero (an event that adds 0 to it charges nothing).
 	Price         string `protobuf:"bytes,1,opt,name=price,proto3" json:"price,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1847,6 +1849,12 @@ type PublishVersionRequest struct {
 	// period whose later hours are re-rated (their cumulative quantity would miss
 	// its part); the message names the customer, the product and the hour. A
 	// version effective after that period's boundary hours re-rates as usual.
+	// Refused so is usage re-rated in an hour holding an instant off the hour
+	// where the contract's price override that prices it changes (a matching
+	// override's starting_at 10:30, unless a more specific one prices that usage
+	// on both sides): the units before that instant were rated by one and those
+	// after by the other, and the hour's bucket cannot tell them apart (the
+	// message names the customer, the product, the hour and the instant).
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	// Unset (or empty): the version prices every customer outside cohorts. Set:
 	// only the cohort's customers. At time t a customer's price comes from the
@@ -2069,8 +2077,8 @@ func (x *PublishVersionResponse) GetLeftAloneReason() string {
 // the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
 // force); usage it would re-rate that cannot be priced again, as for
 // PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
-// no rate, an hour holding a period boundary off the hour; see
-// PublishVersionRequest.effective_from).
+// no rate, an hour holding a period boundary or a matching override's start or
+// end off the hour; see PublishVersionRequest.effective_from).
 type RollbackRateCardRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
@@ -2744,9 +2752,10 @@ func (x *DiffVersionsResponse) GetRates() []*RateChange {
 // A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
 // findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
 // cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product) or usage in an
-// hour holding a period boundary off the hour that a publish would refuse to
-// re-rate (see PublishVersionRequest.effective_from; the window's hours count as
-// re-rated): FAILED_PRECONDITION naming the customer, the product and the hour.
+// hour holding a period boundary or a matching override's start or end off the
+// hour that a publish would refuse to re-rate (see
+// PublishVersionRequest.effective_from; the window's hours count as re-rated):
+// FAILED_PRECONDITION naming the customer, the product and the hour.
 // A period without usage gives no amounts and zero totals. period_start and
 // period_end are required; a period_end not after period_start is
 // INVALID_ARGUMENT naming period_end.

@@ -136,8 +136,8 @@ export const ListProductsResponseSchema: GenMessage<ListProductsResponse> = /*@_
  */
 export type Tier = Message<"tariff.v1.Tier"> & {
   /**
-   * Decimal string: the tier covers quantities up to this bound; empty on
-   * the last tier (unbounded).
+   * Decimal or formula: the tier covers quantities up to this bound
+   * (inclusive); empty on the last tier (unbounded).
    *
    * @generated from field: string up_to = 1;
    */
@@ -236,13 +236,16 @@ export const TieredPriceSchema: GenMessage<TieredPrice> = /*@__PURE__*/
  */
 export type PackagePrice = Message<"tariff.v1.PackagePrice"> & {
   /**
-   * Quantity is rounded up to whole packages.
+   * Decimal or formula: quantity is rounded up to whole packages of this
+   * size.
    *
    * @generated from field: string package_size = 1;
    */
   packageSize: string;
 
   /**
+   * Decimal or formula: the price of each started package.
+   *
    * @generated from field: string package_price = 2;
    */
   packagePrice: string;
@@ -260,8 +263,8 @@ export const PackagePriceSchema: GenMessage<PackagePrice> = /*@__PURE__*/
  */
 export type FlatPrice = Message<"tariff.v1.FlatPrice"> & {
   /**
-   * Charged once per period per line whose quantity in the period is above
-   * zero (an event that adds 0 to it charges nothing).
+   * Decimal or formula, charged once per period per line whose quantity in
+   * the period is above zero (an event that adds 0 to it charges nothing).
    *
    * @generated from field: string price = 1;
    */
@@ -820,6 +823,12 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
    * period whose later hours are re-rated (their cumulative quantity would miss
    * its part); the message names the customer, the product and the hour. A
    * version effective after that period's boundary hours re-rates as usual.
+   * Refused so is usage re-rated in an hour holding an instant off the hour
+   * where the contract's price override that prices it changes (a matching
+   * override's starting_at 10:30, unless a more specific one prices that usage
+   * on both sides): the units before that instant were rated by one and those
+   * after by the other, and the hour's bucket cannot tell them apart (the
+   * message names the customer, the product, the hour and the instant).
    *
    * @generated from field: google.protobuf.Timestamp effective_from = 3;
    */
@@ -949,8 +958,8 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
  * the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
  * force); usage it would re-rate that cannot be priced again, as for
  * PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
- * no rate, an hour holding a period boundary off the hour; see
- * PublishVersionRequest.effective_from).
+ * no rate, an hour holding a period boundary or a matching override's start or
+ * end off the hour; see PublishVersionRequest.effective_from).
  *
  * @generated from message tariff.v1.RollbackRateCardRequest
  */
@@ -1317,9 +1326,10 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * A draft may be simulated (it must pass validation: INVALID_ARGUMENT with the
  * findings otherwise, as for PublishVersion); unknown card or version: NOT_FOUND; usage the version
  * cannot price (no rate, a MAX/LATEST/UNIQUE_COUNT product) or usage in an
- * hour holding a period boundary off the hour that a publish would refuse to
- * re-rate (see PublishVersionRequest.effective_from; the window's hours count as
- * re-rated): FAILED_PRECONDITION naming the customer, the product and the hour.
+ * hour holding a period boundary or a matching override's start or end off the
+ * hour that a publish would refuse to re-rate (see
+ * PublishVersionRequest.effective_from; the window's hours count as re-rated):
+ * FAILED_PRECONDITION naming the customer, the product and the hour.
  * A period without usage gives no amounts and zero totals. period_start and
  * period_end are required; a period_end not after period_start is
  * INVALID_ARGUMENT naming period_end.
