@@ -505,8 +505,9 @@ impl Kernel {
             }
         }
         self.rater.commit(account, event, plan, &self.plans, ack);
-        let refunded = self.plans.iter().any(|p| p.charge < 0);
-        if self.returned_expired_credit_breaks && (settled || refunded) {
+        // Refunds are looked for only when asked: most events charge, and this runs for every one.
+        let refunded = || self.plans.iter().any(|p| p.charge < 0);
+        if self.returned_expired_credit_breaks && (settled || refunded()) {
             credits::break_returned(account, self.clock.now_ms, received_ms);
         }
         if self.track_touched && account.touched_epoch != self.touch_epoch {
@@ -514,6 +515,7 @@ impl Kernel {
             self.touched.push(event.customer_id.to_owned());
         }
         if account.credits.is_some() {
+            let refunded = refunded();
             let (clock, customer) = (&mut self.clock, event.customer_id);
             let in_billed_period = self.top_ups_in_billed_period;
             let period_start_ms = plan.period_start_ms;
