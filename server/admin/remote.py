@@ -70,6 +70,15 @@ def as_tariff_error(exc: BaseException) -> TariffError | None:
     return None
 
 
+def error_text(error: TariffError) -> str:
+    """`CODE: message`, then the field violations the message does not already state (a refusal's message is its
+    first violation, or says how many there are), each printed once."""
+    text = f"{error.code.name}: {error.details}" if error.details else str(error.code.name)
+    said = [f"{v.field}: {v.description}" if v.field else v.description for v in error.field_violations]
+    unsaid = [violation for violation in said if violation not in error.details]
+    return text + (" [" + "; ".join(unsaid) + "]" if unsaid else "")
+
+
 def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"tariff: {message}", err=True)
     sys.exit(status)
@@ -125,6 +134,6 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
             error = as_tariff_error(exc)
             if error is None:
                 raise
-            fail(str(error))
+            fail(error_text(error))
 
     return run
