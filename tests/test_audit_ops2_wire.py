@@ -12,9 +12,11 @@ Demo prices (server/demo.py): a simple summary on gpt-4o-mini costs 0.5 credits;
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import REPO_ROOT, ServerProcess
-from tests.test_server_auth import add_beta
+from tests.test_server_auth import BETA, add_beta
 
 TARIFF = Path(sys.executable).parent / "tariff"
 BETA_NAME = "Beta Ltd"  # add_beta's customer: 100 prepaid credits bought for 90
@@ -94,3 +96,68 @@ def test_a_refusal_prints_the_servers_message_once(keyed: Keyed) -> None:
     )  # fmt: skip
     assert threshold.returncode == 1, threshold
     assert threshold.stderr.count("must be below recharge_to") == 1, threshold.stderr
+
+
+def test_a_finance_user_restricted_to_acme_sees_acme_only_and_nothing_of_beta_from_the_cli(keyed: Keyed) -> None:
+    """README "### API keys": acme-portal (read, acme and acme-eu) through `TARIFF_API_KEY`: what is about acme or
+    acme-eu answers; beta, an unknown customer and every all-customer view are PERMISSION_DENIED naming the key,
+    alike for beta and a customer that does not exist, and carrying none of beta's data."""
+    target = keyed.server.target
+    created = tariff(target, "customers", "create", "acme-eu", "--name", "Acme EU", "--api-key", keyed.admin)
+    assert created.returncode == 0, created.stderr
+    portal = {"TARIFF_API_KEY": keyed.portal}
+
+    listed = tariff(target, "customers", "list", "--json", env=portal)
+    assert listed.returncode == 0, listed.stderr
+    assert [c["id"] for c in json.loads(listed.stdout)["customers"]] == ["acme", "acme-eu"]
+    balance = tariff(target, "balance", "acme", "--json", env=portal)
+    assert balance.returncode == 0, balance.stderr
+    assert json.loads(balance.stdout)["credits_remaining"] == "50000"
+
+    for customer in (BETA, "ghost"):
+        for command in (["balance"], ["grants"], ["customers", "show"], ["invoices", "preview"]):
+            done = tariff(target, *command, customer, env=portal)
+            assert (done.returncode, done.stdout) == (1, ""), (command, customer, done)
+            field = "id" if command == ["customers", "show"] else "customer_id"
+            assert done.stderr == (
+                f"tariff: PERMISSION_DENIED: {field}: key 'acme-portal' may not touch customer '{customer}'\n"
+            ), (command, done.stderr)
+    for command in (["audit"], ["invoices", "list"], ["revenue", "--from", "2026-01"], ["ratecards", "list"]):
+        done = tariff(target, *command, env=portal)
+        assert (done.returncode, done.stdout) == (1, ""), (command, done)
+        assert done.stderr.startswith("tariff: PERMISSION_DENIED: key 'acme-portal' is restricted"), done.stderr
+        assert BETA not in done.stderr and BETA_NAME not in done.stderr, done.stderr
+
+
+def test_own_revenue_from_the_cli_holds_no_other_customers_money(keyed: Keyed) -> None:
+    """`tariff revenue --from M --customer acme` with acme's key: acme's line and acme's 45,000 USD prepaid only;
+    the admin's all-customer report adds beta's 90."""
+    target = keyed.server.target
+    month = time.strftime("%Y-%m", time.gmtime())
+    own = tariff(target, "revenue", "--from", month, "--customer", "acme", "--json", "--api-key", keyed.portal)
+    assert own.returncode == 0, own.stderr
+    everyone = tariff(target, "revenue", "--from", month, "--json", "--api-key", keyed.admin)
+    assert everyone.returncode == 0, everyone.stderr
+    own_report, all_report = json.loads(own.stdout), json.loads(everyone.stdout)
+    assert {line["customer_id"] for line in own_report["customer_lines"]} <= {"acme"}, own_report
+    assert own_report["reconciliation"]["prepaid_sold"] == "45000", own_report
+    assert all_report["reconciliation"]["prepaid_sold"] == "45090", all_report
+
+
+def test_actor_from_the_environment_is_recorded_as_person_via_key_in_the_audit_and_the_operators_log(
+    keyed: Keyed,
+) -> None:
+    """README: `--actor` / TARIFF_ACTOR is sent as x-actor; the audit log records `PERSON via KEY`, and the operator's
+    log has its one `admin change` line with that actor (quoted: it holds spaces)."""
+    target = keyed.server.target
+    named = tariff(
+        target, "customers", "create", "ops2-actor", "--api-key", keyed.admin, env={"TARIFF_ACTOR": "alice@finance"}
+    )
+    assert named.returncode == 0, named.stderr
+    audit = tariff(target, "audit", "--target", "customer/ops2-actor", "--json", "--api-key", keyed.admin)
+    assert audit.returncode == 0, audit.stderr
+    assert [(e["actor"], e["action"]) for e in json.loads(audit.stdout)["entries"]] == [
+        ("alice@finance via billing-ops", "CreateCustomer")
+    ]
+    log = keyed.server.log_path.read_text()
+    assert 'admin change actor="alice@finance via billing-ops" action=CreateCustomer target=customer/ops2-actor' in log
