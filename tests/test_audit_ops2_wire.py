@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,10 +23,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from tariff import ResourceExhausted, TariffError, now_ms
+from tariff.v1 import alerts_pb2, balance_pb2, usage_pb2
 
-from tests.serverproc import REPO_ROOT, ServerProcess
+from tests.demo_usage import ACME, CHEAP, demo_batch
+from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess, free_port, wait_for, wait_for_log
 from tests.test_server_auth import BETA, add_beta
+from tests.test_server_limits import Bidi
+from tests.test_server_telemetry import sample, scrape
 
 TARIFF = Path(sys.executable).parent / "tariff"
 BETA_NAME = "Beta Ltd"  # add_beta's customer: 100 prepaid credits bought for 90
@@ -161,3 +169,128 @@ def test_actor_from_the_environment_is_recorded_as_person_via_key_in_the_audit_a
     ]
     log = keyed.server.log_path.read_text()
     assert 'admin change actor="alice@finance via billing-ops" action=CreateCustomer target=customer/ops2-actor' in log
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and traces: the gauges and the alert metrics; spans for the alert calls, none for their stream
+
+
+def test_balances_watched_and_alerts_fired_are_exported_and_alert_calls_are_traced_but_not_their_stream(
+    server_factory: ServerFactory,
+) -> None:
+    """README "### Metrics and traces": `tariff.balances.watched` counts open WatchBalance streams (down again when
+    one ends), `tariff.alerts.fired` counts alerts journaled; one span per unary control-plane call, alerts included
+    (CreateAlert, ListAlertRules), none for a WatchAlerts stream and none on the balance hot path."""
+    port = free_port()
+    server = server_factory(demo=True, name="gauges", extra_args=["--metrics-port", str(port), "--otel", "console"])
+    with server.client() as client:
+        watch = client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id=ACME))
+        assert next(watch).customer_id == ACME  # the stream is open on the server
+        assert sample(scrape(port), "tariff_balances_watched") == 1
+        rule = alerts_pb2.CreateAlertRequest(customer_id=ACME, type=alerts_pb2.LOW_BALANCE, threshold="49999.9")
+        client.alerts.CreateAlert(rule)
+        assert client.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest()).rules[0].threshold == "49999.9"
+        alerts = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest())
+        assert client.usage.IngestUsageBatch(demo_batch("fire", "fire", 1)).accepted == 1  # 49,999.5 left
+        assert next(alerts).type == alerts_pb2.LOW_BALANCE
+        assert client.balance.Authorize(
+            balance_pb2.AuthorizeRequest(customer_id=ACME, event_type="ai_action", dimensions=CHEAP)
+        ).allowed
+        assert sample(scrape(port), "tariff_alerts_fired_total") == 1
+        watch.cancel()
+        alerts.cancel()
+        assert wait_for(lambda: sample(scrape(port), "tariff_balances_watched") == 0, 10), scrape(port)
+    assert server.terminate() == 0
+    spans = set(re.findall(r'"name": "(tariff\.v1\.[A-Za-z]+\.[A-Za-z]+)"', server.log_path.read_text()))
+    assert {"tariff.v1.AlertService.CreateAlert", "tariff.v1.AlertService.ListAlertRules"} <= spans, spans
+    assert not {s for s in spans if s.endswith("WatchAlerts") or ".BalanceService." in s or ".UsageService." in s}
+
+
+# ---------------------------------------------------------------------------------------------
+# --message-mb-max: at the limit accepted, one byte over refused; an ack that would pass it still sent
+
+MIB = 1024 * 1024
+
+
+def batch_of_size(size_bytes: int, batch: usage_pb2.UsageBatch) -> usage_pb2.UsageBatch:
+    """`batch` with its batch_id padded so that the whole message is exactly `size_bytes`."""
+    batch.batch_id = ""
+    batch.batch_id = "p" * (size_bytes - batch.ByteSize() - 4)  # its tag and length take a few bytes
+    while batch.ByteSize() < size_bytes:
+        batch.batch_id += "p"
+    assert batch.ByteSize() == size_bytes, batch.ByteSize()
+    return batch
+
+
+def test_a_message_of_exactly_message_mb_max_is_served_and_one_byte_more_refused_applying_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(demo=True, name="one-mib", extra_args=["--message-mb-max", "1"])
+    with server.client() as client:
+        over = batch_of_size(MIB + 1, demo_batch("over", "over", 1))
+        before = client.get_balance(ACME)
+        with pytest.raises(ResourceExhausted) as refused:
+            client.usage.IngestUsageBatch(over)
+        assert "larger than max" in refused.value.details, refused.value.details
+        after = client.get_balance(ACME)
+        assert (after.as_of_seq, after.credits_remaining) == (before.as_of_seq, before.credits_remaining)
+        at = batch_of_size(MIB, demo_batch("at", "over", 1))  # the same event: it was not recorded
+        ack = client.usage.IngestUsageBatch(at)
+        assert (ack.accepted, ack.duplicates, ack.batch_id) == (1, 0, at.batch_id)
+        assert client.get_balance(ACME).credits_remaining == "49999.5"
+
+
+def test_an_ack_that_would_pass_message_mb_max_is_sent_with_every_rejection_whole_but_its_message(
+    server_factory: ServerFactory,
+) -> None:
+    """usage.proto EventRejection.message: in an ack that would exceed --message-mb-max with them, messages are cut
+    or left out so that the ack is always sent; index, transaction_id and reason stay whole. 10,000 events of an
+    unknown customer `g` (each rejection longer than its event) in a batch of just under 1 MiB."""
+    server = server_factory(demo=True, name="big-ack", extra_args=["--message-mb-max", "1"])
+    at = now_ms()
+    events = [
+        usage_pb2.UsageEvent(transaction_id=f"t{i}", customer_id="g", event_type="e", timestamp_ms=at)
+        for i in range(10_000)
+    ]
+    batch = batch_of_size(MIB - 16, usage_pb2.UsageBatch(events=events))
+    with server.client() as client:
+        acks = [client.usage.IngestUsageBatch(batch), *client.usage.IngestUsage(iter([batch]))]
+    for ack in acks:
+        assert ack.ByteSize() <= MIB and (ack.accepted, ack.duplicates, ack.batch_id) == (0, 0, batch.batch_id)
+        assert [(r.index, r.transaction_id, r.reason) for r in ack.rejected] == [
+            (i, f"t{i}", usage_pb2.UNKNOWN_CUSTOMER) for i in range(10_000)
+        ]
+        assert all(len(r.message.encode()) <= 512 for r in ack.rejected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shutdown: a stream its client never ends
+
+
+def test_a_stream_never_ended_by_its_client_is_served_through_the_grace_then_cut_unavailable_losing_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    """README "### Shutdown": an open IngestUsage stream is a running call until its client ends it; the server lets it
+    run for up to 10 s (a batch sent meanwhile commits and is acknowledged), then cancels it with UNAVAILABLE and
+    still exits 0. After a restart both acknowledged batches are there exactly once."""
+    server = server_factory(demo=True, name="grace-cut")
+    assert server.proc is not None
+    before, during = demo_batch("before", "before", 2), demo_batch("during", "during", 3)
+    with server.client() as client:
+        stream = Bidi(client)
+        assert stream.send(before).accepted == 2
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for_log(server, "shutting down", 10)
+        assert stream.send(during).accepted == 3, "a running call's batch commits and is acknowledged"
+        with pytest.raises(TariffError) as cut:
+            next(stream.responses)  # the client never ends it: the server does, at the end of the grace
+        stream.abandon()
+        assert cut.value.code == grpc.StatusCode.UNAVAILABLE, cut.value
+    assert server.proc.wait(timeout=30) == 0
+    assert "clean=True" in server.log_tail(1)
+    server.restart()
+    with server.client() as client:
+        for batch in (before, during):
+            ack = client.usage.IngestUsageBatch(batch)
+            assert (ack.accepted, ack.duplicates) == (0, len(batch.events)), (batch.batch_id, ack)
+        assert client.get_balance(ACME).credits_remaining == "49997.5"  # 5 events of 0.5, once
