@@ -143,6 +143,9 @@ def listen_refusal(config: ServeConfig) -> str | None:
     # gRPC would bind a port past 65535 modulo 65536 and a bare host as port 443. Port 0: any free port.
     if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
         return f"cannot listen on {config.listen}: give host:port, the port from 0 (any free port) to 65535"
+    host = config.listen[: -len(port) - 1]
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return f"cannot listen on {config.listen}: write an IPv6 host in brackets: [{host}]:{port}"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together"
     if config.tls_client_ca is not None and config.tls_cert is None:

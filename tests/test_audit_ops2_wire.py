@@ -32,6 +32,7 @@ from tests.demo_usage import ACME, CHEAP, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess, free_port, wait_for, wait_for_log
 from tests.test_server_auth import BETA, add_beta
 from tests.test_server_limits import Bidi
+from tests.test_server_startup import output_lines, run_serve
 from tests.test_server_telemetry import sample, scrape
 
 TARIFF = Path(sys.executable).parent / "tariff"
@@ -294,3 +295,20 @@ def test_a_stream_never_ended_by_its_client_is_served_through_the_grace_then_cut
             ack = client.usage.IngestUsageBatch(batch)
             assert (ack.accepted, ack.duplicates) == (0, len(batch.events)), (batch.batch_id, ack)
         assert client.get_balance(ACME).credits_remaining == "49997.5"  # 5 events of 0.5, once
+
+
+# ---------------------------------------------------------------------------------------------
+# Listening
+
+
+@pytest.mark.parametrize("listen", ["::1:0", "::1:50051", "fe80::1:0"])
+def test_an_ipv6_host_without_brackets_is_refused_saying_how_to_write_it(tmp_path: Path, listen: str) -> None:
+    """README "### Listening and TLS": `--listen` takes host:port; a server that refuses to start says why in one line
+    (exit 2, nothing written). `::1:0` was refused with `cannot listen on ::1:0` and no reason."""
+    host, _, port = listen.rpartition(":")
+    data_dir = tmp_path / "data"
+    result = run_serve("--listen", listen, "--data-dir", str(data_dir))
+    lines = output_lines(result)
+    assert (result.returncode, len(lines)) == (2, 1), lines
+    assert lines[0].endswith(f"cannot listen on {listen}: write an IPv6 host in brackets: [{host}]:{port}"), lines
+    assert not data_dir.exists()
