@@ -268,21 +268,45 @@ def keys() -> None:
 @keys.command("new")
 @click.option("--name", required=True, help="who uses the key; the audit log's actor")
 @click.option("--role", required=True, type=click.Choice(["admin", "ingest", "read"]))
-@click.option("--customers", default="", help="comma-separated customer ids the key is restricted to")
+@click.option(
+    "--customers",
+    help="comma-separated customer ids the key is restricted to  [default: none: every customer]",
+)
 @click.option(
     "--file", "key_file", type=click.Path(path_type=Path), required=True, help="the key file (created if missing)"
 )
-def new_key(name: str, role: str, customers: str, key_file: Path) -> None:
+def new_key(name: str, role: str, customers: str | None, key_file: Path) -> None:
     """Make a key, print it once and append its hash to the key file."""
     from server.auth import KeyFileError, new_key
 
     try:
-        key = new_key(key_file, name, role, customers.split(","))
+        key = new_key(key_file, name, role, _restricted_to(customers))
     except KeyFileError as exc:
         click.echo(f"tariff keys new: {exc}", err=True)
         sys.exit(2)
     click.echo(key)
     click.echo(f"key {name!r} ({role}) added to {key_file}; this is the only time it is shown", err=True)
+
+
+def _restricted_to(customers: str | None) -> list[str]:
+    """--customers as customer ids; given, it must name at least one, each a possible customer id (usage error else):
+    a key meant for some customers never comes out able to touch every one, or none."""
+    if customers is None:
+        return []
+    from engine.control import ID_PATTERN
+
+    ids = [c.strip() for c in customers.split(",") if c.strip()]
+    if not ids:
+        raise click.BadParameter(
+            f"{customers!r} names no customer (leave --customers out for a key that may touch every customer)",
+            param_hint="--customers",
+        )
+    for customer_id in ids:
+        if not ID_PATTERN.match(customer_id):
+            raise click.BadParameter(
+                f"{customer_id!r} is not a customer id (1-128 letters, digits and ._:@-)", param_hint="--customers"
+            )
+    return ids
 
 
 @main.command(

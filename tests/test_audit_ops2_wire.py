@@ -312,3 +312,22 @@ def test_an_ipv6_host_without_brackets_is_refused_saying_how_to_write_it(tmp_pat
     assert (result.returncode, len(lines)) == (2, 1), lines
     assert lines[0].endswith(f"cannot listen on {listen}: write an IPv6 host in brackets: [{host}]:{port}"), lines
     assert not data_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# tariff keys new
+
+
+@pytest.mark.parametrize("customers", ["", ",", " ", "acme,bad id!"])
+def test_keys_new_with_customers_naming_no_valid_customer_is_a_usage_error_not_an_unrestricted_key(
+    tmp_path: Path, customers: str
+) -> None:
+    """README: `--customers acme,acme-eu` restricts the key to those customers; leaving the option out is what makes a
+    key for every customer. `--customers ""` (an empty shell variable, say) made an unrestricted key, silently: the
+    opposite of what was asked. An id no customer can have (`bad id!`) could never be touched: a typo, refused too."""
+    key_file = tmp_path / "keys.toml"
+    done = tariff("127.0.0.1:1", "keys", "new", "--name", "portal", "--role", "read", "--customers", customers,
+                  "--file", str(key_file))  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert "--customers" in done.stderr, done.stderr
+    assert not key_file.exists(), "no key may be added"
