@@ -216,6 +216,17 @@ def metrics_port_refusal(metrics_port: int) -> str | None:
     return None
 
 
+def data_dir_refusal(data_dir: Path) -> str | None:
+    """Makes the data directory (and its parents) when missing; or says, in one line, why it cannot be one."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"--data-dir {data_dir}: a file, not a directory"
+    except OSError as exc:
+        return f"--data-dir {data_dir}: cannot create it: {exc.strerror or exc}"
+    return None
+
+
 def listen_failure(listen: str, *, tls: bool = False) -> str:
     """Why binding `listen` failed, in one line: the bind error a plain socket gets on that address, or, when a
     plain socket binds it and TLS is on, that gRPC could not use the TLS files."""
@@ -299,7 +310,11 @@ async def serve(config: ServeConfig) -> int:
         log.error("%s", metrics_refusal)
         await server.stop(None)
         return 2
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    unusable = data_dir_refusal(config.data_dir)
+    if unusable is not None:
+        log.error("%s", unusable)
+        await server.stop(None)
+        return 2
     lock = DataDirLock(config.data_dir)
     locked_out = lock.acquire()
     if locked_out is not None:

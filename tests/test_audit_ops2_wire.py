@@ -331,3 +331,21 @@ def test_keys_new_with_customers_naming_no_valid_customer_is_a_usage_error_not_a
     assert (done.returncode, done.stdout) == (2, ""), done
     assert "--customers" in done.stderr, done.stderr
     assert not key_file.exists(), "no key may be added"
+
+
+# ---------------------------------------------------------------------------------------------
+# A server that refuses to start says why in one line and exits with status 2
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/data"])
+def test_a_data_dir_that_cannot_be_a_directory_is_refused_in_one_line_with_status_2(tmp_path: Path, where: str) -> None:
+    """README "### The operator's log": a server that refuses to start says why in one line and exits with status 2.
+    A --data-dir that is a file (or lies under one) ended the start in a Python traceback and status 1."""
+    (tmp_path / "a-file").write_text("not a directory\n")
+    data_dir = tmp_path / where
+    result = run_serve("--listen", "127.0.0.1:0", "--data-dir", str(data_dir))
+    lines = output_lines(result)
+    assert (result.returncode, len(lines)) == (2, 1), lines
+    why = "a file, not a directory" if where == "a-file" else "cannot create it: Not a directory"
+    assert lines[0].endswith(f"--data-dir {data_dir}: {why}"), lines
+    assert (tmp_path / "a-file").read_text() == "not a directory\n"
