@@ -68,7 +68,13 @@ FUTURE_SKEW_S_MAX = 366 * 86_400
 @click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="where the LMDB journal lives")
 @click.option("--demo", is_flag=True, help="load the demo catalogue when the data directory is empty")
 @click.option("--insecure", is_flag=True, help="allow a non-loopback listen address without API keys")
-@click.option("--map-size-mb", type=int, default=1024, help="LMDB map size in MiB; grows the map when raised")
+@click.option(
+    "--map-size-mb",
+    type=int,
+    default=1024,
+    callback=_within(1),
+    help="LMDB map size in MiB; grows the map when raised",
+)
 @click.option(
     "--batch-events-max", type=int, default=10_000, callback=_within(1), help="most events one UsageBatch may hold"
 )
@@ -81,17 +87,21 @@ FUTURE_SKEW_S_MAX = 366 * 86_400
     callback=_within(0, FUTURE_SKEW_S_MAX),
     help="how far in the future an event timestamp may be (seconds, 0 to a year)",
 )
-@click.option("--snapshot-every", type=int, default=5_000, help="journal records between snapshots")
+@click.option(
+    "--snapshot-every", type=int, default=5_000, callback=_within(1), help="journal records between snapshots"
+)
 @click.option(
     "--snapshot-every-events",
     type=int,
     default=1_000_000,
+    callback=_within(1),
     help="usage events between snapshots (whichever of the two comes first)",
 )
 @click.option(
     "--snapshot-journal-factor",
     type=float,
     default=0.5,
+    callback=_within(0.0),
     help="a snapshot also waits until the journal has taken this many times the last snapshot's bytes (0: no wait)",
 )
 @click.option(

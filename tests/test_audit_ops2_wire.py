@@ -349,3 +349,24 @@ def test_a_data_dir_that_cannot_be_a_directory_is_refused_in_one_line_with_statu
     why = "a file, not a directory" if where == "a-file" else "cannot create it: Not a directory"
     assert lines[0].endswith(f"--data-dir {data_dir}: {why}"), lines
     assert (tmp_path / "a-file").read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--map-size-mb", "0"),
+        ("--map-size-mb", "-5"),
+        ("--snapshot-every", "0"),
+        ("--snapshot-every-events", "-1"),
+        ("--snapshot-journal-factor", "-1"),
+        ("--snapshot-journal-factor", "nan"),
+    ],
+)
+def test_a_journal_setting_no_server_can_run_by_is_a_usage_error(tmp_path: Path, option: str, value: str) -> None:
+    """Like the limits (README "### Limits and backpressure": another value is a usage error, exit 2): `--map-size-mb
+    0` ended the start in a traceback and status 1, and a snapshot every 0 or -1 records served as if it were 1."""
+    data_dir = tmp_path / "data"
+    result = run_serve("--listen", "127.0.0.1:0", "--data-dir", str(data_dir), option, value)
+    assert result.returncode == 2, output_lines(result)
+    assert f"Invalid value for '{option}'" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not data_dir.exists()
