@@ -47,7 +47,7 @@ from server.demo import demo_commands
 from server.errors import UndecodableRequests
 from server.explain_index import ExplainIndex
 from server.health import SERVING, HealthService
-from server.journal import JournalFormatError, LmdbJournal
+from server.journal import JournalFormatError, JournalUnopenable, LmdbJournal
 from server.loopstall import StallSampler
 from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
 from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Sequencer, recover, trim_heap
@@ -421,7 +421,7 @@ async def _recover(
     """Opens the journal and recovers its state; None (logged, server stopped) when it cannot start."""
     try:
         journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
-    except JournalFormatError as exc:
+    except (JournalFormatError, JournalUnopenable) as exc:
         log.error("%s", exc)
         await server.stop(None)
         return None

@@ -370,3 +370,17 @@ def test_a_journal_setting_no_server_can_run_by_is_a_usage_error(tmp_path: Path,
     assert result.returncode == 2, output_lines(result)
     assert f"Invalid value for '{option}'" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not data_dir.exists()
+
+
+def test_a_journal_that_is_no_lmdb_file_is_refused_in_one_line_with_status_2_and_left_alone(tmp_path: Path) -> None:
+    """A data directory whose journal/data.mdb is not an LMDB file (a bad restore, say): the start said so only at the
+    end of a Python traceback, with status 1."""
+    journal = tmp_path / "data" / "journal"
+    journal.mkdir(parents=True)
+    garbage = bytes(range(256)) * 400
+    (journal / "data.mdb").write_bytes(garbage)
+    result = run_serve("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"))
+    lines = output_lines(result)
+    assert (result.returncode, len(lines)) == (2, 1), lines
+    assert f"cannot open the journal at {journal}: " in lines[0] and "MDB_INVALID" in lines[0], lines
+    assert (journal / "data.mdb").read_bytes() == garbage
