@@ -18,9 +18,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -384,3 +386,65 @@ def test_a_journal_that_is_no_lmdb_file_is_refused_in_one_line_with_status_2_and
     assert (result.returncode, len(lines)) == (2, 1), lines
     assert f"cannot open the journal at {journal}: " in lines[0] and "MDB_INVALID" in lines[0], lines
     assert (journal / "data.mdb").read_bytes() == garbage
+
+
+# ---------------------------------------------------------------------------------------------
+# Shutdown under `tariff usage send`: nothing acknowledged lost, nothing charged twice
+
+
+def test_usage_send_from_a_pipe_rides_out_a_server_stop_and_restart_charging_every_event_once(
+    server_factory: ServerFactory,
+) -> None:
+    """README "### Shutdown" with "## Admin CLI": a producer pipes events into `tariff usage send` while the server
+    is stopped (SIGTERM: the open stream is served through the grace, then cut) and started again on the same port.
+    The CLI reconnects and resends what was not acknowledged (--retry-s); in the end it exits 0, every event read is
+    accepted or a duplicate, and the balance has each drawn exactly once."""
+    server = server_factory(demo=True, name="send-restart")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    environment |= {"TARIFF_SERVER": server.target, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    sender = subprocess.Popen(
+        [str(TARIFF), "usage", "send", "--batch-events", "50", "--retry-s", "120", "--json", "--no-progress"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+    )
+    assert sender.stdin is not None
+    written = [0]
+    stop = threading.Event()
+
+    def produce() -> None:
+        at = now_ms()
+        while not stop.is_set():
+            for _ in range(25):
+                event = {"transaction_id": f"pipe-{written[0]}", "customer_id": ACME, "event_type": "ai_action",
+                         "timestamp_ms": at, "dimensions": CHEAP}  # fmt: skip
+                sender.stdin.write(json.dumps(event) + "\n")  # type: ignore[union-attr]
+                written[0] += 1
+            sender.stdin.flush()  # type: ignore[union-attr]
+            stop.wait(0.02)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        with server.client() as client:
+            assert wait_for(lambda: client.get_balance(ACME).credits_remaining != "50000", 30), "events are flowing"
+        assert server.terminate() == 0
+        stopped_at = written[0]
+        server.start()
+        with server.client() as client:
+            # Events written while the server was down, and after, reach the restarted server.
+            assert wait_for(lambda: Decimal(client.get_balance(ACME).credits_remaining) < 50_000 - stopped_at / 2, 60)
+    finally:
+        stop.set()
+        producer.join()
+    out, err = sender.communicate(timeout=120)  # closes stdin: the end of the events
+    assert sender.returncode == 0, err
+    summary = json.loads(out)
+    assert (summary["events_read"], summary["rejected"]) == (written[0], 0), (summary, err)
+    assert summary["accepted"] + summary["duplicates"] == written[0], summary
+    with server.client() as client:
+        remaining = Decimal(client.get_balance(ACME).credits_remaining)
+    assert remaining == 50_000 - Decimal(written[0]) / 2, (remaining, written[0], summary)
