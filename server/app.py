@@ -45,7 +45,7 @@ from server.clock import drive_clock
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
-from server.explain_index import ExplainIndex
+from server.explain_index import ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
 from server.journal import JournalFormatError, JournalUnopenable, LmdbJournal
 from server.loopstall import StallSampler
@@ -425,7 +425,13 @@ async def _recover(
         log.error("%s", exc)
         await server.stop(None)
         return None
-    explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
+    try:
+        explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
+    except IndexUnopenable as exc:
+        log.error("%s", exc)
+        journal.close()
+        await server.stop(None)
+        return None
     try:
         billing = recover(
             journal,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,3 +449,26 @@ def test_usage_send_from_a_pipe_rides_out_a_server_stop_and_restart_charging_eve
     with server.client() as client:
         remaining = Decimal(client.get_balance(ACME).credits_remaining)
     assert remaining == 50_000 - Decimal(written[0]) / 2, (remaining, written[0], summary)
+
+
+def test_an_explain_index_that_is_no_lmdb_file_is_refused_in_one_line_saying_how_to_rebuild_it(
+    server_factory: ServerFactory,
+) -> None:
+    """The explain index is derived data (rebuilt from the journal when removed): one that LMDB cannot open stopped
+    the start in a traceback with status 1. Now one line naming it and the way out, status 2; after removing it the
+    server starts with everything, and the index is rebuilt."""
+    server = server_factory(demo=True, name="bad-index")
+    with server.client() as client:
+        assert client.usage.IngestUsageBatch(demo_batch("kept", "kept", 2)).accepted == 2
+    assert server.terminate() == 0
+    index = server.data_dir / "explain"
+    (index / "data.mdb").write_bytes(bytes(range(256)) * 400)
+    result = run_serve("--listen", "127.0.0.1:0", "--data-dir", str(server.data_dir))
+    lines = output_lines(result)
+    assert (result.returncode, len(lines)) == (2, 1), lines
+    assert f"cannot open the explain index at {index}: " in lines[0] and "MDB_INVALID" in lines[0], lines
+    assert lines[0].endswith(f"it is rebuilt from the journal: remove {index} and start again"), lines
+    shutil.rmtree(index)
+    server.start()
+    with server.client() as client:
+        assert client.get_balance(ACME).credits_remaining == "49999"
