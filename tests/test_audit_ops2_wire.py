@@ -275,8 +275,8 @@ def test_a_stream_never_ended_by_its_client_is_served_through_the_grace_then_cut
     server_factory: ServerFactory,
 ) -> None:
     """README "### Shutdown": an open IngestUsage stream is a running call until its client ends it; the server lets it
-    run for up to 10 s (a batch sent meanwhile commits and is acknowledged), then cancels it with UNAVAILABLE and
-    still exits 0. After a restart both acknowledged batches are there exactly once."""
+    run for up to 10 s (a batch sent meanwhile commits and is acknowledged; a SIGINT and a SIGTERM sent meanwhile are
+    ignored), then cancels it with UNAVAILABLE and still exits 0. After a restart both acknowledged batches are there exactly once."""
     server = server_factory(demo=True, name="grace-cut")
     assert server.proc is not None
     before, during = demo_batch("before", "before", 2), demo_batch("during", "during", 3)
@@ -285,6 +285,8 @@ def test_a_stream_never_ended_by_its_client_is_served_through_the_grace_then_cut
         assert stream.send(before).accepted == 2
         server.proc.send_signal(signal.SIGTERM)
         wait_for_log(server, "shutting down", 10)
+        for again in (signal.SIGINT, signal.SIGTERM):  # a supervisor signalling again does not cut the stop short
+            server.proc.send_signal(again)
         assert stream.send(during).accepted == 3, "a running call's batch commits and is acknowledged"
         with pytest.raises(TariffError) as cut:
             next(stream.responses)  # the client never ends it: the server does, at the end of the grace
