@@ -474,3 +474,20 @@ def test_an_explain_index_that_is_no_lmdb_file_is_refused_in_one_line_saying_how
     server.start()
     with server.client() as client:
         assert client.get_balance(ACME).credits_remaining == "49999"
+
+
+def test_balance_of_a_customer_without_a_contract_shows_no_made_up_period_or_empty_unit(keyed: Keyed) -> None:
+    """`tariff balance` of a customer with no contract yet: the server's answer has no period and no pricing unit
+    (`--json` leaves them out / empty); the table printed `period 1970-01-01 00:00:00Z .. 1970-01-01 00:00:00Z` and
+    `credits remaining ()`."""
+    target = keyed.server.target
+    created = tariff(target, "customers", "create", "ops2-no-contract", "--api-key", keyed.admin)
+    assert created.returncode == 0, created.stderr
+    answer = json.loads(tariff(target, "balance", "ops2-no-contract", "--json", "--api-key", keyed.admin).stdout)
+    assert "period_start" not in answer and answer["pricing_unit"] == "", answer
+    table = tariff(target, "balance", "ops2-no-contract", "--api-key", keyed.admin)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split("  ")[0]: line.split("  ", 1)[-1].strip() for line in table.stdout.splitlines()}
+    assert "1970" not in table.stdout and "()" not in table.stdout, table.stdout
+    assert rows["credits remaining"] == "0" and rows["period"] == "", table.stdout
+    assert "credits remaining (credits)" in tariff(target, "balance", "acme", "--api-key", keyed.admin).stdout
