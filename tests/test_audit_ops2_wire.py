@@ -476,7 +476,9 @@ def test_an_explain_index_that_is_no_lmdb_file_is_refused_in_one_line_saying_how
         assert client.get_balance(ACME).credits_remaining == "49999"
 
 
-def test_balance_of_a_customer_without_a_contract_shows_no_made_up_period_or_empty_unit(keyed: Keyed) -> None:
+def test_balance_watch_and_grants_of_a_customer_without_a_contract_show_no_made_up_period_or_empty_unit(
+    keyed: Keyed,
+) -> None:
     """`tariff balance` of a customer with no contract yet: the server's answer has no period and no pricing unit
     (`--json` leaves them out / empty); the table printed `period 1970-01-01 00:00:00Z .. 1970-01-01 00:00:00Z` and
     `credits remaining ()`."""
@@ -491,3 +493,7 @@ def test_balance_of_a_customer_without_a_contract_shows_no_made_up_period_or_emp
     assert "1970" not in table.stdout and "()" not in table.stdout, table.stdout
     assert rows["credits remaining"] == "0" and rows["period"] == "", table.stdout
     assert "credits remaining (credits)" in tariff(target, "balance", "acme", "--api-key", keyed.admin).stdout
+    watched = tariff(target, "watch", "balance", "ops2-no-contract", "--count", "1", "--api-key", keyed.admin)
+    assert watched.returncode == 0 and "remaining 0  held 0" in watched.stdout, watched
+    grants = tariff(target, "grants", "ops2-no-contract", "--api-key", keyed.admin)
+    assert grants.returncode == 0 and grants.stdout.splitlines()[0].strip() == "grants of ops2-no-contract", grants
