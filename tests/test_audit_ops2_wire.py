@@ -33,7 +33,7 @@ from tariff.v1 import alerts_pb2, balance_pb2, usage_pb2
 
 from tests.demo_usage import ACME, CHEAP, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess, free_port, wait_for, wait_for_log
-from tests.test_server_auth import BETA, add_beta
+from tests.test_server_auth import BETA, Keys, add_beta, pki  # noqa: F401  (pki: a fixture)
 from tests.test_server_limits import Bidi
 from tests.test_server_startup import output_lines, run_serve
 from tests.test_server_telemetry import sample, scrape
@@ -497,3 +497,38 @@ def test_balance_watch_and_grants_of_a_customer_without_a_contract_show_no_made_
     assert watched.returncode == 0 and "remaining 0  held 0" in watched.stdout, watched
     grants = tariff(target, "grants", "ops2-no-contract", "--api-key", keyed.admin)
     assert grants.returncode == 0 and grants.stdout.splitlines()[0].strip() == "grants of ops2-no-contract", grants
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutual TLS from the CLI
+
+
+def test_the_cli_presents_a_client_certificate_to_a_mutual_tls_server(
+    server_factory: ServerFactory,
+    pki: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """README "### Listening and TLS": with `--tls-client-ca` clients must present a certificate; "## Admin CLI":
+    every client command reaches the server with --tls-ca, but had no way to present one, so an operator of a
+    mutual-TLS server could not use `tariff` at all. `--tls-cert`/`--tls-key` (env TARIFF_TLS_CERT/TARIFF_TLS_KEY)."""
+    keys = Keys(tmp_path / "keys.json", {"ops": ("admin", None)})
+    tls = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
+    server = server_factory(
+        demo=True, extra_args=[*tls, "--tls-client-ca", str(pki / "ca.pem"), *keys.args], start=False
+    )
+    server.api_key, server.tls_root_cert = keys.key["ops"], pki / "ca.pem"
+    server.tls_client_cert, server.tls_client_key = pki / "client.pem", pki / "client.key"
+    server.start()
+    trust = ["--api-key", keys.key["ops"], "--tls-ca", str(pki / "ca.pem")]
+    without = tariff(server.target, "balance", "acme", *trust)
+    assert without.returncode == 1 and without.stderr.startswith("tariff: UNAVAILABLE"), without
+    mine = ["--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key")]
+    with_options = tariff(server.target, "balance", "acme", "--json", *trust, *mine)
+    assert with_options.returncode == 0, with_options.stderr
+    assert json.loads(with_options.stdout)["credits_remaining"] == "50000"
+    env = {"TARIFF_TLS_CERT": str(pki / "client.pem"), "TARIFF_TLS_KEY": str(pki / "client.key")}
+    with_env = tariff(server.target, "customers", "list", "--json", *trust, env=env)
+    assert with_env.returncode == 0, with_env.stderr
+    half = tariff(server.target, "balance", "acme", *trust, "--tls-cert", str(pki / "client.pem"))
+    assert (half.returncode, half.stdout) == (2, ""), half
+    assert "--tls-cert and --tls-key go together" in half.stderr, half.stderr
