@@ -1,12 +1,14 @@
-"""Acceptance as an operator and a finance user, over the wire: README "## Admin CLI", "### API keys", "## Observability"
-("### Metrics and traces"), "### Limits and backpressure (defaults)" and "### Shutdown", against real server processes
+"""Acceptance as an operator and a finance user, over the wire: README "## Admin CLI", "### API keys", "## Observability",
+"### Listening and TLS", "### Limits and backpressure (defaults)" and "### Shutdown", against real server processes
 and the `tariff` command run as a subprocess.
 
 What tests/test_cli.py, test_server_auth.py, test_audit_security_wire.py, test_server_telemetry.py,
 test_server_limits.py and test_audit_obs_wire.py check is not repeated: here the key file is made with the README's own
-`tariff keys new` commands and used from the CLI by a finance user restricted to one customer; the gauges and spans the
-Prometheus test leaves out; a message of exactly --message-mb-max; an ack that would pass that limit; and an ingest
-stream its client never ends, cut at the end of the shutdown grace.
+`tariff keys new` commands and used from the CLI by a finance user restricted to one customer; the CLI's refusals
+and tables as printed; the gauges and spans the Prometheus test leaves out; a message of exactly --message-mb-max and
+an ack that would pass it; an ingest stream its client never ends, and `tariff usage send` from a pipe, across a stop
+and a restart; start refusals (data directory, journal, explain index, settings) in one line with status 2; the CLI
+against a mutual-TLS server.
 Demo prices (server/demo.py): a simple summary on gpt-4o-mini costs 0.5 credits; acme holds 50,000.
 """
 
