@@ -76,6 +76,7 @@ class Keyed:
     server: ServerProcess
     admin: str  # billing-ops: admin, every customer
     portal: str  # acme-portal: read, customers acme and acme-eu
+    meter: str  # acme-gateway: ingest, customer acme
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +87,13 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keyed]:
     admin = new_key(key_file, "--name", "billing-ops", "--role", "admin")
     new_key(key_file, "--name", "gateway-eu", "--role", "ingest")
     portal = new_key(key_file, "--name", "acme-portal", "--role", "read", "--customers", "acme,acme-eu")
+    meter = new_key(key_file, "--name", "acme-gateway", "--role", "ingest", "--customers", "acme")
     server = ServerProcess(root / "data", demo=True, extra_args=["--api-keys", str(key_file)], api_key=admin)
     server.start()
     try:
         with server.client() as client:
             add_beta(client)
-        yield Keyed(server, admin, portal)
+        yield Keyed(server, admin, portal, meter)
     finally:
         server.stop()
 
@@ -534,3 +536,25 @@ def test_the_cli_presents_a_client_certificate_to_a_mutual_tls_server(
     half = tariff(server.target, "balance", "acme", *trust, "--tls-cert", str(pki / "client.pem"))
     assert (half.returncode, half.stdout) == (2, ""), half
     assert "--tls-cert and --tls-key go together" in half.stderr, half.stderr
+
+
+def test_usage_send_refused_whole_names_the_input_line_of_the_event_and_where_to_resume(keyed: Keyed) -> None:
+    """README "### API keys": one event for another customer refuses its whole batch, naming the event's index; the
+    batches before it stay acknowledged. From `tariff usage send` that index (`events[1]`) is of a batch the user never
+    saw: the CLI also names the input line of that event, and the line of the first event not acknowledged."""
+    at = now_ms()
+
+    def line(n: int, customer: str) -> str:
+        event = {"transaction_id": f"ops2-line-{n}", "customer_id": customer, "event_type": "ai_action",
+                 "timestamp_ms": at, "dimensions": CHEAP}  # fmt: skip
+        return json.dumps(event)
+
+    text = "\n".join(["", line(2, ACME), line(3, ACME), line(4, ACME), "", line(6, BETA), line(7, ACME)]) + "\n"
+    source = keyed.server.data_dir.parent / "ops2-lines.jsonl"
+    source.write_text(text)
+    done = tariff(keyed.server.target, "usage", "send", str(source), "--batch-events", "2", "--api-key", keyed.meter)
+    assert (done.returncode, done.stdout) == (1, ""), done
+    resume = "the first event not acknowledged is line 4"
+    assert f"tariff: before the failure: 2 events accepted, 0 duplicates, 0 rejected; {resume}" in done.stderr, done
+    assert "events[1]: key 'acme-gateway' may not touch customer 'beta'" in done.stderr, done.stderr
+    assert "tariff: events[1] of the refused batch is line 6 of the input" in done.stderr, done.stderr
