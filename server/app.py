@@ -45,9 +45,9 @@ from server.clock import drive_clock
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests
-from server.explain_index import ExplainIndex
+from server.explain_index import ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
-from server.journal import JournalFormatError, LmdbJournal
+from server.journal import JournalFormatError, JournalUnopenable, LmdbJournal
 from server.loopstall import StallSampler
 from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
 from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Backlog, Sequencer, recover_counting, trim_heap
@@ -143,6 +143,9 @@ def listen_refusal(config: ServeConfig) -> str | None:
     # gRPC would bind a port past 65535 modulo 65536 and a bare host as port 443. Port 0: any free port.
     if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
         return f"cannot listen on {config.listen}: give host:port, the port from 0 (any free port) to 65535"
+    host = config.listen[: -len(port) - 1]
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return f"cannot listen on {config.listen}: write an IPv6 host in brackets: [{host}]:{port}"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together"
     if config.tls_client_ca is not None and config.tls_cert is None:
@@ -210,6 +213,17 @@ def metrics_port_refusal(metrics_port: int) -> str | None:
         if exc.errno == errno.EADDRINUSE:
             return f"--metrics-port {metrics_port}: 127.0.0.1:{metrics_port} is already in use"
         return f"--metrics-port {metrics_port}: cannot listen on 127.0.0.1:{metrics_port}: {exc.strerror or exc}"
+    return None
+
+
+def data_dir_refusal(data_dir: Path) -> str | None:
+    """Makes the data directory (and its parents) when missing; or says, in one line, why it cannot be one."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"--data-dir {data_dir}: a file, not a directory"
+    except OSError as exc:
+        return f"--data-dir {data_dir}: cannot create it: {exc.strerror or exc}"
     return None
 
 
@@ -296,7 +310,11 @@ async def serve(config: ServeConfig) -> int:
         log.error("%s", metrics_refusal)
         await server.stop(None)
         return 2
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    unusable = data_dir_refusal(config.data_dir)
+    if unusable is not None:
+        log.error("%s", unusable)
+        await server.stop(None)
+        return 2
     lock = DataDirLock(config.data_dir)
     locked_out = lock.acquire()
     if locked_out is not None:
@@ -405,11 +423,17 @@ async def _recover(
     (logged, server stopped) when it cannot start."""
     try:
         journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
-    except JournalFormatError as exc:
+    except (JournalFormatError, JournalUnopenable) as exc:
         log.error("%s", exc)
         await server.stop(None)
         return None
-    explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
+    try:
+        explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
+    except IndexUnopenable as exc:
+        log.error("%s", exc)
+        journal.close()
+        await server.stop(None)
+        return None
     try:
         billing, backlog = recover_counting(
             journal,

@@ -68,7 +68,13 @@ FUTURE_SKEW_S_MAX = 366 * 86_400
 @click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="where the LMDB journal lives")
 @click.option("--demo", is_flag=True, help="load the demo catalogue when the data directory is empty")
 @click.option("--insecure", is_flag=True, help="allow a non-loopback listen address without API keys")
-@click.option("--map-size-mb", type=int, default=1024, help="LMDB map size in MiB; grows the map when raised")
+@click.option(
+    "--map-size-mb",
+    type=int,
+    default=1024,
+    callback=_within(1),
+    help="LMDB map size in MiB; grows the map when raised",
+)
 @click.option(
     "--batch-events-max", type=int, default=10_000, callback=_within(1), help="most events one UsageBatch may hold"
 )
@@ -81,17 +87,21 @@ FUTURE_SKEW_S_MAX = 366 * 86_400
     callback=_within(0, FUTURE_SKEW_S_MAX),
     help="how far in the future an event timestamp may be (seconds, 0 to a year)",
 )
-@click.option("--snapshot-every", type=int, default=5_000, help="journal records between snapshots")
+@click.option(
+    "--snapshot-every", type=int, default=5_000, callback=_within(1), help="journal records between snapshots"
+)
 @click.option(
     "--snapshot-every-events",
     type=int,
     default=1_000_000,
+    callback=_within(1),
     help="usage events between snapshots (whichever of the two comes first)",
 )
 @click.option(
     "--snapshot-journal-factor",
     type=float,
     default=0.5,
+    callback=_within(0.0),
     help="a snapshot also waits until the journal has taken this many times the last snapshot's bytes (0: no wait)",
 )
 @click.option(
@@ -268,21 +278,45 @@ def keys() -> None:
 @keys.command("new")
 @click.option("--name", required=True, help="who uses the key; the audit log's actor")
 @click.option("--role", required=True, type=click.Choice(["admin", "ingest", "read"]))
-@click.option("--customers", default="", help="comma-separated customer ids the key is restricted to")
+@click.option(
+    "--customers",
+    help="comma-separated customer ids the key is restricted to  [default: none: every customer]",
+)
 @click.option(
     "--file", "key_file", type=click.Path(path_type=Path), required=True, help="the key file (created if missing)"
 )
-def new_key(name: str, role: str, customers: str, key_file: Path) -> None:
+def new_key(name: str, role: str, customers: str | None, key_file: Path) -> None:
     """Make a key, print it once and append its hash to the key file."""
     from server.auth import KeyFileError, new_key
 
     try:
-        key = new_key(key_file, name, role, customers.split(","))
+        key = new_key(key_file, name, role, _restricted_to(customers))
     except KeyFileError as exc:
         click.echo(f"tariff keys new: {exc}", err=True)
         sys.exit(2)
     click.echo(key)
     click.echo(f"key {name!r} ({role}) added to {key_file}; this is the only time it is shown", err=True)
+
+
+def _restricted_to(customers: str | None) -> list[str]:
+    """--customers as customer ids; given, it must name at least one, each a possible customer id (usage error else):
+    a key meant for some customers never comes out able to touch every one, or none."""
+    if customers is None:
+        return []
+    from engine.control import ID_PATTERN
+
+    ids = [c.strip() for c in customers.split(",") if c.strip()]
+    if not ids:
+        raise click.BadParameter(
+            f"{customers!r} names no customer (leave --customers out for a key that may touch every customer)",
+            param_hint="--customers",
+        )
+    for customer_id in ids:
+        if not ID_PATTERN.match(customer_id):
+            raise click.BadParameter(
+                f"{customer_id!r} is not a customer id (1-128 letters, digits and ._:@-)", param_hint="--customers"
+            )
+    return ids
 
 
 @main.command(

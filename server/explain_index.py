@@ -88,6 +88,11 @@ _HEAD = struct.Struct("<qI")  # timestamp_ms, version
 _I128 = 16
 
 
+class IndexUnopenable(Exception):
+    """LMDB could not open the index (not an LMDB file, ...): nothing was read or written. It is derived data: removed,
+    it is rebuilt from the journal."""
+
+
 class StaleToken(Exception):
     """A page token this index did not issue for this customer, period and line."""
 
@@ -167,16 +172,22 @@ class ExplainIndex:
         # readahead=False (MADV_RANDOM on the map): with readahead a fault fills the page cache in large folios (2 MB
         # here, kernel 6.18, ext4), and a put then dirties, and writeback writes, the whole folio for the page it
         # changed: a fill of 20,000,000 ids wrote 44 GB into an index of 4.7 GB (README, Dedupe at scale).
-        self._env = lmdb.open(
-            str(path),
-            map_size=map_size_bytes,
-            sync=False,
-            metasync=False,
-            writemap=True,
-            readahead=False,
-            max_dbs=4,
-            lock=True,
-        )
+        try:
+            self._env = lmdb.open(
+                str(path),
+                map_size=map_size_bytes,
+                sync=False,
+                metasync=False,
+                writemap=True,
+                readahead=False,
+                max_dbs=4,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise IndexUnopenable(
+                f"cannot open the explain index at {path}: {exc}; it is rebuilt from the journal: remove {path} and "
+                "start again"
+            ) from None
         with self._env.begin(write=True) as txn:
             self._meta = self._env.open_db(_META_DB, txn=txn)
             self._chunks = self._env.open_db(_CHUNKS_DB, txn=txn)

@@ -139,6 +139,10 @@ class JournalFormatError(Exception):
     """The store was written in another format version: nothing was read or written."""
 
 
+class JournalUnopenable(Exception):
+    """LMDB could not open the store (not an LMDB file, unreadable, ...): nothing was read or written."""
+
+
 class JournalFull(Exception):
     """The LMDB map is full: the commit wrote nothing. Grow --map-size-mb and restart."""
 
@@ -441,17 +445,20 @@ class LmdbJournal:
         existing = (path / "data.mdb").exists()
         # LMDB does not keep a bigger stored map by itself: an explicit smaller map_size shrinks
         # it (down to the used pages). map_size=0 adopts the stored size, then we grow if asked.
-        env = lmdb.open(
-            str(path),
-            map_size=0 if existing else requested_bytes,
-            subdir=True,
-            sync=sync,
-            metasync=sync,
-            readahead=False,
-            max_dbs=4,
-            max_readers=_MAX_READERS,
-            lock=True,
-        )
+        try:
+            env = lmdb.open(
+                str(path),
+                map_size=0 if existing else requested_bytes,
+                subdir=True,
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                max_dbs=4,
+                max_readers=_MAX_READERS,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise JournalUnopenable(f"cannot open the journal at {path}: {exc}") from None
         try:
             if env.info()["map_size"] < requested_bytes:
                 # Safe only here: set_mapsize invalidates every open transaction in the process.

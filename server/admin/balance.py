@@ -20,17 +20,19 @@ def balance(remote: Remote, customer_id: str) -> None:
     if remote.as_json:
         print_json(found)
         return
-    unit = found.pricing_unit
+    unit = f" ({found.pricing_unit})" if found.pricing_unit else ""  # none before the customer's first contract
+    has_period = found.HasField("period_start")
+    period = f"{when(found.period_start)} .. {when(found.period_end, found.HasField('period_end'))}"
     print_fields(
         [
             ("customer", found.customer_id),
-            (f"credits remaining ({unit})", found.credits_remaining),
-            (f"credits held ({unit})", found.credits_held),
-            (f"credits available ({unit})", found.credits_available),
-            (f"period charges ({unit})", found.period_charges),
-            (f"overage ({unit})", found.overage_amount),
+            (f"credits remaining{unit}", found.credits_remaining),
+            (f"credits held{unit}", found.credits_held),
+            (f"credits available{unit}", found.credits_available),
+            (f"period charges{unit}", found.period_charges),
+            (f"overage{unit}", found.overage_amount),
             ("overage due", found.overage_due),
-            ("period", f"{when(found.period_start)} .. {when(found.period_end)}"),
+            ("period", period if has_period else ""),
             ("as of journal seq", found.as_of_seq),
         ]
     )

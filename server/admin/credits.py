@@ -41,7 +41,8 @@ def grants(remote: Remote, customer_id: str) -> None:
         for g in found.grants
     ]
     columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "revenue", "starts", "expires")
-    print_table(columns, rows, title=f"grants of {customer_id} ({found.pricing_unit})")
+    unit = f" ({found.pricing_unit})" if found.pricing_unit else ""  # none before the customer's first contract
+    print_table(columns, rows, title=f"grants of {customer_id}{unit}")
 
 
 @click.group()

@@ -1,6 +1,6 @@
 """What every client command shares: the connection options, the client, and the one place errors exit.
 
-`remote_command` adds `--server`, `--api-key`, `--tls-ca`, `--json` and `--actor` to a click command and hands it a
+`remote_command` adds `--server`, `--api-key`, `--tls-ca`, `--tls-cert`/`--tls-key`, `--json` and `--actor` to a click command and hands it a
 `Remote`. A failed call (a typed `tariff.TariffError`, or a raw `grpc.RpcError`) ends the command here:
 the status code and the server's message on stderr, exit status 1. grpc and the client library are
 imported only when a command runs, so `tariff --help` stays fast.
@@ -34,11 +34,16 @@ class Remote:
     tls_ca: Path | None
     as_json: bool
     actor: str | None = None  # sent as x-actor: the person the audit log records for this command's changes
+    tls_cert: Path | None = None  # the client's own certificate chain and key, for a mutual-TLS server
+    tls_key: Path | None = None
 
     def _client_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"api_key": self.api_key or None, "actor": self.actor or None}
         if self.tls_ca is not None:
             options["root_certificates"] = self.tls_ca.read_bytes()
+        if self.tls_cert is not None and self.tls_key is not None:
+            options["client_certificate_chain"] = self.tls_cert.read_bytes()
+            options["client_private_key"] = self.tls_key.read_bytes()
         host = self.server.rsplit(":", 1)[0].strip("[]")
         if host in ("127.0.0.1", "localhost", "::1"):
             # A loopback server is never behind the HTTP proxy an environment may name.
@@ -68,6 +73,15 @@ def as_tariff_error(exc: BaseException) -> TariffError | None:
     if isinstance(exc, grpc.RpcError):
         return error_from_rpc(exc)
     return None
+
+
+def error_text(error: TariffError) -> str:
+    """`CODE: message`, then the field violations the message does not already state (a refusal's message is its
+    first violation, or says how many there are), each printed once."""
+    text = f"{error.code.name}: {error.details}" if error.details else str(error.code.name)
+    said = [f"{v.field}: {v.description}" if v.field else v.description for v in error.field_violations]
+    unsaid = [violation for violation in said if violation not in error.details]
+    return text + (" [" + "; ".join(unsaid) + "]" if unsaid else "")
 
 
 def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
@@ -105,6 +119,18 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         envvar="TARIFF_TLS_CA",
         help="PEM CA to trust: connect with TLS (env TARIFF_TLS_CA)",
     )
+    @click.option(
+        "--tls-cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="TARIFF_TLS_CERT",
+        help="PEM certificate chain to present to a mutual-TLS server, with --tls-key (env TARIFF_TLS_CERT)",
+    )
+    @click.option(
+        "--tls-key",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="TARIFF_TLS_KEY",
+        help="PEM private key of --tls-cert (env TARIFF_TLS_KEY)",
+    )
     @click.option("--json", "as_json", is_flag=True, help="print JSON (protobuf's JSON mapping) instead of tables")
     @click.option(
         "--actor",
@@ -114,17 +140,26 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
     )
     @functools.wraps(command)
     def run(
-        server: str, api_key: str | None, tls_ca: Path | None, as_json: bool, actor: str | None, **kwargs: Any
+        server: str,
+        api_key: str | None,
+        tls_ca: Path | None,
+        tls_cert: Path | None,
+        tls_key: Path | None,
+        as_json: bool,
+        actor: str | None,
+        **kwargs: Any,
     ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise click.UsageError("--tls-cert and --tls-key go together (the client's certificate for mutual TLS)")
         # Before grpc loads: gRPC core's own log lines (`ssl_utils.cc ... TSI_INVALID_ARGUMENT` for a CA file that is
         # no PEM) must not bury the one line a failed call prints; GRPC_VERBOSITY in the environment still wins.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         try:
-            command(Remote(server, api_key, tls_ca, as_json, actor), **kwargs)
+            command(Remote(server, api_key, tls_ca, as_json, actor, tls_cert, tls_key), **kwargs)
         except Exception as exc:
             error = as_tariff_error(exc)
             if error is None:
                 raise
-            fail(str(error))
+            fail(error_text(error))
 
     return run

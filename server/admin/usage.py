@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from server.admin.output import print_fields, print_json, print_table
-from server.admin.remote import Remote, fail, remote_command
+from server.admin.remote import Remote, as_tariff_error, fail, remote_command
 
 if TYPE_CHECKING:
     from tariff.v1 import usage_pb2
@@ -54,10 +55,14 @@ class Tally:
     by_reason: Counter[str] = field(default_factory=Counter)
     examples: list[dict[str, Any]] = field(default_factory=list)
     on_progress: Callable[[int], None] | None = None
+    # The input line of each event read and not yet acknowledged, oldest first (at most the batches in flight).
+    unacked_lines: deque[int] = field(default_factory=deque)
 
     def add(self, ack: usage_pb2.IngestAck) -> None:
         from tariff.v1 import usage_pb2
 
+        for _ in range(ack.accepted + ack.duplicates + len(ack.rejected)):
+            self.unacked_lines.popleft()
         self.batches += 1
         self.accepted += ack.accepted
         self.duplicates += ack.duplicates
@@ -126,6 +131,7 @@ async def stream_events(remote: Remote, source: IO[str], tally: Tally, sending: 
                 for number, line in chunk:
                     event = parse_line(number, line)
                     if event is not None:
+                        tally.unacked_lines.append(number)  # before add(): its ack may come back within it
                         await batcher.add(event)
                         tally.read += 1
         except BadLine:
@@ -228,12 +234,8 @@ def send(
             asyncio.run(stream_events(remote, source, tally, Sending(batch_events, in_flight, retry_s)))
         except BadLine as exc:
             bad_line = exc
-        except Exception:
-            click.echo(
-                f"tariff: before the failure: {tally.accepted} events accepted, {tally.duplicates} duplicates, "
-                f"{tally.rejected} rejected; sending the same events again is safe",
-                err=True,
-            )
+        except Exception as exc:
+            say_where_it_stopped(tally, exc)
             raise
     if remote.as_json:
         print_json(summary_json(tally))
@@ -243,6 +245,22 @@ def send(
         fail(f"{bad_line}; the {tally.read} events before it were sent", EXIT_BAD_INPUT)
     if tally.rejected:
         fail(f"{tally.rejected} of {tally.read} events rejected")
+
+
+def say_where_it_stopped(tally: Tally, exc: Exception) -> None:
+    """On stderr, before the failure itself: what was acknowledged, the input line to resume from, and, when the
+    server refused a batch naming one of its events (`events[3]: ...`), that event's input line."""
+    unacked = tally.unacked_lines
+    resume = f"the first event not acknowledged is line {unacked[0]}; " if unacked else ""
+    click.echo(
+        f"tariff: before the failure: {tally.accepted} events accepted, {tally.duplicates} duplicates, "
+        f"{tally.rejected} rejected; {resume}sending the same events again is safe",
+        err=True,
+    )
+    error = as_tariff_error(exc)
+    named = re.match(r"events\[(\d+)\]", error.details) if error is not None else None
+    if named is not None and int(named[1]) < len(unacked):
+        click.echo(f"tariff: {named[0]} of the refused batch is line {unacked[int(named[1])]} of the input", err=True)
 
 
 class ProgressBar:

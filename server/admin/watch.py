@@ -20,9 +20,9 @@ def watch() -> None:
 
 
 def balance_line(balance: balance_pb2.Balance) -> str:
-    unit = balance.pricing_unit
+    unit = f" {balance.pricing_unit}" if balance.pricing_unit else ""  # none before the customer's first contract
     return (
-        f"seq {balance.as_of_seq}  remaining {balance.credits_remaining} {unit}  held {balance.credits_held}  "
+        f"seq {balance.as_of_seq}  remaining {balance.credits_remaining}{unit}  held {balance.credits_held}  "
         f"available {balance.credits_available}  period charges {balance.period_charges}  "
         f"overage {balance.overage_amount}"
     )
