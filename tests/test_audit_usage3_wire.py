@@ -1,0 +1,291 @@
+"""A third acceptance audit of the usage path over the wire (README "What the server does today" (Usage,
+Pricing), usage.proto, pricing.proto Aggregation and Product, docs/architecture.md §3 Products and §5), past
+tests/test_audit_usage_wire.py and tests/test_audit_usage2_wire.py: MAX and LATEST across a billing period
+boundary and then invoiced, UNIQUE_COUNT over two batches and a kill -9, a filter combined with pricing
+dimensions on an event feeding two products, and Authorize's estimate for each aggregation against what
+ingesting the same event then charges. Every amount is computed by hand from the documents (in the docstrings).
+
+Catalogue (rate card `card`, pricing unit credits, version 1 in force from 2024-01-01):
+
+    product    event type  aggregation   value key  filters    pricing dimensions  price a unit
+    sum_n      s           SUM           n                                         0.25
+    calls      c           COUNT                                                   0.5
+    peak       m           MAX           g                                         1
+    gauge      m           LATEST        g                                         10
+    seats      u           UNIQUE_COUNT  user                                      2
+    eu_tokens  tok         SUM           n          region=eu  model               1 for model=a, 3 for model=b
+    tok_calls  tok         COUNT                                                   0.5
+
+`peak` and `gauge` both feed on event type `m`: one event is a reading of both."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from tariff import TariffClient, now_ms
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_audit_usage_wire import event
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+REJECT = usage_pb2.RejectReason
+Outcome = tuple[int, int, list[tuple[int, str, int]]]
+
+
+def unit(product_id: str, price: str, **match: str) -> pricing_pb2.Rate:
+    return pricing_pb2.Rate(product_id=product_id, match=match, unit=pricing_pb2.UnitPrice(price=price))
+
+
+def catalogue(client: TariffClient) -> None:
+    agg = pricing_pb2
+    products = [
+        pricing_pb2.Product(id="sum_n", event_type="s", aggregation=agg.SUM, value_key="n"),
+        pricing_pb2.Product(id="calls", event_type="c", aggregation=agg.COUNT),
+        pricing_pb2.Product(id="peak", event_type="m", aggregation=agg.MAX, value_key="g"),
+        pricing_pb2.Product(id="gauge", event_type="m", aggregation=agg.LATEST, value_key="g"),
+        pricing_pb2.Product(id="seats", event_type="u", aggregation=agg.UNIQUE_COUNT, value_key="user"),
+        pricing_pb2.Product(
+            id="eu_tokens",
+            event_type="tok",
+            aggregation=agg.SUM,
+            value_key="n",
+            filters={"region": "eu"},
+            pricing_dimensions=["model"],
+        ),
+        pricing_pb2.Product(id="tok_calls", event_type="tok", aggregation=agg.COUNT),
+    ]
+    for product in products:
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    rates = [
+        unit("sum_n", "0.25"),
+        unit("calls", "0.5"),
+        unit("peak", "1"),
+        unit("gauge", "10"),
+        unit("seats", "2"),
+        unit("eu_tokens", "1", model="a"),
+        unit("eu_tokens", "3", model="b"),
+        unit("tok_calls", "0.5"),
+    ]
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
+    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=rates))
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(CARD_FROM_MS))
+    )
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory) -> Iterator[ServerProcess]:
+    server = server_factory()
+    with server.client() as client:
+        catalogue(client)
+    yield server
+
+
+def this_hour_ms() -> int:
+    return now_ms() // HOUR_MS * HOUR_MS
+
+
+def customer(client: TariffClient, customer_id: str, start_ms: int) -> None:
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+    client.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id=f"k-{customer_id}", customer_id=customer_id, rate_card_id="card", starting_at=stamp(start_ms)
+        )
+    )
+
+
+def ingest(client: TariffClient, *events: usage_pb2.UsageEvent) -> usage_pb2.IngestAck:
+    ack: usage_pb2.IngestAck = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="b", events=events))
+    return ack
+
+
+def outcome(ack: usage_pb2.IngestAck) -> Outcome:
+    return ack.accepted, ack.duplicates, [(r.index, r.transaction_id, r.reason) for r in ack.rejected]
+
+
+def charges(client: TariffClient, customer_id: str) -> str:
+    return str(client.get_balance(customer_id).period_charges)
+
+
+def lines(invoice: invoices_pb2.Invoice) -> dict[str, tuple[str, str, int]]:
+    """line_id -> (quantity, amount, events)."""
+    return {line.line_id: (line.quantity, line.amount, line.events) for line in invoice.lines}
+
+
+def estimate(client: TariffClient, customer_id: str, event_type: str, **reading: float | str) -> str:
+    values = {k: float(v) for k, v in reading.items() if not isinstance(v, str)}
+    dimensions = {k: v for k, v in reading.items() if isinstance(v, str)}
+    request = balance_pb2.AuthorizeRequest(
+        customer_id=customer_id, event_type=event_type, values=values, dimensions=dimensions
+    )
+    return str(client.balance.Authorize(request).estimated_cost)
+
+
+def test_max_and_latest_are_each_periods_own_across_the_boundary_and_invoice_so(server: ServerProcess) -> None:
+    """docs/architecture.md §3 and §5 step 6: the aggregate is kept per (period, product, pricing dimensions), so
+    MAX is the largest reading of each period and LATEST the reading of each period's latest event (a late
+    event does not move it; one later than every other of its own period does, even after the next period has
+    readings). Contract from the hour 40 days ago: its first period ended 9 to 12 days ago, the second is the
+    current one. E is the first period's end. One event type `m` feeds peak (MAX, 1 a unit) and gauge (LATEST,
+    10 a unit).
+
+    Batch 1, in this order: E+1h g=2, E-1h g=8, E g=3, E-2h g=5.
+        period 1: MAX(8, 5) = 8; LATEST = the reading at E-1h = 8 (E-2h is older)  -> 8 + 80 = 88
+        period 2: MAX(2, 3) = 3; LATEST = the reading at E+1h = 2 (E is older)     -> 3 + 20 = 23
+    Batch 2: E-3h g=9 (late, older than E-1h: moves period 1's MAX only) and E-1ms g=1 (the latest of period 1).
+        period 1: MAX 9; LATEST 1                                                  -> 9 + 10 = 19
+        period 2 unchanged                                                          -> 23
+    Closing period 1 invoices peak 9 (9 credits) and gauge 1 (10 credits), each line with the 4 events of the
+    period (E-1h, E-2h, E-3h, E-1ms).
+    Afterwards an event in period 1 is PERIOD_CLOSED; one at E+2h g=4 makes period 2's MAX 4 and LATEST 4:
+    4 + 40 = 44, over 3 events (E, E+1h, E+2h)."""
+    start_ms = this_hour_ms() - 40 * DAY_MS
+    with server.client() as client:
+        customer(client, "meter", start_ms)
+        first = invoices_pb2.PreviewInvoiceRequest(customer_id="meter", period_start=stamp(start_ms))
+        end = client.invoices.PreviewInvoice(first).period_end.ToMilliseconds()
+        assert start_ms + 28 * DAY_MS <= end <= now_ms() - 8 * DAY_MS
+
+        def m(transaction_id: str, at_ms: int, g: float) -> usage_pb2.UsageEvent:
+            return event(transaction_id, "meter", "m", at_ms, {"g": g})
+
+        ack = ingest(
+            client, m("a", end + HOUR_MS, 2), m("b", end - HOUR_MS, 8), m("c", end, 3), m("d", end - 2 * HOUR_MS, 5)
+        )
+        assert outcome(ack) == (4, 0, [])
+        assert charges(client, "meter") == "23"
+        assert (client.invoices.PreviewInvoice(first).subtotal) == "88"
+        assert outcome(ingest(client, m("e", end - 3 * HOUR_MS, 9), m("f", end - 1, 1))) == (2, 0, [])
+        draft = client.invoices.PreviewInvoice(first)
+        assert (draft.subtotal, lines(draft)) == ("19", {"peak": ("9", "9", 4), "gauge": ("1", "10", 4)})
+        assert charges(client, "meter") == "23"
+        invoice = client.invoices.ClosePeriod(
+            invoices_pb2.ClosePeriodRequest(customer_id="meter", period_start=stamp(start_ms))
+        )
+        assert (invoice.subtotal, lines(invoice)) == ("19", {"peak": ("9", "9", 4), "gauge": ("1", "10", 4)})
+        ack = ingest(client, m("g", end - 1, 100), m("h", end + 2 * HOUR_MS, 4))
+        assert outcome(ack) == (1, 0, [(0, "g", REJECT.PERIOD_CLOSED)])
+        assert charges(client, "meter") == "44"
+        second = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="meter"))
+        assert (second.period_start.ToMilliseconds(), second.subtotal) == (end, "44")
+        assert lines(second) == {"peak": ("4", "4", 3), "gauge": ("4", "40", 3)}
+
+
+def test_unique_count_counts_a_value_once_over_batches_hours_and_a_kill_9(server: ServerProcess) -> None:
+    """pricing.proto UNIQUE_COUNT: the number of distinct dimensions['user'] of the period (2 credits each).
+    Batch 1: x, y, x -> 2 users, 4 credits. Batch 2 (on a stream, an hour earlier): x -> still 2, 4 credits;
+    Authorize prices x at 0 and z at 2. After kill -9 and a restart: y -> 0 (still 4); z -> 3 users, 6 credits.
+    Resending u1 as it was is a duplicate; u1 naming z instead of x is DUPLICATE_CONFLICT and changes nothing.
+    The current period's line: quantity 3, 6 credits, 6 events (u1 to u6)."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        customer(client, "team", this_hour_ms() - 5 * HOUR_MS)
+
+        def u(transaction_id: str, user: str, when_ms: int = at_ms) -> usage_pb2.UsageEvent:
+            return event(transaction_id, "team", "u", when_ms, dimensions={"user": user})
+
+        assert outcome(ingest(client, u("u1", "x"), u("u2", "y"), u("u3", "x"))) == (3, 0, [])
+        assert charges(client, "team") == "4"
+        batch = usage_pb2.UsageBatch(batch_id="s", events=[u("u4", "x", at_ms - HOUR_MS)])
+        assert [outcome(a) for a in client.usage.IngestUsage(iter([batch]), timeout=10)] == [(1, 0, [])]
+        assert charges(client, "team") == "4"
+        assert (estimate(client, "team", "u", user="x"), estimate(client, "team", "u", user="z")) == ("0", "2")
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert charges(client, "team") == "4"
+        assert outcome(ingest(client, u("u5", "y"))) == (1, 0, [])
+        assert charges(client, "team") == "4"
+        assert outcome(ingest(client, u("u6", "z"))) == (1, 0, [])
+        assert charges(client, "team") == "6"
+        ack = ingest(client, u("u1", "x"), u("u1", "z"))
+        assert outcome(ack) == (0, 1, [(1, "u1", REJECT.DUPLICATE_CONFLICT)])
+        assert charges(client, "team") == "6"
+        draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="team"))
+        assert lines(draft) == {"seats": ("3", "6", 6)}
+
+
+def test_a_filter_with_pricing_dimensions_on_an_event_feeding_two_products(server: ServerProcess) -> None:
+    """pricing.proto Product: filters are dimension equality conditions (so `EU` is not `eu`, and a missing
+    region does not meet region=eu); pricing_dimensions make one line per model. Event type `tok` feeds
+    eu_tokens (SUM n, region=eu, 1 a unit for model=a, 3 for model=b) and tok_calls (COUNT, 0.5, no filter).
+
+        t1 eu/a n=3      eu_tokens;model=a 3 + tok_calls 0.5
+        t2 eu/b n=2      eu_tokens;model=b 6 + tok_calls 0.5
+        t3 us/a n=100    tok_calls 0.5 (eu_tokens' filter not met)
+        t4 -/a n=7       tok_calls 0.5
+        t5 eu/c n=1      NO_APPLICABLE_RATE: no rate for model=c, so the whole event is refused (tok_calls too)
+        t6 EU/b n=4      tok_calls 0.5
+        t7 eu/a (no n)   INVALID_EVENT: eu_tokens needs values['n']
+        t8 us/b (no n)   tok_calls 0.5 (the product needing n is not fed)
+    Charges: 3 + 6 + 6 x 0.5 = 12. Authorize eu/b n=1 estimates 3 + 0.5 = 3.5, us/b 0.5."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        customer(client, "eu", this_hour_ms() - 5 * HOUR_MS)
+
+        def tok(transaction_id: str, region: str, model: str, n: float | None) -> usage_pb2.UsageEvent:
+            dimensions = {"model": model} if not region else {"region": region, "model": model}
+            return event(transaction_id, "eu", "tok", at_ms, {} if n is None else {"n": n}, dimensions)
+
+        ack = ingest(
+            client,
+            tok("t1", "eu", "a", 3),
+            tok("t2", "eu", "b", 2),
+            tok("t3", "us", "a", 100),
+            tok("t4", "", "a", 7),
+            tok("t5", "eu", "c", 1),
+            tok("t6", "EU", "b", 4),
+            tok("t7", "eu", "a", None),
+            tok("t8", "us", "b", None),
+        )
+        assert outcome(ack) == (6, 0, [(4, "t5", REJECT.NO_APPLICABLE_RATE), (6, "t7", REJECT.INVALID_EVENT)])
+        assert charges(client, "eu") == "12"
+        assert estimate(client, "eu", "tok", region="eu", model="b", n=1) == "3.5"
+        assert estimate(client, "eu", "tok", region="us", model="b") == "0.5"
+        draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="eu"))
+        assert lines(draft) == {
+            "eu_tokens;model=a": ("3", "3", 1),
+            "eu_tokens;model=b": ("2", "6", 1),
+            "tok_calls": ("6", "3", 6),
+        }
+
+
+def test_authorize_estimates_what_ingesting_the_same_event_then_charges_for_each_aggregation(
+    server: ServerProcess,
+) -> None:
+    """README Balances: Authorize prices the described usage exactly as ingesting it now would. For each
+    aggregation, with some usage already in the period, the estimate equals the rise in period_charges that
+    ingesting the same event at now then makes:
+        SUM 0.25:   n=4 (1), then n=6          -> 1.5,  charges 2.5
+        COUNT 0.5:  one event                  -> 0.5,  charges 3
+        m (MAX 1 + LATEST 10): g=5 an hour ago (5 + 50 = 55, charges 58), then g=7 -> 2 + 20 = 22, charges 80;
+                    then g=3                   -> MAX 0, LATEST 10 x (3 - 7) = -40, charges 40
+        UNIQUE_COUNT 2: user x (2, charges 42); then x -> 0, y -> 2, charges 44."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        customer(client, "probe", this_hour_ms() - 5 * HOUR_MS)
+
+        def then(transaction_id: str, event_type: str, **reading: float | str) -> tuple[str, str]:
+            """The estimate, then the period's charges after ingesting the same reading."""
+            guess = estimate(client, "probe", event_type, **reading)
+            values = {k: float(v) for k, v in reading.items() if not isinstance(v, str)}
+            dims = {k: v for k, v in reading.items() if isinstance(v, str)}
+            assert outcome(ingest(client, event(transaction_id, "probe", event_type, now_ms(), values, dims)))[0] == 1
+            return guess, charges(client, "probe")
+
+        ingest(client, event("s0", "probe", "s", at_ms, {"n": 4}))
+        assert then("s1", "s", n=6) == ("1.5", "2.5")
+        assert then("c1", "c") == ("0.5", "3")
+        ingest(client, event("m0", "probe", "m", at_ms - HOUR_MS, {"g": 5}))
+        assert charges(client, "probe") == "58"
+        assert then("m1", "m", g=7) == ("22", "80")
+        assert then("m2", "m", g=3) == ("-40", "40")
+        ingest(client, event("u0", "probe", "u", at_ms, dimensions={"user": "x"}))
+        assert charges(client, "probe") == "42"
+        assert then("u1", "u", user="x") == ("0", "42")
+        assert then("u2", "u", user="y") == ("2", "44")
