@@ -1,9 +1,10 @@
 """A third acceptance audit of the usage path over the wire (README "What the server does today" (Usage,
 Pricing), usage.proto, pricing.proto Aggregation and Product, docs/architecture.md §3 Products and §5), past
 tests/test_audit_usage_wire.py and tests/test_audit_usage2_wire.py: MAX and LATEST across a billing period
-boundary and then invoiced, UNIQUE_COUNT over two batches and a kill -9, a filter combined with pricing
-dimensions on an event feeding two products, and Authorize's estimate for each aggregation against what
-ingesting the same event then charges. Every amount is computed by hand from the documents (in the docstrings).
+boundary and then invoiced, UNIQUE_COUNT over two batches and a kill -9 and at a period boundary, LATEST of one
+timestamp across batches and restarts, a filter combined with pricing dimensions on an event feeding two
+products, Authorize's estimate for each aggregation against what ingesting the same event then charges, and a
+reservation settled by a gauge reading. Every amount is computed by hand from the documents (in the docstrings).
 
 Catalogue (rate card `card`, pricing unit credits, version 1 in force from 2024-01-01):
 
@@ -289,3 +290,112 @@ def test_authorize_estimates_what_ingesting_the_same_event_then_charges_for_each
         assert charges(client, "probe") == "42"
         assert then("u1", "u", user="x") == ("0", "42")
         assert then("u2", "u", user="y") == ("2", "44")
+
+
+def test_latest_of_one_timestamp_is_the_reading_ingested_last_in_a_batch_across_batches_and_restarts(
+    server: ServerProcess,
+) -> None:
+    """docs/architecture.md §3: LATEST is the reading of the latest event by timestamp and, of events with the
+    same timestamp, the one ingested last; replay after kill -9 (journal) and after a stop (snapshot) keeps
+    that order. Every reading below has one timestamp T; event type `m` feeds peak (MAX, 1) and gauge (LATEST, 10).
+        batch [a g=5, b g=3]: MAX 5, LATEST 3 (b after a in the batch)   -> 5 + 30 = 35
+        batch [c g=4]:        LATEST 4                                  -> 5 + 40 = 45
+        c again with g=40 and T+5: DUPLICATE_CONFLICT, nothing moves    -> 45
+        kill -9, restart:                                               -> 45
+        [d g=2]:              LATEST 2                                  -> 5 + 20 = 25
+        stop, restart:                                                  -> 25; lines peak 5 (4 events), gauge 2 (20)"""
+    t = now_ms() - 10_000
+    with server.client() as client:
+        customer(client, "same", this_hour_ms() - 5 * HOUR_MS)
+
+        def m(transaction_id: str, g: float, at_ms: int = t) -> usage_pb2.UsageEvent:
+            return event(transaction_id, "same", "m", at_ms, {"g": g})
+
+        assert outcome(ingest(client, m("a", 5), m("b", 3))) == (2, 0, [])
+        assert charges(client, "same") == "35"
+        assert outcome(ingest(client, m("c", 4))) == (1, 0, [])
+        assert charges(client, "same") == "45"
+        assert outcome(ingest(client, m("c", 40, t + 5))) == (0, 0, [(0, "c", REJECT.DUPLICATE_CONFLICT)])
+        assert charges(client, "same") == "45"
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert charges(client, "same") == "45"
+        assert outcome(ingest(client, m("d", 2))) == (1, 0, [])
+        assert charges(client, "same") == "25"
+    server.restart()
+    with server.client() as client:
+        assert charges(client, "same") == "25"
+        draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="same"))
+        assert lines(draft) == {"peak": ("5", "5", 4), "gauge": ("2", "20", 4)}
+
+
+def test_unique_count_is_each_periods_own_at_the_boundary(server: ServerProcess) -> None:
+    """UNIQUE_COUNT counts the distinct users of each period (2 credits each); E is the first period's end.
+    period 1: x at its start, y at E-1h, x at E-1ms          -> 2 users, 4 credits, 3 events
+    period 2: x at E, y at E+1ms                             -> 2 users, 4 credits, 2 events (the current one)"""
+    start_ms = this_hour_ms() - 40 * DAY_MS
+    with server.client() as client:
+        customer(client, "edge", start_ms)
+        first = invoices_pb2.PreviewInvoiceRequest(customer_id="edge", period_start=stamp(start_ms))
+        end = client.invoices.PreviewInvoice(first).period_end.ToMilliseconds()
+
+        def u(transaction_id: str, at_ms: int, user: str) -> usage_pb2.UsageEvent:
+            return event(transaction_id, "edge", "u", at_ms, dimensions={"user": user})
+
+        ack = ingest(
+            client,
+            u("1", end - 1, "x"),
+            u("2", end, "x"),
+            u("3", end + 1, "y"),
+            u("4", end - HOUR_MS, "y"),
+            u("5", start_ms, "x"),
+        )
+        assert outcome(ack) == (5, 0, [])
+        draft = client.invoices.PreviewInvoice(first)
+        assert (draft.subtotal, lines(draft)) == ("4", {"seats": ("2", "4", 3)})
+        assert charges(client, "edge") == "4"
+        current = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="edge"))
+        assert lines(current) == {"seats": ("2", "4", 2)}
+
+
+def test_a_reservation_settled_by_a_gauge_reading_charges_what_authorize_estimated(server: ServerProcess) -> None:
+    """balance.proto AuthorizeRequest.reserve: the hold is the estimated cost, given back when the event with
+    its reservation_id is charged what it costs. Promotional grant 100; event type `m` feeds peak (MAX, 1) and
+    gauge (LATEST, 10).
+        g=5 a minute ago: 5 + 50 = 55; 45 left
+        reserve g=3: MAX 0, LATEST 10 x (3 - 5) = -20 -> estimate -20, nothing held (45 available)
+        settle with g=3: charges 35, the 20 given back to the grant -> 65 left
+        reserve g=8: MAX 8 - 5 = 3, LATEST 10 x (8 - 3) = 50 -> 53 held, 12 available
+        settle with g=8: charges 88, 12 left, 12 available (no notice: each settled its reservation)"""
+    with server.client() as client:
+        customer(client, "hold", this_hour_ms() - 5 * HOUR_MS)
+        grant = contracts_pb2.Grant(id="g-hold", contract_id="k-hold", kind=contracts_pb2.PROMOTIONAL, amount="100")
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+        def balance() -> tuple[str, str, str]:
+            b = client.get_balance("hold")
+            return str(b.period_charges), str(b.credits_remaining), str(b.credits_available)
+
+        def reserve(reservation_id: str, g: float) -> tuple[bool, str]:
+            request = balance_pb2.AuthorizeRequest(
+                customer_id="hold", event_type="m", values={"g": g}, reserve=True, reservation_id=reservation_id
+            )
+            answer = client.balance.Authorize(request)
+            return answer.allowed, answer.estimated_cost
+
+        def settle(transaction_id: str, reservation_id: str, g: float) -> usage_pb2.IngestAck:
+            return ingest(client, event(transaction_id, "hold", "m", now_ms(), {"g": g}, reservation_id=reservation_id))
+
+        assert outcome(ingest(client, event("a", "hold", "m", now_ms() - 60_000, {"g": 5}))) == (1, 0, [])
+        assert balance() == ("55", "45", "45")
+        assert reserve("r1", 3) == (True, "-20")
+        assert balance() == ("55", "45", "45")
+        ack = settle("b", "r1", 3)
+        assert (outcome(ack), list(ack.notices)) == ((1, 0, []), [])
+        assert balance() == ("35", "65", "65")
+        assert reserve("r2", 8) == (True, "53")
+        assert balance() == ("35", "65", "12")
+        ack = settle("c", "r2", 8)
+        assert (outcome(ack), list(ack.notices)) == ((1, 0, []), [])
+        assert balance() == ("88", "12", "12")
