@@ -399,3 +399,41 @@ def test_a_reservation_settled_by_a_gauge_reading_charges_what_authorize_estimat
         ack = settle("c", "r2", 8)
         assert (outcome(ack), list(ack.notices)) == ((1, 0, []), [])
         assert balance() == ("88", "12", "12")
+
+
+def test_rejected_gauge_readings_in_a_batch_of_good_ones_move_neither_max_nor_latest(server: ServerProcess) -> None:
+    """README Usage: one bad event never sinks its batch, and (docs/architecture.md §5 step 8) a rejected event
+    changes nothing, so a refused reading neither raises MAX nor becomes LATEST's latest timestamp. Event type
+    `m` feeds peak (MAX, 1) and gauge (LATEST, 10); N is now.
+        a  g=5 at N-10s                                  accepted
+        b  g=100 at N+10min                              TIMESTAMP_OUT_OF_RANGE (more than 300 s ahead)
+        c  g=nan at N-5s                                 INVALID_EVENT
+        d  g=2 at N-1h                                   accepted, late: MAX stays 5, LATEST stays 5
+        e  g=1e15 at N-8s                                INVALID_EVENT (not below 1e15)
+        -> MAX 5, LATEST 5: 5 + 50 = 55
+    Authorize g=1 estimates MAX 0 + LATEST 10 x (1 - 5) = -40; f g=1 at now is then the latest reading (b,
+    refused, never counted), so LATEST 1: 5 + 10 = 15."""
+    n = now_ms()
+    with server.client() as client:
+        customer(client, "bad", this_hour_ms() - 5 * HOUR_MS)
+
+        def m(transaction_id: str, at_ms: int, g: float) -> usage_pb2.UsageEvent:
+            return event(transaction_id, "bad", "m", at_ms, {"g": g})
+
+        ack = ingest(
+            client,
+            m("a", n - 10_000, 5),
+            m("b", n + 600_000, 100),
+            m("c", n - 5_000, float("nan")),
+            m("d", n - HOUR_MS, 2),
+            m("e", n - 8_000, 1e15),
+        )
+        assert outcome(ack) == (
+            2,
+            0,
+            [(1, "b", REJECT.TIMESTAMP_OUT_OF_RANGE), (2, "c", REJECT.INVALID_EVENT), (4, "e", REJECT.INVALID_EVENT)],
+        )
+        assert charges(client, "bad") == "55"
+        assert estimate(client, "bad", "m", g=1) == "-40"
+        assert outcome(ingest(client, m("f", now_ms(), 1))) == (1, 0, [])
+        assert charges(client, "bad") == "15"
