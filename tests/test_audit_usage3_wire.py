@@ -437,3 +437,75 @@ def test_rejected_gauge_readings_in_a_batch_of_good_ones_move_neither_max_nor_la
         assert estimate(client, "bad", "m", g=1) == "-40"
         assert outcome(ingest(client, m("f", now_ms(), 1))) == (1, 0, [])
         assert charges(client, "bad") == "15"
+
+
+def test_each_pricing_dimension_line_keeps_its_own_unique_count_max_and_latest(server_factory: ServerFactory) -> None:
+    """pricing.proto Product: invoice lines are product x pricing dimensions, and docs/architecture.md §5 step 6
+    keeps the aggregate per (period, product, pricing dimension values), so each line counts, peaks and reads
+    its gauge on its own; a filter key may be a pricing dimension too; line ids list dimensions in key order.
+    Its own catalogue (version 1 from 2024-01-01):
+        seats_r  u  UNIQUE_COUNT user, by region           2 a user
+        eu_peak  m  MAX g, region=eu, by region and model   1
+        lat      m  LATEST g, by model                      10
+    Users x/eu, x/us, y/eu, x/eu: eu {x, y} 2 users (4), us {x} 1 (2)                           -> 6
+    Readings (T = now - 10 s): eu/a g=5 at T, us/a g=7 at T+1, eu/b g=9 at T-1
+        eu_peak eu/a 5, eu/b 9 (us not fed); lat a: 5 then 7 (later) -> 70, b 9 -> 90            -> 174
+    Charges 180. Authorize eu/a g=1: eu_peak 0, lat a 10 x (1 - 7) = -60; eu/b g=8: 0 + 10 x (8 - 9) = -10."""
+    server = server_factory()
+    p = pricing_pb2
+    with server.client() as client:
+        products = [
+            p.Product(
+                id="seats_r",
+                event_type="u",
+                aggregation=p.UNIQUE_COUNT,
+                value_key="user",
+                pricing_dimensions=["region"],
+            ),
+            p.Product(
+                id="eu_peak",
+                event_type="m",
+                aggregation=p.MAX,
+                value_key="g",
+                filters={"region": "eu"},
+                pricing_dimensions=["region", "model"],
+            ),
+            p.Product(id="lat", event_type="m", aggregation=p.LATEST, value_key="g", pricing_dimensions=["model"]),
+        ]
+        for product in products:
+            client.pricing.CreateProduct(p.CreateProductRequest(product=product))
+        rates = [unit("seats_r", "2"), unit("eu_peak", "1"), unit("lat", "10")]
+        client.pricing.CreateRateCard(p.CreateRateCardRequest(id="card", pricing_unit="credits"))
+        client.pricing.CreateDraftVersion(p.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=rates))
+        client.pricing.PublishVersion(
+            p.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        customer(client, "lines", this_hour_ms() - 5 * HOUR_MS)
+        t = now_ms() - 10_000
+
+        def u(transaction_id: str, user: str, region: str) -> usage_pb2.UsageEvent:
+            return event(transaction_id, "lines", "u", t, dimensions={"user": user, "region": region})
+
+        def m(transaction_id: str, at_ms: int, g: float, region: str, model: str) -> usage_pb2.UsageEvent:
+            return event(transaction_id, "lines", "m", at_ms, {"g": g}, {"region": region, "model": model})
+
+        assert outcome(ingest(client, u("1", "x", "eu"), u("2", "x", "us"), u("3", "y", "eu"), u("4", "x", "eu"))) == (
+            4,
+            0,
+            [],
+        )
+        assert charges(client, "lines") == "6"
+        ack = ingest(client, m("5", t, 5, "eu", "a"), m("6", t + 1, 7, "us", "a"), m("7", t - 1, 9, "eu", "b"))
+        assert outcome(ack) == (3, 0, [])
+        assert charges(client, "lines") == "180"
+        assert estimate(client, "lines", "m", g=1, region="eu", model="a") == "-60"
+        assert estimate(client, "lines", "m", g=8, region="eu", model="b") == "-10"
+        draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="lines"))
+        assert lines(draft) == {
+            "seats_r;region=eu": ("2", "4", 3),
+            "seats_r;region=us": ("1", "2", 1),
+            "eu_peak;model=a;region=eu": ("5", "5", 1),
+            "eu_peak;model=b;region=eu": ("9", "9", 1),
+            "lat;model=a": ("7", "70", 2),
+            "lat;model=b": ("9", "90", 1),
+        }
