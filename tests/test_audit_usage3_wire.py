@@ -509,3 +509,54 @@ def test_each_pricing_dimension_line_keeps_its_own_unique_count_max_and_latest(s
             "lat;model=a": ("7", "70", 2),
             "lat;model=b": ("9", "90", 1),
         }
+
+
+def test_one_transaction_id_in_one_batch_is_decided_against_its_first_accepted_event_per_customer(
+    server: ServerProcess,
+) -> None:
+    """usage.proto UsageEvent.transaction_id and docs/architecture.md §5 step 4: dedupe is on (customer id,
+    transaction id); a second event with the same id inside one batch is decided against the first accepted
+    one; a rejected event was never accepted, so it holds no id. sum_n is 0.25 a unit.
+        0  x/a n=nan       INVALID_EVENT
+        1  x/a n=4         accepted (the nan one held nothing): 1
+        2  x/a n=4         duplicate of 1
+        3  x/a n=8         DUPLICATE_CONFLICT
+        4  x/b n=8         accepted: another customer's x: b is charged 2
+        5  y/a n=1 15 min ahead   TIMESTAMP_OUT_OF_RANGE
+        6  y/a n=1         accepted: 0.25                         -> a 1.25, b 2
+    Then on one stream, batches B0, B1, B2 each of z/a n=4 and a new w<i>/a n=4: z is accepted in B0 and a
+    duplicate in B1 and B2; each w is new: 4 x 1 more                 -> a 5.25"""
+    t = now_ms() - 10_000
+    with server.client() as client:
+        customer(client, "a", this_hour_ms() - 5 * HOUR_MS)
+        customer(client, "b", this_hour_ms() - 5 * HOUR_MS)
+
+        def s(transaction_id: str, customer_id: str, n: float, at_ms: int = t) -> usage_pb2.UsageEvent:
+            return event(transaction_id, customer_id, "s", at_ms, {"n": n})
+
+        ack = ingest(
+            client,
+            s("x", "a", float("nan")),
+            s("x", "a", 4),
+            s("x", "a", 4),
+            s("x", "a", 8),
+            s("x", "b", 8),
+            s("y", "a", 1, now_ms() + 900_000),
+            s("y", "a", 1),
+        )
+        assert outcome(ack) == (
+            3,
+            1,
+            [
+                (0, "x", REJECT.INVALID_EVENT),
+                (3, "x", REJECT.DUPLICATE_CONFLICT),
+                (5, "y", REJECT.TIMESTAMP_OUT_OF_RANGE),
+            ],
+        )
+        assert (charges(client, "a"), charges(client, "b")) == ("1.25", "2")
+        batches = [
+            usage_pb2.UsageBatch(batch_id=f"B{i}", events=[s("z", "a", 4), s(f"w{i}", "a", 4)]) for i in range(3)
+        ]
+        acks = [(a.batch_id, outcome(a)) for a in client.usage.IngestUsage(iter(batches), timeout=10)]
+        assert acks == [("B0", (2, 0, [])), ("B1", (1, 1, [])), ("B2", (1, 1, []))]
+        assert charges(client, "a") == "5.25"
