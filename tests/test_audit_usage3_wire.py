@@ -560,3 +560,50 @@ def test_one_transaction_id_in_one_batch_is_decided_against_its_first_accepted_e
         acks = [(a.batch_id, outcome(a)) for a in client.usage.IngestUsage(iter(batches), timeout=10)]
         assert acks == [("B0", (2, 0, [])), ("B1", (1, 1, [])), ("B2", (1, 1, []))]
         assert charges(client, "a") == "5.25"
+
+
+def test_a_past_periods_users_and_gauge_survive_a_snapshot_and_a_kill_9(server: ServerProcess) -> None:
+    """The aggregates of a past, still open period are state like any other: after a stop (snapshot) and a
+    kill -9 (journal replay) a late event finds its period's users and its gauge's latest timestamp as they
+    were. Contract from the hour 40 days ago, S its start; period 1 is [S, E), still open; N is now.
+        before the stop: users x at S+1d and x at N-10s (the current period); readings g=5 at S+1d, g=3 at S+2d
+        after the stop:  users x at S+3d, x at N-10s-1ms, y at S+3d; readings g=9 at S+1d-1ms, g=1 at S+2d-1ms
+            period 1: users {x, y} 2 (4 credits, 3 events); MAX 9 (4 events); LATEST the S+2d reading 3 (30)
+            the current period: users {x} 1 -> period charges 2
+        after kill -9: the same; then y at S+4d (no new user) and g=4 at S+2d (the latest's own timestamp,
+        ingested last): LATEST 4 (40), MAX 9, 5 events each; users still 2 (4 events)."""
+    start_ms = this_hour_ms() - 40 * DAY_MS
+    t = now_ms() - 10_000
+    first = invoices_pb2.PreviewInvoiceRequest(customer_id="past", period_start=stamp(start_ms))
+
+    def u(transaction_id: str, at_ms: int, user: str) -> usage_pb2.UsageEvent:
+        return event(transaction_id, "past", "u", at_ms, dimensions={"user": user})
+
+    def m(transaction_id: str, at_ms: int, g: float) -> usage_pb2.UsageEvent:
+        return event(transaction_id, "past", "m", at_ms, {"g": g})
+
+    day = start_ms + DAY_MS
+    with server.client() as client:
+        customer(client, "past", start_ms)
+        ack = ingest(client, u("1", day, "x"), u("2", t, "x"), m("3", day, 5), m("4", day + DAY_MS, 3))
+        assert outcome(ack) == (4, 0, [])
+    server.restart()
+    with server.client() as client:
+        ack = ingest(
+            client,
+            u("5", day + 2 * DAY_MS, "x"),
+            u("6", t - 1, "x"),
+            u("7", day + 2 * DAY_MS, "y"),
+            m("8", day - 1, 9),
+            m("9", day + DAY_MS - 1, 1),
+        )
+        assert outcome(ack) == (5, 0, [])
+        expected = {"seats": ("2", "4", 3), "peak": ("9", "9", 4), "gauge": ("3", "30", 4)}
+        assert (lines(client.invoices.PreviewInvoice(first)), charges(client, "past")) == (expected, "2")
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert (lines(client.invoices.PreviewInvoice(first)), charges(client, "past")) == (expected, "2")
+        assert outcome(ingest(client, u("10", day + 3 * DAY_MS, "y"), m("11", day + DAY_MS, 4))) == (2, 0, [])
+        expected = {"seats": ("2", "4", 4), "peak": ("9", "9", 5), "gauge": ("4", "40", 5)}
+        assert (lines(client.invoices.PreviewInvoice(first)), charges(client, "past")) == (expected, "2")
