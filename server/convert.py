@@ -10,7 +10,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 from engine import commands as cmd
 from engine.billing import BalanceView, Estimate
 from engine.contracts import Contract, Customer, OveragePolicy, Override
-from engine.control import check_id
+from engine.control import TEXT_BYTES_MAX, check_id
 from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
 from engine.formula import price_text_problem
@@ -191,10 +191,31 @@ def product_pb(p: Product) -> pricing_pb2.Product:
     )
 
 
+def _check_product_keys_fit_an_event(p: pricing_pb2.Product) -> None:
+    """INVALID_ARGUMENT naming the field for a value_key, filter key or value, or pricing dimension longer than an
+    event's keys and dimension values may be (TEXT_BYTES_MAX bytes; longer is INVALID_EVENT, kernel decode.rs):
+    no event could feed such a product, or meet its filter. Checked where the request enters, not in the engine,
+    so that products journaled before the check replay as they were."""
+
+    def fits(text: str) -> bool:
+        return len(text.encode()) <= TEXT_BYTES_MAX
+
+    why = f"is at most {TEXT_BYTES_MAX} bytes (an event's keys and dimension values are): no event could meet it"
+    if not fits(p.value_key):
+        raise InvalidArgument.field("product.value_key", why)
+    for key, value in p.filters.items():
+        if not fits(key) or not fits(value):
+            raise InvalidArgument.field(f"product.filters.{key[:32]}", f"each key and value {why}")
+    for i, key in enumerate(p.pricing_dimensions):
+        if not fits(key):
+            raise InvalidArgument.field(f"product.pricing_dimensions[{i}]", why)
+
+
 def create_product(request: pricing_pb2.CreateProductRequest, at_ms: int, actor: str) -> cmd.CreateProduct:
     p = request.product
     if p.aggregation and aggregation(p.aggregation) is None:
         raise InvalidArgument.field("product.aggregation", f"unknown value {p.aggregation}")
+    _check_product_keys_fit_an_event(p)
     return cmd.CreateProduct(
         at_ms,
         actor,

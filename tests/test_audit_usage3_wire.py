@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_audit_usage2_wire import refusal
 from tests.test_audit_usage_wire import event
 
 HOUR_MS = 3_600_000
@@ -607,3 +609,43 @@ def test_a_past_periods_users_and_gauge_survive_a_snapshot_and_a_kill_9(server: 
         assert outcome(ingest(client, u("10", day + 3 * DAY_MS, "y"), m("11", day + DAY_MS, 4))) == (2, 0, [])
         expected = {"seats": ("2", "4", 4), "peak": ("9", "9", 5), "gauge": ("4", "40", 5)}
         assert (lines(client.invoices.PreviewInvoice(first)), charges(client, "past")) == (expected, "2")
+
+
+def test_a_product_no_event_could_feed_or_match_is_refused_naming_the_field(server: ServerProcess) -> None:
+    """An event's dimension keys and values and its values' keys are at most 256 bytes (usage.proto UsageEvent;
+    longer is INVALID_EVENT), so a product whose filter key or value, value_key or pricing dimension is longer
+    could never be met: a filter value of 257 bytes used to make a product every event of its type silently
+    missed (accepted, charging nothing), a value_key of 257 bytes one that refused every event of its type. As an
+    override's match value is (README Contracts), such a product is INVALID_ARGUMENT naming the field, and is
+    not created; 256 bytes (128 two-byte characters) is the bound and is accepted."""
+    p = pricing_pb2
+    long_text, bound = "é" * 128 + "x", "é" * 128
+    cases = [
+        (p.Product(id="w1", event_type="w", aggregation=p.SUM, value_key=long_text), "product.value_key:"),
+        (p.Product(id="w2", event_type="w", aggregation=p.UNIQUE_COUNT, value_key=long_text), "product.value_key:"),
+        (
+            p.Product(id="w3", event_type="w", aggregation=p.COUNT, filters={"region": long_text}),
+            "product.filters.region:",
+        ),
+        (p.Product(id="w4", event_type="w", aggregation=p.COUNT, filters={long_text: "eu"}), "product.filters.éééé"),
+        (
+            p.Product(id="w5", event_type="w", aggregation=p.COUNT, pricing_dimensions=["model", long_text]),
+            "product.pricing_dimensions[1]:",
+        ),
+    ]
+    with server.client() as client:
+        for product, field in cases:
+            request = p.CreateProductRequest(product=product)
+            code, message = refusal(lambda r=request: client.pricing.CreateProduct(r))
+            assert (code, message.startswith(field)) == (grpc.StatusCode.INVALID_ARGUMENT, True), message
+            assert "at most 256 bytes" in message, message
+        assert [q.id for q in client.pricing.ListProducts(p.ListProductsRequest()).products if q.id[0] == "w"] == []
+        fits = p.Product(
+            id="w6",
+            event_type="w",
+            aggregation=p.SUM,
+            value_key=bound,
+            filters={bound: bound},
+            pricing_dimensions=[bound],
+        )
+        assert client.pricing.CreateProduct(p.CreateProductRequest(product=fits)).value_key == bound
