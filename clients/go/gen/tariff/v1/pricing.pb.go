@@ -304,6 +304,10 @@ func (ChangeKind) EnumDescriptor() ([]byte, []int) {
 	return file_tariff_v1_pricing_proto_rawDescGZIP(), []int{4}
 }
 
+// value_key, the filters' keys and values and the pricing dimensions are at
+// most 256 bytes of UTF-8 each, as an event's keys and dimension values are:
+// a longer one no event could meet, so CreateProduct refuses it
+// (INVALID_ARGUMENT naming the field, "product.filters.region" say).
 type Product struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
