@@ -649,3 +649,39 @@ def test_a_product_no_event_could_feed_or_match_is_refused_naming_the_field(serv
             pricing_dimensions=[bound],
         )
         assert client.pricing.CreateProduct(p.CreateProductRequest(product=fits)).value_key == bound
+
+
+def test_a_gauge_crossing_into_a_cheaper_volume_tier_is_estimated_and_charged_alike(
+    server_factory: ServerFactory,
+) -> None:
+    """docs/architecture.md §5 step 6: charge = price(aggregate after) - price(aggregate before); a VOLUME tier
+    prices the whole quantity at the tier it falls in, so a higher gauge can cost less (a negative charge), and
+    Authorize estimates exactly that. Its own catalogue: `vpeak` (MAX of g) and `vlast` (LATEST of g), both on
+    event type `v`, each VOLUME: up to 10 at 2 a unit, above at 1.
+        g=8:  MAX 8 -> 16, LATEST 8 -> 16                                      charges 32
+        g=12: MAX 12 -> 12 (-4), LATEST 12 -> 12 (-4): estimate -8            charges 24
+        g=9:  MAX stays 12 (0), LATEST 9 -> 18 (+6): estimate 6               charges 30
+        g=10: MAX stays 12, LATEST 10 -> 20 (the bound is in the first tier, +2): estimate 2, charges 32"""
+    server = server_factory()
+    p = pricing_pb2
+    tiers = [p.Tier(up_to="10", unit_price="2"), p.Tier(unit_price="1")]
+    with server.client() as client:
+        for product_id, aggregation in (("vpeak", p.MAX), ("vlast", p.LATEST)):
+            product = p.Product(id=product_id, event_type="v", aggregation=aggregation, value_key="g")
+            client.pricing.CreateProduct(p.CreateProductRequest(product=product))
+        rates = [
+            p.Rate(product_id=product_id, tiered=p.TieredPrice(mode=p.VOLUME, tiers=tiers))
+            for product_id in ("vpeak", "vlast")
+        ]
+        client.pricing.CreateRateCard(p.CreateRateCardRequest(id="card", pricing_unit="credits"))
+        client.pricing.CreateDraftVersion(p.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=rates))
+        client.pricing.PublishVersion(
+            p.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        customer(client, "vol", this_hour_ms() - 5 * HOUR_MS)
+        assert outcome(ingest(client, event("v0", "vol", "v", now_ms() - 60_000, {"g": 8}))) == (1, 0, [])
+        assert charges(client, "vol") == "32"
+        for i, (g, expected) in enumerate(((12, ("-8", "24")), (9, ("6", "30")), (10, ("2", "32"))), start=1):
+            guess = estimate(client, "vol", "v", g=g)
+            assert outcome(ingest(client, event(f"v{i}", "vol", "v", now_ms(), {"g": g}))) == (1, 0, [])
+            assert (guess, charges(client, "vol")) == expected, g
