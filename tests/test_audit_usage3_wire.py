@@ -3,8 +3,10 @@ Pricing), usage.proto, pricing.proto Aggregation and Product, docs/architecture.
 tests/test_audit_usage_wire.py and tests/test_audit_usage2_wire.py: MAX and LATEST across a billing period
 boundary and then invoiced, UNIQUE_COUNT over two batches and a kill -9 and at a period boundary, LATEST of one
 timestamp across batches and restarts, a filter combined with pricing dimensions on an event feeding two
-products, Authorize's estimate for each aggregation against what ingesting the same event then charges, and a
-reservation settled by a gauge reading. Every amount is computed by hand from the documents (in the docstrings).
+products and per pricing-dimension line, Authorize's estimate for each aggregation (VOLUME tiers included)
+against what ingesting the same event then charges, a reservation settled by a gauge reading, refused readings
+in a batch of good ones, one transaction id repeated in a batch, a past period's aggregates over restarts, and
+CreateProduct refusing keys and filter values no event could carry (the one defect found: they were accepted). Every amount is computed by hand from the documents (in the docstrings).
 
 Catalogue (rate card `card`, pricing unit credits, version 1 in force from 2024-01-01):
 
