@@ -687,3 +687,31 @@ def test_a_gauge_crossing_into_a_cheaper_volume_tier_is_estimated_and_charged_al
             guess = estimate(client, "vol", "v", g=g)
             assert outcome(ingest(client, event(f"v{i}", "vol", "v", now_ms(), {"g": g}))) == (1, 0, [])
             assert (guess, charges(client, "vol")) == expected, g
+
+
+def test_a_filter_is_equality_on_a_dimension_the_event_carries(server_factory: ServerFactory) -> None:
+    """pricing.proto Product.filters: dimension equality conditions (docs/architecture.md §3: `"*"` is the text
+    `*`, not a rate match's wildcard; a filter on an empty value needs the dimension present and empty). Its
+    own catalogue: `star` (COUNT, region="*", 1 a unit) and `blank` (COUNT, tier="", 10), both on event type e.
+        region=eu: 0; region=*: star 1; no dimensions: 0; tier="": blank 10; tier=gold: 0     -> 11"""
+    server = server_factory()
+    p = pricing_pb2
+    with server.client() as client:
+        for product in (
+            p.Product(id="star", event_type="e", aggregation=p.COUNT, filters={"region": "*"}),
+            p.Product(id="blank", event_type="e", aggregation=p.COUNT, filters={"tier": ""}),
+        ):
+            client.pricing.CreateProduct(p.CreateProductRequest(product=product))
+        client.pricing.CreateRateCard(p.CreateRateCardRequest(id="card", pricing_unit="credits"))
+        rates = [unit("star", "1"), unit("blank", "10")]
+        client.pricing.CreateDraftVersion(p.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=rates))
+        client.pricing.PublishVersion(
+            p.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        customer(client, "f", this_hour_ms() - 5 * HOUR_MS)
+        t = now_ms() - 1_000
+        seen = []
+        for i, dimensions in enumerate(({"region": "eu"}, {"region": "*"}, {}, {"tier": ""}, {"tier": "gold"})):
+            assert outcome(ingest(client, event(f"e{i}", "f", "e", t, {}, dimensions))) == (1, 0, [])
+            seen.append(charges(client, "f"))
+        assert seen == ["0", "1", "1", "11", "11"]
