@@ -316,8 +316,20 @@ def check_rates_named_once(rates: Iterable[pricing_pb2.Rate]) -> None:
         raise InvalidArgument(violations)
 
 
+def check_rates_can_match(rates: Iterable[pricing_pb2.Rate]) -> None:
+    """INVALID_ARGUMENT naming the entry and key of a match key or value longer than an event's dimension keys and
+    values may be (TEXT_BYTES_MAX bytes): no event could match such a rate. Checked where the request enters, not in
+    the engine, so that drafts journaled before the check replay as they were made."""
+    why = f"keys and values are at most {TEXT_BYTES_MAX} bytes (an event's dimensions are): no event could match it"
+    for index, each in enumerate(rates):
+        for key, value in each.match.items():
+            if len(key.encode()) > TEXT_BYTES_MAX or len(value.encode()) > TEXT_BYTES_MAX:
+                raise InvalidArgument.field(f"upsert_rates[{index}].match.{key[:32]}", why)
+
+
 def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, actor: str) -> cmd.CreateDraftVersion:
     check_rates_named_once(request.upsert_rates)
+    check_rates_can_match(request.upsert_rates)
     return cmd.CreateDraftVersion(
         at_ms,
         actor,

@@ -653,6 +653,34 @@ def test_a_product_no_event_could_feed_or_match_is_refused_naming_the_field(serv
         assert client.pricing.CreateProduct(p.CreateProductRequest(product=fits)).value_key == bound
 
 
+def test_a_rate_no_event_could_match_is_refused_naming_the_field(server: ServerProcess) -> None:
+    """As for a product's keys (above): a rate whose match key or value is longer than an event's dimension keys and
+    values may be (256 bytes) could never match an event, and ValidateVersion found nothing wrong with it: a draft
+    holding one is INVALID_ARGUMENT naming the entry and key, and is not made; 256 bytes is accepted."""
+    p = pricing_pb2
+    long_text, bound = "é" * 128 + "x", "é" * 128
+    with server.client() as client:
+        product = p.Product(id="m1", event_type="m", aggregation=p.SUM, value_key="n", pricing_dimensions=["model"])
+        client.pricing.CreateProduct(p.CreateProductRequest(product=product))
+        client.pricing.CreateRateCard(p.CreateRateCardRequest(id="mcard", pricing_unit="credits"))
+        for match, field in [
+            ({"model": long_text}, "upsert_rates[1].match.model:"),
+            ({long_text: "a"}, "upsert_rates[1].match.éééé"),
+        ]:
+            rates = [
+                p.Rate(product_id="m1", match={"model": "a"}, unit=p.UnitPrice(price="1")),
+                p.Rate(product_id="m1", match=match, unit=p.UnitPrice(price="1")),
+            ]
+            request = p.CreateDraftVersionRequest(rate_card_id="mcard", upsert_rates=rates)
+            code, message = refusal(lambda r=request: client.pricing.CreateDraftVersion(r))
+            assert (code, message.startswith(field)) == (grpc.StatusCode.INVALID_ARGUMENT, True), message
+            assert "at most 256 bytes" in message, message
+        assert client.pricing.GetRateCard(p.GetRateCardRequest(id="mcard")).latest_version == 0
+        fits = [p.Rate(product_id="m1", match={"model": bound}, unit=p.UnitPrice(price="1"))]
+        draft = client.pricing.CreateDraftVersion(p.CreateDraftVersionRequest(rate_card_id="mcard", upsert_rates=fits))
+        assert [dict(r.match) for r in draft.rates] == [{"model": bound}]
+
+
 def test_a_gauge_crossing_into_a_cheaper_volume_tier_is_estimated_and_charged_alike(
     server_factory: ServerFactory,
 ) -> None:
