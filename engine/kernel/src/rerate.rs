@@ -349,18 +349,14 @@ impl Kernel {
         if route.contracts.iter().all(|c| on_the_hour(Some(c.starting_at_ms)) && on_the_hour(c.ending_before_ms)) {
             return Ok(());
         }
-        let (interner, combos) = (&self.rater.interner, &self.rater.combos);
         let split = (account.buckets.iter())
             .filter(|(_, usages)| usages.iter().any(|u| u.rate_card == card))
             .filter_map(|(key, _)| Some((key, split_boundary(route, key.hour)?)))
             .filter(|(key, boundary)| {
                 (from..until).contains(&key.hour) || walked_after(account, route, key, *boundary, (from, until))
-            })
-            .min_by(|a, b| {
-                let order = |k: &HourKey| (k.hour, interner.text(k.product), combos.tuple(k.combo));
-                order(a.0).cmp(&order(b.0))
             });
-        let Some((key, boundary)) = split else { return Ok(()) };
+        let Some((key, boundary)) = self.first_in_order(split) else { return Ok(()) };
+        let interner = &self.rater.interner;
         Err(format!(
             "customer {customer_id:?}: product {:?}: the hour from {} holds a period boundary off the hour ({}) and \
              its usage is in one hour bucket, which does not know which period each unit is of, so it cannot be \
@@ -369,6 +365,14 @@ impl Kernel {
             crate::route::utc_text(key.hour * HOUR_MS),
             crate::route::utc_text(boundary),
         ))
+    }
+
+    /// The first of `found` in (hour, product, dimension values) order: the bucket a refusal names,
+    /// whatever order the account's map holds its buckets in.
+    fn first_in_order<'k, T>(&self, found: impl Iterator<Item = (&'k HourKey, T)>) -> Option<(&'k HourKey, T)> {
+        let (interner, combos) = (&self.rater.interner, &self.rater.combos);
+        let order = |k: &HourKey| (k.hour, interner.text(k.product), combos.tuple(k.combo));
+        found.min_by(|a, b| order(a.0).cmp(&order(b.0)))
     }
 
     /// Err naming the customer, the product and the hour when pricing again the account's usage of
@@ -408,12 +412,8 @@ impl Kernel {
                     .filter(|at| inside(*at, key.hour) && chosen(*at - 1) != chosen(*at))
                     .min()?;
                 Some((key, boundary))
-            })
-            .min_by(|a, b| {
-                let order = |k: &HourKey| (k.hour, interner.text(k.product), combos.tuple(k.combo));
-                order(a.0).cmp(&order(b.0))
             });
-        let Some((key, boundary)) = split else { return Ok(()) };
+        let Some((key, boundary)) = self.first_in_order(split) else { return Ok(()) };
         Err(format!(
             "customer {customer_id:?}: product {:?}: the hour from {} holds the start or end of a price override \
              off the hour ({}) and its usage is in one hour bucket, which does not know which units were used \
