@@ -110,6 +110,7 @@ class Kernel:
         in_contract: bool,
         holds_in_time: bool,
         top_ups_in_time: bool,
+        earlier_hours_carried: bool,
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed
@@ -177,12 +178,17 @@ class Kernel:
         period of the grant's last usable instant (0: no contract covered it). Customers sorted; None: all."""
     def reservations(self, customer_id: str) -> list[tuple[str, int, int, int, int]]:
         """Open reservations: [(reservation_id, estimated_cost, held, made_at_ms, expires_at_ms)], by id."""
-    def advance_clock(self, now_ms: int, rollover_ids_distinct: bool) -> tuple[int, int, list[str]]:
+    def advance_clock(
+        self, now_ms: int, rollover_ids_distinct: bool, rollover_lasts_next_period: bool
+    ) -> tuple[int, int, list[str]]:
         """(reservations expired, breakage entries, the customers, sorted, of which a grant expired or rolled over);
         changes nothing unless something is due by now_ms. Offers the kernel's lock to a waiting read every 64
         accounts. `rollover_ids_distinct`: the AdvanceClock record's; False names a ROLLOVER grant
         rollover-<grant>-<period end ms> even when a grant of the customer holds that id (records of earlier
-        releases), True adds a '+' while one does."""
+        releases), True adds a '+' while one does. `rollover_lasts_next_period`: the record's; True makes a ROLLOVER
+        grant usable until the end of the period after the one that ended, on the schedule of the contract the
+        grant rolled over in; False until the end of the period of the contract in force at the rollover (never
+        expiring when none is), as records of earlier releases did."""
     def clock(self) -> tuple[int, int | None]:
         """(the latest AdvanceClock's time, from when an AdvanceClock is applied or None): a lower bound of
         next_due(), kept so that journals written before the index of due times replay alike."""

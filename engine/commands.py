@@ -100,7 +100,11 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     every top-up pay from its period's start, as then. `override_hours_refused`: set likewise, so a publish whose
     re-rating would price again usage in an hour holding the start or end of a matching price override off the hour
     (an hour bucket does not know which units were used before that instant) is refused (engine/kernel/src/rerate.rs
-    refuse_override_split_hours); False (commands stored before it) re-rates as it re-rated then."""
+    refuse_override_split_hours); False (commands stored before it) re-rates as it re-rated then.
+    `rerate_carries_earlier_hours`: set likewise, so each re-rated aggregate's first bucket also carries what the
+    hours before effective_from were charged less than they price at in time order (a late event was charged at the
+    top of its period's quantity when it arrived: engine/kernel/src/rerate.rs earlier_hours_shortfall); False (commands
+    stored before it) re-rates as then, when a same-price publish could move a tiered line after a late event."""
 
     at_ms: int
     actor: str
@@ -113,6 +117,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rerate_holds_in_time: bool = False
     rerate_top_ups_in_time: bool = False
     override_hours_refused: bool = False
+    rerate_carries_earlier_hours: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -128,11 +133,17 @@ class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
     currency: str
 
 
-class AddOverride(msgspec.Struct, frozen=True, tag="add_override"):
+class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults=True):
+    """`overrides_bounded`: set by the server for every request it takes (server/services/contracts.py), so the
+    engine refuses an override past OVERRIDES_PER_CONTRACT_MAX when it applies the command, not only the service
+    when the request arrives (requests arriving together all passed that check, and took a contract past the
+    limit); False (left out when stored, as commands stored before it have none) adds as it added then."""
+
     at_ms: int
     actor: str
     contract_id: str
     override: Override
+    overrides_bounded: bool = False
 
 
 # Fields the server sets on every new command of their type, asked for by no caller; absent from the records of
@@ -146,6 +157,7 @@ SERVER_SET_FIELDS = (
     "paid_at_picos",
     "made_ids_refused",
     "rollover_ids_distinct",
+    "rollover_lasts_next_period",
     "adjustments_in_contract",
     "split_hours_refused",
     "rerate_in_contract",
@@ -154,6 +166,8 @@ SERVER_SET_FIELDS = (
     "rerate_top_ups_in_time",
     "expired_credit_breaks",
     "override_hours_refused",
+    "rerate_carries_earlier_hours",
+    "overrides_bounded",
 )
 
 
@@ -199,6 +213,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rerate_holds_in_time: bool = False  # as PublishVersion's
     rerate_top_ups_in_time: bool = False  # as PublishVersion's
     override_hours_refused: bool = False  # as PublishVersion's
+    rerate_carries_earlier_hours: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
@@ -300,6 +315,11 @@ class AdvanceClock(msgspec.Struct, frozen=True, tag="advance_clock"):
     # of a customer never share an id. Set by the server; False in the records of earlier releases, whose replay
     # names it as they did, even when taken.
     rollover_ids_distinct: bool = False
+    # A ROLLOVER grant it makes is usable until the end of the period after the one that ended, on the schedule of
+    # the contract the grant rolled over in (a full period, after a switch or with no contract in force alike). Set
+    # by the server; False in the records of earlier releases, whose replay bounds it by the period of the contract
+    # in force at the rollover (never, when none is), as they did.
+    rollover_lasts_next_period: bool = False
 
 
 class ReserveBatch(msgspec.Struct, frozen=True, tag="reserve_batch"):

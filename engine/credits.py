@@ -203,7 +203,9 @@ def _advance(billing: Billing, command: cmd.AdvanceClock) -> Advanced:
     now_ms, due_ms = billing.kernel.clock()
     if due_ms is None or command.at_ms < due_ms or command.at_ms <= now_ms:
         raise Repeated(Advanced(0, 0))
-    expired, broken, grants_ended = billing.kernel.advance_clock(command.at_ms, command.rollover_ids_distinct)
+    expired, broken, grants_ended = billing.kernel.advance_clock(
+        command.at_ms, command.rollover_ids_distinct, command.rollover_lasts_next_period
+    )
     return Advanced(expired, broken, tuple(grants_ended))
 
 

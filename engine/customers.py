@@ -17,7 +17,7 @@ from engine.control import (
     new_account,
     shared_int,
 )
-from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LimitReached
 from engine.money import parse_decimal
 from engine.ratecard import normalize_match
 
@@ -99,15 +99,26 @@ class CustomerCommands(ControlPlane):
         print_ = self._repeat(key, c, lambda: contract)
         if any(existing.id == o.id for existing in contract.overrides):
             raise AlreadyExists(f"contract {contract.id!r} already has an override {o.id!r}")
+        if c.overrides_bounded and len(contract.overrides) >= OVERRIDES_PER_CONTRACT_MAX:
+            raise LimitReached(overrides_full(contract))
         contract.overrides = (*contract.overrides, o)
         self._remember(key, print_)
         return contract
 
 
 # Overrides a contract holds at most: each is read where its contract's usage is priced, and GetContract and
-# AddOverride answer with all of them. Checked where AddOverride requests arrive (server/services/contracts.py), not
-# when a command is applied, so that contracts journaled before the limit replay as they were.
+# AddOverride answer with all of them. Checked where AddOverride requests arrive (server/services/contracts.py), and
+# again when a command the server marked `overrides_bounded` is applied (requests arriving together all pass the
+# first check); commands journaled before the mark replay as they were.
 OVERRIDES_PER_CONTRACT_MAX = 1_000
+
+
+def overrides_full(contract: Contract) -> str:
+    """Why another override on `contract`, which holds OVERRIDES_PER_CONTRACT_MAX, is refused."""
+    return (
+        f"contract {contract.id!r} holds {len(contract.overrides)} overrides, the most a contract may hold "
+        f"({OVERRIDES_PER_CONTRACT_MAX}): no more can be added"
+    )
 
 
 def override_id(c: cmd.AddOverride) -> str:

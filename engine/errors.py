@@ -45,6 +45,10 @@ class FailedPrecondition(EngineError):
     """The request is well formed but the state does not allow it (e.g. overlapping contracts)."""
 
 
+class LimitReached(EngineError):
+    """The state holds as much of something as it may (a contract's overrides): RESOURCE_EXHAUSTED, nothing changed."""
+
+
 class Unimplemented(EngineError):
     """A well-formed request whose behaviour is not built yet; it changed nothing."""
 

@@ -59,6 +59,9 @@ class PendingRerating(msgspec.Struct):
     # The publish's rerate_top_ups_in_time (engine/commands.py); False in the snapshots of earlier releases, whose
     # publishes had none.
     top_ups_in_time: bool = False
+    # The publish's rerate_carries_earlier_hours (engine/commands.py); False in the snapshots of earlier releases,
+    # whose publishes had none.
+    earlier_hours_carried: bool = False
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
@@ -71,6 +74,7 @@ def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
         in_contract=plan.in_contract,
         holds_in_time=plan.holds_in_time,
         top_ups_in_time=plan.top_ups_in_time,
+        earlier_hours_carried=plan.earlier_hours_carried,
     )
 
 
@@ -112,6 +116,7 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
             rerating.in_contract,
             rerating.holds_in_time,
             rerating.top_ups_in_time,
+            rerating.earlier_hours_carried,
         )
     except ValueError as exc:
         # The publish checked these customers' usage, and nothing changes it before they are re-rated.

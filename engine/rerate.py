@@ -16,9 +16,10 @@ from engine._kernel import Kernel
 from engine.cohorts import checked_cohort, contains, members
 from engine.contracts import Customer
 from engine.control import BillingState
-from engine.errors import FailedPrecondition, InvalidArgument, NotFound
+from engine.errors import EngineError, FailedPrecondition, InvalidArgument, NotFound
 from engine.instants import iso
 from engine.ratecard import HOUR_MS, Cohort, RateCard, Severity, Version, VersionState, validate
+from engine.rollback import rollback_asked
 from engine.tables import _version_table
 from engine.versions import PublishResult
 
@@ -41,7 +42,9 @@ class RerationPlan:
     """What a publish re-rates: the customers with usage of the card from `from_hour` on, in id order;
     `in_contract` the command's `rerate_in_contract` (a period's run of buckets ends at its contract's end too);
     `holds_in_time` its `rerate_holds_in_time` (open holds are taken again at their place in time); `top_ups_in_time`
-    its `rerate_top_ups_in_time` (a top-up pays only its period's charges beyond those at which it was bought)."""
+    its `rerate_top_ups_in_time` (a top-up pays only its period's charges beyond those at which it was bought);
+    `earlier_hours_carried` its `rerate_carries_earlier_hours` (an aggregate's first re-rated bucket carries what the
+    hours before it were charged less than in time order)."""
 
     rate_card_id: str
     from_hour: int
@@ -49,6 +52,7 @@ class RerationPlan:
     in_contract: bool = False
     holds_in_time: bool = False
     top_ups_in_time: bool = False
+    earlier_hours_carried: bool = False
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -124,6 +128,7 @@ class _Planned:
     in_contract: bool  # the command's rerate_in_contract
     holds_in_time: bool  # the command's rerate_holds_in_time
     top_ups_in_time: bool  # the command's rerate_top_ups_in_time
+    earlier_hours_carried: bool  # the command's rerate_carries_earlier_hours
 
     @property
     def from_hour(self) -> int:
@@ -135,7 +140,13 @@ class _Planned:
     def plan(self, customers: list[str]) -> RerationPlan:
         """The plan re-rating these customers as the command says."""
         return RerationPlan(
-            self.card.id, self.from_hour, customers, self.in_contract, self.holds_in_time, self.top_ups_in_time
+            self.card.id,
+            self.from_hour,
+            customers,
+            self.in_contract,
+            self.holds_in_time,
+            self.top_ups_in_time,
+            self.earlier_hours_carried,
         )
 
     def refusal(self, why: ValueError) -> FailedPrecondition:
@@ -162,6 +173,8 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
     effective_from_ms = command.effective_from_ms if command.effective_from_ms is not None else at_ms - at_ms % HOUR_MS
     if (version.state is VersionState.PUBLISHED) != rollback or effective_from_ms % HOUR_MS:
         return None
+    if isinstance(command, cmd.RollbackRateCard) and not _rollback_publishes(card, command):
+        return None  # a retry (answered as the first call, re-rating nothing) or refused by the engine anyway
     if any(f.severity is Severity.ERROR for f in validate(version, state.products)):
         return None
     cohort: Cohort | None = None
@@ -184,7 +197,17 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         command.rerate_in_contract,
         command.rerate_holds_in_time,
         command.rerate_top_ups_in_time,
+        command.rerate_carries_earlier_hours,
     )
+
+
+def _rollback_publishes(card: RateCard, command: cmd.RollbackRateCard) -> bool:
+    """Whether the engine would publish the rollback's copy: not when it answers the request as a retry of the
+    rollback that made the copy in force, nor when it refuses it."""
+    try:
+        return rollback_asked(card, command).publishes
+    except EngineError:
+        return False
 
 
 def plan_rerating(
@@ -318,6 +341,7 @@ def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: 
         plan.in_contract,
         plan.holds_in_time,
         plan.top_ups_in_time,
+        plan.earlier_hours_carried,
     )
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])

@@ -2,8 +2,8 @@
 the kernel's period aggregates (credits drawn per grant, overage) and the grants' cost basis.
 
 Rules (amounts in picos of the contract's currency):
-- A grant is *sold* at the start of the billing period that contains its `starts_at` (so every draw on it falls
-  in that period or later); its paid amount enters deferred revenue then. But a closed period's revenue is final:
+- A grant is *sold* at the start of the billing period that contains its `starts_at`, a period of the contract in
+  force then, whichever contract the grant names (so every draw on it falls in that period or later); its paid amount enters deferred revenue then. But a closed period's revenue is final:
   a grant made after that period was closed (its final invoice's closed_at before the grant's created_at) is sold
   in the customer's first period still open when it was made (no draw can fall in a closed period), or, with
   none (the last contract ended and its periods all closed), at the instant it was made.
@@ -251,6 +251,27 @@ def _contract_at(contracts: list[Contract], ts_ms: int) -> Contract | None:
     return next((k for k in contracts if k.covers(ts_ms)), contracts[0] if contracts else None)
 
 
+def _sold_under(engine: Engine, contracts: list[Contract], grant: Grant) -> Contract | None:
+    """The contract whose billing period containing the grant's starts_at sells it (`period_of`, clamped to its first
+    period): the one in force then, whichever contract the grant was granted under (its contract_id only sets when it
+    starts paying, and it pays every contract of the customer); with none, the customer's first contract starting
+    after it; else its own contract, else the customer's first. So a grant is sold no later than its first draw can
+    be recognised. Before, the grant's own contract was read: a grant of the next contract starting before the switch
+    (or before every contract) was sold at that contract's first period, after the draws of the one before were
+    recognised (a span that did not reconcile), and one of the previous contract starting after the switch in a
+    period that contract never had."""
+    starts_at_ms = grant.starts_at_ms
+    in_force = next((k for k in contracts if k.covers(starts_at_ms)), None)
+    later = [k for k in contracts if k.starting_at_ms > starts_at_ms]
+    first_later = min(later, key=lambda k: k.starting_at_ms) if later else None
+    return (
+        in_force
+        or first_later
+        or engine.state.contracts.get(grant.contract_id)
+        or _contract_at(contracts, starts_at_ms)
+    )
+
+
 def _ledgers(
     engine: Engine, customer: str, contracts: list[Contract], aggregates: Sequence[Aggregate], credits: KernelCredits
 ) -> tuple[dict[str, _GrantLedger], dict[tuple[int, str], int]]:
@@ -261,7 +282,7 @@ def _ledgers(
     ledgers: dict[str, _GrantLedger] = {}
     owner: dict[str, str] = {}  # a kernel-made ROLLOVER grant -> the ledger it shares
     for grant in [*(account.grants if account is not None else []), *_top_ups(customer, credits.made_grants)]:
-        contract = engine.state.contracts.get(grant.contract_id) or _contract_at(contracts, grant.starts_at_ms)
+        contract = _sold_under(engine, contracts, grant)
         sold = period_of(contract, grant.starts_at_ms)[0] if contract is not None else grant.starts_at_ms
         ledgers[grant.id] = _GrantLedger(grant, _open_period(contracts, closed, sold, grant.created_at_ms))
     for grant_id, kind, *_, rolled_from, _at_ms in credits.made_grants:
@@ -274,12 +295,30 @@ def _ledgers(
             by_product = ledgers[owner.get(grant_id, grant_id)].drawn_by_period[period_start]
             by_product[product_id] = by_product.get(product_id, 0) + credits_drawn
     for _customer, grant_id, period_start, broken, at_ms in credits.breakage:
+        period_start = _rolled_over_in(contracts, ledgers.get(grant_id), period_start)
         if not period_start:  # no contract covered the grant's last instant: the period of the recording
             contract = _contract_at(contracts, at_ms)
             period_start = period_of(contract, at_ms)[0] if contract is not None else at_ms
         period_start = _open_period(contracts, closed, period_start, at_ms)
         ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
     return ledgers, overage
+
+
+def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, period_start: int) -> int:
+    """The period a breakage entry of this grant counts in. A grant with a rollover fraction breaks (what does not
+    roll over) at the end of the billing period in which it starts, "in the period that ended": that period, of the
+    contract in force at its start, as the rating kernel reads it (`rollover_at`). The kernel records the period in
+    force just before that end, which after a switch is the next contract's (its first period overlaps the old
+    contract's last, which keeps its monthly end), so that period's line broke credits the old period's invoice lists
+    as expired. Any other entry: the kernel's `period_start`."""
+    if ledger is None or not ledger.grant.rollover_fraction:
+        return period_start
+    grant = ledger.grant
+    started = next((k for k in contracts if k.covers(grant.starts_at_ms)), None)
+    if started is None:
+        return period_start
+    start, end = period_of(started, grant.starts_at_ms)
+    return start if grant.expires_at_ms is None or grant.expires_at_ms > end else period_start
 
 
 def _closed_at(engine: Engine, customer: str) -> dict[int, int]:

@@ -3,6 +3,8 @@ re-rated is refused before anything changes, and a retried publish re-rates noth
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 import pytest
 from tariff.v1 import usage_pb2
@@ -13,10 +15,10 @@ from engine.control import fingerprint
 from engine.errors import FailedPrecondition, Repeated
 from engine.pending import PendingRerating
 from engine.products import Aggregation
-from engine.ratecard import VersionState
+from engine.ratecard import TierMode, VersionState
 from engine.rerate import simulate
 from engine.versions import PublishResult
-from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
+from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, tiered, unit
 from tests.kernel_fixtures import usage_event
 
 RECEIVED_MS = EPOCH_MS + 10 * HOUR_MS
@@ -105,16 +107,23 @@ def test_a_retried_publish_rerates_nothing_again() -> None:
 OFF_HOUR_START_MS = EPOCH_MS + HOUR_MS // 2  # 2026-01-01T00:30:00Z: periods run 00:30 to 00:30
 
 
-def off_hour_machine() -> Billing:
+def off_hour_machine(before_usage: Callable[[Billing], None] | None = None) -> Billing:
     """A contract starting off the hour, with usage in its first hour (00:45, 2 units: its part from 00:30 only)
-    and at 03:00 (3 units), priced 1 a unit."""
+    and at 03:00 (3 units), priced 1 a unit (`before_usage` may change that before the usage is rated)."""
     world = calls_world()
     world.contract(starting_at_ms=OFF_HOUR_START_MS)
     billing = Billing(engine=world.engine)
+    if before_usage is not None:
+        before_usage(billing)
     for name, at_ms, n in (("first", EPOCH_MS + 45 * 60_000, 2.0), ("later", EPOCH_MS + 3 * HOUR_MS, 3.0)):
         batch = usage_pb2.UsageBatch(events=[usage_event(name, at_ms, {"n": n})]).SerializeToString()
         assert billing.ingest(batch, RECEIVED_MS).accepted == 1
     return billing
+
+
+def version_2_from_the_start(billing: Billing) -> None:
+    """Version 2 (calls at 2 a unit) in force from 00:00: a rollback to version 1 from then changes the prices."""
+    publish(billing, draft(billing, (rate("calls", unit("2")),)), EPOCH_MS)
 
 
 def server_publish(number: int, effective_from_ms: int, refused: bool) -> cmd.PublishVersion:
@@ -127,7 +136,8 @@ def test_the_servers_publish_rerating_an_hour_holding_a_period_boundary_off_the_
     """The server sets split_hours_refused: the first hour's bucket (00:00-01:00) holds the contract's start
     (00:30), so no re-rating can price it exactly (one published effective from 00:00 left it at the old price,
     outside every period's walk): the publish is refused, naming the customer, the product and the hour, and
-    changes nothing. A rollback is refused likewise."""
+    changes nothing. A rollback re-rating that hour (to version 1 from 00:00, where version 2 is in force) is refused
+    likewise."""
     billing = off_hour_machine()
     number = draft(billing, (rate("calls", unit("2")),))
     before = billing.kernel.snapshot()
@@ -139,10 +149,13 @@ def test_the_servers_publish_rerating_an_hour_holding_a_period_boundary_off_the_
     ) in str(refused.value)
     assert billing.engine.rate_card("card").version(number).state is VersionState.DRAFT
     assert billing.kernel.snapshot() == before
+    rolled = off_hour_machine(before_usage=version_2_from_the_start)
+    before = rolled.kernel.snapshot()
     rollback = cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS, split_hours_refused=True)
     with pytest.raises(FailedPrecondition, match="holds a period boundary off the hour"):
-        billing.apply(rollback, billing.last_seq + 1)
-    assert billing.kernel.snapshot() == before
+        rolled.apply(rollback, rolled.last_seq + 1)
+    assert rolled.kernel.snapshot() == before
+    assert [v.number for v in rolled.engine.rate_card("card").versions] == [1, 2]
 
 
 def test_a_publish_journaled_without_split_hours_refused_replays_its_rerating_as_before() -> None:
@@ -180,13 +193,15 @@ def test_split_hours_refused_and_rerate_in_contract_are_the_servers_in_neither_a
     assert all("split_hours_refused" not in e.diff and "rerate_in_contract" not in e.diff for e in entries), entries
 
 
-def override_off_hour_machine() -> Billing:
+def override_off_hour_machine(before_usage: Callable[[Billing], None] | None = None) -> Billing:
     """calls at 1 a unit; the contract has an override at 0.5 a unit from 01:30. 4 units at 01:10 (before it): 4;
-    4 at 01:40 (inside it): 0.5 x 8 - 0.5 x 4 = 2."""
+    4 at 01:40 (inside it): 0.5 x 8 - 0.5 x 4 = 2 (`before_usage` may change the card before the usage is rated)."""
     world = calls_world()
     world.contract()
     world.override("calls", price="0.5", starting_at_ms=EPOCH_MS + HOUR_MS + HOUR_MS // 2)
     billing = Billing(engine=world.engine)
+    if before_usage is not None:
+        before_usage(billing)
     for name, minutes in (("before", 70), ("inside", 100)):
         batch = usage_pb2.UsageBatch(events=[usage_event(name, EPOCH_MS + minutes * 60_000, {"n": 4.0})])
         assert billing.ingest(batch.SerializeToString(), RECEIVED_MS).accepted == 1
@@ -209,10 +224,14 @@ def test_the_servers_publish_rerating_an_hour_holding_an_override_start_off_the_
     ) in str(refused.value)
     assert billing.engine.rate_card("card").version(number).state is VersionState.DRAFT
     assert billing.kernel.snapshot() == before
+    # A rollback to version 1 from 01:00, where version 2 (2 a unit from 00:00) is in force, re-rates that hour.
+    rolled = override_off_hour_machine(before_usage=version_2_from_the_start)
+    rolled_before = rolled.kernel.snapshot()
     rollback = cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS + HOUR_MS, override_hours_refused=True)
     with pytest.raises(FailedPrecondition, match="override off the hour"):
-        billing.apply(rollback, billing.last_seq + 1)
-    assert billing.kernel.snapshot() == before
+        rolled.apply(rollback, rolled.last_seq + 1)
+    assert rolled.kernel.snapshot() == rolled_before
+    assert [v.number for v in rolled.engine.rate_card("card").versions] == [1, 2]
     # Effective from 02:00, after that hour: nothing to re-rate there, it publishes.
     later = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS + 2 * HOUR_MS, override_hours_refused=True)
     assert isinstance(billing.apply(later, billing.last_seq + 1), PublishResult)
@@ -471,4 +490,52 @@ def test_rerate_top_ups_in_time_is_the_servers_in_neither_audit_entry_nor_finger
         cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS),
         cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS, rerate_top_ups_in_time=True),
         topped_up_machine(),
+    )
+
+
+def late_event_machine() -> tuple[Billing, tuple[object, ...]]:
+    """`calls` GRADUATED (<=100 at 1 + flat 10, <=200 at 0.5 + flat 5, then 0.1 + flat 2): p(50) = 60, p(150) =
+    140, p(200) = 165. 50 units at 00:01, 100 at 02:00, then 50 more at 00:30 arriving last: charged 60, 80 and 25
+    as they arrive (165 = p(200))."""
+    graduated = rate("calls", tiered(TierMode.GRADUATED, ("100", "1", "10"), ("200", "0.5", "5"), ("", "0.1", "2")))
+    world = World()
+    world.product("calls", value_key="n", dimensions=())
+    world.rate_card()
+    world.version([graduated])
+    world.customer()
+    world.contract()
+    billing = Billing(engine=world.engine)
+    for transaction_id, at_ms, n in (("a", 60_000, 50.0), ("b", 2 * HOUR_MS, 100.0), ("late", 1_800_000, 50.0)):
+        event = usage_event(transaction_id, EPOCH_MS + at_ms, {"n": n})
+        assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
+    assert billing.balance("acme", RECEIVED_MS).period_charges == 165 * 10**12
+    return billing, (graduated,)
+
+
+def test_the_servers_same_price_publish_after_a_late_event_keeps_the_line_and_an_older_record_does_not() -> None:
+    """rerate_carries_earlier_hours (the server's): a version with the same prices from 01:00 prices 02:00 in time
+    order, p(200) - p(100) = 55, plus what 00:00 was charged less than in time order (p(100) - 85 = 25): 80, charges
+    still 165. A publish journaled without it re-rates as then: 02:00 at 55, charges 140."""
+    for carried, charges in ((True, 165), (False, 140)):
+        billing, rates = late_event_machine()
+        number = draft(billing, rates)
+        command = cmd.PublishVersion(
+            RECEIVED_MS, ACTOR, "card", number, EPOCH_MS + HOUR_MS, rerate_carries_earlier_hours=carried
+        )
+        billing.apply(command, billing.last_seq + 1)
+        assert billing.balance("acme", RECEIVED_MS).period_charges == charges * 10**12, carried
+
+
+def test_rerate_carries_earlier_hours_is_the_servers_in_neither_audit_entry_nor_fingerprint_and_old_snapshots_lack_it() -> (
+    None
+):
+    """As rerate_top_ups_in_time: a record of an earlier release reads False, no audit entry holds it, a retry's
+    fingerprint ignores it; a pending re-rating in a snapshot of an earlier release reads earlier_hours_carried
+    False."""
+    assert_a_server_set_rerate_rule(
+        "rerate_carries_earlier_hours",
+        "earlier_hours_carried",
+        cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS),
+        cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS, rerate_carries_earlier_hours=True),
+        late_event_machine()[0],
     )

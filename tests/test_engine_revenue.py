@@ -90,7 +90,7 @@ def test_revenue_reconciles_and_credits_are_conserved(
     ]
     ack = kernel.ingest(events, MONTHS[3])
     assert ack.accepted == len(events)
-    kernel.kernel.advance_clock(MONTHS[3], True)  # grants expired by then break: what they still hold
+    kernel.kernel.advance_clock(MONTHS[3], True, True)  # grants expired by then break: what they still hold
     whole = report(kernel, EPOCH_MS, FAR_FUTURE_MS)
     totals = whole.totals
     paid_picos = sum(paid for _, paid, _ in grants) * PICOS_PER_UNIT

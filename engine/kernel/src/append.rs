@@ -283,7 +283,7 @@ mod tests {
         let customers = appended.rerate_customers("card", 2);
         assert_eq!(customers, ["a", "b", "c"]);
         for customer in &customers {
-            let done = appended.rerate_customer(customer, "card", 2, 99, true, true, true).unwrap();
+            let done = appended.rerate_customer(customer, "card", 2, 99, true, true, true, true).unwrap();
             assert_eq!((done.customers, done.buckets, done.events), (1, 1, 1));
             assert_eq!(done.amount_delta, -2 * CREDIT);
         }

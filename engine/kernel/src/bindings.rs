@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::authorize::{self, Refused};
-use crate::credits::{Made, ReleaseRefusal, RolloverIds, TopUpPolicy};
+use crate::credits::{Made, ReleaseRefusal, RolloverIds, RolloverWindow, Rollovers, TopUpPolicy};
 use crate::decode::wire;
 use crate::holds;
 use crate::kernel::{self, BatchRefusal};
@@ -572,7 +572,9 @@ impl Kernel {
     /// run ends at its contract's end too (the server's publishes; rerate.rs `reprice`).
     /// `holds_in_time`: open holds are taken again at their place in time (rerate.rs `resettle`).
     /// `top_ups_in_time`: a top-up pays only its period's charges beyond those at which it was
-    /// bought (rerate.rs `resettle`).
+    /// bought (rerate.rs `resettle`). `earlier_hours_carried`: an aggregate's first re-rated bucket
+    /// carries what the hours before it were charged less than in time order (rerate.rs
+    /// `earlier_hours_shortfall`).
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn rerate(
@@ -585,6 +587,7 @@ impl Kernel {
         in_contract: bool,
         holds_in_time: bool,
         top_ups_in_time: bool,
+        earlier_hours_carried: bool,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
@@ -600,6 +603,7 @@ impl Kernel {
                             in_contract,
                             holds_in_time,
                             top_ups_in_time,
+                            earlier_hours_carried,
                         )?;
                         if one.amounts_changed > 0 {
                             changed.push(customer.clone());
@@ -840,15 +844,20 @@ impl Kernel {
     /// out and records breakage of expired grants. Returns (reservations expired, breakage entries,
     /// the customers, sorted, of which a grant expired or rolled over).
     /// Offers the lock to a waiting read every few dozen accounts, as ingestion does every few dozen
-    /// events. `rollover_ids_distinct`: the AdvanceClock record's (engine/commands.py); False names the
-    /// ROLLOVER grants it makes as records of earlier releases did (crate::credits::RolloverIds).
+    /// events. `rollover_ids_distinct`, `rollover_lasts_next_period`: the AdvanceClock record's
+    /// (engine/commands.py); False names the ROLLOVER grants it makes, and bounds their use, as records of
+    /// earlier releases did (crate::credits::RolloverIds, RolloverWindow).
     fn advance_clock(
         &self,
         py: Python<'_>,
         now_ms: i64,
         rollover_ids_distinct: bool,
+        rollover_lasts_next_period: bool,
     ) -> PyResult<(u32, u32, Vec<String>)> {
         let ids = if rollover_ids_distinct { RolloverIds::Distinct } else { RolloverIds::AsRecordedBefore };
+        let window =
+            if rollover_lasts_next_period { RolloverWindow::NextPeriod } else { RolloverWindow::AsRecordedBefore };
+        let rules = Rollovers { ids, window };
         py.detach(|| {
             // The accounts are found under an upgradable read (reads go on, no change comes between),
             // then advanced under the lock alone.
@@ -857,7 +866,7 @@ impl Kernel {
             let Some(due) = guard.due_accounts(now_ms) else { return Ok((0, 0, Vec::new())) };
             let mut guard = RwLockUpgradableReadGuard::upgrade(guard);
             let armed = Unfinished(&self.poisoned);
-            let advanced = crate::credits::advance_clock_pausing(&mut guard, now_ms, due, ids, |held| {
+            let advanced = crate::credits::advance_clock_pausing(&mut guard, now_ms, due, rules, |held| {
                 RwLockWriteGuard::bump(held)
             });
             std::mem::forget(armed);

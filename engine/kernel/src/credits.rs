@@ -652,11 +652,12 @@ impl Kernel {
     /// when something is due by `now_ms`, moves the kernel's clock there (never back) and does it;
     /// otherwise changes nothing. Returns (reservations expired, breakage
     /// entries recorded). Entries of ended reservations older than the dedupe window are dropped.
-    /// A ROLLOVER grant it makes never takes an id a grant of the account holds (RolloverIds::Distinct).
+    /// A ROLLOVER grant it makes never takes an id a grant of the account holds, and lasts a full next period
+    /// (Rollovers::CURRENT).
     pub fn advance_clock(&mut self, now_ms: i64) -> (u32, u32) {
         let Some(due) = self.due_accounts(now_ms) else { return (0, 0) };
         let mut kernel = self;
-        let advanced = advance_clock_pausing(&mut kernel, now_ms, due, RolloverIds::Distinct, |_| {});
+        let advanced = advance_clock_pausing(&mut kernel, now_ms, due, Rollovers::CURRENT, |_| {});
         (advanced.reservations_expired, advanced.breakage_entries)
     }
 
@@ -799,6 +800,40 @@ pub enum RolloverIds {
     AsRecordedBefore,
 }
 
+/// How long `advance_clock` makes a ROLLOVER grant usable: "until the end of the next period".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloverWindow {
+    /// Until the end of the period after the one that ended, on the schedule of the contract the original grant
+    /// rolled over in (`rollover_at`'s): a full period, after a switch and with no contract in force alike.
+    NextPeriod,
+    /// Until the end of the period of the contract in force at the rollover (15 days after a switch mid-period;
+    /// never, with no contract in force): what AdvanceClock records of earlier releases did.
+    AsRecordedBefore,
+}
+
+/// The rules `advance_clock` rolls grants over by, as the AdvanceClock record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rollovers {
+    pub ids: RolloverIds,
+    pub window: RolloverWindow,
+}
+
+impl Rollovers {
+    /// The rules of the records the server makes now.
+    pub const CURRENT: Rollovers = Rollovers { ids: RolloverIds::Distinct, window: RolloverWindow::NextPeriod };
+}
+
+/// When the ROLLOVER grant made at `period_end_ms` of `from` (whose rollover that is) stops being usable.
+fn rolled_credit_expiry(account: &Account, from: &Grant, period_end_ms: i64, window: RolloverWindow) -> Option<i64> {
+    let contracts = &account.route.as_ref()?.contracts;
+    let at = match window {
+        RolloverWindow::NextPeriod => from.starts_at_ms,
+        RolloverWindow::AsRecordedBefore => period_end_ms,
+    };
+    let contract = contracts.iter().find(|c| c.covers(at))?;
+    Some(period_containing(contract.starting_at_ms, period_end_ms).1)
+}
+
 /// The id of the ROLLOVER grant `from` rolls into at `period_end_ms` (see RolloverIds).
 fn rollover_id(account: &Account, from: &str, period_end_ms: i64, ids: RolloverIds) -> Box<str> {
     let mut id = format!("rollover-{from}-{period_end_ms}");
@@ -812,7 +847,7 @@ fn rollover_id(account: &Account, from: &str, period_end_ms: i64, ids: RolloverI
 /// new ROLLOVER grant (cost basis of the original, usable from the period end until the end of the next
 /// period, no rollover of its own; its id as `ids` says), the rest breakage; open holds on the grant keep
 /// their rolled share on the new grant (crate::rollover). Returns the breakage entries recorded.
-fn roll_over(account: &mut Account, now_ms: i64, ids: RolloverIds) -> u32 {
+fn roll_over(account: &mut Account, now_ms: i64, rules: Rollovers) -> u32 {
     let Some(credits) = account.credits.as_deref() else { return 0 };
     let due: Vec<(Box<str>, i128, i64)> = credits
         .rollover
@@ -829,10 +864,8 @@ fn roll_over(account: &mut Account, now_ms: i64, ids: RolloverIds) -> u32 {
         let new_grant = u32::try_from(account.grants.len()).expect("grant indexes are u32");
         let split = rollover::split_at_rollover(account, g as u32, new_grant, fraction);
         let (total, rolled) = (split.total, split.rolled);
-        let next_end = period_start_at(account, period_end_ms)
-            .and_then(|_| account.route.as_ref()?.contracts.iter().find(|c| c.covers(period_end_ms)))
-            .map(|c| period_containing(c.starting_at_ms, period_end_ms).1);
-        let to = rollover_id(account, &id, period_end_ms, ids);
+        let next_end = rolled_credit_expiry(account, &account.grants[g], period_end_ms, rules.window);
+        let to = rollover_id(account, &id, period_end_ms, rules.ids);
         let credits = account.credits.as_deref_mut().expect("present");
         credits.rollover.remove(&id);
         if total <= 0 {
@@ -879,13 +912,13 @@ pub const ADVANCE_PAUSE_EVERY_ACCOUNTS: usize = 64;
 /// ADVANCE_PAUSE_EVERY_ACCOUNTS-th account, so the binding can hand the lock to a waiting read and take
 /// it back. Such a read sees some accounts advanced and the rest not yet, each account whole; it reads
 /// at its own time (a grant past its expiry is not usable to it either way), and nothing changes the
-/// kernel between the pauses but this. Same result as without pauses. `ids`: how the ROLLOVER grants it
-/// makes are named (the AdvanceClock record says).
+/// kernel between the pauses but this. Same result as without pauses. `rules`: how the ROLLOVER grants it
+/// makes are named and how long they last (the AdvanceClock record says).
 pub fn advance_clock_pausing<K: DerefMut<Target = Kernel>>(
     kernel: &mut K,
     now_ms: i64,
     due: Vec<Box<str>>,
-    ids: RolloverIds,
+    rules: Rollovers,
     mut pause: impl FnMut(&mut K),
 ) -> Advanced {
     debug_assert_eq!(kernel.due_accounts(now_ms).as_ref(), Some(&due), "nothing changed since");
@@ -898,7 +931,7 @@ pub fn advance_clock_pausing<K: DerefMut<Target = Kernel>>(
         }
         let Kernel { accounts, clock, due, .. } = &mut **kernel;
         let account = accounts.get_mut(&*customer_id).expect("indexed, so present");
-        let (expired, broken, _) = advance_account(account, clock, &customer_id, now_ms, window_ms, ids);
+        let (expired, broken, _) = advance_account(account, clock, &customer_id, now_ms, window_ms, rules);
         due.refresh(&customer_id, account, window_ms);
         advanced.reservations_expired += expired;
         advanced.breakage_entries += broken;
@@ -928,13 +961,13 @@ fn advance_account(
     customer_id: &str,
     now_ms: i64,
     window_ms: i64,
-    ids: RolloverIds,
+    rules: Rollovers,
 ) -> (u32, u32, i64) {
     if let Some(credits) = account.credits.as_deref_mut() {
         credits.ended.retain(|_, e| e.at_ms.saturating_add(window_ms) > now_ms);
     }
     let expired = expire_reservations(account, clock, customer_id, now_ms);
-    let mut broken = roll_over(account, now_ms, ids);
+    let mut broken = roll_over(account, now_ms, rules);
     for g in 0..account.grants.len() {
         let grant = &account.grants[g];
         let Some(end) = grant.expires_at_ms else { continue };

@@ -320,14 +320,14 @@ mod tests {
 
     #[test]
     fn advancing_with_pauses_pauses_every_few_dozen_accounts_and_ends_as_without() {
-        use crate::credits::{advance_clock_pausing, RolloverIds, ADVANCE_PAUSE_EVERY_ACCOUNTS};
+        use crate::credits::{advance_clock_pausing, Rollovers, ADVANCE_PAUSE_EVERY_ACCOUNTS};
         // 150 accounts whose grants all expire at 1_000: a month's end.
         let mut paused = kernel(150, |_| Some(1_000));
         let mut whole = kernel(150, |_| Some(1_000));
         let mut pauses = Vec::new();
         let mut guard = &mut paused;
         let due = guard.due_accounts(1_000).expect("due");
-        let done = advance_clock_pausing(&mut guard, 1_000, due, RolloverIds::Distinct, |k| {
+        let done = advance_clock_pausing(&mut guard, 1_000, due, Rollovers::CURRENT, |k| {
             // What a read sees at a pause: the accounts before it advanced, the rest not yet.
             let broken = (0..150)
                 .filter(|c| k.account_credits(&format!("c{c}")).is_some_and(|credits| !credits.breakage.is_empty()));

@@ -18,7 +18,8 @@ use crate::authorize::{answer, response, Refused};
 use crate::decode::{wire, TEXT_BYTES_MAX};
 use crate::kernel::Kernel;
 
-/// A hold's TTL when the request gives none (the unary path's RESERVATION_TTL_DEFAULT_MS).
+/// A hold's TTL when the request gives none (the unary path's RESERVATION_TTL_DEFAULT_MS), unless the server's
+/// maximum is shorter (then that: `prepare`).
 pub const TTL_DEFAULT_MS: i64 = 60_000;
 
 /// `AuthorizeResponse.reason` of a request whose reservation_id the customer already used for a
@@ -96,7 +97,9 @@ fn prepare(request: &mut wire::AuthorizeRequest, index: usize, rules: &HoldRules
     if request.event_type.is_empty() {
         return Err("event_type: is required".into());
     }
-    let ttl_ms = ttl_ms(request)?;
+    // A request naming no TTL asked for none: it gets the default, or the server's maximum when that is shorter.
+    let ttl_ms =
+        if request.reservation_ttl.is_none() { TTL_DEFAULT_MS.min(rules.ttl_max_ms) } else { ttl_ms(request)? };
     if ttl_ms > rules.ttl_max_ms {
         let most = seconds_text(rules.ttl_max_ms);
         return Err(format!("reservation_ttl: must be at most {most} s (the server's --reservation-ttl-max-s)"));
@@ -409,6 +412,18 @@ mod tests {
                                                                    // is answered in-band when applied, and holds nothing.
         let done = kernel.reserve_batch(vec![ttl(hold("late", "h6"), 0, 0)], NOW);
         assert_eq!((done.placed, done.responses[0].reason.as_str()), (0, "INVALID_REQUEST"));
+    }
+
+    #[test]
+    fn a_hold_naming_no_ttl_gets_the_servers_maximum_when_that_is_below_the_default() {
+        let kernel = kernel();
+        let rules = HoldRules { ttl_max_ms: 1_500, ..RULES };
+        let split = split(&kernel, vec![hold("h0", "h0"), ttl(hold("h1", "h1"), 2, 0)], NOW, &rules);
+        let ttls: Vec<_> =
+            split.holds.iter().map(|h| h.reservation_ttl.as_ref().map(|d| (d.seconds, d.nanos))).collect();
+        assert_eq!(ttls, vec![Some((1, 500_000_000))]); // written in the record, so replay reads it
+        let refused = split.answers[1].as_ref().expect("answered at once");
+        assert_eq!(refused.message, "reservation_ttl: must be at most 1.5 s (the server's --reservation-ttl-max-s)");
     }
 
     #[test]

@@ -654,7 +654,9 @@ impl Rater {
         };
         let period_start_ms = period.1;
         if route.is_closed(period_start_ms) {
-            return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {period_start_ms} is closed")));
+            // The period named as an instant a person reads (its invoice's period_start), not in Unix ms.
+            let start = crate::route::utc_text(period_start_ms);
+            return Err(Refusal::new(Reason::PeriodClosed, format!("the period starting {start} is closed")));
         }
         let mut feeding = self.catalog.feeding(event.event_type, |k| event.dimension(k)).peekable();
         if feeding.peek().is_none() {
@@ -664,8 +666,9 @@ impl Rater {
             return Err(Refusal::new(
                 Reason::NoApplicableRate,
                 format!(
-                    "rate card {} has no version in force at {ts}",
-                    py_repr(self.interner.text(contract.rate_card))
+                    "rate card {} has no version in force at {} (timestamp_ms {ts})",
+                    py_repr(self.interner.text(contract.rate_card)),
+                    crate::route::utc_text(ts)
                 ),
             ));
         };

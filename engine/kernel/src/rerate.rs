@@ -200,7 +200,10 @@ impl Kernel {
     /// without it (publishes journaled before) open holds keep what they hold and the draws are
     /// settled from what they leave, as then. `top_ups_in_time`: a top-up pays only its period's
     /// charges beyond those at which it was bought (`resettle`); without it (publishes journaled
-    /// before) every top-up is usable from its period's start, as then.
+    /// before) every top-up is usable from its period's start, as then. `earlier_hours_carried`:
+    /// each aggregate's first re-rated bucket also carries what the hours before it, left alone, were
+    /// charged less than they price at in time order (`earlier_hours_shortfall`); without it (publishes
+    /// journaled before) as they re-rated then.
     #[allow(clippy::too_many_arguments)]
     pub fn rerate_customer(
         &mut self,
@@ -211,13 +214,21 @@ impl Kernel {
         in_contract: bool,
         holds_in_time: bool,
         top_ups_in_time: bool,
+        earlier_hours_carried: bool,
     ) -> Result<Rerated, String> {
         let (Some(card), Some(account)) = (self.rater.interner.get(rate_card_id), self.accounts.get(customer_id))
         else {
             return Ok(Rerated::default());
         };
-        let (aggregates, mut done) =
+        let (mut aggregates, mut done) =
             self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline, in_contract)?;
+        if earlier_hours_carried {
+            for aggregate in aggregates.iter_mut().filter(|a| carries(account, a.key)) {
+                if let Some((first, carried)) = earlier_hours_shortfall(&aggregate.buckets) {
+                    aggregate.buckets[first].new_amount += carried;
+                }
+            }
+        }
         let rater = &self.rater;
         let account = self.accounts.get_mut(customer_id).expect("looked up above");
         let mut first_period = None;
@@ -299,7 +310,14 @@ impl Kernel {
             let Some(account) = self.accounts.get(id) else { continue };
             self.refuse_split_hours(id, account, card, hours)?;
             self.refuse_override_split_hours(id, account, card, hours)?;
-            let (aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled), true)?;
+            let carried = self.earlier_hours_carried(account, card, hours)?;
+            let (mut aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled), true)?;
+            for aggregate in &mut aggregates {
+                let first = aggregate.buckets.iter().position(|b| b.selected);
+                if let (Some(first), Some(carried)) = (first, carried.get(&aggregate.key)) {
+                    aggregate.buckets[first].new_amount += carried;
+                }
+            }
             let mut by_product: FxHashMap<Sym, (Picos, Picos)> = FxHashMap::default();
             for bucket in
                 aggregates.iter().flat_map(|a| a.buckets.iter()).filter(|b| b.selected && b.key.hour < hours.1)
@@ -321,6 +339,23 @@ impl Kernel {
             out.extend(lines);
         }
         Ok(out)
+    }
+
+    /// What a publish effective from the start of `hours` carries into each aggregate's first
+    /// re-rated bucket (`earlier_hours_shortfall`, the hours before priced by the timeline as it is
+    /// now), for the aggregates that carry (`carries`): a simulation adds it as the publish would.
+    fn earlier_hours_carried(
+        &self,
+        account: &Account,
+        card: Sym,
+        hours: (i64, i64),
+    ) -> Result<FxHashMap<PeriodKey, Picos>, String> {
+        let (aggregates, _) = self.reprice(account, card, hours, Pricing::Timeline, true)?;
+        Ok(aggregates
+            .iter()
+            .filter(|a| carries(account, a.key))
+            .filter_map(|a| earlier_hours_shortfall(&a.buckets).map(|(_, carried)| (a.key, carried)))
+            .collect())
     }
 
     /// The customer's adjustment entries, oldest first.
@@ -544,7 +579,11 @@ impl Kernel {
                 }
                 Pricing::Timeline | Pricing::Inserted { .. } => {
                     catalog.version_at(contract.timeline, ts).ok_or_else(|| {
-                        format!("rate card {:?} has no version in force at {ts}", interner.text(contract.rate_card))
+                        let at = crate::route::utc_text(ts);
+                        format!(
+                            "rate card {:?} has no version in force at {at} (timestamp_ms {ts})",
+                            interner.text(contract.rate_card)
+                        )
                     })?
                 }
             };
@@ -588,6 +627,35 @@ impl Kernel {
         }
         Ok(out)
     }
+}
+
+// Carrying the earlier hours (`earlier_hours_carried`, the server's publishes, and simulations):
+// the first selected bucket of an aggregate's walk also carries what the buckets
+// before it (left alone, before `effective_from`) were charged less than the walk prices them at.
+// Rated as they arrived, a late event was priced at the top of its period's quantity then, not at
+// its place in time: its hour keeps that charge, and the later hours' charges held the rest of the
+// quantity's price. The walk prices the re-rated hours in time order over the cumulative quantity,
+// so without this the line would no longer be its tiers' price of its quantity (GRADUATED, <=100
+// at 1 + 10, then 0.5 + 5: 50 at 10:00, 100 at 12:00, then 50 more at 10:30 are charged 60, 80,
+// 25; a version with the same prices from 11:00 priced 12:00 at p(200) - p(100) = 55, and the line
+// 140 instead of 165). With the carry the line is what rating its events on time with the timeline
+// as it is now would charge. Only where the contract has no price override of the aggregate's
+// product (`carries`): an hour walked at its start does not know which of its units an override
+// starting, ending or added since priced (`refuse_override_split_hours`).
+
+/// The first selected bucket of an aggregate's walk, and what the buckets before it were charged
+/// less than the walk prices them at: what the carry adds to it.
+fn earlier_hours_shortfall(buckets: &[Repriced]) -> Option<(usize, Picos)> {
+    let first = buckets.iter().position(|b| b.selected)?;
+    Some((first, buckets[..first].iter().map(|b| b.new_amount - b.old_amount).sum()))
+}
+
+/// Whether the aggregate's first re-rated bucket carries the earlier hours (`earlier_hours_shortfall`):
+/// where the contract of its period has no price override of its product.
+fn carries(account: &Account, key: PeriodKey) -> bool {
+    let start = key.period_start_ms;
+    let contract = account.route.as_ref().and_then(|r| r.contracts.iter().find(|c| c.covers(start)));
+    contract.is_some_and(|c| c.overrides.iter().all(|o| o.product != key.product))
 }
 
 impl Repriced {
@@ -1118,7 +1186,9 @@ mod tests {
     fn rerate_holds(kernel: &mut Kernel, from_hour: i64, seq: u64, holds_in_time: bool) -> Rerated {
         let mut done = Rerated::default();
         for customer in kernel.rerate_customers("card", from_hour) {
-            done.add(&kernel.rerate_customer(&customer, "card", from_hour, seq, true, holds_in_time, true).unwrap());
+            done.add(
+                &kernel.rerate_customer(&customer, "card", from_hour, seq, true, holds_in_time, true, true).unwrap(),
+            );
         }
         done
     }
@@ -1352,7 +1422,7 @@ mod tests {
         let refusal =
             kernel.rerate_check(&["acme".into()], version(3, 90), T0 / HOUR_MS, true, true, true).unwrap_err();
         assert!(refusal.contains("product \"peak\" aggregates by Max"), "{refusal}");
-        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true, true, true).is_err());
+        assert!(kernel.rerate_customer("acme", "card", T0 / HOUR_MS, 6, true, true, true, true).is_err());
     }
 
     #[test]
@@ -1456,7 +1526,7 @@ mod tests {
         // Before (a publish journaled without top_ups_in_time): the top-up pays hour 0's overage too.
         let mut legacy = Kernel::restore(&kernel.snapshot()).unwrap();
         legacy.load_tables(&tables(&versions, &same, &grants, &[])).unwrap();
-        legacy.rerate_customer("acme", "card", T0 / HOUR_MS, 9, true, true, false).unwrap();
+        legacy.rerate_customer("acme", "card", T0 / HOUR_MS, 9, true, true, false, true).unwrap();
         assert_eq!(overage(&legacy), 0);
         assert_conserved(&legacy);
         kernel.load_tables(&tables(&versions, &same, &grants, &[])).unwrap();
@@ -1471,7 +1541,7 @@ mod tests {
         unrecorded
             .load_tables(&tables(&[(1, 100), (2, 100), (3, 100)], &[(0, 0), (T0, 1), (T0, 2)], &grants, &[]))
             .unwrap();
-        unrecorded.rerate_customer("acme", "card", T0 / HOUR_MS, 10, true, true, true).unwrap();
+        unrecorded.rerate_customer("acme", "card", T0 / HOUR_MS, 10, true, true, true, true).unwrap();
         assert_eq!(overage(&unrecorded), 0);
         assert_conserved(&unrecorded);
     }
