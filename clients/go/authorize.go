@@ -52,8 +52,8 @@ type Decision struct {
 	// ("" when Degraded).
 	EstimatedCost    string
 	CreditsAvailable string
-	// ReservationID is the hold's id with Reserve: the server's answer, or, when Degraded, the id the
-	// request carried (the hold may have been made).
+	// ReservationID is the hold's id with Reserve: the server's answer, or, when Degraded or returned
+	// with an error, the id the request carried (the hold may have been made).
 	ReservationID string
 	Message       string
 	// Degraded is true when the server was not reached and OnUnavailable decided.
@@ -73,7 +73,9 @@ func newRequestID() string {
 // ReservationId gets one chosen here, before the call, so the hold's id is known whatever happens:
 // a degraded decision carries it too (the server may have made the hold before the deadline ran
 // out; an event naming an id that was never held is charged as usual, with a notice in its ack).
-// To retry a Reserve request, send the same ReservationId: the server holds once.
+// To retry a Reserve request, send the same ReservationId: the server holds once. When Authorize
+// returns an error, the Decision returned with it is no decision (Allowed false) but still names the
+// RequestID and the ReservationID the request carried, so that a retry can reuse the id.
 func (c *Client) Authorize(ctx context.Context, req *tariffv1.AuthorizeRequest, opts AuthorizeOptions) (Decision, error) {
 	needsReservationID := req.GetReserve() && req.GetReservationId() == ""
 	if req.GetRequestId() == "" || needsReservationID {
@@ -109,7 +111,8 @@ func (c *Client) Authorize(ctx context.Context, req *tariffv1.AuthorizeRequest, 
 	unreachable := code == codes.Unavailable || code == codes.DeadlineExceeded
 	// The caller's own cancellation or deadline is its decision, not the server's absence.
 	if opts.OnUnavailable == ReturnError || !unreachable || ctx.Err() != nil {
-		return Decision{}, fmt.Errorf("tariff: Authorize(%q, %q): %w", req.GetCustomerId(), req.GetEventType(), err)
+		failed := Decision{RequestID: requestID, ReservationID: req.GetReservationId()}
+		return failed, fmt.Errorf("tariff: Authorize(%q, %q): %w", req.GetCustomerId(), req.GetEventType(), err)
 	}
 	return Decision{
 		RequestID:     requestID,

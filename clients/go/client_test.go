@@ -260,6 +260,12 @@ func TestAuthorizeWhenTheServerIsNotReached(t *testing.T) {
 	if err != nil || again.ReservationID == held.ReservationID || reserve.GetReservationId() != "" {
 		t.Fatalf("a second hold asked for without an id: %+v, %v (request now %v); want a new id, the caller's request untouched", again, err, reserve)
 	}
+	// With the default policy the error is returned, and the Decision returned with it still names the id the
+	// hold may go by: without it a retry would choose another id and hold the credit twice.
+	failed, err := hanging.Authorize(ctx, reserve, tariff.AuthorizeOptions{Timeout: 300 * time.Millisecond})
+	if code := status.Code(err); code != codes.DeadlineExceeded || failed.ReservationID == "" || failed.RequestID != "r-2" || failed.Allowed {
+		t.Fatalf("ReturnError with Reserve: %+v, %v; want DEADLINE_EXCEEDED with a Decision naming request r-2 and the reservation id", failed, err)
+	}
 	// The caller's own cancellation is never turned into a decision.
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()

@@ -1,5 +1,6 @@
 // The README's Go example is example/main.go, character for character, and it runs: built and
-// started against a fresh demo server, it prints the estimated cost and the balance it shows.
+// started against a fresh demo server, it prints the decision, that its event was recorded and the
+// balance; run again, that its event was already recorded, and the same balance.
 
 package tariff_test
 
@@ -40,7 +41,7 @@ func TestREADMEGoExampleIsExampleMain(t *testing.T) {
 	}
 }
 
-func TestExampleRuns(t *testing.T) {
+func TestExampleRunsAndARerunIsAlreadyRecorded(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Fatal(err)
@@ -50,13 +51,25 @@ func TestExampleRuns(t *testing.T) {
 		t.Fatalf("go build ./example: %v\n%s", err, output)
 	}
 	srv := startServer(t)
-	cmd := exec.Command(binary)
-	cmd.Env = append(os.Environ(), "TARIFF_TARGET="+srv.target(), "TARIFF_API_KEY=")
-	output, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("example: %v\n%s", err, output)
+	// The second run resends the very same event (its id is the day's): the server counts it once and the example
+	// says so.
+	var transactionIDs []string
+	for run, outcome := range []string{"recorded", "already recorded: counted once, nothing charged again"} {
+		cmd := exec.Command(binary)
+		cmd.Env = append(os.Environ(), "TARIFF_TARGET="+srv.target(), "TARIFF_API_KEY=")
+		output, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("example run %d: %v\n%s", run+1, err, output)
+		}
+		lines := strings.Split(string(output), "\n")
+		transactionID, said, _ := strings.Cut(lines[min(1, len(lines)-1)], " ")
+		if len(lines) != 4 || lines[0] != "authorize: OK estimated cost 5" || said != outcome ||
+			!strings.HasPrefix(transactionID, "example-go-") || lines[2] != "credits remaining: 49995" {
+			t.Fatalf("example run %d printed %q, want the decision, the event %s and the balance 49995", run+1, output, outcome)
+		}
+		transactionIDs = append(transactionIDs, transactionID)
 	}
-	if string(output) != "5 49995\n" {
-		t.Fatalf("example printed %q, want %q", output, "5 49995\n")
+	if transactionIDs[0] != transactionIDs[1] {
+		t.Fatalf("the two runs sent %v: a rerun must resend the same event", transactionIDs)
 	}
 }

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         Internal,
         InvalidArgument,
         NotFound,
+        OutOfRange,
         PermissionDenied,
         ResourceExhausted,
         RetryPolicy,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         UsageBatcher,
         UsageStream,
         error_from_rpc,
+        new_reservation_id,
         now_ms,
     )
 
@@ -49,6 +51,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "RetryPolicy",
@@ -61,6 +64,7 @@ __all__ = [
     "UsageBatcher",
     "UsageStream",
     "error_from_rpc",
+    "new_reservation_id",
     "now_ms",
 ]
 

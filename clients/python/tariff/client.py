@@ -30,9 +30,11 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import ipaddress
 import itertools
 import logging
 import random
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -72,6 +74,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "RetryPolicy",
@@ -84,6 +87,7 @@ __all__ = [
     "UsageBatcher",
     "UsageStream",
     "error_from_rpc",
+    "new_reservation_id",
     "now_ms",
 ]
 
@@ -129,6 +133,8 @@ class TariffError(Exception):
     the ``google.rpc.BadRequest`` violations of the rich status (empty when there are none) and
     ``status`` the whole ``google.rpc.Status`` when the server sent one, ``retry_after_s`` the
     server's ``google.rpc.RetryInfo`` delay when it sent one (an overloaded server does).
+    ``reservation_id``: on an ``authorize`` with ``reserve``, the id its request carried (the caller's, or the one
+    the client chose), so that a retry holds once; empty otherwise.
     """
 
     default_code: Any = grpc.StatusCode.UNKNOWN
@@ -147,12 +153,16 @@ class TariffError(Exception):
         self.details = details
         self.field_violations: tuple[FieldViolation, ...] = tuple(field_violations)
         self.status = status
+        self.reservation_id = ""
         super().__init__(self._message())
 
     def _message(self) -> str:
         text = f"{self.code.name}: {self.details}" if self.details else str(self.code.name)
-        if self.field_violations:
-            text += " [" + "; ".join(f"{v.field}: {v.description}" for v in self.field_violations) + "]"
+        # The server's message states its violations already (the first ones, when there are many): add the others.
+        stated = (f"{v.field}: {v.description}" for v in self.field_violations)
+        unstated = [violation for violation in stated if violation not in self.details]
+        if unstated:
+            text += " [" + "; ".join(unstated) + "]"
         return text
 
 
@@ -208,6 +218,10 @@ class Internal(TariffError):
     default_code = grpc.StatusCode.INTERNAL
 
 
+class OutOfRange(TariffError):
+    default_code = grpc.StatusCode.OUT_OF_RANGE
+
+
 _ERROR_BY_CODE: Final[Mapping[Any, type[TariffError]]] = {
     cls.default_code: cls
     for cls in (
@@ -224,6 +238,7 @@ _ERROR_BY_CODE: Final[Mapping[Any, type[TariffError]]] = {
         Cancelled,
         Aborted,
         Internal,
+        OutOfRange,
     )
 }
 
@@ -460,8 +475,29 @@ class _ChannelProxy:
         return self._wrap(self._channel.stream_stream(*args, **kwargs), None)
 
 
-def _channel_options(overrides: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+_GRPC_TARGET_SCHEMES: Final = ("dns:///", "dns:", "ipv4:", "ipv6:")
+
+
+def _is_loopback(target: str) -> bool:
+    """Whether `target` names this machine (localhost, 127.0.0.0/8, ::1), in any of the ways gRPC spells one."""
+    address = next((target[len(s) :] for s in _GRPC_TARGET_SCHEMES if target.startswith(s)), target)
+    host = address.rsplit(":", 1)[0] if address.startswith("[") or address.count(":") == 1 else address
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _channel_options(target: str, overrides: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     options: dict[str, Any] = dict(DEFAULT_CHANNEL_OPTIONS)
+    if _is_loopback(target):
+        # gRPC's C core would send even a connection to this machine through the http_proxy, https_proxy or
+        # grpc_proxy of the environment (and fail where the proxy cannot reach it); the Go and TypeScript clients
+        # never proxy loopback. A remote target keeps the environment's proxy.
+        options["grpc.enable_http_proxy"] = 0
     options.update(dict(overrides))
     return list(options.items())
 
@@ -482,6 +518,20 @@ def _tls_credentials(
     return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
 
 
+def new_reservation_id() -> str:
+    """A reservation id chosen before the call (``py-r-`` and 128 random bits), as the Go, TypeScript and Java
+    clients do: the server may make the hold before a deadline runs out, and a retry under the same id holds once,
+    where a server-made id would be lost with the answer."""
+    return "py-r-" + secrets.token_hex(16)
+
+
+def _authorize_failed(error: grpc.RpcError, request: balance_pb2.AuthorizeRequest) -> TariffError:
+    """The error of a failed authorize, carrying the reservation id its request held credit under, if any."""
+    failed = error_from_rpc(error)
+    failed.reservation_id = request.reservation_id
+    return failed
+
+
 def _authorize_request(
     customer_id: str,
     event_type: str,
@@ -492,6 +542,8 @@ def _authorize_request(
     reservation_ttl_s: float | None,
     reservation_id: str,
 ) -> balance_pb2.AuthorizeRequest:
+    if reserve and not reservation_id:
+        reservation_id = new_reservation_id()
     request = balance_pb2.AuthorizeRequest(
         request_id=request_id,
         customer_id=customer_id,
@@ -547,7 +599,8 @@ class AsyncTariffClient(_Stubs):
     audit log records for the changes this client makes; with an API key, as "PERSON via KEY"). TLS: ``tls=True`` (system roots),
     ``root_certificates`` (PEM of the CA to trust), plus ``client_certificate_chain`` and
     ``client_private_key`` for mutual TLS; or ready-made ``credentials``. ``channel_options``
-    override ``DEFAULT_CHANNEL_OPTIONS``.
+    override ``DEFAULT_CHANNEL_OPTIONS``. A target on this machine (localhost, 127.0.0.0/8, ::1) is reached
+    directly, never through the environment's ``http_proxy`` / ``https_proxy`` / ``grpc_proxy``.
     """
 
     def __init__(
@@ -567,7 +620,7 @@ class AsyncTariffClient(_Stubs):
         self.target = target
         self.default_timeout_s = default_timeout_s
         self.metadata: Metadata = _auth_metadata(api_key, actor)
-        options = _channel_options(channel_options)
+        options = _channel_options(target, channel_options)
         credentials = credentials or _tls_credentials(
             tls, root_certificates, client_certificate_chain, client_private_key
         )
@@ -617,7 +670,10 @@ class AsyncTariffClient(_Stubs):
     ) -> balance_pb2.AuthorizeResponse:
         """Would this usage be allowed now, and what would it cost (``BalanceService.Authorize``)?
 
-        A denial is ``allowed=False`` with a ``reason``, not an exception.
+        A denial is ``allowed=False`` with a ``reason``, not an exception. With ``reserve`` and no
+        ``reservation_id`` the client chooses one (``new_reservation_id``): the answer carries it, and so does the
+        ``TariffError`` of a failed call (``reservation_id``), since the server may have held credit under it; retry
+        with that id and the server holds once.
         """
         request = _authorize_request(
             customer_id, event_type, dimensions, values, request_id, reserve, reservation_ttl_s, reservation_id
@@ -627,7 +683,7 @@ class AsyncTariffClient(_Stubs):
                 request, timeout=self._timeout(timeout_s)
             )
         except grpc.RpcError as e:
-            raise error_from_rpc(e) from e
+            raise _authorize_failed(e, request) from e
         return response
 
     async def ingest_batch(
@@ -1441,7 +1497,7 @@ class TariffClient(_Stubs):
         self.target = target
         self.default_timeout_s = default_timeout_s
         self.metadata: Metadata = _auth_metadata(api_key, actor)
-        options = _channel_options(channel_options)
+        options = _channel_options(target, channel_options)
         credentials = credentials or _tls_credentials(
             tls, root_certificates, client_certificate_chain, client_private_key
         )
@@ -1488,7 +1544,9 @@ class TariffClient(_Stubs):
         reservation_id: str = "",
         timeout_s: float | None = None,
     ) -> balance_pb2.AuthorizeResponse:
-        """Would this usage be allowed now, and what would it cost (``BalanceService.Authorize``)?"""
+        """Would this usage be allowed now, and what would it cost (``BalanceService.Authorize``)? As
+        ``AsyncTariffClient.authorize``: a reserve without ``reservation_id`` gets one chosen here, carried by the
+        answer and by the ``TariffError`` of a failed call."""
         request = _authorize_request(
             customer_id, event_type, dimensions, values, request_id, reserve, reservation_ttl_s, reservation_id
         )
@@ -1497,7 +1555,7 @@ class TariffClient(_Stubs):
                 request, timeout=self._timeout(timeout_s)
             )
         except grpc.RpcError as e:
-            raise error_from_rpc(e) from e
+            raise _authorize_failed(e, request) from e
         return response
 
     def ingest_batch(

@@ -31,8 +31,8 @@ export interface AuthorizeInput {
   reservationTtlMs?: number;
   /**
    * The hold's id; with `reserve` and none given, the client chooses one before the call, so the decision carries
-   * it whatever happens (a degraded one too: the server may have made the hold). To retry, send the same id: the
-   * server holds once.
+   * it whatever happens (a degraded one too, and the AuthorizeError of a failed call: the server may have made the
+   * hold). To retry, send the same id: the server holds once.
    */
   reservationId?: string;
 }
@@ -45,7 +45,7 @@ export interface AuthorizeOptions {
   timeoutMs?: number;
   /**
    * When the server cannot be reached in time (UNAVAILABLE or DEADLINE_EXCEEDED): "throw"
-   * (default) raises the ConnectError; "allow" fails open and "deny" fails closed, both with
+   * (default) raises the error (an AuthorizeError); "allow" fails open and "deny" fails closed, both with
    * `degraded: true` and reason "UNAVAILABLE", so a gateway picks its policy in one place. Other
    * statuses (NOT_FOUND for an unknown customer, INVALID_ARGUMENT, ...) are always thrown.
    */
@@ -118,8 +118,31 @@ export function toDecision(response: AuthorizeResponse, requestId: string): Auth
 }
 
 /**
- * The fallback decision for an unreachable server, or the error itself when the policy says so. It carries the
- * request's reservation id: the server may have made the hold before the deadline ran out.
+ * The error a failed authorize() throws: a ConnectError (code, details, fieldViolations() all as usual) that also
+ * names the request's ids. With `reserve`, `reservationId` is the id the hold may go by (the server may have made it
+ * before the deadline ran out): retry with it and the server holds once; a usage event settles the hold by it.
+ */
+export class AuthorizeError extends ConnectError {
+  readonly requestId: string;
+  /** The request's reservation id, the client's choice when the input gave none ("" without `reserve`). */
+  readonly reservationId: string;
+
+  constructor(error: ConnectError, request: AuthorizeRequest) {
+    super(error.rawMessage, error.code, error.metadata, undefined, error.cause);
+    this.details = error.details;
+    this.requestId = request.requestId;
+    this.reservationId = request.reservationId;
+  }
+
+  /** By the prototype chain: ConnectError's own test, which this class would inherit, takes any ConnectError. */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return Function.prototype[Symbol.hasInstance].call(this, value);
+  }
+}
+
+/**
+ * The fallback decision for an unreachable server, or the error itself (an AuthorizeError) when the policy says so.
+ * Both carry the request's reservation id: the server may have made the hold before the deadline ran out.
  */
 export function decideWithoutServer(
   error: unknown,
@@ -130,7 +153,7 @@ export function decideWithoutServer(
   const connectError = ConnectError.from(error);
   const unreachable = connectError.code === Code.Unavailable || connectError.code === Code.DeadlineExceeded;
   if (policy === "throw" || !unreachable || signal?.aborted) {
-    throw connectError;
+    throw new AuthorizeError(connectError, request);
   }
   return {
     requestId: request.requestId,

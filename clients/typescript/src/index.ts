@@ -9,6 +9,7 @@ export { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 export { TariffClient, type TariffClientOptions, type TlsOptions } from "./client.js";
 export { fieldViolations, type FieldViolation } from "./errors.js";
 export {
+  AuthorizeError,
   AuthorizeStreamer,
   newRequestId,
   type AuthorizeDecision,

@@ -11,7 +11,7 @@ import http2 from "node:http2";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { Code, ConnectError, TariffClient, fieldViolations, type IngestAck } from "../src/index.js";
+import { AuthorizeError, Code, ConnectError, TariffClient, fieldViolations, type IngestAck } from "../src/index.js";
 import { micros } from "./support/money.js";
 import { CUSTOMER, EVENT_KINDS, EVENT_TYPE, PREPAID_CREDITS, demoEvent } from "./support/events.js";
 import { TariffServer, freePort, startDemoServer, tempDir } from "./support/server.js";
@@ -56,6 +56,27 @@ describe("against a demo server", () => {
     await client.balance.releaseReservation({ customerId: CUSTOMER, reservationId: hold.reservationId });
   });
 
+  test("a hold whose call failed, retried with the reservation id its error names, is held once", async () => {
+    const kind = EVENT_KINDS[0]!;
+    const input = { customerId: CUSTOMER, eventType: EVENT_TYPE, dimensions: kind.dimensions, reserve: true };
+    const heldBefore = micros((await client.getBalance(CUSTOMER)).creditsHeld);
+    // A deadline too short for an answer: the call fails whether or not the server made the hold before it ran out
+    // (should an answer come in time, its decision names the id instead).
+    const first = await client.authorize(input, { timeoutMs: 1 }).then(
+      (decision) => decision.reservationId,
+      (error: unknown) => (error instanceof AuthorizeError ? error.reservationId : `not an AuthorizeError: ${error}`),
+    );
+    assert.ok(first.startsWith("ts-r-"), first);
+    const retried = await client.authorize({ ...input, reservationId: first });
+    assert.deepEqual([retried.allowed, retried.reservationId], [true, first], JSON.stringify(retried));
+    // The first call, should it reach the server after the retry, finds the hold made: one hold either way.
+    const again = await client.authorize({ ...input, reservationId: first });
+    assert.equal(again.reservationId, first);
+    const heldAfter = micros((await client.getBalance(CUSTOMER)).creditsHeld);
+    assert.equal(heldAfter - heldBefore, micros(kind.price), "held once");
+    await client.balance.releaseReservation({ customerId: CUSTOMER, reservationId: first });
+  });
+
   test("fieldViolations reads the google.rpc.BadRequest of an INVALID_ARGUMENT: the field the server names", async () => {
     const error = await client.contracts
       .createCustomer({ id: `named-${randomUUID()}`, name: "n".repeat(300) })
@@ -71,6 +92,19 @@ describe("against a demo server", () => {
     );
     assert.match(violations[0]!.description, /256 bytes/);
     assert.deepEqual(fieldViolations(new ConnectError("no details", Code.InvalidArgument)), []);
+    // authorize() throws an AuthorizeError, which keeps the status's details.
+    const refused = await client
+      .authorize({ customerId: CUSTOMER, eventType: EVENT_TYPE, reserve: true, reservationTtlMs: -1 })
+      .then(
+        () => assert.fail("a negative reservation TTL was accepted"),
+        (e: unknown) => e,
+      );
+    assert.ok(refused instanceof AuthorizeError && refused.code === Code.InvalidArgument, String(refused));
+    assert.ok(!(new ConnectError("not from authorize()") instanceof AuthorizeError), "any ConnectError passed for one");
+    assert.deepEqual(
+      fieldViolations(refused).map((v) => v.field),
+      ["reservation_ttl"],
+    );
   });
 
   test("an authorize streamer answers many concurrent decisions over one stream, matched by request_id", async () => {
@@ -277,6 +311,20 @@ describe("without a server", () => {
       const streamedHold = await streamer.authorize(reserve, { onUnavailable: "allow" });
       assert.ok(streamedHold.reservationId.startsWith("ts-r-"), JSON.stringify(streamedHold));
       assert.notEqual(streamedHold.reservationId, held.reservationId);
+      // With the default policy ("throw") the error names the ids instead: without them a retry would choose another
+      // reservation id and hold the credit twice.
+      for (const decide of [client.authorize.bind(client), streamer.authorize.bind(streamer)]) {
+        await assert.rejects(
+          decide({ ...reserve, requestId: "r-hold" }, { onUnavailable: "throw", timeoutMs: 2_000 }),
+          (error: unknown) => {
+            assert.ok(error instanceof AuthorizeError && error instanceof ConnectError, String(error));
+            assert.equal(error.code, Code.Unavailable);
+            assert.equal(error.requestId, "r-hold");
+            assert.ok(error.reservationId.startsWith("ts-r-"), `reservationId ${error.reservationId}`);
+            return true;
+          },
+        );
+      }
       streamer.close();
     } finally {
       client.close();

@@ -161,9 +161,10 @@ class PricingServiceServicer:
         first of them when they are many: the status is kept small, see the top
         of contracts.proto; ValidateVersion lists them all). Key:
         rate_card_id and version: publishing a published version again, with the
-        same effective_from or none, answers as the first call did; with another
-        effective_from it is FAILED_PRECONDITION naming the hour it is in force
-        from, changing nothing.
+        same effective_from or none, answers as the first call did (the version
+        and its validation; the re-rating counts are zero, as the retry re-rated
+        nothing: see PublishVersionResponse); with another effective_from it is
+        FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,7 +175,8 @@ class PricingServiceServicer:
         PublishVersion's own path (see RollbackRateCardRequest). Key: what the
         request names: when the version in force at the requested hour is the
         copy a rollback to the same to_version made (from that same hour, when
-        effective_from is given), the call is answered as the first one was and
+        effective_from is given), the call is answered with that copy, as the
+        first one was (its re-rating counts zero, as for a retried publish), and
         changes nothing. So a retry never makes a second copy, also after a
         restart; a rollback to that same version later, once another version has
         taken over, is a new rollback.

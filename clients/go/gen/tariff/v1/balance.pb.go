@@ -387,8 +387,9 @@ type AuthorizeRequest struct {
 	// gives back what it holds now. Read by Authorize, AuthorizeStream and
 	// AuthorizeBatches alike.
 	Reserve bool `protobuf:"varint,6,opt,name=reserve,proto3" json:"reserve,omitempty"`
-	// How long the hold lasts: 60 s when unset; zero, negative, not whole
-	// milliseconds, not a valid Duration (nanos outside -999,999,999 to
+	// How long the hold lasts: 60 s when unset (the server's maximum when
+	// that is shorter, so an unset TTL is never refused); zero, negative, not
+	// whole milliseconds, not a valid Duration (nanos outside -999,999,999 to
 	// 999,999,999, or of the other sign than seconds) or beyond the server's
 	// maximum (--reservation-ttl-max-s, 3600 s by default) is INVALID_ARGUMENT.
 	ReservationTtl *durationpb.Duration `protobuf:"bytes,7,opt,name=reservation_ttl,json=reservationTtl,proto3" json:"reservation_ttl,omitempty"`
@@ -519,7 +520,10 @@ type AuthorizeResponse struct {
 	// covering now (1700000000000)", the request decided at that instant). A
 	// customer_id it quotes is cut to its first 128 characters ("…" after the
 	// quote when cut), so that answers quoting long ids stay within the gRPC
-	// message limit.
+	// message limit. In the rare AuthorizeBatchResult that would exceed that
+	// limit (--message-mb-max) with them, every message is cut to 512 bytes, or
+	// left out if even that is too large, so that the answer is always sent:
+	// request_id, allowed, reason, the amounts and reservation_id stay whole.
 	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -75,7 +75,8 @@ type BalanceServiceClient interface {
 	ReleaseReservation(ctx context.Context, in *ReleaseReservationRequest, opts ...grpc.CallOption) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
 	// the customer (usage, grants, contracts, holds: a hold, its release,
-	// settlement or expiry). Changes committed in quick
+	// settlement or expiry), and when a grant that starts later starts (its
+	// credit joins the balance then). Changes committed in quick
 	// succession may arrive as one balance, the newest; a balance equal to the
 	// previous one is not sent again. A slow reader holds no queue on the server
 	// and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
@@ -210,7 +211,8 @@ type BalanceServiceServer interface {
 	ReleaseReservation(context.Context, *ReleaseReservationRequest) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
 	// the customer (usage, grants, contracts, holds: a hold, its release,
-	// settlement or expiry). Changes committed in quick
+	// settlement or expiry), and when a grant that starts later starts (its
+	// credit joins the balance then). Changes committed in quick
 	// succession may arrive as one balance, the newest; a balance equal to the
 	// previous one is not sent again. A slow reader holds no queue on the server
 	// and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not

@@ -56,7 +56,9 @@
 // answer in id order (ListInvoices: invoice number order), page_size items
 // a page (100 when 0; more than 1,000 reads as 1,000; fewer, never none,
 // when that many would take more than 4 MiB, what a gRPC client reads by
-// default), and an empty next_page_token on the last page only. A next_page_token is the id of its
+// default, or, under a lower --message-mb-max, than that limit less 64 KiB,
+// so that the server can send the page), and an empty next_page_token on the
+// last page only. A next_page_token is the id of its
 // page's last item: passed back unchanged, with the same request fields
 // (customer_id, filters) and key, it gives the next page, and every item
 // shows exactly once. Any other page_token (made up, another list's, another

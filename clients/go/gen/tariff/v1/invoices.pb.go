@@ -241,7 +241,9 @@ type InvoiceLine struct {
 	// printable ASCII percent-escaped (as UTF-8: "café" is "caf%C3%A9").
 	LineId    string `protobuf:"bytes,1,opt,name=line_id,json=lineId,proto3" json:"line_id,omitempty"`
 	ProductId string `protobuf:"bytes,2,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
-	// Pricing dimension -> value.
+	// Pricing dimension -> value. Every pricing dimension of the product is
+	// present: an event that left one out counts here with its value "" (the
+	// same line as an event that sent it empty).
 	Dimensions map[string]string `protobuf:"bytes,3,rep,name=dimensions,proto3" json:"dimensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Quantity   string            `protobuf:"bytes,4,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	Prices     []*AppliedPrice   `protobuf:"bytes,5,rep,name=prices,proto3" json:"prices,omitempty"`

@@ -610,7 +610,9 @@ func (x *Tier) GetFlatPrice() string {
 // A number in a formula follows the decimal grammar at the top of
 // contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), and a
 // price neither begins nor ends with whitespace: CreateDraftVersion refuses
-// any other as INVALID_ARGUMENT naming the field. Formulas are evaluated once,
+// any other as INVALID_ARGUMENT naming the field. The limits on a value
+// (below 10^18, at most 18 decimal places) hold the formula's value, not the
+// numbers written in it: "1e-19 * 1e3" prices 0.0000000000000001. Formulas are evaluated once,
 // at validation, to 60 significant digits, and the price is that value
 // rounded half-even to 18 decimal places ("1 / 3" prices 0.333333333333333333),
 // where a decimal written with more than 18 places is refused, never rounded.
@@ -1025,7 +1027,8 @@ func (x *RateKey) GetMatch() map[string]string {
 // Membership is decided when the version is published and, for a customer
 // created later, when it is created (customers are immutable), never per
 // event. customer_ids must name existing customers (INVALID_ARGUMENT naming the
-// unknown ones otherwise): a customer created later joins through attributes
+// unknown ones otherwise, on cohort.customer_ids; past 20, the first 20 in id
+// order and how many more): a customer created later joins through attributes
 // or customers_created_after. Empty ids, attribute keys and attribute values
 // are INVALID_ARGUMENT, and so is an id breaking the id rule (naming
 // cohort.customer_ids[i]).
@@ -1543,6 +1546,9 @@ func (x *ListRateCardsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// A version holds at most 10,000 rates and 1,000 parameters, its base's
+// included: a draft that would hold more is INVALID_ARGUMENT naming
+// upsert_rates or set_parameters, changing nothing.
 type CreateDraftVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
@@ -1828,9 +1834,13 @@ type PublishVersionRequest struct {
 	// was already rated in an hour this version prices, that usage is re-rated
 	// in open periods: each affected customer's
 	// hour buckets are priced again in time order, each by the version in force
-	// for its hour, over the period's cumulative quantity; every changed bucket
-	// gets an adjustment entry citing its old and new version, and the
-	// customer's draws on grants and overage in those periods are settled again
+	// for its hour, over the period's cumulative quantity (the first re-rated
+	// hour also carrying what the hours before it, a late event's say, were
+	// charged less than on time, unless the contract overrides the product's
+	// price: a version with the same prices leaves a tiered line as it was); every
+	// changed bucket gets an adjustment entry citing its old and new version,
+	// and the customer's draws on grants and overage in those periods are
+	// settled again
 	// (refunds give back overage first, then credits in reverse burn order).
 	// Settled again, a grant is judged usable as of each bucket's hour start;
 	// breakage already recorded stays final (a rise draws none of an expired
@@ -1846,9 +1856,13 @@ type PublishVersionRequest struct {
 	// Usage in closed periods is left alone and counted in the reply. Refused
 	// with FAILED_PRECONDITION, changing nothing, when affected usage belongs to
 	// a MAX, LATEST or UNIQUE_COUNT product (its buckets cannot be priced
-	// again) or has no rate in this version, or when it lies in an hour holding
-	// a period boundary off the hour (a contract starting or ending off the
-	// hour: its periods run from that minute) with an open period on one side:
+	// again; affected is every open-period bucket at or after effective_from of
+	// the customers the publish concerns, also in hours a later-effective
+	// version or a member's cohort version keeps pricing, since those are
+	// priced again too) or has no rate in this version, or when it lies in an
+	// hour holding a period boundary off the hour (a contract starting or
+	// ending off the hour: its periods run from that minute) with an open
+	// period on one side:
 	// that hour's bucket holds usage of both sides without knowing which unit is
 	// whose, so it cannot be priced again exactly. Refused so are such an hour
 	// re-rated itself and one before effective_from holding the start of an open
@@ -1954,7 +1968,9 @@ type PublishVersionResponse struct {
 	ClosedAmountLeftAlone  string `protobuf:"bytes,9,opt,name=closed_amount_left_alone,json=closedAmountLeftAlone,proto3" json:"closed_amount_left_alone,omitempty"`
 	// Why that usage was left alone; empty when there was none.
 	// A retry of a publish already committed (same version, same
-	// effective_from) re-rates nothing again: its counts are zero.
+	// effective_from or none) or of a rollback re-rates nothing again: its
+	// counts are zero (closed_amount_left_alone "0", rerated_amount_delta "0"),
+	// whatever the first call re-rated; the invoices' adjustments show that.
 	LeftAloneReason string `protobuf:"bytes,10,opt,name=left_alone_reason,json=leftAloneReason,proto3" json:"left_alone_reason,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -2774,8 +2790,9 @@ type SimulateVersionRequest struct {
 	PeriodEnd   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
 	// Empty: every customer on the rate card. One breaking the id rule is
 	// INVALID_ARGUMENT naming customer_ids[i]; an id that is no customer is
-	// NOT_FOUND, every unknown one named (a misspelt one must not read as "no
-	// change"); a customer without usage of the card gives no amounts.
+	// NOT_FOUND, every unknown one named (past 20, the first 20 in id order and
+	// how many more; a misspelt one must not read as "no change"); a customer
+	// without usage of the card gives no amounts.
 	CustomerIds   []string `protobuf:"bytes,5,rep,name=customer_ids,json=customerIds,proto3" json:"customer_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2855,7 +2872,9 @@ type SimulatedAmount struct {
 	// What the usage in the window is charged now.
 	CurrentAmount string `protobuf:"bytes,3,opt,name=current_amount,json=currentAmount,proto3" json:"current_amount,omitempty"`
 	// What the simulated version charges it, each aggregate walked from its
-	// period's start over the cumulative quantity.
+	// period's start over the cumulative quantity (its first hour in the window
+	// also carrying what the hours before were charged less than on time, as a
+	// publish from the window's start carries them: PublishVersionRequest).
 	SimulatedAmount string `protobuf:"bytes,4,opt,name=simulated_amount,json=simulatedAmount,proto3" json:"simulated_amount,omitempty"`
 	// simulated_amount - current_amount.
 	Delta         string `protobuf:"bytes,5,opt,name=delta,proto3" json:"delta,omitempty"`
@@ -3048,7 +3067,10 @@ func (x *SimulatedTotals) GetDelta() string {
 // sealed chunk, also the newest entries, fewer than 512, not sealed yet): such
 // a page may hold fewer than page_size entries, even none, while
 // next_after_seq says where to go on. Without them (after_seq and target
-// only), a page holds page_size entries unless the log ends first.
+// only), a page holds page_size entries unless the log ends first, or that
+// many would take more than the paged lists' 4 MiB (contracts.proto; a diff
+// reaches 64 KiB): the page then holds fewer, never none, and next_after_seq
+// goes on after its last entry.
 type GetAuditLogRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Entries with seq greater than this.

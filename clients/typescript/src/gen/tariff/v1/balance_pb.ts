@@ -276,8 +276,9 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   reserve: boolean;
 
   /**
-   * How long the hold lasts: 60 s when unset; zero, negative, not whole
-   * milliseconds, not a valid Duration (nanos outside -999,999,999 to
+   * How long the hold lasts: 60 s when unset (the server's maximum when
+   * that is shorter, so an unset TTL is never refused); zero, negative, not
+   * whole milliseconds, not a valid Duration (nanos outside -999,999,999 to
    * 999,999,999, or of the other sign than seconds) or beyond the server's
    * maximum (--reservation-ttl-max-s, 3600 s by default) is INVALID_ARGUMENT.
    *
@@ -366,7 +367,10 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
    * covering now (1700000000000)", the request decided at that instant). A
    * customer_id it quotes is cut to its first 128 characters ("…" after the
    * quote when cut), so that answers quoting long ids stay within the gRPC
-   * message limit.
+   * message limit. In the rare AuthorizeBatchResult that would exceed that
+   * limit (--message-mb-max) with them, every message is cut to 512 bytes, or
+   * left out if even that is too large, so that the answer is always sent:
+   * request_id, allowed, reason, the amounts and reservation_id stay whole.
    *
    * @generated from field: string message = 7;
    */
@@ -561,7 +565,8 @@ export const BalanceService: GenService<{
   /**
    * The balance now, then again after every committed change that touches
    * the customer (usage, grants, contracts, holds: a hold, its release,
-   * settlement or expiry). Changes committed in quick
+   * settlement or expiry), and when a grant that starts later starts (its
+   * credit joins the balance then). Changes committed in quick
    * succession may arrive as one balance, the newest; a balance equal to the
    * previous one is not sent again. A slow reader holds no queue on the server
    * and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not

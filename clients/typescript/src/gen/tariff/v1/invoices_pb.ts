@@ -129,7 +129,9 @@ export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
   productId: string;
 
   /**
-   * Pricing dimension -> value.
+   * Pricing dimension -> value. Every pricing dimension of the product is
+   * present: an event that left one out counts here with its value "" (the
+   * same line as an event that sent it empty).
    *
    * @generated from field: map<string, string> dimensions = 3;
    */

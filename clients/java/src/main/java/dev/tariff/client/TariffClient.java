@@ -194,6 +194,7 @@ public final class TariffClient implements AutoCloseable {
    * request without reservation_id gets one chosen here, before the call, so the hold's id is known whatever
    * happens: a degraded decision carries it too (the server may have made the hold before the deadline ran out;
    * an event naming an id never held is charged as usual, with a notice). To retry, send the same id: one hold.
+   * What it throws is an AuthorizeException (a StatusRuntimeException) naming the request's ids, that id included.
    */
   public AuthorizeDecision authorize(AuthorizeRequest request, AuthorizeOptions options) {
     if (request.getRequestId().isEmpty()) {
@@ -212,7 +213,7 @@ public final class TariffClient implements AutoCloseable {
       Status.Code code = e.getStatus().getCode();
       boolean unreachable = code == Status.Code.UNAVAILABLE || code == Status.Code.DEADLINE_EXCEEDED;
       if (options.onUnavailable() == AuthorizeOptions.UnavailablePolicy.THROW || !unreachable) {
-        throw e;
+        throw new AuthorizeException(e, request);
       }
       return AuthorizeDecision.degraded(request, options.onUnavailable(), e.getStatus());
     }

@@ -203,6 +203,21 @@ class ClientTest {
     }
     assertEquals(Status.Code.INVALID_ARGUMENT, error.getStatus().getCode());
     assertEquals(List.of("name"), fields);
+    // authorize throws an AuthorizeException, which keeps the status's details.
+    StatusRuntimeException refused = assertThrows(StatusRuntimeException.class, () -> client.authorize(
+        AuthorizeRequest.newBuilder().setCustomerId(CUSTOMER).setEventType(EVENT_TYPE).setReserve(true)
+            .setReservationTtl(com.google.protobuf.Duration.newBuilder().setSeconds(-1)).build()));
+    assertEquals(List.of("reservation_ttl"), badRequestFields(refused));
+  }
+
+  static List<String> badRequestFields(StatusRuntimeException error) throws Exception {
+    List<String> fields = new ArrayList<>();
+    for (com.google.protobuf.Any detail : StatusProto.fromThrowable(error).getDetailsList()) {
+      if (detail.is(BadRequest.class)) {
+        detail.unpack(BadRequest.class).getFieldViolationsList().forEach(violation -> fields.add(violation.getField()));
+      }
+    }
+    return fields;
   }
 
   @Test
@@ -262,6 +277,16 @@ class ClientTest {
         assertTrue(held.degraded() && held.reservationId().startsWith("java-r-"), held.toString());
         // Three calls, each bounded by its 300 ms deadline (generous margin for a loaded machine).
         assertTrue(System.nanoTime() - started < Duration.ofSeconds(5).toNanos());
+        // With THROW the exception names the ids instead: without them a retry would choose another reservation id
+        // and hold the credit twice.
+        StatusRuntimeException failed = assertThrows(StatusRuntimeException.class, () -> unreachable.authorize(
+            request.toBuilder().setReserve(true).build(), new AuthorizeOptions(deadline, UnavailablePolicy.THROW)));
+        assertTrue(failed instanceof AuthorizeException, failed.toString());
+        AuthorizeException named = (AuthorizeException) failed;
+        assertEquals("r-1", named.requestId());
+        assertTrue(named.reservationId().startsWith("java-r-"), named.reservationId());
+        assertTrue(named.getStatus().getCode() == Status.Code.UNAVAILABLE
+            || named.getStatus().getCode() == Status.Code.DEADLINE_EXCEEDED, named.getStatus().toString());
       }
     } finally {
       for (Socket socket : accepted) {

@@ -1,15 +1,19 @@
 /*
  * The README's Java example is src/test/java/dev/tariff/example/Quickstart.java, character for
  * character (the build compiles it), and it runs: started in its own JVM against a fresh demo
- * server, it prints the estimated cost and the balance it shows.
+ * server, it prints the decision, that its event was recorded and the balance; run again, that its
+ * event was already recorded, and the same balance.
  */
 package dev.tariff.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 
@@ -34,18 +38,34 @@ class ExampleTest {
   }
 
   @Test
-  void quickstartRunsAgainstADemoServer() throws Exception {
+  void quickstartRunsAgainstADemoServerAndARerunIsAlreadyRecorded() throws Exception {
     try (TariffServer server = TariffServer.startDemo()) {
-      Path java = Path.of(System.getProperty("java.home"), "bin", "java");
-      ProcessBuilder builder = new ProcessBuilder(java.toString(), "-cp", System.getProperty("java.class.path"),
-          "dev.tariff.example.Quickstart").redirectError(ProcessBuilder.Redirect.INHERIT);
-      builder.environment().put("TARIFF_TARGET", server.target());
-      builder.environment().remove("TARIFF_API_KEY");
-      Process process = builder.start();
-      String output = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-      assertEquals(true, process.waitFor(60, TimeUnit.SECONDS), "the example finished");
-      assertEquals(0, process.exitValue());
-      assertEquals("5 49995\n", output);
+      // The second run resends the very same event (its id is the day's): the server counts it once and the
+      // example says so.
+      List<String> transactionIds = new ArrayList<>();
+      for (String outcome : List.of("recorded", "already recorded: counted once, nothing charged again")) {
+        String[] lines = runQuickstart(server).split("\n", -1);
+        String said = lines.length == 4 ? lines[1].substring(lines[1].indexOf(' ') + 1) : "";
+        String transactionId = lines.length == 4 ? lines[1].substring(0, Math.max(0, lines[1].indexOf(' '))) : "";
+        assertEquals(List.of("authorize: OK estimated cost 5", outcome, "credits remaining: 49995", ""),
+            List.of(lines[0], said, lines.length == 4 ? lines[2] : "", lines[lines.length - 1]), String.join("\n", lines));
+        assertTrue(transactionId.startsWith("example-java-"), transactionId);
+        transactionIds.add(transactionId);
+      }
+      assertEquals(transactionIds.get(0), transactionIds.get(1), "a rerun must resend the same event");
     }
+  }
+
+  static String runQuickstart(TariffServer server) throws Exception {
+    Path java = Path.of(System.getProperty("java.home"), "bin", "java");
+    ProcessBuilder builder = new ProcessBuilder(java.toString(), "-cp", System.getProperty("java.class.path"),
+        "dev.tariff.example.Quickstart").redirectError(ProcessBuilder.Redirect.INHERIT);
+    builder.environment().put("TARIFF_TARGET", server.target());
+    builder.environment().remove("TARIFF_API_KEY");
+    Process process = builder.start();
+    String output = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+    assertEquals(true, process.waitFor(60, TimeUnit.SECONDS), "the example finished");
+    assertEquals(0, process.exitValue());
+    return output;
   }
 }

@@ -28,8 +28,8 @@ class TlsTest {
         + "\n-----END " + type + "-----\n";
   }
 
-  @Test
-  void credentialsTrustingTheServersCertificateReachIt(@TempDir Path dir) throws Exception {
+  /** A self-signed certificate for 127.0.0.1 and its key, made with the JDK's keytool: {cert, key} as PEM files. */
+  static Path[] selfSigned(Path dir) throws Exception {
     Path keystore = dir.resolve("server.p12");
     Process keytool = new ProcessBuilder(Path.of(System.getProperty("java.home"), "bin", "keytool").toString(),
         "-genkeypair", "-keyalg", "EC", "-groupname", "secp256r1", "-alias", "server", "-dname", "CN=127.0.0.1",
@@ -45,6 +45,14 @@ class TlsTest {
     Path key = dir.resolve("server.key");
     Files.writeString(cert, pem("CERTIFICATE", store.getCertificate("server").getEncoded()));
     Files.writeString(key, pem("PRIVATE KEY", store.getKey("server", "changeit".toCharArray()).getEncoded()));
+    return new Path[] {cert, key};
+  }
+
+  @Test
+  void credentialsTrustingTheServersCertificateReachIt(@TempDir Path dir) throws Exception {
+    Path[] files = selfSigned(dir);
+    Path cert = files[0];
+    Path key = files[1];
 
     ChannelCredentials trusting = TlsChannelCredentials.newBuilder().trustManager(cert.toFile()).build();
     try (TariffServer server = TariffServer.startDemoWith(trusting, "--tls-cert", cert.toString(), "--tls-key", key.toString());
@@ -52,6 +60,27 @@ class TlsTest {
         TariffClient plaintext = new TariffClient(server.target(), new TariffClient.Options().timeout(Duration.ofSeconds(2)))) {
       assertEquals(DemoEvents.CUSTOMER, secure.getBalance(DemoEvents.CUSTOMER).getCustomerId());
       Status.Code code = assertThrows(StatusRuntimeException.class, () -> plaintext.getBalance(DemoEvents.CUSTOMER)).getStatus().getCode();
+      assertEquals(Status.Code.UNAVAILABLE, code);
+    }
+  }
+
+  /** README: "TlsChannelCredentials.newBuilder().trustManager(caPem) ... plus .keyManager(certPem, keyPem) for mutual TLS". */
+  @Test
+  void aKeyManagersCertificateReachesAMutualTlsServerAndNoCertificateDoesNot(@TempDir Path dir) throws Exception {
+    Path[] files = selfSigned(dir);
+    Path cert = files[0];
+    Path key = files[1];
+    // The self-signed certificate is its own CA: the server trusts it for clients too.
+    ChannelCredentials mutual = TlsChannelCredentials.newBuilder().trustManager(cert.toFile())
+        .keyManager(cert.toFile(), key.toFile()).build();
+    ChannelCredentials serverOnly = TlsChannelCredentials.newBuilder().trustManager(cert.toFile()).build();
+    try (TariffServer server = TariffServer.startDemoWith(mutual, "--tls-cert", cert.toString(), "--tls-key", key.toString(),
+            "--tls-client-ca", cert.toString());
+        TariffClient presenting = new TariffClient(server.target(), new TariffClient.Options().credentials(mutual));
+        TariffClient anonymous = new TariffClient(server.target(),
+            new TariffClient.Options().credentials(serverOnly).timeout(Duration.ofSeconds(2)))) {
+      assertEquals(DemoEvents.CUSTOMER, presenting.getBalance(DemoEvents.CUSTOMER).getCustomerId());
+      Status.Code code = assertThrows(StatusRuntimeException.class, () -> anonymous.getBalance(DemoEvents.CUSTOMER)).getStatus().getCode();
       assertEquals(Status.Code.UNAVAILABLE, code);
     }
   }
