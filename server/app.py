@@ -44,7 +44,7 @@ from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Key
 from server.clock import drive_clock
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
-from server.errors import UndecodableRequests
+from server.errors import UndecodableRequests, send_limit
 from server.explain_index import ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
 from server.journal import JournalFormatError, JournalUnopenable, LmdbJournal
@@ -62,6 +62,7 @@ from server.services import (
     UsageService,
     wall_ms,
 )
+from server.services.common import page_bytes_within
 from server.watch import WatchHub
 
 log = logging.getLogger("tariff")
@@ -519,11 +520,19 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     watch = WatchHub(billing, sequencer)  # WatchBalance and WatchAlerts streams, woken by the writer's commits
     balance = BalanceService(billing, sequencer, watch=watch)
     balance.reservation_ttl_max_ms = round(config.reservation_ttl_max_s * 1000)
+    balance.result_bytes_max = config.message_bytes_max
     server.add_generic_rpc_handlers((balance.generic_handler(),))
-    pricing_pb2_grpc.add_PricingServiceServicer_to_server(PricingService(billing, sequencer), server)
-    contracts_pb2_grpc.add_ContractServiceServicer_to_server(ContractService(billing, sequencer), server)
-    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(billing, sequencer), server)
-    alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertService(billing, sequencer, watch=watch), server)
+    pricing = PricingService(billing, sequencer)
+    contracts = ContractService(billing, sequencer)
+    invoices = InvoiceService(billing, sequencer)
+    alerts = AlertService(billing, sequencer, watch=watch)
+    for paged in (pricing, contracts, invoices, alerts):  # so that gRPC can send every page under the message limit
+        paged.page_bytes_max = page_bytes_within(config.message_bytes_max)
+    send_limit.bytes_max = config.message_bytes_max  # and refuses a larger unpaged answer saying so
+    pricing_pb2_grpc.add_PricingServiceServicer_to_server(pricing, server)
+    contracts_pb2_grpc.add_ContractServiceServicer_to_server(contracts, server)
+    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(invoices, server)
+    alerts_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)
     return watch
 
 

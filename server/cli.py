@@ -26,7 +26,7 @@ def main() -> None:
 
     Client commands reach the server at --server (env TARIFF_SERVER, default 127.0.0.1:50051) with --api-key
     (env TARIFF_API_KEY); they print tables, or JSON with --json, and exit 1 with the server's status code and
-    message when a call fails.
+    message when a call fails, 2 for a malformed argument (before anything is sent).
     """
 
 
@@ -184,7 +184,8 @@ FUTURE_SKEW_S_MAX = 366 * 86_400
     "--reservation-ttl-max-s",
     type=click.FloatRange(min=0.001),
     default=3600.0,
-    help="the longest reservation_ttl Authorize(reserve=true) may ask; longer is INVALID_ARGUMENT",
+    help="the longest reservation_ttl Authorize(reserve=true) may ask; longer is INVALID_ARGUMENT "
+    "(a request naming none gets 60 s, or this when shorter)",
 )
 def serve(
     listen: str,

@@ -64,7 +64,13 @@ async def _drive(
         if (due_ms is not None and now_ms >= due_ms) or billing.tables_behind:
             try:
                 await sequencer.run(
-                    cmd.AdvanceClock(now_ms, CLOCK_ACTOR, alerts_evaluated=True, rollover_ids_distinct=True)
+                    cmd.AdvanceClock(
+                        now_ms,
+                        CLOCK_ACTOR,
+                        alerts_evaluated=True,
+                        rollover_ids_distinct=True,
+                        rollover_lasts_next_period=True,
+                    )
                 )
             except Unavailable:
                 return  # shutting down

@@ -16,7 +16,7 @@ from engine.errors import InvalidArgument
 from engine.formula import price_text_problem
 from engine.instants import check_instant
 from engine.ledger import Grant, GrantKind
-from engine.money import decimal_text_problem, format_decimal, format_picos
+from engine.money import decimal_text_problem, format_decimal, format_picos, parse_decimal
 from engine.products import Aggregation, Product
 from engine.ratecard import (
     Cohort,
@@ -55,6 +55,16 @@ def decimal_text(text: str, field: str) -> str:
     return text
 
 
+def written_decimal(text: str, field: str) -> str:
+    """A stored decimal text (a price or threshold as its request wrote it, "1e-2", "12.50"; or as an earlier
+    release journaled it, " 1") as the server writes decimals: no exponent, no trailing zeros ("0.01", "12.5").
+    A stored text no decimal reading takes is answered as stored: a read never fails on what was accepted once."""
+    try:
+        return format_decimal(parse_decimal(text, field, allow_negative=True))
+    except InvalidArgument:
+        return text
+
+
 def price_text(text: str, field: str) -> str:
     """A price field (a decimal or a formula, engine/formula.py price_text_problem) once its numbers are in the
     decimal grammar; INVALID_ARGUMENT naming `field` otherwise."""
@@ -81,6 +91,13 @@ def ms_of(timestamp: timestamp_pb2.Timestamp, field: str) -> int:
     ms = _valid_ms(timestamp, field)
     check_instant(ms, field)
     return ms
+
+
+def ms_up_of(timestamp: timestamp_pb2.Timestamp, field: str) -> int:
+    """`ms_of`, rounded up to a whole millisecond: an end compared with whole-millisecond instants, so that `t < end`
+    answers exactly what the Timestamp asks (t is before t + 0.5 ms, and an end 0.5 ms past an hour reaches into
+    that hour). The range is checked on the instant itself."""
+    return ms_of(timestamp, field) + (1 if timestamp.nanos % 1_000_000 else 0)
 
 
 def optional_ms(message: object, field: str, name: str = "") -> int | None:
@@ -454,16 +471,16 @@ def contract_pb(c: Contract, grants: Iterable[Grant]) -> contracts_pb2.Contract:
         overrides=[override_pb(o) for o in c.overrides],
         grants=[grant_pb(g) for g in grants],
         overage_policy=c.overage_policy.value,
-        overage_price=c.overage_price,
+        overage_price=written_decimal(c.overage_price, "overage_price"),
         currency=c.currency,
     )
     set_time(message, "ending_before", c.ending_before_ms)
     if c.top_up is not None:
         message.top_up.CopyFrom(
             contracts_pb2.TopUpPolicy(
-                threshold=c.top_up.threshold,
-                recharge_to=c.top_up.recharge_to,
-                price_per_credit=c.top_up.price_per_credit,
+                threshold=written_decimal(c.top_up.threshold, "top_up.threshold"),
+                recharge_to=written_decimal(c.top_up.recharge_to, "top_up.recharge_to"),
+                price_per_credit=written_decimal(c.top_up.price_per_credit, "top_up.price_per_credit"),
                 max_per_period=c.top_up.max_per_period,
             )
         )

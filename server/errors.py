@@ -7,6 +7,7 @@ status details. Anything else is a bug: it is logged and answered INTERNAL, neve
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -15,10 +16,19 @@ from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from engine.errors import AlreadyExists, EngineError, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from engine.errors import (
+    AlreadyExists,
+    EngineError,
+    FailedPrecondition,
+    InvalidArgument,
+    LimitReached,
+    NotFound,
+    Unimplemented,
+)
 from server import telemetry
 
 log = logging.getLogger("tariff.errors")
@@ -93,6 +103,7 @@ _CODES: list[tuple[type[EngineError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (LimitReached, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
@@ -114,11 +125,14 @@ _FIELD_BYTES_MAX = 256
 _DESCRIPTION_BYTES_MAX = 768
 
 
-def _cut(text: str, limit: int, tail: str = " …") -> str:
-    """`text` when its UTF-8 is at most `limit` bytes; else its start, at a character boundary, and `tail`."""
+def cut_text(text: str, limit: int, tail: str = " …") -> str:
+    """`text` when its UTF-8 is at most `limit` bytes; else its start, at a character boundary, and `tail`
+    (empty when `limit` leaves no room for it)."""
     encoded = text.encode()
     if len(encoded) <= limit:
         return text
+    if limit <= len(tail.encode()):
+        return ""
     return encoded[: limit - len(tail.encode())].decode(errors="ignore") + tail
 
 
@@ -126,8 +140,8 @@ def bounded_message(exc: EngineError) -> str:
     """The status message: the error's, cut to MESSAGE_BYTES_MAX bytes (saying how many violations there are)."""
     if isinstance(exc, InvalidArgument) and len(exc.violations) > 1:
         listed_by = f"; {exc.listed_by} lists them all" if exc.listed_by else ""
-        return _cut(exc.message, MESSAGE_BYTES_MAX, f" … ({len(exc.violations)} violations in all{listed_by})")
-    return _cut(exc.message, MESSAGE_BYTES_MAX)
+        return cut_text(exc.message, MESSAGE_BYTES_MAX, f" … ({len(exc.violations)} violations in all{listed_by})")
+    return cut_text(exc.message, MESSAGE_BYTES_MAX)
 
 
 def _more(count: int, listed_by: str) -> error_details_pb2.BadRequest.FieldViolation:
@@ -141,7 +155,7 @@ def _bad_request(exc: InvalidArgument, budget: int) -> error_details_pb2.BadRequ
     """The first violations that fit in `budget` bytes and, when some do not, a last one (field "") counting them."""
     every = [
         error_details_pb2.BadRequest.FieldViolation(
-            field=_cut(field, _FIELD_BYTES_MAX), description=_cut(why, _DESCRIPTION_BYTES_MAX)
+            field=cut_text(field, _FIELD_BYTES_MAX), description=cut_text(why, _DESCRIPTION_BYTES_MAX)
         )
         for field, why in exc.violations
     ]
@@ -193,6 +207,29 @@ Response = TypeVar("Response")
 Servicer = TypeVar("Servicer")
 
 
+@dataclasses.dataclass
+class SendLimit:
+    """The largest message gRPC sends (--message-mb-max; server/app.py sets it)."""
+
+    bytes_max: int = 16 * 1024 * 1024
+
+
+send_limit = SendLimit()
+
+
+def _sendable(response: Response) -> Response:
+    """A control-plane answer gRPC can send. A larger one (an unpaged answer: a revenue report of thousands of
+    customers over many periods, say) is RESOURCE_EXHAUSTED saying the limit, where gRPC would refuse to send it
+    with its own words and log an error."""
+    size = response.ByteSize() if isinstance(response, Message) else 0
+    if size > send_limit.bytes_max:
+        raise ResourceExhausted(
+            f"the answer is {size:,} bytes, more than this server sends (--message-mb-max "
+            f"{send_limit.bytes_max // 1024 // 1024} MiB): ask for less (a shorter span, one customer)"
+        )
+    return response
+
+
 def unary(
     method: Callable[[Servicer, Request, Context], Awaitable[Response]],
 ) -> Callable[[Servicer, Request, Context], Awaitable[Response]]:
@@ -208,7 +245,7 @@ def unary(
         try:
             if traced:
                 with telemetry.tracer.start_as_current_span(span_name):
-                    return await method(self, request, context)
+                    return _sendable(await method(self, request, context))
             return await method(self, request, context)
         except EngineError as exc:
             await abort(context, exc)

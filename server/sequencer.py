@@ -113,6 +113,8 @@ DEDUPE_SEGMENTS_MAX = 8
 DEDUPE_WASTE_BYTES_MIN = 64 * 1024
 # A recovery that takes longer than this says how far it got, every this often.
 RECOVERY_PROGRESS_EVERY_S = 2.0
+# A recovery reads the clock (for its progress line) at least once per this many events replayed.
+RECOVERY_PROGRESS_EVENTS = 65_536
 # A replay hands the explain index what it recorded every this many records (a bounded buffer).
 EXPLAIN_REPLAY_RECORDS = 256
 
@@ -272,7 +274,7 @@ def recover_counting(
         billing.kernel.set_explain(explain_index.covered_seq() + 1)
     records = events = journal_bytes = 0
     for seq, blob in journal.read_records(billing.last_seq):
-        progress.at(seq)
+        progress.at(seq, events)
         records += 1
         journal_bytes += len(blob)
         if explain_index is not None and seq % EXPLAIN_REPLAY_RECORDS == 0:
@@ -337,8 +339,14 @@ def _replay_rerated(billing: Billing, seq: int, done: RerationDone, fired: list[
         )
 
 
+# Commands the audit log does not record, so not admin changes for the operator's log either: reservations and the
+# clock. A top-up policy (SetTopUpPolicy, applied by the kernel too) is audited (engine/credits.py): it is one.
+_NOT_ADMIN_CHANGES = (cmd.Reserve, cmd.ReleaseReservation, cmd.AdvanceClock, cmd.ReserveBatch)
+
+
 class _RecoveryProgress:
-    """Logs `recovery: replayed N of M records` every `every_s` of a long replay; costs a clock read per 1,024."""
+    """Logs `recovery in progress replayed=N of=M ...` every `every_s` of a long replay; costs a clock read per 1,024
+    records or RECOVERY_PROGRESS_EVENTS events replayed, whichever comes first (a record may hold 10,000 events)."""
 
     def __init__(self, from_seq: int, to_seq: int, every_s: float | None) -> None:
         self.from_seq = from_seq
@@ -346,10 +354,13 @@ class _RecoveryProgress:
         self.every_s = every_s
         self.started = time.monotonic()
         self.next_at = self.started + every_s if every_s is not None else float("inf")
+        self.events_next = RECOVERY_PROGRESS_EVENTS
 
-    def at(self, seq: int) -> None:
-        if self.every_s is None or seq % 1024:
+    def at(self, seq: int, events: int) -> None:
+        """Before record `seq`, `events` events replayed so far."""
+        if self.every_s is None or (seq % 1024 and events < self.events_next):
             return
+        self.events_next = events + RECOVERY_PROGRESS_EVENTS
         now = time.monotonic()
         if now >= self.next_at:
             self.next_at = now + self.every_s
@@ -728,7 +739,13 @@ class Sequencer:
         due_ms = self.billing.kernel.next_due()
         if due_ms is None or group.now_ms < due_ms:
             return
-        command = cmd.AdvanceClock(group.now_ms, CLOCK_ACTOR, alerts_evaluated=True, rollover_ids_distinct=True)
+        command = cmd.AdvanceClock(
+            group.now_ms,
+            CLOCK_ACTOR,
+            alerts_evaluated=True,
+            rollover_ids_distinct=True,
+            rollover_lasts_next_period=True,
+        )
         submission = _Submission(command, asyncio.get_running_loop().create_future())
         submission.future.add_done_callback(_nobody_waits)
         await self._apply_command(group, submission, command)
@@ -805,7 +822,7 @@ class Sequencer:
         self, group: _Group, submission: _Submission, command: cmd.AdminCommand, seq: int, result: object
     ) -> None:
         """An applied command's record (with the alerts it fired), audit line, touched customers and answer."""
-        if not isinstance(command, cmd.KERNEL_COMMANDS):  # reservations and the clock are not admin changes
+        if not isinstance(command, _NOT_ADMIN_CHANGES):
             group.changes.append((command.actor, type(command).__name__, audit_target(command, result)))
         group.records.append((seq, encode_record(JournalRecord(command, alerts=self.billing.take_fired()))))
         group.touched.update(self.billing.touched_customers(command, result))

@@ -18,7 +18,8 @@ from engine.billing import Billing
 from server import telemetry
 from server.sequencer import Sequencer
 
-SHUTTING_DOWN = "the server is shutting down: watch again (WatchAlerts with the last seq received)"
+SHUTTING_DOWN = "the server is shutting down: watch again"  # WatchBalance: its first balance is the newest
+ALERTS_SHUTTING_DOWN = "the server is shutting down: watch again (WatchAlerts with the last seq received)"
 
 
 class Watcher:

@@ -498,13 +498,15 @@ def test_a_rerating_of_an_hour_holding_a_period_boundary_off_the_hour_is_refused
     pricing it again cannot be exact (January's line read 28 instead of 14, February's 0 instead of 16): pricing.proto
     refuses such a publish (or rollback) FAILED_PRECONDITION, naming the customer, the product and the hour, and it
     changes nothing. SimulateVersion over such an hour is refused likewise. A version effective after the boundary
-    hours publishes as usual."""
+    hours publishes as usual. (Version 2, the same price, is in force from Jan 1 before the usage, so that a rollback
+    to version 1 changes the version in force, re-rating those hours, rather than being refused as already in force.)"""
     server = server_factory()
     start = ms("2026-01-01T10:30:00")
     february = ms("2026-02-01T10:30:00")
     with server.client() as client:
         product(client, "use", dimensions=())
         card(client, [unit("use", "1")])
+        publish_price(client, 1, "1", JAN)
         customer(client, "o", start)
         events = [
             use("a1", "2026-01-01T10:45:00", 1, who="o"),
@@ -536,7 +538,7 @@ def test_a_rerating_of_an_hour_holding_a_period_boundary_off_the_hour_is_refused
         details = expect_error(S.FAILED_PRECONDITION, lambda: client.pricing.SimulateVersion(simulated))
         assert 'customer "o": product "use": the hour from 2026-01-01T10:00:00Z' in details, details
         assert [v.state for v in client.pricing.ListVersions(
-            pricing_pb2.ListVersionsRequest(rate_card_id=CARD)).versions] == [pricing_pb2.PUBLISHED, pricing_pb2.DRAFT]  # fmt: skip
+            pricing_pb2.ListVersionsRequest(rate_card_id=CARD)).versions] == [pricing_pb2.PUBLISHED, pricing_pb2.PUBLISHED, pricing_pb2.DRAFT]  # fmt: skip
         for period_ms, (entries, last) in lines.items():
             assert every_page(client, "o", "use", 0, period_ms) == (entries, last), "the refusals changed nothing"
         publish_price(client, 1, "3", ms("2026-02-01T11:00:00"))  # after every boundary hour: nothing to re-rate

@@ -227,7 +227,9 @@ def test_a_re_rating_that_cannot_read_an_override_window_off_the_hour_is_refused
     an override ending off the hour would have been applied to the whole hour). The bucket cannot tell the units used
     before 30 past from those after, so, as for a period boundary off the hour, the publish, its simulation and a
     rollback covering h1 are refused with FAILED_PRECONDITION naming the customer, the product and the hour h1 (not
-    h0: `x` matches nothing there), and change nothing. A publish from the hour after h1 re-rates nothing to refuse."""
+    h0: `x` matches nothing there), and change nothing. A publish from the hour after h1 re-rates nothing to refuse.
+    (Version 2, the same prices, is in force from h0 before the usage, so that a rollback to version 1 from h1 would
+    change the version in force there, and re-rate h1, rather than be refused as already in force.)"""
     server = server_factory()
     hour = this_hour_ms()
     h0, h1 = hour - 2 * HOUR_MS, hour - HOUR_MS
@@ -243,6 +245,7 @@ def test_a_re_rating_that_cannot_read_an_override_window_off_the_hour_is_refused
             price="9",
             starting_at=stamp(h0 + 30 * MINUTE_MS),
         )
+        publish(client, draft(client, 1, [unit("1")]), h0)
         ingest(client, work("e0", h0 + 5 * MINUTE_MS, 1))
         ingest(client, work("e1", h1 + 10 * MINUTE_MS, 4), work("e2", h1 + 40 * MINUTE_MS, 4))
         assert charges(client) == "7"
@@ -264,7 +267,7 @@ def test_a_re_rating_that_cannot_read_an_override_window_off_the_hour_is_refused
             assert f"the hour from {iso(h0)}" not in message, message
         assert charges(client) == "7"
         card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
-        assert (card.latest_version, card.current_version) == (2, 1)
+        assert (card.latest_version, card.current_version) == (3, 2)
         assert counts(publish(client, same, hour)) == (0, 0, 0, "0")
         assert charges(client) == "7"
 

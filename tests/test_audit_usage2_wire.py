@@ -471,7 +471,8 @@ def test_late_events_rate_in_their_own_open_period_and_a_closed_period_refuses_n
                 (5, "l6", REJECT.PERIOD_CLOSED),
             ],
         )
-        assert ack.rejected[0].message == f"the period starting {start_ms} is closed"
+        # The period is named as its invoice's period_start reads, not in Unix ms.
+        assert ack.rejected[0].message == f"the period starting {invoice.period_start.ToJsonString()} is closed"
         number = invoices_pb2.GetInvoiceRequest(invoice_number=invoice.invoice_number)
         assert client.invoices.GetInvoice(number).subtotal == "5"
         balance = client.get_balance("late")

@@ -21,6 +21,7 @@ period (GetBalance's period_charges)."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -351,6 +352,8 @@ def test_contract_edges_and_pricing_coverage(server: ServerProcess) -> None:
             event("r3", "early", "s", CARD_FROM_MS, {"n": 1}),
         )
         assert rejections(ack) == [(0, "r1", REJECT.NO_APPLICABLE_RATE), (1, "r2", REJECT.NO_APPLICABLE_RATE)]
+        at = datetime.fromtimestamp((CARD_FROM_MS - HOUR_MS) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert ack.rejected[0].message.endswith(f"no version in force at {at} (timestamp_ms {CARD_FROM_MS - HOUR_MS})")
         assert authorize(client, "early", "nr", {"n": 1})[:2] == (False, "NO_APPLICABLE_RATE")
 
 

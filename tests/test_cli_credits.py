@@ -65,6 +65,6 @@ def test_reserve_grants_release_and_a_top_up_policy_from_the_command_line(demo_s
         check=False,
     )
     assert bad.returncode == 1 and "INVALID_ARGUMENT: top_up.threshold" in bad.stderr
-    none = {"threshold": "", "recharge_to": "", "price_per_credit": "", "max_per_period": 0}
-    assert json.loads(tariff(demo_server, "topup", "clear", "acme-2026", "--json").stdout) == none
-    assert json.loads(tariff(demo_server, "topup", "show", "acme-2026", "--json").stdout) == none
+    # No policy: the contract's top_up is unset, so null (not a policy of 0 top-ups, which no policy can be).
+    assert json.loads(tariff(demo_server, "topup", "clear", "acme-2026", "--json").stdout) is None
+    assert json.loads(tariff(demo_server, "topup", "show", "acme-2026", "--json").stdout) is None

@@ -17,7 +17,7 @@ from engine.errors import Repeated
 from server import oplog
 from server.demo import demo_commands
 from server.journal import MemoryJournal
-from server.sequencer import JournalRecord, Sequencer, encode_record, recover
+from server.sequencer import JournalRecord, Sequencer, UsageBatch, encode_record, recover
 from tests.test_sequencer import NOW_MS, batch, event, run_with
 
 
@@ -38,6 +38,31 @@ def test_a_long_recovery_says_how_far_it_got(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.INFO, logger="tariff"):
         recover(journal)  # no interval: silent
     assert not caplog.records
+
+
+def test_a_long_recovery_of_few_large_batches_says_how_far_it_got_too(caplog: pytest.LogCaptureFixture) -> None:
+    """README: a recovery longer than 2 s says how far it got every 2 s. The clock was read once per 1,024 records
+    only, so a journal of fewer, larger records (up to 10,000 events each by default: 10 million events, seconds
+    of replay, between two reads) replayed without a line. It is read every 65,536 events replayed as well."""
+    journal = MemoryJournal()
+    events_per_batch = 40_000
+
+    async def body(sequencer: Sequencer) -> None:
+        for n in range(3):
+            ids = (f"b{n}-{i}" for i in range(events_per_batch))
+            data = usage_pb2.UsageBatch(batch_id=f"b{n}", events=[event(t) for t in ids]).SerializeToString()
+            await sequencer.run(UsageBatch(data, events_per_batch))
+
+    run_with(journal, body)
+    records_only = MemoryJournal()  # without the snapshot the writer stored at its close: every record is replayed
+    records_only.commit(list(journal.read_records(0)))
+    last_seq = records_only.last_seq()
+    assert last_seq < 1_024
+    with caplog.at_level(logging.INFO, logger="tariff"):
+        recover(records_only, progress_every_s=0.0)  # 0: a line at every check
+    progress = [r.fields for r in caplog.records if r.getMessage() == "recovery in progress"]  # type: ignore[attr-defined]
+    # Checked before each record: the third batch's record starts past 2 x 40,000 events, the second's past 40,000.
+    assert [(line["seq"], line["last_seq"]) for line in progress] == [(last_seq, last_seq)], progress
 
 
 def test_one_line_per_admin_change_and_none_for_a_retry_or_a_refusal(caplog: pytest.LogCaptureFixture) -> None:

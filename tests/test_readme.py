@@ -132,6 +132,8 @@ def check_rerun(server: ServerProcess, before: str, first: str, second: str) -> 
     """The first run records its event; the second resends it, says so, and changes no balance."""
     with server.client() as client:
         after = client.get_balance("acme").credits_remaining
+    for output in (first, second):  # what the examples' comments say: "# OK 5"
+        assert output.startswith("authorize: OK estimated cost 5\n"), f"the example's decision:\n{output}"
     assert "already recorded" not in first and "recorded" in first, f"first run:\n{first}"
     assert "rejected" not in first + second, f"first run:\n{first}\nsecond run:\n{second}"
     assert printed_balance(first) == after != before, f"before {before}, after {after}; first run:\n{first}"
@@ -186,6 +188,14 @@ def test_typescript_example_runs_as_written_and_a_rerun_is_already_recorded(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     check_rerun(demo_server, before, first, second)
+
+
+def test_the_typed_typescript_example_is_the_readmes_but_for_its_import() -> None:
+    """README: "The same example, typed, is clients/typescript/examples/quickstart.ts, compiled by every build"."""
+    (block,) = blocks("typescript")
+    typed = (TS_DIR / "examples" / "quickstart.ts").read_text()
+    code = typed[typed.index("\nimport ") + 1 :].replace('from "../src/index.js"', 'from "@tariff/client"')
+    assert code == block.code, "copy clients/typescript/examples/quickstart.ts into README.md's TypeScript example"
 
 
 @pytest.mark.parametrize("block", blocks("cli"), ids=lambda b: b.id)

@@ -43,6 +43,8 @@ def audit(
     left, it says which --after shows the next ones (in --json: next_after_seq)."""
     from tariff.v1 import pricing_pb2
 
+    if since is not None and until is not None and until <= since:
+        raise click.UsageError(f"--until {until.isoformat()} is not after --since {since.isoformat()}")
     request = pricing_pb2.GetAuditLogRequest(after_seq=after_seq, target=target, actor=by, action=action)
     if since is not None:
         request.start_time.CopyFrom(timestamp(since))

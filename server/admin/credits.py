@@ -91,7 +91,7 @@ def topup_clear(remote: Remote, contract_id: str) -> None:
 @click.argument("contract_id")
 @remote_command
 def topup_show(remote: Remote, contract_id: str) -> None:
-    """The top-up policy of CONTRACT_ID's customer (empty when none is set)."""
+    """The top-up policy of CONTRACT_ID's customer (empty when none is set; with --json: null)."""
     from tariff.v1 import contracts_pb2
 
     with remote.client() as client:
@@ -105,17 +105,18 @@ def _print_policy(remote: Remote, contract: object) -> None:
     from tariff.v1 import contracts_pb2
 
     assert isinstance(contract, contracts_pb2.Contract)
+    # Without a policy the contract's top_up is unset: JSON null and empty cells, never a made-up policy of 0 top-ups.
+    policy = contract.top_up if contract.HasField("top_up") else None
     if remote.as_json:
-        print_json(contract.top_up)
+        print_json(policy)
         return
-    policy = contract.top_up
     print_fields(
         [
             ("contract", contract.id),
-            ("threshold", policy.threshold),
-            ("recharge to", policy.recharge_to),
-            ("price per credit", policy.price_per_credit),
-            ("max per period", policy.max_per_period),
+            ("threshold", policy.threshold if policy else None),
+            ("recharge to", policy.recharge_to if policy else None),
+            ("price per credit", policy.price_per_credit if policy else None),
+            ("max per period", policy.max_per_period if policy else None),
         ]
     )
 
@@ -150,7 +151,10 @@ DURATION_SECONDS = DurationSeconds()
 @click.option("--value", "values", multiple=True, metavar="NAME=NUMBER", help="a measured quantity (repeatable)")
 @click.option("--id", "reservation_id", default="", help="the reservation id (a retry with it holds once)")
 @click.option(
-    "--ttl-s", type=DURATION_SECONDS, default=None, help="seconds the hold lasts unless settled  [default: 60]"
+    "--ttl-s",
+    type=DURATION_SECONDS,
+    default=None,
+    help="seconds the hold lasts unless settled  [default: 60, or the server's maximum when shorter]",
 )
 @remote_command
 def reserve(

@@ -78,7 +78,7 @@ def show_customer(remote: Remote, customer_id: str) -> None:
 @click.option("--attr", "attributes", multiple=True, metavar="KEY=VALUE", help="an attribute (repeatable)")
 @remote_command
 def create_customer(remote: Remote, customer_id: str, name: str, attributes: tuple[str, ...]) -> None:
-    """Create a customer (id: letters, digits and ._:- , at most 128 bytes)."""
+    """Create a customer (id: 1-128 letters, digits and ._:@-)."""
     from tariff.v1 import contracts_pb2
 
     request = contracts_pb2.CreateCustomerRequest(

@@ -9,6 +9,7 @@ protobuf are imported when something is printed, not when the command line is pa
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -103,11 +104,15 @@ def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
 
 
 def parse_numbers(items: Iterable[str], what: str) -> dict[str, float]:
-    """`name=number` arguments (usage values, which the wire carries as doubles)."""
+    """`name=number` arguments (usage values, which the wire carries as doubles): finite, as the server takes them
+    (nan, inf and 1e400, which float() reads as inf, are usage errors here, not calls the server refuses)."""
     numbers: dict[str, float] = {}
     for key, value in parse_pairs(items, what).items():
         try:
-            numbers[key] = float(value)
+            number = float(value)
         except ValueError:
             raise click.BadParameter(f"{key}={value!r}: the value is not a number", param_hint=what) from None
+        if not math.isfinite(number):
+            raise click.BadParameter(f"{key}={value!r}: the value is not a finite number", param_hint=what)
+        numbers[key] = number
     return numbers

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 EXIT_ERROR = 1
+# What an API key may hold: `tariff keys new` makes URL-safe base64; gRPC metadata carries visible ASCII only.
+API_KEY_PATTERN = re.compile(r"^[!-~]*$")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,48 @@ def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
     sys.exit(status)
 
 
+def checked_server(_ctx: click.Context, _param: click.Parameter, server: str) -> str:
+    """--server must name one: an empty one is a usage error, not a channel gRPC fails to make (UNKNOWN)."""
+    if not server.strip():
+        raise click.BadParameter("is empty: give HOST:PORT")
+    return server
+
+
+def checked_actor(_ctx: click.Context, _param: click.Parameter, actor: str | None) -> str | None:
+    """--actor (or TARIFF_ACTOR) as the wire's x-actor grammar has it (proto AuditEntry.actor); another value is a
+    usage error here, not a call that fails (gRPC cannot send a character outside ASCII at all)."""
+    if not actor:
+        return actor
+    from server.auth import ACTOR_PATTERN
+
+    if not ACTOR_PATTERN.match(actor):
+        raise click.BadParameter(f"{actor[:32]!r} is not 1-128 letters, digits and ._:@- (an x-actor)")
+    return actor
+
+
+def checked_api_key(_ctx: click.Context, _param: click.Parameter, api_key: str | None) -> str | None:
+    """--api-key (or TARIFF_API_KEY): visible ASCII, as a key `tariff keys new` made is; gRPC cannot send another."""
+    if api_key and not API_KEY_PATTERN.match(api_key):
+        raise click.BadParameter("holds a character no API key has (keys are visible ASCII)")
+    return api_key
+
+
+def refuse_text_not_utf8(arguments: dict[str, Any]) -> None:
+    """A usage error for an argument that is no UTF-8 text (bytes from a Latin-1 terminal reach Python as lone
+    surrogates, which no request can carry): before anything is sent, not a traceback when a request is built."""
+    ctx = click.get_current_context()
+    for name, value in arguments.items():
+        for text in value if isinstance(value, tuple) else (value,):
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                param = next((p for p in ctx.command.params if p.name == name), None)
+                shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                raise click.BadParameter(f"'{shown}' is not UTF-8 text", ctx=ctx, param=param) from None
+
+
 def until_interrupted(command: Callable[..., None]) -> Callable[..., None]:
     """For a command that follows a stream until Ctrl-C: the interrupt is how it ends, so status 0 and no "Aborted!"."""
 
@@ -110,9 +155,15 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         envvar="TARIFF_SERVER",
         default=DEFAULT_SERVER,
         show_default=True,
+        callback=checked_server,
         help="host:port of the Tariff server (env TARIFF_SERVER)",
     )
-    @click.option("--api-key", envvar="TARIFF_API_KEY", help="API key, sent as a bearer token (env TARIFF_API_KEY)")
+    @click.option(
+        "--api-key",
+        envvar="TARIFF_API_KEY",
+        callback=checked_api_key,
+        help="API key, sent as a bearer token (env TARIFF_API_KEY)",
+    )
     @click.option(
         "--tls-ca",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -135,8 +186,9 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
     @click.option(
         "--actor",
         envvar="TARIFF_ACTOR",
-        help="who the audit log records for the changes (sent as x-actor; with an API key: PERSON via KEY) "
-        "(env TARIFF_ACTOR)",
+        callback=checked_actor,
+        help="who the audit log records for the changes: 1-128 letters, digits and ._:@- (sent as x-actor; with an "
+        "API key: PERSON via KEY) (env TARIFF_ACTOR)",
     )
     @functools.wraps(command)
     def run(
@@ -149,6 +201,7 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         actor: str | None,
         **kwargs: Any,
     ) -> None:
+        refuse_text_not_utf8({"server": server, **kwargs})
         if (tls_cert is None) != (tls_key is None):
             raise click.UsageError("--tls-cert and --tls-key go together (the client's certificate for mutual TLS)")
         # Before grpc loads: gRPC core's own log lines (`ssl_utils.cc ... TSI_INVALID_ARGUMENT` for a CA file that is

@@ -7,7 +7,7 @@ import click
 
 from server.admin.invoices import month_range
 from server.admin.output import print_fields, print_json, print_table, when
-from server.admin.remote import Remote, remote_command
+from server.admin.remote import Remote, fail, remote_command
 
 
 def month_start_ms(month: str, option: str, *, after: bool = False) -> int:
@@ -30,6 +30,8 @@ def revenue(remote: Remote, first: str, last: str | None, customer_id: str) -> N
     start, end = Timestamp(), Timestamp()
     start.FromMilliseconds(month_start_ms(first, "--from"))
     end.FromMilliseconds(month_start_ms(last or first, "--to" if last else "--from", after=True))
+    if end.ToMilliseconds() <= start.ToMilliseconds():
+        fail(f"--to {last} is before --from {first}: give the first month, then the last", 2)
     request = invoices_pb2.GetRevenueReportRequest(period_start=start, period_end=end, customer_id=customer_id)
     with remote.client() as client:
         found = client.invoices.GetRevenueReport(request)

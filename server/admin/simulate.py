@@ -30,6 +30,8 @@ def simulate(
     customer and product, and in all; changes nothing."""
     from tariff.v1 import pricing_pb2
 
+    if period_end <= period_start:
+        raise click.UsageError(f"--to {period_end.isoformat()} is not after --from {period_start.isoformat()}")
     request = pricing_pb2.SimulateVersionRequest(
         rate_card_id=rate_card_id,
         version=version,

@@ -9,7 +9,7 @@ lowerCamel JSON names), for example:
 (on one line; blank lines are skipped). Events go through the Python client's UsageBatcher over one
 IngestUsage stream, which reconnects and resends unacknowledged batches with the same transaction ids, so the
 server counts a resent event as a duplicate, never twice; sending the same file again is safe for the same
-reason. A line that is not such an object stops the reading: the events before it are sent and summed up,
+reason. A line that is not such an object (one naming a field twice included) stops the reading: the events before it are sent and summed up,
 the line is named, and the exit status is 2.
 """
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tariff.v1 import usage_pb2
 
 LINES_PER_READ = 1_000
-EXAMPLES_KEPT = 100
+EXAMPLES_KEPT = 100  # rejections kept for the summary, and the first of every reason besides
 EXIT_BAD_INPUT = 2
 
 
@@ -70,7 +70,8 @@ class Tally:
         for rejection in ack.rejected:
             reason = usage_pb2.RejectReason.Name(rejection.reason)
             self.by_reason[reason] += 1
-            if len(self.examples) < EXAMPLES_KEPT:
+            # The first of each reason is kept even past EXAMPLES_KEPT: the summary names it.
+            if len(self.examples) < EXAMPLES_KEPT or self.by_reason[reason] == 1:
                 self.examples.append(
                     {"transaction_id": rejection.transaction_id, "reason": reason, "message": rejection.message}
                 )
@@ -78,15 +79,38 @@ class Tally:
             self.on_progress(ack.accepted + ack.duplicates + len(ack.rejected))
 
 
-def parse_line(number: int, line: str) -> usage_pb2.UsageEvent | None:
-    """One input line as a UsageEvent; None for a blank line."""
+class FieldTwice(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"names {name!r} twice")
+
+
+def unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose every name is given once: with two transaction ids (or customers, or values of one
+    dimension) in a line, the event it means is not known, so it is no event rather than a guess at one."""
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise FieldTwice(name)
+        document[name] = value
+    return document
+
+
+def parse_line(number: int, raw: bytes) -> usage_pb2.UsageEvent | None:
+    """One input line (its bytes: one that is no UTF-8 is named, as any line that is no event) as a UsageEvent;
+    None for a blank line."""
     from google.protobuf import json_format
     from tariff.v1 import usage_pb2
 
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadLine(number, f"not UTF-8 text ({exc.reason} at byte {exc.start + 1})") from None
     if not line.strip():
         return None
     try:
-        document = json.loads(line)
+        document = json.loads(line, object_pairs_hook=unique_fields)
+    except FieldTwice as exc:
+        raise BadLine(number, str(exc)) from None
     except ValueError as exc:
         raise BadLine(number, f"not JSON ({exc})") from None
     if not isinstance(document, dict):
@@ -97,7 +121,7 @@ def parse_line(number: int, line: str) -> usage_pb2.UsageEvent | None:
         raise BadLine(number, str(exc)) from None
 
 
-def read_chunks(source: IO[str]) -> Iterator[list[tuple[int, str]]]:
+def read_chunks(source: IO[bytes]) -> Iterator[list[tuple[int, bytes]]]:
     numbered = enumerate(source, start=1)
     while chunk := list(itertools.islice(numbered, LINES_PER_READ)):
         yield chunk
@@ -110,7 +134,7 @@ class Sending:
     retry_s: float
 
 
-async def stream_events(remote: Remote, source: IO[str], tally: Tally, sending: Sending) -> None:
+async def stream_events(remote: Remote, source: IO[bytes], tally: Tally, sending: Sending) -> None:
     """Reads, batches and streams every event; returns once every batch is acknowledged."""
     import asyncio
 
@@ -188,7 +212,7 @@ def usage() -> None:
 
 
 @usage.command("send")
-@click.argument("source", type=click.File("r"), default="-")
+@click.argument("source", type=click.File("rb"), default="-")
 @click.option(
     "--batch-events", type=click.IntRange(1, 10_000), default=1_000, show_default=True, help="events per batch"
 )
@@ -207,7 +231,7 @@ def usage() -> None:
 )
 @remote_command
 def send(
-    remote: Remote, source: IO[str], batch_events: int, in_flight: int, retry_s: float, progress: bool | None
+    remote: Remote, source: IO[bytes], batch_events: int, in_flight: int, retry_s: float, progress: bool | None
 ) -> None:
     """Send the events of SOURCE, a JSON-lines file (`-` or none: stdin), one UsageEvent per line.
 
@@ -218,7 +242,7 @@ def send(
 
     Prints what the server answered: accepted, duplicates (already recorded: sending a file twice is
     safe), and rejected events by reason. Exit status 1 when an event was rejected, 2 for a line
-    that is not an event.
+    that is not an event (one naming a field twice included).
     """
     import asyncio
     import logging

@@ -127,7 +127,11 @@ def draft(
         based_on_version=base,
         set_parameters=parse_pairs(set_parameters, "--set"),
         remove_parameters=remove_parameters,
-        upsert_rates=parse_json_messages([*rates, *rates_of_file(rates_file)], pricing_pb2.Rate, "--rate"),
+        upsert_rates=[
+            *parse_json_messages(list(rates), pricing_pb2.Rate, "--rate"),
+            # A file's bad rate is named by the file and its place in it, not counted on from the --rate options.
+            *parse_json_messages(rates_of_file(rates_file), pricing_pb2.Rate, f"--rates {rates_file}"),
+        ],
         remove_rates=parse_json_messages(list(remove_rates), pricing_pb2.RateKey, "--remove-rate"),
         change_note=note,
     )

@@ -15,7 +15,7 @@ from server import auth, convert
 from server.errors import OutOfRange, Unavailable, streaming, unary
 from server.sequencer import Sequencer
 from server.services.common import Context, SortedKeys, _Base, _fitted, _page, actor_of, wall_ms
-from server.watch import SHUTTING_DOWN, WatchHub
+from server.watch import ALERTS_SHUTTING_DOWN, WatchHub
 
 # Alerts read from the log between two sends of the stream's loop.
 WATCH_PAGE_ALERTS = 256
@@ -92,7 +92,7 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
         else:
             ids = sorted(i for i, rule in rules.items() if _watches_one_of(rule, allowed))
         page, next_token = _page(ids, request.page_size, request.page_token)
-        listed, next_token = _fitted([alert_rule_pb(rules[i]) for i in page], page, next_token)
+        listed, next_token = _fitted([alert_rule_pb(rules[i]) for i in page], page, next_token, self.page_bytes_max)
         return alerts_pb2.ListAlertRulesResponse(rules=listed, next_page_token=next_token)
 
     @streaming
@@ -116,7 +116,7 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
                 if len(page) < WATCH_PAGE_ALERTS:
                     await watcher.changed()
                 if self.watch.closing:
-                    raise Unavailable(SHUTTING_DOWN)
+                    raise Unavailable(ALERTS_SHUTTING_DOWN)
 
     def _alerts_after(self, after: int, asked: int) -> list[alerts.FiredAlert]:
         book = self.engine.state.alerts  # read afresh: a rebuild from the journal replaces the state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
 import time
@@ -19,7 +20,7 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing, RequestIdTooLong
-from engine.billing import Billing
+from engine.billing import BalanceView, Billing
 from engine.control import TEXT_BYTES_MAX, check_reference
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
@@ -42,10 +43,11 @@ from server.services.common import (
     actor_of,
     wall_ms,
 )
-from server.watch import SHUTTING_DOWN, WatchHub
+from server.services.usage import fitted_answer
+from server.watch import SHUTTING_DOWN, Watcher, WatchHub
 
-# A reservation's TTL when the request gives none, and the most a request may ask (`tariff serve
-# --reservation-ttl-max-s`).
+# A reservation's TTL when the request gives none (the most a request may ask instead, when that is shorter),
+# and that most (`tariff serve --reservation-ttl-max-s`).
 RESERVATION_TTL_DEFAULT_MS = 60_000
 RESERVATION_TTL_MAX_MS_DEFAULT = 3_600_000
 # AuthorizeBatches messages of one stream waiting for their holds' commit before the stream stops reading more.
@@ -66,14 +68,26 @@ def seconds_text(ms: int) -> str:
     return f"{ms // 1000}.{ms % 1000:03d}".rstrip("0").rstrip(".")
 
 
+def fitted_result(result: bytes, bytes_max: int) -> bytes:
+    """The AuthorizeBatchResult the kernel encoded, so that gRPC can send it (`bytes_max`, --message-mb-max), as
+    server/services/usage.py fits an IngestAck: as it is when it fits (almost always); else with each answer's
+    message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that is still too large, left out. An answer's messages
+    can make it larger than its request (each may quote the customer_id): request ids, decisions and amounts stay
+    whole, so that the gateway gets every decision, and the holds of the message (committed) their ids."""
+    return fitted_answer(result, bytes_max, balance_pb2.AuthorizeBatchResult.FromString, lambda r: r.responses)
+
+
 class _Holding:
     """An AuthorizeBatches message waiting for its holds: the writer's future, then the message's answer."""
 
-    __slots__ = ("future", "holding")
+    __slots__ = ("future", "holding", "result_bytes_max")
 
-    def __init__(self, holding: HoldingBatch, future: asyncio.Future[tuple[int, object]]) -> None:
+    def __init__(
+        self, holding: HoldingBatch, future: asyncio.Future[tuple[int, object]], result_bytes_max: int
+    ) -> None:
         self.holding = holding
         self.future = future
+        self.result_bytes_max = result_bytes_max
 
     def done(self) -> bool:
         return self.future.done()
@@ -81,7 +95,7 @@ class _Holding:
     def result(self) -> bytes:
         _, held = self.future.result()
         assert isinstance(held, credits.HeldBatch)
-        return self.holding.finish(held.responses)
+        return fitted_result(self.holding.finish(held.responses), self.result_bytes_max)
 
     async def wait(self) -> bytes:
         await asyncio.wait([self.future])
@@ -154,6 +168,8 @@ class BalanceService(_Base):
         return convert.balance_pb(self.billing.balance(request.customer_id, self.clock_ms()))
 
     reservation_ttl_max_ms = RESERVATION_TTL_MAX_MS_DEFAULT
+    # gRPC sends no larger AuthorizeBatchResult: set from --message-mb-max (server/app.py).
+    result_bytes_max = 16 * 1024 * 1024
 
     def _decide(self, request: balance_pb2.AuthorizeRequest) -> balance_pb2.AuthorizeResponse:
         if request.reservation_id and not request.reserve:
@@ -176,7 +192,8 @@ class BalanceService(_Base):
 
     def _ttl_ms(self, request: balance_pb2.AuthorizeRequest) -> int:
         if not request.HasField("reservation_ttl"):
-            return RESERVATION_TTL_DEFAULT_MS
+            # A request naming no TTL asked for none: the default, or the server's maximum when that is shorter.
+            return min(RESERVATION_TTL_DEFAULT_MS, self.reservation_ttl_max_ms)
         ttl_ms = convert.duration_ms(request.reservation_ttl, "reservation_ttl")
         if ttl_ms <= 0:
             raise InvalidArgument.field("reservation_ttl", "must be positive")
@@ -359,9 +376,10 @@ class BalanceService(_Base):
             # One sample per message (its mean per decision): a sample per decision would cost more than one.
             telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6 / decisions)
         if isinstance(result, bytes):
-            return result
+            return fitted_result(result, self.result_bytes_max)
         command = cmd.ReserveBatch(now_ms, actor_of(context), result.requests)
-        return _Holding(result, self.sequencer.submit(command, check_deadline(auth.current_call.get())))
+        future = self.sequencer.submit(command, check_deadline(auth.current_call.get()))
+        return _Holding(result, future, self.result_bytes_max)
 
     @unary
     async def ReleaseReservation(
@@ -391,10 +409,28 @@ class BalanceService(_Base):
         with self.watch.watch_balance(customer_id) as watcher:
             sent = None
             while True:
-                balance = convert.balance_pb(self.billing.balance(customer_id, self.clock_ms()))
+                now_ms = self.clock_ms()
+                view = self.billing.balance(customer_id, now_ms)
+                balance = convert.balance_pb(view)
                 if balance != sent:
                     yield balance
                     sent = balance
-                await watcher.changed()
+                await _changed_or_started(watcher, _next_grant_start_ms(view, now_ms), self.clock_ms)
                 if self.watch.closing:
                     raise Unavailable(SHUTTING_DOWN)
+
+
+def _next_grant_start_ms(view: BalanceView, now_ms: int) -> int | None:
+    """When the customer's next grant not started yet starts: its credit joins the balance then, a change no record
+    marks (nothing is due in the kernel), so the watcher looks again at that instant."""
+    starts = [gv.grant.starts_at_ms for gv in view.grants if gv.grant.starts_at_ms > now_ms]
+    return min(starts, default=None)
+
+
+async def _changed_or_started(watcher: Watcher, start_ms: int | None, clock_ms: Callable[[], int]) -> None:
+    """Returns once the watcher is woken, or once `start_ms` (a grant's start) has passed."""
+    if start_ms is None:
+        await watcher.changed()
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(watcher.changed(), max(start_ms + 1 - clock_ms(), 0) / 1000)

@@ -31,9 +31,11 @@ USAGE_SERVICE = "tariff.v1.UsageService"
 BALANCE_SERVICE = "tariff.v1.BalanceService"
 PAGE_SIZE_MAX = 1_000
 # A page's items take at most this many bytes: what a gRPC client reads by default (4 MiB), so that a page of large
-# items (a customer's attributes reach 33 KB, an invoice's lines more) is readable by any client, and under the
-# server's own message limit. A page cut short by it still has its next_page_token.
+# items (a customer's attributes reach 33 KB, an invoice's lines more) is readable by any client. A page cut short by
+# it still has its next_page_token.
 PAGE_BYTES_MAX = 4 * 1024 * 1024
+# What a page's answer holds besides its items (its next token, counts), kept out of a lowered --message-mb-max.
+PAGE_FRAME_BYTES = 64 * 1024
 ACTOR_DEFAULT = auth.ACTOR_ANONYMOUS
 PAGE_TOKEN_NOT_ISSUED = (
     "is not a next_page_token this list issued for this request: pass the previous page's next_page_token "
@@ -51,7 +53,16 @@ def actor_of(context: Context) -> str:
     return auth.actor(auth.actor_named(context.invocation_metadata()))
 
 
+def page_bytes_within(message_bytes_max: int) -> int:
+    """The bytes a page's items may take under the server's message limit (--message-mb-max): PAGE_BYTES_MAX, less
+    when the limit is lower, so that gRPC can always send the page (it refuses a larger message whole)."""
+    return max(1, min(PAGE_BYTES_MAX, message_bytes_max - PAGE_FRAME_BYTES))
+
+
 class _Base:
+    # A page's items take at most this many bytes (server/app.py sets it from --message-mb-max).
+    page_bytes_max = PAGE_BYTES_MAX
+
     def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
         self.billing = billing
         self.engine = billing.engine  # the control plane; the same object for the server's life
@@ -139,14 +150,22 @@ def _page(
 Item = TypeVar("Item", bound=Message)
 
 
-def _fitted(items: list[Item], page: list[str], next_token: str) -> tuple[list[Item], str]:
-    """A page's messages cut to the first that fit PAGE_BYTES_MAX (at least one), and the token to go on from: the
-    last one kept's id (`page` holds each item's id) when cut, else `next_token`."""
+def _fitting(items: list[Item], bytes_max: int) -> int:
+    """How many of a page's messages, from the first, fit `bytes_max` (at least one)."""
     total_bytes = 0
     for count, item in enumerate(items):
         total_bytes += item.ByteSize() + 8  # the field's tag and length prefix take at most 8 more
-        if total_bytes > PAGE_BYTES_MAX and count > 0:
-            return items[:count], page[count - 1]
+        if total_bytes > bytes_max and count > 0:
+            return count
+    return len(items)
+
+
+def _fitted(items: list[Item], page: list[str], next_token: str, bytes_max: int) -> tuple[list[Item], str]:
+    """A page's messages cut to the first that fit `bytes_max` (at least one), and the token to go on from: the
+    last one kept's id (`page` holds each item's id) when cut, else `next_token`."""
+    count = _fitting(items, bytes_max)
+    if count < len(items):
+        return items[:count], page[count - 1]
     return items, next_token
 
 

@@ -15,7 +15,7 @@ from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer, Override
 from engine.control import TEXT_BYTES_MAX, check_reference
-from engine.customers import OVERRIDES_PER_CONTRACT_MAX, override_id
+from engine.customers import OVERRIDES_PER_CONTRACT_MAX, override_id, overrides_full
 from engine.errors import InvalidArgument
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
@@ -62,7 +62,9 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         allowed = auth.allowed_customers()  # a restricted key sees its own only
         ids = self._customer_ids.of(customers) if allowed is None else sorted(c for c in allowed if c in customers)
         page, next_token = _page(ids, request.page_size, request.page_token)
-        listed, next_token = _fitted([convert.customer_pb(customers[i]) for i in page], page, next_token)
+        listed, next_token = _fitted(
+            [convert.customer_pb(customers[i]) for i in page], page, next_token, self.page_bytes_max
+        )
         return contracts_pb2.ListCustomersResponse(customers=listed, next_page_token=next_token)
 
     @unary
@@ -116,7 +118,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         product = self.engine.state.products.get(override.product_id)
         if product is not None:  # unknown: the engine refuses it as "unknown product"
             _check_override_match(override, product)
-        command = cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override)
+        command = cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override, overrides_bounded=True)
         contract_now = self.engine.state.contracts.get(request.contract_id)
         if contract_now is not None:  # unknown: the engine refuses it as NOT_FOUND
             _check_room_for_override(contract_now, command)
@@ -203,10 +205,7 @@ def _check_room_for_override(contract: Contract, command: cmd.AddOverride) -> No
         return
     if override_id(command) in {o.id for o in contract.overrides}:
         return
-    raise ResourceExhausted(
-        f"contract {contract.id!r} holds {len(contract.overrides)} overrides, the most a contract may hold "
-        f"({OVERRIDES_PER_CONTRACT_MAX}): no more can be added"
-    )
+    raise ResourceExhausted(overrides_full(contract))
 
 
 def _threshold_text(request: contracts_pb2.SetTopUpPolicyRequest) -> str:

@@ -122,7 +122,7 @@ def invoice_pb(invoice: Invoice) -> invoices_pb2.Invoice:
         subtotal=format_picos(invoice.subtotal_picos),
         minor_unit=places,
         rounding_adjustment=minor_text(invoice.rounding_adjustment_minor, places),
-        overage_price=invoice.overage_price,
+        overage_price=convert.written_decimal(invoice.overage_price, "overage_price"),
         contract_id=invoice.contract_id,
     )
     for line in invoice.lines:
@@ -222,7 +222,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
 
         keep = None if start is None and before is None else in_window
         page, token = _page(numbers, request.page_size, request.page_token, keep)
-        invoices, token = _fitted([invoice_pb(self.engine.invoice(n)) for n in page], page, token)
+        invoices, token = _fitted([invoice_pb(self.engine.invoice(n)) for n in page], page, token, self.page_bytes_max)
         return invoices_pb2.ListInvoicesResponse(invoices=invoices, next_page_token=token)
 
     @unary

@@ -37,6 +37,7 @@ from server.services.common import (
     Context,
     _Base,
     _fitted,
+    _fitting,
     _page,
     _required,
     actor_of,
@@ -83,7 +84,9 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         cards = self.engine.state.rate_cards
         page, next_token = _page(sorted(cards), request.page_size, request.page_token)
         now_ms = self.clock_ms()
-        listed, next_token = _fitted([convert.rate_card_pb(cards[i], now_ms) for i in page], page, next_token)
+        listed, next_token = _fitted(
+            [convert.rate_card_pb(cards[i], now_ms) for i in page], page, next_token, self.page_bytes_max
+        )
         return pricing_pb2.ListRateCardsResponse(rate_cards=listed, next_page_token=next_token)
 
     @unary
@@ -126,6 +129,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             rerate_holds_in_time=True,
             rerate_top_ups_in_time=True,
             override_hours_refused=True,
+            rerate_carries_earlier_hours=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -183,6 +187,9 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             )
             for entry in found
         ]
+        kept = _fitting(entries, self.page_bytes_max)  # a diff reaches 64 KiB: 1,000 of them would not send
+        if kept < len(entries):
+            entries, next_after_seq = entries[:kept], entries[kept - 1].seq
         return pricing_pb2.GetAuditLogResponse(entries=entries, next_after_seq=next_after_seq)
 
     @unary
@@ -202,6 +209,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             rerate_holds_in_time=True,
             rerate_top_ups_in_time=True,
             override_hours_refused=True,
+            rerate_carries_earlier_hours=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -228,7 +236,8 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         check_simulated_customers(self.engine.state.customers, request.customer_ids)  # NotFound naming each
         start_ms, end_ms = (
             convert.ms_of(request.period_start, "period_start"),
-            convert.ms_of(request.period_end, "period_end"),
+            # Rounded up: an end half a millisecond past an hour reaches into that hour, and is after a start on it.
+            convert.ms_up_of(request.period_end, "period_end"),
         )
         self.billing.refresh_tables()
         table = simulation_table(self.engine.state, request.rate_card_id, request.version, start_ms, end_ms)

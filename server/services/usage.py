@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from tariff.v1 import usage_pb2
 
 from engine.billing import Billing, Ingested
@@ -14,6 +16,7 @@ from server import auth, oplog
 from server.errors import (
     DeadlineExceeded,
     check_deadline,
+    cut_text,
     streaming,
     unary,
 )
@@ -185,26 +188,24 @@ def fitted_ack(ack: bytes, bytes_max: int) -> bytes:
     escaped); else with each rejection's and notice's message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that
     is still too large, left out. Counts, indexes, reasons and transaction ids stay whole: a batch whose ack
     could not be sent was committed all the same, and every resend would fail alike, its outcome never known."""
-    if len(ack) <= bytes_max:
-        return ack
-    fitted = usage_pb2.IngestAck.FromString(ack)
+    return fitted_answer(ack, bytes_max, usage_pb2.IngestAck.FromString, lambda a: [*a.rejected, *a.notices])
+
+
+Answer = TypeVar("Answer", bound=Message)
+
+
+def fitted_answer(
+    encoded: bytes, bytes_max: int, decode: Callable[[bytes], Answer], carriers: Callable[[Answer], Iterable[Any]]
+) -> bytes:
+    """An answer the kernel encoded, within `bytes_max`: as it is when it fits; else with the `message` of each of
+    its `carriers` cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that is still too large, left out."""
+    if len(encoded) <= bytes_max:
+        return encoded
+    fitted = decode(encoded)
     for limit in (ACK_MESSAGE_BYTES_MAX, 0):
-        for rejection in fitted.rejected:
-            rejection.message = _cut(rejection.message, limit)
-        for notice in fitted.notices:
-            notice.message = _cut(notice.message, limit)
+        for carrier in carriers(fitted):
+            carrier.message = cut_text(carrier.message, limit)
         encoded = fitted.SerializeToString()
         if len(encoded) <= bytes_max:
             break
     return encoded
-
-
-def _cut(text: str, limit: int, tail: str = " …") -> str:
-    """`text` when its UTF-8 is at most `limit` bytes; else its start, at a character boundary, and `tail`
-    (empty when `limit` leaves no room for it)."""
-    encoded = text.encode()
-    if len(encoded) <= limit:
-        return text
-    if limit <= len(tail.encode()):
-        return ""
-    return encoded[: limit - len(tail.encode())].decode(errors="ignore") + tail
