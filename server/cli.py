@@ -49,9 +49,10 @@ def main() -> None:
     """Tariff: a billing runtime for usage-priced products.
 
     Client commands reach the server at --server (env TARIFF_SERVER, default 127.0.0.1:50051) with --api-key
-    (env TARIFF_API_KEY); they print tables, or JSON with --json, and exit 1 with the server's status code and
-    message when a call fails, 2 for a malformed argument (before anything is sent), 141 when stdout's reader
-    stopped reading (`| head -1`).
+    (env TARIFF_API_KEY) and wait --timeout-s (env TARIFF_TIMEOUT_S, default 10) for each answer; they print
+    tables, or JSON with --json, and exit 1 with the server's status code and message when a call fails, 2 for a
+    malformed argument (before anything is sent), 3 when the server was not reached (UNAVAILABLE) or did not answer
+    in time (DEADLINE_EXCEEDED), 141 when stdout's reader stopped reading (`| head -1`).
     """
 
 

@@ -4,21 +4,28 @@ server processes on their own 127.0.0.1 ports:
 - output piped into a reader that closes early (`tariff customers list | head -1`): the command ends quietly with
   exit status 141 (128 + SIGPIPE, what the shell reports for `yes | head -1`), nothing on stderr; it exited 1, the
   status of a failed call, so a script could not tell the two apart;
+- `--timeout-s` (env TARIFF_TIMEOUT_S) bounds every unary call: a server that does not answer ends the command with
+  one line naming DEADLINE_EXCEEDED and the option, and one that cannot be reached with one UNAVAILABLE line, both
+  exit status 3 (distinct from 1, a call the server refused, and 2, a malformed argument); zero, negative,
+  non-numeric and non-finite values are usage errors naming the option.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.serverproc import REPO_ROOT, ServerProcess
+from tests.serverproc import REPO_ROOT, ServerProcess, free_port
 from tests.test_cli import TARIFF, tariff, usage_lines
 
 EXIT_BROKEN_PIPE = 141
+EXIT_NO_ANSWER = 3
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +91,68 @@ def test_a_reader_that_takes_everything_still_gets_status_0(demo: ServerProcess)
     done = tariff(demo, "customers", "list", "--json")
     assert "acme" in [c["id"] for c in json.loads(done.stdout)["customers"]]
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf", "", "86401"])
+def test_a_timeout_that_is_not_a_positive_number_of_seconds_is_a_usage_error(demo: ServerProcess, value: str) -> None:
+    done = tariff(demo, "balance", "acme", "--timeout-s", value, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "--timeout-s" in done.stderr
+
+
+def test_the_timeout_from_the_environment_is_checked_as_the_option_is(demo: ServerProcess) -> None:
+    done = tariff(demo, "balance", "acme", env={"TARIFF_TIMEOUT_S": "0"}, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "--timeout-s" in done.stderr
+
+
+def test_a_valid_timeout_answers_as_usual(demo: ServerProcess) -> None:
+    done = tariff(demo, "balance", "acme", "--json", "--timeout-s", "30")
+    assert json.loads(done.stdout)["customer_id"] == "acme"
+    done = tariff(demo, "balance", "acme", "--json", env={"TARIFF_TIMEOUT_S": "2.5"})
+    assert json.loads(done.stdout)["customer_id"] == "acme"
+
+
+def test_every_client_command_documents_the_timeout_and_its_default(demo: ServerProcess) -> None:
+    for args in (("balance",), ("customers", "list"), ("alerts", "create"), ("usage", "send")):
+        shown = tariff(demo, *args, "--help").stdout
+        assert "--timeout-s" in shown and "TARIFF_TIMEOUT_S" in shown and "default: 10" in shown, shown
+
+
+@pytest.fixture
+def stopped(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server that accepts connections (the kernel does, into the listen backlog) but answers nothing: SIGSTOP."""
+    server = ServerProcess(tmp_path / "data", demo=True)
+    server.start()
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield server
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.stop()
+
+
+def test_a_server_that_does_not_answer_is_one_deadline_line_and_status_3(stopped: ServerProcess) -> None:
+    done = tariff(stopped, "balance", "acme", "--timeout-s", "0.5", check=False)
+    assert done.returncode == EXIT_NO_ANSWER, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("tariff: DEADLINE_EXCEEDED: ") and "--timeout-s 0.5" in lines[0], lines
+
+
+def test_a_server_that_cannot_be_reached_is_one_unavailable_line_and_status_3() -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    for args in (("balance", "acme"), ("customers", "list", "--json"), ("alerts", "list")):
+        done = tariff(nobody, *args, check=False)
+        assert done.returncode == EXIT_NO_ANSWER, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tariff: UNAVAILABLE: "), done.stderr
+        assert done.stdout == ""
+
+
+def test_a_refused_call_still_exits_1(demo: ServerProcess) -> None:
+    done = tariff(demo, "balance", "nobody", check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "tariff: NOT_FOUND: customer 'nobody' does not exist"
