@@ -156,3 +156,28 @@ def test_a_refused_call_still_exits_1(demo: ServerProcess) -> None:
     done = tariff(demo, "balance", "nobody", check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "tariff: NOT_FOUND: customer 'nobody' does not exist"
+
+
+# Every client command's --json is one JSON object: a list comes under its name, as the wire's List*Response
+# has it (`{"customers": [...]}`, `{"rules": [...]}`), so a script reads every command alike and a field can
+# be added beside the list. The invoices commands printed a bare array.
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (("customers", "list"), "customers"),
+        (("products", "list"), "products"),
+        (("ratecards", "list"), "rate_cards"),
+        (("ratecard", "versions", "ai-credits"), "versions"),
+        (("alerts", "list"), "rules"),
+        (("audit", "--limit", "2"), "entries"),
+        (("grants", "acme"), "grants"),
+        (("invoices", "list"), "invoices"),
+        (("invoices", "export", "--period", "2026-12", "--format", "json"), "invoices"),
+        (("invoices", "close", "--all"), "invoices"),
+    ],
+    ids=lambda a: "-".join(a) if isinstance(a, tuple) else a,
+)
+def test_a_list_in_json_is_an_object_naming_it(demo: ServerProcess, args: tuple[str, ...], name: str) -> None:
+    printed = json.loads(tariff(demo, *args, "--json").stdout)
+    assert isinstance(printed, dict), printed
+    assert isinstance(printed[name], list), printed
