@@ -57,9 +57,13 @@ def spend(client: TariffClient, customer_id: str, key: str, product_id: str, uni
     assert ack.accepted == 1, ack.rejected
 
 
-def grant(client: TariffClient, contract_id: str, credits: str) -> None:
+def grant(client: TariffClient, contract_id: str, credits: str, grant_id: str = "") -> None:
     made = contracts_pb2.Grant(
-        id=f"{contract_id}-g", contract_id=contract_id, kind=contracts_pb2.PREPAID, amount=credits, paid_amount=credits
+        id=grant_id or f"{contract_id}-g",
+        contract_id=contract_id,
+        kind=contracts_pb2.PREPAID,
+        amount=credits,
+        paid_amount=credits,
     )
     client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
 
@@ -82,7 +86,7 @@ def test_thresholds_met_exactly(server: ServerProcess) -> None:
     """10 credits; LOW_BALANCE below 7, SPEND_THRESHOLD at 3, CREDITS_EXHAUSTED. 3 credits spent: charges 3 reach
     the spend threshold (it fires), available 7 is not below 7 (nothing). 0.001 more: 6.999 is below 7 (it fires).
     The other 6.999: available exactly 0 exhausts the credit (it fires); LOW_BALANCE, still holding, does not fire
-    again, nor does the spend threshold at charges 10."""
+    again, nor does the spend threshold at charges 10. A grant back up to exactly 7 clears LOW_BALANCE."""
     with server.client() as client:
         contract_id = customer(client, "edge", "USD", "1")
         grant(client, contract_id, "10")
@@ -107,6 +111,16 @@ def test_thresholds_met_exactly(server: ServerProcess) -> None:
         assert fired(later, mine) == [
             (low, "edge", "LOW_BALANCE", {"credits_available": "6.999", "threshold": "7"}),
             (out, "edge", "CREDITS_EXHAUSTED", {"credits_available": "0"}),
+        ]
+        # A grant of exactly 7 lifts the balance to the threshold: not below it, so LOW_BALANCE is cleared (and
+        # CREDITS_EXHAUSTED); 0.001 spent takes it below again, and it fires a second time.
+        grant(client, contract_id, "7", "edge-g2")
+        spend(client, "edge", "edge-4", "unit", 1)
+        assert client.get_balance("edge").credits_available == "6.999"
+        marker(client, "edge-m3")
+        again = alerts_until(client, "edge-m3", later[-1].seq)
+        assert fired(again, mine) == [
+            (low, "edge", "LOW_BALANCE", {"credits_available": "6.999", "threshold": "7"}),
         ]
 
 
