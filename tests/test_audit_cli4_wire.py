@@ -152,6 +152,16 @@ def test_a_server_that_cannot_be_reached_is_one_unavailable_line_and_status_3() 
         assert done.stdout == ""
 
 
+def test_usage_send_that_cannot_reach_the_server_says_how_far_it_got_and_exits_3() -> None:
+    done = tariff(
+        f"127.0.0.1:{free_port()}", "usage", "send", "--retry-s", "0", stdin=usage_lines("cli4-gone", 1), check=False
+    )
+    assert done.returncode == EXIT_NO_ANSWER, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "the first event not acknowledged is line 1" in lines[-2], done.stderr
+    assert lines[-1].startswith("tariff: UNAVAILABLE: "), done.stderr
+
+
 def test_a_refused_call_still_exits_1(demo: ServerProcess) -> None:
     done = tariff(demo, "balance", "nobody", check=False)
     assert done.returncode == 1
