@@ -37,7 +37,8 @@ class Tariff(click.Group):
             try:
                 result = super().invoke(ctx)
             finally:  # a command that exits (a failed call, `usage send` with rejections) has printed too
-                sys.stdout.flush()
+                if sys.stdout is not None:  # None: fd 1 was closed (`>&-`)
+                    sys.stdout.flush()
         except BrokenPipeError:
             exit_on_broken_pipe()
         return result

@@ -191,3 +191,27 @@ def test_a_list_in_json_is_an_object_naming_it(demo: ServerProcess, args: tuple[
     printed = json.loads(tariff(demo, *args, "--json").stdout)
     assert isinstance(printed, dict), printed
     assert isinstance(printed[name], list), printed
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("balance", "acme"), ("invoices", "export", "--period", "2026-12"), ("customers", "create", "cli4-closed")],
+    ids=["table", "csv", "a-change"],
+)
+def test_a_closed_stdout_is_refused_before_anything_is_sent(demo: ServerProcess, args: tuple[str, ...]) -> None:
+    """`tariff ... >&-`: there is nowhere to print the answer; it was a Python traceback (exit 1), after the call
+    had been sent. Now one line, exit 2, nothing sent (`>/dev/null` is how to drop the output)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    environment |= {"TARIFF_SERVER": demo.target, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" "$@" >&-', str(TARIFF), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "tariff: stdout is closed: nothing was sent (>/dev/null discards the output)"
+    missing = tariff(demo, "customers", "show", "cli4-closed", check=False)
+    assert missing.stderr.strip() == "tariff: NOT_FOUND: customer 'cli4-closed' does not exist"

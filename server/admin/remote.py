@@ -244,6 +244,8 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         actor: str | None,
         **kwargs: Any,
     ) -> None:
+        if sys.stdout is None:  # `tariff ... >&-`: the answer could go nowhere, so nothing is asked
+            fail("stdout is closed: nothing was sent (>/dev/null discards the output)", 2)
         refuse_text_not_utf8({"server": server, **kwargs})
         if (tls_cert is None) != (tls_key is None):
             raise click.UsageError("--tls-cert and --tls-key go together (the client's certificate for mutual TLS)")
