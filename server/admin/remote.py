@@ -180,7 +180,8 @@ def until_interrupted(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def remote_command(command: Callable[..., None]) -> Callable[..., None]:
-    """Adds the connection options to a command; a failed call exits 1 with the server's code and message."""
+    """Adds the connection options to a command; a failed call exits 1 with the server's code and message, 3 when
+    the server was not reached or did not answer within --timeout-s."""
 
     @click.option(
         "--server",
