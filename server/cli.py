@@ -53,7 +53,8 @@ def main() -> None:
     (env TARIFF_API_KEY) and wait --timeout-s (env TARIFF_TIMEOUT_S, default 10) for each answer; they print
     tables, or JSON with --json, and exit 1 with the server's status code and message when a call fails, 2 for a
     malformed argument (before anything is sent), 3 when the server was not reached (UNAVAILABLE) or did not answer
-    in time (DEADLINE_EXCEEDED), 141 when stdout's reader stopped reading (`| head -1`).
+    in time (DEADLINE_EXCEEDED), 130 when interrupted (Ctrl-C; a watch exits 0), 141 when stdout's reader stopped
+    reading (`| head -1`).
     """
 
 

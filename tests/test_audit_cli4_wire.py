@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import REPO_ROOT, ServerProcess, free_port
+from tests.serverproc import REPO_ROOT, ServerProcess, free_port, wait_for
 from tests.test_cli import TARIFF, tariff, usage_lines
 
 EXIT_BROKEN_PIPE = 141
@@ -215,3 +215,51 @@ def test_a_closed_stdout_is_refused_before_anything_is_sent(demo: ServerProcess,
     assert done.stderr.strip() == "tariff: stdout is closed: nothing was sent (>/dev/null discards the output)"
     missing = tariff(demo, "customers", "show", "cli4-closed", check=False)
     assert missing.stderr.strip() == "tariff: NOT_FOUND: customer 'cli4-closed' does not exist"
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _connected(pid: int, port: int) -> bool:
+    """Whether process `pid` holds an established TCP connection to 127.0.0.1:`port` (it is inside its call)."""
+    sockets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[len("socket:[") : -1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # gRPC may use an IPv6 socket, 127.0.0.1 mapped into it
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if remote.endswith(f"0100007F:{port:04X}") and state == "01" and inode in sockets:
+                return True
+    return False
+
+
+def test_ctrl_c_during_a_call_exits_130_with_one_line(stopped: ServerProcess) -> None:
+    """Ctrl-C while a call waits for the server: exit 130 (128 + SIGINT) and one line, not click's "Aborted!" with
+    status 1, a failed call's (the watch commands, for which Ctrl-C is how they end, still exit 0)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    environment |= {"TARIFF_SERVER": stopped.target, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    waiting = subprocess.Popen(
+        [str(TARIFF), "balance", "acme", "--timeout-s", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        preexec_fn=_sigint_default,  # as under a terminal (see tests/test_cli_watch.py)
+    )
+    try:
+        port = int(stopped.target.rsplit(":", 1)[1])
+        assert wait_for(lambda: _connected(waiting.pid, port), 60), "the command never connected"
+        waiting.send_signal(signal.SIGINT)
+        stdout, stderr = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert (waiting.returncode, stdout, stderr) == (130, "", "tariff: interrupted\n")

@@ -28,6 +28,8 @@ EXIT_ERROR = 1
 # The server was not reached (UNAVAILABLE) or did not answer within --timeout-s (DEADLINE_EXCEEDED): worth trying
 # again, unlike a call the server refused (1) or a malformed argument (2).
 EXIT_NO_ANSWER = 3
+# Ctrl-C while a command waits (128 + SIGINT, as the shell reports for an interrupted command); not 1, a failed call.
+EXIT_INTERRUPTED = 130
 # --timeout-s: every unary call's deadline. A day at most: a longer wait is a command that hangs.
 TIMEOUT_S_DEFAULT = 10.0
 TIMEOUT_S_MAX = 86_400.0
@@ -255,6 +257,8 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         try:
             command(Remote(server, api_key, tls_ca, as_json, actor, tls_cert, tls_key, timeout_s), **kwargs)
+        except KeyboardInterrupt:  # a watch command's ends it with status 0 before it gets here
+            fail("interrupted", EXIT_INTERRUPTED)
         except Exception as exc:
             error = as_tariff_error(exc)
             if error is None:
