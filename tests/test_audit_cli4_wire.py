@@ -7,7 +7,11 @@ server processes on their own 127.0.0.1 ports:
 - `--timeout-s` (env TARIFF_TIMEOUT_S) bounds every unary call: a server that does not answer ends the command with
   one line naming DEADLINE_EXCEEDED and the option, and one that cannot be reached with one UNAVAILABLE line, both
   exit status 3 (distinct from 1, a call the server refused, and 2, a malformed argument); zero, negative,
-  non-numeric and non-finite values are usage errors naming the option.
+  non-numeric and non-finite values are usage errors naming the option;
+- `--json` prints one object whatever the command: a list under its name (`invoices list`, `close` and `export
+  --format json` printed bare arrays);
+- a closed stdout (`>&-`) is refused before anything is sent (it was a traceback after the call, a change made);
+- Ctrl-C while a call waits exits 130 with one line (it was click's "Aborted!", status 1).
 """
 
 from __future__ import annotations
