@@ -17,16 +17,44 @@ import click
 
 from server import oplog
 from server.admin import add_commands
+from server.admin.output import exit_on_broken_pipe
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+class Tariff(click.Group):
+    """The `tariff` group: output into a pipe whose reader has gone (`tariff customers list | head -1`) ends the
+    command quietly with status 141 (click's own handling exits 1, a failed call's status). Parsing covers `--help`
+    and `--version`; invoking covers every command, a subcommand's `--help` included, and the last flush of what
+    stdout still buffers (a CSV export, say)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except BrokenPipeError:
+            exit_on_broken_pipe()
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            try:
+                result = super().invoke(ctx)
+            finally:  # a command that exits (a failed call, `usage send` with rejections) has printed too
+                if sys.stdout is not None:  # None: fd 1 was closed (`>&-`)
+                    sys.stdout.flush()
+        except BrokenPipeError:
+            exit_on_broken_pipe()
+        return result
+
+
+@click.group(cls=Tariff, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.version_option(package_name="tariff", prog_name="tariff")
 def main() -> None:
     """Tariff: a billing runtime for usage-priced products.
 
     Client commands reach the server at --server (env TARIFF_SERVER, default 127.0.0.1:50051) with --api-key
-    (env TARIFF_API_KEY); they print tables, or JSON with --json, and exit 1 with the server's status code and
-    message when a call fails, 2 for a malformed argument (before anything is sent).
+    (env TARIFF_API_KEY) and wait --timeout-s (env TARIFF_TIMEOUT_S, default 10) for each answer; they print
+    tables, or JSON with --json, and exit 1 with the server's status code and message when a call fails, 2 for a
+    malformed argument (before anything is sent), 3 when the server was not reached (UNAVAILABLE) or did not answer
+    in time (DEADLINE_EXCEEDED), 130 when interrupted (Ctrl-C; a watch exits 0), 141 when stdout's reader stopped
+    reading (`| head -1`).
     """
 
 

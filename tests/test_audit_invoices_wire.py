@@ -852,7 +852,7 @@ def test_the_cli_period_is_the_one_starting_in_that_month_also_the_first(server_
     assert (events["line_amount"], [e["timestamp_ms"] for e in events["events"]]) == ("1", [str(jan31 + DAY_MS)])
     closed = invoices_cli(server, "close", "d31", "--period", "2026-01", "--json")
     assert closed.returncode == 0, closed.stderr
-    assert [(i["invoice_number"], i["period_start"]) for i in json.loads(closed.stdout)] == [
+    assert [(i["invoice_number"], i["period_start"]) for i in json.loads(closed.stdout)["invoices"]] == [
         ("INV-00000001", "2026-01-31T00:00:00Z")
     ]
     nothing = invoices_cli(server, "preview", "d31", "--period", "2025-12")

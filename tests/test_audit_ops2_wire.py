@@ -525,7 +525,7 @@ def test_the_cli_presents_a_client_certificate_to_a_mutual_tls_server(
     server.start()
     trust = ["--api-key", keys.key["ops"], "--tls-ca", str(pki / "ca.pem")]
     without = tariff(server.target, "balance", "acme", *trust)
-    assert without.returncode == 1 and without.stderr.startswith("tariff: UNAVAILABLE"), without
+    assert without.returncode == 3 and without.stderr.startswith("tariff: UNAVAILABLE"), without
     mine = ["--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key")]
     with_options = tariff(server.target, "balance", "acme", "--json", *trust, *mine)
     assert with_options.returncode == 0, with_options.stderr

@@ -283,20 +283,20 @@ def test_the_invoices_cli_previews_closes_and_lists(server_factory: ServerFactor
     assert "tokens;model=gpt4" in tariff_cli(server, "preview", "beta", "--period", month).stdout
     closed = tariff_cli(server, "close", "beta", "--period", month, "--json")
     assert closed.returncode == 0, closed.stderr
-    assert [i["invoice_number"] for i in json.loads(closed.stdout)] == ["INV-00000001"]
+    assert [i["invoice_number"] for i in json.loads(closed.stdout)["invoices"]] == ["INV-00000001"]
     # Every ended period: alpha's and gamma's month, then everyone's next month (the current one has not ended).
     rest = tariff_cli(server, "close", "--all", "--json")
-    assert [(i["customer_id"], i["invoice_number"]) for i in json.loads(rest.stdout)] == [
+    assert [(i["customer_id"], i["invoice_number"]) for i in json.loads(rest.stdout)["invoices"]] == [
         ("alpha", "INV-00000002"),
         ("gamma", "INV-00000003"),
         ("alpha", "INV-00000004"),
         ("beta", "INV-00000005"),
         ("gamma", "INV-00000006"),
     ]
-    assert tariff_cli(server, "close", "--all", "--json").stdout.strip() == "[]"  # nothing left: nothing new
+    assert json.loads(tariff_cli(server, "close", "--all", "--json").stdout) == {"invoices": []}  # nothing new
     listed = tariff_cli(server, "list", "--period", month)
     assert listed.returncode == 0 and all(f"INV-0000000{n}" in listed.stdout for n in (1, 2, 3)), listed.stdout
-    betas = json.loads(tariff_cli(server, "list", "--customer", "beta", "--json").stdout)
+    betas = json.loads(tariff_cli(server, "list", "--customer", "beta", "--json").stdout)["invoices"]
     assert [i["invoice_number"] for i in betas] == ["INV-00000001", "INV-00000005"]
     bad = tariff_cli(server, "export", "--period", "2026-13")
     assert bad.returncode == 2 and "is not YYYY-MM" in bad.stderr

@@ -2,7 +2,8 @@
 
 Each module imports only click at load; grpc, protobuf, rich and the client library load when a command
 runs, so `tariff --help` stays fast. `remote.py` holds the connection options and the one place a failed
-call becomes exit status 1; `output.py` the tables and JSON.
+call becomes exit status 1 (3 when the server did not answer); `output.py` the tables and JSON, and the quiet
+exit (141) when stdout's reader has gone.
 """
 
 from __future__ import annotations

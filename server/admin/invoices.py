@@ -202,7 +202,7 @@ def close(
             request = invoices_pb2.ClosePeriodRequest(customer_id=customer_id, period_start=start)
             made = [client.invoices.ClosePeriod(request)]
     if remote.as_json:
-        print_json(made)
+        print_json({"invoices": made})  # CloseDuePeriodsResponse's shape, one customer's close too
         return
     rows = [(i.invoice_number, i.customer_id, when(i.period_start), i.total_due, i.currency) for i in made]
     print_table(("invoice", "customer", "period start", "total due", "currency"), rows, title="closed")
@@ -239,7 +239,7 @@ def list_command(remote: Remote, customer_id: str, period: str | None, status: s
     with remote.client() as client:
         found = list(list_invoices(client, customer_id, period, status))
     if remote.as_json:
-        print_json(found)
+        print_json({"invoices": found})  # ListInvoicesResponse's shape, its pages joined
         return
     rows = [
         (i.invoice_number, i.customer_id, when(i.period_start), when(i.period_end), i.total_due, i.currency)
@@ -294,11 +294,12 @@ def csv_rows(invoice: invoices_pb2.Invoice) -> Iterator[dict[str, str]]:
 @click.option("--customer", "customer_id", default="", help="one customer's  [default: every customer's]")
 @remote_command
 def export(remote: Remote, period: str, output_format: str, customer_id: str) -> None:
-    """Final invoices of a period for the ERP, on stdout: CSV (one row per line) or JSON (a list of invoices)."""
+    """Final invoices of a period for the ERP, on stdout: CSV (one row per line) or JSON ({"invoices": [...]}, as
+    `invoices list --json`)."""
     with remote.client() as client:
         found = list(list_invoices(client, customer_id, period))
     if output_format == "json" or remote.as_json:
-        print_json(found)
+        print_json({"invoices": found})
         return
     writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()

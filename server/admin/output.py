@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -53,11 +54,31 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(plain(value), indent=2))
 
 
+# The exit status of a command whose stdout's reader went away (`tariff customers list | head -1`): 128 + SIGPIPE, what
+# the shell reports for a command SIGPIPE ended (`yes | head -1`), and distinct from 1, a call that failed.
+EXIT_BROKEN_PIPE = 141
+
+
+def exit_on_broken_pipe() -> NoReturn:
+    """Ends the command quietly once stdout's reader has gone: no traceback, nothing on stderr, status 141. stdout
+    is pointed at /dev/null first, so the interpreter's last flush of what is still buffered cannot fail again (as
+    Python's documentation of SIGPIPE advises)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
 def console() -> Console:
     from rich.console import Console
 
+    class Quiet(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own exits 1, a failed call's status: the command's one handler decides instead.
+            raise BrokenPipeError
+
     # Off a terminal (a pipe, a file, a test) nothing is cut to 80 columns: an id must come out whole.
-    return Console(width=None if sys.stdout.isatty() else 1_000, highlight=False)
+    return Quiet(width=None if sys.stdout.isatty() else 1_000, highlight=False)
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Cell]], title: str | None = None) -> None:

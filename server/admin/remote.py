@@ -1,8 +1,9 @@
 """What every client command shares: the connection options, the client, and the one place errors exit.
 
-`remote_command` adds `--server`, `--api-key`, `--tls-ca`, `--tls-cert`/`--tls-key`, `--json` and `--actor` to a click command and hands it a
-`Remote`. A failed call (a typed `tariff.TariffError`, or a raw `grpc.RpcError`) ends the command here:
-the status code and the server's message on stderr, exit status 1. grpc and the client library are
+`remote_command` adds `--server`, `--api-key`, `--tls-ca`, `--tls-cert`/`--tls-key`, `--timeout-s`, `--json` and `--actor` to a
+click command and hands it a `Remote`. A failed call (a typed `tariff.TariffError`, or a raw `grpc.RpcError`) ends
+the command here: the status code and the server's message on stderr, exit status 1, or 3 when the server was not
+reached (UNAVAILABLE) or did not answer within --timeout-s (DEADLINE_EXCEEDED). grpc and the client library are
 imported only when a command runs, so `tariff --help` stays fast.
 """
 
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 EXIT_ERROR = 1
+# The server was not reached (UNAVAILABLE) or did not answer within --timeout-s (DEADLINE_EXCEEDED): worth trying
+# again, unlike a call the server refused (1) or a malformed argument (2).
+EXIT_NO_ANSWER = 3
+# Ctrl-C while a command waits (128 + SIGINT, as the shell reports for an interrupted command); not 1, a failed call.
+EXIT_INTERRUPTED = 130
+# --timeout-s: every unary call's deadline. A day at most: a longer wait is a command that hangs.
+TIMEOUT_S_DEFAULT = 10.0
+TIMEOUT_S_MAX = 86_400.0
 # What an API key may hold: `tariff keys new` makes URL-safe base64; gRPC metadata carries visible ASCII only.
 API_KEY_PATTERN = re.compile(r"^[!-~]*$")
 
@@ -39,9 +48,14 @@ class Remote:
     actor: str | None = None  # sent as x-actor: the person the audit log records for this command's changes
     tls_cert: Path | None = None  # the client's own certificate chain and key, for a mutual-TLS server
     tls_key: Path | None = None
+    timeout_s: float = TIMEOUT_S_DEFAULT  # the deadline of every unary call (streams have none)
 
     def _client_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"api_key": self.api_key or None, "actor": self.actor or None}
+        options: dict[str, Any] = {
+            "api_key": self.api_key or None,
+            "actor": self.actor or None,
+            "default_timeout_s": self.timeout_s,
+        }
         if self.tls_ca is not None:
             options["root_certificates"] = self.tls_ca.read_bytes()
         if self.tls_cert is not None and self.tls_key is not None:
@@ -87,6 +101,18 @@ def error_text(error: TariffError) -> str:
     return text + (" [" + "; ".join(unsaid) + "]" if unsaid else "")
 
 
+def no_answer_text(error: TariffError, timeout_s: float) -> str | None:
+    """The line of a call the server did not answer: UNAVAILABLE as gRPC says why, DEADLINE_EXCEEDED with the
+    deadline that passed; None for any other error."""
+    import grpc
+
+    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{error_text(error)} (no answer within --timeout-s {timeout_s:g})"
+    if error.code == grpc.StatusCode.UNAVAILABLE:
+        return error_text(error)
+    return None
+
+
 def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"tariff: {message}", err=True)
     sys.exit(status)
@@ -97,6 +123,14 @@ def checked_server(_ctx: click.Context, _param: click.Parameter, server: str) ->
     if not server.strip():
         raise click.BadParameter("is empty: give HOST:PORT")
     return server
+
+
+def checked_timeout(_ctx: click.Context, _param: click.Parameter, timeout_s: float) -> float:
+    """--timeout-s (or TARIFF_TIMEOUT_S): seconds, more than 0 and at most a day; 0, a negative number, nan and inf
+    are usage errors, not a call that fails at once or waits for ever."""
+    if not 0 < timeout_s <= TIMEOUT_S_MAX:  # NaN is refused too
+        raise click.BadParameter(f"{timeout_s:g} is not more than 0 and at most {TIMEOUT_S_MAX:g} seconds")
+    return timeout_s
 
 
 def checked_actor(_ctx: click.Context, _param: click.Parameter, actor: str | None) -> str | None:
@@ -148,7 +182,8 @@ def until_interrupted(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def remote_command(command: Callable[..., None]) -> Callable[..., None]:
-    """Adds the connection options to a command; a failed call exits 1 with the server's code and message."""
+    """Adds the connection options to a command; a failed call exits 1 with the server's code and message, 3 when
+    the server was not reached or did not answer within --timeout-s."""
 
     @click.option(
         "--server",
@@ -182,6 +217,16 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         envvar="TARIFF_TLS_KEY",
         help="PEM private key of --tls-cert (env TARIFF_TLS_KEY)",
     )
+    @click.option(
+        "--timeout-s",
+        type=float,
+        envvar="TARIFF_TIMEOUT_S",
+        default=TIMEOUT_S_DEFAULT,
+        show_default=True,
+        callback=checked_timeout,
+        help="seconds to wait for each answer (a unary call's deadline; watch and usage send streams have none); "
+        f"past it: DEADLINE_EXCEEDED, exit {EXIT_NO_ANSWER} (env TARIFF_TIMEOUT_S)",
+    )
     @click.option("--json", "as_json", is_flag=True, help="print JSON (protobuf's JSON mapping) instead of tables")
     @click.option(
         "--actor",
@@ -197,10 +242,13 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         tls_ca: Path | None,
         tls_cert: Path | None,
         tls_key: Path | None,
+        timeout_s: float,
         as_json: bool,
         actor: str | None,
         **kwargs: Any,
     ) -> None:
+        if sys.stdout is None:  # `tariff ... >&-`: the answer could go nowhere, so nothing is asked
+            fail("stdout is closed: nothing was sent (>/dev/null discards the output)", 2)
         refuse_text_not_utf8({"server": server, **kwargs})
         if (tls_cert is None) != (tls_key is None):
             raise click.UsageError("--tls-cert and --tls-key go together (the client's certificate for mutual TLS)")
@@ -208,11 +256,16 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         # no PEM) must not bury the one line a failed call prints; GRPC_VERBOSITY in the environment still wins.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         try:
-            command(Remote(server, api_key, tls_ca, as_json, actor, tls_cert, tls_key), **kwargs)
+            command(Remote(server, api_key, tls_ca, as_json, actor, tls_cert, tls_key, timeout_s), **kwargs)
+        except KeyboardInterrupt:  # a watch command's ends it with status 0 before it gets here
+            fail("interrupted", EXIT_INTERRUPTED)
         except Exception as exc:
             error = as_tariff_error(exc)
             if error is None:
                 raise
+            no_answer = no_answer_text(error, timeout_s)
+            if no_answer is not None:
+                fail(no_answer, EXIT_NO_ANSWER)
             fail(error_text(error))
 
     return run

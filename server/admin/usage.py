@@ -242,8 +242,8 @@ def send(
 
     Prints what the server answered: accepted, duplicates (already recorded: sending a file twice is
     safe), and rejected events by reason. Exit status 1 when an event was rejected, 2 for a line
-    that is not an event (one naming a field twice included).
-    """
+    that is not an event (one naming a field twice included), 3 when the server could not be reached for
+    --retry-s."""
     import asyncio
     import logging
 
