@@ -49,7 +49,7 @@ from decimal import Decimal
 from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
-from engine.instants import check_instant
+from engine.instants import check_instant, iso
 from engine.ledger import Grant, GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from engine.state import Engine
@@ -63,7 +63,7 @@ MadeGrant = tuple[str, str, int, int, int, int | None, int, str, int]
 # Kernel.breakage: (customer id, grant id, period start, credits broken, at_ms).
 BreakageEntry = tuple[str, str, int, int, int]
 COST_EXPONENT = 30  # a top-up's cost_e30 is in 10^-30 of the currency
-PERIODS_MAX = 1200  # a report spans at most a century of monthly periods
+PERIODS_MAX = 1200  # a report spans at most a century of monthly periods of a contract (more is refused)
 # Customers a step of report_steps reads (about 16 us each here: a step of about 1 ms).
 REPORT_STEP_CUSTOMERS = 64
 
@@ -423,14 +423,23 @@ def _product_line(products: dict[tuple[int, str], Line], start: int, end: int, p
 
 
 def _periods(contracts: list[Contract], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
-    """The billing periods of the customer's contracts that start in [start_ms, end_ms)."""
+    """The billing periods of the customer's contracts that start in [start_ms, end_ms). A span holding more than
+    PERIODS_MAX periods of one contract is refused, naming period_end, rather than cut short (its lines would stop
+    while the reconciliation counts the whole span)."""
     periods: set[tuple[int, int]] = set()
     for contract in contracts:
         begin, finish = period_of(contract, start_ms)
-        for _ in range(PERIODS_MAX):
-            if begin >= end_ms or (contract.ending_before_ms is not None and begin >= contract.ending_before_ms):
-                break
+        walked = 0
+        while begin < end_ms and (contract.ending_before_ms is None or begin < contract.ending_before_ms):
             if begin >= start_ms:
+                if walked == PERIODS_MAX:
+                    raise InvalidArgument.field(
+                        "period_end",
+                        f"the span holds more than {PERIODS_MAX} billing periods of contract {contract.id!r} (a "
+                        f"report walks at most {PERIODS_MAX} of a contract): end it by {iso(begin)}, or ask for "
+                        "the rest apart",
+                    )
+                walked += 1
                 periods.add((begin, finish))
             begin, finish = finish, period_containing(contract.starting_at_ms, finish)[1]
     return sorted(periods)
