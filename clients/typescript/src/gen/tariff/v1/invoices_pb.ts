@@ -854,8 +854,10 @@ export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@_
  * The billing periods that start in [period_start, period_end), both required
  * (period_end after period_start; INVALID_ARGUMENT naming the field
  * otherwise), read to the nanosecond: a period starting at t is in a span
- * ending at t + 0.5 ms, not in one starting then. A customer_id of no
- * customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
+ * ending at t + 0.5 ms, not in one starting then. A span holding more than
+ * 1,200 billing periods of one contract (a century of months) is
+ * INVALID_ARGUMENT naming period_end and where to end it, never cut short. A
+ * customer_id of no customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
  * (ask per customer; a customer whose own contracts bill in two currencies
  * cannot be reported, and is INVALID_ARGUMENT saying so).
  *
