@@ -242,3 +242,42 @@ def test_a_span_of_more_periods_than_the_report_walks_is_refused_not_cut_short(s
         assert [line.deferred for line in late.customer_lines] == ["0"] * 5 + ["4"] * 7
         assert late.customer_lines[5].period_start.ToMilliseconds() == ms("2130-06-01T00:00:00")
         assert totals(late)[:5] == ("0", "4", "0", "0", "4")
+
+
+def test_a_grant_lapsing_after_a_switch_breaks_on_the_new_contracts_line_though_the_old_invoice_lists_it_expired(
+    server_factory: ServerFactory,
+) -> None:
+    """`w-old` from Jan 1 ended at SWITCH (Jan 16 00:30): its last period keeps its monthly end, Jan 1 - Feb 1;
+    `w-new` from SWITCH: Jan 16 00:30 - Feb 16 00:30, ... Grant g under w-old: 10 credits paid 4 (0.4), from Jan 1,
+    expiring Jan 25 (after the switch, before Feb 1), never drawn. It is sold in Jan 1's period (4). It lapses under
+    w-new, so its breakage, 10 x 0.4 = 4, counts in the period in force at its last usable instant, w-new's Jan 16
+    00:30 line, where the old line keeps deferring 4: lines roll forward (4 + 0 - 0 - 4 = 0). Both periods'
+    invoices list g as 10 expired (an invoice shows the balances at its period's end, and w-old's last period ends
+    Feb 1), so here the old line's deferred (4) is not the paid value of its invoice's remaining (0): README
+    "Deferred" names this exception, as it names the rollover's."""
+    with server_factory(name="rev2-lapse", extra_args=["--close-grace", "off"]).client() as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="w", name="w"))
+        contract(client, "w-old", "w", JAN, SWITCH, "1")
+        contract(client, "w-new", "w", SWITCH, None, "1")
+        lapsing = contracts_pb2.Grant(
+            id="g",
+            contract_id="w-old",
+            kind=contracts_pb2.PREPAID,
+            amount="10",
+            paid_amount="4",
+            expires_at=ts(ms("2026-01-25T00:00:00")),
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=lapsing))
+        assert wait_for(lambda: revenue(client, JAN, MAR16, "w").reconciliation.breakage == "4", 15)
+        report = revenue(client, JAN, MAR16, "w")
+        assert customer_lines(report) == [
+            (JAN, "0", "0", "0", "4"),
+            (SWITCH, "0", "0", "4", "0"),
+            (FEB16, "0", "0", "0", "0"),
+        ]
+        assert totals(report) == ("0", "4", "0", "4", "0", "0", True)
+        for at, contract_id in ((JAN, "w-old"), (SWITCH, "w-new")):
+            invoice = preview(client, "w", at)
+            balances = [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in invoice.grant_balances]
+            assert (invoice.contract_id, balances) == (contract_id, [("g", "10", "0", "0", "10")])
