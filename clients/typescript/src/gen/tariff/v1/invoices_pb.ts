@@ -902,7 +902,9 @@ export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> 
  * period's draws out (they are the next line's), so each line's deferred is the previous line's + sold
  * - recognized_credits - breakage, and equals the paid value of the balances the period's invoice shows
  * (InvoiceGrantBalance.remaining; while the period runs, its draft already shows the expiries and
- * rollovers due by its end, which the line counts once the server's clock has recorded them).
+ * rollovers due by its end, which the line counts once the server's clock has recorded them; a grant
+ * expiring after a switch, before the old contract's last period ends, breaks on the new contract's
+ * line, though the old period's invoice already lists it as expired).
  * breakage: credits expired unused, at cost basis, in the period the server recorded it in (customer
  * lines; product lines show 0, expired credit belonging to no product). A grant is sold in the period containing its starts_at. A closed period's lines never
  * change once the customer's earlier periods are closed too (late usage of an open earlier one
