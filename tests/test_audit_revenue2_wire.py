@@ -281,3 +281,53 @@ def test_a_grant_lapsing_after_a_switch_breaks_on_the_new_contracts_line_though_
             invoice = preview(client, "w", at)
             balances = [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in invoice.grant_balances]
             assert (invoice.contract_id, balances) == (contract_id, [("g", "10", "0", "0", "10")])
+
+
+def test_revenue_stays_at_the_pico_of_a_currency_without_minor_units_and_top_ups_sell_rounded_one_by_one(
+    server_factory: ServerFactory,
+) -> None:
+    """A JPY contract (no minor unit on invoices), overage at 0.5 JPY a credit, no grant; top-ups below 1 credit back
+    to 5 at 0.0000000000003 JPY a credit, twice a period. Events in their own batches: 3 credits (all overage; it
+    leaves 0 available: a top-up of 5 for 5 x 0.0000000000003 = 0.0000000000015), 5 (drawn from it; 0 left: a
+    second top-up of 5, 0.0000000000015), 2 (drawn from the second). README "Revenue": amounts at 10^-12 of the
+    currency, not its minor unit: overage 3 x 0.5 = 1.5 JPY recognised, where the invoice rounds it half-even to 2;
+    each top-up sold at its cost at the pico, rounded half-even purchase by purchase: 0.0000000000015 ->
+    0.000000000002, twice, 0.000000000004 sold (the invoice's top_up_purchases sums the exact 0.000000000003 and
+    rounds it once to the yen: 0). Recognised, cumulatively at the exact cost basis: the first drawn whole
+    (0.0000000000015 -> 0.000000000002), the second 2 of 5: 0.0000000000015 x 2 / 5 = 0.0000000000006 ->
+    0.000000000001; 0.000000000003 in all. Deferred 0.000000000004 - 0.000000000003 = 0.000000000001."""
+    with server_factory(name="rev2-jpy", extra_args=["--close-grace", "off"]).client() as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="y", name="y"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="y-c",
+                customer_id="y",
+                rate_card_id="audit-revenue",
+                starting_at=ts(JAN),
+                overage_policy=contracts_pb2.ALLOW,
+                overage_price="0.5",
+                currency="JPY",
+            )
+        )
+        policy = contracts_pb2.TopUpPolicy(
+            threshold="1", recharge_to="5", price_per_credit="0.0000000000003", max_per_period=2
+        )
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="y-c", top_up=policy))
+        for index, credits in enumerate((3, 5, 2)):
+            send(client, f"y-{index}", event("y", f"y-{index}", credits, JAN + (index + 1) * 24 * HOUR_MS))
+        report = revenue(client, JAN, ms("2026-02-01T00:00:00"), "y")
+        assert report.currency == "JPY"
+        assert customer_lines(report) == [(JAN, "0.000000000003", "1.5", "0", "0.000000000001")]
+        assert totals(report) == (
+            "0",
+            "0.000000000004",
+            "0.000000000003",
+            "0",
+            "0.000000000001",
+            "1.5",
+            True,
+        )
+        invoice = preview(client, "y", JAN)
+        assert (invoice.minor_unit, invoice.overage_amount, invoice.overage_due) == (0, "3", "2")
+        assert (invoice.top_up_purchases, invoice.total_due) == ("0", "2")
