@@ -331,3 +331,32 @@ def test_revenue_stays_at_the_pico_of_a_currency_without_minor_units_and_top_ups
         invoice = preview(client, "y", JAN)
         assert (invoice.minor_unit, invoice.overage_amount, invoice.overage_due) == (0, "3", "2")
         assert (invoice.top_up_purchases, invoice.total_due) == ("0", "2")
+
+
+def test_breakage_after_the_last_contract_ended_counts_when_recorded_not_in_a_period_the_contract_never_had(
+    server_factory: ServerFactory,
+) -> None:
+    """Contract `e-c` from Jan 1 ended at Jan 20, no contract after it: its one period Jan 1 - Feb 1. Grant g: 10
+    credits paid 4, from Jan 1, expiring Mar 10, never drawn, granted today (so its breakage, 10 x 0.4 = 4, is
+    recorded at once, today). No period of the customer holds its last usable instant (Mar 9), nor the instant it
+    was recorded: as for a sale with no open period left (README "Revenue"), it counts at the instant the server
+    recorded it, in a span's reconciliation, on no line. The server put it at the start of the month of the
+    recording (a period the ended contract never had), so a span ending before the recording, after that month's
+    1st, already counted it. The one line (Jan 1) sells 4 and defers 4; a span ending before the recording defers
+    4 at its end, one ending after it breaks 4 and defers 0."""
+    with server_factory(name="rev2-after-end", extra_args=["--close-grace", "off"]).client() as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="e", name="e"))
+        contract(client, "e-c", "e", JAN, ms("2026-01-20T00:00:00"), "1")
+        before_ms = int(datetime.now(UTC).timestamp() * 1000)
+        grant(client, "e", "g", "10", "4", expires_at=ts(ms("2026-03-10T00:00:00")))
+        far = ms("8999-01-01T00:00:00")
+        assert wait_for(lambda: revenue(client, JAN, far, "e").reconciliation.breakage == "4", 15)
+        after_ms = int(datetime.now(UTC).timestamp() * 1000) + 1
+        until_before = revenue(client, JAN, before_ms, "e")
+        assert customer_lines(until_before) == [(JAN, "0", "0", "0", "4")]
+        assert totals(until_before) == ("0", "4", "0", "0", "4", "0", True)
+        until_after = revenue(client, JAN, after_ms, "e")
+        assert customer_lines(until_after) == [(JAN, "0", "0", "0", "4")]
+        assert totals(until_after) == ("0", "4", "0", "4", "0", "0", True)
+        assert totals(revenue(client, before_ms, after_ms, "e")) == ("4", "0", "0", "4", "0", "0", True)
