@@ -297,11 +297,25 @@ def _ledgers(
     for _customer, grant_id, period_start, broken, at_ms in credits.breakage:
         period_start = _rolled_over_in(contracts, ledgers.get(grant_id), period_start)
         if not period_start:  # no contract covered the grant's last instant: the period of the recording
-            contract = _contract_at(contracts, at_ms)
-            period_start = period_of(contract, at_ms)[0] if contract is not None else at_ms
+            period_start = _recorded_in(contracts, at_ms)
         period_start = _open_period(contracts, closed, period_start, at_ms)
         ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
     return ledgers, overage
+
+
+def _recorded_in(contracts: list[Contract], at_ms: int) -> int:
+    """Where breakage recorded at at_ms counts when no period held the grant's last usable instant: the period of
+    the contract in force at at_ms; with none, the first period of the customer's first contract starting after
+    it; with none either (every contract had ended), at_ms itself, in a span's reconciliation and on no line, as a
+    sale with no open period left. Before, the first contract's period containing at_ms was read, a period an
+    ended contract never had: a span ending before the recording, after that period's start, counted it."""
+    in_force = next((k for k in contracts if k.covers(at_ms)), None)
+    if in_force is not None:
+        return period_of(in_force, at_ms)[0]
+    later = [k for k in contracts if k.starting_at_ms > at_ms]
+    if later:
+        return min(k.starting_at_ms for k in later)
+    return at_ms
 
 
 def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, period_start: int) -> int:
