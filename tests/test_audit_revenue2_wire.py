@@ -360,3 +360,48 @@ def test_breakage_after_the_last_contract_ended_counts_when_recorded_not_in_a_pe
         assert customer_lines(until_after) == [(JAN, "0", "0", "0", "4")]
         assert totals(until_after) == ("0", "4", "0", "4", "0", "0", True)
         assert totals(revenue(client, before_ms, after_ms, "e")) == ("4", "0", "0", "4", "0", "0", True)
+
+
+def test_breakage_after_a_contract_ended_inside_its_last_period_counts_on_that_periods_line(
+    server_factory: ServerFactory,
+) -> None:
+    """Contract `x-c` from this month's 1st (M), ended an hour ago, no contract after it: its last (one) period is
+    M to next month's 1st, which holds now. Grant g: 10 credits paid 4, expiring 3 seconds from now, never drawn.
+    Its last usable instant is after the contract's end but inside that period: README "Breakage", in the period
+    of the grant's last usable instant, M's: M's line breaks 4 and defers 0."""
+    now = datetime.now(UTC)
+    m = month_start(now, 0)
+    if now < m + timedelta(hours=3):
+        pytest.skip("this month started under three hours ago: no room for a contract ended an hour ago")
+    m_ms, next_ms = int(m.timestamp() * 1000), int(month_start(now, 1).timestamp() * 1000)
+    now_ms = int(now.timestamp() * 1000)
+    with server_factory(name="rev2-ended-inside", extra_args=["--close-grace", "off"]).client() as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="x", name="x"))
+        contract(client, "x-c", "x", m_ms, now_ms - HOUR_MS, "1")
+        grant(client, "x", "g", "10", "4", expires_at=ts(now_ms + 3000))
+        assert wait_for(lambda: revenue(client, m_ms, next_ms, "x").reconciliation.breakage == "4", 20)
+        report = revenue(client, m_ms, next_ms, "x")
+        assert customer_lines(report) == [(m_ms, "0", "0", "4", "0")]
+        assert totals(report) == ("0", "4", "0", "4", "0", "0", True)
+
+
+def test_a_grant_starting_after_every_contract_ended_is_sold_when_it_starts_on_no_line(
+    server_factory: ServerFactory,
+) -> None:
+    """Contract `v-c` from Jan 1 ended at Jan 20, no contract after it: one period, Jan 1 - Feb 1. Grant g: 10
+    credits paid 4 starting on Mar 10, with no contract then or later: no period holds its start, so, as a sale
+    with no open period left (README "Revenue"), it is sold at that instant, in a span's reconciliation, on no
+    line. The server sold it at Mar 1, the start of a period the ended contract never had: a span ending Mar 5
+    sold and deferred 4 of a grant that had not started."""
+    with server_factory(name="rev2-sold-after-end", extra_args=["--close-grace", "off"]).client() as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="v", name="v"))
+        contract(client, "v-c", "v", JAN, ms("2026-01-20T00:00:00"), "1")
+        grant(client, "v", "g", "10", "4", starts_at=ts(ms("2026-03-10T00:00:00")))
+        early = revenue(client, JAN, ms("2026-03-05T00:00:00"), "v")
+        assert customer_lines(early) == [(JAN, "0", "0", "0", "0")]
+        assert totals(early) == ("0", "0", "0", "0", "0", "0", True)
+        later = revenue(client, JAN, ms("2026-03-10T00:00:00") + 1, "v")
+        assert customer_lines(later) == [(JAN, "0", "0", "0", "0")]
+        assert totals(later) == ("0", "4", "0", "0", "4", "0", True)
