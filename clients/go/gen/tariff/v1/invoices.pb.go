@@ -1617,7 +1617,8 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 // line, though the old period's invoice already lists it as expired).
 // breakage: credits expired unused, at cost basis, in the period the server recorded it in (customer
 // lines; product lines show 0, expired credit belonging to no product; with no period then, every
-// contract having ended, at that instant: in a span's reconciliation, on no line). A grant is sold in the period containing its starts_at. A closed period's lines never
+// contract having ended, at that instant: in a span's reconciliation, on no line). A grant is sold in the period containing its starts_at (with none, every
+// contract having ended, at starts_at: in a span's reconciliation, on no line). A closed period's lines never
 // change once the customer's earlier periods are closed too (late usage of an open earlier one
 // draws credits before it): a grant made after the period closed (its starts_at defaults to the
 // contract's start) is sold, and breakage recorded after it closed is counted, in the customer's
