@@ -405,3 +405,26 @@ def test_a_grant_starting_after_every_contract_ended_is_sold_when_it_starts_on_n
         later = revenue(client, JAN, ms("2026-03-10T00:00:00") + 1, "v")
         assert customer_lines(later) == [(JAN, "0", "0", "0", "0")]
         assert totals(later) == ("0", "4", "0", "0", "4", "0", True)
+
+
+def test_the_cli_takes_the_last_month_the_server_holds(server_factory: ServerFactory) -> None:
+    """`tariff revenue` takes months from 1970-01 to 8999-12 (its error for 9000-01 says so). --from 8999-12 is the
+    span [8999-12-01, 9000-01-01): its end is the first instant past the server's range, which an exclusive end may
+    be, since every period starting in it starts by 8999-12-31T23:59:59.999. The switched customer has periods
+    then (its new contract is open-ended): the one starting 8999-11-16 00:30 is not in the span, the one starting
+    8999-12-16 00:30 is, with nothing recognised. The RPC takes that end too; one a millisecond later is refused
+    naming period_end."""
+    server = server_factory(name="rev2-cli-last", extra_args=["--close-grace", "off"])
+    last = ms("8999-12-01T00:00:00")
+    with server.client() as client:
+        catalogue(client)
+        switched(client)
+        report = revenue(client, last, ms("9000-01-01T00:00:00"), "s")
+        assert customer_lines(report) == [(ms("8999-12-16T00:30:00"), "0", "0", "0", "0")]
+        with pytest.raises(InvalidArgument, match=r"^INVALID_ARGUMENT: period_end:"):
+            revenue(client, last, ms("9000-01-01T00:00:00") + 1, "s")
+    shown = tariff(server, "revenue", "--from", "8999-12", "--customer", "s", "--json")
+    lines = json.loads(shown.stdout)["customer_lines"]
+    assert [line["period_start"] for line in lines] == ["8999-12-16T00:30:00Z"]
+    beyond = tariff(server, "revenue", "--from", "9000-01", "--customer", "s", check=False)
+    assert beyond.returncode == 2 and "8999-12" in beyond.stderr
