@@ -209,7 +209,8 @@ def report_steps(
     if end_ms is None:
         raise InvalidArgument.field("period_end", "is required")
     check_instant(start_ms, "period_start")
-    check_instant(end_ms, "period_end")
+    # An exclusive end: the first instant past the range is one (every period starting before it is in range).
+    check_instant(end_ms - 1, "period_end")
     if end_ms <= start_ms:
         raise InvalidArgument.field("period_end", "must be after period_start")
     state = engine.state
