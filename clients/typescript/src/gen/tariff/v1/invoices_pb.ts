@@ -852,8 +852,9 @@ export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@_
 
 /**
  * The billing periods that start in [period_start, period_end), both required
- * (period_end after period_start; INVALID_ARGUMENT naming the field
- * otherwise), read to the nanosecond: a period starting at t is in a span
+ * (period_end after period_start, and at most 9000-01-01T00:00:00Z, the first
+ * instant past the server's range, as the end of a span; INVALID_ARGUMENT
+ * naming the field otherwise), read to the nanosecond: a period starting at t is in a span
  * ending at t + 0.5 ms, not in one starting then. A span holding more than
  * 1,200 billing periods of one contract (a century of months) is
  * INVALID_ARGUMENT naming period_end and where to end it, never cut short. A
