@@ -254,7 +254,8 @@ def test_a_grant_lapsing_after_a_switch_breaks_on_the_new_contracts_line_though_
     00:30 line, where the old line keeps deferring 4: lines roll forward (4 + 0 - 0 - 4 = 0). Both periods'
     invoices list g as 10 expired (an invoice shows the balances at its period's end, and w-old's last period ends
     Feb 1), so here the old line's deferred (4) is not the paid value of its invoice's remaining (0): README
-    "Deferred" names this exception, as it names the rollover's."""
+    "Deferred" names this exception, as it names the rollover's. A span from Jan 16 00:00 to Feb 1 holds w-new's
+    first period only: deferred at start 4 (sold in Jan 1's period), breakage 4, deferred at end 0."""
     with server_factory(name="rev2-lapse", extra_args=["--close-grace", "off"]).client() as client:
         catalogue(client)
         client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="w", name="w"))
@@ -277,6 +278,11 @@ def test_a_grant_lapsing_after_a_switch_breaks_on_the_new_contracts_line_though_
             (FEB16, "0", "0", "0", "0"),
         ]
         assert totals(report) == ("0", "4", "0", "4", "0", "0", True)
+        # A span from Jan 16 00:00 holds w-new's first period only: the 4 sold in Jan 1's period are deferred at its
+        # start, and break in it.
+        cut = revenue(client, SWITCH - 30 * MINUTE_MS, ms("2026-02-01T00:00:00"), "w")
+        assert customer_lines(cut) == [(SWITCH, "0", "0", "4", "0")]
+        assert totals(cut) == ("4", "0", "0", "4", "0", "0", True)
         for at, contract_id in ((JAN, "w-old"), (SWITCH, "w-new")):
             invoice = preview(client, "w", at)
             balances = [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in invoice.grant_balances]
