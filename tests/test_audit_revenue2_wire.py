@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.protobuf.json_format import MessageToDict
 from tariff import InvalidArgument, TariffClient
-from tariff.v1 import contracts_pb2, usage_pb2
+from tariff.v1 import contracts_pb2, invoices_pb2, usage_pb2
 
 from tests.serverproc import ServerFactory, wait_for
 from tests.test_audit_invoices_wire import JAN, ms, preview, ts
@@ -434,3 +434,40 @@ def test_the_cli_takes_the_last_month_the_server_holds(server_factory: ServerFac
     assert [line["period_start"] for line in lines] == ["8999-12-16T00:30:00Z"]
     beyond = tariff(server, "revenue", "--from", "9000-01", "--customer", "s", check=False)
     assert beyond.returncode == 2 and "8999-12" in beyond.stderr
+
+
+def test_closing_a_period_that_starts_off_the_hour_freezes_its_revenue_at_the_boundary_hour(
+    server_factory: ServerFactory,
+) -> None:
+    """Contract `h-c` from Jan 1 00:30 (periods Jan 1 00:30 - Feb 1 00:30, ...), overage at 0.25 USD a credit; grant
+    g: 10 credits paid 3 (0.3 a credit). January: 4 credits on Jan 15 and 2 at Feb 1 00:15 (before 00:30: still
+    January's period): 6 drawn, 1.8 recognised, 1.2 deferred, no overage; its invoice owes 0.00. Closed (a
+    period_start of Jan 1 00:00 is no period's start: INVALID_ARGUMENT naming period_start and the nearest,
+    Jan 1 00:30). Then an event at Feb 1 00:20 is refused PERIOD_CLOSED, and one at Feb 1 00:40 (5 credits, in the
+    same hour, February's period) draws g's last 4 (1.2 recognised) and 1 of overage (0.25). January's revenue
+    and final invoice stay as closed."""
+    start = JAN + 30 * MINUTE_MS
+    feb = ms("2026-02-01T00:30:00")
+    with server_factory(name="rev2-off-hour-close", extra_args=["--close-grace", "off"]).client() as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="h", name="h"))
+        contract(client, "h-c", "h", start, None, "0.25")
+        grant(client, "h", "g", "10", "3")
+        send(client, "h-jan", event("h", "h-1", 4, ms("2026-01-15T00:00:00")), event("h", "h-2", 2, feb - 15 * 60_000))
+        with pytest.raises(InvalidArgument) as refused:
+            client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="h", period_start=ts(JAN)))
+        assert str(refused.value).startswith("INVALID_ARGUMENT: period_start:"), refused.value
+        assert "2026-01-01T00:30:00Z" in str(refused.value)
+        closed = client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="h", period_start=ts(start)))
+        assert (closed.subtotal, closed.overage_amount, closed.total_due) == ("6", "0", "0.00")
+        january = revenue(client, start, feb, "h")
+        assert customer_lines(january) == [(start, "1.8", "0", "0", "1.2")]
+        late = client.ingest_batch([event("h", "h-3", 1, feb - 10 * 60_000)], "h-late")
+        assert [usage_pb2.RejectReason.Name(r.reason) for r in late.rejected] == ["PERIOD_CLOSED"]
+        send(client, "h-feb", event("h", "h-4", 5, feb + 10 * 60_000))
+        assert revenue(client, start, feb, "h") == january
+        both = revenue(client, start, ms("2026-03-01T00:30:00"), "h")
+        assert customer_lines(both) == [(start, "1.8", "0", "0", "1.2"), (feb, "1.2", "0.25", "0", "0")]
+        assert totals(both) == ("0", "3", "3", "0", "0", "0.25", True)
+        again = client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=closed.invoice_number))
+        assert again == closed
