@@ -219,8 +219,9 @@ def test_a_span_of_more_periods_than_the_report_walks_is_refused_not_cut_short(s
     is sold in 2130-06's. The server answered 1,200 lines that stop at 2125-12 (deferred 0 on the last) while its
     reconciliation sold and deferred 4 that no line showed, saying nothing. Refused instead, naming period_end, the
     contract and where its 1,200th period ends; [2026-01-01, 2126-01-01) (exactly 1,200) is answered in full, and so
-    is [2130-01-01, 2131-01-01): 12 lines, 2130-06 selling the 4 (deferred 4 from then)."""
-    with server_factory(name="rev2-long", extra_args=["--close-grace", "off"]).client() as client:
+    is [2130-01-01, 2131-01-01): 12 lines, 2130-06 selling the 4 (deferred 4 from then). `tariff revenue` alike."""
+    server = server_factory(name="rev2-long", extra_args=["--close-grace", "off"])
+    with server.client() as client:
         catalogue(client)
         client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="l", name="l"))
         contract(client, "l-c", "l", JAN, None, "1")
@@ -242,6 +243,11 @@ def test_a_span_of_more_periods_than_the_report_walks_is_refused_not_cut_short(s
         assert [line.deferred for line in late.customer_lines] == ["0"] * 5 + ["4"] * 7
         assert late.customer_lines[5].period_start.ToMilliseconds() == ms("2130-06-01T00:00:00")
         assert totals(late)[:5] == ("0", "4", "0", "0", "4")
+    # The CLI says the same and exits non-zero; --to 2125-12 (the 1,200th month) prints all 1,200.
+    refused_cli = tariff(server, "revenue", "--from", "2026-01", "--to", "2130-12", "--customer", "l", check=False)
+    assert "period_end: the span holds more than 1200 billing periods" in refused_cli.stderr
+    shown = tariff(server, "revenue", "--from", "2026-01", "--to", "2125-12", "--customer", "l", "--json")
+    assert len(json.loads(shown.stdout)["customer_lines"]) == 1200
 
 
 def test_a_grant_lapsing_after_a_switch_breaks_on_the_new_contracts_line_though_the_old_invoice_lists_it_expired(
