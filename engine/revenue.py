@@ -49,7 +49,7 @@ from decimal import Decimal
 from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
-from engine.instants import check_instant
+from engine.instants import check_instant, iso
 from engine.ledger import Grant, GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from engine.state import Engine
@@ -63,7 +63,7 @@ MadeGrant = tuple[str, str, int, int, int, int | None, int, str, int]
 # Kernel.breakage: (customer id, grant id, period start, credits broken, at_ms).
 BreakageEntry = tuple[str, str, int, int, int]
 COST_EXPONENT = 30  # a top-up's cost_e30 is in 10^-30 of the currency
-PERIODS_MAX = 1200  # a report spans at most a century of monthly periods
+PERIODS_MAX = 1200  # a report spans at most a century of monthly periods of a contract (more is refused)
 # Customers a step of report_steps reads (about 16 us each here: a step of about 1 ms).
 REPORT_STEP_CUSTOMERS = 64
 
@@ -209,7 +209,8 @@ def report_steps(
     if end_ms is None:
         raise InvalidArgument.field("period_end", "is required")
     check_instant(start_ms, "period_start")
-    check_instant(end_ms, "period_end")
+    # An exclusive end: the first instant past the range is one (every period starting before it is in range).
+    check_instant(end_ms - 1, "period_end")
     if end_ms <= start_ms:
         raise InvalidArgument.field("period_end", "must be after period_start")
     state = engine.state
@@ -272,6 +273,20 @@ def _sold_under(engine: Engine, contracts: list[Contract], grant: Grant) -> Cont
     )
 
 
+def _sold_at(engine: Engine, contracts: list[Contract], grant: Grant) -> int:
+    """Where a grant is sold, closed periods aside: the start of the billing period `_sold_under` names, when that
+    contract has such a period; else (a grant starting after every contract ended, and after the last one's last
+    period) its starts_at itself, in a span's reconciliation and on no line. Before, that contract's period holding
+    starts_at was read even when the contract never had it."""
+    contract = _sold_under(engine, contracts, grant)
+    if contract is None:
+        return grant.starts_at_ms
+    start = period_of(contract, grant.starts_at_ms)[0]
+    if contract.ending_before_ms is not None and start >= contract.ending_before_ms:
+        return grant.starts_at_ms
+    return start
+
+
 def _ledgers(
     engine: Engine, customer: str, contracts: list[Contract], aggregates: Sequence[Aggregate], credits: KernelCredits
 ) -> tuple[dict[str, _GrantLedger], dict[tuple[int, str], int]]:
@@ -281,13 +296,15 @@ def _ledgers(
     closed = _closed_at(engine, customer)
     ledgers: dict[str, _GrantLedger] = {}
     owner: dict[str, str] = {}  # a kernel-made ROLLOVER grant -> the ledger it shares
+    expiries: dict[str, int | None] = {}  # grant id -> expires_at, the kernel's ROLLOVER grants' too
     for grant in [*(account.grants if account is not None else []), *_top_ups(customer, credits.made_grants)]:
-        contract = _sold_under(engine, contracts, grant)
-        sold = period_of(contract, grant.starts_at_ms)[0] if contract is not None else grant.starts_at_ms
+        expiries[grant.id] = grant.expires_at_ms
+        sold = _sold_at(engine, contracts, grant)
         ledgers[grant.id] = _GrantLedger(grant, _open_period(contracts, closed, sold, grant.created_at_ms))
-    for grant_id, kind, *_, rolled_from, _at_ms in credits.made_grants:
+    for grant_id, kind, _amount, _priority, _starts, expires_at_ms, _cost, rolled_from, _at_ms in credits.made_grants:
         if kind == GrantKind.ROLLOVER:
             owner[grant_id] = owner.get(rolled_from, rolled_from)
+            expiries[grant_id] = expires_at_ms
     overage: dict[tuple[int, str], int] = defaultdict(int)
     for period_start, product_id, _values, _q, _n, _amount, overage_picos, drawn in aggregates:
         overage[(period_start, product_id)] += overage_picos
@@ -296,12 +313,42 @@ def _ledgers(
             by_product[product_id] = by_product.get(product_id, 0) + credits_drawn
     for _customer, grant_id, period_start, broken, at_ms in credits.breakage:
         period_start = _rolled_over_in(contracts, ledgers.get(grant_id), period_start)
-        if not period_start:  # no contract covered the grant's last instant: the period of the recording
-            contract = _contract_at(contracts, at_ms)
-            period_start = period_of(contract, at_ms)[0] if contract is not None else at_ms
+        if not period_start:  # no contract covered the grant's last usable instant
+            period_start = _breakage_period(contracts, expiries.get(grant_id), at_ms)
         period_start = _open_period(contracts, closed, period_start, at_ms)
         ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
     return ledgers, overage
+
+
+def _existing_period(contracts: list[Contract], t_ms: int) -> int | None:
+    """The start of the customer's billing period holding t_ms: the contract in force's, else the last period of a
+    contract ended before t_ms that still holds it (a period keeps its monthly end); None when no period does."""
+    in_force = next((k for k in contracts if k.covers(t_ms)), None)
+    if in_force is not None:
+        return period_of(in_force, t_ms)[0]
+    starts = [
+        start
+        for k in contracts
+        if k.starting_at_ms <= t_ms
+        for start in (period_of(k, t_ms)[0],)
+        if k.ending_before_ms is None or start < k.ending_before_ms
+    ]
+    return max(starts, default=None)
+
+
+def _breakage_period(contracts: list[Contract], expires_at_ms: int | None, at_ms: int) -> int:
+    """Where breakage the kernel names no period for (no contract was in force at the grant's last usable instant)
+    counts: the period holding that instant (an ended contract's last period, which keeps its monthly end); else
+    the period holding the instant it was recorded; else the first period of the customer's first contract starting
+    after it; else, every contract having ended, at_ms itself: in a span's reconciliation, on no line, as a sale with
+    no open period left. Before, the first contract's period containing at_ms was read, a period an ended contract
+    never had: a span ending before the recording, after that period's start, counted it."""
+    for t_ms in (*(() if expires_at_ms is None else (expires_at_ms - 1,)), at_ms):
+        start = _existing_period(contracts, t_ms)
+        if start is not None:
+            return start
+    later = [k.starting_at_ms for k in contracts if k.starting_at_ms > at_ms]
+    return min(later, default=at_ms)
 
 
 def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, period_start: int) -> int:
@@ -423,14 +470,23 @@ def _product_line(products: dict[tuple[int, str], Line], start: int, end: int, p
 
 
 def _periods(contracts: list[Contract], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
-    """The billing periods of the customer's contracts that start in [start_ms, end_ms)."""
+    """The billing periods of the customer's contracts that start in [start_ms, end_ms). A span holding more than
+    PERIODS_MAX periods of one contract is refused, naming period_end, rather than cut short (its lines would stop
+    while the reconciliation counts the whole span)."""
     periods: set[tuple[int, int]] = set()
     for contract in contracts:
         begin, finish = period_of(contract, start_ms)
-        for _ in range(PERIODS_MAX):
-            if begin >= end_ms or (contract.ending_before_ms is not None and begin >= contract.ending_before_ms):
-                break
+        walked = 0
+        while begin < end_ms and (contract.ending_before_ms is None or begin < contract.ending_before_ms):
             if begin >= start_ms:
+                if walked == PERIODS_MAX:
+                    raise InvalidArgument.field(
+                        "period_end",
+                        f"the span holds more than {PERIODS_MAX} billing periods of contract {contract.id!r} (a "
+                        f"report walks at most {PERIODS_MAX} of a contract): end it by {iso(begin)}, or ask for "
+                        "the rest apart",
+                    )
+                walked += 1
                 periods.add((begin, finish))
             begin, finish = finish, period_containing(contract.starting_at_ms, finish)[1]
     return sorted(periods)

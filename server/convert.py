@@ -134,6 +134,17 @@ def optional_ms_up(message: object, field: str) -> int | None:
     return ms + (1 if getattr(message, field).nanos % 1_000_000 else 0)
 
 
+def optional_end_ms_up(message: object, field: str) -> int | None:
+    """`optional_ms_up` of an exclusive end (a span's period_end): the first instant past the range (9000-01-01) is
+    one too, since every instant before it is in range; past that, refused naming `field`."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    timestamp = getattr(message, field)
+    ms = _valid_ms(timestamp, field) + (1 if timestamp.nanos % 1_000_000 else 0)
+    check_instant(ms - 1, field)
+    return ms
+
+
 def optional_hour_ms(message: object, field: str) -> int | None:
     """`optional_ms` of a time that must be on an hour (an effective_from): a sub-millisecond part is refused here,
     as the engine refuses milliseconds past the hour, rather than dropped into an hour the caller did not name."""

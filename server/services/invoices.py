@@ -284,7 +284,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
                 self.engine,
                 usage_of,
                 convert.optional_ms_up(request, "period_start"),
-                convert.optional_ms_up(request, "period_end"),
+                convert.optional_end_ms_up(request, "period_end"),
                 request.customer_id,
                 credits_of,
             )

@@ -1531,10 +1531,13 @@ func (x *ListInvoicesResponse) GetNextPageToken() string {
 }
 
 // The billing periods that start in [period_start, period_end), both required
-// (period_end after period_start; INVALID_ARGUMENT naming the field
-// otherwise), read to the nanosecond: a period starting at t is in a span
-// ending at t + 0.5 ms, not in one starting then. A customer_id of no
-// customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
+// (period_end after period_start, and at most 9000-01-01T00:00:00Z, the first
+// instant past the server's range, as the end of a span; INVALID_ARGUMENT
+// naming the field otherwise), read to the nanosecond: a period starting at t is in a span
+// ending at t + 0.5 ms, not in one starting then. A span holding more than
+// 1,200 billing periods of one contract (a century of months) is
+// INVALID_ARGUMENT naming period_end and where to end it, never cut short. A
+// customer_id of no customer is NOT_FOUND; mixed currencies in one report are INVALID_ARGUMENT
 // (ask per customer; a customer whose own contracts bill in two currencies
 // cannot be reported, and is INVALID_ARGUMENT saying so).
 type GetRevenueReportRequest struct {
@@ -1610,9 +1613,13 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 // period's draws out (they are the next line's), so each line's deferred is the previous line's + sold
 // - recognized_credits - breakage, and equals the paid value of the balances the period's invoice shows
 // (InvoiceGrantBalance.remaining; while the period runs, its draft already shows the expiries and
-// rollovers due by its end, which the line counts once the server's clock has recorded them).
+// rollovers due by its end, which the line counts once the server's clock has recorded them; a grant
+// expiring after a switch, before the old contract's last period ends, breaks on the new contract's
+// line, though the old period's invoice already lists it as expired).
 // breakage: credits expired unused, at cost basis, in the period the server recorded it in (customer
-// lines; product lines show 0, expired credit belonging to no product). A grant is sold in the period containing its starts_at. A closed period's lines never
+// lines; product lines show 0, expired credit belonging to no product; with no period then, every
+// contract having ended, at that instant: in a span's reconciliation, on no line). A grant is sold in the period containing its starts_at (with none, every
+// contract having ended, at starts_at: in a span's reconciliation, on no line). A closed period's lines never
 // change once the customer's earlier periods are closed too (late usage of an open earlier one
 // draws credits before it): a grant made after the period closed (its starts_at defaults to the
 // contract's start) is sold, and breakage recorded after it closed is counted, in the customer's
