@@ -346,11 +346,11 @@ struct StoredV3 {
 }
 
 impl StoredV3 {
+    /// As the format-4 snapshot of the same state upgrades: the two differ only in how the dedupe entries are written.
     fn upgrade(self) -> Stored {
         debug_assert_eq!(self.format, 3);
         let Self { strings, accounts, dedupe, clock_ms, .. } = self;
-        let accounts = upgrade_accounts(accounts);
-        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments: false }
+        StoredV4 { format: 4, strings, accounts, dedupe, clock_ms }.upgrade()
     }
 }
 
