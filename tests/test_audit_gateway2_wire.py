@@ -30,8 +30,9 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import refusal
 from tests.serverproc import ServerFactory, ServerProcess, wait_for
-from tests.test_audit_credits2_wire import CARD_FROM_MS, customer, grant, refusal, rows, totals
+from tests.test_audit_credits2_wire import CARD_FROM_MS, customer, grant, rows, totals
 from tests.test_audit_credits_wire import period_anchor_ms
 from tests.test_audit_topups_wire import month_start_ms as month_start
 
