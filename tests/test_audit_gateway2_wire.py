@@ -30,7 +30,7 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import refusal
+from tests.audit_fixtures import refusal, release
 from tests.serverproc import ServerFactory, ServerProcess, wait_for
 from tests.test_audit_credits2_wire import CARD_FROM_MS, customer, grant, rows, totals
 from tests.test_audit_credits_wire import period_anchor_ms
@@ -143,11 +143,6 @@ def use(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, 
     ack = client.ingest_batch(list(events))
     assert ack.accepted == len(events), ack
     return [(n.reservation_id, usage_pb2.NoticeReason.Name(n.reason)) for n in ack.notices]
-
-
-def release(client: TariffClient, customer_id: str, reservation_id: str) -> str:
-    made = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
-    return str(client.balance.ReleaseReservation(made).released_amount)
 
 
 def charges(client: TariffClient, customer_id: str) -> tuple[str, str]:

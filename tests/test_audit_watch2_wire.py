@@ -18,9 +18,10 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import release
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_credits2_wire import CARD_FROM_MS, customer, grant, new_grant
-from tests.test_audit_gateway2_wire import catalogue, release, request, unary, work
+from tests.test_audit_gateway2_wire import catalogue, request, unary, work
 from tests.test_audit_topups_wire import month_start_ms, policy, set_policy
 from tests.test_server_auth import Keys
 
