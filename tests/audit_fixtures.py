@@ -3,7 +3,7 @@ and what their answers are read as."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -11,8 +11,21 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, invoices_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
+from tests.serverproc import ServerProcess
 
 HOUR_MS = 3_600_000
+
+
+def serving(process: ServerProcess, catalogue: Callable[[TariffClient], None]) -> Iterator[ServerProcess]:
+    """A module fixture's server: `process` started, with the module's `catalogue` made through it, until the
+    module's tests are done (``yield from serving(...)``)."""
+    process.start()
+    try:
+        with process.client() as client:
+            catalogue(client)
+        yield process
+    finally:
+        process.stop()
 
 
 def this_hour_ms() -> int:

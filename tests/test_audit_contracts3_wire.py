@@ -34,7 +34,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import preview
+from tests.audit_fixtures import preview, serving
 from tests.serverproc import ServerProcess, wait_for
 
 HOUR_MS = 3_600_000
@@ -81,14 +81,7 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-contracts3")
-    process = ServerProcess(root / "data", extra_args=["--close-grace", "off"])
-    process.start()
-    try:
-        with process.client() as client:
-            catalogue(client)
-        yield process
-    finally:
-        process.stop()
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
 
 
 def contract(

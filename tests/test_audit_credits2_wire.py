@@ -30,7 +30,7 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import refusal, release
+from tests.audit_fixtures import refusal, release, serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_topups_wire import month_start_ms
 
@@ -60,14 +60,7 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-credits2")
-    process = ServerProcess(root / "data")
-    process.start()
-    try:
-        with process.client() as client:
-            catalogue(client)
-        yield process
-    finally:
-        process.stop()
+    yield from serving(ServerProcess(root / "data"), catalogue)
 
 
 def customer(client: TariffClient, customer_id: str, *, block: bool, rate_card_id: str = "card") -> str:
