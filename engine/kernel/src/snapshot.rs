@@ -960,6 +960,71 @@ mod tests {
         assert_eq!(stored.clock_ms, i64::MIN);
     }
 
+    /// Format 1's layout: the dedupe entries per account, by transaction id.
+    #[derive(Serialize)]
+    struct WrittenV1 {
+        format: u32,
+        strings: Vec<String>,
+        accounts: Vec<WrittenAccountV1>,
+    }
+
+    #[derive(Serialize)]
+    struct WrittenAccountV1 {
+        customer_id: String,
+        grants: Vec<Grant>,
+        aggregates: Vec<(AggregateKey, Aggregate)>,
+        buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
+        period_charges: Vec<(i64, Picos)>,
+        period_overage: Vec<(i64, Picos)>,
+        dedupe: Vec<(String, Seen)>,
+    }
+
+    #[test]
+    fn a_format_1_snapshot_reads_with_its_accounts_dedupe_entries_in_one_table_by_key() {
+        let account = |customer_id: &str, charges: Picos, seen: Vec<(String, Seen)>| WrittenAccountV1 {
+            customer_id: customer_id.into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: vec![(0, charges)],
+            period_overage: vec![(0, 1)],
+            dedupe: seen,
+        };
+        let (a, b, c) = (Seen { digest: 1, at_ms: 10 }, Seen { digest: 2, at_ms: 20 }, Seen { digest: 3, at_ms: 30 });
+        let accounts = vec![
+            account("acme", 60, vec![("t1".into(), a), ("t2".into(), b)]),
+            account("globex", 5, vec![("t1".into(), c)]),
+        ];
+        let written = WrittenV1 { format: 1, strings: vec!["p".into()], accounts };
+        let stored = decode(&postcard::to_allocvec(&written).unwrap()).expect("format 1 reads");
+        let mut canonical = Vec::new();
+        let mut dedupe = vec![
+            (crate::dedupe::key("acme", "t1", &mut canonical), a),
+            (crate::dedupe::key("acme", "t2", &mut canonical), b),
+            (crate::dedupe::key("globex", "t1", &mut canonical), c),
+        ];
+        dedupe.sort_unstable_by_key(|(k, _)| *k);
+        let stored_account = |customer_id: &str, charges: Picos| StoredAccount {
+            customer_id: customer_id.into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: vec![(0, charges)],
+            period_overage: vec![(0, 1)],
+            adjustments: vec![],
+            credits: None,
+        };
+        let expected = Stored {
+            format: FORMAT,
+            strings: vec!["p".into()],
+            accounts: vec![stored_account("acme", 60), stored_account("globex", 5)],
+            dedupe,
+            clock_ms: i64::MIN,
+            dedupe_in_segments: false,
+        };
+        assert_eq!(stored, expected);
+    }
+
     /// A purchase as formats 3 to 6 wrote it: without its period's charges when bought.
     pub(super) fn as_format_6(purchase: Purchase) -> PurchaseV6 {
         let Purchase { period_start_ms, grant_id, credits, price_per_credit_e18, cost_e30, at_ms, .. } = purchase;
