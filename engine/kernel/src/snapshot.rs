@@ -373,21 +373,19 @@ struct StoredAccountV2 {
     period_overage: Vec<(i64, Picos)>,
 }
 
+impl StoredAccountV2 {
+    /// As format 7 holds it: no adjustment entries, no credits.
+    fn upgrade(self) -> StoredAccount {
+        let Self { customer_id, grants, aggregates, buckets, period_charges, period_overage } = self;
+        let (adjustments, credits) = (Vec::new(), None);
+        StoredAccount { customer_id, grants, aggregates, buckets, period_charges, period_overage, adjustments, credits }
+    }
+}
+
 impl StoredV2 {
     fn upgrade(self) -> Stored {
         debug_assert_eq!(self.format, 2);
-        let accounts = (self.accounts.into_iter())
-            .map(|a| StoredAccount {
-                customer_id: a.customer_id,
-                grants: a.grants,
-                aggregates: a.aggregates,
-                buckets: a.buckets,
-                period_charges: a.period_charges,
-                period_overage: a.period_overage,
-                adjustments: Vec::new(),
-                credits: None,
-            })
-            .collect();
+        let accounts = self.accounts.into_iter().map(StoredAccountV2::upgrade).collect();
         let dedupe = self.dedupe;
         Stored {
             format: FORMAT,
@@ -425,29 +423,23 @@ impl StoredV1 {
         let mut dedupe = Vec::new();
         let mut accounts = Vec::with_capacity(self.accounts.len());
         for account in self.accounts {
-            for (transaction_id, seen) in account.dedupe {
-                dedupe.push((key(&account.customer_id, &transaction_id, &mut canonical), seen));
+            let StoredAccountV1 {
+                customer_id,
+                grants,
+                aggregates,
+                buckets,
+                period_charges,
+                period_overage,
+                dedupe: seen,
+            } = account;
+            for (transaction_id, seen) in seen {
+                dedupe.push((key(&customer_id, &transaction_id, &mut canonical), seen));
             }
-            accounts.push(StoredAccount {
-                customer_id: account.customer_id,
-                grants: account.grants,
-                aggregates: account.aggregates,
-                buckets: account.buckets,
-                period_charges: account.period_charges,
-                period_overage: account.period_overage,
-                adjustments: Vec::new(),
-                credits: None,
-            });
+            accounts.push(StoredAccountV2 { customer_id, grants, aggregates, buckets, period_charges, period_overage });
         }
         dedupe.sort_unstable_by_key(|(k, _)| *k);
-        Stored {
-            format: FORMAT,
-            strings: self.strings,
-            accounts,
-            dedupe,
-            clock_ms: i64::MIN,
-            dedupe_in_segments: false,
-        }
+        // Format 2 is format 1 with the dedupe entries in one table, by key.
+        StoredV2 { format: 2, strings: self.strings, accounts, dedupe }.upgrade()
     }
 }
 
