@@ -34,6 +34,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import preview, serving
 from tests.serverproc import ServerProcess, wait_for
 
 HOUR_MS = 3_600_000
@@ -80,14 +81,7 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-contracts3")
-    process = ServerProcess(root / "data", extra_args=["--close-grace", "off"])
-    process.start()
-    try:
-        with process.client() as client:
-            catalogue(client)
-        yield process
-    finally:
-        process.stop()
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
 
 
 def contract(
@@ -174,12 +168,6 @@ def grants_of(client: TariffClient, customer_id: str) -> dict[str, tuple[str, st
     """grant id -> (drawn, remaining, recognized_revenue), from GetBalance."""
     balance = client.get_balance(customer_id)
     return {g.grant_id: (g.drawn, g.remaining, g.recognized_revenue) for g in balance.grants}
-
-
-def preview(client: TariffClient, customer_id: str, at_ms: int) -> invoices_pb2.Invoice:
-    request = invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=stamp(at_ms))
-    invoice: invoices_pb2.Invoice = client.invoices.PreviewInvoice(request)
-    return invoice
 
 
 def revenue(client: TariffClient, customer_id: str, start_ms: int, end_ms: int) -> invoices_pb2.RevenueReport:

@@ -19,17 +19,18 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from tariff import TariffClient, TariffError, now_ms
+from tariff import TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import refusal, release, serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_topups_wire import month_start_ms
 
@@ -59,14 +60,7 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-credits2")
-    process = ServerProcess(root / "data")
-    process.start()
-    try:
-        with process.client() as client:
-            catalogue(client)
-        yield process
-    finally:
-        process.stop()
+    yield from serving(ServerProcess(root / "data"), catalogue)
 
 
 def customer(client: TariffClient, customer_id: str, *, block: bool, rate_card_id: str = "card") -> str:
@@ -174,17 +168,6 @@ def hold(
 def ask(client: TariffClient, customer_id: str, units: float, event_type: str = "work") -> tuple[bool, str, str, str]:
     answer = client.authorize(customer_id, event_type, values={"n": units})
     return answer.allowed, answer.reason, answer.estimated_cost, answer.credits_available
-
-
-def release(client: TariffClient, customer_id: str, reservation_id: str) -> str:
-    request = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
-    return str(client.balance.ReleaseReservation(request).released_amount)
-
-
-def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(TariffError) as failed:
-        call()
-    return failed.value.code, failed.value.details
 
 
 Row = tuple[str, str, str, str]

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import time
 from calendar import monthrange
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import grpc
-import pytest
-from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff import TariffClient, now_ms
+from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import refusal, release
 from tests.serverproc import ServerFactory, wait_for
 from tests.test_server_explain import month_start_ms
 
@@ -105,17 +104,6 @@ def grants_of(client: TariffClient, customer_id: str) -> dict[str, Row]:
 def totals(client: TariffClient, customer_id: str) -> tuple[str, str, str]:
     b = client.get_balance(customer_id)
     return b.credits_remaining, b.credits_held, b.credits_available
-
-
-def release(client: TariffClient, customer_id: str, reservation_id: str) -> str:
-    request = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
-    return str(client.balance.ReleaseReservation(request).released_amount)
-
-
-def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(TariffError) as failed:
-        call()
-    return failed.value.code, failed.value.details
 
 
 def breakage(client: TariffClient, customer_id: str) -> Decimal:

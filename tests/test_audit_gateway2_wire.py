@@ -30,8 +30,9 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import refusal, release, serving
 from tests.serverproc import ServerFactory, ServerProcess, wait_for
-from tests.test_audit_credits2_wire import CARD_FROM_MS, customer, grant, refusal, rows, totals
+from tests.test_audit_credits2_wire import CARD_FROM_MS, charges, customer, grant, rows, totals
 from tests.test_audit_credits_wire import period_anchor_ms
 from tests.test_audit_topups_wire import month_start_ms as month_start
 
@@ -59,14 +60,7 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-gateway2")
-    process = ServerProcess(root / "data", extra_args=["--close-grace", "off"])
-    process.start()
-    try:
-        with process.client() as client:
-            catalogue(client)
-        yield process
-    finally:
-        process.stop()
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
 
 
 Answer = tuple[bool, str, str, str, str]
@@ -142,17 +136,6 @@ def use(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, 
     ack = client.ingest_batch(list(events))
     assert ack.accepted == len(events), ack
     return [(n.reservation_id, usage_pb2.NoticeReason.Name(n.reason)) for n in ack.notices]
-
-
-def release(client: TariffClient, customer_id: str, reservation_id: str) -> str:
-    made = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
-    return str(client.balance.ReleaseReservation(made).released_amount)
-
-
-def charges(client: TariffClient, customer_id: str) -> tuple[str, str]:
-    """(period_charges, overage_amount)."""
-    balance = client.get_balance(customer_id)
-    return balance.period_charges, balance.overage_amount
 
 
 def test_under_block_a_cost_equal_to_the_credit_is_allowed_and_a_pico_more_is_denied(server: ServerProcess) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,7 +21,9 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import refusal, release
 from tests.serverproc import ServerProcess, wait_for
+from tests.test_audit_credits2_wire import customer as customer_under_contract
 from tests.test_audit_credits_wire import period_anchor_ms
 from tests.test_audit_topups_wire import catalogue, month_start_ms
 from tests.test_server_auth import Keys
@@ -48,17 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def customer(client: TariffClient, customer_id: str, credits: str, *, block: bool, rate_card_id: str = "card") -> None:
     """The customer, a contract from this month's start (BLOCK or ALLOW, overage at 1 USD a credit) and a PREPAID
     grant `<customer>-g` of `credits`, paid as many USD."""
-    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
-    contract = contracts_pb2.CreateContractRequest(
-        id=f"k-{customer_id}",
-        customer_id=customer_id,
-        rate_card_id=rate_card_id,
-        starting_at=stamp(month_start_ms()),
-        overage_policy=contracts_pb2.BLOCK if block else contracts_pb2.ALLOW,
-        overage_price="1",
-        currency="USD",
-    )
-    client.contracts.CreateContract(contract)
+    customer_under_contract(client, customer_id, block=block, rate_card_id=rate_card_id)
     grant = contracts_pb2.Grant(
         id=f"{customer_id}-g",
         contract_id=f"k-{customer_id}",
@@ -110,11 +102,6 @@ def grant_row(client: TariffClient, customer_id: str) -> tuple[str, str, str, st
     return grant.drawn, grant.remaining, grant.held, grant.expired
 
 
-def release(client: TariffClient, customer_id: str, reservation_id: str) -> str:
-    request = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
-    return str(client.balance.ReleaseReservation(request).released_amount)
-
-
 def use(
     client: TariffClient, customer_id: str, transaction_id: str, units: float, reservation_id: str = ""
 ) -> usage_pb2.IngestAck:
@@ -133,12 +120,6 @@ def use(
 
 def notices(ack: usage_pb2.IngestAck) -> list[tuple[str, str]]:
     return [(n.reservation_id, usage_pb2.NoticeReason.Name(n.reason)) for n in ack.notices]
-
-
-def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(TariffError) as failed:
-        call()
-    return failed.value.code, failed.value.details
 
 
 def batches(client: TariffClient, *groups: list[balance_pb2.AuthorizeRequest]) -> list[balance_pb2.AuthorizeResponse]:

@@ -33,6 +33,7 @@ from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pric
 
 from server.journal import _RECORDS_DB, _seq_key
 from server.sequencer import decode_record, encode_record
+from tests.audit_fixtures import audit_count
 from tests.demo_usage import ACME, demo_batch
 from tests.serverproc import ServerFactory, ServerProcess, ServerStartError
 from tests.test_audit_invoices_wire import ms, ts
@@ -75,10 +76,6 @@ def started_again(server: ServerProcess) -> None:
 def seq_of(client: TariffClient) -> int:
     seq: int = client.get_balance(CUSTOMER).as_of_seq
     return seq
-
-
-def audit_count(client: TariffClient) -> int:
-    return len(client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries)
 
 
 def event(transaction_id: str, at_ms: int, n: float, k: str = "a") -> usage_pb2.UsageEvent:

@@ -10,7 +10,6 @@ server runs with `--close-grace off`, so it closes no period by itself while a t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
@@ -18,10 +17,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tariff import TariffClient, TariffError, now_ms
+from tariff import TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import preview, refusal
 from tests.serverproc import ServerFactory
 from tests.test_server_auth import Keys
 
@@ -120,18 +120,6 @@ def grants_of(client: TariffClient, customer_id: str) -> dict[str, tuple[str, st
 def top_ups_of(client: TariffClient, customer_id: str) -> dict[str, str]:
     """TOP_UP grant id -> amount."""
     return {g.grant_id: g.amount for g in client.get_balance(customer_id).grants if g.kind == contracts_pb2.TOP_UP}
-
-
-def preview(client: TariffClient, customer_id: str, at_ms: int) -> invoices_pb2.Invoice:
-    request = invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=stamp(at_ms))
-    invoice: invoices_pb2.Invoice = client.invoices.PreviewInvoice(request)
-    return invoice
-
-
-def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(TariffError) as failed:
-        call()
-    return failed.value.code, failed.value.details
 
 
 def test_top_ups_buy_the_exact_difference_capped_per_period_invoiced_and_sold_in_their_period(

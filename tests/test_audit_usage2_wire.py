@@ -39,6 +39,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import charges, this_hour_ms, unit
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 from tests.test_audit_usage_wire import event
 from tests.test_server_auth import Keys
@@ -49,10 +50,6 @@ CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 KEYS: dict[str, tuple[str, list[str] | None]] = {"ops-admin": ("admin", None), "mine-meter": ("ingest", ["mine"])}
 REJECT = usage_pb2.RejectReason
 Outcome = tuple[int, int, list[tuple[int, str, int]]]
-
-
-def unit(product_id: str, price: str, **match: str) -> pricing_pb2.Rate:
-    return pricing_pb2.Rate(product_id=product_id, match=match, unit=pricing_pb2.UnitPrice(price=price))
 
 
 def catalogue(client: TariffClient) -> None:
@@ -118,10 +115,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Ser
         print(f"--- {process!r} (tail) ---\n{process.log_tail(40)}")
 
 
-def this_hour_ms() -> int:
-    return now_ms() // HOUR_MS * HOUR_MS
-
-
 def customer(
     client: TariffClient, customer_id: str, *, starting_at_ms: int | None = None, credit: str = "", card: str = "card"
 ) -> int:
@@ -150,10 +143,6 @@ def ingest(client: TariffClient, *events: usage_pb2.UsageEvent, batch_id: str = 
 def outcome(ack: usage_pb2.IngestAck) -> Outcome:
     """(accepted, duplicates, [(index, transaction id, reason)]) of an ack."""
     return ack.accepted, ack.duplicates, [(r.index, r.transaction_id, r.reason) for r in ack.rejected]
-
-
-def charges(client: TariffClient, customer_id: str) -> str:
-    return str(client.get_balance(customer_id).period_charges)
 
 
 def refusal(call: object) -> tuple[grpc.StatusCode, str]:

@@ -31,6 +31,7 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import charges, this_hour_ms, unit
 from tests.serverproc import ServerFactory, ServerProcess
 from tests.test_audit_usage2_wire import refusal
 from tests.test_audit_usage_wire import event
@@ -40,10 +41,6 @@ DAY_MS = 24 * HOUR_MS
 CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 REJECT = usage_pb2.RejectReason
 Outcome = tuple[int, int, list[tuple[int, str, int]]]
-
-
-def unit(product_id: str, price: str, **match: str) -> pricing_pb2.Rate:
-    return pricing_pb2.Rate(product_id=product_id, match=match, unit=pricing_pb2.UnitPrice(price=price))
 
 
 def catalogue(client: TariffClient) -> None:
@@ -91,10 +88,6 @@ def server(server_factory: ServerFactory) -> Iterator[ServerProcess]:
     yield server
 
 
-def this_hour_ms() -> int:
-    return now_ms() // HOUR_MS * HOUR_MS
-
-
 def customer(client: TariffClient, customer_id: str, start_ms: int) -> None:
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
     client.contracts.CreateContract(
@@ -111,10 +104,6 @@ def ingest(client: TariffClient, *events: usage_pb2.UsageEvent) -> usage_pb2.Ing
 
 def outcome(ack: usage_pb2.IngestAck) -> Outcome:
     return ack.accepted, ack.duplicates, [(r.index, r.transaction_id, r.reason) for r in ack.rejected]
-
-
-def charges(client: TariffClient, customer_id: str) -> str:
-    return str(client.get_balance(customer_id).period_charges)
 
 
 def lines(invoice: invoices_pb2.Invoice) -> dict[str, tuple[str, str, int]]:

@@ -29,6 +29,7 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import charges, this_hour_ms
 from tests.serverproc import ServerFactory, ServerProcess
 
 HOUR_MS = 3_600_000
@@ -47,10 +48,6 @@ PRODUCTS: tuple[tuple[str, str, pricing_pb2.Aggregation, str, dict[str, str], st
     ("micro", "p", pricing_pb2.SUM, "n", {}, "1000000"),
     ("unrated", "nr", pricing_pb2.SUM, "n", {}, ""),
 )
-
-
-def this_hour_ms() -> int:
-    return now_ms() // HOUR_MS * HOUR_MS
 
 
 def catalogue(client: TariffClient) -> None:
@@ -127,10 +124,6 @@ def ingest(client: TariffClient, *events: usage_pb2.UsageEvent) -> usage_pb2.Ing
 
 def rejections(ack: usage_pb2.IngestAck) -> list[tuple[int, str, int]]:
     return [(r.index, r.transaction_id, r.reason) for r in ack.rejected]
-
-
-def charges(client: TariffClient, customer_id: str) -> str:
-    return str(client.get_balance(customer_id).period_charges)
 
 
 def authorize(

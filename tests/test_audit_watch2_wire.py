@@ -18,9 +18,10 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import release, serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_credits2_wire import CARD_FROM_MS, customer, grant, new_grant
-from tests.test_audit_gateway2_wire import catalogue, release, request, unary, work
+from tests.test_audit_gateway2_wire import catalogue, request, unary, work
 from tests.test_audit_topups_wire import month_start_ms, policy, set_policy
 from tests.test_server_auth import Keys
 
@@ -31,14 +32,7 @@ Shown = tuple[str, str, str]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-watch2")
-    process = ServerProcess(root / "data", extra_args=["--close-grace", "off"])
-    process.start()
-    try:
-        with process.client() as client:
-            catalogue(client)
-        yield process
-    finally:
-        process.stop()
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
 
 
 def watch(client: TariffClient, customer_id: str) -> tuple[grpc.Future, Iterator[balance_pb2.Balance]]:

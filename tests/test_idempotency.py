@@ -31,16 +31,13 @@ from tariff.v1 import (
 )
 
 from engine.control import ID_PATTERN
+from tests.audit_fixtures import audit_count
 from tests.demo_usage import ACME, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 
 
 def seq_of(client: TariffClient) -> int:
     return client.get_balance(ACME).as_of_seq
-
-
-def audit_count(client: TariffClient) -> int:
-    return len(client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries)
 
 
 def retried(client: TariffClient, call: Callable[[], object]) -> object:

@@ -10,6 +10,7 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import refusal
 from tests.serverproc import ServerFactory, wait_for
 from tests.test_audit_credits_wire import (
     DAY_MS,
@@ -18,7 +19,6 @@ from tests.test_audit_credits_wire import (
     grant,
     grants_of,
     period_anchor_ms,
-    refusal,
     totals,
     work,
 )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from server.admin.output import parse_numbers, parse_pairs, print_fields, print_json, print_table, when
 from server.admin.remote import Remote, remote_command
+
+if TYPE_CHECKING:
+    from tariff.v1 import balance_pb2
 
 
 @click.command()
@@ -75,6 +80,12 @@ def authorize(
             parse_pairs(dimensions, "DIMENSION=VALUE"),
             parse_numbers(values, "--value"),
         )
+    print_decision(remote, decision)
+
+
+def print_decision(remote: Remote, decision: balance_pb2.AuthorizeResponse, *, held: bool = False) -> None:
+    """An authorize's answer (`tariff authorize`, `tariff reserve`): as JSON, or its fields, with the reservation
+    its hold is under when the call asked for one (`held`)."""
     if remote.as_json:
         print_json(decision)
         return
@@ -82,6 +93,7 @@ def authorize(
         [
             ("allowed", "yes" if decision.allowed else "no"),
             ("reason", decision.reason),
+            *([("reservation", decision.reservation_id)] if held else []),
             ("estimated cost", decision.estimated_cost),
             ("credits available", decision.credits_available),
             ("message", decision.message),

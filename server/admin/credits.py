@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from server.admin.balance import print_decision
 from server.admin.output import UINT32_MAX, parse_numbers, parse_pairs, print_fields, print_json, print_table, when
 from server.admin.remote import Remote, remote_command
 
@@ -178,19 +179,7 @@ def reserve(
             reservation_ttl_s=ttl_s,
             reservation_id=reservation_id,
         )
-    if remote.as_json:
-        print_json(decision)
-        return
-    print_fields(
-        [
-            ("allowed", "yes" if decision.allowed else "no"),
-            ("reason", decision.reason),
-            ("reservation", decision.reservation_id),
-            ("estimated cost", decision.estimated_cost),
-            ("credits available", decision.credits_available),
-            ("message", decision.message),
-        ]
-    )
+    print_decision(remote, decision, held=True)
 
 
 @click.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Final, TypedDict
 
 from google.protobuf import timestamp_pb2
 from tariff.v1 import (
@@ -42,6 +43,29 @@ from server.services.common import (
     _required,
     actor_of,
 )
+
+
+class _PublishRerateFlags(TypedDict):
+    """The server-set fields a publish carries, PublishVersion's and RollbackRateCard's alike (a rollback publishes
+    through PublishVersion's path): what each means is in engine/commands.py PublishVersion."""
+
+    split_hours_refused: bool
+    rerate_in_contract: bool
+    rerate_holds_in_time: bool
+    rerate_top_ups_in_time: bool
+    override_hours_refused: bool
+    rerate_carries_earlier_hours: bool
+
+
+# Every publish and rollback this server takes sets them all.
+_PUBLISH_RERATE_FLAGS: Final[_PublishRerateFlags] = {
+    "split_hours_refused": True,
+    "rerate_in_contract": True,
+    "rerate_holds_in_time": True,
+    "rerate_top_ups_in_time": True,
+    "override_hours_refused": True,
+    "rerate_carries_earlier_hours": True,
+}
 
 
 class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
@@ -124,12 +148,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.version,
             convert.optional_hour_ms(request, "effective_from"),
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
-            split_hours_refused=True,
-            rerate_in_contract=True,
-            rerate_holds_in_time=True,
-            rerate_top_ups_in_time=True,
-            override_hours_refused=True,
-            rerate_carries_earlier_hours=True,
+            **_PUBLISH_RERATE_FLAGS,
         )
         return publish_response(await self._apply(command, PublishResult))
 
@@ -204,12 +223,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             request.rate_card_id,
             request.to_version,
             convert.optional_hour_ms(request, "effective_from"),
-            split_hours_refused=True,
-            rerate_in_contract=True,
-            rerate_holds_in_time=True,
-            rerate_top_ups_in_time=True,
-            override_hours_refused=True,
-            rerate_carries_earlier_hours=True,
+            **_PUBLISH_RERATE_FLAGS,
         )
         return publish_response(await self._apply(command, PublishResult))
 

@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -94,6 +94,8 @@ __all__ = [
 _log = logging.getLogger("tariff.client")
 
 Metadata = tuple[tuple[str, str], ...]
+# The channel a client makes its calls on: grpc.aio's (AsyncTariffClient) or plain grpc's (TariffClient).
+_ChannelT = TypeVar("_ChannelT", grpc.Channel, grpc.aio.Channel)
 
 # Channel defaults; `channel_options` given to a client override them key by key.
 DEFAULT_CHANNEL_OPTIONS: Final[Mapping[str, int | str]] = MappingProxyType(
@@ -566,42 +568,12 @@ _WAIT_READY_RETRY_CODES: Final = frozenset(
 )
 
 
-class _Stubs:
+class _Stubs(Generic[_ChannelT]):
     """The generated stubs of every service, sharing one channel: public ones that raise the typed errors, and
-    untyped ones for the helpers here that look at grpc's own errors (stream resends, wait_ready)."""
+    untyped ones for the helpers here that look at grpc's own errors (stream resends, wait_ready). Its arguments
+    are both clients' (see ``AsyncTariffClient``); each opens its own kind of channel (``_open_channel``)."""
 
-    def _init_stubs(self, channel: Any, metadata: Metadata, unary_timeout_s: float | None) -> None:
-        typed = _ChannelProxy(channel, metadata, unary_timeout_s, typed=True)
-        raw = _ChannelProxy(channel, metadata, unary_timeout_s, typed=False)
-        self.usage = usage_pb2_grpc.UsageServiceStub(typed)  # type: ignore[no-untyped-call]
-        self.balance = balance_pb2_grpc.BalanceServiceStub(typed)  # type: ignore[no-untyped-call]
-        self.pricing = pricing_pb2_grpc.PricingServiceStub(typed)  # type: ignore[no-untyped-call]
-        self.contracts = contracts_pb2_grpc.ContractServiceStub(typed)  # type: ignore[no-untyped-call]
-        self.invoices = invoices_pb2_grpc.InvoiceServiceStub(typed)  # type: ignore[no-untyped-call]
-        self.alerts = alerts_pb2_grpc.AlertServiceStub(typed)  # type: ignore[no-untyped-call]
-        self.health = health_pb2_grpc.HealthStub(typed)
-        self._raw_usage = usage_pb2_grpc.UsageServiceStub(raw)  # type: ignore[no-untyped-call]
-        self._raw_balance = balance_pb2_grpc.BalanceServiceStub(raw)  # type: ignore[no-untyped-call]
-        self._raw_health = health_pb2_grpc.HealthStub(raw)
-
-
-# --------------------------------------------------------------------------------------------
-# Async client
-
-
-class AsyncTariffClient(_Stubs):
-    """A ``grpc.aio`` client for one Tariff server.
-
-    Use as ``async with AsyncTariffClient("127.0.0.1:50051") as client: ...`` or call ``close()``.
-    ``default_timeout_s`` is the deadline of every unary call that does not set its own, through
-    the convenience methods and the raw stubs alike; streams have none. ``api_key`` is sent as
-    ``authorization: Bearer KEY`` on every call, streams included; ``actor`` as ``x-actor`` (the person the
-    audit log records for the changes this client makes; with an API key, as "PERSON via KEY"). TLS: ``tls=True`` (system roots),
-    ``root_certificates`` (PEM of the CA to trust), plus ``client_certificate_chain`` and
-    ``client_private_key`` for mutual TLS; or ready-made ``credentials``. ``channel_options``
-    override ``DEFAULT_CHANNEL_OPTIONS``. A target on this machine (localhost, 127.0.0.0/8, ::1) is reached
-    directly, never through the environment's ``http_proxy`` / ``https_proxy`` / ``grpc_proxy``.
-    """
+    channel: _ChannelT
 
     def __init__(
         self,
@@ -624,11 +596,53 @@ class AsyncTariffClient(_Stubs):
         credentials = credentials or _tls_credentials(
             tls, root_certificates, client_certificate_chain, client_private_key
         )
-        if credentials is None:
-            self.channel: grpc.aio.Channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self.channel = self._open_channel(target, options, credentials)
         self._init_stubs(self.channel, self.metadata, default_timeout_s)
+
+    def _open_channel(
+        self, target: str, options: list[tuple[str, Any]], credentials: grpc.ChannelCredentials | None
+    ) -> _ChannelT:
+        raise NotImplementedError
+
+    def _init_stubs(self, channel: Any, metadata: Metadata, unary_timeout_s: float | None) -> None:
+        typed = _ChannelProxy(channel, metadata, unary_timeout_s, typed=True)
+        raw = _ChannelProxy(channel, metadata, unary_timeout_s, typed=False)
+        self.usage = usage_pb2_grpc.UsageServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.balance = balance_pb2_grpc.BalanceServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.pricing = pricing_pb2_grpc.PricingServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.contracts = contracts_pb2_grpc.ContractServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.invoices = invoices_pb2_grpc.InvoiceServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.alerts = alerts_pb2_grpc.AlertServiceStub(typed)  # type: ignore[no-untyped-call]
+        self.health = health_pb2_grpc.HealthStub(typed)
+        self._raw_usage = usage_pb2_grpc.UsageServiceStub(raw)  # type: ignore[no-untyped-call]
+        self._raw_balance = balance_pb2_grpc.BalanceServiceStub(raw)  # type: ignore[no-untyped-call]
+        self._raw_health = health_pb2_grpc.HealthStub(raw)
+
+
+# --------------------------------------------------------------------------------------------
+# Async client
+
+
+class AsyncTariffClient(_Stubs[grpc.aio.Channel]):
+    """A ``grpc.aio`` client for one Tariff server.
+
+    Use as ``async with AsyncTariffClient("127.0.0.1:50051") as client: ...`` or call ``close()``.
+    ``default_timeout_s`` is the deadline of every unary call that does not set its own, through
+    the convenience methods and the raw stubs alike; streams have none. ``api_key`` is sent as
+    ``authorization: Bearer KEY`` on every call, streams included; ``actor`` as ``x-actor`` (the person the
+    audit log records for the changes this client makes; with an API key, as "PERSON via KEY"). TLS: ``tls=True`` (system roots),
+    ``root_certificates`` (PEM of the CA to trust), plus ``client_certificate_chain`` and
+    ``client_private_key`` for mutual TLS; or ready-made ``credentials``. ``channel_options``
+    override ``DEFAULT_CHANNEL_OPTIONS``. A target on this machine (localhost, 127.0.0.0/8, ::1) is reached
+    directly, never through the environment's ``http_proxy`` / ``https_proxy`` / ``grpc_proxy``.
+    """
+
+    def _open_channel(
+        self, target: str, options: list[tuple[str, Any]], credentials: grpc.ChannelCredentials | None
+    ) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
     async def __aenter__(self) -> Self:
         return self
@@ -1473,39 +1487,19 @@ class UsageBatcher(_DrainsOnExit):
 # Sync client
 
 
-class TariffClient(_Stubs):
+class TariffClient(_Stubs[grpc.Channel]):
     """The synchronous client: raw stubs and the convenience methods, on a plain ``grpc`` channel.
 
     Same arguments and behaviour as ``AsyncTariffClient``, without the streaming helpers (use the
     raw ``usage.IngestUsage`` stub, or ``AsyncTariffClient.usage_stream``).
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        api_key: str | None = None,
-        default_timeout_s: float = 10.0,
-        credentials: grpc.ChannelCredentials | None = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        client_certificate_chain: bytes | None = None,
-        client_private_key: bytes | None = None,
-        actor: str | None = None,
-    ) -> None:
-        self.target = target
-        self.default_timeout_s = default_timeout_s
-        self.metadata: Metadata = _auth_metadata(api_key, actor)
-        options = _channel_options(target, channel_options)
-        credentials = credentials or _tls_credentials(
-            tls, root_certificates, client_certificate_chain, client_private_key
-        )
+    def _open_channel(
+        self, target: str, options: list[tuple[str, Any]], credentials: grpc.ChannelCredentials | None
+    ) -> grpc.Channel:
         if credentials is None:
-            self.channel: grpc.Channel = grpc.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.secure_channel(target, credentials, options=options)
-        self._init_stubs(self.channel, self.metadata, default_timeout_s)
+            return grpc.insecure_channel(target, options=options)
+        return grpc.secure_channel(target, credentials, options=options)
 
     def __enter__(self) -> Self:
         return self

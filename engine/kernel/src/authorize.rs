@@ -91,21 +91,27 @@ fn missing_field(request: &wire::AuthorizeRequest) -> Option<&'static str> {
     }
 }
 
+/// The usage an authorize (or a hold) asks about, at now_ms: the request's customer, event type, dimensions and
+/// values, taken out of it (its request and reservation ids stay).
+pub fn asked_usage(request: &mut wire::AuthorizeRequest, now_ms: i64) -> wire::UsageEvent {
+    wire::UsageEvent {
+        // check_event requires one; Authorize's answer never shows it.
+        transaction_id: "authorize".into(),
+        customer_id: std::mem::take(&mut request.customer_id),
+        event_type: std::mem::take(&mut request.event_type),
+        timestamp_ms: now_ms,
+        dimensions: std::mem::take(&mut request.dimensions),
+        values: std::mem::take(&mut request.values),
+        reservation_id: String::new(),
+    }
+}
+
 /// Decides one request (reservations already refused) at now_ms; reads the kernel, changes nothing.
-pub fn answer(kernel: &Kernel, request: wire::AuthorizeRequest, now_ms: i64) -> wire::AuthorizeResponse {
+pub fn answer(kernel: &Kernel, mut request: wire::AuthorizeRequest, now_ms: i64) -> wire::AuthorizeResponse {
     if let Some(field) = missing_field(&request) {
         return response(request.request_id, false, "INVALID_REQUEST", format!("{field}: is required"), 0, 0);
     }
-    let event = wire::UsageEvent {
-        // check_event requires one; Authorize's answer never shows it.
-        transaction_id: "authorize".into(),
-        customer_id: request.customer_id,
-        event_type: request.event_type,
-        timestamp_ms: now_ms,
-        dimensions: request.dimensions,
-        values: request.values,
-        reservation_id: String::new(),
-    };
+    let event = asked_usage(&mut request, now_ms);
     let decision = kernel.authorize(&event, now_ms);
     response(request.request_id, decision.allowed, decision.reason, decision.message, decision.cost, decision.available)
 }

@@ -28,6 +28,7 @@ use crate::decode::wire;
 use crate::holds;
 use crate::kernel::{self, BatchRefusal};
 use crate::snapshot::segment::Chunks;
+use crate::tables::VersionTable;
 
 pyo3::create_exception!(_kernel, BatchTooLarge, PyValueError, "A batch with more events than the server takes.");
 pyo3::create_exception!(
@@ -101,6 +102,19 @@ impl Kernel {
         let guard = self.inner.read_recursive();
         self.check_poisoned()?;
         Ok(guard)
+    }
+
+    /// What `answer` makes of the state (read, shared with other reads) and a version (`version`, a VersionTable's
+    /// msgpack, decoded), with the GIL released: a version that does not decode, or an Err of `answer`, is a
+    /// ValueError.
+    fn read_with_version<T: Send>(
+        &self,
+        py: Python<'_>,
+        version: &[u8],
+        answer: impl FnOnce(&kernel::Kernel, VersionTable) -> Result<T, String> + Send,
+    ) -> PyResult<T> {
+        let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
+        py.detach(|| answer(&*self.read()?, table).map_err(PyValueError::new_err))
     }
 
     /// Runs a change of the kernel's state under the lock, alone.
@@ -519,18 +533,8 @@ impl Kernel {
         override_hours_refused: bool,
         in_contract: bool,
     ) -> PyResult<()> {
-        let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
-        py.detach(|| {
-            let kernel = self.read()?;
-            (kernel.rerate_check(
-                &customers,
-                table,
-                from_hour,
-                split_hours_refused,
-                override_hours_refused,
-                in_contract,
-            ))
-            .map_err(PyValueError::new_err)
+        self.read_with_version(py, version, |kernel, table| {
+            kernel.rerate_check(&customers, table, from_hour, split_hours_refused, override_hours_refused, in_contract)
         })
     }
 
@@ -550,18 +554,15 @@ impl Kernel {
         override_hours_refused: bool,
         in_contract: bool,
     ) -> PyResult<Vec<String>> {
-        let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
-        py.detach(|| {
-            let kernel = self.read()?;
-            (kernel.rerate_plan_slice(
+        self.read_with_version(py, version, |kernel, table| {
+            kernel.rerate_plan_slice(
                 &customers,
                 table,
                 from_hour,
                 split_hours_refused,
                 override_hours_refused,
                 in_contract,
-            ))
-            .map_err(PyValueError::new_err)
+            )
         })
     }
 
@@ -640,9 +641,8 @@ impl Kernel {
         end_ms: i64,
         customers: Option<Vec<String>>,
     ) -> PyResult<Vec<(String, String, i128, i128)>> {
-        let table = crate::rerate::decode_version(version).map_err(PyValueError::new_err)?;
-        let lines = py.detach(|| {
-            self.read()?.simulate(table, start_ms, end_ms, customers.as_deref()).map_err(PyValueError::new_err)
+        let lines = self.read_with_version(py, version, |kernel, table| {
+            kernel.simulate(table, start_ms, end_ms, customers.as_deref())
         })?;
         Ok(lines.into_iter().map(|l| (l.customer_id, l.product_id, l.current, l.simulated)).collect())
     }

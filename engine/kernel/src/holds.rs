@@ -14,7 +14,7 @@
 use prost::Message;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::authorize::{answer, response, Refused};
+use crate::authorize::{answer, asked_usage, response, Refused};
 use crate::decode::{wire, TEXT_BYTES_MAX};
 use crate::kernel::Kernel;
 
@@ -172,7 +172,7 @@ impl Kernel {
     /// RESERVATION_CONFLICT, or the denial) and the others go on.
     pub fn reserve_batch(&mut self, requests: Vec<wire::AuthorizeRequest>, now_ms: i64) -> HeldBatch {
         let mut done = HeldBatch { responses: Vec::with_capacity(requests.len()), placed: 0, customers: Vec::new() };
-        for request in requests {
+        for mut request in requests {
             let ttl = match ttl_ms(&request) {
                 Ok(ttl) if !request.reservation_id.is_empty() && !request.customer_id.is_empty() => ttl,
                 Ok(_) => {
@@ -185,15 +185,7 @@ impl Kernel {
                     continue;
                 }
             };
-            let event = wire::UsageEvent {
-                transaction_id: "authorize".into(),
-                customer_id: request.customer_id,
-                event_type: request.event_type,
-                timestamp_ms: now_ms,
-                dimensions: request.dimensions,
-                values: request.values,
-                reservation_id: String::new(),
-            };
+            let event = asked_usage(&mut request, now_ms);
             let answered = match self.reserve(&request.reservation_id, &event, now_ms, ttl) {
                 Ok(r) => {
                     let d = r.decision;

@@ -346,11 +346,11 @@ struct StoredV3 {
 }
 
 impl StoredV3 {
+    /// As the format-4 snapshot of the same state upgrades: the two differ only in how the dedupe entries are written.
     fn upgrade(self) -> Stored {
         debug_assert_eq!(self.format, 3);
         let Self { strings, accounts, dedupe, clock_ms, .. } = self;
-        let accounts = upgrade_accounts(accounts);
-        Stored { format: FORMAT, strings, accounts, dedupe, clock_ms, dedupe_in_segments: false }
+        StoredV4 { format: 4, strings, accounts, dedupe, clock_ms }.upgrade()
     }
 }
 
@@ -373,21 +373,19 @@ struct StoredAccountV2 {
     period_overage: Vec<(i64, Picos)>,
 }
 
+impl StoredAccountV2 {
+    /// As format 7 holds it: no adjustment entries, no credits.
+    fn upgrade(self) -> StoredAccount {
+        let Self { customer_id, grants, aggregates, buckets, period_charges, period_overage } = self;
+        let (adjustments, credits) = (Vec::new(), None);
+        StoredAccount { customer_id, grants, aggregates, buckets, period_charges, period_overage, adjustments, credits }
+    }
+}
+
 impl StoredV2 {
     fn upgrade(self) -> Stored {
         debug_assert_eq!(self.format, 2);
-        let accounts = (self.accounts.into_iter())
-            .map(|a| StoredAccount {
-                customer_id: a.customer_id,
-                grants: a.grants,
-                aggregates: a.aggregates,
-                buckets: a.buckets,
-                period_charges: a.period_charges,
-                period_overage: a.period_overage,
-                adjustments: Vec::new(),
-                credits: None,
-            })
-            .collect();
+        let accounts = self.accounts.into_iter().map(StoredAccountV2::upgrade).collect();
         let dedupe = self.dedupe;
         Stored {
             format: FORMAT,
@@ -425,29 +423,23 @@ impl StoredV1 {
         let mut dedupe = Vec::new();
         let mut accounts = Vec::with_capacity(self.accounts.len());
         for account in self.accounts {
-            for (transaction_id, seen) in account.dedupe {
-                dedupe.push((key(&account.customer_id, &transaction_id, &mut canonical), seen));
+            let StoredAccountV1 {
+                customer_id,
+                grants,
+                aggregates,
+                buckets,
+                period_charges,
+                period_overage,
+                dedupe: seen,
+            } = account;
+            for (transaction_id, seen) in seen {
+                dedupe.push((key(&customer_id, &transaction_id, &mut canonical), seen));
             }
-            accounts.push(StoredAccount {
-                customer_id: account.customer_id,
-                grants: account.grants,
-                aggregates: account.aggregates,
-                buckets: account.buckets,
-                period_charges: account.period_charges,
-                period_overage: account.period_overage,
-                adjustments: Vec::new(),
-                credits: None,
-            });
+            accounts.push(StoredAccountV2 { customer_id, grants, aggregates, buckets, period_charges, period_overage });
         }
         dedupe.sort_unstable_by_key(|(k, _)| *k);
-        Stored {
-            format: FORMAT,
-            strings: self.strings,
-            accounts,
-            dedupe,
-            clock_ms: i64::MIN,
-            dedupe_in_segments: false,
-        }
+        // Format 2 is format 1 with the dedupe entries in one table, by key.
+        StoredV2 { format: 2, strings: self.strings, accounts, dedupe }.upgrade()
     }
 }
 
@@ -958,6 +950,71 @@ mod tests {
         assert_eq!(stored.accounts[0].period_charges, vec![(0, 60)]);
         assert_eq!(stored.dedupe, vec![(9, seen)]);
         assert_eq!(stored.clock_ms, i64::MIN);
+    }
+
+    /// Format 1's layout: the dedupe entries per account, by transaction id.
+    #[derive(Serialize)]
+    struct WrittenV1 {
+        format: u32,
+        strings: Vec<String>,
+        accounts: Vec<WrittenAccountV1>,
+    }
+
+    #[derive(Serialize)]
+    struct WrittenAccountV1 {
+        customer_id: String,
+        grants: Vec<Grant>,
+        aggregates: Vec<(AggregateKey, Aggregate)>,
+        buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
+        period_charges: Vec<(i64, Picos)>,
+        period_overage: Vec<(i64, Picos)>,
+        dedupe: Vec<(String, Seen)>,
+    }
+
+    #[test]
+    fn a_format_1_snapshot_reads_with_its_accounts_dedupe_entries_in_one_table_by_key() {
+        let account = |customer_id: &str, charges: Picos, seen: Vec<(String, Seen)>| WrittenAccountV1 {
+            customer_id: customer_id.into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: vec![(0, charges)],
+            period_overage: vec![(0, 1)],
+            dedupe: seen,
+        };
+        let (a, b, c) = (Seen { digest: 1, at_ms: 10 }, Seen { digest: 2, at_ms: 20 }, Seen { digest: 3, at_ms: 30 });
+        let accounts = vec![
+            account("acme", 60, vec![("t1".into(), a), ("t2".into(), b)]),
+            account("globex", 5, vec![("t1".into(), c)]),
+        ];
+        let written = WrittenV1 { format: 1, strings: vec!["p".into()], accounts };
+        let stored = decode(&postcard::to_allocvec(&written).unwrap()).expect("format 1 reads");
+        let mut canonical = Vec::new();
+        let mut dedupe = vec![
+            (crate::dedupe::key("acme", "t1", &mut canonical), a),
+            (crate::dedupe::key("acme", "t2", &mut canonical), b),
+            (crate::dedupe::key("globex", "t1", &mut canonical), c),
+        ];
+        dedupe.sort_unstable_by_key(|(k, _)| *k);
+        let stored_account = |customer_id: &str, charges: Picos| StoredAccount {
+            customer_id: customer_id.into(),
+            grants: vec![grant()],
+            aggregates: vec![],
+            buckets: vec![],
+            period_charges: vec![(0, charges)],
+            period_overage: vec![(0, 1)],
+            adjustments: vec![],
+            credits: None,
+        };
+        let expected = Stored {
+            format: FORMAT,
+            strings: vec!["p".into()],
+            accounts: vec![stored_account("acme", 60), stored_account("globex", 5)],
+            dedupe,
+            clock_ms: i64::MIN,
+            dedupe_in_segments: false,
+        };
+        assert_eq!(stored, expected);
     }
 
     /// A purchase as formats 3 to 6 wrote it: without its period's charges when bought.
