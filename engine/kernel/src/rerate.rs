@@ -426,28 +426,14 @@ impl Kernel {
         (from, until): (i64, i64),
     ) -> Result<(), String> {
         let Some(route) = account.route.as_ref() else { return Ok(()) };
-        let off_the_hour = |at: i64| at.rem_euclid(HOUR_MS) != 0;
-        let inside = |at: i64, hour: i64| off_the_hour(at) && at.div_euclid(HOUR_MS) == hour;
         let overrides = || route.contracts.iter().flat_map(|c| c.overrides.iter());
         if !overrides().any(|o| off_the_hour(o.starting_at_ms) || o.ending_before_ms.is_some_and(off_the_hour)) {
             return Ok(()); // most customers: no bucket looked at
         }
-        let (interner, combos) = (&self.rater.interner, &self.rater.combos);
+        let interner = &self.rater.interner;
         let split = (account.buckets.iter())
             .filter(|(key, usages)| (from..until).contains(&key.hour) && usages.iter().any(|u| u.rate_card == card))
-            .filter_map(|(key, _)| {
-                // The contract that prices the bucket (`walk`): the one in force at the hour's start. An
-                // instant splits the bucket when the override chosen for its usage changes there.
-                let contract = route.contracts.iter().find(|c| c.covers(key.hour * HOUR_MS))?;
-                let dimensions: SmallVec<[Option<Sym>; 4]> = combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
-                let chosen = |at: i64| chosen_override(contract, key.product, &dimensions, at).map(std::ptr::from_ref);
-                let boundary = (contract.overrides.iter())
-                    .filter(|o| o.product == key.product)
-                    .flat_map(|o| [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten())
-                    .filter(|at| inside(*at, key.hour) && chosen(*at - 1) != chosen(*at))
-                    .min()?;
-                Some((key, boundary))
-            });
+            .filter_map(|(key, _)| Some((key, self.override_split(route, key)?)));
         let Some((key, boundary)) = self.first_in_order(split) else { return Ok(()) };
         Err(format!(
             "customer {customer_id:?}: product {:?}: the hour from {} holds the start or end of a price override \
@@ -457,6 +443,25 @@ impl Kernel {
             crate::route::utc_text(key.hour * HOUR_MS),
             crate::route::utc_text(boundary),
         ))
+    }
+
+    /// The earliest instant off the hour inside the bucket's hour where the matching override chosen
+    /// for its usage changes (an override's start or end), if any: the units before it and those
+    /// after were priced by different overrides (or one and none) when rated on time, and the bucket
+    /// does not know which are which (`refuse_override_split_hours`).
+    fn override_split(&self, route: &Route, key: &HourKey) -> Option<i64> {
+        let inside = |at: i64, hour: i64| off_the_hour(at) && at.div_euclid(HOUR_MS) == hour;
+        // The contract that prices the bucket (`walk`): the one in force at the hour's start. An
+        // instant splits the bucket when the override chosen for its usage changes there.
+        let contract = route.contracts.iter().find(|c| c.covers(key.hour * HOUR_MS))?;
+        let dimensions: SmallVec<[Option<Sym>; 4]> =
+            self.rater.combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
+        let chosen = |at: i64| chosen_override(contract, key.product, &dimensions, at).map(std::ptr::from_ref);
+        (contract.overrides.iter())
+            .filter(|o| o.product == key.product)
+            .flat_map(|o| [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten())
+            .filter(|at| inside(*at, key.hour) && chosen(*at - 1) != chosen(*at))
+            .min()
     }
 
     /// Prices again every open-period aggregate of the account holding usage of `card` in the
@@ -936,6 +941,10 @@ impl PeriodCache {
             }
         }
     }
+}
+
+fn off_the_hour(at_ms: i64) -> bool {
+    at_ms.rem_euclid(HOUR_MS) != 0
 }
 
 /// The first boundary strictly inside the hour (a contract's start or end, the end of the period
