@@ -223,7 +223,7 @@ impl Kernel {
         let (mut aggregates, mut done) =
             self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline, in_contract)?;
         if earlier_hours_carried {
-            for aggregate in aggregates.iter_mut().filter(|a| carries(account, a.key)) {
+            for aggregate in aggregates.iter_mut().filter(|a| self.carries(account, a)) {
                 if let Some((first, carried)) = earlier_hours_shortfall(&aggregate.buckets) {
                     aggregate.buckets[first].new_amount += carried;
                 }
@@ -353,7 +353,7 @@ impl Kernel {
         let (aggregates, _) = self.reprice(account, card, hours, Pricing::Timeline, true)?;
         Ok(aggregates
             .iter()
-            .filter(|a| carries(account, a.key))
+            .filter(|a| self.carries(account, a))
             .filter_map(|a| earlier_hours_shortfall(&a.buckets).map(|(_, carried)| (a.key, carried)))
             .collect())
     }
@@ -462,6 +462,17 @@ impl Kernel {
             .flat_map(|o| [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten())
             .filter(|at| inside(*at, key.hour) && chosen(*at - 1) != chosen(*at))
             .min()
+    }
+
+    /// Whether the aggregate's first re-rated bucket carries the earlier hours (`earlier_hours_shortfall`):
+    /// unless a bucket before it holds, off the hour, the start or end of a matching price override
+    /// where the override chosen for its usage changes (`override_split`): walked at its hour's start,
+    /// such a bucket is priced by one choice for all its units, so what it was charged less than the
+    /// walk prices it at is not known.
+    fn carries(&self, account: &Account, aggregate: &AggregateRepriced) -> bool {
+        let Some(route) = account.route.as_ref() else { return false };
+        let first = aggregate.buckets.iter().position(|b| b.selected).unwrap_or(aggregate.buckets.len());
+        aggregate.buckets[..first].iter().all(|b| self.override_split(route, &b.key).is_none())
     }
 
     /// Prices again every open-period aggregate of the account holding usage of `card` in the
@@ -644,23 +655,20 @@ impl Kernel {
 // at 1 + 10, then 0.5 + 5: 50 at 10:00, 100 at 12:00, then 50 more at 10:30 are charged 60, 80,
 // 25; a version with the same prices from 11:00 priced 12:00 at p(200) - p(100) = 55, and the line
 // 140 instead of 165). With the carry the line is what rating its events on time with the timeline
-// as it is now would charge. Only where the contract has no price override of the aggregate's
-// product (`carries`): an hour walked at its start does not know which of its units an override
-// starting, ending or added since priced (`refuse_override_split_hours`).
+// as it is now would charge, the contract's price overrides as they are now applied (a multiplier
+// multiplies the price of the cumulative quantity, so it does not take the order away: 0.5 of the
+// above is 30, 40 and 12.5, and the carry keeps the line at 82.5). So an override added since those
+// hours were rated (it priced only the usage rated after it) is also carried into the line, as a
+// publish from the period's start would apply it to them. Not where a bucket before the first
+// selected one holds, off the hour, the start or end of a matching override (`carries`): walked at
+// its hour's start it cannot tell which of its units that override priced
+// (`refuse_override_split_hours` refuses such a bucket among the selected ones).
 
 /// The first selected bucket of an aggregate's walk, and what the buckets before it were charged
 /// less than the walk prices them at: what the carry adds to it.
 fn earlier_hours_shortfall(buckets: &[Repriced]) -> Option<(usize, Picos)> {
     let first = buckets.iter().position(|b| b.selected)?;
     Some((first, buckets[..first].iter().map(|b| b.new_amount - b.old_amount).sum()))
-}
-
-/// Whether the aggregate's first re-rated bucket carries the earlier hours (`earlier_hours_shortfall`):
-/// where the contract of its period has no price override of its product.
-fn carries(account: &Account, key: PeriodKey) -> bool {
-    let start = key.period_start_ms;
-    let contract = account.route.as_ref().and_then(|r| r.contracts.iter().find(|c| c.covers(start)));
-    contract.is_some_and(|c| c.overrides.iter().all(|o| o.product != key.product))
 }
 
 impl Repriced {
