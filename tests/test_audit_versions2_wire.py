@@ -314,6 +314,48 @@ def test_a_closed_period_is_left_alone_and_a_late_events_hour_re_rated_in_the_op
         assert adjustment_rows(closed, line_id) == []
 
 
+def test_publish_and_simulate_refuse_a_version_without_a_rate_naming_the_product_and_change_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    """pricing.proto: a publish is refused with FAILED_PRECONDITION, changing nothing, when affected usage "has no
+    rate in this version"; SimulateVersion refuses the same usage, "naming the customer, the product and the hour"
+    (it named the product and the hour only). Version 2 =
+    T for model=a only, published from s = h-5h before usage; 10 units of model=a at s+1h: p(10) = 20. Version 3
+    prices only model=b (version 2's rate removed): from s it is refused, charges stay 20, the card's
+    current_version stays 2; from h+1h (after all usage) it publishes, re-rating nothing."""
+    server = server_factory()
+    hour = this_hour_ms()
+    s = hour - 5 * HOUR_MS
+    with server.client() as client:
+        catalogue(client, s)
+        remove_catch_all = pricing_pb2.RateKey(product_id="units")
+        request = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=CARD,
+            based_on_version=1,
+            upsert_rates=[graduated_t(model="a")],
+            remove_rates=[remove_catch_all],
+        )
+        v2 = client.pricing.CreateDraftVersion(request).version
+        publish(client, v2, s)
+        ingest(client, work("a-1", s + HOUR_MS, 10, model="a"))
+        assert charges(client) == "20"
+        request = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=CARD,
+            based_on_version=v2,
+            upsert_rates=[graduated_t(model="b")],
+            remove_rates=[pricing_pb2.RateKey(product_id="units", match={"model": "a"})],
+        )
+        v3 = client.pricing.CreateDraftVersion(request).version
+        message = expect_error(S.FAILED_PRECONDITION, lambda: publish(client, v3, s))
+        assert "units" in message
+        message = expect_error(S.FAILED_PRECONDITION, lambda: simulate(client, v3, s, hour))
+        assert "units" in message and 'customer "c"' in message and str(s + HOUR_MS) in message
+        assert charges(client) == "20"
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).current_version == 2
+        assert counts(publish(client, v3, hour + HOUR_MS)) == (0, 0, 0, "0")
+        assert charges(client) == "20"
+
+
 def test_an_override_added_after_earlier_hours_were_rated_is_carried_into_the_line_by_a_later_publish(
     server_factory: ServerFactory,
 ) -> None:

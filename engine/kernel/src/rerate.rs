@@ -310,8 +310,11 @@ impl Kernel {
             let Some(account) = self.accounts.get(id) else { continue };
             self.refuse_split_hours(id, account, card, hours)?;
             self.refuse_override_split_hours(id, account, card, hours)?;
-            let carried = self.earlier_hours_carried(account, card, hours)?;
-            let (mut aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled), true)?;
+            // Usage the version cannot price names its customer, as the split hours' refusals do.
+            let named = |error: String| format!("customer {id:?}: {error}");
+            let carried = self.earlier_hours_carried(account, card, hours).map_err(named)?;
+            let (mut aggregates, _) =
+                self.reprice(account, card, hours, Pricing::Only(&compiled), true).map_err(named)?;
             for aggregate in &mut aggregates {
                 let first = aggregate.buckets.iter().position(|b| b.selected);
                 if let (Some(first), Some(carried)) = (first, carried.get(&aggregate.key)) {
