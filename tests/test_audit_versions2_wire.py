@@ -21,7 +21,7 @@ from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory
-from tests.test_audit_prices3_wire import counts, customer, override, tiered, used
+from tests.test_audit_prices3_wire import counts, customer, override, tiered, used, version_at
 from tests.test_audit_pricing_wire import (
     CARD,
     HOUR_MS,
@@ -416,3 +416,71 @@ def test_an_hour_before_effective_from_split_by_an_override_off_the_hour_is_not_
         assert charges(client) == "112.5"
         assert counts(publish(client, v3, s + HOUR_MS)) == (1, 1, 1, "-12.5")
         assert charges(client) == "100"
+
+
+def test_a_cohort_version_a_later_publish_for_everyone_and_a_rollback_at_the_same_hour_after_late_events(
+    server_factory: ServerFactory,
+) -> None:
+    """Customers c and d (contracts from s = h-5h), version 2 = T from s, before usage; each has the module
+    docstring's usage: 165 each. T2 = T with unit prices doubled: p2(100) = 210, p2(200) = 315.
+    - SimulateVersion of version 3 (T2) over [s+1h, h+1h), no customer named: "every customer with usage", each
+      bucket s+2h p2(200) - p2(100) = 105 plus the carry of hour s (p(100) = 110, charged 85: 25): 130, current 80,
+      delta 50; totals 160, 260, 100.
+    - Version 3 published for the cohort {d} from s+1h re-rates d only: 1 customer, 1 bucket, 1 event, "50";
+      c 165, d 215.
+    - RollbackRateCard to version 2 from s+1h is refused: version 2 is in force there outside cohorts
+      (FAILED_PRECONDITION naming version 2), changing nothing.
+    - Version 4 (T2) for everyone from s+1h: c's bucket 80 -> 130; d's, whose cohort version 3 is effective from
+      the same hour, goes to version 4 ("of two effective at once, the later published") at the same 130: 2
+      customers, 2 buckets, 2 events, "50"; c 215, d 215.
+    - RollbackRateCard to version 2 from s+1h: version 5, a copy of version 2 for everyone outside cohorts,
+      rollback_from 4; it is the later published of the three versions effective at s+1h, so it prices d too:
+      both buckets back to p(200) - p(100) + 25 = 80: 2 customers, 2 buckets, 2 events, "-100"; 165 each. d's line:
+      version 2's part 100 units 85, version 5's 100 units 80; its adjustments (s+2h, [2] -> 3, 80 -> 130),
+      ([3] -> 4, 130 -> 130), ([4] -> 5, 130 -> 80). GetVersion at s+1h is version 5."""
+    server = server_factory()
+    hour = this_hour_ms()
+    s = hour - 5 * HOUR_MS
+    t2 = [("100", "2", "10"), ("200", "1", "5"), ("", "0.2", "2")]
+    with server.client() as client:
+        catalogue(client, s)
+        customer(client, "d", s)
+        publish(client, draft(client, 1, [graduated_t()]), s)
+        late_event_usage(client, "c", s)
+        late_event_usage(client, "d", s)
+        v3 = draft(client, 2, [tiered(False, t2)])
+        assert simulate(client, v3, s + HOUR_MS, hour + HOUR_MS) == [
+            ("c", "units", "80", "130", "50"),
+            ("d", "units", "80", "130", "50"),
+            ("total", "", "160", "260", "100"),
+        ]
+        request = pricing_pb2.PublishVersionRequest(
+            rate_card_id=CARD,
+            version=v3,
+            effective_from=stamp(s + HOUR_MS),
+            cohort=pricing_pb2.Cohort(customer_ids=["d"]),
+        )
+        assert counts(client.pricing.PublishVersion(request)) == (1, 1, 1, "50")
+        assert (balance_of(client, "c"), balance_of(client, "d")) == ("165", "215")
+        rollback = pricing_pb2.RollbackRateCardRequest(
+            rate_card_id=CARD, to_version=2, effective_from=stamp(s + HOUR_MS)
+        )
+        message = expect_error(S.FAILED_PRECONDITION, lambda: client.pricing.RollbackRateCard(rollback))
+        assert "version 2" in message
+        assert (balance_of(client, "c"), balance_of(client, "d")) == ("165", "215")
+        assert counts(publish(client, draft(client, 2, [tiered(False, t2)]), s + HOUR_MS)) == (2, 2, 2, "50")
+        assert (balance_of(client, "c"), balance_of(client, "d")) == ("215", "215")
+        done = client.pricing.RollbackRateCard(rollback)
+        assert (done.version.version, done.version.rollback_from_version, done.version.rollback_to_version) == (5, 4, 2)
+        assert counts(done) == (2, 2, 2, "-100")
+        assert (balance_of(client, "c"), balance_of(client, "d")) == ("165", "165")
+        line_id = "units;model=;region="
+        invoice = preview(client, "d", s)
+        assert line_rows(invoice) == {line_id: ("200", "165", [(2, "100", "85"), (5, "100", "80")])}
+        at = s + 2 * HOUR_MS
+        assert adjustment_rows(invoice, line_id) == [
+            (at, [2], 3, "80", "130", "50"),
+            (at, [3], 4, "130", "130", "0"),
+            (at, [4], 5, "130", "80", "-50"),
+        ]
+        assert version_at(client, s + HOUR_MS) == 5
