@@ -484,3 +484,70 @@ def test_a_cohort_version_a_later_publish_for_everyone_and_a_rollback_at_the_sam
             (at, [4], 5, "130", "80", "-50"),
         ]
         assert version_at(client, s + HOUR_MS) == 5
+
+
+def test_a_late_event_rated_across_a_version_change_is_brought_to_the_on_time_amount_by_a_same_price_publish(
+    server_factory: ServerFactory,
+) -> None:
+    """docs/architecture.md §5: an event is charged price(aggregate after) - price(aggregate before) with the curve of
+    the version in force at its own timestamp, so a late event dated before a version change is charged by the old
+    curve at the top of a quantity the new one priced; README: a publish's first re-rated hour carries what the
+    hours before were charged less than on time, "so the line is what rating its events on time with the new
+    timeline ... charges". T2 = T with unit prices doubled: p2(50) = 110, p2(100) = 210, p2(150) = 265,
+    p2(200) = 315.
+    Version 2 = T from s = h-5h, before usage. 50 units at s+1 ms: 60; 100 at s+2h: p(150) - p(50) = 80; 140.
+    Version 3 = T2 from s+1h: bucket s+2h is p2(150) - p2(50) = 155 (hour s walked at p(50) = 60, as charged: no
+    carry): 1 customer, 1 bucket, 1 event, "75"; 215.
+    50 units at s+30 min arrive last: version 2 prices them, p(200) - p(150) = 25; 240.
+    SimulateVersion of version 4 (T2 again) over [s+1h, h+1h): p2(200) - p2(100) = 105 plus hour s's shortfall
+    (p(100) = 110, charged 85: 25): 130 against 155, delta -25. Publishing it from s+1h does so: "-25", 215 =
+    p(100) + p2(200) - p2(100), what rating the events on time with this timeline charges."""
+    server = server_factory()
+    hour = this_hour_ms()
+    s = hour - 5 * HOUR_MS
+    t2 = [("100", "2", "10"), ("200", "1", "5"), ("", "0.2", "2")]
+    with server.client() as client:
+        catalogue(client, s)
+        publish(client, draft(client, 1, [graduated_t()]), s)
+        ingest(client, work("a", s + 1, 50))
+        ingest(client, work("b", s + 2 * HOUR_MS, 100))
+        assert charges(client) == "140"
+        assert counts(publish(client, draft(client, 2, [tiered(False, t2)]), s + HOUR_MS)) == (1, 1, 1, "75")
+        assert charges(client) == "215"
+        ingest(client, work("late", s + 30 * MINUTE_MS, 50))
+        assert charges(client) == "240"
+        v4 = draft(client, 3, [])
+        assert simulate(client, v4, s + HOUR_MS, hour + HOUR_MS) == [
+            ("c", "units", "155", "130", "-25"),
+            ("total", "", "155", "130", "-25"),
+        ]
+        assert counts(publish(client, v4, s + HOUR_MS)) == (1, 1, 1, "-25")
+        assert charges(client) == "215"
+
+
+def test_the_carry_under_a_multiplier_that_rounds_keeps_the_line_to_the_last_pico(
+    server_factory: ServerFactory,
+) -> None:
+    """contracts.proto: a multiplier's product "is rounded to 10^-12 once" (each side of a charge: docs/architecture.md
+    §5 step 6), so a line's charges telescope to round(m x p(Q)). m = 0.333333333333333333 on `units`; version 2 = T
+    from s = h-5h, before usage; the module docstring's usage: round(60 m) = 20, round(140 m) - 20 =
+    46.666666666667 - 20 = 26.666666666667, round(165 m) - 46.666666666667 = 55 - 46.666666666667 = 8.333333333333:
+    55. Version 3 (T again) from s+1h: bucket s+2h is round(165 m) - round(110 m) = 55 - 36.666666666667 =
+    18.333333333333, plus hour s's shortfall 36.666666666667 - (20 + 8.333333333333) = 8.333333333334:
+    26.666666666667, unchanged: 1 customer, 1 bucket, 1 event, "0"; charges 55."""
+    server = server_factory()
+    hour = this_hour_ms()
+    s = hour - 5 * HOUR_MS
+    with server.client() as client:
+        catalogue(client, s)
+        publish(client, draft(client, 1, [graduated_t()]), s)
+        override(client, "k-c", id="third", product_id="units", multiplier="0.333333333333333333")
+        late_event_usage(client, "c", s)
+        assert charges(client) == "55"
+        assert counts(publish(client, draft(client, 2, [graduated_t()]), s + HOUR_MS)) == (1, 1, 1, "0")
+        assert charges(client) == "55"
+        invoice = preview(client, "c", s)
+        line_id = "units;model=;region="
+        assert adjustment_rows(invoice, line_id) == [
+            (s + 2 * HOUR_MS, [2], 3, "26.666666666667", "26.666666666667", "0")
+        ]
