@@ -35,6 +35,9 @@ from tests.test_audit_pricing_wire import (
     this_hour_ms,
     work,
 )
+from tests.test_audit_pricing_wire import (
+    unit as unit_rate,
+)
 
 S = grpc.StatusCode
 MINUTE_MS = 60_000
@@ -551,3 +554,48 @@ def test_the_carry_under_a_multiplier_that_rounds_keeps_the_line_to_the_last_pic
         assert adjustment_rows(invoice, line_id) == [
             (s + 2 * HOUR_MS, [2], 3, "26.666666666667", "26.666666666667", "0")
         ]
+
+
+def test_a_publish_over_a_closed_period_between_two_open_ones_leaves_its_draws_and_settles_the_others_again(
+    server_factory: ServerFactory,
+) -> None:
+    """pricing.proto: "Usage in closed periods is left alone"; the customer's draws "in those periods" (the open ones
+    re-rated) "are settled again ... a higher one draws in burn order, the rest overage"; a closed period's invoice
+    is final. Contract from M3 (three month starts back), version 1 at 1 a unit; a PREPAID grant of 10 (from the
+    contract's start, no expiry). M3: 3 units (3 drawn); M2: 4 units (4 drawn), then M2 closed (M3 left open);
+    M1: 5 units (3 drawn, 2 overage).
+    Version 2 at 2 a unit from M3: M2's bucket is left alone (1 bucket, 1 event, "4"); M3's and M1's are re-rated
+    (2 buckets, 2 events, delta 6 + 10 - 3 - 5 = "8"). Settled again in time order: M3's 6 drawn from the grant,
+    M2 keeps its 4, so the grant is spent (10 drawn, 0 left) and M1's 10 is all overage. M2's final invoice still
+    shows 4, drawn 4, nothing overage."""
+    server = server_factory()
+    m3, m2, m1 = month_start_ms(3), month_start_ms(2), month_start_ms(1)
+    with server.client() as client:
+        catalogue(client, m3)
+        grant = contracts_pb2.Grant(id="pre", contract_id="k-c", kind=contracts_pb2.PREPAID, amount="10", priority=1)
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        ingest(client, work("p3", m3 + HOUR_MS, 3))
+        ingest(client, work("p2", m2 + HOUR_MS, 4))
+        ingest(client, work("p1", m1 + HOUR_MS, 5))
+        closed = client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="c", period_start=stamp(m2)))
+        assert (closed.subtotal, closed.overage_amount) == ("4", "0")
+
+        def period(at_ms: int) -> tuple[str, str]:
+            invoice = preview(client, "c", at_ms)
+            return invoice.subtotal, invoice.overage_amount
+
+        assert (period(m3), period(m1)) == (("3", "0"), ("5", "2"))
+        done = publish(client, draft(client, 1, [unit_rate("2")]), m3)
+        assert (done.closed_buckets_left_alone, done.closed_events_left_alone, done.closed_amount_left_alone) == (
+            1,
+            1,
+            "4",
+        )
+        assert counts(done) == (1, 2, 2, "8")
+        assert (period(m3), period(m1)) == (("6", "0"), ("10", "10"))
+        balance = client.get_balance("c")
+        (pre,) = [g for g in balance.grants if g.grant_id == "pre"]
+        assert (pre.drawn, pre.remaining) == ("10", "0")
+        final = client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=closed.invoice_number))
+        assert (final.subtotal, final.overage_amount) == ("4", "0")
+        assert [(g.grant_id, g.drawn) for g in final.grant_balances] == [("pre", "7")]
