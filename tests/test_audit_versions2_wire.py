@@ -599,3 +599,47 @@ def test_a_publish_over_a_closed_period_between_two_open_ones_leaves_its_draws_a
         final = client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=closed.invoice_number))
         assert (final.subtotal, final.overage_amount) == ("4", "0")
         assert [(g.grant_id, g.drawn) for g in final.grant_balances] == [("pre", "7")]
+
+
+def test_a_rollback_leaves_a_cohort_member_to_its_newer_effective_cohort_version(server_factory: ServerFactory) -> None:
+    """README "Cohorts": "A rollback publishes its copy for everyone outside cohorts: a cohort member keeps its
+    cohort's version when that one is newer-effective than the rollback's hour." T2 = T with unit prices doubled
+    (p2(100) = 210, p2(200) = 315). Customers c and d (from s = h-5h), version 2 = T from s, before usage; each has
+    the module docstring's usage: 165 each.
+    - Version 3 = T2 for everyone from s+1h: each bucket s+2h p2(200) - p2(100) + 25 (hour s's shortfall: p(100) =
+      110, charged 85) = 130, was 80: 2 customers, 2 buckets, 2 events, "100"; 215 each.
+    - Version 4 = T for the cohort {d} from s+2h: d's bucket s+2h p(200) - p(100) + 25 = 80: 1, 1, 1, "-50"; d 165.
+    - RollbackRateCard to version 2 from s+1h: version 5 (rollback_from 3) prices c's bucket s+2h at 80 again; d
+      keeps version 4, newer-effective (s+2h) than the rollback's hour: 1 customer, 1 bucket, 1 event, "-50";
+      165 each. d's line: version 2's part 100 units 85, version 4's 100 units 80; c's: version 2's 85, version 5's
+      80."""
+    server = server_factory()
+    hour = this_hour_ms()
+    s = hour - 5 * HOUR_MS
+    t2 = [("100", "2", "10"), ("200", "1", "5"), ("", "0.2", "2")]
+    with server.client() as client:
+        catalogue(client, s)
+        customer(client, "d", s)
+        publish(client, draft(client, 1, [graduated_t()]), s)
+        late_event_usage(client, "c", s)
+        late_event_usage(client, "d", s)
+        assert counts(publish(client, draft(client, 2, [tiered(False, t2)]), s + HOUR_MS)) == (2, 2, 2, "100")
+        assert (balance_of(client, "c"), balance_of(client, "d")) == ("215", "215")
+        request = pricing_pb2.PublishVersionRequest(
+            rate_card_id=CARD,
+            version=draft(client, 2, []),
+            effective_from=stamp(s + 2 * HOUR_MS),
+            cohort=pricing_pb2.Cohort(customer_ids=["d"]),
+        )
+        assert counts(client.pricing.PublishVersion(request)) == (1, 1, 1, "-50")
+        assert (balance_of(client, "c"), balance_of(client, "d")) == ("215", "165")
+        rollback = pricing_pb2.RollbackRateCardRequest(
+            rate_card_id=CARD, to_version=2, effective_from=stamp(s + HOUR_MS)
+        )
+        done = client.pricing.RollbackRateCard(rollback)
+        assert (done.version.version, done.version.rollback_from_version, done.version.rollback_to_version) == (5, 3, 2)
+        assert counts(done) == (1, 1, 1, "-50")
+        assert (balance_of(client, "c"), balance_of(client, "d")) == ("165", "165")
+        line_id = "units;model=;region="
+        assert line_rows(preview(client, "d", s)) == {line_id: ("200", "165", [(2, "100", "85"), (4, "100", "80")])}
+        assert line_rows(preview(client, "c", s)) == {line_id: ("200", "165", [(2, "100", "85"), (5, "100", "80")])}
