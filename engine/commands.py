@@ -103,8 +103,12 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     refuse_override_split_hours); False (commands stored before it) re-rates as it re-rated then.
     `rerate_carries_earlier_hours`: set likewise, so each re-rated aggregate's first bucket also carries what the
     hours before effective_from were charged less than they price at in time order (a late event was charged at the
-    top of its period's quantity when it arrived: engine/kernel/src/rerate.rs earlier_hours_shortfall); False (commands
-    stored before it) re-rates as then, when a same-price publish could move a tiered line after a late event."""
+    top of its period's quantity when it arrived: engine/kernel/src/rerate.rs earlier_hours_shortfall), the contract's
+    price overrides included (unless a bucket before effective_from holds a matching override's start or end off the
+    hour: rerate.rs `carries`); False (commands stored before it) re-rates as then, when a same-price publish could
+    move a tiered line after a late event. Until its first release this field also left the carry out wherever the
+    contract had any price override of the aggregate's product (a same-price publish then still moved such a line);
+    it was never in a released journal, so it took the wider meaning rather than a new field."""
 
     at_ms: int
     actor: str

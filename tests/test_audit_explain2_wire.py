@@ -403,15 +403,17 @@ def test_a_periods_recognition_splits_among_products_by_the_largest_remainder_an
         assert (report.reconciliation.recognized_overage, report.reconciliation.recognized) == ("0", "0")
 
 
-def test_the_carry_is_left_out_only_where_the_contract_overrides_the_lines_product(
+def test_the_carry_applies_also_where_the_contract_overrides_the_lines_product(
     server_factory: ServerFactory,
 ) -> None:
-    """README "Changing prices safely": where the contract has a price override of the line's product the earlier
-    hours are not carried. Two customers with the late-event usage of the first test (a 50 at Jan 5 10:00, b 100 at
-    Jan 7 10:00, a late 50 at Jan 5 10:30: 60, 80, 25 = 165), then version 1's very rates published from Jan 6.
+    """README "Changing prices safely": the line's first re-rated hour carries what the earlier hours were charged
+    less than on time "with the new timeline and the contract's price overrides as they are now". Two customers with
+    the late-event usage of the first test (a 50 at Jan 5 10:00, b 100 at Jan 7 10:00, a late 50 at Jan 5 10:30: 60,
+    80, 25 = 165), then version 1's very rates published from Jan 6.
     `other` has an override of another product (`unit` at half price): its `grad` line is carried, 85 + 80 = 165.
-    `own` has an override of `grad` itself (multiplier 1, so the same prices): not carried, Jan 7 is p(200) -
-    p(100) = 55 and the line 85 + 55 = 140, as documented."""
+    `own` has an override of `grad` itself (multiplier 1, so the same prices): carried too, Jan 7 is p(200) -
+    p(100) = 55 plus 110 - 85 = 25, and the line 85 + 80 = 165 (it was left at 85 + 55 = 140 before the carry took
+    in overrides)."""
     server = server_factory()
     with server.client() as client:
         product(client, "grad")
@@ -431,7 +433,7 @@ def test_the_carry_is_left_out_only_where_the_contract_overrides_the_lines_produ
             assert [line.amount for line in preview(client, who).lines] == ["165"]
         publish(client, [], ms("2026-01-06T00:00:00"))
         assert [line.amount for line in preview(client, "other").lines] == ["165"]
-        assert [line.amount for line in preview(client, "own").lines] == ["140"]
+        assert [line.amount for line in preview(client, "own").lines] == ["165"]
 
 
 def test_simulating_a_version_after_a_late_event_gives_what_publishing_it_from_the_windows_start_does(

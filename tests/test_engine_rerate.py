@@ -4,6 +4,7 @@ re-rated is refused before anything changes, and a retried publish re-rates noth
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
 import msgspec
 import pytest
@@ -493,10 +494,10 @@ def test_rerate_top_ups_in_time_is_the_servers_in_neither_audit_entry_nor_finger
     )
 
 
-def late_event_machine() -> tuple[Billing, tuple[object, ...]]:
+def late_event_machine(multiplier: str | None = None) -> tuple[Billing, tuple[object, ...]]:
     """`calls` GRADUATED (<=100 at 1 + flat 10, <=200 at 0.5 + flat 5, then 0.1 + flat 2): p(50) = 60, p(150) =
     140, p(200) = 165. 50 units at 00:01, 100 at 02:00, then 50 more at 00:30 arriving last: charged 60, 80 and 25
-    as they arrive (165 = p(200))."""
+    as they arrive (165 = p(200)). With `multiplier`, the contract overrides `calls` by it first (m x those)."""
     graduated = rate("calls", tiered(TierMode.GRADUATED, ("100", "1", "10"), ("200", "0.5", "5"), ("", "0.1", "2")))
     world = World()
     world.product("calls", value_key="n", dimensions=())
@@ -504,11 +505,14 @@ def late_event_machine() -> tuple[Billing, tuple[object, ...]]:
     world.version([graduated])
     world.customer()
     world.contract()
+    if multiplier is not None:
+        world.override("calls", multiplier=multiplier)
     billing = Billing(engine=world.engine)
     for transaction_id, at_ms, n in (("a", 60_000, 50.0), ("b", 2 * HOUR_MS, 100.0), ("late", 1_800_000, 50.0)):
         event = usage_event(transaction_id, EPOCH_MS + at_ms, {"n": n})
         assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
-    assert billing.balance("acme", RECEIVED_MS).period_charges == 165 * 10**12
+    factor = Decimal(multiplier or "1")
+    assert billing.balance("acme", RECEIVED_MS).period_charges == int(165 * factor * 10**12)
     return billing, (graduated,)
 
 
@@ -524,6 +528,20 @@ def test_the_servers_same_price_publish_after_a_late_event_keeps_the_line_and_an
         )
         billing.apply(command, billing.last_seq + 1)
         assert billing.balance("acme", RECEIVED_MS).period_charges == charges * 10**12, carried
+
+
+def test_the_servers_same_price_publish_after_a_late_event_keeps_the_line_under_a_multiplier_override() -> None:
+    """rerate_carries_earlier_hours takes in the contract's price overrides: with a multiplier override of 0.5 the
+    usage is charged 30, 40 and 12.5 (82.5); the same prices from 01:00 price 02:00 at 0.5 x (p(200) - p(100)) =
+    27.5 plus what 00:00 was charged less than in time order (0.5 x p(100) - 42.5 = 12.5): 40, charges 82.5 (the
+    carry left out, as before, 70)."""
+    billing, rates = late_event_machine("0.5")
+    number = draft(billing, rates)
+    command = cmd.PublishVersion(
+        RECEIVED_MS, ACTOR, "card", number, EPOCH_MS + HOUR_MS, rerate_carries_earlier_hours=True
+    )
+    billing.apply(command, billing.last_seq + 1)
+    assert billing.balance("acme", RECEIVED_MS).period_charges == 82_500_000_000_000
 
 
 def test_rerate_carries_earlier_hours_is_the_servers_in_neither_audit_entry_nor_fingerprint_and_old_snapshots_lack_it() -> (

@@ -223,7 +223,7 @@ impl Kernel {
         let (mut aggregates, mut done) =
             self.reprice(account, card, (from_hour, i64::MAX), Pricing::Timeline, in_contract)?;
         if earlier_hours_carried {
-            for aggregate in aggregates.iter_mut().filter(|a| carries(account, a.key)) {
+            for aggregate in aggregates.iter_mut().filter(|a| self.carries(account, a)) {
                 if let Some((first, carried)) = earlier_hours_shortfall(&aggregate.buckets) {
                     aggregate.buckets[first].new_amount += carried;
                 }
@@ -310,8 +310,11 @@ impl Kernel {
             let Some(account) = self.accounts.get(id) else { continue };
             self.refuse_split_hours(id, account, card, hours)?;
             self.refuse_override_split_hours(id, account, card, hours)?;
-            let carried = self.earlier_hours_carried(account, card, hours)?;
-            let (mut aggregates, _) = self.reprice(account, card, hours, Pricing::Only(&compiled), true)?;
+            // Usage the version cannot price names its customer, as the split hours' refusals do.
+            let named = |error: String| format!("customer {id:?}: {error}");
+            let carried = self.earlier_hours_carried(account, card, hours).map_err(named)?;
+            let (mut aggregates, _) =
+                self.reprice(account, card, hours, Pricing::Only(&compiled), true).map_err(named)?;
             for aggregate in &mut aggregates {
                 let first = aggregate.buckets.iter().position(|b| b.selected);
                 if let (Some(first), Some(carried)) = (first, carried.get(&aggregate.key)) {
@@ -353,7 +356,7 @@ impl Kernel {
         let (aggregates, _) = self.reprice(account, card, hours, Pricing::Timeline, true)?;
         Ok(aggregates
             .iter()
-            .filter(|a| carries(account, a.key))
+            .filter(|a| self.carries(account, a))
             .filter_map(|a| earlier_hours_shortfall(&a.buckets).map(|(_, carried)| (a.key, carried)))
             .collect())
     }
@@ -426,28 +429,14 @@ impl Kernel {
         (from, until): (i64, i64),
     ) -> Result<(), String> {
         let Some(route) = account.route.as_ref() else { return Ok(()) };
-        let off_the_hour = |at: i64| at.rem_euclid(HOUR_MS) != 0;
-        let inside = |at: i64, hour: i64| off_the_hour(at) && at.div_euclid(HOUR_MS) == hour;
         let overrides = || route.contracts.iter().flat_map(|c| c.overrides.iter());
         if !overrides().any(|o| off_the_hour(o.starting_at_ms) || o.ending_before_ms.is_some_and(off_the_hour)) {
             return Ok(()); // most customers: no bucket looked at
         }
-        let (interner, combos) = (&self.rater.interner, &self.rater.combos);
+        let interner = &self.rater.interner;
         let split = (account.buckets.iter())
             .filter(|(key, usages)| (from..until).contains(&key.hour) && usages.iter().any(|u| u.rate_card == card))
-            .filter_map(|(key, _)| {
-                // The contract that prices the bucket (`walk`): the one in force at the hour's start. An
-                // instant splits the bucket when the override chosen for its usage changes there.
-                let contract = route.contracts.iter().find(|c| c.covers(key.hour * HOUR_MS))?;
-                let dimensions: SmallVec<[Option<Sym>; 4]> = combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
-                let chosen = |at: i64| chosen_override(contract, key.product, &dimensions, at).map(std::ptr::from_ref);
-                let boundary = (contract.overrides.iter())
-                    .filter(|o| o.product == key.product)
-                    .flat_map(|o| [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten())
-                    .filter(|at| inside(*at, key.hour) && chosen(*at - 1) != chosen(*at))
-                    .min()?;
-                Some((key, boundary))
-            });
+            .filter_map(|(key, _)| Some((key, self.override_split(route, key)?)));
         let Some((key, boundary)) = self.first_in_order(split) else { return Ok(()) };
         Err(format!(
             "customer {customer_id:?}: product {:?}: the hour from {} holds the start or end of a price override \
@@ -457,6 +446,36 @@ impl Kernel {
             crate::route::utc_text(key.hour * HOUR_MS),
             crate::route::utc_text(boundary),
         ))
+    }
+
+    /// The earliest instant off the hour inside the bucket's hour where the matching override chosen
+    /// for its usage changes (an override's start or end), if any: the units before it and those
+    /// after were priced by different overrides (or one and none) when rated on time, and the bucket
+    /// does not know which are which (`refuse_override_split_hours`).
+    fn override_split(&self, route: &Route, key: &HourKey) -> Option<i64> {
+        let inside = |at: i64, hour: i64| off_the_hour(at) && at.div_euclid(HOUR_MS) == hour;
+        // The contract that prices the bucket (`walk`): the one in force at the hour's start. An
+        // instant splits the bucket when the override chosen for its usage changes there.
+        let contract = route.contracts.iter().find(|c| c.covers(key.hour * HOUR_MS))?;
+        let dimensions: SmallVec<[Option<Sym>; 4]> =
+            self.rater.combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
+        let chosen = |at: i64| chosen_override(contract, key.product, &dimensions, at).map(std::ptr::from_ref);
+        (contract.overrides.iter())
+            .filter(|o| o.product == key.product)
+            .flat_map(|o| [Some(o.starting_at_ms), o.ending_before_ms].into_iter().flatten())
+            .filter(|at| inside(*at, key.hour) && chosen(*at - 1) != chosen(*at))
+            .min()
+    }
+
+    /// Whether the aggregate's first re-rated bucket carries the earlier hours (`earlier_hours_shortfall`):
+    /// unless a bucket before it holds, off the hour, the start or end of a matching price override
+    /// where the override chosen for its usage changes (`override_split`): walked at its hour's start,
+    /// such a bucket is priced by one choice for all its units, so what it was charged less than the
+    /// walk prices it at is not known.
+    fn carries(&self, account: &Account, aggregate: &AggregateRepriced) -> bool {
+        let Some(route) = account.route.as_ref() else { return false };
+        let first = aggregate.buckets.iter().position(|b| b.selected).unwrap_or(aggregate.buckets.len());
+        aggregate.buckets[..first].iter().all(|b| self.override_split(route, &b.key).is_none())
     }
 
     /// Prices again every open-period aggregate of the account holding usage of `card` in the
@@ -639,23 +658,20 @@ impl Kernel {
 // at 1 + 10, then 0.5 + 5: 50 at 10:00, 100 at 12:00, then 50 more at 10:30 are charged 60, 80,
 // 25; a version with the same prices from 11:00 priced 12:00 at p(200) - p(100) = 55, and the line
 // 140 instead of 165). With the carry the line is what rating its events on time with the timeline
-// as it is now would charge. Only where the contract has no price override of the aggregate's
-// product (`carries`): an hour walked at its start does not know which of its units an override
-// starting, ending or added since priced (`refuse_override_split_hours`).
+// as it is now would charge, the contract's price overrides as they are now applied (a multiplier
+// multiplies the price of the cumulative quantity, so it does not take the order away: 0.5 of the
+// above is 30, 40 and 12.5, and the carry keeps the line at 82.5). So an override added since those
+// hours were rated (it priced only the usage rated after it) is also carried into the line, as a
+// publish from the period's start would apply it to them. Not where a bucket before the first
+// selected one holds, off the hour, the start or end of a matching override (`carries`): walked at
+// its hour's start it cannot tell which of its units that override priced
+// (`refuse_override_split_hours` refuses such a bucket among the selected ones).
 
 /// The first selected bucket of an aggregate's walk, and what the buckets before it were charged
 /// less than the walk prices them at: what the carry adds to it.
 fn earlier_hours_shortfall(buckets: &[Repriced]) -> Option<(usize, Picos)> {
     let first = buckets.iter().position(|b| b.selected)?;
     Some((first, buckets[..first].iter().map(|b| b.new_amount - b.old_amount).sum()))
-}
-
-/// Whether the aggregate's first re-rated bucket carries the earlier hours (`earlier_hours_shortfall`):
-/// where the contract of its period has no price override of its product.
-fn carries(account: &Account, key: PeriodKey) -> bool {
-    let start = key.period_start_ms;
-    let contract = account.route.as_ref().and_then(|r| r.contracts.iter().find(|c| c.covers(start)));
-    contract.is_some_and(|c| c.overrides.iter().all(|o| o.product != key.product))
 }
 
 impl Repriced {
@@ -936,6 +952,10 @@ impl PeriodCache {
             }
         }
     }
+}
+
+fn off_the_hour(at_ms: i64) -> bool {
+    at_ms.rem_euclid(HOUR_MS) != 0
 }
 
 /// The first boundary strictly inside the hour (a contract's start or end, the end of the period

@@ -1836,8 +1836,12 @@ type PublishVersionRequest struct {
 	// hour buckets are priced again in time order, each by the version in force
 	// for its hour, over the period's cumulative quantity (the first re-rated
 	// hour also carrying what the hours before it, a late event's say, were
-	// charged less than on time, unless the contract overrides the product's
-	// price: a version with the same prices leaves a tiered line as it was); every
+	// charged less than on time with the contract's price overrides as they are
+	// now, so a version with the same prices leaves a tiered line as it was; not
+	// when one of those hours holds, off the hour, the start or end of an
+	// override matching the usage, as its bucket cannot tell which units the
+	// override priced; an override added since those hours were rated is
+	// carried in too, as a publish from the period's start would apply it); every
 	// changed bucket gets an adjustment entry citing its old and new version,
 	// and the customer's draws on grants and overage in those periods are
 	// settled again

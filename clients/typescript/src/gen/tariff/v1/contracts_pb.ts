@@ -297,7 +297,9 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
    * prices only what is rated after AddOverride: usage already rated keeps
    * its amount (the override is not applied back), until a retroactive
    * PublishVersion or RollbackRateCard re-rates those hours, which prices them
-   * with the contract's overrides as they are then. Usage is kept by the hour:
+   * with the contract's overrides as they are then, or re-rates later hours of
+   * their period, the first of which carries what the override changes in
+   * their charge (PublishVersionRequest.effective_from). Usage is kept by the hour:
    * a starting_at or ending_before off the hour splits its hour's usage between
    * two prices that the hour's bucket cannot tell apart, so a publish that would
    * re-rate that hour's matching usage (unless a more specific override prices
