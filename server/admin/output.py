@@ -97,13 +97,12 @@ def print_fields(fields: Sequence[tuple[str, Cell]], title: str | None = None) -
 
 
 def when(timestamp: Timestamp, present: bool = True) -> str:
-    """A Timestamp as `2026-12-01 00:00:00Z`; empty when the field is unset (`present`: the caller's HasField).
+    """A Timestamp as `2026-12-01 00:00:00Z`, with its fractional seconds when it has any (`00:30:00.250Z`, as
+    `--json` shows them: 3, 6 or 9 digits); empty when the field is unset (`present`: the caller's HasField).
     1970-01-01 00:00:00Z is a time like any other (a period may start then)."""
     if not present:
         return ""
-    from datetime import UTC
-
-    return timestamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return timestamp.ToJsonString().replace("T", " ", 1)
 
 
 def pairs(mapping: Mapping[str, Any]) -> str:
