@@ -1,5 +1,8 @@
-"""`tariff` client defects, against real server processes on their own 127.0.0.1 ports:
+"""Two `tariff` client defects, against real server processes on their own 127.0.0.1 ports:
 
+- `usage send --retry-s S` against a server that accepts TCP but never answers (a stopped process) gave up only after
+  gRPC's own 20 s connect timeout, plus S: the wait for a connection was not bounded by the retry budget. It gives up
+  within about S now (README "usage send"), exit status 3, saying how far it got;
 - the tables printed times to the second: a period starting at 00:30:00.250 showed as `00:30:00Z`. They show the
   fractional seconds when there are any, as `--json` does (README: times are RFC 3339 in UTC).
 """
@@ -7,16 +10,53 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from tariff.v1 import contracts_pb2
 
 from tests.serverproc import ServerProcess
-from tests.test_cli import tariff
+from tests.test_cli import tariff, usage_lines
 
 EXIT_NO_ANSWER = 3
+
+
+@pytest.fixture
+def stopped(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server that accepts connections (the kernel does, into the listen backlog) but answers nothing: SIGSTOP."""
+    server = ServerProcess(tmp_path / "data", demo=True)
+    server.start()
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield server
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.stop()
+
+
+def test_usage_send_to_a_server_that_never_answers_gives_up_within_about_retry_s(stopped: ServerProcess) -> None:
+    started = time.monotonic()
+    done = tariff(stopped, "usage", "send", "--retry-s", "2", stdin=usage_lines("sendretry-stopped", 3), check=False)
+    elapsed = time.monotonic() - started
+    assert done.returncode == EXIT_NO_ANSWER, done.stderr
+    # A bound on a failure mode, not a speed measurement: it took gRPC's 20 s connect timeout plus --retry-s.
+    assert elapsed < 10, f"gave up after {elapsed:.1f} s with --retry-s 2:\n{done.stderr}"
+    assert "the first event not acknowledged is line 1" in done.stderr, done.stderr
+    assert "tariff: UNAVAILABLE: " in done.stderr, done.stderr
+
+
+def test_usage_send_with_no_retry_budget_still_sends_to_a_server_that_answers(tmp_path: Path) -> None:
+    """--retry-s 0 gives up at the first failure, but waiting for a connection to a live server is not one."""
+    with ServerProcess(tmp_path / "data", demo=True) as server:
+        done = tariff(server, "usage", "send", "--retry-s", "0", "--json", stdin=usage_lines("sendretry-zero", 3))
+        assert json.loads(done.stdout)["accepted"] == 3, done.stdout
 
 
 def off_the_hour_customer(server: ServerProcess, customer_id: str) -> str:

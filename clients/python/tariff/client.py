@@ -831,8 +831,14 @@ class RetryPolicy:
 
     It gives up (and fails every unacknowledged send with the last error) when ``max_attempts``
     reconnects in a row have failed too (``max_attempts + 1`` failed connections), or
-    ``max_elapsed_s`` after the first failure, whichever comes first; an ack received resets both. Delays grow from ``initial_backoff_s`` by ``multiplier``
-    up to ``max_backoff_s``, each randomised by ±``jitter``. A status carrying a
+    ``max_elapsed_s`` after the first failure, whichever comes first; an ack received resets both. A connection
+    that never came up (the server accepts TCP but does not answer, or cannot be reached) failed from the moment
+    it was opened, so its wait counts in ``max_elapsed_s``; and each connection waits for the server at most what
+    remains of ``max_elapsed_s`` (the first: all of it), but at least ``min_connect_s``, not gRPC's own 20 s connect
+    timeout. Against a server that never answers (accepts TCP and says nothing, or refuses), the stream thus gives
+    up at most ``max_elapsed_s + min_connect_s`` after it first opened a connection in vain; a connection that came
+    up and then fell silent is noticed after ``ack_timeout_s`` instead (``UsageStream``). Delays grow from
+    ``initial_backoff_s`` by ``multiplier`` up to ``max_backoff_s``, each randomised by ±``jitter``. A status carrying a
     ``google.rpc.RetryInfo`` (an overloaded server's RESOURCE_EXHAUSTED: "retry after 100 ms") is
     retried too, no sooner than the delay it names. Other statuses outside ``retryable_codes``
     (INVALID_ARGUMENT, RESOURCE_EXHAUSTED without RetryInfo, UNAUTHENTICATED, PERMISSION_DENIED, ...)
@@ -841,6 +847,7 @@ class RetryPolicy:
 
     max_attempts: int = 10
     max_elapsed_s: float = 60.0
+    min_connect_s: float = 1.0
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 5.0
     multiplier: float = 2.0
@@ -873,6 +880,10 @@ class _AckTimeout(Exception):
 
 class _StreamEnded(Exception):
     """The server ended the stream with OK while batches were unacknowledged (retryable)."""
+
+
+class _NotConnected(Exception):
+    """The call's connection did not come up within what remained of the retry budget (retryable)."""
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -964,6 +975,7 @@ class UsageStream(_DrainsOnExit):
         self._pump_task: asyncio.Task[None] | None = None
         self._generation = 0
         self._progressed = False
+        self._connected = False  # the current call's connection came up (its initial metadata went out)
         self._last_ack_at = 0.0
         self._closing = False
         self._closed = False
@@ -1091,7 +1103,10 @@ class UsageStream(_DrainsOnExit):
                 if self._failure is not None:
                     return
                 self._progressed = False
-                outcome = await self._run_connection()
+                self._connected = False
+                opened_at = loop.time()
+                budget_left = self.retry.max_elapsed_s - (opened_at - first_failure_at if failures else 0.0)
+                outcome = await self._run_connection(max(budget_left, self.retry.min_connect_s))
                 if self._progressed:
                     failures = 0
                 if outcome is None:
@@ -1107,7 +1122,8 @@ class UsageStream(_DrainsOnExit):
                 failures += 1
                 now = loop.time()
                 if failures == 1:
-                    first_failure_at = now
+                    # A connection that never came up failed when it was opened: its wait counts.
+                    first_failure_at = now if self._connected else opened_at
                 elapsed = now - first_failure_at
                 if failures > self.retry.max_attempts or elapsed >= self.retry.max_elapsed_s:
                     error = self._translate(outcome)
@@ -1140,7 +1156,7 @@ class UsageStream(_DrainsOnExit):
             self._fail(error)
 
     def _retryable(self, outcome: BaseException) -> bool:
-        if isinstance(outcome, _AckTimeout | _StreamEnded):
+        if isinstance(outcome, _AckTimeout | _StreamEnded | _NotConnected):
             return True
         if isinstance(outcome, grpc.RpcError):
             return outcome.code() in self.retry.retryable_codes or self._server_retry_after_s(outcome) is not None
@@ -1159,7 +1175,7 @@ class UsageStream(_DrainsOnExit):
             return error_from_rpc(outcome)
         if isinstance(outcome, _AckTimeout):
             return DeadlineExceeded(str(outcome))
-        if isinstance(outcome, _StreamEnded):
+        if isinstance(outcome, _StreamEnded | _NotConnected):
             return Unavailable(str(outcome))
         error = Internal(f"UsageStream failed: {outcome!r}")
         error.__cause__ = outcome
@@ -1180,23 +1196,33 @@ class UsageStream(_DrainsOnExit):
             return max(0.0, since + self.ack_timeout_s - now) + 0.001
         return self.ack_timeout_s
 
-    async def _run_connection(self) -> BaseException | None:
+    async def _run_connection(self, connect_within_s: float) -> BaseException | None:
         """Runs one call until it ends: None when it ended cleanly with nothing unacknowledged,
-        else what broke it (an RpcError, _AckTimeout, _StreamEnded, or a TariffError for a
-        protocol violation)."""
+        else what broke it (an RpcError, _AckTimeout, _StreamEnded, _NotConnected when the call's
+        connection did not come up within connect_within_s, or a TariffError for a protocol violation)."""
         loop = asyncio.get_running_loop()
         self._generation += 1
         generation = self._generation
         if generation > 1:
             self.reconnects += 1
-        self._last_ack_at = loop.time()
         call = self._stub.IngestUsage(metadata=self._metadata) if self._metadata else self._stub.IngestUsage()
-        writer = loop.create_task(self._write_loop(call, generation), name="tariff-usage-stream-writer")
-        # Iterating (rather than call.read(), which reports the status as soon as the call is
-        # done) returns every ack that arrived before a failing status: none are dropped.
-        responses: AsyncIterator[Any] = call.__aiter__()
+        writer: asyncio.Task[None] | None = None
         read: asyncio.Future[Any] | None = None
         try:
+            # Without this bound a server that accepts TCP but never answers holds the call for gRPC's 20 s.
+            try:
+                await asyncio.wait_for(call.wait_for_connection(), connect_within_s)
+            except TimeoutError:
+                return _NotConnected(f"no connection to the server within {connect_within_s:.1f} s")
+            except grpc.RpcError as e:
+                not_connected: BaseException = e
+                return not_connected
+            self._connected = True
+            self._last_ack_at = loop.time()
+            writer = loop.create_task(self._write_loop(call, generation), name="tariff-usage-stream-writer")
+            # Iterating (rather than call.read(), which reports the status as soon as the call is
+            # done) returns every ack that arrived before a failing status: none are dropped.
+            responses: AsyncIterator[Any] = call.__aiter__()
             while True:
                 if read is None:
                     read = asyncio.ensure_future(_next_response(responses))
