@@ -162,7 +162,50 @@ def test_reservation_ids_are_per_customer_on_authorize_batches_and_authorize_str
                 balance_pb2.ReleaseReservationRequest(customer_id=ACME, reservation_id=hold)
             )
             assert released.released_amount == "5", (hold, released)
-    assert beta_balance(world).credits_held == held_before == "1"
+    assert beta_balance(world).credits_held == held_before
+
+
+def test_an_event_naming_another_customers_reservation_is_told_only_unknown_whatever_became_of_it(world: World) -> None:
+    """README "Settling": an event whose reservation_id is not an open reservation of its customer (another
+    customer's included) is rated, with a notice. For acme's key, beta's held, released and settled reservations
+    must read exactly as one never made (NOTICE_RESERVATION_UNKNOWN, same words): not ALREADY_SETTLED or RELEASED,
+    which would tell that beta used the id; ReleaseReservation under acme answers NOT_FOUND alike."""
+    with world.server.client() as admin:
+        for hold in ("beta-held", "beta-released", "beta-settled"):
+            admin.balance.Authorize(
+                balance_pb2.AuthorizeRequest(
+                    customer_id=BETA, event_type="ai_action", dimensions=CHEAP, reserve=True, reservation_id=hold
+                )
+            )
+        admin.balance.ReleaseReservation(
+            balance_pb2.ReleaseReservationRequest(customer_id=BETA, reservation_id="beta-released")
+        )
+        settling = demo_batch("beta-settles", "beta-settles", 1, customer=BETA)
+        settling.events[0].reservation_id = "beta-settled"
+        assert not admin.usage.IngestUsageBatch(settling).notices, "beta's own event settles its hold"
+    before = beta_balance(world)
+    ids = {"held": "beta-held", "released": "beta-released", "settled": "beta-settled", "never": "never-made"}
+    notices, releases = {}, {}
+    with world.client("acme-meter") as meter:
+        for state, reservation_id in ids.items():
+            batch = demo_batch(f"acme-names-{state}", f"acme-names-{state}", 1)
+            batch.events[0].reservation_id = reservation_id
+            ack = meter.usage.IngestUsageBatch(batch)
+            assert ack.accepted == 1, (state, ack)
+            (notice,) = ack.notices
+            notices[state] = (notice.reason, notice.message.replace(repr(reservation_id), "ID"))
+            releases[state] = code_of(
+                functools.partial(
+                    meter.balance.ReleaseReservation,
+                    balance_pb2.ReleaseReservationRequest(customer_id=ACME, reservation_id=reservation_id),
+                )
+            )
+            releases[state] = (releases[state][0], releases[state][1].replace(reservation_id, "ID"))
+    assert notices["never"][0] == usage_pb2.NOTICE_RESERVATION_UNKNOWN, notices
+    assert all(notice == notices["never"] for notice in notices.values()), notices
+    assert releases["never"][0] == grpc.StatusCode.NOT_FOUND, releases
+    assert all(release == releases["never"] for release in releases.values()), releases
+    assert beta_balance(world).credits_held == before.credits_held
 
 
 # ---------------------------------------------------------------------------------------------
