@@ -208,6 +208,53 @@ def test_an_event_naming_another_customers_reservation_is_told_only_unknown_what
     assert beta_balance(world).credits_held == before.credits_held
 
 
+def test_another_customers_ended_reservation_ids_are_free_for_a_new_hold_on_every_path(world: World) -> None:
+    """Beta's released and settled reservation ids, held anew by acme's key (Authorize, AuthorizeStream,
+    AuthorizeBatches): each is a fresh hold of acme's, not "already released" or "already settled" (which would tell
+    acme's key what beta did with the id)."""
+    with world.server.client() as admin:
+        for ended in ("beta-ended-1", "beta-ended-2", "beta-ended-3"):
+            admin.balance.Authorize(
+                balance_pb2.AuthorizeRequest(
+                    customer_id=BETA, event_type="ai_action", dimensions=CHEAP, reserve=True, reservation_id=ended
+                )
+            )
+        admin.balance.ReleaseReservation(
+            balance_pb2.ReleaseReservationRequest(customer_id=BETA, reservation_id="beta-ended-1")
+        )
+        settling = demo_batch("beta-ends", "beta-ends", 2, customer=BETA)
+        settling.events[0].reservation_id, settling.events[1].reservation_id = "beta-ended-2", "beta-ended-3"
+        assert not admin.usage.IngestUsageBatch(settling).notices
+
+    def hold(reservation_id: str) -> balance_pb2.AuthorizeRequest:
+        return balance_pb2.AuthorizeRequest(
+            request_id=reservation_id,
+            customer_id=ACME,
+            event_type="ai_action",
+            dimensions=COMPLEX,
+            reserve=True,
+            reservation_id=reservation_id,
+        )
+
+    with world.client("acme-meter") as meter:
+        answers = [
+            meter.balance.Authorize(hold("beta-ended-1")),
+            *meter.balance.AuthorizeStream(iter([hold("beta-ended-2")]), timeout=10),
+            *next(
+                iter(
+                    meter.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=[hold("beta-ended-3")])]))
+                )
+            ).responses,
+        ]
+        got = [(a.reservation_id, a.allowed, a.reason, a.estimated_cost, a.message) for a in answers]
+        assert got == [(f"beta-ended-{i}", True, "OK", "5", "") for i in (1, 2, 3)], got
+        for i in (1, 2, 3):
+            released = meter.balance.ReleaseReservation(
+                balance_pb2.ReleaseReservationRequest(customer_id=ACME, reservation_id=f"beta-ended-{i}")
+            )
+            assert released.released_amount == "5", (i, released)
+
+
 # ---------------------------------------------------------------------------------------------
 # Alerts and alert rules
 
