@@ -255,6 +255,37 @@ def test_another_customers_ended_reservation_ids_are_free_for_a_new_hold_on_ever
             assert released.released_amount == "5", (i, released)
 
 
+def test_an_unknown_customer_on_the_streams_is_refused_to_a_restricted_key_like_beta_not_answered_in_band(
+    world: World,
+) -> None:
+    """README: a restricted key's every request of AuthorizeStream and AuthorizeBatches must name its customers, and
+    any other id, an unknown one too, is PERMISSION_DENIED (WatchBalance alike): an unknown id answered in-band as
+    UNKNOWN_CUSTOMER would tell the key which ids are customers. The wording differs only by the id sent."""
+
+    def request(customer: str) -> balance_pb2.AuthorizeRequest:
+        return balance_pb2.AuthorizeRequest(request_id="r", customer_id=customer, event_type="ai_action")
+
+    def refusals(meter: TariffClient, customer: str) -> list[tuple[grpc.StatusCode, str]]:
+        stream = functools.partial(meter.balance.AuthorizeStream, iter([request(customer)]), timeout=10)
+        batch = balance_pb2.AuthorizeBatch(requests=[request(ACME), request(customer)])
+        batches = functools.partial(meter.balance.AuthorizeBatches, iter([batch]), timeout=10)
+        watch = functools.partial(
+            meter.balance.WatchBalance, balance_pb2.WatchBalanceRequest(customer_id=customer), timeout=10
+        )
+        return [
+            code_of(lambda: list(stream())),
+            code_of(lambda: list(batches())),
+            code_of(lambda: next(iter(watch()))),
+        ]
+
+    with world.client("acme-meter") as meter:
+        answers = {customer: refusals(meter, customer) for customer in (BETA, "ghost")}
+    assert {c: [code for code, _ in a] for c, a in answers.items()} == {
+        c: [grpc.StatusCode.PERMISSION_DENIED] * 3 for c in (BETA, "ghost")
+    }, answers
+    assert [d.replace("'ghost'", "'beta'") for _, d in answers["ghost"]] == [d for _, d in answers[BETA]], answers
+
+
 # ---------------------------------------------------------------------------------------------
 # Alerts and alert rules
 
