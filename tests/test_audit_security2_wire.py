@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from tariff import TariffClient
-from tariff.v1 import alerts_pb2, balance_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server import auth
 from tests import test_server_auth
@@ -284,6 +284,29 @@ def test_an_unknown_customer_on_the_streams_is_refused_to_a_restricted_key_like_
         c: [grpc.StatusCode.PERMISSION_DENIED] * 3 for c in (BETA, "ghost")
     }, answers
     assert [d.replace("'ghost'", "'beta'") for _, d in answers["ghost"]] == [d for _, d in answers[BETA]], answers
+
+
+def test_another_customers_contract_is_refused_in_the_words_of_a_contract_that_does_not_exist(world: World) -> None:
+    """The gate refuses a restricted key a contract it may not touch, and an unknown contract alike, on every RPC that
+    names one (reads and changes): the wording differs only by the id sent, so contract ids are not probed."""
+
+    def refusals(client: TariffClient, contract_id: str) -> list[tuple[grpc.StatusCode, str]]:
+        grant = contracts_pb2.Grant(id="g-probe", contract_id=contract_id, kind=contracts_pb2.PREPAID, amount="1")
+        calls = [
+            functools.partial(client.contracts.GetContract, contracts_pb2.GetContractRequest(id=contract_id)),
+            functools.partial(client.contracts.AddOverride, contracts_pb2.AddOverrideRequest(contract_id=contract_id)),
+            functools.partial(
+                client.contracts.SetTopUpPolicy, contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id)
+            ),
+            functools.partial(client.contracts.GrantCredits, contracts_pb2.GrantCreditsRequest(grant=grant)),
+        ]
+        return [code_of(call) for call in calls]
+
+    with world.client("acme-admin") as admin_acme:
+        foreign, unknown = refusals(admin_acme, "beta-2026"), refusals(admin_acme, "no-such-contract")
+    assert [code for code, _ in foreign] == [grpc.StatusCode.PERMISSION_DENIED] * 4, foreign
+    assert [d.replace("no-such-contract", "beta-2026") for _, d in unknown] == [d for _, d in foreign], unknown
+    assert all("acme-admin" in d and "Beta Ltd" not in d for _, d in foreign), foreign
 
 
 # ---------------------------------------------------------------------------------------------
