@@ -594,3 +594,18 @@ def test_keys_new_makes_an_existing_readable_key_file_private_again(tmp_path: Pa
         "a" * 64: auth.Identity("ops", "admin", None),
         auth.key_hash(done.stdout.strip()): auth.Identity("acme-portal", "read", frozenset({ACME})),
     }
+
+
+def test_keys_new_on_a_key_file_it_cannot_read_says_so_in_one_line_and_prints_no_key(tmp_path: Path) -> None:
+    """`tariff keys new --file` naming what cannot be a key file (here a directory): like the server's start with
+    such a file, one line naming the file and why, exit 2, and no key printed (none is usable), not a traceback."""
+    path = tmp_path / "keys.json"
+    path.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "keys", "new", "--name", "ops", "--role", "admin", "--file", str(path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert done.stderr.startswith(f"tariff keys new: {path}: cannot read the key file: "), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert not [p for p in tmp_path.iterdir() if p != path], "nothing else written beside it"
