@@ -296,7 +296,11 @@ def new_key(path: Path, name: str, role: str, customers: Iterable[str] = ()) -> 
     if wanted:
         entry["customers"] = wanted
     fmt = _format_of(path)
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise KeyFileError(f"{path}: cannot read the key file: {reason}") from None
     if fmt == "toml":
         lines = [
             "[[keys]]",
@@ -314,7 +318,10 @@ def new_key(path: Path, name: str, role: str, customers: Iterable[str] = ()) -> 
         document["keys"].append(entry)
         updated = json.dumps(document, indent=2) + "\n"
     parse_keys(updated, fmt, str(path))  # refuse to write a file the server would refuse (bad role, name reused)
-    _write_private(path, updated)
+    try:
+        _write_private(path, updated)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot write the key file: {exc.strerror or exc}") from None
     return key
 
 
