@@ -609,3 +609,19 @@ def test_keys_new_on_a_key_file_it_cannot_read_says_so_in_one_line_and_prints_no
     assert done.stderr.startswith(f"tariff keys new: {path}: cannot read the key file: "), done.stderr
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
     assert not [p for p in tmp_path.iterdir() if p != path], "nothing else written beside it"
+
+
+def test_a_key_file_that_is_not_utf8_stops_the_server_with_exit_2_before_anything_is_opened(tmp_path: Path) -> None:
+    """README: a key file the server cannot use stops `tariff serve` with exit code 2 and a one-line message, before
+    anything is opened. A key file saved as UTF-16 (what PowerShell's `>` writes) is such a file."""
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"keys": []}', encoding="utf-16")
+    command = ["serve", "--listen", "127.0.0.1:1", "--data-dir", str(tmp_path / "d"), "--api-keys", str(keys)]
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", *command],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    assert f"{keys}: cannot read the key file: not UTF-8 text" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "d").exists(), "nothing is created before the keys are known good"
