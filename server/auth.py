@@ -271,13 +271,19 @@ def _format_of(path: Path) -> str:
     return "toml" if path.suffix.lower() == ".toml" else "json"
 
 
-def load_keys(path: Path) -> dict[str, Identity]:
-    """Reads a key file (TOML when it ends in .toml, JSON otherwise). Raises KeyFileError."""
+def _read_key_file(path: Path) -> str:
+    """The key file's text. Raises KeyFileError naming the file when it cannot be read or is not UTF-8 text."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read the key file: {exc.strerror or exc}") from None
-    return parse_keys(text, _format_of(path), str(path))
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{path}: cannot read the key file: not UTF-8 text (byte {exc.start})") from None
+
+
+def load_keys(path: Path) -> dict[str, Identity]:
+    """Reads a key file (TOML when it ends in .toml, JSON otherwise). Raises KeyFileError."""
+    return parse_keys(_read_key_file(path), _format_of(path), str(path))
 
 
 def _toml_string(value: str) -> str:
@@ -296,11 +302,7 @@ def new_key(path: Path, name: str, role: str, customers: Iterable[str] = ()) -> 
     if wanted:
         entry["customers"] = wanted
     fmt = _format_of(path)
-    try:
-        existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise KeyFileError(f"{path}: cannot read the key file: {reason}") from None
+    existing = _read_key_file(path) if path.exists() else ""
     if fmt == "toml":
         lines = [
             "[[keys]]",
