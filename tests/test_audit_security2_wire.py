@@ -14,11 +14,13 @@ import functools
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from tariff import TariffClient
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
@@ -307,6 +309,29 @@ def test_another_customers_contract_is_refused_in_the_words_of_a_contract_that_d
     assert [code for code, _ in foreign] == [grpc.StatusCode.PERMISSION_DENIED] * 4, foreign
     assert [d.replace("no-such-contract", "beta-2026") for _, d in unknown] == [d for _, d in foreign], unknown
     assert all("acme-admin" in d and "Beta Ltd" not in d for _, d in foreign), foreign
+
+
+def test_ones_own_revenue_reports_product_lines_hold_no_other_customers_revenue(world: World) -> None:
+    """GetRevenueReport(customer_id=acme) for acme's key: its by-product lines (customer_id empty) sum acme's
+    recognised revenue only. Beta's recognised revenue shows in the all-customer report alone, exactly."""
+    start, end = Timestamp(seconds=0), Timestamp(seconds=2**32)
+    with world.client("acme-portal") as portal:
+        own = portal.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(customer_id=ACME, period_start=start, period_end=end)
+        )
+    with world.server.client() as admin:
+        everyone = admin.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(period_start=start, period_end=end)
+        )
+
+    def recognized(lines: Iterable[invoices_pb2.RevenueLine], customer: str = "") -> Decimal:
+        return sum((Decimal(line.recognized) for line in lines if line.customer_id == customer), Decimal(0))
+
+    assert own.lines and {line.customer_id for line in own.lines} == {""}, own
+    beta_recognized = recognized(everyone.customer_lines, BETA)
+    assert beta_recognized > 0, everyone
+    assert recognized(own.lines) == recognized(own.customer_lines, ACME) == recognized(everyone.customer_lines, ACME)
+    assert recognized(everyone.lines) - recognized(own.lines) == beta_recognized, (own, everyone)
 
 
 # ---------------------------------------------------------------------------------------------
