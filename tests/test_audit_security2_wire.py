@@ -11,6 +11,7 @@ client certificate of another CA, and the CLI's key handling.
 from __future__ import annotations
 
 import functools
+import re
 import stat
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from tests.test_server_auth import BETA, CHANNEL_OPTIONS, Keys, _openssl, add_be
 
 KEYS: dict[str, tuple[str, list[str] | None]] = {
     "ops-admin": ("admin", None),
+    "meter": ("ingest", None),
+    "finance": ("read", None),
     "acme-meter": ("ingest", [ACME]),
     "acme-portal": ("read", [ACME]),
     "acme-admin": ("admin", [ACME]),
@@ -491,6 +494,55 @@ def test_unauthenticated_comes_before_any_role_or_customer_check_and_says_why(wo
     assert audit == (
         grpc.StatusCode.PERMISSION_DENIED,
         "key 'acme-admin' is restricted to some customers; GetAuditLog is not about one customer",
+    )
+
+
+def _readme_role_row(role: str) -> set[str]:
+    """The RPC names README's "API keys" table lists for a role (backticked words that are method names)."""
+    (row,) = [line for line in (REPO_ROOT / "README.md").read_text().splitlines() if line.startswith(f"| {role} |")]
+    return set(re.findall(r"`(\w+)`", row)) & {method for _, method, _, _ in _tariff_methods()}
+
+
+def _tariff_methods() -> list[tuple[str, str, bool, bool]]:
+    """(service full name, method, client streaming, server streaming) of every Tariff RPC."""
+    return [
+        (service.full_name, method.name, method.client_streaming, method.server_streaming)
+        for module in (alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+
+
+def _refused_for_role(world: World, key_name: str, path: str, client_streaming: bool, server_streaming: bool) -> bool:
+    """Whether an empty request on `path` with the key is PERMISSION_DENIED for the key's role (anything else, an
+    answer or another refusal of the empty request, is admitted by the gate)."""
+    metadata = [("authorization", f"Bearer {world.keys.key[key_name]}")]
+    with grpc.insecure_channel(world.server.target, options=CHANNEL_OPTIONS) as channel:
+        kind = ("stream_" if client_streaming else "unary_") + ("stream" if server_streaming else "unary")
+        call = getattr(channel, kind)(path, request_serializer=bytes, response_deserializer=bytes)
+        request: object = iter([b""]) if client_streaming else b""
+        try:
+            answer = call(request, metadata=metadata, timeout=10)
+            if server_streaming:
+                next(iter(answer), None)
+                answer.cancel()
+        except grpc.RpcError as e:
+            return bool(e.code() == grpc.StatusCode.PERMISSION_DENIED and "has role" in (e.details() or ""))
+    return False
+
+
+@pytest.mark.parametrize(("key_name", "role"), [("finance", "read"), ("meter", "ingest")])
+def test_each_role_may_call_exactly_the_rpcs_readme_lists_for_it(world: World, key_name: str, role: str) -> None:
+    """README's role table against the wire: every Tariff RPC called with an empty request by an unrestricted key of
+    the role is refused for the role (PERMISSION_DENIED "has role") exactly when README does not list it."""
+    admitted = {
+        method
+        for service, method, client_streaming, server_streaming in _tariff_methods()
+        if not _refused_for_role(world, key_name, f"/{service}/{method}", client_streaming, server_streaming)
+    }
+    assert admitted == _readme_role_row(role), (
+        sorted(admitted - _readme_role_row(role)),
+        sorted(_readme_role_row(role) - admitted),
     )
 
 
