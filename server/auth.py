@@ -271,13 +271,19 @@ def _format_of(path: Path) -> str:
     return "toml" if path.suffix.lower() == ".toml" else "json"
 
 
-def load_keys(path: Path) -> dict[str, Identity]:
-    """Reads a key file (TOML when it ends in .toml, JSON otherwise). Raises KeyFileError."""
+def _read_key_file(path: Path) -> str:
+    """The key file's text. Raises KeyFileError naming the file when it cannot be read or is not UTF-8 text."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read the key file: {exc.strerror or exc}") from None
-    return parse_keys(text, _format_of(path), str(path))
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{path}: cannot read the key file: not UTF-8 text (byte {exc.start})") from None
+
+
+def load_keys(path: Path) -> dict[str, Identity]:
+    """Reads a key file (TOML when it ends in .toml, JSON otherwise). Raises KeyFileError."""
+    return parse_keys(_read_key_file(path), _format_of(path), str(path))
 
 
 def _toml_string(value: str) -> str:
@@ -296,7 +302,7 @@ def new_key(path: Path, name: str, role: str, customers: Iterable[str] = ()) -> 
     if wanted:
         entry["customers"] = wanted
     fmt = _format_of(path)
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    existing = _read_key_file(path) if path.exists() else ""
     if fmt == "toml":
         lines = [
             "[[keys]]",
@@ -314,7 +320,10 @@ def new_key(path: Path, name: str, role: str, customers: Iterable[str] = ()) -> 
         document["keys"].append(entry)
         updated = json.dumps(document, indent=2) + "\n"
     parse_keys(updated, fmt, str(path))  # refuse to write a file the server would refuse (bad role, name reused)
-    _write_private(path, updated)
+    try:
+        _write_private(path, updated)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot write the key file: {exc.strerror or exc}") from None
     return key
 
 
