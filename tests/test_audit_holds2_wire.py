@@ -1,0 +1,294 @@
+"""A second acceptance audit of credit holds over the wire (balance.proto: Authorize's reserve, reservation_id and
+reservation_ttl, AuthorizeBatches, ReleaseReservation, Balance.credits_held / credits_available; usage.proto:
+UsageEvent.reservation_id and IngestAck.notices; README "Credits and the gateway"), as a gateway developer and a
+finance user read them, on what tests/test_audit_holds_wire.py and tests/test_audit_gateway2_wire.py leave out: an
+event of another customer naming someone's reservation, the same id held by two customers in one message, a hold
+that holds nothing (ALLOW, no credit left), a hold settled by an event of another event type or more products, a
+settling event dated before the hold, open holds and their retries through kill -9 and a clean stop, and holds
+spread over a top-up grant. Every amount is worked out by hand from the docs (arithmetic in each docstring), never
+read back from the server; every GetBalance read through rows()/totals() is checked for conservation.
+
+Products (card `card`, credits): `units` (event type `work`, SUM of `n`) at 1 credit a unit; `tin` (event type
+`call`, SUM of `in`) at 1 and `tout` (event type `call`, SUM of `out`) at 2, so a `call` with in=a, out=b costs
+a + 2b. Contracts from this month's start, overage at 1 USD a credit; grant ids are `<customer>.<name>`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from tariff import now_ms
+
+from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_audit_credits2_wire import customer, grant, refusal, rows, totals
+from tests.test_audit_gateway2_wire import (
+    batched,
+    call,
+    catalogue,
+    charges,
+    release,
+    request,
+    unary,
+    use,
+    work,
+)
+from tests.test_audit_topups_wire import month_start_ms, policy, set_policy
+
+HELD = "already held: this reservation was made by an earlier identical request"
+HOUR = Duration(seconds=3600)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-holds2")
+    process = ServerProcess(root / "data", extra_args=["--close-grace", "off"])
+    process.start()
+    try:
+        with process.client() as client:
+            catalogue(client)
+        yield process
+    finally:
+        process.stop()
+
+
+def test_an_event_of_another_customer_naming_a_hold_is_noticed_and_leaves_the_hold_held(server: ServerProcess) -> None:
+    """README "Settling": an event whose reservation_id "is not an open reservation of its customer (never made,
+    another customer's, ...)" is rated like any event and noticed NOTICE_RESERVATION_UNKNOWN. ALLOW, ann and bob
+    10 credits each. ann holds 4 as `r` (10 - 4 = 6 available). bob's event of 3 naming `r` is bob's usage: bob
+    draws 3 (7 left), noticed UNKNOWN; ann's hold is untouched (10 remaining, 4 held, 6 available). Then ann's
+    event of exactly 4 naming `r` settles it: 4 given back, 4 drawn, no notice: 6 remaining, 0 held, 6 available;
+    charges 4, no overage."""
+    with server.client() as client:
+        for who in ("ann", "bob"):
+            customer(client, who, block=False)
+            grant(client, who, "g", "10")
+        assert unary(client, request("ann", {"n": 4}, reservation_id="r", ttl=HOUR)) == (True, "OK", "4", "6", "r")
+        assert use(client, work("bob-1", "bob", {"n": 3}, reservation_id="r")) == [("r", "NOTICE_RESERVATION_UNKNOWN")]
+        assert rows(client, "bob") == {"g": ("3", "7", "0", "0")}
+        assert rows(client, "ann") == {"g": ("0", "10", "4", "0")}
+        assert totals(client, "ann") == ("10", "4", "6")
+        assert use(client, work("ann-1", "ann", {"n": 4}, reservation_id="r")) == []
+        assert rows(client, "ann") == {"g": ("4", "6", "0", "0")}
+        assert totals(client, "ann") == ("6", "0", "6")
+        assert charges(client, "ann") == ("4", "0")
+        assert charges(client, "bob") == ("3", "0")
+
+
+def test_one_id_held_by_two_customers_in_one_message_is_two_holds_each_settled_by_its_own_customer(
+    server: ServerProcess,
+) -> None:
+    """README "Ids": an id is "already used by a different request of this customer", so ids are per customer, and
+    AuthorizeBatches holds "exactly as Authorize(reserve=true)". One message: cat holds 2 as `same`, dan holds 3 as
+    `same` (different requests, different customers: no conflict). BLOCK, 5 credits each: cat 3 available, dan 2.
+    One usage batch: dan's event of 1 naming `same` settles dan's (3 back, 1 drawn: 4 left, 0 held); cat's hold
+    stays (5, 2, 3). cat's release gives back 2; dan's release of the settled one is FAILED_PRECONDITION."""
+    with server.client() as client:
+        for who in ("cat", "dan"):
+            customer(client, who, block=True)
+            grant(client, who, "g", "5")
+        answers = batched(
+            client,
+            [
+                request("cat", {"n": 2}, reservation_id="same", request_id="c", ttl=HOUR),
+                request("dan", {"n": 3}, reservation_id="same", request_id="d", ttl=HOUR),
+            ],
+        )
+        assert [(a.allowed, a.reason, a.estimated_cost, a.credits_available, a.reservation_id) for a in answers] == [
+            (True, "OK", "2", "3", "same"),
+            (True, "OK", "3", "2", "same"),
+        ]
+        assert totals(client, "cat") == ("5", "2", "3")
+        assert totals(client, "dan") == ("5", "3", "2")
+        assert use(client, work("dan-1", "dan", {"n": 1}, reservation_id="same")) == []
+        assert rows(client, "dan") == {"g": ("1", "4", "0", "0")}
+        assert rows(client, "cat") == {"g": ("0", "5", "2", "0")}
+        assert release(client, "cat", "same") == "2"
+        assert totals(client, "cat") == ("5", "0", "5")
+        code, _ = refusal(functools.partial(release, client, "dan", "same"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert totals(client, "dan") == ("4", "0", "4")
+
+
+def test_a_hold_allowed_as_overage_with_no_credit_left_holds_nothing_and_is_still_a_reservation(
+    server: ServerProcess,
+) -> None:
+    """balance.proto reserve: under ALLOW beyond the credit it holds "the credit there is ... the rest would be
+    overage and holds nothing"; AuthorizeResponse.reservation_id is "The hold's id when a reserve request was
+    allowed". ALLOW, 2 credits, all used (charges 2, 0 available). A hold of 3 is OVERAGE_ALLOWED, cost 3, 0
+    available, id `z`, holding 0 (0 remaining, 0 held). It is an open reservation: its release answers 0 and again
+    0; another such hold `z2` is settled by its event of 3 with no notice (all 3 overage): charges 2 + 3 = 5,
+    overage 3; a release of `z2` then is FAILED_PRECONDITION (settled)."""
+    with server.client() as client:
+        customer(client, "eve", block=False)
+        grant(client, "eve", "g", "2")
+        assert use(client, work("eve-0", "eve", {"n": 2})) == []
+        assert totals(client, "eve") == ("0", "0", "0")
+        assert unary(client, request("eve", {"n": 3}, reservation_id="z", ttl=HOUR)) == (
+            True,
+            "OVERAGE_ALLOWED",
+            "3",
+            "0",
+            "z",
+        )
+        assert totals(client, "eve") == ("0", "0", "0")
+        assert release(client, "eve", "z") == "0"
+        assert release(client, "eve", "z") == "0"
+        assert unary(client, request("eve", {"n": 3}, reservation_id="z2", ttl=HOUR))[:2] == (True, "OVERAGE_ALLOWED")
+        assert use(client, work("eve-1", "eve", {"n": 3}, reservation_id="z2")) == []
+        assert charges(client, "eve") == ("5", "3")
+        assert rows(client, "eve") == {"g": ("2", "0", "0", "0")}
+        code, _ = refusal(functools.partial(release, client, "eve", "z2"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_hold_is_settled_by_the_event_naming_it_whatever_its_event_type_and_products(server: ServerProcess) -> None:
+    """README "Settling": "the usage event that carries the reservation_id gives the hold back and is then charged
+    what it actually costs". ALLOW; grants `u` 5 for `units` only (priority 0) and `any` 4 (priority 1).
+    - A `work` hold of 3 (`w`) takes u's 3 (burn order: priority 0 first): 9 remaining, 3 held, 6 available.
+    - A `call` event of in=1, out=1 (1 + 2 = 3) naming `w` gives u's 3 back and draws its 3 from `any` (u does
+      not pay tin or tout): u (0 drawn, 5 left, 0 held), any (3 drawn, 1 left); 6 remaining, 0 held; no notice.
+    - A `call` hold of in=1, out=0 (1) `c` takes any's 1; its settling `call` of in=1, out=2 costs 5: 1 back, then
+      tin's 1 from any (0 left) and tout's 4 with no grant left to pay it: 4 overage. Charges 3 + 5 = 8, overage 4;
+      u still 5 (it pays units only)."""
+    with server.client() as client:
+        customer(client, "fay", block=False)
+        grant(client, "fay", "u", "5", products=("units",))
+        grant(client, "fay", "any", "4", priority=1)
+        assert unary(client, request("fay", {"n": 3}, reservation_id="w", ttl=HOUR)) == (True, "OK", "3", "6", "w")
+        assert rows(client, "fay") == {"u": ("0", "5", "3", "0"), "any": ("0", "4", "0", "0")}
+        assert totals(client, "fay") == ("9", "3", "6")
+        assert use(client, work("fay-1", "fay", {"in": 1, "out": 1}, event_type="call", reservation_id="w")) == []
+        assert rows(client, "fay") == {"u": ("0", "5", "0", "0"), "any": ("3", "1", "0", "0")}
+        assert totals(client, "fay") == ("6", "0", "6")
+        assert unary(client, call("fay", 1, 0, reservation_id="c", ttl=HOUR)) == (True, "OK", "1", "0", "c")
+        assert rows(client, "fay") == {"u": ("0", "5", "0", "0"), "any": ("3", "1", "1", "0")}
+        assert use(client, work("fay-2", "fay", {"in": 1, "out": 2}, event_type="call", reservation_id="c")) == []
+        assert rows(client, "fay") == {"u": ("0", "5", "0", "0"), "any": ("4", "0", "0", "0")}
+        assert charges(client, "fay") == ("8", "4")
+
+
+def test_a_settling_event_dated_before_the_hold_settles_it(server: ServerProcess) -> None:
+    """An event carrying the reservation_id settles the hold, whenever in the open period it is dated (usage.proto:
+    timestamps up to the period's start are taken). BLOCK, 10 credits; a hold of 5 (5 available); the event of 2
+    naming it, dated an hour before the hold (this month's start at the earliest): 5 back, 2 drawn: 8 remaining,
+    0 held, 8 available; charges 2."""
+    with server.client() as client:
+        customer(client, "gus", block=True)
+        grant(client, "gus", "g", "10")
+        assert unary(client, request("gus", {"n": 5}, reservation_id="h", ttl=HOUR)) == (True, "OK", "5", "5", "h")
+        early = work("gus-1", "gus", {"n": 2}, reservation_id="h")
+        early.timestamp_ms = max(month_start_ms(), now_ms() - 3_600_000)
+        assert use(client, early) == []
+        assert rows(client, "gus") == {"g": ("2", "8", "0", "0")}
+        assert totals(client, "gus") == ("8", "0", "8")
+        assert charges(client, "gus") == ("2", "0")
+
+
+def test_open_holds_and_their_retries_survive_kill_9_and_a_clean_stop(server_factory: ServerFactory) -> None:
+    """README: "The hold is journaled before the answer, so a restart (kill -9 included) keeps it"; "Ids": a retry
+    answers the same hold and holds nothing more, a changed request is ALREADY_EXISTS. BLOCK, 10 credits; `a` holds
+    4 through Authorize, `b` 3 through AuthorizeBatches (TTL 1 h): 10 remaining, 7 held, 3 available.
+    After kill -9: the same; `a` retried answers (OK, 4, 3 available, `a`, "already held ...") and holds nothing
+    more; `a` with 5 units is ALREADY_EXISTS; a new hold of 4 is denied (3 available). After a clean stop (snapshot):
+    the same; `a` released gives 4 (7 available), `b` settled by an event of 2 (3 back, 2 drawn): 8 remaining, 0
+    held, 8 available. After kill -9 again: 8, 0, 8; `a` released again answers 4 and changes nothing."""
+    server = server_factory(extra_args=["--close-grace", "off"])
+    hold_a = request("kim", {"n": 4}, reservation_id="a", ttl=HOUR)
+    with server.client() as client:
+        catalogue(client)
+        customer(client, "kim", block=True)
+        grant(client, "kim", "g", "10")
+        assert unary(client, hold_a) == (True, "OK", "4", "6", "a")
+        (held_b,) = batched(client, [request("kim", {"n": 3}, reservation_id="b", request_id="q", ttl=HOUR)])
+        assert (held_b.allowed, held_b.reason, held_b.estimated_cost, held_b.credits_available) == (
+            True,
+            "OK",
+            "3",
+            "3",
+        )
+        assert rows(client, "kim") == {"g": ("0", "10", "7", "0")}
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert rows(client, "kim") == {"g": ("0", "10", "7", "0")}
+        again = client.balance.Authorize(hold_a)
+        assert (again.allowed, again.reason, again.estimated_cost, again.credits_available, again.reservation_id) == (
+            True,
+            "OK",
+            "4",
+            "3",
+            "a",
+        )
+        assert again.message == HELD
+        changed = request("kim", {"n": 5}, reservation_id="a", ttl=HOUR)
+        assert refusal(functools.partial(client.balance.Authorize, changed)) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "reservation_id 'a' is already used by a different request of this customer; nothing was held",
+        )
+        assert unary(client, request("kim", {"n": 4}, reservation_id="c", ttl=HOUR)) == (
+            False,
+            "INSUFFICIENT_CREDIT",
+            "4",
+            "3",
+            "",
+        )
+        assert totals(client, "kim") == ("10", "7", "3")
+    assert server.terminate() == 0
+    server.restart()
+    with server.client() as client:
+        assert totals(client, "kim") == ("10", "7", "3")
+        assert release(client, "kim", "a") == "4"
+        assert totals(client, "kim") == ("10", "3", "7")
+        assert use(client, work("kim-1", "kim", {"n": 2}, reservation_id="b")) == []
+        assert rows(client, "kim") == {"g": ("2", "8", "0", "0")}
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert totals(client, "kim") == ("8", "0", "8")
+        assert release(client, "kim", "a") == "4"
+        assert totals(client, "kim") == ("8", "0", "8")
+
+
+def test_holds_spread_over_a_top_up_grant_and_give_back_to_each_grant_what_they_took(
+    server_factory: ServerFactory,
+) -> None:
+    """README "Automatic top-up": "When a rated event or a hold leaves the customer's available credit below
+    threshold, the same kernel step buys one TOP_UP grant of recharge_to - available credits" (burning after every
+    other grant), at most max_per_period times. ALLOW, grant `g` 10; policy below 5 back to 10 at 1, once a period.
+    - Hold `r1` of 8: g holds 8; 10 - 8 = 2 available < 5: buys 10 - 2 = 8 (top-up T). 18 remaining, 8 held, 10
+      available.
+    - Hold `r2` of 9: g's 2, then T's 7; 1 available < 5, but the cap is reached: nothing bought. 18, 17, 1.
+    - Hold `r3` of 3: OVERAGE_ALLOWED, holds T's last 1 (the rest, 2, would be overage): 18, 18, 0.
+    - Release `r2` gives 9 back (g 2, T 7): 18, 9, 9.
+    - `r1` settled by an event of 12: 8 back, then g's 10 and T's 2 drawn (T's 1 stays held by r3): g (10 drawn,
+      0 left), T (2 drawn, 6 left, 1 held); charges 12, no overage; 6 remaining, 1 held, 5 available."""
+    server = server_factory(extra_args=["--close-grace", "off"])
+    with server.client() as client:
+        catalogue(client)
+        contract_id = customer(client, "tom", block=False)
+        grant(client, "tom", "g", "10")
+        set_policy(client, contract_id, policy("5", "10", "1", 1))
+        top_up = f"top-up-{month_start_ms()}-1"
+        assert unary(client, request("tom", {"n": 8}, reservation_id="r1", ttl=HOUR)) == (True, "OK", "8", "10", "r1")
+        assert rows(client, "tom") == {"g": ("0", "10", "8", "0"), top_up: ("0", "8", "0", "0")}
+        assert unary(client, request("tom", {"n": 9}, reservation_id="r2", ttl=HOUR)) == (True, "OK", "9", "1", "r2")
+        assert rows(client, "tom") == {"g": ("0", "10", "10", "0"), top_up: ("0", "8", "7", "0")}
+        assert unary(client, request("tom", {"n": 3}, reservation_id="r3", ttl=HOUR)) == (
+            True,
+            "OVERAGE_ALLOWED",
+            "3",
+            "0",
+            "r3",
+        )
+        assert totals(client, "tom") == ("18", "18", "0")
+        assert release(client, "tom", "r2") == "9"
+        assert rows(client, "tom") == {"g": ("0", "10", "8", "0"), top_up: ("0", "8", "1", "0")}
+        assert totals(client, "tom") == ("18", "9", "9")
+        assert use(client, work("tom-1", "tom", {"n": 12}, reservation_id="r1")) == []
+        assert rows(client, "tom") == {"g": ("10", "0", "0", "0"), top_up: ("2", "6", "1", "0")}
+        assert charges(client, "tom") == ("12", "0")
+        assert totals(client, "tom") == ("6", "1", "5")
