@@ -292,3 +292,35 @@ def test_holds_spread_over_a_top_up_grant_and_give_back_to_each_grant_what_they_
         assert rows(client, "tom") == {"g": ("10", "0", "0", "0"), top_up: ("2", "6", "1", "0")}
         assert charges(client, "tom") == ("12", "0")
         assert totals(client, "tom") == ("6", "1", "5")
+
+
+def test_a_hold_request_with_a_malformed_customer_id_names_customer_id_through_every_authorize_call(
+    server: ServerProcess,
+) -> None:
+    """balance.proto AuthorizeResponse.reason: "A customer_id that is empty or breaks the id rule ... is
+    INVALID_REQUEST, its message naming customer_id"; AuthorizeBatches holds "as Authorize(reserve=true) does", and
+    unary Authorize answers INVALID_ARGUMENT naming that same field. A hold request whose customer_id breaks the id
+    rule and that is wrong in another way too (a zero TTL, an id over 256 bytes, no event_type) is refused naming
+    customer_id, first, by Authorize, AuthorizeStream and AuthorizeBatches alike; nothing is held."""
+    with server.client() as client:
+        customer(client, "hal", block=True)
+        grant(client, "hal", "g", "5")
+        named = "customer_id: 'bad id!' must be 1-128 characters of letters, digits and ._:@-"
+        doubly_bad = {
+            "zero-ttl": request("bad id!", {"n": 1}, reservation_id="a", ttl=Duration(seconds=0)),
+            "long-id": request("bad id!", {"n": 1}, reservation_id="x" * 257),
+            "no-event-type": request("bad id!", {"n": 1}, event_type="", reservation_id="a"),
+        }
+        for name, made in doubly_bad.items():
+            made.request_id = name
+            assert refusal(functools.partial(client.balance.Authorize, made)) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                named,
+            ), name
+            (streamed_answer,) = list(client.balance.AuthorizeStream(iter([made]), timeout=20))
+            assert (streamed_answer.reason, streamed_answer.message) == ("INVALID_REQUEST", named), name
+        answers = batched(client, list(doubly_bad.values()))
+        assert [(a.allowed, a.reason, a.message, a.reservation_id) for a in answers] == [
+            (False, "INVALID_REQUEST", named, "")
+        ] * 3
+        assert totals(client, "hal") == ("5", "0", "5")
