@@ -22,9 +22,12 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import now_ms
+from tariff.v1 import contracts_pb2
 
-from tests.serverproc import ServerFactory, ServerProcess
+from server.convert import timestamp as stamp
+from tests.serverproc import ServerFactory, ServerProcess, wait_for
 from tests.test_audit_credits2_wire import customer, grant, refusal, rows, totals
+from tests.test_audit_credits_wire import period_anchor_ms
 from tests.test_audit_gateway2_wire import (
     batched,
     call,
@@ -324,3 +327,42 @@ def test_a_hold_request_with_a_malformed_customer_id_names_customer_id_through_e
             (False, "INVALID_REQUEST", named, "")
         ] * 3
         assert totals(client, "hal") == ("5", "0", "5")
+
+
+def test_a_hold_across_a_period_end_settles_into_the_new_periods_top_up_allowance(server: ServerProcess) -> None:
+    """README "Automatic top-up": a rated event or a hold leaving available credit below threshold buys one TOP_UP
+    grant of recharge_to - available (id `top-up-<period start ms>-<n>`, burning after every other grant), "at most
+    max_per_period times per billing period"; a hold is not consumption. ALLOW, a contract whose period ends at E
+    (about 3 s ahead), grant `g` 10; policy below 5 back to 10 at 1, once a period.
+    - Before E: hold h1 of 8 (g holds 8; 2 available < 5: buys 10 - 2 = 8, `top-up-<P1>-1`; 10 available); hold h2
+      of 7: g's 2, then T1's 5; 3 available < 5, but the period's one purchase is made: nothing bought. 18
+      remaining, 15 held, 3 available.
+    - After E: the event of 7 settling h2 gives back g 2 and T1 5, then draws g's 2 and T1's 5 again: 3 available
+      (T1's 3) < 5, and the new period allows one purchase: 10 - 3 = 7, `top-up-<E>-1`. 18 remaining, 8 held (h1,
+      still on g), 10 available; the new period's charges 7, no overage."""
+    end_ms = (now_ms() // 1000 + 3) * 1000
+    start_ms = period_anchor_ms(end_ms)
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="pet", name="pet"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-pet", customer_id="pet", rate_card_id="card", starting_at=stamp(start_ms)
+            )
+        )
+        grant(client, "pet", "g", "10")
+        set_policy(client, "k-pet", policy("5", "10", "1", 1))
+        first, second = f"top-up-{start_ms}-1", f"top-up-{end_ms}-1"
+        assert unary(client, request("pet", {"n": 8}, reservation_id="h1", ttl=HOUR)) == (True, "OK", "8", "10", "h1")
+        assert unary(client, request("pet", {"n": 7}, reservation_id="h2", ttl=HOUR)) == (True, "OK", "7", "3", "h2")
+        assert now_ms() < end_ms, "too slow: the period ended before its holds were made"
+        assert rows(client, "pet") == {"g": ("0", "10", "10", "0"), first: ("0", "8", "5", "0")}
+        assert totals(client, "pet") == ("18", "15", "3")
+        assert wait_for(lambda: now_ms() > end_ms + 50, 10)
+        assert use(client, work("pet-1", "pet", {"n": 7}, reservation_id="h2")) == []
+        assert rows(client, "pet") == {
+            "g": ("2", "8", "8", "0"),
+            first: ("5", "3", "0", "0"),
+            second: ("0", "7", "0", "0"),
+        }
+        assert totals(client, "pet") == ("18", "8", "10")
+        assert charges(client, "pet") == ("7", "0")
