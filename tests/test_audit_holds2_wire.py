@@ -366,3 +366,50 @@ def test_a_hold_across_a_period_end_settles_into_the_new_periods_top_up_allowanc
         }
         assert totals(client, "pet") == ("18", "8", "10")
         assert charges(client, "pet") == ("7", "0")
+
+
+def test_a_hold_due_while_the_server_was_down_expires_when_it_serves_and_says_so_alike_after_restarts(
+    server_factory: ServerFactory,
+) -> None:
+    """README "TTL": "a hold due while the server was down expires when it serves again"; "Ids": once the hold has
+    ended a retry answers "this reservation was already ... at ...; nothing is held"; ReleaseReservation of one that
+    expired is FAILED_PRECONDITION; an event naming it is rated like any event, noticed NOTICE_RESERVATION_EXPIRED.
+    BLOCK, 10 credits; hold `e` of 4 with a TTL of 1 s (6 available), then kill -9 at once; restarted after the
+    TTL, the server expires it when it serves: 10 remaining, 0 held, 10 available. Its expiry instant T (when the
+    clock recorded it: at or after made + 1 s) is the same in every answer, through a clean stop and a kill -9:
+    the retry answers (OK, 4, 10 available, `e`) "... already expired at T; nothing is held", the release
+    FAILED_PRECONDITION "reservation 'e' was already expired at T: nothing is held". An event of 3 naming it is
+    noticed and draws 3 like any event: 7 remaining."""
+    server = server_factory(extra_args=["--close-grace", "off"])
+    hold_e = request("ivy", {"n": 4}, reservation_id="e", ttl=Duration(seconds=1))
+    with server.client() as client:
+        catalogue(client)
+        customer(client, "ivy", block=True)
+        grant(client, "ivy", "g", "10")
+        made_ms = now_ms()
+        assert unary(client, hold_e) == (True, "OK", "4", "6", "e")
+    server.kill9()
+    assert wait_for(lambda: now_ms() > made_ms + 1500, 10)
+    server.restart()
+    with server.client() as client:
+        assert wait_for(lambda: totals(client, "ivy") == ("10", "0", "10"), 10)
+        retried = client.balance.Authorize(hold_e)
+        prefix, _, rest = retried.message.partition("this reservation was already expired at ")
+        expired_at, _, tail = rest.partition(";")
+        assert (prefix, tail) == ("", " nothing is held"), retried.message
+        assert int(expired_at) >= made_ms + 1000
+        answer = (retried.allowed, retried.reason, retried.estimated_cost, retried.credits_available)
+        assert (answer, retried.reservation_id) == ((True, "OK", "4", "10"), "e")
+    for stop in (server.terminate, server.kill9):
+        stop()
+        server.restart()
+        with server.client() as client:
+            assert client.balance.Authorize(hold_e).message == retried.message, stop.__name__
+            assert refusal(functools.partial(release, client, "ivy", "e")) == (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"reservation 'e' was already expired at {expired_at}: nothing is held",
+            )
+            assert totals(client, "ivy") == ("10", "0", "10")
+    with server.client() as client:
+        assert use(client, work("ivy-1", "ivy", {"n": 3}, reservation_id="e")) == [("e", "NOTICE_RESERVATION_EXPIRED")]
+        assert rows(client, "ivy") == {"g": ("3", "7", "0", "0")}
