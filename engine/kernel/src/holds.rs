@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::authorize::{answer, asked_usage, response, Refused};
 use crate::decode::{wire, TEXT_BYTES_MAX};
-use crate::kernel::Kernel;
+use crate::kernel::{is_id, no_such_customer, Kernel};
 
 /// A hold's TTL when the request gives none (the unary path's RESERVATION_TTL_DEFAULT_MS), unless the server's
 /// maximum is shorter (then that: `prepare`).
@@ -77,7 +77,7 @@ pub fn split(kernel: &Kernel, requests: Vec<wire::AuthorizeRequest>, now_ms: i64
             }));
             continue;
         }
-        match prepare(&mut request, index, rules) {
+        match prepare(kernel, &mut request, index, rules) {
             Ok(()) => {
                 answers.push(None);
                 holds.push(request);
@@ -89,10 +89,18 @@ pub fn split(kernel: &Kernel, requests: Vec<wire::AuthorizeRequest>, now_ms: i64
 }
 
 /// Completes a hold request (its id and TTL), or says what is wrong with it, in the unary path's
-/// order and words.
-fn prepare(request: &mut wire::AuthorizeRequest, index: usize, rules: &HoldRules<'_>) -> Result<(), String> {
+/// order and words: a customer_id breaking the id rule (that no account has) comes first, as there.
+fn prepare(
+    kernel: &Kernel,
+    request: &mut wire::AuthorizeRequest,
+    index: usize,
+    rules: &HoldRules<'_>,
+) -> Result<(), String> {
     if request.customer_id.is_empty() {
         return Err("customer_id: is required".into());
+    }
+    if !is_id(&request.customer_id) && kernel.accounts.get(request.customer_id.as_str()).is_none() {
+        return Err(no_such_customer(&request.customer_id).message);
     }
     if request.event_type.is_empty() {
         return Err("event_type: is required".into());
@@ -467,6 +475,26 @@ mod tests {
         assert_eq!(summary(&answers), vec![("s", false, "UNKNOWN_CUSTOMER", "0"), ("c", true, "OK", "7.5")]);
         assert_eq!(answers[0].message, "customer 'nobody' does not exist");
         assert_eq!((held.placed, held.customers), (1, vec!["c".to_string()]));
+    }
+
+    #[test]
+    fn a_malformed_customer_id_is_named_before_whatever_else_is_wrong_and_is_not_journaled() {
+        let mut kernel = kernel();
+        let named = "customer_id: 'bad id!' must be 1-128 characters of letters, digits and ._:@-";
+        let malformed =
+            |request: wire::AuthorizeRequest| wire::AuthorizeRequest { customer_id: "bad id!".into(), ..request };
+        let requests = vec![
+            malformed(ttl(hold("zero-ttl", "a"), 0, 0)),
+            malformed(hold("long-id", &"x".repeat(TEXT_BYTES_MAX + 1))),
+            malformed(wire::AuthorizeRequest { event_type: String::new(), ..hold("no-event-type", "b") }),
+            malformed(hold("only-that", "c")),
+        ];
+        let split = split(&kernel, requests.clone(), NOW, &RULES);
+        assert!(split.holds.is_empty(), "{:?}", split.holds);
+        let (answers, held) = through(&mut kernel, requests);
+        let seen: Vec<_> = answers.iter().map(|a| (a.reason.as_str(), a.message.as_str())).collect();
+        assert_eq!(seen, vec![("INVALID_REQUEST", named); 4]);
+        assert_eq!(held.placed, 0);
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn unknown_customer(customer_id: &str) -> Refusal {
 /// The refusal of an event or request naming no account: INVALID_EVENT naming customer_id when the id breaks
 /// the id rule (contracts.proto: 1-128 of ASCII letters, digits and . _ : @ -), else UNKNOWN_CUSTOMER. Asked
 /// only once no account has the id, so an account stored before the rule is never re-checked.
-fn no_such_customer(customer_id: &str) -> Refusal {
+pub(crate) fn no_such_customer(customer_id: &str) -> Refusal {
     if is_id(customer_id) {
         return unknown_customer(customer_id);
     }
@@ -164,7 +164,7 @@ fn no_such_customer_event(customer_id: &str) -> Refusal {
 }
 
 /// Whether `text` follows the id rule (engine/control.py ID_PATTERN).
-fn is_id(text: &str) -> bool {
+pub(crate) fn is_id(text: &str) -> bool {
     (1..=128).contains(&text.len())
         && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }
