@@ -26,15 +26,14 @@ from tariff import TariffError, now_ms
 from tariff.v1 import contracts_pb2
 
 from server.convert import timestamp as stamp
+from tests.audit_fixtures import refusal, release
 from tests.serverproc import ServerFactory, ServerProcess, wait_for
-from tests.test_audit_credits2_wire import customer, grant, refusal, rows, totals
+from tests.test_audit_credits2_wire import charges, customer, grant, rows, totals
 from tests.test_audit_credits_wire import period_anchor_ms
 from tests.test_audit_gateway2_wire import (
     batched,
     call,
     catalogue,
-    charges,
-    release,
     request,
     unary,
     use,
