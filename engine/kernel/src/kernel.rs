@@ -683,19 +683,29 @@ impl Rater {
 
     /// The event's dimension symbols under a product's pricing dimensions, and the key of the
     /// product's period aggregate (None: a combination no bucket has yet). `dimension` reads the
-    /// event's values; `last` holds the symbols of the event's previous product, reused when its
-    /// dimensions are the same. Planning and `Kernel::warm` both key here, so warm reads the
-    /// entries rating looks up.
+    /// event's values; `symbol` finds a value's symbol (`Interner::get`, or `Symbols` while warming);
+    /// `last` holds the symbols of the event's previous product, reused when its dimensions are the
+    /// same. Planning and `Kernel::warm` both key here, so warm reads the entries rating looks up.
     fn product_key<'k, 'a>(
         &self,
         product: &Product,
         period_start_ms: i64,
         dimension: impl Fn(&str) -> Option<&'a str>,
+        mut symbol: impl FnMut(&'a str) -> Option<Sym>,
         last: &'k mut Option<Keyed>,
     ) -> (&'k Keyed, Option<PeriodKey>) {
         if last.as_ref().is_none_or(|k| k.class != product.dimensions_class) {
-            let dimensions =
-                gather_four(product.dimensions.iter().map(|d| self.interner.get(dimension(d).unwrap_or(""))));
+            // A loop, not `gather_four` over a closure: with the symbol lookup in it, that closure
+            // stayed a call (about 20 instructions a dimension).
+            let dimensions = if product.dimensions.len() <= 4 {
+                let mut inline = [None; 4];
+                for (slot, d) in inline.iter_mut().zip(&product.dimensions) {
+                    *slot = symbol(dimension(d).unwrap_or(""));
+                }
+                SmallVec::from_buf_and_len(inline, product.dimensions.len())
+            } else {
+                product.dimensions.iter().map(|d| symbol(dimension(d).unwrap_or(""))).collect()
+            };
             // A tuple with a value never interned has no bucket yet.
             let combo = self.combos.get_interned(&dimensions);
             *last = Some(Keyed { class: product.dimensions_class, dimensions, combo });
@@ -722,7 +732,9 @@ impl Rater {
         let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
         // Borrowed from the event's cache, not copied into the plan: commit needs the values only
         // for a new combination, and interns them from the event then.
-        let (Keyed { dimensions, .. }, key) = self.product_key(product, period_start_ms, |d| event.dimension(d), keyed);
+        let symbol = |text| self.interner.get(text);
+        let (Keyed { dimensions, .. }, key) =
+            self.product_key(product, period_start_ms, |d| event.dimension(d), symbol, keyed);
         let Some(rate) = version.rate_for(product.id, dimensions) else {
             return Err(Refusal::new(
                 Reason::NoApplicableRate,
@@ -1280,6 +1292,7 @@ impl Kernel {
             found += account.map_or(0, |a| a.warm_grant_and_contract(ts_ms));
         }
         warmed_entries.clear();
+        let mut symbols = Symbols::default();
         for (number, (event, &(_, account))) in events.zip(slice).enumerate() {
             // Keyed in its place in `warmed_keyed`: returned, the keying was moved twice more.
             warmed_keyed.push(None);
@@ -1287,7 +1300,7 @@ impl Kernel {
             // An account with no aggregate yet has nothing to read, and would walk the calendar for a
             // period it has not cached yet.
             if let Some(account) = account.filter(|a| !a.aggregates.is_empty()) {
-                rater.entry_keys(account, &event, keyed, |key| warmed_entries.push((number, key)));
+                rater.entry_keys(account, &event, &mut symbols, keyed, |key| warmed_entries.push((number, key)));
             }
         }
         // Apart from the keying, so that the processor holds many of these lookups at once: keying
@@ -1305,11 +1318,12 @@ impl Rater {
     /// against, keyed as `plan` keys them (`product_key`): those of the products an event that
     /// plans feeds, whose combination exists. Sets `keyed` (None) to what its first product was
     /// keyed by, where `plan_keyed` starts. Read ahead of checking: an event checking or
-    /// planning will refuse may name keys nothing comes of.
-    fn entry_keys(
+    /// planning will refuse may name keys nothing comes of. `symbols` is the slice's (`Symbols`).
+    fn entry_keys<'a>(
         &self,
         account: &Account,
-        event: &EventView<'_, '_>,
+        event: &EventView<'_, 'a>,
+        symbols: &mut Symbols<'a>,
         keyed: &mut Option<Keyed>,
         mut found: impl FnMut(PeriodKey),
     ) {
@@ -1322,7 +1336,8 @@ impl Rater {
             if first.is_none() && keyed.as_ref().is_some_and(|k: &Keyed| k.class != product.dimensions_class) {
                 first = keyed.take();
             }
-            if let (_, Some(key)) = self.product_key(product, period_start_ms, |d| event.dimension(d), keyed) {
+            let symbol = |text| symbols.get(text, &self.interner);
+            if let (_, Some(key)) = self.product_key(product, period_start_ms, |d| event.dimension(d), symbol, keyed) {
                 found(key);
             }
         }
@@ -1337,6 +1352,54 @@ impl Rater {
 fn warm_entry(account: &Account, key: PeriodKey, ts_ms: i64) -> u64 {
     let aggregate = account.aggregates.get(&key).map_or(0, Aggregate::warm);
     aggregate ^ account.buckets.get(&key.hour_key(ts_ms)).map_or(0, crate::buckets::warm_hour)
+}
+
+/// The symbols of the dimension values `Kernel::warm` looked up in one slice of events: the few values
+/// a pricing dimension takes come up again and again, and are found here in a slot chosen by the
+/// text's length and end bytes and checked by one short comparison (about 25 instructions), where the
+/// interner hashed the text and probed (about 85). The interner cannot change while a slice is warmed
+/// (warm only reads the rater), so an entry stays exact; a new slice starts empty. Texts that share a
+/// slot replace each other, and are then looked up again.
+struct Symbols<'a> {
+    slots: [Option<(&'a str, Option<Sym>)>; SYMBOL_SLOTS],
+}
+
+const SYMBOL_SLOTS: usize = 16;
+
+impl Default for Symbols<'_> {
+    fn default() -> Self {
+        Symbols { slots: [None; SYMBOL_SLOTS] }
+    }
+}
+
+impl<'a> Symbols<'a> {
+    /// `interner.get(text)`, remembered. Inline, with the lookup in the interner apart (`miss`): the
+    /// whole as one function was either a call saving and restoring six registers (about 20 of its
+    /// 55 instructions) or, inlined, too large for the closure keying a product's dimensions to be
+    /// inlined into `Kernel::warm`.
+    #[inline]
+    fn get(&mut self, text: &'a str, interner: &Interner) -> Option<Sym> {
+        let bytes = text.as_bytes();
+        let ends = match bytes {
+            [] => 0,
+            [first, .., last] => u32::from(*first) * 31 + u32::from(*last),
+            [only] => u32::from(*only),
+        };
+        let mixed = (bytes.len() as u32).wrapping_mul(0x9e37_79b9) ^ ends.wrapping_mul(0x85eb_ca6b);
+        let slot = (mixed >> 28) as usize % SYMBOL_SLOTS;
+        match self.slots[slot] {
+            Some((known, symbol)) if crate::decode::same_text(known, text) => symbol,
+            _ => self.miss(slot, text, interner),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn miss(&mut self, slot: usize, text: &'a str, interner: &Interner) -> Option<Sym> {
+        let symbol = interner.get(text);
+        self.slots[slot] = Some((text, symbol));
+        symbol
+    }
 }
 
 /// What `install_tables` took out of the kernel, freed when dropped (by the binding, after the lock).
@@ -1516,6 +1579,19 @@ mod tests {
     proptest! {
         #![proptest_config(crate::test_config())]
         #[test]
+        fn warm_finds_each_value_s_symbol_as_the_interner_does(
+            interned in proptest::collection::vec("[a-c]{0,3}", 0..6),
+            looked_up in proptest::collection::vec("[a-c]{0,3}", 0..40),
+        ) {
+            // More distinct texts than it has slots, looked up again and again: remembered or not, the same symbol.
+            let interner = Interner::from_strings(interned);
+            let mut symbols = Symbols::default();
+            for text in &looked_up {
+                prop_assert_eq!(symbols.get(text, &interner), interner.get(text), "{:?}", text);
+            }
+        }
+
+        #[test]
         fn a_batch_rates_as_its_events_one_batch_each(
             before in proptest::collection::vec(event_strategy(), 1..8),
             rated in proptest::collection::vec(event_strategy(), 1..24),
@@ -1590,7 +1666,8 @@ mod tests {
                 with_view(&probe, |view| -> Result<(), TestCaseError> {
                     let mut warmed = Vec::new();
                     let mut keyed = None;
-                    kernel.rater.entry_keys(account, view, &mut keyed, |key| warmed.push(key));
+                    let mut symbols = Symbols::default();
+                    kernel.rater.entry_keys(account, view, &mut symbols, &mut keyed, |key| warmed.push(key));
                     let Ok(event) = check_view(view, RECEIVED_MS, 300_000) else { return Ok(()) };
                     if event.customer_id != "c" {
                         return Ok(());
