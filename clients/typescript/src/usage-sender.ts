@@ -51,7 +51,8 @@ export interface RetryPolicy {
    * here; and each stream waits for the server's response headers at most what remains of elapsedMaxMs (the first:
    * all of it), but at least minConnectMs, not ackTimeoutMs. Against a server that never answers, the sender thus
    * gives up at most elapsedMaxMs + minConnectMs after it first opened a stream in vain; a stream that was answered
-   * and then fell silent is noticed after ackTimeoutMs instead.
+   * and then fell silent is noticed after ackTimeoutMs instead. The Tariff server sends its response headers with its
+   * first ack: a first ack slower than that wait ends the stream too (its batches are resent, as after any failure).
    */
   elapsedMaxMs: number;
   /** The least a stream waits for the server's response headers (default 1,000). */

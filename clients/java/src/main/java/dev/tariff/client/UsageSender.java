@@ -62,7 +62,9 @@ public final class UsageSender {
    * remains of elapsedMax (the first: all of it), but at least {@link #MIN_CONNECT}, not ackTimeout.
    * Against a server that never answers, the sender thus gives up at most elapsedMax + MIN_CONNECT
    * after it first opened a stream in vain; a stream that was answered and then fell silent is
-   * noticed after ackTimeout instead.
+   * noticed after ackTimeout instead. The Tariff server sends its response headers with its first
+   * ack: a first ack slower than that wait ends the stream too (its batches are resent, as after any
+   * failure).
    */
   public record RetryPolicy(
       int attemptsMax,
