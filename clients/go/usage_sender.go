@@ -35,8 +35,16 @@ import (
 type RetryPolicy struct {
 	// AttemptsMax consecutive failed streams end the sender (an ack resets the count) ...
 	AttemptsMax int
-	// ... and so does ElapsedMax since the first of them, whichever comes first.
-	ElapsedMax     time.Duration
+	// ... and so does ElapsedMax since the first of them, whichever comes first. A stream whose
+	// connection never came up (the server accepts TCP but does not answer, or cannot be reached)
+	// failed from the moment it was opened, so its wait counts in ElapsedMax; and each stream waits
+	// for its connection at most what remains of ElapsedMax (the first: all of it), but at least
+	// MinConnect, not grpc-go's own connect timeout. Against a server that never answers, the
+	// sender thus gives up at most ElapsedMax + MinConnect after it first opened a stream in vain;
+	// a stream that came up and then fell silent is noticed after SenderOptions.AckTimeout instead.
+	ElapsedMax time.Duration
+	// MinConnect is the least a stream waits for its connection (default 1 s).
+	MinConnect     time.Duration
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
 	Multiplier     float64
@@ -53,6 +61,7 @@ func DefaultRetryPolicy() RetryPolicy {
 	return RetryPolicy{
 		AttemptsMax:    10,
 		ElapsedMax:     60 * time.Second,
+		MinConnect:     time.Second,
 		InitialBackoff: 100 * time.Millisecond,
 		MaxBackoff:     5 * time.Second,
 		Multiplier:     2,
@@ -72,6 +81,7 @@ func DefaultRetryPolicy() RetryPolicy {
 func (p RetryPolicy) withDefaults(defaults RetryPolicy) RetryPolicy {
 	setDefault(&p.AttemptsMax, defaults.AttemptsMax)
 	setDefault(&p.ElapsedMax, defaults.ElapsedMax)
+	setDefault(&p.MinConnect, defaults.MinConnect)
 	setDefault(&p.InitialBackoff, defaults.InitialBackoff)
 	setDefault(&p.MaxBackoff, defaults.MaxBackoff)
 	if p.Multiplier == 0 {
@@ -399,7 +409,12 @@ func (s *UsageSender) run() {
 	failures := 0
 	var firstFailure time.Time
 	for s.waitForWork() {
-		progressed, err := s.runStream()
+		opened := time.Now()
+		connectWithin := s.retry.ElapsedMax
+		if failures > 0 {
+			connectWithin -= opened.Sub(firstFailure)
+		}
+		progressed, connected, err := s.runStream(max(connectWithin, s.retry.MinConnect))
 		if err == nil {
 			failures = 0
 			continue
@@ -419,6 +434,9 @@ func (s *UsageSender) run() {
 		failures++
 		if failures == 1 {
 			firstFailure = time.Now()
+			if !connected {
+				firstFailure = opened // a stream that never connected failed when it was opened: its wait counts
+			}
 		}
 		exhausted := failures >= s.retry.AttemptsMax || time.Since(firstFailure) >= s.retry.ElapsedMax
 		if exhausted || !s.retryable(err) {
@@ -461,8 +479,9 @@ func (s *UsageSender) waitForWork() bool {
 }
 
 // runStream writes batches to one IngestUsage stream while its receiving goroutine takes the acks;
-// it returns nil when the sender is drained, and the stream's error otherwise.
-func (s *UsageSender) runStream() (progressed bool, err error) {
+// it returns nil when the sender is drained, and the stream's error otherwise. connected says the
+// stream's connection came up: it waits for it at most connectWithin (UNAVAILABLE after that).
+func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connected bool, err error) {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	defer cancel(nil)
 	s.mu.Lock()
@@ -471,9 +490,16 @@ func (s *UsageSender) runStream() (progressed bool, err error) {
 	}
 	s.streamsOpened++
 	s.mu.Unlock()
+	// Without this bound a server that accepts TCP but never answers holds the stream for
+	// grpc-go's connect timeout, and a reconnect for another.
+	notConnected := status.Errorf(codes.Unavailable, "no connection to the server within %.1f s", connectWithin.Seconds())
+	connectTimer := time.AfterFunc(connectWithin, func() { cancel(notConnected) })
 	stream, err := s.usage.IngestUsage(ctx)
+	if !connectTimer.Stop() {
+		return false, false, notConnected // too late, or failed for that reason: ctx is cancelled
+	}
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	var acked atomic.Bool
 	received := make(chan error, 1)
@@ -502,7 +528,7 @@ func (s *UsageSender) runStream() (progressed bool, err error) {
 		case batch != nil:
 			if err := stream.Send(batch.msg); err != nil {
 				// The stream is over (io.EOF); its receiving side reports why.
-				return acked.Load(), streamError(<-received)
+				return acked.Load(), true, streamError(<-received)
 			}
 			continue
 		case drained && !halfClosed:
@@ -511,14 +537,14 @@ func (s *UsageSender) runStream() (progressed bool, err error) {
 			if err := stream.CloseSend(); err != nil {
 				cancel(nil)
 				<-received // no ack may settle after the caller requeues the unacknowledged batches
-				return acked.Load(), err
+				return acked.Load(), true, err
 			}
 			continue
 		}
 		select {
 		case <-s.wake:
 		case err := <-received:
-			return acked.Load(), streamError(err)
+			return acked.Load(), true, streamError(err)
 		}
 	}
 }

@@ -45,8 +45,18 @@ export interface Usage {
 export interface RetryPolicy {
   /** Give up after this many consecutive failed connections (an ack resets the count). */
   attemptsMax: number;
-  /** ... or this long after the first of them, whichever comes first. */
+  /**
+   * ... or this long after the first of them, whichever comes first. A stream the server never answered (it
+   * accepts TCP but says nothing: no response headers) failed from the moment it was opened, so its wait counts
+   * here; and each stream waits for the server's response headers at most what remains of elapsedMaxMs (the first:
+   * all of it), but at least minConnectMs, not ackTimeoutMs. Against a server that never answers, the sender thus
+   * gives up at most elapsedMaxMs + minConnectMs after it first opened a stream in vain; a stream that was answered
+   * and then fell silent is noticed after ackTimeoutMs instead. The Tariff server sends its response headers with its
+   * first ack: a first ack slower than that wait ends the stream too (its batches are resent, as after any failure).
+   */
   elapsedMaxMs: number;
+  /** The least a stream waits for the server's response headers (default 1,000). */
+  minConnectMs: number;
   initialBackoffMs: number;
   maxBackoffMs: number;
   multiplier: number;
@@ -63,6 +73,7 @@ export interface RetryPolicy {
 export const DEFAULT_RETRY_POLICY: Readonly<RetryPolicy> = Object.freeze({
   attemptsMax: 10,
   elapsedMaxMs: 60_000,
+  minConnectMs: 1_000,
   initialBackoffMs: 100,
   maxBackoffMs: 5_000,
   multiplier: 2,
@@ -208,6 +219,7 @@ export class UsageSender {
   private generation = 0;
   private streamsOpened = 0;
   private progressed = false;
+  private answered = false; // the current stream's response headers arrived
   private streamAbort: AbortController | undefined;
   private ackTimer: NodeJS.Timeout | undefined;
   private ackTimedOut = false;
@@ -406,8 +418,11 @@ export class UsageSender {
       }
       this.streamsOpened += 1;
       this.progressed = false;
+      this.answered = false;
+      const openedAtMs = Date.now();
+      const budgetLeftMs = this.retry.elapsedMaxMs - (failures > 0 ? openedAtMs - firstFailureAtMs : 0);
       try {
-        await this.runStream(this.generation);
+        await this.runStream(this.generation, Math.max(budgetLeftMs, this.retry.minConnectMs));
         failures = 0;
       } catch (error) {
         const timedOut = this.ackTimedOut;
@@ -423,7 +438,8 @@ export class UsageSender {
         }
         failures += 1;
         if (failures === 1) {
-          firstFailureAtMs = Date.now();
+          // A stream the server never answered failed when it was opened: its wait counts.
+          firstFailureAtMs = this.answered ? Date.now() : openedAtMs;
         }
         this.requeueUnacked();
         const exhausted =
@@ -442,12 +458,33 @@ export class UsageSender {
     }
   }
 
-  private async runStream(generation: number): Promise<void> {
+  /** Runs one stream until it ends; UNAVAILABLE when the server sent no response headers within answerWithinMs. */
+  private async runStream(generation: number, answerWithinMs: number): Promise<void> {
     const controller = new AbortController();
     this.streamAbort = controller;
-    const responses = this.usage.ingestUsage(this.requests(generation), { signal: controller.signal });
-    for await (const ack of responses) {
-      this.receiveAck(ack);
+    // Without this bound a server that accepts TCP but never answers holds the stream until the ack timeout.
+    let unanswered: ConnectError | undefined;
+    const answerTimer = setTimeout(() => {
+      unanswered = new ConnectError(
+        `no answer from the server within ${(answerWithinMs / 1000).toFixed(1)} s`,
+        Code.Unavailable,
+      );
+      controller.abort(unanswered);
+    }, answerWithinMs);
+    const onHeader = (): void => {
+      this.answered = true;
+      clearTimeout(answerTimer);
+    };
+    try {
+      const responses = this.usage.ingestUsage(this.requests(generation), { signal: controller.signal, onHeader });
+      for await (const ack of responses) {
+        onHeader(); // headers come first: this only guards against a transport that did not report them
+        this.receiveAck(ack);
+      }
+    } catch (error) {
+      throw unanswered ?? error;
+    } finally {
+      clearTimeout(answerTimer);
     }
     this.endStream();
     if (this.unacked.length > 0) {

@@ -21,6 +21,14 @@ import dev.tariff.v1.UsageServiceGrpc;
 import com.google.protobuf.Any;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.RetryInfo;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ClientCall;
+import io.grpc.ClientInterceptor;
+import io.grpc.ForwardingClientCall;
+import io.grpc.ForwardingClientCallListener;
+import io.grpc.Metadata;
+import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.protobuf.StatusProto;
@@ -48,7 +56,15 @@ public final class UsageSender {
    * elapsedMax since the first of them end it; delays grow from initialBackoff by multiplier up to
    * maxBackoff, randomised by ±jitter; statuses outside retryableCodes end it at once, but for one
    * carrying a google.rpc.RetryInfo (an overloaded server's RESOURCE_EXHAUSTED, "retry after 100
-   * ms"), which is retried no sooner than the delay it names.
+   * ms"), which is retried no sooner than the delay it names. A stream the server never answered (it
+   * accepts TCP but says nothing: no response headers) failed from the moment it was opened, so its
+   * wait counts in elapsedMax; and each stream waits for the server's response headers at most what
+   * remains of elapsedMax (the first: all of it), but at least {@link #MIN_CONNECT}, not ackTimeout.
+   * Against a server that never answers, the sender thus gives up at most elapsedMax + MIN_CONNECT
+   * after it first opened a stream in vain; a stream that was answered and then fell silent is
+   * noticed after ackTimeout instead. The Tariff server sends its response headers with its first
+   * ack: a first ack slower than that wait ends the stream too (its batches are resent, as after any
+   * failure).
    */
   public record RetryPolicy(
       int attemptsMax,
@@ -58,6 +74,9 @@ public final class UsageSender {
       double multiplier,
       double jitter,
       Set<Status.Code> retryableCodes) {
+    /** The least a stream waits for the server's response headers. */
+    public static final Duration MIN_CONNECT = Duration.ofSeconds(1);
+
     public static final RetryPolicy DEFAULT =
         new RetryPolicy(
             10,
@@ -183,6 +202,12 @@ public final class UsageSender {
   private long firstFailureNanos;
   private ScheduledFuture<?> ackTimer;
   private int ackTimedOutGeneration = -1;
+  private boolean answered; // the current stream's response headers arrived
+  private boolean retrying; // the last stream failed and nothing was acked since: the retry budget runs
+  private long openedNanos;
+  private ScheduledFuture<?> answerTimer;
+  private int unansweredGeneration = -1;
+  private Duration answerWithin = Duration.ZERO;
 
   private int batchesSent;
   private int batchesAcked;
@@ -393,9 +418,36 @@ public final class UsageSender {
     streamsOpened += 1;
     progressed = false;
     halfClosed = false;
+    answered = false;
     int streamGeneration = generation;
+    openedNanos = System.nanoTime();
+    long budgetLeftNanos =
+        options.retry.elapsedMax().toNanos() - (retrying ? openedNanos - firstFailureNanos : 0);
+    answerWithin = Duration.ofNanos(Math.max(budgetLeftNanos, RetryPolicy.MIN_CONNECT.toNanos()));
+    // Response headers say the server answered: the connection came up and the server is alive.
+    ClientInterceptor onHeaders =
+        new ClientInterceptor() {
+          @Override
+          public <ReqT, RespT> ClientCall<ReqT, RespT> interceptCall(
+              MethodDescriptor<ReqT, RespT> method, CallOptions callOptions, Channel next) {
+            return new ForwardingClientCall.SimpleForwardingClientCall<>(next.newCall(method, callOptions)) {
+              @Override
+              public void start(Listener<RespT> listener, Metadata headers) {
+                super.start(
+                    new ForwardingClientCallListener.SimpleForwardingClientCallListener<>(listener) {
+                      @Override
+                      public void onHeaders(Metadata responseHeaders) {
+                        answered(streamGeneration);
+                        super.onHeaders(responseHeaders);
+                      }
+                    },
+                    headers);
+              }
+            };
+          }
+        };
     stream =
-        stub.ingestUsage(
+        stub.withInterceptors(onHeaders).ingestUsage(
             new StreamObserver<>() {
               @Override
               public void onNext(IngestAck ack) {
@@ -412,6 +464,34 @@ public final class UsageSender {
                 streamEnded(streamGeneration, null, null);
               }
             });
+    // Without this bound a server that accepts TCP but never answers holds the stream until the ack timeout.
+    StreamObserver<UsageBatch> current = stream;
+    answerTimer =
+        timers.schedule(
+            () -> {
+              synchronized (this) {
+                if (streamGeneration == generation && !answered && stream == current) {
+                  unansweredGeneration = streamGeneration;
+                  current.onError(Status.UNAVAILABLE.withDescription("no answer").asRuntimeException());
+                }
+              }
+            },
+            answerWithin.toNanos(),
+            TimeUnit.NANOSECONDS);
+  }
+
+  private synchronized void answered(int streamGeneration) {
+    if (streamGeneration == generation) {
+      answered = true;
+      cancelAnswerTimer();
+    }
+  }
+
+  private void cancelAnswerTimer() {
+    if (answerTimer != null) {
+      answerTimer.cancel(false);
+      answerTimer = null;
+    }
   }
 
   private void receive(int streamGeneration, IngestAck ack) {
@@ -429,6 +509,7 @@ public final class UsageSender {
       }
       unacked.poll();
       progressed = true;
+      retrying = false;
       batchesAcked += 1;
       eventsAccepted += ack.getAccepted();
       eventsDuplicate += ack.getDuplicates();
@@ -469,11 +550,17 @@ public final class UsageSender {
     }
     stream = null;
     cancelAckTimer();
+    cancelAnswerTimer();
     if (status == null && unacked.isEmpty()) {
+      retrying = false;
       pump(); // drained (closing), or a new stream for batches cut meanwhile
       return;
     }
-    if (ackTimedOutGeneration == streamGeneration) {
+    if (unansweredGeneration == streamGeneration) {
+      status =
+          Status.UNAVAILABLE.withDescription(
+              String.format("no answer from the server within %.1f s", answerWithin.toMillis() / 1000.0));
+    } else if (ackTimedOutGeneration == streamGeneration) {
       status = Status.DEADLINE_EXCEEDED.withDescription("no ack within " + options.ackTimeout);
     } else if (status == null) {
       status = Status.UNAVAILABLE.withDescription("stream ended with " + unacked.size() + " batches unacknowledged");
@@ -485,7 +572,8 @@ public final class UsageSender {
     }
     failures = progressed ? 1 : failures + 1;
     if (failures == 1) {
-      firstFailureNanos = System.nanoTime();
+      // A stream the server never answered failed when it was opened: its wait counts.
+      firstFailureNanos = answered ? System.nanoTime() : openedNanos;
     }
     RetryPolicy retry = options.retry;
     boolean exhausted =
@@ -495,6 +583,7 @@ public final class UsageSender {
       return;
     }
     reconnectScheduled = true;
+    retrying = true;
     long delayNanos = Math.max(backoffNanos(failures), serverDelay == null ? 0 : serverDelay.toNanos());
     timers.schedule(this::reconnect, delayNanos, TimeUnit.NANOSECONDS);
   }

@@ -125,6 +125,11 @@ final class TariffServer implements AutoCloseable {
     }
   }
 
+  /** The server process's pid. */
+  synchronized long pid() {
+    return process.pid();
+  }
+
   String logTail() {
     try {
       List<String> lines = Files.readAllLines(logPath);
