@@ -26,7 +26,7 @@ from tariff import TariffError, now_ms
 from tariff.v1 import contracts_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import refusal, release
+from tests.audit_fixtures import refusal, release, serving
 from tests.serverproc import ServerFactory, ServerProcess, wait_for
 from tests.test_audit_credits2_wire import charges, customer, grant, rows, totals
 from tests.test_audit_credits_wire import period_anchor_ms
@@ -48,14 +48,7 @@ HOUR = Duration(seconds=3600)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-holds2")
-    process = ServerProcess(root / "data", extra_args=["--close-grace", "off"])
-    process.start()
-    try:
-        with process.client() as client:
-            catalogue(client)
-        yield process
-    finally:
-        process.stop()
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
 
 
 def test_an_event_of_another_customer_naming_a_hold_is_noticed_and_leaves_the_hold_held(server: ServerProcess) -> None:
