@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -50,3 +52,17 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 def demo_server(server_factory: ServerFactory) -> ServerProcess:
     """A started server with the demo catalogue (`--demo`), fresh for each test."""
     return server_factory(demo=True, name="demo")
+
+
+@pytest.fixture
+def stopped(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server that accepts connections (the kernel does, into the listen backlog) but answers nothing: SIGSTOP."""
+    server = ServerProcess(tmp_path / "data", demo=True)
+    server.start()
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield server
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.stop()

@@ -124,20 +124,6 @@ def test_every_client_command_documents_the_timeout_and_its_default(demo: Server
         assert "--timeout-s" in shown and "TARIFF_TIMEOUT_S" in shown and "default: 10" in shown, shown
 
 
-@pytest.fixture
-def stopped(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server that accepts connections (the kernel does, into the listen backlog) but answers nothing: SIGSTOP."""
-    server = ServerProcess(tmp_path / "data", demo=True)
-    server.start()
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        yield server
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        server.stop()
-
-
 def test_a_server_that_does_not_answer_is_one_deadline_line_and_status_3(stopped: ServerProcess) -> None:
     done = tariff(stopped, "balance", "acme", "--timeout-s", "0.5", check=False)
     assert done.returncode == EXIT_NO_ANSWER, done.stderr

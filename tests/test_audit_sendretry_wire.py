@@ -10,35 +10,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from tariff.v1 import contracts_pb2
 
 from tests.serverproc import ServerProcess
+from tests.test_audit_cli4_wire import EXIT_NO_ANSWER
 from tests.test_cli import tariff, usage_lines
-
-EXIT_NO_ANSWER = 3
-
-
-@pytest.fixture
-def stopped(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server that accepts connections (the kernel does, into the listen backlog) but answers nothing: SIGSTOP."""
-    server = ServerProcess(tmp_path / "data", demo=True)
-    server.start()
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        yield server
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        server.stop()
 
 
 def test_usage_send_to_a_server_that_never_answers_gives_up_within_about_retry_s(stopped: ServerProcess) -> None:
