@@ -14,8 +14,11 @@ arrived. All randomness (event mix, when to kill, resend order) comes from a see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -45,6 +48,7 @@ EVENT_TYPE = "ai_action"
 DEMO_RECORDS = 7  # the demo catalogue is 7 journaled commands (server/demo.py)
 RPC_TIMEOUT_S = 15.0
 ROUND_TIMEOUT_S = 90.0
+FROZEN_WAIT_S = 0.5  # how long a kill round waits, the server frozen, for a command sent after the freeze
 
 CHANNEL_OPTIONS = [
     ("grpc.enable_http_proxy", 0),
@@ -449,7 +453,8 @@ def test_kill9_during_admin_commands(server_factory: ServerFactory) -> None:
         failed: dict[int, str] = {}  # unanswered: why
         in_flight_at_kill = 0
         enough = asyncio.Event()
-        killed = False
+        sent_while_frozen = asyncio.Event()
+        frozen = killed = False
         gate = asyncio.Semaphore(concurrency)
 
         async def create(stub: Any, i: int) -> None:
@@ -458,6 +463,8 @@ def test_kill9_during_admin_commands(server_factory: ServerFactory) -> None:
                 if killed:
                     failed[i] = "not sent: the server was already killed"
                     return
+                if frozen:
+                    sent_while_frozen.set()
                 try:
                     customer: contracts_pb2.Customer = await stub.CreateCustomer(request(i), timeout=RPC_TIMEOUT_S)
                 except grpc.aio.AioRpcError as exc:
@@ -473,6 +480,14 @@ def test_kill9_during_admin_commands(server_factory: ServerFactory) -> None:
             stub = contracts_pb2_grpc.ContractServiceStub(ch)
             tasks = [asyncio.create_task(create(stub, i)) for i in range(count)]
             await asyncio.wait_for(enough.wait(), ROUND_TIMEOUT_S)
+            # A fast server answers every command in flight in the moment before SIGKILL lands. Frozen first (at
+            # whatever point it is, a commit included), it cannot answer a command sent after the freeze; when none
+            # is sent within the wait, every slot of the gate holds a command the frozen server has not answered.
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)
+            frozen = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sent_while_frozen.wait(), FROZEN_WAIT_S)
             server.kill9()
             killed = True
             await asyncio.wait_for(asyncio.gather(*tasks), ROUND_TIMEOUT_S)
