@@ -1,0 +1,70 @@
+"""A second audit of the wire contract (the names and rules of proto/tariff/v1/*.proto's comments and README that
+clients and acceptance tests rely on), over a real demo server process, on what tests/test_audit_setup_wire.py,
+tests/test_refusal_details_wire.py, tests/test_decimal_grammar_wire.py and tests/test_readme.py leave out.
+
+contracts.proto (its top): "Amounts the server writes follow the same grammar, without an exponent or trailing
+zeros". A contract's overage_price and top-up policy were written so, but its price overrides were echoed as the
+request wrote them: AddOverride with multiplier "0.50" answered "0.50", and price "1.5e1" answered "1.5e1", in
+AddOverride's and GetContract's answers alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tariff import TariffClient
+from tariff.v1 import contracts_pb2
+
+from tests.audit_fixtures import serving
+from tests.serverproc import ServerProcess
+
+CONTRACT = "acme-2026"  # the demo's contract (server/demo.py)
+PRODUCT = "ai_action"  # the demo's product, priced by action, data_source, model and complexity
+
+
+def nothing(client: TariffClient) -> None:
+    """The demo catalogue is all these tests need."""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-contract2")
+    yield from serving(ServerProcess(root / "data", demo=True, extra_args=["--close-grace", "off"]), nothing)
+
+
+def overrides(contract: contracts_pb2.Contract) -> dict[str, tuple[str, str]]:
+    """id -> (multiplier, price) of a contract's overrides, as the server wrote them."""
+    return {o.id: (o.multiplier, o.price) for o in contract.overrides}
+
+
+def test_an_overrides_decimals_are_written_without_an_exponent_or_trailing_zeros(server: ServerProcess) -> None:
+    """contracts.proto: decimal strings are read in JSON's number grammar ("12.50", "1e3"), and "Amounts the server
+    writes follow the same grammar, without an exponent or trailing zeros": a multiplier of "0.50" is written
+    "0.5", a price of "1.5e1" is written "15" (and "2.000e-1" "0.2"), in AddOverride's answer and GetContract's."""
+    written = {
+        "ov-multiplier": ("0.5", ""),
+        "ov-price": ("", "15"),
+        "ov-small": ("", "0.2"),
+    }
+    requests = [
+        contracts_pb2.PriceOverride(
+            id="ov-multiplier", product_id=PRODUCT, match={"action": "summary"}, multiplier="0.50"
+        ),
+        contracts_pb2.PriceOverride(id="ov-price", product_id=PRODUCT, match={"action": "search"}, price="1.5e1"),
+        contracts_pb2.PriceOverride(id="ov-small", product_id=PRODUCT, match={"action": "chat"}, price="2.000e-1"),
+    ]
+    with server.client() as client:
+        answers = [
+            client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=o))
+            for o in requests
+        ]
+        assert overrides(answers[-1]) == written
+        got = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=CONTRACT))
+        assert overrides(got) == written
+        # The same request again is a retry: answered, nothing added (the key is the override's id).
+        again = client.contracts.AddOverride(
+            contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=requests[0])
+        )
+        assert overrides(again) == written
