@@ -447,10 +447,11 @@ def override_pb(o: Override) -> contracts_pb2.PriceOverride:
     message = contracts_pb2.PriceOverride(id=o.id, product_id=o.product_id, match=o.match)
     # 0: no start was given (in force from the contract's start); left unset rather than shown as 1970-01-01.
     set_time(message, "starting_at", o.starting_at_ms or None)
+    # Written as the server writes decimals (no exponent, no trailing zeros), as a contract's overage_price is.
     if o.multiplier is not None:
-        message.multiplier = o.multiplier
+        message.multiplier = written_decimal(o.multiplier, "override.multiplier")
     if o.price is not None:
-        message.price = o.price
+        message.price = written_decimal(o.price, "override.price")
     set_time(message, "ending_before", o.ending_before_ms)
     return message
 
