@@ -6,6 +6,10 @@ contracts.proto (its top): "Amounts the server writes follow the same grammar, w
 zeros". A contract's overage_price and top-up policy were written so, but its price overrides were echoed as the
 request wrote them: AddOverride with multiplier "0.50" answered "0.50", and price "1.5e1" answered "1.5e1", in
 AddOverride's and GetContract's answers alike.
+
+balance.proto (AuthorizeResponse.reason): unary Authorize answers a malformed request "with the status ...
+INVALID_ARGUMENT (with the field)", the message naming the field as the in-band one does ("values: at most 64
+entries"). Past 64 dimensions or values the field was named twice: "values: values: at most 64 entries".
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tariff import TariffClient
-from tariff.v1 import contracts_pb2
+import grpc
+from tariff import TariffClient, TariffError
+from tariff.v1 import balance_pb2, contracts_pb2
 
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess
@@ -68,3 +73,30 @@ def test_an_overrides_decimals_are_written_without_an_exponent_or_trailing_zeros
             contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=requests[0])
         )
         assert overrides(again) == written
+
+
+SUMMARY = {"action": "summary", "model": "gpt-4", "complexity": "complex", "data_source": "crm"}  # 5 credits
+
+
+@pytest.mark.parametrize(
+    ("usage", "field", "message"),
+    [
+        ({"values": {f"v{i}": 1.0 for i in range(65)}}, "values", "values: at most 64 entries"),
+        ({"dimensions": {f"d{i}": "x" for i in range(65)}}, "dimensions", "dimensions: at most 64 entries"),
+    ],
+)
+def test_a_malformed_authorize_names_its_field_once(
+    server: ServerProcess, usage: dict[str, dict[str, str] | dict[str, float]], field: str, message: str
+) -> None:
+    """The in-band answer's message ("values: at most 64 entries", on AuthorizeStream) is unary Authorize's status
+    message, and its BadRequest violation names the field with the reason ("at most 64 entries"), the field's name
+    not repeated."""
+    request = balance_pb2.AuthorizeRequest(request_id="q", customer_id="acme", event_type=PRODUCT, **usage)
+    with server.client() as client:
+        (in_band,) = client.balance.AuthorizeStream(iter([request]))
+        assert (in_band.reason, in_band.message) == ("INVALID_REQUEST", message)
+        with pytest.raises(TariffError) as refused:
+            client.balance.Authorize(request)
+    assert (refused.value.code, refused.value.details) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    described = [(v.field, v.description) for v in refused.value.field_violations]
+    assert described == [(field, message.removeprefix(f"{field}: "))]
