@@ -119,6 +119,14 @@ def _invalid_field(message: str) -> str:
     return "request"
 
 
+def _invalid_usage(message: str) -> InvalidArgument:
+    """Unary Authorize's refusal of a request the kernel answered INVALID_REQUEST: INVALID_ARGUMENT naming the field
+    the message is about, its reason the message less that field's name when it starts with it ("dimensions: at
+    most 64 entries" is "dimensions" and "at most 64 entries", not "dimensions: dimensions: at most 64 entries")."""
+    field = _invalid_field(message)
+    return InvalidArgument.field(field, message.removeprefix(f"{field}: "))
+
+
 class BalanceService(_Base):
     """Balances and credit checks. AuthorizeBatches runs on raw bytes: a generic handler hands the servicer each
     AuthorizeBatch as received, and the kernel decodes it, decides every request and encodes the
@@ -245,7 +253,7 @@ class BalanceService(_Base):
         if response.reason == "UNKNOWN_CUSTOMER":
             raise NotFound(response.message)
         if response.reason == "INVALID_REQUEST":
-            raise InvalidArgument.field(_invalid_field(response.message), response.message)
+            raise _invalid_usage(response.message)
         return response
 
     @streaming
