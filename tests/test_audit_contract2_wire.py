@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import grpc
+import pytest
 from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2
 
@@ -91,7 +91,9 @@ def test_a_malformed_authorize_names_its_field_once(
     """The in-band answer's message ("values: at most 64 entries", on AuthorizeStream) is unary Authorize's status
     message, and its BadRequest violation names the field with the reason ("at most 64 entries"), the field's name
     not repeated."""
-    request = balance_pb2.AuthorizeRequest(request_id="q", customer_id="acme", event_type=PRODUCT, **usage)
+    request = balance_pb2.AuthorizeRequest(request_id="q", customer_id="acme", event_type=PRODUCT)
+    for name, entries in usage.items():
+        getattr(request, name).update(entries)
     with server.client() as client:
         (in_band,) = client.balance.AuthorizeStream(iter([request]))
         assert (in_band.reason, in_band.message) == ("INVALID_REQUEST", message)
