@@ -10,10 +10,18 @@ AddOverride's and GetContract's answers alike.
 balance.proto (AuthorizeResponse.reason): unary Authorize answers a malformed request "with the status ...
 INVALID_ARGUMENT (with the field)", the message naming the field as the in-band one does ("values: at most 64
 entries"). Past 64 dimensions or values the field was named twice: "values: values: at most 64 entries".
+
+README ("Changing prices safely"): "A week later finance decides the cut should have applied from the 1st ... the
+analyst drafts the cut (version 2), simulates it on this month's recorded usage and publishes it from the 1st", and
+"simulate ... prints the current amount, what version 2 would have charged (for a complex GPT-4 summary, 4 credits
+instead of 5) and the delta". The block is run on a fresh demo server, which has no usage: its simulate printed an
+empty table and its publish re-rated nothing, so the example showed none of what the text says it does.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +31,8 @@ from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2
 
 from tests.audit_fixtures import serving
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_readme import README_ADDRESS, blocks, cli_commands, example_env
 
 CONTRACT = "acme-2026"  # the demo's contract (server/demo.py)
 PRODUCT = "ai_action"  # the demo's product, priced by action, data_source, model and complexity
@@ -102,3 +111,25 @@ def test_a_malformed_authorize_names_its_field_once(
     assert (refused.value.code, refused.value.details) == (grpc.StatusCode.INVALID_ARGUMENT, message)
     described = [(v.field, v.description) for v in refused.value.field_violations]
     assert described == [(field, message.removeprefix(f"{field}: "))]
+
+
+def test_the_readmes_retroactive_cut_simulates_and_re_rates_the_usage_it_talks_about(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The README block of the cut "from the 1st", run as written on a fresh demo server: its simulate prints the
+    complex GPT-4 summary's 5 credits, version 2's 4 and the delta -1, and its publish from the 1st re-rates that
+    usage (acme's 50,000 credits less 4)."""
+    (block,) = [b for b in blocks("cli") if "ratecard simulate" in b.code]
+    demo = server_factory(demo=True, name="cut")
+    env = {**example_env(), "TARIFF_SERVER": demo.target}
+    printed: list[tuple[str, str]] = []
+    for command in cli_commands(block.code.replace(README_ADDRESS, demo.target)):
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        printed.append((command, done.stdout))
+    (simulated,) = [out for command, out in printed if command.startswith("tariff ratecard simulate")]
+    assert re.search(r"^acme\s+ai_action\s+5\s+4\s+-1\s*$", simulated, re.M), simulated
+    with demo.client() as client:
+        assert client.get_balance("acme").credits_remaining == "49996"
