@@ -1099,7 +1099,7 @@ type RateCardVersion struct {
 	State      VersionState           `protobuf:"varint,3,opt,name=state,proto3,enum=tariff.v1.VersionState" json:"state,omitempty"`
 	// Version this draft was based on; 0 for none.
 	BasedOnVersion uint32 `protobuf:"varint,4,opt,name=based_on_version,json=basedOnVersion,proto3" json:"based_on_version,omitempty"`
-	// Name -> decimal string.
+	// Name -> decimal string, as set_parameters wrote it ("1.50" stays "1.50").
 	Parameters map[string]string      `protobuf:"bytes,5,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Rates      []*Rate                `protobuf:"bytes,6,rep,name=rates,proto3" json:"rates,omitempty"`
 	ChangeNote string                 `protobuf:"bytes,7,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`

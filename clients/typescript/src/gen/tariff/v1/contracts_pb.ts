@@ -40,7 +40,12 @@
 // other scripts' digits) is INVALID_ARGUMENT naming the field. Amounts the
 // server writes follow the same grammar, without an exponent or trailing zeros,
 // but for an invoice's amounts due, written with exactly the currency's
-// minor_unit places ("12.30", "0.00", "1500"; invoices.proto).
+// minor_unit places ("12.30", "0.00", "1500"; invoices.proto). So do the
+// decimals of a contract a request set (overage_price, an override's multiplier
+// and price, the top-up policy: "12.50" is answered "12.5"), and an alert
+// rule's threshold. A rate card version's parameters and price fields are kept
+// as the draft wrote them ("1.50", "1e-2", formulas), as DiffVersions compares
+// them: DiffVersions' old_price and new_price give their value.
 //
 // A refusal's status stays small, so that every client receives its code
 // (gRPC clients refuse trailers past 8 or 16 KiB): its message is at most 512

@@ -434,7 +434,7 @@ export type RateCardVersion = Message<"tariff.v1.RateCardVersion"> & {
   basedOnVersion: number;
 
   /**
-   * Name -> decimal string.
+   * Name -> decimal string, as set_parameters wrote it ("1.50" stays "1.50").
    *
    * @generated from field: map<string, string> parameters = 5;
    */
