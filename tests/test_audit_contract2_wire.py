@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 import pytest
 from tariff import TariffClient, TariffError
-from tariff.v1 import balance_pb2, contracts_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2
 
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerFactory, ServerProcess
@@ -82,6 +82,46 @@ def test_an_overrides_decimals_are_written_without_an_exponent_or_trailing_zeros
             contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=requests[0])
         )
         assert overrides(again) == written
+
+
+def test_other_decimals_a_request_set_are_written_as_contracts_proto_says(server: ServerProcess) -> None:
+    """contracts.proto: a contract's decimals and an alert rule's threshold are answered without an exponent or
+    trailing zeros ("12.50" is "12.5"); a rate card version's parameters and price fields are answered as the draft
+    wrote them, and DiffVersions gives their value."""
+    policy = contracts_pb2.TopUpPolicy(
+        threshold="1.0e1", recharge_to="12.50", price_per_credit="0.900", max_per_period=1
+    )
+    with server.client() as client:
+        customer = client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="decimals"))
+        contract = client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                customer_id=customer.id, rate_card_id="ai-credits", overage_price="2.50"
+            )
+        )
+        assert contract.overage_price == "2.5"
+        request = contracts_pb2.SetTopUpPolicyRequest(contract_id=contract.id, top_up=policy)
+        top_up = client.contracts.SetTopUpPolicy(request).top_up
+        assert (top_up.threshold, top_up.recharge_to, top_up.price_per_credit) == ("10", "12.5", "0.9")
+        rule = client.alerts.CreateAlert(
+            alerts_pb2.CreateAlertRequest(customer_id=customer.id, type=alerts_pb2.SPEND_THRESHOLD, threshold="4.50")
+        )
+        assert rule.threshold == "4.5"
+        draft = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="ai-credits", based_on_version=1, set_parameters={"gpt4_factor": "2.50", "extra": "1e-2"}
+            )
+        )
+        kept = client.pricing.GetVersion(
+            pricing_pb2.GetVersionRequest(rate_card_id="ai-credits", version=draft.version)
+        )
+        assert (kept.parameters["gpt4_factor"], kept.parameters["extra"]) == ("2.50", "1e-2")
+        diff = client.pricing.DiffVersions(
+            pricing_pb2.DiffVersionsRequest(rate_card_id="ai-credits", from_version=1, to_version=draft.version)
+        )
+        changed = {p.name: (p.old_value, p.new_value) for p in diff.parameters}
+        assert changed == {"gpt4_factor": ("2.5", "2.50"), "extra": ("", "1e-2")}
+        # 2.50 prices a complex GPT-4 summary as 2.5 does: the rate is not repriced, so it is not listed.
+        assert list(diff.rates) == []
 
 
 SUMMARY = {"action": "summary", "model": "gpt-4", "complexity": "complex", "data_source": "crm"}  # 5 credits
