@@ -23,13 +23,15 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from tariff import TariffClient, TariffError
+from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2
 
+from server.convert import timestamp as stamp
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerFactory, ServerProcess
 from tests.test_readme import README_ADDRESS, blocks, cli_commands, example_env
@@ -122,6 +124,55 @@ def test_other_decimals_a_request_set_are_written_as_contracts_proto_says(server
         assert changed == {"gpt4_factor": ("2.5", "2.50"), "extra": ("", "1e-2")}
         # 2.50 prices a complex GPT-4 summary as 2.5 does: the rate is not repriced, so it is not listed.
         assert list(diff.rates) == []
+
+
+DAY_MS = 86_400_000
+
+
+def test_a_contract_named_by_nothing_but_its_customer_and_card_gets_the_documented_defaults(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto: CreateContractRequest.id "when empty, the customer id and the start's UTC date
+    ("acme-20261201"), or its Unix ms when the start is not at midnight"; starting_at "The start of the current UTC
+    day when unset"; overage_policy UNSPECIFIED "Treated as ALLOW"; overage_price "1" when unset; currency "USD"
+    when unset; ending_before unset: open-ended. CreateCustomerRequest.name: "the id when empty". A grant without
+    starts_at starts at its contract's start."""
+    with server.client() as client:
+        before_ms = now_ms()
+        customer = client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="defaults"))
+        contract = client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(customer_id="defaults", rate_card_id="ai-credits")
+        )
+        after_ms = now_ms()
+        start_ms = contract.starting_at.ToMilliseconds()
+        assert start_ms % DAY_MS == 0 and before_ms // DAY_MS * DAY_MS <= start_ms <= after_ms // DAY_MS * DAY_MS
+        day = datetime.fromtimestamp(start_ms / 1000, UTC).strftime("%Y%m%d")
+        assert customer.name == "defaults"
+        assert contract.id == f"defaults-{day}"
+        assert (contract.overage_policy, contract.overage_price, contract.currency) == (contracts_pb2.ALLOW, "1", "USD")
+        assert not contract.HasField("ending_before") and not contract.HasField("top_up")
+        grant = client.contracts.GrantCredits(
+            contracts_pb2.GrantCreditsRequest(
+                request_id="defaults-credit",
+                grant=contracts_pb2.Grant(contract_id=contract.id, kind=contracts_pb2.PROMOTIONAL, amount="3"),
+            )
+        )
+        assert (grant.id, grant.customer_id, grant.paid_amount, grant.rollover_fraction) == (
+            "defaults-credit",
+            "defaults",
+            "0",
+            "0",
+        )
+        assert grant.starts_at.ToMilliseconds() == start_ms and not grant.HasField("expires_at")
+        # A start off midnight names the contract by its Unix ms.
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="defaults-2"))
+        later_ms = start_ms + 90_000
+        second = client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                customer_id="defaults-2", rate_card_id="ai-credits", starting_at=stamp(later_ms)
+            )
+        )
+        assert second.id == f"defaults-2-{later_ms}"
 
 
 SUMMARY = {"action": "summary", "model": "gpt-4", "complexity": "complex", "data_source": "crm"}  # 5 credits
