@@ -4,8 +4,8 @@ tests/test_refusal_details_wire.py, tests/test_decimal_grammar_wire.py and tests
 
 contracts.proto (its top): "Amounts the server writes follow the same grammar, without an exponent or trailing
 zeros". A contract's overage_price and top-up policy were written so, but its price overrides were echoed as the
-request wrote them: AddOverride with multiplier "0.50" answered "0.50", and price "1.5e1" answered "1.5e1", in
-AddOverride's and GetContract's answers alike.
+request wrote them: AddOverride with multiplier "0.50" answered "0.50", price "1.5e1" answered "1.5e1" and multiplier
+"-0" answered "-0", a negative zero, in AddOverride's and GetContract's answers alike.
 
 balance.proto (AuthorizeResponse.reason): unary Authorize answers a malformed request "with the status ...
 INVALID_ARGUMENT (with the field)", the message naming the field as the in-band one does ("values: at most 64
@@ -58,11 +58,13 @@ def overrides(contract: contracts_pb2.Contract) -> dict[str, tuple[str, str]]:
 def test_an_overrides_decimals_are_written_without_an_exponent_or_trailing_zeros(server: ServerProcess) -> None:
     """contracts.proto: decimal strings are read in JSON's number grammar ("12.50", "1e3"), and "Amounts the server
     writes follow the same grammar, without an exponent or trailing zeros": a multiplier of "0.50" is written
-    "0.5", a price of "1.5e1" is written "15" (and "2.000e-1" "0.2"), in AddOverride's answer and GetContract's."""
+    "0.5", a price of "1.5e1" is written "15" (and "2.000e-1" "0.2"), a multiplier of "-0" is written "0" (never
+    "-0"), in AddOverride's answer and GetContract's."""
     written = {
         "ov-multiplier": ("0.5", ""),
         "ov-price": ("", "15"),
         "ov-small": ("", "0.2"),
+        "ov-zero": ("0", ""),
     }
     requests = [
         contracts_pb2.PriceOverride(
@@ -70,6 +72,7 @@ def test_an_overrides_decimals_are_written_without_an_exponent_or_trailing_zeros
         ),
         contracts_pb2.PriceOverride(id="ov-price", product_id=PRODUCT, match={"action": "search"}, price="1.5e1"),
         contracts_pb2.PriceOverride(id="ov-small", product_id=PRODUCT, match={"action": "chat"}, price="2.000e-1"),
+        contracts_pb2.PriceOverride(id="ov-zero", product_id=PRODUCT, match={"action": "enrichment"}, multiplier="-0"),
     ]
     with server.client() as client:
         answers = [
