@@ -17,7 +17,8 @@ Products (SUM of `n`): `units` (event type `work`) at 1 credit a unit; `grad` (e
 100 at 1 a unit plus a flat 10, then 0.5 a unit plus a flat 5; `flat` (event type `flat`), FLAT 7 a period. Rate
 card `p3` (credits), version 1 in force from 2024-01-01. Rate card `p3-b` (credits): `units` at 2 a unit, from
 2024-01-01. Rate card `p3-v` (credits): `units` at 1 a unit from 2024-01-01 (version 1), at 3 a unit from
-2025-03-01T00:00:00Z (version 2, published before any usage)."""
+2025-03-01T00:00:00Z (version 2, published before any usage). Rate card `p3-r` (credits): `grad` as on `p3`, from
+2024-01-01 (version 1; one test publishes a version 2)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import preview, serving
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, wait_for
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -59,6 +60,10 @@ def unit_rate(product_id: str, price: str) -> pricing_pb2.Rate:
     return pricing_pb2.Rate(product_id=product_id, unit=pricing_pb2.UnitPrice(price=price))
 
 
+def graduated(tiers: list[pricing_pb2.Tier]) -> pricing_pb2.TieredPrice:
+    return pricing_pb2.TieredPrice(mode=pricing_pb2.GRADUATED, tiers=tiers)
+
+
 def catalogue(client: TariffClient) -> None:
     for product_id, event_type in (("units", "work"), ("grad", "grad"), ("flat", "flat")):
         product = pricing_pb2.Product(id=product_id, event_type=event_type, aggregation=pricing_pb2.SUM, value_key="n")
@@ -68,7 +73,7 @@ def catalogue(client: TariffClient) -> None:
         pricing_pb2.Tier(up_to="", unit_price="0.5", flat_price="5"),
     ]
     since = at("2024-01-01T00:00:00")
-    for card in ("p3", "p3-b", "p3-v"):
+    for card in ("p3", "p3-b", "p3-v", "p3-r"):
         client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
     publish(
         client,
@@ -84,6 +89,7 @@ def catalogue(client: TariffClient) -> None:
         since,
     )
     publish(client, "p3-b", 1, [unit_rate("units", "2")], since)
+    publish(client, "p3-r", 1, [pricing_pb2.Rate(product_id="grad", tiered=graduated(tiers))], since)
     publish(client, "p3-v", 1, [unit_rate("units", "1")], since)
     publish(client, "p3-v", 2, [unit_rate("units", "3")], at("2025-03-01T00:00:00"))
 
@@ -561,3 +567,123 @@ def test_close_period_at_no_start_names_the_nearest_start_of_any_period_an_ended
             code, details = refusal(partial(close, client, "near", at(f"{asked}T00:00:00")))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             assert f"the nearest period start is {nearest}T00:00:00Z" in details, details
+
+
+def test_a_retroactive_publish_across_a_switch_leaves_the_closed_old_period_alone_and_re_rates_the_new_one(
+    server: ServerProcess,
+) -> None:
+    """`rr`: `rr-old` on `p3-r` from 2025-01-15 ending 2025-02-01 (period Jan 15 - Feb 15), `rr-new` on `p3-r` from
+    Feb 1 (Feb 1 - Mar 1). grad under version 1 (1/unit + 10 up to 100, then 0.5/unit + 5), cumulative per period:
+      old: 50 units on Jan 20: 10 + 50 = 60.
+      new: 60 on Feb 5 (10 + 60 = 70), 60 on Feb 6 (40 x 1 + 5 + 20 x 0.5 = 55): 120 units, 125.
+    ClosePeriod(Jan 15) makes the old invoice final (60). Then version 2 (up to 100 at 2 a unit, beyond at 1, no flat
+    fees) is published effective 2025-01-20T00:00Z: the old period's Jan 20 bucket is closed, left alone (1 bucket,
+    1 event, 60), though its days overlap the new contract's open period; the new period's two buckets are re-rated:
+    Feb 5 60 x 2 = 120 (+50), Feb 6 40 x 2 + 20 x 1 = 100 (+45): 2 buckets, 2 events, 1 customer, delta +95.
+    A late event on Feb 7, 10 units, version 2 over the cumulative 120: 10. New invoice: 130 units, 230, one
+    applied price (version 2, 130 units, 230, 3 events); adjustments Feb 5 70 -> 120 and Feb 6 55 -> 100.
+    The old invoice stays as closed."""
+    jan15, feb1 = at("2025-01-15T00:00:00"), at("2025-02-01T00:00:00")
+    feb5, feb6 = at("2025-02-05T00:00:00"), at("2025-02-06T00:00:00")
+    with server.client() as client:
+        contract(client, "rr", "rr-old", jan15, feb1, rate_card_id="p3-r")
+        contract(client, "rr", "rr-new", feb1, rate_card_id="p3-r")
+        rejected = send(
+            client,
+            event("r1", "rr", 50, at("2025-01-20T00:00:00"), "grad"),
+            event("r2", "rr", 60, feb5, "grad"),
+            event("r3", "rr", 60, feb6, "grad"),
+        )
+        assert rejected == []
+        assert lines(preview(client, "rr", feb1)) == [("grad", "120", "125", 2)]
+        old = close(client, "rr", jan15)
+        assert lines(old) == [("grad", "50", "60", 1)]
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="p3-r",
+                based_on_version=1,
+                upsert_rates=[
+                    pricing_pb2.Rate(
+                        product_id="grad",
+                        tiered=graduated(
+                            [
+                                pricing_pb2.Tier(up_to="100", unit_price="2", flat_price="0"),
+                                pricing_pb2.Tier(up_to="", unit_price="1", flat_price="0"),
+                            ]
+                        ),
+                    )
+                ],
+            )
+        )
+        published = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id="p3-r", version=2, effective_from=stamp(at("2025-01-20T00:00:00"))
+            )
+        )
+        assert (
+            published.closed_buckets_left_alone,
+            published.closed_events_left_alone,
+            published.closed_amount_left_alone,
+        ) == (1, 1, "60")
+        assert (
+            published.buckets_rerated,
+            published.events_rerated,
+            published.customers_rerated,
+            published.rerated_amount_delta,
+        ) == (2, 2, 1, "95")
+        assert send(client, event("r4", "rr", 10, at("2025-02-07T00:00:00"), "grad")) == []
+        new = preview(client, "rr", feb1)
+        (line,) = new.lines
+        assert (line.quantity, line.amount, line.events) == ("130", "230", 3)
+        assert [(p.version, p.quantity, p.amount, p.events) for p in line.prices] == [(2, "130", "230", 3)]
+        assert [(a.hour.ToMilliseconds(), a.old_amount, a.new_amount, a.delta) for a in line.adjustments] == [
+            (feb5, "70", "120", "50"),
+            (feb6, "55", "100", "45"),
+        ]
+        assert_totals_are_the_sums_of_lines(new)
+        assert preview(client, "rr", jan15) == old
+
+
+def test_a_rollover_on_a_31st_anchor_rolls_at_the_clamped_feb_28_and_lasts_to_mar_31(server: ServerProcess) -> None:
+    """README "Rollover": a grant with rollover_fraction lasts until the end of the billing period it starts in; then
+    fraction x remainder moves into ROLLOVER grant `rollover-<grant>-<period end ms>` with the same cost basis,
+    usable until the end of the next period; the rest is breakage. `ro`: contract from 2025-01-31T00:00Z (periods
+    Jan 31 - Feb 28 - Mar 31, the clamped calendar). Grant `ro-g`: 100 credits bought for 50 USD, fraction 0.5,
+    starting 2025-02-10 (in the Jan 31 period). Both ends have long passed, so the clock driver rolls it at Feb 28
+    (50 roll; 50 break) and the ROLLOVER grant, from Feb 28 to Mar 31 (not Mar 28, nor
+    Mar 30), breaks whole. Invoices' balances: Jan 31 period: ro-g 100 granted, 50 drawn (the share that moved),
+    0 remaining, 50 expired; Feb 28 period adds the rollover grant: 50, 0 drawn, 0 remaining, 50 expired."""
+    jan31, feb28, mar31 = at("2025-01-31T00:00:00"), at("2025-02-28T00:00:00"), at("2025-03-31T00:00:00")
+    with server.client() as client:
+        contract(client, "ro", "ro-c", jan31)
+        grant = contracts_pb2.Grant(
+            id="ro-g",
+            contract_id="ro-c",
+            kind=contracts_pb2.PREPAID,
+            amount="100",
+            paid_amount="50",
+            rollover_fraction="0.5",
+        )
+        grant.starts_at.CopyFrom(stamp(at("2025-02-10T00:00:00")))
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        rolled_id = f"rollover-ro-g-{feb28}"
+
+        def expired() -> dict[str, str]:
+            return {g.grant_id: g.expired for g in client.get_balance("ro").grants}
+
+        assert wait_for(lambda: expired() == {"ro-g": "50", rolled_id: "50"}, 15), expired()
+        (rolled,) = [g for g in client.get_balance("ro").grants if g.grant_id == rolled_id]
+        # GrantBalance.recognized_revenue counts draws only: none here.
+        assert (rolled.kind, rolled.amount, rolled.recognized_revenue) == (contracts_pb2.ROLLOVER, "50", "0")
+        assert (rolled.starts_at.ToMilliseconds(), rolled.expires_at.ToMilliseconds()) == (feb28, mar31)
+        balances = [
+            sorted(
+                (g.grant_id, g.granted, g.drawn, g.remaining, g.expired)
+                for g in preview(client, "ro", t).grant_balances
+            )
+            for t in (jan31, feb28)
+        ]
+        assert balances == [
+            [("ro-g", "100", "50", "0", "50")],
+            [("ro-g", "100", "50", "0", "50"), (rolled_id, "50", "0", "0", "50")],
+        ]
