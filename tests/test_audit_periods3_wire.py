@@ -687,3 +687,108 @@ def test_a_rollover_on_a_31st_anchor_rolls_at_the_clamped_feb_28_and_lasts_to_ma
             [("ro-g", "100", "50", "0", "50")],
             [("ro-g", "100", "50", "0", "50"), (rolled_id, "50", "0", "0", "50")],
         ]
+
+
+def test_a_switch_to_another_currency_bills_each_invoice_in_its_contracts_currency_and_the_customer_is_not_reported(
+    server: ServerProcess,
+) -> None:
+    """`cur`: `cur-old` from 2025-01-15 ending 2025-02-01 in USD (overage 1 USD a credit), `cur-new` from Feb 1 in JPY
+    (overage 150 JPY a credit, minor unit 0). No credit. 3 units on Jan 20: 3 USD ("3.00"); 2 units on Feb 5:
+    2 x 150 = 300 JPY ("300"). invoices.proto GetRevenueReportRequest: a customer whose own contracts bill in two
+    currencies cannot be reported: INVALID_ARGUMENT."""
+    jan15, feb1 = at("2025-01-15T00:00:00"), at("2025-02-01T00:00:00")
+    with server.client() as client:
+        contract(client, "cur", "cur-old", jan15, feb1)
+        contract(client, "cur", "cur-new", feb1, currency="JPY", overage_price="150")
+        assert (
+            send(
+                client,
+                event("c1", "cur", 3, at("2025-01-20T00:00:00")),
+                event("c2", "cur", 2, at("2025-02-05T00:00:00")),
+            )
+            == []
+        )
+        old, new = preview(client, "cur", jan15), preview(client, "cur", feb1)
+        assert (old.currency, old.minor_unit, old.overage_due, old.total_due) == ("USD", 2, "3.00", "3.00")
+        assert (new.currency, new.minor_unit, new.overage_due, new.total_due) == ("JPY", 0, "300", "300")
+        report = invoices_pb2.GetRevenueReportRequest(
+            customer_id="cur", period_start=stamp(jan15), period_end=stamp(at("2025-03-01T00:00:00"))
+        )
+        code, _ = refusal(partial(client.invoices.GetRevenueReport, report))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_grant_with_a_rollover_fraction_must_start_in_a_billing_period(server: ServerProcess) -> None:
+    """contracts.proto Grant.rollover_fraction: such a grant lasts until the end of the billing period in which it
+    starts. One starting when no contract of its customer is in force has no such period: it used to be granted and
+    then never rolled over, paying in every later period as a grant without a fraction (100 credits at fraction 0.5
+    from 2025-02-01, the contract from 2025-03-01: 10 credits drawn on Mar 5 and 10 more on May 5, two periods
+    later, none rolled). Now it is FAILED_PRECONDITION, granting nothing:
+      - `pre` (contract from 2025-03-01): starts_at 2025-02-01, before the contract: refused; starts_at 2025-03-01
+        (its first period, Mar 1 - Apr 1): granted, and rolled over at Apr 1; a grant without a fraction may still
+        start on Feb 1.
+      - `later` (its only contract from 2027-03-01, after the server's clock): no starts_at and no contract, so from
+        now, when no contract is in force: refused; naming the contract, it starts with it (2027-03-01): granted."""
+    mar1 = at("2025-03-01T00:00:00")
+    with server.client() as client:
+        contract(client, "pre", "pre-c", mar1)
+        contract(client, "later", "later-c", at("2027-03-01T00:00:00"))
+
+        def rolling(
+            grant_id: str, starts_at_ms: int | None = None, customer_id: str = "", contract_id: str = ""
+        ) -> contracts_pb2.GrantCreditsRequest:
+            grant = contracts_pb2.Grant(
+                id=grant_id,
+                customer_id=customer_id,
+                contract_id=contract_id,
+                kind=contracts_pb2.PROMOTIONAL,
+                amount="100",
+                rollover_fraction="0.5",
+            )
+            if starts_at_ms is not None:
+                grant.starts_at.CopyFrom(stamp(starts_at_ms))
+            return contracts_pb2.GrantCreditsRequest(grant=grant)
+
+        for request in (
+            rolling("pre-g", at("2025-02-01T00:00:00"), customer_id="pre"),
+            rolling("later-g", customer_id="later"),
+        ):
+            code, details = refusal(partial(client.contracts.GrantCredits, request))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+            assert "rollover" in details and "no contract" in details, details
+        assert [list(client.get_balance(c).grants) for c in ("pre", "later")] == [[], []]
+
+        assert (
+            client.contracts.GrantCredits(rolling("pre-g", mar1, customer_id="pre")).starts_at.ToMilliseconds() == mar1
+        )
+        plain = contracts_pb2.Grant(
+            id="pre-plain", customer_id="pre", kind=contracts_pb2.PROMOTIONAL, amount="1", priority=9
+        )
+        plain.starts_at.CopyFrom(stamp(at("2025-02-01T00:00:00")))
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=plain))
+        made = client.contracts.GrantCredits(rolling("later-g", contract_id="later-c"))
+        assert made.starts_at.ToMilliseconds() == at("2027-03-01T00:00:00")
+
+        # pre-g rolls at its period's end, Apr 1 (50 roll, 50 break), its ROLLOVER grant lasting until May 1 (both
+        # long past: the clock driver records them at once). Then usage: Mar 5, 10 units: pre-g holds nothing after
+        # its rollover (breakage is final), the ROLLOVER grant starts Apr 1: pre-plain pays 1, 9 overage; May 5,
+        # 10 units: overage 10.
+        rolled_id = f"rollover-pre-g-{at('2025-04-01T00:00:00')}"
+
+        def expired() -> dict[str, str]:
+            return {g.grant_id: g.expired for g in client.get_balance("pre").grants}
+
+        assert wait_for(lambda: expired() == {"pre-g": "50", "pre-plain": "0", rolled_id: "50"}, 15), expired()
+        assert (
+            send(
+                client,
+                event("p1", "pre", 10, at("2025-03-05T00:00:00")),
+                event("p2", "pre", 10, at("2025-05-05T00:00:00")),
+            )
+            == []
+        )
+        shown = [
+            ([(c.grant_id, c.credits) for c in invoice.credits_applied], invoice.overage_amount)
+            for invoice in (preview(client, "pre", mar1), preview(client, "pre", at("2025-05-01T00:00:00")))
+        ]
+        assert shown == [([("pre-plain", "1")], "9"), ([], "10")]
