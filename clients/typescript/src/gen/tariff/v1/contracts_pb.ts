@@ -635,7 +635,12 @@ export type Grant = Message<"tariff.v1.Grant"> & {
    * before the rollover is done. Then that share (rounded down to 10^-12)
    * moves into a ROLLOVER grant with the same cost basis, usable until the
    * end of the next period, and the rest is breakage. (Grants created before
-   * this rule kept paying such usage until the rollover, and still do.)
+   * this rule kept paying such usage until the rollover, and still do.) Its
+   * start must lie in a contract of its customer (a billing period to end):
+   * one starting when none is in force (before the first, between two, after
+   * the last, or now by default with no contract in force) is
+   * FAILED_PRECONDITION, granting nothing; name the contract to start it with
+   * it. (Such grants made before this rule never roll over, and still do not.)
    *
    * @generated from field: string rollover_fraction = 11;
    */
