@@ -792,3 +792,34 @@ def test_a_grant_with_a_rollover_fraction_must_start_in_a_billing_period(server:
             for invoice in (preview(client, "pre", mar1), preview(client, "pre", at("2025-05-01T00:00:00")))
         ]
         assert shown == [([("pre-plain", "1")], "9"), ([], "10")]
+
+
+def test_a_contract_lists_its_own_grants_and_its_customers_unattached_ones_not_the_servers(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto Contract.grants: `lg-old` from 2025-01-15 ending 2025-02-01, `lg-new` from Feb 1. Grants:
+    `lg-a` under lg-old, `lg-b` under lg-new, `lg-c` for the customer alone (starting Jan 20, in lg-old's time).
+    A top-up policy (threshold 5, recharge to 50) buys one TOP_UP grant at the first event (available 1 + 2 + 3
+    = 6, 2 units leave 4 < 5: buys 46). Each contract lists its own grant and lg-c, in creation order; the
+    server's top-up is in GetBalance only."""
+    jan15, feb1 = at("2025-01-15T00:00:00"), at("2025-02-01T00:00:00")
+    with server.client() as client:
+        contract(client, "lg", "lg-old", jan15, feb1)
+        contract(client, "lg", "lg-new", feb1)
+        for grant_id, owner, amount in (("lg-a", "lg-old", "1"), ("lg-b", "lg-new", "2"), ("lg-c", "", "3")):
+            grant = contracts_pb2.Grant(
+                id=grant_id, contract_id=owner, customer_id="lg", kind=contracts_pb2.PROMOTIONAL, amount=amount
+            )
+            if not owner:
+                grant.starts_at.CopyFrom(stamp(at("2025-01-20T00:00:00")))
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        policy = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="50", price_per_credit="1", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="lg-new", top_up=policy))
+        assert send(client, event("lg1", "lg", 2, at("2025-02-05T00:00:00"))) == []
+        listed = [
+            [g.id for g in client.contracts.GetContract(contracts_pb2.GetContractRequest(id=c)).grants]
+            for c in ("lg-old", "lg-new")
+        ]
+        assert listed == [["lg-a", "lg-c"], ["lg-b", "lg-c"]]
+        top_ups = [(g.kind, g.amount) for g in client.get_balance("lg").grants if g.kind == contracts_pb2.TOP_UP]
+        assert top_ups == [(contracts_pb2.TOP_UP, "46")]

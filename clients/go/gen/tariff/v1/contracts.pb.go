@@ -753,10 +753,14 @@ type Contract struct {
 	// Unset: open-ended. Set only at creation: a switch to another contract is
 	// planned by ending this one here and starting the next from here. The last
 	// period keeps its monthly end (it is closed once that has passed).
-	EndingBefore  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
-	Overrides     []*PriceOverride       `protobuf:"bytes,6,rep,name=overrides,proto3" json:"overrides,omitempty"`
-	Grants        []*Grant               `protobuf:"bytes,7,rep,name=grants,proto3" json:"grants,omitempty"`
-	OveragePolicy OveragePolicy          `protobuf:"varint,8,opt,name=overage_policy,json=overagePolicy,proto3,enum=tariff.v1.OveragePolicy" json:"overage_policy,omitempty"`
+	EndingBefore *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
+	Overrides    []*PriceOverride       `protobuf:"bytes,6,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	// The grants GrantCredits made naming this contract, and those naming only
+	// its customer (every contract of the customer lists those), in creation
+	// order. The grants the server makes (TOP_UP, ROLLOVER) are not listed:
+	// GetBalance lists every grant of the customer.
+	Grants        []*Grant      `protobuf:"bytes,7,rep,name=grants,proto3" json:"grants,omitempty"`
+	OveragePolicy OveragePolicy `protobuf:"varint,8,opt,name=overage_policy,json=overagePolicy,proto3,enum=tariff.v1.OveragePolicy" json:"overage_policy,omitempty"`
 	// Decimal string: currency per pricing unit of overage. "1" when unset.
 	OveragePrice string       `protobuf:"bytes,9,opt,name=overage_price,json=overagePrice,proto3" json:"overage_price,omitempty"`
 	TopUp        *TopUpPolicy `protobuf:"bytes,10,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`

@@ -422,6 +422,11 @@ export type Contract = Message<"tariff.v1.Contract"> & {
   overrides: PriceOverride[];
 
   /**
+   * The grants GrantCredits made naming this contract, and those naming only
+   * its customer (every contract of the customer lists those), in creation
+   * order. The grants the server makes (TOP_UP, ROLLOVER) are not listed:
+   * GetBalance lists every grant of the customer.
+   *
    * @generated from field: repeated tariff.v1.Grant grants = 7;
    */
   grants: Grant[];
