@@ -424,6 +424,13 @@ def test_usage_after_a_contracts_end_is_no_active_contract_and_a_grant_for_the_e
             ("end-g", "3", "2", "1")
         ]
         assert_totals_are_the_sums_of_lines(invoice)
+        # balance.proto Balance.period_charges: no contract is in force now, so no current period.
+        balance = client.get_balance("end")
+        assert (balance.period_charges, balance.HasField("period_start"), balance.HasField("period_end")) == (
+            "0",
+            False,
+            False,
+        )
         code, details = refusal(lambda: preview(client, "end", at("2025-03-25T00:00:00")))
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert "2025-03-10T00:00:00Z" in details
