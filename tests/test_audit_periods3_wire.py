@@ -18,7 +18,8 @@ Products (SUM of `n`): `units` (event type `work`) at 1 credit a unit; `grad` (e
 card `p3` (credits), version 1 in force from 2024-01-01. Rate card `p3-b` (credits): `units` at 2 a unit, from
 2024-01-01. Rate card `p3-v` (credits): `units` at 1 a unit from 2024-01-01 (version 1), at 3 a unit from
 2025-03-01T00:00:00Z (version 2, published before any usage). Rate card `p3-r` (credits): `grad` as on `p3`, from
-2024-01-01 (version 1; one test publishes a version 2)."""
+2024-01-01 (version 1; one test publishes a version 2). Rate card `p3-c` (credits): `units` at 1 a unit from
+2024-01-01 (version 1; one test publishes a cohort's version 2)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def catalogue(client: TariffClient) -> None:
         pricing_pb2.Tier(up_to="", unit_price="0.5", flat_price="5"),
     ]
     since = at("2024-01-01T00:00:00")
-    for card in ("p3", "p3-b", "p3-v", "p3-r"):
+    for card in ("p3", "p3-b", "p3-v", "p3-r", "p3-c"):
         client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
     publish(
         client,
@@ -91,6 +92,7 @@ def catalogue(client: TariffClient) -> None:
     publish(client, "p3-b", 1, [unit_rate("units", "2")], since)
     publish(client, "p3-r", 1, [pricing_pb2.Rate(product_id="grad", tiered=graduated(tiers))], since)
     publish(client, "p3-v", 1, [unit_rate("units", "1")], since)
+    publish(client, "p3-c", 1, [unit_rate("units", "1")], since)
     publish(client, "p3-v", 2, [unit_rate("units", "3")], at("2025-03-01T00:00:00"))
 
 
@@ -830,3 +832,57 @@ def test_a_contract_lists_its_own_grants_and_its_customers_unattached_ones_not_t
         assert listed == [["lg-a", "lg-c"], ["lg-b", "lg-c"]]
         top_ups = [(g.kind, g.amount) for g in client.get_balance("lg").grants if g.kind == contracts_pb2.TOP_UP]
         assert top_ups == [(contracts_pb2.TOP_UP, "46")]
+
+
+def test_a_cohort_version_effective_at_a_period_boundary_prices_its_members_from_that_instant(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto Cohort and PublishVersionRequest.cohort: at time t a customer's price comes from the newest
+    effective version whose cohort contains it; membership is decided at publish and, for a customer created
+    later, when it is created. On `p3-c`, version 2 (units at 5) for the cohort {tier: gold}, effective
+    2025-03-01T00:00Z, the boundary of contracts from 2025-02-01 (periods Feb 1 - Mar 1 - Apr 1). `coh-a` (gold,
+    before the publish), `coh-b` (gold, created after it: joins), `coh-c` (silver). 1 unit each at Feb 28
+    23:59:59.999 and at Mar 1 00:00: gold members pay 1 (version 1) in February and 5 (version 2) in March;
+    coh-c pays 1 and 1 (version 1)."""
+    feb1, mar1 = at("2025-02-01T00:00:00"), at("2025-03-01T00:00:00")
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="coh-a", attributes={"tier": "gold"}))
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="p3-c",
+                based_on_version=1,
+                upsert_rates=[unit_rate("units", "5")],
+            )
+        )
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id="p3-c",
+                version=2,
+                effective_from=stamp(mar1),
+                cohort=pricing_pb2.Cohort(attributes={"tier": "gold"}),
+            )
+        )
+        for customer_id, tier in (("coh-b", "gold"), ("coh-c", "silver")):
+            client.contracts.CreateCustomer(
+                contracts_pb2.CreateCustomerRequest(id=customer_id, attributes={"tier": tier})
+            )
+        shown = {}
+        for customer_id in ("coh-a", "coh-b", "coh-c"):
+            contract(client, customer_id, f"{customer_id}-k", feb1, rate_card_id="p3-c")
+            assert (
+                send(
+                    client,
+                    event(f"{customer_id}-1", customer_id, 1, mar1 - 1),
+                    event(f"{customer_id}-2", customer_id, 1, mar1),
+                )
+                == []
+            )
+            shown[customer_id] = [
+                [(p.version, p.amount) for line in preview(client, customer_id, t).lines for p in line.prices]
+                for t in (feb1, mar1)
+            ]
+        assert shown == {
+            "coh-a": [[(1, "1")], [(2, "5")]],
+            "coh-b": [[(1, "1")], [(2, "5")]],
+            "coh-c": [[(1, "1")], [(1, "1")]],
+        }
