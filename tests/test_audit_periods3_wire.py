@@ -886,3 +886,43 @@ def test_a_cohort_version_effective_at_a_period_boundary_prices_its_members_from
             "coh-b": [[(1, "1")], [(2, "5")]],
             "coh-c": [[(1, "1")], [(1, "1")]],
         }
+
+
+def test_a_contract_without_id_is_keyed_by_customer_and_start_even_when_its_default_id_is_taken(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto CreateContract: "Key: id; when empty, the customer and the start", the id then the customer id
+    and the start's UTC date. Another contract may already hold that id: `idb`'s explicit `ida-20250101`, or `ida`'s
+    own explicit `ida-20250301` starting Feb 1. Such a call's key (customer, start) is new, so it makes a contract,
+    under the id with ".2" added (".3", ... while taken); a retry answers the same contract, and the same key with
+    another request is ALREADY_EXISTS. It used to be ALREADY_EXISTS "contract 'ida-20250101' already exists", for
+    the first call and every retry alike."""
+    with server.client() as client:
+        contract(client, "idb", "ida-20250101", at("2025-01-01T00:00:00"), at("2025-02-01T00:00:00"))
+        contract(client, "ida", "ida-20250301", at("2025-02-01T00:00:00"), at("2025-03-01T00:00:00"))
+
+        def unnamed(start: str, end: str | None = None) -> contracts_pb2.CreateContractRequest:
+            request = contracts_pb2.CreateContractRequest(
+                customer_id="ida", rate_card_id="p3", starting_at=stamp(at(start))
+            )
+            if end is not None:
+                request.ending_before.CopyFrom(stamp(at(end)))
+            return request
+
+        for request, contract_id in (
+            (unnamed("2025-01-01T00:00:00", "2025-02-01T00:00:00"), "ida-20250101.2"),
+            (unnamed("2025-03-01T00:00:00"), "ida-20250301.2"),
+        ):
+            made = client.contracts.CreateContract(request)
+            assert (made.id, made.customer_id, made.starting_at) == (contract_id, "ida", request.starting_at)
+            assert client.contracts.CreateContract(request) == made
+            assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id)) == made
+        code, details = refusal(
+            partial(client.contracts.CreateContract, unnamed("2025-03-01T00:00:00", "2025-04-01T00:00:00"))
+        )
+        assert code == grpc.StatusCode.ALREADY_EXISTS, details
+        owners = {
+            k: client.contracts.GetContract(contracts_pb2.GetContractRequest(id=k)).customer_id
+            for k in ("ida-20250101", "ida-20250301")
+        }
+        assert owners == {"ida-20250101": "idb", "ida-20250301": "ida"}
