@@ -882,7 +882,12 @@ func (x *Contract) GetCurrency() string {
 type CreateContractRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional; when empty, the customer id and the start's UTC date
-	// ("acme-20261201"), or its Unix ms when the start is not at midnight.
+	// ("acme-20261201"), or its Unix ms when the start is not at midnight
+	// (the customer id cut so that the id keeps to 128 characters). When
+	// another contract already holds that id (another customer's, or one of
+	// this customer's from another start, named so by its request), ".2" is
+	// added (".3", ... while taken): the key of such a request is the customer
+	// and the start, not the id.
 	Id         string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	CustomerId string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	RateCardId string `protobuf:"bytes,3,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`

@@ -471,7 +471,12 @@ export const ContractSchema: GenMessage<Contract> = /*@__PURE__*/
 export type CreateContractRequest = Message<"tariff.v1.CreateContractRequest"> & {
   /**
    * Optional; when empty, the customer id and the start's UTC date
-   * ("acme-20261201"), or its Unix ms when the start is not at midnight.
+   * ("acme-20261201"), or its Unix ms when the start is not at midnight
+   * (the customer id cut so that the id keeps to 128 characters). When
+   * another contract already holds that id (another customer's, or one of
+   * this customer's from another start, named so by its request), ".2" is
+   * added (".3", ... while taken): the key of such a request is the customer
+   * and the start, not the id.
    *
    * @generated from field: string id = 1;
    */
