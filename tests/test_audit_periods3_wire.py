@@ -926,3 +926,36 @@ def test_a_contract_without_id_is_keyed_by_customer_and_start_even_when_its_defa
             for k in ("ida-20250101", "ida-20250301")
         }
         assert owners == {"ida-20250101": "idb", "ida-20250301": "ida"}
+
+
+def test_a_grant_expiring_at_the_period_end_is_expired_on_that_invoice_and_one_a_millisecond_later_on_the_next(
+    server: ServerProcess,
+) -> None:
+    """invoices.proto InvoiceGrantBalance: the balances at the end of the invoice's period; expired: what was left
+    of a grant that expired by the period's end. `gx`: contract from 2025-02-01 (periods Feb 1 - Mar 1 - Apr 1).
+    `gx-at`: 10 credits expiring Mar 1 00:00 (the period's end), `gx-after`: 10 expiring Mar 1 00:00:00.001. Both
+    expiries long passed, the clock driver breaks both. February's invoice: gx-at 10 granted, 0 drawn, 0
+    remaining, 10 expired; gx-after 10, 0, 10, 0 (it was still usable at Feb's end). March's: both expired."""
+    with server.client() as client:
+        contract(client, "gx", "gx-c", at("2025-02-01T00:00:00"))
+        mar1 = at("2025-03-01T00:00:00")
+        for grant_id, expires in (("gx-at", mar1), ("gx-after", mar1 + 1)):
+            grant = contracts_pb2.Grant(id=grant_id, contract_id="gx-c", kind=contracts_pb2.PROMOTIONAL, amount="10")
+            grant.expires_at.CopyFrom(stamp(expires))
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+        def expired() -> dict[str, str]:
+            return {g.grant_id: g.expired for g in client.get_balance("gx").grants}
+
+        assert wait_for(lambda: expired() == {"gx-at": "10", "gx-after": "10"}, 15), expired()
+        balances = [
+            sorted(
+                (g.grant_id, g.granted, g.drawn, g.remaining, g.expired)
+                for g in preview(client, "gx", t).grant_balances
+            )
+            for t in (at("2025-02-01T00:00:00"), mar1)
+        ]
+        assert balances == [
+            [("gx-after", "10", "0", "10", "0"), ("gx-at", "10", "0", "0", "10")],
+            [("gx-after", "10", "0", "0", "10"), ("gx-at", "10", "0", "0", "10")],
+        ]
