@@ -959,3 +959,57 @@ def test_a_grant_expiring_at_the_period_end_is_expired_on_that_invoice_and_one_a
             [("gx-after", "10", "0", "10", "0"), ("gx-at", "10", "0", "0", "10")],
             [("gx-after", "10", "0", "0", "10"), ("gx-at", "10", "0", "0", "10")],
         ]
+
+
+def test_late_usage_of_an_open_old_period_moves_the_revenue_of_the_new_contracts_period_closed_before_it(
+    server: ServerProcess,
+) -> None:
+    """invoices.proto RevenueLine: a closed period's lines never change once the customer's earlier periods are
+    closed too (late usage of an open earlier one draws credits before it); each line's deferred is the previous
+    line's + sold - recognized_credits - breakage. `rv`: `rv-old` from 2025-01-15 ending 2025-02-01, `rv-new` from
+    Feb 1. `rv-g`: 100 credits bought for 50 USD under rv-old (0.5 USD a credit).
+      Jan 20, 10 units (old): 10 credits, 5 USD. Feb 5, 20 units (new): 20 credits, 10 USD.
+      Lines: Jan 15: 5 recognised, 50 - 5 = 45 deferred; Feb 1: 10, 45 - 10 = 35.
+    ClosePeriod(Feb 1), the old period still open: the final invoice shows rv-g drawn 10 + 20 = 30, 70 remaining.
+    Jan 25, 30 units (old, late, accepted): 30 credits, 15 USD.
+      Lines: Jan 15: 5 + 15 = 20 recognised, 30 deferred; Feb 1 (closed, but an earlier period was open): 10, 20.
+      Reconciliation: 0 + 50 - 30 - 0 = 20.
+    The closed invoice keeps its balances (70 remaining, 35 USD) while its line's deferred is 20; the old invoice
+    shows drawn 10 + 30 = 40, remaining 60: 30 USD, its line's deferred."""
+    jan15, feb1, mar1 = at("2025-01-15T00:00:00"), at("2025-02-01T00:00:00"), at("2025-03-01T00:00:00")
+    with server.client() as client:
+        contract(client, "rv", "rv-old", jan15, feb1)
+        contract(client, "rv", "rv-new", feb1)
+        grant = contracts_pb2.Grant(
+            id="rv-g", contract_id="rv-old", kind=contracts_pb2.PREPAID, amount="100", paid_amount="50"
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+        def revenue() -> tuple[list[tuple[int, str, str]], tuple[str, str, str, str, bool]]:
+            request = invoices_pb2.GetRevenueReportRequest(
+                customer_id="rv", period_start=stamp(jan15), period_end=stamp(mar1)
+            )
+            report = client.invoices.GetRevenueReport(request)
+            r = report.reconciliation
+            lines = [
+                (line.period_start.ToMilliseconds(), line.recognized_credits, line.deferred)
+                for line in report.customer_lines
+            ]
+            return lines, (r.deferred_start, r.prepaid_sold, r.recognized_credits, r.deferred_end, r.reconciles)
+
+        assert (
+            send(
+                client,
+                event("v1", "rv", 10, at("2025-01-20T00:00:00")),
+                event("v2", "rv", 20, at("2025-02-05T00:00:00")),
+            )
+            == []
+        )
+        assert revenue() == ([(jan15, "5", "45"), (feb1, "10", "35")], ("0", "50", "15", "35", True))
+        closed = close(client, "rv", feb1)
+        assert [(g.grant_id, g.drawn, g.remaining) for g in closed.grant_balances] == [("rv-g", "30", "70")]
+        assert send(client, event("v3", "rv", 30, at("2025-01-25T00:00:00"))) == []
+        assert revenue() == ([(jan15, "20", "30"), (feb1, "10", "20")], ("0", "50", "30", "20", True))
+        assert preview(client, "rv", feb1) == closed
+        old = preview(client, "rv", jan15)
+        assert [(g.grant_id, g.drawn, g.remaining) for g in old.grant_balances] == [("rv-g", "40", "60")]
