@@ -1013,3 +1013,43 @@ def test_late_usage_of_an_open_old_period_moves_the_revenue_of_the_new_contracts
         assert preview(client, "rv", feb1) == closed
         old = preview(client, "rv", jan15)
         assert [(g.grant_id, g.drawn, g.remaining) for g in old.grant_balances] == [("rv-g", "40", "60")]
+
+
+def test_top_ups_count_per_period_with_the_boundary_instant_in_the_next_period(server: ServerProcess) -> None:
+    """contracts.proto TopUpPolicy: at most max_per_period purchases per billing period; a purchase counts in the
+    period of the event that triggered it and is usable from that period's start (README "Automatic top-up":
+    id top-up-<period start ms>-<n>). `tb`: contract from 2025-02-01 (periods Feb 1 - Mar 1 - Apr 1); threshold
+    10, recharge to 20, 1 USD a credit, 1 a period; no credit at first. Events in order:
+      1. Feb 28 23:59:59.999, 5 units: 5 overage; 0 < 10: buys 20 (Feb's one).
+      2. Feb 28 23:59:59.999, 25 units: 20 from it, 5 overage; Feb's purchase made: none.
+      3. Mar 1 00:00 (the boundary: March), 5 units: 5 overage; buys 20 (March's one), usable from Mar 1.
+      4. Feb 27, 3 units (late, February): March's top-up starts Mar 1: 3 overage.
+    February: 33 units, credits 20, overage 13 (13.00 USD), top-ups 20.00, total 33.00.
+    March: 5 units, overage 5 (5.00), top-ups 20.00, total 25.00."""
+    feb1, mar1 = at("2025-02-01T00:00:00"), at("2025-03-01T00:00:00")
+    with server.client() as client:
+        contract(client, "tb", "tb-c", feb1)
+        policy = contracts_pb2.TopUpPolicy(threshold="10", recharge_to="20", price_per_credit="1", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="tb-c", top_up=policy))
+        for n, (units, when) in enumerate(
+            ((5, mar1 - 1), (25, mar1 - 1), (5, mar1), (3, at("2025-02-27T00:00:00"))), 1
+        ):
+            assert send(client, event(f"tb{n}", "tb", units, when)) == []
+        february, march = preview(client, "tb", feb1), preview(client, "tb", mar1)
+        shown = [
+            (
+                lines(i),
+                [(c.grant_id, c.credits) for c in i.credits_applied],
+                i.overage_amount,
+                i.overage_due,
+                i.top_up_purchases,
+                i.total_due,
+            )
+            for i in (february, march)
+        ]
+        assert shown == [
+            ([("units", "33", "33", 3)], [(f"top-up-{feb1}-1", "20")], "13", "13.00", "20.00", "33.00"),
+            ([("units", "5", "5", 1)], [], "5", "5.00", "20.00", "25.00"),
+        ]
+        top_ups = {g.grant_id: g.starts_at.ToMilliseconds() for g in client.get_balance("tb").grants}
+        assert top_ups == {f"top-up-{feb1}-1": feb1, f"top-up-{mar1}-1": mar1}
