@@ -23,6 +23,7 @@ card `p3` (credits), version 1 in force from 2024-01-01. Rate card `p3-b` (credi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,6 +39,7 @@ from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import preview, serving
 from tests.serverproc import ServerProcess, wait_for
+from tests.test_cli import tariff
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -1053,3 +1055,36 @@ def test_top_ups_count_per_period_with_the_boundary_instant_in_the_next_period(s
         ]
         top_ups = {g.grant_id: g.starts_at.ToMilliseconds() for g in client.get_balance("tb").grants}
         assert top_ups == {f"top-up-{feb1}-1": feb1, f"top-up-{mar1}-1": mar1}
+
+
+def test_the_cli_finds_a_period_starting_in_a_month_whose_contract_ended_within_it(server: ServerProcess) -> None:
+    """README "Invoices and revenue": `--period YYYY-MM` is the period that starts in that calendar month (UTC), the
+    earlier one when two contracts' periods start in it. `trial`: `trial-1` from 2025-01-05 ending 2025-01-10 and
+    `trial-2` from 2025-01-10 ending 2025-01-20, nothing after: periods Jan 5 - Feb 5 and Jan 10 - Feb 10 start in
+    January, and neither contract is in force on Jan 1 nor on Jan 31 (the old CLI looked only there, and said
+    "customer 'trial' has no period starting in 2025-01"). 2 units on Jan 6 (trial-1's), 3 on Jan 12 (trial-2's):
+    `invoices preview trial --period 2025-01` shows the earlier, Jan 5 - Feb 5, subtotal 2; `close` closes it.
+    February has no period starting in it: the CLI says so."""
+    with server.client() as client:
+        contract(client, "trial", "trial-1", at("2025-01-05T00:00:00"), at("2025-01-10T00:00:00"))
+        contract(client, "trial", "trial-2", at("2025-01-10T00:00:00"), at("2025-01-20T00:00:00"))
+        assert (
+            send(
+                client,
+                event("tr1", "trial", 2, at("2025-01-06T00:00:00")),
+                event("tr2", "trial", 3, at("2025-01-12T00:00:00")),
+            )
+            == []
+        )
+    shown = tariff(server, "invoices", "preview", "trial", "--period", "2025-01").stdout
+    assert "2025-01-05 00:00:00Z .. 2025-02-05 00:00:00Z" in shown, shown
+    (closed,) = json.loads(tariff(server, "invoices", "close", "trial", "--period", "2025-01", "--json").stdout)[
+        "invoices"
+    ]
+    assert (closed["contract_id"], closed["period_start"], closed["subtotal"]) == (
+        "trial-1",
+        "2025-01-05T00:00:00Z",
+        "2",
+    )
+    missing = tariff(server, "invoices", "preview", "trial", "--period", "2025-02", check=False)
+    assert "customer 'trial' has no period starting in 2025-02" in missing.stderr + missing.stdout
