@@ -1088,3 +1088,25 @@ def test_the_cli_finds_a_period_starting_in_a_month_whose_contract_ended_within_
     )
     missing = tariff(server, "invoices", "preview", "trial", "--period", "2025-02", check=False)
     assert "customer 'trial' has no period starting in 2025-02" in missing.stderr + missing.stdout
+
+
+def test_the_cli_reads_the_earlier_of_two_periods_starting_in_a_month_after_a_switch_from_an_older_anchor(
+    server: ServerProcess,
+) -> None:
+    """README: `--period YYYY-MM` is the period that starts in that month, the earlier one when two contracts'
+    periods start in it. `tri`: `tri-a` from 2024-12-20 ending 2025-01-03 (its last period Dec 20 - Jan 20),
+    `tri-b` from Jan 3 ending Jan 8 (Jan 3 - Feb 3), `tri-c` from Jan 8 (Jan 8 - Feb 8, ...). January holds the
+    starts of tri-b's and tri-c's periods: the earlier is Jan 3 (the old CLI, reading Jan 1's period and then the
+    one at its end, Jan 20, under tri-c, answered Jan 8). 4 units on Jan 4 (tri-b's): subtotal 4."""
+    with server.client() as client:
+        contract(client, "tri", "tri-a", at("2024-12-20T00:00:00"), at("2025-01-03T00:00:00"))
+        contract(client, "tri", "tri-b", at("2025-01-03T00:00:00"), at("2025-01-08T00:00:00"))
+        contract(client, "tri", "tri-c", at("2025-01-08T00:00:00"))
+        assert send(client, event("tri1", "tri", 4, at("2025-01-04T00:00:00"))) == []
+    shown = tariff(server, "invoices", "preview", "tri", "--period", "2025-01", "--json").stdout
+    invoice = json.loads(shown)
+    assert (invoice["contract_id"], invoice["period_start"], invoice["subtotal"]) == (
+        "tri-b",
+        "2025-01-03T00:00:00Z",
+        "4",
+    )
