@@ -447,27 +447,22 @@ def test_a_switch_between_rate_cards_prices_each_side_by_its_own_card_and_flat_f
     units: 10 on Jan 20 (old: 10 x 1 = 10), 10 on Feb 5 (new: 10 x 2 = 20), 1 on Jan 31 23:59:59.999 sent last (old:
     11 units, 11 credits). flat (only `p3` prices it): Jan 20 and Jan 31 on the old contract, one flat fee (7);
     Feb 5 under `cards-new` is NO_APPLICABLE_RATE (p3-b has no flat rate), though inside the old's monthly range.
-    Grants: `c-old` 15 credits under cards-old (from Jan 15, expiring Feb 10), `c-new` 100 under cards-new (from Feb
+    Grants: `c-old` 15 credits under cards-old (from Jan 15), `c-new` 100 under cards-new (from Feb
     1). Draw order (priority 0 both, creation order): Jan 20 10 units -> c-old 10 (left 5); Jan 20 flat 7 -> c-old 5,
     overage 2; Feb 5 20 credits -> c-old has 0 left, c-new 20; Jan 31 1 unit -> c-old 0, c-new starts Feb 1 so it
     cannot pay Jan 31: overage 1; flat on Jan 31 adds nothing (one fee a period).
     Old invoice: units 11 / 11, flat 2 events / 7; subtotal 18; credits c-old 15; overage 3 -> 3.00 due.
     New invoice: units 10 / 20; credits c-new 20; due 0.00. The old invoice's balances list both grants started
-    before its end (Feb 15): c-old 15 drawn 15 remaining 0 (expired Feb 10 with nothing left: expired 0); c-new
+    before its end (Feb 15): c-old 15 drawn 15 remaining 0 expired 0; c-new
     granted 100, drawn 0 by its periods (the new contract's draws are the next invoice's), remaining 100."""
     jan15, feb1 = at("2025-01-15T00:00:00"), at("2025-02-01T00:00:00")
     with server.client() as client:
         contract(client, "cards", "cards-old", jan15, feb1)
         contract(client, "cards", "cards-new", feb1, rate_card_id="p3-b")
-        for grant_id, contract_id, amount, expires in (
-            ("c-old", "cards-old", "15", at("2025-02-10T00:00:00")),
-            ("c-new", "cards-new", "100", None),
-        ):
+        for grant_id, contract_id, amount in (("c-old", "cards-old", "15"), ("c-new", "cards-new", "100")):
             grant = contracts_pb2.Grant(
                 id=grant_id, contract_id=contract_id, kind=contracts_pb2.PROMOTIONAL, amount=amount
             )
-            if expires is not None:
-                grant.expires_at.CopyFrom(stamp(expires))
             client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
         rejected = send(
             client,
@@ -1110,3 +1105,43 @@ def test_the_cli_reads_the_earlier_of_two_periods_starting_in_a_month_after_a_sw
         "2025-01-03T00:00:00Z",
         "4",
     )
+
+
+def test_a_restart_answers_the_same_contracts_grants_and_invoices(server: ServerProcess) -> None:
+    """Replay stays exact for what this file's fixes added: `rs-x` holds `rs-20250101` (explicit), so `rs`'s unnamed
+    contract from 2025-01-01 is `rs-20250101.2`; a rollover grant starting before it is refused; `rs-g`, 10 credits
+    under it (no fraction: nothing the clock driver changes while the test reads), granted; 4 units on Jan 2 draw 4
+    of it. After a restart the contract, the
+    balance and the January draft are as before, and the unnamed request still answers its contract."""
+    with server.client() as client:
+        contract(client, "rs-x", "rs-20250101", at("2025-01-01T00:00:00"))
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rs"))
+        unnamed = contracts_pb2.CreateContractRequest(
+            customer_id="rs", rate_card_id="p3", starting_at=stamp(at("2025-01-01T00:00:00"))
+        )
+        made = client.contracts.CreateContract(unnamed)
+        assert made.id == "rs-20250101.2"
+        early = contracts_pb2.Grant(
+            id="rs-early", customer_id="rs", kind=contracts_pb2.PROMOTIONAL, amount="1", rollover_fraction="0.5"
+        )
+        early.starts_at.CopyFrom(stamp(at("2024-12-01T00:00:00")))
+        code, _ = refusal(partial(client.contracts.GrantCredits, contracts_pb2.GrantCreditsRequest(grant=early)))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        grant = contracts_pb2.Grant(id="rs-g", contract_id=made.id, kind=contracts_pb2.PROMOTIONAL, amount="10")
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        assert send(client, event("rs1", "rs", 4, at("2025-01-02T00:00:00"))) == []
+        before = (
+            client.contracts.GetContract(contracts_pb2.GetContractRequest(id=made.id)),
+            preview(client, "rs", at("2025-01-01T00:00:00")),
+            [(g.grant_id, g.drawn, g.remaining, g.expired) for g in client.get_balance("rs").grants],
+        )
+        assert [c.credits for c in before[1].credits_applied] == ["4"]
+    server.restart()
+    with server.client() as client:
+        after = (
+            client.contracts.GetContract(contracts_pb2.GetContractRequest(id=made.id)),
+            preview(client, "rs", at("2025-01-01T00:00:00")),
+            [(g.grant_id, g.drawn, g.remaining, g.expired) for g in client.get_balance("rs").grants],
+        )
+        assert after == before
+        assert client.contracts.CreateContract(unnamed) == before[0]
