@@ -172,6 +172,7 @@ SERVER_SET_FIELDS = (
     "override_hours_refused",
     "rerate_carries_earlier_hours",
     "overrides_bounded",
+    "rollover_start_in_contract",
 )
 
 
@@ -183,8 +184,11 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     the currency (which revenue, kept in picos, would round away) is refused; False (commands stored before it)
     takes it as it was taken then. `made_ids_refused`: set by the server likewise, so an id the rating kernel gave
     a grant it made for the customer (a top-up, a rollover) is refused (engine/billing.py) instead of replacing
-    that grant in the kernel; False (commands stored before it) applies as it applied then. None of them is part
-    of a request's fingerprint (engine/control.py)."""
+    that grant in the kernel; False (commands stored before it) applies as it applied then.
+    `rollover_start_in_contract`: set by the server likewise, so a grant with a rollover fraction whose start no
+    contract of its customer covers (it would have no billing period to roll over at the end of, and so never
+    roll over) is refused; False (commands stored before it) grants it as it was granted then. None of them is
+    part of a request's fingerprint (engine/control.py)."""
 
     at_ms: int
     actor: str
@@ -202,6 +206,7 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     use_ends_at_rollover: bool = False
     paid_at_picos: bool = False
     made_ids_refused: bool = False
+    rollover_start_in_contract: bool = False
 
 
 class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):

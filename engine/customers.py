@@ -54,7 +54,7 @@ class CustomerCommands(ControlPlane):
         parse_decimal(overage_price, "overage_price")
         # Without an id, the contract is named after its customer and start: a customer's contracts never
         # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
-        contract_id = c.id or default_contract_id(customer.id, starting_at_ms)
+        contract_id = c.id or self._unnamed_contract_id(customer.id, starting_at_ms)
         held = self.state.contracts.get(contract_id)
         print_ = self._repeat_held(f"contract/{contract_id}", c, self._held_print(held), lambda: held)
         if held is not None:
@@ -77,6 +77,22 @@ class CustomerCommands(ControlPlane):
         self.state.contracts[contract_id] = contract
         self._index_contract(contract)
         return contract
+
+    def _unnamed_contract_id(self, customer_id: str, starting_at_ms: int) -> str:
+        """The id of the customer's contract from starting_at_ms requested without one: its key is the customer and
+        the start, so the default id (`default_contract_id`) unless another contract (another customer's, or one of
+        this customer's from another start, both named so by their requests) holds it; then that id with ".2",
+        ".3", ... added, the first that is free or this key's own. Only requests refused before this rule ever met
+        a taken default id, and refusals are not journaled: every stored command finds the id it found then."""
+        contract_id = default_contract_id(customer_id, starting_at_ms)
+        base, n = contract_id, 1
+        while (held := self.state.contracts.get(contract_id)) is not None:
+            if held.customer_id == customer_id and held.starting_at_ms == starting_at_ms:
+                return contract_id
+            n += 1
+            suffix = f".{n}"
+            contract_id = base[: 128 - len(suffix)] + suffix
+        return contract_id
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:
         contract = self.contract(c.contract_id)

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 from engine import commands as cmd
 from engine.control import ControlPlane, check_id, keeping_print, shared_int
-from engine.errors import AlreadyExists, InvalidArgument
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from engine.instants import iso
 from engine.ledger import Grant, GrantKind
 from engine.money import DECIMAL_CONTEXT, parse_decimal, to_picos
 
@@ -52,6 +53,12 @@ class GrantCommands(ControlPlane):
         print_ = self._repeat_held(f"grant/{c.id}", c, self._held_print(held), lambda: held)
         if c.id in self._grant_ids:
             raise AlreadyExists(f"grant {c.id!r} already exists")
+        if c.rollover_start_in_contract and rollover > 0 and self._contract_at(customer_id, starts_at_ms) is None:
+            raise FailedPrecondition(
+                f"grant.rollover_fraction: a grant with a rollover fraction rolls over at the end of the billing "
+                f"period it starts in, and no contract of customer {customer_id!r} is in force at its start "
+                f"{iso(starts_at_ms)}: start it in a contract's time (naming the contract, it starts with it)"
+            )
         self.state.grants_created += 1
         grant = Grant(
             id=c.id,

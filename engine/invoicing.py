@@ -263,11 +263,18 @@ class InvoiceCommands(ControlPlane):
             start_ms = period[1]
 
     def _nearest_period_start(self, customer_id: str, ts_ms: int) -> int | None:
+        """The start of any of the customer's periods nearest ts_ms (the earlier of two as near). Per contract: its
+        start when ts_ms precedes it; else the start of the calendar period holding ts_ms and the next one, each
+        when it starts before the contract's end, or, past its last period, that last period's start."""
         candidates = []
         for contract in self.contracts_of(customer_id):
-            if contract.covers(ts_ms):
-                start, end = self._period_of(contract, ts_ms)
-                candidates += [start] + ([end] if contract.covers(end) else [])
-            else:
+            end_ms = contract.ending_before_ms
+            if ts_ms < contract.starting_at_ms:
                 candidates.append(contract.starting_at_ms)
+                continue
+            start, following = self._period_of(contract, ts_ms)
+            if end_ms is not None and start >= end_ms:
+                candidates.append(self._period_of(contract, end_ms - 1)[0])
+                continue
+            candidates += [start] + ([following] if end_ms is None or following < end_ms else [])
         return min(candidates, key=lambda s: (abs(s - ts_ms), s), default=None)

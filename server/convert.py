@@ -524,6 +524,7 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         use_ends_at_rollover=True,
         paid_at_picos=True,
         made_ids_refused=True,
+        rollover_start_in_contract=True,
     )
 
 

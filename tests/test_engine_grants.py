@@ -8,9 +8,10 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
+from msgspec.structs import replace as msgspec_replace
 
 from engine.commands import GrantCredits
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine.ledger import Grant, GrantKind
 from engine.state import Engine
 from tests.engine_fixtures import EPOCH_MS, World, basic_world, picos
@@ -124,6 +125,27 @@ def test_grant_through_contract_belongs_to_its_customer() -> None:
     grant = world.apply(world.grant_command("g", "10", customer_id="", contract_id="c-acme"))
     assert [g.id for g in world.engine.state.accounts["acme"].grants] == ["g"]
     assert grant is world.grant_by_id("g")
+
+
+def test_a_rollover_grant_starting_outside_every_contract_is_refused_unless_stored_before_the_rule() -> None:
+    """GrantCredits.rollover_start_in_contract: acme's contract starts at EPOCH; a grant with a rollover fraction
+    starting a day before it has no billing period to roll over at the end of. Taken by the server now (the field
+    set), it is refused and changes nothing; stored before the rule (the field left out), it replays as granted then.
+    Without a fraction, or starting in the contract's time, it is granted either way."""
+    world = basic_world()
+    before_contract = world.grant_command("g", "10", starts_at_ms=T - 86_400_000, rollover_fraction="0.5")
+    now = msgspec_replace(before_contract, rollover_start_in_contract=True)
+    snapshot = world.engine.encode_snapshot()
+    with pytest.raises(FailedPrecondition) as refused:
+        world.apply(now)
+    assert "no contract of customer 'acme' is in force at its start" in str(refused.value)
+    assert world.engine.encode_snapshot() == snapshot
+    assert isinstance(world.apply(before_contract), Grant)
+    plain = world.grant_command("plain", "10", starts_at_ms=T - 86_400_000)
+    assert isinstance(world.apply(msgspec_replace(plain, rollover_start_in_contract=True)), Grant)
+    inside = world.grant_command("inside", "10", starts_at_ms=T, rollover_fraction="0.5")
+    assert isinstance(world.apply(msgspec_replace(inside, rollover_start_in_contract=True)), Grant)
+    assert [g.id for g in world.engine.state.accounts["acme"].grants] == ["g", "plain", "inside"]
 
 
 # Large amounts -------------------------------------------------------------------------------------------------

@@ -11,12 +11,12 @@ import msgspec
 import pytest
 
 from engine import commands as cmd
-from engine.contracts import OveragePolicy
-from engine.control import BillingState, RequestMark, fingerprint, restated_request
+from engine.contracts import Contract, OveragePolicy
+from engine.control import BillingState, RequestMark, default_contract_id, fingerprint, restated_request
 from engine.errors import AlreadyExists, Repeated
 from engine.ledger import GrantKind
 from engine.state import Engine
-from tests.engine_fixtures import ACTOR, EPOCH_MS, World
+from tests.engine_fixtures import ACTOR, EPOCH_MS, World, basic_world
 
 CUSTOMER = cmd.CreateCustomer(EPOCH_MS, ACTOR, "acme", "Acme", {"tier": "gold"})
 CONTRACT = cmd.CreateContract(EPOCH_MS, ACTOR, "", "acme", "card", EPOCH_MS, None, OveragePolicy.ALLOW, "", "")
@@ -105,3 +105,27 @@ def test_a_state_with_its_retry_keys_in_requests_still_recognises_a_retry() -> N
         },
     )
     assert_retries_repeat(Engine(earlier), grant)
+
+
+def test_an_unnamed_contract_whose_default_id_is_taken_gets_a_numbered_one_within_the_id_rule() -> None:
+    """A customer id of 120 characters: its default contract id is cut to 128 characters with the start's date
+    (engine/control.py default_contract_id). Another customer's contract holding that id, the unnamed request takes
+    it with ".2" added, still 128 characters (the customer part cut shorter), and a third with ".3"; a retry of each
+    finds its own, also after a snapshot."""
+    world = basic_world()
+    long_id = "x" * 120
+    world.customer(long_id)
+    world.customer("other")
+    taken = default_contract_id(long_id, EPOCH_MS)
+    assert len(taken) == 128
+    world.contract(taken, customer_id="other", ending_before_ms=EPOCH_MS + 1)
+    world.contract(taken[:126] + ".2", customer_id="other", starting_at_ms=EPOCH_MS + 1, ending_before_ms=EPOCH_MS + 2)
+    request = cmd.CreateContract(EPOCH_MS, ACTOR, "", long_id, "card", EPOCH_MS, None, OveragePolicy.ALLOW, "1", "")
+    made = world.apply(request)
+    assert isinstance(made, Contract)
+    assert (made.id, len(made.id), made.customer_id) == (taken[:126] + ".3", 128, long_id)
+    restored = Engine.from_snapshot(world.engine.encode_snapshot())
+    for engine in (world.engine, restored):
+        with pytest.raises(Repeated) as repeated:
+            engine.apply(request, world.seq + 1)
+        assert repeated.value.result is engine.state.contracts[made.id]

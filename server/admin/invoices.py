@@ -11,6 +11,7 @@ columns at the end.
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -78,13 +79,16 @@ def _timestamp(moment: datetime) -> Any:
 
 def period_starting_in(client: TariffClient, customer_id: str, period: str) -> invoices_pb2.Invoice:
     """The draft (or final invoice) of the customer's period that starts in the month `period`: the period holding
-    the month's first instant when it starts then; else the one right after it; else (no contract then, or that
-    period ends in a gap between contracts) the one holding the month's last millisecond, since a period that
-    starts in a month holds its last millisecond (a period lasts at least 28 days)."""
+    the month's first instant when it starts then; else the one right after it (at its end, or at its contract's
+    end when that is sooner: the next contract's first period); else the one holding the month's
+    last millisecond, since a period that starts in a month holds its last millisecond (a period lasts at least 28
+    days); else, when no contract is in force then (those periods' contracts ended within the month), the earliest
+    of the periods PreviewInvoice's refusal names as holding that millisecond, read at its start."""
     from tariff import FailedPrecondition
-    from tariff.v1 import invoices_pb2
+    from tariff.v1 import contracts_pb2, invoices_pb2
 
     start, end = month_range(period)
+    named: list[datetime] = []  # starts of ended contracts' periods that refusals named as holding an instant
 
     def preview_at(moment: datetime) -> invoices_pb2.Invoice | None:
         """The period holding `moment`; None when no contract of the customer covers it."""
@@ -92,7 +96,8 @@ def period_starting_in(client: TariffClient, customer_id: str, period: str) -> i
             found: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
                 invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=_timestamp(moment))
             )
-        except FailedPrecondition:
+        except FailedPrecondition as refused:
+            named.extend(datetime.fromisoformat(t) for t in HOLDING_PERIOD.findall(refused.details))
             return None
         return found
 
@@ -101,12 +106,27 @@ def period_starting_in(client: TariffClient, customer_id: str, period: str) -> i
 
     found = preview_at(start)
     if found is not None and found.period_start.ToDatetime(tzinfo=UTC) < start:  # anchored mid-month
-        found = preview_at(found.period_end.ToDatetime(tzinfo=UTC))
+        # The next period starts at this one's end, or where its contract ends when that is sooner (the next
+        # contract, if one starts right then, has its first period there).
+        following = found.period_end.ToDatetime(tzinfo=UTC)
+        contract = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=found.contract_id))
+        if contract.HasField("ending_before"):
+            following = min(following, contract.ending_before.ToDatetime(tzinfo=UTC))
+        found = preview_at(following)
     if not starts_in_month(found):
         found = preview_at(end - timedelta(milliseconds=1))
+    for moment in sorted(t for t in named if start <= t < end):
+        if starts_in_month(found):
+            break
+        found = preview_at(moment)
     if found is None or not starts_in_month(found):
         fail(f"customer {customer_id!r} has no period starting in {period}")
     return found
+
+
+# How PreviewInvoice's FAILED_PRECONDITION names an ended contract's period holding the instant asked about
+# (engine/invoicing.py `_contract_or_refuse`): "the period from 2026-01-05T00:00:00Z of contract 'trial-1' holds it".
+HOLDING_PERIOD = re.compile(r"the period from (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) of contract ")
 
 
 def print_invoice(invoice: invoices_pb2.Invoice) -> None:

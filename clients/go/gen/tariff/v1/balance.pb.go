@@ -229,7 +229,11 @@ type Balance struct {
 	CreditsAvailable string          `protobuf:"bytes,4,opt,name=credits_available,json=creditsAvailable,proto3" json:"credits_available,omitempty"`
 	Grants           []*GrantBalance `protobuf:"bytes,5,rep,name=grants,proto3" json:"grants,omitempty"`
 	// Everything charged in the current billing period, in pricing units,
-	// whether grants covered it or not.
+	// whether grants covered it or not: the period of the contract in force
+	// now (period_start, period_end). With none in force now (before the
+	// first contract, between two, after the last), there is no current
+	// period: period_charges, overage_amount and overage_due are "0" and
+	// period_start and period_end are unset.
 	PeriodCharges string `protobuf:"bytes,6,opt,name=period_charges,json=periodCharges,proto3" json:"period_charges,omitempty"`
 	// The part of period_charges no grant covered, in pricing units.
 	OverageAmount string `protobuf:"bytes,7,opt,name=overage_amount,json=overageAmount,proto3" json:"overage_amount,omitempty"`

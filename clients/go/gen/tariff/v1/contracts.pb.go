@@ -758,10 +758,14 @@ type Contract struct {
 	// Unset: open-ended. Set only at creation: a switch to another contract is
 	// planned by ending this one here and starting the next from here. The last
 	// period keeps its monthly end (it is closed once that has passed).
-	EndingBefore  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
-	Overrides     []*PriceOverride       `protobuf:"bytes,6,rep,name=overrides,proto3" json:"overrides,omitempty"`
-	Grants        []*Grant               `protobuf:"bytes,7,rep,name=grants,proto3" json:"grants,omitempty"`
-	OveragePolicy OveragePolicy          `protobuf:"varint,8,opt,name=overage_policy,json=overagePolicy,proto3,enum=tariff.v1.OveragePolicy" json:"overage_policy,omitempty"`
+	EndingBefore *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
+	Overrides    []*PriceOverride       `protobuf:"bytes,6,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	// The grants GrantCredits made naming this contract, and those naming only
+	// its customer (every contract of the customer lists those), in creation
+	// order. The grants the server makes (TOP_UP, ROLLOVER) are not listed:
+	// GetBalance lists every grant of the customer.
+	Grants        []*Grant      `protobuf:"bytes,7,rep,name=grants,proto3" json:"grants,omitempty"`
+	OveragePolicy OveragePolicy `protobuf:"varint,8,opt,name=overage_policy,json=overagePolicy,proto3,enum=tariff.v1.OveragePolicy" json:"overage_policy,omitempty"`
 	// Decimal string: currency per pricing unit of overage. "1" when unset.
 	OveragePrice string       `protobuf:"bytes,9,opt,name=overage_price,json=overagePrice,proto3" json:"overage_price,omitempty"`
 	TopUp        *TopUpPolicy `protobuf:"bytes,10,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`
@@ -883,7 +887,12 @@ func (x *Contract) GetCurrency() string {
 type CreateContractRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional; when empty, the customer id and the start's UTC date
-	// ("acme-20261201"), or its Unix ms when the start is not at midnight.
+	// ("acme-20261201"), or its Unix ms when the start is not at midnight
+	// (the customer id cut so that the id keeps to 128 characters). When
+	// another contract already holds that id (another customer's, or one of
+	// this customer's from another start, named so by its request), ".2" is
+	// added (".3", ... while taken): the key of such a request is the customer
+	// and the start, not the id.
 	Id         string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	CustomerId string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	RateCardId string `protobuf:"bytes,3,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
@@ -1109,7 +1118,12 @@ type Grant struct {
 	// before the rollover is done. Then that share (rounded down to 10^-12)
 	// moves into a ROLLOVER grant with the same cost basis, usable until the
 	// end of the next period, and the rest is breakage. (Grants created before
-	// this rule kept paying such usage until the rollover, and still do.)
+	// this rule kept paying such usage until the rollover, and still do.) Its
+	// start must lie in a contract of its customer (a billing period to end):
+	// one starting when none is in force (before the first, between two, after
+	// the last, or now by default with no contract in force) is
+	// FAILED_PRECONDITION, granting nothing; name the contract to start it with
+	// it. (Such grants made before this rule never roll over, and still do not.)
 	RolloverFraction string                 `protobuf:"bytes,11,opt,name=rollover_fraction,json=rolloverFraction,proto3" json:"rollover_fraction,omitempty"`
 	CreatedAt        *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	unknownFields    protoimpl.UnknownFields

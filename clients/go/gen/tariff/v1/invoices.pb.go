@@ -1615,7 +1615,9 @@ func (x *GetRevenueReportRequest) GetCustomerId() string {
 // (InvoiceGrantBalance.remaining; while the period runs, its draft already shows the expiries and
 // rollovers due by its end, which the line counts once the server's clock has recorded them; a grant
 // expiring after a switch, before the old contract's last period ends, breaks on the new contract's
-// line, though the old period's invoice already lists it as expired).
+// line, though the old period's invoice already lists it as expired; a final invoice keeps the balances
+// it was closed with, so once late usage of an earlier period, still open when it closed, draws credits,
+// its line's deferred is less than they show).
 // breakage: credits expired unused, at cost basis, in the period the server recorded it in (customer
 // lines; product lines show 0, expired credit belonging to no product; with no period then, every
 // contract having ended, at that instant: in a span's reconciliation, on no line). A grant is sold in the period containing its starts_at (with none, every

@@ -167,7 +167,11 @@ export type Balance = Message<"tariff.v1.Balance"> & {
 
   /**
    * Everything charged in the current billing period, in pricing units,
-   * whether grants covered it or not.
+   * whether grants covered it or not: the period of the contract in force
+   * now (period_start, period_end). With none in force now (before the
+   * first contract, between two, after the last), there is no current
+   * period: period_charges, overage_amount and overage_due are "0" and
+   * period_start and period_end are unset.
    *
    * @generated from field: string period_charges = 6;
    */

@@ -427,6 +427,11 @@ export type Contract = Message<"tariff.v1.Contract"> & {
   overrides: PriceOverride[];
 
   /**
+   * The grants GrantCredits made naming this contract, and those naming only
+   * its customer (every contract of the customer lists those), in creation
+   * order. The grants the server makes (TOP_UP, ROLLOVER) are not listed:
+   * GetBalance lists every grant of the customer.
+   *
    * @generated from field: repeated tariff.v1.Grant grants = 7;
    */
   grants: Grant[];
@@ -471,7 +476,12 @@ export const ContractSchema: GenMessage<Contract> = /*@__PURE__*/
 export type CreateContractRequest = Message<"tariff.v1.CreateContractRequest"> & {
   /**
    * Optional; when empty, the customer id and the start's UTC date
-   * ("acme-20261201"), or its Unix ms when the start is not at midnight.
+   * ("acme-20261201"), or its Unix ms when the start is not at midnight
+   * (the customer id cut so that the id keeps to 128 characters). When
+   * another contract already holds that id (another customer's, or one of
+   * this customer's from another start, named so by its request), ".2" is
+   * added (".3", ... while taken): the key of such a request is the customer
+   * and the start, not the id.
    *
    * @generated from field: string id = 1;
    */
@@ -640,7 +650,12 @@ export type Grant = Message<"tariff.v1.Grant"> & {
    * before the rollover is done. Then that share (rounded down to 10^-12)
    * moves into a ROLLOVER grant with the same cost basis, usable until the
    * end of the next period, and the rest is breakage. (Grants created before
-   * this rule kept paying such usage until the rollover, and still do.)
+   * this rule kept paying such usage until the rollover, and still do.) Its
+   * start must lie in a contract of its customer (a billing period to end):
+   * one starting when none is in force (before the first, between two, after
+   * the last, or now by default with no contract in force) is
+   * FAILED_PRECONDITION, granting nothing; name the contract to start it with
+   * it. (Such grants made before this rule never roll over, and still do not.)
    *
    * @generated from field: string rollover_fraction = 11;
    */
