@@ -33,7 +33,8 @@ import (
 
 // RetryPolicy says how a UsageSender reconnects after its stream breaks.
 type RetryPolicy struct {
-	// AttemptsMax consecutive failed streams end the sender (an ack resets the count) ...
+	// AttemptsMax consecutive failed streams end the sender (an ack resets the count; a stream that
+	// ends with nothing unacknowledged, with OK or broken after its acks, failed nothing) ...
 	AttemptsMax int
 	// ... and so does ElapsedMax since the first of them, whichever comes first. A stream whose
 	// connection never came up (the server accepts TCP but does not answer, or cannot be reached)
@@ -164,6 +165,7 @@ type UsageSender struct {
 	failure       error
 	batchCounter  int
 	streamsOpened int
+	streamsEnded  int
 	lastProgress  time.Time // last write into an empty window, or last ack
 	stats         SenderStats
 }
@@ -415,18 +417,28 @@ func (s *UsageSender) run() {
 			connectWithin -= opened.Sub(firstFailure)
 		}
 		progressed, connected, err := s.runStream(max(connectWithin, s.retry.MinConnect))
+		s.mu.Lock()
+		s.streamsEnded++
+		s.mu.Unlock()
 		if err == nil {
 			failures = 0
 			continue
 		}
 		s.mu.Lock()
 		stopped := s.failure != nil
+		// Broken after its acks with nothing unacknowledged (a connection lost while idle): nothing was lost.
+		idle := progressed && len(s.unacked) == 0
 		// Every unacknowledged batch goes back to the front of the queue, in order, to be written again.
 		s.ready = append(s.unacked, s.ready...)
 		s.unacked = nil
 		s.mu.Unlock()
 		if stopped {
 			return
+		}
+		if idle {
+			// No failed stream: the next failure is the first of a new run, its ElapsedMax counted from then.
+			failures = 0
+			continue
 		}
 		if progressed {
 			failures = 0
