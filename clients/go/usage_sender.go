@@ -36,15 +36,19 @@ type RetryPolicy struct {
 	// AttemptsMax consecutive failed streams end the sender (an ack resets the count; a stream that
 	// ends with nothing unacknowledged, with OK or broken after its acks, failed nothing) ...
 	AttemptsMax int
-	// ... and so does ElapsedMax since the first of them, whichever comes first. A stream whose
-	// connection never came up (the server accepts TCP but does not answer, or cannot be reached)
-	// failed from the moment it was opened, so its wait counts in ElapsedMax; and each stream waits
-	// for its connection at most what remains of ElapsedMax (the first: all of it), but at least
-	// MinConnect, not grpc-go's own connect timeout. Against a server that never answers, the
-	// sender thus gives up at most ElapsedMax + MinConnect after it first opened a stream in vain;
-	// a stream that came up and then fell silent is noticed after SenderOptions.AckTimeout instead.
+	// ... and so does ElapsedMax since the first of them, whichever comes first. A stream the server
+	// never answered (its connection never came up: the server accepts TCP but does not answer, or
+	// cannot be reached; or the connection is up but the server sends nothing: one left open by a
+	// server that has since stopped) failed from the moment it was opened, so its wait counts in
+	// ElapsedMax; and each stream waits for its connection and the server's response headers (sent
+	// with its first ack) at most what remains of ElapsedMax (the first: all of it), but at least
+	// MinConnect, not grpc-go's own connect timeout nor AckTimeout. Against a server that never
+	// answers, the sender thus gives up at most ElapsedMax + MinConnect after it first opened a
+	// stream in vain; a stream that was answered and then fell silent is noticed after
+	// SenderOptions.AckTimeout instead, and the streams after it follow this policy. A first ack
+	// slower than that wait ends the stream too (its batches are resent, as after any failure).
 	ElapsedMax time.Duration
-	// MinConnect is the least a stream waits for its connection (default 1 s).
+	// MinConnect is the least a stream waits for its connection and the server's answer (default 1 s).
 	MinConnect     time.Duration
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
@@ -447,7 +451,7 @@ func (s *UsageSender) run() {
 		if failures == 1 {
 			firstFailure = time.Now()
 			if !connected {
-				firstFailure = opened // a stream that never connected failed when it was opened: its wait counts
+				firstFailure = opened // a stream never answered failed when it was opened: its wait counts
 			}
 		}
 		exhausted := failures >= s.retry.AttemptsMax || time.Since(firstFailure) >= s.retry.ElapsedMax
@@ -492,7 +496,8 @@ func (s *UsageSender) waitForWork() bool {
 
 // runStream writes batches to one IngestUsage stream while its receiving goroutine takes the acks;
 // it returns nil when the sender is drained, and the stream's error otherwise. connected says the
-// stream's connection came up: it waits for it at most connectWithin (UNAVAILABLE after that).
+// stream's connection came up and the server answered (response headers): it waits for both at most
+// connectWithin (UNAVAILABLE after that).
 func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connected bool, err error) {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	defer cancel(nil)
@@ -504,6 +509,7 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 	s.mu.Unlock()
 	// Without this bound a server that accepts TCP but never answers holds the stream for
 	// grpc-go's connect timeout, and a reconnect for another.
+	answerBy := time.Now().Add(connectWithin)
 	notConnected := status.Errorf(codes.Unavailable, "no connection to the server within %.1f s", connectWithin.Seconds())
 	connectTimer := time.AfterFunc(connectWithin, func() { cancel(notConnected) })
 	stream, err := s.usage.IngestUsage(ctx)
@@ -513,6 +519,20 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 	if err != nil {
 		return false, false, err
 	}
+	// A connection that is up says nothing of the server: one that fell silent on an earlier stream
+	// (stopped) stays open, and each stream on it would wait a whole AckTimeout. The server's answer
+	// (its response headers, which the Tariff server sends with its first ack) is waited for as the
+	// connection is, within what remains of connectWithin.
+	notAnswered := status.Errorf(codes.Unavailable, "no answer from the server within %.1f s", connectWithin.Seconds())
+	answerTimer := time.AfterFunc(time.Until(answerBy), func() { cancel(notAnswered) })
+	defer answerTimer.Stop()
+	var answered atomic.Bool
+	go func() {
+		if _, err := stream.Header(); err == nil { // headers, or an end without them: the server answered
+			answered.Store(true)
+			answerTimer.Stop()
+		}
+	}()
 	var acked atomic.Bool
 	received := make(chan error, 1)
 	go func() { received <- s.receive(stream, &acked) }()
@@ -520,6 +540,9 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 	streamError := func(err error) error {
 		if errors.Is(context.Cause(ctx), s.ackTimeout) {
 			return s.ackTimeout
+		}
+		if errors.Is(context.Cause(ctx), notAnswered) {
+			return notAnswered
 		}
 		if err == nil {
 			// The receiving side saw the end with nothing outstanding, but a batch may have been
@@ -540,7 +563,7 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 		case batch != nil:
 			if err := stream.Send(batch.msg); err != nil {
 				// The stream is over (io.EOF); its receiving side reports why.
-				return acked.Load(), true, streamError(<-received)
+				return acked.Load(), answered.Load() || acked.Load(), streamError(<-received)
 			}
 			continue
 		case drained && !halfClosed:
@@ -549,14 +572,14 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 			if err := stream.CloseSend(); err != nil {
 				cancel(nil)
 				<-received // no ack may settle after the caller requeues the unacknowledged batches
-				return acked.Load(), true, err
+				return acked.Load(), answered.Load() || acked.Load(), err
 			}
 			continue
 		}
 		select {
 		case <-s.wake:
 		case err := <-received:
-			return acked.Load(), true, streamError(err)
+			return acked.Load(), answered.Load() || acked.Load(), streamError(err)
 		}
 	}
 }
