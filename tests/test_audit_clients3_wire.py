@@ -3,9 +3,10 @@ on its own 127.0.0.1 port.
 
 The stream is noticed after `ack_timeout_s` without an ack; the reconnects then follow the retry policy (README
 "usage send": "the reconnects then follow --retry-s"). They did not: the stopped server's connection stays open (no
-keepalive), so each new call on it counted as connected and waited another whole `ack_timeout_s`; with the defaults
-the stream gave up after 120 s, not about 61 s. A reconnect now waits for the server's answer (its first ack, which
-carries its response headers) at most what remains of `max_elapsed_s` (at least `min_connect_s`).
+keepalive), so each new call on it counted as connected and waited another whole `ack_timeout_s`: `usage send
+--retry-s 2` gave up 120 s after the server stopped, not about 62 s. A reconnect now waits for the server's answer
+(its first ack, which carries its response headers) at most what remains of `max_elapsed_s` (at least
+`min_connect_s`).
 """
 
 from __future__ import annotations

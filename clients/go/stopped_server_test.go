@@ -126,8 +126,9 @@ func TestASenderWithAlmostNoRetryBudgetStillSendsToAServerThatAnswers(t *testing
 // A server stopped mid-stream (after a first ack) is noticed after AckTimeout without an ack; the
 // reconnects then follow the retry policy. They did not: the stopped server's connection stays open
 // (no keepalive), so each new stream on it counted as connected and waited another whole
-// AckTimeout (120 s with the defaults, not about 61 s). Each stream now waits for the server's
-// answer (its response headers, sent with its first ack) as it waits for its connection.
+// AckTimeout (an ElapsedMax of 2 s gave up 120 s after the server stopped, not about 62 s). Each
+// stream now waits for the server's answer (its response headers, sent with its first ack) as it
+// waits for its connection.
 func TestASenderWhoseServerStopsMidStreamGivesUpAfterTheAckTimeoutPlusTheRetryBudget(t *testing.T) {
 	const ackTimeout = 8 * time.Second
 	srv := startServer(t)
