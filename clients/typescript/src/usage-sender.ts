@@ -102,7 +102,10 @@ export interface UsageSenderOptions {
   bufferEventsMax?: number;
   /** Batches written to the stream and not yet acknowledged (default 8). */
   inflightBatchesMax?: number;
-  /** Reconnect when batches are outstanding and no ack came for this long (default 60,000). */
+  /**
+   * Reconnect when batches are outstanding and no ack came for this long (default 60,000), counted from the write of
+   * the oldest batch not acknowledged, or the last ack if later.
+   */
   ackTimeoutMs?: number;
   retry?: Partial<RetryPolicy>;
   /** batch_id = `${batchIdPrefix}-${n}` (default: a random prefix per sender). */
@@ -519,7 +522,9 @@ export class UsageSender {
           this.counters.resentBatches += 1;
         }
         batch.writes += 1;
-        this.armAckTimer();
+        if (this.unacked.length === 1) {
+          this.armAckTimer(); // counted from the oldest batch not acknowledged (or the last ack), not each write
+        }
         yield batch.message;
         continue;
       }

@@ -1,6 +1,7 @@
 /**
- * The UsageSender's retry accounting against an in-process fake UsageService (a connect-node gRPC server) whose
- * behaviour a real server does not offer on demand: a stream that acks and then ends with nothing outstanding.
+ * The UsageSender against an in-process fake UsageService (a connect-node gRPC server) whose behaviour a real server
+ * does not offer on demand: a stream that acks and then ends with nothing outstanding (retry accounting), a stream
+ * that takes batches and never acks them (the ack timeout).
  */
 
 import assert from "node:assert/strict";
@@ -16,17 +17,25 @@ import { demoEvent } from "./support/events.js";
 
 /** Serves UsageService.IngestUsage: stream n (from 1) answers each batch with answer(n, batch). */
 async function startFake(
-  answer: (stream: number, batch: UsageBatch) => "refuse" | "ack" | "ack-then-end" | "ack-then-break",
-): Promise<{ target: string; received: string[][]; stop: () => Promise<void> }> {
+  answer: (stream: number, batch: UsageBatch) => "refuse" | "ack" | "ack-then-end" | "ack-then-break" | "silent",
+): Promise<{ target: string; received: string[][]; openedAt: number[]; receivedAt: number[][]; stop: () => Promise<void> }> {
   const received: string[][] = [];
+  const openedAt: number[] = []; // performance.now() of each stream's opening
+  const receivedAt: number[][] = [];
   const routes = (router: ConnectRouter): void => {
     router.service(UsageService, {
       async *ingestUsage(requests) {
         received.push([]);
+        receivedAt.push([]);
+        openedAt.push(performance.now());
         const stream = received.length;
         for await (const batch of requests) {
           received[stream - 1]!.push(batch.batchId);
+          receivedAt[stream - 1]!.push(performance.now());
           const what = answer(stream, batch);
+          if (what === "silent") {
+            continue;
+          }
           if (what === "refuse") {
             throw new ConnectError(`stream ${stream} refused`, Code.Unavailable);
           }
@@ -47,6 +56,8 @@ async function startFake(
   return {
     target: `127.0.0.1:${port}`,
     received,
+    openedAt,
+    receivedAt,
     stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
@@ -79,3 +90,31 @@ for (const idleEnd of ["ack-then-end", "ack-then-break"] as const) {
     }
   });
 }
+
+// "Reconnect when batches are outstanding and no ack came for ackTimeoutMs": counted from the oldest batch not
+// acknowledged (or the last ack), as the Go, Python and Java senders count it. Every write restarted it, so batches
+// written now and then to a server that had fallen silent pushed the reconnect back by ackTimeoutMs each.
+test("the ack timeout counts from the oldest unacknowledged batch, not from the latest write", async () => {
+  const ackTimeoutMs = 2_000;
+  const fake = await startFake((stream) => (stream === 1 ? "silent" : "ack"));
+  const client = new TariffClient(fake.target);
+  try {
+    const sender = client.usageSender({ ackTimeoutMs });
+    const first = sender.sendBatch([demoEvent("silent", 0, 1_700_000_000_000).usage], "b-1");
+    while (fake.receivedAt[0]?.length !== 1) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    await new Promise((resolve) => setTimeout(resolve, ackTimeoutMs * 0.9));
+    const second = sender.sendBatch([demoEvent("silent", 1, 1_700_000_000_000).usage], "b-2");
+    await Promise.all([first, second]);
+    await sender.close();
+    assert.deepEqual(fake.received, [["b-1", "b-2"], ["b-1", "b-2"]]);
+    const sinceOldestMs = fake.openedAt[1]! - fake.receivedAt[0]![0]!;
+    // A bound on a failure mode, not a speed measurement: about ackTimeoutMs after b-1 (2,000), where restarting the
+    // timer at b-2's write made it about 3,800.
+    assert.ok(sinceOldestMs < ackTimeoutMs * 1.45, `the second stream opened ${sinceOldestMs} ms after b-1 was written`);
+  } finally {
+    client.close();
+    await fake.stop();
+  }
+});
