@@ -36,19 +36,20 @@ type RetryPolicy struct {
 	// AttemptsMax consecutive failed streams end the sender (an ack resets the count; a stream that
 	// ends with nothing unacknowledged, with OK or broken after its acks, failed nothing) ...
 	AttemptsMax int
-	// ... and so does ElapsedMax since the first of them, whichever comes first. A stream the server
-	// never answered (its connection never came up: the server accepts TCP but does not answer, or
-	// cannot be reached; or the connection is up but the server sends nothing: one left open by a
-	// server that has since stopped) failed from the moment it was opened, so its wait counts in
-	// ElapsedMax; and each stream waits for its connection and the server's response headers (sent
-	// with its first ack) at most what remains of ElapsedMax (the first: all of it), but at least
-	// MinConnect, not grpc-go's own connect timeout nor AckTimeout. Against a server that never
-	// answers, the sender thus gives up at most ElapsedMax + MinConnect after it first opened a
-	// stream in vain; a stream that was answered and then fell silent is noticed after
-	// SenderOptions.AckTimeout instead, and the streams after it follow this policy. A first ack
-	// slower than that wait ends the stream too (its batches are resent, as after any failure).
+	// ... and so does ElapsedMax since the first of them, whichever comes first. A stream whose
+	// connection never came up (the server accepts TCP but does not answer, or cannot be reached),
+	// and a reconnect the server never answered (the connection is up but the server sends nothing:
+	// one left open by a server that has since stopped), failed from the moment it was opened, so its
+	// wait counts in ElapsedMax; and each stream waits for its connection, a reconnect for the
+	// server's response headers too (sent with its first ack), at most what remains of ElapsedMax
+	// (the first: all of it), but at least MinConnect, not grpc-go's own connect timeout nor
+	// AckTimeout. Against a server that never answers, the sender thus gives up at most ElapsedMax +
+	// MinConnect after it first opened a stream in vain; a stream that came up and then fell silent
+	// is noticed after SenderOptions.AckTimeout instead, and the reconnects after it follow this
+	// policy. A reconnect's first ack slower than that wait ends it too (its batches are resent, as
+	// after any failure).
 	ElapsedMax time.Duration
-	// MinConnect is the least a stream waits for its connection and the server's answer (default 1 s).
+	// MinConnect is the least a stream waits for its connection (and a reconnect for the server's answer) (default 1 s).
 	MinConnect     time.Duration
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
@@ -420,7 +421,9 @@ func (s *UsageSender) run() {
 		if failures > 0 {
 			connectWithin -= opened.Sub(firstFailure)
 		}
-		progressed, connected, err := s.runStream(max(connectWithin, s.retry.MinConnect))
+		// A reconnect waits for the server's answer too: a connection to a server that fell silent on
+		// the stream before (stopped) stays open, and each stream on it would wait a whole AckTimeout.
+		progressed, connected, err := s.runStream(max(connectWithin, s.retry.MinConnect), failures > 0)
 		s.mu.Lock()
 		s.streamsEnded++
 		s.mu.Unlock()
@@ -451,7 +454,7 @@ func (s *UsageSender) run() {
 		if failures == 1 {
 			firstFailure = time.Now()
 			if !connected {
-				firstFailure = opened // a stream never answered failed when it was opened: its wait counts
+				firstFailure = opened // a stream that never connected (or was never answered) failed when it was opened: its wait counts
 			}
 		}
 		exhausted := failures >= s.retry.AttemptsMax || time.Since(firstFailure) >= s.retry.ElapsedMax
@@ -496,9 +499,9 @@ func (s *UsageSender) waitForWork() bool {
 
 // runStream writes batches to one IngestUsage stream while its receiving goroutine takes the acks;
 // it returns nil when the sender is drained, and the stream's error otherwise. connected says the
-// stream's connection came up and the server answered (response headers): it waits for both at most
-// connectWithin (UNAVAILABLE after that).
-func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connected bool, err error) {
+// stream's connection came up and, with awaitAnswer, that the server answered too (response
+// headers): it waits for that at most connectWithin (UNAVAILABLE after that).
+func (s *UsageSender) runStream(connectWithin time.Duration, awaitAnswer bool) (progressed, connected bool, err error) {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	defer cancel(nil)
 	s.mu.Lock()
@@ -520,19 +523,23 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 		return false, false, err
 	}
 	// A connection that is up says nothing of the server: one that fell silent on an earlier stream
-	// (stopped) stays open, and each stream on it would wait a whole AckTimeout. The server's answer
-	// (its response headers, which the Tariff server sends with its first ack) is waited for as the
-	// connection is, within what remains of connectWithin.
+	// (stopped) stays open. On a reconnect the server's answer (its response headers, which the
+	// Tariff server sends with its first ack) is waited for as the connection is, within what
+	// remains of connectWithin.
 	notAnswered := status.Errorf(codes.Unavailable, "no answer from the server within %.1f s", connectWithin.Seconds())
-	answerTimer := time.AfterFunc(time.Until(answerBy), func() { cancel(notAnswered) })
-	defer answerTimer.Stop()
 	var answered atomic.Bool
-	go func() {
-		if _, err := stream.Header(); err == nil { // headers, or an end without them: the server answered
-			answered.Store(true)
-			answerTimer.Stop()
-		}
-	}()
+	if awaitAnswer {
+		answerTimer := time.AfterFunc(time.Until(answerBy), func() { cancel(notAnswered) })
+		defer answerTimer.Stop()
+		go func() {
+			if _, err := stream.Header(); err == nil { // headers, or an end without them: the server answered
+				answered.Store(true)
+				answerTimer.Stop()
+			}
+		}()
+	} else {
+		answered.Store(true) // the connection came up: that is enough for a first stream
+	}
 	var acked atomic.Bool
 	received := make(chan error, 1)
 	go func() { received <- s.receive(stream, &acked) }()
