@@ -122,3 +122,44 @@ func TestASenderWithAlmostNoRetryBudgetStillSendsToAServerThatAnswers(t *testing
 		t.Fatalf("want 1 event accepted, got %v", ack)
 	}
 }
+
+// A server stopped mid-stream (after a first ack) is noticed after AckTimeout without an ack; the
+// reconnects then follow the retry policy. They did not: the stopped server's connection stays open
+// (no keepalive), so each new stream on it counted as connected and waited another whole
+// AckTimeout (an ElapsedMax of 2 s gave up 120 s after the server stopped, not about 62 s). Each
+// stream now waits for the server's answer (its response headers, sent with its first ack) as it
+// waits for its connection.
+func TestASenderWhoseServerStopsMidStreamGivesUpAfterTheAckTimeoutPlusTheRetryBudget(t *testing.T) {
+	const ackTimeout = 8 * time.Second
+	srv := startServer(t)
+	client := newClient(t, srv.target(), tariff.Options{})
+	policy := tariff.DefaultRetryPolicy()
+	policy.ElapsedMax = time.Second
+	sender, err := client.NewUsageSender(tariff.SenderOptions{Retry: &policy, AckTimeout: ackTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Abort()
+	runID := fmt.Sprintf("midstop-%d", time.Now().UnixNano())
+	first, _ := demoEvent(runID, 0, time.Now().UnixMilli())
+	if _, err := sender.SendBatch(context.Background(), []*tariffv1.UsageEvent{first}, ""); err != nil {
+		t.Fatal(err)
+	}
+	stopServer(t, srv)
+	second, _ := demoEvent(runID, 1, time.Now().UnixMilli())
+	// Bounds the test, far above both the fixed and the broken behaviour.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	started := time.Now()
+	_, err = sender.SendBatch(ctx, []*tariffv1.UsageEvent{second}, "")
+	elapsed := time.Since(started)
+	// A bound on a failure mode, not a speed measurement: AckTimeout + ElapsedMax + MinConnect (10 s)
+	// is promised; each reconnect waited another AckTimeout (16 s and more).
+	if elapsed >= ackTimeout+4*time.Second {
+		t.Fatalf("gave up after %s with AckTimeout %s and ElapsedMax 1 s: %v", elapsed, ackTimeout, err)
+	}
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no answer from the server within") {
+		t.Fatalf("want UNAVAILABLE, no answer from the server, got %v", err)
+	}
+	t.Logf("gave up after %s: %v", elapsed, err)
+}

@@ -33,17 +33,23 @@ import (
 
 // RetryPolicy says how a UsageSender reconnects after its stream breaks.
 type RetryPolicy struct {
-	// AttemptsMax consecutive failed streams end the sender (an ack resets the count) ...
+	// AttemptsMax consecutive failed streams end the sender (an ack resets the count; a stream that
+	// ends with nothing unacknowledged, with OK or broken after its acks, failed nothing) ...
 	AttemptsMax int
 	// ... and so does ElapsedMax since the first of them, whichever comes first. A stream whose
-	// connection never came up (the server accepts TCP but does not answer, or cannot be reached)
-	// failed from the moment it was opened, so its wait counts in ElapsedMax; and each stream waits
-	// for its connection at most what remains of ElapsedMax (the first: all of it), but at least
-	// MinConnect, not grpc-go's own connect timeout. Against a server that never answers, the
-	// sender thus gives up at most ElapsedMax + MinConnect after it first opened a stream in vain;
-	// a stream that came up and then fell silent is noticed after SenderOptions.AckTimeout instead.
+	// connection never came up (the server accepts TCP but does not answer, or cannot be reached),
+	// and a reconnect the server never answered (the connection is up but the server sends nothing:
+	// one left open by a server that has since stopped), failed from the moment it was opened, so its
+	// wait counts in ElapsedMax; and each stream waits for its connection, a reconnect for the
+	// server's response headers too (sent with its first ack), at most what remains of ElapsedMax
+	// (the first: all of it), but at least MinConnect, not grpc-go's own connect timeout nor
+	// AckTimeout. Against a server that never answers, the sender thus gives up at most ElapsedMax +
+	// MinConnect after it first opened a stream in vain; a stream that came up and then fell silent
+	// is noticed after SenderOptions.AckTimeout instead, and the reconnects after it follow this
+	// policy. A reconnect's first ack slower than that wait ends it too (its batches are resent, as
+	// after any failure).
 	ElapsedMax time.Duration
-	// MinConnect is the least a stream waits for its connection (default 1 s).
+	// MinConnect is the least a stream waits for its connection (and a reconnect for the server's answer) (default 1 s).
 	MinConnect     time.Duration
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
@@ -164,6 +170,7 @@ type UsageSender struct {
 	failure       error
 	batchCounter  int
 	streamsOpened int
+	streamsEnded  int
 	lastProgress  time.Time // last write into an empty window, or last ack
 	stats         SenderStats
 }
@@ -414,19 +421,31 @@ func (s *UsageSender) run() {
 		if failures > 0 {
 			connectWithin -= opened.Sub(firstFailure)
 		}
-		progressed, connected, err := s.runStream(max(connectWithin, s.retry.MinConnect))
+		// A reconnect waits for the server's answer too: a connection to a server that fell silent on
+		// the stream before (stopped) stays open, and each stream on it would wait a whole AckTimeout.
+		progressed, connected, err := s.runStream(max(connectWithin, s.retry.MinConnect), failures > 0)
+		s.mu.Lock()
+		s.streamsEnded++
+		s.mu.Unlock()
 		if err == nil {
 			failures = 0
 			continue
 		}
 		s.mu.Lock()
 		stopped := s.failure != nil
+		// Broken after its acks with nothing unacknowledged (a connection lost while idle): nothing was lost.
+		idle := progressed && len(s.unacked) == 0
 		// Every unacknowledged batch goes back to the front of the queue, in order, to be written again.
 		s.ready = append(s.unacked, s.ready...)
 		s.unacked = nil
 		s.mu.Unlock()
 		if stopped {
 			return
+		}
+		if idle {
+			// No failed stream: the next failure is the first of a new run, its ElapsedMax counted from then.
+			failures = 0
+			continue
 		}
 		if progressed {
 			failures = 0
@@ -435,7 +454,7 @@ func (s *UsageSender) run() {
 		if failures == 1 {
 			firstFailure = time.Now()
 			if !connected {
-				firstFailure = opened // a stream that never connected failed when it was opened: its wait counts
+				firstFailure = opened // a stream that never connected (or was never answered) failed when it was opened: its wait counts
 			}
 		}
 		exhausted := failures >= s.retry.AttemptsMax || time.Since(firstFailure) >= s.retry.ElapsedMax
@@ -480,8 +499,9 @@ func (s *UsageSender) waitForWork() bool {
 
 // runStream writes batches to one IngestUsage stream while its receiving goroutine takes the acks;
 // it returns nil when the sender is drained, and the stream's error otherwise. connected says the
-// stream's connection came up: it waits for it at most connectWithin (UNAVAILABLE after that).
-func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connected bool, err error) {
+// stream's connection came up and, with awaitAnswer, that the server answered too (response
+// headers): it waits for that at most connectWithin (UNAVAILABLE after that).
+func (s *UsageSender) runStream(connectWithin time.Duration, awaitAnswer bool) (progressed, connected bool, err error) {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	defer cancel(nil)
 	s.mu.Lock()
@@ -492,6 +512,7 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 	s.mu.Unlock()
 	// Without this bound a server that accepts TCP but never answers holds the stream for
 	// grpc-go's connect timeout, and a reconnect for another.
+	answerBy := time.Now().Add(connectWithin)
 	notConnected := status.Errorf(codes.Unavailable, "no connection to the server within %.1f s", connectWithin.Seconds())
 	connectTimer := time.AfterFunc(connectWithin, func() { cancel(notConnected) })
 	stream, err := s.usage.IngestUsage(ctx)
@@ -501,6 +522,24 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 	if err != nil {
 		return false, false, err
 	}
+	// A connection that is up says nothing of the server: one that fell silent on an earlier stream
+	// (stopped) stays open. On a reconnect the server's answer (its response headers, which the
+	// Tariff server sends with its first ack) is waited for as the connection is, within what
+	// remains of connectWithin.
+	notAnswered := status.Errorf(codes.Unavailable, "no answer from the server within %.1f s", connectWithin.Seconds())
+	var answered atomic.Bool
+	if awaitAnswer {
+		answerTimer := time.AfterFunc(time.Until(answerBy), func() { cancel(notAnswered) })
+		defer answerTimer.Stop()
+		go func() {
+			if _, err := stream.Header(); err == nil { // headers, or an end without them: the server answered
+				answered.Store(true)
+				answerTimer.Stop()
+			}
+		}()
+	} else {
+		answered.Store(true) // the connection came up: that is enough for a first stream
+	}
 	var acked atomic.Bool
 	received := make(chan error, 1)
 	go func() { received <- s.receive(stream, &acked) }()
@@ -508,6 +547,9 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 	streamError := func(err error) error {
 		if errors.Is(context.Cause(ctx), s.ackTimeout) {
 			return s.ackTimeout
+		}
+		if errors.Is(context.Cause(ctx), notAnswered) {
+			return notAnswered
 		}
 		if err == nil {
 			// The receiving side saw the end with nothing outstanding, but a batch may have been
@@ -528,7 +570,7 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 		case batch != nil:
 			if err := stream.Send(batch.msg); err != nil {
 				// The stream is over (io.EOF); its receiving side reports why.
-				return acked.Load(), true, streamError(<-received)
+				return acked.Load(), answered.Load() || acked.Load(), streamError(<-received)
 			}
 			continue
 		case drained && !halfClosed:
@@ -537,14 +579,14 @@ func (s *UsageSender) runStream(connectWithin time.Duration) (progressed, connec
 			if err := stream.CloseSend(); err != nil {
 				cancel(nil)
 				<-received // no ack may settle after the caller requeues the unacknowledged batches
-				return acked.Load(), true, err
+				return acked.Load(), answered.Load() || acked.Load(), err
 			}
 			continue
 		}
 		select {
 		case <-s.wake:
 		case err := <-received:
-			return acked.Load(), true, streamError(err)
+			return acked.Load(), answered.Load() || acked.Load(), streamError(err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ package tariff_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -28,7 +29,8 @@ import (
 // errEndStream from an answer ends the stream with OK.
 var errEndStream = errors.New("end the stream with OK")
 
-// fakeUsage answers stream n (from 1) with answer(n, batch): an ack to send, nil for none, or an error to end the stream with.
+// fakeUsage answers stream n (from 1) with answer(n, batch): an ack to send, nil for none, and an error to end
+// the stream with (after the ack, when both are given).
 type fakeUsage struct {
 	tariffv1.UnimplementedUsageServiceServer
 	answer func(stream int, batch *tariffv1.UsageBatch) (*tariffv1.IngestAck, error)
@@ -54,16 +56,16 @@ func (f *fakeUsage) IngestUsage(stream tariffv1.UsageService_IngestUsageServer) 
 		f.received[n-1] = append(f.received[n-1], batch)
 		f.mu.Unlock()
 		ack, err := f.answer(n, batch)
+		if ack != nil { // sent before the error, if both are given
+			if err := stream.Send(ack); err != nil {
+				return err
+			}
+		}
 		if errors.Is(err, errEndStream) {
 			return nil
 		}
 		if err != nil {
 			return err
-		}
-		if ack != nil {
-			if err := stream.Send(ack); err != nil {
-				return err
-			}
 		}
 	}
 }
@@ -266,5 +268,66 @@ func TestARetryPolicyWithOnlySomeFieldsSetTakesTheDefaultsForTheRest(t *testing.
 	}
 	if stats, err := sender.Close(context.Background()); err != nil || stats.Reconnects != 1 || stats.ResentBatches != 1 {
 		t.Fatalf("Close: %+v, %v", stats, err)
+	}
+}
+
+// Stream 1 refuses the first batch, stream 2 acks it and then ends with nothing outstanding (with
+// OK, or broken: the connection lost while idle), stream 3 refuses the second batch, stream 4 acks
+// it. With AttemptsMax 2 the sender must not add stream 3's failure to stream 1's: stream 2 acked
+// and ended with nothing lost in between.
+func TestAStreamEndingWithNothingOutstandingStartsTheFailureCountAfresh(t *testing.T) {
+	for name, idleEnd := range map[string]error{
+		"ended with OK": errEndStream,
+		"broken":        status.Error(codes.Unavailable, "connection reset while idle"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			fake := &fakeUsage{answer: func(stream int, batch *tariffv1.UsageBatch) (*tariffv1.IngestAck, error) {
+				switch stream {
+				case 1, 3:
+					return nil, status.Errorf(codes.Unavailable, "stream %d refused", stream)
+				case 2:
+					return ackOf(batch), idleEnd
+				}
+				return ackOf(batch), nil
+			}}
+			retry := &tariff.RetryPolicy{AttemptsMax: 2, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}
+			sender, err := startFake(t, fake).NewUsageSender(tariff.SenderOptions{Retry: retry})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sender.Abort()
+			ctx := context.Background()
+			first, _ := demoEvent("healthy", 0, 1_700_000_000_000)
+			if _, err := sender.SendBatch(ctx, []*tariffv1.UsageEvent{first}, "b-1"); err != nil {
+				t.Fatal(err)
+			}
+			// Until stream 2 has ended, so that b-2 goes out on stream 3.
+			for tariff.StreamsEnded(sender) < 2 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			second, _ := demoEvent("healthy", 1, 1_700_000_000_000)
+			if _, err := sender.SendBatch(ctx, []*tariffv1.UsageEvent{second}, "b-2"); err != nil {
+				t.Fatalf("SendBatch after a healthy stream: %v", err)
+			}
+			stats, err := sender.Close(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids [][]string
+			for _, batches := range fake.streams() {
+				var stream []string
+				for _, batch := range batches {
+					stream = append(stream, batch.GetBatchId())
+				}
+				ids = append(ids, stream)
+			}
+			if fmt.Sprint(ids) != "[[b-1] [b-1] [b-2] [b-2]]" {
+				t.Fatalf("batches per stream: %v", ids)
+			}
+			want := tariff.SenderStats{BatchesSent: 2, BatchesAcked: 2, EventsAccepted: 2, Reconnects: 3, ResentBatches: 2}
+			if stats != want {
+				t.Fatalf("stats = %+v, want %+v", stats, want)
+			}
+		})
 	}
 }

@@ -832,12 +832,16 @@ class RetryPolicy:
     It gives up (and fails every unacknowledged send with the last error) when ``max_attempts``
     reconnects in a row have failed too (``max_attempts + 1`` failed connections), or
     ``max_elapsed_s`` after the first failure, whichever comes first; an ack received resets both. A connection
-    that never came up (the server accepts TCP but does not answer, or cannot be reached) failed from the moment
-    it was opened, so its wait counts in ``max_elapsed_s``; and each connection waits for the server at most what
-    remains of ``max_elapsed_s`` (the first: all of it), but at least ``min_connect_s``, not gRPC's own 20 s connect
-    timeout. Against a server that never answers (accepts TCP and says nothing, or refuses), the stream thus gives
-    up at most ``max_elapsed_s + min_connect_s`` after it first opened a connection in vain; a connection that came
-    up and then fell silent is noticed after ``ack_timeout_s`` instead (``UsageStream``). Delays grow from
+    that never came up (the server accepts TCP but does not answer, or cannot be reached), and on a reconnect a
+    server that never answered (the connection is up but the server sends nothing: one left open by a server that
+    has since stopped), failed from the moment the call was opened, so its wait counts in ``max_elapsed_s``; and
+    each call waits for its connection, a reconnect for the server's answer too (its first ack, which carries its
+    response headers), at most what remains of ``max_elapsed_s`` (the first: all of it), but at least
+    ``min_connect_s``, not gRPC's own 20 s connect timeout nor ``ack_timeout_s``. Against a server that never
+    answers (accepts TCP and says nothing, or refuses), the stream thus gives up at most ``max_elapsed_s +
+    min_connect_s`` after it first opened a call in vain; a call that came up and then fell silent is noticed after
+    ``ack_timeout_s`` instead (``UsageStream``), and the reconnects after it follow this policy. A reconnect's
+    first ack slower than that wait ends it too (its batches are resent, as after any failure). Delays grow from
     ``initial_backoff_s`` by ``multiplier`` up to ``max_backoff_s``, each randomised by ±``jitter``. A status carrying a
     ``google.rpc.RetryInfo`` (an overloaded server's RESOURCE_EXHAUSTED: "retry after 100 ms") is
     retried too, no sooner than the delay it names. Other statuses outside ``retryable_codes``
@@ -975,7 +979,7 @@ class UsageStream(_DrainsOnExit):
         self._pump_task: asyncio.Task[None] | None = None
         self._generation = 0
         self._progressed = False
-        self._connected = False  # the current call's connection came up (its initial metadata went out)
+        self._connected = False  # the current call's connection came up (a reconnect's: and the server answered)
         self._last_ack_at = 0.0
         self._closing = False
         self._closed = False
@@ -1106,7 +1110,9 @@ class UsageStream(_DrainsOnExit):
                 self._connected = False
                 opened_at = loop.time()
                 budget_left = self.retry.max_elapsed_s - (opened_at - first_failure_at if failures else 0.0)
-                outcome = await self._run_connection(max(budget_left, self.retry.min_connect_s))
+                # A reconnect waits for the server's answer too: a connection to a server that fell silent on the
+                # call before (stopped) stays open, and each call on it would wait a whole ack_timeout_s.
+                outcome = await self._run_connection(max(budget_left, self.retry.min_connect_s), failures > 0)
                 if self._progressed:
                     failures = 0
                 if outcome is None:
@@ -1196,10 +1202,11 @@ class UsageStream(_DrainsOnExit):
             return max(0.0, since + self.ack_timeout_s - now) + 0.001
         return self.ack_timeout_s
 
-    async def _run_connection(self, connect_within_s: float) -> BaseException | None:
+    async def _run_connection(self, connect_within_s: float, await_answer: bool) -> BaseException | None:
         """Runs one call until it ends: None when it ended cleanly with nothing unacknowledged,
         else what broke it (an RpcError, _AckTimeout, _StreamEnded, _NotConnected when the call's
-        connection did not come up within connect_within_s, or a TariffError for a protocol violation)."""
+        connection did not come up within connect_within_s, or, with await_answer, the server did not answer
+        within it either, or a TariffError for a protocol violation)."""
         loop = asyncio.get_running_loop()
         self._generation += 1
         generation = self._generation
@@ -1208,6 +1215,7 @@ class UsageStream(_DrainsOnExit):
         call = self._stub.IngestUsage(metadata=self._metadata) if self._metadata else self._stub.IngestUsage()
         writer: asyncio.Task[None] | None = None
         read: asyncio.Future[Any] | None = None
+        answer_by = loop.time() + connect_within_s
         try:
             # Without this bound a server that accepts TCP but never answers holds the call for gRPC's 20 s.
             try:
@@ -1217,7 +1225,7 @@ class UsageStream(_DrainsOnExit):
             except grpc.RpcError as e:
                 not_connected: BaseException = e
                 return not_connected
-            self._connected = True
+            self._connected = not await_answer  # else once the server answers
             self._last_ack_at = loop.time()
             writer = loop.create_task(self._write_loop(call, generation), name="tariff-usage-stream-writer")
             # Iterating (rather than call.read(), which reports the status as soon as the call is
@@ -1227,16 +1235,20 @@ class UsageStream(_DrainsOnExit):
                 if read is None:
                     read = asyncio.ensure_future(_next_response(responses))
                 waiting: set[asyncio.Future[Any]] = {read} if writer.done() else {read, writer}
-                done, _ = await asyncio.wait(
-                    waiting,
-                    timeout=self._watch_timeout(generation, loop.time()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                timeout = self._watch_timeout(generation, loop.time())
+                if not self._connected:
+                    # A connection that is up says nothing of the server: one that fell silent on an earlier call
+                    # (stopped) stays open. The server's answer (its first ack, which carries its response headers)
+                    # is waited for as the connection is.
+                    answer_in = max(0.0, answer_by - loop.time())
+                    timeout = answer_in if timeout is None else min(timeout, answer_in)
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if writer in done and not writer.cancelled():
                     write_error: BaseException | None = writer.exception()
                     if write_error is not None:
                         return write_error
                 if read in done:
+                    self._connected = True  # the server answered: an ack, its status, or the end
                     try:
                         message = read.result()
                     except grpc.RpcError as e:
@@ -1253,6 +1265,8 @@ class UsageStream(_DrainsOnExit):
                     if violation is not None:
                         return violation
                     continue
+                if not done and not self._connected and loop.time() >= answer_by:
+                    return _NotConnected(f"no answer from the server within {connect_within_s:.1f} s")
                 if not done and self.ack_timeout_s is not None:
                     head = self._pending[0] if self._pending else None
                     if head is not None and head.generation == generation:

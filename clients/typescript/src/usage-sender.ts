@@ -43,7 +43,10 @@ export interface Usage {
 
 /** How the sender reconnects after its stream breaks. */
 export interface RetryPolicy {
-  /** Give up after this many consecutive failed connections (an ack resets the count). */
+  /**
+   * Give up after this many consecutive failed connections (an ack resets the count; a stream that ends with nothing
+   * unacknowledged, with OK or broken after its acks, failed nothing).
+   */
   attemptsMax: number;
   /**
    * ... or this long after the first of them, whichever comes first. A stream the server never answered (it
@@ -99,7 +102,10 @@ export interface UsageSenderOptions {
   bufferEventsMax?: number;
   /** Batches written to the stream and not yet acknowledged (default 8). */
   inflightBatchesMax?: number;
-  /** Reconnect when batches are outstanding and no ack came for this long (default 60,000). */
+  /**
+   * Reconnect when batches are outstanding and no ack came for this long (default 60,000), counted from the write of
+   * the oldest batch not acknowledged, or the last ack if later.
+   */
   ackTimeoutMs?: number;
   retry?: Partial<RetryPolicy>;
   /** batch_id = `${batchIdPrefix}-${n}` (default: a random prefix per sender). */
@@ -218,6 +224,8 @@ export class UsageSender {
   private failure: ConnectError | undefined;
   private generation = 0;
   private streamsOpened = 0;
+  /** Streams that have ended (read by the tests, which wait for a stream's end before sending what goes on the next). */
+  private streamsEnded = 0;
   private progressed = false;
   private answered = false; // the current stream's response headers arrived
   private streamAbort: AbortController | undefined;
@@ -430,6 +438,12 @@ export class UsageSender {
         if (this.failure) {
           return;
         }
+        if (this.progressed && this.unacked.length === 0) {
+          // Broken after its acks with nothing unacknowledged (a connection lost while idle): nothing was lost, and
+          // no failed stream: the next failure is the first of a new run, its elapsedMaxMs counted from then.
+          failures = 0;
+          continue;
+        }
         const cause = timedOut
           ? new ConnectError(`no ack within ${this.ackTimeoutMs} ms`, Code.DeadlineExceeded)
           : ConnectError.from(error);
@@ -485,6 +499,7 @@ export class UsageSender {
       throw unanswered ?? error;
     } finally {
       clearTimeout(answerTimer);
+      this.streamsEnded += 1;
     }
     this.endStream();
     if (this.unacked.length > 0) {
@@ -507,7 +522,9 @@ export class UsageSender {
           this.counters.resentBatches += 1;
         }
         batch.writes += 1;
-        this.armAckTimer();
+        if (this.unacked.length === 1) {
+          this.armAckTimer(); // counted from the oldest batch not acknowledged (or the last ack), not each write
+        }
         yield batch.message;
         continue;
       }

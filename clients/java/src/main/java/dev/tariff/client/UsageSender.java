@@ -53,7 +53,8 @@ import java.util.function.BiConsumer;
 public final class UsageSender {
   /**
    * How the sender reconnects: attemptsMax consecutive failed streams (an ack resets the count) or
-   * elapsedMax since the first of them end it; delays grow from initialBackoff by multiplier up to
+   * elapsedMax since the first of them end it (a stream that ends with nothing unacknowledged, with
+   * OK or after acks, failed nothing: the next failure starts the count and the clock afresh); delays grow from initialBackoff by multiplier up to
    * maxBackoff, randomised by ±jitter; statuses outside retryableCodes end it at once, but for one
    * carrying a google.rpc.RetryInfo (an overloaded server's RESOURCE_EXHAUSTED, "retry after 100
    * ms"), which is retried no sooner than the delay it names. A stream the server never answered (it
@@ -324,6 +325,11 @@ public final class UsageSender {
         batchesSent, batchesAcked, eventsAccepted, eventsDuplicate, eventsRejected, reconnects, resentBatches, held);
   }
 
+  /** Whether a stream is open or a reconnect is scheduled (for the tests). */
+  synchronized boolean streaming() {
+    return stream != null || reconnectScheduled;
+  }
+
   private synchronized void throwIfFailed() {
     if (failure != null) {
       throw failure;
@@ -551,7 +557,10 @@ public final class UsageSender {
     stream = null;
     cancelAckTimer();
     cancelAnswerTimer();
-    if (status == null && unacked.isEmpty()) {
+    if (unacked.isEmpty() && (status == null || progressed)) {
+      // Nothing outstanding, and the stream ended cleanly or after its acks (a connection lost while idle): no
+      // failed stream, so the next failure is the first of a new run, its elapsedMax counted from then.
+      failures = 0;
       retrying = false;
       pump(); // drained (closing), or a new stream for batches cut meanwhile
       return;

@@ -98,4 +98,47 @@ class StoppedServerTest {
       sender.close();
     }
   }
+
+  @Test
+  void aSenderWhoseServerStopsMidStreamGivesUpAfterTheAckTimeoutPlusTheRetryBudget() throws Exception {
+    // The stopped server's connection stays open (no keepalive): each stream after the ack timeout waits for the
+    // server's response headers within what remains of elapsedMax, not for another ackTimeout (README, Java).
+    Duration ackTimeout = Duration.ofSeconds(8);
+    try (TariffServer server = TariffServer.startDemo(); TariffClient client = new TariffClient(server.target())) {
+      UsageSender.RetryPolicy defaults = UsageSender.RetryPolicy.DEFAULT;
+      UsageSender.RetryPolicy retry = new UsageSender.RetryPolicy(defaults.attemptsMax(), Duration.ofSeconds(1),
+          defaults.initialBackoff(), defaults.maxBackoff(), defaults.multiplier(), defaults.jitter(), defaults.retryableCodes());
+      UsageSender sender = client.usageSender(new UsageSender.Options().ackTimeout(ackTimeout).retry(retry));
+      String runId = "midstop-" + System.nanoTime();
+      assertEquals(1, sender.sendBatch(List.of(DemoEvents.event(runId, 0, System.currentTimeMillis())), null)
+          .get(60, TimeUnit.SECONDS).getAccepted());
+      long pid = server.pid();
+      signal(pid, "STOP");
+      try {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+        while (!allStopped(pid)) {
+          assertTrue(System.nanoTime() < deadline, "server " + pid + " not stopped 10 s after SIGSTOP");
+          Thread.sleep(10);
+        }
+        long started = System.nanoTime();
+        Throwable failure = null;
+        try {
+          // Bounds the test, far above what is promised.
+          sender.sendBatch(List.of(DemoEvents.event(runId, 1, System.currentTimeMillis())), null).get(60, TimeUnit.SECONDS);
+          fail("acknowledged by a stopped server");
+        } catch (ExecutionException e) {
+          failure = e.getCause();
+        } catch (TimeoutException e) {
+          fail("the sender had not given up after 60 s (ackTimeout 8 s, elapsedMax 1 s)");
+        }
+        double elapsedS = (System.nanoTime() - started) / 1e9;
+        System.out.printf("gave up after %.1f s: %s%n", elapsedS, failure);
+        assertEquals(Status.Code.UNAVAILABLE, Status.fromThrowable(failure).getCode(), String.valueOf(failure));
+        // A bound on a failure mode, not a speed measurement: ackTimeout + elapsedMax + MIN_CONNECT (10 s) is promised.
+        assertTrue(elapsedS < 12, "gave up after " + elapsedS + " s with ackTimeout 8 s, elapsedMax 1 s: " + failure);
+      } finally {
+        signal(pid, "CONT");
+      }
+    }
+  }
 }

@@ -162,6 +162,87 @@ class UsageSenderTest {
     }
   }
 
+  /**
+   * Stream 1 refuses the first batch (UNAVAILABLE), stream 2 acks it and then ends with nothing
+   * outstanding (with OK, or with `idleEnd` when not null), stream 3 refuses the second batch,
+   * stream 4 acks it: with attemptsMax 2, the sender must not count stream 1's failure with stream
+   * 3's, since stream 2 acked and ended healthy in between.
+   */
+  private static void aStreamEndingWithNothingOutstandingStartsTheFailureCountAfresh(Status idleEnd) throws Exception {
+    List<List<UsageBatch>> received = new ArrayList<>();
+    UsageServiceGrpc.UsageServiceImplBase fake = new UsageServiceGrpc.UsageServiceImplBase() {
+      @Override
+      public StreamObserver<UsageBatch> ingestUsage(StreamObserver<IngestAck> responses) {
+        int stream;
+        synchronized (received) {
+          received.add(new ArrayList<>());
+          stream = received.size();
+        }
+        return new StreamObserver<>() {
+          @Override
+          public void onNext(UsageBatch batch) {
+            synchronized (received) {
+              received.get(stream - 1).add(batch);
+            }
+            if (stream == 1 || stream == 3) {
+              responses.onError(Status.UNAVAILABLE.withDescription("stream " + stream + " refused").asRuntimeException());
+              return;
+            }
+            responses.onNext(ackOf(batch));
+            if (stream == 2) {
+              if (idleEnd == null) {
+                responses.onCompleted();
+              } else {
+                responses.onError(idleEnd.asRuntimeException());
+              }
+            }
+          }
+
+          @Override
+          public void onError(Throwable error) {}
+
+          @Override
+          public void onCompleted() {
+            responses.onCompleted();
+          }
+        };
+      }
+    };
+    Server server = NettyServerBuilder.forAddress(new InetSocketAddress(InetAddress.getLoopbackAddress(), 0), InsecureServerCredentials.create())
+        .addService(fake).build().start();
+    try (TariffClient client = new TariffClient("127.0.0.1:" + server.getPort())) {
+      UsageSender.RetryPolicy defaults = UsageSender.RetryPolicy.DEFAULT;
+      UsageSender.RetryPolicy retry = new UsageSender.RetryPolicy(2, defaults.elapsedMax(), Duration.ofMillis(1),
+          Duration.ofMillis(1), defaults.multiplier(), defaults.jitter(), defaults.retryableCodes());
+      UsageSender sender = client.usageSender(new UsageSender.Options().retry(retry));
+      assertEquals(1, sender.sendBatch(List.of(DemoEvents.event("healthy", 0, 1_700_000_000_000L)), "b-1").get().getAccepted());
+      // Until stream 2 has ended (and any reconnect it scheduled has run), so that b-2 goes out on stream 3.
+      while (sender.streaming()) {
+        Thread.sleep(5);
+      }
+      assertEquals(1, sender.sendBatch(List.of(DemoEvents.event("healthy", 1, 1_700_000_000_000L)), "b-2").get().getAccepted());
+      UsageSender.Stats stats = sender.close();
+      synchronized (received) {
+        assertEquals(4, received.size(), "streams opened");
+        assertEquals(List.of(List.of("b-1"), List.of("b-1"), List.of("b-2"), List.of("b-2")),
+            received.stream().map(batches -> batches.stream().map(UsageBatch::getBatchId).toList()).toList());
+      }
+      assertEquals(new UsageSender.Stats(2, 2, 2, 0, 0, 3, 2, 0), stats);
+    } finally {
+      server.shutdownNow().awaitTermination();
+    }
+  }
+
+  @Test
+  void aStreamEndedCleanlyStartsTheFailureCountAfresh() throws Exception {
+    aStreamEndingWithNothingOutstandingStartsTheFailureCountAfresh(null);
+  }
+
+  @Test
+  void aStreamBrokenWithNothingOutstandingStartsTheFailureCountAfresh() throws Exception {
+    aStreamEndingWithNothingOutstandingStartsTheFailureCountAfresh(Status.UNAVAILABLE.withDescription("connection reset while idle"));
+  }
+
   /** Whether a thread is blocked in UsageSender.send (waiting for room). */
   private static boolean hasWaitingSender() {
     return Thread.getAllStackTraces().entrySet().stream().anyMatch(entry ->
