@@ -8,7 +8,10 @@ with late events, duplicates, readings ahead of now and events in two periods, i
 PreviewInvoice (lines and their AppliedPrice) and a closed invoice; the most specific of eight rates over three
 pricing dimensions with "*" written and left out; an event feeding three products one of which has no rate or misses
 its value; filters deciding which products need which values; per_units near 10^18 and at 10^-18; a MAX reading just
-below 10^15. Every amount asserted is computed by hand below, never read back from the server.
+below 10^15; a gauge falling under a newer version, whose line's AppliedPrice for that version is negative (the
+defect found: PreviewInvoice, ClosePeriod, GetInvoice and ListInvoices failed with INTERNAL on it). Every amount
+asserted is computed by hand below, never read back from the server. Authorize answers OK for an estimate of 0 or
+less (nothing beyond the credit), OVERAGE_ALLOWED for a positive one (these customers have no credit).
 
 Catalogue (rate card `card`, credits, version 1 in force from 2024-01-01):
 
@@ -48,7 +51,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usa
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import charges, preview, serving, this_hour_ms, unit
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerFactory, ServerProcess
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -469,3 +472,56 @@ def test_per_units_near_10_to_18_and_at_10_to_minus_18_and_a_max_at_the_value_li
             "peak_per": ("1500", "3.25", 2),
             "peak_g": ("999999999999999.9", "100000000000015.99", 1),
         }
+
+
+def test_a_gauge_falling_under_a_newer_version_previews_closes_and_lists_its_line_with_a_negative_part(
+    server_factory: ServerFactory,
+) -> None:
+    """invoices.proto AppliedPrice: one rate card version's part of a line, the usage of the hours it priced, with
+    unit_price amount / quantity. For LATEST a version's hours can lower the quantity: its part is then negative
+    (the parts add up to the line). Its own server: lat (LATEST g) and mx (MAX g), event type `r` feeding both,
+    1 a unit in version 1 (from 2024-01-01), 2 a unit in version 2, effective from E-5h (E the first period's end
+    of a contract from the hour 40 days ago).
+        E-10h g=50 (version 1): lat 50, mx 50                                                             100
+        E-2h g=5 (version 2):   lat 2 x 5 - 2 x 50 = -90, never more negative than the line was charged: -50;
+                                mx stays 50: 0                                                            50
+    Lines: lat 5, 0 (2 events): version 1 (unit 1, 50 units, 50, 1 event), version 2 (-45 units for -50: unit
+    -50 / -45 = 1.111111111111, 1 event); mx 50, 50: version 1 (1, 50, 50, 1), version 2 ("0" for no quantity,
+    0, 0, 1). The preview, ClosePeriod, GetInvoice and ListInvoices all answer so (each failed with INTERNAL on the
+    negative part: the unit price's division took a positive divisor for granted)."""
+    server = server_factory()
+    start_ms = this_hour_ms() - 40 * DAY_MS
+    with server.client() as client:
+        for product in (
+            p.Product(id="lat", event_type="r", aggregation=p.LATEST, value_key="g"),
+            p.Product(id="mx", event_type="r", aggregation=p.MAX, value_key="g"),
+        ):
+            client.pricing.CreateProduct(p.CreateProductRequest(product=product))
+        client.pricing.CreateRateCard(p.CreateRateCardRequest(id="card", pricing_unit="credits"))
+        for version, price in ((1, "1"), (2, "2")):
+            client.pricing.CreateDraftVersion(
+                p.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[unit("lat", price), unit("mx", price)])
+            )
+            if version == 1:
+                client.pricing.PublishVersion(
+                    p.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(CARD_FROM_MS))
+                )
+        customer(client, "fall", start_ms)
+        end = preview(client, "fall", start_ms).period_end.ToMilliseconds()
+        assert ingest(client, ev("1", "fall", "r", end - 10 * HOUR_MS, {"g": 50})) == (1, 0, [])
+        client.pricing.PublishVersion(
+            p.PublishVersionRequest(rate_card_id="card", version=2, effective_from=stamp(end - 5 * HOUR_MS))
+        )
+        assert ingest(client, ev("2", "fall", "r", end - 2 * HOUR_MS, {"g": 5})) == (1, 0, [])
+        draft = preview(client, "fall", start_ms)
+        assert (draft.subtotal, lines(draft)) == ("50", {"lat": ("5", "0", 2), "mx": ("50", "50", 2)})
+        assert applied(draft, "lat") == [(1, "1", "50", "50", 1), (2, "1.111111111111", "-45", "-50", 1)]
+        assert applied(draft, "mx") == [(1, "1", "50", "50", 1), (2, "0", "0", "0", 1)]
+        request = invoices_pb2.ClosePeriodRequest(customer_id="fall", period_start=stamp(start_ms))
+        closed = client.invoices.ClosePeriod(request)
+        assert (closed.subtotal, lines(closed)) == ("50", lines(draft))
+        assert [applied(closed, line) for line in ("lat", "mx")] == [applied(draft, line) for line in ("lat", "mx")]
+        got = client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=closed.invoice_number))
+        assert (got.subtotal, applied(got, "lat")) == ("50", applied(draft, "lat"))
+        listed = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id="fall")).invoices
+        assert [(i.invoice_number, i.subtotal) for i in listed] == [(closed.invoice_number, "50")]
