@@ -36,6 +36,7 @@ Catalogue (rate card `card`, credits, version 1 in force from 2024-01-01):
     tiny_per  tp     SUM n               0.000000000000000001 per 0.000000000000000001 units (1 a unit)
     peak_per  pp     MAX g               GRADUATED per 1000 units: up to 1000 at 1; then 0.5, flat 2
                                          curve(q) = q / 1000 (q <= 1000); 1 + 2 + 0.5 (q - 1000) / 1000
+    ov        ov     MAX g, by model and region    GRADUATED: up to 10 at 1; then 0.5, flat 3 (curve(20) = 18)
 
 Each test makes its own customers; a contract starting on the hour 5 hours ago has every event of the last 5 hours
 in its current period (GetBalance's period_charges)."""
@@ -95,6 +96,7 @@ def catalogue(client: TariffClient) -> None:
         p.Product(id="big_per", event_type="bp", aggregation=p.SUM, value_key="n"),
         p.Product(id="tiny_per", event_type="tp", aggregation=p.SUM, value_key="n"),
         p.Product(id="peak_per", event_type="pp", aggregation=p.MAX, value_key="g"),
+        p.Product(id="ov", event_type="ov", aggregation=p.MAX, value_key="g", pricing_dimensions=["model", "region"]),
     ]
     for product in products:
         client.pricing.CreateProduct(p.CreateProductRequest(product=product))
@@ -120,6 +122,7 @@ def catalogue(client: TariffClient) -> None:
         per("big_per", "3", "999999999999999999"),
         per("tiny_per", "0.000000000000000001", "0.000000000000000001"),
         tiered("peak_per", p.GRADUATED, [("1000", "1", ""), ("", "0.5", "2")], per_units="1000"),
+        tiered("ov", p.GRADUATED, [("10", "1", ""), ("", "0.5", "3")]),
     ]
     client.pricing.CreateRateCard(p.CreateRateCardRequest(id="card", pricing_unit="credits"))
     client.pricing.CreateDraftVersion(p.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=rates))
@@ -525,3 +528,95 @@ def test_a_gauge_falling_under_a_newer_version_previews_closes_and_lists_its_lin
         assert (got.subtotal, applied(got, "lat")) == ("50", applied(draft, "lat"))
         listed = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id="fall")).invoices
         assert [(i.invoice_number, i.subtotal) for i in listed] == [(closed.invoice_number, "50")]
+
+
+OVERRIDES = [
+    # (id, match, multiplier, price), added in this order
+    ("o1", {"model": "a", "region": "*"}, "2", ""),
+    ("o2", {"region": "eu"}, "", "0.1"),
+    ("o3", {"model": "a", "region": "eu"}, "0.5", ""),
+    ("o4", {"model": "b"}, "", "7"),
+    ("o5", {"region": "us"}, "3", ""),
+]
+OVERRIDE_CASES = [
+    # (model, region) -> the override that wins, and the charge for a MAX of 20 (curve(20) = 10 + 3 + 5 = 18)
+    (("a", "eu"), "9"),  # o3, the most specific: 0.5 x 18
+    (("a", "us"), "54"),  # o1 and o5 equally specific, o5 added last: 3 x 18
+    (("a", "xx"), "36"),  # o1 ("*" written): 2 x 18
+    (("b", "eu"), "140"),  # o2 and o4 equally specific, o4 added last: 7 a unit, the tiers dropped: 7 x 20
+    (("c", "eu"), "2"),  # o2: 0.1 x 20
+    (("c", "xx"), "18"),  # none: the card's curve
+    (("b", "xx"), "140"),  # o4
+]
+
+
+def test_the_most_specific_override_then_the_last_added_prices_a_max_through_graduated_tiers(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto PriceOverride: of several overrides matching an event the most specific wins (the most
+    entries, "*" being none), among equally specific ones the one added last; a multiplier scales the amount the
+    card's curve gives for the period's quantity (tiers and flat fees included), a price replaces a TIERED rate by
+    one unit price for the whole quantity. Product ov (MAX g by model and region, GRADUATED up to 10 at 1, then 0.5
+    with a flat 3: curve(20) = 18). For each (model, region) in OVERRIDE_CASES a reading g=20 is estimated and
+    charged as listed: 9 + 54 + 36 + 140 + 2 + 18 + 140 = 399; a second reading g=12 of (a, eu) moves nothing."""
+    at = now_ms() - 1_000
+    with server.client() as client:
+        customer(client, "over")
+        for override_id, match, multiplier, price in OVERRIDES:
+            adjustment = {"multiplier": multiplier} if multiplier else {"price": price}
+            override = contracts_pb2.PriceOverride(id=override_id, product_id="ov", match=match, **adjustment)
+            client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id="k-over", override=override))
+        events = []
+        for index, ((model, region), charge) in enumerate(OVERRIDE_CASES):
+            assert authorize(client, "over", "ov", {"g": 20}, model=model, region=region) == (
+                "OVERAGE_ALLOWED",
+                charge,
+            ), (model, region)
+            events.append(ev(f"o{index}", "over", "ov", at, {"g": 20}, model=model, region=region))
+        assert ingest(client, *events) == (len(OVERRIDE_CASES), 0, [])
+        assert charges(client, "over") == "399"
+        assert ingest(client, ev("again", "over", "ov", at, {"g": 12}, model="a", region="eu")) == (1, 0, [])
+        assert charges(client, "over") == "399"
+        draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="over"))
+        assert {line_id: amount for line_id, (_, amount, _) in lines(draft).items()} == {
+            f"ov;model={model};region={region}": charge for (model, region), charge in OVERRIDE_CASES
+        }
+
+
+AMBIGUITY_CASES: list[tuple[list[dict[str, str]], list[str]]] = [
+    # (the matches of spec rates at 1 beside the catch-all, the paths of the findings validation gives)
+    ([{"model": "a"}, {"region": "eu"}], ["rates[2].match"]),  # (a, eu, *) meets both
+    ([{"model": "a", "region": "*"}, {"model": "*", "region": "eu"}], ["rates[2].match"]),  # the same, "*" written
+    ([{"model": "a"}, {"region": "eu"}, {"model": "a", "region": "eu"}], []),  # their combination decides
+    ([{"model": "a"}, {"region": "eu"}, {"model": "a", "region": "eu", "tier": "gold"}], ["rates[2].match"]),
+    ([{"model": "a", "region": "eu"}, {"region": "eu", "tier": "gold"}], ["rates[2].match"]),  # (a, eu, gold)
+    (
+        [
+            {"model": "a", "region": "eu"},
+            {"region": "eu", "tier": "gold"},
+            {"model": "a", "region": "eu", "tier": "gold"},
+        ],
+        [],
+    ),
+    ([{"model": "a"}, {"model": "b"}], []),  # no event is both a and b
+    ([{"model": "a", "region": "eu"}, {"model": "b", "tier": "gold"}], []),
+]
+
+
+@pytest.mark.parametrize(("matches", "paths"), AMBIGUITY_CASES)
+def test_two_equally_specific_rates_one_event_could_meet_are_invalid_unless_a_rate_for_their_combination_exists(
+    server: ServerProcess, matches: list[dict[str, str]], paths: list[str]
+) -> None:
+    """docs/architecture.md §3 Rate cards: two equally specific rates that one event could match make the version
+    invalid, as no most specific one would win for that event; a rate for exactly their combination is the most
+    specific for every such event and decides it; rates disagreeing on a dimension's value never meet one event.
+    Each case is a draft of `spec`'s catch-all (rates[0]) and the rates listed (rates[1], rates[2], ...), all at 1:
+    ValidateVersion's ERROR findings are the paths listed, naming the later of the two rates."""
+    with server.client() as client:
+        rates = [unit("spec", "1")] + [unit("spec", "1", **match) for match in matches]
+        version = client.pricing.CreateDraftVersion(
+            p.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=rates)
+        )
+        report = client.pricing.ValidateVersion(p.ValidateVersionRequest(rate_card_id="card", version=version.version))
+        errors = [finding.path for finding in report.findings if finding.severity == p.ERROR]
+        assert (report.ok, errors) == (not paths, paths)
