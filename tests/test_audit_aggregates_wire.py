@@ -563,8 +563,11 @@ def test_the_most_specific_override_then_the_last_added_prices_a_max_through_gra
     with server.client() as client:
         customer(client, "over")
         for override_id, match, multiplier, price in OVERRIDES:
-            adjustment = {"multiplier": multiplier} if multiplier else {"price": price}
-            override = contracts_pb2.PriceOverride(id=override_id, product_id="ov", match=match, **adjustment)
+            override = contracts_pb2.PriceOverride(id=override_id, product_id="ov", match=match)
+            if multiplier:
+                override.multiplier = multiplier
+            else:
+                override.price = price
             client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id="k-over", override=override))
         events = []
         for index, ((model, region), charge) in enumerate(OVERRIDE_CASES):
