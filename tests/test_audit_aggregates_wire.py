@@ -623,3 +623,65 @@ def test_two_equally_specific_rates_one_event_could_meet_are_invalid_unless_a_ra
         report = client.pricing.ValidateVersion(p.ValidateVersionRequest(rate_card_id="card", version=version.version))
         errors = [finding.path for finding in report.findings if finding.severity == p.ERROR]
         assert (report.ok, errors) == (not paths, paths)
+
+
+def test_a_publish_over_max_and_latest_usage_only_in_a_closed_period_leaves_it_alone_and_prices_the_next(
+    server_factory: ServerFactory,
+) -> None:
+    """pricing.proto PublishVersionRequest.effective_from: usage of a MAX, LATEST or UNIQUE_COUNT product refuses a
+    publish only when it is affected, that is in an open period at or after effective_from; usage in closed periods
+    is left alone and counted in the reply (PublishVersionResponse: hour buckets, their events, an event feeding
+    several products counted once per hour and event type, and their amount). Its own server: mx (MAX g) and sm
+    (SUM g) fed by event type r, lat (LATEST g) by event type l; 1 a unit in version 1 (from 2024-01-01), 2 in
+    version 2. Contract from the hour 40 days ago, E its first period's end.
+        E-3h r g=5: mx 5, sm 5; E-2h r g=3: mx 0, sm 3; E-3h l g=7: lat 7           period 1: 20, then closed
+    Version 2 published from E-10h: accepted, nothing re-rated; left alone 5 buckets (mx and sm at E-3h and E-2h,
+    lat at E-3h), 3 events (one an hour and event type), 20. Period 1's invoice stays 20; a reading r g=4 now
+    (period 2) is priced by version 2: mx 8 + sm 8 = 16, and l g=1 now: 2."""
+    server = server_factory()
+    start_ms = this_hour_ms() - 40 * DAY_MS
+    with server.client() as client:
+        for product in (
+            p.Product(id="mx", event_type="r", aggregation=p.MAX, value_key="g"),
+            p.Product(id="sm", event_type="r", aggregation=p.SUM, value_key="g"),
+            p.Product(id="lat", event_type="l", aggregation=p.LATEST, value_key="g"),
+        ):
+            client.pricing.CreateProduct(p.CreateProductRequest(product=product))
+        client.pricing.CreateRateCard(p.CreateRateCardRequest(id="card", pricing_unit="credits"))
+        for price in ("1", "2"):
+            rates = [unit("mx", price), unit("sm", price), unit("lat", price)]
+            client.pricing.CreateDraftVersion(p.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=rates))
+        client.pricing.PublishVersion(
+            p.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        customer(client, "shut", start_ms)
+        end = preview(client, "shut", start_ms).period_end.ToMilliseconds()
+        batch = [
+            ev("1", "shut", "r", end - 3 * HOUR_MS, {"g": 5}),
+            ev("2", "shut", "r", end - 2 * HOUR_MS, {"g": 3}),
+            ev("3", "shut", "l", end - 3 * HOUR_MS, {"g": 7}),
+        ]
+        assert ingest(client, *batch) == (3, 0, [])
+        request = invoices_pb2.ClosePeriodRequest(customer_id="shut", period_start=stamp(start_ms))
+        closed = client.invoices.ClosePeriod(request)
+        assert (closed.subtotal, lines(closed)) == (
+            "20",
+            {"mx": ("5", "5", 2), "sm": ("8", "8", 2), "lat": ("7", "7", 1)},
+        )
+        reply = client.pricing.PublishVersion(
+            p.PublishVersionRequest(rate_card_id="card", version=2, effective_from=stamp(end - 10 * HOUR_MS))
+        )
+        assert (reply.events_rerated, reply.buckets_rerated, reply.rerated_amount_delta) == (0, 0, "0")
+        assert (
+            reply.closed_buckets_left_alone,
+            reply.closed_events_left_alone,
+            reply.closed_amount_left_alone,
+        ) == (5, 3, "20")
+        assert reply.left_alone_reason
+        assert (
+            client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=closed.invoice_number)).subtotal
+            == "20"
+        )
+        at = now_ms() - 1_000
+        assert ingest(client, ev("4", "shut", "r", at, {"g": 4}), ev("5", "shut", "l", at, {"g": 1})) == (2, 0, [])
+        assert charges(client, "shut") == "18"

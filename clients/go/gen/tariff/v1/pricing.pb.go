@@ -1966,7 +1966,9 @@ type PublishVersionResponse struct {
 	// pricing unit (negative: charges went down).
 	ReratedAmountDelta string `protobuf:"bytes,6,opt,name=rerated_amount_delta,json=reratedAmountDelta,proto3" json:"rerated_amount_delta,omitempty"`
 	// Usage at or after effective_from in closed periods, left alone (a closed
-	// period's invoice is final): hour buckets, their events and their amount.
+	// period's invoice is final): hour buckets (one per product and pricing
+	// dimension values an hour), their events (counted as events_rerated counts
+	// them: an event feeding several products once) and their amount.
 	ClosedBucketsLeftAlone uint64 `protobuf:"varint,7,opt,name=closed_buckets_left_alone,json=closedBucketsLeftAlone,proto3" json:"closed_buckets_left_alone,omitempty"`
 	ClosedEventsLeftAlone  uint64 `protobuf:"varint,8,opt,name=closed_events_left_alone,json=closedEventsLeftAlone,proto3" json:"closed_events_left_alone,omitempty"`
 	ClosedAmountLeftAlone  string `protobuf:"bytes,9,opt,name=closed_amount_left_alone,json=closedAmountLeftAlone,proto3" json:"closed_amount_left_alone,omitempty"`

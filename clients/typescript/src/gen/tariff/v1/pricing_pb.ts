@@ -927,7 +927,9 @@ export type PublishVersionResponse = Message<"tariff.v1.PublishVersionResponse">
 
   /**
    * Usage at or after effective_from in closed periods, left alone (a closed
-   * period's invoice is final): hour buckets, their events and their amount.
+   * period's invoice is final): hour buckets (one per product and pricing
+   * dimension values an hour), their events (counted as events_rerated counts
+   * them: an event feeding several products once) and their amount.
    *
    * @generated from field: uint64 closed_buckets_left_alone = 7;
    */
