@@ -9,7 +9,9 @@ PreviewInvoice (lines and their AppliedPrice) and a closed invoice; the most spe
 pricing dimensions with "*" written and left out; an event feeding three products one of which has no rate or misses
 its value; filters deciding which products need which values; per_units near 10^18 and at 10^-18; a MAX reading just
 below 10^15; a gauge falling under a newer version, whose line's AppliedPrice for that version is negative (the
-defect found: PreviewInvoice, ClosePeriod, GetInvoice and ListInvoices failed with INTERNAL on it). Every amount
+first defect found: PreviewInvoice, ClosePeriod, GetInvoice and ListInvoices failed with INTERNAL on it); a publish
+over MAX and LATEST usage only in a closed period (the second: its reply counted an event feeding two products
+twice among the events left alone, where events_rerated counts it once). Every amount
 asserted is computed by hand below, never read back from the server. Authorize answers OK for an estimate of 0 or
 less (nothing beyond the credit), OVERAGE_ALLOWED for a positive one (these customers have no credit).
 
@@ -636,7 +638,8 @@ def test_a_publish_over_max_and_latest_usage_only_in_a_closed_period_leaves_it_a
     version 2. Contract from the hour 40 days ago, E its first period's end.
         E-3h r g=5: mx 5, sm 5; E-2h r g=3: mx 0, sm 3; E-3h l g=7: lat 7           period 1: 20, then closed
     Version 2 published from E-10h: accepted, nothing re-rated; left alone 5 buckets (mx and sm at E-3h and E-2h,
-    lat at E-3h), 3 events (one an hour and event type), 20. Period 1's invoice stays 20; a reading r g=4 now
+    lat at E-3h), 3 events (one an hour and event type, as events_rerated counts them: the reply said 5, each r
+    event once per product it fed), 20. Period 1's invoice stays 20; a reading r g=4 now
     (period 2) is priced by version 2: mx 8 + sm 8 = 16, and l g=1 now: 2."""
     server = server_factory()
     start_ms = this_hour_ms() - 40 * DAY_MS
