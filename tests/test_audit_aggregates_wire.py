@@ -39,6 +39,8 @@ Catalogue (rate card `card`, credits, version 1 in force from 2024-01-01):
     peak_per  pp     MAX g               GRADUATED per 1000 units: up to 1000 at 1; then 0.5, flat 2
                                          curve(q) = q / 1000 (q <= 1000); 1 + 2 + 0.5 (q - 1000) / 1000
     ov        ov     MAX g, by model and region    GRADUATED: up to 10 at 1; then 0.5, flat 3 (curve(20) = 18)
+    blank     bl     SUM n, by region    1; 2 for {region=""}
+    fblank    bl     COUNT, region=""    1
 
 Each test makes its own customers; a contract starting on the hour 5 hours ago has every event of the last 5 hours
 in its current period (GetBalance's period_charges)."""
@@ -99,6 +101,8 @@ def catalogue(client: TariffClient) -> None:
         p.Product(id="tiny_per", event_type="tp", aggregation=p.SUM, value_key="n"),
         p.Product(id="peak_per", event_type="pp", aggregation=p.MAX, value_key="g"),
         p.Product(id="ov", event_type="ov", aggregation=p.MAX, value_key="g", pricing_dimensions=["model", "region"]),
+        p.Product(id="blank", event_type="bl", aggregation=p.SUM, value_key="n", pricing_dimensions=["region"]),
+        p.Product(id="fblank", event_type="bl", aggregation=p.COUNT, filters={"region": ""}),
     ]
     for product in products:
         client.pricing.CreateProduct(p.CreateProductRequest(product=product))
@@ -125,6 +129,9 @@ def catalogue(client: TariffClient) -> None:
         per("tiny_per", "0.000000000000000001", "0.000000000000000001"),
         tiered("peak_per", p.GRADUATED, [("1000", "1", ""), ("", "0.5", "2")], per_units="1000"),
         tiered("ov", p.GRADUATED, [("10", "1", ""), ("", "0.5", "3")]),
+        unit("blank", "1"),
+        unit("blank", "2", region=""),
+        unit("fblank", "1"),
     ]
     client.pricing.CreateRateCard(p.CreateRateCardRequest(id="card", pricing_unit="credits"))
     client.pricing.CreateDraftVersion(p.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=rates))
@@ -688,3 +695,33 @@ def test_a_publish_over_max_and_latest_usage_only_in_a_closed_period_leaves_it_a
         at = now_ms() - 1_000
         assert ingest(client, ev("4", "shut", "r", at, {"g": 4}), ev("5", "shut", "l", at, {"g": 1})) == (2, 0, [])
         assert charges(client, "shut") == "18"
+
+
+def test_a_dimension_left_out_matches_a_rate_for_its_empty_value_but_meets_no_filter(server: ServerProcess) -> None:
+    """invoices.proto InvoiceLine.dimensions: an event that leaves a pricing dimension out counts on the line of its
+    empty value, with one that sends it empty; pricing.proto Rate.match: so a rate for the empty value ("" is not
+    "*") prices both. docs/architecture.md §3: a filter is equality on a dimension the event carries, so a filter
+    on "" is met only by an event that sends it empty. Event type bl feeds blank (SUM n by region: 1, 2 for
+    region="") and fblank (COUNT, filter region="", 1):
+        n=3, region left out    -> blank 2 x 3 = 6 (line region=), fblank not fed
+        n=4, region=""          -> blank 2 x 4 = 8 (the same line), fblank 1
+        n=5, region=eu          -> blank 1 x 5 = 5
+    Charges 20; lines blank;region= 7 (14, 2 events), blank;region=eu 5 (5), fblank 1 (1)."""
+    at = now_ms() - 1_000
+    with server.client() as client:
+        customer(client, "blank")
+        assert authorize(client, "blank", "bl", {"n": 3}) == ("OVERAGE_ALLOWED", "6")
+        assert authorize(client, "blank", "bl", {"n": 4}, region="") == ("OVERAGE_ALLOWED", "9")
+        batch = [
+            ev("1", "blank", "bl", at, {"n": 3}),
+            ev("2", "blank", "bl", at, {"n": 4}, region=""),
+            ev("3", "blank", "bl", at, {"n": 5}, region="eu"),
+        ]
+        assert ingest(client, *batch) == (3, 0, [])
+        assert charges(client, "blank") == "20"
+        draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="blank"))
+        assert lines(draft) == {
+            "blank;region=": ("7", "14", 2),
+            "blank;region=eu": ("5", "5", 1),
+            "fblank": ("1", "1", 1),
+        }

@@ -836,7 +836,9 @@ type Rate struct {
 	ProductId string                 `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
 	// Dimension -> value or "*"; keys must be among the product's
 	// pricing_dimensions; a key left out means "*". The most specific match
-	// (most non-"*" entries) wins. Keys and values are at most 256 bytes of
+	// (most non-"*" entries) wins. An event that leaves a pricing dimension out
+	// is matched as one sending it empty, as its invoice line counts it: a
+	// value of "" (not a wildcard) matches both. Keys and values are at most 256 bytes of
 	// UTF-8, as an event's dimensions are (CreateDraftVersion refuses a longer
 	// one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>).
 	Match map[string]string `protobuf:"bytes,2,rep,name=match,proto3" json:"match,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
