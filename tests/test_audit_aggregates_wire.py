@@ -725,3 +725,50 @@ def test_a_dimension_left_out_matches_a_rate_for_its_empty_value_but_meets_no_fi
             "blank;region=eu": ("5", "5", 1),
             "fblank": ("1", "1", 1),
         }
+
+
+def test_a_gauge_rising_and_falling_draws_grants_in_burn_order_and_gives_back_overage_then_in_reverse(
+    server: ServerProcess,
+) -> None:
+    """docs/architecture.md §5 step 7: a positive charge draws on the grants in burn order (priority, lower first),
+    the rest overage; a negative one gives back the aggregate's own overage first, then credit to the grants it drew
+    from in reverse burn order. gauge_v (LATEST g, VOLUME 2 a unit up to 10; 1 a unit plus 5 up to 100; then 0.5);
+    grants A (priority 1, 30) and B (priority 2, 100). T = now - 10 s; (A drawn, B drawn, charges, overage):
+        T-3h g=50  -> curve 55, +55: A 30, B 25                             (30, 25, 55, 0)
+        T-2h g=8   -> curve 16, -39: B gives back 25, then A 14             (16, 0, 16, 0)
+        T-1h g=200 -> curve 100, +84: A 14, B 70                            (30, 70, 100, 0)
+        Authorize g=300: 150 - 100 = 50 beyond the 30 available: OVERAGE_ALLOWED
+        T-1h+1 ms g=300 -> curve 150, +50: B 30, overage 20                 (30, 100, 150, 20)
+        T g=1      -> curve 2, -148: overage 20 back, B 100, A 28           (2, 0, 2, 0)"""
+    t = now_ms() - 10_000
+    with server.client() as client:
+        customer(client, "burn")
+        for grant_id, priority, amount in (("A", 1, "30"), ("B", 2, "100")):
+            grant = contracts_pb2.Grant(
+                id=grant_id,
+                customer_id="burn",
+                kind=contracts_pb2.PROMOTIONAL,
+                amount=amount,
+                paid_amount="0",
+                priority=priority,
+            )
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+        def state() -> tuple[str, str, str, str]:
+            balance = client.get_balance("burn")
+            drawn = {g.grant_id: g.drawn for g in balance.grants}
+            return drawn["A"], drawn["B"], balance.period_charges, balance.overage_amount
+
+        readings = [
+            ("1", t - 3 * HOUR_MS, 50, ("30", "25", "55", "0")),
+            ("2", t - 2 * HOUR_MS, 8, ("16", "0", "16", "0")),
+            ("3", t - HOUR_MS, 200, ("30", "70", "100", "0")),
+        ]
+        for transaction_id, at_ms, g, after in readings:
+            assert ingest(client, ev(transaction_id, "burn", "gv", at_ms, {"g": g})) == (1, 0, [])
+            assert state() == after, transaction_id
+        assert authorize(client, "burn", "gv", {"g": 300}) == ("OVERAGE_ALLOWED", "50")
+        assert ingest(client, ev("4", "burn", "gv", t - HOUR_MS + 1, {"g": 300})) == (1, 0, [])
+        assert state() == ("30", "100", "150", "20")
+        assert ingest(client, ev("5", "burn", "gv", t, {"g": 1})) == (1, 0, [])
+        assert state() == ("2", "0", "2", "0")
