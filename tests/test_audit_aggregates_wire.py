@@ -387,7 +387,8 @@ def test_an_event_one_of_whose_products_rejects_it_charges_none_of_them(server: 
         2: model=a user=y       -> INVALID_EVENT (no n)
         3: model=a n=3 user=x   -> 3 + 6 + 1 = 10
         4: model=a n=1 user=x   -> 1 + 2 + 0 = 3                                                 13
-    Authorize model=b: NO_APPLICABLE_RATE, not allowed. Lines: mx_sum 4 (4), mx_a;model=a 4 (8), mx_u 1 (1),
+    Authorize model=b: NO_APPLICABLE_RATE, not allowed; in one AuthorizeBatches message, model=b NO_APPLICABLE_RATE,
+    model=a without user INVALID_REQUEST (in-band), model=a n=3 user=x allowed at 3 + 6 + 1 = 10. Lines: mx_sum 4 (4), mx_a;model=a 4 (8), mx_u 1 (1),
     each with 2 events."""
     at = now_ms() - 1_000
     with server.client() as client:
@@ -398,6 +399,25 @@ def test_an_event_one_of_whose_products_rejects_it_charges_none_of_them(server: 
             )
         )
         assert (reply.allowed, reply.reason) == (False, "NO_APPLICABLE_RATE")
+        requests = [
+            balance_pb2.AuthorizeRequest(
+                request_id=str(index), customer_id="multi", event_type="mx", values=values, dimensions=dimensions
+            )
+            for index, (values, dimensions) in enumerate(
+                [
+                    ({"n": 3}, {"model": "b", "user": "x"}),
+                    ({"n": 3}, {"model": "a"}),
+                    ({"n": 3}, {"model": "a", "user": "x"}),
+                ]
+            )
+        ]
+        results = list(client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)])))
+        assert [(a.request_id, a.allowed, a.reason) for a in results[0].responses] == [
+            ("0", False, "NO_APPLICABLE_RATE"),
+            ("1", False, "INVALID_REQUEST"),
+            ("2", True, "OVERAGE_ALLOWED"),
+        ]
+        assert results[0].responses[2].estimated_cost == "10"
         batch = [
             ev("0", "multi", "mx", at, {"n": 3}, model="b", user="x"),
             ev("1", "multi", "mx", at, {"n": 3}, model="a"),
