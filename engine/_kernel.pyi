@@ -111,6 +111,7 @@ class Kernel:
         holds_in_time: bool,
         top_ups_in_time: bool,
         earlier_hours_carried: bool,
+        closed_events_once: bool,
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed

@@ -108,7 +108,12 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     hour: rerate.rs `carries`); False (commands stored before it) re-rates as then, when a same-price publish could
     move a tiered line after a late event. Until its first release this field also left the carry out wherever the
     contract had any price override of the aggregate's product (a same-price publish then still moved such a line);
-    it was never in a released journal, so it took the wider meaning rather than a new field."""
+    it was never in a released journal, so it took the wider meaning rather than a new field.
+    `rerate_counts_closed_events_once`: set likewise, so the reply's closed_events_left_alone counts an event
+    feeding several products once (per hour and event type, the most events any one of its products had), as
+    events_rerated does; False (commands stored before it) counts it once per product it fed, as then (a
+    re-rating's completion record holds the counts, and replay compares them).
+    """
 
     at_ms: int
     actor: str
@@ -122,6 +127,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rerate_top_ups_in_time: bool = False
     override_hours_refused: bool = False
     rerate_carries_earlier_hours: bool = False
+    rerate_counts_closed_events_once: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -173,6 +179,7 @@ SERVER_SET_FIELDS = (
     "rerate_carries_earlier_hours",
     "overrides_bounded",
     "rollover_start_in_contract",
+    "rerate_counts_closed_events_once",
 )
 
 
@@ -223,6 +230,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rerate_top_ups_in_time: bool = False  # as PublishVersion's
     override_hours_refused: bool = False  # as PublishVersion's
     rerate_carries_earlier_hours: bool = False  # as PublishVersion's
+    rerate_counts_closed_events_once: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):

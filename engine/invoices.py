@@ -82,8 +82,13 @@ class VersionPart(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
     @property
     def unit_price_picos(self) -> int:
-        """amount / quantity, rounded half-even to 10^-12 of the pricing unit per unit (0 for no quantity)."""
-        return round_ratio(self.amount_picos * QUANTITY_SCALE, self.quantity_e18) if self.quantity_e18 else 0
+        """amount / quantity, rounded half-even to 10^-12 of the pricing unit per unit (0 for no quantity). A LATEST
+        line's part can have a negative quantity (the gauge fell in the hours that version priced): the ratio's
+        signs are taken out of the divisor, as ExplainLineItem's unit price does."""
+        if not self.quantity_e18:
+            return 0
+        sign = -1 if self.quantity_e18 < 0 else 1
+        return round_ratio(sign * self.amount_picos * QUANTITY_SCALE, abs(self.quantity_e18))
 
 
 class LineAdjustment(msgspec.Struct, frozen=True, array_like=True, gc=False):

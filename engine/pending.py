@@ -62,6 +62,9 @@ class PendingRerating(msgspec.Struct):
     # The publish's rerate_carries_earlier_hours (engine/commands.py); False in the snapshots of earlier releases,
     # whose publishes had none.
     earlier_hours_carried: bool = False
+    # The publish's rerate_counts_closed_events_once (engine/commands.py); False in the snapshots of earlier
+    # releases, whose publishes had none.
+    closed_events_once: bool = False
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
@@ -75,6 +78,7 @@ def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
         holds_in_time=plan.holds_in_time,
         top_ups_in_time=plan.top_ups_in_time,
         earlier_hours_carried=plan.earlier_hours_carried,
+        closed_events_once=plan.closed_events_once,
     )
 
 
@@ -117,6 +121,7 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
             rerating.holds_in_time,
             rerating.top_ups_in_time,
             rerating.earlier_hours_carried,
+            rerating.closed_events_once,
         )
     except ValueError as exc:
         # The publish checked these customers' usage, and nothing changes it before they are re-rated.

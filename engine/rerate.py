@@ -44,7 +44,8 @@ class RerationPlan:
     `holds_in_time` its `rerate_holds_in_time` (open holds are taken again at their place in time); `top_ups_in_time`
     its `rerate_top_ups_in_time` (a top-up pays only its period's charges beyond those at which it was bought);
     `earlier_hours_carried` its `rerate_carries_earlier_hours` (an aggregate's first re-rated bucket carries what the
-    hours before it were charged less than in time order)."""
+    hours before it were charged less than in time order); `closed_events_once` its
+    `rerate_counts_closed_events_once` (closed_events counts an event feeding several products once)."""
 
     rate_card_id: str
     from_hour: int
@@ -53,6 +54,7 @@ class RerationPlan:
     holds_in_time: bool = False
     top_ups_in_time: bool = False
     earlier_hours_carried: bool = False
+    closed_events_once: bool = False
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -129,6 +131,7 @@ class _Planned:
     holds_in_time: bool  # the command's rerate_holds_in_time
     top_ups_in_time: bool  # the command's rerate_top_ups_in_time
     earlier_hours_carried: bool  # the command's rerate_carries_earlier_hours
+    closed_events_once: bool  # the command's rerate_counts_closed_events_once
 
     @property
     def from_hour(self) -> int:
@@ -147,6 +150,7 @@ class _Planned:
             self.holds_in_time,
             self.top_ups_in_time,
             self.earlier_hours_carried,
+            self.closed_events_once,
         )
 
     def refusal(self, why: ValueError) -> FailedPrecondition:
@@ -198,6 +202,7 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         command.rerate_holds_in_time,
         command.rerate_top_ups_in_time,
         command.rerate_carries_earlier_hours,
+        command.rerate_counts_closed_events_once,
     )
 
 
@@ -342,6 +347,7 @@ def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: 
         plan.holds_in_time,
         plan.top_ups_in_time,
         plan.earlier_hours_carried,
+        plan.closed_events_once,
     )
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])

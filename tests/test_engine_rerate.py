@@ -557,3 +557,18 @@ def test_rerate_carries_earlier_hours_is_the_servers_in_neither_audit_entry_nor_
         cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS, rerate_carries_earlier_hours=True),
         late_event_machine()[0],
     )
+
+
+def test_rerate_counts_closed_events_once_is_the_servers_in_neither_audit_entry_nor_fingerprint_and_old_snapshots_lack_it() -> (
+    None
+):
+    """As rerate_top_ups_in_time: a record of an earlier release reads False (its reply and completion record counted
+    a closed-period event once per product it fed), no audit entry holds it, a retry's fingerprint ignores it; a
+    pending re-rating in a snapshot of an earlier release reads closed_events_once False."""
+    assert_a_server_set_rerate_rule(
+        "rerate_counts_closed_events_once",
+        "closed_events_once",
+        cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS),
+        cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS, rerate_counts_closed_events_once=True),
+        late_event_machine()[0],
+    )

@@ -55,6 +55,7 @@ class _PublishRerateFlags(TypedDict):
     rerate_top_ups_in_time: bool
     override_hours_refused: bool
     rerate_carries_earlier_hours: bool
+    rerate_counts_closed_events_once: bool
 
 
 # Every publish and rollback this server takes sets them all.
@@ -65,6 +66,7 @@ _PUBLISH_RERATE_FLAGS: Final[_PublishRerateFlags] = {
     "rerate_top_ups_in_time": True,
     "override_hours_refused": True,
     "rerate_carries_earlier_hours": True,
+    "rerate_counts_closed_events_once": True,
 }
 
 

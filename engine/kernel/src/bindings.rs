@@ -575,7 +575,9 @@ impl Kernel {
     /// `top_ups_in_time`: a top-up pays only its period's charges beyond those at which it was
     /// bought (rerate.rs `resettle`). `earlier_hours_carried`: an aggregate's first re-rated bucket
     /// carries what the hours before it were charged less than in time order (rerate.rs
-    /// `earlier_hours_shortfall`).
+    /// `earlier_hours_shortfall`). `closed_events_once`: closed_events counts an event feeding several
+    /// products once, as events does (rerate.rs `Rerated::closed_events_once`); without it, once per
+    /// product it fed, as publishes stored before it answered.
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn rerate(
@@ -589,6 +591,7 @@ impl Kernel {
         holds_in_time: bool,
         top_ups_in_time: bool,
         earlier_hours_carried: bool,
+        closed_events_once: bool,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
@@ -623,7 +626,7 @@ impl Kernel {
             d.events,
             d.amount_delta,
             d.closed_buckets,
-            d.closed_events,
+            if closed_events_once { d.closed_events_once } else { d.closed_events },
             d.closed_amount,
             changed,
         ))

@@ -60,7 +60,12 @@ pub struct Rerated {
     pub events: u64,
     pub amount_delta: Picos,
     pub closed_buckets: u64,
+    /// The left-alone buckets' events, an event counted once per product it fed (as publishes
+    /// without `closed_events_once` reply).
     pub closed_events: u64,
+    /// The same events counted as `events` counts the re-rated ones: an event feeding several
+    /// products once (per hour and event type, the most events any one of its products had).
+    pub closed_events_once: u64,
     pub closed_amount: Picos,
     /// Customers whose charges or draws re-rating changed (a bucket's amount, a grant's balance, a
     /// period's charges or overage): those whose balance watchers must wake. A customer whose
@@ -76,6 +81,7 @@ impl Rerated {
         self.amount_delta += other.amount_delta;
         self.closed_buckets += other.closed_buckets;
         self.closed_events += other.closed_events;
+        self.closed_events_once += other.closed_events_once;
         self.closed_amount += other.closed_amount;
         self.amounts_changed += other.amounts_changed;
     }
@@ -502,6 +508,8 @@ impl Kernel {
         });
         let mut selected: Vec<(i64, i64, usize)> = Vec::new(); // (period start, period end, index in `all`)
         let mut periods = PeriodCache::default();
+        // Closed events per (hour, event type) and product, for `closed_events_once`.
+        let mut closed_by_hour: FxHashMap<(i64, &str), FxHashMap<Sym, u64>> = FxHashMap::default();
         for (at, (key, usages)) in all.iter().enumerate() {
             if key.hour < from || key.hour >= until || !usages.iter().any(|u| u.rate_card == card) {
                 continue;
@@ -513,9 +521,12 @@ impl Kernel {
                 end = end.min(contract.ending_before_ms.unwrap_or(i64::MAX));
             }
             if route.is_closed(start) {
+                let events = usages.iter().map(|u| u.events).sum::<u64>();
                 closed.closed_buckets += 1;
-                closed.closed_events += usages.iter().map(|u| u.events).sum::<u64>();
+                closed.closed_events += events;
                 closed.closed_amount += usages.iter().map(|u| u.amount).sum::<Picos>();
+                let event_type = event_type_of(&self.rater.catalog, key.product);
+                *closed_by_hour.entry((key.hour, event_type)).or_default().entry(key.product).or_default() += events;
                 continue;
             }
             let same = |&(s, _, i): &(i64, i64, usize)| {
@@ -525,6 +536,8 @@ impl Kernel {
                 selected.push((start, end, at));
             }
         }
+        closed.closed_events_once =
+            closed_by_hour.values().map(|by_product| by_product.values().copied().max().unwrap_or(0)).sum();
         let mut aggregates = Vec::with_capacity(selected.len());
         for (start, end, at) in selected {
             let first = all[at].0;
@@ -1425,7 +1438,8 @@ mod tests {
         let before = state(&kernel);
         kernel.load_tables(&tables(&versions, &[(0, 0), (T0, 1)], &grants, &[T0])).unwrap();
         let done = rerate(&mut kernel, T0 / HOUR_MS, 5);
-        assert_eq!((done.buckets, done.closed_buckets, done.closed_events), (0, 40, 40));
+        // 8 events, each feeding the 5 products: 40 buckets, 40 events a product each, 8 events counted once.
+        assert_eq!((done.buckets, done.closed_buckets, done.closed_events, done.closed_events_once), (0, 40, 40, 8));
         assert_eq!(state(&kernel), before);
         // A MAX product's usage cannot be priced again from its buckets.
         let gauge = wire::UsageEvent {

@@ -152,8 +152,14 @@ type AppliedPrice struct {
 	// amount / quantity, rounded half-even to 12 decimal places of the pricing
 	// unit per unit of quantity; "0" when quantity is 0.
 	UnitPrice string `protobuf:"bytes,2,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
-	Quantity  string `protobuf:"bytes,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
-	// In the pricing unit, exact.
+	// What the version's hours added to the line's quantity (the parts of a
+	// line add up to its quantity): their usage for SUM and COUNT, the rise
+	// for MAX and UNIQUE_COUNT, and for LATEST the rise or fall: negative when
+	// the gauge fell in those hours.
+	Quantity string `protobuf:"bytes,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
+	// In the pricing unit, exact; negative when the version's charges gave
+	// back more than they took (a falling gauge, a cheaper VOLUME tier), its
+	// sign not always the quantity's (a gauge falling to a dearer VOLUME tier).
 	Amount        string `protobuf:"bytes,4,opt,name=amount,proto3" json:"amount,omitempty"`
 	Events        uint64 `protobuf:"varint,5,opt,name=events,proto3" json:"events,omitempty"`
 	RateCardId    string `protobuf:"bytes,6,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`

@@ -836,7 +836,9 @@ type Rate struct {
 	ProductId string                 `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
 	// Dimension -> value or "*"; keys must be among the product's
 	// pricing_dimensions; a key left out means "*". The most specific match
-	// (most non-"*" entries) wins. Keys and values are at most 256 bytes of
+	// (most non-"*" entries) wins. An event that leaves a pricing dimension out
+	// is matched as one sending it empty, as its invoice line counts it: a
+	// value of "" (not a wildcard) matches both. Keys and values are at most 256 bytes of
 	// UTF-8, as an event's dimensions are (CreateDraftVersion refuses a longer
 	// one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>).
 	Match map[string]string `protobuf:"bytes,2,rep,name=match,proto3" json:"match,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -1966,7 +1968,9 @@ type PublishVersionResponse struct {
 	// pricing unit (negative: charges went down).
 	ReratedAmountDelta string `protobuf:"bytes,6,opt,name=rerated_amount_delta,json=reratedAmountDelta,proto3" json:"rerated_amount_delta,omitempty"`
 	// Usage at or after effective_from in closed periods, left alone (a closed
-	// period's invoice is final): hour buckets, their events and their amount.
+	// period's invoice is final): hour buckets (one per product and pricing
+	// dimension values an hour), their events (counted as events_rerated counts
+	// them: an event feeding several products once) and their amount.
 	ClosedBucketsLeftAlone uint64 `protobuf:"varint,7,opt,name=closed_buckets_left_alone,json=closedBucketsLeftAlone,proto3" json:"closed_buckets_left_alone,omitempty"`
 	ClosedEventsLeftAlone  uint64 `protobuf:"varint,8,opt,name=closed_events_left_alone,json=closedEventsLeftAlone,proto3" json:"closed_events_left_alone,omitempty"`
 	ClosedAmountLeftAlone  string `protobuf:"bytes,9,opt,name=closed_amount_left_alone,json=closedAmountLeftAlone,proto3" json:"closed_amount_left_alone,omitempty"`

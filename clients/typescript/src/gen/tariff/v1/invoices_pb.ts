@@ -79,12 +79,19 @@ export type AppliedPrice = Message<"tariff.v1.AppliedPrice"> & {
   unitPrice: string;
 
   /**
+   * What the version's hours added to the line's quantity (the parts of a
+   * line add up to its quantity): their usage for SUM and COUNT, the rise
+   * for MAX and UNIQUE_COUNT, and for LATEST the rise or fall: negative when
+   * the gauge fell in those hours.
+   *
    * @generated from field: string quantity = 3;
    */
   quantity: string;
 
   /**
-   * In the pricing unit, exact.
+   * In the pricing unit, exact; negative when the version's charges gave
+   * back more than they took (a falling gauge, a cheaper VOLUME tier), its
+   * sign not always the quantity's (a gauge falling to a dearer VOLUME tier).
    *
    * @generated from field: string amount = 4;
    */

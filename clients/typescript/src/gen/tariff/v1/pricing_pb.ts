@@ -297,7 +297,9 @@ export type Rate = Message<"tariff.v1.Rate"> & {
   /**
    * Dimension -> value or "*"; keys must be among the product's
    * pricing_dimensions; a key left out means "*". The most specific match
-   * (most non-"*" entries) wins. Keys and values are at most 256 bytes of
+   * (most non-"*" entries) wins. An event that leaves a pricing dimension out
+   * is matched as one sending it empty, as its invoice line counts it: a
+   * value of "" (not a wildcard) matches both. Keys and values are at most 256 bytes of
    * UTF-8, as an event's dimensions are (CreateDraftVersion refuses a longer
    * one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>).
    *
@@ -927,7 +929,9 @@ export type PublishVersionResponse = Message<"tariff.v1.PublishVersionResponse">
 
   /**
    * Usage at or after effective_from in closed periods, left alone (a closed
-   * period's invoice is final): hour buckets, their events and their amount.
+   * period's invoice is final): hour buckets (one per product and pricing
+   * dimension values an hour), their events (counted as events_rerated counts
+   * them: an event feeding several products once) and their amount.
    *
    * @generated from field: uint64 closed_buckets_left_alone = 7;
    */
