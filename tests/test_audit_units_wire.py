@@ -13,6 +13,7 @@ Catalogue (rate card `card`, pricing unit credits, version 1 in force from 2024-
     product  event type  aggregation  value key  price a unit
     work     work        SUM          n          1
     chat     chat        SUM          n          2
+    orphan   orphan      SUM          n          (no rate)
 
 Event type `noise` feeds no product."""
 
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tariff import TariffClient
-from tariff.v1 import contracts_pb2, pricing_pb2
+from tariff import TariffClient, now_ms
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from engine import commands as cmd
 from engine.contracts import OveragePolicy
@@ -39,7 +40,7 @@ JOURNAL_MAP_BYTES = 64 * 2**20
 
 
 def catalogue(client: TariffClient) -> None:
-    for product_id in ("work", "chat"):
+    for product_id in ("work", "chat", "orphan"):
         product = pricing_pb2.Product(id=product_id, event_type=product_id, aggregation=pricing_pb2.SUM, value_key="n")
         client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
@@ -173,3 +174,104 @@ def test_a_journal_holding_units_now_refused_replays_as_written(server_factory: 
         assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k-olga")).currency == "XYZ"
         invoice = preview(client, "olga", CARD_FROM_MS)
         assert (invoice.pricing_unit, invoice.currency, invoice.minor_unit) == ("xyz", "XYZ", 2)
+
+
+# -- 2. credits_available for usage feeding no product -------------------------------------------------------------
+
+
+def ask(event_type: str, customer_id: str, n: float = 1) -> balance_pb2.AuthorizeRequest:
+    return balance_pb2.AuthorizeRequest(
+        request_id=f"{customer_id}-{event_type}", customer_id=customer_id, event_type=event_type, values={"n": n}
+    )
+
+
+Answer = tuple[bool, str, str, str]
+
+
+def answers(client: TariffClient, *requests: balance_pb2.AuthorizeRequest) -> list[tuple[Answer, Answer]]:
+    """(Authorize's, AuthorizeBatches') (allowed, reason, estimated_cost, credits_available) for each request."""
+    unary = [client.balance.Authorize(r) for r in requests]
+    (batched,) = client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)]))
+    read = [(a.allowed, a.reason, a.estimated_cost, a.credits_available) for a in (*unary, *batched.responses)]
+    return list(zip(read[: len(requests)], read[len(requests) :], strict=True))
+
+
+def test_usage_feeding_no_product_is_offered_the_whole_available_credit(server: ServerProcess) -> None:
+    """balance.proto credits_available: the credit the usage's products could draw (grants applying to one of
+    them); usage feeding no product draws nothing and is offered the customer's whole available credit, as
+    GetBalance's credits_available. `rita` (ALLOW) holds `any` 5 (every product) and `only` 7 (chat only):
+    work 1 -> OK, 1, 5; chat 1 -> OK, 2, 12; noise -> OK, 0, 12 (= GetBalance's 12); orphan (no rate: denied
+    before it is priced) -> NO_APPLICABLE_RATE, 0, 12; Authorize and AuthorizeBatches alike. Ingesting the noise
+    event is accepted and changes nothing (available 12, no charge)."""
+    with server.client() as client:
+        customer(client, "rita")
+        grant(client, "rita", "any", "5")
+        grant(client, "rita", "only", "7", "chat")
+        asked = [ask("work", "rita"), ask("chat", "rita"), ask("noise", "rita"), ask("orphan", "rita")]
+        assert answers(client, *asked) == [
+            ((True, "OK", "1", "5"),) * 2,
+            ((True, "OK", "2", "12"),) * 2,
+            ((True, "OK", "0", "12"),) * 2,
+            ((False, "NO_APPLICABLE_RATE", "0", "12"),) * 2,
+        ]
+        assert client.get_balance("rita").credits_available == "12"
+        noise = usage_pb2.UsageEvent(
+            transaction_id="n1", customer_id="rita", event_type="noise", timestamp_ms=now_ms(), values={"n": 1}
+        )
+        ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="noise", events=[noise]))
+        assert (ack.accepted, len(ack.rejected)) == (1, 0)
+        balance = client.get_balance("rita")
+        assert (balance.credits_available, balance.period_charges) == ("12", "0")
+
+
+def test_block_usage_feeding_no_product_is_decided_on_the_whole_credit(server: ServerProcess) -> None:
+    """README Balances: under BLOCK, "while no credit is available to the usage's products at all even usage that
+    would cost nothing is" denied. `bea` (BLOCK) holds only `chat_only` 3 (chat): work 1 -> denied
+    INSUFFICIENT_CREDIT, 1, 0; noise -> OK, 0, 3 (the whole credit: not 0, which would deny every such event of a
+    BLOCK customer). `nil` (BLOCK, no grant): noise -> INSUFFICIENT_CREDIT, 0, 0."""
+    with server.client() as client:
+        customer(client, "bea", block=True)
+        grant(client, "bea", "chat_only", "3", "chat")
+        customer(client, "nil", block=True)
+        assert answers(client, ask("work", "bea"), ask("noise", "bea"), ask("noise", "nil")) == [
+            ((False, "INSUFFICIENT_CREDIT", "1", "0"),) * 2,
+            ((True, "OK", "0", "3"),) * 2,
+            ((False, "INSUFFICIENT_CREDIT", "0", "0"),) * 2,
+        ]
+
+
+def test_credits_available_of_requests_denied_before_pricing_and_of_holds(server: ServerProcess) -> None:
+    """balance.proto credits_available, on AuthorizeBatches (which answers these in-band). `hana` (ALLOW) holds
+    `h_any` 5 and `h_chat` 7 (chat only): an unknown customer -> UNKNOWN_CUSTOMER, 0; no event_type ->
+    INVALID_REQUEST, 0; a negative value -> INVALID_REQUEST, 12 (the whole credit); holds in order: noise (feeds no
+    product) holds nothing -> OK, 0, 12; work 1 holds 1 of `h_any` -> OK, 1, 4; orphan (no rate) ->
+    NO_APPLICABLE_RATE, 0, 11 (the whole credit after that hold), as GetBalance's 11 available, 1 held."""
+    with server.client() as client:
+        customer(client, "hana")
+        grant(client, "hana", "h_any", "5")
+        grant(client, "hana", "h_chat", "7", "chat")
+
+        def hold(event_type: str) -> balance_pb2.AuthorizeRequest:
+            request = ask(event_type, "hana")
+            request.reserve, request.reservation_id = True, f"hold-{event_type}"
+            return request
+
+        requests = [
+            ask("noise", "nobody"),
+            balance_pb2.AuthorizeRequest(request_id="no-type", customer_id="hana"),
+            ask("work", "hana", -1),
+            hold("noise"),
+            hold("work"),
+            hold("orphan"),
+        ]
+        (result,) = client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)]))
+        assert [(a.allowed, a.reason, a.estimated_cost, a.credits_available) for a in result.responses] == [
+            (False, "UNKNOWN_CUSTOMER", "0", "0"),
+            (False, "INVALID_REQUEST", "0", "0"),
+            (False, "INVALID_REQUEST", "0", "12"),
+            (True, "OK", "0", "12"),
+            (True, "OK", "1", "4"),
+            (False, "NO_APPLICABLE_RATE", "0", "11"),
+        ]
+        balance = client.get_balance("hana")
+        assert (balance.credits_available, balance.credits_held) == ("11", "1")
