@@ -35,8 +35,20 @@ QUANTITY_SCALE = 10**18
 PICOS_PER_UNIT = 10**12
 # The kernel's exact product of picos (10^-12) and an overage price at 10^-18 is at 10^-30 of the currency.
 DUE_EXPONENT = 30
-# ISO 4217 minor units that differ from 2 (the default for any other code, "credits" included).
-MINOR_UNITS: dict[str, int] = {
+# The ISO 4217 currencies (list one, funds codes included) that have a minor unit, and its decimal places: a
+# contract's currency and a rate card's pricing unit (besides "credits") must be one of these (checked where the
+# request enters: server/services/contracts.py, server/services/pricing.py). Codes without a minor unit (XXX, XTS,
+# XAU, XDR, ...) are not currencies an invoice can be rounded in.
+_TWO_PLACES = (
+    "AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BMD BND BOB BOV BRL BSD BTN BWP BYN BZD CAD CDF CHE CHF "
+    "CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL "
+    "HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU "
+    "MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR "
+    "SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED "
+    "VES WST XCD XCG YER ZAR ZMW ZWG"
+)
+CURRENCIES: dict[str, int] = {
+    **dict.fromkeys(_TWO_PLACES.split(), 2),
     **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI"), 0),
     **dict.fromkeys(("VND", "VUV", "XAF", "XOF", "XPF"), 0),
     **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
@@ -64,8 +76,10 @@ PurchasesReader = Callable[[str], list[tuple[int, str, int, int, int, int]]]
 
 
 def minor_unit(currency: str) -> int:
-    """Decimal places of the currency's minor unit: 2 unless MINOR_UNITS says otherwise (JPY 0, KWD 3)."""
-    return MINOR_UNITS.get(currency.upper(), 2)
+    """Decimal places of the currency's minor unit (USD 2, JPY 0, KWD 3), as CURRENCIES says. A code it does not
+    hold (only contracts journaled before the check can, "usd" or "XYZ") is read as it was then: its upper case's
+    places, else 2."""
+    return CURRENCIES.get(currency.upper(), 2)
 
 
 def invoice_number(serial: int) -> str:

@@ -45,6 +45,7 @@ OTHER_CONTRACT = "conc-other-contract"
 HOUR_MS = 3_600_000
 CALLERS = 8  # callers racing each request, each on its own channel
 ROUNDS = 6  # each race run this many times, with fresh keys
+UNITS = ("credits", "USD", "EUR", "GBP", "JPY", "CHF", "KWD", "CAD")  # a pricing unit for each caller
 
 PRODUCT = pricing_pb2.Product(
     id="unit", name="unit", event_type="unit", aggregation=pricing_pb2.SUM, value_key="n", pricing_dimensions=["k"]
@@ -398,7 +399,7 @@ def test_products_and_rate_cards_from_many_callers_at_once_are_created_once(serv
         identical_at_once(server, product(f"p-{round_}", "unit"))
         one_wins_at_once(server, [product(f"px-{round_}", f"type-{i}") for i in range(CALLERS)])
         identical_at_once(server, rate_card(f"card-{round_}", "credits"))
-        one_wins_at_once(server, [rate_card(f"cardx-{round_}", f"unit-{i}") for i in range(CALLERS)])
+        one_wins_at_once(server, [rate_card(f"cardx-{round_}", unit) for unit in UNITS[:CALLERS]])
 
 
 def test_drafts_publishes_rollbacks_and_closes_from_many_callers_at_once_change_once(server: ServerProcess) -> None:

@@ -70,7 +70,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with server.client() as admin:
             catalogue(admin)
             for card in CARDS[1:]:
-                admin.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, name=card, pricing_unit="c"))
+                admin.pricing.CreateRateCard(
+                    pricing_pb2.CreateRateCardRequest(id=card, name=card, pricing_unit="credits")
+                )
             for customer_id in CUSTOMERS:
                 customer(admin, customer_id, "USD", "1")
                 admin.alerts.CreateAlert(

@@ -27,7 +27,7 @@ func TestAReplyOverFourMiBIsRead(t *testing.T) {
 	if _, err := client.Pricing.CreateProduct(ctx, &tariffv1.CreateProductRequest{Product: product}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Pricing.CreateRateCard(ctx, &tariffv1.CreateRateCardRequest{Id: "wide-card", Name: "wide", PricingUnit: "c"}); err != nil {
+	if _, err := client.Pricing.CreateRateCard(ctx, &tariffv1.CreateRateCardRequest{Id: "wide-card", Name: "wide", PricingUnit: "credits"}); err != nil {
 		t.Fatal(err)
 	}
 	rates := make([]*tariffv1.Rate, 0, 10_000)

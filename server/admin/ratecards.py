@@ -165,7 +165,9 @@ def show_rate_card(remote: Remote, rate_card_id: str, version: int | None) -> No
 @ratecards.command("create")
 @click.argument("rate_card_id")
 @click.option("--name", default="", help="display name")
-@click.option("--unit", "pricing_unit", required=True, help='pricing unit: "credits" or an ISO currency ("USD")')
+@click.option(
+    "--unit", "pricing_unit", required=True, help='pricing unit: "credits" or an ISO 4217 currency code ("USD")'
+)
 @remote_command
 def create_rate_card(remote: Remote, rate_card_id: str, name: str, pricing_unit: str) -> None:
     """Create an empty rate card; give it prices with `tariff ratecard draft`."""

@@ -14,9 +14,10 @@ from engine import commands as cmd
 from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer, Override
-from engine.control import TEXT_BYTES_MAX, check_reference
+from engine.control import TEXT_BYTES_MAX, check_reference, quoted_id
 from engine.customers import OVERRIDES_PER_CONTRACT_MAX, override_id, overrides_full
 from engine.errors import InvalidArgument
+from engine.invoices import CURRENCIES
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
 from engine.products import Product
@@ -170,12 +171,15 @@ def _customer_name(name: str) -> str:
 
 
 def _currency(code: str) -> str:
-    """A contract's currency once it is an ISO 4217 code (three capital ASCII letters), or empty (USD).
-    INVALID_ARGUMENT naming `currency` otherwise: "usd" and "USD" would be two currencies to the revenue report
-    (which refuses a customer with two), and "US Dollar" none. Checked here, not in the engine, so that contracts
-    journaled before the check replay as they were."""
-    if code and not (len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()):
-        raise InvalidArgument.field("currency", f'{code!r} must be an ISO 4217 code: three capital letters ("USD")')
+    """A contract's currency once it is an ISO 4217 code of the server's currency table (engine/invoices.py
+    CURRENCIES: three capital letters, a minor unit), or empty (USD). INVALID_ARGUMENT naming `currency` otherwise:
+    "usd" and "USD" would be two currencies to the revenue report (which refuses a customer with two), "US Dollar"
+    none, and "XYZ" or "XXX" would reach invoices rounded to a guessed minor unit. Checked here, not in the engine,
+    so that contracts journaled before the check replay as they were."""
+    if code and code not in CURRENCIES:
+        raise InvalidArgument.field(
+            "currency", f'{quoted_id(code)} must be an ISO 4217 currency code of three capital letters ("USD")'
+        )
     return code
 
 

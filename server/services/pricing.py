@@ -13,9 +13,10 @@ from tariff.v1 import (
 
 from engine import commands as cmd
 from engine.audit import AUDIT_PAGE_CHUNKS_MAX, AuditFilter
-from engine.control import check_reference
+from engine.control import check_reference, quoted_id
 from engine.diff import diff_versions
 from engine.errors import InvalidArgument, NotFound
+from engine.invoices import CURRENCIES
 from engine.money import format_picos
 from engine.products import Product
 from engine.ratecard import RateCard, Version
@@ -94,7 +95,8 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     async def CreateRateCard(
         self, request: pricing_pb2.CreateRateCardRequest, context: Context
     ) -> pricing_pb2.RateCard:
-        command = cmd.CreateRateCard(self.clock_ms(), actor_of(context), request.id, request.name, request.pricing_unit)
+        pricing_unit = _pricing_unit(request.pricing_unit)
+        command = cmd.CreateRateCard(self.clock_ms(), actor_of(context), request.id, request.name, pricing_unit)
         card = await self._apply(command, RateCard)
         return convert.rate_card_pb(card, self.clock_ms())
 
@@ -305,3 +307,16 @@ def publish_response(result: PublishResult) -> pricing_pb2.PublishVersionRespons
 
 def _nanos(timestamp: timestamp_pb2.Timestamp) -> int:
     return int(timestamp.seconds) * 1_000_000_000 + int(timestamp.nanos)
+
+
+def _pricing_unit(unit: str) -> str:
+    """A rate card's pricing unit once it is "credits" or an ISO 4217 code of the server's currency table
+    (engine/invoices.py CURRENCIES), or empty (the engine refuses that as required). INVALID_ARGUMENT naming
+    `pricing_unit` otherwise: "usd", "xyz" or a paragraph of text named no unit anyone could be billed in. Checked
+    here, not in the engine, so that rate cards journaled before the check replay as they were."""
+    if unit and unit != "credits" and unit not in CURRENCIES:
+        raise InvalidArgument.field(
+            "pricing_unit",
+            f'{quoted_id(unit)} must be "credits" or an ISO 4217 currency code of three capital letters ("USD")',
+        )
+    return unit

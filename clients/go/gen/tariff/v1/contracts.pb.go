@@ -770,8 +770,10 @@ type Contract struct {
 	OveragePrice string       `protobuf:"bytes,9,opt,name=overage_price,json=overagePrice,proto3" json:"overage_price,omitempty"`
 	TopUp        *TopUpPolicy `protobuf:"bytes,10,opt,name=top_up,json=topUp,proto3" json:"top_up,omitempty"`
 	// ISO 4217 currency of overage_price and paid amounts ("USD" when unset):
-	// three capital letters; anything else ("usd", "US Dollar") is
-	// INVALID_ARGUMENT naming currency.
+	// a code that has a minor unit, the one invoices round amounts due to
+	// (invoices.proto minor_unit); anything else ("usd", "US Dollar", "XYZ",
+	// or XXX, XTS, XAU, which have no minor unit) is INVALID_ARGUMENT naming
+	// currency.
 	Currency      string `protobuf:"bytes,11,opt,name=currency,proto3" json:"currency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

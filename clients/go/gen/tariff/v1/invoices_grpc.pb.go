@@ -5,7 +5,10 @@
 // unit, exact at 12 decimal places (never rounded). Amounts due (a line's
 // amount_due, overage_due, top_up_purchases, rounding_adjustment, total_due)
 // are in the contract's currency, rounded half-even to its minor unit
-// (minor_unit: 2 by default, 0 for JPY, KRW, ..., 3 for BHD, KWD, ...), in the
+// (minor_unit, ISO 4217's: 2 for USD, EUR, ..., 0 for JPY, KRW, ..., 3 for
+// BHD, KWD, ..., 4 for CLF, UYW: a contract's currency is a code that has
+// one, contracts.proto Contract.currency; a contract an earlier release took
+// in another code, "XYZ", keeps the 2 places it was rounded to then), in the
 // draft exactly as in the final invoice. A draft (PreviewInvoice) and the final
 // invoice ClosePeriod makes from the same usage are equal field by field but for
 // invoice_number, status and closed_at.

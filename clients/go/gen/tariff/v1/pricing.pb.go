@@ -1253,7 +1253,8 @@ type RateCard struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// "credits" or an ISO currency ("USD").
+	// "credits" or an ISO 4217 currency code ("USD"): see
+	// CreateRateCardRequest.pricing_unit.
 	PricingUnit string                 `protobuf:"bytes,3,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
 	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// Highest version number so far (draft or published).
@@ -1337,10 +1338,17 @@ func (x *RateCard) GetCurrentVersion() uint32 {
 }
 
 type CreateRateCardRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	PricingUnit   string                 `protobuf:"bytes,3,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Required: "credits", or an ISO 4217 currency code that has a minor unit
+	// (the codes of invoices.proto's minor_unit: "USD", "EUR", "JPY", "KWD",
+	// "CLF", ...; XXX, XTS, XAU, XDR and the like have none). Anything else
+	// ("usd", "Credits", "XYZ", "US Dollar") is INVALID_ARGUMENT naming
+	// pricing_unit. Amounts in the pricing unit are exact at 12 decimal places
+	// and never rounded, a currency's too: only a contract's currency is
+	// rounded to a minor unit (invoices.proto).
+	PricingUnit   string `protobuf:"bytes,3,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -351,7 +351,19 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
   estimatedCost: string;
 
   /**
-   * Credit available to this usage's products.
+   * Credit available to this usage's products: what the customer's started,
+   * unexpired grants that apply to at least one product the usage feeds
+   * hold beyond what reservations hold (after this request's own hold, for
+   * a reserve request); a grant without applicable_product_ids applies to
+   * every product. Usage that feeds no product (accepted when ingested,
+   * charging nothing) and a request of a known customer denied before it is
+   * priced (NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, INVALID_REQUEST for a
+   * bad value) are answered the customer's whole available credit,
+   * Balance.credits_available: so under BLOCK usage feeding no product is
+   * allowed while the customer has any credit, and denied
+   * INSUFFICIENT_CREDIT when none. "0" for UNKNOWN_CUSTOMER and for a
+   * request without customer_id or event_type. Authorize, AuthorizeStream
+   * and AuthorizeBatches answer alike.
    *
    * @generated from field: string credits_available = 5;
    */

@@ -455,8 +455,10 @@ export type Contract = Message<"tariff.v1.Contract"> & {
 
   /**
    * ISO 4217 currency of overage_price and paid amounts ("USD" when unset):
-   * three capital letters; anything else ("usd", "US Dollar") is
-   * INVALID_ARGUMENT naming currency.
+   * a code that has a minor unit, the one invoices round amounts due to
+   * (invoices.proto minor_unit); anything else ("usd", "US Dollar", "XYZ",
+   * or XXX, XTS, XAU, which have no minor unit) is INVALID_ARGUMENT naming
+   * currency.
    *
    * @generated from field: string currency = 11;
    */

@@ -518,7 +518,8 @@ export type RateCard = Message<"tariff.v1.RateCard"> & {
   name: string;
 
   /**
-   * "credits" or an ISO currency ("USD").
+   * "credits" or an ISO 4217 currency code ("USD"): see
+   * CreateRateCardRequest.pricing_unit.
    *
    * @generated from field: string pricing_unit = 3;
    */
@@ -566,6 +567,14 @@ export type CreateRateCardRequest = Message<"tariff.v1.CreateRateCardRequest"> &
   name: string;
 
   /**
+   * Required: "credits", or an ISO 4217 currency code that has a minor unit
+   * (the codes of invoices.proto's minor_unit: "USD", "EUR", "JPY", "KWD",
+   * "CLF", ...; XXX, XTS, XAU, XDR and the like have none). Anything else
+   * ("usd", "Credits", "XYZ", "US Dollar") is INVALID_ARGUMENT naming
+   * pricing_unit. Amounts in the pricing unit are exact at 12 decimal places
+   * and never rounded, a currency's too: only a contract's currency is
+   * rounded to a minor unit (invoices.proto).
+   *
    * @generated from field: string pricing_unit = 3;
    */
   pricingUnit: string;

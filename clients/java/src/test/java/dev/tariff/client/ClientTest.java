@@ -177,7 +177,7 @@ class ClientTest {
     client.pricing().createProduct(CreateProductRequest.newBuilder().setProduct(Product.newBuilder()
         .setId(run).setEventType(run).setAggregation(Aggregation.SUM).setValueKey("n")
         .addPricingDimensions("a").addPricingDimensions("b")).build());
-    client.pricing().createRateCard(CreateRateCardRequest.newBuilder().setId(run).setName(run).setPricingUnit("c").build());
+    client.pricing().createRateCard(CreateRateCardRequest.newBuilder().setId(run).setName(run).setPricingUnit("credits").build());
     CreateDraftVersionRequest.Builder draft = CreateDraftVersionRequest.newBuilder().setRateCardId(run);
     for (int i = 0; i < 10_000; i++) {
       draft.addUpsertRates(Rate.newBuilder().setProductId(run)
