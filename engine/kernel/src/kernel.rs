@@ -589,7 +589,8 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
             if index > 0 {
                 pause(kernel);
             }
-            kernel.warm(batch.events_from(index).take(PAUSE_EVERY_EVENTS));
+            let (ids, events) = (batch.ids_from(index), batch.events_from(index));
+            kernel.warm(ids.take(PAUSE_EVERY_EVENTS), events.take(PAUSE_EVERY_EVENTS));
         }
         let slot = index % PAUSE_EVERY_EVENTS;
         let warmed = Warmed { dedupe_key: kernel.warmed_keys[slot], account: kernel.warmed_accounts[slot], slot };
@@ -1254,7 +1255,11 @@ impl Kernel {
     /// at 3,000,000 ids, and on the server's rating thread). Reads only; the dedupe keys, the
     /// accounts' places and the keying are kept for rating (`warmed_keys`, `warmed_accounts`,
     /// `warmed_keyed`).
-    fn warm<'s, 'a: 's>(&mut self, events: impl Iterator<Item = EventView<'s, 'a>> + Clone) {
+    fn warm<'s, 'a: 's>(
+        &mut self,
+        ids: impl Iterator<Item = (&'a str, &'a str, i64)>,
+        events: impl Iterator<Item = EventView<'s, 'a>>,
+    ) {
         let Kernel {
             accounts,
             dedupe,
@@ -1275,13 +1280,13 @@ impl Kernel {
         // An array, not a SmallVec: every access to a SmallVec first asks whether it spilled.
         let mut slots: [(i64, Option<&Account>); PAUSE_EVERY_EVENTS] = [(0, None); PAUSE_EVERY_EVENTS];
         let mut len = 0;
-        for (event, slot) in events.clone().zip(&mut slots) {
-            let key = dedupe::Key::from(dedupe::key(event.customer_id, event.transaction_id, canonical));
+        for ((customer_id, transaction_id, timestamp_ms), slot) in ids.zip(&mut slots) {
+            let key = dedupe::Key::from(dedupe::key(customer_id, transaction_id, canonical));
             dedupe.prefetch(key);
             warmed_keys.push(key);
-            let at = accounts.find(Text::of(event.customer_id));
+            let at = accounts.find(Text::of(customer_id));
             warmed_accounts.push(at);
-            *slot = (event.timestamp_ms, at.map(|at| accounts.at(at)));
+            *slot = (timestamp_ms, at.map(|at| accounts.at(at)));
             len += 1;
         }
         let slice = &slots[..len];
