@@ -64,6 +64,13 @@ impl<'a> Batch<'a> {
         })
     }
 
+    /// (customer_id, transaction_id, timestamp_ms) of the events from index `start` on: what
+    /// `Kernel::warm`'s first pass reads, without the view's slicing of each event's entries (bounds
+    /// checks paid even when the entries go unread).
+    pub fn ids_from(&self, start: usize) -> impl Iterator<Item = (&'a str, &'a str, i64)> + '_ {
+        self.events[start.min(self.events.len())..].iter().map(|e| (e.customer_id, e.transaction_id, e.timestamp_ms))
+    }
+
     fn empty() -> Batch<'a> {
         Batch { batch_id: "", events: Vec::new(), dimensions: Vec::new(), values: Vec::new() }
     }
