@@ -502,7 +502,9 @@ type EventNotice struct {
 	TransactionId string       `protobuf:"bytes,2,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
 	ReservationId string       `protobuf:"bytes,3,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	Reason        NoticeReason `protobuf:"varint,4,opt,name=reason,proto3,enum=tariff.v1.NoticeReason" json:"reason,omitempty"`
-	// What happened, for a person (cut like EventRejection.message).
+	// What happened, for a person (cut like EventRejection.message); the
+	// reservation_id it quotes is cut to its first 128 characters ("…" after
+	// the quote when cut): the field above holds it whole.
 	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -241,7 +241,9 @@ export type EventNotice = Message<"tariff.v1.EventNotice"> & {
   reason: NoticeReason;
 
   /**
-   * What happened, for a person (cut like EventRejection.message).
+   * What happened, for a person (cut like EventRejection.message); the
+   * reservation_id it quotes is cut to its first 128 characters ("…" after
+   * the quote when cut): the field above holds it whole.
    *
    * @generated from field: string message = 5;
    */

@@ -1,0 +1,102 @@
+"""An audit of small defects left over from earlier audits, each confirmed over the wire (a real server on its own
+127.0.0.1 port, the `tariff` command as a subprocess):
+
+- ReleaseReservation with a reservation_id over 256 bytes (no hold can have one: Authorize refuses it) answered
+  NOT_FOUND quoting the whole id; now INVALID_ARGUMENT naming reservation_id, as Authorize's is. A message quoting
+  a reservation_id a client sent (a release's NOT_FOUND, a usage notice) quotes its first 128 characters ("…"
+  after the quote when cut), as a quoted customer_id is.
+
+Products (card `card`, credits): `units` (event type `work`, SUM of `n`) at 1 credit a unit (the catalogue of
+tests/test_audit_gateway2_wire.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tariff.v1 import usage_pb2
+
+from tests.audit_fixtures import refusal, release, serving
+from tests.serverproc import ServerProcess
+from tests.test_audit_credits2_wire import customer, grant
+from tests.test_audit_gateway2_wire import batched, catalogue, request, work
+
+TEXT_BYTES_MAX = 256
+QUOTED_CHARS_MAX = 128
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-leftovers")
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+
+
+@pytest.fixture(scope="module")
+def holder(server: ServerProcess) -> str:
+    """A customer (ALLOW) with 10 credits."""
+    with server.client() as client:
+        customer(client, "holder", block=False)
+        grant(client, "holder", "g", "10")
+    return "holder"
+
+
+def test_a_release_naming_an_id_over_256_bytes_is_invalid_argument_naming_reservation_id(
+    server: ServerProcess, holder: str
+) -> None:
+    """balance.proto: a reservation_id is "at most 256 bytes (more is INVALID_ARGUMENT naming reservation_id)", so
+    no hold has a longer one; releasing one is the same malformed id, not a lookup. It answered NOT_FOUND with the
+    whole id in its message (a 100,000-byte id, 100,000 bytes quoted back)."""
+    with server.client() as client:
+        for too_long in ("x" * (TEXT_BYTES_MAX + 1), "é" * 129, "y" * 100_000):
+            code, details = refusal(lambda: release(client, holder, too_long))  # noqa: B023
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details[:200])
+            assert details.startswith("reservation_id:"), details[:200]
+            assert str(TEXT_BYTES_MAX) in details
+            assert too_long[: QUOTED_CHARS_MAX + 1] not in details
+        # 256 bytes exactly is an id a hold may have: a well-formed unknown one is NOT_FOUND.
+        code, _ = refusal(lambda: release(client, holder, "z" * TEXT_BYTES_MAX))
+        assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_release_not_found_quotes_the_first_128_characters_of_the_id(server: ServerProcess, holder: str) -> None:
+    """A quoted id is cut to its first 128 characters, "…" after the quote (contracts.proto, the id rule; balance.proto
+    AuthorizeResponse.message): a 200-character unknown id is quoted as its first 128 and "…"."""
+    unknown = "q" * 72 + "r" * 128
+    with server.client() as client:
+        code, details = refusal(lambda: release(client, holder, unknown))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert f"'{unknown[:QUOTED_CHARS_MAX]}'…" in details, details
+    assert unknown[: QUOTED_CHARS_MAX + 1] not in details
+
+
+def test_a_hold_with_an_id_over_256_bytes_is_refused_on_every_path(server: ServerProcess, holder: str) -> None:
+    """Authorize: INVALID_ARGUMENT naming reservation_id; AuthorizeBatches: INVALID_REQUEST in-band, its message
+    naming reservation_id and the limit, not quoting the id; nothing held either way."""
+    too_long = "h" * 5_000
+    with server.client() as client:
+        code, details = refusal(lambda: client.balance.Authorize(request(holder, {"n": 1}, reservation_id=too_long)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("reservation_id:") and too_long[: QUOTED_CHARS_MAX + 1] not in details
+        [answer] = batched(client, [request(holder, {"n": 1}, reservation_id=too_long, request_id="b1")])
+        assert (answer.allowed, answer.reason, answer.reservation_id) == (False, "INVALID_REQUEST", "")
+        assert answer.message.startswith("reservation_id:") and too_long[: QUOTED_CHARS_MAX + 1] not in answer.message
+        assert str(client.get_balance(holder).credits_held) == "0"
+
+
+def test_a_usage_notice_quotes_the_first_128_characters_of_the_reservation_id(
+    server: ServerProcess, holder: str
+) -> None:
+    """usage.proto: an event naming a reservation_id that is no open hold of its customer is rated and noticed;
+    the notice carries the id whole (reservation_id) and its message quotes it cut like any quoted id. A
+    50,000-character id was quoted whole in the message, the ack twice the id's size."""
+    long_id = "n" * 50_000
+    with server.client() as client:
+        ack = client.ingest_batch([work("notice-1", holder, {"n": 1}, reservation_id=long_id)])
+    assert ack.accepted == 1
+    [notice] = ack.notices
+    assert notice.reason == usage_pb2.NOTICE_RESERVATION_UNKNOWN
+    assert notice.reservation_id == long_id
+    assert f"'{long_id[:QUOTED_CHARS_MAX]}'…" in notice.message, notice.message[:300]
+    assert len(notice.message.encode()) < 1_000
