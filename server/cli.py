@@ -11,13 +11,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from server import oplog
 from server.admin import add_commands
 from server.admin.output import exit_on_broken_pipe
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 
 class Tariff(click.Group):
@@ -359,7 +362,16 @@ def bench(bench_args: tuple[str, ...]) -> None:
 
     from server.bench import add_arguments, run
 
-    parser = argparse.ArgumentParser(prog="tariff bench", description="Measure the server against reference runs.")
+    class Parser(argparse.ArgumentParser):
+        def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+            # argparse's own swallows a failed write and exits 0: into a pipe whose reader has gone the help fails
+            # as every command's output does (Tariff.invoke: 141). A closed stdout (`>&-`) prints nothing, as
+            # click's --help.
+            out = file or sys.stdout
+            if out is not None:
+                out.write(self.format_help())
+
+    parser = Parser(prog="tariff bench", description="Measure the server against reference runs.")
     add_arguments(parser)
     sys.exit(run(parser.parse_args(list(bench_args))))
 

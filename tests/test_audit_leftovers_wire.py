@@ -5,12 +5,16 @@
   NOT_FOUND quoting the whole id; now INVALID_ARGUMENT naming reservation_id, as Authorize's is. A message quoting
   a reservation_id a client sent (a release's NOT_FOUND, a usage notice) quotes its first 128 characters ("…"
   after the quote when cut), as a quoted customer_id is.
+- `tariff bench --help` into a pipe whose reader has gone exited 0 (argparse swallows the failed write), where
+  README's exit-status table says 141, as every other command's `--help` exits.
 
 Products (card `card`, credits): `units` (event type `work`, SUM of `n`) at 1 credit a unit (the catalogue of
 tests/test_audit_gateway2_wire.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +23,14 @@ import pytest
 from tariff.v1 import usage_pb2
 
 from tests.audit_fixtures import refusal, release, serving
-from tests.serverproc import ServerProcess
+from tests.serverproc import REPO_ROOT, ServerProcess
 from tests.test_audit_credits2_wire import customer, grant
 from tests.test_audit_gateway2_wire import batched, catalogue, request, work
+from tests.test_cli import TARIFF
 
 TEXT_BYTES_MAX = 256
 QUOTED_CHARS_MAX = 128
+EXIT_BROKEN_PIPE = 141
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +106,36 @@ def test_a_usage_notice_quotes_the_first_128_characters_of_the_reservation_id(
     assert notice.reservation_id == long_id
     assert f"'{long_id[:QUOTED_CHARS_MAX]}'…" in notice.message, notice.message[:300]
     assert len(notice.message.encode()) < 1_000
+
+
+def into_closed_pipe(*args: str) -> tuple[int, str]:
+    """`tariff ARGS` with stdout a pipe whose reader has already gone (as after `| head -1` read its line): every
+    write to stdout fails with EPIPE. The exit status and stderr."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [str(TARIFF), *args], stdout=write_end, stderr=subprocess.PIPE, text=True, env=environment, cwd=REPO_ROOT
+        )
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("bench", "--help"), ("bench", "-h"), ("keys", "new", "--help"), ("serve", "--help"), ("migrate", "--help")],
+    ids=lambda args: "-".join(a.strip("-") for a in args),
+)
+def test_help_into_a_closed_pipe_exits_141_quietly(args: tuple[str, ...]) -> None:
+    """README, exit status: "141: stdout's reader stopped reading: the command ends quietly, nothing on stderr".
+    `tariff bench --help` (argparse's help, not click's) exited 0."""
+    assert into_closed_pipe(*args) == (EXIT_BROKEN_PIPE, "")
+
+
+def test_bench_help_still_prints_and_exits_0() -> None:
+    """The help itself is unchanged: on stdout, exit 0."""
+    done = subprocess.run([str(TARIFF), "bench", "--help"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("usage: tariff bench")
