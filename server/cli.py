@@ -307,8 +307,24 @@ def keys() -> None:
     """Manage API keys."""
 
 
+def _key_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
+    """--name held to the x-actor rule (a usage error else): the name is the audit log's actor, and "PERSON via KEY"
+    must read one way only (a key named "alice via ops" would pass its changes off as done in alice's name)."""
+    from server.auth import ACTOR_PATTERN
+
+    if ACTOR_PATTERN.fullmatch(name) is None:
+        shown = name if len(name) <= 32 else name[:32] + "…"
+        raise click.BadParameter(f"{shown!r} is not a key name (1-128 letters, digits and ._:@-)")
+    return name
+
+
 @keys.command("new")
-@click.option("--name", required=True, help="who uses the key; the audit log's actor")
+@click.option(
+    "--name",
+    required=True,
+    callback=_key_name,
+    help="who uses the key; the audit log's actor: 1-128 letters, digits and ._:@-",
+)
 @click.option("--role", required=True, type=click.Choice(["admin", "ingest", "read"]))
 @click.option(
     "--customers",

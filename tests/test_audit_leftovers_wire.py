@@ -7,6 +7,10 @@
   after the quote when cut), as a quoted customer_id is.
 - `tariff bench --help` into a pipe whose reader has gone exited 0 (argparse swallows the failed write), where
   README's exit-status table says 141, as every other command's `--help` exits.
+- `tariff keys new --name` took any text: "alice via ops" (the audit log's "PERSON via KEY" form, so a filter by
+  actor "alice" found what the key did, as if done in alice's name), newlines and tabs (an audit table's rows
+  broken), 5,000 characters. A key's name is now held to the x-actor rule, 1-128 letters, digits and ._:@-, a usage
+  error (exit 2) naming --name otherwise, nothing written.
 
 Products (card `card`, credits): `units` (event type `work`, SUM of `n`) at 1 credit a unit (the catalogue of
 tests/test_audit_gateway2_wire.py)."""
@@ -20,10 +24,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tariff.v1 import usage_pb2
+from tariff import TariffClient
+from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
 from tests.audit_fixtures import refusal, release, serving
-from tests.serverproc import REPO_ROOT, ServerProcess
+from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 from tests.test_audit_credits2_wire import customer, grant
 from tests.test_audit_gateway2_wire import batched, catalogue, request, work
 from tests.test_cli import TARIFF
@@ -139,3 +144,42 @@ def test_bench_help_still_prints_and_exits_0() -> None:
     done = subprocess.run([str(TARIFF), "bench", "--help"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.startswith("usage: tariff bench")
+
+
+def keys_new(key_file: Path, name: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    command = [str(TARIFF), "keys", "new", "--name", name, "--role", "admin", "--file", str(key_file)]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO_ROOT)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["alice via ops", "a\nb", "tab\there", "x" * 129, "café", "ops\n", " ops", "bell\x07"],
+    ids=["via", "newline", "tab", "129-chars", "non-ascii", "trailing-newline", "leading-space", "control"],
+)
+def test_keys_new_refuses_a_name_breaking_the_actor_rule_as_a_usage_error(tmp_path: Path, name: str) -> None:
+    """A key's name is the audit log's actor (README "API keys"), held to the rule an x-actor is: 1-128 letters,
+    digits and ._:@-. Otherwise exit 2 naming --name, no key printed, no file written."""
+    key_file = tmp_path / "keys.toml"
+    done = keys_new(key_file, name)
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert "--name" in done.stderr and "1-128" in done.stderr, done.stderr
+    assert not key_file.exists()
+
+
+def test_a_key_named_by_the_rule_is_the_audit_logs_actor(tmp_path: Path, server_factory: ServerFactory) -> None:
+    """The longest name the rule allows, every punctuation it allows in it, names the key's changes in the audit
+    log, and a filter by it finds them."""
+    name = ("ops.team_1:eu@acme-" * 7)[:128]
+    key_file = tmp_path / "keys.toml"
+    made = keys_new(key_file, name)
+    assert made.returncode == 0, made.stderr
+    server = server_factory(extra_args=["--api-keys", str(key_file)], api_key=made.stdout.strip())
+    with server.client() as client:
+        create_customer(client, "named-1")
+        entries = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(actor=name)).entries
+    assert [(e.actor, e.target) for e in entries] == [(name, "customer/named-1")]
+
+
+def create_customer(client: TariffClient, customer_id: str) -> None:
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
