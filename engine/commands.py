@@ -46,6 +46,11 @@ class CreateCustomer(msgspec.Struct, frozen=True, tag="create_customer"):
 
 
 class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
+    """`empty_count_missing`: set by the server for every request it takes (server/convert.py), so a UNIQUE_COUNT
+    product takes an event whose counted dimension is empty ("") as one without it (INVALID_EVENT), as a missing
+    pricing dimension is the empty one; False (products created before it) counts "" as a distinct value, as they
+    did, so their journals replay as before. Not part of the request's fingerprint."""
+
     at_ms: int
     actor: str
     id: str
@@ -56,6 +61,7 @@ class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
     filters: dict[str, str]
     pricing_dimensions: tuple[str, ...]
     unit: str
+    empty_count_missing: bool = False
 
 
 class CreateRateCard(msgspec.Struct, frozen=True, tag="create_rate_card"):
@@ -172,6 +178,7 @@ SERVER_SET_FIELDS = (
     "override_hours_refused",
     "rerate_carries_earlier_hours",
     "overrides_bounded",
+    "empty_count_missing",
 )
 
 

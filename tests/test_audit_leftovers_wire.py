@@ -11,6 +11,11 @@
   actor "alice" found what the key did, as if done in alice's name), newlines and tabs (an audit table's rows
   broken), 5,000 characters. A key's name is now held to the x-actor rule, 1-128 letters, digits and ._:@-, a usage
   error (exit 2) naming --name otherwise, nothing written.
+- A UNIQUE_COUNT product counted an event whose counted dimension was present but empty ("") as one more distinct
+  value, where a missing one is INVALID_EVENT, and a missing pricing dimension is the same as an empty one. An
+  empty value is now missing (INVALID_EVENT) for products created from now on (CreateProduct's server-set
+  `empty_count_missing`); a product an earlier release created keeps counting it, so its journal replays as
+  before.
 
 Products (card `card`, credits): `units` (event type `work`, SUM of `n`) at 1 credit a unit (the catalogue of
 tests/test_audit_gateway2_wire.py)."""
@@ -23,13 +28,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import msgspec
 import pytest
-from tariff import TariffClient
+from tariff import TariffClient, now_ms
 from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
+from engine import commands as cmd
+from engine.billing import Billing
+from engine.control import fingerprint
+from engine.products import Aggregation
+from server.convert import timestamp as stamp
 from tests.audit_fixtures import refusal, release, serving
+from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World
+from tests.engine_fixtures import rate as engine_rate
+from tests.engine_fixtures import unit as engine_unit
+from tests.kernel_fixtures import usage_event
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
-from tests.test_audit_credits2_wire import customer, grant
+from tests.test_audit_credits2_wire import CARD_FROM_MS, customer, grant
 from tests.test_audit_gateway2_wire import batched, catalogue, request, work
 from tests.test_cli import TARIFF
 
@@ -183,3 +198,72 @@ def test_a_key_named_by_the_rule_is_the_audit_logs_actor(tmp_path: Path, server_
 
 def create_customer(client: TariffClient, customer_id: str) -> None:
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+
+
+def seats_catalogue(client: TariffClient) -> None:
+    """`seats` (event type `seat`, UNIQUE_COUNT of dimensions[user]) at 1 credit a distinct user, on card
+    `seats-card`."""
+    pricing = client.pricing
+    product = pricing_pb2.Product(id="seats", event_type="seat", aggregation=pricing_pb2.UNIQUE_COUNT, value_key="user")
+    pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="seats-card", pricing_unit="credits"))
+    rates = [pricing_pb2.Rate(product_id="seats", unit=pricing_pb2.UnitPrice(price="1"))]
+    pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="seats-card", upsert_rates=rates))
+    when = stamp(CARD_FROM_MS)
+    pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id="seats-card", version=1, effective_from=when))
+
+
+def seat(transaction_id: str, customer_id: str, dimensions: dict[str, str]) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id, customer_id=customer_id, event_type="seat", timestamp_ms=now_ms(),
+        dimensions=dimensions,
+    )  # fmt: skip
+
+
+def test_a_unique_count_event_with_its_dimension_empty_is_invalid_like_one_without_it(
+    server_factory: ServerFactory,
+) -> None:
+    """README: INVALID_EVENT for "a value the product needs missing, or for UNIQUE_COUNT the dimension it counts".
+    An empty dimensions[user] is that dimension missing, as a missing pricing dimension is the empty one: refused
+    alike, naming it; nothing charged. Users a and b then count 2 (2 credits), and the restart's replay keeps it."""
+    server = server_factory()
+    with server.client() as client:
+        seats_catalogue(client)
+        customer(client, "seater", block=False, rate_card_id="seats-card")
+        ack = client.ingest_batch([seat("e-empty", "seater", {"user": ""}), seat("e-none", "seater", {})])
+        assert ack.accepted == 0
+        rejected = [(r.index, usage_pb2.RejectReason.Name(r.reason), r.message) for r in ack.rejected]
+        needs = "dimensions['user'] is required by product 'seats'"
+        assert rejected == [(0, "INVALID_EVENT", needs), (1, "INVALID_EVENT", needs)]
+        ack = client.ingest_batch([seat("e-a", "seater", {"user": "a"}), seat("e-b", "seater", {"user": "b"})])
+        assert ack.accepted == 2
+        assert str(client.get_balance("seater").period_charges) == "2"
+    server.restart()
+    with server.client() as client:
+        assert str(client.get_balance("seater").period_charges) == "2"
+
+
+def test_a_unique_count_product_journaled_without_empty_count_missing_counts_an_empty_value_as_before() -> None:
+    """A CreateProduct an earlier release journaled has no empty_count_missing: decoded, it reads False, and its
+    product counts "" as a distinct value as it did (users "" and a: 2 units, 2 credits), so its journal replays to
+    the same state. The field is the server's: in neither the retry fingerprint nor the audit entry."""
+    made = cmd.CreateProduct(EPOCH_MS, ACTOR, "seats", "seats", "ai", Aggregation.UNIQUE_COUNT, "user", {}, (), "u")
+    stored = msgspec.json.encode(made)
+    assert b"empty_count_missing" in stored
+    old = msgspec.json.decode(stored.replace(b',"empty_count_missing":false', b""), type=cmd.CreateProduct)
+    assert old.empty_count_missing is False
+    assert fingerprint(old) == fingerprint(msgspec.structs.replace(old, empty_count_missing=True))
+    world = World()
+    world.apply(old)
+    world.rate_card()
+    world.version([engine_rate("seats", engine_unit("1"))])
+    world.customer()
+    world.contract()
+    billing = Billing(engine=world.engine)
+    events = [
+        usage_event(name, EPOCH_MS + HOUR_MS, {}, dimensions={"user": user}) for name, user in (("e1", ""), ("e2", "a"))
+    ]
+    ack = billing.ingest(usage_pb2.UsageBatch(events=events).SerializeToString(), EPOCH_MS + 2 * HOUR_MS)
+    assert (ack.accepted, list(ack.rejected)) == (2, [])
+    entries = [e for e in world.engine.state.audit if e.action == "CreateProduct"]
+    assert entries and all("empty_count_missing" not in e.diff for e in entries)

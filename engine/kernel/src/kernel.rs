@@ -729,7 +729,7 @@ impl Rater {
     ) -> Result<Plan, Refusal> {
         let ts = event.timestamp_ms;
         let product = &self.catalog.products[index];
-        let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
+        let measure = self.measure(product, event)?;
         // Borrowed from the event's cache, not copied into the plan: commit needs the values only
         // for a new combination, and interns them from the event then.
         let symbol = |text| self.interner.get(text);
@@ -773,23 +773,21 @@ impl Rater {
         })
     }
 
-    fn measure(
-        &self,
-        aggregation: Aggregation,
-        value_key: &str,
-        product_id: &str,
-        event: &Event,
-    ) -> Result<Measure, Refusal> {
+    fn measure(&self, product: &Product, event: &Event) -> Result<Measure, Refusal> {
+        let value_key = product.value_key.as_str();
         let missing = |place: &str| {
             Refusal::new(
                 Reason::InvalidEvent,
-                format!("{place}[{}] is required by product {}", py_repr(value_key), py_repr(product_id)),
+                format!("{place}[{}] is required by product {}", py_repr(value_key), py_repr(&product.id_text)),
             )
         };
-        match aggregation {
+        match product.aggregation {
             Aggregation::Count => Ok(Measure::Quantity(SCALE)),
             Aggregation::UniqueCount => {
-                let value = event.dimension(value_key).ok_or_else(|| missing("dimensions"))?;
+                // Empty is missing for a product the server marked so (products made before count it).
+                let value =
+                    event.dimension(value_key).filter(|value| !(value.is_empty() && product.empty_count_missing));
+                let value = value.ok_or_else(|| missing("dimensions"))?;
                 Ok(Measure::Unique(self.interner.get(value)))
             }
             _ => event.value(value_key).map(Measure::Quantity).ok_or_else(|| missing("values")),
@@ -1521,6 +1519,7 @@ mod tests {
                     value_key: value_key.into(),
                     filters,
                     pricing_dimensions: dimensions.iter().map(|d| d.to_string()).collect(),
+                    empty_count_missing: false,
                 }
             };
         let products = vec![

@@ -1104,6 +1104,7 @@ mod tests {
                 value_key: "q".into(),
                 filters: vec![],
                 pricing_dimensions: vec!["model".into()],
+                empty_count_missing: false,
             })
             .collect();
         products.push(ProductTable {
@@ -1113,6 +1114,7 @@ mod tests {
             value_key: "q".into(),
             filters: vec![],
             pricing_dimensions: vec![],
+            empty_count_missing: false,
         });
         let discount = OverrideTable {
             product_id: "unit".into(),

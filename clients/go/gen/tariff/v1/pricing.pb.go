@@ -40,7 +40,10 @@ const (
 	Aggregation_COUNT Aggregation = 2
 	// Largest values[value_key].
 	Aggregation_MAX Aggregation = 3
-	// Number of distinct dimensions[value_key].
+	// Number of distinct dimensions[value_key]. An event without it, or with
+	// it empty (""), is INVALID_EVENT ("" is the entry missing, as for a
+	// pricing dimension); a product created by an earlier release counts ""
+	// as a value, as it did.
 	Aggregation_UNIQUE_COUNT Aggregation = 4
 	// values[value_key] of the event with the latest timestamp.
 	Aggregation_LATEST Aggregation = 5

@@ -1712,7 +1712,10 @@ export enum Aggregation {
   MAX = 3,
 
   /**
-   * Number of distinct dimensions[value_key].
+   * Number of distinct dimensions[value_key]. An event without it, or with
+   * it empty (""), is INVALID_EVENT ("" is the entry missing, as for a
+   * pricing dimension); a product created by an earlier release counts ""
+   * as a value, as it did.
    *
    * @generated from enum value: UNIQUE_COUNT = 4;
    */
