@@ -114,7 +114,10 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     hour: rerate.rs `carries`); False (commands stored before it) re-rates as then, when a same-price publish could
     move a tiered line after a late event. Until its first release this field also left the carry out wherever the
     contract had any price override of the aggregate's product (a same-price publish then still moved such a line);
-    it was never in a released journal, so it took the wider meaning rather than a new field."""
+    it was never in a released journal, so it took the wider meaning rather than a new field.
+    `prices_rounded_in_range`: set likewise (publishes only), so validation holds a price field's value rounded to 18
+    places below 10^18 too (engine/ratecard.py validate: 999999999999999999.9999999999999999999 rounds to 10^18);
+    False (commands stored before it) validates as then."""
 
     at_ms: int
     actor: str
@@ -128,6 +131,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rerate_top_ups_in_time: bool = False
     override_hours_refused: bool = False
     rerate_carries_earlier_hours: bool = False
+    prices_rounded_in_range: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -179,6 +183,7 @@ SERVER_SET_FIELDS = (
     "rerate_carries_earlier_hours",
     "overrides_bounded",
     "empty_count_missing",
+    "prices_rounded_in_range",
 )
 
 

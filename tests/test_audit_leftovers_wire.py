@@ -16,6 +16,11 @@
   empty value is now missing (INVALID_EVENT) for products created from now on (CreateProduct's server-set
   `empty_count_missing`); a product an earlier release created keeps counting it, so its journal replays as
   before.
+- Price formula literals are not range-checked by design (pricing.proto: "The limits on a value ... hold the
+  formula's value, not the numbers written in it"), but the value was checked before its rounding to 18 places:
+  "999999999999999999.9999999999999999999 * 1" validated and published as a price of exactly 10^18, beyond the
+  "below 10^18" limit. The rounded value is checked now (a publish the server marks `prices_rounded_in_range`;
+  one journaled before keeps the older check, so its journal replays as before).
 
 Products (card `card`, credits): `units` (event type `work`, SUM of `n`) at 1 credit a unit (the catalogue of
 tests/test_audit_gateway2_wire.py)."""
@@ -36,7 +41,9 @@ from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 from engine import commands as cmd
 from engine.billing import Billing
 from engine.control import fingerprint
+from engine.errors import InvalidArgument
 from engine.products import Aggregation
+from engine.versions import PublishResult
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import refusal, release, serving
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World
@@ -267,3 +274,65 @@ def test_a_unique_count_product_journaled_without_empty_count_missing_counts_an_
     assert (ack.accepted, list(ack.rejected)) == (2, [])
     entries = [e for e in world.engine.state.audit if e.action == "CreateProduct"]
     assert entries and all("empty_count_missing" not in e.diff for e in entries)
+
+
+ROUNDS_TO_LIMIT = "999999999999999999.9999999999999999999 * 1"
+
+
+def test_a_formula_whose_price_rounds_to_10_18_is_refused_naming_the_field(server_factory: ServerFactory) -> None:
+    """pricing.proto: a price field's value is below 10^18 and "the price is that value rounded half-even to 18
+    decimal places": 999999999999999999.9999999999999999999 (19 places) rounds to 10^18, out of range. ValidateVersion
+    lists it as an error naming the field; PublishVersion refuses it (INVALID_ARGUMENT naming
+    version.rates[0].unit.price); nothing is published. The largest price, 999999999999999999.999999999999999999 (as
+    a formula: "... * 1"), is still valid."""
+    server = server_factory()
+    with server.client() as client:
+        pricing = client.pricing
+        product = pricing_pb2.Product(id="big", event_type="big", aggregation=pricing_pb2.SUM, value_key="n")
+        pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+        pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="big-card", pricing_unit="credits"))
+        for price in (ROUNDS_TO_LIMIT, "999999999999999999.999999999999999999 * 1"):
+            rates = [pricing_pb2.Rate(product_id="big", unit=pricing_pb2.UnitPrice(price=price))]
+            pricing.CreateDraftVersion(
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id="big-card", upsert_rates=rates)
+            )
+        check = pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id="big-card", version=1))
+        errors = [(f.path, f.message) for f in check.findings if f.severity == pricing_pb2.ERROR]
+        assert not check.ok and [path for path, _ in errors] == ["rates[0].unit.price"], check
+        assert "10^18" in errors[0][1]
+        publish = pricing_pb2.PublishVersionRequest(
+            rate_card_id="big-card", version=1, effective_from=stamp(CARD_FROM_MS)
+        )
+        code, details = refusal(lambda: pricing.PublishVersion(publish))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("version.rates[0].unit.price:") and "10^18" in details, details
+        versions = pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id="big-card")).versions
+        assert [v.state for v in versions] == [pricing_pb2.DRAFT, pricing_pb2.DRAFT]
+        check = pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id="big-card", version=2))
+        assert check.ok, check
+
+
+def test_a_publish_journaled_without_prices_rounded_in_range_publishes_and_prices_as_before() -> None:
+    """A PublishVersion an earlier release journaled has no prices_rounded_in_range: decoded, it reads False and
+    publishes a version whose price rounds to 10^18 as it did, and the version compiles and prices an event, so its
+    journal replays to the same state; the server's publish of the same draft is refused. The field is the
+    server's: in neither the retry fingerprint nor the audit entry."""
+    world = World()
+    world.product("big", value_key="n", dimensions=())
+    world.rate_card()
+    number = world.draft([engine_rate("big", engine_unit(ROUNDS_TO_LIMIT))]).number
+    stored = msgspec.json.encode(cmd.PublishVersion(EPOCH_MS, ACTOR, "card", number, EPOCH_MS))
+    old = msgspec.json.decode(stored.replace(b',"prices_rounded_in_range":false', b""), type=cmd.PublishVersion)
+    assert b"prices_rounded_in_range" in stored and old.prices_rounded_in_range is False
+    asked = msgspec.structs.replace(old, prices_rounded_in_range=True)
+    assert fingerprint(old) == fingerprint(asked)
+    with pytest.raises(InvalidArgument, match="10\\^18"):
+        world.engine.apply(asked, world.seq + 1)
+    assert isinstance(world.apply(old), PublishResult)
+    world.customer()
+    world.contract()
+    billing = Billing(engine=world.engine)
+    batch = usage_pb2.UsageBatch(events=[usage_event("e1", EPOCH_MS + HOUR_MS, {"n": 1.0}, event_type="ai")])
+    assert billing.ingest(batch.SerializeToString(), EPOCH_MS + 2 * HOUR_MS).accepted == 1
+    entries = [e for e in world.engine.state.audit if e.action == "PublishVersion"]
+    assert entries and all("prices_rounded_in_range" not in e.diff for e in entries)
