@@ -36,7 +36,7 @@ import grpc
 import msgspec
 import pytest
 from tariff import TariffClient, now_ms
-from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from engine import commands as cmd
 from engine.billing import Billing
@@ -242,6 +242,14 @@ def test_a_unique_count_event_with_its_dimension_empty_is_invalid_like_one_witho
         rejected = [(r.index, usage_pb2.RejectReason.Name(r.reason), r.message) for r in ack.rejected]
         needs = "dimensions['user'] is required by product 'seats'"
         assert rejected == [(0, "INVALID_EVENT", needs), (1, "INVALID_EVENT", needs)]
+
+        # Authorize prices the event as ingestion would: the same answer for "" as for no user.
+        def authorize(dimensions: dict[str, str]) -> object:
+            request = balance_pb2.AuthorizeRequest(customer_id="seater", event_type="seat", dimensions=dimensions)
+            return client.balance.Authorize(request)
+
+        answers = [refusal(lambda: authorize({"user": ""})), refusal(lambda: authorize({}))]
+        assert answers[0] == answers[1] and answers[0][0] == grpc.StatusCode.INVALID_ARGUMENT, answers
         ack = client.ingest_batch([seat("e-a", "seater", {"user": "a"}), seat("e-b", "seater", {"user": "b"})])
         assert ack.accepted == 2
         assert str(client.get_balance("seater").period_charges) == "2"
