@@ -4,7 +4,9 @@
 - ReleaseReservation with a reservation_id over 256 bytes (no hold can have one: Authorize refuses it) answered
   NOT_FOUND quoting the whole id; now INVALID_ARGUMENT naming reservation_id, as Authorize's is. A message quoting
   a reservation_id a client sent (a release's NOT_FOUND, a usage notice) quotes its first 128 characters ("…"
-  after the quote when cut), as a quoted customer_id is.
+  after the quote when cut), as a quoted customer_id is. A usage event's reservation_id over 256 bytes (no hold
+  can have one) was accepted and rated, the ack echoing it whole; it is now INVALID_EVENT naming reservation_id
+  (a batch the server marks `reservation_ids_bounded`; one journaled before replays as it was rated).
 - `tariff bench --help` into a pipe whose reader has gone exited 0 (argparse swallows the failed write), where
   README's exit-status table says 141, as every other command's `--help` exits.
 - `tariff keys new --name` took any text: "alice via ops" (the audit log's "PERSON via KEY" form, so a filter by
@@ -45,6 +47,7 @@ from engine.errors import InvalidArgument
 from engine.products import Aggregation
 from engine.versions import PublishResult
 from server.convert import timestamp as stamp
+from server.sequencer import UsageRecord
 from tests.audit_fixtures import refusal, release, serving
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World
 from tests.engine_fixtures import rate as engine_rate
@@ -54,6 +57,7 @@ from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 from tests.test_audit_credits2_wire import CARD_FROM_MS, customer, grant
 from tests.test_audit_gateway2_wire import batched, catalogue, request, work
 from tests.test_cli import TARIFF
+from tests.test_engine_rerate import calls_world
 
 TEXT_BYTES_MAX = 256
 QUOTED_CHARS_MAX = 128
@@ -122,9 +126,9 @@ def test_a_usage_notice_quotes_the_first_128_characters_of_the_reservation_id(
     server: ServerProcess, holder: str
 ) -> None:
     """usage.proto: an event naming a reservation_id that is no open hold of its customer is rated and noticed;
-    the notice carries the id whole (reservation_id) and its message quotes it cut like any quoted id. A
-    50,000-character id was quoted whole in the message, the ack twice the id's size."""
-    long_id = "n" * 50_000
+    the notice carries the id whole (reservation_id) and its message quotes it cut like any quoted id: a
+    200-character id (within the 256 bytes an id may have) was quoted whole."""
+    long_id = "n" * 72 + "m" * 128
     with server.client() as client:
         ack = client.ingest_batch([work("notice-1", holder, {"n": 1}, reservation_id=long_id)])
     assert ack.accepted == 1
@@ -132,7 +136,7 @@ def test_a_usage_notice_quotes_the_first_128_characters_of_the_reservation_id(
     assert notice.reason == usage_pb2.NOTICE_RESERVATION_UNKNOWN
     assert notice.reservation_id == long_id
     assert f"'{long_id[:QUOTED_CHARS_MAX]}'…" in notice.message, notice.message[:300]
-    assert len(notice.message.encode()) < 1_000
+    assert long_id[: QUOTED_CHARS_MAX + 1] not in notice.message
 
 
 def into_closed_pipe(*args: str) -> tuple[int, str]:
@@ -344,3 +348,46 @@ def test_a_publish_journaled_without_prices_rounded_in_range_publishes_and_price
     assert billing.ingest(batch.SerializeToString(), EPOCH_MS + 2 * HOUR_MS).accepted == 1
     entries = [e for e in world.engine.state.audit if e.action == "PublishVersion"]
     assert entries and all("prices_rounded_in_range" not in e.diff for e in entries)
+
+
+def test_a_usage_event_naming_a_reservation_id_over_256_bytes_is_invalid_event(
+    server: ServerProcess, holder: str
+) -> None:
+    """usage.proto: UsageEvent.reservation_id settles a hold, and no hold has an id over 256 bytes (balance.proto):
+    such an event is INVALID_EVENT naming reservation_id, as one whose transaction_id is over 256 bytes, and charges
+    nothing; the message does not quote the id. One of exactly 256 bytes is rated and noticed."""
+    too_long = "v" * (TEXT_BYTES_MAX + 1)
+    with server.client() as client:
+        before = str(client.get_balance(holder).period_charges)
+        ack = client.ingest_batch([work("long-res-1", holder, {"n": 1}, reservation_id=too_long)])
+        assert ack.accepted == 0
+        [rejected] = ack.rejected
+        assert usage_pb2.RejectReason.Name(rejected.reason) == "INVALID_EVENT"
+        assert rejected.message == f"reservation_id is longer than {TEXT_BYTES_MAX} bytes"
+        assert str(client.get_balance(holder).period_charges) == before
+        ack = client.ingest_batch([work("long-res-2", holder, {"n": 1}, reservation_id="w" * TEXT_BYTES_MAX)])
+        assert ack.accepted == 1
+        assert [usage_pb2.NoticeReason.Name(n.reason) for n in ack.notices] == ["NOTICE_RESERVATION_UNKNOWN"]
+
+
+def test_a_batch_journaled_without_reservation_ids_bounded_rates_a_long_reservation_id_as_before() -> None:
+    """A usage record an earlier release journaled has no reservation_ids_bounded: decoded, it reads False, and its
+    batch replays as it was rated, the event with a 300-byte reservation_id accepted (and charged); the server's
+    batches are rated with it, the event INVALID_EVENT."""
+    stored = msgspec.msgpack.encode(UsageRecord(b"", 1, b"", 0, 0, 0, True, None, True))
+    assert msgspec.msgpack.decode(stored, type=UsageRecord).reservation_ids_bounded is False
+    event = usage_event("e1", EPOCH_MS + HOUR_MS, {"n": 1.0}, event_type="ai")
+    event.reservation_id = "r" * 300
+    batch = usage_pb2.UsageBatch(events=[event]).SerializeToString()
+    received_ms = EPOCH_MS + 2 * HOUR_MS
+    bounded = Billing(engine=contracted_calls().engine).ingest(batch, received_ms, reservation_ids_bounded=True)
+    assert (bounded.accepted, bounded.rejected) == (0, ["INVALID_EVENT"])
+    assert Billing(engine=contracted_calls().engine).ingest(batch, received_ms).accepted == 1
+
+
+def contracted_calls() -> World:
+    """tests/test_engine_rerate.py's calls world (`calls`, SUM of `n`, event type `ai`, 1 a unit) with acme's
+    contract."""
+    world = calls_world()
+    world.contract()
+    return world

@@ -19,6 +19,7 @@ use crate::buckets::{
 use crate::credits::{self, AccountCredits, Clock};
 use crate::decode::{
     check_into, check_view, py_dict, py_repr, py_repr_cut, wire, with_view, Event, EventView, Reason, Refusal,
+    TEXT_BYTES_MAX,
 };
 use crate::dedupe::{self, content_digest, prior, Held, Seen};
 use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes, NEVER_MS};
@@ -297,6 +298,10 @@ pub struct Kernel {
     /// the next AdvanceClock, where another event could draw it first: set by the caller for each
     /// batch, as its journal record says (false for records of earlier releases). Not state.
     pub returned_expired_credit_breaks: bool,
+    /// Whether an event whose reservation_id is over TEXT_BYTES_MAX (no hold has one) is
+    /// INVALID_EVENT rather than rated: set by the caller for each batch, as its journal record says
+    /// (false for records of earlier releases, which rated such an event). Not state.
+    pub reservation_ids_bounded: bool,
 }
 
 impl Kernel {
@@ -470,6 +475,10 @@ impl Kernel {
     ) -> Result<bool, Refusal> {
         let catalog = &self.rater.catalog;
         check_into(raw, received_ms, catalog.future_skew_ms, event)?;
+        if self.reservation_ids_bounded && event.reservation_id.len() > TEXT_BYTES_MAX {
+            let message = format!("reservation_id is longer than {TEXT_BYTES_MAX} bytes");
+            return Err(Refusal::new(Reason::InvalidEvent, message));
+        }
         let event = &*event;
         let digest = dedupe::kept_digest(content_digest(event, &mut self.canonical));
         let Warmed { dedupe_key, account, slot } = warmed;

@@ -184,7 +184,9 @@ type UsageEvent struct {
 	// round-trip representation; a value that needs more than 18 decimal places
 	// (1e-50, say) is refused (INVALID_EVENT), never rounded.
 	Values map[string]float64 `protobuf:"bytes,6,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	// Settles a reservation made by Authorize(reserve=true). Optional.
+	// Settles a reservation made by Authorize(reserve=true). Optional; at most
+	// 256 bytes, as a hold's id (more is INVALID_EVENT naming reservation_id:
+	// no hold has one).
 	ReservationId string `protobuf:"bytes,7,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

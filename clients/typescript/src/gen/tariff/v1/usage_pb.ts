@@ -73,7 +73,9 @@ export type UsageEvent = Message<"tariff.v1.UsageEvent"> & {
   values: { [key: string]: number };
 
   /**
-   * Settles a reservation made by Authorize(reserve=true). Optional.
+   * Settles a reservation made by Authorize(reserve=true). Optional; at most
+   * 256 bytes, as a hold's id (more is INVALID_EVENT naming reservation_id:
+   * no hold has one).
    *
    * @generated from field: string reservation_id = 7;
    */
