@@ -334,15 +334,30 @@ def _key_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
     "--file", "key_file", type=click.Path(path_type=Path), required=True, help="the key file (created if missing)"
 )
 def new_key(name: str, role: str, customers: str | None, key_file: Path) -> None:
-    """Make a key, print it once and append its hash to the key file."""
-    from server.auth import KeyFileError, new_key
+    """Make a key, print it once and append its hash to the key file. A key that cannot be printed is not kept:
+    with stdout closed (`>&-`) nothing is written (exit 2); printed into a pipe whose reader has gone, its entry is
+    taken out again (141)."""
+    from server.auth import KeyFileError, new_key, restore_key_file
 
+    restricted_to = _restricted_to(customers)
+    if sys.stdout is None:
+        click.echo("tariff keys new: stdout is closed: the key would be shown nowhere; nothing was written", err=True)
+        sys.exit(2)
     try:
-        key = new_key(key_file, name, role, _restricted_to(customers))
+        before = key_file.read_bytes() if key_file.exists() else None
+    except OSError:
+        before = None  # new_key says why it cannot be read
+    try:
+        key = new_key(key_file, name, role, restricted_to)
     except KeyFileError as exc:
         click.echo(f"tariff keys new: {exc}", err=True)
         sys.exit(2)
-    click.echo(key)
+    try:
+        click.echo(key)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        restore_key_file(key_file, before)
+        exit_on_broken_pipe()
     click.echo(f"key {name!r} ({role}) added to {key_file}; this is the only time it is shown", err=True)
 
 

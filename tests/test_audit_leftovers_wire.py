@@ -8,7 +8,10 @@
   can have one) was accepted and rated, the ack echoing it whole; it is now INVALID_EVENT naming reservation_id
   (a batch the server marks `reservation_ids_bounded`; one journaled before replays as it was rated).
 - `tariff bench --help` into a pipe whose reader has gone exited 0 (argparse swallows the failed write), where
-  README's exit-status table says 141, as every other command's `--help` exits.
+  README's exit-status table says 141, as every other command's `--help` exits. `tariff keys new` with stdout
+  closed (`>&-`) exited 0 having added a key whose secret was shown nowhere, and into a closed pipe exited 141
+  with that key added too: a key nobody holds. Now a closed stdout is exit 2 before anything is written, and a
+  key that could not be printed is taken out of the file again (141).
 - `tariff keys new --name` took any text: "alice via ops" (the audit log's "PERSON via KEY" form, so a filter by
   actor "alice" found what the key did, as if done in alice's name), newlines and tabs (an audit table's rows
   broken), 5,000 characters. A key's name is now held to the x-actor rule, 1-128 letters, digits and ._:@-, a usage
@@ -391,3 +394,34 @@ def contracted_calls() -> World:
     world = calls_world()
     world.contract()
     return world
+
+
+def test_keys_new_with_stdout_closed_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """README, exit status 2: "a client command whose stdout is closed (`>&-`): nothing is sent"; `keys new` prints
+    the key once, on stdout: with nowhere to print it, it adds nothing (it exited 0 with the key in the file)."""
+    key_file = tmp_path / "keys.toml"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    command = [str(TARIFF), "keys", "new", "--name", "ops", "--role", "admin", "--file", str(key_file)]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
+    assert done.returncode == 0 and key_file.exists()  # /dev/null is a place to print to: the key is made
+    key_file.unlink()
+    done = subprocess.run(
+        [*command[:-1], str(key_file)], stderr=subprocess.PIPE, text=True, env=environment, close_fds=True,
+        preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "stdout is closed" in done.stderr
+    assert not key_file.exists()
+
+
+def test_keys_new_into_a_closed_pipe_exits_141_and_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """README, exit status 141; "no key printed, the file left as it was": a key that could not be printed is
+    taken out again (it stayed in the file, held by nobody). An existing file keeps exactly its entries."""
+    key_file = tmp_path / "keys.toml"
+    assert into_closed_pipe("keys", "new", "--name", "ops", "--role", "admin", "--file", str(key_file)) == (141, "")
+    assert not key_file.exists()
+    made = keys_new(key_file, "first")
+    assert made.returncode == 0, made.stderr
+    before = key_file.read_bytes()
+    assert into_closed_pipe("keys", "new", "--name", "second", "--role", "read", "--file", str(key_file)) == (141, "")
+    assert key_file.read_bytes() == before
