@@ -458,6 +458,7 @@ class Billing:
         allowed: list[str] | None = None,
         top_ups_in_billed_period: bool = False,
         returned_expired_credit_breaks: bool = False,
+        reservation_ids_bounded: bool = False,
     ) -> Ingested:
         """Rates a batch as record last_seq + 1, which it becomes only if it accepts an event.
 
@@ -467,14 +468,23 @@ class Billing:
         purchase, in the period before, as then. `returned_expired_credit_breaks`: likewise set and journaled, so that
         what an event's settled hold or refund gives back to a grant already broken at its expiry, and the event
         does not draw, breaks at once, where no other event can draw it; False (batches journaled before it) leaves it to the
-        next AdvanceClock, as then.
+        next AdvanceClock, as then. `reservation_ids_bounded`: likewise set and journaled, so that an event whose
+        reservation_id is over 256 bytes (no hold has one) is INVALID_EVENT; False (batches journaled before it)
+        rates it, as then.
 
         Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
         self.refresh_tables()
         self._rerate_touched(batch)
         seq = self.last_seq + 1
         ack, digest, accepted, duplicates, rejected = self.kernel.ingest_checked(
-            batch, received_ms, seq, events_max, allowed, top_ups_in_billed_period, returned_expired_credit_breaks
+            batch,
+            received_ms,
+            seq,
+            events_max,
+            allowed,
+            top_ups_in_billed_period,
+            returned_expired_credit_breaks,
+            reservation_ids_bounded,
         )
         if not accepted:
             return Ingested(ack, digest, accepted, duplicates, rejected)
@@ -507,6 +517,7 @@ class Billing:
         *,
         top_ups_in_billed_period: bool = False,
         returned_expired_credit_breaks: bool = False,
+        reservation_ids_bounded: bool = False,
     ) -> int:
         """Re-applies a journaled batch (with the rule it was rated by, see `ingest`) and asserts it did what the
         journal says (and fired the alerts it holds, when `fired` is given). Returns the events it accepted."""
@@ -516,6 +527,7 @@ class Billing:
             received_ms,
             top_ups_in_billed_period=top_ups_in_billed_period,
             returned_expired_credit_breaks=returned_expired_credit_breaks,
+            reservation_ids_bounded=reservation_ids_bounded,
         )
         if done.digest != digest or not done.accepted or (fired is not None and list(done.alerts) != fired):
             raise RatingChanged(

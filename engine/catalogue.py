@@ -37,6 +37,7 @@ class CatalogueCommands(ControlPlane):
             tuple(c.pricing_dimensions),
             c.unit,
             c.at_ms,
+            c.empty_count_missing,
         )
         self.state.products[c.id] = product
         self._remember(key, print_)

@@ -46,6 +46,11 @@ class CreateCustomer(msgspec.Struct, frozen=True, tag="create_customer"):
 
 
 class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
+    """`empty_count_missing`: set by the server for every request it takes (server/convert.py), so a UNIQUE_COUNT
+    product takes an event whose counted dimension is empty ("") as one without it (INVALID_EVENT), as a missing
+    pricing dimension is the empty one; False (products created before it) counts "" as a distinct value, as they
+    did, so their journals replay as before. Not part of the request's fingerprint."""
+
     at_ms: int
     actor: str
     id: str
@@ -56,6 +61,7 @@ class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
     filters: dict[str, str]
     pricing_dimensions: tuple[str, ...]
     unit: str
+    empty_count_missing: bool = False
 
 
 class CreateRateCard(msgspec.Struct, frozen=True, tag="create_rate_card"):
@@ -113,7 +119,9 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     feeding several products once (per hour and event type, the most events any one of its products had), as
     events_rerated does; False (commands stored before it) counts it once per product it fed, as then (a
     re-rating's completion record holds the counts, and replay compares them).
-    """
+    `prices_rounded_in_range`: set likewise (publishes only), so validation holds a price field's value rounded to 18
+    places below 10^18 too (engine/ratecard.py validate: 999999999999999999.9999999999999999999 rounds to 10^18);
+    False (commands stored before it) validates as then."""
 
     at_ms: int
     actor: str
@@ -128,6 +136,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     override_hours_refused: bool = False
     rerate_carries_earlier_hours: bool = False
     rerate_counts_closed_events_once: bool = False
+    prices_rounded_in_range: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -180,6 +189,8 @@ SERVER_SET_FIELDS = (
     "overrides_bounded",
     "rollover_start_in_contract",
     "rerate_counts_closed_events_once",
+    "empty_count_missing",
+    "prices_rounded_in_range",
 )
 
 

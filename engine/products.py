@@ -26,3 +26,5 @@ class Product(msgspec.Struct, frozen=True):
     pricing_dimensions: tuple[str, ...]
     unit: str
     created_at_ms: int
+    # UNIQUE_COUNT: an empty counted dimension is a missing one (CreateProduct.empty_count_missing).
+    empty_count_missing: bool = False

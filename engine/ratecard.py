@@ -271,22 +271,28 @@ def make_draft(
     )
 
 
-def validate(version: Version, products: Mapping[str, Product]) -> list[Finding]:
-    """Every reason this version cannot price events, as findings with paths; empty when it can."""
-    _, findings = _compile(version, products)
+def validate(version: Version, products: Mapping[str, Product], *, rounded_in_range: bool = True) -> list[Finding]:
+    """Every reason this version cannot price events, as findings with paths; empty when it can. `rounded_in_range`:
+    a price field's value rounded to 18 places is held below 10^18 too (a value just below it can round up to it);
+    False checks the value before rounding only, as publishes journaled before PublishVersion.prices_rounded_in_range
+    were checked."""
+    _, findings = _compile(version, products, rounded_in_range=rounded_in_range)
     if not version.rates:
         findings.append(Finding(Severity.WARNING, "rates", "the version has no rates: it prices nothing"))
     return findings
 
 
 def compile_version(version: Version, products: Mapping[str, Product]) -> CompiledVersion:
-    compiled, findings = _compile(version, products)
+    # The older check: a version published under it compiles as it did.
+    compiled, findings = _compile(version, products, rounded_in_range=False)
     errors = [f for f in findings if f.severity is Severity.ERROR]
     assert not errors, f"only validated versions are compiled: {errors}"
     return compiled
 
 
-def _compile(version: Version, products: Mapping[str, Product]) -> tuple[CompiledVersion, list[Finding]]:
+def _compile(
+    version: Version, products: Mapping[str, Product], *, rounded_in_range: bool
+) -> tuple[CompiledVersion, list[Finding]]:
     findings: list[Finding] = []
     parameters: dict[str, Decimal] = {}
     for name, text in sorted(version.parameters.items()):
@@ -324,7 +330,7 @@ def _compile(version: Version, products: Mapping[str, Product]) -> tuple[Compile
                 )
             else:
                 required.append((product.pricing_dimensions.index(key), value))
-        curve = _curve(rate.price, parameters, path, findings)
+        curve = _curve(rate.price, parameters, path, findings, rounded_in_range=rounded_in_range)
         if curve is not None and len(required) == len(rate.match):
             by_product.setdefault(rate.product_id, []).append(
                 CompiledRate(index, rate.product_id, tuple(required), curve)
@@ -377,6 +383,7 @@ def _price_field(
     *,
     default: str | None = None,
     positive: bool = False,
+    rounded_in_range: bool = True,
 ) -> Decimal:
     """One price field's value, evaluated and checked (at most 18 places, below 10^18); problems go to `findings`."""
     if not text.strip() and default is not None:
@@ -401,6 +408,16 @@ def _price_field(
             )
         )
         return Decimal(1)
+    if rounded_in_range and rounded.copy_abs() >= MAGNITUDE_LIMIT:
+        findings.append(
+            Finding(
+                Severity.ERROR,
+                field_path,
+                f"{text!r} = {value} rounds to {format_decimal(rounded)} at {PLACES_MAX} places: out of range (must be"
+                " below 10^18)",
+            )
+        )
+        return Decimal(1)
     # A division need not terminate (1 / 3): a formula's price is rounded half-even to 18 places, once, here.
     value = rounded
     if value < 0 or (positive and value == 0):
@@ -415,12 +432,20 @@ def _price_field(
 
 
 def _curve(
-    price: PriceSpec, parameters: Mapping[str, Decimal], path: str, findings: list[Finding]
+    price: PriceSpec, parameters: Mapping[str, Decimal], path: str, findings: list[Finding], *, rounded_in_range: bool
 ) -> PriceCurve | None:
     errors_before = len(findings)
 
     def amount(text: str, field_path: str, *, default: str | None = None, positive: bool = False) -> Decimal:
-        return _price_field(text, field_path, parameters, findings, default=default, positive=positive)
+        return _price_field(
+            text,
+            field_path,
+            parameters,
+            findings,
+            default=default,
+            positive=positive,
+            rounded_in_range=rounded_in_range,
+        )
 
     curve: PriceCurve
     match price:

@@ -179,7 +179,8 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         return None
     if isinstance(command, cmd.RollbackRateCard) and not _rollback_publishes(card, command):
         return None  # a retry (answered as the first call, re-rating nothing) or refused by the engine anyway
-    if any(f.severity is Severity.ERROR for f in validate(version, state.products)):
+    rounded_in_range = isinstance(command, cmd.PublishVersion) and command.prices_rounded_in_range
+    if any(f.severity is Severity.ERROR for f in validate(version, state.products, rounded_in_range=rounded_in_range)):
         return None
     cohort: Cohort | None = None
     if isinstance(command, cmd.PublishVersion) and command.cohort is not None:

@@ -32,7 +32,9 @@ class RollbackCommands(ControlPlane):
         card = self.rate_card(c.rate_card_id)
         asked = rollback_asked(card, c)
         if asked.retry:
-            raise Repeated(PublishResult(asked.in_force, 0, validate(asked.in_force, self.state.products)))
+            raise Repeated(
+                PublishResult(asked.in_force, 0, validate(asked.in_force, self.state.products, rounded_in_range=False))
+            )
         if asked.already_in_force:
             raise FailedPrecondition(_already_in_force(card, asked.in_force, asked.target, asked.effective_from_ms))
         copy = _copy(card, asked.target, asked.in_force, asked.effective_from_ms, c)

@@ -83,6 +83,7 @@ class ProductTable(msgspec.Struct):
     value_key: str
     filters: list[tuple[str, str]]
     pricing_dimensions: list[str]
+    empty_count_missing: bool
 
 
 class OverrideTable(msgspec.Struct):
@@ -229,6 +230,7 @@ class TableCompiler:
                 p.value_key,
                 sorted(p.filters.items()),
                 list(p.pricing_dimensions),
+                p.empty_count_missing,
             )
             for p in state.products.values()
         ]

@@ -114,10 +114,11 @@ class VersionCommands(ControlPlane):
                 )
             # Publishing what is published, from the same time, for the same cohort: a retry. Answered as the
             # first call was.
-            raise Repeated(PublishResult(version, 0, validate(version, self.state.products)))
+            checked = validate(version, self.state.products, rounded_in_range=c.prices_rounded_in_range)
+            raise Repeated(PublishResult(version, 0, checked))
         effective_from_ms = c.effective_from_ms if c.effective_from_ms is not None else c.at_ms - c.at_ms % HOUR_MS
         check_publishable(version, effective_from_ms)
-        findings = validate(version, self.state.products)
+        findings = validate(version, self.state.products, rounded_in_range=c.prices_rounded_in_range)
         errors = [f for f in findings if f.severity is Severity.ERROR]
         if errors:
             raise InvalidArgument([(f"version.{f.path}", f.message) for f in errors], listed_by="ValidateVersion")

@@ -327,6 +327,16 @@ def new_key(path: Path, name: str, role: str, customers: Iterable[str] = ()) -> 
     return key
 
 
+def restore_key_file(path: Path, before: bytes | None) -> None:
+    """Puts the key file back as it was before `new_key` (`before`: its bytes, None when there was none): a key
+    that was never shown must not stay usable."""
+    if before is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    _write_private(path, before.decode("utf-8"))
+
+
 def _toml_list(values: object) -> str:
     assert isinstance(values, list)
     return "[" + ", ".join(_toml_string(str(v)) for v in values) + "]"

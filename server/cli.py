@@ -11,13 +11,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from server import oplog
 from server.admin import add_commands
 from server.admin.output import exit_on_broken_pipe
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 
 class Tariff(click.Group):
@@ -304,8 +307,24 @@ def keys() -> None:
     """Manage API keys."""
 
 
+def _key_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
+    """--name held to the x-actor rule (a usage error else): the name is the audit log's actor, and "PERSON via KEY"
+    must read one way only (a key named "alice via ops" would pass its changes off as done in alice's name)."""
+    from server.auth import ACTOR_PATTERN
+
+    if ACTOR_PATTERN.fullmatch(name) is None:
+        shown = name if len(name) <= 32 else name[:32] + "…"
+        raise click.BadParameter(f"{shown!r} is not a key name (1-128 letters, digits and ._:@-)")
+    return name
+
+
 @keys.command("new")
-@click.option("--name", required=True, help="who uses the key; the audit log's actor")
+@click.option(
+    "--name",
+    required=True,
+    callback=_key_name,
+    help="who uses the key; the audit log's actor: 1-128 letters, digits and ._:@-",
+)
 @click.option("--role", required=True, type=click.Choice(["admin", "ingest", "read"]))
 @click.option(
     "--customers",
@@ -315,15 +334,30 @@ def keys() -> None:
     "--file", "key_file", type=click.Path(path_type=Path), required=True, help="the key file (created if missing)"
 )
 def new_key(name: str, role: str, customers: str | None, key_file: Path) -> None:
-    """Make a key, print it once and append its hash to the key file."""
-    from server.auth import KeyFileError, new_key
+    """Make a key, print it once and append its hash to the key file. A key that cannot be printed is not kept:
+    with stdout closed (`>&-`) nothing is written (exit 2); printed into a pipe whose reader has gone, its entry is
+    taken out again (141)."""
+    from server.auth import KeyFileError, new_key, restore_key_file
 
+    restricted_to = _restricted_to(customers)
+    if sys.stdout is None:
+        click.echo("tariff keys new: stdout is closed: the key would be shown nowhere; nothing was written", err=True)
+        sys.exit(2)
     try:
-        key = new_key(key_file, name, role, _restricted_to(customers))
+        before = key_file.read_bytes() if key_file.exists() else None
+    except OSError:
+        before = None  # new_key says why it cannot be read
+    try:
+        key = new_key(key_file, name, role, restricted_to)
     except KeyFileError as exc:
         click.echo(f"tariff keys new: {exc}", err=True)
         sys.exit(2)
-    click.echo(key)
+    try:
+        click.echo(key)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        restore_key_file(key_file, before)
+        exit_on_broken_pipe()
     click.echo(f"key {name!r} ({role}) added to {key_file}; this is the only time it is shown", err=True)
 
 
@@ -359,7 +393,16 @@ def bench(bench_args: tuple[str, ...]) -> None:
 
     from server.bench import add_arguments, run
 
-    parser = argparse.ArgumentParser(prog="tariff bench", description="Measure the server against reference runs.")
+    class Parser(argparse.ArgumentParser):
+        def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+            # argparse's own swallows a failed write and exits 0: into a pipe whose reader has gone the help fails
+            # as every command's output does (Tariff.invoke: 141). A closed stdout (`>&-`) prints nothing, as
+            # click's --help.
+            out = file or sys.stdout
+            if out is not None:
+                out.write(self.format_help())
+
+    parser = Parser(prog="tariff bench", description="Measure the server against reference runs.")
     add_arguments(parser)
     sys.exit(run(parser.parse_args(list(bench_args))))
 

@@ -255,6 +255,7 @@ def create_product(request: pricing_pb2.CreateProductRequest, at_ms: int, actor:
         dict(p.filters),
         tuple(p.pricing_dimensions),
         p.unit,
+        empty_count_missing=True,
     )
 
 

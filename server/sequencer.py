@@ -132,7 +132,8 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     replay asserts), and the ack's counts (for tools that read the journal without the kernel).
     `top_ups_in_billed_period`: the rule the batch was rated by (Billing.ingest), True for every batch the server
     rates; absent (False) from the records of earlier releases, which replay by the rule of then.
-    `returned_expired_credit_breaks` likewise (Billing.ingest): True for every batch the server rates."""
+    `returned_expired_credit_breaks` and `reservation_ids_bounded` likewise (Billing.ingest): True for every batch
+    the server rates."""
 
     batch: bytes
     received_ms: int
@@ -146,6 +147,7 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     # under the skew the server starts with, as they always were.
     future_skew_ms: int | None = None
     returned_expired_credit_breaks: bool = False
+    reservation_ids_bounded: bool = False
 
 
 class RerationDone(msgspec.Struct, frozen=True, array_like=True):
@@ -291,6 +293,7 @@ def recover_counting(
                 record.alerts,
                 top_ups_in_billed_period=usage.top_ups_in_billed_period,
                 returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
+                reservation_ids_bounded=usage.reservation_ids_bounded,
             )
         elif record.rerated is not None:
             _replay_rerated(billing, seq, record.rerated, record.alerts)
@@ -1355,6 +1358,7 @@ def _rate_batches(
             top_ups_in_billed_period=True,
             future_skew_ms=billing.future_skew_ms,
             returned_expired_credit_breaks=True,
+            reservation_ids_bounded=True,
         )
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
@@ -1370,6 +1374,7 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
             allowed=batch.allowed,
             top_ups_in_billed_period=True,
             returned_expired_credit_breaks=True,
+            reservation_ids_bounded=True,
         )
     except BatchTooLarge as exc:
         return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")

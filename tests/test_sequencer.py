@@ -177,6 +177,7 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
                 usage.digest,
                 top_ups_in_billed_period=usage.top_ups_in_billed_period,
                 returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
+                reservation_ids_bounded=usage.reservation_ids_bounded,
             )
         else:
             assert record.command is not None and not isinstance(record.command, cmd.IngestBatch)
@@ -429,6 +430,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
             allowed: list[str] | None = None,
             top_ups_in_billed_period: bool = False,
             returned_expired_credit_breaks: bool = False,
+            reservation_ids_bounded: bool = False,
         ) -> Ingested:
             rated_on.append(threading.get_ident())
             rating.set()
@@ -441,6 +443,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
                 allowed=allowed,
                 top_ups_in_billed_period=top_ups_in_billed_period,
                 returned_expired_credit_breaks=returned_expired_credit_breaks,
+                reservation_ids_bounded=reservation_ids_bounded,
             )
 
         billing.ingest = held_ingest  # type: ignore[method-assign,assignment]

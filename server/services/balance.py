@@ -397,6 +397,9 @@ class BalanceService(_Base):
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         if not request.reservation_id:
             raise InvalidArgument.field("reservation_id", "is required")
+        if len(request.reservation_id.encode()) > TEXT_BYTES_MAX:
+            # No hold has a longer id (Authorize refuses one): malformed, not unknown.
+            raise InvalidArgument.field("reservation_id", f"must be at most {TEXT_BYTES_MAX} bytes")
         self.engine.customer(request.customer_id)  # NotFound
         command = cmd.ReleaseReservation(
             self.clock_ms(), actor_of(context), request.customer_id, request.reservation_id, expired_credit_breaks=True

@@ -153,6 +153,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             convert.optional_hour_ms(request, "effective_from"),
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
             **_PUBLISH_RERATE_FLAGS,
+            prices_rounded_in_range=True,
         )
         return publish_response(await self._apply(command, PublishResult))
 

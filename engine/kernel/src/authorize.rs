@@ -459,6 +459,7 @@ pub(crate) mod tests {
                 value_key: String::new(),
                 filters: vec![],
                 pricing_dimensions: vec![],
+                empty_count_missing: false,
             }],
             versions: vec![VersionTable {
                 rate_card_id: "card".into(),

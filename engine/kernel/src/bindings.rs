@@ -220,6 +220,7 @@ impl Kernel {
             self.change(|k| {
                 k.top_ups_in_billed_period = false;
                 k.returned_expired_credit_breaks = false;
+                k.reservation_ids_bounded = false;
                 k.ingest(batch, received_ms, journal_seq)
             })?
             .map_err(PyValueError::new_err)
@@ -235,11 +236,12 @@ impl Kernel {
     /// period buys starts in that period (false: at the purchase, as batches journaled before it).
     /// `returned_expired_credit_breaks`: what an event's settled hold or refund gives back to a grant
     /// already broken at its expiry, and the event does not draw, breaks at once (false: at the next AdvanceClock, as
-    /// batches journaled before it).
+    /// batches journaled before it). `reservation_ids_bounded`: an event whose reservation_id is over
+    /// 256 bytes is INVALID_EVENT (false: rated, as batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false,
-        returned_expired_credit_breaks = false
+        returned_expired_credit_breaks = false, reservation_ids_bounded = false
     ))]
     fn ingest_checked<'py>(
         &self,
@@ -251,11 +253,13 @@ impl Kernel {
         allowed: Option<Vec<String>>,
         top_ups_in_billed_period: bool,
         returned_expired_credit_breaks: bool,
+        reservation_ids_bounded: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
                 kernel.top_ups_in_billed_period = top_ups_in_billed_period;
                 kernel.returned_expired_credit_breaks = returned_expired_credit_breaks;
+                kernel.reservation_ids_bounded = reservation_ids_bounded;
                 let allowed = allowed.as_deref();
                 kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
                     RwLockWriteGuard::bump(held)

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ack::AckBuilder;
-use crate::decode::{check_event, py_repr, wire};
+use crate::decode::{check_event, py_repr, py_repr_cut, wire};
 use crate::draw::{burn_order, Grant, Outcomes, NEVER_MS};
 use crate::kernel::{Account, Decision, Kernel};
 use crate::money::Picos;
@@ -331,7 +331,7 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
                 ended.ending.notice(),
                 format!(
                     "reservation {} was already {} at {}: the event was rated, nothing was released",
-                    py_repr(reservation_id),
+                    py_repr_cut(reservation_id),
                     ended.ending.name(),
                     ended.at_ms
                 ),
@@ -340,7 +340,7 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
                 NOTICE_UNKNOWN,
                 format!(
                     "the customer has no reservation {}: the event was rated, nothing was released",
-                    py_repr(reservation_id)
+                    py_repr_cut(reservation_id)
                 ),
             ),
         });
@@ -603,7 +603,7 @@ impl Kernel {
         expired_credit_breaks: bool,
     ) -> Result<(Picos, bool), ReleaseRefusal> {
         let not_found = || {
-            let (customer, id) = (py_repr(customer_id), py_repr(reservation_id));
+            let (customer, id) = (py_repr_cut(customer_id), py_repr_cut(reservation_id));
             ReleaseRefusal::NotFound(format!("customer {customer} has no reservation {id}"))
         };
         let account = self.accounts.get_mut(customer_id).ok_or_else(not_found)?;
@@ -613,7 +613,7 @@ impl Kernel {
                 Some(ended) if ended.ending == Ending::Released => Ok((ended.released, true)),
                 Some(ended) => Err(ReleaseRefusal::Ended(format!(
                     "reservation {} was already {} at {}: nothing is held",
-                    py_repr(reservation_id),
+                    py_repr_cut(reservation_id),
                     ended.ending.name(),
                     ended.at_ms
                 ))),

@@ -19,6 +19,7 @@ use crate::buckets::{
 use crate::credits::{self, AccountCredits, Clock};
 use crate::decode::{
     check_into, check_view, py_dict, py_repr, py_repr_cut, wire, with_view, Event, EventView, Reason, Refusal,
+    TEXT_BYTES_MAX,
 };
 use crate::dedupe::{self, content_digest, prior, Held, Seen};
 use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes, NEVER_MS};
@@ -300,6 +301,10 @@ pub struct Kernel {
     /// the next AdvanceClock, where another event could draw it first: set by the caller for each
     /// batch, as its journal record says (false for records of earlier releases). Not state.
     pub returned_expired_credit_breaks: bool,
+    /// Whether an event whose reservation_id is over TEXT_BYTES_MAX (no hold has one) is
+    /// INVALID_EVENT rather than rated: set by the caller for each batch, as its journal record says
+    /// (false for records of earlier releases, which rated such an event). Not state.
+    pub reservation_ids_bounded: bool,
 }
 
 impl Kernel {
@@ -473,6 +478,10 @@ impl Kernel {
     ) -> Result<bool, Refusal> {
         let catalog = &self.rater.catalog;
         check_into(raw, received_ms, catalog.future_skew_ms, event)?;
+        if self.reservation_ids_bounded && event.reservation_id.len() > TEXT_BYTES_MAX {
+            let message = format!("reservation_id is longer than {TEXT_BYTES_MAX} bytes");
+            return Err(Refusal::new(Reason::InvalidEvent, message));
+        }
         let event = &*event;
         let digest = dedupe::kept_digest(content_digest(event, &mut self.canonical));
         let Warmed { dedupe_key, account, slot } = warmed;
@@ -733,7 +742,7 @@ impl Rater {
     ) -> Result<Plan, Refusal> {
         let ts = event.timestamp_ms;
         let product = &self.catalog.products[index];
-        let measure = self.measure(product.aggregation, &product.value_key, &product.id_text, event)?;
+        let measure = self.measure(product, event)?;
         // Borrowed from the event's cache, not copied into the plan: commit needs the values only
         // for a new combination, and interns them from the event then.
         let symbol = |text| self.interner.get(text);
@@ -777,23 +786,21 @@ impl Rater {
         })
     }
 
-    fn measure(
-        &self,
-        aggregation: Aggregation,
-        value_key: &str,
-        product_id: &str,
-        event: &Event,
-    ) -> Result<Measure, Refusal> {
+    fn measure(&self, product: &Product, event: &Event) -> Result<Measure, Refusal> {
+        let value_key = product.value_key.as_str();
         let missing = |place: &str| {
             Refusal::new(
                 Reason::InvalidEvent,
-                format!("{place}[{}] is required by product {}", py_repr(value_key), py_repr(product_id)),
+                format!("{place}[{}] is required by product {}", py_repr(value_key), py_repr(&product.id_text)),
             )
         };
-        match aggregation {
+        match product.aggregation {
             Aggregation::Count => Ok(Measure::Quantity(SCALE)),
             Aggregation::UniqueCount => {
-                let value = event.dimension(value_key).ok_or_else(|| missing("dimensions"))?;
+                // Empty is missing for a product the server marked so (products made before count it).
+                let value =
+                    event.dimension(value_key).filter(|value| !(value.is_empty() && product.empty_count_missing));
+                let value = value.ok_or_else(|| missing("dimensions"))?;
                 Ok(Measure::Unique(self.interner.get(value)))
             }
             _ => event.value(value_key).map(Measure::Quantity).ok_or_else(|| missing("values")),
@@ -1549,6 +1556,7 @@ mod tests {
                     value_key: value_key.into(),
                     filters,
                     pricing_dimensions: dimensions.iter().map(|d| d.to_string()).collect(),
+                    empty_count_missing: false,
                 }
             };
         let products = vec![

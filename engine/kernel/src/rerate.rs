@@ -1117,6 +1117,7 @@ mod tests {
                 value_key: "q".into(),
                 filters: vec![],
                 pricing_dimensions: vec!["model".into()],
+                empty_count_missing: false,
             })
             .collect();
         products.push(ProductTable {
@@ -1126,6 +1127,7 @@ mod tests {
             value_key: "q".into(),
             filters: vec![],
             pricing_dimensions: vec![],
+            empty_count_missing: false,
         });
         let discount = OverrideTable {
             product_id: "unit".into(),

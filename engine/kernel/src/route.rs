@@ -120,6 +120,8 @@ pub struct Product {
     pub id_text: String,
     pub aggregation: Aggregation,
     pub value_key: String,
+    /// UNIQUE_COUNT: an event whose counted dimension is empty is refused as one without it.
+    pub empty_count_missing: bool,
     pub filters: Vec<(String, String)>,
     pub dimensions: Vec<String>,
     /// The first product (by index) with the same pricing dimensions in the same order: an event's
@@ -291,6 +293,7 @@ impl Catalog {
                 id_text: table.id.clone(),
                 aggregation: aggregation(&table.aggregation)?,
                 value_key: table.value_key.clone(),
+                empty_count_missing: table.empty_count_missing,
                 filters: table.filters.clone(),
                 dimensions: table.pricing_dimensions.clone(),
                 dimensions_class: (catalog.products.iter().position(|p| p.dimensions == table.pricing_dimensions))

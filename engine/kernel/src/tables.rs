@@ -33,6 +33,10 @@ pub struct ProductTable {
     pub value_key: String,
     pub filters: Vec<(String, String)>,
     pub pricing_dimensions: Vec<String>,
+    /// UNIQUE_COUNT: an empty counted dimension is a missing one (false: counted, as products created
+    /// before CreateProduct.empty_count_missing were).
+    #[serde(default)]
+    pub empty_count_missing: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -43,6 +43,7 @@ fn product(
         value_key: value_key.into(),
         filters: filters.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
         pricing_dimensions: dimensions.iter().map(|d| (*d).into()).collect(),
+        empty_count_missing: false,
     }
 }
 

@@ -52,6 +52,7 @@ fn product(id: &str, value_key: &str, regions: usize) -> ProductTable {
         value_key: value_key.into(),
         filters: vec![],
         pricing_dimensions,
+        empty_count_missing: false,
     }
 }
 

@@ -715,9 +715,12 @@ func (x *AuthorizeBatchResult) GetResponses() []*AuthorizeResponse {
 }
 
 type ReleaseReservationRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CustomerId    string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	ReservationId string                 `protobuf:"bytes,2,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	// Required; at most 256 bytes, as a hold's (more is INVALID_ARGUMENT naming
+	// reservation_id). The NOT_FOUND and FAILED_PRECONDITION messages quote it
+	// cut to its first 128 characters ("…" after the quote when cut).
+	ReservationId string `protobuf:"bytes,2,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

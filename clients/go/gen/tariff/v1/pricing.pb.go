@@ -40,7 +40,10 @@ const (
 	Aggregation_COUNT Aggregation = 2
 	// Largest values[value_key].
 	Aggregation_MAX Aggregation = 3
-	// Number of distinct dimensions[value_key].
+	// Number of distinct dimensions[value_key]. An event without it, or with
+	// it empty (""), is INVALID_EVENT ("" is the entry missing, as for a
+	// pricing dimension); a product created by an earlier release counts ""
+	// as a value, as it did.
 	Aggregation_UNIQUE_COUNT Aggregation = 4
 	// values[value_key] of the event with the latest timestamp.
 	Aggregation_LATEST Aggregation = 5
@@ -616,6 +619,9 @@ func (x *Tier) GetFlatPrice() string {
 // at validation, to 60 significant digits, and the price is that value
 // rounded half-even to 18 decimal places ("1 / 3" prices 0.333333333333333333),
 // where a decimal written with more than 18 places is refused, never rounded.
+// The rounded value is below 10^18 too: "999999999999999999.9999999999999999999
+// * 1" rounds to 10^18, an error naming the field (ValidateVersion; a
+// PublishVersion refuses it with INVALID_ARGUMENT).
 type UnitPrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Price string                 `protobuf:"bytes,1,opt,name=price,proto3" json:"price,omitempty"`

@@ -184,7 +184,9 @@ type UsageEvent struct {
 	// round-trip representation; a value that needs more than 18 decimal places
 	// (1e-50, say) is refused (INVALID_EVENT), never rounded.
 	Values map[string]float64 `protobuf:"bytes,6,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	// Settles a reservation made by Authorize(reserve=true). Optional.
+	// Settles a reservation made by Authorize(reserve=true). Optional; at most
+	// 256 bytes, as a hold's id (more is INVALID_EVENT naming reservation_id:
+	// no hold has one).
 	ReservationId string `protobuf:"bytes,7,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -502,7 +504,9 @@ type EventNotice struct {
 	TransactionId string       `protobuf:"bytes,2,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
 	ReservationId string       `protobuf:"bytes,3,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	Reason        NoticeReason `protobuf:"varint,4,opt,name=reason,proto3,enum=tariff.v1.NoticeReason" json:"reason,omitempty"`
-	// What happened, for a person (cut like EventRejection.message).
+	// What happened, for a person (cut like EventRejection.message); the
+	// reservation_id it quotes is cut to its first 128 characters ("…" after
+	// the quote when cut): the field above holds it whole.
 	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

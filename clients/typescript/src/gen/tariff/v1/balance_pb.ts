@@ -448,6 +448,10 @@ export type ReleaseReservationRequest = Message<"tariff.v1.ReleaseReservationReq
   customerId: string;
 
   /**
+   * Required; at most 256 bytes, as a hold's (more is INVALID_ARGUMENT naming
+   * reservation_id). The NOT_FOUND and FAILED_PRECONDITION messages quote it
+   * cut to its first 128 characters ("…" after the quote when cut).
+   *
    * @generated from field: string reservation_id = 2;
    */
   reservationId: string;

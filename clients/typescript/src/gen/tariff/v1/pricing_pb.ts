@@ -185,6 +185,9 @@ export const TierSchema: GenMessage<Tier> = /*@__PURE__*/
  * at validation, to 60 significant digits, and the price is that value
  * rounded half-even to 18 decimal places ("1 / 3" prices 0.333333333333333333),
  * where a decimal written with more than 18 places is refused, never rounded.
+ * The rounded value is below 10^18 too: "999999999999999999.9999999999999999999
+ * * 1" rounds to 10^18, an error naming the field (ValidateVersion; a
+ * PublishVersion refuses it with INVALID_ARGUMENT).
  *
  * @generated from message tariff.v1.UnitPrice
  */
@@ -1725,7 +1728,10 @@ export enum Aggregation {
   MAX = 3,
 
   /**
-   * Number of distinct dimensions[value_key].
+   * Number of distinct dimensions[value_key]. An event without it, or with
+   * it empty (""), is INVALID_EVENT ("" is the entry missing, as for a
+   * pricing dimension); a product created by an earlier release counts ""
+   * as a value, as it did.
    *
    * @generated from enum value: UNIQUE_COUNT = 4;
    */

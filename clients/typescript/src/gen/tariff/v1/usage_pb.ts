@@ -73,7 +73,9 @@ export type UsageEvent = Message<"tariff.v1.UsageEvent"> & {
   values: { [key: string]: number };
 
   /**
-   * Settles a reservation made by Authorize(reserve=true). Optional.
+   * Settles a reservation made by Authorize(reserve=true). Optional; at most
+   * 256 bytes, as a hold's id (more is INVALID_EVENT naming reservation_id:
+   * no hold has one).
    *
    * @generated from field: string reservation_id = 7;
    */
@@ -241,7 +243,9 @@ export type EventNotice = Message<"tariff.v1.EventNotice"> & {
   reason: NoticeReason;
 
   /**
-   * What happened, for a person (cut like EventRejection.message).
+   * What happened, for a person (cut like EventRejection.message); the
+   * reservation_id it quotes is cut to its first 128 characters ("…" after
+   * the quote when cut): the field above holds it whole.
    *
    * @generated from field: string message = 5;
    */
