@@ -3,10 +3,12 @@
 Hypothesis generates a catalogue with every aggregation (SUM, COUNT, MAX, LATEST, UNIQUE_COUNT), each product
 priced by any price model (UNIT, GRADUATED, VOLUME, PACKAGE, FLAT) with a more specific rate for model m1, two
 customers whose contracts (with price overrides, any currency, any overage price) start on the hour (one of them
-switched to a second contract on the hour, or not), grants, an automatic top-up, and usage arriving out of time
-order between rate card versions published effective inside the periods (some before usage already rated: they
-re-rate it, or are refused as README says for gauges) and periods closed on the way. Driven through the real
-control plane and kernel (engine/billing.py, as the server drives them, server-set command fields on), every
+switched to a second contract on the hour, or not), grants (some rolling over, some expiring), an automatic top-up,
+and usage arriving out of time order between rate card versions published (or rolled back to version 1) effective
+inside the periods (some before usage already rated: they re-rate it, or are refused as README says for gauges)
+and periods closed on the way. Driven through the real control plane and kernel (engine/billing.py, as the
+server's writer drives them: server-set command fields on, an AdvanceClock before a batch or close when a grant's
+expiry or rollover is due), every
 customer's draft of each period, then its invoice once the period is closed, must hold what the docs promise:
 - building it raises nothing (the wire form too, server/services/invoices.py invoice_pb);
 - subtotal = the lines' amounts; overage_amount = the lines' overages; a line's credits plus overage = its amount;
@@ -81,7 +83,8 @@ class Event:
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "events", "publish", "override", "close" (the customer's first period, at CLOSE_MS)
+    # "events", "publish", "rollback" (to version 1), "override", "close" (the customer's first period, at CLOSE_MS)
+    kind: str
     events: tuple[Event, ...] = ()
     prices: Prices = ()
     effective_hour: int = 0
@@ -96,7 +99,8 @@ class History:
     contracts: tuple[tuple[str, str, str], ...]  # (customer, currency, overage price)
     switch_hour: int | None  # beta's contract ends then (hours after its start), and c-beta2 starts
     top_up: tuple[str, str, str, int] | None  # acme's policy: threshold, recharge_to, price_per_credit, max
-    grants: tuple[tuple[str, Decimal, int, tuple[str, ...], int | None], ...]
+    # (customer, amount, priority, products, expires_at_ms, rollover fraction)
+    grants: tuple[tuple[str, Decimal, int, tuple[str, ...], int | None, str], ...]
     steps: tuple[Step, ...]
 
 
@@ -139,6 +143,8 @@ def histories(draw: st.DrawFn) -> History:
         # -1: effective from the hour of the earliest event not yet ingested (usage rated so far stays as rated)
         effective_hour = draw(st.sampled_from([-1, -1]) | st.integers(0, 45 * 24))
         changes.append(Step("publish", prices=draw(prices()), effective_hour=effective_hour))
+    if draw(st.booleans()):
+        changes.append(Step("rollback", effective_hour=draw(st.integers(0, 45 * 24))))
     for n in range(draw(st.integers(0, 2))):
         kind = draw(st.sampled_from(["price", "multiplier"]))
         value = draw(decimals(0, 20, 3) if kind == "price" else decimals(0, 3, 4))
@@ -188,6 +194,7 @@ def histories(draw: st.DrawFn) -> History:
             draw(st.integers(0, 1)),
             tuple(sorted(draw(st.sets(st.sampled_from(sorted(PRODUCTS)), max_size=2)))),
             draw(st.sampled_from([None, EPOCH_MS + 20 * DAY_MS])),
+            draw(st.sampled_from(["", "", "0.5", "1"])),
         )
         for _ in range(draw(st.integers(0, 3)))
     )
@@ -232,7 +239,15 @@ class Machine:
         self.log.append(("command", command))
         return result
 
+    def tick(self) -> None:
+        """The AdvanceClock the server's writer applies before a batch or command when something (a grant's expiry or
+        rollover) is due by then (server/sequencer.py _advance_clock_due): its clock reads RECEIVED_MS here."""
+        due_ms = self.billing.kernel.next_due()
+        if due_ms is not None and due_ms <= RECEIVED_MS:
+            self.apply(cmd.AdvanceClock(RECEIVED_MS, "clock"))
+
     def ingest(self, events: tuple[Event, ...]) -> None:
+        self.tick()
         wire = [
             usage_event(
                 e.transaction_id,
@@ -289,7 +304,7 @@ def world_of(history: History) -> World:
                     currency if n == 0 else "EUR",
                 )
             )
-    for n, (customer, amount, priority, products, expires_at_ms) in enumerate(history.grants):
+    for n, (customer, amount, priority, products, expires_at_ms, rollover) in enumerate(history.grants):
         world.apply(
             as_server(
                 world.grant_command(
@@ -300,6 +315,7 @@ def world_of(history: History) -> World:
                     products=products,
                     starts_at_ms=CUSTOMERS[customer],
                     expires_at_ms=expires_at_ms,
+                    rollover_fraction=rollover,
                 )
             )
         )
@@ -315,10 +331,12 @@ def period_starts(history: History) -> list[tuple[str, int]]:
 
 
 def close(machine: Machine, customer: str, start_ms: int) -> Invoice:
-    """Closes the period: its final invoice must be the draft read just before, but for status, number, close time."""
+    """Closes the period: its final invoice must be the draft read just before (which shows the grants rolling over
+    by the period's end as closing will), but for status, number, close time."""
     draft = machine.billing.engine.preview(customer, start_ms)
     check_promises(draft)
     assert not draft.final
+    machine.tick()  # rolls over what the draft showed rolled
     final = machine.apply(cmd.ClosePeriod(CLOSE_MS, ACTOR, customer, start_ms))
     assert isinstance(final, Invoice)
     assert final.final and final.number
@@ -348,6 +366,11 @@ def run(history: History) -> tuple[Machine, dict[str, Invoice]]:
             # Refused when it would re-rate a gauge's usage or split an override's hour: README "Changing prices safely".
             with contextlib.suppress(EngineError):
                 machine.apply(publish)
+        elif step.kind == "rollback":
+            with contextlib.suppress(EngineError):  # refused as a publish is
+                machine.apply(
+                    cmd.RollbackRateCard(EPOCH_MS, ACTOR, "card", 1, EPOCH_MS + step.effective_hour * HOUR_MS)
+                )
         else:
             assert step.override is not None
             customer, product, kind, start_hour, end_hour = step.override
