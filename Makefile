@@ -204,6 +204,7 @@ soak: install
 	cd $(KERNEL_DIR) && TARIFF_PROPTEST_CASES=2000 cargo test --quiet
 	TARIFF_KERNEL_EXAMPLES=2000 TARIFF_WIRE_EXAMPLES=500 $(PY) -m pytest -q -p no:cacheprovider \
 		tests/test_kernel_differential.py tests/test_kernel_properties.py tests/test_wire_differential.py
+	TARIFF_INVOICE_EXAMPLES=800 $(PY) -m pytest -q -p no:cacheprovider tests/test_invoice_properties.py
 	$(PY) -m tests.soak --crashes 50 --clients 3 --seed $(SOAK_SEED) --out soak.json
 	TARIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -s tests/test_fuzz_server.py
 
