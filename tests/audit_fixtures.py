@@ -4,11 +4,12 @@ and what their answers are read as."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import balance_pb2, invoices_pb2, pricing_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerProcess
@@ -59,3 +60,34 @@ def preview(client: TariffClient, customer_id: str, at_ms: int) -> invoices_pb2.
 
 def audit_count(client: TariffClient) -> int:
     return len(client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries)
+
+
+def open_contract(
+    client: TariffClient,
+    customer_id: str,
+    contract_id: str,
+    start_ms: int,
+    end_ms: int | None = None,
+    *,
+    rate_card_id: str,
+    **fields: Any,
+) -> contracts_pb2.Contract:
+    """A contract on `rate_card_id` (ALLOW, overage at 1 USD unless given), creating the customer on its first one."""
+    try:
+        client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id=customer_id))
+    except TariffError:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+    request = contracts_pb2.CreateContractRequest(
+        id=contract_id,
+        customer_id=customer_id,
+        rate_card_id=rate_card_id,
+        starting_at=stamp(start_ms),
+        overage_policy=contracts_pb2.ALLOW,
+        overage_price=fields.pop("overage_price", "1"),
+        currency=fields.pop("currency", "USD"),
+        **fields,
+    )
+    if end_ms is not None:
+        request.ending_before.CopyFrom(stamp(end_ms))
+    made: contracts_pb2.Contract = client.contracts.CreateContract(request)
+    return made

@@ -34,7 +34,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import preview, serving
+from tests.audit_fixtures import open_contract, preview, serving
 from tests.serverproc import ServerProcess, wait_for
 
 HOUR_MS = 3_600_000
@@ -87,24 +87,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def contract(
     client: TariffClient, customer_id: str, contract_id: str, start_ms: int, end_ms: int | None = None, **fields: Any
 ) -> str:
-    """A contract on `card` (ALLOW, overage at 1 USD unless given), creating the customer on its first one."""
-    try:
-        client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id=customer_id))
-    except TariffError:
-        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
-    request = contracts_pb2.CreateContractRequest(
-        id=contract_id,
-        customer_id=customer_id,
-        rate_card_id=fields.pop("rate_card_id", "card"),
-        starting_at=stamp(start_ms),
-        overage_policy=contracts_pb2.ALLOW,
-        overage_price=fields.pop("overage_price", "1"),
-        currency=fields.pop("currency", "USD"),
-        **fields,
-    )
-    if end_ms is not None:
-        request.ending_before.CopyFrom(stamp(end_ms))
-    client.contracts.CreateContract(request)
+    """A contract on `card` unless given (audit_fixtures.open_contract); its id."""
+    fields.setdefault("rate_card_id", "card")
+    open_contract(client, customer_id, contract_id, start_ms, end_ms, **fields)
     return contract_id
 
 
