@@ -57,10 +57,16 @@ HOLDING_MESSAGES_MAX = 64
 _RESERVATION_ID_SEED = os.urandom(16)
 
 
+def check_text_bytes(text: str, field_path: str) -> None:
+    """A client-chosen text the server echoes or journals (request_id, reservation_id): at most TEXT_BYTES_MAX
+    bytes, INVALID_ARGUMENT naming the field otherwise."""
+    if len(text.encode()) > TEXT_BYTES_MAX:
+        raise InvalidArgument.field(field_path, f"must be at most {TEXT_BYTES_MAX} bytes")
+
+
 def check_request_id(request: balance_pb2.AuthorizeRequest) -> None:
-    """A request_id is echoed in the answer (and a hold's journaled with it): at most TEXT_BYTES_MAX bytes."""
-    if len(request.request_id.encode()) > TEXT_BYTES_MAX:
-        raise InvalidArgument.field("request_id", f"must be at most {TEXT_BYTES_MAX} bytes")
+    """A request_id is echoed in the answer (and a hold's journaled with it)."""
+    check_text_bytes(request.request_id, "request_id")
 
 
 def seconds_text(ms: int) -> str:
@@ -218,9 +224,8 @@ class BalanceService(_Base):
         if not request.event_type:
             raise InvalidArgument.field("event_type", "is required")
         ttl_ms = self._ttl_ms(request)
-        if len(request.reservation_id.encode()) > TEXT_BYTES_MAX:
-            # Checked here, not in the command: a Reserve journaled before the limit replays as it applied.
-            raise InvalidArgument.field("reservation_id", f"must be at most {TEXT_BYTES_MAX} bytes")
+        # Checked here, not in the command: a Reserve journaled before the limit replays as it applied.
+        check_text_bytes(request.reservation_id, "reservation_id")
         reservation_id = request.reservation_id or f"r-{uuid.uuid4().hex}"
         dimensions, values = request.dimensions, request.values
         command = cmd.Reserve(
@@ -397,9 +402,8 @@ class BalanceService(_Base):
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         if not request.reservation_id:
             raise InvalidArgument.field("reservation_id", "is required")
-        if len(request.reservation_id.encode()) > TEXT_BYTES_MAX:
-            # No hold has a longer id (Authorize refuses one): malformed, not unknown.
-            raise InvalidArgument.field("reservation_id", f"must be at most {TEXT_BYTES_MAX} bytes")
+        # No hold has a longer id (Authorize refuses one): malformed, not unknown.
+        check_text_bytes(request.reservation_id, "reservation_id")
         self.engine.customer(request.customer_id)  # NotFound
         command = cmd.ReleaseReservation(
             self.clock_ms(), actor_of(context), request.customer_id, request.reservation_id, expired_credit_breaks=True
