@@ -398,8 +398,9 @@ impl StoredV2 {
     }
 }
 
-/// Format 1: the dedupe entries per account, by transaction id.
+/// Format 1: the dedupe entries per account, by transaction id. (Serialize only for the test that writes one.)
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct StoredV1 {
     format: u32,
     strings: Vec<String>,
@@ -407,6 +408,7 @@ struct StoredV1 {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct StoredAccountV1 {
     customer_id: String,
     grants: Vec<Grant>,
@@ -952,28 +954,9 @@ mod tests {
         assert_eq!(stored.clock_ms, i64::MIN);
     }
 
-    /// Format 1's layout: the dedupe entries per account, by transaction id.
-    #[derive(Serialize)]
-    struct WrittenV1 {
-        format: u32,
-        strings: Vec<String>,
-        accounts: Vec<WrittenAccountV1>,
-    }
-
-    #[derive(Serialize)]
-    struct WrittenAccountV1 {
-        customer_id: String,
-        grants: Vec<Grant>,
-        aggregates: Vec<(AggregateKey, Aggregate)>,
-        buckets: Vec<(BucketKey, Vec<VersionUsage>)>,
-        period_charges: Vec<(i64, Picos)>,
-        period_overage: Vec<(i64, Picos)>,
-        dedupe: Vec<(String, Seen)>,
-    }
-
     #[test]
     fn a_format_1_snapshot_reads_with_its_accounts_dedupe_entries_in_one_table_by_key() {
-        let account = |customer_id: &str, charges: Picos, seen: Vec<(String, Seen)>| WrittenAccountV1 {
+        let account = |customer_id: &str, charges: Picos, seen: Vec<(String, Seen)>| StoredAccountV1 {
             customer_id: customer_id.into(),
             grants: vec![grant()],
             aggregates: vec![],
@@ -987,7 +970,7 @@ mod tests {
             account("acme", 60, vec![("t1".into(), a), ("t2".into(), b)]),
             account("globex", 5, vec![("t1".into(), c)]),
         ];
-        let written = WrittenV1 { format: 1, strings: vec!["p".into()], accounts };
+        let written = StoredV1 { format: 1, strings: vec!["p".into()], accounts };
         let stored = decode(&postcard::to_allocvec(&written).unwrap()).expect("format 1 reads");
         let mut canonical = Vec::new();
         let mut dedupe = vec![
