@@ -7,7 +7,8 @@ when the server's clock has reached it, submits AdvanceClock(now) through the wr
 like any other; with nothing due it submits nothing. The index knows only what the kernel's tables hold, which
 compile lazily (at the next batch or read): while an admin command's changes are not compiled yet
 (`Billing.tables_behind`), it also submits AdvanceClock(now), for which the writer compiles them first, so that a
-grant's expiry or rollover is due on time even when nothing reads. After a restart the first look happens at
+grant's expiry or rollover is due on time even when nothing reads (the writer also compiles them and applies the
+AdvanceClock due before a run of usage batches or a close: Sequencer._clock_before). After a restart the first look happens at
 once, so a hold whose TTL ran out while the server was down expires as soon as it serves.
 """
 

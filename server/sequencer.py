@@ -29,6 +29,12 @@ publish (in arrival order) until the re-rating completes with a record of its ow
 (the close completes it at once). The publish's caller is answered once that record is durable;
 usage is answered meanwhile as usual.
 
+The clock's work (AdvanceClock: holds and grants expiring, rollovers) is journaled by the clock driver
+(server/clock.py) and by the writer itself, at the group's time: first in a group, and again before each run of
+usage batches and each ClosePeriod or CloseDuePeriods (the tables compiled first when an admin command changed them,
+also for one that waited behind a publish), so that a command applied after something fell due finds it done
+(`_clock_before`).
+
 A command that changes nothing gets no journal record and no seq: a usage batch that accepts no event (empty,
 or every event a duplicate or refused), and a retried admin request the state already reflects (the engine
 answers it as the first call was answered). Such a batch is acked with the journal's current seq.
@@ -739,6 +745,27 @@ class Sequencer:
         re-rating (there it only expires holds, which the driver's does on its own)."""
         if self._planning is not None or self._deferred or self.billing.rerating is not None:
             return
+        await self._advance_clock_to(group)
+
+    async def _clock_before(self, group: _Group) -> None:
+        """Before a run of usage batches or a close (ClosePeriod, CloseDuePeriods), also one applied from the
+        commands that waited behind a publish: the AdvanceClock due by the group's time, the kernel's tables compiled
+        first when an admin command changed them (`Billing.tables_behind`). The group's first AdvanceClock saw
+        neither what the commands before in the group changed nor, for commands that waited behind a publish, what
+        fell due while they waited (the clock records no rollover or grant expiry beside a pending re-rating), and
+        the kernel's index of due times knows a grant's expiry or rollover only once its tables are compiled (the
+        driver's look, every 50 ms, compiles them too, but a command may come first): so a close finds the rollovers
+        and expiries due by its period's end recorded, as its draft showed them, and a batch the grants that expired
+        broken. Not while a publish is planned or re-rated (the clock then only expires holds, as the driver's
+        does)."""
+        if self._planning is not None or self.billing.rerating is not None:
+            return
+        if self.billing.tables_behind:
+            await self._refresh_tables()
+        await self._advance_clock_to(group)
+
+    async def _advance_clock_to(self, group: _Group) -> None:
+        """Applies AdvanceClock(group time) when the kernel has something due by then, journaled as the driver's."""
         due_ms = self.billing.kernel.next_due()
         if due_ms is None or group.now_ms < due_ms:
             return
@@ -760,6 +787,9 @@ class Sequencer:
         elif isinstance(command, cmd.AdvanceClock):
             await self._refresh_tables()  # paced here, rather than at once inside the command (server/clock.py)
             await self._apply_clock(group, submission, command)
+        elif isinstance(command, cmd.ClosePeriod | cmd.CloseDuePeriods):
+            await self._clock_before(group)
+            self._apply_admin(group, submission, command)
         else:
             self._apply_admin(group, submission, command)
 
@@ -985,7 +1015,9 @@ class Sequencer:
         """Rates a run of usage batches on the rating thread while the event loop goes on serving reads (each
         batch is one kernel call that holds the kernel's lock, so a read waits for at most one batch). The
         tables are compiled here first, on the loop, and no admin command applies until the run is rated, so a
-        read meanwhile compiles nothing and touches no Python state the thread uses."""
+        read meanwhile compiles nothing and touches no Python state the thread uses. The clock's work due by the
+        group's time is applied first (`_clock_before`)."""
+        await self._clock_before(group)
         await self._refresh_tables()
         now_ms = group.now_ms
         batches = [batch for _, batch in run]

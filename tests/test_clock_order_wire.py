@@ -1,0 +1,150 @@
+"""The clock's work (AdvanceClock: holds expiring, grants expiring and rolling over at a period's end) against the
+commands around it, over the wire against a real server: a command applied after the instant something fell due
+finds it done, in journal order, whatever the writer was busy with meanwhile (docs/architecture.md §3 "Time", §5
+"Re-rating and simulation", §6 "Invoices"), and a replay of the journal gives the same.
+
+The catalogue of tests/test_audit_credits_wire.py (`units`, 1 credit a unit, on rate card `card`), and a second rate
+card `bulk` (1 credit a unit, then 2) for BULK customers with one event each: publishing its version 2 over that
+event re-rates them all, in background slices of 64 customers after the publish is journaled, paced by
+TARIFF_TEST_RERATE_SLICE_PAUSE_MS (a test-only knob: the re-rating then lasts at least 3 x PAUSE_MS, whatever the
+machine's speed), while admin commands other than holds and the clock queue behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from tariff import now_ms
+from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import preview
+from tests.serverproc import ServerFactory, ServerProcess, wait_for_log
+from tests.test_audit_credits_wire import (
+    CARD_FROM_MS,
+    HOUR_MS,
+    catalogue,
+    customer,
+    grant,
+    grants_of,
+    period_anchor_ms,
+    work,
+)
+from tests.test_audit_periods3_wire import but_final_fields, close
+
+BULK = 200  # 4 slices of the re-rating: 3 pauses
+PAUSE_MS = 3000
+PACED = {"TARIFF_TEST_RERATE_SLICE_PAUSE_MS": str(PAUSE_MS)}
+
+
+async def _bulk_customers(server: ServerProcess) -> None:
+    async with server.async_client() as client:
+        ids = [f"b{n:03d}" for n in range(BULK)]
+        await asyncio.gather(
+            *(client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=i, name=i)) for i in ids)
+        )
+        await asyncio.gather(
+            *(
+                client.contracts.CreateContract(
+                    contracts_pb2.CreateContractRequest(
+                        id=f"k-{i}", customer_id=i, rate_card_id="bulk", starting_at=stamp(CARD_FROM_MS)
+                    )
+                )
+                for i in ids
+            )
+        )
+
+
+def bulk_card(server: ServerProcess) -> pricing_pb2.PublishVersionRequest:
+    """Rate card `bulk` and its BULK customers, one unit each two hours ago; returns the publish of its version 2
+    from that hour, which re-rates every one of them."""
+    with server.client() as client:
+        pricing = client.pricing
+        pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="bulk", pricing_unit="credits"))
+        for price in ("1", "2"):
+            rate = pricing_pb2.Rate(product_id="units", unit=pricing_pb2.UnitPrice(price=price))
+            pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="bulk", upsert_rates=[rate]))
+        pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id="bulk", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+    asyncio.run(_bulk_customers(server))
+    hour_ms = now_ms() // HOUR_MS * HOUR_MS - 2 * HOUR_MS
+    with server.client() as client:
+        events = [work(f"b{n}", f"b{n:03d}", 1, hour_ms + 60_000) for n in range(BULK)]
+        assert client.ingest_batch(events).accepted == BULK
+    return pricing_pb2.PublishVersionRequest(rate_card_id="bulk", version=2, effective_from=stamp(hour_ms))
+
+
+def publish_in_background(server: ServerProcess, request: pricing_pb2.PublishVersionRequest) -> threading.Thread:
+    """Publishes from a thread (answered once the re-rating completes); its answer or error in `answers`."""
+    answers: list[object] = []
+
+    def publish() -> None:
+        try:
+            with server.client() as client:
+                answers.append(client.pricing.PublishVersion(request, timeout=300))
+        except Exception as exc:
+            answers.append(exc)
+
+    caller = threading.Thread(target=publish)
+    caller.answers = answers  # type: ignore[attr-defined]
+    caller.start()
+    return caller
+
+
+def sleep_until(at_ms: int) -> None:
+    while now_ms() < at_ms:
+        time.sleep(0.02)
+
+
+def balance_of(invoice: invoices_pb2.Invoice, grant_id: str) -> tuple[str, str, str, str]:
+    [found] = [g for g in invoice.grant_balances if g.grant_id == grant_id]
+    return found.granted, found.drawn, found.remaining, found.expired
+
+
+def test_a_close_queued_behind_a_rerating_finds_the_rollover_its_period_end_made_due(
+    server_factory: ServerFactory,
+) -> None:
+    """`x`: a period ending at END, about 3 s from now; grant R of 10 credits with rollover fraction 0.5, 4 units
+    drawn from it before END. A publish on another card starts a long re-rating before END; END passes while it
+    runs, so the clock records no rollover yet (it only expires holds meanwhile: §5). The draft of x's period read
+    then shows R as closing will: 4 drawn + 3 rolled = 7 drawn, 0 remaining, 3 broken. ClosePeriod for it, sent
+    then, queues behind the publish and applies once the re-rating completes: the rollover due since END must be
+    recorded before it (its AdvanceClock first), so the final invoice equals that draft but for number, status and
+    close time (not R with 6 remaining, the rollover recorded only after the period was closed). The journal
+    replayed (kill -9, restart) gives the same invoice and grants."""
+    server = server_factory(env=PACED)
+    with server.client() as client:
+        catalogue(client)
+    request = bulk_card(server)
+    end_ms = (now_ms() // 1000 + 3) * 1000
+    start_ms = period_anchor_ms(end_ms)
+    with server.client() as client:
+        customer(client, "x", starting_at_ms=start_ms)
+        grant(client, "x", "R", "10", starts_at_ms=now_ms() - 1000, rollover_fraction="0.5")
+        assert client.ingest_batch([work("x4", "x", 4, now_ms())]).accepted == 1
+        caller = publish_in_background(server, request)
+        wait_for_log(server, "re-rating started", 30)
+        assert now_ms() < end_ms, "the scenario needs the re-rating under way before the period's end"
+        sleep_until(end_ms + 300)
+        assert caller.is_alive(), "the scenario needs the re-rating still running after the period's end"
+        assert grants_of(client, "x")["R"] == ("4", "6", "0", "0", "0"), "rolled over during the re-rating"
+        draft = preview(client, "x", start_ms)
+        assert balance_of(draft, "R") == ("10", "7", "0", "3")
+        final = close(client, "x", start_ms)
+        assert final.status == invoices_pb2.INVOICE_FINAL
+        assert balance_of(final, "R") == ("10", "7", "0", "3")
+        assert but_final_fields(final) == but_final_fields(draft)
+        caller.join()
+        [published] = caller.answers  # type: ignore[attr-defined]
+        assert isinstance(published, pricing_pb2.PublishVersionResponse), published
+        assert published.customers_rerated == BULK
+        rolled = f"rollover-R-{end_ms}"
+        grants = grants_of(client, "x")
+        assert (grants["R"], grants[rolled]) == (("7", "0", "0", "3", "0"), ("0", "3", "0", "0", "0"))
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=final.invoice_number)) == final
+        assert grants_of(client, "x") == grants

@@ -1,0 +1,170 @@
+"""The writer's own AdvanceClock (server/sequencer.py `_clock_before`) against admin commands whose changes the kernel's
+tables do not hold yet, in process over the in-memory journal with a clock the test sets and no clock driver: the
+driver (server/clock.py) would compile the tables and advance the clock at its next look, every 50 ms, and a command
+arriving before that look must not find the state otherwise (tests/test_clock_order_wire.py covers a close queued
+behind a publish, over the wire).
+
+The demo catalogue (server/demo.py): `acme`, contract acme-2026 from the month's start (periods Nov 1 - Dec 1 -
+...), 50,000 prepaid credits; a simple summary on gpt-4 costs 2.5 credits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from engine import commands as cmd
+from engine.billing import Billing
+from engine.invoices import GrantBalance, Invoice
+from engine.ledger import GrantKind
+from server.demo import demo_commands
+from server.journal import MemoryJournal
+from server.sequencer import Sequencer, decode_record, recover
+from tests.test_sequencer import DAY_MS, NOW_MS, batch, event
+
+PICOS = 10**12
+HOUR_MS = 3_600_000
+MONTH_START_MS = 1_793_491_200_000  # 2026-11-01T00:00:00Z: the demo contract's start, NOW_MS's month
+PERIOD_END_MS = 1_796_083_200_000  # 2026-12-01T00:00:00Z
+
+
+def run(journal: MemoryJournal, clock: list[int], body: Callable[[Sequencer], Awaitable[None]]) -> Billing:
+    """The demo catalogue at NOW_MS, then `body`, with the writer's clock reading `clock[0]`."""
+
+    async def main() -> Billing:
+        billing = recover(journal)
+        sequencer = Sequencer(billing, journal, clock_ms=lambda: clock[0])
+        sequencer.start()
+        for command in demo_commands(NOW_MS):
+            await sequencer.run(command)
+        await body(sequencer)
+        await sequencer.close()
+        return billing
+
+    return asyncio.run(main())
+
+
+def grant(
+    at_ms: int, grant_id: str, amount: str, *, priority: int = 0, expires_at_ms: int | None = None, rollover: str = "0"
+) -> cmd.GrantCredits:
+    """A promotional grant to acme from the month's start, with the fields the server sets on every one it takes."""
+    return cmd.GrantCredits(
+        at_ms,
+        "test",
+        grant_id,
+        "acme",
+        "acme-2026",
+        GrantKind.PROMOTIONAL,
+        amount,
+        "0",
+        priority,
+        (),
+        MONTH_START_MS + HOUR_MS,
+        expires_at_ms,
+        rollover,
+        use_ends_at_rollover=True,
+        paid_at_picos=True,
+        made_ids_refused=True,
+        rollover_start_in_contract=True,
+    )
+
+
+def close(at_ms: int) -> cmd.ClosePeriod:
+    return cmd.ClosePeriod(
+        at_ms,
+        "test",
+        "acme",
+        MONTH_START_MS,
+        rollovers_shown=True,
+        adjustments_in_contract=True,
+        parts_in_contract=True,
+    )
+
+
+def balance_of(invoice: Invoice, grant_id: str) -> GrantBalance:
+    [found] = [g for g in invoice.grant_balances if g.grant_id == grant_id]
+    return found
+
+
+def kinds(journal: MemoryJournal, after_seq: int) -> list[str]:
+    """The journal's records after `after_seq`, by command type."""
+    found = []
+    for _, blob in journal.read_records(after_seq):
+        record = decode_record(blob)
+        found.append(type(record.command).__name__ if record.command is not None else "usage")
+    return found
+
+
+def test_a_close_right_after_a_grant_finds_the_rollover_its_period_end_made_due() -> None:
+    """After the period's end (Dec 1 + 1 h) a grant R of 10 credits with rollover fraction 0.5, starting in the
+    period, then ClosePeriod for it, each answered before the next is sent, nothing read between. R rolls over at
+    Dec 1: 5 into a ROLLOVER grant, 5 break. The kernel's tables do not hold R until compiled, so the writer's
+    AdvanceClock at the close's group's start did not see it due: the close must still find it rolled (R drawn 5,
+    remaining 0, expired 5, as the draft shows it), its AdvanceClock journaled before it; replay gives the same."""
+    journal = MemoryJournal()
+    clock = [PERIOD_END_MS + HOUR_MS]
+    closed: list[Invoice] = []
+    seqs: list[int] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        seqs.append(sequencer.billing.last_seq)
+        await sequencer.run(grant(clock[0], "R", "10", rollover="0.5"))
+        _, invoice = await sequencer.run(close(clock[0]))
+        assert isinstance(invoice, Invoice)
+        closed.append(invoice)
+
+    billing = run(journal, clock, body)
+    [invoice] = closed
+    assert balance_of(invoice, "R") == GrantBalance("R", 10 * PICOS, 5 * PICOS, 0, 5 * PICOS)
+    assert kinds(journal, seqs[0]) == ["GrantCredits", "AdvanceClock", "ClosePeriod"]
+    assert recover(journal).engine.state.invoices == billing.engine.state.invoices
+
+
+def test_a_close_in_the_same_group_as_the_grant_finds_the_rollover_recorded() -> None:
+    """As above, the grant and the close submitted together (one group: the group's first AdvanceClock came before
+    the grant was applied)."""
+    journal = MemoryJournal()
+    clock = [PERIOD_END_MS + HOUR_MS]
+    closed: list[Invoice] = []
+    seqs: list[int] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        seqs.append(sequencer.billing.last_seq)
+        granted = sequencer.submit(grant(clock[0], "R", "10", rollover="0.5"))
+        closing = sequencer.submit(close(clock[0]))
+        await granted
+        _, invoice = await closing
+        assert isinstance(invoice, Invoice)
+        closed.append(invoice)
+
+    billing = run(journal, clock, body)
+    [invoice] = closed
+    assert balance_of(invoice, "R") == GrantBalance("R", 10 * PICOS, 5 * PICOS, 0, 5 * PICOS)
+    assert kinds(journal, seqs[0]) == ["GrantCredits", "AdvanceClock", "ClosePeriod"]
+    assert recover(journal).engine.state.invoices == billing.engine.state.invoices
+
+
+def test_a_batch_right_after_a_grant_that_expired_finds_it_broken() -> None:
+    """A grant E of 10 credits burning first (priority -1) whose expiry (an hour ago) passed before it was granted,
+    then a batch with one simple gpt-4 summary (2.5 credits) dated two hours ago, before E's expiry. Expired
+    credit breaks at the AdvanceClock that reaches the expiry and is final (docs/architecture.md §3 "Time"): the
+    writer applies it before the batch, so the event draws nothing from E (all 10 break) and 2.5 from the prepaid
+    grant, as when the clock driver has looked first; not 2.5 from E, decided by whether it had."""
+    journal = MemoryJournal()
+    clock = [NOW_MS]
+    seqs: list[int] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        seqs.append(sequencer.billing.last_seq)
+        await sequencer.run(grant(NOW_MS, "E", "10", priority=-1, expires_at_ms=NOW_MS - HOUR_MS))
+        late = event("late")
+        late.timestamp_ms = NOW_MS - 2 * HOUR_MS
+        _, ingested = await sequencer.run(batch(late))
+        assert ingested.accepted == 1  # type: ignore[attr-defined]
+
+    billing = run(journal, clock, body)
+    grants = {view.grant.id: view for view in billing.balance("acme", NOW_MS).grants}
+    assert (grants["E"].remaining, grants["E"].expired) == (0, 10 * PICOS)
+    assert grants["acme-prepaid-50k"].remaining == 50_000 * PICOS - 5 * PICOS // 2
+    assert kinds(journal, seqs[0]) == ["GrantCredits", "AdvanceClock", "usage"]
+    replayed = {view.grant.id: view for view in recover(journal).balance("acme", NOW_MS + DAY_MS).grants}
+    assert (replayed["E"].remaining, replayed["E"].expired) == (0, 10 * PICOS)
