@@ -741,9 +741,21 @@ class Sequencer:
         due by the group's time: so that a hold whose TTL ran out is expired for every command and batch applied
         after it (a release is FAILED_PRECONDITION, a settling event NOTICE_RESERVATION_EXPIRED), however long the
         driver takes to look (every 50 ms). Journaled as the driver's is, so replay gives the same. Not while a
-        publish is planned or commands wait behind one (the driver's would wait too), nor beside a pending
-        re-rating (there it only expires holds, which the driver's does on its own)."""
-        if self._planning is not None or self._deferred or self.billing.rerating is not None:
+        publish is planned or commands wait behind one (the driver's would wait too); beside a pending re-rating
+        only when a hold has run out, which is all it then does (engine/credits.py), as the driver's does."""
+        if self._planning is not None:
+            return
+        if self.billing.rerating is not None:
+            await self._expire_holds_due(group)
+        elif not self._deferred:
+            await self._advance_clock_to(group)
+
+    async def _expire_holds_due(self, group: _Group) -> None:
+        """Beside a pending re-rating: the AdvanceClock that expires the holds whose TTL ran out by the group's time,
+        if any (Kernel.holds_due_by: the accounts due by then, which at a period's end may be every customer whose
+        rollover waits for the completion; looked at only once something is due)."""
+        due_ms = self.billing.kernel.next_due()
+        if due_ms is None or group.now_ms < due_ms or not self.billing.kernel.holds_due_by(group.now_ms):
             return
         await self._advance_clock_to(group)
 

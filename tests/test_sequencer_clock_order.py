@@ -12,13 +12,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import msgspec
+import pytest
+
 from engine import commands as cmd
 from engine.billing import Billing
+from engine.errors import FailedPrecondition
 from engine.invoices import GrantBalance, Invoice
 from engine.ledger import GrantKind
+from server import sequencer as writer
 from server.demo import demo_commands
 from server.journal import MemoryJournal
-from server.sequencer import Sequencer, decode_record, recover
+from server.sequencer import Sequencer, UsageBatch, decode_record, recover
+from tests.engine_fixtures import ACTOR
+from tests.test_engine_rerate_online import (
+    RECEIVED_MS,
+    batch_of,
+    card_at_1_and_draft_at_3,
+    publish,
+    with_granted_customers,
+)
+from tests.test_rerate_hold_expiry import DUE_MS, hold
 from tests.test_sequencer import DAY_MS, NOW_MS, batch, event
 
 PICOS = 10**12
@@ -168,3 +182,50 @@ def test_a_batch_right_after_a_grant_that_expired_finds_it_broken() -> None:
     assert kinds(journal, seqs[0]) == ["GrantCredits", "AdvanceClock", "usage"]
     replayed = {view.grant.id: view for view in recover(journal).balance("acme", NOW_MS + DAY_MS).grants}
     assert (replayed["E"].remaining, replayed["E"].expired) == (0, 10 * PICOS)
+
+
+def test_a_release_after_the_ttl_finds_the_hold_expired_also_beside_a_pending_rerating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 customers with usage, c150 holding 1 call (TTL 60 s); a publish re-rates them all, a slice of 64 after
+    each group, the writer pausing 0.5 s after each (the test-only pacing): the re-rating stays pending for at least
+    1.5 s. The clock then passes the hold's TTL and c150's release comes: a release after the TTL finds the hold
+    expired (FAILED_PRECONDITION, README "Authorize"), also while the re-rating is pending, where the writer's
+    AdvanceClock only expires holds (engine/credits.py); the release must not wait for the driver's look to lose.
+    The expiry is journaled between the publish and the completion record, the release not at all; replay gives
+    the live state."""
+    monkeypatch.setattr(writer, "RERATE_SLICE_PAUSE_S", 0.5)
+    journal = MemoryJournal()
+    customers = [f"c{n:03d}" for n in range(200)]
+    clock = [RECEIVED_MS]
+
+    async def main() -> Billing:
+        billing = recover(journal)
+        sequencer = Sequencer(billing, journal, clock_ms=lambda: clock[0], plan_slice_customers=len(customers))
+        sequencer.start()
+        for command in with_granted_customers(card_at_1_and_draft_at_3(), customers, "20").journal:
+            await sequencer.run(command)
+        usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
+        await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
+        await sequencer.run(hold("c150", "h-c150", 1))
+        published = sequencer.submit(publish(0))
+        while billing.rerating is None:
+            await asyncio.sleep(0.001)
+        clock[0] = DUE_MS + 1
+        with pytest.raises(FailedPrecondition):
+            await sequencer.run(cmd.ReleaseReservation(DUE_MS + 1, ACTOR, "c150", "h-c150", expired_credit_breaks=True))
+        assert not published.done(), "the scenario needs the re-rating pending when the release applied"
+        await published
+        await sequencer.close()
+        return billing
+
+    live = asyncio.run(main())
+    records = [decode_record(blob) for _, blob in journal.read_records(0)]
+    [publish_index] = [i for i, r in enumerate(records) if r.deferred]
+    [done_index] = [i for i, r in enumerate(records) if r.rerated is not None]
+    assert isinstance(records[publish_index + 1].command, cmd.AdvanceClock)
+    assert publish_index + 1 < done_index
+    assert not [r for r in records if isinstance(r.command, cmd.ReleaseReservation)]
+    replayed = recover(journal)
+    assert replayed.kernel.snapshot() == live.kernel.snapshot()
+    assert msgspec.json.encode(replayed.engine.state) == msgspec.json.encode(live.engine.state)
