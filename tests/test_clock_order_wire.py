@@ -106,7 +106,7 @@ def balance_of(invoice: invoices_pb2.Invoice, grant_id: str) -> tuple[str, str, 
 def test_a_close_queued_behind_a_rerating_finds_the_rollover_its_period_end_made_due(
     server_factory: ServerFactory,
 ) -> None:
-    """`x`: a period ending at END, about 3 s from now; grant R of 10 credits with rollover fraction 0.5, 4 units
+    """`x`: a period ending at END, about 5 s from now; grant R of 10 credits with rollover fraction 0.5, 4 units
     drawn from it before END. A publish on another card starts a long re-rating before END; END passes while it
     runs, so the clock records no rollover yet (it only expires holds meanwhile: §5). The draft of x's period read
     then shows R as closing will: 4 drawn + 3 rolled = 7 drawn, 0 remaining, 3 broken. ClosePeriod for it, sent
@@ -118,7 +118,7 @@ def test_a_close_queued_behind_a_rerating_finds_the_rollover_its_period_end_made
     with server.client() as client:
         catalogue(client)
     request = bulk_card(server)
-    end_ms = (now_ms() // 1000 + 3) * 1000
+    end_ms = (now_ms() // 1000 + 5) * 1000
     start_ms = period_anchor_ms(end_ms)
     with server.client() as client:
         customer(client, "x", starting_at_ms=start_ms)
