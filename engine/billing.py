@@ -268,6 +268,8 @@ class Billing:
         kernel's notices (a top-up executed, a reservation expired) and the balance rules of the customers the
         command touched, as for any record (replay fires the same)."""
         result = credits.apply(self, command, seq)
+        if self.planning is not None and isinstance(result, credits.Advanced):
+            self.planning.touch(result.grants_ended)
         customers = dict.fromkeys(_credit_customers(command, result))
         for customer_id in self._notice_alerts(command.at_ms, seq):
             customers[customer_id] = None
@@ -344,8 +346,8 @@ class Billing:
 
     def begin_plan(self, command: cmd.PublishVersion | cmd.RollbackRateCard) -> bool:
         """Starts planning the publish a slice of customers at a time (the tables must be current); False when
-        it has nothing to plan (the engine refuses it anyway). Until `finish_plan`, only usage and holds may
-        apply: they record the customers they name, whom the plan looks at again."""
+        it has nothing to plan (the engine refuses it anyway). Until `finish_plan`, only usage, holds and the
+        clock may apply: they record the customers they change, whom the plan looks at again."""
         assert self.planning is None, "a publish is being planned already"
         self.planning = PlanInSlices.begin(self.engine.state, command)
         return self.planning is not None
@@ -415,11 +417,18 @@ class Billing:
     def _rerate_named(self, command: cmd.AdminCommand) -> None:
         """Re-rate on touch for the commands that may apply while a re-rating is pending (Reserve and
         ReleaseReservation name one customer, a ReserveBatch its holds' customers, an AdvanceClock those whose
-        holds it expires: engine/credits.py); the writer completes a re-rating before any other."""
+        holds it expires: engine/credits.py); the writer completes a re-rating before any other. While a publish is
+        planned, the same commands record the customers they change for the plan to look at again."""
         rerating = self.engine.state.rerating
         if rerating is None and self.planning is None:
             return
-        if isinstance(command, cmd.AdvanceClock) and self.planning is None:
+        if isinstance(command, cmd.AdvanceClock):
+            if self.planning is not None:
+                # Beside a publish being planned it applies whole (nothing is pending: replay applies it so, the
+                # publish not being journaled yet): the accounts whose holds expire, and those of which a grant
+                # ends (`_apply_kernel_command`), are looked at again.
+                self.planning.touch(self.kernel.holds_due_by(command.at_ms))
+                return
             assert rerating is not None
             pending.rerate(self.kernel, rerating, self.kernel.holds_due_by(command.at_ms))
             return

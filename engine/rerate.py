@@ -253,10 +253,10 @@ def plan_rerating(
 @dataclass(slots=True)
 class PlanInSlices:
     """`plan_rerating` made a slice of customers at a time, with usage applied between slices (the server's
-    writer: usage need not wait for the whole check). Nothing but usage and holds may apply meanwhile, and those
-    change only the accounts they name, which `touch` records: an untouched customer's part of the plan (whether
-    it has usage to re-rate, whether that usage can be priced again) stays what its slice found, and a touched
-    one is looked at again, in further passes and at the latest by `finish`. So `finish` returns exactly what
+    writer: usage need not wait for the whole check). Nothing but usage, holds and the clock (AdvanceClock) may
+    apply meanwhile, and those change only the accounts they name or report, which `touch` records: an untouched
+    customer's part of the plan (whether it has usage to re-rate, whether that usage can be priced again) stays
+    what its slice found, and a touched one is looked at again, in further passes and at the latest by `finish`. So `finish` returns exactly what
     `plan_rerating` returns on the state of that moment, where the publish then applies. A slice that finds usage
     that cannot be priced again refuses the publish at once: a refused publish changes nothing and is journaled
     nowhere, so it refuses on the state of that slice."""

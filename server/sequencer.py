@@ -19,8 +19,8 @@ state is rebuilt from the journal, which holds neither). Dedupe lives in the ker
 transaction id), in snapshots and rebuilt by replay: nothing on the ack path writes a second index.
 
 A publish is planned and checked a slice of customers at a time (engine/rerate.py PlanInSlices), after each
-group, usage and holds applying between slices (any other command queues behind it, see below; the close first
-completes the plan and applies the publish); a plan of one slice applies at once. A publish that re-rates usage already rated
+group, usage, holds and the clock (AdvanceClock) applying between slices (any other command queues behind it, see
+below; the close first completes the plan and applies the publish); a plan of one slice applies at once. A publish that re-rates usage already rated
 (engine/pending.py) is then journaled at once, its re-rating left pending;
 the writer re-rates a slice of pending customers after each group (also with nothing queued), a usage batch
 re-rates the pending customers it names before it is rated, an AdvanceClock only expires holds (engine/credits.py),
@@ -740,14 +740,13 @@ class Sequencer:
         """Applies the AdvanceClock the clock driver (server/clock.py) would, first in the group, when something is
         due by the group's time: so that a hold whose TTL ran out is expired for every command and batch applied
         after it (a release is FAILED_PRECONDITION, a settling event NOTICE_RESERVATION_EXPIRED), however long the
-        driver takes to look (every 50 ms). Journaled as the driver's is, so replay gives the same. Not while a
-        publish is planned or commands wait behind one (the driver's would wait too); beside a pending re-rating
-        only when a hold has run out, which is all it then does (engine/credits.py), as the driver's does."""
-        if self._planning is not None:
-            return
+        driver takes to look (every 50 ms). Journaled as the driver's is, so replay gives the same. Also beside a
+        publish being planned (which looks again at the customers it changes: Billing.begin_plan), not while other
+        commands wait behind a publish otherwise (the driver's would wait too); beside a pending re-rating only when
+        a hold has run out, which is all it then does (engine/credits.py), as the driver's does."""
         if self.billing.rerating is not None:
             await self._expire_holds_due(group)
-        elif not self._deferred:
+        elif self._planning is not None or not self._deferred:
             await self._advance_clock_to(group)
 
     async def _expire_holds_due(self, group: _Group) -> None:
@@ -768,9 +767,8 @@ class Sequencer:
         the kernel's index of due times knows a grant's expiry or rollover only once its tables are compiled (the
         driver's look, every 50 ms, compiles them too, but a command may come first): so a close finds the rollovers
         and expiries due by its period's end recorded, as its draft showed them, and a batch the grants that expired
-        broken. Not while a publish is planned or re-rated (the clock then only expires holds, as the driver's
-        does)."""
-        if self._planning is not None or self.billing.rerating is not None:
+        broken. Not beside a pending re-rating (the clock then only expires holds, first in a group)."""
+        if self.billing.rerating is not None:
             return
         if self.billing.tables_behind:
             await self._refresh_tables()
@@ -817,16 +815,16 @@ class Sequencer:
     def _deferred_behind_publish(self, submission: _Submission) -> bool:
         """Whether the admin command waits for the publish being planned or re-rated (True: queued, answered once
         it applies). Only usage, holds and releases apply beside a publish being planned (they name the customers
-        the plan looks at again) or a pending re-rating (they re-rate on touch), and AdvanceClock beside a pending
-        re-rating (it then only expires holds, re-rating their customers first: engine/credits.py), so a hold falls
-        due on time; any other command would need the whole plan or re-rating completed first, which would hold
-        usage up behind it for as long as it takes (a re-rating of 10,000 customers is hundreds of ms). So it
+        the plan looks at again) or a pending re-rating (they re-rate on touch), and AdvanceClock beside both
+        (beside a plan whole, the customers it changes looked at again; beside a pending re-rating it only expires
+        holds, re-rating their customers first: engine/credits.py), so a hold falls due on time; any other command
+        would need the whole plan or re-rating completed first, which would hold usage up behind it for as long as it takes (a re-rating of 10,000 customers is hundreds of ms). So it
         queues, and the re-rating goes on a slice per group. Replay gives the same state: the journal holds the
         commands in the order they applied."""
         command = submission.command
         if isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch):
             return False
-        if isinstance(command, cmd.AdvanceClock) and self._planning is None and self.billing.rerating is not None:
+        if isinstance(command, cmd.AdvanceClock) and (self._planning is not None or self.billing.rerating is not None):
             return False
         if self._planning is None and self.billing.rerating is None and not self._deferred:
             return False

@@ -10,6 +10,7 @@ The demo catalogue (server/demo.py): `acme`, contract acme-2026 from the month's
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -225,6 +226,57 @@ def test_a_release_after_the_ttl_finds_the_hold_expired_also_beside_a_pending_re
     [done_index] = [i for i, r in enumerate(records) if r.rerated is not None]
     assert isinstance(records[publish_index + 1].command, cmd.AdvanceClock)
     assert publish_index + 1 < done_index
+    assert not [r for r in records if isinstance(r.command, cmd.ReleaseReservation)]
+    replayed = recover(journal)
+    assert replayed.kernel.snapshot() == live.kernel.snapshot()
+    assert msgspec.json.encode(replayed.engine.state) == msgspec.json.encode(live.engine.state)
+
+
+def test_a_release_after_the_ttl_finds_the_hold_expired_also_while_a_publish_is_planned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but the release comes while the publish is still being planned (a slice of 50 customers after
+    each group, each slice made to take 0.3 s here): the clock's AdvanceClock applies beside the plan too, so the
+    release finds the hold expired (FAILED_PRECONDITION). The expiry is journaled before the publish, which plans
+    on the state after it (the plan looks again at the customers it changed): the publish re-rates every customer
+    and replay, which plans it whole at its record, gives the live state."""
+    plan_step = Billing.plan_step
+
+    def slow_plan_step(billing: Billing, limit: int) -> bool:
+        time.sleep(0.3)
+        return plan_step(billing, limit)
+
+    monkeypatch.setattr(Billing, "plan_step", slow_plan_step)
+    journal = MemoryJournal()
+    customers = [f"c{n:03d}" for n in range(200)]
+    clock = [RECEIVED_MS]
+    answers: list[object] = []
+
+    async def main() -> Billing:
+        billing = recover(journal)
+        sequencer = Sequencer(billing, journal, clock_ms=lambda: clock[0], plan_slice_customers=50)
+        sequencer.start()
+        for command in with_granted_customers(card_at_1_and_draft_at_3(), customers, "20").journal:
+            await sequencer.run(command)
+        usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
+        await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
+        await sequencer.run(hold("c150", "h-c150", 1))
+        published = sequencer.submit(publish(0))
+        while billing.planning is None:
+            await asyncio.sleep(0.001)
+        clock[0] = DUE_MS + 1
+        with pytest.raises(FailedPrecondition):
+            await sequencer.run(cmd.ReleaseReservation(DUE_MS + 1, ACTOR, "c150", "h-c150", expired_credit_breaks=True))
+        answers.append((await published)[1])
+        await sequencer.close()
+        return billing
+
+    live = asyncio.run(main())
+    [published] = answers
+    assert published.customers_rerated == len(customers)  # type: ignore[attr-defined]
+    records = [decode_record(blob) for _, blob in journal.read_records(0)]
+    [publish_index] = [i for i, r in enumerate(records) if r.deferred]
+    assert isinstance(records[publish_index - 1].command, cmd.AdvanceClock)  # the hold expired before it applied
     assert not [r for r in records if isinstance(r.command, cmd.ReleaseReservation)]
     replayed = recover(journal)
     assert replayed.kernel.snapshot() == live.kernel.snapshot()
