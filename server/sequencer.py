@@ -700,7 +700,7 @@ class Sequencer:
         each run of consecutive usage batches is rated on the rating thread in one hop, awaited before the next
         command applies, so commands still apply strictly in order and never beside a batch."""
         group = _Group(now_ms=self.clock_ms())
-        await self._advance_clock_due(group)
+        await self._advance_clock_due(group, bool(taken))
         run: list[tuple[_Submission, UsageBatch]] = []
         for submission in taken:
             if submission.future.cancelled():
@@ -736,16 +736,18 @@ class Sequencer:
         group.alerts_upto = self.billing.engine.state.alerts.last_seq
         return group
 
-    async def _advance_clock_due(self, group: _Group) -> None:
+    async def _advance_clock_due(self, group: _Group, commands: bool) -> None:
         """Applies the AdvanceClock the clock driver (server/clock.py) would, first in the group, when something is
         due by the group's time: so that a hold whose TTL ran out is expired for every command and batch applied
         after it (a release is FAILED_PRECONDITION, a settling event NOTICE_RESERVATION_EXPIRED), however long the
         driver takes to look (every 50 ms). Journaled as the driver's is, so replay gives the same. Also beside a
         publish being planned (which looks again at the customers it changes: Billing.begin_plan), not while other
         commands wait behind a publish otherwise (the driver's would wait too); beside a pending re-rating only when
-        a hold has run out, which is all it then does (engine/credits.py), as the driver's does."""
+        a hold has run out, which is all it then does (engine/credits.py), as the driver's does, and only when the
+        group has `commands` (not for a background slice: nothing would see the hold meanwhile)."""
         if self.billing.rerating is not None:
-            await self._expire_holds_due(group)
+            if commands:
+                await self._expire_holds_due(group)
         elif self._planning is not None or not self._deferred:
             await self._advance_clock_to(group)
 

@@ -2,7 +2,8 @@
 tables do not hold yet, in process over the in-memory journal with a clock the test sets and no clock driver: the
 driver (server/clock.py) would compile the tables and advance the clock at its next look, every 50 ms, and a command
 arriving before that look must not find the state otherwise (tests/test_clock_order_wire.py covers a close queued
-behind a publish, over the wire).
+behind a publish, over the wire); likewise a release after a hold's TTL while a publish is planned or re-rated. Over
+the wire these orderings hang on landing inside the driver's 50 ms: here they are exact.
 
 The demo catalogue (server/demo.py): `acme`, contract acme-2026 from the month's start (periods Nov 1 - Dec 1 -
 ...), 50,000 prepaid credits; a simple summary on gpt-4 costs 2.5 credits."""
