@@ -52,7 +52,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -70,7 +70,7 @@ from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
 from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment, SegmentWriter
-from server.scheduling import paced
+from server.scheduling import GilHandover, paced
 
 log = logging.getLogger("tariff.sequencer")
 
@@ -93,11 +93,12 @@ SNAPSHOT_EVERY_EVENTS_DEFAULT = 1_000_000
 # journal. Replaying a journal byte took about 5 times the CPU of restoring a snapshot byte (10,000,000 events:
 # 20 s against 1.2 s for 400 MB), so 0.5 keeps a restart at 10,000,000 ids within about 1,500,000 events of replay.
 SNAPSHOT_JOURNAL_FACTOR_DEFAULT = 0.5
-# Work the writer paces on the loop (a snapshot's control plane, table compiles) gives it back this often (the
-# target: no stall over 5 ms).
+# A snapshot's encoding gives the GIL over this often (the target: no stall over 5 ms).
 PAUSE_EVERY_S = 0.001
-# The interpreter's switch interval while a snapshot is encoded and stored (a snapshot encoded beside a loop
-# measured a p99 lateness of the loop of 9 ms at the default 5 ms, 2.4-4 ms at this).
+# How long a thread encoding a snapshot sleeps, every PAUSE_EVERY_S, so that the event loop can take the GIL;
+# and the interpreter's switch interval while both halves encode (a snapshot encoded beside a loop measured a p99
+# lateness of the loop of 9 ms at the default 5 ms, 2.4-4 ms at this).
+GIL_HANDOVER_S = 0.00005
 SNAPSHOT_SWITCH_INTERVAL_S = 0.0005
 # A dedupe segment (a snapshot's changes to the table, or a compaction's merge) is made and written a part of this
 # many bytes at a time, the one part's room reused (server/journal.py writes it 64 KiB at a time).
@@ -1098,12 +1099,12 @@ class Sequencer:
 
     async def _snapshot(self, *, wait_for_store: bool = True, compact: bool = True) -> None:
         """Writes a snapshot without holding the event loop more than about PAUSE_EVERY_S at a time. Both halves
-        are encoded at once: the kernel's on the journal's thread with the GIL released, the control plane's here,
-        on the loop, a part at a time, giving the loop back every PAUSE_EVERY_S (see _encode); the snapshot's
-        thread then writes both to the file as they are. One msgspec encode or bytes join of the whole holds the
-        GIL throughout: at 10,000 customers the control plane is 10-20 MB of JSON, 30-40 ms and more in one call.
-        The writer is here, so no command changes the state meanwhile (reads do not change it): the state at this
-        command boundary is what both halves encode.
+        are encoded off the loop, at once: the kernel's on the journal's thread with the GIL released, the control
+        plane's on the rating thread (idle: the writer is here) a part at a time, handing the GIL over between
+        parts (see _encode_handing_over); the snapshot's thread then writes both to the file as they are.
+        One msgspec encode or bytes join of the whole holds the GIL throughout: at 10,000 customers the control
+        plane is 20 MB of JSON, 40 ms and more in one call. The writer is here, so no command changes the state
+        meanwhile (reads do not change it): the state at this command boundary is what both threads encode.
         Once encoded the parts are that state whatever follows, so with `wait_for_store` False the writer goes on
         while they are written (the store took as long as the encode at 10,000,000 ids); the next snapshot waits
         for this one's store. The counts toward the next start at the encode: after a store the disk had no room
@@ -1114,9 +1115,9 @@ class Sequencer:
         if seq == 0:
             return
         switch_interval_s = sys.getswitchinterval()
-        # Threads hold the GIL in turn meanwhile (the kernel's part copies, then the explain index's thread catching
-        # up to the snapshot's seq while it is stored): a loop waiting for it asks for it after this long instead of
-        # the default 5 ms, until the snapshot is stored.
+        # Threads hold the GIL in turn meanwhile (the kernel's part copies, the control plane's encode, then the
+        # explain index's thread catching up to the snapshot's seq while it is stored): a loop waiting for it asks
+        # for it after this long instead of the default 5 ms, until the snapshot is stored.
         sys.setswitchinterval(SNAPSHOT_SWITCH_INTERVAL_S)
         started_s = time.perf_counter()
         # The changes since the stored snapshot whose segments they follow; a base when there is none (a first
@@ -1148,14 +1149,11 @@ class Sequencer:
             await self._stored()
 
     async def _encode(self, base: bool) -> tuple[list[bytes], DedupeSegment]:
-        """The snapshot's parts, both halves encoded at once (see _snapshot), and its dedupe segment (encoded on the
-        snapshot's thread). The control plane's parts are encoded on the loop, paced: on a worker thread (nice 5,
-        `scheduling.lower_background_threads`) the encode held the GIL a millisecond at a time, and on a busy
-        machine the scheduler preempted it meanwhile, so the loop, waiting for the GIL, waited for that thread's
-        next turn on a CPU too; on the loop the same work runs at the loop's priority and waits for nothing."""
+        """The snapshot's parts, both halves encoded at once off the loop (see _snapshot), and its dedupe segment
+        (encoded on the snapshot's thread)."""
         kernel_half = self._writer_thread.run(self.billing.kernel_snapshot_segmented, base)
         try:
-            control_parts = await paced(_collected(self.billing.control_snapshot_parts()), PAUSE_EVERY_S)
+            control_parts = await self._rating_thread.run(_encode_handing_over, self.billing.control_snapshot_parts())
         finally:
             kernel_parts, segment = await kernel_half
         # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
@@ -1295,12 +1293,15 @@ def trim_heap() -> None:
         _malloc_trim(0)
 
 
-def _collected(parts: Iterator[bytes]) -> Generator[None, None, list[bytes]]:
-    """The iterator's parts as steps for `paced`: one part a step; returns them all."""
+def _encode_handing_over(parts: Iterator[bytes]) -> list[bytes]:
+    """Runs the iterator on a worker thread, sleeping GIL_HANDOVER_S every PAUSE_EVERY_S. A thread running Python
+    keeps the GIL until another has waited the whole switch interval (5 ms) for it, and a msgspec call does not
+    give it up at all: the sleep releases it, so an event loop waiting for it runs at once."""
     done: list[bytes] = []
+    pause = GilHandover(every_s=PAUSE_EVERY_S, sleep_s=GIL_HANDOVER_S)
     for part in parts:
         done.append(part)
-        yield
+        pause()
     return done
 
 

@@ -4,10 +4,9 @@ tasks run between the parts instead of holding the event loop for the whole enco
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,53 +76,46 @@ def test_billing_encode_snapshot_restores_the_same_state() -> None:
     assert restored.balance("cust-1", EPOCH_MS).remaining == billing.balance("cust-1", EPOCH_MS).remaining
 
 
-def test_the_writer_encodes_the_control_plane_on_the_loop_between_other_tasks_and_stores_the_one_shot_bytes(
+def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_one_shot_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The control plane's parts are encoded on the event loop's thread (not on a worker thread at nice 5, which a
-    busy machine preempts while it holds the GIL the loop waits for), giving the loop back between parts (with no
-    time budget: after every part), so that a task counting its turns runs between every two parts, at a shorter
-    switch interval, restored afterwards; the stored snapshot is the one-shot encoding's bytes, and recovery
-    through it gives the same state."""
+    """The control plane's parts are encoded on another thread than the event loop's, handing the GIL over between
+    parts (with no time budget: after every part) at a shorter switch interval, restored afterwards; the stored
+    snapshot is the one-shot encoding's bytes, and recovery through it gives the same state."""
     monkeypatch.setattr(sequencer_module, "PAUSE_EVERY_S", 0.0)
     journal = MemoryJournal()
     encoded_on: set[int] = set()
-    turns_at_part: list[int] = []
     expected: list[bytes] = []
     loop_thread: list[int] = []
+    handovers: list[float] = []
     switch_intervals: set[float] = set()
     default_switch_interval = sys.getswitchinterval()
+    sleep = time.sleep
+
+    def counted_sleep(seconds: float) -> None:
+        handovers.append(seconds)
+        sleep(seconds)
 
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(*(event(f"t{i}") for i in range(5))))
         expected.append(sequencer.billing.encode_snapshot())
         loop_thread.append(threading.get_ident())
-        turns = [0]
-
-        async def count_turns() -> None:
-            while True:
-                turns[0] += 1
-                await asyncio.sleep(0)
-
         parts_of = sequencer.billing.control_snapshot_parts
 
         def counted_parts() -> Iterator[bytes]:
             for part in parts_of():
                 encoded_on.add(threading.get_ident())
                 switch_intervals.add(sys.getswitchinterval())
-                turns_at_part.append(turns[0])
                 yield part
 
         monkeypatch.setattr(sequencer.billing, "control_snapshot_parts", counted_parts)
-        counter = asyncio.create_task(count_turns())
+        monkeypatch.setattr(time, "sleep", counted_sleep)
         await sequencer._snapshot()
-        counter.cancel()
-        monkeypatch.setattr(sequencer.billing, "control_snapshot_parts", parts_of)  # close() snapshots again
+        monkeypatch.setattr(time, "sleep", sleep)
 
     billing = run_with(journal, body)
-    assert encoded_on == {loop_thread[0]}
-    assert len(turns_at_part) > 10
-    assert all(later > earlier for earlier, later in itertools.pairwise(turns_at_part))  # a turn between every two
+    assert encoded_on and loop_thread[0] not in encoded_on
+    assert len(handovers) > 10 and set(handovers) == {sequencer_module.GIL_HANDOVER_S}
     assert switch_intervals == {sequencer_module.SNAPSHOT_SWITCH_INTERVAL_S}
     assert sys.getswitchinterval() == default_switch_interval
     stored = journal.load_segmented_snapshot()
