@@ -240,11 +240,6 @@ pub fn expired(at_ms: i64, received_ms: i64, window_ms: i64) -> bool {
 pub struct Table {
     /// Empty until the first put (an empty table allocates nothing), then 2^SHARD_BITS of them.
     shards: Vec<Shard>,
-    /// Where each shard's arrays are, for `prefetch` alone (`Lines`): empty when `shards` is, else one
-    /// per shard, set again (`set_lines`) whenever a shard's arrays may have moved.
-    lines: Vec<Lines>,
-    /// Each shard's `bits`, beside `lines` for `prefetch` (as a byte: 4 KB).
-    home_bits: Vec<u8>,
     /// Entries in the shards (not counting `zero`).
     len: usize,
     /// The entry of key 0, which marks an empty slot and so lives here (a real key is 0 with
@@ -257,30 +252,6 @@ pub struct Table {
     /// log in (`give_back_changes`): a fresh log took a new page every 85 changes, and on this
     /// project's VM a new page cost more than the rating of the events that filled it.
     spare_changes: Vec<Change>,
-}
-
-/// Where a shard's arrays start, for `Table::prefetch`: it asks for a key's lines from these 16 bytes
-/// and the shard's `bits` (`Table::home_bits`), 68 KB for the 4096 shards and usually in cache, where
-/// it read the shard itself (72 bytes, often across two lines, in 295 KB) and so waited for a miss or
-/// two before it could ask, in the pass whose point is not to wait. Addresses, not pointers: a prefetch
-/// names an address, reads nothing and faults on none, so one left stale would cost a wasted hint,
-/// never a wrong result.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(align(16))]
-struct Lines {
-    /// The address of the shard's `keys`, 0 for a shard with no slots.
-    keys: usize,
-    /// The address of its `helds`.
-    helds: usize,
-}
-
-impl Lines {
-    fn of(shard: &Shard) -> Lines {
-        if shard.keys.is_empty() {
-            return Lines::default();
-        }
-        Lines { keys: shard.keys.as_ptr().addr(), helds: shard.helds.as_ptr().addr() }
-    }
 }
 
 /// One shard: open addressing with linear probing, each key's home slot the `bits` bits after the
@@ -324,7 +295,7 @@ pub const SPARE_CHANGES_BYTES_MAX: usize = 128 << 20;
 const EMPTY: Key = Key { low: 0, high: 0 };
 const NOTHING: Held = Held { digest: 0, at_ms: 0 };
 /// The shards are 2^SHARD_BITS key ranges by the key's top bits: at 100 M ids a shard holds about
-/// 24,000 (a 2.6 MB array to grow), and the shards' fixed part is 4096 × 72 bytes.
+/// 24,000 (a 2.6 MB array to grow), and the shards' fixed part is 4096 × 64 bytes.
 pub const SHARD_BITS: u32 = 12;
 const SHARDS: usize = 1 << SHARD_BITS;
 /// Slots past a shard's 2^bits home slots, so a run near the end rarely needs the arrays to grow.
@@ -403,34 +374,14 @@ impl Table {
 
     /// Asks for the cache lines of `key`'s home slot and its entry, where `place(key)` starts
     /// reading, without waiting for them or branching on them: the kernel's first warming pass
-    /// asks for a slice's keys at once, so their misses overlap. Where those lines are comes from
-    /// `lines` and `home_bits`, not from the shard (see `Lines`); the shard's first line, which
-    /// `place` reads first, is asked for too.
+    /// asks for a slice's keys at once, so their misses overlap.
     pub fn prefetch(&self, key: Key) {
-        let index = shard_of(key);
-        if let (Some(lines), Some(&bits)) = (self.lines.get(index), self.home_bits.get(index)) {
-            if lines.keys != 0 {
-                let at = home(key, u32::from(bits));
-                crate::prefetch::address(lines.keys + at * std::mem::size_of::<Key>());
-                crate::prefetch::address(lines.helds + at * std::mem::size_of::<Held>());
+        if let Some(shard) = self.shards.get(shard_of(key)) {
+            if !shard.keys.is_empty() {
+                let at = shard.home(key);
+                crate::prefetch::line(&shard.keys, at);
+                crate::prefetch::line(&shard.helds, at);
             }
-            crate::prefetch::line(&self.shards, index);
-        }
-    }
-
-    /// Sets shard `index`'s `lines` and `home_bits` to where its arrays are now.
-    fn set_lines(&mut self, index: usize) {
-        let shard = &self.shards[index];
-        self.lines[index] = Lines::of(shard);
-        self.home_bits[index] = shard.bits as u8;
-    }
-
-    /// The 2^SHARD_BITS empty shards of a table's first entry.
-    fn make_shards(&mut self) {
-        if self.shards.is_empty() {
-            self.shards.resize_with(SHARDS, Shard::default);
-            self.lines = vec![Lines::default(); SHARDS];
-            self.home_bits = vec![0; SHARDS];
         }
     }
 
@@ -455,13 +406,10 @@ impl Table {
             Place::Found(shard, at) => self.shards[shard].replace(at, held),
             Place::Zero => self.zero = Some(held),
             Place::Free(shard, at) => {
-                self.make_shards();
-                let slots = self.shards[shard].keys.len();
-                self.shards[shard].put_new(shard, key, at, held);
-                // Its arrays moved only if they grew (`grow`, or a slot pushed at the end of the tail).
-                if self.shards[shard].keys.len() != slots {
-                    self.set_lines(shard);
+                if self.shards.is_empty() {
+                    self.shards.resize_with(SHARDS, Shard::default);
                 }
+                self.shards[shard].put_new(shard, key, at, held);
                 self.len += 1;
             }
         }
@@ -557,7 +505,9 @@ impl Table {
     /// Fills the shard of `entries` (sorted, one shard's, not yet in the table), leaving `entries` empty.
     fn fill_shard(&mut self, entries: &mut Vec<(Key, Held)>) {
         let Some(&(first, _)) = entries.first() else { return };
-        self.make_shards();
+        if self.shards.is_empty() {
+            self.shards.resize_with(SHARDS, Shard::default);
+        }
         // Sized by the rule puts grow it by, so a restored table's next puts grow no more shards than
         // the same puts would without the restart (sized at 3/4, every shard whose limit is lower grew
         // at its first put after a restore, a burst of growth).
@@ -570,18 +520,12 @@ impl Table {
             shard.append(&mut next, key, held);
         }
         self.len += shard.len;
-        self.set_lines(index);
     }
-}
-
-/// The home slot of `key` in a shard of 2^`bits` home slots: the `bits` bits after the shard's.
-fn home(key: Key, bits: u32) -> usize {
-    ((key.high << SHARD_BITS) >> (64 - bits)) as usize
 }
 
 impl Shard {
     fn home(&self, key: Key) -> usize {
-        home(key, self.bits)
+        ((key.high << SHARD_BITS) >> (64 - self.bits)) as usize
     }
 
     /// Ok(the slot of `key`), or Err(the slot it would be inserted at).
@@ -776,13 +720,9 @@ mod tests {
     /// entry at or after its home with no empty slot between, `len` counting them.
     fn check(table: &Table) {
         assert!(table.shards.is_empty() || table.shards.len() == SHARDS);
-        assert_eq!(table.lines.len(), table.shards.len());
-        assert_eq!(table.home_bits.len(), table.shards.len());
         let mut count = 0;
         for (index, shard) in table.shards.iter().enumerate() {
             check_shard(shard);
-            assert_eq!(table.lines[index], Lines::of(shard), "shard {index}'s lines are where its arrays are");
-            assert_eq!(u32::from(table.home_bits[index]), shard.bits, "shard {index}'s bits");
             assert!(shard.keys.iter().all(|&k| k == EMPTY || shard_of(k) == index), "shard {index} holds its keys");
             assert!(shard.len <= limit(shard.bits, index), "shard {index} within its limit");
             let at_ms = shard.keys.iter().zip(&shard.helds).filter(|(k, _)| **k != EMPTY).map(|(_, h)| h.at_ms);

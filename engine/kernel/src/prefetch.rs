@@ -14,17 +14,3 @@ pub fn line<T>(items: &[T], at: usize) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (items, at);
 }
-
-/// Asks the CPU for the cache line of address `address`, which need not be one this process may read:
-/// for an address kept apart from what it points into (`dedupe::Table::prefetch`).
-#[inline]
-pub fn address(address: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch is a hint: it reads no byte and faults on no address, valid or not.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::without_provenance(address)) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
-}
