@@ -295,7 +295,7 @@ pub const SPARE_CHANGES_BYTES_MAX: usize = 128 << 20;
 const EMPTY: Key = Key { low: 0, high: 0 };
 const NOTHING: Held = Held { digest: 0, at_ms: 0 };
 /// The shards are 2^SHARD_BITS key ranges by the key's top bits: at 100 M ids a shard holds about
-/// 24,000 (a 2.6 MB array to grow), and the shards' fixed part is 4096 × 64 bytes.
+/// 24,000 (a 2.6 MB array to grow), and the shards' fixed part is 4096 × 72 bytes.
 pub const SHARD_BITS: u32 = 12;
 const SHARDS: usize = 1 << SHARD_BITS;
 /// Slots past a shard's 2^bits home slots, so a run near the end rarely needs the arrays to grow.
