@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import msgspec
 from google.protobuf.duration_pb2 import Duration
@@ -63,13 +64,21 @@ def with_granted_customers(built: World, customers: list[str], credits: str) -> 
     return built
 
 
-async def writer_with_granted_customers(journal: MemoryJournal, customers: list[str]) -> tuple[Billing, Sequencer]:
-    """A started writer on `journal`: card_at_1_and_draft_at_3 and `customers`, each with 20 credits. Its publish
-    plan is one slice, so a publish applies before what is submitted after it (which it re-rates on touch); a plan
-    of several slices lets such usage apply first (tests/test_rerate_plan_slices.py)."""
+async def writer_with_granted_customers(
+    journal: MemoryJournal,
+    customers: list[str],
+    *,
+    clock_ms: Callable[[], int] = lambda: RECEIVED_MS,
+    plan_slice_customers: int | None = None,
+) -> tuple[Billing, Sequencer]:
+    """A started writer on `journal`, its clock `clock_ms`: card_at_1_and_draft_at_3 and `customers`, each with 20
+    credits. Its publish plan is one slice unless `plan_slice_customers` says otherwise, so a publish applies before
+    what is submitted after it (which it re-rates on touch); a plan of several slices lets such usage apply first
+    (tests/test_rerate_plan_slices.py)."""
     built = with_granted_customers(card_at_1_and_draft_at_3(), customers, "20")
     billing = recover(journal)
-    sequencer = Sequencer(billing, journal, clock_ms=lambda: RECEIVED_MS, plan_slice_customers=len(customers))
+    slice_customers = len(customers) if plan_slice_customers is None else plan_slice_customers
+    sequencer = Sequencer(billing, journal, clock_ms=clock_ms, plan_slice_customers=slice_customers)
     sequencer.start()
     for command in built.journal:
         await sequencer.run(command)

@@ -30,9 +30,8 @@ from tests.engine_fixtures import ACTOR
 from tests.test_engine_rerate_online import (
     RECEIVED_MS,
     batch_of,
-    card_at_1_and_draft_at_3,
     publish,
-    with_granted_customers,
+    writer_with_granted_customers,
 )
 from tests.test_rerate_hold_expiry import DUE_MS, hold
 from tests.test_sequencer import DAY_MS, NOW_MS, batch, event
@@ -108,6 +107,27 @@ def kinds(journal: MemoryJournal, after_seq: int) -> list[str]:
         record = decode_record(blob)
         found.append(type(record.command).__name__ if record.command is not None else "usage")
     return found
+
+
+async def writer_with_a_hold(
+    journal: MemoryJournal, customers: list[str], clock: list[int], plan_slice_customers: int
+) -> tuple[Billing, Sequencer]:
+    """A started writer reading `clock[0]`, on card_at_1_and_draft_at_3 and `customers` with 20 credits each, each
+    with 2 calls in each of two hours, and c150 holding 1 call as h-c150 (TTL 60 s: it falls due at DUE_MS)."""
+    billing, sequencer = await writer_with_granted_customers(
+        journal, customers, clock_ms=lambda: clock[0], plan_slice_customers=plan_slice_customers
+    )
+    usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
+    await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
+    await sequencer.run(hold("c150", "h-c150", 1))
+    return billing, sequencer
+
+
+def assert_replay_gives(journal: MemoryJournal, live: Billing) -> None:
+    """Recovering `journal` gives `live`'s kernel and control-plane state, byte for byte."""
+    replayed = recover(journal)
+    assert replayed.kernel.snapshot() == live.kernel.snapshot()
+    assert msgspec.json.encode(replayed.engine.state) == msgspec.json.encode(live.engine.state)
 
 
 def test_a_close_right_after_a_grant_finds_the_rollover_its_period_end_made_due() -> None:
@@ -202,14 +222,7 @@ def test_a_release_after_the_ttl_finds_the_hold_expired_also_beside_a_pending_re
     clock = [RECEIVED_MS]
 
     async def main() -> Billing:
-        billing = recover(journal)
-        sequencer = Sequencer(billing, journal, clock_ms=lambda: clock[0], plan_slice_customers=len(customers))
-        sequencer.start()
-        for command in with_granted_customers(card_at_1_and_draft_at_3(), customers, "20").journal:
-            await sequencer.run(command)
-        usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
-        await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
-        await sequencer.run(hold("c150", "h-c150", 1))
+        billing, sequencer = await writer_with_a_hold(journal, customers, clock, len(customers))
         published = sequencer.submit(publish(0))
         while billing.rerating is None:
             await asyncio.sleep(0.001)
@@ -228,9 +241,7 @@ def test_a_release_after_the_ttl_finds_the_hold_expired_also_beside_a_pending_re
     assert isinstance(records[publish_index + 1].command, cmd.AdvanceClock)
     assert publish_index + 1 < done_index
     assert not [r for r in records if isinstance(r.command, cmd.ReleaseReservation)]
-    replayed = recover(journal)
-    assert replayed.kernel.snapshot() == live.kernel.snapshot()
-    assert msgspec.json.encode(replayed.engine.state) == msgspec.json.encode(live.engine.state)
+    assert_replay_gives(journal, live)
 
 
 def test_a_release_after_the_ttl_finds_the_hold_expired_also_while_a_publish_is_planned(
@@ -254,14 +265,7 @@ def test_a_release_after_the_ttl_finds_the_hold_expired_also_while_a_publish_is_
     answers: list[object] = []
 
     async def main() -> Billing:
-        billing = recover(journal)
-        sequencer = Sequencer(billing, journal, clock_ms=lambda: clock[0], plan_slice_customers=50)
-        sequencer.start()
-        for command in with_granted_customers(card_at_1_and_draft_at_3(), customers, "20").journal:
-            await sequencer.run(command)
-        usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
-        await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
-        await sequencer.run(hold("c150", "h-c150", 1))
+        billing, sequencer = await writer_with_a_hold(journal, customers, clock, 50)
         published = sequencer.submit(publish(0))
         while billing.planning is None:
             await asyncio.sleep(0.001)
@@ -279,6 +283,4 @@ def test_a_release_after_the_ttl_finds_the_hold_expired_also_while_a_publish_is_
     [publish_index] = [i for i, r in enumerate(records) if r.deferred]
     assert isinstance(records[publish_index - 1].command, cmd.AdvanceClock)  # the hold expired before it applied
     assert not [r for r in records if isinstance(r.command, cmd.ReleaseReservation)]
-    replayed = recover(journal)
-    assert replayed.kernel.snapshot() == live.kernel.snapshot()
-    assert msgspec.json.encode(replayed.engine.state) == msgspec.json.encode(live.engine.state)
+    assert_replay_gives(journal, live)
