@@ -148,3 +148,57 @@ def test_a_close_queued_behind_a_rerating_finds_the_rollover_its_period_end_made
     with server.client() as client:
         assert client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=final.invoice_number)) == final
         assert grants_of(client, "x") == grants
+
+
+def test_usage_after_a_period_end_during_a_rerating_draws_the_rollover_that_end_made_due(
+    server_factory: ServerFactory,
+) -> None:
+    """`x` as above: a period ending at END; grant R of 10 credits with rollover fraction 0.5, 4 units drawn from it
+    before END, so END rolls floor(0.5 x 6) = 3 credits into ROLLOVER grant `rollover-R-END` and breaks the other 3.
+    A publish on another card starts a long re-rating before END; END passes while it runs; then a batch of 2 units
+    dated after END arrives, the re-rating still pending. R's credit is usable only before its rollover, so the batch
+    must find the rollover recorded (the re-rating completed at once, then the clock's AdvanceClock: §5): it draws 2
+    of the 3 rolled credits, 1 remaining, and nothing is overage (not 2 units of overage, the 3 rolled credits left
+    for later usage). The closed period's final invoice shows R as the draft read before the batch did (7 drawn,
+    3 broken), and the journal replayed (kill -9, restart) gives the same invoice, grants and balance."""
+    server = server_factory(env=PACED)
+    with server.client() as client:
+        catalogue(client)
+    request = bulk_card(server)
+    end_ms = (now_ms() // 1000 + 5) * 1000
+    start_ms = period_anchor_ms(end_ms)
+    rolled = f"rollover-R-{end_ms}"
+    with server.client() as client:
+        customer(client, "x", starting_at_ms=start_ms)
+        grant(client, "x", "R", "10", starts_at_ms=now_ms() - 1000, rollover_fraction="0.5")
+        assert client.ingest_batch([work("x4", "x", 4, now_ms())]).accepted == 1
+        caller = publish_in_background(server, request)
+        wait_for_log(server, "re-rating started", 30)
+        assert now_ms() < end_ms, "the scenario needs the re-rating under way before the period's end"
+        sleep_until(end_ms + 300)
+        assert caller.is_alive(), "the scenario needs the re-rating still running after the period's end"
+        before = preview(client, "x", start_ms)
+        assert balance_of(before, "R") == ("10", "7", "0", "3")
+        assert client.ingest_batch([work("x2", "x", 2, now_ms())]).accepted == 1
+        balance = client.get_balance("x")
+        assert (balance.period_charges, balance.overage_amount, balance.credits_remaining) == ("2", "0", "1")
+        grants = grants_of(client, "x")
+        assert grants == {"R": ("7", "0", "0", "3", "0"), rolled: ("2", "1", "0", "0", "0")}
+        # Read again: the hour holding END counts the batch in this period's version parts (README "Invoices").
+        draft = preview(client, "x", start_ms)
+        final = close(client, "x", start_ms)
+        assert final.status == invoices_pb2.INVOICE_FINAL
+        assert balance_of(final, "R") == balance_of(before, "R")
+        assert but_final_fields(final) == but_final_fields(draft)
+        caller.join()
+        [published] = caller.answers  # type: ignore[attr-defined]
+        assert isinstance(published, pricing_pb2.PublishVersionResponse), published
+        assert published.customers_rerated == BULK
+        assert grants_of(client, "x") == grants
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=final.invoice_number)) == final
+        assert grants_of(client, "x") == grants
+        again = client.get_balance("x")
+        assert (again.period_charges, again.overage_amount, again.credits_remaining) == ("2", "0", "1")

@@ -2,8 +2,9 @@
 tables do not hold yet, in process over the in-memory journal with a clock the test sets and no clock driver: the
 driver (server/clock.py) would compile the tables and advance the clock at its next look, every 50 ms, and a command
 arriving before that look must not find the state otherwise (tests/test_clock_order_wire.py covers a close queued
-behind a publish, over the wire); likewise a release after a hold's TTL while a publish is planned or re-rated. Over
-the wire these orderings hang on landing inside the driver's 50 ms: here they are exact.
+behind a publish, over the wire); likewise a release after a hold's TTL while a publish is planned or re-rated, and a
+batch after a grant's expiry while a re-rating is pending. Over the wire these orderings hang on landing inside the
+driver's 50 ms: here they are exact.
 
 The demo catalogue (server/demo.py): `acme`, contract acme-2026 from the month's start (periods Nov 1 - Dec 1 -
 ...), 50,000 prepaid credits; a simple summary on gpt-4 costs 2.5 credits."""
@@ -26,7 +27,7 @@ from server import sequencer as writer
 from server.demo import demo_commands
 from server.journal import MemoryJournal
 from server.sequencer import Sequencer, UsageBatch, decode_record, recover
-from tests.engine_fixtures import ACTOR
+from tests.engine_fixtures import ACTOR, EPOCH_MS
 from tests.test_engine_rerate_online import (
     RECEIVED_MS,
     batch_of,
@@ -283,4 +284,80 @@ def test_a_release_after_the_ttl_finds_the_hold_expired_also_while_a_publish_is_
     [publish_index] = [i for i, r in enumerate(records) if r.deferred]
     assert isinstance(records[publish_index - 1].command, cmd.AdvanceClock)  # the hold expired before it applied
     assert not [r for r in records if isinstance(r.command, cmd.ReleaseReservation)]
+    assert_replay_gives(journal, live)
+
+
+def test_a_batch_after_a_grant_expired_during_a_rerating_completes_it_then_the_clock_then_the_queued_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 customers with usage (4 calls each, hours 0-1); c150 also has E, 10 credits burning first (priority -1)
+    from hour 10, expiring at EXPIRES_MS. A publish re-rates them all at 3 a call from hour 0, paced (0.5 s after
+    each slice of 64: pending for at least 1.5 s). While it is pending the clock passes EXPIRES_MS and, in one
+    group, a GrantCredits of G2 for c150 (5 credits, priority -1, no expiry: after E, before c150's 20 of
+    g-c150) and a batch of 1 call for c150 dated hour 19, before E's expiry, arrive. E's expiry breaks it
+    whole before the batch (docs/architecture.md §3 "Time": a late event dated before the expiry draws nothing
+    from it once the breakage is recorded), so the writer completes the re-rating at once, then records the
+    clock's AdvanceClock (which waits beside a pending re-rating), then applies G2, which arrived before the
+    batch and queued behind the publish, then rates the batch: it costs 3 and draws them from G2 (2 left), not
+    from E (still 10 unexpired before the fix), nor from g-c150 (G2 applied after the batch). g-c150 keeps
+    20 - 4 x 3 = 8. The journal holds them in that order and replay gives the live state byte for byte."""
+    monkeypatch.setattr(writer, "RERATE_SLICE_PAUSE_S", 0.5)
+    journal = MemoryJournal()
+    customers = [f"c{n:03d}" for n in range(200)]
+    clock = [RECEIVED_MS]
+    expires_ms = RECEIVED_MS + 60_000
+    answers: list[object] = []
+
+    def grant_c150(grant_id: str, amount: str, expires_at_ms: int | None) -> cmd.GrantCredits:
+        return cmd.GrantCredits(
+            clock[0],
+            ACTOR,
+            grant_id,
+            "c150",
+            "k-c150",
+            GrantKind.PROMOTIONAL,
+            amount,
+            "0",
+            -1,
+            (),
+            EPOCH_MS + 10 * HOUR_MS,
+            expires_at_ms,
+            "",
+            use_ends_at_rollover=True,
+            paid_at_picos=True,
+            made_ids_refused=True,
+            rollover_start_in_contract=True,
+        )
+
+    async def main() -> Billing:
+        billing, sequencer = await writer_with_granted_customers(journal, customers, clock_ms=lambda: clock[0])
+        usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
+        await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
+        await sequencer.run(grant_c150("E", "10", expires_ms))
+        published = sequencer.submit(publish(0))
+        while billing.rerating is None:
+            await asyncio.sleep(0.001)
+        clock[0] = expires_ms + 1
+        assert not published.done() and billing.rerating.pending, "the scenario needs the re-rating pending"
+        granted = sequencer.submit(grant_c150("G2", "5", None))
+        rated = sequencer.submit(UsageBatch(batch_of(customers, "late", [(150, 19, 1)]), 10_000))
+        answers.append((await rated)[1])
+        await granted
+        answers.append((await published)[1])
+        await sequencer.close()
+        return billing
+
+    live = asyncio.run(main())
+    ingested, published = answers
+    assert ingested.accepted == 1  # type: ignore[attr-defined]
+    assert published.customers_rerated == len(customers)  # type: ignore[attr-defined]
+    grants = {view.grant.id: (view.remaining, view.expired) for view in live.balance("c150", clock[0]).grants}
+    assert grants == {"E": (0, 10 * PICOS), "G2": (2 * PICOS, 0), "g-c150": (8 * PICOS, 0)}
+    records = [decode_record(blob) for _, blob in journal.read_records(0)]
+    [publish_index] = [i for i, r in enumerate(records) if r.deferred]
+    after = [
+        "rerated" if r.rerated is not None else type(r.command).__name__ if r.command is not None else "usage"
+        for r in records[publish_index + 1 :]
+    ]
+    assert after == ["rerated", "AdvanceClock", "GrantCredits", "usage"]
     assert_replay_gives(journal, live)
