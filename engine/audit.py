@@ -269,6 +269,8 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
             return f"rate_card/{card_id}/version/{result.version.number}"
         case cmd.CreateAlert():
             return f"alert/{getattr(result, 'id', command.id)}"
+        case cmd.DeleteAlertRule(id=ident):
+            return f"alert/{ident}"
         case cmd.ClosePeriod(customer_id=ident):
             return f"customer/{ident}/invoice/{getattr(result, 'number', '')}"
         case cmd.CloseDuePeriods():
