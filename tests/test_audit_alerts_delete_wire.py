@@ -10,6 +10,7 @@ off` so that the server closes no period by itself while a test runs."""
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,6 +121,10 @@ def test_a_deleted_rule_fires_no_more_is_not_listed_and_keeps_its_alerts(server_
             pricing_pb2.GetAuditLogRequest(action="DeleteAlertRule", page_size=1000)
         ).entries
         assert (entry.seq, entry.target) == (seq + 1, f"alert/{GONE}")
+        shown = {"customer_id": "d", "all_customers": False, "alert_type": "LOW_BALANCE", "threshold": "5"}
+        assert json.loads(entry.diff) == {"type": "delete_alert_rule", "id": GONE, **shown}, (
+            "the rule, as CreateAlert's"
+        )
 
         # An unknown id, a malformed one: refused, naming it; nothing journaled.
         seq = newest_seq(client)

@@ -107,7 +107,9 @@ class AlertServiceServicer:
         CreateAlert cannot bring the rule back; create it under another id. A key
         restricted to some customers may delete what it may create: the rules
         for one of its customers; a rule for every customer, another customer's
-        or an unknown id is PERMISSION_DENIED.
+        or an unknown id is PERMISSION_DENIED. The audit log's entry (action
+        "DeleteAlertRule", target "alert/<id>") holds the id and the rule deleted
+        in CreateAlert's fields: customer_id, all_customers, alert_type, threshold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

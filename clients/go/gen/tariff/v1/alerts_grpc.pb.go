@@ -64,7 +64,9 @@ type AlertServiceClient interface {
 	// CreateAlert cannot bring the rule back; create it under another id. A key
 	// restricted to some customers may delete what it may create: the rules
 	// for one of its customers; a rule for every customer, another customer's
-	// or an unknown id is PERMISSION_DENIED.
+	// or an unknown id is PERMISSION_DENIED. The audit log's entry (action
+	// "DeleteAlertRule", target "alert/<id>") holds the id and the rule deleted
+	// in CreateAlert's fields: customer_id, all_customers, alert_type, threshold.
 	DeleteAlertRule(ctx context.Context, in *DeleteAlertRuleRequest, opts ...grpc.CallOption) (*AlertRule, error)
 }
 
@@ -161,7 +163,9 @@ type AlertServiceServer interface {
 	// CreateAlert cannot bring the rule back; create it under another id. A key
 	// restricted to some customers may delete what it may create: the rules
 	// for one of its customers; a rule for every customer, another customer's
-	// or an unknown id is PERMISSION_DENIED.
+	// or an unknown id is PERMISSION_DENIED. The audit log's entry (action
+	// "DeleteAlertRule", target "alert/<id>") holds the id and the rule deleted
+	// in CreateAlert's fields: customer_id, all_customers, alert_type, threshold.
 	DeleteAlertRule(context.Context, *DeleteAlertRuleRequest) (*AlertRule, error)
 	mustEmbedUnimplementedAlertServiceServer()
 }
