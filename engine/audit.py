@@ -18,8 +18,10 @@ from typing import Any
 import msgspec
 
 from engine import commands as cmd
+from engine.alerts import THRESHOLD_TYPES, AlertRule
 from engine.contracts import Contract
 from engine.control import AuditChunk, AuditEntry, ControlPlane
+from engine.money import format_picos
 from engine.ratecard import Version
 from engine.versions import PublishResult
 
@@ -229,7 +231,16 @@ def capped_diff(fields: dict[str, Any]) -> str:
 
 def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
     """What a command's own fields do not say: for a publish or rollback, the instant it took effect (the hour it
-    was applied in when the request named none); for a rollback, the version it made and the one it replaced."""
+    was applied in when the request named none); for a rollback, the version it made and the one it replaced; for a
+    deleted alert rule, the rule, in CreateAlert's fields."""
+    if isinstance(command, cmd.DeleteAlertRule) and isinstance(result, AlertRule):
+        threshold = format_picos(result.threshold_picos) if result.type in THRESHOLD_TYPES else ""
+        return {
+            "customer_id": result.customer_id,
+            "all_customers": not result.customer_id,
+            "alert_type": result.type.value,
+            "threshold": threshold,
+        }
     if not isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard) or not isinstance(result, PublishResult):
         return {}
     version = result.version
@@ -269,6 +280,8 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
             return f"rate_card/{card_id}/version/{result.version.number}"
         case cmd.CreateAlert():
             return f"alert/{getattr(result, 'id', command.id)}"
+        case cmd.DeleteAlertRule(id=ident):
+            return f"alert/{ident}"
         case cmd.ClosePeriod(customer_id=ident):
             return f"customer/{ident}/invoice/{getattr(result, 'number', '')}"
         case cmd.CloseDuePeriods():

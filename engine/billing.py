@@ -176,7 +176,7 @@ class Billing:
         self._fired: list[alerts.FiredAlert] = []  # alerts fired by admin commands, until take_fired()
         self._rule_index = (
             alerts.RuleIndex()
-        )  # the alert rules by the customers they watch (derived, grown as rules are added)
+        )  # the alert rules by the customers they watch (derived, grown as rules are added, rebuilt after a deletion)
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._rerate_changed: set[str] = set()  # the customers a publish's re-rating changed so far
         self.planning: PlanInSlices | None = None  # a publish being planned a slice at a time (begin_plan)
@@ -219,6 +219,9 @@ class Billing:
         if isinstance(command, cmd.GrantCredits):
             self._refuse_made_grant_id(command)
         result = self.engine.apply(command, seq)
+        if isinstance(command, cmd.DeleteAlertRule):
+            self._sync_tracking()  # changes no table; the rule index starts over (a new dict of rules)
+            return result
         if isinstance(command, cmd.CreateAlert):
             self._sync_tracking()  # changes no table
             # Rules evaluate the customers each batch from here on touched, and only those: a customer listed
@@ -600,7 +603,7 @@ class Billing:
         """The customers whose balances the admin command just applied may have changed."""
         if isinstance(command, (*cmd.KERNEL_COMMANDS, cmd.PublishVersion, cmd.RollbackRateCard)):
             return self._kernel_touched  # a publish's: the customers it re-rated (see rerated)
-        if isinstance(command, cmd.CreateAlert):
+        if isinstance(command, cmd.CreateAlert | cmd.DeleteAlertRule):
             return ()
         customer_id = _changed_customer(command, result)
         return () if customer_id is None else (customer_id,)

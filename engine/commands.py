@@ -254,6 +254,14 @@ class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
     threshold: str
 
 
+class DeleteAlertRule(msgspec.Struct, frozen=True, tag="delete_alert_rule"):
+    """Deletes an alert rule (engine/alerts.py `delete_rule`): evaluated no more, its id never used again."""
+
+    at_ms: int
+    actor: str
+    id: str
+
+
 class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     """Finalises one customer's invoice for the period starting at period_start_ms (which must have ended by at_ms)."""
 
@@ -371,6 +379,7 @@ AdminCommand = (
     | GrantCredits
     | RollbackRateCard
     | CreateAlert
+    | DeleteAlertRule
     | ClosePeriod
     | CloseDuePeriods
     | Reserve

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import msgspec
 
 from engine import commands as cmd
-from engine.alerts import AlertRule, parse_rule
+from engine.alerts import AlertRule, delete_rule, parse_rule
 from engine.audit import AuditLog
 from engine.catalogue import CatalogueCommands
 from engine.contracts import Contract
 from engine.control import BillingState, check_id, share_empty_dicts
 from engine.customers import CustomerCommands
-from engine.errors import AlreadyExists, Repeated
+from engine.errors import AlreadyExists, NotFound, Repeated
 from engine.grants import GrantCommands
 from engine.invoices import AdjustmentsReader, LinesReader
 from engine.invoicing import InvoiceCommands
@@ -110,6 +110,8 @@ class Engine(
                 return self._rollback(command)
             case cmd.CreateAlert():
                 return self._create_alert(command)
+            case cmd.DeleteAlertRule():
+                return self._delete_alert_rule(command)
             case cmd.ClosePeriod():
                 return self._close_period(command)
             case cmd.CloseDuePeriods():
@@ -129,5 +131,21 @@ class Engine(
             if msgspec.structs.replace(held, created_seq=rule.created_seq) == rule:
                 raise Repeated(held)  # the same rule again (a retry): answered as the first call was
             raise AlreadyExists(f"alert rule {rule.id!r} already exists with another scope, type or threshold")
+        if rule.id in self.state.alerts.deleted:
+            # Not even the same rule again: a late retry of the CreateAlert must not bring back a deleted rule.
+            how = "under another id" if c.id else "with an id (without one, its content names the deleted rule)"
+            raise AlreadyExists(
+                f"alert rule {rule.id!r} was deleted, and a deleted rule's id is not used again: create the rule {how}"
+            )
         rules[rule.id] = rule
         return rule
+
+    def _delete_alert_rule(self, c: cmd.DeleteAlertRule) -> AlertRule:
+        check_id(c.id, "id")
+        book = self.state.alerts
+        if c.id in book.rules:
+            return delete_rule(book, c.id)
+        deleted = book.deleted.get(c.id)
+        if deleted is not None:
+            raise Repeated(deleted)  # deleted already (a retry): answered as the first call was
+        raise NotFound(f"alert rule {c.id!r} does not exist")

@@ -286,9 +286,15 @@ async def serve(config: ServeConfig) -> int:
         contract = recovered[0].engine.state.contracts.get(contract_id) if recovered else None
         return contract.customer_id if contract is not None else None
 
+    def customer_of_alert_rule(rule_id: str) -> str | None:
+        book = recovered[0].engine.state.alerts if recovered else None
+        rule = (book.rules.get(rule_id) or book.deleted.get(rule_id)) if book is not None else None
+        return rule.customer_id if rule is not None else None
+
+    gate = CallGate(keyring, customer_of_contract, config.concurrent_rpcs_max, customer_of_alert_rule)
     server = grpc.aio.server(
         # UndecodableRequests first: a request that does not parse is INVALID_ARGUMENT, whoever sends it.
-        interceptors=[UndecodableRequests(), CallGate(keyring, customer_of_contract, config.concurrent_rpcs_max)],
+        interceptors=[UndecodableRequests(), gate],
         options=[
             ("grpc.max_receive_message_length", config.message_bytes_max),
             ("grpc.max_send_message_length", config.message_bytes_max),

@@ -33,6 +33,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from engine.audit import ACTOR_VIA
+from engine.control import quoted_id
 from engine.errors import EngineError, InvalidArgument
 from server.errors import PermissionDenied, ResourceExhausted, Unauthenticated, abort
 
@@ -143,6 +144,9 @@ class Scope(enum.Enum):
     FIELD_LIST = "field_list"
     # The servicer filters its answer to the caller's customers (ListCustomers, ListAlertRules, WatchAlerts).
     FILTERED = "filtered"
+    # The customer of the alert rule (deleted ones too) whose id is in `Rule.field`: one the key may create rules
+    # for, so a rule for every customer, or an unknown id, is denied.
+    ALERT_RULE = "alert_rule"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -205,6 +209,7 @@ RULES: Mapping[str, Rule] = {
     # Like WatchBalance, for every role; a restricted key gets its customers' alerts and the rules that watch them.
     "/tariff.v1.AlertService/WatchAlerts": _rule(_ALL, Scope.FILTERED),
     "/tariff.v1.AlertService/ListAlertRules": _rule(_ALL, Scope.FILTERED),
+    "/tariff.v1.AlertService/DeleteAlertRule": _rule(ADMIN, Scope.ALERT_RULE, "id"),
 }
 # A Tariff method missing from the table (added to the proto later) is for admin keys only, until it is listed.
 _UNLISTED = _rule(ADMIN, Scope.GLOBAL)
@@ -399,6 +404,12 @@ def _field(request: Any, path: str) -> Any:
 
 
 CustomerOfContract: TypeAlias = Callable[[str], "str | None"]
+# The customer an alert rule (deleted ones too) watches: "" for every customer, None for an unknown id.
+CustomerOfAlertRule: TypeAlias = Callable[[str], "str | None"]
+
+
+def _no_alert_rule(rule_id: str) -> str | None:
+    return None
 
 
 class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -409,9 +420,11 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         keyring: Keyring | None,
         customer_of_contract: CustomerOfContract,
         concurrent_rpcs_max: int = CONCURRENT_RPCS_MAX_DEFAULT,
+        customer_of_alert_rule: CustomerOfAlertRule = _no_alert_rule,
     ) -> None:
         self.keyring = keyring
         self.customer_of_contract = customer_of_contract
+        self.customer_of_alert_rule = customer_of_alert_rule
         self.concurrent_rpcs_max = concurrent_rpcs_max
         self.rpcs_running = 0
         # (method, identity) -> the wrapped handler: the wrappers depend on nothing else, so they are built once
@@ -488,6 +501,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self._require(identity, customer_id, rule.field)
         elif scope is Scope.CONTRACT:
             self._require_contract(identity, _field(request, rule.field), rule.field)
+        elif scope is Scope.ALERT_RULE:
+            self._require_alert_rule(identity, _field(request, rule.field), rule.field)
         elif scope is Scope.GRANT:
             grant = request.grant
             if not grant.customer_id and not grant.contract_id:
@@ -509,6 +524,14 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # An unknown contract is refused like a foreign one: a restricted key learns nothing of what exists.
         if owner is None or not identity.may_touch(owner):
             raise PermissionDenied(f"{field}: key {identity.name!r} may not touch contract {contract_id!r}")
+
+    def _require_alert_rule(self, identity: Identity, rule_id: str, field: str) -> None:
+        if not rule_id:
+            raise PermissionDenied(f"key {identity.name!r} is restricted to some customers: {field} is required")
+        watched = self.customer_of_alert_rule(rule_id)
+        # As CreateAlert: only a rule for one of the key's customers. An unknown rule is refused like a foreign one.
+        if not watched or not identity.may_touch(watched):
+            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch alert rule {quoted_id(rule_id)}")
 
     # -- handler wrapping --------------------------------------------------------------------
 

@@ -365,7 +365,9 @@ def hold_steps() -> list[Step]:
 
 def retry_table(hour_ms: int) -> list[Step]:
     """Every row of README's retry table but ingestion and CloseDuePeriods (their retries answer differently by
-    design: duplicates, no invoices), in an order that lets each first call succeed."""
+    design: duplicates, no invoices) and DeleteAlertRule (a deleted rule's CreateAlert is refused once it is gone:
+    tests/test_audit_alerts_delete_wire.py retries both, after kill -9 and from a snapshot too), in an order that
+    lets each first call succeed."""
     return catalogue_steps() + contract_steps() + pricing_change_steps(hour_ms) + hold_steps()
 
 

@@ -1,4 +1,4 @@
-"""`tariff watch balance` and `tariff alerts create|list|watch` against a real demo server."""
+"""`tariff watch balance` and `tariff alerts create|list|delete|watch` against a real demo server."""
 
 from __future__ import annotations
 
@@ -46,6 +46,24 @@ def test_alerts_create_list_and_watch(demo_server: ServerProcess) -> None:
     assert alert["details"] == {"credits_available": "49995", "threshold": "49999"}
     shown = tariff(demo_server, "alerts", "watch", "--count", "1").stdout
     assert shown.startswith("1  ") and "LOW_BALANCE  acme" in shown
+
+
+def test_alerts_delete(demo_server: ServerProcess) -> None:
+    tariff(demo_server, "alerts", "create", "--all", "--type", "CREDITS_EXHAUSTED", "--id", "cli-gone")
+    tariff(demo_server, "alerts", "create", "--customer", "acme", "--type", "CREDITS_EXHAUSTED", "--id", "cli-kept")
+    deleted = tariff(demo_server, "alerts", "delete", "cli-gone")
+    assert table_rows(deleted.stdout)[-1] == ["cli-gone", "(all)", "CREDITS_EXHAUSTED"]
+    again = json.loads(tariff(demo_server, "alerts", "delete", "cli-gone", "--json").stdout)
+    assert (again["id"], again["all"], again["type"]) == ("cli-gone", True, "CREDITS_EXHAUSTED")  # the same answer
+    listed = json.loads(tariff(demo_server, "alerts", "list", "--json").stdout)["rules"]
+    assert [r["id"] for r in listed] == ["cli-kept"]
+    unknown = tariff(demo_server, "alerts", "delete", "no-such-rule", check=False)
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("tariff: NOT_FOUND: alert rule 'no-such-rule' does not exist"), unknown.stderr
+    reused = tariff(
+        demo_server, "alerts", "create", "--all", "--type", "CREDITS_EXHAUSTED", "--id", "cli-gone", check=False
+    )
+    assert reused.returncode == 1 and "ALREADY_EXISTS: alert rule 'cli-gone' was deleted" in reused.stderr
 
 
 def test_alerts_create_refusals(demo_server: ServerProcess) -> None:

@@ -292,3 +292,58 @@ def test_close_due_periods_evaluates_the_customers_it_closed_only_when_the_serve
         entries[evaluated] = billing.engine.state.audit[-1].diff
     assert fired_by == {False: [], True: [("acme", AlertType.CREDITS_EXHAUSTED, "0")]}
     assert entries[False] == entries[True] and "alerts_evaluated" not in entries[True]
+
+
+def test_a_deleted_rule_fires_no_more_even_with_another_created_before_the_next_evaluation() -> None:
+    """Rule A (every customer, below 30) fires for acme; A is deleted and rule B (acme only, below 60) created before
+    any evaluation, so the book holds as many rules as the index has seen: acme falling further fires B, never A.
+    The delete again answers A and changes nothing; A's id is not created again; replay from a snapshot taken
+    before, and a snapshot taken after, hold the same book (A among the deleted, its alerts in the log)."""
+    billing = _billing()
+    journal: list[object] = []
+    snapshot = billing.encode_snapshot()
+    created = cmd.CreateAlert(EPOCH_MS, ACTOR, "a", "", True, "LOW_BALANCE", "30")
+    billing.apply(created, billing.last_seq + 1)
+    journal.append(created)
+    [first] = _run(billing, journal, _batch(("t1", "acme", 71)))
+    assert (first.rule_id, first.customer_id) == ("a", "acme")
+    delete = cmd.DeleteAlertRule(EPOCH_MS, ACTOR, "a")
+    gone = billing.apply(delete, billing.last_seq + 1)
+    journal.append(delete)
+    assert isinstance(gone, alerts.AlertRule) and gone.id == "a"
+    other = cmd.CreateAlert(EPOCH_MS, ACTOR, "b", "acme", False, "LOW_BALANCE", "60")
+    billing.apply(other, billing.last_seq + 1)
+    journal.append(other)
+    book = billing.engine.state.alerts
+    assert (list(book.rules), list(book.deleted), book.fired) == (["b"], ["a"], {})
+    # acme at 29 credits: B's condition holds (it fires, first evaluated now); A's would hold and not fire again.
+    # Clearing to 100 and falling to 20 would fire A again, were it still evaluated.
+    assert [a.rule_id for a in _run(billing, journal, _batch(("t2", "acme", 0.5)))] == ["b"]
+    grant = cmd.GrantCredits(
+        EPOCH_MS, ACTOR, "g-2", "acme", "", GrantKind.PREPAID, "71", "0", 0, (), EPOCH_MS, None, ""
+    )
+    billing.apply(grant, billing.last_seq + 1)
+    journal.append(grant)
+    assert billing.take_fired() == []
+    assert [a.rule_id for a in _run(billing, journal, _batch(("t3", "acme", 80)))] == ["b"]
+    seq = billing.last_seq
+    with pytest.raises(Repeated) as repeated:
+        billing.apply(delete, seq + 1)
+    assert repeated.value.result == gone and billing.last_seq == seq
+    with pytest.raises(NotFound, match="alert rule 'c' does not exist"):
+        billing.apply(cmd.DeleteAlertRule(EPOCH_MS, ACTOR, "c"), seq + 1)
+    with pytest.raises(AlreadyExists, match="'a' was deleted"):
+        billing.apply(created, seq + 1)
+    assert billing.last_seq == seq and list(book.rules) == ["b"]
+
+    replayed = Billing.from_snapshot(snapshot)
+    for entry in journal:
+        if isinstance(entry, tuple):
+            batch, digest, fired_then = entry
+            replayed.replay(replayed.last_seq + 1, batch, EPOCH_MS + 2 * HOUR_MS, digest, fired_then)
+        else:
+            assert isinstance(entry, cmd.CreateAlert | cmd.DeleteAlertRule | cmd.GrantCredits)
+            replayed.apply(entry, replayed.last_seq + 1)
+    assert replayed.engine.state.alerts == book
+    assert [a.rule_id for a in book.log] == ["a", "b", "b"]
+    assert Billing.from_snapshot(billing.encode_snapshot()).engine.state.alerts == book

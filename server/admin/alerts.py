@@ -1,4 +1,5 @@
-"""`tariff alerts create|list|watch`: alert rules, and the alerts they fire as they are committed (AlertService)."""
+"""`tariff alerts create|list|delete|watch`: alert rules, and the alerts they fire as they are committed
+(AlertService)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,22 @@ def list_rules(remote: Remote) -> None:
         print_json({"rules": found})
         return
     print_table(("id", "customer", "type", "threshold"), [_rule_row(rule) for rule in found])
+
+
+@alerts.command("delete")
+@click.argument("rule_id", metavar="ID")
+@remote_command
+def delete(remote: Remote, rule_id: str) -> None:
+    """Delete the alert rule ID: it fires no more; the alerts it fired stay. Running it again deletes nothing more.
+    A deleted rule's id is not used again."""
+    from tariff.v1 import alerts_pb2
+
+    with remote.client() as client:
+        rule = client.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id=rule_id))
+    if remote.as_json:
+        print_json(rule)
+        return
+    print_table(("id", "customer", "type", "threshold"), [_rule_row(rule)])
 
 
 def alert_line(alert: alerts_pb2.Alert) -> str:

@@ -82,16 +82,30 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
         return alert_rule_pb(await self._apply(command, alerts.AlertRule))
 
     @unary
+    async def DeleteAlertRule(
+        self, request: alerts_pb2.DeleteAlertRuleRequest, context: Context
+    ) -> alerts_pb2.AlertRule:
+        command = cmd.DeleteAlertRule(self.clock_ms(), actor_of(context), request.id)
+        return alert_rule_pb(await self._apply(command, alerts.AlertRule))
+
+    @unary
     async def ListAlertRules(
         self, request: alerts_pb2.ListAlertRulesRequest, context: Context
     ) -> alerts_pb2.ListAlertRulesResponse:
-        rules = self.engine.state.alerts.rules
+        book = self.engine.state.alerts
+        rules = book.rules  # one dict: a deletion replaces it, never edits it
         allowed = auth.allowed_customers()
         if allowed is None:
             ids = self._rule_ids.of(rules)
         else:
             ids = sorted(i for i, rule in rules.items() if _watches_one_of(rule, allowed))
-        page, next_token = _page(ids, request.page_size, request.page_token)
+
+        def deleted(rule_id: str) -> bool:
+            """A token naming a rule deleted since its page (one the caller could list) goes on after it."""
+            rule = book.deleted.get(rule_id)
+            return rule is not None and (allowed is None or _watches_one_of(rule, allowed))
+
+        page, next_token = _page(ids, request.page_size, request.page_token, gone=deleted)
         listed, next_token = _fitted([alert_rule_pb(rules[i]) for i in page], page, next_token, self.page_bytes_max)
         return alerts_pb2.ListAlertRulesResponse(rules=listed, next_page_token=next_token)
 

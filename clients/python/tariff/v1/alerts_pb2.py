@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tariff/v1/alerts.proto\x12\ttariff.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x12\x43reateAlertRequest\x12\x15\n\x0b\x63ustomer_id\x18\x01 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x02 \x01(\x08H\x00\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.tariff.v1.AlertType\x12\x11\n\tthreshold\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\tB\x07\n\x05scope\"p\n\tAlertRule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\x12\"\n\x04type\x18\x04 \x01(\x0e\x32\x14.tariff.v1.AlertType\x12\x11\n\tthreshold\x18\x05 \x01(\t\"\'\n\x12WatchAlertsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\">\n\x15ListAlertRulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x16ListAlertRulesResponse\x12#\n\x05rules\x18\x01 \x03(\x0b\x32\x14.tariff.v1.AlertRule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8e\x02\n\x05\x41lert\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\"\n\x04type\x18\x04 \x01(\x0e\x32\x14.tariff.v1.AlertType\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32\x1d.tariff.v1.Alert.DetailsEntry\x12\x13\n\x0bjournal_seq\x18\x08 \x01(\x04\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x92\x01\n\tAlertType\x12\x1a\n\x16\x41LERT_TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLOW_BALANCE\x10\x01\x12\x13\n\x0fSPEND_THRESHOLD\x10\x02\x12\x15\n\x11\x43REDITS_EXHAUSTED\x10\x03\x12\x13\n\x0fTOP_UP_EXECUTED\x10\x04\x12\x17\n\x13RESERVATION_EXPIRED\x10\x05\x32\xeb\x01\n\x0c\x41lertService\x12\x42\n\x0b\x43reateAlert\x12\x1d.tariff.v1.CreateAlertRequest\x1a\x14.tariff.v1.AlertRule\x12@\n\x0bWatchAlerts\x12\x1d.tariff.v1.WatchAlertsRequest\x1a\x10.tariff.v1.Alert0\x01\x12U\n\x0eListAlertRules\x12 .tariff.v1.ListAlertRulesRequest\x1a!.tariff.v1.ListAlertRulesResponseBE\n\rdev.tariff.v1P\x01Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tariff/v1/alerts.proto\x12\ttariff.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x12\x43reateAlertRequest\x12\x15\n\x0b\x63ustomer_id\x18\x01 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x02 \x01(\x08H\x00\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.tariff.v1.AlertType\x12\x11\n\tthreshold\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\tB\x07\n\x05scope\"p\n\tAlertRule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\x12\"\n\x04type\x18\x04 \x01(\x0e\x32\x14.tariff.v1.AlertType\x12\x11\n\tthreshold\x18\x05 \x01(\t\"\'\n\x12WatchAlertsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\">\n\x15ListAlertRulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x16ListAlertRulesResponse\x12#\n\x05rules\x18\x01 \x03(\x0b\x32\x14.tariff.v1.AlertRule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x16\x44\x65leteAlertRuleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x8e\x02\n\x05\x41lert\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\"\n\x04type\x18\x04 \x01(\x0e\x32\x14.tariff.v1.AlertType\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32\x1d.tariff.v1.Alert.DetailsEntry\x12\x13\n\x0bjournal_seq\x18\x08 \x01(\x04\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x92\x01\n\tAlertType\x12\x1a\n\x16\x41LERT_TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLOW_BALANCE\x10\x01\x12\x13\n\x0fSPEND_THRESHOLD\x10\x02\x12\x15\n\x11\x43REDITS_EXHAUSTED\x10\x03\x12\x13\n\x0fTOP_UP_EXECUTED\x10\x04\x12\x17\n\x13RESERVATION_EXPIRED\x10\x05\x32\xb7\x02\n\x0c\x41lertService\x12\x42\n\x0b\x43reateAlert\x12\x1d.tariff.v1.CreateAlertRequest\x1a\x14.tariff.v1.AlertRule\x12@\n\x0bWatchAlerts\x12\x1d.tariff.v1.WatchAlertsRequest\x1a\x10.tariff.v1.Alert0\x01\x12U\n\x0eListAlertRules\x12 .tariff.v1.ListAlertRulesRequest\x1a!.tariff.v1.ListAlertRulesResponse\x12J\n\x0f\x44\x65leteAlertRule\x12!.tariff.v1.DeleteAlertRuleRequest\x1a\x14.tariff.v1.AlertRuleBE\n\rdev.tariff.v1P\x01Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.tariff.v1P\001Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1'
   _globals['_ALERT_DETAILSENTRY']._loaded_options = None
   _globals['_ALERT_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_ALERTTYPE']._serialized_start=788
-  _globals['_ALERTTYPE']._serialized_end=934
+  _globals['_ALERTTYPE']._serialized_start=826
+  _globals['_ALERTTYPE']._serialized_end=972
   _globals['_CREATEALERTREQUEST']._serialized_start=71
   _globals['_CREATEALERTREQUEST']._serialized_end=205
   _globals['_ALERTRULE']._serialized_start=207
@@ -47,10 +47,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTALERTRULESREQUEST']._serialized_end=424
   _globals['_LISTALERTRULESRESPONSE']._serialized_start=426
   _globals['_LISTALERTRULESRESPONSE']._serialized_end=512
-  _globals['_ALERT']._serialized_start=515
-  _globals['_ALERT']._serialized_end=785
-  _globals['_ALERT_DETAILSENTRY']._serialized_start=739
-  _globals['_ALERT_DETAILSENTRY']._serialized_end=785
-  _globals['_ALERTSERVICE']._serialized_start=937
-  _globals['_ALERTSERVICE']._serialized_end=1172
+  _globals['_DELETEALERTRULEREQUEST']._serialized_start=514
+  _globals['_DELETEALERTRULEREQUEST']._serialized_end=550
+  _globals['_ALERT']._serialized_start=553
+  _globals['_ALERT']._serialized_end=823
+  _globals['_ALERT_DETAILSENTRY']._serialized_start=777
+  _globals['_ALERT_DETAILSENTRY']._serialized_end=823
+  _globals['_ALERTSERVICE']._serialized_start=975
+  _globals['_ALERTSERVICE']._serialized_end=1286
 # @@protoc_insertion_point(module_scope)

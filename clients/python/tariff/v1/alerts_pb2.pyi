@@ -75,6 +75,12 @@ class ListAlertRulesResponse(_message.Message):
     next_page_token: str
     def __init__(self, rules: _Optional[_Iterable[_Union[AlertRule, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class DeleteAlertRuleRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
 class Alert(_message.Message):
     __slots__ = ("seq", "rule_id", "customer_id", "type", "message", "time", "details", "journal_seq")
     class DetailsEntry(_message.Message):

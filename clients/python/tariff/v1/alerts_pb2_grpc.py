@@ -49,6 +49,11 @@ class AlertServiceStub:
                 request_serializer=tariff_dot_v1_dot_alerts__pb2.ListAlertRulesRequest.SerializeToString,
                 response_deserializer=tariff_dot_v1_dot_alerts__pb2.ListAlertRulesResponse.FromString,
                 _registered_method=True)
+        self.DeleteAlertRule = channel.unary_unary(
+                '/tariff.v1.AlertService/DeleteAlertRule',
+                request_serializer=tariff_dot_v1_dot_alerts__pb2.DeleteAlertRuleRequest.SerializeToString,
+                response_deserializer=tariff_dot_v1_dot_alerts__pb2.AlertRule.FromString,
+                _registered_method=True)
 
 
 class AlertServiceServicer:
@@ -57,8 +62,9 @@ class AlertServiceServicer:
     def CreateAlert(self, request, context):
         """Creates a rule. The same request again (same id, or with no id the same
         scope, type and threshold) answers the rule it created and changes
-        nothing; the same id with another content is ALREADY_EXISTS. A rule is
-        evaluated after each later change; it does not fire on creation.
+        nothing; the same id with another content is ALREADY_EXISTS, and so is
+        a deleted rule's id (DeleteAlertRule). A rule is evaluated after each
+        later change; it does not fire on creation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,8 +87,29 @@ class AlertServiceServicer:
 
     def ListAlertRules(self, request, context):
         """The rules, in id order, a page at a time (paged as the top of
-        contracts.proto says). A key restricted to some customers gets the rules
-        watching them: theirs and those for every customer.
+        contracts.proto says); a deleted rule is not listed. A key restricted to
+        some customers gets the rules watching them: theirs and those for every
+        customer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlertRule(self, request, context):
+        """Deletes a rule and answers it as it was: it is evaluated no more (no
+        later change fires it), ListAlertRules no longer lists it, and the alerts
+        it fired stay in WatchAlerts' log. Deleting it again answers the same rule
+        and changes nothing (safe to retry). An id that breaks the id rule (top of
+        contracts.proto) is INVALID_ARGUMENT naming id; an id no rule ever had,
+        NOT_FOUND naming it. A deleted rule's id is never used again: a
+        CreateAlert with it (or, with no id, whose content names it) is
+        ALREADY_EXISTS saying the rule was deleted, so a late retry of the
+        CreateAlert cannot bring the rule back; create it under another id. A key
+        restricted to some customers may delete what it may create: the rules
+        for one of its customers; a rule for every customer, another customer's
+        or an unknown id is PERMISSION_DENIED. The audit log's entry (action
+        "DeleteAlertRule", target "alert/<id>") holds the id and the rule deleted
+        in CreateAlert's fields: customer_id, all_customers, alert_type, threshold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +132,11 @@ def add_AlertServiceServicer_to_server(servicer, server):
                     servicer.ListAlertRules,
                     request_deserializer=tariff_dot_v1_dot_alerts__pb2.ListAlertRulesRequest.FromString,
                     response_serializer=tariff_dot_v1_dot_alerts__pb2.ListAlertRulesResponse.SerializeToString,
+            ),
+            'DeleteAlertRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlertRule,
+                    request_deserializer=tariff_dot_v1_dot_alerts__pb2.DeleteAlertRuleRequest.FromString,
+                    response_serializer=tariff_dot_v1_dot_alerts__pb2.AlertRule.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,6 +220,33 @@ class AlertService:
             '/tariff.v1.AlertService/ListAlertRules',
             tariff_dot_v1_dot_alerts__pb2.ListAlertRulesRequest.SerializeToString,
             tariff_dot_v1_dot_alerts__pb2.ListAlertRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlertRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tariff.v1.AlertService/DeleteAlertRule',
+            tariff_dot_v1_dot_alerts__pb2.DeleteAlertRuleRequest.SerializeToString,
+            tariff_dot_v1_dot_alerts__pb2.AlertRule.FromString,
             options,
             channel_credentials,
             insecure,

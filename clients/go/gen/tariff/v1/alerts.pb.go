@@ -443,6 +443,51 @@ func (x *ListAlertRulesResponse) GetNextPageToken() string {
 	return ""
 }
 
+type DeleteAlertRuleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rule's id, as CreateAlert answered it.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAlertRuleRequest) Reset() {
+	*x = DeleteAlertRuleRequest{}
+	mi := &file_tariff_v1_alerts_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAlertRuleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAlertRuleRequest) ProtoMessage() {}
+
+func (x *DeleteAlertRuleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_alerts_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAlertRuleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteAlertRuleRequest) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_alerts_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeleteAlertRuleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 type Alert struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Seq        uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -468,7 +513,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_tariff_v1_alerts_proto_msgTypes[5]
+	mi := &file_tariff_v1_alerts_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +525,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_tariff_v1_alerts_proto_msgTypes[5]
+	mi := &file_tariff_v1_alerts_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +538,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_tariff_v1_alerts_proto_rawDescGZIP(), []int{5}
+	return file_tariff_v1_alerts_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Alert) GetSeq() uint64 {
@@ -580,7 +625,9 @@ const file_tariff_v1_alerts_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"l\n" +
 	"\x16ListAlertRulesResponse\x12*\n" +
 	"\x05rules\x18\x01 \x03(\v2\x14.tariff.v1.AlertRuleR\x05rules\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xdd\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"(\n" +
+	"\x16DeleteAlertRuleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xdd\x02\n" +
 	"\x05Alert\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x17\n" +
 	"\arule_id\x18\x02 \x01(\tR\x06ruleId\x12\x1f\n" +
@@ -601,11 +648,12 @@ const file_tariff_v1_alerts_proto_rawDesc = "" +
 	"\x0fSPEND_THRESHOLD\x10\x02\x12\x15\n" +
 	"\x11CREDITS_EXHAUSTED\x10\x03\x12\x13\n" +
 	"\x0fTOP_UP_EXECUTED\x10\x04\x12\x17\n" +
-	"\x13RESERVATION_EXPIRED\x10\x052\xeb\x01\n" +
+	"\x13RESERVATION_EXPIRED\x10\x052\xb7\x02\n" +
 	"\fAlertService\x12B\n" +
 	"\vCreateAlert\x12\x1d.tariff.v1.CreateAlertRequest\x1a\x14.tariff.v1.AlertRule\x12@\n" +
 	"\vWatchAlerts\x12\x1d.tariff.v1.WatchAlertsRequest\x1a\x10.tariff.v1.Alert0\x01\x12U\n" +
-	"\x0eListAlertRules\x12 .tariff.v1.ListAlertRulesRequest\x1a!.tariff.v1.ListAlertRulesResponseB\x9d\x01\n" +
+	"\x0eListAlertRules\x12 .tariff.v1.ListAlertRulesRequest\x1a!.tariff.v1.ListAlertRulesResponse\x12J\n" +
+	"\x0fDeleteAlertRule\x12!.tariff.v1.DeleteAlertRuleRequest\x1a\x14.tariff.v1.AlertRuleB\x9d\x01\n" +
 	"\rcom.tariff.v1B\vAlertsProtoP\x01Z:github.com/tariff/tariff/clients/go/gen/tariff/v1;tariffv1\xa2\x02\x03TXX\xaa\x02\tTariff.V1\xca\x02\tTariff\\V1\xe2\x02\x15Tariff\\V1\\GPBMetadata\xea\x02\n" +
 	"Tariff::V1b\x06proto3"
 
@@ -622,7 +670,7 @@ func file_tariff_v1_alerts_proto_rawDescGZIP() []byte {
 }
 
 var file_tariff_v1_alerts_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tariff_v1_alerts_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_tariff_v1_alerts_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_tariff_v1_alerts_proto_goTypes = []any{
 	(AlertType)(0),                 // 0: tariff.v1.AlertType
 	(*CreateAlertRequest)(nil),     // 1: tariff.v1.CreateAlertRequest
@@ -630,28 +678,31 @@ var file_tariff_v1_alerts_proto_goTypes = []any{
 	(*WatchAlertsRequest)(nil),     // 3: tariff.v1.WatchAlertsRequest
 	(*ListAlertRulesRequest)(nil),  // 4: tariff.v1.ListAlertRulesRequest
 	(*ListAlertRulesResponse)(nil), // 5: tariff.v1.ListAlertRulesResponse
-	(*Alert)(nil),                  // 6: tariff.v1.Alert
-	nil,                            // 7: tariff.v1.Alert.DetailsEntry
-	(*timestamppb.Timestamp)(nil),  // 8: google.protobuf.Timestamp
+	(*DeleteAlertRuleRequest)(nil), // 6: tariff.v1.DeleteAlertRuleRequest
+	(*Alert)(nil),                  // 7: tariff.v1.Alert
+	nil,                            // 8: tariff.v1.Alert.DetailsEntry
+	(*timestamppb.Timestamp)(nil),  // 9: google.protobuf.Timestamp
 }
 var file_tariff_v1_alerts_proto_depIdxs = []int32{
-	0, // 0: tariff.v1.CreateAlertRequest.type:type_name -> tariff.v1.AlertType
-	0, // 1: tariff.v1.AlertRule.type:type_name -> tariff.v1.AlertType
-	2, // 2: tariff.v1.ListAlertRulesResponse.rules:type_name -> tariff.v1.AlertRule
-	0, // 3: tariff.v1.Alert.type:type_name -> tariff.v1.AlertType
-	8, // 4: tariff.v1.Alert.time:type_name -> google.protobuf.Timestamp
-	7, // 5: tariff.v1.Alert.details:type_name -> tariff.v1.Alert.DetailsEntry
-	1, // 6: tariff.v1.AlertService.CreateAlert:input_type -> tariff.v1.CreateAlertRequest
-	3, // 7: tariff.v1.AlertService.WatchAlerts:input_type -> tariff.v1.WatchAlertsRequest
-	4, // 8: tariff.v1.AlertService.ListAlertRules:input_type -> tariff.v1.ListAlertRulesRequest
-	2, // 9: tariff.v1.AlertService.CreateAlert:output_type -> tariff.v1.AlertRule
-	6, // 10: tariff.v1.AlertService.WatchAlerts:output_type -> tariff.v1.Alert
-	5, // 11: tariff.v1.AlertService.ListAlertRules:output_type -> tariff.v1.ListAlertRulesResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	0,  // 0: tariff.v1.CreateAlertRequest.type:type_name -> tariff.v1.AlertType
+	0,  // 1: tariff.v1.AlertRule.type:type_name -> tariff.v1.AlertType
+	2,  // 2: tariff.v1.ListAlertRulesResponse.rules:type_name -> tariff.v1.AlertRule
+	0,  // 3: tariff.v1.Alert.type:type_name -> tariff.v1.AlertType
+	9,  // 4: tariff.v1.Alert.time:type_name -> google.protobuf.Timestamp
+	8,  // 5: tariff.v1.Alert.details:type_name -> tariff.v1.Alert.DetailsEntry
+	1,  // 6: tariff.v1.AlertService.CreateAlert:input_type -> tariff.v1.CreateAlertRequest
+	3,  // 7: tariff.v1.AlertService.WatchAlerts:input_type -> tariff.v1.WatchAlertsRequest
+	4,  // 8: tariff.v1.AlertService.ListAlertRules:input_type -> tariff.v1.ListAlertRulesRequest
+	6,  // 9: tariff.v1.AlertService.DeleteAlertRule:input_type -> tariff.v1.DeleteAlertRuleRequest
+	2,  // 10: tariff.v1.AlertService.CreateAlert:output_type -> tariff.v1.AlertRule
+	7,  // 11: tariff.v1.AlertService.WatchAlerts:output_type -> tariff.v1.Alert
+	5,  // 12: tariff.v1.AlertService.ListAlertRules:output_type -> tariff.v1.ListAlertRulesResponse
+	2,  // 13: tariff.v1.AlertService.DeleteAlertRule:output_type -> tariff.v1.AlertRule
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_alerts_proto_init() }
@@ -669,7 +720,7 @@ func file_tariff_v1_alerts_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_alerts_proto_rawDesc), len(file_tariff_v1_alerts_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,9 +22,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AlertService_CreateAlert_FullMethodName    = "/tariff.v1.AlertService/CreateAlert"
-	AlertService_WatchAlerts_FullMethodName    = "/tariff.v1.AlertService/WatchAlerts"
-	AlertService_ListAlertRules_FullMethodName = "/tariff.v1.AlertService/ListAlertRules"
+	AlertService_CreateAlert_FullMethodName     = "/tariff.v1.AlertService/CreateAlert"
+	AlertService_WatchAlerts_FullMethodName     = "/tariff.v1.AlertService/WatchAlerts"
+	AlertService_ListAlertRules_FullMethodName  = "/tariff.v1.AlertService/ListAlertRules"
+	AlertService_DeleteAlertRule_FullMethodName = "/tariff.v1.AlertService/DeleteAlertRule"
 )
 
 // AlertServiceClient is the client API for AlertService service.
@@ -33,8 +34,9 @@ const (
 type AlertServiceClient interface {
 	// Creates a rule. The same request again (same id, or with no id the same
 	// scope, type and threshold) answers the rule it created and changes
-	// nothing; the same id with another content is ALREADY_EXISTS. A rule is
-	// evaluated after each later change; it does not fire on creation.
+	// nothing; the same id with another content is ALREADY_EXISTS, and so is
+	// a deleted rule's id (DeleteAlertRule). A rule is evaluated after each
+	// later change; it does not fire on creation.
 	CreateAlert(ctx context.Context, in *CreateAlertRequest, opts ...grpc.CallOption) (*AlertRule, error)
 	// Every alert with seq > after_seq, oldest first, then each new one as it
 	// is committed; the stream does not end on its own. Only committed alerts
@@ -47,9 +49,25 @@ type AlertServiceClient interface {
 	// others').
 	WatchAlerts(ctx context.Context, in *WatchAlertsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Alert], error)
 	// The rules, in id order, a page at a time (paged as the top of
-	// contracts.proto says). A key restricted to some customers gets the rules
-	// watching them: theirs and those for every customer.
+	// contracts.proto says); a deleted rule is not listed. A key restricted to
+	// some customers gets the rules watching them: theirs and those for every
+	// customer.
 	ListAlertRules(ctx context.Context, in *ListAlertRulesRequest, opts ...grpc.CallOption) (*ListAlertRulesResponse, error)
+	// Deletes a rule and answers it as it was: it is evaluated no more (no
+	// later change fires it), ListAlertRules no longer lists it, and the alerts
+	// it fired stay in WatchAlerts' log. Deleting it again answers the same rule
+	// and changes nothing (safe to retry). An id that breaks the id rule (top of
+	// contracts.proto) is INVALID_ARGUMENT naming id; an id no rule ever had,
+	// NOT_FOUND naming it. A deleted rule's id is never used again: a
+	// CreateAlert with it (or, with no id, whose content names it) is
+	// ALREADY_EXISTS saying the rule was deleted, so a late retry of the
+	// CreateAlert cannot bring the rule back; create it under another id. A key
+	// restricted to some customers may delete what it may create: the rules
+	// for one of its customers; a rule for every customer, another customer's
+	// or an unknown id is PERMISSION_DENIED. The audit log's entry (action
+	// "DeleteAlertRule", target "alert/<id>") holds the id and the rule deleted
+	// in CreateAlert's fields: customer_id, all_customers, alert_type, threshold.
+	DeleteAlertRule(ctx context.Context, in *DeleteAlertRuleRequest, opts ...grpc.CallOption) (*AlertRule, error)
 }
 
 type alertServiceClient struct {
@@ -99,14 +117,25 @@ func (c *alertServiceClient) ListAlertRules(ctx context.Context, in *ListAlertRu
 	return out, nil
 }
 
+func (c *alertServiceClient) DeleteAlertRule(ctx context.Context, in *DeleteAlertRuleRequest, opts ...grpc.CallOption) (*AlertRule, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AlertRule)
+	err := c.cc.Invoke(ctx, AlertService_DeleteAlertRule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AlertServiceServer is the server API for AlertService service.
 // All implementations must embed UnimplementedAlertServiceServer
 // for forward compatibility.
 type AlertServiceServer interface {
 	// Creates a rule. The same request again (same id, or with no id the same
 	// scope, type and threshold) answers the rule it created and changes
-	// nothing; the same id with another content is ALREADY_EXISTS. A rule is
-	// evaluated after each later change; it does not fire on creation.
+	// nothing; the same id with another content is ALREADY_EXISTS, and so is
+	// a deleted rule's id (DeleteAlertRule). A rule is evaluated after each
+	// later change; it does not fire on creation.
 	CreateAlert(context.Context, *CreateAlertRequest) (*AlertRule, error)
 	// Every alert with seq > after_seq, oldest first, then each new one as it
 	// is committed; the stream does not end on its own. Only committed alerts
@@ -119,9 +148,25 @@ type AlertServiceServer interface {
 	// others').
 	WatchAlerts(*WatchAlertsRequest, grpc.ServerStreamingServer[Alert]) error
 	// The rules, in id order, a page at a time (paged as the top of
-	// contracts.proto says). A key restricted to some customers gets the rules
-	// watching them: theirs and those for every customer.
+	// contracts.proto says); a deleted rule is not listed. A key restricted to
+	// some customers gets the rules watching them: theirs and those for every
+	// customer.
 	ListAlertRules(context.Context, *ListAlertRulesRequest) (*ListAlertRulesResponse, error)
+	// Deletes a rule and answers it as it was: it is evaluated no more (no
+	// later change fires it), ListAlertRules no longer lists it, and the alerts
+	// it fired stay in WatchAlerts' log. Deleting it again answers the same rule
+	// and changes nothing (safe to retry). An id that breaks the id rule (top of
+	// contracts.proto) is INVALID_ARGUMENT naming id; an id no rule ever had,
+	// NOT_FOUND naming it. A deleted rule's id is never used again: a
+	// CreateAlert with it (or, with no id, whose content names it) is
+	// ALREADY_EXISTS saying the rule was deleted, so a late retry of the
+	// CreateAlert cannot bring the rule back; create it under another id. A key
+	// restricted to some customers may delete what it may create: the rules
+	// for one of its customers; a rule for every customer, another customer's
+	// or an unknown id is PERMISSION_DENIED. The audit log's entry (action
+	// "DeleteAlertRule", target "alert/<id>") holds the id and the rule deleted
+	// in CreateAlert's fields: customer_id, all_customers, alert_type, threshold.
+	DeleteAlertRule(context.Context, *DeleteAlertRuleRequest) (*AlertRule, error)
 	mustEmbedUnimplementedAlertServiceServer()
 }
 
@@ -140,6 +185,9 @@ func (UnimplementedAlertServiceServer) WatchAlerts(*WatchAlertsRequest, grpc.Ser
 }
 func (UnimplementedAlertServiceServer) ListAlertRules(context.Context, *ListAlertRulesRequest) (*ListAlertRulesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAlertRules not implemented")
+}
+func (UnimplementedAlertServiceServer) DeleteAlertRule(context.Context, *DeleteAlertRuleRequest) (*AlertRule, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteAlertRule not implemented")
 }
 func (UnimplementedAlertServiceServer) mustEmbedUnimplementedAlertServiceServer() {}
 func (UnimplementedAlertServiceServer) testEmbeddedByValue()                      {}
@@ -209,6 +257,24 @@ func _AlertService_ListAlertRules_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AlertService_DeleteAlertRule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteAlertRuleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AlertServiceServer).DeleteAlertRule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AlertService_DeleteAlertRule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AlertServiceServer).DeleteAlertRule(ctx, req.(*DeleteAlertRuleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AlertService_ServiceDesc is the grpc.ServiceDesc for AlertService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -223,6 +289,10 @@ var AlertService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAlertRules",
 			Handler:    _AlertService_ListAlertRules_Handler,
+		},
+		{
+			MethodName: "DeleteAlertRule",
+			Handler:    _AlertService_DeleteAlertRule_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

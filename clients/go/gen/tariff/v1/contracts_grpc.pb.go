@@ -69,10 +69,11 @@
 // shows exactly once. Any other page_token (made up, another list's, another
 // customer's invoice, one outside the filters, an item the key may not see)
 // is INVALID_ARGUMENT naming page_token, the same refusal for each: it is
-// never read as a position. Nothing listed is ever deleted, so a token stays
-// valid, restarts included; an item added between two pages shows on a later
-// page when its id sorts after the token (every new invoice does, numbers
-// grow), and never otherwise.
+// never read as a position. A token stays valid, restarts included: nothing
+// listed is ever deleted but an alert rule (DeleteAlertRule), and a token
+// naming a rule deleted since goes on after its id as before. An item added
+// between two pages shows on a later page when its id sorts after the token
+// (every new invoice does, numbers grow), and never otherwise.
 //
 // Every call that changes state is safe to retry: its id (or request_id) is
 // its idempotency key. The same key with the same request answers with what

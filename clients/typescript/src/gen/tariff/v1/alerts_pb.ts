@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tariff/v1/alerts.proto.
  */
 export const file_tariff_v1_alerts: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0YXJpZmYvdjEvYWxlcnRzLnByb3RvEgl0YXJpZmYudjEihgEKEkNyZWF0ZUFsZXJ0UmVxdWVzdBIVCgtjdXN0b21lcl9pZBgBIAEoCUgAEg0KA2FsbBgCIAEoCEgAEiIKBHR5cGUYAyABKA4yFC50YXJpZmYudjEuQWxlcnRUeXBlEhEKCXRocmVzaG9sZBgEIAEoCRIKCgJpZBgFIAEoCUIHCgVzY29wZSJwCglBbGVydFJ1bGUSCgoCaWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSCwoDYWxsGAMgASgIEiIKBHR5cGUYBCABKA4yFC50YXJpZmYudjEuQWxlcnRUeXBlEhEKCXRocmVzaG9sZBgFIAEoCSInChJXYXRjaEFsZXJ0c1JlcXVlc3QSEQoJYWZ0ZXJfc2VxGAEgASgEIj4KFUxpc3RBbGVydFJ1bGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJWChZMaXN0QWxlcnRSdWxlc1Jlc3BvbnNlEiMKBXJ1bGVzGAEgAygLMhQudGFyaWZmLnYxLkFsZXJ0UnVsZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkijgIKBUFsZXJ0EgsKA3NlcRgBIAEoBBIPCgdydWxlX2lkGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEiIKBHR5cGUYBCABKA4yFC50YXJpZmYudjEuQWxlcnRUeXBlEg8KB21lc3NhZ2UYBSABKAkSKAoEdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoHZGV0YWlscxgHIAMoCzIdLnRhcmlmZi52MS5BbGVydC5EZXRhaWxzRW50cnkSEwoLam91cm5hbF9zZXEYCCABKAQaLgoMRGV0YWlsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqkgEKCUFsZXJ0VHlwZRIaChZBTEVSVF9UWVBFX1VOU1BFQ0lGSUVEEAASDwoLTE9XX0JBTEFOQ0UQARITCg9TUEVORF9USFJFU0hPTEQQAhIVChFDUkVESVRTX0VYSEFVU1RFRBADEhMKD1RPUF9VUF9FWEVDVVRFRBAEEhcKE1JFU0VSVkFUSU9OX0VYUElSRUQQBTLrAQoMQWxlcnRTZXJ2aWNlEkIKC0NyZWF0ZUFsZXJ0Eh0udGFyaWZmLnYxLkNyZWF0ZUFsZXJ0UmVxdWVzdBoULnRhcmlmZi52MS5BbGVydFJ1bGUSQAoLV2F0Y2hBbGVydHMSHS50YXJpZmYudjEuV2F0Y2hBbGVydHNSZXF1ZXN0GhAudGFyaWZmLnYxLkFsZXJ0MAESVQoOTGlzdEFsZXJ0UnVsZXMSIC50YXJpZmYudjEuTGlzdEFsZXJ0UnVsZXNSZXF1ZXN0GiEudGFyaWZmLnYxLkxpc3RBbGVydFJ1bGVzUmVzcG9uc2VCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChZ0YXJpZmYvdjEvYWxlcnRzLnByb3RvEgl0YXJpZmYudjEihgEKEkNyZWF0ZUFsZXJ0UmVxdWVzdBIVCgtjdXN0b21lcl9pZBgBIAEoCUgAEg0KA2FsbBgCIAEoCEgAEiIKBHR5cGUYAyABKA4yFC50YXJpZmYudjEuQWxlcnRUeXBlEhEKCXRocmVzaG9sZBgEIAEoCRIKCgJpZBgFIAEoCUIHCgVzY29wZSJwCglBbGVydFJ1bGUSCgoCaWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSCwoDYWxsGAMgASgIEiIKBHR5cGUYBCABKA4yFC50YXJpZmYudjEuQWxlcnRUeXBlEhEKCXRocmVzaG9sZBgFIAEoCSInChJXYXRjaEFsZXJ0c1JlcXVlc3QSEQoJYWZ0ZXJfc2VxGAEgASgEIj4KFUxpc3RBbGVydFJ1bGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJWChZMaXN0QWxlcnRSdWxlc1Jlc3BvbnNlEiMKBXJ1bGVzGAEgAygLMhQudGFyaWZmLnYxLkFsZXJ0UnVsZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJAoWRGVsZXRlQWxlcnRSdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSKOAgoFQWxlcnQSCwoDc2VxGAEgASgEEg8KB3J1bGVfaWQYAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSIgoEdHlwZRgEIAEoDjIULnRhcmlmZi52MS5BbGVydFR5cGUSDwoHbWVzc2FnZRgFIAEoCRIoCgR0aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgdkZXRhaWxzGAcgAygLMh0udGFyaWZmLnYxLkFsZXJ0LkRldGFpbHNFbnRyeRITCgtqb3VybmFsX3NlcRgIIAEoBBouCgxEZXRhaWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASqSAQoJQWxlcnRUeXBlEhoKFkFMRVJUX1RZUEVfVU5TUEVDSUZJRUQQABIPCgtMT1dfQkFMQU5DRRABEhMKD1NQRU5EX1RIUkVTSE9MRBACEhUKEUNSRURJVFNfRVhIQVVTVEVEEAMSEwoPVE9QX1VQX0VYRUNVVEVEEAQSFwoTUkVTRVJWQVRJT05fRVhQSVJFRBAFMrcCCgxBbGVydFNlcnZpY2USQgoLQ3JlYXRlQWxlcnQSHS50YXJpZmYudjEuQ3JlYXRlQWxlcnRSZXF1ZXN0GhQudGFyaWZmLnYxLkFsZXJ0UnVsZRJACgtXYXRjaEFsZXJ0cxIdLnRhcmlmZi52MS5XYXRjaEFsZXJ0c1JlcXVlc3QaEC50YXJpZmYudjEuQWxlcnQwARJVCg5MaXN0QWxlcnRSdWxlcxIgLnRhcmlmZi52MS5MaXN0QWxlcnRSdWxlc1JlcXVlc3QaIS50YXJpZmYudjEuTGlzdEFsZXJ0UnVsZXNSZXNwb25zZRJKCg9EZWxldGVBbGVydFJ1bGUSIS50YXJpZmYudjEuRGVsZXRlQWxlcnRSdWxlUmVxdWVzdBoULnRhcmlmZi52MS5BbGVydFJ1bGVCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message tariff.v1.CreateAlertRequest
@@ -177,6 +177,25 @@ export const ListAlertRulesResponseSchema: GenMessage<ListAlertRulesResponse> = 
   messageDesc(file_tariff_v1_alerts, 4);
 
 /**
+ * @generated from message tariff.v1.DeleteAlertRuleRequest
+ */
+export type DeleteAlertRuleRequest = Message<"tariff.v1.DeleteAlertRuleRequest"> & {
+  /**
+   * The rule's id, as CreateAlert answered it.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message tariff.v1.DeleteAlertRuleRequest.
+ * Use `create(DeleteAlertRuleRequestSchema)` to create a new message.
+ */
+export const DeleteAlertRuleRequestSchema: GenMessage<DeleteAlertRuleRequest> = /*@__PURE__*/
+  messageDesc(file_tariff_v1_alerts, 5);
+
+/**
  * @generated from message tariff.v1.Alert
  */
 export type Alert = Message<"tariff.v1.Alert"> & {
@@ -238,7 +257,7 @@ export type Alert = Message<"tariff.v1.Alert"> & {
  * Use `create(AlertSchema)` to create a new message.
  */
 export const AlertSchema: GenMessage<Alert> = /*@__PURE__*/
-  messageDesc(file_tariff_v1_alerts, 5);
+  messageDesc(file_tariff_v1_alerts, 6);
 
 /**
  * Balance conditions (LOW_BALANCE, SPEND_THRESHOLD, CREDITS_EXHAUSTED) are
@@ -313,8 +332,9 @@ export const AlertService: GenService<{
   /**
    * Creates a rule. The same request again (same id, or with no id the same
    * scope, type and threshold) answers the rule it created and changes
-   * nothing; the same id with another content is ALREADY_EXISTS. A rule is
-   * evaluated after each later change; it does not fire on creation.
+   * nothing; the same id with another content is ALREADY_EXISTS, and so is
+   * a deleted rule's id (DeleteAlertRule). A rule is evaluated after each
+   * later change; it does not fire on creation.
    *
    * @generated from rpc tariff.v1.AlertService.CreateAlert
    */
@@ -343,8 +363,9 @@ export const AlertService: GenService<{
   },
   /**
    * The rules, in id order, a page at a time (paged as the top of
-   * contracts.proto says). A key restricted to some customers gets the rules
-   * watching them: theirs and those for every customer.
+   * contracts.proto says); a deleted rule is not listed. A key restricted to
+   * some customers gets the rules watching them: theirs and those for every
+   * customer.
    *
    * @generated from rpc tariff.v1.AlertService.ListAlertRules
    */
@@ -352,6 +373,29 @@ export const AlertService: GenService<{
     methodKind: "unary";
     input: typeof ListAlertRulesRequestSchema;
     output: typeof ListAlertRulesResponseSchema;
+  },
+  /**
+   * Deletes a rule and answers it as it was: it is evaluated no more (no
+   * later change fires it), ListAlertRules no longer lists it, and the alerts
+   * it fired stay in WatchAlerts' log. Deleting it again answers the same rule
+   * and changes nothing (safe to retry). An id that breaks the id rule (top of
+   * contracts.proto) is INVALID_ARGUMENT naming id; an id no rule ever had,
+   * NOT_FOUND naming it. A deleted rule's id is never used again: a
+   * CreateAlert with it (or, with no id, whose content names it) is
+   * ALREADY_EXISTS saying the rule was deleted, so a late retry of the
+   * CreateAlert cannot bring the rule back; create it under another id. A key
+   * restricted to some customers may delete what it may create: the rules
+   * for one of its customers; a rule for every customer, another customer's
+   * or an unknown id is PERMISSION_DENIED. The audit log's entry (action
+   * "DeleteAlertRule", target "alert/<id>") holds the id and the rule deleted
+   * in CreateAlert's fields: customer_id, all_customers, alert_type, threshold.
+   *
+   * @generated from rpc tariff.v1.AlertService.DeleteAlertRule
+   */
+  deleteAlertRule: {
+    methodKind: "unary";
+    input: typeof DeleteAlertRuleRequestSchema;
+    output: typeof AlertRuleSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tariff_v1_alerts, 0);
