@@ -400,3 +400,84 @@ def test_a_window_is_at_least_one_millisecond_once_its_sub_millisecond_parts_are
             (o + 1, "1"),
         ]
         assert grants(client, "one") == {"g-one": ("5", "1", "4", "0")}
+
+
+def test_a_rollover_grant_starting_at_a_contracts_end_belongs_to_what_is_in_force_at_that_instant(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto Grant.rollover_fraction: such a grant rolls at the end of the billing period in which it starts,
+    and must start in a contract of its customer. A contract is in force up to but not at its ending_before, so:
+      - `rend`: one contract [Jul 1, Jul 11 2025), no successor. A grant starting exactly at Jul 11 starts when no
+        contract is in force: FAILED_PRECONDITION, nothing granted. One starting at Jul 11 - 1 ms is in the
+        contract's last period [Jul 1, Aug 1) (it keeps its monthly end): 10 credits roll at Aug 1, 5 into
+        `rollover-last-<Aug 1>` usable [Aug 1, Sep 1) (a full next period though no contract follows), 5 break; all
+        of it long past, so the rolled 5 have expired too.
+      - `rsw`: contract A [Jul 1, Jul 11 2025), B from Jul 11 (periods Jul 11 - Aug 11, ...). A grant starting at
+        Jul 11 - 1 ms is in A's last period: it rolls at Aug 1 into a grant usable [Aug 1, Sep 1); one starting
+        exactly at Jul 11 is in B's first period: it rolls at Aug 11, into a grant usable [Aug 11, Sep 11).
+    GetBalance (amount, drawn, remaining, expired, starts_at, expires_at): each original 10 granted, 5 drawn (moved
+    into its ROLLOVER grant), 0 left, 5 expired; each ROLLOVER grant 5 granted, nothing drawn, 5 expired.
+    README "Revenue": a grant is sold at the start of the billing period containing its starts_at; `rend`'s prepaid
+    `after` (2 credits paid 2 USD, no rollover, starting exactly at Jul 11, after the contract ended but inside its
+    last period, which keeps its monthly end) is sold in [Jul 1, Aug 1): that span's reconciliation sold 2, and its
+    line's deferred is 2 (never drawn, never expiring)."""
+    jul1, jul11 = at("2025-07-01T00:00:00"), at("2025-07-11T00:00:00")
+    aug1, aug11 = at("2025-08-01T00:00:00"), at("2025-08-11T00:00:00")
+    sep1, sep11 = at("2025-09-01T00:00:00"), at("2025-09-11T00:00:00")
+    with server.client() as client:
+        open_contract(client, "rend", "rend-k", jul1, jul11, rate_card_id=CARD)
+        open_contract(client, "rsw", "rsw-a", jul1, jul11, rate_card_id=CARD)
+        open_contract(client, "rsw", "rsw-b", jul11, rate_card_id=CARD)
+
+        def rolling(customer_id: str, grant_id: str, starts_at_ms: int) -> contracts_pb2.GrantCreditsRequest:
+            grant = contracts_pb2.Grant(
+                id=grant_id,
+                customer_id=customer_id,
+                kind=contracts_pb2.PROMOTIONAL,
+                amount="10",
+                rollover_fraction="0.5",
+                starts_at=stamp(starts_at_ms),
+            )
+            return contracts_pb2.GrantCreditsRequest(grant=grant)
+
+        with pytest.raises(TariffError) as refused:
+            client.contracts.GrantCredits(rolling("rend", "at-end", jul11))
+        assert refused.value.code.name == "FAILED_PRECONDITION", refused.value
+        client.contracts.GrantCredits(rolling("rend", "last", jul11 - 1))
+        client.contracts.GrantCredits(rolling("rsw", "old", jul11 - 1))
+        client.contracts.GrantCredits(rolling("rsw", "new", jul11))
+        promotional(client, "rend", "after", "2", "2", starts_at=stamp(jul11))
+
+        def shown(customer_id: str) -> dict[str, tuple[str, str, str, str, int, int]]:
+            return {
+                g.grant_id: (
+                    g.amount,
+                    g.drawn,
+                    g.remaining,
+                    g.expired,
+                    g.starts_at.ToMilliseconds(),
+                    g.expires_at.ToMilliseconds(),
+                )
+                for g in client.get_balance(customer_id).grants
+            }
+
+        def expired_both(customer_id: str, count: int) -> bool:
+            return sum(1 for g in shown(customer_id).values() if g[:4] == ("5", "0", "0", "5")) == count
+
+        assert wait_for(lambda: expired_both("rend", 1) and expired_both("rsw", 2), 15)
+        assert shown("rend") == {
+            "last": ("10", "5", "0", "5", jul11 - 1, 0),
+            f"rollover-last-{aug1}": ("5", "0", "0", "5", aug1, sep1),
+            "after": ("2", "0", "2", "0", jul11, 0),
+        }
+        report = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(period_start=stamp(jul1), period_end=stamp(aug1), customer_id="rend")
+        )
+        assert [(ln.period_start, ln.deferred) for ln in report.customer_lines] == [(stamp(jul1), "2")]
+        assert (report.reconciliation.prepaid_sold, report.reconciliation.deferred_end) == ("2", "2")
+        assert shown("rsw") == {
+            "old": ("10", "5", "0", "5", jul11 - 1, 0),
+            f"rollover-old-{aug1}": ("5", "0", "0", "5", aug1, sep1),
+            "new": ("10", "5", "0", "5", jul11, 0),
+            f"rollover-new-{aug11}": ("5", "0", "0", "5", aug11, sep11),
+        }
