@@ -481,3 +481,44 @@ def test_a_rollover_grant_starting_at_a_contracts_end_belongs_to_what_is_in_forc
             "new": ("10", "5", "0", "5", jul11, 0),
             f"rollover-new-{aug11}": ("5", "0", "0", "5", aug11, sep11),
         }
+
+
+def test_a_rollover_grant_pays_up_to_but_not_at_the_next_periods_end(server: ServerProcess) -> None:
+    """README "Rollover": the ROLLOVER grant is usable from the period's end until the end of the next billing
+    period (its own expiry). A contract anchored so that a period ends at E2, about 2.5 minutes from now (events may
+    be dated up to 5 minutes ahead); the period before it is [E, E2), E long past. A grant of 10 credits with
+    rollover_fraction 0.5 starting at E - 1 ms (in the period ending at E) rolled at E: 5 into `rollover-roll-<E>`,
+    usable [E, E2). One unit at E2 - 1 ms draws 1 from it; one at E2 (the next period's first instant) draws
+    nothing: 1 of overage in that period. The rolled grant: 1 drawn, 4 remaining; the current period [E, E2)
+    charges 1, none of it overage."""
+    target = datetime.fromtimestamp(now_ms() // 1000 + 150, UTC)
+    # An anchor on the target's day (and time) some months before, in a month that has that day, so that the
+    # contract's periods (each boundary computed from the anchor, clamped to shorter months) end exactly at it.
+    for months_back in (2, 3, 4):
+        year, month = target.year + (target.month - 1 - months_back) // 12, (target.month - 1 - months_back) % 12 + 1
+        try:
+            anchor = target.replace(year=year, month=month)
+            break
+        except ValueError:
+            continue
+    else:
+        raise AssertionError(f"no month before {target} has its day")  # one of three months in a row has 31 days
+    e2 = int(target.timestamp() * 1000)
+    with server.client() as client:
+        open_contract(client, "ro2", "ro2-k", int(anchor.timestamp() * 1000), rate_card_id=CARD)
+        current = preview(client, "ro2", now_ms())
+        assert current.period_end == stamp(e2)
+        e = current.period_start.ToMilliseconds()
+        promotional(client, "ro2", "roll", "10", contract_id="ro2-k", rollover_fraction="0.5", starts_at=stamp(e - 1))
+        rolled = f"rollover-roll-{e}"
+        assert wait_for(lambda: rolled in grants(client, "ro2"), 15)
+        assert send(client, work("last", "ro2", e2 - 1), work("next", "ro2", e2)) == []
+        assert now_ms() < e2, "the scenario needs the events rated before the rolled grant's expiry"
+        shown = {
+            g.grant_id: (g.drawn, g.remaining, g.starts_at, g.expires_at) for g in client.get_balance("ro2").grants
+        }
+        assert shown[rolled] == ("1", "4", stamp(e), stamp(e2))
+        balance = client.get_balance("ro2")
+        assert (balance.period_end, balance.period_charges, balance.overage_amount) == (stamp(e2), "1", "0")
+        after = preview(client, "ro2", e2)
+        assert [(ln.quantity, ln.amount, ln.overage) for ln in after.lines] == [("1", "1", "1")]
