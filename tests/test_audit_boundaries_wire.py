@@ -10,10 +10,16 @@ covers what they leave out:
 - README "Times": the part of a request's instant finer than a millisecond is dropped, for a contract's
   starting_at and ending_before, an override's window and a grant's starts_at and expires_at alike: each is
   answered and applied at its whole millisecond.
+- contracts.proto: a window (a contract's, an override's, a grant's) must end at least a millisecond after it starts,
+  also once the sub-millisecond parts are dropped; a one-millisecond window holds exactly its start.
 - README "Rollover" at a period end already past: the ROLLOVER grant is usable from exactly that end until the
   next period's end; an event dated exactly at the end draws on it, one a millisecond before draws nothing from the
   original (breakage is final); a rollover grant expiring exactly at that end breaks whole (it expires by then:
-  nothing rolls); one starting exactly at that end belongs to the next period and rolls at its end instead.
+  nothing rolls); one starting exactly at that end belongs to the next period and rolls at its end instead; the
+  breakage and sales of those grants land on the revenue lines of those periods; the ROLLOVER grant pays up to but
+  not at the next period's end.
+- A rollover grant starting exactly at a contract's ending_before: refused with no successor (no contract in force
+  then), in the next contract's period after a switch; a millisecond before, in the ended contract's last period.
 
 Every amount is computed by hand from the docs (the arithmetic is in the docstrings), none read back from the
 server. The module shares one server (`--close-grace off`, so no period closes by itself); each test has its own
