@@ -18,6 +18,7 @@ covers what they leave out:
   nothing rolls); one starting exactly at that end belongs to the next period and rolls at its end instead; the
   breakage and sales of those grants land on the revenue lines of those periods; the ROLLOVER grant pays up to but
   not at the next period's end.
+- usage.proto: an event may be dated as far back as timestamp_ms 1 (0 and below are INVALID_EVENT).
 - A rollover grant starting exactly at a contract's ending_before: refused with no successor (no contract in force
   then), in the next contract's period after a switch; a millisecond before, in the ended contract's last period.
 
@@ -26,7 +27,7 @@ server. The module shares one server (`--close-grace off`, so no period closes b
 customers.
 
 Product `units` (event type `work`, SUM of `n`) at 1 credit a unit on rate card `bnd` (credits), version 1 in force
-from 2024-01-01."""
+from 2024-01-01, and on `bnd-epoch` (credits), version 1 in force from 1970-01-01T00:00:00Z."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from tests.audit_fixtures import open_contract, preview, serving
 from tests.serverproc import ServerProcess, wait_for
 
 CARD = "bnd"
+EPOCH_CARD = "bnd-epoch"  # the same price, in force from 1970-01-01T00:00:00Z
 
 
 def at(text: str) -> int:
@@ -67,6 +69,13 @@ def catalogue(client: TariffClient) -> None:
     client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, upsert_rates=[rate]))
     client.pricing.PublishVersion(
         pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=1, effective_from=stamp(at("2024-01-01T00:00:00")))
+    )
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=EPOCH_CARD, pricing_unit="credits"))
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id=EPOCH_CARD, upsert_rates=[rate])
+    )
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=EPOCH_CARD, version=1, effective_from=stamp(0))
     )
 
 
@@ -528,3 +537,19 @@ def test_a_rollover_grant_pays_up_to_but_not_at_the_next_periods_end(server: Ser
         assert (balance.period_end, balance.period_charges, balance.overage_amount) == (stamp(e2), "1", "0")
         after = preview(client, "ro2", e2)
         assert [(ln.quantity, ln.amount, ln.overage) for ln in after.lines] == [("1", "1", "1")]
+
+
+def test_an_event_may_be_dated_as_far_back_as_the_first_millisecond_after_the_epoch(server: ServerProcess) -> None:
+    """usage.proto UsageEvent.timestamp_ms: positive, and in a contract of the customer (no other limit on the past
+    while its period is open). A contract from 1970-01-01T00:00:00Z on a card priced from then: one unit at
+    timestamp_ms 1 is accepted and charged 1 in the period [1970-01-01, 1970-02-01); 0 is INVALID_EVENT (required),
+    -1 INVALID_EVENT (must be positive), and neither is charged."""
+    with server.client() as client:
+        open_contract(client, "epoch", "epoch-k", 0, rate_card_id=EPOCH_CARD)
+        assert send(client, work("zero", "epoch", 0), work("first", "epoch", 1), work("before", "epoch", -1)) == [
+            ("zero", "INVALID_EVENT"),
+            ("before", "INVALID_EVENT"),
+        ]
+        invoice = preview(client, "epoch", 0)
+        assert (invoice.period_start, invoice.period_end) == (stamp(0), stamp(at("1970-02-01T00:00:00")))
+        assert [(ln.quantity, ln.amount, ln.events) for ln in invoice.lines] == [("1", "1", 1)]
