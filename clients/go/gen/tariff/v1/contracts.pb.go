@@ -28,7 +28,21 @@
 // 1970-01-01T00:00:00Z and 8999-12-31T23:59:59.999Z, nanos 0-999,999,999;
 // anything else is INVALID_ARGUMENT naming the field. The bounds of a filter
 // (start_time, end_time, period_start_from, period_start_before) may be any
-// valid Timestamp.
+// valid Timestamp. State is kept in whole milliseconds, and a part finer than
+// a millisecond is read as follows. What a request sets (a contract's or an
+// override's starting_at and ending_before, a grant's starts_at and
+// expires_at, customers_created_after) has it dropped: the record holds, and
+// answers, the whole millisecond (a contract starting at 00:00:00.000999 starts
+// at 00:00:00.000, and a grant expiring at 10:00:00.000500 expires at
+// 10:00:00.000: usage at that millisecond is not paid from it). An instant a
+// read locates (at, PreviewInvoice's period_start, SimulateVersion's
+// period_start) has it dropped too, which changes no answer, every boundary
+// being a whole millisecond. An instant that must be exact (effective_from, on
+// an hour; ClosePeriod's and ExplainLineItem's period_start, a period's start)
+// is INVALID_ARGUMENT with such a part. A span's ends (GetRevenueReport's
+// period_start and period_end, SimulateVersion's period_end) and a filter's
+// bounds are compared to the nanosecond: a period starting at t is in a span
+// or filter ending at t + 0.5 ms.
 //
 // Decimal strings (amounts, prices, parameters, multipliers, thresholds, here
 // and in pricing.proto and alerts.proto) are written as JSON writes a number:
@@ -537,7 +551,10 @@ type PriceOverride struct {
 	// PublishVersionRequest.effective_from) until the period closes; on the hour,
 	// nothing is refused.
 	StartingAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=starting_at,json=startingAt,proto3" json:"starting_at,omitempty"`
-	// Unset: open-ended.
+	// Unset: open-ended. The override prices usage dated from starting_at up
+	// to but not at ending_before, which must be after starting_at (at least a
+	// millisecond, what finer is dropped; INVALID_ARGUMENT naming
+	// override.ending_before otherwise).
 	EndingBefore  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -758,7 +775,12 @@ type Contract struct {
 	StartingAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=starting_at,json=startingAt,proto3" json:"starting_at,omitempty"`
 	// Unset: open-ended. Set only at creation: a switch to another contract is
 	// planned by ending this one here and starting the next from here. The last
-	// period keeps its monthly end (it is closed once that has passed).
+	// period keeps its monthly end (it is closed once that has passed). The
+	// contract is in force from starting_at up to but not at ending_before,
+	// which must be after starting_at (at least a millisecond, what finer is
+	// dropped, see the top of this file; INVALID_ARGUMENT naming ending_before
+	// otherwise): usage dated at ending_before is the next contract's, or
+	// NO_ACTIVE_CONTRACT.
 	EndingBefore *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
 	Overrides    []*PriceOverride       `protobuf:"bytes,6,rep,name=overrides,proto3" json:"overrides,omitempty"`
 	// The grants GrantCredits made naming this contract, and those naming only
@@ -1113,14 +1135,21 @@ type Grant struct {
 	// Products this grant may pay for; empty = all.
 	ApplicableProductIds []string               `protobuf:"bytes,8,rep,name=applicable_product_ids,json=applicableProductIds,proto3" json:"applicable_product_ids,omitempty"`
 	StartsAt             *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
-	// Unset: never expires.
+	// Unset: never expires. The grant pays usage dated from starts_at up to but
+	// not at expires_at, which must be after starts_at (at least a millisecond,
+	// what finer is dropped; INVALID_ARGUMENT naming grant.expires_at
+	// otherwise).
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// Decimal string in [0, 1]: share of the remainder that rolls over. Such a
-	// grant lasts until the end of the billing period in which it starts: usage
+	// grant lasts until the end of the billing period in which it starts (one
+	// starting exactly at a period's end starts the next period): usage
 	// dated at or after that end is never paid from it, even if it arrives
-	// before the rollover is done. Then that share (rounded down to 10^-12)
-	// moves into a ROLLOVER grant with the same cost basis, usable until the
-	// end of the next period, and the rest is breakage. (Grants created before
+	// before the rollover is done. A grant whose expires_at is at or before that
+	// end does not roll over: it expires, and what it holds then is breakage.
+	// Otherwise that share (rounded down to 10^-12)
+	// moves into a ROLLOVER grant with the same cost basis, usable from that
+	// end (usage dated exactly there draws on it) until the end of the next
+	// period, and the rest is breakage. (Grants created before
 	// this rule kept paying such usage until the rollover, and still do.) Its
 	// start must lie in a contract of its customer (a billing period to end):
 	// one starting when none is in force (before the first, between two, after

@@ -28,7 +28,21 @@
 // 1970-01-01T00:00:00Z and 8999-12-31T23:59:59.999Z, nanos 0-999,999,999;
 // anything else is INVALID_ARGUMENT naming the field. The bounds of a filter
 // (start_time, end_time, period_start_from, period_start_before) may be any
-// valid Timestamp.
+// valid Timestamp. State is kept in whole milliseconds, and a part finer than
+// a millisecond is read as follows. What a request sets (a contract's or an
+// override's starting_at and ending_before, a grant's starts_at and
+// expires_at, customers_created_after) has it dropped: the record holds, and
+// answers, the whole millisecond (a contract starting at 00:00:00.000999 starts
+// at 00:00:00.000, and a grant expiring at 10:00:00.000500 expires at
+// 10:00:00.000: usage at that millisecond is not paid from it). An instant a
+// read locates (at, PreviewInvoice's period_start, SimulateVersion's
+// period_start) has it dropped too, which changes no answer, every boundary
+// being a whole millisecond. An instant that must be exact (effective_from, on
+// an hour; ClosePeriod's and ExplainLineItem's period_start, a period's start)
+// is INVALID_ARGUMENT with such a part. A span's ends (GetRevenueReport's
+// period_start and period_end, SimulateVersion's period_end) and a filter's
+// bounds are compared to the nanosecond: a period starting at t is in a span
+// or filter ending at t + 0.5 ms.
 //
 // Decimal strings (amounts, prices, parameters, multipliers, thresholds, here
 // and in pricing.proto and alerts.proto) are written as JSON writes a number:

@@ -1213,7 +1213,9 @@ func (x *ExplainLineItemResponse) GetLineQuantity() string {
 
 // Finalises the invoice of the customer's period starting exactly at
 // period_start. A period that has not ended is FAILED_PRECONDITION (saying when
-// it ends); a period_start that is no period's start is INVALID_ARGUMENT (saying
+// it ends): a period has ended once the server's clock has reached its
+// period_end (at that instant, not a millisecond before; CloseDuePeriods finds
+// it due alike); a period_start that is no period's start is INVALID_ARGUMENT (saying
 // the nearest one); closing a closed period answers its invoice, changing
 // nothing. Afterwards events for that period are rejected with PERIOD_CLOSED.
 type ClosePeriodRequest struct {

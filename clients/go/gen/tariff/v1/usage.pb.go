@@ -173,8 +173,17 @@ type UsageEvent struct {
 	CustomerId    string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	// Selects the products this event feeds (Product.event_type).
 	EventType string `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
-	// When the usage happened: Unix milliseconds, UTC. At most 5 minutes in the
-	// future (by the server's clock), and not in a closed billing period.
+	// When the usage happened: Unix milliseconds, UTC. Positive (0, unset, is
+	// INVALID_EVENT "timestamp_ms is required", a negative one INVALID_EVENT
+	// too); at most 5 minutes (--future-skew-s) past the server's clock when the
+	// batch is rated, that instant included (later is TIMESTAMP_OUT_OF_RANGE);
+	// not in a closed billing period (PERIOD_CLOSED); and in a contract of the
+	// customer, from its starting_at up to but not at its ending_before
+	// (NO_ACTIVE_CONTRACT). It is the instant the rules read: the contract,
+	// billing period, rate card version and price override of the event are
+	// those in force at it, and the grants that may pay it those usable at it
+	// (credit whose breakage is already recorded aside), each window holding
+	// its start and not its end.
 	TimestampMs int64 `protobuf:"varint,4,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
 	// Dimensions a rate can match on (model, region, ...). Keys and values are
 	// free text, at most 256 bytes each, at most 64 entries.

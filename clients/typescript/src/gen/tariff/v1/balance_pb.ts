@@ -265,8 +265,11 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
    * overage and holds nothing) until an event with reservation_id settles it
    * (the hold is given back and the event charged what it costs), it is
    * released, or its TTL runs out. The hold is journaled before the answer.
-   * A release or settling event applied after the TTL finds it expired; a
-   * read may show it held until the server's clock next looks (every 50 ms).
+   * The hold ends at the instant it was made (the server's clock when it took
+   * the request, which its journaled command carries) plus the TTL: a release or settling event applied at
+   * or after that instant finds it expired (the event's own timestamp_ms
+   * plays no part); a read may show it held until the server's clock next
+   * looks (every 50 ms).
    * Under BLOCK, holds together never exceed the available credit. A
    * retroactive re-rating (PublishVersion or RollbackRateCard effective before
    * rated usage) takes an open hold again at its place in time: usage dated

@@ -28,7 +28,21 @@
 // 1970-01-01T00:00:00Z and 8999-12-31T23:59:59.999Z, nanos 0-999,999,999;
 // anything else is INVALID_ARGUMENT naming the field. The bounds of a filter
 // (start_time, end_time, period_start_from, period_start_before) may be any
-// valid Timestamp.
+// valid Timestamp. State is kept in whole milliseconds, and a part finer than
+// a millisecond is read as follows. What a request sets (a contract's or an
+// override's starting_at and ending_before, a grant's starts_at and
+// expires_at, customers_created_after) has it dropped: the record holds, and
+// answers, the whole millisecond (a contract starting at 00:00:00.000999 starts
+// at 00:00:00.000, and a grant expiring at 10:00:00.000500 expires at
+// 10:00:00.000: usage at that millisecond is not paid from it). An instant a
+// read locates (at, PreviewInvoice's period_start, SimulateVersion's
+// period_start) has it dropped too, which changes no answer, every boundary
+// being a whole millisecond. An instant that must be exact (effective_from, on
+// an hour; ClosePeriod's and ExplainLineItem's period_start, a period's start)
+// is INVALID_ARGUMENT with such a part. A span's ends (GetRevenueReport's
+// period_start and period_end, SimulateVersion's period_end) and a filter's
+// bounds are compared to the nanosecond: a period starting at t is in a span
+// or filter ending at t + 0.5 ms.
 //
 // Decimal strings (amounts, prices, parameters, multipliers, thresholds, here
 // and in pricing.proto and alerts.proto) are written as JSON writes a number:
@@ -318,7 +332,10 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
   startingAt?: Timestamp | undefined;
 
   /**
-   * Unset: open-ended.
+   * Unset: open-ended. The override prices usage dated from starting_at up
+   * to but not at ending_before, which must be after starting_at (at least a
+   * millisecond, what finer is dropped; INVALID_ARGUMENT naming
+   * override.ending_before otherwise).
    *
    * @generated from field: google.protobuf.Timestamp ending_before = 7;
    */
@@ -416,7 +433,12 @@ export type Contract = Message<"tariff.v1.Contract"> & {
   /**
    * Unset: open-ended. Set only at creation: a switch to another contract is
    * planned by ending this one here and starting the next from here. The last
-   * period keeps its monthly end (it is closed once that has passed).
+   * period keeps its monthly end (it is closed once that has passed). The
+   * contract is in force from starting_at up to but not at ending_before,
+   * which must be after starting_at (at least a millisecond, what finer is
+   * dropped, see the top of this file; INVALID_ARGUMENT naming ending_before
+   * otherwise): usage dated at ending_before is the next contract's, or
+   * NO_ACTIVE_CONTRACT.
    *
    * @generated from field: google.protobuf.Timestamp ending_before = 5;
    */
@@ -640,7 +662,10 @@ export type Grant = Message<"tariff.v1.Grant"> & {
   startsAt?: Timestamp | undefined;
 
   /**
-   * Unset: never expires.
+   * Unset: never expires. The grant pays usage dated from starts_at up to but
+   * not at expires_at, which must be after starts_at (at least a millisecond,
+   * what finer is dropped; INVALID_ARGUMENT naming grant.expires_at
+   * otherwise).
    *
    * @generated from field: google.protobuf.Timestamp expires_at = 10;
    */
@@ -648,11 +673,15 @@ export type Grant = Message<"tariff.v1.Grant"> & {
 
   /**
    * Decimal string in [0, 1]: share of the remainder that rolls over. Such a
-   * grant lasts until the end of the billing period in which it starts: usage
+   * grant lasts until the end of the billing period in which it starts (one
+   * starting exactly at a period's end starts the next period): usage
    * dated at or after that end is never paid from it, even if it arrives
-   * before the rollover is done. Then that share (rounded down to 10^-12)
-   * moves into a ROLLOVER grant with the same cost basis, usable until the
-   * end of the next period, and the rest is breakage. (Grants created before
+   * before the rollover is done. A grant whose expires_at is at or before that
+   * end does not roll over: it expires, and what it holds then is breakage.
+   * Otherwise that share (rounded down to 10^-12)
+   * moves into a ROLLOVER grant with the same cost basis, usable from that
+   * end (usage dated exactly there draws on it) until the end of the next
+   * period, and the rest is breakage. (Grants created before
    * this rule kept paying such usage until the rollover, and still do.) Its
    * start must lie in a contract of its customer (a billing period to end):
    * one starting when none is in force (before the first, between two, after

@@ -47,8 +47,17 @@ export type UsageEvent = Message<"tariff.v1.UsageEvent"> & {
   eventType: string;
 
   /**
-   * When the usage happened: Unix milliseconds, UTC. At most 5 minutes in the
-   * future (by the server's clock), and not in a closed billing period.
+   * When the usage happened: Unix milliseconds, UTC. Positive (0, unset, is
+   * INVALID_EVENT "timestamp_ms is required", a negative one INVALID_EVENT
+   * too); at most 5 minutes (--future-skew-s) past the server's clock when the
+   * batch is rated, that instant included (later is TIMESTAMP_OUT_OF_RANGE);
+   * not in a closed billing period (PERIOD_CLOSED); and in a contract of the
+   * customer, from its starting_at up to but not at its ending_before
+   * (NO_ACTIVE_CONTRACT). It is the instant the rules read: the contract,
+   * billing period, rate card version and price override of the event are
+   * those in force at it, and the grants that may pay it those usable at it
+   * (credit whose breakage is already recorded aside), each window holding
+   * its start and not its end.
    *
    * @generated from field: int64 timestamp_ms = 4;
    */
