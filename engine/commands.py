@@ -191,6 +191,7 @@ SERVER_SET_FIELDS = (
     "rerate_counts_closed_events_once",
     "empty_count_missing",
     "prices_rounded_in_range",
+    "expiring_at_rollover_rolls",
 )
 
 
@@ -205,8 +206,12 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     that grant in the kernel; False (commands stored before it) applies as it applied then.
     `rollover_start_in_contract`: set by the server likewise, so a grant with a rollover fraction whose start no
     contract of its customer covers (it would have no billing period to roll over at the end of, and so never
-    roll over) is refused; False (commands stored before it) grants it as it was granted then. None of them is
-    part of a request's fingerprint (engine/control.py)."""
+    roll over) is refused; False (commands stored before it) grants it as it was granted then.
+    `expiring_at_rollover_rolls`: set by the server likewise, so a grant with a rollover fraction whose expires_at
+    is exactly the end of the billing period it starts in (its rollover) rolls over there, as one with no expiry
+    or a later one does (its credits are usable up to that end); False (commands stored before it) keeps the
+    older rule, under which such a grant simply expired, all of its remainder breakage. None of them is part of a
+    request's fingerprint (engine/control.py)."""
 
     at_ms: int
     actor: str
@@ -225,6 +230,7 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     paid_at_picos: bool = False
     made_ids_refused: bool = False
     rollover_start_in_contract: bool = False
+    expiring_at_rollover_rolls: bool = False
 
 
 class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):

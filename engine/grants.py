@@ -74,6 +74,7 @@ class GrantCommands(ControlPlane):
             expires_at_ms=c.expires_at_ms,
             rollover_fraction=rollover,
             use_ends_at_rollover=c.use_ends_at_rollover,
+            expiring_at_rollover_rolls=c.expiring_at_rollover_rolls,
             created_at_ms=shared_int(c.at_ms),
             creation_order=self.state.grants_created,
         )

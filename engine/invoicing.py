@@ -94,8 +94,10 @@ class InvoiceCommands(ControlPlane):
 
     def _rollovers_due(self, customer_id: str, period_end_ms: int) -> dict[str, tuple[int, int]]:
         """The customer's grants that roll over by period_end_ms (at the end of the billing period each starts in,
-        unless it expires by then and simply breaks: as the kernel's rollover_at), by id: (when, rollover fraction
-        at 10^-18). A draft shows them as the clock will roll them (those already rolled keep what they rolled)."""
+        unless it expires before then and simply breaks, or, granted before GrantCredits'
+        `expiring_at_rollover_rolls`, expires exactly then: as the kernel's rollover_at), by id: (when, rollover
+        fraction at 10^-18). A draft shows them as the clock will roll them (those already rolled keep what they
+        rolled)."""
         due: dict[str, tuple[int, int]] = {}
         for grant in self.state.accounts[customer_id].grants:
             if grant.rollover_fraction <= 0:
@@ -104,8 +106,7 @@ class InvoiceCommands(ControlPlane):
             if contract is None:
                 continue
             rolls_at_ms = self._period_of(contract, grant.starts_at_ms)[1]
-            expires_first = grant.expires_at_ms is not None and grant.expires_at_ms <= rolls_at_ms
-            if rolls_at_ms <= period_end_ms and not expires_first:
+            if rolls_at_ms <= period_end_ms and not grant.expires_before_rollover(rolls_at_ms):
                 due[grant.id] = (rolls_at_ms, int(grant.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT)))
         return due
 

@@ -43,6 +43,9 @@ class Grant(msgspec.Struct, gc=False):
     request: bytes = b""  # the GrantCredits' fingerprint (its retry key, as Customer.request)
     # With a rollover fraction: usable only for usage dated before its rollover (GrantCredits.use_ends_at_rollover).
     use_ends_at_rollover: bool = False
+    # With a rollover fraction and expires_at exactly at its rollover: rolls over there instead of simply expiring
+    # (GrantCredits.expiring_at_rollover_rolls).
+    expiring_at_rollover_rolls: bool = False
 
     def __post_init__(self) -> None:
         if self.remaining == -1:
@@ -61,3 +64,13 @@ class Grant(msgspec.Struct, gc=False):
         # Exactly, in integers: drawn picos x paid / amount picos, in picos of the currency.
         paid_numerator, paid_denominator = self.paid_amount.as_integer_ratio()
         return round_ratio(drawn * paid_numerator * PICOS_PER_UNIT, self.amount * paid_denominator)
+
+    def expires_before_rollover(self, rolls_at_ms: int) -> bool:
+        """Whether the grant, with a rollover at rolls_at_ms (the end of the billing period it starts in), simply
+        expires instead (as the kernel's `rollover_at`): it expires before then, or exactly then and was granted
+        before GrantCredits' `expiring_at_rollover_rolls` (its credits usable up to that end, it rolls over)."""
+        if self.expires_at_ms is None:
+            return False
+        return self.expires_at_ms < rolls_at_ms or (
+            self.expires_at_ms == rolls_at_ms and not self.expiring_at_rollover_rolls
+        )

@@ -357,7 +357,8 @@ def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, peri
     contract in force at its start, as the rating kernel reads it (`rollover_at`). The kernel records the period in
     force just before that end, which after a switch is the next contract's (its first period overlaps the old
     contract's last, which keeps its monthly end), so that period's line broke credits the old period's invoice lists
-    as expired. Any other entry: the kernel's `period_start`."""
+    as expired. Any other entry (a grant that simply expired instead, `Grant.expires_before_rollover`, included): the
+    kernel's `period_start`."""
     if ledger is None or not ledger.grant.rollover_fraction:
         return period_start
     grant = ledger.grant
@@ -365,7 +366,7 @@ def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, peri
     if started is None:
         return period_start
     start, end = period_of(started, grant.starts_at_ms)
-    return start if grant.expires_at_ms is None or grant.expires_at_ms > end else period_start
+    return period_start if grant.expires_before_rollover(end) else start
 
 
 def _closed_at(engine: Engine, customer: str) -> dict[int, int]:

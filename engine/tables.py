@@ -116,6 +116,7 @@ class GrantTable(msgspec.Struct):
     creation_order: int
     rollover_fraction_e18: str = "0"  # at 10^-18, in [0, 10^18]: the share of the remainder that rolls over
     use_ends_at_rollover: bool = False  # usable only for usage dated before its rollover (engine/ledger.py)
+    expiring_at_rollover_rolls: bool = False  # expiring exactly at its rollover, rolls over there (engine/ledger.py)
 
 
 class CustomerTable(msgspec.Struct):
@@ -386,6 +387,7 @@ class TableCompiler:
                 g.creation_order,
                 str(int(g.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT))),
                 g.use_ends_at_rollover,
+                g.expiring_at_rollover_rolls,
             )
             for g in account.grants
         ]

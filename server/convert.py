@@ -526,6 +526,7 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         paid_at_picos=True,
         made_ids_refused=True,
         rollover_start_in_contract=True,
+        expiring_at_rollover_rolls=True,
     )
 
 

@@ -1101,7 +1101,9 @@ class ReferenceCredits(ReferenceRating):
     max_per_period times per calendar month (the contracts here start on the 1st); at a clock tick due holds end,
     then grants whose month has ended roll over (`rollover`: grant id -> fraction, see `_roll_over`), then what
     expired grants still hold becomes breakage. A grant of `use_ends_at_rollover` with a rollover fraction pays
-    only for usage dated before the end of its month (its rollover), whenever that usage arrives."""
+    only for usage dated before the end of its month (its rollover), whenever that usage arrives. A grant of
+    `expiring_at_rollover_rolls` whose expiry is exactly that end rolls over there (its credit is usable up to it);
+    any other grant expiring at or before that end just expires (its GrantCredits stored before the rule)."""
 
     def __init__(
         self,
@@ -1109,6 +1111,7 @@ class ReferenceCredits(ReferenceRating):
         top_up: RTopUp | None = None,
         rollover: dict[str, Decimal] | None = None,
         use_ends_at_rollover: Collection[str] = (),
+        expiring_at_rollover_rolls: Collection[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -1119,6 +1122,7 @@ class ReferenceCredits(ReferenceRating):
         # Grants still to roll over (id -> fraction in (0, 1]) and, once rolled, what each moved out.
         self.rollover = {grant_id: f for grant_id, f in (rollover or {}).items() if f > 0}
         self.rolled_out: dict[str, Decimal] = {}
+        self.expiring_at_rollover_rolls = set(expiring_at_rollover_rolls)
         for grant in self.grants:
             if grant.id in use_ends_at_rollover and grant.id in self.rollover:
                 end_ms = _month_start_ms(*month_of(grant.starts_at_ms), months_later=1)
@@ -1247,7 +1251,8 @@ class ReferenceCredits(ReferenceRating):
 
     def _roll_over(self, now_ms: int) -> None:
         """A grant with a rollover fraction lasts until the end of the calendar month in which it starts (one that
-        expires at or before that end just expires). At the first tick at or after that end, the grant's credit
+        expires before that end just expires; one that expires exactly then rolls over if it is of
+        `expiring_at_rollover_rolls`, else just expires). At the first tick at or after that end, the grant's credit
         (what it has left plus what open holds took from it) splits: fraction x credit, rounded down to the pico,
         moves into a new ROLLOVER grant (same priority and products, usable from that end until the end of the
         next month, never rolling again), the rest is breakage right away. A hold is treated as if it had ended
@@ -1259,7 +1264,8 @@ class ReferenceCredits(ReferenceRating):
             if fraction is None:
                 continue
             end_ms = _month_start_ms(*month_of(grant.starts_at_ms), months_later=1)
-            if grant.expires_at_ms is not None and grant.expires_at_ms <= end_ms:
+            tie_rolls = grant.expires_at_ms == end_ms and grant.id in self.expiring_at_rollover_rolls
+            if grant.expires_at_ms is not None and grant.expires_at_ms <= end_ms and not tie_rolls:
                 del self.rollover[grant.id]
                 continue
             if now_ms < end_ms:

@@ -214,32 +214,34 @@ def test_a_grants_sub_millisecond_expiry_is_dropped_so_its_whole_millisecond_is_
         assert (balance.period_charges, balance.overage_amount) == ("2", "1")
 
 
-def test_at_a_past_period_end_the_rollover_is_usable_from_exactly_that_end_and_a_tie_with_expiry_breaks_whole(
+def test_at_a_past_period_end_the_rollover_is_usable_from_exactly_that_end_and_a_tie_with_expiry_rolls_over(
     server: ServerProcess,
 ) -> None:
     """Contract `rl-k` from the start of last month (P0), so its periods are [P0, E) and [E, E2), E the start of
     this month (already past) and E2 that of next month. Prepaid grants, each with rollover_fraction 0.5:
       - `r`: 10 credits paid 20 (2 a credit), priority 0, from the contract's start, no expiry: at E, 0.5 x 10 = 5
         roll into `rollover-r-<E>` (ROLLOVER, priority 0, usable from E exactly until E2), 5 break;
-      - `tie`: 10 credits paid 10, priority 9, expiring exactly at E: it expires by its period's end, so it simply
-        breaks (README "Rollover": a rollover grant that expires by then): 10 expired, no ROLLOVER grant;
+      - `tie`: 10 credits paid 10, priority 9, expiring exactly at E, its period's end: its credits are there up to
+        that end, so it rolls over there as `r` does (README "Rollover": only a grant expiring before then simply
+        breaks): 0.5 x 10 = 5 roll into `rollover-tie-<E>` (ROLLOVER, priority 9, usable from E until E2), 5 break;
       - `next`: 4 credits paid 4, priority 5, starting exactly at E: its billing period is [E, E2), so it rolls at
         E2, not at E, and pays from E.
     Once the clock has passed E (the grants are made after it), one unit dated E - 1 ms (late usage of the open
-    first period) finds `r` and `tie` broken (breakage is final) and `next` not started: 1 of overage. One unit at
-    E draws on `rollover-r-<E>` (priority 0 before `next`'s 5). The first period's draft: the line 1, overage 1,
-    balances r (10 granted, 5 drawn, 0, 5 expired), tie (10, 0, 0, 10) and not `next` (it starts at the period's
-    end). The second's: the line 1 paid by the rolled grant; `next` shows as it will roll at E2, the draft's end
-    (2 drawn into its ROLLOVER grant, 2 expired), and `rollover-r-<E>`, expiring at E2 too, 1 drawn and 4 expired.
-    Revenue (README "Revenue"), by each grant's last usable instant (E - 1, in [P0, E)) and start:
-      [P0, E): sold 20 + 10 = 30; breakage r 5 x 2 = 10, tie 10 x 1 = 10; recognised from credits 0, from
-        overage 1 x 1 USD = 1; deferred 30 - 20 = 10 (r's 5 rolled credits at 2);
-      [E, E2): sold 4 (`next`, starting exactly at E); recognised 1 credit at r's 2 = 2; deferred 10 + 4 - 2 = 12.
+    first period) finds `r` and `tie` rolled over (the rollover is final; the ROLLOVER grants start at E) and
+    `next` not started: 1 of overage. One unit at E draws on `rollover-r-<E>` (priority 0 before `next`'s 5 and
+    `rollover-tie-<E>`'s 9). The first period's draft: the line 1, overage 1, balances r (10 granted, 5 drawn, 0,
+    5 expired), tie (10, 5, 0, 5) and not `next` (it starts at the period's end). The second's: the line 1 paid
+    by the rolled grant; `next` shows as it will roll at E2, the draft's end (2 drawn into its ROLLOVER grant, 2
+    expired), `rollover-r-<E>`, expiring at E2 too, 1 drawn and 4 expired, and `rollover-tie-<E>` 0 drawn and 5
+    expired. Revenue (README "Revenue"), by each grant's last usable instant (E - 1, in [P0, E)) and start:
+      [P0, E): sold 20 + 10 = 30; breakage r 5 x 2 = 10, tie 5 x 1 = 5; recognised from credits 0, from
+        overage 1 x 1 USD = 1; deferred 30 - 15 = 15 (r's 5 rolled credits at 2, tie's 5 at 1);
+      [E, E2): sold 4 (`next`, starting exactly at E); recognised 1 credit at r's 2 = 2; deferred 15 + 4 - 2 = 17.
     """
     now = datetime.now(UTC)
     p0, e = month_start(now.year, now.month - 1), month_start(now.year, now.month)
     e2 = month_start(now.year, now.month + 1)
-    rolled = f"rollover-r-{e}"
+    rolled, tied = f"rollover-r-{e}", f"rollover-tie-{e}"
     with server.client() as client:
         open_contract(client, "rl", "rl-k", p0, rate_card_id=CARD)
         promotional(client, "rl", "r", "10", "20", contract_id="rl-k", rollover_fraction="0.5")
@@ -257,7 +259,7 @@ def test_at_a_past_period_end_the_rollover_is_usable_from_exactly_that_end_and_a
         promotional(
             client, "rl", "next", "4", "4", contract_id="rl-k", priority=5, rollover_fraction="0.5", starts_at=stamp(e)
         )
-        assert wait_for(lambda: rolled in grants(client, "rl"), 15)
+        assert wait_for(lambda: {rolled, tied} <= set(grants(client, "rl")), 15)
         assert send(client, work("late", "rl", e - 1), work("edge", "rl", e)) == []
 
         balance = client.get_balance("rl")
@@ -267,9 +269,10 @@ def test_at_a_past_period_end_the_rollover_is_usable_from_exactly_that_end_and_a
         unset = Timestamp()
         assert shown == {
             "r": (contracts_pb2.PREPAID, "5", "0", "5", stamp(p0), unset),
-            "tie": (contracts_pb2.PREPAID, "0", "0", "10", stamp(p0), stamp(e)),
+            "tie": (contracts_pb2.PREPAID, "5", "0", "5", stamp(p0), stamp(e)),
             "next": (contracts_pb2.PREPAID, "0", "4", "0", stamp(e), unset),
             rolled: (contracts_pb2.ROLLOVER, "1", "4", "0", stamp(e), stamp(e2)),
+            tied: (contracts_pb2.ROLLOVER, "0", "5", "0", stamp(e), stamp(e2)),
         }
         assert (balance.period_start, balance.period_charges, balance.overage_amount) == (stamp(e), "1", "0")
 
@@ -283,7 +286,7 @@ def test_at_a_past_period_end_the_rollover_is_usable_from_exactly_that_end_and_a
         assert [(ln.quantity, ln.amount, ln.overage) for ln in first.lines] == [("1", "1", "1")]
         assert [(b.grant_id, b.granted, b.drawn, b.remaining, b.expired) for b in first.grant_balances] == [
             ("r", "10", "5", "0", "5"),
-            ("tie", "10", "0", "0", "10"),
+            ("tie", "10", "5", "0", "5"),
         ]
         assert [(ln.quantity, ln.amount, ln.overage) for ln in second.lines] == [("1", "1", "0")]
         assert [(c.grant_id, c.credits) for c in second.credits_applied] == [(rolled, "1")]
@@ -292,9 +295,10 @@ def test_at_a_past_period_end_the_rollover_is_usable_from_exactly_that_end_and_a
         ) == sorted(
             [
                 ("r", "10", "5", "0", "5"),
-                ("tie", "10", "0", "0", "10"),
+                ("tie", "10", "5", "0", "5"),
                 ("next", "4", "2", "0", "2"),
                 (rolled, "5", "1", "0", "4"),
+                (tied, "5", "0", "0", "5"),
             ]
         )
 
@@ -304,14 +308,14 @@ def test_at_a_past_period_end_the_rollover_is_usable_from_exactly_that_end_and_a
         assert [
             (ln.period_start, ln.recognized_credits, ln.recognized_overage, ln.breakage, ln.deferred)
             for ln in report.customer_lines
-        ] == [(stamp(p0), "0", "1", "20", "10"), (stamp(e), "2", "0", "0", "12")]
+        ] == [(stamp(p0), "0", "1", "15", "15"), (stamp(e), "2", "0", "0", "17")]
         r = report.reconciliation
         assert (r.deferred_start, r.prepaid_sold, r.recognized_credits, r.breakage, r.deferred_end, r.reconciles) == (
             "0",
             "34",
             "2",
-            "20",
-            "12",
+            "15",
+            "17",
             True,
         )
 

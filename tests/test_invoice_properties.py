@@ -191,14 +191,17 @@ def histories(draw: st.DrawFn) -> History:
     )
     grants = tuple(
         (
-            draw(st.sampled_from(sorted(CUSTOMERS))),
+            customer,
             draw(decimals(1, 300, 2)),
             draw(st.integers(0, 1)),
             tuple(sorted(draw(st.sets(st.sampled_from(sorted(PRODUCTS)), max_size=2)))),
-            draw(st.sampled_from([None, EPOCH_MS + 20 * DAY_MS])),
+            # None, mid-period, or exactly at the end of the customer's first period (January's 31 days): a grant
+            # rolling over there rolls over at its expiry (GrantCredits.expiring_at_rollover_rolls).
+            draw(st.sampled_from([None, EPOCH_MS + 20 * DAY_MS, CUSTOMERS[customer] + 31 * DAY_MS])),
             draw(st.sampled_from(["", "", "0.5", "1"])),
         )
         for _ in range(draw(st.integers(0, 3)))
+        for customer in (draw(st.sampled_from(sorted(CUSTOMERS))),)
     )
     switch_hour = draw(st.none() | st.integers(3 * 24, 10 * 24))
     top_up = draw(

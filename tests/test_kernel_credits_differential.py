@@ -58,6 +58,7 @@ class GrantSpec:
     expires_in_ms: int | None
     rollover_fraction: str = ""
     use_ends_at_rollover: bool = False
+    expiring_at_rollover_rolls: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def runs(draw: st.DrawFn) -> Run:
                 st.one_of(st.none(), st.integers(1, 300_000)),
                 st.sampled_from(FRACTIONS),
                 st.booleans(),
+                st.booleans(),
             ),
             min_size=1,
             max_size=3,
@@ -130,7 +132,7 @@ def runs(draw: st.DrawFn) -> Run:
 
 def setup(run: Run) -> tuple[Ledger, ReferenceCredits]:
     world = basic_world(overage_policy=OveragePolicy.BLOCK if run.block else OveragePolicy.ALLOW)
-    ref_grants, rollover, ends_at_rollover = [], {}, set()
+    ref_grants, rollover, ends_at_rollover, tie_rolls = [], {}, set(), set()
     for index, spec in enumerate(run.grants):
         expires = run.start_ms + spec.expires_in_ms if spec.expires_in_ms is not None else None
         fraction = spec.rollover_fraction
@@ -140,6 +142,9 @@ def setup(run: Run) -> tuple[Ledger, ReferenceCredits]:
         if spec.use_ends_at_rollover:
             command = msgspec.structs.replace(command, use_ends_at_rollover=True)
             ends_at_rollover.add(f"g{index}")
+        if spec.expiring_at_rollover_rolls:
+            command = msgspec.structs.replace(command, expiring_at_rollover_rolls=True)
+            tie_rolls.add(f"g{index}")
         world.apply(command)
         ref_grants.append(
             RGrant(f"g{index}", Decimal(spec.amount * PICOS), spec.priority, (), EPOCH_MS, expires, index)
@@ -164,6 +169,7 @@ def setup(run: Run) -> tuple[Ledger, ReferenceCredits]:
         top_up=policy,
         rollover=rollover,
         use_ends_at_rollover=ends_at_rollover,
+        expiring_at_rollover_rolls=tie_rolls,
     )
     return ledger, oracle
 
@@ -262,6 +268,21 @@ def runs_using_credit_dated_after_a_period_end(draw: st.DrawFn) -> Run:
     return dataclasses.replace(run, grants=(first, *run.grants[1:]), start_ms=FEB_MS - 1_000, ops=ops)
 
 
+@st.composite
+def runs_with_a_grant_expiring_at_its_rollover(draw: st.DrawFn) -> Run:
+    """Runs whose first grant has a rollover fraction and expires exactly at January's end, its rollover: granted as
+    the server grants now (it rolls over there) or as before `expiring_at_rollover_rolls` (it just expires), with
+    holds open across that end and a tick past it, then any operations."""
+    run = draw(runs_holding_across_a_period_end())
+    first = dataclasses.replace(
+        run.grants[0],
+        expires_in_ms=FEB_MS - run.start_ms,
+        rollover_fraction=draw(st.sampled_from(FRACTIONS[1:])),
+        expiring_at_rollover_rolls=draw(st.booleans()),
+    )
+    return dataclasses.replace(run, grants=(first, *run.grants[1:]))
+
+
 @given(runs())
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_holds_top_ups_and_breakage_agree_with_the_oracle_and_replay_identically(run: Run) -> None:
@@ -304,3 +325,9 @@ def state(billing: Billing) -> bytes:
     billing.refresh_tables()
     billing.kernel.check_due_index()
     return billing.kernel.snapshot()
+
+
+@given(runs_with_a_grant_expiring_at_its_rollover())
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_grant_expiring_at_its_rollover_agrees_with_the_oracle_and_replays_identically(run: Run) -> None:
+    check(run)

@@ -440,6 +440,7 @@ pub fn top_up(
         expires_at_ms: None,
         creation_order,
         usable_before_ms: NEVER_MS,
+        expiring_at_rollover_rolls: false,
     });
     account.order = burn_order(&account.grants);
     clock.notify(Notice {
@@ -781,12 +782,16 @@ fn bound_use_at_rollover(account: &mut Account, grant_id: &str) {
 }
 
 /// When a grant with a rollover fraction rolls over: the end of the billing period in which it starts
-/// (None when no contract covers its start, or it expires first and simply breaks).
+/// (None when no contract covers its start, or it expires first and simply breaks: before that end, or
+/// exactly at it when its GrantCredits came before `expiring_at_rollover_rolls`; with the flag a grant
+/// expiring exactly then, usable up to that end, rolls over there). At a tie the rollover comes first in
+/// `advance_account`, so the expiry finds nothing left.
 fn rollover_at(account: &Account, grant: &Grant) -> Option<i64> {
     let route = account.route.as_ref()?;
     let contract = route.contracts.iter().find(|c| c.covers(grant.starts_at_ms))?;
     let end = period_containing(contract.starting_at_ms, grant.starts_at_ms).1;
-    grant.expires_at_ms.is_none_or(|expiry| expiry > end).then_some(end)
+    let rolls = |expiry: i64| expiry > end || (expiry == end && grant.expiring_at_rollover_rolls);
+    grant.expires_at_ms.is_none_or(rolls).then_some(end)
 }
 
 /// How `advance_clock` names the ROLLOVER grant of `<grant>` at `<period end ms>`.
@@ -893,6 +898,7 @@ fn roll_over(account: &mut Account, now_ms: i64, rules: Rollovers) -> u32 {
                 expires_at_ms: next_end,
                 creation_order: MADE_CREATION_ORDER_BASE + (1 << 40) + original.creation_order,
                 usable_before_ms: NEVER_MS,
+                expiring_at_rollover_rolls: false,
             };
             account.grants.push(grant);
             account.order = burn_order(&account.grants);

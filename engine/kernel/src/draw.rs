@@ -38,6 +38,11 @@ pub struct Grant {
     /// the route, as recovery installs them before serving: a snapshot does not carry it.
     #[serde(skip, default = "never")]
     pub usable_before_ms: i64,
+    /// With a rollover fraction and an expiry exactly at its rollover: rolls over there instead of simply
+    /// expiring (`GrantTable::expiring_at_rollover_rolls`; `credits::rollover_at`); false for every other grant.
+    /// Taken from the tables when they are installed, as `usable_before_ms`: a snapshot does not carry it.
+    #[serde(skip)]
+    pub expiring_at_rollover_rolls: bool,
 }
 
 impl Grant {
@@ -179,6 +184,7 @@ mod tests {
             expires_at_ms: expires,
             creation_order: order,
             usable_before_ms: NEVER_MS,
+            expiring_at_rollover_rolls: false,
         }
     }
 

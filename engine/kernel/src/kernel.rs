@@ -1500,6 +1500,7 @@ fn compile_customers(
                 expires_at_ms: table.expires_at_ms,
                 creation_order: table.creation_order,
                 usable_before_ms: NEVER_MS, // bounded at install (credits::note_rollovers)
+                expiring_at_rollover_rolls: table.expiring_at_rollover_rolls,
             };
             match grants.iter_mut().find(|g| g.id == fresh.id) {
                 Some(known) => {

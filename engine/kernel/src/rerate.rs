@@ -1149,6 +1149,7 @@ mod tests {
                 expires_at_ms: None,
                 rollover_fraction_e18: String::new(),
                 use_ends_at_rollover: false,
+                expiring_at_rollover_rolls: false,
                 creation_order: i as i64,
             })
             .collect();

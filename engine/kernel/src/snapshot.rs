@@ -928,6 +928,7 @@ mod tests {
             expires_at_ms: Some(5),
             creation_order: 0,
             usable_before_ms: crate::draw::NEVER_MS,
+            expiring_at_rollover_rolls: false,
         }
     }
 

@@ -117,6 +117,11 @@ pub struct GrantTable {
     /// GrantCredits carries the flag; tables from before it have none: false, usable until it rolls over).
     #[serde(default)]
     pub use_ends_at_rollover: bool,
+    /// With a rollover fraction and expires_at exactly at its rollover: rolls over there, as with no expiry (a
+    /// grant granted since GrantCredits carries the flag; tables from before it have none: false, it simply
+    /// expires there, its remainder breakage).
+    #[serde(default)]
+    pub expiring_at_rollover_rolls: bool,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Tables, String> {

@@ -67,6 +67,7 @@ fn tables() -> Tables {
                 expires_at_ms: None,
                 rollover_fraction_e18: String::new(),
                 use_ends_at_rollover: false,
+                expiring_at_rollover_rolls: false,
                 creation_order: 0,
             }],
             closed_periods: vec![],

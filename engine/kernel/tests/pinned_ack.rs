@@ -87,6 +87,7 @@ fn grant(id: &str, amount: &str, priority: i64, applicable: &[&str], expires: Op
         creation_order: order,
         rollover_fraction_e18: String::new(),
         use_ends_at_rollover: false,
+        expiring_at_rollover_rolls: false,
     }
 }
 

@@ -99,6 +99,7 @@ fn tables(customers: usize, regions: usize) -> Tables {
                     creation_order: 0,
                     rollover_fraction_e18: String::new(),
                     use_ends_at_rollover: false,
+                    expiring_at_rollover_rolls: false,
                 }],
                 closed_periods: vec![],
             })
