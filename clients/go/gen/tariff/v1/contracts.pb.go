@@ -1144,13 +1144,16 @@ type Grant struct {
 	// grant lasts until the end of the billing period in which it starts (one
 	// starting exactly at a period's end starts the next period): usage
 	// dated at or after that end is never paid from it, even if it arrives
-	// before the rollover is done. A grant whose expires_at is at or before that
-	// end does not roll over: it expires, and what it holds then is breakage.
-	// Otherwise that share (rounded down to 10^-12)
-	// moves into a ROLLOVER grant with the same cost basis, usable from that
-	// end (usage dated exactly there draws on it) until the end of the next
-	// period, and the rest is breakage. (Grants created before
-	// this rule kept paying such usage until the rollover, and still do.) Its
+	// before the rollover is done. (Grants created before this rule kept paying
+	// such usage until the rollover, and still do.) A grant whose expires_at is
+	// before that end does not roll over: it expires, and what it holds then is
+	// breakage. One whose expires_at is exactly that end (its credits usable up
+	// to, not at, it, as the period's) rolls over there like one with no expiry
+	// or a later one. (Grants created before that rule simply expired at such a
+	// tie, nothing rolling over, and still do.) At that end the share (rounded
+	// down to 10^-12) moves into a ROLLOVER grant with the same cost basis,
+	// usable from that end (usage dated exactly there draws on it) until the end
+	// of the next period, and the rest is breakage. Its
 	// start must lie in a contract of its customer (a billing period to end):
 	// one starting when none is in force (before the first, between two, after
 	// the last, or now by default with no contract in force) is
