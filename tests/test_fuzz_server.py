@@ -61,6 +61,9 @@ METHODS: list[descriptor.MethodDescriptor] = [
 ]
 # Server-streaming RPCs that watch for changes: running until the deadline is their normal behaviour.
 WATCHES = {"WatchBalance", "WatchAlerts"}
+# A watch of a quiet server sends nothing (no heartbeat) until its deadline: a shorter one shows as much,
+# sooner (a watch that answers is cancelled after three messages; a refusal comes at once).
+WATCH_DEADLINE_S = 2.0
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 ACME = "acme"
 
@@ -326,26 +329,31 @@ def _path(method: descriptor.MethodDescriptor) -> str:
     return f"/{method.containing_service.full_name}/{method.name}"
 
 
+def _deadline_s(method: descriptor.MethodDescriptor) -> float:
+    return WATCH_DEADLINE_S if method.name in WATCHES else DEADLINE_S
+
+
 def invoke(chan: grpc.Channel, method: descriptor.MethodDescriptor, requests: Sequence[message.Message]) -> Any:
     """Calls the method with these requests (one unless the client streams); returns (code, responses)."""
     response_class = message_factory.GetMessageClass(method.output_type)
     kwargs = {"request_serializer": lambda m: m.SerializeToString(), "response_deserializer": response_class.FromString}
     path = _path(method)
     responses: list[message.Message] = []
+    deadline_s = _deadline_s(method)
     try:
         if method.client_streaming and method.server_streaming:
-            responses = list(chan.stream_stream(path, **kwargs)(iter(requests), timeout=DEADLINE_S))
+            responses = list(chan.stream_stream(path, **kwargs)(iter(requests), timeout=deadline_s))
         elif method.client_streaming:
-            responses = [chan.stream_unary(path, **kwargs)(iter(requests), timeout=DEADLINE_S)]
+            responses = [chan.stream_unary(path, **kwargs)(iter(requests), timeout=deadline_s)]
         elif method.server_streaming:
-            call = chan.unary_stream(path, **kwargs)(requests[0], timeout=DEADLINE_S)
+            call = chan.unary_stream(path, **kwargs)(requests[0], timeout=deadline_s)
             for response in call:
                 responses.append(response)
                 if len(responses) >= 3:  # a watch that answers is alive; enough
                     call.cancel()
                     break
         else:
-            responses = [chan.unary_unary(path, **kwargs)(requests[0], timeout=DEADLINE_S)]
+            responses = [chan.unary_unary(path, **kwargs)(requests[0], timeout=deadline_s)]
     except grpc.RpcError as exc:
         return exc.code(), responses, exc.details()
     return grpc.StatusCode.OK, responses, ""
@@ -532,16 +540,17 @@ def _with_placeholder(desc: descriptor.Descriptor, path: list[descriptor.FieldDe
 
 def raw_call(chan: grpc.Channel, method: descriptor.MethodDescriptor, body: bytes) -> tuple[grpc.StatusCode, str]:
     path = _path(method)
+    deadline_s = _deadline_s(method)
     try:
         if method.client_streaming and method.server_streaming:
-            list(chan.stream_stream(path)(iter([body]), timeout=DEADLINE_S))
+            list(chan.stream_stream(path)(iter([body]), timeout=deadline_s))
         elif method.client_streaming:
-            chan.stream_unary(path)(iter([body]), timeout=DEADLINE_S)
+            chan.stream_unary(path)(iter([body]), timeout=deadline_s)
         elif method.server_streaming:
-            for _ in chan.unary_stream(path)(body, timeout=DEADLINE_S):
+            for _ in chan.unary_stream(path)(body, timeout=deadline_s):
                 break
         else:
-            chan.unary_unary(path)(body, timeout=DEADLINE_S)
+            chan.unary_unary(path)(body, timeout=deadline_s)
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""
