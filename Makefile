@@ -165,11 +165,19 @@ run: install proto
 # every server binds a free port of its own and every test has its own tmp_path, so they do not collide.
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+# The three clients' tests run at once (each mostly waits on its own server processes, on ports of their own;
+# -O keeps each one's output together): about the wall time of the longest, Java's, not of the three.
 test: install lint kernel-check
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL)
-	$(MAKE) --no-print-directory test-ts
-	$(MAKE) --no-print-directory test-go
-	$(MAKE) --no-print-directory test-java
+	$(MAKE) --no-print-directory test-clients
+
+CLIENT_TESTS := test-ts test-go test-java
+.PHONY: test-clients
+test-clients: install
+ifeq ($(HAVE_NODE),yes)
+	$(MAKE) --no-print-directory ts-install
+endif
+	$(MAKE) --no-print-directory -j$(words $(CLIENT_TESTS)) --output-sync=target $(CLIENT_TESTS)
 
 test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) -m "not slow"
