@@ -71,12 +71,16 @@ def test_full_map_refuses_whole_batches_from_concurrent_clients_and_a_bigger_map
 
         async def writer(k: int) -> None:
             rng = random.Random(k)
+            # wait_for_ready: CHANNEL_OPTIONS' 50 ms reconnect backoff also makes gRPC's connect timeout its 100 ms
+            # floor, which a starved server's handshake can miss (UNAVAILABLE, "connection attempt timed out
+            # before receiving SETTINGS frame", seen under pytest -n 3 at load 6); the call then waits for the
+            # channel within its own timeout, and every refusal the server sends is still checked below.
             async with grpc.aio.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
                 stub = usage_pb2_grpc.UsageServiceStub(channel)
                 for n in range(500):
                     sent = load.make_batch(rng, f"fill-w{k}-b{n}", "storm")
                     try:
-                        ack = await stub.IngestUsageBatch(sent.message, timeout=RPC_TIMEOUT_S)
+                        ack = await stub.IngestUsageBatch(sent.message, timeout=RPC_TIMEOUT_S, wait_for_ready=True)
                     except grpc.aio.AioRpcError as exc:
                         # Also for a batch pipelined behind the commit that found the map full.
                         assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
@@ -109,11 +113,11 @@ def test_full_map_refuses_whole_batches_from_concurrent_clients_and_a_bigger_map
         async with grpc.aio.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
             stub = usage_pb2_grpc.UsageServiceStub(channel)
             for sent in refused:
-                ack = await stub.IngestUsageBatch(sent.message, timeout=RPC_TIMEOUT_S)
+                ack = await stub.IngestUsageBatch(sent.message, timeout=RPC_TIMEOUT_S, wait_for_ready=True)
                 assert (ack.accepted, ack.duplicates, list(ack.rejected)) == (sent.size, 0, []), ack
                 load.record_ack(sent, ack)
             for sent in [b for b in load.sent.values() if b not in refused]:
-                ack = await stub.IngestUsageBatch(sent.message, timeout=RPC_TIMEOUT_S)
+                ack = await stub.IngestUsageBatch(sent.message, timeout=RPC_TIMEOUT_S, wait_for_ready=True)
                 assert (ack.accepted, ack.duplicates, list(ack.rejected)) == (0, sent.size, []), ack
                 load.record_ack(sent, ack)
 
