@@ -30,7 +30,7 @@ class FormulaError(Exception):
 def price_text_problem(text: str) -> str | None:
     """Why a price field a new request carries is not in the decimal grammar, or None when it is not refused for
     that. A literal must match DECIMAL_GRAMMAR (engine/money.py) whole; a formula neither begins nor ends with
-    whitespace, has no unary '+', and each number in it matches the grammar without its sign ("2", not "2.",
+    whitespace, has no '#' (a comment), no unary '+', and each number in it matches the grammar without its sign ("2", not "2.",
     "1_000" or "02"). Empty (the field's default) and a formula that does not parse are left to validation, which
     reports them as it always has."""
     if not text or len(text) > FORMULA_TEXT_MAX:
@@ -43,6 +43,8 @@ def price_text_problem(text: str) -> str | None:
         return decimal_text_problem(text)
     if text != text.strip():
         return "begins or ends with whitespace: a decimal or a formula is written without it"
+    if "#" in text:  # Python's grammar reads the rest as a comment, which evaluation would silently ignore
+        return "has a '#': a formula has no comments, and nothing in it is ignored"
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:

@@ -177,8 +177,9 @@ export const TierSchema: GenMessage<Tier> = /*@__PURE__*/
  * that many decimal places (a negative count rounds to tens, hundreds...),
  * half to even: round(2.5) is 2, round(0.125, 2) is 0.12, round(15, -1) is 20.
  * A number in a formula follows the decimal grammar at the top of
- * contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), and a
- * price neither begins nor ends with whitespace: CreateDraftVersion refuses
+ * contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), a
+ * price neither begins nor ends with whitespace, and a formula holds no '#'
+ * (no comments: nothing written in it is ignored): CreateDraftVersion refuses
  * any other as INVALID_ARGUMENT naming the field. The limits on a value
  * (below 10^18, at most 18 decimal places) hold the formula's value, not the
  * numbers written in it: "1e-19 * 1e3" prices 0.0000000000000001. Formulas are evaluated once,
