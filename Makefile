@@ -168,7 +168,7 @@ PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
 # The three clients' tests run at once (each mostly waits on its own server processes, on ports of their own;
 # -O keeps each one's output together): about the wall time of the longest, Java's, not of the three.
 test: install lint kernel-check
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL)
+	TARIFF_HYPOTHESIS=derandomized $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory test-clients
 
 CLIENT_TESTS := test-ts test-go test-java
