@@ -103,18 +103,10 @@ def balance_of(invoice: invoices_pb2.Invoice, grant_id: str) -> tuple[str, str, 
     return found.granted, found.drawn, found.remaining, found.expired
 
 
-def test_a_close_queued_behind_a_rerating_finds_the_rollover_its_period_end_made_due(
-    server_factory: ServerFactory,
-) -> None:
-    """`x`: a period ending at END, about 5 s from now; grant R of 10 credits with rollover fraction 0.5, 4 units
-    drawn from it before END. A publish on another card starts a long re-rating before END; END passes while it
-    runs, so the clock records no rollover yet (it only expires holds meanwhile: §5). The draft of x's period read
-    then shows R as closing will: 4 drawn + 3 rolled = 7 drawn, 0 remaining, 3 broken. ClosePeriod for it, sent
-    then, queues behind the publish and applies once the re-rating completes: the rollover due since END must be
-    recorded before it (its AdvanceClock first), so the final invoice equals that draft but for number, status and
-    close time (not R with 6 remaining, the rollover recorded only after the period was closed). The journal
-    replayed (kill -9, restart) gives the same invoice and grants."""
-    server = server_factory(env=PACED)
+def rollover_due_during_a_rerating(server: ServerProcess) -> tuple[int, int, threading.Thread]:
+    """Customer `x`, its period ending at END (about 5 s from now), grant R of 10 credits with rollover fraction 0.5
+    and 4 units drawn from it; a publish of `bulk` whose re-rating starts before END and is still running 300 ms
+    after it. Returns (the period's start, END, the publish's thread)."""
     with server.client() as client:
         catalogue(client)
     request = bulk_card(server)
@@ -129,6 +121,23 @@ def test_a_close_queued_behind_a_rerating_finds_the_rollover_its_period_end_made
         assert now_ms() < end_ms, "the scenario needs the re-rating under way before the period's end"
         sleep_until(end_ms + 300)
         assert caller.is_alive(), "the scenario needs the re-rating still running after the period's end"
+    return start_ms, end_ms, caller
+
+
+def test_a_close_queued_behind_a_rerating_finds_the_rollover_its_period_end_made_due(
+    server_factory: ServerFactory,
+) -> None:
+    """`x`: a period ending at END, about 5 s from now; grant R of 10 credits with rollover fraction 0.5, 4 units
+    drawn from it before END. A publish on another card starts a long re-rating before END; END passes while it
+    runs, so the clock records no rollover yet (it only expires holds meanwhile: §5). The draft of x's period read
+    then shows R as closing will: 4 drawn + 3 rolled = 7 drawn, 0 remaining, 3 broken. ClosePeriod for it, sent
+    then, queues behind the publish and applies once the re-rating completes: the rollover due since END must be
+    recorded before it (its AdvanceClock first), so the final invoice equals that draft but for number, status and
+    close time (not R with 6 remaining, the rollover recorded only after the period was closed). The journal
+    replayed (kill -9, restart) gives the same invoice and grants."""
+    server = server_factory(env=PACED)
+    start_ms, end_ms, caller = rollover_due_during_a_rerating(server)
+    with server.client() as client:
         assert grants_of(client, "x")["R"] == ("4", "6", "0", "0", "0"), "rolled over during the re-rating"
         draft = preview(client, "x", start_ms)
         assert balance_of(draft, "R") == ("10", "7", "0", "3")
@@ -162,21 +171,9 @@ def test_usage_after_a_period_end_during_a_rerating_draws_the_rollover_that_end_
     for later usage). The closed period's final invoice shows R as the draft read before the batch did (7 drawn,
     3 broken), and the journal replayed (kill -9, restart) gives the same invoice, grants and balance."""
     server = server_factory(env=PACED)
-    with server.client() as client:
-        catalogue(client)
-    request = bulk_card(server)
-    end_ms = (now_ms() // 1000 + 5) * 1000
-    start_ms = period_anchor_ms(end_ms)
+    start_ms, end_ms, caller = rollover_due_during_a_rerating(server)
     rolled = f"rollover-R-{end_ms}"
     with server.client() as client:
-        customer(client, "x", starting_at_ms=start_ms)
-        grant(client, "x", "R", "10", starts_at_ms=now_ms() - 1000, rollover_fraction="0.5")
-        assert client.ingest_batch([work("x4", "x", 4, now_ms())]).accepted == 1
-        caller = publish_in_background(server, request)
-        wait_for_log(server, "re-rating started", 30)
-        assert now_ms() < end_ms, "the scenario needs the re-rating under way before the period's end"
-        sleep_until(end_ms + 300)
-        assert caller.is_alive(), "the scenario needs the re-rating still running after the period's end"
         before = preview(client, "x", start_ms)
         assert balance_of(before, "R") == ("10", "7", "0", "3")
         assert client.ingest_batch([work("x2", "x", 2, now_ms())]).accepted == 1
