@@ -187,6 +187,7 @@ class Billing:
         self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
         self.engine.top_up_purchases = self._top_up_purchases
+        self.engine.grant_credit = self._grant_credit
 
     @property
     def last_seq(self) -> int:
@@ -722,6 +723,24 @@ class Billing:
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
         return self.kernel.adjustments(customer_id)
+
+    def _grant_credit(self, customer_id: str) -> dict[str, tuple[int, int]]:
+        """The customer's grants in the kernel now, by id: (the credit each still has, its remainder and what open
+        reservations hold on it; the breakage recorded from it). Invoices show a rolled-over grant's breakage so
+        (engine/invoices.py)."""
+        self.refresh_tables()
+        broken: dict[str, int] = {}
+        for _, grant_id, _, picos, _ in self.kernel.breakage(customer_id):
+            broken[grant_id] = broken.get(grant_id, 0) + picos
+        # A grant's remaining + expired - breakage is its remainder, whatever instant the balance is read at.
+        view = self.kernel.balance(customer_id, 0)
+        if view is None:
+            return {}
+        credit = {}
+        for (grant_id, _, remaining, expired, _), held in zip(view["grants"], view["grants_held"], strict=True):
+            breakage = broken.get(grant_id, 0)
+            credit[grant_id] = (remaining + expired - breakage + held, breakage)
+        return credit
 
     def _top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
         """The kernel's top-up purchases of a customer (engine/invoicing.py puts them on invoices)."""

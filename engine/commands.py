@@ -192,6 +192,7 @@ SERVER_SET_FIELDS = (
     "empty_count_missing",
     "prices_rounded_in_range",
     "expiring_at_rollover_rolls",
+    "rolled_breakage_shown",
 )
 
 
@@ -286,6 +287,11 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # the records of earlier releases (adjustments_in_contract ones included), whose replay counts every hour of
     # the period in the parts as they did.
     parts_in_contract: bool = False
+    # A grant that rolled over by the period's end shows as GetBalance shows it: `expired` the breakage its
+    # rollover recorded, `drawn` the rest (usage of a later contract's period dated before this period's end, a
+    # switched contract's last period keeping its monthly end, included). False in the records of earlier
+    # releases, whose replay counts this period's and earlier periods' usage as drawn and the rest as expired.
+    rolled_breakage_shown: bool = False
 
 
 class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
@@ -303,6 +309,7 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     alerts_evaluated: bool = False
     adjustments_in_contract: bool = False  # as ClosePeriod's
     parts_in_contract: bool = False  # as ClosePeriod's
+    rolled_breakage_shown: bool = False  # as ClosePeriod's
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):

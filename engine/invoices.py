@@ -73,6 +73,10 @@ HOUR_MS = 3_600_000
 ROLLOVER_FRACTION_ONE = 10**18  # a grant's rollover_fraction at 10^-18, as the kernel holds it
 # Kernel.top_up_purchases: [(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)].
 PurchasesReader = Callable[[str], list[tuple[int, str, int, int, int, int]]]
+# A customer's grants as the kernel holds them now, by id: (the credit it still has, its remainder and what open
+# reservations hold on it; the breakage recorded from it): engine/billing.py's grant_credit.
+GrantCredit = Mapping[str, tuple[int, int]]
+GrantCreditReader = Callable[[str], GrantCredit]
 
 
 def minor_unit(currency: str) -> int:
@@ -180,6 +184,7 @@ def build_invoice(
     rollovers_shown: bool = True,
     adjustments_in_contract: bool = True,
     rollovers_due: Mapping[str, tuple[int, int]] | None = None,
+    grant_credit: GrantCredit | None = None,
 ) -> Invoice:
     """The invoice of a period from the kernel's lines (a draft: number, status and close time unset), each
     line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period
@@ -188,7 +193,12 @@ def build_invoice(
     `adjustments_in_contract` False: as the final invoices of ClosePeriod records written by earlier releases were
     built (their replay builds the same): a rolled-over grant keeps its remainder as `remaining`, and every hour of
     the period is listed. `rollovers_due` (a draft's: grant id -> (when, rollover fraction at 10^-18)): the grants
-    that roll over by this period's end and have not yet, shown as rolled from the usage so far, as closing will."""
+    that roll over by this period's end and have not yet, shown as rolled from the usage so far, as closing will.
+    `grant_credit` (ClosePeriod's `rolled_breakage_shown`, and every draft): a grant rolled over by the period's end
+    shows as GetBalance does, `expired` the breakage its rollover recorded (or, not rolled yet, will record from the
+    credit it has now) and `drawn` the rest, so usage dated before the period's end but counted in a later
+    contract's period (a switched contract's last period keeps its monthly end) is drawn, not broken; None: as
+    closes of earlier releases, this period's and earlier periods' usage drawn and the rest of the grant expired."""
     start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
     listed_until_ms = contract_hours_end(contract, end_ms) if adjustments_in_contract else end_ms
     adjusted = _adjustments_by_line(adjustments, start_ms, listed_until_ms)
@@ -237,7 +247,9 @@ def build_invoice(
         top_ups_minor,
         overage_due - sum(line.amount_due_minor for line in lines),
         overage_due + top_ups_minor,
-        grant_balances=[_grant_at_end(grant, end_ms, rollovers_shown, rollovers_due or {}) for grant in grants],
+        grant_balances=[
+            _grant_at_end(grant, end_ms, rollovers_shown, rollovers_due or {}, grant_credit) for grant in grants
+        ],
     )
 
 
@@ -265,11 +277,27 @@ def _adjustments_by_line(
 
 
 def _grant_at_end(
-    grant: KernelGrant, end_ms: int, rollovers_shown: bool, rollovers_due: Mapping[str, tuple[int, int]]
+    grant: KernelGrant,
+    end_ms: int,
+    rollovers_shown: bool,
+    rollovers_due: Mapping[str, tuple[int, int]],
+    grant_credit: GrantCredit | None,
 ) -> GrantBalance:
     grant_id, amount, drawn, expires_at_ms, rolled = grant
     left = amount - drawn
     due = rollovers_due.get(grant_id)
+    credit = grant_credit.get(grant_id) if grant_credit is not None else None
+    if rollovers_shown and credit is not None:
+        has, broken = credit
+        if rolled is None and due is not None and due[0] <= end_ms:
+            # What the clock will break then from the credit the grant has now (remainder and held): all of it but
+            # its rollover share, fraction x it rounded down to the pico.
+            broken += has - has * due[1] // ROLLOVER_FRACTION_ONE
+            rolled = (due[0], 0)
+        if rolled is not None and rolled[0] <= end_ms:
+            # As GetBalance shows it: the breakage is expired, the rest of the grant drawn (into its ROLLOVER grant,
+            # or by usage dated before the rollover, in whichever period that usage counts).
+            return GrantBalance(grant_id, amount, amount - broken, 0, broken)
     if rolled is None and due is not None:
         # What the clock will roll then from this remainder: fraction x it, rounded down to the pico.
         rolled = (due[0], left * due[1] // ROLLOVER_FRACTION_ONE)

@@ -18,6 +18,8 @@ from engine.instants import iso
 from engine.invoices import (
     DUE_EXPONENT,
     AdjustmentsReader,
+    GrantCredit,
+    GrantCreditReader,
     Invoice,
     KernelLines,
     LinesReader,
@@ -47,6 +49,8 @@ class InvoiceCommands(ControlPlane):
     # The kernel's top-up purchases of a customer (engine/billing.py sets it): a class default, so the
     # Engine dataclass keeps its fields.
     top_up_purchases: PurchasesReader | None = None
+    # The kernel's grants of a customer as they stand now (engine/billing.py sets it), likewise.
+    grant_credit: GrantCreditReader | None = None
     _due_heap: list[tuple[int, str]] | None
 
     # Reads -------------------------------------------------------------------------------------------------
@@ -59,7 +63,9 @@ class InvoiceCommands(ControlPlane):
         if number is not None:
             return self.state.invoices[number]
         top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency)
-        return self._build(contract, period, top_ups, rollovers_due=self._rollovers_due(customer_id, period[1]))
+        due = self._rollovers_due(customer_id, period[1])
+        credit = self._grant_credit(customer_id, period, due)
+        return self._build(contract, period, top_ups, rollovers_due=due, grant_credit=credit)
 
     def invoice(self, number: str) -> Invoice:
         found = self.state.invoices.get(number)
@@ -109,6 +115,16 @@ class InvoiceCommands(ControlPlane):
             if rolls_at_ms <= period_end_ms and not grant.expires_before_rollover(rolls_at_ms):
                 due[grant.id] = (rolls_at_ms, int(grant.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT)))
         return due
+
+    def _grant_credit(
+        self, customer_id: str, period: KernelLines, due: dict[str, tuple[int, int]] | None = None
+    ) -> GrantCredit:
+        """The customer's grants as the kernel holds them now (engine/billing.py grant_credit), read only when one of
+        the period's grants rolled over or rolls over by its end (`due`): no other grant's balance reads them."""
+        if not due and all(grant[4] is None for grant in period[5]):
+            return {}
+        assert self.grant_credit is not None, "the engine reads grants through the kernel (engine/billing.py)"
+        return self.grant_credit(customer_id)
 
     def _lines(self, customer_id: str, at_ms: int, parts_in_contract: bool) -> KernelLines:
         """The kernel's lines of the period containing at_ms; `parts_in_contract`: their version parts count the
@@ -212,7 +228,10 @@ class InvoiceCommands(ControlPlane):
         record) carries: a close of an earlier release replays as it closed."""
         period = self._lines(contract.customer_id, start_ms, close.parts_in_contract)
         top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], contract.currency)
-        invoice = self._build(contract, period, top_ups, close.rollovers_shown, close.adjustments_in_contract)
+        credit = self._grant_credit(contract.customer_id, period) if close.rolled_breakage_shown else None
+        invoice = self._build(
+            contract, period, top_ups, close.rollovers_shown, close.adjustments_in_contract, grant_credit=credit
+        )
         self.state.invoices_created += 1
         invoice.number = invoice_number(self.state.invoices_created)
         invoice.final = True
@@ -233,6 +252,7 @@ class InvoiceCommands(ControlPlane):
         rollovers_shown: bool = True,
         adjustments_in_contract: bool = True,
         rollovers_due: dict[str, tuple[int, int]] | None = None,
+        grant_credit: GrantCredit | None = None,
     ) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
@@ -248,6 +268,7 @@ class InvoiceCommands(ControlPlane):
             rollovers_shown=rollovers_shown,
             adjustments_in_contract=adjustments_in_contract,
             rollovers_due=rollovers_due,
+            grant_credit=grant_credit,
         )
 
     # The period calendar ------------------------------------------------------------------------------------

@@ -400,3 +400,64 @@ def test_parts_in_contract_is_the_servers_in_neither_audit_entry_nor_retry_finge
     closes = [e for e in w.engine.state.audit if e.action in ("ClosePeriod", "CloseDuePeriods")]
     assert [e.action for e in closes] == ["ClosePeriod", "CloseDuePeriods"]
     assert all("parts_in_contract" not in entry.diff for entry in closes), closes
+
+
+def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_the_breakage_it_recorded() -> None:
+    """c-acme's period (Jan 1 - Feb 1) keeps its monthly end past the Jan 20 12:00 switch: g (10 credits, fraction
+    0.5, from Jan 1) pays c-next's 2 tokens of Jan 25 (4 credits, dated before its Feb 1 rollover), so 6 are left
+    at Feb 1: 3 roll over, 3 break. c-acme's draft and final invoice show g as GetBalance does: drawn 7 (the 4 and
+    the 3 rolled), expired 3, the breakage recorded; c-next's alike. A ClosePeriod record of an earlier release
+    (without rolled_breakage_shown) replays as it closed: drawn 3 (the rolled share only), expired 7."""
+
+    def server(command: cmd.AdminCommand) -> cmd.AdminCommand:
+        fields = {name: True for name in cmd.SERVER_SET_FIELDS if name in command.__struct_fields__}
+        return msgspec.structs.replace(command, **fields)
+
+    def world() -> BillingWorld:
+        w = BillingWorld()
+        w.product("tokens", dimensions=("model",))
+        w.rate_card()
+        w.version([rate("tokens", unit("2"), model="gpt4")], effective_from_ms=EPOCH_MS)
+        w.customer()
+        switch_ms = EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS
+        w.contract(ending_before_ms=switch_ms)
+        w.contract("c-next", starting_at_ms=switch_ms)
+        w.apply(server(w.grant_command("g", "10", rollover_fraction="0.5")))
+        ack = w.usage([tokens("t1", EPOCH_MS + 24 * DAY_MS, 2)], received_ms=EPOCH_MS + 25 * DAY_MS)
+        assert ack.accepted == 1
+        return w
+
+    def g_of(invoice: Invoice) -> tuple[int, int, int, int]:
+        [g] = [b for b in invoice.grant_balances if b.grant_id == "g"]
+        return (g.granted_picos, g.drawn_picos, g.remaining_picos, g.expired_picos)
+
+    credits = 10**12
+    shown = (10 * credits, 7 * credits, 0, 3 * credits)
+    next_start_ms = EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS
+    w = world()
+    draft = w.engine.preview("acme", EPOCH_MS)
+    assert g_of(draft) == shown
+    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
+    [line] = w.engine.preview("acme", next_start_ms).lines
+    assert line.credits == [("g", 4 * credits)]
+    w.apply(server(cmd.AdvanceClock(FEB_1_MS, "clock")))
+    assert [(g, c) for _, g, _, c, _ in w.billing.kernel.breakage("acme")] == [("g", 3 * credits)]
+    balance = w.billing.kernel.balance("acme", FEB_1_MS)
+    assert balance is not None
+    assert [grant[3:] for grant in balance["grants"] if grant[0] == "g"] == [
+        (3 * credits, 7 * credits)
+    ]  # expired, drawn
+    final = w.apply(server(cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)))
+    assert isinstance(final, Invoice) and g_of(final) == shown
+    assert draft_fields(final) == draft_fields(draft)
+    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
+    due = w.apply(server(cmd.CloseDuePeriods(next_start_ms + 31 * DAY_MS, ACTOR, 0)))
+    assert isinstance(due, list) and [g_of(i) for i in due if i.period_start_ms == next_start_ms] == [shown]
+
+    earlier = world()
+    earlier.apply(server(cmd.AdvanceClock(FEB_1_MS, "clock")))
+    record = msgspec.structs.replace(
+        server(cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)), rolled_breakage_shown=False
+    )
+    replayed = earlier.apply(record)
+    assert isinstance(replayed, Invoice) and g_of(replayed) == (10 * credits, 3 * credits, 0, 7 * credits)

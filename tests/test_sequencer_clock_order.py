@@ -93,6 +93,7 @@ def close(at_ms: int) -> cmd.ClosePeriod:
         rollovers_shown=True,
         adjustments_in_contract=True,
         parts_in_contract=True,
+        rolled_breakage_shown=True,
     )
 
 

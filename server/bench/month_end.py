@@ -42,6 +42,7 @@ def refreshes_ms(customers: int) -> list[float]:
                 alerts_evaluated=True,
                 adjustments_in_contract=True,
                 parts_in_contract=True,
+                rolled_breakage_shown=True,
             )
             billing.apply(close, billing.last_seq + 1)
         except Repeated:  # nothing left to close

@@ -172,6 +172,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             rollovers_shown=True,
             adjustments_in_contract=True,
             parts_in_contract=True,
+            rolled_breakage_shown=True,
         )
         return invoice_pb(await self._apply(command, Invoice))
 
@@ -188,6 +189,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
                 alerts_evaluated=True,
                 adjustments_in_contract=True,
                 parts_in_contract=True,
+                rolled_breakage_shown=True,
             ),
             list,
         )

@@ -791,9 +791,11 @@ type InvoiceGrantBalance struct {
 	GrantId string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
 	Granted string                 `protobuf:"bytes,2,opt,name=granted,proto3" json:"granted,omitempty"`
 	// Drawn by the usage of this period and every earlier one; for a grant
-	// that rolled over by the period's end, also what moved into its ROLLOVER
-	// grant (as GetBalance's GrantBalance.drawn counts it; the ROLLOVER grant is
-	// listed from the next period on).
+	// that rolled over by the period's end, all but its breakage: also what
+	// moved into its ROLLOVER grant, and what usage of a later contract's
+	// period dated before that end drew (a switched contract's last period
+	// keeps its monthly end), as GetBalance's GrantBalance.drawn counts it (the
+	// ROLLOVER grant is listed from the next period on).
 	Drawn string `protobuf:"bytes,3,opt,name=drawn,proto3" json:"drawn,omitempty"`
 	// granted - drawn, unless the grant expired or rolled over by the period's
 	// end (then 0).
@@ -801,7 +803,8 @@ type InvoiceGrantBalance struct {
 	// What was left of a grant that expired by the period's end, or the part of
 	// a rolled-over grant's remainder that did not roll (breakage); else 0.
 	// Final invoices closed by releases before this rule (their journal
-	// records) keep a rolled-over grant's remainder as remaining.
+	// records) keep a rolled-over grant's remainder as remaining; those closed
+	// before the later-contract usage above counted as drawn show it expired.
 	Expired       string `protobuf:"bytes,5,opt,name=expired,proto3" json:"expired,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -481,9 +481,11 @@ export type InvoiceGrantBalance = Message<"tariff.v1.InvoiceGrantBalance"> & {
 
   /**
    * Drawn by the usage of this period and every earlier one; for a grant
-   * that rolled over by the period's end, also what moved into its ROLLOVER
-   * grant (as GetBalance's GrantBalance.drawn counts it; the ROLLOVER grant is
-   * listed from the next period on).
+   * that rolled over by the period's end, all but its breakage: also what
+   * moved into its ROLLOVER grant, and what usage of a later contract's
+   * period dated before that end drew (a switched contract's last period
+   * keeps its monthly end), as GetBalance's GrantBalance.drawn counts it (the
+   * ROLLOVER grant is listed from the next period on).
    *
    * @generated from field: string drawn = 3;
    */
@@ -501,7 +503,8 @@ export type InvoiceGrantBalance = Message<"tariff.v1.InvoiceGrantBalance"> & {
    * What was left of a grant that expired by the period's end, or the part of
    * a rolled-over grant's remainder that did not roll (breakage); else 0.
    * Final invoices closed by releases before this rule (their journal
-   * records) keep a rolled-over grant's remainder as remaining.
+   * records) keep a rolled-over grant's remainder as remaining; those closed
+   * before the later-contract usage above counted as drawn show it expired.
    *
    * @generated from field: string expired = 5;
    */
