@@ -67,6 +67,14 @@ def contract_ending_its_period_soon(client: TariffClient, switch_before_end_ms: 
     return anchor_ms, boundary_ms
 
 
+def wait_for_rollover(client: TariffClient) -> None:
+    """Until the server's clock has rolled `roll`'s grant r over (its ROLLOVER grant listed), at most 30 s."""
+    deadline = time.monotonic() + 30
+    while not any(g.grant_id.startswith("rollover-r-") for g in client.get_balance("roll").grants):
+        assert time.monotonic() < deadline, "the server's clock did not roll the grant over"
+        time.sleep(0.2)
+
+
 def test_a_rolled_grant_is_drawn_into_its_rollover_and_broken_on_the_invoices(server_factory: ServerFactory) -> None:
     client = start_server(server_factory, "rollover-invoice")
     catalogue(client)
@@ -83,10 +91,7 @@ def test_a_rolled_grant_is_drawn_into_its_rollover_and_broken_on_the_invoices(se
     # Before the clock rolls it, the draft already shows the grant as the close will (README "Draft = final").
     open_period = {b.grant_id: b for b in preview(client, "roll", start_ms).grant_balances}
     assert (open_period["r"].drawn, open_period["r"].remaining, open_period["r"].expired) == ("82.5", "0", "7.5")
-    deadline = time.monotonic() + 30
-    while not any(g.grant_id.startswith("rollover-r-") for g in client.get_balance("roll").grants):
-        assert time.monotonic() < deadline, "the server's clock did not roll the grant over"
-        time.sleep(0.2)
+    wait_for_rollover(client)
 
     final = close(client, "roll", start_ms)
     assert final.status == invoices_pb2.INVOICE_FINAL
@@ -127,10 +132,7 @@ def test_next_contracts_usage_drawn_before_the_rollover_is_drawn_not_broken(serv
     draft = preview(client, "roll", start_ms)
     assert draft.contract_id == "roll-c"
     assert {b.grant_id: (b.granted, b.drawn, b.remaining, b.expired) for b in draft.grant_balances} == shown
-    deadline = time.monotonic() + 30
-    while not any(g.grant_id.startswith("rollover-r-") for g in client.get_balance("roll").grants):
-        assert time.monotonic() < deadline, "the server's clock did not roll the grant over"
-        time.sleep(0.2)
+    wait_for_rollover(client)
     final = close(client, "roll", start_ms)
     assert final.status == invoices_pb2.INVOICE_FINAL
     assert {b.grant_id: (b.granted, b.drawn, b.remaining, b.expired) for b in final.grant_balances} == shown

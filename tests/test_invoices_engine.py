@@ -22,6 +22,7 @@ from engine.invoices import Invoice, minor_unit
 from tests.engine_fixtures import ACTOR, DAY_MS, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 from tests.reference_billing import reference_invoice
+from tests.test_invoice_properties import as_server as server
 
 FEB_1_MS = EPOCH_MS + 31 * DAY_MS
 PICO = Decimal(1).scaleb(-12)
@@ -343,9 +344,9 @@ def test_preview_before_close_is_the_final_invoice_and_the_oracle_agrees(
     assert _engine_view(final) == expected
 
 
-def switched_world() -> BillingWorld:
+def switched_contracts() -> BillingWorld:
     """acme's contract c-acme ends on Jan 20 12:00 (its last period keeps its monthly end, Feb 1), c-next starts
-    then: 2 gpt4 tokens on Jan 10 (c-acme's), 3 on Jan 25 (c-next's), at 2 a token."""
+    then; gpt4 tokens at 2 a token, no usage yet."""
     w = BillingWorld()
     w.product("tokens", dimensions=("model",))
     w.rate_card()
@@ -354,6 +355,13 @@ def switched_world() -> BillingWorld:
     switch_ms = EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS
     w.contract(ending_before_ms=switch_ms)
     w.contract("c-next", starting_at_ms=switch_ms)
+    return w
+
+
+def switched_world() -> BillingWorld:
+    """acme's contract c-acme ends on Jan 20 12:00 (its last period keeps its monthly end, Feb 1), c-next starts
+    then: 2 gpt4 tokens on Jan 10 (c-acme's), 3 on Jan 25 (c-next's), at 2 a token."""
+    w = switched_contracts()
     ack = w.usage([tokens("t1", EPOCH_MS + 9 * DAY_MS, 2), tokens("t2", EPOCH_MS + 24 * DAY_MS, 3)])
     assert ack.accepted == 2
     return w
@@ -409,19 +417,8 @@ def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_th
     the 3 rolled), expired 3, the breakage recorded; c-next's alike. A ClosePeriod record of an earlier release
     (without rolled_breakage_shown) replays as it closed: drawn 3 (the rolled share only), expired 7."""
 
-    def server(command: cmd.AdminCommand) -> cmd.AdminCommand:
-        fields = {name: True for name in cmd.SERVER_SET_FIELDS if name in command.__struct_fields__}
-        return msgspec.structs.replace(command, **fields)
-
     def world() -> BillingWorld:
-        w = BillingWorld()
-        w.product("tokens", dimensions=("model",))
-        w.rate_card()
-        w.version([rate("tokens", unit("2"), model="gpt4")], effective_from_ms=EPOCH_MS)
-        w.customer()
-        switch_ms = EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS
-        w.contract(ending_before_ms=switch_ms)
-        w.contract("c-next", starting_at_ms=switch_ms)
+        w = switched_contracts()
         w.apply(server(w.grant_command("g", "10", rollover_fraction="0.5")))
         ack = w.usage([tokens("t1", EPOCH_MS + 24 * DAY_MS, 2)], received_ms=EPOCH_MS + 25 * DAY_MS)
         assert ack.accepted == 1

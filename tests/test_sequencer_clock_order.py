@@ -132,53 +132,55 @@ def assert_replay_gives(journal: MemoryJournal, live: Billing) -> None:
     assert msgspec.json.encode(replayed.engine.state) == msgspec.json.encode(live.engine.state)
 
 
+def assert_the_close_finds_r_rolled(grant_and_close: Callable[[Sequencer, int], Awaitable[Invoice]]) -> None:
+    """Runs `grant_and_close` (grant R, 10 credits, rollover 0.5, then close its period, an hour after the period's
+    end) on a writer: the final invoice shows R rolled (granted 10, drawn 5, remaining 0, expired 5), the journal
+    holds GrantCredits, AdvanceClock, ClosePeriod in that order, and replay gives the same invoices."""
+    journal = MemoryJournal()
+    clock = [PERIOD_END_MS + HOUR_MS]
+    closed: list[Invoice] = []
+    seqs: list[int] = []
+
+    async def body(sequencer: Sequencer) -> None:
+        seqs.append(sequencer.billing.last_seq)
+        closed.append(await grant_and_close(sequencer, clock[0]))
+
+    billing = run(journal, clock, body)
+    [invoice] = closed
+    assert balance_of(invoice, "R") == GrantBalance("R", 10 * PICOS, 5 * PICOS, 0, 5 * PICOS)
+    assert kinds(journal, seqs[0]) == ["GrantCredits", "AdvanceClock", "ClosePeriod"]
+    assert recover(journal).engine.state.invoices == billing.engine.state.invoices
+
+
 def test_a_close_right_after_a_grant_finds_the_rollover_its_period_end_made_due() -> None:
     """After the period's end (Dec 1 + 1 h) a grant R of 10 credits with rollover fraction 0.5, starting in the
     period, then ClosePeriod for it, each answered before the next is sent, nothing read between. R rolls over at
     Dec 1: 5 into a ROLLOVER grant, 5 break. The kernel's tables do not hold R until compiled, so the writer's
     AdvanceClock at the close's group's start did not see it due: the close must still find it rolled (R drawn 5,
     remaining 0, expired 5, as the draft shows it), its AdvanceClock journaled before it; replay gives the same."""
-    journal = MemoryJournal()
-    clock = [PERIOD_END_MS + HOUR_MS]
-    closed: list[Invoice] = []
-    seqs: list[int] = []
 
-    async def body(sequencer: Sequencer) -> None:
-        seqs.append(sequencer.billing.last_seq)
-        await sequencer.run(grant(clock[0], "R", "10", rollover="0.5"))
-        _, invoice = await sequencer.run(close(clock[0]))
+    async def grant_then_close(sequencer: Sequencer, at_ms: int) -> Invoice:
+        await sequencer.run(grant(at_ms, "R", "10", rollover="0.5"))
+        _, invoice = await sequencer.run(close(at_ms))
         assert isinstance(invoice, Invoice)
-        closed.append(invoice)
+        return invoice
 
-    billing = run(journal, clock, body)
-    [invoice] = closed
-    assert balance_of(invoice, "R") == GrantBalance("R", 10 * PICOS, 5 * PICOS, 0, 5 * PICOS)
-    assert kinds(journal, seqs[0]) == ["GrantCredits", "AdvanceClock", "ClosePeriod"]
-    assert recover(journal).engine.state.invoices == billing.engine.state.invoices
+    assert_the_close_finds_r_rolled(grant_then_close)
 
 
 def test_a_close_in_the_same_group_as_the_grant_finds_the_rollover_recorded() -> None:
     """As above, the grant and the close submitted together (one group: the group's first AdvanceClock came before
     the grant was applied)."""
-    journal = MemoryJournal()
-    clock = [PERIOD_END_MS + HOUR_MS]
-    closed: list[Invoice] = []
-    seqs: list[int] = []
 
-    async def body(sequencer: Sequencer) -> None:
-        seqs.append(sequencer.billing.last_seq)
-        granted = sequencer.submit(grant(clock[0], "R", "10", rollover="0.5"))
-        closing = sequencer.submit(close(clock[0]))
+    async def grant_and_close_together(sequencer: Sequencer, at_ms: int) -> Invoice:
+        granted = sequencer.submit(grant(at_ms, "R", "10", rollover="0.5"))
+        closing = sequencer.submit(close(at_ms))
         await granted
         _, invoice = await closing
         assert isinstance(invoice, Invoice)
-        closed.append(invoice)
+        return invoice
 
-    billing = run(journal, clock, body)
-    [invoice] = closed
-    assert balance_of(invoice, "R") == GrantBalance("R", 10 * PICOS, 5 * PICOS, 0, 5 * PICOS)
-    assert kinds(journal, seqs[0]) == ["GrantCredits", "AdvanceClock", "ClosePeriod"]
-    assert recover(journal).engine.state.invoices == billing.engine.state.invoices
+    assert_the_close_finds_r_rolled(grant_and_close_together)
 
 
 def test_a_batch_right_after_a_grant_that_expired_finds_it_broken() -> None:
