@@ -857,8 +857,10 @@ class Billing:
     def kernel_snapshot_segmented(self, base: bool) -> tuple[list[bytes], DedupeSegment]:
         """The kernel's half without its dedupe table, which goes in a segment beside the snapshot: the table's
         changes since the last one (to encode off the writer), or with `base` the whole table (and from then on
-        the kernel logs its changes). See Kernel.snapshot_segmented."""
-        self.refresh_tables()
+        the kernel logs its changes). See Kernel.snapshot_segmented. The caller compiles the tables first, on the
+        thread reads run on: a read finishes a refresh it finds under way, so one run here, on another thread,
+        would be entered by two threads at once."""
+        assert not self.tables_behind and self._in_flight is None, "tables compiled before the snapshot"
         return self.kernel.snapshot_segmented(KERNEL_SNAPSHOT_PART_BYTES, base)
 
     @classmethod

@@ -1194,6 +1194,9 @@ class Sequencer:
         # snapshot, one after a store that failed, or after a recovery from a snapshot without segments).
         base = self.billing.dedupe_segments_seq is None
         try:
+            # On the loop, as every compile (see Billing.kernel_snapshot_segmented): the last command may have
+            # left the tables stale (a ClosePeriod, a new customer).
+            await self._refresh_tables()
             parts, segment = await self._encode(base)
         except BaseException:
             sys.setswitchinterval(switch_interval_s)
