@@ -214,9 +214,9 @@ def _expire_holds(billing: Billing, command: cmd.AdvanceClock) -> Advanced:
     on time, each customer re-rated first (Billing re-rates on touch those Kernel.holds_due_by names), and nothing
     else moves. The breakage and rollovers due wait for the completion record, after which the next AdvanceClock
     records them: they depend on grant balances the re-rating changes customer by customer in background slices
-    that no record lists, so applied now they would differ between the server and its replay. (The writer
-    completes the re-rating at once, then journals that AdvanceClock, before it rates usage once one is due:
-    Sequencer._clock_before.) The re-rating never
+    that no record lists, so applied now they would differ between the server and its replay. (Once one is due, the
+    writer completes the re-rating at once, then journals that AdvanceClock, first in the next group of commands,
+    the clock driver's look among them, and before it rates usage: Sequencer._clock_before.) The re-rating never
     creates or ends a reservation nor moves its TTL, so which holds expire is the same in both (what one holds it
     may shrink, but its customer is re-rated before it expires). Repeated (no record) when none expires."""
     expired = billing.kernel.expire_holds(command.at_ms)

@@ -11,7 +11,9 @@ re-rating's completion record:
   newer than the publish, exactly as when the publish re-rated everyone at once;
 - an AdvanceClock only expires the holds whose TTL ran out, re-rating their customers first (engine/credits.py):
   its breakage and rollovers would depend on whether background slices had reached a customer, which no record
-  says, so they wait for the completion; which holds ran out the re-rating never changes;
+  says, so they wait for the completion (which the writer makes at once once one is due, then journals the
+  AdvanceClock that records them: server/sequencer.py `_clock_before`); which holds ran out the re-rating never
+  changes;
 - between commands the writer re-rates the next pending customers in plan order (background slices). No record
   says so: re-rating a customer reads only that customer's account and the tables, which nothing changes until
   completion (every other admin command waits for it), so when it happens does not change what it does;

@@ -9,7 +9,10 @@ compile lazily (at the next batch or read): while an admin command's changes are
 (`Billing.tables_behind`), it also submits AdvanceClock(now), for which the writer compiles them first, so that a
 grant's expiry or rollover is due on time even when nothing reads (the writer also compiles them and applies the
 AdvanceClock due before a run of usage batches or a close: Sequencer._clock_before). After a restart the first look happens at
-once, so a hold whose TTL ran out while the server was down expires as soon as it serves.
+once, so a hold whose TTL ran out while the server was down expires as soon as it serves. Beside a pending
+re-rating (engine/pending.py), where an AdvanceClock only expires holds, a look that finds a rollover or a grant's
+expiry due makes the writer complete the re-rating first, then record them (Sequencer._advance_clock_due), so
+reads after a period's end see the rolled credit without waiting for usage or the re-rating's own end.
 """
 
 from __future__ import annotations

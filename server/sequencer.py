@@ -26,8 +26,8 @@ the writer re-rates a slice of pending customers after each group (also with not
 re-rates the pending customers it names before it is rated, an AdvanceClock only expires holds (engine/credits.py),
 and any other admin command queues behind the
 publish (in arrival order) until the re-rating completes with a record of its own, usage going on meanwhile
-(the close completes it at once, and so does a run of usage batches once a rollover or a grant's expiry is due:
-below). The publish's caller is answered once that record is durable;
+(the close completes it at once, and so does the clock, once a rollover or a grant's expiry is due: below). The
+publish's caller is answered once that record is durable;
 usage is answered meanwhile as usual.
 
 The clock's work (AdvanceClock: holds and grants expiring, rollovers) is journaled by the clock driver
@@ -35,8 +35,10 @@ The clock's work (AdvanceClock: holds and grants expiring, rollovers) is journal
 usage batches and each ClosePeriod or CloseDuePeriods (the tables compiled first when an admin command changed them,
 also for one that waited behind a publish), so that a command applied after something fell due finds it done
 (`_clock_before`). Beside a pending re-rating a rollover or grant expiry that fell due is not recorded (above), so
-a run of usage batches then first completes the re-rating at once, then applies the clock's work and the commands
-queued behind the publish: usage dated after a period's end draws on the ROLLOVER grant it made.
+the writer's clock, first in a group of commands (the clock driver's look among them) and before a run of usage
+batches, then first completes the re-rating at once, then applies the clock's work and the commands queued behind
+the publish: reads and holds after a period's end see the ROLLOVER grant it made, and usage dated after it draws
+on it.
 
 A command that changes nothing gets no journal record and no seq: a usage batch that accepts no event (empty,
 or every event a duplicate or refused), and a retried admin request the state already reflects (the engine
@@ -745,22 +747,23 @@ class Sequencer:
         after it (a release is FAILED_PRECONDITION, a settling event NOTICE_RESERVATION_EXPIRED), however long the
         driver takes to look (every 50 ms). Journaled as the driver's is, so replay gives the same. Also beside a
         publish being planned (which looks again at the customers it changes: Billing.begin_plan), not while other
-        commands wait behind a publish otherwise (the driver's would wait too); beside a pending re-rating only when
-        a hold has run out, which is all it then does (engine/credits.py), as the driver's does, and only when the
-        group has `commands` (not for a background slice: nothing would see the hold meanwhile). A rollover or grant
-        expiry due beside a pending re-rating waits for a run of usage batches, which completes the re-rating
-        first (`_clock_before`), or for the completion."""
+        commands wait behind a publish otherwise (the driver's would wait too). Beside a pending re-rating, where an
+        AdvanceClock only expires holds (engine/credits.py), only when the group has `commands` (not for a background
+        slice: nothing would see it meanwhile), as `_clock_before` does before a run of usage batches: the holds
+        whose TTL ran out expire, and once a rollover or a grant's expiry is due the re-rating completes at once,
+        then the clock's work and the commands queued behind the publish apply. So the clock driver's look, whose
+        group is its AdvanceClock, completes the re-rating when a rollover or expiry falls due (its own
+        AdvanceClock then changes nothing more), and a read after it (a balance, Authorize) or a hold sees the rolled
+        or broken credit, as without a re-rating."""
         if self.billing.rerating is not None:
             if commands:
-                await self._expire_holds_due(group)
+                await self._clock_before(group)
         elif self._planning is not None or not self._deferred:
             await self._advance_clock_to(group)
 
     async def _expire_holds_due(self, group: _Group) -> None:
         """Beside a pending re-rating: the AdvanceClock that expires the holds whose TTL ran out by the group's time,
-        if any (Kernel.holds_due_by: the accounts due by then, which at a period's end may be every customer whose
-        rollover waits for the completion, until a run of usage batches completes it: `_clock_before`; looked at
-        only once something is due)."""
+        if any (Kernel.holds_due_by: the accounts due by then; looked at only once something is due)."""
         due_ms = self.billing.kernel.next_due()
         if due_ms is None or group.now_ms < due_ms or not self.billing.kernel.holds_due_by(group.now_ms):
             return
@@ -777,17 +780,20 @@ class Sequencer:
         and expiries due by its period's end recorded, as its draft showed them, and a batch the grants that expired
         broken.
 
-        Beside a pending re-rating (only a run of usage batches gets here then: a close waits behind the publish),
-        the holds whose TTL ran out expire first (`_expire_holds_due`); if the kernel then still has something due by
+        Beside a pending re-rating (only the first AdvanceClock of a group of commands, `_advance_clock_due`, and a
+        run of usage batches get here then: a close waits behind the publish), the holds whose TTL ran out expire
+        first (`_expire_holds_due`); if the kernel then still has something due by
         the group's time, a grant's expiry or a rollover, which an AdvanceClock beside a pending re-rating does not
         record (engine/credits.py), the re-rating completes at once (its remaining slices, then its completion
         record, as a close completes it), then the clock's work is applied, then the commands that waited behind the
-        publish (they came before the batches), then the clock's work again for what they changed: so usage dated
-        after a period's end draws on the ROLLOVER grant it made, and usage received after a grant's expiry finds its
-        breakage recorded (drawing nothing from it), not paid by other grants or overage, or by the expired grant,
-        while the clock's work waits for the completion. The batches wait for the rest
-        of the re-rating that once. The journal holds the completion record, the AdvanceClock, those commands and
-        the batches in that order, so replay applies them as they applied here."""
+        publish (they came before the batches, or before the group's commands), then the clock's work again for what
+        they changed: so usage dated after a period's end draws on the ROLLOVER grant it made, and usage received
+        after a grant's expiry finds its breakage recorded (drawing nothing from it), not paid by other grants or
+        overage, or by the expired grant, while the clock's work waits for the completion; and a read or hold after
+        the clock driver's look sees them. The batches (or the group's commands) wait for the rest of the re-rating
+        that once. The journal holds the completion record, the AdvanceClock, those commands and the batches (or the
+        group's commands) in that order, all records of existing forms, so replay applies them as they applied
+        here."""
         if self.billing.rerating is not None:
             await self._expire_holds_due(group)
             due_ms = self.billing.kernel.next_due()

@@ -1,10 +1,11 @@
 """The writer's own AdvanceClock (server/sequencer.py `_clock_before`) against admin commands whose changes the kernel's
 tables do not hold yet, in process over the in-memory journal with a clock the test sets and no clock driver: the
 driver (server/clock.py) would compile the tables and advance the clock at its next look, every 50 ms, and a command
-arriving before that look must not find the state otherwise (tests/test_clock_order_wire.py covers a close queued
-behind a publish, over the wire); likewise a release after a hold's TTL while a publish is planned or re-rated, and a
-batch after a grant's expiry while a re-rating is pending. Over the wire these orderings hang on landing inside the
-driver's 50 ms: here they are exact.
+arriving before that look must not find the state otherwise (tests/test_clock_order_wire.py covers a close after a
+period's end during a re-rating, over the wire); likewise a release after a hold's TTL while a publish is planned or
+re-rated, and a batch after a grant's expiry while a re-rating is pending, and the driver's own look then (its
+AdvanceClock submitted as server/clock.py does). Over the wire these orderings hang on landing inside the driver's
+50 ms: here they are exact.
 
 The demo catalogue (server/demo.py): `acme`, contract acme-2026 from the month's start (periods Nov 1 - Dec 1 -
 ...), 50,000 prepaid credits; a simple summary on gpt-4 costs 2.5 credits."""
@@ -363,4 +364,96 @@ def test_a_batch_after_a_grant_expired_during_a_rerating_completes_it_then_the_c
         for r in records[publish_index + 1 :]
     ]
     assert after == ["rerated", "AdvanceClock", "GrantCredits", "usage"]
+    assert_replay_gives(journal, live)
+
+
+def test_the_clock_drivers_look_after_a_grant_expired_during_a_rerating_completes_it_then_the_clock_then_the_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 customers with usage (4 calls each, hours 0-1); c150 also has E, 10 credits burning first (priority -1)
+    from hour 10, expiring at EXPIRES_MS. A publish re-rates them all at 3 a call from hour 0, paced (0.2 s after
+    each slice of 16 here: 13 slices, pending for at least 2.4 s). While it is pending, before EXPIRES_MS, a
+    GrantCredits of G2 for
+    c150 (5 credits, no expiry) arrives and queues behind the publish. Then the clock passes EXPIRES_MS and the
+    clock driver's look (server/clock.py) finds E's expiry due and submits its AdvanceClock, with no usage arriving:
+    the writer completes the re-rating at once, then records the clock's AdvanceClock (beside a pending re-rating it
+    records no breakage), then applies G2, as it does before a run of usage batches (§5), all answered with the
+    driver's command: a read right after shows E broken (0 remaining, 10 expired), G2 whole and g-c150 at
+    20 - 4 x 3 = 8 (before the fix: the driver's AdvanceClock changed nothing, E stayed unexpired until the paced
+    re-rating completed on its own, and G2 then applied before the breakage). The journal holds them in that order
+    and replay gives the live state byte for byte."""
+    monkeypatch.setattr(writer, "RERATE_SLICE_PAUSE_S", 0.2)
+    # The writer goes on with the slices after the hold's group: many left, so the driver's look comes first.
+    monkeypatch.setattr(writer, "SLICE_CUSTOMERS", 16)
+    journal = MemoryJournal()
+    customers = [f"c{n:03d}" for n in range(200)]
+    clock = [RECEIVED_MS]
+    expires_ms = RECEIVED_MS + 30_000  # before the hold on c000 falls due (DUE_MS)
+    seen: list[object] = []
+
+    def grant_c150(grant_id: str, amount: str, expires_at_ms: int | None) -> cmd.GrantCredits:
+        return cmd.GrantCredits(
+            clock[0],
+            ACTOR,
+            grant_id,
+            "c150",
+            "k-c150",
+            GrantKind.PROMOTIONAL,
+            amount,
+            "0",
+            -1,
+            (),
+            EPOCH_MS + 10 * HOUR_MS,
+            expires_at_ms,
+            "",
+            use_ends_at_rollover=True,
+            paid_at_picos=True,
+            made_ids_refused=True,
+            rollover_start_in_contract=True,
+        )
+
+    async def main() -> Billing:
+        billing, sequencer = await writer_with_granted_customers(journal, customers, clock_ms=lambda: clock[0])
+        usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
+        await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
+        await sequencer.run(grant_c150("E", "10", expires_ms))
+        published = sequencer.submit(publish(0))
+        while billing.rerating is None:
+            await asyncio.sleep(0.001)
+        granted = sequencer.submit(grant_c150("G2", "5", None))
+        await sequencer.run(hold("c000", "h-c000", 1))  # applies beside the re-rating: G2 is queued behind it by now
+        assert not granted.done() and not published.done(), "the scenario needs G2 queued behind a pending re-rating"
+        clock[0] = expires_ms + 1
+        # The driver's look (server/clock.py): E's expiry is due by now, so it submits AdvanceClock(now).
+        assert billing.kernel.next_due() == expires_ms
+        await sequencer.run(
+            cmd.AdvanceClock(
+                clock[0],
+                writer.CLOCK_ACTOR,
+                alerts_evaluated=True,
+                rollover_ids_distinct=True,
+                rollover_lasts_next_period=True,
+            )
+        )
+        assert published.done() and granted.done(), "answered with the driver's AdvanceClock, in its group"
+        seen.append(published.result()[1])
+        seen.append(
+            {view.grant.id: (view.remaining, view.expired) for view in billing.balance("c150", clock[0]).grants}
+        )
+        await sequencer.close()
+        return billing
+
+    live = asyncio.run(main())
+    published, grants = seen
+    assert published.customers_rerated == len(customers)  # type: ignore[attr-defined]
+    assert grants == {"E": (0, 10 * PICOS), "G2": (5 * PICOS, 0), "g-c150": (8 * PICOS, 0)}
+    records = [decode_record(blob) for _, blob in journal.read_records(0)]
+    [publish_index] = [i for i, r in enumerate(records) if r.deferred]
+    after = [
+        "rerated" if r.rerated is not None else type(r.command).__name__ if r.command is not None else "usage"
+        for r in records[publish_index + 1 :]
+    ]
+    assert after == ["Reserve", "rerated", "AdvanceClock", "GrantCredits"]
+    [clock_record] = [r.command for r in records[publish_index + 1 :] if isinstance(r.command, cmd.AdvanceClock)]
+    assert clock_record.actor == writer.CLOCK_ACTOR
     assert_replay_gives(journal, live)
