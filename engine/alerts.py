@@ -278,13 +278,19 @@ def _notice_message(alert_type: AlertType, customer_id: str, details: Mapping[st
     return f"{alert_type} for customer {customer_id!r}" + (f": {described}" if described else "")
 
 
-def alerts_after(book: AlertBook, after_seq: int, up_to_seq: int, limit: int) -> list[FiredAlert]:
-    """At most `limit` alerts with after_seq < seq <= up_to_seq, oldest first. Raises PrunedAlerts when alerts
-    right after `after_seq` are no longer kept."""
+def alerts_after(
+    book: AlertBook, after_seq: int, up_to_seq: int, limit: int, *, from_oldest: bool = False
+) -> list[FiredAlert]:
+    """At most `limit` alerts with after_seq < seq <= up_to_seq, oldest first; with `from_oldest`, an after_seq of 0
+    reads from the oldest alert kept. Raises PrunedAlerts when alerts right after `after_seq` are no longer kept."""
     log = book.log  # one reference: a prune rebinds the list, never edits the one held here
-    if not log or after_seq >= up_to_seq:
+    if not log:
         return []
     first = log[0].seq
+    if from_oldest and after_seq == 0:
+        after_seq = first - 1  # of this list: another thread's prune meanwhile binds the book a shorter one
+    if after_seq >= up_to_seq:
+        return []
     if after_seq + 1 < first:
         raise PrunedAlerts(first)
     start = after_seq + 1 - first

@@ -223,14 +223,20 @@ class ExplainIndex:
             self._work.put(("records", records, through_seq))
 
     def write(self, records: list[bytes], through_seq: int) -> None:
-        """Writes records now, in the caller's thread (recovery). Records at or below the covered seq are skipped:
-        writing the same records twice changes nothing. One block, numbered by the first seq it holds (so blocks
-        follow journal order): its chunks appended, one entry per (customer, period) it touched."""
-        covered = self.covered_seq()
+        """Writes records now, in the caller's thread (recovery, also a rebuild's while this index's thread writes).
+        Records at or below the covered seq are skipped: writing the same records twice changes nothing. One block,
+        numbered by the first seq it holds (so blocks follow journal order): its chunks appended, one entry per
+        (customer, period) it touched."""
         # Making a block's ten thousand objects and putting them holds the GIL throughout but for moments that do
         # not hand it over (server/scheduling.py): the event loop is let in every HANDOVER_EVERY_S.
         pause = GilHandover()
         with self._env.begin(write=True) as txn:
+            # The covered seq as stored, read in the transaction: a rebuild after a failed commit (Sequencer._rebuild)
+            # replays on the event loop while this index's thread may still be writing, and LMDB runs their write
+            # transactions one after the other, so each sees what the other wrote (read before, the second deleted
+            # the first's chunks as past the covered seq).
+            stored = txn.get(_COVERED_KEY, db=self._meta)
+            covered = int(stored) if stored is not None else 0
             block = explain_block(records, covered, CHUNK_BYTES, pause) if any(records) else (0, [], [])
             _block, chunks, periods = block
             if chunks:

@@ -1013,6 +1013,9 @@ class Sequencer:
         if rerating is None:
             return
         seq = self.billing.last_seq + 1
+        # On the loop, as every compile: the balance rules' evaluation reads the tables, which a rebuild after a
+        # failed commit (Billing.reset) left stale with the re-rating pending.
+        await self._refresh_tables()
         done = await self._rating_thread.run(self.billing.finish_rerating, seq, group.now_ms)
         totals = (
             done.customers,

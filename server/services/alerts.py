@@ -134,10 +134,9 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
 
     def _alerts_after(self, after: int, asked: int) -> list[alerts.FiredAlert]:
         book = self.engine.state.alerts  # read afresh: a rebuild from the journal replaces the state
-        if after == 0 and book.log:
-            after = book.log[0].seq - 1  # 0: from the oldest kept
         try:
-            return alerts.alerts_after(book, after, self.watch.alerts_committed, WATCH_PAGE_ALERTS)
+            # 0: from the oldest kept.
+            return alerts.alerts_after(book, after, self.watch.alerts_committed, WATCH_PAGE_ALERTS, from_oldest=True)
         except alerts.PrunedAlerts as pruned:
             raise FailedPrecondition(
                 f"after_seq: the alerts after {after} up to {pruned.first_kept - 1} are no longer kept (the newest "
