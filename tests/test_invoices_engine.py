@@ -411,6 +411,12 @@ def test_parts_in_contract_is_the_servers_in_neither_audit_entry_nor_retry_finge
     assert all("parts_in_contract" not in entry.diff for entry in closes), closes
 
 
+def g_of(invoice: Invoice) -> tuple[int, int, int, int]:
+    """Grant g on the invoice: (granted, drawn, remaining, expired)."""
+    [g] = [b for b in invoice.grant_balances if b.grant_id == "g"]
+    return (g.granted_picos, g.drawn_picos, g.remaining_picos, g.expired_picos)
+
+
 def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_the_breakage_it_recorded() -> None:
     """c-acme's period (Jan 1 - Feb 1) keeps its monthly end past the Jan 20 12:00 switch: g (10 credits, fraction
     0.5, from Jan 1) pays c-next's 2 tokens of Jan 25 (4 credits, dated before its Feb 1 rollover), so 6 are left
@@ -424,10 +430,6 @@ def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_th
         ack = w.usage([tokens("t1", EPOCH_MS + 24 * DAY_MS, 2)], received_ms=EPOCH_MS + 25 * DAY_MS)
         assert ack.accepted == 1
         return w
-
-    def g_of(invoice: Invoice) -> tuple[int, int, int, int]:
-        [g] = [b for b in invoice.grant_balances if b.grant_id == "g"]
-        return (g.granted_picos, g.drawn_picos, g.remaining_picos, g.expired_picos)
 
     credits = 10**12
     shown = (10 * credits, 7 * credits, 0, 3 * credits)
@@ -477,10 +479,6 @@ def test_an_expiring_grant_the_next_contracts_usage_drew_on_shows_what_its_expir
         ack = w.usage([tokens("t1", EPOCH_MS + 24 * DAY_MS, 2)], received_ms=EPOCH_MS + 25 * DAY_MS)
         assert ack.accepted == 1
         return w
-
-    def g_of(invoice: Invoice) -> tuple[int, int, int, int]:
-        [g] = [b for b in invoice.grant_balances if b.grant_id == "g"]
-        return (g.granted_picos, g.drawn_picos, g.remaining_picos, g.expired_picos)
 
     credits = 10**12
     shown = (10 * credits, 4 * credits, 0, 6 * credits)
