@@ -726,8 +726,8 @@ class Billing:
 
     def _grant_credit(self, customer_id: str) -> dict[str, tuple[int, int]]:
         """The customer's grants in the kernel now, by id: (the credit each still has, its remainder and what open
-        reservations hold on it; the breakage recorded from it). Invoices show a rolled-over grant's breakage so
-        (engine/invoices.py)."""
+        reservations hold on it; the breakage recorded from it). Invoices show a rolled-over or expired grant's
+        breakage so (engine/invoices.py)."""
         self.refresh_tables()
         broken: dict[str, int] = {}
         for _, grant_id, _, picos, _ in self.kernel.breakage(customer_id):

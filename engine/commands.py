@@ -193,6 +193,7 @@ SERVER_SET_FIELDS = (
     "prices_rounded_in_range",
     "expiring_at_rollover_rolls",
     "rolled_breakage_shown",
+    "expired_breakage_shown",
 )
 
 
@@ -292,6 +293,11 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # switched contract's last period keeping its monthly end, included). False in the records of earlier
     # releases, whose replay counts this period's and earlier periods' usage as drawn and the rest as expired.
     rolled_breakage_shown: bool = False
+    # Likewise a grant that expired by the period's end without rolling over: `expired` the breakage its expiry
+    # recorded (and the credit it still has, which breaks), `drawn` the rest (usage of a later contract's period
+    # dated before the expiry included). False in the records of earlier releases, whose replay counts this
+    # period's and earlier periods' usage as drawn and the rest as expired.
+    expired_breakage_shown: bool = False
 
 
 class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
@@ -310,6 +316,7 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     adjustments_in_contract: bool = False  # as ClosePeriod's
     parts_in_contract: bool = False  # as ClosePeriod's
     rolled_breakage_shown: bool = False  # as ClosePeriod's
+    expired_breakage_shown: bool = False  # as ClosePeriod's
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):

@@ -185,6 +185,7 @@ def build_invoice(
     adjustments_in_contract: bool = True,
     rollovers_due: Mapping[str, tuple[int, int]] | None = None,
     grant_credit: GrantCredit | None = None,
+    expired_credit: GrantCredit | None = None,
 ) -> Invoice:
     """The invoice of a period from the kernel's lines (a draft: number, status and close time unset), each
     line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period
@@ -198,7 +199,11 @@ def build_invoice(
     shows as GetBalance does, `expired` the breakage its rollover recorded (or, not rolled yet, will record from the
     credit it has now) and `drawn` the rest, so usage dated before the period's end but counted in a later
     contract's period (a switched contract's last period keeps its monthly end) is drawn, not broken; None: as
-    closes of earlier releases, this period's and earlier periods' usage drawn and the rest of the grant expired."""
+    closes of earlier releases, this period's and earlier periods' usage drawn and the rest of the grant expired.
+    `expired_credit` (ClosePeriod's `expired_breakage_shown`, and every draft; the same reading): likewise for a
+    grant that expires by the period's end without rolling over, `expired` the breakage its expiry recorded and the
+    credit it has now (which breaks at its expiry, or when a hold on it gives it back), `drawn` the rest; None: as
+    closes of earlier releases, this period's and earlier periods' usage drawn and the rest expired."""
     start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
     listed_until_ms = contract_hours_end(contract, end_ms) if adjustments_in_contract else end_ms
     adjusted = _adjustments_by_line(adjustments, start_ms, listed_until_ms)
@@ -248,7 +253,8 @@ def build_invoice(
         overage_due - sum(line.amount_due_minor for line in lines),
         overage_due + top_ups_minor,
         grant_balances=[
-            _grant_at_end(grant, end_ms, rollovers_shown, rollovers_due or {}, grant_credit) for grant in grants
+            _grant_at_end(grant, end_ms, rollovers_shown, rollovers_due or {}, grant_credit, expired_credit)
+            for grant in grants
         ],
     )
 
@@ -282,6 +288,7 @@ def _grant_at_end(
     rollovers_shown: bool,
     rollovers_due: Mapping[str, tuple[int, int]],
     grant_credit: GrantCredit | None,
+    expired_credit: GrantCredit | None,
 ) -> GrantBalance:
     grant_id, amount, drawn, expires_at_ms, rolled = grant
     left = amount - drawn
@@ -307,6 +314,13 @@ def _grant_at_end(
         assert 0 <= rolled_picos <= left, f"grant {grant_id!r} rolled {rolled_picos} of {left} left"
         return GrantBalance(grant_id, amount, drawn + rolled_picos, 0, left - rolled_picos)
     if expires_at_ms is not None and expires_at_ms <= end_ms:
+        expired = expired_credit.get(grant_id) if expired_credit is not None else None
+        if expired is not None:
+            # As GetBalance shows it once the clock passes the expiry: what broke and what the grant still has
+            # (which will break) expired, the rest drawn (by usage dated before the expiry, in whichever period
+            # that usage counts: a later contract's too, a switched contract's last period keeping its monthly end).
+            has, broken = expired
+            return GrantBalance(grant_id, amount, amount - broken - has, 0, broken + has)
         return GrantBalance(grant_id, amount, drawn, 0, left)
     return GrantBalance(grant_id, amount, drawn, left, 0)
 

@@ -65,7 +65,7 @@ class InvoiceCommands(ControlPlane):
         top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency)
         due = self._rollovers_due(customer_id, period[1])
         credit = self._grant_credit(customer_id, period, due)
-        return self._build(contract, period, top_ups, rollovers_due=due, grant_credit=credit)
+        return self._build(contract, period, top_ups, rollovers_due=due, grant_credit=credit, expired_credit=credit)
 
     def invoice(self, number: str) -> Invoice:
         found = self.state.invoices.get(number)
@@ -117,11 +117,20 @@ class InvoiceCommands(ControlPlane):
         return due
 
     def _grant_credit(
-        self, customer_id: str, period: KernelLines, due: dict[str, tuple[int, int]] | None = None
+        self,
+        customer_id: str,
+        period: KernelLines,
+        due: dict[str, tuple[int, int]] | None = None,
+        expiring: bool = True,
     ) -> GrantCredit:
         """The customer's grants as the kernel holds them now (engine/billing.py grant_credit), read only when one of
-        the period's grants rolled over or rolls over by its end (`due`): no other grant's balance reads them."""
-        if not due and all(grant[4] is None for grant in period[5]):
+        the period's grants rolled over or rolls over by its end (`due`) or, with `expiring`, expires by its end: no
+        other grant's balance reads them."""
+        end_ms = period[1]
+        if not due and not any(
+            rolled is not None or (expiring and expires_at_ms is not None and expires_at_ms <= end_ms)
+            for _, _, _, expires_at_ms, rolled in period[5]
+        ):
             return {}
         assert self.grant_credit is not None, "the engine reads grants through the kernel (engine/billing.py)"
         return self.grant_credit(customer_id)
@@ -228,9 +237,16 @@ class InvoiceCommands(ControlPlane):
         record) carries: a close of an earlier release replays as it closed."""
         period = self._lines(contract.customer_id, start_ms, close.parts_in_contract)
         top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], contract.currency)
-        credit = self._grant_credit(contract.customer_id, period) if close.rolled_breakage_shown else None
+        rolled, expired = close.rolled_breakage_shown, close.expired_breakage_shown
+        credit = self._grant_credit(contract.customer_id, period, expiring=expired) if rolled or expired else None
         invoice = self._build(
-            contract, period, top_ups, close.rollovers_shown, close.adjustments_in_contract, grant_credit=credit
+            contract,
+            period,
+            top_ups,
+            close.rollovers_shown,
+            close.adjustments_in_contract,
+            grant_credit=credit if rolled else None,
+            expired_credit=credit if expired else None,
         )
         self.state.invoices_created += 1
         invoice.number = invoice_number(self.state.invoices_created)
@@ -253,6 +269,7 @@ class InvoiceCommands(ControlPlane):
         adjustments_in_contract: bool = True,
         rollovers_due: dict[str, tuple[int, int]] | None = None,
         grant_credit: GrantCredit | None = None,
+        expired_credit: GrantCredit | None = None,
     ) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
@@ -269,6 +286,7 @@ class InvoiceCommands(ControlPlane):
             adjustments_in_contract=adjustments_in_contract,
             rollovers_due=rollovers_due,
             grant_credit=grant_credit,
+            expired_credit=expired_credit,
         )
 
     # The period calendar ------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ async def close_due_periods(
                         adjustments_in_contract=True,
                         parts_in_contract=True,
                         rolled_breakage_shown=True,
+                        expired_breakage_shown=True,
                     )
                 )
             except EngineError as exc:  # refused (nothing changed): try again at the next check

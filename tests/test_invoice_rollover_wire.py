@@ -19,10 +19,13 @@ from tests.test_audit_invoices_wire import CARD, catalogue, close, preview, star
 BOUNDARY_AFTER_S = 4
 
 
-def contract_ending_its_period_soon(client: TariffClient, switch_before_end_ms: int = 0) -> tuple[int, int]:
+def contract_ending_its_period_soon(
+    client: TariffClient, switch_before_end_ms: int = 0, expiring: bool = False
+) -> tuple[int, int]:
     """Customer `roll` on a contract whose current period ends in about BOUNDARY_AFTER_S: (start, end) of it.
     `switch_before_end_ms`: the contract ends that long before (its last period keeps its monthly end), and
-    roll-next starts then."""
+    roll-next starts then. Its grant r (90 credits paid 45) rolls over at that end, half of it, or, `expiring`,
+    expires there instead (no rollover)."""
     boundary = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=BOUNDARY_AFTER_S)
     month_before = (boundary.replace(day=1) - timedelta(days=1)).replace(day=1)
     if boundary.day > 28:
@@ -61,7 +64,8 @@ def contract_ending_its_period_soon(client: TariffClient, switch_before_end_ms: 
         kind=contracts_pb2.PREPAID,
         amount="90",
         paid_amount="45",
-        rollover_fraction="0.5",
+        rollover_fraction="" if expiring else "0.5",
+        expires_at=ts(boundary_ms) if expiring else None,
     )
     client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
     return anchor_ms, boundary_ms

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
+from engine import revenue
 from engine.billing import Billing, drain_compile
 from engine.control import NO_CLOSED_PERIODS, NO_INVOICES
 from engine.errors import FailedPrecondition, InvalidArgument, Repeated
@@ -410,6 +411,12 @@ def test_parts_in_contract_is_the_servers_in_neither_audit_entry_nor_retry_finge
     assert all("parts_in_contract" not in entry.diff for entry in closes), closes
 
 
+def g_of(invoice: Invoice) -> tuple[int, int, int, int]:
+    """Grant g on the invoice: (granted, drawn, remaining, expired)."""
+    [g] = [b for b in invoice.grant_balances if b.grant_id == "g"]
+    return (g.granted_picos, g.drawn_picos, g.remaining_picos, g.expired_picos)
+
+
 def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_the_breakage_it_recorded() -> None:
     """c-acme's period (Jan 1 - Feb 1) keeps its monthly end past the Jan 20 12:00 switch: g (10 credits, fraction
     0.5, from Jan 1) pays c-next's 2 tokens of Jan 25 (4 credits, dated before its Feb 1 rollover), so 6 are left
@@ -423,10 +430,6 @@ def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_th
         ack = w.usage([tokens("t1", EPOCH_MS + 24 * DAY_MS, 2)], received_ms=EPOCH_MS + 25 * DAY_MS)
         assert ack.accepted == 1
         return w
-
-    def g_of(invoice: Invoice) -> tuple[int, int, int, int]:
-        [g] = [b for b in invoice.grant_balances if b.grant_id == "g"]
-        return (g.granted_picos, g.drawn_picos, g.remaining_picos, g.expired_picos)
 
     credits = 10**12
     shown = (10 * credits, 7 * credits, 0, 3 * credits)
@@ -458,3 +461,67 @@ def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_th
     )
     replayed = earlier.apply(record)
     assert isinstance(replayed, Invoice) and g_of(replayed) == (10 * credits, 3 * credits, 0, 7 * credits)
+
+
+def test_an_expiring_grant_the_next_contracts_usage_drew_on_shows_what_its_expiry_broke() -> None:
+    """c-acme's period (Jan 1 - Feb 1) keeps its monthly end past the Jan 20 12:00 switch: g (10 credits paid 5, no
+    rollover, from Jan 1, expiring Jan 28) pays c-next's 2 tokens of Jan 25 (4 credits, dated before its expiry),
+    so 6 are left when the clock passes Jan 28: they break. c-acme's draft and final invoice show g as GetBalance
+    does: drawn 4, expired 6, the breakage recorded (not drawn 0, expired 10); c-next's alike. Revenue, at 0.5 a
+    credit, recognises the 4 drawn (2) and breaks the 6 (3) on c-next's line, the period the draw and the lapse
+    count in; c-acme's line defers the 5 sold. A ClosePeriod record of an earlier release (without
+    expired_breakage_shown) replays as it closed: drawn 0 (c-acme's period's usage only), expired 10."""
+    expires_ms = EPOCH_MS + 27 * DAY_MS
+
+    def world() -> BillingWorld:
+        w = switched_contracts()
+        w.apply(server(w.grant_command("g", "10", paid="5", expires_at_ms=expires_ms)))
+        ack = w.usage([tokens("t1", EPOCH_MS + 24 * DAY_MS, 2)], received_ms=EPOCH_MS + 25 * DAY_MS)
+        assert ack.accepted == 1
+        return w
+
+    credits = 10**12
+    shown = (10 * credits, 4 * credits, 0, 6 * credits)
+    next_start_ms = EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS
+    w = world()
+    draft = w.engine.preview("acme", EPOCH_MS)
+    assert g_of(draft) == shown
+    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
+    [line] = w.engine.preview("acme", next_start_ms).lines
+    assert line.credits == [("g", 4 * credits)]
+    w.apply(server(cmd.AdvanceClock(FEB_1_MS, "clock")))
+    assert [(g, c) for _, g, _, c, _ in w.billing.kernel.breakage("acme")] == [("g", 6 * credits)]
+    balance = w.billing.kernel.balance("acme", FEB_1_MS)
+    assert balance is not None
+    assert [grant[3:] for grant in balance["grants"] if grant[0] == "g"] == [
+        (6 * credits, 4 * credits)
+    ]  # expired, drawn
+    final = w.apply(server(cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)))
+    assert isinstance(final, Invoice) and g_of(final) == shown
+    assert draft_fields(final) == draft_fields(draft)
+    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
+    due = w.apply(server(cmd.CloseDuePeriods(next_start_ms + 31 * DAY_MS, ACTOR, 0)))
+    assert isinstance(due, list) and [g_of(i) for i in due if i.period_start_ms == next_start_ms] == [shown]
+    kernel = w.billing.kernel
+    usage = kernel.usage("acme")
+    assert usage is not None
+    report = revenue.report(
+        w.engine,
+        lambda _: usage[0],
+        EPOCH_MS,
+        FEB_1_MS,
+        "acme",
+        lambda _: revenue.KernelCredits(kernel.made_grants("acme"), kernel.breakage("acme")),
+    )
+    lines = [
+        (line.period_start_ms, line.recognized_credits, line.breakage, line.deferred) for line in report.by_customer
+    ]
+    assert lines == [(EPOCH_MS, 0, 0, 5 * credits), (next_start_ms, 2 * credits, 3 * credits, 0)]
+
+    earlier = world()
+    earlier.apply(server(cmd.AdvanceClock(FEB_1_MS, "clock")))
+    record = msgspec.structs.replace(
+        server(cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)), expired_breakage_shown=False
+    )
+    replayed = earlier.apply(record)
+    assert isinstance(replayed, Invoice) and g_of(replayed) == (10 * credits, 0, 0, 10 * credits)

@@ -95,6 +95,7 @@ def close(at_ms: int) -> cmd.ClosePeriod:
         adjustments_in_contract=True,
         parts_in_contract=True,
         rolled_breakage_shown=True,
+        expired_breakage_shown=True,
     )
 
 

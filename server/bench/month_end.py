@@ -43,6 +43,7 @@ def refreshes_ms(customers: int) -> list[float]:
                 adjustments_in_contract=True,
                 parts_in_contract=True,
                 rolled_breakage_shown=True,
+                expired_breakage_shown=True,
             )
             billing.apply(close, billing.last_seq + 1)
         except Repeated:  # nothing left to close

@@ -173,6 +173,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             adjustments_in_contract=True,
             parts_in_contract=True,
             rolled_breakage_shown=True,
+            expired_breakage_shown=True,
         )
         return invoice_pb(await self._apply(command, Invoice))
 
@@ -190,6 +191,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
                 adjustments_in_contract=True,
                 parts_in_contract=True,
                 rolled_breakage_shown=True,
+                expired_breakage_shown=True,
             ),
             list,
         )

@@ -791,11 +791,12 @@ type InvoiceGrantBalance struct {
 	GrantId string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
 	Granted string                 `protobuf:"bytes,2,opt,name=granted,proto3" json:"granted,omitempty"`
 	// Drawn by the usage of this period and every earlier one; for a grant
-	// that rolled over by the period's end, all but its breakage: also what
-	// moved into its ROLLOVER grant, and what usage of a later contract's
-	// period dated before that end drew (a switched contract's last period
-	// keeps its monthly end), as GetBalance's GrantBalance.drawn counts it (the
-	// ROLLOVER grant is listed from the next period on).
+	// that expired or rolled over by the period's end, all but its breakage:
+	// also what moved into its ROLLOVER grant, and what usage of a later
+	// contract's period dated before its expiry or rollover drew (a switched
+	// contract's last period keeps its monthly end), as GetBalance's
+	// GrantBalance.drawn counts it (the ROLLOVER grant is listed from the next
+	// period on).
 	Drawn string `protobuf:"bytes,3,opt,name=drawn,proto3" json:"drawn,omitempty"`
 	// granted - drawn, unless the grant expired or rolled over by the period's
 	// end (then 0).

@@ -481,11 +481,12 @@ export type InvoiceGrantBalance = Message<"tariff.v1.InvoiceGrantBalance"> & {
 
   /**
    * Drawn by the usage of this period and every earlier one; for a grant
-   * that rolled over by the period's end, all but its breakage: also what
-   * moved into its ROLLOVER grant, and what usage of a later contract's
-   * period dated before that end drew (a switched contract's last period
-   * keeps its monthly end), as GetBalance's GrantBalance.drawn counts it (the
-   * ROLLOVER grant is listed from the next period on).
+   * that expired or rolled over by the period's end, all but its breakage:
+   * also what moved into its ROLLOVER grant, and what usage of a later
+   * contract's period dated before its expiry or rollover drew (a switched
+   * contract's last period keeps its monthly end), as GetBalance's
+   * GrantBalance.drawn counts it (the ROLLOVER grant is listed from the next
+   * period on).
    *
    * @generated from field: string drawn = 3;
    */
