@@ -85,6 +85,29 @@ def grant(
     )
 
 
+def grant_c150(at_ms: int, grant_id: str, amount: str, expires_at_ms: int | None) -> cmd.GrantCredits:
+    """A promotional grant to c150 from hour 10, burning first (priority -1), as the server takes one."""
+    return cmd.GrantCredits(
+        at_ms,
+        ACTOR,
+        grant_id,
+        "c150",
+        "k-c150",
+        GrantKind.PROMOTIONAL,
+        amount,
+        "0",
+        -1,
+        (),
+        EPOCH_MS + 10 * HOUR_MS,
+        expires_at_ms,
+        "",
+        use_ends_at_rollover=True,
+        paid_at_picos=True,
+        made_ids_refused=True,
+        rollover_start_in_contract=True,
+    )
+
+
 def close(at_ms: int) -> cmd.ClosePeriod:
     return cmd.ClosePeriod(
         at_ms,
@@ -313,38 +336,17 @@ def test_a_batch_after_a_grant_expired_during_a_rerating_completes_it_then_the_c
     expires_ms = RECEIVED_MS + 60_000
     answers: list[object] = []
 
-    def grant_c150(grant_id: str, amount: str, expires_at_ms: int | None) -> cmd.GrantCredits:
-        return cmd.GrantCredits(
-            clock[0],
-            ACTOR,
-            grant_id,
-            "c150",
-            "k-c150",
-            GrantKind.PROMOTIONAL,
-            amount,
-            "0",
-            -1,
-            (),
-            EPOCH_MS + 10 * HOUR_MS,
-            expires_at_ms,
-            "",
-            use_ends_at_rollover=True,
-            paid_at_picos=True,
-            made_ids_refused=True,
-            rollover_start_in_contract=True,
-        )
-
     async def main() -> Billing:
         billing, sequencer = await writer_with_granted_customers(journal, customers, clock_ms=lambda: clock[0])
         usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
         await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
-        await sequencer.run(grant_c150("E", "10", expires_ms))
+        await sequencer.run(grant_c150(clock[0], "E", "10", expires_ms))
         published = sequencer.submit(publish(0))
         while billing.rerating is None:
             await asyncio.sleep(0.001)
         clock[0] = expires_ms + 1
         assert not published.done() and billing.rerating.pending, "the scenario needs the re-rating pending"
-        granted = sequencer.submit(grant_c150("G2", "5", None))
+        granted = sequencer.submit(grant_c150(clock[0], "G2", "5", None))
         rated = sequencer.submit(UsageBatch(batch_of(customers, "late", [(150, 19, 1)]), 10_000))
         answers.append((await rated)[1])
         await granted
@@ -392,36 +394,15 @@ def test_the_clock_drivers_look_after_a_grant_expired_during_a_rerating_complete
     expires_ms = RECEIVED_MS + 30_000  # before the hold on c000 falls due (DUE_MS)
     seen: list[object] = []
 
-    def grant_c150(grant_id: str, amount: str, expires_at_ms: int | None) -> cmd.GrantCredits:
-        return cmd.GrantCredits(
-            clock[0],
-            ACTOR,
-            grant_id,
-            "c150",
-            "k-c150",
-            GrantKind.PROMOTIONAL,
-            amount,
-            "0",
-            -1,
-            (),
-            EPOCH_MS + 10 * HOUR_MS,
-            expires_at_ms,
-            "",
-            use_ends_at_rollover=True,
-            paid_at_picos=True,
-            made_ids_refused=True,
-            rollover_start_in_contract=True,
-        )
-
     async def main() -> Billing:
         billing, sequencer = await writer_with_granted_customers(journal, customers, clock_ms=lambda: clock[0])
         usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
         await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
-        await sequencer.run(grant_c150("E", "10", expires_ms))
+        await sequencer.run(grant_c150(clock[0], "E", "10", expires_ms))
         published = sequencer.submit(publish(0))
         while billing.rerating is None:
             await asyncio.sleep(0.001)
-        granted = sequencer.submit(grant_c150("G2", "5", None))
+        granted = sequencer.submit(grant_c150(clock[0], "G2", "5", None))
         await sequencer.run(hold("c000", "h-c000", 1))  # applies beside the re-rating: G2 is queued behind it by now
         assert not granted.done() and not published.done(), "the scenario needs G2 queued behind a pending re-rating"
         clock[0] = expires_ms + 1
