@@ -8,6 +8,7 @@ restart, and a retry is answered as the committed publish."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -16,9 +17,9 @@ from tariff.v1 import usage_pb2
 import server.sequencer as sequencer_module
 from engine import commands as cmd
 from engine.versions import PublishResult
-from server.errors import Unavailable
+from server.errors import ResourceExhausted, Unavailable
 from server.journal import JournalFull, MemoryJournal
-from server.sequencer import RerationDone, Sequencer, UsageBatch, decode_record, recover
+from server.sequencer import JournalRecord, RerationDone, Sequencer, UsageBatch, decode_record, recover
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 
@@ -56,21 +57,23 @@ class _CompletionCommitsFail(MemoryJournal):
         ]
 
 
-def _world() -> World:
+def _world(customers: Sequence[str] = CUSTOMERS) -> World:
     world = World()
     world.product("calls", value_key="n", dimensions=("model",))
     world.rate_card()
     world.version([rate("calls", unit("1"))])
-    for customer_id in CUSTOMERS:
+    for customer_id in customers:
         world.customer(customer_id)
         world.contract(f"c-{customer_id}", customer_id=customer_id)
         world.grant(f"g-{customer_id}", "10", customer_id=customer_id)
     return world
 
 
-async def _a_draft_to_publish(sequencer: Sequencer, world: World) -> cmd.PublishVersion:
-    """The world's commands, usage of both customers in hours 0-2, and a draft priced 1.5: its publish from hour 1
-    re-rates both customers (a re-rating pending after its record, completed by background slices)."""
+async def _a_draft_to_publish(
+    sequencer: Sequencer, world: World, customers: Sequence[str] = CUSTOMERS
+) -> cmd.PublishVersion:
+    """The world's commands, usage of `customers` in hours 0-2, and a draft priced 1.5: its publish from hour 1
+    re-rates them (a re-rating pending after its record, completed by background slices)."""
     for command in world.journal:
         await sequencer.run(command)
     events = [
@@ -81,7 +84,7 @@ async def _a_draft_to_publish(sequencer: Sequencer, world: World) -> cmd.Publish
             customer_id=customer_id,
             dimensions={"model": "m1"},
         )
-        for customer_id in CUSTOMERS
+        for customer_id in customers
         for hour in range(3)
     ]
     await sequencer.run(UsageBatch(usage_pb2.UsageBatch(batch_id="b", events=events).SerializeToString(), 100))
@@ -172,3 +175,72 @@ def test_a_publish_whose_completion_cannot_commit_before_the_close_is_told_it_is
     assert journal.publishes() == [publish_seq], "the retry published nothing again"
     assert [done.publish_seq for done in journal.completions()] == [publish_seq]
     assert journal.completions()[0].done[:3] == (2, 4, 4), "the restart completed the re-rating"
+
+
+class _HeldThenRefused(MemoryJournal):
+    """Holds the publish's commit until `go` is set, then refuses, once, the commit of the next group holding a usage
+    batch (as a full disk would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.refused: list[JournalRecord] = []
+
+    def commit(self, records: Sequence[tuple[int, bytes]]) -> None:
+        decoded = [decode_record(blob) for _, blob in records]
+        if any(isinstance(record.command, cmd.PublishVersion) and record.deferred for record in decoded):
+            self.go.wait()
+        elif not self.refused and any(record.usage is not None for record in decoded) and self.publishes():
+            self.refused = decoded
+            raise JournalFull("no room (test)")
+        super().commit(records)
+
+    def publishes(self) -> list[int]:
+        return [seq for seq, blob in self.read_records(0) if decode_record(blob).deferred]
+
+
+def test_a_publish_whose_completion_was_applied_on_a_group_whose_commit_failed_is_answered_after_the_rebuild(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The commits are pipelined: the group holding the completion record is applied while the group before it
+    commits, and when that commit fails the completion's group is dropped with it ("an earlier batch's commit"),
+    the publish durable all the same."""
+    monkeypatch.setattr(sequencer_module, "SLICE_CUSTOMERS", 1)
+    planned = ("acme", "beta", "delta", "echo")  # re-rated a customer a group: acme beside the publish's record
+    journal = _HeldThenRefused()
+    world = _world((*planned, "gamma"))  # gamma has no usage before: not in the plan
+
+    async def main() -> tuple[tuple[int, object], BaseException | None]:
+        billing = recover(journal)
+        sequencer = Sequencer(
+            billing, journal, clock_ms=lambda: RECEIVED_MS, snapshot_every_records=10**9, snapshot_every_events=10**9
+        )
+        sequencer.start()
+        publish = await _a_draft_to_publish(sequencer, world, planned)
+        answer = sequencer.submit(publish)
+        # The publish's record commits (held here) while the next group re-rates beta: the batch after comes in
+        # a group of its own, with delta's slice, and echo's slice and the completion in the group after it.
+        while billing.rerating is None or billing.rerating.cursor < 2:
+            await asyncio.sleep(0)
+        event = usage_event(
+            "gamma-9", EPOCH_MS + 9 * HOUR_MS, {"n": 1.0}, customer_id="gamma", dimensions={"model": "m1"}
+        )
+        usage = sequencer.submit(
+            UsageBatch(usage_pb2.UsageBatch(batch_id="g", events=[event]).SerializeToString(), 100)
+        )
+        journal.go.set()
+        refused = await asyncio.gather(usage, return_exceptions=True)
+        published = await answer
+        await sequencer.close()
+        error = refused[0]
+        return published, error if isinstance(error, BaseException) else None
+
+    (seq, result), refused = asyncio.run(main())
+    assert isinstance(refused, ResourceExhausted), "the batch's commit was refused: nothing of it was written"
+    assert [record.usage is not None for record in journal.refused] == [True], "the batch's group: it alone"
+    assert journal.publishes() == [seq]
+    completions = [done for _, blob in journal.read_records(0) if (done := decode_record(blob).rerated) is not None]
+    assert [done.publish_seq for done in completions] == [seq]
+    assert isinstance(result, PublishResult)
+    assert (result.customers_rerated, result.buckets_rerated, result.events_rerated) == completions[0].done[:3]
+    assert completions[0].done[:3] == (4, 8, 8)
