@@ -486,6 +486,9 @@ class _Group:
     touched: set[str] = dataclasses.field(default_factory=set)
     alerts_upto: int = 0
     explain: list[bytes] = dataclasses.field(default_factory=list)  # the kernel's explain records of its batches
+    # The publish whose re-rating's completion record this group holds, answered among `answers`: if the commit
+    # fails with the publish durable, it is held again rather than failed (`Sequencer._fail_group`).
+    held: _HeldPublish | None = None
 
     def start(self, writer_thread: Worker, journal: Journal) -> None:
         if not self.records:
@@ -511,10 +514,13 @@ class _Group:
             else:
                 submission.future.set_result((seq, result))
 
-    def fail(self, error: Exception) -> None:
-        """Nothing of the group was committed: every caller gets `error`, and each IngestUsage stream with a batch
-        here ends with it, so the writer applies none of the batches that stream sent after (queued behind)."""
+    def fail(self, error: Exception, *, spared: _Submission | None = None) -> None:
+        """Nothing of the group was committed: every caller gets `error` (but `spared`, answered later), and each
+        IngestUsage stream with a batch here ends with it, so the writer applies none of the batches that stream
+        sent after (queued behind)."""
         for submission, _, _ in self.answers:
+            if submission is spared:
+                continue
             if isinstance(submission.command, UsageBatch) and submission.command.stream is not None:
                 submission.command.stream.refused = True
             if not submission.future.done():
@@ -599,6 +605,7 @@ class Sequencer:
             self._arrived.set()
             await self._task
         if self.failure is None:
+            self._answer_held_at_close()
             # No compaction: a shutdown should not wait for one (seconds at 10,000,000 ids); the next start's
             # first store does it.
             await self._snapshot(compact=False)
@@ -650,7 +657,9 @@ class Sequencer:
                     if failure is not None:
                         # The state was rebuilt from the journal: what `prepared` applied on top is gone. Its
                         # callers hear the same kind of answer (a full journal is RESOURCE_EXHAUSTED for them too).
-                        prepared.fail(type(failure)(f"{failure} (an earlier batch's commit; nothing of this one)"))
+                        self._fail_group(
+                            prepared, type(failure)(f"{failure} (an earlier batch's commit; nothing of this one)")
+                        )
                         prepared = None
                 if prepared is not None:
                     prepared.start(self._writer_thread, self.journal)
@@ -1042,6 +1051,7 @@ class Sequencer:
         held, self._held = self._held, None
         if held is not None and held.seq == rerating.publish_seq:
             group.answers.append((held.submission, held.seq, with_rerated(held.published, done)))
+            group.held = held
 
     def _fail_held(self, error: Exception) -> None:
         """After the state was rebuilt from the journal: a publish being planned (applied nowhere yet) and a held
@@ -1057,6 +1067,42 @@ class Sequencer:
         self._held = None
         if not held.submission.future.done():
             held.submission.future.set_exception(error)
+
+    def _fail_group(self, group: _Group, error: Exception) -> None:
+        """After the state was rebuilt from the journal: nothing of `group` was committed, and its callers get
+        `error`, but for a publish whose completion record it held when the journal holds the publish (its record
+        was committed by an earlier group): its re-rating is pending again, and it is held again, to be answered
+        once the completion is durable after all (or at the close: `_answer_held_at_close`). `error` says nothing
+        was written, which is not so for that publish, and the answer a retry would get then is the committed
+        publish's, whose counts are zero: the caller would lose what its re-rating did."""
+        held = group.held
+        rerating = self.billing.rerating
+        if held is None or rerating is None or rerating.publish_seq != held.seq:
+            group.fail(error)
+            return
+        assert self._held is None, "one re-rating pending at a time, and its publish held once"
+        self._held = held
+        group.fail(error, spared=held.submission)
+
+    def _answer_held_at_close(self) -> None:
+        """At the close, a publish still held: its record is durable but its re-rating's completion is not (a commit
+        holding it failed, the last at the close itself). Its caller is told so, and that a retry is safe: the
+        restart completes the re-rating (replay leaves it pending), and a retry is answered as the committed
+        publish."""
+        held, self._held = self._held, None
+        if held is None or held.submission.future.done():
+            return
+        rerating = self.billing.rerating
+        if rerating is None or rerating.publish_seq != held.seq:  # not reached: a held publish is pending
+            held.submission.future.set_exception(Unavailable("the server is shutting down"))
+            return
+        held.submission.future.set_exception(
+            Unavailable(
+                f"the server is shutting down before the re-rating of the publish was journaled complete: the "
+                f"publish is durable (journal record {held.seq}) and its re-rating completes when the server starts "
+                "again; a retry is safe: it publishes nothing again and is answered as the committed publish"
+            )
+        )
 
     async def _rate(self, group: _Group, run: list[tuple[_Submission, UsageBatch]]) -> None:
         """Rates a run of usage batches on the rating thread while the event loop goes on serving reads (each
@@ -1116,7 +1162,7 @@ class Sequencer:
             await self._stored()  # the rebuild reads the snapshot: not while one is written
             self._rebuild()
             self._fail_held(failure)
-            group.fail(failure)
+            self._fail_group(group, failure)
             if self.committed is not None:
                 self.committed(None, self.billing.engine.state.alerts.last_seq)
             return failure

@@ -67,6 +67,13 @@ type PricingServiceClient interface {
 	// and its validation; the re-rating counts are zero, as the retry re-rated
 	// nothing: see PublishVersionResponse); with another effective_from it is
 	// FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
+	// A publish that re-rates usage is journaled first and answered once its
+	// re-rating is complete and durable, with what it did. A journal commit
+	// failing after the publish is durable (the one holding the re-rating's
+	// completion) does not fail the call: the re-rating is completed again and
+	// the call answered then. Should the server stop first, the call ends
+	// UNAVAILABLE; the publish stays durable, its re-rating completes after the
+	// restart, and a retry is answered as the committed publish.
 	PublishVersion(ctx context.Context, in *PublishVersionRequest, opts ...grpc.CallOption) (*PublishVersionResponse, error)
 	// Publishes a copy of an earlier published version as a new version, through
 	// PublishVersion's own path (see RollbackRateCardRequest). Key: what the
@@ -262,6 +269,13 @@ type PricingServiceServer interface {
 	// and its validation; the re-rating counts are zero, as the retry re-rated
 	// nothing: see PublishVersionResponse); with another effective_from it is
 	// FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
+	// A publish that re-rates usage is journaled first and answered once its
+	// re-rating is complete and durable, with what it did. A journal commit
+	// failing after the publish is durable (the one holding the re-rating's
+	// completion) does not fail the call: the re-rating is completed again and
+	// the call answered then. Should the server stop first, the call ends
+	// UNAVAILABLE; the publish stays durable, its re-rating completes after the
+	// restart, and a retry is answered as the committed publish.
 	PublishVersion(context.Context, *PublishVersionRequest) (*PublishVersionResponse, error)
 	// Publishes a copy of an earlier published version as a new version, through
 	// PublishVersion's own path (see RollbackRateCardRequest). Key: what the

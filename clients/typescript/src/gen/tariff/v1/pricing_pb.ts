@@ -1960,6 +1960,13 @@ export const PricingService: GenService<{
    * and its validation; the re-rating counts are zero, as the retry re-rated
    * nothing: see PublishVersionResponse); with another effective_from it is
    * FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
+   * A publish that re-rates usage is journaled first and answered once its
+   * re-rating is complete and durable, with what it did. A journal commit
+   * failing after the publish is durable (the one holding the re-rating's
+   * completion) does not fail the call: the re-rating is completed again and
+   * the call answered then. Should the server stop first, the call ends
+   * UNAVAILABLE; the publish stays durable, its re-rating completes after the
+   * restart, and a retry is answered as the committed publish.
    *
    * @generated from rpc tariff.v1.PricingService.PublishVersion
    */
