@@ -74,7 +74,16 @@ current_call: contextvars.ContextVar[Context | None] = contextvars.ContextVar("t
 ACTOR_ANONYMOUS = "anonymous"
 # The metadata a caller may send to name the person it acts for (see `actor`).
 ACTOR_HEADER = "x-actor"
-ACTOR_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+ACTOR_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+ACTOR_RULE = "1-128 characters of letters, digits and ._:@-"
+
+
+def is_actor_name(text: str) -> bool:
+    """The one rule for every audit log actor a caller or an operator chooses: an x-actor value, the CLI's --actor
+    and an API key's name (`tariff keys new --name`). ACTOR_RULE: no space, so "PERSON via KEY" reads
+    one way only, and no newline or control character to break an audit table's rows or a log line. The whole text
+    must match: a `$`-anchored match let a trailing newline through."""
+    return ACTOR_PATTERN.fullmatch(text) is not None
 
 
 def actor(named: str | None = None) -> str:
@@ -87,10 +96,8 @@ def actor(named: str | None = None) -> str:
     identity = caller.get()
     if named is None:
         return identity.name if identity is not None else ACTOR_ANONYMOUS
-    if not ACTOR_PATTERN.match(named):
-        raise InvalidArgument.field(
-            ACTOR_HEADER, f"{named[:32]!r} must be 1-128 characters of letters, digits and ._:@-"
-        )
+    if not is_actor_name(named):
+        raise InvalidArgument.field(ACTOR_HEADER, f"{named[:32]!r} must be {ACTOR_RULE}")
     if identity is None:
         return named
     if identity.customers is not None:

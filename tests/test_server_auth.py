@@ -7,6 +7,7 @@ Demo prices (server/demo.py): a simple summary on gpt-4o-mini costs 0.5 credits;
 from __future__ import annotations
 
 import json
+import os
 import queue
 import secrets
 import shutil
@@ -31,12 +32,14 @@ from tariff.v1 import (
     usage_pb2,
 )
 
+from engine.errors import InvalidArgument
 from server import auth
 from server.app import ServeConfig, listen_refusal
 from tests.demo_usage import ACME, CHEAP, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 
 BETA = "beta"
+TARIFF = Path(sys.executable).parent / "tariff"  # the installed command (as tests/test_cli.py runs it)
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 TARIFF_PROTOS = [alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2]
 
@@ -574,6 +577,28 @@ def test_audit_log_records_the_key_name_as_actor(keyed: tuple[ServerProcess, Key
         ("CreateCustomer", "ops-admin"),  # gamma
     ], by_key
     assert by_key[0][1].endswith("beta") and by_key[-1][1].endswith("gamma"), by_key
+
+
+@pytest.mark.parametrize("named", ["alice\n", "alice via ops", "a" * 129, ""])
+def test_an_x_actor_breaking_the_rule_is_invalid_argument_naming_the_header(named: str) -> None:
+    """`actor` held the header to the rule with a `$`-anchored match, which let a trailing newline through:
+    "alice\n" became the actor. Every value breaking the rule is INVALID_ARGUMENT naming x-actor."""
+    with pytest.raises(InvalidArgument) as caught:
+        auth.actor(named)
+    assert [field for field, _ in caught.value.violations] == ["x-actor"]
+
+
+def test_the_cli_refuses_an_actor_with_a_trailing_newline_as_a_usage_error() -> None:
+    """`--actor $'alice\n'` passed the CLI's check (the same `$`-anchored match) and the call failed in grpc
+    (exit 1, "INTERNAL: Invalid metadata" after a core error line); now a usage error naming --actor (exit 2),
+    nothing sent."""
+    command = [str(TARIFF), "customers", "create", "x", "--actor", "alice\n", "--server", "127.0.0.1:1"]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=environment
+    )
+    assert done.returncode == 2, done
+    assert "Invalid value for '--actor'" in done.stderr and "INTERNAL" not in done.stderr, done.stderr
 
 
 # ---------------------------------------------------------------------------------------------
