@@ -74,7 +74,16 @@ current_call: contextvars.ContextVar[Context | None] = contextvars.ContextVar("t
 ACTOR_ANONYMOUS = "anonymous"
 # The metadata a caller may send to name the person it acts for (see `actor`).
 ACTOR_HEADER = "x-actor"
-ACTOR_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+ACTOR_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+ACTOR_RULE = "1-128 characters of letters, digits and ._:@-"
+
+
+def is_actor_name(text: str) -> bool:
+    """The one rule for every audit log actor a caller or an operator chooses: an x-actor value, an API key's name
+    (the key file, `tariff keys new --name`) and the CLI's --actor. ACTOR_RULE: no space, so "PERSON via KEY" reads
+    one way only, and no newline or control character to break an audit table's rows or a log line. The whole text
+    must match: a `$`-anchored match let a trailing newline through."""
+    return ACTOR_PATTERN.fullmatch(text) is not None
 
 
 def actor(named: str | None = None) -> str:
@@ -87,10 +96,8 @@ def actor(named: str | None = None) -> str:
     identity = caller.get()
     if named is None:
         return identity.name if identity is not None else ACTOR_ANONYMOUS
-    if not ACTOR_PATTERN.match(named):
-        raise InvalidArgument.field(
-            ACTOR_HEADER, f"{named[:32]!r} must be 1-128 characters of letters, digits and ._:@-"
-        )
+    if not is_actor_name(named):
+        raise InvalidArgument.field(ACTOR_HEADER, f"{named[:32]!r} must be {ACTOR_RULE}")
     if identity is None:
         return named
     if identity.customers is not None:
@@ -232,8 +239,13 @@ def _parse_entry(where: str, raw: object) -> tuple[str, Identity]:
             f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_KEY_FIELDS))})"
         )
     name, digest, role = raw.get("name"), raw.get("sha256"), raw.get("role")
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not name:
         raise KeyFileError(f"{where}: 'name' is required (a non-empty string)")
+    if not is_actor_name(name):
+        # Quoted and cut: the message is one line of bounded size whatever the name holds.
+        raise KeyFileError(
+            f"{where}: 'name' {quoted_id(name)} must be {ACTOR_RULE} (the rule an x-actor has: it is the audit log's actor)"
+        )
     if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
         raise KeyFileError(f"{where} ({name}): 'sha256' must be the 64 hex digits of the key's SHA-256")
     if role not in ROLES:

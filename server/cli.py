@@ -310,9 +310,9 @@ def keys() -> None:
 def _key_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
     """--name held to the x-actor rule (a usage error else): the name is the audit log's actor, and "PERSON via KEY"
     must read one way only (a key named "alice via ops" would pass its changes off as done in alice's name)."""
-    from server.auth import ACTOR_PATTERN
+    from server.auth import is_actor_name
 
-    if ACTOR_PATTERN.fullmatch(name) is None:
+    if not is_actor_name(name):
         shown = name if len(name) <= 32 else name[:32] + "…"
         raise click.BadParameter(f"{shown!r} is not a key name (1-128 letters, digits and ._:@-)")
     return name

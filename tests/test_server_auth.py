@@ -7,6 +7,7 @@ Demo prices (server/demo.py): a simple summary on gpt-4o-mini costs 0.5 credits;
 from __future__ import annotations
 
 import json
+import os
 import queue
 import secrets
 import shutil
@@ -31,12 +32,14 @@ from tariff.v1 import (
     usage_pb2,
 )
 
+from engine.errors import InvalidArgument
 from server import auth
 from server.app import ServeConfig, listen_refusal
 from tests.demo_usage import ACME, CHEAP, demo_batch
-from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
+from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess, ServerStartError
 
 BETA = "beta"
+TARIFF = Path(sys.executable).parent / "tariff"  # the installed command (as tests/test_cli.py runs it)
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 TARIFF_PROTOS = [alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2]
 
@@ -195,6 +198,80 @@ def test_a_bad_key_file_is_refused_with_a_message_naming_the_entry(text: str, fm
     assert str(caught.value).startswith("keys-file: ")
 
 
+# Names breaking the x-actor rule (1-128 ASCII letters, digits and ._:@-) that a key file could hold: the key's name
+# is the audit log's actor, so "alice via ops" would read as alice's change made through key ops, and a newline or
+# control character would break an audit table's rows and the server's log lines.
+BAD_KEY_NAMES = {
+    "via": "alice via ops",
+    "newline": "a\nb",
+    "trailing-newline": "ops\n",
+    "tab": "tab\there",
+    "control": "bell\x07",
+    "leading-space": " ops",
+    "blank": " ",
+    "129-chars": "x" * 129,
+    "non-ascii": "café",
+}
+ACTOR_RULE_WHY = (
+    "must be 1-128 characters of letters, digits and ._:@- (the rule an x-actor has: it is the audit log's actor)"
+)
+
+
+def key_file_text(fmt: str, entries: list[dict[str, str]]) -> str:
+    """A key file of `entries` (name, sha256, role) as JSON or TOML (JSON string escapes are TOML's too)."""
+    if fmt == "json":
+        return json.dumps({"keys": entries})
+    return "".join("[[keys]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in e.items()) for e in entries)
+
+
+@pytest.mark.parametrize("fmt", ["json", "toml"])
+@pytest.mark.parametrize("name", list(BAD_KEY_NAMES.values()), ids=list(BAD_KEY_NAMES))
+def test_a_key_name_breaking_the_actor_rule_is_refused_in_one_line_naming_the_entry(fmt: str, name: str) -> None:
+    """README "API keys": a key's name is held to the x-actor rule in the key file too. The server took any
+    non-blank text there ("alice via ops", newlines, control characters); now KeyFileError names the entry and why,
+    in one line (the name quoted, so its newline cannot start a line of its own), before anything is opened."""
+    entries = [
+        {"name": "ops", "sha256": "0" * 64, "role": "admin"},
+        {"name": name, "sha256": "1" * 64, "role": "read"},
+    ]
+    with pytest.raises(auth.KeyFileError) as caught:
+        auth.parse_keys(key_file_text(fmt, entries), fmt, "keys-file")
+    message = str(caught.value)
+    shown = repr(name) if len(name) <= 128 else f"{name[:128]!r}…"
+    assert message == f"keys-file: keys[1]: 'name' {shown} {ACTOR_RULE_WHY}"
+    assert "\n" not in message
+
+
+def test_a_key_name_of_megabytes_is_quoted_cut_to_128_characters() -> None:
+    entries = [{"name": "n" * 1_000_000, "sha256": "0" * 64, "role": "admin"}]
+    with pytest.raises(auth.KeyFileError) as caught:
+        auth.parse_keys(key_file_text("json", entries), "json", "keys-file")
+    assert str(caught.value) == f"keys-file: keys[0]: 'name' '{'n' * 128}'… {ACTOR_RULE_WHY}"
+
+
+@pytest.mark.parametrize("fmt", ["json", "toml"])
+def test_a_key_name_the_actor_rule_allows_is_taken_as_it_is(fmt: str) -> None:
+    """The longest name the rule allows, with every punctuation it allows."""
+    name = ("ops.team_1:eu@acme-" * 7)[:128]
+    loaded = auth.parse_keys(key_file_text(fmt, [{"name": name, "sha256": "A" * 64, "role": "read"}]), fmt)
+    assert loaded == {"a" * 64: auth.Identity(name, "read", None)}
+
+
+@pytest.mark.parametrize("suffix", ["json", "toml"])
+def test_new_key_refuses_a_bad_name_and_a_file_holding_one_before_writing(tmp_path: Path, suffix: str) -> None:
+    """`new_key` (behind `tariff keys new`) writes no file the server would refuse: not one it would add a bad name
+    to, nor one already holding a bad name (the entry is named, the file left as it was)."""
+    path = tmp_path / f"keys.{suffix}"
+    with pytest.raises(auth.KeyFileError, match=r"keys\[0\]: 'name' 'alice via ops' must be 1-128"):
+        auth.new_key(path, "alice via ops", "admin")
+    assert not path.exists()
+    text = key_file_text(suffix, [{"name": "ops\n", "sha256": "0" * 64, "role": "admin"}])
+    path.write_text(text)
+    with pytest.raises(auth.KeyFileError, match=r"keys\[0\]: 'name' 'ops\\n' must be 1-128"):
+        auth.new_key(path, "meter", "ingest")
+    assert path.read_text() == text
+
+
 def test_new_key_refuses_to_append_to_a_broken_file_and_leaves_it_alone(tmp_path: Path) -> None:
     for name, text in [("keys.json", '{"keys": [}'), ("keys.toml", "[[keys]\n")]:
         path = tmp_path / name
@@ -304,6 +381,26 @@ def test_server_with_a_bad_key_file_exits_with_the_reason(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "keys[0] (x): 'role' must be one of admin, ingest, read" in result.stderr, result.stderr
     assert not (tmp_path / "d").exists(), "nothing is created before the keys are known good"
+
+
+def test_a_server_whose_key_file_names_a_key_against_the_actor_rule_stops_with_one_line(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A real `tariff serve` given a key file with a key named "ops" plus a newline and a forged log line: it
+    started and recorded that name as the actor of the key's changes. Now it exits 2 before opening its data,
+    its log saying why in one line naming the file and the entry."""
+    name = "ops\n2026-12-06T00:00:00Z INFO all keys loaded"
+    keys = Keys(tmp_path / "keys.json", {"ops-admin": ("admin", None), name: ("admin", None)})
+    server = server_factory(extra_args=keys.args, api_key=keys.key["ops-admin"], name="bad-key-name", start=False)
+    with pytest.raises(ServerStartError):
+        server.start()
+    assert server.returncode == 2
+    log = server.log_tail(200)
+    said = [line for line in log.splitlines() if "keys[1]" in line]
+    assert len(said) == 1, log
+    assert said[0].endswith(f"{keys.path}: keys[1]: 'name' {name!r} {ACTOR_RULE_WHY}"), log
+    assert "all keys loaded" not in log.replace(repr(name), ""), "the name's newline started no line of its own"
+    assert list(server.data_dir.iterdir()) == [], "nothing is opened before the keys are known good"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,6 +671,28 @@ def test_audit_log_records_the_key_name_as_actor(keyed: tuple[ServerProcess, Key
         ("CreateCustomer", "ops-admin"),  # gamma
     ], by_key
     assert by_key[0][1].endswith("beta") and by_key[-1][1].endswith("gamma"), by_key
+
+
+@pytest.mark.parametrize("named", ["alice\n", "alice via ops", "a" * 129, ""])
+def test_an_x_actor_breaking_the_rule_is_invalid_argument_naming_the_header(named: str) -> None:
+    """`actor` held the header to the rule with a `$`-anchored match, which let a trailing newline through:
+    "alice\n" became the actor. Every value breaking the rule is INVALID_ARGUMENT naming x-actor."""
+    with pytest.raises(InvalidArgument) as caught:
+        auth.actor(named)
+    assert [field for field, _ in caught.value.violations] == ["x-actor"]
+
+
+def test_the_cli_refuses_an_actor_with_a_trailing_newline_as_a_usage_error() -> None:
+    """`--actor $'alice\n'` passed the CLI's check (the same `$`-anchored match) and the call failed in grpc
+    (exit 1, "INTERNAL: Invalid metadata" after a core error line); now a usage error naming --actor (exit 2),
+    nothing sent."""
+    command = [str(TARIFF), "customers", "create", "x", "--actor", "alice\n", "--server", "127.0.0.1:1"]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=environment
+    )
+    assert done.returncode == 2, done
+    assert "Invalid value for '--actor'" in done.stderr and "INTERNAL" not in done.stderr, done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,9 +138,9 @@ def checked_actor(_ctx: click.Context, _param: click.Parameter, actor: str | Non
     usage error here, not a call that fails (gRPC cannot send a character outside ASCII at all)."""
     if not actor:
         return actor
-    from server.auth import ACTOR_PATTERN
+    from server.auth import is_actor_name
 
-    if not ACTOR_PATTERN.match(actor):
+    if not is_actor_name(actor):
         raise click.BadParameter(f"{actor[:32]!r} is not 1-128 letters, digits and ._:@- (an x-actor)")
     return actor
 

@@ -3214,7 +3214,9 @@ type AuditEntry struct {
 	// the header never hides it). A key restricted to some customers may not
 	// name an actor: its state-changing call carrying x-actor is refused with
 	// PERMISSION_DENIED. An x-actor value is 1-128 letters, digits and
-	// . _ : @ - (INVALID_ARGUMENT otherwise), sent once.
+	// . _ : @ - (INVALID_ARGUMENT otherwise), sent once; a key's name is held
+	// to the same rule (the server refuses to start with a key file naming a
+	// key otherwise), so "PERSON via KEY" reads one way only.
 	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
 	// The RPC that made the change ("PublishVersion", "RollbackRateCard", ...).
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`

@@ -1630,7 +1630,9 @@ export type AuditEntry = Message<"tariff.v1.AuditEntry"> & {
    * the header never hides it). A key restricted to some customers may not
    * name an actor: its state-changing call carrying x-actor is refused with
    * PERMISSION_DENIED. An x-actor value is 1-128 letters, digits and
-   * . _ : @ - (INVALID_ARGUMENT otherwise), sent once.
+   * . _ : @ - (INVALID_ARGUMENT otherwise), sent once; a key's name is held
+   * to the same rule (the server refuses to start with a key file naming a
+   * key otherwise), so "PERSON via KEY" reads one way only.
    *
    * @generated from field: string actor = 3;
    */
