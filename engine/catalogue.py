@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from engine import commands as cmd
-from engine.control import ControlPlane, check_id
+from engine.control import ControlPlane, check_applied_id
 from engine.errors import AlreadyExists, InvalidArgument
 from engine.products import Aggregation, Product
 
 
 class CatalogueCommands(ControlPlane):
     def _create_product(self, c: cmd.CreateProduct) -> Product:
-        check_id(c.id, "product.id")
+        check_applied_id(c.id, "product.id")
         violations = []
         if not c.event_type:
             violations.append(("product.event_type", "is required"))

@@ -31,7 +31,10 @@ from engine.ratecard import RateCard
 
 DAY_MS = 24 * 3_600_000
 ID_CHARS_MAX = 128
+# The id rule, held to the whole text (is_id: fullmatch). Its `$` also matches before a final "\n": re.match with
+# it, as releases before the whole-text check used it, let "probe\n" through (check_applied_id).
 ID_PATTERN = re.compile(rf"^[A-Za-z0-9._:@-]{{1,{ID_CHARS_MAX}}}$")
+ID_RULE_WHY = "must be 1-128 characters of letters, digits and ._:@-"
 TEXT_BYTES_MAX = 256
 TEXT_CHARS_SAFE = TEXT_BYTES_MAX // 4  # UTF-8 takes at most 4 bytes a character
 EVENT_MAP_ENTRIES_MAX = 64
@@ -177,14 +180,33 @@ def _list_parts(value: list[Any], size: int) -> Iterator[bytes]:
     yield b"]"
 
 
+def is_id(text: str) -> bool:
+    """Whether the whole of `text` follows the id rule (as engine/kernel/src/kernel.rs is_id): a trailing
+    newline breaks it, as any character outside the rule does."""
+    return ID_PATTERN.fullmatch(text) is not None
+
+
 def check_id(value: str, field_path: str) -> None:
     """The one rule for every id a client chooses (documented in the proto comments): 1-128 characters of
-    ASCII letters, digits and . _ : @ -"""
+    ASCII letters, digits and . _ : @ -, over the whole text. Checked where a request enters the server
+    (server/convert.py check_chosen_ids, check_reference), before anything is journaled."""
+    if not value:
+        raise InvalidArgument.field(field_path, "is required")
+    if not is_id(value):
+        raise InvalidArgument.field(field_path, f"{quoted_id(value)} {ID_RULE_WHY}")
+
+
+def check_applied_id(value: str, field_path: str) -> None:
+    """The id rule as a command checks it when it applies, at replay too: as check_id, but an id ending in one
+    "\n" passes (re.match with ID_PATTERN, whose `$` matches before a final newline). Releases before the
+    whole-text rule checked ids only so, and journaled commands holding such ids ("probe\n"); they must replay as
+    they applied. No live command brings one here: the server refuses every such id where the request enters,
+    before the command is submitted (server/convert.py check_chosen_ids, from server/services/common.py _apply),
+    naming the same field this names."""
     if not value:
         raise InvalidArgument.field(field_path, "is required")
     if not ID_PATTERN.match(value):
-        why = "must be 1-128 characters of letters, digits and ._:@-"
-        raise InvalidArgument.field(field_path, f"{quoted_id(value)} {why}")
+        raise InvalidArgument.field(field_path, f"{quoted_id(value)} {ID_RULE_WHY}")
 
 
 def quoted_id(value: str) -> str:

@@ -9,7 +9,7 @@ from engine.contracts import Contract, Customer
 from engine.control import (
     DAY_MS,
     ControlPlane,
-    check_id,
+    check_applied_id,
     check_text_map,
     default_contract_id,
     fingerprint,
@@ -28,7 +28,7 @@ NO_ATTRIBUTES: dict[str, str] = {}
 
 class CustomerCommands(ControlPlane):
     def _create_customer(self, c: cmd.CreateCustomer) -> Customer:
-        check_id(c.id, "id")
+        check_applied_id(c.id, "id")
         check_text_map(c.attributes, "attributes")
         held = self.state.customers.get(c.id)
         print_ = self._repeat_held(f"customer/{c.id}", c, self._held_print(held), lambda: held)
@@ -42,7 +42,7 @@ class CustomerCommands(ControlPlane):
 
     def _create_contract(self, c: cmd.CreateContract) -> Contract:
         if c.id:
-            check_id(c.id, "id")
+            check_applied_id(c.id, "id")
         customer = self.customer(c.customer_id)
         card = self.rate_card(c.rate_card_id)
         # Unset: the start of the current UTC day, so that usage stamped a moment before the contract was
@@ -108,7 +108,7 @@ class CustomerCommands(ControlPlane):
         if o.ending_before_ms is not None and o.ending_before_ms <= o.starting_at_ms:
             raise InvalidArgument.field("override.ending_before", "must be after starting_at")
         if o.id:
-            check_id(o.id, "override.id")
+            check_applied_id(o.id, "override.id")
         else:
             o = msgspec.structs.replace(o, id=override_id(c))
         key = f"contract/{contract.id}/override/{o.id}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from engine import commands as cmd
-from engine.control import ControlPlane, check_id, keeping_print, shared_int
+from engine.control import ControlPlane, check_applied_id, keeping_print, shared_int
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.instants import iso
 from engine.ledger import Grant, GrantKind
@@ -15,7 +15,7 @@ from engine.money import DECIMAL_CONTEXT, parse_decimal, to_picos
 class GrantCommands(ControlPlane):
     def _grant_credits(self, c: cmd.GrantCredits) -> Grant:
         if c.id:
-            check_id(c.id, "grant.id")
+            check_applied_id(c.id, "grant.id")
         customer_id = self._grant_owner(c)
         if c.kind is None:
             raise InvalidArgument.field("grant.kind", "is required: PREPAID, PROMOTIONAL, ROLLOVER or TOP_UP")

@@ -18,7 +18,7 @@ from engine.alerts import AlertRule, delete_rule, parse_rule
 from engine.audit import AuditLog
 from engine.catalogue import CatalogueCommands
 from engine.contracts import Contract
-from engine.control import BillingState, check_id, share_empty_dicts
+from engine.control import BillingState, check_applied_id, share_empty_dicts
 from engine.customers import CustomerCommands
 from engine.errors import AlreadyExists, NotFound, Repeated
 from engine.grants import GrantCommands
@@ -120,9 +120,9 @@ class Engine(
 
     def _create_alert(self, c: cmd.CreateAlert) -> AlertRule:
         if c.id:
-            check_id(c.id, "id")
+            check_applied_id(c.id, "id")
         if c.customer_id and c.customer_id not in self.state.customers:
-            check_id(c.customer_id, "customer_id")  # not an id at all: INVALID_ARGUMENT, as for every id
+            check_applied_id(c.customer_id, "customer_id")  # not an id at all: INVALID_ARGUMENT, as for every id
             self.customer(c.customer_id)  # NotFound
         rule = parse_rule(c.id, c.customer_id, c.all_customers, c.alert_type, c.threshold, self.state.last_seq + 1)
         rules = self.state.alerts.rules
@@ -141,7 +141,7 @@ class Engine(
         return rule
 
     def _delete_alert_rule(self, c: cmd.DeleteAlertRule) -> AlertRule:
-        check_id(c.id, "id")
+        check_applied_id(c.id, "id")
         book = self.state.alerts
         if c.id in book.rules:
             return delete_rule(book, c.id)

@@ -8,7 +8,7 @@ import msgspec
 
 from engine import commands as cmd
 from engine.cohorts import checked_cohort
-from engine.control import ControlPlane, check_id, fingerprint
+from engine.control import ControlPlane, check_applied_id, fingerprint
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Repeated
 from engine.money import parse_decimal
 from engine.ratecard import (
@@ -41,7 +41,7 @@ class PublishResult(msgspec.Struct, frozen=True):
 
 class VersionCommands(ControlPlane):
     def _create_rate_card(self, c: cmd.CreateRateCard) -> RateCard:
-        check_id(c.id, "id")
+        check_applied_id(c.id, "id")
         if not c.pricing_unit:
             raise InvalidArgument.field("pricing_unit", 'is required: "credits" or an ISO currency such as "USD"')
         key = f"rate_card/{c.id}"
@@ -58,7 +58,7 @@ class VersionCommands(ControlPlane):
         key = f"rate_card/{card.id}/draft/{c.request_id}"
         print_ = b""
         if c.request_id:
-            check_id(c.request_id, "request_id")
+            check_applied_id(c.request_id, "request_id")
             mark = self.state.requests.get(key)
             if mark is not None:
                 if mark.fingerprint != fingerprint(c):

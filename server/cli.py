@@ -366,7 +366,7 @@ def _restricted_to(customers: str | None) -> list[str]:
     a key meant for some customers never comes out able to touch every one, or none."""
     if customers is None:
         return []
-    from engine.control import ID_PATTERN
+    from engine.control import is_id
 
     ids = [c.strip() for c in customers.split(",") if c.strip()]
     if not ids:
@@ -375,7 +375,7 @@ def _restricted_to(customers: str | None) -> list[str]:
             param_hint="--customers",
         )
     for customer_id in ids:
-        if not ID_PATTERN.match(customer_id):
+        if not is_id(customer_id):
             raise click.BadParameter(
                 f"{customer_id!r} is not a customer id (1-128 letters, digits and ._:@-)", param_hint="--customers"
             )

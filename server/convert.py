@@ -10,7 +10,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 from engine import commands as cmd
 from engine.billing import BalanceView, Estimate
 from engine.contracts import Contract, Customer, OveragePolicy, Override
-from engine.control import TEXT_BYTES_MAX, check_id
+from engine.control import TEXT_BYTES_MAX, BillingState, check_id, check_reference
 from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
 from engine.formula import price_text_problem
@@ -39,6 +39,40 @@ from engine.ratecard import Finding as EngineFinding
 # Proto enum fields take their value's name, which is what the engine's StrEnums hold.
 
 NANOS_PER_SECOND = 1_000_000_000
+
+# Ids ----------------------------------------------------------------------------------------------------------
+# New requests are held to the id rule over the whole text here, where they enter (engine/control.py check_id); the
+# engine checks ids as a command applies the way earlier releases did (check_applied_id: an id ending in "\n"
+# passes), since it also replays journaled commands they accepted with such ids, which must apply as they did then.
+
+
+def check_chosen_ids(command: cmd.AdminCommand, state: BillingState) -> None:
+    """Every id a client chose in `command`, held to the whole id rule before the command is submitted: an
+    INVALID_ARGUMENT naming the request's field (the field the engine's own check names) refuses it with nothing
+    journaled. server/services/common.py `_Base._apply` calls it for every command a servicer submits. An id a
+    command names to find a record by (CreateAlert's customer_id, DeleteAlertRule's id) is checked as
+    check_reference checks one: a record stored by an earlier release answers to its id as it did."""
+    match command:
+        case cmd.CreateCustomer() | cmd.CreateRateCard():
+            check_id(command.id, "id")
+        case cmd.CreateProduct():
+            check_id(command.id, "product.id")
+        case cmd.CreateContract() if command.id:  # empty: the engine names it
+            check_id(command.id, "id")
+        case cmd.AddOverride() if command.override.id:  # empty: the engine names it
+            check_id(command.override.id, "override.id")
+        case cmd.GrantCredits() if command.id:  # grant.id, or request_id (checked as it was converted) when empty
+            check_id(command.id, "grant.id")
+        case cmd.CreateDraftVersion() if command.request_id:
+            check_id(command.request_id, "request_id")
+        case cmd.CreateAlert():
+            if command.id:  # empty: named after the rule's content
+                check_id(command.id, "id")
+            if command.customer_id:
+                check_reference(command.customer_id, "customer_id", state.customers)
+        case cmd.DeleteAlertRule() if command.id not in state.alerts.deleted:  # deleted: answered as the first call
+            check_reference(command.id, "id", state.alerts.rules)
+
 
 # Decimals -----------------------------------------------------------------------------------------------------
 # New requests are held to the decimal grammar here, where they enter (engine/money.py DECIMAL_GRAMMAR); the

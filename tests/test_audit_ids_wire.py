@@ -345,6 +345,12 @@ ROWS: list[Row] = [
         ),
         None,
     ),
+    Row(
+        "DeleteAlertRule",
+        "id",
+        lambda s, v: s.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id=v)),
+        "alert rule",
+    ),
 ]
 # Lookups where an empty id is "every customer" (a filter), not a missing field.
 EMPTY_MEANS_ALL = {("ListInvoices", "customer_id"), ("GetRevenueReport", "customer_id")}
@@ -450,6 +456,68 @@ def test_every_id_field_is_invalid_argument_when_malformed_and_not_found_when_un
     again = stubs.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000), timeout=10)
     assert list(again.entries) == list(audit.entries)
     assert server.running
+
+
+# Ends an id may not have: "\n" passed the `$`-anchored match (`$` matches before a final newline too); "\r\n" and a
+# NUL are held to the same rule.
+LINE_ENDS = ("\n", "\r\n", "\x00")
+
+
+def test_an_id_ending_in_a_newline_is_invalid_argument_naming_the_field_and_makes_nothing(
+    server: ServerProcess, stubs: Stubs
+) -> None:
+    """Before, the id rule was checked with a `$`-anchored re.match, which also matches before a trailing "\n":
+    CreateCustomer(id="probe\n") made a customer beside "probe" (ListCustomers ['acme', 'probe', 'probe\n']), and
+    so did every field creating a record (a product, rate card, contract, override, grant, draft's request_id,
+    alert rule); a lookup answered NOT_FOUND. Now each is INVALID_ARGUMENT naming the field and the rule, and
+    nothing is journaled."""
+    stubs.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="probe"), timeout=10)
+    seq = _journal_seq(stubs)
+    audit = stubs.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000), timeout=10)
+    contract = stubs.contracts.GetContract(contracts_pb2.GetContractRequest(id=CONTRACT), timeout=10)
+    wrong: list[str] = []
+    for row in ROWS:
+        for ending in LINE_ENDS if row.ruled else ():
+            for value in (f"probe{ending}", f"{UNKNOWN}{ending}"):
+                wrong.append(_check_invalid(row, stubs, value, f"{value!r} {RULE_WHY}") or "")
+    wrong = [line for line in wrong if line]
+    assert not wrong, "\n".join(wrong)
+    assert _journal_seq(stubs) == seq  # no refusal changed anything
+    again = stubs.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000), timeout=10)
+    assert list(again.entries) == list(audit.entries)
+    customers = stubs.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(), timeout=10).customers
+    assert [c.id for c in customers] == [CUSTOMER, "probe"]
+    products = stubs.pricing.ListProducts(pricing_pb2.ListProductsRequest(), timeout=10).products
+    assert [p.id for p in products] == [EVENT_TYPE]
+    cards = stubs.pricing.ListRateCards(pricing_pb2.ListRateCardsRequest(), timeout=10).rate_cards
+    assert [c.id for c in cards] == [CARD]
+    versions = stubs.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD), timeout=10).versions
+    assert [v.version for v in versions] == [1]
+    assert not stubs.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest(), timeout=10).rules
+    assert stubs.contracts.GetContract(contracts_pb2.GetContractRequest(id=CONTRACT), timeout=10) == contract
+    assert server.running
+
+
+def test_a_usage_event_for_a_customer_id_ending_in_a_newline_is_unknown_naming_the_rule(stubs: Stubs) -> None:
+    """The kernel holds an event's customer_id to the rule over the whole text (engine/kernel/src/kernel.rs is_id):
+    "acme\n" names no customer, its message says why."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    events = [
+        usage_pb2.UsageEvent(
+            transaction_id=f"t-ends-{index}",
+            customer_id=f"{CUSTOMER}{ending}",
+            event_type=EVENT_TYPE,
+            timestamp_ms=now_ms,
+            dimensions={"action": "summarize"},
+        )
+        for index, ending in enumerate(LINE_ENDS)
+    ]
+    ack = stubs.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="b-ends", events=events), timeout=10)
+    assert ack.accepted == 0, ack
+    assert [(r.index, r.reason) for r in ack.rejected] == [(i, usage_pb2.UNKNOWN_CUSTOMER) for i in range(3)], ack
+    for rejected in ack.rejected:
+        assert rejected.message.startswith("customer_id: 'acme"), rejected
+        assert rejected.message.endswith(f"{RULE_WHY}, so no customer has it"), rejected
 
 
 def test_a_stream_answers_a_malformed_customer_id_in_band_naming_the_field(stubs: Stubs) -> None:

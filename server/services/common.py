@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 from engine import commands as cmd
 from engine.billing import Billing
 from engine.errors import InvalidArgument
-from server import auth
+from server import auth, convert
 from server.errors import (
     UndecodableRequest,
     check_deadline,
@@ -70,7 +70,9 @@ class _Base:
         self.clock_ms = clock_ms
 
     async def _apply(self, command: cmd.AdminCommand, result_type: type[Result]) -> Result:
-        """Runs a command through the writer; returns its result once journaled and committed."""
+        """Runs a command through the writer; returns its result once journaled and committed. The ids a client
+        chose in it are held to the whole id rule first (the engine checks them as earlier releases did)."""
+        convert.check_chosen_ids(command, self.engine.state)
         deadline = check_deadline(auth.current_call.get())
         _, result = await self.sequencer.run(command, deadline)
         assert isinstance(result, result_type), f"{type(command).__name__} gave {type(result).__name__}"
