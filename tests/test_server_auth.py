@@ -695,6 +695,25 @@ def test_the_cli_refuses_an_actor_with_a_trailing_newline_as_a_usage_error() -> 
     assert "Invalid value for '--actor'" in done.stderr and "INTERNAL" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("from_environment", [False, True])
+def test_the_cli_refuses_an_api_key_with_a_trailing_newline_as_a_usage_error(from_environment: bool) -> None:
+    """`--api-key $'KEY\n'` (or TARIFF_API_KEY so, as a key read from a file with its line end is) passed the CLI's
+    visible-ASCII check (a `$`-anchored match) and the call failed in grpc (exit 1, "INTERNAL: Invalid metadata");
+    now a usage error naming the option (exit 2), nothing sent."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TARIFF_")}
+    command = [str(TARIFF), "customers", "create", "x", "--server", "127.0.0.1:1"]
+    if from_environment:
+        environment["TARIFF_API_KEY"] = "abc\n"
+    else:
+        command += ["--api-key", "abc\n"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=environment
+    )
+    assert done.returncode == 2, done
+    assert "'--api-key'" in done.stderr and "no API key has" in done.stderr, done.stderr
+    assert "INTERNAL" not in done.stderr, done.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # TLS
 

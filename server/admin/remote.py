@@ -147,7 +147,7 @@ def checked_actor(_ctx: click.Context, _param: click.Parameter, actor: str | Non
 
 def checked_api_key(_ctx: click.Context, _param: click.Parameter, api_key: str | None) -> str | None:
     """--api-key (or TARIFF_API_KEY): visible ASCII, as a key `tariff keys new` made is; gRPC cannot send another."""
-    if api_key and not API_KEY_PATTERN.match(api_key):
+    if api_key and not API_KEY_PATTERN.fullmatch(api_key):  # whole: `$` also matches before a final newline
         raise click.BadParameter("holds a character no API key has (keys are visible ASCII)")
     return api_key
 
