@@ -498,9 +498,11 @@ def test_an_id_ending_in_a_newline_is_invalid_argument_naming_the_field_and_make
     assert server.running
 
 
-def test_a_usage_event_for_a_customer_id_ending_in_a_newline_is_unknown_naming_the_rule(stubs: Stubs) -> None:
+def test_a_usage_event_or_stream_request_for_a_customer_id_ending_in_a_newline_names_it_escaped(stubs: Stubs) -> None:
     """The kernel holds an event's customer_id to the rule over the whole text (engine/kernel/src/kernel.rs is_id):
-    "acme\n" names no customer, its message says why."""
+    "acme\n" names no customer, its message says why. The message quotes the id as Python's repr does (as
+    INVALID_ARGUMENT messages quote one, engine/control.py quoted_id): before, the kernel's quote kept the newline
+    (or NUL) raw, breaking the message's line."""
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     events = [
         usage_pb2.UsageEvent(
@@ -514,10 +516,15 @@ def test_a_usage_event_for_a_customer_id_ending_in_a_newline_is_unknown_naming_t
     ]
     ack = stubs.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="b-ends", events=events), timeout=10)
     assert ack.accepted == 0, ack
-    assert [(r.index, r.reason) for r in ack.rejected] == [(i, usage_pb2.UNKNOWN_CUSTOMER) for i in range(3)], ack
-    for rejected in ack.rejected:
-        assert rejected.message.startswith("customer_id: 'acme"), rejected
-        assert rejected.message.endswith(f"{RULE_WHY}, so no customer has it"), rejected
+    assert [(r.index, r.reason, r.message) for r in ack.rejected] == [
+        (index, usage_pb2.UNKNOWN_CUSTOMER, f"customer_id: {CUSTOMER + ending!r} {RULE_WHY}, so no customer has it")
+        for index, ending in enumerate(LINE_ENDS)
+    ]
+    requests = [_authorize(CUSTOMER + ending) for ending in LINE_ENDS]
+    answers = list(stubs.balance.AuthorizeStream(iter(requests), timeout=10))
+    assert [(a.reason, a.message) for a in answers] == [
+        ("INVALID_REQUEST", f"customer_id: {CUSTOMER + ending!r} {RULE_WHY}") for ending in LINE_ENDS
+    ]
 
 
 def test_a_stream_answers_a_malformed_customer_id_in_band_naming_the_field(stubs: Stubs) -> None:

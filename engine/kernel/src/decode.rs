@@ -172,12 +172,28 @@ pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, String> {
     wire::UsageBatch::decode(bytes).map_err(|e| format!("the UsageBatch does not decode: {e}"))
 }
 
-/// Python's repr of a string, for messages ('key', or "it's").
+/// Python's repr of a string, for messages ('key', or "it's"), control characters escaped as Python escapes them
+/// ('acme\\n', '\\x00'), so a message quoting what a client sent stays on one line and quotes it as the control
+/// plane's messages do (engine/control.py quoted_id). Characters beyond Unicode's controls that Python's repr also
+/// escapes (U+2028, U+00A0, ...) are shown as they are.
 pub fn py_repr(text: &str) -> String {
-    if text.contains('\'') && !text.contains('"') {
-        return format!("\"{}\"", text.replace('\\', "\\\\"));
+    let quote = if text.contains('\'') && !text.contains('"') { '"' } else { '\'' };
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push(quote);
+    for c in text.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '\'' if quote == '\'' => quoted.push_str("\\'"),
+            '\t' => quoted.push_str("\\t"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            // Unicode's controls (Cc) are U+0000-U+001F and U+007F-U+009F: two hex digits each.
+            c if c.is_control() => quoted.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => quoted.push(c),
+        }
     }
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+    quoted.push(quote);
+    quoted
 }
 
 /// Python's repr of a dict of strings, for messages ({'model': 'gpt4'}).
@@ -409,6 +425,15 @@ mod tests {
         assert_eq!(refused(1e15).as_deref(), Some("values['n'] is 1000000000000000.0: must be below 1e+15"));
         assert!(refused(1e-50).unwrap().contains("cannot be held exactly"));
         assert_eq!(refused(0.1), None);
+    }
+
+    #[test]
+    fn a_quoted_value_escapes_what_python_repr_escapes_among_controls() {
+        assert_eq!(py_repr("acme\n"), "'acme\\n'");
+        assert_eq!(py_repr("a\r\n\t\u{0}\u{1f}\u{7f}\u{85}é"), "'a\\r\\n\\t\\x00\\x1f\\x7f\\x85é'");
+        assert_eq!(py_repr("it's\n"), "\"it's\\n\"");
+        assert_eq!(py_repr("'\"\\"), "'\\'\"\\\\'");
+        assert_eq!(py_repr_cut(&"\n".repeat(129)), format!("'{}'…", "\\n".repeat(128)));
     }
 
     #[test]
