@@ -70,7 +70,7 @@ struct Part {
 }
 
 /// What a builder keeps across blocks, at most (bytes of capacity per working array): a block of FLUSH_BYTES
-/// (32 MiB) of records needs about half of that for its arena and its chunks; a larger block (a recovery's)
+/// (128 MiB) of records needs about half of that for its arena and for its parts; a larger block (a recovery's)
 /// gives back what it took past this once the caller has its entries (`trim`).
 pub const KEPT_BYTES_MAX: usize = 64 << 20;
 
