@@ -108,6 +108,21 @@ def grant_c150(at_ms: int, grant_id: str, amount: str, expires_at_ms: int | None
     )
 
 
+async def rerating_beside_e(
+    journal: MemoryJournal, customers: list[str], clock: list[int], expires_ms: int
+) -> tuple[Billing, Sequencer, asyncio.Future[tuple[int, object]]]:
+    """A writer on `customers` (its time is clock[0]) with usage (4 calls each, hours 0-1), E granted to c150 (10
+    credits, expiring at `expires_ms`), and a publish re-rating them all, submitted and pending (its future)."""
+    billing, sequencer = await writer_with_granted_customers(journal, customers, clock_ms=lambda: clock[0])
+    usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
+    await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
+    await sequencer.run(grant_c150(clock[0], "E", "10", expires_ms))
+    published = sequencer.submit(publish(0))
+    while billing.rerating is None:
+        await asyncio.sleep(0.001)
+    return billing, sequencer, published
+
+
 def close(at_ms: int) -> cmd.ClosePeriod:
     return cmd.ClosePeriod(
         at_ms,
@@ -337,15 +352,12 @@ def test_a_batch_after_a_grant_expired_during_a_rerating_completes_it_then_the_c
     answers: list[object] = []
 
     async def main() -> Billing:
-        billing, sequencer = await writer_with_granted_customers(journal, customers, clock_ms=lambda: clock[0])
-        usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
-        await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
-        await sequencer.run(grant_c150(clock[0], "E", "10", expires_ms))
-        published = sequencer.submit(publish(0))
-        while billing.rerating is None:
-            await asyncio.sleep(0.001)
+        billing, sequencer, published = await rerating_beside_e(journal, customers, clock, expires_ms)
         clock[0] = expires_ms + 1
-        assert not published.done() and billing.rerating.pending, "the scenario needs the re-rating pending"
+        rerating = billing.rerating
+        assert not published.done() and rerating is not None and rerating.pending, (
+            "the scenario needs the re-rating pending"
+        )
         granted = sequencer.submit(grant_c150(clock[0], "G2", "5", None))
         rated = sequencer.submit(UsageBatch(batch_of(customers, "late", [(150, 19, 1)]), 10_000))
         answers.append((await rated)[1])
@@ -395,13 +407,7 @@ def test_the_clock_drivers_look_after_a_grant_expired_during_a_rerating_complete
     seen: list[object] = []
 
     async def main() -> Billing:
-        billing, sequencer = await writer_with_granted_customers(journal, customers, clock_ms=lambda: clock[0])
-        usage = [(n, hour, 2) for n in range(len(customers)) for hour in range(2)]
-        await sequencer.run(UsageBatch(batch_of(customers, "before", usage), 10_000))
-        await sequencer.run(grant_c150(clock[0], "E", "10", expires_ms))
-        published = sequencer.submit(publish(0))
-        while billing.rerating is None:
-            await asyncio.sleep(0.001)
+        billing, sequencer, published = await rerating_beside_e(journal, customers, clock, expires_ms)
         granted = sequencer.submit(grant_c150(clock[0], "G2", "5", None))
         await sequencer.run(hold("c000", "h-c000", 1))  # applies beside the re-rating: G2 is queued behind it by now
         assert not granted.done() and not published.done(), "the scenario needs G2 queued behind a pending re-rating"
