@@ -417,6 +417,31 @@ def g_of(invoice: Invoice) -> tuple[int, int, int, int]:
     return (g.granted_picos, g.drawn_picos, g.remaining_picos, g.expired_picos)
 
 
+def assert_draft_final_and_balance_show(w: BillingWorld, shown: tuple[int, int, int, int], next_start_ms: int) -> None:
+    """After switched_contracts and the next contract's 2 tokens of Jan 25 drawing 4 credits of g: the drafts of
+    both periods show g as `shown` (amount, drawn, 0, expired); once the clock passes Feb 1 the kernel records the
+    expired part as g's breakage and GetBalance's view agrees; the final invoice and the due close of the next
+    period show it alike."""
+    credits = 10**12
+    drawn, expired = shown[1], shown[3]
+    draft = w.engine.preview("acme", EPOCH_MS)
+    assert g_of(draft) == shown
+    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
+    [line] = w.engine.preview("acme", next_start_ms).lines
+    assert line.credits == [("g", 4 * credits)]
+    w.apply(server(cmd.AdvanceClock(FEB_1_MS, "clock")))
+    assert [(g, c) for _, g, _, c, _ in w.billing.kernel.breakage("acme")] == [("g", expired)]
+    balance = w.billing.kernel.balance("acme", FEB_1_MS)
+    assert balance is not None
+    assert [grant[3:] for grant in balance["grants"] if grant[0] == "g"] == [(expired, drawn)]  # expired, drawn
+    final = w.apply(server(cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)))
+    assert isinstance(final, Invoice) and g_of(final) == shown
+    assert draft_fields(final) == draft_fields(draft)
+    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
+    due = w.apply(server(cmd.CloseDuePeriods(next_start_ms + 31 * DAY_MS, ACTOR, 0)))
+    assert isinstance(due, list) and [g_of(i) for i in due if i.period_start_ms == next_start_ms] == [shown]
+
+
 def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_the_breakage_it_recorded() -> None:
     """c-acme's period (Jan 1 - Feb 1) keeps its monthly end past the Jan 20 12:00 switch: g (10 credits, fraction
     0.5, from Jan 1) pays c-next's 2 tokens of Jan 25 (4 credits, dated before its Feb 1 rollover), so 6 are left
@@ -435,24 +460,7 @@ def test_a_grant_rolling_over_after_the_next_contracts_usage_drew_on_it_shows_th
     shown = (10 * credits, 7 * credits, 0, 3 * credits)
     next_start_ms = EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS
     w = world()
-    draft = w.engine.preview("acme", EPOCH_MS)
-    assert g_of(draft) == shown
-    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
-    [line] = w.engine.preview("acme", next_start_ms).lines
-    assert line.credits == [("g", 4 * credits)]
-    w.apply(server(cmd.AdvanceClock(FEB_1_MS, "clock")))
-    assert [(g, c) for _, g, _, c, _ in w.billing.kernel.breakage("acme")] == [("g", 3 * credits)]
-    balance = w.billing.kernel.balance("acme", FEB_1_MS)
-    assert balance is not None
-    assert [grant[3:] for grant in balance["grants"] if grant[0] == "g"] == [
-        (3 * credits, 7 * credits)
-    ]  # expired, drawn
-    final = w.apply(server(cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)))
-    assert isinstance(final, Invoice) and g_of(final) == shown
-    assert draft_fields(final) == draft_fields(draft)
-    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
-    due = w.apply(server(cmd.CloseDuePeriods(next_start_ms + 31 * DAY_MS, ACTOR, 0)))
-    assert isinstance(due, list) and [g_of(i) for i in due if i.period_start_ms == next_start_ms] == [shown]
+    assert_draft_final_and_balance_show(w, shown, next_start_ms)
 
     earlier = world()
     earlier.apply(server(cmd.AdvanceClock(FEB_1_MS, "clock")))
@@ -484,24 +492,7 @@ def test_an_expiring_grant_the_next_contracts_usage_drew_on_shows_what_its_expir
     shown = (10 * credits, 4 * credits, 0, 6 * credits)
     next_start_ms = EPOCH_MS + 19 * DAY_MS + 12 * HOUR_MS
     w = world()
-    draft = w.engine.preview("acme", EPOCH_MS)
-    assert g_of(draft) == shown
-    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
-    [line] = w.engine.preview("acme", next_start_ms).lines
-    assert line.credits == [("g", 4 * credits)]
-    w.apply(server(cmd.AdvanceClock(FEB_1_MS, "clock")))
-    assert [(g, c) for _, g, _, c, _ in w.billing.kernel.breakage("acme")] == [("g", 6 * credits)]
-    balance = w.billing.kernel.balance("acme", FEB_1_MS)
-    assert balance is not None
-    assert [grant[3:] for grant in balance["grants"] if grant[0] == "g"] == [
-        (6 * credits, 4 * credits)
-    ]  # expired, drawn
-    final = w.apply(server(cmd.ClosePeriod(FEB_1_MS, ACTOR, "acme", EPOCH_MS)))
-    assert isinstance(final, Invoice) and g_of(final) == shown
-    assert draft_fields(final) == draft_fields(draft)
-    assert g_of(w.engine.preview("acme", next_start_ms)) == shown
-    due = w.apply(server(cmd.CloseDuePeriods(next_start_ms + 31 * DAY_MS, ACTOR, 0)))
-    assert isinstance(due, list) and [g_of(i) for i in due if i.period_start_ms == next_start_ms] == [shown]
+    assert_draft_final_and_balance_show(w, shown, next_start_ms)
     kernel = w.billing.kernel
     usage = kernel.usage("acme")
     assert usage is not None
