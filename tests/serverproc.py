@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,6 +51,10 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# Starts on a fresh free port after our server found the last one taken ("already in use").
+_PORT_ATTEMPTS = 3
 
 
 class ServerStartError(RuntimeError):
@@ -135,17 +140,31 @@ class ServerProcess:
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Spawns the server and waits until Health/Check("") answers SERVING.
+        """Spawns the server and waits until Health/Check("") answers SERVING and the server's banner is logged.
 
         Raises ServerStartError, with the log's tail, if the process exits first or the timeout
         passes (the process is killed then).
         """
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
-        if self.port == 0:
+        if self.port != 0:
+            self._spawn(timeout_s)
+            return
+        # free_port's port is free only "a moment ago": another test's server may take it first. Ours then
+        # refuses to start ("already in use", exit 2), and we try the next free port.
+        for attempt in range(_PORT_ATTEMPTS):
             self.port = free_port()
+            try:
+                self._spawn(timeout_s)
+                return
+            except ServerStartError as exc:
+                if attempt + 1 == _PORT_ATTEMPTS or "already in use" not in str(exc):
+                    raise
+
+    def _spawn(self, timeout_s: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
+        log_start_bytes = self.log_path.stat().st_size if self.log_path.exists() else 0
         cmd = self.command()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **self.env}
         with open(self.log_path, "ab") as log:
@@ -161,12 +180,27 @@ class ServerProcess:
                 start_new_session=True,  # a Ctrl-C on the test run does not reach it first
             )
         try:
-            self._wait_serving(timeout_s)
+            self._wait_serving(timeout_s, log_start_bytes)
         except BaseException:
             self._kill()
             raise
 
-    def _wait_serving(self, timeout_s: float) -> None:
+    def _banner_logged(self, log_start_bytes: int) -> bool:
+        """Whether this start's process printed its banner (it does so once it serves on self.port).
+
+        Any host: a test may pass its own --listen (e.g. 0.0.0.0) on the same port.
+        """
+        with open(self.log_path, "rb") as log:
+            log.seek(log_start_bytes)
+            banner = re.compile(rb"^tariff: serving gRPC on \S+:%d \(" % self.port, re.MULTILINE)
+            return banner.search(log.read()) is not None
+
+    def _wait_serving(self, timeout_s: float, log_start_bytes: int) -> None:
+        """Until Health answers SERVING and this start's process says it serves.
+
+        SERVING alone is not enough: another test's server may hold the port (it took the port between
+        free_port and our bind), and it answers health probes too, while ours is about to exit.
+        """
         deadline = time.monotonic() + timeout_s
         metadata = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else None
         last = "no answer"
@@ -194,7 +228,7 @@ class ServerProcess:
                     reply = stub.Check(
                         health_pb2.HealthCheckRequest(service=""), timeout=min(remaining, 1.0), metadata=metadata
                     )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING and self._banner_logged(log_start_bytes):
                         return
                     last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
                 except grpc.RpcError as e:
