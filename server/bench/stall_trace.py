@@ -75,11 +75,22 @@ def _install_tracing(path: str) -> None:
     """In the server process: the recorders above, written to `path` at exit."""
     import atexit
 
-    from server import explain_index, loopstall, sequencer
-
     records: list[tuple[Any, ...]] = []
-
     loop_state: dict[str, Any] = {"tid": 0, "due": 0.0}
+    _trace_loop_wakes(records, loop_state)
+    _trace_collections(records)
+    _trace_writer_jobs(records)
+    threading.Thread(target=_probe_gil, args=(records, loop_state), name="gil-probe", daemon=True).start()
+    names: dict[int, str] = {}  # every thread's name by native id, kept for threads that end before the dump
+    threading.Thread(target=_name_threads, args=(names,), name="thread-names", daemon=True).start()
+    command = [sys.executable, "-m", "server.bench.stall_trace", "sample", str(os.getpid()), path + ".threads"]
+    sampler = subprocess.Popen(command, preexec_fn=_raise_priority)
+    atexit.register(_dump_records, path, records, names, sampler)
+
+
+def _trace_loop_wakes(records: list[tuple[Any, ...]], loop_state: dict[str, Any]) -> None:
+    """The stall sampler's late wakes (`late`); `loop_state` tells the GIL probe the loop's thread and next wake."""
+    from server import loopstall
 
     async def traced_sampler(self: loopstall.StallSampler) -> None:
         loop_state["tid"] = threading.get_native_id()
@@ -103,6 +114,9 @@ def _install_tracing(path: str) -> None:
 
     loopstall.StallSampler.run = traced_sampler  # type: ignore[method-assign]
 
+
+def _trace_collections(records: list[tuple[Any, ...]]) -> None:
+    """Every collection (`gc`), what an older generation's scans (`gcscan`) and what a full one frees (`gcfreed`)."""
     gc_started: dict[int, tuple[float, float]] = {}
     scanned: dict[int, dict[int, str]] = {}
 
@@ -128,6 +142,11 @@ def _install_tracing(path: str) -> None:
                 records.append(("gcfreed", start, _now(), sorted(freed.items(), key=lambda kv: -kv[1])[:15]))
 
     gc.callbacks.append(on_gc)
+
+
+def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
+    """The writer threads' calls, the explain index's writes and the heap trims after a snapshot (`job`)."""
+    from server import explain_index, sequencer
 
     worker_run = sequencer.Worker.run
 
@@ -168,48 +187,46 @@ def _install_tracing(path: str) -> None:
 
     sequencer.trim_heap = traced_trim_heap
 
-    def gil_probe() -> None:
-        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        threads = _ThreadClocks()
-        while True:
-            waited_before = int(os.pread(fd, 64, 0).split()[1])
-            due = _now() + 0.001
-            time.sleep(0.001)
-            woke = _now()
-            runqueue_s = (int(os.pread(fd, 64, 0).split()[1]) - waited_before) / 1e9
-            spent = threads.since_last()
-            if loop_state["tid"] and _now() - loop_state["due"] > LOOP_OVERDUE_S:
-                records.append(("loopwait", _now(), _now(), *_blocked_in(loop_state["tid"])))
-            if (woke - due - runqueue_s) * 1e3 >= GIL_PROBE_MS:
-                # Who ran or waited for a CPU meanwhile, and where each tariff thread is now: the GIL's holder
-                # has just let it go, so its stack is at (or just past) what held it.
-                frames = sys._current_frames()
-                stacks = {t.name: _stack(frames.get(t.ident or 0)) for t in threading.enumerate()}
-                records.append(("gil", due, woke, runqueue_s, spent, stacks))
 
-    threading.Thread(target=gil_probe, name="gil-probe", daemon=True).start()
-    names: dict[int, str] = {}  # every thread's name by native id, kept for threads that end before the dump
+def _probe_gil(records: list[tuple[Any, ...]], loop_state: dict[str, Any]) -> None:
+    """The probe thread: its wakes that waited for the GIL (`gil`), and where the overdue loop waits (`loopwait`)."""
+    fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    threads = _ThreadClocks()
+    while True:
+        waited_before = int(os.pread(fd, 64, 0).split()[1])
+        due = _now() + 0.001
+        time.sleep(0.001)
+        woke = _now()
+        runqueue_s = (int(os.pread(fd, 64, 0).split()[1]) - waited_before) / 1e9
+        spent = threads.since_last()
+        if loop_state["tid"] and _now() - loop_state["due"] > LOOP_OVERDUE_S:
+            records.append(("loopwait", _now(), _now(), *_blocked_in(loop_state["tid"])))
+        if (woke - due - runqueue_s) * 1e3 >= GIL_PROBE_MS:
+            # Who ran or waited for a CPU meanwhile, and where each tariff thread is now: the GIL's holder
+            # has just let it go, so its stack is at (or just past) what held it.
+            frames = sys._current_frames()
+            stacks = {t.name: _stack(frames.get(t.ident or 0)) for t in threading.enumerate()}
+            records.append(("gil", due, woke, runqueue_s, spent, stacks))
 
-    def name_threads() -> None:
-        while True:
-            names.update({thread.native_id or 0: thread.name for thread in threading.enumerate()})
-            time.sleep(0.5)
 
-    threading.Thread(target=name_threads, name="thread-names", daemon=True).start()
-    command = [sys.executable, "-m", "server.bench.stall_trace", "sample", str(os.getpid()), path + ".threads"]
-    sampler = subprocess.Popen(command, preexec_fn=_raise_priority)
-
-    def dump() -> None:
-        sampler.terminate()
-        sampler.wait()
-        with contextlib.suppress(OSError):
-            samples = json.loads(Path(path + ".threads").read_text())
-            records.extend(("threads", at, at, row) for at, row in samples)
+def _name_threads(names: dict[int, str]) -> None:
+    while True:
         names.update({thread.native_id or 0: thread.name for thread in threading.enumerate()})
-        dumped = {"switch_interval_s": sys.getswitchinterval(), "gen2_at_exit": _gen2_types()}
-        Path(path).write_text(json.dumps(dumped | {"records": records, "loop_tid": os.getpid(), "names": names}))
+        time.sleep(0.5)
 
-    atexit.register(dump)
+
+def _dump_records(
+    path: str, records: list[tuple[Any, ...]], names: dict[int, str], sampler: subprocess.Popen[bytes]
+) -> None:
+    """At exit: the thread sampler's rows join the records, all written to `path` as JSON."""
+    sampler.terminate()
+    sampler.wait()
+    with contextlib.suppress(OSError):
+        samples = json.loads(Path(path + ".threads").read_text())
+        records.extend(("threads", at, at, row) for at, row in samples)
+    names.update({thread.native_id or 0: thread.name for thread in threading.enumerate()})
+    dumped = {"switch_interval_s": sys.getswitchinterval(), "gen2_at_exit": _gen2_types()}
+    Path(path).write_text(json.dumps(dumped | {"records": records, "loop_tid": os.getpid(), "names": names}))
 
 
 def _raise_priority() -> None:
