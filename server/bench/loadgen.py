@@ -90,65 +90,89 @@ def _aggregate_keys(batch: usage_pb2.UsageBatch) -> set[tuple[str, str, str]]:
     return {(e.customer_id, e.dimensions["model"], e.dimensions["region"]) for e in batch.events}
 
 
-def _ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
-    """Streams batches over `streams` IngestUsage calls, at most `batches_in_flight` unacked on each."""
-    until_stopped = spec["batch_count"] == 0
-    lazy = until_stopped or not spec["prebuild"]
-    source = batches(
-        spec["run_tag"],
-        spec["customers"],
-        spec["batch_events"],
-        spec["batch_count"] if not until_stopped else 10**12,
-        seed=spec["seed"],
-        only_customer=spec["only_customer"],
-    )
-    stamped = (
-        stamped_batches(
-            spec["run_tag"], spec["customers"], spec["batch_events"], spec["batch_count"], seed=spec["seed"]
-        )
-        if spec.get("stamped")
-        else None
-    )
-    prepared: list[bytes] = []
-    keys: set[tuple[str, str, str]] = set()
-    if not lazy:
-        for batch in source:
-            keys |= _aggregate_keys(batch)
-            prepared.append(batch.SerializeToString())
-    lock = threading.Lock()
-    next_index = itertools.count()
-    totals: Counter[str] = Counter()
-    reject_samples: list[str] = []
-    latencies_s: list[float] = []
-    errors: list[list[str]] = []
-    interval_s = spec["batch_events"] / spec["events_per_s"] if spec["events_per_s"] > 0 else 0.0
+class _IngestLoad:
+    """One ingest worker's batches, shared by its streams, and what their acks said."""
 
-    def take() -> bytes | None:
+    def __init__(self, spec: IngestSpec, stop: Event | None) -> None:
+        self.spec = spec
+        self.stop = stop
+        until_stopped = spec["batch_count"] == 0
+        self.lazy = until_stopped or not spec["prebuild"]
+        self.source = batches(
+            spec["run_tag"],
+            spec["customers"],
+            spec["batch_events"],
+            spec["batch_count"] if not until_stopped else 10**12,
+            seed=spec["seed"],
+            only_customer=spec["only_customer"],
+        )
+        self.stamped = (
+            stamped_batches(
+                spec["run_tag"], spec["customers"], spec["batch_events"], spec["batch_count"], seed=spec["seed"]
+            )
+            if spec.get("stamped")
+            else None
+        )
+        self.prepared: list[bytes] = []
+        self.keys: set[tuple[str, str, str]] = set()
+        if not self.lazy:
+            for batch in self.source:
+                self.keys |= _aggregate_keys(batch)
+                self.prepared.append(batch.SerializeToString())
+        self.lock = threading.Lock()
+        self.next_index = itertools.count()
+        self.totals: Counter[str] = Counter()
+        self.reject_samples: list[str] = []
+        self.latencies_s: list[float] = []
+        self.errors: list[list[str]] = []
+        self.interval_s = spec["batch_events"] / spec["events_per_s"] if spec["events_per_s"] > 0 else 0.0
+
+    def take(self) -> bytes | None:
         """The next batch to send, shared by the streams; None when there is none left."""
-        with lock:
-            if stamped is not None:
-                payload = next(stamped, None)
-                totals["sent"] += spec["batch_events"] if payload is not None else 0
+        with self.lock:
+            if self.stamped is not None:
+                payload = next(self.stamped, None)
+                self.totals["sent"] += self.spec["batch_events"] if payload is not None else 0
                 return payload
-            if lazy:
-                if stop is not None and stop.is_set():
+            if self.lazy:
+                if self.stop is not None and self.stop.is_set():
                     return None
-                batch = next(source, None)
+                batch = next(self.source, None)
                 if batch is None:
                     return None
-                totals["sent"] += len(batch.events)
+                self.totals["sent"] += len(batch.events)
                 return batch.SerializeToString()
-            index = next(next_index)
-            if index >= len(prepared):
+            index = next(self.next_index)
+            if index >= len(self.prepared):
                 return None
-            totals["sent"] += spec["batch_events"]
-            return prepared[index]
+            self.totals["sent"] += self.spec["batch_events"]
+            return self.prepared[index]
 
-    def one_stream(channel: grpc.Channel, started_at: float) -> None:
+    def wait_for_pace(self, started_at: float) -> None:
+        """Paced load: batch n of this process leaves no earlier than n × interval after the start."""
+        with self.lock:
+            due = started_at + self.totals["paced"] * self.interval_s
+            self.totals["paced"] += 1
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def record_ack(self, latency_s: float, ack: usage_pb2.IngestAck) -> None:
+        with self.lock:
+            self.latencies_s.append(latency_s)
+            self.totals["accepted"] += ack.accepted
+            self.totals["duplicates"] += ack.duplicates
+            self.totals["rejected"] += len(ack.rejected)
+            for rejection in ack.rejected[: max(0, 5 - len(self.reject_samples))]:
+                reason = usage_pb2.RejectReason.Name(rejection.reason)
+                self.reject_samples.append(f"{reason}: {rejection.message}")
+
+    def stream(self, channel: grpc.Channel, started_at: float) -> None:
+        """One IngestUsage call, at most `batches_in_flight` batches unacked on it."""
         call = channel.stream_stream(
             INGEST_METHOD, request_serializer=_identity, response_deserializer=usage_pb2.IngestAck.FromString
         )
-        window = threading.Semaphore(spec["batches_in_flight"])
+        window = threading.Semaphore(self.spec["batches_in_flight"])
         sent_at: list[float] = []
         call_over = threading.Event()
 
@@ -157,65 +181,57 @@ def _ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, 
                 window.acquire()
                 if call_over.is_set():
                     return
-                payload = take()
+                payload = self.take()
                 if payload is None:
                     return
-                if interval_s:
-                    # Paced load: batch n of this process leaves no earlier than n × interval after the start.
-                    with lock:
-                        due = started_at + totals["paced"] * interval_s
-                        totals["paced"] += 1
-                    delay = due - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
+                if self.interval_s:
+                    self.wait_for_pace(started_at)
                 sent_at.append(time.monotonic())
                 yield payload
 
         try:
-            timeout_s = spec.get("call_timeout_s", CALL_TIMEOUT_S * 20)
+            timeout_s = self.spec.get("call_timeout_s", CALL_TIMEOUT_S * 20)
             for number, ack in enumerate(call(requests(), timeout=timeout_s)):
                 latency = time.monotonic() - sent_at[number]
                 window.release()
-                with lock:
-                    latencies_s.append(latency)
-                    totals["accepted"] += ack.accepted
-                    totals["duplicates"] += ack.duplicates
-                    totals["rejected"] += len(ack.rejected)
-                    for rejection in ack.rejected[: max(0, 5 - len(reject_samples))]:
-                        reason = usage_pb2.RejectReason.Name(rejection.reason)
-                        reject_samples.append(f"{reason}: {rejection.message}")
+                self.record_ack(latency, ack)
         except grpc.RpcError as e:
-            with lock:
-                errors.append(_rpc_error(e))
+            with self.lock:
+                self.errors.append(_rpc_error(e))
             # Unblocks gRPC's request-consuming thread if it waits on the window, so the process can exit.
             call_over.set()
             window.release()
 
+    def result(self, started: float, ended: float) -> dict[str, Any]:
+        return {
+            "kind": "ingest",
+            "started": started,
+            "ended": ended,
+            "events_sent": self.totals["sent"],
+            "accepted": self.totals["accepted"],
+            "duplicates": self.totals["duplicates"],
+            "rejected": self.totals["rejected"],
+            "reject_samples": self.reject_samples,
+            "latencies_s": self.latencies_s,
+            "aggregate_keys": sorted(self.keys),
+            "error": self.errors[0] if self.errors else None,
+        }
+
+
+def _ingest_worker(spec: IngestSpec, barrier: Barrier, results: Queue[dict[str, Any]], stop: Event | None) -> None:
+    """Streams batches over `streams` IngestUsage calls, at most `batches_in_flight` unacked on each."""
+    load = _IngestLoad(spec, stop)
     with grpc.insecure_channel(spec["target"], options=CHANNEL_OPTIONS) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
         barrier.wait(BARRIER_TIMEOUT_S)
         started = time.monotonic()
-        threads = [threading.Thread(target=one_stream, args=(channel, started)) for _ in range(spec["streams"])]
+        threads = [threading.Thread(target=load.stream, args=(channel, started)) for _ in range(spec["streams"])]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         ended = time.monotonic()
-    results.put(
-        {
-            "kind": "ingest",
-            "started": started,
-            "ended": ended,
-            "events_sent": totals["sent"],
-            "accepted": totals["accepted"],
-            "duplicates": totals["duplicates"],
-            "rejected": totals["rejected"],
-            "reject_samples": reject_samples,
-            "latencies_s": latencies_s,
-            "aggregate_keys": sorted(keys),
-            "error": errors[0] if errors else None,
-        }
-    )
+    results.put(load.result(started, ended))
 
 
 def authorize_request(number: int, customers: int, reservation_tag: str = "") -> balance_pb2.AuthorizeRequest:
