@@ -181,43 +181,41 @@ def until_interrupted(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def remote_command(command: Callable[..., None]) -> Callable[..., None]:
-    """Adds the connection options to a command; a failed call exits 1 with the server's code and message, 3 when
-    the server was not reached or did not answer within --timeout-s."""
-
-    @click.option(
+# The options every client command takes, in the order `--help` lists them.
+_CONNECTION_OPTIONS = (
+    click.option(
         "--server",
         envvar="TARIFF_SERVER",
         default=DEFAULT_SERVER,
         show_default=True,
         callback=checked_server,
         help="host:port of the Tariff server (env TARIFF_SERVER)",
-    )
-    @click.option(
+    ),
+    click.option(
         "--api-key",
         envvar="TARIFF_API_KEY",
         callback=checked_api_key,
         help="API key, sent as a bearer token (env TARIFF_API_KEY)",
-    )
-    @click.option(
+    ),
+    click.option(
         "--tls-ca",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         envvar="TARIFF_TLS_CA",
         help="PEM CA to trust: connect with TLS (env TARIFF_TLS_CA)",
-    )
-    @click.option(
+    ),
+    click.option(
         "--tls-cert",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         envvar="TARIFF_TLS_CERT",
         help="PEM certificate chain to present to a mutual-TLS server, with --tls-key (env TARIFF_TLS_CERT)",
-    )
-    @click.option(
+    ),
+    click.option(
         "--tls-key",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         envvar="TARIFF_TLS_KEY",
         help="PEM private key of --tls-cert (env TARIFF_TLS_KEY)",
-    )
-    @click.option(
+    ),
+    click.option(
         "--timeout-s",
         type=float,
         envvar="TARIFF_TIMEOUT_S",
@@ -226,15 +224,22 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         callback=checked_timeout,
         help="seconds to wait for each answer (a unary call's deadline; watch and usage send streams have none); "
         f"past it: DEADLINE_EXCEEDED, exit {EXIT_NO_ANSWER} (env TARIFF_TIMEOUT_S)",
-    )
-    @click.option("--json", "as_json", is_flag=True, help="print JSON (protobuf's JSON mapping) instead of tables")
-    @click.option(
+    ),
+    click.option("--json", "as_json", is_flag=True, help="print JSON (protobuf's JSON mapping) instead of tables"),
+    click.option(
         "--actor",
         envvar="TARIFF_ACTOR",
         callback=checked_actor,
         help="who the audit log records for the changes: 1-128 letters, digits and ._:@- (sent as x-actor; with an "
         "API key: PERSON via KEY) (env TARIFF_ACTOR)",
-    )
+    ),
+)
+
+
+def remote_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds the connection options to a command; a failed call exits 1 with the server's code and message, 3 when
+    the server was not reached or did not answer within --timeout-s."""
+
     @functools.wraps(command)
     def run(
         server: str,
@@ -255,17 +260,28 @@ def remote_command(command: Callable[..., None]) -> Callable[..., None]:
         # Before grpc loads: gRPC core's own log lines (`ssl_utils.cc ... TSI_INVALID_ARGUMENT` for a CA file that is
         # no PEM) must not bury the one line a failed call prints; GRPC_VERBOSITY in the environment still wins.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-        try:
-            command(Remote(server, api_key, tls_ca, as_json, actor, tls_cert, tls_key, timeout_s), **kwargs)
-        except KeyboardInterrupt:  # a watch command's ends it with status 0 before it gets here
-            fail("interrupted", EXIT_INTERRUPTED)
-        except Exception as exc:
-            error = as_tariff_error(exc)
-            if error is None:
-                raise
-            no_answer = no_answer_text(error, timeout_s)
-            if no_answer is not None:
-                fail(no_answer, EXIT_NO_ANSWER)
-            fail(error_text(error))
+        remote = Remote(server, api_key, tls_ca, as_json, actor, tls_cert, tls_key, timeout_s)
+        _run_exiting_on_failure(command, remote, timeout_s, kwargs)
 
+    # Applied last to first, as a stack of decorators is.
+    for option in reversed(_CONNECTION_OPTIONS):
+        run = option(run)
     return run
+
+
+def _run_exiting_on_failure(
+    command: Callable[..., None], remote: Remote, timeout_s: float, kwargs: dict[str, Any]
+) -> None:
+    """Runs the command; a failed call exits with the server's code and message (1), or EXIT_NO_ANSWER."""
+    try:
+        command(remote, **kwargs)
+    except KeyboardInterrupt:  # a watch command's ends it with status 0 before it gets here
+        fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:
+        error = as_tariff_error(exc)
+        if error is None:
+            raise
+        no_answer = no_answer_text(error, timeout_s)
+        if no_answer is not None:
+            fail(no_answer, EXIT_NO_ANSWER)
+        fail(error_text(error))
