@@ -210,6 +210,41 @@ def build_invoice(
     currency = contract.currency
     places = minor_unit(currency)
     to_minor = 10 ** (DUE_EXPONENT - places)
+    lines, due_exact, credits = _invoice_lines(rows, product_dimensions, overage_price_e18, to_minor, adjusted)
+    overage_due = round_due(due_exact, to_minor)
+    return Invoice(
+        contract.customer_id,
+        contract.id,
+        start_ms,
+        end_ms,
+        pricing_unit,
+        currency,
+        places,
+        contract.overage_price,
+        lines,
+        sorted(credits.items()),
+        sum(line.amount_picos for line in lines),
+        sum(line.overage_picos for line in lines),
+        overage_due,
+        top_ups_minor,
+        overage_due - sum(line.amount_due_minor for line in lines),
+        overage_due + top_ups_minor,
+        grant_balances=[
+            _grant_at_end(grant, end_ms, rollovers_shown, rollovers_due or {}, grant_credit, expired_credit)
+            for grant in grants
+        ],
+    )
+
+
+def _invoice_lines(
+    rows: list[KernelLine],
+    product_dimensions: dict[str, tuple[str, ...]],
+    overage_price_e18: int,
+    to_minor: int,
+    adjusted: dict[tuple[str, tuple[str, ...]], list[LineAdjustment]],
+) -> tuple[list[InvoiceLine], int, dict[str, int]]:
+    """The invoice's lines from the kernel's rows, the exact overage due over all of them (before rounding: the
+    invoice rounds the sum once) and the credits drawn by grant id."""
     lines = []
     due_exact = 0
     credits: dict[str, int] = {}
@@ -234,29 +269,7 @@ def build_invoice(
                 adjusted.get((product_id, tuple(values)), []),
             )
         )
-    overage_due = round_due(due_exact, to_minor)
-    return Invoice(
-        contract.customer_id,
-        contract.id,
-        start_ms,
-        end_ms,
-        pricing_unit,
-        currency,
-        places,
-        contract.overage_price,
-        lines,
-        sorted(credits.items()),
-        sum(line.amount_picos for line in lines),
-        sum(line.overage_picos for line in lines),
-        overage_due,
-        top_ups_minor,
-        overage_due - sum(line.amount_due_minor for line in lines),
-        overage_due + top_ups_minor,
-        grant_balances=[
-            _grant_at_end(grant, end_ms, rollovers_shown, rollovers_due or {}, grant_credit, expired_credit)
-            for grant in grants
-        ],
-    )
+    return lines, due_exact, credits
 
 
 def contract_hours_end(contract: Contract, period_end_ms: int) -> int:
