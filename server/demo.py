@@ -25,6 +25,53 @@ def _rate(price: str, **match: str) -> Rate:
     return Rate("ai_action", dict(sorted(match.items())), UnitPrice(price))
 
 
+def _draft_prices(now_ms: int) -> cmd.CreateDraftVersion:
+    """Version 1 of the demo rate card: a base per action times a model factor and a complexity factor."""
+    return cmd.CreateDraftVersion(
+        now_ms,
+        ACTOR,
+        RATE_CARD_ID,
+        0,
+        {
+            "summary_base": "1",
+            "enrichment_base": "0.5",
+            "gpt4_factor": "2.5",
+            "mini_factor": "0.5",
+            "complex_factor": "2",
+            "crm_surcharge": "0",
+            "web_surcharge": "0.25",
+        },
+        (),
+        (
+            _rate(
+                "summary_base * gpt4_factor * complex_factor + crm_surcharge",
+                action="summary",
+                model="gpt-4",
+                complexity="complex",
+            ),
+            _rate("summary_base * gpt4_factor", action="summary", model="gpt-4", complexity="simple"),
+            _rate(
+                "summary_base * mini_factor * complex_factor",
+                action="summary",
+                model="gpt-4o-mini",
+                complexity="complex",
+            ),
+            _rate("summary_base * mini_factor", action="summary", model="gpt-4o-mini", complexity="simple"),
+            _rate("enrichment_base * gpt4_factor", action="enrichment", model="gpt-4"),
+            _rate("enrichment_base * mini_factor", action="enrichment", model="gpt-4o-mini"),
+            _rate(
+                "enrichment_base * gpt4_factor + web_surcharge",
+                action="enrichment",
+                model="gpt-4",
+                data_source="web",
+            ),
+            _rate("1"),
+        ),
+        (),
+        "Demo prices: base per action x model factor x complexity factor",
+    )
+
+
 def demo_commands(now_ms: int) -> list[cmd.AdminCommand]:
     now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     month_start_ms = int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
@@ -43,49 +90,7 @@ def demo_commands(now_ms: int) -> list[cmd.AdminCommand]:
             "actions",
         ),
         cmd.CreateRateCard(now_ms, ACTOR, RATE_CARD_ID, "AI credits", "credits"),
-        cmd.CreateDraftVersion(
-            now_ms,
-            ACTOR,
-            RATE_CARD_ID,
-            0,
-            {
-                "summary_base": "1",
-                "enrichment_base": "0.5",
-                "gpt4_factor": "2.5",
-                "mini_factor": "0.5",
-                "complex_factor": "2",
-                "crm_surcharge": "0",
-                "web_surcharge": "0.25",
-            },
-            (),
-            (
-                _rate(
-                    "summary_base * gpt4_factor * complex_factor + crm_surcharge",
-                    action="summary",
-                    model="gpt-4",
-                    complexity="complex",
-                ),
-                _rate("summary_base * gpt4_factor", action="summary", model="gpt-4", complexity="simple"),
-                _rate(
-                    "summary_base * mini_factor * complex_factor",
-                    action="summary",
-                    model="gpt-4o-mini",
-                    complexity="complex",
-                ),
-                _rate("summary_base * mini_factor", action="summary", model="gpt-4o-mini", complexity="simple"),
-                _rate("enrichment_base * gpt4_factor", action="enrichment", model="gpt-4"),
-                _rate("enrichment_base * mini_factor", action="enrichment", model="gpt-4o-mini"),
-                _rate(
-                    "enrichment_base * gpt4_factor + web_surcharge",
-                    action="enrichment",
-                    model="gpt-4",
-                    data_source="web",
-                ),
-                _rate("1"),
-            ),
-            (),
-            "Demo prices: base per action x model factor x complexity factor",
-        ),
+        _draft_prices(now_ms),
         cmd.PublishVersion(now_ms, ACTOR, RATE_CARD_ID, 1, month_start_ms),
         cmd.CreateCustomer(now_ms, ACTOR, CUSTOMER_ID, "Acme Corp", {"segment": "enterprise", "region": "us-east"}),
         cmd.CreateContract(
