@@ -14,10 +14,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from server.bench.workloads import BenchConfig
+    from server.bench.report import WorkloadResult
+    from server.bench.workloads import Bench, BenchConfig
 
 WORKLOAD_NAMES = ("ingest", "telemetry", "authorize", "preview", "recovery", "memory", "stall", "dedupe")
 
@@ -105,20 +106,37 @@ def _config(args: argparse.Namespace, work_dir: Path) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.bench import dedupe, report, stalls, workloads
+    from server.bench import workloads
 
     owned_work_dir = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="tariff-bench-")) if owned_work_dir else args.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     config = _config(args, work_dir)
     bench = workloads.Bench(config)
-    results: list[report.WorkloadResult] = []
     started = time.perf_counter()
     print(
         f"tariff bench: runs={config.runs} customers={config.customers} batch={config.batch_events} events, "
         f"work dir {work_dir}",
         file=sys.stderr,
     )
+    try:
+        results = _run_workloads(bench, config, started)
+    finally:
+        bench.stop_all()
+        if owned_work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    machine = workloads.describe_machine()
+    _print_results(results, config, machine)
+    _write_results_json(args, config, machine, results, started)
+    return 0
+
+
+def _run_workloads(bench: Bench, config: BenchConfig, started: float) -> list[WorkloadResult]:
+    """Every workload in `config.only`, in a fixed order; one that fails or is not available is reported as such."""
+    from server.bench import dedupe, report, stalls, workloads
+
+    results: list[report.WorkloadResult] = []
 
     def attempt(name: str, body: Callable[[], report.WorkloadResult | list[report.WorkloadResult]]) -> None:
         print(f"tariff bench: {name} ... ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
@@ -130,33 +148,33 @@ def run(args: argparse.Namespace) -> int:
         except Exception as e:  # one broken workload must not cost the others their figures
             results.append(report.WorkloadResult(name, "failed", f"{type(e).__name__}: {e}"))
 
-    try:
-        if "ingest" in config.only or "telemetry" in config.only:
-            attempt("ingest", lambda: workloads.ingest_workload(bench))
-            if "ingest" not in config.only:
-                results[:] = [r for r in results if r.name not in ("ingest", "references")]
-            if "telemetry" in config.only:
-                results.append(
-                    bench.telemetry_figures or report.WorkloadResult("telemetry", "failed", "ingest did not run")
-                )
-        if "authorize" in config.only:
-            attempt("authorize", lambda: workloads.authorize_workload(bench))
-        if "memory" in config.only:
-            attempt("memory", lambda: workloads.memory_workload(bench))
-        if "preview" in config.only:
-            attempt("preview", lambda: workloads.preview_workload(bench))
-        if "recovery" in config.only:
-            attempt("recovery", lambda: workloads.recovery_workload(bench))
-        if "stall" in config.only:
-            attempt("stall", lambda: stalls.stall_workload(bench))
-        if "dedupe" in config.only:
-            attempt("dedupe", lambda: dedupe.dedupe_workload(bench))
-    finally:
-        bench.stop_all()
-        if owned_work_dir:
-            shutil.rmtree(work_dir, ignore_errors=True)
+    if "ingest" in config.only or "telemetry" in config.only:
+        attempt("ingest", lambda: workloads.ingest_workload(bench))
+        if "ingest" not in config.only:
+            results[:] = [r for r in results if r.name not in ("ingest", "references")]
+        if "telemetry" in config.only:
+            results.append(
+                bench.telemetry_figures or report.WorkloadResult("telemetry", "failed", "ingest did not run")
+            )
+    if "authorize" in config.only:
+        attempt("authorize", lambda: workloads.authorize_workload(bench))
+    if "memory" in config.only:
+        attempt("memory", lambda: workloads.memory_workload(bench))
+    if "preview" in config.only:
+        attempt("preview", lambda: workloads.preview_workload(bench))
+    if "recovery" in config.only:
+        attempt("recovery", lambda: workloads.recovery_workload(bench))
+    if "stall" in config.only:
+        attempt("stall", lambda: stalls.stall_workload(bench))
+    if "dedupe" in config.only:
+        attempt("dedupe", lambda: dedupe.dedupe_workload(bench))
+    return results
 
-    machine = workloads.describe_machine()
+
+def _print_results(results: list[WorkloadResult], config: BenchConfig, machine: dict[str, Any]) -> None:
+    """The table of figures on stdout, then the notes: each workload's, and why any did not finish."""
+    from server.bench import report
+
     table = report.table(results)
     print()
     print(
@@ -175,10 +193,20 @@ def run(args: argparse.Namespace) -> int:
         print("\nNotes:")
         for note in notes:
             print(f"  - {note}")
+
+
+def _write_results_json(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    machine: dict[str, Any],
+    results: list[WorkloadResult],
+    started: float,
+) -> None:
+    from server.bench import report
+
     config_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()}
     config_json["quick"] = args.quick
     config_json["full"] = args.full
     config_json["elapsed_s"] = round(time.perf_counter() - started, 1)
     report.write_json(args.out, machine, config_json, results)
     print(f"\nJSON written to {args.out} ({config_json['elapsed_s']} s in all)")
-    return 0
