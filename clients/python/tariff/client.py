@@ -1217,13 +1217,8 @@ class UsageStream(_DrainsOnExit):
         read: asyncio.Future[Any] | None = None
         answer_by = loop.time() + connect_within_s
         try:
-            # Without this bound a server that accepts TCP but never answers holds the call for gRPC's 20 s.
-            try:
-                await asyncio.wait_for(call.wait_for_connection(), connect_within_s)
-            except TimeoutError:
-                return _NotConnected(f"no connection to the server within {connect_within_s:.1f} s")
-            except grpc.RpcError as e:
-                not_connected: BaseException = e
+            not_connected = await self._wait_for_connection(call, connect_within_s)
+            if not_connected is not None:
                 return not_connected
             self._connected = not await_answer  # else once the server answers
             self._last_ack_at = loop.time()
@@ -1235,13 +1230,7 @@ class UsageStream(_DrainsOnExit):
                 if read is None:
                     read = asyncio.ensure_future(_next_response(responses))
                 waiting: set[asyncio.Future[Any]] = {read} if writer.done() else {read, writer}
-                timeout = self._watch_timeout(generation, loop.time())
-                if not self._connected:
-                    # A connection that is up says nothing of the server: one that fell silent on an earlier call
-                    # (stopped) stays open. The server's answer (its first ack, which carries its response headers)
-                    # is waited for as the connection is.
-                    answer_in = max(0.0, answer_by - loop.time())
-                    timeout = answer_in if timeout is None else min(timeout, answer_in)
+                timeout = self._read_timeout(generation, answer_by, loop)
                 done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if writer in done and not writer.cancelled():
                     write_error: BaseException | None = writer.exception()
@@ -1256,29 +1245,65 @@ class UsageStream(_DrainsOnExit):
                         return rpc_error
                     read = None
                     if message is grpc.aio.EOF:
-                        if self._pending:
-                            return _StreamEnded(
-                                f"server ended the stream with {len(self._pending)} batch(es) unacknowledged"
-                            )
-                        return None
+                        return self._end_of_stream()
                     violation = self._on_ack(message, loop.time())
                     if violation is not None:
                         return violation
                     continue
-                if not done and not self._connected and loop.time() >= answer_by:
-                    return _NotConnected(f"no answer from the server within {connect_within_s:.1f} s")
-                if not done and self.ack_timeout_s is not None:
-                    head = self._pending[0] if self._pending else None
-                    if head is not None and head.generation == generation:
-                        since = max(head.written_at, self._last_ack_at)
-                        if loop.time() - since >= self.ack_timeout_s:
-                            return _AckTimeout(f"no ack within {self.ack_timeout_s:g} s")
+                if not done:
+                    silence = self._silence_outcome(generation, connect_within_s, answer_by, loop)
+                    if silence is not None:
+                        return silence
         finally:
             for task in (read, writer):
                 if task is not None and not task.done():
                     task.cancel()
             call.cancel()
             await asyncio.gather(*(t for t in (read, writer) if t is not None), return_exceptions=True)
+
+    @staticmethod
+    async def _wait_for_connection(call: Any, connect_within_s: float) -> BaseException | None:
+        """None once the call's connection is up, else why it is not (_NotConnected past connect_within_s)."""
+        # Without this bound a server that accepts TCP but never answers holds the call for gRPC's 20 s.
+        try:
+            await asyncio.wait_for(call.wait_for_connection(), connect_within_s)
+        except TimeoutError:
+            return _NotConnected(f"no connection to the server within {connect_within_s:.1f} s")
+        except grpc.RpcError as e:
+            not_connected: BaseException = e
+            return not_connected
+        return None
+
+    def _read_timeout(self, generation: int, answer_by: float, loop: asyncio.AbstractEventLoop) -> float | None:
+        """How long to wait for the next read: the ack deadline's check, and the server's answer's while unanswered."""
+        timeout = self._watch_timeout(generation, loop.time())
+        if not self._connected:
+            # A connection that is up says nothing of the server: one that fell silent on an earlier call
+            # (stopped) stays open. The server's answer (its first ack, which carries its response headers)
+            # is waited for as the connection is.
+            answer_in = max(0.0, answer_by - loop.time())
+            timeout = answer_in if timeout is None else min(timeout, answer_in)
+        return timeout
+
+    def _end_of_stream(self) -> BaseException | None:
+        """The server ended the stream: cleanly when every batch was acknowledged."""
+        if self._pending:
+            return _StreamEnded(f"server ended the stream with {len(self._pending)} batch(es) unacknowledged")
+        return None
+
+    def _silence_outcome(
+        self, generation: int, connect_within_s: float, answer_by: float, loop: asyncio.AbstractEventLoop
+    ) -> BaseException | None:
+        """After a wait that nothing ended: what broke the call, if the server's answer or an ack is overdue."""
+        if not self._connected and loop.time() >= answer_by:
+            return _NotConnected(f"no answer from the server within {connect_within_s:.1f} s")
+        if self.ack_timeout_s is not None:
+            head = self._pending[0] if self._pending else None
+            if head is not None and head.generation == generation:
+                since = max(head.written_at, self._last_ack_at)
+                if loop.time() - since >= self.ack_timeout_s:
+                    return _AckTimeout(f"no ack within {self.ack_timeout_s:g} s")
+        return None
 
     async def _write_loop(self, call: Any, generation: int) -> None:
         """Writes every batch not yet written on this call, in order; half-closes when closing."""
