@@ -9,7 +9,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::buckets::HOUR_MS;
-use crate::kernel::Kernel;
+use crate::kernel::{Account, Kernel};
 use crate::money::{Fixed, Picos};
 use crate::route::{period_containing, Sym};
 
@@ -82,6 +82,30 @@ impl Kernel {
         let route = account.route().ok_or(NoLines::UnknownCustomer)?;
         let contract = route.contracts.iter().find(|c| c.covers(at_ms)).ok_or(NoLines::NoContract)?;
         let (start, end) = period_containing(contract.starting_at_ms, at_ms);
+        let mut by_key = self.lines_without_parts(account, start);
+        // An hour belongs to the period its start falls in (periods start on the hour when contracts do).
+        let hours_end = if in_contract { end.min(contract.ending_before_ms.unwrap_or(i64::MAX)) } else { end };
+        let hours = start.div_euclid(HOUR_MS) + i64::from(start.rem_euclid(HOUR_MS) != 0)
+            ..hours_end.div_euclid(HOUR_MS) + i64::from(hours_end.rem_euclid(HOUR_MS) != 0);
+        self.add_version_parts(account, &mut by_key, hours);
+        let grants = grants_at_end(account, start, end);
+        let mut lines: Vec<InvoiceLine> = by_key.into_values().collect();
+        for line in &mut lines {
+            line.parts.sort_by(|a, b| (&a.rate_card, a.version).cmp(&(&b.rate_card, b.version)));
+        }
+        lines.sort_by(|a, b| (&a.product_id, &a.dimensions).cmp(&(&b.product_id, &b.dimensions)));
+        Ok(PeriodLines {
+            period_start_ms: start,
+            period_end_ms: end,
+            overage_price: contract.overage_price,
+            closed: route.is_closed(start),
+            lines,
+            grants,
+        })
+    }
+
+    /// The period's lines by (product, dimension values) from its aggregates, their version parts not yet read.
+    fn lines_without_parts(&self, account: &Account, start: i64) -> FxHashMap<(Sym, u32), InvoiceLine> {
         let mut by_key: FxHashMap<(Sym, u32), InvoiceLine> = FxHashMap::default();
         for (key, aggregate) in account.aggregates.iter().filter(|(k, _)| k.period_start_ms == start) {
             let credits = aggregate
@@ -103,10 +127,16 @@ impl Kernel {
                 },
             );
         }
-        // An hour belongs to the period its start falls in (periods start on the hour when contracts do).
-        let hours_end = if in_contract { end.min(contract.ending_before_ms.unwrap_or(i64::MAX)) } else { end };
-        let hours = start.div_euclid(HOUR_MS) + i64::from(start.rem_euclid(HOUR_MS) != 0)
-            ..hours_end.div_euclid(HOUR_MS) + i64::from(hours_end.rem_euclid(HOUR_MS) != 0);
+        by_key
+    }
+
+    /// Sums the hour buckets of `hours` into their lines' parts, one per (rate card, version).
+    fn add_version_parts(
+        &self,
+        account: &Account,
+        by_key: &mut FxHashMap<(Sym, u32), InvoiceLine>,
+        hours: std::ops::Range<i64>,
+    ) {
         for (key, usages) in account.buckets.iter().filter(|(k, _)| hours.contains(&k.hour)) {
             let Some(line) = by_key.get_mut(&(key.product, key.combo)) else { continue };
             for usage in usages {
@@ -127,35 +157,27 @@ impl Kernel {
                 }
             }
         }
-        let mut drawn: Vec<Picos> = vec![0; account.grants.len()];
-        for aggregate in account.aggregates.iter().filter(|(k, _)| k.period_start_ms <= start).map(|(_, a)| a) {
-            for &(grant, credits) in &aggregate.drawn_by_grant {
-                drawn[grant as usize] += credits;
-            }
-        }
-        let rolled = account.credits.as_deref().map_or(&[][..], |c| &c.rolled[..]);
-        let grants = (account.grants.iter().zip(drawn))
-            .filter(|(g, _)| g.starts_at_ms < end)
-            .map(|(g, drawn)| GrantAtEnd {
-                id: g.id.to_string(),
-                amount: g.amount,
-                drawn,
-                expires_at_ms: g.expires_at_ms,
-                rolled: rolled.iter().find(|r| *r.from == *g.id).map(|r| (r.at_period_end_ms, r.credits)),
-            })
-            .collect();
-        let mut lines: Vec<InvoiceLine> = by_key.into_values().collect();
-        for line in &mut lines {
-            line.parts.sort_by(|a, b| (&a.rate_card, a.version).cmp(&(&b.rate_card, b.version)));
-        }
-        lines.sort_by(|a, b| (&a.product_id, &a.dimensions).cmp(&(&b.product_id, &b.dimensions)));
-        Ok(PeriodLines {
-            period_start_ms: start,
-            period_end_ms: end,
-            overage_price: contract.overage_price,
-            closed: route.is_closed(start),
-            lines,
-            grants,
-        })
     }
+}
+
+/// The customer's grants started before the period's end, each with what this period's usage and every earlier
+/// period's drew from it.
+fn grants_at_end(account: &Account, start: i64, end: i64) -> Vec<GrantAtEnd> {
+    let mut drawn: Vec<Picos> = vec![0; account.grants.len()];
+    for aggregate in account.aggregates.iter().filter(|(k, _)| k.period_start_ms <= start).map(|(_, a)| a) {
+        for &(grant, credits) in &aggregate.drawn_by_grant {
+            drawn[grant as usize] += credits;
+        }
+    }
+    let rolled = account.credits.as_deref().map_or(&[][..], |c| &c.rolled[..]);
+    (account.grants.iter().zip(drawn))
+        .filter(|(g, _)| g.starts_at_ms < end)
+        .map(|(g, drawn)| GrantAtEnd {
+            id: g.id.to_string(),
+            amount: g.amount,
+            drawn,
+            expires_at_ms: g.expires_at_ms,
+            rolled: rolled.iter().find(|r| *r.from == *g.id).map(|r| (r.at_period_end_ms, r.credits)),
+        })
+        .collect()
 }
