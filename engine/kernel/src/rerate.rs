@@ -29,7 +29,8 @@ use crate::kernel::{Account, Kernel};
 use crate::money::{Fixed, Picos};
 use crate::price::PricedCurve;
 use crate::route::{
-    chosen_override, curve_with_override, period_containing, Aggregation, Catalog, Rate, Route, Sym, Version,
+    chosen_override, curve_with_override, period_containing, Aggregation, Catalog, Contract, Product, Rate, Route, Sym,
+    Version,
 };
 use crate::tables::VersionTable;
 
@@ -237,43 +238,7 @@ impl Kernel {
         }
         let rater = &self.rater;
         let account = self.accounts.get_mut(customer_id).expect("looked up above");
-        let mut first_period = None;
-        // Events per (hour, event type) and product: an event feeding several products is counted once.
-        let mut events: FxHashMap<(i64, &str), FxHashMap<Sym, u64>> = FxHashMap::default();
-        for aggregate in &aggregates {
-            let tuple: Box<[Sym]> = rater.combos.tuple(aggregate.key.combo).into();
-            for bucket in aggregate.buckets.iter().filter(|b| b.selected && b.changed()) {
-                first_period = first_period.or(Some(aggregate.key.period_start_ms));
-                done.buckets += 1;
-                done.amounts_changed |= u64::from(bucket.new_amount != bucket.old_amount);
-                let event_type = event_type_of(&rater.catalog, bucket.key.product);
-                *events.entry((bucket.key.hour, event_type)).or_default().entry(bucket.key.product).or_default() +=
-                    bucket.events;
-                done.amount_delta += bucket.new_amount - bucket.old_amount;
-                let usage = VersionUsage {
-                    rate_card: bucket.rate_card,
-                    version: bucket.version,
-                    quantity: bucket.quantity,
-                    events: bucket.events,
-                    amount: bucket.new_amount,
-                };
-                account.buckets.insert(bucket.key, HourUsage::from_buf([usage]));
-                account.adjustments.push(Adjustment {
-                    seq,
-                    hour: bucket.key.hour,
-                    product: bucket.key.product,
-                    dimensions: tuple.clone(),
-                    rate_card: bucket.rate_card,
-                    old_versions: bucket.old_versions.to_vec(),
-                    new_version: bucket.version,
-                    quantity: bucket.quantity,
-                    events: bucket.events,
-                    old_amount: bucket.old_amount,
-                    new_amount: bucket.new_amount,
-                });
-            }
-        }
-        done.events = events.values().map(|by_product| by_product.values().copied().max().unwrap_or(0)).sum();
+        let first_period = write_rerated_buckets(rater, account, &aggregates, seq, &mut done);
         // Aggregates come sorted by period: the first changed one names the earliest period touched.
         if let Some(first_period) = first_period {
             done.customers = 1;
@@ -498,14 +463,54 @@ impl Kernel {
         pricing: Pricing,
         in_contract: bool,
     ) -> Result<(Vec<AggregateRepriced>, Rerated), String> {
-        let mut closed = Rerated::default();
-        let Some(route) = account.route.as_ref() else { return Ok((Vec::new(), closed)) };
+        let Some(route) = account.route.as_ref() else { return Ok((Vec::new(), Rerated::default())) };
         // Every bucket by (product, dimension values, hour): an aggregate's buckets are then one run.
         let mut all: Vec<(&HourKey, &HourUsage)> = account.buckets.iter().collect();
         let combos = &self.rater.combos;
         all.sort_unstable_by(|a, b| {
             (a.0.product, combos.tuple(a.0.combo), a.0.hour).cmp(&(b.0.product, combos.tuple(b.0.combo), b.0.hour))
         });
+        let (selected, closed) = self.select_aggregates(route, &all, card, (from, until), in_contract);
+        let mut aggregates = Vec::with_capacity(selected.len());
+        for (start, end, at) in selected {
+            let first = all[at].0;
+            // Back to the period's first bucket of this product and dimension values.
+            let mut begin = at;
+            while begin > 0 && {
+                let k = all[begin - 1].0;
+                k.product == first.product && k.combo == first.combo && k.hour * HOUR_MS >= start
+            } {
+                begin -= 1;
+            }
+            let run = all[begin..]
+                .iter()
+                .take_while(|(k, _)| k.product == first.product && k.combo == first.combo && k.hour * HOUR_MS < end);
+            let key = PeriodKey { period_start_ms: start, product: first.product, combo: first.combo };
+            let buckets = self.walk(account, key, run, (from, until), pricing)?;
+            aggregates.push(AggregateRepriced { key, buckets });
+        }
+        aggregates.sort_by(|a, b| {
+            (a.key.period_start_ms, a.key.product, combos.tuple(a.key.combo)).cmp(&(
+                b.key.period_start_ms,
+                b.key.product,
+                combos.tuple(b.key.combo),
+            ))
+        });
+        Ok((aggregates, closed))
+    }
+
+    /// Where each open-period aggregate holding usage of `card` in the hours [from, until) starts in
+    /// `all` (sorted by product, dimension values and hour), with its period's start and end (its
+    /// contract's end too, `in_contract`: see `reprice`); and the usage left alone in closed periods.
+    fn select_aggregates(
+        &self,
+        route: &Route,
+        all: &[(&HourKey, &HourUsage)],
+        card: Sym,
+        (from, until): (i64, i64),
+        in_contract: bool,
+    ) -> (Vec<(i64, i64, usize)>, Rerated) {
+        let mut closed = Rerated::default();
         let mut selected: Vec<(i64, i64, usize)> = Vec::new(); // (period start, period end, index in `all`)
         let mut periods = PeriodCache::default();
         // Closed events per (hour, event type) and product, for `closed_events_once`.
@@ -538,32 +543,7 @@ impl Kernel {
         }
         closed.closed_events_once =
             closed_by_hour.values().map(|by_product| by_product.values().copied().max().unwrap_or(0)).sum();
-        let mut aggregates = Vec::with_capacity(selected.len());
-        for (start, end, at) in selected {
-            let first = all[at].0;
-            // Back to the period's first bucket of this product and dimension values.
-            let mut begin = at;
-            while begin > 0 && {
-                let k = all[begin - 1].0;
-                k.product == first.product && k.combo == first.combo && k.hour * HOUR_MS >= start
-            } {
-                begin -= 1;
-            }
-            let run = all[begin..]
-                .iter()
-                .take_while(|(k, _)| k.product == first.product && k.combo == first.combo && k.hour * HOUR_MS < end);
-            let key = PeriodKey { period_start_ms: start, product: first.product, combo: first.combo };
-            let buckets = self.walk(account, key, run, (from, until), pricing)?;
-            aggregates.push(AggregateRepriced { key, buckets });
-        }
-        aggregates.sort_by(|a, b| {
-            (a.key.period_start_ms, a.key.product, combos.tuple(a.key.combo)).cmp(&(
-                b.key.period_start_ms,
-                b.key.product,
-                combos.tuple(b.key.combo),
-            ))
-        });
-        Ok((aggregates, closed))
+        (selected, closed)
     }
 
     /// Prices an aggregate's buckets in hour order over the cumulative quantity.
@@ -575,19 +555,7 @@ impl Kernel {
         (from, until): (i64, i64),
         pricing: Pricing,
     ) -> Result<Vec<Repriced>, String> {
-        let catalog = &self.rater.catalog;
-        let interner = &self.rater.interner;
-        let product =
-            catalog.products.iter().find(|p| p.id == key.product).ok_or_else(|| {
-                format!("product {:?} has usage but is not in the catalogue", interner.text(key.product))
-            })?;
-        if !matches!(product.aggregation, Aggregation::Sum | Aggregation::Count) {
-            return Err(format!(
-                "product {:?} aggregates by {:?}: its hour buckets hold increments in arrival order, not its \
-                 measure per hour, so its usage cannot be priced again from them",
-                product.id_text, product.aggregation
-            ));
-        }
+        let product = self.walkable_product(key.product)?;
         let route = account.route.as_ref().expect("selected, so routed");
         let dimensions: SmallVec<[Option<Sym>; 4]> =
             self.rater.combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
@@ -599,40 +567,8 @@ impl Kernel {
                 route.contracts.iter().find(|c| c.covers(ts)).ok_or_else(|| {
                     format!("usage of product {:?} at {ts} has no contract covering it", product.id_text)
                 })?;
-            let version = match pricing {
-                Pricing::Only(version) => version,
-                Pricing::Inserted { at_ms, version } if contract.rate_card == version.rate_card && ts >= at_ms => {
-                    let entries = &catalog.timelines[contract.timeline as usize];
-                    let after = entries.partition_point(|(at, _)| *at <= ts);
-                    match after.checked_sub(1).map(|i| entries[i]) {
-                        Some((at, index)) if at > at_ms => &catalog.versions[index],
-                        _ => version,
-                    }
-                }
-                Pricing::Timeline | Pricing::Inserted { .. } => {
-                    catalog.version_at(contract.timeline, ts).ok_or_else(|| {
-                        let at = crate::route::utc_text(ts);
-                        format!(
-                            "rate card {:?} has no version in force at {at} (timestamp_ms {ts})",
-                            interner.text(contract.rate_card)
-                        )
-                    })?
-                }
-            };
-            let rate: &Rate = version.rate_for(product.id, &dimensions).ok_or_else(|| {
-                format!(
-                    "rate card {:?} version {} has no rate for product {:?} with {:?}: its usage at {ts} cannot be \
-                     priced by it",
-                    interner.text(version.rate_card),
-                    version.number,
-                    product.id_text,
-                    dimensions
-                        .iter()
-                        .zip(&product.dimensions)
-                        .map(|(v, d)| (d.as_str(), interner.text(v.expect("interned"))))
-                        .collect::<Vec<_>>()
-                )
-            })?;
+            let version = self.pricing_version(pricing, contract, ts)?;
+            let rate = self.rate_of(version, product, &dimensions, ts)?;
             let curve: std::borrow::Cow<'_, PricedCurve> =
                 curve_with_override(contract, product.id, &dimensions, rate, ts);
             let bucket_quantity: Fixed = usages.iter().map(|u| u.quantity).sum();
@@ -659,6 +595,126 @@ impl Kernel {
         }
         Ok(out)
     }
+
+    /// The catalogue's product of an aggregate, if its usage can be walked: only additive
+    /// aggregations can (see the module's comment).
+    fn walkable_product(&self, id: Sym) -> Result<&Product, String> {
+        let product = self.rater.catalog.products.iter().find(|p| p.id == id).ok_or_else(|| {
+            format!("product {:?} has usage but is not in the catalogue", self.rater.interner.text(id))
+        })?;
+        if !matches!(product.aggregation, Aggregation::Sum | Aggregation::Count) {
+            return Err(format!(
+                "product {:?} aggregates by {:?}: its hour buckets hold increments in arrival order, not its \
+                 measure per hour, so its usage cannot be priced again from them",
+                product.id_text, product.aggregation
+            ));
+        }
+        Ok(product)
+    }
+
+    /// The version that prices the hour starting at `ts` under `contract`.
+    fn pricing_version<'k>(
+        &'k self,
+        pricing: Pricing<'k>,
+        contract: &Contract,
+        ts: i64,
+    ) -> Result<&'k Version, String> {
+        let catalog = &self.rater.catalog;
+        Ok(match pricing {
+            Pricing::Only(version) => version,
+            Pricing::Inserted { at_ms, version } if contract.rate_card == version.rate_card && ts >= at_ms => {
+                let entries = &catalog.timelines[contract.timeline as usize];
+                let after = entries.partition_point(|(at, _)| *at <= ts);
+                match after.checked_sub(1).map(|i| entries[i]) {
+                    Some((at, index)) if at > at_ms => &catalog.versions[index],
+                    _ => version,
+                }
+            }
+            Pricing::Timeline | Pricing::Inserted { .. } => {
+                catalog.version_at(contract.timeline, ts).ok_or_else(|| {
+                    let at = crate::route::utc_text(ts);
+                    format!(
+                        "rate card {:?} has no version in force at {at} (timestamp_ms {ts})",
+                        self.rater.interner.text(contract.rate_card)
+                    )
+                })?
+            }
+        })
+    }
+
+    /// The rate of `version` for the product's usage with these dimension values, at `ts`.
+    fn rate_of<'v>(
+        &self,
+        version: &'v Version,
+        product: &Product,
+        dimensions: &[Option<Sym>],
+        ts: i64,
+    ) -> Result<&'v Rate, String> {
+        let interner = &self.rater.interner;
+        version.rate_for(product.id, dimensions).ok_or_else(|| {
+            format!(
+                "rate card {:?} version {} has no rate for product {:?} with {:?}: its usage at {ts} cannot be \
+                 priced by it",
+                interner.text(version.rate_card),
+                version.number,
+                product.id_text,
+                dimensions
+                    .iter()
+                    .zip(&product.dimensions)
+                    .map(|(v, d)| (d.as_str(), interner.text(v.expect("interned"))))
+                    .collect::<Vec<_>>()
+            )
+        })
+    }
+}
+
+/// Writes the changed buckets of the selected hours again, each with an adjustment citing record
+/// `seq`, and counts them in `done`; returns the start of the first aggregate's period that changed.
+fn write_rerated_buckets(
+    rater: &crate::kernel::Rater,
+    account: &mut Account,
+    aggregates: &[AggregateRepriced],
+    seq: u64,
+    done: &mut Rerated,
+) -> Option<i64> {
+    let mut first_period = None;
+    // Events per (hour, event type) and product: an event feeding several products is counted once.
+    let mut events: FxHashMap<(i64, &str), FxHashMap<Sym, u64>> = FxHashMap::default();
+    for aggregate in aggregates {
+        let tuple: Box<[Sym]> = rater.combos.tuple(aggregate.key.combo).into();
+        for bucket in aggregate.buckets.iter().filter(|b| b.selected && b.changed()) {
+            first_period = first_period.or(Some(aggregate.key.period_start_ms));
+            done.buckets += 1;
+            done.amounts_changed |= u64::from(bucket.new_amount != bucket.old_amount);
+            let event_type = event_type_of(&rater.catalog, bucket.key.product);
+            *events.entry((bucket.key.hour, event_type)).or_default().entry(bucket.key.product).or_default() +=
+                bucket.events;
+            done.amount_delta += bucket.new_amount - bucket.old_amount;
+            let usage = VersionUsage {
+                rate_card: bucket.rate_card,
+                version: bucket.version,
+                quantity: bucket.quantity,
+                events: bucket.events,
+                amount: bucket.new_amount,
+            };
+            account.buckets.insert(bucket.key, HourUsage::from_buf([usage]));
+            account.adjustments.push(Adjustment {
+                seq,
+                hour: bucket.key.hour,
+                product: bucket.key.product,
+                dimensions: tuple.clone(),
+                rate_card: bucket.rate_card,
+                old_versions: bucket.old_versions.to_vec(),
+                new_version: bucket.version,
+                quantity: bucket.quantity,
+                events: bucket.events,
+                old_amount: bucket.old_amount,
+                new_amount: bucket.new_amount,
+            });
+        }
+    }
+    done.events = events.values().map(|by_product| by_product.values().copied().max().unwrap_or(0)).sum();
+    first_period
 }
 
 // Carrying the earlier hours (`earlier_hours_carried`, the server's publishes, and simulations):
