@@ -490,7 +490,10 @@ class _Group:
     # fails with the publish durable, it is held again rather than failed (`Sequencer._fail_group`).
     held: _HeldPublish | None = None
 
-    def start(self, writer_thread: Worker, journal: Journal) -> None:
+    def start(self, writer_thread: Worker, journal: Journal, explain_index: ExplainIndex | None) -> None:
+        """Hands the records to the journal's thread. Once they are durable, that thread also hands the explain index
+        the kernel's explain records of the group's batches: the index's thread is woken from there, not from the
+        event loop, which the group's commit would otherwise wake once more."""
         if not self.records:
             return
         started_ns = time.perf_counter_ns()
@@ -498,6 +501,8 @@ class _Group:
         def commit() -> None:
             journal.commit(self.records)
             self.commit_ms = (time.perf_counter_ns() - started_ns) / 1e6
+            if explain_index is not None:
+                explain_index.submit(self.explain, self.records[-1][0])
 
         self.commit = writer_thread.run(commit)
 
@@ -662,7 +667,7 @@ class Sequencer:
                         )
                         prepared = None
                 if prepared is not None:
-                    prepared.start(self._writer_thread, self.journal)
+                    prepared.start(self._writer_thread, self.journal, self.explain_index)
                     in_flight, prepared = prepared, None
                 if in_flight is None:
                     await self._housekeeping()
@@ -1174,8 +1179,6 @@ class Sequencer:
             telemetry.batch_commit_ms.record(group.commit_ms)
             telemetry.commit_commands.record(len(group.records))
             oplog.activity.committed(group.commit_ms)
-            if self.explain_index is not None:
-                self.explain_index.submit(group.explain, group.records[-1][0])
         for actor, action, target in group.changes:
             oplog.line("admin change", actor=actor, action=action, target=target)
         oplog.activity.admin_changes += len(group.changes)
