@@ -17,7 +17,8 @@ from engine.errors import Repeated
 from server import oplog
 from server.demo import demo_commands
 from server.journal import MemoryJournal
-from server.sequencer import JournalRecord, Sequencer, UsageBatch, encode_record, recover
+from server.records import JournalRecord, encode_record
+from server.sequencer import Sequencer, UsageBatch, recover
 from tests.test_sequencer import NOW_MS, batch, event, run_with
 
 

@@ -19,7 +19,8 @@ from engine import commands as cmd
 from engine.versions import PublishResult
 from server.errors import ResourceExhausted, Unavailable
 from server.journal import JournalFull, MemoryJournal
-from server.sequencer import JournalRecord, RerationDone, Sequencer, UsageBatch, decode_record, recover
+from server.records import JournalRecord, RerationDone, decode_record
+from server.sequencer import Sequencer, UsageBatch, recover
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 
