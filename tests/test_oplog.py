@@ -18,7 +18,8 @@ from server import oplog
 from server.demo import demo_commands
 from server.journal import MemoryJournal
 from server.records import JournalRecord, encode_record
-from server.sequencer import Sequencer, UsageBatch, recover
+from server.recovery import recover
+from server.sequencer import Sequencer, UsageBatch
 from tests.test_sequencer import NOW_MS, batch, event, run_with
 
 

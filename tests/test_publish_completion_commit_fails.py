@@ -20,7 +20,8 @@ from engine.versions import PublishResult
 from server.errors import ResourceExhausted, Unavailable
 from server.journal import JournalFull, MemoryJournal
 from server.records import JournalRecord, RerationDone, decode_record
-from server.sequencer import Sequencer, UsageBatch, recover
+from server.recovery import recover
+from server.sequencer import Sequencer, UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 

@@ -16,7 +16,8 @@ from engine.billing import Billing
 from engine.versions import PublishResult
 from server.journal import MemoryJournal
 from server.records import decode_record
-from server.sequencer import Sequencer, UsageBatch, recover
+from server.recovery import recover
+from server.sequencer import Sequencer, UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 

@@ -22,7 +22,8 @@ from engine.billing import Billing
 from engine.errors import Repeated
 from server.journal import MemoryJournal
 from server.records import decode_record
-from server.sequencer import UsageBatch, recover
+from server.recovery import recover
+from server.sequencer import UsageBatch
 from tests.engine_fixtures import ACTOR, World
 from tests.test_engine_rerate_online import (
     CUSTOMERS,

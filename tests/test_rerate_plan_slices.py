@@ -18,7 +18,8 @@ from engine.ratecard import Rate, VersionState
 from engine.versions import PublishResult
 from server.journal import MemoryJournal
 from server.records import decode_record
-from server.sequencer import Sequencer, UsageBatch, recover
+from server.recovery import recover
+from server.sequencer import Sequencer, UsageBatch
 from tests import test_engine_rerate_online as online
 from tests.engine_fixtures import ACTOR, HOUR_MS, rate, unit
 from tests.test_engine_rerate_online import CUSTOMERS as ONLINE_CUSTOMERS

@@ -29,7 +29,8 @@ from server.journal import (
     SegmentWriter,
     SnapshotBlob,
 )
-from server.sequencer import Sequencer, recover, segments_to_compact
+from server.recovery import recover
+from server.sequencer import Sequencer, segments_to_compact
 from tests.disk import disk_with_room
 from tests.test_sequencer import DAY_MS, NOW_MS, batch, event, run_with
 
