@@ -54,17 +54,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import ctypes
 import dataclasses
 import logging
 import os
-import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 
 from engine import commands as cmd
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, DedupeSegment, merge_dedupe_segments_to
@@ -80,6 +76,7 @@ from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment, Seg
 from server.records import JournalRecord, RerationDone, UsageRecord, encode_record
 from server.recovery import Backlog, recover_counting
 from server.scheduling import GilHandover, paced
+from server.worker import Worker
 
 log = logging.getLogger("tariff.sequencer")
 
@@ -149,58 +146,6 @@ Submitted = cmd.AdminCommand | UsageBatch
 # Commands the audit log does not record, so not admin changes for the operator's log either: reservations and the
 # clock. A top-up policy (SetTopUpPolicy, applied by the kernel too) is audited (engine/credits.py): it is one.
 _NOT_ADMIN_CHANGES = (cmd.Reserve, cmd.ReleaseReservation, cmd.AdvanceClock, cmd.ReserveBatch)
-
-
-Result = TypeVar("Result")
-
-
-class Worker:
-    """A thread of its own running the calls handed to it one at a time, in order, each call's outcome
-    delivered to an asyncio future. Lighter than run_in_executor on a one-thread pool, which chains a
-    concurrent future to an asyncio one: about twenty Python calls on the event loop per hand-over, two here
-    (the writer hands over twice per group commit)."""
-
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[
-            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
-        ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-        self._closed = False
-
-    def run(self, function: Callable[..., Result], *args: Any) -> asyncio.Future[Result]:
-        if self._closed:
-            raise RuntimeError(f"{self._thread.name} is shut down")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        self._calls.put((loop, future, function, args))
-        return future
-
-    def shutdown(self) -> None:
-        """Runs what was handed over before, then ends the thread."""
-        self._closed = True
-        self._calls.put(None)
-        self._thread.join()
-
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            loop, future, function, args = call
-            try:
-                outcome: tuple[Any, BaseException | None] = (function(*args), None)
-            except BaseException as exc:  # delivered to the caller, as run_in_executor would
-                outcome = (None, exc)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for the outcome any more
-                loop.call_soon_threadsafe(_settle, future, *outcome)
-            del call, future, function, args, outcome  # a rated run's batches are freed now, not at the next call
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # cancelled: the caller stopped waiting
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -146,11 +146,11 @@ def _trace_collections(records: list[tuple[Any, ...]]) -> None:
 
 def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
     """The writer threads' calls, the explain index's writes and the heap trims after a snapshot (`job`)."""
-    from server import explain_index, sequencer
+    from server import explain_index, sequencer, worker
 
-    worker_run = sequencer.Worker.run
+    worker_run = worker.Worker.run
 
-    def traced_worker_run(self: sequencer.Worker, function: Any, *args: Any) -> Any:
+    def traced_worker_run(self: worker.Worker, function: Any, *args: Any) -> Any:
         name = getattr(function, "__qualname__", repr(function))
 
         def job(*call_args: Any) -> Any:
@@ -162,7 +162,7 @@ def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
 
         return worker_run(self, job, *args)
 
-    sequencer.Worker.run = traced_worker_run  # type: ignore[method-assign]
+    worker.Worker.run = traced_worker_run  # type: ignore[method-assign]
 
     index_write = explain_index.ExplainIndex.write
 
