@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import dataclasses
 import logging
 import os
@@ -72,6 +71,7 @@ from engine.versions import PublishResult
 from server import oplog, telemetry
 from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
+from server.heap import trim_heap
 from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment, SegmentWriter
 from server.records import JournalRecord, RerationDone, UsageRecord, encode_record
 from server.recovery import Backlog, recover_counting
@@ -1073,29 +1073,6 @@ class Sequencer:
 
 def _merge_segments(segments: list[Segment], base: bool) -> SegmentWriter:
     return lambda write: merge_dedupe_segments_to(segments, base, SEGMENT_PART_BYTES, write)
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # glibc's; other C libraries have none
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def trim_heap() -> None:
-    """After a snapshot or a recovery. Their buffers (tens of MB of bytes at a million customers, in pieces glibc
-    serves from its arenas, not from maps of their own) are freed by then, but glibc keeps freed pages, scattered between live objects,
-    as the process's own. malloc_trim(0) returns every whole free page of every arena to the system
-    (MADV_DONTNEED); ctypes releases the GIL for the call. It recovers only part of the heap a server that
-    snapshots holds over one that does not (README, Memory)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 def _encode_handing_over(parts: Iterator[bytes]) -> list[bytes]:
