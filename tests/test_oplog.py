@@ -19,7 +19,8 @@ from server.demo import demo_commands
 from server.journal import MemoryJournal
 from server.records import JournalRecord, encode_record
 from server.recovery import recover
-from server.sequencer import Sequencer, UsageBatch
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.test_sequencer import NOW_MS, batch, event, run_with
 
 

@@ -21,7 +21,8 @@ from server.errors import ResourceExhausted, Unavailable
 from server.journal import JournalFull, MemoryJournal
 from server.records import JournalRecord, RerationDone, decode_record
 from server.recovery import recover
-from server.sequencer import Sequencer, UsageBatch
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 

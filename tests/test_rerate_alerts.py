@@ -17,7 +17,8 @@ from engine.versions import PublishResult
 from server.journal import MemoryJournal
 from server.records import decode_record
 from server.recovery import recover
-from server.sequencer import Sequencer, UsageBatch
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 

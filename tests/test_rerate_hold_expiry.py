@@ -23,7 +23,7 @@ from engine.errors import Repeated
 from server.journal import MemoryJournal
 from server.records import decode_record
 from server.recovery import recover
-from server.sequencer import UsageBatch
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, World
 from tests.test_engine_rerate_online import (
     CUSTOMERS,

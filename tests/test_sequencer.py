@@ -21,7 +21,8 @@ from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.journal import JournalFull, MemoryJournal
 from server.records import JournalRecord, decode_record, encode_record
 from server.recovery import recover
-from server.sequencer import Sequencer, UsageBatch
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T... UTC, inside the demo contract's first month
 DAY_MS = 24 * 3600 * 1000

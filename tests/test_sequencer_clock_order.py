@@ -29,7 +29,8 @@ from server.demo import demo_commands
 from server.journal import MemoryJournal
 from server.records import decode_record
 from server.recovery import recover
-from server.sequencer import Sequencer, UsageBatch
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS
 from tests.test_engine_rerate_online import (
     RECEIVED_MS,
