@@ -47,10 +47,12 @@ from server.demo import demo_commands
 from server.errors import UndecodableRequests, send_limit
 from server.explain_index import ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
+from server.heap import trim_heap
 from server.journal import JournalFormatError, JournalUnopenable, LmdbJournal
 from server.loopstall import StallSampler
+from server.recovery import RECOVERY_PROGRESS_EVERY_S, Backlog, recover_counting
 from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
-from server.sequencer import RECOVERY_PROGRESS_EVERY_S, Backlog, Sequencer, recover_counting, trim_heap
+from server.sequencer import Sequencer
 from server.services import (
     INTAKE_BYTES_MAX_DEFAULT,
     AlertService,

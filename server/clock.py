@@ -26,7 +26,8 @@ from engine import commands as cmd
 from engine.billing import Billing
 from server.errors import Unavailable
 from server.scheduling import name_os_threads
-from server.sequencer import CLOCK_ACTOR, Sequencer, Worker
+from server.sequencer import CLOCK_ACTOR, Sequencer
+from server.worker import Worker
 
 log = logging.getLogger("tariff.clock")
 

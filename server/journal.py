@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 # Bumped whenever the on-disk layout changes, so that an older server refuses a newer store
-# instead of misreading it. 2: usage records hold the batch bytes as received (server/sequencer.py).
+# instead of misreading it. 2: usage records hold the batch bytes as received (server/records.py).
 FORMAT_VERSION = 2
 # Stores of these versions are turned into the current one by `tariff migrate` (server/migrate.py).
 MIGRATABLE_FORMAT_VERSIONS = (b"1",)

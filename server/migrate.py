@@ -21,7 +21,7 @@ from engine import commands as cmd
 from engine.billing import Billing
 from server.app import DataDirLock
 from server.journal import FORMAT_VERSION, LmdbJournal
-from server.sequencer import JournalRecord, UsageRecord, decode_record, encode_record
+from server.records import JournalRecord, UsageRecord, decode_record, encode_record
 
 BACKUP_DIR = "backup-v1"
 COMMIT_EVERY_RECORDS = 1_000

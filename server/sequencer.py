@@ -54,34 +54,31 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
-import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
-
-import msgspec
 
 from engine import commands as cmd
-from engine._kernel import BatchTooLarge, CustomerNotAllowed, DedupeSegment, merge_dedupe_segments_to
-from engine.alerts import FiredAlert
+from engine._kernel import DedupeSegment, merge_dedupe_segments_to
 from engine.audit import audit_target
-from engine.billing import Billing, Ingested, RatingChanged, snapshot_parts
-from engine.errors import EngineError, FailedPrecondition, InvalidArgument, Repeated
+from engine.billing import Billing, Ingested, snapshot_parts
+from engine.errors import EngineError, Repeated
 from engine.rerate import PLAN_SLICE_CUSTOMERS, SLICE_CUSTOMERS, Rerated, RerationPlan, with_rerated
-from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from engine.versions import PublishResult
 from server import oplog, telemetry
-from server.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, Unavailable
+from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
+from server.heap import trim_heap
 from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment, SegmentWriter
+from server.records import JournalRecord, RerationDone, encode_record
+from server.recovery import Backlog, recover_counting
 from server.scheduling import GilHandover, paced
+from server.segment_compaction import segments_to_compact
+from server.usage_batches import UsageBatch, _rate_batches_explained
+from server.worker import Worker
 
 log = logging.getLogger("tariff.sequencer")
 
@@ -94,7 +91,6 @@ CLOCK_ACTOR = "clock"
 GROUP_COMMANDS_MAX = 256
 # A group also closes past this many bytes of usage batches (about 50,000 events of a typical batch).
 GROUP_USAGE_BYTES_MAX = 8 * 1024 * 1024
-DEDUPE_WINDOW_MS_DEFAULT = 35 * 24 * 3600 * 1000
 SNAPSHOT_EVERY_RECORDS_DEFAULT = 5_000
 SNAPSHOT_EVERY_EVENTS_DEFAULT = 1_000_000
 # Besides those: a snapshot is due only once the journal has taken this many times the last snapshot's bytes since
@@ -114,330 +110,14 @@ SNAPSHOT_SWITCH_INTERVAL_S = 0.0005
 # A dedupe segment (a snapshot's changes to the table, or a compaction's merge) is made and written a part of this
 # many bytes at a time, the one part's room reused (server/journal.py writes it 64 KiB at a time).
 SEGMENT_PART_BYTES = 1024 * 1024
-# The stored dedupe segments are merged into a new base once they hold more than the table by this fraction of it
-# (ids removed or put again since the base), and the newest ones are merged once there are more than this many (see
-# segments_to_compact).
-DEDUPE_COMPACT_FACTOR = 0.5
-DEDUPE_SEGMENTS_MAX = 8
-# Less waste than this is left: a merge rewrites and fsyncs two files for it (a server seeded with no usage yet
-# would merge its empty segments at every snapshot).
-DEDUPE_WASTE_BYTES_MIN = 64 * 1024
-# A recovery that takes longer than this says how far it got, every this often.
-RECOVERY_PROGRESS_EVERY_S = 2.0
-# A recovery reads the clock (for its progress line) at least once per this many events replayed.
-RECOVERY_PROGRESS_EVENTS = 65_536
-# A replay hands the explain index what it recorded every this many records (a bounded buffer).
-EXPLAIN_REPLAY_RECORDS = 256
-
-
-class Outcome(msgspec.Struct, frozen=True, array_like=True):
-    """An ingest command's result as journaled by the previous release (journal format 1; read by migrate)."""
-
-    accepted: int
-    duplicates: int
-    rejected: int
-
-
-class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
-    """A usage batch as journaled: the bytes as received, the writer's receive time, the kernel's digest (which
-    replay asserts), and the ack's counts (for tools that read the journal without the kernel).
-    `top_ups_in_billed_period`: the rule the batch was rated by (Billing.ingest), True for every batch the server
-    rates; absent (False) from the records of earlier releases, which replay by the rule of then.
-    `returned_expired_credit_breaks` and `reservation_ids_bounded` likewise (Billing.ingest): True for every batch
-    the server rates."""
-
-    batch: bytes
-    received_ms: int
-    digest: bytes
-    accepted: int
-    duplicates: int
-    rejected: int
-    top_ups_in_billed_period: bool = False
-    # The --future-skew-s (in ms) the batch was rated under, which replay rates it under again, so that a start
-    # with another skew replays the journal as it was written. None in records of earlier releases: replayed
-    # under the skew the server starts with, as they always were.
-    future_skew_ms: int | None = None
-    returned_expired_credit_breaks: bool = False
-    reservation_ids_bounded: bool = False
-
-
-class RerationDone(msgspec.Struct, frozen=True, array_like=True):
-    """A deferred re-rating's completion (engine/pending.py): the publish it completes, the time its balance rules
-    were evaluated, and what the whole re-rating did (customers, buckets, events, amount delta, closed buckets,
-    events and amount), which replay asserts."""
-
-    publish_seq: int
-    at_ms: int
-    done: tuple[int, int, int, int, int, int, int]
-
-
-class JournalRecord(msgspec.Struct, frozen=True, array_like=True):
-    """One record: an admin command, or (since journal format 2) a usage batch. Stored formats only gain fields."""
-
-    command: cmd.Command | None = None
-    outcome: Outcome | None = None  # format 1 usage records only
-    usage: UsageRecord | None = None
-    # The alerts this record's change fired (engine/alerts.py), in seq order: replay must fire the same.
-    alerts: list[FiredAlert] = []
-    # A publish whose re-rating runs after it, interleaved with usage (engine/pending.py); a later `rerated`
-    # record completes it. False: the record holds the re-rating whole (earlier releases, or nothing to re-rate).
-    deferred: bool = False
-    rerated: RerationDone | None = None
-
-
-@dataclasses.dataclass(slots=True)
-class IngestStream:
-    """One IngestUsage stream's batches, as the writer sees them: once one of them is refused whole (too many
-    events, not a UsageBatch, a customer the key may not touch) or its group's commit fails, the stream ends
-    with that error, so the batches it sent after that one are not applied either (no ack reaches them; resent
-    on a new stream, they are accepted). Read and set by the writer only: on the rating thread, or on the event
-    loop while that thread is idle (a failed group, `_Group.fail`)."""
-
-    refused: bool = False
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class UsageBatch:
-    """A usage batch submitted to the writer: the bytes received, and what the caller may send."""
-
-    data: bytes
-    events_max: int
-    allowed: list[str] | None = None  # customers a restricted key may touch; None: all
-    key_name: str = ""
-    stream: IngestStream | None = None  # the IngestUsage stream it came on; None: IngestUsageBatch
 
 
 Submitted = cmd.AdminCommand | UsageBatch
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(JournalRecord)
-
-
-def encode_record(record: JournalRecord) -> bytes:
-    return _encoder.encode(record)
-
-
-def decode_record(blob: bytes) -> JournalRecord:
-    return _decoder.decode(blob)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Backlog:
-    """What a recovery replayed after the snapshot it started from, and that snapshot's bytes: the next snapshot is
-    due counting them (Sequencer), as it would have been had the server not stopped. Counting only its own records,
-    a server restarted more often than the snapshot interval never took one, and each start replayed more."""
-
-    records: int = 0
-    events: int = 0
-    journal_bytes: int = 0
-    snapshot_bytes: int = 0
-
-
-def recover(
-    journal: Journal,
-    *,
-    future_skew_ms: int | None = None,
-    dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
-    progress_every_s: float | None = None,
-    explain_index: ExplainIndex | None = None,
-) -> Billing:
-    """State = snapshot + replay of every record after it; each replayed batch must give its journaled digest
-    (RatingChanged otherwise). With `progress_every_s`, a long replay logs its progress that often. With
-    `explain_index`, the replay indexes what the index does not cover yet, and the kernel records from then on
-    (an index behind the snapshot makes the replay start at the journal's first record)."""
-    return recover_counting(
-        journal,
-        future_skew_ms=future_skew_ms,
-        dedupe_window_ms=dedupe_window_ms,
-        progress_every_s=progress_every_s,
-        explain_index=explain_index,
-    )[0]
-
-
-def recover_counting(
-    journal: Journal,
-    *,
-    future_skew_ms: int | None = None,
-    dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
-    progress_every_s: float | None = None,
-    explain_index: ExplainIndex | None = None,
-) -> tuple[Billing, Backlog]:
-    """`recover`, and what it replayed after the snapshot (its Backlog)."""
-    skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
-    snapshot = journal.load_segmented_snapshot()
-    if explain_index is not None and snapshot is not None and explain_index.covered_seq() < snapshot[0]:
-        snapshot = None
-    snapshot_bytes = 0
-    if snapshot is not None:
-        seq, blob, segments = snapshot
-        # As a store counts it: the snapshot and the segment it wrote last.
-        snapshot_bytes = len(blob) + (journal.dedupe_segment_bytes() or [0])[-1]
-        billing = Billing.from_snapshot(
-            blob, future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms, segments=segments
-        )
-        if segments:
-            # The next snapshot stores the changes since this one, the replay's first.
-            billing.kernel.record_dedupe_changes(True)
-            billing.dedupe_segments_seq = seq
-    else:
-        billing = Billing(future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms)
-    assert billing.last_seq == (snapshot[0] if snapshot else 0), "snapshot seq and state disagree"
-    progress = _RecoveryProgress(billing.last_seq, journal.last_seq(), progress_every_s)
-    if explain_index is not None:
-        billing.kernel.set_explain(explain_index.covered_seq() + 1)
-    records = events = journal_bytes = 0
-    for seq, blob in journal.read_records(billing.last_seq):
-        progress.at(seq, events)
-        records += 1
-        journal_bytes += len(blob)
-        if explain_index is not None and seq % EXPLAIN_REPLAY_RECORDS == 0:
-            explain_index.write([billing.kernel.take_explain()], seq - 1)
-        record = decode_record(blob)
-        if record.usage is not None:
-            usage = record.usage
-            billing.use_future_skew(skew_ms if usage.future_skew_ms is None else usage.future_skew_ms)
-            events += billing.replay(
-                seq,
-                usage.batch,
-                usage.received_ms,
-                usage.digest,
-                record.alerts,
-                top_ups_in_billed_period=usage.top_ups_in_billed_period,
-                returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
-                reservation_ids_bounded=usage.reservation_ids_bounded,
-            )
-        elif record.rerated is not None:
-            _replay_rerated(billing, seq, record.rerated, record.alerts)
-        else:
-            assert record.command is not None and not isinstance(record.command, cmd.IngestBatch), (
-                f"record {seq}: a format-1 usage record in a format-2 journal"
-            )
-            if record.deferred:
-                assert isinstance(record.command, cmd.PublishVersion | cmd.RollbackRateCard)
-                billing.publish_deferred(record.command, seq)
-            else:
-                billing.apply(record.command, seq)
-            if billing.take_fired() != record.alerts:
-                raise RatingChanged(
-                    f"journal record {seq}: alerts changed between releases; run the release that wrote it"
-                )
-    billing.use_future_skew(skew_ms)  # what is received from now on
-    if explain_index is not None:
-        explain_index.write([billing.kernel.take_explain()], billing.last_seq)
-    # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
-    # customer's tables (seconds at a million customers).
-    billing.refresh_tables()
-    return billing, Backlog(records, events, journal_bytes, snapshot_bytes)
-
-
-def _replay_rerated(billing: Billing, seq: int, done: RerationDone, fired: list[FiredAlert]) -> None:
-    """A deferred re-rating's completion record: it must complete the pending publish and do what it did then."""
-    rerating = billing.rerating
-    assert rerating is not None and rerating.publish_seq == done.publish_seq, (
-        f"record {seq} completes the re-rating of record {done.publish_seq}, which is not pending"
-    )
-    replayed = billing.finish_rerating(seq, done.at_ms)
-    again = (
-        replayed.customers,
-        replayed.buckets,
-        replayed.events,
-        replayed.amount_delta_picos,
-        replayed.closed_buckets,
-        replayed.closed_events,
-        replayed.closed_amount_picos,
-    )
-    if again != done.done or billing.take_fired() != fired:
-        raise RatingChanged(
-            f"journal record {seq}: re-rating changed between releases (replaying it gives another result than "
-            "the journal holds); run the release that wrote this journal"
-        )
 
 
 # Commands the audit log does not record, so not admin changes for the operator's log either: reservations and the
 # clock. A top-up policy (SetTopUpPolicy, applied by the kernel too) is audited (engine/credits.py): it is one.
 _NOT_ADMIN_CHANGES = (cmd.Reserve, cmd.ReleaseReservation, cmd.AdvanceClock, cmd.ReserveBatch)
-
-
-class _RecoveryProgress:
-    """Logs `recovery in progress replayed=N of=M ...` every `every_s` of a long replay; costs a clock read per 1,024
-    records or RECOVERY_PROGRESS_EVENTS events replayed, whichever comes first (a record may hold 10,000 events)."""
-
-    def __init__(self, from_seq: int, to_seq: int, every_s: float | None) -> None:
-        self.from_seq = from_seq
-        self.to_seq = to_seq
-        self.every_s = every_s
-        self.started = time.monotonic()
-        self.next_at = self.started + every_s if every_s is not None else float("inf")
-        self.events_next = RECOVERY_PROGRESS_EVENTS
-
-    def at(self, seq: int, events: int) -> None:
-        """Before record `seq`, `events` events replayed so far."""
-        if self.every_s is None or (seq % 1024 and events < self.events_next):
-            return
-        self.events_next = events + RECOVERY_PROGRESS_EVENTS
-        now = time.monotonic()
-        if now >= self.next_at:
-            self.next_at = now + self.every_s
-            oplog.line(
-                "recovery in progress",
-                replayed=seq - self.from_seq,
-                of=self.to_seq - self.from_seq,
-                seq=seq,
-                last_seq=self.to_seq,
-                elapsed_s=round(now - self.started, 1),
-            )
-
-
-Result = TypeVar("Result")
-
-
-class Worker:
-    """A thread of its own running the calls handed to it one at a time, in order, each call's outcome
-    delivered to an asyncio future. Lighter than run_in_executor on a one-thread pool, which chains a
-    concurrent future to an asyncio one: about twenty Python calls on the event loop per hand-over, two here
-    (the writer hands over twice per group commit)."""
-
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[
-            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
-        ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-        self._closed = False
-
-    def run(self, function: Callable[..., Result], *args: Any) -> asyncio.Future[Result]:
-        if self._closed:
-            raise RuntimeError(f"{self._thread.name} is shut down")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        self._calls.put((loop, future, function, args))
-        return future
-
-    def shutdown(self) -> None:
-        """Runs what was handed over before, then ends the thread."""
-        self._closed = True
-        self._calls.put(None)
-        self._thread.join()
-
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            loop, future, function, args = call
-            try:
-                outcome: tuple[Any, BaseException | None] = (function(*args), None)
-            except BaseException as exc:  # delivered to the caller, as run_in_executor would
-                outcome = (None, exc)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for the outcome any more
-                loop.call_soon_threadsafe(_settle, future, *outcome)
-            del call, future, function, args, outcome  # a rated run's batches are freed now, not at the next call
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # cancelled: the caller stopped waiting
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1370,58 +1050,8 @@ class Sequencer:
         )
 
 
-def segments_to_compact(segment_bytes: list[int], table_base_bytes: int) -> int:
-    """How many of the newest dedupe segments (sizes oldest first, the first a base) to merge into one, 0 for none;
-    `table_base_bytes` is what a base of the table they add up to would take.
-
-    - Waste: once the segments hold more than (1 + DEDUPE_COMPACT_FACTOR) times that (entries since removed or put
-      again: a window that has filled and slides), all of them merge into a new base. A restore reads at most that
-      much more than the table (or DEDUPE_WASTE_BYTES_MIN more).
-    - Count: otherwise, once there are more than DEDUPE_SEGMENTS_MAX, the newest ones merge, never the base: from
-      the oldest segment after the base whose newer ones add up to its size (so the sizes after the base fall
-      geometrically and merges are rare), else all after the base.
-
-    While the window fills, segments hold only new ids: merging them saves no byte a restore reads, so nothing is
-    merged until there are too many, and the base is never rewritten for them. The rule before (merge from the
-    oldest segment whose newer ones reach half its size) rewrote every id about three times while the window
-    grew: at 2,000,000 ids, 80 MB a merge, and the snapshot's thread took about 1 µs of CPU per ingested event."""
-    count = len(segment_bytes)
-    waste_bytes = sum(segment_bytes) - table_base_bytes
-    if count >= 2 and waste_bytes > max(DEDUPE_COMPACT_FACTOR * table_base_bytes, DEDUPE_WASTE_BYTES_MIN):
-        return count
-    if count <= DEDUPE_SEGMENTS_MAX:
-        return 0
-    for start in range(1, count - 1):
-        if sum(segment_bytes[start + 1 :]) >= segment_bytes[start]:
-            return count - start
-    return max(2, count - 1)
-
-
 def _merge_segments(segments: list[Segment], base: bool) -> SegmentWriter:
     return lambda write: merge_dedupe_segments_to(segments, base, SEGMENT_PART_BYTES, write)
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # glibc's; other C libraries have none
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def trim_heap() -> None:
-    """After a snapshot or a recovery. Their buffers (tens of MB of bytes at a million customers, in pieces glibc
-    serves from its arenas, not from maps of their own) are freed by then, but glibc keeps freed pages, scattered between live objects,
-    as the process's own. malloc_trim(0) returns every whole free page of every arena to the system
-    (MADV_DONTNEED); ctypes releases the GIL for the call. It recovers only part of the heap a server that
-    snapshots holds over one that does not (README, Memory)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 def _encode_handing_over(parts: Iterator[bytes]) -> list[bytes]:
@@ -1455,78 +1085,6 @@ def _count_events(answered: list[tuple[_Submission, int, object]]) -> None:
         telemetry.events_rejected.add(count, {"reason": reason})
     if accepted or duplicates or by_reason:
         oplog.activity.batch(accepted, duplicates, by_reason)
-
-
-def _rate_batches(
-    billing: Billing, batches: list[UsageBatch], now_ms: int
-) -> list[tuple[int, Ingested | EngineError, bytes | None]]:
-    """On the rating thread: each batch as record last_seq + 1, with its refusal or its encoded journal record
-    (None when it accepted nothing). The event loop does not touch the state this uses until it returns."""
-    rated: list[tuple[int, Ingested | EngineError, bytes | None]] = []
-    for batch in batches:
-        seq = billing.last_seq + 1
-        if batch.stream is not None and batch.stream.refused:
-            ended = FailedPrecondition(
-                "an earlier batch of this stream was refused or not committed; nothing of this one was applied"
-            )
-            rated.append((seq, ended, None))
-            continue
-        done = _rated_or_refused(billing, batch, now_ms)
-        if isinstance(done, EngineError):
-            if batch.stream is not None:
-                batch.stream.refused = True
-            rated.append((seq, done, None))
-            continue
-        if not done.accepted:
-            rated.append((seq, done, None))
-            continue
-        counts = (done.accepted, done.duplicates, len(done.rejected))
-        usage = UsageRecord(
-            batch.data,
-            now_ms,
-            done.digest,
-            *counts,
-            top_ups_in_billed_period=True,
-            future_skew_ms=billing.future_skew_ms,
-            returned_expired_credit_breaks=True,
-            reservation_ids_bounded=True,
-        )
-        rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
-    return rated
-
-
-def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Ingested | EngineError:
-    """The batch rated, or why it is refused whole, having changed nothing."""
-    try:
-        return billing.ingest(
-            batch.data,
-            now_ms,
-            events_max=batch.events_max,
-            allowed=batch.allowed,
-            top_ups_in_billed_period=True,
-            returned_expired_credit_breaks=True,
-            reservation_ids_bounded=True,
-        )
-    except BatchTooLarge as exc:
-        return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")
-    except CustomerNotAllowed as exc:
-        index, customer_id = exc.args
-        return PermissionDenied(
-            f"events[{index}]: key {batch.key_name!r} may not touch customer {customer_id!r}; "
-            "nothing in this batch was applied"
-        )
-    except ValueError as exc:
-        return InvalidArgument.field("request", f"not a UsageBatch: {exc}")
-
-
-def _rate_batches_explained(
-    billing: Billing, batches: list[UsageBatch], now_ms: int, explained: bool
-) -> tuple[list[tuple[int, Ingested | EngineError, bytes | None]], bytes | None]:
-    """_rate_batches, then (when the explain index is on) the kernel's explain records of the run, in the same
-    hop: taking them copies every record into one bytes (about 2 products × 1,000 events a batch), which on the
-    event loop held it (and the GIL) for milliseconds per run."""
-    rated = _rate_batches(billing, batches, now_ms)
-    return rated, billing.kernel.take_explain() if explained else None
 
 
 def _applied(billing: Billing, command: cmd.AdminCommand, seq: int) -> object:

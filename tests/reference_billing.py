@@ -33,7 +33,7 @@ import lmdb
 from tariff.v1 import usage_pb2
 
 from engine import commands as cmd
-from server.sequencer import decode_record
+from server.records import decode_record
 
 CONTEXT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 PICO = Decimal(1).scaleb(-12)

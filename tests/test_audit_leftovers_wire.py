@@ -50,7 +50,7 @@ from engine.errors import InvalidArgument
 from engine.products import Aggregation
 from engine.versions import PublishResult
 from server.convert import timestamp as stamp
-from server.sequencer import UsageRecord
+from server.records import UsageRecord
 from tests.audit_fixtures import refusal, release, serving
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World
 from tests.engine_fixtures import rate as engine_rate

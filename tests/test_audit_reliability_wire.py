@@ -32,7 +32,7 @@ from tariff import AlreadyExists, FailedPrecondition, NotFound, ResourceExhauste
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.journal import _RECORDS_DB, _seq_key
-from server.sequencer import decode_record, encode_record
+from server.records import decode_record, encode_record
 from tests.audit_fixtures import audit_count
 from tests.demo_usage import ACME, demo_batch
 from tests.serverproc import ServerFactory, ServerProcess, ServerStartError

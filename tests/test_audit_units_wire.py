@@ -31,7 +31,7 @@ from engine import commands as cmd
 from engine.contracts import OveragePolicy
 from server.convert import timestamp as stamp
 from server.journal import LmdbJournal
-from server.sequencer import JournalRecord, encode_record
+from server.records import JournalRecord, encode_record
 from tests.audit_fixtures import preview, refusal, serving, unit
 from tests.serverproc import ServerFactory, ServerProcess
 

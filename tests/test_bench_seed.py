@@ -17,7 +17,7 @@ from server.bench import seed as bench_seed
 from server.bench.seed import seed, seed_journal
 from server.bench.target import ServedProcess, tariff_server
 from server.journal import LmdbJournal
-from server.sequencer import recover
+from server.recovery import recover
 
 CUSTOMERS = 12
 # Fields holding the server's clock at receipt: they differ between any two seedings.

@@ -12,7 +12,8 @@ from engine.billing import Billing
 from server.closer import close_due_periods, parse_duration_ms
 from server.demo import demo_commands
 from server.journal import MemoryJournal
-from server.sequencer import Sequencer, recover
+from server.recovery import recover
+from server.sequencer import Sequencer
 
 NOW_MS = int(datetime(2026, 11, 10, tzinfo=UTC).timestamp() * 1000)  # the demo contract starts on Nov 1
 DEC_1_MS = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000)

@@ -25,7 +25,7 @@ from engine.ledger import GrantKind
 from engine.products import Aggregation
 from engine.ratecard import Rate, UnitPrice
 from server.journal import LmdbJournal
-from server.sequencer import JournalRecord, encode_record
+from server.records import JournalRecord, encode_record
 from tests.serverproc import ServerFactory
 
 HOUR_MS = 3_600_000

@@ -17,7 +17,10 @@ from engine.errors import Repeated
 from server import oplog
 from server.demo import demo_commands
 from server.journal import MemoryJournal
-from server.sequencer import JournalRecord, Sequencer, UsageBatch, encode_record, recover
+from server.records import JournalRecord, encode_record
+from server.recovery import recover
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.test_sequencer import NOW_MS, batch, event, run_with
 
 

@@ -19,7 +19,10 @@ from engine import commands as cmd
 from engine.versions import PublishResult
 from server.errors import ResourceExhausted, Unavailable
 from server.journal import JournalFull, MemoryJournal
-from server.sequencer import JournalRecord, RerationDone, Sequencer, UsageBatch, decode_record, recover
+from server.records import JournalRecord, RerationDone, decode_record
+from server.recovery import recover
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 

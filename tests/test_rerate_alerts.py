@@ -15,7 +15,10 @@ from engine.alerts import AlertType
 from engine.billing import Billing
 from engine.versions import PublishResult
 from server.journal import MemoryJournal
-from server.sequencer import Sequencer, UsageBatch, decode_record, recover
+from server.records import decode_record
+from server.recovery import recover
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 

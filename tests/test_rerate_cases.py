@@ -17,7 +17,9 @@ from engine.billing import Billing
 from engine.ratecard import Cohort, Rate
 from engine.versions import PublishResult
 from server.journal import MemoryJournal
-from server.sequencer import Sequencer, UsageBatch, recover
+from server.recovery import recover
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, MINUTE_MS, World, picos, rate, unit
 from tests.kernel_fixtures import usage_event
 

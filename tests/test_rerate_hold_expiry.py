@@ -21,7 +21,9 @@ from engine import credits
 from engine.billing import Billing
 from engine.errors import Repeated
 from server.journal import MemoryJournal
-from server.sequencer import UsageBatch, decode_record, recover
+from server.records import decode_record
+from server.recovery import recover
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, World
 from tests.test_engine_rerate_online import (
     CUSTOMERS,

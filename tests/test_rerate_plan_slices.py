@@ -17,7 +17,10 @@ from engine.errors import FailedPrecondition
 from engine.ratecard import Rate, VersionState
 from engine.versions import PublishResult
 from server.journal import MemoryJournal
-from server.sequencer import Sequencer, UsageBatch, decode_record, recover
+from server.records import decode_record
+from server.recovery import recover
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests import test_engine_rerate_online as online
 from tests.engine_fixtures import ACTOR, HOUR_MS, rate, unit
 from tests.test_engine_rerate_online import CUSTOMERS as ONLINE_CUSTOMERS

@@ -19,7 +19,10 @@ from engine.errors import AlreadyExists
 from server.demo import demo_commands
 from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.journal import JournalFull, MemoryJournal
-from server.sequencer import JournalRecord, Sequencer, UsageBatch, decode_record, encode_record, recover
+from server.records import JournalRecord, decode_record, encode_record
+from server.recovery import recover
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T... UTC, inside the demo contract's first month
 DAY_MS = 24 * 3600 * 1000

@@ -27,7 +27,10 @@ from engine.ledger import GrantKind
 from server import sequencer as writer
 from server.demo import demo_commands
 from server.journal import MemoryJournal
-from server.sequencer import Sequencer, UsageBatch, decode_record, recover
+from server.records import decode_record
+from server.recovery import recover
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS
 from tests.test_engine_rerate_online import (
     RECEIVED_MS,

@@ -11,7 +11,8 @@ from tariff.v1 import usage_pb2
 from engine.billing import Billing
 from server.demo import demo_commands
 from server.journal import MemoryJournal
-from server.sequencer import Sequencer, UsageBatch
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 
 NOW_MS = 1_795_000_000_000  # inside the demo contract's first month
 NEVER = 10**12

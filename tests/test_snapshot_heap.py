@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from server import sequencer as sequencer_module
+from server import heap
 from server.journal import MemoryJournal
 from server.sequencer import Sequencer
 from tests.test_sequencer import batch, event, run_with
@@ -21,7 +21,7 @@ def test_the_heap_is_trimmed_once_the_snapshot_is_stored(monkeypatch: pytest.Mon
         trims.append((pad, journal.load_snapshot() is not None))
         return 1
 
-    monkeypatch.setattr(sequencer_module, "_malloc_trim", recording_trim)
+    monkeypatch.setattr(heap, "_malloc_trim", recording_trim)
 
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(event("t1")))
@@ -36,5 +36,5 @@ def test_malloc_trim_is_found_on_glibc() -> None:
     runs without trimming."""
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
-    assert sequencer_module._malloc_trim is not None
-    assert sequencer_module._malloc_trim(0) in (0, 1)
+    assert heap._malloc_trim is not None
+    assert heap._malloc_trim(0) in (0, 1)

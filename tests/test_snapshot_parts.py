@@ -19,7 +19,8 @@ from engine.control import encode_state_parts
 from engine.state import Engine
 from server import sequencer as sequencer_module
 from server.journal import DedupeSegmentSave, JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
-from server.sequencer import Sequencer, recover
+from server.recovery import recover
+from server.sequencer import Sequencer
 from tests.engine_fixtures import EPOCH_MS, World, basic_world
 from tests.test_sequencer import NOW_MS, batch, event, run_with
 

@@ -19,6 +19,7 @@ import pytest
 
 from engine._kernel import Kernel
 from engine.billing import Billing, Ingested
+from server import segment_compaction
 from server import sequencer as sequencer_module
 from server.journal import (
     DedupeSegmentSave,
@@ -29,7 +30,9 @@ from server.journal import (
     SegmentWriter,
     SnapshotBlob,
 )
-from server.sequencer import Sequencer, recover, segments_to_compact
+from server.recovery import recover
+from server.segment_compaction import segments_to_compact
+from server.sequencer import Sequencer
 from tests.disk import disk_with_room
 from tests.test_sequencer import DAY_MS, NOW_MS, batch, event, run_with
 
@@ -87,7 +90,7 @@ def test_each_snapshot_stores_only_the_changes_and_recovery_gives_the_state_exac
 ) -> None:
     """A base first, then segments of about 40 bytes an id accepted since the snapshot before; recovering from any
     of them (replaying the journal after it) gives the live state's bytes, and so does a compaction's merge."""
-    monkeypatch.setattr(sequencer_module, "DEDUPE_COMPACT_FACTOR", 1000.0)  # no compaction between the snapshots
+    monkeypatch.setattr(segment_compaction, "DEDUPE_COMPACT_FACTOR", 1000.0)  # no compaction between the snapshots
     monkeypatch.setattr(sequencer_module, "SEGMENT_PART_BYTES", 64)  # segments and the merge made in many parts
     journal = LmdbJournal(tmp_path / "journal", map_size_bytes=64 * MiB)
     sizes: list[list[int]] = []
@@ -121,8 +124,8 @@ def test_each_snapshot_stores_only_the_changes_and_recovery_gives_the_state_exac
 def test_segments_are_compacted_on_the_snapshot_thread_once_due_but_not_at_shutdown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sequencer_module, "DEDUPE_SEGMENTS_MAX", 3)
-    monkeypatch.setattr(sequencer_module, "DEDUPE_COMPACT_FACTOR", 1000.0)  # only the count compacts
+    monkeypatch.setattr(segment_compaction, "DEDUPE_SEGMENTS_MAX", 3)
+    monkeypatch.setattr(segment_compaction, "DEDUPE_COMPACT_FACTOR", 1000.0)  # only the count compacts
     journal = MemoryJournal()
     counts: list[int] = []
     base_bytes: set[int] = set()
@@ -143,7 +146,7 @@ def test_segments_are_compacted_on_the_snapshot_thread_once_due_but_not_at_shutd
 
 
 def test_when_segments_are_compacted() -> None:
-    most = sequencer_module.DEDUPE_SEGMENTS_MAX
+    most = segment_compaction.DEDUPE_SEGMENTS_MAX
 
     def due(sizes_mib: Sequence[float], table_mib: float) -> int:
         return segments_to_compact([round(size * MiB) for size in sizes_mib], round(table_mib * MiB))

@@ -14,7 +14,8 @@ import pytest
 from server.demo import demo_commands
 from server.errors import Unavailable
 from server.journal import DedupeSegmentSave, MemoryJournal, SnapshotBlob
-from server.sequencer import Sequencer, recover
+from server.recovery import recover
+from server.sequencer import Sequencer
 from tests.test_sequencer import NOW_MS, batch, event
 
 ACK_TIMEOUT_S = 10.0

@@ -17,7 +17,10 @@ from engine import commands as cmd
 from engine.billing import Billing, CompiledTables
 from server.demo import demo_commands
 from server.journal import JournalFull, MemoryJournal
-from server.sequencer import Sequencer, UsageBatch, decode_record, recover
+from server.records import decode_record
+from server.recovery import recover
+from server.sequencer import Sequencer
+from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
 from tests.test_sequencer import NOW_MS, batch, event

@@ -119,19 +119,19 @@ def _experiments() -> None:
     TRACE_RATING_NICE_OFF leaves the rating thread (the kernel lock's writer) at the loop's nice. TRACE_FIFO puts
     the threads on the Authorize path (the loop, gRPC's I/O threads and grpc.aio's poller) in SCHED_FIFO, and
     TRACE_NEG_NICE at nice -10 instead: both need CAP_SYS_NICE."""
-    from server import app, scheduling, sequencer
+    from server import app, scheduling, worker
 
     if os.environ.get("TRACE_SWITCH_INTERVAL_S"):
         sys.setswitchinterval(float(os.environ["TRACE_SWITCH_INTERVAL_S"]))
     nice = int(os.environ.get("TRACE_WORKER_NICE", "0"))
     if nice:
-        serve_calls = sequencer.Worker._serve
+        serve_calls = worker.Worker._serve
 
-        def niced(self: sequencer.Worker) -> None:
+        def niced(self: worker.Worker) -> None:
             os.setpriority(os.PRIO_PROCESS, 0, nice)  # who=0 on Linux: the calling thread only
             serve_calls(self)
 
-        sequencer.Worker._serve = niced  # type: ignore[method-assign]
+        worker.Worker._serve = niced  # type: ignore[method-assign]
     if os.environ.get("TRACE_RATING_NICE_OFF"):
         lowered = tuple(t for t in scheduling.BACKGROUND_THREADS if t != "tariff-rating")
         scheduling.__dict__["BACKGROUND_THREADS"] = lowered

@@ -24,8 +24,9 @@ from server.bench.seed import seed_journal, stamped_batches
 from server.bench.target import BENCH_MAP_SIZE_MB
 from server.bench.thread_cpu import thread_cpu_ns
 from server.journal import LmdbJournal
+from server.recovery import recover
 from server.scheduling import name_os_threads
-from server.sequencer import Sequencer, recover
+from server.sequencer import Sequencer
 from server.services.usage import UsageService
 
 CUSTOMERS = 10_000

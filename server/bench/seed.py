@@ -39,7 +39,7 @@ from server import convert
 from server.auth import ACTOR_ANONYMOUS
 from server.bench.target import BENCH_MAP_SIZE_MB, CHANNEL_OPTIONS
 from server.journal import LmdbJournal
-from server.sequencer import JournalRecord, encode_record
+from server.records import JournalRecord, encode_record
 
 EVENT_TYPE = "llm_call"
 RATE_CARD_ID = "bench-llm"

@@ -146,11 +146,11 @@ def _trace_collections(records: list[tuple[Any, ...]]) -> None:
 
 def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
     """The writer threads' calls, the explain index's writes and the heap trims after a snapshot (`job`)."""
-    from server import explain_index, sequencer
+    from server import explain_index, heap, sequencer, worker
 
-    worker_run = sequencer.Worker.run
+    worker_run = worker.Worker.run
 
-    def traced_worker_run(self: sequencer.Worker, function: Any, *args: Any) -> Any:
+    def traced_worker_run(self: worker.Worker, function: Any, *args: Any) -> Any:
         name = getattr(function, "__qualname__", repr(function))
 
         def job(*call_args: Any) -> Any:
@@ -162,7 +162,7 @@ def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
 
         return worker_run(self, job, *args)
 
-    sequencer.Worker.run = traced_worker_run  # type: ignore[method-assign]
+    worker.Worker.run = traced_worker_run  # type: ignore[method-assign]
 
     index_write = explain_index.ExplainIndex.write
 
@@ -174,7 +174,7 @@ def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
             records.append(("job", start, _now(), time.thread_time() - cpu, "ExplainIndex.write", "tariff-explain"))
 
     explain_index.ExplainIndex.write = traced_index_write  # type: ignore[method-assign,assignment]
-    trim_heap = sequencer.trim_heap
+    trim_heap = heap.trim_heap
 
     def traced_trim_heap() -> None:  # after a snapshot: malloc_trim holds the process's mmap lock meanwhile
         start, cpu = _now(), time.thread_time()
@@ -185,7 +185,8 @@ def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
                 ("job", start, _now(), time.thread_time() - cpu, "trim_heap", threading.current_thread().name)
             )
 
-    sequencer.trim_heap = traced_trim_heap
+    heap.trim_heap = traced_trim_heap
+    sequencer.trim_heap = traced_trim_heap  # type: ignore[attr-defined]
 
 
 def _probe_gil(records: list[tuple[Any, ...]], loop_state: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from server.errors import (
     streaming,
     unary,
 )
-from server.sequencer import IngestStream, Sequencer, UsageBatch
+from server.sequencer import Sequencer
 from server.services.common import (
     BATCH_EVENTS_MAX_DEFAULT,
     INTAKE_BYTES_MAX_DEFAULT,
@@ -30,6 +30,7 @@ from server.services.common import (
     _Base,
     wall_ms,
 )
+from server.usage_batches import IngestStream, UsageBatch
 
 
 class IntakeBudget:

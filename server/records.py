@@ -1,0 +1,76 @@
+"""The journal's record formats (what one journal record holds, and the stored formats of earlier releases it
+still reads), and their msgpack encoding."""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine import commands as cmd
+from engine.alerts import FiredAlert
+
+
+class Outcome(msgspec.Struct, frozen=True, array_like=True):
+    """An ingest command's result as journaled by the previous release (journal format 1; read by migrate)."""
+
+    accepted: int
+    duplicates: int
+    rejected: int
+
+
+class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
+    """A usage batch as journaled: the bytes as received, the writer's receive time, the kernel's digest (which
+    replay asserts), and the ack's counts (for tools that read the journal without the kernel).
+    `top_ups_in_billed_period`: the rule the batch was rated by (Billing.ingest), True for every batch the server
+    rates; absent (False) from the records of earlier releases, which replay by the rule of then.
+    `returned_expired_credit_breaks` and `reservation_ids_bounded` likewise (Billing.ingest): True for every batch
+    the server rates."""
+
+    batch: bytes
+    received_ms: int
+    digest: bytes
+    accepted: int
+    duplicates: int
+    rejected: int
+    top_ups_in_billed_period: bool = False
+    # The --future-skew-s (in ms) the batch was rated under, which replay rates it under again, so that a start
+    # with another skew replays the journal as it was written. None in records of earlier releases: replayed
+    # under the skew the server starts with, as they always were.
+    future_skew_ms: int | None = None
+    returned_expired_credit_breaks: bool = False
+    reservation_ids_bounded: bool = False
+
+
+class RerationDone(msgspec.Struct, frozen=True, array_like=True):
+    """A deferred re-rating's completion (engine/pending.py): the publish it completes, the time its balance rules
+    were evaluated, and what the whole re-rating did (customers, buckets, events, amount delta, closed buckets,
+    events and amount), which replay asserts."""
+
+    publish_seq: int
+    at_ms: int
+    done: tuple[int, int, int, int, int, int, int]
+
+
+class JournalRecord(msgspec.Struct, frozen=True, array_like=True):
+    """One record: an admin command, or (since journal format 2) a usage batch. Stored formats only gain fields."""
+
+    command: cmd.Command | None = None
+    outcome: Outcome | None = None  # format 1 usage records only
+    usage: UsageRecord | None = None
+    # The alerts this record's change fired (engine/alerts.py), in seq order: replay must fire the same.
+    alerts: list[FiredAlert] = []
+    # A publish whose re-rating runs after it, interleaved with usage (engine/pending.py); a later `rerated`
+    # record completes it. False: the record holds the re-rating whole (earlier releases, or nothing to re-rate).
+    deferred: bool = False
+    rerated: RerationDone | None = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(JournalRecord)
+
+
+def encode_record(record: JournalRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_record(blob: bytes) -> JournalRecord:
+    return _decoder.decode(blob)

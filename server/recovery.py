@@ -1,0 +1,186 @@
+"""Recovery: the state rebuilt from the newest snapshot and the journal records after it, each replayed record
+checked against what it did when it was written."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from engine import commands as cmd
+from engine.alerts import FiredAlert
+from engine.billing import Billing, RatingChanged
+from engine.tables import FUTURE_SKEW_MS_DEFAULT
+from server import oplog
+from server.explain_index import ExplainIndex
+from server.journal import Journal
+from server.records import RerationDone, decode_record
+
+DEDUPE_WINDOW_MS_DEFAULT = 35 * 24 * 3600 * 1000
+# A recovery that takes longer than this says how far it got, every this often.
+RECOVERY_PROGRESS_EVERY_S = 2.0
+# A recovery reads the clock (for its progress line) at least once per this many events replayed.
+RECOVERY_PROGRESS_EVENTS = 65_536
+# A replay hands the explain index what it recorded every this many records (a bounded buffer).
+EXPLAIN_REPLAY_RECORDS = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a recovery replayed after the snapshot it started from, and that snapshot's bytes: the next snapshot is
+    due counting them (Sequencer), as it would have been had the server not stopped. Counting only its own records,
+    a server restarted more often than the snapshot interval never took one, and each start replayed more."""
+
+    records: int = 0
+    events: int = 0
+    journal_bytes: int = 0
+    snapshot_bytes: int = 0
+
+
+def recover(
+    journal: Journal,
+    *,
+    future_skew_ms: int | None = None,
+    dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
+    progress_every_s: float | None = None,
+    explain_index: ExplainIndex | None = None,
+) -> Billing:
+    """State = snapshot + replay of every record after it; each replayed batch must give its journaled digest
+    (RatingChanged otherwise). With `progress_every_s`, a long replay logs its progress that often. With
+    `explain_index`, the replay indexes what the index does not cover yet, and the kernel records from then on
+    (an index behind the snapshot makes the replay start at the journal's first record)."""
+    return recover_counting(
+        journal,
+        future_skew_ms=future_skew_ms,
+        dedupe_window_ms=dedupe_window_ms,
+        progress_every_s=progress_every_s,
+        explain_index=explain_index,
+    )[0]
+
+
+def recover_counting(
+    journal: Journal,
+    *,
+    future_skew_ms: int | None = None,
+    dedupe_window_ms: int = DEDUPE_WINDOW_MS_DEFAULT,
+    progress_every_s: float | None = None,
+    explain_index: ExplainIndex | None = None,
+) -> tuple[Billing, Backlog]:
+    """`recover`, and what it replayed after the snapshot (its Backlog)."""
+    skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
+    snapshot = journal.load_segmented_snapshot()
+    if explain_index is not None and snapshot is not None and explain_index.covered_seq() < snapshot[0]:
+        snapshot = None
+    snapshot_bytes = 0
+    if snapshot is not None:
+        seq, blob, segments = snapshot
+        # As a store counts it: the snapshot and the segment it wrote last.
+        snapshot_bytes = len(blob) + (journal.dedupe_segment_bytes() or [0])[-1]
+        billing = Billing.from_snapshot(
+            blob, future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms, segments=segments
+        )
+        if segments:
+            # The next snapshot stores the changes since this one, the replay's first.
+            billing.kernel.record_dedupe_changes(True)
+            billing.dedupe_segments_seq = seq
+    else:
+        billing = Billing(future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms)
+    assert billing.last_seq == (snapshot[0] if snapshot else 0), "snapshot seq and state disagree"
+    progress = _RecoveryProgress(billing.last_seq, journal.last_seq(), progress_every_s)
+    if explain_index is not None:
+        billing.kernel.set_explain(explain_index.covered_seq() + 1)
+    records = events = journal_bytes = 0
+    for seq, blob in journal.read_records(billing.last_seq):
+        progress.at(seq, events)
+        records += 1
+        journal_bytes += len(blob)
+        if explain_index is not None and seq % EXPLAIN_REPLAY_RECORDS == 0:
+            explain_index.write([billing.kernel.take_explain()], seq - 1)
+        record = decode_record(blob)
+        if record.usage is not None:
+            usage = record.usage
+            billing.use_future_skew(skew_ms if usage.future_skew_ms is None else usage.future_skew_ms)
+            events += billing.replay(
+                seq,
+                usage.batch,
+                usage.received_ms,
+                usage.digest,
+                record.alerts,
+                top_ups_in_billed_period=usage.top_ups_in_billed_period,
+                returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
+                reservation_ids_bounded=usage.reservation_ids_bounded,
+            )
+        elif record.rerated is not None:
+            _replay_rerated(billing, seq, record.rerated, record.alerts)
+        else:
+            assert record.command is not None and not isinstance(record.command, cmd.IngestBatch), (
+                f"record {seq}: a format-1 usage record in a format-2 journal"
+            )
+            if record.deferred:
+                assert isinstance(record.command, cmd.PublishVersion | cmd.RollbackRateCard)
+                billing.publish_deferred(record.command, seq)
+            else:
+                billing.apply(record.command, seq)
+            if billing.take_fired() != record.alerts:
+                raise RatingChanged(
+                    f"journal record {seq}: alerts changed between releases; run the release that wrote it"
+                )
+    billing.use_future_skew(skew_ms)  # what is received from now on
+    if explain_index is not None:
+        explain_index.write([billing.kernel.take_explain()], billing.last_seq)
+    # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
+    # customer's tables (seconds at a million customers).
+    billing.refresh_tables()
+    return billing, Backlog(records, events, journal_bytes, snapshot_bytes)
+
+
+def _replay_rerated(billing: Billing, seq: int, done: RerationDone, fired: list[FiredAlert]) -> None:
+    """A deferred re-rating's completion record: it must complete the pending publish and do what it did then."""
+    rerating = billing.rerating
+    assert rerating is not None and rerating.publish_seq == done.publish_seq, (
+        f"record {seq} completes the re-rating of record {done.publish_seq}, which is not pending"
+    )
+    replayed = billing.finish_rerating(seq, done.at_ms)
+    again = (
+        replayed.customers,
+        replayed.buckets,
+        replayed.events,
+        replayed.amount_delta_picos,
+        replayed.closed_buckets,
+        replayed.closed_events,
+        replayed.closed_amount_picos,
+    )
+    if again != done.done or billing.take_fired() != fired:
+        raise RatingChanged(
+            f"journal record {seq}: re-rating changed between releases (replaying it gives another result than "
+            "the journal holds); run the release that wrote this journal"
+        )
+
+
+class _RecoveryProgress:
+    """Logs `recovery in progress replayed=N of=M ...` every `every_s` of a long replay; costs a clock read per 1,024
+    records or RECOVERY_PROGRESS_EVENTS events replayed, whichever comes first (a record may hold 10,000 events)."""
+
+    def __init__(self, from_seq: int, to_seq: int, every_s: float | None) -> None:
+        self.from_seq = from_seq
+        self.to_seq = to_seq
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self.next_at = self.started + every_s if every_s is not None else float("inf")
+        self.events_next = RECOVERY_PROGRESS_EVENTS
+
+    def at(self, seq: int, events: int) -> None:
+        """Before record `seq`, `events` events replayed so far."""
+        if self.every_s is None or (seq % 1024 and events < self.events_next):
+            return
+        self.events_next = events + RECOVERY_PROGRESS_EVENTS
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.next_at = now + self.every_s
+            oplog.line(
+                "recovery in progress",
+                replayed=seq - self.from_seq,
+                of=self.to_seq - self.from_seq,
+                seq=seq,
+                last_seq=self.to_seq,
+                elapsed_s=round(now - self.started, 1),
+            )
