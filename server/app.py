@@ -39,7 +39,7 @@ from tariff.v1 import (
 )
 
 from engine.billing import Billing, RatingChanged
-from server import oplog, telemetry
+from server import heap, oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
 from server.clock import drive_clock
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
@@ -47,7 +47,6 @@ from server.demo import demo_commands
 from server.errors import UndecodableRequests, send_limit
 from server.explain_index import ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
-from server.heap import trim_heap
 from server.journal import JournalFormatError, JournalUnopenable, LmdbJournal
 from server.loopstall import StallSampler
 from server.recovery import RECOVERY_PROGRESS_EVERY_S, Backlog, recover_counting
@@ -458,7 +457,7 @@ async def _recover(
         await server.stop(None)
         return None
     # Recovery's transient buffers (records, the snapshot, the tables' encoding) are freed by now.
-    trim_heap()
+    heap.trim_heap()
     return journal, explain_index, billing, backlog
 
 

@@ -68,16 +68,15 @@ from engine.billing import Billing, Ingested, snapshot_parts
 from engine.errors import EngineError, Repeated
 from engine.rerate import PLAN_SLICE_CUSTOMERS, SLICE_CUSTOMERS, Rerated, RerationPlan, with_rerated
 from engine.versions import PublishResult
-from server import oplog, telemetry
+from server import heap, oplog, telemetry
 from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.explain_index import ExplainIndex
-from server.heap import trim_heap
 from server.journal import DedupeSegmentSave, Journal, JournalFull, Segment, SegmentWriter
 from server.records import JournalRecord, RerationDone, encode_record
 from server.recovery import Backlog, recover_counting
 from server.scheduling import GilHandover, paced
 from server.segment_compaction import segments_to_compact
-from server.usage_batches import UsageBatch, _rate_batches_explained
+from server.usage_batches import UsageBatch, rate_batches_explained
 from server.worker import Worker
 
 log = logging.getLogger("tariff.sequencer")
@@ -800,9 +799,7 @@ class Sequencer:
         now_ms = group.now_ms
         batches = [batch for _, batch in run]
         explained = self.explain_index is not None
-        rated, explain = await self._rating_thread.run(
-            _rate_batches_explained, self.billing, batches, now_ms, explained
-        )
+        rated, explain = await self._rating_thread.run(rate_batches_explained, self.billing, batches, now_ms, explained)
         if explain is not None:
             group.explain.append(explain)
         for (submission, _), (seq, outcome, record) in zip(run, rated, strict=True):
@@ -1027,7 +1024,7 @@ class Sequencer:
             return segment_bytes
         finally:
             parts.clear()  # what a refused save left unwritten is freed before the trim too
-            trim_heap()
+            heap.trim_heap()
 
     def _compact_segments(self, table_base_bytes: int) -> None:
         """On the snapshot's thread, after a store: merges the stored snapshot's dedupe segments when due

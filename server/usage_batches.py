@@ -96,7 +96,7 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
         return InvalidArgument.field("request", f"not a UsageBatch: {exc}")
 
 
-def _rate_batches_explained(
+def rate_batches_explained(
     billing: Billing, batches: list[UsageBatch], now_ms: int, explained: bool
 ) -> tuple[list[tuple[int, Ingested | EngineError, bytes | None]], bytes | None]:
     """_rate_batches, then (when the explain index is on) the kernel's explain records of the run, in the same

@@ -146,7 +146,7 @@ def _trace_collections(records: list[tuple[Any, ...]]) -> None:
 
 def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
     """The writer threads' calls, the explain index's writes and the heap trims after a snapshot (`job`)."""
-    from server import explain_index, heap, sequencer, worker
+    from server import explain_index, heap, worker
 
     worker_run = worker.Worker.run
 
@@ -185,8 +185,7 @@ def _trace_writer_jobs(records: list[tuple[Any, ...]]) -> None:
                 ("job", start, _now(), time.thread_time() - cpu, "trim_heap", threading.current_thread().name)
             )
 
-    heap.trim_heap = traced_trim_heap
-    sequencer.trim_heap = traced_trim_heap  # type: ignore[attr-defined]
+    heap.trim_heap = traced_trim_heap  # the writer and the start call it through the module: traced there too
 
 
 def _probe_gil(records: list[tuple[Any, ...]], loop_state: dict[str, Any]) -> None:
