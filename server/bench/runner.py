@@ -8,6 +8,7 @@ window's fill to 100 M ids.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import tempfile
@@ -156,18 +157,17 @@ def _run_workloads(bench: Bench, config: BenchConfig, started: float) -> list[Wo
             results.append(
                 bench.telemetry_figures or report.WorkloadResult("telemetry", "failed", "ingest did not run")
             )
-    if "authorize" in config.only:
-        attempt("authorize", lambda: workloads.authorize_workload(bench))
-    if "memory" in config.only:
-        attempt("memory", lambda: workloads.memory_workload(bench))
-    if "preview" in config.only:
-        attempt("preview", lambda: workloads.preview_workload(bench))
-    if "recovery" in config.only:
-        attempt("recovery", lambda: workloads.recovery_workload(bench))
-    if "stall" in config.only:
-        attempt("stall", lambda: stalls.stall_workload(bench))
-    if "dedupe" in config.only:
-        attempt("dedupe", lambda: dedupe.dedupe_workload(bench))
+    after_ingest: list[tuple[str, Callable[[Bench], report.WorkloadResult | list[report.WorkloadResult]]]] = [
+        ("authorize", workloads.authorize_workload),
+        ("memory", workloads.memory_workload),
+        ("preview", workloads.preview_workload),
+        ("recovery", workloads.recovery_workload),
+        ("stall", stalls.stall_workload),
+        ("dedupe", dedupe.dedupe_workload),
+    ]
+    for name, workload in after_ingest:
+        if name in config.only:
+            attempt(name, functools.partial(workload, bench))
     return results
 
 
