@@ -238,7 +238,7 @@ class Sequencer:
         self._writer_thread = Worker("tariff-journal")
         # Usage batches are rated here, not on the journal's thread, so one group's commit (fsync) overlaps the
         # next group's rating; the writer awaits each run, so it stays the one writer.
-        self._rating_thread = Worker("tariff-rating")
+        self._rating_thread = Worker("tariff-rating", hands_over_gil=True)
         # A snapshot's file is written here while the writer goes on: once encoded, the state it holds is fixed.
         self._snapshot_thread = Worker("tariff-snapshot")
         self._storing: _Store | None = None  # the snapshot being written, at most one
