@@ -131,7 +131,7 @@ struct PeriodRead {
 }
 
 impl PeriodRead {
-    /// A free slot.
+    /// A free slot: no period's place.
     const FREE: Self = Self {
         key: 0,
         index: u32::MAX,
@@ -141,6 +141,10 @@ impl PeriodRead {
         first_size: u8::MAX,
         first_id: [0; INLINE_GRANT_BYTES],
     };
+
+    fn is_free(&self) -> bool {
+        self.index == Self::FREE.index
+    }
 }
 
 /// The block's (customer, period)s by their key's first half: open addressing, probed from the key's low bits (a
@@ -159,7 +163,7 @@ impl PeriodTable {
         let mut at = key as usize & mask;
         loop {
             let slot = &self.slots[at];
-            if slot.index == u32::MAX || slot.key == key {
+            if slot.is_free() || slot.key == key {
                 return at;
             }
             at = (at + 1) & mask;
@@ -172,13 +176,13 @@ impl PeriodTable {
         if (self.used + 1) * 4 > self.slots.len() * 3 {
             let size = (self.slots.len() * 2).max(1024);
             let old = std::mem::replace(&mut self.slots, vec![PeriodRead::FREE; size]);
-            for slot in old.into_iter().filter(|slot| slot.index != u32::MAX) {
+            for slot in old.into_iter().filter(|slot| !slot.is_free()) {
                 let at = self.find(slot.key);
                 self.slots[at] = slot;
             }
         }
         let at = self.find(key);
-        if self.slots[at].index == u32::MAX {
+        if self.slots[at].is_free() {
             self.slots[at] = PeriodRead { key, index, ..PeriodRead::FREE };
             self.used += 1;
         }
