@@ -220,6 +220,7 @@ impl Kernel {
             self.change(|k| {
                 k.top_ups_in_billed_period = false;
                 k.returned_expired_credit_breaks = false;
+                k.returned_rolled_credit_breaks = false;
                 k.reservation_ids_bounded = false;
                 k.ingest(batch, received_ms, journal_seq)
             })?
@@ -238,10 +239,13 @@ impl Kernel {
     /// already broken at its expiry, and the event does not draw, breaks at once (false: at the next AdvanceClock, as
     /// batches journaled before it). `reservation_ids_bounded`: an event whose reservation_id is over
     /// 256 bytes is INVALID_EVENT (false: rated, as batches journaled before it).
+    /// `returned_rolled_credit_breaks`: what an event's refund gives back to a grant that has rolled over
+    /// already breaks at once (false: it stays in the grant, as batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false,
-        returned_expired_credit_breaks = false, reservation_ids_bounded = false
+        returned_expired_credit_breaks = false, reservation_ids_bounded = false,
+        returned_rolled_credit_breaks = false
     ))]
     fn ingest_checked<'py>(
         &self,
@@ -254,12 +258,14 @@ impl Kernel {
         top_ups_in_billed_period: bool,
         returned_expired_credit_breaks: bool,
         reservation_ids_bounded: bool,
+        returned_rolled_credit_breaks: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
                 kernel.top_ups_in_billed_period = top_ups_in_billed_period;
                 kernel.returned_expired_credit_breaks = returned_expired_credit_breaks;
                 kernel.reservation_ids_bounded = reservation_ids_bounded;
+                kernel.returned_rolled_credit_breaks = returned_rolled_credit_breaks;
                 let allowed = allowed.as_deref();
                 kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
                     RwLockWriteGuard::bump(held)
