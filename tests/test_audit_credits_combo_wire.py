@@ -549,3 +549,67 @@ def test_holds_a_rollover_and_top_ups_across_a_live_period_end_agree_on_balance_
     server.restart()
     with server.client() as client:
         assert same_state(client, c, p1, end_ms) == before
+
+
+def test_credit_held_on_an_expired_grant_when_its_period_closes_stays_deferred_until_the_hold_ends(
+    server_factory: ServerFactory,
+) -> None:
+    """README "Revenue" (deferred): a customer line's deferred equals the paid value of the grant balances on its
+    period's invoice, except as listed; credit an open hold still holds on a grant that expired in the period is one
+    such exception. A contract anchored so that P1 ends at T, a few seconds from now. gA 10 paid 5 (0.5 a credit),
+    priority 1, expiring at T - 4 s; gB 10 paid 10, priority 2.
+
+    Before gA's expiry: job n=4: a 4 from gA. Hold h1 (TTL 14 s) for n=5: 5 held on gA. At the expiry the 1 unheld
+    breaks; the 5 stay held (GetBalance: gA drawn 4, held 5, expired 1). After T, P1 is closed with the hold still
+    open: its invoice shows gA (10, 4, 0, 6) (a grant that expired by the period's end shows what it holds as
+    expired) and gB (10, 0, 10, 0), paid value 10; its revenue line: sold 15, recognised 4 x 0.5 = 2, breakage only
+    the 1 recorded (0.5), deferred 12.5: the held 5 (2.5) are not broken yet. An event settling h1 is dated before
+    the expiry, in P1, and is refused PERIOD_CLOSED; so the hold runs out, and its 5 break then, in the first period
+    still open (P2): breakage 2.5, deferred 10, and P1's line does not change."""
+    server = start(server_factory, "held-expired")
+    c = "held"
+    with server.client() as client:
+        end_ms = now_ms() + 8_000
+        expiry_ms = end_ms - 4_000
+        p1 = month_before(end_ms)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=c, name=c))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id=f"{c}-c",
+                customer_id=c,
+                rate_card_id=CARD,
+                starting_at=stamp(p1),
+                overage_policy=contracts_pb2.ALLOW,
+                overage_price="0.5",
+                currency="USD",
+            )
+        )
+        grant(client, c, "gA", "10", "5", 1, expires_at_ms=expiry_ms)
+        grant(client, c, "gB", "10", "10", 2)
+        use(client, job(f"{c}-e1", c, 4, 0, now_ms()))
+        request = balance_pb2.AuthorizeRequest(
+            customer_id=c, event_type="job", values={"n": 5, "m": 0}, reserve=True, reservation_id="h1"
+        )
+        request.reservation_ttl.FromSeconds(14)
+        assert client.balance.Authorize(request).allowed
+        assert now_ms() < expiry_ms, "the setup took longer than the grant's life: nothing here was tested"
+        assert wait_for(lambda: now_ms() > end_ms, 20)
+        assert grants(client.get_balance(c), c)["gA"] == ("10", "4", "0", "5", "1")
+        final = client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id=c, period_start=stamp(p1)))
+        assert balances(final, c) == {"gA": ("10", "4", "0", "6"), "gB": ("10", "0", "10", "0")}
+        report = revenue(client, c, p1, end_ms + 1)
+        p1_line = (p1, *money("2", "0.5", "12.5"))
+        assert [
+            (line.period_start.ToMilliseconds(), *money(line.recognized_credits, line.breakage, line.deferred))
+            for line in report.customer_lines
+        ] == [p1_line, (end_ms, *money("0", "0", "12.5"))]
+        ack = client.ingest_batch([job(f"{c}-e2", c, 1, 0, expiry_ms - 1, reservation_id="h1")])
+        assert [r.reason for r in ack.rejected] == [usage_pb2.PERIOD_CLOSED], ack
+        assert wait_for(lambda: grants(client.get_balance(c), c)["gA"][3] == "0", 30), client.get_balance(c)
+        assert grants(client.get_balance(c), c)["gA"] == ("10", "4", "0", "0", "6")
+        report = revenue(client, c, p1, end_ms + 1)
+        assert [
+            (line.period_start.ToMilliseconds(), *money(line.recognized_credits, line.breakage, line.deferred))
+            for line in report.customer_lines
+        ] == [p1_line, (end_ms, *money("0", "2.5", "10"))]
+        assert report.reconciliation.reconciles
