@@ -117,6 +117,7 @@ class Kernel:
         top_ups_in_time: bool,
         earlier_hours_carried: bool,
         closed_events_once: bool,
+        rolled_credit_breaks: bool = False,
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed

@@ -587,9 +587,15 @@ impl Kernel {
     /// carries what the hours before it were charged less than in time order (rerate.rs
     /// `earlier_hours_shortfall`). `closed_events_once`: closed_events counts an event feeding several
     /// products once, as events does (rerate.rs `Rerated::closed_events_once`); without it, once per
-    /// product it fed, as publishes stored before it answered.
+    /// product it fed, as publishes stored before it answered. `rolled_credit_breaks`: credit settling
+    /// again gives back to a grant that has rolled over already breaks at once (rerate.rs
+    /// `rerate_customer`); without it (publishes journaled before) it stays in the grant.
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    #[pyo3(signature = (
+        customers, rate_card_id, from_hour, seq, in_contract, holds_in_time, top_ups_in_time,
+        earlier_hours_carried, closed_events_once, rolled_credit_breaks = false
+    ))]
     fn rerate(
         &self,
         py: Python<'_>,
@@ -602,10 +608,12 @@ impl Kernel {
         top_ups_in_time: bool,
         earlier_hours_carried: bool,
         closed_events_once: bool,
+        rolled_credit_breaks: bool,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
                 self.change(|kernel| {
+                    kernel.returned_rolled_credit_breaks = rolled_credit_breaks;
                     let mut done = crate::rerate::Rerated::default();
                     let mut changed = Vec::new();
                     for customer in &customers {

@@ -304,7 +304,8 @@ pub struct Kernel {
     /// Whether what an event's refund gave back to a grant that has rolled over already (a late event dated
     /// before its rollover) breaks at once too (`credits::break_returned`'s `rolled`), rather than staying in
     /// the grant, usable by nothing: set by the caller for each batch, as its journal record says (false for
-    /// records of earlier releases). Not state.
+    /// records of earlier releases); likewise for each re-rating, what settling again gives back to such a
+    /// grant (`rerate_customer`), as its publish's record says. Not state.
     pub returned_rolled_credit_breaks: bool,
     /// Whether an event whose reservation_id is over TEXT_BYTES_MAX (no hold has one) is
     /// INVALID_EVENT rather than rated: set by the caller for each batch, as its journal record says
