@@ -5,6 +5,7 @@ helpers: tests/test_audit_credits_combo_wire.py."""
 
 from __future__ import annotations
 
+import pytest
 from tariff import now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2
 
@@ -26,8 +27,9 @@ from tests.test_audit_credits_combo_wire import (
 )
 
 
+@pytest.mark.parametrize("snapshot_every", ["5000", "1"])
 def test_credit_a_late_refund_gives_back_to_a_grant_that_rolled_over_breaks_with_it(
-    server_factory: ServerFactory,
+    server_factory: ServerFactory, snapshot_every: str
 ) -> None:
     """README "Rollover": the rollover "is final: the original grant then holds nothing"; "Expiry and breakage":
     credit an event gives back to a grant whose breakage is recorded (a lower LATEST reading refunding what it paid)
@@ -36,13 +38,13 @@ def test_credit_a_late_refund_gives_back_to_a_grant_that_rolled_over_breaks_with
 
     Before T: gauge 6: lvl 6 from gR (4 left). At T: floor(0.5 x 4) = 2 into the ROLLOVER grant, 2 broken.
     After T, a late reading dated T - 1 ms (P1, still open): gauge 2, lvl -4, no overage to give back, so 4 back to
-    gR, which rolled over: they break with the event. gR: drawn 10 - 6 = 4 (lvl's 2 and the 2 rolled), remaining 0,
+    gR, which rolled over: they break with the event. gR: drawn 6 - 4 + 2 rolled = 4, remaining 0,
     expired 6; nothing usable grew (12: the ROLLOVER grant's 2 and gB's 10).
     P1's invoice: lvl 2 = gR 2; gR (10, 4, 0, 6). Revenue P1: sold 5 + 10 = 15, recognised 2 x 0.5 = 1, breakage
-    6 x 0.5 = 3, deferred 15 - 1 - 3 = 11 (gB 10, the rolled 2 x 0.5); the same after kill -9, and the P1 invoice
-    closed equals its draft. (Before the fix the 4 stayed in gR as remaining credit that nothing could use or break,
+    6 x 0.5 = 3, deferred 15 - 1 - 3 = 11 (gB 10, the rolled 2 x 0.5); the same after kill -9 (with a snapshot
+    after every record too), and the P1 invoice closed equals its draft. (Before the fix the 4 stayed in gR as remaining credit that nothing could use or break,
     its 2 USD deferred for ever.)"""
-    server = start(server_factory, "rolled-refund")
+    server = start(server_factory, f"rolled-refund-{snapshot_every}", "--snapshot-every", snapshot_every)
     c = "late"
     with server.client() as client:
         end_ms = now_ms() + 5_000
