@@ -10,7 +10,8 @@ test_audit_rollover2_wire.py) are not repeated.
 
 Products (card `combo`, credits): `a` (event type `job`, SUM of `n`) at 1 credit a unit, `b` (event type `job`,
 SUM of `m`) at 2, so a `job` with n=x, m=y costs x + 2y; `lvl` (event type `gauge`, LATEST of `level`) at 1, so a
-gauge reading costs (new level - previous level), negative when it falls. `--close-grace off`: the server closes
+gauge reading costs (new level - previous level), negative when it falls; `mix-level` (LATEST of `level`) and
+`mix-sum` (SUM of `n`) at 1, both of event type `mix`, so one `mix` event can refund and charge at once. `--close-grace off`: the server closes
 nothing by itself. Contracts start last month (periods: last month, then this month); overage at 0.5 USD a credit.
 Grant ids are server-wide, so each is `<customer>.<name>`."""
 
@@ -40,13 +41,15 @@ def catalogue(client: TariffClient) -> None:
         ("a", "job", pricing_pb2.SUM, "n"),
         ("b", "job", pricing_pb2.SUM, "m"),
         ("lvl", "gauge", pricing_pb2.LATEST, "level"),
+        ("mix-level", "mix", pricing_pb2.LATEST, "level"),
+        ("mix-sum", "mix", pricing_pb2.SUM, "n"),
     ):
         product = pricing_pb2.Product(id=product_id, event_type=event_type, aggregation=aggregation, value_key=key)
         pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
     pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=CARD, pricing_unit="credits"))
     rates = [
         pricing_pb2.Rate(product_id=p, unit=pricing_pb2.UnitPrice(price=price))
-        for p, price in (("a", "1"), ("b", "2"), ("lvl", "1"))
+        for p, price in (("a", "1"), ("b", "2"), ("lvl", "1"), ("mix-level", "1"), ("mix-sum", "1"))
     ]
     pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, upsert_rates=rates))
     pricing.PublishVersion(
@@ -613,3 +616,42 @@ def test_credit_held_on_an_expired_grant_when_its_period_closes_stays_deferred_u
             for line in report.customer_lines
         ] == [p1_line, (end_ms, *money("0", "2.5", "10"))]
         assert report.reconciliation.reconciles
+
+
+def test_an_event_whose_refund_gives_back_to_an_expired_grant_draws_it_for_its_own_charges_first(
+    server_factory: ServerFactory,
+) -> None:
+    """README "Expiry and breakage" / docs/architecture.md: an event's refunds are settled before its charges, so a
+    late event dated before a grant's expiry whose refund gives credit back to the expired grant pays its own
+    charges from that credit first (netted, as a settling event draws its hold), and only what it leaves breaks with
+    it. g 8 paid 8 (1 a credit), expiring a few seconds from now. mix level=5 n=0: mix-level 5 from g (3 left). The
+    expiry breaks the 3. A late mix dated before the expiry, level=2 n=3: mix-level -3 gives 3 back to g, mix-sum +3
+    draws them, nothing is left to break: g drawn 5, expired 3; 5 charged (5 - 3 + 3), no overage; revenue: 5
+    recognised (mix-level 2, mix-sum 3), 3 breakage, nothing deferred."""
+    server = start(server_factory, "netted")
+    c = "net"
+    with server.client() as client:
+        customer(client, c)
+        expiry_ms = now_ms() + 3_000
+        grant(client, c, "g", "8", "8", 1, expires_at_ms=expiry_ms)
+        at = now_ms()
+        mix = usage_pb2.UsageEvent(transaction_id=f"{c}-1", customer_id=c, event_type="mix", timestamp_ms=at)
+        mix.values.update({"level": 5, "n": 0})
+        use(client, mix)
+        assert at < expiry_ms, "the setup took longer than the grant's life: nothing here was tested"
+        assert wait_for(lambda: grants(client.get_balance(c), c)["g"][4] == "3", 20), client.get_balance(c)
+        late = usage_pb2.UsageEvent(transaction_id=f"{c}-2", customer_id=c, event_type="mix", timestamp_ms=at + 1)
+        late.values.update({"level": 2, "n": 3})
+        use(client, late)
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"g": ("8", "5", "0", "0", "3")}, balance
+        assert money(balance.period_charges, balance.overage_amount) == money("5", "0")
+        dec = month_start_ms(0)
+        assert lines(preview(client, c, dec), c) == {
+            "mix-level": ("2", "2", "0", {"g": "2"}, "0.00"),
+            "mix-sum": ("3", "3", "0", {"g": "3"}, "0.00"),
+        }
+        report = revenue(client, c, dec, month_start_ms(-1))
+        assert [money(x.recognized_credits, x.breakage, x.deferred) for x in report.customer_lines] == [
+            money("5", "3", "0")
+        ]
