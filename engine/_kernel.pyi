@@ -48,13 +48,16 @@ class Kernel:
         top_ups_in_billed_period: bool = False,
         returned_expired_credit_breaks: bool = False,
         reservation_ids_bounded: bool = False,
+        returned_rolled_credit_breaks: bool = False,
     ) -> tuple[bytes, bytes, int, int, list[str]]:
         """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
         (False: at the purchase, as batches journaled before it). returned_expired_credit_breaks: what an event's
         settled hold or refund gives back to a grant already broken at its expiry, and the event does not draw, breaks
         at once (False: at
         the next AdvanceClock, as batches journaled before it). reservation_ids_bounded: an event whose reservation_id
-        is over 256 bytes is INVALID_EVENT (False: rated, as batches journaled before it)."""
+        is over 256 bytes is INVALID_EVENT (False: rated, as batches journaled before it).
+        returned_rolled_credit_breaks: what an event's refund gives back to a grant that has rolled over already breaks
+        at once (False: it stays in the grant, as batches journaled before it)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,
@@ -114,6 +117,7 @@ class Kernel:
         top_ups_in_time: bool,
         earlier_hours_carried: bool,
         closed_events_once: bool,
+        rolled_credit_breaks: bool = False,
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed

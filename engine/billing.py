@@ -472,6 +472,7 @@ class Billing:
         top_ups_in_billed_period: bool = False,
         returned_expired_credit_breaks: bool = False,
         reservation_ids_bounded: bool = False,
+        returned_rolled_credit_breaks: bool = False,
     ) -> Ingested:
         """Rates a batch as record last_seq + 1, which it becomes only if it accepts an event.
 
@@ -483,7 +484,9 @@ class Billing:
         does not draw, breaks at once, where no other event can draw it; False (batches journaled before it) leaves it to the
         next AdvanceClock, as then. `reservation_ids_bounded`: likewise set and journaled, so that an event whose
         reservation_id is over 256 bytes (no hold has one) is INVALID_EVENT; False (batches journaled before it)
-        rates it, as then.
+        rates it, as then. `returned_rolled_credit_breaks`: likewise set and journaled, so that what an event's refund
+        (a late event dated before a grant's rollover) gives back to a grant that has rolled over already breaks at
+        once, the rollover being final; False (batches journaled before it) leaves it in the grant, as then.
 
         Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
         self.refresh_tables()
@@ -498,6 +501,7 @@ class Billing:
             top_ups_in_billed_period,
             returned_expired_credit_breaks,
             reservation_ids_bounded,
+            returned_rolled_credit_breaks,
         )
         if not accepted:
             return Ingested(ack, digest, accepted, duplicates, rejected)
@@ -531,6 +535,7 @@ class Billing:
         top_ups_in_billed_period: bool = False,
         returned_expired_credit_breaks: bool = False,
         reservation_ids_bounded: bool = False,
+        returned_rolled_credit_breaks: bool = False,
     ) -> int:
         """Re-applies a journaled batch (with the rule it was rated by, see `ingest`) and asserts it did what the
         journal says (and fired the alerts it holds, when `fired` is given). Returns the events it accepted."""
@@ -541,6 +546,7 @@ class Billing:
             top_ups_in_billed_period=top_ups_in_billed_period,
             returned_expired_credit_breaks=returned_expired_credit_breaks,
             reservation_ids_bounded=reservation_ids_bounded,
+            returned_rolled_credit_breaks=returned_rolled_credit_breaks,
         )
         if done.digest != digest or not done.accepted or (fired is not None and list(done.alerts) != fired):
             raise RatingChanged(

@@ -121,7 +121,10 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     re-rating's completion record holds the counts, and replay compares them).
     `prices_rounded_in_range`: set likewise (publishes only), so validation holds a price field's value rounded to 18
     places below 10^18 too (engine/ratecard.py validate: 999999999999999999.9999999999999999999 rounds to 10^18);
-    False (commands stored before it) validates as then."""
+    False (commands stored before it) validates as then. `rerate_breaks_rolled_credit`: set likewise, so credit
+    settling the draws again gives back to a grant that has rolled over already (a cut of the period it rolled over
+    at) breaks at once, in that period, at the latest AdvanceClock's time, the rollover being final; False (commands
+    stored before it) leaves it in the grant, usable by nothing and never broken, as then."""
 
     at_ms: int
     actor: str
@@ -137,6 +140,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rerate_carries_earlier_hours: bool = False
     rerate_counts_closed_events_once: bool = False
     prices_rounded_in_range: bool = False
+    rerate_breaks_rolled_credit: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -183,6 +187,7 @@ SERVER_SET_FIELDS = (
     "parts_in_contract",
     "rerate_holds_in_time",
     "rerate_top_ups_in_time",
+    "rerate_breaks_rolled_credit",
     "expired_credit_breaks",
     "override_hours_refused",
     "rerate_carries_earlier_hours",
@@ -250,6 +255,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     override_hours_refused: bool = False  # as PublishVersion's
     rerate_carries_earlier_hours: bool = False  # as PublishVersion's
     rerate_counts_closed_events_once: bool = False  # as PublishVersion's
+    rerate_breaks_rolled_credit: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):

@@ -67,6 +67,9 @@ class PendingRerating(msgspec.Struct):
     # The publish's rerate_counts_closed_events_once (engine/commands.py); False in the snapshots of earlier
     # releases, whose publishes had none.
     closed_events_once: bool = False
+    # The publish's rerate_breaks_rolled_credit (engine/commands.py); False in the snapshots of earlier releases,
+    # whose publishes had none.
+    rolled_credit_breaks: bool = False
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
@@ -81,6 +84,7 @@ def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
         top_ups_in_time=plan.top_ups_in_time,
         earlier_hours_carried=plan.earlier_hours_carried,
         closed_events_once=plan.closed_events_once,
+        rolled_credit_breaks=plan.rolled_credit_breaks,
     )
 
 
@@ -124,6 +128,7 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
             rerating.top_ups_in_time,
             rerating.earlier_hours_carried,
             rerating.closed_events_once,
+            rerating.rolled_credit_breaks,
         )
     except ValueError as exc:
         # The publish checked these customers' usage, and nothing changes it before they are re-rated.

@@ -45,7 +45,9 @@ class RerationPlan:
     its `rerate_top_ups_in_time` (a top-up pays only its period's charges beyond those at which it was bought);
     `earlier_hours_carried` its `rerate_carries_earlier_hours` (an aggregate's first re-rated bucket carries what the
     hours before it were charged less than in time order); `closed_events_once` its
-    `rerate_counts_closed_events_once` (closed_events counts an event feeding several products once)."""
+    `rerate_counts_closed_events_once` (closed_events counts an event feeding several products once);
+    `rolled_credit_breaks` its `rerate_breaks_rolled_credit` (credit given back to a grant that has rolled over
+    breaks)."""
 
     rate_card_id: str
     from_hour: int
@@ -55,6 +57,7 @@ class RerationPlan:
     top_ups_in_time: bool = False
     earlier_hours_carried: bool = False
     closed_events_once: bool = False
+    rolled_credit_breaks: bool = False
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -132,6 +135,7 @@ class _Planned:
     top_ups_in_time: bool  # the command's rerate_top_ups_in_time
     earlier_hours_carried: bool  # the command's rerate_carries_earlier_hours
     closed_events_once: bool  # the command's rerate_counts_closed_events_once
+    rolled_credit_breaks: bool  # the command's rerate_breaks_rolled_credit
 
     @property
     def from_hour(self) -> int:
@@ -151,6 +155,7 @@ class _Planned:
             self.top_ups_in_time,
             self.earlier_hours_carried,
             self.closed_events_once,
+            self.rolled_credit_breaks,
         )
 
     def refusal(self, why: ValueError) -> FailedPrecondition:
@@ -204,6 +209,7 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         command.rerate_top_ups_in_time,
         command.rerate_carries_earlier_hours,
         command.rerate_counts_closed_events_once,
+        command.rerate_breaks_rolled_credit,
     )
 
 
@@ -349,6 +355,7 @@ def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: 
         plan.top_ups_in_time,
         plan.earlier_hours_carried,
         plan.closed_events_once,
+        plan.rolled_credit_breaks,
     )
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])

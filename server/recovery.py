@@ -108,6 +108,7 @@ def recover_counting(
                 top_ups_in_billed_period=usage.top_ups_in_billed_period,
                 returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
                 reservation_ids_bounded=usage.reservation_ids_bounded,
+                returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
             )
         elif record.rerated is not None:
             _replay_rerated(billing, seq, record.rerated, record.alerts)

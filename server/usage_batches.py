@@ -67,6 +67,7 @@ def _rate_batches(
             future_skew_ms=billing.future_skew_ms,
             returned_expired_credit_breaks=True,
             reservation_ids_bounded=True,
+            returned_rolled_credit_breaks=True,
         )
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
@@ -83,6 +84,7 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
             top_ups_in_billed_period=True,
             returned_expired_credit_breaks=True,
             reservation_ids_bounded=True,
+            returned_rolled_credit_breaks=True,
         )
     except BatchTooLarge as exc:
         return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")

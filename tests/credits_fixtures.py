@@ -14,8 +14,9 @@ from engine.billing import Billing
 from engine.errors import Repeated
 from tests.engine_fixtures import ACTOR, World
 
-# A batch: data, received_ms, digest, its top-up rule, its rule for credit a settled hold gives back to an expired grant.
-Record = cmd.AdminCommand | tuple[bytes, int, bytes, bool, bool]
+# A batch: data, received_ms, digest, its top-up rule, its rule for credit a settled hold gives back to an expired grant,
+# its rule for credit a refund gives back to a grant that rolled over.
+Record = cmd.AdminCommand | tuple[bytes, int, bytes, bool, bool, bool]
 
 
 @dataclass
@@ -79,17 +80,19 @@ class Ledger:
         *,
         top_ups_in_billed_period: bool = False,
         returned_expired_credit_breaks: bool = False,
+        returned_rolled_credit_breaks: bool = False,
     ) -> usage_pb2.IngestAck:
-        """Rates a batch as the writer does; `top_ups_in_billed_period` and `returned_expired_credit_breaks` as the
-        server sets them (Billing.ingest)."""
+        """Rates a batch as the writer does; `top_ups_in_billed_period`, `returned_expired_credit_breaks` and
+        `returned_rolled_credit_breaks` as the server sets them (Billing.ingest)."""
         self.batches += 1
         data = usage_pb2.UsageBatch(batch_id=f"b{self.batches}", events=list(events)).SerializeToString()
-        rules = (top_ups_in_billed_period, returned_expired_credit_breaks)
+        rules = (top_ups_in_billed_period, returned_expired_credit_breaks, returned_rolled_credit_breaks)
         done = self.billing.ingest(
             data,
             received_ms,
             top_ups_in_billed_period=top_ups_in_billed_period,
             returned_expired_credit_breaks=returned_expired_credit_breaks,
+            returned_rolled_credit_breaks=returned_rolled_credit_breaks,
         )
         if done.accepted:
             self.records.append((data, received_ms, done.digest, *rules))
@@ -102,7 +105,7 @@ class Ledger:
             fresh.apply(command, fresh.last_seq + 1)
         for record in self.records:
             if isinstance(record, tuple):
-                data, received_ms, digest, in_billed_period, settled_breaks = record
+                data, received_ms, digest, in_billed_period, settled_breaks, rolled_breaks = record
                 fresh.replay(
                     fresh.last_seq + 1,
                     data,
@@ -110,6 +113,7 @@ class Ledger:
                     digest,
                     top_ups_in_billed_period=in_billed_period,
                     returned_expired_credit_breaks=settled_breaks,
+                    returned_rolled_credit_breaks=rolled_breaks,
                 )
             else:
                 fresh.apply(record, fresh.last_seq + 1)

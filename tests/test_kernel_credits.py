@@ -11,8 +11,9 @@ from engine import credits
 from engine.billing import Billing
 from engine.contracts import OveragePolicy
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from engine.products import Aggregation
 from tests.credits_fixtures import Ledger, event
-from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos
+from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos, rate, unit
 
 T0 = EPOCH_MS + 3_600_000  # an hour into the contract
 DAY_MS = 86_400_000
@@ -351,6 +352,81 @@ def test_at_the_periods_end_a_fraction_rolls_over_and_the_rest_breaks() -> None:
     assert m.advance(MAR_MS) == credits.Advanced(0, 1, ("acme",))  # the rolled grant expires: its rest breaks
     assert m.billing.kernel.breakage("acme")[-1] == ("acme", rolled_id, FEB_MS, picos("20"), MAR_MS)
     conserved(m, MAR_MS)
+    assert_replays(m)
+
+
+@pytest.mark.parametrize(("breaks", "remaining", "broken"), [(True, "0", ["30", "40"]), (False, "40", ["30"])])
+def test_what_a_late_refund_gives_back_to_a_grant_that_rolled_over_breaks_with_its_batch(
+    breaks: bool, remaining: str, broken: list[str]
+) -> None:
+    """A LATEST gauge (1 credit a unit) reads 40 in January: "g" (100 paid 50, half rolling over) pays it. At February
+    30 of its 60 roll over, 30 break. A late reading dated in January (still open) falls to 0: the 40 "g" paid go back
+    to it. With the rule the server sets, they break with the batch, in January's period, at its time: the rollover was
+    final. A batch journaled without it replays as before: the 40 stay in "g" as remaining credit. Either way the
+    record replays to the same state."""
+    world = basic_world(aggregation=Aggregation.LATEST)
+    world.apply(world.grant_command("g", "100", paid="50", rollover_fraction="0.5"))
+    m = Ledger(world)
+    m.ingest([event("jan", T0, 40)], T0)
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
+    m.ingest(
+        [event("late-jan", T0 + 5, 0)],
+        FEB_MS + 2,
+        returned_expired_credit_breaks=True,
+        returned_rolled_credit_breaks=breaks,
+    )
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 3).grants}
+    assert by_id["g"].remaining == picos(remaining)
+    assert by_id[f"rollover-g-{FEB_MS}"].remaining == picos("30")
+    breakage = m.billing.kernel.breakage("acme")
+    assert [(b[1], b[2], b[3]) for b in breakage] == [("g", EPOCH_MS, picos(c)) for c in broken]
+    assert [b[4] for b in breakage] == [FEB_MS, FEB_MS + 2][: len(broken)]
+    conserved(m, FEB_MS + 3)
+    assert_replays(m)
+
+
+@pytest.mark.parametrize(("breaks", "remaining", "broken"), [(True, "0", ["30", "20"]), (False, "20", ["30"])])
+def test_what_a_cut_gives_back_to_a_grant_that_rolled_over_breaks_with_the_re_rating(
+    breaks: bool, remaining: str, broken: list[str]
+) -> None:
+    """40 tokens in January at 1 credit: "g" (100 paid 50, half rolling over) pays them. At February 30 of its 60
+    roll over, 30 break. A version at 0.5 a token published from January (still open): January's 40 tokens cost 20
+    now, so settling again gives 20 back to "g", which rolled over. With the field the server sets on its publishes
+    they break with the re-rating, in January's period, at the latest AdvanceClock's time (February's start): the
+    rollover was final. A publish journaled without it replays as before: the 20 stay in "g" as remaining credit,
+    which nothing can use and no clock breaks. Either way the record replays to the same state."""
+    world = basic_world()
+    world.apply(world.grant_command("g", "100", paid="50", rollover_fraction="0.5"))
+    m = Ledger(world)
+    m.ingest([event("jan", T0, 40)], T0)
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
+    draft = cmd.CreateDraftVersion(
+        at_ms=FEB_MS + 5,
+        actor=ACTOR,
+        rate_card_id="card",
+        based_on_version=1,
+        set_parameters={},
+        remove_parameters=(),
+        upsert_rates=(rate("tokens", unit("0.5")),),
+        remove_rates=(),
+        change_note="",
+    )
+    m.run(draft)
+    publish = cmd.PublishVersion(
+        at_ms=FEB_MS + 6,
+        actor=ACTOR,
+        rate_card_id="card",
+        version=2,
+        effective_from_ms=EPOCH_MS,
+        rerate_breaks_rolled_credit=breaks,
+    )
+    assert m.run(publish).events_rerated == 1  # type: ignore[attr-defined]
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 10).grants}
+    assert by_id["g"].remaining == picos(remaining)
+    assert by_id[f"rollover-g-{FEB_MS}"].remaining == picos("30")
+    breakage = m.billing.kernel.breakage("acme")
+    assert [(b[1], b[2], b[3], b[4]) for b in breakage] == [("g", EPOCH_MS, picos(c), FEB_MS) for c in broken]
+    conserved(m, FEB_MS + 10)
     assert_replays(m)
 
 

@@ -181,6 +181,7 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
                 top_ups_in_billed_period=usage.top_ups_in_billed_period,
                 returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
                 reservation_ids_bounded=usage.reservation_ids_bounded,
+                returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
             )
         else:
             assert record.command is not None and not isinstance(record.command, cmd.IngestBatch)
@@ -434,6 +435,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
             top_ups_in_billed_period: bool = False,
             returned_expired_credit_breaks: bool = False,
             reservation_ids_bounded: bool = False,
+            returned_rolled_credit_breaks: bool = False,
         ) -> Ingested:
             rated_on.append(threading.get_ident())
             rating.set()
@@ -447,6 +449,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
                 top_ups_in_billed_period=top_ups_in_billed_period,
                 returned_expired_credit_breaks=returned_expired_credit_breaks,
                 reservation_ids_bounded=reservation_ids_bounded,
+                returned_rolled_credit_breaks=returned_rolled_credit_breaks,
             )
 
         billing.ingest = held_ingest  # type: ignore[method-assign,assignment]

@@ -57,6 +57,7 @@ class _PublishRerateFlags(TypedDict):
     override_hours_refused: bool
     rerate_carries_earlier_hours: bool
     rerate_counts_closed_events_once: bool
+    rerate_breaks_rolled_credit: bool
 
 
 # Every publish and rollback this server takes sets them all.
@@ -68,6 +69,7 @@ _PUBLISH_RERATE_FLAGS: Final[_PublishRerateFlags] = {
     "override_hours_refused": True,
     "rerate_carries_earlier_hours": True,
     "rerate_counts_closed_events_once": True,
+    "rerate_breaks_rolled_credit": True,
 }
 
 

@@ -220,6 +220,7 @@ impl Kernel {
             self.change(|k| {
                 k.top_ups_in_billed_period = false;
                 k.returned_expired_credit_breaks = false;
+                k.returned_rolled_credit_breaks = false;
                 k.reservation_ids_bounded = false;
                 k.ingest(batch, received_ms, journal_seq)
             })?
@@ -238,10 +239,13 @@ impl Kernel {
     /// already broken at its expiry, and the event does not draw, breaks at once (false: at the next AdvanceClock, as
     /// batches journaled before it). `reservation_ids_bounded`: an event whose reservation_id is over
     /// 256 bytes is INVALID_EVENT (false: rated, as batches journaled before it).
+    /// `returned_rolled_credit_breaks`: what an event's refund gives back to a grant that has rolled over
+    /// already breaks at once (false: it stays in the grant, as batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false,
-        returned_expired_credit_breaks = false, reservation_ids_bounded = false
+        returned_expired_credit_breaks = false, reservation_ids_bounded = false,
+        returned_rolled_credit_breaks = false
     ))]
     fn ingest_checked<'py>(
         &self,
@@ -254,12 +258,14 @@ impl Kernel {
         top_ups_in_billed_period: bool,
         returned_expired_credit_breaks: bool,
         reservation_ids_bounded: bool,
+        returned_rolled_credit_breaks: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
                 kernel.top_ups_in_billed_period = top_ups_in_billed_period;
                 kernel.returned_expired_credit_breaks = returned_expired_credit_breaks;
                 kernel.reservation_ids_bounded = reservation_ids_bounded;
+                kernel.returned_rolled_credit_breaks = returned_rolled_credit_breaks;
                 let allowed = allowed.as_deref();
                 kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
                     RwLockWriteGuard::bump(held)
@@ -581,9 +587,15 @@ impl Kernel {
     /// carries what the hours before it were charged less than in time order (rerate.rs
     /// `earlier_hours_shortfall`). `closed_events_once`: closed_events counts an event feeding several
     /// products once, as events does (rerate.rs `Rerated::closed_events_once`); without it, once per
-    /// product it fed, as publishes stored before it answered.
+    /// product it fed, as publishes stored before it answered. `rolled_credit_breaks`: credit settling
+    /// again gives back to a grant that has rolled over already breaks at once (rerate.rs
+    /// `rerate_customer`); without it (publishes journaled before) it stays in the grant.
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    #[pyo3(signature = (
+        customers, rate_card_id, from_hour, seq, in_contract, holds_in_time, top_ups_in_time,
+        earlier_hours_carried, closed_events_once, rolled_credit_breaks = false
+    ))]
     fn rerate(
         &self,
         py: Python<'_>,
@@ -596,10 +608,12 @@ impl Kernel {
         top_ups_in_time: bool,
         earlier_hours_carried: bool,
         closed_events_once: bool,
+        rolled_credit_breaks: bool,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
                 self.change(|kernel| {
+                    kernel.returned_rolled_credit_breaks = rolled_credit_breaks;
                     let mut done = crate::rerate::Rerated::default();
                     let mut changed = Vec::new();
                     for customer in &customers {

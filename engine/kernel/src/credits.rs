@@ -363,24 +363,41 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
 /// After credit went back to the account's grants (a settled or released hold, a refund) and,
 /// for an event, that event drew: what a grant whose expiry the clock had already passed
 /// (`clock_ms`, the latest AdvanceClock: the grant's breakage is recorded) still has breaks now, at
-/// `at_ms`, so that nothing draws credit that breakage made final. Returns the entries recorded.
-pub fn break_returned(account: &mut Account, clock_ms: i64, at_ms: i64) -> u32 {
+/// `at_ms`, so that nothing draws credit that breakage made final (with `expired`; false: batches journaled
+/// before it leave it to the next AdvanceClock). With `rolled`, so does what a grant
+/// that has rolled over already has (a late refund dated before its rollover gave it back: the rollover
+/// was final), in the period that ended at its rollover; false (batches journaled before it) leaves that
+/// credit in the grant. Returns the entries recorded.
+pub fn break_returned(account: &mut Account, clock_ms: i64, at_ms: i64, expired: bool, rolled: bool) -> u32 {
     let mut broken = 0;
     for g in 0..account.grants.len() {
         let grant = &account.grants[g];
-        let Some(end) = grant.expires_at_ms else { continue };
-        if end > clock_ms || grant.remaining <= 0 {
+        if grant.remaining <= 0 {
             continue;
         }
+        let last_usable_ms = match grant.expires_at_ms {
+            Some(end) if expired && end <= clock_ms => end - 1,
+            _ if rolled => match rolled_over_at(account, &grant.id) {
+                Some(period_end_ms) => period_end_ms - 1,
+                None => continue,
+            },
+            _ => continue,
+        };
         let credits = grant.remaining;
         let grant_id = grant.id.clone();
-        let period_start_ms = period_start_at(account, end - 1).unwrap_or(0);
+        let period_start_ms = period_start_at(account, last_usable_ms).unwrap_or(0);
         account.grants[g].remaining = 0;
         let entry = Breakage { grant_id, period_start_ms, credits, at_ms };
         account.credits.get_or_insert_with(Box::default).breakage.push(entry);
         broken += 1;
     }
     broken
+}
+
+/// The period end at which grant `grant_id` rolled over; None when it has not (or has no rollover).
+fn rolled_over_at(account: &Account, grant_id: &str) -> Option<i64> {
+    let credits = account.credits.as_deref()?;
+    credits.rolled.iter().find(|r| *r.from == *grant_id).map(|r| r.at_period_end_ms)
 }
 
 /// After an event's charges drew (or a hold was taken): executes the customer's
@@ -632,7 +649,7 @@ impl Kernel {
         credits.ended.insert(reservation_id.into(), ended);
         let released = give_back(account, &reservation.held);
         if expired_credit_breaks {
-            break_returned(account, self.clock.now_ms, now_ms);
+            break_returned(account, self.clock.now_ms, now_ms, true, false);
         }
         if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
             self.clock.note_due(now_ms);

@@ -301,6 +301,12 @@ pub struct Kernel {
     /// the next AdvanceClock, where another event could draw it first: set by the caller for each
     /// batch, as its journal record says (false for records of earlier releases). Not state.
     pub returned_expired_credit_breaks: bool,
+    /// Whether what an event's refund gave back to a grant that has rolled over already (a late event dated
+    /// before its rollover) breaks at once too (`credits::break_returned`'s `rolled`), rather than staying in
+    /// the grant, usable by nothing: set by the caller for each batch, as its journal record says (false for
+    /// records of earlier releases); likewise for each re-rating, what settling again gives back to such a
+    /// grant (`rerate_customer`), as its publish's record says. Not state.
+    pub returned_rolled_credit_breaks: bool,
     /// Whether an event whose reservation_id is over TEXT_BYTES_MAX (no hold has one) is
     /// INVALID_EVENT rather than rated: set by the caller for each batch, as its journal record says
     /// (false for records of earlier releases, which rated such an event). Not state.
@@ -519,8 +525,9 @@ impl Kernel {
         self.rater.commit(account, event, plan, &self.plans, ack);
         // Refunds are looked for only when asked: most events charge, and this runs for every one.
         let refunded = || self.plans.iter().any(|p| p.charge < 0);
-        if self.returned_expired_credit_breaks && (settled || refunded()) {
-            credits::break_returned(account, self.clock.now_ms, received_ms);
+        let (expired, rolled) = (self.returned_expired_credit_breaks, self.returned_rolled_credit_breaks);
+        if (expired || rolled) && (settled || refunded()) {
+            credits::break_returned(account, self.clock.now_ms, received_ms, expired, rolled);
         }
         if self.track_touched && account.touched_epoch != self.touch_epoch {
             account.touched_epoch = self.touch_epoch;

@@ -210,7 +210,11 @@ impl Kernel {
     /// before) every top-up is usable from its period's start, as then. `earlier_hours_carried`:
     /// each aggregate's first re-rated bucket also carries what the hours before it, left alone, were
     /// charged less than they price at in time order (`earlier_hours_shortfall`); without it (publishes
-    /// journaled before) as they re-rated then.
+    /// journaled before) as they re-rated then. With `returned_rolled_credit_breaks` (set by the caller,
+    /// as the publish's record says), credit settling again gives back to a grant that has rolled over
+    /// already (a cut of the period it rolled over at) breaks at once, in that period, at the latest
+    /// AdvanceClock's time, the rollover being final; without it (publishes journaled before) it stays
+    /// in the grant, usable by nothing.
     #[allow(clippy::too_many_arguments)]
     pub fn rerate_customer(
         &mut self,
@@ -247,6 +251,10 @@ impl Kernel {
             let balances = |a: &Account| (a.grants.iter().map(|g| g.remaining).collect::<Vec<_>>(), a.periods.clone());
             let before = balances(account);
             resettle(rater, account, first_period, InTime { holds: holds_in_time, top_ups: top_ups_in_time });
+            if self.returned_rolled_credit_breaks {
+                let clock_ms = self.clock.now_ms;
+                crate::credits::break_returned(account, clock_ms, clock_ms, false, true);
+            }
             done.amounts_changed |= u64::from(balances(account) != before);
             // Credit given back to a grant may make its expiry due again.
             self.due.refresh(customer_id, account, rater.catalog.dedupe_window_ms);
