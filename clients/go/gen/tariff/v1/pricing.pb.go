@@ -838,6 +838,24 @@ func (x *FlatPrice) GetPrice() string {
 	return ""
 }
 
+// How usage is charged. A line (a customer's product and pricing dimension
+// values in one billing period: an invoice line) counts its quantity over the
+// whole period, and a version taking effect in the period (or a contract's
+// price override) does not restart it: tiers, packages and a flat fee are
+// reached by the period's quantity, whichever version priced the units before.
+// An event is charged price(the line's quantity after it) - price(its
+// quantity before it), each side rounded half-even to 10^-12 once, by the
+// rate of the version in force at the event's timestamp for its customer
+// (see Cohort) with the contract's override in force then. So a line that one
+// price priced throughout costs that price of its quantity, whatever the order
+// of its events; units charged before a price changed keep what they were
+// charged (GRADUATED 1 a unit up to 100 then 0.5: 80 units are 80; with
+// 2 a unit up to 100 then 1 from the next hour, 40 more are charged
+// 220 - 160 = 60, the line 140). A charge never gives back more than its line
+// was charged so far: a version dearer for the units already counted would
+// otherwise make a falling VOLUME price or LATEST gauge take the line below
+// zero (VOLUME 1 a unit: 50 units are 50; then VOLUME 10 a unit up to 50, 0.01
+// beyond: 10 more give back 50, not 500 - 0.6 = 499.4: the line is 0).
 type Rate struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	ProductId string                 `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
