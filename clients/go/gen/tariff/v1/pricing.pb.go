@@ -45,7 +45,9 @@ const (
 	// pricing dimension); a product created by an earlier release counts ""
 	// as a value, as it did.
 	Aggregation_UNIQUE_COUNT Aggregation = 4
-	// values[value_key] of the event with the latest timestamp.
+	// values[value_key] of the event with the latest timestamp: an event dated
+	// before the latest one rated does not move it (charged 0), and of events
+	// with the same timestamp the one ingested last counts.
 	Aggregation_LATEST Aggregation = 5
 )
 

@@ -1760,7 +1760,9 @@ export enum Aggregation {
   UNIQUE_COUNT = 4,
 
   /**
-   * values[value_key] of the event with the latest timestamp.
+   * values[value_key] of the event with the latest timestamp: an event dated
+   * before the latest one rated does not move it (charged 0), and of events
+   * with the same timestamp the one ingested last counts.
    *
    * @generated from enum value: LATEST = 5;
    */
