@@ -1373,15 +1373,18 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * an hour takes in that whole hour: period_start is rounded down to its hour
  * and period_end up (a bucket is simulated when its hour overlaps the window,
  * both amounts over that whole hour). Each (customer, period, product, dimension
- * values) is walked in hour order from its billing period's start, every
- * bucket priced by `version` over the cumulative quantity, as re-rating after
- * publishing `version` effective from that period's start would price it.
- * Usage in closed periods is left out of both amounts (a publish leaves it
+ * values) is walked in hour order from its billing period's start over the
+ * cumulative quantity, its hours before the window priced by the versions in
+ * force for them now and every bucket of the window by `version`, as
+ * re-rating after publishing `version` effective from the window's start
+ * would price it (the hours before the window give it its cumulative quantity
+ * and what the line was charged so far, which a falling VOLUME price gives
+ * back no more than: see Rate). Usage in closed periods is left out of both amounts (a publish leaves it
  * alone too: a closed period's invoice is final). Every bucket of the window
  * is priced by `version`, also in hours where a version that took effect for
- * the customer later (published effective after the period's start, or its
+ * the customer later (published effective after the window's start, or its
  * cohort's version) prices it now; a publish of `version` effective from the
- * period's start leaves those hours to that later version, so it re-rates
+ * window's start leaves those hours to that later version, so it re-rates
  * to the simulated amounts for the customers without such a version in the
  * window. With customer_ids empty every customer with usage of the card in
  * open periods of the window is simulated, cohorts' members included (the
@@ -1468,9 +1471,10 @@ export type SimulatedAmount = Message<"tariff.v1.SimulatedAmount"> & {
 
   /**
    * What the simulated version charges it, each aggregate walked from its
-   * period's start over the cumulative quantity (its first hour in the window
-   * also carrying what the hours before were charged less than on time, as a
-   * publish from the window's start carries them: PublishVersionRequest).
+   * period's start over the cumulative quantity, the hours before the window
+   * by the versions in force for them now (its first hour in the window also
+   * carrying what those hours were charged less than on time, as a publish
+   * from the window's start carries them: PublishVersionRequest).
    *
    * @generated from field: string simulated_amount = 4;
    */
