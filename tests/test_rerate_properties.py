@@ -6,7 +6,8 @@ before usage already rated, through the real control plane and kernel (engine/bi
 equal what the independent oracle (tests/reference_billing.py) computes by rating every event from scratch with
 the final timeline: every aggregate (quantity, amount, draws per grant, overage) and every grant's balance.
 Replaying the same commands and batches into a fresh machine must give the same kernel snapshot, byte for byte.
-Simulating a version over a period must give what publishing it effective from the period's start re-rates to.
+Simulating a version over a period must give what publishing it effective from the period's start re-rates to, and
+over a window from any hour what publishing it from that hour re-rates to.
 
 One event an hour: re-rating prices an hour bucket as one step, which is the event itself then (README,
 "Changing prices safely": a VOLUME price whose drop is cut inside one hour bucket is the one difference).
@@ -228,6 +229,60 @@ def test_simulating_a_version_gives_what_publishing_it_over_the_period_rerates_t
     assert {(c, p): simulated for c, p, _, simulated in simulation.lines} == after
     assert sum(current.values()) == simulation.current_picos
     assert simulation.simulated_picos - simulation.current_picos == sum(after.values()) - sum(current.values())
+
+
+@st.composite
+def falling_volume(draw: st.DrawFn) -> Prices:
+    """Prices whose VOLUME tokens price falls steeply past a bound (what makes a charge's floor matter)."""
+
+    def curve() -> Curve:
+        bound = Decimal(draw(st.integers(5, 60)))
+        high, low = draw(decimals(1, 5, 2)), draw(st.integers(0, 100).map(lambda n: Decimal(n).scaleb(-3)))
+        return Curve("VOLUME", tiers=((bound, high, Decimal(0)), (None, low, Decimal(0))))
+
+    return (draw(curves()), curve(), curve())
+
+
+@PROFILE
+@given(histories(), st.one_of(prices(), falling_volume()), st.integers(0, 61))
+def test_simulating_a_version_from_an_hour_gives_what_publishing_it_from_that_hour_rerates_to(
+    history: History, simulated_prices: Prices, hour: int
+) -> None:
+    """From an hour inside the period too (pricing.proto SimulateVersionRequest): each line walked from the period's
+    start, the hours before the window by the timeline as it is now, the window's by the draft, the first hour in
+    the window carrying what the earlier ones were charged less than on time: per product, what publishing the draft
+    from that hour (as the server publishes, carrying the earlier hours) adds to the period's amounts. (Before, the
+    hours before the window were priced by the draft too, so under a falling VOLUME price the floor of a charge,
+    what its line was charged so far, was one no publish charges.)"""
+    machine = Machine(world_of(history))
+    machine.ingest(history.events)
+    draft = machine.apply(
+        cmd.CreateDraftVersion(EPOCH_MS, ACTOR, "card", 0, {}, (), tuple(rates_of(simulated_prices)), (), "")
+    )
+    start, number = EPOCH_MS + hour * HOUR_MS, draft.number  # type: ignore[attr-defined]
+    end = EPOCH_MS + 31 * 24 * HOUR_MS
+    simulation: Simulation = machine.billing.simulate("card", number, start, end, [])
+
+    def amounts() -> dict[str, int]:
+        usage = machine.billing.kernel.usage("acme")
+        assert usage is not None
+        found: dict[str, int] = {}
+        for period_start, product, _dims, _q, _events, amount, _overage, _drawn in usage[0]:
+            if period_start == EPOCH_MS:
+                found[product] = found.get(product, 0) + amount
+        return found
+
+    before = amounts()
+    machine.apply(
+        cmd.PublishVersion(
+            EPOCH_MS, ACTOR, "card", number, start, rerate_in_contract=True, rerate_carries_earlier_hours=True
+        )
+    )
+    after = amounts()
+    simulated = {p: s - c for _, p, c, s in simulation.lines}
+    moved = {p: after.get(p, 0) - before.get(p, 0) for p in after}
+    assert simulated == {p: moved[p] for p in simulated}
+    assert all(moved[p] == 0 for p in moved if p not in simulated)
 
 
 @st.composite

@@ -93,8 +93,10 @@ impl Rerated {
 enum Pricing<'a> {
     /// The version in force for the bucket's hour on the customer's timeline.
     Timeline,
-    /// One version for every bucket (a simulation).
-    Only(&'a Version),
+    /// The timeline before `from_ms`, `version` for every bucket from it on (a simulation: the hours
+    /// before its window are priced as a publish effective from the window's start leaves them, and
+    /// every hour of the window by the simulated version).
+    From { from_ms: i64, version: &'a Version },
     /// The timeline with `version` inserted effective at `at_ms` (after any entry effective then):
     /// a publish checked before it changes anything.
     Inserted { at_ms: i64, version: &'a Version },
@@ -264,8 +266,10 @@ impl Kernel {
 
     /// The amounts `version` gives the usage of the rate card recorded in [start_ms, end_ms) for
     /// these customers (all with such usage when None), per customer and product, sorted; changes
-    /// nothing. Each aggregate is walked from its billing period's start, every bucket priced by
-    /// `version`. Err names a product that cannot be re-priced, usage the version has no rate for, or
+    /// nothing. Each aggregate is walked from its billing period's start, the buckets before the
+    /// window by the timeline as it is now and every bucket of the window by `version`: what a publish
+    /// of `version` effective from the window's start re-rates them to (for a customer without a
+    /// version taking effect later in the window). Err names a product that cannot be re-priced, usage the version has no rate for, or
     /// usage in an hour holding a period boundary off the hour (`refuse_split_hours`) or the start or
     /// end of a matching override off the hour (`refuse_override_split_hours`).
     pub fn simulate(
@@ -292,8 +296,11 @@ impl Kernel {
             // Usage the version cannot price names its customer, as the split hours' refusals do.
             let named = |error: String| format!("customer {id:?}: {error}");
             let carried = self.earlier_hours_carried(account, card, hours).map_err(named)?;
-            let (mut aggregates, _) =
-                self.reprice(account, card, hours, Pricing::Only(&compiled), true).map_err(named)?;
+            // The hours before the window by the timeline, as a publish from the window's start leaves them:
+            // they give the window its cumulative quantity and what its line was charged so far (which a
+            // falling VOLUME price gives back no more than).
+            let pricing = Pricing::From { from_ms: hours.0 * HOUR_MS, version: &compiled };
+            let (mut aggregates, _) = self.reprice(account, card, hours, pricing, true).map_err(named)?;
             for aggregate in &mut aggregates {
                 let first = aggregate.buckets.iter().position(|b| b.selected);
                 if let (Some(first), Some(carried)) = (first, carried.get(&aggregate.key)) {
@@ -629,7 +636,7 @@ impl Kernel {
     ) -> Result<&'k Version, String> {
         let catalog = &self.rater.catalog;
         Ok(match pricing {
-            Pricing::Only(version) => version,
+            Pricing::From { from_ms, version } if ts >= from_ms => version,
             Pricing::Inserted { at_ms, version } if contract.rate_card == version.rate_card && ts >= at_ms => {
                 let entries = &catalog.timelines[contract.timeline as usize];
                 let after = entries.partition_point(|(at, _)| *at <= ts);
@@ -638,7 +645,7 @@ impl Kernel {
                     _ => version,
                 }
             }
-            Pricing::Timeline | Pricing::Inserted { .. } => {
+            Pricing::Timeline | Pricing::Inserted { .. } | Pricing::From { .. } => {
                 catalog.version_at(contract.timeline, ts).ok_or_else(|| {
                     let at = crate::route::utc_text(ts);
                     format!(

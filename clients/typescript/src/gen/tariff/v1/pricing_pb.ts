@@ -290,6 +290,25 @@ export const FlatPriceSchema: GenMessage<FlatPrice> = /*@__PURE__*/
   messageDesc(file_tariff_v1_pricing, 8);
 
 /**
+ * How usage is charged. A line (a customer's product and pricing dimension
+ * values in one billing period: an invoice line) counts its quantity over the
+ * whole period, and a version taking effect in the period (or a contract's
+ * price override) does not restart it: tiers, packages and a flat fee are
+ * reached by the period's quantity, whichever version priced the units before.
+ * An event is charged price(the line's quantity after it) - price(its
+ * quantity before it), each side rounded half-even to 10^-12 once, by the
+ * rate of the version in force at the event's timestamp for its customer
+ * (see Cohort) with the contract's override in force then. So a line that one
+ * price priced throughout costs that price of its quantity, whatever the order
+ * of its events; units charged before a price changed keep what they were
+ * charged (GRADUATED 1 a unit up to 100 then 0.5: 80 units are 80; with
+ * 2 a unit up to 100 then 1 from the next hour, 40 more are charged
+ * 220 - 160 = 60, the line 140). A charge never gives back more than its line
+ * was charged so far: a version dearer for the units already counted would
+ * otherwise make a falling VOLUME price or LATEST gauge take the line below
+ * zero (VOLUME 1 a unit: 50 units are 50; then VOLUME 10 a unit up to 50, 0.01
+ * beyond: 10 more give back 50, not 500 - 0.6 = 499.4: the line is 0).
+ *
  * @generated from message tariff.v1.Rate
  */
 export type Rate = Message<"tariff.v1.Rate"> & {
@@ -1354,15 +1373,18 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * an hour takes in that whole hour: period_start is rounded down to its hour
  * and period_end up (a bucket is simulated when its hour overlaps the window,
  * both amounts over that whole hour). Each (customer, period, product, dimension
- * values) is walked in hour order from its billing period's start, every
- * bucket priced by `version` over the cumulative quantity, as re-rating after
- * publishing `version` effective from that period's start would price it.
- * Usage in closed periods is left out of both amounts (a publish leaves it
+ * values) is walked in hour order from its billing period's start over the
+ * cumulative quantity, its hours before the window priced by the versions in
+ * force for them now and every bucket of the window by `version`, as
+ * re-rating after publishing `version` effective from the window's start
+ * would price it (the hours before the window give it its cumulative quantity
+ * and what the line was charged so far, which a falling VOLUME price gives
+ * back no more than: see Rate). Usage in closed periods is left out of both amounts (a publish leaves it
  * alone too: a closed period's invoice is final). Every bucket of the window
  * is priced by `version`, also in hours where a version that took effect for
- * the customer later (published effective after the period's start, or its
+ * the customer later (published effective after the window's start, or its
  * cohort's version) prices it now; a publish of `version` effective from the
- * period's start leaves those hours to that later version, so it re-rates
+ * window's start leaves those hours to that later version, so it re-rates
  * to the simulated amounts for the customers without such a version in the
  * window. With customer_ids empty every customer with usage of the card in
  * open periods of the window is simulated, cohorts' members included (the
@@ -1449,9 +1471,10 @@ export type SimulatedAmount = Message<"tariff.v1.SimulatedAmount"> & {
 
   /**
    * What the simulated version charges it, each aggregate walked from its
-   * period's start over the cumulative quantity (its first hour in the window
-   * also carrying what the hours before were charged less than on time, as a
-   * publish from the window's start carries them: PublishVersionRequest).
+   * period's start over the cumulative quantity, the hours before the window
+   * by the versions in force for them now (its first hour in the window also
+   * carrying what those hours were charged less than on time, as a publish
+   * from the window's start carries them: PublishVersionRequest).
    *
    * @generated from field: string simulated_amount = 4;
    */
@@ -1741,7 +1764,9 @@ export enum Aggregation {
   UNIQUE_COUNT = 4,
 
   /**
-   * values[value_key] of the event with the latest timestamp.
+   * values[value_key] of the event with the latest timestamp: an event dated
+   * before the latest one rated does not move it (charged 0), and of events
+   * with the same timestamp the one ingested last counts.
    *
    * @generated from enum value: LATEST = 5;
    */
