@@ -436,14 +436,22 @@ class BalanceService(_Base):
 
 
 def _next_grant_start_ms(view: BalanceView, now_ms: int) -> int | None:
-    """When the customer's next grant not started yet starts: its credit joins the balance then, a change no record
-    marks (nothing is due in the kernel), so the watcher looks again at that instant."""
+    """When the customer's balance next changes with no record: the next start of a grant not started yet (its
+    credit joins the balance then: nothing is due in the kernel), or the next expiry of a grant whose remainder
+    open reservations hold whole (nothing breaks until they end, so the clock records nothing, but the grant shows
+    its remaining 0 from then on: balance.proto GrantBalance.remaining; the expiry of a grant with credit left to
+    break is recorded, which wakes the watcher). The watcher looks again at that instant."""
     starts = [gv.grant.starts_at_ms for gv in view.grants if gv.grant.starts_at_ms > now_ms]
-    return min(starts, default=None)
+    expiries = [
+        gv.grant.expires_at_ms
+        for gv in view.grants
+        if 0 < gv.held == gv.remaining and gv.grant.expires_at_ms is not None and gv.grant.expires_at_ms > now_ms
+    ]
+    return min(starts + expiries, default=None)
 
 
 async def _changed_or_started(watcher: Watcher, start_ms: int | None, clock_ms: Callable[[], int]) -> None:
-    """Returns once the watcher is woken, or once `start_ms` (a grant's start) has passed."""
+    """Returns once the watcher is woken, or once `start_ms` (a grant's start or expiry) has passed."""
     if start_ms is None:
         await watcher.changed()
         return

@@ -75,8 +75,11 @@ type BalanceServiceClient interface {
 	ReleaseReservation(ctx context.Context, in *ReleaseReservationRequest, opts ...grpc.CallOption) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
 	// the customer (usage, grants, contracts, holds: a hold, its release,
-	// settlement or expiry), and when a grant that starts later starts (its
-	// credit joins the balance then). Changes committed in quick
+	// settlement or expiry), when a grant that starts later starts (its
+	// credit joins the balance then), and when a grant on which reservations
+	// hold credit expires (its remaining is 0 from then on, also when they
+	// hold all it has left and nothing breaks until they end, which records
+	// nothing). Changes committed in quick
 	// succession may arrive as one balance, the newest; a balance equal to the
 	// previous one is not sent again. A slow reader holds no queue on the server
 	// and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
@@ -211,8 +214,11 @@ type BalanceServiceServer interface {
 	ReleaseReservation(context.Context, *ReleaseReservationRequest) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
 	// the customer (usage, grants, contracts, holds: a hold, its release,
-	// settlement or expiry), and when a grant that starts later starts (its
-	// credit joins the balance then). Changes committed in quick
+	// settlement or expiry), when a grant that starts later starts (its
+	// credit joins the balance then), and when a grant on which reservations
+	// hold credit expires (its remaining is 0 from then on, also when they
+	// hold all it has left and nothing breaks until they end, which records
+	// nothing). Changes committed in quick
 	// succession may arrive as one balance, the newest; a balance equal to the
 	// previous one is not sent again. A slow reader holds no queue on the server
 	// and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
