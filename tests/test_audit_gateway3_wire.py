@@ -76,7 +76,7 @@ def test_a_grant_expiring_while_holds_hold_all_it_has_left_is_sent_to_watchers_a
     """balance.proto GrantBalance.remaining: "0 once expired, when what holds still take from it shows in held
     alone"; WatchBalance sends the balance after every change, and README: "When a grant that starts later starts,
     the balance is sent then (its credit joins it with no record)". BLOCK; `soon` 5 credits (priority -1: burns
-    first), expiring about 3 s ahead; `late` 10. A hold of 5 takes all of `soon`: 15 remaining, 5 held, 10
+    first), expiring about 6 s ahead; `late` 10. A hold of 5 takes all of `soon`: 15 remaining, 5 held, 10
     available; soon (remaining 5, held 5, expired 0), late (10, 0, 0).
     At `soon`'s expiry nothing breaks (all it has left is held, which "becomes breakage when the hold ends"), the
     totals stay (the held 5 count in credits_remaining and credits_held) but `soon` now shows remaining 0, held 5:
@@ -84,7 +84,7 @@ def test_a_grant_expiring_while_holds_hold_all_it_has_left_is_sent_to_watchers_a
     totals 10, 0, 10. So the watcher sees exactly three balances, in this order."""
     with server.client() as client:
         customer(client, "hx", block=True)
-        expires_ms = now_ms() + 3000
+        expires_ms = now_ms() + 6000
         grant(client, "hx", "soon", "5", priority=-1, expires_at_ms=expires_ms)
         grant(client, "hx", "late", "10")
         assert unary(client, request("hx", {"n": 5}, reservation_id="all", ttl=HOUR)) == (True, "OK", "5", "10", "all")
