@@ -405,8 +405,9 @@ impl Kernel {
     /// override chosen for the bucket's usage (`chosen_override`) changes: rated on time, the units
     /// before that instant and those after it were priced by different overrides (or one and none),
     /// but the bucket does not know which are which, and priced again at its hour's start it would
-    /// take one choice for all of them. Hours before `from` are only walked for their quantity, so they are not looked at.
-    /// Changes nothing.
+    /// take one choice for all of them. Hours before `from` are only walked for their quantity, so they are not looked at,
+    /// and neither are buckets of closed periods (the period holding the hour's start, as `select_aggregates` reads
+    /// it), which a re-rating leaves alone. Changes nothing.
     fn refuse_override_split_hours(
         &self,
         customer_id: &str,
@@ -422,6 +423,7 @@ impl Kernel {
         let interner = &self.rater.interner;
         let split = (account.buckets.iter())
             .filter(|(key, usages)| (from..until).contains(&key.hour) && usages.iter().any(|u| u.rate_card == card))
+            .filter(|(key, _)| open_at(route, key.hour * HOUR_MS))
             .filter_map(|(key, _)| Some((key, self.override_split(route, key)?)));
         let Some((key, boundary)) = self.first_in_order(split) else { return Ok(()) };
         Err(format!(

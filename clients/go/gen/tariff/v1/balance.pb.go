@@ -243,7 +243,10 @@ type Balance struct {
 	AsOfSeq uint64 `protobuf:"varint,8,opt,name=as_of_seq,json=asOfSeq,proto3" json:"as_of_seq,omitempty"`
 	// The rate card's pricing unit ("credits", "USD", ...).
 	PricingUnit string `protobuf:"bytes,9,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
-	// overage_amount priced at the contract's overage_price, in its currency.
+	// overage_amount priced at the contract's overage_price, in its currency,
+	// exact: not rounded to the currency's minor unit as an invoice's amounts
+	// due are ("2.5" JPY here is overage_due "2" on PreviewInvoice, which
+	// rounds the same figure half-even once).
 	OverageDue    string                 `protobuf:"bytes,10,opt,name=overage_due,json=overageDue,proto3" json:"overage_due,omitempty"`
 	PeriodStart   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
 	PeriodEnd     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`

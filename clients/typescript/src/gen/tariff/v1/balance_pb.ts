@@ -201,7 +201,10 @@ export type Balance = Message<"tariff.v1.Balance"> & {
   pricingUnit: string;
 
   /**
-   * overage_amount priced at the contract's overage_price, in its currency.
+   * overage_amount priced at the contract's overage_price, in its currency,
+   * exact: not rounded to the currency's minor unit as an invoice's amounts
+   * due are ("2.5" JPY here is overage_due "2" on PreviewInvoice, which
+   * rounds the same figure half-even once).
    *
    * @generated from field: string overage_due = 10;
    */

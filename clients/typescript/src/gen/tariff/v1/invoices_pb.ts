@@ -918,8 +918,11 @@ export const GetRevenueReportRequestSchema: GenMessage<GetRevenueReportRequest> 
  * which keeps its monthly end and so overlaps the next contract's first period: its deferred leaves that
  * period's draws out (they are the next line's), so each line's deferred is the previous line's + sold
  * - recognized_credits - breakage, and equals the paid value of the balances the period's invoice shows
- * (InvoiceGrantBalance.remaining; while the period runs, its draft already shows the expiries and
- * rollovers due by its end, which the line counts once the server's clock has recorded them; a grant
+ * (InvoiceGrantBalance.remaining; but credits a grant rolled over at the period's end stay deferred, where
+ * the invoice counts them as drawn, its ROLLOVER grant listed from the next period on; credit an open
+ * reservation still holds on a grant expired by the period's end stays deferred until the hold ends,
+ * where the invoice shows it expired (README "Deferred"); while the period runs, its draft already
+ * shows the expiries and rollovers due by its end, which the line counts once the server's clock has recorded them; a grant
  * expiring after a switch, before the old contract's last period ends, breaks on the new contract's
  * line, though the old period's invoice already lists it as expired; a final invoice keeps the balances
  * it was closed with, so once late usage of an earlier period, still open when it closed, draws credits,
