@@ -272,9 +272,11 @@ type InvoiceLine struct {
 	// contract's last period keeps its monthly end: the hours past the switch
 	// are the new contract's), oldest first (journal order, then hour): one per bucket each
 	// retroactive publish or rollback changed. They explain the line, they do
-	// not add to it: amount and prices already hold the re-rated buckets, and
-	// each bucket's latest new_amount is its amount now. Empty when no bucket
-	// of the line was re-rated.
+	// not add to it: amount and prices already hold the re-rated buckets. Each
+	// bucket's latest new_amount is its amount as of that re-rating: usage
+	// rated into the bucket since adds its own charges to it (and shows on the
+	// line's ExplainLineItem pages as events). Empty when no bucket of the line
+	// was re-rated.
 	Adjustments   []*LineAdjustment `protobuf:"bytes,11,rep,name=adjustments,proto3" json:"adjustments,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
