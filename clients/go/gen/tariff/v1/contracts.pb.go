@@ -1290,7 +1290,9 @@ type GrantCreditsRequest struct {
 	// is ALREADY_EXISTS, as any grant id taken. Such an id is not reserved: a
 	// grant may take it before the server makes its grant, which then gets the
 	// id with a '+' added (as many as needed), so that no two grants of a
-	// customer share an id.
+	// customer share an id. The ids GrantCredits gives are server-wide; those
+	// the server makes are each customer's own (two customers' first top-ups
+	// of a period share an id), so one another customer's grant holds is free.
 	Grant *Grant `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
 	// Idempotency key, used as the grant's id when grant.id is empty.
 	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`

@@ -723,7 +723,9 @@ export type GrantCreditsRequest = Message<"tariff.v1.GrantCreditsRequest"> & {
    * is ALREADY_EXISTS, as any grant id taken. Such an id is not reserved: a
    * grant may take it before the server makes its grant, which then gets the
    * id with a '+' added (as many as needed), so that no two grants of a
-   * customer share an id.
+   * customer share an id. The ids GrantCredits gives are server-wide; those
+   * the server makes are each customer's own (two customers' first top-ups
+   * of a period share an id), so one another customer's grant holds is free.
    *
    * @generated from field: tariff.v1.Grant grant = 1;
    */

@@ -1,0 +1,66 @@
+"""An acceptance audit of automatic top-ups over the wire against a real server, in combination with other
+customers' grants (README "Automatic top-up" and "API keys": which grant ids are server-wide, which are a
+customer's own; contracts.proto GrantCreditsRequest). Fixtures as tests/test_audit_topups_wire.py's: one product
+at 1 credit a unit."""
+
+from __future__ import annotations
+
+import grpc
+from tariff.v1 import alerts_pb2, contracts_pb2
+
+from tests.audit_fixtures import preview, refusal
+from tests.serverproc import ServerFactory
+from tests.test_audit_topups_wire import (
+    catalogue,
+    customer,
+    grants_of,
+    month_start_ms,
+    policy,
+    set_policy,
+    top_ups_of,
+    use,
+    watch,
+)
+
+
+def test_server_made_grant_ids_are_each_customers_own_while_granted_ids_are_server_wide(
+    server_factory: ServerFactory,
+) -> None:
+    """Customers a and b, 10 credits each, below 5 back to 10 at 0.5: 6 used each buys 6, and both top-ups are
+    `top-up-<period start>-1`, each customer's own (GetBalance, invoice 3.00 each, one TOP_UP_EXECUTED per
+    customer for a rule watching all, naming the same grant id). c may grant under that id (not c's yet): 1
+    credit; c's own top-up (8 used: 2 + 1 left, bought back to 10) then gets the id with a '+' (7 credits). A
+    GrantCredits id is server-wide: a granting c's `c-g` is ALREADY_EXISTS naming only the id."""
+    server = server_factory()
+    cur = month_start_ms()
+    made = f"top-up-{cur}-1"
+    with server.client() as client:
+        catalogue(client)
+        rule = client.alerts.CreateAlert(alerts_pb2.CreateAlertRequest(all=True, type=alerts_pb2.TOP_UP_EXECUTED))
+        contracts = {c: customer(client, c, credits="10", paid="10") for c in ("a", "b", "c")}
+        for c in ("a", "b"):
+            set_policy(client, contracts[c], policy("5", "10", "0.5", 2))
+            use(client, c, f"{c}1", 6)
+        for c in ("a", "b"):
+            assert grants_of(client, c) == {f"{c}-g": ("10", "6", "4", "0"), made: ("6", "0", "6", "0")}
+            assert preview(client, c, cur).top_up_purchases == "3.00"
+        alerts = watch(client, 2)
+        assert [(a.rule_id, a.customer_id, a.details["grant_id"], a.details["credits"]) for a in alerts] == [
+            (rule.id, "a", made, "6"),
+            (rule.id, "b", made, "6"),
+        ]
+        taken = contracts_pb2.Grant(
+            id=made, contract_id=contracts["c"], kind=contracts_pb2.PREPAID, amount="1", paid_amount="1"
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=taken))
+        set_policy(client, contracts["c"], policy("5", "10", "0.5", 2))
+        use(client, "c", "c1", 8)
+        assert top_ups_of(client, "c") == {f"{made}+": "7"}
+        assert grants_of(client, "c")[made] == ("1", "0", "1", "0")
+        assert preview(client, "c", cur).top_up_purchases == "3.50"
+        clash = contracts_pb2.Grant(
+            id="c-g", contract_id=contracts["a"], kind=contracts_pb2.PREPAID, amount="1", paid_amount="1"
+        )
+        code, details = refusal(lambda: client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=clash)))
+        assert code == grpc.StatusCode.ALREADY_EXISTS and "c-g" in details and "'c'" not in details, details
+        assert set(grants_of(client, "a")) == {"a-g", made}
