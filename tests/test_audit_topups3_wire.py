@@ -5,6 +5,8 @@ at 1 credit a unit."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import grpc
 from tariff.v1 import alerts_pb2, contracts_pb2
 
@@ -64,3 +66,28 @@ def test_server_made_grant_ids_are_each_customers_own_while_granted_ids_are_serv
         code, details = refusal(lambda: client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=clash)))
         assert code == grpc.StatusCode.ALREADY_EXISTS and "c-g" in details and "'c'" not in details, details
         assert set(grants_of(client, "a")) == {"a-g", made}
+
+
+def test_a_policy_whose_one_purchase_could_cost_more_than_2_pow_127_e_minus_30_is_refused_naming_recharge_to(
+    server_factory: ServerFactory,
+) -> None:
+    """The cost of a purchase is kept exact at 10^-30 in 128 bits, so recharge_to x price_per_credit (what one
+    purchase can cost at most) must not exceed (2^127 - 1) x 10^-30 = 170141183.460469231731687303715884105727,
+    though each is a valid decimal (below 10^18): 200,000 credits at 1,500 KRW, and 170141183.460469231732 credits
+    at 1, are INVALID_ARGUMENT naming top_up.recharge_to, nothing changed; 170141183.460469231731 at 1 is the
+    policy, and a purchase of all of it (1 credit, 1 used: 0 left, below 1) costs 170141183.460469231731, due
+    170141183 KRW (no minor unit, half-even)."""
+    server = server_factory()
+    cur = month_start_ms()
+    with server.client() as client:
+        catalogue(client)
+        contract_id = customer(client, "w", credits="1", paid="1", currency="KRW")
+        for recharge_to, price in (("200000", "1500"), ("170141183.460469231732", "1")):
+            over = policy("1", recharge_to, price, 1)
+            code, details = refusal(partial(set_policy, client, contract_id, over))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("top_up.recharge_to"), details
+            assert not client.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id)).HasField("top_up")
+        set_policy(client, contract_id, policy("1", "170141183.460469231731", "1", 1))
+        use(client, "w", "w1", 1)
+        assert top_ups_of(client, "w") == {f"top-up-{cur}-1": "170141183.460469231731"}
+        assert preview(client, "w", cur).top_up_purchases == "170141183"

@@ -699,7 +699,10 @@ type TopUpPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Decimal strings in the pricing unit (threshold, recharge_to: at most 12
 	// decimal places) / the contract's currency (price_per_credit: at most 18);
-	// more is INVALID_ARGUMENT naming the field, never rounded.
+	// more is INVALID_ARGUMENT naming the field, never rounded. recharge_to x
+	// price_per_credit (what one purchase can cost at most, kept exact at
+	// 10^-30 in 128 bits) above (2^127 - 1) x 10^-30 (about 170 million in the
+	// currency) is INVALID_ARGUMENT naming top_up.recharge_to.
 	Threshold      string `protobuf:"bytes,1,opt,name=threshold,proto3" json:"threshold,omitempty"`
 	RechargeTo     string `protobuf:"bytes,2,opt,name=recharge_to,json=rechargeTo,proto3" json:"recharge_to,omitempty"`
 	PricePerCredit string `protobuf:"bytes,3,opt,name=price_per_credit,json=pricePerCredit,proto3" json:"price_per_credit,omitempty"`

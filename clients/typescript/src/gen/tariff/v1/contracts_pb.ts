@@ -375,7 +375,10 @@ export type TopUpPolicy = Message<"tariff.v1.TopUpPolicy"> & {
   /**
    * Decimal strings in the pricing unit (threshold, recharge_to: at most 12
    * decimal places) / the contract's currency (price_per_credit: at most 18);
-   * more is INVALID_ARGUMENT naming the field, never rounded.
+   * more is INVALID_ARGUMENT naming the field, never rounded. recharge_to x
+   * price_per_credit (what one purchase can cost at most, kept exact at
+   * 10^-30 in 128 bits) above (2^127 - 1) x 10^-30 (about 170 million in the
+   * currency) is INVALID_ARGUMENT naming top_up.recharge_to.
    *
    * @generated from field: string threshold = 1;
    */
