@@ -8,11 +8,14 @@ from __future__ import annotations
 from functools import partial
 
 import grpc
+from tariff import now_ms
 from tariff.v1 import alerts_pb2, contracts_pb2
 
+from server.convert import timestamp as stamp
 from tests.audit_fixtures import preview, refusal
 from tests.serverproc import ServerFactory
 from tests.test_audit_topups_wire import (
+    DAY_MS,
     catalogue,
     customer,
     grants_of,
@@ -91,3 +94,41 @@ def test_a_policy_whose_one_purchase_could_cost_more_than_2_pow_127_e_minus_30_i
         use(client, "w", "w1", 1)
         assert top_ups_of(client, "w") == {f"top-up-{cur}-1": "170141183.460469231731"}
         assert preview(client, "w", cur).top_up_purchases == "170141183"
+
+
+def test_the_one_policy_of_a_customer_is_priced_in_the_currency_of_the_contract_billing_each_purchase(
+    server_factory: ServerFactory,
+) -> None:
+    """k1 (USD) from two months back until two days into the previous month, then k2 (JPY). The policy, set through
+    k1 (below 5 back to 10 at 0.9), is the customer's: k2 shows it too. 10 credits; 6 used on the previous month's
+    first day (k1's last period) buys 6 there: 6 x 0.9 = 5.40 USD on k1's invoice; 6 used now (4 from the grant, 2
+    from that top-up: 4 left) buys 6 in k2's period: 6 x 0.9 = 5.4, due 5 JPY (no minor unit, half-even) on k2's."""
+    server = server_factory()
+    first, prev = month_start_ms(2), month_start_ms(1)
+    switch = prev + 2 * DAY_MS
+    with server.client() as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="x", name="x"))
+        for contract_id, start, end, currency in (("k1", first, switch, "USD"), ("k2", switch, None, "JPY")):
+            request = contracts_pb2.CreateContractRequest(
+                id=contract_id, customer_id="x", rate_card_id="card", starting_at=stamp(start), currency=currency
+            )
+            if end is not None:
+                request.ending_before.CopyFrom(stamp(end))
+            client.contracts.CreateContract(request)
+        grant = contracts_pb2.Grant(
+            id="x-g", contract_id="k1", kind=contracts_pb2.PREPAID, amount="10", paid_amount="10"
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        top_up = policy("5", "10", "0.9", 2)
+        set_policy(client, "k1", top_up)
+        assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k2")).top_up == top_up
+        use(client, "x", "x1", 6, prev + DAY_MS)
+        use(client, "x", "x2", 6)
+        now = now_ms()
+        current = preview(client, "x", now)
+        assert len(top_ups_of(client, "x")) == 2
+        assert top_ups_of(client, "x")[f"top-up-{current.period_start.ToMilliseconds()}-1"] == "6"
+        previous = preview(client, "x", prev)
+        assert (previous.contract_id, previous.currency, previous.top_up_purchases) == ("k1", "USD", "5.40")
+        assert (current.contract_id, current.currency, current.top_up_purchases) == ("k2", "JPY", "5")

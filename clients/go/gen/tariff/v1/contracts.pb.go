@@ -697,8 +697,11 @@ func (*PriceOverride_Price) isPriceOverride_Adjustment() {}
 // there.
 type TopUpPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// The customer's one policy (every contract of the customer shows it).
 	// Decimal strings in the pricing unit (threshold, recharge_to: at most 12
-	// decimal places) / the contract's currency (price_per_credit: at most 18);
+	// decimal places) / the currency (price_per_credit: at most 18) of the
+	// contract whose billing period a purchase counts in, whichever contract
+	// the policy was set through;
 	// more is INVALID_ARGUMENT naming the field, never rounded. recharge_to x
 	// price_per_credit (what one purchase can cost at most, kept exact at
 	// 10^-30 in 128 bits) above (2^127 - 1) x 10^-30 (about 170 million in the
