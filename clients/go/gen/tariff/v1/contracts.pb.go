@@ -697,9 +697,15 @@ func (*PriceOverride_Price) isPriceOverride_Adjustment() {}
 // there.
 type TopUpPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// The customer's one policy (every contract of the customer shows it).
 	// Decimal strings in the pricing unit (threshold, recharge_to: at most 12
-	// decimal places) / the contract's currency (price_per_credit: at most 18);
-	// more is INVALID_ARGUMENT naming the field, never rounded.
+	// decimal places) / the currency (price_per_credit: at most 18) of the
+	// contract whose billing period a purchase counts in, whichever contract
+	// the policy was set through;
+	// more is INVALID_ARGUMENT naming the field, never rounded. recharge_to x
+	// price_per_credit (what one purchase can cost at most, kept exact at
+	// 10^-30 in 128 bits) above (2^127 - 1) x 10^-30 (about 170 million in the
+	// currency) is INVALID_ARGUMENT naming top_up.recharge_to.
 	Threshold      string `protobuf:"bytes,1,opt,name=threshold,proto3" json:"threshold,omitempty"`
 	RechargeTo     string `protobuf:"bytes,2,opt,name=recharge_to,json=rechargeTo,proto3" json:"recharge_to,omitempty"`
 	PricePerCredit string `protobuf:"bytes,3,opt,name=price_per_credit,json=pricePerCredit,proto3" json:"price_per_credit,omitempty"`
@@ -1290,7 +1296,9 @@ type GrantCreditsRequest struct {
 	// is ALREADY_EXISTS, as any grant id taken. Such an id is not reserved: a
 	// grant may take it before the server makes its grant, which then gets the
 	// id with a '+' added (as many as needed), so that no two grants of a
-	// customer share an id.
+	// customer share an id. The ids GrantCredits gives are server-wide; those
+	// the server makes are each customer's own (two customers' first top-ups
+	// of a period share an id), so one another customer's grant holds is free.
 	Grant *Grant `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
 	// Idempotency key, used as the grant's id when grant.id is empty.
 	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`

@@ -373,9 +373,15 @@ export const PriceOverrideSchema: GenMessage<PriceOverride> = /*@__PURE__*/
  */
 export type TopUpPolicy = Message<"tariff.v1.TopUpPolicy"> & {
   /**
+   * The customer's one policy (every contract of the customer shows it).
    * Decimal strings in the pricing unit (threshold, recharge_to: at most 12
-   * decimal places) / the contract's currency (price_per_credit: at most 18);
-   * more is INVALID_ARGUMENT naming the field, never rounded.
+   * decimal places) / the currency (price_per_credit: at most 18) of the
+   * contract whose billing period a purchase counts in, whichever contract
+   * the policy was set through;
+   * more is INVALID_ARGUMENT naming the field, never rounded. recharge_to x
+   * price_per_credit (what one purchase can cost at most, kept exact at
+   * 10^-30 in 128 bits) above (2^127 - 1) x 10^-30 (about 170 million in the
+   * currency) is INVALID_ARGUMENT naming top_up.recharge_to.
    *
    * @generated from field: string threshold = 1;
    */
@@ -723,7 +729,9 @@ export type GrantCreditsRequest = Message<"tariff.v1.GrantCreditsRequest"> & {
    * is ALREADY_EXISTS, as any grant id taken. Such an id is not reserved: a
    * grant may take it before the server makes its grant, which then gets the
    * id with a '+' added (as many as needed), so that no two grants of a
-   * customer share an id.
+   * customer share an id. The ids GrantCredits gives are server-wide; those
+   * the server makes are each customer's own (two customers' first top-ups
+   * of a period share an id), so one another customer's grant holds is free.
    *
    * @generated from field: tariff.v1.Grant grant = 1;
    */
