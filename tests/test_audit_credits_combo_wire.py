@@ -64,14 +64,15 @@ def start(server_factory: ServerFactory, name: str, *extra: str) -> ServerProces
     return server
 
 
-def customer(client: TariffClient, customer_id: str) -> None:
+def customer(client: TariffClient, customer_id: str, starting_ms: int | None = None) -> None:
+    """The customer, on an ALLOW contract (overage 0.5 USD) from `starting_ms` (by default the previous month's start)."""
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
     client.contracts.CreateContract(
         contracts_pb2.CreateContractRequest(
             id=f"{customer_id}-c",
             customer_id=customer_id,
             rate_card_id=CARD,
-            starting_at=stamp(month_start_ms(1)),
+            starting_at=stamp(month_start_ms(1) if starting_ms is None else starting_ms),
             overage_policy=contracts_pb2.ALLOW,
             overage_price="0.5",
             currency="USD",
@@ -446,18 +447,7 @@ def test_holds_a_rollover_and_top_ups_across_a_live_period_end_agree_on_balance_
     with server.client() as client:
         end_ms = now_ms() + 8_000
         p1 = month_before(end_ms)
-        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=c, name=c))
-        client.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id=f"{c}-c",
-                customer_id=c,
-                rate_card_id=CARD,
-                starting_at=stamp(p1),
-                overage_policy=contracts_pb2.ALLOW,
-                overage_price="0.5",
-                currency="USD",
-            )
-        )
+        customer(client, c, starting_ms=p1)
         policy = contracts_pb2.TopUpPolicy(threshold="3", recharge_to="10", price_per_credit="0.25", max_per_period=1)
         client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=f"{c}-c", top_up=policy))
         grant(client, c, "gR", "10", "5", 0, rollover_fraction="0.5")
@@ -575,18 +565,7 @@ def test_credit_held_on_an_expired_grant_when_its_period_closes_stays_deferred_u
         end_ms = now_ms() + 8_000
         expiry_ms = end_ms - 4_000
         p1 = month_before(end_ms)
-        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=c, name=c))
-        client.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id=f"{c}-c",
-                customer_id=c,
-                rate_card_id=CARD,
-                starting_at=stamp(p1),
-                overage_policy=contracts_pb2.ALLOW,
-                overage_price="0.5",
-                currency="USD",
-            )
-        )
+        customer(client, c, starting_ms=p1)
         grant(client, c, "gA", "10", "5", 1, expires_at_ms=expiry_ms)
         grant(client, c, "gB", "10", "10", 2)
         use(client, job(f"{c}-e1", c, 4, 0, now_ms()))

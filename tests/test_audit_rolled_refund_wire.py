@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 from tariff import now_ms
-from tariff.v1 import contracts_pb2, invoices_pb2
+from tariff.v1 import invoices_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerFactory, wait_for
 from tests.test_audit_credits_combo_wire import (
-    CARD,
     balances,
+    customer,
     gauge,
     grant,
     grants,
@@ -49,18 +49,7 @@ def test_credit_a_late_refund_gives_back_to_a_grant_that_rolled_over_breaks_with
     with server.client() as client:
         end_ms = now_ms() + 5_000
         p1 = month_before(end_ms)
-        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=c, name=c))
-        client.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id=f"{c}-c",
-                customer_id=c,
-                rate_card_id=CARD,
-                starting_at=stamp(p1),
-                overage_policy=contracts_pb2.ALLOW,
-                overage_price="0.5",
-                currency="USD",
-            )
-        )
+        customer(client, c, starting_ms=p1)
         grant(client, c, "gR", "10", "5", 1, rollover_fraction="0.5")
         grant(client, c, "gB", "10", "10", 2)
         use(client, gauge(f"{c}-g1", c, 6, now_ms()))
