@@ -1,0 +1,128 @@
+"""A fourth acceptance audit of the usage path over the wire (usage.proto RejectReason, docs/architecture.md §5
+steps 5 and 6), past tests/test_audit_usage_wire.py, tests/test_audit_usage2_wire.py and
+tests/test_audit_usage3_wire.py: which reason an event gets when it feeds several products and more than one
+thing about it is wrong (a value one product needs is missing, another product has no rate), and that
+Authorize answers the same event alike.
+
+Catalogue (one event type `multi` feeding three products; pricing unit credits, every version from 2024-01-01):
+
+    product   aggregation  value key   card `no-peak`   card `no-count`
+    m_count   COUNT                    3 a unit         (no rate)
+    m_peak    MAX          g           (no rate)        5 a unit
+    m_sum     SUM          n           1 a unit         1 a unit
+
+An event's products are taken in product-id order (m_count, m_peak, m_sum), each its measure (the value it
+reads) and then its rate; the first of them that refuses names the event's reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from tariff import TariffClient, now_ms
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import charges, this_hour_ms, unit
+from tests.serverproc import ServerProcess
+from tests.test_audit_usage2_wire import refusal
+from tests.test_audit_usage_wire import event
+
+HOUR_MS = 3_600_000
+CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+REJECT = usage_pb2.RejectReason
+
+
+def catalogue(client: TariffClient) -> None:
+    products = [
+        pricing_pb2.Product(id="m_sum", event_type="multi", aggregation=pricing_pb2.SUM, value_key="n"),
+        pricing_pb2.Product(id="m_count", event_type="multi", aggregation=pricing_pb2.COUNT),
+        pricing_pb2.Product(id="m_peak", event_type="multi", aggregation=pricing_pb2.MAX, value_key="g"),
+    ]
+    for product in products:
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    cards = {
+        "no-peak": [unit("m_sum", "1"), unit("m_count", "3")],
+        "no-count": [unit("m_sum", "1"), unit("m_peak", "5")],
+    }
+    for card, rates in cards.items():
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
+        client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates))
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=card, version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=f"on-{card}", name=card))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id=f"k-{card}",
+                customer_id=f"on-{card}",
+                rate_card_id=card,
+                starting_at=stamp(this_hour_ms() - 5 * HOUR_MS),
+            )
+        )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("audit-ingest4") / "data")
+    process.start()
+    try:
+        with process.client() as client:
+            catalogue(client)
+        yield process
+    finally:
+        process.stop()
+        print(f"--- {process!r} (tail) ---\n{process.log_tail(40)}")
+
+
+def test_an_event_wrong_twice_over_is_refused_for_its_first_product_in_id_order_measure_before_rate(
+    server: ServerProcess,
+) -> None:
+    """Each event of one batch feeds m_count, m_peak and m_sum (in that order):
+        0  on-no-peak  {n: 2}        m_count fine; m_peak: `g` missing         INVALID_EVENT (not the missing rate)
+        1  on-no-peak  {n: 2, g: 1}  m_count fine; m_peak: no rate             NO_APPLICABLE_RATE
+        2  on-no-count {n: 2}        m_count: no rate (COUNT reads no value)   NO_APPLICABLE_RATE (before m_peak's g)
+        3  on-no-count {g: 1}        m_count: no rate                          NO_APPLICABLE_RATE (before m_sum's n)
+        4  on-no-peak  {g: 1}        m_count fine; m_peak: no rate             NO_APPLICABLE_RATE (before m_sum's n)
+    Nothing is accepted and nothing charged; Authorize of the same usage answers alike (a missing value is
+    INVALID_ARGUMENT naming it on the unary call, a missing rate the in-band NO_APPLICABLE_RATE)."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        batch = [
+            event("w0", "on-no-peak", "multi", at_ms, {"n": 2}),
+            event("w1", "on-no-peak", "multi", at_ms, {"n": 2, "g": 1}),
+            event("w2", "on-no-count", "multi", at_ms, {"n": 2}),
+            event("w3", "on-no-count", "multi", at_ms, {"g": 1}),
+            event("w4", "on-no-peak", "multi", at_ms, {"g": 1}),
+        ]
+        ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=batch))
+        no_rate = "rate card '{}' version 1 has no rate for product '{}' with {{}}"
+        assert (ack.accepted, ack.duplicates) == (0, 0)
+        assert [(r.index, r.transaction_id, r.reason, r.message) for r in ack.rejected] == [
+            (0, "w0", REJECT.INVALID_EVENT, "values['g'] is required by product 'm_peak'"),
+            (1, "w1", REJECT.NO_APPLICABLE_RATE, no_rate.format("no-peak", "m_peak")),
+            (2, "w2", REJECT.NO_APPLICABLE_RATE, no_rate.format("no-count", "m_count")),
+            (3, "w3", REJECT.NO_APPLICABLE_RATE, no_rate.format("no-count", "m_count")),
+            (4, "w4", REJECT.NO_APPLICABLE_RATE, no_rate.format("no-peak", "m_peak")),
+        ]
+        assert (charges(client, "on-no-peak"), charges(client, "on-no-count")) == ("0", "0")
+
+        def authorize(customer_id: str, values: dict[str, float]) -> balance_pb2.AuthorizeResponse:
+            request = balance_pb2.AuthorizeRequest(customer_id=customer_id, event_type="multi", values=values)
+            answer: balance_pb2.AuthorizeResponse = client.balance.Authorize(request)
+            return answer
+
+        assert refusal(lambda: authorize("on-no-peak", {"n": 2})) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "values: values['g'] is required by product 'm_peak'",
+        )
+        unpriced: list[tuple[str, dict[str, float]]] = [
+            ("on-no-peak", {"n": 2, "g": 1}),
+            ("on-no-count", {"n": 2}),
+            ("on-no-count", {"g": 1}),
+            ("on-no-peak", {"g": 1}),
+        ]
+        for customer_id, values in unpriced:
+            answer = authorize(customer_id, values)
+            assert (answer.allowed, answer.reason) == (False, "NO_APPLICABLE_RATE"), (customer_id, values)
