@@ -2,7 +2,9 @@
 steps 5 and 6), past tests/test_audit_usage_wire.py, tests/test_audit_usage2_wire.py and
 tests/test_audit_usage3_wire.py: which reason an event gets when it feeds several products and more than one
 thing about it is wrong (a value one product needs is missing, another product has no rate), and that
-Authorize answers the same event alike.
+Authorize answers the same event alike; and charges at the documented limits (a price just under 10^18 on values
+of 10^9) whose lines each fit but whose period totals would not (the defect found: the writer panicked and the
+server stopped ingesting).
 
 Catalogue (one event type `multi` feeding three products; pricing unit credits, every version from 2024-01-01):
 
@@ -126,3 +128,66 @@ def test_an_event_wrong_twice_over_is_refused_for_its_first_product_in_id_order_
         for customer_id, values in unpriced:
             answer = authorize(customer_id, values)
             assert (answer.allowed, answer.reason) == (False, "NO_APPLICABLE_RATE"), (customer_id, values)
+
+
+def test_charges_that_would_overflow_a_periods_totals_refuse_the_event_and_the_server_goes_on(
+    server: ServerProcess,
+) -> None:
+    """docs/architecture.md §6: ledger amounts are 128-bit picos "with checked arithmetic (a charge that would
+    overflow rejects the event, INVALID_EVENT)". Each line's price fits, but a period's lines add up: product
+    `big` (SUM of n, pricing dimension k) at 10^17 credits a unit, no credit. 10^9 units on line k=a charge
+    10^26 credits = 10^38 picos (under 2^127, about 1.7 x 10^38); the same on line k=b would take the period's
+    charges (and overage) to 2 x 10^38 picos, which 128 bits cannot hold: that event is refused, the one before
+    it stands, and the server goes on ingesting (it used to stop its writer: UNAVAILABLE from then on).
+    Authorize of the same usage is refused alike, before it is priced."""
+    at_ms = now_ms() - 2_000
+    with server.client() as client:
+        client.pricing.CreateProduct(
+            pricing_pb2.CreateProductRequest(
+                product=pricing_pb2.Product(
+                    id="big", event_type="b", aggregation=pricing_pb2.SUM, value_key="n", pricing_dimensions=["k"]
+                )
+            )
+        )
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="dear", pricing_unit="credits"))
+        rates = [unit("big", "100000000000000000")]
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="dear", upsert_rates=rates)
+        )
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id="dear", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="whale", name="whale"))
+        start = stamp(this_hour_ms() - 5 * HOUR_MS)
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-whale", customer_id="whale", rate_card_id="dear", starting_at=start
+            )
+        )
+
+        def ingest(*events: usage_pb2.UsageEvent) -> usage_pb2.IngestAck:
+            ack: usage_pb2.IngestAck = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=events))
+            return ack
+
+        first = ingest(event("wa", "whale", "b", at_ms, {"n": 1e9}, {"k": "a"}))
+        assert (first.accepted, list(first.rejected)) == (1, [])
+        assert charges(client, "whale") == "100000000000000000000000000"  # 10^9 x 10^17
+        second = ingest(
+            event("wb", "whale", "b", at_ms, {"n": 1e9}, {"k": "b"}),  # the overflowing one
+            event("wc", "whale", "b", at_ms, {"n": 1}, {"k": "c"}),  # 10^17 more: fits
+        )
+        assert (second.accepted, second.duplicates) == (1, 0)
+        assert [(r.index, r.transaction_id, r.reason, r.message) for r in second.rejected] == [
+            (0, "wb", REJECT.INVALID_EVENT, "the charge for product 'big' is out of range")
+        ]
+        balance = client.get_balance("whale")
+        assert (balance.period_charges, balance.overage_amount) == ("100000000100000000000000000",) * 2
+        request = balance_pb2.AuthorizeRequest(
+            customer_id="whale", event_type="b", dimensions={"k": "b"}, values={"n": 1e9}
+        )
+        code, message = refusal(lambda: client.balance.Authorize(request))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "the charge for product 'big' is out of range" in message
+        # The writer goes on: the refused event, made smaller, is accepted under its id.
+        third = ingest(event("wb", "whale", "b", at_ms, {"n": 2}, {"k": "b"}))
+        assert (third.accepted, list(third.rejected)) == (1, [])
+        assert charges(client, "whale") == "100000000300000000000000000"
