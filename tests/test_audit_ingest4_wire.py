@@ -3,8 +3,8 @@ steps 5 and 6), past tests/test_audit_usage_wire.py, tests/test_audit_usage2_wir
 tests/test_audit_usage3_wire.py: which reason an event gets when it feeds several products and more than one
 thing about it is wrong (a value one product needs is missing, another product has no rate), and that
 Authorize answers the same event alike; and charges at the documented limits (a price just under 10^18 on values
-of 10^9) whose lines each fit but whose period totals would not (the defect found: the writer panicked and the
-server stopped ingesting).
+of 10^9) whose lines each fit but whose period totals would not, on ingestion and on a re-rating publish (the
+defects found: each panicked the writer and the server stopped).
 
 Catalogue (one event type `multi` feeding three products; pricing unit credits, every version from 2024-01-01):
 
@@ -12,6 +12,8 @@ Catalogue (one event type `multi` feeding three products; pricing unit credits, 
     m_count   COUNT                    3 a unit         (no rate)
     m_peak    MAX          g           (no rate)        5 a unit
     m_sum     SUM          n           1 a unit         1 a unit
+
+and `big` (event type `b`, SUM of n, pricing dimension k), priced by the overflow tests' own rate cards.
 
 An event's products are taken in product-id order (m_count, m_peak, m_sum), each its measure (the value it
 reads) and then its rate; the first of them that refuses names the event's reason."""
@@ -41,6 +43,9 @@ def catalogue(client: TariffClient) -> None:
         pricing_pb2.Product(id="m_sum", event_type="multi", aggregation=pricing_pb2.SUM, value_key="n"),
         pricing_pb2.Product(id="m_count", event_type="multi", aggregation=pricing_pb2.COUNT),
         pricing_pb2.Product(id="m_peak", event_type="multi", aggregation=pricing_pb2.MAX, value_key="g"),
+        pricing_pb2.Product(
+            id="big", event_type="b", aggregation=pricing_pb2.SUM, value_key="n", pricing_dimensions=["k"]
+        ),
     ]
     for product in products:
         client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
@@ -142,13 +147,6 @@ def test_charges_that_would_overflow_a_periods_totals_refuse_the_event_and_the_s
     Authorize of the same usage is refused alike, before it is priced."""
     at_ms = now_ms() - 2_000
     with server.client() as client:
-        client.pricing.CreateProduct(
-            pricing_pb2.CreateProductRequest(
-                product=pricing_pb2.Product(
-                    id="big", event_type="b", aggregation=pricing_pb2.SUM, value_key="n", pricing_dimensions=["k"]
-                )
-            )
-        )
         client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="dear", pricing_unit="credits"))
         rates = [unit("big", "100000000000000000")]
         client.pricing.CreateDraftVersion(
@@ -191,3 +189,54 @@ def test_charges_that_would_overflow_a_periods_totals_refuse_the_event_and_the_s
         third = ingest(event("wb", "whale", "b", at_ms, {"n": 2}, {"k": "b"}))
         assert (third.accepted, list(third.rejected)) == (1, [])
         assert charges(client, "whale") == "100000000300000000000000000"
+
+
+def test_a_publish_re_rating_past_what_a_periods_totals_hold_is_refused_and_changes_nothing(
+    server: ServerProcess,
+) -> None:
+    """The same limit on a re-rating (README "Changing prices safely": a version effective before usage already
+    rated re-rates it; one whose usage cannot be priced again is refused, changing nothing). Rate card `dear2`
+    prices `big` at 10^17 a unit; customer `whale2` has 10^9 units on line k=a (10^38 picos) and 5 x 10^8 on
+    k=b: 1.5 x 10^26 credits. Version 2 at 1.5 x 10^17 from the contract's start would re-rate them to 1.5 x
+    10^38 + 0.75 x 10^38 picos, past 2^127: each line fits, their period does not. The publish is refused
+    (it used to stop the writer), version 2 stays a draft, the charges stay, and ingestion goes on."""
+    at_ms = now_ms() - 2_000
+    start_ms = this_hour_ms() - 5 * HOUR_MS
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="dear2", pricing_unit="credits"))
+        first = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="dear2", upsert_rates=[unit("big", "100000000000000000")]
+        )
+        client.pricing.CreateDraftVersion(first)
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id="dear2", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="whale2", name="whale2"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-whale2", customer_id="whale2", rate_card_id="dear2", starting_at=stamp(start_ms)
+            )
+        )
+        batch = [
+            event("va", "whale2", "b", at_ms, {"n": 1e9}, {"k": "a"}),
+            event("vb", "whale2", "b", at_ms, {"n": 5e8}, {"k": "b"}),
+        ]
+        ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=batch))
+        assert (ack.accepted, list(ack.rejected)) == (2, [])
+        assert charges(client, "whale2") == "150000000000000000000000000"
+        second = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="dear2", based_on_version=1, upsert_rates=[unit("big", "150000000000000000")]
+        )
+        client.pricing.CreateDraftVersion(second)
+        publish = pricing_pb2.PublishVersionRequest(rate_card_id="dear2", version=2, effective_from=stamp(start_ms))
+        code, message = refusal(lambda: client.pricing.PublishVersion(publish))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, message)
+        assert 'the charge for product "big" is out of range' in message, message
+        version = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id="dear2", version=2))
+        assert not version.HasField("effective_from")
+        assert charges(client, "whale2") == "150000000000000000000000000"
+        more = client.usage.IngestUsageBatch(
+            usage_pb2.UsageBatch(events=[event("vc", "whale2", "b", at_ms, {"n": 1}, {"k": "c"})])
+        )
+        assert (more.accepted, list(more.rejected)) == (1, [])
+        assert charges(client, "whale2") == "150000000100000000000000000"
