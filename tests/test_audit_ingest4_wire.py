@@ -198,7 +198,7 @@ def test_a_publish_re_rating_past_what_a_periods_totals_hold_is_refused_and_chan
     rated re-rates it; one whose usage cannot be priced again is refused, changing nothing). Rate card `dear2`
     prices `big` at 10^17 a unit; customer `whale2` has 10^9 units on line k=a (10^38 picos) and 5 x 10^8 on
     k=b: 1.5 x 10^26 credits. Version 2 at 1.5 x 10^17 from the contract's start would re-rate them to 1.5 x
-    10^38 + 0.75 x 10^38 picos, past 2^127: each line fits, their period does not. The publish is refused
+    10^38 + 0.75 x 10^38 picos, past 2^127: each line fits, their period does not. SimulateVersion says so and the publish is refused
     (it used to stop the writer), version 2 stays a draft, the charges stay, and ingestion goes on."""
     at_ms = now_ms() - 2_000
     start_ms = this_hour_ms() - 5 * HOUR_MS
@@ -228,6 +228,12 @@ def test_a_publish_re_rating_past_what_a_periods_totals_hold_is_refused_and_chan
             rate_card_id="dear2", based_on_version=1, upsert_rates=[unit("big", "150000000000000000")]
         )
         client.pricing.CreateDraftVersion(second)
+        simulate = pricing_pb2.SimulateVersionRequest(
+            rate_card_id="dear2", version=2, period_start=stamp(start_ms), period_end=stamp(now_ms())
+        )
+        code, message = refusal(lambda: client.pricing.SimulateVersion(simulate))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, message)
+        assert 'the charge for product "big" is out of range' in message, message
         publish = pricing_pb2.PublishVersionRequest(rate_card_id="dear2", version=2, effective_from=stamp(start_ms))
         code, message = refusal(lambda: client.pricing.PublishVersion(publish))
         assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, message)
