@@ -698,7 +698,28 @@ impl Rater {
         for index in feeding {
             plans.push(self.plan_product(account, event, contract, version, period_start_ms, index, keyed)?);
         }
+        self.period_totals_hold(account, period_start_ms, plans)?;
         Ok(EventPlan { period_start_ms, period, block: contract.block })
+    }
+
+    /// Refuses the event (INVALID_EVENT, naming the product) when its charges would overflow the
+    /// period's totals: the charges, and the overage, which grows by at most a charge's positive part.
+    /// Each line's price fits (`plan_product`), but the lines of one period add up.
+    fn period_totals_hold(&self, account: &Account, period_start_ms: i64, plans: &[Plan]) -> Result<(), Refusal> {
+        let totals = account.periods.get(period_start_ms).unwrap_or_default();
+        let (mut charges, mut overage) = (totals.charges, totals.overage);
+        for p in plans {
+            let next = charges.checked_add(p.charge).zip(overage.checked_add(p.charge.max(0)));
+            let Some((c, o)) = next else {
+                let product = &self.catalog.products[p.product].id_text;
+                return Err(Refusal::new(
+                    Reason::InvalidEvent,
+                    format!("the charge for product {} is out of range", py_repr(product)),
+                ));
+            };
+            (charges, overage) = (c, o);
+        }
+        Ok(())
     }
 
     /// The event's dimension symbols under a product's pricing dimensions, and the key of the

@@ -506,6 +506,7 @@ impl Kernel {
             let buckets = self.walk(account, key, run, (from, until), pricing)?;
             aggregates.push(AggregateRepriced { key, buckets });
         }
+        self.period_totals_hold(account, &aggregates)?;
         aggregates.sort_by(|a, b| {
             (a.key.period_start_ms, a.key.product, combos.tuple(a.key.combo)).cmp(&(
                 b.key.period_start_ms,
@@ -514,6 +515,41 @@ impl Kernel {
             ))
         });
         Ok((aggregates, closed))
+    }
+
+    /// Err when the re-priced amounts would overflow a period's totals: its charges move by the
+    /// selected buckets' differences (with what earlier hours may carry into them), its overage by at
+    /// most their rises. Each line's price fits (`walk`), but the lines of one period add up.
+    fn period_totals_hold(&self, account: &Account, aggregates: &[AggregateRepriced]) -> Result<(), String> {
+        let mut totals: Vec<(i64, Picos, Picos)> = Vec::new();
+        for aggregate in aggregates {
+            let start = aggregate.key.period_start_ms;
+            let at = match totals.iter().position(|(s, _, _)| *s == start) {
+                Some(at) => at,
+                None => {
+                    let now = account.periods.get(start).unwrap_or_default();
+                    totals.push((start, now.charges, now.overage));
+                    totals.len() - 1
+                }
+            };
+            let product = self.rater.interner.text(aggregate.key.product);
+            let out_of_range = || format!("the charge for product {product:?} is out of range");
+            // The hours before the first selected one move nothing themselves, but what they price at
+            // more than they were charged may be carried into it (`earlier_hours_shortfall`).
+            let mut carried: Picos = 0;
+            for b in &aggregate.buckets {
+                let (_, charges, overage) = &mut totals[at];
+                let change = b.new_amount.checked_sub(b.old_amount).ok_or_else(out_of_range)?;
+                if !b.selected {
+                    carried = carried.checked_add(change).ok_or_else(out_of_range)?;
+                    continue;
+                }
+                let rise = change.checked_add(std::mem::take(&mut carried).max(0)).ok_or_else(out_of_range)?;
+                *charges = charges.checked_add(rise).ok_or_else(out_of_range)?;
+                *overage = overage.checked_add(rise.max(0)).ok_or_else(out_of_range)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where each open-period aggregate holding usage of `card` in the hours [from, until) starts in
