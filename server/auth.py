@@ -631,7 +631,9 @@ def _aborting(exc: EngineError, context: Context, streaming: bool) -> Any:
 
 
 def _refusal(handler: Handler, exc: Unauthenticated | PermissionDenied) -> Handler:
-    """A handler of the same kind as `handler` that answers `exc` and reads nothing."""
+    """A handler of the same kind as `handler` that answers `exc` and reads nothing: not even the request's bytes
+    are parsed (no deserializer, so grpc hands over the raw bytes), so a caller without a key or the role is told
+    that, not what the server would make of its request (UndecodableRequests, outside, sees no bad parse)."""
     kind = ("stream_" if handler.request_streaming else "unary_") + (
         "stream" if handler.response_streaming else "unary"
     )
@@ -639,4 +641,4 @@ def _refusal(handler: Handler, exc: Unauthenticated | PermissionDenied) -> Handl
     def refuse(request: Any, context: Context) -> Any:
         return _aborting(exc, context, handler.response_streaming)
 
-    return handler._replace(**{kind: refuse})
+    return handler._replace(request_deserializer=None, **{kind: refuse})

@@ -330,7 +330,9 @@ async def _responses(result: Any) -> AsyncIterator[Any]:
 
 class UndecodableRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Answers INVALID_ARGUMENT for request bytes that do not parse, where grpc would answer UNKNOWN (unary) or
-    the servicer INTERNAL (streams). First in the interceptor list, so it sees every call before anything else."""
+    the servicer INTERNAL (streams). First in the interceptor list, so it sees every call before anything else. A call
+    the key gate refuses (no key, an unknown one, a role not allowed) reaches it with no deserializer, so its bytes
+    are never parsed and the refusal is the answer (README "API keys")."""
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         handler = await continuation(details)
