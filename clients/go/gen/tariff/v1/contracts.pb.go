@@ -526,7 +526,9 @@ type PriceOverride struct {
 	// Keys must be among the product's pricing_dimensions, as a rate's (an
 	// override matches those only), values at most 256 bytes (as an event's):
 	// another key, or a longer value (not "*"), is INVALID_ARGUMENT naming
-	// override.match.<key>.
+	// override.match.<key>. An entry whose value is "*" is left out, as a key
+	// left out means "*", whatever its key: the override holds, and answers,
+	// its match without it ({"model": "a", "other": "*"} is {"model": "a"}).
 	Match map[string]string `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// When several overrides match an event, the most specific match wins (the
 	// most entries), and among equally specific ones the one added last.

@@ -272,7 +272,9 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
    * Keys must be among the product's pricing_dimensions, as a rate's (an
    * override matches those only), values at most 256 bytes (as an event's):
    * another key, or a longer value (not "*"), is INVALID_ARGUMENT naming
-   * override.match.<key>.
+   * override.match.<key>. An entry whose value is "*" is left out, as a key
+   * left out means "*", whatever its key: the override holds, and answers,
+   * its match without it ({"model": "a", "other": "*"} is {"model": "a"}).
    *
    * @generated from field: map<string, string> match = 3;
    */
