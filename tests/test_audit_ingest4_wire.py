@@ -28,12 +28,11 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import charges, this_hour_ms, unit
+from tests.audit_fixtures import HOUR_MS, charges, serving, this_hour_ms, unit
 from tests.serverproc import ServerProcess
 from tests.test_audit_usage2_wire import refusal
 from tests.test_audit_usage_wire import event
 
-HOUR_MS = 3_600_000
 CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 REJECT = usage_pb2.RejectReason
 
@@ -73,13 +72,9 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path_factory.mktemp("audit-ingest4") / "data")
-    process.start()
     try:
-        with process.client() as client:
-            catalogue(client)
-        yield process
+        yield from serving(process, catalogue)
     finally:
-        process.stop()
         print(f"--- {process!r} (tail) ---\n{process.log_tail(40)}")
 
 
