@@ -289,6 +289,16 @@ pub struct PeriodTotal {
     pub overage: Picos,
 }
 
+impl PeriodTotal {
+    /// The totals after a charge of `charge` (negative: a refund), checked: the charges move by it and the
+    /// overage by at most its positive part. None when either would overflow.
+    pub fn charged(self, charge: Picos) -> Option<PeriodTotal> {
+        let charges = self.charges.checked_add(charge)?;
+        let overage = self.overage.checked_add(charge.max(0))?;
+        Some(PeriodTotal { charges, overage })
+    }
+}
+
 /// An account's totals per period, by period start: a short sorted list (one entry inline), so
 /// an event reaches its period's totals in one place (two maps put each total on the heap).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -706,18 +706,16 @@ impl Rater {
     /// period's totals: the charges, and the overage, which grows by at most a charge's positive part.
     /// Each line's price fits (`plan_product`), but the lines of one period add up.
     fn period_totals_hold(&self, account: &Account, period_start_ms: i64, plans: &[Plan]) -> Result<(), Refusal> {
-        let totals = account.periods.get(period_start_ms).unwrap_or_default();
-        let (mut charges, mut overage) = (totals.charges, totals.overage);
+        let mut totals = account.periods.get(period_start_ms).unwrap_or_default();
         for p in plans {
-            let next = charges.checked_add(p.charge).zip(overage.checked_add(p.charge.max(0)));
-            let Some((c, o)) = next else {
+            let Some(next) = totals.charged(p.charge) else {
                 let product = &self.catalog.products[p.product].id_text;
                 return Err(Refusal::new(
                     Reason::InvalidEvent,
                     format!("the charge for product {} is out of range", py_repr(product)),
                 ));
             };
-            (charges, overage) = (c, o);
+            totals = next;
         }
         Ok(())
     }

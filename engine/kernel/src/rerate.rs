@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::buckets::{HourKey, HourUsage, PeriodKey, VersionUsage, HOUR_MS};
+use crate::buckets::{HourKey, HourUsage, PeriodKey, PeriodTotal, VersionUsage, HOUR_MS};
 use crate::draw::{settle_into, Charge, Outcomes};
 use crate::kernel::{Account, Kernel};
 use crate::money::{Fixed, Picos};
@@ -521,14 +521,13 @@ impl Kernel {
     /// selected buckets' differences (with what earlier hours may carry into them), its overage by at
     /// most their rises. Each line's price fits (`walk`), but the lines of one period add up.
     fn period_totals_hold(&self, account: &Account, aggregates: &[AggregateRepriced]) -> Result<(), String> {
-        let mut totals: Vec<(i64, Picos, Picos)> = Vec::new();
+        let mut totals: Vec<(i64, PeriodTotal)> = Vec::new();
         for aggregate in aggregates {
             let start = aggregate.key.period_start_ms;
-            let at = match totals.iter().position(|(s, _, _)| *s == start) {
+            let at = match totals.iter().position(|(s, _)| *s == start) {
                 Some(at) => at,
                 None => {
-                    let now = account.periods.get(start).unwrap_or_default();
-                    totals.push((start, now.charges, now.overage));
+                    totals.push((start, account.periods.get(start).unwrap_or_default()));
                     totals.len() - 1
                 }
             };
@@ -538,15 +537,13 @@ impl Kernel {
             // more than they were charged may be carried into it (`earlier_hours_shortfall`).
             let mut carried: Picos = 0;
             for b in &aggregate.buckets {
-                let (_, charges, overage) = &mut totals[at];
                 let change = b.new_amount.checked_sub(b.old_amount).ok_or_else(out_of_range)?;
                 if !b.selected {
                     carried = carried.checked_add(change).ok_or_else(out_of_range)?;
                     continue;
                 }
                 let rise = change.checked_add(std::mem::take(&mut carried).max(0)).ok_or_else(out_of_range)?;
-                *charges = charges.checked_add(rise).ok_or_else(out_of_range)?;
-                *overage = overage.checked_add(rise.max(0)).ok_or_else(out_of_range)?;
+                totals[at].1 = totals[at].1.charged(rise).ok_or_else(out_of_range)?;
             }
         }
         Ok(())
