@@ -33,7 +33,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from engine.audit import ACTOR_VIA
-from engine.control import quoted_id
+from engine.control import is_id, quoted_id
 from engine.errors import EngineError, InvalidArgument
 from server.errors import PermissionDenied, ResourceExhausted, Unauthenticated, abort
 
@@ -257,6 +257,13 @@ def _parse_entry(where: str, raw: object) -> tuple[str, Identity]:
             raise KeyFileError(
                 f"{where} ({name}): 'customers' must be a non-empty list of customer ids (omit it for all customers)"
             )
+        # As `tariff keys new --customers` refuses: a key restricted to an id no customer can have touches no one.
+        for customer_id in listed:
+            if not is_id(customer_id):
+                raise KeyFileError(
+                    f"{where} ({name}): 'customers' holds {quoted_id(customer_id)}, not a customer id "
+                    "(1-128 letters, digits and ._:@-)"
+                )
         customers = frozenset(listed)
     return digest.lower(), Identity(name, str(role), customers)
 

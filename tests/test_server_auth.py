@@ -217,8 +217,9 @@ ACTOR_RULE_WHY = (
 )
 
 
-def key_file_text(fmt: str, entries: list[dict[str, str]]) -> str:
-    """A key file of `entries` (name, sha256, role) as JSON or TOML (JSON string escapes are TOML's too)."""
+def key_file_text(fmt: str, entries: list[dict[str, str | list[str]]]) -> str:
+    """A key file of `entries` (name, sha256, role, customers) as JSON or TOML (JSON string escapes and arrays of
+    strings are TOML's too)."""
     if fmt == "json":
         return json.dumps({"keys": entries})
     return "".join("[[keys]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in e.items()) for e in entries)
@@ -247,6 +248,28 @@ def test_a_key_name_of_megabytes_is_quoted_cut_to_128_characters() -> None:
     with pytest.raises(auth.KeyFileError) as caught:
         auth.parse_keys(key_file_text("json", entries), "json", "keys-file")
     assert str(caught.value) == f"keys-file: keys[0]: 'name' '{'n' * 128}'… {ACTOR_RULE_WHY}"
+
+
+@pytest.mark.parametrize("fmt", ["json", "toml"])
+@pytest.mark.parametrize(
+    "customer_id", ["acme corp", "acme\n", "x" * 129, "café"], ids=["space", "newline", "129", "accent"]
+)
+def test_a_key_restricted_to_a_customer_id_breaking_the_id_rule_is_refused_naming_the_entry(
+    fmt: str, customer_id: str
+) -> None:
+    """README "API keys": `tariff keys new --customers` refuses an id breaking the id rule, and the server holds the
+    file to what `keys new` writes. It took `customers = ["acme corp"]`: a key restricted to a customer that can never
+    exist, so a typo gave a key that touches no one, silently. Now the server refuses the file naming the entry."""
+    entries: list[dict[str, str | list[str]]] = [
+        {"name": "ops", "sha256": "0" * 64, "role": "admin"},
+        {"name": "portal", "sha256": "1" * 64, "role": "read", "customers": ["acme", customer_id]},
+    ]
+    with pytest.raises(auth.KeyFileError) as caught:
+        auth.parse_keys(key_file_text(fmt, entries), fmt, "keys-file")
+    shown = repr(customer_id) if len(customer_id) <= 128 else f"{customer_id[:128]!r}…"
+    assert str(caught.value) == (
+        f"keys-file: keys[1] (portal): 'customers' holds {shown}, not a customer id (1-128 letters, digits and ._:@-)"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["json", "toml"])
