@@ -15,7 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -217,7 +217,7 @@ ACTOR_RULE_WHY = (
 )
 
 
-def key_file_text(fmt: str, entries: list[dict[str, str | list[str]]]) -> str:
+def key_file_text(fmt: str, entries: Sequence[Mapping[str, object]]) -> str:
     """A key file of `entries` (name, sha256, role, customers) as JSON or TOML (JSON string escapes and arrays of
     strings are TOML's too)."""
     if fmt == "json":
