@@ -311,3 +311,33 @@ def test_one_bad_request_among_holds_sinks_nothing(server: ServerProcess) -> Non
         ]
         balance = client.get_balance("mix")
         assert (balance.credits_held, balance.credits_available) == ("3.5", "6.5")
+
+
+@pytest.mark.parametrize(
+    ("ttl", "why"),
+    [
+        (Duration(seconds=0), "must be positive"),
+        (Duration(seconds=-1), "must be positive"),
+        (Duration(nanos=1), "must be a whole number of milliseconds"),
+        (Duration(seconds=3601), "must be at most 3600 s (the server's --reservation-ttl-max-s)"),
+    ],
+    ids=["zero", "negative", "sub-millisecond", "over-max"],
+)
+def test_a_bad_reservation_ttl_is_answered_in_band_by_both_streams_and_refused_by_authorize(
+    server: ServerProcess, ttl: Duration, why: str
+) -> None:
+    """balance.proto AuthorizeResponse.reason: INVALID_REQUEST is "answered in-band only on AuthorizeStream and
+    AuthorizeBatches (so one bad request does not end the stream); unary Authorize answers ... INVALID_ARGUMENT (with
+    the field)". A bad reservation_ttl (3600 s is the default --reservation-ttl-max-s) is that on all three forms:
+    INVALID_ARGUMENT naming reservation_ttl on Authorize, INVALID_REQUEST in-band on AuthorizeStream (which then
+    answers its next request) and on AuthorizeBatches, nothing held. README "TTL" named AuthorizeBatches alone."""
+    message = f"reservation_ttl: {why}"
+    with server.client() as client:
+        request = ask("idn", "m", {"a": 1}, reserve=True, reservation_ttl=ttl, reservation_id="ttl")
+        assert unary(client, request) == ("status", "INVALID_ARGUMENT", message)
+        after = ask("idn", "m", {"a": 1}, request_id="after")
+        answers = list(client.balance.AuthorizeStream(iter([request, after]), timeout=STREAM_TIMEOUT_S))
+        want: Answer = (False, "INVALID_REQUEST", "0", "0", "", message)
+        assert [answer_of(a) for a in answers] == [want, unary(client, after)]
+        assert batched(client, request, after) == want
+        assert client.get_balance("idn").credits_held == "0"
