@@ -341,3 +341,27 @@ def test_a_bad_reservation_ttl_is_answered_in_band_by_both_streams_and_refused_b
         assert [answer_of(a) for a in answers] == [want, unary(client, after)]
         assert batched(client, request, after) == want
         assert client.get_balance("idn").credits_held == "0"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"a": 1}, {"a": -1}, {"a": 1e-50}, {f"k{i}": 1 for i in range(65)}],
+    ids=["good-usage", "negative-value", "too-many-decimals", "too-many-values"],
+)
+def test_a_well_formed_unknown_customer_is_unknown_on_every_form_with_or_without_a_hold(
+    server: ServerProcess, values: dict[str, float]
+) -> None:
+    """balance.proto AuthorizeResponse.reason: a well-formed unknown customer_id is UNKNOWN_CUSTOMER in-band on the
+    streams, NOT_FOUND on unary Authorize; README: Authorize(reserve=true) "decides exactly as Authorize does". Unary
+    Authorize(reserve=true) and AuthorizeStream(reserve=true) find the customer before reading the usage, so a
+    request of `nobody` is NOT_FOUND / UNKNOWN_CUSTOMER ("customer 'nobody' does not exist", amounts "0") whatever
+    its values; the same request through AuthorizeBatches, and every form without reserve, must answer alike."""
+    unknown = "customer 'nobody' does not exist"
+    with server.client() as client:
+        neighbour = ask("idn", "m", {"a": 1}, request_id="n")
+        for reserve in (True, False):
+            request = ask("nobody", "m", values, reserve=reserve)
+            assert unary(client, request) == ("status", "NOT_FOUND", unknown), reserve
+            want: Answer = (False, "UNKNOWN_CUSTOMER", "0", "0", "", unknown)
+            assert streamed(client, request) == want, reserve
+            assert batched(client, request, neighbour) == want, reserve
