@@ -236,13 +236,14 @@ def test_a_customer_id_breaking_the_id_rule_is_named_by_every_form_whatever_else
 
 def test_a_reservation_id_is_one_hold_whichever_form_made_or_repeats_it(server: ServerProcess) -> None:
     """balance.proto reservation_id: "The same id with the same request answers again and holds once; with a
-    different request it is ALREADY_EXISTS (on AuthorizeBatches: reason RESERVATION_CONFLICT, in-band)"; README: "a
-    hold made through one is the same hold for the other". BLOCK, grant 10. `m` a=3 costs 3.25: held through
-    Authorize as r1, then repeated through AuthorizeStream and AuthorizeBatches: the same decision, cost and id,
-    available 10 - 3.25 = 6.75 each time, held 3.25 once. `m` a=1 (1.25) held first through AuthorizeBatches as r2,
-    then repeated through Authorize and AuthorizeStream: held 4.5, available 5.5. r1 with a=4 is ALREADY_EXISTS on
-    Authorize and AuthorizeStream, RESERVATION_CONFLICT in-band on AuthorizeBatches, nothing held. Settling r1 with
-    an event of a=3 gives the 3.25 back and charges 3.25: charges 3.25, held 1.25, available 10 - 3.25 - 1.25 = 5.5."""
+        different request it is ALREADY_EXISTS (on AuthorizeBatches: reason RESERVATION_CONFLICT, in-band)"; README: "a
+        hold made through one is the same hold for the other". BLOCK, grant 10. `m` a=3 costs 3.25: held through
+        Authorize as r1, then repeated through AuthorizeStream and AuthorizeBatches: the same decision, cost and id,
+        available 10 - 3.25 = 6.75 each time, held 3.25 once. `m` a=1 (1.25) held first through AuthorizeBatches as r2,
+        then repeated through Authorize and AuthorizeStream: held 4.5, available 5.5. r1 with a=4 is ALREADY_EXISTS on
+        Authorize and AuthorizeStream, RESERVATION_CONFLICT in-band on AuthorizeBatches, nothing held, as is r1 with a
+    negative value (the id is checked before the usage: docs/architecture.md). Settling r1 with
+        an event of a=3 gives the 3.25 back and charges 3.25: charges 3.25, held 1.25, available 10 - 3.25 - 1.25 = 5.5."""
     again = "already held: this reservation was made by an earlier identical request"
     with server.client() as client:
         customer(client, "rid", block=True)
@@ -265,6 +266,10 @@ def test_a_reservation_id_is_one_hold_whichever_form_made_or_repeats_it(server: 
             streamed(client, other)
         assert (ended.value.code.name, ended.value.details) == ("ALREADY_EXISTS", taken)
         assert batched(client, other, neighbour) == (False, "RESERVATION_CONFLICT", "0", "0", "", taken)
+        # A taken id is answered before the usage is read (docs/architecture.md: the order of the checks).
+        malformed = ask("rid", "m", {"a": -1}, reserve=True, reservation_id="r1")
+        assert unary(client, malformed) == ("status", "ALREADY_EXISTS", taken)
+        assert batched(client, malformed, neighbour) == (False, "RESERVATION_CONFLICT", "0", "0", "", taken)
         event = usage_pb2.UsageEvent(
             transaction_id="s1",
             customer_id="rid",
