@@ -18,7 +18,7 @@ use prost::Message;
 
 use crate::batch::{dimension_entry, value_entry, Reader, LEN, VARINT};
 use crate::decode::{wire, EventView, TEXT_BYTES_MAX};
-use crate::kernel::Kernel;
+use crate::kernel::{is_id, no_such_customer, Kernel};
 use crate::money::{Picos, PICOS_PER_UNIT};
 
 /// Why a whole AuthorizeBatches message is refused; the server maps each to
@@ -79,16 +79,21 @@ fn check_message<'r, I: Iterator<Item = (&'r str, &'r str)>>(
     Ok(())
 }
 
-/// The field a request lacks before it can be priced ("customer_id", "event_type"), if any:
-/// answered INVALID_REQUEST "<field>: is required" in-band, before the kernel is consulted.
-fn missing_field(request: &wire::AuthorizeRequest) -> Option<&'static str> {
-    if request.customer_id.is_empty() {
-        Some("customer_id")
-    } else if request.event_type.is_empty() {
-        Some("event_type")
-    } else {
-        None
+/// Why a request cannot be priced, checked before its usage is read, in the unary path's order and words
+/// (server/services/balance.py checks the customer_id first): no customer_id, a customer_id breaking the id rule
+/// (that no account has: one stored by an earlier release is found as it was), no event_type. Answered
+/// INVALID_REQUEST in-band, so that a malformed customer_id is named whatever else the request gets wrong.
+pub(crate) fn unpriceable(kernel: &Kernel, customer_id: &str, event_type: &str) -> Option<String> {
+    if customer_id.is_empty() {
+        return Some("customer_id: is required".into());
     }
+    if !is_id(customer_id) && kernel.accounts.get(customer_id).is_none() {
+        return Some(no_such_customer(customer_id).message);
+    }
+    if event_type.is_empty() {
+        return Some("event_type: is required".into());
+    }
+    None
 }
 
 /// The usage an authorize (or a hold) asks about, at now_ms: the request's customer, event type, dimensions and
@@ -108,8 +113,8 @@ pub fn asked_usage(request: &mut wire::AuthorizeRequest, now_ms: i64) -> wire::U
 
 /// Decides one request (reservations already refused) at now_ms; reads the kernel, changes nothing.
 pub fn answer(kernel: &Kernel, mut request: wire::AuthorizeRequest, now_ms: i64) -> wire::AuthorizeResponse {
-    if let Some(field) = missing_field(&request) {
-        return response(request.request_id, false, "INVALID_REQUEST", format!("{field}: is required"), 0, 0);
+    if let Some(message) = unpriceable(kernel, &request.customer_id, &request.event_type) {
+        return response(request.request_id, false, "INVALID_REQUEST", message, 0, 0);
     }
     let event = asked_usage(&mut request, now_ms);
     let decision = kernel.authorize(&event, now_ms);
@@ -226,9 +231,7 @@ pub fn answer_plain(
     // An answer is about 40 bytes of text with an OK, ids of a dozen.
     let mut out = Vec::with_capacity(batch.requests.len() * 64);
     for request in &batch.requests {
-        if request.customer_id.is_empty() || request.event_type.is_empty() {
-            let field = if request.customer_id.is_empty() { "customer_id" } else { "event_type" };
-            let message = format!("{field}: is required");
+        if let Some(message) = unpriceable(kernel, request.customer_id, request.event_type) {
             put_response(&mut out, request.request_id, false, "INVALID_REQUEST", &message, 0, 0);
             continue;
         }

@@ -14,9 +14,9 @@
 use prost::Message;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::authorize::{answer, asked_usage, response, Refused};
+use crate::authorize::{answer, asked_usage, response, unpriceable, Refused};
 use crate::decode::{wire, TEXT_BYTES_MAX};
-use crate::kernel::{is_id, no_such_customer, Kernel};
+use crate::kernel::Kernel;
 
 /// A hold's TTL when the request gives none (the unary path's RESERVATION_TTL_DEFAULT_MS), unless the server's
 /// maximum is shorter (then that: `prepare`).
@@ -96,14 +96,8 @@ fn prepare(
     index: usize,
     rules: &HoldRules<'_>,
 ) -> Result<(), String> {
-    if request.customer_id.is_empty() {
-        return Err("customer_id: is required".into());
-    }
-    if !is_id(&request.customer_id) && kernel.accounts.get(request.customer_id.as_str()).is_none() {
-        return Err(no_such_customer(&request.customer_id).message);
-    }
-    if request.event_type.is_empty() {
-        return Err("event_type: is required".into());
+    if let Some(message) = unpriceable(kernel, &request.customer_id, &request.event_type) {
+        return Err(message);
     }
     // A request naming no TTL asked for none: it gets the default, or the server's maximum when that is shorter.
     let ttl_ms =

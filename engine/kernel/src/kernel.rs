@@ -975,10 +975,14 @@ impl Kernel {
         };
         let account = self.accounts.get(event.customer_id);
         let mut plans = Vec::new();
-        let planned = check_view(event, now_ms, self.rater.catalog.future_skew_ms).and_then(|e| match account {
-            Some(account) => self.rater.plan(account, &e, &mut plans),
+        // The customer is found before the usage is read, as unary Authorize(reserve=true) finds it
+        // (engine/credits.py): an unknown one is UNKNOWN_CUSTOMER whatever else the request gets wrong, on every
+        // form, with a hold or without.
+        let planned = match account {
+            Some(account) => check_view(event, now_ms, self.rater.catalog.future_skew_ms)
+                .and_then(|e| self.rater.plan(account, &e, &mut plans)),
             None => Err(no_such_customer(event.customer_id)),
-        });
+        };
         let plan = match planned {
             Ok(plan) => plan,
             Err(refusal) => {

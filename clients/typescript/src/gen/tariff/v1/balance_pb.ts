@@ -367,9 +367,12 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
    * bad value) are answered the customer's whole available credit,
    * Balance.credits_available: so under BLOCK usage feeding no product is
    * allowed while the customer has any credit, and denied
-   * INSUFFICIENT_CREDIT when none. "0" for UNKNOWN_CUSTOMER and for a
-   * request without customer_id or event_type. Authorize, AuthorizeStream
-   * and AuthorizeBatches answer alike.
+   * INSUFFICIENT_CREDIT when none. "0" for UNKNOWN_CUSTOMER, for a
+   * request without customer_id or event_type or whose customer_id breaks
+   * the id rule, and for a request refused for its hold (in-band
+   * INVALID_REQUEST for a bad reservation_ttl or reservation_id,
+   * RESERVATION_CONFLICT). Authorize, AuthorizeStream and AuthorizeBatches
+   * answer alike.
    *
    * @generated from field: string credits_available = 5;
    */
