@@ -47,7 +47,8 @@ class RerationPlan:
     hours before it were charged less than in time order); `closed_events_once` its
     `rerate_counts_closed_events_once` (closed_events counts an event feeding several products once);
     `rolled_credit_breaks` its `rerate_breaks_rolled_credit` (credit given back to a grant that has rolled over
-    breaks)."""
+    breaks); `holds_keep_rolled_shares` its `rerate_holds_keep_rolled_shares` (a hold taken again stays off a grant
+    that has rolled over and keeps its share on the ROLLOVER grant)."""
 
     rate_card_id: str
     from_hour: int
@@ -58,6 +59,7 @@ class RerationPlan:
     earlier_hours_carried: bool = False
     closed_events_once: bool = False
     rolled_credit_breaks: bool = False
+    holds_keep_rolled_shares: bool = False
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -136,6 +138,7 @@ class _Planned:
     earlier_hours_carried: bool  # the command's rerate_carries_earlier_hours
     closed_events_once: bool  # the command's rerate_counts_closed_events_once
     rolled_credit_breaks: bool  # the command's rerate_breaks_rolled_credit
+    holds_keep_rolled_shares: bool  # the command's rerate_holds_keep_rolled_shares
 
     @property
     def from_hour(self) -> int:
@@ -156,6 +159,7 @@ class _Planned:
             self.earlier_hours_carried,
             self.closed_events_once,
             self.rolled_credit_breaks,
+            self.holds_keep_rolled_shares,
         )
 
     def refusal(self, why: ValueError) -> FailedPrecondition:
@@ -210,6 +214,7 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         command.rerate_carries_earlier_hours,
         command.rerate_counts_closed_events_once,
         command.rerate_breaks_rolled_credit,
+        command.rerate_holds_keep_rolled_shares,
     )
 
 
@@ -356,6 +361,7 @@ def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: 
         plan.earlier_hours_carried,
         plan.closed_events_once,
         plan.rolled_credit_breaks,
+        plan.holds_keep_rolled_shares,
     )
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])

@@ -509,3 +509,61 @@ def test_the_next_due_time_is_exact_and_a_settled_hold_is_not_due() -> None:
     assert m.billing.kernel.clock() == (T0 + 10_000, None)
     m.billing.kernel.check_due_index()
     assert_replays(m)
+
+
+@pytest.mark.parametrize(
+    ("keep", "held_on", "broken", "after_release"),
+    [(True, "rolled", ["30", "20"], ("0", "30")), (False, "g", ["30", "10"], ("10", "30"))],
+)
+def test_a_hold_that_rolled_over_keeps_its_share_on_the_rollover_grant_when_a_cut_re_rates_its_period(
+    keep: bool, held_on: str, broken: list[str], after_release: tuple[str, str]
+) -> None:
+    """40 tokens in January at 1 credit drawn from "g" (100 paid 50, half rolling over); r1 holds 20 in January's
+    last hour. At February (40 + 20) x 0.5 = 30 roll over (20 of the remainder, r1's 10), 30 break. A version at 0.5
+    published from January: the 40 tokens cost 20, and the 20 given back to "g" break with the re-rating (it rolled
+    over). With the field the server sets on its publishes r1 stays on the ROLLOVER grant with its 10 (README "Held
+    credit at a rollover": never back to the original), and its release gives them back there. A publish journaled
+    without it replays as before: r1 was taken again from "g" (usable when it was made), 10 of the 20 then
+    broke, the ROLLOVER grant's 10 were freed, and the release left its 10 in "g", usable by nothing. Either way
+    the record replays to the same state."""
+    world = basic_world()
+    world.apply(world.grant_command("g", "100", paid="50", rollover_fraction="0.5"))
+    m = Ledger(world)
+    m.ingest([event("jan", T0, 40)], T0)
+    m.reserve("r1", 20, FEB_MS - 1_000, ttl_ms=60_000)
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
+    rolled_id = f"rollover-g-{FEB_MS}"
+    draft = cmd.CreateDraftVersion(
+        at_ms=FEB_MS + 5,
+        actor=ACTOR,
+        rate_card_id="card",
+        based_on_version=1,
+        set_parameters={},
+        remove_parameters=(),
+        upsert_rates=(rate("tokens", unit("0.5")),),
+        remove_rates=(),
+        change_note="",
+    )
+    m.run(draft)
+    publish = cmd.PublishVersion(
+        at_ms=FEB_MS + 6,
+        actor=ACTOR,
+        rate_card_id="card",
+        version=2,
+        effective_from_ms=EPOCH_MS,
+        rerate_holds_in_time=True,
+        rerate_breaks_rolled_credit=True,
+        rerate_holds_keep_rolled_shares=keep,
+    )
+    m.run(publish)
+    ids = {"g": "g", "rolled": rolled_id}
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 10).grants}
+    assert (by_id[ids[held_on]].held, by_id[rolled_id].remaining) == (picos("10"), picos("30"))
+    breakage = m.billing.kernel.breakage("acme")
+    assert [(b[1], b[3]) for b in breakage] == [("g", picos(c)) for c in broken]
+    conserved(m, FEB_MS + 10)
+    assert m.release("r1", FEB_MS + 1_000) == picos("10")
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 2_000).grants}
+    assert (by_id["g"].remaining, by_id[rolled_id].remaining) == tuple(picos(c) for c in after_release)
+    conserved(m, FEB_MS + 2_000)
+    assert_replays(m)
