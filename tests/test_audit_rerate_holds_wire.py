@@ -72,7 +72,11 @@ def grant(client: TariffClient, contract_id: str, grant_id: str, amount: str, **
 
 def use(client: TariffClient, customer_id: str, key: str, n: int, at_ms: int) -> None:
     event = usage_pb2.UsageEvent(
-        transaction_id=f"{customer_id}-{key}", customer_id=customer_id, event_type="u", timestamp_ms=at_ms, values={"n": n}
+        transaction_id=f"{customer_id}-{key}",
+        customer_id=customer_id,
+        event_type="u",
+        timestamp_ms=at_ms,
+        values={"n": n},
     )
     ack = client.ingest_batch([event], f"{customer_id}-{key}")
     assert ack.accepted == 1, ack.rejected
@@ -122,7 +126,10 @@ def rolled_with_a_hold(client: TariffClient, customer_id: str) -> tuple[int, int
     assert rows(client, customer_id) == {f"{customer_id}.G": ("100", "40", "60", "20", "0")}
     rolled = f"rollover-{customer_id}.G-{end_ms}"
     assert wait_for(lambda: rolled in rows(client, customer_id), 30), "G did not roll over"
-    assert rows(client, customer_id) == {f"{customer_id}.G": ("100", "70", "0", "0", "30"), rolled: ("30", "0", "30", "10", "0")}
+    assert rows(client, customer_id) == {
+        f"{customer_id}.G": ("100", "70", "0", "0", "30"),
+        rolled: ("30", "0", "30", "10", "0"),
+    }
     assert totals(client, customer_id) == ("30", "10", "20")
     return start_ms, from_ms, end_ms
 
@@ -141,7 +148,7 @@ def test_a_hold_that_rolled_over_stays_on_the_rollover_grant_when_its_period_is_
     so nothing changes: R still holds r1's 10 ("a release then gives back what it holds now"), available 20, and
     releasing r1 answers 10 back to R (available 30)."""
     with server.client() as client:
-        _, from_ms, end_ms = rolled_with_a_hold(client, "ro")
+        _, from_ms, _ = rolled_with_a_hold(client, "ro")
         before = rows(client, "ro")
         done = publish(client, "1", from_ms)
         assert done.customers_rerated >= 1

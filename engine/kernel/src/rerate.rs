@@ -1055,7 +1055,11 @@ fn retake_hold(account: &mut Account, reservation_id: &str, rolled_shares: bool)
             continue;
         }
         let most = if grant.usable_at(reservation.made_at_ms) {
-            if held_before.is_some() || grant.applicable.is_empty() { left } else { 0 }
+            if held_before.is_some() || grant.applicable.is_empty() {
+                left
+            } else {
+                0
+            }
         } else if rolled_shares {
             held_before.unwrap_or(0).min(left)
         } else {
