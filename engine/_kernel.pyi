@@ -118,6 +118,7 @@ class Kernel:
         earlier_hours_carried: bool,
         closed_events_once: bool,
         rolled_credit_breaks: bool = False,
+        holds_final_at_ms: int | None = None,
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed

@@ -124,7 +124,15 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     False (commands stored before it) validates as then. `rerate_breaks_rolled_credit`: set likewise, so credit
     settling the draws again gives back to a grant that has rolled over already (a cut of the period it rolled over
     at) breaks at once, in that period, at the latest AdvanceClock's time, the rollover being final; False (commands
-    stored before it) leaves it in the grant, usable by nothing and never broken, as then."""
+    stored before it) leaves it in the grant, usable by nothing and never broken, as then.
+    `rerate_holds_off_final_grants`: set likewise, so an open hold taken again at its place in time (with
+    `rerate_holds_in_time`) takes from a grant that has rolled over, or whose expiry has passed by the command's
+    time, no more than it held there (a rolled one nothing: the rollover moved it), so credit a cut gives back to
+    such a grant breaks, and takes back its share on the ROLLOVER grant a rollover moved it to
+    (engine/kernel/src/rerate.rs retake_hold); False (commands stored before it) takes it again from the grants
+    usable when it was made, as then: the rolled or expired ones included (a cut put the hold on credit that was to
+    break; on a rolled grant its release left it there, usable by nothing) and the ROLLOVER grant not (the hold lost
+    its share, even under the very same prices)."""
 
     at_ms: int
     actor: str
@@ -141,6 +149,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rerate_counts_closed_events_once: bool = False
     prices_rounded_in_range: bool = False
     rerate_breaks_rolled_credit: bool = False
+    rerate_holds_off_final_grants: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
@@ -188,6 +197,7 @@ SERVER_SET_FIELDS = (
     "rerate_holds_in_time",
     "rerate_top_ups_in_time",
     "rerate_breaks_rolled_credit",
+    "rerate_holds_off_final_grants",
     "expired_credit_breaks",
     "override_hours_refused",
     "rerate_carries_earlier_hours",
@@ -256,6 +266,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rerate_carries_earlier_hours: bool = False  # as PublishVersion's
     rerate_counts_closed_events_once: bool = False  # as PublishVersion's
     rerate_breaks_rolled_credit: bool = False  # as PublishVersion's
+    rerate_holds_off_final_grants: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):

@@ -70,6 +70,11 @@ class PendingRerating(msgspec.Struct):
     # The publish's rerate_breaks_rolled_credit (engine/commands.py); False in the snapshots of earlier releases,
     # whose publishes had none.
     rolled_credit_breaks: bool = False
+    # The publish's rerate_holds_off_final_grants (engine/commands.py); False in the snapshots of earlier
+    # releases, whose publishes had none.
+    holds_off_final_grants: bool = False
+    # The publish's time, with holds_off_final_grants: the re-rating judges a grant's expiry final as of it.
+    at_ms: int = 0
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
@@ -85,6 +90,8 @@ def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
         earlier_hours_carried=plan.earlier_hours_carried,
         closed_events_once=plan.closed_events_once,
         rolled_credit_breaks=plan.rolled_credit_breaks,
+        holds_off_final_grants=plan.holds_off_final_grants,
+        at_ms=plan.at_ms,
     )
 
 
@@ -129,6 +136,7 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
             rerating.earlier_hours_carried,
             rerating.closed_events_once,
             rerating.rolled_credit_breaks,
+            rerating.at_ms if rerating.holds_off_final_grants else None,
         )
     except ValueError as exc:
         # The publish checked these customers' usage, and nothing changes it before they are re-rated.

@@ -47,7 +47,8 @@ class RerationPlan:
     hours before it were charged less than in time order); `closed_events_once` its
     `rerate_counts_closed_events_once` (closed_events counts an event feeding several products once);
     `rolled_credit_breaks` its `rerate_breaks_rolled_credit` (credit given back to a grant that has rolled over
-    breaks)."""
+    breaks); `holds_off_final_grants` its `rerate_holds_off_final_grants` (a hold taken again stays off a grant
+    that has rolled over and keeps its share on the ROLLOVER grant)."""
 
     rate_card_id: str
     from_hour: int
@@ -58,6 +59,8 @@ class RerationPlan:
     earlier_hours_carried: bool = False
     closed_events_once: bool = False
     rolled_credit_breaks: bool = False
+    holds_off_final_grants: bool = False
+    at_ms: int = 0  # the publish's time: what holds_off_final_grants judges a grant's expiry final at
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -136,6 +139,8 @@ class _Planned:
     earlier_hours_carried: bool  # the command's rerate_carries_earlier_hours
     closed_events_once: bool  # the command's rerate_counts_closed_events_once
     rolled_credit_breaks: bool  # the command's rerate_breaks_rolled_credit
+    holds_off_final_grants: bool  # the command's rerate_holds_off_final_grants
+    at_ms: int  # the command's time
 
     @property
     def from_hour(self) -> int:
@@ -156,6 +161,8 @@ class _Planned:
             self.earlier_hours_carried,
             self.closed_events_once,
             self.rolled_credit_breaks,
+            self.holds_off_final_grants,
+            self.at_ms,
         )
 
     def refusal(self, why: ValueError) -> FailedPrecondition:
@@ -210,6 +217,8 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         command.rerate_carries_earlier_hours,
         command.rerate_counts_closed_events_once,
         command.rerate_breaks_rolled_credit,
+        command.rerate_holds_off_final_grants,
+        command.at_ms,
     )
 
 
@@ -356,6 +365,7 @@ def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: 
         plan.earlier_hours_carried,
         plan.closed_events_once,
         plan.rolled_credit_breaks,
+        plan.at_ms if plan.holds_off_final_grants else None,
     )
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])

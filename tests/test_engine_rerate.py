@@ -572,3 +572,18 @@ def test_rerate_counts_closed_events_once_is_the_servers_in_neither_audit_entry_
         cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS, rerate_counts_closed_events_once=True),
         late_event_machine()[0],
     )
+
+
+def test_rerate_holds_off_final_grants_is_the_servers_in_neither_audit_entry_nor_fingerprint_and_old_snapshots_lack_it() -> (
+    None
+):
+    """As rerate_holds_in_time: a record of an earlier release has no rerate_holds_off_final_grants (it reads False),
+    no audit entry holds it, a retry's fingerprint ignores it; a pending re-rating of an earlier release's snapshot
+    reads holds_off_final_grants False."""
+    assert_a_server_set_rerate_rule(
+        "rerate_holds_off_final_grants",
+        "holds_off_final_grants",
+        cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS),
+        cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS, rerate_holds_off_final_grants=True),
+        held_machine(),
+    )

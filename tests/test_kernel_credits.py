@@ -13,7 +13,7 @@ from engine.contracts import OveragePolicy
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from engine.products import Aggregation
 from tests.credits_fixtures import Ledger, event
-from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos, rate, unit
+from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, basic_world, picos, rate, unit
 
 T0 = EPOCH_MS + 3_600_000  # an hour into the contract
 DAY_MS = 86_400_000
@@ -508,4 +508,109 @@ def test_the_next_due_time_is_exact_and_a_settled_hold_is_not_due() -> None:
     assert len(m.records) == records + 1
     assert m.billing.kernel.clock() == (T0 + 10_000, None)
     m.billing.kernel.check_due_index()
+    assert_replays(m)
+
+
+@pytest.mark.parametrize(
+    ("keep", "held_on", "broken", "after_release"),
+    [(True, "rolled", ["30", "20"], ("0", "30")), (False, "g", ["30", "10"], ("10", "30"))],
+)
+def test_a_hold_that_rolled_over_keeps_its_share_on_the_rollover_grant_when_a_cut_re_rates_its_period(
+    keep: bool, held_on: str, broken: list[str], after_release: tuple[str, str]
+) -> None:
+    """40 tokens in January at 1 credit drawn from "g" (100 paid 50, half rolling over); r1 holds 20 in January's
+    last hour. At February (40 + 20) x 0.5 = 30 roll over (20 of the remainder, r1's 10), 30 break. A version at 0.5
+    published from January: the 40 tokens cost 20, and the 20 given back to "g" break with the re-rating (it rolled
+    over). With the field the server sets on its publishes r1 stays on the ROLLOVER grant with its 10 (README "Held
+    credit at a rollover": never back to the original), and its release gives them back there. A publish journaled
+    without it replays as before: r1 was taken again from "g" (usable when it was made), 10 of the 20 then
+    broke, the ROLLOVER grant's 10 were freed, and the release left its 10 in "g", usable by nothing. Either way
+    the record replays to the same state."""
+    world = basic_world()
+    world.apply(world.grant_command("g", "100", paid="50", rollover_fraction="0.5"))
+    m = Ledger(world)
+    m.ingest([event("jan", T0, 40)], T0)
+    m.reserve("r1", 20, FEB_MS - 1_000, ttl_ms=60_000)
+    assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
+    rolled_id = f"rollover-g-{FEB_MS}"
+    draft = cmd.CreateDraftVersion(
+        at_ms=FEB_MS + 5,
+        actor=ACTOR,
+        rate_card_id="card",
+        based_on_version=1,
+        set_parameters={},
+        remove_parameters=(),
+        upsert_rates=(rate("tokens", unit("0.5")),),
+        remove_rates=(),
+        change_note="",
+    )
+    m.run(draft)
+    publish = cmd.PublishVersion(
+        at_ms=FEB_MS + 6,
+        actor=ACTOR,
+        rate_card_id="card",
+        version=2,
+        effective_from_ms=EPOCH_MS,
+        rerate_holds_in_time=True,
+        rerate_breaks_rolled_credit=True,
+        rerate_holds_off_final_grants=keep,
+    )
+    m.run(publish)
+    ids = {"g": "g", "rolled": rolled_id}
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 10).grants}
+    assert (by_id[ids[held_on]].held, by_id[rolled_id].remaining) == (picos("10"), picos("30"))
+    breakage = m.billing.kernel.breakage("acme")
+    assert [(b[1], b[3]) for b in breakage] == [("g", picos(c)) for c in broken]
+    conserved(m, FEB_MS + 10)
+    assert m.release("r1", FEB_MS + 1_000) == picos("10")
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", FEB_MS + 2_000).grants}
+    assert (by_id["g"].remaining, by_id[rolled_id].remaining) == tuple(picos(c) for c in after_release)
+    conserved(m, FEB_MS + 2_000)
+    assert_replays(m)
+
+
+@pytest.mark.parametrize(("keep", "e_held", "x_held", "broken"), [(True, "0", "20", ["5"]), (False, "5", "15", [])])
+def test_a_cut_re_rating_before_an_expiry_breaks_what_it_gives_back_rather_than_moving_a_hold_onto_it(
+    keep: bool, e_held: str, x_held: str, broken: list[str]
+) -> None:
+    """ "e" (10, priority 1, expiring at T0 + 2 h) pays January's 10 tokens; r1 then holds 20 on "x" (100, priority 2)
+    at T0 + 1 h. "e" expires with nothing left. A version at 0.5 published from January after that: the tokens cost 5
+    and 5 go back to "e". With the field the server sets on its publishes they break (the expiry is final) and r1
+    keeps its 20 on "x". A publish journaled without it replays as before: r1 was taken again from "e" first (usable
+    when it was made, first in burn order), holding those 5, and 15 on "x". Either way the record replays alike."""
+    world = basic_world()
+    world.apply(world.grant_command("e", "10", paid="10", priority=1, expires_at_ms=T0 + 2 * HOUR_MS))
+    world.apply(world.grant_command("x", "100", paid="100", priority=2))
+    m = Ledger(world)
+    m.ingest([event("jan", T0, 10)], T0)
+    m.reserve("r1", 20, T0 + HOUR_MS, ttl_ms=10 * HOUR_MS)
+    m.advance(T0 + 3 * HOUR_MS)
+    draft = cmd.CreateDraftVersion(
+        at_ms=T0 + 3 * HOUR_MS + 5,
+        actor=ACTOR,
+        rate_card_id="card",
+        based_on_version=1,
+        set_parameters={},
+        remove_parameters=(),
+        upsert_rates=(rate("tokens", unit("0.5")),),
+        remove_rates=(),
+        change_note="",
+    )
+    m.run(draft)
+    publish = cmd.PublishVersion(
+        at_ms=T0 + 3 * HOUR_MS + 6,
+        actor=ACTOR,
+        rate_card_id="card",
+        version=2,
+        effective_from_ms=EPOCH_MS,
+        rerate_holds_in_time=True,
+        rerate_breaks_rolled_credit=True,
+        rerate_holds_off_final_grants=keep,
+    )
+    m.run(publish)
+    m.advance(T0 + 3 * HOUR_MS + 10)
+    by_id = {g.grant.id: g for g in m.billing.balance("acme", T0 + 3 * HOUR_MS + 20).grants}
+    assert (by_id["e"].held, by_id["x"].held) == (picos(e_held), picos(x_held))
+    assert [b[3] for b in m.billing.kernel.breakage("acme")] == [picos(c) for c in broken]
+    conserved(m, T0 + 3 * HOUR_MS + 20)
     assert_replays(m)

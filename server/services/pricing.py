@@ -58,6 +58,7 @@ class _PublishRerateFlags(TypedDict):
     rerate_carries_earlier_hours: bool
     rerate_counts_closed_events_once: bool
     rerate_breaks_rolled_credit: bool
+    rerate_holds_off_final_grants: bool
 
 
 # Every publish and rollback this server takes sets them all.
@@ -70,6 +71,7 @@ _PUBLISH_RERATE_FLAGS: Final[_PublishRerateFlags] = {
     "rerate_carries_earlier_hours": True,
     "rerate_counts_closed_events_once": True,
     "rerate_breaks_rolled_credit": True,
+    "rerate_holds_off_final_grants": True,
 }
 
 

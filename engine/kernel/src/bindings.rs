@@ -590,11 +590,14 @@ impl Kernel {
     /// product it fed, as publishes stored before it answered. `rolled_credit_breaks`: credit settling
     /// again gives back to a grant that has rolled over already breaks at once (rerate.rs
     /// `rerate_customer`); without it (publishes journaled before) it stays in the grant.
+    /// `holds_final_at_ms` (the publish's time, under its rerate_holds_off_final_grants): a hold taken again
+    /// takes from a grant that has rolled over, or expired by then, no more than it held there, and takes back
+    /// its share on the ROLLOVER grant (rerate.rs `retake_hold`); None (publishes journaled before): as then.
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         customers, rate_card_id, from_hour, seq, in_contract, holds_in_time, top_ups_in_time,
-        earlier_hours_carried, closed_events_once, rolled_credit_breaks = false
+        earlier_hours_carried, closed_events_once, rolled_credit_breaks = false, holds_final_at_ms = None
     ))]
     fn rerate(
         &self,
@@ -609,11 +612,13 @@ impl Kernel {
         earlier_hours_carried: bool,
         closed_events_once: bool,
         rolled_credit_breaks: bool,
+        holds_final_at_ms: Option<i64>,
     ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
                 self.change(|kernel| {
                     kernel.returned_rolled_credit_breaks = rolled_credit_breaks;
+                    kernel.rerate_holds_final_at_ms = holds_final_at_ms;
                     let mut done = crate::rerate::Rerated::default();
                     let mut changed = Vec::new();
                     for customer in &customers {

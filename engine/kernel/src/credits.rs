@@ -395,7 +395,7 @@ pub fn break_returned(account: &mut Account, clock_ms: i64, at_ms: i64, expired:
 }
 
 /// The period end at which grant `grant_id` rolled over; None when it has not (or has no rollover).
-fn rolled_over_at(account: &Account, grant_id: &str) -> Option<i64> {
+pub(crate) fn rolled_over_at(account: &Account, grant_id: &str) -> Option<i64> {
     let credits = account.credits.as_deref()?;
     credits.rolled.iter().find(|r| *r.from == *grant_id).map(|r| r.at_period_end_ms)
 }

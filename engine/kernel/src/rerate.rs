@@ -252,7 +252,12 @@ impl Kernel {
             // usable at an hour's start): compare what a balance shows.
             let balances = |a: &Account| (a.grants.iter().map(|g| g.remaining).collect::<Vec<_>>(), a.periods.clone());
             let before = balances(account);
-            resettle(rater, account, first_period, InTime { holds: holds_in_time, top_ups: top_ups_in_time });
+            let in_time = InTime {
+                holds: holds_in_time,
+                top_ups: top_ups_in_time,
+                final_grants: self.rerate_holds_final_at_ms.map(|at_ms| at_ms.max(self.clock.now_ms)),
+            };
+            resettle(rater, account, first_period, in_time);
             if self.returned_rolled_credit_breaks {
                 let clock_ms = self.clock.now_ms;
                 crate::credits::break_returned(account, clock_ms, clock_ms, false, true);
@@ -873,7 +878,7 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
     let mut carried: FxHashMap<PeriodKey, Picos> = FxHashMap::default();
     let mut outcomes = Outcomes::new();
     for (hour, key, amount) in walk {
-        retake_holds_by(account, &mut holds, hour.hour);
+        retake_holds_by(account, &mut holds, hour.hour, in_time.final_grants);
         let aggregate = account.aggregates.entry(key).or_default();
         let owed = amount + carried.remove(&key).unwrap_or(0);
         let charge = owed.max(-aggregate.amount);
@@ -883,7 +888,7 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
         settle_bucket(interner, account, (hour.hour, key), charge, &mut withheld, &mut outcomes);
     }
     assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
-    retake_holds_by(account, &mut holds, i64::MAX);
+    retake_holds_by(account, &mut holds, i64::MAX, in_time.final_grants);
     account.route = Some(route);
 }
 
@@ -892,6 +897,10 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
 struct InTime {
     holds: bool,
     top_ups: bool,
+    /// Some(the publish's time, or the latest AdvanceClock's if later): a hold is taken again from a grant
+    /// whose breakage is final (rolled over, or expired by then) and from a grant not usable when it was made (the ROLLOVER grant
+    /// its share moved to) only up to what it held there (`retake_hold`).
+    final_grants: Option<i64>,
 }
 
 /// A top-up withheld from its period's re-settled charges until they reach `point` (`resettle`).
@@ -1015,10 +1024,10 @@ fn give_back_open_holds(account: &mut Account) -> Vec<HoldPlace> {
 }
 
 /// Takes again, in their order, the holds of `holds` made in an hour up to `hour` (removing them).
-fn retake_holds_by(account: &mut Account, holds: &mut Vec<HoldPlace>, hour: i64) {
+fn retake_holds_by(account: &mut Account, holds: &mut Vec<HoldPlace>, hour: i64, final_grants: Option<i64>) {
     let due = holds.partition_point(|place| place.0 <= hour);
     for (_, _, id) in holds.drain(..due) {
-        retake_hold(account, &id);
+        retake_hold(account, &id, final_grants);
     }
 }
 
@@ -1026,19 +1035,44 @@ fn retake_holds_by(account: &mut Account, holds: &mut Vec<HoldPlace>, hour: i64)
 /// never grows), from the grants usable when it was made that it held on or that apply to every
 /// product (it never moves to a grant that may not apply to its usage); what they no longer have
 /// it holds no more. Entries by grant index, as a hold's are made.
-fn retake_hold(account: &mut Account, reservation_id: &str) {
+///
+/// With `final_grants` (Some(at_ms): the publish's time, or the latest AdvanceClock's if later, as of
+/// which the re-rating settles), breakage stays final: a grant that has rolled over, or expired by
+/// `at_ms`, gives the hold back only what it held there (a rolled grant nothing: its rollover moved the
+/// hold), never credit settling again gave back to it (that breaks, or has rolled); and the ROLLOVER
+/// grant the hold's share moved to, though not usable when the hold was made, gives back up to that
+/// share. Without it (publishes journaled before) the hold could land on the rolled or expired grant,
+/// taking credit that was to break, or lose its rolled share.
+fn retake_hold(account: &mut Account, reservation_id: &str, final_grants: Option<i64>) {
+    let final_by: SmallVec<[bool; 4]> = (account.grants.iter())
+        .map(|g| {
+            final_grants
+                .is_some_and(|at_ms| g.expired_at(at_ms) || crate::credits::rolled_over_at(account, &g.id).is_some())
+        })
+        .collect();
     let credits = account.credits.as_deref_mut().expect("an open hold, so credits");
     let reservation = credits.open.get_mut(reservation_id).expect("given back, so open");
     let mut left = reservation.held_total();
     let mut held: Vec<(u32, Picos)> = Vec::with_capacity(reservation.held.len());
     for &g in &account.order {
         let grant = &mut account.grants[g as usize];
-        let held_on = reservation.held.iter().any(|(h, _)| *h == g);
-        if left == 0 || grant.remaining <= 0 || !grant.usable_at(reservation.made_at_ms) {
+        let held_before = reservation.held.iter().find(|(h, _)| *h == g).map(|(_, credits)| *credits);
+        if left == 0 || grant.remaining <= 0 {
             continue;
         }
-        if held_on || grant.applicable.is_empty() {
-            let take = left.min(grant.remaining);
+        let most = if !final_by[g as usize] && grant.usable_at(reservation.made_at_ms) {
+            if held_before.is_some() || grant.applicable.is_empty() {
+                left
+            } else {
+                0
+            }
+        } else if final_grants.is_some() {
+            held_before.unwrap_or(0).min(left)
+        } else {
+            0
+        };
+        if most > 0 {
+            let take = most.min(grant.remaining);
             grant.remaining -= take;
             left -= take;
             held.push((g, take));
