@@ -10,6 +10,7 @@ UNIT 1 from s = this hour - 4h. Customers `a` and `c` (segment=ent) and `b` (seg
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 from tariff import TariffClient
@@ -33,6 +34,8 @@ PRODUCTS = {
     "cn": ("units-n", "work-n"),
     "cp": ("units-p", "work-p"),
     "ct": ("units-t", "work-t"),
+    "cs": ("units-s", "work-s"),
+    "cg": ("units-g", "work-g"),
 }
 
 
@@ -408,3 +411,88 @@ def test_customers_created_after_cohort_publishes_that_split_and_grew_timelines_
     with server.client() as client:
         assert _estimates(client, ["m1", "m2", "o1", "x", "y"], card) == ["6", "8", "8", "2", "8"]
         assert [_charges(client, i) for i in ("x", "y")] == ["10", "40"]
+
+
+def _invoice_amount(client: TariffClient, customer_id: str, at_ms: int) -> str:
+    request = invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=stamp(at_ms))
+    return str(sum((Decimal(line.amount) for line in client.invoices.PreviewInvoice(request).lines), Decimal(0)))
+
+
+def test_a_cohort_member_switching_contracts_keeps_its_cohort_version_on_both(server: ServerProcess) -> None:
+    """Card cs, v1 UNIT 1 from s. w1 has contract k-w1 from s to s+2h and k-w1b from s+2h, on the card; w2 one
+    from s, all on one timeline. v2 (UNIT 5) for the cohort [w1] from s+1h, before usage. 10 units each at
+    s+1h+1 and s+2h+1: w1 50 in k-w1's period and 50 in k-w1b's, w2 10 + 10 = 20. 2 units now: w1 10, w2 2. The
+    same after a kill -9."""
+    card = "cs"
+    with server.client() as client:
+        _customer(client, "w2", "any", card)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="w1", name="w1"))
+        for contract_id, start, end in (("k-w1", S, S + 2 * HOUR_MS), ("k-w1b", S + 2 * HOUR_MS, None)):
+            request = contracts_pb2.CreateContractRequest(
+                id=contract_id, customer_id="w1", rate_card_id=card, starting_at=stamp(start)
+            )
+            if end is not None:
+                request.ending_before.CopyFrom(stamp(end))
+            client.contracts.CreateContract(request)
+        _publish(client, _draft(client, 1, "5", card), S + HOUR_MS, pricing_pb2.Cohort(customer_ids=["w1"]), card)
+        _ingest(client, *[_work(i, f"{i}-{h}", S + h * HOUR_MS + 1, 10, card) for i in ("w1", "w2") for h in (1, 2)])
+        amounts = [_invoice_amount(client, "w1", S), _invoice_amount(client, "w1", H), _invoice_amount(client, "w2", H)]
+        assert amounts == ["50", "50", "20"]
+        assert _estimates(client, ["w1", "w2"], card) == ["10", "2"]
+        server.kill9()
+        server.restart()
+    with server.client() as client:
+        assert _estimates(client, ["w1", "w2"], card) == ["10", "2"]
+        amounts = [_invoice_amount(client, "w1", S), _invoice_amount(client, "w1", H), _invoice_amount(client, "w2", H)]
+        assert amounts == ["50", "50", "20"]
+
+
+def _graduated(card: str, first: str, flat: str, then: str, then_flat: str) -> pricing_pb2.Rate:
+    """GRADUATED: up to 100 units at `first` a unit with a flat `flat`, beyond at `then` with a flat `then_flat`."""
+    tiers = [
+        pricing_pb2.Tier(up_to="100", unit_price=first, flat_price=flat),
+        pricing_pb2.Tier(unit_price=then, flat_price=then_flat),
+    ]
+    curve = pricing_pb2.TieredPrice(mode=pricing_pb2.GRADUATED, tiers=tiers)
+    return pricing_pb2.Rate(product_id=PRODUCTS[card][0], tiered=curve)
+
+
+def _draft_rate(client: TariffClient, card: str, base: int, rate: pricing_pb2.Rate) -> int:
+    request = pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, based_on_version=base, upsert_rates=[rate])
+    return int(client.pricing.CreateDraftVersion(request).version)
+
+
+def test_a_retroactive_cohort_publish_carries_a_late_events_earlier_hours_for_its_members_only(
+    server: ServerProcess,
+) -> None:
+    """README "Changing prices safely", for a cohort. Card cg: v2 GRADUATED 1 a unit to 100 + 10, then 0.5 + 5
+    (p(q) = q + 10 to 100, then 115 + 0.5 (q - 100)) for everyone from s, before usage. g1 (a 0.5 multiplier), g2
+    and g3 each: 50 units at s, 100 at s+2h, then 50 at s+30m arriving last: 60, 80, 25 = 165 (g1 30, 40, 12.5 =
+    82.5). v3 with the same prices for the cohort [g1, g2] from s+1h keeps s+2h at 80 (g1 40): s's bucket, 100
+    units, was charged 85 where on time it is p(100) = 110, and s+2h's p(200) - p(100) = 55 carries the 25: 2
+    customers, 2 buckets (their version changed), 2 events, 0. v4 for [g1, g2] from s+1h, 0.5 a unit to 100 + 10,
+    then 0.25 + 5 (p'(100) = 60, p'(200) = 90): g2's s+2h is 90 - 60 + 25 = 55 (-25), its line 140; g1's 0.5 x
+    30 + 12.5 = 27.5 (-12.5), its line 70: -37.5. g3, outside the cohort, keeps 165, no adjustment."""
+    card = "cg"
+    with server.client() as client:
+        for customer_id in ("g1", "g2", "g3"):
+            _customer(client, customer_id, "any", card)
+        override = contracts_pb2.PriceOverride(id="half-g1", product_id=PRODUCTS[card][0], multiplier="0.5")
+        client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id="k-g1", override=override))
+        _publish(client, _draft_rate(client, card, 1, _graduated(card, "1", "10", "0.5", "5")), S, card=card)
+        ids = ["g1", "g2", "g3"]
+        _ingest(client, *[_work(i, f"{i}-a", S, 50, card) for i in ids])
+        _ingest(client, *[_work(i, f"{i}-b", S + 2 * HOUR_MS, 100, card) for i in ids])
+        _ingest(client, *[_work(i, f"{i}-c", S + HOUR_MS // 2, 50, card) for i in ids])
+        assert [_charges(client, i) for i in ids] == ["82.5", "165", "165"]
+        members = pricing_pb2.Cohort(customer_ids=["g1", "g2"])
+        same_prices = _draft_rate(client, card, 2, _graduated(card, "1", "10", "0.5", "5"))
+        same = _publish(client, same_prices, S + HOUR_MS, members, card)
+        assert _rerated(same) == (2, 2, 2, "0")
+        assert [_charges(client, i) for i in ids] == ["82.5", "165", "165"]
+        cheaper = _draft_rate(client, card, 2, _graduated(card, "0.5", "10", "0.25", "5"))
+        assert _rerated(_publish(client, cheaper, S + HOUR_MS, members, card)) == (2, 2, 2, "-37.5")
+        assert [_charges(client, i) for i in ids] == ["70", "140", "165"]
+        assert list(_line(client, "g3").adjustments) == []
+        adjustments = [(list(j.old_versions), j.new_version, j.new_amount) for j in _line(client, "g2").adjustments]
+        assert adjustments == [([2], 3, "80"), ([3], 4, "55")]
