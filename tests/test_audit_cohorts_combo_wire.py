@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from decimal import Decimal
 
+import grpc
 import pytest
 from tariff import TariffClient
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, serving
+from tests.audit_fixtures import HOUR_MS, refusal, serving
 from tests.serverproc import ServerProcess
 from tests.test_audit_pricing_wire import month_start_ms, this_hour_ms
 
@@ -36,6 +37,7 @@ PRODUCTS = {
     "ct": ("units-t", "work-t"),
     "cs": ("units-s", "work-s"),
     "cg": ("units-g", "work-g"),
+    "ce": ("units-e", "work-e"),
 }
 
 
@@ -496,3 +498,38 @@ def test_a_retroactive_cohort_publish_carries_a_late_events_earlier_hours_for_it
         assert list(_line(client, "g3").adjustments) == []
         adjustments = [(list(j.old_versions), j.new_version, j.new_amount) for j in _line(client, "g2").adjustments]
         assert adjustments == [([2], 3, "80"), ([3], 4, "55")]
+
+
+def test_an_empty_cohort_is_everyone_and_a_cohort_retried_in_another_spelling_is_the_same(
+    server: ServerProcess,
+) -> None:
+    """README Cohorts, pricing.proto RateCardVersion.cohort: a cohort with no criterion is everyone (stored as no
+    cohort: the card's current version, no cohort shown; a draft shows none either); a retry with the same cohort answers as the first call, the ids in another order and
+    repeated, customers_created_after finer than a millisecond (dropped, as README "Times" says) the same cohort;
+    another cohort is FAILED_PRECONDITION. Card ce: e1, e2; v2 (UNIT 2) with an empty cohort from s+1h; v3
+    (UNIT 3) for [e1, e2] created after s from s+2h. 2 units now: 6 for both; GetVersion(now) 2."""
+    card = "ce"
+    with server.client() as client:
+        for customer_id in ("e1", "e2"):
+            _customer(client, customer_id, "any", card)
+        v2 = _publish(client, _draft(client, 1, "2", card), S + HOUR_MS, pricing_pb2.Cohort(), card)
+        assert not v2.version.HasField("cohort")
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=card)).current_version == 2
+        after = stamp(S)
+        cohort = pricing_pb2.Cohort(customer_ids=["e2", "e1"], customers_created_after=after)
+        v3 = _publish(client, _draft(client, 2, "3", card), S + 2 * HOUR_MS, cohort, card)
+        assert list(v3.version.cohort.customer_ids) == ["e1", "e2"]
+        finer = pricing_pb2.Cohort(customer_ids=["e1", "e2", "e1"], customers_created_after=after)
+        finer.customers_created_after.nanos += 400_000
+        again = _publish(client, 3, S + 2 * HOUR_MS, finer, card)
+        assert (again.version.version, again.version.published_at) == (3, v3.version.published_at)
+        assert again.version.cohort.customers_created_after == after  # to the millisecond, as stored
+        draft = client.pricing.GetVersion(
+            pricing_pb2.GetVersionRequest(rate_card_id=card, version=_draft(client, 3, "4", card))
+        )
+        assert (draft.state, draft.HasField("cohort")) == (pricing_pb2.DRAFT, False)
+        code, _ = refusal(lambda: _publish(client, 3, S + 2 * HOUR_MS, pricing_pb2.Cohort(customer_ids=["e1"]), card))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert _estimates(client, ["e1", "e2"], card) == ["6", "6"]
+        at_now = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=card, at=stamp(H + 1)))
+        assert at_now.version == 2

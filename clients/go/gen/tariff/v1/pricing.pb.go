@@ -1136,8 +1136,13 @@ type RateCardVersion struct {
 	// Set once published.
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	PublishedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=published_at,json=publishedAt,proto3" json:"published_at,omitempty"`
-	Cohort        *Cohort                `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
-	CreatedBy     string                 `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Set on a version published for a cohort: whom it prices (see Cohort), as
+	// stored: customer_ids sorted and without repeats, customers_created_after
+	// to the millisecond (what is finer is dropped). Unset on a draft and on a
+	// version for every customer outside cohorts: one published without a
+	// cohort or with a cohort of no criterion, and a rollback's copy.
+	Cohort    *Cohort `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
+	CreatedBy string  `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	// Set on a version RollbackRateCard made: the version it is a copy of (also
 	// its based_on_version); 0 on any other version.
 	RollbackToVersion uint32 `protobuf:"varint,13,opt,name=rollback_to_version,json=rollbackToVersion,proto3" json:"rollback_to_version,omitempty"`

@@ -493,6 +493,12 @@ export type RateCardVersion = Message<"tariff.v1.RateCardVersion"> & {
   publishedAt?: Timestamp | undefined;
 
   /**
+   * Set on a version published for a cohort: whom it prices (see Cohort), as
+   * stored: customer_ids sorted and without repeats, customers_created_after
+   * to the millisecond (what is finer is dropped). Unset on a draft and on a
+   * version for every customer outside cohorts: one published without a
+   * cohort or with a cohort of no criterion, and a rollback's copy.
+   *
    * @generated from field: tariff.v1.Cohort cohort = 11;
    */
   cohort?: Cohort | undefined;
