@@ -38,6 +38,7 @@ PRODUCTS = {
     "cs": ("units-s", "work-s"),
     "cg": ("units-g", "work-g"),
     "ce": ("units-e", "work-e"),
+    "cq": ("units-q", "work-q"),
 }
 
 
@@ -188,6 +189,10 @@ def test_a_retroactive_cohort_publish_with_an_override_estimates_explains_and_su
     with server.client() as client:
         assert [_charges(client, i) for i in "abc"] == ["20", "10", "30"]
         assert _estimates(client, ["a", "b", "c", "d", "e"]) == ["3", "2", "6", "6", "2"]
+        assert _explained(client, "a") == [("a1", 1, "5"), ("a2", 1, "5"), ("", 2, "10")]
+        assert _explained(client, "b") == [("b1", 1, "10")]
+        listed = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD)).versions
+        assert [dict(v.cohort.attributes) for v in listed] == [{}, {"segment": "ent"}]
 
 
 def _rollback(client: TariffClient, card: str, to_version: int, from_ms: int) -> pricing_pb2.PublishVersionResponse:
@@ -533,3 +538,24 @@ def test_an_empty_cohort_is_everyone_and_a_cohort_retried_in_another_spelling_is
         assert _estimates(client, ["e1", "e2"], card) == ["6", "6"]
         at_now = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=card, at=stamp(H + 1)))
         assert at_now.version == 2
+
+
+def test_usage_a_publish_cannot_re_rate_refuses_only_the_publishes_that_concern_its_customer(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto PublishVersionRequest.effective_from: usage in an hour holding a period boundary off the hour
+    refuses a publish that would re-rate it, "the customers the publish concerns". Card cq: q1's contract from s,
+    q2's from s+30m (its period starts off the hour); 10 units each at s+40m. v2 (UNIT 2) for the cohort [q1]
+    from s re-rates q1 only (1 customer, 1 bucket, 1 event, +10): q2's hour is not its to price. v3 (UNIT 3) for
+    everyone from s is FAILED_PRECONDITION naming q2, changing nothing: q1 20, q2 10."""
+    card = "cq"
+    with server.client() as client:
+        _customer(client, "q1", "any", card)
+        _customer(client, "q2", "any", card, S + HOUR_MS // 2)
+        _ingest(client, *[_work(i, f"{i}-1", S + 40 * 60_000, 10, card) for i in ("q1", "q2")])
+        cohort = pricing_pb2.Cohort(customer_ids=["q1"])
+        assert _rerated(_publish(client, _draft(client, 1, "2", card), S, cohort, card)) == (1, 1, 1, "10")
+        v3 = _draft(client, 1, "3", card)
+        code, details = refusal(lambda: _publish(client, v3, S, card=card))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and 'customer "q2"' in details, details
+        assert [_charges(client, i) for i in ("q1", "q2")] == ["20", "10"]
