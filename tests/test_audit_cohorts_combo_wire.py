@@ -39,6 +39,7 @@ PRODUCTS = {
     "cg": ("units-g", "work-g"),
     "ce": ("units-e", "work-e"),
     "cq": ("units-q", "work-q"),
+    "cb": ("units-b", "work-b"),
 }
 
 
@@ -318,6 +319,9 @@ def test_a_cohort_by_creation_time_attribute_and_id_takes_in_later_customers_and
         assert _estimates(client, ["n2"], card) == ["5"]
         _ingest(client, _work("n2", "n2-2", S + 2 * HOUR_MS + 1, 10, card))
         assert _charges(client, "n2") == "75"
+        assert [(p.version, p.quantity, p.amount) for p in _line(client, "n2").prices] == [(2, "20", "75")]
+        assert [(p.version, p.quantity, p.amount) for p in _line(client, "nx").prices] == [(3, "10", "70")]
+        assert _explained(client, "n2") == [("n2-1", 2, "50"), ("n2-2", 2, "25")]
         assert _simulated(client, card, 1, "n2") == ("75", "10", "-65")
         assert _simulated(client, card, 2, "n1") == ("10", "50", "40")
         listed = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=card)).versions
@@ -559,3 +563,46 @@ def test_usage_a_publish_cannot_re_rate_refuses_only_the_publishes_that_concern_
         code, details = refusal(lambda: _publish(client, v3, S, card=card))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and 'customer "q2"' in details, details
         assert [_charges(client, i) for i in ("q1", "q2")] == ["20", "10"]
+
+
+def test_a_retroactive_cohort_publish_settles_its_members_credit_again_and_blocks_them_only(
+    server: ServerProcess,
+) -> None:
+    """Card cb, BLOCK contracts from s, each customer a promotional grant of 25. k1 and k2 use 10 units at s and 10
+    at s+1h: 20 drawn, 5 left each. v2 (UNIT 3) for the cohort [k1] from s+1h: k1's s+1h bucket 10 -> 30, charges
+    40: the grant pays 25, overage 15 (a rise draws in burn order, the rest overage; BLOCK takes it as ALLOW does).
+    k2 keeps 5 credits, charges 20, no overage. Authorize 2 units now: k1 costs 6 with 0 available, denied
+    INSUFFICIENT_CREDIT; k2 costs 2 with 5 available, allowed."""
+    card = "cb"
+    with server.client() as client:
+        for customer_id in ("k1", "k2"):
+            client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+            client.contracts.CreateContract(
+                contracts_pb2.CreateContractRequest(
+                    id=f"k-{customer_id}",
+                    customer_id=customer_id,
+                    rate_card_id=card,
+                    starting_at=stamp(S),
+                    overage_policy=contracts_pb2.BLOCK,
+                    overage_price="1",
+                    currency="USD",
+                )
+            )
+            grant = contracts_pb2.Grant(
+                id=f"g-{customer_id}", contract_id=f"k-{customer_id}", kind=contracts_pb2.PROMOTIONAL, amount="25"
+            )
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        ids = ["k1", "k2"]
+        _ingest(client, *[_work(i, f"{i}-{h}", S + h * HOUR_MS + 1, 10, card) for i in ids for h in (0, 1)])
+        cohort = pricing_pb2.Cohort(customer_ids=["k1"])
+        assert _rerated(_publish(client, _draft(client, 1, "3", card), S + HOUR_MS, cohort, card)) == (1, 1, 1, "20")
+        balances = [client.get_balance(i) for i in ids]
+        assert [(b.period_charges, b.credits_remaining, b.overage_amount) for b in balances] == [
+            ("40", "0", "15"),
+            ("20", "5", "0"),
+        ]
+        answers = [client.authorize(i, PRODUCTS[card][1], values={"n": 2}) for i in ids]
+        assert [(a.allowed, a.reason, a.estimated_cost, a.credits_available) for a in answers] == [
+            (False, "INSUFFICIENT_CREDIT", "6", "0"),
+            (True, "OK", "2", "5"),
+        ]
