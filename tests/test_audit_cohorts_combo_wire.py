@@ -182,6 +182,10 @@ def test_a_retroactive_cohort_publish_with_an_override_estimates_explains_and_su
         assert card.current_version == 1
         listed = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD)).versions
         assert [dict(v.cohort.attributes) for v in listed] == [{}, {"segment": "ent"}]
+        diff = client.pricing.DiffVersions(
+            pricing_pb2.DiffVersionsRequest(rate_card_id=CARD, from_version=1, to_version=v2)
+        )
+        assert [(f.path, f.old_price, f.new_price) for r in diff.rates for f in r.fields] == [("unit.price", "1", "3")]
         _customer(client, "d", "ent")
         _customer(client, "e", "smb")
         assert _estimates(client, ["d", "e"]) == ["6", "2"]
@@ -217,7 +221,9 @@ def test_rollbacks_after_a_cohort_publish_leave_members_their_newer_cohort_versi
     Rollback to v2 from s+3h: v5 (v2's prices) replaces v4; ra's v3 (s+2h) is older than s+3h, so v5 prices ra's
     s+3h too: ra 10 + 30 + 20 = 60 (-10), rb 10 + 10 + 20 = 40 (+10): 2 customers, 2 buckets, 2 events, 0. Now 2
     units cost 4 for both. ra's line: v2's 10 units (20), v3's 10 (30), v5's 10 (30 at v3, re-rated to 20 by v5),
-    adjustments s+1h [2] -> 4 20 -> 10, s+3h [3] -> 5 30 -> 20. The same after a kill -9."""
+    adjustments s+1h [2] -> 4 20 -> 10, s+3h [3] -> 5 30 -> 20. The same after a kill -9. Then a rollback to v3,
+    the cohort's version, from now: v6, a copy of v3's prices for everyone outside cohorts (rollback_from 5):
+    2 units cost 6 for both."""
     card = "cr"
     with server.client() as client:
         for customer_id in ("ra", "rb"):
@@ -261,6 +267,12 @@ def test_rollbacks_after_a_cohort_publish_leave_members_their_newer_cohort_versi
     with server.client() as client:
         assert [_charges(client, i) for i in ("ra", "rb")] == ["60", "40"]
         assert _estimates(client, ["ra", "rb"], card) == ["4", "4"]
+        # A rollback to the cohort's version: its copy (v6, UNIT 3) is for everyone outside cohorts from now.
+        third = _rollback(client, card, 3, H)
+        copy = third.version
+        assert (copy.version, copy.rollback_to_version, copy.rollback_from_version) == (6, 3, 5)
+        assert (copy.HasField("cohort"), _rerated(third)) == (False, (0, 0, 0, "0"))
+        assert _estimates(client, ["ra", "rb"], card) == ["6", "6"]
 
 
 def _created_at_ms(client: TariffClient, customer_id: str) -> int:

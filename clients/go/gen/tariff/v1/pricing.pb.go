@@ -2128,8 +2128,9 @@ func (x *PublishVersionResponse) GetLeftAloneReason() string {
 // version: history is never rewritten. The copy is version latest+1, state
 // PUBLISHED, based_on_version = rollback_to_version = to_version,
 // rollback_from_version = the version it replaced, with the parameters and
-// rates of to_version, no cohort (it prices every customer outside cohorts),
-// and the change note "rollback of version F to version T: a copy of version
+// rates of to_version, no cohort (it prices every customer outside cohorts,
+// also when to_version is a cohort's version: the copy takes its prices to
+// them), and the change note "rollback of version F to version T: a copy of version
 // T, effective from <time>". It goes through PublishVersion's path: the same
 // validation and the same handling of usage already rated after
 // effective_from (re-rated in open periods, as for a retroactive
