@@ -166,6 +166,24 @@ def test_a_retroactive_cohort_publish_with_an_override_estimates_explains_and_su
         assert [_charges(client, i) for i in "abc"] == ["20", "10", "30"]
         assert [client.authorize(i, "work", values={"n": 2}).estimated_cost for i in "abc"] == ["3", "2", "6"]
         assert _estimates(client, ["a", "b", "c"]) == ["3", "2", "6"]
+        streamed = client._raw_balance.AuthorizeStream(
+            iter(
+                [
+                    balance_pb2.AuthorizeRequest(request_id=i, customer_id=i, event_type="work", values={"n": 2})
+                    for i in "abc"
+                ]
+            )
+        )
+        assert [r.estimated_cost for r in streamed] == ["3", "2", "6"]
+        held = balance_pb2.AuthorizeRequest(
+            request_id="hold-a", customer_id="a", event_type="work", values={"n": 2}, reserve=True, reservation_id="h-a"
+        )
+        plain = balance_pb2.AuthorizeRequest(request_id="c", customer_id="c", event_type="work", values={"n": 2})
+        batch = balance_pb2.AuthorizeBatch(requests=[held, plain])
+        (result,) = list(client._raw_balance.AuthorizeBatches(iter([batch])))
+        assert [(r.estimated_cost, r.reservation_id) for r in result.responses] == [("3", "h-a"), ("6", "")]
+        release = balance_pb2.ReleaseReservationRequest(customer_id="a", reservation_id="h-a")
+        client.balance.ReleaseReservation(release)
         line = _line(client, "a")
         assert [(p.version, p.quantity, p.amount) for p in line.prices] == [(1, "10", "5"), (2, "10", "15")]
         assert [(list(j.old_versions), j.new_version, j.old_amount, j.new_amount) for j in line.adjustments] == [
