@@ -204,6 +204,14 @@ def test_a_retroactive_cohort_publish_with_an_override_estimates_explains_and_su
             pricing_pb2.DiffVersionsRequest(rate_card_id=CARD, from_version=1, to_version=v2)
         )
         assert [(f.path, f.old_price, f.new_price) for r in diff.rates for f in r.fields] == [("unit.price", "1", "3")]
+        # Prices are compared, not cohorts: a draft based on the cohort's version, for no cohort yet, diffs empty.
+        based = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, based_on_version=v2)
+        ).version
+        same = client.pricing.DiffVersions(
+            pricing_pb2.DiffVersionsRequest(rate_card_id=CARD, from_version=v2, to_version=based)
+        )
+        assert (list(same.parameters), list(same.rates)) == ([], [])
         _customer(client, "d", "ent")
         _customer(client, "e", "smb")
         assert _estimates(client, ["d", "e"]) == ["6", "2"]
@@ -215,7 +223,7 @@ def test_a_retroactive_cohort_publish_with_an_override_estimates_explains_and_su
         assert _explained(client, "a") == [("a1", 1, "5"), ("a2", 1, "5"), ("", 2, "10")]
         assert _explained(client, "b") == [("b1", 1, "10")]
         listed = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD)).versions
-        assert [dict(v.cohort.attributes) for v in listed] == [{}, {"segment": "ent"}]
+        assert [dict(v.cohort.attributes) for v in listed] == [{}, {"segment": "ent"}, {}]  # v3: the draft
 
 
 def _rollback(client: TariffClient, card: str, to_version: int, from_ms: int) -> pricing_pb2.PublishVersionResponse:

@@ -2397,7 +2397,9 @@ func (*GetVersionRequest_At) isGetVersionRequest_Selector() {}
 // Both versions are required (INVALID_ARGUMENT when 0); an unknown rate card
 // or version is NOT_FOUND, naming it. Any two versions of the card, drafts
 // included, in either order; a version diffed with itself gives an empty
-// answer.
+// answer. Prices are compared, not whom a version prices: a cohort's version
+// and a version with the same prices for everyone (or a draft based on it)
+// diff empty (RateCardVersion.cohort says whom each prices).
 type DiffVersionsRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`

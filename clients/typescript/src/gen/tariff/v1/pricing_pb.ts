@@ -1139,7 +1139,9 @@ export const GetVersionRequestSchema: GenMessage<GetVersionRequest> = /*@__PURE_
  * Both versions are required (INVALID_ARGUMENT when 0); an unknown rate card
  * or version is NOT_FOUND, naming it. Any two versions of the card, drafts
  * included, in either order; a version diffed with itself gives an empty
- * answer.
+ * answer. Prices are compared, not whom a version prices: a cohort's version
+ * and a version with the same prices for everyone (or a draft based on it)
+ * diff empty (RateCardVersion.cohort says whom each prices).
  *
  * @generated from message tariff.v1.DiffVersionsRequest
  */
