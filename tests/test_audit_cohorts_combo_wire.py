@@ -384,6 +384,8 @@ def test_a_cohort_publish_over_a_closed_period_counts_only_its_members_usage_lef
     override's 4 replaces either price): 2 customers, 3 buckets, 3 events, net +10. p2 keeps 10, its line no
     adjustment; p3's lines each one adjustment [1] -> 2, 40 -> 40."""
     card = "cp"
+    if month_start_ms(0) > S:
+        pytest.skip("s lies in last month during the first hours of a month: this month's usage would be last month's")
     with server.client() as client:
         for customer_id in ("p1", "p2", "p3"):
             _customer(client, customer_id, "any", card, LAST_MONTH)
