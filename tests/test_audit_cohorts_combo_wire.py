@@ -18,7 +18,7 @@ from tariff import TariffClient
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, refusal, serving
+from tests.audit_fixtures import HOUR_MS, refusal, release, serving
 from tests.serverproc import ServerProcess
 from tests.test_audit_pricing_wire import month_start_ms, this_hour_ms
 
@@ -611,7 +611,9 @@ def test_a_retroactive_cohort_publish_settles_its_members_credit_again_and_block
     """Card cb, BLOCK contracts from s, each customer a promotional grant of 25. k1 and k2 use 10 units at s and 10
     at s+1h: 20 drawn, 5 left each. v2 (UNIT 3) for the cohort [k1] from s+1h: k1's s+1h bucket 10 -> 30, charges
     40: the grant pays 25, overage 15 (a rise draws in burn order, the rest overage; BLOCK takes it as ALLOW does).
-    k2 keeps 5 credits, charges 20, no overage. Authorize 2 units now: k1 costs 6 with 0 available, denied
+    k2 keeps 5 credits, charges 20, no overage. Holds of 2 units made now (before the publish, 2 each, 3 left
+    available): the usage, dated before the hold's hour, draws first, so k1's hold shrinks to the credit left, 0;
+    k2's still holds 2. Then released. Authorize 2 units now: k1 costs 6 with 0 available, denied
     INSUFFICIENT_CREDIT; k2 costs 2 with 5 available, allowed."""
     card = "cb"
     with server.client() as client:
@@ -634,13 +636,20 @@ def test_a_retroactive_cohort_publish_settles_its_members_credit_again_and_block
             client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
         ids = ["k1", "k2"]
         _ingest(client, *[_work(i, f"{i}-{h}", S + h * HOUR_MS + 1, 10, card) for i in ids for h in (0, 1)])
+        for customer_id in ids:
+            hold = client.authorize(
+                customer_id, PRODUCTS[card][1], values={"n": 2}, reserve=True, reservation_id=f"h-{customer_id}"
+            )
+            assert (hold.allowed, hold.estimated_cost, hold.credits_available) == (True, "2", "3")
         cohort = pricing_pb2.Cohort(customer_ids=["k1"])
         assert _rerated(_publish(client, _draft(client, 1, "3", card), S + HOUR_MS, cohort, card)) == (1, 1, 1, "20")
         balances = [client.get_balance(i) for i in ids]
-        assert [(b.period_charges, b.credits_remaining, b.overage_amount) for b in balances] == [
-            ("40", "0", "15"),
-            ("20", "5", "0"),
+        assert [(b.period_charges, b.credits_remaining, b.overage_amount, b.credits_held) for b in balances] == [
+            ("40", "0", "15", "0"),
+            ("20", "5", "0", "2"),
         ]
+        for customer_id in ids:
+            release(client, customer_id, f"h-{customer_id}")
         answers = [client.authorize(i, PRODUCTS[card][1], values={"n": 2}) for i in ids]
         assert [(a.allowed, a.reason, a.estimated_cost, a.credits_available) for a in answers] == [
             (False, "INSUFFICIENT_CREDIT", "6", "0"),
