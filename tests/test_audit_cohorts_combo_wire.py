@@ -9,6 +9,7 @@ UNIT 1 from s = this hour - 4h. Customers `a` and `c` (segment=ent) and `b` (seg
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -422,10 +423,11 @@ def test_a_cohort_publish_over_a_closed_period_counts_only_its_members_usage_lef
 def test_customers_created_after_cohort_publishes_that_split_and_grew_timelines_get_their_own_versions(
     server: ServerProcess,
 ) -> None:
-    """Card ct, v1 UNIT 1 from s. m1 (group b), m2 and o1 (group c) share one timeline. v2 (2) for [m1, m2] from s+1h; v3 (3) for [m1] from s+2h; v4 (4) for the cohort group=c (m2, o1)
-    from s+3h. 2 units now (s+4h): m1 2 x 3 = 6 (v3), m2 8 (v4), o1 8 (v4). Created afterwards: x (group a, in no
-    cohort) 2 (v1 only, though o1's timeline, which held v1 only, took v4 in), y (group c) 8 (v1 and v4). Late
-    usage of 10 at s+3h for x and y: 10 and 40. The same after a kill -9."""
+    """Card ct, v1 UNIT 1 from s. m1 (group b), m2 and o1 (group c) share one timeline. v2 (2) for [m1, m2] from
+    s+1h; v3 (3) for [m1] from s+2h; v4 (4) for the cohort group=c (m2, o1) from s+3h. 2 units now (s+4h): m1
+    2 x 3 = 6 (v3), m2 8 (v4), o1 8 (v4). Created afterwards: x (group a, in no cohort) 2 (v1 only, though o1's
+    timeline, which held v1 only, took v4 in), y (group c) 8 (v1 and v4). Late usage of 10 at s+3h for x and y:
+    10 and 40. The same after a kill -9."""
     card = "ct"
     groups = {"m1": "b", "m2": "c", "o1": "c", "x": "a", "y": "c"}
     with server.client() as client:
@@ -552,11 +554,13 @@ def test_a_retroactive_cohort_publish_carries_a_late_events_earlier_hours_for_it
 def test_an_empty_cohort_is_everyone_and_a_cohort_retried_in_another_spelling_is_the_same(
     server: ServerProcess,
 ) -> None:
-    """README Cohorts, pricing.proto RateCardVersion.cohort: a cohort with no criterion is everyone (stored as no
-    cohort: the card's current version, no cohort shown; a draft shows none either); a retry with the same cohort answers as the first call, the ids in another order and
-    repeated, customers_created_after finer than a millisecond (dropped, as README "Times" says) the same cohort;
-    another cohort is FAILED_PRECONDITION. Card ce: e1, e2; v2 (UNIT 2) with an empty cohort from s+1h; v3
-    (UNIT 3) for [e1, e2] created after s from s+2h. 2 units now: 6 for both; GetVersion(now) 2."""
+    """README Cohorts, pricing.proto RateCardVersion.cohort, architecture §5 Cohorts: a cohort with no criterion
+    is everyone (stored as no cohort: the card's current version, no cohort shown; a draft shows none either); a
+    retry with the same cohort answers as the first call, the ids in another order and repeated,
+    customers_created_after finer than a millisecond (dropped, as README "Times" says) the same cohort; another
+    cohort is FAILED_PRECONDITION. The audit entry's diff holds the cohort as requested, the version it
+    normalised. Card ce: e1, e2; v2 (UNIT 2) with an empty cohort from s+1h; v3 (UNIT 3) for [e1, e2] created
+    after s from s+2h. 2 units now: 6 for both; GetVersion(now) 2."""
     card = "ce"
     with server.client() as client:
         for customer_id in ("e1", "e2"):
@@ -568,6 +572,11 @@ def test_an_empty_cohort_is_everyone_and_a_cohort_retried_in_another_spelling_is
         cohort = pricing_pb2.Cohort(customer_ids=["e2", "e1"], customers_created_after=after)
         v3 = _publish(client, _draft(client, 2, "3", card), S + 2 * HOUR_MS, cohort, card)
         assert list(v3.version.cohort.customer_ids) == ["e1", "e2"]
+        entry = client.pricing.GetAuditLog(
+            pricing_pb2.GetAuditLogRequest(target=f"rate_card/{card}/version/3", action="PublishVersion")
+        ).entries[0]
+        # The journaled command (and so the audit diff) holds the cohort as requested; the version, normalised.
+        assert json.loads(entry.diff)["cohort"]["customer_ids"] == ["e2", "e1"]
         finer = pricing_pb2.Cohort(customer_ids=["e1", "e2", "e1"], customers_created_after=after)
         finer.customers_created_after.nanos += 400_000
         again = _publish(client, 3, S + 2 * HOUR_MS, finer, card)
