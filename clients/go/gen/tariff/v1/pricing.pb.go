@@ -1136,8 +1136,13 @@ type RateCardVersion struct {
 	// Set once published.
 	EffectiveFrom *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=effective_from,json=effectiveFrom,proto3" json:"effective_from,omitempty"`
 	PublishedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=published_at,json=publishedAt,proto3" json:"published_at,omitempty"`
-	Cohort        *Cohort                `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
-	CreatedBy     string                 `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Set on a version published for a cohort: whom it prices (see Cohort), as
+	// stored: customer_ids sorted and without repeats, customers_created_after
+	// to the millisecond (what is finer is dropped). Unset on a draft and on a
+	// version for every customer outside cohorts: one published without a
+	// cohort or with a cohort of no criterion, and a rollback's copy.
+	Cohort    *Cohort `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
+	CreatedBy string  `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	// Set on a version RollbackRateCard made: the version it is a copy of (also
 	// its based_on_version); 0 on any other version.
 	RollbackToVersion uint32 `protobuf:"varint,13,opt,name=rollback_to_version,json=rollbackToVersion,proto3" json:"rollback_to_version,omitempty"`
@@ -2123,8 +2128,9 @@ func (x *PublishVersionResponse) GetLeftAloneReason() string {
 // version: history is never rewritten. The copy is version latest+1, state
 // PUBLISHED, based_on_version = rollback_to_version = to_version,
 // rollback_from_version = the version it replaced, with the parameters and
-// rates of to_version, no cohort (it prices every customer outside cohorts),
-// and the change note "rollback of version F to version T: a copy of version
+// rates of to_version, no cohort (it prices every customer outside cohorts,
+// also when to_version is a cohort's version: the copy takes its prices to
+// them), and the change note "rollback of version F to version T: a copy of version
 // T, effective from <time>". It goes through PublishVersion's path: the same
 // validation and the same handling of usage already rated after
 // effective_from (re-rated in open periods, as for a retroactive
@@ -2391,7 +2397,9 @@ func (*GetVersionRequest_At) isGetVersionRequest_Selector() {}
 // Both versions are required (INVALID_ARGUMENT when 0); an unknown rate card
 // or version is NOT_FOUND, naming it. Any two versions of the card, drafts
 // included, in either order; a version diffed with itself gives an empty
-// answer.
+// answer. Prices are compared, not whom a version prices: a cohort's version
+// and a version with the same prices for everyone (or a draft based on it)
+// diff empty (RateCardVersion.cohort says whom each prices).
 type DiffVersionsRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`

@@ -493,6 +493,12 @@ export type RateCardVersion = Message<"tariff.v1.RateCardVersion"> & {
   publishedAt?: Timestamp | undefined;
 
   /**
+   * Set on a version published for a cohort: whom it prices (see Cohort), as
+   * stored: customer_ids sorted and without repeats, customers_created_after
+   * to the millisecond (what is finer is dropped). Unset on a draft and on a
+   * version for every customer outside cohorts: one published without a
+   * cohort or with a cohort of no criterion, and a rollback's copy.
+   *
    * @generated from field: tariff.v1.Cohort cohort = 11;
    */
   cohort?: Cohort | undefined;
@@ -1003,8 +1009,9 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
  * version: history is never rewritten. The copy is version latest+1, state
  * PUBLISHED, based_on_version = rollback_to_version = to_version,
  * rollback_from_version = the version it replaced, with the parameters and
- * rates of to_version, no cohort (it prices every customer outside cohorts),
- * and the change note "rollback of version F to version T: a copy of version
+ * rates of to_version, no cohort (it prices every customer outside cohorts,
+ * also when to_version is a cohort's version: the copy takes its prices to
+ * them), and the change note "rollback of version F to version T: a copy of version
  * T, effective from <time>". It goes through PublishVersion's path: the same
  * validation and the same handling of usage already rated after
  * effective_from (re-rated in open periods, as for a retroactive
@@ -1132,7 +1139,9 @@ export const GetVersionRequestSchema: GenMessage<GetVersionRequest> = /*@__PURE_
  * Both versions are required (INVALID_ARGUMENT when 0); an unknown rate card
  * or version is NOT_FOUND, naming it. Any two versions of the card, drafts
  * included, in either order; a version diffed with itself gives an empty
- * answer.
+ * answer. Prices are compared, not whom a version prices: a cohort's version
+ * and a version with the same prices for everyone (or a draft based on it)
+ * diff empty (RateCardVersion.cohort says whom each prices).
  *
  * @generated from message tariff.v1.DiffVersionsRequest
  */
