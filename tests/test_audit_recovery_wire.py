@@ -127,7 +127,7 @@ def contracts(client: TariffClient) -> None:
             rate_card_id=card,
             starting_at=stamp(start),
             overage_policy=policy,
-            overage_price="1.5",
+            overage_price="1.50",
             currency="USD",
         )
         if end is not None:
@@ -136,7 +136,7 @@ def contracts(client: TariffClient) -> None:
     client.contracts.AddOverride(
         contracts_pb2.AddOverrideRequest(
             contract_id=A2,
-            override=contracts_pb2.PriceOverride(id="half-b", product_id="api", match={"model": "b"}, multiplier="0.5"),
+            override=contracts_pb2.PriceOverride(id="half-b", product_id="api", match={"model": "b"}, multiplier="5e-1"),
         )
     )
     client.contracts.AddOverride(
@@ -152,9 +152,9 @@ GRANTS = [
         customer_id=A,
         contract_id=A1,
         kind=contracts_pb2.PREPAID,
-        amount="100",
-        paid_amount="50",
-        rollover_fraction="0.5",
+        amount="1e2",
+        paid_amount="50.00",
+        rollover_fraction="0.50",
     ),
     contracts_pb2.Grant(
         id="g-promo",
@@ -179,9 +179,9 @@ GRANTS = [
         id="g-b", customer_id=B, contract_id=B1, kind=contracts_pb2.PREPAID, amount="60", paid_amount="30"
     ),
 ]
-POLICY = contracts_pb2.TopUpPolicy(threshold="200", recharge_to="300", price_per_credit="0.25", max_per_period=2)
+POLICY = contracts_pb2.TopUpPolicy(threshold="2E2", recharge_to="300.0", price_per_credit="0.250", max_per_period=2)
 ALERTS = [
-    alerts_pb2.CreateAlertRequest(id="low-a", customer_id=A, type=alerts_pb2.LOW_BALANCE, threshold="250"),
+    alerts_pb2.CreateAlertRequest(id="low-a", customer_id=A, type=alerts_pb2.LOW_BALANCE, threshold="250.00"),
     alerts_pb2.CreateAlertRequest(id="spend-b", customer_id=B, type=alerts_pb2.SPEND_THRESHOLD, threshold="20"),
     alerts_pb2.CreateAlertRequest(id="empty-b", customer_id=B, type=alerts_pb2.CREDITS_EXHAUSTED),
     alerts_pb2.CreateAlertRequest(id="topups", all=True, type=alerts_pb2.TOP_UP_EXECUTED),
