@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf import text_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from tariff import TariffClient, TariffError, now_ms
@@ -136,7 +137,9 @@ def contracts(client: TariffClient) -> None:
     client.contracts.AddOverride(
         contracts_pb2.AddOverrideRequest(
             contract_id=A2,
-            override=contracts_pb2.PriceOverride(id="half-b", product_id="api", match={"model": "b"}, multiplier="5e-1"),
+            override=contracts_pb2.PriceOverride(
+                id="half-b", product_id="api", match={"model": "b"}, multiplier="5e-1"
+            ),
         )
     )
     client.contracts.AddOverride(
@@ -513,3 +516,241 @@ def retries(client: TariffClient) -> Reads:
     rollback = pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD2, to_version=1, effective_from=stamp(M0 + HOUR_MS))
     put(answers, "Rollback", p.RollbackRateCard, rollback)
     return answers
+
+
+# Hidden state (distinct values seen, the latest value, tiers reached, flat fees charged, top-ups bought, holds, the
+# alert rules' last evaluation) shows only in what later usage does. Four identical customers (clones) are set up
+# alike; each is probed (the same calls) after another kind of start: before any restart, after `kill -9`, after a
+# snapshot load and after a clean stop. Their answers, ids and server times aside, must be the same.
+PROBE_CARD = "rc-probe"
+PROBE_PRODUCTS = [
+    pricing_pb2.Product(
+        id="uniq", name="uniq", event_type="login", aggregation=pricing_pb2.UNIQUE_COUNT, value_key="user"
+    ),
+    pricing_pb2.Product(id="gauge", name="gauge", event_type="gauge", aggregation=pricing_pb2.LATEST, value_key="n"),
+    pricing_pb2.Product(
+        id="pings", name="pings", event_type="ping", aggregation=pricing_pb2.COUNT, pricing_dimensions=["region"]
+    ),
+    pricing_pb2.Product(id="tok", name="tok", event_type="tok", aggregation=pricing_pb2.SUM, value_key="n"),
+    pricing_pb2.Product(id="pkg", name="pkg", event_type="pkg", aggregation=pricing_pb2.SUM, value_key="n"),
+    pricing_pb2.Product(id="seat", name="seat", event_type="seat2", aggregation=pricing_pb2.MAX, value_key="n"),
+]
+PROBE_RATES = [
+    pricing_pb2.Rate(product_id="uniq", unit=pricing_pb2.UnitPrice(price="base * 2")),
+    pricing_pb2.Rate(product_id="gauge", unit=pricing_pb2.UnitPrice(price="0.5")),
+    pricing_pb2.Rate(product_id="pings", unit=pricing_pb2.UnitPrice(price="0.1")),
+    pricing_pb2.Rate(product_id="pings", match={"region": "eu"}, unit=pricing_pb2.UnitPrice(price="0.2")),
+    pricing_pb2.Rate(
+        product_id="tok",
+        tiered=pricing_pb2.TieredPrice(
+            mode=pricing_pb2.GRADUATED,
+            tiers=[
+                pricing_pb2.Tier(up_to="100", unit_price="0.1"),
+                pricing_pb2.Tier(unit_price="0.05", flat_price="1"),
+            ],
+        ),
+    ),
+    pricing_pb2.Rate(product_id="pkg", package=pricing_pb2.PackagePrice(package_size="10", package_price="3")),
+    pricing_pb2.Rate(product_id="seat", flat=pricing_pb2.FlatPrice(price="5")),
+]
+CLONES = ("k0", "k1", "k2", "k3")
+
+
+def probe_event(txn: str, clone: str, kind: str, at_ms: int, **fields: Any) -> usage_pb2.UsageEvent:
+    values = {"n": float(fields.pop("n"))} if "n" in fields else {}
+    return usage_pb2.UsageEvent(
+        transaction_id=f"{clone}-{txn}",
+        customer_id=clone,
+        event_type=kind,
+        timestamp_ms=at_ms,
+        dimensions=fields,
+        values=values,
+    )
+
+
+def probe_catalogue(client: TariffClient) -> None:
+    for product in PROBE_PRODUCTS:
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=PROBE_CARD, pricing_unit="credits"))
+    draft = client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=PROBE_CARD, upsert_rates=PROBE_RATES, set_parameters={"base": "0.25"}
+        )
+    )
+    publish = pricing_pb2.PublishVersionRequest(
+        rate_card_id=PROBE_CARD, version=draft.version, effective_from=stamp(M2)
+    )
+    client.pricing.PublishVersion(publish)
+
+
+def probe_hold(clone: str, name: str, n: float) -> balance_pb2.AuthorizeRequest:
+    return balance_pb2.AuthorizeRequest(
+        request_id=f"{clone}-{name}",
+        customer_id=clone,
+        event_type="tok",
+        values={"n": n},
+        reserve=True,
+        reservation_id=f"{clone}-{name}",
+        reservation_ttl=Duration(seconds=3600),
+    )
+
+
+def clone_setup(client: TariffClient, clone: str) -> None:
+    """The clone's customer, contract (from last month), grants, policy, rules, usage and an open hold."""
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=clone))
+    contract = contracts_pb2.CreateContractRequest(
+        id=f"{clone}-c", customer_id=clone, rate_card_id=PROBE_CARD, starting_at=stamp(M1), overage_price="2"
+    )
+    client.contracts.CreateContract(contract)
+    for grant in (
+        contracts_pb2.Grant(
+            id=f"{clone}-g",
+            contract_id=f"{clone}-c",
+            kind=contracts_pb2.PREPAID,
+            amount="60",
+            paid_amount="30",
+            rollover_fraction="0.5",
+        ),
+        contracts_pb2.Grant(
+            id=f"{clone}-p",
+            contract_id=f"{clone}-c",
+            kind=contracts_pb2.PROMOTIONAL,
+            amount="8",
+            paid_amount="0",
+            priority=-1,
+            applicable_product_ids=["pings", "uniq"],
+        ),
+    ):
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+    policy = contracts_pb2.TopUpPolicy(threshold="20", recharge_to="45", price_per_credit="0.5", max_per_period=2)
+    client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=f"{clone}-c", top_up=policy))
+    for kind, threshold in (
+        (alerts_pb2.LOW_BALANCE, "30"),
+        (alerts_pb2.SPEND_THRESHOLD, "15"),
+        (alerts_pb2.CREDITS_EXHAUSTED, ""),
+    ):
+        rule = alerts_pb2.CreateAlertRequest(id=f"{clone}-{kind}", customer_id=clone, type=kind, threshold=threshold)
+        client.alerts.CreateAlert(rule)
+    old, now = M1 + DAY_MS, M0 + 60_000
+    ingest(
+        client,
+        f"{clone}-setup",
+        *[
+            probe_event("u1-old", clone, "login", old, user="u1"),
+            probe_event("tok-old", clone, "tok", old, n=40),
+            probe_event("u1", clone, "login", now, user="u1"),
+            probe_event("u2", clone, "login", now + 1, user="u2"),
+            probe_event("g1", clone, "gauge", now + 10, n=8),
+            probe_event("p1", clone, "ping", now + 2, region="eu"),
+            probe_event("p2", clone, "ping", now + 3, region="us"),
+            probe_event("t1", clone, "tok", now + 4, n=90),
+            probe_event("pk1", clone, "pkg", now + 5, n=4),
+            probe_event("s1", clone, "seat2", now + 6, n=3),
+        ],
+    )
+    client.balance.Authorize(probe_hold(clone, "open", 30))
+    client.balance.Authorize(probe_hold(clone, "released", 5))
+    released = balance_pb2.ReleaseReservationRequest(customer_id=clone, reservation_id=f"{clone}-released")
+    client.balance.ReleaseReservation(released)
+
+
+_MS_IN_TEXT = re.compile(r"(?<=released at )\d+|(?<=settled at )\d+|(?<=expired at )\d+")
+VOLATILE = {"created_at", "time", "closed_at", "published_at", "as_of_seq", "journal_seq", "seq"}
+
+
+def scrubbed(message: Message) -> Message:
+    """A copy without the fields that differ between clones by when the server did things (times, seqs)."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    _scrub(copy)
+    return copy
+
+
+def _scrub(message: Message) -> None:
+    for field, value in message.ListFields():
+        if field.name in VOLATILE:
+            message.ClearField(field.name)
+        elif field.name == "details":
+            value.pop("at_ms", None)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in [value] if isinstance(value, Message) else value:
+                _scrub(item)
+
+
+def probe(client: TariffClient, clone: str, alerts: int | None = None) -> tuple[list[str], int]:
+    """The same calls on one clone: their answers as text, the clone's id and server times left out, and how many
+    alerts the server then holds (`alerts`: how many it should, read in full; None: those sent within 2 s)."""
+    answers: list[Message] = []
+    now = M0 + 60_000
+    answers.append(
+        ingest(
+            client,
+            f"{clone}-probe",
+            *[
+                probe_event("u1-again", clone, "login", now + 20, user="u1"),  # seen: adds nothing
+                probe_event("u3", clone, "login", now + 21, user="u3"),
+                probe_event("g0", clone, "gauge", now + 5, n=100),  # older than g1: does not move the gauge
+                probe_event("g2", clone, "gauge", now + 22, n=11),
+                probe_event("p3", clone, "ping", now + 23, region="eu"),
+                probe_event("t2", clone, "tok", now + 24, n=30),  # crosses into the second tier: its flat fee
+                probe_event("pk2", clone, "pkg", now + 25, n=7),  # a second package
+                probe_event("s2", clone, "seat2", now + 26, n=2),  # the flat fee is charged once
+                probe_event("t1", clone, "tok", now + 4, n=90),  # a duplicate
+                probe_event("p2", clone, "ping", now + 3, region="eu"),  # a conflict
+            ],
+        )
+    )
+    answers.append(client.balance.Authorize(probe_hold(clone, "open", 30)))
+    answers.append(client.balance.Authorize(probe_hold(clone, "released", 5)))
+    answers.append(client.balance.Authorize(probe_hold(clone, "big", 40)))
+    answers.append(ingest(client, f"{clone}-more", probe_event("t3", clone, "tok", now + 30, n=200)))
+    answers.append(client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id=clone)))
+    for start in (M1, M0):
+        invoice = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id=clone, period_start=stamp(start))
+        )
+        answers.append(invoice)
+        for line in invoice.lines:
+            request = invoices_pb2.ExplainLineItemRequest(
+                customer_id=clone, period_start=invoice.period_start, line_id=line.line_id, page_size=1000
+            )
+            answers.append(client.invoices.ExplainLineItem(request))
+    every_alert = watched_alerts(client, alerts)
+    answers += [alert for alert in every_alert if alert.customer_id == clone]
+    shown = [
+        f"{type(answer).__name__} {text_format.MessageToString(scrubbed(answer), as_one_line=True)}"
+        for answer in answers
+    ]
+    return [_MS_IN_TEXT.sub("<ms>", re.sub(rf"\b{clone}\b", "K", text)) for text in shown], len(every_alert)
+
+
+def test_hidden_state_acts_alike_after_kill9_snapshot_load_and_clean_stop(server_factory: ServerFactory) -> None:
+    server: ServerProcess = server_factory()
+    with server.client() as client:
+        probe_catalogue(client)
+        for clone in CLONES:
+            clone_setup(client, clone)
+        before = len(watched_alerts(client, None))
+        control, total = probe(client, "k0")
+    fired = total - before  # by the probe
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        probed, total = probe(client, "k1", total + fired)
+        assert probed == control, "after kill -9 (journal replay)"
+    server.kill9()
+    server.extra_args = (*server.extra_args, "--snapshot-every", "1", "--snapshot-journal-factor", "0")
+    server.restart()
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rc-zz"))
+        assert wait_for(lambda: bool(_SNAPSHOT_LINE.search(server.log_path.read_text(errors="replace"))), 15)
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        probed, total = probe(client, "k2", total + fired)
+        assert probed == control, "after a snapshot load"
+    server.terminate()
+    server.restart()
+    with server.client() as client:
+        probed, total = probe(client, "k3", total + fired)
+        assert probed == control, "after a clean stop"
