@@ -380,7 +380,7 @@ def every_read(client: TariffClient, alerts: int | None = None) -> Reads:
             for m in numbers:
                 diff = pricing_pb2.DiffVersionsRequest(rate_card_id=card, from_version=n, to_version=m)
                 put(reads, f"DiffVersions {card} {n} {m}", p.DiffVersions, diff)
-        for at in (M3, M1, M0, M0 + HOUR_MS, now_ms() // HOUR_MS * HOUR_MS):
+        for at in (M3, M1, M0, M0 + HOUR_MS, M0 + 2 * HOUR_MS):
             put(
                 reads,
                 f"GetVersion {card} at {at}",
@@ -404,7 +404,64 @@ def every_read(client: TariffClient, alerts: int | None = None) -> Reads:
         put(reads, f"GetInvoice {number}", i.GetInvoice, invoices_pb2.GetInvoiceRequest(invoice_number=number))
     for index, alert in enumerate(watched_alerts(client, alerts)):
         reads[f"Alert {index}"] = alert.SerializeToString(deterministic=True)
+    paged_and_filtered(reads, client)
     return reads
+
+
+def paged(reads: Reads, name: str, call: Callable[[Any], Any], request: Any, token: str) -> None:
+    """Every page of a paged list, `request` given the previous page's token in its field `token` each time."""
+    for page in range(200):
+        put(reads, f"{name} page {page}", call, request)
+        answer = reads[f"{name} page {page}"]
+        if answer.startswith(b"refused"):
+            return
+        following = getattr(call(request), "next_page_token" if token == "page_token" else "next_after_seq")
+        if not following:
+            return
+        setattr(request, token, following)
+
+
+def paged_and_filtered(reads: Reads, client: TariffClient) -> None:
+    """The lists a page of 1 and 2 at a time, and the filters of the invoices, the audit log and revenue."""
+    c, p, i = client.contracts, client.pricing, client.invoices
+    for size in (1, 2):
+        paged(
+            reads,
+            f"ListCustomers {size}",
+            c.ListCustomers,
+            contracts_pb2.ListCustomersRequest(page_size=size),
+            "page_token",
+        )
+        paged(
+            reads,
+            f"ListRateCards {size}",
+            p.ListRateCards,
+            pricing_pb2.ListRateCardsRequest(page_size=size),
+            "page_token",
+        )
+        rules = alerts_pb2.ListAlertRulesRequest(page_size=size)
+        paged(reads, f"ListAlertRules {size}", client.alerts.ListAlertRules, rules, "page_token")
+        paged(
+            reads,
+            f"ListInvoices {size}",
+            i.ListInvoices,
+            invoices_pb2.ListInvoicesRequest(page_size=size),
+            "page_token",
+        )
+        audit = pricing_pb2.GetAuditLogRequest(page_size=size * 3)
+        paged(reads, f"GetAuditLog {size}", p.GetAuditLog, audit, "after_seq")
+    for customer in (A, B, C):
+        for status in (invoices_pb2.INVOICE_DRAFT, invoices_pb2.INVOICE_FINAL):
+            listed = invoices_pb2.ListInvoicesRequest(customer_id=customer, status=status, period_start_from=stamp(M2))
+            put(reads, f"ListInvoices {customer} {status}", i.ListInvoices, listed)
+        span = invoices_pb2.GetRevenueReportRequest(customer_id=customer, period_start=stamp(M2), period_end=stamp(M0))
+        put(reads, f"GetRevenueReport {customer}", i.GetRevenueReport, span)
+    for target, action in (("rate_card/", ""), ("customer/", ""), ("", "GrantCredits"), ("contract/rc-a", "")):
+        audit = pricing_pb2.GetAuditLogRequest(target=target, action=action, actor="anonymous", page_size=1000)
+        put(reads, f"GetAuditLog {target} {action}", p.GetAuditLog, audit)
+    span_ms = now_ms() - DAY_MS
+    timed = pricing_pb2.GetAuditLogRequest(start_time=stamp(span_ms), end_time=stamp(span_ms + 2 * DAY_MS))
+    put(reads, "GetAuditLog timed", p.GetAuditLog, timed)
 
 
 def invoices(reads: Reads, client: TariffClient, customer: str, start_ms: int) -> None:
