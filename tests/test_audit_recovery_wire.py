@@ -811,3 +811,40 @@ def test_hidden_state_acts_alike_after_kill9_snapshot_load_and_clean_stop(server
     with server.client() as client:
         probed, total = probe(client, "k3", total + fired)
         assert probed == control, "after a clean stop"
+
+
+def test_a_resend_of_an_accepted_event_is_a_duplicate_after_a_start_with_a_smaller_future_skew(
+    server_factory: ServerFactory,
+) -> None:
+    """README: an identical resend is a duplicate, "Both answers are the same after a restart", and
+    `--future-skew-s` may change between starts. An event dated 5 minutes ahead, accepted under a skew of 10
+    minutes, resent after a start with a skew of 0: still a duplicate (it was counted), not TIMESTAMP_OUT_OF_RANGE,
+    which would tell an at-least-once sender that the event it resent was never counted. A batch mixing such a
+    resend with a new event is journaled and replays alike."""
+    server = server_factory(extra_args=["--future-skew-s", "600"])
+    with server.client() as client:
+        catalogue(client)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="skew"))
+        contract = contracts_pb2.CreateContractRequest(
+            id="skew-1", customer_id="skew", rate_card_id=CARD, starting_at=stamp(M1)
+        )
+        client.contracts.CreateContract(contract)
+        batch = [event("ahead", "skew", now_ms() + 300_000, 5), event("now", "skew", now_ms() - 1_000, 1)]
+        assert ingest(client, "sent", *batch).accepted == 2
+        resent = ingest(client, "sent", *batch)
+        assert (resent.duplicates, list(resent.rejected)) == (2, [])
+        balance = client.get_balance("skew")
+    server.kill9()
+    server.extra_args = ("--future-skew-s", "0")
+    server.restart()
+    with server.client() as client:
+        resent = ingest(client, "sent", *batch)
+        assert (resent.accepted, resent.duplicates, list(resent.rejected)) == (0, 2, []), resent
+        mixed = ingest(client, "mixed", batch[0], event("later", "skew", now_ms() - 1_000, 2))
+        assert (mixed.accepted, mixed.duplicates, list(mixed.rejected)) == (1, 1, []), mixed
+        after = client.get_balance("skew")
+    assert after.period_charges == "8" and balance.period_charges == "6"  # 5 + 1, then 2 more: at 1 a unit
+    server.kill9()
+    server.restart()  # the mixed batch replays under its own rule
+    with server.client() as client:
+        assert client.get_balance("skew") == after
