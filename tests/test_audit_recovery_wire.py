@@ -521,7 +521,7 @@ def test_every_read_and_retry_is_the_same_after_kill9_snapshot_load_and_clean_st
         ingest(client, "after-ttl", event("b-m0-2", B, now_ms() - HOUR_MS, 2))
         before = every_read(client)
         retried = retries(client)
-        assert differences(before, every_read(client)) == []  # the retries changed nothing
+        assert differences(before, every_read(client, alert_count(before))) == []  # the retries changed nothing
     count = alert_count(before)
     for phase in ("kill9 (journal replay)", "kill9 after retries"):
         reads, answers = restarted(server, "kill9", count)
@@ -660,15 +660,9 @@ def clone_setup(client: TariffClient, clone: str) -> None:
         id=f"{clone}-c", customer_id=clone, rate_card_id=PROBE_CARD, starting_at=stamp(M1), overage_price="2"
     )
     client.contracts.CreateContract(contract)
+    # The promotional grant first: the rollover the prepaid one makes at this month's start (past already) is
+    # then recorded after both, whenever the clock records it, alike for every clone.
     for grant in (
-        contracts_pb2.Grant(
-            id=f"{clone}-g",
-            contract_id=f"{clone}-c",
-            kind=contracts_pb2.PREPAID,
-            amount="60",
-            paid_amount="30",
-            rollover_fraction="0.5",
-        ),
         contracts_pb2.Grant(
             id=f"{clone}-p",
             contract_id=f"{clone}-c",
@@ -677,6 +671,14 @@ def clone_setup(client: TariffClient, clone: str) -> None:
             paid_amount="0",
             priority=-1,
             applicable_product_ids=["pings", "uniq"],
+        ),
+        contracts_pb2.Grant(
+            id=f"{clone}-g",
+            contract_id=f"{clone}-c",
+            kind=contracts_pb2.PREPAID,
+            amount="60",
+            paid_amount="30",
+            rollover_fraction="0.5",
         ),
     ):
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
@@ -782,6 +784,14 @@ def probe(client: TariffClient, clone: str, alerts: int | None = None) -> tuple[
     return [_MS_IN_TEXT.sub("<ms>", re.sub(rf"\b{clone}\b", "K", text)) for text in shown], len(every_alert)
 
 
+def unlike(phase: str, control: list[str], probed: list[str]) -> str:
+    """The first answer that differs from the control's, both in full."""
+    for index, (expected, found) in enumerate(zip(control, probed, strict=False)):
+        if expected != found:
+            return f"{phase}: answer {index}\n  control {expected}\n  probed  {found}"
+    return f"{phase}: {len(control)} answers, then {len(probed)}"
+
+
 def test_hidden_state_acts_alike_after_kill9_snapshot_load_and_clean_stop(server_factory: ServerFactory) -> None:
     server: ServerProcess = server_factory()
     with server.client() as client:
@@ -795,7 +805,7 @@ def test_hidden_state_acts_alike_after_kill9_snapshot_load_and_clean_stop(server
     server.restart()
     with server.client() as client:
         probed, total = probe(client, "k1", total + fired)
-        assert probed == control, "after kill -9 (journal replay)"
+        assert probed == control, unlike("after kill -9 (journal replay)", control, probed)
     server.kill9()
     server.extra_args = (*server.extra_args, "--snapshot-every", "1", "--snapshot-journal-factor", "0")
     server.restart()
@@ -806,12 +816,12 @@ def test_hidden_state_acts_alike_after_kill9_snapshot_load_and_clean_stop(server
     server.restart()
     with server.client() as client:
         probed, total = probe(client, "k2", total + fired)
-        assert probed == control, "after a snapshot load"
+        assert probed == control, unlike("after a snapshot load", control, probed)
     server.terminate()
     server.restart()
     with server.client() as client:
         probed, total = probe(client, "k3", total + fired)
-        assert probed == control, "after a clean stop"
+        assert probed == control, unlike("after a clean stop", control, probed)
 
 
 def test_a_resend_of_an_accepted_event_is_a_duplicate_after_a_start_with_a_smaller_future_skew(
