@@ -49,6 +49,7 @@ class Kernel:
         returned_expired_credit_breaks: bool = False,
         reservation_ids_bounded: bool = False,
         returned_rolled_credit_breaks: bool = False,
+        duplicates_before_skew: bool = False,
     ) -> tuple[bytes, bytes, int, int, list[str]]:
         """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
         (False: at the purchase, as batches journaled before it). returned_expired_credit_breaks: what an event's
@@ -57,7 +58,9 @@ class Kernel:
         the next AdvanceClock, as batches journaled before it). reservation_ids_bounded: an event whose reservation_id
         is over 256 bytes is INVALID_EVENT (False: rated, as batches journaled before it).
         returned_rolled_credit_breaks: what an event's refund gives back to a grant that has rolled over already breaks
-        at once (False: it stays in the grant, as batches journaled before it)."""
+        at once (False: it stays in the grant, as batches journaled before it). duplicates_before_skew: an identical
+        resend of an accepted event is a duplicate whatever the future skew is now (False: TIMESTAMP_OUT_OF_RANGE past
+        it, as batches journaled before it)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,

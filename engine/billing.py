@@ -473,6 +473,7 @@ class Billing:
         returned_expired_credit_breaks: bool = False,
         reservation_ids_bounded: bool = False,
         returned_rolled_credit_breaks: bool = False,
+        duplicates_before_skew: bool = False,
     ) -> Ingested:
         """Rates a batch as record last_seq + 1, which it becomes only if it accepts an event.
 
@@ -487,6 +488,9 @@ class Billing:
         rates it, as then. `returned_rolled_credit_breaks`: likewise set and journaled, so that what an event's refund
         (a late event dated before a grant's rollover) gives back to a grant that has rolled over already breaks at
         once, the rollover being final; False (batches journaled before it) leaves it in the grant, as then.
+        `duplicates_before_skew`: likewise set and journaled, so that an identical resend of an accepted event is a
+        duplicate whatever the future skew is now (a start with a smaller --future-skew-s); False (batches
+        journaled before it) refuses it as TIMESTAMP_OUT_OF_RANGE past the skew, as then.
 
         Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
         self.refresh_tables()
@@ -502,6 +506,7 @@ class Billing:
             returned_expired_credit_breaks,
             reservation_ids_bounded,
             returned_rolled_credit_breaks,
+            duplicates_before_skew,
         )
         if not accepted:
             return Ingested(ack, digest, accepted, duplicates, rejected)
@@ -536,6 +541,7 @@ class Billing:
         returned_expired_credit_breaks: bool = False,
         reservation_ids_bounded: bool = False,
         returned_rolled_credit_breaks: bool = False,
+        duplicates_before_skew: bool = False,
     ) -> int:
         """Re-applies a journaled batch (with the rule it was rated by, see `ingest`) and asserts it did what the
         journal says (and fired the alerts it holds, when `fired` is given). Returns the events it accepted."""
@@ -547,6 +553,7 @@ class Billing:
             returned_expired_credit_breaks=returned_expired_credit_breaks,
             reservation_ids_bounded=reservation_ids_bounded,
             returned_rolled_credit_breaks=returned_rolled_credit_breaks,
+            duplicates_before_skew=duplicates_before_skew,
         )
         if done.digest != digest or not done.accepted or (fired is not None and list(done.alerts) != fired):
             raise RatingChanged(

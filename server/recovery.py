@@ -109,6 +109,7 @@ def recover_counting(
                 returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
                 reservation_ids_bounded=usage.reservation_ids_bounded,
                 returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
+                duplicates_before_skew=usage.duplicates_before_skew,
             )
         elif record.rerated is not None:
             _replay_rerated(billing, seq, record.rerated, record.alerts)

@@ -68,6 +68,7 @@ def _rate_batches(
             returned_expired_credit_breaks=True,
             reservation_ids_bounded=True,
             returned_rolled_credit_breaks=True,
+            duplicates_before_skew=True,
         )
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
@@ -85,6 +86,7 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
             returned_expired_credit_breaks=True,
             reservation_ids_bounded=True,
             returned_rolled_credit_breaks=True,
+            duplicates_before_skew=True,
         )
     except BatchTooLarge as exc:
         return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")

@@ -182,6 +182,7 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
                 returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
                 reservation_ids_bounded=usage.reservation_ids_bounded,
                 returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
+                duplicates_before_skew=usage.duplicates_before_skew,
             )
         else:
             assert record.command is not None and not isinstance(record.command, cmd.IngestBatch)
@@ -223,9 +224,35 @@ def test_a_batch_is_journaled_with_the_servers_top_up_rule_and_an_earlier_releas
     run_with(journal, body)
     seq = journal.last_seq()
     record = decode_record(next(iter(journal.read_records(seq - 1)))[1])
-    assert record.usage is not None and record.usage.top_ups_in_billed_period
+    assert record.usage is not None and record.usage.top_ups_in_billed_period and record.usage.duplicates_before_skew
     earlier = decode_record(msgspec.msgpack.encode([None, None, [b"batch", 1, bytes(16), 1, 0, 0]])).usage
     assert earlier is not None and (earlier.batch, earlier.top_ups_in_billed_period) == (b"batch", False)
+    assert not earlier.duplicates_before_skew
+
+
+def test_a_resend_past_a_smaller_skew_is_a_duplicate_by_the_servers_rule_and_refused_by_earlier_records() -> None:
+    # An event accepted 5 minutes ahead under a 10-minute skew, resent under a skew of 0 (a start with a smaller
+    # --future-skew-s): the server rates batches with duplicates_before_skew (a duplicate: it was counted), which
+    # its records journal; records of earlier releases replay without it (TIMESTAMP_OUT_OF_RANGE), as they did.
+    billing = Billing()
+    for seq, command in enumerate(demo_commands(NOW_MS), 1):
+        billing.apply(command, seq)
+    ahead = event("ahead")
+    ahead.timestamp_ms = NOW_MS + 300_000
+    data = usage_pb2.UsageBatch(events=[ahead]).SerializeToString()
+    billing.use_future_skew(600_000)
+    assert billing.ingest(data, NOW_MS, duplicates_before_skew=True).accepted == 1
+    billing.use_future_skew(0)
+    earlier = billing.ingest(data, NOW_MS + 1_000)
+    assert (earlier.duplicates, list(earlier.rejected)) == (0, ["TIMESTAMP_OUT_OF_RANGE"])
+    servers = billing.ingest(data, NOW_MS + 1_000, duplicates_before_skew=True)
+    assert (servers.duplicates, list(servers.rejected)) == (1, [])
+    conflict = event("ahead", model="gpt-4o-mini")
+    conflict.timestamp_ms = NOW_MS + 300_000
+    changed = billing.ingest(
+        usage_pb2.UsageBatch(events=[conflict]).SerializeToString(), NOW_MS + 1_000, duplicates_before_skew=True
+    )
+    assert list(changed.rejected) == ["TIMESTAMP_OUT_OF_RANGE"]  # not a resend: the skew holds, first as before
 
 
 def test_an_empty_batch_is_answered_with_an_empty_result_even_while_closing() -> None:
@@ -436,6 +463,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
             returned_expired_credit_breaks: bool = False,
             reservation_ids_bounded: bool = False,
             returned_rolled_credit_breaks: bool = False,
+            duplicates_before_skew: bool = False,
         ) -> Ingested:
             rated_on.append(threading.get_ident())
             rating.set()
@@ -450,6 +478,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
                 returned_expired_credit_breaks=returned_expired_credit_breaks,
                 reservation_ids_bounded=reservation_ids_bounded,
                 returned_rolled_credit_breaks=returned_rolled_credit_breaks,
+                duplicates_before_skew=duplicates_before_skew,
             )
 
         billing.ingest = held_ingest  # type: ignore[method-assign,assignment]

@@ -222,6 +222,7 @@ impl Kernel {
                 k.returned_expired_credit_breaks = false;
                 k.returned_rolled_credit_breaks = false;
                 k.reservation_ids_bounded = false;
+                k.duplicates_before_skew = false;
                 k.ingest(batch, received_ms, journal_seq)
             })?
             .map_err(PyValueError::new_err)
@@ -241,11 +242,13 @@ impl Kernel {
     /// 256 bytes is INVALID_EVENT (false: rated, as batches journaled before it).
     /// `returned_rolled_credit_breaks`: what an event's refund gives back to a grant that has rolled over
     /// already breaks at once (false: it stays in the grant, as batches journaled before it).
+    /// `duplicates_before_skew`: an identical resend of an accepted event is a duplicate whatever the
+    /// future skew is now (false: TIMESTAMP_OUT_OF_RANGE past it, as batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false,
         returned_expired_credit_breaks = false, reservation_ids_bounded = false,
-        returned_rolled_credit_breaks = false
+        returned_rolled_credit_breaks = false, duplicates_before_skew = false
     ))]
     fn ingest_checked<'py>(
         &self,
@@ -259,6 +262,7 @@ impl Kernel {
         returned_expired_credit_breaks: bool,
         reservation_ids_bounded: bool,
         returned_rolled_credit_breaks: bool,
+        duplicates_before_skew: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
@@ -266,6 +270,7 @@ impl Kernel {
                 kernel.returned_expired_credit_breaks = returned_expired_credit_breaks;
                 kernel.reservation_ids_bounded = reservation_ids_bounded;
                 kernel.returned_rolled_credit_breaks = returned_rolled_credit_breaks;
+                kernel.duplicates_before_skew = duplicates_before_skew;
                 let allowed = allowed.as_deref();
                 kernel::ingest_checked_pausing(kernel, batch, received_ms, next_seq, events_max, allowed, |held| {
                     RwLockWriteGuard::bump(held)

@@ -300,6 +300,17 @@ pub fn check_view<'a>(view: &EventView<'_, 'a>, now_ms: i64, future_skew_ms: i64
     Ok(event)
 }
 
+/// TIMESTAMP_OUT_OF_RANGE for an event dated more than `future_skew_ms` after `now_ms`.
+pub fn within_skew(timestamp_ms: i64, now_ms: i64, future_skew_ms: i64) -> Result<(), Refusal> {
+    if timestamp_ms > now_ms.saturating_add(future_skew_ms) {
+        return Err(Refusal::new(
+            Reason::TimestampOutOfRange,
+            format!("timestamp_ms {timestamp_ms} is more than {} s in the future", future_skew_ms / 1000),
+        ));
+    }
+    Ok(())
+}
+
 /// `check_view` into the caller's `event` (reused between events: nothing is moved per event).
 pub fn check_into<'a>(
     view: &EventView<'_, 'a>,
@@ -333,12 +344,7 @@ pub fn check_into<'a>(
     for &(key, value) in values {
         event.values.push((key, exact_value(key, value)?));
     }
-    if view.timestamp_ms > now_ms.saturating_add(future_skew_ms) {
-        return Err(Refusal::new(
-            Reason::TimestampOutOfRange,
-            format!("timestamp_ms {} is more than {} s in the future", view.timestamp_ms, future_skew_ms / 1000),
-        ));
-    }
+    within_skew(view.timestamp_ms, now_ms, future_skew_ms)?;
     // Sorted by key once valid (checked in their first-position order, which names the same entry
     // first as the Python engine): the digest needs a canonical order, and lookups can bisect.
     if !dimensions_sorted {

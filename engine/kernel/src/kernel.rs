@@ -18,8 +18,8 @@ use crate::buckets::{
 };
 use crate::credits::{self, AccountCredits, Clock};
 use crate::decode::{
-    check_into, check_view, py_dict, py_repr, py_repr_cut, wire, with_view, Event, EventView, Reason, Refusal,
-    TEXT_BYTES_MAX,
+    check_into, check_view, py_dict, py_repr, py_repr_cut, wire, with_view, within_skew, Event, EventView, Reason,
+    Refusal, TEXT_BYTES_MAX,
 };
 use crate::dedupe::{self, content_digest, prior, Held, Seen};
 use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes, NEVER_MS};
@@ -318,6 +318,11 @@ pub struct Kernel {
     /// INVALID_EVENT rather than rated: set by the caller for each batch, as its journal record says
     /// (false for records of earlier releases, which rated such an event). Not state.
     pub reservation_ids_bounded: bool,
+    /// Whether an identical resend of an accepted event is a duplicate before its timestamp is held
+    /// against the future skew (so a start with a smaller `--future-skew-s` still counts it as sent,
+    /// rather than TIMESTAMP_OUT_OF_RANGE): set by the caller for each batch, as its journal record
+    /// says (false for records of earlier releases, which refused it). Not state.
+    pub duplicates_before_skew: bool,
 }
 
 impl Kernel {
@@ -490,21 +495,29 @@ impl Kernel {
         ack: &mut AckBuilder,
     ) -> Result<bool, Refusal> {
         let catalog = &self.rater.catalog;
-        check_into(raw, received_ms, catalog.future_skew_ms, event)?;
+        // With duplicates_before_skew the skew is held once the event is known not to be an identical
+        // resend of an accepted one (which is a duplicate whatever the skew is now), still before the
+        // checks that followed it.
+        let skew_ms = if self.duplicates_before_skew { i64::MAX } else { catalog.future_skew_ms };
+        check_into(raw, received_ms, skew_ms, event)?;
+        let event = &*event;
+        let digest = dedupe::kept_digest(content_digest(event, &mut self.canonical));
+        let Warmed { dedupe_key, account, slot } = warmed;
+        // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
+        let place = self.dedupe.place(dedupe_key);
+        let seen = self.dedupe.held(place).map(Seen::from);
+        let known = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms);
+        if self.duplicates_before_skew && known != Some(digest) {
+            within_skew(event.timestamp_ms, received_ms, catalog.future_skew_ms)?;
+        }
         if self.reservation_ids_bounded && event.reservation_id.len() > TEXT_BYTES_MAX {
             let message = format!("reservation_id is longer than {TEXT_BYTES_MAX} bytes");
             return Err(Refusal::new(Reason::InvalidEvent, message));
         }
-        let event = &*event;
-        let digest = dedupe::kept_digest(content_digest(event, &mut self.canonical));
-        let Warmed { dedupe_key, account, slot } = warmed;
         let Some(account) = account.map(|at| self.accounts.at_mut(at)) else {
             return Err(no_such_customer_event(event.customer_id));
         };
-        // One lookup in the (large) dedupe table: the entry found is where an acceptance is recorded.
-        let place = self.dedupe.place(dedupe_key);
-        let seen = self.dedupe.held(place).map(Seen::from);
-        if let Some(known) = prior(seen.as_ref(), received_ms, catalog.dedupe_window_ms) {
+        if let Some(known) = known {
             if known != digest {
                 return Err(Refusal::new(
                     Reason::DuplicateConflict,

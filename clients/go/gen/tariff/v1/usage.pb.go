@@ -176,7 +176,9 @@ type UsageEvent struct {
 	// When the usage happened: Unix milliseconds, UTC. Positive (0, unset, is
 	// INVALID_EVENT "timestamp_ms is required", a negative one INVALID_EVENT
 	// too); at most 5 minutes (--future-skew-s) past the server's clock when the
-	// batch is rated, that instant included (later is TIMESTAMP_OUT_OF_RANGE);
+	// batch is rated, that instant included (later is TIMESTAMP_OUT_OF_RANGE,
+	// but for an identical resend of an event already accepted: a duplicate,
+	// whatever the skew is now);
 	// not in a closed billing period (PERIOD_CLOSED); and in a contract of the
 	// customer, from its starting_at up to but not at its ending_before
 	// (NO_ACTIVE_CONTRACT). It is the instant the rules read: the contract,
