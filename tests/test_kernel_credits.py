@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from tariff.v1 import usage_pb2
 
@@ -355,6 +356,28 @@ def test_at_the_periods_end_a_fraction_rolls_over_and_the_rest_breaks() -> None:
     assert_replays(m)
 
 
+def half_price_from_epoch(m: Ledger, at_ms: int, **flags: bool) -> cmd.PublishVersion:
+    """Drafts version 2 of "card" (tokens at 0.5) at `at_ms` + 5 and returns its publish from the epoch at `at_ms` +
+    6 with the re-rating `flags` (to run): a cut re-rating every hour rated so far."""
+    m.run(
+        cmd.CreateDraftVersion(
+            at_ms=at_ms + 5,
+            actor=ACTOR,
+            rate_card_id="card",
+            based_on_version=1,
+            set_parameters={},
+            remove_parameters=(),
+            upsert_rates=(rate("tokens", unit("0.5")),),
+            remove_rates=(),
+            change_note="",
+        )
+    )
+    publish = cmd.PublishVersion(
+        at_ms=at_ms + 6, actor=ACTOR, rate_card_id="card", version=2, effective_from_ms=EPOCH_MS
+    )
+    return msgspec.structs.replace(publish, **flags)
+
+
 @pytest.mark.parametrize(("breaks", "remaining", "broken"), [(True, "0", ["30", "40"]), (False, "40", ["30"])])
 def test_what_a_late_refund_gives_back_to_a_grant_that_rolled_over_breaks_with_its_batch(
     breaks: bool, remaining: str, broken: list[str]
@@ -400,24 +423,9 @@ def test_what_a_cut_gives_back_to_a_grant_that_rolled_over_breaks_with_the_re_ra
     m = Ledger(world)
     m.ingest([event("jan", T0, 40)], T0)
     assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
-    draft = cmd.CreateDraftVersion(
-        at_ms=FEB_MS + 5,
-        actor=ACTOR,
-        rate_card_id="card",
-        based_on_version=1,
-        set_parameters={},
-        remove_parameters=(),
-        upsert_rates=(rate("tokens", unit("0.5")),),
-        remove_rates=(),
-        change_note="",
-    )
-    m.run(draft)
-    publish = cmd.PublishVersion(
-        at_ms=FEB_MS + 6,
-        actor=ACTOR,
-        rate_card_id="card",
-        version=2,
-        effective_from_ms=EPOCH_MS,
+    publish = half_price_from_epoch(
+        m,
+        FEB_MS,
         rerate_breaks_rolled_credit=breaks,
     )
     assert m.run(publish).events_rerated == 1  # type: ignore[attr-defined]
@@ -533,24 +541,9 @@ def test_a_hold_that_rolled_over_keeps_its_share_on_the_rollover_grant_when_a_cu
     m.reserve("r1", 20, FEB_MS - 1_000, ttl_ms=60_000)
     assert m.advance(FEB_MS) == credits.Advanced(0, 1, ("acme",))
     rolled_id = f"rollover-g-{FEB_MS}"
-    draft = cmd.CreateDraftVersion(
-        at_ms=FEB_MS + 5,
-        actor=ACTOR,
-        rate_card_id="card",
-        based_on_version=1,
-        set_parameters={},
-        remove_parameters=(),
-        upsert_rates=(rate("tokens", unit("0.5")),),
-        remove_rates=(),
-        change_note="",
-    )
-    m.run(draft)
-    publish = cmd.PublishVersion(
-        at_ms=FEB_MS + 6,
-        actor=ACTOR,
-        rate_card_id="card",
-        version=2,
-        effective_from_ms=EPOCH_MS,
+    publish = half_price_from_epoch(
+        m,
+        FEB_MS,
         rerate_holds_in_time=True,
         rerate_breaks_rolled_credit=True,
         rerate_holds_off_final_grants=keep,
@@ -585,24 +578,9 @@ def test_a_cut_re_rating_before_an_expiry_breaks_what_it_gives_back_rather_than_
     m.ingest([event("jan", T0, 10)], T0)
     m.reserve("r1", 20, T0 + HOUR_MS, ttl_ms=10 * HOUR_MS)
     m.advance(T0 + 3 * HOUR_MS)
-    draft = cmd.CreateDraftVersion(
-        at_ms=T0 + 3 * HOUR_MS + 5,
-        actor=ACTOR,
-        rate_card_id="card",
-        based_on_version=1,
-        set_parameters={},
-        remove_parameters=(),
-        upsert_rates=(rate("tokens", unit("0.5")),),
-        remove_rates=(),
-        change_note="",
-    )
-    m.run(draft)
-    publish = cmd.PublishVersion(
-        at_ms=T0 + 3 * HOUR_MS + 6,
-        actor=ACTOR,
-        rate_card_id="card",
-        version=2,
-        effective_from_ms=EPOCH_MS,
+    publish = half_price_from_epoch(
+        m,
+        T0 + 3 * HOUR_MS,
         rerate_holds_in_time=True,
         rerate_breaks_rolled_credit=True,
         rerate_holds_off_final_grants=keep,
