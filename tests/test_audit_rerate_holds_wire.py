@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from tariff import TariffClient, now_ms
-from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, open_contract, release, serving
 from tests.serverproc import ServerProcess, wait_for
+from tests.test_audit_invoices2_wire import give
 from tests.test_audit_invoices_wire import ms, product
 from tests.test_audit_revenue_wire import customer_lines, revenue
 
@@ -61,21 +62,6 @@ def publish(client: TariffClient, card_id: str, price: str, from_ms: int) -> pri
         pricing_pb2.PublishVersionRequest(rate_card_id=card_id, version=made.version, effective_from=stamp(from_ms))
     )
     return done
-
-
-def grant(client: TariffClient, contract_id: str, grant_id: str, amount: str, **fields: object) -> None:
-    client.contracts.GrantCredits(
-        contracts_pb2.GrantCreditsRequest(
-            grant=contracts_pb2.Grant(
-                id=grant_id,
-                contract_id=contract_id,
-                kind=contracts_pb2.PREPAID,
-                amount=amount,
-                paid_amount=amount,
-                **fields,  # type: ignore[arg-type]
-            )
-        )
-    )
 
 
 def use(client: TariffClient, customer_id: str, key: str, n: int, at_ms: int) -> None:
@@ -129,7 +115,9 @@ def rolled_with_a_hold(client: TariffClient, customer_id: str) -> tuple[int, int
         pytest.skip("a month before a 29th-31st may not exist: the period would not end at E")
     start_ms = month_before(end_ms)
     open_contract(client, customer_id, f"{customer_id}-c", start_ms, rate_card_id=card(client, customer_id))
-    grant(client, f"{customer_id}-c", f"{customer_id}.G", "100", rollover_fraction="0.5", starts_at=stamp(start_ms))
+    give(
+        client, f"{customer_id}-c", f"{customer_id}.G", "100", "100", rollover_fraction="0.5", starts_at=stamp(start_ms)
+    )
     from_ms = now_ms() // HOUR_MS * HOUR_MS - 2 * HOUR_MS
     use(client, customer_id, "e1", 40, from_ms + 60_000)
     hold(client, customer_id, "r1", 20)
@@ -206,8 +194,8 @@ def test_a_cut_re_rating_before_a_grants_expiry_breaks_what_it_gives_back_and_mo
         hour_ms = now_ms() // HOUR_MS * HOUR_MS
         open_contract(client, "exp", "exp-c", hour_ms - 48 * HOUR_MS, rate_card_id=card(client, "exp"))
         expiry_ms = (now_ms() // 1000 + 5) * 1000
-        grant(client, "exp-c", "exp.E", "10", priority=1, expires_at=stamp(expiry_ms))
-        grant(client, "exp-c", "exp.X", "100", priority=2)
+        give(client, "exp-c", "exp.E", "10", "10", priority=1, expires_at=stamp(expiry_ms))
+        give(client, "exp-c", "exp.X", "100", "100", priority=2)
         use(client, "exp", "e1", 10, hour_ms - 2 * HOUR_MS + 60_000)
         hold(client, "exp", "r1", 20)
         assert rows(client, "exp") == {"exp.E": ("10", "10", "0", "0", "0"), "exp.X": ("100", "0", "100", "20", "0")}
