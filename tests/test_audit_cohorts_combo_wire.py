@@ -21,6 +21,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usa
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, refusal, release, serving
 from tests.serverproc import ServerProcess
+from tests.test_audit_contracts_wire import event
 from tests.test_audit_pricing_wire import month_start_ms, this_hour_ms
 
 CARD = "cc"
@@ -76,14 +77,7 @@ def _customer(client: TariffClient, customer_id: str, segment: str, card: str = 
 
 
 def _work(customer_id: str, transaction_id: str, at_ms: int, n: float, card: str = CARD) -> usage_pb2.UsageEvent:
-    event_type = PRODUCTS[card][1]
-    return usage_pb2.UsageEvent(
-        transaction_id=transaction_id,
-        customer_id=customer_id,
-        event_type=event_type,
-        timestamp_ms=at_ms,
-        values={"n": n},
-    )
+    return event(transaction_id, customer_id, PRODUCTS[card][1], n, at_ms)
 
 
 def _ingest(client: TariffClient, *events: usage_pb2.UsageEvent) -> None:
