@@ -87,7 +87,9 @@ def calls(client: TariffClient, text: str) -> dict[str, Callable[[], object]]:
             alerts_pb2.CreateAlertRequest(customer_id="acme", type=alerts_pb2.LOW_BALANCE, threshold=text)
         ),
         "set_parameters[markup]": lambda: client.pricing.CreateDraftVersion(
-            pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, based_on_version=1, set_parameters={"markup": text})
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD, based_on_version=1, set_parameters={"markup": text}
+            )
         ),
     }
 
