@@ -130,3 +130,19 @@ def test_a_decimal_out_of_range_is_refused_exactly_never_rounded(server: ServerP
             assert "decimal places" in details or "out of range" in details, (field, details)
         assert audit_count(client) == before
         assert server.running
+
+
+def test_a_long_or_exponent_text_of_a_value_in_range_is_read_exactly(server: ServerProcess) -> None:
+    """Trailing zeros are no decimal places: 64 characters of 1.000... are 1, and 100e-20 is 10^-18."""
+    one = "1." + "0" * 62
+    with server.client() as client:
+        customer_made(client)
+        grant = contracts_pb2.Grant(
+            id="g-long-one", contract_id=CONTRACT, kind=contracts_pb2.PREPAID, amount=one, paid_amount=one
+        )
+        made = client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        assert (made.amount, made.paid_amount) == ("1", "1")
+        contract = client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(customer_id="globex", rate_card_id=CARD, overage_price="100e-20")
+        )
+        assert contract.overage_price == "0.000000000000000001"
