@@ -55,6 +55,29 @@ def decimal_text_problem(text: str) -> str | None:
     return f"{text!r} is not a decimal: write {GRAMMAR_TEXT}"
 
 
+def decimal_range_problem(text: str) -> str | None:
+    """Why the value of a decimal in DECIMAL_GRAMMAR is out of range (10^18 or more in magnitude, or more than
+    PLACES_MAX decimal places), read exactly, or None when it is in range. Where a new request enters, with
+    decimal_text_problem: parse_decimal's in_range normalizes in DECIMAL_CONTEXT, which rounds a value of more than
+    60 significant digits ("0.1000...0001", 62 places, in 64 characters) and takes one below its smallest exponent
+    ("1e-1000059") to 0, so it found both in range; it stays so for the texts that earlier releases journaled."""
+    try:
+        value = Decimal(text)
+    except decimal.InvalidOperation:  # an exponent beyond what Decimal holds ("1e-99999999999999999999")
+        value = Decimal("NaN")
+    if value.is_finite() and (value.is_zero() or (value.copy_abs() < MAGNITUDE_LIMIT and _places(value) <= PLACES_MAX)):
+        return None
+    return f"{text!r} is out of range: below 10^18 with at most {PLACES_MAX} decimal places"
+
+
+def _places(value: Decimal) -> int:
+    """The decimal places of a finite, non-zero value, its trailing zeros not counted, exactly (any exponent)."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + trailing_zeros))
+
+
 def parse_decimal(text: str, field: str, *, allow_negative: bool = False) -> Decimal:
     """A finite decimal from its text; raises InvalidArgument naming `field`. Lenient as it always was (surrounding
     spaces, '+', '_', exponents): it reads journaled and snapshotted texts too. New requests are held to

@@ -16,7 +16,7 @@ from engine.errors import InvalidArgument
 from engine.formula import price_text_problem
 from engine.instants import check_instant
 from engine.ledger import Grant, GrantKind
-from engine.money import decimal_text_problem, format_decimal, format_picos, parse_decimal
+from engine.money import decimal_range_problem, decimal_text_problem, format_decimal, format_picos, parse_decimal
 from engine.products import Aggregation, Product
 from engine.ratecard import (
     Cohort,
@@ -89,9 +89,9 @@ def _check_whole(value: str, field_path: str) -> None:
 
 
 def decimal_text(text: str, field: str) -> str:
-    """`text`, once it is in the decimal grammar (or empty: the field's own rules decide then); INVALID_ARGUMENT
-    naming `field` otherwise."""
-    problem = decimal_text_problem(text)
+    """`text`, once it is in the decimal grammar and its value, read exactly, in range (or empty: the field's own
+    rules decide then); INVALID_ARGUMENT naming `field` otherwise."""
+    problem = decimal_text_problem(text) or (decimal_range_problem(text) if text else None)
     if problem is not None:
         raise InvalidArgument.field(field, problem)
     return text
