@@ -76,6 +76,10 @@ class Account(msgspec.Struct, gc=False):
     grants: tuple[Grant, ...] = ()
     closed_periods: dict[int, None] = {}  # a dict, not a set: snapshot bytes keep one order
     invoices: dict[int, str] = {}  # period start -> the number of its final invoice
+    # The currency of the contract the top-up policy was set through (SetTopUpPolicy.price_in_contract_currency):
+    # the policy buys only in periods of contracts in it. Empty: no policy, or one set by a record of an earlier
+    # release, which buys in every contract's period, as then.
+    top_up_currency: str = ""
 
 
 # Shared by every account without a closed period (most): msgspec gives each Account its own empty dicts, 64 bytes

@@ -190,10 +190,16 @@ def _set_top_up(billing: Billing, command: cmd.SetTopUpPolicy) -> Contract:
         top_up = parse_top_up(command)
         price_e18 = int(top_up.price_per_credit.scaleb(PRICE_PLACES, context=DECIMAL_CONTEXT))
         policy = (top_up.threshold, top_up.recharge_to, price_e18, top_up.max_per_period)
-    if billing.kernel.top_up_policy(contract.customer_id) == policy:
+    currency = contract.currency if policy is not None and command.price_in_contract_currency else ""
+    account = billing.engine.state.accounts[contract.customer_id]
+    if billing.kernel.top_up_policy(contract.customer_id) == policy and account.top_up_currency == currency:
         raise Repeated(contract)
     known = billing.kernel.set_top_up(contract.customer_id, policy)
     assert known, f"customer {contract.customer_id!r} has a contract, so the kernel knows it"
+    if account.top_up_currency != currency:
+        # Which of the customer's contracts the policy buys in is in their tables (engine/tables.py).
+        account.top_up_currency = currency
+        billing.customer_tables_changed(contract.customer_id)
     return contract
 
 

@@ -155,6 +155,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             convert.decimal_text(top_up.recharge_to, "top_up.recharge_to"),
             convert.decimal_text(top_up.price_per_credit, "top_up.price_per_credit"),
             top_up.max_per_period if request.HasField("top_up") else 0,
+            price_in_contract_currency=True,
         )
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)

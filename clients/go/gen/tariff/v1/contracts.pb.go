@@ -702,9 +702,16 @@ type TopUpPolicy struct {
 	// The customer's one policy (every contract of the customer shows it).
 	// Decimal strings in the pricing unit (threshold, recharge_to: at most 12
 	// decimal places) / the currency (price_per_credit: at most 18) of the
-	// contract whose billing period a purchase counts in, whichever contract
-	// the policy was set through;
-	// more is INVALID_ARGUMENT naming the field, never rounded. recharge_to x
+	// contract the policy was set through; more is INVALID_ARGUMENT naming the
+	// field, never rounded. It buys only in the billing periods of the
+	// customer's contracts in that currency: after a switch to a contract in
+	// another currency, a purchase that would count in the new contract's
+	// periods is not made (a price of 0.9 set for USD is never read as 0.9
+	// JPY) until the policy is set again through a contract in that currency,
+	// after which it buys in no period of a contract in the first one (late
+	// usage of the old contract included). (Policies set by earlier releases
+	// buy in every contract's periods, their price read in that contract's
+	// currency, and still do.) recharge_to x
 	// price_per_credit (what one purchase can cost at most, kept exact at
 	// 10^-30 in 128 bits) above (2^127 - 1) x 10^-30 (about 170 million in the
 	// currency) is INVALID_ARGUMENT naming top_up.recharge_to.
