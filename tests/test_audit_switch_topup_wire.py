@@ -4,15 +4,17 @@ and revenue"). Fixtures as tests/test_audit_topups_wire.py's: one product at 1 c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from tariff import TariffClient, now_ms
-from tariff.v1 import contracts_pb2
+from tariff.v1 import contracts_pb2, invoices_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import preview, serving
+from tests.audit_fixtures import preview, refusal, serving
 from tests.serverproc import ServerProcess
 from tests.test_audit_topups_wire import (
     DAY_MS,
@@ -109,3 +111,134 @@ def test_after_a_kill_9_restart_the_policy_still_buys_only_in_its_currency(serve
         assert top_ups_of(client, "x") == made
         previous = preview(client, "x", prev)
         assert (previous.top_up_purchases, previous.overage_due, previous.total_due) == ("5.40", "2.00", "7.40")
+
+
+def wait_for_rollover(client: TariffClient, customer_id: str) -> None:
+    """Until the clock driver has rolled the customer's grant over (its period's end is past): a slow machine may
+    take a while."""
+    for _ in range(300):
+        if any(g.kind == contracts_pb2.ROLLOVER for g in client.get_balance(customer_id).grants):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{customer_id}'s grant did not roll over")
+
+
+def customer_lines(client: TariffClient, customer_id: str, start_ms: int) -> dict[int, tuple[str, str, str, str]]:
+    """period start -> (recognized_credits, recognized_overage, breakage, deferred) of the customer's lines."""
+    request = invoices_pb2.GetRevenueReportRequest(
+        period_start=stamp(start_ms), period_end=stamp(now_ms()), customer_id=customer_id
+    )
+    report = client.invoices.GetRevenueReport(request)
+    assert report.reconciliation.reconciles
+    lines = report.customer_lines
+    return {
+        line.period_start.ToMilliseconds(): (
+            line.recognized_credits,
+            line.recognized_overage,
+            line.breakage,
+            line.deferred,
+        )
+        for line in lines
+    }
+
+
+def test_a_rollover_at_the_old_contracts_last_period_end_and_balances_invoices_revenue_closes_across_the_switch(
+    server: ServerProcess,
+) -> None:
+    """y-1 then y-2, both USD at 1 a unit of overage (README "Contract switches", "Rollover", "Deferred"). y-g (10,
+    paid 10, from y-1's start) and R (10, paid 10, half rolling over, from the previous month's start, in y-1's
+    last period): same priority, R not expiring: y-g burns first (creation order). 2 used in y-1's last period and
+    2 in y-2's first (Nov 2 and 4 for a switch on Nov 3), both from y-g. At y-1's monthly end (this month's start)
+    R rolls over: 5 into rollover-R-<this month> (paid 5, usable until next month's start), 5 break in y-1's last
+    period. 15 used now: the rollover first (earlier expiry), then y-g's 6: 4 of overage: GetBalance in y-2's
+    period: charges 15, overage 4, overage_due 4 (y-2's price). Invoices: y-1's last has the 2 units only (y-g 2
+    drawn 8 left, R 5 drawn 5 expired), y-2's first 2 units (y-g 6 left, the rollover 5), the current 15, 4.00
+    due. Revenue (deferred rolls forward): 10 after y-1's first period, 10 + 10 - 2 - 5 = 13, 13 - 2 = 11, then
+    11 - 11 = 0 with 4 of overage. w (USD then USD, policy below 5 back to 10 at 0.5 set through w-1): 6 used in
+    w-1's last period buys 6 (3.00 on its invoice, sold there: deferred 10 + 3 - 6 = 7), 6 used now (4 from w-g, 2
+    from that top-up) buys 6 in w-2's period (3.00 there: recognised 4 + 1, deferred 7 + 3 - 5 = 5). ClosePeriod
+    closes y-1's last period (ended at this month's start) and y-2's first; y-2's current is FAILED_PRECONDITION;
+    CloseDuePeriods then closes the rest of y's and w's ended periods, the earliest end first, then contract id."""
+    first, prev, cur = month_start_ms(2), month_start_ms(1), month_start_ms()
+    if now_ms() < cur + 2 * DAY_MS + HOUR_MS:
+        pytest.skip("in the first two days of a month the new contract's current period is its first")
+    with server.client() as client:
+        old, new, switch = switched(client, "y", "USD", "USD")
+        rolling = contracts_pb2.Grant(
+            id="R",
+            contract_id=old,
+            kind=contracts_pb2.PREPAID,
+            amount="10",
+            paid_amount="10",
+            rollover_fraction="0.5",
+            starts_at=stamp(prev),
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=rolling))
+        use(client, "y", "y1", 2, prev + DAY_MS)
+        use(client, "y", "y2", 2, switch + DAY_MS)
+        wait_for_rollover(client, "y")
+        rolled = f"rollover-R-{cur}"
+        use(client, "y", "y3", 15)
+        balance = client.get_balance("y")
+        assert (balance.period_start.ToMilliseconds(), balance.credits_remaining) == (cur + 2 * DAY_MS, "0")
+        assert (balance.period_charges, balance.overage_amount, balance.overage_due) == ("15", "4", "4")
+        shown = {}
+        for at_ms in (prev, switch, now_ms()):
+            invoice = preview(client, "y", at_ms)
+            grants = {g.grant_id: (g.drawn, g.remaining, g.expired) for g in invoice.grant_balances}
+            shown[invoice.contract_id, invoice.period_start.ToMilliseconds()] = (
+                [
+                    (line.quantity, {c.grant_id: c.credits for c in line.credits_applied}, line.overage)
+                    for line in invoice.lines
+                ],
+                grants,
+                invoice.total_due,
+            )
+        assert shown == {
+            (old, prev): ([("2", {"y-g": "2"}, "0")], {"y-g": ("2", "8", "0"), "R": ("5", "0", "5")}, "0.00"),
+            (new, switch): (
+                [("2", {"y-g": "2"}, "0")],
+                {"y-g": ("4", "6", "0"), "R": ("5", "0", "5"), rolled: ("0", "5", "0")},
+                "0.00",
+            ),
+            (new, cur + 2 * DAY_MS): (
+                [("15", {rolled: "5", "y-g": "6"}, "4")],
+                {"y-g": ("10", "0", "0"), "R": ("5", "0", "5"), rolled: ("5", "0", "0")},
+                "4.00",
+            ),
+        }
+        assert customer_lines(client, "y", first) == {
+            first: ("0", "0", "0", "10"),
+            prev: ("2", "0", "5", "13"),
+            switch: ("2", "0", "0", "11"),
+            cur + 2 * DAY_MS: ("11", "4", "0", "0"),
+        }
+        old_w, new_w, _ = switched(client, "w", "USD", "USD")
+        set_policy(client, old_w, policy("5", "10", "0.5", 2))
+        use(client, "w", "w1", 6, prev + DAY_MS)
+        use(client, "w", "w2", 6)
+        assert top_ups_of(client, "w") == {f"top-up-{prev}-1": "6", f"top-up-{cur + 2 * DAY_MS}-1": "6"}
+        assert [preview(client, "w", at).top_up_purchases for at in (prev, switch, now_ms())] == [
+            "3.00",
+            "0.00",
+            "3.00",
+        ]
+        assert customer_lines(client, "w", first) == {
+            first: ("0", "0", "0", "10"),
+            prev: ("6", "0", "0", "7"),
+            switch: ("0", "0", "0", "7"),
+            cur + 2 * DAY_MS: ("5", "0", "0", "5"),
+        }
+        closed = []
+        for start_ms in (prev, switch, switch):
+            request = invoices_pb2.ClosePeriodRequest(customer_id="y", period_start=stamp(start_ms))
+            invoice = client.invoices.ClosePeriod(request)
+            closed.append((invoice.invoice_number, invoice.contract_id, invoice.status, invoice.total_due))
+        assert closed[2] == closed[1] and closed[0][1:] == (old, invoices_pb2.INVOICE_FINAL, "0.00")
+        assert closed[1][1:] == (new, invoices_pb2.INVOICE_FINAL, "0.00")
+        current = invoices_pb2.ClosePeriodRequest(customer_id="y", period_start=stamp(cur + 2 * DAY_MS))
+        code, details = refusal(lambda: client.invoices.ClosePeriod(current))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "has not ended" in details, details
+        due = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices
+        ours = [(i.contract_id, i.period_start.ToMilliseconds(), i.total_due) for i in due if i.customer_id in "wy"]
+        assert ours == [(old_w, first, "0.00"), (old, first, "0.00"), (old_w, prev, "3.00"), (new_w, switch, "0.00")]
