@@ -242,3 +242,33 @@ def test_a_rollover_at_the_old_contracts_last_period_end_and_balances_invoices_r
         due = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices
         ours = [(i.contract_id, i.period_start.ToMilliseconds(), i.total_due) for i in due if i.customer_id in "wy"]
         assert ours == [(old_w, first, "0.00"), (old, first, "0.00"), (old_w, prev, "3.00"), (new_w, switch, "0.00")]
+
+
+def test_every_contract_answers_the_policys_currency_and_a_request_naming_another_is_refused(
+    server: ServerProcess,
+) -> None:
+    """v-1 (USD) then v-2 (JPY). Set through v-1 at 0.9, the policy shows currency USD on both contracts (v-2's
+    own currency being JPY). The policy as v-2 answers it (0.9, USD) sent back through v-2 is INVALID_ARGUMENT
+    naming top_up.currency, nothing changed (it would reprice 0.9 USD as 0.9 JPY); through v-1 it is the policy in
+    force (no change). Set through v-2 at 135 naming JPY, both show 135 JPY; without a currency, the same."""
+    with server.client() as client:
+        old, new, _ = switched(client, "v", "USD", "JPY")
+        usd = policy("5", "10", "0.9", 2)
+        set_policy(client, old, usd)
+        shown = contracts_pb2.TopUpPolicy()
+        shown.CopyFrom(usd)
+        shown.currency = "USD"
+        for contract_id in (old, new):
+            contract = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id))
+            assert contract.top_up == shown, contract_id
+        code, details = refusal(lambda: set_policy(client, new, shown))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("top_up.currency"), details
+        assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id=new)).top_up == shown
+        assert set_policy(client, old, shown).top_up == shown
+        yen = policy("5", "10", "135", 2)
+        yen.currency = "JPY"
+        assert set_policy(client, new, yen).top_up == yen
+        assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id=old)).top_up == yen
+        yen.ClearField("currency")
+        answered = set_policy(client, new, yen).top_up
+        assert (answered.price_per_credit, answered.currency) == ("135", "JPY")
