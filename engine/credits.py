@@ -70,6 +70,9 @@ class TopUp:
     recharge_to: int
     price_per_credit: Decimal
     max_per_period: int
+    # The price's currency: that of the contract it was set through (empty: set by an earlier release, its price
+    # read in the currency of the contract each purchase counts in).
+    currency: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +239,8 @@ def top_up_policy(billing: Billing, customer_id: str) -> TopUp | None:
     if policy is None:
         return None
     threshold, recharge_to, price_e18, max_per_period = policy
-    return TopUp(threshold, recharge_to, Decimal(f"{price_e18}E-{PRICE_PLACES}"), max_per_period)
+    currency = billing.engine.state.accounts[customer_id].top_up_currency
+    return TopUp(threshold, recharge_to, Decimal(f"{price_e18}E-{PRICE_PLACES}"), max_per_period, currency)
 
 
 def made_grants(billing: Billing, customer_id: str, contract_id: str) -> dict[str, Grant]:

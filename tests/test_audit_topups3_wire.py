@@ -16,6 +16,7 @@ from tests.audit_fixtures import preview, refusal
 from tests.serverproc import ServerFactory
 from tests.test_audit_topups_wire import (
     DAY_MS,
+    answered,
     catalogue,
     customer,
     grants_of,
@@ -123,7 +124,7 @@ def test_the_one_policy_of_a_customer_is_priced_in_the_currency_of_the_contract_
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
         top_up = policy("5", "10", "0.9", 2)
         set_policy(client, "k1", top_up)
-        assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k2")).top_up == top_up
+        assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k2")).top_up == answered(top_up)
         use(client, "x", "x1", 6, prev + DAY_MS)
         use(client, "x", "x2", 6)
         now = now_ms()
