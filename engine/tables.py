@@ -375,7 +375,7 @@ class TableCompiler:
                 self._timeline_users.append(0)
             self._timeline_users[index] += 1
             named.append(index)
-            refused = account.top_up_currency not in ("", contract.currency)
+            refused = state.top_up_currencies.get(customer.id, contract.currency) != contract.currency
             contract_tables.append(_contract_table(contract, index, top_up_refused=refused))
         if named:
             self._customer_timelines[customer.id] = tuple(named)

@@ -15,7 +15,7 @@ from tariff.v1 import contracts_pb2, invoices_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import preview, refusal, serving
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerFactory, ServerProcess
 from tests.test_audit_topups_wire import (
     DAY_MS,
     HOUR_MS,
@@ -272,3 +272,23 @@ def test_every_contract_answers_the_policys_currency_and_a_request_naming_anothe
         yen.ClearField("currency")
         answered = set_policy(client, new, yen).top_up
         assert (answered.price_per_credit, answered.currency) == ("135", "JPY")
+
+
+def test_restored_from_a_snapshot_the_policy_keeps_its_currency(server_factory: ServerFactory) -> None:
+    """u-1 (USD) then u-2 (JPY), snapshots after every record. The policy set through u-1 (below 5 back to 10 at
+    0.9): 6 used now (4 left) buys nothing in u-2's period. After kill -9 and a restart from the snapshot: the
+    policy still answers USD, and 1 more used now (3 left) still buys nothing."""
+    server = server_factory(extra_args=["--snapshot-every", "1", "--snapshot-journal-factor", "0"])
+    with server.client() as client:
+        catalogue(client)
+        old, new, _ = switched(client, "u", "USD", "JPY")
+        set_policy(client, old, policy("5", "10", "0.9", 2))
+        use(client, "u", "u1", 6)
+        assert top_ups_of(client, "u") == {}
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id=new)).top_up.currency == "USD"
+        use(client, "u", "u2", 1)
+        assert top_ups_of(client, "u") == {}
+        assert client.get_balance("u").credits_available == "3"
