@@ -267,6 +267,11 @@ class Billing:
             self._fired.extend(self._evaluate_alerts(customers, command.at_ms, seq))
         return result
 
+    def customer_tables_changed(self, customer_id: str) -> None:
+        """A kernel command changed what the customer's tables hold (the currency its top-up policy buys in): they
+        are compiled again before the next batch is rated."""
+        self._customers_stale.add(customer_id)
+
     def _apply_kernel_command(self, command: cmd.KernelCommand, seq: int) -> object:
         """Reservations, top-up policies and the clock (engine/credits.py), then the alerts they fire: the
         kernel's notices (a top-up executed, a reservation expired) and the balance rules of the customers the

@@ -209,6 +209,7 @@ SERVER_SET_FIELDS = (
     "expiring_at_rollover_rolls",
     "rolled_breakage_shown",
     "expired_breakage_shown",
+    "price_in_contract_currency",
 )
 
 
@@ -362,8 +363,14 @@ class ReleaseReservation(msgspec.Struct, frozen=True, tag="release_reservation")
     expired_credit_breaks: bool = False
 
 
-class SetTopUpPolicy(msgspec.Struct, frozen=True, tag="set_top_up_policy"):
-    """Decimal texts as received; an empty threshold and recharge_to with max_per_period 0 clears the policy."""
+class SetTopUpPolicy(msgspec.Struct, frozen=True, tag="set_top_up_policy", omit_defaults=True):
+    """Decimal texts as received; an empty threshold and recharge_to with max_per_period 0 clears the policy.
+    `price_in_contract_currency`: set by the server for every request it takes (server/services/contracts.py), so
+    the policy's price is in the currency of the contract it is set through, and it buys only in billing periods of
+    the customer's contracts in that currency (a price set in USD is no price in JPY: after a switch to another
+    currency it buys nothing until set again through a contract in that one); False (left out when stored, as
+    commands stored before it have none) buys in every contract's period, its price read in that contract's
+    currency, as then."""
 
     at_ms: int
     actor: str
@@ -372,6 +379,7 @@ class SetTopUpPolicy(msgspec.Struct, frozen=True, tag="set_top_up_policy"):
     recharge_to: str
     price_per_credit: str
     max_per_period: int
+    price_in_contract_currency: bool = False
 
 
 class AdvanceClock(msgspec.Struct, frozen=True, tag="advance_clock"):

@@ -136,6 +136,11 @@ class BillingState(msgspec.Struct):
     invoices: dict[str, Invoice] = {}  # final invoices by number
     invoices_created: int = 0  # the last invoice number's serial
     rerating: PendingRerating | None = None  # a publish's re-rating still running online (engine/pending.py)
+    # Customer -> the currency of the contract its top-up policy was set through (a SetTopUpPolicy with
+    # price_in_contract_currency): the policy buys only in periods of contracts in it (engine/tables.py). No entry:
+    # no policy, or one set by a record of an earlier release, which buys in every contract's periods, as then.
+    # Kept here, not on each account, so that customers without such a policy cost nothing.
+    top_up_currencies: dict[str, str] = {}
 
 
 _json = msgspec.json.Encoder()

@@ -70,6 +70,9 @@ class TopUp:
     recharge_to: int
     price_per_credit: Decimal
     max_per_period: int
+    # The price's currency: that of the contract it was set through (empty: set by an earlier release, its price
+    # read in the currency of the contract each purchase counts in).
+    currency: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +193,20 @@ def _set_top_up(billing: Billing, command: cmd.SetTopUpPolicy) -> Contract:
         top_up = parse_top_up(command)
         price_e18 = int(top_up.price_per_credit.scaleb(PRICE_PLACES, context=DECIMAL_CONTEXT))
         policy = (top_up.threshold, top_up.recharge_to, price_e18, top_up.max_per_period)
-    if billing.kernel.top_up_policy(contract.customer_id) == policy:
+    currency = contract.currency if policy is not None and command.price_in_contract_currency else ""
+    currencies = billing.engine.state.top_up_currencies
+    held = currencies.get(contract.customer_id, "")
+    if billing.kernel.top_up_policy(contract.customer_id) == policy and held == currency:
         raise Repeated(contract)
     known = billing.kernel.set_top_up(contract.customer_id, policy)
     assert known, f"customer {contract.customer_id!r} has a contract, so the kernel knows it"
+    if held != currency:
+        # Which of the customer's contracts the policy buys in is in their tables (engine/tables.py).
+        if currency:
+            currencies[contract.customer_id] = currency
+        else:
+            del currencies[contract.customer_id]
+        billing.customer_tables_changed(contract.customer_id)
     return contract
 
 
@@ -230,7 +243,8 @@ def top_up_policy(billing: Billing, customer_id: str) -> TopUp | None:
     if policy is None:
         return None
     threshold, recharge_to, price_e18, max_per_period = policy
-    return TopUp(threshold, recharge_to, Decimal(f"{price_e18}E-{PRICE_PLACES}"), max_per_period)
+    currency = billing.engine.state.top_up_currencies.get(customer_id, "")
+    return TopUp(threshold, recharge_to, Decimal(f"{price_e18}E-{PRICE_PLACES}"), max_per_period, currency)
 
 
 def made_grants(billing: Billing, customer_id: str, contract_id: str) -> dict[str, Grant]:

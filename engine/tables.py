@@ -104,6 +104,8 @@ class ContractTable(msgspec.Struct):
     overage_price: str
     timeline: int
     overrides: list[OverrideTable]
+    # The customer's top-up policy buys nothing in this contract's periods: it was set in another currency.
+    top_up_refused: bool = False
 
 
 class GrantTable(msgspec.Struct):
@@ -373,7 +375,8 @@ class TableCompiler:
                 self._timeline_users.append(0)
             self._timeline_users[index] += 1
             named.append(index)
-            contract_tables.append(_contract_table(contract, index))
+            refused = state.top_up_currencies.get(customer.id, contract.currency) != contract.currency
+            contract_tables.append(_contract_table(contract, index, top_up_refused=refused))
         if named:
             self._customer_timelines[customer.id] = tuple(named)
         grants = [
@@ -472,7 +475,7 @@ def _inserted(timeline: tuple[tuple[int, int], ...], entry: tuple[int, int]) -> 
     return (*timeline[:place], entry, *timeline[place:])
 
 
-def _contract_table(contract: Contract, timeline: int) -> ContractTable:
+def _contract_table(contract: Contract, timeline: int, *, top_up_refused: bool = False) -> ContractTable:
     overrides = [
         OverrideTable(
             o.product_id,
@@ -493,4 +496,5 @@ def _contract_table(contract: Contract, timeline: int) -> ContractTable:
         fixed(contract.overage_price, f"contract {contract.id!r} overage_price"),
         timeline,
         overrides,
+        top_up_refused,
     )

@@ -135,6 +135,7 @@ def test_topup_show_of_a_contract_without_a_policy_prints_none(demo: ServerProce
         "recharge_to": "5000",
         "price_per_credit": "0.900000000000000001",
         "max_per_period": 1,
+        "currency": "USD",
     }
     rows = table_rows(tariff(demo, "topup", "show", "acme-2026").stdout)
     assert rows[-1] == ["max per period", "1"]

@@ -86,6 +86,14 @@ def policy(threshold: str, recharge_to: str, price: str, max_per_period: int) ->
     )
 
 
+def answered(top_up: contracts_pb2.TopUpPolicy, currency: str = "USD") -> contracts_pb2.TopUpPolicy:
+    """The policy as a contract answers it: with the currency of the contract it was set through."""
+    shown = contracts_pb2.TopUpPolicy()
+    shown.CopyFrom(top_up)
+    shown.currency = currency
+    return shown
+
+
 def set_policy(
     client: TariffClient, contract_id: str, top_up: contracts_pb2.TopUpPolicy | None
 ) -> contracts_pb2.Contract:
@@ -306,7 +314,7 @@ def test_policy_refusals_name_the_field_and_change_nothing(server_factory: Serve
                 code, details = refusal(partial(set_policy, client, contract_id, top_up))
                 assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, field), (top_up, details)
         shown = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id)).top_up
-        assert shown == good
+        assert shown == answered(good)
 
 
 def test_retries_and_clearing_change_nothing_twice(server_factory: ServerFactory) -> None:
@@ -318,10 +326,10 @@ def test_retries_and_clearing_change_nothing_twice(server_factory: ServerFactory
         catalogue(client)
         contract_id = customer(client, "i", credits="10", paid="10")
         answer = set_policy(client, contract_id, policy("4", "20", "0.5", 2))
-        assert answer.top_up == policy("4", "20", "0.5", 2)
+        assert answer.top_up == answered(policy("4", "20", "0.5", 2))
         seq = client.get_balance("i").as_of_seq
         again = set_policy(client, contract_id, policy("4.000", "20.0", "0.50", 2))
-        assert again.top_up == policy("4", "20", "0.5", 2)
+        assert again.top_up == answered(policy("4", "20", "0.5", 2))
         assert client.get_balance("i").as_of_seq == seq
         cleared = set_policy(client, contract_id, None)
         assert not cleared.HasField("top_up")
@@ -497,12 +505,12 @@ def test_a_key_restricted_to_one_customer_sets_only_that_customers_policy(
         mine, theirs = (customer(ops, name, credits="10", paid="10") for name in ("mine", "theirs"))
         kept = policy("4", "20", "0.5", 2)
         set_policy(ops, theirs, kept)
-        assert set_policy(restricted, mine, policy("1", "5", "2", 1)).top_up == policy("1", "5", "2", 1)
+        assert set_policy(restricted, mine, policy("1", "5", "2", 1)).top_up == answered(policy("1", "5", "2", 1))
         assert not set_policy(restricted, mine, None).HasField("top_up")
         for top_up in (policy("1", "5", "0", 9), None):
             code, _ = refusal(partial(set_policy, restricted, theirs, top_up))
             assert code == grpc.StatusCode.PERMISSION_DENIED
-        assert ops.contracts.GetContract(contracts_pb2.GetContractRequest(id=theirs)).top_up == kept
+        assert ops.contracts.GetContract(contracts_pb2.GetContractRequest(id=theirs)).top_up == answered(kept)
 
 
 def test_a_grant_named_as_a_bought_top_up_is_refused_and_the_server_keeps_serving(

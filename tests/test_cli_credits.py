@@ -48,7 +48,13 @@ def test_reserve_grants_release_and_a_top_up_policy_from_the_command_line(demo_s
         "2",
     )
     shown = json.loads(tariff(demo_server, "topup", "show", "acme-2026", "--json").stdout)
-    assert shown == {"threshold": "1000", "recharge_to": "5000", "price_per_credit": "0.9", "max_per_period": 2}
+    assert shown == {
+        "threshold": "1000",
+        "recharge_to": "5000",
+        "price_per_credit": "0.9",
+        "max_per_period": 2,
+        "currency": "USD",
+    }
     bad = tariff(
         demo_server,
         "topup",

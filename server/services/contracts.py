@@ -101,6 +101,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
                     recharge_to=format_picos(policy.recharge_to),
                     price_per_credit=format_decimal(policy.price_per_credit),
                     max_per_period=policy.max_per_period,
+                    currency=policy.currency,
                 )
             )
         return message
@@ -155,7 +156,9 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             convert.decimal_text(top_up.recharge_to, "top_up.recharge_to"),
             convert.decimal_text(top_up.price_per_credit, "top_up.price_per_credit"),
             top_up.max_per_period if request.HasField("top_up") else 0,
+            price_in_contract_currency=True,
         )
+        _check_top_up_currency(request, self.engine.contract(request.contract_id))
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
 
@@ -210,6 +213,20 @@ def _check_room_for_override(contract: Contract, command: cmd.AddOverride) -> No
     if override_id(command) in {o.id for o in contract.overrides}:
         return
     raise ResourceExhausted(overrides_full(contract))
+
+
+def _check_top_up_currency(request: contracts_pb2.SetTopUpPolicyRequest, contract: Contract) -> None:
+    """INVALID_ARGUMENT naming top_up.currency when the request names a currency other than the contract's: the
+    policy's price is in the currency of the contract it is set through, so a policy read from a contract in
+    another currency and sent through this one would be repriced (0.9 USD as 0.9 JPY). Checked here, before any
+    command is made: the command does not carry it."""
+    named = request.top_up.currency
+    if named and named != contract.currency:
+        raise InvalidArgument.field(
+            "top_up.currency",
+            f"must be the currency of contract {quoted_id(contract.id)} ({contract.currency}), not {quoted_id(named)}"
+            " (the price is in the currency of the contract the policy is set through)",
+        )
 
 
 def _threshold_text(request: contracts_pb2.SetTopUpPolicyRequest) -> str:

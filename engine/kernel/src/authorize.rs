@@ -494,6 +494,7 @@ pub(crate) mod tests {
                 overage_price: format!("1{SCALE}"),
                 timeline: 0,
                 overrides: vec![],
+                top_up_refused: false,
             }],
             grants: vec![GrantTable {
                 id: "g".into(),

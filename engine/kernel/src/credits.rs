@@ -415,6 +415,9 @@ pub fn top_up(
     in_billed_period: bool,
 ) -> Option<(Box<str>, Picos)> {
     let policy = account.credits.as_deref()?.top_up?;
+    if refused_in(account, period_start_ms) {
+        return None;
+    }
     let (counted_at_ms, starts_at_ms) = if in_billed_period {
         (at_ms.max(period_start_ms), period_start_ms)
     } else {
@@ -469,6 +472,13 @@ pub fn top_up(
         at_ms,
     });
     Some((id, credits))
+}
+
+/// Whether the customer's top-up policy buys nothing in the billing period starting at `period_start_ms`: the
+/// contract it is a period of (the one covering its start) bills in another currency than the policy's price.
+fn refused_in(account: &Account, period_start_ms: i64) -> bool {
+    let contracts = account.route.as_ref().map_or(&[][..], |r| &r.contracts[..]);
+    contracts.iter().any(|c| c.top_up_refused && c.covers(period_start_ms))
 }
 
 /// The start of the billing period covering `at_ms` for the account, if a contract covers it.

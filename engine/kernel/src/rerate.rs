@@ -1304,6 +1304,7 @@ mod tests {
                 overage_price: text(E18),
                 timeline: 0,
                 overrides: vec![discount],
+                top_up_refused: false,
             }],
             grants,
             closed_periods: closed.to_vec(),

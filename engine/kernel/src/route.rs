@@ -197,6 +197,8 @@ pub struct Contract {
     pub ending_before_ms: Option<i64>,
     pub overage_price: Fixed,
     pub overrides: Box<[Override]>,
+    /// The customer's top-up policy buys nothing in this contract's billing periods (set in another currency).
+    pub top_up_refused: bool,
 }
 
 impl Contract {
@@ -370,6 +372,7 @@ impl Catalog {
                 ending_before_ms: contract.ending_before_ms,
                 overage_price: fixed(&contract.overage_price)?,
                 overrides: overrides.into_boxed_slice(),
+                top_up_refused: contract.top_up_refused,
             });
         }
         let mut closed_periods = customer.closed_periods.clone();
@@ -672,6 +675,7 @@ mod tests {
                 overage_price: "1000000000000000000".into(),
                 timeline,
                 overrides: vec![],
+                top_up_refused: false,
             }],
             grants: vec![],
             closed_periods,

@@ -87,6 +87,10 @@ pub struct ContractTable {
     /// Index into `Tables::timelines`: the versions in force for this customer (cohorts applied).
     pub timeline: u32,
     pub overrides: Vec<OverrideTable>,
+    /// The customer's top-up policy buys nothing in this contract's periods: it was set in another
+    /// currency (tables from before it have none: false, it buys in every contract's periods).
+    #[serde(default)]
+    pub top_up_refused: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -57,6 +57,7 @@ fn tables() -> Tables {
                 overage_price: "1500000000000000000".into(),
                 timeline: 0,
                 overrides: vec![],
+                top_up_refused: false,
             }],
             grants: vec![GrantTable {
                 id: "prepaid".into(),
@@ -159,6 +160,7 @@ fn a_switched_contracts_last_period_prices_its_own_hours_in_contract() {
         overage_price: "1500000000000000000".into(),
         timeline: 0,
         overrides: vec![],
+        top_up_refused: false,
     });
     let mut kernel = Kernel::default();
     kernel.load_tables(&tables::encode(&switched)).expect("tables load");

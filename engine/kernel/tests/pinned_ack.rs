@@ -103,6 +103,7 @@ fn customer(id: &str, block: bool, grants: Vec<GrantTable>, overrides: Vec<Overr
             overage_price: "1000000000001000000".into(),
             timeline: 0,
             overrides,
+            top_up_refused: false,
         }],
         grants,
         closed_periods: vec![],

@@ -116,16 +116,18 @@ class PriceOverride(_message.Message):
     def __init__(self, id: _Optional[str] = ..., product_id: _Optional[str] = ..., match: _Optional[_Mapping[str, str]] = ..., multiplier: _Optional[str] = ..., price: _Optional[str] = ..., starting_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ending_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TopUpPolicy(_message.Message):
-    __slots__ = ("threshold", "recharge_to", "price_per_credit", "max_per_period")
+    __slots__ = ("threshold", "recharge_to", "price_per_credit", "max_per_period", "currency")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     RECHARGE_TO_FIELD_NUMBER: _ClassVar[int]
     PRICE_PER_CREDIT_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
     threshold: str
     recharge_to: str
     price_per_credit: str
     max_per_period: int
-    def __init__(self, threshold: _Optional[str] = ..., recharge_to: _Optional[str] = ..., price_per_credit: _Optional[str] = ..., max_per_period: _Optional[int] = ...) -> None: ...
+    currency: str
+    def __init__(self, threshold: _Optional[str] = ..., recharge_to: _Optional[str] = ..., price_per_credit: _Optional[str] = ..., max_per_period: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Contract(_message.Message):
     __slots__ = ("id", "customer_id", "rate_card_id", "starting_at", "ending_before", "overrides", "grants", "overage_policy", "overage_price", "top_up", "currency")

@@ -88,6 +88,7 @@ fn tables(customers: usize, regions: usize) -> Tables {
                     overage_price: "1000000000000000000".into(),
                     timeline: 0,
                     overrides: vec![],
+                    top_up_refused: false,
                 }],
                 grants: vec![GrantTable {
                     id: format!("grant-{c}"),

@@ -702,9 +702,16 @@ type TopUpPolicy struct {
 	// The customer's one policy (every contract of the customer shows it).
 	// Decimal strings in the pricing unit (threshold, recharge_to: at most 12
 	// decimal places) / the currency (price_per_credit: at most 18) of the
-	// contract whose billing period a purchase counts in, whichever contract
-	// the policy was set through;
-	// more is INVALID_ARGUMENT naming the field, never rounded. recharge_to x
+	// contract the policy was set through; more is INVALID_ARGUMENT naming the
+	// field, never rounded. It buys only in the billing periods of the
+	// customer's contracts in that currency: after a switch to a contract in
+	// another currency, a purchase that would count in the new contract's
+	// periods is not made (a price of 0.9 set for USD is never read as 0.9
+	// JPY) until the policy is set again through a contract in that currency,
+	// after which it buys in no period of a contract in the first one (late
+	// usage of the old contract included). (Policies set by earlier releases
+	// buy in every contract's periods, their price read in that contract's
+	// currency, and still do.) recharge_to x
 	// price_per_credit (what one purchase can cost at most, kept exact at
 	// 10^-30 in 128 bits) above (2^127 - 1) x 10^-30 (about 170 million in the
 	// currency) is INVALID_ARGUMENT naming top_up.recharge_to.
@@ -712,8 +719,17 @@ type TopUpPolicy struct {
 	RechargeTo     string `protobuf:"bytes,2,opt,name=recharge_to,json=rechargeTo,proto3" json:"recharge_to,omitempty"`
 	PricePerCredit string `protobuf:"bytes,3,opt,name=price_per_credit,json=pricePerCredit,proto3" json:"price_per_credit,omitempty"`
 	MaxPerPeriod   uint32 `protobuf:"varint,4,opt,name=max_per_period,json=maxPerPeriod,proto3" json:"max_per_period,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The currency of price_per_credit, answered by the server: that of the
+	// contract the policy was set through, on every contract of the customer
+	// (empty for a policy set by an earlier release, whose price is read in the
+	// currency of the contract each purchase counts in). Optional in
+	// SetTopUpPolicy: when set, it must be the contract's currency
+	// (INVALID_ARGUMENT naming top_up.currency otherwise, nothing changed), so
+	// that a policy read from one contract and sent through a contract in
+	// another currency is refused, never repriced.
+	Currency      string `protobuf:"bytes,5,opt,name=currency,proto3" json:"currency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TopUpPolicy) Reset() {
@@ -772,6 +788,13 @@ func (x *TopUpPolicy) GetMaxPerPeriod() uint32 {
 		return x.MaxPerPeriod
 	}
 	return 0
+}
+
+func (x *TopUpPolicy) GetCurrency() string {
+	if x != nil {
+		return x.Currency
+	}
+	return ""
 }
 
 type Contract struct {
@@ -1458,13 +1481,14 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\f\n" +
 	"\n" +
-	"adjustment\"\x9c\x01\n" +
+	"adjustment\"\xb8\x01\n" +
 	"\vTopUpPolicy\x12\x1c\n" +
 	"\tthreshold\x18\x01 \x01(\tR\tthreshold\x12\x1f\n" +
 	"\vrecharge_to\x18\x02 \x01(\tR\n" +
 	"rechargeTo\x12(\n" +
 	"\x10price_per_credit\x18\x03 \x01(\tR\x0epricePerCredit\x12$\n" +
-	"\x0emax_per_period\x18\x04 \x01(\rR\fmaxPerPeriod\"\xee\x03\n" +
+	"\x0emax_per_period\x18\x04 \x01(\rR\fmaxPerPeriod\x12\x1a\n" +
+	"\bcurrency\x18\x05 \x01(\tR\bcurrency\"\xee\x03\n" +
 	"\bContract\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vcustomer_id\x18\x02 \x01(\tR\n" +
