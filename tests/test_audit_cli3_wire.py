@@ -122,6 +122,7 @@ def test_topup_show_of_a_contract_without_a_policy_prints_none(demo: ServerProce
         ["threshold"],
         ["recharge to"],
         ["price per credit"],
+        ["currency"],
         ["max per period"],
     ]
     tariff(
@@ -138,7 +139,8 @@ def test_topup_show_of_a_contract_without_a_policy_prints_none(demo: ServerProce
         "currency": "USD",
     }
     rows = table_rows(tariff(demo, "topup", "show", "acme-2026").stdout)
-    assert rows[-1] == ["max per period", "1"]
+    # The price's currency (the contract's it was set through) is shown beside it, as --json gives it.
+    assert rows[-3:] == [["price per credit", "0.900000000000000001"], ["currency", "USD"], ["max per period", "1"]]
     cleared = tariff(demo, "topup", "clear", "acme-2026", "--json")
     assert json.loads(cleared.stdout) is None
 

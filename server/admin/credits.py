@@ -117,6 +117,8 @@ def _print_policy(remote: Remote, contract: object) -> None:
             ("threshold", policy.threshold if policy else None),
             ("recharge to", policy.recharge_to if policy else None),
             ("price per credit", policy.price_per_credit if policy else None),
+            # Empty for a policy an earlier release took, which answers no currency.
+            ("currency", (policy.currency or None) if policy else None),
             ("max per period", policy.max_per_period if policy else None),
         ]
     )
