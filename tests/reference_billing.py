@@ -545,6 +545,9 @@ class RProduct:
     value_key: str
     filters: tuple[tuple[str, str], ...]
     dimensions: tuple[str, ...]
+    # UNIQUE_COUNT: an empty counted dimension is a missing one (the server-set CreateProduct.empty_count_missing,
+    # set for every product a client creates; one journaled without it counts "" as a value).
+    empty_count_missing: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -720,12 +723,15 @@ class ReferenceRating:
         assert in_force is not None, "no version in force"
         return in_force[1]
 
-    def _curve(self, product: RProduct, dimensions: dict[str, str], ts_ms: int) -> Curve:
+    def _curve(self, product: RProduct, dimensions: dict[str, str], ts_ms: int) -> Curve | None:
+        """The most specific matching rate's curve, the override applied; None: no rate matches."""
         matching = [
             r
             for r in self._rates_at(ts_ms)
             if r.product_id == product.id and all(dimensions.get(k) == v for k, v in r.match)
         ]
+        if not matching:
+            return None
         curve = max(matching, key=lambda r: len(r.match)).curve
         override = self._override(product, dimensions, ts_ms)
         if override is not None and override.price is not None:
@@ -749,14 +755,17 @@ class ReferenceRating:
         moment = datetime.fromtimestamp(event.timestamp_ms / 1000, tz=UTC)
         period = (moment.year, moment.month)
         plans = []
-        for product in self.products:
+        # In product-id order: the first product that refuses (its measure, then its rate) names the reason.
+        for product in sorted(self.products, key=lambda p: p.id):
             if product.event_type != event.event_type or any(dimensions.get(k) != v for k, v in product.filters):
                 continue
             measure: Decimal | str
             if product.aggregation == "COUNT":
                 measure = Decimal(1)
             elif product.aggregation == "UNIQUE_COUNT":
-                if product.value_key not in dimensions:
+                if product.value_key not in dimensions or (
+                    product.empty_count_missing and dimensions[product.value_key] == ""
+                ):
                     return "INVALID_EVENT"
                 measure = dimensions[product.value_key]
             else:
@@ -767,6 +776,8 @@ class ReferenceRating:
             aggregate = self.aggregates.get(key, RAggregate())
             after = self._after(product.aggregation, aggregate, measure, event.timestamp_ms)
             curve = self._curve(product, dimensions, event.timestamp_ms)
+            if curve is None:
+                return "NO_APPLICABLE_RATE"
             override = self._override(product, dimensions, event.timestamp_ms)
             multiplier = override.multiplier if override is not None and override.multiplier is not None else Decimal(1)
 

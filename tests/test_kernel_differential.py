@@ -59,6 +59,9 @@ class ProductSpec:
     curve: Curve
     specific: Curve | None  # a rate for model=m1, more specific than the default
     override: tuple[str, Decimal] | None  # ("price" | "multiplier", value)
+    # False: the product has only its model=m1 rate, so other usage of it is NO_APPLICABLE_RATE.
+    default_rate: bool = True
+    empty_count_missing: bool = True  # as the server sets it; False: a product journaled before it was
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def curves(draw: st.DrawFn) -> Curve:
 
 
 @st.composite
-def products(draw: st.DrawFn) -> tuple[ProductSpec, ...]:
+def products(draw: st.DrawFn, *, unpriced: bool = False) -> tuple[ProductSpec, ...]:
+    """unpriced: some products with a model=m1 rate have no default rate (the wire test's versions need one)."""
     count = draw(st.integers(1, 4))
     specs = []
     for index in range(count):
@@ -121,6 +125,7 @@ def products(draw: st.DrawFn) -> tuple[ProductSpec, ...]:
                 st.tuples(st.just("multiplier"), decimals(0, 3, 6)),
             )
         )
+        specific = draw(st.none() | curves()) if "model" in dimensions else None
         specs.append(
             ProductSpec(
                 id=f"p{index}",
@@ -130,8 +135,10 @@ def products(draw: st.DrawFn) -> tuple[ProductSpec, ...]:
                 filters=draw(st.sampled_from([(), (("region", "eu"),)])),
                 dimensions=dimensions,
                 curve=draw(curves()),
-                specific=draw(st.none() | curves()) if "model" in dimensions else None,
+                specific=specific,
                 override=override,
+                empty_count_missing=draw(st.booleans()) if unpriced else True,
+                default_rate=not (unpriced and specific is not None and draw(st.integers(0, 3)) == 0),
             )
         )
     return tuple(draw(st.permutations(specs)))
@@ -152,7 +159,7 @@ def events(draw: st.DrawFn, index: int) -> REvent:
     if draw(st.booleans()):
         dimensions["region"] = draw(st.sampled_from(["eu", "us"]))
     if draw(st.integers(0, 5)):
-        dimensions["user"] = draw(st.sampled_from(["u1", "u2", "u3"]))
+        dimensions["user"] = draw(st.sampled_from(["u1", "u2", "u3", ""]))
     values = {key: draw(VALUES) for key in draw(st.sets(st.sampled_from("ab"), max_size=2))}
     return REvent(
         transaction_id=f"t{draw(st.integers(0, index))}",  # reuse ids: duplicates and conflicts
@@ -166,7 +173,7 @@ def events(draw: st.DrawFn, index: int) -> REvent:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    catalogue = draw(products())
+    catalogue = draw(products(unpriced=True))
     ids = [p.id for p in catalogue]
     grants = tuple(
         GrantSpec(
@@ -217,9 +224,10 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
             value_key=p.value_key,
             dimensions=p.dimensions,
             filters=dict(p.filters),
+            empty_count_missing=p.empty_count_missing,
         )
     world.rate_card()
-    rates = [rate(p.id, price_spec(p.curve)) for p in scenario.products]
+    rates = [rate(p.id, price_spec(p.curve)) for p in scenario.products if p.default_rate]
     rates += [rate(p.id, price_spec(p.specific), model="m1") for p in scenario.products if p.specific is not None]
     world.version(rates)
     world.customer()
@@ -245,8 +253,11 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
 
 def oracle_catalogue(specs: Sequence[ProductSpec]) -> tuple[list[RProduct], list[RRate]]:
     """The oracle's products and version 1's rates (each product's default rate, and its model=m1 one if any)."""
-    products = [RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions) for p in specs]
-    rates = [RRate(p.id, (), p.curve) for p in specs]
+    products = [
+        RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions, p.empty_count_missing)
+        for p in specs
+    ]
+    rates = [RRate(p.id, (), p.curve) for p in specs if p.default_rate]
     rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in specs if p.specific is not None]
     return products, rates
 
