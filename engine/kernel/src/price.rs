@@ -41,6 +41,8 @@ pub enum Curve {
 pub struct PricedCurve {
     pub curve: Curve,
     pub multiplier: Option<Fixed>,
+    /// What the multiplier is counted in: 10^18, or that divided by their common factor (`with_multiplier`).
+    multiplier_scale: Fixed,
     reduced: Option<Reduced>,
 }
 
@@ -65,12 +67,26 @@ fn gcd(mut a: i128, mut b: i128) -> i128 {
 
 impl PricedCurve {
     pub fn new(curve: Curve, multiplier: Option<Fixed>) -> PricedCurve {
-        let reduced = Self::reduce(&curve, multiplier);
-        PricedCurve { curve, multiplier, reduced }
+        let reduced = Self::reduce(&curve, multiplier, SCALE);
+        PricedCurve { curve, multiplier, multiplier_scale: SCALE, reduced }
+    }
+
+    /// A curve with a multiplier (at 10^-18) reduced by its common factor with 10^18 first when `reduce_first`
+    /// (an override with `OverrideTable::multiplier_reduced`): the same ratio, but the 256-bit path then no
+    /// longer multiplies the quantity, the price and a multiplier of 10^18 (a multiplier of 1) together, which
+    /// passed 2^255 for charges far inside 128 bits and refused them as out of range. Without it, as `new`.
+    pub fn with_multiplier(curve: Curve, multiplier: Fixed, reduce_first: bool) -> PricedCurve {
+        if !reduce_first {
+            return PricedCurve::new(curve, Some(multiplier));
+        }
+        let common = gcd(multiplier, SCALE).max(1);
+        let (multiplier, scale) = (multiplier / common, SCALE / common);
+        let reduced = Self::reduce(&curve, Some(multiplier), scale);
+        PricedCurve { curve, multiplier: Some(multiplier), multiplier_scale: scale, reduced }
     }
 
     /// None when a coefficient does not fit 128 bits: the curve then always prices in 256.
-    fn reduce(curve: &Curve, multiplier: Option<Fixed>) -> Option<Reduced> {
+    fn reduce(curve: &Curve, multiplier: Option<Fixed>, multiplier_scale: Fixed) -> Option<Reduced> {
         let (mut unit, mut flat, mut denominator) = match curve {
             Curve::Unit { price, per_units } => (vec![*price], vec![], FIXED_PER_PICO.checked_mul(*per_units)?),
             Curve::Tiered { tiers, per_units, .. } => (
@@ -81,8 +97,8 @@ impl PricedCurve {
             Curve::Package { price, .. } | Curve::Flat { price } => (vec![*price], vec![], FIXED_PER_PICO),
         };
         if let Some(multiplier) = multiplier {
-            let common = gcd(multiplier, SCALE).max(1);
-            let (m, s) = (multiplier / common, SCALE / common);
+            let common = gcd(multiplier, multiplier_scale).max(1);
+            let (m, s) = (multiplier / common, multiplier_scale / common);
             for c in unit.iter_mut().chain(flat.iter_mut()) {
                 *c = c.checked_mul(m)?;
             }
@@ -118,7 +134,7 @@ impl PricedCurve {
         let (mut numerator, mut denominator) = self.curve.ratio(quantity)?;
         if let Some(multiplier) = self.multiplier {
             numerator = numerator.checked_mul(big(multiplier))?;
-            denominator = denominator.checked_mul(big(SCALE))?;
+            denominator = denominator.checked_mul(big(self.multiplier_scale))?;
         }
         round_half_even(numerator, denominator)
     }
@@ -318,7 +334,7 @@ mod tests {
             quantity in prop_oneof![0i128..(1000 * U), 0i128..(1_000_000_000_000_000 * U)],
         ) {
             let fast = PricedCurve::new(curve.clone(), multiplier);
-            let wide = PricedCurve { curve, multiplier, reduced: None };
+            let wide = PricedCurve { curve, multiplier, multiplier_scale: SCALE, reduced: None };
             prop_assert_eq!(fast.picos(quantity), wide.picos(quantity));
         }
 
