@@ -493,6 +493,9 @@ class ReferenceBilling:
 
 RATING = decimal.Context(prec=120, rounding=decimal.ROUND_HALF_EVEN)
 VALUE_LIMIT = Decimal(10) ** 15
+# The kernel's 128-bit picos (docs/architecture.md "Inside"): a line's price, or a period's charges or overage,
+# past it rejects the event, INVALID_EVENT.
+PICOS_MAX = Decimal(2**127 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -785,9 +788,23 @@ class ReferenceRating:
                 amount = RATING.multiply(curve.amount(quantity), multiplier)
                 return round_pico(amount).scaleb(12)
 
-            charge = max(picos(after) - picos(aggregate.quantity), -aggregate.amount)
+            price_before, price_after = picos(aggregate.quantity), picos(after)
+            if max(price_before, price_after) > PICOS_MAX:
+                return "INVALID_EVENT"
+            charge = max(price_after - price_before, -aggregate.amount)
             plans.append((product, key, measure, after, charge))
-        return plans
+        return "INVALID_EVENT" if plans and self._totals_overflow(plans) else plans
+
+    def _totals_overflow(self, plans: list[Plan]) -> bool:
+        """Whether the event's charges take its period's charges, or its overage grown by each positive charge
+        (a bound: what no grant covers is at most that), past 128 bits."""
+        period = plans[0][1][0]
+        charges, overage = self.charges.get(period, Decimal(0)), self.overage.get(period, Decimal(0))
+        for *_, charge in plans:
+            charges, overage = charges + charge, overage + max(charge, Decimal(0))
+            if max(abs(charges), overage) > PICOS_MAX:
+                return True
+        return False
 
     @staticmethod
     def _after(aggregation: str, aggregate: RAggregate, measure: Decimal | str, ts_ms: int) -> Decimal:

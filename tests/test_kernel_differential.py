@@ -12,13 +12,14 @@ Short budgets by default; TARIFF_KERNEL_EXAMPLES raises them (make soak).
 
 from __future__ import annotations
 
+import decimal
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.contracts import OveragePolicy
@@ -88,10 +89,16 @@ def decimals(low: int, high: int, places: int) -> st.SearchStrategy[Decimal]:
     return st.integers(low * 10**places, high * 10**places).map(lambda n: Decimal(n).scaleb(-places))
 
 
+# Prices near the limits: with quantities near 10^15 a line's price, or a period's charges, pass 128-bit picos.
+HUGE_PRICES = st.sampled_from(
+    [Decimal("123456789.123456789"), Decimal("99999999999.999999999"), Decimal("999999999999999999.999999999999999999")]
+)
+
+
 @st.composite
-def curves(draw: st.DrawFn) -> Curve:
+def curves(draw: st.DrawFn, *, huge: bool = False) -> Curve:
     model = draw(st.sampled_from(["UNIT", "GRADUATED", "VOLUME", "PACKAGE", "FLAT"]))
-    price = draw(decimals(0, 50, 4))
+    price = draw(decimals(0, 50, 4) if not huge or draw(st.integers(0, 4)) else HUGE_PRICES)
     if model == "UNIT":
         return Curve("UNIT", price=price, per_units=draw(st.sampled_from([Decimal(1), Decimal(1000), Decimal(3)])))
     if model == "PACKAGE":
@@ -134,7 +141,7 @@ def products(draw: st.DrawFn, *, unpriced: bool = False) -> tuple[ProductSpec, .
                 value_key=value_key,
                 filters=draw(st.sampled_from([(), (("region", "eu"),)])),
                 dimensions=dimensions,
-                curve=draw(curves()),
+                curve=draw(curves(huge=unpriced)),
                 specific=specific,
                 override=override,
                 empty_count_missing=draw(st.booleans()) if unpriced else True,
@@ -236,7 +243,7 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
         if p.override is not None:
             kind, value = p.override
             price, multiplier = (str(value), None) if kind == "price" else (None, str(value))
-            world.override(p.id, override_id=f"o{n}", price=price, multiplier=multiplier)
+            world.override(p.id, override_id=f"o{n}", price=price, multiplier=multiplier, multiplier_reduced=True)
     for g in scenario.grants:
         world.grant(
             g.id,
@@ -335,9 +342,43 @@ def kernel_usage(kernel: KernelWorld) -> list[tuple[object, ...]]:
     return sorted((*row[:7], sorted(row[7])) for row in aggregates)
 
 
+def huge_event(transaction_id: str, model: str) -> REvent:
+    return REvent(transaction_id, "acme", "ai", EPOCH_MS + HOUR_MS, (("model", model),), (("a", 999999999999999.9),))
+
+
+# Two lines of one period each priced just below 2^127 picos (99999999999.999999999 x 999999999999999.9 =
+# 9.99... x 10^37 picos): the second event takes the period's charges past 128 bits, INVALID_EVENT; the probe too.
+TOTALS_PAST_128_BITS = Scenario(
+    (
+        ProductSpec(
+            "p0",
+            "ai",
+            Aggregation.SUM,
+            "a",
+            (),
+            ("model",),
+            Curve("UNIT", price=Decimal("99999999999.999999999")),
+            None,
+            None,
+        ),
+    ),
+    False,
+    (),
+    ((huge_event("t0", "m1"), huge_event("t1", "m2")),),
+    (EPOCH_MS + 2 * HOUR_MS,),
+    huge_event("probe", "m3"),
+)
+
+
 @PROFILE
 @given(scenarios())
+@example(TOTALS_PAST_128_BITS)
 def test_the_kernel_rates_as_the_oracle_does(scenario: Scenario) -> None:
+    with decimal.localcontext(RATING):  # exact: amounts near the limits reach 39 digits, past the default's 28
+        rate_both(scenario)
+
+
+def rate_both(scenario: Scenario) -> None:
     kernel = build_kernel(scenario)
     oracle = build_oracle(scenario)
     for batch, received in zip(scenario.batches, scenario.received_ms, strict=True):
