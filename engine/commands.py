@@ -171,8 +171,9 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults
     when the request arrives (requests arriving together all passed that check, and took a contract past the
     limit); False (left out when stored, as commands stored before it have none) adds as it added then.
     `multiplier_reduced`: set likewise, so the override's multiplier is reduced by its common factor with 10^18
-    before it prices (engine/kernel/src/price.rs `PricedCurve::with_multiplier`: a multiplier of 1 took charges far
-    inside 128 bits out of range, INVALID_EVENT); False (commands stored before it) prices as it priced then."""
+    and multiplied in after the division (engine/kernel/src/price.rs `PricedCurve::with_multiplier`: a multiplier
+    of 1 took charges far inside 128 bits out of range, INVALID_EVENT); False (commands stored before it) prices
+    as it priced then."""
 
     at_ms: int
     actor: str

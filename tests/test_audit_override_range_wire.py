@@ -5,12 +5,13 @@ range: an event the rate card alone prices must be priced alike under it, and tw
 
 Catalogue of tests/test_audit_pricing_wire.py: product `units` (SUM of `n`), card `card` whose version 1 is one
 catch-all UNIT rate at 123456789.123456789, customer `c` with contract `k-c` (no override); here also customers
-`one` and `two` on the card, with a multiplier override of 1 and of 2.
+`one`, `two` and `almost` on the card, with a multiplier override of 1, 2 and 0.999999999999999999.
 
 999,999,999,999,999 units at 123456789.123456789 = 123456789123456665543210.876543211 exactly (1.2 x 10^23, or
 1.2 x 10^35 picos: far inside 128 bits, whose limit is 1.7 x 10^38 picos); times 2 it is
-246913578246913331086421.753086422. Before the fix the kernel multiplied quantity, price and multiplier, each at
-10^-18, in 256 bits (10^33 x 1.2 x 10^26 x 10^18 passes 2^255) and refused both events as out of range."""
+246913578246913331086421.753086422; times 0.999999999999999999 it is 123456789123456665419754.087419754334456...,
+rounded half-even to picos 123456789123456665419754.087419754334. Before the fix the kernel multiplied quantity, price and multiplier, each at
+10^-18, in 256 bits (10^33 x 1.2 x 10^26 x 10^18 passes 2^255) and refused all three events as out of range."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     def setup(client: TariffClient) -> None:
         catalogue(client, start_ms, price=PRICE)
-        for customer_id, multiplier in (("one", "1"), ("two", "2")):
+        for customer_id, multiplier in (("one", "1"), ("two", "2"), ("almost", "0.999999999999999999")):
             open_contract(client, customer_id, f"k-{customer_id}", start_ms, rate_card_id=CARD)
             override = contracts_pb2.PriceOverride(id=f"o-{customer_id}", product_id="units", multiplier=multiplier)
             client.contracts.AddOverride(
@@ -59,6 +60,7 @@ def test_a_multiplier_prices_what_the_rate_card_alone_prices_in_range(server: Se
         assert charged(client, "c") == ([], "123456789123456665543210.876543211")
         assert charged(client, "one") == ([], "123456789123456665543210.876543211")
         assert charged(client, "two") == ([], "246913578246913331086421.753086422")
+        assert charged(client, "almost") == ([], "123456789123456665419754.087419754334")
 
 
 @pytest.mark.parametrize("reduced", [False, True])

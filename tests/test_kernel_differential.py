@@ -12,6 +12,7 @@ Short budgets by default; TARIFF_KERNEL_EXAMPLES raises them (make soak).
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import os
 from collections.abc import Sequence
@@ -130,6 +131,7 @@ def products(draw: st.DrawFn, *, unpriced: bool = False) -> tuple[ProductSpec, .
                 st.none(),
                 st.tuples(st.just("price"), decimals(0, 20, 3)),
                 st.tuples(st.just("multiplier"), decimals(0, 3, 6)),
+                st.tuples(st.just("multiplier"), st.sampled_from([Decimal(1), Decimal("0.999999999999999999")])),
             )
         )
         specific = draw(st.none() | curves()) if "model" in dimensions else None
@@ -370,9 +372,24 @@ TOTALS_PAST_128_BITS = Scenario(
 )
 
 
+# 999999999999999.9 units at 123456789.123456789 under a multiplier of 0.999999999999999999: 1.2 x 10^35 picos,
+# in range (the kernel once multiplied all three at 10^-18 in 256 bits first, and refused it).
+MULTIPLIED_IN_RANGE = dataclasses.replace(
+    TOTALS_PAST_128_BITS,
+    products=(
+        dataclasses.replace(
+            TOTALS_PAST_128_BITS.products[0],
+            curve=Curve("UNIT", price=Decimal("123456789.123456789")),
+            override=("multiplier", Decimal("0.999999999999999999")),
+        ),
+    ),
+)
+
+
 @PROFILE
 @given(scenarios())
 @example(TOTALS_PAST_128_BITS)
+@example(MULTIPLIED_IN_RANGE)
 def test_the_kernel_rates_as_the_oracle_does(scenario: Scenario) -> None:
     with decimal.localcontext(RATING):  # exact: amounts near the limits reach 39 digits, past the default's 28
         rate_both(scenario)
