@@ -169,13 +169,18 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults
     """`overrides_bounded`: set by the server for every request it takes (server/services/contracts.py), so the
     engine refuses an override past OVERRIDES_PER_CONTRACT_MAX when it applies the command, not only the service
     when the request arrives (requests arriving together all passed that check, and took a contract past the
-    limit); False (left out when stored, as commands stored before it have none) adds as it added then."""
+    limit); False (left out when stored, as commands stored before it have none) adds as it added then.
+    `multiplier_reduced`: set likewise, so the override's multiplier is reduced by its common factor with 10^18
+    and multiplied in after the division (engine/kernel/src/price.rs `PricedCurve::with_multiplier`: a multiplier
+    of 1 took charges far inside 128 bits out of range, INVALID_EVENT); False (commands stored before it) prices
+    as it priced then."""
 
     at_ms: int
     actor: str
     contract_id: str
     override: Override
     overrides_bounded: bool = False
+    multiplier_reduced: bool = False
 
 
 # Fields the server sets on every new command of their type, asked for by no caller; absent from the records of
@@ -202,6 +207,7 @@ SERVER_SET_FIELDS = (
     "override_hours_refused",
     "rerate_carries_earlier_hours",
     "overrides_bounded",
+    "multiplier_reduced",
     "rollover_start_in_contract",
     "rerate_counts_closed_events_once",
     "empty_count_missing",

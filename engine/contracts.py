@@ -31,8 +31,10 @@ class Customer(msgspec.Struct, frozen=True, gc=False):
     request: bytes = b""
 
 
-class Override(msgspec.Struct, frozen=True):
-    """A contract's own price for a product (and match): a multiplier on the rate card's price, or a unit price."""
+class Override(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A contract's own price for a product (and match): a multiplier on the rate card's price, or a unit price.
+    `multiplier_reduced`: its AddOverride's (engine/commands.py), kept with it for the kernel's tables; left out
+    when stored while False, so snapshots of overrides added before it are as they were."""
 
     id: str
     product_id: str
@@ -41,6 +43,7 @@ class Override(msgspec.Struct, frozen=True):
     price: str | None
     starting_at_ms: int
     ending_before_ms: int | None
+    multiplier_reduced: bool = False
 
 
 class TopUpPolicy(msgspec.Struct, frozen=True):

@@ -96,7 +96,9 @@ class CustomerCommands(ControlPlane):
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:
         contract = self.contract(c.contract_id)
-        o = msgspec.structs.replace(c.override, match=normalize_match(c.override.match))
+        o = msgspec.structs.replace(
+            c.override, match=normalize_match(c.override.match), multiplier_reduced=c.multiplier_reduced
+        )
         if o.product_id not in self.state.products:
             raise InvalidArgument.field("override.product_id", f"unknown product {o.product_id!r}")
         if (o.multiplier is None) == (o.price is None):

@@ -93,6 +93,7 @@ class OverrideTable(msgspec.Struct):
     ending_before_ms: int | None
     price: str | None
     multiplier: str | None
+    multiplier_reduced: bool
 
 
 class ContractTable(msgspec.Struct):
@@ -484,6 +485,7 @@ def _contract_table(contract: Contract, timeline: int, *, top_up_refused: bool =
             o.ending_before_ms,
             None if o.price is None else fixed(o.price, f"override {o.id!r} price"),
             None if o.multiplier is None else fixed(o.multiplier, f"override {o.id!r} multiplier"),
+            o.multiplier_reduced,
         )
         for o in contract.overrides
     ]

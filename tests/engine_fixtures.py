@@ -110,6 +110,7 @@ class World:
         dimensions: Sequence[str] = ("model", "region"),
         filters: Mapping[str, str] | None = None,
         at_ms: int = EPOCH_MS,
+        empty_count_missing: bool = False,
     ) -> Product:
         result = self.apply(
             cmd.CreateProduct(
@@ -123,6 +124,7 @@ class World:
                 filters=dict(filters or {}),
                 pricing_dimensions=tuple(dimensions),
                 unit="units",
+                empty_count_missing=empty_count_missing,
             )
         )
         assert isinstance(result, Product)
@@ -241,6 +243,7 @@ class World:
         ending_before_ms: int | None = None,
         override_id: str = "o1",
         at_ms: int = EPOCH_MS,
+        multiplier_reduced: bool = False,
     ) -> Contract:
         result = self.apply(
             cmd.AddOverride(
@@ -256,6 +259,7 @@ class World:
                     starting_at_ms=starting_at_ms,
                     ending_before_ms=ending_before_ms,
                 ),
+                multiplier_reduced=multiplier_reduced,
             )
         )
         assert isinstance(result, Contract)

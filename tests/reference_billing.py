@@ -493,6 +493,9 @@ class ReferenceBilling:
 
 RATING = decimal.Context(prec=120, rounding=decimal.ROUND_HALF_EVEN)
 VALUE_LIMIT = Decimal(10) ** 15
+# The kernel's 128-bit picos (docs/architecture.md "Inside"): a line's price, or a period's charges or overage,
+# past it rejects the event, INVALID_EVENT.
+PICOS_MAX = Decimal(2**127 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,6 +548,9 @@ class RProduct:
     value_key: str
     filters: tuple[tuple[str, str], ...]
     dimensions: tuple[str, ...]
+    # UNIQUE_COUNT: an empty counted dimension is a missing one (the server-set CreateProduct.empty_count_missing,
+    # set for every product a client creates; one journaled without it counts "" as a value).
+    empty_count_missing: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -720,12 +726,15 @@ class ReferenceRating:
         assert in_force is not None, "no version in force"
         return in_force[1]
 
-    def _curve(self, product: RProduct, dimensions: dict[str, str], ts_ms: int) -> Curve:
+    def _curve(self, product: RProduct, dimensions: dict[str, str], ts_ms: int) -> Curve | None:
+        """The most specific matching rate's curve, the override applied; None: no rate matches."""
         matching = [
             r
             for r in self._rates_at(ts_ms)
             if r.product_id == product.id and all(dimensions.get(k) == v for k, v in r.match)
         ]
+        if not matching:
+            return None
         curve = max(matching, key=lambda r: len(r.match)).curve
         override = self._override(product, dimensions, ts_ms)
         if override is not None and override.price is not None:
@@ -749,14 +758,17 @@ class ReferenceRating:
         moment = datetime.fromtimestamp(event.timestamp_ms / 1000, tz=UTC)
         period = (moment.year, moment.month)
         plans = []
-        for product in self.products:
+        # In product-id order: the first product that refuses (its measure, then its rate) names the reason.
+        for product in sorted(self.products, key=lambda p: p.id):
             if product.event_type != event.event_type or any(dimensions.get(k) != v for k, v in product.filters):
                 continue
             measure: Decimal | str
             if product.aggregation == "COUNT":
                 measure = Decimal(1)
             elif product.aggregation == "UNIQUE_COUNT":
-                if product.value_key not in dimensions:
+                if product.value_key not in dimensions or (
+                    product.empty_count_missing and dimensions[product.value_key] == ""
+                ):
                     return "INVALID_EVENT"
                 measure = dimensions[product.value_key]
             else:
@@ -767,6 +779,8 @@ class ReferenceRating:
             aggregate = self.aggregates.get(key, RAggregate())
             after = self._after(product.aggregation, aggregate, measure, event.timestamp_ms)
             curve = self._curve(product, dimensions, event.timestamp_ms)
+            if curve is None:
+                return "NO_APPLICABLE_RATE"
             override = self._override(product, dimensions, event.timestamp_ms)
             multiplier = override.multiplier if override is not None and override.multiplier is not None else Decimal(1)
 
@@ -774,9 +788,23 @@ class ReferenceRating:
                 amount = RATING.multiply(curve.amount(quantity), multiplier)
                 return round_pico(amount).scaleb(12)
 
-            charge = max(picos(after) - picos(aggregate.quantity), -aggregate.amount)
+            price_before, price_after = picos(aggregate.quantity), picos(after)
+            if max(price_before, price_after) > PICOS_MAX:
+                return "INVALID_EVENT"
+            charge = max(price_after - price_before, -aggregate.amount)
             plans.append((product, key, measure, after, charge))
-        return plans
+        return "INVALID_EVENT" if plans and self._totals_overflow(plans) else plans
+
+    def _totals_overflow(self, plans: list[Plan]) -> bool:
+        """Whether the event's charges take its period's charges, or its overage grown by each positive charge
+        (a bound: what no grant covers is at most that), past 128 bits."""
+        period = plans[0][1][0]
+        charges, overage = self.charges.get(period, Decimal(0)), self.overage.get(period, Decimal(0))
+        for *_, charge in plans:
+            charges, overage = charges + charge, overage + max(charge, Decimal(0))
+            if max(abs(charges), overage) > PICOS_MAX:
+                return True
+        return False
 
     @staticmethod
     def _after(aggregation: str, aggregate: RAggregate, measure: Decimal | str, ts_ms: int) -> Decimal:

@@ -12,13 +12,15 @@ Short budgets by default; TARIFF_KERNEL_EXAMPLES raises them (make soak).
 
 from __future__ import annotations
 
+import dataclasses
+import decimal
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.contracts import OveragePolicy
@@ -59,6 +61,9 @@ class ProductSpec:
     curve: Curve
     specific: Curve | None  # a rate for model=m1, more specific than the default
     override: tuple[str, Decimal] | None  # ("price" | "multiplier", value)
+    # False: the product has only its model=m1 rate, so other usage of it is NO_APPLICABLE_RATE.
+    default_rate: bool = True
+    empty_count_missing: bool = True  # as the server sets it; False: a product journaled before it was
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,16 @@ def decimals(low: int, high: int, places: int) -> st.SearchStrategy[Decimal]:
     return st.integers(low * 10**places, high * 10**places).map(lambda n: Decimal(n).scaleb(-places))
 
 
+# Prices near the limits: with quantities near 10^15 a line's price, or a period's charges, pass 128-bit picos.
+HUGE_PRICES = st.sampled_from(
+    [Decimal("123456789.123456789"), Decimal("99999999999.999999999"), Decimal("999999999999999999.999999999999999999")]
+)
+
+
 @st.composite
-def curves(draw: st.DrawFn) -> Curve:
+def curves(draw: st.DrawFn, *, huge: bool = False) -> Curve:
     model = draw(st.sampled_from(["UNIT", "GRADUATED", "VOLUME", "PACKAGE", "FLAT"]))
-    price = draw(decimals(0, 50, 4))
+    price = draw(decimals(0, 50, 4) if not huge or draw(st.integers(0, 4)) else HUGE_PRICES)
     if model == "UNIT":
         return Curve("UNIT", price=price, per_units=draw(st.sampled_from([Decimal(1), Decimal(1000), Decimal(3)])))
     if model == "PACKAGE":
@@ -105,7 +116,8 @@ def curves(draw: st.DrawFn) -> Curve:
 
 
 @st.composite
-def products(draw: st.DrawFn) -> tuple[ProductSpec, ...]:
+def products(draw: st.DrawFn, *, unpriced: bool = False) -> tuple[ProductSpec, ...]:
+    """unpriced: some products with a model=m1 rate have no default rate (the wire test's versions need one)."""
     count = draw(st.integers(1, 4))
     specs = []
     for index in range(count):
@@ -119,8 +131,10 @@ def products(draw: st.DrawFn) -> tuple[ProductSpec, ...]:
                 st.none(),
                 st.tuples(st.just("price"), decimals(0, 20, 3)),
                 st.tuples(st.just("multiplier"), decimals(0, 3, 6)),
+                st.tuples(st.just("multiplier"), st.sampled_from([Decimal(1), Decimal("0.999999999999999999")])),
             )
         )
+        specific = draw(st.none() | curves()) if "model" in dimensions else None
         specs.append(
             ProductSpec(
                 id=f"p{index}",
@@ -129,9 +143,11 @@ def products(draw: st.DrawFn) -> tuple[ProductSpec, ...]:
                 value_key=value_key,
                 filters=draw(st.sampled_from([(), (("region", "eu"),)])),
                 dimensions=dimensions,
-                curve=draw(curves()),
-                specific=draw(st.none() | curves()) if "model" in dimensions else None,
+                curve=draw(curves(huge=unpriced)),
+                specific=specific,
                 override=override,
+                empty_count_missing=draw(st.booleans()) if unpriced else True,
+                default_rate=not (unpriced and specific is not None and draw(st.integers(0, 3)) == 0),
             )
         )
     return tuple(draw(st.permutations(specs)))
@@ -152,7 +168,7 @@ def events(draw: st.DrawFn, index: int) -> REvent:
     if draw(st.booleans()):
         dimensions["region"] = draw(st.sampled_from(["eu", "us"]))
     if draw(st.integers(0, 5)):
-        dimensions["user"] = draw(st.sampled_from(["u1", "u2", "u3"]))
+        dimensions["user"] = draw(st.sampled_from(["u1", "u2", "u3", ""]))
     values = {key: draw(VALUES) for key in draw(st.sets(st.sampled_from("ab"), max_size=2))}
     return REvent(
         transaction_id=f"t{draw(st.integers(0, index))}",  # reuse ids: duplicates and conflicts
@@ -166,7 +182,7 @@ def events(draw: st.DrawFn, index: int) -> REvent:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    catalogue = draw(products())
+    catalogue = draw(products(unpriced=True))
     ids = [p.id for p in catalogue]
     grants = tuple(
         GrantSpec(
@@ -217,9 +233,10 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
             value_key=p.value_key,
             dimensions=p.dimensions,
             filters=dict(p.filters),
+            empty_count_missing=p.empty_count_missing,
         )
     world.rate_card()
-    rates = [rate(p.id, price_spec(p.curve)) for p in scenario.products]
+    rates = [rate(p.id, price_spec(p.curve)) for p in scenario.products if p.default_rate]
     rates += [rate(p.id, price_spec(p.specific), model="m1") for p in scenario.products if p.specific is not None]
     world.version(rates)
     world.customer()
@@ -228,7 +245,7 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
         if p.override is not None:
             kind, value = p.override
             price, multiplier = (str(value), None) if kind == "price" else (None, str(value))
-            world.override(p.id, override_id=f"o{n}", price=price, multiplier=multiplier)
+            world.override(p.id, override_id=f"o{n}", price=price, multiplier=multiplier, multiplier_reduced=True)
     for g in scenario.grants:
         world.grant(
             g.id,
@@ -245,8 +262,11 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
 
 def oracle_catalogue(specs: Sequence[ProductSpec]) -> tuple[list[RProduct], list[RRate]]:
     """The oracle's products and version 1's rates (each product's default rate, and its model=m1 one if any)."""
-    products = [RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions) for p in specs]
-    rates = [RRate(p.id, (), p.curve) for p in specs]
+    products = [
+        RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions, p.empty_count_missing)
+        for p in specs
+    ]
+    rates = [RRate(p.id, (), p.curve) for p in specs if p.default_rate]
     rates += [RRate(p.id, (("model", "m1"),), p.specific) for p in specs if p.specific is not None]
     return products, rates
 
@@ -324,9 +344,58 @@ def kernel_usage(kernel: KernelWorld) -> list[tuple[object, ...]]:
     return sorted((*row[:7], sorted(row[7])) for row in aggregates)
 
 
+def huge_event(transaction_id: str, model: str) -> REvent:
+    return REvent(transaction_id, "acme", "ai", EPOCH_MS + HOUR_MS, (("model", model),), (("a", 999999999999999.9),))
+
+
+# Two lines of one period each priced just below 2^127 picos (99999999999.999999999 x 999999999999999.9 =
+# 9.99... x 10^37 picos): the second event takes the period's charges past 128 bits, INVALID_EVENT; the probe too.
+TOTALS_PAST_128_BITS = Scenario(
+    (
+        ProductSpec(
+            "p0",
+            "ai",
+            Aggregation.SUM,
+            "a",
+            (),
+            ("model",),
+            Curve("UNIT", price=Decimal("99999999999.999999999")),
+            None,
+            None,
+        ),
+    ),
+    False,
+    (),
+    ((huge_event("t0", "m1"), huge_event("t1", "m2")),),
+    (EPOCH_MS + 2 * HOUR_MS,),
+    huge_event("probe", "m3"),
+)
+
+
+# 999999999999999.9 units at 123456789.123456789 under a multiplier of 0.999999999999999999: 1.2 x 10^35 picos,
+# in range (the kernel once multiplied all three at 10^-18 in 256 bits first, and refused it).
+MULTIPLIED_IN_RANGE = dataclasses.replace(
+    TOTALS_PAST_128_BITS,
+    products=(
+        dataclasses.replace(
+            TOTALS_PAST_128_BITS.products[0],
+            curve=Curve("UNIT", price=Decimal("123456789.123456789")),
+            override=("multiplier", Decimal("0.999999999999999999")),
+        ),
+    ),
+)
+
+
 @PROFILE
 @given(scenarios())
+@example(TOTALS_PAST_128_BITS)
+@example(MULTIPLIED_IN_RANGE)
 def test_the_kernel_rates_as_the_oracle_does(scenario: Scenario) -> None:
+    with decimal.localcontext(RATING):  # exact: amounts near the limits reach 39 digits, past the default's 28
+        rate_both(scenario)
+
+
+def rate_both(scenario: Scenario) -> None:
     kernel = build_kernel(scenario)
     oracle = build_oracle(scenario)
     for batch, received in zip(scenario.batches, scenario.received_ms, strict=True):

@@ -120,7 +120,9 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         product = self.engine.state.products.get(override.product_id)
         if product is not None:  # unknown: the engine refuses it as "unknown product"
             _check_override_match(override, product)
-        command = cmd.AddOverride(at_ms, actor_of(context), request.contract_id, override, overrides_bounded=True)
+        command = cmd.AddOverride(
+            at_ms, actor_of(context), request.contract_id, override, overrides_bounded=True, multiplier_reduced=True
+        )
         contract_now = self.engine.state.contracts.get(request.contract_id)
         if contract_now is not None:  # unknown: the engine refuses it as NOT_FOUND
             _check_room_for_override(contract_now, command)

@@ -41,6 +41,11 @@ pub enum Curve {
 pub struct PricedCurve {
     pub curve: Curve,
     pub multiplier: Option<Fixed>,
+    /// What the multiplier is counted in: 10^18, or that divided by their common factor (`with_multiplier`).
+    multiplier_scale: Fixed,
+    /// `with_multiplier`'s `reduce_first`: the 256-bit path divides before it multiplies by the multiplier
+    /// (`mul_div_half_even`), so no intermediate product passes 2^255 where the amount fits.
+    divide_first: bool,
     reduced: Option<Reduced>,
 }
 
@@ -65,12 +70,28 @@ fn gcd(mut a: i128, mut b: i128) -> i128 {
 
 impl PricedCurve {
     pub fn new(curve: Curve, multiplier: Option<Fixed>) -> PricedCurve {
-        let reduced = Self::reduce(&curve, multiplier);
-        PricedCurve { curve, multiplier, reduced }
+        let reduced = Self::reduce(&curve, multiplier, SCALE);
+        PricedCurve { curve, multiplier, multiplier_scale: SCALE, divide_first: false, reduced }
+    }
+
+    /// A curve with a multiplier (at 10^-18) reduced by its common factor with 10^18 first when `reduce_first`
+    /// (an override with `OverrideTable::multiplier_reduced`): the same ratio, but the 256-bit path then no
+    /// longer multiplies the quantity, the price and a multiplier of 10^18 (a multiplier of 1) together, which
+    /// passed 2^255 for charges far inside 128 bits and refused them as out of range; and that path divides
+    /// before it multiplies by the multiplier (a multiplier of 0.999999999999999999 cannot be reduced). Without
+    /// it, as `new`.
+    pub fn with_multiplier(curve: Curve, multiplier: Fixed, reduce_first: bool) -> PricedCurve {
+        if !reduce_first {
+            return PricedCurve::new(curve, Some(multiplier));
+        }
+        let common = gcd(multiplier, SCALE).max(1);
+        let (multiplier, scale) = (multiplier / common, SCALE / common);
+        let reduced = Self::reduce(&curve, Some(multiplier), scale);
+        PricedCurve { curve, multiplier: Some(multiplier), multiplier_scale: scale, divide_first: true, reduced }
     }
 
     /// None when a coefficient does not fit 128 bits: the curve then always prices in 256.
-    fn reduce(curve: &Curve, multiplier: Option<Fixed>) -> Option<Reduced> {
+    fn reduce(curve: &Curve, multiplier: Option<Fixed>, multiplier_scale: Fixed) -> Option<Reduced> {
         let (mut unit, mut flat, mut denominator) = match curve {
             Curve::Unit { price, per_units } => (vec![*price], vec![], FIXED_PER_PICO.checked_mul(*per_units)?),
             Curve::Tiered { tiers, per_units, .. } => (
@@ -81,8 +102,8 @@ impl PricedCurve {
             Curve::Package { price, .. } | Curve::Flat { price } => (vec![*price], vec![], FIXED_PER_PICO),
         };
         if let Some(multiplier) = multiplier {
-            let common = gcd(multiplier, SCALE).max(1);
-            let (m, s) = (multiplier / common, SCALE / common);
+            let common = gcd(multiplier, multiplier_scale).max(1);
+            let (m, s) = (multiplier / common, multiplier_scale / common);
             for c in unit.iter_mut().chain(flat.iter_mut()) {
                 *c = c.checked_mul(m)?;
             }
@@ -116,9 +137,12 @@ impl PricedCurve {
     #[inline(never)]
     fn picos_256(&self, quantity: Fixed) -> Option<Picos> {
         let (mut numerator, mut denominator) = self.curve.ratio(quantity)?;
+        if let (Some(multiplier), true) = (self.multiplier, self.divide_first) {
+            return mul_div_half_even(numerator, multiplier, denominator.checked_mul(big(self.multiplier_scale))?);
+        }
         if let Some(multiplier) = self.multiplier {
             numerator = numerator.checked_mul(big(multiplier))?;
-            denominator = denominator.checked_mul(big(SCALE))?;
+            denominator = denominator.checked_mul(big(self.multiplier_scale))?;
         }
         round_half_even(numerator, denominator)
     }
@@ -158,6 +182,34 @@ impl PricedCurve {
 
 fn big(value: i128) -> I256 {
     I256::new(value)
+}
+
+/// `round_half_even(numerator x multiplier, denominator)` without forming the product, which can pass 2^255
+/// where the quotient fits: numerator = q x d + r, then r x multiplier is divided 32 bits of the multiplier at a
+/// time (r < d, so each step's r x 2^32 + remainder's part stays below d x 2^33). None when the amount does not
+/// fit 128 bits, or d x 2^33 does not fit 256. numerator >= 0, multiplier >= 0, denominator > 0.
+fn mul_div_half_even(numerator: I256, multiplier: i128, denominator: I256) -> Option<Picos> {
+    const STEP: u32 = 32;
+    if numerator < I256::ZERO || multiplier < 0 {
+        return None;
+    }
+    denominator.checked_mul(I256::new(1 << (STEP + 1)))?;
+    let (whole, part) = (numerator / denominator, numerator % denominator);
+    let mut quotient = whole.checked_mul(big(multiplier))?;
+    // part x multiplier = carried x denominator + remainder, built from the multiplier's top 32 bits down.
+    let (mut carried, mut remainder) = (I256::ZERO, I256::ZERO);
+    for shift in (0..128).step_by(STEP as usize).rev() {
+        let digit = big((multiplier >> shift) & ((1 << STEP) - 1));
+        let step = (remainder << STEP) + part * digit;
+        carried = (carried << STEP).checked_add(step / denominator)?;
+        remainder = step % denominator;
+    }
+    quotient = quotient.checked_add(carried)?;
+    let twice = remainder * 2;
+    if twice > denominator || (twice == denominator && quotient & I256::ONE == I256::ONE) {
+        quotient = quotient.checked_add(I256::ONE)?;
+    }
+    i128::try_from(quotient).ok()
 }
 
 impl Curve {
@@ -277,6 +329,21 @@ mod tests {
     }
 
     #[test]
+    fn a_multiplier_reduced_first_keeps_in_range_charges_in_range() {
+        // 999,999,999,999,999 units at 123456789.123456789 = 1.2 x 10^35 picos; quantity x price x multiplier
+        // at 10^-18 each passes 2^255 for a multiplier of 1, or of 0.999999999999999999 even reduced.
+        let curve = Curve::Unit { price: 123_456_789_123_456_789 * 1_000_000_000, per_units: U };
+        let quantity = 999_999_999_999_999 * U;
+        let plain_picos = plain(curve.clone()).picos(quantity);
+        assert_eq!(plain_picos, Some(123_456_789_123_456_665_543_210_876_543_211_000));
+        assert_eq!(PricedCurve::new(curve.clone(), Some(U)).picos(quantity), None); // before the fix
+        assert_eq!(PricedCurve::with_multiplier(curve.clone(), U, true).picos(quantity), plain_picos);
+        let almost = PricedCurve::with_multiplier(curve, U - 1, true).picos(quantity);
+        // 123456789123456665543210.876543211 x 0.999999999999999999 = 123456789123456665419754.087419754334456...
+        assert_eq!(almost, Some(123_456_789_123_456_665_419_754_087_419_754_334));
+    }
+
+    #[test]
     fn overflow_is_reported_not_wrapped() {
         let curve = plain(Curve::Unit { price: i128::MAX, per_units: 1 });
         assert_eq!(curve.picos(i128::MAX), None);
@@ -318,8 +385,19 @@ mod tests {
             quantity in prop_oneof![0i128..(1000 * U), 0i128..(1_000_000_000_000_000 * U)],
         ) {
             let fast = PricedCurve::new(curve.clone(), multiplier);
-            let wide = PricedCurve { curve, multiplier, reduced: None };
+            let wide = PricedCurve { curve: curve.clone(), multiplier, multiplier_scale: SCALE, divide_first: false, reduced: None };
             prop_assert_eq!(fast.picos(quantity), wide.picos(quantity));
+            // Reduced first and dividing first: the same exact ratio, so the same picos wherever the old path
+            // had an answer (and sometimes one where it overflowed).
+            if let Some(multiplier) = multiplier {
+                let divided = PricedCurve::with_multiplier(curve.clone(), multiplier, true);
+                let mut divided_wide = divided.clone();
+                divided_wide.reduced = None;
+                if let Some(picos) = wide.picos(quantity) {
+                    prop_assert_eq!(Some(picos), divided.picos(quantity));
+                    prop_assert_eq!(Some(picos), divided_wide.picos(quantity));
+                }
+            }
         }
 
         #[test]

@@ -1276,6 +1276,7 @@ mod tests {
             ending_before_ms: None,
             price: None,
             multiplier: Some(text(E18 / 2)),
+            multiplier_reduced: false,
         };
         let grants = grants
             .iter()

@@ -185,6 +185,8 @@ pub struct Override {
     pub ending_before_ms: Option<i64>,
     pub price: Option<Fixed>,
     pub multiplier: Option<Fixed>,
+    /// `OverrideTable::multiplier_reduced`.
+    pub multiplier_reduced: bool,
 }
 
 /// Held once per customer contract (a million of them with a million customers), so kept compact:
@@ -362,6 +364,7 @@ impl Catalog {
                     ending_before_ms: table.ending_before_ms,
                     price: table.price.as_deref().map(fixed).transpose()?,
                     multiplier: table.multiplier.as_deref().map(fixed).transpose()?,
+                    multiplier_reduced: table.multiplier_reduced,
                 });
             }
             contracts.push(Contract {
@@ -485,7 +488,7 @@ fn overridden_curve<'a>(
     let Some(chosen) = chosen_override(contract, product, key, ts_ms) else { return Cow::Borrowed(&rate.priced) };
     let base = rate.priced.curve.clone();
     if let Some(multiplier) = chosen.multiplier {
-        return Cow::Owned(PricedCurve::new(base, Some(multiplier)));
+        return Cow::Owned(PricedCurve::with_multiplier(base, multiplier, chosen.multiplier_reduced));
     }
     let price = chosen.price.expect("an override has a price or a multiplier");
     let curve = match base {

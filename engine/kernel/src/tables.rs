@@ -102,6 +102,11 @@ pub struct OverrideTable {
     /// At 10^-18; exactly one of the two is set.
     pub price: Option<String>,
     pub multiplier: Option<String>,
+    /// The override's server-set `multiplier_reduced` (engine/contracts.py Override): its multiplier is
+    /// reduced by its common factor with 10^18 before pricing (`PricedCurve::with_multiplier`); false (overrides
+    /// added before it, and tables without the field) prices as those did, so their journals replay as before.
+    #[serde(default)]
+    pub multiplier_reduced: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

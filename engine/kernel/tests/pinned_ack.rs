@@ -118,6 +118,7 @@ fn tables() -> Tables {
         ending_before_ms: None,
         price: None,
         multiplier: "800000000000000000".to_string().into(),
+        multiplier_reduced: false,
     };
     Tables {
         future_skew_ms: 300_000,
