@@ -189,7 +189,10 @@ def test_reservation_and_top_up_refusals_name_the_field_and_change_nothing(demo_
         assert not contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id)).HasField("top_up")
         good = contracts_pb2.TopUpPolicy(threshold="20", recharge_to="100", price_per_credit="0.9", max_per_period=2)
         set_to = contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=good))
-        assert set_to.top_up == good
+        # Answered with its price's currency: the contract's it was set through (contracts.proto TopUpPolicy.currency).
+        assert set_to.top_up == contracts_pb2.TopUpPolicy(
+            threshold="20", recharge_to="100", price_per_credit="0.9", max_per_period=2, currency="USD"
+        )
         # 100 credits, 5 a use: the 17th use leaves 15 < 20 and buys one top-up back to 100 (85 credits).
         for i in range(17):
             assert client.ingest_batch([usage(f"u{i}", "gw", "")]).accepted == 1
