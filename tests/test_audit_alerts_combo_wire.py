@@ -306,3 +306,30 @@ def test_a_grant_expiring_under_a_hold_is_seen_when_the_hold_ends_once(server: S
             (low, "LOW_BALANCE", {"credits_available": "0", "threshold": "5"}),
             (out, "CREDITS_EXHAUSTED", {"credits_available": "0"}),
         ]
+
+
+def test_a_falling_gauge_that_takes_charges_below_a_spend_threshold_clears_it(server: ServerProcess) -> None:
+    """Card `gx`: product `lvl` (LATEST of `level`) at 1 a unit; SPEND_THRESHOLD at 5. Level 6: charges 6, it fires.
+    Level 2: charges 2 (4 given back, no re-rating), below 5: cleared, as the docs now say (they said only a
+    re-rating clears it). Level 7: charges 7 reach it again, and it fires a second time that period, with 7."""
+    with server.client() as client:
+        pricing = client.pricing
+        product = pricing_pb2.Product(id="lvl", event_type="gauge", aggregation=pricing_pb2.LATEST, value_key="level")
+        pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+        pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="gx", name="gx", pricing_unit="credits"))
+        rates = [pricing_pb2.Rate(product_id="lvl", unit=pricing_pb2.UnitPrice(price="1"))]
+        pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="gx", upsert_rates=rates))
+        pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id="gx", version=1, effective_from=ts(JAN)))
+        open_contract(client, "gx", "gx-c", JAN, rate_card_id="gx")
+        spend = rule(client, alerts_pb2.SPEND_THRESHOLD, "gx", "5")
+        start = now_ms() - 10_000
+        for n, level in enumerate((6, 2, 7)):
+            event = usage_pb2.UsageEvent(
+                transaction_id=f"gx-{n}", customer_id="gx", event_type="gauge", timestamp_ms=start + n * 1000
+            )
+            event.values["level"] = level
+            assert client.ingest_batch([event], f"gx-{n}").accepted == 1
+            assert charges(client, "gx") == str(level)
+        marker(client, "gx-m1")
+        seen = alerts_until(client, "gx-m1")
+        assert [d["period_charges"] for r, _, d in of(seen, "gx") if r == spend] == ["6", "7"]
