@@ -333,3 +333,54 @@ def test_a_falling_gauge_that_takes_charges_below_a_spend_threshold_clears_it(se
         marker(client, "gx-m1")
         seen = alerts_until(client, "gx-m1")
         assert [d["period_charges"] for r, _, d in of(seen, "gx") if r == spend] == ["6", "7"]
+
+
+def test_event_alerts_carry_the_period_start_and_the_instant_and_the_time_of_their_record(
+    server: ServerProcess,
+) -> None:
+    """A top-up bought by a hold (5 credits, below 3 to 10, a hold of 4: 9 bought) and that hold's expiry (a second
+    hold of 8.5 leaves 1.5, below LOW_BALANCE's 2, the cap of one purchase reached): each event alert's
+    period_start_ms is the balance's period_start, and at_ms the instant of the change, which is the alert's time."""
+    with server.client() as client:
+        contract_id = customer(client, "px", "USD", "1")
+        grant(client, contract_id, "px-g", "5")
+        policy = contracts_pb2.TopUpPolicy(threshold="3", recharge_to="10", price_per_credit="0.5", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        bought = rule(client, alerts_pb2.TOP_UP_EXECUTED, "px")
+        expired = rule(client, alerts_pb2.RESERVATION_EXPIRED, "px")
+        low = rule(client, alerts_pb2.LOW_BALANCE, "px", "2")
+        before_ms = now_ms()
+        hold(client, "px", "px-r1", 4000, ttl_s=3)  # 14 remaining, 4 held: 10 available after the top-up
+        hold(client, "px", "px-r2", 8500)  # 1.5 available, no top-up (the cap): LOW_BALANCE fires (1.5 < 2)
+        wait_for(lambda: available(client, "px") == "5.5", timeout_s=30)  # px-r1 expired
+        after_ms = now_ms()
+        balance = client.get_balance("px")
+        start_ms = balance.period_start.ToMilliseconds()
+        marker(client, "px-m1")
+        mine = [a for a in alerts_until(client, "px-m1") if a.customer_id == "px"]
+        assert [a.rule_id for a in mine] == [bought, low, expired]
+        assert mine[1].details["credits_available"] == "1.5"
+        assert mine[2].details["released"] == "4"
+        for alert in (mine[0], mine[2]):
+            assert alert.details["period_start_ms"] == str(start_ms)
+            assert before_ms <= int(alert.details["at_ms"]) <= after_ms
+            assert alert.time.ToMilliseconds() == int(alert.details["at_ms"])
+
+
+def test_watch_balance_sends_the_balance_a_retroactive_rollback_changes(server: ServerProcess) -> None:
+    """Card rx is at v2 (2 per 1,000) from this hour. 1,000 units this hour: charges 2, available 8 of 10. A rollback
+    to v1 from this hour re-rates them: a watcher gets charges 1, available 9, with no other change."""
+    with server.client() as client:
+        open_contract(client, "wb", "wb-c", JAN, rate_card_id="rx")
+        grant(client, "wb-c", "wb-g", "10")
+        hour = this_hour_ms()
+        use(client, "wb", "wb-1", 1000, max(hour, now_ms() - 1000))
+        stream = iter(
+            client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id="wb"), timeout=STREAM_TIMEOUT_S)
+        )
+        first = next(stream)
+        assert (first.credits_available, first.period_charges) == ("8", "2")
+        client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id="rx", to_version=1, effective_from=ts(hour))
+        )
+        assert until(stream, "9").period_charges == "1"
