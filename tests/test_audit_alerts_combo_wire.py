@@ -384,3 +384,65 @@ def test_watch_balance_sends_the_balance_a_retroactive_rollback_changes(server: 
             pricing_pb2.RollbackRateCardRequest(rate_card_id="rx", to_version=1, effective_from=ts(hour))
         )
         assert until(stream, "9").period_charges == "1"
+
+
+def test_a_kill_9_right_after_a_retroactive_rise_fires_its_alerts_once(server: ServerProcess) -> None:
+    """Card `kz` (unit at 1 per 1,000); 10 credits; LOW_BALANCE below 5, SPEND_THRESHOLD at 8, CREDITS_EXHAUSTED.
+    4,000 units this hour (charges 4, available 6). v2 at 2.5 per 1,000 from this hour, and kill -9 as soon as it
+    is answered (its re-rating complete or not): after the restart charges are 10 and available 0, and LOW_BALANCE,
+    SPEND_THRESHOLD and CREDITS_EXHAUSTED have each fired once, in one record."""
+    with server.client() as client:
+        pricing = client.pricing
+        pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="kz", name="kz", pricing_unit="credits"))
+        for price in ("1", "2.5"):
+            rates = [pricing_pb2.Rate(product_id="unit", unit=pricing_pb2.UnitPrice(price=price, per_units="1000"))]
+            pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="kz", upsert_rates=rates))
+        pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id="kz", version=1, effective_from=ts(JAN)))
+        open_contract(client, "kz", "kz-c", JAN, rate_card_id="kz")
+        grant(client, "kz-c", "kz-g", "10")
+        low = rule(client, alerts_pb2.LOW_BALANCE, "kz", "5")
+        spend = rule(client, alerts_pb2.SPEND_THRESHOLD, "kz", "8")
+        out = rule(client, alerts_pb2.CREDITS_EXHAUSTED, "kz")
+        hour = this_hour_ms()
+        use(client, "kz", "kz-1", 4000, max(hour, now_ms() - 1000))
+        pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id="kz", version=2, effective_from=ts(hour)))
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        wait_for(lambda: charges(client, "kz") == "10", timeout_s=30)
+        assert available(client, "kz") == "0"
+        marker(client, "kz-m1")
+        mine = [a for a in alerts_until(client, "kz-m1") if a.customer_id == "kz"]
+        assert of(mine, "kz") == [
+            (low, "LOW_BALANCE", {"credits_available": "0", "threshold": "5"}),
+            (spend, "SPEND_THRESHOLD", {"period_charges": "10", "threshold": "8"}),
+            (out, "CREDITS_EXHAUSTED", {"credits_available": "0"}),
+        ]
+        assert len({a.journal_seq for a in mine}) == 1
+
+
+def test_two_holds_of_one_authorize_batch_that_buy_two_top_ups_fire_two_alerts(server: ServerProcess) -> None:
+    """5 credits, top-up below 3 to 10 (twice a period). One AuthorizeBatches message holds 4 (1 left: 9 bought,
+    10 available) then 8 (2 left: 8 bought, 10 available): two TOP_UP_EXECUTED alerts, credits 9 then 8, distinct
+    grants, one record."""
+    with server.client() as client:
+        contract_id = customer(client, "bx", "USD", "1")
+        grant(client, contract_id, "bx-g", "5")
+        policy = contracts_pb2.TopUpPolicy(threshold="3", recharge_to="10", price_per_credit="0.5", max_per_period=2)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        bought = rule(client, alerts_pb2.TOP_UP_EXECUTED, "bx")
+        requests = []
+        for n, units in enumerate((4000, 8000)):
+            request = balance_pb2.AuthorizeRequest(
+                request_id=f"bx-{n}", customer_id="bx", event_type="unit", dimensions={"k": "a"}, reserve=True
+            )
+            request.values["n"] = units
+            requests.append(request)
+        [result] = list(client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)])))
+        assert [r.allowed for r in result.responses] == [True, True]
+        assert available(client, "bx") == "10"
+        marker(client, "bx-m1")
+        mine = [a for a in alerts_until(client, "bx-m1") if a.customer_id == "bx"]
+        assert [(a.rule_id, a.details["credits"]) for a in mine] == [(bought, "9"), (bought, "8")]
+        assert mine[0].details["grant_id"] != mine[1].details["grant_id"]
+        assert mine[0].journal_seq == mine[1].journal_seq
