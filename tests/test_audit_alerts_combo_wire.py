@@ -446,3 +446,30 @@ def test_two_holds_of_one_authorize_batch_that_buy_two_top_ups_fire_two_alerts(s
         assert [(a.rule_id, a.details["credits"]) for a in mine] == [(bought, "9"), (bought, "8")]
         assert mine[0].details["grant_id"] != mine[1].details["grant_id"]
         assert mine[0].journal_seq == mine[1].journal_seq
+
+
+def test_a_grant_expiring_by_the_clock_fires_low_balance_and_buys_no_top_up(server: ServerProcess) -> None:
+    """1 credit that never expires and 5 expiring in 2 s; top-up below 3 to 10; LOW_BALANCE below 2 and
+    TOP_UP_EXECUTED. At the expiry available is 1 (below 2: LOW_BALANCE fires, at the clock's record), and no top-up
+    is bought: only a rated event or a hold buys one (README "Automatic top-up")."""
+    with server.client() as client:
+        contract_id = customer(client, "gy", "USD", "1")
+        grant(client, contract_id, "gy-g1", "1")
+        made = contracts_pb2.Grant(
+            id="gy-g5",
+            contract_id=contract_id,
+            kind=contracts_pb2.PREPAID,
+            amount="5",
+            paid_amount="5",
+            expires_at=ts(now_ms() + 2000),
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+        policy = contracts_pb2.TopUpPolicy(threshold="3", recharge_to="10", price_per_credit="0.5", max_per_period=2)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        low = rule(client, alerts_pb2.LOW_BALANCE, "gy", "2")
+        rule(client, alerts_pb2.TOP_UP_EXECUTED, "gy")
+        wait_for(lambda: available(client, "gy") == "1", timeout_s=30)
+        marker(client, "gy-m1")
+        seen = alerts_until(client, "gy-m1")
+        assert of(seen, "gy") == [(low, "LOW_BALANCE", {"credits_available": "1", "threshold": "2"})]
+        assert available(client, "gy") == "1"
