@@ -8,14 +8,16 @@ off` so that the server closes no period by itself while a test runs."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
-from tests.audit_fixtures import charges, open_contract, serving, this_hour_ms
+from tests.audit_fixtures import charges, open_contract, refusal, serving, this_hour_ms
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_alerts_wire import STREAM_TIMEOUT_S, alerts_until, marker, rule, use
 from tests.test_audit_invoices_wire import JAN, catalogue, customer, ts
@@ -473,3 +475,39 @@ def test_a_grant_expiring_by_the_clock_fires_low_balance_and_buys_no_top_up(serv
         seen = alerts_until(client, "gy-m1")
         assert of(seen, "gy") == [(low, "LOW_BALANCE", {"credits_available": "1", "threshold": "2"})]
         assert available(client, "gy") == "1"
+
+
+def test_a_hold_released_after_its_ttl_fires_reservation_expired_once_whoever_records_the_expiry(
+    server: ServerProcess,
+) -> None:
+    """Holds of 2 with a TTL of 1 ms, each released at once: the release lands after the instant the hold ended, so
+    it finds it expired (FAILED_PRECONDITION) whether the server's clock recorded the expiry first or the release
+    records it. Either way each hold fires RESERVATION_EXPIRED exactly once (released 2), and 10 are available."""
+    with server.client() as client:
+        contract_id = customer(client, "rz", "USD", "1")
+        grant(client, contract_id, "rz-g", "10")
+        expired = rule(client, alerts_pb2.RESERVATION_EXPIRED, "rz")
+        for n in range(5):
+            request = balance_pb2.AuthorizeRequest(
+                customer_id="rz",
+                event_type="unit",
+                dimensions={"k": "a"},
+                reserve=True,
+                reservation_id=f"rz-r{n}",
+                reservation_ttl=Duration(nanos=1_000_000),
+            )
+            request.values["n"] = 2000
+            assert client.balance.Authorize(request).allowed
+            time.sleep(0.002)  # past the 1 ms: the hold has ended however fast the release comes
+            code, _ = refusal(
+                lambda n=n: client.balance.ReleaseReservation(
+                    balance_pb2.ReleaseReservationRequest(customer_id="rz", reservation_id=f"rz-r{n}")
+                )
+            )
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+        wait_for(lambda: available(client, "rz") == "10", timeout_s=30)
+        marker(client, "rz-m1")
+        seen = alerts_until(client, "rz-m1")
+        assert sorted(of(seen, "rz"), key=lambda a: a[2]["reservation_id"]) == [
+            (expired, "RESERVATION_EXPIRED", {"reservation_id": f"rz-r{n}", "released": "2"}) for n in range(5)
+        ]
