@@ -8,6 +8,7 @@ off` so that the server closes no period by itself while a test runs."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 
@@ -499,11 +500,8 @@ def test_a_hold_released_after_its_ttl_fires_reservation_expired_once_whoever_re
             request.values["n"] = 2000
             assert client.balance.Authorize(request).allowed
             time.sleep(0.002)  # past the 1 ms: the hold has ended however fast the release comes
-            code, _ = refusal(
-                lambda n=n: client.balance.ReleaseReservation(
-                    balance_pb2.ReleaseReservationRequest(customer_id="rz", reservation_id=f"rz-r{n}")
-                )
-            )
+            late = balance_pb2.ReleaseReservationRequest(customer_id="rz", reservation_id=f"rz-r{n}")
+            code, _ = refusal(functools.partial(client.balance.ReleaseReservation, late))
             assert code == grpc.StatusCode.FAILED_PRECONDITION
         wait_for(lambda: available(client, "rz") == "10", timeout_s=30)
         marker(client, "rz-m1")
