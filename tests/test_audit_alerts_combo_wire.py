@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, now_ms
-from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.audit_fixtures import charges, open_contract, refusal, serving, this_hour_ms
 from tests.serverproc import ServerProcess, wait_for
@@ -508,4 +509,31 @@ def test_a_hold_released_after_its_ttl_fires_reservation_expired_once_whoever_re
         seen = alerts_until(client, "rz-m1")
         assert sorted(of(seen, "rz"), key=lambda a: a[2]["reservation_id"]) == [
             (expired, "RESERVATION_EXPIRED", {"reservation_id": f"rz-r{n}", "released": "2"}) for n in range(5)
+        ]
+
+
+def test_spend_threshold_fires_once_a_period_and_again_in_the_next_after_close_period(server: ServerProcess) -> None:
+    """A contract whose period ends 3 s from now (monthly, anchored a year back); SPEND_THRESHOLD at 2. 3 credits
+    of usage: it fires (charges 3, the old period's start). More usage in that period fires nothing. After the end,
+    ClosePeriod of the old period evaluates the customer: the new period's charges are 0, so the rule is cleared
+    (no alert). 2 credits in the new period reach it: it fires again, with charges 2 and the new period's start."""
+    with server.client() as client:
+        boundary = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+        anchor_ms = int(boundary.replace(year=boundary.year - 1).timestamp() * 1000)
+        boundary_ms = int(boundary.timestamp() * 1000)
+        customer(client, "sp", "USD", "1", start_ms=anchor_ms)
+        spend = rule(client, alerts_pb2.SPEND_THRESHOLD, "sp", "2")
+        use(client, "sp", "sp-1", 3000, now_ms())
+        old_start_ms = client.get_balance("sp").period_start.ToMilliseconds()
+        assert client.get_balance("sp").period_end.ToMilliseconds() == boundary_ms
+        use(client, "sp", "sp-2", 1000, now_ms())
+        wait_for(lambda: now_ms() > boundary_ms + 100, timeout_s=30)
+        client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="sp", period_start=ts(old_start_ms)))
+        use(client, "sp", "sp-3", 2000, now_ms())
+        assert charges(client, "sp") == "2"
+        marker(client, "sp-m1")
+        seen = [a for a in alerts_until(client, "sp-m1") if a.customer_id == "sp"]
+        assert [(a.rule_id, a.details["period_charges"], a.details["period_start_ms"]) for a in seen] == [
+            (spend, "3", str(old_start_ms)),
+            (spend, "2", str(boundary_ms)),
         ]
