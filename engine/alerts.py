@@ -5,8 +5,9 @@ Sans-I/O and deterministic: a rule's conditions are evaluated after each journal
 touched, from the balance the kernel holds at that record's time, so replaying the journal fires exactly the
 same alerts with the same sequence numbers. Balance conditions fire once per crossing: a rule fires for a
 customer when its condition holds and had not held at the previous evaluation; it fires again only after an
-evaluation found the condition cleared. SPEND_THRESHOLD fires once per billing period of a customer, unless a
-re-rating lowers the period's charges below its threshold (cleared: reaching it again fires again).
+evaluation found the condition cleared. SPEND_THRESHOLD fires once per billing period of a customer, unless the
+period's charges fall below its threshold (a re-rating, or usage giving charges back such as a falling LATEST gauge:
+cleared, so reaching it again fires again).
 Event alerts (TOP_UP_EXECUTED, RESERVATION_EXPIRED) fire once per notice the rating kernel reports.
 
 The state lives in BillingState (engine/control.py) so that snapshots hold it: the rules, which (rule,

@@ -42,8 +42,10 @@ const (
 	// credits_available < threshold, for a customer holding at least one grant.
 	AlertType_LOW_BALANCE AlertType = 1
 	// period_charges >= threshold in the contract period in force; fires once
-	// per period, unless a re-rating (a retroactive publish or rollback) lowers
-	// the charges below the threshold: reaching it again then fires again.
+	// per period, unless the period's charges fall below the threshold again (a
+	// re-rating, i.e. a retroactive publish or rollback, or usage that gives
+	// charges back, such as a LATEST gauge falling): reaching it again then
+	// fires again.
 	AlertType_SPEND_THRESHOLD AlertType = 2
 	// No credit available (credits_available <= 0) to a customer holding at
 	// least one grant. No threshold.

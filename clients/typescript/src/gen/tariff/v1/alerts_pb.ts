@@ -288,8 +288,10 @@ export enum AlertType {
 
   /**
    * period_charges >= threshold in the contract period in force; fires once
-   * per period, unless a re-rating (a retroactive publish or rollback) lowers
-   * the charges below the threshold: reaching it again then fires again.
+   * per period, unless the period's charges fall below the threshold again (a
+   * re-rating, i.e. a retroactive publish or rollback, or usage that gives
+   * charges back, such as a LATEST gauge falling): reaching it again then
+   * fires again.
    *
    * @generated from enum value: SPEND_THRESHOLD = 2;
    */
