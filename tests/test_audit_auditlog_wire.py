@@ -1,0 +1,255 @@
+"""GetAuditLog over the wire (pricing.proto AuditEntry, README "Changing prices safely" and "API keys"): every kind
+of state-changing control-plane call is one entry, with the actor the key and x-actor make, its target and its
+request's fields; a retry (same ids) and a refused call add none; the filters and pages select exactly; and the log
+is the same after kill -9."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tariff import TariffClient
+from tariff.v1 import alerts_pb2, contracts_pb2, invoices_pb2, pricing_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import HOUR_MS, refusal, this_hour_ms, unit
+from tests.serverproc import ServerProcess
+from tests.test_server_auth import Keys
+
+CARD = "al-card"
+
+
+def month_starts_ms() -> tuple[int, int]:
+    """The start of last month and of this month (UTC), in ms."""
+    now = dt.datetime.now(dt.UTC)
+    this = dt.datetime(now.year, now.month, 1, tzinfo=dt.UTC)
+    last = dt.datetime(now.year - (now.month == 1), (now.month - 2) % 12 + 1, 1, tzinfo=dt.UTC)
+    return int(last.timestamp() * 1000), int(this.timestamp() * 1000)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-auditlog")
+    keys = Keys(root / "keys.json", {"ops-admin": ("admin", None), "auditor": ("read", None)})
+    process = ServerProcess(
+        root / "data", extra_args=[*keys.args, "--close-grace", "off"], api_key=keys.key["ops-admin"]
+    )
+    process.start()
+    try:
+        with process.client() as client, process.client(actor="alice") as alice:
+            changes(client, alice)
+        yield process
+    finally:
+        process.stop()
+
+
+def entries(client: TariffClient, **filters: object) -> list[pricing_pb2.AuditEntry]:
+    """Every entry the filters keep, page by page (page_size 2 unless given)."""
+    found: list[pricing_pb2.AuditEntry] = []
+    after = 0
+    filters.setdefault("page_size", 2)
+    while True:
+        page = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(after_seq=after, **filters))
+        found.extend(page.entries)
+        if not page.next_after_seq:
+            return found
+        after = page.next_after_seq
+
+
+def changes(client: TariffClient, alice: TariffClient) -> None:
+    """One of each audited call, each retried, and a refused call beside it."""
+    last_month_ms, this_month_ms = month_starts_ms()
+    product = pricing_pb2.Product(id="al-p", event_type="al_call", aggregation=pricing_pb2.COUNT, unit="calls")
+    for _ in range(2):
+        alice.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    assert refusal(lambda: alice.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=pricing_pb2.Product(id="al-p", event_type="other", aggregation=pricing_pb2.COUNT))))[0] == grpc.StatusCode.ALREADY_EXISTS
+    card = pricing_pb2.CreateRateCardRequest(id=CARD, name="Card", pricing_unit="USD")
+    for _ in range(2):
+        alice.pricing.CreateRateCard(card)
+    draft = pricing_pb2.CreateDraftVersionRequest(
+        rate_card_id=CARD, set_parameters={"k": "2"}, upsert_rates=[unit("al-p", "k")], request_id="d1"
+    )
+    for _ in range(2):
+        alice.pricing.CreateDraftVersion(draft)
+    alice.pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id=CARD, version=1))
+    publish = pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=1, effective_from=stamp(last_month_ms))
+    for _ in range(2):
+        alice.pricing.PublishVersion(publish)
+    draft2 = pricing_pb2.CreateDraftVersionRequest(
+        rate_card_id=CARD, based_on_version=1, set_parameters={"k": "3"}, request_id="d2"
+    )
+    client.pricing.CreateDraftVersion(draft2)
+    cohort = pricing_pb2.PublishVersionRequest(
+        rate_card_id=CARD, version=2, effective_from=stamp(this_hour_ms() + HOUR_MS),
+        cohort=pricing_pb2.Cohort(customer_ids=["al-c"]),
+    )
+    code = refusal(lambda: client.pricing.PublishVersion(cohort))[0]
+    assert code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+    customer = contracts_pb2.CreateCustomerRequest(id="al-c", name="C")
+    for _ in range(2):
+        client.contracts.CreateCustomer(customer)
+    for _ in range(2):
+        client.pricing.PublishVersion(cohort)
+    draft3 = pricing_pb2.CreateDraftVersionRequest(
+        rate_card_id=CARD, based_on_version=1, set_parameters={"k": "4"}, request_id="d3"
+    )
+    client.pricing.CreateDraftVersion(draft3)
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=3, effective_from=stamp(this_hour_ms() + HOUR_MS))
+    )
+    rollback = pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(this_hour_ms() + 2 * HOUR_MS))
+    for _ in range(2):
+        client.pricing.RollbackRateCard(rollback)
+    contract = contracts_pb2.CreateContractRequest(
+        id="al-k", customer_id="al-c", rate_card_id=CARD, starting_at=stamp(last_month_ms),
+        overage_policy=contracts_pb2.ALLOW, overage_price="1", currency="USD",
+    )
+    for _ in range(2):
+        alice.contracts.CreateContract(contract)
+    override = contracts_pb2.AddOverrideRequest(
+        contract_id="al-k",
+        override=contracts_pb2.PriceOverride(id="al-o", product_id="al-p", multiplier="0.5", starting_at=stamp(this_month_ms)),
+    )
+    for _ in range(2):
+        alice.contracts.AddOverride(override)
+    grant = contracts_pb2.Grant(id="al-g", contract_id="al-k", kind=contracts_pb2.PREPAID, amount="10", paid_amount="10")
+    for _ in range(2):
+        alice.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+    policy = contracts_pb2.TopUpPolicy(threshold="2", recharge_to="10", price_per_credit="1", max_per_period=3)
+    for _ in range(2):
+        alice.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="al-k", top_up=policy))
+    for _ in range(2):
+        alice.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="al-k"))
+    rule = alerts_pb2.CreateAlertRequest(id="al-a", customer_id="al-c", type=alerts_pb2.LOW_BALANCE, threshold="5")
+    for _ in range(2):
+        alice.alerts.CreateAlert(rule)
+    for _ in range(2):
+        alice.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id="al-a"))
+    close = invoices_pb2.ClosePeriodRequest(customer_id="al-c", period_start=stamp(last_month_ms))
+    for _ in range(2):
+        alice.invoices.ClosePeriod(close)
+    for _ in range(2):
+        alice.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="al-d", name="D"))
+    bare = contracts_pb2.CreateContractRequest(customer_id="al-d", rate_card_id=CARD)
+    for _ in range(2):
+        client.contracts.CreateContract(bare)
+    unnamed = alerts_pb2.CreateAlertRequest(customer_id="al-d", type=alerts_pb2.LOW_BALANCE, threshold="5")
+    for _ in range(2):
+        client.alerts.CreateAlert(unnamed)
+
+
+A = "alice via ops-admin"
+O = "ops-admin"
+EXPECTED = [
+    ("CreateProduct", "product/al-p", A),
+    ("CreateRateCard", f"rate_card/{CARD}", A),
+    ("CreateDraftVersion", f"rate_card/{CARD}/version/1", A),
+    ("PublishVersion", f"rate_card/{CARD}/version/1", A),
+    ("CreateDraftVersion", f"rate_card/{CARD}/version/2", O),
+    ("CreateCustomer", "customer/al-c", O),
+    ("PublishVersion", f"rate_card/{CARD}/version/2", O),
+    ("CreateDraftVersion", f"rate_card/{CARD}/version/3", O),
+    ("PublishVersion", f"rate_card/{CARD}/version/3", O),
+    ("RollbackRateCard", f"rate_card/{CARD}/version/4", O),
+    ("CreateContract", "contract/al-k", A),
+    ("AddOverride", "contract/al-k", A),
+    ("GrantCredits", "grant/al-g", A),
+    ("SetTopUpPolicy", "contract/al-k/top_up", A),
+    ("SetTopUpPolicy", "contract/al-k/top_up", A),
+    ("CreateAlert", "alert/al-a", A),
+    ("DeleteAlertRule", "alert/al-a", A),
+    ("ClosePeriod", "customer/al-c/invoice/INV-00000001", A),
+    ("CreateCustomer", "customer/al-d", O),
+    ("CreateContract", "contract/al-d-", O),
+    ("CreateAlert", "alert/alert-", O),
+]
+
+
+def rows(found: list[pricing_pb2.AuditEntry]) -> list[tuple[str, str, str]]:
+    return [(entry.action, entry.target, entry.actor) for entry in found]
+
+
+def test_each_change_is_one_entry_retries_and_refusals_none(server: ServerProcess) -> None:
+    with server.client(api_key=None) as anonymous:
+        assert refusal(lambda: entries(anonymous))[0] == grpc.StatusCode.UNAUTHENTICATED
+    with server.client() as client:
+        found = entries(client)
+    assert [entry.seq for entry in found] == sorted({entry.seq for entry in found})
+    got = rows(found)
+    assert len(got) == len(EXPECTED), got
+    for (action, target, actor), (want_action, want_target, want_actor) in zip(got, EXPECTED, strict=True):
+        assert (action, actor) == (want_action, want_actor)
+        assert target == want_target or (want_target.endswith("-") and target.startswith(want_target)), target
+    times = [entry.time.ToMilliseconds() for entry in found]
+    assert times == sorted(times)
+    diffs = [json.loads(entry.diff) for entry in found]
+    last_month_ms, this_month_ms = month_starts_ms()
+    assert diffs[3]["effective_from_ms"] == last_month_ms  # the retroactive publish
+    assert diffs[6]["cohort"]["customer_ids"] == ["al-c"]
+    assert (diffs[9]["version"], diffs[9]["rollback_from"], diffs[9]["rollback_to"]) == (4, 3, 1)
+    assert diffs[11]["override"]["multiplier"] == "0.5"
+    assert (diffs[13]["threshold"], diffs[14]["threshold"]) == ("2", "")
+    assert diffs[16]["alert_type"] == "LOW_BALANCE"
+
+
+def test_diff_names_what_the_server_applied(server: ServerProcess) -> None:
+    """A contract and an alert rule created without an id (and the contract without start, overage price or
+    currency): the diff holds the id, start, price and currency the server gave them, as the target does."""
+    with server.client() as client:
+        found = entries(client)
+        contract = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=found[19].target.split("/", 1)[1]))
+    made = json.loads(found[19].diff)
+    applied = {
+        "id": contract.id,
+        "starting_at_ms": contract.starting_at.ToMilliseconds(),
+        "overage_price": "1",
+        "currency": "USD",
+    }
+    assert {name: made[name] for name in applied} == applied
+    assert json.loads(found[20].diff)["id"] == found[20].target.split("/", 1)[1]
+
+
+def test_filters_and_pages_select_exactly(server: ServerProcess) -> None:
+    with server.client() as client:
+        every = entries(client, page_size=1000)
+        assert every == entries(client, page_size=1) == entries(client)
+
+        def kept(**filters: object) -> list[int]:
+            return [entry.seq for entry in entries(client, **filters)]
+
+        def where(test: object) -> list[int]:
+            return [entry.seq for entry in every if test(entry)]  # type: ignore[operator]
+
+        assert kept(target="contract/al-k") == where(lambda e: e.target.startswith("contract/al-k"))
+        assert len(kept(target="contract/al-k")) == 4
+        assert kept(target="customer/") == where(lambda e: e.target.startswith("customer/"))
+        assert kept(actor="alice") == where(lambda e: e.actor == A)
+        assert kept(actor="ops-admin") == [entry.seq for entry in every]
+        assert kept(actor=A) == kept(actor="alice")
+        assert kept(actor="via") == kept(actor="alic") == []
+        assert kept(action="PublishVersion") == where(lambda e: e.action == "PublishVersion") != []
+        assert kept(action="PublishVersion", actor="alice") == [every[3].seq]
+        start, end = every[4].time, every[10].time
+        assert kept(start_time=start, end_time=end) == where(
+            lambda e: start.ToMilliseconds() <= e.time.ToMilliseconds() < end.ToMilliseconds()
+        )
+        assert kept(start_time=end) == where(lambda e: e.time.ToMilliseconds() >= end.ToMilliseconds())
+        assert kept(end_time=start) == where(lambda e: e.time.ToMilliseconds() < start.ToMilliseconds())
+        refused = pricing_pb2.GetAuditLogRequest(start_time=end, end_time=end)
+        assert refusal(lambda: client.pricing.GetAuditLog(refused))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        tail = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(after_seq=every[-2].seq, page_size=1))
+        assert ([entry.seq for entry in tail.entries], tail.next_after_seq) == ([every[-1].seq], 0)
+
+
+def test_the_log_is_the_same_after_kill9(server: ServerProcess) -> None:
+    with server.client() as client:
+        before = entries(client, page_size=1000)
+    server.kill9()
+    server.start()
+    with server.client() as client:
+        assert entries(client, page_size=1000) == before
