@@ -232,7 +232,18 @@ def capped_diff(fields: dict[str, Any]) -> str:
 def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
     """What a command's own fields do not say: for a publish or rollback, the instant it took effect (the hour it
     was applied in when the request named none); for a rollback, the version it made and the one it replaced; for a
-    deleted alert rule, the rule, in CreateAlert's fields."""
+    deleted alert rule, the rule, in CreateAlert's fields; for a contract or alert rule whose request left out its id
+    (or a contract its start, overage price or currency), what the server gave it, once the server marks the command
+    so (`applied_audited`: older records replay to the entries they had)."""
+    if isinstance(command, cmd.CreateContract) and command.applied_audited and isinstance(result, Contract):
+        return {
+            "id": result.id,
+            "starting_at_ms": result.starting_at_ms,
+            "overage_price": result.overage_price,
+            "currency": result.currency,
+        }
+    if isinstance(command, cmd.CreateAlert) and command.applied_audited and isinstance(result, AlertRule):
+        return {"id": result.id}
     if isinstance(command, cmd.DeleteAlertRule) and isinstance(result, AlertRule):
         threshold = format_picos(result.threshold_picos) if result.type in THRESHOLD_TYPES else ""
         return {

@@ -152,7 +152,12 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rerate_holds_off_final_grants: bool = False
 
 
-class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
+class CreateContract(msgspec.Struct, frozen=True, tag="create_contract", omit_defaults=True):
+    """`applied_audited`: set by the server for every request it takes (server/services/contracts.py), so the
+    audit entry's diff holds the id, start, overage price and currency the contract was given when the request
+    left them out (engine/audit.py), not the request's blanks; False (left out when stored, as commands stored
+    before it have none, so their fingerprints are unchanged) writes the entry its release wrote."""
+
     at_ms: int
     actor: str
     id: str
@@ -163,6 +168,7 @@ class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
     overage_policy: OveragePolicy
     overage_price: str
     currency: str
+    applied_audited: bool = False
 
 
 class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults=True):
@@ -216,6 +222,7 @@ SERVER_SET_FIELDS = (
     "rolled_breakage_shown",
     "expired_breakage_shown",
     "price_in_contract_currency",
+    "applied_audited",
 )
 
 
@@ -276,7 +283,9 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rerate_holds_off_final_grants: bool = False  # as PublishVersion's
 
 
-class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
+class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert", omit_defaults=True):
+    """`applied_audited`: as CreateContract's, for the id a rule is named by when the request gives none."""
+
     at_ms: int
     actor: str
     id: str  # empty: named after the rule's content (engine/alerts.py)
@@ -284,6 +293,7 @@ class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
     all_customers: bool
     alert_type: str  # an engine.alerts.AlertType name, checked when applied
     threshold: str
+    applied_audited: bool = False
 
 
 class DeleteAlertRule(msgspec.Struct, frozen=True, tag="delete_alert_rule"):

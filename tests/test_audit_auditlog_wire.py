@@ -9,12 +9,17 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import msgspec
 import pytest
 from tariff import TariffClient
 from tariff.v1 import alerts_pb2, contracts_pb2, invoices_pb2, pricing_pb2
 
+from engine import commands as cmd
+from engine.contracts import OveragePolicy
+from engine.control import fingerprint
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, refusal, this_hour_ms, unit
 from tests.serverproc import ServerProcess
@@ -47,7 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         process.stop()
 
 
-def entries(client: TariffClient, **filters: object) -> list[pricing_pb2.AuditEntry]:
+def entries(client: TariffClient, **filters: Any) -> list[pricing_pb2.AuditEntry]:
     """Every entry the filters keep, page by page (page_size 2 unless given)."""
     found: list[pricing_pb2.AuditEntry] = []
     after = 0
@@ -66,7 +71,16 @@ def changes(client: TariffClient, alice: TariffClient) -> None:
     product = pricing_pb2.Product(id="al-p", event_type="al_call", aggregation=pricing_pb2.COUNT, unit="calls")
     for _ in range(2):
         alice.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
-    assert refusal(lambda: alice.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=pricing_pb2.Product(id="al-p", event_type="other", aggregation=pricing_pb2.COUNT))))[0] == grpc.StatusCode.ALREADY_EXISTS
+    assert (
+        refusal(
+            lambda: alice.pricing.CreateProduct(
+                pricing_pb2.CreateProductRequest(
+                    product=pricing_pb2.Product(id="al-p", event_type="other", aggregation=pricing_pb2.COUNT)
+                )
+            )
+        )[0]
+        == grpc.StatusCode.ALREADY_EXISTS
+    )
     card = pricing_pb2.CreateRateCardRequest(id=CARD, name="Card", pricing_unit="USD")
     for _ in range(2):
         alice.pricing.CreateRateCard(card)
@@ -84,7 +98,9 @@ def changes(client: TariffClient, alice: TariffClient) -> None:
     )
     client.pricing.CreateDraftVersion(draft2)
     cohort = pricing_pb2.PublishVersionRequest(
-        rate_card_id=CARD, version=2, effective_from=stamp(this_hour_ms() + HOUR_MS),
+        rate_card_id=CARD,
+        version=2,
+        effective_from=stamp(this_hour_ms() + HOUR_MS),
         cohort=pricing_pb2.Cohort(customer_ids=["al-c"]),
     )
     code = refusal(lambda: client.pricing.PublishVersion(cohort))[0]
@@ -101,22 +117,33 @@ def changes(client: TariffClient, alice: TariffClient) -> None:
     client.pricing.PublishVersion(
         pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=3, effective_from=stamp(this_hour_ms() + HOUR_MS))
     )
-    rollback = pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(this_hour_ms() + 2 * HOUR_MS))
+    rollback = pricing_pb2.RollbackRateCardRequest(
+        rate_card_id=CARD, to_version=1, effective_from=stamp(this_hour_ms() + 2 * HOUR_MS)
+    )
     for _ in range(2):
         client.pricing.RollbackRateCard(rollback)
     contract = contracts_pb2.CreateContractRequest(
-        id="al-k", customer_id="al-c", rate_card_id=CARD, starting_at=stamp(last_month_ms),
-        overage_policy=contracts_pb2.ALLOW, overage_price="1", currency="USD",
+        id="al-k",
+        customer_id="al-c",
+        rate_card_id=CARD,
+        starting_at=stamp(last_month_ms),
+        overage_policy=contracts_pb2.ALLOW,
+        overage_price="1",
+        currency="USD",
     )
     for _ in range(2):
         alice.contracts.CreateContract(contract)
     override = contracts_pb2.AddOverrideRequest(
         contract_id="al-k",
-        override=contracts_pb2.PriceOverride(id="al-o", product_id="al-p", multiplier="0.5", starting_at=stamp(this_month_ms)),
+        override=contracts_pb2.PriceOverride(
+            id="al-o", product_id="al-p", multiplier="0.5", starting_at=stamp(this_month_ms)
+        ),
     )
     for _ in range(2):
         alice.contracts.AddOverride(override)
-    grant = contracts_pb2.Grant(id="al-g", contract_id="al-k", kind=contracts_pb2.PREPAID, amount="10", paid_amount="10")
+    grant = contracts_pb2.Grant(
+        id="al-g", contract_id="al-k", kind=contracts_pb2.PREPAID, amount="10", paid_amount="10"
+    )
     for _ in range(2):
         alice.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
     policy = contracts_pb2.TopUpPolicy(threshold="2", recharge_to="10", price_per_credit="1", max_per_period=3)
@@ -143,30 +170,30 @@ def changes(client: TariffClient, alice: TariffClient) -> None:
         client.alerts.CreateAlert(unnamed)
 
 
-A = "alice via ops-admin"
-O = "ops-admin"
+ALICE = "alice via ops-admin"
+OPS = "ops-admin"
 EXPECTED = [
-    ("CreateProduct", "product/al-p", A),
-    ("CreateRateCard", f"rate_card/{CARD}", A),
-    ("CreateDraftVersion", f"rate_card/{CARD}/version/1", A),
-    ("PublishVersion", f"rate_card/{CARD}/version/1", A),
-    ("CreateDraftVersion", f"rate_card/{CARD}/version/2", O),
-    ("CreateCustomer", "customer/al-c", O),
-    ("PublishVersion", f"rate_card/{CARD}/version/2", O),
-    ("CreateDraftVersion", f"rate_card/{CARD}/version/3", O),
-    ("PublishVersion", f"rate_card/{CARD}/version/3", O),
-    ("RollbackRateCard", f"rate_card/{CARD}/version/4", O),
-    ("CreateContract", "contract/al-k", A),
-    ("AddOverride", "contract/al-k", A),
-    ("GrantCredits", "grant/al-g", A),
-    ("SetTopUpPolicy", "contract/al-k/top_up", A),
-    ("SetTopUpPolicy", "contract/al-k/top_up", A),
-    ("CreateAlert", "alert/al-a", A),
-    ("DeleteAlertRule", "alert/al-a", A),
-    ("ClosePeriod", "customer/al-c/invoice/INV-00000001", A),
-    ("CreateCustomer", "customer/al-d", O),
-    ("CreateContract", "contract/al-d-", O),
-    ("CreateAlert", "alert/alert-", O),
+    ("CreateProduct", "product/al-p", ALICE),
+    ("CreateRateCard", f"rate_card/{CARD}", ALICE),
+    ("CreateDraftVersion", f"rate_card/{CARD}/version/1", ALICE),
+    ("PublishVersion", f"rate_card/{CARD}/version/1", ALICE),
+    ("CreateDraftVersion", f"rate_card/{CARD}/version/2", OPS),
+    ("CreateCustomer", "customer/al-c", OPS),
+    ("PublishVersion", f"rate_card/{CARD}/version/2", OPS),
+    ("CreateDraftVersion", f"rate_card/{CARD}/version/3", OPS),
+    ("PublishVersion", f"rate_card/{CARD}/version/3", OPS),
+    ("RollbackRateCard", f"rate_card/{CARD}/version/4", OPS),
+    ("CreateContract", "contract/al-k", ALICE),
+    ("AddOverride", "contract/al-k", ALICE),
+    ("GrantCredits", "grant/al-g", ALICE),
+    ("SetTopUpPolicy", "contract/al-k/top_up", ALICE),
+    ("SetTopUpPolicy", "contract/al-k/top_up", ALICE),
+    ("CreateAlert", "alert/al-a", ALICE),
+    ("DeleteAlertRule", "alert/al-a", ALICE),
+    ("ClosePeriod", "customer/al-c/invoice/INV-00000001", ALICE),
+    ("CreateCustomer", "customer/al-d", OPS),
+    ("CreateContract", "contract/al-d-", OPS),
+    ("CreateAlert", "alert/alert-", OPS),
 ]
 
 
@@ -188,7 +215,7 @@ def test_each_change_is_one_entry_retries_and_refusals_none(server: ServerProces
     times = [entry.time.ToMilliseconds() for entry in found]
     assert times == sorted(times)
     diffs = [json.loads(entry.diff) for entry in found]
-    last_month_ms, this_month_ms = month_starts_ms()
+    last_month_ms = month_starts_ms()[0]
     assert diffs[3]["effective_from_ms"] == last_month_ms  # the retroactive publish
     assert diffs[6]["cohort"]["customer_ids"] == ["al-c"]
     assert (diffs[9]["version"], diffs[9]["rollback_from"], diffs[9]["rollback_to"]) == (4, 3, 1)
@@ -219,7 +246,7 @@ def test_filters_and_pages_select_exactly(server: ServerProcess) -> None:
         every = entries(client, page_size=1000)
         assert every == entries(client, page_size=1) == entries(client)
 
-        def kept(**filters: object) -> list[int]:
+        def kept(**filters: Any) -> list[int]:
             return [entry.seq for entry in entries(client, **filters)]
 
         def where(test: object) -> list[int]:
@@ -228,9 +255,9 @@ def test_filters_and_pages_select_exactly(server: ServerProcess) -> None:
         assert kept(target="contract/al-k") == where(lambda e: e.target.startswith("contract/al-k"))
         assert len(kept(target="contract/al-k")) == 4
         assert kept(target="customer/") == where(lambda e: e.target.startswith("customer/"))
-        assert kept(actor="alice") == where(lambda e: e.actor == A)
+        assert kept(actor="alice") == where(lambda e: e.actor == ALICE)
         assert kept(actor="ops-admin") == [entry.seq for entry in every]
-        assert kept(actor=A) == kept(actor="alice")
+        assert kept(actor=ALICE) == kept(actor="alice")
         assert kept(actor="via") == kept(actor="alic") == []
         assert kept(action="PublishVersion") == where(lambda e: e.action == "PublishVersion") != []
         assert kept(action="PublishVersion", actor="alice") == [every[3].seq]
@@ -253,3 +280,19 @@ def test_the_log_is_the_same_after_kill9(server: ServerProcess) -> None:
     server.start()
     with server.client() as client:
         assert entries(client, page_size=1000) == before
+
+
+def test_records_without_the_field_encode_and_fingerprint_as_before() -> None:
+    """A CreateContract or CreateAlert stored before `applied_audited` has no such entry: it decodes to False,
+    encodes to the same bytes, and a new command with it has the fingerprint the old one had (a retry after an
+    upgrade is still the same request)."""
+    contract = cmd.CreateContract(1, "a", "", "c", "r", None, None, OveragePolicy.ALLOW, "", "")
+    alert = cmd.CreateAlert(1, "a", "", "c", False, "LOW_BALANCE", "5")
+    for old, new in (
+        (contract, msgspec.structs.replace(contract, applied_audited=True)),
+        (alert, msgspec.structs.replace(alert, applied_audited=True)),
+    ):
+        stored = msgspec.json.encode(old)
+        assert b"applied_audited" not in stored
+        assert msgspec.json.decode(stored, type=type(old)) == old
+        assert fingerprint(new) == fingerprint(old)

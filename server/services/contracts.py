@@ -85,6 +85,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             convert.overage_policy(request.overage_policy),
             convert.decimal_text(request.overage_price, "overage_price"),
             _currency(request.currency),
+            applied_audited=True,
         )
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
