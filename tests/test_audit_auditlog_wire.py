@@ -165,6 +165,17 @@ def changes(client: TariffClient, alice: TariffClient) -> None:
     bare = contracts_pb2.CreateContractRequest(customer_id="al-d", rate_card_id=CARD)
     for _ in range(2):
         client.contracts.CreateContract(bare)
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="al-e", name="E"))
+    due = contracts_pb2.CreateContractRequest(
+        id="al-ek",
+        customer_id="al-e",
+        rate_card_id=CARD,
+        starting_at=stamp(last_month_ms),
+        ending_before=stamp(this_month_ms),
+    )
+    client.contracts.CreateContract(due)
+    for _ in range(2):
+        alice.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
     unnamed = alerts_pb2.CreateAlertRequest(customer_id="al-d", type=alerts_pb2.LOW_BALANCE, threshold="5")
     for _ in range(2):
         client.alerts.CreateAlert(unnamed)
@@ -193,6 +204,9 @@ EXPECTED = [
     ("ClosePeriod", "customer/al-c/invoice/INV-00000001", ALICE),
     ("CreateCustomer", "customer/al-d", OPS),
     ("CreateContract", "contract/al-d-", OPS),
+    ("CreateCustomer", "customer/al-e", OPS),
+    ("CreateContract", "contract/al-ek", OPS),
+    ("CloseDuePeriods", "invoices", ALICE),
     ("CreateAlert", "alert/alert-", OPS),
 ]
 
@@ -238,7 +252,7 @@ def test_diff_names_what_the_server_applied(server: ServerProcess) -> None:
         "currency": "USD",
     }
     assert {name: made[name] for name in applied} == applied
-    assert json.loads(found[20].diff)["id"] == found[20].target.split("/", 1)[1]
+    assert json.loads(found[23].diff)["id"] == found[23].target.split("/", 1)[1]
 
 
 def test_filters_and_pages_select_exactly(server: ServerProcess) -> None:

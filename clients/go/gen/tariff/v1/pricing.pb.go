@@ -3253,7 +3253,11 @@ type AuditEntry struct {
 	// The RPC that made the change ("PublishVersion", "RollbackRateCard", ...).
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	// What it changed: "rate_card/<id>", "rate_card/<id>/version/<n>",
-	// "product/<id>", "customer/<id>", "contract/<id>", "grant/<id>".
+	// "product/<id>", "customer/<id>", "contract/<id>" (CreateContract,
+	// AddOverride), "contract/<id>/top_up" (SetTopUpPolicy, setting or
+	// clearing), "grant/<id>", "alert/<id>" (CreateAlert, DeleteAlertRule),
+	// "customer/<id>/invoice/<number>" (ClosePeriod), "invoices"
+	// (CloseDuePeriods).
 	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
 	// What changed, as a JSON object: the request's fields as the server
 	// applied them (for PublishVersion and RollbackRateCard, "effective_from_ms"

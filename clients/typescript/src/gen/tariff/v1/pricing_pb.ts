@@ -1679,7 +1679,11 @@ export type AuditEntry = Message<"tariff.v1.AuditEntry"> & {
 
   /**
    * What it changed: "rate_card/<id>", "rate_card/<id>/version/<n>",
-   * "product/<id>", "customer/<id>", "contract/<id>", "grant/<id>".
+   * "product/<id>", "customer/<id>", "contract/<id>" (CreateContract,
+   * AddOverride), "contract/<id>/top_up" (SetTopUpPolicy, setting or
+   * clearing), "grant/<id>", "alert/<id>" (CreateAlert, DeleteAlertRule),
+   * "customer/<id>/invoice/<number>" (ClosePeriod), "invoices"
+   * (CloseDuePeriods).
    *
    * @generated from field: string target = 5;
    */
