@@ -21,6 +21,7 @@ from engine import commands as cmd
 from engine.alerts import THRESHOLD_TYPES, AlertRule
 from engine.contracts import Contract
 from engine.control import AuditChunk, AuditEntry, ControlPlane
+from engine.ledger import Grant
 from engine.money import format_picos
 from engine.ratecard import Version
 from engine.versions import PublishResult
@@ -233,7 +234,7 @@ def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
     """What a command's own fields do not say: for a publish or rollback, the instant it took effect (the hour it
     was applied in when the request named none); for a rollback, the version it made and the one it replaced; for a
     deleted alert rule, the rule, in CreateAlert's fields; for a contract or alert rule whose request left out its id
-    (or a contract its start, overage price or currency), what the server gave it, once the server marks the command
+    (or a contract its start, overage price or currency), or a grant its customer or start, what the server gave it, once the server marks the command
     so (`applied_audited`: older records replay to the entries they had)."""
     if isinstance(command, cmd.CreateContract) and command.applied_audited and isinstance(result, Contract):
         return {
@@ -244,6 +245,8 @@ def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
         }
     if isinstance(command, cmd.CreateAlert) and command.applied_audited and isinstance(result, AlertRule):
         return {"id": result.id}
+    if isinstance(command, cmd.GrantCredits) and command.applied_audited and isinstance(result, Grant):
+        return {"customer_id": result.customer_id, "starts_at_ms": result.starts_at_ms}
     if isinstance(command, cmd.DeleteAlertRule) and isinstance(result, AlertRule):
         threshold = format_picos(result.threshold_picos) if result.type in THRESHOLD_TYPES else ""
         return {

@@ -238,6 +238,8 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     `rollover_start_in_contract`: set by the server likewise, so a grant with a rollover fraction whose start no
     contract of its customer covers (it would have no billing period to roll over at the end of, and so never
     roll over) is refused; False (commands stored before it) grants it as it was granted then.
+    `applied_audited`: set likewise, so the audit entry's diff names the customer and start the grant was given
+    when the request left them to its contract (engine/audit.py); False writes the entry its release wrote.
     `expiring_at_rollover_rolls`: set by the server likewise, so a grant with a rollover fraction whose expires_at
     is exactly the end of the billing period it starts in (its rollover) rolls over there, as one with no expiry
     or a later one does (its credits are usable up to that end); False (commands stored before it) keeps the
@@ -262,6 +264,7 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     made_ids_refused: bool = False
     rollover_start_in_contract: bool = False
     expiring_at_rollover_rolls: bool = False
+    applied_audited: bool = False  # as CreateContract's: the diff names the customer and start the grant was given
 
 
 class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):

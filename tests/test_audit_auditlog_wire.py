@@ -20,6 +20,7 @@ from tariff.v1 import alerts_pb2, contracts_pb2, invoices_pb2, pricing_pb2
 from engine import commands as cmd
 from engine.contracts import OveragePolicy
 from engine.control import fingerprint
+from engine.ledger import GrantKind
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, refusal, this_hour_ms, unit
 from tests.serverproc import ServerProcess
@@ -240,7 +241,8 @@ def test_each_change_is_one_entry_retries_and_refusals_none(server: ServerProces
 
 def test_diff_names_what_the_server_applied(server: ServerProcess) -> None:
     """A contract and an alert rule created without an id (and the contract without start, overage price or
-    currency): the diff holds the id, start, price and currency the server gave them, as the target does."""
+    currency), and a grant naming only its contract and no start: the diff holds the id, start, price, currency and
+    customer the server gave them, as the target does."""
     with server.client() as client:
         found = entries(client)
         contract = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=found[19].target.split("/", 1)[1]))
@@ -253,6 +255,8 @@ def test_diff_names_what_the_server_applied(server: ServerProcess) -> None:
     }
     assert {name: made[name] for name in applied} == applied
     assert json.loads(found[23].diff)["id"] == found[23].target.split("/", 1)[1]
+    granted = json.loads(found[12].diff)  # through its contract, with no start: the contract's customer and start
+    assert (granted["customer_id"], granted["starts_at_ms"]) == ("al-c", month_starts_ms()[0])
 
 
 def test_filters_and_pages_select_exactly(server: ServerProcess) -> None:
@@ -297,12 +301,14 @@ def test_the_log_is_the_same_after_kill9(server: ServerProcess) -> None:
 
 
 def test_records_without_the_field_encode_and_fingerprint_as_before() -> None:
-    """A CreateContract or CreateAlert stored before `applied_audited` has no such entry: it decodes to False,
+    """A CreateContract, CreateAlert or GrantCredits stored before `applied_audited` has no such entry: it decodes to False,
     encodes to the same bytes, and a new command with it has the fingerprint the old one had (a retry after an
     upgrade is still the same request)."""
     contract = cmd.CreateContract(1, "a", "", "c", "r", None, None, OveragePolicy.ALLOW, "", "")
     alert = cmd.CreateAlert(1, "a", "", "c", False, "LOW_BALANCE", "5")
+    grant = cmd.GrantCredits(1, "a", "g", "", "k", GrantKind.PREPAID, "1", "1", 0, (), None, None, "")
     for old, new in (
+        (grant, msgspec.structs.replace(grant, applied_audited=True)),
         (contract, msgspec.structs.replace(contract, applied_audited=True)),
         (alert, msgspec.structs.replace(alert, applied_audited=True)),
     ):
