@@ -27,6 +27,7 @@ from tests.serverproc import ServerProcess
 from tests.test_server_auth import Keys
 
 CARD = "al-card"
+KEYS: dict[str, str] = {}
 
 
 def month_starts_ms() -> tuple[int, int]:
@@ -40,7 +41,10 @@ def month_starts_ms() -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-auditlog")
-    keys = Keys(root / "keys.json", {"ops-admin": ("admin", None), "auditor": ("read", None)})
+    keys = Keys(
+        root / "keys.json", {"ops-admin": ("admin", None), "auditor": ("read", None), "c-admin": ("admin", ["al-c"])}
+    )
+    KEYS.update(keys.key)
     process = ServerProcess(
         root / "data", extra_args=[*keys.args, "--close-grace", "off"], api_key=keys.key["ops-admin"]
     )
@@ -289,6 +293,66 @@ def test_filters_and_pages_select_exactly(server: ServerProcess) -> None:
         assert refusal(lambda: client.pricing.GetAuditLog(refused))[0] == grpc.StatusCode.INVALID_ARGUMENT
         tail = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(after_seq=every[-2].seq, page_size=1))
         assert ([entry.seq for entry in tail.entries], tail.next_after_seq) == ([every[-1].seq], 0)
+
+
+def test_actors_of_keys_and_refused_callers(server: ServerProcess) -> None:
+    """A restricted key naming an actor, a read key changing something and a bad x-actor are refused, adding no
+    entry; a restricted key's own change is under its name; an x-actor naming the key itself is the key alone."""
+    rule = alerts_pb2.CreateAlertRequest(customer_id="al-c", type=alerts_pb2.LOW_BALANCE, threshold="7")
+    with server.client() as client:
+        before = entries(client, page_size=1000)
+    with server.client(api_key=KEYS["c-admin"], actor="bob") as named:
+        assert refusal(lambda: named.alerts.CreateAlert(rule))[0] == grpc.StatusCode.PERMISSION_DENIED
+    with server.client(api_key=KEYS["auditor"]) as reader:
+        assert refusal(lambda: reader.alerts.CreateAlert(rule))[0] == grpc.StatusCode.PERMISSION_DENIED
+    with server.client(actor="bad actor") as spaced:
+        assert refusal(lambda: spaced.alerts.CreateAlert(rule))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    with server.client() as client:
+        assert entries(client, page_size=1000) == before
+    with server.client(api_key=KEYS["c-admin"]) as restricted:
+        made = restricted.alerts.CreateAlert(rule)
+    with server.client(actor="ops-admin") as itself:
+        itself.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id=made.id))
+    with server.client(api_key=KEYS["auditor"]) as reader:
+        after = entries(reader, page_size=1000)
+        assert rows(after[len(before) :]) == [
+            ("CreateAlert", f"alert/{made.id}", "c-admin"),
+            ("DeleteAlertRule", f"alert/{made.id}", "ops-admin"),
+        ]
+        assert [entry.seq for entry in entries(reader, actor="c-admin")] == [after[len(before)].seq]
+        beyond = reader.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(after_seq=after[-1].seq + 100))
+        assert (list(beyond.entries), beyond.next_after_seq) == ([], 0)
+        big = reader.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=5000))
+        assert list(big.entries) == after
+
+
+def test_publish_without_effective_from_names_the_hour_applied(server: ServerProcess) -> None:
+    """A publish and a rollback naming no effective_from: the diff's effective_from_ms is the hour the call was
+    applied in (its entry's time, to the hour); a cohort's created-after instant is kept to the millisecond."""
+    created_after = stamp(month_starts_ms()[0])
+    created_after.nanos += 1_500_000  # 1.5 ms: kept as 1 ms
+    with server.client() as client:
+        draft = pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, based_on_version=1, set_parameters={"k": "5"})
+        number = client.pricing.CreateDraftVersion(draft).version
+        cohort = pricing_pb2.Cohort(attributes={"tier": "gold"}, customers_created_after=created_after)
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=number, cohort=cohort)
+        )
+        draft.set_parameters["k"] = "6"
+        other = client.pricing.CreateDraftVersion(draft).version
+        client.pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=other))
+        client.pricing.RollbackRateCard(pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=number - 1))
+        found = entries(client, target=f"rate_card/{CARD}", page_size=1000)
+    published, unrolled, rolled = found[-4], found[-2], found[-1]
+    assert (published.action, unrolled.action, rolled.action) == (
+        "PublishVersion",
+        "PublishVersion",
+        "RollbackRateCard",
+    )
+    for entry in (published, unrolled, rolled):
+        assert json.loads(entry.diff)["effective_from_ms"] == entry.time.ToMilliseconds() // HOUR_MS * HOUR_MS
+    made = json.loads(published.diff)["cohort"]
+    assert (made["attributes"], made["customers_created_after_ms"]) == ({"tier": "gold"}, month_starts_ms()[0] + 1)
 
 
 def test_the_log_is_the_same_after_kill9(server: ServerProcess) -> None:
