@@ -234,7 +234,7 @@ def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
     """What a command's own fields do not say: for a publish or rollback, the instant it took effect (the hour it
     was applied in when the request named none); for a rollback, the version it made and the one it replaced; for a
     deleted alert rule, the rule, in CreateAlert's fields; for a contract or alert rule whose request left out its id
-    (or a contract its start, overage price or currency), or a grant its customer or start, what the server gave it, once the server marks the command
+    (or a contract its start, overage price or currency), an override its id, or a grant its customer or start, what the server gave it, once the server marks the command
     so (`applied_audited`: older records replay to the entries they had)."""
     if isinstance(command, cmd.CreateContract) and command.applied_audited and isinstance(result, Contract):
         return {
@@ -245,6 +245,9 @@ def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
         }
     if isinstance(command, cmd.CreateAlert) and command.applied_audited and isinstance(result, AlertRule):
         return {"id": result.id}
+    if isinstance(command, cmd.AddOverride) and command.applied_audited and isinstance(result, Contract):
+        # The override just added is the contract's last; without an id in the request it was named after it.
+        return {"override": {**msgspec.to_builtins(command.override), "id": result.overrides[-1].id}}
     if isinstance(command, cmd.GrantCredits) and command.applied_audited and isinstance(result, Grant):
         return {"customer_id": result.customer_id, "starts_at_ms": result.starts_at_ms}
     if isinstance(command, cmd.DeleteAlertRule) and isinstance(result, AlertRule):

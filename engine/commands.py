@@ -179,7 +179,8 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults
     `multiplier_reduced`: set likewise, so the override's multiplier is reduced by its common factor with 10^18
     and multiplied in after the division (engine/kernel/src/price.rs `PricedCurve::with_multiplier`: a multiplier
     of 1 took charges far inside 128 bits out of range, INVALID_EVENT); False (commands stored before it) prices
-    as it priced then."""
+    as it priced then. `applied_audited`: set likewise, so the audit entry's diff names the id an override sent
+    without one was given (engine/audit.py); False writes the entry its release wrote."""
 
     at_ms: int
     actor: str
@@ -187,6 +188,7 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults
     override: Override
     overrides_bounded: bool = False
     multiplier_reduced: bool = False
+    applied_audited: bool = False
 
 
 # Fields the server sets on every new command of their type, asked for by no caller; absent from the records of

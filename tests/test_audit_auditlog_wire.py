@@ -18,7 +18,7 @@ from tariff import TariffClient
 from tariff.v1 import alerts_pb2, contracts_pb2, invoices_pb2, pricing_pb2
 
 from engine import commands as cmd
-from engine.contracts import OveragePolicy
+from engine.contracts import OveragePolicy, Override
 from engine.control import fingerprint
 from engine.ledger import GrantKind
 from server.convert import timestamp as stamp
@@ -355,6 +355,20 @@ def test_publish_without_effective_from_names_the_hour_applied(server: ServerPro
     assert (made["attributes"], made["customers_created_after_ms"]) == ({"tier": "gold"}, month_starts_ms()[0] + 1)
 
 
+def test_override_without_id_names_its_id(server: ServerProcess) -> None:
+    """An override added without an id is named by the server (after its content): the diff names that id."""
+    override = contracts_pb2.PriceOverride(product_id="al-p", price="0.25", starting_at=stamp(month_starts_ms()[1]))
+    with server.client() as client:
+        for _ in range(2):
+            contract = client.contracts.AddOverride(
+                contracts_pb2.AddOverrideRequest(contract_id="al-k", override=override)
+            )
+        (made,) = [held.id for held in contract.overrides if held.price == "0.25"]
+        entry = entries(client, target="contract/al-k", page_size=1000)[-1]
+    assert entry.action == "AddOverride"
+    assert json.loads(entry.diff)["override"]["id"] == made != ""
+
+
 def test_the_log_is_the_same_after_kill9(server: ServerProcess) -> None:
     with server.client() as client:
         before = entries(client, page_size=1000)
@@ -365,13 +379,15 @@ def test_the_log_is_the_same_after_kill9(server: ServerProcess) -> None:
 
 
 def test_records_without_the_field_encode_and_fingerprint_as_before() -> None:
-    """A CreateContract, CreateAlert or GrantCredits stored before `applied_audited` has no such entry: it decodes to False,
+    """A CreateContract, CreateAlert, AddOverride or GrantCredits stored before `applied_audited` has no such entry: it decodes to False,
     encodes to the same bytes, and a new command with it has the fingerprint the old one had (a retry after an
     upgrade is still the same request)."""
     contract = cmd.CreateContract(1, "a", "", "c", "r", None, None, OveragePolicy.ALLOW, "", "")
     alert = cmd.CreateAlert(1, "a", "", "c", False, "LOW_BALANCE", "5")
     grant = cmd.GrantCredits(1, "a", "g", "", "k", GrantKind.PREPAID, "1", "1", 0, (), None, None, "")
+    override = cmd.AddOverride(1, "a", "k", Override("", "p", {}, "0.5", None, 0, None))
     for old, new in (
+        (override, msgspec.structs.replace(override, applied_audited=True)),
         (grant, msgspec.structs.replace(grant, applied_audited=True)),
         (contract, msgspec.structs.replace(contract, applied_audited=True)),
         (alert, msgspec.structs.replace(alert, applied_audited=True)),

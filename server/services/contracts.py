@@ -122,7 +122,13 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         if product is not None:  # unknown: the engine refuses it as "unknown product"
             _check_override_match(override, product)
         command = cmd.AddOverride(
-            at_ms, actor_of(context), request.contract_id, override, overrides_bounded=True, multiplier_reduced=True
+            at_ms,
+            actor_of(context),
+            request.contract_id,
+            override,
+            overrides_bounded=True,
+            multiplier_reduced=True,
+            applied_audited=True,
         )
         contract_now = self.engine.state.contracts.get(request.contract_id)
         if contract_now is not None:  # unknown: the engine refuses it as NOT_FOUND
