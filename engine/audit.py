@@ -19,11 +19,11 @@ import msgspec
 
 from engine import commands as cmd
 from engine.alerts import THRESHOLD_TYPES, AlertRule
-from engine.contracts import Contract
+from engine.contracts import Contract, Customer
 from engine.control import AuditChunk, AuditEntry, ControlPlane
 from engine.ledger import Grant
 from engine.money import format_picos
-from engine.ratecard import Version
+from engine.ratecard import RateCard, Version
 from engine.versions import PublishResult
 
 # An entry's diff is at most this many bytes of JSON (a bigger one is summarised, still valid JSON: capped_diff).
@@ -234,8 +234,12 @@ def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
     """What a command's own fields do not say: for a publish or rollback, the instant it took effect (the hour it
     was applied in when the request named none); for a rollback, the version it made and the one it replaced; for a
     deleted alert rule, the rule, in CreateAlert's fields; for a contract or alert rule whose request left out its id
-    (or a contract its start, overage price or currency), an override its id, or a grant its customer or start, what the server gave it, once the server marks the command
+    (or a contract its start, overage price or currency), an override its id, a grant its customer or start, or a
+    customer or rate card its name, what the server gave it, once the server marks the command
     so (`applied_audited`: older records replay to the entries they had)."""
+    if isinstance(command, cmd.CreateCustomer | cmd.CreateRateCard) and command.applied_audited:
+        assert isinstance(result, Customer | RateCard)
+        return {"name": result.name}
     if isinstance(command, cmd.CreateContract) and command.applied_audited and isinstance(result, Contract):
         return {
             "id": result.id,

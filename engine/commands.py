@@ -37,12 +37,15 @@ class IngestBatch(msgspec.Struct, frozen=True, tag="ingest", gc=False):
     known: dict[str, bytes]
 
 
-class CreateCustomer(msgspec.Struct, frozen=True, tag="create_customer"):
+class CreateCustomer(msgspec.Struct, frozen=True, tag="create_customer", omit_defaults=True):
+    """`applied_audited`: as CreateContract's, for the name (its id) a customer created without one is given."""
+
     at_ms: int
     actor: str
     id: str
     name: str
     attributes: dict[str, str]
+    applied_audited: bool = False
 
 
 class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
@@ -64,12 +67,15 @@ class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
     empty_count_missing: bool = False
 
 
-class CreateRateCard(msgspec.Struct, frozen=True, tag="create_rate_card"):
+class CreateRateCard(msgspec.Struct, frozen=True, tag="create_rate_card", omit_defaults=True):
+    """`applied_audited`: as CreateContract's, for the name (its id) a rate card created without one is given."""
+
     at_ms: int
     actor: str
     id: str
     name: str
     pricing_unit: str
+    applied_audited: bool = False
 
 
 class RemoveRate(msgspec.Struct, frozen=True):

@@ -369,6 +369,17 @@ def test_override_without_id_names_its_id(server: ServerProcess) -> None:
     assert json.loads(entry.diff)["override"]["id"] == made != ""
 
 
+def test_unnamed_customer_and_rate_card_diff_their_names(server: ServerProcess) -> None:
+    """A customer and a rate card created without a name are named after their id: the diff says so."""
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="al-n"))
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="al-n-card", pricing_unit="USD"))
+        assert client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id="al-n")).name == "al-n"
+        customer = entries(client, target="customer/al-n", page_size=1000)
+        card = entries(client, target="rate_card/al-n-card", page_size=1000)
+    assert [json.loads(entry.diff)["name"] for entry in customer + card] == ["al-n", "al-n-card"]
+
+
 def test_the_log_is_the_same_after_kill9(server: ServerProcess) -> None:
     with server.client() as client:
         before = entries(client, page_size=1000)
@@ -379,14 +390,18 @@ def test_the_log_is_the_same_after_kill9(server: ServerProcess) -> None:
 
 
 def test_records_without_the_field_encode_and_fingerprint_as_before() -> None:
-    """A CreateContract, CreateAlert, AddOverride or GrantCredits stored before `applied_audited` has no such entry: it decodes to False,
+    """A CreateCustomer, CreateRateCard, CreateContract, CreateAlert, AddOverride or GrantCredits stored before `applied_audited` has no such entry: it decodes to False,
     encodes to the same bytes, and a new command with it has the fingerprint the old one had (a retry after an
     upgrade is still the same request)."""
     contract = cmd.CreateContract(1, "a", "", "c", "r", None, None, OveragePolicy.ALLOW, "", "")
     alert = cmd.CreateAlert(1, "a", "", "c", False, "LOW_BALANCE", "5")
     grant = cmd.GrantCredits(1, "a", "g", "", "k", GrantKind.PREPAID, "1", "1", 0, (), None, None, "")
     override = cmd.AddOverride(1, "a", "k", Override("", "p", {}, "0.5", None, 0, None))
+    customer = cmd.CreateCustomer(1, "a", "c", "", {})
+    card = cmd.CreateRateCard(1, "a", "r", "", "USD")
     for old, new in (
+        (customer, msgspec.structs.replace(customer, applied_audited=True)),
+        (card, msgspec.structs.replace(card, applied_audited=True)),
         (override, msgspec.structs.replace(override, applied_audited=True)),
         (grant, msgspec.structs.replace(grant, applied_audited=True)),
         (contract, msgspec.structs.replace(contract, applied_audited=True)),

@@ -45,7 +45,12 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         self, request: contracts_pb2.CreateCustomerRequest, context: Context
     ) -> contracts_pb2.Customer:
         command = cmd.CreateCustomer(
-            self.clock_ms(), actor_of(context), request.id, _customer_name(request.name), dict(request.attributes)
+            self.clock_ms(),
+            actor_of(context),
+            request.id,
+            _customer_name(request.name),
+            dict(request.attributes),
+            applied_audited=True,
         )
         customer = await self._apply(command, Customer)
         return convert.customer_pb(customer)
