@@ -3260,7 +3260,11 @@ type AuditEntry struct {
 	// (CloseDuePeriods).
 	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
 	// What changed, as a JSON object: the request's fields as the server
-	// applied them (for PublishVersion and RollbackRateCard, "effective_from_ms"
+	// applied them (what the request left for the server to choose reads as
+	// chosen: the id of a contract, override or alert rule, the name of a
+	// customer or rate card, a contract's start, overage price and currency, a
+	// grant's customer and start; entries of earlier releases keep the
+	// request's blanks) (for PublishVersion and RollbackRateCard, "effective_from_ms"
 	// is the instant the version took effect: the hour the call was applied in
 	// when it named none; for RollbackRateCard also "version", "rollback_from"
 	// and "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
