@@ -307,6 +307,29 @@ def test_actors_of_keys_and_refused_callers(server: ServerProcess) -> None:
         assert refusal(lambda: reader.alerts.CreateAlert(rule))[0] == grpc.StatusCode.PERMISSION_DENIED
     with server.client(actor="bad actor") as spaced:
         assert refusal(lambda: spaced.alerts.CreateAlert(rule))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    last_month_ms, this_month_ms = month_starts_ms()
+    other_grant = contracts_pb2.Grant(
+        id="al-g", contract_id="al-k", kind=contracts_pb2.PREPAID, amount="11", paid_amount="11"
+    )
+    backwards = contracts_pb2.CreateContractRequest(
+        id="al-back",
+        customer_id="al-c",
+        rate_card_id=CARD,
+        starting_at=stamp(this_month_ms),
+        ending_before=stamp(last_month_ms),
+    )
+    refused_calls = {
+        grpc.StatusCode.ALREADY_EXISTS: lambda client: client.contracts.GrantCredits(
+            contracts_pb2.GrantCreditsRequest(grant=other_grant)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT: lambda client: client.contracts.CreateContract(backwards),
+        grpc.StatusCode.FAILED_PRECONDITION: lambda client: client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=stamp(last_month_ms))
+        ),
+    }
+    with server.client() as client:
+        for code, call in refused_calls.items():
+            assert refusal(lambda: call(client))[0] == code  # noqa: B023 (called at once)
     with server.client() as client:
         assert entries(client, page_size=1000) == before
     with server.client(api_key=KEYS["c-admin"]) as restricted:
