@@ -19,10 +19,11 @@ import msgspec
 
 from engine import commands as cmd
 from engine.alerts import THRESHOLD_TYPES, AlertRule
-from engine.contracts import Contract
+from engine.contracts import Contract, Customer
 from engine.control import AuditChunk, AuditEntry, ControlPlane
+from engine.ledger import Grant
 from engine.money import format_picos
-from engine.ratecard import Version
+from engine.ratecard import RateCard, Version
 from engine.versions import PublishResult
 
 # An entry's diff is at most this many bytes of JSON (a bigger one is summarised, still valid JSON: capped_diff).
@@ -232,7 +233,27 @@ def capped_diff(fields: dict[str, Any]) -> str:
 def _result_fields(command: cmd.AdminCommand, result: object) -> dict[str, Any]:
     """What a command's own fields do not say: for a publish or rollback, the instant it took effect (the hour it
     was applied in when the request named none); for a rollback, the version it made and the one it replaced; for a
-    deleted alert rule, the rule, in CreateAlert's fields."""
+    deleted alert rule, the rule, in CreateAlert's fields; for a contract or alert rule whose request left out its id
+    (or a contract its start, overage price or currency), an override its id, a grant its customer or start, or a
+    customer or rate card its name, what the server gave it, once the server marks the command
+    so (`applied_audited`: older records replay to the entries they had)."""
+    if isinstance(command, cmd.CreateCustomer | cmd.CreateRateCard) and command.applied_audited:
+        assert isinstance(result, Customer | RateCard)
+        return {"name": result.name}
+    if isinstance(command, cmd.CreateContract) and command.applied_audited and isinstance(result, Contract):
+        return {
+            "id": result.id,
+            "starting_at_ms": result.starting_at_ms,
+            "overage_price": result.overage_price,
+            "currency": result.currency,
+        }
+    if isinstance(command, cmd.CreateAlert) and command.applied_audited and isinstance(result, AlertRule):
+        return {"id": result.id}
+    if isinstance(command, cmd.AddOverride) and command.applied_audited and isinstance(result, Contract):
+        # The override just added is the contract's last; without an id in the request it was named after it.
+        return {"override": {**msgspec.to_builtins(command.override), "id": result.overrides[-1].id}}
+    if isinstance(command, cmd.GrantCredits) and command.applied_audited and isinstance(result, Grant):
+        return {"customer_id": result.customer_id, "starts_at_ms": result.starts_at_ms}
     if isinstance(command, cmd.DeleteAlertRule) and isinstance(result, AlertRule):
         threshold = format_picos(result.threshold_picos) if result.type in THRESHOLD_TYPES else ""
         return {

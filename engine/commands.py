@@ -37,12 +37,15 @@ class IngestBatch(msgspec.Struct, frozen=True, tag="ingest", gc=False):
     known: dict[str, bytes]
 
 
-class CreateCustomer(msgspec.Struct, frozen=True, tag="create_customer"):
+class CreateCustomer(msgspec.Struct, frozen=True, tag="create_customer", omit_defaults=True):
+    """`applied_audited`: as CreateContract's, for the name (its id) a customer created without one is given."""
+
     at_ms: int
     actor: str
     id: str
     name: str
     attributes: dict[str, str]
+    applied_audited: bool = False
 
 
 class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
@@ -64,12 +67,15 @@ class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
     empty_count_missing: bool = False
 
 
-class CreateRateCard(msgspec.Struct, frozen=True, tag="create_rate_card"):
+class CreateRateCard(msgspec.Struct, frozen=True, tag="create_rate_card", omit_defaults=True):
+    """`applied_audited`: as CreateContract's, for the name (its id) a rate card created without one is given."""
+
     at_ms: int
     actor: str
     id: str
     name: str
     pricing_unit: str
+    applied_audited: bool = False
 
 
 class RemoveRate(msgspec.Struct, frozen=True):
@@ -152,7 +158,12 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     rerate_holds_off_final_grants: bool = False
 
 
-class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
+class CreateContract(msgspec.Struct, frozen=True, tag="create_contract", omit_defaults=True):
+    """`applied_audited`: set by the server for every request it takes (server/services/contracts.py), so the
+    audit entry's diff holds the id, start, overage price and currency the contract was given when the request
+    left them out (engine/audit.py), not the request's blanks; False (left out when stored, as commands stored
+    before it have none, so their fingerprints are unchanged) writes the entry its release wrote."""
+
     at_ms: int
     actor: str
     id: str
@@ -163,6 +174,7 @@ class CreateContract(msgspec.Struct, frozen=True, tag="create_contract"):
     overage_policy: OveragePolicy
     overage_price: str
     currency: str
+    applied_audited: bool = False
 
 
 class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults=True):
@@ -173,7 +185,8 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults
     `multiplier_reduced`: set likewise, so the override's multiplier is reduced by its common factor with 10^18
     and multiplied in after the division (engine/kernel/src/price.rs `PricedCurve::with_multiplier`: a multiplier
     of 1 took charges far inside 128 bits out of range, INVALID_EVENT); False (commands stored before it) prices
-    as it priced then."""
+    as it priced then. `applied_audited`: set likewise, so the audit entry's diff names the id an override sent
+    without one was given (engine/audit.py); False writes the entry its release wrote."""
 
     at_ms: int
     actor: str
@@ -181,6 +194,7 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults
     override: Override
     overrides_bounded: bool = False
     multiplier_reduced: bool = False
+    applied_audited: bool = False
 
 
 # Fields the server sets on every new command of their type, asked for by no caller; absent from the records of
@@ -216,6 +230,7 @@ SERVER_SET_FIELDS = (
     "rolled_breakage_shown",
     "expired_breakage_shown",
     "price_in_contract_currency",
+    "applied_audited",
 )
 
 
@@ -231,6 +246,8 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     `rollover_start_in_contract`: set by the server likewise, so a grant with a rollover fraction whose start no
     contract of its customer covers (it would have no billing period to roll over at the end of, and so never
     roll over) is refused; False (commands stored before it) grants it as it was granted then.
+    `applied_audited`: set likewise, so the audit entry's diff names the customer and start the grant was given
+    when the request left them to its contract (engine/audit.py); False writes the entry its release wrote.
     `expiring_at_rollover_rolls`: set by the server likewise, so a grant with a rollover fraction whose expires_at
     is exactly the end of the billing period it starts in (its rollover) rolls over there, as one with no expiry
     or a later one does (its credits are usable up to that end); False (commands stored before it) keeps the
@@ -255,6 +272,7 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     made_ids_refused: bool = False
     rollover_start_in_contract: bool = False
     expiring_at_rollover_rolls: bool = False
+    applied_audited: bool = False  # as CreateContract's: the diff names the customer and start the grant was given
 
 
 class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
@@ -276,7 +294,9 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rerate_holds_off_final_grants: bool = False  # as PublishVersion's
 
 
-class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
+class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert", omit_defaults=True):
+    """`applied_audited`: as CreateContract's, for the id a rule is named by when the request gives none."""
+
     at_ms: int
     actor: str
     id: str  # empty: named after the rule's content (engine/alerts.py)
@@ -284,6 +304,7 @@ class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert"):
     all_customers: bool
     alert_type: str  # an engine.alerts.AlertType name, checked when applied
     threshold: str
+    applied_audited: bool = False
 
 
 class DeleteAlertRule(msgspec.Struct, frozen=True, tag="delete_alert_rule"):

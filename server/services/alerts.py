@@ -78,6 +78,7 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
             all_customers,
             type_name,
             convert.decimal_text(request.threshold, "threshold"),
+            applied_audited=True,
         )
         return alert_rule_pb(await self._apply(command, alerts.AlertRule))
 

@@ -45,7 +45,12 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         self, request: contracts_pb2.CreateCustomerRequest, context: Context
     ) -> contracts_pb2.Customer:
         command = cmd.CreateCustomer(
-            self.clock_ms(), actor_of(context), request.id, _customer_name(request.name), dict(request.attributes)
+            self.clock_ms(),
+            actor_of(context),
+            request.id,
+            _customer_name(request.name),
+            dict(request.attributes),
+            applied_audited=True,
         )
         customer = await self._apply(command, Customer)
         return convert.customer_pb(customer)
@@ -85,6 +90,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             convert.overage_policy(request.overage_policy),
             convert.decimal_text(request.overage_price, "overage_price"),
             _currency(request.currency),
+            applied_audited=True,
         )
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
@@ -121,7 +127,13 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         if product is not None:  # unknown: the engine refuses it as "unknown product"
             _check_override_match(override, product)
         command = cmd.AddOverride(
-            at_ms, actor_of(context), request.contract_id, override, overrides_bounded=True, multiplier_reduced=True
+            at_ms,
+            actor_of(context),
+            request.contract_id,
+            override,
+            overrides_bounded=True,
+            multiplier_reduced=True,
+            applied_audited=True,
         )
         contract_now = self.engine.state.contracts.get(request.contract_id)
         if contract_now is not None:  # unknown: the engine refuses it as NOT_FOUND

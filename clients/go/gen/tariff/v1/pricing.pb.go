@@ -3253,10 +3253,18 @@ type AuditEntry struct {
 	// The RPC that made the change ("PublishVersion", "RollbackRateCard", ...).
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	// What it changed: "rate_card/<id>", "rate_card/<id>/version/<n>",
-	// "product/<id>", "customer/<id>", "contract/<id>", "grant/<id>".
+	// "product/<id>", "customer/<id>", "contract/<id>" (CreateContract,
+	// AddOverride), "contract/<id>/top_up" (SetTopUpPolicy, setting or
+	// clearing), "grant/<id>", "alert/<id>" (CreateAlert, DeleteAlertRule),
+	// "customer/<id>/invoice/<number>" (ClosePeriod), "invoices"
+	// (CloseDuePeriods).
 	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
 	// What changed, as a JSON object: the request's fields as the server
-	// applied them (for PublishVersion and RollbackRateCard, "effective_from_ms"
+	// applied them (what the request left for the server to choose reads as
+	// chosen: the id of a contract, override or alert rule, the name of a
+	// customer or rate card, a contract's start, overage price and currency, a
+	// grant's customer and start; entries of earlier releases keep the
+	// request's blanks) (for PublishVersion and RollbackRateCard, "effective_from_ms"
 	// is the instant the version took effect: the hour the call was applied in
 	// when it named none; for RollbackRateCard also "version", "rollback_from"
 	// and "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
