@@ -14,8 +14,8 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from tariff import TariffClient
-from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff import TariffClient, now_ms
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, open_contract, preview, refusal, serving, this_hour_ms
@@ -64,11 +64,13 @@ def _window(override: contracts_pb2.PriceOverride, from_ms: int, until_ms: int) 
     return override
 
 
-def _use(client: TariffClient, customer_id: str, tx: str, product: str, at_ms: int, n: float, model: str = "") -> None:
+def _use(
+    client: TariffClient, customer_id: str, tx: str, product: str, at_ms: int, n: float, model: str | None = None
+) -> None:
     event = usage_pb2.UsageEvent(
         transaction_id=tx, customer_id=customer_id, event_type=product, timestamp_ms=at_ms, values={"n": n}
     )
-    if model:
+    if model is not None:
         event.dimensions["model"] = model
     ack = client.ingest_batch([event], batch_id=f"b-{tx}")
     assert ack.accepted == 1, ack.rejected
@@ -104,7 +106,7 @@ def _setup(client: TariffClient) -> None:
     _card(client, "card3", "g")
     open_contract(client, "doc", "k-doc", START_MS, rate_card_id="card3")
     _card(client, "card4", "u")
-    for customer_id in ("pkgw", "volw", "cur", "clamp", "third", "lateg"):
+    for customer_id in ("pkgw", "volw", "cur", "clamp", "third", "lateg", "mult", "empty"):
         open_contract(client, customer_id, f"k-{customer_id}", START_MS, rate_card_id="card")
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card5", pricing_unit="USD"))
     tiers = [pricing_pb2.Tier(up_to="1000", unit_price="9", flat_price="1"), pricing_pb2.Tier(unit_price="8")]
@@ -122,6 +124,16 @@ def _setup(client: TariffClient) -> None:
     _card(client, "card8", "up")
     open_contract(client, "per", "k-per", START_MS, rate_card_id="card8")
     _card(client, "card9", "u")
+    _card(client, "card12", "g")
+    open_contract(client, "cw", "k-cw", START_MS, rate_card_id="card12")
+    open_contract(client, "hold", "k-hold", START_MS, rate_card_id="card")
+    grant = contracts_pb2.Grant(
+        id="g", contract_id="k-hold", kind=contracts_pb2.PREPAID, amount="100", paid_amount="100"
+    )
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+    for card_id, customer_id in (("card10", "rr1"), ("card11", "rr2")):
+        _card(client, card_id, "g")
+        open_contract(client, customer_id, f"k-{customer_id}", START_MS, rate_card_id=card_id)
     open_contract(client, "ns", "k-ns", START_MS, rate_card_id="card9")
     for customer_id in ("late2", "both"):
         open_contract(client, customer_id, f"k-{customer_id}", START_MS, rate_card_id="card6")
@@ -508,6 +520,120 @@ def test_an_override_with_a_negative_or_no_adjustment_is_refused(server: ServerP
         assert [o.id for o in client.contracts.AddOverride(request).overrides] == ["o", "zero"]
 
 
+def test_a_same_price_publish_re_rates_a_late_event_in_a_window_to_its_place_in_time(server: ServerProcess) -> None:
+    """g, multiplier 2 from S+2h to S+3h: 80 at S+1h are 90, 10 at S+3h are 10, 40 dated S+2h arriving last are
+    2 x p(130) - 2 x p(90) = 60: 160. On time they are 90, 70 and 5: 165. The same prices from S+1h (rr1) re-rate
+    every hour to that; from S+3h (rr2) its first hour carries what the hours before were charged less: 10 + 5."""
+    with server.client() as client:
+        window = (START_MS + 2 * HOUR_MS, START_MS + 3 * HOUR_MS)
+        for card_id, customer_id, from_hours, current, simulated in (
+            ("card10", "rr1", 1, "160", "165"),
+            ("card11", "rr2", 3, "10", "15"),
+        ):
+            override = _window(contracts_pb2.PriceOverride(id="w", product_id="g", multiplier="2"), *window)
+            _override(client, customer_id, override)
+            for i, (hours, n) in enumerate(((1, 80), (3, 10), (2, 40))):
+                _use(client, customer_id, f"{customer_id}-{i}", "g", START_MS + hours * HOUR_MS, n)
+            assert _lines(client, customer_id) == {"g": "160"}
+            _same_prices(client, card_id, "g")
+            request = pricing_pb2.SimulateVersionRequest(
+                rate_card_id=card_id,
+                version=2,
+                period_start=stamp(START_MS + from_hours * HOUR_MS),
+                period_end=stamp(this_hour_ms() + HOUR_MS),
+                customer_ids=[customer_id],
+            )
+            totals = client.pricing.SimulateVersion(request).totals
+            assert (totals.current_amount, totals.simulated_amount) == (current, simulated)
+            _publish(client, card_id, 2, START_MS + from_hours * HOUR_MS)
+            assert _lines(client, customer_id) == {"g": "165"}
+            assert str(client.get_balance(customer_id).period_charges) == "165"
+
+
+def test_a_hold_and_its_settling_event_price_with_the_override(server: ServerProcess) -> None:
+    """hold, 100 prepaid credits, u 2 per 10: {model: a} price 5, {} multiplier 3. A reserve for 10 units of model a
+    holds 5 (95 available); 10 of model b are estimated 6 (unary and stream alike); the settling event is charged 5:
+    95 remaining, nothing held."""
+    with server.client() as client:
+        _override(client, "hold", contracts_pb2.PriceOverride(id="a", product_id="u", match={"model": "a"}, price="5"))
+        _override(client, "hold", contracts_pb2.PriceOverride(id="all", product_id="u", multiplier="3"))
+        reserve = balance_pb2.AuthorizeRequest(
+            customer_id="hold",
+            event_type="u",
+            dimensions={"model": "a"},
+            values={"n": 10},
+            reserve=True,
+            reservation_id="r1",
+        )
+        held = client.balance.Authorize(reserve)
+        assert (held.allowed, held.estimated_cost, held.credits_available) == (True, "5", "95")
+        other = balance_pb2.AuthorizeRequest(
+            request_id="q", customer_id="hold", event_type="u", dimensions={"model": "b"}, values={"n": 10}
+        )
+        assert client.balance.Authorize(other).estimated_cost == "6"
+        assert [r.estimated_cost for r in client.balance.AuthorizeStream(iter([other]))] == ["6"]
+        event = usage_pb2.UsageEvent(
+            transaction_id="hold-1",
+            customer_id="hold",
+            event_type="u",
+            timestamp_ms=now_ms(),
+            values={"n": 10},
+            dimensions={"model": "a"},
+            reservation_id="r1",
+        )
+        assert client.ingest_batch([event], batch_id="b-hold-1").accepted == 1
+        balance = client.get_balance("hold")
+        assert (balance.period_charges, balance.credits_remaining, balance.credits_held) == ("5", "95", "0")
+
+
+def test_an_override_added_late_whose_window_ended_is_carried_into_the_first_re_rated_hour(
+    server: ServerProcess,
+) -> None:
+    """card12 g: 50 at S+1h are p(50) = 60; then a multiplier 0.5 from S to S+2h; 100 at S+3h (after the window) are
+    p(150) - p(50) = 80: 140. On time with the override as now: 0.5 x 60 = 30, then 80: 110. The same prices from
+    S+2h make S+3h carry the 30 that S+1h was charged more: 50, the line 110 (as a publish from S would)."""
+    with server.client() as client:
+        _use(client, "cw", "cw-1", "g", START_MS + HOUR_MS, 50)
+        override = _window(
+            contracts_pb2.PriceOverride(id="w", product_id="g", multiplier="0.5"), START_MS, START_MS + 2 * HOUR_MS
+        )
+        _override(client, "cw", override)
+        _use(client, "cw", "cw-2", "g", START_MS + 3 * HOUR_MS, 100)
+        assert _lines(client, "cw") == {"g": "140"}
+        _same_prices(client, "card12", "g")
+        _publish(client, "card12", 2, START_MS + 2 * HOUR_MS)
+        assert _lines(client, "cw") == {"g": "110"}
+
+
+def test_a_multiplier_scales_every_price_model_flat_fees_included(server: ServerProcess) -> None:
+    """Multiplier 0.5 on each product: u 30 units 3; g 150 units 0.5 x 140 = 70; v 0.5 x 80 = 40; p 25 units
+    0.5 x 9 = 4.5; f 0.5 x 100 = 50: 167.5. The overrides answered as written, decimals as the server writes them."""
+    with server.client() as client:
+        for product in "ugvpf":
+            _override(
+                client, "mult", contracts_pb2.PriceOverride(id=f"m-{product}", product_id=product, multiplier="0.50")
+            )
+        for product, n in (("u", 30), ("g", 150), ("v", 150), ("p", 25), ("f", 5)):
+            _use(client, "mult", f"mult-{product}", product, START_MS + HOUR_MS, n)
+        assert _lines(client, "mult") == {"u": "3", "g": "70", "v": "40", "p": "4.5", "f": "50"}
+        contract = client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k-mult"))
+        assert {o.multiplier for o in contract.overrides} == {"0.5"}
+
+
+def test_an_override_matching_an_empty_value_matches_an_event_leaving_the_dimension_out(server: ServerProcess) -> None:
+    """As a rate's (pricing.proto Rate.match): {model: ""} price 5 over {} price 4 on u: 10 units without model and
+    10 with model "" are one line ("u;model="), 5 + 5 = 10; 10 of model b take {}: 4."""
+    with server.client() as client:
+        _override(client, "empty", contracts_pb2.PriceOverride(id="e", product_id="u", match={"model": ""}, price="5"))
+        _override(client, "empty", contracts_pb2.PriceOverride(id="all", product_id="u", price="4"))
+        _use(client, "empty", "empty-1", "u", START_MS + HOUR_MS, 10)
+        _use(client, "empty", "empty-2", "u", START_MS + HOUR_MS, 10, model="")
+        _use(client, "empty", "empty-3", "u", START_MS + HOUR_MS, 10, model="b")
+        lines = preview(client, "empty", START_MS).lines
+        assert sorted((line.line_id, line.amount) for line in lines) == [("u;model=", "10"), ("u;model=b", "4")]
+        assert _estimate(client, "empty", "u", 10) == "5"
+
+
 EXPECTED = {
     "prices": "166",
     "win": "165",
@@ -528,6 +654,12 @@ EXPECTED = {
     "nc": "220",
     "per": "24",
     "ns": "5",
+    "empty": "14",
+    "mult": "167.5",
+    "cw": "110",
+    "hold": "5",
+    "rr1": "165",
+    "rr2": "165",
 }
 
 
