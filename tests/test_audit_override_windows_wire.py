@@ -23,6 +23,8 @@ from tests.serverproc import ServerProcess
 
 MINUTE_MS = 60_000
 START_MS = this_hour_ms() - 6 * HOUR_MS
+# A contract whose first monthly period ended days ago (32 days back: a month is at most 31 days).
+CLOSED_START_MS = START_MS - 32 * 24 * HOUR_MS
 TIERS = [
     pricing_pb2.Tier(up_to="100", unit_price="1", flat_price="10"),
     pricing_pb2.Tier(unit_price="0.5", flat_price="5"),
@@ -124,6 +126,12 @@ def _setup(client: TariffClient) -> None:
     _card(client, "card8", "up")
     open_contract(client, "per", "k-per", START_MS, rate_card_id="card8")
     _card(client, "card9", "u")
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card13", pricing_unit="USD"))
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="card13", upsert_rates=_rates("u"))
+    )
+    _publish(client, "card13", 1, CLOSED_START_MS)
+    open_contract(client, "closed", "k-closed", CLOSED_START_MS, rate_card_id="card13")
     _card(client, "card12", "g")
     open_contract(client, "cw", "k-cw", START_MS, rate_card_id="card12")
     open_contract(client, "hold", "k-hold", START_MS, rate_card_id="card")
@@ -634,6 +642,35 @@ def test_an_override_matching_an_empty_value_matches_an_event_leaving_the_dimens
         assert _estimate(client, "empty", "u", 10) == "5"
 
 
+def test_a_publish_leaves_a_closed_period_alone_and_re_rates_the_open_one_with_the_override(
+    server: ServerProcess,
+) -> None:
+    """card13 (v1 from the contract's start, 32 days before S): u 2 per 10. 10 units in the closed first period
+    are 2 (closed, invoiced 2); 10 at S+1h are 2; then a price 5 from the contract's start: the same prices
+    published from the contract's start leave the closed 2 alone (one bucket, 2) and re-rate S+1h to 5."""
+    with server.client() as client:
+        _use(client, "closed", "closed-1", "u", CLOSED_START_MS + HOUR_MS, 10)
+        _use(client, "closed", "closed-2", "u", START_MS + HOUR_MS, 10)
+        invoice = client.invoices.ClosePeriod(
+            invoices_pb2.ClosePeriodRequest(customer_id="closed", period_start=stamp(CLOSED_START_MS))
+        )
+        assert invoice.subtotal == "2"
+        _override(client, "closed", contracts_pb2.PriceOverride(id="o", product_id="u", price="5"))
+        _same_prices(client, "card13", "u")
+        request = pricing_pb2.PublishVersionRequest(
+            rate_card_id="card13", version=2, effective_from=stamp(CLOSED_START_MS)
+        )
+        reply = client.pricing.PublishVersion(request)
+        assert (reply.closed_buckets_left_alone, reply.closed_amount_left_alone, reply.rerated_amount_delta) == (
+            1,
+            "2",
+            "3",
+        )
+        assert str(client.get_balance("closed").period_charges) == "5"
+        closed = preview(client, "closed", CLOSED_START_MS)
+        assert [line.amount for line in closed.lines] == ["2"]
+
+
 EXPECTED = {
     "prices": "166",
     "win": "165",
@@ -654,6 +691,7 @@ EXPECTED = {
     "nc": "220",
     "per": "24",
     "ns": "5",
+    "closed": "5",
     "empty": "14",
     "mult": "167.5",
     "cw": "110",
