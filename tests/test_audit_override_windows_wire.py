@@ -126,6 +126,10 @@ def _setup(client: TariffClient) -> None:
     _card(client, "card8", "up")
     open_contract(client, "per", "k-per", START_MS, rate_card_id="card8")
     _card(client, "card9", "u")
+    _card(client, "card15", "u")
+    open_contract(client, "offend", "k-offend", START_MS, rate_card_id="card15")
+    _card(client, "card14", "u")
+    open_contract(client, "rb", "k-rb", START_MS, rate_card_id="card14")
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card13", pricing_unit="USD"))
     client.pricing.CreateDraftVersion(
         pricing_pb2.CreateDraftVersionRequest(rate_card_id="card13", upsert_rates=_rates("u"))
@@ -671,6 +675,59 @@ def test_a_publish_leaves_a_closed_period_alone_and_re_rates_the_open_one_with_t
         assert [line.amount for line in closed.lines] == ["2"]
 
 
+def test_a_rollback_re_rates_with_the_override_added_since(server: ServerProcess) -> None:
+    """card14 u: v1 2 per 10; v2 4 per 10 from S+2h. 10 units at S+1h are 2, at S+3h 4; then a multiplier 3.
+    Rolling back to v1 from S+2h re-rates S+3h to 3 x 2 = 6 carrying the 3 x 2 - 2 = 4 that S+1h was charged
+    less than with the override: 10, the line 3 x p(20) = 12."""
+    with server.client() as client:
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="card14",
+                based_on_version=1,
+                upsert_rates=[pricing_pb2.Rate(product_id="u", unit=pricing_pb2.UnitPrice(price="4", per_units="10"))],
+            )
+        )
+        _publish(client, "card14", 2, START_MS + 2 * HOUR_MS)
+        _use(client, "rb", "rb-1", "u", START_MS + HOUR_MS, 10)
+        _use(client, "rb", "rb-2", "u", START_MS + 3 * HOUR_MS, 10)
+        assert _lines(client, "rb") == {"u": "6"}
+        _override(client, "rb", contracts_pb2.PriceOverride(id="m", product_id="u", multiplier="3"))
+        rollback = pricing_pb2.RollbackRateCardRequest(
+            rate_card_id="card14", to_version=1, effective_from=stamp(START_MS + 2 * HOUR_MS)
+        )
+        assert client.pricing.RollbackRateCard(rollback).rerated_amount_delta == "6"
+        assert _lines(client, "rb") == {"u": "12"}
+        assert _explained(client, "rb", "u") == [("rb-1", "2"), ("rb-2", "4"), ("", "6")]
+
+
+def test_an_override_on_a_product_the_card_does_not_price_adds_no_rate(server: ServerProcess) -> None:
+    """card9 prices u only: an override on g is kept, but g's usage stays NO_APPLICABLE_RATE (Authorize and ingest)."""
+    with server.client() as client:
+        _override(client, "ns", contracts_pb2.PriceOverride(id="g", product_id="g", price="1"))
+        answer = client.authorize("ns", "g", {}, {"n": 1})
+        assert (answer.allowed, answer.reason) == (False, "NO_APPLICABLE_RATE")
+        event = usage_pb2.UsageEvent(
+            transaction_id="ns-g", customer_id="ns", event_type="g", timestamp_ms=START_MS + HOUR_MS, values={"n": 1}
+        )
+        (rejected,) = client.ingest_batch([event], batch_id="b-ns-g").rejected
+        assert rejected.reason == usage_pb2.NO_APPLICABLE_RATE
+
+
+def test_a_window_ending_off_the_hour_refuses_a_publish_re_rating_its_hour(server: ServerProcess) -> None:
+    """card15 u 2 per 10, price 4 until S+2h30m: 10 units at S+2h10m are 4, at S+2h50m 2. A publish (or simulation)
+    from S+2h is FAILED_PRECONDITION naming the customer and the instant; nothing changes."""
+    with server.client() as client:
+        override = contracts_pb2.PriceOverride(id="o", product_id="u", price="4")
+        override.ending_before.CopyFrom(stamp(START_MS + 2 * HOUR_MS + 30 * MINUTE_MS))
+        _override(client, "offend", override)
+        _use(client, "offend", "offend-1", "u", START_MS + 2 * HOUR_MS + 10 * MINUTE_MS, 10)
+        _use(client, "offend", "offend-2", "u", START_MS + 2 * HOUR_MS + 50 * MINUTE_MS, 10)
+        _same_prices(client, "card15", "u")
+        code, message = refusal(lambda: _publish(client, "card15", 2, START_MS + 2 * HOUR_MS))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "offend" in message and ":30:00Z" in message, message
+        assert _lines(client, "offend") == {"u": "6"}
+
+
 EXPECTED = {
     "prices": "166",
     "win": "165",
@@ -691,6 +748,8 @@ EXPECTED = {
     "nc": "220",
     "per": "24",
     "ns": "5",
+    "offend": "6",
+    "rb": "12",
     "closed": "5",
     "empty": "14",
     "mult": "167.5",
