@@ -108,7 +108,7 @@ def _setup(client: TariffClient) -> None:
     _card(client, "card3", "g")
     open_contract(client, "doc", "k-doc", START_MS, rate_card_id="card3")
     _card(client, "card4", "u")
-    for customer_id in ("pkgw", "volw", "cur", "clamp", "third", "lateg", "mult", "empty"):
+    for customer_id in ("pkgw", "volw", "cur", "clamp", "third", "lateg", "mult", "empty", "ab", "ba"):
         open_contract(client, customer_id, f"k-{customer_id}", START_MS, rate_card_id="card")
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card5", pricing_unit="USD"))
     tiers = [pricing_pb2.Tier(up_to="1000", unit_price="9", flat_price="1"), pricing_pb2.Tier(unit_price="8")]
@@ -126,6 +126,8 @@ def _setup(client: TariffClient) -> None:
     _card(client, "card8", "up")
     open_contract(client, "per", "k-per", START_MS, rate_card_id="card8")
     _card(client, "card9", "u")
+    open_contract(client, "sw", "k-sw", START_MS, START_MS + 3 * HOUR_MS, rate_card_id="card")
+    open_contract(client, "sw", "k-sw2", START_MS + 3 * HOUR_MS, rate_card_id="card")
     _card(client, "card15", "u")
     open_contract(client, "offend", "k-offend", START_MS, rate_card_id="card15")
     _card(client, "card14", "u")
@@ -728,6 +730,38 @@ def test_a_window_ending_off_the_hour_refuses_a_publish_re_rating_its_hour(serve
         assert _lines(client, "offend") == {"u": "6"}
 
 
+def test_an_override_stays_with_its_contract_across_a_switch(server: ServerProcess) -> None:
+    """sw: k-sw [S, S+3h) with a price 5 on u, k-sw2 from S+3h without one. 10 units at S+2h are 5 (k-sw's period),
+    10 at S+4h are 2 (k-sw2's, the card's price): the override is the contract's, not the customer's."""
+    with server.client() as client:
+        _override(client, "sw", contracts_pb2.PriceOverride(id="o", product_id="u", price="5"))
+        _use(client, "sw", "sw-1", "u", START_MS + 2 * HOUR_MS, 10)
+        _use(client, "sw", "sw-2", "u", START_MS + 4 * HOUR_MS, 10)
+        assert _lines(client, "sw") == {"u": "5"}
+        later = preview(client, "sw", START_MS + 3 * HOUR_MS)
+        assert [line.amount for line in later.lines] == ["2"]
+        assert _estimate(client, "sw", "u", 10) == "2"
+
+
+def test_of_two_overlapping_windows_the_one_added_last_wins_where_both_hold(server: ServerProcess) -> None:
+    """u 2 per 10, 10 units at S+1h, S+2h and S+3h. ab: A price 4 [S, S+4h) then B price 6 [S+2h, S+3h): 4, 6, 4 =
+    14. ba: B first, then A: A wins where both hold: 4, 4, 4 = 12."""
+    with server.client() as client:
+        a = _window(contracts_pb2.PriceOverride(id="A", product_id="u", price="4"), START_MS, START_MS + 4 * HOUR_MS)
+        b = _window(
+            contracts_pb2.PriceOverride(id="B", product_id="u", price="6"),
+            START_MS + 2 * HOUR_MS,
+            START_MS + 3 * HOUR_MS,
+        )
+        for customer_id, order in (("ab", (a, b)), ("ba", (b, a))):
+            for override in order:
+                _override(client, customer_id, override)
+            for hours in (1, 2, 3):
+                _use(client, customer_id, f"{customer_id}-{hours}", "u", START_MS + hours * HOUR_MS, 10)
+        assert _explained(client, "ab", "u") == [("ab-1", "4"), ("ab-2", "6"), ("ab-3", "4")]
+        assert _explained(client, "ba", "u") == [("ba-1", "4"), ("ba-2", "4"), ("ba-3", "4")]
+
+
 EXPECTED = {
     "prices": "166",
     "win": "165",
@@ -748,6 +782,8 @@ EXPECTED = {
     "nc": "220",
     "per": "24",
     "ns": "5",
+    "ab": "14",
+    "ba": "12",
     "offend": "6",
     "rb": "12",
     "closed": "5",
