@@ -532,6 +532,9 @@ type PriceOverride struct {
 	Match map[string]string `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// When several overrides match an event, the most specific match wins (the
 	// most entries), and among equally specific ones the one added last.
+	// Exactly one of multiplier and price, not negative ("0" is taken): neither
+	// is INVALID_ARGUMENT naming override, a negative one naming its field
+	// (override.multiplier, override.price).
 	//
 	// Types that are valid to be assigned to Adjustment:
 	//

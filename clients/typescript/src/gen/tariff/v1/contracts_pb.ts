@@ -283,6 +283,9 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
   /**
    * When several overrides match an event, the most specific match wins (the
    * most entries), and among equally specific ones the one added last.
+   * Exactly one of multiplier and price, not negative ("0" is taken): neither
+   * is INVALID_ARGUMENT naming override, a negative one naming its field
+   * (override.multiplier, override.price).
    *
    * @generated from oneof tariff.v1.PriceOverride.adjustment
    */
