@@ -212,7 +212,7 @@ def seed_commands(customers: int) -> Iterator[cmd.AdminCommand]:
     for product in _product_requests():
         yield convert.create_product(product, _clock_ms(), actor)
     card = RATE_CARD_REQUEST
-    yield cmd.CreateRateCard(_clock_ms(), actor, card.id, card.name, card.pricing_unit)
+    yield cmd.CreateRateCard(_clock_ms(), actor, card.id, card.name, card.pricing_unit, applied_audited=True)
     yield convert.create_draft(_draft_request(), _clock_ms(), actor)
     publish = _publish_request(1)  # the card's first draft
     yield cmd.PublishVersion(
@@ -221,7 +221,9 @@ def seed_commands(customers: int) -> Iterator[cmd.AdminCommand]:
     start = _timestamp(month_start())
     for index in range(customers):
         request = _customer_request(index)
-        yield cmd.CreateCustomer(_clock_ms(), actor, request.id, request.name, dict(request.attributes))
+        yield cmd.CreateCustomer(
+            _clock_ms(), actor, request.id, request.name, dict(request.attributes), applied_audited=True
+        )
         contract = _contract_request(index, start)
         starting_at_ms = convert.optional_ms(contract, "starting_at")
         yield cmd.CreateContract(
@@ -235,6 +237,7 @@ def seed_commands(customers: int) -> Iterator[cmd.AdminCommand]:
             convert.overage_policy(contract.overage_policy),
             contract.overage_price,
             contract.currency,
+            applied_audited=True,  # as the server sets it (server/services/contracts.py)
         )
         assert starting_at_ms is not None
         contract_id = default_contract_id(contract.customer_id, starting_at_ms)  # what the server names it
