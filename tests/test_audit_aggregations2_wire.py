@@ -357,7 +357,10 @@ def test_a_retroactive_volume_publish_over_a_count_line_gives_back_no_more_than_
 
 def test_a_kill_9_replays_the_same_lines_parts_and_explanations(server: ServerProcess) -> None:
     """After kill -9 and a restart the journal replays to the same previews, parts and ExplainLineItem entries
-    (runs after the tests above, in file order)."""
+    (runs after the tests above, in file order), and the state it rebuilt rates on as before: l4 and l2 resent are
+    a duplicate and DUPLICATE_CONFLICT; l6 at F+1s, l4's timestamp, g=7 is ingested last so counts:
+    3 x 7 - 3 x 4 = 9 (lat 13); l7 at H-1h g=99 is late: 0; Authorize mx g=22 now: v1(22) - v1(21) = 16 - 15.5 =
+    0.5, as m6 is then charged (max 20.5); UNIQUE_COUNT user a again now: 0."""
     customers = ("lat", "max", "uniq", "cnt")
     with server.client() as client:
         before = [line_and_parts(client, c) for c in customers]
@@ -371,3 +374,16 @@ def test_a_kill_9_replays_the_same_lines_parts_and_explanations(server: ServerPr
         assert [charges(client, c) for c in customers] == balances
         assert balances == ["4", "20", "30", "4.5"]
         assert charges(client, "rr") == "0.1"
+        resend = ingest(
+            client, ev("l4", "lat", "lx", F_MS + 1000, {"g": 4}), ev("l2", "lat", "lx", F_MS + 1000, {"g": 99})
+        )
+        assert resend == (0, 1, [(1, REJECT.DUPLICATE_CONFLICT)])
+        assert ingest(client, ev("l6", "lat", "lx", F_MS + 1000, {"g": 7})) == (1, 0, [])
+        assert ingest(client, ev("l7", "lat", "lx", H_MS - HOUR_MS, {"g": 99})) == (1, 0, [])
+        assert charges(client, "lat") == "13"
+        assert estimate(client, "max", "mx", {"g": 22}) == "0.5"
+        assert ingest(client, ev("m6", "max", "mx", now_ms(), {"g": 22})) == (1, 0, [])
+        assert charges(client, "max") == "20.5"
+        assert estimate(client, "uniq", "ux", user="a") == "0"
+        assert ingest(client, ev("u7", "uniq", "ux", now_ms(), user="a")) == (1, 0, [])
+        assert charges(client, "uniq") == "30"
