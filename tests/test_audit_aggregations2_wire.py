@@ -355,6 +355,47 @@ def test_a_retroactive_volume_publish_over_a_count_line_gives_back_no_more_than_
         assert sum(Decimal(e.amount) for e in found.events) == Decimal("0.1")
 
 
+def test_a_latest_falling_under_a_dearer_version_is_estimated_with_the_clamp_it_is_charged_with(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto Rate: a charge never gives back more than its line was charged so far, and Authorize's
+    estimate is what the usage would be charged now. Card `lat3`, product lz (LATEST g): version 1 UNIT 1 from
+    2024; z1 H-3h g=10: 10. Version 2 UNIT 10 from H-1h (no usage there yet: nothing re-rated). Authorize g=5
+    now: 10 x 5 - 10 x 10 = -50, but the line holds 10: -10, and z2 now g=5 is charged -10 (line 0). Authorize
+    g=6: 60 - 50 = 10, as z3 is charged: line 10. Explain: z1 +10 for 10 (v1), z2 -5 for -10, z3 +1 for 10 (v2)."""
+    with server.client() as client:
+        product = p.Product(id="lz", event_type="lz", aggregation=p.LATEST, value_key="g")
+        client.pricing.CreateProduct(p.CreateProductRequest(product=product))
+        client.pricing.CreateRateCard(p.CreateRateCardRequest(id="lat3", pricing_unit="credits"))
+        client.pricing.CreateDraftVersion(
+            p.CreateDraftVersionRequest(rate_card_id="lat3", upsert_rates=[unit("lz", "1")])
+        )
+        client.pricing.PublishVersion(
+            p.PublishVersionRequest(rate_card_id="lat3", version=1, effective_from=stamp(CARD_FROM_MS))
+        )
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="cl", name="cl"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-cl", customer_id="cl", rate_card_id="lat3", starting_at=stamp(START_MS)
+            )
+        )
+        assert ingest(client, ev("z1", "cl", "lz", H_MS - 3 * HOUR_MS, {"g": 10})) == (1, 0, [])
+        client.pricing.CreateDraftVersion(
+            p.CreateDraftVersionRequest(rate_card_id="lat3", upsert_rates=[unit("lz", "10")])
+        )
+        client.pricing.PublishVersion(
+            p.PublishVersionRequest(rate_card_id="lat3", version=2, effective_from=stamp(H_MS - HOUR_MS))
+        )
+        assert charges(client, "cl") == "10"
+        assert estimate(client, "cl", "lz", {"g": 5}) == "-10"
+        assert ingest(client, ev("z2", "cl", "lz", now_ms(), {"g": 5})) == (1, 0, [])
+        assert charges(client, "cl") == "0"
+        assert estimate(client, "cl", "lz", {"g": 6}) == "10"
+        assert ingest(client, ev("z3", "cl", "lz", now_ms(), {"g": 6})) == (1, 0, [])
+        assert charges(client, "cl") == "10"
+        assert explain(client, "cl", "lz") == [("z1", 1, "10", "10"), ("z2", 2, "-5", "-10"), ("z3", 2, "1", "10")]
+
+
 def test_a_kill_9_replays_the_same_lines_parts_and_explanations(server: ServerProcess) -> None:
     """After kill -9 and a restart the journal replays to the same previews, parts and ExplainLineItem entries
     (runs after the tests above, in file order), and the state it rebuilt rates on as before: l4 and l2 resent are
