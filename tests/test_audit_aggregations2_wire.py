@@ -81,7 +81,7 @@ def catalogue(client: TariffClient) -> None:
         client.pricing.PublishVersion(
             p.PublishVersionRequest(rate_card_id="agg2", version=version, effective_from=stamp(from_ms))
         )
-    for customer_id in ("lat", "max", "uniq", "cnt", "edge", "fall"):
+    for customer_id in ("lat", "max", "uniq", "cnt", "edge", "fall", "ib"):
         client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
         client.contracts.CreateContract(
             contracts_pb2.CreateContractRequest(
@@ -394,6 +394,56 @@ def test_a_latest_falling_under_a_dearer_version_is_estimated_with_the_clamp_it_
         assert ingest(client, ev("z3", "cl", "lz", now_ms(), {"g": 6})) == (1, 0, [])
         assert charges(client, "cl") == "10"
         assert explain(client, "cl", "lz") == [("z1", 1, "10", "10"), ("z2", 2, "-5", "-10"), ("z3", 2, "1", "10")]
+
+
+def test_latest_order_inside_one_batch_and_the_three_authorize_calls_estimating_alike(server: ServerProcess) -> None:
+    """One batch, t a second ago: a t g=20: 20; b t g=3 (same timestamp, later in the batch, so counts):
+    6 - 20 = -14; c t-5s g=50 (late): 0; d t+1ms g=12: 12 - 6 = 6; e t g=40 (before d): 0. Line 12.
+    Explain: unit_price -14 / -17 = 0.823529411765 for b, empty for the late readings' 0 quantity.
+    Authorize, AuthorizeStream and AuthorizeBatches estimate alike: lx g=2: 4 - 12 = -8 (OK); mx g=12 on a new
+    line: 11; ux user u: 10; cx: 1; lx g=200: 200 - 12 = 188 (these OVERAGE_ALLOWED)."""
+    with server.client() as client:
+        at_ms = now_ms() - 1000
+        batch = [
+            ev("a", "ib", "lx", at_ms, {"g": 20}),
+            ev("b", "ib", "lx", at_ms, {"g": 3}),
+            ev("c", "ib", "lx", at_ms - 5000, {"g": 50}),
+            ev("d", "ib", "lx", at_ms + 1, {"g": 12}),
+            ev("e", "ib", "lx", at_ms, {"g": 40}),
+        ]
+        assert ingest(client, *batch) == (5, 0, [])
+        assert charges(client, "ib") == "12"
+        request = invoices_pb2.ExplainLineItemRequest(customer_id="ib", period_start=stamp(START_MS), line_id="lx")
+        found = client.invoices.ExplainLineItem(request)
+        assert [(e.transaction_id, e.quantity, e.amount, e.unit_price) for e in found.events] == [
+            ("a", "20", "20", "1"),
+            ("b", "-17", "-14", "0.823529411765"),
+            ("c", "0", "0", ""),
+            ("d", "9", "6", "0.666666666667"),
+            ("e", "0", "0", ""),
+        ]
+        asks = [
+            ("lx", {"g": 2.0}, {}),
+            ("mx", {"g": 12.0}, {}),
+            ("ux", {}, {"user": "u"}),
+            ("cx", {}, {}),
+            ("lx", {"g": 200.0}, {}),
+        ]
+        requests = [
+            balance_pb2.AuthorizeRequest(request_id=f"q{i}", customer_id="ib", event_type=t, values=v, dimensions=d)
+            for i, (t, v, d) in enumerate(asks)
+        ]
+        expected = [
+            ("OK", "-8"),
+            ("OVERAGE_ALLOWED", "11"),
+            ("OVERAGE_ALLOWED", "10"),
+            ("OVERAGE_ALLOWED", "1"),
+            ("OVERAGE_ALLOWED", "188"),
+        ]
+        (result,) = list(client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)])))
+        assert [(r.reason, r.estimated_cost) for r in result.responses] == expected
+        assert [(r.reason, r.estimated_cost) for r in client.balance.AuthorizeStream(iter(requests))] == expected
+        assert [(r.reason, r.estimated_cost) for r in map(client.balance.Authorize, requests)] == expected
 
 
 def test_a_kill_9_replays_the_same_lines_parts_and_explanations(server: ServerProcess) -> None:
