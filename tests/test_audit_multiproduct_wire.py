@@ -1,0 +1,255 @@
+"""Audit: one usage event feeding several products, with grants restricted to some of them (README "Credits and
+the gateway", docs/architecture.md §3 burn order and step 7 "Draw"; balance.proto). Combinations the
+test_audit_credits*_wire.py modules do not cover: holds split over product-restricted grants, BLOCK decided per
+product's credit, and one event's refund and charge on grants restricted differently.
+
+Products (card `combo`, credits, from tests/test_audit_credits_combo_wire.py): `a` (SUM of `n`) at 1 and `b` (SUM
+of `m`) at 2, both of event type `job`; `mix-level` (LATEST of `level`) and `mix-sum` (SUM of `n`) at 1, both of
+event type `mix`. Grant ids are server-wide, so each is `<customer>.<name>`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tariff import TariffClient, now_ms
+from tariff.v1 import balance_pb2, contracts_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import serving
+from tests.serverproc import ServerProcess, wait_for
+from tests.test_audit_credits_combo_wire import catalogue, grant, grants, job, lines, money, preview, revenue, use
+from tests.test_audit_topups_wire import month_start_ms
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-multiproduct")
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+
+
+def customer(client: TariffClient, customer_id: str, policy: int) -> None:
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+    client.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id=f"{customer_id}-c",
+            customer_id=customer_id,
+            rate_card_id="combo",
+            starting_at=stamp(month_start_ms(1)),
+            overage_policy=policy,  # type: ignore[arg-type]
+            overage_price="0.5",
+            currency="USD",
+        )
+    )
+
+
+def authorize(
+    client: TariffClient, customer_id: str, event_type: str, values: dict[str, float], reservation_id: str = ""
+) -> balance_pb2.AuthorizeResponse:
+    request = balance_pb2.AuthorizeRequest(
+        customer_id=customer_id,
+        event_type=event_type,
+        values=values,
+        reserve=bool(reservation_id),
+        reservation_id=reservation_id,
+    )
+    answer: balance_pb2.AuthorizeResponse = client.balance.Authorize(request)
+    return answer
+
+
+def mix(transaction_id: str, customer_id: str, level: float, n: float, at_ms: int) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        event_type="mix",
+        timestamp_ms=at_ms,
+        values={"level": level, "n": n},
+    )
+
+
+def test_an_allow_hold_holds_each_products_credit_on_its_own_grants_and_the_settling_event_draws_them(
+    server: ServerProcess,
+) -> None:
+    """`ga` 2 credits for `a` only, `gb` 4 for `b` only (ALLOW). A job n=3, m=2 costs 3 + 4 = 7: `a`'s 3 can hold
+    2 (ga), `b`'s 4 holds 4 (gb): 6 held, 1 would be overage. credits_available before 6, after the hold 0.
+    Settling with n=1, m=1 (cost 1 + 2 = 3): the hold comes back, ga draws 1, gb 2; no overage."""
+    with server.client() as client:
+        customer(client, "ap", contracts_pb2.ALLOW)
+        grant(client, "ap", "ga", "2", "2", 1, products=("a",))
+        grant(client, "ap", "gb", "4", "4", 1, products=("b",))
+        held = authorize(client, "ap", "job", {"n": 3, "m": 2}, "r1")
+        assert (held.allowed, held.reason, held.estimated_cost) == (True, "OVERAGE_ALLOWED", "7"), held
+        assert held.credits_available == "0", held
+        balance = client.get_balance("ap")
+        assert grants(balance, "ap") == {"ga": ("2", "0", "2", "2", "0"), "gb": ("4", "0", "4", "4", "0")}
+        assert (balance.credits_held, balance.credits_available) == ("6", "0"), balance
+        use(client, job("ap-1", "ap", 1, 1, now_ms(), reservation_id="r1"))
+        balance = client.get_balance("ap")
+        assert grants(balance, "ap") == {"ga": ("2", "1", "1", "0", "0"), "gb": ("4", "2", "2", "0", "0")}
+        assert (balance.credits_held, balance.credits_available, balance.overage_amount) == ("0", "3", "0")
+
+
+def test_block_denies_a_job_whose_one_product_lacks_credit_though_the_total_would_cover_it(
+    server: ServerProcess,
+) -> None:
+    """BLOCK; `ga` 2 for `a` only, `gb` 10 for `b` only. A job n=3, m=1 costs 3 + 2 = 5 of the 12 available to
+    its products, but `a`'s 3 finds only 2: a positive charge not covered, so INSUFFICIENT_CREDIT, and a hold
+    holds nothing. n=2, m=5 (2 + 10 = 12) is covered product by product: OK."""
+    with server.client() as client:
+        customer(client, "bl", contracts_pb2.BLOCK)
+        grant(client, "bl", "ga", "2", "2", 1, products=("a",))
+        grant(client, "bl", "gb", "10", "10", 1, products=("b",))
+        denied = authorize(client, "bl", "job", {"n": 3, "m": 1}, "r1")
+        assert (denied.allowed, denied.reason, denied.estimated_cost) == (False, "INSUFFICIENT_CREDIT", "5"), denied
+        assert denied.credits_available == "12", denied
+        assert client.get_balance("bl").credits_held == "0"
+        fits = authorize(client, "bl", "job", {"n": 2, "m": 5}, "r2")
+        assert (fits.allowed, fits.reason, fits.estimated_cost, fits.credits_available) == (True, "OK", "12", "0")
+
+
+def test_one_events_refund_goes_back_to_its_products_grant_and_its_charge_draws_only_an_applicable_one(
+    server: ServerProcess,
+) -> None:
+    """ALLOW; `gl` 5 for `mix-level` only (priority 1), `gs` 10 for `mix-sum` only (priority 2). mix level=5, n=0:
+    gl draws 5. mix level=2, n=3: mix-level refunds 3 to gl (drawn 2), mix-sum's 3 cannot draw gl and draws gs.
+    Then mix level=2, n=0 (nothing) and an Authorize of level=0, n=4 (refund 2, charge 4): estimated 2."""
+    t = now_ms()
+    with server.client() as client:
+        customer(client, "rf", contracts_pb2.ALLOW)
+        grant(client, "rf", "gl", "5", "5", 1, products=("mix-level",))
+        grant(client, "rf", "gs", "10", "10", 2, products=("mix-sum",))
+        use(client, mix("rf-1", "rf", 5, 0, t - 2000), mix("rf-2", "rf", 2, 3, t - 1000))
+        balance = client.get_balance("rf")
+        assert grants(balance, "rf") == {"gl": ("5", "2", "3", "0", "0"), "gs": ("10", "3", "7", "0", "0")}
+        assert (balance.period_charges, balance.overage_amount, balance.credits_available) == ("5", "0", "10")
+        probe = authorize(client, "rf", "mix", {"level": 0, "n": 4})
+        assert (probe.allowed, probe.reason, probe.estimated_cost, probe.credits_available) == (True, "OK", "2", "10")
+
+
+def test_block_decides_by_burn_order_product_by_product_as_ingestion_then_draws(server: ServerProcess) -> None:
+    """BLOCK; `gall` 3 for every product (priority 1), `ga` 2 for `a` only (priority 2). A job n=2, m=1.5 costs
+    2 + 3 = 5, the 5 available to its products. Charges draw in product-id order, each in burn order: `a`'s 2 from
+    gall (priority 1), `b`'s 3 finds gall's 1 and cannot use ga: 2 uncovered, so INSUFFICIENT_CREDIT, as ingesting
+    it shows (the event is still rated, its rest overage): gall drawn 3, ga 0, overage 2."""
+    with server.client() as client:
+        customer(client, "gr", contracts_pb2.BLOCK)
+        grant(client, "gr", "gall", "3", "3", 1)
+        grant(client, "gr", "ga", "2", "2", 2, products=("a",))
+        probe = authorize(client, "gr", "job", {"n": 2, "m": 1.5})
+        assert (probe.allowed, probe.reason, probe.estimated_cost, probe.credits_available) == (
+            False,
+            "INSUFFICIENT_CREDIT",
+            "5",
+            "5",
+        ), probe
+        use(client, job("gr-1", "gr", 2, 1.5, now_ms()))
+        balance = client.get_balance("gr")
+        assert grants(balance, "gr") == {"gall": ("3", "3", "0", "0", "0"), "ga": ("2", "0", "2", "0", "0")}
+        assert money(balance.period_charges, balance.overage_amount) == money("5", "2")
+
+
+def test_a_refund_to_an_expired_restricted_grant_breaks_when_the_other_product_cannot_draw_it(
+    server: ServerProcess,
+) -> None:
+    """ALLOW (overage 0.5 USD); `gl` 6 paid 6 for `mix-level` only, expiring a few seconds from now, the only grant.
+    mix level=5 n=0: gl draws 5; the expiry breaks its 1. A late mix dated before the expiry, level=2 n=3:
+    mix-level's -3 goes back to gl, mix-sum's 3 cannot draw gl (not its product): 3 of overage, and the 3 given
+    back break with the event. gl: drawn 2, expired 4; charges 5 - 3 + 3 = 5, overage 3 (1.50 USD due); revenue:
+    2 recognised, 4 breakage, nothing deferred."""
+    c = "ex"
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        expiry_ms = now_ms() + 3_000
+        grant(client, c, "gl", "6", "6", 1, products=("mix-level",), expires_at_ms=expiry_ms)
+        at = now_ms()
+        use(client, mix(f"{c}-1", c, 5, 0, at))
+        assert at < expiry_ms, "the setup took longer than the grant's life: nothing here was tested"
+        assert wait_for(lambda: grants(client.get_balance(c), c)["gl"][4] == "1", 20), client.get_balance(c)
+        use(client, mix(f"{c}-2", c, 2, 3, at + 1))
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"gl": ("6", "2", "0", "0", "4")}, balance
+        assert money(balance.period_charges, balance.overage_amount) == money("5", "3")
+        this_month = month_start_ms(0)
+        assert lines(preview(client, c, this_month), c) == {
+            "mix-level": ("2", "2", "0", {"gl": "2"}, "0.00"),
+            "mix-sum": ("3", "3", "3", {}, "1.50"),
+        }
+        report = revenue(client, c, this_month, month_start_ms(-1))
+        assert [money(x.recognized_credits, x.breakage, x.deferred) for x in report.customer_lines] == [
+            money("2", "4", "0")
+        ]
+
+
+def test_a_hold_on_an_event_refunding_one_product_holds_only_what_the_other_products_charge_draws(
+    server: ServerProcess,
+) -> None:
+    """ALLOW; `gl` 5 for `mix-level` only (priority 1), `gs` 2 for `mix-sum` only (priority 2). mix level=5 n=0:
+    gl draws 5. A hold for mix level=2 n=3 (cost -3 + 3 = 0): its refund would give gl 3, its charge draws gs 2
+    and 1 of overage (mix-sum cannot draw gl): gs 2 held, OVERAGE_ALLOWED, available to its products 2 - 2 = 0.
+    The settling event (the same usage) gives gs back, refunds gl 3, draws gs 2 and 1 of overage: gl drawn 2,
+    remaining 3; gs drawn 2; charges 5 + 0 = 5, overage 1."""
+    c = "hr"
+    t = now_ms()
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        grant(client, c, "gl", "5", "5", 1, products=("mix-level",))
+        grant(client, c, "gs", "2", "2", 2, products=("mix-sum",))
+        use(client, mix(f"{c}-1", c, 5, 0, t - 1000))
+        held = authorize(client, c, "mix", {"level": 2, "n": 3}, "r1")
+        assert (held.allowed, held.reason, held.estimated_cost, held.credits_available) == (
+            True,
+            "OVERAGE_ALLOWED",
+            "0",
+            "0",
+        ), held
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"gl": ("5", "5", "0", "0", "0"), "gs": ("2", "0", "2", "2", "0")}, balance
+        settling = mix(f"{c}-2", c, 2, 3, now_ms())
+        settling.reservation_id = "r1"
+        use(client, settling)
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"gl": ("5", "2", "3", "0", "0"), "gs": ("2", "2", "0", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount, balance.credits_held) == money("5", "1", "0")
+
+
+def test_a_gauge_fall_gives_back_its_overage_first_while_the_other_product_charges_overage(
+    server: ServerProcess,
+) -> None:
+    """ALLOW; `g` 3 for every product. mix level=5 n=0: g 3, 2 overage. mix level=3 n=2: mix-level's -2 gives back
+    its own 2 of overage first (nothing to g), mix-sum's 2 finds g empty: 2 of overage. g drawn 3; charges
+    5 - 2 + 2 = 5, overage 2 - 2 + 2 = 2; lines: mix-level 3 (g 3, no overage), mix-sum 2 (2 overage, 1.00 USD)."""
+    c = "ov"
+    t = now_ms()
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        grant(client, c, "g", "3", "3", 1)
+        use(client, mix(f"{c}-1", c, 5, 0, t - 1000), mix(f"{c}-2", c, 3, 2, t))
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"g": ("3", "3", "0", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount) == money("5", "2")
+        assert lines(preview(client, c, month_start_ms(0)), c) == {
+            "mix-level": ("3", "3", "0", {"g": "3"}, "0.00"),
+            "mix-sum": ("2", "2", "2", {}, "1.00"),
+        }
+
+
+def test_a_top_up_bought_when_a_restricted_grant_runs_low_pays_the_product_it_does_not_cover(
+    server: ServerProcess,
+) -> None:
+    """ALLOW; `ga` 5 for `a` only; top-up threshold 2, recharge to 10 at 1 USD, once a period. job n=4 m=0: ga
+    draws 4, available 1 < 2: one TOP_UP of 10 - 1 = 9 credits. job n=0 m=3 (b costs 6): ga does not apply, the
+    top-up (every product) pays 6; available 1 + 3 = 4, no second purchase. No overage; charges 10."""
+    c = "tu"
+    t = now_ms()
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        grant(client, c, "ga", "5", "5", 1, products=("a",))
+        policy = contracts_pb2.TopUpPolicy(threshold="2", recharge_to="10", price_per_credit="1", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=f"{c}-c", top_up=policy))
+        use(client, job(f"{c}-1", c, 4, 0, t - 1000))
+        use(client, job(f"{c}-2", c, 0, 3, t))
+        balance = client.get_balance(c)
+        got = {k.split("-")[0]: v for k, v in grants(balance, c).items()}
+        assert got == {"ga": ("5", "4", "1", "0", "0"), "top": ("9", "6", "3", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount, balance.credits_available) == money("10", "0", "4")
