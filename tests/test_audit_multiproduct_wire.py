@@ -14,13 +14,38 @@ from pathlib import Path
 
 import pytest
 from tariff import TariffClient, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess, wait_for
-from tests.test_audit_credits_combo_wire import catalogue, grant, grants, job, lines, money, preview, revenue, use
+from tests.test_audit_credits_combo_wire import catalogue as combo_catalogue
+from tests.test_audit_credits_combo_wire import grant, grants, job, lines, money, preview, revenue, use
 from tests.test_audit_topups_wire import month_start_ms
+
+
+def catalogue(client: TariffClient) -> None:
+    """combo's card, and a second one `calls` for event type `call`: `call-eu` (SUM of `s`, only region=eu) at 1
+    and `call-all` (COUNT) at 0.5."""
+    combo_catalogue(client)
+    pricing = client.pricing
+    for product_id, aggregation, key, filters in (
+        ("call-eu", pricing_pb2.SUM, "s", {"region": "eu"}),
+        ("call-all", pricing_pb2.COUNT, "", {}),
+    ):
+        product = pricing_pb2.Product(
+            id=product_id, event_type="call", aggregation=aggregation, value_key=key, filters=filters
+        )
+        pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="calls", pricing_unit="credits"))
+    rates = [
+        pricing_pb2.Rate(product_id=p, unit=pricing_pb2.UnitPrice(price=price))
+        for p, price in (("call-eu", "1"), ("call-all", "0.5"))
+    ]
+    pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="calls", upsert_rates=rates))
+    pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="calls", version=1, effective_from=stamp(month_start_ms(3)))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +54,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
 
 
-def customer(client: TariffClient, customer_id: str, policy: int) -> None:
+def customer(client: TariffClient, customer_id: str, policy: int, card: str = "combo") -> None:
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
     client.contracts.CreateContract(
         contracts_pb2.CreateContractRequest(
             id=f"{customer_id}-c",
             customer_id=customer_id,
-            rate_card_id="combo",
+            rate_card_id=card,
             starting_at=stamp(month_start_ms(1)),
             overage_policy=policy,  # type: ignore[arg-type]
             overage_price="0.5",
@@ -45,12 +70,18 @@ def customer(client: TariffClient, customer_id: str, policy: int) -> None:
 
 
 def authorize(
-    client: TariffClient, customer_id: str, event_type: str, values: dict[str, float], reservation_id: str = ""
+    client: TariffClient,
+    customer_id: str,
+    event_type: str,
+    values: dict[str, float],
+    reservation_id: str = "",
+    dimensions: dict[str, str] | None = None,
 ) -> balance_pb2.AuthorizeResponse:
     request = balance_pb2.AuthorizeRequest(
         customer_id=customer_id,
         event_type=event_type,
         values=values,
+        dimensions=dimensions or {},
         reserve=bool(reservation_id),
         reservation_id=reservation_id,
     )
@@ -253,3 +284,111 @@ def test_a_top_up_bought_when_a_restricted_grant_runs_low_pays_the_product_it_do
         got = {k.split("-")[0]: v for k, v in grants(balance, c).items()}
         assert got == {"ga": ("5", "4", "1", "0", "0"), "top": ("9", "6", "3", "0", "0")}, balance
         assert money(balance.period_charges, balance.overage_amount, balance.credits_available) == money("10", "0", "4")
+
+
+def call(transaction_id: str, customer_id: str, region: str, s: float, at_ms: int) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        event_type="call",
+        timestamp_ms=at_ms,
+        dimensions={"region": region},
+        values={"s": s},
+    )
+
+
+def test_credit_available_counts_only_grants_of_the_products_the_filters_let_the_usage_feed(
+    server: ServerProcess,
+) -> None:
+    """BLOCK on `calls`; `geu` 10 for `call-eu` only. A call region=us s=4 feeds only `call-all` (0.5): no grant
+    applies to it, so credits_available 0 and INSUFFICIENT_CREDIT; ingested, 0.5 of overage, geu untouched. A call
+    region=eu s=4 feeds both (4 + 0.5 = 4.5): available 10, but call-all's 0.5 cannot draw geu: denied too;
+    ingested, geu draws 4 and call-all 0.5 more overage."""
+    c = "fl"
+    t = now_ms()
+    with server.client() as client:
+        customer(client, c, contracts_pb2.BLOCK, card="calls")
+        grant(client, c, "geu", "10", "10", 1, products=("call-eu",))
+        us = authorize(client, c, "call", {"s": 4}, dimensions={"region": "us"})
+        assert (us.allowed, us.reason, us.estimated_cost, us.credits_available) == (
+            False,
+            "INSUFFICIENT_CREDIT",
+            "0.5",
+            "0",
+        ), us
+        eu = authorize(client, c, "call", {"s": 4}, dimensions={"region": "eu"})
+        assert (eu.allowed, eu.reason, eu.estimated_cost, eu.credits_available) == (
+            False,
+            "INSUFFICIENT_CREDIT",
+            "4.5",
+            "10",
+        ), eu
+        use(client, call(f"{c}-1", c, "us", 4, t - 1000))
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"geu": ("10", "0", "10", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount) == money("0.5", "0.5")
+        use(client, call(f"{c}-2", c, "eu", 4, t))
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"geu": ("10", "4", "6", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount) == money("5", "1")
+
+
+def test_a_refund_spread_over_two_grants_comes_back_in_reverse_burn_order_at_each_cost_basis(
+    server: ServerProcess,
+) -> None:
+    """ALLOW; `g1` 2 paid 1 (0.5 USD a credit, priority 1), `g2` 10 paid 10 (priority 2). mix level=5 n=0: g1 2,
+    g2 3. mix level=1 n=4: mix-level's -4 gives back g2's 3 then g1's 1 (reverse burn order), then mix-sum's 4
+    draws g1 1 and g2 3. g1 drawn 2 (revenue 1), g2 drawn 3 (revenue 3); lines: mix-level 1 ({g1: 1}), mix-sum 4
+    ({g1: 1, g2: 3}); revenue: 1 + 3 = 4 USD recognised from credits, 7 USD still deferred (g2's 7 credits)."""
+    c = "rb"
+    t = now_ms()
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        grant(client, c, "g1", "2", "1", 1)
+        grant(client, c, "g2", "10", "10", 2)
+        use(client, mix(f"{c}-1", c, 5, 0, t - 1000), mix(f"{c}-2", c, 1, 4, t))
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"g1": ("2", "2", "0", "0", "0"), "g2": ("10", "3", "7", "0", "0")}, balance
+        assert [money(g.recognized_revenue) for g in balance.grants] == [money("1"), money("3")]
+        assert money(balance.period_charges, balance.overage_amount) == money("5", "0")
+        this_month = month_start_ms(0)
+        assert lines(preview(client, c, this_month), c) == {
+            "mix-level": ("1", "1", "0", {"g1": "1"}, "0.00"),
+            "mix-sum": ("4", "4", "0", {"g1": "1", "g2": "3"}, "0.00"),
+        }
+        report = revenue(client, c, this_month, month_start_ms(-1))
+        assert [money(x.recognized_credits, x.recognized, x.deferred) for x in report.customer_lines] == [
+            money("4", "4", "7")
+        ], report
+
+
+def test_a_hold_on_a_restricted_grant_across_its_expiry_settled_before_it_draws_only_for_its_product(
+    server: ServerProcess,
+) -> None:
+    """ALLOW; `ga` 4 paid 4 for `a` only, expiring a few seconds from now, the only grant. A hold for job n=3 m=0
+    holds ga 3. The expiry breaks the free 1 (ga: remaining 0, held 3, expired 1; credits_remaining 3, held 3,
+    available 0). The settling event, dated before the expiry, n=1 m=2 (1 + 4 = 5): the 3 come back, `a` draws 1,
+    `b`'s 4 cannot draw ga (overage), the 2 left break with it. ga drawn 1, expired 3; charges 5, overage 4;
+    revenue: 1 recognised, 3 breakage, nothing deferred."""
+    c = "hx"
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        expiry_ms = now_ms() + 3_000
+        grant(client, c, "ga", "4", "4", 1, products=("a",), expires_at_ms=expiry_ms)
+        at = now_ms()
+        held = authorize(client, c, "job", {"n": 3, "m": 0}, "r1")
+        assert (held.allowed, held.reason, held.estimated_cost, held.credits_available) == (True, "OK", "3", "1")
+        assert at < expiry_ms, "the setup took longer than the grant's life: nothing here was tested"
+        assert wait_for(lambda: grants(client.get_balance(c), c)["ga"][4] == "1", 20), client.get_balance(c)
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"ga": ("4", "0", "0", "3", "1")}, balance
+        assert money(balance.credits_remaining, balance.credits_held, balance.credits_available) == money("3", "3", "0")
+        use(client, job(f"{c}-1", c, 1, 2, at + 1, reservation_id="r1"))
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"ga": ("4", "1", "0", "0", "3")}, balance
+        assert money(balance.period_charges, balance.overage_amount, balance.credits_remaining) == money("5", "4", "0")
+        this_month = month_start_ms(0)
+        report = revenue(client, c, this_month, month_start_ms(-1))
+        assert [money(x.recognized_credits, x.breakage, x.deferred) for x in report.customer_lines] == [
+            money("1", "3", "0")
+        ], report
