@@ -392,3 +392,51 @@ def test_a_hold_on_a_restricted_grant_across_its_expiry_settled_before_it_draws_
         assert [money(x.recognized_credits, x.breakage, x.deferred) for x in report.customer_lines] == [
             money("1", "3", "0")
         ], report
+
+
+def test_holds_in_one_authorize_batches_message_keep_each_products_credit_apart_under_block(
+    server: ServerProcess,
+) -> None:
+    """BLOCK; `ga` 2 for `a` only, `gb` 2 for `b` only. One AuthorizeBatches message: hold r1 job n=2 (a: 2) holds
+    ga 2, available to its products 4 - 2 = 2; hold r2 job m=1 (b: 2) holds gb 2, available 0; hold r3 job n=0.5
+    finds ga fully held: INSUFFICIENT_CREDIT; a probe without reserve, job n=1, is decided before the message's
+    holds: OK, 4 available. One batch settling r1 (n=2) and r2 (m=1) draws ga 2 and gb 2, no overage."""
+    c = "ab"
+    with server.client() as client:
+        customer(client, c, contracts_pb2.BLOCK)
+        grant(client, c, "ga", "2", "2", 1, products=("a",))
+        grant(client, c, "gb", "2", "2", 1, products=("b",))
+
+        def ask(values: dict[str, float], reservation_id: str = "") -> balance_pb2.AuthorizeRequest:
+            return balance_pb2.AuthorizeRequest(
+                customer_id=c,
+                event_type="job",
+                values=values,
+                reserve=bool(reservation_id),
+                reservation_id=reservation_id,
+                request_id=reservation_id or "probe",
+            )
+
+        message = balance_pb2.AuthorizeBatch(
+            requests=[
+                ask({"n": 2, "m": 0}, "r1"),
+                ask({"n": 0, "m": 1}, "r2"),
+                ask({"n": 0.5, "m": 0}, "r3"),
+                ask({"n": 1, "m": 0}),
+            ]
+        )
+        answers = next(iter(client.balance.AuthorizeBatches(iter([message])))).responses
+        assert [(a.request_id, a.allowed, a.reason, a.estimated_cost, a.credits_available) for a in answers] == [
+            ("r1", True, "OK", "2", "2"),
+            ("r2", True, "OK", "2", "0"),
+            ("r3", False, "INSUFFICIENT_CREDIT", "0.5", "0"),
+            ("probe", True, "OK", "1", "4"),
+        ]
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"ga": ("2", "0", "2", "2", "0"), "gb": ("2", "0", "2", "2", "0")}, balance
+        t = now_ms()
+        ack = client.ingest_batch([job(f"{c}-1", c, 2, 0, t, "r1"), job(f"{c}-2", c, 0, 1, t, "r2")])
+        assert ack.accepted == 2 and not ack.notices, ack
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"ga": ("2", "2", "0", "0", "0"), "gb": ("2", "2", "0", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount, balance.credits_held) == money("4", "0", "0")
