@@ -20,7 +20,7 @@ from server.convert import timestamp as stamp
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_credits_combo_wire import catalogue as combo_catalogue
-from tests.test_audit_credits_combo_wire import grant, grants, job, lines, money, preview, revenue, use
+from tests.test_audit_credits_combo_wire import balances, grant, grants, job, lines, money, preview, revenue, use
 from tests.test_audit_topups_wire import month_start_ms
 
 
@@ -202,10 +202,12 @@ def test_a_refund_to_an_expired_restricted_grant_breaks_when_the_other_product_c
         assert grants(balance, c) == {"gl": ("6", "2", "0", "0", "4")}, balance
         assert money(balance.period_charges, balance.overage_amount) == money("5", "3")
         this_month = month_start_ms(0)
-        assert lines(preview(client, c, this_month), c) == {
+        invoice = preview(client, c, this_month)
+        assert lines(invoice, c) == {
             "mix-level": ("2", "2", "0", {"gl": "2"}, "0.00"),
             "mix-sum": ("3", "3", "3", {}, "1.50"),
         }
+        assert balances(invoice, c) == {"gl": ("6", "2", "0", "4")}, invoice
         report = revenue(client, c, this_month, month_start_ms(-1))
         assert [money(x.recognized_credits, x.breakage, x.deferred) for x in report.customer_lines] == [
             money("2", "4", "0")
@@ -388,6 +390,9 @@ def test_a_hold_on_a_restricted_grant_across_its_expiry_settled_before_it_draws_
         assert grants(balance, c) == {"ga": ("4", "1", "0", "0", "3")}, balance
         assert money(balance.period_charges, balance.overage_amount, balance.credits_remaining) == money("5", "4", "0")
         this_month = month_start_ms(0)
+        invoice = preview(client, c, this_month)
+        assert lines(invoice, c) == {"a": ("1", "1", "0", {"ga": "1"}, "0.00"), "b": ("2", "4", "4", {}, "2.00")}
+        assert balances(invoice, c) == {"ga": ("4", "1", "0", "3")}, invoice
         report = revenue(client, c, this_month, month_start_ms(-1))
         assert [money(x.recognized_credits, x.breakage, x.deferred) for x in report.customer_lines] == [
             money("1", "3", "0")
