@@ -445,3 +445,29 @@ def test_holds_in_one_authorize_batches_message_keep_each_products_credit_apart_
         balance = client.get_balance(c)
         assert grants(balance, c) == {"ga": ("2", "2", "0", "0", "0"), "gb": ("2", "2", "0", "0", "0")}, balance
         assert money(balance.period_charges, balance.overage_amount, balance.credits_held) == money("4", "0", "0")
+
+
+def test_block_denies_an_event_netting_to_zero_while_no_credit_is_available_though_ingesting_it_adds_no_overage(
+    server: ServerProcess,
+) -> None:
+    """Pins README "Balances" / docs/architecture.md "Authorize": under BLOCK, while no credit is available to the
+    usage's products at all, even usage that would cost nothing is denied. `g` 5 for every product; mix level=5
+    n=0 draws it all. mix level=2 n=3 costs -3 + 3 = 0: denied INSUFFICIENT_CREDIT (0 available), though ingesting
+    it gives g 3 back and draws them again (refunds settle first): g drawn 5, charges 5, no overage."""
+    c = "bz"
+    t = now_ms()
+    with server.client() as client:
+        customer(client, c, contracts_pb2.BLOCK)
+        grant(client, c, "g", "5", "5", 1)
+        use(client, mix(f"{c}-1", c, 5, 0, t - 1000))
+        probe = authorize(client, c, "mix", {"level": 2, "n": 3})
+        assert (probe.allowed, probe.reason, probe.estimated_cost, probe.credits_available) == (
+            False,
+            "INSUFFICIENT_CREDIT",
+            "0",
+            "0",
+        ), probe
+        use(client, mix(f"{c}-2", c, 2, 3, t))
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"g": ("5", "5", "0", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount) == money("5", "0")
