@@ -115,7 +115,19 @@ def test_an_allow_hold_holds_each_products_credit_on_its_own_grants_and_the_sett
         balance = client.get_balance("ap")
         assert grants(balance, "ap") == {"ga": ("2", "0", "2", "2", "0"), "gb": ("4", "0", "4", "4", "0")}
         assert (balance.credits_held, balance.credits_available) == ("6", "0"), balance
+        again = authorize(client, "ap", "job", {"n": 3, "m": 2}, "r1")
+        assert (again.allowed, again.reason, again.estimated_cost, again.credits_available) == (
+            True,
+            "OVERAGE_ALLOWED",
+            "7",
+            "0",
+        ), again
+        assert again.message.startswith("already held"), again
+        assert client.get_balance("ap").credits_held == "6"
         use(client, job("ap-1", "ap", 1, 1, now_ms(), reservation_id="r1"))
+        after = authorize(client, "ap", "job", {"n": 3, "m": 2}, "r1")
+        assert (after.reason, after.estimated_cost, after.credits_available) == ("OVERAGE_ALLOWED", "7", "3"), after
+        assert "already settled" in after.message and "nothing is held" in after.message, after
         balance = client.get_balance("ap")
         assert grants(balance, "ap") == {"ga": ("2", "1", "1", "0", "0"), "gb": ("4", "2", "2", "0", "0")}
         assert (balance.credits_held, balance.credits_available, balance.overage_amount) == ("0", "3", "0")
