@@ -483,3 +483,25 @@ def test_block_denies_an_event_netting_to_zero_while_no_credit_is_available_thou
         balance = client.get_balance(c)
         assert grants(balance, c) == {"g": ("5", "5", "0", "0", "0")}, balance
         assert money(balance.period_charges, balance.overage_amount) == money("5", "0")
+
+
+def test_an_event_before_the_settling_one_in_its_batch_cannot_draw_the_held_credit(server: ServerProcess) -> None:
+    """ALLOW; `g` 5 for every product. A hold for job n=3 m=0 holds 3 (2 available). One batch: job n=0 m=2 (b: 4)
+    first, then the job n=3 m=0 settling the hold. The first draws the 2 available and 2 of overage (the hold is
+    still out); the second gets its 3 back and draws them. Lines: a 3 ({g: 3}), b 4 ({g: 2}, overage 2, 1.00 USD)."""
+    c = "bo"
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        grant(client, c, "g", "5", "5", 1)
+        held = authorize(client, c, "job", {"n": 3, "m": 0}, "r1")
+        assert (held.reason, held.estimated_cost, held.credits_available) == ("OK", "3", "2"), held
+        t = now_ms()
+        ack = client.ingest_batch([job(f"{c}-1", c, 0, 2, t), job(f"{c}-2", c, 3, 0, t, "r1")])
+        assert ack.accepted == 2 and not ack.notices, ack
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {"g": ("5", "5", "0", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount) == money("7", "2")
+        assert lines(preview(client, c, month_start_ms(0)), c) == {
+            "a": ("3", "3", "0", {"g": "3"}, "0.00"),
+            "b": ("2", "4", "2", {"g": "2"}, "1.00"),
+        }
