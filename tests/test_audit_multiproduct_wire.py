@@ -505,3 +505,27 @@ def test_an_event_before_the_settling_one_in_its_batch_cannot_draw_the_held_cred
             "a": ("3", "3", "0", {"g": "3"}, "0.00"),
             "b": ("2", "4", "2", {"g": "2"}, "1.00"),
         }
+
+
+def test_equal_priority_grants_burn_narrowest_list_first_for_each_product_of_one_event(server: ServerProcess) -> None:
+    """docs/architecture.md §3 burn order (priority, expiry, narrowest product list, creation); all priority 1,
+    never expiring, created `gall` (every product), `gab` (a, b), `ga` (a), 5 credits each. job n=3 m=4 (a 3,
+    b 8): a draws ga 3 (narrowest); b draws gab 5 then gall 3 (no list is the widest). Lines: a {ga: 3},
+    b {gab: 5, gall: 3}."""
+    c = "nw"
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        grant(client, c, "gall", "5", "5", 1)
+        grant(client, c, "gab", "5", "5", 1, products=("a", "b"))
+        grant(client, c, "ga", "5", "5", 1, products=("a",))
+        use(client, job(f"{c}-1", c, 3, 4, now_ms()))
+        balance = client.get_balance(c)
+        assert grants(balance, c) == {
+            "ga": ("5", "3", "2", "0", "0"),
+            "gab": ("5", "5", "0", "0", "0"),
+            "gall": ("5", "3", "2", "0", "0"),
+        }, balance
+        assert lines(preview(client, c, month_start_ms(0)), c) == {
+            "a": ("3", "3", "0", {"ga": "3"}, "0.00"),
+            "b": ("4", "8", "0", {"gab": "5", "gall": "3"}, "0.00"),
+        }
