@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from tariff import TariffClient, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess, wait_for
+from tests.test_audit_credits_combo_wire import balances, grant, grants, job, lines, money, plain, preview, revenue, use
 from tests.test_audit_credits_combo_wire import catalogue as combo_catalogue
-from tests.test_audit_credits_combo_wire import balances, grant, grants, job, lines, money, preview, revenue, use
 from tests.test_audit_topups_wire import month_start_ms
 
 
@@ -87,6 +87,28 @@ def authorize(
     )
     answer: balance_pb2.AuthorizeResponse = client.balance.Authorize(request)
     return answer
+
+
+Explained = list[tuple[str, str, str, dict[str, str], str]]
+
+
+def explained(client: TariffClient, customer_id: str, line_id: str) -> Explained:
+    """ExplainLineItem of this month's line: (transaction id, quantity, amount, draws per grant, overage) each."""
+    request = invoices_pb2.ExplainLineItemRequest(
+        customer_id=customer_id, period_start=stamp(month_start_ms(0)), line_id=line_id
+    )
+    answer = client.invoices.ExplainLineItem(request)
+    prefix = f"{customer_id}."
+    return [
+        (
+            e.transaction_id,
+            plain(e.quantity),
+            plain(e.amount),
+            {d.grant_id.removeprefix(prefix): plain(d.credits) for d in e.draws},
+            plain(e.overage or "0"),
+        )
+        for e in answer.events
+    ]
 
 
 def mix(transaction_id: str, customer_id: str, level: float, n: float, at_ms: int) -> usage_pb2.UsageEvent:
@@ -277,6 +299,11 @@ def test_a_gauge_fall_gives_back_its_overage_first_while_the_other_product_charg
             "mix-level": ("3", "3", "0", {"g": "3"}, "0.00"),
             "mix-sum": ("2", "2", "2", {}, "1.00"),
         }
+        assert explained(client, c, "mix-level") == [
+            (f"{c}-1", "5", "5", {"g": "3"}, "2"),
+            (f"{c}-2", "-2", "-2", {}, "-2"),
+        ]
+        assert explained(client, c, "mix-sum") == [(f"{c}-1", "0", "0", {}, "0"), (f"{c}-2", "2", "2", {}, "2")]
 
 
 def test_a_top_up_bought_when_a_restricted_grant_runs_low_pays_the_product_it_does_not_cover(
@@ -370,6 +397,14 @@ def test_a_refund_spread_over_two_grants_comes_back_in_reverse_burn_order_at_eac
             "mix-level": ("1", "1", "0", {"g1": "1"}, "0.00"),
             "mix-sum": ("4", "4", "0", {"g1": "1", "g2": "3"}, "0.00"),
         }
+        assert explained(client, c, "mix-level") == [
+            (f"{c}-1", "5", "5", {"g1": "2", "g2": "3"}, "0"),
+            (f"{c}-2", "-4", "-4", {"g1": "-1", "g2": "-3"}, "0"),
+        ]
+        assert explained(client, c, "mix-sum") == [
+            (f"{c}-1", "0", "0", {}, "0"),
+            (f"{c}-2", "4", "4", {"g1": "1", "g2": "3"}, "0"),
+        ]
         report = revenue(client, c, this_month, month_start_ms(-1))
         assert [money(x.recognized_credits, x.recognized, x.deferred) for x in report.customer_lines] == [
             money("4", "4", "7")
