@@ -531,8 +531,11 @@ def test_an_event_before_the_settling_one_in_its_batch_cannot_draw_the_held_cred
         held = authorize(client, c, "job", {"n": 3, "m": 0}, "r1")
         assert (held.reason, held.estimated_cost, held.credits_available) == ("OK", "3", "2"), held
         t = now_ms()
-        ack = client.ingest_batch([job(f"{c}-1", c, 0, 2, t), job(f"{c}-2", c, 3, 0, t, "r1")])
+        batch = [job(f"{c}-1", c, 0, 2, t), job(f"{c}-2", c, 3, 0, t, "r1")]
+        ack = client.ingest_batch(batch)
         assert ack.accepted == 2 and not ack.notices, ack
+        resent = client.ingest_batch(batch)
+        assert (resent.accepted, resent.duplicates, list(resent.notices)) == (0, 2, []), resent
         balance = client.get_balance(c)
         assert grants(balance, c) == {"g": ("5", "5", "0", "0", "0")}, balance
         assert money(balance.period_charges, balance.overage_amount) == money("7", "2")
