@@ -567,3 +567,32 @@ def test_equal_priority_grants_burn_narrowest_list_first_for_each_product_of_one
             "a": ("3", "3", "0", {"ga": "3"}, "0.00"),
             "b": ("4", "8", "0", {"gab": "5", "gall": "3"}, "0.00"),
         }
+
+
+def test_a_hold_that_leaves_credit_below_the_threshold_buys_and_the_top_up_pays_the_product_without_a_grant(
+    server: ServerProcess,
+) -> None:
+    """ALLOW; `ga` 2 for `a` only; top-up threshold 2, recharge to 10 at 1 USD, once a period. A hold for job n=1
+    m=2 (a 1, b 4: 5) holds ga 1 (b has no grant: OVERAGE_ALLOWED); available 1 < 2, so the hold buys 10 - 1 = 9,
+    and its answer counts them: 10. The settling event (the same usage) gives ga 1 back, a draws it, b's 4 draw
+    the top-up: ga drawn 1, top-up drawn 4; charges 5, no overage, available 1 + 5 = 6."""
+    c = "ht"
+    with server.client() as client:
+        customer(client, c, contracts_pb2.ALLOW)
+        grant(client, c, "ga", "2", "2", 1, products=("a",))
+        policy = contracts_pb2.TopUpPolicy(threshold="2", recharge_to="10", price_per_credit="1", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=f"{c}-c", top_up=policy))
+        held = authorize(client, c, "job", {"n": 1, "m": 2}, "r1")
+        assert (held.allowed, held.reason, held.estimated_cost, held.credits_available) == (
+            True,
+            "OVERAGE_ALLOWED",
+            "5",
+            "10",
+        ), held
+        got = {k.split("-")[0]: v for k, v in grants(client.get_balance(c), c).items()}
+        assert got == {"ga": ("2", "0", "2", "1", "0"), "top": ("9", "0", "9", "0", "0")}, got
+        use(client, job(f"{c}-1", c, 1, 2, now_ms(), reservation_id="r1"))
+        balance = client.get_balance(c)
+        got = {k.split("-")[0]: v for k, v in grants(balance, c).items()}
+        assert got == {"ga": ("2", "1", "1", "0", "0"), "top": ("9", "4", "5", "0", "0")}, balance
+        assert money(balance.period_charges, balance.overage_amount, balance.credits_available) == money("5", "0", "6")
