@@ -21,14 +21,14 @@ from pathlib import Path
 import grpc
 import pytest
 from tariff import TariffClient, TariffError
-from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2
+from tariff.v1 import contracts_pb2
 
 from tests.audit_fixtures import audit_count
 from tests.serverproc import ServerProcess
+from tests.test_decimal_grammar_wire import decimal_fields
 
 CARD = "ai-credits"  # the demo's rate card (server/demo.py)
 CONTRACT = "acme-2026"  # the demo's contract
-PRODUCT = "ai_action"
 
 
 @pytest.fixture(scope="module")
@@ -46,52 +46,6 @@ def many_places(whole: str) -> str:
     """`whole` + ".1" + zeros + "1", 64 characters: in the grammar and the length limit, with more significant
     digits than the 60 of the context the range was checked in ("0.1000...0001", 62 decimal places)."""
     return f"{whole}.1{'1'.rjust(62 - len(whole), '0')}"
-
-
-def calls(client: TariffClient, text: str) -> dict[str, Callable[[], object]]:
-    """A request per decimal field, `text` in that field and sound values elsewhere."""
-    contracts = client.contracts
-
-    def grant(field: str) -> Callable[[], object]:
-        new = contracts_pb2.Grant(
-            id="g-probe", contract_id=CONTRACT, kind=contracts_pb2.PREPAID, amount="5", paid_amount="1"
-        )
-        setattr(new, field, text)
-        return lambda: contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=new))
-
-    def override(field: str) -> Callable[[], object]:
-        new = contracts_pb2.PriceOverride(id="o-probe", product_id=PRODUCT)
-        setattr(new, field, text)
-        return lambda: contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=CONTRACT, override=new))
-
-    def top_up(field: str) -> Callable[[], object]:
-        policy = contracts_pb2.TopUpPolicy(threshold="10", recharge_to="100", price_per_credit="0.9", max_per_period=1)
-        setattr(policy, field, text)
-        return lambda: contracts.SetTopUpPolicy(
-            contracts_pb2.SetTopUpPolicyRequest(contract_id=CONTRACT, top_up=policy)
-        )
-
-    return {
-        "grant.amount": grant("amount"),
-        "grant.paid_amount": grant("paid_amount"),
-        "grant.rollover_fraction": grant("rollover_fraction"),
-        "override.multiplier": override("multiplier"),
-        "override.price": override("price"),
-        "overage_price": lambda: contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(customer_id="globex", rate_card_id=CARD, overage_price=text)
-        ),
-        "top_up.threshold": top_up("threshold"),
-        "top_up.recharge_to": top_up("recharge_to"),
-        "top_up.price_per_credit": top_up("price_per_credit"),
-        "threshold": lambda: client.alerts.CreateAlert(
-            alerts_pb2.CreateAlertRequest(customer_id="acme", type=alerts_pb2.LOW_BALANCE, threshold=text)
-        ),
-        "set_parameters[markup]": lambda: client.pricing.CreateDraftVersion(
-            pricing_pb2.CreateDraftVersionRequest(
-                rate_card_id=CARD, based_on_version=1, set_parameters={"markup": text}
-            )
-        ),
-    }
 
 
 # The whole part of each field's probe: a sound value for the field but for its decimal places (a top-up's
@@ -119,13 +73,13 @@ def test_a_decimal_out_of_range_is_refused_exactly_never_rounded(server: ServerP
     with server.client() as client:
         customer_made(client)
         before = audit_count(client)
-        for field in calls(client, "1"):
+        for field in decimal_fields(client, "1"):
             if kind == "more than 60 significant digits":
                 text = many_places(WHOLE.get(field, "0"))
                 assert len(text) == 64
             else:
                 text = "1e-1000059"
-            code, fields, details = refused(calls(client, text)[field])
+            code, fields, details = refused(decimal_fields(client, text)[field])
             assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field]), (field, text[:12], details)
             assert "decimal places" in details or "out of range" in details, (field, details)
         assert audit_count(client) == before
