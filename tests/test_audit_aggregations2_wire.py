@@ -36,6 +36,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usa
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import charges, preview, refusal, serving, this_hour_ms, unit
 from tests.serverproc import ServerProcess
+from tests.test_audit_aggregates_wire import ev, ingest
 
 HOUR_MS = 3_600_000
 CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -94,30 +95,6 @@ def catalogue(client: TariffClient) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-aggregations2")
     yield from serving(ServerProcess(root / "data", extra_args=["--future-skew-s", "31536000"]), catalogue)
-
-
-def ev(
-    transaction_id: str,
-    customer_id: str,
-    event_type: str,
-    at_ms: int,
-    values: dict[str, float] | None = None,
-    **dims: str,
-) -> usage_pb2.UsageEvent:
-    return usage_pb2.UsageEvent(
-        transaction_id=transaction_id,
-        customer_id=customer_id,
-        event_type=event_type,
-        timestamp_ms=at_ms,
-        values=values or {},
-        dimensions=dims,
-    )
-
-
-def ingest(client: TariffClient, *events: usage_pb2.UsageEvent) -> tuple[int, int, list[tuple[int, int]]]:
-    """(accepted, duplicates, [(index, reason)])."""
-    ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="b", events=events))
-    return ack.accepted, ack.duplicates, [(r.index, r.reason) for r in ack.rejected]
 
 
 def estimate(
