@@ -72,7 +72,7 @@ def available(client: TariffClient, customer_id: str) -> str:
 def test_a_hold_crosses_low_balance_its_expiry_clears_it_and_fires_reservation_expired_once(
     server: ServerProcess,
 ) -> None:
-    """10 credits; LOW_BALANCE below 5, CREDITS_EXHAUSTED, RESERVATION_EXPIRED. A hold of 6 (TTL 1 s): available 4 is
+    """10 credits; LOW_BALANCE below 5, CREDITS_EXHAUSTED, RESERVATION_EXPIRED. A hold of 6 (TTL 3 s): available 4 is
     below 5 (LOW_BALANCE fires, credits_available 4). It expires: RESERVATION_EXPIRED (released 6) and available is
     10 again, which clears LOW_BALANCE. A hold of 7, released: LOW_BALANCE fires again (3), the release clears it and
     fires no RESERVATION_EXPIRED. A hold of 10 exhausts the credit (LOW_BALANCE 0 and CREDITS_EXHAUSTED 0)."""
@@ -82,7 +82,7 @@ def test_a_hold_crosses_low_balance_its_expiry_clears_it_and_fires_reservation_e
         low = rule(client, alerts_pb2.LOW_BALANCE, "hx", "5")
         out = rule(client, alerts_pb2.CREDITS_EXHAUSTED, "hx")
         expired = rule(client, alerts_pb2.RESERVATION_EXPIRED, "hx")
-        hold(client, "hx", "hx-r1", 6000, ttl_s=1)
+        hold(client, "hx", "hx-r1", 6000, ttl_s=3)  # long enough to read 4 available on a loaded machine
         assert available(client, "hx") == "4"
         wait_for(lambda: available(client, "hx") == "10", timeout_s=30)
         hold(client, "hx", "hx-r2", 7000)
@@ -276,12 +276,12 @@ def test_a_watcher_gets_alerts_of_holds_expiries_and_re_ratings_as_they_commit_w
 
 
 def test_a_grant_expiring_under_a_hold_is_seen_when_the_hold_ends_once(server: ServerProcess) -> None:
-    """10 credits expiring in 2 s; CREDITS_EXHAUSTED, LOW_BALANCE below 5. A hold of 2 (available 8) is out when the
+    """10 credits expiring in 6 s; CREDITS_EXHAUSTED, LOW_BALANCE below 5. A hold of 2 (available 8) is out when the
     grant expires: WatchBalance shows 0 available (2 remaining, all held) at the expiry. When the hold is released
     (nothing comes back: its grant has expired), both rules have fired once, with credits_available 0."""
     with server.client() as client:
         contract_id = customer(client, "ex", "USD", "1")
-        ends_ms = now_ms() + 2000
+        ends_ms = now_ms() + 6000  # a slow setup on a loaded machine still ends before it
         made = contracts_pb2.Grant(
             id="ex-g",
             contract_id=contract_id,
@@ -453,7 +453,7 @@ def test_two_holds_of_one_authorize_batch_that_buy_two_top_ups_fire_two_alerts(s
 
 
 def test_a_grant_expiring_by_the_clock_fires_low_balance_and_buys_no_top_up(server: ServerProcess) -> None:
-    """1 credit that never expires and 5 expiring in 2 s; top-up below 3 to 10; LOW_BALANCE below 2 and
+    """1 credit that never expires and 5 expiring in 6 s; top-up below 3 to 10; LOW_BALANCE below 2 and
     TOP_UP_EXECUTED. At the expiry available is 1 (below 2: LOW_BALANCE fires, at the clock's record), and no top-up
     is bought: only a rated event or a hold buys one (README "Automatic top-up")."""
     with server.client() as client:
@@ -465,7 +465,7 @@ def test_a_grant_expiring_by_the_clock_fires_low_balance_and_buys_no_top_up(serv
             kind=contracts_pb2.PREPAID,
             amount="5",
             paid_amount="5",
-            expires_at=ts(now_ms() + 2000),
+            expires_at=ts(now_ms() + 6000),  # a slow setup still ends before it
         )
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
         policy = contracts_pb2.TopUpPolicy(threshold="3", recharge_to="10", price_per_credit="0.5", max_per_period=2)

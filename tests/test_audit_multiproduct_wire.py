@@ -225,7 +225,7 @@ def test_a_refund_to_an_expired_restricted_grant_breaks_when_the_other_product_c
     c = "ex"
     with server.client() as client:
         customer(client, c, contracts_pb2.ALLOW)
-        expiry_ms = now_ms() + 3_000
+        expiry_ms = now_ms() + 6_000  # a slow setup on a loaded machine still ends before it
         grant(client, c, "gl", "6", "6", 1, products=("mix-level",), expires_at_ms=expiry_ms)
         at = now_ms()
         use(client, mix(f"{c}-1", c, 5, 0, at))
@@ -422,7 +422,7 @@ def test_a_hold_on_a_restricted_grant_across_its_expiry_settled_before_it_draws_
     c = "hx"
     with server.client() as client:
         customer(client, c, contracts_pb2.ALLOW)
-        expiry_ms = now_ms() + 3_000
+        expiry_ms = now_ms() + 6_000  # a slow setup on a loaded machine still ends before it
         grant(client, c, "ga", "4", "4", 1, products=("a",), expires_at_ms=expiry_ms)
         at = now_ms()
         held = authorize(client, c, "job", {"n": 3, "m": 0}, "r1")
