@@ -55,6 +55,17 @@ def _publish(client: TariffClient, card_id: str, version: int, from_ms: int) -> 
     client.pricing.PublishVersion(request)
 
 
+def _simulation(card_id: str, from_ms: int, customer_id: str) -> pricing_pb2.SimulateVersionRequest:
+    """SimulateVersion of `card_id`'s version 2 from `from_ms` to the end of this hour, for `customer_id`."""
+    return pricing_pb2.SimulateVersionRequest(
+        rate_card_id=card_id,
+        version=2,
+        period_start=stamp(from_ms),
+        period_end=stamp(this_hour_ms() + HOUR_MS),
+        customer_ids=[customer_id],
+    )
+
+
 def _override(client: TariffClient, customer_id: str, override: contracts_pb2.PriceOverride) -> None:
     request = contracts_pb2.AddOverrideRequest(contract_id=f"k-{customer_id}", override=override)
     client.contracts.AddOverride(request)
@@ -251,13 +262,7 @@ def test_a_version_inside_the_window_is_multiplied_and_re_rated_with_it(server: 
                 upsert_rates=[pricing_pb2.Rate(product_id="u", unit=pricing_pb2.UnitPrice(price="4", per_units="10"))],
             )
         )
-        request = pricing_pb2.SimulateVersionRequest(
-            rate_card_id="card2",
-            version=2,
-            period_start=stamp(START_MS + 2 * HOUR_MS),
-            period_end=stamp(this_hour_ms() + HOUR_MS),
-            customer_ids=["ver"],
-        )
+        request = _simulation("card2", START_MS + 2 * HOUR_MS, "ver")
         totals = client.pricing.SimulateVersion(request).totals
         assert (totals.current_amount, totals.simulated_amount, totals.delta) == ("3", "6", "3")
         _publish(client, "card2", 2, START_MS + 2 * HOUR_MS)
@@ -282,13 +287,7 @@ def test_the_readme_example_of_an_override_added_between_rated_hours(server: Ser
         _use(client, "doc", "doc-2", "g", START_MS + 3 * HOUR_MS, 100)
         assert _lines(client, "doc") == {"g": "100"}
         _same_prices(client, "card3", "g")
-        request = pricing_pb2.SimulateVersionRequest(
-            rate_card_id="card3",
-            version=2,
-            period_start=stamp(START_MS + 2 * HOUR_MS),
-            period_end=stamp(this_hour_ms() + HOUR_MS),
-            customer_ids=["doc"],
-        )
+        request = _simulation("card3", START_MS + 2 * HOUR_MS, "doc")
         totals = client.pricing.SimulateVersion(request).totals
         assert (totals.current_amount, totals.simulated_amount, totals.delta) == ("40", "10", "-30")
         _publish(client, "card3", 2, START_MS + 2 * HOUR_MS)
@@ -432,13 +431,7 @@ def test_an_hour_holding_an_override_start_off_the_hour_is_not_carried_nor_re_ra
             _use(client, "nc", f"nc-{i}", "g", START_MS + at_ms, n)
         assert _lines(client, "nc") == {"g": "230"}
         _same_prices(client, "card7", "g")
-        request = pricing_pb2.SimulateVersionRequest(
-            rate_card_id="card7",
-            version=2,
-            period_start=stamp(START_MS + HOUR_MS),
-            period_end=stamp(this_hour_ms() + HOUR_MS),
-            customer_ids=["nc"],
-        )
+        request = _simulation("card7", START_MS + HOUR_MS, "nc")
         code, message = refusal(lambda: client.pricing.SimulateVersion(request))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "nc" in message, message
         code, message = refusal(lambda: _publish(client, "card7", 2, START_MS + HOUR_MS))
@@ -550,13 +543,7 @@ def test_a_same_price_publish_re_rates_a_late_event_in_a_window_to_its_place_in_
                 _use(client, customer_id, f"{customer_id}-{i}", "g", START_MS + hours * HOUR_MS, n)
             assert _lines(client, customer_id) == {"g": "160"}
             _same_prices(client, card_id, "g")
-            request = pricing_pb2.SimulateVersionRequest(
-                rate_card_id=card_id,
-                version=2,
-                period_start=stamp(START_MS + from_hours * HOUR_MS),
-                period_end=stamp(this_hour_ms() + HOUR_MS),
-                customer_ids=[customer_id],
-            )
+            request = _simulation(card_id, START_MS + from_hours * HOUR_MS, customer_id)
             totals = client.pricing.SimulateVersion(request).totals
             assert (totals.current_amount, totals.simulated_amount) == (current, simulated)
             _publish(client, card_id, 2, START_MS + from_hours * HOUR_MS)
