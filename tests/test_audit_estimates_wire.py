@@ -15,7 +15,7 @@ Card `est` (credits, version 1 from 60 days ago), every product of its own event
 - `un` (SUM n) UNIT 1 per 3 units (each side of a charge rounded to 10^-12);
 - `ma` (SUM a) at 1 and `mb` (COUNT) at 0.25, both of event type `m`;
 - `lv` (LATEST level) at 1 and `ls` (SUM n) at 1, both of event type `gauge`;
-- `uq` (UNIQUE_COUNT of dimension `user`) at 1 and `mx` (MAX n) at 1.
+- `uq` (UNIQUE_COUNT of dimension `user`) at 1 and `mx` (MAX n) at 1; `nr` (SUM n) has no rate.
 Contracts from this month's start, overage at 1 USD."""
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def catalogue(client: TariffClient) -> None:
     product("ls", "gauge", pricing_pb2.SUM)
     product("uq", "uq", pricing_pb2.UNIQUE_COUNT, "user")
     product("mx", "mx", pricing_pb2.MAX)
+    product("nr", "nr", pricing_pb2.SUM)
     pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="est", pricing_unit="credits"))
     graduated = [
         pricing_pb2.Tier(up_to="10", unit_price="1"),
@@ -736,3 +737,42 @@ def test_a_grant_that_expires_or_starts_while_serving_moves_what_an_estimate_fin
             time.sleep(0.05)
         assert estimate_then_ingest(client, "tx1", "gr", {"n": 8}, (True, "OK", "8", "25")) == ("8", "-8", "0")
         assert client.get_balance("tx1").credits_available == "17"
+
+
+def test_requests_refused_before_pricing_are_answered_the_whole_credit_and_ingestion_refuses_alike(
+    server: ServerProcess,
+) -> None:
+    """balance.proto credits_available: "a request of a known customer denied before it is priced (NO_ACTIVE_CONTRACT,
+    NO_APPLICABLE_RATE, INVALID_REQUEST for a bad value) [is] answered the customer's whole available credit",
+    whatever the grants apply to, on the streams, with a hold too (AuthorizeBatches); ingesting the same event is
+    rejected for the same reason and moves nothing. Customer nr1 (BLOCK): 4 for every product, 6 for `gr` only. `nr`
+    has no rate; a negative value is refused for `m` (which feeds `ma` and `mb`) and for the event type `ma`, which
+    feeds no product (its value is checked all the same, §5 step 3)."""
+    with server.client() as client:
+        customer(client, "nr1", block=True)
+        grant(client, "nr1", "all", "4")
+        grant(client, "nr1", "g", "6", products=("gr",))
+        for event_type, values, reason, rejected in (
+            ("nr", {"n": 1}, "NO_APPLICABLE_RATE", usage_pb2.NO_APPLICABLE_RATE),
+            ("ma", {"a": -1}, "INVALID_REQUEST", usage_pb2.INVALID_EVENT),
+            ("m", {"a": -1}, "INVALID_REQUEST", usage_pb2.INVALID_EVENT),
+        ):
+            plain_request = ask("nr1", event_type, values, request_id="p")
+            hold_request = ask("nr1", event_type, values, request_id="h", reserve=True, reservation_id="n1")
+            want = (False, reason, "0", "10")
+            streamed = client.balance.AuthorizeStream(iter([plain_request, hold_request]), timeout=STREAM_TIMEOUT_S)
+            assert [answer_of(a) for a in streamed] == [want, want], event_type
+            assert batch(client, plain_request, hold_request) == [want, want], event_type
+            before = client.get_balance("nr1")
+            _sent[0] += 1
+            event = usage_pb2.UsageEvent(
+                transaction_id=f"t{_sent[0]}",
+                customer_id="nr1",
+                event_type=event_type,
+                timestamp_ms=now_ms(),
+                values=values,
+            )
+            ack = client.ingest_batch([event])
+            assert [r.reason for r in ack.rejected] == [rejected], event_type
+            after = client.get_balance("nr1")
+            assert (after.period_charges, after.credits_available) == (before.period_charges, before.credits_available)
