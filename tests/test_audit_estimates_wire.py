@@ -166,14 +166,20 @@ def answer_of(answer: balance_pb2.AuthorizeResponse) -> Answer:
 
 
 def forms(client: TariffClient, request: balance_pb2.AuthorizeRequest) -> Answer:
-    """The answer of the three forms to a request without a hold, which must be the same."""
-    unary = answer_of(client.balance.Authorize(request))
-    streamed = [answer_of(a) for a in client.balance.AuthorizeStream(iter([request]), timeout=STREAM_TIMEOUT_S)]
+    """The answer of the three forms to a request without a hold, which must be the same (messages and reservation
+    ids included): AuthorizeBatches answers each of two copies in one message as if alone."""
+
+    def whole(answer: balance_pb2.AuthorizeResponse) -> tuple[object, ...]:
+        return (*answer_of(answer), answer.message, answer.reservation_id)
+
+    first = client.balance.Authorize(request)
+    unary = whole(first)
+    streamed = [whole(a) for a in client.balance.AuthorizeStream(iter([request]), timeout=STREAM_TIMEOUT_S)]
     message = balance_pb2.AuthorizeBatch(requests=[request, request])
     results = list(client.balance.AuthorizeBatches(iter([message]), timeout=STREAM_TIMEOUT_S))
-    batched = [answer_of(a) for a in results[0].responses]
+    batched = [whole(a) for a in results[0].responses]
     assert streamed == [unary] and batched == [unary, unary], (streamed, batched, unary)
-    return unary
+    return answer_of(first)
 
 
 def batch(client: TariffClient, *requests: balance_pb2.AuthorizeRequest) -> list[Answer]:
