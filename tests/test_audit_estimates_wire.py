@@ -782,3 +782,38 @@ def test_requests_refused_before_pricing_are_answered_the_whole_credit_and_inges
             assert [r.reason for r in ack.rejected] == [rejected], event_type
             after = client.get_balance("nr1")
             assert (after.period_charges, after.credits_available) == (before.period_charges, before.credits_available)
+
+
+def test_no_contract_covering_now_is_answered_the_whole_credit_and_ingestion_refuses_alike(
+    server: ServerProcess,
+) -> None:
+    """A customer whose only contract starts next month, holding a grant of 10 usable from an hour ago: Authorize
+    answers NO_ACTIVE_CONTRACT (a reason, not a status, on every form), estimated_cost 0 and the whole available
+    credit, 10 (balance.proto credits_available), its message naming now; the event dated now is rejected
+    NO_ACTIVE_CONTRACT and moves nothing."""
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="nc1", name="nc1"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="nc1-c",
+                customer_id="nc1",
+                rate_card_id="est",
+                starting_at=stamp(month_start_ms(-1)),
+                overage_policy=contracts_pb2.BLOCK,
+                currency="USD",
+            )
+        )
+        grant(client, "nc1", "g", "10", starts_at_ms=now_ms() - HOUR_MS)
+        answer = client.balance.Authorize(ask("nc1", "gr", {"n": 1}))
+        assert answer_of(answer) == (False, "NO_ACTIVE_CONTRACT", "0", "10")
+        assert answer.message.startswith("customer 'nc1' has no contract covering now (")
+        # The message names the instant each form decided at, so only the rest is compared.
+        request = ask("nc1", "gr", {"n": 1})
+        streamed = client.balance.AuthorizeStream(iter([request]), timeout=STREAM_TIMEOUT_S)
+        assert [answer_of(a) for a in streamed] == [answer_of(answer)]
+        assert batch(client, request, request) == [answer_of(answer)] * 2
+        event = usage_pb2.UsageEvent(
+            transaction_id="nc", customer_id="nc1", event_type="gr", timestamp_ms=now_ms(), values={"n": 1}
+        )
+        assert [r.reason for r in client.ingest_batch([event]).rejected] == [usage_pb2.NO_ACTIVE_CONTRACT]
+        assert client.get_balance("nc1").credits_available == "10"
