@@ -817,3 +817,33 @@ def test_no_contract_covering_now_is_answered_the_whole_credit_and_ingestion_ref
         )
         assert [r.reason for r in client.ingest_batch([event]).rejected] == [usage_pb2.NO_ACTIVE_CONTRACT]
         assert client.get_balance("nc1").credits_available == "10"
+
+
+def test_a_hold_reserves_credit_not_usage_so_a_later_estimate_prices_the_line_without_it(
+    server: ServerProcess,
+) -> None:
+    """A hold takes credit, not quantity: the line's quantity moves when an event is ingested (README "Credits and
+    the gateway"; balance.proto reserve). BLOCK, grant 14. One AuthorizeBatches message holds `fl` 1 twice (f1, f2):
+    the line has no usage yet, so each is estimated the flat fee, 7, f2 decided against the 7 f1 left: OK, 0 left.
+    The event settling f1 is charged 7 (the fee); the one settling f2 is charged 0 (the fee is once a period) and
+    gives its 7 back: 7 available."""
+    with server.client() as client:
+        customer(client, "fh1", block=True)
+        grant(client, "fh1", "g", "14")
+        requests = [
+            ask("fh1", "fl", {"n": 1}, request_id=f"r{n}", reserve=True, reservation_id=f"f{n}") for n in (1, 2)
+        ]
+        assert batch(client, *requests) == [(True, "OK", "7", "7"), (True, "OK", "7", "0")]
+        for n, charges, available in ((1, "7", "0"), (2, "7", "7")):
+            event = usage_pb2.UsageEvent(
+                transaction_id=f"fh{n}",
+                customer_id="fh1",
+                event_type="fl",
+                timestamp_ms=now_ms(),
+                values={"n": 1},
+                reservation_id=f"f{n}",
+            )
+            ack = client.ingest_batch([event])
+            assert (ack.accepted, list(ack.notices)) == (1, [])
+            balance = client.get_balance("fh1")
+            assert (balance.period_charges, balance.credits_available) == (charges, available), n
