@@ -105,8 +105,10 @@ class BalanceServiceServicer:
         does not end the stream.
         Requests with reserve=true hold credit as Authorize(reserve=true) does:
         all the holds of one message are one journaled command, applied in request
-        order (each decided against the holds before it, in the same message too),
-        and the message is answered once that command is durable. The requests
+        order (each decided against the holds before it, in the same message too:
+        the credit they hold; a hold moves no line's quantity, so each is priced
+        on the usage ingested so far), and the message is answered once that
+        command is durable. The requests
         without reserve are decided when the message arrives (before its holds are
         placed) and do not wait for the journal. A hold request that cannot hold
         is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad

@@ -381,9 +381,15 @@ type AuthorizeRequest struct {
 	Values     map[string]float64 `protobuf:"bytes,5,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	// Hold the estimated cost (under ALLOW, when it is beyond the credit: the
 	// credit there is, what the usage would draw from grants; the rest would be
-	// overage and holds nothing) until an event with reservation_id settles it
-	// (the hold is given back and the event charged what it costs), it is
-	// released, or its TTL runs out. The hold is journaled before the answer.
+	// overage and holds nothing). Precisely, a hold holds what the usage's
+	// charges would draw from each grant less what its refunds would give back
+	// to that grant: the estimated cost, unless the usage also gives credit
+	// back (a falling LATEST gauge beside a charge): a refund to a grant or to
+	// overage that cannot pay the charges does not lower the hold, so an
+	// estimate of 0 or less may hold credit. It is held until an event with
+	// reservation_id settles it (the hold is given back and the event charged
+	// what it costs), it is released, or its TTL runs out. The hold is
+	// journaled before the answer.
 	// The hold ends at the instant it was made (the server's clock when it took
 	// the request, which its journaled command carries) plus the TTL: a release or settling event applied at
 	// or after that instant finds it expired (the event's own timestamp_ms
@@ -519,6 +525,11 @@ type AuthorizeResponse struct {
 	// the call with ALREADY_EXISTS.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// What the described usage would be charged now, in pricing units.
+	// Negative when ingesting it would give charges back (a VOLUME line
+	// reaching a cheaper tier, a LATEST gauge falling), by what it would
+	// give back less what it would charge. Under BLOCK such usage is denied
+	// INSUFFICIENT_CREDIT while no credit is available to its products, as
+	// usage costing 0 is.
 	EstimatedCost string `protobuf:"bytes,4,opt,name=estimated_cost,json=estimatedCost,proto3" json:"estimated_cost,omitempty"`
 	// Credit available to this usage's products: what the customer's started,
 	// unexpired grants that apply to at least one product the usage feeds

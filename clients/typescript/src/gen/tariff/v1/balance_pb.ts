@@ -265,9 +265,15 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
   /**
    * Hold the estimated cost (under ALLOW, when it is beyond the credit: the
    * credit there is, what the usage would draw from grants; the rest would be
-   * overage and holds nothing) until an event with reservation_id settles it
-   * (the hold is given back and the event charged what it costs), it is
-   * released, or its TTL runs out. The hold is journaled before the answer.
+   * overage and holds nothing). Precisely, a hold holds what the usage's
+   * charges would draw from each grant less what its refunds would give back
+   * to that grant: the estimated cost, unless the usage also gives credit
+   * back (a falling LATEST gauge beside a charge): a refund to a grant or to
+   * overage that cannot pay the charges does not lower the hold, so an
+   * estimate of 0 or less may hold credit. It is held until an event with
+   * reservation_id settles it (the hold is given back and the event charged
+   * what it costs), it is released, or its TTL runs out. The hold is
+   * journaled before the answer.
    * The hold ends at the instant it was made (the server's clock when it took
    * the request, which its journaled command carries) plus the TTL: a release or settling event applied at
    * or after that instant finds it expired (the event's own timestamp_ms
@@ -351,6 +357,11 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
 
   /**
    * What the described usage would be charged now, in pricing units.
+   * Negative when ingesting it would give charges back (a VOLUME line
+   * reaching a cheaper tier, a LATEST gauge falling), by what it would
+   * give back less what it would charge. Under BLOCK such usage is denied
+   * INSUFFICIENT_CREDIT while no credit is available to its products, as
+   * usage costing 0 is.
    *
    * @generated from field: string estimated_cost = 4;
    */
@@ -558,8 +569,10 @@ export const BalanceService: GenService<{
    * does not end the stream.
    * Requests with reserve=true hold credit as Authorize(reserve=true) does:
    * all the holds of one message are one journaled command, applied in request
-   * order (each decided against the holds before it, in the same message too),
-   * and the message is answered once that command is durable. The requests
+   * order (each decided against the holds before it, in the same message too:
+   * the credit they hold; a hold moves no line's quantity, so each is priced
+   * on the usage ingested so far), and the message is answered once that
+   * command is durable. The requests
    * without reserve are decided when the message arrives (before its holds are
    * placed) and do not wait for the journal. A hold request that cannot hold
    * is answered in-band: INVALID_REQUEST (no customer_id or event_type, a bad
