@@ -67,7 +67,9 @@ type BalanceServiceClient interface {
 	// RESERVATION_CONFLICT (the id is taken by a different request), or the
 	// denial; the other requests are answered as usual. Answers leave in
 	// message order; a stream keeps reading and deciding its next messages
-	// while earlier ones wait for their holds.
+	// while earlier ones wait for their holds (so a request without reserve in
+	// a later message may be decided before an earlier message's holds are
+	// placed; once that earlier message is answered, its holds count).
 	AuthorizeBatches(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AuthorizeBatch, AuthorizeBatchResult], error)
 	// Frees a reservation's hold and answers the credits given back; again, it
 	// answers the same amount and changes nothing. NOT_FOUND when the customer
@@ -208,7 +210,9 @@ type BalanceServiceServer interface {
 	// RESERVATION_CONFLICT (the id is taken by a different request), or the
 	// denial; the other requests are answered as usual. Answers leave in
 	// message order; a stream keeps reading and deciding its next messages
-	// while earlier ones wait for their holds.
+	// while earlier ones wait for their holds (so a request without reserve in
+	// a later message may be decided before an earlier message's holds are
+	// placed; once that earlier message is answered, its holds count).
 	AuthorizeBatches(grpc.BidiStreamingServer[AuthorizeBatch, AuthorizeBatchResult]) error
 	// Frees a reservation's hold and answers the credits given back; again, it
 	// answers the same amount and changes nothing. NOT_FOUND when the customer

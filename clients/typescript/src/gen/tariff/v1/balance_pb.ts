@@ -581,7 +581,9 @@ export const BalanceService: GenService<{
    * RESERVATION_CONFLICT (the id is taken by a different request), or the
    * denial; the other requests are answered as usual. Answers leave in
    * message order; a stream keeps reading and deciding its next messages
-   * while earlier ones wait for their holds.
+   * while earlier ones wait for their holds (so a request without reserve in
+   * a later message may be decided before an earlier message's holds are
+   * placed; once that earlier message is answered, its holds count).
    *
    * @generated from rpc tariff.v1.BalanceService.AuthorizeBatches
    */
