@@ -14,19 +14,22 @@ at 2 a unit, beyond at 1 a unit plus a flat 3; `flat` (event type `flat`), FLAT 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
-from tariff import TariffClient
+from tariff import TariffClient, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import open_contract, preview, refusal, serving
 from tests.serverproc import ServerProcess
 from tests.test_audit_periods3_wire import assert_totals_are_the_sums_of_lines, close, event, lines, send
+from tests.test_cli import tariff
 
 
 def at(text: str) -> int:
@@ -325,6 +328,21 @@ def test_a_contract_ending_mid_period_keeps_its_last_periods_monthly_end_and_a_w
         code, details = refusal(lambda: preview(client, "end31", at("2024-03-20T00:00:00")))
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert "2024-02-29T00:00:00Z" in details
+        # ExplainLineItem names the ended contract's last period by its exact start (the clamped Feb 29); Mar 1 is
+        # no period's start.
+        explained = client.invoices.ExplainLineItem(
+            invoices_pb2.ExplainLineItemRequest(customer_id="end31", period_start=stamp(last_start), line_id="units")
+        )
+        assert [(e.transaction_id, e.quantity, e.amount) for e in explained.events] == [("e2", "3", "3")]
+        assert (explained.line_amount, explained.line_quantity, explained.next_page_token) == ("3", "3", "")
+        code, details = refusal(
+            lambda: client.invoices.ExplainLineItem(
+                invoices_pb2.ExplainLineItemRequest(
+                    customer_id="end31", period_start=stamp(at("2024-03-01T00:00:00")), line_id="units"
+                )
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "period_start" in details
         final = close(client, "end31", last_start)
         assert (span(final), final.total_due) == (span(last), "10.00")
         code, details = refusal(lambda: close(client, "end31", at("2024-03-31T00:00:00")))
@@ -423,3 +441,113 @@ def test_close_due_periods_closes_every_anchor_in_end_then_contract_order_once_a
             ("INV-00000009", "c-e", at("2025-06-30T00:00:00"), at("2025-07-30T00:00:00"), "2.00")
         ]
         assert close_due(client) == []
+
+
+# The current period, read against the server's clock ---------------------------------------------------------------
+
+
+def monthly(anchor_ms: int, ts_ms: int) -> tuple[int, int]:
+    """The period holding ts_ms, by hand: the anchor moved n months, a day past a month's end clamped to its last day,
+    each boundary from the anchor (contracts.proto Contract.starting_at; engine/contracts.py)."""
+    anchor = datetime.fromtimestamp(anchor_ms / 1000, UTC)
+
+    def moved(months: int) -> int:
+        index = anchor.month - 1 + months
+        year, month = anchor.year + index // 12, index % 12 + 1
+        last_day = (
+            datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC) - datetime(year, month, 1, tzinfo=UTC)
+        ).days
+        return int(anchor.replace(year=year, month=month, day=min(anchor.day, last_day)).timestamp() * 1000)
+
+    months = 0
+    while moved(months + 1) <= ts_ms:
+        months += 1
+    return moved(months), moved(months + 1)
+
+
+def test_the_current_period_of_clamped_anchors_is_the_same_in_the_balance_the_draft_and_a_refused_close(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto / balance.proto: GetBalance's period is that of the contract in force now; PreviewInvoice
+    without period_start reads the current period; ClosePeriod of it is FAILED_PRECONDITION saying when it ends, and
+    the period before it (long over) closes. Anchors: Feb 29 2024 06:00, Jan 31 2025 00:00, Mar 30 2023 12:00; the
+    expected period is computed by hand (`monthly`) from the test's clock, before and after the calls (a boundary
+    passing in between admits either)."""
+    anchors = {
+        "now29": at("2024-02-29T06:00:00"),
+        "now31": at("2025-01-31T00:00:00"),
+        "now30": at("2023-03-30T12:00:00"),
+    }
+    with server.client() as client:
+        for customer_id, anchor_ms in anchors.items():
+            contract(client, customer_id, f"{customer_id}-c", anchor_ms)
+            before = monthly(anchor_ms, now_ms())
+            balance = client.get_balance(customer_id)
+            draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id))
+            current = partial(close, client, customer_id, draft.period_start.ToMilliseconds())
+            code, details = refusal(current)
+            after = monthly(anchor_ms, now_ms())
+            shown = (balance.period_start.ToMilliseconds(), balance.period_end.ToMilliseconds())
+            assert shown in (before, after), customer_id
+            assert span(draft) == shown, customer_id
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            assert iso_z(shown[1]) in details, (customer_id, details)
+            previous = monthly(anchor_ms, shown[0] - 1)
+            final = close(client, customer_id, previous[0])
+            assert (span(final), final.status) == (previous, invoices_pb2.INVOICE_FINAL), customer_id
+
+
+def iso_z(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# A backlog of due periods larger than one answer -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server sending at most 1 MiB a message, so that a backlog of a few thousand empty periods outgrows one."""
+    root = tmp_path_factory.mktemp("audit-calendar-backlog")
+    process = ServerProcess(root / "data", extra_args=["--close-grace", "off", "--message-mb-max", "1"])
+    yield from serving(process, catalogue)
+
+
+def test_close_due_periods_with_a_backlog_larger_than_its_answer_answers_what_fits_and_pages_the_rest(
+    small_answers: ServerProcess,
+) -> None:
+    """README limits: an answer is kept within --message-mb-max (lists end early). Sixteen customers with contracts from
+    1970-01-01T00:00:01Z, each with 683 ended monthly periods by 2026-12 (one month more from 2027-01-01, and so
+    on): 10,928 or more periods due, about 110 bytes an empty invoice, more than 1 MiB in all. CloseDuePeriods
+    closes them all (one command, as before), and answers the first invoices that fit (fewer than made, never
+    none), how many it made, and a next_page_token: the number of the last one shown, from which ListInvoices
+    (no customer, no filters) pages on through the rest, each invoice exactly once, numbered INV-00000001 on
+    without gap. A second call closes nothing and answers nothing. Before the fix the call closed every period and
+    then answered RESOURCE_EXHAUSTED ("the answer is ... bytes, more than this server sends"), its invoices shown
+    to no one and the retry answering none. `tariff invoices close --all` then prints every invoice a second such
+    backlog makes."""
+    with small_answers.client() as client:
+        for n in range(16):
+            contract(client, f"old{n}", f"old{n}", at("1970-01-01T00:00:01"))
+        answer = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
+        made = answer.invoices_made
+        assert made >= 10928 and made % 16 == 0
+        shown = [i.invoice_number for i in answer.invoices]
+        assert 0 < len(shown) < made
+        assert shown == [f"INV-{n:08d}" for n in range(1, len(shown) + 1)]
+        assert answer.next_page_token == shown[-1]
+        rest: list[str] = []
+        token = answer.next_page_token
+        while token:
+            page = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(page_size=1000, page_token=token))
+            rest += [i.invoice_number for i in page.invoices]
+            token = page.next_page_token
+        assert shown + rest == [f"INV-{n:08d}" for n in range(1, made + 1)]
+        again = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
+        assert (list(again.invoices), again.invoices_made, again.next_page_token) == ([], 0, "")
+        # `tariff invoices close --all` shows every invoice the call made, those beyond its answer listed after it.
+        for n in range(16):
+            contract(client, f"older{n}", f"older{n}", at("1970-01-01T00:00:01"))
+    printed = json.loads(tariff(small_answers, "invoices", "close", "--all", "--json").stdout)["invoices"]
+    numbers = [i["invoice_number"] for i in printed]
+    assert len(numbers) >= made and len(numbers) % 16 == 0
+    assert numbers == [f"INV-{n:08d}" for n in range(made + 1, made + len(numbers) + 1)]
