@@ -299,7 +299,8 @@ def test_a_contract_ending_mid_period_keeps_its_last_periods_monthly_end_and_a_w
     """`end31`: from 2023-12-31T00:00Z ending 2024-03-10T12:00Z, no next contract. Periods (anchor the 31st, 2024 a
     leap year): Dec 31 - Jan 31 - Feb 29 - Mar 31; the last keeps its monthly end (Contract.ending_before).
     A flat event in the last period (Mar 1) costs the whole 7 (FlatPrice: once per period with quantity above 0;
-    nothing pro-rates it), and 3 units at Mar 10 11:59:59.999 cost 3: that period's subtotal 10, due 10.00.
+    nothing pro-rates it, README "Contract switches"), 11 vol units on Mar 5 cost 11 x 1 + the tier's whole flat 3
+    = 14, and 3 units at Mar 10 11:59:59.999 cost 3: that period's subtotal 24, due 24.00.
     An event at Mar 10 12:00 (ending_before) is NO_ACTIVE_CONTRACT, as is one on Mar 20.
     PreviewInvoice at Mar 20 (no contract in force, inside the ended contract's last period) is
     FAILED_PRECONDITION naming that period (its start Feb 29). ClosePeriod(Feb 29) before Mar 31 would be refused,
@@ -316,12 +317,13 @@ def test_a_contract_ending_mid_period_keeps_its_last_periods_monthly_end_and_a_w
             event("e3", "end31", 1, end),
             event("e4", "end31", 1, at("2024-03-20T00:00:00")),
             event("e5", "end31", 1, at("2024-02-28T23:59:59.999"), "flat"),
+            event("e6", "end31", 11, at("2024-03-05T00:00:00"), "vol"),
         )
         assert rejected == [("e3", "NO_ACTIVE_CONTRACT"), ("e4", "NO_ACTIVE_CONTRACT")]
         last = preview(client, "end31", end - 1)
         assert span(last) == (last_start, at("2024-03-31T00:00:00"))
-        assert lines(last) == [("flat", "1", "7", 1), ("units", "3", "3", 1)]
-        assert dues(last) == ("10", "10", "10.00", "0.00", "10.00")
+        assert lines(last) == [("flat", "1", "7", 1), ("units", "3", "3", 1), ("vol", "11", "14", 1)]
+        assert dues(last) == ("24", "24", "24.00", "0.00", "24.00")
         before = preview(client, "end31", last_start - 1)
         assert span(before) == (at("2024-01-31T00:00:00"), last_start)
         assert lines(before) == [("flat", "1", "7", 1)]
@@ -344,7 +346,7 @@ def test_a_contract_ending_mid_period_keeps_its_last_periods_monthly_end_and_a_w
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "period_start" in details
         final = close(client, "end31", last_start)
-        assert (span(final), final.total_due) == (span(last), "10.00")
+        assert (span(final), final.total_due) == (span(last), "24.00")
         code, details = refusal(lambda: close(client, "end31", at("2024-03-31T00:00:00")))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "2024-02-29T00:00:00Z" in details
