@@ -553,3 +553,33 @@ def test_close_due_periods_with_a_backlog_larger_than_its_answer_answers_what_fi
     numbers = [i["invoice_number"] for i in printed]
     assert len(numbers) >= made and len(numbers) % 16 == 0
     assert numbers == [f"INV-{n:08d}" for n in range(made + 1, made + len(numbers) + 1)]
+
+
+def test_a_contract_ended_days_ago_keeps_its_running_last_period_open_until_its_monthly_end(
+    closer: ServerProcess,
+) -> None:
+    """Contract.ending_before: the last period keeps its monthly end and is closed once that has passed. `recent`:
+    from 10 days ago (a whole second) ending 1 day ago, so its one period runs from its start for a month, past
+    now. Usage 4 units 5 days ago. Now: GetBalance shows no period (none in force now: charges "0", period unset);
+    PreviewInvoice without an instant is FAILED_PRECONDITION naming that period; read at its start it is the draft
+    (4 units, 4.00); ClosePeriod is FAILED_PRECONDITION saying when it ends (the anchor a month on, by hand), and
+    CloseDuePeriods makes no invoice of it."""
+    day_ms = 86_400_000
+    start_ms = (now_ms() - 10 * day_ms) // 1000 * 1000
+    end_ms = start_ms + 9 * day_ms
+    period = monthly(start_ms, start_ms)
+    with closer.client() as client:
+        contract(client, "recent", "recent-c", start_ms, end_ms)
+        assert send(client, event("r1", "recent", 4, start_ms + 5 * day_ms)) == []
+        balance = client.get_balance("recent")
+        assert balance.period_charges == "0"
+        assert not balance.HasField("period_start") and not balance.HasField("period_end")
+        code, details = refusal(
+            lambda: client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="recent"))
+        )
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and iso_z(start_ms) in details
+        draft = preview(client, "recent", start_ms)
+        assert (span(draft), lines(draft), draft.total_due) == (period, [("units", "4", "4", 1)], "4.00")
+        code, details = refusal(lambda: close(client, "recent", start_ms))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and iso_z(period[1]) in details
+        assert all(i.customer_id != "recent" for i in close_due(client))
