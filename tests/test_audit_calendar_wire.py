@@ -352,6 +352,35 @@ def test_a_contract_ending_mid_period_keeps_its_last_periods_monthly_end_and_a_w
         assert "2024-02-29T00:00:00Z" in details
 
 
+def test_a_switch_at_a_clamped_boundary_anchors_the_next_contract_on_the_28th(server: ServerProcess) -> None:
+    """`sw28`: `sw28-old` from 2025-01-31 ending 2025-02-28 (exactly its first period's clamped end: its only period,
+    Jan 31 - Feb 28), `sw28-new` from Feb 28, anchored on its own start (README "Contract switches"): Feb 28 - Mar 28
+    - Apr 28, not the old anchor's Mar 31. A flat event each side of the switch (Feb 27 23:59:59.999, Feb 28 00:00)
+    and on Mar 28 00:00: 7 in each of three periods. ClosePeriod(Feb 28) closes the new contract's first period (the
+    old one has none starting there); ClosePeriod(Mar 31) is no period's start (the nearest is Mar 28)."""
+    feb28, mar28 = at("2025-02-28T00:00:00"), at("2025-03-28T00:00:00")
+    with server.client() as client:
+        contract(client, "sw28", "sw28-old", at("2025-01-31T00:00:00"), feb28)
+        contract(client, "sw28", "sw28-new", feb28)
+        flat = [event(f"s{i}", "sw28", 1, t, "flat") for i, t in enumerate((feb28 - 1, feb28, mar28))]
+        assert send(client, *flat) == []
+        shown = [
+            (i.contract_id, *span(i), i.subtotal)
+            for i in (preview(client, "sw28", t) for t in (feb28 - 1, feb28, mar28))
+        ]
+        assert shown == [
+            ("sw28-old", at("2025-01-31T00:00:00"), feb28, "7"),
+            ("sw28-new", feb28, mar28, "7"),
+            ("sw28-new", mar28, at("2025-04-28T00:00:00"), "7"),
+        ]
+        assert (
+            close(client, "sw28", feb28).contract_id,
+            close(client, "sw28", at("2025-01-31T00:00:00")).contract_id,
+        ) == ("sw28-new", "sw28-old")
+        code, details = refusal(lambda: close(client, "sw28", at("2025-03-31T00:00:00")))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "2025-03-28T00:00:00Z" in details
+
+
 # CloseDuePeriods over several anchors ------------------------------------------------------------------------------
 
 
