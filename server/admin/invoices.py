@@ -211,7 +211,8 @@ def close(
         fail("give CUSTOMER_ID --period YYYY-MM (or --period-start), or --all", 2)
     with remote.client() as client:
         if close_all:
-            made = list(client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices)
+            answer = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
+            made = list(answer.invoices) + closed_beyond_answer(client, answer)
         else:
             if customer_id is None or (period is None and period_start is None):
                 fail("closing one customer's period needs CUSTOMER_ID and --period YYYY-MM or --period-start", 2)
@@ -226,6 +227,21 @@ def close(
         return
     rows = [(i.invoice_number, i.customer_id, when(i.period_start), i.total_due, i.currency) for i in made]
     print_table(("invoice", "customer", "period start", "total due", "currency"), rows, title="closed")
+
+
+def closed_beyond_answer(client: TariffClient, answer: invoices_pb2.CloseDuePeriodsResponse) -> list[Any]:
+    """The invoices a CloseDuePeriods made beyond those its answer could show (a backlog larger than one answer),
+    listed from its next_page_token on: numbered right after the last shown, the call's invoices being consecutive."""
+    from tariff.v1 import invoices_pb2
+
+    missing = answer.invoices_made - len(answer.invoices)
+    rest: list[Any] = []
+    token = answer.next_page_token
+    while token and len(rest) < missing:
+        page = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(page_size=1000, page_token=token))
+        rest += page.invoices
+        token = page.next_page_token
+    return rest[:missing]
 
 
 def list_invoices(

@@ -31,6 +31,7 @@ from server.services.common import (
     SortedKeys,
     _Base,
     _fitted,
+    _fitting,
     _page,
     _required,
     actor_of,
@@ -195,7 +196,14 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             ),
             list,
         )
-        return invoices_pb2.CloseDuePeriodsResponse(invoices=[invoice_pb(i) for i in closed])
+        # Answered as a page of ListInvoices is: the invoices that fit, and the token to list the rest with (every
+        # period due is closed by the one command, so a backlog larger than an answer is never closed but unshown).
+        made = [invoice_pb(i) for i in closed]
+        shown = _fitting(made, self.page_bytes_max)
+        token = closed[shown - 1].number if shown < len(made) else ""
+        return invoices_pb2.CloseDuePeriodsResponse(
+            invoices=made[:shown], invoices_made=len(made), next_page_token=token
+        )
 
     @unary
     async def GetInvoice(self, request: invoices_pb2.GetInvoiceRequest, context: Context) -> invoices_pb2.Invoice:

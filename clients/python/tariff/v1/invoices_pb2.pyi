@@ -235,10 +235,14 @@ class CloseDuePeriodsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CloseDuePeriodsResponse(_message.Message):
-    __slots__ = ("invoices",)
+    __slots__ = ("invoices", "invoices_made", "next_page_token")
     INVOICES_FIELD_NUMBER: _ClassVar[int]
+    INVOICES_MADE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     invoices: _containers.RepeatedCompositeFieldContainer[Invoice]
-    def __init__(self, invoices: _Optional[_Iterable[_Union[Invoice, _Mapping]]] = ...) -> None: ...
+    invoices_made: int
+    next_page_token: str
+    def __init__(self, invoices: _Optional[_Iterable[_Union[Invoice, _Mapping]]] = ..., invoices_made: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetInvoiceRequest(_message.Message):
     __slots__ = ("invoice_number",)

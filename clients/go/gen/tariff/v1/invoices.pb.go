@@ -1314,8 +1314,21 @@ func (*CloseDuePeriodsRequest) Descriptor() ([]byte, []int) {
 
 type CloseDuePeriodsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The invoices made, the earliest period end first, then by contract id.
-	Invoices      []*Invoice `protobuf:"bytes,1,rep,name=invoices,proto3" json:"invoices,omitempty"`
+	// The invoices made, the earliest period end first, then by contract id
+	// (numbered in that order): all of them, or, when they would take more
+	// than a page of ListInvoices may (4 MiB, or under a lower
+	// --message-mb-max that limit less 64 KiB: a backlog of thousands of
+	// periods), the first that fit, never none. Every period due is closed
+	// either way.
+	Invoices []*Invoice `protobuf:"bytes,1,rep,name=invoices,proto3" json:"invoices,omitempty"`
+	// How many invoices the call made (invoices shows them all unless
+	// next_page_token is set).
+	InvoicesMade uint32 `protobuf:"varint,2,opt,name=invoices_made,json=invoicesMade,proto3" json:"invoices_made,omitempty"`
+	// Empty when invoices shows every invoice made. Else the number of the
+	// last one shown: a ListInvoices page_token (customer_id, status and
+	// filters unset) whose pages go on with the rest, numbered right after it
+	// (then any closed since).
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1355,6 +1368,20 @@ func (x *CloseDuePeriodsResponse) GetInvoices() []*Invoice {
 		return x.Invoices
 	}
 	return nil
+}
+
+func (x *CloseDuePeriodsResponse) GetInvoicesMade() uint32 {
+	if x != nil {
+		return x.InvoicesMade
+	}
+	return 0
+}
+
+func (x *CloseDuePeriodsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetInvoiceRequest struct {
@@ -2050,9 +2077,11 @@ const file_tariff_v1_invoices_proto_rawDesc = "" +
 	"\vcustomer_id\x18\x01 \x01(\tR\n" +
 	"customerId\x12=\n" +
 	"\fperiod_start\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vperiodStart\"\x18\n" +
-	"\x16CloseDuePeriodsRequest\"I\n" +
+	"\x16CloseDuePeriodsRequest\"\x96\x01\n" +
 	"\x17CloseDuePeriodsResponse\x12.\n" +
-	"\binvoices\x18\x01 \x03(\v2\x12.tariff.v1.InvoiceR\binvoices\":\n" +
+	"\binvoices\x18\x01 \x03(\v2\x12.tariff.v1.InvoiceR\binvoices\x12#\n" +
+	"\rinvoices_made\x18\x02 \x01(\rR\finvoicesMade\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\":\n" +
 	"\x11GetInvoiceRequest\x12%\n" +
 	"\x0einvoice_number\x18\x01 \x01(\tR\rinvoiceNumber\"\xb8\x02\n" +
 	"\x13ListInvoicesRequest\x12\x1f\n" +
