@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
@@ -127,7 +128,9 @@ def _setup(client: TariffClient) -> None:
     _grant(client, "b", "250")
     _grant(client, "c", "46")
     _override(client, "b", contracts_pb2.PriceOverride(id="b-g-half", product_id="g", multiplier="0.5"))
-    price = contracts_pb2.PriceOverride(id="b-u-1", product_id="u", price="1", starting_at=ts(ms("2026-01-15T00:00:00")))
+    price = contracts_pb2.PriceOverride(
+        id="b-u-1", product_id="u", price="1", starting_at=ts(ms("2026-01-15T00:00:00"))
+    )
     _override(client, "b", price)
     _override(client, "c", contracts_pb2.PriceOverride(id="c-f-0", product_id="f", price="0"))
     _use(
@@ -154,7 +157,9 @@ def _peaks(client: TariffClient) -> None:
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="simx", name="simx", pricing_unit="USD"))
     for price in ("1", "2"):
         rate = pricing_pb2.Rate(product_id="mx", unit=pricing_pb2.UnitPrice(price=price))
-        client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="simx", upsert_rates=[rate]))
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="simx", upsert_rates=[rate])
+        )
     client.pricing.PublishVersion(
         pricing_pb2.PublishVersionRequest(rate_card_id="simx", version=1, effective_from=ts(ms("2025-12-01T00:00:00")))
     )
@@ -186,6 +191,10 @@ def _simulate(client: TariffClient, version: int, from_ms: int) -> pricing_pb2.S
 
 def _amounts(answer: pricing_pb2.SimulateVersionResponse) -> dict[tuple[str, str], tuple[str, str, str]]:
     return {(a.customer_id, a.product_id): (a.current_amount, a.simulated_amount, a.delta) for a in answer.amounts}
+
+
+def ms_of(stamp: Timestamp) -> int:
+    return stamp.ToMilliseconds()
 
 
 def _invoice(client: TariffClient, customer_id: str, start_ms: int = JAN) -> invoices_pb2.Invoice:
@@ -336,10 +345,44 @@ def test_simulate_says_what_a_publish_then_a_rollback_do_to_every_price_model_ov
             pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=ts(R))
         )
         assert _counts(rolled) == (2, 10, 2, "52.25", 0, 0, "0")
+        copy = rolled.version
+        assert (copy.version, copy.state, copy.based_on_version) == (3, pricing_pb2.PUBLISHED, 1)
+        assert (copy.rollback_to_version, copy.rollback_from_version) == (1, 2)
+        assert copy.change_note == "rollback of version 2 to version 1: a copy of version 1, effective from " + (
+            "2026-01-15T00:00:00Z"
+        )
         assert _due(_invoice(client, "a"))[0] == "330.5"
         # b: 284.5 against its grant of 250: 34.5 overage at 0.9 EUR.
         assert _due(_invoice(client, "b")) == ("284.5", "34.5", "31.05", "31.05")
         assert _remaining(client, "b") == "0"
+        # a's g line: each re-rated bucket once per publish, citing the versions before and after.
+        g = next(line for line in _invoice(client, "a").lines if line.line_id == "g")
+        assert [
+            (ms_of(x.hour), list(x.old_versions), x.new_version, x.quantity, x.old_amount, x.new_amount, x.delta)
+            for x in g.adjustments
+        ] == [
+            (ms("2026-01-12T10:00:00"), [1], 2, "90", "85", "57.5", "-27.5"),
+            (ms("2026-01-15T10:00:00"), [1], 2, "10", "5", "2.5", "-2.5"),
+            (ms("2026-01-15T10:00:00"), [2], 3, "10", "2.5", "5", "2.5"),
+        ]
+        assert g.adjustments[0].journal_seq == g.adjustments[1].journal_seq < g.adjustments[2].journal_seq
+        # The copy prices as version 1: diffed with it, nothing; with version 2, version 2 to 1's changes.
+        assert not _diff(client, 1, 3).rates
+        assert _diff(client, 2, 3).rates == _diff(client, 2, 1).rates
+        # Simulating the version in force changes nothing: every delta 0.
+        assert {k: v[2] for k, v in _amounts(_simulate(client, 3, R)).items()} == {k: "0" for k in SIMULATED_1}
+        # d's closed period holds the only usage of [01-11, 01-12): no amounts, zero totals.
+        closed_only = pricing_pb2.SimulateVersionRequest(
+            rate_card_id=CARD, version=2, period_start=ts(ms("2026-01-11T00:00:00")), period_end=ts(D_OPEN)
+        )
+        answer = client.pricing.SimulateVersion(closed_only)
+        assert (list(answer.amounts), answer.totals.current_amount, answer.totals.delta) == ([], "0", "0")
+        # A retried publish is answered as the first one, re-rating nothing again.
+        again = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(W))
+        )
+        assert (again.version.version, _counts(again)) == (2, (0, 0, 0, "0", 0, 0, "0"))
+        assert _due(_invoice(client, "a"))[0] == "330.5"
 
 
 def _diff(client: TariffClient, from_version: int, to_version: int) -> pricing_pb2.DiffVersionsResponse:
@@ -351,17 +394,18 @@ def _diff(client: TariffClient, from_version: int, to_version: int) -> pricing_p
 Field = tuple[str, str, str, str, str, str, str, bool, bool]
 
 
+def _field(f: pricing_pb2.PriceFieldChange) -> Field:
+    prices = (f.old_price, f.new_price, f.old_problem, f.new_problem)
+    return (f.path, f.old_formula, f.new_formula, *prices, f.has_old, f.has_new)
+
+
 def _rate_changes(answer: pricing_pb2.DiffVersionsResponse) -> list[tuple[str, dict[str, str], int, list[Field]]]:
     return [
         (
             r.key.product_id,
             dict(r.key.match),
             r.kind,
-            [
-                (f.path, f.old_formula, f.new_formula, f.old_price, f.new_price, f.old_problem, f.new_problem)
-                + (f.has_old, f.has_new)
-                for f in r.fields
-            ],
+            [_field(f) for f in r.fields],
         )
         for r in answer.rates
     ]
@@ -375,7 +419,7 @@ def _same(path: str, old: str, new: str, old_price: str = "", new_price: str = "
 # Version 1 to version 2, by hand: u's catch-all (its per_units the same), g's first bound and second tier, both
 # package fields, f's fee, and v's four tier prices (its first flat fee left empty: "0"); u for model=big is the
 # same in both and left out. By product id: f, g, p, u, v.
-DIFF_1_2 = [
+DIFF_1_2: list[tuple[str, dict[str, str], int, list[Field]]] = [
     ("f", {}, pricing_pb2.CHANGED, [_same("flat.price", "100", "80")]),
     (
         "g",
@@ -534,3 +578,38 @@ def test_usage_a_version_cannot_price_is_refused_naming_the_customer_the_product
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert 'customer "m"' in details and 'product "mx"' in details, details
         assert "2026-01-12T10:00:00Z" in details, details
+
+
+def test_simulate_and_diff_refuse_bad_requests_naming_the_field(server: ServerProcess) -> None:
+    with server.client() as client:
+
+        def simulate(customer_ids: list[str]) -> pricing_pb2.SimulateVersionResponse:
+            request = pricing_pb2.SimulateVersionRequest(
+                rate_card_id=CARD, version=2, period_start=ts(W), period_end=ts(R), customer_ids=customer_ids
+            )
+            answer: pricing_pb2.SimulateVersionResponse = client.pricing.SimulateVersion(request)
+            return answer
+
+        code, details = refusal(lambda: simulate(customer_ids=["a", "zz", "yy"]))
+        assert code == grpc.StatusCode.NOT_FOUND and "'yy'" in details and "'zz'" in details, details
+        code, details = refusal(lambda: simulate(customer_ids=["a", "bad id"]))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "customer_ids[1]" in details, details
+        flipped = pricing_pb2.SimulateVersionRequest(rate_card_id=CARD, version=2, period_start=ts(R), period_end=ts(W))
+        code, details = refusal(lambda: client.pricing.SimulateVersion(flipped))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "period_end" in details, details
+        code, details = refusal(lambda: _simulate(client, 99, W))
+        assert code == grpc.StatusCode.NOT_FOUND and "99" in details, details
+        # A window off the hour takes in its whole hours: 10:30 to 10:31 on the 12th is the 10:00 hour.
+        narrow = pricing_pb2.SimulateVersionRequest(
+            rate_card_id=CARD,
+            version=2,
+            period_start=ts(ms("2026-01-12T10:30:00")),
+            period_end=ts(ms("2026-01-12T10:31:00")),
+            customer_ids=["c", "c"],
+        )
+        assert {k[1] for k in _amounts(client.pricing.SimulateVersion(narrow))} == set("fgpuv")
+        code, details = refusal(lambda: _diff(client, 0, 2))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        code, details = refusal(lambda: _diff(client, 1, 99))
+        assert code == grpc.StatusCode.NOT_FOUND and "99" in details, details
+        assert not _diff(client, 2, 2).rates and not _diff(client, 2, 2).parameters
