@@ -463,6 +463,33 @@ def test_diff_lists_exactly_the_changed_rates_and_fields_both_ways(server: Serve
         assert not _diff(client, 1, 2).parameters
         backwards = [(p, m, k, [_swapped(f) for f in fields]) for p, m, k, fields in DIFF_1_2]
         assert _rate_changes(_diff(client, 2, 1)) == backwards
+        # By match within a product: the catch-all first, then model=a before model=big (added last).
+        three = _draft(
+            client,
+            upsert_rates=[
+                pricing_pb2.Rate(product_id="u", match={"model": "big"}, unit=pricing_pb2.UnitPrice(price="6")),
+                pricing_pb2.Rate(product_id="u", match={"model": "a"}, unit=pricing_pb2.UnitPrice(price="1")),
+                pricing_pb2.Rate(product_id="u", unit=pricing_pb2.UnitPrice(price="4", per_units="10")),
+            ],
+        )
+        assert _rate_changes(_diff(client, 1, three)) == [
+            ("u", {}, pricing_pb2.CHANGED, [_same("unit.price", "2", "4")]),
+            (
+                "u",
+                {"model": "a"},
+                pricing_pb2.ADDED,
+                [
+                    ("unit.price", "", "1", "", "1", "", "", False, True),
+                    ("unit.per_units", "", "", "", "1", "", "", False, True),
+                ],
+            ),
+            (
+                "u",
+                {"model": "big"},
+                pricing_pb2.CHANGED,
+                [_same("unit.price", "5", "6"), _same("unit.per_units", "10", "", "10", "1")],
+            ),
+        ]
 
 
 def _draft(client: TariffClient, **changes: object) -> int:
