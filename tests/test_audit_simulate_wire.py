@@ -596,7 +596,7 @@ def test_usage_a_version_cannot_price_is_refused_naming_the_customer_the_product
             )
         )
         assert code == grpc.StatusCode.FAILED_PRECONDITION
-        assert 'product "p"' in details and "2026-01-12T10:00:00Z" in details, details
+        assert 'customer "a"' in details and 'product "p"' in details and "2026-01-12T10:00:00Z" in details, details
         # A MAX product's usage cannot be priced again from its buckets: m's peak of 5 at 10:30 on the 12th.
         request = pricing_pb2.SimulateVersionRequest(
             rate_card_id="simx", version=2, period_start=ts(W), period_end=ts(ms("2026-02-01T00:00:00"))

@@ -195,7 +195,9 @@ impl Kernel {
                 if override_hours_refused {
                     self.refuse_override_split_hours(id, account, card, (from_hour, i64::MAX))?;
                 }
-                self.reprice(account, card, (from_hour, i64::MAX), pricing, in_contract)?;
+                // Usage it cannot price names its customer, as the split hours' refusals do.
+                (self.reprice(account, card, (from_hour, i64::MAX), pricing, in_contract))
+                    .map_err(|error| format!("customer {id:?}: {error}"))?;
             }
         }
         Ok(())
@@ -663,10 +665,12 @@ impl Kernel {
         if !matches!(product.aggregation, Aggregation::Sum | Aggregation::Count) {
             return Err(format!(
                 "product {:?} aggregates by {:?}: its hour buckets hold increments in arrival order, not its \
-                 measure per hour, so its usage (first in the hour from {}) cannot be priced again from them",
+                 measure per hour, so its usage (first in the hour from {} (timestamp_ms {})) cannot be priced \
+                 again from them",
                 product.id_text,
                 product.aggregation,
                 crate::route::utc_text(hour * HOUR_MS),
+                hour * HOUR_MS,
             ));
         }
         Ok(product)
@@ -714,7 +718,7 @@ impl Kernel {
         version.rate_for(product.id, dimensions).ok_or_else(|| {
             format!(
                 "rate card {:?} version {} has no rate for product {:?} with {:?}: its usage in the hour from {} \
-                 cannot be priced by it",
+                 (timestamp_ms {ts}) cannot be priced by it",
                 interner.text(version.rate_card),
                 version.number,
                 product.id_text,
