@@ -601,10 +601,12 @@ def test_usage_a_version_cannot_price_is_refused_naming_the_customer_the_product
         request = pricing_pb2.SimulateVersionRequest(
             rate_card_id="simx", version=2, period_start=ts(W), period_end=ts(ms("2026-02-01T00:00:00"))
         )
-        code, details = refusal(lambda: client.pricing.SimulateVersion(request))
-        assert code == grpc.StatusCode.FAILED_PRECONDITION
-        assert 'customer "m"' in details and 'product "mx"' in details, details
-        assert "2026-01-12T10:00:00Z" in details, details
+        publish = pricing_pb2.PublishVersionRequest(rate_card_id="simx", version=2, effective_from=ts(W))
+        for call in (lambda: client.pricing.SimulateVersion(request), lambda: client.pricing.PublishVersion(publish)):
+            code, details = refusal(call)
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            assert 'customer "m"' in details and 'product "mx"' in details, details
+            assert "2026-01-12T10:00:00Z" in details, details
 
 
 def test_simulate_and_diff_refuse_bad_requests_naming_the_field(server: ServerProcess) -> None:
