@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
-from tests.audit_fixtures import refusal, serving
+from tests.audit_fixtures import HOUR_MS, refusal, serving, this_hour_ms
 from tests.serverproc import ServerProcess
 from tests.test_audit_invoices_wire import JAN, ms, ts
 
@@ -642,3 +642,59 @@ def test_simulate_and_diff_refuse_bad_requests_naming_the_field(server: ServerPr
         code, details = refusal(lambda: _diff(client, 1, 99))
         assert code == grpc.StatusCode.NOT_FOUND and "99" in details, details
         assert not _diff(client, 2, 2).rates and not _diff(client, 2, 2).parameters
+
+
+def test_get_balance_of_the_running_period_moves_by_the_simulated_delta(server: ServerProcess) -> None:
+    """Card `simnow` (USD) with `sim`'s prices: version 1 in force since 2025-12-01, version 2 a draft. Customer
+    `n`, from six hours before this hour, with a grant of 215: 30 small five hours ago, 10 small three hours ago:
+    u 6 + 2, g 40 + 10, v 40 + 10, p 9 + 3, f 100: 220 charged, 5 overage. Simulated from four hours ago, the 10
+    units: u 2 -> 3, g p2(40) - p2(30) = 10, v pv2(40) - pv2(30) = 80 - 60 = 20, p 16 - 12 = 4, f 0; published
+    from then, the period's charges are 232 and its overage 17."""
+    hour = this_hour_ms()
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="simnow", pricing_unit="USD"))
+        for version in (1, 2):
+            client.pricing.CreateDraftVersion(
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id="simnow", upsert_rates=_rates(version))
+            )
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id="simnow", version=1, effective_from=ts(ms("2025-12-01T00:00:00"))
+            )
+        )
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="n", name="n"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-n",
+                customer_id="n",
+                rate_card_id="simnow",
+                starting_at=ts(hour - 6 * HOUR_MS),
+                overage_policy=contracts_pb2.ALLOW,
+                overage_price="1",
+                currency="USD",
+            )
+        )
+        _grant(client, "n", "215")
+        _use(client, "n", [("1", hour - 5 * HOUR_MS, 30, "x"), ("2", hour - 3 * HOUR_MS, 10, "x")])
+        balance = client.get_balance("n")
+        assert (balance.period_charges, balance.overage_amount) == ("220", "5")
+        request = pricing_pb2.SimulateVersionRequest(
+            rate_card_id="simnow",
+            version=2,
+            period_start=ts(hour - 4 * HOUR_MS),
+            period_end=ts(hour + HOUR_MS),
+            customer_ids=["n", "a"],  # a has no usage of this card: no amounts
+        )
+        assert _amounts(client.pricing.SimulateVersion(request)) == {
+            ("n", "f"): ("0", "0", "0"),
+            ("n", "g"): ("10", "10", "0"),
+            ("n", "p"): ("3", "4", "1"),
+            ("n", "u"): ("2", "3", "1"),
+            ("n", "v"): ("10", "20", "10"),
+        }
+        done = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id="simnow", version=2, effective_from=ts(hour - 4 * HOUR_MS))
+        )
+        assert _counts(done) == (1, 5, 1, "12", 0, 0, "0")
+        balance = client.get_balance("n")
+        assert (balance.period_charges, balance.overage_amount, _remaining(client, "n")) == ("232", "17", "0")
