@@ -195,7 +195,9 @@ impl Kernel {
                 if override_hours_refused {
                     self.refuse_override_split_hours(id, account, card, (from_hour, i64::MAX))?;
                 }
-                self.reprice(account, card, (from_hour, i64::MAX), pricing, in_contract)?;
+                // Usage it cannot price names its customer, as the split hours' refusals do.
+                (self.reprice(account, card, (from_hour, i64::MAX), pricing, in_contract))
+                    .map_err(|error| format!("customer {id:?}: {error}"))?;
             }
         }
         Ok(())
@@ -508,7 +510,9 @@ impl Kernel {
                 .iter()
                 .take_while(|(k, _)| k.product == first.product && k.combo == first.combo && k.hour * HOUR_MS < end);
             let key = PeriodKey { period_start_ms: start, product: first.product, combo: first.combo };
-            let buckets = self.walk(account, key, run, (from, until), pricing)?;
+            // `first` is the aggregate's first bucket in the hours asked for: a refusal names its hour.
+            let product = self.walkable_product(first.product, first.hour)?;
+            let buckets = self.walk(account, key, product, run, (from, until), pricing)?;
             aggregates.push(AggregateRepriced { key, buckets });
         }
         self.period_totals_hold(account, &aggregates)?;
@@ -606,11 +610,11 @@ impl Kernel {
         &self,
         account: &Account,
         key: PeriodKey,
+        product: &Product,
         run: impl Iterator<Item = &'a (&'a HourKey, &'a HourUsage)>,
         (from, until): (i64, i64),
         pricing: Pricing,
     ) -> Result<Vec<Repriced>, String> {
-        let product = self.walkable_product(key.product)?;
         let route = account.route.as_ref().expect("selected, so routed");
         let dimensions: SmallVec<[Option<Sym>; 4]> =
             self.rater.combos.tuple(key.combo).iter().map(|s| Some(*s)).collect();
@@ -652,16 +656,21 @@ impl Kernel {
     }
 
     /// The catalogue's product of an aggregate, if its usage can be walked: only additive
-    /// aggregations can (see the module's comment).
-    fn walkable_product(&self, id: Sym) -> Result<&Product, String> {
+    /// aggregations can (see the module's comment). `hour` (Unix ms / HOUR_MS), the aggregate's
+    /// first usage to be priced again, is named in the refusal (SimulateVersion's names the hour).
+    fn walkable_product(&self, id: Sym, hour: i64) -> Result<&Product, String> {
         let product = self.rater.catalog.products.iter().find(|p| p.id == id).ok_or_else(|| {
             format!("product {:?} has usage but is not in the catalogue", self.rater.interner.text(id))
         })?;
         if !matches!(product.aggregation, Aggregation::Sum | Aggregation::Count) {
             return Err(format!(
                 "product {:?} aggregates by {:?}: its hour buckets hold increments in arrival order, not its \
-                 measure per hour, so its usage cannot be priced again from them",
-                product.id_text, product.aggregation
+                 measure per hour, so its usage (first in the hour from {} (timestamp_ms {})) cannot be priced \
+                 again from them",
+                product.id_text,
+                product.aggregation,
+                crate::route::utc_text(hour * HOUR_MS),
+                hour * HOUR_MS,
             ));
         }
         Ok(product)
@@ -708,8 +717,8 @@ impl Kernel {
         let interner = &self.rater.interner;
         version.rate_for(product.id, dimensions).ok_or_else(|| {
             format!(
-                "rate card {:?} version {} has no rate for product {:?} with {:?}: its usage at {ts} cannot be \
-                 priced by it",
+                "rate card {:?} version {} has no rate for product {:?} with {:?}: its usage in the hour from {} \
+                 (timestamp_ms {ts}) cannot be priced by it",
                 interner.text(version.rate_card),
                 version.number,
                 product.id_text,
@@ -717,7 +726,8 @@ impl Kernel {
                     .iter()
                     .zip(&product.dimensions)
                     .map(|(v, d)| (d.as_str(), interner.text(v.expect("interned"))))
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>(),
+                crate::route::utc_text(ts),
             )
         })
     }
