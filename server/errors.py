@@ -217,16 +217,36 @@ class SendLimit:
 send_limit = SendLimit()
 
 
-def _sendable(response: Response) -> Response:
+MIB = 1024 * 1024
+# How a caller asks an unpaged answer for less, by method; any other is made smaller only by a larger limit.
+ASK_FOR_LESS = {
+    "InvoiceService.GetRevenueReport": "ask for a shorter span or one customer, or ",
+    "PricingService.SimulateVersion": "ask for a shorter span or fewer customer_ids, or ",
+    "PricingService.ListVersions": "read the versions one at a time with GetVersion, or ",
+}
+
+
+def larger_limit(size: int) -> str:
+    """What makes an answer of `size` bytes readable: a server (and a client) sending and reading that much."""
+    return f"serve with --message-mb-max {size // MIB + 1} or more (and read it with a client accepting as much)"
+
+
+def too_large(what: str, size: int, then: str = "", verb: str = "is") -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED for an answer (`what`) of `size` bytes, more than gRPC sends; `then`: what to do."""
+    return ResourceExhausted(
+        f"{what} {verb} {size:,} bytes, more than this server sends (--message-mb-max "
+        f"{send_limit.bytes_max // MIB} MiB): {then or larger_limit(size)}"
+    )
+
+
+def _sendable(response: Response, method: str) -> Response:
     """A control-plane answer gRPC can send. A larger one (an unpaged answer: a revenue report of thousands of
-    customers over many periods, say) is RESOURCE_EXHAUSTED saying the limit, where gRPC would refuse to send it
-    with its own words and log an error."""
+    customers over many periods, say) is RESOURCE_EXHAUSTED saying the limit and what makes the answer fit, where
+    gRPC would refuse to send it with its own words and log an error. The methods that change state check their
+    answer's size first (or say what they did) so that this refusal never hides a change."""
     size = response.ByteSize() if isinstance(response, Message) else 0
     if size > send_limit.bytes_max:
-        raise ResourceExhausted(
-            f"the answer is {size:,} bytes, more than this server sends (--message-mb-max "
-            f"{send_limit.bytes_max // 1024 // 1024} MiB): ask for less (a shorter span, one customer)"
-        )
+        raise too_large("the answer", size, ASK_FOR_LESS.get(method, "") + larger_limit(size))
     return response
 
 
@@ -245,7 +265,7 @@ def unary(
         try:
             if traced:
                 with telemetry.tracer.start_as_current_span(span_name):
-                    return _sendable(await method(self, request, context))
+                    return _sendable(await method(self, request, context), method.__qualname__)
             return await method(self, request, context)
         except EngineError as exc:
             await abort(context, exc)

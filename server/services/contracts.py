@@ -22,7 +22,7 @@ from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
 from engine.products import Product
 from server import auth, convert
-from server.errors import ResourceExhausted, unary
+from server.errors import ResourceExhausted, larger_limit, send_limit, too_large, unary
 from server.sequencer import Sequencer
 from server.services.common import (
     Context,
@@ -95,6 +95,20 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         contract = await self._apply(command, Contract)
         return self._contract_pb(contract.id)
 
+    def _check_answer_room(self, contract_id: str, added_bytes: int, refused: str) -> None:
+        """RESOURCE_EXHAUSTED, before anything changes, when a change adding about `added_bytes` to the contract
+        would make the answer (the whole contract, its overrides and grants) larger than gRPC sends."""
+        size = self._contract_pb(contract_id).ByteSize() + added_bytes + ANSWER_SLACK_BYTES
+        if size > send_limit.bytes_max:
+            raise too_large(f"{refused}: contract {contract_id!r}", size, larger_limit(size), "would be about")
+
+    def _sent_contract(self, contract_id: str, done: str) -> contracts_pb2.Contract:
+        """The contract's message after a change (`done`), or RESOURCE_EXHAUSTED saying the change was made."""
+        message = self._contract_pb(contract_id)
+        if message.ByteSize() > send_limit.bytes_max:
+            raise too_large(f"{done}, but contract {contract_id!r}", message.ByteSize())
+        return message
+
     def _contract_pb(self, contract_id: str) -> contracts_pb2.Contract:
         contract = self.engine.contract(contract_id)
         account = self.engine.state.accounts[contract.customer_id]
@@ -138,8 +152,11 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         contract_now = self.engine.state.contracts.get(request.contract_id)
         if contract_now is not None:  # unknown: the engine refuses it as NOT_FOUND
             _check_room_for_override(contract_now, command)
+            known = override_id(command) in {o.id for o in contract_now.overrides}  # a retry adds nothing
+            added_bytes = 0 if known else request.override.ByteSize()
+            self._check_answer_room(contract_now.id, added_bytes, "the override was not added")
         contract = await self._apply(command, Contract)
-        return self._contract_pb(contract.id)
+        return self._sent_contract(contract.id, f"override {override_id(command)!r} was added")
 
     @unary
     async def GrantCredits(self, request: contracts_pb2.GrantCreditsRequest, context: Context) -> contracts_pb2.Grant:
@@ -173,8 +190,13 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             price_in_contract_currency=True,
         )
         _check_top_up_currency(request, self.engine.contract(request.contract_id))
+        self._check_answer_room(request.contract_id, request.top_up.ByteSize(), "the top-up policy was not set")
         contract = await self._apply(command, Contract)
-        return self._contract_pb(contract.id)
+        return self._sent_contract(contract.id, "the top-up policy was set")
+
+
+# What a change's answer may hold beyond what the request adds to it: a generated id, the fields' tags, a policy.
+ANSWER_SLACK_BYTES = 1024
 
 
 def _customer_name(name: str) -> str:

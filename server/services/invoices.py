@@ -16,12 +16,12 @@ from engine import commands as cmd
 from engine import explain, revenue
 from engine.billing import Billing
 from engine.control import check_reference
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.instants import iso
 from engine.invoices import QUANTITY_SCALE, Invoice, InvoiceLine, LineAdjustment, VersionPart
 from engine.money import format_picos, format_scaled
 from server import convert
-from server.errors import Unavailable, unary
+from server.errors import Unavailable, larger_limit, send_limit, too_large, unary
 from server.explain_index import IndexedEvent, StaleToken
 from server.scheduling import paced
 from server.sequencer import Sequencer
@@ -146,6 +146,34 @@ def invoice_pb(invoice: Invoice) -> invoices_pb2.Invoice:
 assert QUANTITY_SCALE == 10**18  # quantity_text's scale
 
 
+def _described(invoice: Invoice) -> str:
+    """An invoice as an error names it: its number (or draft), customer, period and how many lines it has."""
+    which = f"invoice {invoice.number}" if invoice.final else "the draft invoice"
+    return (
+        f"{which} of customer {invoice.customer_id!r} for the period from {iso(invoice.period_start_ms)} "
+        f"({len(invoice.lines):,} lines)"
+    )
+
+
+def _sent_invoice(invoice: Invoice, message: invoices_pb2.Invoice | None = None) -> invoices_pb2.Invoice:
+    """The invoice's message when gRPC can send it; otherwise RESOURCE_EXHAUSTED naming the invoice and the limit
+    that would send it (an invoice is not paged: its lines grow with the usage's dimension values)."""
+    message = invoice_pb(invoice) if message is None else message
+    size = message.ByteSize()
+    if size > send_limit.bytes_max:
+        raise too_large(_described(invoice), size)
+    return message
+
+
+def _final_size(draft: Invoice, closed_at_ms: int) -> int:
+    """The bytes of the answer closing the draft's period would take: the draft as final, numbered."""
+    message = invoice_pb(draft)
+    message.invoice_number = "INV-00000000"
+    message.status = invoices_pb2.INVOICE_FINAL
+    message.closed_at.CopyFrom(convert.timestamp(closed_at_ms))
+    return message.ByteSize()
+
+
 class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     def __init__(self, billing: Billing, sequencer: Sequencer, clock_ms: Callable[[], int] = wall_ms) -> None:
         super().__init__(billing, sequencer, clock_ms)
@@ -157,7 +185,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     ) -> invoices_pb2.Invoice:
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         at_ms = convert.optional_ms(request, "period_start")
-        return invoice_pb(self.engine.preview(request.customer_id, self.clock_ms() if at_ms is None else at_ms))
+        return _sent_invoice(self.engine.preview(request.customer_id, self.clock_ms() if at_ms is None else at_ms))
 
     @unary
     async def ClosePeriod(self, request: invoices_pb2.ClosePeriodRequest, context: Context) -> invoices_pb2.Invoice:
@@ -165,8 +193,10 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         period_start_ms = convert.optional_period_start_ms(request)
         if period_start_ms is None:
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
+        at_ms = self.clock_ms()
+        self._check_closable(request.customer_id, period_start_ms, at_ms)
         command = cmd.ClosePeriod(
-            self.clock_ms(),
+            at_ms,
             actor_of(context),
             request.customer_id,
             period_start_ms,
@@ -176,7 +206,31 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             rolled_breakage_shown=True,
             expired_breakage_shown=True,
         )
-        return invoice_pb(await self._apply(command, Invoice))
+        invoice = await self._apply(command, Invoice)
+        message = invoice_pb(invoice)
+        if message.ByteSize() > send_limit.bytes_max:  # usage came in since the check: say what was done
+            raise too_large(f"the period is closed as {_described(invoice)}, whose answer", message.ByteSize())
+        return message
+
+    def _check_closable(self, customer_id: str, period_start_ms: int, at_ms: int) -> None:
+        """RESOURCE_EXHAUSTED, before anything changes, when closing the period would answer an invoice larger
+        than gRPC sends (the period stays open), or when the period is already closed as such an invoice. Any
+        other refusal is the command's to make (a period not ended, or no period's start)."""
+        try:
+            invoice = self.engine.preview(customer_id, period_start_ms)
+        except EngineError:
+            return
+        if invoice.period_start_ms != period_start_ms or invoice.period_end_ms > at_ms:
+            return
+        if invoice.final:
+            _sent_invoice(invoice)
+            return
+        size = _final_size(invoice, at_ms)
+        if size > send_limit.bytes_max:
+            what = f"the period of customer {customer_id!r} from {iso(period_start_ms)} was not closed: its invoice"
+            raise too_large(
+                f"{what} ({len(invoice.lines):,} lines)", size, f"{larger_limit(size)} to close it", "would be"
+            )
 
     @unary
     async def CloseDuePeriods(
@@ -201,14 +255,23 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         made = [invoice_pb(i) for i in closed]
         shown = _fitting(made, self.page_bytes_max)
         token = closed[shown - 1].number if shown < len(made) else ""
-        return invoices_pb2.CloseDuePeriodsResponse(
+        answer = invoices_pb2.CloseDuePeriodsResponse(
             invoices=made[:shown], invoices_made=len(made), next_page_token=token
         )
+        if answer.ByteSize() > send_limit.bytes_max:  # the first invoice alone is too large: say what was done
+            first, last = closed[0].number, closed[-1].number
+            raise too_large(
+                f"closed {len(made)} periods as invoices {first} to {last}, but the first, {_described(closed[0])}",
+                made[0].ByteSize(),
+                f"ListInvoices lists the others from page_token {first!r}; {larger_limit(answer.ByteSize())} to "
+                f"read {first}",
+            )
+        return answer
 
     @unary
     async def GetInvoice(self, request: invoices_pb2.GetInvoiceRequest, context: Context) -> invoices_pb2.Invoice:
         _required(invoice_number=request.invoice_number)
-        return invoice_pb(self.engine.invoice(request.invoice_number))
+        return _sent_invoice(self.engine.invoice(request.invoice_number))
 
     @unary
     async def ListInvoices(
@@ -235,7 +298,12 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         keep = None if start is None and before is None else in_window
         page, token = _page(numbers, request.page_size, request.page_token, keep)
         invoices, token = _fitted([invoice_pb(self.engine.invoice(n)) for n in page], page, token, self.page_bytes_max)
-        return invoices_pb2.ListInvoicesResponse(invoices=invoices, next_page_token=token)
+        answer = invoices_pb2.ListInvoicesResponse(invoices=invoices, next_page_token=token)
+        if answer.ByteSize() > send_limit.bytes_max:  # a page holds at least one: the first alone is too large
+            size = answer.ByteSize()
+            then = f"{larger_limit(size)}, or page on past it with page_token {page[0]!r}"
+            raise too_large(f"{_described(self.engine.invoice(page[0]))}, alone on a page,", size, then)
+        return answer
 
     @unary
     async def ExplainLineItem(

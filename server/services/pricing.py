@@ -15,7 +15,7 @@ from engine import commands as cmd
 from engine.audit import AUDIT_PAGE_CHUNKS_MAX, AuditFilter
 from engine.control import check_reference, quoted_id
 from engine.diff import diff_versions
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.invoices import CURRENCIES
 from engine.money import format_picos
 from engine.products import Product
@@ -32,6 +32,9 @@ from engine.rerate import (
 from engine.versions import PublishResult
 from server import convert
 from server.errors import (
+    larger_limit,
+    send_limit,
+    too_large,
     unary,
 )
 from server.services.common import (
@@ -131,8 +134,27 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         for index, rate in enumerate(request.upsert_rates):
             if rate.product_id:  # empty: the engine's "is required"; unknown: a finding of ValidateVersion
                 check_reference(rate.product_id, f"upsert_rates[{index}].product_id", self.engine.state.products)
+        self._check_draft_room(request)
         version = await self._apply(convert.create_draft(request, self.clock_ms(), actor_of(context)), Version)
-        return convert.version_pb(version)
+        message = convert.version_pb(version)
+        if message.ByteSize() > send_limit.bytes_max:  # the estimate fell short: say what was made
+            done = f"draft version {version.number} of rate card {request.rate_card_id!r} was made, but it"
+            raise too_large(done, message.ByteSize())
+        return message
+
+    def _check_draft_room(self, request: pricing_pb2.CreateDraftVersionRequest) -> None:
+        """RESOURCE_EXHAUSTED, before anything changes, when the draft (its base's rates and parameters and the
+        request's) would be larger than gRPC sends: the answer, GetVersion and a publish's answer show it whole."""
+        base_bytes = 0
+        if request.based_on_version:
+            try:
+                base = self._card_named(request.rate_card_id).version(request.based_on_version)
+                base_bytes = convert.version_pb(base).ByteSize()
+            except EngineError:  # the engine's refusal, as before
+                return
+        size = base_bytes + request.ByteSize() + DRAFT_SLACK_BYTES
+        if size > send_limit.bytes_max:
+            raise too_large("the draft was not made: it", size, larger_limit(size), "would be about")
 
     @unary
     async def ValidateVersion(
@@ -161,7 +183,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             **_PUBLISH_RERATE_FLAGS,
             prices_rounded_in_range=True,
         )
-        return publish_response(await self._apply(command, PublishResult))
+        return _sent_publish(await self._apply(command, PublishResult))
 
     @unary
     async def ListVersions(
@@ -236,7 +258,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             convert.optional_hour_ms(request, "effective_from"),
             **_PUBLISH_RERATE_FLAGS,
         )
-        return publish_response(await self._apply(command, PublishResult))
+        return _sent_publish(await self._apply(command, PublishResult))
 
     @unary
     async def DiffVersions(
@@ -294,6 +316,21 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
                 delta=format_picos(simulated - current),
             ),
         )
+
+
+# What a draft's answer holds beyond its base and the request: its number, status, times, the actor.
+DRAFT_SLACK_BYTES = 1024
+
+
+def _sent_publish(result: PublishResult) -> pricing_pb2.PublishVersionResponse:
+    """The publish's answer, or RESOURCE_EXHAUSTED saying the version was published (a draft made under a larger
+    --message-mb-max): a retry answers the same, so the error must say what was done."""
+    message = publish_response(result)
+    if message.ByteSize() > send_limit.bytes_max:
+        version = result.version
+        done = f"version {version.number} of rate card {version.rate_card_id!r} is published, but the answer"
+        raise too_large(done, message.ByteSize())
+    return message
 
 
 def publish_response(result: PublishResult) -> pricing_pb2.PublishVersionResponse:
