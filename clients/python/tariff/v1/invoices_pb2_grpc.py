@@ -87,7 +87,10 @@ class InvoiceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClosePeriod(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """An invoice larger than the server sends (--message-mb-max) is refused,
+        RESOURCE_EXHAUSTED naming its size, before anything changes: the period
+        stays open.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

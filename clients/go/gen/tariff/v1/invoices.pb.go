@@ -1319,7 +1319,9 @@ type CloseDuePeriodsResponse struct {
 	// than a page of ListInvoices may (4 MiB, or under a lower
 	// --message-mb-max that limit less 64 KiB: a backlog of thousands of
 	// periods), the first that fit, never none. Every period due is closed
-	// either way.
+	// either way: when the first invoice alone is larger than
+	// --message-mb-max, the call is RESOURCE_EXHAUSTED naming the invoices it
+	// made (ListInvoices pages on past that first one from its number).
 	Invoices []*Invoice `protobuf:"bytes,1,rep,name=invoices,proto3" json:"invoices,omitempty"`
 	// How many invoices the call made (invoices shows them all unless
 	// next_page_token is set).

@@ -49,6 +49,9 @@ const (
 type InvoiceServiceClient interface {
 	PreviewInvoice(ctx context.Context, in *PreviewInvoiceRequest, opts ...grpc.CallOption) (*Invoice, error)
 	ExplainLineItem(ctx context.Context, in *ExplainLineItemRequest, opts ...grpc.CallOption) (*ExplainLineItemResponse, error)
+	// An invoice larger than the server sends (--message-mb-max) is refused,
+	// RESOURCE_EXHAUSTED naming its size, before anything changes: the period
+	// stays open.
 	ClosePeriod(ctx context.Context, in *ClosePeriodRequest, opts ...grpc.CallOption) (*Invoice, error)
 	GetInvoice(ctx context.Context, in *GetInvoiceRequest, opts ...grpc.CallOption) (*Invoice, error)
 	ListInvoices(ctx context.Context, in *ListInvoicesRequest, opts ...grpc.CallOption) (*ListInvoicesResponse, error)
@@ -143,6 +146,9 @@ func (c *invoiceServiceClient) CloseDuePeriods(ctx context.Context, in *CloseDue
 type InvoiceServiceServer interface {
 	PreviewInvoice(context.Context, *PreviewInvoiceRequest) (*Invoice, error)
 	ExplainLineItem(context.Context, *ExplainLineItemRequest) (*ExplainLineItemResponse, error)
+	// An invoice larger than the server sends (--message-mb-max) is refused,
+	// RESOURCE_EXHAUSTED naming its size, before anything changes: the period
+	// stays open.
 	ClosePeriod(context.Context, *ClosePeriodRequest) (*Invoice, error)
 	GetInvoice(context.Context, *GetInvoiceRequest) (*Invoice, error)
 	ListInvoices(context.Context, *ListInvoicesRequest) (*ListInvoicesResponse, error)

@@ -762,7 +762,9 @@ export type CloseDuePeriodsResponse = Message<"tariff.v1.CloseDuePeriodsResponse
    * than a page of ListInvoices may (4 MiB, or under a lower
    * --message-mb-max that limit less 64 KiB: a backlog of thousands of
    * periods), the first that fit, never none. Every period due is closed
-   * either way.
+   * either way: when the first invoice alone is larger than
+   * --message-mb-max, the call is RESOURCE_EXHAUSTED naming the invoices it
+   * made (ListInvoices pages on past that first one from its number).
    *
    * @generated from field: repeated tariff.v1.Invoice invoices = 1;
    */
@@ -1152,6 +1154,10 @@ export const InvoiceService: GenService<{
     output: typeof ExplainLineItemResponseSchema;
   },
   /**
+   * An invoice larger than the server sends (--message-mb-max) is refused,
+   * RESOURCE_EXHAUSTED naming its size, before anything changes: the period
+   * stays open.
+   *
    * @generated from rpc tariff.v1.InvoiceService.ClosePeriod
    */
   closePeriod: {
