@@ -215,3 +215,37 @@ def test_a_draft_larger_than_a_message_is_not_made_and_unpaged_version_reads_say
         diff = pricing_pb2.DiffVersionsRequest(rate_card_id="many", from_version=1, to_version=2)
         code, details = refusal(lambda: client.pricing.DiffVersions(diff))
         assert code == EXHAUSTED and "--message-mb-max" in details and "shorter span" not in details, details
+
+
+def test_a_contract_whose_answer_would_show_too_many_grants_is_not_created(server: ServerProcess) -> None:
+    """Customer `rich`, no contract, 220 promotional grants of 1 credit given with customer_id alone, each
+    applicable to 40 products of 120-character ids (about 5 KB a grant, 1.1 MB in all). GetBalance (one message,
+    every grant) is RESOURCE_EXHAUSTED naming the flag, not a span no GetBalance request has. CreateContract for
+    `rich` answers the contract with those grants: it is refused RESOURCE_EXHAUSTED before the contract is made
+    (GetContract: NOT_FOUND). Before the fix the contract was made and the call answered RESOURCE_EXHAUSTED "ask for
+    less (a shorter span, one customer)", hiding it."""
+    products = [f"p{n:03d}" + "x" * 117 for n in range(40)]
+    with server.client() as client:
+        for n, product_id in enumerate(products):
+            product = pricing_pb2.Product(id=product_id, event_type=f"e{n}", aggregation=pricing_pb2.COUNT)
+            client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rich", name="rich"))
+        for n in range(220):
+            grant = contracts_pb2.Grant(
+                id=f"g{n}",
+                customer_id="rich",
+                kind=contracts_pb2.PROMOTIONAL,
+                amount="1",
+                paid_amount="0",
+                applicable_product_ids=products,
+            )
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        code, details = refusal(lambda: client.get_balance("rich"))
+        assert code == EXHAUSTED and "--message-mb-max" in details and "shorter span" not in details, details
+        create = contracts_pb2.CreateContractRequest(
+            id="k-rich", customer_id="rich", rate_card_id="card", starting_at=stamp(JAN_2024_MS)
+        )
+        code, details = refusal(lambda: client.contracts.CreateContract(create))
+        assert code == EXHAUSTED and "not created" in details and "shorter span" not in details, details
+        code, _ = refusal(lambda: client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k-rich")))
+        assert code == grpc.StatusCode.NOT_FOUND

@@ -30,7 +30,9 @@ from server.errors import (
     ResourceExhausted,
     Unavailable,
     check_deadline,
+    send_limit,
     streaming,
+    too_large,
     unary,
 )
 from server.sequencer import Sequencer
@@ -179,7 +181,7 @@ class BalanceService(_Base):
     @unary
     async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Context) -> balance_pb2.Balance:
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
-        return convert.balance_pb(self.billing.balance(request.customer_id, self.clock_ms()))
+        return _sent_balance(convert.balance_pb(self.billing.balance(request.customer_id, self.clock_ms())))
 
     reservation_ttl_max_ms = RESERVATION_TTL_MAX_MS_DEFAULT
     # gRPC sends no larger AuthorizeBatchResult: set from --message-mb-max (server/app.py).
@@ -426,13 +428,23 @@ class BalanceService(_Base):
             while True:
                 now_ms = self.clock_ms()
                 view = self.billing.balance(customer_id, now_ms)
-                balance = convert.balance_pb(view)
+                balance = _sent_balance(convert.balance_pb(view))
                 if balance != sent:
                     yield balance
                     sent = balance
                 await _changed_or_started(watcher, _next_grant_start_ms(view, now_ms), self.clock_ms)
                 if self.watch.closing:
                     raise Unavailable(SHUTTING_DOWN)
+
+
+def _sent_balance(balance: balance_pb2.Balance) -> balance_pb2.Balance:
+    """The balance when gRPC can send it; otherwise RESOURCE_EXHAUSTED naming the customer and the limit that would
+    (a balance shows every grant, unpaged). BalanceService is not wrapped by `unary`'s size check (the hot path):
+    without this, gRPC refused the answer in its own words ("Sent message larger than max")."""
+    size = balance.ByteSize()
+    if size > send_limit.bytes_max:
+        raise too_large(f"the balance of customer {balance.customer_id!r} ({len(balance.grants):,} grants)", size)
+    return balance
 
 
 def _next_grant_start_ms(view: BalanceView, now_ms: int) -> int | None:

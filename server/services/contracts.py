@@ -92,8 +92,9 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             _currency(request.currency),
             applied_audited=True,
         )
+        self._check_new_contract_room(request)
         contract = await self._apply(command, Contract)
-        return self._contract_pb(contract.id)
+        return self._sent_contract(contract.id, f"contract {contract.id!r} was created")
 
     def _check_answer_room(self, contract_id: str, added_bytes: int, refused: str) -> None:
         """RESOURCE_EXHAUSTED, before anything changes, when a change adding about `added_bytes` to the contract
@@ -101,6 +102,16 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         size = self._contract_pb(contract_id).ByteSize() + added_bytes + ANSWER_SLACK_BYTES
         if size > send_limit.bytes_max:
             raise too_large(f"{refused}: contract {contract_id!r}", size, larger_limit(size), "would be about")
+
+    def _check_new_contract_room(self, request: contracts_pb2.CreateContractRequest) -> None:
+        """RESOURCE_EXHAUSTED, before the contract is made, when its answer would be larger than gRPC sends: it
+        shows every grant of the customer not tied to a contract (granted with customer_id alone)."""
+        account = self.engine.state.accounts.get(request.customer_id)
+        shared = [g for g in account.grants if not g.contract_id] if account is not None else []
+        size = sum(convert.grant_pb(g).ByteSize() + 8 for g in shared) + request.ByteSize() + ANSWER_SLACK_BYTES
+        if size > send_limit.bytes_max:
+            what = f"the contract was not created: with the {len(shared):,} grants of customer {request.customer_id!r}"
+            raise too_large(f"{what} it shows, it", size, larger_limit(size), "would be about")
 
     def _sent_contract(self, contract_id: str, done: str) -> contracts_pb2.Contract:
         """The contract's message after a change (`done`), or RESOURCE_EXHAUSTED saying the change was made."""
