@@ -556,14 +556,15 @@ impl Kernel {
         // of a hold whose first call named the TTL it is given now (or, journaled before `Defaulted`, named none and
         // was given it), and a request naming a TTL is that of an open hold whose first call named none and was
         // given it (an ended hold keeps no TTL: a retry naming one is then another request).
-        let (given, unnamed) = match ttl {
-            HoldTtl::Defaulted(ms) => (Some(request_digest(event, HoldTtl::Named(ms))), None),
-            HoldTtl::Named(ms) => (None, Some((request_digest(event, HoldTtl::Defaulted(ms)), ms))),
-        };
+        // (Computed only for a known id whose digest is not this request's: a new hold pays for one digest.)
         let asked = |known: u64, held_ttl_ms: Option<i64>| {
             known == digest
-                || Some(known) == given
-                || unnamed.is_some_and(|(d, ms)| known == d && held_ttl_ms == Some(ms))
+                || match ttl {
+                    HoldTtl::Defaulted(ms) => known == request_digest(event, HoldTtl::Named(ms)),
+                    HoldTtl::Named(ms) => {
+                        held_ttl_ms == Some(ms) && known == request_digest(event, HoldTtl::Defaulted(ms))
+                    }
+                }
         };
         if let Some(known) = self.known_reservation(reservation_id, event, asked, now_ms)? {
             return Ok(known);
