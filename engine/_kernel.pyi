@@ -165,8 +165,10 @@ class Kernel:
         values: list[tuple[str, float]],
         now_ms: int,
         ttl_ms: int,
+        ttl_defaulted: bool = False,
     ) -> tuple[bool, str, str, int, int, int, bool, int]:
-        """(allowed, reason, message, estimated_cost, available, held, repeated, expires_at_ms)."""
+        """(allowed, reason, message, estimated_cost, available, held, repeated, expires_at_ms). ttl_defaulted: as
+        Reserve's (False: ttl_ms as named, as Reserves stored before it)."""
     def release(
         self, customer_id: str, reservation_id: str, now_ms: int, expired_credit_breaks: bool = False
     ) -> tuple[int, bool]:
@@ -236,9 +238,10 @@ class Kernel:
     def hold_customers(self, requests: bytes) -> list[str]:
         """The distinct customer ids of a ReserveBatch's requests, first named first; ValueError if not an
         AuthorizeBatch."""
-    def reserve_batch(self, requests: bytes, now_ms: int) -> tuple[bytes, int, list[str]]:
+    def reserve_batch(self, requests: bytes, now_ms: int, ttl_default_ms: int = 0) -> tuple[bytes, int, list[str]]:
         """A HoldingBatch's requests applied (a journaled change): (the holds' AuthorizeBatchResult bytes, holds
-        placed, their customers in first-appearance order)."""
+        placed, their customers in first-appearance order). ttl_default_ms: the HoldingBatch's (0: every request
+        names its TTL, as ReserveBatches stored before it)."""
 
 @final
 class DedupeSegment:
@@ -258,7 +261,10 @@ class HoldingBatch:
 
     @property
     def requests(self) -> bytes:
-        """A tariff.v1.AuthorizeBatch of the hold requests, ids and TTLs filled in: what ReserveBatch journals."""
+        """A tariff.v1.AuthorizeBatch of the hold requests, ids filled in, TTLs as named: what ReserveBatch journals."""
+    @property
+    def ttl_default_ms(self) -> int:
+        """The TTL of the hold requests naming none (the default, or ttl_max_ms when shorter): ReserveBatch's."""
     def finish(self, held: bytes) -> bytes:
         """The message's AuthorizeBatchResult bytes, reserve_batch's answers in their places; once only."""
 

@@ -366,7 +366,11 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
     """Authorize with a hold: the kernel decides at `at_ms` and, when allowed, holds the estimate until
-    `at_ms + ttl_ms` (engine/credits.py)."""
+    `at_ms + ttl_ms` (engine/credits.py). `ttl_defaulted`: set by the server when the request named no
+    reservation_ttl (`ttl_ms` is then the one it gave it), so a retry naming none is the same request whatever TTL it
+    is given by then (after a start with a shorter --reservation-ttl-max-s), and one naming a TTL is while the hold
+    is open and was given that TTL (engine/kernel/src/credits.rs Kernel::reserve). False (requests naming their TTL,
+    and commands stored before it, which named the TTL given) takes `ttl_ms` as named, as then."""
 
     at_ms: int
     actor: str
@@ -376,6 +380,7 @@ class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
     dimensions: dict[str, str]
     values: dict[str, float]
     ttl_ms: int
+    ttl_defaulted: bool = False
 
 
 class ReleaseReservation(msgspec.Struct, frozen=True, tag="release_reservation"):
@@ -432,12 +437,16 @@ class AdvanceClock(msgspec.Struct, frozen=True, tag="advance_clock"):
 
 class ReserveBatch(msgspec.Struct, frozen=True, tag="reserve_batch"):
     """An AuthorizeBatches message's holds, one command for the message: `requests` is a tariff.v1.AuthorizeBatch
-    of its reserve requests as the kernel completed them (each with its reservation id and TTL), applied in order
-    as Reserve applies one (engine/credits.py)."""
+    of its reserve requests as the kernel completed them (each with its reservation id), applied in order as
+    Reserve applies one (engine/credits.py). `ttl_default_ms`: set by the server for every message, the TTL of its
+    requests naming none (the default, or --reservation-ttl-max-s when shorter), which are journaled naming none,
+    their TTL no part of their request (as a Reserve's with `ttl_defaulted`); 0 in commands stored before it, whose
+    requests had the TTL given filled in and apply naming it, as then."""
 
     at_ms: int
     actor: str
     requests: bytes
+    ttl_default_ms: int = 0
 
 
 AdminCommand = (

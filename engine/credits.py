@@ -117,6 +117,7 @@ def _reserve(billing: Billing, command: cmd.Reserve) -> Reservation:
             list(command.values.items()),
             command.at_ms,
             command.ttl_ms,
+            command.ttl_defaulted,
         )
     except ReservationConflict as exc:
         raise AlreadyExists(f"{exc.args[0]}; nothing was held") from None
@@ -132,7 +133,9 @@ def _reserve_batch(billing: Billing, command: cmd.ReserveBatch) -> HeldBatch:
     """A message's holds in one kernel call; a batch that placed none (every request denied, repeated or refused)
     changed nothing and takes no journal record."""
     try:
-        responses, placed, customers = billing.kernel.reserve_batch(command.requests, command.at_ms)
+        responses, placed, customers = billing.kernel.reserve_batch(
+            command.requests, command.at_ms, command.ttl_default_ms
+        )
     except ValueError as exc:
         raise InvalidArgument.field("requests", f"not an AuthorizeBatch: {exc}") from None
     result = HeldBatch(responses, placed, tuple(customers))

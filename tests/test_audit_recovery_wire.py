@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-import pytest
 from google.protobuf import text_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -861,11 +860,6 @@ def test_a_resend_of_an_accepted_event_is_a_duplicate_after_a_start_with_a_small
         assert client.get_balance("skew") == after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the kernel keeps a hold's resolved TTL in its request digest, so a retry naming no TTL after "
-    "a start with a lower --reservation-ttl-max-s resolves another TTL and reads as a different request",
-)
 def test_a_hold_retried_without_a_ttl_after_a_start_with_a_lower_ttl_limit_is_already_held(
     server_factory: ServerFactory,
 ) -> None:

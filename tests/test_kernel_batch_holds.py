@@ -5,6 +5,7 @@ byte for byte."""
 
 from __future__ import annotations
 
+import msgspec
 from google.protobuf.duration_pb2 import Duration
 from tariff.v1 import balance_pb2
 
@@ -111,3 +112,69 @@ def test_a_message_with_holds_still_decides_its_plain_requests_at_once() -> None
     answers = balance_pb2.AuthorizeBatchResult.FromString(split.finish(held.responses)).responses
     # The plain decision saw the credit before the message's hold: 80 of 100 allowed then.
     assert [(a.request_id, a.allowed, a.credits_available) for a in answers] == [("p", True, "100"), ("a", True, "40")]
+
+
+def test_holds_naming_no_ttl_are_journaled_naming_none_and_hold_as_reserves_naming_none() -> None:
+    """A message's holds naming no TTL are journaled naming none, with the TTL such a request is given beside them
+    (ReserveBatch.ttl_default_ms), and hold exactly as Reserves with ttl_defaulted; a retry of either through the
+    other naming none is the same hold, whatever TTL it is given by then (a later start with a shorter
+    --reservation-ttl-max-s)."""
+    requests = [hold("q0", "h0", 30), hold("q1", "h1", 20)]
+    for r in requests:
+        r.ClearField("reservation_ttl")
+    batched = ledger(block=True)
+    split = holding(batched, requests)
+    journaled = balance_pb2.AuthorizeBatch.FromString(split.requests).requests
+    assert [r.HasField("reservation_ttl") for r in journaled] == [False, False]
+    assert split.ttl_default_ms == 60_000
+    held = batched.run(cmd.ReserveBatch(T0, ACTOR, split.requests, split.ttl_default_ms))
+    assert isinstance(held, credits.HeldBatch) and held.placed == 2
+    single = ledger(block=True)
+    for r in requests:
+        values = {"tokens": r.values["tokens"]}
+        single.run(cmd.Reserve(T0, ACTOR, "acme", r.reservation_id, "ai", {}, values, 60_000, ttl_defaulted=True))
+    assert batched.billing.kernel.snapshot() == single.billing.kernel.snapshot()
+    assert_replays(batched)
+    # Retried through the other path, given 30 s now: the same holds, nothing more held.
+    again = single.run(cmd.Reserve(T0 + 5, ACTOR, "acme", "h0", "ai", {}, {"tokens": 30}, 30_000, ttl_defaulted=True))
+    assert isinstance(again, credits.Reservation) and again.repeated
+    retry = balance_pb2.AuthorizeBatch(requests=requests[1:]).SerializeToString()
+    split_again, _ = batched.billing.authorize_batch(retry, T0 + 5, 10_000, None, 30_000, b"seed", 1)
+    assert isinstance(split_again, HoldingBatch) and split_again.ttl_default_ms == 30_000
+    repeated = batched.run(cmd.ReserveBatch(T0 + 5, ACTOR, split_again.requests, split_again.ttl_default_ms))
+    assert isinstance(repeated, credits.HeldBatch) and repeated.placed == 0
+    assert (
+        balance(batched)
+        == balance(single)
+        == {"remaining": picos("100"), "held": picos("50"), "available": picos("50")}
+    )
+
+
+def test_records_of_holds_journaled_before_ttl_defaults_were_kept_read_and_hold_as_then() -> None:
+    """A Reserve and a ReserveBatch journaled before `ttl_defaulted` / `ttl_default_ms` (their requests' TTLs as
+    resolved, 60 s) read with the fields unset, and hold as a request naming its 60 s: the same state."""
+    old_reserve = msgspec.msgpack.encode(
+        {
+            "type": "reserve",
+            "at_ms": T0,
+            "actor": ACTOR,
+            "customer_id": "acme",
+            "reservation_id": "h0",
+            "event_type": "ai",
+            "dimensions": {},
+            "values": {"tokens": 30.0},
+            "ttl_ms": 60_000,
+        }
+    )
+    reserve = msgspec.msgpack.decode(old_reserve, type=cmd.Reserve)
+    assert reserve.ttl_defaulted is False
+    batch = balance_pb2.AuthorizeBatch(requests=[hold("q0", "h0", 30)]).SerializeToString()  # TTL filled in
+    old_batch = msgspec.msgpack.encode({"type": "reserve_batch", "at_ms": T0, "actor": ACTOR, "requests": batch})
+    reserve_batch = msgspec.msgpack.decode(old_batch, type=cmd.ReserveBatch)
+    assert reserve_batch.ttl_default_ms == 0
+    by_one, by_message, named = ledger(block=True), ledger(block=True), ledger(block=True)
+    by_one.run(reserve)
+    by_message.run(reserve_batch)
+    named.run(cmd.ReserveBatch(T0, ACTOR, batch, 60_000))  # today's record of a message naming 60 s
+    assert by_one.billing.kernel.snapshot() == by_message.billing.kernel.snapshot() == named.billing.kernel.snapshot()
+    assert_replays(by_message)

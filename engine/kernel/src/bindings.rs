@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::authorize::{self, Refused};
-use crate::credits::{Made, ReleaseRefusal, RolloverIds, RolloverWindow, Rollovers, TopUpPolicy};
+use crate::credits::{HoldTtl, Made, ReleaseRefusal, RolloverIds, RolloverWindow, Rollovers, TopUpPolicy};
 use crate::decode::wire;
 use crate::holds;
 use crate::kernel::{self, BatchRefusal};
@@ -738,7 +738,12 @@ impl Kernel {
     /// Authorize with a hold (a change: the server journals it first). Returns (allowed, reason,
     /// message, estimated_cost, available, held, repeated, expires_at_ms). Raises
     /// ReservationConflict(message) when the id is known with another request (nothing changed).
+    /// `ttl_defaulted`: the request named no TTL and `ttl_ms` is the one the server gave it, no part of the
+    /// request (`credits::HoldTtl`); false, as Reserves stored before it, takes `ttl_ms` as named.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[pyo3(signature = (
+        customer_id, reservation_id, event_type, dimensions, values, now_ms, ttl_ms, ttl_defaulted = false
+    ))]
     fn reserve(
         &self,
         py: Python<'_>,
@@ -749,6 +754,7 @@ impl Kernel {
         values: Vec<(String, f64)>,
         now_ms: i64,
         ttl_ms: i64,
+        ttl_defaulted: bool,
     ) -> PyResult<(bool, &'static str, String, i128, i128, i128, bool, i64)> {
         let event = wire::UsageEvent {
             transaction_id: "authorize".into(),
@@ -759,7 +765,8 @@ impl Kernel {
             values: values.into_iter().map(|(key, value)| wire::ValueEntry { key, value }).collect(),
             reservation_id: String::new(),
         };
-        let done = py.detach(|| self.change(|k| k.reserve(reservation_id, &event, now_ms, ttl_ms)))?;
+        let ttl = if ttl_defaulted { HoldTtl::Defaulted(ttl_ms) } else { HoldTtl::Named(ttl_ms) };
+        let done = py.detach(|| self.change(|k| k.reserve(reservation_id, &event, now_ms, ttl)))?;
         let r = done.map_err(ReservationConflict::new_err)?;
         let d = r.decision;
         Ok((d.allowed, d.reason, d.message, d.cost, d.available, r.held, r.repeated, r.expires_at_ms))
@@ -997,6 +1004,7 @@ impl Kernel {
         }
         let holding = HoldingBatch {
             requests: holds::encode_holds(split.holds),
+            ttl_default_ms: split.ttl_default_ms,
             answers: parking_lot::Mutex::new(Some(split.answers)),
         };
         Ok((Bound::new(py, holding)?.into_any(), decisions))
@@ -1017,16 +1025,19 @@ impl Kernel {
 
     /// Applies a HoldingBatch's `requests` (a change: the server journals it first) at now_ms, each as
     /// `reserve` applies one, in order: (the holds' AuthorizeBatchResult bytes, holds placed, their customers
-    /// in first-appearance order). A request that cannot hold is answered in-band. ValueError (nothing
-    /// changed) when the bytes are not an AuthorizeBatch.
+    /// in first-appearance order). A request that cannot hold is answered in-band. `ttl_default_ms`: the
+    /// HoldingBatch's, the TTL of a request naming none (0, as ReserveBatches stored before it: each request
+    /// names its own). ValueError (nothing changed) when the bytes are not an AuthorizeBatch.
+    #[pyo3(signature = (requests, now_ms, ttl_default_ms = 0))]
     fn reserve_batch<'py>(
         &self,
         py: Python<'py>,
         requests: &[u8],
         now_ms: i64,
+        ttl_default_ms: i64,
     ) -> PyResult<(Bound<'py, PyBytes>, u32, Vec<String>)> {
         let requests = holds::decode_holds(requests).map_err(PyValueError::new_err)?;
-        let done = py.detach(|| self.change(|k| k.reserve_batch(requests, now_ms)))?;
+        let done = py.detach(|| self.change(|k| k.reserve_batch(requests, now_ms, ttl_default_ms)))?;
         let result = PyBytes::new(py, &authorize::encode_result(done.responses));
         Ok((result, done.placed, done.customers))
     }
@@ -1146,6 +1157,9 @@ fn merge_dedupe_segments_to<'py>(
 struct HoldingBatch {
     #[pyo3(get)]
     requests: Vec<u8>,
+    /// The TTL its requests naming none hold for (they are journaled naming none), for ReserveBatch to journal.
+    #[pyo3(get)]
+    ttl_default_ms: i64,
     answers: parking_lot::Mutex<Option<Vec<Option<wire::AuthorizeResponse>>>>,
 }
 

@@ -41,7 +41,7 @@ const MADE_CREATION_ORDER_BASE: i64 = 1 << 48;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
-    /// Of what was asked (event type, dimensions, values, ttl): a retry must ask the same.
+    /// Of what was asked (event type, dimensions, values, ttl as asked: `request_digest`): a retry must ask the same.
     pub digest: u64,
     /// The estimated cost when it was made.
     pub amount: Picos,
@@ -277,8 +277,28 @@ pub enum ReleaseRefusal {
     Ended(String),
 }
 
-/// The digest of what a reservation asks (not its time: a retry comes later).
-pub fn request_digest(event: &wire::UsageEvent, ttl_ms: i64) -> u64 {
+/// A hold's TTL in milliseconds, and how its request asked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldTtl {
+    /// The request named it (or, journaled before `Defaulted`, was given it by the server): part of the request.
+    Named(i64),
+    /// The request named none and the server gave it this (the default, or `--reservation-ttl-max-s` when
+    /// shorter, which a later start may set otherwise): no part of the request.
+    Defaulted(i64),
+}
+
+impl HoldTtl {
+    pub fn ms(self) -> i64 {
+        match self {
+            HoldTtl::Named(ms) | HoldTtl::Defaulted(ms) => ms,
+        }
+    }
+}
+
+/// The digest of what a reservation asks (not its time: a retry comes later): a `Named` TTL as its 8 bytes, a
+/// `Defaulted` one as 0, which no named TTL is (each is positive), so a retry naming none is the same request as a
+/// first call naming none whatever TTL it is given by then.
+pub fn request_digest(event: &wire::UsageEvent, ttl: HoldTtl) -> u64 {
     fn text(bytes: &mut Vec<u8>, s: &str) {
         bytes.extend_from_slice(&(s.len() as u64).to_le_bytes());
         bytes.extend_from_slice(s.as_bytes());
@@ -305,7 +325,11 @@ pub fn request_digest(event: &wire::UsageEvent, ttl_ms: i64) -> u64 {
         text(&mut bytes, k);
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    bytes.extend_from_slice(&ttl_ms.to_le_bytes());
+    let asked_ms = match ttl {
+        HoldTtl::Named(ms) => ms,
+        HoldTtl::Defaulted(_) => 0,
+    };
+    bytes.extend_from_slice(&asked_ms.to_le_bytes());
     xxh3_64(&bytes)
 }
 
@@ -517,7 +541,7 @@ pub fn after_event(
 
 impl Kernel {
     /// Authorize with a hold: decides as `authorize` at `now_ms` and, when allowed, holds what
-    /// the usage would draw from grants under `reservation_id` until `now_ms + ttl_ms`. The same id
+    /// the usage would draw from grants under `reservation_id` until `now_ms + ttl.ms()`. The same id
     /// with the same request answers again without holding more; with another request it is
     /// refused (Err, nothing changed). A denied request holds nothing and records nothing.
     pub fn reserve(
@@ -525,14 +549,28 @@ impl Kernel {
         reservation_id: &str,
         event: &wire::UsageEvent,
         now_ms: i64,
-        ttl_ms: i64,
+        ttl: HoldTtl,
     ) -> Result<Reserved, String> {
-        let digest = request_digest(event, ttl_ms);
-        if let Some(known) = self.known_reservation(reservation_id, event, digest, now_ms)? {
+        let digest = request_digest(event, ttl);
+        // A TTL left to the server is also the one it is given now, as it always was: a request naming none is that
+        // of a hold whose first call named the TTL it is given now (or, journaled before `Defaulted`, named none and
+        // was given it), and a request naming a TTL is that of an open hold whose first call named none and was
+        // given it (an ended hold keeps no TTL: a retry naming one is then another request).
+        // (Computed only for a known id whose digest is not this request's: a new hold pays for one digest.)
+        let asked = |known: u64, held_ttl_ms: Option<i64>| {
+            known == digest
+                || match ttl {
+                    HoldTtl::Defaulted(ms) => known == request_digest(event, HoldTtl::Named(ms)),
+                    HoldTtl::Named(ms) => {
+                        held_ttl_ms == Some(ms) && known == request_digest(event, HoldTtl::Defaulted(ms))
+                    }
+                }
+        };
+        if let Some(known) = self.known_reservation(reservation_id, event, asked, now_ms)? {
             return Ok(known);
         }
         let mut decision = self.authorize(event, now_ms);
-        let expires_at_ms = now_ms.saturating_add(ttl_ms);
+        let expires_at_ms = now_ms.saturating_add(ttl.ms());
         if !decision.allowed {
             return Ok(Reserved { decision, held: 0, repeated: false, expires_at_ms });
         }
@@ -565,7 +603,7 @@ impl Kernel {
         &self,
         reservation_id: &str,
         event: &wire::UsageEvent,
-        digest: u64,
+        asked: impl Fn(u64, Option<i64>) -> bool,
         now_ms: i64,
     ) -> Result<Option<Reserved>, String> {
         let Some(credits) = self.accounts.get(event.customer_id.as_str()).and_then(|a| a.credits.as_deref()) else {
@@ -577,7 +615,7 @@ impl Kernel {
         };
         let available = || self.authorize(event, now_ms).available;
         if let Some(open) = credits.open.get(reservation_id) {
-            if open.digest != digest {
+            if !asked(open.digest, Some(open.expires_at_ms - open.made_at_ms)) {
                 return Err(conflict());
             }
             let note = open.reason.retry_note();
@@ -592,7 +630,7 @@ impl Kernel {
             }));
         }
         let Some(ended) = credits.ended.get(reservation_id) else { return Ok(None) };
-        if ended.digest != digest {
+        if !asked(ended.digest, None) {
             return Err(conflict());
         }
         let (ending, at_ms, note) = (ended.ending.name(), ended.at_ms, ended.reason.retry_note());
@@ -1050,4 +1088,98 @@ fn expire_reservations(account: &mut Account, clock: &mut Clock, customer_id: &s
         expired += 1;
     }
     expired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
+    use crate::authorize::tests::kernel;
+    use HoldTtl::{Defaulted, Named};
+
+    const NOW: i64 = 1_000;
+
+    fn call(event_type: &str) -> wire::UsageEvent {
+        wire::UsageEvent {
+            transaction_id: "authorize".into(),
+            customer_id: "c".into(),
+            event_type: event_type.into(),
+            timestamp_ms: NOW,
+            ..wire::UsageEvent::default()
+        }
+    }
+
+    fn retried(kernel: &mut Kernel, at_ms: i64, ttl: HoldTtl) -> Result<Reserved, String> {
+        kernel.reserve("r", &call("call"), at_ms, ttl)
+    }
+
+    const CONFLICT: &str = "reservation_id 'r' is already used by a different request of this customer";
+
+    #[test]
+    fn a_ttl_left_to_the_server_is_no_part_of_the_request_and_a_named_one_is() {
+        let digest = |ttl| request_digest(&call("call"), ttl);
+        // Whatever the default resolves to (60 s, or a shorter --reservation-ttl-max-s), the request is one.
+        assert_eq!(digest(Defaulted(60_000)), digest(Defaulted(30_000)));
+        assert_ne!(digest(Named(60_000)), digest(Defaulted(60_000)));
+        assert_ne!(digest(Named(60_000)), digest(Named(30_000)));
+        assert_ne!(request_digest(&call("other"), Defaulted(60_000)), digest(Defaulted(60_000)));
+    }
+
+    #[test]
+    fn a_named_ttl_digests_as_the_holds_of_earlier_releases_did() {
+        // Pinned: what `request_digest(event, 60_000)` gave before `HoldTtl`, which their journals and snapshots keep.
+        let event = wire::UsageEvent {
+            event_type: "call".into(),
+            dimensions: vec![wire::DimensionEntry { key: "model".into(), value: "a".into() }],
+            values: vec![wire::ValueEntry { key: "n".into(), value: 2.5 }],
+            ..wire::UsageEvent::default()
+        };
+        assert_eq!(request_digest(&event, Named(60_000)), 0xabc7_a98d_f2bf_c1aa);
+    }
+
+    #[test]
+    fn a_retry_naming_no_ttl_is_the_hold_whatever_its_ttl_resolves_to_and_one_naming_another_is_a_conflict() {
+        let mut kernel = kernel();
+        let first = kernel.reserve("r", &call("call"), NOW, Defaulted(60_000)).expect("holds");
+        assert_eq!((first.held, first.expires_at_ms), (2_500_000_000_000, NOW + 60_000));
+        // After a start with --reservation-ttl-max-s 30 the default resolves to 30 s: still the same request.
+        let again = retried(&mut kernel, NOW + 5, Defaulted(30_000)).expect("the same request");
+        assert!(again.repeated && again.decision.message.starts_with("already held"), "{again:?}");
+        assert_eq!((again.held, again.expires_at_ms), (2_500_000_000_000, NOW + 60_000)); // the first call's hold
+        assert_eq!(retried(&mut kernel, NOW + 5, Named(30_000)), Err(CONFLICT.into()));
+        // Naming the 60 s it was given is the same request, while it is open.
+        assert!(retried(&mut kernel, NOW + 5, Named(60_000)).expect("the same request").repeated);
+        assert_eq!(kernel.balance("c", NOW + 5).expect("known").remaining, 7_500_000_000_000);
+        // held once
+    }
+
+    #[test]
+    fn a_hold_naming_its_ttl_is_retried_naming_it_or_none_where_none_is_given_it() {
+        // Also a hold journaled before `Defaulted` by a request naming none: it was applied naming the TTL given.
+        let mut kernel = kernel();
+        kernel.reserve("r", &call("call"), NOW, Named(60_000)).expect("holds");
+        for ttl in [Named(60_000), Defaulted(60_000)] {
+            assert!(retried(&mut kernel, NOW + 5, ttl).expect("the same request").repeated, "{ttl:?}");
+        }
+        for ttl in [Named(30_000), Defaulted(30_000)] {
+            assert_eq!(retried(&mut kernel, NOW + 5, ttl), Err(CONFLICT.into()), "{ttl:?}");
+        }
+        // Ended holds are compared alike.
+        kernel.release("c", "r", NOW + 10, true).expect("released");
+        let ended = retried(&mut kernel, NOW + 20, Defaulted(60_000)).expect("the same request");
+        assert!(ended.decision.message.starts_with("this reservation was already released"), "{ended:?}");
+        assert_eq!(retried(&mut kernel, NOW + 20, Defaulted(30_000)), Err(CONFLICT.into()));
+    }
+
+    #[test]
+    fn an_ended_hold_made_naming_no_ttl_answers_a_retry_naming_none_whatever_its_ttl_resolves_to() {
+        let mut kernel = kernel();
+        kernel.reserve("r", &call("call"), NOW, Defaulted(60_000)).expect("holds");
+        kernel.release("c", "r", NOW + 10, true).expect("released");
+        let again = retried(&mut kernel, NOW + 20, Defaulted(1_500)).expect("the same request");
+        assert!(again.repeated && again.decision.message.starts_with("this reservation was already released"));
+        assert_eq!(retried(&mut kernel, NOW + 20, Named(1_500)), Err(CONFLICT.into()));
+        // An ended hold keeps no TTL: naming the one it was given is taken for another request.
+        assert_eq!(retried(&mut kernel, NOW + 20, Named(60_000)), Err(CONFLICT.into()));
+    }
 }

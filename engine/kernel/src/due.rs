@@ -270,7 +270,9 @@ mod tests {
         checked(&kernel);
         assert_eq!(kernel.due.due_by(5_000), vec!["c0".into()]);
         // c2 holds credit until 3_000 (TTL 2_000): its hold is due before anyone's expiry.
-        let reserved = kernel.reserve("r1", &call("c2", "h1", "", 1_000), 1_000, 2_000).expect("reserves");
+        let reserved = kernel
+            .reserve("r1", &call("c2", "h1", "", 1_000), 1_000, crate::credits::HoldTtl::Named(2_000))
+            .expect("reserves");
         assert_eq!(reserved.held, CREDIT);
         checked(&kernel);
         assert_eq!(kernel.next_due_ms(), Some(3_000));
@@ -296,7 +298,9 @@ mod tests {
         assert_eq!(kernel.next_due_ms(), None);
         assert_eq!(kernel.advance_clock(1_002_000), (0, 0)); // nothing due: not run
         assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(1));
-        kernel.reserve("r2", &call("c1", "h2", "", 1_002_000), 1_002_000, 1_000).expect("reserves");
+        kernel
+            .reserve("r2", &call("c1", "h2", "", 1_002_000), 1_002_000, crate::credits::HoldTtl::Named(1_000))
+            .expect("reserves");
         assert_eq!(kernel.advance_clock(1_003_000), (1, 0));
         assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(0));
         checked(&kernel);
@@ -305,7 +309,7 @@ mod tests {
     #[test]
     fn restoring_a_snapshot_rebuilds_the_index_it_does_not_store() {
         let mut kernel = kernel(50, |c| Some(1_000 + (c as i64 % 7) * 100));
-        kernel.reserve("r", &call("c3", "h3", "", 10), 10, 5_000).expect("reserves");
+        kernel.reserve("r", &call("c3", "h3", "", 10), 10, crate::credits::HoldTtl::Named(5_000)).expect("reserves");
         let snapshot = kernel.snapshot();
         crate::snapshot::check_owned_form(&snapshot);
         let mut restored = Kernel::restore(&snapshot).expect("restores");

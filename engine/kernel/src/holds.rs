@@ -3,8 +3,9 @@
 //! `split` runs when a message arrives (the kernel's lock shared): requests without `reserve` are
 //! decided at once as `authorize::answer` decides them (the fast path, no journal), and each request
 //! with `reserve` is checked (customer, event type, TTL) and completed (a reservation id when it has
-//! none, its TTL in whole milliseconds) or answered INVALID_REQUEST in-band. The completed requests
-//! are what the server journals, as one `ReserveBatch` command for the whole message;
+//! none) or answered INVALID_REQUEST in-band. The completed requests are what the server journals, as
+//! one `ReserveBatch` command for the whole message (a request naming no TTL journaled so, beside the
+//! TTL such a request is given: its TTL is no part of the request, `credits::HoldTtl`);
 //! `Kernel::reserve_batch` then applies them in order through `Kernel::reserve`, so each hold is
 //! decided against the holds before it (in the same message too) exactly as one `Authorize
 //! (reserve=true)` would be, and replay applies the same bytes to the same state with the same
@@ -15,6 +16,7 @@ use prost::Message;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::authorize::{answer, asked_usage, response, unpriceable, Refused};
+use crate::credits::HoldTtl;
 use crate::decode::{wire, TEXT_BYTES_MAX};
 use crate::kernel::Kernel;
 
@@ -40,8 +42,10 @@ pub struct HoldRules<'a> {
 pub struct Split {
     /// One per request, in order; None where a hold waits for `reserve_batch`.
     pub answers: Vec<Option<wire::AuthorizeResponse>>,
-    /// The holds, in request order, ids and TTLs filled in.
+    /// The holds, in request order, ids filled in, TTLs as named.
     pub holds: Vec<wire::AuthorizeRequest>,
+    /// The TTL of the holds naming none: the default, or the server's maximum when shorter.
+    pub ttl_default_ms: i64,
 }
 
 /// What `reserve_batch` did.
@@ -68,6 +72,7 @@ pub fn decode(
 pub fn split(kernel: &Kernel, requests: Vec<wire::AuthorizeRequest>, now_ms: i64, rules: &HoldRules<'_>) -> Split {
     let mut answers = Vec::with_capacity(requests.len());
     let mut holds = Vec::new();
+    let ttl_default_ms = TTL_DEFAULT_MS.min(rules.ttl_max_ms);
     for (index, mut request) in requests.into_iter().enumerate() {
         if !request.reserve {
             answers.push(Some(if request.reservation_id.is_empty() {
@@ -77,7 +82,7 @@ pub fn split(kernel: &Kernel, requests: Vec<wire::AuthorizeRequest>, now_ms: i64
             }));
             continue;
         }
-        match prepare(kernel, &mut request, index, rules) {
+        match prepare(kernel, &mut request, index, rules, ttl_default_ms) {
             Ok(()) => {
                 answers.push(None);
                 holds.push(request);
@@ -85,23 +90,24 @@ pub fn split(kernel: &Kernel, requests: Vec<wire::AuthorizeRequest>, now_ms: i64
             Err(message) => answers.push(Some(invalid(request.request_id, message))),
         }
     }
-    Split { answers, holds }
+    Split { answers, holds, ttl_default_ms }
 }
 
-/// Completes a hold request (its id and TTL), or says what is wrong with it, in the unary path's
+/// Completes a hold request (its id), or says what is wrong with it, in the unary path's
 /// order and words: a customer_id breaking the id rule (that no account has) comes first, as there.
 fn prepare(
     kernel: &Kernel,
     request: &mut wire::AuthorizeRequest,
     index: usize,
     rules: &HoldRules<'_>,
+    ttl_default_ms: i64,
 ) -> Result<(), String> {
     if let Some(message) = unpriceable(kernel, &request.customer_id, &request.event_type) {
         return Err(message);
     }
-    // A request naming no TTL asked for none: it gets the default, or the server's maximum when that is shorter.
-    let ttl_ms =
-        if request.reservation_ttl.is_none() { TTL_DEFAULT_MS.min(rules.ttl_max_ms) } else { ttl_ms(request)? };
+    // A request naming no TTL asked for none: it gets the default, or the server's maximum when that is shorter,
+    // and is journaled naming none (`reserve_batch` gives it `ttl_default_ms`).
+    let ttl_ms = if request.reservation_ttl.is_none() { ttl_default_ms } else { ttl_ms(request)? };
     if ttl_ms > rules.ttl_max_ms {
         let most = seconds_text(rules.ttl_max_ms);
         return Err(format!("reservation_ttl: must be at most {most} s (the server's --reservation-ttl-max-s)"));
@@ -109,8 +115,6 @@ fn prepare(
     if request.reservation_id.len() > TEXT_BYTES_MAX {
         return Err(format!("reservation_id: must be at most {TEXT_BYTES_MAX} bytes"));
     }
-    request.reservation_ttl =
-        Some(wire::Duration { seconds: ttl_ms / 1000, nanos: (ttl_ms % 1000) as i32 * 1_000_000 });
     if request.reservation_id.is_empty() {
         let mut named = Vec::with_capacity(rules.id_seed.len() + 16);
         named.extend_from_slice(rules.id_seed);
@@ -171,11 +175,23 @@ pub fn merge(
 impl Kernel {
     /// Applies a message's hold requests (as `split` completed them) at now_ms, in order, each as
     /// `reserve` applies one: a request that cannot hold is answered in-band (INVALID_REQUEST,
-    /// RESERVATION_CONFLICT, or the denial) and the others go on.
-    pub fn reserve_batch(&mut self, requests: Vec<wire::AuthorizeRequest>, now_ms: i64) -> HeldBatch {
+    /// RESERVATION_CONFLICT, or the denial) and the others go on. A request naming no TTL holds for
+    /// `ttl_default_ms` (`Split.ttl_default_ms`), its TTL no part of its request (`HoldTtl`); 0, in the
+    /// records of earlier releases (whose requests all had theirs filled in by `split`), applies each
+    /// request's TTL as named, as then.
+    pub fn reserve_batch(
+        &mut self,
+        requests: Vec<wire::AuthorizeRequest>,
+        now_ms: i64,
+        ttl_default_ms: i64,
+    ) -> HeldBatch {
         let mut done = HeldBatch { responses: Vec::with_capacity(requests.len()), placed: 0, customers: Vec::new() };
         for mut request in requests {
-            let ttl = match ttl_ms(&request) {
+            let asked = match request.reservation_ttl {
+                None if ttl_default_ms > 0 => Ok(HoldTtl::Defaulted(ttl_default_ms)),
+                _ => ttl_ms(&request).map(HoldTtl::Named),
+            };
+            let ttl = match asked {
                 Ok(ttl) if !request.reservation_id.is_empty() && !request.customer_id.is_empty() => ttl,
                 Ok(_) => {
                     let message = "reservation_id and customer_id: are required to hold".to_string();
@@ -258,7 +274,7 @@ mod tests {
     ) -> (Vec<wire::AuthorizeResponse>, HeldBatch) {
         let split = split(kernel, requests, NOW, &RULES);
         let journaled = encode_holds(split.holds);
-        let held = kernel.reserve_batch(decode_holds(&journaled).expect("our own bytes"), NOW);
+        let held = kernel.reserve_batch(decode_holds(&journaled).expect("our own bytes"), NOW, split.ttl_default_ms);
         let merged = merge(split.answers, held.responses.clone()).expect("as many answers as holds");
         (wire::AuthorizeBatchResult::decode(&merged[..]).expect("our own bytes").responses, held)
     }
@@ -317,7 +333,8 @@ mod tests {
                 timestamp_ms: NOW,
                 ..wire::UsageEvent::default()
             };
-            let one = single.reserve(&request.reservation_id, &event, NOW, 30_000).expect("no conflict");
+            let one =
+                single.reserve(&request.reservation_id, &event, NOW, HoldTtl::Named(30_000)).expect("no conflict");
             assert_eq!((one.decision.allowed, one.decision.reason), (answer.allowed, answer.reason.as_str()));
         }
         assert_eq!(batched.snapshot(), single.snapshot());
@@ -361,7 +378,7 @@ mod tests {
         assert_eq!(messages, vec![("OK", ""), ("INVALID_REQUEST", "reservation_id: must be at most 256 bytes")]);
         assert_eq!(held.placed, 1);
         // A hold journaled before the limit (split lets none through now) replays as it applied: it holds.
-        let done = kernel.reserve_batch(vec![ttl(hold("old", &too_long), 60, 0)], NOW);
+        let done = kernel.reserve_batch(vec![ttl(hold("old", &too_long), 60, 0)], NOW, 60_000);
         assert_eq!((done.placed, done.responses[0].reason.as_str()), (1, "OK"));
     }
 
@@ -404,7 +421,7 @@ mod tests {
         assert_eq!(expiries, vec![NOW + 60_000, NOW + 3_600_000]); // h0 took the default TTL
                                                                    // A journaled hold whose TTL the kernel would refuse (written by hand: split never lets one through)
                                                                    // is answered in-band when applied, and holds nothing.
-        let done = kernel.reserve_batch(vec![ttl(hold("late", "h6"), 0, 0)], NOW);
+        let done = kernel.reserve_batch(vec![ttl(hold("late", "h6"), 0, 0)], NOW, 60_000);
         assert_eq!((done.placed, done.responses[0].reason.as_str()), (0, "INVALID_REQUEST"));
     }
 
@@ -415,9 +432,62 @@ mod tests {
         let split = split(&kernel, vec![hold("h0", "h0"), ttl(hold("h1", "h1"), 2, 0)], NOW, &rules);
         let ttls: Vec<_> =
             split.holds.iter().map(|h| h.reservation_ttl.as_ref().map(|d| (d.seconds, d.nanos))).collect();
-        assert_eq!(ttls, vec![Some((1, 500_000_000))]); // written in the record, so replay reads it
+        // Journaled naming none, and the TTL it is given beside it (ReserveBatch.ttl_default_ms), so replay reads it.
+        assert_eq!((ttls, split.ttl_default_ms), (vec![None], 1_500));
         let refused = split.answers[1].as_ref().expect("answered at once");
         assert_eq!(refused.message, "reservation_ttl: must be at most 1.5 s (the server's --reservation-ttl-max-s)");
+    }
+
+    #[test]
+    fn a_hold_naming_no_ttl_is_retried_alike_after_a_start_with_a_shorter_maximum() {
+        let mut kernel = kernel();
+        let (first, _) = through(&mut kernel, vec![hold("a", "h0")]); // 60 s: the default
+        let shorter = HoldRules { ttl_max_ms: 30_000, ..RULES };
+        let retry = |kernel: &mut Kernel, requests: Vec<wire::AuthorizeRequest>| {
+            let split = split(kernel, requests, NOW + 5, &shorter);
+            assert_eq!(split.ttl_default_ms, 30_000);
+            let journaled = decode_holds(&encode_holds(split.holds)).expect("our own bytes");
+            kernel.reserve_batch(journaled, NOW + 5, split.ttl_default_ms)
+        };
+        let again = retry(&mut kernel, vec![hold("b", "h0"), ttl(hold("c", "h0"), 30, 0)]);
+        let seen: Vec<_> = again.responses.iter().map(|a| (a.reason.as_str(), a.reservation_id.as_str())).collect();
+        // Naming none, it is the same request; naming the 30 s that none now gives, it is another.
+        assert_eq!(seen, vec![("OK", "h0"), (RESERVATION_CONFLICT, "")]);
+        assert!(again.responses[0].message.starts_with("already held"), "{}", again.responses[0].message);
+        assert_eq!(again.responses[0].estimated_cost, first[0].estimated_cost);
+        assert_eq!(again.placed, 0);
+        // A hold made by a unary Authorize naming no TTL is the same hold for a message naming none.
+        let event = wire::UsageEvent {
+            transaction_id: "authorize".into(),
+            customer_id: "c".into(),
+            event_type: "call".into(),
+            timestamp_ms: NOW,
+            ..wire::UsageEvent::default()
+        };
+        kernel.reserve("u", &event, NOW, HoldTtl::Defaulted(60_000)).expect("holds");
+        let unary = retry(&mut kernel, vec![hold("d", "u")]);
+        assert!(unary.responses[0].message.starts_with("already held"), "{}", unary.responses[0].message);
+        assert_eq!(held_now(&kernel), vec![("h0".into(), 2_500_000_000_000), ("u".into(), 2_500_000_000_000)]);
+    }
+
+    #[test]
+    fn a_message_journaled_with_its_ttls_filled_in_replays_as_it_applied() {
+        // Before `ttl_default_ms`, split filled the default into a request naming none: it applies as named.
+        let mut kernel = kernel();
+        let done = kernel.reserve_batch(vec![ttl(hold("a", "h0"), 60, 0)], NOW, 0);
+        assert_eq!(done.placed, 1);
+        let open = &kernel.account_credits("c").expect("held").open["h0"];
+        assert_eq!(open.digest, crate::credits::request_digest(&asked(&hold("a", "h0")), HoldTtl::Named(60_000)));
+        // One written by hand naming none, without a default beside it, takes TTL_DEFAULT_MS as then.
+        let done = kernel.reserve_batch(vec![hold("b", "h1")], NOW, 0);
+        let open = &kernel.account_credits("c").expect("held").open["h1"];
+        assert_eq!((done.placed, open.expires_at_ms), (1, NOW + TTL_DEFAULT_MS));
+        assert_eq!(open.digest, crate::credits::request_digest(&asked(&hold("b", "h1")), HoldTtl::Named(60_000)));
+    }
+
+    /// The usage a hold request asks about, as `reserve_batch` builds it.
+    fn asked(request: &wire::AuthorizeRequest) -> wire::UsageEvent {
+        asked_usage(&mut request.clone(), NOW)
     }
 
     #[test]
@@ -458,7 +528,7 @@ mod tests {
         assert_ne!(first(&HoldRules { message_number: 8, ..RULES }), first(&RULES));
         assert_ne!(first(&HoldRules { id_seed: b"other", ..RULES }), first(&RULES));
         assert_eq!(first(&RULES), first(&RULES));
-        assert_eq!(split.holds[0].reservation_ttl, Some(wire::Duration { seconds: 60, nanos: 0 }));
+        assert_eq!((&split.holds[0].reservation_ttl, split.ttl_default_ms), (&None, 60_000));
     }
 
     #[test]

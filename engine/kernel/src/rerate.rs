@@ -1393,7 +1393,7 @@ mod tests {
             values: vec![wire::ValueEntry { key: "q".into(), value: quantity }],
             reservation_id: String::new(),
         };
-        assert!(kernel.reserve(id, &event, now, HOUR_MS).unwrap().decision.allowed);
+        assert!(kernel.reserve(id, &event, now, crate::credits::HoldTtl::Named(HOUR_MS)).unwrap().decision.allowed);
     }
 
     fn held(kernel: &Kernel, id: &str) -> Picos {

@@ -1357,7 +1357,10 @@ mod hold_reason_tests {
             timestamp_ms: NOW,
             ..wire::UsageEvent::default()
         };
-        let decision = kernel.reserve(reservation_id, &call, NOW, 60_000).expect("no conflict").decision;
+        let decision = kernel
+            .reserve(reservation_id, &call, NOW, crate::credits::HoldTtl::Named(60_000))
+            .expect("no conflict")
+            .decision;
         (decision.reason, decision.message)
     }
 
