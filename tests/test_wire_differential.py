@@ -973,6 +973,33 @@ def close_after(
     closed[period] = (invoice, expected)
 
 
+def check_close_refusals(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
+    """ClosePeriod of the running period is FAILED_PRECONDITION saying when it ends; of an instant a third or two
+    thirds into the first period, INVALID_ARGUMENT naming period_start and the nearest period start (its own,
+    or the next one's); nothing closed."""
+    _, start_ms, end_ms = oracle.period(now_ms())
+    request = invoices_pb2.ClosePeriodRequest(customer_id=names("acme"), period_start=stamp(start_ms))
+    with pytest.raises(TariffError) as running:
+        client.invoices.ClosePeriod(request)
+    ends = re.search(r"ends at (\S+?),", running.value.details)
+    assert running.value.code == grpc.StatusCode.FAILED_PRECONDITION and ends, running.value.details
+    assert iso_ms(ends.group(1)) == end_ms, running.value.details
+    _, first_ms, first_end_ms = oracle.period(scenario.contract_start_ms)
+    for third, nearest_ms in ((1, first_ms), (2, first_end_ms)):
+        at_ms = first_ms + (first_end_ms - first_ms) * third // 3
+        request = invoices_pb2.ClosePeriodRequest(customer_id=names("acme"), period_start=stamp(at_ms))
+        with pytest.raises(TariffError) as off:
+            client.invoices.ClosePeriod(request)
+        nearest = re.search(r"nearest period start is (\S+)$", off.value.details)
+        assert off.value.code == grpc.StatusCode.INVALID_ARGUMENT and nearest, off.value.details
+        assert iso_ms(nearest.group(1)) == nearest_ms, off.value.details
+
+
+def iso_ms(text: str) -> int:
+    """An instant as the server writes one in a message (ISO 8601, UTC, "Z")."""
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
 def escaped(text: str) -> str:
     """invoices.proto's line_id escaping: %, ;, = and every character outside printable ASCII, as UTF-8 bytes."""
     return "".join("".join(f"%{b:02X}" for b in c.encode()) if c in "%;=" or not " " <= c <= "~" else c for c in text)
@@ -1099,7 +1126,9 @@ def bill_and_compare(server: ServerProcess, client: TariffClient, scenario: Wire
     oracle.credits_conserved()
     if scenario.crash == "usage":
         crash_and_restart(server, client)
-    event(f"top-ups bought {min(len(oracle.purchases), 2)}+")
+    event(f"top-ups bought {min(len(oracle.purchases), 2)}+, in {len({p for p, _, _ in oracle.purchases})} periods")
     check_balance(client, scenario, oracle, names)
     check_invoice(client, scenario, oracle, names, closed)
+    if scenario.anchored:
+        check_close_refusals(client, scenario, oracle, names)
     check_authorize(client, scenario, oracle, names)
