@@ -59,6 +59,7 @@ from tests.reference_billing import (
     ROverride,
     RRate,
     RTopUp,
+    anchored_period,
     anchored_period_start_ms,
     round_pico,
 )
@@ -358,8 +359,9 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         hours = (second.effective_from_ms - EPOCH_MS) // HOUR_MS
         effective_from_ms = (spread.start_ms + hours * HOUR_MS) // HOUR_MS * HOUR_MS  # on the hour, as it must be
         second = dataclasses.replace(second, effective_from_ms=effective_from_ms)
-    ended = spread.ended()
-    closes = tuple(draw(st.none() | st.none() | st.sampled_from(ended)) if ended else None for _ in batches)
+    closes = tuple(
+        draw(st.none() | st.none() | st.sampled_from(ends)) if ends else None for ends in closable(spread, batches)
+    )
     return dataclasses.replace(
         scenario,
         grants=grants,
@@ -369,6 +371,18 @@ def wire_scenarios(draw: st.DrawFn) -> WireScenario:
         anchored=True,
         closes=closes,
     )
+
+
+def closable(spread: Spread, batches: tuple[tuple[WireEvent, ...], ...]) -> list[list[int]]:
+    """Per batch, the ended periods that may be closed after it: those later batches have events in, mostly (so
+    that they are PERIOD_CLOSED), and any."""
+    ended = spread.ended()
+    made = []
+    for n in range(len(batches)):
+        later = [e.event.timestamp_ms for batch in batches[n + 1 :] for e in batch if not e.when]
+        starts = {anchored_period(spread.start_ms, ts)[1] for ts in later if ts >= spread.start_ms}
+        made.append([*sorted(starts & set(ended)) * 3, *ended])
+    return made
 
 
 @st.composite
