@@ -21,6 +21,7 @@ All arithmetic is exact (`Decimal` with 60 digits); amounts are compared as the 
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import decimal
 from collections.abc import Collection, Iterator
@@ -488,14 +489,43 @@ class ReferenceBilling:
 # A second, independent statement of the rating rules (tests/test_kernel_differential.py compares the kernel
 # with it): every aggregation, filters, most specific rate, every price model, contract overrides, several
 # products per event with the event's refunds and charges netted, grants with priorities, expiries and
-# applicability. Plain data in, exact Decimals inside, picos out. Calendar-month periods: contracts start at
-# 00:00 UTC on the 1st.
+# applicability. Plain data in, exact Decimals inside, picos out. Calendar-month periods (contracts start at
+# 00:00 UTC on the 1st), or monthly periods anchored on the contract's start (`period_anchor_ms`), some closed.
 
 RATING = decimal.Context(prec=120, rounding=decimal.ROUND_HALF_EVEN)
 VALUE_LIMIT = Decimal(10) ** 15
 # The kernel's 128-bit picos (docs/architecture.md "Inside"): a line's price, or a period's charges or overage,
 # past it rejects the event, INVALID_EVENT.
 PICOS_MAX = Decimal(2**127 - 1)
+
+
+Period = tuple[int, int]  # a billing period, named by the year and month it starts in
+
+
+def anchored_period_start_ms(anchor_ms: int, months: int) -> int:
+    """The start of the period `months` after the one starting at the contract's anchor: the anchor's day of month
+    (the last day of a shorter month), at its time of day, each boundary computed from the anchor so that a
+    clamped month does not move the later ones (docs/architecture.md "Contracts")."""
+    anchor = datetime.fromtimestamp(anchor_ms / 1000, tz=UTC)
+    index = anchor.year * 12 + anchor.month - 1 + months
+    year, month = index // 12, index % 12 + 1
+    day = min(anchor.day, calendar.monthrange(year, month)[1])
+    start = anchor.replace(year=year, month=month, day=day)
+    return int(start.timestamp()) * 1000 + anchor_ms % 1000
+
+
+def anchored_period(anchor_ms: int, ts_ms: int) -> tuple[Period, int, int]:
+    """(name, start ms, end ms) of the period holding ts_ms, for a contract anchored at anchor_ms."""
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    anchor = datetime.fromtimestamp(anchor_ms / 1000, tz=UTC)
+    months = (moment.year * 12 + moment.month) - (anchor.year * 12 + anchor.month)
+    while anchored_period_start_ms(anchor_ms, months) > ts_ms:
+        months -= 1
+    while anchored_period_start_ms(anchor_ms, months + 1) <= ts_ms:
+        months += 1
+    start_ms = anchored_period_start_ms(anchor_ms, months)
+    started = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
+    return (started.year, started.month), start_ms, anchored_period_start_ms(anchor_ms, months + 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -665,6 +695,7 @@ class ReferenceRating:
         future_skew_ms: int = 300_000,
         dedupe_window_ms: int = 35 * 24 * 3_600_000,
         timeline: list[tuple[int, list[RRate]]] | None = None,
+        period_anchor_ms: int | None = None,
     ) -> None:
         self.products = products
         self.rates = rates
@@ -685,6 +716,20 @@ class ReferenceRating:
         self.overage: dict[tuple[int, int], Decimal] = {}
         # transaction id -> (receive time, content)
         self.accepted: dict[str, tuple[int, tuple[object, ...]]] = {}
+        # Monthly periods anchored here (None: calendar months, a contract starting at 00:00 on a 1st); and the
+        # periods closed (ClosePeriod): their events are rejected PERIOD_CLOSED.
+        self.period_anchor_ms = period_anchor_ms
+        self.closed: set[Period] = set()
+
+    def period(self, ts_ms: int) -> tuple[Period, int, int]:
+        """(name, start ms, end ms) of the billing period holding ts_ms."""
+        if self.period_anchor_ms is not None:
+            return anchored_period(self.period_anchor_ms, ts_ms)
+        moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+        index = moment.year * 12 + moment.month  # the next month's, counted from 1
+        start = int(datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp()) * 1000
+        end = int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp()) * 1000
+        return (moment.year, moment.month), start, end
 
     def ingest(self, event: REvent, received_ms: int) -> str:
         """ "accepted", "duplicate", or the reject reason's name."""
@@ -699,6 +744,8 @@ class ReferenceRating:
             return "duplicate" if prior[1] == content else "DUPLICATE_CONFLICT"
         if event.timestamp_ms < self.contract_start_ms:
             return "NO_ACTIVE_CONTRACT"
+        if self.period(event.timestamp_ms)[0] in self.closed:
+            return "PERIOD_CLOSED"
         plans = self._plan(event)
         if isinstance(plans, str):
             return plans
@@ -755,8 +802,7 @@ class ReferenceRating:
     def _plan(self, event: REvent) -> list[Plan] | str:
         dimensions = dict(event.dimensions)
         values = dict(event.values)
-        moment = datetime.fromtimestamp(event.timestamp_ms / 1000, tz=UTC)
-        period = (moment.year, moment.month)
+        period = self.period(event.timestamp_ms)[0]
         plans = []
         # In product-id order: the first product that refuses (its measure, then its rate) names the reason.
         for product in sorted(self.products, key=lambda p: p.id):
@@ -1149,6 +1195,7 @@ class ReferenceCredits(ReferenceRating):
         self.breakage: dict[str, Decimal] = {}
         # Grants still to roll over (id -> fraction in (0, 1]) and, once rolled, what each moved out.
         self.rollover = {grant_id: f for grant_id, f in (rollover or {}).items() if f > 0}
+        assert not self.rollover or self.period_anchor_ms is None, "rollover is modelled for calendar months only"
         self.rolled_out: dict[str, Decimal] = {}
         self.expiring_at_rollover_rolls = set(expiring_at_rollover_rolls)
         for grant in self.grants:
@@ -1167,7 +1214,11 @@ class ReferenceCredits(ReferenceRating):
         notice = ""
         reservation = self.reservations.get(event.reservation_id) if event.reservation_id else None
         outcome = self._invalid(event, received_ms) or self._dedupe(event, received_ms)
-        rateable = event.customer_id == self.customer_id and event.timestamp_ms >= self.contract_start_ms
+        rateable = (
+            event.customer_id == self.customer_id
+            and event.timestamp_ms >= self.contract_start_ms
+            and self.period(event.timestamp_ms)[0] not in self.closed
+        )
         if outcome == "" and event.reservation_id and rateable and isinstance(self._plan(event), list):
             if reservation is None:
                 notice = "unknown"
@@ -1177,8 +1228,7 @@ class ReferenceCredits(ReferenceRating):
                 self._give_back(reservation, "settled")
         outcome = self.ingest(event, received_ms)
         if outcome == "accepted":
-            moment = datetime.fromtimestamp(event.timestamp_ms / 1000, tz=UTC)
-            self._maybe_top_up((moment.year, moment.month), received_ms)
+            self._maybe_top_up(self.period(event.timestamp_ms), received_ms)
         return outcome, notice
 
     def _dedupe(self, event: REvent, received_ms: int) -> str:
@@ -1222,8 +1272,7 @@ class ReferenceCredits(ReferenceRating):
         self.reservations[reservation_id] = RReservation(
             content, Decimal(decision[2]), held, event.timestamp_ms + ttl_ms
         )
-        moment = datetime.fromtimestamp(event.timestamp_ms / 1000, tz=UTC)
-        self._maybe_top_up((moment.year, moment.month), event.timestamp_ms)
+        self._maybe_top_up(self.period(event.timestamp_ms), event.timestamp_ms)
         return decision
 
     def release(self, reservation_id: str) -> Decimal | str:
@@ -1248,15 +1297,15 @@ class ReferenceCredits(ReferenceRating):
                 self.breakage[grant.id] = self.breakage.get(grant.id, Decimal(0)) + grant.remaining
                 grant.remaining = Decimal(0)
 
-    def _maybe_top_up(self, period: tuple[int, int], at_ms: int) -> None:
+    def _maybe_top_up(self, in_period: tuple[Period, int, int], at_ms: int) -> None:
         policy = self.top_up
         if policy is None:
             return
+        period, period_start_ms, _ = in_period
         available = sum((g.remaining for g in self.grants if g.usable(at_ms)), start=Decimal(0))
         bought = [p for p in self.purchases if p[0] == period]
         if available >= policy.threshold or len(bought) >= policy.max_per_period:
             return
-        period_start_ms = int(datetime(period[0], period[1], 1, tzinfo=UTC).timestamp() * 1000)
         grant_id = f"top-up-{period_start_ms}-{len(bought) + 1}"
         credits = policy.recharge_to - available
         self.purchases.append((period, grant_id, credits))
