@@ -323,3 +323,23 @@ def test_a_hold_given_a_shorter_default_is_retried_naming_that_ttl_after_a_start
         same_hold(client, request("rf", {"n": 2}, reservation_id="f", ttl=thirty_s), "2", "8", "held")
         conflicts(client, request("rf", {"n": 2}, reservation_id="f", ttl=SIXTY_S))
         assert totals(client, "rf") == ("10", "2", "8")
+
+
+def test_a_reservation_id_without_reserve_is_invalid_on_authorize_and_in_band_on_both_streams(
+    server: ServerProcess,
+) -> None:
+    """balance.proto `reservation_id`: "Only read with reserve=true (otherwise INVALID_ARGUMENT; INVALID_REQUEST
+    in-band on AuthorizeStream and AuthorizeBatches)": the stream answers it and goes on; nothing is held (10)."""
+    message = "reservation_id: is only read with reserve=true"
+    with server.client() as client:
+        customer(client, "hn", block=True)
+        grant(client, "hn", "g", "10")
+        made = request("hn", {"n": 1}, reservation_id="z", request_id="1")
+        made.reserve = False
+        code, details = refusal(functools.partial(client.balance.Authorize, made))
+        assert (code, "reservation_id" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True), details
+        after = request("hn", {"n": 1}, request_id="2")
+        for answers in (streamed(client, [made, after]), batched(client, [made, after])):
+            assert full(answers[0]) == (False, "INVALID_REQUEST", "0", "0", "", message)
+            assert answer_of(answers[1]) == (True, "OK", "1", "10", "")
+        assert totals(client, "hn") == ("10", "0", "10")
