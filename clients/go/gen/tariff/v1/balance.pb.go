@@ -416,7 +416,7 @@ type AuthorizeRequest struct {
 	// different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
 	// RESERVATION_CONFLICT, in-band) and nothing is held. Only read with
 	// reserve=true (otherwise INVALID_ARGUMENT; INVALID_REQUEST in-band on
-	// AuthorizeBatches).
+	// AuthorizeStream and AuthorizeBatches).
 	ReservationId string `protobuf:"bytes,8,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -310,7 +310,7 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
    * different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
    * RESERVATION_CONFLICT, in-band) and nothing is held. Only read with
    * reserve=true (otherwise INVALID_ARGUMENT; INVALID_REQUEST in-band on
-   * AuthorizeBatches).
+   * AuthorizeStream and AuthorizeBatches).
    *
    * @generated from field: string reservation_id = 8;
    */
