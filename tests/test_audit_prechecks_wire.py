@@ -417,6 +417,16 @@ def test_a_retry_whose_answer_fits_is_not_refused_at_the_limit(small: ServerProc
         assert audit_count(client) == entries
 
 
+def padded_grant(grant_id: str, products: list[str], size_bytes: int) -> contracts_pb2.Grant:
+    """A promotional grant of `rg` whose request takes `size_bytes` (as near as products and a padded id allow)."""
+    grant = contracts_pb2.Grant(id=grant_id, customer_id="rg", kind=contracts_pb2.PROMOTIONAL, amount="1")
+    grant.paid_amount = "0"
+    while grant.ByteSize() + 130 <= size_bytes and len(grant.applicable_product_ids) < len(products):
+        grant.applicable_product_ids.append(products[len(grant.applicable_product_ids)])
+    grant.id += "p" * max(0, min(120 - len(grant.id), size_bytes - grant.ByteSize()))
+    return grant
+
+
 def test_a_create_contract_retry_whose_answer_fits_is_not_refused(small: ServerProcess) -> None:
     """--message-mb-max 1: customer `rg` with contract k-rg, then promotional grants given with customer_id alone
     (applicable to up to 40 products of 120-character ids, about 5 KB a grant) until the contract's answer, which
@@ -432,7 +442,7 @@ def test_a_create_contract_retry_whose_answer_fits_is_not_refused(small: ServerP
         n = 0
         while True:
             size = client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k-rg")).ByteSize()
-            room = MIB - 200 - size
+            room = MIB - 400 - size
             grant = contracts_pb2.Grant(
                 id=f"rg{n}", customer_id="rg", kind=contracts_pb2.PROMOTIONAL, amount="1", paid_amount="0"
             )
@@ -446,4 +456,21 @@ def test_a_create_contract_retry_whose_answer_fits_is_not_refused(small: ServerP
         assert MIB - 1024 < full.ByteSize() <= MIB, full.ByteSize()
         entries = audit_count(client)
         assert open_contract(client, "rg", "k-rg", JAN_2024_MS, rate_card_id="card") == full
+        assert audit_count(client) == entries
+        # Grants given with customer_id alone, sized (products, a padded id) to bring the answer within 16 bytes of
+        # 1 MiB: a top-up policy (about 25 bytes shown) would not fit, and is refused before it is set (README
+        # "Limits"). The first measures what a grant's answer adds to its request.
+        size, overhead = full.ByteSize(), 0
+        for n in range(2):
+            pad = padded_grant(f"rg-pad{n}", products, MIB - 16 - size - overhead if n else 100)
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=pad))
+            edge = client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k-rg"))
+            overhead, size = edge.ByteSize() - size - pad.ByteSize(), edge.ByteSize()
+        assert MIB - 24 < edge.ByteSize() <= MIB, edge.ByteSize()
+        entries = audit_count(client)
+        policy = contracts_pb2.TopUpPolicy(threshold="3", recharge_to="10", price_per_credit="0.5", max_per_period=2)
+        set_policy = contracts_pb2.SetTopUpPolicyRequest(contract_id="k-rg", top_up=policy)
+        code, message = refusal(lambda: client.contracts.SetTopUpPolicy(set_policy))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "not set" in message and "--message-mb-max" in message
+        assert client.contracts.GetContract(contracts_pb2.GetContractRequest(id="k-rg")) == edge
         assert audit_count(client) == entries
