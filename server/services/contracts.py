@@ -14,7 +14,7 @@ from engine import commands as cmd
 from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer, Override
-from engine.control import TEXT_BYTES_MAX, check_reference, quoted_id
+from engine.control import DAY_MS, TEXT_BYTES_MAX, check_reference, quoted_id
 from engine.customers import OVERRIDES_PER_CONTRACT_MAX, override_id, overrides_full
 from engine.errors import EngineError, InvalidArgument
 from engine.invoices import CURRENCIES
@@ -110,9 +110,10 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         which _sent_contract measures exactly; the new contract's estimate would refuse it near the limit."""
         if command.id:
             return command.id in self.engine.state.contracts
-        return command.starting_at_ms is not None and any(
-            k.starting_at_ms == command.starting_at_ms for k in self.engine.contracts_of(command.customer_id)
-        )
+        start_ms = command.starting_at_ms
+        if start_ms is None:  # the engine's default: the start of the request's UTC day
+            start_ms = command.at_ms - command.at_ms % DAY_MS
+        return any(k.starting_at_ms == start_ms for k in self.engine.contracts_of(command.customer_id))
 
     def _check_new_contract_room(self, request: contracts_pb2.CreateContractRequest) -> None:
         """RESOURCE_EXHAUSTED, before the contract is made, when its answer would be larger than gRPC sends: it
