@@ -188,6 +188,19 @@ def parse_top_up(command: cmd.SetTopUpPolicy) -> TopUp:
     return TopUp(threshold, recharge_to, price, command.max_per_period)
 
 
+def top_up_as_set(command: cmd.SetTopUpPolicy, currency: str) -> TopUp | None:
+    """The policy `command` sets through a contract in `currency`, as top_up_policy reads it back once set (None:
+    the command clears it), for a service to measure its answer before applying it; INVALID_ARGUMENT as
+    _set_top_up refuses it."""
+    if not command.threshold and not command.recharge_to and command.max_per_period == 0:
+        return None
+    top_up = parse_top_up(command)
+    price_e18 = int(top_up.price_per_credit.scaleb(PRICE_PLACES, context=DECIMAL_CONTEXT))
+    price = Decimal(f"{price_e18}E-{PRICE_PLACES}")
+    held_currency = currency if command.price_in_contract_currency else ""
+    return TopUp(top_up.threshold, top_up.recharge_to, price, top_up.max_per_period, held_currency)
+
+
 def _set_top_up(billing: Billing, command: cmd.SetTopUpPolicy) -> Contract:
     contract = billing.engine.contract(command.contract_id)  # NotFound
     clearing = not command.threshold and not command.recharge_to and command.max_per_period == 0

@@ -14,9 +14,9 @@ from engine import commands as cmd
 from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer, Override
-from engine.control import TEXT_BYTES_MAX, check_reference, quoted_id
+from engine.control import DAY_MS, TEXT_BYTES_MAX, check_reference, quoted_id
 from engine.customers import OVERRIDES_PER_CONTRACT_MAX, override_id, overrides_full
-from engine.errors import InvalidArgument
+from engine.errors import EngineError, InvalidArgument
 from engine.invoices import CURRENCIES
 from engine.ledger import Grant
 from engine.money import format_decimal, format_picos
@@ -92,7 +92,8 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             _currency(request.currency),
             applied_audited=True,
         )
-        self._check_new_contract_room(request)
+        if not self._contract_held(command):
+            self._check_new_contract_room(request)
         contract = await self._apply(command, Contract)
         return self._sent_contract(contract.id, f"contract {contract.id!r} was created")
 
@@ -102,6 +103,17 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         size = self._contract_pb(contract_id).ByteSize() + added_bytes + ANSWER_SLACK_BYTES
         if size > send_limit.bytes_max:
             raise too_large(f"{refused}: contract {contract_id!r}", size, larger_limit(size), "would be about")
+
+    def _contract_held(self, command: cmd.CreateContract) -> bool:
+        """Whether the contract the command would make is there already (its id, or without one its customer's
+        contract from the same start): a retry (or a refusal) that makes nothing, answering the contract as it is,
+        which _sent_contract measures exactly; the new contract's estimate would refuse it near the limit."""
+        if command.id:
+            return command.id in self.engine.state.contracts
+        start_ms = command.starting_at_ms
+        if start_ms is None:  # the engine's default: the start of the request's UTC day
+            start_ms = command.at_ms - command.at_ms % DAY_MS
+        return any(k.starting_at_ms == start_ms for k in self.engine.contracts_of(command.customer_id))
 
     def _check_new_contract_room(self, request: contracts_pb2.CreateContractRequest) -> None:
         """RESOURCE_EXHAUSTED, before the contract is made, when its answer would be larger than gRPC sends: it
@@ -126,16 +138,26 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         message = convert.contract_pb(contract, [g for g in account.grants if g.contract_id in ("", contract.id)])
         policy = credits.top_up_policy(self.billing, contract.customer_id)
         if policy is not None:
-            message.top_up.CopyFrom(
-                contracts_pb2.TopUpPolicy(
-                    threshold=format_picos(policy.threshold),
-                    recharge_to=format_picos(policy.recharge_to),
-                    price_per_credit=format_decimal(policy.price_per_credit),
-                    max_per_period=policy.max_per_period,
-                    currency=policy.currency,
-                )
-            )
+            message.top_up.CopyFrom(_top_up_pb(policy))
         return message
+
+    def _check_top_up_room(self, command: cmd.SetTopUpPolicy) -> None:
+        """RESOURCE_EXHAUSTED, before anything changes, when the contract's answer with the command's policy in
+        place of the one it shows would be larger than gRPC sends. Measured exactly, not estimated: a retry (the
+        policy it has) answers the contract as it is, which must not be refused while it fits."""
+        contract = self.engine.contract(command.contract_id)
+        try:
+            policy = credits.top_up_as_set(command, contract.currency)
+        except EngineError:  # the engine's refusal, as before
+            return
+        message = self._contract_pb(contract.id)
+        message.ClearField("top_up")
+        if policy is not None:
+            message.top_up.CopyFrom(_top_up_pb(policy))
+        size = message.ByteSize()
+        if size > send_limit.bytes_max:
+            what = f"the top-up policy was not set: contract {contract.id!r}"
+            raise too_large(what, size, larger_limit(size), "would be")
 
     @unary
     async def GetContract(self, request: contracts_pb2.GetContractRequest, context: Context) -> contracts_pb2.Contract:
@@ -163,9 +185,10 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         contract_now = self.engine.state.contracts.get(request.contract_id)
         if contract_now is not None:  # unknown: the engine refuses it as NOT_FOUND
             _check_room_for_override(contract_now, command)
-            known = override_id(command) in {o.id for o in contract_now.overrides}  # a retry adds nothing
-            added_bytes = 0 if known else request.override.ByteSize()
-            self._check_answer_room(contract_now.id, added_bytes, "the override was not added")
+            # A retry (an override the contract holds) changes nothing: its answer is the contract as it is, which
+            # _sent_contract measures exactly; the estimate's slack would refuse it near the limit.
+            if override_id(command) not in {o.id for o in contract_now.overrides}:
+                self._check_answer_room(contract_now.id, request.override.ByteSize(), "the override was not added")
         contract = await self._apply(command, Contract)
         return self._sent_contract(contract.id, f"override {override_id(command)!r} was added")
 
@@ -201,13 +224,23 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             price_in_contract_currency=True,
         )
         _check_top_up_currency(request, self.engine.contract(request.contract_id))
-        self._check_answer_room(request.contract_id, request.top_up.ByteSize(), "the top-up policy was not set")
+        self._check_top_up_room(command)
         contract = await self._apply(command, Contract)
         return self._sent_contract(contract.id, "the top-up policy was set")
 
 
 # What a change's answer may hold beyond what the request adds to it: a generated id, the fields' tags, a policy.
 ANSWER_SLACK_BYTES = 1024
+
+
+def _top_up_pb(policy: credits.TopUp) -> contracts_pb2.TopUpPolicy:
+    return contracts_pb2.TopUpPolicy(
+        threshold=format_picos(policy.threshold),
+        recharge_to=format_picos(policy.recharge_to),
+        price_per_credit=format_decimal(policy.price_per_credit),
+        max_per_period=policy.max_per_period,
+        currency=policy.currency,
+    )
 
 
 def _customer_name(name: str) -> str:

@@ -100,7 +100,9 @@ class ContractServiceServicer:
 
     def CreateContract(self, request, context):
         """Key: id; when empty, the customer and the start (a customer's contracts
-        never overlap).
+        never overlap). A contract whose answer (it shows the customer's grants
+        given without a contract) would be larger than --message-mb-max is
+        RESOURCE_EXHAUSTED, not created; a retry of one made answers it as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,7 +117,9 @@ class ContractServiceServicer:
     def AddOverride(self, request, context):
         """Key: override.id; when empty, the override's content. A contract holds at
         most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
-        holds still answers).
+        holds still answers). An override that would make the answer (the whole
+        contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
+        a retry of one the contract holds answers the contract as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,7 +133,10 @@ class ContractServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetTopUpPolicy(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A policy that would make the answer (the whole contract) larger than
+        --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
+        set answers the contract as it is.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -144,7 +144,10 @@ class PricingServiceServicer:
 
     def CreateDraftVersion(self, request, context):
         """A new DRAFT version: its base plus the changes. Key: request_id (without
-        one, a retry may leave a second, unused draft; drafts price nothing).
+        one, a retry may leave a second, unused draft; drafts price nothing). A
+        draft whose answer would be larger than --message-mb-max (estimated from
+        its base and the request) is RESOURCE_EXHAUSTED, not made; one found too
+        large only once made is RESOURCE_EXHAUSTED naming the draft it made.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -135,15 +135,22 @@ type ContractServiceClient interface {
 	GetCustomer(ctx context.Context, in *GetCustomerRequest, opts ...grpc.CallOption) (*Customer, error)
 	ListCustomers(ctx context.Context, in *ListCustomersRequest, opts ...grpc.CallOption) (*ListCustomersResponse, error)
 	// Key: id; when empty, the customer and the start (a customer's contracts
-	// never overlap).
+	// never overlap). A contract whose answer (it shows the customer's grants
+	// given without a contract) would be larger than --message-mb-max is
+	// RESOURCE_EXHAUSTED, not created; a retry of one made answers it as it is.
 	CreateContract(ctx context.Context, in *CreateContractRequest, opts ...grpc.CallOption) (*Contract, error)
 	GetContract(ctx context.Context, in *GetContractRequest, opts ...grpc.CallOption) (*Contract, error)
 	// Key: override.id; when empty, the override's content. A contract holds at
 	// most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
-	// holds still answers).
+	// holds still answers). An override that would make the answer (the whole
+	// contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
+	// a retry of one the contract holds answers the contract as it is.
 	AddOverride(ctx context.Context, in *AddOverrideRequest, opts ...grpc.CallOption) (*Contract, error)
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
 	GrantCredits(ctx context.Context, in *GrantCreditsRequest, opts ...grpc.CallOption) (*Grant, error)
+	// A policy that would make the answer (the whole contract) larger than
+	// --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
+	// set answers the contract as it is.
 	SetTopUpPolicy(ctx context.Context, in *SetTopUpPolicyRequest, opts ...grpc.CallOption) (*Contract, error)
 }
 
@@ -244,15 +251,22 @@ type ContractServiceServer interface {
 	GetCustomer(context.Context, *GetCustomerRequest) (*Customer, error)
 	ListCustomers(context.Context, *ListCustomersRequest) (*ListCustomersResponse, error)
 	// Key: id; when empty, the customer and the start (a customer's contracts
-	// never overlap).
+	// never overlap). A contract whose answer (it shows the customer's grants
+	// given without a contract) would be larger than --message-mb-max is
+	// RESOURCE_EXHAUSTED, not created; a retry of one made answers it as it is.
 	CreateContract(context.Context, *CreateContractRequest) (*Contract, error)
 	GetContract(context.Context, *GetContractRequest) (*Contract, error)
 	// Key: override.id; when empty, the override's content. A contract holds at
 	// most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
-	// holds still answers).
+	// holds still answers). An override that would make the answer (the whole
+	// contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
+	// a retry of one the contract holds answers the contract as it is.
 	AddOverride(context.Context, *AddOverrideRequest) (*Contract, error)
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
 	GrantCredits(context.Context, *GrantCreditsRequest) (*Grant, error)
+	// A policy that would make the answer (the whole contract) larger than
+	// --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
+	// set answers the contract as it is.
 	SetTopUpPolicy(context.Context, *SetTopUpPolicyRequest) (*Contract, error)
 	mustEmbedUnimplementedContractServiceServer()
 }

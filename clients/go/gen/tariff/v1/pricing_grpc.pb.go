@@ -56,7 +56,10 @@ type PricingServiceClient interface {
 	// Every rate card, in id order, a page at a time.
 	ListRateCards(ctx context.Context, in *ListRateCardsRequest, opts ...grpc.CallOption) (*ListRateCardsResponse, error)
 	// A new DRAFT version: its base plus the changes. Key: request_id (without
-	// one, a retry may leave a second, unused draft; drafts price nothing).
+	// one, a retry may leave a second, unused draft; drafts price nothing). A
+	// draft whose answer would be larger than --message-mb-max (estimated from
+	// its base and the request) is RESOURCE_EXHAUSTED, not made; one found too
+	// large only once made is RESOURCE_EXHAUSTED naming the draft it made.
 	CreateDraftVersion(ctx context.Context, in *CreateDraftVersionRequest, opts ...grpc.CallOption) (*RateCardVersion, error)
 	ValidateVersion(ctx context.Context, in *ValidateVersionRequest, opts ...grpc.CallOption) (*ValidationReport, error)
 	// Validates first; refuses with INVALID_ARGUMENT and the findings (the
@@ -258,7 +261,10 @@ type PricingServiceServer interface {
 	// Every rate card, in id order, a page at a time.
 	ListRateCards(context.Context, *ListRateCardsRequest) (*ListRateCardsResponse, error)
 	// A new DRAFT version: its base plus the changes. Key: request_id (without
-	// one, a retry may leave a second, unused draft; drafts price nothing).
+	// one, a retry may leave a second, unused draft; drafts price nothing). A
+	// draft whose answer would be larger than --message-mb-max (estimated from
+	// its base and the request) is RESOURCE_EXHAUSTED, not made; one found too
+	// large only once made is RESOURCE_EXHAUSTED naming the draft it made.
 	CreateDraftVersion(context.Context, *CreateDraftVersionRequest) (*RateCardVersion, error)
 	ValidateVersion(context.Context, *ValidateVersionRequest) (*ValidationReport, error)
 	// Validates first; refuses with INVALID_ARGUMENT and the findings (the

@@ -909,7 +909,9 @@ export const ContractService: GenService<{
   },
   /**
    * Key: id; when empty, the customer and the start (a customer's contracts
-   * never overlap).
+   * never overlap). A contract whose answer (it shows the customer's grants
+   * given without a contract) would be larger than --message-mb-max is
+   * RESOURCE_EXHAUSTED, not created; a retry of one made answers it as it is.
    *
    * @generated from rpc tariff.v1.ContractService.CreateContract
    */
@@ -929,7 +931,9 @@ export const ContractService: GenService<{
   /**
    * Key: override.id; when empty, the override's content. A contract holds at
    * most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
-   * holds still answers).
+   * holds still answers). An override that would make the answer (the whole
+   * contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
+   * a retry of one the contract holds answers the contract as it is.
    *
    * @generated from rpc tariff.v1.ContractService.AddOverride
    */
@@ -949,6 +953,10 @@ export const ContractService: GenService<{
     output: typeof GrantSchema;
   },
   /**
+   * A policy that would make the answer (the whole contract) larger than
+   * --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
+   * set answers the contract as it is.
+   *
    * @generated from rpc tariff.v1.ContractService.SetTopUpPolicy
    */
   setTopUpPolicy: {
