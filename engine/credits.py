@@ -188,27 +188,38 @@ def parse_top_up(command: cmd.SetTopUpPolicy) -> TopUp:
     return TopUp(threshold, recharge_to, price, command.max_per_period)
 
 
-def top_up_as_set(command: cmd.SetTopUpPolicy, currency: str) -> TopUp | None:
-    """The policy `command` sets through a contract in `currency`, as top_up_policy reads it back once set (None:
-    the command clears it), for a service to measure its answer before applying it; INVALID_ARGUMENT as
-    _set_top_up refuses it."""
+KernelTopUp = tuple[int, int, int, int]  # threshold, recharge_to (picos), price_e18, max_per_period
+
+
+def _kernel_top_up(command: cmd.SetTopUpPolicy) -> KernelTopUp | None:
+    """The policy `command` sets, as the kernel holds it (None: the command clears it); INVALID_ARGUMENT as
+    parse_top_up refuses it."""
     if not command.threshold and not command.recharge_to and command.max_per_period == 0:
         return None
     top_up = parse_top_up(command)
     price_e18 = int(top_up.price_per_credit.scaleb(PRICE_PLACES, context=DECIMAL_CONTEXT))
-    price = Decimal(f"{price_e18}E-{PRICE_PLACES}")
-    held_currency = currency if command.price_in_contract_currency else ""
-    return TopUp(top_up.threshold, top_up.recharge_to, price, top_up.max_per_period, held_currency)
+    return (top_up.threshold, top_up.recharge_to, price_e18, top_up.max_per_period)
+
+
+def _top_up_of(policy: KernelTopUp, currency: str) -> TopUp:
+    """A policy the kernel holds, as clients are shown it, with the currency of its price."""
+    threshold, recharge_to, price_e18, max_per_period = policy
+    return TopUp(threshold, recharge_to, Decimal(f"{price_e18}E-{PRICE_PLACES}"), max_per_period, currency)
+
+
+def top_up_as_set(command: cmd.SetTopUpPolicy, currency: str) -> TopUp | None:
+    """The policy `command` sets through a contract in `currency`, as top_up_policy reads it back once set (None:
+    the command clears it), for a service to measure its answer before applying it; INVALID_ARGUMENT as
+    _set_top_up refuses it."""
+    policy = _kernel_top_up(command)
+    if policy is None:
+        return None
+    return _top_up_of(policy, currency if command.price_in_contract_currency else "")
 
 
 def _set_top_up(billing: Billing, command: cmd.SetTopUpPolicy) -> Contract:
     contract = billing.engine.contract(command.contract_id)  # NotFound
-    clearing = not command.threshold and not command.recharge_to and command.max_per_period == 0
-    policy = None
-    if not clearing:
-        top_up = parse_top_up(command)
-        price_e18 = int(top_up.price_per_credit.scaleb(PRICE_PLACES, context=DECIMAL_CONTEXT))
-        policy = (top_up.threshold, top_up.recharge_to, price_e18, top_up.max_per_period)
+    policy = _kernel_top_up(command)
     currency = contract.currency if policy is not None and command.price_in_contract_currency else ""
     currencies = billing.engine.state.top_up_currencies
     held = currencies.get(contract.customer_id, "")
@@ -258,9 +269,7 @@ def top_up_policy(billing: Billing, customer_id: str) -> TopUp | None:
     policy = billing.kernel.top_up_policy(customer_id)
     if policy is None:
         return None
-    threshold, recharge_to, price_e18, max_per_period = policy
-    currency = billing.engine.state.top_up_currencies.get(customer_id, "")
-    return TopUp(threshold, recharge_to, Decimal(f"{price_e18}E-{PRICE_PLACES}"), max_per_period, currency)
+    return _top_up_of(policy, billing.engine.state.top_up_currencies.get(customer_id, ""))
 
 
 def made_grants(billing: Billing, customer_id: str, contract_id: str) -> dict[str, Grant]:
