@@ -70,6 +70,11 @@ type BalanceServiceClient interface {
 	// while earlier ones wait for their holds (so a request without reserve in
 	// a later message may be decided before an earlier message's holds are
 	// placed; once that earlier message is answered, its holds count).
+	// A message past --message-mb-max (16 MiB by default) is refused by gRPC as
+	// it arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED
+	// at once and gRPC sends no more answers, so the holds of an earlier message
+	// not yet answered may be placed unanswered (retry them by reservation_id:
+	// the same request answers again and holds once).
 	AuthorizeBatches(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AuthorizeBatch, AuthorizeBatchResult], error)
 	// Frees a reservation's hold and answers the credits given back; again, it
 	// answers the same amount and changes nothing. NOT_FOUND when the customer
@@ -213,6 +218,11 @@ type BalanceServiceServer interface {
 	// while earlier ones wait for their holds (so a request without reserve in
 	// a later message may be decided before an earlier message's holds are
 	// placed; once that earlier message is answered, its holds count).
+	// A message past --message-mb-max (16 MiB by default) is refused by gRPC as
+	// it arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED
+	// at once and gRPC sends no more answers, so the holds of an earlier message
+	// not yet answered may be placed unanswered (retry them by reservation_id:
+	// the same request answers again and holds once).
 	AuthorizeBatches(grpc.BidiStreamingServer[AuthorizeBatch, AuthorizeBatchResult]) error
 	// Frees a reservation's hold and answers the credits given back; again, it
 	// answers the same amount and changes nothing. NOT_FOUND when the customer

@@ -40,7 +40,12 @@ type UsageServiceClient interface {
 	// that status: the batches before it stay acknowledged, and none sent after
 	// it is applied (resend them on a new stream). So does a batch whose journal
 	// commit fails (RESOURCE_EXHAUSTED when the journal is full, else
-	// UNAVAILABLE): nothing of it and nothing sent after it is applied.
+	// UNAVAILABLE): nothing of it and nothing sent after it is applied. A
+	// message past --message-mb-max (16 MiB by default) is refused by gRPC as it
+	// arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED at
+	// once, nothing of it or after it applied, and gRPC sends no more acks, so a
+	// batch sent before it and not yet acknowledged may have been committed
+	// unacknowledged: resend it (its accepted events count as duplicates).
 	IngestUsage(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[UsageBatch, IngestAck], error)
 	// The unary form of IngestUsage, for clients that cannot stream.
 	IngestUsageBatch(ctx context.Context, in *UsageBatch, opts ...grpc.CallOption) (*IngestAck, error)
@@ -89,7 +94,12 @@ type UsageServiceServer interface {
 	// that status: the batches before it stay acknowledged, and none sent after
 	// it is applied (resend them on a new stream). So does a batch whose journal
 	// commit fails (RESOURCE_EXHAUSTED when the journal is full, else
-	// UNAVAILABLE): nothing of it and nothing sent after it is applied.
+	// UNAVAILABLE): nothing of it and nothing sent after it is applied. A
+	// message past --message-mb-max (16 MiB by default) is refused by gRPC as it
+	// arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED at
+	// once, nothing of it or after it applied, and gRPC sends no more acks, so a
+	// batch sent before it and not yet acknowledged may have been committed
+	// unacknowledged: resend it (its accepted events count as duplicates).
 	IngestUsage(grpc.BidiStreamingServer[UsageBatch, IngestAck]) error
 	// The unary form of IngestUsage, for clients that cannot stream.
 	IngestUsageBatch(context.Context, *UsageBatch) (*IngestAck, error)

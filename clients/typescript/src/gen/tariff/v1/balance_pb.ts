@@ -584,6 +584,11 @@ export const BalanceService: GenService<{
    * while earlier ones wait for their holds (so a request without reserve in
    * a later message may be decided before an earlier message's holds are
    * placed; once that earlier message is answered, its holds count).
+   * A message past --message-mb-max (16 MiB by default) is refused by gRPC as
+   * it arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED
+   * at once and gRPC sends no more answers, so the holds of an earlier message
+   * not yet answered may be placed unanswered (retry them by reservation_id:
+   * the same request answers again and holds once).
    *
    * @generated from rpc tariff.v1.BalanceService.AuthorizeBatches
    */

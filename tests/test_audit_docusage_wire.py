@@ -1,0 +1,120 @@
+"""A sentence-by-sentence audit of usage.proto and balance.proto (IngestUsage, IngestUsageBatch, Authorize,
+AuthorizeStream, AuthorizeBatches, ReleaseReservation, GetBalance, WatchBalance) and the README sections on them,
+over the wire: what the earlier audits left unpinned.
+
+The server runs with `--message-mb-max 1`, so that a message past the limit is cheap to send.
+
+Catalogue (rate card `card`, pricing unit credits, version 1 in force from 40 days ago): product `p` (event type
+`e`, SUM of `n`) at 1 credit a unit. Each customer has an ALLOW contract from 5 hours ago, so its usage of the
+last minutes is in its current period, and a PREPAID grant of 10 credits where a test says so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tariff import TariffClient, TariffError, now_ms
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import HOUR_MS, open_contract, serving, this_hour_ms, unit
+from tests.serverproc import ServerProcess
+
+MESSAGE_BYTES_MAX = 1024 * 1024  # --message-mb-max 1
+AT_MS = now_ms() - 60_000  # every event's time: a resend is identical
+
+
+def catalogue(client: TariffClient) -> None:
+    product = pricing_pb2.Product(id="p", event_type="e", aggregation=pricing_pb2.SUM, value_key="n")
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[unit("p", "1")])
+    )
+    effective_from = stamp(this_hour_ms() - 40 * 24 * HOUR_MS)
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="card", version=1, effective_from=effective_from)
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-docusage")
+    yield from serving(ServerProcess(root / "data", extra_args=["--message-mb-max", "1"]), catalogue)
+
+
+def customer(client: TariffClient, customer_id: str, *, credits: str = "") -> None:
+    open_contract(client, customer_id, f"k-{customer_id}", this_hour_ms() - 5 * HOUR_MS, rate_card_id="card")
+    if credits:
+        grant = contracts_pb2.Grant(
+            id=f"g-{customer_id}", customer_id=customer_id, kind=contracts_pb2.PREPAID, amount=credits, paid_amount="1"
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+
+def event(transaction_id: str, customer_id: str, n: float) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        event_type="e",
+        timestamp_ms=AT_MS,
+        values={"n": n},
+    )
+
+
+def test_a_stream_message_past_the_size_limit_ends_the_stream_at_once_and_a_resend_counts_each_event_once(
+    server: ServerProcess,
+) -> None:
+    """README "What the server does today" (Usage) and usage.proto IngestUsage: a message past --message-mb-max
+    is refused by gRPC as it arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED at once,
+    nothing of that message or after it is applied, and a batch sent before it that still awaited its ack may have
+    been committed without its ack being sent (gRPC sends nothing more on the call). Resending both batches then
+    counts b1's event once (accepted or duplicate) and applies b3's: charges 1 + 1 = 2 credits.
+
+    Before the docs said so, README promised that the batches before it "stay acknowledged": on this machine b1's
+    ack was mostly not sent, its event committed all the same."""
+    with server.client() as client:
+        customer(client, "big-usage")
+        first = usage_pb2.UsageBatch(batch_id="b1", events=[event("o1", "big-usage", 1)])
+        too_large = usage_pb2.UsageBatch(batch_id="B" * (MESSAGE_BYTES_MAX + 1), events=[event("o2", "big-usage", 5)])
+        after = usage_pb2.UsageBatch(batch_id="b3", events=[event("o3", "big-usage", 1)])
+        acks: list[usage_pb2.IngestAck] = []
+        with pytest.raises(TariffError) as ended:
+            acks.extend(client.usage.IngestUsage(iter([first, too_large, after])))
+        assert ended.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert [(ack.batch_id, ack.accepted) for ack in acks] in ([], [("b1", 1)])
+        resent = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=[event("o1", "big-usage", 1)]))
+        assert resent.accepted + resent.duplicates == 1 and not resent.rejected
+        assert not acks or resent.duplicates == 1  # acknowledged, so committed
+        then = client.usage.IngestUsageBatch(after)
+        assert (then.accepted, then.duplicates, list(then.rejected)) == (1, 0, [])
+        assert client.get_balance("big-usage").period_charges == "2"
+
+
+def test_an_authorize_batches_message_past_the_size_limit_ends_the_stream_and_a_named_hold_retried_holds_once(
+    server: ServerProcess,
+) -> None:
+    """balance.proto AuthorizeBatches and README Limits: a message past --message-mb-max ends the stream with
+    RESOURCE_EXHAUSTED from gRPC at once; the answer to an earlier message whose holds awaited their commit may
+    not be sent, those holds placed all the same. Retrying the hold by its reservation_id answers it again and
+    holds nothing more: 10 credits, a hold of 1 unit at 1 credit: held 1, available 9, whatever was answered."""
+    request = balance_pb2.AuthorizeRequest(
+        request_id="h", customer_id="big-holds", event_type="e", values={"n": 1}, reserve=True, reservation_id="mb-1"
+    )
+    filler = balance_pb2.AuthorizeRequest(request_id="x" * 200, customer_id="big-holds", event_type="e")
+    too_large = balance_pb2.AuthorizeBatch(requests=[filler] * (MESSAGE_BYTES_MAX // 200 + 1))
+    assert too_large.ByteSize() > MESSAGE_BYTES_MAX
+    with server.client() as client:
+        customer(client, "big-holds", credits="10")
+        answers: list[balance_pb2.AuthorizeBatchResult] = []
+        with pytest.raises(TariffError) as ended:
+            messages = [balance_pb2.AuthorizeBatch(requests=[request]), too_large]
+            answers.extend(client.balance.AuthorizeBatches(iter(messages)))
+        assert ended.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert [[(r.reason, r.reservation_id) for r in a.responses] for a in answers] in ([], [[("OK", "mb-1")]])
+        retried = client.balance.Authorize(request)
+        assert (retried.allowed, retried.reason, retried.reservation_id) == (True, "OK", "mb-1")
+        balance = client.get_balance("big-holds")
+        assert (balance.credits_held, balance.credits_available) == ("1", "9")
