@@ -23,6 +23,7 @@ from tests.audit_fixtures import HOUR_MS, open_contract, serving, this_hour_ms, 
 from tests.serverproc import ServerProcess
 
 MESSAGE_BYTES_MAX = 1024 * 1024  # --message-mb-max 1
+NO_PROXY = [("grpc.enable_http_proxy", 0)]  # the server is on 127.0.0.1, whatever the environment says
 AT_MS = now_ms() - 60_000  # every event's time: a resend is identical
 
 
@@ -118,3 +119,164 @@ def test_an_authorize_batches_message_past_the_size_limit_ends_the_stream_and_a_
         assert (retried.allowed, retried.reason, retried.reservation_id) == (True, "OK", "mb-1")
         balance = client.get_balance("big-holds")
         assert (balance.credits_held, balance.credits_available) == ("1", "9")
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (data under 128 bytes)."""
+    assert len(data) < 128
+    return bytes([number << 3 | 2, len(data)]) + data
+
+
+# An AuthorizeRequest whose event_type is not UTF-8: no protobuf parser takes it, so its message does not decode.
+UNDECODABLE_REQUEST = _field(1, b"u") + _field(2, b"no-utf8") + _field(3, b"e\xff")
+
+
+def test_a_message_that_does_not_decode_ends_authorize_batches_after_the_answers_before_it(
+    server: ServerProcess,
+) -> None:
+    """balance.proto AuthorizeBatches: malformed requests are answered in-band, but a message that does not decode
+    as an AuthorizeBatch at all (a string that is not UTF-8) is refused whole, as a missing request_id is:
+    INVALID_ARGUMENT, the answer to the message before it sent first, and the message after it never decided (its
+    hold not placed). 10 credits, one hold of 2 units at 1 credit: held 2, available 8."""
+    with server.client() as client, grpc.insecure_channel(server.target, options=NO_PROXY) as channel:
+        customer(client, "no-utf8", credits="10")
+        batches = channel.stream_stream(
+            "/tariff.v1.BalanceService/AuthorizeBatches",
+            request_serializer=lambda data: data,
+            response_deserializer=balance_pb2.AuthorizeBatchResult.FromString,
+        )
+
+        def hold(reservation_id: str) -> bytes:
+            request = balance_pb2.AuthorizeRequest(
+                request_id=reservation_id,
+                customer_id="no-utf8",
+                event_type="e",
+                values={"n": 2},
+                reserve=True,
+                reservation_id=reservation_id,
+            )
+            return balance_pb2.AuthorizeBatch(requests=[request]).SerializeToString()
+
+        answers: list[balance_pb2.AuthorizeBatchResult] = []
+        with pytest.raises(grpc.RpcError) as ended:
+            answers.extend(batches(iter([hold("before"), _field(1, UNDECODABLE_REQUEST), hold("after")])))
+        assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "could not be decoded" in str(ended.value.details())
+        assert [[(r.request_id, r.reason, r.reservation_id) for r in a.responses] for a in answers] == [
+            [("before", "OK", "before")]
+        ]
+        balance = client.get_balance("no-utf8")
+        assert (balance.credits_held, balance.credits_available) == ("2", "8")
+        with pytest.raises(TariffError) as unknown:
+            client.balance.ReleaseReservation(
+                balance_pb2.ReleaseReservationRequest(customer_id="no-utf8", reservation_id="after")
+            )
+        assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_request_that_does_not_decode_ends_authorize_stream_after_the_answers_before_it(
+    server: ServerProcess,
+) -> None:
+    """balance.proto AuthorizeStream: a request that does not decode (a string that is not UTF-8) ends the stream
+    with INVALID_ARGUMENT after the answers to the requests before it (1 unit at 1 credit: estimated 1)."""
+    with server.client() as client, grpc.insecure_channel(server.target, options=NO_PROXY) as channel:
+        customer(client, "no-utf8-stream", credits="10")
+        stream = channel.stream_stream(
+            "/tariff.v1.BalanceService/AuthorizeStream",
+            request_serializer=lambda data: data,
+            response_deserializer=balance_pb2.AuthorizeResponse.FromString,
+        )
+        first = balance_pb2.AuthorizeRequest(
+            request_id="first", customer_id="no-utf8-stream", event_type="e", values={"n": 1}
+        ).SerializeToString()
+        answers: list[balance_pb2.AuthorizeResponse] = []
+        with pytest.raises(grpc.RpcError) as ended:
+            answers.extend(stream(iter([first, UNDECODABLE_REQUEST, first])))
+        assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [(a.request_id, a.reason, a.estimated_cost) for a in answers] == [("first", "OK", "1")]
+
+
+def test_a_grant_not_started_shows_its_amount_remaining_and_joins_the_balance_only_when_it_starts(
+    server: ServerProcess,
+) -> None:
+    """balance.proto GrantBalance.remaining and Balance.credits_remaining: a grant starting tomorrow is listed with
+    remaining = amount - drawn - expired = 40 - 0 - 0 = 40, while credits_remaining (started, unexpired grants
+    only), credits_available and Authorize's credits_available stay 0, so 1 unit at 1 credit is overage."""
+    with server.client() as client:
+        customer(client, "not-yet")
+        grant = contracts_pb2.Grant(
+            id="tomorrow",
+            customer_id="not-yet",
+            kind=contracts_pb2.PREPAID,
+            amount="40",
+            paid_amount="20",
+            starts_at=stamp(now_ms() + 24 * HOUR_MS),
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        balance = client.get_balance("not-yet")
+        assert [(g.grant_id, g.amount, g.drawn, g.remaining, g.expired, g.held) for g in balance.grants] == [
+            ("tomorrow", "40", "0", "40", "0", "0")
+        ]
+        assert (balance.credits_remaining, balance.credits_held, balance.credits_available) == ("0", "0", "0")
+        request = balance_pb2.AuthorizeRequest(customer_id="not-yet", event_type="e", values={"n": 1})
+        decision = client.balance.Authorize(request)
+        assert (decision.allowed, decision.reason, decision.estimated_cost, decision.credits_available) == (
+            True,
+            "OVERAGE_ALLOWED",
+            "1",
+            "0",
+        )
+
+
+def test_a_reservation_id_without_reserve_is_answered_in_band_with_no_credit_on_both_streams(
+    server: ServerProcess,
+) -> None:
+    """balance.proto AuthorizeRequest.reservation_id and AuthorizeResponse.credits_available: a reservation_id
+    without reserve is INVALID_REQUEST in-band on AuthorizeStream and AuthorizeBatches, answered credits_available
+    "0" as a request refused for a bad reservation_id is, though the customer has 10 credits; nothing is held."""
+    request = balance_pb2.AuthorizeRequest(
+        request_id="q", customer_id="rid-only", event_type="e", values={"n": 1}, reservation_id="r1"
+    )
+    with server.client() as client:
+        customer(client, "rid-only", credits="10")
+        streamed = list(client.balance.AuthorizeStream(iter([request])))
+        batched = [
+            answer
+            for result in client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=[request])]))
+            for answer in result.responses
+        ]
+        for answer in (*streamed, *batched):
+            assert (answer.allowed, answer.reason, answer.estimated_cost, answer.credits_available) == (
+                False,
+                "INVALID_REQUEST",
+                "0",
+                "0",
+            )
+            assert answer.message == "reservation_id: is only read with reserve=true"
+        balance = client.get_balance("rid-only")
+        assert (balance.credits_held, balance.credits_available) == ("0", "10")
+
+
+def test_a_usage_batch_that_does_not_decode_ends_the_stream_after_the_acks_before_it(server: ServerProcess) -> None:
+    """usage.proto IngestUsage: a batch that does not decode as a UsageBatch (a transaction_id that is not UTF-8)
+    is refused whole, INVALID_ARGUMENT: b1 before it is acknowledged, b3 after it is not applied. Resending b1 and
+    b3 answers a duplicate and an accepted event: charges 1 + 1 = 2 credits."""
+    first = usage_pb2.UsageBatch(batch_id="b1", events=[event("n1", "no-utf8-usage", 1)])
+    after = usage_pb2.UsageBatch(batch_id="b3", events=[event("n3", "no-utf8-usage", 1)])
+    undecodable = _field(2, _field(1, b"n2\xff") + _field(2, b"no-utf8-usage") + _field(3, b"e"))
+    with server.client() as client, grpc.insecure_channel(server.target, options=NO_PROXY) as channel:
+        customer(client, "no-utf8-usage")
+        stream = channel.stream_stream(
+            "/tariff.v1.UsageService/IngestUsage",
+            request_serializer=lambda data: data,
+            response_deserializer=usage_pb2.IngestAck.FromString,
+        )
+        acks: list[usage_pb2.IngestAck] = []
+        with pytest.raises(grpc.RpcError) as ended:
+            acks.extend(stream(iter([first.SerializeToString(), undecodable, after.SerializeToString()])))
+        assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a UsageBatch" in str(ended.value.details())
+        assert [(ack.batch_id, ack.accepted) for ack in acks] == [("b1", 1)]
+        resent = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=[*first.events, *after.events]))
+        assert (resent.accepted, resent.duplicates, list(resent.rejected)) == (1, 1, [])
+        assert client.get_balance("no-utf8-usage").period_charges == "2"

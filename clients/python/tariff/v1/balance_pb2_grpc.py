@@ -85,7 +85,9 @@ class BalanceServiceServicer:
 
     def AuthorizeStream(self, request_iterator, context):
         """Many Authorize decisions over one stream, each answer carrying its
-        request's request_id. For gateways checking credit at high rates.
+        request's request_id. For gateways checking credit at high rates. A
+        request that does not decode (a string field that is not UTF-8, say) ends
+        the stream with INVALID_ARGUMENT, after the answers to those before it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,9 +102,11 @@ class BalanceServiceServicer:
         Every request needs its request_id, at most 256 bytes: a message with a
         request without one or with a longer one is refused whole (INVALID_ARGUMENT
         naming requests[i].request_id; nothing of it is decided or held, the
-        answers to the messages before it are sent, then the stream ends). Any
-        other malformed request is answered in-band (reason INVALID_REQUEST) and
-        does not end the stream.
+        answers to the messages before it are sent, then the stream ends), and so
+        is a message that does not decode as an AuthorizeBatch (a string field
+        that is not UTF-8, say: INVALID_ARGUMENT naming request). Any other
+        malformed request is answered in-band (reason INVALID_REQUEST) and does
+        not end the stream.
         Requests with reserve=true hold credit as Authorize(reserve=true) does:
         all the holds of one message are one journaled command, applied in request
         order (each decided against the holds before it, in the same message too:

@@ -83,7 +83,10 @@ type GrantBalance struct {
 	// Neither drawn nor expired: amount - drawn - expired while the grant is
 	// usable, what open reservations hold on it (held) included, so new usage
 	// may draw remaining - held; 0 once expired, when what holds still take
-	// from it shows in held alone (amount = drawn + expired + held then).
+	// from it shows in held alone (amount = drawn + expired + held then). A
+	// grant that has not started yet shows its whole amount here, which
+	// Balance.credits_remaining and the credit available count only once it
+	// starts.
 	Remaining string `protobuf:"bytes,5,opt,name=remaining,proto3" json:"remaining,omitempty"`
 	// What was left when the grant expired (breakage).
 	Expired              string                 `protobuf:"bytes,6,opt,name=expired,proto3" json:"expired,omitempty"`
@@ -544,9 +547,9 @@ type AuthorizeResponse struct {
 	// INSUFFICIENT_CREDIT when none. "0" for UNKNOWN_CUSTOMER, for a
 	// request without customer_id or event_type or whose customer_id breaks
 	// the id rule, and for a request refused for its hold (in-band
-	// INVALID_REQUEST for a bad reservation_ttl or reservation_id,
-	// RESERVATION_CONFLICT). Authorize, AuthorizeStream and AuthorizeBatches
-	// answer alike.
+	// INVALID_REQUEST for a bad reservation_ttl or reservation_id, or for a
+	// reservation_id without reserve; RESERVATION_CONFLICT). Authorize,
+	// AuthorizeStream and AuthorizeBatches answer alike.
 	CreditsAvailable string `protobuf:"bytes,5,opt,name=credits_available,json=creditsAvailable,proto3" json:"credits_available,omitempty"`
 	// The hold's id when a reserve request was allowed (the client's, or the
 	// one the server made); empty otherwise.

@@ -36,7 +36,8 @@ type UsageServiceClient interface {
 	// sent only after the batch is durable. A batch is the unit of retry: resend
 	// it with the same transaction ids after a reconnect and already-accepted
 	// events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
-	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
+	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT for one that does not
+	// decode as a UsageBatch, a string that is not UTF-8 say) ends the stream with
 	// that status: the batches before it stay acknowledged, and none sent after
 	// it is applied (resend them on a new stream). So does a batch whose journal
 	// commit fails (RESOURCE_EXHAUSTED when the journal is full, else
@@ -90,7 +91,8 @@ type UsageServiceServer interface {
 	// sent only after the batch is durable. A batch is the unit of retry: resend
 	// it with the same transaction ids after a reconnect and already-accepted
 	// events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
-	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT) ends the stream with
+	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT for one that does not
+	// decode as a UsageBatch, a string that is not UTF-8 say) ends the stream with
 	// that status: the batches before it stay acknowledged, and none sent after
 	// it is applied (resend them on a new stream). So does a batch whose journal
 	// commit fails (RESOURCE_EXHAUSTED when the journal is full, else

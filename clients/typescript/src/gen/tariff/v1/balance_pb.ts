@@ -70,7 +70,10 @@ export type GrantBalance = Message<"tariff.v1.GrantBalance"> & {
    * Neither drawn nor expired: amount - drawn - expired while the grant is
    * usable, what open reservations hold on it (held) included, so new usage
    * may draw remaining - held; 0 once expired, when what holds still take
-   * from it shows in held alone (amount = drawn + expired + held then).
+   * from it shows in held alone (amount = drawn + expired + held then). A
+   * grant that has not started yet shows its whole amount here, which
+   * Balance.credits_remaining and the credit available count only once it
+   * starts.
    *
    * @generated from field: string remaining = 5;
    */
@@ -381,9 +384,9 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
    * INSUFFICIENT_CREDIT when none. "0" for UNKNOWN_CUSTOMER, for a
    * request without customer_id or event_type or whose customer_id breaks
    * the id rule, and for a request refused for its hold (in-band
-   * INVALID_REQUEST for a bad reservation_ttl or reservation_id,
-   * RESERVATION_CONFLICT). Authorize, AuthorizeStream and AuthorizeBatches
-   * answer alike.
+   * INVALID_REQUEST for a bad reservation_ttl or reservation_id, or for a
+   * reservation_id without reserve; RESERVATION_CONFLICT). Authorize,
+   * AuthorizeStream and AuthorizeBatches answer alike.
    *
    * @generated from field: string credits_available = 5;
    */
@@ -546,7 +549,9 @@ export const BalanceService: GenService<{
   },
   /**
    * Many Authorize decisions over one stream, each answer carrying its
-   * request's request_id. For gateways checking credit at high rates.
+   * request's request_id. For gateways checking credit at high rates. A
+   * request that does not decode (a string field that is not UTF-8, say) ends
+   * the stream with INVALID_ARGUMENT, after the answers to those before it.
    *
    * @generated from rpc tariff.v1.BalanceService.AuthorizeStream
    */
@@ -564,9 +569,11 @@ export const BalanceService: GenService<{
    * Every request needs its request_id, at most 256 bytes: a message with a
    * request without one or with a longer one is refused whole (INVALID_ARGUMENT
    * naming requests[i].request_id; nothing of it is decided or held, the
-   * answers to the messages before it are sent, then the stream ends). Any
-   * other malformed request is answered in-band (reason INVALID_REQUEST) and
-   * does not end the stream.
+   * answers to the messages before it are sent, then the stream ends), and so
+   * is a message that does not decode as an AuthorizeBatch (a string field
+   * that is not UTF-8, say: INVALID_ARGUMENT naming request). Any other
+   * malformed request is answered in-band (reason INVALID_REQUEST) and does
+   * not end the stream.
    * Requests with reserve=true hold credit as Authorize(reserve=true) does:
    * all the holds of one message are one journaled command, applied in request
    * order (each decided against the holds before it, in the same message too:
