@@ -15,12 +15,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, open_contract, serving, this_hour_ms, unit
-from tests.serverproc import ServerProcess
+from tests.audit_fixtures import HOUR_MS, open_contract, release, serving, this_hour_ms, unit
+from tests.serverproc import ServerProcess, wait_for
 
 MESSAGE_BYTES_MAX = 1024 * 1024  # --message-mb-max 1
 NO_PROXY = [("grpc.enable_http_proxy", 0)]  # the server is on 127.0.0.1, whatever the environment says
@@ -119,6 +120,7 @@ def test_an_authorize_batches_message_past_the_size_limit_ends_the_stream_and_a_
         assert (retried.allowed, retried.reason, retried.reservation_id) == (True, "OK", "mb-1")
         balance = client.get_balance("big-holds")
         assert (balance.credits_held, balance.credits_available) == ("1", "9")
+        assert release(client, "big-holds", "mb-1") == "1"  # no expiry left to journal later
 
 
 def _field(number: int, data: bytes) -> bytes:
@@ -172,6 +174,7 @@ def test_a_message_that_does_not_decode_ends_authorize_batches_after_the_answers
                 balance_pb2.ReleaseReservationRequest(customer_id="no-utf8", reservation_id="after")
             )
         assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+        assert release(client, "no-utf8", "before") == "2"  # no expiry left to journal later
 
 
 def test_a_request_that_does_not_decode_ends_authorize_stream_after_the_answers_before_it(
@@ -280,3 +283,46 @@ def test_a_usage_batch_that_does_not_decode_ends_the_stream_after_the_acks_befor
         resent = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=[*first.events, *after.events]))
         assert (resent.accepted, resent.duplicates, list(resent.rejected)) == (1, 1, [])
         assert client.get_balance("no-utf8-usage").period_charges == "2"
+
+
+def test_as_of_seq_counts_holds_releases_and_the_clocks_expiries_but_not_retries_or_denials(
+    server: ServerProcess,
+) -> None:
+    """balance.proto Balance.as_of_seq, README Reliability: every record that changed state moves it by one: a hold
+    placed, its release, the clock's expiry of a hold; an identical hold retried, a release retried and a hold denied
+    (no contract covers now for `ended`, a customer whose only contract ended) take no record. 10 credits: hold 2
+    (held 2), release (held 0), hold 3 with a 200 ms TTL (held 3), then its expiry (held 0)."""
+    with server.client() as client:
+        customer(client, "seqs", credits="10")
+        seq = client.get_balance("seqs").as_of_seq
+
+        def hold(reservation_id: str, n: float, ttl_ms: int = 60_000) -> balance_pb2.AuthorizeResponse:
+            request = balance_pb2.AuthorizeRequest(
+                customer_id="seqs",
+                event_type="e",
+                values={"n": n},
+                reserve=True,
+                reservation_id=reservation_id,
+                reservation_ttl=Duration(seconds=ttl_ms // 1000, nanos=ttl_ms % 1000 * 1_000_000),
+            )
+            answer: balance_pb2.AuthorizeResponse = client.balance.Authorize(request)
+            return answer
+
+        def moved() -> tuple[int, str]:
+            balance = client.get_balance("seqs")
+            return balance.as_of_seq - seq, balance.credits_held
+
+        assert hold("s1", 2).allowed and moved() == (1, "2")
+        assert hold("s1", 2).message.startswith("already held") and moved() == (1, "2")
+        assert release(client, "seqs", "s1") == "2" and moved() == (2, "0")
+        assert release(client, "seqs", "s1") == "2" and moved() == (2, "0")
+        assert hold("s2", 3, ttl_ms=200).allowed and moved() == (3, "3")
+        assert wait_for(lambda: moved() == (4, "0"), timeout_s=30), moved()
+        end_ms = this_hour_ms() - HOUR_MS
+        open_contract(client, "ended", "k-ended", end_ms - 2 * HOUR_MS, end_ms, rate_card_id="card")
+        ended_seq = client.get_balance("ended").as_of_seq
+        denied = client.balance.Authorize(
+            balance_pb2.AuthorizeRequest(customer_id="ended", event_type="e", values={"n": 1}, reserve=True)
+        )
+        assert (denied.allowed, denied.reason, denied.reservation_id) == (False, "NO_ACTIVE_CONTRACT", "")
+        assert client.get_balance("ended").as_of_seq == ended_seq

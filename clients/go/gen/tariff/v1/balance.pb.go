@@ -241,8 +241,10 @@ type Balance struct {
 	// The part of period_charges no grant covered, in pricing units.
 	OverageAmount string `protobuf:"bytes,7,opt,name=overage_amount,json=overageAmount,proto3" json:"overage_amount,omitempty"`
 	// The journal sequence number this balance reflects: it counts the records
-	// that changed state (admin changes and batches that accepted at least one
-	// event), so a batch that accepts nothing does not move it.
+	// that changed state (admin changes, holds placed, releases, the clock's
+	// expiries, breakage and rollovers, and batches that accepted at least one
+	// event), so a batch that accepts nothing, a denied or repeated hold and a
+	// repeated release do not move it.
 	AsOfSeq uint64 `protobuf:"varint,8,opt,name=as_of_seq,json=asOfSeq,proto3" json:"as_of_seq,omitempty"`
 	// The rate card's pricing unit ("credits", "USD", ...).
 	PricingUnit string `protobuf:"bytes,9,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
