@@ -326,3 +326,17 @@ def test_as_of_seq_counts_holds_releases_and_the_clocks_expiries_but_not_retries
         )
         assert (denied.allowed, denied.reason, denied.reservation_id) == (False, "NO_ACTIVE_CONTRACT", "")
         assert client.get_balance("ended").as_of_seq == ended_seq
+
+
+def test_pricing_unit_is_the_cards_of_the_contract_in_force_else_the_latest_and_empty_without_one(
+    server: ServerProcess,
+) -> None:
+    """balance.proto Balance.pricing_unit: a customer with no contract has no card: "" (and no current period:
+    period_charges "0", period_start unset); one whose only contract starts tomorrow reads that card's "credits"."""
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="bare", name="bare"))
+        bare = client.get_balance("bare")
+        assert (bare.pricing_unit, bare.period_charges, bare.HasField("period_start")) == ("", "0", False)
+        open_contract(client, "soon", "k-soon", this_hour_ms() + 24 * HOUR_MS, rate_card_id="card")
+        soon = client.get_balance("soon")
+        assert (soon.pricing_unit, soon.period_charges, soon.HasField("period_start")) == ("credits", "0", False)

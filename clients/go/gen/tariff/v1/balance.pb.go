@@ -246,7 +246,9 @@ type Balance struct {
 	// event), so a batch that accepts nothing, a denied or repeated hold and a
 	// repeated release do not move it.
 	AsOfSeq uint64 `protobuf:"varint,8,opt,name=as_of_seq,json=asOfSeq,proto3" json:"as_of_seq,omitempty"`
-	// The rate card's pricing unit ("credits", "USD", ...).
+	// The rate card's pricing unit ("credits", "USD", ...): the card of the
+	// contract in force now, else of the customer's latest-starting contract;
+	// empty for a customer with no contract.
 	PricingUnit string `protobuf:"bytes,9,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
 	// overage_amount priced at the contract's overage_price, in its currency,
 	// exact: not rounded to the currency's minor unit as an invoice's amounts

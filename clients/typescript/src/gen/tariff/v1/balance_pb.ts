@@ -199,7 +199,9 @@ export type Balance = Message<"tariff.v1.Balance"> & {
   asOfSeq: bigint;
 
   /**
-   * The rate card's pricing unit ("credits", "USD", ...).
+   * The rate card's pricing unit ("credits", "USD", ...): the card of the
+   * contract in force now, else of the customer's latest-starting contract;
+   * empty for a customer with no contract.
    *
    * @generated from field: string pricing_unit = 9;
    */
