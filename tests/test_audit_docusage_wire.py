@@ -340,3 +340,20 @@ def test_pricing_unit_is_the_cards_of_the_contract_in_force_else_the_latest_and_
         open_contract(client, "soon", "k-soon", this_hour_ms() + 24 * HOUR_MS, rate_card_id="card")
         soon = client.get_balance("soon")
         assert (soon.pricing_unit, soon.period_charges, soon.HasField("period_start")) == ("credits", "0", False)
+
+
+def test_recognized_revenue_is_drawn_times_the_cost_basis_rounded_half_even_once(server: ServerProcess) -> None:
+    """balance.proto GrantBalance.recognized_revenue: drawn x paid_amount / amount, rounded half-even to 10^-12
+    once: 1 paid for 3 credits, 1 drawn: 0.333333333333; 2 drawn: 0.666666666667 (not twice 0.333333333333)."""
+    with server.client() as client:
+        customer(client, "thirds")
+        grant = contracts_pb2.Grant(
+            id="g-thirds", customer_id="thirds", kind=contracts_pb2.PREPAID, amount="3", paid_amount="1"
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        seen = []
+        for transaction_id in ("t1", "t2"):
+            client.usage.IngestUsageBatch(usage_pb2.UsageBatch(events=[event(transaction_id, "thirds", 1)]))
+            (shown,) = client.get_balance("thirds").grants
+            seen.append((shown.drawn, shown.remaining, shown.recognized_revenue))
+        assert seen == [("1", "2", "0.333333333333"), ("2", "1", "0.666666666667")]

@@ -95,8 +95,9 @@ type GrantBalance struct {
 	StartsAt             *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
 	ExpiresAt            *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// Revenue recognised from this grant's draws by usage: drawn x
-	// paid_amount / amount, what rolled over left out (the ROLLOVER grant
-	// recognises it as usage draws it there).
+	// paid_amount / amount, rounded half-even to 10^-12 once (1 paid for 3
+	// credits, 2 drawn: "0.666666666667"), what rolled over left out (the
+	// ROLLOVER grant recognises it as usage draws it there).
 	RecognizedRevenue string `protobuf:"bytes,11,opt,name=recognized_revenue,json=recognizedRevenue,proto3" json:"recognized_revenue,omitempty"`
 	// Held by open reservations.
 	Held          string `protobuf:"bytes,12,opt,name=held,proto3" json:"held,omitempty"`

@@ -108,8 +108,9 @@ export type GrantBalance = Message<"tariff.v1.GrantBalance"> & {
 
   /**
    * Revenue recognised from this grant's draws by usage: drawn x
-   * paid_amount / amount, what rolled over left out (the ROLLOVER grant
-   * recognises it as usage draws it there).
+   * paid_amount / amount, rounded half-even to 10^-12 once (1 paid for 3
+   * credits, 2 drawn: "0.666666666667"), what rolled over left out (the
+   * ROLLOVER grant recognises it as usage draws it there).
    *
    * @generated from field: string recognized_revenue = 11;
    */
