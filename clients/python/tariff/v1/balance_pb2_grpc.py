@@ -128,7 +128,8 @@ class BalanceServiceServicer:
         it arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED
         at once and gRPC sends no more answers, so the holds of an earlier message
         not yet answered may be placed unanswered (retry them by reservation_id:
-        the same request answers again and holds once).
+        the same request answers again and holds once; an unnamed one stays held
+        until its TTL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -78,7 +78,8 @@ type BalanceServiceClient interface {
 	// it arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED
 	// at once and gRPC sends no more answers, so the holds of an earlier message
 	// not yet answered may be placed unanswered (retry them by reservation_id:
-	// the same request answers again and holds once).
+	// the same request answers again and holds once; an unnamed one stays held
+	// until its TTL).
 	AuthorizeBatches(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AuthorizeBatch, AuthorizeBatchResult], error)
 	// Frees a reservation's hold and answers the credits given back; again, it
 	// answers the same amount and changes nothing. NOT_FOUND when the customer
@@ -230,7 +231,8 @@ type BalanceServiceServer interface {
 	// it arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED
 	// at once and gRPC sends no more answers, so the holds of an earlier message
 	// not yet answered may be placed unanswered (retry them by reservation_id:
-	// the same request answers again and holds once).
+	// the same request answers again and holds once; an unnamed one stays held
+	// until its TTL).
 	AuthorizeBatches(grpc.BidiStreamingServer[AuthorizeBatch, AuthorizeBatchResult]) error
 	// Frees a reservation's hold and answers the credits given back; again, it
 	// answers the same amount and changes nothing. NOT_FOUND when the customer
