@@ -381,6 +381,13 @@ def default_contract_id(customer_id: str, starting_at_ms: int) -> str:
     return f"{customer_id[: 127 - len(suffix)]}-{suffix}"
 
 
+def numbered_contract_id(customer_id: str, starting_at_ms: int, n: int) -> str:
+    """The default id with ".n" added (`acme-20261201.2`), the customer id cut so that it keeps to 128 characters
+    with the start whole: a cut start would name another day (`...-202612.2`)."""
+    suffix = f"{_contract_id_suffix(starting_at_ms)}.{n}"
+    return f"{customer_id[: 127 - len(suffix)]}-{suffix}"
+
+
 @functools.lru_cache(maxsize=64)  # most contracts start on a few days (the first of a month): strftime is slow
 def _contract_id_suffix(starting_at_ms: int) -> str:
     if starting_at_ms % DAY_MS == 0:

@@ -91,6 +91,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             convert.decimal_text(request.overage_price, "overage_price"),
             _currency(request.currency),
             applied_audited=True,
+            numbered_id_keeps_start=True,
         )
         if not self._contract_held(command):
             self._check_new_contract_room(request)
