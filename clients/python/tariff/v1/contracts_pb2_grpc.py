@@ -115,7 +115,9 @@ class ContractServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddOverride(self, request, context):
-        """Key: override.id; when empty, the override's content. A contract holds at
+        """Key: override.id; when empty, the override's content as the request
+        writes it (a multiplier "0.50" and one "0.5" are two keys, and two
+        overrides alike once held: send the same text, or an id). A contract holds at
         most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
         holds still answers). An override that would make the answer (the whole
         contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;

@@ -140,7 +140,9 @@ type ContractServiceClient interface {
 	// RESOURCE_EXHAUSTED, not created; a retry of one made answers it as it is.
 	CreateContract(ctx context.Context, in *CreateContractRequest, opts ...grpc.CallOption) (*Contract, error)
 	GetContract(ctx context.Context, in *GetContractRequest, opts ...grpc.CallOption) (*Contract, error)
-	// Key: override.id; when empty, the override's content. A contract holds at
+	// Key: override.id; when empty, the override's content as the request
+	// writes it (a multiplier "0.50" and one "0.5" are two keys, and two
+	// overrides alike once held: send the same text, or an id). A contract holds at
 	// most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
 	// holds still answers). An override that would make the answer (the whole
 	// contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
@@ -256,7 +258,9 @@ type ContractServiceServer interface {
 	// RESOURCE_EXHAUSTED, not created; a retry of one made answers it as it is.
 	CreateContract(context.Context, *CreateContractRequest) (*Contract, error)
 	GetContract(context.Context, *GetContractRequest) (*Contract, error)
-	// Key: override.id; when empty, the override's content. A contract holds at
+	// Key: override.id; when empty, the override's content as the request
+	// writes it (a multiplier "0.50" and one "0.5" are two keys, and two
+	// overrides alike once held: send the same text, or an id). A contract holds at
 	// most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
 	// holds still answers). An override that would make the answer (the whole
 	// contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
