@@ -1,0 +1,154 @@
+"""A sentence-by-sentence audit of contracts.proto and alerts.proto over the wire (customers, contracts, overrides,
+grants, the top-up policy, alert rules): statements with numbers, defaults and limits the earlier audits leave
+unpinned, each at its edge (exactly at a limit, one past it). Every amount is computed by hand in the docstrings.
+
+Product `units` (event type `work`, SUM of `n`) at 1 credit a unit on rate card `card` (credits), in force from
+2026-01-01. One server for the file (`--close-grace off`), each test on customers of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import grpc
+import pytest
+from tariff import TariffClient
+from tariff.v1 import contracts_pb2, pricing_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import refusal, serving
+from tests.serverproc import ServerProcess
+
+DAY_MS = 86_400_000
+JAN_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def catalogue(client: TariffClient) -> None:
+    product = pricing_pb2.Product(id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
+    rate = pricing_pb2.Rate(product_id="units", unit=pricing_pb2.UnitPrice(price="1"))
+    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[rate]))
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(JAN_MS))
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-doccontracts")
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+
+
+def customer(client: TariffClient, customer_id: str) -> None:
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id))
+
+
+def unnamed(customer_id: str, start_ms: int, end_ms: int | None = None) -> contracts_pb2.CreateContractRequest:
+    request = contracts_pb2.CreateContractRequest(
+        customer_id=customer_id, rate_card_id="card", starting_at=stamp(start_ms)
+    )
+    if end_ms is not None:
+        request.ending_before.CopyFrom(stamp(end_ms))
+    return request
+
+
+def test_a_numbered_default_contract_id_keeps_the_start_and_cuts_the_customer_id(server: ServerProcess) -> None:
+    """CreateContractRequest.id: without an id a contract is named after the customer id and the start's UTC date,
+    "the customer id cut so that the id keeps to 128 characters", and ".2" is added when another contract holds
+    that id. A customer id of 128 'L's starting 2026-01-01: the default id is 119 'L's + "-20260101" (119 + 9 =
+    128). Another customer's contract holding it, the id is the customer id cut to 117 'L's + "-20260101.2"
+    (117 + 11 = 128), the start's date whole, never 119 'L's + "-202601.2" (a date without its day). A retry
+    answers the same contract."""
+    long_id = "L" * 128
+    taken = "L" * 119 + "-20260101"
+    with server.client() as client:
+        customer(client, long_id)
+        customer(client, "holder")
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id=taken, customer_id="holder", rate_card_id="card", starting_at=stamp(JAN_MS)
+            )
+        )
+        made = client.contracts.CreateContract(unnamed(long_id, JAN_MS))
+        again = client.contracts.CreateContract(unnamed(long_id, JAN_MS))
+    assert (made.id, len(made.id)) == ("L" * 117 + "-20260101.2", 128)
+    assert again.id == made.id
+
+
+def test_an_overlapping_contract_is_failed_precondition_naming_the_contract_in_that_time(server: ServerProcess) -> None:
+    """CreateContractRequest.starting_at: a customer's contracts must not overlap; one that would is
+    FAILED_PRECONDITION naming the contract already in that time, nothing created. `ov` holds [Jan 1, Feb 1): a
+    contract from Jan 31 overlaps it (refused), one from Feb 1 (its ending_before, not in it) does not; and the
+    unnamed retry of Jan 1's request on a later start is refused the same way."""
+    with server.client() as client:
+        customer(client, "ov")
+        client.contracts.CreateContract(unnamed("ov", JAN_MS, JAN_MS + 31 * DAY_MS))
+        code, message = refusal(lambda: client.contracts.CreateContract(unnamed("ov", JAN_MS + 30 * DAY_MS)))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'ov-20260101'" in message
+        missing, _ = refusal(lambda: client.contracts.GetContract(contracts_pb2.GetContractRequest(id="ov-20260131")))
+        assert missing == grpc.StatusCode.NOT_FOUND
+        after = client.contracts.CreateContract(unnamed("ov", JAN_MS + 31 * DAY_MS))
+    assert after.id == "ov-20260201"
+
+
+def test_an_unnamed_override_is_keyed_by_its_text_as_written(server: ServerProcess) -> None:
+    """AddOverride: "Key: override.id; when empty, the override's content as the request writes it". A multiplier
+    "0.50" sent twice without an id is one override (the retry adds nothing), held and answered as "0.5"; the same
+    multiplier written "0.5" is another key, and adds a second override alike (both "0.5"): 2 overrides in all."""
+    with server.client() as client:
+        customer(client, "ok")
+        client.contracts.CreateContract(unnamed("ok", JAN_MS))
+
+        def add(multiplier: str) -> contracts_pb2.Contract:
+            override = contracts_pb2.PriceOverride(product_id="units", multiplier=multiplier)
+            request = contracts_pb2.AddOverrideRequest(contract_id="ok-20260101", override=override)
+            made: contracts_pb2.Contract = client.contracts.AddOverride(request)
+            return made
+
+        first, retry, respelled = add("0.50"), add("0.50"), add("0.5")
+    assert [o.multiplier for o in first.overrides] == [o.multiplier for o in retry.overrides] == ["0.5"]
+    assert [o.multiplier for o in respelled.overrides] == ["0.5", "0.5"]
+    assert len({o.id for o in respelled.overrides}) == 2
+
+
+def test_a_currency_without_a_minor_unit_is_refused_saying_so(server: ServerProcess) -> None:
+    """Contract.currency: XXX, XTS and XAU (ISO 4217 codes of three capital letters, with no minor unit) are
+    INVALID_ARGUMENT naming currency; the message says what is missing (a minor unit), not "three capital letters",
+    which XAU is. Nothing created."""
+    with server.client() as client:
+        customer(client, "cur")
+        for code in ("XAU", "XXX", "XTS", "usd"):
+            request = unnamed("cur", JAN_MS)
+            request.currency = code
+            status, message = refusal(partial(client.contracts.CreateContract, request))
+            assert status == grpc.StatusCode.INVALID_ARGUMENT
+            assert message.startswith(f"currency: '{code}' must be an ISO 4217 currency code that has a minor unit")
+        made = client.contracts.CreateContract(unnamed("cur", JAN_MS))
+    assert (made.id, made.currency) == ("cur-20260101", "USD")
+
+
+def test_a_top_up_purchase_bound_exactly_at_the_limit_is_taken_one_past_it_refused(server: ServerProcess) -> None:
+    """TopUpPolicy: recharge_to x price_per_credit above (2^127 - 1) x 10^-30 = 170141183.460469231731687303715884105727
+    is INVALID_ARGUMENT naming top_up.recharge_to. recharge_to 1 (threshold 0.5) at the largest price of 18 places
+    not above it, 170141183.460469231731687303, is taken and answered as sent; at ...304 (10^-18 more, above the
+    bound) refused, the policy set before left as it was."""
+    below = "170141183.460469231731687303"
+    with server.client() as client:
+        customer(client, "lim")
+        client.contracts.CreateContract(unnamed("lim", JAN_MS))
+
+        def policy(price: str) -> contracts_pb2.SetTopUpPolicyRequest:
+            top_up = contracts_pb2.TopUpPolicy(
+                threshold="0.5", recharge_to="1", price_per_credit=price, max_per_period=1
+            )
+            return contracts_pb2.SetTopUpPolicyRequest(contract_id="lim-20260101", top_up=top_up)
+
+        taken = client.contracts.SetTopUpPolicy(policy(below)).top_up
+        code, message = refusal(lambda: client.contracts.SetTopUpPolicy(policy(below[:-1] + "4")))
+        held = client.contracts.GetContract(contracts_pb2.GetContractRequest(id="lim-20260101")).top_up
+    assert (taken.price_per_credit, taken.recharge_to, taken.currency) == (below, "1", "USD")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("top_up.recharge_to:")
+    assert held == taken
