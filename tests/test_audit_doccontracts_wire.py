@@ -13,14 +13,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tariff import TariffClient
-from tariff.v1 import contracts_pb2, pricing_pb2
+from tariff import TariffClient, TariffError, now_ms
+from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import refusal, serving
 from tests.serverproc import ServerProcess
 
 DAY_MS = 86_400_000
+STREAM_TIMEOUT_S = 60.0
 JAN_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
@@ -152,3 +153,86 @@ def test_a_top_up_purchase_bound_exactly_at_the_limit_is_taken_one_past_it_refus
     assert (taken.price_per_credit, taken.recharge_to, taken.currency) == (below, "1", "USD")
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("top_up.recharge_to:")
     assert held == taken
+
+
+def use(client: TariffClient, customer_id: str, key: str, units: int, at_ms: int) -> None:
+    """One event of `units` units (1 credit each), acknowledged before the next."""
+    event = usage_pb2.UsageEvent(transaction_id=key, customer_id=customer_id, event_type="work", timestamp_ms=at_ms)
+    event.values["n"] = units
+    ack = client.ingest_batch([event], key)
+    assert ack.accepted == 1, ack.rejected
+
+
+def rule(client: TariffClient, customer_id: str, kind: alerts_pb2.AlertType.ValueType, threshold: str = "") -> str:
+    request = alerts_pb2.CreateAlertRequest(customer_id=customer_id, type=kind, threshold=threshold)
+    made: alerts_pb2.AlertRule = client.alerts.CreateAlert(request)
+    return made.id
+
+
+def alerts_until_marker(client: TariffClient, name: str) -> list[alerts_pb2.Alert]:
+    """Every alert up to a new customer `name`'s SPEND_THRESHOLD, which fires at once: an alert known to come
+    after every one before it."""
+    customer(client, name)
+    client.contracts.CreateContract(unnamed(name, JAN_MS))
+    rule(client, name, alerts_pb2.SPEND_THRESHOLD, "0.5")
+    use(client, name, f"{name}-1", 1, now_ms())
+    seen: list[alerts_pb2.Alert] = []
+    for alert in client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=STREAM_TIMEOUT_S):
+        seen.append(alert)
+        if alert.customer_id == name:
+            return seen
+    raise AssertionError(f"the stream ended before {name!r}'s alert: {seen}")
+
+
+def test_a_grant_not_yet_started_is_held_for_low_balance_and_credits_exhausted(server: ServerProcess) -> None:
+    """AlertType: LOW_BALANCE is credits_available < threshold "for a customer holding at least one grant", and so
+    is CREDITS_EXHAUSTED (credits_available <= 0). Customer `fut` (ALLOW, from 2026-01-01), rules LOW_BALANCE below
+    5 and CREDITS_EXHAUSTED: 3 units used while it holds no grant fire nothing (3 of overage). A grant of 10 credits
+    starting a year from now is held but not available: at the grant (a change), available 0 is below 5 and
+    exhausted, both fire once, reading credits_available 0; 1 more unit used (still 0 available) fires neither
+    again."""
+    future_ms = now_ms() + 365 * DAY_MS
+    with server.client() as client:
+        customer(client, "fut")
+        client.contracts.CreateContract(unnamed("fut", JAN_MS))
+        low = rule(client, "fut", alerts_pb2.LOW_BALANCE, "5")
+        out = rule(client, "fut", alerts_pb2.CREDITS_EXHAUSTED)
+        use(client, "fut", "fut-1", 3, now_ms())
+        grant = contracts_pb2.Grant(
+            id="fut-g", customer_id="fut", kind=contracts_pb2.PROMOTIONAL, amount="10", starts_at=stamp(future_ms)
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        use(client, "fut", "fut-2", 1, now_ms())
+        balance = client.get_balance("fut")
+        seen = alerts_until_marker(client, "fut-marker")
+    assert (balance.credits_available, balance.credits_remaining, balance.overage_amount) == ("0", "0", "4")
+    assert [g.grant_id for g in balance.grants] == ["fut-g"]
+    fired = [(a.rule_id, dict(a.details)) for a in seen if a.customer_id == "fut"]
+    assert fired == [
+        (low, {"credits_available": "0", "threshold": "5"}),
+        (out, {"credits_available": "0"}),
+    ]
+
+
+def test_an_attribute_refusal_names_the_entry_it_refuses(server: ServerProcess) -> None:
+    """CreateCustomerRequest.attributes: keys (non-empty) and values at most 256 bytes each; a refusal is
+    INVALID_ARGUMENT naming the field, and "a value quoted in a message or violation may be cut, ending with '…'".
+    A 40-character key whose value is 257 bytes was named by its first 32 characters without a mark, a key the
+    request does not hold ("attributes[region-of-the-customer-headq]"): it is named whole, and the violation says
+    the value is what is too long. A 300-byte key is named by its first 128 characters and "…". Nothing created."""
+    key = "region-of-the-customer-headquarters-city"
+    assert len(key) == 40
+    with server.client() as client:
+        cases = {
+            "attr-1": ({key: "v" * 257}, f"attributes[{key}]", "a value is at most 256 bytes, not 257"),
+            "attr-2": ({"k" * 300: "v"}, f"attributes[{'k' * 128}…]", "a key is at most 256 bytes, not 300"),
+            "attr-3": ({"": "v"}, "attributes[]", "a key must not be empty"),
+        }
+        for customer_id, (attributes, field, why) in cases.items():
+            request = contracts_pb2.CreateCustomerRequest(id=customer_id, attributes=attributes)
+            with pytest.raises(TariffError) as refused:
+                client.contracts.CreateCustomer(request)
+            violations = [(v.field, v.description) for v in refused.value.field_violations]
+            assert (refused.value.code, violations) == (grpc.StatusCode.INVALID_ARGUMENT, [(field, why)])
+            lookup = contracts_pb2.GetCustomerRequest(id=customer_id)
+            assert refusal(partial(client.contracts.GetCustomer, lookup))[0] == grpc.StatusCode.NOT_FOUND
