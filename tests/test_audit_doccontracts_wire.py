@@ -3,7 +3,8 @@ grants, the top-up policy, alert rules): statements with numbers, defaults and l
 unpinned, each at its edge (exactly at a limit, one past it). Every amount is computed by hand in the docstrings.
 
 Product `units` (event type `work`, SUM of `n`) at 1 credit a unit on rate card `card` (credits), in force from
-2026-01-01. One server for the file (`--close-grace off`), each test on customers of its own."""
+2026-01-01. One server for the file (`--close-grace off`, `--message-mb-max 1`: answers of at most 1 MiB), each test
+on customers of its own."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import refusal, serving
+from tests.audit_fixtures import preview, refusal, serving
 from tests.serverproc import ServerProcess
 
 DAY_MS = 86_400_000
@@ -39,7 +40,8 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-doccontracts")
-    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+    process = ServerProcess(root / "data", extra_args=["--close-grace", "off", "--message-mb-max", "1"])
+    yield from serving(process, catalogue)
 
 
 def customer(client: TariffClient, customer_id: str) -> None:
@@ -236,3 +238,48 @@ def test_an_attribute_refusal_names_the_entry_it_refuses(server: ServerProcess) 
             assert (refused.value.code, violations) == (grpc.StatusCode.INVALID_ARGUMENT, [(field, why)])
             lookup = contracts_pb2.GetCustomerRequest(id=customer_id)
             assert refusal(partial(client.contracts.GetCustomer, lookup))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_top_up_policy_is_cleared_and_set_on_a_contract_whose_answer_is_already_too_large(
+    server: ServerProcess,
+) -> None:
+    """SetTopUpPolicy: "A policy that would make the answer (the whole contract) larger than --message-mb-max is
+    RESOURCE_EXHAUSTED, not set". Contract `big-k` (its customer's only one) with a policy buying up to 50 credits
+    below 10 at 1 USD; then 220 grants of 1 credit naming it, each for 40 products of 120-character ids (about 5
+    KB a grant, 1.1 MB in all): GetContract is RESOURCE_EXHAUSTED (the contract is one message, never paged).
+    Clearing the policy makes the answer smaller, never larger: it must clear (else nothing could stop the
+    customer's purchases), and say it did though the contract cannot be sent. Before: refused, the policy left
+    buying. Used after it, 211 units (220 credits, 211 used: 9 left, below 10) buy nothing: 9 available (the
+    balance, 220 grants, is too large to send too; Authorize answers it), the invoice's top_up_purchases 0.00 (before:
+    41 credits bought back to 50, 41.00 USD)."""
+    products = [f"big{n:03d}" + "x" * 117 for n in range(40)]
+    with server.client() as client:
+        for n, product_id in enumerate(products):
+            product = pricing_pb2.Product(id=product_id, event_type=f"big-e{n}", aggregation=pricing_pb2.COUNT)
+            client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+        customer(client, "big")
+        request = unnamed("big", JAN_MS)
+        request.id = "big-k"
+        client.contracts.CreateContract(request)
+        top_up = contracts_pb2.TopUpPolicy(threshold="10", recharge_to="50", price_per_credit="1", max_per_period=5)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="big-k", top_up=top_up))
+        for n in range(220):
+            grant = contracts_pb2.Grant(
+                id=f"big-g{n}",
+                contract_id="big-k",
+                kind=contracts_pb2.PROMOTIONAL,
+                amount="1",
+                applicable_product_ids=[*products, "units"],
+            )
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        lookup = contracts_pb2.GetContractRequest(id="big-k")
+        assert refusal(partial(client.contracts.GetContract, lookup))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        clear = contracts_pb2.SetTopUpPolicyRequest(contract_id="big-k")
+        code, message = refusal(partial(client.contracts.SetTopUpPolicy, clear))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "cleared" in message, message
+        use(client, "big", "big-1", 211, now_ms())
+        authorize = balance_pb2.AuthorizeRequest(customer_id="big", event_type="work", values={"n": 0})
+        decided = client.balance.Authorize(authorize)
+        invoice = preview(client, "big", now_ms())
+    assert decided.credits_available == "9"
+    assert (invoice.top_up_purchases, invoice.total_due) == ("0.00", "0.00")

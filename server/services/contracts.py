@@ -144,19 +144,22 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
 
     def _check_top_up_room(self, command: cmd.SetTopUpPolicy) -> None:
         """RESOURCE_EXHAUSTED, before anything changes, when the contract's answer with the command's policy in
-        place of the one it shows would be larger than gRPC sends. Measured exactly, not estimated: a retry (the
-        policy it has) answers the contract as it is, which must not be refused while it fits."""
+        place of the one it shows would be larger than gRPC sends, and larger than it is. Measured exactly, not
+        estimated: a retry (the policy it has) answers the contract as it is, which must not be refused while it
+        fits. A policy leaving the answer no larger is set even when the contract's grants already took it past
+        the limit (its answer then says so): refused, nothing could clear a policy that goes on buying."""
         contract = self.engine.contract(command.contract_id)
         try:
             policy = credits.top_up_as_set(command, contract.currency)
         except EngineError:  # the engine's refusal, as before
             return
         message = self._contract_pb(contract.id)
+        size_now = message.ByteSize()
         message.ClearField("top_up")
         if policy is not None:
             message.top_up.CopyFrom(_top_up_pb(policy))
         size = message.ByteSize()
-        if size > send_limit.bytes_max:
+        if size > send_limit.bytes_max and size > size_now:
             what = f"the top-up policy was not set: contract {contract.id!r}"
             raise too_large(what, size, larger_limit(size), "would be")
 
@@ -227,7 +230,8 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         _check_top_up_currency(request, self.engine.contract(request.contract_id))
         self._check_top_up_room(command)
         contract = await self._apply(command, Contract)
-        return self._sent_contract(contract.id, "the top-up policy was set")
+        done = "the top-up policy was set" if request.HasField("top_up") else "the top-up policy was cleared"
+        return self._sent_contract(contract.id, done)
 
 
 # What a change's answer may hold beyond what the request adds to it: a generated id, the fields' tags, a policy.
