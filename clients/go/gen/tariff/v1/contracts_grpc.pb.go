@@ -151,8 +151,11 @@ type ContractServiceClient interface {
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
 	GrantCredits(ctx context.Context, in *GrantCreditsRequest, opts ...grpc.CallOption) (*Grant, error)
 	// A policy that would make the answer (the whole contract) larger than
-	// --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
-	// set answers the contract as it is.
+	// --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;
+	// a retry of the policy set answers the contract as it is. One that leaves
+	// it no larger (a clearing, say) is set even when the contract's grants
+	// already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
+	// set (or cleared), so that a policy can always be stopped.
 	SetTopUpPolicy(ctx context.Context, in *SetTopUpPolicyRequest, opts ...grpc.CallOption) (*Contract, error)
 }
 
@@ -269,8 +272,11 @@ type ContractServiceServer interface {
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
 	GrantCredits(context.Context, *GrantCreditsRequest) (*Grant, error)
 	// A policy that would make the answer (the whole contract) larger than
-	// --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
-	// set answers the contract as it is.
+	// --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;
+	// a retry of the policy set answers the contract as it is. One that leaves
+	// it no larger (a clearing, say) is set even when the contract's grants
+	// already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
+	// set (or cleared), so that a policy can always be stopped.
 	SetTopUpPolicy(context.Context, *SetTopUpPolicyRequest) (*Contract, error)
 	mustEmbedUnimplementedContractServiceServer()
 }

@@ -959,8 +959,11 @@ export const ContractService: GenService<{
   },
   /**
    * A policy that would make the answer (the whole contract) larger than
-   * --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
-   * set answers the contract as it is.
+   * --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;
+   * a retry of the policy set answers the contract as it is. One that leaves
+   * it no larger (a clearing, say) is set even when the contract's grants
+   * already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
+   * set (or cleared), so that a policy can always be stopped.
    *
    * @generated from rpc tariff.v1.ContractService.SetTopUpPolicy
    */
