@@ -165,7 +165,7 @@ def use(client: TariffClient, customer_id: str, key: str, units: int, at_ms: int
     assert ack.accepted == 1, ack.rejected
 
 
-def rule(client: TariffClient, customer_id: str, kind: alerts_pb2.AlertType.ValueType, threshold: str = "") -> str:
+def rule(client: TariffClient, customer_id: str, kind: alerts_pb2.AlertType, threshold: str = "") -> str:
     request = alerts_pb2.CreateAlertRequest(customer_id=customer_id, type=kind, threshold=threshold)
     made: alerts_pb2.AlertRule = client.alerts.CreateAlert(request)
     return made.id
@@ -283,3 +283,37 @@ def test_a_top_up_policy_is_cleared_and_set_on_a_contract_whose_answer_is_alread
         invoice = preview(client, "big", now_ms())
     assert decided.credits_available == "9"
     assert (invoice.top_up_purchases, invoice.total_due) == ("0.00", "0.00")
+
+
+def test_pages_of_customers_and_rules_are_100_by_default_and_1000_at_most(server: ServerProcess) -> None:
+    """Paged lists: page_size items a page, 100 when 0, more than 1,000 read as 1,000 (ListCustomers' uint32 and
+    ListAlertRules' int32 at their largest too), the token the page's last id, every item once. 1,001 customers
+    `pg-0000`..`pg-1000` and 1,001 rules for every customer (RESERVATION_EXPIRED, which nothing here fires) added to
+    what the module holds: a first page of 100 when 0, of 1,000 at 1,001 and at the largest size, the next page
+    taking the rest, none twice."""
+    with server.client() as client:
+        for n in range(1_001):
+            customer(client, f"pg-{n:04d}")
+            rule_request = alerts_pb2.CreateAlertRequest(
+                all=True, type=alerts_pb2.RESERVATION_EXPIRED, id=f"pg-{n:04d}"
+            )
+            client.alerts.CreateAlert(rule_request)
+
+        def customers(size: int, token: str = "") -> tuple[list[str], str]:
+            page = client.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_size=size, page_token=token))
+            return [c.id for c in page.customers], page.next_page_token
+
+        def rules(size: int, token: str = "") -> tuple[list[str], str]:
+            page = client.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest(page_size=size, page_token=token))
+            return [r.id for r in page.rules], page.next_page_token
+
+        for listed, largest in ((customers, 2**32 - 1), (rules, 2**31 - 1)):
+            default, default_token = listed(0)
+            assert (len(default), default_token) == (100, default[-1])
+            for size in (1_001, largest):
+                first, token = listed(size)
+                assert (len(first), token) == (1_000, first[-1])
+                rest, last_token = listed(size, token)
+                assert last_token == "" and first[-1] < rest[0]
+                every = first + rest
+                assert every == sorted(set(every)) and {f"pg-{n:04d}" for n in range(1_001)} <= set(every)
