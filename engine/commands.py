@@ -162,7 +162,10 @@ class CreateContract(msgspec.Struct, frozen=True, tag="create_contract", omit_de
     """`applied_audited`: set by the server for every request it takes (server/services/contracts.py), so the
     audit entry's diff holds the id, start, overage price and currency the contract was given when the request
     left them out (engine/audit.py), not the request's blanks; False (left out when stored, as commands stored
-    before it have none, so their fingerprints are unchanged) writes the entry its release wrote."""
+    before it have none, so their fingerprints are unchanged) writes the entry its release wrote.
+    `numbered_id_keeps_start`: set likewise, so an unnamed contract whose default id is taken, and which must be
+    cut to stay within 128 characters once ".2" is added, is cut in its customer id, keeping the start's date whole
+    (engine/control.py numbered_contract_id); False (commands stored before it) cuts the id's end, as then."""
 
     at_ms: int
     actor: str
@@ -175,6 +178,7 @@ class CreateContract(msgspec.Struct, frozen=True, tag="create_contract", omit_de
     overage_price: str
     currency: str
     applied_audited: bool = False
+    numbered_id_keeps_start: bool = False
 
 
 class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults=True):
@@ -231,6 +235,7 @@ SERVER_SET_FIELDS = (
     "expired_breakage_shown",
     "price_in_contract_currency",
     "applied_audited",
+    "numbered_id_keeps_start",
 )
 
 

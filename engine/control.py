@@ -316,10 +316,19 @@ def check_text_map(entries: dict[str, str], field_path: str) -> None:
     if len(entries) > EVENT_MAP_ENTRIES_MAX:
         raise InvalidArgument.field(field_path, f"at most {EVENT_MAP_ENTRIES_MAX} entries")
     for key, value in entries.items():
-        if not key or len(key.encode()) > TEXT_BYTES_MAX or len(value.encode()) > TEXT_BYTES_MAX:
-            raise InvalidArgument.field(
-                f"{field_path}[{key[:32]}]", f"keys (non-empty) and values are at most {TEXT_BYTES_MAX} bytes"
-            )
+        key_bytes, value_bytes = len(key.encode()), len(value.encode())
+        if not key:
+            why = "a key must not be empty"
+        elif key_bytes > TEXT_BYTES_MAX:
+            why = f"a key is at most {TEXT_BYTES_MAX} bytes, not {key_bytes}"
+        elif value_bytes > TEXT_BYTES_MAX:
+            why = f"a value is at most {TEXT_BYTES_MAX} bytes, not {value_bytes}"
+        else:
+            continue
+        # The entry is named by its key whole, or cut as quoted_id cuts, with its mark: a key cut without one
+        # named an entry the request does not hold.
+        shown = key if len(key) <= ID_CHARS_MAX else key[:ID_CHARS_MAX] + "…"
+        raise InvalidArgument.field(f"{field_path}[{shown}]", why)
 
 
 def keeping_print(record: _Record, print_: bytes) -> _Record:
@@ -378,6 +387,13 @@ def _credits_text(picos: int) -> str:
 def default_contract_id(customer_id: str, starting_at_ms: int) -> str:
     """`acme-20261201` (a contract starting at midnight UTC) or `acme-1764590400000`, at most 128 characters."""
     suffix = _contract_id_suffix(starting_at_ms)
+    return f"{customer_id[: 127 - len(suffix)]}-{suffix}"
+
+
+def numbered_contract_id(customer_id: str, starting_at_ms: int, n: int) -> str:
+    """The default id with ".n" added (`acme-20261201.2`), the customer id cut so that it keeps to 128 characters
+    with the start whole: a cut start would name another day (`...-202612.2`)."""
+    suffix = f"{_contract_id_suffix(starting_at_ms)}.{n}"
     return f"{customer_id[: 127 - len(suffix)]}-{suffix}"
 
 

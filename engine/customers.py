@@ -15,6 +15,7 @@ from engine.control import (
     fingerprint,
     keeping_print,
     new_account,
+    numbered_contract_id,
     shared_int,
 )
 from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LimitReached
@@ -54,7 +55,7 @@ class CustomerCommands(ControlPlane):
         parse_decimal(overage_price, "overage_price")
         # Without an id, the contract is named after its customer and start: a customer's contracts never
         # overlap, so a retry of the same request finds the same id (and a retry on a later day, the overlap).
-        contract_id = c.id or self._unnamed_contract_id(customer.id, starting_at_ms)
+        contract_id = c.id or self._unnamed_contract_id(customer.id, starting_at_ms, c.numbered_id_keeps_start)
         held = self.state.contracts.get(contract_id)
         print_ = self._repeat_held(f"contract/{contract_id}", c, self._held_print(held), lambda: held)
         if held is not None:
@@ -78,21 +79,35 @@ class CustomerCommands(ControlPlane):
         self._index_contract(contract)
         return contract
 
-    def _unnamed_contract_id(self, customer_id: str, starting_at_ms: int) -> str:
+    def _unnamed_contract_id(self, customer_id: str, starting_at_ms: int, keeps_start: bool) -> str:
         """The id of the customer's contract from starting_at_ms requested without one: its key is the customer and
         the start, so the default id (`default_contract_id`) unless another contract (another customer's, or one of
         this customer's from another start, both named so by their requests) holds it; then that id with ".2",
         ".3", ... added, the first that is free or this key's own. Only requests refused before this rule ever met
-        a taken default id, and refusals are not journaled: every stored command finds the id it found then."""
+        a taken default id, and refusals are not journaled: every stored command finds the id it found then.
+        `keeps_start` (CreateContract.numbered_id_keeps_start) cuts the customer id to keep a numbered id within
+        128 characters; without it the id's end is cut, as commands stored before it were. Either way a retry
+        finds the contract an earlier request of its key was given under the other cut."""
         contract_id = default_contract_id(customer_id, starting_at_ms)
         base, n = contract_id, 1
         while (held := self.state.contracts.get(contract_id)) is not None:
-            if held.customer_id == customer_id and held.starting_at_ms == starting_at_ms:
+            if self._holds_key(held, customer_id, starting_at_ms):
                 return contract_id
             n += 1
             suffix = f".{n}"
-            contract_id = base[: 128 - len(suffix)] + suffix
+            end_cut = base[: 128 - len(suffix)] + suffix
+            if not keeps_start:
+                contract_id = end_cut
+                continue
+            contract_id = numbered_contract_id(customer_id, starting_at_ms, n)
+            earlier = self.state.contracts.get(end_cut)
+            if earlier is not None and self._holds_key(earlier, customer_id, starting_at_ms):
+                return end_cut
         return contract_id
+
+    @staticmethod
+    def _holds_key(contract: Contract, customer_id: str, starting_at_ms: int) -> bool:
+        return contract.customer_id == customer_id and contract.starting_at_ms == starting_at_ms
 
     def _add_override(self, c: cmd.AddOverride) -> Contract:
         contract = self.contract(c.contract_id)

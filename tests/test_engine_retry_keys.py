@@ -110,8 +110,9 @@ def test_a_state_with_its_retry_keys_in_requests_still_recognises_a_retry() -> N
 def test_an_unnamed_contract_whose_default_id_is_taken_gets_a_numbered_one_within_the_id_rule() -> None:
     """A customer id of 120 characters: its default contract id is cut to 128 characters with the start's date
     (engine/control.py default_contract_id). Another customer's contract holding that id, the unnamed request takes
-    it with ".2" added, still 128 characters (the customer part cut shorter), and a third with ".3"; a retry of each
-    finds its own, also after a snapshot."""
+    it with ".2" added, still 128 characters, and a third with ".3"; a retry of each finds its own, also after a
+    snapshot. This command, stored before `numbered_id_keeps_start`, cuts the id's end (the date's last digits),
+    as then."""
     world = basic_world()
     long_id = "x" * 120
     world.customer(long_id)
@@ -129,3 +130,24 @@ def test_an_unnamed_contract_whose_default_id_is_taken_gets_a_numbered_one_withi
         with pytest.raises(Repeated) as repeated:
             engine.apply(request, world.seq + 1)
         assert repeated.value.result is engine.state.contracts[made.id]
+
+
+def test_a_numbered_contract_id_keeps_the_start_and_a_retry_finds_the_id_an_earlier_release_gave() -> None:
+    """With `numbered_id_keeps_start` (every new request) the numbered id cuts the customer id and keeps the start's
+    date whole: 120 'x's starting at EPOCH_MS (2026-01-01), default id taken by another customer, is 117 'x's +
+    "-20260101.2". A retry (the server marks every request so) finds it, and so does a retry of a request an
+    earlier release numbered by cutting the id's end (119 'x's + "-202601.2"): that contract."""
+    long_id = "x" * 120
+    request = cmd.CreateContract(EPOCH_MS, ACTOR, "", long_id, "card", EPOCH_MS, None, OveragePolicy.ALLOW, "1", "")
+    flagged = msgspec.structs.replace(request, numbered_id_keeps_start=True)
+    for made_by, expected in ((flagged, "x" * 117 + "-20260101.2"), (request, "x" * 119 + "-202601.2")):
+        world = basic_world()
+        world.customer(long_id)
+        world.customer("other")
+        world.contract(default_contract_id(long_id, EPOCH_MS), customer_id="other", ending_before_ms=EPOCH_MS + 1)
+        made = world.apply(made_by)
+        assert isinstance(made, Contract)
+        assert (made.id, len(made.id)) == (expected, 128)
+        with pytest.raises(Repeated) as repeated:
+            world.engine.apply(msgspec.structs.replace(flagged, at_ms=EPOCH_MS + 5), world.seq + 1)
+        assert repeated.value.result is world.engine.state.contracts[expected]

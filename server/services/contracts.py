@@ -91,6 +91,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             convert.decimal_text(request.overage_price, "overage_price"),
             _currency(request.currency),
             applied_audited=True,
+            numbered_id_keeps_start=True,
         )
         if not self._contract_held(command):
             self._check_new_contract_room(request)
@@ -143,19 +144,22 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
 
     def _check_top_up_room(self, command: cmd.SetTopUpPolicy) -> None:
         """RESOURCE_EXHAUSTED, before anything changes, when the contract's answer with the command's policy in
-        place of the one it shows would be larger than gRPC sends. Measured exactly, not estimated: a retry (the
-        policy it has) answers the contract as it is, which must not be refused while it fits."""
+        place of the one it shows would be larger than gRPC sends, and larger than it is. Measured exactly, not
+        estimated: a retry (the policy it has) answers the contract as it is, which must not be refused while it
+        fits. A policy leaving the answer no larger is set even when the contract's grants already took it past
+        the limit (its answer then says so): refused, nothing could clear a policy that goes on buying."""
         contract = self.engine.contract(command.contract_id)
         try:
             policy = credits.top_up_as_set(command, contract.currency)
         except EngineError:  # the engine's refusal, as before
             return
         message = self._contract_pb(contract.id)
+        size_now = message.ByteSize()
         message.ClearField("top_up")
         if policy is not None:
             message.top_up.CopyFrom(_top_up_pb(policy))
         size = message.ByteSize()
-        if size > send_limit.bytes_max:
+        if size > send_limit.bytes_max and size > size_now:
             what = f"the top-up policy was not set: contract {contract.id!r}"
             raise too_large(what, size, larger_limit(size), "would be")
 
@@ -226,7 +230,8 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         _check_top_up_currency(request, self.engine.contract(request.contract_id))
         self._check_top_up_room(command)
         contract = await self._apply(command, Contract)
-        return self._sent_contract(contract.id, "the top-up policy was set")
+        done = "the top-up policy was set" if request.HasField("top_up") else "the top-up policy was cleared"
+        return self._sent_contract(contract.id, done)
 
 
 # What a change's answer may hold beyond what the request adds to it: a generated id, the fields' tags, a policy.
@@ -261,7 +266,8 @@ def _currency(code: str) -> str:
     so that contracts journaled before the check replay as they were."""
     if code and code not in CURRENCIES:
         raise InvalidArgument.field(
-            "currency", f'{quoted_id(code)} must be an ISO 4217 currency code of three capital letters ("USD")'
+            "currency",
+            f'{quoted_id(code)} must be an ISO 4217 currency code that has a minor unit ("USD"; XXX, XTS, XAU have none)',
         )
     return code
 

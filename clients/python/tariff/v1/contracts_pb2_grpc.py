@@ -115,7 +115,9 @@ class ContractServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddOverride(self, request, context):
-        """Key: override.id; when empty, the override's content. A contract holds at
+        """Key: override.id; when empty, the override's content as the request
+        writes it (a multiplier "0.50" and one "0.5" are two keys, and two
+        overrides alike once held: send the same text, or an id). A contract holds at
         most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
         holds still answers). An override that would make the answer (the whole
         contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
@@ -134,8 +136,11 @@ class ContractServiceServicer:
 
     def SetTopUpPolicy(self, request, context):
         """A policy that would make the answer (the whole contract) larger than
-        --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
-        set answers the contract as it is.
+        --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;
+        a retry of the policy set answers the contract as it is. One that leaves
+        it no larger (a clearing, say) is set even when the contract's grants
+        already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
+        set (or cleared), so that a policy can always be stopped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

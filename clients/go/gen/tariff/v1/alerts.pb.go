@@ -39,7 +39,9 @@ type AlertType int32
 
 const (
 	AlertType_ALERT_TYPE_UNSPECIFIED AlertType = 0
-	// credits_available < threshold, for a customer holding at least one grant.
+	// credits_available < threshold, for a customer holding at least one grant
+	// (any: one not yet started, spent or expired counts, so a customer whose
+	// only grant starts later has 0 available and fires it).
 	AlertType_LOW_BALANCE AlertType = 1
 	// period_charges >= threshold in the contract period in force; fires once
 	// per period, unless the period's charges fall below the threshold again (a
@@ -48,7 +50,7 @@ const (
 	// fires again.
 	AlertType_SPEND_THRESHOLD AlertType = 2
 	// No credit available (credits_available <= 0) to a customer holding at
-	// least one grant. No threshold.
+	// least one grant (any, as for LOW_BALANCE). No threshold.
 	AlertType_CREDITS_EXHAUSTED AlertType = 3
 	// An automatic top-up was granted. No threshold.
 	AlertType_TOP_UP_EXECUTED AlertType = 4

@@ -950,12 +950,15 @@ type CreateContractRequest struct {
 	// (the customer id cut so that the id keeps to 128 characters). When
 	// another contract already holds that id (another customer's, or one of
 	// this customer's from another start, named so by its request), ".2" is
-	// added (".3", ... while taken): the key of such a request is the customer
-	// and the start, not the id.
+	// added (".3", ... while taken; the customer id cut shorter to keep 128,
+	// the start whole): the key of such a request is the customer and the
+	// start, not the id.
 	Id         string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	CustomerId string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	RateCardId string `protobuf:"bytes,3,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
-	// The start of the current UTC day when unset. A customer's contracts must not overlap.
+	// The start of the current UTC day when unset. A customer's contracts must
+	// not overlap: one that would is FAILED_PRECONDITION naming the contract
+	// already in that time, nothing created.
 	StartingAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=starting_at,json=startingAt,proto3" json:"starting_at,omitempty"`
 	EndingBefore  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
 	OveragePolicy OveragePolicy          `protobuf:"varint,6,opt,name=overage_policy,json=overagePolicy,proto3,enum=tariff.v1.OveragePolicy" json:"overage_policy,omitempty"`

@@ -140,7 +140,9 @@ type ContractServiceClient interface {
 	// RESOURCE_EXHAUSTED, not created; a retry of one made answers it as it is.
 	CreateContract(ctx context.Context, in *CreateContractRequest, opts ...grpc.CallOption) (*Contract, error)
 	GetContract(ctx context.Context, in *GetContractRequest, opts ...grpc.CallOption) (*Contract, error)
-	// Key: override.id; when empty, the override's content. A contract holds at
+	// Key: override.id; when empty, the override's content as the request
+	// writes it (a multiplier "0.50" and one "0.5" are two keys, and two
+	// overrides alike once held: send the same text, or an id). A contract holds at
 	// most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
 	// holds still answers). An override that would make the answer (the whole
 	// contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
@@ -149,8 +151,11 @@ type ContractServiceClient interface {
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
 	GrantCredits(ctx context.Context, in *GrantCreditsRequest, opts ...grpc.CallOption) (*Grant, error)
 	// A policy that would make the answer (the whole contract) larger than
-	// --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
-	// set answers the contract as it is.
+	// --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;
+	// a retry of the policy set answers the contract as it is. One that leaves
+	// it no larger (a clearing, say) is set even when the contract's grants
+	// already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
+	// set (or cleared), so that a policy can always be stopped.
 	SetTopUpPolicy(ctx context.Context, in *SetTopUpPolicyRequest, opts ...grpc.CallOption) (*Contract, error)
 }
 
@@ -256,7 +261,9 @@ type ContractServiceServer interface {
 	// RESOURCE_EXHAUSTED, not created; a retry of one made answers it as it is.
 	CreateContract(context.Context, *CreateContractRequest) (*Contract, error)
 	GetContract(context.Context, *GetContractRequest) (*Contract, error)
-	// Key: override.id; when empty, the override's content. A contract holds at
+	// Key: override.id; when empty, the override's content as the request
+	// writes it (a multiplier "0.50" and one "0.5" are two keys, and two
+	// overrides alike once held: send the same text, or an id). A contract holds at
 	// most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
 	// holds still answers). An override that would make the answer (the whole
 	// contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
@@ -265,8 +272,11 @@ type ContractServiceServer interface {
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
 	GrantCredits(context.Context, *GrantCreditsRequest) (*Grant, error)
 	// A policy that would make the answer (the whole contract) larger than
-	// --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
-	// set answers the contract as it is.
+	// --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;
+	// a retry of the policy set answers the contract as it is. One that leaves
+	// it no larger (a clearing, say) is set even when the contract's grants
+	// already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
+	// set (or cleared), so that a policy can always be stopped.
 	SetTopUpPolicy(context.Context, *SetTopUpPolicyRequest) (*Contract, error)
 	mustEmbedUnimplementedContractServiceServer()
 }

@@ -280,7 +280,9 @@ export enum AlertType {
   ALERT_TYPE_UNSPECIFIED = 0,
 
   /**
-   * credits_available < threshold, for a customer holding at least one grant.
+   * credits_available < threshold, for a customer holding at least one grant
+   * (any: one not yet started, spent or expired counts, so a customer whose
+   * only grant starts later has 0 available and fires it).
    *
    * @generated from enum value: LOW_BALANCE = 1;
    */
@@ -299,7 +301,7 @@ export enum AlertType {
 
   /**
    * No credit available (credits_available <= 0) to a customer holding at
-   * least one grant. No threshold.
+   * least one grant (any, as for LOW_BALANCE). No threshold.
    *
    * @generated from enum value: CREDITS_EXHAUSTED = 3;
    */

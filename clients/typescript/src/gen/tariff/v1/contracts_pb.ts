@@ -537,8 +537,9 @@ export type CreateContractRequest = Message<"tariff.v1.CreateContractRequest"> &
    * (the customer id cut so that the id keeps to 128 characters). When
    * another contract already holds that id (another customer's, or one of
    * this customer's from another start, named so by its request), ".2" is
-   * added (".3", ... while taken): the key of such a request is the customer
-   * and the start, not the id.
+   * added (".3", ... while taken; the customer id cut shorter to keep 128,
+   * the start whole): the key of such a request is the customer and the
+   * start, not the id.
    *
    * @generated from field: string id = 1;
    */
@@ -555,7 +556,9 @@ export type CreateContractRequest = Message<"tariff.v1.CreateContractRequest"> &
   rateCardId: string;
 
   /**
-   * The start of the current UTC day when unset. A customer's contracts must not overlap.
+   * The start of the current UTC day when unset. A customer's contracts must
+   * not overlap: one that would is FAILED_PRECONDITION naming the contract
+   * already in that time, nothing created.
    *
    * @generated from field: google.protobuf.Timestamp starting_at = 4;
    */
@@ -929,7 +932,9 @@ export const ContractService: GenService<{
     output: typeof ContractSchema;
   },
   /**
-   * Key: override.id; when empty, the override's content. A contract holds at
+   * Key: override.id; when empty, the override's content as the request
+   * writes it (a multiplier "0.50" and one "0.5" are two keys, and two
+   * overrides alike once held: send the same text, or an id). A contract holds at
    * most 1,000 overrides: another is RESOURCE_EXHAUSTED (a retry of one it
    * holds still answers). An override that would make the answer (the whole
    * contract) larger than --message-mb-max is RESOURCE_EXHAUSTED, not added;
@@ -954,8 +959,11 @@ export const ContractService: GenService<{
   },
   /**
    * A policy that would make the answer (the whole contract) larger than
-   * --message-mb-max is RESOURCE_EXHAUSTED, not set; a retry of the policy
-   * set answers the contract as it is.
+   * --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;
+   * a retry of the policy set answers the contract as it is. One that leaves
+   * it no larger (a clearing, say) is set even when the contract's grants
+   * already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
+   * set (or cleared), so that a policy can always be stopped.
    *
    * @generated from rpc tariff.v1.ContractService.SetTopUpPolicy
    */
