@@ -153,6 +153,8 @@ export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
   quantity: string;
 
   /**
+   * Ascending by rate_card_id, then version.
+   *
    * @generated from field: repeated tariff.v1.AppliedPrice prices = 5;
    */
   prices: AppliedPrice[];
@@ -178,7 +180,8 @@ export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
   overage: string;
 
   /**
-   * Credits each grant paid for this line, in the pricing unit.
+   * Credits each grant paid for this line, in the pricing unit, in the order
+   * the grants were first drawn for it.
    *
    * @generated from field: repeated tariff.v1.CreditApplication credits_applied = 9;
    */
@@ -362,11 +365,18 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
   currency: string;
 
   /**
+   * By product_id, then by the line's dimension values taken in the order of
+   * the product's pricing_dimensions (strings compared as UTF-8 bytes): not
+   * line_id order. Product "a" (pricing_dimensions ["z", "b"]) comes before
+   * "a.b", and its line "a;b=2;z=1" (z=1) before "a;b=1;z=2" (z=2).
+   *
    * @generated from field: repeated tariff.v1.InvoiceLine lines = 8;
    */
   lines: InvoiceLine[];
 
   /**
+   * The lines' credits summed per grant, by grant_id.
+   *
    * @generated from field: repeated tariff.v1.CreditApplication credits_applied = 9;
    */
   creditsApplied: CreditApplication[];

@@ -1,0 +1,200 @@
+"""A sentence-by-sentence audit of invoices.proto and pricing.proto (and README "Invoices and revenue"), over the
+wire against a real server: the statements the earlier audits leave unpinned. Every amount is worked out by hand
+(the arithmetic is in each test's docstring), none read back from the server.
+
+One server for the module (`--close-grace off`: nothing closes by itself), usage dated in January 2026, long over.
+Rate card `oc` (credits): products `a` (pricing dimensions ["z", "b"], in that order: not key order) and `a.b`
+(dimension "k"), both SUM of `n`; version 1 from 2025 prices both at 1 a unit, version 2 from 2026-01-01T10:00Z
+prices `a` at 2. Rate card `tc` (credits): product `tiny` (dimension "k") at 0.0000000000005 (half a pico) a
+unit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from tariff import TariffClient
+from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+
+from tests.audit_fixtures import HOUR_MS, audit_count, serving
+from tests.serverproc import ServerProcess
+from tests.test_audit_invoices2_wire import give
+from tests.test_audit_invoices_wire import FEB, JAN, ms, ts
+
+YEAR_2025 = ms("2025-01-01T00:00:00")
+
+
+def _product(client: TariffClient, product_id: str, dimensions: list[str]) -> None:
+    product = pricing_pb2.Product(
+        id=product_id,
+        name=product_id,
+        event_type=product_id,
+        aggregation=pricing_pb2.SUM,
+        value_key="n",
+        pricing_dimensions=dimensions,
+        unit="units",
+    )
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+
+
+def _card(client: TariffClient, card: str, rates: list[pricing_pb2.Rate]) -> None:
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, name=card, pricing_unit="credits"))
+    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates))
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=card, version=1, effective_from=ts(YEAR_2025))
+    )
+
+
+def _unit(product_id: str, price: str) -> pricing_pb2.Rate:
+    return pricing_pb2.Rate(product_id=product_id, unit=pricing_pb2.UnitPrice(price=price))
+
+
+def _catalogue(client: TariffClient) -> None:
+    _product(client, "a.b", ["k"])
+    _product(client, "a", ["z", "b"])
+    _product(client, "tiny", ["k"])
+    _card(client, "oc", [_unit("a", "1"), _unit("a.b", "1")])
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="oc", based_on_version=1, upsert_rates=[_unit("a", "2")])
+    )
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="oc", version=2, effective_from=ts(JAN + 10 * HOUR_MS))
+    )
+    _card(client, "tc", [_unit("tiny", "0.0000000000005")])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("audit-docinvoices") / "data", extra_args=["--close-grace", "off"])
+    yield from serving(process, _catalogue)
+
+
+def _contract(client: TariffClient, who: str, card: str) -> str:
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=who, name=who))
+    request = contracts_pb2.CreateContractRequest(
+        id=f"{who}-c",
+        customer_id=who,
+        rate_card_id=card,
+        starting_at=ts(JAN),
+        overage_policy=contracts_pb2.ALLOW,
+        overage_price="1",
+        currency="USD",
+    )
+    made: contracts_pb2.Contract = client.contracts.CreateContract(request)
+    return str(made.id)
+
+
+def _send(client: TariffClient, who: str, tx: str, product_id: str, dims: dict[str, str], n: float, at_ms: int) -> None:
+    """One event in its own batch, so that the order of the calls is the order the events are rated in."""
+    event = usage_pb2.UsageEvent(
+        transaction_id=tx, customer_id=who, event_type=product_id, timestamp_ms=at_ms, dimensions=dims
+    )
+    event.values["n"] = n
+    ack = client.ingest_batch([event], f"batch-{tx}")
+    assert ack.accepted == 1, ack.rejected
+
+
+def _preview(client: TariffClient, who: str) -> invoices_pb2.Invoice:
+    request = invoices_pb2.PreviewInvoiceRequest(customer_id=who, period_start=ts(JAN))
+    invoice: invoices_pb2.Invoice = client.invoices.PreviewInvoice(request)
+    return invoice
+
+
+def test_lines_run_by_product_then_by_dimension_values_in_pricing_dimension_order_parts_by_version(
+    server: ServerProcess,
+) -> None:
+    """invoices.proto Invoice.lines, AppliedPrice, credits_applied: the orders. Grants zz (3 credits, priority 1,
+    granted first) and aa (100, priority 2). Events, each rated in turn: a{z=2,b=1} 1 unit at 00:00 (v1: 1, from
+    zz); a{z=1,b=2} 2 units at 20:00 (v2: 4: zz's last 2, then 2 from aa); a.b{k=x} 4 at 00:00 (4, aa); a{z=1,b=2}
+    3 more at 00:00 (v1: 3, aa). Lines: a{z=1,b=2} 5 units, 7 (v1 3 units for 3, v2 2 for 4; zz 2, aa 5);
+    a{z=2,b=1} 1 unit, 1 (zz 1); a.b{k=x} 4 (aa 4). They run by product id ("a" before "a.b", though the line id
+    "a.b;k=x" sorts before "a;b=..."), then by the values of the product's pricing dimensions in its own order (z
+    then b: z=1 before z=2, though "a;b=1;z=2" sorts before "a;b=2;z=1"): not in line_id order. A line's prices
+    ascend by version, its credits in the order the grants were first drawn (zz, then aa), the invoice's
+    credits_applied by grant id (aa 9, zz 3)."""
+    with server.client() as client:
+        _contract(client, "o", "oc")
+        give(client, "o-c", "zz", "3", "3", starts_at=ts(JAN), priority=1)
+        give(client, "o-c", "aa", "100", "100", starts_at=ts(JAN), priority=2)
+        _send(client, "o", "o0", "a", {"z": "2", "b": "1"}, 1, JAN)
+        _send(client, "o", "o1", "a", {"z": "1", "b": "2"}, 2, JAN + 20 * HOUR_MS)
+        _send(client, "o", "o2", "a.b", {"k": "x"}, 4, JAN)
+        _send(client, "o", "o3", "a", {"z": "1", "b": "2"}, 3, JAN)
+        invoice = _preview(client, "o")
+    assert [
+        (
+            line.line_id,
+            line.quantity,
+            line.amount,
+            [(part.version, part.quantity, part.amount) for part in line.prices],
+            [(c.grant_id, c.credits) for c in line.credits_applied],
+        )
+        for line in invoice.lines
+    ] == [
+        ("a;b=2;z=1", "5", "7", [(1, "3", "3"), (2, "2", "4")], [("zz", "2"), ("aa", "5")]),
+        ("a;b=1;z=2", "1", "1", [(1, "1", "1")], [("zz", "1")]),
+        ("a.b;k=x", "4", "4", [(1, "4", "4")], [("aa", "4")]),
+    ]
+    assert [(c.grant_id, c.credits) for c in invoice.credits_applied] == [("aa", "9"), ("zz", "3")]
+    assert (invoice.subtotal, invoice.overage_amount, invoice.total_due) == ("12", "0", "0.00")
+
+
+def test_unit_prices_round_half_even_at_12_places_and_read_0_or_empty_without_quantity(server: ServerProcess) -> None:
+    """AppliedPrice.unit_price: amount / quantity rounded half-even to 12 places, "0" when quantity is 0;
+    ExplainedEvent.unit_price alike, but empty when quantity is 0. At half a pico a unit: k=a 2 units are 1 pico,
+    its unit price 0.5 pico, a tie, to even: "0" (half up would read 0.000000000001); k=b 3 units cost 1.5 picos,
+    rounded half-even to 2, a unit price of 0.666... picos: 0.000000000001; k=c one event of 0 units: quantity 0,
+    amount 0, unit price "0" on the invoice, "" on its event."""
+    with server.client() as client:
+        _contract(client, "t", "tc")
+        _send(client, "t", "t1", "tiny", {"k": "a"}, 2, JAN)
+        _send(client, "t", "t2", "tiny", {"k": "b"}, 3, JAN)
+        _send(client, "t", "t3", "tiny", {"k": "c"}, 0, JAN)
+        invoice = _preview(client, "t")
+        explained = {
+            line_id: [
+                (e.quantity, e.unit_price, e.amount)
+                for e in client.invoices.ExplainLineItem(
+                    invoices_pb2.ExplainLineItemRequest(customer_id="t", period_start=ts(JAN), line_id=line_id)
+                ).events
+            ]
+            for line_id in ("tiny;k=a", "tiny;k=b", "tiny;k=c")
+        }
+    assert [(line.line_id, [(p.quantity, p.unit_price, p.amount) for p in line.prices]) for line in invoice.lines] == [
+        ("tiny;k=a", [("2", "0", "0.000000000001")]),
+        ("tiny;k=b", [("3", "0.000000000001", "0.000000000002")]),
+        ("tiny;k=c", [("0", "0", "0")]),
+    ]
+    assert explained == {
+        "tiny;k=a": [("2", "0", "0.000000000001")],
+        "tiny;k=b": [("3", "0.000000000001", "0.000000000002")],
+        "tiny;k=c": [("0", "", "0")],
+    }
+
+
+def test_grant_balances_list_grants_started_before_the_periods_end_and_a_closed_period_closes_once(
+    server: ServerProcess,
+) -> None:
+    """Invoice.grant_balances: "each grant started before the period's end". A grant starting at 2026-02-01T00:00Z
+    exactly (January's end) is not on January's invoice, one starting a millisecond before it is (10 granted, 0
+    drawn, 10 remaining, 0 expired), and February's lists both. ClosePeriodRequest: closing a closed period
+    answers its invoice, changing nothing: the retry is the same invoice, and the audit log gains no entry."""
+    with server.client() as client:
+        contract_id = _contract(client, "g", "oc")
+        give(client, contract_id, "at-end", "10", "10", starts_at=ts(FEB))
+        give(client, contract_id, "before-end", "10", "10", starts_at=ts(FEB - 1))
+        january = _preview(client, "g")
+        february = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id="g", period_start=ts(FEB))
+        )
+        closed = client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="g", period_start=ts(JAN)))
+        entries = audit_count(client)
+        again = client.invoices.ClosePeriod(invoices_pb2.ClosePeriodRequest(customer_id="g", period_start=ts(JAN)))
+        assert (again, audit_count(client)) == (closed, entries)
+
+    def balances(invoice: invoices_pb2.Invoice) -> set[tuple[str, str, str, str, str]]:
+        return {(b.grant_id, b.granted, b.drawn, b.remaining, b.expired) for b in invoice.grant_balances}
+
+    assert balances(january) == {("before-end", "10", "0", "10", "0")}
+    assert balances(february) == {("before-end", "10", "0", "10", "0"), ("at-end", "10", "0", "10", "0")}
+    assert balances(closed) == balances(january)
