@@ -6,7 +6,7 @@ One server for the module (`--close-grace off`: nothing closes by itself), usage
 Rate card `oc` (credits): products `a` (pricing dimensions ["z", "b"], in that order: not key order) and `a.b`
 (dimension "k"), both SUM of `n`; version 1 from 2025 prices both at 1 a unit, version 2 from 2026-01-01T10:00Z
 prices `a` at 2. Rate card `tc` (credits): product `tiny` (dimension "k") at 0.0000000000005 (half a pico) a
-unit."""
+unit. Rate card `ex` (credits): the two examples of pricing.proto's Rate, version 2 from 2026-01-01T01:00Z."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from tests.test_audit_invoices2_wire import give
 from tests.test_audit_invoices_wire import FEB, JAN, ms, ts
 
 YEAR_2025 = ms("2025-01-01T00:00:00")
+# A snapshot every few records, so that the restart at the end of the module restores from one.
+ARGS = ["--close-grace", "off", "--snapshot-every", "3", "--snapshot-journal-factor", "0"]
 
 
 def _product(client: TariffClient, product_id: str, dimensions: list[str]) -> None:
@@ -61,11 +63,33 @@ def _catalogue(client: TariffClient) -> None:
         pricing_pb2.PublishVersionRequest(rate_card_id="oc", version=2, effective_from=ts(JAN + 10 * HOUR_MS))
     )
     _card(client, "tc", [_unit("tiny", "0.0000000000005")])
+    _product(client, "gr", ["k"])
+    _product(client, "vo", ["k"])
+    _card(
+        client,
+        "ex",
+        [_tiered("gr", pricing_pb2.GRADUATED, ("100", "1"), ("", "0.5")), _tiered("vo", pricing_pb2.VOLUME, ("", "1"))],
+    )
+    rates = [
+        _tiered("gr", pricing_pb2.GRADUATED, ("100", "2"), ("", "1")),
+        _tiered("vo", pricing_pb2.VOLUME, ("50", "10"), ("", "0.01")),
+    ]
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="ex", based_on_version=1, upsert_rates=rates)
+    )
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="ex", version=2, effective_from=ts(JAN + HOUR_MS))
+    )
+
+
+def _tiered(product_id: str, mode: pricing_pb2.TierMode, *tiers: tuple[str, str]) -> pricing_pb2.Rate:
+    priced = [pricing_pb2.Tier(up_to=up_to, unit_price=price) for up_to, price in tiers]
+    return pricing_pb2.Rate(product_id=product_id, tiered=pricing_pb2.TieredPrice(mode=mode, tiers=priced))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("audit-docinvoices") / "data", extra_args=["--close-grace", "off"])
+    process = ServerProcess(tmp_path_factory.mktemp("audit-docinvoices") / "data", extra_args=ARGS)
     yield from serving(process, _catalogue)
 
 
@@ -198,3 +222,51 @@ def test_grant_balances_list_grants_started_before_the_periods_end_and_a_closed_
     assert balances(january) == {("before-end", "10", "0", "10", "0")}
     assert balances(february) == {("before-end", "10", "0", "10", "0"), ("at-end", "10", "0", "10", "0")}
     assert balances(closed) == balances(january)
+
+
+def test_the_rate_comments_examples_charge_what_they_say_across_a_version_change(server: ServerProcess) -> None:
+    """pricing.proto Rate's two examples, as written. GRADUATED 1 a unit up to 100 then 0.5: 80 units at 00:00 are
+    80; with 2 a unit up to 100 then 1 from 01:00, 40 more at 01:00 are charged p2(120) - p2(80) = 220 - 160 = 60,
+    the line 140 (v1's part 80 units for 80, v2's 40 for 60). VOLUME 1 a unit: 50 units are 50; then VOLUME 10 a
+    unit up to 50, 0.01 beyond: 10 more give back 50, not 500 - 0.6 = 499.4: the line is 0 (v1's part 50 for 50,
+    v2's 10 units for -50, as AppliedPrice says: negative when a cheaper VOLUME tier gave back more than it took)."""
+    with server.client() as client:
+        _contract(client, "x", "ex")
+        _send(client, "x", "x1", "gr", {"k": "a"}, 80, JAN)
+        _send(client, "x", "x2", "gr", {"k": "a"}, 40, JAN + HOUR_MS)
+        _send(client, "x", "x3", "vo", {"k": "a"}, 50, JAN)
+        _send(client, "x", "x4", "vo", {"k": "a"}, 10, JAN + HOUR_MS)
+        invoice = _preview(client, "x")
+    assert [
+        (line.line_id, line.quantity, line.amount, [(p.version, p.quantity, p.amount) for p in line.prices])
+        for line in invoice.lines
+    ] == [
+        ("gr;k=a", "120", "140", [(1, "80", "80"), (2, "40", "60")]),
+        ("vo;k=a", "60", "0", [(1, "50", "50"), (2, "10", "-50")]),
+    ]
+
+
+def test_products_list_in_creation_order_and_versions_by_number_across_a_restart(server: ServerProcess) -> None:
+    """pricing.proto ListProductsResponse: every product in the order they were created, not id order, restarts
+    included; ListVersionsResponse: every version, drafts included, by number. The module made a.b, a, tiny, gr,
+    vo; here zz, then mm (COUNT), then a draft 3 of card ex (versions 1 and 2 published). The server then
+    restarts (from a snapshot: one is taken every 3 records) and answers the same. This test runs last in the
+    module: it restarts the shared server."""
+    made = ["a.b", "a", "tiny", "gr", "vo", "zz", "mm"]
+    with server.client() as client:
+        for product_id in ("zz", "mm"):
+            product = pricing_pb2.Product(id=product_id, event_type=product_id, aggregation=pricing_pb2.COUNT)
+            client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+        client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="ex", based_on_version=2))
+    for restarted in (False, True):
+        if restarted:
+            server.restart()
+        with server.client() as client:
+            listed = client.pricing.ListProducts(pricing_pb2.ListProductsRequest()).products
+            versions = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id="ex")).versions
+        assert [p.id for p in listed] == made
+        assert [(v.version, v.state) for v in versions] == [
+            (1, pricing_pb2.PUBLISHED),
+            (2, pricing_pb2.PUBLISHED),
+            (3, pricing_pb2.DRAFT),
+        ]

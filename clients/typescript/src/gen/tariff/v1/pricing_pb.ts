@@ -124,6 +124,9 @@ export const ListProductsRequestSchema: GenMessage<ListProductsRequest> = /*@__P
  */
 export type ListProductsResponse = Message<"tariff.v1.ListProductsResponse"> & {
   /**
+   * Every product, in the order they were created (not id order), restarts
+   * included.
+   *
    * @generated from field: repeated tariff.v1.Product products = 1;
    */
   products: Product[];
@@ -1083,6 +1086,8 @@ export const ListVersionsRequestSchema: GenMessage<ListVersionsRequest> = /*@__P
  */
 export type ListVersionsResponse = Message<"tariff.v1.ListVersionsResponse"> & {
   /**
+   * Every version of the card, drafts included, by version number (1, 2, ...).
+   *
    * @generated from field: repeated tariff.v1.RateCardVersion versions = 1;
    */
   versions: RateCardVersion[];
