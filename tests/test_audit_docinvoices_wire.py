@@ -19,7 +19,7 @@ from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 from tests.audit_fixtures import HOUR_MS, audit_count, serving
 from tests.serverproc import ServerProcess
 from tests.test_audit_invoices2_wire import give
-from tests.test_audit_invoices_wire import FEB, JAN, ms, ts
+from tests.test_audit_invoices_wire import FEB, JAN, MAR, ms, ts
 
 YEAR_2025 = ms("2025-01-01T00:00:00")
 # A snapshot every few records, so that the restart at the end of the module restores from one.
@@ -244,6 +244,53 @@ def test_the_rate_comments_examples_charge_what_they_say_across_a_version_change
         ("gr;k=a", "120", "140", [(1, "80", "80"), (2, "40", "60")]),
         ("vo;k=a", "60", "0", [(1, "50", "50"), (2, "10", "-50")]),
     ]
+
+
+def test_revenue_lines_run_by_period_then_product_and_customer_lines_by_customer_then_period(
+    server: ServerProcess,
+) -> None:
+    """invoices.proto RevenueReport: lines by period_start then product_id, customer_lines by customer_id then
+    period_start. Customers r2 then r1 (made in that order), no grants, overage at 1 USD a credit. r1: a{z=1,b=1}
+    2 units on Jan 1 at 00:00 (v1: 2), a.b 1 unit in January (1), a 1 unit on Feb 1 (v2: 2); r2: a 3 units on Feb 1
+    (6). Recognised overage = overage x 1: r1's report over [Jan, Mar) has lines Jan a 2, Jan a.b 1, Feb a 2 (a
+    period's products by id, "a" before "a.b"), customer lines Jan 3, Feb 2. Over all customers, the customer lines
+    run by customer id (r1 before r2, whichever was made first), each customer's periods in order, and the product
+    lines by period then product: Feb's a is r1's 2 plus r2's 6, 8."""
+    with server.client() as client:
+        for who in ("r2", "r1"):
+            _contract(client, who, "oc")
+        _send(client, "r1", "r1-1", "a", {"z": "1", "b": "1"}, 2, JAN)
+        _send(client, "r1", "r1-2", "a.b", {"k": "x"}, 1, JAN + HOUR_MS)
+        _send(client, "r1", "r1-3", "a", {"z": "1", "b": "1"}, 1, FEB)
+        _send(client, "r2", "r2-1", "a", {"z": "1", "b": "1"}, 3, FEB)
+        mine = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(MAR), customer_id="r1")
+        )
+        everyone = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(MAR))
+        )
+    assert [(line.period_start.ToMilliseconds(), line.product_id, line.recognized) for line in mine.lines] == [
+        (JAN, "a", "2"),
+        (JAN, "a.b", "1"),
+        (FEB, "a", "2"),
+    ]
+    assert [(line.period_start.ToMilliseconds(), line.recognized) for line in mine.customer_lines] == [
+        (JAN, "3"),
+        (FEB, "2"),
+    ]
+    by_customer = [(line.customer_id, line.period_start.ToMilliseconds()) for line in everyone.customer_lines]
+    assert by_customer == sorted(by_customer)
+    assert [line for line in by_customer if line[0] in ("r1", "r2")] == [
+        ("r1", JAN),
+        ("r1", FEB),
+        ("r2", JAN),
+        ("r2", FEB),
+    ]
+    by_product = [(line.period_start.ToMilliseconds(), line.product_id) for line in everyone.lines]
+    assert by_product == sorted(by_product)
+    assert {line.product_id: line.recognized for line in everyone.lines if line.period_start.ToMilliseconds() == FEB}[
+        "a"
+    ] == "8"
 
 
 def test_products_list_in_creation_order_and_versions_by_number_across_a_restart(server: ServerProcess) -> None:

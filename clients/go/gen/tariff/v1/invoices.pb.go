@@ -1894,9 +1894,11 @@ func (x *RevenueReconciliation) GetRecognized() string {
 }
 
 type RevenueReport struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Currency       string                 `protobuf:"bytes,1,opt,name=currency,proto3" json:"currency,omitempty"`
-	Lines          []*RevenueLine         `protobuf:"bytes,2,rep,name=lines,proto3" json:"lines,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Currency string                 `protobuf:"bytes,1,opt,name=currency,proto3" json:"currency,omitempty"`
+	// By period_start, then product_id.
+	Lines []*RevenueLine `protobuf:"bytes,2,rep,name=lines,proto3" json:"lines,omitempty"`
+	// By customer_id, then period_start.
 	CustomerLines  []*RevenueLine         `protobuf:"bytes,3,rep,name=customer_lines,json=customerLines,proto3" json:"customer_lines,omitempty"`
 	Reconciliation *RevenueReconciliation `protobuf:"bytes,4,opt,name=reconciliation,proto3" json:"reconciliation,omitempty"`
 	unknownFields  protoimpl.UnknownFields

@@ -1095,11 +1095,15 @@ export type RevenueReport = Message<"tariff.v1.RevenueReport"> & {
   currency: string;
 
   /**
+   * By period_start, then product_id.
+   *
    * @generated from field: repeated tariff.v1.RevenueLine lines = 2;
    */
   lines: RevenueLine[];
 
   /**
+   * By customer_id, then period_start.
+   *
    * @generated from field: repeated tariff.v1.RevenueLine customer_lines = 3;
    */
   customerLines: RevenueLine[];
