@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
-from tests.audit_fixtures import HOUR_MS, audit_count, serving
+from tests.audit_fixtures import HOUR_MS, audit_count, refusal, serving
 from tests.serverproc import ServerProcess
 from tests.test_audit_invoices2_wire import give
 from tests.test_audit_invoices_wire import FEB, JAN, MAR, ms, ts
@@ -291,6 +292,72 @@ def test_revenue_lines_run_by_period_then_product_and_customer_lines_by_customer
     assert {line.product_id: line.recognized for line in everyone.lines if line.period_start.ToMilliseconds() == FEB}[
         "a"
     ] == "8"
+
+
+def _draft_refusal(client: TariffClient, price: str) -> tuple[grpc.StatusCode, str]:
+    rate = pricing_pb2.Rate(product_id="a", unit=pricing_pb2.UnitPrice(price=price))
+    code, details = refusal(
+        lambda: client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="oc", based_on_version=1, upsert_rates=[rate])
+        )
+    )
+    return code, details.split(":")[0]
+
+
+def test_a_price_of_more_than_1000_characters_is_refused_by_create_draft_version_naming_the_field(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto: a price neither begins nor ends with whitespace, holds no '#' and writes its numbers in the
+    decimal grammar ("2", not "2."; a literal at most 64 characters): "CreateDraftVersion refuses any other as
+    INVALID_ARGUMENT naming the field". Past 1,000 characters (what validation evaluates at most) the server made
+    the draft all the same (a finding "is longer than 1000 characters" only then): " 1+1+...+1" (1,002
+    characters, a leading space), the same sum ending "#x", one beginning with a unary "+", a 1,002-character
+    literal 0.000...1. Each is refused now, naming upsert_rates[0].unit.price, and no draft is made (the card's
+    latest_version stays as it was); so is a well-formed sum of 1,001 characters, which no version could publish."""
+    long_sum = "+".join(["1"] * 501)  # 1,001 characters
+    with server.client() as client:
+        latest = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="oc")).latest_version
+        refused = {
+            price[:3] + "..." + price[-3:]: _draft_refusal(client, price)
+            for price in (" " + long_sum, long_sum + "#x", "+" + long_sum, "0." + "0" * 999 + "1", long_sum)
+        }
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="oc")).latest_version == latest
+    assert refused == dict.fromkeys(refused, (grpc.StatusCode.INVALID_ARGUMENT, "upsert_rates[0].unit.price"))
+
+
+def test_a_formula_nests_at_most_32_deep(server: ServerProcess) -> None:
+    """pricing.proto UnitPrice: a formula nests at most 32 operations deep, a ValidateVersion finding naming the
+    field past that. 32 unary minuses around 2 (even: 2), min( 32 deep around 3, and a sum of 33 ones (33) validate
+    and price so (DiffVersions' new_price); 33 minuses, 33 min( and 34 ones are each an ERROR finding on
+    rates[i].unit.price saying "nests deeper than 32"."""
+    prices = {
+        "-" * 32 + "2": "2",
+        "min(" * 32 + "3" + ")" * 32: "3",
+        "+".join(["1"] * 33): "33",
+        "-" * 33 + "2": "",
+        "min(" * 33 + "3" + ")" * 33: "",
+        "+".join(["1"] * 34): "",
+    }
+    found = {}
+    with server.client() as client:
+        for price in prices:
+            rate = pricing_pb2.Rate(product_id="a", unit=pricing_pb2.UnitPrice(price=price))
+            version = client.pricing.CreateDraftVersion(
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id="oc", upsert_rates=[rate])
+            ).version
+            report = client.pricing.ValidateVersion(
+                pricing_pb2.ValidateVersionRequest(rate_card_id="oc", version=version)
+            )
+            diff = client.pricing.DiffVersions(
+                pricing_pb2.DiffVersionsRequest(rate_card_id="oc", from_version=1, to_version=version)
+            )
+            new_price = next(f.new_price for r in diff.rates if r.key.product_id == "a" for f in r.fields)
+            findings = [(f.severity, f.path, f.message.endswith("nests deeper than 32")) for f in report.findings]
+            found[price] = (new_price, findings)
+    assert found == {
+        price: (value, [] if value else [(pricing_pb2.ERROR, "rates[0].unit.price", True)])
+        for price, value in prices.items()
+    }
 
 
 def test_products_list_in_creation_order_and_versions_by_number_across_a_restart(server: ServerProcess) -> None:
