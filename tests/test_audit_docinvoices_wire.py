@@ -23,6 +23,7 @@ from tests.test_audit_invoices2_wire import give
 from tests.test_audit_invoices_wire import FEB, JAN, MAR, ms, ts
 
 YEAR_2025 = ms("2025-01-01T00:00:00")
+MINUTE_MS = 60_000
 # A snapshot every few records, so that the restart at the end of the module restores from one.
 ARGS = ["--close-grace", "off", "--snapshot-every", "3", "--snapshot-journal-factor", "0"]
 
@@ -292,6 +293,46 @@ def test_revenue_lines_run_by_period_then_product_and_customer_lines_by_customer
     assert {line.product_id: line.recognized for line in everyone.lines if line.period_start.ToMilliseconds() == FEB}[
         "a"
     ] == "8"
+
+
+def test_where_an_hour_holds_a_period_boundary_the_version_parts_need_not_add_up_to_the_line(
+    server: ServerProcess,
+) -> None:
+    """invoices.proto InvoiceLine.amount and AppliedPrice.quantity, with README "Lines": an hour's usage belongs to
+    the version parts of the period its start falls in, so where a contract starts off the hour the parts need not
+    add up to the line (the line itself is exact). Contract h-c starts 2026-01-01T00:30Z (periods from 00:30 each
+    month) on card oc: product a at 1 a unit before 10:00 on Jan 1 (v1), 2 after (v2). a{z=1,b=1}: 2 units at Jan 1
+    00:31 (v1: 2), 3 at Feb 1 00:15 (v2: 6), 5 at Feb 1 00:45 (v2: 10, the February period). January's line: 5
+    units, 8; its parts count the hours starting in [Jan 1 00:30, Feb 1 00:30): not Jan 1 00:00 (which starts
+    before the period), but Feb 1 00:00, whose bucket holds 8 units for 16: parts v2 8 units, 16. February's line:
+    5 units, 10, no parts (its first hour, 00:00, starts before it)."""
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="h", name="h"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="h-c",
+                customer_id="h",
+                rate_card_id="oc",
+                starting_at=ts(JAN + 30 * MINUTE_MS),
+                overage_policy=contracts_pb2.ALLOW,
+                overage_price="1",
+                currency="USD",
+            )
+        )
+        dims = {"z": "1", "b": "1"}
+        _send(client, "h", "h1", "a", dims, 2, JAN + 31 * MINUTE_MS)
+        _send(client, "h", "h2", "a", dims, 3, FEB + 15 * MINUTE_MS)
+        _send(client, "h", "h3", "a", dims, 5, FEB + 45 * MINUTE_MS)
+        shown = [
+            [
+                (line.quantity, line.amount, [(p.version, p.quantity, p.amount, p.events) for p in line.prices])
+                for line in client.invoices.PreviewInvoice(
+                    invoices_pb2.PreviewInvoiceRequest(customer_id="h", period_start=ts(start_ms))
+                ).lines
+            ]
+            for start_ms in (JAN + 30 * MINUTE_MS, FEB + 30 * MINUTE_MS)
+        ]
+    assert shown == [[("5", "8", [(2, "8", "16", 2)])], [("5", "10", [])]]
 
 
 def _draft_refusal(client: TariffClient, price: str) -> tuple[grpc.StatusCode, str]:

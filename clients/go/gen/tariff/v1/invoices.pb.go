@@ -156,7 +156,8 @@ type AppliedPrice struct {
 	// unit per unit of quantity; "0" when quantity is 0.
 	UnitPrice string `protobuf:"bytes,2,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
 	// What the version's hours added to the line's quantity (the parts of a
-	// line add up to its quantity): their usage for SUM and COUNT, the rise
+	// line add up to its quantity, but where an hour holds a period boundary
+	// off the hour: see InvoiceLine.amount): their usage for SUM and COUNT, the rise
 	// for MAX and UNIQUE_COUNT, and for LATEST the rise or fall: negative when
 	// the gauge fell in those hours.
 	Quantity string `protobuf:"bytes,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
@@ -257,8 +258,13 @@ type InvoiceLine struct {
 	Quantity   string            `protobuf:"bytes,4,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// Ascending by rate_card_id, then version.
 	Prices []*AppliedPrice `protobuf:"bytes,5,rep,name=prices,proto3" json:"prices,omitempty"`
-	// In the pricing unit: the sum of the prices' amounts, and of
-	// credits_applied plus overage.
+	// In the pricing unit: the sum of credits_applied plus overage, and of the
+	// prices' amounts but where an hour holds a period boundary off the hour (a
+	// contract starting or ending off the hour): an hour's usage is in the prices
+	// of the period in force at the hour's start only (in none when no contract
+	// was, as in the hour a customer's first contract starts in), so there the
+	// prices need not add up to the line, whose own quantity and amount are
+	// exact (README "Lines").
 	Amount string `protobuf:"bytes,6,opt,name=amount,proto3" json:"amount,omitempty"`
 	Events uint64 `protobuf:"varint,7,opt,name=events,proto3" json:"events,omitempty"`
 	// The part of amount no grant covered, in the pricing unit.

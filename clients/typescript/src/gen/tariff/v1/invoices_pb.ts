@@ -83,7 +83,8 @@ export type AppliedPrice = Message<"tariff.v1.AppliedPrice"> & {
 
   /**
    * What the version's hours added to the line's quantity (the parts of a
-   * line add up to its quantity): their usage for SUM and COUNT, the rise
+   * line add up to its quantity, but where an hour holds a period boundary
+   * off the hour: see InvoiceLine.amount): their usage for SUM and COUNT, the rise
    * for MAX and UNIQUE_COUNT, and for LATEST the rise or fall: negative when
    * the gauge fell in those hours.
    *
@@ -160,8 +161,13 @@ export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
   prices: AppliedPrice[];
 
   /**
-   * In the pricing unit: the sum of the prices' amounts, and of
-   * credits_applied plus overage.
+   * In the pricing unit: the sum of credits_applied plus overage, and of the
+   * prices' amounts but where an hour holds a period boundary off the hour (a
+   * contract starting or ending off the hour): an hour's usage is in the prices
+   * of the period in force at the hour's start only (in none when no contract
+   * was, as in the hour a customer's first contract starts in), so there the
+   * prices need not add up to the line, whose own quantity and amount are
+   * exact (README "Lines").
    *
    * @generated from field: string amount = 6;
    */
