@@ -401,6 +401,34 @@ def test_a_formula_nests_at_most_32_deep(server: ServerProcess) -> None:
     }
 
 
+def test_a_code_without_a_minor_unit_is_refused_saying_so_not_that_it_is_no_three_capital_letters(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto CreateRateCardRequest.pricing_unit: "credits", or an ISO 4217 code that has a minor unit;
+    anything else ("XYZ", "XXX") is INVALID_ARGUMENT naming pricing_unit; contracts.proto Contract.currency alike,
+    naming currency. The refusals said the code must be "of three capital letters" (which XYZ and XXX are), not
+    why they are refused: they name no currency with a minor unit."""
+    with server.client() as client:
+        refused = [
+            refusal(
+                lambda: client.pricing.CreateRateCard(
+                    pricing_pb2.CreateRateCardRequest(id="xyz", name="xyz", pricing_unit="XYZ")
+                )
+            ),
+            refusal(
+                lambda: client.contracts.CreateContract(
+                    contracts_pb2.CreateContractRequest(
+                        id="xxx-c", customer_id="o", rate_card_id="oc", starting_at=ts(JAN), currency="XXX"
+                    )
+                )
+            ),
+        ]
+    assert [(code, details.split(":")[0], "minor unit" in details) for code, details in refused] == [
+        (grpc.StatusCode.INVALID_ARGUMENT, "pricing_unit", True),
+        (grpc.StatusCode.INVALID_ARGUMENT, "currency", True),
+    ], refused
+
+
 def test_products_list_in_creation_order_and_versions_by_number_across_a_restart(server: ServerProcess) -> None:
     """pricing.proto ListProductsResponse: every product in the order they were created, not id order, restarts
     included; ListVersionsResponse: every version, drafts included, by number. The module made a.b, a, tiny, gr,

@@ -261,7 +261,8 @@ def _currency(code: str) -> str:
     so that contracts journaled before the check replay as they were."""
     if code and code not in CURRENCIES:
         raise InvalidArgument.field(
-            "currency", f'{quoted_id(code)} must be an ISO 4217 currency code of three capital letters ("USD")'
+            "currency",
+            f'{quoted_id(code)} must be an ISO 4217 currency code that has a minor unit ("USD", "JPY"; not "usd", "XXX")',
         )
     return code
 
