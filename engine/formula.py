@@ -31,10 +31,15 @@ def price_text_problem(text: str) -> str | None:
     """Why a price field a new request carries is not in the decimal grammar, or None when it is not refused for
     that. A literal must match DECIMAL_GRAMMAR (engine/money.py) whole; a formula neither begins nor ends with
     whitespace, has no '#' (a comment), no unary '+', and each number in it matches the grammar without its sign ("2", not "2.",
-    "1_000" or "02"). Empty (the field's default) and a formula that does not parse are left to validation, which
-    reports them as it always has."""
-    if not text or len(text) > FORMULA_TEXT_MAX:
+    "1_000" or "02"); and no price is longer than FORMULA_TEXT_MAX characters. Empty (the field's default) and a
+    formula that does not parse are left to validation, which reports them as it always has."""
+    if not text:
         return None
+    if len(text) > FORMULA_TEXT_MAX:
+        # Validation evaluates no longer text, so no version holding it could be published; and the checks below
+        # parse the text, which must stay cheap. Such a text was accepted unchecked (a leading space, a '#', a
+        # literal of 1,000 digits), the draft made with an error only validation showed.
+        return f"is longer than {FORMULA_TEXT_MAX} characters: a price is a decimal or a formula of at most {FORMULA_TEXT_MAX:,}"
     try:
         read_as_number = Decimal(text.strip()).is_finite()
     except decimal.InvalidOperation:

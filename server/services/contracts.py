@@ -267,7 +267,7 @@ def _currency(code: str) -> str:
     if code and code not in CURRENCIES:
         raise InvalidArgument.field(
             "currency",
-            f'{quoted_id(code)} must be an ISO 4217 currency code that has a minor unit ("USD"; XXX, XTS, XAU have none)',
+            f'{quoted_id(code)} must be an ISO 4217 currency code that has a minor unit ("USD", "JPY"; not "usd", "XXX")',
         )
     return code
 

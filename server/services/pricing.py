@@ -361,6 +361,7 @@ def _pricing_unit(unit: str) -> str:
     if unit and unit != "credits" and unit not in CURRENCIES:
         raise InvalidArgument.field(
             "pricing_unit",
-            f'{quoted_id(unit)} must be "credits" or an ISO 4217 currency code that has a minor unit ("USD")',
+            f'{quoted_id(unit)} must be "credits" or an ISO 4217 currency code that has a minor unit ("USD", "JPY"; '
+            'not "usd", "XXX")',
         )
     return unit

@@ -156,7 +156,8 @@ type AppliedPrice struct {
 	// unit per unit of quantity; "0" when quantity is 0.
 	UnitPrice string `protobuf:"bytes,2,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
 	// What the version's hours added to the line's quantity (the parts of a
-	// line add up to its quantity): their usage for SUM and COUNT, the rise
+	// line add up to its quantity, but where an hour holds a period boundary
+	// off the hour: see InvoiceLine.amount): their usage for SUM and COUNT, the rise
 	// for MAX and UNIQUE_COUNT, and for LATEST the rise or fall: negative when
 	// the gauge fell in those hours.
 	Quantity string `protobuf:"bytes,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
@@ -255,14 +256,21 @@ type InvoiceLine struct {
 	// same line as an event that sent it empty).
 	Dimensions map[string]string `protobuf:"bytes,3,rep,name=dimensions,proto3" json:"dimensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Quantity   string            `protobuf:"bytes,4,opt,name=quantity,proto3" json:"quantity,omitempty"`
-	Prices     []*AppliedPrice   `protobuf:"bytes,5,rep,name=prices,proto3" json:"prices,omitempty"`
-	// In the pricing unit: the sum of the prices' amounts, and of
-	// credits_applied plus overage.
+	// Ascending by rate_card_id, then version.
+	Prices []*AppliedPrice `protobuf:"bytes,5,rep,name=prices,proto3" json:"prices,omitempty"`
+	// In the pricing unit: the sum of credits_applied plus overage, and of the
+	// prices' amounts but where an hour holds a period boundary off the hour (a
+	// contract starting or ending off the hour): an hour's usage is in the prices
+	// of the period in force at the hour's start only (in none when no contract
+	// was, as in the hour a customer's first contract starts in), so there the
+	// prices need not add up to the line, whose own quantity and amount are
+	// exact (README "Lines").
 	Amount string `protobuf:"bytes,6,opt,name=amount,proto3" json:"amount,omitempty"`
 	Events uint64 `protobuf:"varint,7,opt,name=events,proto3" json:"events,omitempty"`
 	// The part of amount no grant covered, in the pricing unit.
 	Overage string `protobuf:"bytes,8,opt,name=overage,proto3" json:"overage,omitempty"`
-	// Credits each grant paid for this line, in the pricing unit.
+	// Credits each grant paid for this line, in the pricing unit, in the order
+	// the grants were first drawn for it.
 	CreditsApplied []*CreditApplication `protobuf:"bytes,9,rep,name=credits_applied,json=creditsApplied,proto3" json:"credits_applied,omitempty"`
 	// overage x the contract's overage_price, in currency, rounded half-even to
 	// the currency's minor unit.
@@ -573,14 +581,19 @@ type Invoice struct {
 	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	// Empty for a draft; once final "INV-" and 8 digits, numbered 1, 2, 3, ...
 	// in closing order over all customers.
-	InvoiceNumber  string                 `protobuf:"bytes,2,opt,name=invoice_number,json=invoiceNumber,proto3" json:"invoice_number,omitempty"`
-	Status         InvoiceStatus          `protobuf:"varint,3,opt,name=status,proto3,enum=tariff.v1.InvoiceStatus" json:"status,omitempty"`
-	PeriodStart    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
-	PeriodEnd      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
-	PricingUnit    string                 `protobuf:"bytes,6,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
-	Currency       string                 `protobuf:"bytes,7,opt,name=currency,proto3" json:"currency,omitempty"`
-	Lines          []*InvoiceLine         `protobuf:"bytes,8,rep,name=lines,proto3" json:"lines,omitempty"`
-	CreditsApplied []*CreditApplication   `protobuf:"bytes,9,rep,name=credits_applied,json=creditsApplied,proto3" json:"credits_applied,omitempty"`
+	InvoiceNumber string                 `protobuf:"bytes,2,opt,name=invoice_number,json=invoiceNumber,proto3" json:"invoice_number,omitempty"`
+	Status        InvoiceStatus          `protobuf:"varint,3,opt,name=status,proto3,enum=tariff.v1.InvoiceStatus" json:"status,omitempty"`
+	PeriodStart   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
+	PeriodEnd     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
+	PricingUnit   string                 `protobuf:"bytes,6,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
+	Currency      string                 `protobuf:"bytes,7,opt,name=currency,proto3" json:"currency,omitempty"`
+	// By product_id, then by the line's dimension values taken in the order of
+	// the product's pricing_dimensions (strings compared as UTF-8 bytes): not
+	// line_id order. Product "a" (pricing_dimensions ["z", "b"]) comes before
+	// "a.b", and its line "a;b=2;z=1" (z=1) before "a;b=1;z=2" (z=2).
+	Lines []*InvoiceLine `protobuf:"bytes,8,rep,name=lines,proto3" json:"lines,omitempty"`
+	// The lines' credits summed per grant, by grant_id.
+	CreditsApplied []*CreditApplication `protobuf:"bytes,9,rep,name=credits_applied,json=creditsApplied,proto3" json:"credits_applied,omitempty"`
 	// Pricing units no grant covered.
 	OverageAmount string `protobuf:"bytes,10,opt,name=overage_amount,json=overageAmount,proto3" json:"overage_amount,omitempty"`
 	// overage_amount at the contract's overage_price, in currency: the exact
@@ -1887,9 +1900,11 @@ func (x *RevenueReconciliation) GetRecognized() string {
 }
 
 type RevenueReport struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Currency       string                 `protobuf:"bytes,1,opt,name=currency,proto3" json:"currency,omitempty"`
-	Lines          []*RevenueLine         `protobuf:"bytes,2,rep,name=lines,proto3" json:"lines,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Currency string                 `protobuf:"bytes,1,opt,name=currency,proto3" json:"currency,omitempty"`
+	// By period_start, then product_id.
+	Lines []*RevenueLine `protobuf:"bytes,2,rep,name=lines,proto3" json:"lines,omitempty"`
+	// By customer_id, then period_start.
 	CustomerLines  []*RevenueLine         `protobuf:"bytes,3,rep,name=customer_lines,json=customerLines,proto3" json:"customer_lines,omitempty"`
 	Reconciliation *RevenueReconciliation `protobuf:"bytes,4,opt,name=reconciliation,proto3" json:"reconciliation,omitempty"`
 	unknownFields  protoimpl.UnknownFields

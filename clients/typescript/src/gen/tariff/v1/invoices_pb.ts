@@ -83,7 +83,8 @@ export type AppliedPrice = Message<"tariff.v1.AppliedPrice"> & {
 
   /**
    * What the version's hours added to the line's quantity (the parts of a
-   * line add up to its quantity): their usage for SUM and COUNT, the rise
+   * line add up to its quantity, but where an hour holds a period boundary
+   * off the hour: see InvoiceLine.amount): their usage for SUM and COUNT, the rise
    * for MAX and UNIQUE_COUNT, and for LATEST the rise or fall: negative when
    * the gauge fell in those hours.
    *
@@ -153,13 +154,20 @@ export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
   quantity: string;
 
   /**
+   * Ascending by rate_card_id, then version.
+   *
    * @generated from field: repeated tariff.v1.AppliedPrice prices = 5;
    */
   prices: AppliedPrice[];
 
   /**
-   * In the pricing unit: the sum of the prices' amounts, and of
-   * credits_applied plus overage.
+   * In the pricing unit: the sum of credits_applied plus overage, and of the
+   * prices' amounts but where an hour holds a period boundary off the hour (a
+   * contract starting or ending off the hour): an hour's usage is in the prices
+   * of the period in force at the hour's start only (in none when no contract
+   * was, as in the hour a customer's first contract starts in), so there the
+   * prices need not add up to the line, whose own quantity and amount are
+   * exact (README "Lines").
    *
    * @generated from field: string amount = 6;
    */
@@ -178,7 +186,8 @@ export type InvoiceLine = Message<"tariff.v1.InvoiceLine"> & {
   overage: string;
 
   /**
-   * Credits each grant paid for this line, in the pricing unit.
+   * Credits each grant paid for this line, in the pricing unit, in the order
+   * the grants were first drawn for it.
    *
    * @generated from field: repeated tariff.v1.CreditApplication credits_applied = 9;
    */
@@ -362,11 +371,18 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
   currency: string;
 
   /**
+   * By product_id, then by the line's dimension values taken in the order of
+   * the product's pricing_dimensions (strings compared as UTF-8 bytes): not
+   * line_id order. Product "a" (pricing_dimensions ["z", "b"]) comes before
+   * "a.b", and its line "a;b=2;z=1" (z=1) before "a;b=1;z=2" (z=2).
+   *
    * @generated from field: repeated tariff.v1.InvoiceLine lines = 8;
    */
   lines: InvoiceLine[];
 
   /**
+   * The lines' credits summed per grant, by grant_id.
+   *
    * @generated from field: repeated tariff.v1.CreditApplication credits_applied = 9;
    */
   creditsApplied: CreditApplication[];
@@ -1085,11 +1101,15 @@ export type RevenueReport = Message<"tariff.v1.RevenueReport"> & {
   currency: string;
 
   /**
+   * By period_start, then product_id.
+   *
    * @generated from field: repeated tariff.v1.RevenueLine lines = 2;
    */
   lines: RevenueLine[];
 
   /**
+   * By customer_id, then period_start.
+   *
    * @generated from field: repeated tariff.v1.RevenueLine customer_lines = 3;
    */
   customerLines: RevenueLine[];

@@ -124,6 +124,9 @@ export const ListProductsRequestSchema: GenMessage<ListProductsRequest> = /*@__P
  */
 export type ListProductsResponse = Message<"tariff.v1.ListProductsResponse"> & {
   /**
+   * Every product, in the order they were created (not id order), restarts
+   * included.
+   *
    * @generated from field: repeated tariff.v1.Product products = 1;
    */
   products: Product[];
@@ -178,9 +181,12 @@ export const TierSchema: GenMessage<Tier> = /*@__PURE__*/
  * half to even: round(2.5) is 2, round(0.125, 2) is 0.12, round(15, -1) is 20.
  * A number in a formula follows the decimal grammar at the top of
  * contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), a
- * price neither begins nor ends with whitespace, and a formula holds no '#'
- * (no comments: nothing written in it is ignored): CreateDraftVersion refuses
- * any other as INVALID_ARGUMENT naming the field. The limits on a value
+ * price neither begins nor ends with whitespace, a formula holds no '#'
+ * (no comments: nothing written in it is ignored), and a price is at most
+ * 1,000 characters: CreateDraftVersion refuses any other as INVALID_ARGUMENT
+ * naming the field. A formula nests at most 32 deep (32 operators or function
+ * calls around a number: a sum "a + b + ..." of at most 33 terms); deeper is
+ * an error naming the field (ValidateVersion). The limits on a value
  * (below 10^18, at most 18 decimal places) hold the formula's value, not the
  * numbers written in it: "1e-19 * 1e3" prices 0.0000000000000001. Formulas are evaluated once,
  * at validation, to 60 significant digits, and the price is that value
@@ -1083,6 +1089,8 @@ export const ListVersionsRequestSchema: GenMessage<ListVersionsRequest> = /*@__P
  */
 export type ListVersionsResponse = Message<"tariff.v1.ListVersionsResponse"> & {
   /**
+   * Every version of the card, drafts included, by version number (1, 2, ...).
+   *
    * @generated from field: repeated tariff.v1.RateCardVersion versions = 1;
    */
   versions: RateCardVersion[];
