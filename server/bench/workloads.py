@@ -407,15 +407,19 @@ def _reference_figures(
 def _ingest_runs(
     bench: Bench, targets: dict[str, ServedProcess], ledger: PostgresLedger | None
 ) -> tuple[dict[str, list[IngestRun]], list[float]]:
-    """`--runs` ingest runs, each driving every target then the PostgreSQL ledger back to back."""
+    """`--runs` ingest runs, each driving every target then the PostgreSQL ledger back to back; the targets in
+    their order in the first run, the reverse in the second, and so on, so that whatever driving one server leaves
+    for the next (the OS's caches and writeback, the load generator's state) does not always fall on the same one
+    of a compared pair (Tariff after the raw-bytes journal, telemetry on after off)."""
     config = bench.config
     measured: dict[str, list[IngestRun]] = {name: [] for name in targets}
     postgres_events_s: list[float] = []
     try:
         for number in range(config.runs):
-            progress(f"ingest run {number + 1}/{config.runs}: {', '.join(targets)}{', PostgreSQL' if ledger else ''}")
-            for name, server in targets.items():
-                measured[name].append(bench.ingest(server, config.ingest_batches))
+            order = list(targets) if number % 2 == 0 else list(reversed(targets))
+            progress(f"ingest run {number + 1}/{config.runs}: {', '.join(order)}{', PostgreSQL' if ledger else ''}")
+            for name in order:
+                measured[name].append(bench.ingest(targets[name], config.ingest_batches))
             bench.memory_samples.append(_memory_sample(bench))
             if ledger is not None:
                 postgres_events_s.append(
