@@ -1,0 +1,224 @@
+"""An acceptance audit of money where amounts are summed, at the documented per-value limits, over the wire against a
+real server driven only as proto/tariff/v1/*.proto, README and docs/architecture.md describe it. The earlier audits
+pin single values at their limits (test_audit_boundaries_wire.py, test_audit_decimals_wire.py,
+test_audit_units_wire.py); this file pins totals:
+
+- docs/architecture.md §6: the kernel keeps a period's charges in 128-bit picos, and an event whose charge would pass
+  them is INVALID_EVENT, nothing of it counted; what was counted is answered exactly by GetBalance and the invoice.
+- README "Minor units", §6 "Overage due": overage at the largest overage price is printed exactly at 10^-30 on the
+  balance (44 integer digits), rounded half-even once to the cent on the invoice; GetRevenueReport's product line
+  sums such amounts over customers exactly.
+- pricing.proto PublishVersionResponse: `rerated_amount_delta` and `closed_amount_left_alone` are the sums over
+  every customer and period re-rated or left alone, exact, also past 2^64 picos (about 18.4 million units), the
+  width of a journal record's integers, and past 2^127 picos (the kernel's width for one period's charges):
+  the server goes on serving, and a restart (kill -9, replay) gives the same balances.
+- pricing.proto SimulatedAmount/SimulatedTotals: a customer's current and simulated amounts over a window of two
+  periods, each period near the 128-bit limit, are their exact sum.
+
+Every amount is computed by hand (the arithmetic is in the docstrings). One server for the module
+(`--close-grace off`, so no period closes by itself); each test has its own rate card and customers.
+
+Product `units` (event type `work`, SUM of `n`). BIG = 999,999,999,999,999 units (below the 10^15 limit on a value)
+at 100,000,000,000 a unit (10^11) is 99,999,999,999,999,900,000,000,000 = 9.99999999999999 x 10^25 units of the
+pricing unit, 9.99999999999999 x 10^37 picos: one such charge fits in a period's 128 bits (at most
+(2^127 - 1) picos = 170,141,183,460,469,231,731,687,303.715884105727 units), two do not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tariff import TariffClient, now_ms
+from tariff.v1 import balance_pb2, invoices_pb2, pricing_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import HOUR_MS, open_contract, preview, serving, unit
+from tests.serverproc import ServerProcess
+
+BIG = 999_999_999_999_999
+BIG_PRICE = "100000000000"
+BIG_CHARGE = "99999999999999900000000000"  # BIG x 10^11
+TWO_BIG_CHARGES = "199999999999999800000000000"
+TOP_OVERAGE_PRICE = "999999999999999999.999999999999999999"  # the largest decimal below 10^18, 18 places
+
+
+def month_start(year: int, month: int) -> int:
+    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+    return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def this_month_ms() -> int:
+    today = datetime.fromtimestamp(now_ms() / 1000, UTC)
+    return month_start(today.year, today.month)
+
+
+def last_month_ms() -> int:
+    today = datetime.fromtimestamp(now_ms() / 1000, UTC)
+    return month_start(today.year, today.month - 1)
+
+
+def catalogue(client: TariffClient) -> None:
+    product = pricing_pb2.Product(id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+
+
+def card(client: TariffClient, rate_card_id: str, pricing_unit: str, price: str) -> None:
+    """A rate card pricing `units` at `price`, version 1 in force from 2024-01-01, and a draft version 2 at 0."""
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=rate_card_id, pricing_unit=pricing_unit))
+    draft = pricing_pb2.CreateDraftVersionRequest(rate_card_id=rate_card_id, upsert_rates=[unit("units", price)])
+    client.pricing.CreateDraftVersion(draft)
+    published = pricing_pb2.PublishVersionRequest(
+        rate_card_id=rate_card_id, version=1, effective_from=stamp(month_start(2024, 1))
+    )
+    client.pricing.PublishVersion(published)
+    free = pricing_pb2.CreateDraftVersionRequest(rate_card_id=rate_card_id, upsert_rates=[unit("units", "0")])
+    client.pricing.CreateDraftVersion(free)
+
+
+def work(transaction_id: str, customer_id: str, at_ms: int, n: float) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id, customer_id=customer_id, event_type="work", timestamp_ms=at_ms, values={"n": n}
+    )
+
+
+def send(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, str]]:
+    """(transaction id, reason) of each rejected event, in order."""
+    ack = client.ingest_batch(list(events))
+    return [(events[r.index].transaction_id, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
+
+
+def balance(client: TariffClient, customer_id: str) -> tuple[str, str, str]:
+    """GetBalance's (period_charges, overage_amount, overage_due)."""
+    answer = client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id=customer_id))
+    return answer.period_charges, answer.overage_amount, answer.overage_due
+
+
+def publish_free(client: TariffClient, rate_card_id: str, from_ms: int) -> pricing_pb2.PublishVersionResponse:
+    request = pricing_pb2.PublishVersionRequest(rate_card_id=rate_card_id, version=2, effective_from=stamp(from_ms))
+    answer: pricing_pb2.PublishVersionResponse = client.pricing.PublishVersion(request)
+    return answer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-extremes")
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+
+
+def test_a_period_total_past_128_bits_refuses_the_event_and_sums_print_exactly(server: ServerProcess) -> None:
+    """§6: customer `sum-a` (USD card, overage 1 USD) sends BIG twice this period: the first is charged
+    99,999,999,999,999,900,000,000,000 USD, the second would take the period's charges to twice that, past 2^127
+    picos: INVALID_EVENT, nothing of it counted. Customer `sum-x` (credits card, overage at 999...9.999...9, 18
+    nines each side) is charged BIG_CHARGE credits, all overage: due 99999999999999900000000000 x
+    999999999999999999.999999999999999999 = 99999999999999899999999999999999999900000000.0000001 exactly on the
+    balance, 99999999999999899999999999999999999900000000.00 on the invoice (half-even to the cent). The revenue
+    report's product line for the month, over both customers' cards in USD: the recognised overage is their sum,
+    99999999999999899999999999999999999900000000.0000001 + 99999999999999900000000000
+    = 99999999999999900099999999999999799900000000.0000001."""
+    now = now_ms()
+    with server.client() as client:
+        card(client, "sum-usd", "USD", BIG_PRICE)
+        card(client, "sum-cr", "credits", BIG_PRICE)
+        open_contract(client, "sum-a", "sum-a-k", month_start(2025, 1), rate_card_id="sum-usd")
+        open_contract(
+            client, "sum-x", "sum-x-k", month_start(2025, 1), rate_card_id="sum-cr", overage_price=TOP_OVERAGE_PRICE
+        )
+        assert send(client, work("a1", "sum-a", now - 2000, BIG), work("a2", "sum-a", now - 1000, BIG)) == [
+            ("a2", "INVALID_EVENT")
+        ]
+        assert send(client, work("x1", "sum-x", now - 2000, BIG)) == []
+        assert balance(client, "sum-a") == (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE)
+        x_due = "99999999999999899999999999999999999900000000.0000001"
+        assert balance(client, "sum-x") == (BIG_CHARGE, BIG_CHARGE, x_due)
+        invoice = preview(client, "sum-x", this_month_ms())
+        cents = "99999999999999899999999999999999999900000000.00"
+        assert (invoice.subtotal, invoice.overage_due, invoice.total_due) == (BIG_CHARGE, cents, cents)
+        assert [(line.amount, line.amount_due) for line in invoice.lines] == [(BIG_CHARGE, cents)]
+        report = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(
+                period_start=stamp(this_month_ms()), period_end=stamp(now // HOUR_MS * HOUR_MS + HOUR_MS)
+            )
+        )
+        mine = [c for c in report.customer_lines if c.customer_id in ("sum-a", "sum-x")]
+        assert sorted((c.customer_id, c.recognized_overage) for c in mine) == [
+            ("sum-a", BIG_CHARGE),
+            ("sum-x", x_due),
+        ]
+
+
+def test_a_publish_re_rating_past_64_bit_picos_answers_exactly_and_the_server_goes_on(server: ServerProcess) -> None:
+    """pricing.proto PublishVersionResponse: customer `r64-a` (USD card at 1 USD a unit) is charged 20,000,000 USD
+    this month (2 x 10^19 picos, past 2^64 = 1.8446744073709551616 x 10^19) and 30,000,000 USD last month, whose
+    period `ClosePeriod` closes. Publishing version 2 (price 0) from last month's start re-rates this month's
+    usage: rerated_amount_delta "-20000000"; last month's is left alone, closed_amount_left_alone "30000000".
+    The balance shows 0 charged, and so it does after kill -9 and a restart; the server goes on taking usage."""
+    now, last_month = now_ms(), last_month_ms()
+    with server.client() as client:
+        card(client, "r64", "USD", "1")
+        open_contract(client, "r64-a", "r64-a-k", month_start(2025, 1), rate_card_id="r64")
+        events = work("r1", "r64-a", now - 1000, 20_000_000), work("r0", "r64-a", last_month + HOUR_MS, 30_000_000)
+        assert send(client, *events) == []
+        client.invoices.ClosePeriod(
+            invoices_pb2.ClosePeriodRequest(customer_id="r64-a", period_start=stamp(last_month))
+        )
+        published = publish_free(client, "r64", last_month)
+        assert (published.rerated_amount_delta, published.closed_amount_left_alone) == ("-20000000", "30000000")
+        assert (published.customers_rerated, published.closed_events_left_alone) == (1, 1)
+        assert balance(client, "r64-a") == ("0", "0", "0")
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert balance(client, "r64-a") == ("0", "0", "0")
+        assert send(client, work("r2", "r64-a", now_ms(), 5)) == []
+        assert balance(client, "r64-a") == ("0", "0", "0")
+
+
+def test_a_publish_re_rating_two_customers_past_128_bits_answers_their_exact_sum(server: ServerProcess) -> None:
+    """Customers `r128-a` and `r128-b` are each charged BIG_CHARGE USD this month (each fits 128 bits of picos);
+    version 2 (price 0) from this month's start gives back both: rerated_amount_delta = -2 x BIG_CHARGE =
+    -199999999999999800000000000 USD (-1.999999999999998 x 10^38 picos, past -2^127), never a wrapped value.
+    After kill -9 and a restart both balances are still 0."""
+    now = now_ms()
+    with server.client() as client:
+        card(client, "r128", "USD", BIG_PRICE)
+        for customer in ("r128-a", "r128-b"):
+            open_contract(client, customer, f"{customer}-k", month_start(2025, 1), rate_card_id="r128")
+            assert send(client, work(f"{customer}-1", customer, now - 1000, BIG)) == []
+        published = publish_free(client, "r128", this_month_ms())
+        assert (published.rerated_amount_delta, published.customers_rerated) == (f"-{TWO_BIG_CHARGES}", 2)
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert [balance(client, c) for c in ("r128-a", "r128-b")] == [("0", "0", "0")] * 2
+
+
+def test_simulating_a_window_of_two_periods_past_128_bits_sums_them_exactly(server: ServerProcess) -> None:
+    """pricing.proto SimulatedAmount: customer `sim-a` is charged BIG_CHARGE USD last month and again this month
+    (each period within its 128 bits). SimulateVersion of the draft version 2 (price 0) over [last month's start,
+    the next hour): current_amount 2 x BIG_CHARGE = 199999999999999800000000000, simulated 0, delta
+    -199999999999999800000000000, and the totals alike; nothing changes (the balance still shows BIG_CHARGE)."""
+    now, last_month = now_ms(), last_month_ms()
+    with server.client() as client:
+        card(client, "sim", "USD", BIG_PRICE)
+        open_contract(client, "sim-a", "sim-a-k", month_start(2025, 1), rate_card_id="sim")
+        assert send(client, work("s0", "sim-a", last_month + HOUR_MS, BIG), work("s1", "sim-a", now - 1000, BIG)) == []
+        simulated = client.pricing.SimulateVersion(
+            pricing_pb2.SimulateVersionRequest(
+                rate_card_id="sim",
+                version=2,
+                period_start=stamp(last_month),
+                period_end=stamp(now // HOUR_MS * HOUR_MS + HOUR_MS),
+            )
+        )
+        assert [(a.customer_id, a.current_amount, a.simulated_amount, a.delta) for a in simulated.amounts] == [
+            ("sim-a", TWO_BIG_CHARGES, "0", f"-{TWO_BIG_CHARGES}")
+        ]
+        totals = simulated.totals
+        assert (totals.current_amount, totals.simulated_amount, totals.delta) == (
+            TWO_BIG_CHARGES,
+            "0",
+            f"-{TWO_BIG_CHARGES}",
+        )
+        assert balance(client, "sim-a")[0] == BIG_CHARGE
