@@ -34,6 +34,7 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from server.records import JournalRecord, RerationDone, decode_record, encode_record
 from tests.audit_fixtures import HOUR_MS, open_contract, preview, serving, unit
 from tests.serverproc import ServerProcess
 
@@ -222,3 +223,14 @@ def test_simulating_a_window_of_two_periods_past_128_bits_sums_them_exactly(serv
             f"-{TWO_BIG_CHARGES}",
         )
         assert balance(client, "sim-a")[0] == BIG_CHARGE
+
+
+def test_a_completion_record_holds_amounts_past_msgpacks_integers_as_text() -> None:
+    """server/records.py: a re-rating's amounts outside msgpack's integers travel as decimal text, and read back as
+    the same integers; amounts inside them are written as before (no `amounts`)."""
+    small = RerationDone.of(7, 1, (1, 2, 3, -(2**63), 4, 5, 2**64 - 1))
+    assert small.amounts is None and decode_record(encode_record(JournalRecord(rerated=small))).rerated == small
+    big = RerationDone.of(7, 1, (1, 2, 3, -(2**63) - 1, 4, 5, 2**130))
+    assert big.done == (1, 2, 3, 0, 4, 5, 0)
+    read = decode_record(encode_record(JournalRecord(rerated=big))).rerated
+    assert read is not None and read.totals == (1, 2, 3, -(2**63) - 1, 4, 5, 2**130)
