@@ -12,6 +12,9 @@ test_audit_units_wire.py); this file pins totals:
   every customer and period re-rated or left alone, exact, also past 2^64 picos (about 18.4 million units), the
   width of a journal record's integers, and past 2^127 picos (the kernel's width for one period's charges):
   the server goes on serving, and a restart (kill -9, replay) gives the same balances.
+- balance.proto / alerts.proto: two grants of the largest amount (999,999,999,999,999,999.999999999999) sum
+  past 10^18 in credits_available, exactly; a SPEND_THRESHOLD at the largest threshold fires on such charges with
+  its details exact, WatchBalance shows the same sums, and both survive kill -9 and a restart.
 - pricing.proto SimulatedAmount/SimulatedTotals: a customer's current and simulated amounts over a window of two
   periods, each period near the 128-bit limit, are their exact sum.
 
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import pytest
 from tariff import TariffClient, now_ms
-from tariff.v1 import balance_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from server.records import JournalRecord, RerationDone, decode_record, encode_record
@@ -234,3 +237,50 @@ def test_a_completion_record_holds_amounts_past_msgpacks_integers_as_text() -> N
     assert big.done == (1, 2, 3, 0, 4, 5, 0)
     read = decode_record(encode_record(JournalRecord(rerated=big))).rerated
     assert read is not None and read.totals == (1, 2, 3, -(2**63) - 1, 4, 5, 2**130)
+
+
+def test_grants_charges_and_a_spend_alert_at_their_largest_sum_exactly_and_survive_a_restart(
+    server: ServerProcess,
+) -> None:
+    """Customer `al-a` (USD card at 10^11 a unit) holds two promotional grants of G = 999999999999999999.999999999999
+    USD (the largest amount exact at 12 places below 10^18): credits_available 2G = 1999999999999999999.999999999998.
+    A SPEND_THRESHOLD rule at G. BIG units are charged BIG_CHARGE: the grants pay 2G, the overage is BIG_CHARGE - 2G
+    = 99999997999999900000000000.000000000002 (due at 1 USD the same), and the rule fires with
+    period_charges BIG_CHARGE and threshold G. WatchBalance's first balance shows the same; after kill -9 and a
+    restart the balance and the alert (replayed) are the same."""
+    g, two_g = "999999999999999999.999999999999", "1999999999999999999.999999999998"
+    overage = "99999997999999900000000000.000000000002"
+    now = now_ms()
+    with server.client() as client:
+        card(client, "al", "USD", BIG_PRICE)
+        open_contract(client, "al-a", "al-a-k", month_start(2025, 1), rate_card_id="al")
+        for grant_id in ("g1", "g2"):
+            grant = contracts_pb2.Grant(
+                id=grant_id, customer_id="al-a", kind=contracts_pb2.PROMOTIONAL, amount=g, paid_amount="0"
+            )
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        answer = client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="al-a"))
+        assert (answer.credits_remaining, answer.credits_available) == (two_g, two_g)
+        rule = alerts_pb2.CreateAlertRequest(customer_id="al-a", type=alerts_pb2.SPEND_THRESHOLD, threshold=g)
+        rule_id = client.alerts.CreateAlert(rule).id
+        assert send(client, work("al-1", "al-a", now - 1000, BIG)) == []
+        expected = (BIG_CHARGE, overage, overage)
+        assert balance(client, "al-a") == expected
+        watched = next(iter(client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id="al-a"))))
+        assert (watched.period_charges, watched.overage_amount, watched.credits_available) == (BIG_CHARGE, overage, "0")
+        details = {"period_charges": BIG_CHARGE, "threshold": g, "period_start_ms": str(this_month_ms())}
+        assert first_alert(client, rule_id) == details
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert balance(client, "al-a") == expected
+        assert first_alert(client, rule_id) == details
+
+
+def first_alert(client: TariffClient, rule_id: str) -> dict[str, str]:
+    """The details of the first alert `rule_id` fired (WatchAlerts from the oldest kept)."""
+    stream = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=60)
+    try:
+        return next(dict(alert.details) for alert in stream if alert.rule_id == rule_id)
+    finally:
+        stream.cancel()
