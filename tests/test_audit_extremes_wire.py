@@ -284,3 +284,60 @@ def first_alert(client: TariffClient, rule_id: str) -> dict[str, str]:
         return next(dict(alert.details) for alert in stream if alert.rule_id == rule_id)
     finally:
         stream.cancel()
+
+
+def test_top_ups_whose_costs_sum_past_128_bits_at_10e_30_are_invoiced_exactly(server: ServerProcess) -> None:
+    """README "Top-ups": a policy recharging to R = 170,000,000 credits at 1 USD (R x price within the documented
+    170141183.460469231731687303715884105727) buys at most 3 times a period. Customer `tu-a` (credits card at 1 a
+    unit, overage at 1 USD, no grant) sends three events of R units in turn: the first is overage (nothing
+    available) and buys top-up 1; the second draws it whole and buys top-up 2; the third likewise buys top-up 3.
+    The invoice: overage_due 170000000.00, top_up_purchases 3 x 170,000,000 = 510000000.00 (5.1 x 10^38 at 10^-30,
+    past 2^127), total_due 680000000.00; the balance keeps R credits (top-up 3)."""
+    now = now_ms()
+    r = 170_000_000
+    with server.client() as client:
+        card(client, "tu", "credits", "1")
+        open_contract(client, "tu-a", "tu-a-k", month_start(2025, 1), rate_card_id="tu")
+        policy = contracts_pb2.TopUpPolicy(threshold="1", recharge_to=str(r), price_per_credit="1", max_per_period=3)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="tu-a-k", top_up=policy))
+        for i in range(3):
+            assert send(client, work(f"tu-{i}", "tu-a", now - 3000 + i, r)) == []
+        invoice = preview(client, "tu-a", this_month_ms())
+        assert (invoice.overage_due, invoice.top_up_purchases, invoice.total_due) == (
+            "170000000.00",
+            "510000000.00",
+            "680000000.00",
+        )
+        answer = client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="tu-a"))
+        assert (answer.period_charges, answer.overage_amount, answer.credits_available) == (str(3 * r), str(r), str(r))
+
+
+def test_a_snapshot_holding_sums_past_64_and_128_bits_restarts_to_the_same_balances(tmp_path: Path) -> None:
+    """The same sums through snapshots (one every 2 journal records) rather than a replay alone: customer `snap-a`
+    (USD card at 10^11 a unit) is charged BIG_CHARGE last month, whose period ClosePeriod closes (its invoice:
+    BIG_CHARGE.00 due at 1 USD), and BIG_CHARGE this month. Version 2 (price 0) from last month's start re-rates
+    this month: rerated_amount_delta -BIG_CHARGE, closed_amount_left_alone BIG_CHARGE. After kill -9 and a restart
+    the balance is 0 and last month's invoice still BIG_CHARGE.00."""
+    now, last_month = now_ms(), last_month_ms()
+    process = ServerProcess(
+        tmp_path / "data",
+        extra_args=["--close-grace", "off", "--snapshot-every", "2", "--snapshot-journal-factor", "0"],
+    )
+    for _ in serving(process, catalogue):
+        with process.client() as client:
+            card(client, "snap", "USD", BIG_PRICE)
+            open_contract(client, "snap-a", "snap-a-k", month_start(2025, 1), rate_card_id="snap")
+            events = work("n0", "snap-a", last_month + HOUR_MS, BIG), work("n1", "snap-a", now - 1000, BIG)
+            assert send(client, *events) == []
+            close = invoices_pb2.ClosePeriodRequest(customer_id="snap-a", period_start=stamp(last_month))
+            assert client.invoices.ClosePeriod(close).total_due == f"{BIG_CHARGE}.00"
+            published = publish_free(client, "snap", last_month)
+            assert (published.rerated_amount_delta, published.closed_amount_left_alone) == (
+                f"-{BIG_CHARGE}",
+                BIG_CHARGE,
+            )
+        process.kill9()
+        process.restart()
+        with process.client() as client:
+            assert balance(client, "snap-a") == ("0", "0", "0")
+            assert preview(client, "snap-a", last_month).total_due == f"{BIG_CHARGE}.00"
