@@ -341,3 +341,31 @@ def test_a_snapshot_holding_sums_past_64_and_128_bits_restarts_to_the_same_balan
         with process.client() as client:
             assert balance(client, "snap-a") == ("0", "0", "0")
             assert preview(client, "snap-a", last_month).total_due == f"{BIG_CHARGE}.00"
+
+
+def test_a_re_rating_in_slices_past_64_bits_completes_and_restarts(tmp_path: Path) -> None:
+    """A re-rating of more customers than one slice (64) runs after its publish record is committed, its completion
+    record later: 65 customers on a USD card at 1 USD a unit, `sl-000` charged 20,000,000 USD (2 x 10^19 picos,
+    past 2^64), the others 1 USD each. Version 2 (price 0) from 2025-01-01 re-rates them all:
+    rerated_amount_delta = -(20,000,000 + 64) = "-20000064", 65 customers. (Before, the completion record could
+    not be written: the writer stopped, and every restart, completing the committed publish again, stopped it
+    again.) After kill -9 and a restart every balance is 0."""
+    process = ServerProcess(
+        tmp_path / "data", extra_args=["--close-grace", "off"], env={"TARIFF_TEST_RERATE_SLICE_PAUSE_MS": "20"}
+    )
+    customers = [f"sl-{i:03d}" for i in range(65)]
+    for _ in serving(process, catalogue):
+        now = now_ms()
+        with process.client() as client:
+            card(client, "sl", "USD", "1")
+            for customer in customers:
+                open_contract(client, customer, f"{customer}-k", month_start(2025, 1), rate_card_id="sl")
+            units = [20_000_000 if customer == "sl-000" else 1 for customer in customers]
+            events = [work(f"{c}-1", c, now - 1000, n) for c, n in zip(customers, units, strict=True)]
+            assert send(client, *events) == []
+            published = publish_free(client, "sl", month_start(2025, 1))
+            assert (published.rerated_amount_delta, published.customers_rerated) == ("-20000064", 65)
+        process.kill9()
+        process.restart()
+        with process.client() as client:
+            assert {balance(client, c) for c in customers} == {("0", "0", "0")}
