@@ -105,6 +105,18 @@ def publish_free(client: TariffClient, rate_card_id: str, from_ms: int) -> prici
     return answer
 
 
+def explained(
+    client: TariffClient, customer_id: str, period_start_ms: int
+) -> tuple[str, list[tuple[str, str, str, str, str]]]:
+    """ExplainLineItem of line `units`: (line_amount, [(transaction id, quantity, unit price, amount, overage)])."""
+    request = invoices_pb2.ExplainLineItemRequest(
+        customer_id=customer_id, period_start=stamp(period_start_ms), line_id="units"
+    )
+    answer = client.invoices.ExplainLineItem(request)
+    events = [(e.transaction_id, e.quantity, e.unit_price, e.amount, e.overage) for e in answer.events]
+    return answer.line_amount, events
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-extremes")
@@ -140,6 +152,12 @@ def test_a_period_total_past_128_bits_refuses_the_event_and_sums_print_exactly(s
         cents = "99999999999999899999999999999999999900000000.00"
         assert (invoice.subtotal, invoice.overage_due, invoice.total_due) == (BIG_CHARGE, cents, cents)
         assert [(line.amount, line.amount_due) for line in invoice.lines] == [(BIG_CHARGE, cents)]
+        parts = [(p.version, p.unit_price, p.quantity, p.amount, p.events) for p in invoice.lines[0].prices]
+        assert parts == [(1, BIG_PRICE, str(BIG), BIG_CHARGE, 1)]
+        assert explained(client, "sum-x", this_month_ms()) == (
+            BIG_CHARGE,
+            [("x1", str(BIG), BIG_PRICE, BIG_CHARGE, BIG_CHARGE)],
+        )
         report = client.invoices.GetRevenueReport(
             invoices_pb2.GetRevenueReportRequest(
                 period_start=stamp(this_month_ms()), period_end=stamp(now // HOUR_MS * HOUR_MS + HOUR_MS)
@@ -341,6 +359,15 @@ def test_a_snapshot_holding_sums_past_64_and_128_bits_restarts_to_the_same_balan
         with process.client() as client:
             assert balance(client, "snap-a") == ("0", "0", "0")
             assert preview(client, "snap-a", last_month).total_due == f"{BIG_CHARGE}.00"
+            listed = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id="snap-a"))
+            finals = [i for i in listed.invoices if i.status == invoices_pb2.INVOICE_FINAL]
+            assert [(i.subtotal, i.total_due) for i in finals] == [(BIG_CHARGE, f"{BIG_CHARGE}.00")]
+            number = invoices_pb2.GetInvoiceRequest(invoice_number=finals[0].invoice_number)
+            assert client.invoices.GetInvoice(number).total_due == f"{BIG_CHARGE}.00"
+            assert explained(client, "snap-a", last_month) == (
+                BIG_CHARGE,
+                [("n0", str(BIG), BIG_PRICE, BIG_CHARGE, BIG_CHARGE)],
+            )
 
 
 def test_a_re_rating_in_slices_past_64_bits_completes_and_restarts(tmp_path: Path) -> None:
