@@ -6,8 +6,8 @@ test_audit_units_wire.py); this file pins totals:
 - docs/architecture.md §6: the kernel keeps a period's charges in 128-bit picos, and an event whose charge would pass
   them is INVALID_EVENT, nothing of it counted; what was counted is answered exactly by GetBalance and the invoice.
 - README "Minor units", §6 "Overage due": overage at the largest overage price is printed exactly at 10^-30 on the
-  balance (44 integer digits), rounded half-even once to the cent on the invoice; GetRevenueReport's product line
-  sums such amounts over customers exactly.
+  balance (44 integer digits), rounded half-even once to the cent on the invoice; GetRevenueReport's customer lines
+  recognise it exactly at the pico.
 - pricing.proto PublishVersionResponse: `rerated_amount_delta` and `closed_amount_left_alone` are the sums over
   every customer and period re-rated or left alone, exact, also past 2^64 picos (about 18.4 million units), the
   width of a journal record's integers, and past 2^127 picos (the kernel's width for one period's charges):
@@ -32,8 +32,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import pytest
-from tariff import TariffClient, now_ms
+from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
@@ -117,6 +118,10 @@ def explained(
     return answer.line_amount, events
 
 
+def authorizing(customer_id: str, n: float) -> balance_pb2.AuthorizeRequest:
+    return balance_pb2.AuthorizeRequest(request_id="auth", customer_id=customer_id, event_type="work", values={"n": n})
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-extremes")
@@ -129,10 +134,10 @@ def test_a_period_total_past_128_bits_refuses_the_event_and_sums_print_exactly(s
     picos: INVALID_EVENT, nothing of it counted. Customer `sum-x` (credits card, overage at 999...9.999...9, 18
     nines each side) is charged BIG_CHARGE credits, all overage: due 99999999999999900000000000 x
     999999999999999999.999999999999999999 = 99999999999999899999999999999999999900000000.0000001 exactly on the
-    balance, 99999999999999899999999999999999999900000000.00 on the invoice (half-even to the cent). The revenue
-    report's product line for the month, over both customers' cards in USD: the recognised overage is their sum,
-    99999999999999899999999999999999999900000000.0000001 + 99999999999999900000000000
-    = 99999999999999900099999999999999799900000000.0000001."""
+    balance, 99999999999999899999999999999999999900000000.00 on the invoice (half-even to the cent); the revenue
+    report's customer lines recognise each customer's overage due exactly at the pico. After kill -9 and a restart
+    the balances are the same, another BIG is refused again and one unit (10^11) is still charged:
+    BIG_CHARGE + 10^11 = 10^26."""
     now = now_ms()
     with server.client() as client:
         card(client, "sum-usd", "USD", BIG_PRICE)
@@ -145,6 +150,15 @@ def test_a_period_total_past_128_bits_refuses_the_event_and_sums_print_exactly(s
             ("a2", "INVALID_EVENT")
         ]
         assert send(client, work("x1", "sum-x", now - 2000, BIG)) == []
+        assert balance(client, "sum-a") == (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE)
+        with pytest.raises(TariffError) as refused:
+            client.balance.Authorize(authorizing("sum-a", BIG))
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [(v.field, v.description) for v in refused.value.field_violations] == [
+            ("request", "the charge for product 'units' is out of range")
+        ]
+        one = client.balance.Authorize(authorizing("sum-a", 1))
+        assert (one.allowed, one.reason, one.estimated_cost) == (True, "OVERAGE_ALLOWED", BIG_PRICE)
         assert balance(client, "sum-a") == (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE)
         x_due = "99999999999999899999999999999999999900000000.0000001"
         assert balance(client, "sum-x") == (BIG_CHARGE, BIG_CHARGE, x_due)
@@ -168,6 +182,18 @@ def test_a_period_total_past_128_bits_refuses_the_event_and_sums_print_exactly(s
             ("sum-a", BIG_CHARGE),
             ("sum-x", x_due),
         ]
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert (balance(client, "sum-a"), balance(client, "sum-x")) == (
+            (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE),
+            (BIG_CHARGE, BIG_CHARGE, x_due),
+        )
+        assert send(client, work("a3", "sum-a", now_ms(), BIG), work("a4", "sum-a", now_ms(), 1)) == [
+            ("a3", "INVALID_EVENT")
+        ]
+        more = "100000000000000000000000000"  # BIG_CHARGE + 10^11 = (999,999,999,999,999 + 1) x 10^11
+        assert balance(client, "sum-a") == (more, more, more)
 
 
 def test_a_publish_re_rating_past_64_bit_picos_answers_exactly_and_the_server_goes_on(server: ServerProcess) -> None:
