@@ -422,3 +422,55 @@ def test_a_re_rating_in_slices_past_64_bits_completes_and_restarts(tmp_path: Pat
         process.restart()
         with process.client() as client:
             assert {balance(client, c) for c in customers} == {("0", "0", "0")}
+
+
+def test_a_version_whose_re_rating_passes_a_periods_128_bits_is_refused_and_changes_nothing(
+    server: ServerProcess,
+) -> None:
+    """§6: a publish whose re-rating would overflow a period's totals is FAILED_PRECONDITION naming the product,
+    nothing changed, and SimulateVersion of it likewise. Card `ov` prices `units` at 10^11 and `units-b` (the same
+    events) at 0: customer `ov-a` sends BIG, charged BIG_CHARGE. Version 2 prices both at 10^11: each line fits,
+    their period does not (2 x BIG_CHARGE); version 3 prices `units` at 2 x 10^11: its line does not fit. Both
+    are refused naming the product, the balance stays BIG_CHARGE, and usage goes on: one more unit is charged
+    10^11, BIG_CHARGE + 10^11 = 10^26."""
+    now = now_ms()
+    with server.client() as client:
+        product = pricing_pb2.Product(id="units-b", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="ov", pricing_unit="USD"))
+        for rates in (
+            [unit("units", BIG_PRICE), unit("units-b", "0")],
+            [unit("units", BIG_PRICE), unit("units-b", BIG_PRICE)],
+            [unit("units", "200000000000"), unit("units-b", "0")],
+        ):
+            client.pricing.CreateDraftVersion(
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id="ov", upsert_rates=rates)
+            )
+        first = pricing_pb2.PublishVersionRequest(
+            rate_card_id="ov", version=1, effective_from=stamp(month_start(2024, 1))
+        )
+        client.pricing.PublishVersion(first)
+        open_contract(client, "ov-a", "ov-a-k", month_start(2025, 1), rate_card_id="ov")
+        assert send(client, work("ov-1", "ov-a", now - 1000, BIG)) == []
+        window_start, window_end = stamp(this_month_ms()), stamp(now // HOUR_MS * HOUR_MS + HOUR_MS)
+        for version, product_id in ((2, "units-b"), (3, "units")):
+            out_of_range = f'customer "ov-a": the charge for product "{product_id}" is out of range'
+            with pytest.raises(TariffError) as simulated:
+                client.pricing.SimulateVersion(
+                    pricing_pb2.SimulateVersionRequest(
+                        rate_card_id="ov", version=version, period_start=window_start, period_end=window_end
+                    )
+                )
+            assert simulated.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert simulated.value.details.endswith(out_of_range)
+            with pytest.raises(TariffError) as published:
+                publish = pricing_pb2.PublishVersionRequest(
+                    rate_card_id="ov", version=version, effective_from=stamp(this_month_ms())
+                )
+                client.pricing.PublishVersion(publish)
+            assert published.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert published.value.details.endswith(out_of_range)
+            assert balance(client, "ov-a") == (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE)
+        assert send(client, work("ov-2", "ov-a", now - 500, 1)) == []
+        ten_to_26 = "100000000000000000000000000"
+        assert balance(client, "ov-a") == (ten_to_26, ten_to_26, ten_to_26)
