@@ -474,3 +474,85 @@ def test_a_version_whose_re_rating_passes_a_periods_128_bits_is_refused_and_chan
         assert send(client, work("ov-2", "ov-a", now - 500, 1)) == []
         ten_to_26 = "100000000000000000000000000"
         assert balance(client, "ov-a") == (ten_to_26, ten_to_26, ten_to_26)
+
+
+def test_revenue_sums_prepaid_credit_and_overage_at_their_largest_over_customers_and_months(tmp_path: Path) -> None:
+    """README "Invoices and revenue": customers `rv-1` and `rv-2` (credits card at 10^11 a unit, overage at
+    P = 999999999999999999.999999999999999999 USD) each hold a PREPAID grant of G = 999999999999999999.999999999999
+    credits paid G USD, from last month. Each sends 5,000,000 units last month (5 x 10^17 credits, drawn from the
+    grant), then 10,000,000 units (10^18 credits: the grant's last G - 5 x 10^17 = 499999999999999999.999999999999,
+    the rest 500000000000000000.000000000001 overage) and BIG units (BIG_CHARGE credits of overage) this month:
+    charges 100000000999999900000000000, overage O = 100000000499999900000000000.000000000001, due O x P =
+    100000000499999899999999999999999999900999999.500000099999999999999999999999 on the balance, exactly.
+    Revenue (own server: the report spans every customer): last month each recognises 5 x 10^17 of credits, deferred
+    499999999999999999.999999999999; this month each recognises the rest of its grant and O x P rounded half-even
+    to the pico, 100000000499999899999999999999999999900999999.5000001; the month's product line is twice each, and
+    the reconciliation sells 2G, recognises 2G of credits, defers nothing at the end and reconciles."""
+    g = "999999999999999999.999999999999"
+    half, rest = "500000000000000000", "499999999999999999.999999999999"
+    overage_due = "100000000499999899999999999999999999900999999.500000099999999999999999999999"
+    recognized_overage = "100000000499999899999999999999999999900999999.5000001"
+    recognized = "100000000499999900000000000499999999900999999.500000099999"
+    process = ServerProcess(tmp_path / "data", extra_args=["--close-grace", "off"])
+    for _ in serving(process, catalogue):
+        now, last_month = now_ms(), last_month_ms()
+        with process.client() as client:
+            card(client, "rv", "credits", BIG_PRICE)
+            for c in ("rv-1", "rv-2"):
+                open_contract(
+                    client, c, f"{c}-k", month_start(2025, 1), rate_card_id="rv", overage_price=TOP_OVERAGE_PRICE
+                )
+                grant = contracts_pb2.Grant(
+                    id=f"{c}-g",
+                    customer_id=c,
+                    kind=contracts_pb2.PREPAID,
+                    amount=g,
+                    paid_amount=g,
+                    starts_at=stamp(last_month),
+                )
+                client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+                events = (
+                    work(f"{c}-0", c, last_month + HOUR_MS, 5_000_000),
+                    work(f"{c}-1", c, now - 1000, 10_000_000),
+                    work(f"{c}-2", c, now - 900, BIG),
+                )
+                assert send(client, *events) == []
+                assert balance(client, c) == (
+                    "100000000999999900000000000",
+                    "100000000499999900000000000.000000000001",
+                    overage_due,
+                )
+            report = client.invoices.GetRevenueReport(
+                invoices_pb2.GetRevenueReportRequest(
+                    period_start=stamp(last_month), period_end=stamp(now // HOUR_MS * HOUR_MS + HOUR_MS)
+                )
+            )
+            this_month = this_month_ms() // 1000
+            assert [
+                (r.customer_id, r.period_start.seconds == this_month, r.recognized_credits, r.recognized_overage)
+                for r in report.customer_lines
+            ] == [
+                ("rv-1", False, half, "0"),
+                ("rv-1", True, rest, recognized_overage),
+                ("rv-2", False, half, "0"),
+                ("rv-2", True, rest, recognized_overage),
+            ]
+            assert [(r.recognized, r.deferred) for r in report.customer_lines] == [
+                (half, rest),
+                (recognized, "0"),
+            ] * 2
+            month = [r for r in report.lines if r.period_start.seconds == this_month]
+            assert [(r.recognized_credits, r.recognized_overage, r.recognized) for r in month] == [
+                (
+                    "999999999999999999.999999999998",
+                    "200000000999999799999999999999999999801999999.0000002",
+                    "200000000999999800000000000999999999801999999.000000199998",
+                )
+            ]
+            total = report.reconciliation
+            assert (total.prepaid_sold, total.recognized_credits, total.deferred_end, total.reconciles) == (
+                "1999999999999999999.999999999998",
+                "1999999999999999999.999999999998",
+                "0",
+                True,
+            )
