@@ -28,6 +28,8 @@ pricing unit, 9.99999999999999 x 10^37 picos: one such charge fits in a period's
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,7 @@ from server.convert import timestamp as stamp
 from server.records import JournalRecord, RerationDone, decode_record, encode_record
 from tests.audit_fixtures import HOUR_MS, open_contract, preview, serving, unit
 from tests.serverproc import ServerProcess
+from tests.test_cli import tariff
 
 BIG = 999_999_999_999_999
 BIG_PRICE = "100000000000"
@@ -556,3 +559,38 @@ def test_revenue_sums_prepaid_credit_and_overage_at_their_largest_over_customers
                 "0",
                 True,
             )
+
+
+def test_the_csv_export_sums_a_lines_credits_exactly(server: ServerProcess) -> None:
+    """README "Invoices" (CLI): the CSV export's `credits` is the line's credits from all grants, "decimal text as
+    on the wire". Customer `csv-a` (credits card at 10^11 a unit) holds grants of 12345678901234567.123456789012
+    and 1 credit from last month, and sends 1,000,000 units then (10^17 credits): both grants are drawn whole, the
+    line's credits 12345678901234568.123456789012 (29 significant digits), and its final invoice (ClosePeriod)
+    exported for last month says exactly that."""
+    last_month = last_month_ms()
+    with server.client() as client:
+        card(client, "csv", "credits", BIG_PRICE)
+        open_contract(client, "csv-a", "csv-a-k", month_start(2025, 1), rate_card_id="csv")
+        for grant_id, amount in (("csv-g1", "12345678901234567.123456789012"), ("csv-g2", "1")):
+            grant = contracts_pb2.Grant(
+                id=grant_id,
+                customer_id="csv-a",
+                kind=contracts_pb2.PROMOTIONAL,
+                amount=amount,
+                paid_amount="0",
+                starts_at=stamp(last_month),
+            )
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        assert send(client, work("csv-1", "csv-a", last_month + HOUR_MS, 1_000_000)) == []
+        close = invoices_pb2.ClosePeriodRequest(customer_id="csv-a", period_start=stamp(last_month))
+        closed = client.invoices.ClosePeriod(close)
+        credits = "12345678901234568.123456789012"
+        assert [sorted((c.grant_id, c.credits) for c in line.credits_applied) for line in closed.lines] == [
+            [("csv-g1", "12345678901234567.123456789012"), ("csv-g2", "1")]
+        ]
+    month = datetime.fromtimestamp(last_month / 1000, UTC).strftime("%Y-%m")
+    exported = tariff(server, "invoices", "export", "--period", month, "--customer", "csv-a").stdout
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    assert [(row["line_id"], row["amount"], row["credits"]) for row in rows] == [
+        ("units", "100000000000000000", credits)
+    ]
