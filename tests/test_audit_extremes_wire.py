@@ -85,9 +85,13 @@ def card(client: TariffClient, rate_card_id: str, pricing_unit: str, price: str)
     client.pricing.CreateDraftVersion(free)
 
 
-def work(transaction_id: str, customer_id: str, at_ms: int, n: float) -> usage_pb2.UsageEvent:
+def work(transaction_id: str, customer_id: str, at_ms: int, n: float, event_type: str = "work") -> usage_pb2.UsageEvent:
     return usage_pb2.UsageEvent(
-        transaction_id=transaction_id, customer_id=customer_id, event_type="work", timestamp_ms=at_ms, values={"n": n}
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        event_type=event_type,
+        timestamp_ms=at_ms,
+        values={"n": n},
     )
 
 
@@ -431,20 +435,23 @@ def test_a_version_whose_re_rating_passes_a_periods_128_bits_is_refused_and_chan
     server: ServerProcess,
 ) -> None:
     """§6: a publish whose re-rating would overflow a period's totals is FAILED_PRECONDITION naming the product,
-    nothing changed, and SimulateVersion of it likewise. Card `ov` prices `units` at 10^11 and `units-b` (the same
-    events) at 0: customer `ov-a` sends BIG, charged BIG_CHARGE. Version 2 prices both at 10^11: each line fits,
-    their period does not (2 x BIG_CHARGE); version 3 prices `units` at 2 x 10^11: its line does not fit. Both
+    nothing changed, and SimulateVersion of it likewise. Card `ov` prices `ov-units` at 10^11 and `ov-units-b` (both
+    SUM of `n` of event type `ov-work`, fed by the same events) at 0: customer `ov-a` sends BIG, charged BIG_CHARGE. Version 2 prices both at 10^11: each line fits,
+    their period does not (2 x BIG_CHARGE); version 3 prices `ov-units` at 2 x 10^11: its line does not fit. Both
     are refused naming the product, the balance stays BIG_CHARGE, and usage goes on: one more unit is charged
     10^11, BIG_CHARGE + 10^11 = 10^26."""
     now = now_ms()
     with server.client() as client:
-        product = pricing_pb2.Product(id="units-b", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
-        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+        for product_id in ("ov-units", "ov-units-b"):
+            product = pricing_pb2.Product(
+                id=product_id, event_type="ov-work", aggregation=pricing_pb2.SUM, value_key="n"
+            )
+            client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
         client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="ov", pricing_unit="USD"))
         for rates in (
-            [unit("units", BIG_PRICE), unit("units-b", "0")],
-            [unit("units", BIG_PRICE), unit("units-b", BIG_PRICE)],
-            [unit("units", "200000000000"), unit("units-b", "0")],
+            [unit("ov-units", BIG_PRICE), unit("ov-units-b", "0")],
+            [unit("ov-units", BIG_PRICE), unit("ov-units-b", BIG_PRICE)],
+            [unit("ov-units", "200000000000"), unit("ov-units-b", "0")],
         ):
             client.pricing.CreateDraftVersion(
                 pricing_pb2.CreateDraftVersionRequest(rate_card_id="ov", upsert_rates=rates)
@@ -454,9 +461,9 @@ def test_a_version_whose_re_rating_passes_a_periods_128_bits_is_refused_and_chan
         )
         client.pricing.PublishVersion(first)
         open_contract(client, "ov-a", "ov-a-k", month_start(2025, 1), rate_card_id="ov")
-        assert send(client, work("ov-1", "ov-a", now - 1000, BIG)) == []
+        assert send(client, work("ov-1", "ov-a", now - 1000, BIG, "ov-work")) == []
         window_start, window_end = stamp(this_month_ms()), stamp(now // HOUR_MS * HOUR_MS + HOUR_MS)
-        for version, product_id in ((2, "units-b"), (3, "units")):
+        for version, product_id in ((2, "ov-units-b"), (3, "ov-units")):
             out_of_range = f'customer "ov-a": the charge for product "{product_id}" is out of range'
             with pytest.raises(TariffError) as simulated:
                 client.pricing.SimulateVersion(
@@ -474,7 +481,7 @@ def test_a_version_whose_re_rating_passes_a_periods_128_bits_is_refused_and_chan
             assert published.value.code == grpc.StatusCode.FAILED_PRECONDITION
             assert published.value.details.endswith(out_of_range)
             assert balance(client, "ov-a") == (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE)
-        assert send(client, work("ov-2", "ov-a", now - 500, 1)) == []
+        assert send(client, work("ov-2", "ov-a", now - 500, 1, "ov-work")) == []
         ten_to_26 = "100000000000000000000000000"
         assert balance(client, "ov-a") == (ten_to_26, ten_to_26, ten_to_26)
 
