@@ -42,6 +42,10 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     duplicates_before_skew: bool = False
 
 
+_MSGPACK_INT_MIN = -(2**63)
+_MSGPACK_INT_MAX = 2**64 - 1
+
+
 class RerationDone(msgspec.Struct, frozen=True, array_like=True):
     """A deferred re-rating's completion (engine/pending.py): the publish it completes, the time its balance rules
     were evaluated, and what the whole re-rating did (customers, buckets, events, amount delta, closed buckets,
@@ -50,6 +54,26 @@ class RerationDone(msgspec.Struct, frozen=True, array_like=True):
     publish_seq: int
     at_ms: int
     done: tuple[int, int, int, int, int, int, int]
+    # (amount delta, closed amount) in picos as decimal text, when either is outside msgpack's integers (-2^63 to
+    # 2^64 - 1: a re-rating of some 9.2 million units down, or 18.4 million up): `done` then holds 0 for both.
+    # None (every other record, and those of earlier releases): `done` holds them.
+    amounts: tuple[str, str] | None = None
+
+    @classmethod
+    def of(cls, publish_seq: int, at_ms: int, done: tuple[int, int, int, int, int, int, int]) -> RerationDone:
+        """The record of these totals, amounts that msgpack cannot hold as decimal text."""
+        delta, closed = done[3], done[6]
+        if all(_MSGPACK_INT_MIN <= amount <= _MSGPACK_INT_MAX for amount in (delta, closed)):
+            return cls(publish_seq, at_ms, done)
+        return cls(publish_seq, at_ms, (*done[:3], 0, *done[4:6], 0), (str(delta), str(closed)))
+
+    @property
+    def totals(self) -> tuple[int, int, int, int, int, int, int]:
+        """What the whole re-rating did: `done` with the amounts of `amounts` when it holds them."""
+        if self.amounts is None:
+            return self.done
+        delta, closed = (int(text) for text in self.amounts)
+        return (*self.done[:3], delta, *self.done[4:6], closed)
 
 
 class JournalRecord(msgspec.Struct, frozen=True, array_like=True):

@@ -151,7 +151,7 @@ def _replay_rerated(billing: Billing, seq: int, done: RerationDone, fired: list[
         replayed.closed_events,
         replayed.closed_amount_picos,
     )
-    if again != done.done or billing.take_fired() != fired:
+    if again != done.totals or billing.take_fired() != fired:
         raise RatingChanged(
             f"journal record {seq}: re-rating changed between releases (replaying it gives another result than "
             "the journal holds); run the release that wrote this journal"

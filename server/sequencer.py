@@ -720,7 +720,7 @@ class Sequencer:
             done.closed_amount_picos,
         )
         record = JournalRecord(
-            rerated=RerationDone(rerating.publish_seq, group.now_ms, totals), alerts=self.billing.take_fired()
+            rerated=RerationDone.of(rerating.publish_seq, group.now_ms, totals), alerts=self.billing.take_fired()
         )
         group.records.append((seq, encode_record(record)))
         group.touched.update(done.amounts_changed)

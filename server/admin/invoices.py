@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -284,6 +284,19 @@ def list_command(remote: Remote, customer_id: str, period: str | None, status: s
     print_table(("invoice", "customer", "period start", "period end", "total due", "currency"), rows)
 
 
+# Sums of the server's amounts, exact: an amount is at most 39 digits (10^-12 of a unit below 2^127 picos), so 100
+# digits hold any sum of them; the default context's 28 rounded a line's credits (12345678901234568.123456789012 was
+# 12345678901234568.12345678901), and Inexact would say so rather than round.
+_EXACT = Context(prec=100, traps=[Inexact])
+
+
+def _exact_sum(texts: Iterable[str]) -> Decimal:
+    total = Decimal(0)
+    for text in texts:
+        total = _EXACT.add(total, Decimal(text))
+    return total
+
+
 def csv_rows(invoice: invoices_pb2.Invoice) -> Iterator[dict[str, str]]:
     """The CSV rows of one invoice (see the module's docstring)."""
     from tariff.v1 import invoices_pb2
@@ -310,7 +323,7 @@ def csv_rows(invoice: invoices_pb2.Invoice) -> Iterator[dict[str, str]]:
     if not invoice.lines:
         yield {**head, **empty}
     for line in invoice.lines:
-        credits = sum((Decimal(c.credits) for c in line.credits_applied), Decimal(0))
+        credits = _exact_sum(c.credits for c in line.credits_applied)
         yield {
             **head,
             "line_id": line.line_id,
@@ -318,7 +331,7 @@ def csv_rows(invoice: invoices_pb2.Invoice) -> Iterator[dict[str, str]]:
             "quantity": line.quantity,
             "events": str(line.events),
             "amount": line.amount,
-            "credits": format(credits.normalize(), "f") if credits else "0",
+            "credits": format(credits.normalize(_EXACT), "f") if credits else "0",
             "overage": line.overage,
             "amount_due": line.amount_due,
         }

@@ -285,7 +285,7 @@ mod tests {
         for customer in &customers {
             let done = appended.rerate_customer(customer, "card", 2, 99, true, true, true, true).unwrap();
             assert_eq!((done.customers, done.buckets, done.events), (1, 1, 1));
-            assert_eq!(done.amount_delta, -2 * CREDIT);
+            assert_eq!(done.amount_delta, ethnum::I256::new(-2 * CREDIT));
         }
         let mut scratch = whole(vec![version(2, 1)], vec![vec![(0, 0), (2 * HOUR_MS, 1)]], [0, 0, 0]);
         ingest(&mut scratch, &CALLS, &mut 0);

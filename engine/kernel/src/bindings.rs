@@ -604,9 +604,9 @@ impl Kernel {
         customers, rate_card_id, from_hour, seq, in_contract, holds_in_time, top_ups_in_time,
         earlier_hours_carried, closed_events_once, rolled_credit_breaks = false, holds_final_at_ms = None
     ))]
-    fn rerate(
+    fn rerate<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         customers: Vec<String>,
         rate_card_id: &str,
         from_hour: i64,
@@ -618,7 +618,7 @@ impl Kernel {
         closed_events_once: bool,
         rolled_credit_breaks: bool,
         holds_final_at_ms: Option<i64>,
-    ) -> PyResult<(u64, u64, u64, i128, u64, u64, i128, Vec<String>)> {
+    ) -> PyResult<(u64, u64, u64, Bound<'py, PyAny>, u64, u64, Bound<'py, PyAny>, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
                 self.change(|kernel| {
@@ -652,30 +652,35 @@ impl Kernel {
             d.customers,
             d.buckets,
             d.events,
-            d.amount_delta,
+            big_int(py, d.amount_delta)?,
             d.closed_buckets,
             if closed_events_once { d.closed_events_once } else { d.closed_events },
-            d.closed_amount,
+            big_int(py, d.closed_amount)?,
             changed,
         ))
     }
 
     /// What `version` (a VersionTable's msgpack from engine/tables.py; a draft too) gives the usage
     /// of its rate card recorded in [start_ms, end_ms) for these customers (all when None): a list
-    /// of (customer_id, product_id, current_picos, simulated_picos), sorted. Changes nothing; read
+    /// of (customer_id, product_id, current_picos, simulated_picos), sorted (the amounts as ints: summed over
+    /// the window's periods, they may pass 128 bits). Changes nothing; read
     /// under the shared lock with the GIL released. ValueError names usage it cannot price.
-    fn simulate(
+    #[allow(clippy::type_complexity)]
+    fn simulate<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         version: &[u8],
         start_ms: i64,
         end_ms: i64,
         customers: Option<Vec<String>>,
-    ) -> PyResult<Vec<(String, String, i128, i128)>> {
+    ) -> PyResult<Vec<(String, String, Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
         let lines = self.read_with_version(py, version, |kernel, table| {
             kernel.simulate(table, start_ms, end_ms, customers.as_deref())
         })?;
-        Ok(lines.into_iter().map(|l| (l.customer_id, l.product_id, l.current, l.simulated)).collect())
+        lines
+            .into_iter()
+            .map(|l| Ok((l.customer_id, l.product_id, big_int(py, l.current)?, big_int(py, l.simulated)?)))
+            .collect()
     }
 
     /// The customer's adjustment entries, oldest first: (seq, hour, product_id, dimension values,

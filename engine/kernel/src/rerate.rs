@@ -19,6 +19,7 @@
 //! then charges in burn order, the rest overage. Closed periods are never touched; they are
 //! counted as left alone.
 
+use ethnum::I256;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -59,7 +60,8 @@ pub struct Rerated {
     pub customers: u64,
     pub buckets: u64,
     pub events: u64,
-    pub amount_delta: Picos,
+    /// Summed over customers and periods: each period's charges fit 128 bits, their sum may not.
+    pub amount_delta: I256,
     pub closed_buckets: u64,
     /// The left-alone buckets' events, an event counted once per product it fed (as publishes
     /// without `closed_events_once` reply).
@@ -67,7 +69,7 @@ pub struct Rerated {
     /// The same events counted as `events` counts the re-rated ones: an event feeding several
     /// products once (per hour and event type, the most events any one of its products had).
     pub closed_events_once: u64,
-    pub closed_amount: Picos,
+    pub closed_amount: I256,
     /// Customers whose charges or draws re-rating changed (a bucket's amount, a grant's balance, a
     /// period's charges or overage): those whose balance watchers must wake. A customer whose
     /// buckets only changed version is re-rated (counted in `customers`) but not among these.
@@ -127,8 +129,9 @@ struct AggregateRepriced {
 pub struct Simulated {
     pub customer_id: String,
     pub product_id: String,
-    pub current: Picos,
-    pub simulated: Picos,
+    /// Summed over the window's periods: each period's charges fit 128 bits, their sum may not.
+    pub current: I256,
+    pub simulated: I256,
 }
 
 impl Kernel {
@@ -314,13 +317,13 @@ impl Kernel {
                     aggregate.buckets[first].new_amount += carried;
                 }
             }
-            let mut by_product: FxHashMap<Sym, (Picos, Picos)> = FxHashMap::default();
+            let mut by_product: FxHashMap<Sym, (I256, I256)> = FxHashMap::default();
             for bucket in
                 aggregates.iter().flat_map(|a| a.buckets.iter()).filter(|b| b.selected && b.key.hour < hours.1)
             {
                 let entry = by_product.entry(bucket.key.product).or_default();
-                entry.0 += bucket.old_amount;
-                entry.1 += bucket.new_amount;
+                entry.0 += I256::new(bucket.old_amount);
+                entry.1 += I256::new(bucket.new_amount);
             }
             let mut lines: Vec<Simulated> = by_product
                 .into_iter()
@@ -588,7 +591,7 @@ impl Kernel {
                 let events = usages.iter().map(|u| u.events).sum::<u64>();
                 closed.closed_buckets += 1;
                 closed.closed_events += events;
-                closed.closed_amount += usages.iter().map(|u| u.amount).sum::<Picos>();
+                closed.closed_amount += usages.iter().fold(I256::ZERO, |sum, u| sum + I256::new(u.amount));
                 let event_type = event_type_of(&self.rater.catalog, key.product);
                 *closed_by_hour.entry((key.hour, event_type)).or_default().entry(key.product).or_default() += events;
                 continue;
@@ -754,7 +757,7 @@ fn write_rerated_buckets(
             let event_type = event_type_of(&rater.catalog, bucket.key.product);
             *events.entry((bucket.key.hour, event_type)).or_default().entry(bucket.key.product).or_default() +=
                 bucket.events;
-            done.amount_delta += bucket.new_amount - bucket.old_amount;
+            done.amount_delta += I256::new(bucket.new_amount) - I256::new(bucket.old_amount);
             let usage = VersionUsage {
                 rate_card: bucket.rate_card,
                 version: bucket.version,
@@ -1489,7 +1492,7 @@ mod tests {
         assert_eq!(state(&kernel), state(&expected));
         // 5 products x hours 3..7: every bucket there changed version; 5 events, each feeding the 5 products.
         assert_eq!((done.customers, done.buckets, done.events), (1, 25, 5));
-        assert!(done.amount_delta < 0);
+        assert!(done.amount_delta < I256::ZERO);
         let adjustments = kernel.adjustments("acme");
         assert_eq!(adjustments.len(), 25);
         assert!(adjustments.iter().all(|a| a.old_versions == [1] && a.new_version == 2 && a.seq == 99));
@@ -1511,7 +1514,7 @@ mod tests {
         let same = [(0, 0), (T0 + 3 * HOUR_MS, 1)];
         kernel.load_tables(&tables(&versions, &same, &grants, &[])).unwrap();
         let done = rerate(&mut kernel, T0 / HOUR_MS + 3, 7);
-        assert_eq!((done.customers, done.buckets, done.amount_delta, done.amounts_changed), (1, 25, 0, 0));
+        assert_eq!((done.customers, done.buckets, done.amount_delta, done.amounts_changed), (1, 25, I256::ZERO, 0));
         assert_eq!(kernel.balance("acme", T0), scratch(&versions, &[(0, 0)], &grants, &EVENTS).balance("acme", T0));
         assert_ne!(state(&kernel), before, "the buckets name version 2 now");
         // Version 3 (20% dearer) from hour 5 changes amounts.
@@ -1519,7 +1522,7 @@ mod tests {
         kernel.load_tables(&tables(&versions, &dearer, &grants, &[])).unwrap();
         let done = rerate(&mut kernel, T0 / HOUR_MS + 5, 8);
         assert_eq!((done.customers, done.amounts_changed), (1, 1));
-        assert!(done.amount_delta > 0);
+        assert!(done.amount_delta > I256::ZERO);
     }
 
     #[test]
@@ -1622,7 +1625,7 @@ mod tests {
         let current: Picos = kernel.balance("acme", T0).unwrap().period_charges;
         let simulated = kernel.simulate(version(2, 170), T0, T0 + 31 * 86_400_000, None).unwrap();
         assert_eq!(simulated.len(), 5);
-        assert_eq!(simulated.iter().map(|s| s.current).sum::<Picos>(), current);
+        assert_eq!(simulated.iter().fold(I256::ZERO, |sum, s| sum + s.current), I256::new(current));
         assert_eq!(state(&kernel), state(&scratch(&versions, &[(0, 0)], &grants, &EVENTS)), "changes nothing");
         kernel.load_tables(&tables(&versions, &[(0, 0), (T0, 1)], &grants, &[])).unwrap();
         rerate(&mut kernel, T0 / HOUR_MS, 3);
@@ -1630,7 +1633,7 @@ mod tests {
         for line in &simulated {
             let product = kernel.rater.interner.get(&line.product_id).unwrap();
             let amount: Picos = aggregates.iter().filter(|(k, _)| k.product == product).map(|(_, a)| a.amount).sum();
-            assert_eq!(amount, line.simulated, "{}", line.product_id);
+            assert_eq!(I256::new(amount), line.simulated, "{}", line.product_id);
         }
         // No usage in the period: nothing.
         assert!(kernel.simulate(version(2, 170), T0 + 40 * 86_400_000, T0 + 41 * 86_400_000, None).unwrap().is_empty());
@@ -1720,7 +1723,7 @@ mod tests {
         assert_conserved(&legacy);
         kernel.load_tables(&tables(&versions, &same, &grants, &[])).unwrap();
         let done = rerate(&mut kernel, T0 / HOUR_MS, 9);
-        assert_eq!((done.amount_delta, done.amounts_changed), (0, 0));
+        assert_eq!((done.amount_delta, done.amounts_changed), (I256::ZERO, 0));
         assert_eq!((draws(&kernel), kernel.balance("acme", T0)), (on_time, balance));
         assert_conserved(&kernel);
         // Restored from a snapshot without the point (format 6): usable from the period's start, as before.

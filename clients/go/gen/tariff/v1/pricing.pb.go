@@ -2010,7 +2010,11 @@ type PublishVersionResponse struct {
 	CustomersRerated uint64 `protobuf:"varint,4,opt,name=customers_rerated,json=customersRerated,proto3" json:"customers_rerated,omitempty"`
 	BucketsRerated   uint64 `protobuf:"varint,5,opt,name=buckets_rerated,json=bucketsRerated,proto3" json:"buckets_rerated,omitempty"`
 	// The net change of the re-rated charges, a decimal in the rate card's
-	// pricing unit (negative: charges went down).
+	// pricing unit (negative: charges went down). It and
+	// closed_amount_left_alone are exact sums over every customer and period,
+	// whatever their size: one period's charges stay within (2^127 - 1) x
+	// 10^-12 of the pricing unit (docs/architecture.md §6), their sum may pass
+	// it (two customers at 10^26 each re-rated to 0: "-200000000000000000000000000").
 	ReratedAmountDelta string `protobuf:"bytes,6,opt,name=rerated_amount_delta,json=reratedAmountDelta,proto3" json:"rerated_amount_delta,omitempty"`
 	// Usage at or after effective_from in closed periods, left alone (a closed
 	// period's invoice is final): hour buckets (one per product and pricing
@@ -2929,7 +2933,10 @@ type SimulatedAmount struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	ProductId  string                 `protobuf:"bytes,2,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
-	// What the usage in the window is charged now.
+	// What the usage in the window is charged now. This, simulated_amount,
+	// delta and the totals are exact sums over the window's periods (and
+	// customers), whatever their size: each period's charges stay within
+	// (2^127 - 1) x 10^-12 of the pricing unit, their sum may pass it.
 	CurrentAmount string `protobuf:"bytes,3,opt,name=current_amount,json=currentAmount,proto3" json:"current_amount,omitempty"`
 	// What the simulated version charges it, each aggregate walked from its
 	// period's start over the cumulative quantity, the hours before the window

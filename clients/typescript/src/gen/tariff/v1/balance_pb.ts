@@ -175,7 +175,9 @@ export type Balance = Message<"tariff.v1.Balance"> & {
    * now (period_start, period_end). With none in force now (before the
    * first contract, between two, after the last), there is no current
    * period: period_charges, overage_amount and overage_due are "0" and
-   * period_start and period_end are unset.
+   * period_start and period_end are unset. At most (2^127 - 1) x 10^-12
+   * (170141183460469231731687303.715884105727): usage that would take it or
+   * overage_amount past that is INVALID_EVENT, nothing of it counted.
    *
    * @generated from field: string period_charges = 6;
    */
@@ -212,7 +214,11 @@ export type Balance = Message<"tariff.v1.Balance"> & {
    * overage_amount priced at the contract's overage_price, in its currency,
    * exact: not rounded to the currency's minor unit as an invoice's amounts
    * due are ("2.5" JPY here is overage_due "2" on PreviewInvoice, which
-   * rounds the same figure half-even once).
+   * rounds the same figure half-even once). It has up to 30 decimal places
+   * and, with an overage_price near its 10^18 limit, up to 45 integer digits,
+   * printed whole (99999999999999900000000000 credits at
+   * 999999999999999999.999999999999999999 is
+   * "99999999999999899999999999999999999900000000.0000001").
    *
    * @generated from field: string overage_due = 10;
    */

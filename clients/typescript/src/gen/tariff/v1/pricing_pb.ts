@@ -965,7 +965,11 @@ export type PublishVersionResponse = Message<"tariff.v1.PublishVersionResponse">
 
   /**
    * The net change of the re-rated charges, a decimal in the rate card's
-   * pricing unit (negative: charges went down).
+   * pricing unit (negative: charges went down). It and
+   * closed_amount_left_alone are exact sums over every customer and period,
+   * whatever their size: one period's charges stay within (2^127 - 1) x
+   * 10^-12 of the pricing unit (docs/architecture.md §6), their sum may pass
+   * it (two customers at 10^26 each re-rated to 0: "-200000000000000000000000000").
    *
    * @generated from field: string rerated_amount_delta = 6;
    */
@@ -1480,7 +1484,10 @@ export type SimulatedAmount = Message<"tariff.v1.SimulatedAmount"> & {
   productId: string;
 
   /**
-   * What the usage in the window is charged now.
+   * What the usage in the window is charged now. This, simulated_amount,
+   * delta and the totals are exact sums over the window's periods (and
+   * customers), whatever their size: each period's charges stay within
+   * (2^127 - 1) x 10^-12 of the pricing unit, their sum may pass it.
    *
    * @generated from field: string current_amount = 3;
    */
