@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine import commands as cmd
 from engine.control import ControlPlane, check_applied_id
-from engine.errors import AlreadyExists, InvalidArgument
+from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, InvalidArgument
 from engine.products import Aggregation, Product
 
 
@@ -26,7 +26,7 @@ class CatalogueCommands(ControlPlane):
         key = f"product/{c.id}"
         print_ = self._repeat(key, c, lambda: self.state.products[c.id])
         if c.id in self.state.products:
-            raise AlreadyExists(f"product {c.id!r} already exists")
+            raise AlreadyExists(f"product {c.id!r} already exists{MADE_BY_ANOTHER_REQUEST}")
         product = Product(
             c.id,
             c.name or c.id,

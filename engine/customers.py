@@ -18,7 +18,7 @@ from engine.control import (
     numbered_contract_id,
     shared_int,
 )
-from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LimitReached
+from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument, LimitReached
 from engine.money import parse_decimal
 from engine.ratecard import normalize_match
 
@@ -34,7 +34,7 @@ class CustomerCommands(ControlPlane):
         held = self.state.customers.get(c.id)
         print_ = self._repeat_held(f"customer/{c.id}", c, self._held_print(held), lambda: held)
         if held is not None:
-            raise AlreadyExists(f"customer {c.id!r} already exists")
+            raise AlreadyExists(f"customer {c.id!r} already exists{MADE_BY_ANOTHER_REQUEST}")
         attributes = dict(c.attributes) if c.attributes else NO_ATTRIBUTES
         customer = keeping_print(Customer(c.id, c.name or c.id, attributes, shared_int(c.at_ms)), print_)
         self.state.customers[c.id] = customer
@@ -59,7 +59,7 @@ class CustomerCommands(ControlPlane):
         held = self.state.contracts.get(contract_id)
         print_ = self._repeat_held(f"contract/{contract_id}", c, self._held_print(held), lambda: held)
         if held is not None:
-            raise AlreadyExists(f"contract {contract_id!r} already exists")
+            raise AlreadyExists(f"contract {contract_id!r} already exists{MADE_BY_ANOTHER_REQUEST}")
         for other in self.contracts_of(customer.id):
             if other.overlaps(starting_at_ms, c.ending_before_ms):
                 raise FailedPrecondition(f"customer {customer.id!r} already has contract {other.id!r} in that time")

@@ -41,6 +41,11 @@ class AlreadyExists(EngineError):
     pass
 
 
+# Said after "<thing> already exists" when a keyed create met its key made by another request: a client that resent
+# what it meant as a retry learns why it is not one (README: the same fields as sent, decimals as written).
+MADE_BY_ANOTHER_REQUEST = ", made by another request (a retry sends the same fields as sent first, decimals as written)"
+
+
 class FailedPrecondition(EngineError):
     """The request is well formed but the state does not allow it (e.g. overlapping contracts)."""
 

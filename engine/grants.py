@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from engine import commands as cmd
 from engine.control import ControlPlane, check_applied_id, keeping_print, shared_int
-from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.instants import iso
 from engine.ledger import Grant, GrantKind
 from engine.money import DECIMAL_CONTEXT, parse_decimal, to_picos
@@ -52,7 +52,7 @@ class GrantCommands(ControlPlane):
         held = next((g for g in account.grants if g.id == c.id), None) if c.id in self._grant_ids else None
         print_ = self._repeat_held(f"grant/{c.id}", c, self._held_print(held), lambda: held)
         if c.id in self._grant_ids:
-            raise AlreadyExists(f"grant {c.id!r} already exists")
+            raise AlreadyExists(f"grant {c.id!r} already exists{MADE_BY_ANOTHER_REQUEST}")
         if c.rollover_start_in_contract and rollover > 0 and self._contract_at(customer_id, starts_at_ms) is None:
             raise FailedPrecondition(
                 f"grant.rollover_fraction: a grant with a rollover fraction rolls over at the end of the billing "

@@ -9,7 +9,7 @@ import msgspec
 from engine import commands as cmd
 from engine.cohorts import checked_cohort
 from engine.control import ControlPlane, check_applied_id, fingerprint
-from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Repeated
+from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument, Repeated
 from engine.money import parse_decimal
 from engine.ratecard import (
     HOUR_MS,
@@ -47,7 +47,7 @@ class VersionCommands(ControlPlane):
         key = f"rate_card/{c.id}"
         print_ = self._repeat(key, c, lambda: self.state.rate_cards[c.id])
         if c.id in self.state.rate_cards:
-            raise AlreadyExists(f"rate card {c.id!r} already exists")
+            raise AlreadyExists(f"rate card {c.id!r} already exists{MADE_BY_ANOTHER_REQUEST}")
         card = RateCard(c.id, c.name or c.id, c.pricing_unit, c.at_ms)
         self.state.rate_cards[c.id] = card
         self._remember(key, print_)

@@ -29,6 +29,7 @@ import pytest
 from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
+from engine.errors import MADE_BY_ANOTHER_REQUEST
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerProcess
 from tests.test_server_auth import Keys
@@ -170,7 +171,10 @@ def test_create_customer_is_idempotent_and_get_customer_names_what_it_cannot_fin
         assert again == first and (first.name, dict(first.attributes)) == ("Cu One", {"segment": "smb"})
         changed = contracts_pb2.CreateCustomerRequest(id="cu1", name="Someone Else")
         code, message, _ = refusal(lambda: client.contracts.CreateCustomer(changed))
-        assert (code, message) == (grpc.StatusCode.ALREADY_EXISTS, "customer 'cu1' already exists")
+        assert (code, message) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "customer 'cu1' already exists" + MADE_BY_ANOTHER_REQUEST,
+        )
         assert client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id="cu1")) == first
         unnamed = client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="cu2"))
         assert unnamed.name == "cu2"  # the name defaults to the id
@@ -274,7 +278,7 @@ def test_create_contract_retries_answer_the_same_contract_and_a_changed_one_alre
         changed.ending_before.CopyFrom(stamp(at("2025-02-02T00:00:00")))
         assert refusal(lambda: client.contracts.CreateContract(changed))[:2] == (
             grpc.StatusCode.ALREADY_EXISTS,
-            "contract 'cr-20250101' already exists",
+            "contract 'cr-20250101' already exists" + MADE_BY_ANOTHER_REQUEST,
         )
         defaults = client.contracts.CreateContract(
             contracts_pb2.CreateContractRequest(

@@ -16,6 +16,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2
 
+from engine.errors import MADE_BY_ANOTHER_REQUEST
 from tests.demo_usage import ACME, CHEAP, demo_batch
 from tests.serverproc import ServerFactory, ServerProcess, free_port
 from tests.test_server_auth import BETA, CHANNEL_OPTIONS, Keys, add_beta, code_of
@@ -372,8 +373,8 @@ def test_contract_and_grant_ids_are_server_wide_a_taken_id_says_only_that(world:
         ]
     assert [code for code, _ in answers] == [grpc.StatusCode.ALREADY_EXISTS] * 2, answers
     assert [details for _, details in answers] == [
-        "contract 'beta-2026' already exists",
-        "grant 'beta-prepaid' already exists",
+        "contract 'beta-2026' already exists" + MADE_BY_ANOTHER_REQUEST,
+        "grant 'beta-prepaid' already exists" + MADE_BY_ANOTHER_REQUEST,
     ]
     assert beta_balance(world) == before
 
