@@ -14,6 +14,10 @@ A fenced block immediately preceded by a line `<!-- readme-test: NAME -->` is ru
 
 Also: every `make` command the README shows is a Makefile target (with Makefile variables), and every
 `docs/...` or `.md` file it cites exists, as does every `docs/architecture.md §N` section cited in the repository.
+
+And docs/architecture.md cites only what exists: every repository path it names, every `--flag` (declared by the
+server's or a bench module's code), every `Sequencer._x`, `Billing.x`, `Kernel.x`, `Kernel::x`... method (defined
+where its owner lives), and §8's defaults of `tariff serve` flags are the CLI's.
 """
 
 from __future__ import annotations
@@ -298,3 +302,86 @@ def test_the_readme_admin_cli_section_names_every_client_command() -> None:
     section = text[start : text.index("\n## ", start + 1)]
     for command in COMMANDS:
         assert f"`tariff {command.name}" in section, command.name
+
+
+# What docs/architecture.md cites -----------------------------------------------------------------------------
+
+# Flags of tools the document quotes running on the server (perf, valgrind), not the server's or the bench's own.
+_TOOL_FLAGS = {"--call-graph", "--toggle-collect", "--tool"}
+# Class.method, or Kernel::method for the kernel's Rust side, as the document names them: where each is defined.
+_OWNERS = {
+    "Sequencer": ("server/sequencer.py",),
+    "Billing": ("engine/billing.py",),
+    "BillingState": ("engine/control.py",),
+    "ExplainIndex": ("server/explain_index.py",),
+    "LmdbJournal": ("server/journal.py",),
+    "Kernel": ("engine/_kernel.pyi",),
+}
+_METHOD = re.compile(r"`(?P<owner>[A-Z]\w*)(?P<sep>\.|::)(?P<name>_?[a-z]\w*)")
+
+
+def _architecture_text() -> str:
+    return ARCHITECTURE.read_text()
+
+
+def test_every_path_the_architecture_cites_exists() -> None:
+    """Every repository path docs/architecture.md names (in code spans or not) is in the tree."""
+    text = _architecture_text()
+    cited = set(re.findall(r"(?<![\w/.-])((?:engine|server|proto|tests|docs|clients|loadtests)/[\w./*-]*\w)", text))
+    assert "server/sequencer.py" in cited
+    missing = sorted(path for path in cited if not any(REPO_ROOT.glob(path)))
+    assert missing == [], f"docs/architecture.md cites paths the repository does not hold: {missing}"
+
+
+def test_every_flag_the_architecture_names_is_one_the_code_declares() -> None:
+    """A `--flag` in docs/architecture.md is an option of `tariff` or of a bench module, spelt as the code spells it."""
+    text = _architecture_text()
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", text)) - _TOOL_FLAGS
+    code = "\n".join(path.read_text() for path in (REPO_ROOT / "server").rglob("*.py"))
+    declared = set(re.findall(r"[\"/](--[a-z][a-z0-9-]+)[\"/]", code))
+    assert "--batch-events-max" in flags
+    assert sorted(flags - declared) == [], "docs/architecture.md names flags no code declares"
+
+
+def test_the_architecture_limits_table_gives_the_servers_defaults() -> None:
+    """§8: each `tariff serve` flag in a row's "where" column has the default the row gives (its integer defaults,
+    as written there: 10,000, 16 MiB, 300 s, ...)."""
+    from server.cli import serve
+
+    defaults = {opt: param.default for param in serve.params for opt in param.opts}
+    text = _architecture_text()
+    start = text.index("## §8 ")
+    table = text[start : text.index("\n## ", start + 1)]
+    checked = 0
+    for line in re.findall(r"^\|.*\|$", table, re.M):
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]  # `\|` is a pipe inside a cell
+        if len(cells) != 4:
+            continue
+        numbers = {int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", cells[1])}
+        for flag in re.findall(r"`(--[a-z][a-z0-9-]+)`", cells[2]):
+            assert flag in defaults, f"§8 names {flag}, which is no `tariff serve` option"
+            default = defaults[flag]
+            if isinstance(default, int) and not isinstance(default, bool):
+                assert default in numbers, f"§8 row {cells[0]!r}: {flag} defaults to {default}, not {cells[1]!r}"
+                checked += 1
+    assert checked >= 9, "the §8 table's flag rows were not found"
+
+
+def test_every_method_the_architecture_names_is_defined() -> None:
+    """`Sequencer._x`, `Billing.x`, `Kernel.x` (the binding), `Kernel::x` (the Rust kernel), ...: each is defined
+    (a `def`, `fn` or field of that name) where its owner lives, so a rename does not leave the document behind."""
+    rust = "\n".join(path.read_text() for path in (REPO_ROOT / "engine" / "kernel" / "src").glob("*.rs"))
+    missing = []
+    for match in _METHOD.finditer(_architecture_text()):
+        owner, sep, name = match["owner"], match["sep"], match["name"]
+        if sep == "::":
+            source = rust if owner == "Kernel" else None
+        else:
+            paths = _OWNERS.get(owner)
+            source = "\n".join((REPO_ROOT / path).read_text() for path in paths) if paths else None
+        if source is None:
+            continue
+        defined = rf"(?:\bdef |\bfn |^\s+){re.escape(name)}\b"
+        if not re.search(defined, source, re.M):
+            missing.append(f"{owner}{sep}{name}")
+    assert sorted(set(missing)) == [], "docs/architecture.md names methods that are not defined"
