@@ -15,9 +15,9 @@ A fenced block immediately preceded by a line `<!-- readme-test: NAME -->` is ru
 Also: every `make` command the README shows is a Makefile target (with Makefile variables), and every
 `docs/...` or `.md` file it cites exists, as does every `docs/architecture.md §N` section cited in the repository.
 
-And docs/architecture.md cites only what exists: every repository path it names, every `--flag` (declared by the
-server's or a bench module's code), every `Sequencer._x`, `Billing.x`, `Kernel.x`, `Kernel::x`... method (defined
-where its owner lives), and §8's defaults of `tariff serve` flags are the CLI's.
+And docs/architecture.md cites only what exists: every repository path and `make` target it names, every `--flag`
+(declared by the server's or a bench module's code), every `Sequencer._x`, `Billing.x`, `Kernel.x`, `Kernel::x`...
+method (defined where its owner lives), and §8's defaults of `tariff serve` flags are the CLI's.
 """
 
 from __future__ import annotations
@@ -331,6 +331,13 @@ def test_every_path_the_architecture_cites_exists() -> None:
     assert "server/sequencer.py" in cited
     missing = sorted(path for path in cited if not any(REPO_ROOT.glob(path)))
     assert missing == [], f"docs/architecture.md cites paths the repository does not hold: {missing}"
+
+
+def test_every_make_command_in_the_architecture_is_a_makefile_target() -> None:
+    targets = set(re.findall(r"^([\w.-]+):", MAKEFILE.read_text(), re.M))
+    commands = _make_commands(_architecture_text())
+    assert commands, "docs/architecture.md shows `make install` and `make bench`"
+    assert [args for args in commands if not args or args[0] not in targets] == []
 
 
 def test_every_flag_the_architecture_names_is_one_the_code_declares() -> None:
