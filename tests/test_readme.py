@@ -16,8 +16,9 @@ Also: every `make` command the README shows is a Makefile target (with Makefile 
 `docs/...` or `.md` file it cites exists, as does every `docs/architecture.md §N` section cited in the repository.
 
 And docs/architecture.md cites only what exists: every repository path and `make` target it names, every `--flag`
-(declared by the server's or a bench module's code), every `Sequencer._x`, `Billing.x`, `Kernel.x`, `Kernel::x`...
-method (defined where its owner lives), and §8's defaults of `tariff serve` flags are the CLI's.
+(declared by the server's or a bench module's code), every qualified name such as `Sequencer._x`, `Kernel::x`,
+`revenue._x` or `GrantCredits.field` (defined where its owner lives), and §8's defaults of `tariff serve` flags are
+the CLI's.
 """
 
 from __future__ import annotations
@@ -308,16 +309,9 @@ def test_the_readme_admin_cli_section_names_every_client_command() -> None:
 
 # Flags of tools the document quotes running on the server (perf, valgrind), not the server's or the bench's own.
 _TOOL_FLAGS = {"--call-graph", "--toggle-collect", "--tool"}
-# Class.method, or Kernel::method for the kernel's Rust side, as the document names them: where each is defined.
-_OWNERS = {
-    "Sequencer": ("server/sequencer.py",),
-    "Billing": ("engine/billing.py",),
-    "BillingState": ("engine/control.py",),
-    "ExplainIndex": ("server/explain_index.py",),
-    "LmdbJournal": ("server/journal.py",),
-    "Kernel": ("engine/_kernel.pyi",),
-}
-_METHOD = re.compile(r"`(?P<owner>[A-Z]\w*)(?P<sep>\.|::)(?P<name>_?[a-z]\w*)")
+# `Owner.name` or `Owner::name` (the kernel's Rust) as the document writes them: a class, a proto message or a module.
+_QUALIFIED = re.compile(r"`(?P<owner>[A-Za-z_]\w*)(?P<sep>\.|::)(?P<name>[A-Za-z_]\w*)")
+_SOURCES = ("engine/*.py", "engine/_kernel.pyi", "engine/kernel/src/*.rs", "server/**/*.py", "proto/**/*.proto")
 
 
 def _architecture_text() -> str:
@@ -374,21 +368,44 @@ def test_the_architecture_limits_table_gives_the_servers_defaults() -> None:
     assert checked >= 9, "the §8 table's flag rows were not found"
 
 
-def test_every_method_the_architecture_names_is_defined() -> None:
-    """`Sequencer._x`, `Billing.x`, `Kernel.x` (the binding), `Kernel::x` (the Rust kernel), ...: each is defined
-    (a `def`, `fn` or field of that name) where its owner lives, so a rename does not leave the document behind."""
-    rust = "\n".join(path.read_text() for path in (REPO_ROOT / "engine" / "kernel" / "src").glob("*.rs"))
-    missing = []
-    for match in _METHOD.finditer(_architecture_text()):
+def _defines(source: str, name: str) -> bool:
+    """Whether `source` defines `name`: a def, fn, class, struct, message..., a field, a variant or a constant."""
+    name = re.escape(name)
+    kinds = r"\b(?:def|fn|class|struct|enum|const|static|type|trait|message|rpc)\s+" + name + r"\b"
+    member = r"^\s*(?:pub(?:\([\w:]+\))?\s+)?" + name + r"\b\s*[:=({,]"
+    proto_field = r"^\s*(?:repeated\s+|optional\s+)?[\w.]+\s+" + name + r"\s*=\s*\d+;"
+    return re.search(f"{kinds}|{member}|{proto_field}", source, re.M) is not None
+
+
+def _owner_sources(sources: dict[Path, str]) -> dict[tuple[str, bool], str]:
+    """(owner, rust) -> where that owner is defined: for a module, its file (`revenue`: engine/revenue.py,
+    `credits` in Rust: engine/kernel/src/credits.rs); for a Python class or proto message, the files defining it;
+    for a Rust type, the whole kernel (its impl blocks and fields may be in several files)."""
+    found: dict[tuple[str, bool], list[str]] = {}
+    kind = re.compile(r"\b(?:class|struct|enum|trait|message|impl)\s+([A-Z]\w*)")
+    rust_all = "\n".join(text for path, text in sources.items() if path.suffix == ".rs")
+    for path, text in sources.items():
+        rust = path.suffix == ".rs"
+        found.setdefault((path.stem, rust), []).append(text)
+        for owner in set(kind.findall(text)):
+            found.setdefault((owner, rust), []).append(rust_all if rust else text)
+    return {key: "\n".join(dict.fromkeys(texts)) for key, texts in found.items()}
+
+
+def test_every_qualified_name_the_architecture_cites_is_defined() -> None:
+    """`Sequencer._x`, `Billing.x`, `Kernel.x` (the binding), `Kernel::x` (the Rust kernel), `revenue._x`,
+    `credits::x`, `GrantCredits.field`...: each is defined where its owner lives, so a rename does not leave the
+    document behind. Owners that are not this project's (asyncio, BigDecimal) are left alone."""
+    sources = {path: path.read_text() for pattern in _SOURCES for path in REPO_ROOT.glob(pattern)}
+    owners = _owner_sources(sources)
+    missing, checked = [], 0
+    for match in _QUALIFIED.finditer(_architecture_text()):
         owner, sep, name = match["owner"], match["sep"], match["name"]
-        if sep == "::":
-            source = rust if owner == "Kernel" else None
-        else:
-            paths = _OWNERS.get(owner)
-            source = "\n".join((REPO_ROOT / path).read_text() for path in paths) if paths else None
-        if source is None:
+        source = owners.get((owner, sep == "::"))
+        if source is None or name in ("py", "rs"):
             continue
-        defined = rf"(?:\bdef |\bfn |^\s+){re.escape(name)}\b"
-        if not re.search(defined, source, re.M):
+        checked += 1
+        if not _defines(source, name):
             missing.append(f"{owner}{sep}{name}")
-    assert sorted(set(missing)) == [], "docs/architecture.md names methods that are not defined"
+    assert checked > 100, "the document's qualified names were not found"
+    assert sorted(set(missing)) == [], "docs/architecture.md names what is not defined"
