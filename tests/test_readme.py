@@ -371,7 +371,7 @@ def test_the_architecture_limits_table_gives_the_servers_defaults() -> None:
 def _defines(source: str, name: str) -> bool:
     """Whether `source` defines `name`: a def, fn, class, struct, message..., a field, a variant or a constant."""
     name = re.escape(name)
-    kinds = r"\b(?:def|fn|class|struct|enum|const|static|type|trait|message|rpc)\s+" + name + r"\b"
+    kinds = r"\b(?:def|fn|class|struct|enum|const|static|type|trait|mod|message|rpc)\s+" + name + r"\b"
     member = r"^\s*(?:pub(?:\([\w:]+\))?\s+)?" + name + r"\b\s*[:=({,]"
     proto_field = r"^\s*(?:repeated\s+|optional\s+)?[\w.]+\s+" + name + r"\s*=\s*\d+;"
     return re.search(f"{kinds}|{member}|{proto_field}", source, re.M) is not None
@@ -409,3 +409,13 @@ def test_every_qualified_name_the_architecture_cites_is_defined() -> None:
             missing.append(f"{owner}{sep}{name}")
     assert checked > 100, "the document's qualified names were not found"
     assert sorted(set(missing)) == [], "docs/architecture.md names what is not defined"
+
+
+def test_every_name_cited_beside_its_file_is_defined_there() -> None:
+    """ "`server/services/usage.py` `fitted_ack`": the name is defined in that file (a function, class, constant...)."""
+    pairs = re.findall(
+        r"`((?:engine|server|proto)/[\w./-]+\.(?:py|pyi|rs|proto))`,? `([A-Za-z_]\w*)`", _architecture_text()
+    )
+    assert len(pairs) > 10, "the document's `file` `name` citations were not found"
+    missing = [f"{path} {name}" for path, name in pairs if not _defines((REPO_ROOT / path).read_text(), name)]
+    assert missing == [], "docs/architecture.md cites names their files do not define"
