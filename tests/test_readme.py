@@ -414,7 +414,7 @@ def test_every_qualified_name_the_architecture_cites_is_defined() -> None:
 def test_every_name_cited_beside_its_file_is_defined_there() -> None:
     """ "`server/services/usage.py` `fitted_ack`": the name is defined in that file (a function, class, constant...)."""
     pairs = re.findall(
-        r"`((?:engine|server|proto)/[\w./-]+\.(?:py|pyi|rs|proto))`,? `([A-Za-z_]\w*)`", _architecture_text()
+        r"`((?:engine|server|proto)/[\w./-]+\.(?:py|pyi|rs|proto))`,?\s+`([A-Za-z_]\w*)`", _architecture_text()
     )
     assert len(pairs) > 10, "the document's `file` `name` citations were not found"
     missing = [f"{path} {name}" for path, name in pairs if not _defines((REPO_ROOT / path).read_text(), name)]
