@@ -14,6 +14,11 @@ A fenced block immediately preceded by a line `<!-- readme-test: NAME -->` is ru
 
 Also: every `make` command the README shows is a Makefile target (with Makefile variables), and every
 `docs/...` or `.md` file it cites exists, as does every `docs/architecture.md §N` section cited in the repository.
+
+And docs/architecture.md cites only what exists: every repository path and `make` target it names, every `--flag`
+(declared by the server's or a bench module's code), every qualified name such as `Sequencer._x`, `Kernel::x`,
+`revenue._x` or `GrantCredits.field` (defined where its owner lives), and §8's defaults of `tariff serve` flags are
+the CLI's.
 """
 
 from __future__ import annotations
@@ -298,3 +303,119 @@ def test_the_readme_admin_cli_section_names_every_client_command() -> None:
     section = text[start : text.index("\n## ", start + 1)]
     for command in COMMANDS:
         assert f"`tariff {command.name}" in section, command.name
+
+
+# What docs/architecture.md cites -----------------------------------------------------------------------------
+
+# Flags of tools the document quotes running on the server (perf, valgrind), not the server's or the bench's own.
+_TOOL_FLAGS = {"--call-graph", "--toggle-collect", "--tool"}
+# `Owner.name` or `Owner::name` (the kernel's Rust) as the document writes them: a class, a proto message or a module.
+_QUALIFIED = re.compile(r"`(?P<owner>[A-Za-z_]\w*)(?P<sep>\.|::)(?P<name>[A-Za-z_]\w*)")
+_SOURCES = ("engine/*.py", "engine/_kernel.pyi", "engine/kernel/src/*.rs", "server/**/*.py", "proto/**/*.proto")
+
+
+def _architecture_text() -> str:
+    return ARCHITECTURE.read_text()
+
+
+def test_every_path_the_architecture_cites_exists() -> None:
+    """Every repository path docs/architecture.md names (in code spans or not) is in the tree."""
+    text = _architecture_text()
+    cited = set(re.findall(r"(?<![\w/.-])((?:engine|server|proto|tests|docs|clients|loadtests)/[\w./*-]*\w)", text))
+    assert "server/sequencer.py" in cited
+    missing = sorted(path for path in cited if not any(REPO_ROOT.glob(path)))
+    assert missing == [], f"docs/architecture.md cites paths the repository does not hold: {missing}"
+
+
+def test_every_make_command_in_the_architecture_is_a_makefile_target() -> None:
+    targets = set(re.findall(r"^([\w.-]+):", MAKEFILE.read_text(), re.M))
+    commands = _make_commands(_architecture_text())
+    assert commands, "docs/architecture.md shows `make install` and `make bench`"
+    assert [args for args in commands if not args or args[0] not in targets] == []
+
+
+def test_every_flag_the_architecture_names_is_one_the_code_declares() -> None:
+    """A `--flag` in docs/architecture.md is an option of `tariff` or of a bench module, spelt as the code spells it."""
+    text = _architecture_text()
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", text)) - _TOOL_FLAGS
+    code = "\n".join(path.read_text() for path in (REPO_ROOT / "server").rglob("*.py"))
+    declared = set(re.findall(r"[\"/](--[a-z][a-z0-9-]+)[\"/]", code))
+    assert "--batch-events-max" in flags
+    assert sorted(flags - declared) == [], "docs/architecture.md names flags no code declares"
+
+
+def test_the_architecture_limits_table_gives_the_servers_defaults() -> None:
+    """§8: each `tariff serve` flag in a row's "where" column has the default the row gives (its integer defaults,
+    as written there: 10,000, 16 MiB, 300 s, ...)."""
+    from server.cli import serve
+
+    defaults = {opt: param.default for param in serve.params for opt in param.opts}
+    text = _architecture_text()
+    start = text.index("## §8 ")
+    table = text[start : text.index("\n## ", start + 1)]
+    checked = 0
+    for line in re.findall(r"^\|.*\|$", table, re.M):
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]  # `\|` is a pipe inside a cell
+        if len(cells) != 4:
+            continue
+        numbers = {int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", cells[1])}
+        for flag in re.findall(r"`(--[a-z][a-z0-9-]+)`", cells[2]):
+            assert flag in defaults, f"§8 names {flag}, which is no `tariff serve` option"
+            default = defaults[flag]
+            if isinstance(default, int) and not isinstance(default, bool):
+                assert default in numbers, f"§8 row {cells[0]!r}: {flag} defaults to {default}, not {cells[1]!r}"
+                checked += 1
+    assert checked >= 9, "the §8 table's flag rows were not found"
+
+
+def _defines(source: str, name: str) -> bool:
+    """Whether `source` defines `name`: a def, fn, class, struct, message..., a field, a variant or a constant."""
+    name = re.escape(name)
+    kinds = r"\b(?:def|fn|class|struct|enum|const|static|type|trait|mod|message|rpc)\s+" + name + r"\b"
+    member = r"^\s*(?:pub(?:\([\w:]+\))?\s+)?" + name + r"\b\s*[:=({,]"
+    proto_field = r"^\s*(?:repeated\s+|optional\s+)?[\w.]+\s+" + name + r"\s*=\s*\d+;"
+    return re.search(f"{kinds}|{member}|{proto_field}", source, re.M) is not None
+
+
+def _owner_sources(sources: dict[Path, str]) -> dict[tuple[str, bool], str]:
+    """(owner, rust) -> where that owner is defined: for a module, its file (`revenue`: engine/revenue.py,
+    `credits` in Rust: engine/kernel/src/credits.rs); for a Python class or proto message, the files defining it;
+    for a Rust type, the whole kernel (its impl blocks and fields may be in several files)."""
+    found: dict[tuple[str, bool], list[str]] = {}
+    kind = re.compile(r"\b(?:class|struct|enum|trait|message|impl)\s+([A-Z]\w*)")
+    rust_all = "\n".join(text for path, text in sources.items() if path.suffix == ".rs")
+    for path, text in sources.items():
+        rust = path.suffix == ".rs"
+        found.setdefault((path.stem, rust), []).append(text)
+        for owner in set(kind.findall(text)):
+            found.setdefault((owner, rust), []).append(rust_all if rust else text)
+    return {key: "\n".join(dict.fromkeys(texts)) for key, texts in found.items()}
+
+
+def test_every_qualified_name_the_architecture_cites_is_defined() -> None:
+    """`Sequencer._x`, `Billing.x`, `Kernel.x` (the binding), `Kernel::x` (the Rust kernel), `revenue._x`,
+    `credits::x`, `GrantCredits.field`...: each is defined where its owner lives, so a rename does not leave the
+    document behind. Owners that are not this project's (asyncio, BigDecimal) are left alone."""
+    sources = {path: path.read_text() for pattern in _SOURCES for path in REPO_ROOT.glob(pattern)}
+    owners = _owner_sources(sources)
+    missing, checked = [], 0
+    for match in _QUALIFIED.finditer(_architecture_text()):
+        owner, sep, name = match["owner"], match["sep"], match["name"]
+        source = owners.get((owner, sep == "::"))
+        if source is None or name in ("py", "rs"):
+            continue
+        checked += 1
+        if not _defines(source, name):
+            missing.append(f"{owner}{sep}{name}")
+    assert checked > 100, "the document's qualified names were not found"
+    assert sorted(set(missing)) == [], "docs/architecture.md names what is not defined"
+
+
+def test_every_name_cited_beside_its_file_is_defined_there() -> None:
+    """ "`server/services/usage.py` `fitted_ack`": the name is defined in that file (a function, class, constant...)."""
+    pairs = re.findall(
+        r"`((?:engine|server|proto)/[\w./-]+\.(?:py|pyi|rs|proto))`,?\s+`([A-Za-z_]\w*)`", _architecture_text()
+    )
+    assert len(pairs) > 10, "the document's `file` `name` citations were not found"
+    missing = [f"{path} {name}" for path, name in pairs if not _defines((REPO_ROOT / path).read_text(), name)]
+    assert missing == [], "docs/architecture.md cites names their files do not define"
