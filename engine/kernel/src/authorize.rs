@@ -22,7 +22,7 @@ use crate::kernel::{is_id, no_such_customer, Kernel};
 use crate::money::{Picos, PICOS_PER_UNIT};
 
 /// Why a whole AuthorizeBatches message is refused; the server maps each to
-/// a status and message (server/services.py).
+/// a status and message (server/services/balance.py).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     /// The bytes are not the message (protobuf's decoder says why).
