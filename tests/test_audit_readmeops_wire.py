@@ -8,13 +8,18 @@ Refusals exit before a server starts, so these tests start no server that stays 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
+from server.cli import serve
 from tests.serverproc import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,3 +60,50 @@ def test_a_reservation_ttl_max_that_is_not_a_finite_number_is_a_usage_error(tmp_
     data_dir = tmp_path / "data"
     result = run_serve("--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--demo", "--reservation-ttl-max-s", ttl)
     assert_refused(result, data_dir, "Invalid value for '--reservation-ttl-max-s'")
+
+
+def readme_flag_table() -> dict[str, str]:
+    """README's "Server flags" table: flag name -> its default column, as written."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Server flags", 1)[1].split("\n#", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`--"):
+            for flag in re.findall(r"--[a-z0-9-]+", cells[0]):
+                rows[flag] = cells[1]
+    return rows
+
+
+def serve_options() -> list[click.Option]:
+    return [param for param in serve.params if isinstance(param, click.Option) and "--help" not in param.opts]
+
+
+def test_every_serve_flag_is_in_the_readme_table() -> None:
+    documented = readme_flag_table()
+    flags = [flag for option in serve_options() for flag in option.opts + option.secondary_opts]
+    assert sorted(set(flags) - set(documented)) == [], "flags of `tariff serve` missing from README's table"
+    assert sorted(set(documented) - set(flags)) == [], "README's table names flags `tariff serve` does not have"
+
+
+def shown_default(option: click.Option) -> str:
+    """The default as README's table writes it: digits grouped by commas, a float's .0 dropped, a flag off/on."""
+    value = option.get_default(click.Context(serve), call=True)  # click's own reading (a flag's unset default: off)
+    if option.is_flag:
+        return "on" if value else "off"
+    if not isinstance(value, str | int | float):  # None, or click's sentinel for an option without a default
+        return "none"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def test_the_readme_table_gives_each_flag_its_default() -> None:
+    documented = readme_flag_table()
+    for option in serve_options():
+        if option.name == "loop_stall_sample_ms":  # 0 means off
+            assert documented["--loop-stall-sample-ms"].startswith("off"), documented["--loop-stall-sample-ms"]
+            continue
+        cell = documented[option.opts[0]]
+        shown = shown_default(option)
+        assert re.match(re.escape(shown) + r"(?![\w,.])", cell.strip("`")), (option.opts[0], cell, shown)
