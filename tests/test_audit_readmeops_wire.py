@@ -107,3 +107,25 @@ def test_the_readme_table_gives_each_flag_its_default() -> None:
         cell = documented[option.opts[0]]
         shown = shown_default(option)
         assert re.match(re.escape(shown) + r"(?![\w,.])", cell.strip("`")), (option.opts[0], cell, shown)
+
+
+def test_usage_send_retry_s_nan_is_a_usage_error(tmp_path: Path) -> None:
+    """README, Admin CLI: a malformed argument is exit 2 and nothing is sent. `usage send --retry-s nan` passed
+    click.FloatRange(0), then reconnected with no backoff in a busy loop until the backoff overflowed: a traceback and
+    exit 1 (`INTERNAL: UsageStream failed: OverflowError`). No server is needed: the refusal comes first."""
+    events = tmp_path / "usage.jsonl"
+    events.write_text(
+        '{"transaction_id": "t-1", "customer_id": "acme", "event_type": "ai_action", "timestamp_ms": 1}\n'
+    )
+    send = ["usage", "send", str(events), "--server", "127.0.0.1:1", "--retry-s", "nan"]
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", *send],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2, f"exit {result.returncode}:\n{result.stderr[-2000:]}"
+    assert "Invalid value for '--retry-s'" in result.stderr, result.stderr[-2000:]
