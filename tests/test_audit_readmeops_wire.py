@@ -129,3 +129,26 @@ def test_usage_send_retry_s_nan_is_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.returncode == 2, f"exit {result.returncode}:\n{result.stderr[-2000:]}"
     assert "Invalid value for '--retry-s'" in result.stderr, result.stderr[-2000:]
+
+
+def test_migrate_of_a_journal_lmdb_cannot_open_says_why_in_one_line(tmp_path: Path) -> None:
+    """README: `tariff migrate --data-dir DIR` converts the previous release's data directory; `tariff serve` on a
+    journal LMDB cannot open says so in one line, exit 2, the file left as it is. `tariff migrate` on the same
+    directory stopped in an `lmdb.InvalidError` traceback, exit 1."""
+    journal = tmp_path / "data" / "journal"
+    journal.mkdir(parents=True)
+    (journal / "data.mdb").write_bytes(b"not an LMDB file")
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "migrate", "--data-dir", str(tmp_path / "data")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2, f"exit {result.returncode}:\n{result.stderr}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot open the journal" in lines[0], lines
+    assert (journal / "data.mdb").read_bytes() == b"not an LMDB file"
+    assert not (tmp_path / "data" / "backup-v1").exists()
