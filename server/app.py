@@ -142,8 +142,9 @@ def is_loopback(listen: str) -> bool:
 def listen_refusal(config: ServeConfig) -> str | None:
     """Why the server must not start with this address and security set-up, or None when it may."""
     _, colon, port = config.listen.rpartition(":")
-    # gRPC would bind a port past 65535 modulo 65536 and a bare host as port 443. Port 0: any free port.
-    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+    # gRPC would bind a port past 65535 modulo 65536 and a bare host as port 443. Port 0: any free port. ASCII digits
+    # only: str.isdigit() also takes other scripts' digits and superscripts, which int() or gRPC cannot read.
+    if not colon or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         return f"cannot listen on {config.listen}: give host:port, the port from 0 (any free port) to 65535"
     host = config.listen[: -len(port) - 1]
     if ":" in host and not (host.startswith("[") and host.endswith("]")):

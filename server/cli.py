@@ -92,6 +92,9 @@ def _bound(bound: float) -> str:
 # --future-skew-s at most: a year (usage further ahead means nothing: the dedupe window is 35 days; 10^17 s ended
 # the start in an OverflowError).
 FUTURE_SKEW_S_MAX = 366 * 86_400
+# --reservation-ttl-max-s at most: the longest protobuf Duration (no request can ask longer). NaN and infinity, which
+# click.FloatRange let through, stopped the start in a traceback once the data directory was open.
+RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
 
 
 @main.command(context_settings={"show_default": True})
@@ -213,10 +216,11 @@ FUTURE_SKEW_S_MAX = 366 * 86_400
 )
 @click.option(
     "--reservation-ttl-max-s",
-    type=click.FloatRange(min=0.001),
+    type=float,
     default=3600.0,
-    help="the longest reservation_ttl Authorize(reserve=true) may ask; longer is INVALID_ARGUMENT "
-    "(a request naming none gets 60 s, or this when shorter)",
+    callback=_within(0.001, RESERVATION_TTL_MAX_S_MAX),
+    help="the longest reservation_ttl Authorize(reserve=true) may ask, in seconds (0.001 to a Duration's 315576000000);"
+    " longer is INVALID_ARGUMENT (a request naming none gets 60 s, or this when shorter)",
 )
 def serve(
     listen: str,

@@ -35,12 +35,17 @@ def stored_format(journal_dir: Path) -> bytes | None:
     """The journal's format version as stored, or None when there is no journal."""
     if not (journal_dir / "data.mdb").exists():
         return None
-    env = lmdb.open(str(journal_dir), readonly=True, lock=False, max_dbs=4, subdir=True)
+    try:
+        env = lmdb.open(str(journal_dir), readonly=True, lock=False, max_dbs=4, subdir=True)
+    except lmdb.Error as exc:  # not an LMDB file, say: left as it is, as `tariff serve` leaves it
+        raise MigrationError(f"cannot open the journal at {journal_dir}: {exc}") from None
     try:
         meta = env.open_db(b"meta", create=False)
         with env.begin() as txn:
             value: bytes | None = txn.get(b"format_version", db=meta)
             return value
+    except lmdb.Error as exc:
+        raise MigrationError(f"cannot read the journal's format at {journal_dir}: {exc}") from None
     finally:
         env.close()
 

@@ -206,6 +206,14 @@ def summary_json(tally: Tally) -> dict[str, Any]:
     }
 
 
+def _a_number(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """NaN, which click.FloatRange lets through, as a usage error: a NaN --retry-s reconnected with no backoff until
+    the backoff overflowed (`inf` stays: retry for ever, until Ctrl-C)."""
+    if value != value:
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 @click.group()
 def usage() -> None:
     """Send usage events."""
@@ -224,6 +232,7 @@ def usage() -> None:
     type=click.FloatRange(0),
     default=60.0,
     show_default=True,
+    callback=_a_number,
     help="how long to keep reconnecting (and resending) when the stream breaks, before giving up",
 )
 @click.option(
