@@ -33,6 +33,10 @@ SLOW_CALL_TIMEOUT_S = 20.0
 def catalogue(client: TariffClient) -> None:
     product = pricing_pb2.Product(id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
     client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    priced = pricing_pb2.Product(
+        id="models", event_type="call", aggregation=pricing_pb2.COUNT, pricing_dimensions=["model", "region"]
+    )
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=priced))
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +87,59 @@ def test_a_round_to_a_count_of_places_no_decimal_holds_is_a_validation_error(ser
     with server.client() as client:
         card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=card_id))
         assert (card.latest_version, card.current_version) == (1, 0)
+
+
+def rates_on(dimension: str, count: int, start: int = 0) -> list[pricing_pb2.Rate]:
+    return [unit("models", "1", **{dimension: f"v{i}"}) for i in range(start, start + count)]
+
+
+def test_a_version_of_the_most_rates_validates_publishes_and_restarts_promptly(server: ServerProcess) -> None:
+    """pricing.proto/README: a version holds up to 10,000 rates. A draft of 10,000 rates on `models`, each matching
+    its own `model` (one price per model), is valid: ValidateVersion answers ok and PublishVersion publishes it,
+    each within SLOW_CALL_TIMEOUT_S x 3 (generous; they take about a second). Before, validation compared every
+    pair of rates: 72 s on the event loop at each ValidateVersion, and twice at the publish (its check, then the
+    tables' compile), the server serving nothing meanwhile."""
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="many", pricing_unit="credits"))
+        draft = pricing_pb2.CreateDraftVersionRequest(rate_card_id="many", upsert_rates=rates_on("model", 10_000))
+        client.pricing.CreateDraftVersion(draft, timeout=SLOW_CALL_TIMEOUT_S * 3)
+        validate = pricing_pb2.ValidateVersionRequest(rate_card_id="many", version=1)
+        code, _, details = refusal_of(lambda: client.pricing.ValidateVersion(validate, timeout=SLOW_CALL_TIMEOUT_S * 3))
+        assert (code, details.startswith("ok: true")) == (grpc.StatusCode.OK, True), details
+        publish = pricing_pb2.PublishVersionRequest(rate_card_id="many", version=1)
+        code, _, details = refusal_of(lambda: client.pricing.PublishVersion(publish, timeout=SLOW_CALL_TIMEOUT_S * 3))
+        assert code == grpc.StatusCode.OK, details
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="many"))
+        assert (card.latest_version, card.current_version) == (1, 1)
+
+
+def test_ambiguous_rates_are_listed_up_to_a_hundred_pairs(server: ServerProcess) -> None:
+    """A draft of 300 rates each matching its own `model` and 300 each matching its own `region`: an event of model
+    v0 in region v300 matches rates[0] and rates[300], equally specific, and so on for 90,000 pairs. ValidateVersion
+    lists the first 100 pairs (rates[300] as specific as rates[0], rates[301] as rates[0], ...) and one error
+    saying there are more (101 errors), and PublishVersion is INVALID_ARGUMENT naming the first of them (101 violations in all). Before,
+    every pair was listed: 90,000 findings, a reply past the client's 4 MB limit (25,000,000 for the 10,000 rates
+    a version may hold, gigabytes of the server's memory)."""
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="ambiguous", pricing_unit="credits"))
+        rates = rates_on("model", 300) + rates_on("region", 300, start=300)
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="ambiguous", upsert_rates=rates)
+        )
+        validate = pricing_pb2.ValidateVersionRequest(rate_card_id="ambiguous", version=1)
+        code, _, details = refusal_of(lambda: client.pricing.ValidateVersion(validate))
+        assert code == grpc.StatusCode.OK, details
+        report = client.pricing.ValidateVersion(validate)
+        errors = [(f.path, f.message) for f in report.findings if f.severity == pricing_pb2.ERROR]
+        assert len(errors) == 101, len(errors)
+        assert errors[0][0] == "rates[300].match" and "as specific as rates[0]" in errors[0][1], errors[0]
+        assert errors[1][0] == "rates[301].match" and "as specific as rates[0]" in errors[1][1], errors[1]
+        assert "the first 100 such pairs are listed" in errors[100][1], errors[100]
+        publish = pricing_pb2.PublishVersionRequest(rate_card_id="ambiguous", version=1)
+        code, fields, details = refusal_of(lambda: client.pricing.PublishVersion(publish))
+        assert (code, fields[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "version.rates[300].match"), details
+        assert "(101 violations in all" in details, details
+    assert server.running
