@@ -21,6 +21,9 @@ from engine.money import DECIMAL_CONTEXT, GRAMMAR_TEXT, UNSIGNED_DECIMAL_GRAMMAR
 
 FORMULA_TEXT_MAX = 1_000
 FORMULA_DEPTH_MAX = 32
+# round()'s largest count of places either way: scaleb takes no exponent shift past 2 x (Emax + prec) of the
+# thread's default context (2,000,054), so no round() past it ever evaluated.
+ROUND_PLACES_MAX = 2 * (decimal.DefaultContext.Emax + decimal.DefaultContext.prec)
 
 
 class FormulaError(Exception):
@@ -124,15 +127,36 @@ def _evaluate(node: ast.expr, source: str, parameters: Mapping[str, Decimal], de
             if function in ("min", "max") and values:
                 return min(values) if function == "min" else max(values)
             if function == "round" and len(values) in (1, 2):
-                places = int(values[1]) if len(values) == 2 else 0
-                if len(values) == 2 and values[1] != places:
-                    raise FormulaError("round() takes a whole number of places")
-                try:
-                    return values[0].quantize(Decimal(1).scaleb(-places), rounding=decimal.ROUND_HALF_EVEN, context=ctx)
-                except decimal.InvalidOperation:
-                    # The result would need more digits than the context carries: say which call, not "overflows".
-                    raise FormulaError(
-                        f"round() to {places} places is beyond the {ctx.prec} significant digits a formula carries"
-                    ) from None
+                return _round(values[0], values[1] if len(values) == 2 else Decimal(0))
             raise FormulaError(f"unknown function or wrong arguments: {function}()")
     raise FormulaError(f"{ast.get_source_segment(source, node)!r} is not allowed in a formula")
+
+
+def _round(value: Decimal, places_value: Decimal) -> Decimal:
+    """round(value, places): half-even to `places` decimal places. A count that is infinite (an operation's overflow
+    in DECIMAL_CONTEXT is one), or beyond ROUND_PLACES_MAX, or one whose quantum passes the largest exponent
+    (round(1, -1000000)) is a FormulaError: those raised OverflowError, ValueError or decimal.Overflow, which
+    stopped the writer at a publish, and a count of a million digits took minutes to read as an int."""
+    if not places_value.is_finite() or places_value.copy_abs() > ROUND_PLACES_MAX:
+        if not places_value.is_finite() or places_value != places_value.to_integral_value():
+            raise FormulaError("round() takes a whole number of places")
+        if places_value > 0:  # as the 60-digit quantize refuses a count below ROUND_PLACES_MAX
+            raise FormulaError(
+                f"round() to {places_value} places is beyond the {DECIMAL_CONTEXT.prec} significant digits a formula carries"
+            )
+        raise FormulaError(f"round() to {places_value} places is beyond any exponent a formula holds")
+    places = int(places_value)
+    if places_value != places:
+        raise FormulaError("round() takes a whole number of places")
+    try:
+        # The quantum in the thread's context, as ever (what it rounds an exponent below its smallest to is kept).
+        quantum = Decimal(1).scaleb(-places)
+    except decimal.Overflow:
+        raise FormulaError(f"round() to {places} places is beyond any exponent a formula holds") from None
+    try:
+        return value.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN, context=DECIMAL_CONTEXT)
+    except decimal.InvalidOperation:
+        # The result would need more digits than the context carries: say which call, not "overflows".
+        raise FormulaError(
+            f"round() to {places} places is beyond the {DECIMAL_CONTEXT.prec} significant digits a formula carries"
+        ) from None
