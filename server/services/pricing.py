@@ -103,8 +103,9 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.CreateRateCardRequest, context: Context
     ) -> pricing_pb2.RateCard:
         pricing_unit = _pricing_unit(request.pricing_unit)
+        name = convert.check_text(request.name, "name")
         command = cmd.CreateRateCard(
-            self.clock_ms(), actor_of(context), request.id, request.name, pricing_unit, applied_audited=True
+            self.clock_ms(), actor_of(context), request.id, name, pricing_unit, applied_audited=True
         )
         card = await self._apply(command, RateCard)
         return convert.rate_card_pb(card, self.clock_ms())

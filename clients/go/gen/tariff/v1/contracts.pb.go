@@ -1169,7 +1169,9 @@ type Grant struct {
 	PaidAmount string `protobuf:"bytes,6,opt,name=paid_amount,json=paidAmount,proto3" json:"paid_amount,omitempty"`
 	// Lower burns first.
 	Priority int32 `protobuf:"varint,7,opt,name=priority,proto3" json:"priority,omitempty"`
-	// Products this grant may pay for; empty = all.
+	// Products this grant may pay for; empty = all. At most 1,000 entries
+	// (GrantCredits refuses more: INVALID_ARGUMENT naming
+	// grant.applicable_product_ids).
 	ApplicableProductIds []string               `protobuf:"bytes,8,rep,name=applicable_product_ids,json=applicableProductIds,proto3" json:"applicable_product_ids,omitempty"`
 	StartsAt             *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
 	// Unset: never expires. The grant pays usage dated from starts_at up to but

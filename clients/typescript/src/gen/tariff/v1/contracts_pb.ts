@@ -685,7 +685,9 @@ export type Grant = Message<"tariff.v1.Grant"> & {
   priority: number;
 
   /**
-   * Products this grant may pay for; empty = all.
+   * Products this grant may pay for; empty = all. At most 1,000 entries
+   * (GrantCredits refuses more: INVALID_ARGUMENT naming
+   * grant.applicable_product_ids).
    *
    * @generated from field: repeated string applicable_product_ids = 8;
    */

@@ -1,0 +1,220 @@
+"""A limit on every input a request stores, over the wire: one past it is INVALID_ARGUMENT naming the field and
+changes nothing, one exactly at it is taken (README "Limits on what a request holds", the proto comments).
+
+Free texts and lists that a product, a rate card, a draft, a cohort or a grant holds used to be taken at any
+length (a parameter name of 100,000 characters, a change note of megabytes, a product with a million pricing
+dimensions): each is kept in memory, journaled, audited and answered whole, so a few such requests made records,
+journals and answers (ListProducts, ListVersions, GetBalance: one message each) grow without bound.
+
+The catalogue: product `p` (SUM of `n`), rate card `card` (credits) whose version 1 prices `p` at 1 a unit from
+2024-01-01, customer `c1`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tariff import TariffClient, TariffError
+from tariff.v1 import contracts_pb2, pricing_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import serving, unit
+from tests.serverproc import ServerProcess
+
+JAN_2024_MS = 1_704_067_200_000
+FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01, on an hour: a publish there re-rates nothing
+
+
+def catalogue(client: TariffClient) -> None:
+    product = pricing_pb2.Product(id="p", event_type="p", aggregation=pricing_pb2.SUM, value_key="n")
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
+    draft = pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[unit("p", "1")])
+    client.pricing.CreateDraftVersion(draft)
+    publish = pricing_pb2.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(JAN_2024_MS))
+    client.pricing.PublishVersion(publish)
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="c1"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data_dir: Path = tmp_path_factory.mktemp("limits") / "data"
+    yield from serving(ServerProcess(data_dir), catalogue)
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[TariffClient]:
+    with server.client() as made:
+        yield made
+
+
+def refused(call: Callable[[], object]) -> tuple[grpc.StatusCode, list[str]]:
+    with pytest.raises(TariffError) as failed:
+        call()
+    return failed.value.code, [v.field for v in failed.value.field_violations]
+
+
+def versions(client: TariffClient, card: str = "card") -> int:
+    return len(client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=card)).versions)
+
+
+def draft(client: TariffClient, **fields: object) -> pricing_pb2.RateCardVersion:
+    made: pricing_pb2.RateCardVersion = client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", based_on_version=1, **fields)  # type: ignore[arg-type]
+    )
+    return made
+
+
+# Rate card versions ----------------------------------------------------------------------------------------------
+
+
+def test_a_parameter_name_past_128_characters_is_refused_and_one_of_128_is_kept(client: TariffClient) -> None:
+    before = versions(client)
+    for length in (129, 100_000):
+        name = "a" * length
+        code, fields = refused(lambda name=name: draft(client, set_parameters={name: "1"}))  # type: ignore[misc]
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [f"set_parameters[{'a' * 128}…]"])
+    assert versions(client) == before
+    name = "b" * 128
+    assert dict(draft(client, set_parameters={name: "1"}).parameters) == {name: "1"}
+
+
+def test_a_change_note_past_1024_bytes_is_refused_and_one_of_1024_is_kept(client: TariffClient) -> None:
+    before = versions(client)
+    code, fields = refused(lambda: draft(client, change_note="é" * 512 + "x"))  # 1,025 bytes
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["change_note"])
+    assert versions(client) == before
+    assert draft(client, change_note="é" * 512).change_note == "é" * 512
+
+
+def tiered(tiers: int) -> pricing_pb2.Rate:
+    bounded = [pricing_pb2.Tier(up_to=str(i + 1), unit_price="1") for i in range(tiers - 1)]
+    return pricing_pb2.Rate(
+        product_id="p",
+        tiered=pricing_pb2.TieredPrice(mode=pricing_pb2.GRADUATED, tiers=[*bounded, pricing_pb2.Tier(unit_price="1")]),
+    )
+
+
+def test_a_tiered_price_of_more_than_1000_tiers_is_refused_and_one_of_1000_is_kept(client: TariffClient) -> None:
+    before = versions(client)
+    code, fields = refused(lambda: draft(client, upsert_rates=[tiered(1001)]))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["upsert_rates[0].tiered.tiers"])
+    assert versions(client) == before
+    assert len(draft(client, upsert_rates=[tiered(1000)]).rates[0].tiered.tiers) == 1000
+
+
+def test_a_rate_matching_more_than_64_dimensions_is_refused(client: TariffClient) -> None:
+    before = versions(client)
+    match = {f"d{i}": "x" for i in range(65)}
+    rate = pricing_pb2.Rate(product_id="p", match=match, unit=pricing_pb2.UnitPrice(price="1"))
+    code, fields = refused(lambda: draft(client, upsert_rates=[rate]))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["upsert_rates[0].match"])
+    assert versions(client) == before
+
+
+def test_a_cohort_past_a_customers_attributes_is_refused_and_one_at_them_is_published(client: TariffClient) -> None:
+    number = draft(client).version
+
+    def publish(attributes: dict[str, str]) -> pricing_pb2.PublishVersionResponse:
+        request = pricing_pb2.PublishVersionRequest(
+            rate_card_id="card",
+            version=number,
+            effective_from=stamp(FAR_FUTURE_MS),
+            cohort=pricing_pb2.Cohort(attributes=attributes),
+        )
+        answer: pricing_pb2.PublishVersionResponse = client.pricing.PublishVersion(request)
+        return answer
+
+    too_many = {f"k{i}": "v" for i in range(65)}
+    assert refused(lambda: publish(too_many)) == (grpc.StatusCode.INVALID_ARGUMENT, ["cohort.attributes"])
+    long_key = {"k" * 257: "v"}
+    assert refused(lambda: publish(long_key)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        [f"cohort.attributes[{'k' * 128}…]"],
+    )
+    long_value = {"k": "v" * 257}
+    assert refused(lambda: publish(long_value)) == (grpc.StatusCode.INVALID_ARGUMENT, ["cohort.attributes[k]"])
+    got = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id="card", version=number))
+    assert got.state == pricing_pb2.DRAFT
+    at_limit = {f"k{i:02d}": "v" * 256 for i in range(63)} | {"k" * 256: "v"}
+    published = publish(at_limit).version
+    assert (published.state, dict(published.cohort.attributes)) == (pricing_pb2.PUBLISHED, at_limit)
+
+
+def test_a_rate_card_name_past_256_bytes_is_refused_and_one_of_256_is_kept(client: TariffClient) -> None:
+    def create(card_id: str, name: str) -> pricing_pb2.RateCard:
+        request = pricing_pb2.CreateRateCardRequest(id=card_id, name=name, pricing_unit="credits")
+        made: pricing_pb2.RateCard = client.pricing.CreateRateCard(request)
+        return made
+
+    assert refused(lambda: create("named-long", "n" * 257)) == (grpc.StatusCode.INVALID_ARGUMENT, ["name"])
+    with pytest.raises(TariffError) as missing:
+        client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="named-long"))
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
+    assert create("named-256", "n" * 256).name == "n" * 256
+
+
+# Products ------------------------------------------------------------------------------------------------------
+
+
+def product_ids(client: TariffClient) -> list[str]:
+    return [p.id for p in client.pricing.ListProducts(pricing_pb2.ListProductsRequest()).products]
+
+
+def create_product(client: TariffClient, **fields: object) -> pricing_pb2.Product:
+    fields.setdefault("event_type", "e")
+    product = pricing_pb2.Product(aggregation=pricing_pb2.COUNT, **fields)  # type: ignore[arg-type]
+    made: pricing_pb2.Product = client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    return made
+
+
+@pytest.mark.parametrize("field", ["name", "event_type", "unit"])
+def test_a_product_text_past_256_bytes_is_refused_and_one_of_256_is_kept(client: TariffClient, field: str) -> None:
+    before = product_ids(client)
+    code, fields = refused(lambda: create_product(client, id=f"long-{field}", **{field: "é" * 128 + "x"}))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [f"product.{field}"])
+    assert product_ids(client) == before
+    assert getattr(create_product(client, id=f"at-{field}", **{field: "é" * 128}), field) == "é" * 128
+
+
+def test_a_product_past_64_pricing_dimensions_or_filters_is_refused_and_one_of_64_is_kept(
+    client: TariffClient,
+) -> None:
+    before = product_ids(client)
+    dimensions = [f"d{i}" for i in range(65)]
+    code, fields = refused(lambda: create_product(client, id="dims-65", pricing_dimensions=dimensions))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["product.pricing_dimensions"])
+    filters = {f"f{i}": "x" for i in range(65)}
+    code, fields = refused(lambda: create_product(client, id="filters-65", filters=filters))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["product.filters"])
+    assert product_ids(client) == before
+    assert len(create_product(client, id="dims-64", pricing_dimensions=dimensions[:64]).pricing_dimensions) == 64
+    assert len(create_product(client, id="filters-64", filters=dict(list(filters.items())[:64])).filters) == 64
+
+
+# Grants --------------------------------------------------------------------------------------------------------
+
+
+def test_a_grant_naming_more_than_1000_products_is_refused_and_one_of_1000_is_made(client: TariffClient) -> None:
+    def grant(grant_id: str, products: int) -> contracts_pb2.Grant:
+        made: contracts_pb2.Grant = client.contracts.GrantCredits(
+            contracts_pb2.GrantCreditsRequest(
+                grant=contracts_pb2.Grant(
+                    id=grant_id,
+                    customer_id="c1",
+                    kind=contracts_pb2.PROMOTIONAL,
+                    amount="1",
+                    paid_amount="0",
+                    applicable_product_ids=["p"] * products,
+                    starts_at=stamp(JAN_2024_MS),
+                )
+            )
+        )
+        return made
+
+    code, fields = refused(lambda: grant("g-1001", 1001))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["grant.applicable_product_ids"])
+    assert all(g.grant_id != "g-1001" for g in client.get_balance("c1").grants)
+    assert len(grant("g-1000", 1000).applicable_product_ids) == 1000
