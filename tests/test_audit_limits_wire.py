@@ -19,8 +19,16 @@ import pytest
 from tariff import TariffClient, TariffError
 from tariff.v1 import contracts_pb2, pricing_pb2
 
+from engine import commands as cmd
+from engine.contracts import OveragePolicy
+from engine.ledger import GrantKind
+from engine.products import Aggregation
+from engine.ratecard import Cohort, Rate, Tier, TieredPrice, TierMode
+from engine.state import Engine
 from server.convert import timestamp as stamp
+from server.records import JournalRecord, decode_record, encode_record
 from tests.audit_fixtures import serving, unit
+from tests.engine_fixtures import ACTOR, EPOCH_MS
 from tests.serverproc import ServerProcess
 
 JAN_2024_MS = 1_704_067_200_000
@@ -218,3 +226,70 @@ def test_a_grant_naming_more_than_1000_products_is_refused_and_one_of_1000_is_ma
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["grant.applicable_product_ids"])
     assert all(g.grant_id != "g-1001" for g in client.get_balance("c1").grants)
     assert len(grant("g-1000", 1000).applicable_product_ids) == 1000
+
+
+# Records journaled before the limits ----------------------------------------------------------------------------
+
+
+def test_records_journaled_past_the_limits_replay_as_they_were() -> None:
+    """The limits hold where a request enters (server/convert.py), never where a command applies: a journal an
+    earlier release wrote with longer texts and lists (encoded and decoded as the journal stores them) replays to
+    the same products, versions, cohort and grant."""
+    dimensions = tuple(f"d{i}" for i in range(65))
+    tiers = (*(Tier(str(i + 1), "1", "") for i in range(1000)), Tier("", "1", ""))
+    journal: list[cmd.AdminCommand] = [
+        cmd.CreateProduct(
+            EPOCH_MS,
+            ACTOR,
+            "p",
+            "n" * 300,
+            "e" * 300,
+            Aggregation.SUM,
+            "n",
+            {f"f{i}": "x" for i in range(65)},
+            dimensions,
+            "u" * 300,
+        ),
+        cmd.CreateRateCard(EPOCH_MS, ACTOR, "card", "c" * 300, "credits"),
+        cmd.CreateDraftVersion(
+            EPOCH_MS,
+            ACTOR,
+            "card",
+            0,
+            {"a" * 200: "1"},
+            (),
+            (Rate("p", {d: "x" for d in dimensions}, TieredPrice(TierMode.GRADUATED, tiers, "")),),
+            (),
+            "é" * 2000,
+        ),
+        cmd.CreateCustomer(EPOCH_MS, ACTOR, "c1", "c1", {"k": "v"}),
+        cmd.PublishVersion(EPOCH_MS, ACTOR, "card", 1, EPOCH_MS, Cohort((), {f"k{i}": "v" for i in range(65)}, None)),
+        cmd.CreateContract(EPOCH_MS, ACTOR, "k1", "c1", "card", EPOCH_MS, None, OveragePolicy.ALLOW, "1", "USD"),
+        cmd.GrantCredits(
+            EPOCH_MS,
+            ACTOR,
+            "g1",
+            "c1",
+            "k1",
+            GrantKind.PROMOTIONAL,
+            "1",
+            "0",
+            0,
+            ("p",) * 1001,
+            None,
+            None,
+            "",
+        ),
+    ]
+    replayed = Engine()
+    for seq, command in enumerate(journal, start=1):
+        stored = decode_record(encode_record(JournalRecord(command=command))).command
+        assert stored is not None and not isinstance(stored, cmd.IngestBatch)
+        replayed.apply(stored, seq)
+    state = replayed.state
+    assert (state.products["p"].name, len(state.products["p"].pricing_dimensions)) == ("n" * 300, 65)
+    version = state.rate_cards["card"].versions[0]
+    assert (dict(version.parameters), version.change_note) == ({"a" * 200: "1"}, "é" * 2000)
+    assert version.cohort is not None and len(version.cohort.attributes) == 65
+    assert len(version.rates[0].price.tiers) == 1001  # type: ignore[union-attr]
+    assert len(state.accounts["c1"].grants[0].applicable_product_ids) == 1001
