@@ -236,6 +236,7 @@ SERVER_SET_FIELDS = (
     "price_in_contract_currency",
     "applied_audited",
     "numbered_id_keeps_start",
+    "rules_bounded",
 )
 
 
@@ -300,7 +301,10 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert", omit_defaults=True):
-    """`applied_audited`: as CreateContract's, for the id a rule is named by when the request gives none."""
+    """`applied_audited`: as CreateContract's, for the id a rule is named by when the request gives none.
+    `rules_bounded`: set by the server for every request it takes (server/services/alerts.py), so the engine
+    refuses a rule past ALERT_RULES_PER_SCOPE_MAX of its scope (engine/alerts.py) when it applies the command;
+    False (left out when stored, as commands stored before it have none) adds as it added then."""
 
     at_ms: int
     actor: str
@@ -310,6 +314,7 @@ class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert", omit_defaults
     alert_type: str  # an engine.alerts.AlertType name, checked when applied
     threshold: str
     applied_audited: bool = False
+    rules_bounded: bool = False
 
 
 class DeleteAlertRule(msgspec.Struct, frozen=True, tag="delete_alert_rule"):

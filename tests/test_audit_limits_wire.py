@@ -17,10 +17,11 @@ from pathlib import Path
 import grpc
 import pytest
 from tariff import TariffClient, TariffError
-from tariff.v1 import contracts_pb2, pricing_pb2
+from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2
 
 from engine import commands as cmd
 from engine.contracts import OveragePolicy
+from engine.errors import LimitReached
 from engine.ledger import GrantKind
 from engine.products import Aggregation
 from engine.ratecard import Cohort, Rate, Tier, TieredPrice, TierMode
@@ -293,3 +294,58 @@ def test_records_journaled_past_the_limits_replay_as_they_were() -> None:
     assert version.cohort is not None and len(version.cohort.attributes) == 65
     assert len(version.rates[0].price.tiers) == 1001  # type: ignore[union-attr]
     assert len(state.accounts["c1"].grants[0].applicable_product_ids) == 1001
+
+
+# Alert rules ---------------------------------------------------------------------------------------------------
+
+ALERT_RULES_MAX = 1_000
+
+
+def test_a_customer_holds_at_most_1000_alert_rules_a_retry_still_answers_and_a_deletion_makes_room(
+    client: TariffClient,
+) -> None:
+    """Every rule watching a customer is evaluated after each change to it: unbounded, rules made each of its
+    events cost without limit. alerts.proto: at most 1,000 rules for one customer (and 1,000 for every customer);
+    another is RESOURCE_EXHAUSTED, nothing created."""
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="watched"))
+
+    def create(rule_id: str, threshold: int) -> alerts_pb2.AlertRule:
+        request = alerts_pb2.CreateAlertRequest(
+            id=rule_id, customer_id="watched", type=alerts_pb2.LOW_BALANCE, threshold=str(threshold)
+        )
+        made: alerts_pb2.AlertRule = client.alerts.CreateAlert(request)
+        return made
+
+    def held() -> int:
+        listed = client.alerts.ListAlertRules(alerts_pb2.ListAlertRulesRequest(page_size=1000)).rules
+        return sum(1 for rule in listed if rule.customer_id == "watched")
+
+    for n in range(ALERT_RULES_MAX):
+        create(f"w-{n:04d}", n + 1)
+    with pytest.raises(TariffError) as full:
+        create("w-one-more", 5000)
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1000" in full.value.details.replace(",", "")
+    assert held() == ALERT_RULES_MAX
+    assert create("w-0005", 6).id == "w-0005"  # a retry of a rule it holds answers it
+    client.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id="w-0000"))
+    assert create("w-one-more", 5000).id == "w-one-more"
+    assert held() == ALERT_RULES_MAX
+
+
+def test_a_rule_past_the_limit_is_refused_when_applied_and_rules_journaled_past_it_replay() -> None:
+    """The limit holds when the command applies (requests arriving together all pass any earlier look), for the
+    rules watching every customer too; a CreateAlert journaled without the server's mark adds as it did."""
+    engine = Engine()
+    engine.apply(cmd.CreateCustomer(EPOCH_MS, ACTOR, "c1", "c1", {}), 1)
+
+    def create(rule_id: str, bounded: bool) -> object:
+        command = cmd.CreateAlert(EPOCH_MS, ACTOR, rule_id, "", True, "LOW_BALANCE", "1", rules_bounded=bounded)
+        return engine.apply(command, engine.state.last_seq + 1)
+
+    for n in range(ALERT_RULES_MAX):
+        create(f"all-{n:04d}", True)
+    with pytest.raises(LimitReached):
+        create("all-more", True)
+    create("all-more", False)  # journaled before the limit: replays as it applied
+    assert len(engine.state.alerts.rules) == ALERT_RULES_MAX + 1
