@@ -643,6 +643,7 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         rollover_start_in_contract=True,
         expiring_at_rollover_rolls=True,
         applied_audited=True,
+        grants_bounded=True,
     )
 
 

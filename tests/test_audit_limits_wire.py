@@ -349,3 +349,80 @@ def test_a_rule_past_the_limit_is_refused_when_applied_and_rules_journaled_past_
         create("all-more", True)
     create("all-more", False)  # journaled before the limit: replays as it applied
     assert len(engine.state.alerts.rules) == ALERT_RULES_MAX + 1
+
+
+# Grants and top-ups --------------------------------------------------------------------------------------------
+
+GRANTS_MAX = 1_000
+
+
+def promotional(grant_id: str, customer_id: str) -> contracts_pb2.GrantCreditsRequest:
+    grant = contracts_pb2.Grant(
+        id=grant_id,
+        customer_id=customer_id,
+        kind=contracts_pb2.PROMOTIONAL,
+        amount="1",
+        paid_amount="0",
+        starts_at=stamp(JAN_2024_MS),
+    )
+    return contracts_pb2.GrantCreditsRequest(grant=grant)
+
+
+def test_a_customer_holds_at_most_1000_granted_grants_and_a_retry_still_answers(client: TariffClient) -> None:
+    """Every grant is listed in the customer's balance (GetBalance, WatchBalance: one message each, never paged) and
+    in its contracts: unbounded, GrantCredits made them RESOURCE_EXHAUSTED for good. contracts.proto: at most 1,000
+    grants given by GrantCredits a customer; another is RESOURCE_EXHAUSTED, nothing granted."""
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="granted"))
+    for n in range(GRANTS_MAX):
+        client.contracts.GrantCredits(promotional(f"gr-{n:04d}", "granted"))
+    with pytest.raises(TariffError) as full:
+        client.contracts.GrantCredits(promotional("gr-one-more", "granted"))
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1000" in full.value.details.replace(",", "")
+    balance = client.get_balance("granted")
+    assert (len(balance.grants), balance.credits_remaining) == (GRANTS_MAX, "1000")
+    assert client.contracts.GrantCredits(promotional("gr-0007", "granted")).id == "gr-0007"  # a retry answers
+
+
+def test_a_top_up_policy_buys_at_most_1000_times_a_period(client: TariffClient) -> None:
+    """Each purchase is a grant the balance lists for good: max_per_period is at most 1,000 (more is
+    INVALID_ARGUMENT naming top_up.max_per_period, nothing set)."""
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="topped"))
+    contract = client.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id="topped-k", customer_id="topped", rate_card_id="card", starting_at=stamp(JAN_2024_MS)
+        )
+    )
+
+    def set_policy(times: int) -> contracts_pb2.Contract:
+        policy = contracts_pb2.TopUpPolicy(threshold="1", recharge_to="2", price_per_credit="1", max_per_period=times)
+        answer: contracts_pb2.Contract = client.contracts.SetTopUpPolicy(
+            contracts_pb2.SetTopUpPolicyRequest(contract_id=contract.id, top_up=policy)
+        )
+        return answer
+
+    for times in (1001, 2**32 - 1):
+        code, fields = refused(lambda times=times: set_policy(times))  # type: ignore[misc]
+        assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["top_up.max_per_period"])
+    got = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract.id))
+    assert not got.HasField("top_up")
+    assert set_policy(1000).top_up.max_per_period == 1000
+
+
+def test_a_grant_past_the_limit_is_refused_when_applied_and_grants_journaled_past_it_replay() -> None:
+    engine = Engine()
+    engine.apply(cmd.CreateCustomer(EPOCH_MS, ACTOR, "c1", "c1", {}), 1)
+
+    def grant(grant_id: str, bounded: bool) -> object:
+        command = cmd.GrantCredits(
+            EPOCH_MS, ACTOR, grant_id, "c1", "", GrantKind.PROMOTIONAL, "1", "0", 0, (), EPOCH_MS, None, "",
+            grants_bounded=bounded,
+        )  # fmt: skip
+        return engine.apply(command, engine.state.last_seq + 1)
+
+    for n in range(GRANTS_MAX):
+        grant(f"g-{n:04d}", True)
+    with pytest.raises(LimitReached):
+        grant("g-more", True)
+    grant("g-more", False)  # journaled before the limit: replays as it applied
+    assert len(engine.state.accounts["c1"].grants) == GRANTS_MAX + 1

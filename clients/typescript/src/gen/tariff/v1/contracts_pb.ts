@@ -410,6 +410,9 @@ export type TopUpPolicy = Message<"tariff.v1.TopUpPolicy"> & {
   pricePerCredit: string;
 
   /**
+   * 1 to 1,000 (each purchase is a grant the balance lists): more is
+   * INVALID_ARGUMENT naming top_up.max_per_period, nothing set.
+   *
    * @generated from field: uint32 max_per_period = 4;
    */
   maxPerPeriod: number;
@@ -951,6 +954,10 @@ export const ContractService: GenService<{
   },
   /**
    * Key: grant.id, or request_id when grant.id is empty (one of them is required).
+   * A customer holds at most 1,000 grants given by GrantCredits (every grant
+   * is listed in its balance and contracts, never paged): another is
+   * RESOURCE_EXHAUSTED, nothing granted (a retry of one it holds still
+   * answers). The grants the server makes (TOP_UP, ROLLOVER) do not count.
    *
    * @generated from rpc tariff.v1.ContractService.GrantCredits
    */
