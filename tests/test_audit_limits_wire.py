@@ -426,3 +426,43 @@ def test_a_grant_past_the_limit_is_refused_when_applied_and_grants_journaled_pas
         grant("g-more", True)
     grant("g-more", False)  # journaled before the limit: replays as it applied
     assert len(engine.state.accounts["c1"].grants) == GRANTS_MAX + 1
+
+
+# The product catalogue -----------------------------------------------------------------------------------------
+
+CATALOGUE_BYTES_MAX = 4 * 1024 * 1024  # what a gRPC client reads by default, as a list page
+
+
+def widest_product(product_id: str) -> pricing_pb2.Product:
+    """A product at every limit: about 51 KB."""
+    return pricing_pb2.Product(
+        id=product_id,
+        name="n" * 256,
+        event_type="e" * 256,
+        aggregation=pricing_pb2.SUM,
+        value_key="v" * 256,
+        filters={f"{i:02d}" + "k" * 254: "x" * 256 for i in range(64)},
+        pricing_dimensions=[f"{i:02d}" + "d" * 254 for i in range(64)],
+        unit="u" * 256,
+    )
+
+
+def test_the_catalogue_stays_within_what_a_client_reads_so_list_products_always_answers(
+    client: TariffClient,
+) -> None:
+    """ListProducts answers every product in one message, never paged, and nothing is ever deleted: a product that
+    took it past what a client reads (4 MiB by default) made it fail for good. pricing.proto: CreateProduct is
+    RESOURCE_EXHAUSTED, nothing created, when the catalogue would take more than 4 MiB (the paged lists' page)."""
+    made = 0
+    with pytest.raises(TariffError) as full:
+        while made < 200:
+            request = pricing_pb2.CreateProductRequest(product=widest_product(f"wide-{made:03d}"))
+            client.pricing.CreateProduct(request)
+            made += 1
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert 70 < made < 90, made
+    catalogue = client.pricing.ListProducts(pricing_pb2.ListProductsRequest())
+    assert catalogue.ByteSize() <= CATALOGUE_BYTES_MAX
+    assert f"wide-{made:03d}" not in [p.id for p in catalogue.products]
+    again = pricing_pb2.CreateProductRequest(product=widest_product("wide-000"))
+    assert client.pricing.CreateProduct(again).id == "wide-000"  # a retry of a product held still answers

@@ -1957,7 +1957,11 @@ export const ChangeKindSchema: GenEnum<ChangeKind> = /*@__PURE__*/
  */
 export const PricingService: GenService<{
   /**
-   * Key: product.id.
+   * Key: product.id. ListProducts answers every product in one message, so
+   * the catalogue is held to what a list page may take (4 MiB, what a gRPC
+   * client reads by default; less under a lower --message-mb-max, as the
+   * paged lists of contracts.proto): a product that would take it past that
+   * is RESOURCE_EXHAUSTED, not created (a retry of one held still answers).
    *
    * @generated from rpc tariff.v1.PricingService.CreateProduct
    */
