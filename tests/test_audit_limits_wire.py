@@ -12,14 +12,17 @@ The catalogue: product `p` (SUM of `n`), rate card `card` (credits) whose versio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import grpc
 import pytest
 from tariff import TariffClient, TariffError
-from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2
+from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from engine import commands as cmd
+from engine._kernel import BatchIdTooLong
+from engine.billing import Billing
 from engine.contracts import OveragePolicy
 from engine.errors import LimitReached
 from engine.ledger import GrantKind
@@ -428,6 +431,59 @@ def test_a_grant_past_the_limit_is_refused_when_applied_and_grants_journaled_pas
     assert len(engine.state.accounts["c1"].grants) == GRANTS_MAX + 1
 
 
+# Usage batches -------------------------------------------------------------------------------------------------
+
+
+def test_a_batch_id_past_256_bytes_is_refused_whole_so_every_ack_can_be_sent(client: TariffClient) -> None:
+    """usage.proto: every batch gets its ack, whose batch_id echoes the batch's. A batch just under the message
+    limit (16 MiB) holding a batch_id of nearly all of it and 10,000 events with a transaction id alone (each
+    rejected: its rejection, index and reason added, is larger than the event) had an ack past the limit, which
+    gRPC refused to send ("Sent message larger than max"): the call ended RESOURCE_EXHAUSTED with no ack. A
+    batch_id is at most 256 bytes, as a transaction id: a longer one is INVALID_ARGUMENT naming batch_id, nothing
+    of the batch applied."""
+    events = [usage_pb2.UsageEvent(transaction_id=f"t{i}") for i in range(10_000)]
+    room = 16 * 1024 * 1024 - usage_pb2.UsageBatch(events=events).ByteSize() - 8
+    code, fields = refused(
+        lambda: client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="b" * room, events=events))
+    )
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["batch_id"])
+    event = usage_pb2.UsageEvent(transaction_id="b-1", customer_id="c1", event_type="p", timestamp_ms=JAN_2024_MS)
+    code, fields = refused(
+        lambda: client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="é" * 128 + "x", events=[event]))
+    )
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["batch_id"])
+    ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="é" * 128, events=[event]))
+    assert (ack.batch_id, ack.accepted + ack.duplicates + len(ack.rejected)) == ("é" * 128, 1)
+
+
+def test_a_batch_journaled_with_a_long_batch_id_replays() -> None:
+    """The server sets batch_ids_bounded for the batches it receives; replay (Billing.ingest without it) takes a
+    journaled batch whose batch_id an earlier release accepted at any length."""
+    batch = usage_pb2.UsageBatch(batch_id="b" * 1000, events=[usage_pb2.UsageEvent(transaction_id="t")])
+    billing = Billing()
+    with pytest.raises(BatchIdTooLong):
+        billing.ingest(batch.SerializeToString(), EPOCH_MS, batch_ids_bounded=True)
+    ack = usage_pb2.IngestAck.FromString(billing.ingest(batch.SerializeToString(), EPOCH_MS).ack)
+    assert (ack.batch_id, len(ack.rejected)) == ("b" * 1000, 1)
+
+
+def test_a_version_holds_10000_rates_and_1000_parameters_and_one_more_is_refused(client: TariffClient) -> None:
+    """pricing.proto: at most 10,000 rates and 1,000 parameters a version, its base's included; more is
+    INVALID_ARGUMENT naming upsert_rates or set_parameters, nothing made."""
+    product = pricing_pb2.Product(id="pm", event_type="pm", aggregation=pricing_pb2.COUNT, pricing_dimensions=["m"])
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    rates = [unit("pm", "1", m=f"v{i}") for i in range(10_000)]  # with the base's rate of p: 10,001
+    parameters = {f"x{i}": "1" for i in range(1_001)}
+    before = versions(client)
+    assert refused(lambda: draft(client, upsert_rates=rates)) == (grpc.StatusCode.INVALID_ARGUMENT, ["upsert_rates"])
+    code, fields = refused(lambda: draft(client, set_parameters=parameters))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["set_parameters"])
+    assert versions(client) == before
+    assert len(draft(client, upsert_rates=rates[1:]).rates) == 10_000
+    del parameters["x0"]
+    assert len(draft(client, set_parameters=parameters).parameters) == 1_000
+
+
 # The product catalogue -----------------------------------------------------------------------------------------
 
 CATALOGUE_BYTES_MAX = 4 * 1024 * 1024  # what a gRPC client reads by default, as a list page
@@ -448,21 +504,38 @@ def widest_product(product_id: str) -> pricing_pb2.Product:
 
 
 def test_the_catalogue_stays_within_what_a_client_reads_so_list_products_always_answers(
-    client: TariffClient,
+    client: TariffClient, tmp_path: Path
 ) -> None:
     """ListProducts answers every product in one message, never paged, and nothing is ever deleted: a product that
     took it past what a client reads (4 MiB by default) made it fail for good. pricing.proto: CreateProduct is
-    RESOURCE_EXHAUSTED, nothing created, when the catalogue would take more than 4 MiB (the paged lists' page)."""
+    RESOURCE_EXHAUSTED, nothing created, when the catalogue would take more than 4 MiB (the paged lists' page),
+    less under a lower --message-mb-max (1 MiB: the limit less 64 KiB)."""
+    for catalogue_max, made_range, server in (
+        (CATALOGUE_BYTES_MAX, (70, 90), None),
+        (1024 * 1024 - 64 * 1024, (15, 22), ServerProcess(tmp_path / "data", extra_args=["--message-mb-max", "1"])),
+    ):
+        if server is not None:
+            server.start()
+        try:
+            with server.client() if server is not None else nullcontext(client) as admin:
+                made = fill_catalogue(admin)
+                assert made_range[0] < made < made_range[1], made
+                catalogue = admin.pricing.ListProducts(pricing_pb2.ListProductsRequest())
+                assert catalogue.ByteSize() <= catalogue_max
+                assert f"wide-{made:03d}" not in [p.id for p in catalogue.products]
+                again = pricing_pb2.CreateProductRequest(product=widest_product("wide-000"))
+                assert admin.pricing.CreateProduct(again).id == "wide-000"  # a retry of a product held answers
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def fill_catalogue(client: TariffClient) -> int:
+    """Widest products until CreateProduct is RESOURCE_EXHAUSTED: how many were made."""
     made = 0
     with pytest.raises(TariffError) as full:
         while made < 200:
-            request = pricing_pb2.CreateProductRequest(product=widest_product(f"wide-{made:03d}"))
-            client.pricing.CreateProduct(request)
+            client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=widest_product(f"wide-{made:03d}")))
             made += 1
     assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert 70 < made < 90, made
-    catalogue = client.pricing.ListProducts(pricing_pb2.ListProductsRequest())
-    assert catalogue.ByteSize() <= CATALOGUE_BYTES_MAX
-    assert f"wide-{made:03d}" not in [p.id for p in catalogue.products]
-    again = pricing_pb2.CreateProductRequest(product=widest_product("wide-000"))
-    assert client.pricing.CreateProduct(again).id == "wide-000"  # a retry of a product held still answers
+    return made

@@ -284,7 +284,9 @@ func (x *UsageEvent) GetReservationId() string {
 
 type UsageBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Client-chosen id echoed in the ack. Optional.
+	// Client-chosen id echoed in the ack. Optional; at most 256 bytes, as a
+	// transaction id (the ack echoes it whole): a longer one refuses the batch
+	// whole, INVALID_ARGUMENT naming batch_id (see IngestUsage).
 	BatchId string `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
 	// At most 10,000 events (configurable); more is RESOURCE_EXHAUSTED.
 	Events        []*UsageEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`

@@ -105,7 +105,9 @@ export const UsageEventSchema: GenMessage<UsageEvent> = /*@__PURE__*/
  */
 export type UsageBatch = Message<"tariff.v1.UsageBatch"> & {
   /**
-   * Client-chosen id echoed in the ack. Optional.
+   * Client-chosen id echoed in the ack. Optional; at most 256 bytes, as a
+   * transaction id (the ack echoes it whole): a longer one refuses the batch
+   * whole, INVALID_ARGUMENT naming batch_id (see IngestUsage).
    *
    * @generated from field: string batch_id = 1;
    */
@@ -394,8 +396,8 @@ export const UsageService: GenService<{
    * it with the same transaction ids after a reconnect and already-accepted
    * events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
    * the events limit, PERMISSION_DENIED, INVALID_ARGUMENT for one that does not
-   * decode as a UsageBatch, a string that is not UTF-8 say) ends the stream with
-   * that status: the batches before it stay acknowledged, and none sent after
+   * decode as a UsageBatch, a string that is not UTF-8 say, or whose batch_id
+   * is over 256 bytes) ends the stream with that status: the batches before it stay acknowledged, and none sent after
    * it is applied (resend them on a new stream). So does a batch whose journal
    * commit fails (RESOURCE_EXHAUSTED when the journal is full, else
    * UNAVAILABLE): nothing of it and nothing sent after it is applied. A
