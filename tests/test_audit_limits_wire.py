@@ -456,6 +456,26 @@ def test_a_batch_id_past_256_bytes_is_refused_whole_so_every_ack_can_be_sent(cli
     assert (ack.batch_id, ack.accepted + ack.duplicates + len(ack.rejected)) == ("é" * 128, 1)
 
 
+def test_an_ack_of_transaction_ids_too_long_to_take_is_sent_with_them_cut(client: TariffClient) -> None:
+    """usage.proto: every batch gets its ack, with index, transaction_id and reason whole. A transaction_id over 256
+    bytes is INVALID_EVENT, and its rejection echoed it whole: 10,000 such events filling a batch just under the
+    message limit (16 MiB) had an ack about 50 KB larger, which gRPC refused to send ("Sent message larger than
+    max"): no ack. Such an id (which no event can have) is cut in an ack that would not fit otherwise, to its
+    first 256 bytes ending " …"; indexes and reasons whole."""
+    limit = 16 * 1024 * 1024
+    probe = usage_pb2.UsageBatch(events=[usage_pb2.UsageEvent(transaction_id="x" * 1000) for _ in range(10_000)])
+    longer = (limit - 64 - probe.ByteSize()) // 10_000
+    ids = [f"{i:05d}" + "x" * (995 + longer) for i in range(10_000)]
+    batch = usage_pb2.UsageBatch(events=[usage_pb2.UsageEvent(transaction_id=i) for i in ids])
+    assert limit - 100_000 < batch.ByteSize() <= limit
+    ack = client.usage.IngestUsageBatch(batch)
+    assert ack.ByteSize() <= limit and (ack.accepted, ack.duplicates, len(ack.rejected)) == (0, 0, 10_000)
+    for index, rejection in enumerate(ack.rejected):
+        assert (rejection.index, rejection.reason) == (index, usage_pb2.INVALID_EVENT)
+        sent = rejection.transaction_id
+        assert len(sent.encode()) <= 256 and sent.endswith(" …") and ids[index].startswith(sent[:-2])
+
+
 def test_a_batch_journaled_with_a_long_batch_id_replays() -> None:
     """The server sets batch_ids_bounded for the batches it receives; replay (Billing.ingest without it) takes a
     journaled batch whose batch_id an earlier release accepted at any length."""

@@ -156,7 +156,10 @@ export type EventRejection = Message<"tariff.v1.EventRejection"> & {
    * ("…" after the quote when cut); in the rare
    * ack that would exceed the gRPC message limit (--message-mb-max) with them,
    * every message is cut to 512 bytes, or left out if even that is too large,
-   * so that the ack is always sent: index, transaction_id and reason stay whole.
+   * so that the ack is always sent: index, transaction_id and reason stay
+   * whole, but for a transaction_id over 256 bytes (INVALID_EVENT: no event
+   * has one) in an ack still too large, cut to its first 256 bytes, ending
+   * " …" (an ack echoing 10,000 such ids is larger than their batch).
    *
    * @generated from field: string message = 4;
    */
