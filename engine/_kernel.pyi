@@ -22,6 +22,7 @@ class Balance(TypedDict):
 Notice = tuple[Literal["TOP_UP_EXECUTED", "RESERVATION_EXPIRED"], str, dict[str, str | int]]
 
 class BatchTooLarge(ValueError): ...  # args: (events,)
+class BatchIdTooLong(ValueError): ...  # args: (bytes,)
 class CustomerNotAllowed(ValueError): ...  # args: (index, customer_id)
 class RequestIdMissing(ValueError): ...  # args: (index,)
 class RequestIdTooLong(ValueError): ...  # args: (index,): over 256 bytes
@@ -50,6 +51,7 @@ class Kernel:
         reservation_ids_bounded: bool = False,
         returned_rolled_credit_breaks: bool = False,
         duplicates_before_skew: bool = False,
+        batch_ids_bounded: bool = False,
     ) -> tuple[bytes, bytes, int, int, list[str]]:
         """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
         (False: at the purchase, as batches journaled before it). returned_expired_credit_breaks: what an event's
@@ -60,7 +62,8 @@ class Kernel:
         returned_rolled_credit_breaks: what an event's refund gives back to a grant that has rolled over already breaks
         at once (False: it stays in the grant, as batches journaled before it). duplicates_before_skew: an identical
         resend of an accepted event is a duplicate whatever the future skew is now (False: TIMESTAMP_OUT_OF_RANGE past
-        it, as batches journaled before it)."""
+        it, as batches journaled before it). batch_ids_bounded: BatchIdTooLong for a batch_id over 256 bytes (False:
+        taken, as on replay)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,

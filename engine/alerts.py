@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from engine.errors import InvalidArgument
+from engine.errors import InvalidArgument, LimitReached
 from engine.money import DECIMAL_CONTEXT, format_picos, parse_decimal, to_picos
 
 # The alert log keeps this many of the newest alerts (snapshots and restarts included); a watcher asking for
@@ -129,6 +129,25 @@ def parse_rule(
         content = f"{customer_id}\n{int(all_customers)}\n{kind}\n{threshold_picos}".encode()
         rule_id = "alert-" + hashlib.blake2b(content, digest_size=8).hexdigest()
     return AlertRule(rule_id, customer_id, kind, threshold_picos, seq)
+
+
+# Rules watching one customer, and rules watching every customer, held at most: each of them is evaluated after every
+# change to a customer it watches, so unbounded they made each usage batch cost without limit. Checked when a
+# command the server marked `rules_bounded` applies (engine/state.py); commands journaled before replay as they were.
+ALERT_RULES_PER_SCOPE_MAX = 1_000
+
+
+def check_rules_room(rules: Mapping[str, AlertRule], rule: AlertRule) -> None:
+    """LimitReached (RESOURCE_EXHAUSTED) when the scope of `rule`, a new rule, holds ALERT_RULES_PER_SCOPE_MAX
+    rules already. A scan of the rules: CreateAlert is rare, and a count kept beside them would have to follow
+    every rebuild of the book."""
+    held = sum(1 for each in rules.values() if each.customer_id == rule.customer_id)
+    if held >= ALERT_RULES_PER_SCOPE_MAX:
+        scope = f"customer {rule.customer_id!r}" if rule.customer_id else "every customer"
+        raise LimitReached(
+            f"{scope} is watched by {held:,} alert rules, the most a customer or every customer may be "
+            f"({ALERT_RULES_PER_SCOPE_MAX:,}): delete one (DeleteAlertRule) before creating another"
+        )
 
 
 def delete_rule(book: AlertBook, rule_id: str) -> AlertRule:

@@ -479,6 +479,7 @@ class Billing:
         reservation_ids_bounded: bool = False,
         returned_rolled_credit_breaks: bool = False,
         duplicates_before_skew: bool = False,
+        batch_ids_bounded: bool = False,
     ) -> Ingested:
         """Rates a batch as record last_seq + 1, which it becomes only if it accepts an event.
 
@@ -495,9 +496,12 @@ class Billing:
         once, the rollover being final; False (batches journaled before it) leaves it in the grant, as then.
         `duplicates_before_skew`: likewise set and journaled, so that an identical resend of an accepted event is a
         duplicate whatever the future skew is now (a start with a smaller --future-skew-s); False (batches
-        journaled before it) refuses it as TIMESTAMP_OUT_OF_RANGE past the skew, as then.
+        journaled before it) refuses it as TIMESTAMP_OUT_OF_RANGE past the skew, as then. `batch_ids_bounded`: set by
+        the server for every batch it receives (not journaled: a batch it refuses is not), so that a batch_id over
+        256 bytes refuses the batch whole (BatchIdTooLong); False (replay) takes it, as earlier releases did.
 
-        Raises ValueError (not a UsageBatch), BatchTooLarge or CustomerNotAllowed, having changed nothing."""
+        Raises ValueError (not a UsageBatch), BatchTooLarge, BatchIdTooLong or CustomerNotAllowed, having changed
+        nothing."""
         self.refresh_tables()
         self._rerate_touched(batch)
         seq = self.last_seq + 1
@@ -512,6 +516,7 @@ class Billing:
             reservation_ids_bounded,
             returned_rolled_credit_breaks,
             duplicates_before_skew,
+            batch_ids_bounded,
         )
         if not accepted:
             return Ingested(ack, digest, accepted, duplicates, rejected)

@@ -236,6 +236,8 @@ SERVER_SET_FIELDS = (
     "price_in_contract_currency",
     "applied_audited",
     "numbered_id_keeps_start",
+    "rules_bounded",
+    "grants_bounded",
 )
 
 
@@ -256,8 +258,10 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     `expiring_at_rollover_rolls`: set by the server likewise, so a grant with a rollover fraction whose expires_at
     is exactly the end of the billing period it starts in (its rollover) rolls over there, as one with no expiry
     or a later one does (its credits are usable up to that end); False (commands stored before it) keeps the
-    older rule, under which such a grant simply expired, all of its remainder breakage. None of them is part of a
-    request's fingerprint (engine/control.py)."""
+    older rule, under which such a grant simply expired, all of its remainder breakage. `grants_bounded`: set
+    likewise, so a grant past GRANTS_PER_CUSTOMER_MAX of its customer is refused (engine/grants.py); False
+    (commands stored before it) grants as it granted then. None of them is part of a request's fingerprint
+    (engine/control.py)."""
 
     at_ms: int
     actor: str
@@ -278,6 +282,7 @@ class GrantCredits(msgspec.Struct, frozen=True, tag="grant_credits", omit_defaul
     rollover_start_in_contract: bool = False
     expiring_at_rollover_rolls: bool = False
     applied_audited: bool = False  # as CreateContract's: the diff names the customer and start the grant was given
+    grants_bounded: bool = False
 
 
 class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
@@ -300,7 +305,10 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert", omit_defaults=True):
-    """`applied_audited`: as CreateContract's, for the id a rule is named by when the request gives none."""
+    """`applied_audited`: as CreateContract's, for the id a rule is named by when the request gives none.
+    `rules_bounded`: set by the server for every request it takes (server/services/alerts.py), so the engine
+    refuses a rule past ALERT_RULES_PER_SCOPE_MAX of its scope (engine/alerts.py) when it applies the command;
+    False (left out when stored, as commands stored before it have none) adds as it added then."""
 
     at_ms: int
     actor: str
@@ -310,6 +318,7 @@ class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert", omit_defaults
     alert_type: str  # an engine.alerts.AlertType name, checked when applied
     threshold: str
     applied_audited: bool = False
+    rules_bounded: bool = False
 
 
 class DeleteAlertRule(msgspec.Struct, frozen=True, tag="delete_alert_rule"):

@@ -6,10 +6,15 @@ from decimal import Decimal
 
 from engine import commands as cmd
 from engine.control import ControlPlane, check_applied_id, keeping_print, shared_int
-from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument
+from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument, LimitReached
 from engine.instants import iso
 from engine.ledger import Grant, GrantKind
 from engine.money import DECIMAL_CONTEXT, parse_decimal, to_picos
+
+# Grants GrantCredits gives one customer at most: each is listed in its balance (GetBalance, WatchBalance) and its
+# contracts, one message each, never paged, and read where its usage draws. Checked when a command the server
+# marked `grants_bounded` applies; commands journaled before the mark replay as they were.
+GRANTS_PER_CUSTOMER_MAX = 1_000
 
 
 class GrantCommands(ControlPlane):
@@ -53,6 +58,11 @@ class GrantCommands(ControlPlane):
         print_ = self._repeat_held(f"grant/{c.id}", c, self._held_print(held), lambda: held)
         if c.id in self._grant_ids:
             raise AlreadyExists(f"grant {c.id!r} already exists{MADE_BY_ANOTHER_REQUEST}")
+        if c.grants_bounded and len(account.grants) >= GRANTS_PER_CUSTOMER_MAX:
+            raise LimitReached(
+                f"customer {customer_id!r} holds {len(account.grants):,} grants given by GrantCredits, the most a "
+                f"customer may hold ({GRANTS_PER_CUSTOMER_MAX:,}): no more can be granted"
+            )
         if c.rollover_start_in_contract and rollover > 0 and self._contract_at(customer_id, starts_at_ms) is None:
             raise FailedPrecondition(
                 f"grant.rollover_fraction: a grant with a rollover fraction rolls over at the end of the billing "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from engine import commands as cmd
-from engine.alerts import AlertRule, delete_rule, parse_rule
+from engine.alerts import AlertRule, check_rules_room, delete_rule, parse_rule
 from engine.audit import AuditLog
 from engine.catalogue import CatalogueCommands
 from engine.contracts import Contract
@@ -137,6 +137,8 @@ class Engine(
             raise AlreadyExists(
                 f"alert rule {rule.id!r} was deleted, and a deleted rule's id is not used again: create the rule {how}"
             )
+        if c.rules_bounded:
+            check_rules_room(rules, rule)
         rules[rule.id] = rule
         return rule
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
@@ -10,7 +10,15 @@ from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 from engine import commands as cmd
 from engine.billing import BalanceView, Estimate
 from engine.contracts import Contract, Customer, OveragePolicy, Override
-from engine.control import ID_PATTERN, TEXT_BYTES_MAX, BillingState, check_id, check_reference
+from engine.control import (
+    EVENT_MAP_ENTRIES_MAX,
+    ID_CHARS_MAX,
+    ID_PATTERN,
+    TEXT_BYTES_MAX,
+    BillingState,
+    check_id,
+    check_reference,
+)
 from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
 from engine.formula import price_text_problem
@@ -80,6 +88,44 @@ def _check_whole(value: str, field_path: str) -> None:
     ALREADY_EXISTS (Billing._refuse_made_grant_id), ahead of the id rule."""
     if ID_PATTERN.match(value):
         check_id(value, field_path)
+
+
+# Intake limits ------------------------------------------------------------------------------------------------
+# Free texts and lists a request stores (a product's, a rate card's, a draft's, a cohort's, a grant's) are held to a
+# limit where the request enters, so that no record, journal entry or answer grows without bound. Checked here, not
+# in the engine: records journaled before a limit replay as they were made.
+
+# A change note is a sentence or a few, for a person: four times a name.
+NOTE_BYTES_MAX = 4 * TEXT_BYTES_MAX
+# A parameter is named in formulas: a name is at most an id's length.
+PARAMETER_NAME_CHARS_MAX = ID_CHARS_MAX
+# A product's pricing dimensions and filters, and a rate's match, are keys of an event's dimensions, which hold at
+# most EVENT_MAP_ENTRIES_MAX entries.
+DIMENSIONS_MAX = EVENT_MAP_ENTRIES_MAX
+# Tiers of one tiered price: each event's charge walks them.
+TIERS_MAX = 1_000
+# Products a grant names: as many as a version's parameters.
+GRANT_PRODUCTS_MAX = 1_000
+
+
+def check_text(text: str, field: str, bytes_max: int = TEXT_BYTES_MAX) -> str:
+    """`text` once it is at most `bytes_max` bytes of UTF-8; INVALID_ARGUMENT naming `field` otherwise."""
+    size = len(text.encode())
+    if size > bytes_max:
+        raise InvalidArgument.field(field, f"must be at most {bytes_max:,} bytes (UTF-8), not {size:,}")
+    return text
+
+
+def check_count(items: Sized, field: str, count_max: int, what: str) -> None:
+    """INVALID_ARGUMENT naming `field` when it holds more than `count_max` entries."""
+    if len(items) > count_max:
+        raise InvalidArgument.field(field, f"holds at most {count_max:,} {what}, not {len(items):,}")
+
+
+def entry_name(key: str) -> str:
+    """A map entry named in a field path by its key, whole or cut to ID_CHARS_MAX characters with "…" (as
+    engine/control.py check_text_map names one)."""
+    return key if len(key) <= ID_CHARS_MAX else key[:ID_CHARS_MAX] + "…"
 
 
 # Decimals -----------------------------------------------------------------------------------------------------
@@ -271,6 +317,8 @@ def _check_product_keys_fit_an_event(p: pricing_pb2.Product) -> None:
         return len(text.encode()) <= TEXT_BYTES_MAX
 
     why = f"is at most {TEXT_BYTES_MAX} bytes (an event's keys and dimension values are): no event could meet it"
+    check_count(p.filters, "product.filters", DIMENSIONS_MAX, "entries (an event holds at most as many dimensions)")
+    check_count(p.pricing_dimensions, "product.pricing_dimensions", DIMENSIONS_MAX, "dimensions (as an event)")
     if not fits(p.value_key):
         raise InvalidArgument.field("product.value_key", why)
     for key, value in p.filters.items():
@@ -286,6 +334,8 @@ def create_product(request: pricing_pb2.CreateProductRequest, at_ms: int, actor:
     if p.aggregation and aggregation(p.aggregation) is None:
         raise InvalidArgument.field("product.aggregation", f"unknown value {p.aggregation}")
     _check_product_keys_fit_an_event(p)
+    for field in ("name", "event_type", "unit"):
+        check_text(getattr(p, field), f"product.{field}")
     return cmd.CreateProduct(
         at_ms,
         actor,
@@ -326,6 +376,7 @@ def price_spec(rate: pricing_pb2.Rate, path: str) -> PriceSpec:
             mode = _enum_name(pricing_pb2.TierMode, rate.tiered.mode)
             if mode is None:
                 raise InvalidArgument.field(f"{path}.tiered.mode", "is required: GRADUATED or VOLUME")
+            check_count(rate.tiered.tiers, f"{path}.tiered.tiers", TIERS_MAX, "tiers")
             tiers = tuple(
                 Tier(
                     price(t.up_to, f"tiers[{i}].up_to"),
@@ -393,14 +444,29 @@ def check_rates_can_match(rates: Iterable[pricing_pb2.Rate]) -> None:
     the engine, so that drafts journaled before the check replay as they were made."""
     why = f"keys and values are at most {TEXT_BYTES_MAX} bytes (an event's dimensions are): no event could match it"
     for index, each in enumerate(rates):
+        check_count(each.match, f"upsert_rates[{index}].match", DIMENSIONS_MAX, "entries (as an event's dimensions)")
         for key, value in each.match.items():
             if len(key.encode()) > TEXT_BYTES_MAX or len(value.encode()) > TEXT_BYTES_MAX:
                 raise InvalidArgument.field(f"upsert_rates[{index}].match.{key[:32]}", why)
 
 
+def check_parameter_names(names: Iterable[str]) -> None:
+    """INVALID_ARGUMENT naming the set_parameters entry whose name is longer than PARAMETER_NAME_CHARS_MAX
+    characters: a formula names a parameter, and the version, its answers and its validation's findings hold the
+    name whole."""
+    for name in names:
+        if len(name) > PARAMETER_NAME_CHARS_MAX:
+            raise InvalidArgument.field(
+                f"set_parameters[{entry_name(name)}]",
+                f"a parameter name is at most {PARAMETER_NAME_CHARS_MAX} characters, not {len(name):,}",
+            )
+
+
 def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, actor: str) -> cmd.CreateDraftVersion:
     check_rates_named_once(request.upsert_rates)
     check_rates_can_match(request.upsert_rates)
+    check_parameter_names(request.set_parameters)
+    check_text(request.change_note, "change_note", NOTE_BYTES_MAX)
     return cmd.CreateDraftVersion(
         at_ms,
         actor,
@@ -424,7 +490,13 @@ def cohort_pb(cohort: Cohort | None) -> pricing_pb2.Cohort | None:
 
 
 def cohort_of(message: pricing_pb2.Cohort) -> Cohort:
-    """A PublishVersion's cohort as the engine checks it (engine/cohorts.py)."""
+    """A PublishVersion's cohort as the engine checks it (engine/cohorts.py), once its attributes are within what
+    a customer's may hold (more entries, or a longer key or value, would match no customer)."""
+    check_count(message.attributes, "cohort.attributes", EVENT_MAP_ENTRIES_MAX, "entries (as a customer's)")
+    for key, value in message.attributes.items():
+        if len(key.encode()) > TEXT_BYTES_MAX or len(value.encode()) > TEXT_BYTES_MAX:
+            why = f"keys and values are at most {TEXT_BYTES_MAX} bytes (as a customer's): no customer could match it"
+            raise InvalidArgument.field(f"cohort.attributes[{entry_name(key)}]", why)
     return Cohort(
         tuple(message.customer_ids),
         dict(message.attributes),
@@ -547,6 +619,7 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
     g = request.grant
     if request.request_id:
         check_id(request.request_id, "request_id")
+    check_count(g.applicable_product_ids, "grant.applicable_product_ids", GRANT_PRODUCTS_MAX, "product ids")
     kind_name = _enum_name(contracts_pb2.GrantKind, g.kind)
     if g.kind and kind_name is None:
         raise InvalidArgument.field("grant.kind", f"unknown value {g.kind}")
@@ -570,6 +643,7 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
         rollover_start_in_contract=True,
         expiring_at_rollover_rolls=True,
         applied_audited=True,
+        grants_bounded=True,
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine._kernel import BatchTooLarge, CustomerNotAllowed
+from engine._kernel import BatchIdTooLong, BatchTooLarge, CustomerNotAllowed
 from engine.billing import Billing, Ingested
+from engine.control import TEXT_BYTES_MAX
 from engine.errors import EngineError, FailedPrecondition, InvalidArgument
 from server.errors import PermissionDenied, ResourceExhausted
 from server.records import JournalRecord, UsageRecord, encode_record
@@ -87,9 +88,14 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
             reservation_ids_bounded=True,
             returned_rolled_credit_breaks=True,
             duplicates_before_skew=True,
+            batch_ids_bounded=True,
         )
     except BatchTooLarge as exc:
         return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")
+    except BatchIdTooLong as exc:
+        return InvalidArgument.field(
+            "batch_id", f"is at most {TEXT_BYTES_MAX} bytes, not {exc.args[0]:,} (the ack echoes it whole)"
+        )
     except CustomerNotAllowed as exc:
         index, customer_id = exc.args
         return PermissionDenied(

@@ -288,14 +288,14 @@ def test_a_top_up_policy_is_cleared_and_set_on_a_contract_whose_answer_is_alread
 def test_pages_of_customers_and_rules_are_100_by_default_and_1000_at_most(server: ServerProcess) -> None:
     """Paged lists: page_size items a page, 100 when 0, more than 1,000 read as 1,000 (ListCustomers' uint32 and
     ListAlertRules' int32 at their largest too), the token the page's last id, every item once. 1,001 customers
-    `pg-0000`..`pg-1000` and 1,001 rules for every customer (RESERVATION_EXPIRED, which nothing here fires) added to
+    `pg-0000`..`pg-1000` and 1,001 rules, one for each of them (RESERVATION_EXPIRED, which nothing here fires), added to
     what the module holds: a first page of 100 when 0, of 1,000 at 1,001 and at the largest size, the next page
     taking the rest, none twice."""
     with server.client() as client:
         for n in range(1_001):
             customer(client, f"pg-{n:04d}")
-            rule_request = alerts_pb2.CreateAlertRequest(
-                all=True, type=alerts_pb2.RESERVATION_EXPIRED, id=f"pg-{n:04d}"
+            rule_request = alerts_pb2.CreateAlertRequest(  # one a customer: every customer's rules are 1,000 at most
+                customer_id=f"pg-{n:04d}", type=alerts_pb2.RESERVATION_EXPIRED, id=f"pg-{n:04d}"
             )
             client.alerts.CreateAlert(rule_request)
 

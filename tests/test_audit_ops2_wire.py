@@ -221,13 +221,25 @@ MIB = 1024 * 1024
 
 
 def batch_of_size(size_bytes: int, batch: usage_pb2.UsageBatch) -> usage_pb2.UsageBatch:
-    """`batch` with its batch_id padded so that the whole message is exactly `size_bytes`."""
-    batch.batch_id = ""
-    batch.batch_id = "p" * (size_bytes - batch.ByteSize() - 4)  # its tag and length take a few bytes
-    while batch.ByteSize() < size_bytes:
-        batch.batch_id += "p"
-    assert batch.ByteSize() == size_bytes, batch.ByteSize()
-    return batch
+    """`batch` padded with an unknown field (15, bytes: the server skips it) so that the whole message is exactly
+    `size_bytes`; not its batch_id, which is at most 256 bytes (usage.proto)."""
+    base = batch.SerializeToString()
+    for pad in range(size_bytes - len(base) - 6, size_bytes - len(base)):
+        padding = b"\x7a" + _varint(pad) + b"p" * pad  # field 15, wire type 2
+        if len(base) + len(padding) == size_bytes:
+            padded = usage_pb2.UsageBatch.FromString(base + padding)
+            assert padded.ByteSize() == size_bytes, padded.ByteSize()
+            return padded
+    raise AssertionError(f"no padding makes {size_bytes} bytes")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def test_a_message_of_exactly_message_mb_max_is_served_and_one_byte_more_refused_applying_nothing(

@@ -79,6 +79,7 @@ class AlertService(_Base, alerts_pb2_grpc.AlertServiceServicer):
             type_name,
             convert.decimal_text(request.threshold, "threshold"),
             applied_audited=True,
+            rules_bounded=True,
         )
         return alert_rule_pb(await self._apply(command, alerts.AlertRule))
 

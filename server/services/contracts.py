@@ -217,6 +217,12 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         top_up clears it. Bad fields are INVALID_ARGUMENT naming them, nothing changed."""
         check_reference(request.contract_id, "contract_id", self.engine.state.contracts)
         top_up = request.top_up
+        if top_up.max_per_period > TOP_UPS_PER_PERIOD_MAX:
+            raise InvalidArgument.field(
+                "top_up.max_per_period",
+                f"is at most {TOP_UPS_PER_PERIOD_MAX:,}, not {top_up.max_per_period:,}: each purchase is a grant the "
+                "balance lists",
+            )
         command = cmd.SetTopUpPolicy(
             self.clock_ms(),
             actor_of(context),
@@ -236,6 +242,9 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
 
 # What a change's answer may hold beyond what the request adds to it: a generated id, the fields' tags, a policy.
 ANSWER_SLACK_BYTES = 1024
+# Purchases a top-up policy may make in one billing period: each is a grant the balance lists for good. Checked
+# where the request enters: policies journaled with more replay as they were.
+TOP_UPS_PER_PERIOD_MAX = 1_000
 
 
 def _top_up_pb(policy: credits.TopUp) -> contracts_pb2.TopUpPolicy:

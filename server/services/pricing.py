@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Final, TypedDict
 
 from google.protobuf import timestamp_pb2
@@ -32,6 +33,7 @@ from engine.rerate import (
 from engine.versions import PublishResult
 from server import convert
 from server.errors import (
+    ResourceExhausted,
     larger_limit,
     send_limit,
     too_large,
@@ -79,6 +81,10 @@ _PUBLISH_RERATE_FLAGS: Final[_PublishRerateFlags] = {
 
 
 class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
+    # ListProducts' answer's size and the products it counts (_catalogue_bytes), of the products dict `_of`.
+    _catalogue_counted: tuple[int, int] = (0, 0)
+    _catalogue_of: object = None
+
     def _card_named(self, rate_card_id: str) -> RateCard:
         """The rate card a request's rate_card_id names: INVALID_ARGUMENT when it is empty or not an id, NOT_FOUND
         when no card has it."""
@@ -87,8 +93,34 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
 
     @unary
     async def CreateProduct(self, request: pricing_pb2.CreateProductRequest, context: Context) -> pricing_pb2.Product:
-        product = await self._apply(convert.create_product(request, self.clock_ms(), actor_of(context)), Product)
+        command = convert.create_product(request, self.clock_ms(), actor_of(context))
+        if request.product.id not in self.engine.state.products:  # a retry answers the product held
+            self._check_catalogue_room(request.product)
+        product = await self._apply(command, Product)
         return convert.product_pb(product)
+
+    def _check_catalogue_room(self, product: pricing_pb2.Product) -> None:
+        """RESOURCE_EXHAUSTED, before anything changes, when the catalogue with `product` would take more than a
+        list page (page_bytes_max: what a gRPC client reads by default, 4 MiB, less under a lower --message-mb-max):
+        ListProducts answers every product in one message, and no product is ever deleted, so one past it would
+        make that answer unreadable for good."""
+        size = self._catalogue_bytes() + pricing_pb2.ListProductsResponse(products=[product]).ByteSize()
+        if size > self.page_bytes_max:
+            raise ResourceExhausted(
+                f"the product was not created: the catalogue (ListProducts' answer, one message) would take {size:,} "
+                f"bytes, more than {self.page_bytes_max:,} (what a gRPC client reads by default, as a list page)"
+            )
+
+    def _catalogue_bytes(self) -> int:
+        """ListProducts' answer's size, kept as products are added (they never change or go)."""
+        products = self.engine.state.products
+        counted, size = self._catalogue_counted
+        if counted > len(products) or self._catalogue_of is not products:  # a rebuilt state: count afresh
+            counted, size, self._catalogue_of = 0, 0, products
+        for product in itertools.islice(products.values(), counted, None):
+            size += pricing_pb2.ListProductsResponse(products=[convert.product_pb(product)]).ByteSize()
+        self._catalogue_counted = (len(products), size)
+        return size
 
     @unary
     async def ListProducts(
@@ -103,8 +135,9 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.CreateRateCardRequest, context: Context
     ) -> pricing_pb2.RateCard:
         pricing_unit = _pricing_unit(request.pricing_unit)
+        name = convert.check_text(request.name, "name")
         command = cmd.CreateRateCard(
-            self.clock_ms(), actor_of(context), request.id, request.name, pricing_unit, applied_audited=True
+            self.clock_ms(), actor_of(context), request.id, name, pricing_unit, applied_audited=True
         )
         card = await self._apply(command, RateCard)
         return convert.rate_card_pb(card, self.clock_ms())

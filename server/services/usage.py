@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from tariff.v1 import usage_pb2
 
 from engine.billing import Billing, Ingested
+from engine.control import TEXT_BYTES_MAX
 from server import auth, oplog
 from server.errors import (
     DeadlineExceeded,
@@ -187,9 +188,17 @@ def fitted_ack(ack: bytes, bytes_max: int) -> bytes:
     """The IngestAck the kernel encoded, so that gRPC can send it (`bytes_max`, --message-mb-max): as it is when
     it fits (always, but for messages quoting huge fields: a customer_id that breaks the id rule is quoted whole,
     escaped); else with each rejection's and notice's message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that
-    is still too large, left out. Counts, indexes, reasons and transaction ids stay whole: a batch whose ack
-    could not be sent was committed all the same, and every resend would fail alike, its outcome never known."""
-    return fitted_answer(ack, bytes_max, usage_pb2.IngestAck.FromString, lambda a: [*a.rejected, *a.notices])
+    is still too large, left out, and then each transaction id over TEXT_BYTES_MAX bytes (INVALID_EVENT: no event
+    has one) cut to that (an ack of 10,000 such ids echoed whole is larger than the batch that sent them). Counts,
+    indexes, reasons and every other transaction id stay whole: a batch whose ack could not be sent was committed
+    all the same, and every resend would fail alike, its outcome never known."""
+    fitted = fitted_answer(ack, bytes_max, usage_pb2.IngestAck.FromString, lambda a: [*a.rejected, *a.notices])
+    if len(fitted) <= bytes_max:
+        return fitted
+    cut = usage_pb2.IngestAck.FromString(fitted)
+    for rejection in cut.rejected:
+        rejection.transaction_id = cut_text(rejection.transaction_id, TEXT_BYTES_MAX)
+    return cut.SerializeToString()
 
 
 Answer = TypeVar("Answer", bound=Message)

@@ -31,6 +31,7 @@ use crate::snapshot::segment::Chunks;
 use crate::tables::VersionTable;
 
 pyo3::create_exception!(_kernel, BatchTooLarge, PyValueError, "A batch with more events than the server takes.");
+pyo3::create_exception!(_kernel, BatchIdTooLong, PyValueError, "A batch whose batch_id is over 256 bytes.");
 pyo3::create_exception!(
     _kernel,
     CustomerNotAllowed,
@@ -244,11 +245,13 @@ impl Kernel {
     /// already breaks at once (false: it stays in the grant, as batches journaled before it).
     /// `duplicates_before_skew`: an identical resend of an accepted event is a duplicate whatever the
     /// future skew is now (false: TIMESTAMP_OUT_OF_RANGE past it, as batches journaled before it).
+    /// `batch_ids_bounded`: BatchIdTooLong(bytes) for a batch_id over 256 bytes (false: taken, as on
+    /// replay of batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false,
         returned_expired_credit_breaks = false, reservation_ids_bounded = false,
-        returned_rolled_credit_breaks = false, duplicates_before_skew = false
+        returned_rolled_credit_breaks = false, duplicates_before_skew = false, batch_ids_bounded = false
     ))]
     fn ingest_checked<'py>(
         &self,
@@ -263,9 +266,11 @@ impl Kernel {
         reservation_ids_bounded: bool,
         returned_rolled_credit_breaks: bool,
         duplicates_before_skew: bool,
+        batch_ids_bounded: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
+                kernel.batch_ids_bounded = batch_ids_bounded;
                 kernel.top_ups_in_billed_period = top_ups_in_billed_period;
                 kernel.returned_expired_credit_breaks = returned_expired_credit_breaks;
                 kernel.reservation_ids_bounded = reservation_ids_bounded;
@@ -284,6 +289,7 @@ impl Kernel {
             }
             Err(BatchRefusal::NotABatch(message)) => Err(PyValueError::new_err(message)),
             Err(BatchRefusal::TooManyEvents(events)) => Err(BatchTooLarge::new_err(events)),
+            Err(BatchRefusal::BatchIdTooLong(bytes)) => Err(BatchIdTooLong::new_err(bytes)),
             Err(BatchRefusal::CustomerNotAllowed(index, customer)) => {
                 Err(CustomerNotAllowed::new_err((index, customer)))
             }
@@ -1302,6 +1308,7 @@ fn explain_chunk_line<'py>(
 fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Kernel>()?;
     module.add("BatchTooLarge", module.py().get_type::<BatchTooLarge>())?;
+    module.add("BatchIdTooLong", module.py().get_type::<BatchIdTooLong>())?;
     module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
     module.add("RequestIdMissing", module.py().get_type::<RequestIdMissing>())?;
     module.add("RequestIdTooLong", module.py().get_type::<RequestIdTooLong>())?;

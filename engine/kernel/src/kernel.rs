@@ -255,6 +255,8 @@ pub enum BatchRefusal {
     NotABatch(String),
     TooManyEvents(usize),
     CustomerNotAllowed(usize, String),
+    /// The batch_id's length in bytes, over TEXT_BYTES_MAX (see `Kernel::batch_ids_bounded`).
+    BatchIdTooLong(usize),
 }
 
 use crate::accounts::AccountAt;
@@ -323,6 +325,10 @@ pub struct Kernel {
     /// rather than TIMESTAMP_OUT_OF_RANGE): set by the caller for each batch, as its journal record
     /// says (false for records of earlier releases, which refused it). Not state.
     pub duplicates_before_skew: bool,
+    /// Whether `ingest_checked` refuses a batch whose batch_id is over TEXT_BYTES_MAX (its ack
+    /// echoes it whole, and a longer one could take the ack past the message limit): set by the
+    /// server for each batch it receives; false on replay, which takes every journaled batch. Not state.
+    pub batch_ids_bounded: bool,
 }
 
 impl Kernel {
@@ -609,6 +615,9 @@ pub fn ingest_checked_pausing<K: DerefMut<Target = Kernel>>(
     let batch = batch::read(bytes, &mut owned).map_err(BatchRefusal::NotABatch)?;
     if batch.len() > events_max {
         return Err(BatchRefusal::TooManyEvents(batch.len()));
+    }
+    if kernel.batch_ids_bounded && batch.batch_id.len() > TEXT_BYTES_MAX {
+        return Err(BatchRefusal::BatchIdTooLong(batch.batch_id.len()));
     }
     if let Some(allowed) = allowed {
         if let Some((index, event)) =

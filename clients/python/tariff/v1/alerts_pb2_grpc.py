@@ -64,7 +64,10 @@ class AlertServiceServicer:
         scope, type and threshold) answers the rule it created and changes
         nothing; the same id with another content is ALREADY_EXISTS, and so is
         a deleted rule's id (DeleteAlertRule). A rule is evaluated after each
-        later change; it does not fire on creation.
+        later change; it does not fire on creation. At most 1,000 rules watch
+        one customer, and 1,000 every customer (all): another is
+        RESOURCE_EXHAUSTED, nothing created (a retry of a rule held still
+        answers; a deleted rule makes room).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -129,6 +129,10 @@ class ContractServiceServicer:
 
     def GrantCredits(self, request, context):
         """Key: grant.id, or request_id when grant.id is empty (one of them is required).
+        A customer holds at most 1,000 grants given by GrantCredits (every grant
+        is listed in its balance and contracts, never paged): another is
+        RESOURCE_EXHAUSTED, nothing granted (a retry of one it holds still
+        answers). The grants the server makes (TOP_UP, ROLLOVER) do not count.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

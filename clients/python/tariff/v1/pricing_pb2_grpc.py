@@ -110,7 +110,11 @@ class PricingServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateProduct(self, request, context):
-        """Key: product.id.
+        """Key: product.id. ListProducts answers every product in one message, so
+        the catalogue is held to what a list page may take (4 MiB, what a gRPC
+        client reads by default; less under a lower --message-mb-max, as the
+        paged lists of contracts.proto): a product that would take it past that
+        is RESOURCE_EXHAUSTED, not created (a retry of one held still answers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,8 +55,8 @@ class UsageServiceServicer:
         it with the same transaction ids after a reconnect and already-accepted
         events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
         the events limit, PERMISSION_DENIED, INVALID_ARGUMENT for one that does not
-        decode as a UsageBatch, a string that is not UTF-8 say) ends the stream with
-        that status: the batches before it stay acknowledged, and none sent after
+        decode as a UsageBatch, a string that is not UTF-8 say, or whose batch_id
+        is over 256 bytes) ends the stream with that status: the batches before it stay acknowledged, and none sent after
         it is applied (resend them on a new stream). So does a batch whose journal
         commit fails (RESOURCE_EXHAUSTED when the journal is full, else
         UNAVAILABLE): nothing of it and nothing sent after it is applied. A

@@ -36,7 +36,10 @@ type AlertServiceClient interface {
 	// scope, type and threshold) answers the rule it created and changes
 	// nothing; the same id with another content is ALREADY_EXISTS, and so is
 	// a deleted rule's id (DeleteAlertRule). A rule is evaluated after each
-	// later change; it does not fire on creation.
+	// later change; it does not fire on creation. At most 1,000 rules watch
+	// one customer, and 1,000 every customer (all): another is
+	// RESOURCE_EXHAUSTED, nothing created (a retry of a rule held still
+	// answers; a deleted rule makes room).
 	CreateAlert(ctx context.Context, in *CreateAlertRequest, opts ...grpc.CallOption) (*AlertRule, error)
 	// Every alert with seq > after_seq, oldest first, then each new one as it
 	// is committed; the stream does not end on its own. Only committed alerts
@@ -135,7 +138,10 @@ type AlertServiceServer interface {
 	// scope, type and threshold) answers the rule it created and changes
 	// nothing; the same id with another content is ALREADY_EXISTS, and so is
 	// a deleted rule's id (DeleteAlertRule). A rule is evaluated after each
-	// later change; it does not fire on creation.
+	// later change; it does not fire on creation. At most 1,000 rules watch
+	// one customer, and 1,000 every customer (all): another is
+	// RESOURCE_EXHAUSTED, nothing created (a retry of a rule held still
+	// answers; a deleted rule makes room).
 	CreateAlert(context.Context, *CreateAlertRequest) (*AlertRule, error)
 	// Every alert with seq > after_seq, oldest first, then each new one as it
 	// is committed; the stream does not end on its own. Only committed alerts

@@ -721,7 +721,9 @@ type TopUpPolicy struct {
 	Threshold      string `protobuf:"bytes,1,opt,name=threshold,proto3" json:"threshold,omitempty"`
 	RechargeTo     string `protobuf:"bytes,2,opt,name=recharge_to,json=rechargeTo,proto3" json:"recharge_to,omitempty"`
 	PricePerCredit string `protobuf:"bytes,3,opt,name=price_per_credit,json=pricePerCredit,proto3" json:"price_per_credit,omitempty"`
-	MaxPerPeriod   uint32 `protobuf:"varint,4,opt,name=max_per_period,json=maxPerPeriod,proto3" json:"max_per_period,omitempty"`
+	// 1 to 1,000 (each purchase is a grant the balance lists): more is
+	// INVALID_ARGUMENT naming top_up.max_per_period, nothing set.
+	MaxPerPeriod uint32 `protobuf:"varint,4,opt,name=max_per_period,json=maxPerPeriod,proto3" json:"max_per_period,omitempty"`
 	// The currency of price_per_credit, answered by the server: that of the
 	// contract the policy was set through, on every contract of the customer
 	// (empty for a policy set by an earlier release, whose price is read in the
@@ -1169,7 +1171,9 @@ type Grant struct {
 	PaidAmount string `protobuf:"bytes,6,opt,name=paid_amount,json=paidAmount,proto3" json:"paid_amount,omitempty"`
 	// Lower burns first.
 	Priority int32 `protobuf:"varint,7,opt,name=priority,proto3" json:"priority,omitempty"`
-	// Products this grant may pay for; empty = all.
+	// Products this grant may pay for; empty = all. At most 1,000 entries
+	// (GrantCredits refuses more: INVALID_ARGUMENT naming
+	// grant.applicable_product_ids).
 	ApplicableProductIds []string               `protobuf:"bytes,8,rep,name=applicable_product_ids,json=applicableProductIds,proto3" json:"applicable_product_ids,omitempty"`
 	StartsAt             *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
 	// Unset: never expires. The grant pays usage dated from starts_at up to but

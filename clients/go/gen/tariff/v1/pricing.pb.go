@@ -312,7 +312,11 @@ func (ChangeKind) EnumDescriptor() ([]byte, []int) {
 // value_key, the filters' keys and values and the pricing dimensions are at
 // most 256 bytes of UTF-8 each, as an event's keys and dimension values are:
 // a longer one no event could meet, so CreateProduct refuses it
-// (INVALID_ARGUMENT naming the field, "product.filters.region" say).
+// (INVALID_ARGUMENT naming the field, "product.filters.region" say). At most
+// 64 filters and 64 pricing_dimensions, as an event holds at most 64
+// dimensions, and name, event_type and unit at most 256 bytes each: more is
+// INVALID_ARGUMENT naming the field (product.filters, product.name, ...),
+// nothing created.
 type Product struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -686,7 +690,9 @@ func (x *UnitPrice) GetPerUnits() string {
 type TieredPrice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Mode  TierMode               `protobuf:"varint,1,opt,name=mode,proto3,enum=tariff.v1.TierMode" json:"mode,omitempty"`
-	Tiers []*Tier                `protobuf:"bytes,2,rep,name=tiers,proto3" json:"tiers,omitempty"`
+	// At most 1,000 (CreateDraftVersion refuses more: INVALID_ARGUMENT naming
+	// upsert_rates[i].tiered.tiers).
+	Tiers []*Tier `protobuf:"bytes,2,rep,name=tiers,proto3" json:"tiers,omitempty"`
 	// Decimal or formula; "1" when empty: tier prices are per this many units.
 	PerUnits      string `protobuf:"bytes,3,opt,name=per_units,json=perUnits,proto3" json:"per_units,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -872,7 +878,8 @@ type Rate struct {
 	// is matched as one sending it empty, as its invoice line counts it: a
 	// value of "" (not a wildcard) matches both. Keys and values are at most 256 bytes of
 	// UTF-8, as an event's dimensions are (CreateDraftVersion refuses a longer
-	// one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>).
+	// one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>), and at most 64
+	// entries, as an event's (more: INVALID_ARGUMENT naming upsert_rates[i].match).
 	Match map[string]string `protobuf:"bytes,2,rep,name=match,proto3" json:"match,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Types that are valid to be assigned to Price:
 	//
@@ -1065,7 +1072,9 @@ func (x *RateKey) GetMatch() map[string]string {
 // order and how many more): a customer created later joins through attributes
 // or customers_created_after. Empty ids, attribute keys and attribute values
 // are INVALID_ARGUMENT, and so is an id breaking the id rule (naming
-// cohort.customer_ids[i]).
+// cohort.customer_ids[i]). attributes holds at most 64 entries, keys and
+// values at most 256 bytes, as a customer's (more could match no customer:
+// INVALID_ARGUMENT naming cohort.attributes or cohort.attributes[key]).
 type Cohort struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
 	CustomerIds           []string               `protobuf:"bytes,1,rep,name=customer_ids,json=customerIds,proto3" json:"customer_ids,omitempty"`
@@ -1377,7 +1386,8 @@ func (x *RateCard) GetCurrentVersion() uint32 {
 type CreateRateCardRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Required: "credits", or an ISO 4217 currency code that has a minor unit
 	// (the codes of invoices.proto's minor_unit: "USD", "EUR", "JPY", "KWD",
 	// "CLF", ...; XXX, XTS, XAU, XDR and the like have none). Anything else
@@ -1601,7 +1611,10 @@ type CreateDraftVersionRequest struct {
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	// 0: start empty.
 	BasedOnVersion uint32 `protobuf:"varint,2,opt,name=based_on_version,json=basedOnVersion,proto3" json:"based_on_version,omitempty"`
-	// Name -> decimal string; added or replaced.
+	// Name -> decimal string; added or replaced. A name is at most 128
+	// characters (more is INVALID_ARGUMENT naming set_parameters[name], the
+	// name cut to 128 characters and "…"); one that is not an identifier is a
+	// ValidateVersion finding.
 	SetParameters map[string]string `protobuf:"bytes,3,rep,name=set_parameters,json=setParameters,proto3" json:"set_parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Replaces the rate with the same product_id and match, or adds it. A
 	// product and match ("*" entries left out) at most once in one request
@@ -1609,7 +1622,9 @@ type CreateDraftVersionRequest struct {
 	// first, so a rate both removed and upserted is replaced.
 	UpsertRates []*Rate    `protobuf:"bytes,4,rep,name=upsert_rates,json=upsertRates,proto3" json:"upsert_rates,omitempty"`
 	RemoveRates []*RateKey `protobuf:"bytes,5,rep,name=remove_rates,json=removeRates,proto3" json:"remove_rates,omitempty"`
-	ChangeNote  string     `protobuf:"bytes,6,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`
+	// At most 1,024 bytes of UTF-8 (more is INVALID_ARGUMENT naming
+	// change_note).
+	ChangeNote string `protobuf:"bytes,6,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`
 	// Parameters to drop.
 	RemoveParameters []string `protobuf:"bytes,7,rep,name=remove_parameters,json=removeParameters,proto3" json:"remove_parameters,omitempty"`
 	// Idempotency key, within the rate card (the same key on another card is

@@ -47,7 +47,11 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type PricingServiceClient interface {
-	// Key: product.id.
+	// Key: product.id. ListProducts answers every product in one message, so
+	// the catalogue is held to what a list page may take (4 MiB, what a gRPC
+	// client reads by default; less under a lower --message-mb-max, as the
+	// paged lists of contracts.proto): a product that would take it past that
+	// is RESOURCE_EXHAUSTED, not created (a retry of one held still answers).
 	CreateProduct(ctx context.Context, in *CreateProductRequest, opts ...grpc.CallOption) (*Product, error)
 	ListProducts(ctx context.Context, in *ListProductsRequest, opts ...grpc.CallOption) (*ListProductsResponse, error)
 	// Key: id.
@@ -252,7 +256,11 @@ func (c *pricingServiceClient) GetAuditLog(ctx context.Context, in *GetAuditLogR
 // All implementations must embed UnimplementedPricingServiceServer
 // for forward compatibility.
 type PricingServiceServer interface {
-	// Key: product.id.
+	// Key: product.id. ListProducts answers every product in one message, so
+	// the catalogue is held to what a list page may take (4 MiB, what a gRPC
+	// client reads by default; less under a lower --message-mb-max, as the
+	// paged lists of contracts.proto): a product that would take it past that
+	// is RESOURCE_EXHAUSTED, not created (a retry of one held still answers).
 	CreateProduct(context.Context, *CreateProductRequest) (*Product, error)
 	ListProducts(context.Context, *ListProductsRequest) (*ListProductsResponse, error)
 	// Key: id.

@@ -284,7 +284,9 @@ func (x *UsageEvent) GetReservationId() string {
 
 type UsageBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Client-chosen id echoed in the ack. Optional.
+	// Client-chosen id echoed in the ack. Optional; at most 256 bytes, as a
+	// transaction id (the ack echoes it whole): a longer one refuses the batch
+	// whole, INVALID_ARGUMENT naming batch_id (see IngestUsage).
 	BatchId string `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
 	// At most 10,000 events (configurable); more is RESOURCE_EXHAUSTED.
 	Events        []*UsageEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
@@ -348,7 +350,10 @@ type EventRejection struct {
 	// ("…" after the quote when cut); in the rare
 	// ack that would exceed the gRPC message limit (--message-mb-max) with them,
 	// every message is cut to 512 bytes, or left out if even that is too large,
-	// so that the ack is always sent: index, transaction_id and reason stay whole.
+	// so that the ack is always sent: index, transaction_id and reason stay
+	// whole, but for a transaction_id over 256 bytes (INVALID_EVENT: no event
+	// has one) in an ack still too large, cut to its first 256 bytes, ending
+	// " …" (an ack echoing 10,000 such ids is larger than their batch).
 	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -410,6 +410,9 @@ export type TopUpPolicy = Message<"tariff.v1.TopUpPolicy"> & {
   pricePerCredit: string;
 
   /**
+   * 1 to 1,000 (each purchase is a grant the balance lists): more is
+   * INVALID_ARGUMENT naming top_up.max_per_period, nothing set.
+   *
    * @generated from field: uint32 max_per_period = 4;
    */
   maxPerPeriod: number;
@@ -685,7 +688,9 @@ export type Grant = Message<"tariff.v1.Grant"> & {
   priority: number;
 
   /**
-   * Products this grant may pay for; empty = all.
+   * Products this grant may pay for; empty = all. At most 1,000 entries
+   * (GrantCredits refuses more: INVALID_ARGUMENT naming
+   * grant.applicable_product_ids).
    *
    * @generated from field: repeated string applicable_product_ids = 8;
    */
@@ -949,6 +954,10 @@ export const ContractService: GenService<{
   },
   /**
    * Key: grant.id, or request_id when grant.id is empty (one of them is required).
+   * A customer holds at most 1,000 grants given by GrantCredits (every grant
+   * is listed in its balance and contracts, never paged): another is
+   * RESOURCE_EXHAUSTED, nothing granted (a retry of one it holds still
+   * answers). The grants the server makes (TOP_UP, ROLLOVER) do not count.
    *
    * @generated from rpc tariff.v1.ContractService.GrantCredits
    */

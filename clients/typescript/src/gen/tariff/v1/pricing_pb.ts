@@ -26,7 +26,11 @@ export const file_tariff_v1_pricing: GenFile = /*@__PURE__*/
  * value_key, the filters' keys and values and the pricing dimensions are at
  * most 256 bytes of UTF-8 each, as an event's keys and dimension values are:
  * a longer one no event could meet, so CreateProduct refuses it
- * (INVALID_ARGUMENT naming the field, "product.filters.region" say).
+ * (INVALID_ARGUMENT naming the field, "product.filters.region" say). At most
+ * 64 filters and 64 pricing_dimensions, as an event holds at most 64
+ * dimensions, and name, event_type and unit at most 256 bytes each: more is
+ * INVALID_ARGUMENT naming the field (product.filters, product.name, ...),
+ * nothing created.
  *
  * @generated from message tariff.v1.Product
  */
@@ -229,6 +233,9 @@ export type TieredPrice = Message<"tariff.v1.TieredPrice"> & {
   mode: TierMode;
 
   /**
+   * At most 1,000 (CreateDraftVersion refuses more: INVALID_ARGUMENT naming
+   * upsert_rates[i].tiered.tiers).
+   *
    * @generated from field: repeated tariff.v1.Tier tiers = 2;
    */
   tiers: Tier[];
@@ -330,7 +337,8 @@ export type Rate = Message<"tariff.v1.Rate"> & {
    * is matched as one sending it empty, as its invoice line counts it: a
    * value of "" (not a wildcard) matches both. Keys and values are at most 256 bytes of
    * UTF-8, as an event's dimensions are (CreateDraftVersion refuses a longer
-   * one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>).
+   * one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>), and at most 64
+   * entries, as an event's (more: INVALID_ARGUMENT naming upsert_rates[i].match).
    *
    * @generated from field: map<string, string> match = 2;
    */
@@ -410,7 +418,9 @@ export const RateKeySchema: GenMessage<RateKey> = /*@__PURE__*/
  * order and how many more): a customer created later joins through attributes
  * or customers_created_after. Empty ids, attribute keys and attribute values
  * are INVALID_ARGUMENT, and so is an id breaking the id rule (naming
- * cohort.customer_ids[i]).
+ * cohort.customer_ids[i]). attributes holds at most 64 entries, keys and
+ * values at most 256 bytes, as a customer's (more could match no customer:
+ * INVALID_ARGUMENT naming cohort.attributes or cohort.attributes[key]).
  *
  * @generated from message tariff.v1.Cohort
  */
@@ -597,6 +607,8 @@ export type CreateRateCardRequest = Message<"tariff.v1.CreateRateCardRequest"> &
   id: string;
 
   /**
+   * At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name).
+   *
    * @generated from field: string name = 2;
    */
   name: string;
@@ -712,7 +724,10 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   basedOnVersion: number;
 
   /**
-   * Name -> decimal string; added or replaced.
+   * Name -> decimal string; added or replaced. A name is at most 128
+   * characters (more is INVALID_ARGUMENT naming set_parameters[name], the
+   * name cut to 128 characters and "…"); one that is not an identifier is a
+   * ValidateVersion finding.
    *
    * @generated from field: map<string, string> set_parameters = 3;
    */
@@ -734,6 +749,9 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   removeRates: RateKey[];
 
   /**
+   * At most 1,024 bytes of UTF-8 (more is INVALID_ARGUMENT naming
+   * change_note).
+   *
    * @generated from field: string change_note = 6;
    */
   changeNote: string;
@@ -1946,7 +1964,11 @@ export const ChangeKindSchema: GenEnum<ChangeKind> = /*@__PURE__*/
  */
 export const PricingService: GenService<{
   /**
-   * Key: product.id.
+   * Key: product.id. ListProducts answers every product in one message, so
+   * the catalogue is held to what a list page may take (4 MiB, what a gRPC
+   * client reads by default; less under a lower --message-mb-max, as the
+   * paged lists of contracts.proto): a product that would take it past that
+   * is RESOURCE_EXHAUSTED, not created (a retry of one held still answers).
    *
    * @generated from rpc tariff.v1.PricingService.CreateProduct
    */

@@ -105,7 +105,9 @@ export const UsageEventSchema: GenMessage<UsageEvent> = /*@__PURE__*/
  */
 export type UsageBatch = Message<"tariff.v1.UsageBatch"> & {
   /**
-   * Client-chosen id echoed in the ack. Optional.
+   * Client-chosen id echoed in the ack. Optional; at most 256 bytes, as a
+   * transaction id (the ack echoes it whole): a longer one refuses the batch
+   * whole, INVALID_ARGUMENT naming batch_id (see IngestUsage).
    *
    * @generated from field: string batch_id = 1;
    */
@@ -154,7 +156,10 @@ export type EventRejection = Message<"tariff.v1.EventRejection"> & {
    * ("…" after the quote when cut); in the rare
    * ack that would exceed the gRPC message limit (--message-mb-max) with them,
    * every message is cut to 512 bytes, or left out if even that is too large,
-   * so that the ack is always sent: index, transaction_id and reason stay whole.
+   * so that the ack is always sent: index, transaction_id and reason stay
+   * whole, but for a transaction_id over 256 bytes (INVALID_EVENT: no event
+   * has one) in an ack still too large, cut to its first 256 bytes, ending
+   * " …" (an ack echoing 10,000 such ids is larger than their batch).
    *
    * @generated from field: string message = 4;
    */
@@ -394,8 +399,8 @@ export const UsageService: GenService<{
    * it with the same transaction ids after a reconnect and already-accepted
    * events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
    * the events limit, PERMISSION_DENIED, INVALID_ARGUMENT for one that does not
-   * decode as a UsageBatch, a string that is not UTF-8 say) ends the stream with
-   * that status: the batches before it stay acknowledged, and none sent after
+   * decode as a UsageBatch, a string that is not UTF-8 say, or whose batch_id
+   * is over 256 bytes) ends the stream with that status: the batches before it stay acknowledged, and none sent after
    * it is applied (resend them on a new stream). So does a batch whose journal
    * commit fails (RESOURCE_EXHAUSTED when the journal is full, else
    * UNAVAILABLE): nothing of it and nothing sent after it is applied. A
