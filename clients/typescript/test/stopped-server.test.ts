@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, test } from "node:test";
 
@@ -91,5 +92,31 @@ test("a sender with almost no retry budget still sends to a server that answers"
   } finally {
     client.close();
     await stopLive();
+  }
+});
+
+test("by default a sender gives up after 10 failed streams in a row (attemptsMax), before elapsedMaxMs", async () => {
+  // README: "for up to retry.elapsedMaxMs (60,000 by default) or retry.attemptsMax failed streams in a row (10)":
+  // against a port nobody listens on, with the delays cut to 1 ms, the ten refusals end it long before 60 s.
+  const port = await new Promise<number>((resolve) => {
+    const probe = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
+  const client = new TariffClient(`127.0.0.1:${port}`);
+  const sender = client.usageSender({ retry: { initialBackoffMs: 1, maxBackoffMs: 1 } });
+  try {
+    const { usage } = demoEvent(`refused-${randomUUID()}`, 0, Date.now());
+    const error = await sender.sendBatch([usage]).then(
+      () => undefined,
+      (failure: unknown) => failure,
+    );
+    assert.ok(error instanceof ConnectError, String(error));
+    assert.equal(error.code, Code.Unavailable, String(error));
+    assert.equal(sender.stats.reconnects, 9, "ten streams: the first and nine reconnects");
+  } finally {
+    sender.abort();
+    client.close();
   }
 });
