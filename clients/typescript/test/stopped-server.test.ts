@@ -120,3 +120,28 @@ test("by default a sender gives up after 10 failed streams in a row (attemptsMax
     client.close();
   }
 });
+
+test("an authorize streamer's decision waits 1,000 ms by default (its timeoutMs), not the client's unaryTimeoutMs", async () => {
+  // A listener that takes the TCP connection and never answers: the decision's own deadline is all that ends it.
+  const silent = createServer(() => undefined);
+  const port = await new Promise<number>((resolve) => {
+    silent.listen(0, "127.0.0.1", () => resolve((silent.address() as AddressInfo).port));
+  });
+  const client = new TariffClient(`127.0.0.1:${port}`);
+  const streamer = client.authorizeStreamer();
+  try {
+    const outcome = await streamer
+      .authorize({ customerId: "acme", eventType: "ai_action" })
+      .then(
+        (decision) => decision,
+        (error: unknown) => error,
+      );
+    assert.ok(outcome instanceof ConnectError, String(outcome));
+    assert.equal(outcome.code, Code.DeadlineExceeded, String(outcome));
+    assert.match(outcome.rawMessage, /no answer within 1000 ms/);
+  } finally {
+    streamer.close();
+    client.close();
+    silent.close();
+  }
+});
