@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,6 +121,34 @@ func TestASenderWithAlmostNoRetryBudgetStillSendsToAServerThatAnswers(t *testing
 	}
 	if ack.GetAccepted() != 1 {
 		t.Fatalf("want 1 event accepted, got %v", ack)
+	}
+}
+
+// README: "for up to Retry.ElapsedMax (60 s by default) or Retry.AttemptsMax failed streams in a row (10)": against a
+// port nobody listens on, with the delays cut to 1 ms, the default ten refusals end the sender long before 60 s.
+func TestByDefaultASenderGivesUpAfterTenFailedStreamsBeforeElapsedMax(t *testing.T) {
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := probe.Addr().String()
+	_ = probe.Close()
+	client := newClient(t, target, tariff.Options{})
+	policy := tariff.RetryPolicy{InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}
+	sender, err := client.NewUsageSender(tariff.SenderOptions{Retry: &policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Abort()
+	event, _ := demoEvent(fmt.Sprintf("refused-%d", time.Now().UnixNano()), 0, time.Now().UnixMilli())
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	_, err = sender.SendBatch(ctx, []*tariffv1.UsageEvent{event}, "")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "after 10 failed streams") {
+		t.Fatalf("want UNAVAILABLE after 10 failed streams, got %v", err)
+	}
+	if reconnects := sender.Stats().Reconnects; reconnects != 9 {
+		t.Fatalf("want ten streams (the first and 9 reconnects), got %d reconnects", reconnects)
 	}
 }
 

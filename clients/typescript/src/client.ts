@@ -69,6 +69,12 @@ export interface TlsOptions {
 
 const DEFAULT_UNARY_TIMEOUT_MS = 10_000;
 
+/**
+ * The largest reply the client reads: 64 MiB, as the Python, Go and Java clients (the server sends at most its
+ * --message-mb-max, 16 MiB by default). A larger one fails with RESOURCE_EXHAUSTED; connect's own limit is 4 GiB.
+ */
+export const REPLY_BYTES_MAX = 64 * 1024 * 1024;
+
 function apiKeyInterceptor(apiKey: string): Interceptor {
   const value = `Bearer ${apiKey}`;
   return (next) => async (request) => {
@@ -150,6 +156,7 @@ export class TariffClient {
         interceptors,
         // The server sends uncompressed replies; asking for none saves it from considering them.
         acceptCompression: [],
+        readMaxBytes: REPLY_BYTES_MAX,
       }),
       this.unaryTimeoutMs,
     );

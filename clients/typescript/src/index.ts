@@ -6,7 +6,7 @@
 export { Code, ConnectError } from "@connectrpc/connect";
 export { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 
-export { TariffClient, type TariffClientOptions, type TlsOptions } from "./client.js";
+export { REPLY_BYTES_MAX, TariffClient, type TariffClientOptions, type TlsOptions } from "./client.js";
 export { fieldViolations, type FieldViolation } from "./errors.js";
 export {
   AuthorizeError,

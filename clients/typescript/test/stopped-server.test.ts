@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, test } from "node:test";
 
@@ -91,5 +92,56 @@ test("a sender with almost no retry budget still sends to a server that answers"
   } finally {
     client.close();
     await stopLive();
+  }
+});
+
+test("by default a sender gives up after 10 failed streams in a row (attemptsMax), before elapsedMaxMs", async () => {
+  // README: "for up to retry.elapsedMaxMs (60,000 by default) or retry.attemptsMax failed streams in a row (10)":
+  // against a port nobody listens on, with the delays cut to 1 ms, the ten refusals end it long before 60 s.
+  const port = await new Promise<number>((resolve) => {
+    const probe = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
+  const client = new TariffClient(`127.0.0.1:${port}`);
+  const sender = client.usageSender({ retry: { initialBackoffMs: 1, maxBackoffMs: 1 } });
+  try {
+    const { usage } = demoEvent(`refused-${randomUUID()}`, 0, Date.now());
+    const error = await sender.sendBatch([usage]).then(
+      () => undefined,
+      (failure: unknown) => failure,
+    );
+    assert.ok(error instanceof ConnectError, String(error));
+    assert.equal(error.code, Code.Unavailable, String(error));
+    assert.equal(sender.stats.reconnects, 9, "ten streams: the first and nine reconnects");
+  } finally {
+    sender.abort();
+    client.close();
+  }
+});
+
+test("an authorize streamer's decision waits 1,000 ms by default (its timeoutMs), not the client's unaryTimeoutMs", async () => {
+  // A listener that takes the TCP connection and never answers: the decision's own deadline is all that ends it.
+  const silent = createServer(() => undefined);
+  const port = await new Promise<number>((resolve) => {
+    silent.listen(0, "127.0.0.1", () => resolve((silent.address() as AddressInfo).port));
+  });
+  const client = new TariffClient(`127.0.0.1:${port}`);
+  const streamer = client.authorizeStreamer();
+  try {
+    const outcome = await streamer
+      .authorize({ customerId: "acme", eventType: "ai_action" })
+      .then(
+        (decision) => decision,
+        (error: unknown) => error,
+      );
+    assert.ok(outcome instanceof ConnectError, String(outcome));
+    assert.equal(outcome.code, Code.DeadlineExceeded, String(outcome));
+    assert.match(outcome.rawMessage, /no answer within 1000 ms/);
+  } finally {
+    streamer.close();
+    client.close();
+    silent.close();
   }
 });

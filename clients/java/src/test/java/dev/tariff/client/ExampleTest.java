@@ -56,16 +56,49 @@ class ExampleTest {
     }
   }
 
+  /**
+   * A cold start: the quickstart's JVM spends its first call on connecting and on loading gRPC's and Netty's classes,
+   * up to about a second on a loaded 2-core machine, which its 1 s check must not pay for (it then decided
+   * UNAVAILABLE and skipped its event). It connects first, so started before the server listens (the coldest
+   * start) it waits for the server and decides OK; it used to fail closed at once, and exit with getBalance's error.
+   */
+  @Test
+  void quickstartStartedBeforeTheServerWaitsForIt() throws Exception {
+    try (TariffServer server = TariffServer.startDemo()) {
+      server.kill9();
+      Process process = startQuickstart(server);
+      try {
+        // Time for the old quickstart to give up (about a second after its start); the new one waits up to 10 s, which
+        // leaves the server (about 1.5 s to start here) a wide margin.
+        process.waitFor(2, TimeUnit.SECONDS);
+        server.start();
+        String[] lines = finish(process).split("\n", -1);
+        assertEquals("authorize: OK estimated cost 5", lines[0], String.join("\n", lines));
+        assertEquals("credits remaining: 49995", lines.length == 4 ? lines[2] : "", String.join("\n", lines));
+      } finally {
+        process.destroyForcibly();
+      }
+    }
+  }
+
   static String runQuickstart(TariffServer server) throws Exception {
+    return finish(startQuickstart(server));
+  }
+
+  static Process startQuickstart(TariffServer server) throws Exception {
     Path java = Path.of(System.getProperty("java.home"), "bin", "java");
     ProcessBuilder builder = new ProcessBuilder(java.toString(), "-cp", System.getProperty("java.class.path"),
         "dev.tariff.example.Quickstart").redirectError(ProcessBuilder.Redirect.INHERIT);
     builder.environment().put("TARIFF_TARGET", server.target());
     builder.environment().remove("TARIFF_API_KEY");
-    Process process = builder.start();
+    return builder.start();
+  }
+
+  /** The quickstart's output, once it has exited with status 0. */
+  static String finish(Process process) throws Exception {
     String output = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
     assertEquals(true, process.waitFor(60, TimeUnit.SECONDS), "the example finished");
-    assertEquals(0, process.exitValue());
+    assertEquals(0, process.exitValue(), output);
     return output;
   }
 }

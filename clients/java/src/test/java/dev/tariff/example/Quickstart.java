@@ -21,6 +21,9 @@ public final class Quickstart {
     LocalDate today = LocalDate.now(ZoneOffset.UTC);
     String transactionId = "example-java-" + today;
     try (TariffClient client = new TariffClient(target, new TariffClient.Options().apiKey(System.getenv("TARIFF_API_KEY")))) {
+      // Connect first, as a gateway does before it serves: a cold JVM's first call (the connection, gRPC's classes)
+      // can take a second by itself, which would leave nothing of the check's deadline for the server's answer.
+      client.waitReady(Duration.ofSeconds(10));
       AuthorizeDecision decision = client.authorize( // the gateway's check
           AuthorizeRequest.newBuilder().setCustomerId("acme").setEventType("ai_action").putAllDimensions(gpt4ComplexSummary).build(),
           new AuthorizeOptions(Duration.ofSeconds(1), AuthorizeOptions.UnavailablePolicy.DENY));
