@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.serverproc import ServerProcess
@@ -91,3 +91,20 @@ def open_contract(
         request.ending_before.CopyFrom(stamp(end_ms))
     made: contracts_pb2.Contract = client.contracts.CreateContract(request)
     return made
+
+
+def rejected_in(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, str]]:
+    """Sends `events` as one batch: (transaction id, reason) of each rejected event, in order; accepted ones answer
+    nothing."""
+    ack = client.ingest_batch(list(events))
+    return [(events[r.index].transaction_id, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
+
+
+def varint(value: int) -> bytes:
+    """A protobuf base-128 varint, for messages written by hand."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -43,7 +43,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import open_contract, preview, serving
+from tests.audit_fixtures import open_contract, preview, rejected_in, serving
 from tests.serverproc import ServerProcess, wait_for
 
 CARD = "bnd"
@@ -89,12 +89,6 @@ def work(transaction_id: str, customer_id: str, at_ms: int, n: float = 1) -> usa
     return usage_pb2.UsageEvent(
         transaction_id=transaction_id, customer_id=customer_id, event_type="work", timestamp_ms=at_ms, values={"n": n}
     )
-
-
-def send(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, str]]:
-    """(transaction id, reason) of each rejected event, in order; accepted ones answer nothing."""
-    ack = client.ingest_batch(list(events))
-    return [(events[r.index].transaction_id, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
 
 
 def promotional(
@@ -165,7 +159,7 @@ def test_sub_millisecond_parts_of_contract_override_and_grant_instants_are_dropp
         assert made.starts_at == stamp(g)
 
         instants = [s - 1, s, g - 1, g, o - 1, o, p - 1, p, f - 1, f]
-        rejected = send(client, *(work(f"e{i}", "subms", t) for i, t in enumerate(instants)))
+        rejected = rejected_in(client, *(work(f"e{i}", "subms", t) for i, t in enumerate(instants)))
         assert rejected == [("e0", "NO_ACTIVE_CONTRACT"), ("e9", "NO_ACTIVE_CONTRACT")]
 
         explained = client.invoices.ExplainLineItem(
@@ -207,7 +201,7 @@ def test_a_grants_sub_millisecond_expiry_is_dropped_so_its_whole_millisecond_is_
         x = (now_ms() // 1000 + 120) * 1000
         made = promotional(client, "subx", "soon", "5", contract_id="subx-k", expires_at=past_ms(x, 500_000))
         assert made.expires_at == stamp(x)
-        assert send(client, work("before", "subx", x - 1), work("at", "subx", x)) == []
+        assert rejected_in(client, work("before", "subx", x - 1), work("at", "subx", x)) == []
         assert now_ms() < x, "the scenario needs the events rated before the grant's expiry"
         assert grants(client, "subx") == {"soon": ("5", "1", "4", "0")}
         balance = client.get_balance("subx")
@@ -260,7 +254,7 @@ def test_at_a_past_period_end_the_rollover_is_usable_from_exactly_that_end_and_a
             client, "rl", "next", "4", "4", contract_id="rl-k", priority=5, rollover_fraction="0.5", starts_at=stamp(e)
         )
         assert wait_for(lambda: {rolled, tied} <= set(grants(client, "rl")), 15)
-        assert send(client, work("late", "rl", e - 1), work("edge", "rl", e)) == []
+        assert rejected_in(client, work("late", "rl", e - 1), work("edge", "rl", e)) == []
 
         balance = client.get_balance("rl")
         shown = {
@@ -392,7 +386,7 @@ def test_a_window_is_at_least_one_millisecond_once_its_sub_millisecond_parts_are
         assert set(grants(client, "one")) == {"g-one"}
 
         instants = [t - 1, t, t + 1, o - 1, o, o + 1, x - 1, x, x + 1]
-        assert send(client, *(work(f"one-{i}", "one", ms) for i, ms in enumerate(instants))) == [
+        assert rejected_in(client, *(work(f"one-{i}", "one", ms) for i, ms in enumerate(instants))) == [
             ("one-0", "NO_ACTIVE_CONTRACT")
         ]
         assert now_ms() < x, "the scenario needs the events rated before the grant's window"
@@ -531,7 +525,7 @@ def test_a_rollover_grant_pays_up_to_but_not_at_the_next_periods_end(server: Ser
         promotional(client, "ro2", "roll", "10", contract_id="ro2-k", rollover_fraction="0.5", starts_at=stamp(e - 1))
         rolled = f"rollover-roll-{e}"
         assert wait_for(lambda: rolled in grants(client, "ro2"), 15)
-        assert send(client, work("last", "ro2", e2 - 1), work("next", "ro2", e2)) == []
+        assert rejected_in(client, work("last", "ro2", e2 - 1), work("next", "ro2", e2)) == []
         assert now_ms() < e2, "the scenario needs the events rated before the rolled grant's expiry"
         shown = {
             g.grant_id: (g.drawn, g.remaining, g.starts_at, g.expires_at) for g in client.get_balance("ro2").grants
@@ -550,7 +544,9 @@ def test_an_event_may_be_dated_as_far_back_as_the_first_millisecond_after_the_ep
     -1 INVALID_EVENT (must be positive), and neither is charged."""
     with server.client() as client:
         open_contract(client, "epoch", "epoch-k", 0, rate_card_id=EPOCH_CARD)
-        assert send(client, work("zero", "epoch", 0), work("first", "epoch", 1), work("before", "epoch", -1)) == [
+        assert rejected_in(
+            client, work("zero", "epoch", 0), work("first", "epoch", 1), work("before", "epoch", -1)
+        ) == [
             ("zero", "INVALID_EVENT"),
             ("before", "INVALID_EVENT"),
         ]

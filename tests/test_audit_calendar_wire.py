@@ -26,9 +26,9 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import open_contract, preview, refusal, serving
+from tests.audit_fixtures import open_contract, preview, refusal, rejected_in, serving
 from tests.serverproc import ServerProcess
-from tests.test_audit_periods3_wire import assert_totals_are_the_sums_of_lines, close, event, lines, send
+from tests.test_audit_periods3_wire import assert_totals_are_the_sums_of_lines, close, event, lines
 from tests.test_cli import tariff
 
 
@@ -143,7 +143,7 @@ def test_volume_tiers_start_anew_at_a_leap_february_boundary_and_credits_given_b
     with server.client() as client:
         contract(client, "vol29", "vol29-c", at("2024-01-29T00:00:00"), overage_price="1.5")
         grant(client, "vol29-g", "vol29", "vol29-c", "20")
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("v1", "vol29", 8, at("2024-02-28T23:00:00"), "vol"),
             event("v2", "vol29", 3, boundary - 1, "vol"),
@@ -205,9 +205,9 @@ def test_a_cheaper_volume_tier_gives_back_the_lines_overage_first_then_the_last_
                 priority=priority,
             )
             client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
-        assert send(client, event("gb1", "volgb", 8, boundary - 1, "vol")) == []
-        assert send(client, event("gb2", "volgb", 3, boundary - 1, "vol")) == []
-        assert send(client, event("gb3", "volgb", 9, boundary, "vol")) == []
+        assert rejected_in(client, event("gb1", "volgb", 8, boundary - 1, "vol")) == []
+        assert rejected_in(client, event("gb2", "volgb", 3, boundary - 1, "vol")) == []
+        assert rejected_in(client, event("gb3", "volgb", 9, boundary, "vol")) == []
         first, second = preview(client, "volgb", boundary - 1), preview(client, "volgb", boundary)
         assert span(first) == (at("2025-01-30T00:00:00"), boundary)
         assert span(second) == (boundary, at("2025-03-30T00:00:00"))
@@ -239,7 +239,7 @@ def test_a_retroactive_publish_re_rates_volume_per_period_across_a_clamped_bound
     with server.client() as client:
         contract(client, "rr31", "rr31-c", at("2025-01-31T00:00:00"), rate_card_id="cal-r")
         grant(client, "rr31-g", "rr31", "rr31-c", "20")
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("r1", "rr31", 8, at("2025-02-27T23:00:00"), "vol"),
             event("r2", "rr31", 4, boundary, "vol"),
@@ -310,7 +310,7 @@ def test_a_contract_ending_mid_period_keeps_its_last_periods_monthly_end_and_a_w
     end = at("2024-03-10T12:00:00")
     with server.client() as client:
         contract(client, "end31", "end31-c", at("2023-12-31T00:00:00"), end)
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("e1", "end31", 1, at("2024-03-01T00:00:00"), "flat"),
             event("e2", "end31", 3, end - 1),
@@ -363,7 +363,7 @@ def test_a_switch_at_a_clamped_boundary_anchors_the_next_contract_on_the_28th(se
         contract(client, "sw28", "sw28-old", at("2025-01-31T00:00:00"), feb28)
         contract(client, "sw28", "sw28-new", feb28)
         flat = [event(f"s{i}", "sw28", 1, t, "flat") for i, t in enumerate((feb28 - 1, feb28, mar28))]
-        assert send(client, *flat) == []
+        assert rejected_in(client, *flat) == []
         shown = [
             (i.contract_id, *span(i), i.subtotal)
             for i in (preview(client, "sw28", t) for t in (feb28 - 1, feb28, mar28))
@@ -425,7 +425,7 @@ def test_close_due_periods_closes_every_anchor_in_end_then_contract_order_once_a
         contract(client, "c-b", "c-b", at("2025-02-28T12:00:00"), at("2025-03-28T12:00:00"))
         contract(client, "c-c", "c-c", at("2023-12-31T00:00:00"), at("2024-02-29T00:00:00.001"))
         contract(client, "c-d", "c-d", at("2025-01-28T00:00:00"), at("2025-02-28T00:00:00"))
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("a1", "c-a", 2, at("2025-02-01T00:00:00")),
             event("a2", "c-a", 5, at("2025-03-01T00:00:00")),
@@ -438,7 +438,7 @@ def test_close_due_periods_closes_every_anchor_in_end_then_contract_order_once_a
         assert rejected == []
         by_hand = close(client, "c-a", at("2025-02-28T00:00:00"))
         assert summary(by_hand) == ("INV-00000001", "c-a", at("2025-02-28T00:00:00"), at("2025-03-31T00:00:00"), "5.00")
-        late = send(
+        late = rejected_in(
             client,
             event("a4", "c-a", 3, at("2025-02-27T00:00:00")),
             event("a5", "c-a", 1, at("2025-03-30T00:00:00")),
@@ -467,7 +467,7 @@ def test_close_due_periods_closes_every_anchor_in_end_then_contract_order_once_a
         assert close_due(client) == []
         assert listed(client) == before
         contract(client, "c-e", "c-e", at("2025-06-30T00:00:00"), at("2025-07-01T00:00:00"))
-        assert send(client, event("e1", "c-e", 2, at("2025-06-30T00:00:00"))) == []
+        assert rejected_in(client, event("e1", "c-e", 2, at("2025-06-30T00:00:00"))) == []
         assert [summary(i) for i in close_due(client)] == [
             ("INV-00000009", "c-e", at("2025-06-30T00:00:00"), at("2025-07-30T00:00:00"), "2.00")
         ]
@@ -599,7 +599,7 @@ def test_a_contract_ended_days_ago_keeps_its_running_last_period_open_until_its_
     period = monthly(start_ms, start_ms)
     with closer.client() as client:
         contract(client, "recent", "recent-c", start_ms, end_ms)
-        assert send(client, event("r1", "recent", 4, start_ms + 5 * day_ms)) == []
+        assert rejected_in(client, event("r1", "recent", 4, start_ms + 5 * day_ms)) == []
         balance = client.get_balance("recent")
         assert balance.period_charges == "0"
         assert not balance.HasField("period_start") and not balance.HasField("period_end")

@@ -41,7 +41,7 @@ from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pric
 
 from server.convert import timestamp as stamp
 from server.records import JournalRecord, RerationDone, decode_record, encode_record
-from tests.audit_fixtures import HOUR_MS, open_contract, preview, serving, unit
+from tests.audit_fixtures import HOUR_MS, open_contract, preview, rejected_in, serving, unit
 from tests.serverproc import ServerProcess
 from tests.test_cli import tariff
 
@@ -93,12 +93,6 @@ def work(transaction_id: str, customer_id: str, at_ms: int, n: float, event_type
         timestamp_ms=at_ms,
         values={"n": n},
     )
-
-
-def send(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, str]]:
-    """(transaction id, reason) of each rejected event, in order."""
-    ack = client.ingest_batch(list(events))
-    return [(events[r.index].transaction_id, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
 
 
 def balance(client: TariffClient, customer_id: str) -> tuple[str, str, str]:
@@ -153,10 +147,10 @@ def test_a_period_total_past_128_bits_refuses_the_event_and_sums_print_exactly(s
         open_contract(
             client, "sum-x", "sum-x-k", month_start(2025, 1), rate_card_id="sum-cr", overage_price=TOP_OVERAGE_PRICE
         )
-        assert send(client, work("a1", "sum-a", now - 2000, BIG), work("a2", "sum-a", now - 1000, BIG)) == [
+        assert rejected_in(client, work("a1", "sum-a", now - 2000, BIG), work("a2", "sum-a", now - 1000, BIG)) == [
             ("a2", "INVALID_EVENT")
         ]
-        assert send(client, work("x1", "sum-x", now - 2000, BIG)) == []
+        assert rejected_in(client, work("x1", "sum-x", now - 2000, BIG)) == []
         assert balance(client, "sum-a") == (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE)
         with pytest.raises(TariffError) as refused:
             client.balance.Authorize(authorizing("sum-a", BIG))
@@ -196,7 +190,7 @@ def test_a_period_total_past_128_bits_refuses_the_event_and_sums_print_exactly(s
             (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE),
             (BIG_CHARGE, BIG_CHARGE, x_due),
         )
-        assert send(client, work("a3", "sum-a", now_ms(), BIG), work("a4", "sum-a", now_ms(), 1)) == [
+        assert rejected_in(client, work("a3", "sum-a", now_ms(), BIG), work("a4", "sum-a", now_ms(), 1)) == [
             ("a3", "INVALID_EVENT")
         ]
         more = "100000000000000000000000000"  # BIG_CHARGE + 10^11 = (999,999,999,999,999 + 1) x 10^11
@@ -214,7 +208,7 @@ def test_a_publish_re_rating_past_64_bit_picos_answers_exactly_and_the_server_go
         card(client, "r64", "USD", "1")
         open_contract(client, "r64-a", "r64-a-k", month_start(2025, 1), rate_card_id="r64")
         events = work("r1", "r64-a", now - 1000, 20_000_000), work("r0", "r64-a", last_month + HOUR_MS, 30_000_000)
-        assert send(client, *events) == []
+        assert rejected_in(client, *events) == []
         client.invoices.ClosePeriod(
             invoices_pb2.ClosePeriodRequest(customer_id="r64-a", period_start=stamp(last_month))
         )
@@ -226,7 +220,7 @@ def test_a_publish_re_rating_past_64_bit_picos_answers_exactly_and_the_server_go
     server.restart()
     with server.client() as client:
         assert balance(client, "r64-a") == ("0", "0", "0")
-        assert send(client, work("r2", "r64-a", now_ms(), 5)) == []
+        assert rejected_in(client, work("r2", "r64-a", now_ms(), 5)) == []
         assert balance(client, "r64-a") == ("0", "0", "0")
 
 
@@ -240,7 +234,7 @@ def test_a_publish_re_rating_two_customers_past_128_bits_answers_their_exact_sum
         card(client, "r128", "USD", BIG_PRICE)
         for customer in ("r128-a", "r128-b"):
             open_contract(client, customer, f"{customer}-k", month_start(2025, 1), rate_card_id="r128")
-            assert send(client, work(f"{customer}-1", customer, now - 1000, BIG)) == []
+            assert rejected_in(client, work(f"{customer}-1", customer, now - 1000, BIG)) == []
         published = publish_free(client, "r128", this_month_ms())
         assert (published.rerated_amount_delta, published.customers_rerated) == (f"-{TWO_BIG_CHARGES}", 2)
     server.kill9()
@@ -258,7 +252,10 @@ def test_simulating_a_window_of_two_periods_past_128_bits_sums_them_exactly(serv
     with server.client() as client:
         card(client, "sim", "USD", BIG_PRICE)
         open_contract(client, "sim-a", "sim-a-k", month_start(2025, 1), rate_card_id="sim")
-        assert send(client, work("s0", "sim-a", last_month + HOUR_MS, BIG), work("s1", "sim-a", now - 1000, BIG)) == []
+        assert (
+            rejected_in(client, work("s0", "sim-a", last_month + HOUR_MS, BIG), work("s1", "sim-a", now - 1000, BIG))
+            == []
+        )
         simulated = client.pricing.SimulateVersion(
             pricing_pb2.SimulateVersionRequest(
                 rate_card_id="sim",
@@ -314,7 +311,7 @@ def test_grants_charges_and_a_spend_alert_at_their_largest_sum_exactly_and_survi
         assert (answer.credits_remaining, answer.credits_available) == (two_g, two_g)
         rule = alerts_pb2.CreateAlertRequest(customer_id="al-a", type=alerts_pb2.SPEND_THRESHOLD, threshold=g)
         rule_id = client.alerts.CreateAlert(rule).id
-        assert send(client, work("al-1", "al-a", now - 1000, BIG)) == []
+        assert rejected_in(client, work("al-1", "al-a", now - 1000, BIG)) == []
         expected = (BIG_CHARGE, overage, overage)
         assert balance(client, "al-a") == expected
         watched = next(iter(client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id="al-a"))))
@@ -352,7 +349,7 @@ def test_top_ups_whose_costs_sum_past_128_bits_at_10e_30_are_invoiced_exactly(se
         policy = contracts_pb2.TopUpPolicy(threshold="1", recharge_to=str(r), price_per_credit="1", max_per_period=3)
         client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="tu-a-k", top_up=policy))
         for i in range(3):
-            assert send(client, work(f"tu-{i}", "tu-a", now - 3000 + i, r)) == []
+            assert rejected_in(client, work(f"tu-{i}", "tu-a", now - 3000 + i, r)) == []
         invoice = preview(client, "tu-a", this_month_ms())
         assert (invoice.overage_due, invoice.top_up_purchases, invoice.total_due) == (
             "170000000.00",
@@ -379,7 +376,7 @@ def test_a_snapshot_holding_sums_past_64_and_128_bits_restarts_to_the_same_balan
             card(client, "snap", "USD", BIG_PRICE)
             open_contract(client, "snap-a", "snap-a-k", month_start(2025, 1), rate_card_id="snap")
             events = work("n0", "snap-a", last_month + HOUR_MS, BIG), work("n1", "snap-a", now - 1000, BIG)
-            assert send(client, *events) == []
+            assert rejected_in(client, *events) == []
             close = invoices_pb2.ClosePeriodRequest(customer_id="snap-a", period_start=stamp(last_month))
             assert client.invoices.ClosePeriod(close).total_due == f"{BIG_CHARGE}.00"
             published = publish_free(client, "snap", last_month)
@@ -422,7 +419,7 @@ def test_a_re_rating_in_slices_past_64_bits_completes_and_restarts(tmp_path: Pat
                 open_contract(client, customer, f"{customer}-k", month_start(2025, 1), rate_card_id="sl")
             units = [20_000_000 if customer == "sl-000" else 1 for customer in customers]
             events = [work(f"{c}-1", c, now - 1000, n) for c, n in zip(customers, units, strict=True)]
-            assert send(client, *events) == []
+            assert rejected_in(client, *events) == []
             published = publish_free(client, "sl", month_start(2025, 1))
             assert (published.rerated_amount_delta, published.customers_rerated) == ("-20000064", 65)
         process.kill9()
@@ -461,7 +458,7 @@ def test_a_version_whose_re_rating_passes_a_periods_128_bits_is_refused_and_chan
         )
         client.pricing.PublishVersion(first)
         open_contract(client, "ov-a", "ov-a-k", month_start(2025, 1), rate_card_id="ov")
-        assert send(client, work("ov-1", "ov-a", now - 1000, BIG, "ov-work")) == []
+        assert rejected_in(client, work("ov-1", "ov-a", now - 1000, BIG, "ov-work")) == []
         window_start, window_end = stamp(this_month_ms()), stamp(now // HOUR_MS * HOUR_MS + HOUR_MS)
         for version, product_id in ((2, "ov-units-b"), (3, "ov-units")):
             out_of_range = f'customer "ov-a": the charge for product "{product_id}" is out of range'
@@ -481,7 +478,7 @@ def test_a_version_whose_re_rating_passes_a_periods_128_bits_is_refused_and_chan
             assert published.value.code == grpc.StatusCode.FAILED_PRECONDITION
             assert published.value.details.endswith(out_of_range)
             assert balance(client, "ov-a") == (BIG_CHARGE, BIG_CHARGE, BIG_CHARGE)
-        assert send(client, work("ov-2", "ov-a", now - 500, 1, "ov-work")) == []
+        assert rejected_in(client, work("ov-2", "ov-a", now - 500, 1, "ov-work")) == []
         ten_to_26 = "100000000000000000000000000"
         assert balance(client, "ov-a") == (ten_to_26, ten_to_26, ten_to_26)
 
@@ -526,7 +523,7 @@ def test_revenue_sums_prepaid_credit_and_overage_at_their_largest_over_customers
                     work(f"{c}-1", c, now - 1000, 10_000_000),
                     work(f"{c}-2", c, now - 900, BIG),
                 )
-                assert send(client, *events) == []
+                assert rejected_in(client, *events) == []
                 assert balance(client, c) == (
                     "100000000999999900000000000",
                     "100000000499999900000000000.000000000001",
@@ -588,7 +585,7 @@ def test_the_csv_export_sums_a_lines_credits_exactly(server: ServerProcess) -> N
                 starts_at=stamp(last_month),
             )
             client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
-        assert send(client, work("csv-1", "csv-a", last_month + HOUR_MS, 1_000_000)) == []
+        assert rejected_in(client, work("csv-1", "csv-a", last_month + HOUR_MS, 1_000_000)) == []
         close = invoices_pb2.ClosePeriodRequest(customer_id="csv-a", period_start=stamp(last_month))
         closed = client.invoices.ClosePeriod(close)
         credits = "12345678901234568.123456789012"

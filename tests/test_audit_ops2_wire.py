@@ -33,6 +33,7 @@ import pytest
 from tariff import ResourceExhausted, TariffError, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, usage_pb2
 
+from tests.audit_fixtures import varint
 from tests.demo_usage import ACME, CHEAP, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess, free_port, wait_for, wait_for_log
 from tests.test_server_auth import BETA, Keys, add_beta, pki  # noqa: F401  (pki: a fixture)
@@ -225,21 +226,12 @@ def batch_of_size(size_bytes: int, batch: usage_pb2.UsageBatch) -> usage_pb2.Usa
     `size_bytes`; not its batch_id, which is at most 256 bytes (usage.proto)."""
     base = batch.SerializeToString()
     for pad in range(size_bytes - len(base) - 6, size_bytes - len(base)):
-        padding = b"\x7a" + _varint(pad) + b"p" * pad  # field 15, wire type 2
+        padding = b"\x7a" + varint(pad) + b"p" * pad  # field 15, wire type 2
         if len(base) + len(padding) == size_bytes:
             padded = usage_pb2.UsageBatch.FromString(base + padding)
             assert padded.ByteSize() == size_bytes, padded.ByteSize()
             return padded
     raise AssertionError(f"no padding makes {size_bytes} bytes")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def test_a_message_of_exactly_message_mb_max_is_served_and_one_byte_more_refused_applying_nothing(

@@ -37,7 +37,7 @@ from tariff import TariffClient, TariffError
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import open_contract, preview, serving
+from tests.audit_fixtures import open_contract, preview, rejected_in, serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_cli import tariff
 
@@ -122,12 +122,6 @@ def event(
         timestamp_ms=at_ms,
         values={"n": n},
     )
-
-
-def send(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, str]]:
-    """(transaction id, reason) of each rejected event, in order; accepted ones answer nothing."""
-    ack = client.ingest_batch(list(events))
-    return [(events[r.index].transaction_id, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
 
 
 def period_of(client: TariffClient, customer_id: str, at_ms: int) -> tuple[str, int, int]:
@@ -232,7 +226,7 @@ def test_anchors_on_the_29th_30th_31st_and_feb_29_clamp_per_month_without_drifti
                 event(f"{customer_id}-{i}", customer_id, 1, at(instant), "flat")
                 for i, (instant, _, _) in enumerate(rows)
             ]
-            assert send(client, *events) == []
+            assert rejected_in(client, *events) == []
             for instant, start, end in rows:
                 invoice = preview(client, customer_id, at(instant))
                 assert (invoice.period_start.ToMilliseconds(), invoice.period_end.ToMilliseconds()) == (
@@ -262,7 +256,7 @@ def test_the_boundary_instant_opens_the_next_period_for_tiers_and_flat_fees(serv
     boundary = at("2025-02-28T00:00:00")
     with server.client() as client:
         contract(client, "edge", "edge-c", at("2025-01-31T00:00:00"))
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("g0", "edge", 1, at("2025-01-30T23:59:59.999"), "grad"),
             event("g1", "edge", 20, at("2025-01-31T00:00:00"), "grad"),
@@ -292,13 +286,13 @@ def test_a_closed_period_refuses_late_events_to_its_last_millisecond_and_the_nex
     boundary = at("2025-02-28T00:00:00")
     with server.client() as client:
         contract(client, "late", "late-c", at("2025-01-31T00:00:00"))
-        assert send(client, event("l1", "late", 2, at("2025-02-10T00:00:00"))) == []
+        assert rejected_in(client, event("l1", "late", 2, at("2025-02-10T00:00:00"))) == []
         draft = preview(client, "late", at("2025-02-01T00:00:00"))
         final = close(client, "late", at("2025-01-31T00:00:00"))
         assert final.status == invoices_pb2.INVOICE_FINAL
         assert but_final_fields(final) == but_final_fields(draft)
         assert (final.subtotal, final.total_due) == ("2", "2.00")
-        assert send(client, event("l2", "late", 3, boundary - 1), event("l3", "late", 5, boundary)) == [
+        assert rejected_in(client, event("l2", "late", 3, boundary - 1), event("l3", "late", 5, boundary)) == [
             ("l2", "PERIOD_CLOSED")
         ]
         assert preview(client, "late", boundary - 1) == final
@@ -324,14 +318,14 @@ def test_a_closed_last_period_of_a_switched_away_contract_does_not_close_the_nex
     with server.client() as client:
         contract(client, "sw", "sw-old", jan15, feb1)
         contract(client, "sw", "sw-new", feb1)
-        assert send(client, event("o1", "sw", 4, at("2025-01-20T00:00:00"))) == []
+        assert rejected_in(client, event("o1", "sw", 4, at("2025-01-20T00:00:00"))) == []
         old = close(client, "sw", jan15)
         assert (old.contract_id, old.period_end.ToMilliseconds(), old.subtotal) == (
             "sw-old",
             at("2025-02-15T00:00:00"),
             "4",
         )
-        after_old = send(
+        after_old = rejected_in(
             client,
             event("o2", "sw", 100, feb1 - 1),
             event("n1", "sw", 1, feb1),
@@ -342,7 +336,7 @@ def test_a_closed_last_period_of_a_switched_away_contract_does_not_close_the_nex
         assert (new.contract_id, lines(new)) == ("sw-new", [("units", "3", "3", 2)])
         closed_new = close(client, "sw", feb1)
         assert but_final_fields(closed_new) == but_final_fields(new)
-        assert send(client, event("n3", "sw", 16, at("2025-02-14T00:00:00")), event("n4", "sw", 8, mar1)) == [
+        assert rejected_in(client, event("n3", "sw", 16, at("2025-02-14T00:00:00")), event("n4", "sw", 8, mar1)) == [
             ("n3", "PERIOD_CLOSED")
         ]
         assert lines(preview(client, "sw", mar1)) == [("units", "8", "8", 1)]
@@ -359,10 +353,10 @@ def test_a_contract_created_later_inside_a_closed_periods_range_takes_its_own_ev
     jan15, feb1, feb5 = at("2025-01-15T00:00:00"), at("2025-02-01T00:00:00"), at("2025-02-05T00:00:00")
     with server.client() as client:
         contract(client, "gone", "gone-old", jan15, feb1)
-        assert send(client, event("g1", "gone", 3, at("2025-01-20T00:00:00"))) == []
+        assert rejected_in(client, event("g1", "gone", 3, at("2025-01-20T00:00:00"))) == []
         assert close(client, "gone", jan15).subtotal == "3"
         contract(client, "gone", "gone-new", feb5)
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("g2", "gone", 6, at("2025-02-10T00:00:00")),
             event("g3", "gone", 1, at("2025-02-03T00:00:00")),
@@ -386,7 +380,7 @@ def test_usage_after_a_contracts_end_is_no_active_contract_and_a_grant_for_the_e
     mar10, mar20 = at("2025-03-10T00:00:00"), at("2025-03-20T00:00:00")
     with server.client() as client:
         contract(client, "end", "end-c", mar10, mar20)
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("e1", "end", 5, mar20 - 1),
             event("e2", "end", 1, mar20),
@@ -399,7 +393,7 @@ def test_usage_after_a_contracts_end_is_no_active_contract_and_a_grant_for_the_e
             )
         )
         assert made.starts_at.ToMilliseconds() == mar10
-        assert send(client, event("e4", "end", 2, at("2025-03-15T00:00:00"))) == []
+        assert rejected_in(client, event("e4", "end", 2, at("2025-03-15T00:00:00"))) == []
         invoice = preview(client, "end", mar10)
         assert (invoice.period_start.ToMilliseconds(), invoice.period_end.ToMilliseconds()) == (
             mar10,
@@ -448,7 +442,7 @@ def test_a_switch_between_rate_cards_prices_each_side_by_its_own_card_and_flat_f
                 id=grant_id, contract_id=contract_id, kind=contracts_pb2.PROMOTIONAL, amount=amount
             )
             client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("u1", "cards", 10, at("2025-01-20T00:00:00")),
             event("f1", "cards", 1, at("2025-01-20T00:00:00"), "flat"),
@@ -485,7 +479,7 @@ def test_a_version_effective_at_a_period_boundary_prices_each_side_of_it(server:
     mar1 = at("2025-03-01T00:00:00")
     with server.client() as client:
         contract(client, "ver", "ver-c", at("2025-02-01T00:00:00"), rate_card_id="p3-v")
-        assert send(client, event("v1", "ver", 4, mar1 - 1), event("v2", "ver", 5, mar1)) == []
+        assert rejected_in(client, event("v1", "ver", 4, mar1 - 1), event("v2", "ver", 5, mar1)) == []
         february, march = preview(client, "ver", mar1 - 1), preview(client, "ver", mar1)
         shown = [
             [(p.version, p.quantity, p.amount, p.unit_price, p.events) for line in i.lines for p in line.prices]
@@ -519,7 +513,7 @@ def test_top_ups_across_a_switch_count_per_contract_period_and_each_invoice_bill
         for n, (units, when) in enumerate(
             ((30, "2025-01-20"), (95, "2025-02-05"), (100, "2025-02-06"), (10, "2025-01-25")), start=1
         ):
-            assert send(client, event(f"t{n}", "tu", units, at(f"{when}T00:00:00"))) == []
+            assert rejected_in(client, event(f"t{n}", "tu", units, at(f"{when}T00:00:00"))) == []
         old, new = preview(client, "tu", jan15), preview(client, "tu", feb1)
         assert (lines(old), old.overage_amount, old.overage_due, old.top_up_purchases, old.total_due) == (
             [("units", "40", "40", 2)],
@@ -578,7 +572,7 @@ def test_a_retroactive_publish_across_a_switch_leaves_the_closed_old_period_alon
     with server.client() as client:
         contract(client, "rr", "rr-old", jan15, feb1, rate_card_id="p3-r")
         contract(client, "rr", "rr-new", feb1, rate_card_id="p3-r")
-        rejected = send(
+        rejected = rejected_in(
             client,
             event("r1", "rr", 50, at("2025-01-20T00:00:00"), "grad"),
             event("r2", "rr", 60, feb5, "grad"),
@@ -621,7 +615,7 @@ def test_a_retroactive_publish_across_a_switch_leaves_the_closed_old_period_alon
             published.customers_rerated,
             published.rerated_amount_delta,
         ) == (2, 2, 1, "95")
-        assert send(client, event("r4", "rr", 10, at("2025-02-07T00:00:00"), "grad")) == []
+        assert rejected_in(client, event("r4", "rr", 10, at("2025-02-07T00:00:00"), "grad")) == []
         new = preview(client, "rr", feb1)
         (line,) = new.lines
         assert (line.quantity, line.amount, line.events) == ("130", "230", 3)
@@ -691,7 +685,7 @@ def test_a_switch_to_another_currency_bills_each_invoice_in_its_contracts_curren
         contract(client, "cur", "cur-old", jan15, feb1)
         contract(client, "cur", "cur-new", feb1, currency="JPY", overage_price="150")
         assert (
-            send(
+            rejected_in(
                 client,
                 event("c1", "cur", 3, at("2025-01-20T00:00:00")),
                 event("c2", "cur", 2, at("2025-02-05T00:00:00")),
@@ -770,7 +764,7 @@ def test_a_grant_with_a_rollover_fraction_must_start_in_a_billing_period(server:
 
         assert wait_for(lambda: expired() == {"pre-g": "50", "pre-plain": "0", rolled_id: "50"}, 15), expired()
         assert (
-            send(
+            rejected_in(
                 client,
                 event("p1", "pre", 10, at("2025-03-05T00:00:00")),
                 event("p2", "pre", 10, at("2025-05-05T00:00:00")),
@@ -805,7 +799,7 @@ def test_a_contract_lists_its_own_grants_and_its_customers_unattached_ones_not_t
             client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
         policy = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="50", price_per_credit="1", max_per_period=1)
         client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="lg-new", top_up=policy))
-        assert send(client, event("lg1", "lg", 2, at("2025-02-05T00:00:00"))) == []
+        assert rejected_in(client, event("lg1", "lg", 2, at("2025-02-05T00:00:00"))) == []
         listed = [
             [g.id for g in client.contracts.GetContract(contracts_pb2.GetContractRequest(id=c)).grants]
             for c in ("lg-old", "lg-new")
@@ -851,7 +845,7 @@ def test_a_cohort_version_effective_at_a_period_boundary_prices_its_members_from
         for customer_id in ("coh-a", "coh-b", "coh-c"):
             contract(client, customer_id, f"{customer_id}-k", feb1, rate_card_id="p3-c")
             assert (
-                send(
+                rejected_in(
                     client,
                     event(f"{customer_id}-1", customer_id, 1, mar1 - 1),
                     event(f"{customer_id}-2", customer_id, 1, mar1),
@@ -979,7 +973,7 @@ def test_late_usage_of_an_open_old_period_moves_the_revenue_of_the_new_contracts
             return lines, (r.deferred_start, r.prepaid_sold, r.recognized_credits, r.deferred_end, r.reconciles)
 
         assert (
-            send(
+            rejected_in(
                 client,
                 event("v1", "rv", 10, at("2025-01-20T00:00:00")),
                 event("v2", "rv", 20, at("2025-02-05T00:00:00")),
@@ -989,7 +983,7 @@ def test_late_usage_of_an_open_old_period_moves_the_revenue_of_the_new_contracts
         assert revenue() == ([(jan15, "5", "45"), (feb1, "10", "35")], ("0", "50", "15", "35", True))
         closed = close(client, "rv", feb1)
         assert [(g.grant_id, g.drawn, g.remaining) for g in closed.grant_balances] == [("rv-g", "30", "70")]
-        assert send(client, event("v3", "rv", 30, at("2025-01-25T00:00:00"))) == []
+        assert rejected_in(client, event("v3", "rv", 30, at("2025-01-25T00:00:00"))) == []
         assert revenue() == ([(jan15, "20", "30"), (feb1, "10", "20")], ("0", "50", "30", "20", True))
         assert preview(client, "rv", feb1) == closed
         old = preview(client, "rv", jan15)
@@ -1015,7 +1009,7 @@ def test_top_ups_count_per_period_with_the_boundary_instant_in_the_next_period(s
         for n, (units, when) in enumerate(
             ((5, mar1 - 1), (25, mar1 - 1), (5, mar1), (3, at("2025-02-27T00:00:00"))), 1
         ):
-            assert send(client, event(f"tb{n}", "tb", units, when)) == []
+            assert rejected_in(client, event(f"tb{n}", "tb", units, when)) == []
         february, march = preview(client, "tb", feb1), preview(client, "tb", mar1)
         shown = [
             (
@@ -1048,7 +1042,7 @@ def test_the_cli_finds_a_period_starting_in_a_month_whose_contract_ended_within_
         contract(client, "trial", "trial-1", at("2025-01-05T00:00:00"), at("2025-01-10T00:00:00"))
         contract(client, "trial", "trial-2", at("2025-01-10T00:00:00"), at("2025-01-20T00:00:00"))
         assert (
-            send(
+            rejected_in(
                 client,
                 event("tr1", "trial", 2, at("2025-01-06T00:00:00")),
                 event("tr2", "trial", 3, at("2025-01-12T00:00:00")),
@@ -1081,7 +1075,7 @@ def test_the_cli_reads_the_earlier_of_two_periods_starting_in_a_month_after_a_sw
         contract(client, "tri", "tri-a", at("2024-12-20T00:00:00"), at("2025-01-03T00:00:00"))
         contract(client, "tri", "tri-b", at("2025-01-03T00:00:00"), at("2025-01-08T00:00:00"))
         contract(client, "tri", "tri-c", at("2025-01-08T00:00:00"))
-        assert send(client, event("tri1", "tri", 4, at("2025-01-04T00:00:00"))) == []
+        assert rejected_in(client, event("tri1", "tri", 4, at("2025-01-04T00:00:00"))) == []
     shown = tariff(server, "invoices", "preview", "tri", "--period", "2025-01", "--json").stdout
     invoice = json.loads(shown)
     assert (invoice["contract_id"], invoice["period_start"], invoice["subtotal"]) == (
@@ -1113,7 +1107,7 @@ def test_a_restart_answers_the_same_contracts_grants_and_invoices(server: Server
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         grant = contracts_pb2.Grant(id="rs-g", contract_id=made.id, kind=contracts_pb2.PROMOTIONAL, amount="10")
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
-        assert send(client, event("rs1", "rs", 4, at("2025-01-02T00:00:00"))) == []
+        assert rejected_in(client, event("rs1", "rs", 4, at("2025-01-02T00:00:00"))) == []
         before = (
             client.contracts.GetContract(contracts_pb2.GetContractRequest(id=made.id)),
             preview(client, "rs", at("2025-01-01T00:00:00")),

@@ -27,6 +27,7 @@ from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pric
 
 from server import auth
 from tests import test_server_auth
+from tests.audit_fixtures import varint
 from tests.demo_usage import ACME, CHEAP, COMPLEX, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 from tests.test_cli import tariff
@@ -90,18 +91,9 @@ def beta_balance(world: World) -> balance_pb2.Balance:
     return balance
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _len_delimited(field: int, data: bytes) -> bytes:
     """A length-delimited field on the wire (protobuf wire type 2)."""
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
+    return varint(field << 3 | 2) + varint(len(data)) + data
 
 
 def _raw_call(world: World, method: str, blob: bytes, key_name: str, streaming: bool) -> tuple[grpc.StatusCode, str]:
