@@ -181,3 +181,33 @@ def test_checks_on_an_authorize_stream_ended_under_a_write_get_its_status_and_th
     expected = [refused, refused, "OK"]
     assert outcomes == expected, f"{outcomes}, stream 2 cancelled: {second_cancelled}"
     assert not second_cancelled
+
+
+def summary(transaction_id: str) -> Usage:
+    return Usage(transaction_id, "acme", "ai_action", now_ms(), {"action": "summary"})
+
+
+def test_an_event_added_while_the_batcher_closes_is_sent_or_refused_never_dropped(server: ServerProcess) -> None:
+    """close() "flushes and stops": an add() that returned while close() waited for the last ack must not leave
+    its event in the buffer of a batcher that then closed without error."""
+
+    async def scenario() -> tuple[str, int, int]:
+        async with server.async_client() as client:
+            batcher = client.usage_batcher(flush_interval_ms=60_000)  # only a flush or close sends
+            stamp = time.time_ns()
+            await batcher.add(summary(f"closing-{stamp}-1"))
+            closing = asyncio.ensure_future(batcher.close())
+            for _ in range(5):  # close() now waits for the ack of the first event
+                await asyncio.sleep(0)
+            try:
+                await batcher.add(summary(f"closing-{stamp}-2"))
+                added = "added"
+            except RuntimeError as refused:
+                added = f"refused: {refused}"
+            async with asyncio.timeout(SAFETY_S):
+                await closing
+            return added, batcher.buffered, batcher.accepted
+
+    added, buffered, accepted = asyncio.run(scenario())
+    assert buffered == 0, f"the second event ({added}) was left unsent in a closed batcher"
+    assert (added, accepted) in {("added", 2), ("refused: UsageBatcher is closed", 1)}, (added, accepted)
