@@ -1447,6 +1447,7 @@ class UsageBatcher(_DrainsOnExit):
         self._outstanding: set[asyncio.Future[usage_pb2.IngestAck]] = set()
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._closing = False  # close() has begun: add() refuses, so no event joins a buffer that is not sent
         self._closed = False
         #: Batches handed to the stream, and acks totals.
         self.batches_sent = 0
@@ -1461,13 +1462,13 @@ class UsageBatcher(_DrainsOnExit):
         return len(self._buffer)
 
     async def add(self, usage: Usage | usage_pb2.UsageEvent) -> None:
-        """Buffers one event; waits while the buffer is full."""
-        self._check_usable()
+        """Buffers one event; waits while the buffer is full. Refused (RuntimeError) once ``close()`` has begun."""
+        self._check_addable()
         while len(self._buffer) >= self.buffer_events_max:
             self._space.clear()
             self._kick.set()
             await self._space.wait()
-            self._check_usable()
+            self._check_addable()
         self._buffer.append(_to_event(usage))
         if len(self._buffer) == 1:
             self._oldest_at = asyncio.get_running_loop().time()
@@ -1495,6 +1496,7 @@ class UsageBatcher(_DrainsOnExit):
         """Flushes, stops the background flusher, and closes the stream if this batcher owns it."""
         if self._closed:
             return
+        self._closing = True
         try:
             await self.flush()
         except BaseException:
@@ -1527,6 +1529,11 @@ class UsageBatcher(_DrainsOnExit):
                 self.stream._failure_raised = True
             raise self._failure
         if self._closed:
+            raise RuntimeError("UsageBatcher is closed")
+
+    def _check_addable(self) -> None:
+        self._check_usable()
+        if self._closing:
             raise RuntimeError("UsageBatcher is closed")
 
     async def _run(self) -> None:
