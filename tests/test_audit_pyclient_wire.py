@@ -11,7 +11,11 @@ fails because the server has just ended the call: with several oversized batches
 RESOURCE_EXHAUSTED was then often read as INTERNAL, which `UsageStream` retries (resending the same oversized
 batch), and the authorize batcher reported "UNAVAILABLE: the AuthorizeBatches stream had ended" instead, or
 hung: its reader of the ended stream failed the checks of the next stream and cancelled it, leaving a write on
-it waiting for ever. The race does not happen every time, so each scenario is run for several rounds.
+it waiting for ever. The race does not happen every time, so the wire scenarios run for several rounds; a test
+with a scripted AuthorizeBatches call checks the authorize batcher's side of it deterministically.
+
+`UsageBatcher.close()` "flushes and stops": an event whose `add()` returned while `close()` waited for the last
+ack was left in the buffer of a batcher that closed without error; now `add()` is refused once `close()` began.
 """
 
 from __future__ import annotations
