@@ -878,6 +878,66 @@ async def _next_response(responses: AsyncIterator[Any]) -> Any:
         return grpc.aio.EOF
 
 
+# The status grpc.aio gives a call, over whatever status it had, when a write on it fails in its C core (the call
+# ended under the write, e.g. because the server has just refused an earlier message with its own status).
+_LOCAL_WRITE_FAILURE_DETAILS: Final = "Internal error from Core"
+
+
+def _is_local_write_failure(error: BaseException) -> bool:
+    return (
+        isinstance(error, grpc.RpcError)
+        and error.code() == grpc.StatusCode.INTERNAL
+        and error.details() == _LOCAL_WRITE_FAILURE_DETAILS
+    )
+
+
+def _ready_result(coroutine: Any) -> Any:
+    """The result of a coroutine that finishes without waiting (a done call's status accessors), else None."""
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value
+    coroutine.close()
+    return None
+
+
+class _ServerStatus:
+    """The status the server ended a ``grpc.aio`` stream call with, kept from grpc.aio's own INTERNAL.
+
+    A write that fails because the call has ended makes grpc.aio replace the call's status with INTERNAL ("Internal
+    error from Core"), and a reader looking after that sees INTERNAL instead of, say, the RESOURCE_EXHAUSTED of a
+    message past the server's size limit: a permanent refusal read as a retryable one. The status is noted here the
+    moment it is set (a done callback, which grpc.aio runs as it sets it), and ``outcome`` gives it back in place of
+    that INTERNAL.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self.error: grpc.aio.AioRpcError | None = None
+        call.add_done_callback(self._on_done)
+
+    def _on_done(self, call: Any) -> None:
+        if self.error is not None:
+            return
+        code = _ready_result(call.code())
+        if code is None or code == grpc.StatusCode.OK:
+            return
+        error = grpc.aio.AioRpcError(
+            code,
+            _ready_result(call.initial_metadata()) or grpc.aio.Metadata(),
+            _ready_result(call.trailing_metadata()) or grpc.aio.Metadata(),
+            _ready_result(call.details()),
+            _ready_result(call.debug_error_string()),
+        )
+        if not _is_local_write_failure(error):
+            self.error = error
+
+    def outcome(self, error: grpc.RpcError) -> grpc.RpcError:
+        """`error`, or the server's status when `error` is grpc.aio's INTERNAL for a write on the ended call."""
+        if _is_local_write_failure(error) and self.error is not None:
+            return self.error
+        return error
+
+
 class _AckTimeout(Exception):
     """No ack arrived within ack_timeout_s while batches were outstanding (retryable)."""
 
@@ -1213,6 +1273,7 @@ class UsageStream(_DrainsOnExit):
         if generation > 1:
             self.reconnects += 1
         call = self._stub.IngestUsage(metadata=self._metadata) if self._metadata else self._stub.IngestUsage()
+        server_status = _ServerStatus(call)
         writer: asyncio.Task[None] | None = None
         read: asyncio.Future[Any] | None = None
         answer_by = loop.time() + connect_within_s
@@ -1241,7 +1302,7 @@ class UsageStream(_DrainsOnExit):
                     try:
                         message = read.result()
                     except grpc.RpcError as e:
-                        rpc_error: BaseException = e
+                        rpc_error: BaseException = server_status.outcome(e)
                         return rpc_error
                     read = None
                     if message is grpc.aio.EOF:
@@ -1386,6 +1447,7 @@ class UsageBatcher(_DrainsOnExit):
         self._outstanding: set[asyncio.Future[usage_pb2.IngestAck]] = set()
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._closing = False  # close() has begun: add() refuses, so no event joins a buffer that is not sent
         self._closed = False
         #: Batches handed to the stream, and acks totals.
         self.batches_sent = 0
@@ -1400,13 +1462,13 @@ class UsageBatcher(_DrainsOnExit):
         return len(self._buffer)
 
     async def add(self, usage: Usage | usage_pb2.UsageEvent) -> None:
-        """Buffers one event; waits while the buffer is full."""
-        self._check_usable()
+        """Buffers one event; waits while the buffer is full. Refused (RuntimeError) once ``close()`` has begun."""
+        self._check_addable()
         while len(self._buffer) >= self.buffer_events_max:
             self._space.clear()
             self._kick.set()
             await self._space.wait()
-            self._check_usable()
+            self._check_addable()
         self._buffer.append(_to_event(usage))
         if len(self._buffer) == 1:
             self._oldest_at = asyncio.get_running_loop().time()
@@ -1434,6 +1496,7 @@ class UsageBatcher(_DrainsOnExit):
         """Flushes, stops the background flusher, and closes the stream if this batcher owns it."""
         if self._closed:
             return
+        self._closing = True
         try:
             await self.flush()
         except BaseException:
@@ -1466,6 +1529,11 @@ class UsageBatcher(_DrainsOnExit):
                 self.stream._failure_raised = True
             raise self._failure
         if self._closed:
+            raise RuntimeError("UsageBatcher is closed")
+
+    def _check_addable(self) -> None:
+        self._check_usable()
+        if self._closing:
             raise RuntimeError("UsageBatcher is closed")
 
     async def _run(self) -> None:

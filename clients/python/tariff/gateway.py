@@ -6,8 +6,10 @@ batcher puts every check made within `max_delay_ms` (or until `batch_requests_ma
 `AuthorizeBatch`, keeps several batches in flight on one long-lived `AuthorizeBatches` stream, and hands
 each caller its own answer (the server answers in request order).
 
-If the stream breaks, every check in flight fails with the typed error (Authorize changes nothing, so the
-caller may simply retry) and the next check opens a new stream.
+If the stream breaks, every check in flight fails with the typed error of the server's status (Authorize changes
+nothing, so the caller may simply retry; a RESOURCE_EXHAUSTED without RetryInfo, a message past the server's
+--message-mb-max, fails again) and the next check opens a new stream. Each `authorize()` answers or raises
+`DeadlineExceeded` within `timeout_s`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from typing import Any
 
 import grpc
 
-from tariff.client import DeadlineExceeded, TariffError, Unavailable, _authorize_request, error_from_rpc
+from tariff.client import (
+    DeadlineExceeded,
+    TariffError,
+    Unavailable,
+    _authorize_request,
+    _ServerStatus,
+    error_from_rpc,
+)
 from tariff.v1 import balance_pb2
 
 _Waiting = tuple[balance_pb2.AuthorizeRequest, "asyncio.Future[balance_pb2.AuthorizeResponse]"]
@@ -50,6 +59,7 @@ class AuthorizeBatcher:
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -75,7 +85,11 @@ class AuthorizeBatcher:
         answer: asyncio.Future[balance_pb2.AuthorizeResponse] = asyncio.get_running_loop().create_future()
         self._waiting.append((request, answer))
         if len(self._waiting) >= self.batch_requests_max:
-            await self._send()
+            # Sent by a task of its own: the caller waits for its answer only, at most timeout_s, even while
+            # the send waits for a slot or for the write before it.
+            sender = asyncio.create_task(self._send())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
         elif self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_after_delay())
         try:
@@ -98,40 +112,48 @@ class AuthorizeBatcher:
             try:
                 if self._call is None:
                     self._call = self._stub.AuthorizeBatches()
-                    self._reader = asyncio.create_task(self._read(self._call))
+                    self._reader = asyncio.create_task(self._read(self._call, _ServerStatus(self._call)))
+                call = self._call
                 self._in_flight.append(batch)
-                await self._call.write(balance_pb2.AuthorizeBatch(requests=[request for request, _ in batch]))
-            except grpc.RpcError as e:
-                self._fail(error_from_rpc(e))
-            except asyncio.InvalidStateError:
-                self._fail(Unavailable("the AuthorizeBatches stream had ended"))
+                await call.write(balance_pb2.AuthorizeBatch(requests=[request for request, _ in batch]))
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                # The call has ended (the write's own error is grpc.aio's, not the server's status): its reader
+                # fails every check in flight on it with the server's status.
+                pass
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # Else grpc.aio's word for a write on a call its reader has failed (cancelled) meanwhile.
 
-    async def _read(self, call: Any) -> None:
+    async def _read(self, call: Any, server_status: _ServerStatus) -> None:
         try:
             while True:
                 result = await call.read()
                 if result is grpc.aio.EOF:
-                    self._fail(Unavailable("the server ended the AuthorizeBatches stream"))
+                    self._fail(call, Unavailable("the server ended the AuthorizeBatches stream"))
                     return
                 batch = self._in_flight.popleft()
                 self._slots.release()
                 if len(result.responses) != len(batch):
-                    self._fail(TariffError(f"{len(result.responses)} answers for {len(batch)} checks"))
+                    self._fail(call, TariffError(f"{len(result.responses)} answers for {len(batch)} checks"))
                     return
                 for (request, answer), response in zip(batch, result.responses, strict=True):
                     if response.request_id != request.request_id:
-                        self._fail(TariffError(f"answer {response.request_id!r} for {request.request_id!r}"))
+                        self._fail(call, TariffError(f"answer {response.request_id!r} for {request.request_id!r}"))
                         return
                     if not answer.done():
                         answer.set_result(response)
         except grpc.RpcError as e:
-            self._fail(error_from_rpc(e))
+            self._fail(call, error_from_rpc(server_status.outcome(e)))
 
-    def _fail(self, error: TariffError) -> None:
-        """Fails every check in flight; the next check opens a new stream."""
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+    def _fail(self, call: Any, error: TariffError) -> None:
+        """Fails every check in flight on `call`, the current stream; the next check opens a new stream. A call
+        already failed is not the current one: the checks in flight are the new stream's, left alone."""
+        if call is not self._call:
+            return
+        call.cancel()
+        self._call = None
         while self._in_flight:
             for _, answer in self._in_flight.popleft():
                 if not answer.done():
@@ -145,6 +167,8 @@ class AuthorizeBatcher:
         if self._waiting:
             await self._send()
         self._closed = True
+        if self._senders:
+            await asyncio.wait(set(self._senders), timeout=self.timeout_s)
         pending = [answer for batch in self._in_flight for _, answer in batch]
         if pending:
             await asyncio.wait(pending, timeout=self.timeout_s)
