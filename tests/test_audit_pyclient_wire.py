@@ -82,7 +82,7 @@ def test_a_batch_past_the_message_limit_fails_the_batcher_at_once_with_resource_
 
 async def _authorize_round(client: AsyncTariffClient) -> list[str]:
     """Sixteen oversized checks, each its own AuthorizeBatch message: what each raised or answered."""
-    async with client.authorize_batcher(batch_requests_max=1, timeout_s=2.0) as batcher:
+    async with client.authorize_batcher(batch_requests_max=1, timeout_s=SAFETY_S / 3) as batcher:
         checks = [batcher.authorize("acme", "ai_action", {"action": "x" * OVERSIZED_BYTES}) for _ in range(16)]
         async with asyncio.timeout(SAFETY_S):
             outcomes = await asyncio.gather(*checks, return_exceptions=True)
