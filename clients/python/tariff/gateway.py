@@ -47,7 +47,12 @@ class AuthorizeBatcher:
         batches_in_flight_max: int = 8,
         timeout_s: float = 5.0,
     ) -> None:
-        assert 0 < batch_requests_max <= 10_000, "the server takes at most 10,000 requests a batch"
+        # Raised, not asserted: `python -O` strips asserts, and a bad bound must never reach the server (more than
+        # 10,000 sinks every batch) or the semaphore (0 leaves every check waiting out its timeout_s).
+        if not 0 < batch_requests_max <= 10_000:
+            raise ValueError(f"batch_requests_max must be 1 to 10,000 (the server's limit), not {batch_requests_max}")
+        if batches_in_flight_max < 1:
+            raise ValueError(f"batches_in_flight_max must be >= 1, not {batches_in_flight_max}")
         self._stub = balance_stub
         self.max_delay_ms = max_delay_ms
         self.batch_requests_max = batch_requests_max
