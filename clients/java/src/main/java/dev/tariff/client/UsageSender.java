@@ -38,6 +38,7 @@ import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.EnumSet;
 import java.util.List;
+import java.util.Locale;
 import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.CompletableFuture;
@@ -568,7 +569,8 @@ public final class UsageSender {
     if (unansweredGeneration == streamGeneration) {
       status =
           Status.UNAVAILABLE.withDescription(
-              String.format("no answer from the server within %.1f s", answerWithin.toMillis() / 1000.0));
+              // Locale.ROOT: "2.0 s" under any default locale (a German one wrote "2,0 s").
+              String.format(Locale.ROOT, "no answer from the server within %.1f s", answerWithin.toMillis() / 1000.0));
     } else if (ackTimedOutGeneration == streamGeneration) {
       status = Status.DEADLINE_EXCEEDED.withDescription("no ack within " + options.ackTimeout);
     } else if (status == null) {

@@ -16,6 +16,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
+import java.util.Locale;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
@@ -49,6 +50,17 @@ class StoppedServerTest {
 
   @Test
   void aSenderGivesUpWithinAboutElapsedMaxOnAServerThatNeverAnswers() throws Exception {
+    // Under a German default locale too: the message's seconds are written "2.0 s", never "2,0 s".
+    Locale locale = Locale.getDefault();
+    Locale.setDefault(Locale.GERMANY);
+    try {
+      givesUpWithinAboutElapsedMax();
+    } finally {
+      Locale.setDefault(locale);
+    }
+  }
+
+  private void givesUpWithinAboutElapsedMax() throws Exception {
     try (TariffServer server = TariffServer.startDemo()) {
       long pid = server.pid();
       signal(pid, "STOP");
@@ -79,6 +91,8 @@ class StoppedServerTest {
         assertEquals(Status.Code.UNAVAILABLE, Status.fromThrowable(failure).getCode(), String.valueOf(failure));
         // A bound on a failure mode, not a speed measurement: at most elapsedMax + MIN_CONNECT (3 s) is promised.
         assertTrue(elapsedS < 6, "gave up after " + elapsedS + " s with elapsedMax 2 s: " + failure);
+        String description = String.valueOf(Status.fromThrowable(failure).getDescription());
+        assertTrue(description.matches(".*no answer from the server within \\d+\\.\\d s"), description);
       } finally {
         signal(pid, "CONT"); // before the server's close: a stopped process takes no SIGTERM
       }
