@@ -171,7 +171,10 @@ type UsageEvent struct {
 	// DUPLICATE_CONFLICT.
 	TransactionId string `protobuf:"bytes,1,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
 	CustomerId    string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	// Selects the products this event feeds (Product.event_type).
+	// Selects the products this event feeds (Product.event_type). Required;
+	// no limit of its own but the message's, since only its digest is kept
+	// (the dedupe key's content): a product's event_type is at most 256 bytes,
+	// so a longer one feeds no product and is accepted, charging nothing.
 	EventType string `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	// When the usage happened: Unix milliseconds, UTC. Positive (0, unset, is
 	// INVALID_EVENT "timestamp_ms is required", a negative one INVALID_EVENT

@@ -40,7 +40,10 @@ export type UsageEvent = Message<"tariff.v1.UsageEvent"> & {
   customerId: string;
 
   /**
-   * Selects the products this event feeds (Product.event_type).
+   * Selects the products this event feeds (Product.event_type). Required;
+   * no limit of its own but the message's, since only its digest is kept
+   * (the dedupe key's content): a product's event_type is at most 256 bytes,
+   * so a longer one feeds no product and is accepted, charging nothing.
    *
    * @generated from field: string event_type = 3;
    */
