@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::DerefMut;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ack::AckBuilder;
@@ -429,11 +430,12 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
 /// credit in the grant. Returns the entries recorded.
 pub fn break_returned(account: &mut Account, clock_ms: i64, at_ms: i64, expired: bool, rolled: bool) -> u32 {
     let mut broken = 0;
-    for g in 0..account.grants.len() {
+    // The grants with credit, in index order as a walk of every grant finds them: only they can break.
+    let mut with_credit: SmallVec<[u32; 4]> =
+        account.payable.iter().copied().filter(|&g| account.grants[g as usize].remaining > 0).collect();
+    with_credit.sort_unstable();
+    for g in with_credit.into_iter().map(|g| g as usize) {
         let grant = &account.grants[g];
-        if grant.remaining <= 0 {
-            continue;
-        }
         let last_usable_ms = match grant.expires_at_ms {
             Some(end) if expired && end <= clock_ms => end - 1,
             _ if rolled => match rolled_over_at(account, &grant.id) {
@@ -573,7 +575,7 @@ pub fn after_event(
         }
     }
     if refunded {
-        for grant in &account.grants {
+        for grant in account.payable.iter().map(|&g| &account.grants[g as usize]) {
             if let Some(end) = grant.expires_at_ms.filter(|_| grant.remaining > 0) {
                 clock.note_due(end);
             }
@@ -747,7 +749,8 @@ impl Kernel {
         if expired_credit_breaks {
             break_returned(account, self.clock.now_ms, now_ms, true, false);
         }
-        if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
+        let mut payable = account.payable.iter().map(|&g| &account.grants[g as usize]);
+        if payable.any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
             self.clock.note_due(now_ms);
         }
         self.due.refresh_at(customer_id, account, self.rater.catalog.dedupe_window_ms, now_ms);
