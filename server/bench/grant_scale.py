@@ -56,9 +56,7 @@ def timed(what: object) -> float:
 
 def step_line(billing: Billing, grants: int, batch_s: float, at_ms: int) -> str:
     kernel = billing.kernel
-    authorize_s = timed(
-        lambda: [kernel.authorize("acme", "ai", [], [("tokens", 2.0)], at_ms) for _ in range(200)]
-    )
+    authorize_s = timed(lambda: [kernel.authorize("acme", "ai", [], [("tokens", 2.0)], at_ms) for _ in range(200)])
     balance_s = timed(lambda: kernel.balance("acme", at_ms))
     get_balance_s = timed(lambda: billing.balance("acme", at_ms))
     return (
@@ -92,7 +90,9 @@ def main() -> None:
         batch_s = time.perf_counter() - started
         assert ack.accepted == args.step, ack
         done += args.step
-        line = step_line(ledger.billing, 1 + args.live + len(ledger.billing.kernel.top_up_purchases("acme")), batch_s, at_ms)
+        line = step_line(
+            ledger.billing, 1 + args.live + len(ledger.billing.kernel.top_up_purchases("acme")), batch_s, at_ms
+        )
         if args.holds:
             line += holds_line(ledger, at_ms, done)
         print(line, flush=True)
