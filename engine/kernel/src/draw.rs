@@ -326,6 +326,35 @@ mod tests {
 
     /// Grants of which most have nothing left (exhausted top-ups pile up so), with priorities, expiries, starts and
     /// applicability that interleave them in burn order.
+    #[test]
+    fn an_event_drawing_on_many_grants_changes_them_as_a_copy_of_every_balance_does() {
+        // 40 grants of 1 credit (past CHANGES_WALKED_MAX, so the overlay indexes its changes): 35 drawn, then a
+        // refund of 12 and a charge of 20 in one event.
+        let grants: Vec<Grant> = (0..40).map(|i| grant("g", 1, i % 3, vec![], None, i)).collect();
+        let order = burn_order(&grants);
+        let mut all = vec![1; 40];
+        let first = settle(&grants, &order, &mut all, &[charge(1, "a", 35)], 1);
+        let mut changes = Changes::new(&grants);
+        let mut outcomes = Outcomes::new();
+        settle_into(&grants, &order, &mut changes, &[charge(1, "a", 35)], 1, &mut outcomes);
+        assert_eq!((outcomes.clone(), changes.changed.len()), (first.clone(), 35));
+        let after: Vec<Grant> = grants.iter().zip(&all).map(|(g, r)| Grant { remaining: *r, ..g.clone() }).collect();
+        let payable: Vec<u32> = order.iter().copied().filter(|&g| all[g as usize] > 0).collect();
+        let drew = first[0].draws.to_vec();
+        let refund = Charge { product: 1, product_id: "a", charge: -12, drawn_by_grant: &drew, overage: 0 };
+        let both = [refund, charge(2, "b", 20)];
+        let expected = settle(&after, &order, &mut all, &both, 1);
+        let mut changes = Changes::new(&after);
+        settle_into(&after, &payable, &mut changes, &both, 1, &mut outcomes);
+        assert_eq!(outcomes, expected);
+        let mut overlaid: Vec<Picos> = after.iter().map(|g| g.remaining).collect();
+        for &(g, balance) in &changes.changed {
+            overlaid[g as usize] = balance;
+        }
+        assert_eq!(overlaid, all);
+        assert_eq!(expected[1].overage, 3); // 5 never drawn + 12 given back pay 17 of the 20
+    }
+
     /// (amount, priority, expiry, start, applicable products, exhausted).
     type GrantSpec = (Picos, i64, Option<i64>, i64, Vec<Sym>, bool);
 
