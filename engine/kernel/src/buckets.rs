@@ -234,13 +234,17 @@ impl Aggregate {
         }
         self.latest_ts_ms = self.latest_ts_ms.max(ts_ms);
         for &(grant, credits) in draws {
-            match self.drawn_by_grant.iter_mut().find(|(g, _)| *g == grant) {
+            // From the end: a grant drawn lately (the latest top-up) is found first. A grant has one entry at most.
+            match self.drawn_by_grant.iter_mut().rev().find(|(g, _)| *g == grant) {
                 Some(entry) => entry.1 += credits,
                 None => self.drawn_by_grant.push((grant, credits)),
             }
         }
-        // Most events leave every grant's share nonzero: retain's pass (with its moves) only then.
-        if self.drawn_by_grant.iter().any(|(_, credits)| *credits == 0) {
+        // Most events leave every grant's share nonzero: retain's pass (with its moves) only then. Shares are
+        // positive, so only a draw of no credits or a refund (negative) can leave one at zero: the pass over
+        // every share (one per grant the period's usage drew on) is skipped for an event that only drew.
+        let may_zero = draws.iter().any(|&(_, credits)| credits <= 0);
+        if may_zero && self.drawn_by_grant.iter().any(|(_, credits)| *credits == 0) {
             self.drawn_by_grant.retain(|(_, credits)| *credits != 0);
         }
         self.overage += overage;

@@ -14,16 +14,40 @@ use std::collections::BTreeMap;
 use std::ops::DerefMut;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ack::AckBuilder;
 use crate::decode::{check_event, py_repr, py_repr_cut, wire};
-use crate::draw::{burn_order, Grant, Outcomes, NEVER_MS};
+use crate::draw::{Grant, Outcomes, NEVER_MS};
 use crate::kernel::{Account, Decision, Kernel};
 use crate::money::Picos;
 use crate::rollover;
 use crate::route::period_containing;
 use crate::tables::GrantTable;
+
+/// What a top-up looks up, kept so that it walks neither every grant (for an id no grant has) nor every
+/// purchase (for its period's count): a customer whose every draw buys one holds thousands of each. Derived from
+/// the grants and purchases at the account's first top-up after its grants were installed, restored or added
+/// to by a rollover (`Account::index_grants` drops it); each top-up adds its own. Not snapshotted.
+#[derive(Debug, Default)]
+pub struct TopUpIndex {
+    /// xxh3 of every grant id of the account.
+    ids: rustc_hash::FxHashSet<u64>,
+    /// Purchases per billing period (by its start).
+    bought: rustc_hash::FxHashMap<i64, usize>,
+}
+
+impl TopUpIndex {
+    fn of(grants: &[Grant], credits: Option<&AccountCredits>) -> TopUpIndex {
+        let mut index = TopUpIndex::default();
+        index.ids.extend(grants.iter().map(|g| xxh3_64(g.id.as_bytes())));
+        for purchase in credits.map_or(&[][..], |c| &c.purchases[..]) {
+            *index.bought.entry(purchase.period_start_ms).or_default() += 1;
+        }
+        index
+    }
+}
 
 /// `EventNotice.reason` values (tariff.v1.NoticeReason).
 pub const NOTICE_UNKNOWN: i32 = 1;
@@ -191,20 +215,31 @@ pub struct Rolled {
     pub at_ms: i64,
 }
 
-impl AccountCredits {
-    fn held_on(&self, grant: u32) -> Picos {
-        self.open.values().flat_map(|r| r.held.iter()).filter(|(g, _)| *g == grant).map(|(_, c)| c).sum()
-    }
-    fn broken_of(&self, grant_id: &str) -> Picos {
-        self.breakage.iter().filter(|b| &*b.grant_id == grant_id).map(|b| b.credits).sum()
-    }
+/// Held and broken credits per grant, for balances: summed once for all of an account's grants (looked up
+/// per grant, the holds and breakage entries were walked once per grant).
+pub struct GrantExtras<'a> {
+    held: rustc_hash::FxHashMap<u32, Picos>,
+    broken: rustc_hash::FxHashMap<&'a str, Picos>,
 }
 
-/// Held and broken credits per grant index, for balances.
-pub fn grant_extras(account: &Account, grant: u32) -> (Picos, Picos) {
-    match account.credits.as_deref() {
-        Some(c) => (c.held_on(grant), c.broken_of(&account.grants[grant as usize].id)),
-        None => (0, 0),
+impl<'a> GrantExtras<'a> {
+    pub fn of(account: &'a Account) -> GrantExtras<'a> {
+        let mut extras = GrantExtras { held: Default::default(), broken: Default::default() };
+        if let Some(c) = account.credits.as_deref() {
+            for &(g, credits) in c.open.values().flat_map(|r| r.held.iter()) {
+                *extras.held.entry(g).or_default() += credits;
+            }
+            for b in &c.breakage {
+                *extras.broken.entry(&*b.grant_id).or_default() += b.credits;
+            }
+        }
+        extras
+    }
+
+    /// (held, broken) of grant index `grant`.
+    pub fn of_grant(&self, account: &Account, grant: u32) -> (Picos, Picos) {
+        let held = self.held.get(&grant).copied().unwrap_or(0);
+        (held, self.broken.get(&*account.grants[grant as usize].id).copied().unwrap_or(0))
     }
 }
 
@@ -338,6 +373,7 @@ fn give_back(account: &mut Account, held: &[(u32, Picos)]) -> Picos {
     let mut total = 0;
     for &(g, credits) in held {
         account.grants[g as usize].remaining += credits;
+        account.note_payable(g);
         total += credits;
     }
     total
@@ -394,11 +430,12 @@ pub fn settle_event(account: &mut Account, reservation_id: &str, received_ms: i6
 /// credit in the grant. Returns the entries recorded.
 pub fn break_returned(account: &mut Account, clock_ms: i64, at_ms: i64, expired: bool, rolled: bool) -> u32 {
     let mut broken = 0;
-    for g in 0..account.grants.len() {
+    // The grants with credit, in index order as a walk of every grant finds them: only they can break.
+    let mut with_credit: SmallVec<[u32; 4]> =
+        account.payable.iter().copied().filter(|&g| account.grants[g as usize].remaining > 0).collect();
+    with_credit.sort_unstable();
+    for g in with_credit.into_iter().map(|g| g as usize) {
         let grant = &account.grants[g];
-        if grant.remaining <= 0 {
-            continue;
-        }
         let last_usable_ms = match grant.expires_at_ms {
             Some(end) if expired && end <= clock_ms => end - 1,
             _ if rolled => match rolled_over_at(account, &grant.id) {
@@ -447,21 +484,28 @@ pub fn top_up(
     } else {
         (at_ms, period_start_ms.min(at_ms))
     };
-    let available: Picos = account.grants.iter().filter(|g| g.usable_at(counted_at_ms)).map(|g| g.remaining).sum();
+    // Grants without credit add nothing: only the payable ones are walked.
+    let payable = account.payable.iter().map(|&g| &account.grants[g as usize]);
+    let available: Picos = payable.filter(|g| g.usable_at(counted_at_ms)).map(|g| g.remaining).sum();
     if available >= policy.threshold {
         return None;
     }
-    let credits_state = account.credits.as_deref_mut().expect("has a policy");
-    let bought = credits_state.purchases.iter().filter(|p| p.period_start_ms == period_start_ms).count();
+    let made =
+        account.made.get_or_insert_with(|| Box::new(TopUpIndex::of(&account.grants, account.credits.as_deref())));
+    let bought = made.bought.get(&period_start_ms).copied().unwrap_or(0);
     if bought >= policy.max_per_period as usize {
         return None;
     }
     let credits = policy.recharge_to - available;
     let mut id = format!("top-up-{period_start_ms}-{}", bought + 1);
-    while account.grants.iter().any(|g| *g.id == *id) {
+    // The index rules out every id no grant has; a hash it holds is confirmed by the grants themselves.
+    while made.ids.contains(&xxh3_64(id.as_bytes())) && account.grants.iter().any(|g| *g.id == *id) {
         id.push('+'); // a grant the control plane made already has the id: never merge with it
     }
     let id: Box<str> = id.into();
+    made.ids.insert(xxh3_64(id.as_bytes()));
+    *made.bought.entry(period_start_ms).or_default() += 1;
+    let credits_state = account.credits.as_deref_mut().expect("has a policy");
     let cost_e30 = credits.checked_mul(policy.price_per_credit_e18).expect("checked when the policy was set");
     let creation_order = MADE_CREATION_ORDER_BASE + credits_state.purchases.len() as i64;
     let period_charges_when_bought = Some(account.periods.get(period_start_ms).map_or(0, |p| p.charges));
@@ -486,7 +530,7 @@ pub fn top_up(
         usable_before_ms: NEVER_MS,
         expiring_at_rollover_rolls: false,
     });
-    account.order = burn_order(&account.grants);
+    account.note_added(u32::try_from(account.grants.len() - 1).expect("grant indexes are u32"));
     clock.notify(Notice {
         kind: "TOP_UP_EXECUTED",
         customer_id: customer_id.to_owned(),
@@ -531,7 +575,7 @@ pub fn after_event(
         }
     }
     if refunded {
-        for grant in &account.grants {
+        for grant in account.payable.iter().map(|&g| &account.grants[g as usize]) {
             if let Some(end) = grant.expires_at_ms.filter(|_| grant.remaining > 0) {
                 clock.note_due(end);
             }
@@ -579,6 +623,7 @@ impl Kernel {
         for &(g, credits) in &held {
             account.grants[g as usize].remaining -= credits;
             assert!(account.grants[g as usize].remaining >= 0, "a hold never takes a grant below zero");
+            account.note_drawn(g);
         }
         let total: Picos = held.iter().map(|(_, c)| c).sum();
         decision.available -= total;
@@ -649,10 +694,15 @@ impl Kernel {
             return Vec::new();
         }
         let mut outcomes = Outcomes::new();
-        let after = self.rater.settle(account, &plans, now_ms, &mut outcomes);
-        (account.grants.iter().zip(after).enumerate())
-            .filter_map(|(g, (grant, after))| (grant.remaining > after).then_some((g as u32, grant.remaining - after)))
-            .collect()
+        let changes = self.rater.settle(account, &plans, now_ms, &mut outcomes);
+        let mut held: Vec<(u32, Picos)> = (changes.changed.iter())
+            .filter_map(|&(g, after)| {
+                let before = account.grants[g as usize].remaining;
+                (before > after).then_some((g, before - after))
+            })
+            .collect();
+        held.sort_unstable(); // by grant index, as a walk of every grant listed them
+        held
     }
 
     /// Frees an open reservation of the customer: Ok(credits given back). Releasing one already
@@ -699,7 +749,8 @@ impl Kernel {
         if expired_credit_breaks {
             break_returned(account, self.clock.now_ms, now_ms, true, false);
         }
-        if account.grants.iter().any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
+        let mut payable = account.payable.iter().map(|&g| &account.grants[g as usize]);
+        if payable.any(|g| g.remaining > 0 && g.expired_at(now_ms)) {
             self.clock.note_due(now_ms);
         }
         self.due.refresh_at(customer_id, account, self.rater.catalog.dedupe_window_ms, now_ms);
@@ -781,7 +832,8 @@ impl Kernel {
     /// Credits held by open reservations per grant, in burn order (as `balance` lists grants).
     pub fn held_by_grant(&self, customer_id: &str) -> Vec<Picos> {
         let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
-        account.order.iter().map(|&g| grant_extras(account, g).0).collect()
+        let extras = GrantExtras::of(account);
+        account.order.iter().map(|&g| extras.of_grant(account, g).0).collect()
     }
 
     pub fn account_credits(&self, customer_id: &str) -> Option<&AccountCredits> {
@@ -793,7 +845,12 @@ impl Kernel {
     pub fn made_grants(&self, customer_id: &str) -> Vec<(&Grant, Made<'_>)> {
         let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
         let Some(credits) = account.credits.as_deref() else { return Vec::new() };
-        let find = |id: &str| account.grants.iter().find(|g| *g.id == *id);
+        // By id, the first grant holding it (as a walk finds it): one lookup per made grant, not a walk of all.
+        let mut by_id: rustc_hash::FxHashMap<&str, &Grant> = rustc_hash::FxHashMap::default();
+        for grant in &account.grants {
+            by_id.entry(&*grant.id).or_insert(grant);
+        }
+        let find = |id: &str| by_id.get(id).copied();
         let top_ups = credits.purchases.iter().filter_map(|p| find(&p.grant_id).map(|g| (g, Made::TopUp(p))));
         let made_rollovers = credits.rolled.iter().filter(|r| r.credits > 0);
         let rollovers = made_rollovers.filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
@@ -803,7 +860,8 @@ impl Kernel {
 
 /// The earliest time after `after_ms` something of the account is due.
 pub(crate) fn account_due(account: &Account, after_ms: i64) -> i64 {
-    let grants = account.grants.iter().filter(|g| g.remaining > 0).filter_map(|g| g.expires_at_ms);
+    let payable = account.payable.iter().map(|&g| &account.grants[g as usize]);
+    let grants = payable.filter(|g| g.remaining > 0).filter_map(|g| g.expires_at_ms);
     let holds = account.credits.as_deref().into_iter().flat_map(|c| c.open.values().map(|r| r.expires_at_ms));
     let rollovers = account.credits.as_deref().into_iter().flat_map(|c| c.rollover.keys()).filter_map(|id| {
         let grant = account.grants.iter().find(|g| g.id == *id)?;
@@ -966,7 +1024,7 @@ fn roll_over(account: &mut Account, now_ms: i64, rules: Rollovers) -> u32 {
                 expiring_at_rollover_rolls: false,
             };
             account.grants.push(grant);
-            account.order = burn_order(&account.grants);
+            account.index_grants();
         }
         let credits = account.credits.as_deref_mut().expect("present");
         credits.rolled.push(Rolled { from: id, to, credits: rolled, at_period_end_ms: period_end_ms, at_ms: now_ms });
@@ -1094,7 +1152,7 @@ fn expire_reservations(account: &mut Account, clock: &mut Clock, customer_id: &s
 mod tests {
     use super::*;
     // One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
-    use crate::authorize::tests::kernel;
+    use crate::authorize::tests::{calls_customer, calls_tables, kernel, SCALE};
     use HoldTtl::{Defaulted, Named};
 
     const NOW: i64 = 1_000;
@@ -1111,6 +1169,54 @@ mod tests {
 
     fn retried(kernel: &mut Kernel, at_ms: i64, ttl: HoldTtl) -> Result<Reserved, String> {
         kernel.reserve("r", &call("call"), at_ms, ttl)
+    }
+
+    /// A customer whose every event buys a top-up (threshold 9, recharge_to 10, 2.5 a call) piles up exhausted
+    /// grants: rating, holds, releases and a restore keep the payable grants and the burn order as a walk of
+    /// every grant finds them, and the top-ups' ids and counts as before they were indexed.
+    #[test]
+    fn exhausted_top_ups_leave_the_payable_grants_and_a_restore_as_a_walk_finds_them() {
+        let mut kernel = kernel();
+        let picos = 1_000_000_000_000;
+        let policy = TopUpPolicy {
+            threshold: 9 * picos,
+            recharge_to: 10 * picos,
+            price_per_credit_e18: 1,
+            max_per_period: 4_000,
+        };
+        assert!(kernel.set_top_up("c", Some(policy)));
+        let batch = |from: usize, to: usize| {
+            use prost::Message;
+            let events = (from..to).map(|i| wire::UsageEvent { transaction_id: format!("t{i}"), ..call("call") });
+            wire::UsageBatch { batch_id: format!("b{from}"), events: events.collect() }.encode_to_vec()
+        };
+        kernel.ingest(&batch(0, 300), NOW, 1).expect("rates");
+        let account = kernel.accounts.get("c").expect("known");
+        // 10 credits, then each call of 2.5 buys one most of the time: hundreds of grants, a few with credit.
+        let with_credit = account.grants.iter().filter(|g| g.remaining > 0).count();
+        assert!(account.grants.len() > 200 && with_credit < 5, "{} {with_credit}", account.grants.len());
+        assert_eq!(account.payable.len(), with_credit);
+        kernel.check_due_index().expect("payable grants as a walk finds them");
+        let held = kernel.reserve("r", &call("call"), NOW, Named(60_000)).expect("holds");
+        assert!(held.decision.allowed);
+        kernel.check_due_index().expect("after a hold");
+        kernel.release("c", "r", NOW + 1, true).expect("released");
+        kernel.check_due_index().expect("after a release");
+        let mut restored = Kernel::restore(&kernel.snapshot()).expect("restores");
+        let customer = calls_customer("c", "k", true, "10000000000000".into(), None);
+        let tables = crate::tables::encode(&calls_tables(format!("25{}", &SCALE[1..]), vec![customer]));
+        restored.load_tables(&tables).expect("valid tables");
+        restored.check_due_index().expect("restored");
+        for k in [&mut kernel, &mut restored] {
+            k.ingest(&batch(300, 400), NOW + 2, 2).expect("rates");
+            k.check_due_index().expect("after more top-ups");
+        }
+        assert_eq!(restored.snapshot(), kernel.snapshot());
+        // Top-up ids count the period's purchases: each is its number in the period.
+        let ids = kernel.grant_ids("c");
+        let bought = kernel.account_credits("c").expect("bought").purchases.len();
+        assert_eq!(ids.len(), 1 + bought);
+        assert!(ids[1..].iter().enumerate().all(|(n, id)| *id == format!("top-up-0-{}", n + 1)), "{ids:?}");
     }
 
     const CONFLICT: &str = "reservation_id 'r' is already used by a different request of this customer";

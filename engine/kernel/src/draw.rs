@@ -97,8 +97,74 @@ pub struct Outcome {
 /// An event's outcomes, one per product, inline for the usual few products.
 pub type Outcomes = SmallVec<[Outcome; 4]>;
 
+/// Grant balances as settlement reads and changes them, by grant index.
+pub trait Balances {
+    fn get(&self, grant: u32) -> Picos;
+    fn set(&mut self, grant: u32, balance: Picos);
+}
+
+impl Balances for [Picos] {
+    fn get(&self, grant: u32) -> Picos {
+        self[grant as usize]
+    }
+    fn set(&mut self, grant: u32, balance: Picos) {
+        self[grant as usize] = balance;
+    }
+}
+
+/// Changes above of the account's balances (`Grant::remaining`): what settling an event changed, without
+/// copying every grant's balance (a customer holding 60,000 exhausted top-ups copied, and wrote back, all of
+/// them for every event). A handful of grants change per event: found by a walk of `changed` while it is short.
+pub struct Changes<'a> {
+    grants: &'a [Grant],
+    /// (grant index, balance now), in the order first changed.
+    pub changed: SmallVec<[(u32, Picos); 4]>,
+    /// Places in `changed` by grant index, once it is long (an event drawing on thousands of grants).
+    places: Option<rustc_hash::FxHashMap<u32, usize>>,
+}
+
+/// Entries of `Changes::changed` walked before they are indexed.
+const CHANGES_WALKED_MAX: usize = 16;
+
+impl<'a> Changes<'a> {
+    pub fn new(grants: &'a [Grant]) -> Changes<'a> {
+        Changes { grants, changed: SmallVec::new(), places: None }
+    }
+    fn place(&self, grant: u32) -> Option<usize> {
+        match &self.places {
+            Some(places) => places.get(&grant).copied(),
+            None => self.changed.iter().position(|&(g, _)| g == grant),
+        }
+    }
+}
+
+impl Balances for Changes<'_> {
+    fn get(&self, grant: u32) -> Picos {
+        self.place(grant).map_or(self.grants[grant as usize].remaining, |at| self.changed[at].1)
+    }
+    fn set(&mut self, grant: u32, balance: Picos) {
+        if let Some(at) = self.place(grant) {
+            self.changed[at].1 = balance;
+            return;
+        }
+        self.changed.push((grant, balance));
+        if let Some(places) = &mut self.places {
+            places.insert(grant, self.changed.len() - 1);
+        } else if self.changed.len() > CHANGES_WALKED_MAX {
+            self.places = Some(self.changed.iter().enumerate().map(|(at, &(g, _))| (g, at)).collect());
+        }
+    }
+}
+
+/// Where grant `g` stands in burn order: its burn key, then its index (`burn_order` sorts stably, so among
+/// equal keys the earlier grant burns first). Distinct for distinct grants.
+pub fn burn_rank(grants: &[Grant], g: u32) -> ((i64, i64, usize, i64), u32) {
+    (grants[g as usize].burn_key(), g)
+}
+
 /// Settles an event's charges (in product-id order) against `remaining` (one balance per grant,
-/// changed in place).
+/// changed in place). `order`: grants in burn order, every grant with credit among them (the full burn
+/// order, or the account's payable grants: `Account::payable`).
 pub fn settle(grants: &[Grant], order: &[u32], remaining: &mut [Picos], charges: &[Charge], ts_ms: i64) -> Outcomes {
     let mut outcomes = Outcomes::new();
     settle_into(grants, order, remaining, charges, ts_ms, &mut outcomes);
@@ -106,22 +172,35 @@ pub fn settle(grants: &[Grant], order: &[u32], remaining: &mut [Picos], charges:
 }
 
 /// `settle` into the caller's `outcomes` (cleared first), so nothing is moved on return.
-pub fn settle_into(
+pub fn settle_into<B: Balances + ?Sized>(
     grants: &[Grant],
     order: &[u32],
-    remaining: &mut [Picos],
+    remaining: &mut B,
     charges: &[Charge],
     ts_ms: i64,
     outcomes: &mut Outcomes,
 ) {
     outcomes.clear();
     outcomes.resize_with(charges.len(), Outcome::default);
+    // Grants a refund gave credit back to: they may have had none, so not be in `order`.
+    let mut returned: SmallVec<[u32; 4]> = SmallVec::new();
     for (charge, outcome) in charges.iter().zip(outcomes.iter_mut()) {
         if charge.charge < 0 {
-            *outcome = give_back(order, remaining, charge);
+            *outcome = give_back(grants, remaining, charge);
+            returned.extend(outcome.draws.iter().map(|&(g, _)| g));
         }
     }
     debug_assert!(charges.windows(2).all(|w| w[0].product_id <= w[1].product_id), "charges come in product-id order");
+    let merged: Vec<u32>;
+    let order = if returned.iter().all(|g| order.contains(g)) {
+        order
+    } else {
+        let mut all: Vec<u32> = order.iter().chain(&returned).copied().collect();
+        all.sort_unstable_by_key(|&g| burn_rank(grants, g));
+        all.dedup();
+        merged = all;
+        &merged[..]
+    };
     for (charge, outcome) in charges.iter().zip(outcomes.iter_mut()) {
         if charge.charge <= 0 {
             continue;
@@ -129,12 +208,12 @@ pub fn settle_into(
         let mut left = charge.charge;
         for &g in order {
             let grant = &grants[g as usize];
-            let balance = &mut remaining[g as usize];
-            if *balance <= 0 || !grant.usable_at(ts_ms) || !grant.applies_to(charge.product) {
+            let balance = remaining.get(g);
+            if balance <= 0 || !grant.usable_at(ts_ms) || !grant.applies_to(charge.product) {
                 continue;
             }
-            let take = left.min(*balance);
-            *balance -= take;
+            let take = left.min(balance);
+            remaining.set(g, balance - take);
             outcome.draws.push((g, take));
             left -= take;
             if left == 0 {
@@ -145,20 +224,24 @@ pub fn settle_into(
     }
 }
 
-/// A refund: the overage the bucket caused first, then its credits in reverse burn order.
-fn give_back(order: &[u32], remaining: &mut [Picos], charge: &Charge) -> Outcome {
+/// A refund: the overage the bucket caused first, then its credits in reverse burn order (of the grants
+/// the bucket drew on: no other grant has anything to give back).
+fn give_back<B: Balances + ?Sized>(grants: &[Grant], remaining: &mut B, charge: &Charge) -> Outcome {
     let refund = -charge.charge;
     let overage_back = refund.min(charge.overage);
     let mut left = refund - overage_back;
     let mut draws = SmallVec::new();
-    for &g in order.iter().rev() {
+    let mut drawn_on: SmallVec<[u32; 4]> = charge.drawn_by_grant.iter().map(|&(g, _)| g).collect();
+    drawn_on.sort_unstable_by_key(|&g| std::cmp::Reverse(burn_rank(grants, g)));
+    drawn_on.dedup();
+    for g in drawn_on {
         if left == 0 {
             break;
         }
         let drew: Picos = charge.drawn_by_grant.iter().filter(|(i, _)| *i == g).map(|(_, c)| c).sum();
         let give = left.min(drew);
         if give > 0 {
-            remaining[g as usize] += give;
+            remaining.set(g, remaining.get(g) + give);
             draws.push((g, -give));
             left -= give;
         }
@@ -241,8 +324,109 @@ mod tests {
         assert_eq!(outcomes[0], Outcome { draws: smallvec![(2, 10)], overage: 5 });
     }
 
+    /// Grants of which most have nothing left (exhausted top-ups pile up so), with priorities, expiries, starts and
+    /// applicability that interleave them in burn order.
+    #[test]
+    fn an_event_drawing_on_many_grants_changes_them_as_a_copy_of_every_balance_does() {
+        // 40 grants of 1 credit (past CHANGES_WALKED_MAX, so the overlay indexes its changes): 35 drawn, then a
+        // refund of 12 and a charge of 20 in one event.
+        let grants: Vec<Grant> = (0..40).map(|i| grant("g", 1, i % 3, vec![], None, i)).collect();
+        let order = burn_order(&grants);
+        let mut all = vec![1; 40];
+        let first = settle(&grants, &order, &mut all, &[charge(1, "a", 35)], 1);
+        let mut changes = Changes::new(&grants);
+        let mut outcomes = Outcomes::new();
+        settle_into(&grants, &order, &mut changes, &[charge(1, "a", 35)], 1, &mut outcomes);
+        assert_eq!((outcomes.clone(), changes.changed.len()), (first.clone(), 35));
+        let after: Vec<Grant> = grants.iter().zip(&all).map(|(g, r)| Grant { remaining: *r, ..g.clone() }).collect();
+        let payable: Vec<u32> = order.iter().copied().filter(|&g| all[g as usize] > 0).collect();
+        let drew = first[0].draws.to_vec();
+        let refund = Charge { product: 1, product_id: "a", charge: -12, drawn_by_grant: &drew, overage: 0 };
+        let both = [refund, charge(2, "b", 20)];
+        let expected = settle(&after, &order, &mut all, &both, 1);
+        let mut changes = Changes::new(&after);
+        settle_into(&after, &payable, &mut changes, &both, 1, &mut outcomes);
+        assert_eq!(outcomes, expected);
+        let mut overlaid: Vec<Picos> = after.iter().map(|g| g.remaining).collect();
+        for &(g, balance) in &changes.changed {
+            overlaid[g as usize] = balance;
+        }
+        assert_eq!(overlaid, all);
+        assert_eq!(expected[1].overage, 3); // 5 never drawn + 12 given back pay 17 of the 20
+    }
+
+    /// (amount, priority, expiry, start, applicable products, exhausted).
+    type GrantSpec = (Picos, i64, Option<i64>, i64, Vec<Sym>, bool);
+
+    fn many_grants() -> impl Strategy<Value = Vec<GrantSpec>> {
+        let grant = (
+            1i128..50,
+            0i64..3,
+            proptest::option::of(5i64..40),
+            0i64..20,
+            proptest::collection::vec(1u32..4, 0..2),
+            proptest::bool::weighted(0.8),
+        );
+        proptest::collection::vec(grant, 1..120)
+    }
+
     proptest! {
         #![proptest_config(crate::test_config())]
+        /// Settling over the payable grants only (those with credit, in burn order) draws, gives back and leaves
+        /// exactly what settling over every grant does, refunds to exhausted grants within the same event included.
+        #[test]
+        fn settling_over_the_payable_grants_is_settling_over_all(
+            specs in many_grants(),
+            events in proptest::collection::vec((proptest::collection::vec((1u32..4, -60i128..60), 1..4), 0i64..45), 1..30),
+        ) {
+            let grants: Vec<Grant> = specs.iter().enumerate().map(|(i, (amount, priority, expires, starts, applicable, _))| {
+                let mut g = grant("g", *amount, *priority, applicable.clone(), *expires, (i as i64 * 7) % 11);
+                g.starts_at_ms = *starts;
+                g
+            }).collect();
+            // Most grants start exhausted: drawn by a product that never refunds here.
+            let mut all: Vec<Picos> = specs.iter().map(|s| if s.5 { 0 } else { s.0 }).collect();
+            let mut some = all.clone();
+            let order = burn_order(&grants);
+            let mut drawn: std::collections::BTreeMap<u32, Vec<(u32, Picos)>> = Default::default();
+            let mut overage: std::collections::BTreeMap<u32, Picos> = Default::default();
+            for (parts, ts_ms) in events {
+                let mut parts: Vec<(u32, Picos)> = parts;
+                parts.sort_by_key(|p| p.0);
+                parts.dedup_by_key(|p| p.0);
+                let ids: Vec<String> = parts.iter().map(|p| p.0.to_string()).collect();
+                let charges: Vec<Charge> = parts.iter().zip(&ids).map(|(&(product, amount), id)| {
+                    let by_grant = drawn.get(&product).map_or(&[][..], |d| &d[..]);
+                    let charged: Picos = overage.get(&product).copied().unwrap_or(0) + by_grant.iter().map(|d| d.1).sum::<Picos>();
+                    Charge { product, product_id: id, charge: amount.max(-charged), drawn_by_grant: by_grant, overage: overage.get(&product).copied().unwrap_or(0) }
+                }).collect();
+                let expected = settle(&grants, &order, &mut all, &charges, ts_ms);
+                let payable: Vec<u32> = order.iter().copied().filter(|&g| some[g as usize] > 0).collect();
+                // The overlay reads balances from the grants, as the kernel's accounts hold them.
+                let grants_now: Vec<Grant> =
+                    grants.iter().zip(&some).map(|(g, r)| Grant { remaining: *r, ..g.clone() }).collect();
+                let mut changes = Changes::new(&grants_now);
+                let mut outcomes = Outcomes::new();
+                settle_into(&grants_now, &payable, &mut changes, &charges, ts_ms, &mut outcomes);
+                prop_assert_eq!(&outcomes, &expected);
+                for &(g, balance) in &changes.changed {
+                    some[g as usize] = balance;
+                }
+                prop_assert_eq!(&some, &all);
+                for ((product, _), outcome) in parts.iter().zip(&expected) {
+                    let entry = drawn.entry(*product).or_default();
+                    for &(g, c) in &outcome.draws {
+                        match entry.iter_mut().find(|d| d.0 == g) {
+                            Some(d) => d.1 += c,
+                            None => entry.push((g, c)),
+                        }
+                    }
+                    entry.retain(|d| d.1 != 0);
+                    *overage.entry(*product).or_default() += outcome.overage;
+                }
+            }
+        }
+
         #[test]
         fn credits_are_conserved(amounts in proptest::collection::vec(1i128..1_000, 1..5), charges in proptest::collection::vec(-500i128..1_000, 1..8)) {
             let grants: Vec<Grant> = amounts.iter().enumerate().map(|(i, a)| grant("g", *a, i as i64 % 2, vec![], None, i as i64)).collect();

@@ -178,11 +178,16 @@ impl Kernel {
         }
     }
 
-    /// Ok when the index holds exactly what a walk of every account finds; Err says where it differs.
+    /// Ok when the index holds exactly what a walk of every account finds, and each account's burn order and
+    /// payable grants (kernel.rs `Account::payable`, derived alike) hold every grant they must; Err says where
+    /// it differs.
     pub fn check_due_index(&self) -> Result<(), String> {
         let window_ms = self.rater.catalog.dedupe_window_ms;
         let (mut due, mut forget) = (BTreeSet::new(), BTreeSet::new());
         for (customer_id, account) in &self.accounts {
+            if !account.payable_ok() {
+                return Err(format!("customer {customer_id:?}: a grant with credit is not among its payable grants"));
+            }
             let (due_ms, forget_ms) = (account_due(account, i64::MIN), forget_at(account, window_ms));
             let keys = account.due;
             if (keys.due_ms, keys.forget_ms) != (due_ms, forget_ms) {

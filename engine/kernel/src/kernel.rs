@@ -22,7 +22,7 @@ use crate::decode::{
     Refusal, TEXT_BYTES_MAX,
 };
 use crate::dedupe::{self, content_digest, prior, Held, Seen};
-use crate::draw::{burn_order, settle_into, BurnOrder, Charge, Grant, Outcomes, NEVER_MS};
+use crate::draw::{burn_order, burn_rank, settle_into, BurnOrder, Changes, Charge, Grant, Outcomes, NEVER_MS};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{parse_i128, Fixed, Picos, SCALE};
 use crate::route::{
@@ -36,6 +36,13 @@ use crate::tables;
 pub struct Account {
     pub grants: Vec<Grant>,
     pub(crate) order: BurnOrder,
+    /// The grants that may pay, in burn order: every grant with credit left (and perhaps some that have
+    /// none since). What an event's draws, Authorize and a top-up's count walk, rather than every grant a
+    /// customer ever held (exhausted top-ups pile up: one a draw). Derived (`Account::index_grants`), not
+    /// snapshotted; `Kernel::check_due_index` checks it holds every grant with credit.
+    pub(crate) payable: BurnOrder,
+    /// Grant ids and purchases per period for top-ups (`credits::TopUpIndex`); None until a top-up needs it.
+    pub(crate) made: Option<Box<credits::TopUpIndex>>,
     pub aggregates: FxHashMap<PeriodKey, Aggregate>,
     pub buckets: FxHashMap<HourKey, HourUsage>,
     pub periods: PeriodTotals,
@@ -57,6 +64,60 @@ pub struct Account {
 }
 
 impl Account {
+    /// Sets the burn order and the payable grants from the grants (after any change but a draw, a
+    /// top-up's grant, or credit given back to a grant: those keep them as they go).
+    pub(crate) fn index_grants(&mut self) {
+        self.made = None;
+        self.order = burn_order(&self.grants);
+        self.index_payable();
+    }
+
+    /// Sets the payable grants from the burn order and the grants' balances (after a re-rating moved credit
+    /// between any of them).
+    pub(crate) fn index_payable(&mut self) {
+        let grants = &self.grants;
+        self.payable = self.order.iter().copied().filter(|&g| grants[g as usize].remaining > 0).collect();
+    }
+
+    /// After grant `g` was given credit (it may have had none): it is among the payable grants.
+    pub(crate) fn note_payable(&mut self, g: u32) {
+        let grants = &self.grants;
+        if let Err(at) = self.payable.binary_search_by_key(&burn_rank(grants, g), |&p| burn_rank(grants, p)) {
+            self.payable.insert(at, g);
+        }
+    }
+
+    /// After grant `g` was drawn: out of the payable grants once it has nothing left.
+    pub(crate) fn note_drawn(&mut self, g: u32) {
+        let grants = &self.grants;
+        if grants[g as usize].remaining > 0 {
+            return;
+        }
+        if let Ok(at) = self.payable.binary_search_by_key(&burn_rank(grants, g), |&p| burn_rank(grants, p)) {
+            self.payable.remove(at);
+        }
+    }
+
+    /// After the kernel added grant `g` (the last): in the burn order where sorting all again puts it, and
+    /// among the payable grants.
+    pub(crate) fn note_added(&mut self, g: u32) {
+        let grants = &self.grants;
+        let rank = burn_rank(grants, g);
+        let at = self.order.partition_point(|&o| burn_rank(grants, o) < rank);
+        self.order.insert(at, g);
+        self.note_payable(g);
+    }
+
+    /// Whether every grant with credit is among the payable grants, in burn order (tests).
+    pub(crate) fn payable_ok(&self) -> bool {
+        let grants = &self.grants;
+        let sorted = self.payable.windows(2).all(|w| burn_rank(grants, w[0]) < burn_rank(grants, w[1]));
+        let with_credit = grants.iter().enumerate().filter(|(_, g)| g.remaining > 0);
+        sorted
+            && with_credit.count() == self.payable.iter().filter(|&&g| grants[g as usize].remaining > 0).count()
+            && self.order == burn_order(grants)
+    }
+
     /// The contract covering ts_ms.
     fn contract_at(&self, ts_ms: i64) -> Option<&Contract> {
         self.route.as_ref()?.contracts.iter().find(|c| c.covers(ts_ms))
@@ -112,21 +173,6 @@ where
     if map.capacity() == 0 {
         *map = FxHashMap::with_capacity_and_hasher(FIRST_ENTRIES, Default::default());
     }
-}
-
-/// `items.collect()` into a SmallVec of up to four inline, filled as an array when they fit: collecting
-/// asked whether the vector had spilled at every push, some 25 instructions for a single item (a
-/// grant's balance, the event's dimension values, gathered for every event).
-fn gather_four<T: Copy + Default>(items: impl ExactSizeIterator<Item = T>) -> SmallVec<[T; 4]> {
-    let len = items.len();
-    if len > 4 {
-        return items.collect();
-    }
-    let mut inline = [T::default(); 4];
-    for (slot, item) in inline.iter_mut().zip(items) {
-        *slot = item;
-    }
-    SmallVec::from_buf_and_len(inline, len)
 }
 
 /// An account's period totals from a snapshot's two lists (which hold the same periods).
@@ -419,13 +465,13 @@ impl Kernel {
         let mut replaced = Vec::with_capacity(customers.len());
         for (customer, (route, grants)) in customers.iter().zip(compiled) {
             let account = self.accounts.get_or_insert_default(customer.id.as_str());
-            account.order = burn_order(&grants);
             for grant in grants.iter().filter(|g| g.remaining > 0) {
                 if let Some(end) = grant.expires_at_ms {
                     self.clock.note_due(end);
                 }
             }
             replaced.push(std::mem::replace(&mut account.grants, grants));
+            account.index_grants();
             account.route = Some(route);
             credits::note_rollovers(account, &customer.grants, &mut self.clock);
             self.due.refresh(&customer.id, account, self.rater.catalog.dedupe_window_ms);
@@ -862,15 +908,15 @@ impl Rater {
         }
     }
 
-    /// Settles the plans' charges on a copy of the account's balances: the one code path for
-    /// ingestion and Authorize. Fills `outcomes`; returns the balances after.
-    pub(crate) fn settle(
+    /// Settles the plans' charges on the account's balances without changing them: the one code path for
+    /// ingestion and Authorize. Fills `outcomes`; returns the balances it changed.
+    pub(crate) fn settle<'a>(
         &self,
-        account: &Account,
+        account: &'a Account,
         plans: &[Plan],
         ts_ms: i64,
         outcomes: &mut Outcomes,
-    ) -> SmallVec<[Picos; 4]> {
+    ) -> Changes<'a> {
         // Pushed into a vector built where it stays: collected, the vector (a few hundred bytes
         // inline) was built and then copied out.
         let mut charges: SmallVec<[Charge; 4]> = SmallVec::new();
@@ -889,17 +935,22 @@ impl Rater {
                 overage: p.overage,
             });
         }
-        let mut remaining = gather_four(account.grants.iter().map(|g| g.remaining));
-        settle_into(&account.grants, &account.order, &mut remaining, &charges, ts_ms, outcomes);
-        remaining
+        let mut changes = Changes::new(&account.grants);
+        settle_into(&account.grants, &account.payable, &mut changes, &charges, ts_ms, outcomes);
+        changes
     }
 
     fn commit(&mut self, account: &mut Account, event: &Event, plan: EventPlan, plans: &[Plan], ack: &mut AckBuilder) {
         let ts = event.timestamp_ms;
         let mut outcomes = Outcomes::new();
-        let remaining = self.settle(account, plans, ts, &mut outcomes);
-        for (grant, balance) in account.grants.iter_mut().zip(&remaining) {
-            grant.remaining = *balance;
+        let changed = self.settle(account, plans, ts, &mut outcomes).changed;
+        for &(g, balance) in &changed {
+            account.grants[g as usize].remaining = balance;
+            if balance > 0 {
+                account.note_payable(g); // a refund gave it credit
+            } else {
+                account.note_drawn(g);
+            }
         }
         account.last_period = plan.period;
         self.last_period = plan.period;
@@ -995,9 +1046,8 @@ impl Kernel {
     pub fn authorize_view(&self, event: &EventView<'_, '_>, now_ms: i64) -> Decision {
         let available_for = |products: Option<&[Sym]>| -> Picos {
             let Some(account) = self.accounts.get(event.customer_id) else { return 0 };
-            account
-                .grants
-                .iter()
+            // Grants without credit add nothing: only the payable ones are walked.
+            (account.payable.iter().map(|&g| &account.grants[g as usize]))
                 .filter(|g| g.usable_at(now_ms) && products.is_none_or(|ps| ps.iter().any(|p| g.applies_to(*p))))
                 .map(|g| g.remaining)
                 .sum()
@@ -1055,9 +1105,10 @@ impl Kernel {
             overage: 0,
             overage_due_e30: ethnum::I256::ZERO,
         };
+        let extras = credits::GrantExtras::of(account);
         for &g in &account.order {
             let grant = &account.grants[g as usize];
-            let (held, broken) = credits::grant_extras(account, g);
+            let (held, broken) = extras.of_grant(account, g);
             let expired = if grant.expired_at(now_ms) { grant.remaining } else { 0 };
             if grant.usable_at(now_ms) {
                 view.remaining += grant.remaining;
@@ -1239,8 +1290,10 @@ impl Kernel {
         let mut kernel = Kernel { rater, dedupe, ..Kernel::default() };
         let combos = &mut kernel.rater.combos;
         for stored in stored.accounts {
-            let account = Account {
-                order: burn_order(&stored.grants),
+            let mut account = Account {
+                order: BurnOrder::new(),
+                payable: BurnOrder::new(),
+                made: None,
                 grants: stored.grants,
                 aggregates: (stored.aggregates.into_iter())
                     .map(|(k, v)| {
@@ -1262,6 +1315,7 @@ impl Kernel {
                 credits: stored.credits.map(Box::new),
                 due: crate::due::DueKeys::default(),
             };
+            account.index_grants();
             kernel.accounts.insert(stored.customer_id.into(), Box::new(account));
         }
         kernel.clock.now_ms = stored.clock_ms;

@@ -903,6 +903,7 @@ fn resettle(rater: &crate::kernel::Rater, account: &mut Account, first_period: i
     assert!(carried.values().all(|c| *c == 0), "an aggregate never gives back more than it was charged");
     retake_holds_by(account, &mut holds, i64::MAX, in_time.final_grants);
     account.route = Some(route);
+    account.index_payable(); // credit moved between grants, some given back to grants that had none
 }
 
 /// Which parts of a re-settlement take their place in time (`resettle`).
@@ -995,7 +996,7 @@ fn settle_part(
         drawn_by_grant: &aggregate.drawn_by_grant,
         overage: aggregate.overage,
     };
-    settle_into(&account.grants, &account.order, &mut remaining, &[settled], hour * HOUR_MS, outcomes);
+    settle_into(&account.grants, &account.order, &mut remaining[..], &[settled], hour * HOUR_MS, outcomes);
     for (grant, balance) in kept {
         remaining[grant as usize] += balance;
     }
