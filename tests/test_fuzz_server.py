@@ -342,7 +342,9 @@ def invoke(chan: grpc.Channel, method: descriptor.MethodDescriptor, requests: Se
     deadline_s = _deadline_s(method)
     try:
         if method.client_streaming and method.server_streaming:
-            responses = list(chan.stream_stream(path, **kwargs)(iter(requests), timeout=deadline_s))
+            # Appended one by one: the answers before a stream's error are kept (list() would drop them).
+            for response in chan.stream_stream(path, **kwargs)(iter(requests), timeout=deadline_s):
+                responses.append(response)
         elif method.client_streaming:
             responses = [chan.stream_unary(path, **kwargs)(iter(requests), timeout=deadline_s)]
         elif method.server_streaming:

@@ -464,6 +464,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
             reservation_ids_bounded: bool = False,
             returned_rolled_credit_breaks: bool = False,
             duplicates_before_skew: bool = False,
+            batch_ids_bounded: bool = False,
         ) -> Ingested:
             rated_on.append(threading.get_ident())
             rating.set()
@@ -479,6 +480,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
                 reservation_ids_bounded=reservation_ids_bounded,
                 returned_rolled_credit_breaks=returned_rolled_credit_breaks,
                 duplicates_before_skew=duplicates_before_skew,
+                batch_ids_bounded=batch_ids_bounded,
             )
 
         billing.ingest = held_ingest  # type: ignore[method-assign,assignment]
