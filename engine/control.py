@@ -222,6 +222,12 @@ def quoted_id(value: str) -> str:
     return f"{value[:ID_CHARS_MAX]!r}…"
 
 
+def entry_name(key: str) -> str:
+    """A map entry named in a field path by its key, whole or cut to ID_CHARS_MAX characters with "…": bounded as
+    `quoted_id` is, and never naming, cut without a mark, an entry the request does not hold."""
+    return key if len(key) <= ID_CHARS_MAX else key[:ID_CHARS_MAX] + "…"
+
+
 def check_reference(value: str, field_path: str, known: Container[str]) -> None:
     """An id a request names to find a record by: INVALID_ARGUMENT naming `field_path` when it is empty or breaks
     the id rule. An id `known` holds is never re-checked (a record stored by an earlier release answers to its
@@ -325,10 +331,7 @@ def check_text_map(entries: dict[str, str], field_path: str) -> None:
             why = f"a value is at most {TEXT_BYTES_MAX} bytes, not {value_bytes}"
         else:
             continue
-        # The entry is named by its key whole, or cut as quoted_id cuts, with its mark: a key cut without one
-        # named an entry the request does not hold.
-        shown = key if len(key) <= ID_CHARS_MAX else key[:ID_CHARS_MAX] + "…"
-        raise InvalidArgument.field(f"{field_path}[{shown}]", why)
+        raise InvalidArgument.field(f"{field_path}[{entry_name(key)}]", why)
 
 
 def keeping_print(record: _Record, print_: bytes) -> _Record:

@@ -18,6 +18,7 @@ from engine.control import (
     BillingState,
     check_id,
     check_reference,
+    entry_name,
 )
 from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
@@ -120,12 +121,6 @@ def check_count(items: Sized, field: str, count_max: int, what: str) -> None:
     """INVALID_ARGUMENT naming `field` when it holds more than `count_max` entries."""
     if len(items) > count_max:
         raise InvalidArgument.field(field, f"holds at most {count_max:,} {what}, not {len(items):,}")
-
-
-def entry_name(key: str) -> str:
-    """A map entry named in a field path by its key, whole or cut to ID_CHARS_MAX characters with "…" (as
-    engine/control.py check_text_map names one)."""
-    return key if len(key) <= ID_CHARS_MAX else key[:ID_CHARS_MAX] + "…"
 
 
 # Decimals -----------------------------------------------------------------------------------------------------
