@@ -215,3 +215,32 @@ def test_an_event_added_while_the_batcher_closes_is_sent_or_refused_never_droppe
     added, buffered, accepted = asyncio.run(scenario())
     assert buffered == 0, f"the second event ({added}) was left unsent in a closed batcher"
     assert (added, accepted) in {("added", 2), ("refused: UsageBatcher is closed", 1)}, (added, accepted)
+
+
+def test_a_stream_that_stops_answering_is_given_up_and_the_next_check_opens_a_new_one() -> None:
+    """The gateway module: "Each `authorize()` answers or raises `DeadlineExceeded` within `timeout_s`", and a
+    broken stream is replaced by the next check. A stream that neither answers nor ends (a server or connection
+    gone silent) was kept for ever: every later check was written on it and timed out too. Now the first check to
+    time out on it gives it up (cancelled), and the next check is answered on a new stream."""
+
+    async def scenario() -> tuple[list[str], bool, int]:
+        silent_call = _FakeCall(None)
+        second_call = _FakeCall(None)
+        stub = _FakeStub([silent_call, second_call])
+        batcher = AuthorizeBatcher(stub, batch_requests_max=1, timeout_s=0.2)
+        outcomes: list[object] = []
+        try:
+            await batcher.authorize("acme", "ai_action")
+        except TariffError as e:
+            outcomes.append(e)
+        later = asyncio.ensure_future(batcher.authorize("acme", "ai_action"))
+        await _settle()
+        for batch in second_call.written:
+            responses = [balance_pb2.AuthorizeResponse(request_id=r.request_id, reason="OK") for r in batch.requests]
+            await second_call.answers.put(balance_pb2.AuthorizeBatchResult(responses=responses))
+        outcomes.extend(await asyncio.gather(later, return_exceptions=True))
+        return [_described(o) for o in outcomes], silent_call.cancelled, stub.opened
+
+    outcomes, silent_cancelled, streams_opened = asyncio.run(scenario())
+    assert outcomes == ["DEADLINE_EXCEEDED: no answer to an authorize check within 0.2 s", "OK"], outcomes
+    assert silent_cancelled and streams_opened == 2

@@ -9,7 +9,9 @@ each caller its own answer (the server answers in request order).
 If the stream breaks, every check in flight fails with the typed error of the server's status (Authorize changes
 nothing, so the caller may simply retry; a RESOURCE_EXHAUSTED without RetryInfo, a message past the server's
 --message-mb-max, fails again) and the next check opens a new stream. Each `authorize()` answers or raises
-`DeadlineExceeded` within `timeout_s`.
+`DeadlineExceeded` within `timeout_s`. A stream whose oldest batch in flight has had no answer for `timeout_s` (a
+server or connection that stopped answering without ending the stream) is given up the same way: its checks fail
+with `DeadlineExceeded`, it is cancelled, and the next check opens a new stream.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tariff.client import (
 from tariff.v1 import balance_pb2
 
 _Waiting = tuple[balance_pb2.AuthorizeRequest, "asyncio.Future[balance_pb2.AuthorizeResponse]"]
+_InFlight = tuple[list[_Waiting], float]  # a batch written on the stream, and the loop's time when it was written
 
 
 class AuthorizeBatcher:
@@ -58,7 +61,7 @@ class AuthorizeBatcher:
         self.batch_requests_max = batch_requests_max
         self.timeout_s = timeout_s
         self._waiting: list[_Waiting] = []
-        self._in_flight: collections.deque[list[_Waiting]] = collections.deque()
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._slots = asyncio.Semaphore(batches_in_flight_max)
         self._writing = asyncio.Lock()
         self._call: Any = None
@@ -100,7 +103,20 @@ class AuthorizeBatcher:
         try:
             return await asyncio.wait_for(asyncio.shield(answer), self.timeout_s)
         except TimeoutError:
+            answer.cancel()  # no one waits for it now: a late answer or failure is dropped, not logged as unread
+            self._give_up_a_silent_stream()
             raise DeadlineExceeded(f"no answer to an authorize check within {self.timeout_s:g} s") from None
+
+    def _give_up_a_silent_stream(self) -> None:
+        """Answers come in request order, so a stream that has not answered its oldest batch for timeout_s has
+        answered nothing since: without this every later check would queue behind it and time out too, for ever
+        (batches_in_flight_max batches wait there, and nothing ends the stream)."""
+        if self._call is None or not self._in_flight:
+            return
+        _, written_at_s = self._in_flight[0]
+        if asyncio.get_running_loop().time() - written_at_s >= self.timeout_s:
+            silent_s = f"{self.timeout_s:g} s"
+            self._fail(self._call, DeadlineExceeded(f"the AuthorizeBatches stream answered nothing for {silent_s}"))
 
     async def _flush_after_delay(self) -> None:
         await asyncio.sleep(self.max_delay_ms / 1000)
@@ -119,7 +135,7 @@ class AuthorizeBatcher:
                     self._call = self._stub.AuthorizeBatches()
                     self._reader = asyncio.create_task(self._read(self._call, _ServerStatus(self._call)))
                 call = self._call
-                self._in_flight.append(batch)
+                self._in_flight.append((batch, asyncio.get_running_loop().time()))
                 await call.write(balance_pb2.AuthorizeBatch(requests=[request for request, _ in batch]))
             except (grpc.RpcError, asyncio.InvalidStateError):
                 # The call has ended (the write's own error is grpc.aio's, not the server's status): its reader
@@ -138,7 +154,7 @@ class AuthorizeBatcher:
                 if result is grpc.aio.EOF:
                     self._fail(call, Unavailable("the server ended the AuthorizeBatches stream"))
                     return
-                batch = self._in_flight.popleft()
+                batch, _ = self._in_flight.popleft()
                 self._slots.release()
                 if len(result.responses) != len(batch):
                     self._fail(call, TariffError(f"{len(result.responses)} answers for {len(batch)} checks"))
@@ -160,7 +176,7 @@ class AuthorizeBatcher:
         call.cancel()
         self._call = None
         while self._in_flight:
-            for _, answer in self._in_flight.popleft():
+            for _, answer in self._in_flight.popleft()[0]:
                 if not answer.done():
                     answer.set_exception(error)
             self._slots.release()
@@ -174,7 +190,7 @@ class AuthorizeBatcher:
         self._closed = True
         if self._senders:
             await asyncio.wait(set(self._senders), timeout=self.timeout_s)
-        pending = [answer for batch in self._in_flight for _, answer in batch]
+        pending = [answer for batch, _ in self._in_flight for _, answer in batch]
         if pending:
             await asyncio.wait(pending, timeout=self.timeout_s)
         if self._call is not None:
