@@ -180,11 +180,20 @@ interface PendingDecision {
   timer: NodeJS.Timeout;
 }
 
+interface OpenStream {
+  controller: AbortController;
+  /** Requests queued for this stream and not answered yet, oldest first: request_id -> performance.now() then. */
+  unanswered: Map<string, number>;
+}
+
 /**
  * Many Authorize decisions over one AuthorizeStream. `authorize()` may be called concurrently from
  * every request handler; answers are matched by request_id. The stream opens on first use and is
  * opened again by the next call after it breaks; decisions in flight on a broken stream fail with
- * its error (or get the onUnavailable fallback). Create it with `TariffClient.authorizeStreamer()`.
+ * its error (or get the onUnavailable fallback). A stream whose oldest request has had no answer for the
+ * streamer's `timeoutMs` (a server or connection that stopped answering without ending the stream) is given up
+ * the same way when a decision times out on it: its decisions fail with DEADLINE_EXCEEDED, it is cancelled, and
+ * the next call opens a new one. Create it with `TariffClient.authorizeStreamer()`.
  */
 export class AuthorizeStreamer {
   /** Streams opened so far (1 while the first one lasts). */
@@ -196,7 +205,7 @@ export class AuthorizeStreamer {
   private outbox: AuthorizeRequest[] = [];
   private wake!: () => void;
   private wakeup: Promise<void>;
-  private stream: AbortController | undefined;
+  private stream: OpenStream | undefined;
   private closed = false;
 
   constructor(balance: Client<typeof BalanceService>, options: AuthorizeStreamerOptions = {}) {
@@ -231,6 +240,7 @@ export class AuthorizeStreamer {
         const timer = setTimeout(() => {
           this.pending.delete(requestId);
           reject(new ConnectError(`no answer within ${timeoutMs} ms`, Code.DeadlineExceeded));
+          this.giveUpIfSilent(requestId, timeoutMs);
         }, timeoutMs);
         this.pending.set(requestId, { resolve, reject, timer });
         options.signal?.addEventListener(
@@ -241,7 +251,9 @@ export class AuthorizeStreamer {
           { once: true },
         );
         this.outbox.push(request);
-        this.ensureStream();
+        const unanswered = this.ensureStream().unanswered;
+        unanswered.delete(requestId); // an id reused after its timeout: its place is now, at the end
+        unanswered.set(requestId, performance.now());
         this.notify();
       });
       return toDecision(response, requestId);
@@ -253,8 +265,11 @@ export class AuthorizeStreamer {
   /** Ends the stream; decisions still in flight fail with CANCELED. */
   close(): void {
     this.closed = true;
-    this.failAll(new ConnectError("authorize streamer closed", Code.Canceled));
-    this.stream?.abort();
+    const closedError = new ConnectError("authorize streamer closed", Code.Canceled);
+    if (this.stream !== undefined) {
+      this.endStream(this.stream, closedError);
+    }
+    this.failAll(closedError);
     this.notify();
   }
 
@@ -286,28 +301,55 @@ export class AuthorizeStreamer {
     }
   }
 
-  private ensureStream(): void {
+  private ensureStream(): OpenStream {
     if (this.stream !== undefined) {
-      return;
+      return this.stream;
     }
-    const controller = new AbortController();
-    this.stream = controller;
+    const stream: OpenStream = { controller: new AbortController(), unanswered: new Map() };
+    this.stream = stream;
     this.streamsOpened += 1;
-    this.run(controller).catch((error: unknown) => {
-      controller.abort(); // its request generator stops taking from the outbox
-      if (this.stream === controller) {
-        this.stream = undefined;
-      }
-      // Requests queued for the broken stream fail with it rather than go out late on the next one.
-      this.outbox = [];
-      this.failAll(ConnectError.from(error));
-      this.notify();
-    });
+    this.run(stream).catch((error: unknown) => this.endStream(stream, ConnectError.from(error)));
+    return stream;
   }
 
-  private async run(controller: AbortController): Promise<void> {
-    const responses = this.balance.authorizeStream(this.requests(controller.signal), { signal: controller.signal });
+  /**
+   * Called when a decision timed out. Answers come in request order, so a stream whose oldest request has waited
+   * the streamer's timeoutMs has answered nothing since: without this every later decision would be written on it
+   * and time out too, for ever (nothing ends a stream the server or the connection silently dropped). The decision
+   * that timed out was queued no earlier than that oldest one, so the stream has been silent its timeoutMs at least
+   * (measured by its timer, which may fire a little before performance.now() says that much has passed).
+   */
+  private giveUpIfSilent(requestId: string, timeoutMs: number): void {
+    const stream = this.stream;
+    if (stream === undefined || !stream.unanswered.has(requestId)) {
+      return;
+    }
+    const oldestAtMs = stream.unanswered.values().next().value ?? performance.now();
+    const silentMs = Math.max(timeoutMs, performance.now() - oldestAtMs);
+    if (silentMs >= this.timeoutMs) {
+      const error = new ConnectError(`the AuthorizeStream answered nothing for ${this.timeoutMs} ms`, Code.DeadlineExceeded);
+      this.endStream(stream, error);
+    }
+  }
+
+  /** Cancels the stream; if it is still the current one, its decisions fail with `error` and the next call opens a new one. */
+  private endStream(stream: OpenStream, error: ConnectError): void {
+    stream.controller.abort(); // its request generator stops taking from the outbox
+    if (this.stream !== stream) {
+      return; // already ended (given up or closed): what is pending now belongs to its successor
+    }
+    this.stream = undefined;
+    // Requests queued for the ended stream fail with it rather than go out late on the next one.
+    this.outbox = [];
+    this.failAll(error);
+    this.notify();
+  }
+
+  private async run(stream: OpenStream): Promise<void> {
+    const signal = stream.controller.signal;
+    const responses = this.balance.authorizeStream(this.requests(signal), { signal });
     for await (const response of responses) {
+      stream.unanswered.delete(response.requestId);
       this.settle(response.requestId)?.resolve(response); // a late answer after its timeout is dropped
     }
     throw new ConnectError("AuthorizeStream ended", Code.Unavailable);
