@@ -4,7 +4,8 @@ package dev.tariff.client;
 import java.time.Duration;
 
 /**
- * @param timeout deadline of this decision (null: the client's); gateways use a short one
+ * @param timeout deadline of this decision (null: the client's); gateways use a short one. An earlier deadline of the
+ *     caller's gRPC Context ends the call first, and authorize then throws whatever the policy
  * @param onUnavailable what to answer when the server is not reached in time
  */
 public record AuthorizeOptions(Duration timeout, UnavailablePolicy onUnavailable) {

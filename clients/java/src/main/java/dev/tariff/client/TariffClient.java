@@ -30,6 +30,7 @@ import io.grpc.ChannelCredentials;
 import io.grpc.ClientCall;
 import io.grpc.ClientInterceptor;
 import io.grpc.ClientInterceptors;
+import io.grpc.Context;
 import io.grpc.ForwardingClientCall;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
@@ -190,7 +191,9 @@ public final class TariffClient implements AutoCloseable {
    * cost). A request without request_id gets a generated one. When the server is not reached
    * within the deadline (UNAVAILABLE or DEADLINE_EXCEEDED), options.onUnavailable decides: THROW
    * (default), ALLOW (fail open) or DENY (fail closed), the latter two with degraded() true. Other
-   * statuses (NOT_FOUND for an unknown customer, ...) and the caller's cancellation always throw. A reserve
+   * statuses (NOT_FOUND for an unknown customer, ...) and the caller's cancellation always throw, the caller's gRPC
+   * Context deadline included: grpc-java ends the call at the earlier of it and this deadline, and a Context whose
+   * deadline passed is cancelled, the caller's decision and not the server's absence. A reserve
    * request without reservation_id gets one chosen here, before the call, so the hold's id is known whatever
    * happens: a degraded decision carries it too (the server may have made the hold before the deadline ran out;
    * an event naming an id never held is charged as usual, with a notice). To retry, send the same id: one hold.
@@ -212,7 +215,9 @@ public final class TariffClient implements AutoCloseable {
     } catch (StatusRuntimeException e) {
       Status.Code code = e.getStatus().getCode();
       boolean unreachable = code == Status.Code.UNAVAILABLE || code == Status.Code.DEADLINE_EXCEEDED;
-      if (options.onUnavailable() == AuthorizeOptions.UnavailablePolicy.THROW || !unreachable) {
+      // The caller's Context cancelled, or past its deadline (which grpc-java applies too): its own decision.
+      boolean callerGaveUp = Context.current().isCancelled();
+      if (options.onUnavailable() == AuthorizeOptions.UnavailablePolicy.THROW || !unreachable || callerGaveUp) {
         throw new AuthorizeException(e, request);
       }
       return AuthorizeDecision.degraded(request, options.onUnavailable(), e.getStatus());
