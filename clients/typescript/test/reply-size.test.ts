@@ -46,7 +46,9 @@ test("a reply over gRPC's 4 MiB default and under 64 MiB is read", async () => {
 });
 
 test("a reply over 64 MiB is refused with RESOURCE_EXHAUSTED, as the other clients refuse it", async () => {
-  // No deadline: connect leaves a failed read's deadline timer running, which would hold the test file's process.
+  // No deadline: the client clears its own deadline timer when it refuses the reply, but the fake server's connect
+  // handler keeps the deadline timer it made from grpc-timeout while its unsent reply is abandoned, which would hold
+  // the test file's process until then.
   const error = await client.getBalance("65", { timeoutMs: 0 }).then(
     (balance) => `read ${balance.customerId.length} bytes`,
     (failure: unknown) => failure,
