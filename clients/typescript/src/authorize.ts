@@ -178,6 +178,8 @@ interface PendingDecision {
   resolve: (response: AuthorizeResponse) => void;
   reject: (error: ConnectError) => void;
   timer: NodeJS.Timeout;
+  /** Removes the decision's listener from the caller's signal, which may outlive it (a server's shutdown signal). */
+  detach: () => void;
 }
 
 interface OpenStream {
@@ -238,18 +240,17 @@ export class AuthorizeStreamer {
       const response = await new Promise<AuthorizeResponse>((resolve, reject) => {
         const timeoutMs = options.timeoutMs ?? this.timeoutMs;
         const timer = setTimeout(() => {
-          this.pending.delete(requestId);
+          this.settle(requestId);
           reject(new ConnectError(`no answer within ${timeoutMs} ms`, Code.DeadlineExceeded));
           this.giveUpIfSilent(requestId, timeoutMs);
         }, timeoutMs);
-        this.pending.set(requestId, { resolve, reject, timer });
-        options.signal?.addEventListener(
-          "abort",
-          () => {
-            this.settle(requestId)?.reject(ConnectError.from(options.signal?.reason, Code.Canceled));
-          },
-          { once: true },
-        );
+        const signal = options.signal;
+        const onAbort = (): void => {
+          this.settle(requestId)?.reject(ConnectError.from(signal?.reason, Code.Canceled));
+        };
+        signal?.addEventListener("abort", onAbort, { once: true });
+        const detach = (): void => signal?.removeEventListener("abort", onAbort);
+        this.pending.set(requestId, { resolve, reject, timer, detach });
         this.outbox.push(request);
         const unanswered = this.ensureStream().unanswered;
         unanswered.delete(requestId); // an id reused after its timeout: its place is now, at the end
@@ -290,6 +291,7 @@ export class AuthorizeStreamer {
     const entry = this.pending.get(requestId);
     if (entry !== undefined) {
       clearTimeout(entry.timer);
+      entry.detach();
       this.pending.delete(requestId);
     }
     return entry;

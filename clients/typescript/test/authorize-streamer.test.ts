@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { getEventListeners } from "node:events";
 import { test } from "node:test";
 
 import type { Client } from "@connectrpc/connect";
@@ -89,6 +90,21 @@ test("a decision with a shorter timeoutMs than the streamer's does not give up a
     // The stream has been silent 50 ms, far less than the streamer's 60,000: it is kept (the server may be slow).
     assert.equal(streamer.streamsOpened, 1);
     assert.equal(signals[0]?.aborted, false);
+  } finally {
+    streamer.close();
+  }
+});
+
+test("a decision leaves no listener on the caller's signal once it is answered", async () => {
+  const { balance } = scriptedBalance(["answering"]);
+  const streamer = new AuthorizeStreamer(balance, { timeoutMs: 10_000 });
+  const shutdown = new AbortController(); // one signal for every decision, as a server's shutdown signal is
+  try {
+    for (let i = 0; i < 20; i += 1) {
+      const decision = await streamer.authorize({ customerId: "acme", eventType: "ai_action" }, { signal: shutdown.signal });
+      assert.equal(decision.reason, "OK");
+    }
+    assert.equal(getEventListeners(shutdown.signal, "abort").length, 0, "answered decisions still listen on the signal");
   } finally {
     streamer.close();
   }
