@@ -38,7 +38,8 @@ type AuthorizeOptions struct {
 	Timeout time.Duration
 	// OnUnavailable decides when the server is not reached in time. Other statuses (NOT_FOUND for
 	// an unknown customer, INVALID_ARGUMENT, ...) are always returned as errors, and so is the
-	// caller's own cancellation.
+	// caller's own cancellation, ctx's deadline included (when it is earlier than Timeout, it ends
+	// the call: the caller's decision, not the server's absence).
 	OnUnavailable UnavailablePolicy
 }
 

@@ -272,6 +272,14 @@ func TestAuthorizeWhenTheServerIsNotReached(t *testing.T) {
 	if _, err := hanging.Authorize(cancelled, request, tariff.AuthorizeOptions{OnUnavailable: tariff.FailOpen}); status.Code(err) != codes.Canceled {
 		t.Fatalf("cancelled context: %v, want CANCELED", err)
 	}
+	// Nor is the caller's own deadline, earlier than the decision's Timeout: it ends the call, and it is the
+	// caller's decision too (AuthorizeOptions.OnUnavailable), as in the Java and TypeScript clients.
+	expiring, cancelExpiring := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelExpiring()
+	decision, err := hanging.Authorize(expiring, request, tariff.AuthorizeOptions{Timeout: 30 * time.Second, OnUnavailable: tariff.FailOpen})
+	if status.Code(err) != codes.DeadlineExceeded || decision.Degraded || decision.Allowed {
+		t.Fatalf("the caller's deadline before Timeout: %+v, %v; want DEADLINE_EXCEEDED and no decision", decision, err)
+	}
 }
 
 func TestAPIKey(t *testing.T) {
