@@ -50,6 +50,10 @@ export interface AuthorizeOptions {
    * statuses (NOT_FOUND for an unknown customer, INVALID_ARGUMENT, ...) are always thrown.
    */
   onUnavailable?: UnavailablePolicy;
+  /**
+   * The caller's own end of the decision: once it is aborted (an `AbortSignal.timeout()` too), the decision throws
+   * whatever onUnavailable says, since that is the caller's choice and not the server's absence.
+   */
   signal?: AbortSignal;
 }
 

@@ -109,3 +109,15 @@ test("a decision leaves no listener on the caller's signal once it is answered",
     streamer.close();
   }
 });
+
+test("the caller's own signal ending a decision throws, whatever onUnavailable says", async () => {
+  const { balance } = scriptedBalance(["silent"]);
+  const streamer = new AuthorizeStreamer(balance, { timeoutMs: 60_000, onUnavailable: "allow" });
+  try {
+    const input = { customerId: "acme", eventType: "ai_action" };
+    const ended = await outcome(streamer.authorize(input, { signal: AbortSignal.timeout(50) }));
+    assert.match(ended, /^Canceled: /, "the caller's own deadline was answered with the fail-open fallback");
+  } finally {
+    streamer.close();
+  }
+});
