@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from tariff import TariffClient
 from tariff.v1 import invoices_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import open_contract, serving
+from tests.audit_fixtures import open_contract, refusal, serving
 from tests.serverproc import ServerProcess
 
 JAN_1990_MS = 631_152_000_000  # 1990-01-01T00:00:00Z
@@ -88,3 +89,50 @@ def test_close_due_periods_closes_a_backlog_in_slices_of_256_periods(server: Ser
         again = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
         assert again.invoices_made == 0 and not again.invoices
         assert len(audit_of(client, "CloseDuePeriods")) == 2  # nothing due: nothing journaled
+
+
+PAGE_BYTES = 4 * 1024 * 1024  # a list page's most: what a gRPC client reads by default (README "Paged lists")
+
+
+def list_versions(client: TariffClient, page_size: int = 0, page_token: str = "") -> pricing_pb2.ListVersionsResponse:
+    request = pricing_pb2.ListVersionsRequest(rate_card_id="wide", page_size=page_size, page_token=page_token)
+    answer: pricing_pb2.ListVersionsResponse = client.pricing.ListVersions(request)
+    return answer
+
+
+def test_list_versions_pages_a_card_of_many_large_versions(server: ServerProcess) -> None:
+    """Rate card `wide`: draft 1 with 10,000 rates (`calls` for k = v0 .. v9999, a version's most), drafts 2 to 20
+    each based on the one before with nothing changed: 20 versions of 10,000 rates, about 250 KB each, 5 MB in all.
+
+    ListVersions without page_size answers the first versions that fit a page's 4 MiB (16 of them), and a
+    next_page_token naming the last one's number ("16"); that token answers 17 to 20 and an empty token. page_size
+    2 answers versions 1 and 2 and token "2". A token the list never issued ("0", "21", "02", "x") is
+    INVALID_ARGUMENT naming page_token.
+
+    Before the fix every version was answered in one message (5 MB, more than a default gRPC client reads, made
+    on the event loop whole: 62 such versions held it 4.5 s, then were refused past --message-mb-max)."""
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="wide", pricing_unit="credits"))
+        unit = pricing_pb2.UnitPrice(price="1")
+        rates = [pricing_pb2.Rate(product_id="calls", match={"k": f"v{n}"}, unit=unit) for n in range(10_000)]
+        made = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="wide", upsert_rates=rates)
+        )
+        assert made.version == 1 and len(made.rates) == 10_000
+        for number in range(2, 21):
+            request = pricing_pb2.CreateDraftVersionRequest(rate_card_id="wide", based_on_version=number - 1)
+            assert client.pricing.CreateDraftVersion(request).version == number
+
+        first = list_versions(client)
+        assert first.ByteSize() <= PAGE_BYTES, f"{first.ByteSize():,} bytes, {len(first.versions)} versions"
+        shown = [v.version for v in first.versions]
+        assert shown == list(range(1, 17)) and first.next_page_token == "16", (shown, first.next_page_token)
+        rest = list_versions(client, page_token=first.next_page_token)
+        assert [v.version for v in rest.versions] == [17, 18, 19, 20] and not rest.next_page_token
+        assert all(len(v.rates) == 10_000 for v in rest.versions)
+
+        two = list_versions(client, page_size=2)
+        assert [v.version for v in two.versions] == [1, 2] and two.next_page_token == "2"
+        for token in ("0", "21", "02", "x"):
+            code, details = refusal(lambda: list_versions(client, page_token=token))  # noqa: B023
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in details, (token, details)
