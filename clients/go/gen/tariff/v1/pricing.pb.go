@@ -2236,9 +2236,18 @@ func (x *RollbackRateCardRequest) GetEffectiveFrom() *timestamppb.Timestamp {
 	return nil
 }
 
+// By version number, paged as the top of contracts.proto says (a version
+// holds up to 10,000 rates, so a card's versions may take far more than one
+// message): page_size versions a page, fewer when that many would take more
+// than a page's 4 MiB, never none; the token is the version number of the
+// page's last version, in decimal ("3").
 type ListVersionsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RateCardId    string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	// At most 1,000; 100 when 0.
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, unchanged; empty for the first.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2280,10 +2289,26 @@ func (x *ListVersionsRequest) GetRateCardId() string {
 	return ""
 }
 
+func (x *ListVersionsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListVersionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListVersionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Every version of the card, drafts included, by version number (1, 2, ...).
-	Versions      []*RateCardVersion `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
+	// The card's versions, drafts included, by version number (1, 2, ...).
+	Versions []*RateCardVersion `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2323,6 +2348,13 @@ func (x *ListVersionsResponse) GetVersions() []*RateCardVersion {
 		return x.Versions
 	}
 	return nil
+}
+
+func (x *ListVersionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // One of version and at is required (INVALID_ARGUMENT naming version when
@@ -3599,12 +3631,16 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"rateCardId\x12\x1d\n" +
 	"\n" +
 	"to_version\x18\x02 \x01(\rR\ttoVersion\x12A\n" +
-	"\x0eeffective_from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveFrom\"7\n" +
+	"\x0eeffective_from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveFrom\"s\n" +
 	"\x13ListVersionsRequest\x12 \n" +
 	"\frate_card_id\x18\x01 \x01(\tR\n" +
-	"rateCardId\"N\n" +
+	"rateCardId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"v\n" +
 	"\x14ListVersionsResponse\x126\n" +
-	"\bversions\x18\x01 \x03(\v2\x1a.tariff.v1.RateCardVersionR\bversions\"\x8b\x01\n" +
+	"\bversions\x18\x01 \x03(\v2\x1a.tariff.v1.RateCardVersionR\bversions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x8b\x01\n" +
 	"\x11GetVersionRequest\x12 \n" +
 	"\frate_card_id\x18\x01 \x01(\tR\n" +
 	"rateCardId\x12\x1a\n" +
