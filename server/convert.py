@@ -107,6 +107,10 @@ DIMENSIONS_MAX = EVENT_MAP_ENTRIES_MAX
 TIERS_MAX = 1_000
 # Products a grant names: as many as a version's parameters.
 GRANT_PRODUCTS_MAX = 1_000
+# Customer ids a request lists (SimulateVersion's, a cohort's): each is checked on the event loop, and a cohort's are
+# journaled whole, so a list as long as a message takes (millions of ids) held the loop for seconds. More customers
+# are named by a cohort's attributes or customers_created_after, or (SimulateVersion) an empty list: every customer.
+CUSTOMER_IDS_MAX = 10_000
 
 
 def check_text(text: str, field: str, bytes_max: int = TEXT_BYTES_MAX) -> str:

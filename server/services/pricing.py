@@ -204,6 +204,12 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
     ) -> pricing_pb2.PublishVersionResponse:
         _required(rate_card_id=request.rate_card_id, version=request.version)
         self._card_named(request.rate_card_id)
+        convert.check_count(
+            request.cohort.customer_ids,
+            "cohort.customer_ids",
+            convert.CUSTOMER_IDS_MAX,
+            "customer ids (attributes or customers_created_after name more)",
+        )
         for index, customer_id in enumerate(request.cohort.customer_ids):
             if customer_id:  # empty: the engine's "an id must not be empty", with the cohort's other findings
                 check_reference(customer_id, f"cohort.customer_ids[{index}]", self.engine.state.customers)
@@ -331,6 +337,9 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         _required(rate_card_id=request.rate_card_id, version=request.version)
         _required(period_start=request.HasField("period_start"), period_end=request.HasField("period_end"))
         self._card_named(request.rate_card_id)
+        convert.check_count(
+            request.customer_ids, "customer_ids", convert.CUSTOMER_IDS_MAX, "customer ids (none: every customer)"
+        )
         for index, customer_id in enumerate(request.customer_ids):
             check_reference(customer_id, f"customer_ids[{index}]", self.engine.state.customers)
         check_simulated_customers(self.engine.state.customers, request.customer_ids)  # NotFound naming each

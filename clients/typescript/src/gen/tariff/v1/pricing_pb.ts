@@ -418,7 +418,9 @@ export const RateKeySchema: GenMessage<RateKey> = /*@__PURE__*/
  * order and how many more): a customer created later joins through attributes
  * or customers_created_after. Empty ids, attribute keys and attribute values
  * are INVALID_ARGUMENT, and so is an id breaking the id rule (naming
- * cohort.customer_ids[i]). attributes holds at most 64 entries, keys and
+ * cohort.customer_ids[i]). customer_ids holds at most 10,000 ids (more is
+ * INVALID_ARGUMENT naming cohort.customer_ids: attributes or
+ * customers_created_after name more). attributes holds at most 64 entries, keys and
  * values at most 256 bytes, as a customer's (more could match no customer:
  * INVALID_ARGUMENT naming cohort.attributes or cohort.attributes[key]).
  *
@@ -1493,7 +1495,8 @@ export type SimulateVersionRequest = Message<"tariff.v1.SimulateVersionRequest">
   periodEnd?: Timestamp | undefined;
 
   /**
-   * Empty: every customer on the rate card. One breaking the id rule is
+   * Empty: every customer on the rate card. At most 10,000 ids (more is
+   * INVALID_ARGUMENT naming customer_ids). One breaking the id rule is
    * INVALID_ARGUMENT naming customer_ids[i]; an id that is no customer is
    * NOT_FOUND, every unknown one named (past 20, the first 20 in id order and
    * how many more; a misspelt one must not read as "no change"); a customer
