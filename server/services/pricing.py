@@ -165,6 +165,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.CreateDraftVersionRequest, context: Context
     ) -> pricing_pb2.RateCardVersion:
         self._card_named(request.rate_card_id)
+        convert.check_draft_counts(request)  # before any entry is looked at
         for index, rate in enumerate(request.upsert_rates):
             if rate.product_id:  # empty: the engine's "is required"; unknown: a finding of ValidateVersion
                 check_reference(rate.product_id, f"upsert_rates[{index}].product_id", self.engine.state.products)

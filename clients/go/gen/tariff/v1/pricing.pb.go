@@ -1607,7 +1607,11 @@ func (x *ListRateCardsResponse) GetNextPageToken() string {
 
 // A version holds at most 10,000 rates and 1,000 parameters, its base's
 // included: a draft that would hold more is INVALID_ARGUMENT naming
-// upsert_rates or set_parameters, changing nothing.
+// upsert_rates or set_parameters, changing nothing. So a request lists at
+// most 10,000 upsert_rates and remove_rates and 1,000 set_parameters and
+// remove_parameters (a removal of what the base does not hold, a repeat
+// included, is INVALID_ARGUMENT too): more is INVALID_ARGUMENT naming the
+// field and the limit, before any entry is checked.
 type CreateDraftVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
