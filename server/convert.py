@@ -28,6 +28,8 @@ from engine.ledger import Grant, GrantKind
 from engine.money import decimal_range_problem, decimal_text_problem, format_decimal, format_picos, parse_decimal
 from engine.products import Aggregation, Product
 from engine.ratecard import (
+    PARAMETERS_PER_VERSION_MAX,
+    RATES_PER_VERSION_MAX,
     Cohort,
     FlatPrice,
     PackagePrice,
@@ -107,6 +109,10 @@ DIMENSIONS_MAX = EVENT_MAP_ENTRIES_MAX
 TIERS_MAX = 1_000
 # Products a grant names: as many as a version's parameters.
 GRANT_PRODUCTS_MAX = 1_000
+# Customer ids a request lists (SimulateVersion's, a cohort's): each is checked on the event loop, and a cohort's are
+# journaled whole, so a list as long as a message takes (millions of ids) held the loop for seconds. More customers
+# are named by a cohort's attributes or customers_created_after, or (SimulateVersion) an empty list: every customer.
+CUSTOMER_IDS_MAX = 10_000
 
 
 def check_text(text: str, field: str, bytes_max: int = TEXT_BYTES_MAX) -> str:
@@ -457,7 +463,21 @@ def check_parameter_names(names: Iterable[str]) -> None:
             )
 
 
+def check_draft_counts(request: pricing_pb2.CreateDraftVersionRequest) -> None:
+    """No list of a draft request longer than a version holds (RATES_PER_VERSION_MAX rates, PARAMETERS_PER_VERSION_MAX
+    parameters), before anything looks at its entries: each is checked one by one (a repeated removal is refused on
+    its own), so 1,500,000 rate keys held the event loop 7 s and 4,000,000 parameter names the writer 14 s. Upserts
+    and parameters past it were refused by the engine, after every entry was converted."""
+    check_count(request.upsert_rates, "upsert_rates", RATES_PER_VERSION_MAX, "rates (a version's most)")
+    check_count(request.remove_rates, "remove_rates", RATES_PER_VERSION_MAX, "rate keys (a version's rates)")
+    check_count(request.set_parameters, "set_parameters", PARAMETERS_PER_VERSION_MAX, "parameters (a version's most)")
+    check_count(
+        request.remove_parameters, "remove_parameters", PARAMETERS_PER_VERSION_MAX, "names (a version's parameters)"
+    )
+
+
 def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, actor: str) -> cmd.CreateDraftVersion:
+    check_draft_counts(request)
     check_rates_named_once(request.upsert_rates)
     check_rates_can_match(request.upsert_rates)
     check_parameter_names(request.set_parameters)

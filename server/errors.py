@@ -222,7 +222,8 @@ MIB = 1024 * 1024
 ASK_FOR_LESS = {
     "InvoiceService.GetRevenueReport": "ask for a shorter span or one customer, or ",
     "PricingService.SimulateVersion": "ask for a shorter span or fewer customer_ids, or ",
-    "PricingService.ListVersions": "read the versions one at a time with GetVersion, or ",
+    # A page holds at least one version: one drafted under a larger --message-mb-max may be larger than this one.
+    "PricingService.ListVersions": "page on past that version (page_token its number), or ",
 }
 
 

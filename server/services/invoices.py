@@ -21,6 +21,7 @@ from engine.instants import iso
 from engine.invoices import QUANTITY_SCALE, Invoice, InvoiceLine, LineAdjustment, VersionPart
 from engine.money import format_picos, format_scaled
 from server import convert
+from server.closer import PERIODS_PER_COMMAND as CLOSE_SLICE_PERIODS
 from server.errors import Unavailable, larger_limit, send_limit, too_large, unary
 from server.explain_index import IndexedEvent, StaleToken
 from server.scheduling import paced
@@ -31,7 +32,6 @@ from server.services.common import (
     SortedKeys,
     _Base,
     _fitted,
-    _fitting,
     _page,
     _required,
     actor_of,
@@ -236,37 +236,56 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     async def CloseDuePeriods(
         self, request: invoices_pb2.CloseDuePeriodsRequest, context: Context
     ) -> invoices_pb2.CloseDuePeriodsResponse:
-        closed = await self._apply(
-            cmd.CloseDuePeriods(
-                self.clock_ms(),
-                actor_of(context),
-                0,
+        closed = await self._close_due(actor_of(context))
+        # Answered as a page of ListInvoices is: the invoices that fit, and the token to list the rest with (every
+        # period due is closed before the answer, so a backlog larger than an answer is never closed but unshown).
+        # Only the invoices shown are made into messages: a backlog of thousands is not converted on the loop.
+        made: list[invoices_pb2.Invoice] = []
+        total_bytes = 0
+        for invoice in closed:
+            message = invoice_pb(invoice)
+            total_bytes += message.ByteSize() + 8  # the field's tag and length prefix take at most 8 more
+            if total_bytes > self.page_bytes_max and made:
+                break
+            made.append(message)
+        token = closed[len(made) - 1].number if len(made) < len(closed) else ""
+        answer = invoices_pb2.CloseDuePeriodsResponse(invoices=made, invoices_made=len(closed), next_page_token=token)
+        if answer.ByteSize() > send_limit.bytes_max:  # the first invoice alone is too large: say what was done
+            first, last = closed[0].number, closed[-1].number
+            raise too_large(
+                f"closed {len(closed)} periods as invoices {first} to {last}, but the first, {_described(closed[0])}",
+                made[0].ByteSize(),
+                f"ListInvoices lists the others from page_token {first!r}; {larger_limit(answer.ByteSize())} to "
+                f"read {first}",
+            )
+        return answer
+
+    async def _close_due(self, actor: str) -> list[Invoice]:
+        """Every period that ended by now, closed in journaled commands of CLOSE_SLICE_PERIODS periods each, as the
+        close driver closes them (server/closer.py): one command closing a backlog of thousands held the writer, and
+        every usage batch and read behind it, for as long as they all took. Each slice carries its own time and a
+        grace that keeps the cut at the call's start, so a period ending while the slices run waits for the next
+        call or the driver, as it would have."""
+        started_ms = self.clock_ms()
+        closed: list[Invoice] = []
+        while True:
+            at_ms = max(self.clock_ms(), started_ms)
+            command = cmd.CloseDuePeriods(
+                at_ms,
+                actor,
+                at_ms - started_ms,
+                CLOSE_SLICE_PERIODS,
                 rollovers_shown=True,
                 alerts_evaluated=True,
                 adjustments_in_contract=True,
                 parts_in_contract=True,
                 rolled_breakage_shown=True,
                 expired_breakage_shown=True,
-            ),
-            list,
-        )
-        # Answered as a page of ListInvoices is: the invoices that fit, and the token to list the rest with (every
-        # period due is closed by the one command, so a backlog larger than an answer is never closed but unshown).
-        made = [invoice_pb(i) for i in closed]
-        shown = _fitting(made, self.page_bytes_max)
-        token = closed[shown - 1].number if shown < len(made) else ""
-        answer = invoices_pb2.CloseDuePeriodsResponse(
-            invoices=made[:shown], invoices_made=len(made), next_page_token=token
-        )
-        if answer.ByteSize() > send_limit.bytes_max:  # the first invoice alone is too large: say what was done
-            first, last = closed[0].number, closed[-1].number
-            raise too_large(
-                f"closed {len(made)} periods as invoices {first} to {last}, but the first, {_described(closed[0])}",
-                made[0].ByteSize(),
-                f"ListInvoices lists the others from page_token {first!r}; {larger_limit(answer.ByteSize())} to "
-                f"read {first}",
             )
-        return answer
+            made = await self._apply(command, list)
+            closed.extend(made)
+            if len(made) < CLOSE_SLICE_PERIODS:
+                return closed
 
     @unary
     async def GetInvoice(self, request: invoices_pb2.GetInvoiceRequest, context: Context) -> invoices_pb2.Invoice:

@@ -116,7 +116,9 @@ class InvoiceServiceServicer:
     def CloseDuePeriods(self, request, context):
         """Closes every customer's periods that have ended (at or before now), each
         as ClosePeriod would; the server does this by itself once a period has
-        been over for its close grace (tariff serve --close-grace, 24 h).
+        been over for its close grace (tariff serve --close-grace, 24 h). Closed
+        in journaled commands of at most 256 periods each (the audit log has an
+        entry for each), other calls served between them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

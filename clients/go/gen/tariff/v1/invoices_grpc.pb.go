@@ -58,7 +58,9 @@ type InvoiceServiceClient interface {
 	GetRevenueReport(ctx context.Context, in *GetRevenueReportRequest, opts ...grpc.CallOption) (*RevenueReport, error)
 	// Closes every customer's periods that have ended (at or before now), each
 	// as ClosePeriod would; the server does this by itself once a period has
-	// been over for its close grace (tariff serve --close-grace, 24 h).
+	// been over for its close grace (tariff serve --close-grace, 24 h). Closed
+	// in journaled commands of at most 256 periods each (the audit log has an
+	// entry for each), other calls served between them.
 	CloseDuePeriods(ctx context.Context, in *CloseDuePeriodsRequest, opts ...grpc.CallOption) (*CloseDuePeriodsResponse, error)
 }
 
@@ -155,7 +157,9 @@ type InvoiceServiceServer interface {
 	GetRevenueReport(context.Context, *GetRevenueReportRequest) (*RevenueReport, error)
 	// Closes every customer's periods that have ended (at or before now), each
 	// as ClosePeriod would; the server does this by itself once a period has
-	// been over for its close grace (tariff serve --close-grace, 24 h).
+	// been over for its close grace (tariff serve --close-grace, 24 h). Closed
+	// in journaled commands of at most 256 periods each (the audit log has an
+	// entry for each), other calls served between them.
 	CloseDuePeriods(context.Context, *CloseDuePeriodsRequest) (*CloseDuePeriodsResponse, error)
 	mustEmbedUnimplementedInvoiceServiceServer()
 }

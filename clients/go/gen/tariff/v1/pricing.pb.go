@@ -1072,7 +1072,9 @@ func (x *RateKey) GetMatch() map[string]string {
 // order and how many more): a customer created later joins through attributes
 // or customers_created_after. Empty ids, attribute keys and attribute values
 // are INVALID_ARGUMENT, and so is an id breaking the id rule (naming
-// cohort.customer_ids[i]). attributes holds at most 64 entries, keys and
+// cohort.customer_ids[i]). customer_ids holds at most 10,000 ids (more is
+// INVALID_ARGUMENT naming cohort.customer_ids: attributes or
+// customers_created_after name more). attributes holds at most 64 entries, keys and
 // values at most 256 bytes, as a customer's (more could match no customer:
 // INVALID_ARGUMENT naming cohort.attributes or cohort.attributes[key]).
 type Cohort struct {
@@ -1605,7 +1607,11 @@ func (x *ListRateCardsResponse) GetNextPageToken() string {
 
 // A version holds at most 10,000 rates and 1,000 parameters, its base's
 // included: a draft that would hold more is INVALID_ARGUMENT naming
-// upsert_rates or set_parameters, changing nothing.
+// upsert_rates or set_parameters, changing nothing. So a request lists at
+// most 10,000 upsert_rates and remove_rates and 1,000 set_parameters and
+// remove_parameters (a removal of what the base does not hold, a repeat
+// included, is INVALID_ARGUMENT too): more is INVALID_ARGUMENT naming the
+// field and the limit, before any entry is checked.
 type CreateDraftVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
@@ -2236,9 +2242,18 @@ func (x *RollbackRateCardRequest) GetEffectiveFrom() *timestamppb.Timestamp {
 	return nil
 }
 
+// By version number, paged as the top of contracts.proto says (a version
+// holds up to 10,000 rates, so a card's versions may take far more than one
+// message): page_size versions a page, fewer when that many would take more
+// than a page's 4 MiB, never none; the token is the version number of the
+// page's last version, in decimal ("3").
 type ListVersionsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RateCardId    string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
+	// At most 1,000; 100 when 0.
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, unchanged; empty for the first.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2280,10 +2295,26 @@ func (x *ListVersionsRequest) GetRateCardId() string {
 	return ""
 }
 
+func (x *ListVersionsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListVersionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListVersionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Every version of the card, drafts included, by version number (1, 2, ...).
-	Versions      []*RateCardVersion `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
+	// The card's versions, drafts included, by version number (1, 2, ...).
+	Versions []*RateCardVersion `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2323,6 +2354,13 @@ func (x *ListVersionsResponse) GetVersions() []*RateCardVersion {
 		return x.Versions
 	}
 	return nil
+}
+
+func (x *ListVersionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // One of version and at is required (INVALID_ARGUMENT naming version when
@@ -2867,7 +2905,8 @@ type SimulateVersionRequest struct {
 	Version     uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
 	PeriodEnd   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
-	// Empty: every customer on the rate card. One breaking the id rule is
+	// Empty: every customer on the rate card. At most 10,000 ids (more is
+	// INVALID_ARGUMENT naming customer_ids). One breaking the id rule is
 	// INVALID_ARGUMENT naming customer_ids[i]; an id that is no customer is
 	// NOT_FOUND, every unknown one named (past 20, the first 20 in id order and
 	// how many more; a misspelt one must not read as "no change"); a customer
@@ -3599,12 +3638,16 @@ const file_tariff_v1_pricing_proto_rawDesc = "" +
 	"rateCardId\x12\x1d\n" +
 	"\n" +
 	"to_version\x18\x02 \x01(\rR\ttoVersion\x12A\n" +
-	"\x0eeffective_from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveFrom\"7\n" +
+	"\x0eeffective_from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveFrom\"s\n" +
 	"\x13ListVersionsRequest\x12 \n" +
 	"\frate_card_id\x18\x01 \x01(\tR\n" +
-	"rateCardId\"N\n" +
+	"rateCardId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"v\n" +
 	"\x14ListVersionsResponse\x126\n" +
-	"\bversions\x18\x01 \x03(\v2\x1a.tariff.v1.RateCardVersionR\bversions\"\x8b\x01\n" +
+	"\bversions\x18\x01 \x03(\v2\x1a.tariff.v1.RateCardVersionR\bversions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x8b\x01\n" +
 	"\x11GetVersionRequest\x12 \n" +
 	"\frate_card_id\x18\x01 \x01(\tR\n" +
 	"rateCardId\x12\x1a\n" +

@@ -1212,7 +1212,9 @@ export const InvoiceService: GenService<{
   /**
    * Closes every customer's periods that have ended (at or before now), each
    * as ClosePeriod would; the server does this by itself once a period has
-   * been over for its close grace (tariff serve --close-grace, 24 h).
+   * been over for its close grace (tariff serve --close-grace, 24 h). Closed
+   * in journaled commands of at most 256 periods each (the audit log has an
+   * entry for each), other calls served between them.
    *
    * @generated from rpc tariff.v1.InvoiceService.CloseDuePeriods
    */
