@@ -320,7 +320,10 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
    * Client-chosen id for the reservation (optional; generated if empty), at
    * most 256 bytes (more is INVALID_ARGUMENT naming reservation_id, nothing
    * held; INVALID_REQUEST in-band on AuthorizeStream and AuthorizeBatches).
-   * The same id with the same request answers again and holds once; with a
+   * The same id with the same request answers again and holds once (a request
+   * naming no reservation_ttl is the same as one naming the TTL it is given
+   * now; one naming a TTL is the same as one naming none only while the hold
+   * that one made is open and was given that TTL); with a
    * different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
    * RESERVATION_CONFLICT, in-band) and nothing is held. Only read with
    * reserve=true (otherwise INVALID_ARGUMENT; INVALID_REQUEST in-band on
