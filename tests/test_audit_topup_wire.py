@@ -183,7 +183,8 @@ def test_held_credit_on_an_expired_grant_is_not_available_to_the_threshold(serve
     """README "Expiry and breakage": credit a hold still holds on an expired grant counts in credits_held and
     credits_remaining, never in credits_available. ALLOW, s 10 expiring in 1.5 s (the only grant); policy below 5
     back to 20. r1 (TTL 120 s) holds 3 of s: 7 available, nothing bought. s expires: 7 break, the 3 stay held
-    (remaining 3, held 3, available 0); nothing is bought until an event: one feeding no product buys 20 - 0 = 20
+    (remaining 3, held 3, available 0); nothing is bought until an event (README: credit "a grant's expiry or
+    rollover took below it" buys at the next rated event or hold, "the clock buys nothing"): one feeding no product buys 20 - 0 = 20
     (remaining 23, held 3, available 20). Releasing r1 answers 3, which break: s expired 10; 20 remaining and
     available."""
     with server.client() as client:
@@ -264,3 +265,23 @@ def test_a_cleared_and_set_again_policy_keeps_counting_the_periods_purchases(ser
         use(client, event("cl-3", "cl", 0))
         assert top_ups(client, "cl") == {f"top-up-{this}-1": "16", f"top-up-{this}-2": "16"}
         assert totals(client, "cl") == ("20", "0", "20")
+
+
+def test_the_credit_available_is_counted_when_the_event_is_rated_not_at_its_timestamp(server: ServerProcess) -> None:
+    """A grant pays usage dated from its start; the threshold reads the credit available when the event is rated
+    (README: "a grant not started yet counts once it starts"; the period's start only for an event of a later
+    period). f 100 starts in 60 s (the only grant); policy below 5 back to 20. An event dated 120 s ahead (within the
+    5-minute future skew, in this period unless it ends within those 2 minutes) draws 10 from f: f 90, yet 0 is
+    available now, below 5: a purchase of 20, 20 available now (f's 90 joins in a minute)."""
+    at_ms = now_ms() + 120_000
+    if at_ms >= month_start_ms(-1):
+        pytest.skip("the event must be dated in the current billing period")
+    with server.client() as client:
+        contract_id = customer(client, "fs", block=False)
+        grant(client, "fs", "f", "100", starts_at_ms=now_ms() + 60_000)
+        set_policy(client, contract_id, "5", "20", 1)
+        use(client, event("fs-1", "fs", 10, at_ms=at_ms))
+        assert rows(client, "fs")["f"] == ("10", "90", "0", "0")
+        assert charges(client, "fs") == ("10", "0")
+        assert top_ups(client, "fs") == {f"top-up-{month_start_ms()}-1": "20"}
+        assert totals(client, "fs") == ("20", "0", "20")
