@@ -1,5 +1,6 @@
 """Credits lifecycle edges of automatic top-ups over the wire, every amount computed by hand from the docs (README
-"Automatic top-up", contracts.proto TopUpPolicy, docs/architecture.md "Credits: holds, top-ups, breakage").
+"Automatic top-up", contracts.proto TopUpPolicy, docs/architecture.md "Credits: holds, top-ups, breakage"), and how a
+grant's retry compares its instants (README "Every state-changing call is safe to retry").
 
 Products from tests/test_audit_credits2_wire.py: `units` (event type `work`) and `extra` (event type `other`), SUM of
 `n`, 1 credit a unit; an event type no product reads (`nothing`) is accepted charging nothing. Every policy here
@@ -8,15 +9,17 @@ costs 1 USD a credit, so a purchase of N credits is N.00 on the invoice."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, now_ms
 from tariff.v1 import contracts_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import preview, release, serving
+from tests.audit_fixtures import preview, refusal, release, serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_credits2_wire import (
     DAY_MS,
@@ -28,6 +31,7 @@ from tests.test_audit_credits2_wire import (
     event,
     grant,
     hold,
+    new_grant,
     rows,
     totals,
     use,
@@ -285,6 +289,26 @@ def test_the_credit_available_is_counted_when_the_event_is_rated_not_at_its_time
         assert charges(client, "fs") == ("10", "0")
         assert top_ups(client, "fs") == {f"top-up-{month_start_ms()}-1": "20"}
         assert totals(client, "fs") == ("20", "0", "20")
+
+
+def test_a_grant_retried_with_its_expiry_written_to_the_millisecond_is_the_same_request(server: ServerProcess) -> None:
+    """README "Every state-changing call is safe to retry": "an instant is compared as kept, in whole milliseconds": a
+    grant of 10 expiring at a whole second plus 0.5 ms is kept expiring at that second; the same id sent again with
+    the whole second answers the grant again and grants nothing more (10 available), while its amount written `10.0`
+    is another request (ALREADY_EXISTS)."""
+    expiry_ms = (now_ms() + DAY_MS) // 1000 * 1000
+    with server.client() as client:
+        customer(client, "ms", block=False)
+        first = new_grant("ms", "g", "10", expires_at_ms=expiry_ms)
+        first.expires_at.nanos += 500_000
+        granted = client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=first))
+        assert granted.expires_at.ToMilliseconds() == expiry_ms and granted.expires_at.nanos == 0
+        again = new_grant("ms", "g", "10", expires_at_ms=expiry_ms)
+        assert client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=again)) == granted
+        respelt = new_grant("ms", "g", "10.0", expires_at_ms=expiry_ms)
+        code, _ = refusal(partial(client.contracts.GrantCredits, contracts_pb2.GrantCreditsRequest(grant=respelt)))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert totals(client, "ms") == ("10", "0", "10")
 
 
 def test_every_balance_above_replays_alike_after_a_kill_9(server: ServerProcess) -> None:
