@@ -9,6 +9,7 @@ costs 1 USD a credit, so a purchase of N credits is N.00 on the invoice."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, now_ms
-from tariff.v1 import contracts_pb2
+from tariff.v1 import contracts_pb2, invoices_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import preview, refusal, release, serving
@@ -37,7 +38,7 @@ from tests.test_audit_credits2_wire import (
     use,
 )
 from tests.test_audit_gateway2_wire import answer_of, batched, request
-from tests.test_audit_topups_wire import month_start_ms
+from tests.test_audit_topups_wire import month_start_ms, one_month_before
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +310,47 @@ def test_a_grant_retried_with_its_expiry_written_to_the_millisecond_is_the_same_
         code, _ = refusal(partial(client.contracts.GrantCredits, contracts_pb2.GrantCreditsRequest(grant=respelt)))
         assert code == grpc.StatusCode.ALREADY_EXISTS
         assert totals(client, "ms") == ("10", "0", "10")
+
+
+def test_a_hold_that_bought_a_top_up_outlives_its_periods_close_and_settles_in_the_next(server: ServerProcess) -> None:
+    """A contract whose first period P ends at B, 3 s from now; g 10; policy below 5 back to 20, once a period. In P,
+    r1 (TTL 120 s) holds 7 (3 left < 5): buys 17 in P. Once B has passed P is closed: its invoice bills the 17.00, no
+    usage, g listed with its 10 remaining (a hold is not consumption). An event dated in P settling r1 is refused
+    PERIOD_CLOSED and the hold stays; one dated after B settles it (7 back to g, 7 drawn: g 3, t 17, 20 available,
+    not below 5: nothing bought in B), charged in B: 7, no overage."""
+    boundary = (now_ms() // 1000 + 3) * 1000
+    if datetime.fromtimestamp(boundary / 1000, UTC).day > 28:
+        pytest.skip("the boundary must fall on a day every month has")
+    start = one_month_before(boundary)
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="pc", name="pc"))
+        contract = contracts_pb2.CreateContractRequest(
+            id="k-pc",
+            customer_id="pc",
+            rate_card_id="card",
+            starting_at=stamp(start),
+            overage_price="1",
+            currency="USD",
+        )
+        client.contracts.CreateContract(contract)
+        grant(client, "pc", "g", "10")
+        set_policy(client, "k-pc", "5", "20", 1)
+        assert hold(client, "pc", 7, "r1", ttl=Duration(seconds=120)) == (True, "OK", "7", "20", "r1")
+        assert top_ups(client, "pc") == {f"top-up-{start}-1": "17"}
+        assert wait_for(lambda: now_ms() > boundary + 100, 10)
+        close = invoices_pb2.ClosePeriodRequest(customer_id="pc", period_start=stamp(start))
+        invoice = client.invoices.ClosePeriod(close)
+        assert (invoice.top_up_purchases, invoice.subtotal, invoice.overage_amount) == ("17.00", "0", "0")
+        listed = {g.grant_id: (g.granted, g.drawn, g.remaining, g.expired) for g in invoice.grant_balances}
+        assert listed["pc.g"] == ("10", "0", "10", "0")
+        late = client.ingest_batch([event("pc-1", "pc", 7, reservation_id="r1", at_ms=boundary - 1000)])
+        assert [r.reason for r in late.rejected] == [usage_pb2.PERIOD_CLOSED]
+        assert totals(client, "pc") == ("27", "7", "20")
+        use(client, event("pc-2", "pc", 7, reservation_id="r1", at_ms=now_ms()))
+        assert rows(client, "pc")["g"] == ("7", "3", "0", "0")
+        assert totals(client, "pc") == ("20", "0", "20")
+        assert charges(client, "pc") == ("7", "0")
+        assert top_ups(client, "pc") == {f"top-up-{start}-1": "17"}
 
 
 def test_every_balance_above_replays_alike_after_a_kill_9(server: ServerProcess) -> None:
