@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, now_ms
-from tariff.v1 import contracts_pb2, invoices_pb2, usage_pb2
+from tariff.v1 import alerts_pb2, contracts_pb2, invoices_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import preview, refusal, release, serving
@@ -351,6 +351,42 @@ def test_a_hold_that_bought_a_top_up_outlives_its_periods_close_and_settles_in_t
         assert totals(client, "pc") == ("20", "0", "20")
         assert charges(client, "pc") == ("7", "0")
         assert top_ups(client, "pc") == {f"top-up-{start}-1": "17"}
+
+
+def test_top_ups_bought_by_one_message_of_holds_each_fire_their_alert_and_low_balance_reads_after_them(
+    server: ServerProcess,
+) -> None:
+    """README alerts: TOP_UP_EXECUTED fires once per purchase ("a top-up a hold triggered included"); LOW_BALANCE is
+    evaluated from the balance after the change. BLOCK, g 10; policy below 5 back to 20, twice; rules TOP_UP_EXECUTED
+    and LOW_BALANCE below 8. One AuthorizeBatches message holding 7 then 16 buys 17 then 16 (as above): two
+    TOP_UP_EXECUTED alerts, of one journal record, and no LOW_BALANCE (20 available after it, though 3 and 4 were
+    left between). A hold of 13 then leaves 7: not below 5 (nothing bought) but below 8: LOW_BALANCE with 7."""
+    this = month_start_ms()
+    with server.client() as client:
+        contract_id = customer(client, "al", block=True)
+        grant(client, "al", "g", "10")
+        set_policy(client, contract_id, "5", "20", 2)
+        for alert_type, threshold in ((alerts_pb2.TOP_UP_EXECUTED, ""), (alerts_pb2.LOW_BALANCE, "8")):
+            rule = alerts_pb2.CreateAlertRequest(customer_id="al", type=alert_type, threshold=threshold)
+            client.alerts.CreateAlert(rule)
+        message = [
+            request("al", {"n": 7}, reservation_id="h1", request_id="1"),
+            request("al", {"n": 16}, reservation_id="h2", request_id="2"),
+        ]
+        assert [answer_of(a)[3] for a in batched(client, message)] == ["20", "20"]
+        assert hold(client, "al", 13, "h3") == (True, "OK", "13", "7", "h3")
+        stream = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=30.0)
+        seen: list[alerts_pb2.Alert] = []
+        for alert in stream:
+            if alert.customer_id == "al":
+                seen.append(alert)
+            if alert.type == alerts_pb2.LOW_BALANCE and alert.customer_id == "al":
+                break
+        bought = [(a.details["grant_id"], a.details["credits"], a.journal_seq) for a in seen[:2]]
+        seq = bought[0][2]
+        assert bought == [(f"top-up-{this}-1", "17", seq), (f"top-up-{this}-2", "16", seq)]
+        assert [alerts_pb2.AlertType.Name(a.type) for a in seen] == ["TOP_UP_EXECUTED"] * 2 + ["LOW_BALANCE"]
+        assert (seen[2].details["credits_available"], seen[2].details["threshold"]) == ("7", "8")
 
 
 def test_every_balance_above_replays_alike_after_a_kill_9(server: ServerProcess) -> None:
