@@ -551,7 +551,8 @@ type AuthorizeResponse struct {
 	// Credit available to this usage's products: what the customer's started,
 	// unexpired grants that apply to at least one product the usage feeds
 	// hold beyond what reservations hold (after this request's own hold, for
-	// a reserve request); a grant without applicable_product_ids applies to
+	// a reserve request, and after the top-up that hold bought, if it bought
+	// one: see TopUpPolicy); a grant without applicable_product_ids applies to
 	// every product. Usage that feeds no product (accepted when ingested,
 	// charging nothing) and a request of a known customer denied before it is
 	// priced (NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, INVALID_REQUEST for a
