@@ -391,7 +391,7 @@ def test_top_ups_bought_by_one_message_of_holds_each_fire_their_alert_and_low_ba
 
 def test_every_balance_above_replays_alike_after_a_kill_9(server: ServerProcess) -> None:
     """Replay repeats every purchase exactly (README "Automatic top-up"): after kill -9 and a restart (the journal
-    replayed), each customer of this module without an open hold (which a slow machine could see expire meanwhile)
+    replayed), then after a clean stop and a start (the snapshot restored), each customer of this module without an open hold (which a slow machine could see expire meanwhile)
     shows the same grants (amount, drawn, remaining, held, expired), charges and invoice purchases. Runs last, after
     the tests above made their customers (alone, it checks nothing but itself)."""
 
@@ -409,4 +409,16 @@ def test_every_balance_above_replays_alike_after_a_kill_9(server: ServerProcess)
     server.restart()
     with server.client() as client:
         for customer_id, seen in before.items():
-            assert state(client, customer_id) == seen, customer_id
+            assert state(client, customer_id) == seen, ("replayed", customer_id)
+    server.restart()  # a clean stop writes a snapshot, which the next start restores
+    with server.client() as client:
+        for customer_id, seen in before.items():
+            assert state(client, customer_id) == seen, ("restored", customer_id)
+        # The caps still count each period's purchases: mp (4 left, both periods' one purchase made) buys nothing
+        # for 1 unit more (3 left); fu (g 2, its top-up 18, one of two made) buys 20 - 4 = 16 for 16 units.
+        this = month_start_ms()
+        if "mp" in before and "fu" in before:
+            use(client, event("mp-5", "mp", 1), event("fu-2", "fu", 16))
+            assert top_ups(client, "mp") == {f"top-up-{month_start_ms(1)}-1": "18", f"top-up-{this}-1": "19"}
+            assert top_ups(client, "fu") == {f"top-up-{this}-1": "18", f"top-up-{this}-2": "16"}
+            assert (totals(client, "mp")[2], totals(client, "fu")[2]) == ("3", "20")
