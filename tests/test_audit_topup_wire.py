@@ -389,6 +389,65 @@ def test_top_ups_bought_by_one_message_of_holds_each_fire_their_alert_and_low_ba
         assert (seen[2].details["credits_available"], seen[2].details["threshold"]) == ("7", "8")
 
 
+def rolled_state(client: TariffClient, customer_id: str, rolled: str) -> bool:
+    """Whether the balance shows the rollover to `rolled` recorded; before that, it must be one of the two states the
+    README documents for the grant R (100, fraction 0.5, 40 drawn, 26 held): before its period's end, or after the
+    end and before the record."""
+    balance = client.get_balance(customer_id)
+    lines = {g.grant_id: (g.drawn, g.remaining, g.held, g.expired) for g in balance.grants}
+    if rolled in lines:
+        return True
+    totals_seen = (balance.credits_remaining, balance.credits_held, balance.credits_available)
+    assert lines == {f"{customer_id}.R": ("40", "60", "26", "0")}, lines
+    assert totals_seen in (("60", "26", "34"), ("26", "26", "0")), totals_seen
+    return False
+
+
+def test_the_readmes_rollover_of_held_credit_then_a_top_up_the_settling_event_buys(server: ServerProcess) -> None:
+    """README "Held credit at a rollover", its example: R 100 with fraction 0.5, 40 drawn, r1 holding 20 and r2 6 at
+    the period's end B: 30 roll over (17 available, 10 and 3 still held by r1 and r2), 30 break. Policy below 20 back
+    to 50: 17 available after the rollover buys nothing (the clock buys nothing). An event dated after B settling r2
+    with 1 unit: r2's 3 back to the ROLLOVER grant, 1 drawn from it: 19 < 20, a purchase of 31 counted in B's period.
+    Releasing r1 answers 10 (its share that broke is no longer held): 19 + 31 + 10 = 60 available. Until the
+    rollover is recorded a balance is the one before B (60 remaining, 26 held, 34 available) or, from B on, the
+    README's moment before the record: R listed as before (40 drawn, 60 remaining, 26 held) while the totals count
+    only the 26 held on it (26, 26, 0)."""
+    boundary = (now_ms() // 1000 + 3) * 1000
+    if datetime.fromtimestamp(boundary / 1000, UTC).day > 28:
+        pytest.skip("the boundary must fall on a day every month has")
+    start = one_month_before(boundary)
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="ro", name="ro"))
+        contract = contracts_pb2.CreateContractRequest(
+            id="k-ro",
+            customer_id="ro",
+            rate_card_id="card",
+            starting_at=stamp(start),
+            overage_price="1",
+            currency="USD",
+        )
+        client.contracts.CreateContract(contract)
+        rolling = new_grant("ro", "R", "100")
+        rolling.rollover_fraction = "0.5"
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=rolling))
+        set_policy(client, "k-ro", "20", "50", 1)
+        use(client, event("ro-1", "ro", 40))
+        assert hold(client, "ro", 20, "r1", ttl=Duration(seconds=120)) == (True, "OK", "20", "40", "r1")
+        assert hold(client, "ro", 6, "r2", ttl=Duration(seconds=120)) == (True, "OK", "6", "34", "r2")
+        rolled = f"rollover-ro.R-{boundary}"
+        seen_rolled = wait_for(lambda: rolled_state(client, "ro", rolled), 15)
+        assert seen_rolled
+        assert rows(client, "ro") == {"R": ("70", "0", "0", "30"), rolled: ("0", "30", "13", "0")}
+        assert totals(client, "ro") == ("30", "13", "17")
+        assert top_ups(client, "ro") == {}
+        use(client, event("ro-2", "ro", 1, reservation_id="r2", at_ms=now_ms()))
+        assert top_ups(client, "ro") == {f"top-up-{boundary}-1": "31"}
+        assert release(client, "ro", "r1") == "10"
+        assert rows(client, "ro")[rolled] == ("1", "29", "0", "0")
+        assert totals(client, "ro") == ("60", "0", "60")
+        assert preview(client, "ro", boundary).top_up_purchases == "31.00"
+
+
 def test_every_balance_above_replays_alike_after_a_kill_9(server: ServerProcess) -> None:
     """Replay repeats every purchase exactly (README "Automatic top-up"): after kill -9 and a restart (the journal
     replayed), then after a clean stop and a start (the snapshot restored), each customer of this module without an open hold (which a slow machine could see expire meanwhile)

@@ -225,7 +225,11 @@ type Balance struct {
 	// Sum of remaining over started, unexpired grants, plus what open
 	// reservations still hold on grants that have expired since (usable by
 	// nothing but the event settling its hold, when dated before the expiry:
-	// what that event does not draw becomes breakage when the hold ends).
+	// what that event does not draw becomes breakage when the hold ends). A
+	// grant past the period end at which it rolls over counts only what holds
+	// hold on it, also in the moment (until the clock's next look, 50 ms)
+	// before its rollover is recorded, while its GrantBalance still shows it
+	// as it was (README "Rollover").
 	CreditsRemaining string `protobuf:"bytes,2,opt,name=credits_remaining,json=creditsRemaining,proto3" json:"credits_remaining,omitempty"`
 	// Held by open reservations.
 	CreditsHeld string `protobuf:"bytes,3,opt,name=credits_held,json=creditsHeld,proto3" json:"credits_held,omitempty"`

@@ -144,7 +144,11 @@ export type Balance = Message<"tariff.v1.Balance"> & {
    * Sum of remaining over started, unexpired grants, plus what open
    * reservations still hold on grants that have expired since (usable by
    * nothing but the event settling its hold, when dated before the expiry:
-   * what that event does not draw becomes breakage when the hold ends).
+   * what that event does not draw becomes breakage when the hold ends). A
+   * grant past the period end at which it rolls over counts only what holds
+   * hold on it, also in the moment (until the clock's next look, 50 ms)
+   * before its rollover is recorded, while its GrantBalance still shows it
+   * as it was (README "Rollover").
    *
    * @generated from field: string credits_remaining = 2;
    */
