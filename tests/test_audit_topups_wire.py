@@ -264,9 +264,9 @@ def test_a_holds_answer_counts_the_credit_its_own_top_up_bought(server_factory: 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a policy set while available credit is below its threshold buys nothing until a draw or hold "
-    "(engine/kernel/src/credits.rs Kernel::set_top_up), as README and contracts.proto document; on BLOCK no such draw "
-    "is authorized. Buying at once changes the amounts of the documented zero-credit scenario (usage, then the "
+    reason="a policy set while available credit is below its threshold buys nothing until a rated event or a hold "
+    "placed (engine/kernel/src/credits.rs after_event, Kernel::reserve), as README and contracts.proto document; on "
+    "BLOCK usage beyond what is left is not authorized. Buying at once changes the amounts of the documented zero-credit scenario (usage, then the "
     "purchase): a contract decision, kept as documented",
 )
 def test_a_policy_set_below_its_threshold_tops_up_at_once(server_factory: ServerFactory) -> None:

@@ -684,12 +684,17 @@ func (*PriceOverride_Price) isPriceOverride_Adjustment() {}
 
 // When a rated event or a hold leaves the customer's available credit below
 // threshold, one TOP_UP grant of (recharge_to - available) credits is bought
-// at price_per_credit, at most max_per_period times per billing period. One
+// at price_per_credit, at most max_per_period times per billing period. The
+// available credit is all of the customer's, Balance.credits_available,
+// whatever products its grants apply to (not AuthorizeResponse's, the credit
+// one usage's products may draw): while grants for other products keep it at
+// or above threshold, usage no grant pays is overage (denied under BLOCK) and
+// buys nothing. One
 // policy per customer (set through any of its contracts). threshold must be
 // above 0 (available credit is never below 0) and below recharge_to, the
 // price not negative, max_per_period at least 1. A policy set while available
-// credit is already below threshold buys at the next rated event or hold, not
-// when it is set. The purchase follows the draw: an event costing more than is
+// credit is already below threshold buys at the next rated event (one that
+// draws nothing included) or hold placed, not when it is set. The purchase follows the draw: an event costing more than is
 // available is rated against what is there (the rest is overage, BLOCK or
 // not), and Authorize decides without it; a retroactive PublishVersion or
 // RollbackRateCard that settles the period's draws again keeps it so (the

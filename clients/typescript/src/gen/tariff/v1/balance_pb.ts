@@ -144,7 +144,11 @@ export type Balance = Message<"tariff.v1.Balance"> & {
    * Sum of remaining over started, unexpired grants, plus what open
    * reservations still hold on grants that have expired since (usable by
    * nothing but the event settling its hold, when dated before the expiry:
-   * what that event does not draw becomes breakage when the hold ends).
+   * what that event does not draw becomes breakage when the hold ends). A
+   * grant past the period end at which it rolls over counts only what holds
+   * hold on it, also in the moment (until the clock's next look, 50 ms)
+   * before its rollover is recorded, while its GrantBalance still shows it
+   * as it was (README "Rollover").
    *
    * @generated from field: string credits_remaining = 2;
    */
@@ -320,7 +324,10 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
    * Client-chosen id for the reservation (optional; generated if empty), at
    * most 256 bytes (more is INVALID_ARGUMENT naming reservation_id, nothing
    * held; INVALID_REQUEST in-band on AuthorizeStream and AuthorizeBatches).
-   * The same id with the same request answers again and holds once; with a
+   * The same id with the same request answers again and holds once (a request
+   * naming no reservation_ttl is the same as one naming the TTL it is given
+   * now; one naming a TTL is the same as one naming none only while the hold
+   * that one made is open and was given that TTL); with a
    * different request it is ALREADY_EXISTS (on AuthorizeBatches: reason
    * RESERVATION_CONFLICT, in-band) and nothing is held. Only read with
    * reserve=true (otherwise INVALID_ARGUMENT; INVALID_REQUEST in-band on
@@ -385,7 +392,8 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
    * Credit available to this usage's products: what the customer's started,
    * unexpired grants that apply to at least one product the usage feeds
    * hold beyond what reservations hold (after this request's own hold, for
-   * a reserve request); a grant without applicable_product_ids applies to
+   * a reserve request, and after the top-up that hold bought, if it bought
+   * one: see TopUpPolicy); a grant without applicable_product_ids applies to
    * every product. Usage that feeds no product (accepted when ingested,
    * charging nothing) and a request of a known customer denied before it is
    * priced (NO_ACTIVE_CONTRACT, NO_APPLICABLE_RATE, INVALID_REQUEST for a
