@@ -627,12 +627,14 @@ def test_a_same_price_publish_settles_an_hour_by_its_buckets_not_its_events(serv
     every product) and `g2` 10 for 1 USD (priority 2, tok only). In one hour of last month (L), on time:
     - e1 (model x, t 5,000, i 0): blk 3, seat 7, tok 10 = 20, drawn in product order from g1 (20 -> 0).
     - e2 a minute later (i 2): img 2 x 3 = 6; g1 is spent and g2 pays tok only: 6 overage, 6 x 0.37 = 2.22 due.
-    Version 2, the same prices, from that hour: nothing is charged differently (delta 0), but the hour is settled
-    again by its buckets, refunds first, then by product id (blk 3, img 6, seat 7, tok 10), not by its events
-    (README "Changing prices safely"): g1 pays blk, img, seat and 4 of tok, g2 tok's other 6; no overage, 0.00
-    due. Every read follows the settled draws: the draft, GetBalance's grants, the line's explained events (as
-    rated: e2 still shows 6 of overage, the line 0) and the revenue: recognised from credits 20 x 0.5 = 10 and
-    6 x 0.1 = 0.6 (was 10 and 2.22 of overage), deferred 0.4 (g2's 4 left)."""
+    - e3 five hours later (t 1,000): tok 12 - 10 = 2 (blk stays at 2 packages), from g2.
+    Version 2, the same prices, from e3's hour: nothing is charged differently (delta 0), but the period is
+    settled again from its start, e1's and e2's hour too, by buckets, refunds first, then by product id (blk 3,
+    img 6, seat 7, tok 10), not by events (README "Changing prices safely"): g1 pays blk, img, seat and 4 of
+    tok, g2 tok's other 6 and e3's 2; no overage, 0.00 due. Every read follows the settled draws: the draft,
+    GetBalance's grants, the line's explained events (as rated: e2 still shows 6 of overage, the line 0) and
+    the revenue: recognised from credits 20 x 0.5 + 8 x 0.1 = 10.8 (was 10 + 0.2, and 2.22 of overage),
+    deferred 0.2 (g2's 2 left; was 0.8)."""
     c, card = "ag5", "agc5"
     last = month_start_ms(1)
     hour_ms = last + 2 * DAY_MS
@@ -658,7 +660,12 @@ def test_a_same_price_publish_settles_an_hour_by_its_buckets_not_its_events(serv
         )
         grant(client, c, "g1", "20", "10", 1)
         grant(client, c, "g2", "10", "1", 2, applicable_product_ids=["tok"])
-        use(client, req(f"{c}-e1", c, hour_ms, "x", 5000, 0), req(f"{c}-e2", c, hour_ms + 60_000, "x", 0, 2))
+        use(
+            client,
+            req(f"{c}-e1", c, hour_ms, "x", 5000, 0),
+            req(f"{c}-e2", c, hour_ms + 60_000, "x", 0, 2),
+            req(f"{c}-e3", c, hour_ms + 5 * HOUR_MS, "x", 1000, 0),
+        )
 
         def reads() -> tuple[object, ...]:
             draft = client.invoices.PreviewInvoice(
@@ -678,32 +685,32 @@ def test_a_same_price_publish_settles_an_hour_by_its_buckets_not_its_events(serv
 
         assert reads() == (
             {
-                "blk": ("5000", "3", "3", "0"),
+                "blk": ("6000", "3", "3", "0"),
                 "img": ("2", "6", "0", "6"),
-                "seat": ("2", "7", "7", "0"),
-                "tok;model=x": ("5000", "10", "10", "0"),
+                "seat": ("3", "7", "7", "0"),
+                "tok;model=x": ("6000", "12", "12", "0"),
             },
-            ("26", "6", "2.22"),
-            {f"{c}.g1": "20", f"{c}.g2": "0"},
-            ("10", "2.22", "1"),
+            ("28", "6", "2.22"),
+            {f"{c}.g1": "20", f"{c}.g2": "2"},
+            ("10.2", "2.22", "0.8"),
         )
         client.pricing.CreateDraftVersion(
             pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, based_on_version=1, upsert_rates=rates("2"))
         )
         published = client.pricing.PublishVersion(
-            pricing_pb2.PublishVersionRequest(rate_card_id=card, version=2, effective_from=stamp(hour_ms))
+            pricing_pb2.PublishVersionRequest(rate_card_id=card, version=2, effective_from=stamp(hour_ms + 5 * HOUR_MS))
         )
         assert (plain(published.rerated_amount_delta), published.customers_rerated) == ("0", 1), published
         assert reads() == (
             {
-                "blk": ("5000", "3", "3", "0"),
+                "blk": ("6000", "3", "3", "0"),
                 "img": ("2", "6", "6", "0"),
-                "seat": ("2", "7", "7", "0"),
-                "tok;model=x": ("5000", "10", "10", "0"),
+                "seat": ("3", "7", "7", "0"),
+                "tok;model=x": ("6000", "12", "12", "0"),
             },
-            ("26", "0", "0.00"),
-            {f"{c}.g1": "20", f"{c}.g2": "6"},
-            ("10.6", "0", "0.4"),
+            ("28", "0", "0.00"),
+            {f"{c}.g1": "20", f"{c}.g2": "8"},
+            ("10.8", "0", "0.2"),
         )
         page = client.invoices.ExplainLineItem(
             invoices_pb2.ExplainLineItemRequest(customer_id=c, period_start=stamp(last), line_id="img")
@@ -711,5 +718,6 @@ def test_a_same_price_publish_settles_an_hour_by_its_buckets_not_its_events(serv
         assert [(e.transaction_id, plain(e.amount), plain(e.overage)) for e in page.events] == [
             (f"{c}-e1", "0", "0"),
             (f"{c}-e2", "6", "6"),
+            (f"{c}-e3", "0", "0"),
             ("", "0", "0"),
         ], page
