@@ -21,16 +21,18 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tariff import TariffClient
+from google.protobuf.duration_pb2 import Duration
+from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import serving
+from tests.audit_fixtures import rejected_in, serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_topups_wire import month_start_ms
 from tests.test_cli import tariff
@@ -309,8 +311,6 @@ def test_last_month_reads_agree_before_and_after_close_and_in_every_export(serve
 
 
 def _month(ms: int) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m")
 
 
@@ -492,8 +492,6 @@ def test_a_hold_and_a_retroactive_publish_move_balance_draft_explain_and_revenue
 
 
 def client_now_hour_start() -> int:
-    from tariff import now_ms
-
     return now_ms() // HOUR_MS * HOUR_MS
 
 
@@ -617,8 +615,6 @@ def test_a_retroactive_publish_over_two_open_periods_and_an_expired_grant_agrees
 
 
 def client_now_ms() -> int:
-    from tariff import now_ms
-
     return now_ms()
 
 
@@ -721,3 +717,94 @@ def test_a_same_price_publish_settles_an_hour_by_its_buckets_not_its_events(serv
             (f"{c}-e3", "0", "0"),
             ("", "0", "0"),
         ], page
+
+
+def test_a_hold_outstanding_when_its_period_closes_is_settled_in_the_next_period_and_every_read_agrees(
+    server: ServerProcess,
+) -> None:
+    """ag6 on its own card `agc6` (agc's prices, no override): a contract whose first period ends 4 s from now
+    (P1, then P2), ALLOW at 0.37 USD; grant `g` 10 credits for 5 USD. A hold `r1` (model x, t 1,000, i 0:
+    tok 2 + blk 1.5 + seat 7 = 10.5) holds all 10. An event an hour ago (t 500: tok 1, blk 1.5, seat 7 = 9.5) is
+    all overage. P1 closed with the hold out: subtotal 9.5, overage 9.5, 3.515 -> 3.52 due, equal to its draft;
+    g 10/0/10/0 on it (the held credit is neither drawn nor expired). An event settling r1 dated in P1 is
+    PERIOD_CLOSED and r1 stays held; one dated now (P2, t 1,000: 10.5) gives the hold back and draws it: 10 from g,
+    0.5 overage (0.185 -> 0.18). Revenue: P1 from overage 3.515, deferred 5; P2 from credits 5, from overage
+    0.185, deferred 0. P1's invoice is unchanged."""
+    c, card = "ag6", "agc6"
+    end_ms = client_now_ms() + 4000
+    end = datetime.fromtimestamp(end_ms / 1000, UTC)
+    if end.day > 28:
+        pytest.skip("a month back from the 29th to the 31st is no calendar day")
+    month = end.year * 12 + end.month - 2
+    start_ms = int(end.replace(year=month // 12, month=month % 12 + 1).timestamp() * 1000)
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates("2"))
+        )
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=card, version=1, effective_from=stamp(month_start_ms(3)))
+        )
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=c, name=c))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id=f"{c}-c",
+                customer_id=c,
+                rate_card_id=card,
+                starting_at=stamp(start_ms),
+                overage_policy=contracts_pb2.ALLOW,
+                overage_price="0.37",
+                currency="USD",
+            )
+        )
+        grant(client, c, "g", "10", "5", 1)
+        held = client.balance.Authorize(
+            balance_pb2.AuthorizeRequest(
+                customer_id=c,
+                event_type="req",
+                dimensions={"model": "x"},
+                values={"t": 1000, "i": 0},
+                reserve=True,
+                reservation_id="r1",
+                reservation_ttl=Duration(seconds=600),
+            )
+        )
+        assert (held.allowed, plain(held.estimated_cost)) == (True, "10.5"), held
+        use(client, req(f"{c}-a", c, client_now_ms() - HOUR_MS, "x", 500, 0))
+        draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=c))
+        assert wait_for(lambda: client_now_ms() > end_ms + 50, 30)
+        final = client.invoices.ClosePeriod(
+            invoices_pb2.ClosePeriodRequest(customer_id=c, period_start=stamp(start_ms))
+        )
+        assert without_final(final) == without_final(draft)
+        assert (plain(final.subtotal), plain(final.overage_amount), final.total_due) == ("9.5", "9.5", "3.52"), final
+        assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in final.grant_balances] == [
+            (f"{c}.g", "10", "0", "10", "0")
+        ], final
+
+        def settling(transaction_id: str, at_ms: int) -> usage_pb2.UsageEvent:
+            event = req(transaction_id, c, at_ms, "x", 1000, 0)
+            event.reservation_id = "r1"
+            return event
+
+        assert rejected_in(client, settling(f"{c}-late", end_ms - 10)) == [(f"{c}-late", "PERIOD_CLOSED")]
+        assert balance_grants(client.get_balance(c))[f"{c}.g"] == ("10", "0", "10", "10", "0")
+        now_event = settling(f"{c}-s", client_now_ms())
+        use(client, now_event)
+        balance, second = current(client, c)
+        assert tuple(
+            plain(x)
+            for x in (balance.credits_held, balance.period_charges, balance.overage_amount, balance.overage_due)
+        ) == ("0", "10.5", "0.5", "0.185"), balance
+        assert (plain(second.subtotal), plain(second.overage_amount), second.total_due) == ("10.5", "0.5", "0.18")
+        assert {a.grant_id: plain(a.credits) for a in second.credits_applied} == {f"{c}.g": "10"}, second
+        report = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(
+                period_start=stamp(start_ms), period_end=stamp(end_ms + 1), customer_id=c
+            )
+        )
+        assert [
+            tuple(plain(x) for x in (r.recognized_credits, r.recognized_overage, r.deferred, r.breakage))
+            for r in report.customer_lines
+        ] == [("0", "3.515", "5", "0"), ("5", "0.185", "0", "0")], report
+        assert client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=final.invoice_number)) == final
