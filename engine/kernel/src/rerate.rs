@@ -823,7 +823,10 @@ impl Repriced {
 /// gives back its aggregate's overage first, then credits in reverse burn order), bucket by bucket
 /// in hour order, an hour's refunds before its charges, then by product id and dimension values,
 /// as ingestion settles events arriving on time.
-/// Earlier periods keep their draws, so the result is what rating on time would have drawn.
+/// Earlier periods keep their draws, so the result is what rating on time would have drawn, hour by
+/// hour: a bucket is not an event, so when an hour's events drew in another order (one product
+/// using up a grant before another product's later event, a refund after charges), which grant
+/// pays which aggregate may move, and with it the overage, even under the same prices.
 ///
 /// With `in_time.holds`, open holds take their place in that walk too: their credit is given back
 /// first, and each is taken again (`retake_hold`) before the buckets of the hour it was made in and
