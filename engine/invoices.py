@@ -38,14 +38,15 @@ DUE_EXPONENT = 30
 # The ISO 4217 currencies (list one, funds codes included) that have a minor unit, and its decimal places: a
 # contract's currency and a rate card's pricing unit (besides "credits") must be one of these (checked where the
 # request enters: server/services/contracts.py, server/services/pricing.py). Codes without a minor unit (XXX, XTS,
-# XAU, XDR, ...) are not currencies an invoice can be rounded in.
+# XAU, XDR, ...) are not currencies an invoice can be rounded in. Compared code by code with list one as published
+# on 2026-01-01 (the data of the `iso4217` package, 1.16.20260101): XAD, the Arab Accounting Dinar, was missing.
 _TWO_PLACES = (
     "AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BMD BND BOB BOV BRL BSD BTN BWP BYN BZD CAD CDF CHE CHF "
     "CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL "
     "HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU "
     "MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR "
     "SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED "
-    "VES WST XCD XCG YER ZAR ZMW ZWG"
+    "VES WST XAD XCD XCG YER ZAR ZMW ZWG"
 )
 CURRENCIES: dict[str, int] = {
     **dict.fromkeys(_TWO_PLACES.split(), 2),

@@ -133,6 +133,19 @@ def test_a_currency_without_a_minor_unit_is_refused_saying_so(server: ServerProc
     assert (made.id, made.currency) == ("cur-20260101", "USD")
 
 
+def test_every_currency_of_iso_4217_list_one_with_a_minor_unit_is_taken_xad_too(server: ServerProcess) -> None:
+    """Contract.currency "must be an ISO 4217 currency code that has a minor unit": XAD (Arab Accounting Dinar,
+    list one since 2025, 2 decimal places) was refused as having none. It is taken, and its invoice rounds to
+    cents."""
+    with server.client() as client:
+        customer(client, "xad")
+        request = unnamed("xad", JAN_MS)
+        request.currency = "XAD"
+        made = client.contracts.CreateContract(request)
+        draft = preview(client, "xad", JAN_MS)
+    assert (made.currency, draft.currency, draft.minor_unit) == ("XAD", "XAD", 2)
+
+
 def test_a_top_up_purchase_bound_exactly_at_the_limit_is_taken_one_past_it_refused(server: ServerProcess) -> None:
     """TopUpPolicy: recharge_to x price_per_credit above (2^127 - 1) x 10^-30 = 170141183.460469231731687303715884105727
     is INVALID_ARGUMENT naming top_up.recharge_to. recharge_to 1 (threshold 0.5) at the largest price of 18 places
