@@ -283,3 +283,27 @@ def test_another_customers_deleted_rule_id_is_taken_and_the_refusal_names_only_t
         "under another id"
     )
     assert BETA_DELETED_RULE not in listed and BETA_RULE not in listed
+
+
+def test_a_restricted_keys_event_naming_no_customer_is_refused_as_required_not_as_customer_empty(
+    world: World,
+) -> None:
+    """A restricted key must name one of its customers on every event, as on every request: an event with no
+    customer_id refuses the batch whole (PERMISSION_DENIED, nothing applied) in the words the gate and
+    AuthorizeBatches use for a missing customer ("is restricted to some customers: ... is required"). It said
+    "may not touch customer ''", naming no customer."""
+    batch = demo_batch("no-customer", "no-customer", 2)
+    batch.events[1].customer_id = ""
+    expected = (
+        "events[1]: key 'acme-meter' is restricted to some customers: the event's customer_id is required; "
+        "nothing in this batch was applied"
+    )
+    with world.client("acme-meter") as meter:
+        assert code_of(lambda: meter.usage.IngestUsageBatch(batch)) == (grpc.StatusCode.PERMISSION_DENIED, expected)
+        assert code_of(lambda: list(meter.usage.IngestUsage(iter([batch]), timeout=30))) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            expected,
+        )
+    with world.server.client() as admin:  # nothing of it was recorded: resent by the admin, the acme event is new
+        ack = admin.usage.IngestUsageBatch(batch)
+    assert (ack.accepted, ack.duplicates, len(ack.rejected)) == (1, 0, 1), ack
