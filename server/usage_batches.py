@@ -98,10 +98,13 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
         )
     except CustomerNotAllowed as exc:
         index, customer_id = exc.args
-        return PermissionDenied(
-            f"events[{index}]: key {batch.key_name!r} may not touch customer {customer_id!r}; "
-            "nothing in this batch was applied"
+        # Worded as server/auth.py words a missing customer and a foreign one for every other RPC.
+        refused = (
+            f"may not touch customer {customer_id!r}"
+            if customer_id
+            else "is restricted to some customers: the event's customer_id is required"
         )
+        return PermissionDenied(f"events[{index}]: key {batch.key_name!r} {refused}; nothing in this batch was applied")
     except ValueError as exc:
         return InvalidArgument.field("request", f"not a UsageBatch: {exc}")
 

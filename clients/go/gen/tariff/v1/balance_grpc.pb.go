@@ -56,7 +56,11 @@ type BalanceServiceClient interface {
 	// is a message that does not decode as an AuthorizeBatch (a string field
 	// that is not UTF-8, say: INVALID_ARGUMENT naming request). Any other
 	// malformed request is answered in-band (reason INVALID_REQUEST) and does
-	// not end the stream.
+	// not end the stream. With an API key restricted to some customers, a
+	// request for any other customer (an unknown one too) refuses its message
+	// whole the same way (PERMISSION_DENIED naming requests[i].customer_id).
+	// After a message refused whole, no message sent behind it is decided or
+	// held (resend them on a new stream).
 	// Requests with reserve=true hold credit as Authorize(reserve=true) does:
 	// all the holds of one message are one journaled command, applied in request
 	// order (each decided against the holds before it, in the same message too:
@@ -209,7 +213,11 @@ type BalanceServiceServer interface {
 	// is a message that does not decode as an AuthorizeBatch (a string field
 	// that is not UTF-8, say: INVALID_ARGUMENT naming request). Any other
 	// malformed request is answered in-band (reason INVALID_REQUEST) and does
-	// not end the stream.
+	// not end the stream. With an API key restricted to some customers, a
+	// request for any other customer (an unknown one too) refuses its message
+	// whole the same way (PERMISSION_DENIED naming requests[i].customer_id).
+	// After a message refused whole, no message sent behind it is decided or
+	// held (resend them on a new stream).
 	// Requests with reserve=true hold credit as Authorize(reserve=true) does:
 	// all the holds of one message are one journaled command, applied in request
 	// order (each decided against the holds before it, in the same message too:
