@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from tariff import TariffClient
 from tariff.v1 import balance_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import open_contract, serving
+from tests.audit_fixtures import open_contract, refusal, serving
 from tests.serverproc import ServerProcess
 
 JAN_1990_MS = 631_152_000_000  # 1990-01-01T00:00:00Z
@@ -84,3 +85,45 @@ def test_reads_are_served_while_a_diff_of_two_large_versions_runs(server: Server
         ]
         assert not answer.rates
         assert answered_before >= 3, f"only {answered_before} reads were answered while the diff ran"
+
+
+DRAFTS_MAX = 1_000  # drafts a rate card holds unpublished (README "Limits")
+FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01, on an hour: a publish there re-rates nothing
+
+
+def test_a_rate_card_holds_at_most_1000_drafts(server: ServerProcess) -> None:
+    """Rate card `drafty`: version 1 (one rate, `calls` at 1) published from 1990-01-01, then drafts 2 to 1001
+    based on it, 1,000 unpublished drafts, each made with request_id d<n>. Draft 1002 is RESOURCE_EXHAUSTED
+    naming the limit (1,000), and nothing is made (ListVersions' page_size 1 past version 1001 answers nothing).
+    A retry of draft d2 still answers version 2 (a retry of what is held is never refused). Publishing draft 2
+    (from 2100-01-01, re-rating nothing) leaves 999 drafts: the next draft is taken, as version 1002.
+
+    Before the fix any number of drafts was taken, each held in memory (up to 16 MiB) for ever: draft 1002 was
+    made."""
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="drafty", pricing_unit="credits"))
+        rate = pricing_pb2.Rate(product_id="calls", unit=pricing_pb2.UnitPrice(price="1"))
+        first = pricing_pb2.CreateDraftVersionRequest(rate_card_id="drafty", upsert_rates=[rate])
+        assert client.pricing.CreateDraftVersion(first).version == 1
+        publish = pricing_pb2.PublishVersionRequest(rate_card_id="drafty", version=1, effective_from=stamp(JAN_1990_MS))
+        client.pricing.PublishVersion(publish)
+
+        def draft(n: int) -> pricing_pb2.CreateDraftVersionRequest:
+            return pricing_pb2.CreateDraftVersionRequest(rate_card_id="drafty", based_on_version=1, request_id=f"d{n}")
+
+        for group in range(2, 2 + DRAFTS_MAX, 100):  # sent 100 at a time, so their commits are grouped
+            pending = [client.pricing.CreateDraftVersion.future(draft(n)) for n in range(group, group + 100)]
+            assert sorted(p.result().version for p in pending) == list(range(group, group + 100))
+
+        code, details = refusal(lambda: client.pricing.CreateDraftVersion(draft(1002)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "1,000" in details and "draft" in details, details
+        after = pricing_pb2.ListVersionsRequest(rate_card_id="drafty", page_size=1, page_token="1001")
+        assert not client.pricing.ListVersions(after).versions
+
+        assert client.pricing.CreateDraftVersion(draft(2)).version == 2  # a retry of a draft held
+
+        publish = pricing_pb2.PublishVersionRequest(
+            rate_card_id="drafty", version=2, effective_from=stamp(FAR_FUTURE_MS)
+        )
+        client.pricing.PublishVersion(publish)
+        assert client.pricing.CreateDraftVersion(draft(1002)).version == 1002
