@@ -84,6 +84,10 @@ class RemoveRate(msgspec.Struct, frozen=True):
 
 
 class CreateDraftVersion(msgspec.Struct, frozen=True, tag="create_draft_version"):
+    """`drafts_bounded`: set by the server for every request it takes (server/convert.py), so a draft past
+    DRAFTS_PER_RATE_CARD_MAX unpublished drafts of its card is refused (engine/versions.py); False (commands
+    stored before it) drafts as it drafted then."""
+
     at_ms: int
     actor: str
     rate_card_id: str
@@ -94,6 +98,7 @@ class CreateDraftVersion(msgspec.Struct, frozen=True, tag="create_draft_version"
     remove_rates: tuple[RemoveRate, ...]
     change_note: str
     request_id: str = ""  # the idempotency key: a retry with it returns the draft the first call made
+    drafts_bounded: bool = False
 
 
 class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
@@ -238,6 +243,7 @@ SERVER_SET_FIELDS = (
     "numbered_id_keeps_start",
     "rules_bounded",
     "grants_bounded",
+    "drafts_bounded",
 )
 
 

@@ -122,10 +122,12 @@ class InvoiceCommands(ControlPlane):
         period: KernelLines,
         due: dict[str, tuple[int, int]] | None = None,
         expiring: bool = True,
+        read: dict[str, GrantCredit] | None = None,
     ) -> GrantCredit:
         """The customer's grants as the kernel holds them now (engine/billing.py grant_credit), read only when one of
         the period's grants rolled over or rolls over by its end (`due`) or, with `expiring`, expires by its end: no
-        other grant's balance reads them."""
+        other grant's balance reads them. `read`: what earlier reads of the same command answered, by customer (a
+        read is the customer's whole balance, tens of ms at 11,000 grants), kept there."""
         end_ms = period[1]
         if not due and not any(
             rolled is not None or (expiring and expires_at_ms is not None and expires_at_ms <= end_ms)
@@ -133,7 +135,11 @@ class InvoiceCommands(ControlPlane):
         ):
             return {}
         assert self.grant_credit is not None, "the engine reads grants through the kernel (engine/billing.py)"
-        return self.grant_credit(customer_id)
+        if read is None:
+            return self.grant_credit(customer_id)
+        if customer_id not in read:
+            read[customer_id] = self.grant_credit(customer_id)
+        return read[customer_id]
 
     def _lines(self, customer_id: str, at_ms: int, parts_in_contract: bool) -> KernelLines:
         """The kernel's lines of the period containing at_ms; `parts_in_contract`: their version parts count the
@@ -172,6 +178,9 @@ class InvoiceCommands(ControlPlane):
         earliest period end first, then by contract id."""
         ended_by_ms = c.at_ms - c.grace_ms
         closed: list[Invoice] = []
+        # Each customer's grant credit, read once: closing a period changes the control plane only (invoice numbers,
+        # closed periods), never the kernel's grants, so a second read in this command would answer the same.
+        read: dict[str, GrantCredit] = {}
         while not c.periods_max or len(closed) < c.periods_max:
             earliest = self._earliest_open()
             if earliest is None or earliest[1] > ended_by_ms:
@@ -179,7 +188,7 @@ class InvoiceCommands(ControlPlane):
             contract = earliest[0]
             period = self._first_open(contract)
             assert period is not None, "the heap's top has an open period"
-            closed.append(self._finalise(contract, period[0], c.at_ms, c))
+            closed.append(self._finalise(contract, period[0], c.at_ms, c, read))
         if not closed:
             raise Repeated([])  # nothing to close: nothing changes, nothing is journaled
         return closed
@@ -231,14 +240,21 @@ class InvoiceCommands(ControlPlane):
         return period[1] if period is not None else None
 
     def _finalise(
-        self, contract: Contract, start_ms: int, at_ms: int, close: cmd.ClosePeriod | cmd.CloseDuePeriods
+        self,
+        contract: Contract,
+        start_ms: int,
+        at_ms: int,
+        close: cmd.ClosePeriod | cmd.CloseDuePeriods,
+        read: dict[str, GrantCredit] | None = None,
     ) -> Invoice:
         """The final invoice of the contract's period starting at start_ms, built by the rules `close` (the
-        record) carries: a close of an earlier release replays as it closed."""
+        record) carries: a close of an earlier release replays as it closed. `read`: as _grant_credit's."""
         period = self._lines(contract.customer_id, start_ms, close.parts_in_contract)
         top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], contract.currency)
         rolled, expired = close.rolled_breakage_shown, close.expired_breakage_shown
-        credit = self._grant_credit(contract.customer_id, period, expiring=expired) if rolled or expired else None
+        credit = (
+            self._grant_credit(contract.customer_id, period, expiring=expired, read=read) if rolled or expired else None
+        )
         invoice = self._build(
             contract,
             period,

@@ -27,6 +27,10 @@ HOUR_MS = 3_600_000
 WILDCARD = "*"
 RATES_PER_VERSION_MAX = 10_000
 PARAMETERS_PER_VERSION_MAX = 1_000
+# Drafts a rate card holds unpublished: each is kept in memory and in every snapshot for ever (there is no deleting
+# one), up to 16 MiB each, and a client retrying without request_id leaves one more each time. Checked when a
+# command the server marked `drafts_bounded` is applied; commands journaled before the mark replay as they were.
+DRAFTS_PER_RATE_CARD_MAX = 1_000
 # Validation lists at most this many pairs of equally specific rates of a product that an event could match both
 # (engine/ratecard.py _ambiguities), then says there are more: a version of 10,000 rates can hold 25,000,000.
 AMBIGUITIES_MAX = 100

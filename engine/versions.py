@@ -9,9 +9,17 @@ import msgspec
 from engine import commands as cmd
 from engine.cohorts import checked_cohort
 from engine.control import ControlPlane, check_applied_id, fingerprint
-from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument, Repeated
+from engine.errors import (
+    MADE_BY_ANOTHER_REQUEST,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LimitReached,
+    Repeated,
+)
 from engine.money import parse_decimal
 from engine.ratecard import (
+    DRAFTS_PER_RATE_CARD_MAX,
     HOUR_MS,
     Finding,
     RateCard,
@@ -70,6 +78,8 @@ class VersionCommands(ControlPlane):
             print_ = fingerprint(c)
         if c.based_on_version:
             card.version(c.based_on_version)
+        if c.drafts_bounded:
+            _check_draft_room(card)
         violations = []
         for name, value in c.set_parameters.items():
             if not name.isidentifier():
@@ -130,3 +140,14 @@ class VersionCommands(ControlPlane):
         bisect.insort_right(card.timeline, (effective_from_ms, version.number), key=lambda entry: entry[0])
         # Usage already rated in the hours it now prices is re-rated by engine/billing.py (engine/rerate.py).
         return PublishResult(version, 0, findings)
+
+
+def _check_draft_room(card: RateCard) -> None:
+    """RESOURCE_EXHAUSTED when the card holds as many unpublished drafts as it may (a retry of one of them was
+    answered before this is asked)."""
+    drafts = sum(1 for version in card.versions if version.state is VersionState.DRAFT)
+    if drafts >= DRAFTS_PER_RATE_CARD_MAX:
+        raise LimitReached(
+            f"rate card {card.id!r} holds {drafts:,} unpublished drafts, the most a rate card may hold "
+            f"({DRAFTS_PER_RATE_CARD_MAX:,}): publish one of them, or draft on another rate card"
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sized
+from collections.abc import Generator, Iterable, Sized
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
@@ -493,6 +493,7 @@ def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, act
         tuple(cmd.RemoveRate(k.product_id, dict(k.match)) for k in request.remove_rates),
         request.change_note,
         request.request_id,
+        drafts_bounded=True,
     )
 
 
@@ -716,16 +717,25 @@ def authorize_response(request_id: str, estimate: Estimate) -> balance_pb2.Autho
 # Version diffs ------------------------------------------------------------------------------------------------
 
 
-def version_diff_pb(diff: VersionDiff) -> pricing_pb2.DiffVersionsResponse:
-    return pricing_pb2.DiffVersionsResponse(
+# Rate changes made into messages a step (version_diff_pb_steps): each holds both rates and their fields.
+RATE_CHANGES_PER_STEP = 64
+
+
+def version_diff_pb_steps(diff: VersionDiff) -> Generator[None, None, pricing_pb2.DiffVersionsResponse]:
+    """DiffVersions' answer, RATE_CHANGES_PER_STEP rate changes a step, for a caller on the event loop."""
+    answer = pricing_pb2.DiffVersionsResponse(
         parameters=[
             pricing_pb2.ParameterChange(
                 name=p.name, old_value=p.old_value or "", new_value=p.new_value or "", kind=p.kind.value
             )
             for p in diff.parameters
         ],
-        rates=[_rate_change_pb(change) for change in diff.rates],
     )
+    for start in range(0, len(diff.rates), RATE_CHANGES_PER_STEP):
+        if start:
+            yield
+        answer.rates.extend(_rate_change_pb(change) for change in diff.rates[start : start + RATE_CHANGES_PER_STEP])
+    return answer
 
 
 def _rate_change_pb(change: RateChange) -> pricing_pb2.RateChange:

@@ -17,7 +17,7 @@ from engine import commands as cmd
 from engine import revenue
 from engine.control import fingerprint
 from engine.errors import AlreadyExists, InvalidArgument
-from engine.invoices import Invoice
+from engine.invoices import GrantCredit, Invoice
 from engine.ledger import GrantKind
 from engine.money import PICOS_PER_UNIT
 from tests.credits_fixtures import Ledger, event
@@ -380,3 +380,62 @@ def test_a_grant_under_the_id_of_a_rollover_that_moved_nothing_is_not_taken_for_
     again = msgspec.structs.replace(world.grant_command(named, "5", paid="2", at_ms=FEB_MS + 3), made_ids_refused=True)
     with pytest.raises(AlreadyExists, match=re.escape(named)):
         m.run(again)
+
+
+def test_close_due_periods_reads_a_customers_grant_credit_once_and_builds_what_closing_each_period_builds() -> None:
+    """acme: `r` 90 (rollover 0.5) and `e` 20 expiring on March 15, 75 units drawn in January; the clock past
+    April's end (r rolled 17.5 into rollover-r at January's end, which expired at February's). Every period from
+    January to April lists a grant rolled over or expiring by its end, so each invoice reads the customer's grant
+    credit from the kernel (engine/billing.py grant_credit: the whole balance, 14-70 ms a read at 11,000 grants).
+
+    One CloseDuePeriods closing the four reads it once: closing a period changes the control plane only (invoice
+    numbers, closed periods), nothing of the kernel's grants, so each further read would answer the same. The
+    invoices are those four ClosePeriod commands at the same instant make, each reading for itself.
+
+    Before the fix it read the credit once a period: 4 reads."""
+    rules = {
+        "rollovers_shown": True,
+        "adjustments_in_contract": True,
+        "parts_in_contract": True,
+        "rolled_breakage_shown": True,
+        "expired_breakage_shown": True,
+    }
+    may_ms = APR_MS + 30 * DAY_MS
+    at_ms = may_ms + DAY_MS
+
+    def ledger() -> tuple[Ledger, list[str]]:
+        world = basic_world()
+        world.apply(world.grant_command("r", "90", paid="45", priority=1, rollover_fraction="0.5"))
+        world.apply(world.grant_command("e", "20", expires_at_ms=MAR_MS + 14 * DAY_MS))
+        m = Ledger(world)
+        m.ingest([event("jan", T0 + DAY_MS, 75)], T0 + DAY_MS)
+        m.advance(may_ms)
+        reads: list[str] = []
+        reader = world.engine.grant_credit
+        assert reader is not None
+
+        def counted(customer_id: str) -> GrantCredit:
+            reads.append(customer_id)
+            return reader(customer_id)
+
+        world.engine.grant_credit = counted
+        return m, reads
+
+    due, due_reads = ledger()
+    closed = due.run(cmd.CloseDuePeriods(at_ms, ACTOR, 0, **rules))
+    assert isinstance(closed, list)
+    assert [i.period_start_ms for i in closed] == [EPOCH_MS, FEB_MS, MAR_MS, APR_MS]
+    assert due_reads == ["acme"]
+
+    each, each_reads = ledger()
+    one_by_one = [
+        each.run(cmd.ClosePeriod(at_ms, ACTOR, "acme", start, **rules)) for start in (EPOCH_MS, FEB_MS, MAR_MS, APR_MS)
+    ]
+    assert each_reads == ["acme"] * 4
+    assert one_by_one == closed
+    # By hand: e (priority 0) pays 20 of the 75, r 55; r's 35 left at January's end: 17.5 rolled, 17.5 broken.
+    assert _balances(closed[3]) == {
+        "r": (picos("90"), picos("72.5"), 0, picos("17.5")),
+        "e": (picos("20"), picos("20"), 0, 0),
+        f"rollover-r-{FEB_MS}": (picos("17.5"), 0, 0, picos("17.5")),
+    }

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from engine.diff import ChangeKind, FieldSide, ParameterChange, PriceFieldChange, diff_versions
+from engine.diff import (
+    RATES_PER_STEP,
+    ChangeKind,
+    FieldSide,
+    ParameterChange,
+    PriceFieldChange,
+    diff_versions,
+    diff_versions_steps,
+)
 from engine.errors import NotFound
 from engine.ratecard import PriceSpec, Rate, TierMode, Version
 from tests.engine_fixtures import World, flat, package, rate, tiered, unit
@@ -220,3 +228,23 @@ def test_an_unknown_version_is_not_found_naming_it() -> None:
         world.engine.rate_card("card").version(9)
     with pytest.raises(NotFound, match="rate card 'nope' does not exist"):
         world.engine.rate_card("nope")
+
+
+def test_a_diff_in_steps_yields_every_64_rates_and_answers_the_whole_diff() -> None:
+    """diff_versions_steps (DiffVersions on the event loop, server/scheduling.py paced): 200 rates in both versions,
+    every one repriced (`cost` 0.03 -> 0.04), give 3 pauses (after rates 64, 128, 192) and the very diff
+    diff_versions answers: one parameter change, 200 REPRICED rates. A step is 64 rates, whatever their changes."""
+    rates = [rate("tokens", unit("cost * 2"), model=f"m{n:03}") for n in range(200)]
+    _, first, second = two_versions(rates, rates, {"cost": "0.03"}, {"cost": "0.04"})
+    steps = diff_versions_steps(first, second)
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            stepped = done.value
+            break
+        pauses += 1
+    assert pauses == 200 // RATES_PER_STEP == 3
+    assert stepped == diff_versions(first, second)
+    assert len(stepped.rates) == 200 and {c.kind for c in stepped.rates} == {ChangeKind.REPRICED}

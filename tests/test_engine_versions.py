@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import FailedPrecondition, InvalidArgument
-from engine.ratecard import Rate, Severity, TierMode, VersionState, validate
+from engine import commands as cmd
+from engine import versions
+from engine.errors import FailedPrecondition, InvalidArgument, LimitReached
+from engine.ratecard import Rate, Severity, TierMode, Version, VersionState, validate
 from tests.engine_fixtures import (
     EPOCH_MS,
     HOUR_MS,
@@ -166,3 +168,39 @@ def test_publish_without_effective_from_starts_at_the_current_hour() -> None:
     world.draft([rate("tokens", unit("1"))])
     result = world.publish(1, effective_from_ms=None, at_ms=T + 90 * MINUTE_MS)
     assert result.version.effective_from_ms == T + HOUR_MS  # 01:30 -> 01:00
+
+
+# Drafts per rate card ------------------------------------------------------------------------------------------
+
+
+def test_drafts_past_the_cards_limit_are_refused_only_when_the_server_marked_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the limit at 2 (engine/versions.py DRAFTS_PER_RATE_CARD_MAX, 1,000): two drafts of `card` are held, a
+    third marked `drafts_bounded` (as the server marks every request) is LimitReached naming the card, its 2
+    drafts and the limit, and nothing is made; one journaled before the mark (False) is made as it was then, so
+    an old journal replays alike. Publishing draft 1 leaves 2 drafts (2 and 3): a marked draft is refused still;
+    the card's published versions are not counted."""
+    monkeypatch.setattr(versions, "DRAFTS_PER_RATE_CARD_MAX", 2)
+    world = World()
+    world.product("calls")
+    world.rate_card()
+
+    def draft(bounded: bool) -> object:
+        return world.apply(
+            cmd.CreateDraftVersion(T, "analyst", "card", 0, {}, (), (rate("calls", unit("1")),), (), "", "", bounded)
+        )
+
+    draft(True), draft(True)
+    with pytest.raises(LimitReached) as refused:
+        draft(True)
+    assert "'card' holds 2 unpublished drafts" in str(refused.value) and "(2)" in str(refused.value)
+    assert len(world.engine.state.rate_cards["card"].versions) == 2
+    made = draft(False)
+    assert isinstance(made, Version) and made.number == 3
+    world.publish(1, effective_from_ms=T)
+    with pytest.raises(LimitReached):
+        draft(True)
+    world.publish(2, effective_from_ms=T + HOUR_MS)
+    made = draft(True)
+    assert isinstance(made, Version) and made.number == 4

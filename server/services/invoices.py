@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgspec
 from tariff.v1 import (
     invoices_pb2,
     invoices_pb2_grpc,
@@ -165,13 +166,38 @@ def _sent_invoice(invoice: Invoice, message: invoices_pb2.Invoice | None = None)
     return message
 
 
-def _final_size(draft: Invoice, closed_at_ms: int) -> int:
-    """The bytes of the answer closing the draft's period would take: the draft as final, numbered."""
-    message = invoice_pb(draft)
-    message.invoice_number = "INV-00000000"
-    message.status = invoices_pb2.INVOICE_FINAL
-    message.closed_at.CopyFrom(convert.timestamp(closed_at_ms))
-    return message.ByteSize()
+class _Checked(NamedTuple):
+    """What ClosePeriod's check saw: the period's draft, or its final invoice when it was closed already, and the
+    answer closing it would send (a draft's: as final, numbered INV-00000000, closed at the close's instant)."""
+
+    invoice: Invoice
+    message: invoices_pb2.Invoice
+
+
+def _closing_check(invoice: Invoice, closed_at_ms: int) -> _Checked:
+    message = invoice_pb(invoice)
+    if not invoice.final:
+        message.invoice_number = "INV-00000000"
+        message.status = invoices_pb2.INVOICE_FINAL
+        message.closed_at.CopyFrom(convert.timestamp(closed_at_ms))
+    return _Checked(invoice, message)
+
+
+def _closed_answer(invoice: Invoice, checked: _Checked | None) -> invoices_pb2.Invoice:
+    """invoice_pb(invoice) for the final invoice a ClosePeriod answers, taken from the message its check made when
+    that is provably the same: the very invoice (a closed period's, which never changes), or a draft equal to it
+    but for its number and close time (no command changed the period in between), numbered so. An invoice
+    listing 11,000 grants takes 10-40 ms to make into a message on the event loop."""
+    if checked is not None and invoice.final:
+        seen, message = checked
+        if seen is invoice:
+            return message
+        numbered = msgspec.structs.replace(seen, number=invoice.number, final=True, closed_at_ms=invoice.closed_at_ms)
+        if not seen.final and numbered == invoice:
+            message.invoice_number = invoice.number
+            message.closed_at.CopyFrom(convert.timestamp(invoice.closed_at_ms))
+            return message
+    return invoice_pb(invoice)
 
 
 class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
@@ -194,7 +220,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         if period_start_ms is None:
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
         at_ms = self.clock_ms()
-        self._check_closable(request.customer_id, period_start_ms, at_ms)
+        checked = self._check_closable(request.customer_id, period_start_ms, at_ms)
         command = cmd.ClosePeriod(
             at_ms,
             actor_of(context),
@@ -207,30 +233,33 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             expired_breakage_shown=True,
         )
         invoice = await self._apply(command, Invoice)
-        message = invoice_pb(invoice)
+        message = _closed_answer(invoice, checked)
         if message.ByteSize() > send_limit.bytes_max:  # usage came in since the check: say what was done
             raise too_large(f"the period is closed as {_described(invoice)}, whose answer", message.ByteSize())
         return message
 
-    def _check_closable(self, customer_id: str, period_start_ms: int, at_ms: int) -> None:
+    def _check_closable(self, customer_id: str, period_start_ms: int, at_ms: int) -> _Checked | None:
         """RESOURCE_EXHAUSTED, before anything changes, when closing the period would answer an invoice larger
         than gRPC sends (the period stays open), or when the period is already closed as such an invoice. Any
-        other refusal is the command's to make (a period not ended, or no period's start)."""
+        other refusal is the command's to make (a period not ended, or no period's start). What it checked, for
+        the answer to reuse."""
         try:
             invoice = self.engine.preview(customer_id, period_start_ms)
         except EngineError:
-            return
+            return None
         if invoice.period_start_ms != period_start_ms or invoice.period_end_ms > at_ms:
-            return
+            return None
+        checked = _closing_check(invoice, at_ms)
         if invoice.final:
-            _sent_invoice(invoice)
-            return
-        size = _final_size(invoice, at_ms)
+            _sent_invoice(invoice, checked.message)
+            return checked
+        size = checked.message.ByteSize()
         if size > send_limit.bytes_max:
             what = f"the period of customer {customer_id!r} from {iso(period_start_ms)} was not closed: its invoice"
             raise too_large(
                 f"{what} ({len(invoice.lines):,} lines)", size, f"{larger_limit(size)} to close it", "would be"
             )
+        return checked
 
     @unary
     async def CloseDuePeriods(

@@ -15,7 +15,7 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine.audit import AUDIT_PAGE_CHUNKS_MAX, AuditFilter
 from engine.control import check_reference, quoted_id
-from engine.diff import diff_versions
+from engine.diff import diff_versions_steps
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.invoices import CURRENCIES
 from engine.money import format_picos
@@ -39,6 +39,7 @@ from server.errors import (
     too_large,
     unary,
 )
+from server.scheduling import paced
 from server.services.common import (
     PAGE_SIZE_MAX,
     PAGE_TOKEN_NOT_ISSUED,
@@ -327,7 +328,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         _required(rate_card_id=request.rate_card_id, from_version=request.from_version, to_version=request.to_version)
         card = self._card_named(request.rate_card_id)
         old, new = card.version(request.from_version), card.version(request.to_version)
-        return convert.version_diff_pb(diff_versions(old, new))
+        # Paced: two versions of 10,000 rates of three tiers held the loop 1.85 s in one go. What a diff reads of
+        # the two versions never changes once they are made, so commands applied between steps change nothing.
+        diff = await paced(diff_versions_steps(old, new))
+        return await paced(convert.version_diff_pb_steps(diff))
 
     @unary
     async def SimulateVersion(

@@ -63,7 +63,10 @@ type PricingServiceClient interface {
 	// one, a retry may leave a second, unused draft; drafts price nothing). A
 	// draft whose answer would be larger than --message-mb-max (estimated from
 	// its base and the request) is RESOURCE_EXHAUSTED, not made; one found too
-	// large only once made is RESOURCE_EXHAUSTED naming the draft it made.
+	// large only once made is RESOURCE_EXHAUSTED naming the draft it made. A
+	// rate card holds at most 1,000 unpublished drafts (none can be deleted:
+	// publishing one makes room): one more is RESOURCE_EXHAUSTED, not made; a
+	// retry of one held still answers.
 	CreateDraftVersion(ctx context.Context, in *CreateDraftVersionRequest, opts ...grpc.CallOption) (*RateCardVersion, error)
 	ValidateVersion(ctx context.Context, in *ValidateVersionRequest, opts ...grpc.CallOption) (*ValidationReport, error)
 	// Validates first; refuses with INVALID_ARGUMENT and the findings (the
@@ -272,7 +275,10 @@ type PricingServiceServer interface {
 	// one, a retry may leave a second, unused draft; drafts price nothing). A
 	// draft whose answer would be larger than --message-mb-max (estimated from
 	// its base and the request) is RESOURCE_EXHAUSTED, not made; one found too
-	// large only once made is RESOURCE_EXHAUSTED naming the draft it made.
+	// large only once made is RESOURCE_EXHAUSTED naming the draft it made. A
+	// rate card holds at most 1,000 unpublished drafts (none can be deleted:
+	// publishing one makes room): one more is RESOURCE_EXHAUSTED, not made; a
+	// retry of one held still answers.
 	CreateDraftVersion(context.Context, *CreateDraftVersionRequest) (*RateCardVersion, error)
 	ValidateVersion(context.Context, *ValidateVersionRequest) (*ValidationReport, error)
 	// Validates first; refuses with INVALID_ARGUMENT and the findings (the

@@ -2062,7 +2062,10 @@ export const PricingService: GenService<{
    * one, a retry may leave a second, unused draft; drafts price nothing). A
    * draft whose answer would be larger than --message-mb-max (estimated from
    * its base and the request) is RESOURCE_EXHAUSTED, not made; one found too
-   * large only once made is RESOURCE_EXHAUSTED naming the draft it made.
+   * large only once made is RESOURCE_EXHAUSTED naming the draft it made. A
+   * rate card holds at most 1,000 unpublished drafts (none can be deleted:
+   * publishing one makes room): one more is RESOURCE_EXHAUSTED, not made; a
+   * retry of one held still answers.
    *
    * @generated from rpc tariff.v1.PricingService.CreateDraftVersion
    */
