@@ -64,6 +64,18 @@ def catalogue(client: TariffClient) -> None:
     product(client, "peak", pricing_pb2.MAX, "gb")
     product(client, "users", pricing_pb2.UNIQUE_COUNT, "user")
     product(client, "seats", pricing_pb2.LATEST, "n")
+    for product_id, aggregation, value_key in (
+        ("mix-gauge", pricing_pb2.LATEST, "g"),
+        ("mix-sum", pricing_pb2.SUM, "s"),
+    ):
+        made = pricing_pb2.Product(
+            id=product_id,
+            name=product_id,
+            event_type="mix",
+            aggregation=aggregation,
+            value_key=value_key,
+        )
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=made))
     for name in ("pkg", "flat", "grad", "vol"):
         product(client, name, pricing_pb2.SUM, "n")
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="design", name="design", pricing_unit="credits"))
@@ -85,6 +97,8 @@ def catalogue(client: TariffClient) -> None:
         rate(product_id="peak", unit=pricing_pb2.UnitPrice(price="2")),
         rate(product_id="users", unit=pricing_pb2.UnitPrice(price="1")),
         rate(product_id="seats", unit=pricing_pb2.UnitPrice(price="3")),
+        rate(product_id="mix-gauge", unit=pricing_pb2.UnitPrice(price="1")),
+        rate(product_id="mix-sum", unit=pricing_pb2.UnitPrice(price="1")),
         rate(product_id="pkg", package=pricing_pb2.PackagePrice(package_size="100", package_price="2")),
         rate(product_id="flat", flat=pricing_pb2.FlatPrice(price="10")),
         rate(
@@ -345,3 +359,32 @@ def test_the_dedupe_window_has_no_flag(tmp_path: Path) -> None:
     assert started.returncode == 2
     assert "--dedupe-window" in started.stderr
     assert not data_dir.exists()
+
+
+def test_an_event_settles_its_refunds_before_its_charges_not_netted_to_one_amount(stubs: Stubs) -> None:
+    """§3 "an event's refunds and charges are netted before they touch grants or overage", as the project settles it
+    (README "Pricing", docs/architecture.md §5 "Draw"): refunds first, then charges, not one net amount. Products
+    mix-gauge (LATEST of g) and mix-sum (SUM of s), 1 credit a unit, both fed by event type mix. No credit: g = 5 is 5
+    of overage. Then 10 credits granted, and one event g = 2, s = 3: the gauge gives back 3, the sum charges 3, net 0
+    (Authorize estimates 0). Settled: the gauge's 3 of overage given back (overage 2), the sum's 3 drawn from the
+    grant (7 left); period charges 2 + 3 = 5. Netting the event to 0 would have left overage 5 and the grant whole."""
+    customer_on_design(stubs, "d-net", overage_price="1")
+    at = now_ms() - 2_000
+    first = usage_pb2.UsageBatch(events=[event("d-net", "e1", "mix", at, g=5, s=0)])
+    assert stubs.usage.IngestUsageBatch(first).accepted == 1
+    grant(stubs, "d-net", "d-net-g", "10", "10")
+    estimate = stubs.balance.Authorize(
+        balance_pb2.AuthorizeRequest(request_id="r", customer_id="d-net", event_type="mix", values={"g": 2, "s": 3})
+    )
+    assert (estimate.allowed, estimate.reason, estimate.estimated_cost) == (True, "OK", "0")
+    second = usage_pb2.UsageBatch(events=[event("d-net", "e2", "mix", at + 1_000, g=2, s=3)])
+    assert stubs.usage.IngestUsageBatch(second).accepted == 1
+    balance = stubs.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="d-net"))
+    assert (balance.period_charges, balance.overage_amount) == ("5", "2")
+    assert [(g.drawn, g.remaining) for g in balance.grants] == [("3", "7")]
+    invoice = stubs.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="d-net"))
+    lines = {
+        line.line_id: (line.amount, line.overage, [(c.grant_id, c.credits) for c in line.credits_applied])
+        for line in invoice.lines
+    }
+    assert lines == {"mix-gauge": ("2", "2", []), "mix-sum": ("3", "0", [("d-net-g", "3")])}
