@@ -82,7 +82,9 @@ type GrantBalance struct {
 	Drawn string `protobuf:"bytes,4,opt,name=drawn,proto3" json:"drawn,omitempty"`
 	// Neither drawn nor expired: amount - drawn - expired while the grant is
 	// usable, what open reservations hold on it (held) included, so new usage
-	// may draw remaining - held; 0 once expired, when what holds still take
+	// may draw remaining - held. The invariant granted = drawn + remaining +
+	// expired (+ held) reads so here: held is part of remaining, not beside it
+	// (100 granted, 20 drawn, 15 held: remaining 80, held 15, and 65 available); 0 once expired, when what holds still take
 	// from it shows in held alone (amount = drawn + expired + held then). A
 	// grant that has not started yet shows its whole amount here, which
 	// Balance.credits_remaining and the credit available count only once it

@@ -126,8 +126,14 @@ const (
 	OveragePolicy_OVERAGE_POLICY_UNSPECIFIED OveragePolicy = 0
 	// Charges beyond credit are billed in arrears at overage_price.
 	OveragePolicy_ALLOW OveragePolicy = 1
-	// Authorize denies once available credit is exhausted; usage that happened
-	// is still recorded.
+	// Authorize denies once available credit is exhausted, read as: once the
+	// described usage would exhaust it. A request whose estimated_cost is more
+	// than the credit available to its products is denied INSUFFICIENT_CREDIT,
+	// also while some credit is left (6.5 available: an estimate of 7 is
+	// denied, one of 6.5 allowed; under ALLOW the 7 is OVERAGE_ALLOWED), and so
+	// is any request while none is (balance.proto AuthorizeResponse). Usage that
+	// happened is still recorded: ingestion never refuses it, and what no grant
+	// covers is overage, as under ALLOW.
 	OveragePolicy_BLOCK OveragePolicy = 2
 )
 
