@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from typing import TypeVar
 
 import msgspec
 import pytest
@@ -626,10 +627,21 @@ def every_server_rerate_rule(keeps_unchanged_draws: bool) -> dict[str, bool]:
     return {**dict.fromkeys(rules, True), "rerate_keeps_unchanged_draws": keeps_unchanged_draws}
 
 
+Publish = TypeVar("Publish", cmd.PublishVersion, cmd.RollbackRateCard)
+
+
+def stored_before_keeps_unchanged_draws(command: Publish) -> Publish:
+    """`command` as an earlier release stored it: written without rerate_keeps_unchanged_draws, read back."""
+    fields = msgspec.msgpack.decode(msgspec.msgpack.encode(command))
+    del fields["rerate_keeps_unchanged_draws"]
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=type(command))
+
+
 def test_the_servers_same_price_publish_keeps_the_draws_as_rated_and_an_older_record_settles_by_buckets() -> None:
     """rerate_keeps_unchanged_draws (the server's): a version with the same prices from the first hour changes no
-    bucket's amount, so the draws stay as rated: overage 5, g2's 5 left. A publish (or rollback) journaled without it
-    re-rates as then, settling the hour by its buckets: g1 pays calls, g2 zz, no overage, nothing left. Either way
+    bucket's amount, so the draws stay as rated: overage 5, g2's 5 left. A publish (or rollback) record of an earlier
+    release, without the field, replays as then, settling the hour by its buckets: g1 pays calls, g2 zz, no
+    overage, nothing left. Either way
     the customer counts as re-rated (its buckets now cite the new version) and the delta is 0."""
     for keeps, overage, remaining in ((True, 5, 5), (False, 0, 0)):
         billing = product_order_machine()
@@ -638,7 +650,9 @@ def test_the_servers_same_price_publish_keeps_the_draws_as_rated_and_an_older_re
         number = draft(billing, (rate("calls", unit("1")), rate("zz", unit("1"))))
         rules = every_server_rerate_rule(keeps)
         command = msgspec.structs.replace(cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS), **rules)
-        published = billing.apply(command, billing.last_seq + 1)
+        published = billing.apply(
+            command if keeps else stored_before_keeps_unchanged_draws(command), billing.last_seq + 1
+        )
         assert isinstance(published, PublishResult)
         assert (published.customers_rerated, published.rerated_amount_delta_picos) == (1, 0), published
         balance = billing.balance("acme", RECEIVED_MS)
@@ -648,7 +662,7 @@ def test_the_servers_same_price_publish_keeps_the_draws_as_rated_and_an_older_re
             remaining * 10**12,
         ), keeps
         rollback = msgspec.structs.replace(cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS), **rules)
-        billing.apply(rollback, billing.last_seq + 1)
+        billing.apply(rollback if keeps else stored_before_keeps_unchanged_draws(rollback), billing.last_seq + 1)
         balance = billing.balance("acme", RECEIVED_MS)
         assert (balance.overage, balance.remaining) == (overage * 10**12, remaining * 10**12), keeps
 
