@@ -125,6 +125,7 @@ class Kernel:
         closed_events_once: bool,
         rolled_credit_breaks: bool = False,
         holds_final_at_ms: int | None = None,
+        unchanged_draws_kept: bool = False,
     ) -> tuple[
         int, int, int, int, int, int, int, list[str]
     ]: ...  # customers, buckets, events, delta, closed b/e/amount, the customers whose charges or draws changed

@@ -143,7 +143,11 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     (engine/kernel/src/rerate.rs retake_hold); False (commands stored before it) takes it again from the grants
     usable when it was made, as then: the rolled or expired ones included (a cut put the hold on credit that was to
     break; on a rolled grant its release left it there, usable by nothing) and the ROLLOVER grant not (the hold lost
-    its share, even under the very same prices)."""
+    its share, even under the very same prices). `rerate_keeps_unchanged_draws`: set likewise, so a customer the
+    re-rating changes no bucket's amount of (its buckets only change version) keeps its draws, holds, top-ups,
+    overage and revenue exactly as rated (engine/kernel/src/rerate.rs rerate_customer); False (commands stored
+    before it) settles its open periods again by buckets (resettle), as then, which could move which grant pays a
+    line, and the overage, although no amount changed."""
 
     at_ms: int
     actor: str
@@ -161,6 +165,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     prices_rounded_in_range: bool = False
     rerate_breaks_rolled_credit: bool = False
     rerate_holds_off_final_grants: bool = False
+    rerate_keeps_unchanged_draws: bool = False
 
 
 class CreateContract(msgspec.Struct, frozen=True, tag="create_contract", omit_defaults=True):
@@ -226,6 +231,7 @@ SERVER_SET_FIELDS = (
     "rerate_top_ups_in_time",
     "rerate_breaks_rolled_credit",
     "rerate_holds_off_final_grants",
+    "rerate_keeps_unchanged_draws",
     "expired_credit_breaks",
     "override_hours_refused",
     "rerate_carries_earlier_hours",
@@ -308,6 +314,7 @@ class RollbackRateCard(msgspec.Struct, frozen=True, tag="rollback_rate_card"):
     rerate_counts_closed_events_once: bool = False  # as PublishVersion's
     rerate_breaks_rolled_credit: bool = False  # as PublishVersion's
     rerate_holds_off_final_grants: bool = False  # as PublishVersion's
+    rerate_keeps_unchanged_draws: bool = False  # as PublishVersion's
 
 
 class CreateAlert(msgspec.Struct, frozen=True, tag="create_alert", omit_defaults=True):

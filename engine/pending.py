@@ -75,6 +75,9 @@ class PendingRerating(msgspec.Struct):
     holds_off_final_grants: bool = False
     # The publish's time, with holds_off_final_grants: the re-rating judges a grant's expiry final as of it.
     at_ms: int = 0
+    # The publish's rerate_keeps_unchanged_draws (engine/commands.py); False in the snapshots of earlier
+    # releases, whose publishes had none.
+    unchanged_draws_kept: bool = False
 
 
 def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
@@ -92,6 +95,7 @@ def start(plan: RerationPlan, publish_seq: int) -> PendingRerating:
         rolled_credit_breaks=plan.rolled_credit_breaks,
         holds_off_final_grants=plan.holds_off_final_grants,
         at_ms=plan.at_ms,
+        unchanged_draws_kept=plan.unchanged_draws_kept,
     )
 
 
@@ -137,6 +141,7 @@ def _rerate(kernel: Kernel, rerating: PendingRerating, customers: list[str]) -> 
             rerating.closed_events_once,
             rerating.rolled_credit_breaks,
             rerating.at_ms if rerating.holds_off_final_grants else None,
+            rerating.unchanged_draws_kept,
         )
     except ValueError as exc:
         # The publish checked these customers' usage, and nothing changes it before they are re-rated.

@@ -48,7 +48,8 @@ class RerationPlan:
     `rerate_counts_closed_events_once` (closed_events counts an event feeding several products once);
     `rolled_credit_breaks` its `rerate_breaks_rolled_credit` (credit given back to a grant that has rolled over
     breaks); `holds_off_final_grants` its `rerate_holds_off_final_grants` (a hold taken again stays off a grant
-    that has rolled over and keeps its share on the ROLLOVER grant)."""
+    that has rolled over and keeps its share on the ROLLOVER grant); `unchanged_draws_kept` its
+    `rerate_keeps_unchanged_draws` (a customer none of whose buckets changes amount keeps its draws as rated)."""
 
     rate_card_id: str
     from_hour: int
@@ -61,6 +62,7 @@ class RerationPlan:
     rolled_credit_breaks: bool = False
     holds_off_final_grants: bool = False
     at_ms: int = 0  # the publish's time: what holds_off_final_grants judges a grant's expiry final at
+    unchanged_draws_kept: bool = False
 
     def slices(self) -> Iterator[list[str]]:
         for start in range(0, len(self.customers), SLICE_CUSTOMERS):
@@ -141,6 +143,7 @@ class _Planned:
     rolled_credit_breaks: bool  # the command's rerate_breaks_rolled_credit
     holds_off_final_grants: bool  # the command's rerate_holds_off_final_grants
     at_ms: int  # the command's time
+    unchanged_draws_kept: bool  # the command's rerate_keeps_unchanged_draws
 
     @property
     def from_hour(self) -> int:
@@ -163,6 +166,7 @@ class _Planned:
             self.rolled_credit_breaks,
             self.holds_off_final_grants,
             self.at_ms,
+            self.unchanged_draws_kept,
         )
 
     def refusal(self, why: ValueError) -> FailedPrecondition:
@@ -219,6 +223,7 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         command.rerate_breaks_rolled_credit,
         command.rerate_holds_off_final_grants,
         command.at_ms,
+        command.rerate_keeps_unchanged_draws,
     )
 
 
@@ -366,6 +371,7 @@ def rerate_slice(kernel: Kernel, plan: RerationPlan, customers: list[str], seq: 
         plan.closed_events_once,
         plan.rolled_credit_breaks,
         plan.at_ms if plan.holds_off_final_grants else None,
+        plan.unchanged_draws_kept,
     )
     done = Rerated(amounts_changed=counts[7])
     done.add(counts[:7])

@@ -618,68 +618,87 @@ def client_now_ms() -> int:
     return now_ms()
 
 
-def test_a_same_price_publish_settles_an_hour_by_its_buckets_not_its_events(server: ServerProcess) -> None:
-    """ag5 on its own card `agc5` (agc's prices), no img override. Grants: `g1` 20 credits for 10 USD (priority 1,
-    every product) and `g2` 10 for 1 USD (priority 2, tok only). In one hour of last month (L), on time:
+def drawn_in_event_order(client: TariffClient, c: str, card: str) -> int:
+    """`c` on its own card `card` (agc's prices, no img override), ALLOW at 0.37 USD, from last month's start (L).
+    Grants: `g1` 20 credits for 10 USD (priority 1, every product) and `g2` 10 for 1 USD (priority 2, tok only).
+    In one hour of L, on time:
     - e1 (model x, t 5,000, i 0): blk 3, seat 7, tok 10 = 20, drawn in product order from g1 (20 -> 0).
     - e2 a minute later (i 2): img 2 x 3 = 6; g1 is spent and g2 pays tok only: 6 overage, 6 x 0.37 = 2.22 due.
     - e3 five hours later (t 1,000): tok 12 - 10 = 2 (blk stays at 2 packages), from g2.
-    Version 2, the same prices, from e3's hour: nothing is charged differently (delta 0), but the period is
-    settled again from its start, e1's and e2's hour too, by buckets, refunds first, then by product id (blk 3,
-    img 6, seat 7, tok 10), not by events (README "Changing prices safely"): g1 pays blk, img, seat and 4 of
-    tok, g2 tok's other 6 and e3's 2; no overage, 0.00 due. Every read follows the settled draws: the draft,
-    GetBalance's grants, the line's explained events (as rated: e2 still shows 6 of overage, the line 0) and
-    the revenue: recognised from credits 20 x 0.5 + 8 x 0.1 = 10.8 (was 10 + 0.2, and 2.22 of overage),
-    deferred 0.2 (g2's 2 left; was 0.8)."""
-    c, card = "ag5", "agc5"
+    Returns e1's time."""
     last = month_start_ms(1)
     hour_ms = last + 2 * DAY_MS
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
+    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates("2")))
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=card, version=1, effective_from=stamp(month_start_ms(3)))
+    )
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=c, name=c))
+    client.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id=f"{c}-c",
+            customer_id=c,
+            rate_card_id=card,
+            starting_at=stamp(last),
+            overage_policy=contracts_pb2.ALLOW,
+            overage_price="0.37",
+            currency="USD",
+        )
+    )
+    grant(client, c, "g1", "20", "10", 1)
+    grant(client, c, "g2", "10", "1", 2, applicable_product_ids=["tok"])
+    use(
+        client,
+        req(f"{c}-e1", c, hour_ms, "x", 5000, 0),
+        req(f"{c}-e2", c, hour_ms + 60_000, "x", 0, 2),
+        req(f"{c}-e3", c, hour_ms + 5 * HOUR_MS, "x", 1000, 0),
+    )
+    return hour_ms
+
+
+def last_month_reads(client: TariffClient, c: str) -> tuple[object, ...]:
+    """Last month's draft (lines; subtotal, overage, due), GetBalance's grants (drawn) and revenue line
+    (recognised from credits, from overage, deferred)."""
+    last = month_start_ms(1)
+    draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=c, period_start=stamp(last)))
+    (line,) = client.invoices.GetRevenueReport(
+        invoices_pb2.GetRevenueReportRequest(
+            period_start=stamp(last), period_end=stamp(month_start_ms(0)), customer_id=c
+        )
+    ).customer_lines
+    return (
+        line_table(draft),
+        (plain(draft.subtotal), plain(draft.overage_amount), draft.total_due),
+        {g: v[1] for g, v in balance_grants(client.get_balance(c)).items()},
+        tuple(plain(x) for x in (line.recognized_credits, line.recognized_overage, line.deferred)),
+    )
+
+
+def simulated_delta(client: TariffClient, c: str, card: str, from_ms: int) -> str:
+    """SimulateVersion's total delta for draft version 2 over [from_ms, this month's start), `c` only."""
+    simulated = client.pricing.SimulateVersion(
+        pricing_pb2.SimulateVersionRequest(
+            rate_card_id=card,
+            version=2,
+            period_start=stamp(from_ms),
+            period_end=stamp(month_start_ms(0)),
+            customer_ids=[c],
+        )
+    )
+    return plain(simulated.totals.delta)
+
+
+def test_a_same_price_publish_leaves_the_draws_as_the_events_drew_them(server: ServerProcess) -> None:
+    """ag5 (`drawn_in_event_order`): version 2, the same prices, from e3's hour changes no bucket's amount (delta 0;
+    the customer counts as re-rated, its buckets now cite version 2), so nothing is settled again (README "Changing
+    prices safely"): every read is as rated, g1 paying blk, seat and tok's 10, e2's img 6 overage (2.22 due), g2
+    drawn 2; revenue recognised from credits 20 x 0.5 + 2 x 0.1 = 10.2, from overage 2.22, deferred 0.8 (g2's 8).
+    A rollback to version 2 from e1's hour (the same prices again, now pricing every bucket) leaves them so too.
+    SimulateVersion of version 2 from e3's hour says so beforehand: delta 0 (it simulates charges, not draws)."""
+    c, card = "ag5", "agc5"
     with server.client() as client:
-        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits"))
-        client.pricing.CreateDraftVersion(
-            pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates("2"))
-        )
-        client.pricing.PublishVersion(
-            pricing_pb2.PublishVersionRequest(rate_card_id=card, version=1, effective_from=stamp(month_start_ms(3)))
-        )
-        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=c, name=c))
-        client.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id=f"{c}-c",
-                customer_id=c,
-                rate_card_id=card,
-                starting_at=stamp(last),
-                overage_policy=contracts_pb2.ALLOW,
-                overage_price="0.37",
-                currency="USD",
-            )
-        )
-        grant(client, c, "g1", "20", "10", 1)
-        grant(client, c, "g2", "10", "1", 2, applicable_product_ids=["tok"])
-        use(
-            client,
-            req(f"{c}-e1", c, hour_ms, "x", 5000, 0),
-            req(f"{c}-e2", c, hour_ms + 60_000, "x", 0, 2),
-            req(f"{c}-e3", c, hour_ms + 5 * HOUR_MS, "x", 1000, 0),
-        )
-
-        def reads() -> tuple[object, ...]:
-            draft = client.invoices.PreviewInvoice(
-                invoices_pb2.PreviewInvoiceRequest(customer_id=c, period_start=stamp(last))
-            )
-            (line,) = client.invoices.GetRevenueReport(
-                invoices_pb2.GetRevenueReportRequest(
-                    period_start=stamp(last), period_end=stamp(month_start_ms(0)), customer_id=c
-                )
-            ).customer_lines
-            return (
-                line_table(draft),
-                (plain(draft.subtotal), plain(draft.overage_amount), draft.total_due),
-                {g: v[1] for g, v in balance_grants(client.get_balance(c)).items()},
-                tuple(plain(x) for x in (line.recognized_credits, line.recognized_overage, line.deferred)),
-            )
-
-        assert reads() == (
+        hour_ms = drawn_in_event_order(client, c, card)
+        as_rated = (
             {
                 "blk": ("6000", "3", "3", "0"),
                 "img": ("2", "6", "0", "6"),
@@ -690,26 +709,18 @@ def test_a_same_price_publish_settles_an_hour_by_its_buckets_not_its_events(serv
             {f"{c}.g1": "20", f"{c}.g2": "2"},
             ("10.2", "2.22", "0.8"),
         )
+        assert last_month_reads(client, c) == as_rated
         client.pricing.CreateDraftVersion(
             pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, based_on_version=1, upsert_rates=rates("2"))
         )
+        assert simulated_delta(client, c, card, hour_ms + 5 * HOUR_MS) == "0"
         published = client.pricing.PublishVersion(
             pricing_pb2.PublishVersionRequest(rate_card_id=card, version=2, effective_from=stamp(hour_ms + 5 * HOUR_MS))
         )
         assert (plain(published.rerated_amount_delta), published.customers_rerated) == ("0", 1), published
-        assert reads() == (
-            {
-                "blk": ("6000", "3", "3", "0"),
-                "img": ("2", "6", "6", "0"),
-                "seat": ("3", "7", "7", "0"),
-                "tok;model=x": ("6000", "12", "12", "0"),
-            },
-            ("28", "0", "0.00"),
-            {f"{c}.g1": "20", f"{c}.g2": "8"},
-            ("10.8", "0", "0.2"),
-        )
+        assert last_month_reads(client, c) == as_rated
         page = client.invoices.ExplainLineItem(
-            invoices_pb2.ExplainLineItemRequest(customer_id=c, period_start=stamp(last), line_id="img")
+            invoices_pb2.ExplainLineItemRequest(customer_id=c, period_start=stamp(month_start_ms(1)), line_id="img")
         )
         assert [(e.transaction_id, plain(e.amount), plain(e.overage)) for e in page.events] == [
             (f"{c}-e1", "0", "0"),
@@ -717,6 +728,43 @@ def test_a_same_price_publish_settles_an_hour_by_its_buckets_not_its_events(serv
             (f"{c}-e3", "0", "0"),
             ("", "0", "0"),
         ], page
+        rolled = client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id=card, to_version=2, effective_from=stamp(hour_ms))
+        )
+        assert (plain(rolled.rerated_amount_delta), rolled.customers_rerated) == ("0", 1), rolled
+        assert last_month_reads(client, c) == as_rated
+
+
+def test_a_publish_changing_one_bucket_settles_the_period_by_its_buckets_not_its_events(server: ServerProcess) -> None:
+    """ag5b (`drawn_in_event_order`): version 2 from e3's hour prices tok at 3 a 1,000 up to 10,000: e3's bucket is
+    v2(6,000) - v2(5,000) = 18 - 15 = 3 (was 2), delta 1; the other buckets keep their amounts. A bucket changed,
+    so the period is settled again from its start by buckets, refunds first, then by product id (README "Changing
+    prices safely"): e1's hour as blk 3, img 6, seat 7, tok 10: g1 pays blk, img, seat and 4 of tok (20 -> 0), g2
+    tok's other 6; e3's hour tok 3 from g2 (drawn 9). No overage, 0.00 due, subtotal 29; revenue recognised from
+    credits 20 x 0.5 + 9 x 0.1 = 10.9, deferred 0.1 (g2's 1 left). SimulateVersion of version 2 from e3's hour says
+    delta 1 beforehand (charges only: how the draws move is not simulated)."""
+    c, card = "ag5b", "agc5b"
+    with server.client() as client:
+        hour_ms = drawn_in_event_order(client, c, card)
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, based_on_version=1, upsert_rates=rates("3"))
+        )
+        assert simulated_delta(client, c, card, hour_ms + 5 * HOUR_MS) == "1"
+        published = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=card, version=2, effective_from=stamp(hour_ms + 5 * HOUR_MS))
+        )
+        assert (plain(published.rerated_amount_delta), published.customers_rerated) == ("1", 1), published
+        assert last_month_reads(client, c) == (
+            {
+                "blk": ("6000", "3", "3", "0"),
+                "img": ("2", "6", "6", "0"),
+                "seat": ("3", "7", "7", "0"),
+                "tok;model=x": ("6000", "13", "13", "0"),
+            },
+            ("29", "0", "0.00"),
+            {f"{c}.g1": "20", f"{c}.g2": "9"},
+            ("10.9", "0", "0.1"),
+        )
 
 
 def test_a_hold_outstanding_when_its_period_closes_is_settled_in_the_next_period_and_every_read_agrees(

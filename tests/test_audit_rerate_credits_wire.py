@@ -533,7 +533,9 @@ def test_a_grant_starting_inside_an_hour_is_judged_at_that_hours_start_when_rera
     """docs/architecture.md: settled again, grants are judged usable at the bucket's hour start (a grant starting
     inside an hour is taken as of that hour's start). 5 free credits starting at 01:15 on January 1; an event of
     2 units at 01:30 draws 2 of them when rated (usable at its time). A version with the same prices published
-    from January 1 settles the hour 01:00 again: the grant had not started at 01:00, so the 2 are overage."""
+    from January 1 changes no bucket's amount, so nothing is settled again: 2 drawn, as rated. u at 2 from January
+    1 makes the bucket 4 and settles the hour 01:00 again: the grant had not started at 01:00, so the 4 are
+    overage (4.00 due at 1)."""
     with start_server(server_factory, "mid-hour") as client:
         catalogue(client)
         customer(client, "m", "1")
@@ -541,7 +543,10 @@ def test_a_grant_starting_inside_an_hour_is_judged_at_that_hours_start_when_rera
         ingest(client, "m", [("u", 2, JAN + HOUR_MS + 30 * 60_000)], "jan")
         assert january(client, "m") == ("2", {"late": "2"}, "0", "0.00", "0.00", "0.00")
         assert rerated(publish(client, draft(client, "1", "1"))) == (1, 1, 1, "0")
-        assert january(client, "m") == ("2", {}, "2", "2.00", "0.00", "2.00")
+        assert january(client, "m") == ("2", {"late": "2"}, "0", "0.00", "0.00", "0.00")
+        assert grants(client, "m") == {"late": ("2", "3", "0")}
+        assert rerated(publish(client, draft(client, "2", "1"))) == (1, 1, 1, "2")
+        assert january(client, "m") == ("4", {}, "4", "4.00", "0.00", "4.00")
         assert grants(client, "m") == {"late": ("0", "5", "0")}
 
 
@@ -700,9 +705,10 @@ def test_a_rollover_grants_draws_are_settled_again_at_its_cost_basis_and_rolled_
 def test_a_grant_made_after_usage_was_rated_pays_it_once_its_hours_are_re_rated(server_factory: ServerFactory) -> None:
     """3 units on January 1 with no credit: 3 overage. Then 5 free credits, starts_at defaulting to the contract's
     start (GrantCredits: "so it also pays for that contract's late usage"): usage already rated is not settled
-    again by the grant (still 3 overage). A version with the same prices from January 1 settles January again as
-    rating on time with the final timeline would have (docs/architecture.md): the grant, usable since January 1,
-    pays the 3."""
+    again by the grant (still 3 overage). A version with the same prices from January 1 changes no bucket's
+    amount, so nothing is settled again (still 3 overage). u at 2 from January 1 makes the bucket 6 and settles
+    January again as rating on time with the final timeline would have (docs/architecture.md): the grant, usable
+    since January 1, pays 5 of the 6, 1 is overage."""
     with start_server(server_factory, "late-grant") as client:
         catalogue(client)
         customer(client, "l", "1")
@@ -710,5 +716,8 @@ def test_a_grant_made_after_usage_was_rated_pays_it_once_its_hours_are_re_rated(
         grant(client, "l", "late", "5", "0")
         assert january(client, "l") == ("3", {}, "3", "3.00", "0.00", "3.00")
         assert rerated(publish(client, draft(client, "1", "1"))) == (1, 1, 1, "0")
-        assert january(client, "l") == ("3", {"late": "3"}, "0", "0.00", "0.00", "0.00")
-        assert grants(client, "l") == {"late": ("3", "2", "0")}
+        assert january(client, "l") == ("3", {}, "3", "3.00", "0.00", "3.00")
+        assert grants(client, "l") == {"late": ("0", "5", "0")}
+        assert rerated(publish(client, draft(client, "2", "1"))) == (1, 1, 1, "3")
+        assert january(client, "l") == ("6", {"late": "5"}, "1", "1.00", "0.00", "1.00")
+        assert grants(client, "l") == {"late": ("5", "0", "0")}

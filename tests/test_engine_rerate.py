@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from typing import TypeVar
 
 import msgspec
 import pytest
@@ -585,5 +586,111 @@ def test_rerate_holds_off_final_grants_is_the_servers_in_neither_audit_entry_nor
         "holds_off_final_grants",
         cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS),
         cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS, rerate_holds_off_final_grants=True),
+        held_machine(),
+    )
+
+
+def product_order_machine() -> Billing:
+    """`calls` (event type `ai`, value `n`) and `zz` (event type `zz`, value `m`), each 1 a unit, no pricing dimensions. Grants: `g1` 5 credits for
+    every product (priority 1), `g2` 5 for `zz` only (priority 2). In the first hour, on time: zz 5 at 00:01 drawn
+    from g1 (5 -> 0), then calls 5 at 00:02, which g2 cannot pay: 5 overage. Settled again by buckets (product id
+    order: calls, then zz), g1 would pay calls and g2 zz: no overage."""
+    world = calls_world()
+    world.product("zz", event_type="zz", value_key="m", dimensions=())
+    world.version([rate("calls", unit("1")), rate("zz", unit("1"))])
+    world.contract()
+    world.grant("g1", "5", priority=1)
+    world.grant("g2", "5", priority=2, products=("zz",))
+    billing = Billing(engine=world.engine)
+    for transaction_id, at_ms, event_type, values in (
+        ("z", EPOCH_MS + 60_000, "zz", {"m": 5.0}),
+        ("c", EPOCH_MS + 120_000, "ai", {"n": 5.0}),
+    ):
+        event = usage_event(transaction_id, at_ms, values, event_type=event_type)
+        assert billing.ingest(usage_pb2.UsageBatch(events=[event]).SerializeToString(), RECEIVED_MS).accepted == 1
+    return billing
+
+
+def every_server_rerate_rule(keeps_unchanged_draws: bool) -> dict[str, bool]:
+    """The re-rating rules the server sets on a publish (server/services/pricing.py), the newest as given."""
+    rules = (
+        "split_hours_refused",
+        "rerate_in_contract",
+        "rerate_holds_in_time",
+        "rerate_top_ups_in_time",
+        "override_hours_refused",
+        "rerate_carries_earlier_hours",
+        "rerate_counts_closed_events_once",
+        "rerate_breaks_rolled_credit",
+        "rerate_holds_off_final_grants",
+    )
+    return {**dict.fromkeys(rules, True), "rerate_keeps_unchanged_draws": keeps_unchanged_draws}
+
+
+Publish = TypeVar("Publish", cmd.PublishVersion, cmd.RollbackRateCard)
+
+
+def stored_before_keeps_unchanged_draws(command: Publish) -> Publish:
+    """`command` as an earlier release stored it: written without rerate_keeps_unchanged_draws, read back."""
+    fields = msgspec.msgpack.decode(msgspec.msgpack.encode(command))
+    del fields["rerate_keeps_unchanged_draws"]
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=type(command))
+
+
+def test_the_servers_same_price_publish_keeps_the_draws_as_rated_and_an_older_record_settles_by_buckets() -> None:
+    """rerate_keeps_unchanged_draws (the server's): a version with the same prices from the first hour changes no
+    bucket's amount, so the draws stay as rated: overage 5, g2's 5 left. A publish (or rollback) record of an earlier
+    release, without the field, replays as then, settling the hour by its buckets: g1 pays calls, g2 zz, no
+    overage, nothing left. Either way
+    the customer counts as re-rated (its buckets now cite the new version) and the delta is 0."""
+    for keeps, overage, remaining in ((True, 5, 5), (False, 0, 0)):
+        billing = product_order_machine()
+        balance = billing.balance("acme", RECEIVED_MS)
+        assert (balance.period_charges, balance.overage, balance.remaining) == (10 * 10**12, 5 * 10**12, 5 * 10**12)
+        number = draft(billing, (rate("calls", unit("1")), rate("zz", unit("1"))))
+        rules = every_server_rerate_rule(keeps)
+        command = msgspec.structs.replace(cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS), **rules)
+        published = billing.apply(
+            command if keeps else stored_before_keeps_unchanged_draws(command), billing.last_seq + 1
+        )
+        assert isinstance(published, PublishResult)
+        assert (published.customers_rerated, published.rerated_amount_delta_picos) == (1, 0), published
+        balance = billing.balance("acme", RECEIVED_MS)
+        assert (balance.period_charges, balance.overage, balance.remaining) == (
+            10 * 10**12,
+            overage * 10**12,
+            remaining * 10**12,
+        ), keeps
+        rollback = msgspec.structs.replace(cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS), **rules)
+        billing.apply(rollback if keeps else stored_before_keeps_unchanged_draws(rollback), billing.last_seq + 1)
+        balance = billing.balance("acme", RECEIVED_MS)
+        assert (balance.overage, balance.remaining) == (overage * 10**12, remaining * 10**12), keeps
+
+
+def test_the_servers_publish_changing_one_bucket_still_settles_the_period_by_buckets() -> None:
+    """A version pricing `zz` at 1 and `calls` at 1 from the first hour, but `zz` at 0.8: zz's bucket changes (5 ->
+    4), so the period is settled again by buckets: calls 5 from g1 (5 -> 0), zz 4 from g2 (5 -> 1), no overage."""
+    billing = product_order_machine()
+    number = draft(billing, (rate("calls", unit("1")), rate("zz", unit("0.8"))))
+    asked = cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", number, EPOCH_MS)
+    command = msgspec.structs.replace(asked, **every_server_rerate_rule(True))
+    published = billing.apply(command, billing.last_seq + 1)
+    assert isinstance(published, PublishResult)
+    assert (published.customers_rerated, published.rerated_amount_delta_picos) == (1, -(10**12)), published
+    balance = billing.balance("acme", RECEIVED_MS)
+    assert (balance.period_charges, balance.overage, balance.remaining) == (9 * 10**12, 0, 10**12)
+
+
+def test_rerate_keeps_unchanged_draws_is_the_servers_in_neither_audit_entry_nor_fingerprint_and_old_snapshots_lack_it() -> (
+    None
+):
+    """As rerate_holds_in_time: a record of an earlier release reads False (its re-rating settled by buckets), no
+    audit entry holds it, a retry's fingerprint ignores it; a pending re-rating of an earlier release's snapshot
+    reads unchanged_draws_kept False."""
+    assert_a_server_set_rerate_rule(
+        "rerate_keeps_unchanged_draws",
+        "unchanged_draws_kept",
+        cmd.PublishVersion(RECEIVED_MS, ACTOR, "card", 2, EPOCH_MS),
+        cmd.RollbackRateCard(RECEIVED_MS, ACTOR, "card", 1, EPOCH_MS, rerate_keeps_unchanged_draws=True),
         held_machine(),
     )

@@ -66,6 +66,7 @@ class _PublishRerateFlags(TypedDict):
     rerate_counts_closed_events_once: bool
     rerate_breaks_rolled_credit: bool
     rerate_holds_off_final_grants: bool
+    rerate_keeps_unchanged_draws: bool
 
 
 # Every publish and rollback this server takes sets them all.
@@ -79,6 +80,7 @@ _PUBLISH_RERATE_FLAGS: Final[_PublishRerateFlags] = {
     "rerate_counts_closed_events_once": True,
     "rerate_breaks_rolled_credit": True,
     "rerate_holds_off_final_grants": True,
+    "rerate_keeps_unchanged_draws": True,
 }
 
 

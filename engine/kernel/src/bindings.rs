@@ -604,11 +604,15 @@ impl Kernel {
     /// `holds_final_at_ms` (the publish's time, under its rerate_holds_off_final_grants): a hold taken again
     /// takes from a grant that has rolled over, or expired by then, no more than it held there, and takes back
     /// its share on the ROLLOVER grant (rerate.rs `retake_hold`); None (publishes journaled before): as then.
+    /// `unchanged_draws_kept` (the publish's rerate_keeps_unchanged_draws): a customer none of whose buckets
+    /// changes amount keeps its draws as rated, not settled again (rerate.rs `rerate_customer`); without it
+    /// (publishes journaled before) it is settled again by buckets, as then.
     /// ValueError: a customer that cannot be re-rated (those before it were); check first.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         customers, rate_card_id, from_hour, seq, in_contract, holds_in_time, top_ups_in_time,
-        earlier_hours_carried, closed_events_once, rolled_credit_breaks = false, holds_final_at_ms = None
+        earlier_hours_carried, closed_events_once, rolled_credit_breaks = false, holds_final_at_ms = None,
+        unchanged_draws_kept = false
     ))]
     fn rerate<'py>(
         &self,
@@ -624,12 +628,14 @@ impl Kernel {
         closed_events_once: bool,
         rolled_credit_breaks: bool,
         holds_final_at_ms: Option<i64>,
+        unchanged_draws_kept: bool,
     ) -> PyResult<(u64, u64, u64, Bound<'py, PyAny>, u64, u64, Bound<'py, PyAny>, Vec<String>)> {
         let (done, changed) = py
             .detach(|| {
                 self.change(|kernel| {
                     kernel.returned_rolled_credit_breaks = rolled_credit_breaks;
                     kernel.rerate_holds_final_at_ms = holds_final_at_ms;
+                    kernel.rerate_keeps_unchanged_draws = unchanged_draws_kept;
                     let mut done = crate::rerate::Rerated::default();
                     let mut changed = Vec::new();
                     for customer in &customers {

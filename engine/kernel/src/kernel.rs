@@ -362,6 +362,12 @@ pub struct Kernel {
     /// publish's record says (None for records of earlier releases, whose holds were taken again from the
     /// grants usable when made, a rolled or expired one included, the ROLLOVER grant not). Not state.
     pub rerate_holds_final_at_ms: Option<i64>,
+    /// Whether a re-rating leaves a customer's draws, holds, top-ups and overage exactly as rated when
+    /// it changes no bucket's amount of the customer's (`rerate_customer`: its buckets may only change
+    /// version), rather than settling its open periods again by buckets (`resettle`), which can move
+    /// draws although nothing is charged differently: set by the caller for each re-rating, as its
+    /// publish's record says (false for records of earlier releases, which settled again). Not state.
+    pub rerate_keeps_unchanged_draws: bool,
     /// Whether an event whose reservation_id is over TEXT_BYTES_MAX (no hold has one) is
     /// INVALID_EVENT rather than rated: set by the caller for each batch, as its journal record says
     /// (false for records of earlier releases, which rated such an event). Not state.

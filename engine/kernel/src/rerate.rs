@@ -16,7 +16,8 @@
 //! Re-rating writes each changed bucket's new amount under the version now in force, an
 //! adjustment entry citing the old and new versions, and settles each aggregate's difference
 //! against grants (draw.rs): refunds first (overage first, then credits in reverse burn order),
-//! then charges in burn order, the rest overage. Closed periods are never touched; they are
+//! then charges in burn order, the rest overage (a customer none of whose buckets changes its
+//! amount keeps its draws as rated: `rerate_customer`). Closed periods are never touched; they are
 //! counted as left alone.
 
 use ethnum::I256;
@@ -221,7 +222,10 @@ impl Kernel {
     /// as the publish's record says), credit settling again gives back to a grant that has rolled over
     /// already (a cut of the period it rolled over at) breaks at once, in that period, at the latest
     /// AdvanceClock's time, the rollover being final; without it (publishes journaled before) it stays
-    /// in the grant, usable by nothing.
+    /// in the grant, usable by nothing. With `rerate_keeps_unchanged_draws` (likewise), a customer none
+    /// of whose buckets changes its amount (only versions) is counted as re-rated and its buckets and
+    /// adjustments written, but it is not settled again: its draws, holds, top-ups and overage stay as
+    /// rated (`resettle` would settle its hours by buckets, not by the events that drew them).
     #[allow(clippy::too_many_arguments)]
     pub fn rerate_customer(
         &mut self,
@@ -253,8 +257,13 @@ impl Kernel {
         // Aggregates come sorted by period: the first changed one names the earliest period touched.
         if let Some(first_period) = first_period {
             done.customers = 1;
-            // Settling again from scratch may move draws even when no amount changed (grants are judged
-            // usable at an hour's start): compare what a balance shows.
+            // No amount changed (only versions): settling again by buckets could only move draws the
+            // events made, which the same charges leave as they are.
+            if self.rerate_keeps_unchanged_draws && done.amounts_changed == 0 {
+                return Ok(done);
+            }
+            // Settling again from scratch may move draws beyond the changed amounts (buckets settle in
+            // product order, grants are judged usable at an hour's start): compare what a balance shows.
             let balances = |a: &Account| (a.grants.iter().map(|g| g.remaining).collect::<Vec<_>>(), a.periods.clone());
             let before = balances(account);
             let in_time = InTime {
@@ -826,7 +835,11 @@ impl Repriced {
 /// Earlier periods keep their draws, so the result is what rating on time would have drawn, hour by
 /// hour: a bucket is not an event, so when an hour's events drew in another order (one product
 /// using up a grant before another product's later event, a refund after charges), which grant
-/// pays which aggregate may move, and with it the overage, even under the same prices.
+/// pays which aggregate may move, and with it the overage, also for aggregates whose charges did
+/// not change. So `rerate_customer` (under `rerate_keeps_unchanged_draws`, the server's publishes)
+/// calls it only for a customer with at least one bucket whose amount changed: a customer whose
+/// buckets only changed version keeps its draws exactly as rated. Publishes journaled before it
+/// settle every re-rated customer again, as then.
 ///
 /// With `in_time.holds`, open holds take their place in that walk too: their credit is given back
 /// first, and each is taken again (`retake_hold`) before the buckets of the hour it was made in and

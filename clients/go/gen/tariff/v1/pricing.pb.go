@@ -1914,17 +1914,25 @@ type PublishVersionRequest struct {
 	// and the customer's draws on grants and overage in those periods are
 	// settled again
 	// (refunds give back overage first, then credits in reverse burn order).
-	// Settled again, a grant is judged usable as of each bucket's hour start,
-	// and every hour of those periods (before effective_from too) is settled
-	// by its buckets, not its events: its refunds first, then by product id
-	// and dimension values. Where that is not the order the hour's events drew
-	// in (a product that used up a grant before another product's later event;
-	// a refund after charges), which grant pays which line, and with it the
-	// overage and the recognised revenue, may differ from what was drawn on
-	// time, even under the same prices: with g1 (any product) holding 20 and g2
-	// (product b only) 10, an event charging b 20 then, that hour, one charging
-	// a 6 are 6 of overage on time; settled again a's 6 and 14 of b come from
-	// g1, b's other 6 from g2, and nothing is overage;
+	// A customer none of whose buckets changes its amount (the same prices:
+	// its buckets only change version, their adjustment entries citing equal
+	// old and new amounts) is not settled again: its draws, holds, top-ups,
+	// overage and recognised revenue stay exactly as rated (it still counts in
+	// customers_rerated). A customer with at least one bucket whose amount
+	// changed is settled again: a grant is judged usable as of each bucket's
+	// hour start, and every hour of its open periods from the earliest one
+	// re-rated (before effective_from too) is settled by its buckets, not its
+	// events: its refunds first, then by product id and dimension values.
+	// Where that is not the order the hour's events drew in (a product that
+	// used up a grant before another product's later event; a refund after
+	// charges), which grant pays which line, and with it the overage and the
+	// recognised revenue, may differ from what was drawn on time, also for
+	// lines whose charges did not change: with g1 (any product) holding 20 and
+	// g2 (product b only) 10, an event charging b 20 then, that hour, one
+	// charging a 6 are 6 of overage on time; settled again (a publish changing
+	// any bucket's amount of that period) a's 6 and 14 of b come from g1, b's
+	// other 6 from g2, and nothing is overage (a same-price publish leaves the
+	// 6 of overage);
 	// breakage already recorded stays final (a rise draws none of an expired
 	// grant's broken credit, the rest is overage; credit a cut gives back to
 	// it breaks too, in the period of its expiry); no top-up is bought or given
@@ -2037,7 +2045,9 @@ type PublishVersionResponse struct {
 	// of its products had re-rated).
 	EventsRerated uint64            `protobuf:"varint,2,opt,name=events_rerated,json=eventsRerated,proto3" json:"events_rerated,omitempty"`
 	Validation    *ValidationReport `protobuf:"bytes,3,opt,name=validation,proto3" json:"validation,omitempty"`
-	// Customers and hour buckets whose charge or pricing version re-rating changed.
+	// Customers and hour buckets whose charge or pricing version re-rating
+	// changed: a customer whose buckets only changed version counts, though its
+	// draws were left as rated.
 	CustomersRerated uint64 `protobuf:"varint,4,opt,name=customers_rerated,json=customersRerated,proto3" json:"customers_rerated,omitempty"`
 	BucketsRerated   uint64 `protobuf:"varint,5,opt,name=buckets_rerated,json=bucketsRerated,proto3" json:"buckets_rerated,omitempty"`
 	// The net change of the re-rated charges, a decimal in the rate card's
