@@ -6,10 +6,11 @@ writer (which records the due AdvanceClock first): the reads below are made in i
 journal sequence number (`as_of_seq`) shows the clock recorded nothing meanwhile.
 
 README's example ("Held credit at a rollover"): grant R of 100 credits (paid 100 USD) with fraction 0.5, 40 drawn,
-holds `r1` of 20 and `r2` of 6 open at the period's end. At the end 0.5 x (40 left + 26 held) = 33? No: the grant
-has 100 - 40 = 60 left, of which 26 held, so 0.5 x 60 = 30 roll over into `rollover-R-<end ms>` (30 remaining,
-13 held: 10 for r1, 3 for r2; 17 available) and 30 break; R shows 70 drawn (40 used + 30 rolled), 30 expired,
-0 remaining, 0 held. Product `unit` costs 1 credit per 1000 units; the contract is BLOCK."""
+holds `r1` of 20 and `r2` of 6 open at the period's end. R has 100 - 40 = 60 left, 26 of them held: 0.5 x 60 = 30
+roll over into `rollover-R-<end ms>` (30 remaining, 13 held: 10 for r1, 3 for r2; 17 available) and 30 break; R
+shows 70 drawn (40 used + 30 rolled), 30 expired, 0 remaining, 0 held. Revenue at 1 USD a credit: sold 100,
+recognised 40, breakage 30, deferred 30 (the rolled credit). Product `unit` costs 1 credit per 1000 units; the
+contract is BLOCK."""
 
 from __future__ import annotations
 
@@ -119,6 +120,17 @@ def authorize(client: TariffClient, customer_id: str, credits: int) -> tuple[boo
     return answer.allowed, answer.reason, answer.credits_available
 
 
+def revenue(client: TariffClient, customer_id: str, start_ms: int) -> tuple[str, str, str, str]:
+    """(sold, recognised, breakage, deferred at the end) in USD over the customer's first two periods."""
+    report = client.invoices.GetRevenueReport(
+        invoices_pb2.GetRevenueReportRequest(
+            customer_id=customer_id, period_start=ts(start_ms), period_end=ts(now_ms() + 86_400_000)
+        )
+    )
+    r = report.reconciliation
+    return r.prepaid_sold, r.recognized_credits, r.breakage, r.deferred_end
+
+
 def test_reads_between_a_period_end_and_the_clocks_record_answer_the_rolled_over_balance(
     server: ServerProcess,
 ) -> None:
@@ -145,6 +157,7 @@ def test_reads_between_a_period_end_and_the_clocks_record_answer_the_rolled_over
             invoices_pb2.PreviewInvoiceRequest(customer_id="win", period_start=ts(start_ms))
         )
         assert [(g.grant_id, g.drawn, g.remaining, g.expired) for g in draft.grant_balances] == [("R", "70", "0", "30")]
+        assert revenue(client, "win", start_ms) == ("100", "40", "30", "30")
         assert client.get_balance("win").as_of_seq == seq_before
 
         # A change goes through the writer, which records the rollover first: the reads answer the same.
@@ -157,3 +170,4 @@ def test_reads_between_a_period_end_and_the_clocks_record_answer_the_rolled_over
         assert lines(after) == expected
         assert (after.credits_remaining, after.credits_held, after.credits_available) == ("30", "13", "17")
         assert authorize(client, "win", 17) == (True, "OK", "17")
+        assert revenue(client, "win", start_ms) == ("100", "40", "30", "30")
