@@ -2,7 +2,7 @@
 
 import mmap
 from collections.abc import Callable, Sequence
-from typing import Literal, TypedDict, final
+from typing import Literal, NotRequired, TypedDict, final
 
 class Balance(TypedDict):
     remaining: int  # credits usable now
@@ -13,6 +13,12 @@ class Balance(TypedDict):
     overage_due_e30: int  # overage x overage price, exactly, in 10^-30 of the currency
     held: int  # held by open reservations (not in `remaining`)
     grants_held: list[int]  # per grant of `grants`, in the same order: held by open reservations
+    # balance(projected=True) only: the grants the kernel made, as made_grants lists them, of the same account
+    made: NotRequired[list[MadeGrant]]
+
+# made_grants' rows: (grant_id, kind, amount_picos, priority, starts_at_ms, expires_at_ms, cost_e30, rolled_from,
+# made_at_ms).
+MadeGrant = tuple[str, Literal["TOP_UP", "ROLLOVER"], int, int, int, int | None, int, str, int]
 
 # What drain_notices() returns, oldest first: (kind, customer_id, details).
 # kind "TOP_UP_EXECUTED": details {grant_id: str, credits_picos: int, period_start_ms: int (the billing period the
@@ -73,7 +79,10 @@ class Kernel:
         values: list[tuple[str, float]],
         now_ms: int,
     ) -> tuple[bool, str, str, int, int]: ...
-    def balance(self, customer_id: str, now_ms: int) -> Balance | None: ...
+    def balance(self, customer_id: str, now_ms: int, projected: bool = False) -> Balance | None:
+        """`projected` (reads: GetBalance, WatchBalance): the account as the clock's AdvanceClock at now_ms will leave
+        it when something of it fell due after the clock's last one (holds expired, grants rolled over or expired),
+        with `made`; without, the kernel's own state (what journaled changes read)."""
     def usage(
         self, customer_id: str
     ) -> (
@@ -189,6 +198,11 @@ class Kernel:
         """Grants the kernel made: [(grant_id, kind, amount_picos, priority, starts_at_ms, expires_at_ms, cost_e30,
         rolled_from, made_at_ms)]: a TOP_UP's cost (rolled_from ""), or the grant a ROLLOVER came from (cost 0:
         its cost basis is that grant's)."""
+    def credits_read(
+        self, customer_id: str, now_ms: int
+    ) -> tuple[list[MadeGrant], list[tuple[str, str, int, int, int]]]:
+        """(made_grants, breakage) of one customer as a read at now_ms sees them: the rollovers and expiries due by
+        then that the clock has not recorded yet included, as its AdvanceClock will record them."""
     def breakage(self, customer_id: str | None) -> list[tuple[str, str, int, int, int]]:
         """[(customer_id, grant_id, period_start_ms, breakage_picos, at_ms)]: what expired grants still held when
         an AdvanceClock found them expired, recorded at that command's time; period_start_ms is the billing

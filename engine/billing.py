@@ -775,15 +775,19 @@ class Billing:
         # Read before the kernel: a batch rated meanwhile on the writer's thread may raise it, so the view
         # holds at least the records up to as_of_seq.
         as_of_seq = self.last_seq
-        view = self.kernel.balance(customer.id, now_ms)
+        # Projected: as the clock's AdvanceClock at now_ms will leave it, when something fell due since its last one
+        # (a period's end rolling a grant over, a grant's expiry, a hold's TTL), so that a balance read before the
+        # clock records it is consistent, its grants summing to its totals, and is what usage received now finds.
+        view = self.kernel.balance(customer.id, now_ms, projected=True)
         if view is None:
             raise NotFound(f"customer {customer_id!r} not found")
         grants = {g.id: g for g in self.engine.state.accounts[customer.id].grants}
         contract = self._contract_for_balance(customer.id, now_ms)
         rolled_out: dict[str, int] = {}
         if len(grants) < len(view["grants"]):  # the kernel bought top-ups or rolled grants over
-            grants.update(credits.made_grants(self, customer.id, contract.id if contract else ""))
-            rolled_out = credits.rolled_out(self, customer.id)
+            made = view.get("made")
+            grants.update(credits.made_grants(self, customer.id, contract.id if contract else "", made))
+            rolled_out = credits.rolled_out(self, customer.id, made)
         views = []
         for (grant_id, _amount, remaining, expired, drawn), held in zip(
             view["grants"], view["grants_held"], strict=True

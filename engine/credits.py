@@ -22,6 +22,7 @@ from engine.ledger import Grant, GrantKind
 from engine.money import DECIMAL_CONTEXT, parse_decimal
 
 if TYPE_CHECKING:
+    from engine._kernel import MadeGrant
     from engine.billing import Billing
 
 PICOS_PLACES = 12
@@ -272,13 +273,16 @@ def top_up_policy(billing: Billing, customer_id: str) -> TopUp | None:
     return _top_up_of(policy, billing.engine.state.top_up_currencies.get(customer_id, ""))
 
 
-def made_grants(billing: Billing, customer_id: str, contract_id: str) -> dict[str, Grant]:
+def made_grants(
+    billing: Billing, customer_id: str, contract_id: str, rows: list[MadeGrant] | None = None
+) -> dict[str, Grant]:
     """The grants the kernel made for the customer, as the control plane's records would show them: TOP_UP with
     paid_amount = credits x price_per_credit, exactly; ROLLOVER with the cost basis of the grant it rolled from
-    (paid_amount = credits x its paid_amount / its amount, to 60 significant digits)."""
+    (paid_amount = credits x its paid_amount / its amount, to 60 significant digits). `rows`: the kernel's rows
+    to read (a projected balance's `made`), else its made_grants now."""
     origins = {g.id: g for g in billing.engine.state.accounts[customer_id].grants}
     grants: dict[str, Grant] = {}
-    for row in billing.kernel.made_grants(customer_id):
+    for row in rows if rows is not None else billing.kernel.made_grants(customer_id):
         grant_id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30, rolled_from, made_at_ms = row
         applicable: tuple[str, ...] = ()
         if kind == "TOP_UP":
@@ -305,10 +309,12 @@ def made_grants(billing: Billing, customer_id: str, contract_id: str) -> dict[st
     return grants
 
 
-def rolled_out(billing: Billing, customer_id: str) -> dict[str, int]:
-    """Picos each of the customer's grants moved into ROLLOVER grants at its period's end (kernel-made grants)."""
+def rolled_out(billing: Billing, customer_id: str, rows: list[MadeGrant] | None = None) -> dict[str, int]:
+    """Picos each of the customer's grants moved into ROLLOVER grants at its period's end (kernel-made grants;
+    `rows` as for made_grants)."""
     moved: dict[str, int] = {}
-    for grant_id, kind, amount, *_, rolled_from, _made_at_ms in billing.kernel.made_grants(customer_id):
+    made = rows if rows is not None else billing.kernel.made_grants(customer_id)
+    for grant_id, kind, amount, *_, rolled_from, _made_at_ms in made:
         if kind == "ROLLOVER":
             assert rolled_from, f"ROLLOVER grant {grant_id!r} names the grant it rolled from"
             moved[rolled_from] = moved.get(rolled_from, 0) + amount

@@ -41,7 +41,7 @@ from tariff.v1 import (
 from engine.billing import Billing, RatingChanged
 from server import heap, oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
-from server.clock import drive_clock
+from server.clock import CLOCK_LOOK_EVERY_S, drive_clock
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests, send_limit
@@ -100,6 +100,7 @@ class ServeConfig:
     log_level: str = "info"  # debug | info | warning | error
     activity_every_s: float = oplog.ACTIVITY_EVERY_S_DEFAULT
     loop_stall_sample_s: float = 0.0  # 0: no event-loop stall sampling
+    clock_look_every_s: float = CLOCK_LOOK_EVERY_S  # how often the clock driver looks for due work
     close_grace_ms: int | None = CLOSE_GRACE_MS_DEFAULT  # how long after its end a period closes; None: never
     explain_index: bool = True  # keep the ExplainLineItem index (<data dir>/explain)
     reservation_ttl_max_s: float = 3600.0  # the longest reservation_ttl an Authorize may ask
@@ -418,7 +419,8 @@ def _log_keys(config: ServeConfig, keyring: Keyring, tls: bool) -> None:
 
 def _start_drivers(config: ServeConfig, billing: Billing, sequencer: Sequencer) -> list[asyncio.Task[None]]:
     """The tasks that submit commands on their own: the period closer (unless turned off) and the clock."""
-    drivers = [asyncio.create_task(drive_clock(billing, sequencer))]  # reservation and grant expiry, journaled
+    # Reservation and grant expiry and rollovers, journaled.
+    drivers = [asyncio.create_task(drive_clock(billing, sequencer, every_s=config.clock_look_every_s))]
     grace_ms = config.close_grace_ms
     if grace_ms is not None:
         drivers.append(asyncio.create_task(close_due_periods(billing, sequencer, grace_ms, wall_ms)))

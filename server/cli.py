@@ -204,6 +204,13 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
     help="sample the event loop's longest stall every this many ms, reported in the activity line",
 )
 @click.option(
+    "--clock-look-every-ms",
+    type=click.IntRange(min=1),
+    default=50,
+    help="how often the clock driver looks for due work (holds' TTLs, grants' expiries, rollovers) to journal; "
+    "reads answer as if it were recorded the instant it is due, and the writer records it before any change",
+)
+@click.option(
     "--close-grace",
     default="24h",
     help="how long after a billing period ends it is closed by itself (its invoice made final), e.g. 24h, 30m, 0s; "
@@ -247,6 +254,7 @@ def serve(
     log_level: str,
     log_activity_every_s: float,
     loop_stall_sample_ms: float,
+    clock_look_every_ms: int,
     close_grace: str,
     explain_index: bool,
     reservation_ttl_max_s: float,
@@ -286,6 +294,7 @@ def serve(
         log_level=log_level.lower(),
         activity_every_s=log_activity_every_s,
         loop_stall_sample_s=loop_stall_sample_ms / 1000,
+        clock_look_every_s=clock_look_every_ms / 1000,
         close_grace_ms=close_grace_ms,
         explain_index=explain_index,
         reservation_ttl_max_s=reservation_ttl_max_s,

@@ -57,10 +57,14 @@ def test_usage_dated_after_the_rollover_is_overage_and_the_whole_remainder_rolls
     billing = ledger.billing
     assert grant_rows(billing, BEFORE_MS)["R"] == (10, 0, 0)
     assert overage(billing, LATE_MS) == 4
-    # Authorize at an instant past the period's end, before the clock has rolled R over: R does not pay it.
+    # Authorize at an instant past the period's end, before the clock has rolled R over: R does not pay it, the
+    # ROLLOVER grant the clock will make of it (5) does, as usage received then would find it (the writer records
+    # the rollover first); the kernel's own state, which journaled changes read, still has R unrolled.
     decision = billing.kernel.authorize("acme", "ai", [], [("tokens", 4.0)], LATE_MS)
-    assert decision[:2] == (True, "OVERAGE_ALLOWED")
+    assert decision[:2] == (True, "OK") and decision[4] == 5 * PICOS
+    assert billing.kernel.authorize("acme", "ai", [], [("tokens", 6.0)], LATE_MS)[:2] == (True, "OVERAGE_ALLOWED")
     assert billing.kernel.balance("acme", LATE_MS)["remaining"] == 0  # type: ignore[index]
+    assert billing.kernel.balance("acme", LATE_MS, projected=True)["remaining"] == 5 * PICOS  # type: ignore[index]
     # At the same instant before the end, R's 10 pay it.
     assert billing.kernel.authorize("acme", "ai", [], [("tokens", 4.0)], BEFORE_MS)[:2] == (True, "OK")
     ledger.advance(FEB_MS + 2_000)

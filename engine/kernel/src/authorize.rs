@@ -17,7 +17,7 @@ use std::ops::Range;
 use prost::Message;
 
 use crate::batch::{dimension_entry, value_entry, Reader, LEN, VARINT};
-use crate::decode::{wire, EventView, TEXT_BYTES_MAX};
+use crate::decode::{wire, with_view, EventView, TEXT_BYTES_MAX};
 use crate::kernel::{is_id, no_such_customer, Kernel};
 use crate::money::{Picos, PICOS_PER_UNIT};
 
@@ -117,7 +117,7 @@ pub fn answer(kernel: &Kernel, mut request: wire::AuthorizeRequest, now_ms: i64)
         return response(request.request_id, false, "INVALID_REQUEST", message, 0, 0);
     }
     let event = asked_usage(&mut request, now_ms);
-    let decision = kernel.authorize(&event, now_ms);
+    let decision = with_view(&event, |view| kernel.authorize_read(view, now_ms));
     response(request.request_id, decision.allowed, decision.reason, decision.message, decision.cost, decision.available)
 }
 
@@ -245,7 +245,7 @@ pub fn answer_plain(
             values: &batch.values[request.values.clone()],
             reservation_id: "",
         };
-        let d = kernel.authorize_view(&event, now_ms);
+        let d = kernel.authorize_read(&event, now_ms);
         put_response(&mut out, request.request_id, d.allowed, d.reason, &d.message, d.cost, d.available);
     }
     Some(Ok((out, batch.requests.len())))

@@ -23,8 +23,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::authorize::{self, Refused};
-use crate::credits::{HoldTtl, Made, ReleaseRefusal, RolloverIds, RolloverWindow, Rollovers, TopUpPolicy};
-use crate::decode::wire;
+use crate::credits::{self, HoldTtl, Made, ReleaseRefusal, RolloverIds, RolloverWindow, Rollovers, TopUpPolicy};
+use crate::decode::{wire, with_view};
 use crate::holds;
 use crate::kernel::{self, BatchRefusal};
 use crate::snapshot::segment::Chunks;
@@ -321,15 +321,34 @@ impl Kernel {
             values: values.into_iter().map(|(key, value)| wire::ValueEntry { key, value }).collect(),
             reservation_id: String::new(),
         };
-        let decision = self.read()?.authorize(&event, now_ms);
+        let decision = with_view(&event, |view| self.read().map(|k| k.authorize_read(view, now_ms)))?;
         Ok((decision.allowed, decision.reason, decision.message, decision.cost, decision.available))
     }
 
-    /// The customer's balance at now_ms as a dict of ints (picos), or None for an unknown customer.
-    fn balance<'py>(&self, py: Python<'py>, customer_id: &str, now_ms: i64) -> PyResult<Option<Bound<'py, PyDict>>> {
+    /// The customer's balance at now_ms as a dict of ints (picos), or None for an unknown customer. With
+    /// `projected` (GetBalance, WatchBalance), as the clock's due work at now_ms leaves it (Kernel::account_read),
+    /// the grants the kernel made then under "made" (as `made_grants` lists them); without, the kernel's own state
+    /// (what journaled changes read: alerts).
+    #[pyo3(signature = (customer_id, now_ms, projected = false))]
+    fn balance<'py>(
+        &self,
+        py: Python<'py>,
+        customer_id: &str,
+        now_ms: i64,
+        projected: bool,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let kernel = self.read()?;
-        let Some(view) = kernel.balance(customer_id, now_ms) else { return Ok(None) };
+        let account = if projected {
+            kernel.account_read(customer_id, now_ms)
+        } else {
+            kernel.accounts.get(customer_id).map(|a| std::borrow::Cow::Borrowed(&**a))
+        };
+        let Some(account) = account else { return Ok(None) };
+        let Some(view) = kernel::Kernel::balance_of(&account, now_ms) else { return Ok(None) };
         let dict = PyDict::new(py);
+        if projected {
+            dict.set_item("made", made_rows(credits::made_grants_of(&account)))?;
+        }
         dict.set_item("remaining", view.remaining)?;
         let grants: Vec<(String, i128, i128, i128, i128)> =
             view.grants.into_iter().map(|g| (g.id, g.amount, g.remaining, g.expired, g.drawn)).collect();
@@ -338,7 +357,7 @@ impl Kernel {
         dict.set_item("period_charges", view.period_charges)?;
         dict.set_item("overage", view.overage)?;
         dict.set_item("overage_due_e30", big_int(py, view.overage_due_e30)?)?;
-        let held = kernel.held_by_grant(customer_id);
+        let held = credits::held_by_grant_of(&account);
         dict.set_item("held", held.iter().sum::<i128>())?;
         dict.set_item("grants_held", held)?;
         Ok(Some(dict))
@@ -851,17 +870,7 @@ impl Kernel {
         customer_id: &str,
     ) -> PyResult<Vec<(String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64)>> {
         let kernel = self.read()?;
-        Ok(kernel
-            .made_grants(customer_id)
-            .into_iter()
-            .map(|(g, made)| {
-                let (kind, cost_e30, from, at_ms) = match made {
-                    Made::TopUp(p) => ("TOP_UP", p.cost_e30, String::new(), p.at_ms),
-                    Made::Rollover(r) => ("ROLLOVER", 0, r.from.to_string(), r.at_ms),
-                };
-                (g.id.to_string(), kind, g.amount, g.priority, g.starts_at_ms, g.expires_at_ms, cost_e30, from, at_ms)
-            })
-            .collect())
+        Ok(made_rows(kernel.made_grants(customer_id)))
     }
 
     /// Breakage recorded: [(customer_id, grant_id, period_start_ms, breakage_picos, at_ms)], for one
@@ -881,6 +890,28 @@ impl Kernel {
             }
         }
         Ok(rows)
+    }
+
+    /// (`made_grants`, `breakage`) of one customer as a read at now_ms sees them (Kernel::account_read): with the
+    /// rollovers and expiries due by then and not recorded yet as the clock's AdvanceClock will record them (the
+    /// revenue report's, so that it counts them as GetBalance shows them). Empty for an unknown customer.
+    #[allow(clippy::type_complexity)]
+    fn credits_read(
+        &self,
+        customer_id: &str,
+        now_ms: i64,
+    ) -> PyResult<(
+        Vec<(String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64)>,
+        Vec<(String, String, i64, i128, i64)>,
+    )> {
+        let kernel = self.read()?;
+        let Some(account) = kernel.account_read(customer_id, now_ms) else { return Ok((Vec::new(), Vec::new())) };
+        let broken = account.credits.as_deref().map_or(&[][..], |c| &c.breakage);
+        let breakage = broken
+            .iter()
+            .map(|b| (customer_id.to_owned(), b.grant_id.to_string(), b.period_start_ms, b.credits, b.at_ms))
+            .collect();
+        Ok((made_rows(credits::made_grants_of(&account)), breakage))
     }
 
     /// Open reservations of a customer: [(reservation_id, amount, held, made_at_ms, expires_at_ms)].
@@ -1329,4 +1360,20 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(explain_period_key, module)?)?;
     module.add_function(wrap_pyfunction!(explain_chunk_line, module)?)?;
     Ok(())
+}
+
+/// `made_grants`' rows.
+#[allow(clippy::type_complexity)]
+fn made_rows(
+    made: Vec<(&crate::draw::Grant, Made<'_>)>,
+) -> Vec<(String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64)> {
+    made.into_iter()
+        .map(|(g, made)| {
+            let (kind, cost_e30, from, at_ms) = match made {
+                Made::TopUp(p) => ("TOP_UP", p.cost_e30, String::new(), p.at_ms),
+                Made::Rollover(r) => ("ROLLOVER", 0, r.from.to_string(), r.at_ms),
+            };
+            (g.id.to_string(), kind, g.amount, g.priority, g.starts_at_ms, g.expires_at_ms, cost_e30, from, at_ms)
+        })
+        .collect()
 }

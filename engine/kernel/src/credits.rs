@@ -30,7 +30,7 @@ use crate::tables::GrantTable;
 /// purchase (for its period's count): a customer whose every draw buys one holds thousands of each. Derived from
 /// the grants and purchases at the account's first top-up after its grants were installed, restored or added
 /// to by a rollover (`Account::index_grants` drops it); each top-up adds its own. Not snapshotted.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct TopUpIndex {
     /// xxh3 of every grant id of the account.
     ids: rustc_hash::FxHashSet<u64>,
@@ -831,31 +831,41 @@ impl Kernel {
 
     /// Credits held by open reservations per grant, in burn order (as `balance` lists grants).
     pub fn held_by_grant(&self, customer_id: &str) -> Vec<Picos> {
-        let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
-        let extras = GrantExtras::of(account);
-        account.order.iter().map(|&g| extras.of_grant(account, g).0).collect()
+        self.accounts.get(customer_id).map_or_else(Vec::new, |a| held_by_grant_of(a))
     }
 
     pub fn account_credits(&self, customer_id: &str) -> Option<&AccountCredits> {
         self.accounts.get(customer_id).and_then(|a| a.credits.as_deref())
     }
+}
 
+/// Credits held by open reservations per grant of an account, in burn order (as `balance` lists grants).
+pub fn held_by_grant_of(account: &Account) -> Vec<Picos> {
+    let extras = GrantExtras::of(account);
+    account.order.iter().map(|&g| extras.of_grant(account, g).0).collect()
+}
+
+impl Kernel {
     /// The grants the kernel made for a customer: top-ups with their purchase, rollovers with their origin.
     /// A rollover that moved nothing made no grant: a grant that took its `to` id since is none of the kernel's.
     pub fn made_grants(&self, customer_id: &str) -> Vec<(&Grant, Made<'_>)> {
-        let Some(account) = self.accounts.get(customer_id) else { return Vec::new() };
-        let Some(credits) = account.credits.as_deref() else { return Vec::new() };
-        // By id, the first grant holding it (as a walk finds it): one lookup per made grant, not a walk of all.
-        let mut by_id: rustc_hash::FxHashMap<&str, &Grant> = rustc_hash::FxHashMap::default();
-        for grant in &account.grants {
-            by_id.entry(&*grant.id).or_insert(grant);
-        }
-        let find = |id: &str| by_id.get(id).copied();
-        let top_ups = credits.purchases.iter().filter_map(|p| find(&p.grant_id).map(|g| (g, Made::TopUp(p))));
-        let made_rollovers = credits.rolled.iter().filter(|r| r.credits > 0);
-        let rollovers = made_rollovers.filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
-        top_ups.chain(rollovers).collect()
+        self.accounts.get(customer_id).map_or_else(Vec::new, |a| made_grants_of(a))
     }
+}
+
+/// The grants the kernel made for an account (`Kernel::made_grants`).
+pub fn made_grants_of(account: &Account) -> Vec<(&Grant, Made<'_>)> {
+    let Some(credits) = account.credits.as_deref() else { return Vec::new() };
+    // By id, the first grant holding it (as a walk finds it): one lookup per made grant, not a walk of all.
+    let mut by_id: rustc_hash::FxHashMap<&str, &Grant> = rustc_hash::FxHashMap::default();
+    for grant in &account.grants {
+        by_id.entry(&*grant.id).or_insert(grant);
+    }
+    let find = |id: &str| by_id.get(id).copied();
+    let top_ups = credits.purchases.iter().filter_map(|p| find(&p.grant_id).map(|g| (g, Made::TopUp(p))));
+    let made_rollovers = credits.rolled.iter().filter(|r| r.credits > 0);
+    let rollovers = made_rollovers.filter_map(|r| find(&r.to).map(|g| (g, Made::Rollover(r))));
+    top_ups.chain(rollovers).collect()
 }
 
 /// The earliest time after `after_ms` something of the account is due.
@@ -1081,6 +1091,26 @@ pub struct Advanced {
     /// The accounts (by id, sorted) of which a grant expired or rolled over: their balances changed
     /// (a reservation's expiry comes with a notice of its own).
     pub grants_ended: Vec<Box<str>>,
+}
+
+/// The account as the clock's next AdvanceClock at `now_ms` leaves it, when something of it is due after
+/// `done_ms` (the kernel's clock: everything due by then is done) and by `now_ms`: holds whose TTL ran out
+/// expired, grants rolled over (under the rules the server's records use now) and expired. None when nothing is
+/// due. For reads only (GetBalance, Authorize without a hold), so that one answered between an instant
+/// something falls due and the moment the clock records it (the driver looks every 50 ms) answers what the
+/// clock will make of it, as usage and holds, which the writer applies after that AdvanceClock, find it.
+/// Journaled changes never read it: what they see is the kernel's own state, so replay is unaffected.
+pub(crate) fn projected(account: &Account, customer_id: &str, done_ms: i64, now_ms: i64) -> Option<Account> {
+    // The index's key (exact, O(1)): Authorize reads this on every call, and a gateway's customer may hold
+    // thousands of open holds that account_due would walk.
+    if now_ms <= done_ms || account.due.due_ms() > now_ms {
+        return None;
+    }
+    let mut copy = account.clone();
+    // Its notices and what it forgets are the clock's to record, not a read's: a throwaway clock, no forgetting.
+    let mut clock = Clock::default();
+    advance_account(&mut copy, &mut clock, customer_id, now_ms, i64::MAX / 4, Rollovers::CURRENT);
+    Some(copy)
 }
 
 /// One account's share of `advance_clock`: (reservations expired, breakage entries, next due).

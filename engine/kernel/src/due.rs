@@ -35,6 +35,14 @@ pub struct DueKeys {
     ended: usize,
 }
 
+impl DueKeys {
+    /// The earliest time something of the account is due (a hold's TTL, a grant's expiry or rollover), exact as
+    /// the index keeps it; NEVER: nothing.
+    pub(crate) fn due_ms(&self) -> i64 {
+        self.due_ms
+    }
+}
+
 impl Default for DueKeys {
     fn default() -> DueKeys {
         DueKeys { slot: NO_SLOT, due_ms: NEVER, forget_ms: NEVER, ended: UNCOUNTED }

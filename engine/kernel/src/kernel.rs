@@ -32,7 +32,7 @@ use crate::route::{
 use crate::snapshot::{self, KeyRef, StoredAccountRef};
 use crate::tables;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Account {
     pub grants: Vec<Grant>,
     pub(crate) order: BurnOrder,
@@ -1050,15 +1050,29 @@ impl Kernel {
     /// `authorize` for an event read in place (AuthorizeBatches decides each request from a view of the
     /// message's bytes, allocating nothing per request to read it).
     pub fn authorize_view(&self, event: &EventView<'_, '_>, now_ms: i64) -> Decision {
+        self.authorize_on(self.accounts.get(event.customer_id).map(|a| &**a), event, now_ms)
+    }
+
+    /// `authorize` for a read (Authorize without a hold, AuthorizeBatches' requests without one): decided on the
+    /// account as the clock's due work at `now_ms` leaves it (`account_read`), as ingesting the usage then
+    /// would find it once the writer applied that AdvanceClock. A hold decides on the kernel's own state
+    /// (`authorize`), after the writer applied it.
+    pub fn authorize_read(&self, event: &EventView<'_, '_>, now_ms: i64) -> Decision {
+        match self.account_read(event.customer_id, now_ms) {
+            Some(account) => self.authorize_on(Some(&account), event, now_ms),
+            None => self.authorize_on(None, event, now_ms),
+        }
+    }
+
+    fn authorize_on(&self, account: Option<&Account>, event: &EventView<'_, '_>, now_ms: i64) -> Decision {
         let available_for = |products: Option<&[Sym]>| -> Picos {
-            let Some(account) = self.accounts.get(event.customer_id) else { return 0 };
+            let Some(account) = account else { return 0 };
             // Grants without credit add nothing: only the payable ones are walked.
             (account.payable.iter().map(|&g| &account.grants[g as usize]))
                 .filter(|g| g.usable_at(now_ms) && products.is_none_or(|ps| ps.iter().any(|p| g.applies_to(*p))))
                 .map(|g| g.remaining)
                 .sum()
         };
-        let account = self.accounts.get(event.customer_id);
         let mut plans = Vec::new();
         // The customer is found before the usage is read, as unary Authorize(reserve=true) finds it
         // (engine/credits.py): an unknown one is UNKNOWN_CUSTOMER whatever else the request gets wrong, on every
@@ -1101,8 +1115,23 @@ impl Kernel {
         Decision { allowed: true, reason: "OK", message: String::new(), cost, available }
     }
 
+    /// The customer's balance at `now_ms` from the kernel's state as it is (the clock's due work done up to
+    /// its last AdvanceClock): what journaled changes read (alerts), so replay reads the same.
     pub fn balance(&self, customer_id: &str, now_ms: i64) -> Option<BalanceView> {
+        Self::balance_of(self.accounts.get(customer_id)?, now_ms)
+    }
+
+    /// The account a read at `now_ms` answers from: the kernel's own, or, when something of it fell due after
+    /// the clock's last AdvanceClock and by `now_ms`, what that AdvanceClock will make of it (credits::projected).
+    pub fn account_read(&self, customer_id: &str, now_ms: i64) -> Option<std::borrow::Cow<'_, Account>> {
         let account = self.accounts.get(customer_id)?;
+        Some(match credits::projected(account, customer_id, self.clock.now_ms, now_ms) {
+            Some(projected) => std::borrow::Cow::Owned(projected),
+            None => std::borrow::Cow::Borrowed(&**account),
+        })
+    }
+
+    pub fn balance_of(account: &Account, now_ms: i64) -> Option<BalanceView> {
         let mut view = BalanceView {
             remaining: 0,
             grants: Vec::new(),

@@ -177,6 +177,7 @@ impl std::hash::Hash for ExactKey {
     }
 }
 
+#[derive(Clone)]
 pub struct Override {
     pub product: Sym,
     /// (position in the product's pricing dimensions, value); None if a key is not one of them.
@@ -191,6 +192,7 @@ pub struct Override {
 
 /// Held once per customer contract (a million of them with a million customers), so kept compact:
 /// symbols for text, boxed slices for lists that never grow.
+#[derive(Clone)]
 pub struct Contract {
     pub rate_card: Sym,
     pub timeline: u32,
@@ -211,7 +213,7 @@ impl Contract {
 
 /// A customer's contracts and closed periods (period starts, ascending): the one copy of its
 /// compiled tables, held by its account.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Route {
     pub contracts: Box<[Contract]>,
     pub closed_periods: Box<[i64]>,

@@ -228,10 +228,11 @@ type Balance struct {
 	// reservations still hold on grants that have expired since (usable by
 	// nothing but the event settling its hold, when dated before the expiry:
 	// what that event does not draw becomes breakage when the hold ends). A
-	// grant past the period end at which it rolls over counts only what holds
-	// hold on it, also in the moment (until the clock's next look, 50 ms)
-	// before its rollover is recorded, while its GrantBalance still shows it
-	// as it was (README "Rollover").
+	// grant past the period end at which it rolls over counts nothing: its
+	// ROLLOVER grant counts. A balance read after something fell due (a
+	// period's end rolling a grant over, a grant's expiry, a hold's TTL) and
+	// before the server's clock records it (its next look, 50 ms) answers as
+	// once it is recorded, its grants and totals alike (README "Rollover").
 	CreditsRemaining string `protobuf:"bytes,2,opt,name=credits_remaining,json=creditsRemaining,proto3" json:"credits_remaining,omitempty"`
 	// Held by open reservations.
 	CreditsHeld string `protobuf:"bytes,3,opt,name=credits_held,json=creditsHeld,proto3" json:"credits_held,omitempty"`
@@ -413,8 +414,8 @@ type AuthorizeRequest struct {
 	// The hold ends at the instant it was made (the server's clock when it took
 	// the request, which its journaled command carries) plus the TTL: a release or settling event applied at
 	// or after that instant finds it expired (the event's own timestamp_ms
-	// plays no part); a read may show it held until the server's clock next
-	// looks (every 50 ms).
+	// plays no part); a read (GetBalance, Authorize without reserve) shows it
+	// expired from that instant on too, before the server's clock records it.
 	// Under BLOCK, holds together never exceed the available credit. A
 	// retroactive re-rating (PublishVersion or RollbackRateCard effective before
 	// rated usage) takes an open hold again at its place in time: usage dated
