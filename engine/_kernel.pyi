@@ -44,7 +44,9 @@ class Kernel:
     # A publish appended to the tables loaded (engine/kernel/src/append.rs)
     def append_version(self, append: bytes) -> None: ...
     def contract_timelines(self, customer_id: str) -> list[list[tuple[int, str, int]]] | None: ...
-    def ingest(self, batch: bytes, received_ms: int, journal_seq: int) -> tuple[bytes, bytes]: ...
+    def ingest(
+        self, batch: bytes, received_ms: int, journal_seq: int, refunds_netted: bool = False
+    ) -> tuple[bytes, bytes]: ...
     def ingest_checked(
         self,
         batch: bytes,
@@ -58,6 +60,7 @@ class Kernel:
         returned_rolled_credit_breaks: bool = False,
         duplicates_before_skew: bool = False,
         batch_ids_bounded: bool = False,
+        refunds_netted: bool = False,
     ) -> tuple[bytes, bytes, int, int, list[str]]:
         """top_ups_in_billed_period: a top-up an event dated in a later billing period buys starts in that period
         (False: at the purchase, as batches journaled before it). returned_expired_credit_breaks: what an event's
@@ -69,7 +72,8 @@ class Kernel:
         at once (False: it stays in the grant, as batches journaled before it). duplicates_before_skew: an identical
         resend of an accepted event is a duplicate whatever the future skew is now (False: TIMESTAMP_OUT_OF_RANGE past
         it, as batches journaled before it). batch_ids_bounded: BatchIdTooLong for a batch_id over 256 bytes (False:
-        taken, as on replay)."""
+        taken, as on replay). refunds_netted: an event's charges take back first what its refunds gave back (False:
+        they draw in burn order, as batches journaled before it)."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,
@@ -179,9 +183,11 @@ class Kernel:
         now_ms: int,
         ttl_ms: int,
         ttl_defaulted: bool = False,
+        refunds_netted: bool = False,
     ) -> tuple[bool, str, str, int, int, int, bool, int]:
         """(allowed, reason, message, estimated_cost, available, held, repeated, expires_at_ms). ttl_defaulted: as
-        Reserve's (False: ttl_ms as named, as Reserves stored before it)."""
+        Reserve's (False: ttl_ms as named, as Reserves stored before it). refunds_netted: as Reserve's (False: the
+        usage's charges draw in burn order, as Reserves stored before it)."""
     def release(
         self, customer_id: str, reservation_id: str, now_ms: int, expired_credit_breaks: bool = False
     ) -> tuple[int, bool]:
@@ -256,7 +262,9 @@ class Kernel:
     def hold_customers(self, requests: bytes) -> list[str]:
         """The distinct customer ids of a ReserveBatch's requests, first named first; ValueError if not an
         AuthorizeBatch."""
-    def reserve_batch(self, requests: bytes, now_ms: int, ttl_default_ms: int = 0) -> tuple[bytes, int, list[str]]:
+    def reserve_batch(
+        self, requests: bytes, now_ms: int, ttl_default_ms: int = 0, refunds_netted: bool = False
+    ) -> tuple[bytes, int, list[str]]:
         """A HoldingBatch's requests applied (a journaled change): (the holds' AuthorizeBatchResult bytes, holds
         placed, their customers in first-appearance order). ttl_default_ms: the HoldingBatch's (0: every request
         names its TTL, as ReserveBatches stored before it)."""

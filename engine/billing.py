@@ -480,6 +480,7 @@ class Billing:
         returned_rolled_credit_breaks: bool = False,
         duplicates_before_skew: bool = False,
         batch_ids_bounded: bool = False,
+        refunds_netted: bool = False,
     ) -> Ingested:
         """Rates a batch as record last_seq + 1, which it becomes only if it accepts an event.
 
@@ -499,6 +500,9 @@ class Billing:
         journaled before it) refuses it as TIMESTAMP_OUT_OF_RANGE past the skew, as then. `batch_ids_bounded`: set by
         the server for every batch it receives (not journaled: a batch it refuses is not), so that a batch_id over
         256 bytes refuses the batch whole (BatchIdTooLong); False (replay) takes it, as earlier releases did.
+        `refunds_netted`: set and journaled like `top_ups_in_billed_period`, so that an event's charges take back
+        first what its refunds gave back (credit of grants usable for them, then overage: its refunds and charges
+        netted, draw.rs `settle`); False (batches journaled before it) draws its charges in burn order, as then.
 
         Raises ValueError (not a UsageBatch), BatchTooLarge, BatchIdTooLong or CustomerNotAllowed, having changed
         nothing."""
@@ -517,6 +521,7 @@ class Billing:
             returned_rolled_credit_breaks,
             duplicates_before_skew,
             batch_ids_bounded,
+            refunds_netted,
         )
         if not accepted:
             return Ingested(ack, digest, accepted, duplicates, rejected)
@@ -552,6 +557,7 @@ class Billing:
         reservation_ids_bounded: bool = False,
         returned_rolled_credit_breaks: bool = False,
         duplicates_before_skew: bool = False,
+        refunds_netted: bool = False,
     ) -> int:
         """Re-applies a journaled batch (with the rule it was rated by, see `ingest`) and asserts it did what the
         journal says (and fired the alerts it holds, when `fired` is given). Returns the events it accepted."""
@@ -564,6 +570,7 @@ class Billing:
             reservation_ids_bounded=reservation_ids_bounded,
             returned_rolled_credit_breaks=returned_rolled_credit_breaks,
             duplicates_before_skew=duplicates_before_skew,
+            refunds_netted=refunds_netted,
         )
         if done.digest != digest or not done.accepted or (fired is not None and list(done.alerts) != fired):
             raise RatingChanged(

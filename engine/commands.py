@@ -250,6 +250,7 @@ SERVER_SET_FIELDS = (
     "rules_bounded",
     "grants_bounded",
     "drafts_bounded",
+    "refunds_netted",
 )
 
 
@@ -397,7 +398,10 @@ class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
     reservation_ttl (`ttl_ms` is then the one it gave it), so a retry naming none is the same request whatever TTL it
     is given by then (after a start with a shorter --reservation-ttl-max-s), and one naming a TTL is while the hold
     is open and was given that TTL (engine/kernel/src/credits.rs Kernel::reserve). False (requests naming their TTL,
-    and commands stored before it, which named the TTL given) takes `ttl_ms` as named, as then."""
+    and commands stored before it, which named the TTL given) takes `ttl_ms` as named, as then. `refunds_netted`: set
+    by the server for every request it takes, so that the usage is decided and held with its refunds and charges
+    netted, as the server rates a batch (Billing.ingest); False (commands stored before it) settles its charges in
+    burn order, as then."""
 
     at_ms: int
     actor: str
@@ -408,6 +412,7 @@ class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
     values: dict[str, float]
     ttl_ms: int
     ttl_defaulted: bool = False
+    refunds_netted: bool = False
 
 
 class ReleaseReservation(msgspec.Struct, frozen=True, tag="release_reservation"):
@@ -468,12 +473,13 @@ class ReserveBatch(msgspec.Struct, frozen=True, tag="reserve_batch"):
     Reserve applies one (engine/credits.py). `ttl_default_ms`: set by the server for every message, the TTL of its
     requests naming none (the default, or --reservation-ttl-max-s when shorter), which are journaled naming none,
     their TTL no part of their request (as a Reserve's with `ttl_defaulted`); 0 in commands stored before it, whose
-    requests had the TTL given filled in and apply naming it, as then."""
+    requests had the TTL given filled in and apply naming it, as then. `refunds_netted`: as Reserve's."""
 
     at_ms: int
     actor: str
     requests: bytes
     ttl_default_ms: int = 0
+    refunds_netted: bool = False
 
 
 AdminCommand = (

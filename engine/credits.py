@@ -119,6 +119,7 @@ def _reserve(billing: Billing, command: cmd.Reserve) -> Reservation:
             command.at_ms,
             command.ttl_ms,
             command.ttl_defaulted,
+            command.refunds_netted,
         )
     except ReservationConflict as exc:
         raise AlreadyExists(f"{exc.args[0]}; nothing was held") from None
@@ -135,7 +136,7 @@ def _reserve_batch(billing: Billing, command: cmd.ReserveBatch) -> HeldBatch:
     changed nothing and takes no journal record."""
     try:
         responses, placed, customers = billing.kernel.reserve_batch(
-            command.requests, command.at_ms, command.ttl_default_ms
+            command.requests, command.at_ms, command.ttl_default_ms, command.refunds_netted
         )
     except ValueError as exc:
         raise InvalidArgument.field("requests", f"not an AuthorizeBatch: {exc}") from None

@@ -22,8 +22,8 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     replay asserts), and the ack's counts (for tools that read the journal without the kernel).
     `top_ups_in_billed_period`: the rule the batch was rated by (Billing.ingest), True for every batch the server
     rates; absent (False) from the records of earlier releases, which replay by the rule of then.
-    `returned_expired_credit_breaks`, `reservation_ids_bounded`, `returned_rolled_credit_breaks` and
-    `duplicates_before_skew` likewise (Billing.ingest): True for every batch the server rates."""
+    `returned_expired_credit_breaks`, `reservation_ids_bounded`, `returned_rolled_credit_breaks`,
+    `duplicates_before_skew` and `refunds_netted` likewise (Billing.ingest): True for every batch the server rates."""
 
     batch: bytes
     received_ms: int
@@ -40,6 +40,7 @@ class UsageRecord(msgspec.Struct, frozen=True, array_like=True):
     reservation_ids_bounded: bool = False
     returned_rolled_credit_breaks: bool = False
     duplicates_before_skew: bool = False
+    refunds_netted: bool = False
 
 
 _MSGPACK_INT_MIN = -(2**63)

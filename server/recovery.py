@@ -110,6 +110,7 @@ def recover_counting(
                 reservation_ids_bounded=usage.reservation_ids_bounded,
                 returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
                 duplicates_before_skew=usage.duplicates_before_skew,
+                refunds_netted=usage.refunds_netted,
             )
         elif record.rerated is not None:
             _replay_rerated(billing, seq, record.rerated, record.alerts)

@@ -70,6 +70,7 @@ def _rate_batches(
             reservation_ids_bounded=True,
             returned_rolled_credit_breaks=True,
             duplicates_before_skew=True,
+            refunds_netted=True,
         )
         rated.append((seq, done, encode_record(JournalRecord(usage=usage, alerts=list(done.alerts)))))
     return rated
@@ -89,6 +90,7 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
             returned_rolled_credit_breaks=True,
             duplicates_before_skew=True,
             batch_ids_bounded=True,
+            refunds_netted=True,
         )
     except BatchTooLarge as exc:
         return ResourceExhausted(f"a batch holds at most {batch.events_max} events, this one {exc.args[0]}")

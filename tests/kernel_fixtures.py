@@ -49,6 +49,9 @@ class KernelWorld:
     world: World
     kernel: Kernel = field(default_factory=Kernel)
     seq: int = 0
+    # Batches rated with an event's refunds and charges netted, as the server rates them (Billing.ingest's
+    # `refunds_netted`); False rates them as batches journaled before that rule.
+    refunds_netted: bool = False
 
     def load(self) -> None:
         self.kernel.load_tables(compile_tables(self.world.engine.state))
@@ -56,7 +59,7 @@ class KernelWorld:
     def ingest(self, events: Sequence[usage_pb2.UsageEvent], received_ms: int) -> usage_pb2.IngestAck:
         self.seq += 1
         batch = usage_pb2.UsageBatch(batch_id=f"b{self.seq}", events=list(events))
-        ack_bytes, digest = self.kernel.ingest(batch.SerializeToString(), received_ms, self.seq)
+        ack_bytes, digest = self.kernel.ingest(batch.SerializeToString(), received_ms, self.seq, self.refunds_netted)
         assert len(digest) == 16
         ack = usage_pb2.IngestAck.FromString(ack_bytes)
         assert ack.accepted + ack.duplicates + len(ack.rejected) == len(events)

@@ -870,6 +870,10 @@ class ReferenceRating:
         ts = event.timestamp_ms
         ordered = sorted(self.grants, key=RGrant.burn_key)
         outcomes: dict[str, tuple[dict[str, Decimal], Decimal]] = {}
+        # The event's refunds and charges netted as far as the grants' products allow (docs/architecture.md §5,
+        # "Draw"): refunds first, giving back the overage caused, then credits drawn (reverse burn order); then each
+        # charge, by product id, takes back what they gave back that can pay it (credit of grants usable for its
+        # product in burn order, then overage), and only the rest draws in burn order, the remainder overage.
         for product, key, _, _, charge in plans:  # refunds first: the overage caused, then credits drawn
             if charge < 0:
                 aggregate = self.aggregates.get(key, RAggregate())
@@ -884,19 +888,33 @@ class ReferenceRating:
                         left -= give
                 assert left == 0
                 outcomes[product.id] = (draws, -back)
+        # What the refunds gave back, for the charges to take back first: credit per grant, then overage.
+        given = {grant_id: -credits for draws, _ in outcomes.values() for grant_id, credits in draws.items()}
+        given_overage = -sum((overage for _, overage in outcomes.values()), start=Decimal(0))
         for product, _, _, _, charge in sorted(plans, key=lambda p: p[0].id):  # then charges, by product id
             if charge > 0:
                 left = charge
                 draws = {}
+                for grant in ordered:  # credit given back to grants that can pay it, in burn order
+                    back = given.get(grant.id, Decimal(0))
+                    if left > 0 and back > 0 and grant.usable(ts) and grant.applies(product.id):
+                        take = min(left, back)
+                        grant.remaining -= take
+                        given[grant.id] = back - take
+                        draws[grant.id] = take
+                        left -= take
+                overage = min(left, given_overage)  # then overage given back: it pays any product
+                given_overage -= overage
+                left -= overage
                 for grant in ordered:
                     if left == 0:
                         break
                     if grant.remaining > 0 and grant.usable(ts) and grant.applies(product.id):
                         take = min(left, grant.remaining)
                         grant.remaining -= take
-                        draws[grant.id] = take
+                        draws[grant.id] = draws.get(grant.id, Decimal(0)) + take
                         left -= take
-                outcomes[product.id] = (draws, left)
+                outcomes[product.id] = (draws, overage + left)
         for product, key, measure, after, charge in plans:
             aggregate = self.aggregates.setdefault(key, RAggregate())
             draws, overage = outcomes.get(product.id, ({}, Decimal(0)))
@@ -947,14 +965,11 @@ class ReferenceRating:
         return (True, "OVERAGE_ALLOWED" if positive_overage > 0 else "OK", int(cost))
 
     def _positive_overage(self, event: REvent, plans: list[Plan]) -> Decimal:
-        before = {p: self.overage.get(p, Decimal(0)) for p in self.overage}
-        refunds_back = Decimal(0)
-        for _, key, _, _, charge in plans:
-            if charge < 0:
-                refunds_back += min(-charge, self.aggregates.get(key, RAggregate()).overage)
+        """The overage the usage would add: netted, its charges cause none before they have taken back the overage
+        its refunds gave back, so what the event adds in all."""
+        before = sum(self.overage.values(), start=Decimal(0))
         self._settle(event, plans)
-        added = sum(self.overage.values(), start=Decimal(0)) - sum(before.values(), start=Decimal(0))
-        return added + refunds_back
+        return max(sum(self.overage.values(), start=Decimal(0)) - before, Decimal(0))
 
     def conservation(self) -> None:
         """Per grant: amount = drawn by all aggregates + remaining; charges = drawn + overage."""

@@ -361,13 +361,14 @@ def test_the_dedupe_window_has_no_flag(tmp_path: Path) -> None:
     assert not data_dir.exists()
 
 
-def test_an_event_settles_its_refunds_before_its_charges_not_netted_to_one_amount(stubs: Stubs) -> None:
-    """§3 "an event's refunds and charges are netted before they touch grants or overage", as the project settles it
-    (README "Pricing", docs/architecture.md §5 "Draw"): refunds first, then charges, not one net amount. Products
-    mix-gauge (LATEST of g) and mix-sum (SUM of s), 1 credit a unit, both fed by event type mix. No credit: g = 5 is 5
-    of overage. Then 10 credits granted, and one event g = 2, s = 3: the gauge gives back 3, the sum charges 3, net 0
-    (Authorize estimates 0). Settled: the gauge's 3 of overage given back (overage 2), the sum's 3 drawn from the
-    grant (7 left); period charges 2 + 3 = 5. Netting the event to 0 would have left overage 5 and the grant whole."""
+def test_an_events_refunds_and_charges_are_netted_before_they_touch_grants_or_overage(stubs: Stubs) -> None:
+    """§3 "an event's refunds and charges are netted before they touch grants or overage" (README "Pricing",
+    docs/architecture.md §5 "Draw"): refunds first, then each charge takes back what they gave back that can pay it.
+    Products mix-gauge (LATEST of g) and mix-sum (SUM of s), 1 credit a unit, both fed by event type mix. No credit:
+    g = 5 is 5 of overage. Then 10 credits granted, and one event g = 2, s = 3: the gauge gives back 3 of overage, the
+    sum charges 3, net 0 (Authorize estimates 0, OK). Netted, the sum's 3 takes back that overage: overage stays 5
+    (2 on the gauge's line, 3 on the sum's), the grant whole; period charges 2 + 3 = 5. (Releases before drew the
+    sum's 3 from the grant, leaving overage 2: their journals replay so.)"""
     customer_on_design(stubs, "d-net", overage_price="1")
     at = now_ms() - 2_000
     first = usage_pb2.UsageBatch(events=[event("d-net", "e1", "mix", at, g=5, s=0)])
@@ -380,11 +381,11 @@ def test_an_event_settles_its_refunds_before_its_charges_not_netted_to_one_amoun
     second = usage_pb2.UsageBatch(events=[event("d-net", "e2", "mix", at + 1_000, g=2, s=3)])
     assert stubs.usage.IngestUsageBatch(second).accepted == 1
     balance = stubs.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="d-net"))
-    assert (balance.period_charges, balance.overage_amount) == ("5", "2")
-    assert [(g.drawn, g.remaining) for g in balance.grants] == [("3", "7")]
+    assert (balance.period_charges, balance.overage_amount) == ("5", "5")
+    assert [(g.drawn, g.remaining) for g in balance.grants] == [("0", "10")]
     invoice = stubs.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="d-net"))
     lines = {
         line.line_id: (line.amount, line.overage, [(c.grant_id, c.credits) for c in line.credits_applied])
         for line in invoice.lines
     }
-    assert lines == {"mix-gauge": ("2", "2", []), "mix-sum": ("3", "0", [("d-net-g", "3")])}
+    assert lines == {"mix-gauge": ("2", "2", []), "mix-sum": ("3", "3", [])}

@@ -255,7 +255,7 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
             starts_at_ms=g.starts_at_ms,
             expires_at_ms=g.expires_at_ms,
         )
-    kernel = KernelWorld(world)
+    kernel = KernelWorld(world, refunds_netted=True)  # as the server rates batches
     kernel.load()
     return kernel
 
@@ -386,10 +386,50 @@ MULTIPLIED_IN_RANGE = dataclasses.replace(
 )
 
 
+def gauge_and_sum_event(transaction_id: str, day: int, gauge: float, used: float) -> REvent:
+    values = (("a", gauge), ("b", used))
+    return REvent(transaction_id, "acme", "ai", EPOCH_MS + day * DAY_MS + HOUR_MS, (), values)
+
+
+def gauge_and_sum(grants: tuple[GrantSpec, ...], *events: REvent) -> Scenario:
+    """`gauge` (LATEST of a) and `sum` (SUM of b), each 1 a unit, BLOCK; the events one a batch, the last the probe."""
+    products = tuple(
+        ProductSpec(name, "ai", aggregation, key, (), (), Curve("UNIT", price=Decimal(1)), None, None)
+        for name, aggregation, key in (("gauge", Aggregation.LATEST, "a"), ("sum", Aggregation.SUM, "b"))
+    )
+    batches = tuple((e,) for e in events[:-1])
+    received = tuple(e.timestamp_ms for e in events[:-1])
+    return Scenario(products, True, grants, batches, received, events[-1])
+
+
+# An event's refund and charge netted (docs/architecture.md §5 "Draw"). The gauge's 5, all overage (the grant pays
+# `sum` only), falls to 2 while `sum` costs 3: the charge takes back the 3 of overage given back, the grant keeps its
+# 10 (drawn in burn order, as before netting, it paid 3 and left 2 of overage). The probe nets alike (gauge -2, sum 2).
+NETTED_OVERAGE = gauge_and_sum(
+    (GrantSpec("g", Decimal(10), 0, ("sum",), EPOCH_MS, None),),
+    gauge_and_sum_event("t0", 1, 5, 0),
+    gauge_and_sum_event("t1", 2, 2, 3),
+    gauge_and_sum_event("probe", 3, 0, 2),
+)
+# The gauge's 12 drawn from h (g starts on day 10); on day 11 it falls to 9 while `sum` costs 3: the charge takes
+# back the 3 given back to h, g keeps its 10 (drawn in burn order, g would pay the 3).
+NETTED_CREDIT = gauge_and_sum(
+    (
+        GrantSpec("h", Decimal(20), 1, (), EPOCH_MS, None),
+        GrantSpec("g", Decimal(10), 0, (), EPOCH_MS + 10 * DAY_MS, None),
+    ),
+    gauge_and_sum_event("t0", 1, 12, 0),
+    gauge_and_sum_event("t1", 11, 9, 3),
+    gauge_and_sum_event("probe", 12, 0, 1),
+)
+
+
 @PROFILE
 @given(scenarios())
 @example(TOTALS_PAST_128_BITS)
 @example(MULTIPLIED_IN_RANGE)
+@example(NETTED_OVERAGE)
+@example(NETTED_CREDIT)
 def test_the_kernel_rates_as_the_oracle_does(scenario: Scenario) -> None:
     with decimal.localcontext(RATING):  # exact: amounts near the limits reach 39 digits, past the default's 28
         rate_both(scenario)

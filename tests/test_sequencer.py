@@ -183,6 +183,7 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
                 reservation_ids_bounded=usage.reservation_ids_bounded,
                 returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
                 duplicates_before_skew=usage.duplicates_before_skew,
+                refunds_netted=usage.refunds_netted,
             )
         else:
             assert record.command is not None and not isinstance(record.command, cmd.IngestBatch)
@@ -225,9 +226,10 @@ def test_a_batch_is_journaled_with_the_servers_top_up_rule_and_an_earlier_releas
     seq = journal.last_seq()
     record = decode_record(next(iter(journal.read_records(seq - 1)))[1])
     assert record.usage is not None and record.usage.top_ups_in_billed_period and record.usage.duplicates_before_skew
+    assert record.usage.refunds_netted
     earlier = decode_record(msgspec.msgpack.encode([None, None, [b"batch", 1, bytes(16), 1, 0, 0]])).usage
     assert earlier is not None and (earlier.batch, earlier.top_ups_in_billed_period) == (b"batch", False)
-    assert not earlier.duplicates_before_skew
+    assert not earlier.duplicates_before_skew and not earlier.refunds_netted
 
 
 def test_a_resend_past_a_smaller_skew_is_a_duplicate_by_the_servers_rule_and_refused_by_earlier_records() -> None:
@@ -465,6 +467,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
             returned_rolled_credit_breaks: bool = False,
             duplicates_before_skew: bool = False,
             batch_ids_bounded: bool = False,
+            refunds_netted: bool = False,
         ) -> Ingested:
             rated_on.append(threading.get_ident())
             rating.set()
@@ -481,6 +484,7 @@ def test_batches_are_rated_off_the_event_loop_which_serves_reads_meanwhile() -> 
                 returned_rolled_credit_breaks=returned_rolled_credit_breaks,
                 duplicates_before_skew=duplicates_before_skew,
                 batch_ids_bounded=batch_ids_bounded,
+                refunds_netted=refunds_netted,
             )
 
         billing.ingest = held_ingest  # type: ignore[method-assign,assignment]

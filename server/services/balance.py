@@ -240,6 +240,7 @@ class BalanceService(_Base):
             {key: values[key] for key in values},
             ttl_ms,
             ttl_defaulted=not request.HasField("reservation_ttl"),
+            refunds_netted=True,
         )
         _, result = await self.sequencer.run(command, check_deadline(auth.current_call.get()))
         assert isinstance(result, credits.Reservation)
@@ -393,7 +394,9 @@ class BalanceService(_Base):
             telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6 / decisions)
         if isinstance(result, bytes):
             return fitted_result(result, self.result_bytes_max)
-        command = cmd.ReserveBatch(now_ms, actor_of(context), result.requests, result.ttl_default_ms)
+        command = cmd.ReserveBatch(
+            now_ms, actor_of(context), result.requests, result.ttl_default_ms, refunds_netted=True
+        )
         future = self.sequencer.submit(command, check_deadline(auth.current_call.get()))
         return _Holding(result, future, self.result_bytes_max)
 

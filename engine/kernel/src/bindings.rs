@@ -209,13 +209,16 @@ impl Kernel {
     // -- end of the publish block --------------------------------------------------------------------
 
     /// Rates a UsageBatch given as its wire bytes: (IngestAck bytes, 16-byte digest). Raises
-    /// ValueError, having changed nothing, when the bytes are not a UsageBatch.
+    /// ValueError, having changed nothing, when the bytes are not a UsageBatch. Every rule flag off, as
+    /// batches journaled by the first releases, but `refunds_netted` (`ingest_checked`'s) when given.
+    #[pyo3(signature = (batch, received_ms, journal_seq, refunds_netted = false))]
     fn ingest<'py>(
         &self,
         py: Python<'py>,
         batch: &[u8],
         received_ms: i64,
         journal_seq: u64,
+        refunds_netted: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
         let (ack, digest) = py.detach(|| {
             self.change(|k| {
@@ -224,6 +227,7 @@ impl Kernel {
                 k.returned_rolled_credit_breaks = false;
                 k.reservation_ids_bounded = false;
                 k.duplicates_before_skew = false;
+                k.refunds_netted = refunds_netted;
                 k.ingest(batch, received_ms, journal_seq)
             })?
             .map_err(PyValueError::new_err)
@@ -246,12 +250,14 @@ impl Kernel {
     /// `duplicates_before_skew`: an identical resend of an accepted event is a duplicate whatever the
     /// future skew is now (false: TIMESTAMP_OUT_OF_RANGE past it, as batches journaled before it).
     /// `batch_ids_bounded`: BatchIdTooLong(bytes) for a batch_id over 256 bytes (false: taken, as on
-    /// replay of batches journaled before it).
+    /// replay of batches journaled before it). `refunds_netted`: an event's charges take back first what its
+    /// refunds gave back (`draw::settle`; false: they draw in burn order, as batches journaled before it).
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     #[pyo3(signature = (
         batch, received_ms, next_seq, events_max, allowed, top_ups_in_billed_period = false,
         returned_expired_credit_breaks = false, reservation_ids_bounded = false,
-        returned_rolled_credit_breaks = false, duplicates_before_skew = false, batch_ids_bounded = false
+        returned_rolled_credit_breaks = false, duplicates_before_skew = false, batch_ids_bounded = false,
+        refunds_netted = false
     ))]
     fn ingest_checked<'py>(
         &self,
@@ -267,10 +273,12 @@ impl Kernel {
         returned_rolled_credit_breaks: bool,
         duplicates_before_skew: bool,
         batch_ids_bounded: bool,
+        refunds_netted: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u32, u32, Vec<&'static str>)> {
         let done = py.detach(|| {
             self.change(|kernel| {
                 kernel.batch_ids_bounded = batch_ids_bounded;
+                kernel.refunds_netted = refunds_netted;
                 kernel.top_ups_in_billed_period = top_ups_in_billed_period;
                 kernel.returned_expired_credit_breaks = returned_expired_credit_breaks;
                 kernel.reservation_ids_bounded = reservation_ids_bounded;
@@ -776,9 +784,12 @@ impl Kernel {
     /// ReservationConflict(message) when the id is known with another request (nothing changed).
     /// `ttl_defaulted`: the request named no TTL and `ttl_ms` is the one the server gave it, no part of the
     /// request (`credits::HoldTtl`); false, as Reserves stored before it, takes `ttl_ms` as named.
+    /// `refunds_netted`: the usage's refunds netted with its charges (`Kernel::refunds_netted`; false, as
+    /// Reserves stored before it).
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     #[pyo3(signature = (
-        customer_id, reservation_id, event_type, dimensions, values, now_ms, ttl_ms, ttl_defaulted = false
+        customer_id, reservation_id, event_type, dimensions, values, now_ms, ttl_ms, ttl_defaulted = false,
+        refunds_netted = false
     ))]
     fn reserve(
         &self,
@@ -791,6 +802,7 @@ impl Kernel {
         now_ms: i64,
         ttl_ms: i64,
         ttl_defaulted: bool,
+        refunds_netted: bool,
     ) -> PyResult<(bool, &'static str, String, i128, i128, i128, bool, i64)> {
         let event = wire::UsageEvent {
             transaction_id: "authorize".into(),
@@ -802,7 +814,12 @@ impl Kernel {
             reservation_id: String::new(),
         };
         let ttl = if ttl_defaulted { HoldTtl::Defaulted(ttl_ms) } else { HoldTtl::Named(ttl_ms) };
-        let done = py.detach(|| self.change(|k| k.reserve(reservation_id, &event, now_ms, ttl)))?;
+        let done = py.detach(|| {
+            self.change(|k| {
+                k.refunds_netted = refunds_netted;
+                k.reserve(reservation_id, &event, now_ms, ttl)
+            })
+        })?;
         let r = done.map_err(ReservationConflict::new_err)?;
         let d = r.decision;
         Ok((d.allowed, d.reason, d.message, d.cost, d.available, r.held, r.repeated, r.expires_at_ms))
@@ -1076,16 +1093,23 @@ impl Kernel {
     /// in first-appearance order). A request that cannot hold is answered in-band. `ttl_default_ms`: the
     /// HoldingBatch's, the TTL of a request naming none (0, as ReserveBatches stored before it: each request
     /// names its own). ValueError (nothing changed) when the bytes are not an AuthorizeBatch.
-    #[pyo3(signature = (requests, now_ms, ttl_default_ms = 0))]
+    /// `refunds_netted`: as `reserve`'s (false, as ReserveBatches stored before it).
+    #[pyo3(signature = (requests, now_ms, ttl_default_ms = 0, refunds_netted = false))]
     fn reserve_batch<'py>(
         &self,
         py: Python<'py>,
         requests: &[u8],
         now_ms: i64,
         ttl_default_ms: i64,
+        refunds_netted: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, u32, Vec<String>)> {
         let requests = holds::decode_holds(requests).map_err(PyValueError::new_err)?;
-        let done = py.detach(|| self.change(|k| k.reserve_batch(requests, now_ms, ttl_default_ms)))?;
+        let done = py.detach(|| {
+            self.change(|k| {
+                k.refunds_netted = refunds_netted;
+                k.reserve_batch(requests, now_ms, ttl_default_ms)
+            })
+        })?;
         let result = PyBytes::new(py, &authorize::encode_result(done.responses));
         Ok((result, done.placed, done.customers))
     }

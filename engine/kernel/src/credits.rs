@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ack::AckBuilder;
-use crate::decode::{check_event, py_repr, py_repr_cut, wire};
+use crate::decode::{check_event, py_repr, py_repr_cut, wire, with_view};
 use crate::draw::{Grant, Outcomes, NEVER_MS};
 use crate::kernel::{Account, Decision, Kernel};
 use crate::money::Picos;
@@ -613,7 +613,8 @@ impl Kernel {
         if let Some(known) = self.known_reservation(reservation_id, event, asked, now_ms)? {
             return Ok(known);
         }
-        let mut decision = self.authorize(event, now_ms);
+        let netted = self.refunds_netted;
+        let mut decision = with_view(event, |view| self.authorize_settled(view, now_ms, netted));
         let expires_at_ms = now_ms.saturating_add(ttl.ms());
         if !decision.allowed {
             return Ok(Reserved { decision, held: 0, repeated: false, expires_at_ms });
@@ -685,7 +686,8 @@ impl Kernel {
         Ok(Some(Reserved { decision, held: 0, repeated: true, expires_at_ms: ended.at_ms }))
     }
 
-    /// What the usage would draw from each grant now (positive draws, netted per grant).
+    /// What the usage would draw from each grant now (positive draws, netted per grant), its refunds netted
+    /// as `refunds_netted` says (set for each hold, as its journal record says).
     fn hold_draws(&self, event: &wire::UsageEvent, now_ms: i64) -> Vec<(u32, Picos)> {
         let Some(account) = self.accounts.get(event.customer_id.as_str()) else { return Vec::new() };
         let Ok(checked) = check_event(event, now_ms, self.rater.catalog.future_skew_ms) else { return Vec::new() };
@@ -694,7 +696,7 @@ impl Kernel {
             return Vec::new();
         }
         let mut outcomes = Outcomes::new();
-        let changes = self.rater.settle(account, &plans, now_ms, &mut outcomes);
+        let changes = self.rater.settle(account, &plans, now_ms, self.refunds_netted, &mut outcomes);
         let mut held: Vec<(u32, Picos)> = (changes.changed.iter())
             .filter_map(|&(g, after)| {
                 let before = account.grants[g as usize].remaining;

@@ -2,12 +2,24 @@
 //!
 //! Burn order: applicable, started, unexpired grants by priority (lower first), then earliest
 //! expiry, then narrowest applicability, then creation order. What no grant covers is overage.
-//! An event's charges and refunds are netted before they touch grants or overage: its refunds
-//! are settled first (each gives back the overage its bucket caused, then the credits its bucket
-//! drew, in reverse burn order), so the event's charges can use the credit they returned; then
-//! its charges draw in burn order, product by product in product-id order (never in the order
-//! products were created). `settle` works on a copy of the balances, so Authorize runs the very
-//! same code and commits nothing.
+//! An event's refunds and charges are netted before they touch grants or overage (design §3), as far
+//! as the grants' products allow: its refunds are settled first (each gives back the overage its bucket
+//! caused, then the credits its bucket drew, in reverse burn order), and what they gave back is noted;
+//! then its charges, product by product in product-id order (never in the order products were created),
+//! each first take back what the event's refunds gave back that could pay it: the credit given back to
+//! grants usable for its product, in burn order, then the overage given back (overage pays any product:
+//! the charge becomes overage again). Only the rest draws in burn order, the remainder overage. Credit
+//! before overage, because that is the exact reverse of a refund's own order: where the grants apply
+//! to every product the event settles as its net amount would (a net refund gives back overage first,
+//! then credits in reverse burn order; a net charge draws in burn order; a net zero touches nothing),
+//! and the universal overage is kept for the charges that can use no credit given back. Taken the other
+//! way, a refund of 5 overage and 7 credits beside a charge of 5 would leave the 5 overage and 7 credits
+//! given back, where its net refund of 7 gives back the 5 overage and 2 credits. Credit given back to a
+//! grant another product's charge cannot use stays given back (that charge draws in burn order), and
+//! charges take back greedily in product-id order, so grants restricted to some products can leave an
+//! event less than fully netted. Batches journaled before this rule (`netted` false) settled the
+//! charges in burn order without taking anything back, and replay so. `settle` works on a copy of the
+//! balances, so Authorize runs the very same code and commits nothing.
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -164,11 +176,27 @@ pub fn burn_rank(grants: &[Grant], g: u32) -> ((i64, i64, usize, i64), u32) {
 
 /// Settles an event's charges (in product-id order) against `remaining` (one balance per grant,
 /// changed in place). `order`: grants in burn order, every grant with credit among them (the full burn
-/// order, or the account's payable grants: `Account::payable`).
-pub fn settle(grants: &[Grant], order: &[u32], remaining: &mut [Picos], charges: &[Charge], ts_ms: i64) -> Outcomes {
+/// order, or the account's payable grants: `Account::payable`). `netted`: charges take back first what
+/// the event's refunds gave back (module comment); false, as batches journaled before that rule.
+pub fn settle(
+    grants: &[Grant],
+    order: &[u32],
+    remaining: &mut [Picos],
+    charges: &[Charge],
+    ts_ms: i64,
+    netted: bool,
+) -> Outcomes {
     let mut outcomes = Outcomes::new();
-    settle_into(grants, order, remaining, charges, ts_ms, &mut outcomes);
+    settle_into(grants, order, remaining, charges, ts_ms, netted, &mut outcomes);
     outcomes
+}
+
+/// What an event's refunds gave back, as its charges may take it back (`netted`).
+#[derive(Default)]
+struct GivenBack {
+    /// (grant, credit given back and not yet taken back), in burn order.
+    credit: SmallVec<[(u32, Picos); 4]>,
+    overage: Picos,
 }
 
 /// `settle` into the caller's `outcomes` (cleared first), so nothing is moved on return.
@@ -178,18 +206,25 @@ pub fn settle_into<B: Balances + ?Sized>(
     remaining: &mut B,
     charges: &[Charge],
     ts_ms: i64,
+    netted: bool,
     outcomes: &mut Outcomes,
 ) {
     outcomes.clear();
     outcomes.resize_with(charges.len(), Outcome::default);
     // Grants a refund gave credit back to: they may have had none, so not be in `order`.
     let mut returned: SmallVec<[u32; 4]> = SmallVec::new();
+    let mut given = GivenBack::default();
     for (charge, outcome) in charges.iter().zip(outcomes.iter_mut()) {
         if charge.charge < 0 {
             *outcome = give_back(grants, remaining, charge);
             returned.extend(outcome.draws.iter().map(|&(g, _)| g));
+            given.overage -= outcome.overage;
+            for &(g, credits) in &outcome.draws {
+                add_draw(&mut given.credit, g, -credits);
+            }
         }
     }
+    given.credit.sort_unstable_by_key(|&(g, _)| burn_rank(grants, g));
     debug_assert!(charges.windows(2).all(|w| w[0].product_id <= w[1].product_id), "charges come in product-id order");
     let merged: Vec<u32>;
     let order = if returned.iter().all(|g| order.contains(g)) {
@@ -206,7 +241,13 @@ pub fn settle_into<B: Balances + ?Sized>(
             continue;
         }
         let mut left = charge.charge;
+        if netted {
+            left = take_back(grants, remaining, charge, ts_ms, &mut given, outcome);
+        }
         for &g in order {
+            if left == 0 {
+                break;
+            }
             let grant = &grants[g as usize];
             let balance = remaining.get(g);
             if balance <= 0 || !grant.usable_at(ts_ms) || !grant.applies_to(charge.product) {
@@ -214,13 +255,56 @@ pub fn settle_into<B: Balances + ?Sized>(
             }
             let take = left.min(balance);
             remaining.set(g, balance - take);
-            outcome.draws.push((g, take));
+            add_draw(&mut outcome.draws, g, take);
             left -= take;
-            if left == 0 {
-                break;
-            }
         }
-        outcome.overage = left;
+        outcome.overage += left;
+    }
+}
+
+/// A charge takes back what the event's refunds gave back that could pay it: credit of grants usable for
+/// its product at `ts_ms`, in burn order, then overage (any product's). Returns what is left to draw.
+fn take_back<B: Balances + ?Sized>(
+    grants: &[Grant],
+    remaining: &mut B,
+    charge: &Charge,
+    ts_ms: i64,
+    given: &mut GivenBack,
+    outcome: &mut Outcome,
+) -> Picos {
+    let mut left = charge.charge;
+    for (g, back) in given.credit.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        let grant = &grants[*g as usize];
+        if *back <= 0 || !grant.usable_at(ts_ms) || !grant.applies_to(charge.product) {
+            continue;
+        }
+        let balance = remaining.get(*g);
+        let take = left.min(*back).min(balance);
+        if take > 0 {
+            remaining.set(*g, balance - take);
+            add_draw(&mut outcome.draws, *g, take);
+            *back -= take;
+            left -= take;
+        }
+    }
+    let overage = left.min(given.overage);
+    given.overage -= overage;
+    outcome.overage += overage;
+    left - overage
+}
+
+/// Adds credits to a grant's entry in `draws`, or a new entry: a charge taking back a grant's credit may
+/// draw more of it in burn order.
+fn add_draw<const N: usize>(draws: &mut SmallVec<[(u32, Picos); N]>, g: u32, credits: Picos)
+where
+    [(u32, Picos); N]: smallvec::Array<Item = (u32, Picos)>,
+{
+    match draws.iter_mut().find(|(i, _)| *i == g) {
+        Some(entry) => entry.1 += credits,
+        None => draws.push((g, credits)),
     }
 }
 
@@ -294,22 +378,72 @@ mod tests {
         let grants = vec![grant("g", 100, 0, vec![], None, 0)];
         let order = burn_order(&grants);
         let drew = [(0u32, 100)];
-        for (charging, refunding) in [("a", "b"), ("b", "a")] {
+        for (charging, refunding, netted) in [("a", "b", false), ("b", "a", false), ("a", "b", true), ("b", "a", true)]
+        {
             let charge = Charge { product: 1, product_id: charging, charge: 40, drawn_by_grant: &[], overage: 0 };
             let refund = Charge { product: 2, product_id: refunding, charge: -49, drawn_by_grant: &drew, overage: 0 };
             let charges = if charging < refunding { [charge, refund] } else { [refund, charge] };
             let mut remaining = vec![0];
-            let outcomes = settle(&grants, &order, &mut remaining, &charges, 1);
+            let outcomes = settle(&grants, &order, &mut remaining, &charges, 1, netted);
             assert_eq!(remaining, vec![9]);
             assert!(outcomes.iter().all(|o| o.overage == 0));
         }
+    }
+
+    /// Total overage and balances after settling `charges` (netted or not) from `remaining`.
+    fn settled(grants: &[Grant], remaining: &[Picos], charges: &[Charge], netted: bool) -> (Picos, Vec<Picos>) {
+        let mut balances = remaining.to_vec();
+        let outcomes = settle(grants, &burn_order(grants), &mut balances, charges, 1, netted);
+        (outcomes.iter().map(|o| o.overage).sum(), balances)
+    }
+
+    #[test]
+    fn a_refund_of_overage_beside_a_charge_of_as_much_touches_nothing_netted() {
+        // A LATEST line of 5, all overage, falls to 2 (-3) while the event's SUM product costs 3; 10 credits.
+        let grants = vec![grant("g", 10, 0, vec![], None, 0)];
+        let latest = Charge { product: 1, product_id: "latest", charge: -3, drawn_by_grant: &[], overage: 5 };
+        let sum = charge(2, "sum", 3);
+        let charges = [latest, sum];
+        assert_eq!(settled(&grants, &[10], &charges, true), (0, vec![10])); // overage stays 5, the grant 10
+        assert_eq!(settled(&grants, &[10], &charges, false), (-3, vec![7])); // as batches journaled before
+    }
+
+    #[test]
+    fn credit_given_back_to_a_grant_of_another_product_does_not_pay_a_charge() {
+        // A grant of 200 for pB only, 100 drawn by pB; pB gives back 49.5 while pA charges 40: pA's 40 is overage.
+        let grants = vec![grant("b-only", 200, 0, vec![2], None, 0)];
+        let drew = [(0u32, 100)];
+        let refund = Charge { product: 2, product_id: "pB", charge: -49, drawn_by_grant: &drew, overage: 0 };
+        let charges = [charge(1, "pA", 40), refund];
+        for netted in [false, true] {
+            assert_eq!(settled(&grants, &[100], &charges, netted), (40, vec![149]));
+        }
+    }
+
+    #[test]
+    fn a_charge_takes_back_credit_given_back_before_overage_given_back() {
+        // The refunding line caused 5 of overage and drew 7 from g; it gives back 12 while another product costs 5.
+        // Netted, the event is a refund of 7: the 5 of overage first, then 2 credits. Its charge takes back 5
+        // credits, leaving the overage given back; taking the overage back first would leave 7 credits given back
+        // and the 5 of overage billed.
+        let grants = vec![grant("g", 10, 0, vec![], None, 0), grant("h", 10, 1, vec![], None, 1)];
+        let drew = [(0u32, 7)];
+        let refund = Charge { product: 1, product_id: "a", charge: -12, drawn_by_grant: &drew, overage: 5 };
+        let charges = [refund, charge(2, "b", 5)];
+        assert_eq!(settled(&grants, &[3, 10], &charges, true), (-5, vec![5, 10]));
+        assert_eq!(settled(&grants, &[3, 10], &charges, false), (-5, vec![5, 10]));
+        // Costing 12, it touches nothing; costing 20, it draws 8 more in burn order.
+        let charges = [Charge { charge: -12, ..charges[0] }, charge(2, "b", 12)];
+        assert_eq!(settled(&grants, &[3, 10], &charges, true), (0, vec![3, 10]));
+        let charges = [Charge { charge: -12, ..charges[0] }, charge(2, "b", 20)];
+        assert_eq!(settled(&grants, &[3, 10], &charges, true), (0, vec![0, 5]));
     }
 
     #[test]
     fn what_no_grant_covers_is_overage() {
         let grants = vec![grant("b-only", 200, 0, vec![2], None, 0)];
         let mut remaining = vec![200];
-        let outcomes = settle(&grants, &burn_order(&grants), &mut remaining, &[charge(1, "a", 40)], 1);
+        let outcomes = settle(&grants, &burn_order(&grants), &mut remaining, &[charge(1, "a", 40)], 1, true);
         assert_eq!(outcomes[0], Outcome { draws: smallvec![], overage: 40 });
         assert_eq!(remaining, vec![200]);
     }
@@ -320,7 +454,7 @@ mod tests {
         later.starts_at_ms = 50;
         let grants = vec![later, grant("gone", 10, 0, vec![], Some(5), 1), grant("ok", 10, 1, vec![], None, 2)];
         let mut remaining = vec![10, 10, 10];
-        let outcomes = settle(&grants, &burn_order(&grants), &mut remaining, &[charge(1, "a", 15)], 10);
+        let outcomes = settle(&grants, &burn_order(&grants), &mut remaining, &[charge(1, "a", 15)], 10, true);
         assert_eq!(outcomes[0], Outcome { draws: smallvec![(2, 10)], overage: 5 });
     }
 
@@ -333,19 +467,19 @@ mod tests {
         let grants: Vec<Grant> = (0..40).map(|i| grant("g", 1, i % 3, vec![], None, i)).collect();
         let order = burn_order(&grants);
         let mut all = vec![1; 40];
-        let first = settle(&grants, &order, &mut all, &[charge(1, "a", 35)], 1);
+        let first = settle(&grants, &order, &mut all, &[charge(1, "a", 35)], 1, false);
         let mut changes = Changes::new(&grants);
         let mut outcomes = Outcomes::new();
-        settle_into(&grants, &order, &mut changes, &[charge(1, "a", 35)], 1, &mut outcomes);
+        settle_into(&grants, &order, &mut changes, &[charge(1, "a", 35)], 1, false, &mut outcomes);
         assert_eq!((outcomes.clone(), changes.changed.len()), (first.clone(), 35));
         let after: Vec<Grant> = grants.iter().zip(&all).map(|(g, r)| Grant { remaining: *r, ..g.clone() }).collect();
         let payable: Vec<u32> = order.iter().copied().filter(|&g| all[g as usize] > 0).collect();
         let drew = first[0].draws.to_vec();
         let refund = Charge { product: 1, product_id: "a", charge: -12, drawn_by_grant: &drew, overage: 0 };
         let both = [refund, charge(2, "b", 20)];
-        let expected = settle(&after, &order, &mut all, &both, 1);
+        let expected = settle(&after, &order, &mut all, &both, 1, false);
         let mut changes = Changes::new(&after);
-        settle_into(&after, &payable, &mut changes, &both, 1, &mut outcomes);
+        settle_into(&after, &payable, &mut changes, &both, 1, false, &mut outcomes);
         assert_eq!(outcomes, expected);
         let mut overlaid: Vec<Picos> = after.iter().map(|g| g.remaining).collect();
         for &(g, balance) in &changes.changed {
@@ -378,6 +512,7 @@ mod tests {
         fn settling_over_the_payable_grants_is_settling_over_all(
             specs in many_grants(),
             events in proptest::collection::vec((proptest::collection::vec((1u32..4, -60i128..60), 1..4), 0i64..45), 1..30),
+            netted in proptest::bool::ANY,
         ) {
             let grants: Vec<Grant> = specs.iter().enumerate().map(|(i, (amount, priority, expires, starts, applicable, _))| {
                 let mut g = grant("g", *amount, *priority, applicable.clone(), *expires, (i as i64 * 7) % 11);
@@ -400,14 +535,14 @@ mod tests {
                     let charged: Picos = overage.get(&product).copied().unwrap_or(0) + by_grant.iter().map(|d| d.1).sum::<Picos>();
                     Charge { product, product_id: id, charge: amount.max(-charged), drawn_by_grant: by_grant, overage: overage.get(&product).copied().unwrap_or(0) }
                 }).collect();
-                let expected = settle(&grants, &order, &mut all, &charges, ts_ms);
+                let expected = settle(&grants, &order, &mut all, &charges, ts_ms, netted);
                 let payable: Vec<u32> = order.iter().copied().filter(|&g| some[g as usize] > 0).collect();
                 // The overlay reads balances from the grants, as the kernel's accounts hold them.
                 let grants_now: Vec<Grant> =
                     grants.iter().zip(&some).map(|(g, r)| Grant { remaining: *r, ..g.clone() }).collect();
                 let mut changes = Changes::new(&grants_now);
                 let mut outcomes = Outcomes::new();
-                settle_into(&grants_now, &payable, &mut changes, &charges, ts_ms, &mut outcomes);
+                settle_into(&grants_now, &payable, &mut changes, &charges, ts_ms, netted, &mut outcomes);
                 prop_assert_eq!(&outcomes, &expected);
                 for &(g, balance) in &changes.changed {
                     some[g as usize] = balance;
@@ -427,6 +562,35 @@ mod tests {
             }
         }
 
+        /// With grants usable for every product, an event of one refunding line and some charges settles, netted,
+        /// as its net amount does: a net refund from that line (overage first, then credits in reverse burn order),
+        /// a net charge in burn order.
+        #[test]
+        fn netted_an_event_settles_as_its_net_amount(
+            amounts in proptest::collection::vec(1i128..50, 1..5),
+            drawn in proptest::collection::vec(0i128..50, 1..5),
+            overage in 0i128..30,
+            refund in 1i128..100,
+            costs in proptest::collection::vec(1i128..40, 0..3),
+        ) {
+            let grants: Vec<Grant> =
+                amounts.iter().enumerate().map(|(i, a)| grant("g", *a, i as i64 % 2, vec![], None, i as i64)).collect();
+            let drawn_by_grant: Vec<(u32, Picos)> =
+                drawn.iter().zip(&amounts).enumerate().map(|(g, (d, a))| (g as u32, (*d).min(*a))).collect();
+            let remaining: Vec<Picos> = amounts.iter().zip(&drawn_by_grant).map(|(a, d)| a - d.1).chain(amounts.iter().skip(drawn_by_grant.len()).copied()).collect();
+            let charged = overage + drawn_by_grant.iter().map(|d| d.1).sum::<Picos>();
+            let refund = refund.min(charged);
+            prop_assume!(refund > 0);
+            let line = Charge { product: 0, product_id: "a", charge: -refund, drawn_by_grant: &drawn_by_grant, overage };
+            let ids = ["b", "c", "d"];
+            let mut charges = vec![Charge { ..line }];
+            charges.extend(costs.iter().zip(ids).enumerate().map(|(i, (c, id))| charge(i as u32 + 1, id, *c)));
+            let net = costs.iter().sum::<Picos>() - refund;
+            let alone = [Charge { charge: net, ..line }];
+            let as_net = if net == 0 { (0, remaining.clone()) } else { settled(&grants, &remaining, &alone, true) };
+            prop_assert_eq!(settled(&grants, &remaining, &charges, true), as_net);
+        }
+
         #[test]
         fn credits_are_conserved(amounts in proptest::collection::vec(1i128..1_000, 1..5), charges in proptest::collection::vec(-500i128..1_000, 1..8)) {
             let grants: Vec<Grant> = amounts.iter().enumerate().map(|(i, a)| grant("g", *a, i as i64 % 2, vec![], None, i as i64)).collect();
@@ -438,7 +602,7 @@ mod tests {
                 // A refund never exceeds what was charged.
                 let total: Picos = overage + drawn_by_grant.iter().map(|(_, c)| c).sum::<Picos>();
                 let amount = amount.max(-total);
-                let outcome = settle(&grants, &order, &mut remaining, &[Charge { product: 1, product_id: "p", charge: amount, drawn_by_grant: &drawn_by_grant, overage }], 1).remove(0);
+                let outcome = settle(&grants, &order, &mut remaining, &[Charge { product: 1, product_id: "p", charge: amount, drawn_by_grant: &drawn_by_grant, overage }], 1, true).remove(0);
                 prop_assert_eq!(outcome.draws.iter().map(|(_, c)| c).sum::<Picos>() + outcome.overage, amount);
                 drawn_by_grant.extend(outcome.draws);
                 overage += outcome.overage;

@@ -381,6 +381,11 @@ pub struct Kernel {
     /// echoes it whole, and a longer one could take the ack past the message limit): set by the
     /// server for each batch it receives; false on replay, which takes every journaled batch. Not state.
     pub batch_ids_bounded: bool,
+    /// Whether an event's charges take back first what its refunds gave back (`draw::settle`'s `netted`), so
+    /// its refunds and charges are netted as far as the grants' products allow: set by the caller for each
+    /// batch and each hold, as its journal record says (false for records of earlier releases, whose charges
+    /// drew in burn order). Authorize's reads net always, as the server rates batches now. Not state.
+    pub refunds_netted: bool,
 }
 
 impl Kernel {
@@ -600,7 +605,7 @@ impl Kernel {
                 }
             }
         }
-        self.rater.commit(account, event, plan, &self.plans, ack);
+        self.rater.commit(account, event, plan, self.refunds_netted, &self.plans, ack);
         // Refunds are looked for only when asked: most events charge, and this runs for every one.
         let refunded = || self.plans.iter().any(|p| p.charge < 0);
         let (expired, rolled) = (self.returned_expired_credit_breaks, self.returned_rolled_credit_breaks);
@@ -915,12 +920,14 @@ impl Rater {
     }
 
     /// Settles the plans' charges on the account's balances without changing them: the one code path for
-    /// ingestion and Authorize. Fills `outcomes`; returns the balances it changed.
+    /// ingestion and Authorize. Fills `outcomes`; returns the balances it changed. `netted`: the event's
+    /// charges take back first what its refunds gave back (`draw::settle`; false, as batches journaled before).
     pub(crate) fn settle<'a>(
         &self,
         account: &'a Account,
         plans: &[Plan],
         ts_ms: i64,
+        netted: bool,
         outcomes: &mut Outcomes,
     ) -> Changes<'a> {
         // Pushed into a vector built where it stays: collected, the vector (a few hundred bytes
@@ -942,14 +949,22 @@ impl Rater {
             });
         }
         let mut changes = Changes::new(&account.grants);
-        settle_into(&account.grants, &account.payable, &mut changes, &charges, ts_ms, outcomes);
+        settle_into(&account.grants, &account.payable, &mut changes, &charges, ts_ms, netted, outcomes);
         changes
     }
 
-    fn commit(&mut self, account: &mut Account, event: &Event, plan: EventPlan, plans: &[Plan], ack: &mut AckBuilder) {
+    fn commit(
+        &mut self,
+        account: &mut Account,
+        event: &Event,
+        plan: EventPlan,
+        netted: bool,
+        plans: &[Plan],
+        ack: &mut AckBuilder,
+    ) {
         let ts = event.timestamp_ms;
         let mut outcomes = Outcomes::new();
-        let changed = self.settle(account, plans, ts, &mut outcomes).changed;
+        let changed = self.settle(account, plans, ts, netted, &mut outcomes).changed;
         for &(g, balance) in &changed {
             account.grants[g as usize].remaining = balance;
             if balance > 0 {
@@ -1042,7 +1057,8 @@ impl Rater {
 }
 
 impl Kernel {
-    /// Prices a hypothetical event at now_ms exactly as ingesting it would, and decides.
+    /// Prices a hypothetical event at now_ms exactly as ingesting it would (as the server rates a batch now:
+    /// its refunds netted, `refunds_netted`), and decides.
     pub fn authorize(&self, event: &wire::UsageEvent, now_ms: i64) -> Decision {
         with_view(event, |view| self.authorize_view(view, now_ms))
     }
@@ -1050,7 +1066,12 @@ impl Kernel {
     /// `authorize` for an event read in place (AuthorizeBatches decides each request from a view of the
     /// message's bytes, allocating nothing per request to read it).
     pub fn authorize_view(&self, event: &EventView<'_, '_>, now_ms: i64) -> Decision {
-        self.authorize_on(self.accounts.get(event.customer_id).map(|a| &**a), event, now_ms)
+        self.authorize_settled(event, now_ms, true)
+    }
+
+    /// `authorize_view`, its event settled `netted` or not (a hold journaled before that rule decides without).
+    pub(crate) fn authorize_settled(&self, event: &EventView<'_, '_>, now_ms: i64, netted: bool) -> Decision {
+        self.authorize_on(self.accounts.get(event.customer_id).map(|a| &**a), event, now_ms, netted)
     }
 
     /// `authorize` for a read (Authorize without a hold, AuthorizeBatches' requests without one): decided on the
@@ -1059,12 +1080,18 @@ impl Kernel {
     /// (`authorize`), after the writer applied it.
     pub fn authorize_read(&self, event: &EventView<'_, '_>, now_ms: i64) -> Decision {
         match self.account_read(event.customer_id, now_ms) {
-            Some(account) => self.authorize_on(Some(&account), event, now_ms),
-            None => self.authorize_on(None, event, now_ms),
+            Some(account) => self.authorize_on(Some(&account), event, now_ms, true),
+            None => self.authorize_on(None, event, now_ms, true),
         }
     }
 
-    fn authorize_on(&self, account: Option<&Account>, event: &EventView<'_, '_>, now_ms: i64) -> Decision {
+    fn authorize_on(
+        &self,
+        account: Option<&Account>,
+        event: &EventView<'_, '_>,
+        now_ms: i64,
+        netted: bool,
+    ) -> Decision {
         let available_for = |products: Option<&[Sym]>| -> Picos {
             let Some(account) = account else { return 0 };
             // Grants without credit add nothing: only the payable ones are walked.
@@ -1101,9 +1128,16 @@ impl Kernel {
         let cost: Picos = plans.iter().map(|p| p.charge).sum();
         let account = account.expect("planned, so the account exists");
         let mut outcomes = Outcomes::new();
-        self.rater.settle(account, &plans, now_ms, &mut outcomes);
-        // Overage the positive parts would leave: a refund elsewhere in the event does not pay for them.
-        let uncovered: Picos = outcomes.iter().map(|o| o.overage.max(0)).sum();
+        self.rater.settle(account, &plans, now_ms, netted, &mut outcomes);
+        // Overage the usage would add. Netted, that is the event's overage in all, as its charges take back what
+        // its refunds gave back before they cause any; otherwise, the overage its positive parts would leave: a
+        // refund elsewhere in the event does not pay for them. Either way a refund to a grant that cannot pay a
+        // charge does not lower it.
+        let uncovered: Picos = if netted {
+            outcomes.iter().map(|o| o.overage).sum::<Picos>().max(0)
+        } else {
+            outcomes.iter().map(|o| o.overage.max(0)).sum()
+        };
         if plan.block && (uncovered > 0 || available <= 0) {
             let message = "available credit does not cover this usage".to_string();
             return Decision { allowed: false, reason: "INSUFFICIENT_CREDIT", message, cost, available };

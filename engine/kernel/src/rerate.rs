@@ -1012,7 +1012,8 @@ fn settle_part(
         drawn_by_grant: &aggregate.drawn_by_grant,
         overage: aggregate.overage,
     };
-    settle_into(&account.grants, &account.order, &mut remaining[..], &[settled], hour * HOUR_MS, outcomes);
+    // One charge alone: nothing of the event to net it with (`netted` changes nothing).
+    settle_into(&account.grants, &account.order, &mut remaining[..], &[settled], hour * HOUR_MS, false, outcomes);
     for (grant, balance) in kept {
         remaining[grant as usize] += balance;
     }
