@@ -43,10 +43,6 @@ def rows(balances: Iterable[invoices_pb2.InvoiceGrantBalance]) -> list[Row]:
     return sorted((g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in balances)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a draft reads the kernel's own grants: the ROLLOVER grant the clock's record will make is missing",
-)
 def test_the_draft_of_the_period_after_a_due_rollover_lists_the_rollover_grant_as_its_close_will(
     server: ServerProcess,
 ) -> None:
