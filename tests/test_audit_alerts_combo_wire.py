@@ -146,7 +146,8 @@ def test_watch_balance_follows_a_hold_its_expiry_and_a_grant(server: ServerProce
 def committed(client: TariffClient, rule_id: str) -> alerts_pb2.Alert:
     """The first alert of `rule_id`, once committed (WatchAlerts sends each alert as its record commits)."""
     call = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=STREAM_TIMEOUT_S)
-    for alert in call:
+    alerts: Iterator[alerts_pb2.Alert] = iter(call)
+    for alert in alerts:
         if alert.rule_id == rule_id:
             call.cancel()
             return alert
