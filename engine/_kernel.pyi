@@ -151,7 +151,7 @@ class Kernel:
     def track_touched(self, on: bool) -> None: ...
     def take_touched(self) -> list[str]: ...
     def invoice_lines(
-        self, customer_id: str, at_ms: int, in_contract: bool
+        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None = None
     ) -> (
         tuple[
             int,

@@ -744,26 +744,35 @@ class Billing:
 
     # Reads ---------------------------------------------------------------------------------------------
 
-    def _period_lines(self, customer_id: str, at_ms: int, in_contract: bool) -> KernelLines | None:
+    def _period_lines(self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None) -> KernelLines | None:
         """The kernel's invoice lines of a period (engine/invoicing.py reads them through this); `in_contract`:
-        the version parts count the hours before the contract's end only."""
+        the version parts count the hours before the contract's end only; `read_ms`: a draft read then sees what
+        fell due by then as the clock's record will leave it (Kernel.account_read)."""
         self.refresh_tables()
-        return self.kernel.invoice_lines(customer_id, at_ms, in_contract)
+        return self.kernel.invoice_lines(customer_id, at_ms, in_contract, read_ms)
 
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
         return self.kernel.adjustments(customer_id)
 
-    def _grant_credit(self, customer_id: str) -> dict[str, tuple[int, int]]:
+    def _grant_credit(self, customer_id: str, read_ms: int | None) -> dict[str, tuple[int, int]]:
         """The customer's grants in the kernel now, by id: (the credit each still has, its remainder and what open
         reservations hold on it; the breakage recorded from it). Invoices show a rolled-over or expired grant's
-        breakage so (engine/invoices.py)."""
+        breakage so (engine/invoices.py). `read_ms` (a draft read then): as the clock's record of what fell due by
+        then will leave them, consistent with _period_lines' grants."""
         self.refresh_tables()
         broken: dict[str, int] = {}
-        for _, grant_id, _, picos, _ in self.kernel.breakage(customer_id):
+        rows = (
+            self.kernel.breakage(customer_id) if read_ms is None else self.kernel.credits_read(customer_id, read_ms)[1]
+        )
+        for _, grant_id, _, picos, _ in rows:
             broken[grant_id] = broken.get(grant_id, 0) + picos
         # A grant's remaining + expired - breakage is its remainder, whatever instant the balance is read at.
-        view = self.kernel.balance(customer_id, 0)
+        view = (
+            self.kernel.balance(customer_id, 0)
+            if read_ms is None
+            else self.kernel.balance(customer_id, read_ms, projected=True)
+        )
         if view is None:
             return {}
         credit = {}

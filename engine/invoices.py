@@ -64,8 +64,9 @@ KernelLine = tuple[str, list[str], int, int, int, int, list[tuple[str, int]], li
 # (grant id, amount, drawn through the period, expires_at_ms, (period end it rolled at, credits rolled) or None)
 KernelGrant = tuple[str, int, int, int | None, tuple[int, int] | None]
 KernelLines = tuple[int, int, int, bool, list[KernelLine], list[KernelGrant]]
-# (customer_id, at_ms, in_contract): in_contract, the version parts count the hours before the contract's end only.
-LinesReader = Callable[[str, int, bool], KernelLines | None]
+# (customer_id, at_ms, in_contract, read_ms): in_contract, the version parts count the hours before the contract's
+# end only; read_ms, a draft read then (what fell due by then as the clock will record it), None for a close.
+LinesReader = Callable[[str, int, bool, int | None], KernelLines | None]
 # (journal seq, hour (Unix ms / HOUR_MS), product_id, dimension values, rate_card_id, old versions, new version,
 # quantity_e18, events, old_amount_picos, new_amount_picos): what Kernel.adjustments returns, oldest first.
 KernelAdjustment = tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]
@@ -75,9 +76,10 @@ ROLLOVER_FRACTION_ONE = 10**18  # a grant's rollover_fraction at 10^-18, as the 
 # Kernel.top_up_purchases: [(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)].
 PurchasesReader = Callable[[str], list[tuple[int, str, int, int, int, int]]]
 # A customer's grants as the kernel holds them now, by id: (the credit it still has, its remainder and what open
-# reservations hold on it; the breakage recorded from it): engine/billing.py's grant_credit.
+# reservations hold on it; the breakage recorded from it): engine/billing.py's grant_credit. Read by (customer_id,
+# read_ms) as LinesReader's.
 GrantCredit = Mapping[str, tuple[int, int]]
-GrantCreditReader = Callable[[str], GrantCredit]
+GrantCreditReader = Callable[[str, int | None], GrantCredit]
 
 
 def minor_unit(currency: str) -> int:

@@ -55,16 +55,19 @@ class InvoiceCommands(ControlPlane):
 
     # Reads -------------------------------------------------------------------------------------------------
 
-    def preview(self, customer_id: str, at_ms: int) -> Invoice:
-        """The invoice of the customer's period containing at_ms: the final one when the period is closed."""
+    def preview(self, customer_id: str, at_ms: int, read_ms: int | None = None) -> Invoice:
+        """The invoice of the customer's period containing at_ms: the final one when the period is closed.
+        `read_ms` (PreviewInvoice's time): the kernel's grants as the clock's record of what fell due by then will
+        leave them, so that a ROLLOVER grant made by a rollover due but not yet recorded is listed, as its close
+        (which the writer applies after recording it) lists it (README "Draft = final")."""
         contract = self._contract_or_refuse(customer_id, at_ms)
-        period = self._lines(customer_id, at_ms, parts_in_contract=True)
+        period = self._lines(customer_id, at_ms, parts_in_contract=True, read_ms=read_ms)
         number = self.state.accounts[customer_id].invoices.get(period[0])
         if number is not None:
             return self.state.invoices[number]
         top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency)
         due = self._rollovers_due(customer_id, period[1])
-        credit = self._grant_credit(customer_id, period, due)
+        credit = self._grant_credit(customer_id, period, due, read_ms=read_ms)
         return self._build(contract, period, top_ups, rollovers_due=due, grant_credit=credit, expired_credit=credit)
 
     def invoice(self, number: str) -> Invoice:
@@ -123,11 +126,12 @@ class InvoiceCommands(ControlPlane):
         due: dict[str, tuple[int, int]] | None = None,
         expiring: bool = True,
         read: dict[str, GrantCredit] | None = None,
+        read_ms: int | None = None,
     ) -> GrantCredit:
         """The customer's grants as the kernel holds them now (engine/billing.py grant_credit), read only when one of
         the period's grants rolled over or rolls over by its end (`due`) or, with `expiring`, expires by its end: no
         other grant's balance reads them. `read`: what earlier reads of the same command answered, by customer (a
-        read is the customer's whole balance, tens of ms at 11,000 grants), kept there."""
+        read is the customer's whole balance, tens of ms at 11,000 grants), kept there. `read_ms`: as preview's."""
         end_ms = period[1]
         if not due and not any(
             rolled is not None or (expiring and expires_at_ms is not None and expires_at_ms <= end_ms)
@@ -136,16 +140,17 @@ class InvoiceCommands(ControlPlane):
             return {}
         assert self.grant_credit is not None, "the engine reads grants through the kernel (engine/billing.py)"
         if read is None:
-            return self.grant_credit(customer_id)
+            return self.grant_credit(customer_id, read_ms)
         if customer_id not in read:
-            read[customer_id] = self.grant_credit(customer_id)
+            read[customer_id] = self.grant_credit(customer_id, read_ms)
         return read[customer_id]
 
-    def _lines(self, customer_id: str, at_ms: int, parts_in_contract: bool) -> KernelLines:
+    def _lines(self, customer_id: str, at_ms: int, parts_in_contract: bool, read_ms: int | None = None) -> KernelLines:
         """The kernel's lines of the period containing at_ms; `parts_in_contract`: their version parts count the
-        hours before the contract's end only (without it every hour of the period, as closes of earlier releases)."""
+        hours before the contract's end only (without it every hour of the period, as closes of earlier releases);
+        `read_ms`: as preview's."""
         assert self.period_lines is not None, "the engine reads invoice lines through the kernel (engine/billing.py)"
-        period = self.period_lines(customer_id, at_ms, parts_in_contract)
+        period = self.period_lines(customer_id, at_ms, parts_in_contract, read_ms)
         assert period is not None, f"the kernel's tables name customer {customer_id!r}"
         return period
 

@@ -143,6 +143,17 @@ def test_watch_balance_follows_a_hold_its_expiry_and_a_grant(server: ServerProce
         until(stream, "6")
 
 
+def committed(client: TariffClient, rule_id: str) -> alerts_pb2.Alert:
+    """The first alert of `rule_id`, once committed (WatchAlerts sends each alert as its record commits)."""
+    call = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=STREAM_TIMEOUT_S)
+    alerts: Iterator[alerts_pb2.Alert] = iter(call)
+    for alert in alerts:
+        if alert.rule_id == rule_id:
+            call.cancel()
+            return alert
+    raise AssertionError(f"the stream ended before an alert of rule {rule_id!r}")
+
+
 def until(stream: Iterator[balance_pb2.Balance], credits: str) -> balance_pb2.Balance:
     """The first balance the stream sends with `credits` available."""
     for balance in stream:
@@ -357,6 +368,9 @@ def test_event_alerts_carry_the_period_start_and_the_instant_and_the_time_of_the
         hold(client, "px", "px-r1", 4000, ttl_s=3)  # 14 remaining, 4 held: 10 available after the top-up
         hold(client, "px", "px-r2", 8500)  # 1.5 available, no top-up (the cap): LOW_BALANCE fires (1.5 < 2)
         wait_for(lambda: available(client, "px") == "5.5", timeout_s=30)  # px-r1 expired
+        # GetBalance shows px-r1 expired from its TTL on, before the clock's AdvanceClock records it; that record's
+        # time is the alert's at_ms, so the upper bound is read once the alert itself is committed.
+        committed(client, expired)
         after_ms = now_ms()
         balance = client.get_balance("px")
         start_ms = balance.period_start.ToMilliseconds()

@@ -414,9 +414,9 @@ def test_close_due_periods_reads_a_customers_grant_credit_once_and_builds_what_c
         reader = world.engine.grant_credit
         assert reader is not None
 
-        def counted(customer_id: str) -> GrantCredit:
+        def counted(customer_id: str, read_ms: int | None) -> GrantCredit:
             reads.append(customer_id)
-            return reader(customer_id)
+            return reader(customer_id, read_ms)
 
         world.engine.grant_credit = counted
         return m, reads

@@ -211,7 +211,9 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     ) -> invoices_pb2.Invoice:
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         at_ms = convert.optional_ms(request, "period_start")
-        return _sent_invoice(self.engine.preview(request.customer_id, self.clock_ms() if at_ms is None else at_ms))
+        now_ms = self.clock_ms()
+        # Read at now_ms: what fell due by then counts as the clock will record it (engine/invoicing.py preview).
+        return _sent_invoice(self.engine.preview(request.customer_id, now_ms if at_ms is None else at_ms, now_ms))
 
     @unary
     async def ClosePeriod(self, request: invoices_pb2.ClosePeriodRequest, context: Context) -> invoices_pb2.Invoice:
@@ -244,7 +246,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         other refusal is the command's to make (a period not ended, or no period's start). What it checked, for
         the answer to reuse."""
         try:
-            invoice = self.engine.preview(customer_id, period_start_ms)
+            invoice = self.engine.preview(customer_id, period_start_ms, at_ms)
         except EngineError:
             return None
         if invoice.period_start_ms != period_start_ms or invoice.period_end_ms > at_ms:

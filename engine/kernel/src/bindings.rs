@@ -757,9 +757,17 @@ impl Kernel {
     /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values, the grants
     /// started before the period's end with what usage through the period drew from them). None for a
     /// customer the tables do not name; ValueError when no contract of it covers `at_ms`. `in_contract`:
-    /// the version parts count the hours before the contract's end only (`Kernel::period_lines`).
-    fn invoice_lines(&self, customer_id: &str, at_ms: i64, in_contract: bool) -> PyResult<Option<PeriodTuple>> {
-        let period = match self.read()?.period_lines(customer_id, at_ms, in_contract) {
+    /// the version parts count the hours before the contract's end only (`Kernel::period_lines`). `read_ms`: a
+    /// draft read at that time, which sees what the clock's record of what fell due by then will make.
+    #[pyo3(signature = (customer_id, at_ms, in_contract, read_ms=None))]
+    fn invoice_lines(
+        &self,
+        customer_id: &str,
+        at_ms: i64,
+        in_contract: bool,
+        read_ms: Option<i64>,
+    ) -> PyResult<Option<PeriodTuple>> {
+        let period = match self.read()?.period_lines(customer_id, at_ms, in_contract, read_ms) {
             Ok(period) => period,
             Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
             Err(crate::invoice::NoLines::NoContract) => {

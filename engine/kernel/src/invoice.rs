@@ -77,8 +77,22 @@ impl Kernel {
     /// `in_contract`: the version parts count the hours before the contract's end only (a switched
     /// contract's last period keeps its monthly end: the hours past the switch are the next contract's);
     /// without it, every hour of the period (as final invoices closed by earlier releases were built).
-    pub fn period_lines(&self, customer_id: &str, at_ms: i64, in_contract: bool) -> Result<PeriodLines, NoLines> {
-        let account = self.account(customer_id).ok_or(NoLines::UnknownCustomer)?;
+    /// `read_ms` (a draft read): the account as the clock's AdvanceClock at that time will leave it
+    /// (`Kernel::account_read`), so a ROLLOVER grant due but not yet recorded is listed as its close will list it;
+    /// None (a close, applied after the writer recorded what was due): the kernel's own account.
+    pub fn period_lines(
+        &self,
+        customer_id: &str,
+        at_ms: i64,
+        in_contract: bool,
+        read_ms: Option<i64>,
+    ) -> Result<PeriodLines, NoLines> {
+        let read = match read_ms {
+            Some(now_ms) => self.account_read(customer_id, now_ms),
+            None => self.account(customer_id).map(std::borrow::Cow::Borrowed),
+        };
+        let read = read.ok_or(NoLines::UnknownCustomer)?;
+        let account: &Account = &read;
         let route = account.route().ok_or(NoLines::UnknownCustomer)?;
         let contract = route.contracts.iter().find(|c| c.covers(at_ms)).ok_or(NoLines::NoContract)?;
         let (start, end) = period_containing(contract.starting_at_ms, at_ms);

@@ -108,7 +108,7 @@ fn kernel() -> Kernel {
 
 #[test]
 fn lines_group_by_dimension_values_and_split_by_version() {
-    let period = kernel().period_lines("acme", T0 + 7 * 24 * HOUR, true).expect("lines");
+    let period = kernel().period_lines("acme", T0 + 7 * 24 * HOUR, true, None).expect("lines");
     assert_eq!((period.period_start_ms, period.period_end_ms), (T0, T0 + 31 * 24 * HOUR));
     assert_eq!(period.overage_price, 1_500_000_000_000_000_000);
     let lines: Vec<(&str, &[String])> =
@@ -135,13 +135,13 @@ fn lines_group_by_dimension_values_and_split_by_version() {
 #[test]
 fn the_next_period_holds_only_its_own_usage_and_unknowns_say_why() {
     let kernel = kernel();
-    let next = kernel.period_lines("acme", T0 + 40 * 24 * HOUR, true).expect("lines");
+    let next = kernel.period_lines("acme", T0 + 40 * 24 * HOUR, true, None).expect("lines");
     assert_eq!(next.period_start_ms, T0 + 31 * 24 * HOUR);
     assert_eq!(next.lines.len(), 1);
     assert_eq!((next.lines[0].amount, next.lines[0].parts.len()), (3 * PICOS, 1));
     assert!(!next.closed);
-    assert_eq!(kernel.period_lines("nobody", T0, true), Err(NoLines::UnknownCustomer));
-    assert_eq!(kernel.period_lines("acme", T0 - 1, true), Err(NoLines::NoContract));
+    assert_eq!(kernel.period_lines("nobody", T0, true, None), Err(NoLines::UnknownCustomer));
+    assert_eq!(kernel.period_lines("acme", T0 - 1, true, None), Err(NoLines::NoContract));
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn a_switched_contracts_last_period_prices_its_own_hours_in_contract() {
     let usage = batch(&[("c1", T0 + 24 * HOUR, "gpt4", 2.0), ("d1", T0 + 12 * 24 * HOUR, "gpt4", 1.0)]);
     kernel.ingest(&usage, T0 + 13 * 24 * HOUR, 1).expect("a batch");
     let parts = |in_contract: bool| {
-        let period = kernel.period_lines("acme", T0, in_contract).expect("lines");
+        let period = kernel.period_lines("acme", T0, in_contract, None).expect("lines");
         assert_eq!((period.period_end_ms, period.lines[0].amount), (T0 + 31 * 24 * HOUR, 6 * PICOS));
         period.lines[0].parts.iter().map(|p| (p.version, p.quantity, p.amount)).collect::<Vec<_>>()
     };
