@@ -38,6 +38,23 @@ def parse_duration_ms(text: str) -> int | None:
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
+def close_due_slice(at_ms: int, actor: str, grace_ms: int) -> cmd.CloseDuePeriods:
+    """One slice of closing due periods (at most PERIODS_PER_COMMAND), as the server journals it now: every rule a
+    close follows today set, so the driver, the CloseDuePeriods RPC and the bench close alike."""
+    return cmd.CloseDuePeriods(
+        at_ms,
+        actor,
+        grace_ms,
+        PERIODS_PER_COMMAND,
+        rollovers_shown=True,
+        alerts_evaluated=True,
+        adjustments_in_contract=True,
+        parts_in_contract=True,
+        rolled_breakage_shown=True,
+        expired_breakage_shown=True,
+    )
+
+
 async def close_due_periods(
     billing: Billing, sequencer: Sequencer, grace_ms: int, clock_ms: Callable[[], int], every_s: float = CHECK_EVERY_S
 ) -> None:
@@ -46,20 +63,7 @@ async def close_due_periods(
         now_ms = clock_ms()
         if billing.engine.next_period_end_ms() + grace_ms <= now_ms:
             try:
-                _, closed = await sequencer.run(
-                    cmd.CloseDuePeriods(
-                        now_ms,
-                        ACTOR,
-                        grace_ms,
-                        PERIODS_PER_COMMAND,
-                        rollovers_shown=True,
-                        alerts_evaluated=True,
-                        adjustments_in_contract=True,
-                        parts_in_contract=True,
-                        rolled_breakage_shown=True,
-                        expired_breakage_shown=True,
-                    )
-                )
+                _, closed = await sequencer.run(close_due_slice(now_ms, ACTOR, grace_ms))
             except EngineError as exc:  # refused (nothing changed): try again at the next check
                 log.warning("closing due periods: %s", exc)
             else:

@@ -13,11 +13,10 @@ import statistics
 import time
 from datetime import UTC, datetime
 
-from engine import commands as cmd
 from engine.errors import Repeated
 from server.bench.gc_pause import seeded
 from server.bench.seed import month_start
-from server.closer import PERIODS_PER_COMMAND
+from server.closer import close_due_slice
 
 
 def next_month_start_ms() -> int:
@@ -33,18 +32,7 @@ def refreshes_ms(customers: int) -> list[float]:
     timings: list[float] = []
     while True:
         try:
-            close = cmd.CloseDuePeriods(
-                at_ms,
-                "bench",
-                0,
-                PERIODS_PER_COMMAND,
-                rollovers_shown=True,
-                alerts_evaluated=True,
-                adjustments_in_contract=True,
-                parts_in_contract=True,
-                rolled_breakage_shown=True,
-                expired_breakage_shown=True,
-            )
+            close = close_due_slice(at_ms, "bench", 0)
             billing.apply(close, billing.last_seq + 1)
         except Repeated:  # nothing left to close
             return timings

@@ -23,6 +23,7 @@ from engine.invoices import QUANTITY_SCALE, Invoice, InvoiceLine, LineAdjustment
 from engine.money import format_picos, format_scaled
 from server import convert
 from server.closer import PERIODS_PER_COMMAND as CLOSE_SLICE_PERIODS
+from server.closer import close_due_slice
 from server.errors import Unavailable, larger_limit, send_limit, too_large, unary
 from server.explain_index import IndexedEvent, StaleToken
 from server.scheduling import paced
@@ -301,19 +302,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         closed: list[Invoice] = []
         while True:
             at_ms = max(self.clock_ms(), started_ms)
-            command = cmd.CloseDuePeriods(
-                at_ms,
-                actor,
-                at_ms - started_ms,
-                CLOSE_SLICE_PERIODS,
-                rollovers_shown=True,
-                alerts_evaluated=True,
-                adjustments_in_contract=True,
-                parts_in_contract=True,
-                rolled_breakage_shown=True,
-                expired_breakage_shown=True,
-            )
-            made = await self._apply(command, list)
+            made = await self._apply(close_due_slice(at_ms, actor, at_ms - started_ms), list)
             closed.extend(made)
             if len(made) < CLOSE_SLICE_PERIODS:
                 return closed
