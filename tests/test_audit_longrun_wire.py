@@ -1,0 +1,293 @@
+"""An audit of what a server meets after months in production, over the wire: the 35-day dedupe window at its
+boundary and across restarts, a wall clock stepped back between restarts, and the journal's files over time.
+
+The server's clock is moved in its own process only: a `sitecustomize` on its PYTHONPATH (written by `clock_env`)
+replaces `time.time_ns`, the one wall clock the server reads (server/sequencer.py, server/clock.py,
+server/services/common.py), by a frozen instant or the real clock plus an offset. Nothing of the server is changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from tariff import TariffClient, TariffError
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.serverproc import REPO_ROOT, ServerFactory
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+WINDOW_MS = 35 * DAY_MS  # README "Limits and backpressure": 35 days from acceptance, fixed
+# Everything priced and contracted from 120 days back: any clock a test gives the server is inside it.
+START_MS = (time.time_ns() // 1_000_000 // DAY_MS - 120) * DAY_MS
+
+SHIM = """
+import os
+import time
+
+_real_time_ns = time.time_ns
+_frozen_ms = os.environ.get("TARIFF_TEST_CLOCK_FROZEN_MS")
+_offset_ns = int(os.environ.get("TARIFF_TEST_CLOCK_OFFSET_MS", "0")) * 1_000_000
+if _frozen_ms is not None:
+    _frozen_ns = int(_frozen_ms) * 1_000_000
+    time.time_ns = lambda: _frozen_ns
+elif _offset_ns:
+    time.time_ns = lambda: _real_time_ns() + _offset_ns
+_explain_map_bytes = os.environ.get("TARIFF_TEST_EXPLAIN_MAP_BYTES")
+if _explain_map_bytes is not None:
+    import sys
+
+    sys.path.insert(0, os.environ["TARIFF_TEST_REPO"])
+    import server.explain_index
+
+    server.explain_index.ExplainIndex.__init__.__kwdefaults__["map_size_bytes"] = int(_explain_map_bytes)
+"""
+
+
+def clock_env(tmp_path: Path, *, frozen_ms: int | None = None, offset_ms: int = 0) -> dict[str, str]:
+    """The environment of a server whose wall clock is frozen at `frozen_ms`, or the real one plus `offset_ms`."""
+    shim_dir = tmp_path / "clockshim"
+    shim_dir.mkdir(exist_ok=True)
+    (shim_dir / "sitecustomize.py").write_text(SHIM)
+    env = {"PYTHONPATH": str(shim_dir)}
+    if frozen_ms is not None:
+        env["TARIFF_TEST_CLOCK_FROZEN_MS"] = str(frozen_ms)
+    else:
+        env["TARIFF_TEST_CLOCK_OFFSET_MS"] = str(offset_ms)
+    return env
+
+
+def catalogue(client: TariffClient, *customers: tuple[str, bool]) -> None:
+    """`units` (event type `work`, SUM of `n`) at 1 credit a unit from START_MS; each customer (id, block) on it
+    from START_MS with a grant `g` of 100 credits."""
+    pricing = client.pricing
+    product = pricing_pb2.Product(id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
+    pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
+    rate = pricing_pb2.Rate(product_id="units", unit=pricing_pb2.UnitPrice(price="1"))
+    pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[rate]))
+    pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(START_MS))
+    )
+    for customer_id, block in customers:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id=f"k-{customer_id}",
+                customer_id=customer_id,
+                rate_card_id="card",
+                starting_at=stamp(START_MS),
+                overage_policy=contracts_pb2.BLOCK if block else contracts_pb2.ALLOW,
+                overage_price="1",
+                currency="USD",
+            )
+        )
+        grant = contracts_pb2.Grant(
+            id=f"{customer_id}.g", contract_id=f"k-{customer_id}", kind=contracts_pb2.PROMOTIONAL, amount="100"
+        )
+        grant.starts_at.CopyFrom(stamp(START_MS))
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+
+def work(transaction_id: str, customer_id: str, n: int, at_ms: int) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id, customer_id=customer_id, event_type="work", timestamp_ms=at_ms, values={"n": n}
+    )
+
+
+def outcome(client: TariffClient, event: usage_pb2.UsageEvent) -> str:
+    """The event's outcome in a batch of its own: ACCEPTED, DUPLICATE or its reject reason."""
+    ack = client.ingest_batch([event])
+    if ack.rejected:
+        return usage_pb2.RejectReason.Name(ack.rejected[0].reason)
+    assert ack.accepted + ack.duplicates == 1, ack
+    return "ACCEPTED" if ack.accepted else "DUPLICATE"
+
+
+def remaining(client: TariffClient, customer_id: str) -> str:
+    return str(client.get_balance(customer_id).credits_remaining)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dedupe window
+
+
+def test_an_id_is_a_duplicate_until_35_days_after_its_acceptance_to_the_millisecond_across_restarts(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """README: "An identical resend within the 35-day window is counted as a duplicate ... The same id with
+    different content is refused as DUPLICATE_CONFLICT ... Both answers are the same after a restart"; "A resend
+    more than 35 days after the original is accepted again"; architecture.md §4: the window runs "35 days from
+    acceptance: the receive time of the batch that accepted it".
+
+    The server's clock frozen at T0: a (2 units) and b (3 units) accepted, 100 - 5 = 95 credits left. Started
+    again (kill -9: the journal replayed) at T0 + 35 days - 1 ms: a and b resent are duplicates, a with 7 units a
+    DUPLICATE_CONFLICT, 95 left. Stopped cleanly (a snapshot) and started at T0 + 35 days exactly: the window is
+    over, a resent is accepted (93 left) and b with 7 units is accepted as new (86 left). Started again after
+    kill -9 at the same instant (the snapshot, then the journal after it): a is a duplicate of its second
+    acceptance, b's first content is now the conflict, 86 left."""
+    t0_ms = time.time_ns() // 1_000_000 // 1000 * 1000
+    at_ms = t0_ms - 1000
+    a, b = work("a", "d", 2, at_ms), work("b", "d", 3, at_ms)
+    a_other, b_other = work("a", "d", 7, at_ms), work("b", "d", 7, at_ms)
+    server = server_factory(env=clock_env(tmp_path, frozen_ms=t0_ms))
+    with server.client() as client:
+        catalogue(client, ("d", False))
+        assert [outcome(client, a), outcome(client, b)] == ["ACCEPTED", "ACCEPTED"]
+        assert remaining(client, "d") == "95"
+    server.kill9()
+    server.env = clock_env(tmp_path, frozen_ms=t0_ms + WINDOW_MS - 1)
+    server.restart()
+    with server.client() as client:
+        assert [outcome(client, a), outcome(client, b), outcome(client, a_other)] == [
+            "DUPLICATE",
+            "DUPLICATE",
+            "DUPLICATE_CONFLICT",
+        ]
+        assert remaining(client, "d") == "95"
+    assert server.terminate() == 0
+    server.env = clock_env(tmp_path, frozen_ms=t0_ms + WINDOW_MS)
+    server.restart()
+    with server.client() as client:
+        assert [outcome(client, a), outcome(client, b_other)] == ["ACCEPTED", "ACCEPTED"]
+        assert remaining(client, "d") == "86"
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert [outcome(client, a), outcome(client, b_other), outcome(client, b)] == [
+            "DUPLICATE",
+            "DUPLICATE",
+            "DUPLICATE_CONFLICT",
+        ]
+        assert remaining(client, "d") == "86"
+
+
+# ---------------------------------------------------------------------------------------------
+# A wall clock stepped back between restarts
+
+
+def hold(client: TariffClient, customer_id: str, reservation_id: str, n: int, ttl_ms: int) -> str:
+    """Authorize with reserve: the amount held (refusing to go on unless allowed)."""
+    request = balance_pb2.AuthorizeRequest(
+        customer_id=customer_id,
+        event_type="work",
+        values={"n": n},
+        reserve=True,
+        reservation_id=reservation_id,
+        reservation_ttl=Duration(seconds=ttl_ms // 1000, nanos=ttl_ms % 1000 * 1_000_000),
+    )
+    answer = client.balance.Authorize(request)
+    assert answer.allowed, answer
+    return str(answer.estimated_cost)
+
+
+def held(client: TariffClient, customer_id: str) -> str:
+    return str(client.get_balance(customer_id).credits_held)
+
+
+def release_refusal(client: TariffClient, customer_id: str, reservation_id: str) -> tuple[grpc.StatusCode, str]:
+    request = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
+    with pytest.raises(TariffError) as refused:
+        client.balance.ReleaseReservation(request)
+    return refused.value.code, refused.value.details
+
+
+def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    """Whether `condition` holds within `timeout_s` (a generous bound for a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_hold_made_after_the_clock_stepped_back_expires_at_its_ttl(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """README "Credits and the gateway": "A hold ends at the instant it was made (the server's clock when it took
+    the request ...) plus its TTL, and is expired from that instant on", a release then FAILED_PRECONDITION.
+
+    Before: a hold h1 of 2 credits with a TTL of 1 s expires (the clock driver records it, the kernel's clock at
+    that instant). The server restarts with its wall clock one hour behind (an NTP step, a VM restored). A hold
+    h2 of 3 credits with a TTL of 1 s is made at the stepped-back clock; 1 s later it is expired: nothing held,
+    its release refused as expired, and the same after a kill -9 and a restart."""
+    server = server_factory(env=clock_env(tmp_path, offset_ms=0))
+    with server.client() as client:
+        catalogue(client, ("h", True))
+        assert hold(client, "h", "h1", 2, 1000) == "2"
+        assert until(lambda: held(client, "h") == "0"), "h1 never expired"
+        assert release_refusal(client, "h", "h1")[0] == grpc.StatusCode.FAILED_PRECONDITION
+    assert server.terminate() == 0
+    server.env = clock_env(tmp_path, offset_ms=-HOUR_MS)
+    server.restart()
+    with server.client() as client:
+        assert hold(client, "h", "h2", 3, 1000) == "3"
+        assert until(lambda: held(client, "h") == "0"), "h2 is still held past its TTL"
+        code, details = release_refusal(client, "h", "h2")
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+        assert str(client.get_balance("h").credits_available) == "100"
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert held(client, "h") == "0"
+        assert release_refusal(client, "h", "h2")[0] == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# ---------------------------------------------------------------------------------------------
+# The explain index's map filling up
+
+
+def explain_code(client: TariffClient, customer_id: str, at_ms: int) -> grpc.StatusCode:
+    """ExplainLineItem's status for the customer's first invoice line of the period holding `at_ms`."""
+    invoice = client.invoices.PreviewInvoice(
+        invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=stamp(at_ms))
+    )
+    request = invoices_pb2.ExplainLineItemRequest(
+        customer_id=customer_id, period_start=invoice.period_start, line_id=invoice.lines[0].line_id, page_size=1
+    )
+    try:
+        client.invoices.ExplainLineItem(request)
+    except TariffError as refused:
+        return refused.code
+    return grpc.StatusCode.OK
+
+
+def test_a_full_explain_index_stops_alone_explain_answers_unavailable_and_every_restart_serves(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """The explain index is derived data in an LMDB map of its own, 64 GiB (server/explain_index.py: "64 GiB holds
+    about 270,000,000" events), with no flag to grow it: a server long in production fills it. Its log then says
+    "the explain index stopped (ExplainLineItem answers UNAVAILABLE until a restart)", and README "The operator's
+    log": "A server that refuses to start says why in one line". Here the map is 1 MiB (set in the server's process
+    by the test's sitecustomize) and 100,000 events of 1 unit fill it: every batch is acknowledged,
+    ExplainLineItem answers UNAVAILABLE (it was INTERNAL), and a restart serves (it died at every start with a
+    MapFullError traceback, the replay filling the index again): 100 credits drawn, 99,900 units of overage,
+    a resent batch all duplicates, ExplainLineItem UNAVAILABLE again."""
+    env = {
+        **clock_env(tmp_path, offset_ms=0),
+        "TARIFF_TEST_EXPLAIN_MAP_BYTES": str(1 << 20),
+        "TARIFF_TEST_REPO": str(REPO_ROOT),
+    }
+    server = server_factory(env=env)
+    at_ms = time.time_ns() // 1_000_000 - 1000
+    batches = [[work(f"x{b}-{i}", "x", 1, at_ms) for i in range(10_000)] for b in range(10)]
+    with server.client() as client:
+        catalogue(client, ("x", False))
+        for batch in batches:
+            assert client.ingest_batch(batch).accepted == 10_000
+        assert until(lambda: explain_code(client, "x", at_ms) == grpc.StatusCode.UNAVAILABLE)
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        balance = client.get_balance("x")
+        assert (str(balance.credits_remaining), str(balance.period_charges)) == ("0", "100000")
+        again = client.ingest_batch(batches[3])
+        assert (again.accepted, again.duplicates) == (0, 10_000)
+        assert explain_code(client, "x", at_ms) == grpc.StatusCode.UNAVAILABLE
