@@ -243,8 +243,13 @@ def _advance(billing: Billing, command: cmd.AdvanceClock) -> Advanced:
     if billing.rerating is not None:
         return _expire_holds(billing, command)
     now_ms, due_ms = billing.kernel.clock()
-    if due_ms is None or command.at_ms < due_ms or command.at_ms <= now_ms:
+    if due_ms is None or command.at_ms < due_ms:
         raise Repeated(Advanced(0, 0))
+    if command.at_ms <= now_ms:
+        # The server's wall clock is behind the kernel's (stepped back, across a restart too): a hold made since
+        # runs out before the kernel's clock, so only its expiry can be due, and it expires on time rather than
+        # once the wall clock passes the kernel's again. No journal before held such a record (Repeated: none).
+        return _expire_holds(billing, command)
     expired, broken, grants_ended = billing.kernel.advance_clock(
         command.at_ms, command.rollover_ids_distinct, command.rollover_lasts_next_period
     )

@@ -1105,12 +1105,23 @@ pub struct Advanced {
 pub(crate) fn projected(account: &Account, customer_id: &str, done_ms: i64, now_ms: i64) -> Option<Account> {
     // The index's key (exact, O(1)): Authorize reads this on every call, and a gateway's customer may hold
     // thousands of open holds that account_due would walk.
-    if now_ms <= done_ms || account.due.due_ms() > now_ms {
+    if account.due.due_ms() > now_ms {
         return None;
     }
-    let mut copy = account.clone();
     // Its notices and what it forgets are the clock's to record, not a read's: a throwaway clock, no forgetting.
     let mut clock = Clock::default();
+    if now_ms <= done_ms {
+        // The server's wall clock is behind the kernel's (stepped back): what the clock records then is the
+        // expiry of holds made since and run out (engine/credits.py, `Kernel::expire_holds`), nothing else.
+        let credits = account.credits.as_deref();
+        if !credits.is_some_and(|c| c.open.values().any(|r| r.expires_at_ms <= now_ms)) {
+            return None;
+        }
+        let mut copy = account.clone();
+        expire_reservations(&mut copy, &mut clock, customer_id, now_ms);
+        return Some(copy);
+    }
+    let mut copy = account.clone();
     advance_account(&mut copy, &mut clock, customer_id, now_ms, i64::MAX / 4, Rollovers::CURRENT);
     Some(copy)
 }
