@@ -97,6 +97,10 @@ class IndexUnopenable(Exception):
     it is rebuilt from the journal."""
 
 
+class IndexStopped(Exception):
+    """The index's writer stopped (its map full, say): it covers nothing more until a restart."""
+
+
 class StaleToken(Exception):
     """A page token this index did not issue for this customer, period and line."""
 
@@ -309,18 +313,35 @@ class ExplainIndex:
                 try:
                     self.write(pending, through)
                 except BaseException as exc:  # kept, and reported to whoever waits for the index
-                    log.error(
-                        "the explain index stopped (ExplainLineItem answers UNAVAILABLE until a restart): %r", exc
-                    )
-                    self._failure = exc
-                    with self._covered_changed:
-                        self._covered_changed.notify_all()
+                    self._stop(exc)
                     return
                 pending, pending_bytes, due = [], 0, None
 
+    def write_or_stop(self, records: list[bytes], through_seq: int) -> None:
+        """`write`, for a recovery's replay: an index LMDB cannot write to (its map full: MAP_SIZE_BYTES_DEFAULT,
+        about 270,000,000 events) stops as it stops while serving, and the start goes on without it. Raised, it
+        stopped every start for good: a rebuild from the journal fills the same map at the same record."""
+        if self._failure is not None:
+            return
+        try:
+            self.write(records, through_seq)
+        except lmdb.Error as exc:
+            self._stop(exc)
+
+    def _stop(self, exc: BaseException) -> None:
+        """The index takes nothing more (`submit`) and its readers are told so (`wait_covered`)."""
+        log.error(
+            "the explain index stopped (ExplainLineItem answers UNAVAILABLE until a restart; a full index fills "
+            "again at every start: start with --no-explain-index): %r",
+            exc,
+        )
+        self._failure = exc
+        with self._covered_changed:
+            self._covered_changed.notify_all()
+
     def wait_covered(self, seq: int, timeout_s: float) -> bool:
         """Blocks until the index covers `seq` (asking the writer to write what it gathered); False after
-        `timeout_s`. Raises the writer's failure, if any."""
+        `timeout_s`. Raises IndexStopped once the writer stopped."""
         if self.covered_seq() < seq:
             self._work.put(("flush", seq))
         with self._covered_changed:
@@ -328,7 +349,7 @@ class ExplainIndex:
                 lambda: self._covered >= seq or self._failure is not None, timeout=timeout_s
             )
         if self._failure is not None:
-            raise RuntimeError(f"the explain index stopped: {self._failure!r}") from self._failure
+            raise IndexStopped(f"the explain index stopped: {self._failure!r}") from self._failure
         return covered
 
     def flush(self, seq: int) -> None:

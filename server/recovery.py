@@ -94,7 +94,7 @@ def recover_counting(
         records += 1
         journal_bytes += len(blob)
         if explain_index is not None and seq % EXPLAIN_REPLAY_RECORDS == 0:
-            explain_index.write([billing.kernel.take_explain()], seq - 1)
+            explain_index.write_or_stop([billing.kernel.take_explain()], seq - 1)
         record = decode_record(blob)
         if record.usage is not None:
             usage = record.usage
@@ -129,7 +129,7 @@ def recover_counting(
                 )
     billing.use_future_skew(skew_ms)  # what is received from now on
     if explain_index is not None:
-        explain_index.write([billing.kernel.take_explain()], billing.last_seq)
+        explain_index.write_or_stop([billing.kernel.take_explain()], billing.last_seq)
     # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
     # customer's tables (seconds at a million customers).
     billing.refresh_tables()

@@ -25,7 +25,7 @@ from server import convert
 from server.closer import PERIODS_PER_COMMAND as CLOSE_SLICE_PERIODS
 from server.closer import close_due_slice
 from server.errors import Unavailable, larger_limit, send_limit, too_large, unary
-from server.explain_index import IndexedEvent, StaleToken
+from server.explain_index import IndexedEvent, IndexStopped, StaleToken
 from server.scheduling import paced
 from server.sequencer import Sequencer
 from server.services.common import (
@@ -366,7 +366,14 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
                 f"line {request.line_id!r} has no usage in the period of customer {request.customer_id!r} starting "
                 f"{iso(period_start_ms)}"
             )
-        if index.covered_seq() < seq and not await asyncio.to_thread(index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S):
+        try:
+            covered = index.covered_seq() >= seq or await asyncio.to_thread(
+                index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S
+            )
+        except IndexStopped:
+            # Its writer stopped (the log said why, once): a retry cannot help before a restart.
+            raise Unavailable("the explain index stopped: the server's log says why") from None
+        if not covered:
             raise Unavailable("the explain index is still catching up with the journal; retry shortly")
         adjustments = explain.line_adjustments(self.engine, request.customer_id, period_start_ms, line)
         try:
