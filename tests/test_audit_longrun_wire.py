@@ -19,7 +19,7 @@ from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.serverproc import REPO_ROOT, ServerFactory
+from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -291,3 +291,44 @@ def test_a_full_explain_index_stops_alone_explain_answers_unavailable_and_every_
         again = client.ingest_batch(batches[3])
         assert (again.accepted, again.duplicates) == (0, 10_000)
         assert explain_code(client, "x", at_ms) == grpc.StatusCode.UNAVAILABLE
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal's files over time
+
+
+def journal_files(server: ServerProcess) -> tuple[int, list[str]]:
+    """(how many dedupe segments, the other files) in the data directory's journal/."""
+    names = sorted(path.name for path in (server.data_dir / "journal").iterdir())
+    segments = [name for name in names if name.startswith("segment.")]
+    return len(segments), [name for name in names if not name.startswith("segment.")]
+
+
+def test_snapshots_replace_one_another_and_the_dedupe_segments_stay_few_over_many_snapshots(
+    server_factory: ServerFactory,
+) -> None:
+    """README "The data directory": journal/ holds data.mdb, lock.mdb, "the newest snapshot, `snapshot`; the dedupe
+    segments it lists, `segment.<number>`"; architecture.md §4: a snapshot replaces the previous one, and once there
+    are more than 8 segments the newest merge (files no snapshot lists are deleted at the next open). A snapshot
+    after every record (`--snapshot-every 1 --snapshot-journal-factor 0`) and 40 batches of new ids: one snapshot
+    file, at most 9 segments, nothing else, and the same after a clean stop and a start; every id still a
+    duplicate."""
+    server = server_factory(extra_args=["--snapshot-every", "1", "--snapshot-journal-factor", "0"])
+    at_ms = time.time_ns() // 1_000_000 - 1000
+    with server.client() as client:
+        catalogue(client, ("s", False))
+        for b in range(40):
+            assert client.ingest_batch([work(f"s{b}-{i}", "s", 1, at_ms) for i in range(10)]).accepted == 10
+    assert server.terminate() == 0
+    segments, others = journal_files(server)
+    assert others == ["data.mdb", "lock.mdb", "snapshot"]
+    assert 1 <= segments <= 9, segments
+    server.restart()
+    with server.client() as client:
+        ack = client.ingest_batch([work(f"s{b}-0", "s", 1, at_ms) for b in range(40)])
+        assert (ack.accepted, ack.duplicates) == (0, 40)
+        assert str(client.get_balance("s").period_charges) == "400"
+    assert server.terminate() == 0
+    segments, others = journal_files(server)
+    assert others == ["data.mdb", "lock.mdb", "snapshot"]
+    assert 1 <= segments <= 9, segments
