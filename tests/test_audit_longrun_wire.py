@@ -217,10 +217,14 @@ def test_a_hold_made_after_the_clock_stepped_back_expires_at_its_ttl(
     Before: a hold h1 of 2 credits with a TTL of 1 s expires (the clock driver records it, the kernel's clock at
     that instant). The server restarts with its wall clock one hour behind (an NTP step, a VM restored). A hold
     h2 of 3 credits with a TTL of 1 s is made at the stepped-back clock; 1 s later it is expired: nothing held,
-    its release refused as expired, and the same after a kill -9 and a restart."""
+    its release refused as expired, 100 - 1 = 99 credits available (the 1 unit of event c, accepted before the
+    step and a duplicate after it, though dated an hour ahead of the clock now), and the same after a kill -9 and
+    a restart."""
+    used = work("c", "h", 1, time.time_ns() // 1_000_000 - 1000)
     server = server_factory(env=clock_env(tmp_path, offset_ms=0))
     with server.client() as client:
         catalogue(client, ("h", True))
+        assert outcome(client, used) == "ACCEPTED"
         assert hold(client, "h", "h1", 2, 1000) == "2"
         assert until(lambda: held(client, "h") == "0"), "h1 never expired"
         assert release_refusal(client, "h", "h1")[0] == grpc.StatusCode.FAILED_PRECONDITION
@@ -228,11 +232,13 @@ def test_a_hold_made_after_the_clock_stepped_back_expires_at_its_ttl(
     server.env = clock_env(tmp_path, offset_ms=-HOUR_MS)
     server.restart()
     with server.client() as client:
+        # Dated an hour ahead of the clock now, yet an identical resend of an accepted event: a duplicate.
+        assert outcome(client, used) == "DUPLICATE"
         assert hold(client, "h", "h2", 3, 1000) == "3"
         assert until(lambda: held(client, "h") == "0"), "h2 is still held past its TTL"
         code, details = release_refusal(client, "h", "h2")
         assert code == grpc.StatusCode.FAILED_PRECONDITION, details
-        assert str(client.get_balance("h").credits_available) == "100"
+        assert str(client.get_balance("h").credits_available) == "99"
     server.kill9()
     server.restart()
     with server.client() as client:
