@@ -165,10 +165,11 @@ func (NoticeReason) EnumDescriptor() ([]byte, []int) {
 type UsageEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Idempotency key, unique per event of its customer across the dedupe
-	// window (35 days by default). An identical resend (every field the same,
-	// reservation_id included) is a duplicate; the same id with different
-	// content (naming another reservation, say) is rejected as
-	// DUPLICATE_CONFLICT.
+	// window (35 days from the receive time of the batch that accepted it,
+	// fixed: received 35 days later or more, it is accepted as new). An
+	// identical resend (every field the same, reservation_id included) is a
+	// duplicate; the same id with different content (naming another
+	// reservation, say) is rejected as DUPLICATE_CONFLICT.
 	TransactionId string `protobuf:"bytes,1,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
 	CustomerId    string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	// Selects the products this event feeds (Product.event_type). Required;

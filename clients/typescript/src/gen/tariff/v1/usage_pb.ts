@@ -25,10 +25,11 @@ export const file_tariff_v1_usage: GenFile = /*@__PURE__*/
 export type UsageEvent = Message<"tariff.v1.UsageEvent"> & {
   /**
    * Idempotency key, unique per event of its customer across the dedupe
-   * window (35 days by default). An identical resend (every field the same,
-   * reservation_id included) is a duplicate; the same id with different
-   * content (naming another reservation, say) is rejected as
-   * DUPLICATE_CONFLICT.
+   * window (35 days from the receive time of the batch that accepted it,
+   * fixed: received 35 days later or more, it is accepted as new). An
+   * identical resend (every field the same, reservation_id included) is a
+   * duplicate; the same id with different content (naming another
+   * reservation, say) is rejected as DUPLICATE_CONFLICT.
    *
    * @generated from field: string transaction_id = 1;
    */
