@@ -338,3 +338,58 @@ def test_snapshots_replace_one_another_and_the_dedupe_segments_stay_few_over_man
     segments, others = journal_files(server)
     assert others == ["data.mdb", "lock.mdb", "snapshot"]
     assert 1 <= segments <= 9, segments
+
+
+# ---------------------------------------------------------------------------------------------
+# A full journal map with the clock's work due
+
+
+def fill(client: TariffClient, customer_id: str, at_ms: int) -> int:
+    """Sends batches of new ids, smaller and smaller, until not even one event fits: how many were acknowledged."""
+    sent = 0
+    for size in (5_000, 500, 50, 5, 1):
+        while True:
+            try:
+                client.ingest_batch([work(f"f{sent}-{i}", customer_id, 1, at_ms) for i in range(size)])
+            except TariffError as refused:
+                assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+                assert "Grow --map-size-mb and restart" in refused.details, refused.details
+                break
+            sent += size
+    return sent
+
+
+def test_a_full_journal_with_a_hold_due_says_so_once_and_a_larger_map_records_the_expiry(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """README: "A full LMDB map refuses cleanly ... The server keeps serving reads. Restarted with a larger
+    `--map-size-mb`, it accepts the refused batches". A hold of 2 credits (TTL 60 s) is made, then the 1 MiB map
+    filled to the last event. Started again with the clock 2 minutes on, the hold is due: reads show it expired
+    (nothing held), and the clock driver's AdvanceClock cannot be journaled. The log says so in one line; it
+    logged "AdvanceClock failed; retrying" with a traceback every 50 ms or so (about 12 a second), each failure
+    also rebuilding the whole state from the journal. Started with a 64 MiB map, the expiry is recorded: the
+    release is FAILED_PRECONDITION, and the last batch refused is accepted."""
+    server = server_factory(env=clock_env(tmp_path, offset_ms=0), extra_args=["--map-size-mb", "1"])
+    at_ms = time.time_ns() // 1_000_000 - 1000
+    with server.client() as client:
+        catalogue(client, ("f", False))
+        assert hold(client, "f", "r", 2, 60_000) == "2"
+        sent = fill(client, "f", at_ms)
+    server.kill9()
+    server.env = clock_env(tmp_path, offset_ms=2 * 60_000)
+    server.restart()
+    with server.client() as client:
+        assert held(client, "f") == "0"
+        assert until(lambda: "journal is full" in server.log_tail(200) and "tariff.clock" in server.log_tail(200))
+        time.sleep(1.0)  # a dozen more attempts' worth, before
+        clock_lines = [line for line in server.log_tail(400).splitlines() if "tariff.clock" in line]
+        assert len(clock_lines) == 1, clock_lines
+        assert "Traceback" not in server.log_tail(400)
+        assert held(client, "f") == "0"
+    server.kill9()
+    server.extra_args = ("--map-size-mb", "64")
+    server.restart()
+    with server.client() as client:
+        assert until(lambda: held(client, "f") == "0")
+        assert release_refusal(client, "f", "r")[0] == grpc.StatusCode.FAILED_PRECONDITION
+        assert outcome(client, work(f"f{sent}-0", "f", 1, at_ms)) == "ACCEPTED"
