@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from engine import commands as cmd
 from engine.billing import Billing
-from server.errors import Unavailable
+from server.errors import ResourceExhausted, Unavailable
 from server.scheduling import name_os_threads
 from server.sequencer import CLOCK_ACTOR, Sequencer
 from server.worker import Worker
@@ -33,6 +33,9 @@ log = logging.getLogger("tariff.clock")
 
 # How often the driver looks when nothing is due sooner (a new hold or grant can make something due sooner).
 CLOCK_LOOK_EVERY_S = 0.05
+# How often it tries again while the journal is full: each failed commit rebuilds the state from the journal, and
+# the map stays full until a restart with a larger --map-size-mb (reads project what is due meanwhile).
+JOURNAL_FULL_RETRY_S = 5.0
 
 
 def wall_ms() -> int:
@@ -59,6 +62,7 @@ async def drive_clock(
 async def _drive(
     billing: Billing, sequencer: Sequencer, asker: Worker, clock_ms: Callable[[], int], every_s: float
 ) -> None:
+    full = False  # the last AdvanceClock found the journal full (said once, until one commits)
     while sequencer.failure is None:
         due_ms = await asker.run(billing.kernel.next_due)
         now_ms = clock_ms()
@@ -79,6 +83,14 @@ async def _drive(
                 )
             except Unavailable:
                 return  # shutting down
+            except ResourceExhausted as exc:
+                if not full:
+                    log.error("the clock's work (holds, grants expiring, rollovers) waits: %s", exc)
+                full = True
+                await asyncio.sleep(JOURNAL_FULL_RETRY_S)
+                continue
             except Exception:
                 log.exception("AdvanceClock failed; retrying")
+            else:
+                full = False
         await asyncio.sleep(every_s)
