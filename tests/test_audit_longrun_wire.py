@@ -8,6 +8,8 @@ server/services/common.py), by a frozen instant or the real clock plus an offset
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,8 @@ START_MS = (time.time_ns() // 1_000_000 // DAY_MS - 120) * DAY_MS
 
 SHIM = """
 import os
+import re
+import threading
 import time
 
 _real_time_ns = time.time_ns
@@ -393,3 +397,57 @@ def test_a_full_journal_with_a_hold_due_says_so_once_and_a_larger_map_records_th
         assert until(lambda: held(client, "f") == "0")
         assert release_refusal(client, "f", "r")[0] == grpc.StatusCode.FAILED_PRECONDITION
         assert outcome(client, work(f"f{sent}-0", "f", 1, at_ms)) == "ACCEPTED"
+
+
+# ---------------------------------------------------------------------------------------------
+# A clean stop with batches in flight
+
+
+def test_sigterm_with_batches_in_flight_acks_only_what_is_durable_and_exits_0_saying_so(
+    server_factory: ServerFactory,
+) -> None:
+    """README "Shutdown": on SIGTERM running calls finish ("their batches commit and are acknowledged"), a new call
+    gets UNAVAILABLE (or, reaching the server as the stop begins, CANCELLED by gRPC, nothing of it applied: about
+    1 run in 25 here), then a snapshot and exit 0; "Every batch is either committed and acknowledged, or not
+    acknowledged ... resending an unacknowledged batch gives all duplicates or all accepted, never a mix"; "The
+    operator's log": `shutting down`, then `stopped at journal seq N ... clean=True`. Batches of 100 new ids go
+    out one after another from a thread while the server is stopped; after the restart every acknowledged batch
+    is all duplicates, the first one not acknowledged all one or the other, and the charges are 100 a batch."""
+    server = server_factory()
+    at_ms = time.time_ns() // 1_000_000 - 1000
+    batches = [[work(f"g{b}-{i}", "g", 1, at_ms) for i in range(100)] for b in range(400)]
+    acked: list[int] = []
+    refused: list[grpc.StatusCode] = []
+    with server.client() as client:
+        catalogue(client, ("g", False))
+
+        def send() -> None:
+            for number, batch in enumerate(batches):
+                try:
+                    assert client.ingest_batch(batch).accepted == 100
+                except TariffError as error:
+                    refused.append(error.code)
+                    return
+                acked.append(number)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert until(lambda: len(acked) >= 5)
+        assert server.terminate() == 0
+        sender.join()
+    # UNAVAILABLE, or CANCELLED from gRPC for a call that reached the server as the stop began (its handler never
+    # ran: nothing of it applied, below).
+    assert refused and refused[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), refused
+    log = server.log_tail(20)
+    assert "shutting down" in log and re.search(r"stopped at journal seq \d+ .*clean=True", log), log
+    server.restart()
+    with server.client() as client:
+        assert acked == list(range(len(acked)))
+        for number in acked:
+            again = client.ingest_batch(batches[number])
+            assert (again.accepted, again.duplicates) == (0, 100), number
+        unacked = client.ingest_batch(batches[len(acked)])
+        assert (unacked.accepted, unacked.duplicates) in ((100, 0), (0, 100))
+        if refused[0] == grpc.StatusCode.CANCELLED:
+            assert (unacked.accepted, unacked.duplicates) == (100, 0)
+        assert str(client.get_balance("g").period_charges) == str(100 * (len(acked) + 1))
