@@ -451,3 +451,42 @@ def test_sigterm_with_batches_in_flight_acks_only_what_is_durable_and_exits_0_sa
         if refused[0] == grpc.StatusCode.CANCELLED:
             assert (unacked.accepted, unacked.duplicates) == (100, 0)
         assert str(client.get_balance("g").period_charges) == str(100 * (len(acked) + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# A snapshot the disk refuses for another reason than room
+
+
+def test_a_snapshot_write_failing_otherwise_than_for_room_stops_the_server_saying_so_losing_nothing_acked(
+    server_factory: ServerFactory,
+) -> None:
+    """README "Not promised": a snapshot write with no room on disk is kept out of the way (the journal alone
+    recovers everything). One failing for another reason (an I/O error; here its file's name taken by a
+    directory, as root ignores permissions) stops the writer at its next write: the log says `the writer stopped:
+    ...` (CRITICAL, with the traceback), that write is UNAVAILABLE, the server exits 1, and every batch acknowledged
+    (those after the failed store included) is there after the restart."""
+    server = server_factory(extra_args=["--snapshot-every", "1", "--snapshot-journal-factor", "0"])
+    at_ms = time.time_ns() // 1_000_000 - 1000
+    in_the_way = server.data_dir / "journal" / "snapshot.partial"
+    acked = 0
+    with server.client() as client:
+        catalogue(client, ("w", False))
+        in_the_way.mkdir()
+        # The writer stops at its next housekeeping after the failed store: after the next batch or so.
+        while acked < 100:
+            try:
+                assert outcome(client, work(f"w{acked}", "w", 2, at_ms)) == "ACCEPTED"
+            except TariffError as refused:
+                assert refused.code == grpc.StatusCode.UNAVAILABLE, refused
+                break
+            acked += 1
+            time.sleep(0.05)
+        assert 1 <= acked < 100
+        assert server.proc is not None
+        assert server.proc.wait(timeout=20) == 1
+    assert re.search(r"CRITICAL tariff\.sequencer: the writer stopped: IsADirectoryError", server.log_tail(200))
+    in_the_way.rmdir()
+    server.restart()
+    with server.client() as client:
+        assert [outcome(client, work(f"w{n}", "w", 2, at_ms)) for n in range(acked)] == ["DUPLICATE"] * acked
+        assert str(client.get_balance("w").period_charges) in (str(2 * acked), str(2 * acked + 2))
