@@ -97,7 +97,7 @@ class IndexUnopenable(Exception):
     it is rebuilt from the journal."""
 
 
-class IndexStopped(Exception):
+class IndexStopped(RuntimeError):
     """The index's writer stopped (its map full, say): it covers nothing more until a restart."""
 
 
