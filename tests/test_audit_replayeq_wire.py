@@ -181,14 +181,9 @@ def customers(client: TariffClient) -> None:
 
 def credits_and_alerts(client: TariffClient) -> None:
     grants = [
-        contracts_pb2.Grant(
-            id="qa-pre",
-            contract_id="qa-1",
-            kind=contracts_pb2.PREPAID,
-            amount="100",
-            paid_amount="50",
-            rollover_fraction="0.5",
-        ),
+        # The promotional grant first: the rollover qa-pre makes at M1 (past already) is then recorded after both,
+        # whenever the clock records it, so an invoice's grant_balances (in the order granted) list them alike on
+        # the server never restarted.
         contracts_pb2.Grant(
             id="qa-promo",
             contract_id="qa-1",
@@ -197,6 +192,14 @@ def credits_and_alerts(client: TariffClient) -> None:
             paid_amount="0",
             priority=-1,
             expires_at=stamp(M1 + 5 * DAY_MS),
+        ),
+        contracts_pb2.Grant(
+            id="qa-pre",
+            contract_id="qa-1",
+            kind=contracts_pb2.PREPAID,
+            amount="100",
+            paid_amount="50",
+            rollover_fraction="0.5",
         ),
         contracts_pb2.Grant(id="qb-pre", contract_id="qb-1", kind=contracts_pb2.PREPAID, amount="80", paid_amount="40"),
         contracts_pb2.Grant(
@@ -601,7 +604,8 @@ def test_periods_the_close_grace_driver_closes_in_slices_after_a_restart_replay_
         assert not found, "\n".join(["the driver's slices replayed", *found])
 
 
-WIDE = [f"w-{n:03d}" for n in range(130)]  # three re-rating slices of 64 customers
+WIDE = [f"w-{n:03d}" for n in range(200)]  # four re-rating slices of 64 customers
+TOUCHED = (WIDE[-1], WIDE[-3])
 
 
 def wide_reads(client: TariffClient) -> Reads:
@@ -619,28 +623,63 @@ def wide_reads(client: TariffClient) -> Reads:
     return reads
 
 
-def test_a_snapshot_taken_while_a_publish_rerates_replays_its_completion_alike(
+def test_a_start_from_a_snapshot_taken_while_a_publish_rerates_ends_as_a_server_never_stopped(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """A retroactive publish keeping one price (call) and changing another (call m=b) re-rates 140 customers in
-    slices, paced (the test-only TARIFF_TEST_RERATE_SLICE_PAUSE_MS) so that usage touching some of them is journaled
-    and a snapshot is taken while it is pending (engine/pending.py: the snapshot holds the pending set and the
-    publish's rules, rerate_keeps_unchanged_draws among them). Its completion record is then replayed on that
-    snapshot after kill -9: every read is the same."""
+    """A retroactive publish keeping one price (call) and changing another (call m=b) re-rates 200 customers in
+    four slices, paced (the test-only TARIFF_TEST_RERATE_SLICE_PAUSE_MS) so that a snapshot is taken while it is
+    pending (engine/pending.py: the snapshot holds the pending set and the publish's rules, the server-set
+    rerate_keeps_unchanged_draws among them) and the server is killed (-9) before it completes. Started again from
+    that snapshot it completes the re-rating; the caller's retry is answered as the committed publish. Every
+    customer's charges are then at the publish's prices, and every read byte for byte the same after another kill
+    -9 (the completion record replayed on that snapshot). Before the fix, the restored machine re-rated its pending
+    customers without the publish's timeline (Billing.from_snapshot compiled no tables): it kept their old prices,
+    and the replay of the completion record refused to start the server ("re-rating changed between releases")."""
     server = ServerProcess(
         tmp_path_factory.mktemp("wide") / "data",
-        extra_args=["--snapshot-every", "2", "--snapshot-journal-factor", "0"],
-        env={"TARIFF_TEST_RERATE_SLICE_PAUSE_MS": "300"},
+        extra_args=["--snapshot-every", "1", "--snapshot-journal-factor", "0"],
+        env={"TARIFF_TEST_RERATE_SLICE_PAUSE_MS": "700"},
     )
     server.start()
     try:
-        wide_story(server)
+        now = now_ms()
+        request = wide_setup(server, now)
+        publisher = threading.Thread(target=publish_unanswered, args=(server, request))
+        publisher.start()
+        wait_for_log(server, "re-rating started", 30)
+        log = server.log_path.read_text(errors="replace")
+        publish_seq = int(re.findall(r"re-rating started .*seq=(\d+)", log)[-1])
+        toucher = threading.Thread(target=touch, args=(server, now, True))  # acknowledged or not before the kill
+        toucher.start()
+        assert wait_for(lambda: max(snapshots(server)) >= publish_seq, 15)
+        server.kill9()
+        publisher.join()
+        toucher.join()
+        assert "re-rating done" not in server.log_path.read_text(errors="replace"), "the kill came too late"
+        server.extra_args = ("--snapshot-every", "1000000")
+        server.restart()
+        with server.client() as client:
+            again = client.pricing.PublishVersion(request, timeout=60)  # waits for the re-rating's completion
+        touch(server, now)  # resent: counted once whether acknowledged before the kill or not
+        with server.client() as client:
+            assert again.version.state == pricing_pb2.PUBLISHED
+            recovered = wide_reads(client)
+        server.kill9()
+        server.restart()
+        with server.client() as client:
+            found = unlike(recovered, wide_reads(client))
+        assert not found, "\n".join(["the completion replayed", *found])
     finally:
         server.stop()
+    for n, customer in enumerate(WIDE):  # 2 events of 3 at 1 (call), or at 3 (call m=b; v1: 2), 1 more if touched
+        charges = 6 if n % 2 == 0 else 18 + 3 * (customer in TOUCHED)
+        balance = balance_pb2.Balance.FromString(recovered[f"GetBalance {customer}"])
+        assert (balance.period_charges, balance.overage_amount) == (str(charges), str(max(charges - 8, 0))), customer
 
 
-def wide_story(server: ServerProcess) -> None:
-    now = now_ms()
+def wide_setup(server: ServerProcess, now: int) -> pricing_pb2.PublishVersionRequest:
+    """200 customers with two grants each and usage 3 and 2 hours ago (call, or call m=b every other one); the
+    publish of a draft keeping call's price and tripling call m=b's from 3 hours ago."""
     hour = now - now % HOUR_MS - 3 * HOUR_MS
     with server.client() as client:
         catalogue(client)
@@ -671,30 +710,25 @@ def wide_story(server: ServerProcess) -> None:
             rate_card_id=CARD, based_on_version=1, upsert_rates=[unit("call", "1"), unit("call", "3", m="b")]
         )
         version = client.pricing.CreateDraftVersion(draft).version
-    published: list[pricing_pb2.PublishVersionResponse] = []
+    return pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=version, effective_from=stamp(hour))
 
-    def call_publish() -> None:
-        request = pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=version, effective_from=stamp(hour))
+
+def publish_unanswered(server: ServerProcess, request: pricing_pb2.PublishVersionRequest) -> None:
+    """The publish whose caller the kill leaves without an answer."""
+    try:
         with server.client() as client:
-            published.append(client.pricing.PublishVersion(request, timeout=60))
+            client.pricing.PublishVersion(request, timeout=60)
+    except TariffError:
+        pass
 
-    publisher = threading.Thread(target=call_publish)
-    publisher.start()
-    wait_for_log(server, "re-rating started", 30)
-    started = server.log_path.read_text(errors="replace").index("re-rating started")
-    with server.client() as client:
-        for k, customer in enumerate((WIDE[-1], WIDE[-2], WIDE[70], WIDE[-5])):  # re-rated on touch
-            ingest(client, f"touch-{k}", ev(f"touch-{k}", customer, "call", now - 1_000, n=1, m="b"))
-        assert wait_for(lambda: "snapshot seq=" in server.log_path.read_text(errors="replace")[started:], 15)
-    publisher.join()
-    log = server.log_path.read_text(errors="replace")
-    assert log.index("snapshot seq=", started) < log.index("re-rating done"), "no snapshot while re-rating"
-    assert published and published[0].customers_rerated == len(WIDE)
-    with server.client() as client:
-        before = wide_reads(client)
-    server.kill9()
-    server.extra_args = ("--snapshot-every", "1000000")
-    server.restart()
-    with server.client() as client:
-        found = unlike(before, wide_reads(client))
-    assert not found, "\n".join(["a snapshot while re-rating, then its completion replayed", *found])
+
+def touch(server: ServerProcess, now: int, killed: bool = False) -> None:
+    """Usage of two customers the re-rating has not reached yet: re-rated on touch. `killed`: the server may be
+    killed meanwhile."""
+    try:
+        with server.client() as client:
+            for k, customer in enumerate(TOUCHED):
+                ingest(client, f"touch-{k}", ev(f"touch-{k}", customer, "call", now - 1_000, n=1, m="b"))
+    except TariffError:
+        if not killed:
+            raise

@@ -352,3 +352,17 @@ def test_a_message_of_holds_rerates_the_pending_customers_it_names_and_leaves_th
         6 * 10**12,
         3 * 10**12,
     )
+
+
+def test_a_machine_restored_mid_rerating_completes_it_at_the_published_prices() -> None:
+    """Restored from a snapshot taken while a re-rating is pending, with no batch applied since (a batch compiles
+    the tables first): its completion (the record replayed after the snapshot, or the writer's) re-rates the
+    customers still pending at the publish's prices, as the machine that went on does, and says so in its totals."""
+    went_on = machine([5, 0, 20, 0, 5], [(n, hour, 2) for n in range(len(CUSTOMERS)) for hour in range(4)])
+    went_on.publish_deferred(publish(2), went_on.last_seq + 1)
+    went_on.rerate_next(2)
+    restored = Billing.from_snapshot(went_on.encode_snapshot())
+    seq = went_on.last_seq + 1
+    live, replayed = (billing.finish_rerating(seq, RECEIVED_MS) for billing in (went_on, restored))
+    assert (replayed.customers, replayed.amount_delta_picos) == (live.customers, live.amount_delta_picos)
+    assert restored.kernel.snapshot() == went_on.kernel.snapshot()
