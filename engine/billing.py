@@ -920,7 +920,14 @@ class Billing:
         assert stored.format == SNAPSHOT_FORMAT, f"snapshot format {stored.format}"
         engine = Engine.from_snapshot(stored.control)
         kernel = Kernel.restore(stored.kernel, segments or None)
-        return cls(engine, kernel, future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
+        billing = cls(engine, kernel, future_skew_ms=future_skew_ms, dedupe_window_ms=dedupe_window_ms)
+        if billing.rerating is not None:
+            # A publish's re-rating was pending: its customers are re-rated (on touch, by a background slice, by the
+            # completion record replayed next) at the timeline the publish made, which the machine that took the
+            # snapshot compiled at the publish (defer_rerating) and a restored kernel has not: re-rated without it,
+            # they kept their old prices and left the pending set as if re-rated.
+            billing.refresh_tables()
+        return billing
 
 
 def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:

@@ -352,3 +352,32 @@ def test_a_message_of_holds_rerates_the_pending_customers_it_names_and_leaves_th
         6 * 10**12,
         3 * 10**12,
     )
+
+
+def test_a_machine_restored_mid_rerating_completes_it_at_the_published_prices() -> None:
+    """Restored from a snapshot taken while a re-rating is pending, with no batch applied since (a batch compiles
+    the tables first): its completion (the record replayed after the snapshot, or the writer's) re-rates the
+    customers still pending at the publish's prices, as the machine that went on does, and says so in its totals."""
+    went_on = machine([5, 0, 20, 0, 5], [(n, hour, 2) for n in range(len(CUSTOMERS)) for hour in range(4)])
+    went_on.publish_deferred(publish(2), went_on.last_seq + 1)
+    went_on.rerate_next(2)
+    restored = Billing.from_snapshot(went_on.encode_snapshot())
+    seq = went_on.last_seq + 1
+    live, replayed = (billing.finish_rerating(seq, RECEIVED_MS) for billing in (went_on, restored))
+    assert (replayed.customers, replayed.amount_delta_picos) == (live.customers, live.amount_delta_picos)
+    assert restored.kernel.snapshot() == went_on.kernel.snapshot()
+
+
+def test_a_hold_replayed_on_a_machine_restored_mid_rerating_rerates_its_customer_at_the_published_prices() -> None:
+    """Re-rate on touch after a restore: a Reserve journaled after the snapshot names a pending customer, who is
+    re-rated before the hold at the publish's prices (hours 1 to 3 at 3 a call, hour 0 at 1: 2 + 3 x 2 x 3 = 20),
+    as on the machine that went on; restored without the publish's timeline, the customer kept 8 and left the
+    pending set, and the completion's totals agreed, so nothing ever said so."""
+    went_on = machine([0, 20, 0, 20, 0], [(n, hour, 2) for n in range(len(CUSTOMERS)) for hour in range(4)])
+    went_on.publish_deferred(publish(1), went_on.last_seq + 1)
+    restored = Billing.from_snapshot(went_on.encode_snapshot())
+    reserve = cmd.Reserve(RECEIVED_MS, ACTOR, "c3", "h", "ai", {"model": "m1"}, {"n": 1.0}, 60_000)
+    for billing in (went_on, restored):
+        billing.apply(reserve, billing.last_seq + 1)
+        assert billing.rerating is not None and "c3" not in billing.rerating.pending
+        assert billing.balance("c3", RECEIVED_MS).period_charges == 20 * 10**12
