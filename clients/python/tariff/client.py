@@ -735,6 +735,23 @@ class AsyncTariffClient(_Stubs[grpc.aio.Channel]):
             if not token:
                 return cards
 
+    async def list_versions(
+        self, rate_card_id: str, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> list[pricing_pb2.RateCardVersion]:
+        """Every version of the card, drafts included, by number (``PricingService.ListVersions``, read a page at a
+        time: one call answers at most ``page_size`` versions, 100 when 0). An unknown card raises ``NotFound``."""
+        versions: list[pricing_pb2.RateCardVersion] = []
+        token = ""
+        while True:
+            page: pricing_pb2.ListVersionsResponse = await self.pricing.ListVersions(
+                pricing_pb2.ListVersionsRequest(rate_card_id=rate_card_id, page_size=page_size, page_token=token),
+                timeout=self._timeout(timeout_s),
+            )
+            versions.extend(page.versions)
+            token = page.next_page_token
+            if not token:
+                return versions
+
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Waits until ``grpc.health.v1.Health/Check("")`` answers SERVING.
 
@@ -1713,6 +1730,23 @@ class TariffClient(_Stubs[grpc.Channel]):
             token = page.next_page_token
             if not token:
                 return cards
+
+    def list_versions(
+        self, rate_card_id: str, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> list[pricing_pb2.RateCardVersion]:
+        """Every version of the card, drafts included, by number (``PricingService.ListVersions``, read a page at a
+        time, as ``AsyncTariffClient.list_versions``)."""
+        versions: list[pricing_pb2.RateCardVersion] = []
+        token = ""
+        while True:
+            page: pricing_pb2.ListVersionsResponse = self.pricing.ListVersions(
+                pricing_pb2.ListVersionsRequest(rate_card_id=rate_card_id, page_size=page_size, page_token=token),
+                timeout=self._timeout(timeout_s),
+            )
+            versions.extend(page.versions)
+            token = page.next_page_token
+            if not token:
+                return versions
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Waits until ``grpc.health.v1.Health/Check("")`` answers SERVING (see the async client)."""

@@ -1,0 +1,87 @@
+"""The Python client's all-pages helpers over the wire. README ("Paged lists"): ListRateCards and ListVersions are
+paged alike (100 a page when page_size is 0, the last page's next_page_token empty), and the client's
+`list_rate_cards()` reads every page. A client that read `ListVersions(...).versions` sees only the first page
+since ListVersions became paged, so the client offers `list_versions()` reading every page as `list_rate_cards()`
+does, on the sync and the async client.
+
+One server for the file, catalogue: rate cards `paged` (drafts 1, 2 and 3, no rates) and `other` (no version)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from tariff import NotFound, TariffClient
+from tariff.v1 import pricing_pb2
+
+from tests.audit_fixtures import serving
+from tests.serverproc import ServerProcess
+
+CARD = "paged"
+VERSIONS = [1, 2, 3]
+
+
+def catalogue(client: TariffClient) -> None:
+    for card_id in (CARD, "other"):
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card_id, pricing_unit="credits"))
+    for number in VERSIONS:
+        note = f"draft {number}"
+        made = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, change_note=note)
+        )
+        assert made.version == number
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("audit-clientpages") / "data")
+    yield from serving(process, catalogue)
+
+
+def test_list_versions_pages_of_two_are_two(server: ServerProcess) -> None:
+    """The raw RPC with page_size 2: versions 1 and 2 with token "2", then version 3 and no token (so the helper
+    below is read over more than one page)."""
+    with server.client() as client:
+        first = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD, page_size=2))
+        assert [v.version for v in first.versions] == [1, 2] and first.next_page_token == "2"
+        rest = client.pricing.ListVersions(
+            pricing_pb2.ListVersionsRequest(rate_card_id=CARD, page_size=2, page_token=first.next_page_token)
+        )
+        assert [v.version for v in rest.versions] == [3] and not rest.next_page_token
+
+
+def test_list_versions_reads_every_page_sync(server: ServerProcess) -> None:
+    with server.client() as client:
+        listed = client.list_versions(CARD, page_size=2)
+        assert [v.version for v in listed] == VERSIONS
+        assert [v.change_note for v in listed] == [f"draft {n}" for n in VERSIONS]
+        assert [v.version for v in client.list_versions(CARD, page_size=1)] == VERSIONS
+        assert [v.version for v in client.list_versions(CARD)] == VERSIONS, "page_size 0: the server's 100"
+        assert client.list_versions("other") == []
+        with pytest.raises(NotFound):
+            client.list_versions("nope")
+
+
+def test_list_versions_reads_every_page_async(server: ServerProcess) -> None:
+    async def main() -> None:
+        async with server.async_client() as client:
+            listed = await client.list_versions(CARD, page_size=2)
+            assert [v.version for v in listed] == VERSIONS
+            assert await client.list_versions("other") == []
+            with pytest.raises(NotFound):
+                await client.list_versions("nope")
+
+    asyncio.run(main())
+
+
+def test_list_rate_cards_reads_every_page(server: ServerProcess) -> None:
+    """The existing helper over pages of one card each (its test elsewhere reads a single page)."""
+    with server.client() as client:
+        assert [c.id for c in client.list_rate_cards(page_size=1)] == ["other", CARD]
+
+    async def main() -> None:
+        async with server.async_client() as client:
+            assert [c.id for c in await client.list_rate_cards(page_size=1)] == ["other", CARD]
+
+    asyncio.run(main())
