@@ -2,9 +2,11 @@
 paged alike (100 a page when page_size is 0, the last page's next_page_token empty), and the client's
 `list_rate_cards()` reads every page. A client that read `ListVersions(...).versions` sees only the first page
 since ListVersions became paged, so the client offers `list_versions()` reading every page as `list_rate_cards()`
-does, on the sync and the async client.
+does, on the sync and the async client; likewise `list_customers()` and `list_alert_rules()` for the other paged
+lists of one kind of record (ListCustomers, ListAlertRules).
 
-One server for the file, catalogue: rate cards `paged` (drafts 1, 2 and 3, no rates) and `other` (no version)."""
+One server for the file, catalogue: rate cards `paged` (drafts 1, 2 and 3, no rates) and `other` (no version);
+customers `c1`, `c2`, `c3` (no contract); LOW_BALANCE alert rules on each of them (threshold 1)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from collections.abc import Iterator
 
 import pytest
 from tariff import NotFound, TariffClient
-from tariff.v1 import pricing_pb2
+from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2
 
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess
 
 CARD = "paged"
 VERSIONS = [1, 2, 3]
+CUSTOMERS = ["c1", "c2", "c3"]
 
 
 def catalogue(client: TariffClient) -> None:
@@ -31,6 +34,10 @@ def catalogue(client: TariffClient) -> None:
             pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, change_note=note)
         )
         assert made.version == number
+    for customer_id in CUSTOMERS:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id))
+        rule = alerts_pb2.CreateAlertRequest(customer_id=customer_id, type=alerts_pb2.LOW_BALANCE, threshold="1")
+        client.alerts.CreateAlert(rule)
 
 
 @pytest.fixture(scope="module")
@@ -83,5 +90,27 @@ def test_list_rate_cards_reads_every_page(server: ServerProcess) -> None:
     async def main() -> None:
         async with server.async_client() as client:
             assert [c.id for c in await client.list_rate_cards(page_size=1)] == ["other", CARD]
+
+    asyncio.run(main())
+
+
+def test_list_customers_and_alert_rules_read_every_page_sync(server: ServerProcess) -> None:
+    with server.client() as client:
+        first = client.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_size=2))
+        assert [c.id for c in first.customers] == CUSTOMERS[:2] and first.next_page_token
+        assert [c.id for c in client.list_customers(page_size=2)] == CUSTOMERS
+        assert [c.id for c in client.list_customers()] == CUSTOMERS
+        rules = client.list_alert_rules(page_size=2)
+        assert sorted(r.customer_id for r in rules) == CUSTOMERS and [r.id for r in rules] == sorted(
+            r.id for r in rules
+        )
+        assert [r.id for r in rules] == [r.id for r in client.list_alert_rules()]
+
+
+def test_list_customers_and_alert_rules_read_every_page_async(server: ServerProcess) -> None:
+    async def main() -> None:
+        async with server.async_client() as client:
+            assert [c.id for c in await client.list_customers(page_size=2)] == CUSTOMERS
+            assert sorted(r.customer_id for r in await client.list_alert_rules(page_size=1)) == CUSTOMERS
 
     asyncio.run(main())

@@ -49,9 +49,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from tariff.v1 import (
+    alerts_pb2,
     alerts_pb2_grpc,
     balance_pb2,
     balance_pb2_grpc,
+    contracts_pb2,
     contracts_pb2_grpc,
     invoices_pb2_grpc,
     pricing_pb2,
@@ -751,6 +753,40 @@ class AsyncTariffClient(_Stubs[grpc.aio.Channel]):
             token = page.next_page_token
             if not token:
                 return versions
+
+    async def list_customers(
+        self, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> list[contracts_pb2.Customer]:
+        """Every customer, in id order (``ContractService.ListCustomers``, read a page at a time: one call answers
+        at most ``page_size`` customers, 100 when 0)."""
+        customers: list[contracts_pb2.Customer] = []
+        token = ""
+        while True:
+            page: contracts_pb2.ListCustomersResponse = await self.contracts.ListCustomers(
+                contracts_pb2.ListCustomersRequest(page_size=page_size, page_token=token),
+                timeout=self._timeout(timeout_s),
+            )
+            customers.extend(page.customers)
+            token = page.next_page_token
+            if not token:
+                return customers
+
+    async def list_alert_rules(
+        self, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> list[alerts_pb2.AlertRule]:
+        """Every alert rule, in id order (``AlertService.ListAlertRules``, read a page at a time: one call answers
+        at most ``page_size`` rules, 100 when 0)."""
+        rules: list[alerts_pb2.AlertRule] = []
+        token = ""
+        while True:
+            page: alerts_pb2.ListAlertRulesResponse = await self.alerts.ListAlertRules(
+                alerts_pb2.ListAlertRulesRequest(page_size=page_size, page_token=token),
+                timeout=self._timeout(timeout_s),
+            )
+            rules.extend(page.rules)
+            token = page.next_page_token
+            if not token:
+                return rules
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Waits until ``grpc.health.v1.Health/Check("")`` answers SERVING.
@@ -1747,6 +1783,34 @@ class TariffClient(_Stubs[grpc.Channel]):
             token = page.next_page_token
             if not token:
                 return versions
+
+    def list_customers(self, *, page_size: int = 0, timeout_s: float | None = None) -> list[contracts_pb2.Customer]:
+        """Every customer, in id order (``ContractService.ListCustomers``, read a page at a time, as ``AsyncTariffClient.list_customers``)."""
+        customers: list[contracts_pb2.Customer] = []
+        token = ""
+        while True:
+            page: contracts_pb2.ListCustomersResponse = self.contracts.ListCustomers(
+                contracts_pb2.ListCustomersRequest(page_size=page_size, page_token=token),
+                timeout=self._timeout(timeout_s),
+            )
+            customers.extend(page.customers)
+            token = page.next_page_token
+            if not token:
+                return customers
+
+    def list_alert_rules(self, *, page_size: int = 0, timeout_s: float | None = None) -> list[alerts_pb2.AlertRule]:
+        """Every alert rule, in id order (``AlertService.ListAlertRules``, read a page at a time, as ``AsyncTariffClient.list_alert_rules``)."""
+        rules: list[alerts_pb2.AlertRule] = []
+        token = ""
+        while True:
+            page: alerts_pb2.ListAlertRulesResponse = self.alerts.ListAlertRules(
+                alerts_pb2.ListAlertRulesRequest(page_size=page_size, page_token=token),
+                timeout=self._timeout(timeout_s),
+            )
+            rules.extend(page.rules)
+            token = page.next_page_token
+            if not token:
+                return rules
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Waits until ``grpc.health.v1.Health/Check("")`` answers SERVING (see the async client)."""
