@@ -3,7 +3,8 @@ paged alike (100 a page when page_size is 0, the last page's next_page_token emp
 `list_rate_cards()` reads every page. A client that read `ListVersions(...).versions` sees only the first page
 since ListVersions became paged, so the client offers `list_versions()` reading every page as `list_rate_cards()`
 does, on the sync and the async client; likewise `list_customers()` and `list_alert_rules()` for the other paged
-lists of one kind of record (ListCustomers, ListAlertRules).
+lists of one kind of record (ListCustomers, ListAlertRules). The CLI's `tariff ratecard versions CARD` ("Every
+version of a rate card, drafts included") and `tariff ratecards show CARD` (its versions) read every page too.
 
 One server for the file, catalogue: rate cards `paged` (drafts 1, 2 and 3, no rates) and `other` (no version);
 customers `c1`, `c2`, `c3` (no contract); LOW_BALANCE alert rules on each of them (threshold 1)."""
@@ -11,6 +12,7 @@ customers `c1`, `c2`, `c3` (no contract); LOW_BALANCE alert rules on each of the
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +21,7 @@ from tariff.v1 import alerts_pb2, contracts_pb2, pricing_pb2
 
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess
+from tests.test_cli import table_rows, tariff
 
 CARD = "paged"
 VERSIONS = [1, 2, 3]
@@ -114,3 +117,20 @@ def test_list_customers_and_alert_rules_read_every_page_async(server: ServerProc
             assert sorted(r.customer_id for r in await client.list_alert_rules(page_size=1)) == CUSTOMERS
 
     asyncio.run(main())
+
+
+def test_the_cli_lists_every_version_of_a_card_of_more_than_a_page(server: ServerProcess) -> None:
+    """Card `many` with 101 drafts (a ListVersions page holds 100 when page_size is 0): `tariff ratecard versions`
+    and `tariff ratecards show` list all 101, in JSON and as a table. Before the fix they listed versions 1 to 100
+    (and the JSON of `versions` carried next_page_token "100")."""
+    many = list(range(1, 102))
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="many", pricing_unit="credits"))
+        for _ in many:
+            client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="many"))
+    listed = json.loads(tariff(server, "ratecard", "versions", "many", "--json").stdout)
+    assert [v["version"] for v in listed["versions"]] == many and "next_page_token" not in listed
+    table = table_rows(tariff(server, "ratecard", "versions", "many").stdout)
+    assert [row[0] for row in table if row[0].isdigit()] == [str(n) for n in many]
+    shown = json.loads(tariff(server, "ratecards", "show", "many", "--json").stdout)
+    assert [v["version"] for v in shown["versions"]] == many

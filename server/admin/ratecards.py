@@ -139,13 +139,13 @@ def show_rate_card(remote: Remote, rate_card_id: str, version: int | None) -> No
 
     with remote.client() as client:
         card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=rate_card_id))
-        versions = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=rate_card_id)).versions
+        versions = client.list_versions(rate_card_id)  # every page: a card may have more versions than one holds
         number = version or card.current_version
         shown = None
         if number:
             shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=rate_card_id, version=number))
     if remote.as_json:
-        print_json({"rate_card": card, "versions": list(versions), "version": shown})
+        print_json({"rate_card": card, "versions": versions, "version": shown})
         return
     print_fields(
         [

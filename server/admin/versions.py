@@ -234,15 +234,13 @@ def print_published(remote: Remote, published: pricing_pb2.PublishVersionRespons
 @click.argument("rate_card_id")
 @remote_command
 def versions(remote: Remote, rate_card_id: str) -> None:
-    """Every version of a rate card, drafts included."""
-    from tariff.v1 import pricing_pb2
-
+    """Every version of a rate card, drafts included (all pages)."""
     with remote.client() as client:
-        found = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=rate_card_id))
+        found = client.list_versions(rate_card_id)
     if remote.as_json:
-        print_json(found)
+        print_json({"versions": found})  # ListVersionsResponse's shape, its pages joined
     else:
-        print_table(VERSION_COLUMNS, version_rows(found.versions))
+        print_table(VERSION_COLUMNS, version_rows(found))
 
 
 @ratecard.command()
