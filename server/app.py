@@ -45,7 +45,7 @@ from server.clock import CLOCK_LOOK_EVERY_S, drive_clock
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
 from server.demo import demo_commands
 from server.errors import UndecodableRequests, send_limit
-from server.explain_index import ExplainIndex, IndexUnopenable
+from server.explain_index import MAP_SIZE_BYTES_DEFAULT, ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
 from server.journal import JournalFormatError, JournalUnopenable, LmdbJournal
 from server.loopstall import StallSampler
@@ -103,6 +103,7 @@ class ServeConfig:
     clock_look_every_s: float = CLOCK_LOOK_EVERY_S  # how often the clock driver looks for due work
     close_grace_ms: int | None = CLOSE_GRACE_MS_DEFAULT  # how long after its end a period closes; None: never
     explain_index: bool = True  # keep the ExplainLineItem index (<data dir>/explain)
+    explain_map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT  # its LMDB map (address space; the file is sparse)
     reservation_ttl_max_s: float = 3600.0  # the longest reservation_ttl an Authorize may ask
 
 
@@ -439,7 +440,11 @@ async def _recover(
         await server.stop(None)
         return None
     try:
-        explain_index = ExplainIndex(config.data_dir / "explain") if config.explain_index else None
+        explain_index = (
+            ExplainIndex(config.data_dir / "explain", map_size_bytes=config.explain_map_size_bytes)
+            if config.explain_index
+            else None
+        )
     except IndexUnopenable as exc:
         log.error("%s", exc)
         journal.close()

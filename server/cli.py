@@ -221,6 +221,14 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
     default=True,
     help="keep the index ExplainLineItem reads (<data dir>/explain), written off the ack path",
 )
+# LMDB takes any size of address space up to what the machine maps; 64 TiB is a bound on a typo, not on LMDB.
+@click.option(
+    "--explain-map-mb",
+    type=int,
+    default=65_536,
+    callback=_within(1, 64 * 1024 * 1024),
+    help="the explain index's LMDB map size in MiB (65,536 held about 270,000,000 events); grows the map when raised",
+)
 @click.option(
     "--reservation-ttl-max-s",
     type=float,
@@ -257,6 +265,7 @@ def serve(
     clock_look_every_ms: int,
     close_grace: str,
     explain_index: bool,
+    explain_map_mb: int,
     reservation_ttl_max_s: float,
 ) -> None:
     """Run the gRPC server."""
@@ -297,6 +306,7 @@ def serve(
         clock_look_every_s=clock_look_every_ms / 1000,
         close_grace_ms=close_grace_ms,
         explain_index=explain_index,
+        explain_map_size_bytes=_mib(explain_map_mb),
         reservation_ttl_max_s=reservation_ttl_max_s,
     )
     sys.exit(run(config))

@@ -318,8 +318,8 @@ class ExplainIndex:
                 pending, pending_bytes, due = [], 0, None
 
     def write_or_stop(self, records: list[bytes], through_seq: int) -> None:
-        """`write`, for a recovery's replay: an index LMDB cannot write to (its map full: MAP_SIZE_BYTES_DEFAULT,
-        about 270,000,000 events) stops as it stops while serving, and the start goes on without it. Raised, it
+        """`write`, for a recovery's replay: an index LMDB cannot write to (its map full: `--explain-map-mb`, by
+        default MAP_SIZE_BYTES_DEFAULT, about 270,000,000 events) stops as it stops while serving, and the start goes on without it. Raised, it
         stopped every start for good: a rebuild from the journal fills the same map at the same record."""
         if self._failure is not None:
             return
@@ -332,7 +332,7 @@ class ExplainIndex:
         """The index takes nothing more (`submit`) and its readers are told so (`wait_covered`)."""
         log.error(
             "the explain index stopped (ExplainLineItem answers UNAVAILABLE until a restart; a full index fills "
-            "again at every start: start with --no-explain-index): %r",
+            "again at every start: start with a larger --explain-map-mb, or with --no-explain-index): %r",
             exc,
         )
         self._failure = exc

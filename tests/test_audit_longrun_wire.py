@@ -21,7 +21,7 @@ from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
+from tests.serverproc import ServerFactory, ServerProcess
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -43,14 +43,6 @@ if _frozen_ms is not None:
     time.time_ns = lambda: _frozen_ns
 elif _offset_ns:
     time.time_ns = lambda: _real_time_ns() + _offset_ns
-_explain_map_bytes = os.environ.get("TARIFF_TEST_EXPLAIN_MAP_BYTES")
-if _explain_map_bytes is not None:
-    import sys
-
-    sys.path.insert(0, os.environ["TARIFF_TEST_REPO"])
-    import server.explain_index
-
-    server.explain_index.ExplainIndex.__init__.__kwdefaults__["map_size_bytes"] = int(_explain_map_bytes)
 """
 
 
@@ -269,23 +261,18 @@ def explain_code(client: TariffClient, customer_id: str, at_ms: int) -> grpc.Sta
     return grpc.StatusCode.OK
 
 
-def test_a_full_explain_index_stops_alone_explain_answers_unavailable_and_every_restart_serves(
-    server_factory: ServerFactory, tmp_path: Path
+def test_a_full_explain_index_stops_alone_explain_answers_unavailable_and_a_larger_map_brings_it_back(
+    server_factory: ServerFactory,
 ) -> None:
-    """The explain index is derived data in an LMDB map of its own, 64 GiB (server/explain_index.py: "64 GiB holds
-    about 270,000,000" events), with no flag to grow it: a server long in production fills it. Its log then says
+    """The explain index is derived data in an LMDB map of its own, `--explain-map-mb` (default 64 GiB: "64 GiB holds
+    about 270,000,000" events, server/explain_index.py): a server long in production fills it. Its log then says
     "the explain index stopped (ExplainLineItem answers UNAVAILABLE until a restart)", and README "The operator's
-    log": "A server that refuses to start says why in one line". Here the map is 1 MiB (set in the server's process
-    by the test's sitecustomize) and 100,000 events of 1 unit fill it: every batch is acknowledged,
-    ExplainLineItem answers UNAVAILABLE (it was INTERNAL), and a restart serves (it died at every start with a
-    MapFullError traceback, the replay filling the index again): 100 credits drawn, 99,900 units of overage,
-    a resent batch all duplicates, ExplainLineItem UNAVAILABLE again."""
-    env = {
-        **clock_env(tmp_path, offset_ms=0),
-        "TARIFF_TEST_EXPLAIN_MAP_BYTES": str(1 << 20),
-        "TARIFF_TEST_REPO": str(REPO_ROOT),
-    }
-    server = server_factory(env=env)
+    log": "A server that refuses to start says why in one line". Here the map is 1 MiB and 100,000 events of 1 unit
+    fill it: every batch is acknowledged, ExplainLineItem answers UNAVAILABLE (it was INTERNAL), and a restart serves
+    (it died at every start with a MapFullError traceback, the replay filling the index again): 100 credits drawn,
+    99,900 units of overage, a resent batch all duplicates, ExplainLineItem UNAVAILABLE again. README: restarted with
+    a larger `--explain-map-mb`, the index catches up and ExplainLineItem answers again."""
+    server = server_factory(extra_args=["--explain-map-mb", "1"])
     at_ms = time.time_ns() // 1_000_000 - 1000
     batches = [[work(f"x{b}-{i}", "x", 1, at_ms) for i in range(10_000)] for b in range(10)]
     with server.client() as client:
@@ -301,6 +288,12 @@ def test_a_full_explain_index_stops_alone_explain_answers_unavailable_and_every_
         again = client.ingest_batch(batches[3])
         assert (again.accepted, again.duplicates) == (0, 10_000)
         assert explain_code(client, "x", at_ms) == grpc.StatusCode.UNAVAILABLE
+    assert server.terminate() == 0
+    server.extra_args = ("--explain-map-mb", "64")
+    server.restart()
+    with server.client() as client:
+        assert explain_code(client, "x", at_ms) == grpc.StatusCode.OK
+        assert str(client.get_balance("x").period_charges) == "100000"
 
 
 # ---------------------------------------------------------------------------------------------
