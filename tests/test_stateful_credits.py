@@ -25,6 +25,7 @@ TARIFF_STATEFUL_EXAMPLES raises the budget (e.g. 2000 for a hunt).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import decimal
 import math
@@ -206,6 +207,18 @@ def new_events(draw: st.DrawFn, machine: Credits) -> REvent:
     )
 
 
+def break_returned(oracles: dict[str, ReferenceCredits], clock_ms: int) -> None:
+    """What a release, a settled hold or a refund gives back to a grant already broken at its expiry, or already
+    rolled over, breaks at once (the server-set `expired_credit_breaks`, `returned_expired_credit_breaks`,
+    `returned_rolled_credit_breaks`; docs/architecture.md "Time"): nothing can draw it any more."""
+    for oracle in oracles.values():
+        for grant in oracle.grants:
+            ended = grant.expires_at_ms is not None and grant.expires_at_ms <= clock_ms
+            if (ended or grant.id in oracle.rolled_out) and grant.remaining > 0:
+                oracle.breakage[grant.id] = oracle.breakage.get(grant.id, Decimal(0)) + grant.remaining
+                grant.remaining = Decimal(0)
+
+
 class Credits(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -243,18 +256,23 @@ class Credits(RuleBasedStateMachine):
         for oracle in self.oracles.values():
             oracle.advance(self.now)
         self.clock = self.now
-        self.break_returned()
+        break_returned(self.oracles, self.clock)
 
-    def break_returned(self) -> None:
-        """What a release, a settled hold or a refund gives back to a grant already broken at its expiry, or already
-        rolled over, breaks at once (the server-set `expired_credit_breaks`, `returned_expired_credit_breaks`,
-        `returned_rolled_credit_breaks`; docs/architecture.md "Time"): nothing can draw it any more."""
-        for oracle in self.oracles.values():
-            for grant in oracle.grants:
-                ended = grant.expires_at_ms is not None and grant.expires_at_ms <= self.clock
-                if (ended or grant.id in oracle.rolled_out) and grant.remaining > 0:
-                    oracle.breakage[grant.id] = oracle.breakage.get(grant.id, Decimal(0)) + grant.remaining
-                    grant.remaining = Decimal(0)
+    def catch_up(self) -> None:
+        """The writer's AdvanceClock before a group of commands or a run of batches (Sequencer._clock_before)."""
+        if self.now > self.clock:
+            self.tick()
+
+    def projected(self) -> dict[str, ReferenceCredits]:
+        """What a read now answers from: the oracles as the AdvanceClock at now will leave them (docs/architecture.md
+        "Reads in the window"), while the clock has not recorded it."""
+        if self.now == self.clock:
+            return self.oracles
+        copies = copy.deepcopy(self.oracles)
+        for oracle in copies.values():
+            oracle.advance(self.now)
+        break_returned(copies, self.now)
+        return copies
 
     # Set-up ----------------------------------------------------------------------------------------------
 
@@ -309,6 +327,7 @@ class Credits(RuleBasedStateMachine):
 
     @rule(data=st.data(), size=st.integers(1, 4))
     def ingest(self, data: st.DataObject, size: int) -> None:
+        self.catch_up()
         batch: list[REvent] = []
         for _ in range(size):
             kind = data.draw(st.sampled_from(["new"] * 6 + (["resend", "conflict"] if self.sent else [])))
@@ -331,7 +350,7 @@ class Credits(RuleBasedStateMachine):
                 expected.append((any_oracle._invalid(event, self.now) or "UNKNOWN_CUSTOMER", ""))
             else:
                 expected.append(oracle.ingest_reserving(event, self.now))
-        self.break_returned()
+        break_returned(self.oracles, self.clock)
         self.batches += 1
         data_bytes = usage_pb2.UsageBatch(
             batch_id=f"b{self.batches}", events=[to_wire(e) for e in batch]
@@ -369,6 +388,7 @@ class Credits(RuleBasedStateMachine):
         expires_in: int | None,
         fraction: str,
     ) -> None:
+        self.catch_up()
         grant_id = f"g{self.grants}"
         starts = month_start_ms(self.now)
         expires = None if expires_in is None else self.now + expires_in
@@ -404,6 +424,7 @@ class Credits(RuleBasedStateMachine):
         ttl_ms=st.sampled_from([1_000, 30_000, HOUR_MS, 3 * DAY_MS]),
     )
     def reserve(self, customer: str, reservation_id: str, seats: bool, quantity: int, ttl_ms: int) -> None:
+        self.catch_up()
         event_type, key, dimensions = ("seats", "n", {}) if seats else ("ai", "tokens", {"model": "m1"})
         values = {key: float(quantity)}
         usage = REvent("", customer, event_type, self.now, tuple(dimensions.items()), tuple(values.items()))
@@ -428,14 +449,15 @@ class Credits(RuleBasedStateMachine):
         event_type, key, dimensions = ("seats", "n", {}) if seats else ("ai", "tokens", {"model": "m2"})
         values = {key: float(quantity)}
         usage = REvent("", customer, event_type, self.now, tuple(dimensions.items()), tuple(values.items()))
-        expected = self.oracles[customer].authorize(usage)
+        expected = self.projected()[customer].authorize(usage)
         got = self.billing.estimate(customer, event_type, dimensions, values, self.now)
         assert (got.allowed, got.reason, got.cost) == expected
 
     @rule(customer=st.sampled_from(CUSTOMERS), reservation_id=st.sampled_from(HOLD_IDS))
     def release(self, customer: str, reservation_id: str) -> None:
+        self.catch_up()
         expected = self.oracles[customer].release(reservation_id)
-        self.break_returned()
+        break_returned(self.oracles, self.clock)
         command = cmd.ReleaseReservation(self.now, ACTOR, customer, reservation_id, expired_credit_breaks=True)
         try:
             result = self.run(command)
@@ -454,6 +476,7 @@ class Credits(RuleBasedStateMachine):
         policy=st.one_of(st.none(), st.tuples(st.integers(1, 20), st.integers(1, 40), st.integers(1, 3))),
     )
     def top_up_policy(self, customer: str, policy: tuple[int, int, int] | None) -> None:
+        self.catch_up()
         if policy is None:
             command = cmd.SetTopUpPolicy(
                 self.now, ACTOR, f"k-{customer}", "", "", "", 0, price_in_contract_currency=True
@@ -476,6 +499,7 @@ class Credits(RuleBasedStateMachine):
     @rule(after_ms=st.sampled_from([HOUR_MS, DAY_MS, 3 * DAY_MS]))
     def publish(self, after_ms: int) -> None:
         """Version 2, effective from a later time (past every event rated so far: no re-rating)."""
+        self.catch_up()
         effective = -(-(self.now + after_ms) // HOUR_MS) * HOUR_MS  # on an hour boundary (ratecard.py)
         self.run(cmd.CreateDraftVersion(self.now, ACTOR, "card", 0, {}, (), wire_rates(V2), (), ""))  # type: ignore[arg-type]
         self.run(cmd.PublishVersion(self.now, ACTOR, "card", 2, effective))
@@ -495,6 +519,14 @@ class Credits(RuleBasedStateMachine):
         self.now = then
         self.tick()
 
+    @rule(step=st.sampled_from([500, 30_000, HOUR_MS, DAY_MS, "feb"]))
+    def wait(self, step: int | str) -> None:
+        """Time passes and nothing records it yet: reads answer as the AdvanceClock at now will leave the state,
+        and the next command or batch is preceded by that AdvanceClock."""
+        then = FEB_MS if step == "feb" else self.now + int(step)
+        if self.now < then and then - self.start < HORIZON_MS:
+            self.now = then
+
     # Invariants ------------------------------------------------------------------------------------------
 
     @invariant()
@@ -502,9 +534,10 @@ class Credits(RuleBasedStateMachine):
         if not self.oracles:
             return
         self.steps += 1
+        projected = self.projected()
         for customer_id, oracle in self.oracles.items():
             oracle.credits_conserved()
-            check_balance(self.billing, customer_id, oracle, self.now, self.paid)
+            check_balance(self.billing, customer_id, projected[customer_id], self.now, self.paid)
             check_aggregates(self.billing, customer_id, oracle)
             purchases = [(g, c) for _, g, c, *_ in self.billing.kernel.top_up_purchases(customer_id)]
             assert purchases == [(g, int(c)) for _, g, c in oracle.purchases]
