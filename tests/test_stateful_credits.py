@@ -375,7 +375,8 @@ class Credits(RuleBasedStateMachine):
         paid=st.sampled_from(["0", "3"]),
         priority=st.integers(0, 1),
         products=st.sampled_from([(), (), ("seats",), ("tokens",)]),
-        expires_in=st.sampled_from([None, None, MINUTE_MS, HOUR_MS, 2 * DAY_MS]),
+        expires_in=st.sampled_from([None, None, MINUTE_MS, HOUR_MS, 2 * DAY_MS, "month end"]),
+        later=st.integers(0, 3),
         fraction=st.sampled_from(["", "", "0.5", "1", "0.333333333333333333"]),
     )
     def grant(
@@ -385,13 +386,23 @@ class Credits(RuleBasedStateMachine):
         paid: str,
         priority: int,
         products: tuple[str, ...],
-        expires_in: int | None,
+        expires_in: int | str | None,
         fraction: str,
+        later: int,
     ) -> None:
+        """A grant paying from the start of the current month or, now and then, from an hour on; expiring never,
+        after a while or at the month's end (its rollover, for one with a fraction)."""
         self.catch_up()
         grant_id = f"g{self.grants}"
-        starts = month_start_ms(self.now)
-        expires = None if expires_in is None else self.now + expires_in
+        starts = month_start_ms(self.now) if later else self.now + HOUR_MS
+        month_end_ms = FEB_MS if starts < FEB_MS else MAR_MS
+        expires = (
+            month_end_ms
+            if expires_in == "month end"
+            else None
+            if expires_in is None
+            else max(self.now, starts) + int(expires_in)
+        )
         self.run(
             cmd.GrantCredits(
                 self.now, ACTOR, grant_id, customer, f"k-{customer}", GrantKind.PREPAID, amount, paid, priority,
@@ -410,9 +421,8 @@ class Credits(RuleBasedStateMachine):
         if fraction and Decimal(fraction) > 0:
             oracle.rollover[grant_id] = Decimal(fraction)
             oracle.expiring_at_rollover_rolls.add(grant_id)
-            end_ms = FEB_MS if starts < FEB_MS else MAR_MS
-            if expires is None or expires > end_ms:
-                made.usable_before_ms = end_ms
+            if expires is None or expires > month_end_ms:
+                made.usable_before_ms = month_end_ms
 
     # Holds -----------------------------------------------------------------------------------------------
 
