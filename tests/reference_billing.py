@@ -1187,7 +1187,9 @@ class ReferenceCredits(ReferenceRating):
     """ReferenceRating with holds, top-ups and breakage, rewritten by hand from the design: a hold takes what the
     usage would draw from grants in burn order; an event naming an open reservation gives the hold back before it
     is charged; a top-up buys recharge_to - available when available credit falls below the threshold, at most
-    max_per_period times per calendar month (the contracts here start on the 1st); at a clock tick due holds end,
+    max_per_period times per calendar month (the contracts here start on the 1st), counted and started at the event's
+    period's start when that is after the purchase under `top_ups_in_billed_period` (the batch record's server-set
+    field), else at the purchase; at a clock tick due holds end,
     then grants whose month has ended roll over (`rollover`: grant id -> fraction, see `_roll_over`), then what
     expired grants still hold becomes breakage. A grant of `use_ends_at_rollover` with a rollover fraction pays
     only for usage dated before the end of its month (its rollover), whenever that usage arrives. A grant of

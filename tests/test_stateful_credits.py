@@ -570,7 +570,10 @@ class Credits(RuleBasedStateMachine):
     def snapshot_restores(self) -> None:
         if not self.oracles or self.steps % 5:
             return
-        assert state(Billing.from_snapshot(self.billing.encode_snapshot())) == state(self.billing)
+        restored = Billing.from_snapshot(self.billing.encode_snapshot())
+        assert state(restored) == state(self.billing)
+        for customer_id in CUSTOMERS:  # the control plane's half too: what GetBalance answers
+            assert restored.balance(customer_id, self.now) == self.billing.balance(customer_id, self.now)
 
     def teardown(self) -> None:
         if not self.oracles:
@@ -678,3 +681,36 @@ Credits.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 TestStatefulCredits = Credits.TestCase
+
+
+class Draws:
+    """A `data` whose draws are given in order (a plain test driving the machine's rules)."""
+
+    def __init__(self, *values: object) -> None:
+        self.values = list(values)
+
+    def draw(self, strategy: object) -> object:
+        return self.values.pop(0)
+
+
+def test_a_top_up_for_usage_dated_in_the_next_period_counts_and_starts_at_that_period() -> None:
+    """At 23:57 on January 31st acme has 5 credits of a grant rolling over at January's end (so usable only before
+    it) and a top-up policy buying up to 13 below 3. An event dated 00:00:01 on February 1st (within the 5-minute
+    skew) costs 3 (3 tokens at 1 per 3 units = 1, and one call, a package of 10 at 2 = 2), all overage:
+    the grant pays nothing dated after its rollover. The top-up counts the credit available at February's start, 0,
+    and buys 13 starting there (docs/architecture.md "A top-up", `top_ups_in_billed_period`); counted at the
+    purchase, in January, the grant's 5 would have bought nothing (the oracle's rule before it learnt the field)."""
+    machine = Credits()
+    machine.setup(FEB_MS - 3 * MINUTE_MS)
+    machine.grant("acme", "5", "3", 0, (), None, "0.5", 1)
+    machine.top_up_policy("acme", (3, 10, 2))
+    usage = REvent("late", "acme", "ai", FEB_MS + 1_000, (("model", "m1"),), (("tokens", 3.0),))
+    machine.ingest(Draws("new", usage), 1)
+    purchases = machine.billing.kernel.top_up_purchases("acme")
+    assert [(p[0], p[1], p[2]) for p in purchases] == [(FEB_MS, f"top-up-{FEB_MS}-1", 13 * PICOS)]
+    usage_rows = machine.billing.kernel.usage("acme")
+    assert usage_rows is not None
+    assert sum(row[6] for row in usage_rows[0]) == 3 * PICOS  # overage
+    machine.balances_agree()
+    machine.credits_conserved()
+    machine.teardown()
