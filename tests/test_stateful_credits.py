@@ -350,7 +350,7 @@ class Credits(RuleBasedStateMachine):
                 expected.append((any_oracle._invalid(event, self.now) or "UNKNOWN_CUSTOMER", ""))
             else:
                 expected.append(oracle.ingest_reserving(event, self.now))
-        break_returned(self.oracles, self.clock)
+            break_returned(self.oracles, self.clock)  # with each event: the next one cannot draw it
         self.batches += 1
         data_bytes = usage_pb2.UsageBatch(
             batch_id=f"b{self.batches}", events=[to_wire(e) for e in batch]
