@@ -16,7 +16,8 @@ per grant granted = drawn + remaining + held + expired (docs/architecture.md "Cr
 nothing negative; the top-up purchases agree; and every few steps a snapshot's encode -> restore gives the same
 kernel state bytes. At the end, replaying the records gives those bytes too.
 
-Not modelled (the oracle has no rules for them, so no rule does them): closing periods (and invoices), a version
+Not modelled (the oracle has no rules for them, so no rule does them): invoices (January is closed, but only its
+effect on later events and balances is compared), a version
 effective before usage already rated (re-rating), overrides, a contract's end or a second contract, and ids the
 kernel forgets after the 35-day dedupe window (the run stays within it).
 
@@ -517,6 +518,25 @@ class Credits(RuleBasedStateMachine):
             assert oracle.timeline is not None
             oracle.timeline.append((effective, V2))
         self.published = True
+
+    # Closing ---------------------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.now >= FEB_MS)
+    @rule(customer=st.sampled_from(CUSTOMERS))
+    def close_january(self, customer: str) -> None:
+        """ClosePeriod of January, as the service sets it: from then on its events are PERIOD_CLOSED (holds taken in
+        it stay open: a late event naming one is refused before it settles anything)."""
+        oracle = self.oracles[customer]
+        if (2026, 1) in oracle.closed:
+            return
+        self.catch_up()
+        self.run(
+            cmd.ClosePeriod(
+                self.now, ACTOR, customer, EPOCH_MS, rollovers_shown=True, adjustments_in_contract=True,
+                parts_in_contract=True, rolled_breakage_shown=True, expired_breakage_shown=True,
+            )
+        )  # fmt: skip
+        oracle.closed.add((2026, 1))
 
     # Time ------------------------------------------------------------------------------------------------
 
