@@ -37,7 +37,7 @@ from decimal import Decimal
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from tariff.v1 import usage_pb2
+from tariff.v1 import balance_pb2, usage_pb2
 
 from engine import commands as cmd
 from engine import credits
@@ -453,6 +453,57 @@ class Credits(RuleBasedStateMachine):
             assert expected == "repeated"
         else:
             assert expected == (got.allowed, got.reason, got.cost)
+
+    @rule(
+        requests=st.lists(
+            st.tuples(
+                st.sampled_from(CUSTOMERS),
+                st.sampled_from(HOLD_IDS),
+                st.booleans(),
+                st.integers(0, 30),
+                st.sampled_from([1_000, 30_000, HOUR_MS, 3 * DAY_MS]),
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    def reserve_batch(self, requests: list[tuple[str, str, bool, int, int]]) -> None:
+        """Holds through AuthorizeBatches: one ReserveBatch decides them as the same Reserve commands one after the
+        other would (docs/architecture.md "Holds through AuthorizeBatches")."""
+        self.catch_up()
+        message = balance_pb2.AuthorizeBatch()
+        expected: list[tuple[bool, str, int] | str] = []
+        for index, (customer, reservation_id, seats, quantity, ttl_ms) in enumerate(requests):
+            event_type, key, dimensions = ("seats", "n", {}) if seats else ("ai", "tokens", {"model": "m1"})
+            values = {key: float(quantity)}
+            request = message.requests.add(
+                request_id=f"q{index}",
+                customer_id=customer,
+                event_type=event_type,
+                dimensions=dimensions,
+                values=values,
+                reserve=True,
+                reservation_id=reservation_id,
+            )
+            request.reservation_ttl.FromMilliseconds(ttl_ms)
+            usage = REvent("", customer, event_type, self.now, tuple(dimensions.items()), tuple(values.items()))
+            expected.append(self.oracles[customer].reserve(reservation_id, usage, ttl_ms))
+        self.batches += 1
+        holding, _ = self.billing.authorize_batch(
+            message.SerializeToString(), self.now, 100, None, 7 * DAY_MS, bytes(16), self.batches
+        )
+        assert not isinstance(holding, bytes)
+        command = cmd.ReserveBatch(self.now, ACTOR, holding.requests, holding.ttl_default_ms, refunds_netted=True)
+        result = self.run(command)
+        assert isinstance(result, credits.HeldBatch)
+        answers = balance_pb2.AuthorizeBatchResult.FromString(holding.finish(result.responses)).responses
+        for answer, want in zip(answers, expected, strict=True):
+            if want == "conflict":
+                assert (answer.allowed, answer.reason) == (False, "RESERVATION_CONFLICT"), answer
+            elif want != "repeated":
+                assert (answer.allowed, answer.reason, int(Decimal(answer.estimated_cost or "0") * PICOS)) == want, (
+                    answer
+                )
 
     @rule(customer=st.sampled_from(CUSTOMERS), seats=st.booleans(), quantity=st.integers(0, 30))
     def authorize(self, customer: str, seats: bool, quantity: int) -> None:
