@@ -6,20 +6,22 @@ Three customers (ALLOW, ALLOW at an overage price of 1.5, BLOCK) on a catalogue 
 1 per 3 units, by model), `calls` (COUNT, PACKAGE of 10 at 2), both on event type "ai", and `seats` (LATEST of n,
 GRADUATED 2 up to 5 then 1) on "seats", so a falling gauge refunds. The rules interleave: batches of events (identical
 resends, conflicting ones, invalid values, unknown customers, future and late timestamps, events naming holds);
-grants (for every product or for one, with and without an expiry, some with a rollover fraction); holds, their
-release and their expiry; the top-up policy set and cleared; a new version published effective from a later time;
-and time passing (seconds to weeks, to just before and across January's end), each step recorded as the server's
-clock records it, an AdvanceClock at the new time.
+grants (for every product or for one, from the month's start or later, with and without an expiry, at the month's
+end too, some with a rollover fraction); holds (Reserve, and ReserveBatch as AuthorizeBatches places them), their
+release and their expiry; Authorize without a hold; the top-up policy set and cleared; a new version published
+effective from a later hour; January closed once February has begun; and time passing (seconds to weeks, to just
+before, at and after January's end), either recorded at once by an AdvanceClock (the server's clock) or not yet,
+when reads answer as that AdvanceClock will leave the state and the next write is preceded by it (the writer's).
 
-After every rule: every GetBalance field (Billing.balance) and every period aggregate equal the oracle's exactly;
-per grant granted = drawn + remaining + held + expired (docs/architecture.md "Credits: holds, top-ups, breakage"),
-nothing negative; the top-up purchases agree; and every few steps a snapshot's encode -> restore gives the same
-kernel state bytes. At the end, replaying the records gives those bytes too.
+After every rule: every GetBalance field (Billing.balance, revenue recognised included) and every period aggregate
+equal the oracle's exactly; per grant granted = drawn + remaining + held + expired (docs/architecture.md "Credits:
+holds, top-ups, breakage"), nothing negative, and the kernel's due index matches a walk; the top-up purchases agree;
+and every fifth step a snapshot's encode -> restore gives the same kernel state bytes and balances. At the end,
+replaying the records from scratch gives those bytes too.
 
-Not modelled (the oracle has no rules for them, so no rule does them): invoices (January is closed, but only its
-effect on later events and balances is compared), a version
-effective before usage already rated (re-rating), overrides, a contract's end or a second contract, and ids the
-kernel forgets after the 35-day dedupe window (the run stays within it).
+Not modelled (the oracle has no rules for them, so no rule does them): invoices' contents, a version effective before
+usage already rated (re-rating), overrides, a contract's end or a second contract, and ids the kernel forgets after
+the 35-day dedupe window (the run stays within it).
 
 TARIFF_STATEFUL_EXAMPLES raises the budget (e.g. 2000 for a hunt).
 """
