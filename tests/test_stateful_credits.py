@@ -2,9 +2,10 @@
 process, as the server's writer does, with every server-set field as the server sets it now) and one
 tests/reference_billing.py ReferenceCredits per customer side by side.
 
-Three customers (ALLOW, ALLOW at an overage price of 1.5, BLOCK) on a catalogue of three products: `tokens` (SUM, UNIT
-1 per 3 units, by model), `calls` (COUNT, PACKAGE of 10 at 2), both on event type "ai", and `seats` (LATEST of n,
-GRADUATED 2 up to 5 then 1) on "seats", so a falling gauge refunds. The rules interleave: batches of events (identical
+Three customers (ALLOW, ALLOW at an overage price of 1.5, BLOCK) on a catalogue of four products: `tokens` (SUM, UNIT
+1 per 3 units, by model), `calls` (COUNT, PACKAGE of 10 at 2) and `level` (LATEST of tokens, UNIT 0.5), all on event
+type "ai" (so one event's refund and charges are netted), and `seats` (LATEST of n, GRADUATED 2 up to 5 then 1) on
+"seats": a falling gauge refunds. The rules interleave: batches of events (identical
 resends, conflicting ones, invalid values, unknown customers, future and late timestamps, events naming holds);
 grants (for every product or for one, from the month's start or later, with and without an expiry, at the month's
 end too, some with a rollover fraction); holds (Reserve, and ReserveBatch as AuthorizeBatches places them), their
@@ -90,11 +91,13 @@ NOTICES = {
 
 PRODUCTS = [
     RProduct("calls", "ai", "COUNT", "", (), ()),
+    RProduct("level", "ai", "LATEST", "tokens", (), ()),
     RProduct("seats", "seats", "LATEST", "n", (), ()),
     RProduct("tokens", "ai", "SUM", "tokens", (), ("model",)),
 ]
 V1 = [
     RRate("calls", (), Curve("PACKAGE", price=Decimal(2), size=Decimal(10))),
+    RRate("level", (), Curve("UNIT", price=Decimal("0.5"))),
     RRate(
         "seats", (), Curve("GRADUATED", tiers=((Decimal(5), Decimal(2), Decimal(0)), (None, Decimal(1), Decimal(0))))
     ),
@@ -102,6 +105,7 @@ V1 = [
 ]
 V2 = [
     RRate("calls", (), Curve("PACKAGE", price=Decimal(1), size=Decimal(5))),
+    RRate("level", (), Curve("UNIT", price=Decimal("0.25"))),
     RRate(
         "seats",
         (),
@@ -285,6 +289,8 @@ class Credits(RuleBasedStateMachine):
         commands: list[cmd.AdminCommand] = [
             cmd.CreateProduct(EPOCH_MS, ACTOR, "calls", "calls", "ai", Aggregation.COUNT, "", {}, (), "u",
                               empty_count_missing=True),
+            cmd.CreateProduct(EPOCH_MS, ACTOR, "level", "level", "ai", Aggregation.LATEST, "tokens", {}, (), "u",
+                              empty_count_missing=True),
             cmd.CreateProduct(EPOCH_MS, ACTOR, "seats", "seats", "seats", Aggregation.LATEST, "n", {}, (), "u",
                               empty_count_missing=True),
             cmd.CreateProduct(EPOCH_MS, ACTOR, "tokens", "tokens", "ai", Aggregation.SUM, "tokens", {}, ("model",),
@@ -377,7 +383,7 @@ class Credits(RuleBasedStateMachine):
         amount=st.sampled_from(["1", "5", "12.5", "40", "0.000000000001"]),
         paid=st.sampled_from(["0", "3"]),
         priority=st.integers(0, 1),
-        products=st.sampled_from([(), (), ("seats",), ("tokens",)]),
+        products=st.sampled_from([(), (), ("seats",), ("tokens",), ("level", "seats")]),
         expires_in=st.sampled_from([None, None, MINUTE_MS, HOUR_MS, 2 * DAY_MS, "month end"]),
         later=st.integers(0, 3),
         fraction=st.sampled_from(["", "", "0.5", "1", "0.333333333333333333"]),
@@ -769,7 +775,8 @@ class Draws:
 def test_a_top_up_for_usage_dated_in_the_next_period_counts_and_starts_at_that_period() -> None:
     """At 23:57 on January 31st acme has 5 credits of a grant rolling over at January's end (so usable only before
     it) and a top-up policy buying up to 13 below 3. An event dated 00:00:01 on February 1st (within the 5-minute
-    skew) costs 3 (3 tokens at 1 per 3 units = 1, and one call, a package of 10 at 2 = 2), all overage:
+    skew) costs 4.5 (3 tokens at 1 per 3 units = 1, one call, a package of 10 at 2 = 2, a level of 3 at 0.5 = 1.5),
+    all overage:
     the grant pays nothing dated after its rollover. The top-up counts the credit available at February's start, 0,
     and buys 13 starting there (docs/architecture.md "A top-up", `top_ups_in_billed_period`); counted at the
     purchase, in January, the grant's 5 would have bought nothing (the oracle's rule before it learnt the field)."""
@@ -783,7 +790,7 @@ def test_a_top_up_for_usage_dated_in_the_next_period_counts_and_starts_at_that_p
     assert [(p[0], p[1], p[2]) for p in purchases] == [(FEB_MS, f"top-up-{FEB_MS}-1", 13 * PICOS)]
     usage_rows = machine.billing.kernel.usage("acme")
     assert usage_rows is not None
-    assert sum(row[6] for row in usage_rows[0]) == 3 * PICOS  # overage
+    assert sum(row[6] for row in usage_rows[0]) == 4_500_000_000_000  # overage
     machine.balances_agree()
     machine.credits_conserved()
     machine.teardown()
