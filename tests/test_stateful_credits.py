@@ -35,6 +35,7 @@ import decimal
 import math
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from hypothesis import HealthCheck, settings
@@ -72,7 +73,6 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 FEB_MS = EPOCH_MS + 31 * DAY_MS
-MAR_MS = FEB_MS + 28 * DAY_MS
 # The run stays inside the dedupe window (35 days): the oracle does not model when the kernel forgets ended
 # reservations' ids.
 HORIZON_MS = 34 * DAY_MS
@@ -129,8 +129,11 @@ def wire_rates(rates: list[RRate]) -> tuple[object, ...]:
     return tuple(out)
 
 
-def month_start_ms(ts_ms: int) -> int:
-    return FEB_MS if ts_ms >= FEB_MS else EPOCH_MS  # runs stay within January and February
+def month_start_ms(ts_ms: int, *, months_later: int = 0) -> int:
+    """The start of the calendar month holding ts_ms (or of one `months_later`): the contracts' billing periods."""
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    index = moment.year * 12 + moment.month - 1 + months_later
+    return int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp()) * 1000
 
 
 @dataclass
@@ -404,7 +407,7 @@ class Credits(RuleBasedStateMachine):
         self.catch_up()
         grant_id = f"g{self.grants}"
         starts = month_start_ms(self.now) if later else self.now + HOUR_MS
-        month_end_ms = FEB_MS if starts < FEB_MS else MAR_MS
+        month_end_ms = month_start_ms(starts, months_later=1)
         expires = (
             month_end_ms
             if expires_in == "month end"
@@ -750,7 +753,7 @@ def check_aggregates(billing: Billing, customer_id: str, oracle: ReferenceCredit
 
 
 def period_start_ms(period: Period) -> int:
-    return {(2026, 1): EPOCH_MS, (2026, 2): FEB_MS, (2026, 3): MAR_MS}[period]
+    return int(datetime(period[0], period[1], 1, tzinfo=UTC).timestamp()) * 1000
 
 
 Credits.TestCase.settings = settings(
