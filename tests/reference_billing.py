@@ -1187,7 +1187,9 @@ class ReferenceCredits(ReferenceRating):
     """ReferenceRating with holds, top-ups and breakage, rewritten by hand from the design: a hold takes what the
     usage would draw from grants in burn order; an event naming an open reservation gives the hold back before it
     is charged; a top-up buys recharge_to - available when available credit falls below the threshold, at most
-    max_per_period times per calendar month (the contracts here start on the 1st); at a clock tick due holds end,
+    max_per_period times per calendar month (the contracts here start on the 1st), counted and started at the event's
+    period's start when that is after the purchase under `top_ups_in_billed_period` (the batch record's server-set
+    field), else at the purchase; at a clock tick due holds end,
     then grants whose month has ended roll over (`rollover`: grant id -> fraction, see `_roll_over`), then what
     expired grants still hold becomes breakage. A grant of `use_ends_at_rollover` with a rollover fraction pays
     only for usage dated before the end of its month (its rollover), whenever that usage arrives. A grant of
@@ -1201,10 +1203,12 @@ class ReferenceCredits(ReferenceRating):
         rollover: dict[str, Decimal] | None = None,
         use_ends_at_rollover: Collection[str] = (),
         expiring_at_rollover_rolls: Collection[str] = (),
+        top_ups_in_billed_period: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.top_up = top_up
+        self.top_ups_in_billed_period = top_ups_in_billed_period
         self.reservations: dict[str, RReservation] = {}
         self.purchases: list[tuple[tuple[int, int], str, Decimal]] = []  # (period, grant id, picos)
         self.breakage: dict[str, Decimal] = {}
@@ -1317,14 +1321,20 @@ class ReferenceCredits(ReferenceRating):
         if policy is None:
             return
         period, period_start_ms, _ = in_period
-        available = sum((g.remaining for g in self.grants if g.usable(at_ms)), start=Decimal(0))
+        # A purchase for an event dated in a later period than the batch's receipt (within the future skew): under
+        # the batch record's server-set `top_ups_in_billed_period` counted and started at that period's start, the
+        # period that bills it; before it, counted and started at the purchase (docs/architecture.md "A top-up").
+        counted_at_ms, starts_at_ms = (at_ms, min(period_start_ms, at_ms))
+        if self.top_ups_in_billed_period:
+            counted_at_ms, starts_at_ms = max(at_ms, period_start_ms), period_start_ms
+        available = sum((g.remaining for g in self.grants if g.usable(counted_at_ms)), start=Decimal(0))
         bought = [p for p in self.purchases if p[0] == period]
         if available >= policy.threshold or len(bought) >= policy.max_per_period:
             return
         grant_id = f"top-up-{period_start_ms}-{len(bought) + 1}"
         credits = policy.recharge_to - available
         self.purchases.append((period, grant_id, credits))
-        grant = RGrant(grant_id, credits, 2**31 - 1, (), min(period_start_ms, at_ms), None, 2**48 + len(self.purchases))
+        grant = RGrant(grant_id, credits, 2**31 - 1, (), starts_at_ms, None, 2**48 + len(self.purchases))
         grant.remaining = credits
         self.grants.append(grant)
 
