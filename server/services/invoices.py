@@ -375,6 +375,12 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             raise Unavailable("the explain index stopped: the server's log says why") from None
         if not covered:
             raise Unavailable("the explain index is still catching up with the journal; retry shortly")
+        # The line again, read with its adjustments at one point: while the index was awaited the writer may have
+        # re-rated the customer (a pending re-rating's slice, engine/pending.py), and the old line amount beside
+        # the new adjustments would not be what the pages sum to.
+        line = explain.period_lines(self.engine, self.billing.kernel.usage(request.customer_id), period_start_ms).get(
+            request.line_id, line
+        )
         adjustments = explain.line_adjustments(self.engine, request.customer_id, period_start_ms, line)
         try:
             page = index.page(

@@ -1,0 +1,212 @@
+"""An audit of what a live server answers for a customer while a retroactive publish's re-rating is pending and once
+it is done (README "Usage goes on during a re-rating"; docs/architecture.md §5 "Re-rating and simulation", the
+"Meanwhile" paragraph). The test-only TARIFF_TEST_RERATE_SLICE_PAUSE_MS makes the writer pause after each background
+slice of 64 customers: 64 filler customers (ids `a..`) are re-rated by the slice right after the publish, so the
+probe customers (`z..`, later in the plan's id order) stay pending until the second slice, long after it.
+
+Product `u` (event type `u`, SUM of `n`) on rate card `rr` in credits, 1 a unit in version 1, 2 from three hours ago
+in version 2. Each probe customer has a grant of 100 credits (paid 100 USD) and 10 units two hours ago. Hand
+computed: at the old price 10 credits drawn, 90 remaining; re-rated 20 drawn, 80 remaining; the fillers' unit each
+rises by 1, so the publish's net change is 64 + 10 + 10 = 84."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from tariff import TariffClient
+from tariff.v1 import invoices_pb2, pricing_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import HOUR_MS, open_contract, preview, release, serving, this_hour_ms
+from tests.serverproc import ServerProcess, wait_for
+from tests.test_audit_invoices2_wire import give
+from tests.test_audit_invoices_wire import product
+from tests.test_audit_revenue_wire import customer_lines, revenue
+
+FILLERS = 64
+# The writer's pause after the slice that re-rates the fillers: the probes stay pending at least this long (the
+# publish's own group, and so its commit, waits out the pause too).
+PAUSE = {"TARIFF_TEST_RERATE_SLICE_PAUSE_MS": "3000"}
+
+
+def rates(price: str) -> list[pricing_pb2.Rate]:
+    return [pricing_pb2.Rate(product_id="u", unit=pricing_pb2.UnitPrice(price=price))]
+
+
+def catalogue(client: TariffClient) -> None:
+    product(client, "u")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-rerating")
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"], env=PAUSE), catalogue)
+
+
+def event(customer_id: str, key: str, n: int, at_ms: int) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=f"{customer_id}-{key}",
+        customer_id=customer_id,
+        event_type="u",
+        timestamp_ms=at_ms,
+        values={"n": n},
+    )
+
+
+def grant_row(client: TariffClient, customer_id: str) -> tuple[str, str, str, str, str, str]:
+    """(period_charges, amount, drawn, remaining, held, expired) of the customer's one grant, conservation checked."""
+    balance = client.get_balance(customer_id)
+    [g] = balance.grants
+    amount, drawn, remaining, held, expired = (Decimal(p) for p in (g.amount, g.drawn, g.remaining, g.held, g.expired))
+    # held is counted in remaining while the grant is usable (balance.proto)
+    assert amount == drawn + remaining + expired and held <= remaining, g
+    return (str(balance.period_charges), g.amount, g.drawn, g.remaining, g.held, g.expired)
+
+
+def line_view(client: TariffClient, customer_id: str, start_ms: int) -> tuple[str, str, list[tuple[str, str]]]:
+    """(amount, credits its grant paid, adjustments (old, new)) of the customer's one invoice line."""
+    [line] = preview(client, customer_id, start_ms).lines
+    [paid] = line.credits_applied
+    return line.amount, paid.credits, [(a.old_amount, a.new_amount) for a in line.adjustments]
+
+
+class Pending:
+    """A test's own rate card `card` (u at 1 credit), FILLERS filler customers `<card>-a..` with 1 unit each and the
+    probes `<card>-z..` with a grant of 100 credits and 10 units two hours ago; then version 2 (u at 2) published
+    from three hours ago, by a thread (its answer comes once the re-rating is complete)."""
+
+    def __init__(self, server: ServerProcess, client: TariffClient, card: str, probes: int) -> None:
+        self.hour = this_hour_ms()
+        self.start_ms = self.hour - 5 * HOUR_MS
+        self.probes = [f"{card}-z{n}" for n in range(probes)]
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, name=card, pricing_unit="credits"))
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates("1"))
+        )
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(rate_card_id=card, version=1, effective_from=stamp(self.start_ms))
+        )
+        fillers = [f"{card}-a{n:03d}" for n in range(FILLERS)]
+        for who in [*fillers, *self.probes]:
+            open_contract(client, who, f"{who}-c", self.start_ms, rate_card_id=card)
+        for who in self.probes:
+            give(client, f"{who}-c", f"{who}.G", "100", "100", starts_at=stamp(self.start_ms))
+        used = [event(who, "e1", 1, self.hour - 2 * HOUR_MS + 60_000) for who in fillers]
+        used += [event(who, "e1", 10, self.hour - 2 * HOUR_MS + 60_000) for who in self.probes]
+        ack = client.ingest_batch(used, f"{card}-setup")
+        assert ack.accepted == len(used), ack.rejected[:3]
+        made = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, based_on_version=1, upsert_rates=rates("2"))
+        )
+        request = pricing_pb2.PublishVersionRequest(
+            rate_card_id=card, version=made.version, effective_from=stamp(self.hour - 3 * HOUR_MS)
+        )
+        self.answers: list[pricing_pb2.PublishVersionResponse] = []
+
+        def publish() -> None:
+            with server.client() as own:
+                self.answers.append(own.pricing.PublishVersion(request, timeout=120))
+
+        self.caller = threading.Thread(target=publish)
+        before = server.log_path.read_text(errors="replace").count("re-rating started")
+        self.caller.start()
+        assert wait_for(lambda: server.log_path.read_text(errors="replace").count("re-rating started") > before, 60), (
+            "the publish did not start its re-rating"
+        )
+
+    def done(self) -> pricing_pb2.PublishVersionResponse:
+        self.caller.join(120)
+        [answer] = self.answers
+        return answer
+
+
+def page_sum(page: invoices_pb2.ExplainLineItemResponse) -> Decimal:
+    return sum((Decimal(e.amount) for e in page.events), Decimal(0))
+
+
+def test_an_explain_page_asked_while_its_customer_is_pending_sums_to_the_line_amount_it_answers(
+    server: ServerProcess,
+) -> None:
+    """ExplainLineItem: "The line's amount and quantity now (what the pages sum to)". Asked while the customer's
+    re-rating is pending, the call waits for the explain index to cover the publish's record; the writer may
+    re-rate the customer meanwhile. Each answer must be one state: 10 with no adjustment (pending), or 20 = the
+    event's 10 + the adjustment's 10 (re-rated), never the adjustment beside the old line amount 10."""
+    with server.client() as client:
+        pending = Pending(server, client, "ex", 6)
+        line_id = preview(client, pending.probes[0], pending.start_ms).lines[0].line_id
+        pages: dict[str, invoices_pb2.ExplainLineItemResponse] = {}
+
+        def explain(who: str) -> None:
+            with server.client() as own:
+                pages[who] = own.invoices.ExplainLineItem(
+                    invoices_pb2.ExplainLineItemRequest(
+                        customer_id=who, period_start=stamp(pending.start_ms), line_id=line_id
+                    )
+                )
+
+        askers = [threading.Thread(target=explain, args=(who,)) for who in pending.probes]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(120)
+        pending.done()
+        for who, page in pages.items():
+            shown = [(e.amount, e.adjustment.old_amount, e.adjustment.new_amount) for e in page.events]
+            assert (page.line_amount, page_sum(page)) in {("10", Decimal(10)), ("20", Decimal(20))}, (
+                who,
+                page.line_amount,
+                shown,
+            )
+        # Once done: the event's 10 and the adjustment's +10, summing to the line's 20.
+        again = client.invoices.ExplainLineItem(
+            invoices_pb2.ExplainLineItemRequest(
+                customer_id=pending.probes[0], period_start=stamp(pending.start_ms), line_id=line_id
+            )
+        )
+        assert [(e.amount, e.adjustment.delta) for e in again.events] == [("10", ""), ("10", "10")]
+        assert (again.line_amount, page_sum(again)) == ("20", Decimal(20))
+
+
+def test_reads_answer_old_prices_until_the_customer_is_re_rated_and_usage_and_holds_re_rate_it_first(
+    server: ServerProcess,
+) -> None:
+    """README: "Until a customer is re-rated its balance shows its usage at the old prices"; architecture §5
+    "Meanwhile": balances, Authorize, invoice previews (and the revenue report) read the pending customer's state as
+    rated; a usage batch, a Reserve and a ReleaseReservation re-rate their customer first. Probes: z0 only read,
+    z1 sends 5 units now, z2 holds 5 units and releases the hold, all while pending."""
+    with server.client() as client:
+        pending = Pending(server, client, "rd", 3)
+        z0, z1, z2 = pending.probes
+        start_ms, end_ms = pending.start_ms, pending.hour + HOUR_MS
+        # Pending (the pause holds the second slice back): 10 units at 1, not yet 2.
+        assert grant_row(client, z0) == ("10", "100", "10", "90", "0", "0")
+        assert line_view(client, z0, start_ms) == ("10", "10", [])
+        asked = client.authorize(z0, "u", values={"n": 5})  # priced at version 2, in force now; credit as rated
+        assert (asked.allowed, asked.estimated_cost, asked.credits_available) == (True, "10", "90")
+        assert customer_lines(revenue(client, start_ms, end_ms, z0)) == [(start_ms, "10", "0", "0", "90")]
+        # Usage and a hold of a pending customer re-rate it first (20 drawn), then are priced at 2 a unit.
+        ack = client.ingest_batch([event(z1, "e2", 5, pending.hour + 60_000)], f"{z1}-e2")
+        assert ack.accepted == 1, ack.rejected
+        assert grant_row(client, z1) == ("30", "100", "30", "70", "0", "0")
+        assert line_view(client, z1, start_ms) == ("30", "30", [("10", "20")])
+        held = client.authorize(z2, "u", values={"n": 5}, reserve=True, reservation_ttl_s=3000, reservation_id="h")
+        assert (held.allowed, held.estimated_cost, held.credits_available) == (True, "10", "70")  # after its hold
+        assert grant_row(client, z2) == ("20", "100", "20", "80", "10", "0")
+        assert release(client, z2, "h") == "10"
+        done = pending.done()
+        assert (done.customers_rerated, done.buckets_rerated, done.events_rerated) == (FILLERS + 3,) * 3
+        assert done.rerated_amount_delta == str(FILLERS + 3 * 10)
+        # Done: z0 at the new price everywhere.
+        assert grant_row(client, z0) == ("20", "100", "20", "80", "0", "0")
+        assert line_view(client, z0, start_ms) == ("20", "20", [("10", "20")])
+        asked = client.authorize(z0, "u", values={"n": 5})
+        assert (asked.allowed, asked.estimated_cost, asked.credits_available) == (True, "10", "80")
+        assert customer_lines(revenue(client, start_ms, end_ms, z0)) == [(start_ms, "20", "0", "0", "80")]
+        assert grant_row(client, z1) == ("30", "100", "30", "70", "0", "0")
+        assert grant_row(client, z2) == ("20", "100", "20", "80", "0", "0")
+        listed = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id=z0))
+        assert list(listed.invoices) == []
