@@ -12,12 +12,14 @@ rises by 1, so the publish's net change is 64 + 10 + 10 = 84."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from tariff import TariffClient
+from tariff import TariffClient, now_ms
 from tariff.v1 import invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
@@ -79,9 +81,19 @@ class Pending:
     probes `<card>-z..` with a grant of 100 credits and 10 units two hours ago; then version 2 (u at 2) published
     from three hours ago, by a thread (its answer comes once the re-rating is complete)."""
 
-    def __init__(self, server: ServerProcess, client: TariffClient, card: str, probes: int) -> None:
+    def __init__(
+        self,
+        server: ServerProcess,
+        client: TariffClient,
+        card: str,
+        probes: int,
+        start_ms: int | None = None,
+        expires_in_ms: int | None = None,
+    ) -> None:
+        """`start_ms`: the contracts' start (default five hours ago); `expires_in_ms`: the probes' grants expire that
+        long after they are made (just before the usage is sent and the publish made)."""
         self.hour = this_hour_ms()
-        self.start_ms = self.hour - 5 * HOUR_MS
+        self.start_ms = self.hour - 5 * HOUR_MS if start_ms is None else start_ms
         self.probes = [f"{card}-z{n}" for n in range(probes)]
         client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, name=card, pricing_unit="credits"))
         client.pricing.CreateDraftVersion(
@@ -93,8 +105,13 @@ class Pending:
         fillers = [f"{card}-a{n:03d}" for n in range(FILLERS)]
         for who in [*fillers, *self.probes]:
             open_contract(client, who, f"{who}-c", self.start_ms, rate_card_id=card)
+        self.expires_at_ms = 0
         for who in self.probes:
-            give(client, f"{who}-c", f"{who}.G", "100", "100", starts_at=stamp(self.start_ms))
+            expiry = {}
+            if expires_in_ms is not None:
+                self.expires_at_ms = now_ms() + expires_in_ms
+                expiry["expires_at"] = stamp(self.expires_at_ms)
+            give(client, f"{who}-c", f"{who}.G", "100", "100", starts_at=stamp(self.start_ms), **expiry)
         used = [event(who, "e1", 1, self.hour - 2 * HOUR_MS + 60_000) for who in fillers]
         used += [event(who, "e1", 10, self.hour - 2 * HOUR_MS + 60_000) for who in self.probes]
         ack = client.ingest_batch(used, f"{card}-setup")
@@ -117,6 +134,7 @@ class Pending:
         assert wait_for(lambda: server.log_path.read_text(errors="replace").count("re-rating started") > before, 60), (
             "the publish did not start its re-rating"
         )
+        self.started_by_ms = now_ms()  # the re-rating started by then
 
     def done(self) -> pricing_pb2.PublishVersionResponse:
         self.caller.join(120)
@@ -210,3 +228,83 @@ def test_reads_answer_old_prices_until_the_customer_is_re_rated_and_usage_and_ho
         assert grant_row(client, z2) == ("20", "100", "20", "80", "0", "0")
         listed = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id=z0))
         assert list(listed.invoices) == []
+
+
+def month_before(at_ms: int) -> int:
+    at = datetime.fromtimestamp(at_ms / 1000, UTC)
+    year, month = (at.year, at.month - 1) if at.month > 1 else (at.year - 1, 12)
+    return int(at.replace(year=year, month=month).timestamp() * 1000)
+
+
+def test_a_close_of_a_pending_customers_ended_period_waits_and_bills_the_re_rated_amounts(
+    server: ServerProcess,
+) -> None:
+    """A period that ended an hour ago (E), open (`--close-grace off`), its usage (10 units two hours ago, before E)
+    re-rated from 1 to 2 a unit by a publish from three hours ago. ClosePeriod sent while its customer is pending
+    waits for the re-rating ("a period close waits, queued"), so the final invoice bills 20, not 10, and lists the
+    adjustment; its grant paid 20 (100 - 20 = 80 left). A publish after that leaves the closed period alone."""
+    end_ms = this_hour_ms() - HOUR_MS
+    if datetime.fromtimestamp(end_ms / 1000, UTC).day > 28:
+        pytest.skip("a month before a 29th-31st may not exist: the period would not end at E")
+    with server.client() as client:
+        pending = Pending(server, client, "cl", 1, start_ms=month_before(end_ms))
+        [z0] = pending.probes
+        closed: list[invoices_pb2.Invoice] = []
+
+        def close() -> None:
+            with server.client() as own:
+                request = invoices_pb2.ClosePeriodRequest(customer_id=z0, period_start=stamp(pending.start_ms))
+                closed.append(own.invoices.ClosePeriod(request, timeout=120))
+
+        closer = threading.Thread(target=close)
+        closer.start()
+        closer.join(120)
+        done = pending.done()
+        assert (done.customers_rerated, done.rerated_amount_delta) == (FILLERS + 1, str(FILLERS + 10))
+        [invoice] = closed
+        [line] = invoice.lines
+        [paid] = line.credits_applied
+        assert (line.amount, paid.credits, line.overage) == ("20", "20", "0")
+        assert [(a.old_amount, a.new_amount) for a in line.adjustments] == [("10", "20")]
+        [g] = client.get_balance(z0).grants
+        assert (g.amount, g.drawn, g.remaining, g.expired) == ("100", "20", "80", "0")
+        # Version 3 (3 a unit) from the same hour: z0's period is closed, left alone; the fillers' rise by 1 each.
+        made = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="cl", based_on_version=1, upsert_rates=rates("3"))
+        )
+        again = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id="cl", version=made.version, effective_from=stamp(pending.hour - 3 * HOUR_MS)
+            )
+        )
+        assert (again.customers_rerated, again.rerated_amount_delta) == (FILLERS, str(FILLERS))
+        assert again.closed_amount_left_alone == "20"
+
+
+def test_a_grant_of_a_pending_customer_expiring_mid_re_rating_breaks_what_the_re_rated_draws_leave(
+    server: ServerProcess,
+) -> None:
+    """z0's grant (100) expires a moment after the publish starts, while z0 is pending (the writer pauses 3 s after
+    the first slice). Architecture §5: the breakage waits for the completion, which the clock's look then forces;
+    so the re-rated usage draws 20 and 80 breaks (not 90 broken at the old prices, the rise then overage)."""
+    with server.client() as client:
+        pending = Pending(server, client, "gx", 1, expires_in_ms=700)
+        [z0] = pending.probes
+        if pending.started_by_ms >= pending.expires_at_ms:
+            pytest.skip("the machine was too slow: the grant expired before the publish started")
+        # Once it expired, while the writer still pauses with z0 pending, reads project the breakage from the
+        # account as rated (old prices): 90, where the completion then records 80 (§5 "Meanwhile").
+        time.sleep(max(0, pending.expires_at_ms + 300 - now_ms()) / 1000)
+        window = grant_row(client, z0)
+        window_revenue = customer_lines(revenue(client, pending.start_ms, pending.hour + HOUR_MS, z0))
+        if now_ms() < pending.started_by_ms + 2000:  # well inside the writer's 3 s pause
+            assert window == ("10", "100", "10", "0", "0", "90")
+            assert [line[1:4] for line in window_revenue] == [("10", "0", "90")]
+        else:
+            assert window in {("10", "100", "10", "0", "0", "90"), ("20", "100", "20", "0", "0", "80")}
+        pending.done()
+        assert grant_row(client, z0) == ("20", "100", "20", "0", "0", "80")
+        [(_, credits, overage, breakage, _)] = customer_lines(
+            revenue(client, pending.start_ms, pending.hour + HOUR_MS, z0)
+        )
+        assert (credits, overage, breakage) == ("20", "0", "80")
