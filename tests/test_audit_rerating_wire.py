@@ -308,3 +308,27 @@ def test_a_grant_of_a_pending_customer_expiring_mid_re_rating_breaks_what_the_re
             revenue(client, pending.start_ms, pending.hour + HOUR_MS, z0)
         )
         assert (credits, overage, breakage) == ("20", "0", "80")
+
+
+def test_a_second_publish_sent_while_the_first_re_rates_waits_and_re_rates_the_re_rated_amounts(
+    server: ServerProcess,
+) -> None:
+    """Version 3 (3 a unit, same hour) published while version 2's re-rating is pending queues behind it ("another
+    publish waits"), then re-rates from 2 to 3: the fillers +1 each, z0 +10; z0 ends 30 drawn, with two adjustments."""
+    with server.client() as client:
+        pending = Pending(server, client, "sp", 1)
+        [z0] = pending.probes
+        made = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="sp", based_on_version=1, upsert_rates=rates("3"))
+        )
+        second = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id="sp", version=made.version, effective_from=stamp(pending.hour - 3 * HOUR_MS)
+            )
+        )
+        first = pending.done()
+        for done in (first, second):
+            assert (done.customers_rerated, done.buckets_rerated) == (FILLERS + 1, FILLERS + 1)
+            assert done.rerated_amount_delta == str(FILLERS + 10)
+        assert grant_row(client, z0) == ("30", "100", "30", "70", "0", "0")
+        assert line_view(client, z0, pending.start_ms) == ("30", "30", [("10", "20"), ("20", "30")])
