@@ -89,9 +89,12 @@ class Pending:
         probes: int,
         start_ms: int | None = None,
         expires_in_ms: int | None = None,
+        ends_in_ms: int | None = None,
     ) -> None:
         """`start_ms`: the contracts' start (default five hours ago); `expires_in_ms`: the probes' grants expire that
-        long after they are made (just before the usage is sent and the publish made)."""
+        long after they are made (just before the usage is sent and the publish made); `ends_in_ms`: the probes'
+        contracts start a month before the second that long after they are made, so that their first period ends
+        then, and their grants roll half of what is left over."""
         self.hour = this_hour_ms()
         self.start_ms = self.hour - 5 * HOUR_MS if start_ms is None else start_ms
         self.probes = [f"{card}-z{n}" for n in range(probes)]
@@ -103,7 +106,15 @@ class Pending:
             pricing_pb2.PublishVersionRequest(rate_card_id=card, version=1, effective_from=stamp(self.start_ms))
         )
         fillers = [f"{card}-a{n:03d}" for n in range(FILLERS)]
-        for who in [*fillers, *self.probes]:
+        for who in fillers:
+            open_contract(client, who, f"{who}-c", self.start_ms, rate_card_id=card)
+        rolled = {}
+        self.end_ms = 0
+        if ends_in_ms is not None:
+            self.end_ms = (now_ms() + ends_in_ms) // 1000 * 1000
+            self.start_ms = month_before(self.end_ms)
+            rolled["rollover_fraction"] = "0.5"
+        for who in self.probes:
             open_contract(client, who, f"{who}-c", self.start_ms, rate_card_id=card)
         self.expires_at_ms = 0
         for who in self.probes:
@@ -111,7 +122,7 @@ class Pending:
             if expires_in_ms is not None:
                 self.expires_at_ms = now_ms() + expires_in_ms
                 expiry["expires_at"] = stamp(self.expires_at_ms)
-            give(client, f"{who}-c", f"{who}.G", "100", "100", starts_at=stamp(self.start_ms), **expiry)
+            give(client, f"{who}-c", f"{who}.G", "100", "100", starts_at=stamp(self.start_ms), **expiry, **rolled)
         used = [event(who, "e1", 1, self.hour - 2 * HOUR_MS + 60_000) for who in fillers]
         used += [event(who, "e1", 10, self.hour - 2 * HOUR_MS + 60_000) for who in self.probes]
         ack = client.ingest_batch(used, f"{card}-setup")
@@ -332,3 +343,31 @@ def test_a_second_publish_sent_while_the_first_re_rates_waits_and_re_rates_the_r
             assert done.rerated_amount_delta == str(FILLERS + 10)
         assert grant_row(client, z0) == ("30", "100", "30", "70", "0", "0")
         assert line_view(client, z0, pending.start_ms) == ("30", "30", [("10", "20"), ("20", "30")])
+
+
+def test_a_pending_customers_period_ending_mid_re_rating_rolls_over_what_the_re_rated_draws_leave(
+    server: ServerProcess,
+) -> None:
+    """z0's first period ends (E) a moment after the publish starts, while z0 is pending; its grant rolls half of
+    what is left over. The rollover waits for the completion, which the clock's look at E forces (§5, §10): the
+    re-rated usage draws 20, so 40 of the 80 left rolls over and 40 expires (not 45 of 90 at the old prices, the
+    rise then overage)."""
+    end_ms = (now_ms() + 5000) // 1000 * 1000
+    if datetime.fromtimestamp(end_ms / 1000, UTC).day > 28:
+        pytest.skip("a month before a 29th-31st may not exist: the period would not end at E")
+    with server.client() as client:
+        pending = Pending(server, client, "ro", 1, ends_in_ms=1200)
+        [z0] = pending.probes
+        if pending.started_by_ms >= pending.end_ms:
+            pytest.skip("the machine was too slow: the period ended before the publish started")
+        pending.done()
+        rolled = f"rollover-{z0}.G-{pending.end_ms}"
+        assert wait_for(lambda: len(client.get_balance(z0).grants) == 2, 30), "G did not roll over"
+        rows = {g.grant_id: (g.amount, g.drawn, g.remaining, g.held, g.expired) for g in client.get_balance(z0).grants}
+        assert rows == {f"{z0}.G": ("100", "60", "0", "0", "40"), rolled: ("40", "0", "40", "0", "0")}
+        [line] = preview(client, z0, pending.start_ms).lines
+        assert (line.amount, line.overage, [(a.old_amount, a.new_amount) for a in line.adjustments]) == (
+            "20",
+            "0",
+            [("10", "20")],
+        )
