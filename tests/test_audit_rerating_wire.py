@@ -260,6 +260,9 @@ def test_a_close_of_a_pending_customers_ended_period_waits_and_bills_the_re_rate
     with server.client() as client:
         pending = Pending(server, client, "cl", 1, start_ms=month_before(end_ms))
         [z0] = pending.probes
+        draft = line_view(client, z0, pending.start_ms)
+        if now_ms() < pending.started_by_ms + 2000:  # well inside the writer's 3 s pause: z0 still pending
+            assert draft == ("10", "10", [])  # the draft at the old prices; the close below bills the new ones
         closed: list[invoices_pb2.Invoice] = []
 
         def close() -> None:
