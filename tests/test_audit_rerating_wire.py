@@ -133,6 +133,7 @@ class Pending:
         request = pricing_pb2.PublishVersionRequest(
             rate_card_id=card, version=made.version, effective_from=stamp(self.hour - 3 * HOUR_MS)
         )
+        self.request = request
         self.answers: list[pricing_pb2.PublishVersionResponse] = []
 
         def publish() -> None:
@@ -327,11 +328,15 @@ def test_a_grant_of_a_pending_customer_expiring_mid_re_rating_breaks_what_the_re
 def test_a_second_publish_sent_while_the_first_re_rates_waits_and_re_rates_the_re_rated_amounts(
     server: ServerProcess,
 ) -> None:
-    """Version 3 (3 a unit, same hour) published while version 2's re-rating is pending queues behind it ("another
+    """A retry of version 2's publish while it re-rates is answered as the committed publish (re-rated nothing).
+    Version 3 (3 a unit, same hour) published while version 2's re-rating is pending queues behind it ("another
     publish waits"), then re-rates from 2 to 3: the fillers +1 each, z0 +10; z0 ends 30 drawn, with two adjustments."""
     with server.client() as client:
         pending = Pending(server, client, "sp", 1)
         [z0] = pending.probes
+        # A retry of the publish (its caller lost) while it re-rates: answered as the committed publish, counts 0.
+        retried = client.pricing.PublishVersion(pending.request)
+        assert (retried.version.version, retried.customers_rerated, retried.rerated_amount_delta) == (2, 0, "0")
         made = client.pricing.CreateDraftVersion(
             pricing_pb2.CreateDraftVersionRequest(rate_card_id="sp", based_on_version=1, upsert_rates=rates("3"))
         )
