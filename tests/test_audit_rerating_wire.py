@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -90,6 +90,7 @@ class Pending:
         start_ms: int | None = None,
         expires_in_ms: int | None = None,
         ends_in_ms: int | None = None,
+        before_publish: Callable[[], None] = lambda: None,
     ) -> None:
         """`start_ms`: the contracts' start (default five hours ago); `expires_in_ms`: the probes' grants expire that
         long after they are made (just before the usage is sent and the publish made); `ends_in_ms`: the probes'
@@ -127,6 +128,7 @@ class Pending:
         used += [event(who, "e1", 10, self.hour - 2 * HOUR_MS + 60_000) for who in self.probes]
         ack = client.ingest_batch(used, f"{card}-setup")
         assert ack.accepted == len(used), ack.rejected[:3]
+        before_publish()
         made = client.pricing.CreateDraftVersion(
             pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, based_on_version=1, upsert_rates=rates("2"))
         )
@@ -209,8 +211,15 @@ def test_reads_answer_old_prices_until_the_customer_is_re_rated_and_usage_and_ho
     rated; a usage batch, a Reserve and a ReleaseReservation re-rate their customer first. Probes: z0 only read,
     z1 sends 5 units now, z2 holds 5 units and releases the hold, all while pending."""
     with server.client() as client:
-        pending = Pending(server, client, "rd", 3)
-        z0, z1, z2 = pending.probes
+
+        def hold_85() -> None:  # z3 holds 85 units at 1 (85 of its 90 left) before the publish
+            held = client.authorize(
+                "rd-z3", "u", values={"n": 85}, reserve=True, reservation_ttl_s=3000, reservation_id="h85"
+            )
+            assert (held.allowed, held.estimated_cost, held.credits_available) == (True, "85", "5")
+
+        pending = Pending(server, client, "rd", 4, before_publish=hold_85)
+        z0, z1, z2, z3 = pending.probes
         start_ms, end_ms = pending.start_ms, pending.hour + HOUR_MS
         watch = iter(client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id=z0), timeout=60))
         # Pending (the pause holds the second slice back): 10 units at 1, not yet 2. Authorize prices the usage
@@ -227,8 +236,14 @@ def test_reads_answer_old_prices_until_the_customer_is_re_rated_and_usage_and_ho
         assert (asked.allowed, asked.estimated_cost, asked.credits_available) == (True, "10", "90")
         assert lines == [(start_ms, "10", "0", "0", "90")]
         # Usage and a hold of a pending customer re-rate it first (20 drawn), then are priced at 2 a unit.
-        ack = client.ingest_batch([event(z1, "e2", 5, pending.hour + 60_000)], f"{z1}-e2")
-        assert ack.accepted == 1, ack.rejected
+        # z3's 85 units settle its hold: re-rated first, its 10 units draw 20 and the hold (made after them) shrinks
+        # to the 80 left; the event gives back 80 and costs 170 at 2: 80 drawn, 90 overage; charges 190.
+        settling = event(z3, "e2", 85, pending.hour + 60_000)
+        settling.reservation_id = "h85"
+        ack = client.ingest_batch([event(z1, "e2", 5, pending.hour + 60_000), settling], f"{z1}-e2")
+        assert (ack.accepted, list(ack.notices)) == (2, []), ack.rejected
+        assert grant_row(client, z3) == ("190", "100", "100", "0", "0", "0")
+        assert client.get_balance(z3).overage_amount == "90"
         assert grant_row(client, z1) == ("30", "100", "30", "70", "0", "0")
         assert line_view(client, z1, start_ms) == ("30", "30", [("10", "20")])
         held = client.authorize(z2, "u", values={"n": 5}, reserve=True, reservation_ttl_s=3000, reservation_id="h")
@@ -236,8 +251,8 @@ def test_reads_answer_old_prices_until_the_customer_is_re_rated_and_usage_and_ho
         assert grant_row(client, z2) == ("20", "100", "20", "80", "10", "0")
         assert release(client, z2, "h") == "10"
         done = pending.done()
-        assert (done.customers_rerated, done.buckets_rerated, done.events_rerated) == (FILLERS + 3,) * 3
-        assert done.rerated_amount_delta == str(FILLERS + 3 * 10)
+        assert (done.customers_rerated, done.buckets_rerated, done.events_rerated) == (FILLERS + 4,) * 3
+        assert done.rerated_amount_delta == str(FILLERS + 4 * 10)
         # Done: z0 at the new price everywhere; its watcher, woken by the completion record, sends it.
         sent = next(watch)
         assert (sent.period_charges, sent.credits_remaining) == ("20", "80")
