@@ -366,6 +366,10 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
                 f"line {request.line_id!r} has no usage in the period of customer {request.customer_id!r} starting "
                 f"{iso(period_start_ms)}"
             )
+        # Read with the line, before the index is awaited: the writer may re-rate the customer meanwhile (a pending
+        # re-rating's slice, engine/pending.py), and the new adjustments beside the old line amount would not be
+        # what the pages sum to. The index then covers at least the line's events.
+        adjustments = explain.line_adjustments(self.engine, request.customer_id, period_start_ms, line)
         try:
             covered = index.covered_seq() >= seq or await asyncio.to_thread(
                 index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S
@@ -375,7 +379,6 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             raise Unavailable("the explain index stopped: the server's log says why") from None
         if not covered:
             raise Unavailable("the explain index is still catching up with the journal; retry shortly")
-        adjustments = explain.line_adjustments(self.engine, request.customer_id, period_start_ms, line)
         try:
             page = index.page(
                 request.customer_id, period_start_ms, line.line_id, page_size, request.page_token, len(adjustments)
