@@ -202,10 +202,11 @@ LOADTEST_S ?= 30
 loadtest: install
 	LOADTEST_S=$(LOADTEST_S) $(PY) loadtests/run.py
 
-# The kernel's property and differential tests and the server's wire differential with more cases, the full
-# fault soak (50 x kill -9 under streaming load with retries, checked against a recomputation of the journal;
-# 38-43 min of the whole on the 2-core development machine, which takes about 70 min, see README "Figures") and
-# the hostile-input fuzz with more examples (`make test` runs short versions).
+# The kernel's property and differential tests, the server's wire differential and the stateful credits machine
+# (tests/test_stateful_credits.py) with more cases, the full fault soak (50 x kill -9 under streaming load with
+# retries, checked against a recomputation of the journal; 38-43 min of the whole on the 2-core development
+# machine, which takes about 70 min, see README "Figures") and the hostile-input fuzz with more examples (`make test`
+# runs short versions).
 SOAK_SEED ?= 1
 FUZZ_EXAMPLES ?= 100
 soak: install
@@ -213,6 +214,8 @@ soak: install
 	TARIFF_KERNEL_EXAMPLES=2000 TARIFF_WIRE_EXAMPLES=500 $(PY) -m pytest -q -p no:cacheprovider \
 		tests/test_kernel_differential.py tests/test_kernel_properties.py tests/test_wire_differential.py
 	TARIFF_INVOICE_EXAMPLES=800 $(PY) -m pytest -q -p no:cacheprovider tests/test_invoice_properties.py
+	TARIFF_STATEFUL_EXAMPLES=2000 TARIFF_STATEFUL_STEPS=50 $(PY) -m pytest -q -p no:cacheprovider -p no:timeout \
+		tests/test_stateful_credits.py
 	$(PY) -m tests.soak --crashes 50 --clients 3 --seed $(SOAK_SEED) --out soak.json
 	TARIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -s tests/test_fuzz_server.py
 
