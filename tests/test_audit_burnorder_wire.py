@@ -343,3 +343,27 @@ def test_a_rolled_grant_breaks_in_the_period_that_ended_and_its_credit_is_recogn
         assert grants == {"rv.R": ("70", "0", "30", "36"), rolled: ("30", "0", "0", "27")}
         next_end_ms = end_ms + DAY_MS
         assert revenue_lines(client, "rv", start_ms, next_end_ms) == [("36", "27", "27"), ("27", "0", "0")]
+
+
+def test_after_a_kill_9_the_tied_grants_burn_in_the_same_order(server: ServerProcess) -> None:
+    """Last in the file (it restarts the server). As the rollover test, on customer `rs`: R (10 credits, fraction
+    0.5, priority 5) rolls 5 into rollover-rs.R-<P1>; then `z` and `a` (1 credit each, priority 5, from P1,
+    expiring at P2, every product) are granted in that order. Burn order: z, a (creation order, not id), then the
+    ROLLOVER grant (made by the server). The journal replayed after a kill -9 rebuilds that order: 2.5 credits of
+    usage then draw z 1, a 1 and the ROLLOVER grant 0.5."""
+    p0_ms, p1_ms, p2_ms = month_start_ms(-1), month_start_ms(0), month_start_ms(1)
+    rolled = f"rollover-rs.R-{p1_ms}"
+    with server.client() as client:
+        customer(client, "rs", p0_ms)
+        grant(client, "rs", "R", "10", kind=contracts_pb2.PREPAID, paid="10", priority=5, rollover_fraction="0.5")
+        assert wait_for(lambda: any(g.grant_id == rolled for g in client.get_balance("rs").grants), 15)
+        for name in ("z", "a"):
+            grant(client, "rs", name, "1", priority=5, starts_at_ms=p1_ms, expires_at_ms=p2_ms)
+        before = listed(client, "rs")
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert listed(client, "rs") == before
+        use(client, "rs", "k1", "2.5")
+        usable = [row[:3] for row in listed(client, "rs") if row[0] != "R"]
+        assert usable == [("z", "1", "0"), ("a", "1", "0"), (rolled, "0.5", "4.5")]
