@@ -237,8 +237,10 @@ type Balance struct {
 	// Held by open reservations.
 	CreditsHeld string `protobuf:"bytes,3,opt,name=credits_held,json=creditsHeld,proto3" json:"credits_held,omitempty"`
 	// credits_remaining - credits_held.
-	CreditsAvailable string          `protobuf:"bytes,4,opt,name=credits_available,json=creditsAvailable,proto3" json:"credits_available,omitempty"`
-	Grants           []*GrantBalance `protobuf:"bytes,5,rep,name=grants,proto3" json:"grants,omitempty"`
+	CreditsAvailable string `protobuf:"bytes,4,opt,name=credits_available,json=creditsAvailable,proto3" json:"credits_available,omitempty"`
+	// In burn order (docs/architecture.md §3: priority, expiry, product list,
+	// then creation order, the grants the server makes after every other).
+	Grants []*GrantBalance `protobuf:"bytes,5,rep,name=grants,proto3" json:"grants,omitempty"`
 	// Everything charged in the current billing period, in pricing units,
 	// whether grants covered it or not: the period of the contract in force
 	// now (period_start, period_end). With none in force now (before the

@@ -172,6 +172,9 @@ export type Balance = Message<"tariff.v1.Balance"> & {
   creditsAvailable: string;
 
   /**
+   * In burn order (docs/architecture.md §3: priority, expiry, product list,
+   * then creation order, the grants the server makes after every other).
+   *
    * @generated from field: repeated tariff.v1.GrantBalance grants = 5;
    */
   grants: GrantBalance[];
