@@ -175,7 +175,10 @@ class CreateContract(msgspec.Struct, frozen=True, tag="create_contract", omit_de
     before it have none, so their fingerprints are unchanged) writes the entry its release wrote.
     `numbered_id_keeps_start`: set likewise, so an unnamed contract whose default id is taken, and which must be
     cut to stay within 128 characters once ".2" is added, is cut in its customer id, keeping the start's date whole
-    (engine/control.py numbered_contract_id); False (commands stored before it) cuts the id's end, as then."""
+    (engine/control.py numbered_contract_id); False (commands stored before it) cuts the id's end, as then.
+    `pricing_unit_shared`: set likewise, so a contract on a card priced in another unit than the customer's other
+    contracts' cards is refused (their grants, in one unit, would pay it credit for credit); False (commands
+    stored before it) takes it, as then."""
 
     at_ms: int
     actor: str
@@ -189,6 +192,7 @@ class CreateContract(msgspec.Struct, frozen=True, tag="create_contract", omit_de
     currency: str
     applied_audited: bool = False
     numbered_id_keeps_start: bool = False
+    pricing_unit_shared: bool = False
 
 
 class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults=True):
@@ -247,6 +251,7 @@ SERVER_SET_FIELDS = (
     "price_in_contract_currency",
     "applied_audited",
     "numbered_id_keeps_start",
+    "pricing_unit_shared",
     "rules_bounded",
     "grants_bounded",
     "drafts_bounded",

@@ -20,7 +20,7 @@ from engine.control import (
 )
 from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument, LimitReached
 from engine.money import parse_decimal
-from engine.ratecard import normalize_match
+from engine.ratecard import RateCard, normalize_match
 
 # Shared by every customer created without attributes (most): an empty dict is 64 bytes, and a Customer is
 # frozen, its attributes never changed in place.
@@ -63,6 +63,8 @@ class CustomerCommands(ControlPlane):
         for other in self.contracts_of(customer.id):
             if other.overlaps(starting_at_ms, c.ending_before_ms):
                 raise FailedPrecondition(f"customer {customer.id!r} already has contract {other.id!r} in that time")
+        if c.pricing_unit_shared:
+            self._check_pricing_unit(customer.id, card)
         contract = Contract(
             contract_id,
             customer.id,
@@ -78,6 +80,18 @@ class CustomerCommands(ControlPlane):
         self.state.contracts[contract_id] = contract
         self._index_contract(contract)
         return contract
+
+    def _check_pricing_unit(self, customer_id: str, card: RateCard) -> None:
+        """A grant's amount is in its contract's pricing unit and pays the customer's usage under every contract:
+        a contract on a card in another unit would have the grants pay its charges credit for credit (10 credits
+        paying 10 EUR), so a customer's contracts all price in one unit."""
+        for other in self.contracts_of(customer_id):
+            unit = self.state.rate_cards[other.rate_card_id].pricing_unit
+            if unit != card.pricing_unit:
+                raise FailedPrecondition(
+                    f"customer {customer_id!r} has contract {other.id!r} priced in {unit!r}, the unit of its grants: "
+                    f"rate card {card.id!r} prices in {card.pricing_unit!r}"
+                )
 
     def _unnamed_contract_id(self, customer_id: str, starting_at_ms: int, keeps_start: bool) -> str:
         """The id of the customer's contract from starting_at_ms requested without one: its key is the customer and

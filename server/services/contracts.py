@@ -92,6 +92,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             _currency(request.currency),
             applied_audited=True,
             numbered_id_keeps_start=True,
+            pricing_unit_shared=True,
         )
         if not self._contract_held(command):
             self._check_new_contract_room(request)

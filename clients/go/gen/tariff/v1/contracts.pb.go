@@ -968,6 +968,12 @@ type CreateContractRequest struct {
 	// start, not the id.
 	Id         string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	CustomerId string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	// A customer's contracts price in one pricing unit, that of their grants
+	// (Grant.amount), which pay its usage under every contract: a card in
+	// another unit than the customer's other contracts' cards is
+	// FAILED_PRECONDITION naming that contract and both units, nothing created
+	// (10 credits are never read as 10 EUR). (Contracts taken by earlier
+	// releases stay as they are.)
 	RateCardId string `protobuf:"bytes,3,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	// The start of the current UTC day when unset. A customer's contracts must
 	// not overlap: one that would is FAILED_PRECONDITION naming the contract

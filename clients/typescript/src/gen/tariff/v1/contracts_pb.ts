@@ -559,6 +559,13 @@ export type CreateContractRequest = Message<"tariff.v1.CreateContractRequest"> &
   customerId: string;
 
   /**
+   * A customer's contracts price in one pricing unit, that of their grants
+   * (Grant.amount), which pay its usage under every contract: a card in
+   * another unit than the customer's other contracts' cards is
+   * FAILED_PRECONDITION naming that contract and both units, nothing created
+   * (10 credits are never read as 10 EUR). (Contracts taken by earlier
+   * releases stay as they are.)
+   *
    * @generated from field: string rate_card_id = 3;
    */
   rateCardId: string;
