@@ -273,3 +273,87 @@ def test_a_switch_to_a_card_in_another_pricing_unit_is_refused_since_grants_are_
         assert missing == grpc.StatusCode.NOT_FOUND
         contract(client, "pu", "pu-c", s, rate_card_id="card-2")
         contract(client, "pu-eur", "pu-eur-a", s, rate_card_id="card-eur", currency="EUR")
+
+
+def test_now_in_a_gap_has_no_current_period_and_authorize_is_no_active_contract(server: ServerProcess) -> None:
+    """`now-a` from 2025-09-01 ending yesterday's UTC midnight, `now-b` from tomorrow's; a PROMOTIONAL grant of 5
+    under now-a. Now is in the gap: balance.proto Balance has no current period (period_start and period_end unset,
+    period_charges, overage_amount and overage_due "0"), its pricing unit the latest-starting contract's (credits);
+    Authorize is NO_ACTIVE_CONTRACT, not allowed, answered the whole available credit, 5 (AuthorizeResponse
+    credits_available); PreviewInvoice with no period_start is FAILED_PRECONDITION (invoices.proto)."""
+    today = now_ms() - now_ms() % 86_400_000
+    with server.client() as client:
+        contract(client, "now", "now-a", at("2025-09-01T00:00:00"), today - 86_400_000)
+        contract(client, "now", "now-b", today + 86_400_000)
+        client.contracts.GrantCredits(
+            contracts_pb2.GrantCreditsRequest(
+                grant=contracts_pb2.Grant(id="now.g", contract_id="now-a", kind=contracts_pb2.PROMOTIONAL, amount="5")
+            )
+        )
+        if not today + 1_000 < now_ms() < today + 86_400_000 - 1_000:
+            pytest.skip("too close to midnight")
+        balance = client.get_balance("now")
+        assert (balance.HasField("period_start"), balance.HasField("period_end")) == (False, False)
+        assert (balance.period_charges, balance.overage_amount, balance.overage_due, balance.pricing_unit) == (
+            "0",
+            "0",
+            "0",
+            "credits",
+        )
+        answer = client.authorize("now", "work", values={"n": 1})
+        assert (answer.allowed, answer.reason, answer.credits_available) == (False, "NO_ACTIVE_CONTRACT", "5")
+        request = invoices_pb2.PreviewInvoiceRequest(customer_id="now")
+        code, _ = refusal(partial(client.invoices.PreviewInvoice, request))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_hold_made_under_the_old_contract_is_settled_under_the_new_ones_block_and_price(
+    server: ServerProcess,
+) -> None:
+    """`hold-a` from today's UTC midnight to S (seconds ahead; ALLOW), `hold-b` from S (BLOCK, units at 0.5); a
+    PROMOTIONAL grant of 5 under hold-a (it pays both). Before S a reserve of 4 units holds 4 (hold-a's price 1).
+    After S, under BLOCK: available is 5 - 4 = 1, so 2 units (estimate 2 x 0.5 = 1) are allowed and 3 units (1.5)
+    are INSUFFICIENT_CREDIT. The settling event of 4 units dated after S is hold-b's: 2 credits, the hold given back:
+    the grant holds 3, nothing held; hold-b's first period charges 2, no overage."""
+    now = now_ms()
+    day = now - now % 86_400_000
+    s = now + 4_000
+    with server.client() as client:
+        contract(client, "hold", "hold-a", day, s)
+        contract(client, "hold", "hold-b", s, overage_policy=contracts_pb2.BLOCK)
+        client.contracts.AddOverride(
+            contracts_pb2.AddOverrideRequest(
+                contract_id="hold-b", override=contracts_pb2.PriceOverride(id="half", product_id="units", price="0.5")
+            )
+        )
+        client.contracts.GrantCredits(
+            contracts_pb2.GrantCreditsRequest(
+                grant=contracts_pb2.Grant(id="hold.g", contract_id="hold-a", kind=contracts_pb2.PROMOTIONAL, amount="5")
+            )
+        )
+        held = client.authorize(
+            "hold", "work", values={"n": 4}, reserve=True, reservation_id="hold-r", reservation_ttl_s=600
+        )
+        if now_ms() >= s:
+            pytest.skip("the machine took longer than the switch's lead")
+        assert (held.allowed, held.reason, held.estimated_cost) == (True, "OK", "4")
+        assert client.get_balance("hold").credits_held == "4"
+        while now_ms() <= s + 100:
+            time.sleep(0.1)
+        two, three = (
+            client.authorize("hold", "work", values={"n": 2}),
+            client.authorize("hold", "work", values={"n": 3}),
+        )
+        assert (two.allowed, two.reason, two.estimated_cost, two.credits_available) == (True, "OK", "1", "1")
+        assert (three.allowed, three.reason, three.estimated_cost) == (False, "INSUFFICIENT_CREDIT", "1.5")
+        settle = usage("h1", "hold", 4, s + 50)
+        settle.reservation_id = "hold-r"
+        assert rejected(client, settle) == []
+        balance = client.get_balance("hold")
+        assert (balance.credits_remaining, balance.credits_held, balance.period_charges, balance.overage_amount) == (
+            "3",
+            "0",
+            "2",
+            "0",
+        )
+        assert balance.period_start.ToMilliseconds() == s
