@@ -27,7 +27,7 @@ import msgspec
 if TYPE_CHECKING:
     import mmap  # the server's maps of segment files; engine/ reads them as bytes-like only
 
-from engine import alerts, credits, pending
+from engine import alerts, credits, pending, revenue
 from engine import commands as cmd
 from engine._kernel import DedupeSegment, HoldingBatch, Kernel
 from engine.contracts import Contract, Period
@@ -872,6 +872,23 @@ class Billing:
         return self.kernel.authorize_batch_holding(
             batch, now_ms, requests_max, allowed, ttl_max_ms, id_seed, message_number
         )
+
+    def revenue_report_steps(
+        self, start_ms: int | None, end_ms: int | None, customer_id: str, at_ms: int
+    ) -> Generator[None, None, revenue.Report]:
+        """GetRevenueReport's steps (engine/revenue.py report_steps) over the kernel's usage and credits: the grants
+        made and the breakage as at at_ms, a rollover or expiry that fell due and that the clock has not recorded
+        yet counting as it will be recorded, as GetBalance shows it."""
+        kernel = self.kernel
+
+        def usage_of(customer_id: str) -> list[revenue.Aggregate]:
+            usage = kernel.usage(customer_id)
+            return usage[0] if usage is not None else []
+
+        def credits_of(customer_id: str) -> revenue.KernelCredits:
+            return revenue.KernelCredits(*kernel.credits_read(customer_id, at_ms))
+
+        return revenue.report_steps(self.engine, usage_of, start_ms, end_ms, customer_id, credits_of)
 
     def simulate(
         self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]

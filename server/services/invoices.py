@@ -399,26 +399,14 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     ) -> invoices_pb2.RevenueReport:
         if request.customer_id:
             check_reference(request.customer_id, "customer_id", self.engine.state.customers)
-        kernel = self.billing.kernel
-        # The grants made and the breakage as at the report's time: a rollover or expiry that fell due and that the
-        # clock has not recorded yet counts as it will be recorded, as GetBalance shows it.
+        # The grants made and the breakage as at the report's time (Billing.revenue_report_steps).
         at_ms = self.clock_ms()
-
-        def usage_of(customer_id: str) -> list[revenue.Aggregate]:
-            usage = kernel.usage(customer_id)
-            return usage[0] if usage is not None else []
-
-        def credits_of(customer_id: str) -> revenue.KernelCredits:
-            return revenue.KernelCredits(*kernel.credits_read(customer_id, at_ms))
-
         found = await paced(
-            revenue.report_steps(
-                self.engine,
-                usage_of,
+            self.billing.revenue_report_steps(
                 convert.optional_ms_up(request, "period_start"),
                 convert.optional_end_ms_up(request, "period_end"),
                 request.customer_id,
-                credits_of,
+                at_ms,
             )
         )
         totals = found.totals
