@@ -881,14 +881,12 @@ class Billing:
         yet counting as it will be recorded, as GetBalance shows it."""
         kernel = self.kernel
 
-        def usage_of(customer_id: str) -> list[revenue.Aggregate]:
-            usage = kernel.usage(customer_id)
-            return usage[0] if usage is not None else []
+        def read_of(customer_id: str) -> revenue.CustomerRead:
+            # One kernel call (one lock): the writer's thread may rate a batch of the customer between two.
+            aggregates, made, breakage = kernel.revenue_read(customer_id, at_ms)
+            return aggregates, revenue.KernelCredits(made, breakage)
 
-        def credits_of(customer_id: str) -> revenue.KernelCredits:
-            return revenue.KernelCredits(*kernel.credits_read(customer_id, at_ms))
-
-        return revenue.report_steps(self.engine, usage_of, start_ms, end_ms, customer_id, credits_of)
+        return revenue.report_steps(self.engine, read_of, start_ms, end_ms, customer_id)
 
     def simulate(
         self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]

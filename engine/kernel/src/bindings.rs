@@ -376,46 +376,9 @@ impl Kernel {
     /// overage_picos, [(grant_id, drawn_picos)]); a bucket is (hour, product_id, dimension
     /// values, [(rate_card_id, version, quantity_e18, events, amount_picos)]).
     #[allow(clippy::type_complexity)]
-    fn usage(
-        &self,
-        customer_id: &str,
-    ) -> PyResult<
-        Option<(
-            Vec<(i64, String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>)>,
-            Vec<(i64, String, Vec<String>, Vec<(String, u32, i128, u64, i128)>)>,
-        )>,
-    > {
+    fn usage(&self, customer_id: &str) -> PyResult<Option<(Vec<AggregateRow>, Vec<BucketRow>)>> {
         let kernel = self.read()?;
-        let Some((aggregates, buckets)) = kernel.usage(customer_id) else { return Ok(None) };
-        let texts = |syms: &[u32]| syms.iter().map(|s| kernel.text(*s).to_owned()).collect::<Vec<_>>();
-        let grants = kernel.grant_ids(customer_id);
-        let aggregates = aggregates
-            .into_iter()
-            .map(|(k, a)| {
-                let drawn = a.drawn_by_grant.iter().map(|(g, c)| (grants[*g as usize].clone(), *c)).collect();
-                (
-                    k.period_start_ms,
-                    kernel.text(k.product).to_owned(),
-                    texts(&k.dimensions),
-                    a.quantity,
-                    a.events,
-                    a.amount,
-                    a.overage,
-                    drawn,
-                )
-            })
-            .collect();
-        let buckets = buckets
-            .into_iter()
-            .map(|(k, usages)| {
-                let usages = usages
-                    .into_iter()
-                    .map(|u| (kernel.text(u.rate_card).to_owned(), u.version, u.quantity, u.events, u.amount))
-                    .collect();
-                (k.hour, kernel.text(k.product).to_owned(), texts(&k.dimensions), usages)
-            })
-            .collect();
-        Ok(Some((aggregates, buckets)))
+        Ok(usage_rows(&kernel, customer_id))
     }
 
     /// The account state's bytes: the same state always encodes to the same bytes.
@@ -726,32 +689,19 @@ impl Kernel {
     /// rate_card_id, old versions, new version, quantity_e18, events, old_amount_picos,
     /// new_amount_picos).
     #[allow(clippy::type_complexity)]
-    fn adjustments(
+    fn adjustments(&self, customer_id: &str) -> PyResult<Vec<AdjustmentRow>> {
+        let kernel = self.read()?;
+        Ok(adjustment_rows(&kernel, customer_id))
+    }
+
+    /// `usage` and `adjustments` of one customer under one lock: ExplainLineItem's read of a line and its
+    /// adjustments, so that a re-rating slice applied meanwhile shows in both or in neither.
+    fn usage_adjusted(
         &self,
         customer_id: &str,
-    ) -> PyResult<Vec<(u64, i64, String, Vec<String>, String, Vec<u32>, u32, i128, u64, i128, i128)>> {
+    ) -> PyResult<(Option<(Vec<AggregateRow>, Vec<BucketRow>)>, Vec<AdjustmentRow>)> {
         let kernel = self.read()?;
-        let text = |sym: u32| kernel.text(sym).to_owned();
-        Ok(kernel
-            .adjustments(customer_id)
-            .iter()
-            .map(|a| {
-                let dimensions = a.dimensions.iter().map(|s| text(*s)).collect();
-                (
-                    a.seq,
-                    a.hour,
-                    text(a.product),
-                    dimensions,
-                    text(a.rate_card),
-                    a.old_versions.clone(),
-                    a.new_version,
-                    a.quantity,
-                    a.events,
-                    a.old_amount,
-                    a.new_amount,
-                )
-            })
-            .collect())
+        Ok((usage_rows(&kernel, customer_id), adjustment_rows(&kernel, customer_id)))
     }
     /// The lines of the customer's period containing `at_ms`, from its buckets: (period_start_ms,
     /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values, the grants
@@ -921,22 +871,22 @@ impl Kernel {
     /// rollovers and expiries due by then and not recorded yet as the clock's AdvanceClock will record them (the
     /// revenue report's, so that it counts them as GetBalance shows them). Empty for an unknown customer.
     #[allow(clippy::type_complexity)]
-    fn credits_read(
+    fn credits_read(&self, customer_id: &str, now_ms: i64) -> PyResult<(Vec<MadeRow>, Vec<BreakageRow>)> {
+        let kernel = self.read()?;
+        Ok(credits_rows(&kernel, customer_id, now_ms))
+    }
+
+    /// A customer's `usage` aggregates and `credits_read` at now_ms under one lock: the revenue report's read of
+    /// it, so that a batch rated meanwhile (its draws, the top-ups it bought) shows in all of it or in none.
+    fn revenue_read(
         &self,
         customer_id: &str,
         now_ms: i64,
-    ) -> PyResult<(
-        Vec<(String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64)>,
-        Vec<(String, String, i64, i128, i64)>,
-    )> {
+    ) -> PyResult<(Vec<AggregateRow>, Vec<MadeRow>, Vec<BreakageRow>)> {
         let kernel = self.read()?;
-        let Some(account) = kernel.account_read(customer_id, now_ms) else { return Ok((Vec::new(), Vec::new())) };
-        let broken = account.credits.as_deref().map_or(&[][..], |c| &c.breakage);
-        let breakage = broken
-            .iter()
-            .map(|b| (customer_id.to_owned(), b.grant_id.to_string(), b.period_start_ms, b.credits, b.at_ms))
-            .collect();
-        Ok((made_rows(credits::made_grants_of(&account)), breakage))
+        let aggregates = usage_rows(&kernel, customer_id).map_or_else(Vec::new, |(aggregates, _)| aggregates);
+        let (made, breakage) = credits_rows(&kernel, customer_id, now_ms);
+        Ok((aggregates, made, breakage))
     }
 
     /// Open reservations of a customer: [(reservation_id, amount, held, made_at_ms, expires_at_ms)].
@@ -1392,6 +1342,89 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(explain_period_key, module)?)?;
     module.add_function(wrap_pyfunction!(explain_chunk_line, module)?)?;
     Ok(())
+}
+
+/// `Kernel.usage`'s rows: (period_start_ms, product_id, dimension values, quantity_e18, events, amount_picos,
+/// overage_picos, [(grant_id, drawn_picos)]) and (hour, product_id, dimension values, [(rate_card_id, version,
+/// quantity_e18, events, amount_picos)]).
+type AggregateRow = (i64, String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>);
+type BucketRow = (i64, String, Vec<String>, Vec<(String, u32, i128, u64, i128)>);
+/// `made_grants`' and `breakage`'s rows.
+type MadeRow = (String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64);
+type BreakageRow = (String, String, i64, i128, i64);
+
+/// `Kernel.adjustments`' rows: (seq, hour, product_id, dimension values, rate_card_id, old versions, new version,
+/// quantity_e18, events, old_amount_picos, new_amount_picos).
+type AdjustmentRow = (u64, i64, String, Vec<String>, String, Vec<u32>, u32, i128, u64, i128, i128);
+
+/// `Kernel.adjustments`' rows of one customer (see it), read under the caller's lock.
+fn adjustment_rows(kernel: &kernel::Kernel, customer_id: &str) -> Vec<AdjustmentRow> {
+    let text = |sym: u32| kernel.text(sym).to_owned();
+    kernel
+        .adjustments(customer_id)
+        .iter()
+        .map(|a| {
+            let dimensions = a.dimensions.iter().map(|s| text(*s)).collect();
+            (
+                a.seq,
+                a.hour,
+                text(a.product),
+                dimensions,
+                text(a.rate_card),
+                a.old_versions.clone(),
+                a.new_version,
+                a.quantity,
+                a.events,
+                a.old_amount,
+                a.new_amount,
+            )
+        })
+        .collect()
+}
+
+/// `Kernel.usage`'s rows of one customer (see it), read under the caller's lock.
+fn usage_rows(kernel: &kernel::Kernel, customer_id: &str) -> Option<(Vec<AggregateRow>, Vec<BucketRow>)> {
+    let Some((aggregates, buckets)) = kernel.usage(customer_id) else { return None };
+    let texts = |syms: &[u32]| syms.iter().map(|s| kernel.text(*s).to_owned()).collect::<Vec<_>>();
+    let grants = kernel.grant_ids(customer_id);
+    let aggregates = aggregates
+        .into_iter()
+        .map(|(k, a)| {
+            let drawn = a.drawn_by_grant.iter().map(|(g, c)| (grants[*g as usize].clone(), *c)).collect();
+            (
+                k.period_start_ms,
+                kernel.text(k.product).to_owned(),
+                texts(&k.dimensions),
+                a.quantity,
+                a.events,
+                a.amount,
+                a.overage,
+                drawn,
+            )
+        })
+        .collect();
+    let buckets = buckets
+        .into_iter()
+        .map(|(k, usages)| {
+            let usages = usages
+                .into_iter()
+                .map(|u| (kernel.text(u.rate_card).to_owned(), u.version, u.quantity, u.events, u.amount))
+                .collect();
+            (k.hour, kernel.text(k.product).to_owned(), texts(&k.dimensions), usages)
+        })
+        .collect();
+    Some((aggregates, buckets))
+}
+
+/// `Kernel.credits_read`'s rows of one customer (see it), read under the caller's lock.
+fn credits_rows(kernel: &kernel::Kernel, customer_id: &str, now_ms: i64) -> (Vec<MadeRow>, Vec<BreakageRow>) {
+    let Some(account) = kernel.account_read(customer_id, now_ms) else { return (Vec::new(), Vec::new()) };
+    let broken = account.credits.as_deref().map_or(&[][..], |c| &c.breakage);
+    let breakage = broken
+        .iter()
+        .map(|b| (customer_id.to_owned(), b.grant_id.to_string(), b.period_start_ms, b.credits, b.at_ms))
+        .collect();
+    (made_rows(credits::made_grants_of(&account)), breakage)
 }
 
 /// `made_grants`' rows.
