@@ -27,13 +27,15 @@ import msgspec
 if TYPE_CHECKING:
     import mmap  # the server's maps of segment files; engine/ reads them as bytes-like only
 
-from engine import alerts, credits, pending, revenue
+from engine import alerts, credits, explain, pending, revenue
 from engine import commands as cmd
 from engine._kernel import DedupeSegment, HoldingBatch, Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import AlreadyExists, EngineError, NotFound
-from engine.invoices import Invoice, KernelAdjustment, KernelLines
+from engine.explain import Line
+from engine.instants import iso
+from engine.invoices import Invoice, KernelAdjustment, KernelLines, LineAdjustment
 from engine.ledger import Grant
 from engine.rerate import (
     PlanInSlices,
@@ -887,6 +889,18 @@ class Billing:
             return aggregates, revenue.KernelCredits(made, breakage)
 
         return revenue.report_steps(self.engine, read_of, start_ms, end_ms, customer_id)
+
+    def explain_line(self, customer_id: str, period_start_ms: int, line_id: str) -> tuple[Line, list[LineAdjustment]]:
+        """ExplainLineItem's line of a period and its re-rating adjustments (engine/explain.py); NotFound when the
+        line has no usage in the period."""
+        lines = explain.period_lines(self.engine, self.kernel.usage(customer_id), period_start_ms)
+        line = lines.get(line_id)
+        if line is None:
+            raise NotFound(
+                f"line {line_id!r} has no usage in the period of customer {customer_id!r} starting "
+                f"{iso(period_start_ms)}"
+            )
+        return line, explain.line_adjustments(self.engine, customer_id, period_start_ms, line)
 
     def simulate(
         self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]
