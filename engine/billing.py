@@ -892,15 +892,18 @@ class Billing:
 
     def explain_line(self, customer_id: str, period_start_ms: int, line_id: str) -> tuple[Line, list[LineAdjustment]]:
         """ExplainLineItem's line of a period and its re-rating adjustments (engine/explain.py); NotFound when the
-        line has no usage in the period."""
-        lines = explain.period_lines(self.engine, self.kernel.usage(customer_id), period_start_ms)
+        line has no usage in the period. One kernel call (one lock): a re-rating slice applied between a read of the
+        line and one of the adjustments would set the new adjustments beside the old amount, which the pages (the
+        line's events and the adjustments' deltas) do not sum to."""
+        usage, adjustments = self.kernel.usage_adjusted(customer_id)
+        lines = explain.period_lines(self.engine, usage, period_start_ms)
         line = lines.get(line_id)
         if line is None:
             raise NotFound(
                 f"line {line_id!r} has no usage in the period of customer {customer_id!r} starting "
                 f"{iso(period_start_ms)}"
             )
-        return line, explain.line_adjustments(self.engine, customer_id, period_start_ms, line)
+        return line, explain.line_adjustments(self.engine, customer_id, period_start_ms, line, adjustments)
 
     def simulate(
         self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]

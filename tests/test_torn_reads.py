@@ -11,9 +11,11 @@ from typing import Any, cast
 from engine import commands as cmd
 from engine import revenue
 from engine._kernel import Kernel
+from engine.lines import line_id
 from engine.tables_paced import run_steps
 from tests.credits_fixtures import Ledger, event
-from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world
+from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, basic_world, rate, unit
+from tests.test_invoices_engine import FEB_1_MS, tokens, world
 
 DAY_MS = 86_400_000
 T0 = EPOCH_MS + 3_600_000
@@ -81,3 +83,31 @@ def test_a_revenue_report_reads_a_customers_usage_and_credits_as_of_one_instant(
     assert (after.totals.recognized_credits, after.totals.prepaid_sold) == (105 * 10**12, 120 * 10**12)
     assert torn.totals.reconciles
     assert torn in (before, after), f"{torn.totals} is neither {before.totals} nor {after.totals}"
+
+
+def test_an_explained_line_and_its_adjustments_are_read_as_of_one_instant() -> None:
+    # gpt4 at 2 a token: 2 tokens in hour 1, a line of 4. The publish landing between the reads prices gpt4 at 3
+    # from the epoch: the line is 6, with one adjustment 4 -> 6. Torn, the old line of 4 came beside the new
+    # adjustment, and the pages (events of 4 and a delta of 2) summed to 6, not to the line amount they name.
+    w = world([(EPOCH_MS, "2", "1")])
+    w.grant("prepaid", "100")
+    assert w.usage([tokens("t1", EPOCH_MS + HOUR_MS, 2)]).accepted == 1
+    gpt4 = line_id("tokens", {"model": "gpt4"})
+    before = w.billing.explain_line("acme", EPOCH_MS, gpt4)
+    assert (before[0].amount_picos, before[1]) == (4 * 10**12, [])
+    v2 = w.draft([rate("tokens", unit("3"), model="gpt4"), rate("tokens", unit("1"), model="claude")])
+
+    def publish() -> None:
+        w.billing.kernel = kernel
+        w.publish(v2.number, effective_from_ms=EPOCH_MS, at_ms=FEB_1_MS)
+        w.billing.kernel = cast(Kernel, interleaved)
+
+    kernel = w.billing.kernel
+    interleaved = Interleaved(kernel, {"usage", "adjustments", "usage_adjusted"}, "acme", publish)
+    w.billing.kernel = cast(Kernel, interleaved)
+    torn = w.billing.explain_line("acme", EPOCH_MS, gpt4)
+    w.billing.kernel = kernel
+    assert interleaved.fired
+    after = w.billing.explain_line("acme", EPOCH_MS, gpt4)
+    assert (after[0].amount_picos, [a.new_amount_picos for a in after[1]]) == (6 * 10**12, [6 * 10**12])
+    assert torn in (before, after), f"line {torn[0].amount_picos} beside adjustments {torn[1]}"
