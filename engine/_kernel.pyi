@@ -177,6 +177,24 @@ class Kernel:
         ]
         | None
     ): ...
+    def invoice_read(
+        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None = None
+    ) -> tuple[
+        tuple[
+            int,
+            int,
+            int,
+            bool,
+            list[
+                tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[tuple[str, int, int, int, int]]]
+            ],
+            list[tuple[str, int, int, int | None, tuple[int, int] | None]],
+        ]
+        | None,
+        list[tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]],
+        list[tuple[int, str, int, int, int, int]],
+    ]:
+        """(invoice_lines, adjustments, top_up_purchases) of one customer under one lock (PreviewInvoice's read)."""
     def set_explain(self, from_seq: int | None) -> None: ...
     def take_explain(self) -> bytes: ...
     @staticmethod

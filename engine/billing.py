@@ -35,7 +35,7 @@ from engine.control import encode_state_parts
 from engine.errors import AlreadyExists, EngineError, NotFound
 from engine.explain import Line
 from engine.instants import iso
-from engine.invoices import Invoice, KernelAdjustment, KernelLines, LineAdjustment
+from engine.invoices import Invoice, KernelAdjustment, KernelLines, LineAdjustment, PeriodRead
 from engine.ledger import Grant
 from engine.rerate import (
     PlanInSlices,
@@ -189,6 +189,7 @@ class Billing:
         self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
         self.engine.top_up_purchases = self._top_up_purchases
+        self.engine.period_read = self._period_read
         self.engine.grant_credit = self._grant_credit
 
     @property
@@ -752,6 +753,12 @@ class Billing:
         fell due by then as the clock's record will leave it (Kernel.account_read)."""
         self.refresh_tables()
         return self.kernel.invoice_lines(customer_id, at_ms, in_contract, read_ms)
+
+    def _period_read(self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None) -> PeriodRead:
+        """`_period_lines`, `_adjustments` and `_top_up_purchases` in one kernel call (one lock): a draft's read, off
+        the writer, which may rate a batch or re-rate the customer between two calls."""
+        self.refresh_tables()
+        return self.kernel.invoice_read(customer_id, at_ms, in_contract, read_ms)
 
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""

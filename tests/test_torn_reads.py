@@ -111,3 +111,30 @@ def test_an_explained_line_and_its_adjustments_are_read_as_of_one_instant() -> N
     after = w.billing.explain_line("acme", EPOCH_MS, gpt4)
     assert (after[0].amount_picos, [a.new_amount_picos for a in after[1]]) == (6 * 10**12, [6 * 10**12])
     assert torn in (before, after), f"line {torn[0].amount_picos} beside adjustments {torn[1]}"
+
+
+def test_a_preview_reads_its_lines_and_adjustments_as_of_one_instant() -> None:
+    # As above, on the invoice: the line of 4 re-rated to 6 by the publish landing between the preview's reads.
+    # Torn, the line of 4 listed the adjustment 4 -> 6 (its amount less its adjustments' deltas: 2, the line before
+    # it was re-rated being 4).
+    w = world([(EPOCH_MS, "2", "1")])
+    w.grant("prepaid", "100")
+    assert w.usage([tokens("t1", EPOCH_MS + HOUR_MS, 2)]).accepted == 1
+    before = w.engine.preview("acme", EPOCH_MS, EPOCH_MS + 2 * HOUR_MS)
+    assert [(line.amount_picos, line.adjustments) for line in before.lines] == [(4 * 10**12, [])]
+    v2 = w.draft([rate("tokens", unit("3"), model="gpt4"), rate("tokens", unit("1"), model="claude")])
+
+    def publish() -> None:
+        w.billing.kernel = kernel
+        w.publish(v2.number, effective_from_ms=EPOCH_MS, at_ms=FEB_1_MS)
+        w.billing.kernel = cast(Kernel, interleaved)
+
+    kernel = w.billing.kernel
+    interleaved = Interleaved(kernel, {"invoice_lines", "adjustments", "invoice_read"}, "acme", publish)
+    w.billing.kernel = cast(Kernel, interleaved)
+    torn = w.engine.preview("acme", EPOCH_MS, EPOCH_MS + 2 * HOUR_MS)
+    w.billing.kernel = kernel
+    assert interleaved.fired
+    after = w.engine.preview("acme", EPOCH_MS, EPOCH_MS + 2 * HOUR_MS)
+    assert [line.amount_picos for line in after.lines] == [6 * 10**12]
+    assert torn in (before, after), f"lines {[(line.amount_picos, line.adjustments) for line in torn.lines]}"

@@ -696,10 +696,7 @@ impl Kernel {
 
     /// `usage` and `adjustments` of one customer under one lock: ExplainLineItem's read of a line and its
     /// adjustments, so that a re-rating slice applied meanwhile shows in both or in neither.
-    fn usage_adjusted(
-        &self,
-        customer_id: &str,
-    ) -> PyResult<(Option<(Vec<AggregateRow>, Vec<BucketRow>)>, Vec<AdjustmentRow>)> {
+    fn usage_adjusted(&self, customer_id: &str) -> PyResult<(Option<UsageRows>, Vec<AdjustmentRow>)> {
         let kernel = self.read()?;
         Ok((usage_rows(&kernel, customer_id), adjustment_rows(&kernel, customer_id)))
     }
@@ -717,24 +714,23 @@ impl Kernel {
         in_contract: bool,
         read_ms: Option<i64>,
     ) -> PyResult<Option<PeriodTuple>> {
-        let period = match self.read()?.period_lines(customer_id, at_ms, in_contract, read_ms) {
-            Ok(period) => period,
-            Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
-            Err(crate::invoice::NoLines::NoContract) => {
-                return Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
-            }
-        };
-        let lines = period
-            .lines
-            .into_iter()
-            .map(|l| {
-                let parts =
-                    l.parts.into_iter().map(|p| (p.rate_card, p.version, p.quantity, p.events, p.amount)).collect();
-                (l.product_id, l.dimensions, l.quantity, l.events, l.amount, l.overage, l.credits, parts)
-            })
-            .collect();
-        let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms, g.rolled)).collect();
-        Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
+        let kernel = self.read()?;
+        period_rows(&kernel, customer_id, at_ms, in_contract, read_ms)
+    }
+
+    /// `invoice_lines`, `adjustments` and `top_up_purchases` of one customer under one lock: PreviewInvoice's read,
+    /// so that a batch rated or a re-rating slice applied meanwhile shows in all of them or in none.
+    #[allow(clippy::type_complexity)]
+    fn invoice_read(
+        &self,
+        customer_id: &str,
+        at_ms: i64,
+        in_contract: bool,
+        read_ms: Option<i64>,
+    ) -> PyResult<(Option<PeriodTuple>, Vec<AdjustmentRow>, Vec<PurchaseRow>)> {
+        let kernel = self.read()?;
+        let period = period_rows(&kernel, customer_id, at_ms, in_contract, read_ms)?;
+        Ok((period, adjustment_rows(&kernel, customer_id), purchase_rows(&kernel, customer_id)))
     }
 
     /// Authorize with a hold (a change: the server journals it first). Returns (allowed, reason,
@@ -824,16 +820,9 @@ impl Kernel {
 
     /// Top-ups bought: [(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)].
     #[allow(clippy::type_complexity)]
-    fn top_up_purchases(&self, customer_id: &str) -> PyResult<Vec<(i64, String, i128, i128, i128, i64)>> {
+    fn top_up_purchases(&self, customer_id: &str) -> PyResult<Vec<PurchaseRow>> {
         let kernel = self.read()?;
-        let Some(credits) = kernel.account_credits(customer_id) else { return Ok(Vec::new()) };
-        Ok(credits
-            .purchases
-            .iter()
-            .map(|p| {
-                (p.period_start_ms, p.grant_id.to_string(), p.credits, p.price_per_credit_e18, p.cost_e30, p.at_ms)
-            })
-            .collect())
+        Ok(purchase_rows(&kernel, customer_id))
     }
 
     /// Grants the kernel made: [(grant_id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30,
@@ -1349,9 +1338,50 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
 /// quantity_e18, events, amount_picos)]).
 type AggregateRow = (i64, String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>);
 type BucketRow = (i64, String, Vec<String>, Vec<(String, u32, i128, u64, i128)>);
+type UsageRows = (Vec<AggregateRow>, Vec<BucketRow>);
 /// `made_grants`' and `breakage`'s rows.
 type MadeRow = (String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64);
 type BreakageRow = (String, String, i64, i128, i64);
+
+/// `Kernel.invoice_lines`' answer (see it), read under the caller's lock.
+fn period_rows(
+    kernel: &kernel::Kernel,
+    customer_id: &str,
+    at_ms: i64,
+    in_contract: bool,
+    read_ms: Option<i64>,
+) -> PyResult<Option<PeriodTuple>> {
+    let period = match kernel.period_lines(customer_id, at_ms, in_contract, read_ms) {
+        Ok(period) => period,
+        Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
+        Err(crate::invoice::NoLines::NoContract) => {
+            return Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
+        }
+    };
+    let lines = period
+        .lines
+        .into_iter()
+        .map(|l| {
+            let parts = l.parts.into_iter().map(|p| (p.rate_card, p.version, p.quantity, p.events, p.amount)).collect();
+            (l.product_id, l.dimensions, l.quantity, l.events, l.amount, l.overage, l.credits, parts)
+        })
+        .collect();
+    let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms, g.rolled)).collect();
+    Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
+}
+
+/// `Kernel.top_up_purchases`' rows: (period_start_ms, grant_id, credits, price_per_credit_e18, cost_e30, at_ms).
+type PurchaseRow = (i64, String, i128, i128, i128, i64);
+
+/// `Kernel.top_up_purchases`' rows of one customer, read under the caller's lock.
+fn purchase_rows(kernel: &kernel::Kernel, customer_id: &str) -> Vec<PurchaseRow> {
+    let Some(credits) = kernel.account_credits(customer_id) else { return Vec::new() };
+    credits
+        .purchases
+        .iter()
+        .map(|p| (p.period_start_ms, p.grant_id.to_string(), p.credits, p.price_per_credit_e18, p.cost_e30, p.at_ms))
+        .collect()
+}
 
 /// `Kernel.adjustments`' rows: (seq, hour, product_id, dimension values, rate_card_id, old versions, new version,
 /// quantity_e18, events, old_amount_picos, new_amount_picos).
@@ -1384,7 +1414,7 @@ fn adjustment_rows(kernel: &kernel::Kernel, customer_id: &str) -> Vec<Adjustment
 
 /// `Kernel.usage`'s rows of one customer (see it), read under the caller's lock.
 fn usage_rows(kernel: &kernel::Kernel, customer_id: &str) -> Option<(Vec<AggregateRow>, Vec<BucketRow>)> {
-    let Some((aggregates, buckets)) = kernel.usage(customer_id) else { return None };
+    let (aggregates, buckets) = kernel.usage(customer_id)?;
     let texts = |syms: &[u32]| syms.iter().map(|s| kernel.text(*s).to_owned()).collect::<Vec<_>>();
     let grants = kernel.grant_ids(customer_id);
     let aggregates = aggregates
