@@ -148,6 +148,18 @@ class Kernel:
     def adjustments(
         self, customer_id: str
     ) -> list[tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]]: ...
+    def usage_adjusted(
+        self, customer_id: str
+    ) -> tuple[
+        tuple[
+            list[tuple[int, str, list[str], int, int, int, int, list[tuple[str, int]]]],
+            list[tuple[int, str, list[str], list[tuple[str, int, int, int, int]]]],
+        ]
+        | None,
+        list[tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]],
+    ]:
+        """(usage, adjustments) of one customer under one lock, so that a re-rating slice applied meanwhile shows
+        in both or in neither (ExplainLineItem's read of a line and its adjustments)."""
     def track_touched(self, on: bool) -> None: ...
     def take_touched(self) -> list[str]: ...
     def invoice_lines(
@@ -165,6 +177,24 @@ class Kernel:
         ]
         | None
     ): ...
+    def invoice_read(
+        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None = None
+    ) -> tuple[
+        tuple[
+            int,
+            int,
+            int,
+            bool,
+            list[
+                tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[tuple[str, int, int, int, int]]]
+            ],
+            list[tuple[str, int, int, int | None, tuple[int, int] | None]],
+        ]
+        | None,
+        list[tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]],
+        list[tuple[int, str, int, int, int, int]],
+    ]:
+        """(invoice_lines, adjustments, top_up_purchases) of one customer under one lock (PreviewInvoice's read)."""
     def set_explain(self, from_seq: int | None) -> None: ...
     def take_explain(self) -> bytes: ...
     @staticmethod
@@ -209,6 +239,15 @@ class Kernel:
     ) -> tuple[list[MadeGrant], list[tuple[str, str, int, int, int]]]:
         """(made_grants, breakage) of one customer as a read at now_ms sees them: the rollovers and expiries due by
         then that the clock has not recorded yet included, as its AdvanceClock will record them."""
+    def revenue_read(
+        self, customer_id: str, now_ms: int
+    ) -> tuple[
+        list[tuple[int, str, list[str], int, int, int, int, list[tuple[str, int]]]],
+        list[MadeGrant],
+        list[tuple[str, str, int, int, int]],
+    ]:
+        """(usage's aggregates, then credits_read's made_grants and breakage) of one customer under one lock, so that
+        a batch rated meanwhile shows in all three or in none (GetRevenueReport's read of a customer)."""
     def breakage(self, customer_id: str | None) -> list[tuple[str, str, int, int, int]]:
         """[(customer_id, grant_id, period_start_ms, breakage_picos, at_ms)]: what expired grants still held when
         an AdvanceClock found them expired, recorded at that command's time; period_start_ms is the billing

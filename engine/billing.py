@@ -27,13 +27,15 @@ import msgspec
 if TYPE_CHECKING:
     import mmap  # the server's maps of segment files; engine/ reads them as bytes-like only
 
-from engine import alerts, credits, pending
+from engine import alerts, credits, explain, pending, revenue
 from engine import commands as cmd
 from engine._kernel import DedupeSegment, HoldingBatch, Kernel
 from engine.contracts import Contract, Period
 from engine.control import encode_state_parts
 from engine.errors import AlreadyExists, EngineError, NotFound
-from engine.invoices import Invoice, KernelAdjustment, KernelLines
+from engine.explain import Line
+from engine.instants import iso
+from engine.invoices import Invoice, KernelAdjustment, KernelLines, LineAdjustment, PeriodRead
 from engine.ledger import Grant
 from engine.rerate import (
     PlanInSlices,
@@ -187,6 +189,7 @@ class Billing:
         self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
         self.engine.top_up_purchases = self._top_up_purchases
+        self.engine.period_read = self._period_read
         self.engine.grant_credit = self._grant_credit
 
     @property
@@ -751,6 +754,12 @@ class Billing:
         self.refresh_tables()
         return self.kernel.invoice_lines(customer_id, at_ms, in_contract, read_ms)
 
+    def _period_read(self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None) -> PeriodRead:
+        """`_period_lines`, `_adjustments` and `_top_up_purchases` in one kernel call (one lock): a draft's read, off
+        the writer, which may rate a batch or re-rate the customer between two calls."""
+        self.refresh_tables()
+        return self.kernel.invoice_read(customer_id, at_ms, in_contract, read_ms)
+
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
         return self.kernel.adjustments(customer_id)
@@ -872,6 +881,36 @@ class Billing:
         return self.kernel.authorize_batch_holding(
             batch, now_ms, requests_max, allowed, ttl_max_ms, id_seed, message_number
         )
+
+    def revenue_report_steps(
+        self, start_ms: int | None, end_ms: int | None, customer_id: str, at_ms: int
+    ) -> Generator[None, None, revenue.Report]:
+        """GetRevenueReport's steps (engine/revenue.py report_steps) over the kernel's usage and credits: the grants
+        made and the breakage as at at_ms, a rollover or expiry that fell due and that the clock has not recorded
+        yet counting as it will be recorded, as GetBalance shows it."""
+        kernel = self.kernel
+
+        def read_of(customer_id: str) -> revenue.CustomerRead:
+            # One kernel call (one lock): the writer's thread may rate a batch of the customer between two.
+            aggregates, made, breakage = kernel.revenue_read(customer_id, at_ms)
+            return aggregates, revenue.KernelCredits(made, breakage)
+
+        return revenue.report_steps(self.engine, read_of, start_ms, end_ms, customer_id)
+
+    def explain_line(self, customer_id: str, period_start_ms: int, line_id: str) -> tuple[Line, list[LineAdjustment]]:
+        """ExplainLineItem's line of a period and its re-rating adjustments (engine/explain.py); NotFound when the
+        line has no usage in the period. One kernel call (one lock): a re-rating slice applied between a read of the
+        line and one of the adjustments would set the new adjustments beside the old amount, which the pages (the
+        line's events and the adjustments' deltas) do not sum to."""
+        usage, adjustments = self.kernel.usage_adjusted(customer_id)
+        lines = explain.period_lines(self.engine, usage, period_start_ms)
+        line = lines.get(line_id)
+        if line is None:
+            raise NotFound(
+                f"line {line_id!r} has no usage in the period of customer {customer_id!r} starting "
+                f"{iso(period_start_ms)}"
+            )
+        return line, explain.line_adjustments(self.engine, customer_id, period_start_ms, line, adjustments)
 
     def simulate(
         self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]

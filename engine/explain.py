@@ -8,13 +8,14 @@ usage in the period (engine/lines.py names it). The events behind a line come fr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
 from engine.instants import check_instant, iso
-from engine.invoices import HOUR_MS, LineAdjustment, contract_hours_end
+from engine.invoices import HOUR_MS, KernelAdjustment, LineAdjustment, contract_hours_end
 from engine.lines import line_id
 from engine.money import round_ratio
 from engine.state import Engine
@@ -78,11 +79,18 @@ def period_lines(engine: Engine, usage: object, period_start_ms: int) -> dict[st
     return lines
 
 
-def line_adjustments(engine: Engine, customer_id: str, period_start_ms: int, line: Line) -> list[LineAdjustment]:
+def line_adjustments(
+    engine: Engine,
+    customer_id: str,
+    period_start_ms: int,
+    line: Line,
+    adjustments: Sequence[KernelAdjustment] | None = None,
+) -> list[LineAdjustment]:
     """One line's re-rating adjustments as the period's invoice shows them (the final invoice's once the period is
     closed), without building the invoice: the kernel's adjustments of the line's buckets whose hour starts in
     the period and before the contract's end, in the kernel's order (engine/invoices.py's build_invoice gives
-    each line the same)."""
+    each line the same). `adjustments`: the kernel's of the customer, read with the line (Kernel.usage_adjusted);
+    None reads them now."""
     number = engine.state.accounts[customer_id].invoices.get(period_start_ms)
     if number is not None:
         final = engine.state.invoices[number].lines
@@ -96,9 +104,20 @@ def line_adjustments(engine: Engine, customer_id: str, period_start_ms: int, lin
     product = engine.state.products.get(line.product_id)
     keys = product.pricing_dimensions if product is not None else ()
     found: list[LineAdjustment] = []
-    for seq, hour, product_id, values, card, old_versions, new_version, quantity, events, old, new in reader(
-        customer_id
-    ):
+    kernel_adjustments = reader(customer_id) if adjustments is None else adjustments
+    for (
+        seq,
+        hour,
+        product_id,
+        values,
+        card,
+        old_versions,
+        new_version,
+        quantity,
+        events,
+        old,
+        new,
+    ) in kernel_adjustments:
         hour_start_ms = hour * HOUR_MS
         if (
             product_id == line.product_id

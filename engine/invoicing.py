@@ -21,8 +21,10 @@ from engine.invoices import (
     GrantCredit,
     GrantCreditReader,
     Invoice,
+    KernelAdjustment,
     KernelLines,
     LinesReader,
+    PeriodReader,
     PurchasesReader,
     build_invoice,
     invoice_number,
@@ -32,12 +34,20 @@ from engine.invoices import (
 from engine.money import DECIMAL_CONTEXT
 
 
-def top_up_purchases_minor(engine: InvoiceCommands, customer_id: str, period_start_ms: int, currency: str) -> int:
+def top_up_purchases_minor(
+    engine: InvoiceCommands,
+    customer_id: str,
+    period_start_ms: int,
+    currency: str,
+    purchases: list[tuple[int, str, int, int, int, int]] | None = None,
+) -> int:
     """Currency the customer paid for the top-up grants bought in the period starting at period_start_ms, in
     minor units: the exact sum of the purchases' costs (credits x price_per_credit, at 10^-30), rounded half-even
-    once to the currency's minor unit."""
-    assert engine.top_up_purchases is not None, "the engine reads purchases through the kernel (engine/billing.py)"
-    cost_e30 = sum(row[4] for row in engine.top_up_purchases(customer_id) if row[0] == period_start_ms)
+    once to the currency's minor unit. `purchases`: the kernel's, read with the lines (None reads them now)."""
+    if purchases is None:
+        assert engine.top_up_purchases is not None, "the engine reads purchases through the kernel (engine/billing.py)"
+        purchases = engine.top_up_purchases(customer_id)
+    cost_e30 = sum(row[4] for row in purchases if row[0] == period_start_ms)
     return round_due(cost_e30, 10 ** (DUE_EXPONENT - minor_unit(currency)))
 
 
@@ -51,6 +61,8 @@ class InvoiceCommands(ControlPlane):
     top_up_purchases: PurchasesReader | None = None
     # The kernel's grants of a customer as they stand now (engine/billing.py sets it), likewise.
     grant_credit: GrantCreditReader | None = None
+    # The lines, adjustments and top-up purchases of a customer in one kernel call (engine/billing.py sets it).
+    period_read: PeriodReader | None = None
     _due_heap: list[tuple[int, str]] | None
 
     # Reads -------------------------------------------------------------------------------------------------
@@ -59,16 +71,30 @@ class InvoiceCommands(ControlPlane):
         """The invoice of the customer's period containing at_ms: the final one when the period is closed.
         `read_ms` (PreviewInvoice's time): the kernel's grants as the clock's record of what fell due by then will
         leave them, so that a ROLLOVER grant made by a rollover due but not yet recorded is listed, as its close
-        (which the writer applies after recording it) lists it (README "Draft = final")."""
+        (which the writer applies after recording it) lists it (README "Draft = final"). Off the writer, the lines,
+        adjustments and top-up purchases are one kernel call; the grant credit (docs/architecture.md) a second."""
         contract = self._contract_or_refuse(customer_id, at_ms)
-        period = self._lines(customer_id, at_ms, parts_in_contract=True, read_ms=read_ms)
+        # The lines, adjustments and purchases from one kernel call: the writer's thread may rate a batch (buying a
+        # top-up) or re-rate the customer between two, and the invoice would list new adjustments beside old lines.
+        assert self.period_read is not None, "the engine reads invoice lines through the kernel (engine/billing.py)"
+        found, adjustments, purchases = self.period_read(customer_id, at_ms, True, read_ms)
+        assert found is not None, f"the kernel's tables name customer {customer_id!r}"
+        period = found
         number = self.state.accounts[customer_id].invoices.get(period[0])
         if number is not None:
             return self.state.invoices[number]
-        top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency)
+        top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency, purchases)
         due = self._rollovers_due(customer_id, period[1])
         credit = self._grant_credit(customer_id, period, due, read_ms=read_ms)
-        return self._build(contract, period, top_ups, rollovers_due=due, grant_credit=credit, expired_credit=credit)
+        return self._build(
+            contract,
+            period,
+            top_ups,
+            rollovers_due=due,
+            grant_credit=credit,
+            expired_credit=credit,
+            kernel_adjustments=adjustments,
+        )
 
     def invoice(self, number: str) -> Invoice:
         found = self.state.invoices.get(number)
@@ -291,11 +317,14 @@ class InvoiceCommands(ControlPlane):
         rollovers_due: dict[str, tuple[int, int]] | None = None,
         grant_credit: GrantCredit | None = None,
         expired_credit: GrantCredit | None = None,
+        kernel_adjustments: list[KernelAdjustment] | None = None,
     ) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
         reader = self.period_adjustments
-        adjustments = reader(contract.customer_id) if reader is not None else []
+        adjustments = kernel_adjustments
+        if adjustments is None:
+            adjustments = reader(contract.customer_id) if reader is not None else []
         return build_invoice(
             contract,
             pricing_unit,

@@ -109,6 +109,10 @@ class KernelCredits:
     breakage: Sequence[BreakageEntry] = ()
 
 
+# A customer's aggregates and the kernel's credits of it, read together.
+CustomerRead = tuple[Sequence[Aggregate], KernelCredits]
+
+
 @dataclass
 class Report:
     currency: str
@@ -188,22 +192,27 @@ def report(
 ) -> Report:
     """The revenue report for billing periods starting in [start_ms, end_ms); see the module docstring.
     `credits_of`: the kernel's made grants and breakage of a customer (none when not given)."""
-    return run_steps(report_steps(engine, usage_of, start_ms, end_ms, customer_id, credits_of))
+
+    def read_of(customer: str) -> CustomerRead:
+        return usage_of(customer), credits_of(customer) if credits_of is not None else KernelCredits()
+
+    return run_steps(report_steps(engine, read_of, start_ms, end_ms, customer_id))
 
 
 def report_steps(
     engine: Engine,
-    usage_of: Callable[[str], Sequence[Aggregate]],
+    read_of: Callable[[str], CustomerRead],
     start_ms: int | None,
     end_ms: int | None,
     customer_id: str = "",
-    credits_of: Callable[[str], KernelCredits] | None = None,
 ) -> Generator[None, None, Report]:
     """`report` a few customers a step (REPORT_STEP_CUSTOMERS), for a caller that pauses between steps: a report of
     every customer costs about 16 us a customer here, seconds at a million. Refusals come at the first step,
     before any customer. The customers are those of the first step; each customer's figures, its contracts
     included, are read whole within a step, so a change applied between steps shows in a customer's figures
-    entirely or not at all, and each customer's reconciliation holds."""
+    entirely or not at all, and each customer's reconciliation holds. `read_of`: a customer's aggregates and the
+    kernel's credits of it, from one state of it (one kernel call: a batch rated between two reads could show
+    draws on a top-up grant it bought beside made grants without it)."""
     if start_ms is None:
         raise InvalidArgument.field("period_start", "is required")
     if end_ms is None:
@@ -228,8 +237,8 @@ def report_steps(
         contracts = list(engine.contracts_of(customer))
         currency = _currency({result.currency, *(k.currency for k in contracts)} - {""}, customer_id)
         result.currency = result.currency or currency
-        kernel_credits = credits_of(customer) if credits_of is not None else KernelCredits()
-        ledgers = _ledgers(engine, customer, contracts, usage_of(customer), kernel_credits)
+        aggregates, kernel_credits = read_of(customer)
+        ledgers = _ledgers(engine, customer, contracts, aggregates, kernel_credits)
         _customer_revenue(customer, contracts, ledgers, start_ms, end_ms, result, products)
     result.by_product = [products[key] for key in sorted(products)]
     return result

@@ -176,7 +176,7 @@ def test_a_report_of_every_customer_comes_in_steps_and_counts_a_contract_made_be
         w.contract(f"k-{customer_id}", customer_id=customer_id, ending_before_ms=ends_ms)
         w.grant(f"g-{customer_id}", "10", customer_id=customer_id, paid=str(n))
     start, end = EPOCH_MS, EPOCH_MS + 3 * 31 * DAY_MS
-    steps = revenue.report_steps(w.engine, lambda c: [], start, end)
+    steps = revenue.report_steps(w.engine, lambda c: ([], revenue.KernelCredits()), start, end)
     next(steps)  # the first REPORT_STEP_CUSTOMERS customers read
     last = customers[-1]
     second_month = EPOCH_MS + 31 * DAY_MS
@@ -192,7 +192,7 @@ def test_a_report_of_every_customer_comes_in_steps_and_counts_a_contract_made_be
     # The cash of every grant, the one made between the steps included (for the customer read after them).
     assert stepped.totals.prepaid_sold == (sum(range(len(customers))) + 3) * PICOS_PER_UNIT
     # A contract in another currency, made between two steps: the report is refused, not mixed.
-    steps = revenue.report_steps(w.engine, lambda c: [], start, end)
+    steps = revenue.report_steps(w.engine, lambda c: ([], revenue.KernelCredits()), start, end)
     next(steps)
     eur = cmd.CreateContract(
         EPOCH_MS, "test", "k-eur", last, "card", EPOCH_MS + 100 * DAY_MS, None, OveragePolicy.ALLOW, "1", "EUR"

@@ -17,7 +17,7 @@ from engine import commands as cmd
 from engine import explain, revenue
 from engine.billing import Billing
 from engine.control import check_reference
-from engine.errors import EngineError, InvalidArgument, NotFound
+from engine.errors import EngineError, InvalidArgument
 from engine.instants import iso
 from engine.invoices import QUANTITY_SCALE, Invoice, InvoiceLine, LineAdjustment, VersionPart
 from engine.money import format_picos, format_scaled
@@ -359,17 +359,10 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             raise InvalidArgument.field("page_size", f"at most {PAGE_SIZE_MAX}")
         page_size = request.page_size or EXPLAIN_PAGE_SIZE_DEFAULT
         seq = self.billing.last_seq  # the page reflects at least everything acknowledged before this call
-        lines = explain.period_lines(self.engine, self.billing.kernel.usage(request.customer_id), period_start_ms)
-        line = lines.get(request.line_id)
-        if line is None:
-            raise NotFound(
-                f"line {request.line_id!r} has no usage in the period of customer {request.customer_id!r} starting "
-                f"{iso(period_start_ms)}"
-            )
         # Read with the line, before the index is awaited: the writer may re-rate the customer meanwhile (a pending
         # re-rating's slice, engine/pending.py), and the new adjustments beside the old line amount would not be
         # what the pages sum to. The index then covers at least the line's events.
-        adjustments = explain.line_adjustments(self.engine, request.customer_id, period_start_ms, line)
+        line, adjustments = self.billing.explain_line(request.customer_id, period_start_ms, request.line_id)
         try:
             covered = index.covered_seq() >= seq or await asyncio.to_thread(
                 index.wait_covered, seq, EXPLAIN_INDEX_WAIT_S
@@ -399,26 +392,14 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     ) -> invoices_pb2.RevenueReport:
         if request.customer_id:
             check_reference(request.customer_id, "customer_id", self.engine.state.customers)
-        kernel = self.billing.kernel
-        # The grants made and the breakage as at the report's time: a rollover or expiry that fell due and that the
-        # clock has not recorded yet counts as it will be recorded, as GetBalance shows it.
+        # The grants made and the breakage as at the report's time (Billing.revenue_report_steps).
         at_ms = self.clock_ms()
-
-        def usage_of(customer_id: str) -> list[revenue.Aggregate]:
-            usage = kernel.usage(customer_id)
-            return usage[0] if usage is not None else []
-
-        def credits_of(customer_id: str) -> revenue.KernelCredits:
-            return revenue.KernelCredits(*kernel.credits_read(customer_id, at_ms))
-
         found = await paced(
-            revenue.report_steps(
-                self.engine,
-                usage_of,
+            self.billing.revenue_report_steps(
                 convert.optional_ms_up(request, "period_start"),
                 convert.optional_end_ms_up(request, "period_end"),
                 request.customer_id,
-                credits_of,
+                at_ms,
             )
         )
         totals = found.totals

@@ -376,46 +376,9 @@ impl Kernel {
     /// overage_picos, [(grant_id, drawn_picos)]); a bucket is (hour, product_id, dimension
     /// values, [(rate_card_id, version, quantity_e18, events, amount_picos)]).
     #[allow(clippy::type_complexity)]
-    fn usage(
-        &self,
-        customer_id: &str,
-    ) -> PyResult<
-        Option<(
-            Vec<(i64, String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>)>,
-            Vec<(i64, String, Vec<String>, Vec<(String, u32, i128, u64, i128)>)>,
-        )>,
-    > {
+    fn usage(&self, customer_id: &str) -> PyResult<Option<(Vec<AggregateRow>, Vec<BucketRow>)>> {
         let kernel = self.read()?;
-        let Some((aggregates, buckets)) = kernel.usage(customer_id) else { return Ok(None) };
-        let texts = |syms: &[u32]| syms.iter().map(|s| kernel.text(*s).to_owned()).collect::<Vec<_>>();
-        let grants = kernel.grant_ids(customer_id);
-        let aggregates = aggregates
-            .into_iter()
-            .map(|(k, a)| {
-                let drawn = a.drawn_by_grant.iter().map(|(g, c)| (grants[*g as usize].clone(), *c)).collect();
-                (
-                    k.period_start_ms,
-                    kernel.text(k.product).to_owned(),
-                    texts(&k.dimensions),
-                    a.quantity,
-                    a.events,
-                    a.amount,
-                    a.overage,
-                    drawn,
-                )
-            })
-            .collect();
-        let buckets = buckets
-            .into_iter()
-            .map(|(k, usages)| {
-                let usages = usages
-                    .into_iter()
-                    .map(|u| (kernel.text(u.rate_card).to_owned(), u.version, u.quantity, u.events, u.amount))
-                    .collect();
-                (k.hour, kernel.text(k.product).to_owned(), texts(&k.dimensions), usages)
-            })
-            .collect();
-        Ok(Some((aggregates, buckets)))
+        Ok(usage_rows(&kernel, customer_id))
     }
 
     /// The account state's bytes: the same state always encodes to the same bytes.
@@ -726,32 +689,16 @@ impl Kernel {
     /// rate_card_id, old versions, new version, quantity_e18, events, old_amount_picos,
     /// new_amount_picos).
     #[allow(clippy::type_complexity)]
-    fn adjustments(
-        &self,
-        customer_id: &str,
-    ) -> PyResult<Vec<(u64, i64, String, Vec<String>, String, Vec<u32>, u32, i128, u64, i128, i128)>> {
+    fn adjustments(&self, customer_id: &str) -> PyResult<Vec<AdjustmentRow>> {
         let kernel = self.read()?;
-        let text = |sym: u32| kernel.text(sym).to_owned();
-        Ok(kernel
-            .adjustments(customer_id)
-            .iter()
-            .map(|a| {
-                let dimensions = a.dimensions.iter().map(|s| text(*s)).collect();
-                (
-                    a.seq,
-                    a.hour,
-                    text(a.product),
-                    dimensions,
-                    text(a.rate_card),
-                    a.old_versions.clone(),
-                    a.new_version,
-                    a.quantity,
-                    a.events,
-                    a.old_amount,
-                    a.new_amount,
-                )
-            })
-            .collect())
+        Ok(adjustment_rows(&kernel, customer_id))
+    }
+
+    /// `usage` and `adjustments` of one customer under one lock: ExplainLineItem's read of a line and its
+    /// adjustments, so that a re-rating slice applied meanwhile shows in both or in neither.
+    fn usage_adjusted(&self, customer_id: &str) -> PyResult<(Option<UsageRows>, Vec<AdjustmentRow>)> {
+        let kernel = self.read()?;
+        Ok((usage_rows(&kernel, customer_id), adjustment_rows(&kernel, customer_id)))
     }
     /// The lines of the customer's period containing `at_ms`, from its buckets: (period_start_ms,
     /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values, the grants
@@ -767,24 +714,23 @@ impl Kernel {
         in_contract: bool,
         read_ms: Option<i64>,
     ) -> PyResult<Option<PeriodTuple>> {
-        let period = match self.read()?.period_lines(customer_id, at_ms, in_contract, read_ms) {
-            Ok(period) => period,
-            Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
-            Err(crate::invoice::NoLines::NoContract) => {
-                return Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
-            }
-        };
-        let lines = period
-            .lines
-            .into_iter()
-            .map(|l| {
-                let parts =
-                    l.parts.into_iter().map(|p| (p.rate_card, p.version, p.quantity, p.events, p.amount)).collect();
-                (l.product_id, l.dimensions, l.quantity, l.events, l.amount, l.overage, l.credits, parts)
-            })
-            .collect();
-        let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms, g.rolled)).collect();
-        Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
+        let kernel = self.read()?;
+        period_rows(&kernel, customer_id, at_ms, in_contract, read_ms)
+    }
+
+    /// `invoice_lines`, `adjustments` and `top_up_purchases` of one customer under one lock: PreviewInvoice's read,
+    /// so that a batch rated or a re-rating slice applied meanwhile shows in all of them or in none.
+    #[allow(clippy::type_complexity)]
+    fn invoice_read(
+        &self,
+        customer_id: &str,
+        at_ms: i64,
+        in_contract: bool,
+        read_ms: Option<i64>,
+    ) -> PyResult<(Option<PeriodTuple>, Vec<AdjustmentRow>, Vec<PurchaseRow>)> {
+        let kernel = self.read()?;
+        let period = period_rows(&kernel, customer_id, at_ms, in_contract, read_ms)?;
+        Ok((period, adjustment_rows(&kernel, customer_id), purchase_rows(&kernel, customer_id)))
     }
 
     /// Authorize with a hold (a change: the server journals it first). Returns (allowed, reason,
@@ -874,16 +820,9 @@ impl Kernel {
 
     /// Top-ups bought: [(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)].
     #[allow(clippy::type_complexity)]
-    fn top_up_purchases(&self, customer_id: &str) -> PyResult<Vec<(i64, String, i128, i128, i128, i64)>> {
+    fn top_up_purchases(&self, customer_id: &str) -> PyResult<Vec<PurchaseRow>> {
         let kernel = self.read()?;
-        let Some(credits) = kernel.account_credits(customer_id) else { return Ok(Vec::new()) };
-        Ok(credits
-            .purchases
-            .iter()
-            .map(|p| {
-                (p.period_start_ms, p.grant_id.to_string(), p.credits, p.price_per_credit_e18, p.cost_e30, p.at_ms)
-            })
-            .collect())
+        Ok(purchase_rows(&kernel, customer_id))
     }
 
     /// Grants the kernel made: [(grant_id, kind, amount, priority, starts_at_ms, expires_at_ms, cost_e30,
@@ -921,22 +860,22 @@ impl Kernel {
     /// rollovers and expiries due by then and not recorded yet as the clock's AdvanceClock will record them (the
     /// revenue report's, so that it counts them as GetBalance shows them). Empty for an unknown customer.
     #[allow(clippy::type_complexity)]
-    fn credits_read(
+    fn credits_read(&self, customer_id: &str, now_ms: i64) -> PyResult<(Vec<MadeRow>, Vec<BreakageRow>)> {
+        let kernel = self.read()?;
+        Ok(credits_rows(&kernel, customer_id, now_ms))
+    }
+
+    /// A customer's `usage` aggregates and `credits_read` at now_ms under one lock: the revenue report's read of
+    /// it, so that a batch rated meanwhile (its draws, the top-ups it bought) shows in all of it or in none.
+    fn revenue_read(
         &self,
         customer_id: &str,
         now_ms: i64,
-    ) -> PyResult<(
-        Vec<(String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64)>,
-        Vec<(String, String, i64, i128, i64)>,
-    )> {
+    ) -> PyResult<(Vec<AggregateRow>, Vec<MadeRow>, Vec<BreakageRow>)> {
         let kernel = self.read()?;
-        let Some(account) = kernel.account_read(customer_id, now_ms) else { return Ok((Vec::new(), Vec::new())) };
-        let broken = account.credits.as_deref().map_or(&[][..], |c| &c.breakage);
-        let breakage = broken
-            .iter()
-            .map(|b| (customer_id.to_owned(), b.grant_id.to_string(), b.period_start_ms, b.credits, b.at_ms))
-            .collect();
-        Ok((made_rows(credits::made_grants_of(&account)), breakage))
+        let aggregates = usage_rows(&kernel, customer_id).map_or_else(Vec::new, |(aggregates, _)| aggregates);
+        let (made, breakage) = credits_rows(&kernel, customer_id, now_ms);
+        Ok((aggregates, made, breakage))
     }
 
     /// Open reservations of a customer: [(reservation_id, amount, held, made_at_ms, expires_at_ms)].
@@ -1392,6 +1331,130 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(explain_period_key, module)?)?;
     module.add_function(wrap_pyfunction!(explain_chunk_line, module)?)?;
     Ok(())
+}
+
+/// `Kernel.usage`'s rows: (period_start_ms, product_id, dimension values, quantity_e18, events, amount_picos,
+/// overage_picos, [(grant_id, drawn_picos)]) and (hour, product_id, dimension values, [(rate_card_id, version,
+/// quantity_e18, events, amount_picos)]).
+type AggregateRow = (i64, String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>);
+type BucketRow = (i64, String, Vec<String>, Vec<(String, u32, i128, u64, i128)>);
+type UsageRows = (Vec<AggregateRow>, Vec<BucketRow>);
+/// `made_grants`' and `breakage`'s rows.
+type MadeRow = (String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64);
+type BreakageRow = (String, String, i64, i128, i64);
+
+/// `Kernel.invoice_lines`' answer (see it), read under the caller's lock.
+fn period_rows(
+    kernel: &kernel::Kernel,
+    customer_id: &str,
+    at_ms: i64,
+    in_contract: bool,
+    read_ms: Option<i64>,
+) -> PyResult<Option<PeriodTuple>> {
+    let period = match kernel.period_lines(customer_id, at_ms, in_contract, read_ms) {
+        Ok(period) => period,
+        Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
+        Err(crate::invoice::NoLines::NoContract) => {
+            return Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
+        }
+    };
+    let lines = period
+        .lines
+        .into_iter()
+        .map(|l| {
+            let parts = l.parts.into_iter().map(|p| (p.rate_card, p.version, p.quantity, p.events, p.amount)).collect();
+            (l.product_id, l.dimensions, l.quantity, l.events, l.amount, l.overage, l.credits, parts)
+        })
+        .collect();
+    let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms, g.rolled)).collect();
+    Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
+}
+
+/// `Kernel.top_up_purchases`' rows: (period_start_ms, grant_id, credits, price_per_credit_e18, cost_e30, at_ms).
+type PurchaseRow = (i64, String, i128, i128, i128, i64);
+
+/// `Kernel.top_up_purchases`' rows of one customer, read under the caller's lock.
+fn purchase_rows(kernel: &kernel::Kernel, customer_id: &str) -> Vec<PurchaseRow> {
+    let Some(credits) = kernel.account_credits(customer_id) else { return Vec::new() };
+    credits
+        .purchases
+        .iter()
+        .map(|p| (p.period_start_ms, p.grant_id.to_string(), p.credits, p.price_per_credit_e18, p.cost_e30, p.at_ms))
+        .collect()
+}
+
+/// `Kernel.adjustments`' rows: (seq, hour, product_id, dimension values, rate_card_id, old versions, new version,
+/// quantity_e18, events, old_amount_picos, new_amount_picos).
+type AdjustmentRow = (u64, i64, String, Vec<String>, String, Vec<u32>, u32, i128, u64, i128, i128);
+
+/// `Kernel.adjustments`' rows of one customer (see it), read under the caller's lock.
+fn adjustment_rows(kernel: &kernel::Kernel, customer_id: &str) -> Vec<AdjustmentRow> {
+    let text = |sym: u32| kernel.text(sym).to_owned();
+    kernel
+        .adjustments(customer_id)
+        .iter()
+        .map(|a| {
+            let dimensions = a.dimensions.iter().map(|s| text(*s)).collect();
+            (
+                a.seq,
+                a.hour,
+                text(a.product),
+                dimensions,
+                text(a.rate_card),
+                a.old_versions.clone(),
+                a.new_version,
+                a.quantity,
+                a.events,
+                a.old_amount,
+                a.new_amount,
+            )
+        })
+        .collect()
+}
+
+/// `Kernel.usage`'s rows of one customer (see it), read under the caller's lock.
+fn usage_rows(kernel: &kernel::Kernel, customer_id: &str) -> Option<(Vec<AggregateRow>, Vec<BucketRow>)> {
+    let (aggregates, buckets) = kernel.usage(customer_id)?;
+    let texts = |syms: &[u32]| syms.iter().map(|s| kernel.text(*s).to_owned()).collect::<Vec<_>>();
+    let grants = kernel.grant_ids(customer_id);
+    let aggregates = aggregates
+        .into_iter()
+        .map(|(k, a)| {
+            let drawn = a.drawn_by_grant.iter().map(|(g, c)| (grants[*g as usize].clone(), *c)).collect();
+            (
+                k.period_start_ms,
+                kernel.text(k.product).to_owned(),
+                texts(&k.dimensions),
+                a.quantity,
+                a.events,
+                a.amount,
+                a.overage,
+                drawn,
+            )
+        })
+        .collect();
+    let buckets = buckets
+        .into_iter()
+        .map(|(k, usages)| {
+            let usages = usages
+                .into_iter()
+                .map(|u| (kernel.text(u.rate_card).to_owned(), u.version, u.quantity, u.events, u.amount))
+                .collect();
+            (k.hour, kernel.text(k.product).to_owned(), texts(&k.dimensions), usages)
+        })
+        .collect();
+    Some((aggregates, buckets))
+}
+
+/// `Kernel.credits_read`'s rows of one customer (see it), read under the caller's lock.
+fn credits_rows(kernel: &kernel::Kernel, customer_id: &str, now_ms: i64) -> (Vec<MadeRow>, Vec<BreakageRow>) {
+    let Some(account) = kernel.account_read(customer_id, now_ms) else { return (Vec::new(), Vec::new()) };
+    let broken = account.credits.as_deref().map_or(&[][..], |c| &c.breakage);
+    let breakage = broken
+        .iter()
+        .map(|b| (customer_id.to_owned(), b.grant_id.to_string(), b.period_start_ms, b.credits, b.at_ms))
+        .collect();
+    (made_rows(credits::made_grants_of(&account)), breakage)
 }
 
 /// `made_grants`' rows.
