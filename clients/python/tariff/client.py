@@ -37,7 +37,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar
 
@@ -340,6 +340,32 @@ def _to_batch(events: Iterable[Usage | usage_pb2.UsageEvent], batch_id: str) -> 
 
 # --------------------------------------------------------------------------------------------
 # Channel proxy: metadata and default deadlines for the generated stubs
+
+
+_Item = TypeVar("_Item")
+
+
+def _every_page(read_page: Callable[[str], tuple[Sequence[_Item], str]]) -> list[_Item]:
+    """Every item of a paged list RPC: `read_page(token)` answers one page's items and its next_page_token, read in
+    turn from "" until a page answers none."""
+    items: list[_Item] = []
+    token = ""
+    while True:
+        page, token = read_page(token)
+        items.extend(page)
+        if not token:
+            return items
+
+
+async def _every_page_async(read_page: Callable[[str], Awaitable[tuple[Sequence[_Item], str]]]) -> list[_Item]:
+    """`_every_page` for the async client."""
+    items: list[_Item] = []
+    token = ""
+    while True:
+        page, token = await read_page(token)
+        items.extend(page)
+        if not token:
+            return items
 
 
 class _CallableProxy:
@@ -725,68 +751,60 @@ class AsyncTariffClient(_Stubs[grpc.aio.Channel]):
         self, *, page_size: int = 0, timeout_s: float | None = None
     ) -> list[pricing_pb2.RateCard]:
         """Every rate card, in id order (``PricingService.ListRateCards``, read a page at a time)."""
-        cards: list[pricing_pb2.RateCard] = []
-        token = ""
-        while True:
+
+        async def read_page(token: str) -> tuple[Sequence[pricing_pb2.RateCard], str]:
             page: pricing_pb2.ListRateCardsResponse = await self.pricing.ListRateCards(
                 pricing_pb2.ListRateCardsRequest(page_size=page_size, page_token=token),
                 timeout=self._timeout(timeout_s),
             )
-            cards.extend(page.rate_cards)
-            token = page.next_page_token
-            if not token:
-                return cards
+            return page.rate_cards, page.next_page_token
+
+        return await _every_page_async(read_page)
 
     async def list_versions(
         self, rate_card_id: str, *, page_size: int = 0, timeout_s: float | None = None
     ) -> list[pricing_pb2.RateCardVersion]:
         """Every version of the card, drafts included, by number (``PricingService.ListVersions``, read a page at a
         time: one call answers at most ``page_size`` versions, 100 when 0). An unknown card raises ``NotFound``."""
-        versions: list[pricing_pb2.RateCardVersion] = []
-        token = ""
-        while True:
+
+        async def read_page(token: str) -> tuple[Sequence[pricing_pb2.RateCardVersion], str]:
             page: pricing_pb2.ListVersionsResponse = await self.pricing.ListVersions(
                 pricing_pb2.ListVersionsRequest(rate_card_id=rate_card_id, page_size=page_size, page_token=token),
                 timeout=self._timeout(timeout_s),
             )
-            versions.extend(page.versions)
-            token = page.next_page_token
-            if not token:
-                return versions
+            return page.versions, page.next_page_token
+
+        return await _every_page_async(read_page)
 
     async def list_customers(
         self, *, page_size: int = 0, timeout_s: float | None = None
     ) -> list[contracts_pb2.Customer]:
         """Every customer, in id order (``ContractService.ListCustomers``, read a page at a time: one call answers
         at most ``page_size`` customers, 100 when 0)."""
-        customers: list[contracts_pb2.Customer] = []
-        token = ""
-        while True:
+
+        async def read_page(token: str) -> tuple[Sequence[contracts_pb2.Customer], str]:
             page: contracts_pb2.ListCustomersResponse = await self.contracts.ListCustomers(
                 contracts_pb2.ListCustomersRequest(page_size=page_size, page_token=token),
                 timeout=self._timeout(timeout_s),
             )
-            customers.extend(page.customers)
-            token = page.next_page_token
-            if not token:
-                return customers
+            return page.customers, page.next_page_token
+
+        return await _every_page_async(read_page)
 
     async def list_alert_rules(
         self, *, page_size: int = 0, timeout_s: float | None = None
     ) -> list[alerts_pb2.AlertRule]:
         """Every alert rule, in id order (``AlertService.ListAlertRules``, read a page at a time: one call answers
         at most ``page_size`` rules, 100 when 0)."""
-        rules: list[alerts_pb2.AlertRule] = []
-        token = ""
-        while True:
+
+        async def read_page(token: str) -> tuple[Sequence[alerts_pb2.AlertRule], str]:
             page: alerts_pb2.ListAlertRulesResponse = await self.alerts.ListAlertRules(
                 alerts_pb2.ListAlertRulesRequest(page_size=page_size, page_token=token),
                 timeout=self._timeout(timeout_s),
             )
-            rules.extend(page.rules)
-            token = page.next_page_token
-            if not token:
-                return rules
+            return page.rules, page.next_page_token
+
+        return await _every_page_async(read_page)
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Waits until ``grpc.health.v1.Health/Check("")`` answers SERVING.
@@ -1755,62 +1773,54 @@ class TariffClient(_Stubs[grpc.Channel]):
 
     def list_rate_cards(self, *, page_size: int = 0, timeout_s: float | None = None) -> list[pricing_pb2.RateCard]:
         """Every rate card, in id order (``PricingService.ListRateCards``, read a page at a time)."""
-        cards: list[pricing_pb2.RateCard] = []
-        token = ""
-        while True:
+
+        def read_page(token: str) -> tuple[Sequence[pricing_pb2.RateCard], str]:
             page: pricing_pb2.ListRateCardsResponse = self.pricing.ListRateCards(
                 pricing_pb2.ListRateCardsRequest(page_size=page_size, page_token=token),
                 timeout=self._timeout(timeout_s),
             )
-            cards.extend(page.rate_cards)
-            token = page.next_page_token
-            if not token:
-                return cards
+            return page.rate_cards, page.next_page_token
+
+        return _every_page(read_page)
 
     def list_versions(
         self, rate_card_id: str, *, page_size: int = 0, timeout_s: float | None = None
     ) -> list[pricing_pb2.RateCardVersion]:
         """Every version of the card, drafts included, by number (``PricingService.ListVersions``, read a page at a
         time, as ``AsyncTariffClient.list_versions``)."""
-        versions: list[pricing_pb2.RateCardVersion] = []
-        token = ""
-        while True:
+
+        def read_page(token: str) -> tuple[Sequence[pricing_pb2.RateCardVersion], str]:
             page: pricing_pb2.ListVersionsResponse = self.pricing.ListVersions(
                 pricing_pb2.ListVersionsRequest(rate_card_id=rate_card_id, page_size=page_size, page_token=token),
                 timeout=self._timeout(timeout_s),
             )
-            versions.extend(page.versions)
-            token = page.next_page_token
-            if not token:
-                return versions
+            return page.versions, page.next_page_token
+
+        return _every_page(read_page)
 
     def list_customers(self, *, page_size: int = 0, timeout_s: float | None = None) -> list[contracts_pb2.Customer]:
         """Every customer, in id order (``ContractService.ListCustomers``, read a page at a time, as ``AsyncTariffClient.list_customers``)."""
-        customers: list[contracts_pb2.Customer] = []
-        token = ""
-        while True:
+
+        def read_page(token: str) -> tuple[Sequence[contracts_pb2.Customer], str]:
             page: contracts_pb2.ListCustomersResponse = self.contracts.ListCustomers(
                 contracts_pb2.ListCustomersRequest(page_size=page_size, page_token=token),
                 timeout=self._timeout(timeout_s),
             )
-            customers.extend(page.customers)
-            token = page.next_page_token
-            if not token:
-                return customers
+            return page.customers, page.next_page_token
+
+        return _every_page(read_page)
 
     def list_alert_rules(self, *, page_size: int = 0, timeout_s: float | None = None) -> list[alerts_pb2.AlertRule]:
         """Every alert rule, in id order (``AlertService.ListAlertRules``, read a page at a time, as ``AsyncTariffClient.list_alert_rules``)."""
-        rules: list[alerts_pb2.AlertRule] = []
-        token = ""
-        while True:
+
+        def read_page(token: str) -> tuple[Sequence[alerts_pb2.AlertRule], str]:
             page: alerts_pb2.ListAlertRulesResponse = self.alerts.ListAlertRules(
                 alerts_pb2.ListAlertRulesRequest(page_size=page_size, page_token=token),
                 timeout=self._timeout(timeout_s),
             )
-            rules.extend(page.rules)
-            token = page.next_page_token
-            if not token:
-                return rules
+            return page.rules, page.next_page_token
+
+        return _every_page(read_page)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Waits until ``grpc.health.v1.Health/Check("")`` answers SERVING (see the async client)."""
