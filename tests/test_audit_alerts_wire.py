@@ -138,9 +138,17 @@ def test_a_period_end_fires_the_balance_rules_once_at_the_clock_and_the_close_fi
         low_r = rule(client, alerts_pb2.LOW_BALANCE, "r", "8")
         low_z = rule(client, alerts_pb2.LOW_BALANCE, "z", "8")
         exhausted_z = rule(client, alerts_pb2.CREDITS_EXHAUSTED, "z")
-        # The server's clock driver journals the AdvanceClock that rolls r's grant over (and breaks z's).
-        rolled = [contracts_pb2.ROLLOVER]
-        assert wait_for(lambda: [g.kind for g in client.get_balance("r").grants][:1] == rolled, 30)
+        set_up_seq = client.get_balance("r").as_of_seq
+        assert time.time() * 1000 < boundary_ms, "set up before the period's end (3 s ahead)"
+
+        # The server's clock driver journals the AdvanceClock that rolls r's grant over (and breaks z's). A balance
+        # shows the rollover as soon as it is due (reads project it), so wait for the record itself: the journal's
+        # next record, as_of_seq past the set-up's.
+        def recorded() -> bool:
+            balance = client.get_balance("r")
+            return [g.kind for g in balance.grants][:1] == [contracts_pb2.ROLLOVER] and balance.as_of_seq > set_up_seq
+
+        assert wait_for(recorded, 30)
         closed = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest()).invoices
         assert {(i.customer_id, i.period_end.ToMilliseconds()) for i in closed} >= {
             ("r", boundary_ms),
