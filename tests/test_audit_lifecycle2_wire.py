@@ -23,7 +23,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import open_contract, preview, refusal, rejected_in, release, serving, unit
+from tests.audit_fixtures import audit_count, open_contract, preview, refusal, rejected_in, release, serving, unit
 from tests.serverproc import ServerProcess
 
 
@@ -188,6 +188,21 @@ def reconciliation(report: invoices_pb2.RevenueReport) -> tuple[object, ...]:
     )
 
 
+def explained(client: TariffClient, period_start_ms: int) -> list[tuple[str, str, str]]:
+    """The `units` line of lc's period, every page of ExplainLineItem (2 entries a page): (transaction id or "adj",
+    quantity, amount) of each entry."""
+    entries, token = [], ""
+    while True:
+        request = invoices_pb2.ExplainLineItemRequest(
+            customer_id="lc", period_start=stamp(period_start_ms), line_id="units", page_size=2, page_token=token
+        )
+        page = client.invoices.ExplainLineItem(request)
+        entries += [(e.transaction_id or "adj", e.quantity, e.amount) for e in page.events]
+        token = page.next_page_token
+        if not token:
+            return entries
+
+
 def snapshot_of_reads(client: TariffClient) -> tuple[object, ...]:
     """Every read this audit makes, to compare across restarts."""
     numbers = [n for page in every_page(client) for n in page]
@@ -198,6 +213,7 @@ def snapshot_of_reads(client: TariffClient) -> tuple[object, ...]:
         [i.SerializeToString(deterministic=True) for i in invoices],
         [money(p) for p in previews],
         revenue(client).SerializeToString(deterministic=True),
+        [explained(client, month) for month in (AUG, SEP)],
     )
 
 
@@ -259,7 +275,8 @@ def test_periods_rate_by_hand_and_closing_refuses_a_running_period_and_a_start_o
 
 def test_closing_twice_answers_the_same_invoice_and_survives_kill_9(server: ServerProcess) -> None:
     """ClosePeriod(Aug) makes INV-00000001, equal to the draft but for number, status and closed_at; again, it
-    answers the same invoice (same number and closed_at) and makes none; the invoice reads the same after kill -9."""
+    answers the same invoice (same number and closed_at), makes none and journals nothing (no record, no audit
+    entry); the invoice reads the same after kill -9."""
     with server.client() as client:
         draft = preview(client, "lc", AUG)
         first = close(client, AUG)
@@ -270,7 +287,13 @@ def test_closing_twice_answers_the_same_invoice_and_survives_kill_9(server: Serv
         expected.invoice_number, expected.status = first.invoice_number, first.status
         expected.closed_at.CopyFrom(first.closed_at)
         assert first == expected
+        seq, entries = (
+            client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="lc")).as_of_seq,
+            audit_count(client),
+        )
         assert close(client, AUG) == first
+        assert client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="lc")).as_of_seq == seq
+        assert audit_count(client) == entries
         assert listed(client) == (["INV-00000001"], "")
         assert get(client, "INV-00000001") == first
         before = snapshot_of_reads(client)
@@ -288,7 +311,9 @@ def test_late_usage_grants_and_a_retroactive_publish_leave_the_closed_invoice_al
     1 event, 30 credits); Sep, Oct and Nov are re-rated and settled again in time order, in burn order (P, 70 left
     after Aug, then G by creation order): Sep 10 50 -> 100: P 70, G 20, overage 10; Sep 20 5 -> 10: overage 10; Oct
     40 -> 80: overage 80; Nov 7 -> 14: overage 14. So Sep 110 (P 70, G 20, overage 20, due 10.00), Oct 80 (40.00),
-    Nov 14 (7.00). Aug's invoice is the one closed, also after a graceful restart."""
+    Nov 14 (7.00). Aug's invoice is the one closed (its draft too, read at any instant of it), its line explained by
+    its one event; Sep's line by its events at the prices they were rated at (50, 5) and the re-rating's
+    adjustments (+50, +5), summing to 110; all the same after a graceful restart."""
     with server.client() as client:
         closed = get(client, "INV-00000001")
         assert rejected_in(client, event("late-a", at("2026-08-20T10:00:00"), 9)) == [("late-a", "PERIOD_CLOSED")]
@@ -306,7 +331,9 @@ def test_late_usage_grants_and_a_retroactive_publish_leave_the_closed_invoice_al
             "30",
         )
         assert get(client, "INV-00000001") == closed
-        assert preview(client, "lc", AUG) == closed
+        assert preview(client, "lc", AUG) == closed == preview(client, "lc", at("2026-08-20T10:00:00"))
+        assert explained(client, AUG) == [("a1", "30", "30")]
+        assert explained(client, SEP) == [("s1", "50", "50"), ("s2", "5", "5"), ("adj", "0", "50"), ("adj", "0", "5")]
         sep = money(preview(client, "lc", SEP))
         assert sep[2:9] == (
             "110",
