@@ -45,6 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 
 from engine._kernel import period_containing
 from engine.contracts import Contract
@@ -308,8 +309,8 @@ def _ledgers(
     expiries: dict[str, int | None] = {}  # grant id -> expires_at, the kernel's ROLLOVER grants' too
     for grant in [*(account.grants if account is not None else []), *_top_ups(customer, credits.made_grants)]:
         expiries[grant.id] = grant.expires_at_ms
-        sold = _sold_at(engine, contracts, grant)
-        ledgers[grant.id] = _GrantLedger(grant, _open_period(contracts, closed, sold, grant.created_at_ms))
+        sold = _final_period(contracts, closed, grant.created_at_ms, partial(_sold_at, engine, grant=grant))
+        ledgers[grant.id] = _GrantLedger(grant, sold)
     for grant_id, kind, _amount, _priority, _starts, expires_at_ms, _cost, rolled_from, _at_ms in credits.made_grants:
         if kind == GrantKind.ROLLOVER:
             owner[grant_id] = owner.get(rolled_from, rolled_from)
@@ -322,11 +323,37 @@ def _ledgers(
             by_product[product_id] = by_product.get(product_id, 0) + credits_drawn
     for _customer, grant_id, period_start, broken, at_ms in credits.breakage:
         period_start = _rolled_over_in(contracts, ledgers.get(grant_id), period_start)
-        if not period_start:  # no contract covered the grant's last usable instant
-            period_start = _breakage_period(contracts, expiries.get(grant_id), at_ms)
-        period_start = _open_period(contracts, closed, period_start, at_ms)
+        if period_start:
+            period_start = _open_period(contracts, closed, period_start, at_ms)
+        else:  # no contract covered the grant's last usable instant
+            expiring = partial(_breakage_period, expires_at_ms=expiries.get(grant_id), at_ms=at_ms)
+            period_start = _final_period(contracts, closed, at_ms, expiring)
         ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
     return ledgers, overage
+
+
+def _final_period(
+    contracts: list[Contract], closed_at: dict[int, int], recorded_ms: int, attribute: Callable[[list[Contract]], int]
+) -> int:
+    """The period a sale or a breakage recorded at recorded_ms counts in: `attribute` of the customer's contracts, moved
+    past a period closed before then (`_open_period`). A closed period's revenue is final, so a contract created after
+    the period found was closed does not move it: contracts are taken in as they were created, each while the period
+    found without it was still open when it came. Before, every contract was read: one created after a switched
+    contract's last period closed, in force at the instant that had named that period (a grant's last usable one, its
+    start), took its breakage or sale out of the closed period's line."""
+
+    def created_by(t_ms: int) -> list[Contract]:
+        return [k for k in contracts if k.created_at_ms <= t_ms]
+
+    known = created_by(recorded_ms)
+    period = _open_period(known, closed_at, attribute(known), recorded_ms)
+    for created_ms in sorted({k.created_at_ms for k in contracts if k.created_at_ms > recorded_ms}):
+        closed_ms = closed_at.get(period)
+        if closed_ms is not None and closed_ms < created_ms:
+            break
+        known = created_by(created_ms)
+        period = _open_period(known, closed_at, attribute(known), recorded_ms)
+    return period
 
 
 def _existing_period(contracts: list[Contract], t_ms: int) -> int | None:

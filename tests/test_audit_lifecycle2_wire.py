@@ -565,6 +565,52 @@ def test_revenue_over_the_periods_by_hand_and_every_read_the_same_after_kill_9(s
         assert snapshot_of_reads(client) == before
 
 
+def test_a_contract_created_after_a_switched_contracts_last_period_closed_leaves_that_periods_revenue_alone(
+    server: ServerProcess,
+) -> None:
+    """invoices.proto RevenueLine: "A closed period's lines never change once the customer's earlier periods are
+    closed too"; README "Revenue": once a period is closed, and every earlier period too, "its lines never change".
+
+    Customer `sw`, contract `sw1` from Aug 1 ending before Sep 16: its last period Sep 1 - Oct 1 keeps its monthly
+    end. Grant A (PREPAID 10 paid 10, from Aug 1, expiring Sep 20: granted with its expiry past, it breaks at once,
+    10 USD; its last usable instant, Sep 19, is in no contract, so in the period holding it, sw1's Sep 1). Grant B
+    (PREPAID 10 paid 4, of the customer only, from Sep 20: after sw1's ending_before, before its last period's
+    monthly end, so sold in that period). Aug: sold 10, deferred 10. Sep 1: sold 4, breakage 10, deferred 10 + 4 -
+    10 = 4. Both periods are closed; then contract `sw2` is created from Sep 16 (the contract in force at Sep 19 and
+    Sep 20 from then on). The closed lines stay as they were: Sep 1 breakage 10, deferred 4; sw2's Sep 16 line and
+    the later ones break nothing and keep deferred 4. The server moved A's breakage and B's sale onto sw2's Sep 16
+    line: the closed Sep 1 line read breakage 0, deferred 10."""
+    with server.client() as client:
+        open_contract(client, "sw", "sw1", AUG, at("2026-09-16T00:00:00"), rate_card_id="card")
+        expiring = contracts_pb2.Grant(
+            id="sw-A", customer_id="sw", contract_id="sw1", kind=contracts_pb2.PREPAID, amount="10", paid_amount="10"
+        )
+        expiring.expires_at.CopyFrom(stamp(at("2026-09-20T00:00:00")))
+        late = contracts_pb2.Grant(
+            id="sw-B", customer_id="sw", kind=contracts_pb2.PREPAID, amount="10", paid_amount="4"
+        )
+        late.starts_at.CopyFrom(stamp(at("2026-09-20T00:00:00")))
+        for made in (expiring, late):
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+        # A usage batch: the writer records the expiry due before it rates it (README "Expiry and breakage").
+        accepted(client, event("sw-0", at("2026-08-10T10:00:00"), 0, customer_id="sw"))
+
+        def lines() -> list[tuple[str, ...]]:
+            report = revenue(client, "sw")
+            assert reconciliation(report) == ("0", "14", "0", "10", "4", "0", "0", True)
+            return [
+                (line.period_start.ToJsonString()[:10], line.breakage, line.deferred) for line in report.customer_lines
+            ]
+
+        closed = [("2026-08-01", "0", "10"), ("2026-09-01", "10", "4")]
+        assert lines() == closed
+        close(client, AUG, "sw")
+        close(client, SEP, "sw")
+        open_contract(client, "sw", "sw2", at("2026-09-16T00:00:00"), rate_card_id="card")
+        sw2 = [(f"2026-{m}-16", "0", "4") for m in ("09", "10", "11", "12")]
+        assert lines() == [*closed, *sw2]
+
+
 def month_before(when_ms: int) -> int | None:
     """The same UTC day and time a month earlier, None when that month has no such day."""
     when = datetime.fromtimestamp(when_ms / 1000, UTC)
