@@ -338,9 +338,9 @@ def _final_period(
     """The period a sale or a breakage recorded at recorded_ms counts in: `attribute` of the customer's contracts, moved
     past a period closed before then (`_open_period`). A closed period's revenue is final, so a contract created after
     the period found was closed does not move it: contracts are taken in as they were created, each while the period
-    found without it was still open when it came. Before, every contract was read: one created after a switched
-    contract's last period closed, in force at the instant that had named that period (a grant's last usable one, its
-    start), took its breakage or sale out of the closed period's line."""
+    found without it was still open when it came: otherwise a contract created after a switched contract's last period
+    closed, in force at the instant that had named that period (a grant's last usable one, its start), would take its
+    breakage or sale out of the closed period's line."""
 
     def created_by(t_ms: int) -> list[Contract]:
         return [k for k in contracts if k.created_at_ms <= t_ms]
