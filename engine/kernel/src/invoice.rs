@@ -92,7 +92,11 @@ impl Kernel {
             None => self.account(customer_id).map(std::borrow::Cow::Borrowed),
         };
         let read = read.ok_or(NoLines::UnknownCustomer)?;
-        let account: &Account = &read;
+        self.lines_of(&read, at_ms, in_contract)
+    }
+
+    /// `period_lines` of an account as the caller read it.
+    fn lines_of(&self, account: &Account, at_ms: i64, in_contract: bool) -> Result<PeriodLines, NoLines> {
         let route = account.route().ok_or(NoLines::UnknownCustomer)?;
         let contract = route.contracts.iter().find(|c| c.covers(at_ms)).ok_or(NoLines::NoContract)?;
         let (start, end) = period_containing(contract.starting_at_ms, at_ms);
