@@ -178,7 +178,12 @@ class Kernel:
         | None
     ): ...
     def invoice_read(
-        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None = None
+        self,
+        customer_id: str,
+        at_ms: int,
+        in_contract: bool,
+        read_ms: int | None = None,
+        grant_credit: tuple[int, bool] | None = None,
     ) -> tuple[
         tuple[
             int,
@@ -193,8 +198,11 @@ class Kernel:
         | None,
         list[tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]],
         list[tuple[int, str, int, int, int, int]],
+        list[tuple[str, int, int]] | None,
     ]:
-        """(invoice_lines, adjustments, top_up_purchases) of one customer under one lock (PreviewInvoice's read)."""
+        """(invoice_lines, adjustments, top_up_purchases, grant credit) of one customer under one lock (an invoice's
+        read). `grant_credit` (first_rollover_ms, expiring): the grants' [(grant_id, credit_picos, breakage_picos)]
+        in burn order when the period's grants want them (invoice::CreditWanted), else None."""
     def set_explain(self, from_seq: int | None) -> None: ...
     def take_explain(self) -> bytes: ...
     @staticmethod

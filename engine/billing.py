@@ -35,7 +35,7 @@ from engine.control import encode_state_parts
 from engine.errors import AlreadyExists, EngineError, NotFound
 from engine.explain import Line
 from engine.instants import iso
-from engine.invoices import Invoice, KernelAdjustment, KernelLines, LineAdjustment, PeriodRead
+from engine.invoices import CreditWanted, Invoice, KernelAdjustment, KernelLines, LineAdjustment, PeriodRead
 from engine.ledger import Grant
 from engine.rerate import (
     PlanInSlices,
@@ -754,11 +754,22 @@ class Billing:
         self.refresh_tables()
         return self.kernel.invoice_lines(customer_id, at_ms, in_contract, read_ms)
 
-    def _period_read(self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None) -> PeriodRead:
-        """`_period_lines`, `_adjustments` and `_top_up_purchases` in one kernel call (one lock): a draft's read, off
-        the writer, which may rate a batch or re-rate the customer between two calls."""
+    def _period_read(
+        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None, credit: CreditWanted | None
+    ) -> PeriodRead:
+        """`_period_lines`, `_adjustments`, `_top_up_purchases` and, when `credit` wants it for the period's grants,
+        the grant credit in one kernel call (one lock): a draft's read, off the writer, which may rate a batch or
+        re-rate the customer between two calls. The credit by grant id: (what the grant still has, its remainder
+        and what open reservations hold on it; the breakage recorded from it), as the lines' account holds them
+        (`read_ms`: as the clock's record of what fell due by then will leave them). Invoices show a rolled-over or
+        expired grant's breakage so (engine/invoices.py)."""
         self.refresh_tables()
-        return self.kernel.invoice_read(customer_id, at_ms, in_contract, read_ms)
+        period, adjustments, purchases, rows = self.kernel.invoice_read(
+            customer_id, at_ms, in_contract, read_ms, credit
+        )
+        # A grant id held twice keeps its last grant's, as a dict built in burn order does.
+        by_id = None if rows is None else {grant_id: (has, broken) for grant_id, has, broken in rows}
+        return period, adjustments, purchases, by_id
 
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""

@@ -17,6 +17,7 @@ from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Repeate
 from engine.instants import iso
 from engine.invoices import (
     DUE_EXPONENT,
+    NO_ROLLOVER_MS,
     AdjustmentsReader,
     GrantCredit,
     GrantCreditReader,
@@ -71,28 +72,31 @@ class InvoiceCommands(ControlPlane):
         """The invoice of the customer's period containing at_ms: the final one when the period is closed.
         `read_ms` (PreviewInvoice's time): the kernel's grants as the clock's record of what fell due by then will
         leave them, so that a ROLLOVER grant made by a rollover due but not yet recorded is listed, as its close
-        (which the writer applies after recording it) lists it (README "Draft = final"). Off the writer, the lines,
-        adjustments and top-up purchases are one kernel call; the grant credit (docs/architecture.md) a second."""
+        (which the writer applies after recording it) lists it (README "Draft = final")."""
         contract = self._contract_or_refuse(customer_id, at_ms)
-        # The lines, adjustments and purchases from one kernel call: the writer's thread may rate a batch (buying a
-        # top-up) or re-rate the customer between two, and the invoice would list new adjustments beside old lines.
+        rollovers = self._rollovers(customer_id)
+        # The final invoice of a closed period reads no grant credit (the period as the contract in force says).
+        closed = self._period_of(contract, at_ms)[0] in self.state.accounts[customer_id].invoices
+        wanted = None if closed else (min((at for at, _ in rollovers.values()), default=NO_ROLLOVER_MS), True)
+        # The lines, adjustments, purchases and grant credit from one kernel call: the writer's thread may rate a
+        # batch (drawing on a grant, buying a top-up) or re-rate the customer between two, and the invoice would
+        # list new adjustments beside old lines, or a grant's credit after a batch beside the lines before it.
         assert self.period_read is not None, "the engine reads invoice lines through the kernel (engine/billing.py)"
-        found, adjustments, purchases = self.period_read(customer_id, at_ms, True, read_ms)
+        found, adjustments, purchases, credit = self.period_read(customer_id, at_ms, True, read_ms, wanted)
         assert found is not None, f"the kernel's tables name customer {customer_id!r}"
         period = found
         number = self.state.accounts[customer_id].invoices.get(period[0])
         if number is not None:
             return self.state.invoices[number]
         top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency, purchases)
-        due = self._rollovers_due(customer_id, period[1])
-        credit = self._grant_credit(customer_id, period, due, read_ms=read_ms)
+        due = {grant_id: roll for grant_id, roll in rollovers.items() if roll[0] <= period[1]}
         return self._build(
             contract,
             period,
             top_ups,
             rollovers_due=due,
-            grant_credit=credit,
-            expired_credit=credit,
+            grant_credit=credit or {},
+            expired_credit=credit or {},
             kernel_adjustments=adjustments,
         )
 
@@ -127,12 +131,11 @@ class InvoiceCommands(ControlPlane):
             )
         return contract
 
-    def _rollovers_due(self, customer_id: str, period_end_ms: int) -> dict[str, tuple[int, int]]:
-        """The customer's grants that roll over by period_end_ms (at the end of the billing period each starts in,
-        unless it expires before then and simply breaks, or, granted before GrantCredits'
-        `expiring_at_rollover_rolls`, expires exactly then: as the kernel's rollover_at), by id: (when, rollover
-        fraction at 10^-18). A draft shows them as the clock will roll them (those already rolled keep what they
-        rolled)."""
+    def _rollovers(self, customer_id: str) -> dict[str, tuple[int, int]]:
+        """The customer's grants that roll over (at the end of the billing period each starts in, unless it expires
+        before then and simply breaks, or, granted before GrantCredits' `expiring_at_rollover_rolls`, expires
+        exactly then: as the kernel's rollover_at), by id: (when, rollover fraction at 10^-18). A draft shows those
+        due by its period's end as the clock will roll them (those already rolled keep what they rolled)."""
         due: dict[str, tuple[int, int]] = {}
         for grant in self.state.accounts[customer_id].grants:
             if grant.rollover_fraction <= 0:
@@ -141,7 +144,7 @@ class InvoiceCommands(ControlPlane):
             if contract is None:
                 continue
             rolls_at_ms = self._period_of(contract, grant.starts_at_ms)[1]
-            if rolls_at_ms <= period_end_ms and not grant.expires_before_rollover(rolls_at_ms):
+            if not grant.expires_before_rollover(rolls_at_ms):
                 due[grant.id] = (rolls_at_ms, int(grant.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT)))
         return due
 

@@ -439,3 +439,46 @@ def test_close_due_periods_reads_a_customers_grant_credit_once_and_builds_what_c
         "e": (picos("20"), picos("20"), 0, 0),
         f"rollover-r-{FEB_MS}": (picos("17.5"), 0, 0, picos("17.5")),
     }
+
+
+def test_the_grant_credit_read_with_an_invoices_lines_is_the_balance_less_its_breakage() -> None:
+    """Kernel.invoice_read's grant credit (invoice::grant_credit_of: a grant's remainder and what holds keep on it;
+    the breakage recorded from it) is what engine/billing.py computed from GetBalance's view and the breakage rows
+    before it was read with the lines: remaining + expired - breakage + held, and the breakage, by grant. acme: `r`
+    90 (rollover 0.5), `e` 20 expiring on March 15, `p` 30; 75 units drawn in January, a hold of 12 open; read
+    before and after the clock records January's rollover, and projected (a draft's read) across it and e's expiry."""
+    world = basic_world()
+    world.apply(world.grant_command("r", "90", paid="45", priority=1, rollover_fraction="0.5"))
+    world.apply(world.grant_command("e", "20", expires_at_ms=MAR_MS + 14 * DAY_MS))
+    world.apply(world.grant_command("p", "30", priority=2))
+    m = Ledger(world)
+    m.ingest([event("jan", T0 + DAY_MS, 75)], T0 + DAY_MS)
+    m.reserve("h", 12, T0 + 2 * DAY_MS, ttl_ms=200 * DAY_MS)
+    kernel = m.billing.kernel
+
+    def balance_less_breakage(read_ms: int | None) -> dict[str, tuple[int, int]]:
+        rows = kernel.breakage("acme") if read_ms is None else kernel.credits_read("acme", read_ms)[1]
+        broken: dict[str, int] = {}
+        for _, grant_id, _, credits, _ in rows:
+            broken[grant_id] = broken.get(grant_id, 0) + credits
+        view = kernel.balance("acme", 0) if read_ms is None else kernel.balance("acme", read_ms, projected=True)
+        assert view is not None
+        return {
+            grant_id: (remaining + expired - broken.get(grant_id, 0) + held, broken.get(grant_id, 0))
+            for (grant_id, _, remaining, expired, _), held in zip(view["grants"], view["grants_held"], strict=True)
+        }
+
+    def read_with_lines(read_ms: int | None) -> dict[str, tuple[int, int]]:
+        rows = kernel.invoice_read("acme", EPOCH_MS, True, read_ms, (EPOCH_MS, True))[3]
+        assert rows is not None
+        return {grant_id: (credit, breakage) for grant_id, credit, breakage in rows}
+
+    reads = [None, T0 + 3 * DAY_MS, FEB_MS + 1, APR_MS]
+    before = [read_with_lines(read_ms) for read_ms in reads]
+    assert before == [balance_less_breakage(read_ms) for read_ms in reads]
+    # By hand, read now: e (priority 0) paid 20 of the 75, r 55 (35 left); the hold of 12 on r.
+    assert before[0] == {"r": (picos("35"), 0), "e": (0, 0), "p": (picos("30"), 0)}
+    m.advance(FEB_MS + 1)
+    after = [read_with_lines(read_ms) for read_ms in reads]
+    assert after == [balance_less_breakage(read_ms) for read_ms in reads]
+    assert after[0]["r"][1] > 0  # the rollover recorded breakage from r

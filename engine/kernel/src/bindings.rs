@@ -26,6 +26,7 @@ use crate::authorize::{self, Refused};
 use crate::credits::{self, HoldTtl, Made, ReleaseRefusal, RolloverIds, RolloverWindow, Rollovers, TopUpPolicy};
 use crate::decode::{wire, with_view};
 use crate::holds;
+use crate::invoice::{CreditWanted, GrantCredit, NoLines, PeriodLines};
 use crate::kernel::{self, BatchRefusal};
 use crate::snapshot::segment::Chunks;
 use crate::tables::VersionTable;
@@ -719,18 +720,27 @@ impl Kernel {
     }
 
     /// `invoice_lines`, `adjustments` and `top_up_purchases` of one customer under one lock: PreviewInvoice's read,
-    /// so that a batch rated or a re-rating slice applied meanwhile shows in all of them or in none.
+    /// so that a batch rated or a re-rating slice applied meanwhile shows in all of them or in none. With
+    /// `grant_credit` (first_rollover_ms, expiring) (`invoice::CreditWanted`), also the customer's grants'
+    /// [(grant_id, credit_picos, breakage_picos)] in burn order (`invoice::grant_credit_of`) when the period's grants
+    /// want them, from the same account as the lines; None otherwise.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (customer_id, at_ms, in_contract, read_ms=None, grant_credit=None))]
     fn invoice_read(
         &self,
         customer_id: &str,
         at_ms: i64,
         in_contract: bool,
         read_ms: Option<i64>,
-    ) -> PyResult<(Option<PeriodTuple>, Vec<AdjustmentRow>, Vec<PurchaseRow>)> {
+        grant_credit: Option<(i64, bool)>,
+    ) -> PyResult<(Option<PeriodTuple>, Vec<AdjustmentRow>, Vec<PurchaseRow>, Option<Vec<(String, i128, i128)>>)> {
         let kernel = self.read()?;
-        let period = period_rows(&kernel, customer_id, at_ms, in_contract, read_ms)?;
-        Ok((period, adjustment_rows(&kernel, customer_id), purchase_rows(&kernel, customer_id)))
+        let wanted = grant_credit.map(|(first_rollover_ms, expiring)| CreditWanted { first_rollover_ms, expiring });
+        let found =
+            period_found(kernel.period_read(customer_id, at_ms, in_contract, read_ms, wanted), customer_id, at_ms)?;
+        let credit_rows = |rows: Vec<GrantCredit>| rows.into_iter().map(|g| (g.id, g.credit, g.breakage)).collect();
+        let (period, credit) = found.map_or((None, None), |(p, c)| (Some(period_tuple(p)), c.map(credit_rows)));
+        Ok((period, adjustment_rows(&kernel, customer_id), purchase_rows(&kernel, customer_id), credit))
     }
 
     /// Authorize with a hold (a change: the server journals it first). Returns (allowed, reason,
@@ -1351,13 +1361,23 @@ fn period_rows(
     in_contract: bool,
     read_ms: Option<i64>,
 ) -> PyResult<Option<PeriodTuple>> {
-    let period = match kernel.period_lines(customer_id, at_ms, in_contract, read_ms) {
-        Ok(period) => period,
-        Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
-        Err(crate::invoice::NoLines::NoContract) => {
-            return Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
+    let found = period_found(kernel.period_lines(customer_id, at_ms, in_contract, read_ms), customer_id, at_ms)?;
+    Ok(found.map(period_tuple))
+}
+
+/// A period read's answer: None for a customer the tables do not name, ValueError when no contract covers `at_ms`.
+fn period_found<T>(read: Result<T, NoLines>, customer_id: &str, at_ms: i64) -> PyResult<Option<T>> {
+    match read {
+        Ok(found) => Ok(Some(found)),
+        Err(NoLines::UnknownCustomer) => Ok(None),
+        Err(NoLines::NoContract) => {
+            Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
         }
-    };
+    }
+}
+
+/// `Kernel.invoice_lines`' tuple of a period's lines.
+fn period_tuple(period: PeriodLines) -> PeriodTuple {
     let lines = period
         .lines
         .into_iter()
@@ -1367,7 +1387,7 @@ fn period_rows(
         })
         .collect();
     let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms, g.rolled)).collect();
-    Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
+    (period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)
 }
 
 /// `Kernel.top_up_purchases`' rows: (period_start_ms, grant_id, credits, price_per_credit_e18, cost_e30, at_ms).
