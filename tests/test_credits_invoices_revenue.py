@@ -17,7 +17,7 @@ from engine import commands as cmd
 from engine import revenue
 from engine.control import fingerprint
 from engine.errors import AlreadyExists, InvalidArgument
-from engine.invoices import GrantCredit, Invoice
+from engine.invoices import CreditWanted, Invoice, PeriodRead
 from engine.ledger import GrantKind
 from engine.money import PICOS_PER_UNIT
 from tests.credits_fixtures import Ledger, event
@@ -386,7 +386,7 @@ def test_close_due_periods_reads_a_customers_grant_credit_once_and_builds_what_c
     """acme: `r` 90 (rollover 0.5) and `e` 20 expiring on March 15, 75 units drawn in January; the clock past
     April's end (r rolled 17.5 into rollover-r at January's end, which expired at February's). Every period from
     January to April lists a grant rolled over or expiring by its end, so each invoice reads the customer's grant
-    credit from the kernel (engine/billing.py grant_credit: the whole balance, 14-70 ms a read at 11,000 grants).
+    credit from the kernel with its lines (Kernel.invoice_read: the whole balance, 14-70 ms a read at 11,000 grants).
 
     One CloseDuePeriods closing the four reads it once: closing a period changes the control plane only (invoice
     numbers, closed periods), nothing of the kernel's grants, so each further read would answer the same. The
@@ -411,14 +411,18 @@ def test_close_due_periods_reads_a_customers_grant_credit_once_and_builds_what_c
         m.ingest([event("jan", T0 + DAY_MS, 75)], T0 + DAY_MS)
         m.advance(may_ms)
         reads: list[str] = []
-        reader = world.engine.grant_credit
+        reader = world.engine.period_read
         assert reader is not None
 
-        def counted(customer_id: str, read_ms: int | None) -> GrantCredit:
-            reads.append(customer_id)
-            return reader(customer_id, read_ms)
+        def counted(
+            customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None, credit: CreditWanted | None
+        ) -> PeriodRead:
+            answer = reader(customer_id, at_ms, in_contract, read_ms, credit)
+            if answer[3] is not None:  # the grant credit read with the lines
+                reads.append(customer_id)
+            return answer
 
-        world.engine.grant_credit = counted
+        world.engine.period_read = counted
         return m, reads
 
     due, due_reads = ledger()
