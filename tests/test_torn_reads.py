@@ -131,7 +131,7 @@ def test_a_preview_reads_its_lines_and_adjustments_as_of_one_instant() -> None:
         w.billing.kernel = cast(Kernel, interleaved)
 
     kernel = w.billing.kernel
-    interleaved = Interleaved(kernel, {"invoice_lines", "adjustments", "invoice_read"}, "acme", publish)
+    interleaved = Interleaved(kernel, {"adjustments", "invoice_read"}, "acme", publish)
     w.billing.kernel = cast(Kernel, interleaved)
     torn = w.engine.preview("acme", EPOCH_MS, EPOCH_MS + 2 * HOUR_MS)
     w.billing.kernel = kernel

@@ -134,10 +134,10 @@ fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyA
     py.import("builtins")?.getattr("int")?.call1((value.to_string(),))
 }
 
-/// A line of `Kernel.invoice_lines`: (product_id, dimension values, quantity_e18, events, amount_picos,
+/// A line of `Kernel.invoice_read`: (product_id, dimension values, quantity_e18, events, amount_picos,
 /// overage_picos, [(grant_id, credits_picos)], [(rate_card_id, version, quantity_e18, events, amount_picos)]).
 type LineTuple = (String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>, Vec<(String, u32, i128, u64, i128)>);
-/// `Kernel.invoice_lines`' answer: (period_start_ms, period_end_ms, overage_price_e18, closed, lines, grants),
+/// `Kernel.invoice_read`'s lines: (period_start_ms, period_end_ms, overage_price_e18, closed, lines, grants),
 /// a grant as (grant_id, amount_picos, drawn_picos through the period, expires_at_ms, (rolled at the period end
 /// in ms, credits_picos moved into its ROLLOVER grant) or None).
 type GrantTuple = (String, i128, i128, Option<i64>, Option<(i64, i128)>);
@@ -703,24 +703,13 @@ impl Kernel {
     }
     /// The lines of the customer's period containing `at_ms`, from its buckets: (period_start_ms,
     /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values, the grants
-    /// started before the period's end with what usage through the period drew from them). None for a
-    /// customer the tables do not name; ValueError when no contract of it covers `at_ms`. `in_contract`:
-    /// the version parts count the hours before the contract's end only (`Kernel::period_lines`). `read_ms`: a
-    /// draft read at that time, which sees what the clock's record of what fell due by then will make.
-    #[pyo3(signature = (customer_id, at_ms, in_contract, read_ms=None))]
-    fn invoice_lines(
-        &self,
-        customer_id: &str,
-        at_ms: i64,
-        in_contract: bool,
-        read_ms: Option<i64>,
-    ) -> PyResult<Option<PeriodTuple>> {
-        let kernel = self.read()?;
-        period_rows(&kernel, customer_id, at_ms, in_contract, read_ms)
-    }
-
-    /// `invoice_lines`, `adjustments` and `top_up_purchases` of one customer under one lock: PreviewInvoice's read,
-    /// so that a batch rated or a re-rating slice applied meanwhile shows in all of them or in none. With
+    /// started before the period's end with what usage through the period drew from them), None for a
+    /// customer the tables do not name, ValueError when no contract of it covers `at_ms`; with them the customer's
+    /// `adjustments` and `top_up_purchases`, all under one lock: an invoice's read (a draft's, off the writer, and a
+    /// close's), so that a batch rated or a re-rating slice applied meanwhile shows in all of them or in none.
+    /// `in_contract`: the version parts count the hours before the contract's end only (`Kernel::period_lines`).
+    /// `read_ms`: a draft read at that time, which sees what the clock's record of what fell due by then will make.
+    /// With
     /// `grant_credit` (first_rollover_ms, expiring) (`invoice::CreditWanted`), also the customer's grants'
     /// [(grant_id, credit_picos, breakage_picos)] in burn order (`invoice::grant_credit_of`) when the period's grants
     /// want them, from the same account as the lines; None otherwise.
@@ -1353,18 +1342,6 @@ type UsageRows = (Vec<AggregateRow>, Vec<BucketRow>);
 type MadeRow = (String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64);
 type BreakageRow = (String, String, i64, i128, i64);
 
-/// `Kernel.invoice_lines`' answer (see it), read under the caller's lock.
-fn period_rows(
-    kernel: &kernel::Kernel,
-    customer_id: &str,
-    at_ms: i64,
-    in_contract: bool,
-    read_ms: Option<i64>,
-) -> PyResult<Option<PeriodTuple>> {
-    let found = period_found(kernel.period_lines(customer_id, at_ms, in_contract, read_ms), customer_id, at_ms)?;
-    Ok(found.map(period_tuple))
-}
-
 /// A period read's answer: None for a customer the tables do not name, ValueError when no contract covers `at_ms`.
 fn period_found<T>(read: Result<T, NoLines>, customer_id: &str, at_ms: i64) -> PyResult<Option<T>> {
     match read {
@@ -1376,7 +1353,7 @@ fn period_found<T>(read: Result<T, NoLines>, customer_id: &str, at_ms: i64) -> P
     }
 }
 
-/// `Kernel.invoice_lines`' tuple of a period's lines.
+/// `Kernel.invoice_read`'s tuple of a period's lines.
 fn period_tuple(period: PeriodLines) -> PeriodTuple {
     let lines = period
         .lines
