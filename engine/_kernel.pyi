@@ -162,23 +162,13 @@ class Kernel:
         in both or in neither (ExplainLineItem's read of a line and its adjustments)."""
     def track_touched(self, on: bool) -> None: ...
     def take_touched(self) -> list[str]: ...
-    def invoice_lines(
-        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None = None
-    ) -> (
-        tuple[
-            int,
-            int,
-            int,
-            bool,
-            list[
-                tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[tuple[str, int, int, int, int]]]
-            ],
-            list[tuple[str, int, int, int | None, tuple[int, int] | None]],
-        ]
-        | None
-    ): ...
     def invoice_read(
-        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None = None
+        self,
+        customer_id: str,
+        at_ms: int,
+        in_contract: bool,
+        read_ms: int | None = None,
+        grant_credit: tuple[int, bool] | None = None,
     ) -> tuple[
         tuple[
             int,
@@ -193,8 +183,11 @@ class Kernel:
         | None,
         list[tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]],
         list[tuple[int, str, int, int, int, int]],
+        list[tuple[str, int, int]] | None,
     ]:
-        """(invoice_lines, adjustments, top_up_purchases) of one customer under one lock (PreviewInvoice's read)."""
+        """(the period's lines, adjustments, top_up_purchases, grant credit) of one customer under one lock (an
+        invoice's read, a draft's or a close's). `grant_credit` (first_rollover_ms, expiring): the grants' [(grant_id, credit_picos, breakage_picos)]
+        in burn order when the period's grants want them (invoice::CreditWanted), else None."""
     def set_explain(self, from_seq: int | None) -> None: ...
     def take_explain(self) -> bytes: ...
     @staticmethod

@@ -35,7 +35,7 @@ from engine.control import encode_state_parts
 from engine.errors import AlreadyExists, EngineError, NotFound
 from engine.explain import Line
 from engine.instants import iso
-from engine.invoices import Invoice, KernelAdjustment, KernelLines, LineAdjustment, PeriodRead
+from engine.invoices import CreditWanted, Invoice, KernelAdjustment, LineAdjustment, PeriodRead
 from engine.ledger import Grant
 from engine.rerate import (
     PlanInSlices,
@@ -186,11 +186,8 @@ class Billing:
         # restored from them, or the server's last snapshot); None: the next snapshot's segment is a base.
         self.dedupe_segments_seq: int | None = None
         self._sync_tracking()
-        self.engine.period_lines = self._period_lines
         self.engine.period_adjustments = self._adjustments
-        self.engine.top_up_purchases = self._top_up_purchases
         self.engine.period_read = self._period_read
-        self.engine.grant_credit = self._grant_credit
 
     @property
     def last_seq(self) -> int:
@@ -747,52 +744,29 @@ class Billing:
 
     # Reads ---------------------------------------------------------------------------------------------
 
-    def _period_lines(self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None) -> KernelLines | None:
-        """The kernel's invoice lines of a period (engine/invoicing.py reads them through this); `in_contract`:
-        the version parts count the hours before the contract's end only; `read_ms`: a draft read then sees what
-        fell due by then as the clock's record will leave it (Kernel.account_read)."""
+    def _period_read(
+        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None, credit: CreditWanted | None
+    ) -> PeriodRead:
+        """The kernel's invoice lines of a period (engine/invoicing.py reads them through this), the customer's
+        re-rating adjustments and top-up purchases and, when `credit` wants it for the period's grants, its grant
+        credit, in one kernel call (one lock): a draft's read, off the writer, which may rate a batch or re-rate the
+        customer between two calls, and a close's alike. `in_contract`: the version parts count the hours before
+        the contract's end only; `read_ms`: a draft read then sees what fell due by then as the clock's record
+        will leave it (Kernel.account_read). The credit by grant id: (what the grant still has, its remainder
+        and what open reservations hold on it; the breakage recorded from it), as the lines' account holds them
+        (`read_ms`: as the clock's record of what fell due by then will leave them). Invoices show a rolled-over or
+        expired grant's breakage so (engine/invoices.py)."""
         self.refresh_tables()
-        return self.kernel.invoice_lines(customer_id, at_ms, in_contract, read_ms)
-
-    def _period_read(self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None) -> PeriodRead:
-        """`_period_lines`, `_adjustments` and `_top_up_purchases` in one kernel call (one lock): a draft's read, off
-        the writer, which may rate a batch or re-rate the customer between two calls."""
-        self.refresh_tables()
-        return self.kernel.invoice_read(customer_id, at_ms, in_contract, read_ms)
+        period, adjustments, purchases, rows = self.kernel.invoice_read(
+            customer_id, at_ms, in_contract, read_ms, credit
+        )
+        # A grant id held twice keeps its last grant's, as a dict built in burn order does.
+        by_id = None if rows is None else {grant_id: (has, broken) for grant_id, has, broken in rows}
+        return period, adjustments, purchases, by_id
 
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
         return self.kernel.adjustments(customer_id)
-
-    def _grant_credit(self, customer_id: str, read_ms: int | None) -> dict[str, tuple[int, int]]:
-        """The customer's grants in the kernel now, by id: (the credit each still has, its remainder and what open
-        reservations hold on it; the breakage recorded from it). Invoices show a rolled-over or expired grant's
-        breakage so (engine/invoices.py). `read_ms` (a draft read then): as the clock's record of what fell due by
-        then will leave them, consistent with _period_lines' grants."""
-        self.refresh_tables()
-        broken: dict[str, int] = {}
-        rows = (
-            self.kernel.breakage(customer_id) if read_ms is None else self.kernel.credits_read(customer_id, read_ms)[1]
-        )
-        for _, grant_id, _, picos, _ in rows:
-            broken[grant_id] = broken.get(grant_id, 0) + picos
-        # A grant's remaining + expired - breakage is its remainder, whatever instant the balance is read at.
-        view = (
-            self.kernel.balance(customer_id, 0)
-            if read_ms is None
-            else self.kernel.balance(customer_id, read_ms, projected=True)
-        )
-        if view is None:
-            return {}
-        credit = {}
-        for (grant_id, _, remaining, expired, _), held in zip(view["grants"], view["grants_held"], strict=True):
-            breakage = broken.get(grant_id, 0)
-            credit[grant_id] = (remaining + expired - breakage + held, breakage)
-        return credit
-
-    def _top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
-        """The kernel's top-up purchases of a customer (engine/invoicing.py puts them on invoices)."""
-        return self.kernel.top_up_purchases(customer_id)
 
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         customer = self.engine.customer(customer_id)  # NotFound for an unknown customer

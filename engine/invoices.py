@@ -58,15 +58,12 @@ CURRENCIES: dict[str, int] = {
 }
 INVOICE_NUMBER_PREFIX = "INV-"
 
-# (period_start_ms, period_end_ms, overage_price_e18, closed, lines): what Kernel.invoice_lines returns.
+# (period_start_ms, period_end_ms, overage_price_e18, closed, lines, grants): the lines Kernel.invoice_read returns.
 KernelPart = tuple[str, int, int, int, int]
 KernelLine = tuple[str, list[str], int, int, int, int, list[tuple[str, int]], list[KernelPart]]
 # (grant id, amount, drawn through the period, expires_at_ms, (period end it rolled at, credits rolled) or None)
 KernelGrant = tuple[str, int, int, int | None, tuple[int, int] | None]
 KernelLines = tuple[int, int, int, bool, list[KernelLine], list[KernelGrant]]
-# (customer_id, at_ms, in_contract, read_ms): in_contract, the version parts count the hours before the contract's
-# end only; read_ms, a draft read then (what fell due by then as the clock will record it), None for a close.
-LinesReader = Callable[[str, int, bool, int | None], KernelLines | None]
 # (journal seq, hour (Unix ms / HOUR_MS), product_id, dimension values, rate_card_id, old versions, new version,
 # quantity_e18, events, old_amount_picos, new_amount_picos): what Kernel.adjustments returns, oldest first.
 KernelAdjustment = tuple[int, int, str, list[str], str, list[int], int, int, int, int, int]
@@ -74,17 +71,22 @@ AdjustmentsReader = Callable[[str], list[KernelAdjustment]]
 HOUR_MS = 3_600_000
 ROLLOVER_FRACTION_ONE = 10**18  # a grant's rollover_fraction at 10^-18, as the kernel holds it
 # Kernel.top_up_purchases: [(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)].
-PurchasesReader = Callable[[str], list[tuple[int, str, int, int, int, int]]]
-# (customer_id, at_ms, in_contract, read_ms) as LinesReader's: the lines, the customer's adjustments and its top-up
-# purchases from one kernel call (Kernel.invoice_read), so that a batch rated or a re-rating slice applied on the
-# writer's thread shows in all of them or in none (a draft's read off the writer).
-PeriodRead = tuple[KernelLines | None, list[KernelAdjustment], list[tuple[int, str, int, int, int, int]]]
-PeriodReader = Callable[[str, int, bool, int | None], PeriodRead]
-# A customer's grants as the kernel holds them now, by id: (the credit it still has, its remainder and what open
-# reservations hold on it; the breakage recorded from it): engine/billing.py's grant_credit. Read by (customer_id,
-# read_ms) as LinesReader's.
+KernelPurchase = tuple[int, str, int, int, int, int]
+# A customer's grants as the kernel holds them, by id: (the credit it still has, its remainder and what open
+# reservations hold on it; the breakage recorded from it): Kernel.invoice_read's, read with the lines when asked.
 GrantCredit = Mapping[str, tuple[int, int]]
-GrantCreditReader = Callable[[str, int | None], GrantCredit]
+# When a period read also reads the grant credit: (the earliest instant a grant of the customer rolls over, or
+# NO_ROLLOVER_MS; whether a grant expiring by the period's end wants it), Kernel.invoice_read's `grant_credit`.
+CreditWanted = tuple[int, bool]
+NO_ROLLOVER_MS = 2**63 - 1  # no grant of the customer rolls over (the kernel's i64::MAX)
+# (customer_id, at_ms, in_contract, read_ms, grant credit wanted or None): in_contract, the version parts count the
+# hours before the contract's end only; read_ms, a draft read then (what fell due by then as the clock will record
+# it), None for a close. The lines, the customer's adjustments, its top-up purchases and, when one of the period's
+# grants wants it, its grant credit (else None), from one kernel call (Kernel.invoice_read), so that a batch rated
+# or a re-rating slice applied on the writer's thread shows in all of them or in none (a draft's read off the
+# writer; a close, on the writer, reads the same way).
+PeriodRead = tuple[KernelLines | None, list[KernelAdjustment], list[KernelPurchase], GrantCredit | None]
+PeriodReader = Callable[[str, int, bool, int | None, CreditWanted | None], PeriodRead]
 
 
 def minor_unit(currency: str) -> int:

@@ -17,15 +17,14 @@ from engine.errors import FailedPrecondition, InvalidArgument, NotFound, Repeate
 from engine.instants import iso
 from engine.invoices import (
     DUE_EXPONENT,
+    NO_ROLLOVER_MS,
     AdjustmentsReader,
     GrantCredit,
-    GrantCreditReader,
     Invoice,
     KernelAdjustment,
     KernelLines,
-    LinesReader,
+    KernelPurchase,
     PeriodReader,
-    PurchasesReader,
     build_invoice,
     invoice_number,
     minor_unit,
@@ -34,19 +33,10 @@ from engine.invoices import (
 from engine.money import DECIMAL_CONTEXT
 
 
-def top_up_purchases_minor(
-    engine: InvoiceCommands,
-    customer_id: str,
-    period_start_ms: int,
-    currency: str,
-    purchases: list[tuple[int, str, int, int, int, int]] | None = None,
-) -> int:
+def top_up_purchases_minor(period_start_ms: int, currency: str, purchases: list[KernelPurchase]) -> int:
     """Currency the customer paid for the top-up grants bought in the period starting at period_start_ms, in
     minor units: the exact sum of the purchases' costs (credits x price_per_credit, at 10^-30), rounded half-even
-    once to the currency's minor unit. `purchases`: the kernel's, read with the lines (None reads them now)."""
-    if purchases is None:
-        assert engine.top_up_purchases is not None, "the engine reads purchases through the kernel (engine/billing.py)"
-        purchases = engine.top_up_purchases(customer_id)
+    once to the currency's minor unit. `purchases`: the kernel's, read with the lines."""
     cost_e30 = sum(row[4] for row in purchases if row[0] == period_start_ms)
     return round_due(cost_e30, 10 ** (DUE_EXPONENT - minor_unit(currency)))
 
@@ -54,14 +44,9 @@ def top_up_purchases_minor(
 class InvoiceCommands(ControlPlane):
     """ClosePeriod, CloseDuePeriods, and the reads of drafts and invoices (see engine/state.py's Engine)."""
 
-    period_lines: LinesReader | None
     period_adjustments: AdjustmentsReader | None
-    # The kernel's top-up purchases of a customer (engine/billing.py sets it): a class default, so the
-    # Engine dataclass keeps its fields.
-    top_up_purchases: PurchasesReader | None = None
-    # The kernel's grants of a customer as they stand now (engine/billing.py sets it), likewise.
-    grant_credit: GrantCreditReader | None = None
-    # The lines, adjustments and top-up purchases of a customer in one kernel call (engine/billing.py sets it).
+    # The lines, adjustments, top-up purchases and grant credit of a customer in one kernel call (engine/billing.py
+    # sets it): a class default, so the Engine dataclass keeps its fields. Drafts and closes read through it alike.
     period_read: PeriodReader | None = None
     _due_heap: list[tuple[int, str]] | None
 
@@ -71,29 +56,32 @@ class InvoiceCommands(ControlPlane):
         """The invoice of the customer's period containing at_ms: the final one when the period is closed.
         `read_ms` (PreviewInvoice's time): the kernel's grants as the clock's record of what fell due by then will
         leave them, so that a ROLLOVER grant made by a rollover due but not yet recorded is listed, as its close
-        (which the writer applies after recording it) lists it (README "Draft = final"). Off the writer, the lines,
-        adjustments and top-up purchases are one kernel call; the grant credit (docs/architecture.md) a second."""
+        (which the writer applies after recording it) lists it (README "Draft = final")."""
         contract = self._contract_or_refuse(customer_id, at_ms)
-        # The lines, adjustments and purchases from one kernel call: the writer's thread may rate a batch (buying a
-        # top-up) or re-rate the customer between two, and the invoice would list new adjustments beside old lines.
+        rollovers = self._rollovers(customer_id)
+        # The final invoice of a closed period reads no grant credit (the period as the contract in force says).
+        closed = self._period_of(contract, at_ms)[0] in self.state.accounts[customer_id].invoices
+        wanted = None if closed else (min((at for at, _ in rollovers.values()), default=NO_ROLLOVER_MS), True)
+        # The lines, adjustments, purchases and grant credit from one kernel call: the writer's thread may rate a
+        # batch (drawing on a grant, buying a top-up) or re-rate the customer between two, and the invoice would
+        # list new adjustments beside old lines, or a grant's credit after a batch beside the lines before it.
         assert self.period_read is not None, "the engine reads invoice lines through the kernel (engine/billing.py)"
-        found, adjustments, purchases = self.period_read(customer_id, at_ms, True, read_ms)
+        found, adjustments, purchases, credit = self.period_read(customer_id, at_ms, True, read_ms, wanted)
         assert found is not None, f"the kernel's tables name customer {customer_id!r}"
         period = found
         number = self.state.accounts[customer_id].invoices.get(period[0])
         if number is not None:
             return self.state.invoices[number]
-        top_ups = top_up_purchases_minor(self, customer_id, period[0], contract.currency, purchases)
-        due = self._rollovers_due(customer_id, period[1])
-        credit = self._grant_credit(customer_id, period, due, read_ms=read_ms)
+        top_ups = top_up_purchases_minor(period[0], contract.currency, purchases)
+        due = {grant_id: roll for grant_id, roll in rollovers.items() if roll[0] <= period[1]}
         return self._build(
             contract,
             period,
             top_ups,
+            adjustments,
             rollovers_due=due,
-            grant_credit=credit,
-            expired_credit=credit,
-            kernel_adjustments=adjustments,
+            grant_credit=credit or {},
+            expired_credit=credit or {},
         )
 
     def invoice(self, number: str) -> Invoice:
@@ -127,12 +115,11 @@ class InvoiceCommands(ControlPlane):
             )
         return contract
 
-    def _rollovers_due(self, customer_id: str, period_end_ms: int) -> dict[str, tuple[int, int]]:
-        """The customer's grants that roll over by period_end_ms (at the end of the billing period each starts in,
-        unless it expires before then and simply breaks, or, granted before GrantCredits'
-        `expiring_at_rollover_rolls`, expires exactly then: as the kernel's rollover_at), by id: (when, rollover
-        fraction at 10^-18). A draft shows them as the clock will roll them (those already rolled keep what they
-        rolled)."""
+    def _rollovers(self, customer_id: str) -> dict[str, tuple[int, int]]:
+        """The customer's grants that roll over (at the end of the billing period each starts in, unless it expires
+        before then and simply breaks, or, granted before GrantCredits' `expiring_at_rollover_rolls`, expires
+        exactly then: as the kernel's rollover_at), by id: (when, rollover fraction at 10^-18). A draft shows those
+        due by its period's end as the clock will roll them (those already rolled keep what they rolled)."""
         due: dict[str, tuple[int, int]] = {}
         for grant in self.state.accounts[customer_id].grants:
             if grant.rollover_fraction <= 0:
@@ -141,44 +128,9 @@ class InvoiceCommands(ControlPlane):
             if contract is None:
                 continue
             rolls_at_ms = self._period_of(contract, grant.starts_at_ms)[1]
-            if rolls_at_ms <= period_end_ms and not grant.expires_before_rollover(rolls_at_ms):
+            if not grant.expires_before_rollover(rolls_at_ms):
                 due[grant.id] = (rolls_at_ms, int(grant.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT)))
         return due
-
-    def _grant_credit(
-        self,
-        customer_id: str,
-        period: KernelLines,
-        due: dict[str, tuple[int, int]] | None = None,
-        expiring: bool = True,
-        read: dict[str, GrantCredit] | None = None,
-        read_ms: int | None = None,
-    ) -> GrantCredit:
-        """The customer's grants as the kernel holds them now (engine/billing.py grant_credit), read only when one of
-        the period's grants rolled over or rolls over by its end (`due`) or, with `expiring`, expires by its end: no
-        other grant's balance reads them. `read`: what earlier reads of the same command answered, by customer (a
-        read is the customer's whole balance, tens of ms at 11,000 grants), kept there. `read_ms`: as preview's."""
-        end_ms = period[1]
-        if not due and not any(
-            rolled is not None or (expiring and expires_at_ms is not None and expires_at_ms <= end_ms)
-            for _, _, _, expires_at_ms, rolled in period[5]
-        ):
-            return {}
-        assert self.grant_credit is not None, "the engine reads grants through the kernel (engine/billing.py)"
-        if read is None:
-            return self.grant_credit(customer_id, read_ms)
-        if customer_id not in read:
-            read[customer_id] = self.grant_credit(customer_id, read_ms)
-        return read[customer_id]
-
-    def _lines(self, customer_id: str, at_ms: int, parts_in_contract: bool, read_ms: int | None = None) -> KernelLines:
-        """The kernel's lines of the period containing at_ms; `parts_in_contract`: their version parts count the
-        hours before the contract's end only (without it every hour of the period, as closes of earlier releases);
-        `read_ms`: as preview's."""
-        assert self.period_lines is not None, "the engine reads invoice lines through the kernel (engine/billing.py)"
-        period = self.period_lines(customer_id, at_ms, parts_in_contract, read_ms)
-        assert period is not None, f"the kernel's tables name customer {customer_id!r}"
-        return period
 
     # Commands ----------------------------------------------------------------------------------------------
 
@@ -279,21 +231,34 @@ class InvoiceCommands(ControlPlane):
         read: dict[str, GrantCredit] | None = None,
     ) -> Invoice:
         """The final invoice of the contract's period starting at start_ms, built by the rules `close` (the
-        record) carries: a close of an earlier release replays as it closed. `read`: as _grant_credit's."""
-        period = self._lines(contract.customer_id, start_ms, close.parts_in_contract)
-        top_ups = top_up_purchases_minor(self, contract.customer_id, period[0], contract.currency)
+        record) carries: a close of an earlier release replays as it closed. `read`: the grant credit earlier closes
+        of the same command read, by customer (a read is the customer's whole balance, tens of ms at 11,000 grants),
+        kept there: closing a period changes the control plane only, never the kernel's grants."""
+        customer_id = contract.customer_id
         rolled, expired = close.rolled_breakage_shown, close.expired_breakage_shown
-        credit = (
-            self._grant_credit(contract.customer_id, period, expiring=expired, read=read) if rolled or expired else None
+        kept = read.get(customer_id) if read is not None else None
+        # A close reads no grant about to roll over (the clock recorded what was due before the writer applies it).
+        wanted = (NO_ROLLOVER_MS, expired) if (rolled or expired) and kept is None else None
+        assert self.period_read is not None, "the engine reads invoice lines through the kernel (engine/billing.py)"
+        found, adjustments, purchases, credit = self.period_read(
+            customer_id, start_ms, close.parts_in_contract, None, wanted
         )
+        assert found is not None, f"the kernel's tables name customer {customer_id!r}"
+        period = found
+        if credit is not None and read is not None:
+            read[customer_id] = credit
+        # The credit kept from an earlier close stands for one not read: where this period's grants would not have
+        # wanted it, no grant of the period rolled over or expires by its end, and no grant balance looks it up.
+        shown = (kept if kept is not None else credit or {}) if rolled or expired else None
         invoice = self._build(
             contract,
             period,
-            top_ups,
+            top_up_purchases_minor(period[0], contract.currency, purchases),
+            adjustments,
             close.rollovers_shown,
             close.adjustments_in_contract,
-            grant_credit=credit if rolled else None,
-            expired_credit=credit if expired else None,
+            grant_credit=shown if rolled else None,
+            expired_credit=shown if expired else None,
         )
         self.state.invoices_created += 1
         invoice.number = invoice_number(self.state.invoices_created)
@@ -312,19 +277,15 @@ class InvoiceCommands(ControlPlane):
         contract: Contract,
         period: KernelLines,
         top_ups_minor: int,
+        adjustments: list[KernelAdjustment],
         rollovers_shown: bool = True,
         adjustments_in_contract: bool = True,
         rollovers_due: dict[str, tuple[int, int]] | None = None,
         grant_credit: GrantCredit | None = None,
         expired_credit: GrantCredit | None = None,
-        kernel_adjustments: list[KernelAdjustment] | None = None,
     ) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
-        reader = self.period_adjustments
-        adjustments = kernel_adjustments
-        if adjustments is None:
-            adjustments = reader(contract.customer_id) if reader is not None else []
         return build_invoice(
             contract,
             pricing_unit,

@@ -22,7 +22,7 @@ from engine.control import BillingState, check_applied_id, share_empty_dicts
 from engine.customers import CustomerCommands
 from engine.errors import AlreadyExists, NotFound, Repeated
 from engine.grants import GrantCommands
-from engine.invoices import AdjustmentsReader, LinesReader
+from engine.invoices import AdjustmentsReader
 from engine.invoicing import InvoiceCommands
 from engine.restore import decode_state
 from engine.rollback import RollbackCommands
@@ -37,9 +37,8 @@ class Engine(
     # A customer's one contract, or a tuple of its few (engine/control.py ControlPlane.contracts_of).
     _contracts_by_customer: dict[str, Contract | tuple[Contract, ...]] = field(default_factory=dict)
     _grant_ids: set[str] = field(default_factory=set)
-    # The kernel's invoice lines (engine/billing.py sets it); contracts by their first unclosed period's end.
-    period_lines: LinesReader | None = None
     period_adjustments: AdjustmentsReader | None = None  # the kernel's re-rating adjustments (engine/billing.py)
+    # Contracts by their first unclosed period's end.
     _due_heap: list[tuple[int, str]] | None = None
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from engine import commands as cmd
 from engine import revenue
 from engine.control import fingerprint
 from engine.errors import AlreadyExists, InvalidArgument
-from engine.invoices import GrantCredit, Invoice
+from engine.invoices import CreditWanted, Invoice, PeriodRead
 from engine.ledger import GrantKind
 from engine.money import PICOS_PER_UNIT
 from tests.credits_fixtures import Ledger, event
@@ -386,7 +386,7 @@ def test_close_due_periods_reads_a_customers_grant_credit_once_and_builds_what_c
     """acme: `r` 90 (rollover 0.5) and `e` 20 expiring on March 15, 75 units drawn in January; the clock past
     April's end (r rolled 17.5 into rollover-r at January's end, which expired at February's). Every period from
     January to April lists a grant rolled over or expiring by its end, so each invoice reads the customer's grant
-    credit from the kernel (engine/billing.py grant_credit: the whole balance, 14-70 ms a read at 11,000 grants).
+    credit from the kernel with its lines (Kernel.invoice_read: the whole balance, 14-70 ms a read at 11,000 grants).
 
     One CloseDuePeriods closing the four reads it once: closing a period changes the control plane only (invoice
     numbers, closed periods), nothing of the kernel's grants, so each further read would answer the same. The
@@ -411,14 +411,18 @@ def test_close_due_periods_reads_a_customers_grant_credit_once_and_builds_what_c
         m.ingest([event("jan", T0 + DAY_MS, 75)], T0 + DAY_MS)
         m.advance(may_ms)
         reads: list[str] = []
-        reader = world.engine.grant_credit
+        reader = world.engine.period_read
         assert reader is not None
 
-        def counted(customer_id: str, read_ms: int | None) -> GrantCredit:
-            reads.append(customer_id)
-            return reader(customer_id, read_ms)
+        def counted(
+            customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None, credit: CreditWanted | None
+        ) -> PeriodRead:
+            answer = reader(customer_id, at_ms, in_contract, read_ms, credit)
+            if answer[3] is not None:  # the grant credit read with the lines
+                reads.append(customer_id)
+            return answer
 
-        world.engine.grant_credit = counted
+        world.engine.period_read = counted
         return m, reads
 
     due, due_reads = ledger()
@@ -439,3 +443,46 @@ def test_close_due_periods_reads_a_customers_grant_credit_once_and_builds_what_c
         "e": (picos("20"), picos("20"), 0, 0),
         f"rollover-r-{FEB_MS}": (picos("17.5"), 0, 0, picos("17.5")),
     }
+
+
+def test_the_grant_credit_read_with_an_invoices_lines_is_the_balance_less_its_breakage() -> None:
+    """Kernel.invoice_read's grant credit (invoice::grant_credit_of: a grant's remainder and what holds keep on it;
+    the breakage recorded from it) is what engine/billing.py computed from GetBalance's view and the breakage rows
+    before it was read with the lines: remaining + expired - breakage + held, and the breakage, by grant. acme: `r`
+    90 (rollover 0.5), `e` 20 expiring on March 15, `p` 30; 75 units drawn in January, a hold of 12 open; read
+    before and after the clock records January's rollover, and projected (a draft's read) across it and e's expiry."""
+    world = basic_world()
+    world.apply(world.grant_command("r", "90", paid="45", priority=1, rollover_fraction="0.5"))
+    world.apply(world.grant_command("e", "20", expires_at_ms=MAR_MS + 14 * DAY_MS))
+    world.apply(world.grant_command("p", "30", priority=2))
+    m = Ledger(world)
+    m.ingest([event("jan", T0 + DAY_MS, 75)], T0 + DAY_MS)
+    m.reserve("h", 12, T0 + 2 * DAY_MS, ttl_ms=200 * DAY_MS)
+    kernel = m.billing.kernel
+
+    def balance_less_breakage(read_ms: int | None) -> dict[str, tuple[int, int]]:
+        rows = kernel.breakage("acme") if read_ms is None else kernel.credits_read("acme", read_ms)[1]
+        broken: dict[str, int] = {}
+        for _, grant_id, _, credits, _ in rows:
+            broken[grant_id] = broken.get(grant_id, 0) + credits
+        view = kernel.balance("acme", 0) if read_ms is None else kernel.balance("acme", read_ms, projected=True)
+        assert view is not None
+        return {
+            grant_id: (remaining + expired - broken.get(grant_id, 0) + held, broken.get(grant_id, 0))
+            for (grant_id, _, remaining, expired, _), held in zip(view["grants"], view["grants_held"], strict=True)
+        }
+
+    def read_with_lines(read_ms: int | None) -> dict[str, tuple[int, int]]:
+        rows = kernel.invoice_read("acme", EPOCH_MS, True, read_ms, (EPOCH_MS, True))[3]
+        assert rows is not None
+        return {grant_id: (credit, breakage) for grant_id, credit, breakage in rows}
+
+    reads = [None, T0 + 3 * DAY_MS, FEB_MS + 1, APR_MS]
+    before = [read_with_lines(read_ms) for read_ms in reads]
+    assert before == [balance_less_breakage(read_ms) for read_ms in reads]
+    # By hand, read now: e (priority 0) paid 20 of the 75, r 55 (35 left); the hold of 12 on r.
+    assert before[0] == {"r": (picos("35"), 0), "e": (0, 0), "p": (picos("30"), 0)}
+    m.advance(FEB_MS + 1)
+    after = [read_with_lines(read_ms) for read_ms in reads]
+    assert after == [balance_less_breakage(read_ms) for read_ms in reads]
+    assert after[0]["r"][1] > 0  # the rollover recorded breakage from r

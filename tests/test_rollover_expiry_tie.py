@@ -10,7 +10,7 @@ fraction 0.5 starts at the contract's start and expires at FEB_MS exactly; nothi
   - new rule: 0.5 x 10 = 5 roll into `rollover-T-<FEB_MS>` (usable from FEB_MS to the end of February's period),
     5 break; T shows 5 drawn (the rolled credits) and 5 expired;
   - old rule: T's 10 break, no ROLLOVER grant.
-January's draft shows the same before the clock reaches FEB_MS as after (engine/invoicing.py `_rollovers_due`)."""
+January's draft shows the same before the clock reaches FEB_MS as after (engine/invoicing.py `_rollovers`)."""
 
 from __future__ import annotations
 

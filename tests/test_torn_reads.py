@@ -11,6 +11,7 @@ from typing import Any, cast
 from engine import commands as cmd
 from engine import revenue
 from engine._kernel import Kernel
+from engine.invoices import Invoice
 from engine.lines import line_id
 from engine.tables_paced import run_steps
 from tests.credits_fixtures import Ledger, event
@@ -130,7 +131,7 @@ def test_a_preview_reads_its_lines_and_adjustments_as_of_one_instant() -> None:
         w.billing.kernel = cast(Kernel, interleaved)
 
     kernel = w.billing.kernel
-    interleaved = Interleaved(kernel, {"invoice_lines", "adjustments", "invoice_read"}, "acme", publish)
+    interleaved = Interleaved(kernel, {"adjustments", "invoice_read"}, "acme", publish)
     w.billing.kernel = cast(Kernel, interleaved)
     torn = w.engine.preview("acme", EPOCH_MS, EPOCH_MS + 2 * HOUR_MS)
     w.billing.kernel = kernel
@@ -138,3 +139,40 @@ def test_a_preview_reads_its_lines_and_adjustments_as_of_one_instant() -> None:
     after = w.engine.preview("acme", EPOCH_MS, EPOCH_MS + 2 * HOUR_MS)
     assert [line.amount_picos for line in after.lines] == [6 * 10**12]
     assert torn in (before, after), f"lines {[(line.amount_picos, line.adjustments) for line in torn.lines]}"
+
+
+def test_a_preview_reads_its_lines_and_grant_credit_as_of_one_instant() -> None:
+    # gpt4 at 1 a token; grant e of 100 expires at the period's end (February 1), so the draft reads its credit.
+    # 30 tokens on January 2: e shows drawn 30, expired 70 (what it still has breaks at its expiry). The batch
+    # landing between the preview's reads draws 20 more: drawn 50, expired 50, one line of 50. Torn, the line of 30
+    # came beside e's credit after the batch (50 left): drawn 50 by a line of 30.
+    w = world([(EPOCH_MS, "1", "1")])
+    w.grant("e", "100", expires_at_ms=FEB_1_MS)
+    sent_ms = EPOCH_MS + 10 * DAY_MS
+    assert w.usage([tokens("t1", EPOCH_MS + DAY_MS, 30)], received_ms=sent_ms).accepted == 1
+    read_ms = sent_ms + 1
+    credits = 10**12
+
+    def shown(invoice: Invoice) -> tuple[list[int], list[tuple[int, int]]]:
+        return (
+            [line.amount_picos for line in invoice.lines],
+            [(g.drawn_picos, g.expired_picos) for g in invoice.grant_balances],
+        )
+
+    before = w.engine.preview("acme", EPOCH_MS, read_ms)
+    assert shown(before) == ([30 * credits], [(30 * credits, 70 * credits)])
+
+    def batch() -> None:
+        w.billing.kernel = kernel
+        assert w.usage([tokens("t2", EPOCH_MS + DAY_MS + 1, 20)], received_ms=sent_ms).accepted == 1
+        w.billing.kernel = cast(Kernel, interleaved)
+
+    kernel = w.billing.kernel
+    interleaved = Interleaved(kernel, {"invoice_read", "credits_read", "balance", "breakage"}, "acme", batch)
+    w.billing.kernel = cast(Kernel, interleaved)
+    torn = w.engine.preview("acme", EPOCH_MS, read_ms)
+    w.billing.kernel = kernel
+    assert interleaved.fired
+    after = w.engine.preview("acme", EPOCH_MS, read_ms)
+    assert shown(after) == ([50 * credits], [(50 * credits, 50 * credits)])
+    assert torn in (before, after), f"lines and grants (drawn, expired) {shown(torn)}"

@@ -26,6 +26,7 @@ use crate::authorize::{self, Refused};
 use crate::credits::{self, HoldTtl, Made, ReleaseRefusal, RolloverIds, RolloverWindow, Rollovers, TopUpPolicy};
 use crate::decode::{wire, with_view};
 use crate::holds;
+use crate::invoice::{CreditWanted, GrantCredit, NoLines, PeriodLines};
 use crate::kernel::{self, BatchRefusal};
 use crate::snapshot::segment::Chunks;
 use crate::tables::VersionTable;
@@ -133,10 +134,10 @@ fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyA
     py.import("builtins")?.getattr("int")?.call1((value.to_string(),))
 }
 
-/// A line of `Kernel.invoice_lines`: (product_id, dimension values, quantity_e18, events, amount_picos,
+/// A line of `Kernel.invoice_read`: (product_id, dimension values, quantity_e18, events, amount_picos,
 /// overage_picos, [(grant_id, credits_picos)], [(rate_card_id, version, quantity_e18, events, amount_picos)]).
 type LineTuple = (String, Vec<String>, i128, u64, i128, i128, Vec<(String, i128)>, Vec<(String, u32, i128, u64, i128)>);
-/// `Kernel.invoice_lines`' answer: (period_start_ms, period_end_ms, overage_price_e18, closed, lines, grants),
+/// `Kernel.invoice_read`'s lines: (period_start_ms, period_end_ms, overage_price_e18, closed, lines, grants),
 /// a grant as (grant_id, amount_picos, drawn_picos through the period, expires_at_ms, (rolled at the period end
 /// in ms, credits_picos moved into its ROLLOVER grant) or None).
 type GrantTuple = (String, i128, i128, Option<i64>, Option<(i64, i128)>);
@@ -702,35 +703,33 @@ impl Kernel {
     }
     /// The lines of the customer's period containing `at_ms`, from its buckets: (period_start_ms,
     /// period_end_ms, overage_price_e18, closed, lines sorted by product and dimension values, the grants
-    /// started before the period's end with what usage through the period drew from them). None for a
-    /// customer the tables do not name; ValueError when no contract of it covers `at_ms`. `in_contract`:
-    /// the version parts count the hours before the contract's end only (`Kernel::period_lines`). `read_ms`: a
-    /// draft read at that time, which sees what the clock's record of what fell due by then will make.
-    #[pyo3(signature = (customer_id, at_ms, in_contract, read_ms=None))]
-    fn invoice_lines(
-        &self,
-        customer_id: &str,
-        at_ms: i64,
-        in_contract: bool,
-        read_ms: Option<i64>,
-    ) -> PyResult<Option<PeriodTuple>> {
-        let kernel = self.read()?;
-        period_rows(&kernel, customer_id, at_ms, in_contract, read_ms)
-    }
-
-    /// `invoice_lines`, `adjustments` and `top_up_purchases` of one customer under one lock: PreviewInvoice's read,
-    /// so that a batch rated or a re-rating slice applied meanwhile shows in all of them or in none.
+    /// started before the period's end with what usage through the period drew from them), None for a
+    /// customer the tables do not name, ValueError when no contract of it covers `at_ms`; with them the customer's
+    /// `adjustments` and `top_up_purchases`, all under one lock: an invoice's read (a draft's, off the writer, and a
+    /// close's), so that a batch rated or a re-rating slice applied meanwhile shows in all of them or in none.
+    /// `in_contract`: the version parts count the hours before the contract's end only (`Kernel::period_lines`).
+    /// `read_ms`: a draft read at that time, which sees what the clock's record of what fell due by then will make.
+    /// With
+    /// `grant_credit` (first_rollover_ms, expiring) (`invoice::CreditWanted`), also the customer's grants'
+    /// [(grant_id, credit_picos, breakage_picos)] in burn order (`invoice::grant_credit_of`) when the period's grants
+    /// want them, from the same account as the lines; None otherwise.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (customer_id, at_ms, in_contract, read_ms=None, grant_credit=None))]
     fn invoice_read(
         &self,
         customer_id: &str,
         at_ms: i64,
         in_contract: bool,
         read_ms: Option<i64>,
-    ) -> PyResult<(Option<PeriodTuple>, Vec<AdjustmentRow>, Vec<PurchaseRow>)> {
+        grant_credit: Option<(i64, bool)>,
+    ) -> PyResult<(Option<PeriodTuple>, Vec<AdjustmentRow>, Vec<PurchaseRow>, Option<Vec<(String, i128, i128)>>)> {
         let kernel = self.read()?;
-        let period = period_rows(&kernel, customer_id, at_ms, in_contract, read_ms)?;
-        Ok((period, adjustment_rows(&kernel, customer_id), purchase_rows(&kernel, customer_id)))
+        let wanted = grant_credit.map(|(first_rollover_ms, expiring)| CreditWanted { first_rollover_ms, expiring });
+        let found =
+            period_found(kernel.period_read(customer_id, at_ms, in_contract, read_ms, wanted), customer_id, at_ms)?;
+        let credit_rows = |rows: Vec<GrantCredit>| rows.into_iter().map(|g| (g.id, g.credit, g.breakage)).collect();
+        let (period, credit) = found.map_or((None, None), |(p, c)| (Some(period_tuple(p)), c.map(credit_rows)));
+        Ok((period, adjustment_rows(&kernel, customer_id), purchase_rows(&kernel, customer_id), credit))
     }
 
     /// Authorize with a hold (a change: the server journals it first). Returns (allowed, reason,
@@ -1343,21 +1342,19 @@ type UsageRows = (Vec<AggregateRow>, Vec<BucketRow>);
 type MadeRow = (String, &'static str, i128, i64, i64, Option<i64>, i128, String, i64);
 type BreakageRow = (String, String, i64, i128, i64);
 
-/// `Kernel.invoice_lines`' answer (see it), read under the caller's lock.
-fn period_rows(
-    kernel: &kernel::Kernel,
-    customer_id: &str,
-    at_ms: i64,
-    in_contract: bool,
-    read_ms: Option<i64>,
-) -> PyResult<Option<PeriodTuple>> {
-    let period = match kernel.period_lines(customer_id, at_ms, in_contract, read_ms) {
-        Ok(period) => period,
-        Err(crate::invoice::NoLines::UnknownCustomer) => return Ok(None),
-        Err(crate::invoice::NoLines::NoContract) => {
-            return Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
+/// A period read's answer: None for a customer the tables do not name, ValueError when no contract covers `at_ms`.
+fn period_found<T>(read: Result<T, NoLines>, customer_id: &str, at_ms: i64) -> PyResult<Option<T>> {
+    match read {
+        Ok(found) => Ok(Some(found)),
+        Err(NoLines::UnknownCustomer) => Ok(None),
+        Err(NoLines::NoContract) => {
+            Err(PyValueError::new_err(format!("no contract of {customer_id:?} covers {at_ms}")))
         }
-    };
+    }
+}
+
+/// `Kernel.invoice_read`'s tuple of a period's lines.
+fn period_tuple(period: PeriodLines) -> PeriodTuple {
     let lines = period
         .lines
         .into_iter()
@@ -1367,7 +1364,7 @@ fn period_rows(
         })
         .collect();
     let grants = period.grants.into_iter().map(|g| (g.id, g.amount, g.drawn, g.expires_at_ms, g.rolled)).collect();
-    Ok(Some((period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)))
+    (period.period_start_ms, period.period_end_ms, period.overage_price, period.closed, lines, grants)
 }
 
 /// `Kernel.top_up_purchases`' rows: (period_start_ms, grant_id, credits, price_per_credit_e18, cost_e30, at_ms).

@@ -4,7 +4,7 @@
 use prost::Message;
 
 use _kernel::decode::wire;
-use _kernel::invoice::NoLines;
+use _kernel::invoice::{CreditWanted, GrantCredit, NoLines};
 use _kernel::kernel::Kernel;
 use _kernel::tables::{
     self, ContractTable, CurveTable, CustomerTable, GrantTable, ProductTable, RateTable, Tables, VersionTable,
@@ -130,6 +130,25 @@ fn lines_group_by_dimension_values_and_split_by_version() {
         assert_eq!(line.parts.iter().map(|p| p.amount).sum::<i128>(), line.amount);
         assert_eq!(line.overage + line.credits.iter().map(|c| c.1).sum::<i128>(), line.amount);
     }
+}
+
+#[test]
+fn a_period_read_takes_the_grant_credit_only_when_a_grant_of_the_period_wants_it() {
+    // prepaid (no expiry, no rollover) is all drawn: credit 0, no breakage, when asked for; the lines as period_lines'.
+    let kernel = kernel();
+    let at = T0 + 7 * 24 * HOUR;
+    let end = T0 + 31 * 24 * HOUR;
+    let read = |wanted| kernel.period_read("acme", at, true, None, wanted).expect("a read");
+    let (lines, credit) = read(None);
+    assert_eq!((lines, credit), (kernel.period_lines("acme", at, true, None).expect("lines"), None));
+    let no_rollover = CreditWanted { first_rollover_ms: i64::MAX, expiring: true };
+    assert_eq!(read(Some(no_rollover)).1, None); // no grant expires or rolls over by the period's end
+    let rolls_after = CreditWanted { first_rollover_ms: end + 1, expiring: true };
+    assert_eq!(read(Some(rolls_after)).1, None);
+    let rolls_by_end = CreditWanted { first_rollover_ms: end, expiring: false };
+    let credit = vec![GrantCredit { id: "prepaid".into(), credit: 0, breakage: 0 }];
+    assert_eq!(read(Some(rolls_by_end)).1, Some(credit));
+    assert_eq!(kernel.period_read("nobody", at, true, None, Some(rolls_by_end)), Err(NoLines::UnknownCustomer));
 }
 
 #[test]
