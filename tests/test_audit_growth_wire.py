@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import calendar
 import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import pytest
 from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import serving, unit
-from tests.serverproc import ServerProcess
+from tests.audit_fixtures import refusal, release, serving, unit
+from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_audit_longrun_wire import WINDOW_MS, clock_env, hold
+from tests.test_audit_longrun_wire import catalogue as longrun_catalogue
 from tests.test_cli import tariff
 
 JAN_2024_MS = 1_704_067_200_000
@@ -152,3 +157,32 @@ def test_a_balance_past_the_message_limit_leaves_out_its_oldest_spent_grants_and
         stream.cancel()
     shown = json.loads(tariff(server, "grants", "aged", "--json").stdout)  # `tariff grants` says so too
     assert (len(shown["grants"]), shown["grants_left_out"]) == (listed, balance.grants_left_out)
+
+
+def test_an_ended_hold_is_forgotten_35_days_after_it_ended_though_nothing_else_falls_due(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """README "Reservations": "A customer's ids are remembered 35 days (the dedupe window) after the reservation
+    ended"; docs/architecture.md §5: "after that the id is unknown". Its own server, its clock frozen at T0: `h`
+    (100 credits, no expiry, nothing else that expires) holds 30 under r1 and releases it at T0. Started again at
+    T0 + 35 days - 1 ms (the tick its hold's former TTL still asks for applies then, and finds nothing due): r1
+    asked for 31 is ALREADY_EXISTS, still remembered. Started again at T0 + 35 days: r1 for 31 is a new hold (31
+    held, 69 available). Before, forgetting alone never made the clock due: r1 stayed ALREADY_EXISTS for good
+    ("reservation_id 'r1' is already used by a different request of this customer"), and a gateway whose holds all
+    settle in time kept every id it ever used."""
+    t0_ms = time.time_ns() // 1_000_000 // 1000 * 1000
+    server = server_factory(env=clock_env(tmp_path, frozen_ms=t0_ms))
+    with server.client() as client:
+        longrun_catalogue(client, ("h", False))
+        assert hold(client, "h", "r1", 30, 60_000) == "30"
+        assert release(client, "h", "r1") == "30"
+    for at_ms, conflict in ((t0_ms + WINDOW_MS - 1, True), (t0_ms + WINDOW_MS, False)):
+        server.env = clock_env(tmp_path, frozen_ms=at_ms)
+        server.restart()
+        with server.client() as client:
+            if conflict:
+                code, details = refusal(lambda: hold(client, "h", "r1", 31, 60_000))
+                assert code == grpc.StatusCode.ALREADY_EXISTS and "different request" in details, details
+            else:
+                assert hold(client, "h", "r1", 31, 60_000) == "31"
+                assert client.get_balance("h").credits_available == "69"

@@ -262,8 +262,8 @@ type Balance struct {
 	OverageAmount string `protobuf:"bytes,7,opt,name=overage_amount,json=overageAmount,proto3" json:"overage_amount,omitempty"`
 	// The journal sequence number this balance reflects: it counts the records
 	// that changed state (admin changes, holds placed, releases, the clock's
-	// expiries, breakage and rollovers, and batches that accepted at least one
-	// event), so a batch that accepts nothing, a denied or repeated hold and a
+	// expiries, breakage and rollovers and its forgetting of ended
+	// reservations, and batches that accepted at least one event), so a batch that accepts nothing, a denied or repeated hold and a
 	// repeated release do not move it.
 	AsOfSeq uint64 `protobuf:"varint,8,opt,name=as_of_seq,json=asOfSeq,proto3" json:"as_of_seq,omitempty"`
 	// The rate card's pricing unit ("credits", "USD", ...): the card of the
