@@ -22,7 +22,7 @@ from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import refusal, release, serving, unit
+from tests.audit_fixtures import preview, refusal, release, serving, unit
 from tests.serverproc import ServerFactory, ServerProcess
 from tests.test_audit_longrun_wire import WINDOW_MS, clock_env, hold
 from tests.test_audit_longrun_wire import catalogue as longrun_catalogue
@@ -157,6 +157,22 @@ def test_a_balance_past_the_message_limit_leaves_out_its_oldest_spent_grants_and
         stream.cancel()
     shown = json.loads(tariff(server, "grants", "aged", "--json").stdout)  # `tariff grants` says so too
     assert (len(shown["grants"]), shown["grants_left_out"]) == (listed, balance.grants_left_out)
+
+
+def test_an_invoice_lists_every_grant_started_before_its_end_up_to_the_message_limit(client: TariffClient) -> None:
+    """README "Limits and backpressure" (what grows over a customer's life): an invoice's grant_balances list every
+    grant started before its period's end, spent ones included (about 41 bytes each), and an invoice is one message:
+    a customer buying 1,000 top-ups every period can have its periods closed while they fit, then ClosePeriod and
+    PreviewInvoice are RESOURCE_EXHAUSTED naming the limit (the period stays open) until served with a larger
+    --message-mb-max. 26 periods of 1,000 purchases: the first period's draft lists its 1,000 grants, the 26th's
+    would list 26,000 (about 1.1 MB, past this server's 1 MiB) and is refused so; the balance still answers."""
+    topping_up_customer(client, "ancient")
+    use_up(client, "ancient", range(26))
+    first = preview(client, "ancient", month_start_ms(0))
+    assert len(first.grant_balances) == 1000
+    code, details = refusal(lambda: preview(client, "ancient", month_start_ms(25)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--message-mb-max" in details, details
+    assert client.get_balance("ancient").credits_remaining == "2"
 
 
 def test_an_ended_hold_is_forgotten_35_days_after_it_ended_though_nothing_else_falls_due(
