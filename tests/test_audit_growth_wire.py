@@ -122,6 +122,28 @@ def test_the_grants_the_server_makes_do_not_count_toward_grantcredits_limit_and_
     assert (len(balance.grants), balance.credits_remaining, balance.grants_left_out) == (3001, "7", 0)
 
 
+def test_grantcredits_counts_every_grant_ever_given_expired_ones_too(client: TariffClient) -> None:
+    """contracts.proto GrantCredits: at most 1,000 grants given by GrantCredits over the customer's life, spent and
+    expired ones too (no grant is removed, so none makes room). 1,000 grants of 1 credit that ran from January to
+    February 2024, long expired (the balance shows 0 remaining): another, unexpired, is RESOURCE_EXHAUSTED naming
+    the limit; a retry of one held still answers."""
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="expired-many"))
+
+    def request(grant_id: str, expires_at_ms: int | None) -> contracts_pb2.GrantCreditsRequest:
+        grant = contracts_pb2.Grant(id=grant_id, customer_id="expired-many", kind=contracts_pb2.PROMOTIONAL, amount="1")
+        grant.starts_at.CopyFrom(stamp(JAN_2024_MS))
+        if expires_at_ms is not None:
+            grant.expires_at.CopyFrom(stamp(expires_at_ms))
+        return contracts_pb2.GrantCreditsRequest(grant=grant)
+
+    for n in range(1000):
+        client.contracts.GrantCredits(request(f"x{n:04d}", month_start_ms(1)))
+    assert client.get_balance("expired-many").credits_remaining == "0"
+    code, details = refusal(lambda: client.contracts.GrantCredits(request("fresh", None)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "1,000" in details, details
+    assert client.contracts.GrantCredits(request("x0007", month_start_ms(1))).id == "x0007"
+
+
 def test_a_balance_past_the_message_limit_leaves_out_its_oldest_spent_grants_and_still_answers(
     server: ServerProcess, client: TariffClient
 ) -> None:
