@@ -266,6 +266,9 @@ class Kernel:
         many were dropped past 100,000 waiting."""
     def next_due(self) -> int | None:
         """The earliest time something is due, exactly (the index of due times, O(log n)), or None."""
+    def next_forget(self) -> int | None:
+        """The earliest time an ended reservation leaves the dedupe window, exactly (O(log n)), or None: an
+        AdvanceClock then forgets it (clock() counts it)."""
     def holds_due_by(self, now_ms: int) -> list[str]:
         """The customers (sorted) holding an open reservation whose TTL ran out by now_ms (expire_holds changes
         those, and re-rating never creates or ends a reservation nor moves its TTL)."""

@@ -2,7 +2,8 @@
 
 The kernel never reads a clock (replay must not): reservations expire and expired grants' remainders become
 breakage only when an AdvanceClock command says the time has come. This task looks at when the kernel next has
-something due (`Kernel.next_due()`: exact, read from the kernel's ordered index of due times in O(log n)), and
+something due (`Kernel.next_due()`: exact, read from the kernel's ordered index of due times in O(log n); or an
+ended reservation to forget, `Kernel.next_forget()`: Sequencer's clock_work_due_ms), and
 when the server's clock has reached it, submits AdvanceClock(now) through the writer, so the change is journaled
 like any other; with nothing due it submits nothing. The index knows only what the kernel's tables hold, which
 compile lazily (at the next batch or read): while an admin command's changes are not compiled yet
@@ -26,7 +27,7 @@ from engine import commands as cmd
 from engine.billing import Billing
 from server.errors import ResourceExhausted, Unavailable
 from server.scheduling import name_os_threads
-from server.sequencer import CLOCK_ACTOR, Sequencer
+from server.sequencer import CLOCK_ACTOR, Sequencer, clock_work_due_ms
 from server.worker import Worker
 
 log = logging.getLogger("tariff.clock")
@@ -64,7 +65,7 @@ async def _drive(
 ) -> None:
     full = False  # the last AdvanceClock found the journal full (said once, until one commits)
     while sequencer.failure is None:
-        due_ms = await asker.run(billing.kernel.next_due)
+        due_ms = await asker.run(lambda: clock_work_due_ms(billing))
         now_ms = clock_ms()
         # Tables compile lazily, at the next batch or read: a grant granted with its expiry (or rollover) already
         # past, or passing before anything reads, would otherwise wait for one, and a late event dated before the

@@ -87,6 +87,21 @@ RERATE_SLICE_PAUSE_S = float(os.environ.get("TARIFF_TEST_RERATE_SLICE_PAUSE_MS",
 
 # The actor of the AdvanceClock commands the clock driver (server/clock.py) and the writer itself submit.
 CLOCK_ACTOR = "clock"
+
+
+def clock_work_due_ms(billing: Billing) -> int | None:
+    """When an AdvanceClock next has work (None: never, until something changes): the kernel's next due instant (a
+    hold's TTL, a grant's expiry or rollover) or the next instant an ended reservation leaves the dedupe window,
+    which that AdvanceClock forgets, so that an id is remembered for the window only, also where nothing else falls
+    due. Beside a pending re-rating an AdvanceClock forgets nothing (engine/credits.py: it only expires holds), so
+    the forgetting waits for its completion rather than hurrying it."""
+    due_ms = billing.kernel.next_due()
+    forget_ms = billing.kernel.next_forget() if billing.rerating is None else None
+    if forget_ms is None or (due_ms is not None and due_ms <= forget_ms):
+        return due_ms
+    return forget_ms
+
+
 GROUP_COMMANDS_MAX = 256
 # A group also closes past this many bytes of usage batches (about 50,000 events of a typical batch).
 GROUP_USAGE_BYTES_MAX = 8 * 1024 * 1024
@@ -503,7 +518,7 @@ class Sequencer:
 
     async def _advance_clock_to(self, group: _Group) -> None:
         """Applies AdvanceClock(group time) when the kernel has something due by then, journaled as the driver's."""
-        due_ms = self.billing.kernel.next_due()
+        due_ms = clock_work_due_ms(self.billing)
         if due_ms is None or group.now_ms < due_ms:
             return
         command = cmd.AdvanceClock(

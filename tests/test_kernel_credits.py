@@ -146,7 +146,8 @@ def test_a_reservation_expires_at_its_ttl_through_the_clock_and_says_so() -> Non
     )
     ack = m.ingest([event("t1", T0, 5, reservation_id="r1")], T0 + 20_000)
     assert [n.reason for n in ack.notices] == [usage_pb2.NOTICE_RESERVATION_EXPIRED]
-    assert m.billing.kernel.clock()[1] is None
+    # What is due now is only r1's forgetting, as the dedupe window after it expired ends.
+    assert m.billing.kernel.clock()[1] == T0 + 10_000 + 35 * DAY_MS
     assert_replays(m)
 
 
@@ -514,7 +515,9 @@ def test_the_next_due_time_is_exact_and_a_settled_hold_is_not_due() -> None:
     records = len(m.records)
     assert m.advance(T0 + 10_000) == credits.Advanced(0, 0)
     assert len(m.records) == records + 1
-    assert m.billing.kernel.clock() == (T0 + 10_000, None)
+    # Left due: only r1's forgetting, as the dedupe window after it was settled ends (next_forget, not next_due).
+    forget_ms = T0 + 1 + 35 * DAY_MS
+    assert (m.billing.kernel.clock(), m.billing.kernel.next_forget()) == ((T0 + 10_000, forget_ms), forget_ms)
     m.billing.kernel.check_due_index()
     assert_replays(m)
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from server.admin.output import parse_numbers, parse_pairs, print_fields, print_json, print_table, when
+from server.admin.output import left_out_note, parse_numbers, parse_pairs, print_fields, print_json, print_table, when
 from server.admin.remote import Remote, remote_command
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def balance(remote: Remote, customer_id: str) -> None:
         for g in found.grants
     ]
     columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "priority", "expires")
-    print_table(columns, rows, title="grants")
+    print_table(columns, rows, title=f"grants{left_out_note(found.grants_left_out)}")
 
 
 @click.command()

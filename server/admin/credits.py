@@ -9,7 +9,16 @@ from typing import Any
 import click
 
 from server.admin.balance import print_decision
-from server.admin.output import UINT32_MAX, parse_numbers, parse_pairs, print_fields, print_json, print_table, when
+from server.admin.output import (
+    UINT32_MAX,
+    left_out_note,
+    parse_numbers,
+    parse_pairs,
+    print_fields,
+    print_json,
+    print_table,
+    when,
+)
 from server.admin.remote import Remote, remote_command
 
 
@@ -24,7 +33,9 @@ def grants(remote: Remote, customer_id: str) -> None:
     with remote.client() as client:
         found = client.get_balance(customer_id)
     if remote.as_json:
-        print_json({"grants": list(found.grants)})
+        # grants_left_out only when the server left some out (Balance.grants), so other answers print as they did.
+        left_out = {"grants_left_out": found.grants_left_out} if found.grants_left_out else {}
+        print_json({"grants": list(found.grants), **left_out})
         return
     rows = [
         (
@@ -43,7 +54,7 @@ def grants(remote: Remote, customer_id: str) -> None:
     ]
     columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "revenue", "starts", "expires")
     unit = f" ({found.pricing_unit})" if found.pricing_unit else ""  # none before the customer's first contract
-    print_table(columns, rows, title=f"grants of {customer_id}{unit}")
+    print_table(columns, rows, title=f"grants of {customer_id}{unit}{left_out_note(found.grants_left_out)}")
 
 
 @click.group()

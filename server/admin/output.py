@@ -136,3 +136,8 @@ def parse_numbers(items: Iterable[str], what: str) -> dict[str, float]:
             raise click.BadParameter(f"{key}={value!r}: the value is not a finite number", param_hint=what)
         numbers[key] = number
     return numbers
+
+
+def left_out_note(left_out: int) -> str:
+    """What a grants table's title adds when the balance left spent grants out (balance.proto Balance.grants)."""
+    return f", {left_out:,} spent grants starting earliest left out (too many for one message)" if left_out else ""

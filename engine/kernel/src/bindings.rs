@@ -943,6 +943,13 @@ impl Kernel {
         py.detach(|| Ok(self.read()?.next_due_ms()))
     }
 
+    /// The earliest time an ended reservation leaves the dedupe window, exactly (None: none ended), in
+    /// O(log n): an AdvanceClock then forgets it (the server's clock driver journals one once this time has
+    /// come, as for `next_due`; `clock()` counts it).
+    fn next_forget(&self, py: Python<'_>) -> PyResult<Option<i64>> {
+        py.detach(|| Ok(self.read()?.next_forget_ms()))
+    }
+
     /// Raises ValueError when the index of due times differs from a walk of every account (tests).
     fn check_due_index(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.read()?.check_due_index().map_err(PyValueError::new_err))

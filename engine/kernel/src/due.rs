@@ -6,7 +6,9 @@
 //! due instant is its first entry (O(log n)) and `advance_clock` visits only the accounts at its front,
 //! not every account. It keeps, the same way, when an account's oldest ended reservation leaves the
 //! dedupe window: an `advance_clock` that runs forgets old reservation ids in those accounts only (as the
-//! walk of every account did before; forgetting alone never makes the clock due).
+//! walk of every account did before). That instant makes the clock due too (`clock_due_ms`), so an id is
+//! forgotten when its window ends also where nothing else ever falls due (a gateway whose holds all settle
+//! in time): before, it was remembered, and its ended reservation kept, until something else did.
 //!
 //! The index is derived state: every change to an account's grants, holds or rollovers refreshes that
 //! account's entry (`refresh`), a snapshot does not store it, and restoring or loading the tables
@@ -101,6 +103,11 @@ impl DueIndex {
         self.due.first().map_or(NEVER, |&(at, _)| at)
     }
 
+    /// The earliest time an account's oldest ended reservation leaves the dedupe window (NEVER: none).
+    pub fn next_forget_ms(&self) -> i64 {
+        self.forget.first().map_or(NEVER, |&(at, _)| at)
+    }
+
     /// Brings the account's entries up to date after any change to its grants, holds, ended reservations
     /// or rollovers, walking its ended reservations.
     pub fn refresh(&mut self, customer_id: &str, account: &mut Account, window_ms: i64) {
@@ -158,12 +165,19 @@ impl Kernel {
         Some(self.due.next_due_ms()).filter(|&at| at != NEVER)
     }
 
-    /// From when an AdvanceClock changes the state: the earlier of the exact next due instant and
-    /// `clock.due_ms`, a lower bound kept as before the index existed (lowered whenever something may
-    /// become due, exact after each AdvanceClock), so that a journal written before the index replays the
-    /// same AdvanceClock commands with the same effect.
+    /// The earliest time an ended reservation leaves the dedupe window, exactly (None: none ended).
+    pub fn next_forget_ms(&self) -> Option<i64> {
+        Some(self.due.next_forget_ms()).filter(|&at| at != NEVER)
+    }
+
+    /// From when an AdvanceClock changes the state: the earliest of the exact next due instant, the next
+    /// instant an ended reservation is forgotten, and `clock.due_ms`, a lower bound kept as before the
+    /// index existed (lowered whenever something may become due, exact after each AdvanceClock), so that a
+    /// journal written before the index replays the same AdvanceClock commands with the same effect. Every
+    /// AdvanceClock journaled before forgetting counted here was applied under the later of the two bounds,
+    /// so it is applied (and does the same: it visits the same accounts) under this one too.
     pub fn clock_due_ms(&self) -> i64 {
-        self.clock.due_ms.min(self.due.next_due_ms())
+        self.clock.due_ms.min(self.due.next_due_ms()).min(self.due.next_forget_ms())
     }
 
     /// Rebuilds the index from every account (after a restore or new tables: routes and the dedupe window
@@ -309,13 +323,16 @@ mod tests {
         assert_eq!(kernel.advance_clock(9_000), (0, 1));
         assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(1));
         assert_eq!(kernel.next_due_ms(), None);
-        assert_eq!(kernel.advance_clock(1_002_000), (0, 0)); // nothing due: not run
+        // Its forgetting is due itself, at 2_000 + the window, though nothing else is.
+        let forget_ms = 2_000 + kernel.rater.catalog.dedupe_window_ms;
+        assert_eq!(kernel.next_forget_ms(), Some(forget_ms));
+        assert_eq!(kernel.clock_due_ms(), forget_ms);
+        assert_eq!(kernel.advance_clock(forget_ms - 1), (0, 0)); // not yet: not run
         assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(1));
-        kernel
-            .reserve("r2", &call("c1", "h2", "", 1_002_000), 1_002_000, crate::credits::HoldTtl::Named(1_000))
-            .expect("reserves");
-        assert_eq!(kernel.advance_clock(1_003_000), (1, 0));
+        assert_eq!(kernel.advance_clock(forget_ms), (0, 0));
+        assert_eq!(kernel.clock.now_ms, forget_ms);
         assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(0));
+        assert_eq!((kernel.next_forget_ms(), kernel.clock_due_ms()), (None, i64::MAX));
         checked(&kernel);
     }
 

@@ -129,10 +129,15 @@ class ContractServiceServicer:
 
     def GrantCredits(self, request, context):
         """Key: grant.id, or request_id when grant.id is empty (one of them is required).
-        A customer holds at most 1,000 grants given by GrantCredits (every grant
-        is listed in its balance and contracts, never paged): another is
+        A customer holds at most 1,000 grants given by GrantCredits over its
+        life, spent and expired ones too (no grant is ever removed, so none makes
+        room; every one is listed on its contracts, never paged): another is
         RESOURCE_EXHAUSTED, nothing granted (a retry of one it holds still
-        answers). The grants the server makes (TOP_UP, ROLLOVER) do not count.
+        answers). The grants the server makes (TOP_UP, ROLLOVER) do not count:
+        at most max_per_period TOP_UP grants a billing period, kept for good, and
+        one ROLLOVER grant for each grant with a rollover_fraction (it does not
+        roll over again). The balance lists them all while they fit one message
+        (Balance.grants).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -240,6 +240,14 @@ type Balance struct {
 	CreditsAvailable string `protobuf:"bytes,4,opt,name=credits_available,json=creditsAvailable,proto3" json:"credits_available,omitempty"`
 	// In burn order (docs/architecture.md §3: priority, expiry, product list,
 	// then creation order, the grants the server makes after every other).
+	// Every grant the customer holds, spent ones too, unless that would make
+	// the balance larger than --message-mb-max: then spent grants (remaining
+	// and held both "0": drawn, expired or rolled over whole) are left out,
+	// those starting earliest first (at a tie, the earlier in burn order),
+	// until it fits, and grants_left_out counts them. The totals count every
+	// grant either way. A grant with credit remaining or held is never left
+	// out: a balance too large with those alone is RESOURCE_EXHAUSTED naming
+	// the limit.
 	Grants []*GrantBalance `protobuf:"bytes,5,rep,name=grants,proto3" json:"grants,omitempty"`
 	// Everything charged in the current billing period, in pricing units,
 	// whether grants covered it or not: the period of the contract in force
@@ -254,8 +262,8 @@ type Balance struct {
 	OverageAmount string `protobuf:"bytes,7,opt,name=overage_amount,json=overageAmount,proto3" json:"overage_amount,omitempty"`
 	// The journal sequence number this balance reflects: it counts the records
 	// that changed state (admin changes, holds placed, releases, the clock's
-	// expiries, breakage and rollovers, and batches that accepted at least one
-	// event), so a batch that accepts nothing, a denied or repeated hold and a
+	// expiries, breakage and rollovers and its forgetting of ended
+	// reservations, and batches that accepted at least one event), so a batch that accepts nothing, a denied or repeated hold and a
 	// repeated release do not move it.
 	AsOfSeq uint64 `protobuf:"varint,8,opt,name=as_of_seq,json=asOfSeq,proto3" json:"as_of_seq,omitempty"`
 	// The rate card's pricing unit ("credits", "USD", ...): the card of the
@@ -270,9 +278,16 @@ type Balance struct {
 	// printed whole (99999999999999900000000000 credits at
 	// 999999999999999999.999999999999999999 is
 	// "99999999999999899999999999999999999900000000.0000001").
-	OverageDue    string                 `protobuf:"bytes,10,opt,name=overage_due,json=overageDue,proto3" json:"overage_due,omitempty"`
-	PeriodStart   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
-	PeriodEnd     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
+	OverageDue  string                 `protobuf:"bytes,10,opt,name=overage_due,json=overageDue,proto3" json:"overage_due,omitempty"`
+	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
+	PeriodEnd   *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=period_end,json=periodEnd,proto3" json:"period_end,omitempty"`
+	// Spent grants not listed in grants, so that the balance fits one message
+	// (see grants); 0 when every grant is listed. The server keeps every grant
+	// for the customer's life: a TOP_UP policy buys up to max_per_period
+	// grants every billing period, and each stays, so a long-lived customer's
+	// spent grants can outgrow one message. What they drew and broke is on
+	// their periods' invoices and in the revenue report.
+	GrantsLeftOut uint32 `protobuf:"varint,13,opt,name=grants_left_out,json=grantsLeftOut,proto3" json:"grants_left_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -389,6 +404,13 @@ func (x *Balance) GetPeriodEnd() *timestamppb.Timestamp {
 		return x.PeriodEnd
 	}
 	return nil
+}
+
+func (x *Balance) GetGrantsLeftOut() uint32 {
+	if x != nil {
+		return x.GrantsLeftOut
+	}
+	return 0
 }
 
 type AuthorizeRequest struct {
@@ -928,7 +950,7 @@ const file_tariff_v1_balance_proto_rawDesc = "" +
 	"expires_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12-\n" +
 	"\x12recognized_revenue\x18\v \x01(\tR\x11recognizedRevenue\x12\x12\n" +
-	"\x04held\x18\f \x01(\tR\x04held\"\x80\x04\n" +
+	"\x04held\x18\f \x01(\tR\x04held\"\xa8\x04\n" +
 	"\aBalance\x12\x1f\n" +
 	"\vcustomer_id\x18\x01 \x01(\tR\n" +
 	"customerId\x12+\n" +
@@ -945,7 +967,8 @@ const file_tariff_v1_balance_proto_rawDesc = "" +
 	"overageDue\x12=\n" +
 	"\fperiod_start\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vperiodStart\x129\n" +
 	"\n" +
-	"period_end\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tperiodEnd\"\xfe\x03\n" +
+	"period_end\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tperiodEnd\x12&\n" +
+	"\x0fgrants_left_out\x18\r \x01(\rR\rgrantsLeftOut\"\xfe\x03\n" +
 	"\x10AuthorizeRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1f\n" +

@@ -732,7 +732,8 @@ type TopUpPolicy struct {
 	Threshold      string `protobuf:"bytes,1,opt,name=threshold,proto3" json:"threshold,omitempty"`
 	RechargeTo     string `protobuf:"bytes,2,opt,name=recharge_to,json=rechargeTo,proto3" json:"recharge_to,omitempty"`
 	PricePerCredit string `protobuf:"bytes,3,opt,name=price_per_credit,json=pricePerCredit,proto3" json:"price_per_credit,omitempty"`
-	// 1 to 1,000 (each purchase is a grant the balance lists): more is
+	// 1 to 1,000 (each purchase is a grant the customer keeps for good, listed
+	// in its balance while it fits: Balance.grants): more is
 	// INVALID_ARGUMENT naming top_up.max_per_period, nothing set.
 	MaxPerPeriod uint32 `protobuf:"varint,4,opt,name=max_per_period,json=maxPerPeriod,proto3" json:"max_per_period,omitempty"`
 	// The currency of price_per_credit, answered by the server: that of the

@@ -149,10 +149,15 @@ type ContractServiceClient interface {
 	// a retry of one the contract holds answers the contract as it is.
 	AddOverride(ctx context.Context, in *AddOverrideRequest, opts ...grpc.CallOption) (*Contract, error)
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
-	// A customer holds at most 1,000 grants given by GrantCredits (every grant
-	// is listed in its balance and contracts, never paged): another is
+	// A customer holds at most 1,000 grants given by GrantCredits over its
+	// life, spent and expired ones too (no grant is ever removed, so none makes
+	// room; every one is listed on its contracts, never paged): another is
 	// RESOURCE_EXHAUSTED, nothing granted (a retry of one it holds still
-	// answers). The grants the server makes (TOP_UP, ROLLOVER) do not count.
+	// answers). The grants the server makes (TOP_UP, ROLLOVER) do not count:
+	// at most max_per_period TOP_UP grants a billing period, kept for good, and
+	// one ROLLOVER grant for each grant with a rollover_fraction (it does not
+	// roll over again). The balance lists them all while they fit one message
+	// (Balance.grants).
 	GrantCredits(ctx context.Context, in *GrantCreditsRequest, opts ...grpc.CallOption) (*Grant, error)
 	// A policy that would make the answer (the whole contract) larger than
 	// --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;
@@ -274,10 +279,15 @@ type ContractServiceServer interface {
 	// a retry of one the contract holds answers the contract as it is.
 	AddOverride(context.Context, *AddOverrideRequest) (*Contract, error)
 	// Key: grant.id, or request_id when grant.id is empty (one of them is required).
-	// A customer holds at most 1,000 grants given by GrantCredits (every grant
-	// is listed in its balance and contracts, never paged): another is
+	// A customer holds at most 1,000 grants given by GrantCredits over its
+	// life, spent and expired ones too (no grant is ever removed, so none makes
+	// room; every one is listed on its contracts, never paged): another is
 	// RESOURCE_EXHAUSTED, nothing granted (a retry of one it holds still
-	// answers). The grants the server makes (TOP_UP, ROLLOVER) do not count.
+	// answers). The grants the server makes (TOP_UP, ROLLOVER) do not count:
+	// at most max_per_period TOP_UP grants a billing period, kept for good, and
+	// one ROLLOVER grant for each grant with a rollover_fraction (it does not
+	// roll over again). The balance lists them all while they fit one message
+	// (Balance.grants).
 	GrantCredits(context.Context, *GrantCreditsRequest) (*Grant, error)
 	// A policy that would make the answer (the whole contract) larger than
 	// --message-mb-max, and larger than it is, is RESOURCE_EXHAUSTED, not set;

@@ -620,7 +620,9 @@ type Invoice struct {
 	ContractId   string `protobuf:"bytes,18,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
 	// When the period was closed; unset for a draft.
 	ClosedAt *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
-	// The period's balances: each grant started before the period's end.
+	// The period's balances: each grant started before the period's end,
+	// spent ones included (the TOP_UP grants of every earlier period too: see
+	// README "Limits and backpressure" for what that bounds).
 	GrantBalances []*InvoiceGrantBalance `protobuf:"bytes,20,rep,name=grant_balances,json=grantBalances,proto3" json:"grant_balances,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

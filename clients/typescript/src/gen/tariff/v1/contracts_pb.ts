@@ -415,7 +415,8 @@ export type TopUpPolicy = Message<"tariff.v1.TopUpPolicy"> & {
   pricePerCredit: string;
 
   /**
-   * 1 to 1,000 (each purchase is a grant the balance lists): more is
+   * 1 to 1,000 (each purchase is a grant the customer keeps for good, listed
+   * in its balance while it fits: Balance.grants): more is
    * INVALID_ARGUMENT naming top_up.max_per_period, nothing set.
    *
    * @generated from field: uint32 max_per_period = 4;
@@ -972,10 +973,15 @@ export const ContractService: GenService<{
   },
   /**
    * Key: grant.id, or request_id when grant.id is empty (one of them is required).
-   * A customer holds at most 1,000 grants given by GrantCredits (every grant
-   * is listed in its balance and contracts, never paged): another is
+   * A customer holds at most 1,000 grants given by GrantCredits over its
+   * life, spent and expired ones too (no grant is ever removed, so none makes
+   * room; every one is listed on its contracts, never paged): another is
    * RESOURCE_EXHAUSTED, nothing granted (a retry of one it holds still
-   * answers). The grants the server makes (TOP_UP, ROLLOVER) do not count.
+   * answers). The grants the server makes (TOP_UP, ROLLOVER) do not count:
+   * at most max_per_period TOP_UP grants a billing period, kept for good, and
+   * one ROLLOVER grant for each grant with a rollover_fraction (it does not
+   * roll over again). The balance lists them all while they fit one message
+   * (Balance.grants).
    *
    * @generated from rpc tariff.v1.ContractService.GrantCredits
    */

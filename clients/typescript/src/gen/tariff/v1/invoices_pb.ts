@@ -463,7 +463,9 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
   closedAt?: Timestamp | undefined;
 
   /**
-   * The period's balances: each grant started before the period's end.
+   * The period's balances: each grant started before the period's end,
+   * spent ones included (the TOP_UP grants of every earlier period too: see
+   * README "Limits and backpressure" for what that bounds).
    *
    * @generated from field: repeated tariff.v1.InvoiceGrantBalance grant_balances = 20;
    */
