@@ -263,8 +263,9 @@ type Balance struct {
 	// The journal sequence number this balance reflects: it counts the records
 	// that changed state (admin changes, holds placed, releases, the clock's
 	// expiries, breakage and rollovers and its forgetting of ended
-	// reservations, and batches that accepted at least one event), so a batch that accepts nothing, a denied or repeated hold and a
-	// repeated release do not move it.
+	// reservations, and batches that accepted at least one event), so a batch
+	// that accepts nothing, a denied or repeated hold and a repeated release do
+	// not move it.
 	AsOfSeq uint64 `protobuf:"varint,8,opt,name=as_of_seq,json=asOfSeq,proto3" json:"as_of_seq,omitempty"`
 	// The rate card's pricing unit ("credits", "USD", ...): the card of the
 	// contract in force now, else of the customer's latest-starting contract;

@@ -212,8 +212,9 @@ export type Balance = Message<"tariff.v1.Balance"> & {
    * The journal sequence number this balance reflects: it counts the records
    * that changed state (admin changes, holds placed, releases, the clock's
    * expiries, breakage and rollovers and its forgetting of ended
-   * reservations, and batches that accepted at least one event), so a batch that accepts nothing, a denied or repeated hold and a
-   * repeated release do not move it.
+   * reservations, and batches that accepted at least one event), so a batch
+   * that accepts nothing, a denied or repeated hold and a repeated release do
+   * not move it.
    *
    * @generated from field: uint64 as_of_seq = 8;
    */
