@@ -125,12 +125,15 @@ def _setup(client: TariffClient) -> None:
                 rate_card_id=card, version=1, effective_from=ts(ms("2025-12-01T00:00:00"))
             )
         )
-    for customer_id in "xyz":
+    for customer_id in "sxyz":
         client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
     _contract(client, "x", "k-x", CARD, JAN)
     _contract(client, "y", "k-y", CARD, JAN)
     _contract(client, "z", "k-z", CARD, JAN, R)
     _contract(client, "z", "k-z2", OTHER, R)
+    # s switches contracts on the same card at R: its first contract's last period ends there, the second's begins.
+    _contract(client, "s", "k-s1", CARD, JAN, R)
+    _contract(client, "s", "k-s2", CARD, R)
     # x: 30 credits for pg only (burnt first: the narrower product list), 40 for anything.
     _grant(client, "x-g", "x", "30", "pg")
     _grant(client, "x-all", "x", "40")
@@ -148,6 +151,8 @@ def _setup(client: TariffClient) -> None:
     _use(client, "y", JAN20, pg=10)
     _use(client, "z", JAN12, pu=10)
     _use(client, "z", JAN20, pu=10)
+    _use(client, "s", JAN12, pg=8)
+    _use(client, "s", JAN20, pg=8)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +234,9 @@ BEFORE = {
 # y: pu 2 (its own price, per_units 10 kept); pg 0.5 x p2(12) = 0.5 x 25 = 12.5, then 0.5 x (p2(22) - p2(12)) =
 #    0.5 x (44.5 - 25) = 9.75; pv 60 (its own price); pp 3 packages of 4 x 10 = 30; pl 9.
 # z: pu 10 x 0.4 = 4 (its pq usage is no usage of this card).
+# s: p1(8) = 13 in each of its two periods (the second contract's starts at R, its quantity from 0) -> p2(8) = 17.
 SIMULATED_2 = {
+    ("s", "pg"): ("26", "34", "8"),
     ("x", "pg"): ("8", "20", "12"),
     ("x", "pl"): ("0", "0", "0"),
     ("x", "pp"): ("0", "3", "3"),
@@ -256,6 +263,7 @@ def test_simulate_then_publish_then_rollback_agree_with_previews_balances_and_ex
         assert _balance(client, "x") == ("104", "43", {"x-g": "9", "x-all": "0"})
         assert _lines(client, "z") == {"pu": "3"}
         assert _lines(client, "z", R) == {"pu": "100"}
+        assert (_lines(client, "s"), _lines(client, "s", R)) == ({"pg": "13"}, {"pg": "13"})
         draft = pricing_pb2.CreateDraftVersionRequest(
             rate_card_id=CARD, based_on_version=1, upsert_rates=_rates(2), change_note="v2", request_id="v2"
         )
@@ -266,30 +274,44 @@ def test_simulate_then_publish_then_rollback_agree_with_previews_balances_and_ex
         assert (report.ok, list(report.findings)) == (True, [])
         simulated = _simulate(client, 2, W)
         assert _amounts(simulated) == SIMULATED_2
-        assert _totals(simulated) == ("126", "106.25", "-19.75")
+        assert _totals(simulated) == ("152", "140.25", "-11.75")
         # Per customer the simulated deltas are what the publish moves each preview by.
         done = client.pricing.PublishVersion(
             pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(W))
         )
-        # x's 5 buckets of Jan 12, y's 5 and its Jan 20 one, z's one: 12 buckets, one event each.
-        assert _counts(done) == (3, 12, 12, "-19.75", 0, 0, "0")
+        # x's 5 buckets of Jan 12, y's 5 and its Jan 20 one, z's one, s's two: 14 buckets, one event each.
+        assert _counts(done) == (4, 14, 14, "-11.75", 0, 0, "0")
         assert {c: _lines(client, c) for c in "xy"} == AFTER_2
         # x: 60.5 charged; pg's 33 takes x-g's 30 and 3 of x-all, the other 27.5 x-all's: 9.5 left, no overage.
         assert _balance(client, "x") == ("60.5", "0", {"x-g": "0", "x-all": "9.5"})
         assert _balance(client, "y") == ("123.25", "123.25", {})
         assert (_lines(client, "z"), _lines(client, "z", R)) == ({"pu": "4"}, {"pu": "100"})
+        assert (_lines(client, "s"), _lines(client, "s", R)) == ({"pg": "17"}, {"pg": "17"})
+        # Each line's prices split by version (Jan 5 at 1, Jan 12 at 2), each adjustment citing the publish's seq.
+        publish_seq = next(e.seq for e in _audit(client) if e.action == "PublishVersion" and e.target.endswith("/2"))
+        pv = next(line for line in _invoice(client, "x").lines if line.line_id == "pv")
+        assert [(p.version, p.quantity, p.amount, p.unit_price, p.events) for p in pv.prices] == [
+            (1, "50", "50", "1", 1),
+            (2, "10", "-50", "-5", 1),
+        ]
+        assert [
+            (a.journal_seq, list(a.old_versions), a.new_version, a.old_amount, a.new_amount) for a in pv.adjustments
+        ] == [(publish_seq, [1], 2, "10", "-50")]
+        pg = next(line for line in _invoice(client, "x").lines if line.line_id == "pg")
+        assert [(c.grant_id, c.credits) for c in pg.credits_applied] == [("x-g", "30"), ("x-all", "3")]
         # Explained: x's pv line is 50 + 10 at version 1, then its Jan 12 bucket re-rated from 10 to -50.
         assert _explained(client, "x", "pv") == ("0", ["50", "10", "-60"])
         assert _explained(client, "y", "pg") == ("22.25", ["9", "2.5", "3.5", "7.25"])
 
-        # The rollback to version 1 from R, simulated first: only y's Jan 20 bucket, 9.75 -> 0.5 x (p1(22) - p1(12)).
+        # The rollback to version 1 from R, simulated first: y's Jan 20 bucket, 9.75 -> 0.5 x (p1(22) - p1(12)), and
+        # s's, 17 -> p1(8) = 13 (its second period's).
         simulated = _simulate(client, 1, R)
-        assert _amounts(simulated) == {("y", "pg"): ("9.75", "2.5", "-7.25")}
-        assert _totals(simulated) == ("9.75", "2.5", "-7.25")
+        assert _amounts(simulated) == {("s", "pg"): ("17", "13", "-4"), ("y", "pg"): ("9.75", "2.5", "-7.25")}
+        assert _totals(simulated) == ("26.75", "15.5", "-11.25")
         rolled = client.pricing.RollbackRateCard(
             pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=ts(R))
         )
-        assert _counts(rolled) == (1, 1, 1, "-7.25", 0, 0, "0")
+        assert _counts(rolled) == (2, 2, 2, "-11.25", 0, 0, "0")
         copy = rolled.version
         assert (copy.version, copy.state, copy.based_on_version, copy.rollback_to_version) == (
             3,
@@ -299,6 +321,7 @@ def test_simulate_then_publish_then_rollback_agree_with_previews_balances_and_ex
         )
         assert (copy.rollback_from_version, copy.effective_from.ToMilliseconds()) == (2, R)
         assert _lines(client, "y")["pg"] == "15"
+        assert (_lines(client, "s"), _lines(client, "s", R)) == ({"pg": "17"}, {"pg": "13"})
         assert _lines(client, "x") == AFTER_2["x"]
         # A retry (and one naming no hour: the copy is in force now) answers the copy, changing nothing.
         entries = _audit(client)
@@ -494,6 +517,21 @@ def _violations(code_details: tuple[grpc.StatusCode, str]) -> tuple[grpc.StatusC
     """The status and the fields a refusal names ("field: why; field: why")."""
     code, details = code_details
     return code, [part.split(": ", 1)[0] for part in details.split("; ")]
+
+
+def test_a_parameter_name_that_is_no_identifier_is_refused_by_create_draft_version(server: ServerProcess) -> None:
+    """pricing.proto and the README's limits said such a name was a ValidateVersion finding; the engine has always
+    refused it when the draft is made (INVALID_ARGUMENT naming set_parameters[name]), so no version can hold one."""
+    with server.client() as client:
+        latest = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).latest_version
+        for name in ("1k", "a-b", ""):
+            request = pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, set_parameters={name: "1"})
+            code, details = refusal(lambda request=request: client.pricing.CreateDraftVersion(request))  # type: ignore[misc]
+            assert (code, details.startswith(f"set_parameters[{name}]: ")) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                True,
+            ), details
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).latest_version == latest
 
 
 def test_validate_refuses_what_publish_refuses_and_accepts_what_it_accepts(server: ServerProcess) -> None:
@@ -730,8 +768,8 @@ def test_simulate_over_two_periods_and_an_override_added_late_is_what_the_publis
 
 def test_a_refused_rollback_and_cohort_publish_retries_change_nothing(server: ServerProcess) -> None:
     """On `pf` (after the main test: version 2 from W, copy 3 of version 1 from R), a version without pg's rate is
-    published from 2027 (no usage then); rolling back to it from R would re-rate y's 10 units of pg on Jan 20,
-    which it has no rate for: FAILED_PRECONDITION naming y, pg and the hour, and no copy is left behind (the next
+    published from 2027 (no usage then); rolling back to it from R would re-rate s's and y's pg on Jan 20, which
+    it has no rate for: FAILED_PRECONDITION naming the first customer, s, pg and the hour, and no copy is left behind (the next
     draft takes the next number, the audit log holds no rollback)."""
     with server.client() as client:
         _ensure_version_2(client)
@@ -754,7 +792,7 @@ def test_a_refused_rollback_and_cohort_publish_retries_change_nothing(server: Se
             )
         )
         assert code == grpc.StatusCode.FAILED_PRECONDITION, details
-        assert 'customer "y"' in details and 'product "pg"' in details and "2026-01-20T10:00:00Z" in details, details
+        assert 'customer "s"' in details and 'product "pg"' in details and "2026-01-20T10:00:00Z" in details, details
         assert (_audit(client), {c: _lines(client, c) for c in "xy"}) == (entries, lines)
         card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
         assert card.latest_version == no_pg
