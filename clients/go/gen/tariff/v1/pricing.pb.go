@@ -1619,8 +1619,10 @@ type CreateDraftVersionRequest struct {
 	BasedOnVersion uint32 `protobuf:"varint,2,opt,name=based_on_version,json=basedOnVersion,proto3" json:"based_on_version,omitempty"`
 	// Name -> decimal string; added or replaced. A name is at most 128
 	// characters (more is INVALID_ARGUMENT naming set_parameters[name], the
-	// name cut to 128 characters and "…"); one that is not an identifier is a
-	// ValidateVersion finding.
+	// name cut to 128 characters and "…"); one that is not an identifier (a
+	// letter or "_", then letters, digits or "_": "1k", "a-b" and "" are not)
+	// is INVALID_ARGUMENT naming set_parameters[name] too, nothing made, so no
+	// version holds one.
 	SetParameters map[string]string `protobuf:"bytes,3,rep,name=set_parameters,json=setParameters,proto3" json:"set_parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Replaces the rate with the same product_id and match, or adds it. A
 	// product and match ("*" entries left out) at most once in one request

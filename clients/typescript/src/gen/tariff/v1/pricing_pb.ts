@@ -732,8 +732,10 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   /**
    * Name -> decimal string; added or replaced. A name is at most 128
    * characters (more is INVALID_ARGUMENT naming set_parameters[name], the
-   * name cut to 128 characters and "…"); one that is not an identifier is a
-   * ValidateVersion finding.
+   * name cut to 128 characters and "…"); one that is not an identifier (a
+   * letter or "_", then letters, digits or "_": "1k", "a-b" and "" are not)
+   * is INVALID_ARGUMENT naming set_parameters[name] too, nothing made, so no
+   * version holds one.
    *
    * @generated from field: map<string, string> set_parameters = 3;
    */
