@@ -137,6 +137,7 @@ def _setup(client: TariffClient) -> None:
     # x: 30 credits for pg only (burnt first: the narrower product list), 40 for anything.
     _grant(client, "x-g", "x", "30", "pg")
     _grant(client, "x-all", "x", "40")
+    _grant(client, "y-all", "y", "120")
     # y: pg at half price, its own prices for pu (1 per 10), pv (2 a unit, tiers dropped) and pp (10 a package).
     for override in (
         contracts_pb2.PriceOverride(id="y-g", product_id="pg", multiplier="0.5"),
@@ -210,8 +211,8 @@ def _counts(done: pricing_pb2.PublishVersionResponse) -> tuple[int, int, int, st
     )
 
 
-def _explained(client: TariffClient, customer_id: str, line_id: str) -> tuple[str, list[str]]:
-    request = invoices_pb2.ExplainLineItemRequest(customer_id=customer_id, period_start=ts(JAN), line_id=line_id)
+def _explained(client: TariffClient, customer_id: str, line_id: str, start_ms: int = JAN) -> tuple[str, list[str]]:
+    request = invoices_pb2.ExplainLineItemRequest(customer_id=customer_id, period_start=ts(start_ms), line_id=line_id)
     answer = client.invoices.ExplainLineItem(request)
     assert not answer.next_page_token
     return answer.line_amount, [e.amount for e in answer.events]
@@ -222,7 +223,8 @@ def _explained(client: TariffClient, customer_id: str, line_id: str) -> tuple[st
 #    (6 units) = 4, 9 units still 2: 0; pl 7, then 0. Lines 12, 21, 60, 4, 7: 104. Grants: pg's 21 from x-g
 #    (9 left), everything else (83) against x-all's 40: 43 overage.
 # y (Jan 12): pu 20 at its own 1 per 10 = 2; pg 0.5 x p1(12) = 0.5 x 18 = 9, then 10 more on the 20th:
-#    0.5 x (p1(22) - p1(12)) = 0.5 x (23 - 18) = 2.5; pv 30 x 2 = 60; pp 2 packages x 10 = 20; pl 7. 100.5, overage.
+#    0.5 x (p1(22) - p1(12)) = 0.5 x (23 - 18) = 2.5; pv 30 x 2 = 60; pp 2 packages x 10 = 20; pl 7. 100.5, from its
+#    grant of 120 (19.5 left).
 # z: pu 10 x 0.3 = 3 on pf (its contract to the 15th), 10 x 10 = 100 on pq from the 15th.
 BEFORE = {
     "x": {"pg": "21", "pl": "7", "pp": "4", "pu": "12", "pv": "60"},
@@ -261,6 +263,7 @@ def test_simulate_then_publish_then_rollback_agree_with_previews_balances_and_ex
     with server.client() as client:
         assert {c: _lines(client, c) for c in "xy"} == BEFORE
         assert _balance(client, "x") == ("104", "43", {"x-g": "9", "x-all": "0"})
+        assert _balance(client, "y") == ("100.5", "0", {"y-all": "19.5"})
         assert _lines(client, "z") == {"pu": "3"}
         assert _lines(client, "z", R) == {"pu": "100"}
         assert (_lines(client, "s"), _lines(client, "s", R)) == ({"pg": "13"}, {"pg": "13"})
@@ -284,7 +287,8 @@ def test_simulate_then_publish_then_rollback_agree_with_previews_balances_and_ex
         assert {c: _lines(client, c) for c in "xy"} == AFTER_2
         # x: 60.5 charged; pg's 33 takes x-g's 30 and 3 of x-all, the other 27.5 x-all's: 9.5 left, no overage.
         assert _balance(client, "x") == ("60.5", "0", {"x-g": "0", "x-all": "9.5"})
-        assert _balance(client, "y") == ("123.25", "123.25", {})
+        # y: 123.25 against its 120: 3.25 overage (its Jan 20 hour, the last drawn).
+        assert _balance(client, "y") == ("123.25", "3.25", {"y-all": "0"})
         assert (_lines(client, "z"), _lines(client, "z", R)) == ({"pu": "4"}, {"pu": "100"})
         assert (_lines(client, "s"), _lines(client, "s", R)) == ({"pg": "17"}, {"pg": "17"})
         # Each line's prices split by version (Jan 5 at 1, Jan 12 at 2), each adjustment citing the publish's seq.
@@ -321,7 +325,13 @@ def test_simulate_then_publish_then_rollback_agree_with_previews_balances_and_ex
         )
         assert (copy.rollback_from_version, copy.effective_from.ToMilliseconds()) == (2, R)
         assert _lines(client, "y")["pg"] == "15"
+        # y's Jan 20 hour back at 2.5: the overage given back first, then 4 credits.
+        assert _balance(client, "y") == ("116", "0", {"y-all": "4"})
         assert (_lines(client, "s"), _lines(client, "s", R)) == ({"pg": "17"}, {"pg": "13"})
+        # Explained, oldest first: the events, then each re-rating's adjustments (journal order, then hour).
+        assert _explained(client, "y", "pg") == ("15", ["9", "2.5", "3.5", "7.25", "-7.25"])
+        assert _explained(client, "s", "pg", R) == ("13", ["13", "4", "-4"])
+        assert _explained(client, "s", "pg") == ("17", ["13", "4"])
         assert _lines(client, "x") == AFTER_2["x"]
         # A retry (and one naming no hour: the copy is in force now) answers the copy, changing nothing.
         entries = _audit(client)
@@ -370,6 +380,24 @@ def test_simulate_then_publish_then_rollback_agree_with_previews_balances_and_ex
         assert len(rollback) == 1
         diff = json.loads(rollback[0].diff)
         assert (diff["version"], diff["rollback_from"], diff["rollback_to"], diff["effective_from_ms"]) == (3, 2, 1, R)
+        # A second rollback, to version 2 from the same hour: copy 4 takes y and s back to what version 2 charged,
+        # their balances with them.
+        again = client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=2, effective_from=ts(R))
+        )
+        assert _counts(again) == (2, 2, 2, "11.25", 0, 0, "0")
+        copy = again.version
+        assert (copy.version, copy.based_on_version, copy.rollback_to_version, copy.rollback_from_version) == (
+            4,
+            2,
+            2,
+            3,
+        )
+        assert _balance(client, "y") == ("123.25", "3.25", {"y-all": "0"})
+        assert (_lines(client, "y"), _lines(client, "s", R)) == (AFTER_2["y"], {"pg": "17"})
+        assert not _diff(client, 2, 4).rates and _diff(client, 3, 4) == _diff(client, 1, 2)
+        diffs = [json.loads(e.diff) for e in _audit(client) if e.action == "RollbackRateCard"]
+        assert [(d["version"], d["rollback_from"], d["rollback_to"]) for d in diffs] == [(3, 2, 1), (4, 3, 2)]
 
 
 def _audit(client: TariffClient) -> list[pricing_pb2.AuditEntry]:
@@ -767,7 +795,7 @@ def test_simulate_over_two_periods_and_an_override_added_late_is_what_the_publis
 
 
 def test_a_refused_rollback_and_cohort_publish_retries_change_nothing(server: ServerProcess) -> None:
-    """On `pf` (after the main test: version 2 from W, copy 3 of version 1 from R), a version without pg's rate is
+    """On `pf` (after the main test: version 2 from W, copy 3 of version 1 then copy 4 of version 2 from R), a version without pg's rate is
     published from 2027 (no usage then); rolling back to it from R would re-rate s's and y's pg on Jan 20, which
     it has no rate for: FAILED_PRECONDITION naming the first customer, s, pg and the hour, and no copy is left behind (the next
     draft takes the next number, the audit log holds no rollback)."""
@@ -799,7 +827,7 @@ def test_a_refused_rollback_and_cohort_publish_retries_change_nothing(server: Se
         listed = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id=CARD, page_size=2))
         assert [v.version for v in listed.versions] == [1, 2] and listed.next_page_token == "2"
         at = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id=CARD, at=ts(y2027 - 1)))
-        assert (at.version, at.rollback_to_version, at.rollback_from_version) == (3, 1, 2)
+        assert (at.version, at.rollback_to_version, at.rollback_from_version) == (4, 2, 3)
         # From 2027, a rollback to version 1 needs no re-rating: copy no_pg + 1.
         rolled = client.pricing.RollbackRateCard(
             pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=1, effective_from=ts(y2027))
