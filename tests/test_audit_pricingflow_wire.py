@@ -863,3 +863,35 @@ def test_a_refused_rollback_and_cohort_publish_retries_change_nothing(server: Se
                 )
             )
             assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+
+
+def test_a_formula_prices_the_parameter_it_names_not_another_written_alike(server: ServerProcess) -> None:
+    """A formula names a parameter by its text. Python's grammar, which formulas are parsed with, reads a name in
+    its compatibility form (NFKC): "ﬁ" (the ligature, U+FB01) is read as "fi". So a draft with ﬁ = 2 and fi = 5
+    and a flat price of "ﬁ * 1" validated, diffed and would publish at 5, the other parameter's value; and "ﬁ * 1"
+    with fi alone priced fi. Such a name, and a price written with such characters, are refused at
+    CreateDraftVersion (INVALID_ARGUMENT naming the field), nothing made."""
+    with server.client() as client:
+        latest = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).latest_version
+        flat = pricing_pb2.Rate(product_id="pl", flat=pricing_pb2.FlatPrice(price="\ufb01 * 1"))
+        for parameters, field in (
+            ({"\ufb01": "2", "fi": "5"}, "set_parameters[\ufb01]"),
+            ({"fi": "5"}, "upsert_rates[0].flat.price"),
+        ):
+            request = pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD, based_on_version=1, set_parameters=parameters, upsert_rates=[flat]
+            )
+            code, details = refusal(lambda request=request: client.pricing.CreateDraftVersion(request))  # type: ignore[misc]
+            assert (code, details.split(": ", 1)[0]) == (grpc.StatusCode.INVALID_ARGUMENT, field), details
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).latest_version == latest
+        # A name in another script, written in its normal form, is a name like any other: café = 3 prices 3.
+        cafe = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD,
+                based_on_version=1,
+                set_parameters={"café": "3"},
+                upsert_rates=[pricing_pb2.Rate(product_id="pl", flat=pricing_pb2.FlatPrice(price="café * 1"))],
+            )
+        ).version
+        (change,) = _diff(client, 1, cafe).rates
+        assert _fields(change) == [("flat.price", "7", "café * 1", "7", "3", True, True)]
