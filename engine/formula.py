@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import decimal
+import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -53,6 +54,9 @@ def price_text_problem(text: str) -> str | None:
         return "begins or ends with whitespace: a decimal or a formula is written without it"
     if "#" in text:  # Python's grammar reads the rest as a comment, which evaluation would silently ignore
         return "has a '#': a formula has no comments, and nothing in it is ignored"
+    read_as = read_name_as(text)
+    if read_as is not None:
+        return read_as
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
@@ -65,6 +69,18 @@ def price_text_problem(text: str) -> str | None:
             if literal is not None and UNSIGNED_DECIMAL_GRAMMAR.fullmatch(literal) is None:
                 return f"{literal!r} is not a decimal: write {GRAMMAR_TEXT}"
     return None
+
+
+def read_name_as(text: str) -> str | None:
+    """Why `text` (a formula, or a parameter's name) would not be read as written, or None. Python's grammar, which
+    formulas are parsed with, reads every name in its compatibility form (NFKC): the ligature "\ufb01" is the
+    name "fi", so a formula writing it priced parameter fi, whatever a parameter named "\ufb01" held. What a
+    new request writes must be in that form already: what it names is then what it wrote. Checked on requests
+    only (server/convert.py): versions in the journal are evaluated as they always were."""
+    normal = unicodedata.normalize("NFKC", text)
+    if normal == text:
+        return None
+    return f"is read by formulas as {normal!r}: write it so (Unicode NFKC), what a formula names is what it says"
 
 
 def evaluate(text: str, parameters: Mapping[str, Decimal]) -> Decimal:

@@ -621,7 +621,9 @@ func (x *Tier) GetFlatPrice() string {
 // A number in a formula follows the decimal grammar at the top of
 // contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), a
 // price neither begins nor ends with whitespace, a formula holds no '#'
-// (no comments: nothing written in it is ignored), and a price is at most
+// (no comments: nothing written in it is ignored) and is written in Unicode's
+// NFKC form (formulas read names in it: a name written with the ligature
+// "ﬁ" (U+FB01) would name parameter "fi"), and a price is at most
 // 1,000 characters: CreateDraftVersion refuses any other as INVALID_ARGUMENT
 // naming the field. A formula nests at most 32 deep (32 operators or function
 // calls around a number: a sum "a + b + ..." of at most 33 terms); deeper is
@@ -1619,8 +1621,12 @@ type CreateDraftVersionRequest struct {
 	BasedOnVersion uint32 `protobuf:"varint,2,opt,name=based_on_version,json=basedOnVersion,proto3" json:"based_on_version,omitempty"`
 	// Name -> decimal string; added or replaced. A name is at most 128
 	// characters (more is INVALID_ARGUMENT naming set_parameters[name], the
-	// name cut to 128 characters and "…"); one that is not an identifier is a
-	// ValidateVersion finding.
+	// name cut to 128 characters and "…"); one that is not an identifier (a
+	// letter or "_", then letters, digits or "_": "1k", "a-b" and "" are not)
+	// is INVALID_ARGUMENT naming set_parameters[name] too, nothing made, so no
+	// version holds one; and so is a name not in Unicode's NFKC form, the form
+	// a formula reads names in (the ligature "ﬁ", U+FB01, reads as "fi": a
+	// formula could only name another parameter).
 	SetParameters map[string]string `protobuf:"bytes,3,rep,name=set_parameters,json=setParameters,proto3" json:"set_parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Replaces the rate with the same product_id and match, or adds it. A
 	// product and match ("*" entries left out) at most once in one request

@@ -186,7 +186,9 @@ export const TierSchema: GenMessage<Tier> = /*@__PURE__*/
  * A number in a formula follows the decimal grammar at the top of
  * contracts.proto, without its sign ("2" or "2e-1", not "2." or "+2"), a
  * price neither begins nor ends with whitespace, a formula holds no '#'
- * (no comments: nothing written in it is ignored), and a price is at most
+ * (no comments: nothing written in it is ignored) and is written in Unicode's
+ * NFKC form (formulas read names in it: a name written with the ligature
+ * "ﬁ" (U+FB01) would name parameter "fi"), and a price is at most
  * 1,000 characters: CreateDraftVersion refuses any other as INVALID_ARGUMENT
  * naming the field. A formula nests at most 32 deep (32 operators or function
  * calls around a number: a sum "a + b + ..." of at most 33 terms); deeper is
@@ -732,8 +734,12 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   /**
    * Name -> decimal string; added or replaced. A name is at most 128
    * characters (more is INVALID_ARGUMENT naming set_parameters[name], the
-   * name cut to 128 characters and "…"); one that is not an identifier is a
-   * ValidateVersion finding.
+   * name cut to 128 characters and "…"); one that is not an identifier (a
+   * letter or "_", then letters, digits or "_": "1k", "a-b" and "" are not)
+   * is INVALID_ARGUMENT naming set_parameters[name] too, nothing made, so no
+   * version holds one; and so is a name not in Unicode's NFKC form, the form
+   * a formula reads names in (the ligature "ﬁ", U+FB01, reads as "fi": a
+   * formula could only name another parameter).
    *
    * @generated from field: map<string, string> set_parameters = 3;
    */
