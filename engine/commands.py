@@ -256,6 +256,7 @@ SERVER_SET_FIELDS = (
     "grants_bounded",
     "drafts_bounded",
     "refunds_netted",
+    "closed_in_journal_order",
 )
 
 
@@ -376,6 +377,11 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # dated before the expiry included). False in the records of earlier releases, whose replay counts this
     # period's and earlier periods' usage as drawn and the rest as expired.
     expired_breakage_shown: bool = False
+    # The invoice keeps how many grants GrantCredits had made by its close (Invoice.grants_made_before), so the
+    # revenue report tells a grant made after the close by journal order, not by the times the two records carry
+    # (a wall clock set back between them: engine/revenue.py). False in the records of earlier releases, whose
+    # invoices keep none: the report compares the times, as then.
+    closed_in_journal_order: bool = False
 
 
 class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
@@ -395,6 +401,7 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     parts_in_contract: bool = False  # as ClosePeriod's
     rolled_breakage_shown: bool = False  # as ClosePeriod's
     expired_breakage_shown: bool = False  # as ClosePeriod's
+    closed_in_journal_order: bool = False  # as ClosePeriod's
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):

@@ -181,6 +181,10 @@ class Invoice(msgspec.Struct, gc=False):
     final: bool = False
     closed_at_ms: int = 0
     grant_balances: list[GrantBalance] = []
+    # How many grants GrantCredits had made when it was closed (State.grants_created), a final invoice closed by a
+    # record with `closed_in_journal_order` only (None otherwise): a grant whose creation_order is above it was made
+    # after the close, in journal order, whatever times the two records carry (engine/revenue.py).
+    grants_made_before: int | None = None
 
 
 def build_invoice(

@@ -264,6 +264,7 @@ class InvoiceCommands(ControlPlane):
         invoice.number = invoice_number(self.state.invoices_created)
         invoice.final = True
         invoice.closed_at_ms = at_ms
+        invoice.grants_made_before = self.state.grants_created if close.closed_in_journal_order else None
         self.state.invoices[invoice.number] = invoice
         account = self.state.accounts[contract.customer_id]
         # New dicts, not changed in place: an account without closed periods holds the shared empty ones

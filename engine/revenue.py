@@ -4,7 +4,8 @@ the kernel's period aggregates (credits drawn per grant, overage) and the grants
 Rules (amounts in picos of the contract's currency):
 - A grant is *sold* at the start of the billing period that contains its `starts_at`, a period of the contract in
   force then, whichever contract the grant names (so every draw on it falls in that period or later); its paid amount enters deferred revenue then. But a closed period's revenue is final:
-  a grant made after that period was closed (its final invoice's closed_at before the grant's created_at) is sold
+  a grant made after that period was closed (in journal order: GrantCredits after the close; for an invoice closed
+  by a record of an earlier release, and a kernel's top-up, its closed_at before the grant's created_at) is sold
   in the customer's first period still open when it was made (no draw can fall in a closed period), or, with
   none (the last contract ended and its periods all closed), at the instant it was made.
 - Credits drawn are recognised at the grant's cost basis (paid / amount). Exact rationals, rounded once and
@@ -309,7 +310,8 @@ def _ledgers(
     expiries: dict[str, int | None] = {}  # grant id -> expires_at, the kernel's ROLLOVER grants' too
     for grant in [*(account.grants if account is not None else []), *_top_ups(customer, credits.made_grants)]:
         expiries[grant.id] = grant.expires_at_ms
-        sold = _final_period(contracts, closed, grant.created_at_ms, partial(_sold_at, engine, grant=grant))
+        made = _Recorded(grant.created_at_ms, grant.creation_order if grant.creation_order > 0 else None)
+        sold = _final_period(contracts, closed, made, partial(_sold_at, engine, grant=grant))
         ledgers[grant.id] = _GrantLedger(grant, sold)
     for grant_id, kind, _amount, _priority, _starts, expires_at_ms, _cost, rolled_from, _at_ms in credits.made_grants:
         if kind == GrantKind.ROLLOVER:
@@ -324,18 +326,21 @@ def _ledgers(
     for _customer, grant_id, period_start, broken, at_ms in credits.breakage:
         period_start = _rolled_over_in(contracts, ledgers.get(grant_id), period_start)
         if period_start:
-            period_start = _open_period(contracts, closed, period_start, at_ms)
+            period_start = _open_period(contracts, closed, period_start, _Recorded(at_ms))
         else:  # no contract covered the grant's last usable instant
             expiring = partial(_breakage_period, expires_at_ms=expiries.get(grant_id), at_ms=at_ms)
-            period_start = _final_period(contracts, closed, at_ms, expiring)
+            period_start = _final_period(contracts, closed, _Recorded(at_ms), expiring)
         ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
     return ledgers, overage
 
 
 def _final_period(
-    contracts: list[Contract], closed_at: dict[int, int], recorded_ms: int, attribute: Callable[[list[Contract]], int]
+    contracts: list[Contract],
+    closed_at: dict[int, _Closed],
+    recorded: _Recorded,
+    attribute: Callable[[list[Contract]], int],
 ) -> int:
-    """The period a sale or a breakage recorded at recorded_ms counts in: `attribute` of the customer's contracts, moved
+    """The period a sale or a breakage `recorded` counts in: `attribute` of the customer's contracts, moved
     past a period closed before then (`_open_period`). A closed period's revenue is final, so a contract created after
     the period found was closed does not move it: contracts are taken in as they were created, each while the period
     found without it was still open when it came: otherwise a contract created after a switched contract's last period
@@ -345,14 +350,15 @@ def _final_period(
     def created_by(t_ms: int) -> list[Contract]:
         return [k for k in contracts if k.created_at_ms <= t_ms]
 
+    recorded_ms = recorded.at_ms
     known = created_by(recorded_ms)
-    period = _open_period(known, closed_at, attribute(known), recorded_ms)
+    period = _open_period(known, closed_at, attribute(known), recorded)
     for created_ms in sorted({k.created_at_ms for k in contracts if k.created_at_ms > recorded_ms}):
-        closed_ms = closed_at.get(period)
-        if closed_ms is not None and closed_ms < created_ms:
+        closed = closed_at.get(period)
+        if closed is not None and closed.at_ms < created_ms:
             break
         known = created_by(created_ms)
-        period = _open_period(known, closed_at, attribute(known), recorded_ms)
+        period = _open_period(known, closed_at, attribute(known), recorded)
     return period
 
 
@@ -405,27 +411,59 @@ def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, peri
     return period_start if grant.expires_before_rollover(end) else start
 
 
-def _closed_at(engine: Engine, customer: str) -> dict[int, int]:
+@dataclass(frozen=True)
+class _Recorded:
+    """When a sale or a breakage was recorded: its time, and for a grant GrantCredits made its creation_order (its
+    place in journal order among grants; None for what the kernel recorded)."""
+
+    at_ms: int
+    grant_order: int | None = None
+
+
+@dataclass(frozen=True)
+class _Closed:
+    """When a period's invoice was made final: its closed_at, and how many grants GrantCredits had made by then
+    (None for a close recorded by an earlier release)."""
+
+    at_ms: int
+    grants_made_before: int | None
+
+    def before(self, recorded: _Recorded) -> bool:
+        """Whether the period was closed before `recorded`. A clock set back between two records makes a later one
+        carry an earlier time, so journal order decides where both records tell it (a grant and a close recorded
+        with `closed_in_journal_order`); elsewhere the times, as before."""
+        if recorded.grant_order is not None and self.grants_made_before is not None:
+            return self.grants_made_before < recorded.grant_order
+        return self.at_ms < recorded.at_ms
+
+
+def _closed_at(engine: Engine, customer: str) -> dict[int, _Closed]:
     """The customer's closed periods: period start -> when its invoice was made final."""
     account = engine.state.accounts.get(customer)
     invoices = account.invoices if account is not None else {}
-    return {start: engine.state.invoices[number].closed_at_ms for start, number in invoices.items()}
+    return {
+        start: _Closed(invoice.closed_at_ms, invoice.grants_made_before)
+        for start, number in invoices.items()
+        for invoice in (engine.state.invoices[number],)
+    }
 
 
-def _open_period(contracts: list[Contract], closed_at: dict[int, int], period_start: int, recorded_ms: int) -> int:
-    """The period a sale or a breakage recorded at recorded_ms counts in: period_start, unless that period had been
-    closed before then (a grant made, or its expiry recorded, after the close), whose revenue is final: then the
-    customer's first period after it that was still open at recorded_ms, or recorded_ms itself when there is none
-    (every later period closed, or none: the instant counts in a span's reconciliation, in no period's line)."""
+def _open_period(
+    contracts: list[Contract], closed_at: dict[int, _Closed], period_start: int, recorded: _Recorded
+) -> int:
+    """The period a sale or a breakage `recorded` counts in: period_start, unless that period had been closed before
+    then (a grant made, or its expiry recorded, after the close), whose revenue is final: then the customer's first
+    period after it that was still open when it was recorded, or its time itself when there is none (every later
+    period closed, or none: the instant counts in a span's reconciliation, in no period's line)."""
     start: int | None = period_start
     for _ in range(PERIODS_MAX):
         if start is None:
             break
-        closed_ms = closed_at.get(start)
-        if closed_ms is None or closed_ms >= recorded_ms:
+        closed = closed_at.get(start)
+        if closed is None or not closed.before(recorded):
             return start
         start = _next_period_start(contracts, start)
-    return recorded_ms
+    return recorded.at_ms
 
 
 def _next_period_start(contracts: list[Contract], start_ms: int) -> int | None:

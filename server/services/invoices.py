@@ -193,7 +193,13 @@ def _closed_answer(invoice: Invoice, checked: _Checked | None) -> invoices_pb2.I
         seen, message = checked
         if seen is invoice:
             return message
-        numbered = msgspec.structs.replace(seen, number=invoice.number, final=True, closed_at_ms=invoice.closed_at_ms)
+        numbered = msgspec.structs.replace(
+            seen,
+            number=invoice.number,
+            final=True,
+            closed_at_ms=invoice.closed_at_ms,
+            grants_made_before=invoice.grants_made_before,
+        )
         if not seen.final and numbered == invoice:
             message.invoice_number = invoice.number
             message.closed_at.CopyFrom(convert.timestamp(invoice.closed_at_ms))
@@ -234,6 +240,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             parts_in_contract=True,
             rolled_breakage_shown=True,
             expired_breakage_shown=True,
+            closed_in_journal_order=True,
         )
         invoice = await self._apply(command, Invoice)
         message = _closed_answer(invoice, checked)

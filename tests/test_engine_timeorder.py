@@ -1,0 +1,75 @@
+"""Which came first, when the recorded times disagree with journal order (engine/revenue.py).
+
+The server's time is its wall clock, journaled with each record: set back (an NTP step, a restart with an earlier
+clock), a record later in the journal carries an earlier time than one before it. A closed period's revenue is
+final (README, revenue report), so whether a grant was made, or its breakage recorded, after a period was closed is
+a question of journal order, not of the times the two records carry.
+"""
+
+from __future__ import annotations
+
+from engine import commands as cmd
+from engine import revenue
+from tests.credits_fixtures import Ledger
+from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos
+
+DAY_MS = 86_400_000
+FEB_MS = EPOCH_MS + 31 * DAY_MS
+MAR_MS = FEB_MS + 28 * DAY_MS
+APR_MS = MAR_MS + 31 * DAY_MS
+
+
+def report(m: Ledger, start_ms: int, end_ms: int) -> revenue.Report:
+    kernel = m.billing.kernel
+    usage = kernel.usage("acme")
+    aggregates = usage[0] if usage is not None else []
+    credits = revenue.KernelCredits(kernel.made_grants("acme"), kernel.breakage("acme"))
+    return revenue.report(m.billing.engine, lambda c: aggregates, start_ms, end_ms, "", lambda c: credits)
+
+
+def close_january(m: Ledger, at_ms: int) -> None:
+    """ClosePeriod of January as the server journals it (its server-set rules set)."""
+    m.run(cmd.ClosePeriod(at_ms, ACTOR, "acme", EPOCH_MS, closed_in_journal_order=True))
+
+
+def deferred_by_period(m: Ledger) -> tuple[int | None, ...]:
+    return tuple(line.deferred for line in report(m, EPOCH_MS, APR_MS).by_customer)
+
+
+def test_a_grant_made_after_the_close_with_the_clock_set_back_is_not_sold_in_the_closed_period() -> None:
+    # January closed at Feb 11; then the clock is set back and a grant starting Jan 1 (paid 40) is made at Feb 6.
+    # It was made after the close (journal order), so January's revenue, final, does not take it: it is sold in
+    # February, the first period still open. Before, closed_at (Feb 11) >= created_at (Feb 6) sold it in January.
+    world = basic_world()
+    m = Ledger(world)
+    close_january(m, FEB_MS + 10 * DAY_MS)
+    january_at_close = report(m, EPOCH_MS, FEB_MS).by_customer[0]
+    m.run(world.grant_command("g", "100", paid="40", starts_at_ms=EPOCH_MS, at_ms=FEB_MS + 5 * DAY_MS))
+    assert report(m, EPOCH_MS, FEB_MS).by_customer[0] == january_at_close
+    assert deferred_by_period(m) == (0, picos("40"), picos("40"))
+    whole = report(m, EPOCH_MS, APR_MS).totals
+    assert (whole.prepaid_sold, whole.deferred_end, whole.reconciles) == (picos("40"), picos("40"), True)
+    assert report(m, EPOCH_MS, FEB_MS).totals.prepaid_sold == 0
+    assert m.replayed().engine.state.invoices == m.billing.engine.state.invoices  # replay closes the same
+
+
+def test_a_grant_made_before_the_close_with_the_clock_set_back_stays_sold_in_the_period_it_closed() -> None:
+    # A grant starting Jan 1 (paid 40) made at Feb 11, January still open: sold in January. The clock is set back and
+    # January closed at Feb 6: the close does not move the sale out of the line it made final. Before, closed_at
+    # (Feb 6) < created_at (Feb 11) moved it to February at the close.
+    world = basic_world()
+    m = Ledger(world)
+    m.run(world.grant_command("g", "100", paid="40", starts_at_ms=EPOCH_MS, at_ms=FEB_MS + 10 * DAY_MS))
+    before_close = deferred_by_period(m)
+    assert before_close == (picos("40"), picos("40"), picos("40"))
+    close_january(m, FEB_MS + 5 * DAY_MS)
+    assert deferred_by_period(m) == before_close
+
+
+def test_a_close_recorded_before_journal_order_decided_replays_as_it_did() -> None:
+    # A ClosePeriod without closed_in_journal_order (every record before it) compares the recorded times, as then.
+    world = basic_world()
+    m = Ledger(world)
+    m.run(cmd.ClosePeriod(FEB_MS + 10 * DAY_MS, ACTOR, "acme", EPOCH_MS))
+    m.run(world.grant_command("g", "100", paid="40", starts_at_ms=EPOCH_MS, at_ms=FEB_MS + 5 * DAY_MS))
+    assert deferred_by_period(m) == (picos("40"), picos("40"), picos("40"))
