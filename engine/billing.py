@@ -188,6 +188,7 @@ class Billing:
         self._sync_tracking()
         self.engine.period_adjustments = self._adjustments
         self.engine.period_read = self._period_read
+        self.engine.breakage_recorded = lambda customer_id: len(self.kernel.breakage(customer_id))
 
     @property
     def last_seq(self) -> int:

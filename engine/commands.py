@@ -377,9 +377,10 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # dated before the expiry included). False in the records of earlier releases, whose replay counts this
     # period's and earlier periods' usage as drawn and the rest as expired.
     expired_breakage_shown: bool = False
-    # The invoice keeps how many grants GrantCredits had made by its close (Invoice.grants_made_before), so the
-    # revenue report tells a grant made after the close by journal order, not by the times the two records carry
-    # (a wall clock set back between them: engine/revenue.py). False in the records of earlier releases, whose
+    # The invoice keeps how many grants GrantCredits had made, and how many breakage entries the kernel had recorded
+    # for the customer, by its close (Invoice.grants_made_before, breakage_before), so the revenue report tells a
+    # grant made, or breakage recorded, after the close by journal order, not by the times the records carry (a
+    # wall clock set back between them: engine/revenue.py). False in the records of earlier releases, whose
     # invoices keep none: the report compares the times, as then.
     closed_in_journal_order: bool = False
 

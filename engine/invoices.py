@@ -185,6 +185,9 @@ class Invoice(msgspec.Struct, gc=False):
     # record with `closed_in_journal_order` only (None otherwise): a grant whose creation_order is above it was made
     # after the close, in journal order, whatever times the two records carry (engine/revenue.py).
     grants_made_before: int | None = None
+    # Likewise how many breakage entries the kernel had recorded for the customer (Kernel.breakage, in the order
+    # recorded): an entry at that index or later was recorded after the close.
+    breakage_before: int | None = None
 
 
 def build_invoice(

@@ -7,7 +7,7 @@ Sans-I/O: the kernel's lines come in through a callable (engine/billing.py sets 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from engine import commands as cmd
 from engine._kernel import period_containing
@@ -48,6 +48,8 @@ class InvoiceCommands(ControlPlane):
     # The lines, adjustments, top-up purchases and grant credit of a customer in one kernel call (engine/billing.py
     # sets it): a class default, so the Engine dataclass keeps its fields. Drafts and closes read through it alike.
     period_read: PeriodReader | None = None
+    # How many breakage entries the kernel has recorded for a customer (engine/billing.py sets it): a close records it.
+    breakage_recorded: Callable[[str], int] | None = None
     _due_heap: list[tuple[int, str]] | None
 
     # Reads -------------------------------------------------------------------------------------------------
@@ -264,7 +266,12 @@ class InvoiceCommands(ControlPlane):
         invoice.number = invoice_number(self.state.invoices_created)
         invoice.final = True
         invoice.closed_at_ms = at_ms
-        invoice.grants_made_before = self.state.grants_created if close.closed_in_journal_order else None
+        if close.closed_in_journal_order:
+            assert self.breakage_recorded is not None, (
+                "the engine counts breakage through the kernel (engine/billing.py)"
+            )
+            invoice.grants_made_before = self.state.grants_created
+            invoice.breakage_before = self.breakage_recorded(contract.customer_id)
         self.state.invoices[invoice.number] = invoice
         account = self.state.accounts[contract.customer_id]
         # New dicts, not changed in place: an account without closed periods holds the shared empty ones

@@ -323,13 +323,14 @@ def _ledgers(
         for grant_id, credits_drawn in drawn:
             by_product = ledgers[owner.get(grant_id, grant_id)].drawn_by_period[period_start]
             by_product[product_id] = by_product.get(product_id, 0) + credits_drawn
-    for _customer, grant_id, period_start, broken, at_ms in credits.breakage:
+    for index, (_customer, grant_id, period_start, broken, at_ms) in enumerate(credits.breakage):
         period_start = _rolled_over_in(contracts, ledgers.get(grant_id), period_start)
+        recorded = _Recorded(at_ms, breakage_index=index)
         if period_start:
-            period_start = _open_period(contracts, closed, period_start, _Recorded(at_ms))
+            period_start = _open_period(contracts, closed, period_start, recorded)
         else:  # no contract covered the grant's last usable instant
             expiring = partial(_breakage_period, expires_at_ms=expiries.get(grant_id), at_ms=at_ms)
-            period_start = _final_period(contracts, closed, _Recorded(at_ms), expiring)
+            period_start = _final_period(contracts, closed, recorded, expiring)
         ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
     return ledgers, overage
 
@@ -413,27 +414,32 @@ def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, peri
 
 @dataclass(frozen=True)
 class _Recorded:
-    """When a sale or a breakage was recorded: its time, and for a grant GrantCredits made its creation_order (its
-    place in journal order among grants; None for what the kernel recorded)."""
+    """When a sale or a breakage was recorded: its time, and its place in journal order where known: a grant
+    GrantCredits made, its creation_order; a breakage entry, its index in the customer's breakage (Kernel.breakage
+    lists them in the order recorded, those a read projects last); a top-up the kernel bought, neither."""
 
     at_ms: int
     grant_order: int | None = None
+    breakage_index: int | None = None
 
 
 @dataclass(frozen=True)
 class _Closed:
-    """When a period's invoice was made final: its closed_at, and how many grants GrantCredits had made by then
-    (None for a close recorded by an earlier release)."""
+    """When a period's invoice was made final: its closed_at, and how many grants GrantCredits had made and breakage
+    entries the kernel had recorded for the customer by then (None for a close recorded by an earlier release)."""
 
     at_ms: int
     grants_made_before: int | None
+    breakage_before: int | None
 
     def before(self, recorded: _Recorded) -> bool:
         """Whether the period was closed before `recorded`. A clock set back between two records makes a later one
-        carry an earlier time, so journal order decides where both records tell it (a grant and a close recorded
-        with `closed_in_journal_order`); elsewhere the times, as before."""
+        carry an earlier time, so journal order decides where both records tell it (a close recorded with
+        `closed_in_journal_order`, and a grant or a breakage entry); elsewhere the times, as before."""
         if recorded.grant_order is not None and self.grants_made_before is not None:
             return self.grants_made_before < recorded.grant_order
+        if recorded.breakage_index is not None and self.breakage_before is not None:
+            return self.breakage_before <= recorded.breakage_index
         return self.at_ms < recorded.at_ms
 
 
@@ -442,7 +448,7 @@ def _closed_at(engine: Engine, customer: str) -> dict[int, _Closed]:
     account = engine.state.accounts.get(customer)
     invoices = account.invoices if account is not None else {}
     return {
-        start: _Closed(invoice.closed_at_ms, invoice.grants_made_before)
+        start: _Closed(invoice.closed_at_ms, invoice.grants_made_before, invoice.breakage_before)
         for start, number in invoices.items()
         for invoice in (engine.state.invoices[number],)
     }

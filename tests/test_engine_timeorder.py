@@ -73,3 +73,44 @@ def test_a_close_recorded_before_journal_order_decided_replays_as_it_did() -> No
     m.run(cmd.ClosePeriod(FEB_MS + 10 * DAY_MS, ACTOR, "acme", EPOCH_MS))
     m.run(world.grant_command("g", "100", paid="40", starts_at_ms=EPOCH_MS, at_ms=FEB_MS + 5 * DAY_MS))
     assert deferred_by_period(m) == (picos("40"), picos("40"), picos("40"))
+
+
+MINUTE_MS = 60_000
+
+
+def test_breakage_recorded_after_the_close_with_the_clock_set_back_is_not_in_the_closed_period() -> None:
+    # January and February closed at Mar 5 00:10 (the clock last recorded Mar 5 00:00). The clock is set back ten
+    # minutes; a grant of 100 credits paid 40, starting Jan 1 and expired on Feb 20, is made at 00:02 and the clock
+    # records its expiry at 00:05: 40 of breakage in February, the period of its last usable instant, which was
+    # closed before both. The grant is sold in March, the first period still open, and its breakage counts there
+    # too: February's revenue, final, does not change. Before, closed_at (00:10) >= the breakage's at_ms (00:05) put
+    # the breakage in February, whose line then broke 40 never sold in it.
+    world = basic_world()
+    m = Ledger(world)
+    m.advance(MAR_MS + 4 * DAY_MS)
+    close_at = MAR_MS + 4 * DAY_MS + 10 * MINUTE_MS
+    close_january(m, close_at)
+    m.run(cmd.ClosePeriod(close_at, ACTOR, "acme", FEB_MS, closed_in_journal_order=True))
+    closed = report(m, EPOCH_MS, MAR_MS).by_customer
+    expired_at = FEB_MS + 19 * DAY_MS
+    made = world.grant_command("g", "100", paid="40", expires_at_ms=expired_at, at_ms=close_at - 8 * MINUTE_MS)
+    m.run(made)
+    m.advance(close_at - 5 * MINUTE_MS)
+    assert [(b[1], b[2], b[3]) for b in m.billing.kernel.breakage("acme")] == [("g", FEB_MS, picos("100"))]
+    assert report(m, EPOCH_MS, MAR_MS).by_customer == closed
+    [march] = report(m, MAR_MS, APR_MS).by_customer
+    assert (march.breakage, march.deferred) == (picos("40"), 0)
+
+
+def test_breakage_recorded_before_the_close_with_the_clock_set_back_stays_in_the_period_it_closed() -> None:
+    # A grant of 100 credits paid 40 from Jan 1, expired on Feb 20: the clock records its expiry at Mar 5 (40 of
+    # breakage in February, still open). The clock is set back a day and February closed at Mar 4: its line keeps the
+    # breakage. Before, closed_at (Mar 4) < the breakage's at_ms (Mar 5) moved it to March at the close.
+    world = basic_world()
+    m = Ledger(world)
+    m.run(world.grant_command("g", "100", paid="40", expires_at_ms=FEB_MS + 19 * DAY_MS))
+    m.advance(MAR_MS + 4 * DAY_MS)
+    before_close = [(line.breakage, line.deferred) for line in report(m, EPOCH_MS, APR_MS).by_customer]
+    assert before_close == [(0, picos("40")), (picos("40"), 0), (0, 0)]
+    m.run(cmd.ClosePeriod(MAR_MS + 3 * DAY_MS, ACTOR, "acme", FEB_MS, closed_in_journal_order=True))
+    assert [(line.breakage, line.deferred) for line in report(m, EPOCH_MS, APR_MS).by_customer] == before_close
