@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from engine import commands as cmd
 from engine import revenue
+from server.closer import close_due_slice
 from tests.credits_fixtures import Ledger
 from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos
 
@@ -114,3 +115,13 @@ def test_breakage_recorded_before_the_close_with_the_clock_set_back_stays_in_the
     assert before_close == [(0, picos("40")), (picos("40"), 0), (0, 0)]
     m.run(cmd.ClosePeriod(MAR_MS + 3 * DAY_MS, ACTOR, "acme", FEB_MS, closed_in_journal_order=True))
     assert [(line.breakage, line.deferred) for line in report(m, EPOCH_MS, APR_MS).by_customer] == before_close
+
+
+def test_the_servers_periodic_close_records_its_closes_in_journal_order() -> None:
+    # The driver's and the CloseDuePeriods RPC's command (the ClosePeriod RPC's is checked over the wire,
+    # tests/test_audit_timeorder_wire.py); the rule is the server's, not in the audit log.
+    assert close_due_slice(0, ACTOR, 0).closed_in_journal_order
+    m = Ledger(basic_world())
+    m.run(close_due_slice(MAR_MS, ACTOR, 0))
+    closes = [e for e in m.billing.engine.state.audit if e.action == "CloseDuePeriods"]
+    assert closes and all("closed_in_journal_order" not in entry.diff for entry in closes)
