@@ -36,7 +36,7 @@ from engine.errors import AlreadyExists, EngineError, NotFound
 from engine.explain import Line
 from engine.instants import iso
 from engine.invoices import CreditWanted, Invoice, KernelAdjustment, LineAdjustment, PeriodRead
-from engine.ledger import Grant
+from engine.ledger import Grant, GrantKind
 from engine.rerate import (
     PlanInSlices,
     Rerated,
@@ -188,7 +188,7 @@ class Billing:
         self._sync_tracking()
         self.engine.period_adjustments = self._adjustments
         self.engine.period_read = self._period_read
-        self.engine.breakage_recorded = lambda customer_id: len(self.kernel.breakage(customer_id))
+        self.engine.kernel_recorded = self._kernel_recorded
 
     @property
     def last_seq(self) -> int:
@@ -764,6 +764,12 @@ class Billing:
         # A grant id held twice keeps its last grant's, as a dict built in burn order does.
         by_id = None if rows is None else {grant_id: (has, broken) for grant_id, has, broken in rows}
         return period, adjustments, purchases, by_id
+
+    def _kernel_recorded(self, customer_id: str) -> tuple[int, int]:
+        """How many TOP_UP grants the kernel has made for a customer and breakage entries it has recorded (each list
+        in the order recorded): a close keeps them, so revenue tells what came after it in journal order."""
+        top_ups = sum(1 for made in self.kernel.made_grants(customer_id) if made[1] == GrantKind.TOP_UP)
+        return top_ups, len(self.kernel.breakage(customer_id))
 
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""

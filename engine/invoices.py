@@ -160,6 +160,18 @@ class GrantBalance(msgspec.Struct, frozen=True, array_like=True, gc=False):
     expired_picos: int
 
 
+class RecordedBefore(msgspec.Struct, frozen=True, gc=False):
+    """How many grants GrantCredits had made (State.grants_created), TOP_UP grants the kernel had bought for the
+    customer (Kernel.made_grants, in the order bought) and breakage entries it had recorded for the customer
+    (Kernel.breakage, in the order recorded) when a period was closed: a grant whose creation_order is above
+    `grants`, or a top-up or breakage entry at that index or later, came after the close in journal order, whatever
+    times the records carry (engine/revenue.py)."""
+
+    grants: int
+    top_ups: int
+    breakage: int
+
+
 class Invoice(msgspec.Struct, gc=False):
     customer_id: str
     contract_id: str
@@ -181,13 +193,9 @@ class Invoice(msgspec.Struct, gc=False):
     final: bool = False
     closed_at_ms: int = 0
     grant_balances: list[GrantBalance] = []
-    # How many grants GrantCredits had made when it was closed (State.grants_created), a final invoice closed by a
-    # record with `closed_in_journal_order` only (None otherwise): a grant whose creation_order is above it was made
-    # after the close, in journal order, whatever times the two records carry (engine/revenue.py).
-    grants_made_before: int | None = None
-    # Likewise how many breakage entries the kernel had recorded for the customer (Kernel.breakage, in the order
-    # recorded): an entry at that index or later was recorded after the close.
-    breakage_before: int | None = None
+    # What had been recorded of the customer when it was closed, a final invoice closed by a record with
+    # `closed_in_journal_order` only (None otherwise): see RecordedBefore.
+    recorded_before: RecordedBefore | None = None
 
 
 def build_invoice(

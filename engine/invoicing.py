@@ -25,6 +25,7 @@ from engine.invoices import (
     KernelLines,
     KernelPurchase,
     PeriodReader,
+    RecordedBefore,
     build_invoice,
     invoice_number,
     minor_unit,
@@ -48,8 +49,9 @@ class InvoiceCommands(ControlPlane):
     # The lines, adjustments, top-up purchases and grant credit of a customer in one kernel call (engine/billing.py
     # sets it): a class default, so the Engine dataclass keeps its fields. Drafts and closes read through it alike.
     period_read: PeriodReader | None = None
-    # How many breakage entries the kernel has recorded for a customer (engine/billing.py sets it): a close records it.
-    breakage_recorded: Callable[[str], int] | None = None
+    # How many top-ups the kernel has bought and breakage entries it has recorded for a customer (engine/billing.py
+    # sets it): a close records them.
+    kernel_recorded: Callable[[str], tuple[int, int]] | None = None
     _due_heap: list[tuple[int, str]] | None
 
     # Reads -------------------------------------------------------------------------------------------------
@@ -267,11 +269,9 @@ class InvoiceCommands(ControlPlane):
         invoice.final = True
         invoice.closed_at_ms = at_ms
         if close.closed_in_journal_order:
-            assert self.breakage_recorded is not None, (
-                "the engine counts breakage through the kernel (engine/billing.py)"
-            )
-            invoice.grants_made_before = self.state.grants_created
-            invoice.breakage_before = self.breakage_recorded(contract.customer_id)
+            assert self.kernel_recorded is not None, "the engine counts the kernel's records through it (billing.py)"
+            top_ups, breakage = self.kernel_recorded(contract.customer_id)
+            invoice.recorded_before = RecordedBefore(self.state.grants_created, top_ups, breakage)
         self.state.invoices[invoice.number] = invoice
         account = self.state.accounts[contract.customer_id]
         # New dicts, not changed in place: an account without closed periods holds the shared empty ones

@@ -52,6 +52,7 @@ from engine._kernel import period_containing
 from engine.contracts import Contract
 from engine.errors import InvalidArgument, NotFound
 from engine.instants import check_instant, iso
+from engine.invoices import RecordedBefore
 from engine.ledger import Grant, GrantKind
 from engine.money import PICOS_PER_UNIT, round_ratio
 from engine.state import Engine
@@ -308,9 +309,12 @@ def _ledgers(
     ledgers: dict[str, _GrantLedger] = {}
     owner: dict[str, str] = {}  # a kernel-made ROLLOVER grant -> the ledger it shares
     expiries: dict[str, int | None] = {}  # grant id -> expires_at, the kernel's ROLLOVER grants' too
-    for grant in [*(account.grants if account is not None else []), *_top_ups(customer, credits.made_grants)]:
+    # Each grant with its place in journal order: GrantCredits's creation order, a top-up's among the kernel's.
+    granted = [(g, _Recorded(g.created_at_ms, grant_order=g.creation_order)) for g in account.grants] if account else []
+    top_ups = _top_ups(customer, credits.made_grants)
+    bought = [(g, _Recorded(g.created_at_ms, top_up_index=index)) for index, g in enumerate(top_ups)]
+    for grant, made in [*granted, *bought]:
         expiries[grant.id] = grant.expires_at_ms
-        made = _Recorded(grant.created_at_ms, grant.creation_order if grant.creation_order > 0 else None)
         sold = _final_period(contracts, closed, made, partial(_sold_at, engine, grant=grant))
         ledgers[grant.id] = _GrantLedger(grant, sold)
     for grant_id, kind, _amount, _priority, _starts, expires_at_ms, _cost, rolled_from, _at_ms in credits.made_grants:
@@ -416,30 +420,35 @@ def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, peri
 class _Recorded:
     """When a sale or a breakage was recorded: its time, and its place in journal order where known: a grant
     GrantCredits made, its creation_order; a breakage entry, its index in the customer's breakage (Kernel.breakage
-    lists them in the order recorded, those a read projects last); a top-up the kernel bought, neither."""
+    lists them in the order recorded, those a read projects last); a top-up the kernel bought, its index among the
+    customer's (Kernel.made_grants lists them in the order bought)."""
 
     at_ms: int
     grant_order: int | None = None
     breakage_index: int | None = None
+    top_up_index: int | None = None
 
 
 @dataclass(frozen=True)
 class _Closed:
-    """When a period's invoice was made final: its closed_at, and how many grants GrantCredits had made and breakage
-    entries the kernel had recorded for the customer by then (None for a close recorded by an earlier release)."""
+    """When a period's invoice was made final: its closed_at, and how many grants GrantCredits had made, breakage
+    entries the kernel had recorded and top-ups it had bought for the customer by then (None for a close recorded by
+    an earlier release)."""
 
     at_ms: int
-    grants_made_before: int | None
-    breakage_before: int | None
+    recorded_before: RecordedBefore | None
 
     def before(self, recorded: _Recorded) -> bool:
         """Whether the period was closed before `recorded`. A clock set back between two records makes a later one
         carry an earlier time, so journal order decides where both records tell it (a close recorded with
         `closed_in_journal_order`, and a grant or a breakage entry); elsewhere the times, as before."""
-        if recorded.grant_order is not None and self.grants_made_before is not None:
-            return self.grants_made_before < recorded.grant_order
-        if recorded.breakage_index is not None and self.breakage_before is not None:
-            return self.breakage_before <= recorded.breakage_index
+        before = self.recorded_before
+        if before is not None and recorded.grant_order is not None:
+            return before.grants < recorded.grant_order
+        if before is not None and recorded.breakage_index is not None:
+            return before.breakage <= recorded.breakage_index
+        if before is not None and recorded.top_up_index is not None:
+            return before.top_ups <= recorded.top_up_index
         return self.at_ms < recorded.at_ms
 
 
@@ -448,7 +457,7 @@ def _closed_at(engine: Engine, customer: str) -> dict[int, _Closed]:
     account = engine.state.accounts.get(customer)
     invoices = account.invoices if account is not None else {}
     return {
-        start: _Closed(invoice.closed_at_ms, invoice.grants_made_before, invoice.breakage_before)
+        start: _Closed(invoice.closed_at_ms, invoice.recorded_before)
         for start, number in invoices.items()
         for invoice in (engine.state.invoices[number],)
     }

@@ -45,7 +45,7 @@ def preview(m: Ledger, at_ms: int) -> Invoice:
 
 def draft_fields(invoice: Invoice) -> dict[str, Any]:
     fields: dict[str, Any] = msgspec.to_builtins(invoice)
-    for name in ("number", "final", "closed_at_ms", "grants_made_before", "breakage_before"):
+    for name in ("number", "final", "closed_at_ms", "recorded_before"):
         fields.pop(name)
     return fields
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from engine import commands as cmd
 from engine import revenue
 from server.closer import close_due_slice
-from tests.credits_fixtures import Ledger
+from tests.credits_fixtures import Ledger, event
 from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world, picos
 
 DAY_MS = 86_400_000
@@ -125,3 +125,21 @@ def test_the_servers_periodic_close_records_its_closes_in_journal_order() -> Non
     m.run(close_due_slice(MAR_MS, ACTOR, 0))
     closes = [e for e in m.billing.engine.state.audit if e.action == "CloseDuePeriods"]
     assert closes and all("closed_in_journal_order" not in entry.diff for entry in closes)
+
+
+def test_a_top_up_bought_before_the_close_with_the_clock_set_back_stays_sold_in_the_period_it_closed() -> None:
+    # Grant g: 10 credits paid 10 from Jan 1 (1 a credit); a top-up policy recharging to 10 below 5, at 0.5 a credit.
+    # An event of Feb 28 (6 units) received at Mar 1 00:05 leaves 4: the server buys 6 credits for 3, in February
+    # (the period whose invoice bills it). February's line: 6 recognised, 3 sold, deferred 10 - 6 + 3 = 7. The clock is
+    # set back and February closed at Mar 1 00:02: its line keeps the sale. Before, closed_at (00:02) < the
+    # purchase's at_ms (00:05) moved the sale to March at the close, while February's invoice bills it.
+    world = basic_world()
+    world.grant("g", "10", paid="10")
+    m = Ledger(world)
+    m.run(cmd.SetTopUpPolicy(EPOCH_MS, ACTOR, "c-acme", "5", "10", "0.5", 1))
+    m.ingest([event("t1", MAR_MS - DAY_MS, 6)], MAR_MS + 5 * MINUTE_MS, top_ups_in_billed_period=True)
+    assert [(p[0], p[2]) for p in m.billing.kernel.top_up_purchases("acme")] == [(FEB_MS, picos("6"))]
+    before_close = deferred_by_period(m)
+    assert before_close == (picos("10"), picos("7"), picos("7"))
+    m.run(cmd.ClosePeriod(MAR_MS + 2 * MINUTE_MS, ACTOR, "acme", FEB_MS, closed_in_journal_order=True))
+    assert deferred_by_period(m) == before_close

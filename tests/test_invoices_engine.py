@@ -79,7 +79,7 @@ def tokens(tx: str, ts_ms: int, quantity: float, model: str = "gpt4") -> usage_p
 def draft_fields(invoice: Invoice) -> dict[str, Any]:
     """Every field but those only a final invoice has (number, status, close time, what was recorded before it)."""
     fields: dict[str, Any] = msgspec.to_builtins(invoice)
-    for name in ("number", "final", "closed_at_ms", "grants_made_before", "breakage_before"):
+    for name in ("number", "final", "closed_at_ms", "recorded_before"):
         fields.pop(name)
     return fields
 

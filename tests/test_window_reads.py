@@ -71,7 +71,7 @@ def test_a_balance_read_before_the_rollover_is_recorded_shows_it_rolled_its_line
     assert shown(billing.balance("acme", WINDOW_MS + 50)) == ROLLED_BALANCE
     final = ledger.run(server_set(cmd.ClosePeriod(WINDOW_MS + 60, ACTOR, "acme", EPOCH_MS)))
     assert isinstance(final, Invoice)
-    unclosed = {"number": "", "final": False, "closed_at_ms": 0, "grants_made_before": None, "breakage_before": None}
+    unclosed = {"number": "", "final": False, "closed_at_ms": 0, "recorded_before": None}
     assert msgspec.structs.replace(final, **unclosed) == draft
     own = billing.kernel.balance("acme", WINDOW_MS + 50)
     assert own is not None and (own["remaining"], own["held"]) == (17 * PICOS, 13 * PICOS)

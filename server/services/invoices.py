@@ -198,8 +198,7 @@ def _closed_answer(invoice: Invoice, checked: _Checked | None) -> invoices_pb2.I
             number=invoice.number,
             final=True,
             closed_at_ms=invoice.closed_at_ms,
-            grants_made_before=invoice.grants_made_before,
-            breakage_before=invoice.breakage_before,
+            recorded_before=invoice.recorded_before,
         )
         if not seen.final and numbered == invoice:
             message.invoice_number = invoice.number
