@@ -143,3 +143,14 @@ def test_a_top_up_bought_before_the_close_with_the_clock_set_back_stays_sold_in_
     assert before_close == (picos("10"), picos("7"), picos("7"))
     m.run(cmd.ClosePeriod(MAR_MS + 2 * MINUTE_MS, ACTOR, "acme", FEB_MS, closed_in_journal_order=True))
     assert deferred_by_period(m) == before_close
+
+
+def test_a_grant_made_right_after_the_close_in_the_same_millisecond_is_not_sold_in_the_closed_period() -> None:
+    # No clock set back: January closed at Feb 11 00:00, and a grant starting Jan 1 (paid 40) made next in the same
+    # millisecond (two commands of one group carry its time). It came after the close: sold in February. Before,
+    # closed_at == created_at counted as "not closed before it": sold in January, after its revenue was final.
+    world = basic_world()
+    m = Ledger(world)
+    close_january(m, FEB_MS + 10 * DAY_MS)
+    m.run(world.grant_command("g", "100", paid="40", starts_at_ms=EPOCH_MS, at_ms=FEB_MS + 10 * DAY_MS))
+    assert deferred_by_period(m) == (0, picos("40"), picos("40"))
