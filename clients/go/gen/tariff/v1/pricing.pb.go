@@ -2205,7 +2205,11 @@ func (x *PublishVersionResponse) GetLeftAloneReason() string {
 // force); usage it would re-rate that cannot be priced again, as for
 // PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
 // no rate, an hour holding a period boundary or a matching override's start or
-// end off the hour; see PublishVersionRequest.effective_from).
+// end off the hour; see PublishVersionRequest.effective_from), the message
+// naming what was asked ("rate card 'gpt' cannot be rolled back to version 2
+// effective from 2026-01-10T00:00:00Z: ...") then the customer, the product
+// and the hour; the copy is never made, so no version number is given to it
+// (the next version made takes that number).
 type RollbackRateCardRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`

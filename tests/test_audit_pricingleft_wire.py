@@ -1,0 +1,89 @@
+"""What the pricing workflow audit (tests/test_audit_pricingflow_wire.py) left, over the wire: a refused
+RollbackRateCard names what the caller asked for, parameter names no formula can use are refused, an effective_from
+off the hour is INVALID_ARGUMENT whatever the version's state, and SimulateVersion answers against the state a
+publish's re-rating leaves, also while that re-rating runs. Amounts computed by hand from pricing.proto.
+
+Card `lc` (USD): version 1 prices pa at 1 a unit and pb at 2, in force since 2025-12-01; version 2 (pa at 1, no
+rate for pb) is published from 2027 (no usage then). Customer a's contract starts 2026-01-01; 10 pa and 5 pb on
+2026-01-12 10:00."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from tariff import TariffClient
+from tariff.v1 import contracts_pb2, pricing_pb2
+
+from tests.audit_fixtures import audit_count, refusal, serving, unit
+from tests.serverproc import ServerProcess
+from tests.test_audit_invoices_wire import JAN, ms, ts
+
+CARD = "lc"
+W = ms("2026-01-10T00:00:00")
+JAN12 = ms("2026-01-12T10:00:00")
+Y2027 = ms("2027-01-01T00:00:00")
+HALF_PAST = ts(W + 1_800_000)
+
+
+def _setup(client: TariffClient) -> None:
+    for product_id in ("pa", "pb"):
+        product = pricing_pb2.Product(id=product_id, event_type=product_id, aggregation=pricing_pb2.SUM, value_key="n")
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=CARD, name=CARD, pricing_unit="USD"))
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, upsert_rates=[unit("pa", "1"), unit("pb", "2")])
+    )
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=1, effective_from=ts(ms("2025-12-01T00:00:00")))
+    )
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id=CARD, based_on_version=1, remove_rates=[pricing_pb2.RateKey(product_id="pb")]
+        )
+    )
+    client.pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(Y2027)))
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="a", name="a"))
+    client.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id="k-a", customer_id="a", rate_card_id=CARD, starting_at=ts(JAN), overage_policy=contracts_pb2.ALLOW,
+            overage_price="1", currency="USD",
+        )
+    )
+    from tariff.v1 import usage_pb2
+
+    events = [
+        usage_pb2.UsageEvent(
+            transaction_id=f"a-{p}", customer_id="a", event_type=p, timestamp_ms=JAN12, values={"n": n}
+        )
+        for p, n in (("pa", 10), ("pb", 5))
+    ]
+    assert client.ingest_batch(events, batch_id="a-jan12").accepted == 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("audit-pricingleft") / "data", extra_args=["--close-grace", "off"])
+    yield from serving(process, _setup)
+
+
+def test_a_refused_rollback_names_the_version_rolled_back_to_not_the_withdrawn_copy(server: ServerProcess) -> None:
+    """Rolling `lc` back to version 2 from W would re-rate a's pb of Jan 12, which version 2 has no rate for:
+    FAILED_PRECONDITION naming the card, the version asked for (2), the hour, then the customer, product and hour;
+    not "version 2 ... cannot be published" (it is published) nor the copy's number 3 (never made)."""
+    with server.client() as client:
+        before = audit_count(client)
+        code, details = refusal(
+            lambda: client.pricing.RollbackRateCard(
+                pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=2, effective_from=ts(W))
+            )
+        )
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "version 3" not in details, details
+        asked = "rate card 'lc' cannot be rolled back to version 2 effective from 2026-01-10T00:00:00Z: "
+        assert details.startswith(asked), details
+        assert 'customer "a"' in details and 'product "pb"' in details and "2026-01-12T10:00:00Z" in details, details
+        assert audit_count(client) == before
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
+        assert card.latest_version == 2
