@@ -22,7 +22,7 @@ from engine.control import (
 )
 from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
-from engine.formula import price_text_problem, read_name_as
+from engine.formula import keyword_name_problem, price_text_problem, read_name_as
 from engine.instants import check_instant
 from engine.ledger import Grant, GrantKind
 from engine.money import decimal_range_problem, decimal_text_problem, format_decimal, format_picos, parse_decimal
@@ -454,16 +454,18 @@ def check_rates_can_match(rates: Iterable[pricing_pb2.Rate]) -> None:
 def check_parameter_names(names: Iterable[str]) -> None:
     """INVALID_ARGUMENT naming the set_parameters entry whose name is longer than PARAMETER_NAME_CHARS_MAX
     characters (a formula names a parameter, and the version, its answers and its validation's findings hold the
-    name whole), or not in the form formulas read names in (`read_name_as`: no formula could name it)."""
+    name whole), or not in the form formulas read names in (`read_name_as`), or a keyword of the formula grammar
+    (`keyword_name_problem`): no formula could name either."""
     for name in names:
         if len(name) > PARAMETER_NAME_CHARS_MAX:
             raise InvalidArgument.field(
                 f"set_parameters[{entry_name(name)}]",
                 f"a parameter name is at most {PARAMETER_NAME_CHARS_MAX} characters, not {len(name):,}",
             )
-        read_as = read_name_as(name)
-        if read_as is not None:  # no formula could name it: it would name another parameter (or none)
-            raise InvalidArgument.field(f"set_parameters[{entry_name(name)}]", read_as)
+        # No formula could name it: it would name another parameter (or none), or is no name to the grammar.
+        problem = read_name_as(name) or keyword_name_problem(name)
+        if problem is not None:
+            raise InvalidArgument.field(f"set_parameters[{entry_name(name)}]", problem)
 
 
 def check_draft_counts(request: pricing_pb2.CreateDraftVersionRequest) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from tariff import TariffClient
-from tariff.v1 import contracts_pb2, pricing_pb2
+from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
 from tests.audit_fixtures import audit_count, refusal, serving, unit
 from tests.serverproc import ServerProcess
@@ -43,15 +43,21 @@ def _setup(client: TariffClient) -> None:
             rate_card_id=CARD, based_on_version=1, remove_rates=[pricing_pb2.RateKey(product_id="pb")]
         )
     )
-    client.pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(Y2027)))
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=2, effective_from=ts(Y2027))
+    )
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="a", name="a"))
     client.contracts.CreateContract(
         contracts_pb2.CreateContractRequest(
-            id="k-a", customer_id="a", rate_card_id=CARD, starting_at=ts(JAN), overage_policy=contracts_pb2.ALLOW,
-            overage_price="1", currency="USD",
+            id="k-a",
+            customer_id="a",
+            rate_card_id=CARD,
+            starting_at=ts(JAN),
+            overage_policy=contracts_pb2.ALLOW,
+            overage_price="1",
+            currency="USD",
         )
     )
-    from tariff.v1 import usage_pb2
 
     events = [
         usage_pb2.UsageEvent(
@@ -87,3 +93,38 @@ def test_a_refused_rollback_names_the_version_rolled_back_to_not_the_withdrawn_c
         assert audit_count(client) == before
         card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD))
         assert card.latest_version == 2
+
+
+def test_a_parameter_named_by_a_keyword_of_the_formula_grammar_is_refused(server: ServerProcess) -> None:
+    """Formulas are read with Python's grammar, where `if`, `lambda`, `None`, `True` are no names: a formula can
+    never name such a parameter (ValidateVersion would flag one that tries). So CreateDraftVersion refuses the name:
+    INVALID_ARGUMENT naming set_parameters[<name>], nothing made. A soft keyword (`match`, `type`, `_`) is a name in
+    an expression like any other: match = 3 and a flat price of "match * 2" price 6."""
+    with server.client() as client:
+        latest = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).latest_version
+        for name in ("if", "None", "True", "lambda", "not"):
+            request = pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD, based_on_version=1, set_parameters={name: "1", "ok": "2"}
+            )
+            code, details = refusal(lambda request=request: client.pricing.CreateDraftVersion(request))  # type: ignore[misc]
+            assert (code, details.split(": ", 1)[0]) == (grpc.StatusCode.INVALID_ARGUMENT, f"set_parameters[{name}]"), (
+                details
+            )
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=CARD)).latest_version == latest
+        flat = pricing_pb2.Rate(product_id="pa", flat=pricing_pb2.FlatPrice(price="match * 2 + type + _"))
+        made = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id=CARD,
+                based_on_version=1,
+                set_parameters={"match": "3", "type": "0", "_": "0"},
+                upsert_rates=[flat],
+            )
+        ).version
+        report = client.pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id=CARD, version=made))
+        assert (report.ok, list(report.findings)) == (True, [])
+        diff = client.pricing.DiffVersions(
+            pricing_pb2.DiffVersionsRequest(rate_card_id=CARD, from_version=1, to_version=made)
+        )
+        (change,) = diff.rates
+        assert {f.path: f.new_price for f in change.fields}["flat.price"] == "6"
+

@@ -1626,7 +1626,10 @@ type CreateDraftVersionRequest struct {
 	// is INVALID_ARGUMENT naming set_parameters[name] too, nothing made, so no
 	// version holds one; and so is a name not in Unicode's NFKC form, the form
 	// a formula reads names in (the ligature "ﬁ", U+FB01, reads as "fi": a
-	// formula could only name another parameter).
+	// formula could only name another parameter), and a keyword of the formula
+	// grammar (Python's: "if", "lambda", "not", "None", "True", "False", ...),
+	// which a formula reads as no name or as a constant, never as a parameter
+	// ("match", "type" and "_" are names like any other).
 	SetParameters map[string]string `protobuf:"bytes,3,rep,name=set_parameters,json=setParameters,proto3" json:"set_parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Replaces the rate with the same product_id and match, or adds it. A
 	// product and match ("*" entries left out) at most once in one request

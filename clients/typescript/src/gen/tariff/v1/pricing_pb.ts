@@ -739,7 +739,10 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
    * is INVALID_ARGUMENT naming set_parameters[name] too, nothing made, so no
    * version holds one; and so is a name not in Unicode's NFKC form, the form
    * a formula reads names in (the ligature "ﬁ", U+FB01, reads as "fi": a
-   * formula could only name another parameter).
+   * formula could only name another parameter), and a keyword of the formula
+   * grammar (Python's: "if", "lambda", "not", "None", "True", "False", ...),
+   * which a formula reads as no name or as a constant, never as a parameter
+   * ("match", "type" and "_" are names like any other).
    *
    * @generated from field: map<string, string> set_parameters = 3;
    */
