@@ -28,6 +28,7 @@ from engine.ledger import Grant, GrantKind
 from engine.money import decimal_range_problem, decimal_text_problem, format_decimal, format_picos, parse_decimal
 from engine.products import Aggregation, Product
 from engine.ratecard import (
+    HOUR_MS,
     PARAMETERS_PER_VERSION_MAX,
     RATES_PER_VERSION_MAX,
     Cohort,
@@ -235,10 +236,13 @@ def optional_end_ms_up(message: object, field: str) -> int | None:
 
 
 def optional_hour_ms(message: object, field: str) -> int | None:
-    """`optional_ms` of a time that must be on an hour (an effective_from): a sub-millisecond part is refused here,
-    as the engine refuses milliseconds past the hour, rather than dropped into an hour the caller did not name."""
+    """`optional_ms` of a time that must be on an hour (an effective_from), refused here, before the request is
+    looked at against the state: a time off the hour is INVALID_ARGUMENT whatever the version's state (published,
+    a draft, unknown), as gRPC gives a request wrong in any state. A sub-millisecond part is refused too, rather
+    than dropped into an hour the caller did not name. (The engine refuses milliseconds past the hour as ever,
+    after its state checks: replay is unchanged.)"""
     ms = optional_ms(message, field)
-    if ms is not None and getattr(message, field).nanos % 1_000_000:
+    if ms is not None and (ms % HOUR_MS or getattr(message, field).nanos % 1_000_000):
         raise InvalidArgument.field(field, "must be on an hour boundary (UTC)")
     return ms
 

@@ -128,3 +128,36 @@ def test_a_parameter_named_by_a_keyword_of_the_formula_grammar_is_refused(server
         (change,) = diff.rates
         assert {f.path: f.new_price for f in change.fields}["flat.price"] == "6"
 
+
+def test_an_effective_from_off_the_hour_is_invalid_whatever_the_state(server: ServerProcess) -> None:
+    """A request wrong whatever the state is INVALID_ARGUMENT (gRPC's guidance), checked before the state is: an
+    effective_from half past an hour on PublishVersion of a published version (1), an unknown one (99), and on
+    RollbackRateCard to a draft and to an unknown version. Nothing changes."""
+    with server.client() as client:
+        draft = client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, based_on_version=1)
+        ).version
+        before = audit_count(client)
+        p = client.pricing
+        calls = [
+            lambda: p.PublishVersion(
+                pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=1, effective_from=HALF_PAST)
+            ),
+            lambda: p.PublishVersion(
+                pricing_pb2.PublishVersionRequest(rate_card_id=CARD, version=99, effective_from=HALF_PAST)
+            ),
+            lambda: p.RollbackRateCard(
+                pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=draft, effective_from=HALF_PAST)
+            ),
+            lambda: p.RollbackRateCard(
+                pricing_pb2.RollbackRateCardRequest(rate_card_id=CARD, to_version=99, effective_from=HALF_PAST)
+            ),
+        ]
+        for index, call in enumerate(calls):
+            code, details = refusal(call)
+            assert (index, code, details.split(": ", 1)[0]) == (
+                index,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "effective_from",
+            ), details
+        assert audit_count(client) == before

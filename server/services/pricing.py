@@ -207,6 +207,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.PublishVersionRequest, context: Context
     ) -> pricing_pb2.PublishVersionResponse:
         _required(rate_card_id=request.rate_card_id, version=request.version)
+        effective_from_ms = convert.optional_hour_ms(request, "effective_from")  # before the state is looked at
         self._card_named(request.rate_card_id)
         convert.check_count(
             request.cohort.customer_ids,
@@ -222,7 +223,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             actor_of(context),
             request.rate_card_id,
             request.version,
-            convert.optional_hour_ms(request, "effective_from"),
+            effective_from_ms,
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
             **_PUBLISH_RERATE_FLAGS,
             prices_rounded_in_range=True,
@@ -312,13 +313,14 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.RollbackRateCardRequest, context: Context
     ) -> pricing_pb2.PublishVersionResponse:
         _required(rate_card_id=request.rate_card_id, to_version=request.to_version)
+        effective_from_ms = convert.optional_hour_ms(request, "effective_from")  # before the state is looked at
         self._card_named(request.rate_card_id)
         command = cmd.RollbackRateCard(
             self.clock_ms(),
             actor_of(context),
             request.rate_card_id,
             request.to_version,
-            convert.optional_hour_ms(request, "effective_from"),
+            effective_from_ms,
             **_PUBLISH_RERATE_FLAGS,
         )
         return _sent_publish(await self._apply(command, PublishResult))

@@ -1906,8 +1906,9 @@ type PublishVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	Version    uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	// UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT otherwise);
-	// past, now or future. Now (rounded down to the hour) when unset. When usage
+	// UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT naming
+	// effective_from otherwise, whatever the version's state); past, now or
+	// future. Now (rounded down to the hour) when unset. When usage
 	// was already rated in an hour this version prices, that usage is re-rated
 	// in open periods: each affected customer's
 	// hour buckets are priced again in time order, each by the version in force
@@ -2198,10 +2199,11 @@ func (x *PublishVersionResponse) GetLeftAloneReason() string {
 // holds the request's fields and "version" (the copy), "rollback_from" and
 // "rollback_to".
 //
-// Refused, changing nothing: rate_card_id or to_version missing
-// (INVALID_ARGUMENT); an unknown rate card or version (NOT_FOUND, naming it);
-// to_version a draft (FAILED_PRECONDITION); effective_from not on an hour
-// (INVALID_ARGUMENT); no version in force at effective_from
+// Refused, changing nothing, in this order: rate_card_id or to_version
+// missing, or effective_from not on an hour (INVALID_ARGUMENT, whatever the
+// state: also for to_version a draft or unknown); an unknown rate card or
+// version (NOT_FOUND, naming it); to_version a draft (FAILED_PRECONDITION);
+// no version in force at effective_from
 // (FAILED_PRECONDITION); to_version's prices already in force at
 // effective_from, that is the version in force is to_version or a copy of
 // the same prices by rollbacks (FAILED_PRECONDITION, naming the version in

@@ -884,8 +884,9 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
   version: number;
 
   /**
-   * UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT otherwise);
-   * past, now or future. Now (rounded down to the hour) when unset. When usage
+   * UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT naming
+   * effective_from otherwise, whatever the version's state); past, now or
+   * future. Now (rounded down to the hour) when unset. When usage
    * was already rated in an hour this version prices, that usage is re-rated
    * in open periods: each affected customer's
    * hour buckets are priced again in time order, each by the version in force
@@ -1083,10 +1084,11 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
  * holds the request's fields and "version" (the copy), "rollback_from" and
  * "rollback_to".
  *
- * Refused, changing nothing: rate_card_id or to_version missing
- * (INVALID_ARGUMENT); an unknown rate card or version (NOT_FOUND, naming it);
- * to_version a draft (FAILED_PRECONDITION); effective_from not on an hour
- * (INVALID_ARGUMENT); no version in force at effective_from
+ * Refused, changing nothing, in this order: rate_card_id or to_version
+ * missing, or effective_from not on an hour (INVALID_ARGUMENT, whatever the
+ * state: also for to_version a draft or unknown); an unknown rate card or
+ * version (NOT_FOUND, naming it); to_version a draft (FAILED_PRECONDITION);
+ * no version in force at effective_from
  * (FAILED_PRECONDITION); to_version's prices already in force at
  * effective_from, that is the version in force is to_version or a copy of
  * the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
@@ -2114,6 +2116,11 @@ export const PricingService: GenService<{
    * and its validation; the re-rating counts are zero, as the retry re-rated
    * nothing: see PublishVersionResponse); with another effective_from it is
    * FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
+   * A request wrong whatever the state is INVALID_ARGUMENT, checked before the
+   * card and version are looked at (here and on RollbackRateCard): a missing
+   * rate_card_id or version, an effective_from off the hour (also for a
+   * version published, a draft or unknown); then NOT_FOUND and
+   * FAILED_PRECONDITION, then the validation's INVALID_ARGUMENT.
    * A publish that re-rates usage is journaled first and answered once its
    * re-rating is complete and durable, with what it did. A journal commit
    * failing after the publish is durable (the one holding the re-rating's
