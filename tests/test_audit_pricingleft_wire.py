@@ -9,6 +9,7 @@ rate for pb) is published from 2027 (no usage then). Customer a's contract start
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -17,12 +18,13 @@ from tariff import TariffClient
 from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
 from tests.audit_fixtures import audit_count, refusal, serving, unit
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, wait_for_log
 from tests.test_audit_invoices_wire import JAN, ms, ts
 
 CARD = "lc"
 W = ms("2026-01-10T00:00:00")
 JAN12 = ms("2026-01-12T10:00:00")
+FEB = ms("2026-02-01T00:00:00")
 Y2027 = ms("2027-01-01T00:00:00")
 HALF_PAST = ts(W + 1_800_000)
 
@@ -70,7 +72,13 @@ def _setup(client: TariffClient) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("audit-pricingleft") / "data", extra_args=["--close-grace", "off"])
+    # Each background slice of a re-rating (64 customers) is followed by a pause (a test-only knob): the re-rating
+    # of `ls` (130 customers, 3 slices) lasts at least 600 ms, whatever the machine's speed.
+    process = ServerProcess(
+        tmp_path_factory.mktemp("audit-pricingleft") / "data",
+        extra_args=["--close-grace", "off"],
+        env={"TARIFF_TEST_RERATE_SLICE_PAUSE_MS": "300"},
+    )
     yield from serving(process, _setup)
 
 
@@ -161,3 +169,83 @@ def test_an_effective_from_off_the_hour_is_invalid_whatever_the_state(server: Se
                 "effective_from",
             ), details
         assert audit_count(client) == before
+
+
+SLOW = "ls"
+SLOW_CUSTOMERS = [f"s{n:03d}" for n in range(130)]
+
+
+def test_simulate_answers_against_the_state_the_running_rerating_leaves(server: ServerProcess) -> None:
+    """Card `ls` (USD): pc at 1 a unit since 2025-12-01, a draft at 3. 130 customers, contracts from Jan 1, each
+    2 units on Jan 12 10:00 and 2 on Jan 20 10:00 (4 charged). Version 2 is published from W, its re-rating paced;
+    SimulateVersion of version 2 from Jan 15 asked once the publish is journaled (its re-rating started): against
+    the state that re-rating leaves, each customer's Jan 20 hour is 6 now and 6 simulated, delta 0 (780 in all).
+    Beside it, a customer not re-rated yet read 2 now and 6 + (6 - 2) = 10 simulated (Jan 12's difference carried
+    in), neither the state before the publish (2 -> 10 is not 2 -> 6) nor after it."""
+    with server.client() as client:
+        product = pricing_pb2.Product(id="pc", event_type="pc", aggregation=pricing_pb2.SUM, value_key="n")
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=SLOW, name=SLOW, pricing_unit="USD"))
+        for price in ("1", "3"):
+            client.pricing.CreateDraftVersion(
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id=SLOW, upsert_rates=[unit("pc", price)])
+            )
+        client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id=SLOW, version=1, effective_from=ts(ms("2025-12-01T00:00:00"))
+            )
+        )
+        for customer_id in SLOW_CUSTOMERS:
+            client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+            client.contracts.CreateContract(
+                contracts_pb2.CreateContractRequest(
+                    id=f"k-{customer_id}",
+                    customer_id=customer_id,
+                    rate_card_id=SLOW,
+                    starting_at=ts(JAN),
+                    overage_policy=contracts_pb2.ALLOW,
+                    overage_price="1",
+                    currency="USD",
+                )
+            )
+        events = [
+            usage_pb2.UsageEvent(
+                transaction_id=f"{c}-{at}", customer_id=c, event_type="pc", timestamp_ms=at, values={"n": 2}
+            )
+            for c in SLOW_CUSTOMERS
+            for at in (JAN12, ms("2026-01-20T10:00:00"))
+        ]
+        assert client.ingest_batch(events, batch_id="slow").accepted == len(events)
+        answers: list[object] = []
+
+        def publish() -> None:
+            with server.client() as other:
+                request = pricing_pb2.PublishVersionRequest(rate_card_id=SLOW, version=2, effective_from=ts(W))
+                answers.append(other.pricing.PublishVersion(request, timeout=120))
+
+        caller = threading.Thread(target=publish)
+        caller.start()
+        try:
+            wait_for_log(server, f"re-rating started rate_card={SLOW}", 60)
+            simulated = client.pricing.SimulateVersion(
+                pricing_pb2.SimulateVersionRequest(
+                    rate_card_id=SLOW, version=2, period_start=ts(ms("2026-01-15T00:00:00")), period_end=ts(FEB)
+                ),
+                timeout=120,
+            )
+        finally:
+            caller.join(120)
+        wrong = [(a.customer_id, a.current_amount, a.simulated_amount) for a in simulated.amounts if a.delta != "0"]
+        assert wrong == [], wrong[:3]
+        assert [(a.customer_id, a.current_amount, a.simulated_amount) for a in simulated.amounts] == [
+            (c, "6", "6") for c in SLOW_CUSTOMERS
+        ]
+        assert (simulated.totals.current_amount, simulated.totals.simulated_amount) == ("780", "780")
+        (published,) = answers
+        assert isinstance(published, pricing_pb2.PublishVersionResponse)
+        # Each customer's Jan 12 and Jan 20 hours, 2 units each from 1 to 3 (4 more an hour): 130 x 2 x 4 = 1040 more.
+        assert (published.customers_rerated, published.buckets_rerated, published.rerated_amount_delta) == (
+            130,
+            260,
+            "1040",
+        )

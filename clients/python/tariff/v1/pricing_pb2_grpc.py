@@ -229,7 +229,8 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SimulateVersion(self, request, context):
-        """What a version would have charged for real recorded usage.
+        """What a version would have charged for real recorded usage; waits for a
+        running re-rating of the card (see SimulateVersionRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

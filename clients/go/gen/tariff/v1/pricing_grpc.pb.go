@@ -106,7 +106,8 @@ type PricingServiceClient interface {
 	// parameters and rates added, removed and changed, with each differing
 	// price field's formula and evaluated price on both sides. Changes nothing.
 	DiffVersions(ctx context.Context, in *DiffVersionsRequest, opts ...grpc.CallOption) (*DiffVersionsResponse, error)
-	// What a version would have charged for real recorded usage.
+	// What a version would have charged for real recorded usage; waits for a
+	// running re-rating of the card (see SimulateVersionRequest).
 	SimulateVersion(ctx context.Context, in *SimulateVersionRequest, opts ...grpc.CallOption) (*SimulateVersionResponse, error)
 	// Every admin change, oldest first, filtered and a page at a time.
 	GetAuditLog(ctx context.Context, in *GetAuditLogRequest, opts ...grpc.CallOption) (*GetAuditLogResponse, error)
@@ -323,7 +324,8 @@ type PricingServiceServer interface {
 	// parameters and rates added, removed and changed, with each differing
 	// price field's formula and evaluated price on both sides. Changes nothing.
 	DiffVersions(context.Context, *DiffVersionsRequest) (*DiffVersionsResponse, error)
-	// What a version would have charged for real recorded usage.
+	// What a version would have charged for real recorded usage; waits for a
+	// running re-rating of the card (see SimulateVersionRequest).
 	SimulateVersion(context.Context, *SimulateVersionRequest) (*SimulateVersionResponse, error)
 	// Every admin change, oldest first, filtered and a page at a time.
 	GetAuditLog(context.Context, *GetAuditLogRequest) (*GetAuditLogResponse, error)

@@ -1507,6 +1507,15 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * A period without usage gives no amounts and zero totals. period_start and
  * period_end are required; a period_end not after period_start is
  * INVALID_ARGUMENT naming period_end.
+ * While a publish's (or rollback's) re-rating of the card is still running,
+ * the call waits for it to complete (up to its deadline: DEADLINE_EXCEEDED
+ * then), and answers against the state the re-rating leaves, the state every
+ * later read shows: a customer not re-rated yet holds its usage at the old
+ * prices under the new timeline, which no answer mixes (current amounts at
+ * the old prices beside simulated ones carrying the difference would be
+ * neither the state before the publish nor after it). A re-rating completes
+ * on its own, in hundreds of milliseconds at 10,000 customers, so waiting
+ * answers sooner and more usefully than a refusal the caller would retry.
  *
  * @generated from message tariff.v1.SimulateVersionRequest
  */
@@ -2183,7 +2192,8 @@ export const PricingService: GenService<{
     output: typeof DiffVersionsResponseSchema;
   },
   /**
-   * What a version would have charged for real recorded usage.
+   * What a version would have charged for real recorded usage; waits for a
+   * running re-rating of the card (see SimulateVersionRequest).
    *
    * @generated from rpc tariff.v1.PricingService.SimulateVersion
    */
