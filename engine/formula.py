@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import decimal
+import keyword
 import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
@@ -81,6 +82,16 @@ def read_name_as(text: str) -> str | None:
     if normal == text:
         return None
     return f"is read by formulas as {normal!r}: write it so (Unicode NFKC), what a formula names is what it says"
+
+
+def keyword_name_problem(name: str) -> str | None:
+    """Why no formula could name a parameter called `name`, a keyword of Python's grammar, or None. Formulas are
+    parsed with that grammar, where `if`, `lambda` or `not` are no name (a formula writing one does not parse) and
+    `None`, `True` and `False` are constants, not parameters; a soft keyword (`match`, `type`, `_`) is a name in an
+    expression like any other. Checked on requests only (server/convert.py): journaled drafts replay as they were."""
+    if keyword.iskeyword(name):
+        return f"{name!r} is a keyword of the formula grammar: no formula could name it (use another name)"
+    return None
 
 
 def evaluate(text: str, parameters: Mapping[str, Decimal]) -> Decimal:

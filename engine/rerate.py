@@ -144,6 +144,7 @@ class _Planned:
     holds_off_final_grants: bool  # the command's rerate_holds_off_final_grants
     at_ms: int  # the command's time
     unchanged_draws_kept: bool  # the command's rerate_keeps_unchanged_draws
+    rollback: bool = False  # a RollbackRateCard's: `version` is the one it copies, its copy is not made yet
 
     @property
     def from_hour(self) -> int:
@@ -170,9 +171,16 @@ class _Planned:
         )
 
     def refusal(self, why: ValueError) -> FailedPrecondition:
+        """The publish's refusal, naming what the caller asked for: a rollback names the version it rolls back
+        to (its copy is never made, so its number would name a version that does not exist)."""
+        asked = (
+            f"rate card {self.card.id!r} cannot be rolled back to version {self.version.number}"
+            if self.rollback
+            else f"version {self.version.number} of rate card {self.card.id!r} cannot be published"
+        )
         return FailedPrecondition(
-            f"version {self.version.number} of rate card {self.card.id!r} cannot be published effective from "
-            f"{iso(self.effective_from_ms)}: the usage it would re-rate cannot be priced again: {why}"
+            f"{asked} effective from {iso(self.effective_from_ms)}: the usage it would re-rate cannot be priced "
+            f"again: {why}"
         )
 
 
@@ -224,6 +232,7 @@ def _planned(state: BillingState, command: cmd.PublishVersion | cmd.RollbackRate
         command.rerate_holds_off_final_grants,
         command.at_ms,
         command.rerate_keeps_unchanged_draws,
+        rollback,
     )
 
 

@@ -22,12 +22,13 @@ from engine.control import (
 )
 from engine.diff import PriceFieldChange, RateChange, VersionDiff
 from engine.errors import InvalidArgument
-from engine.formula import price_text_problem, read_name_as
+from engine.formula import keyword_name_problem, price_text_problem, read_name_as
 from engine.instants import check_instant
 from engine.ledger import Grant, GrantKind
 from engine.money import decimal_range_problem, decimal_text_problem, format_decimal, format_picos, parse_decimal
 from engine.products import Aggregation, Product
 from engine.ratecard import (
+    HOUR_MS,
     PARAMETERS_PER_VERSION_MAX,
     RATES_PER_VERSION_MAX,
     Cohort,
@@ -235,10 +236,13 @@ def optional_end_ms_up(message: object, field: str) -> int | None:
 
 
 def optional_hour_ms(message: object, field: str) -> int | None:
-    """`optional_ms` of a time that must be on an hour (an effective_from): a sub-millisecond part is refused here,
-    as the engine refuses milliseconds past the hour, rather than dropped into an hour the caller did not name."""
+    """`optional_ms` of a time that must be on an hour (an effective_from), refused here, before the request is
+    looked at against the state: a time off the hour is INVALID_ARGUMENT whatever the version's state (published,
+    a draft, unknown), as gRPC gives a request wrong in any state. A sub-millisecond part is refused too, rather
+    than dropped into an hour the caller did not name. (The engine refuses milliseconds past the hour as ever,
+    after its state checks: replay is unchanged.)"""
     ms = optional_ms(message, field)
-    if ms is not None and getattr(message, field).nanos % 1_000_000:
+    if ms is not None and (ms % HOUR_MS or getattr(message, field).nanos % 1_000_000):
         raise InvalidArgument.field(field, "must be on an hour boundary (UTC)")
     return ms
 
@@ -454,16 +458,18 @@ def check_rates_can_match(rates: Iterable[pricing_pb2.Rate]) -> None:
 def check_parameter_names(names: Iterable[str]) -> None:
     """INVALID_ARGUMENT naming the set_parameters entry whose name is longer than PARAMETER_NAME_CHARS_MAX
     characters (a formula names a parameter, and the version, its answers and its validation's findings hold the
-    name whole), or not in the form formulas read names in (`read_name_as`: no formula could name it)."""
+    name whole), or not in the form formulas read names in (`read_name_as`), or a keyword of the formula grammar
+    (`keyword_name_problem`): no formula could name either."""
     for name in names:
         if len(name) > PARAMETER_NAME_CHARS_MAX:
             raise InvalidArgument.field(
                 f"set_parameters[{entry_name(name)}]",
                 f"a parameter name is at most {PARAMETER_NAME_CHARS_MAX} characters, not {len(name):,}",
             )
-        read_as = read_name_as(name)
-        if read_as is not None:  # no formula could name it: it would name another parameter (or none)
-            raise InvalidArgument.field(f"set_parameters[{entry_name(name)}]", read_as)
+        # No formula could name it: it would name another parameter (or none), or is no name to the grammar.
+        problem = read_name_as(name) or keyword_name_problem(name)
+        if problem is not None:
+            raise InvalidArgument.field(f"set_parameters[{entry_name(name)}]", problem)
 
 
 def check_draft_counts(request: pricing_pb2.CreateDraftVersionRequest) -> None:

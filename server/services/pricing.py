@@ -207,6 +207,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.PublishVersionRequest, context: Context
     ) -> pricing_pb2.PublishVersionResponse:
         _required(rate_card_id=request.rate_card_id, version=request.version)
+        effective_from_ms = convert.optional_hour_ms(request, "effective_from")  # before the state is looked at
         self._card_named(request.rate_card_id)
         convert.check_count(
             request.cohort.customer_ids,
@@ -222,7 +223,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             actor_of(context),
             request.rate_card_id,
             request.version,
-            convert.optional_hour_ms(request, "effective_from"),
+            effective_from_ms,
             convert.cohort_of(request.cohort) if request.HasField("cohort") else None,
             **_PUBLISH_RERATE_FLAGS,
             prices_rounded_in_range=True,
@@ -312,13 +313,14 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.RollbackRateCardRequest, context: Context
     ) -> pricing_pb2.PublishVersionResponse:
         _required(rate_card_id=request.rate_card_id, to_version=request.to_version)
+        effective_from_ms = convert.optional_hour_ms(request, "effective_from")  # before the state is looked at
         self._card_named(request.rate_card_id)
         command = cmd.RollbackRateCard(
             self.clock_ms(),
             actor_of(context),
             request.rate_card_id,
             request.to_version,
-            convert.optional_hour_ms(request, "effective_from"),
+            effective_from_ms,
             **_PUBLISH_RERATE_FLAGS,
         )
         return _sent_publish(await self._apply(command, PublishResult))
@@ -340,7 +342,9 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.SimulateVersionRequest, context: Context
     ) -> pricing_pb2.SimulateVersionResponse:
         """Prices on the loop only what is cheap (one version's validation); the kernel's work runs off the loop,
-        a slice of customers at a time under its shared lock, so reads and ingestion are not held up."""
+        a slice of customers at a time under its shared lock, so reads and ingestion are not held up. Waits while a
+        publish's re-rating of the card has customers pending, so the answer is of the state it leaves (a read:
+        replay is unaffected)."""
         _required(rate_card_id=request.rate_card_id, version=request.version)
         _required(period_start=request.HasField("period_start"), period_end=request.HasField("period_end"))
         self._card_named(request.rate_card_id)
@@ -355,18 +359,16 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             # Rounded up: an end half a millisecond past an hour reaches into that hour, and is after a start on it.
             convert.ms_up_of(request.period_end, "period_end"),
         )
-        self.billing.refresh_tables()
-        table = simulation_table(self.engine.state, request.rate_card_id, request.version, start_ms, end_ms)
-        loop = asyncio.get_running_loop()
-        kernel = self.billing.kernel
-        customers = await loop.run_in_executor(
-            None, simulation_customers, kernel, request.rate_card_id, start_ms, list(request.customer_ids)
-        )
-        lines: list[tuple[str, str, int, int]] = []
-        for at in range(0, len(customers), SIMULATE_SLICE_CUSTOMERS):
-            chunk = customers[at : at + SIMULATE_SLICE_CUSTOMERS]
-            lines += await loop.run_in_executor(None, simulate_slice, kernel, table, start_ms, end_ms, chunk)
-        simulation = Simulation(lines)
+        while True:
+            # Against the state a publish's re-rating of the card leaves, never beside it: a customer not yet
+            # re-rated holds the old prices' charges, which the walk would mix with the new timeline.
+            while self._rerating_pending(request.rate_card_id):
+                await asyncio.sleep(RERATING_POLL_S)
+            publishes = self._publishes(request.rate_card_id)
+            simulation = await self._simulation(request, start_ms, end_ms)
+            # A publish of the card applied between slices: its customers may be in either state; simulate again.
+            if not self._rerating_pending(request.rate_card_id) and self._publishes(request.rate_card_id) == publishes:
+                break
         current, simulated = simulation.current_picos, simulation.simulated_picos
         return pricing_pb2.SimulateVersionResponse(
             amounts=[
@@ -386,6 +388,34 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             ),
         )
 
+    def _rerating_pending(self, rate_card_id: str) -> bool:
+        """Whether a publish's (or rollback's) re-rating of this card has customers still to re-rate."""
+        rerating = self.billing.rerating
+        return rerating is not None and rerating.rate_card_id == rate_card_id and bool(rerating.pending)
+
+    def _publishes(self, rate_card_id: str) -> int:
+        """How many publishes (rollbacks included) the card's timeline holds: one more changes what is simulated."""
+        return len(self.engine.rate_card(rate_card_id).timeline)
+
+    async def _simulation(self, request: pricing_pb2.SimulateVersionRequest, start_ms: int, end_ms: int) -> Simulation:
+        """The kernel's work off the loop, a slice of customers at a time under its shared lock."""
+        self.billing.refresh_tables()
+        table = simulation_table(self.engine.state, request.rate_card_id, request.version, start_ms, end_ms)
+        loop = asyncio.get_running_loop()
+        kernel = self.billing.kernel
+        customers = await loop.run_in_executor(
+            None, simulation_customers, kernel, request.rate_card_id, start_ms, list(request.customer_ids)
+        )
+        lines: list[tuple[str, str, int, int]] = []
+        for at in range(0, len(customers), SIMULATE_SLICE_CUSTOMERS):
+            chunk = customers[at : at + SIMULATE_SLICE_CUSTOMERS]
+            lines += await loop.run_in_executor(None, simulate_slice, kernel, table, start_ms, end_ms, chunk)
+        return Simulation(lines)
+
+
+# SimulateVersion looks this often whether the card's re-rating it waits for is done (hundreds of ms at 10,000
+# customers; the writer's background slices and the usage that re-rates on touch move it on).
+RERATING_POLL_S = 0.01
 
 # What a draft's answer holds beyond its base and the request: its number, status, times, the actor.
 DRAFT_SLACK_BYTES = 1024

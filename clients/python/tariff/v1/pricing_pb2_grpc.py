@@ -175,6 +175,11 @@ class PricingServiceServicer:
         and its validation; the re-rating counts are zero, as the retry re-rated
         nothing: see PublishVersionResponse); with another effective_from it is
         FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
+        A request wrong whatever the state is INVALID_ARGUMENT, checked before the
+        card and version are looked at (here and on RollbackRateCard): a missing
+        rate_card_id or version, an effective_from off the hour (also for a
+        version published, a draft or unknown); then NOT_FOUND and
+        FAILED_PRECONDITION, then the validation's INVALID_ARGUMENT.
         A publish that re-rates usage is journaled first and answered once its
         re-rating is complete and durable, with what it did. A journal commit
         failing after the publish is durable (the one holding the re-rating's
@@ -224,7 +229,8 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SimulateVersion(self, request, context):
-        """What a version would have charged for real recorded usage.
+        """What a version would have charged for real recorded usage; waits for a
+        running re-rating of the card (see SimulateVersionRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1626,7 +1626,10 @@ type CreateDraftVersionRequest struct {
 	// is INVALID_ARGUMENT naming set_parameters[name] too, nothing made, so no
 	// version holds one; and so is a name not in Unicode's NFKC form, the form
 	// a formula reads names in (the ligature "ﬁ", U+FB01, reads as "fi": a
-	// formula could only name another parameter).
+	// formula could only name another parameter), and a keyword of the formula
+	// grammar (Python's: "if", "lambda", "not", "None", "True", "False", ...),
+	// which a formula reads as no name or as a constant, never as a parameter
+	// ("match", "type" and "_" are names like any other).
 	SetParameters map[string]string `protobuf:"bytes,3,rep,name=set_parameters,json=setParameters,proto3" json:"set_parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Replaces the rate with the same product_id and match, or adds it. A
 	// product and match ("*" entries left out) at most once in one request
@@ -1903,8 +1906,9 @@ type PublishVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	Version    uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	// UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT otherwise);
-	// past, now or future. Now (rounded down to the hour) when unset. When usage
+	// UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT naming
+	// effective_from otherwise, whatever the version's state); past, now or
+	// future. Now (rounded down to the hour) when unset. When usage
 	// was already rated in an hour this version prices, that usage is re-rated
 	// in open periods: each affected customer's
 	// hour buckets are priced again in time order, each by the version in force
@@ -2195,17 +2199,22 @@ func (x *PublishVersionResponse) GetLeftAloneReason() string {
 // holds the request's fields and "version" (the copy), "rollback_from" and
 // "rollback_to".
 //
-// Refused, changing nothing: rate_card_id or to_version missing
-// (INVALID_ARGUMENT); an unknown rate card or version (NOT_FOUND, naming it);
-// to_version a draft (FAILED_PRECONDITION); effective_from not on an hour
-// (INVALID_ARGUMENT); no version in force at effective_from
+// Refused, changing nothing, in this order: rate_card_id or to_version
+// missing, or effective_from not on an hour (INVALID_ARGUMENT, whatever the
+// state: also for to_version a draft or unknown); an unknown rate card or
+// version (NOT_FOUND, naming it); to_version a draft (FAILED_PRECONDITION);
+// no version in force at effective_from
 // (FAILED_PRECONDITION); to_version's prices already in force at
 // effective_from, that is the version in force is to_version or a copy of
 // the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
 // force); usage it would re-rate that cannot be priced again, as for
 // PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
 // no rate, an hour holding a period boundary or a matching override's start or
-// end off the hour; see PublishVersionRequest.effective_from).
+// end off the hour; see PublishVersionRequest.effective_from), the message
+// naming what was asked ("rate card 'gpt' cannot be rolled back to version 2
+// effective from 2026-01-10T00:00:00Z: ...") then the customer, the product
+// and the hour; the copy is never made, so no version number is given to it
+// (the next version made takes that number).
 type RollbackRateCardRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
@@ -2924,6 +2933,15 @@ func (x *DiffVersionsResponse) GetRates() []*RateChange {
 // A period without usage gives no amounts and zero totals. period_start and
 // period_end are required; a period_end not after period_start is
 // INVALID_ARGUMENT naming period_end.
+// While a publish's (or rollback's) re-rating of the card is still running,
+// the call waits for it to complete (up to its deadline: DEADLINE_EXCEEDED
+// then), and answers against the state the re-rating leaves, the state every
+// later read shows: a customer not re-rated yet holds its usage at the old
+// prices under the new timeline, which no answer mixes (current amounts at
+// the old prices beside simulated ones carrying the difference would be
+// neither the state before the publish nor after it). A re-rating completes
+// on its own, in hundreds of milliseconds at 10,000 customers, so waiting
+// answers sooner and more usefully than a refusal the caller would retry.
 type SimulateVersionRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RateCardId string                 `protobuf:"bytes,1,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`

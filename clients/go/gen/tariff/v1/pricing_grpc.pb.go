@@ -77,6 +77,11 @@ type PricingServiceClient interface {
 	// and its validation; the re-rating counts are zero, as the retry re-rated
 	// nothing: see PublishVersionResponse); with another effective_from it is
 	// FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
+	// A request wrong whatever the state is INVALID_ARGUMENT, checked before the
+	// card and version are looked at (here and on RollbackRateCard): a missing
+	// rate_card_id or version, an effective_from off the hour (also for a
+	// version published, a draft or unknown); then NOT_FOUND and
+	// FAILED_PRECONDITION, then the validation's INVALID_ARGUMENT.
 	// A publish that re-rates usage is journaled first and answered once its
 	// re-rating is complete and durable, with what it did. A journal commit
 	// failing after the publish is durable (the one holding the re-rating's
@@ -101,7 +106,8 @@ type PricingServiceClient interface {
 	// parameters and rates added, removed and changed, with each differing
 	// price field's formula and evaluated price on both sides. Changes nothing.
 	DiffVersions(ctx context.Context, in *DiffVersionsRequest, opts ...grpc.CallOption) (*DiffVersionsResponse, error)
-	// What a version would have charged for real recorded usage.
+	// What a version would have charged for real recorded usage; waits for a
+	// running re-rating of the card (see SimulateVersionRequest).
 	SimulateVersion(ctx context.Context, in *SimulateVersionRequest, opts ...grpc.CallOption) (*SimulateVersionResponse, error)
 	// Every admin change, oldest first, filtered and a page at a time.
 	GetAuditLog(ctx context.Context, in *GetAuditLogRequest, opts ...grpc.CallOption) (*GetAuditLogResponse, error)
@@ -289,6 +295,11 @@ type PricingServiceServer interface {
 	// and its validation; the re-rating counts are zero, as the retry re-rated
 	// nothing: see PublishVersionResponse); with another effective_from it is
 	// FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
+	// A request wrong whatever the state is INVALID_ARGUMENT, checked before the
+	// card and version are looked at (here and on RollbackRateCard): a missing
+	// rate_card_id or version, an effective_from off the hour (also for a
+	// version published, a draft or unknown); then NOT_FOUND and
+	// FAILED_PRECONDITION, then the validation's INVALID_ARGUMENT.
 	// A publish that re-rates usage is journaled first and answered once its
 	// re-rating is complete and durable, with what it did. A journal commit
 	// failing after the publish is durable (the one holding the re-rating's
@@ -313,7 +324,8 @@ type PricingServiceServer interface {
 	// parameters and rates added, removed and changed, with each differing
 	// price field's formula and evaluated price on both sides. Changes nothing.
 	DiffVersions(context.Context, *DiffVersionsRequest) (*DiffVersionsResponse, error)
-	// What a version would have charged for real recorded usage.
+	// What a version would have charged for real recorded usage; waits for a
+	// running re-rating of the card (see SimulateVersionRequest).
 	SimulateVersion(context.Context, *SimulateVersionRequest) (*SimulateVersionResponse, error)
 	// Every admin change, oldest first, filtered and a page at a time.
 	GetAuditLog(context.Context, *GetAuditLogRequest) (*GetAuditLogResponse, error)

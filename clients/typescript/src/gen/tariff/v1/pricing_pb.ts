@@ -739,7 +739,10 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
    * is INVALID_ARGUMENT naming set_parameters[name] too, nothing made, so no
    * version holds one; and so is a name not in Unicode's NFKC form, the form
    * a formula reads names in (the ligature "ﬁ", U+FB01, reads as "fi": a
-   * formula could only name another parameter).
+   * formula could only name another parameter), and a keyword of the formula
+   * grammar (Python's: "if", "lambda", "not", "None", "True", "False", ...),
+   * which a formula reads as no name or as a constant, never as a parameter
+   * ("match", "type" and "_" are names like any other).
    *
    * @generated from field: map<string, string> set_parameters = 3;
    */
@@ -881,8 +884,9 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
   version: number;
 
   /**
-   * UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT otherwise);
-   * past, now or future. Now (rounded down to the hour) when unset. When usage
+   * UTC, on an hour boundary to the nanosecond (INVALID_ARGUMENT naming
+   * effective_from otherwise, whatever the version's state); past, now or
+   * future. Now (rounded down to the hour) when unset. When usage
    * was already rated in an hour this version prices, that usage is re-rated
    * in open periods: each affected customer's
    * hour buckets are priced again in time order, each by the version in force
@@ -1080,17 +1084,22 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
  * holds the request's fields and "version" (the copy), "rollback_from" and
  * "rollback_to".
  *
- * Refused, changing nothing: rate_card_id or to_version missing
- * (INVALID_ARGUMENT); an unknown rate card or version (NOT_FOUND, naming it);
- * to_version a draft (FAILED_PRECONDITION); effective_from not on an hour
- * (INVALID_ARGUMENT); no version in force at effective_from
+ * Refused, changing nothing, in this order: rate_card_id or to_version
+ * missing, or effective_from not on an hour (INVALID_ARGUMENT, whatever the
+ * state: also for to_version a draft or unknown); an unknown rate card or
+ * version (NOT_FOUND, naming it); to_version a draft (FAILED_PRECONDITION);
+ * no version in force at effective_from
  * (FAILED_PRECONDITION); to_version's prices already in force at
  * effective_from, that is the version in force is to_version or a copy of
  * the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
  * force); usage it would re-rate that cannot be priced again, as for
  * PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
  * no rate, an hour holding a period boundary or a matching override's start or
- * end off the hour; see PublishVersionRequest.effective_from).
+ * end off the hour; see PublishVersionRequest.effective_from), the message
+ * naming what was asked ("rate card 'gpt' cannot be rolled back to version 2
+ * effective from 2026-01-10T00:00:00Z: ...") then the customer, the product
+ * and the hour; the copy is never made, so no version number is given to it
+ * (the next version made takes that number).
  *
  * @generated from message tariff.v1.RollbackRateCardRequest
  */
@@ -1498,6 +1507,15 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * A period without usage gives no amounts and zero totals. period_start and
  * period_end are required; a period_end not after period_start is
  * INVALID_ARGUMENT naming period_end.
+ * While a publish's (or rollback's) re-rating of the card is still running,
+ * the call waits for it to complete (up to its deadline: DEADLINE_EXCEEDED
+ * then), and answers against the state the re-rating leaves, the state every
+ * later read shows: a customer not re-rated yet holds its usage at the old
+ * prices under the new timeline, which no answer mixes (current amounts at
+ * the old prices beside simulated ones carrying the difference would be
+ * neither the state before the publish nor after it). A re-rating completes
+ * on its own, in hundreds of milliseconds at 10,000 customers, so waiting
+ * answers sooner and more usefully than a refusal the caller would retry.
  *
  * @generated from message tariff.v1.SimulateVersionRequest
  */
@@ -2107,6 +2125,11 @@ export const PricingService: GenService<{
    * and its validation; the re-rating counts are zero, as the retry re-rated
    * nothing: see PublishVersionResponse); with another effective_from it is
    * FAILED_PRECONDITION naming the hour it is in force from, changing nothing.
+   * A request wrong whatever the state is INVALID_ARGUMENT, checked before the
+   * card and version are looked at (here and on RollbackRateCard): a missing
+   * rate_card_id or version, an effective_from off the hour (also for a
+   * version published, a draft or unknown); then NOT_FOUND and
+   * FAILED_PRECONDITION, then the validation's INVALID_ARGUMENT.
    * A publish that re-rates usage is journaled first and answered once its
    * re-rating is complete and durable, with what it did. A journal commit
    * failing after the publish is durable (the one holding the re-rating's
@@ -2169,7 +2192,8 @@ export const PricingService: GenService<{
     output: typeof DiffVersionsResponseSchema;
   },
   /**
-   * What a version would have charged for real recorded usage.
+   * What a version would have charged for real recorded usage; waits for a
+   * running re-rating of the card (see SimulateVersionRequest).
    *
    * @generated from rpc tariff.v1.PricingService.SimulateVersion
    */

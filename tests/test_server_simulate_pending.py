@@ -1,0 +1,62 @@
+"""SimulateVersion beside a publish's re-rating still running (engine/pending.py), in process and deterministic: the
+re-rating is left pending (Billing.publish_deferred, no writer to run its slices) and completed by the test.
+
+Card `card`: `calls` at 1 a call (version 1), a draft at 3 (version 2). c0..c4 each make 2 calls in each of hours
+0-3 of 2026-01-01 (8 charged). Version 2 is published from hour 1, its re-rating left pending: each customer is at
+the old prices (8) until re-rated, then at 2 + 3 x 6 = 20. Simulating version 2 over hours 2-3 against the state the
+re-rating leaves: current 6 + 6 = 12, simulated 12 (the same prices), delta 0. Against a customer not yet re-rated
+the answer was neither the old state's nor the new one's: current 2 + 2 = 4 (the old prices), simulated 12 plus
+what hour 1 was charged less than version 2 charges it (6 - 2 = 4, carried into the window's first hour): 16. So
+SimulateVersion waits for the card's re-rating to complete, then answers against the state it leaves
+(pricing.proto SimulateVersionRequest)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from tariff.v1 import pricing_pb2
+
+from server.sequencer import Sequencer
+from server.services.common import Context
+from server.services.pricing import PricingService
+from tests.engine_fixtures import EPOCH_MS, HOUR_MS
+from tests.test_engine_rerate_online import RECEIVED_MS, machine, publish
+from tests.test_server_admin import ts
+
+USAGE = [(customer, hour, 2) for customer in range(5) for hour in range(4)]
+
+
+def _simulation(answer: pricing_pb2.SimulateVersionResponse) -> list[tuple[str, str, str, str]]:
+    return [(a.customer_id, a.current_amount, a.simulated_amount, a.delta) for a in answer.amounts]
+
+
+def test_simulate_waits_for_the_cards_pending_rerating_and_answers_against_the_state_it_leaves() -> None:
+    billing = machine([0] * 5, USAGE)
+    billing.publish_deferred(publish(1), billing.last_seq + 1)
+    billing.rerate_next(1)  # c0 re-rated by a background slice; c1..c4 still pending
+    rerating = billing.rerating
+    assert rerating is not None and list(rerating.pending) == ["c1", "c2", "c3", "c4"]
+    request = pricing_pb2.SimulateVersionRequest(
+        rate_card_id="card",
+        version=2,
+        period_start=ts(EPOCH_MS + 2 * HOUR_MS),
+        period_end=ts(EPOCH_MS + 4 * HOUR_MS),
+        customer_ids=["c0", "c1"],
+    )
+    service = PricingService(billing, cast(Sequencer, None), clock_ms=lambda: RECEIVED_MS)
+
+    async def main() -> tuple[bool, pricing_pb2.SimulateVersionResponse]:
+        task = asyncio.ensure_future(service.SimulateVersion(request, cast(Context, None)))
+        # Nothing but the test completes the re-rating: an answer now is one given beside it.
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        answered_beside_it = bool(done)
+        if answered_beside_it:
+            return True, task.result()
+        billing.finish_rerating(billing.last_seq + 1, RECEIVED_MS)
+        return False, await asyncio.wait_for(task, timeout=30)
+
+    answered_beside_it, answer = asyncio.run(main())
+    assert not answered_beside_it, _simulation(answer)
+    assert _simulation(answer) == [("c0", "12", "12", "0"), ("c1", "12", "12", "0")]
+    assert (answer.totals.current_amount, answer.totals.simulated_amount) == ("24", "24")
