@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+import grpc
+import pytest
 from tariff.v1 import pricing_pb2
 
 from server.sequencer import Sequencer
+from server.services import pricing as pricing_service
 from server.services.common import Context
 from server.services.pricing import PricingService
 from tests.engine_fixtures import EPOCH_MS, HOUR_MS
@@ -60,3 +63,44 @@ def test_simulate_waits_for_the_cards_pending_rerating_and_answers_against_the_s
     assert not answered_beside_it, _simulation(answer)
     assert _simulation(answer) == [("c0", "12", "12", "0"), ("c1", "12", "12", "0")]
     assert (answer.totals.current_amount, answer.totals.simulated_amount) == ("24", "24")
+
+
+def test_simulate_gives_up_with_unavailable_when_the_rerating_it_waits_for_does_not_complete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call without a deadline is not held open for good behind a re-rating that stalls: after
+    SIMULATE_RERATING_WAIT_S_MAX (shortened here) the answer is UNAVAILABLE, saying how many customers are left."""
+    monkeypatch.setattr(pricing_service, "SIMULATE_RERATING_WAIT_S_MAX", 0.05)
+    billing = machine([0] * 5, USAGE)
+    billing.publish_deferred(publish(1), billing.last_seq + 1)
+    service = PricingService(billing, cast(Sequencer, None), clock_ms=lambda: RECEIVED_MS)
+    request = pricing_pb2.SimulateVersionRequest(
+        rate_card_id="card", version=2, period_start=ts(EPOCH_MS), period_end=ts(EPOCH_MS + 4 * HOUR_MS)
+    )
+    aborted = _AbortingContext()
+
+    async def simulate() -> None:
+        await service.SimulateVersion(request, cast(Context, aborted))
+
+    with pytest.raises(_Aborted):
+        asyncio.run(simulate())
+    assert aborted.status is not None and aborted.status.code == grpc.StatusCode.UNAVAILABLE, aborted.status
+    assert "'card' is still being re-rated after a publish (5 customers to go)" in aborted.status.details
+    rerating = billing.rerating
+    assert rerating is not None and len(rerating.pending) == 5  # nothing completed it meanwhile
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _AbortingContext:
+    """What the status mapping needs of a call's context: abort_with_status, which records the status and ends the
+    call as gRPC's does (by raising)."""
+
+    def __init__(self) -> None:
+        self.status: grpc.Status | None = None
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise _Aborted()

@@ -34,6 +34,7 @@ from engine.versions import PublishResult
 from server import convert
 from server.errors import (
     ResourceExhausted,
+    Unavailable,
     larger_limit,
     send_limit,
     too_large,
@@ -359,16 +360,22 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
             # Rounded up: an end half a millisecond past an hour reaches into that hour, and is after a start on it.
             convert.ms_up_of(request.period_end, "period_end"),
         )
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + SIMULATE_RERATING_WAIT_S_MAX
         while True:
             # Against the state a publish's re-rating of the card leaves, never beside it: a customer not yet
             # re-rated holds the old prices' charges, which the walk would mix with the new timeline.
             while self._rerating_pending(request.rate_card_id):
+                if loop.time() >= give_up_at:
+                    raise self._still_rerating(request.rate_card_id)
                 await asyncio.sleep(RERATING_POLL_S)
             publishes = self._publishes(request.rate_card_id)
             simulation = await self._simulation(request, start_ms, end_ms)
             # A publish of the card applied between slices: its customers may be in either state; simulate again.
             if not self._rerating_pending(request.rate_card_id) and self._publishes(request.rate_card_id) == publishes:
                 break
+            if loop.time() >= give_up_at:
+                raise self._still_rerating(request.rate_card_id)
         current, simulated = simulation.current_picos, simulation.simulated_picos
         return pricing_pb2.SimulateVersionResponse(
             amounts=[
@@ -386,6 +393,15 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
                 simulated_amount=format_picos(simulated),
                 delta=format_picos(simulated - current),
             ),
+        )
+
+    def _still_rerating(self, rate_card_id: str) -> Unavailable:
+        """SimulateVersion's answer once it has waited SIMULATE_RERATING_WAIT_S_MAX for the card's re-rating."""
+        rerating = self.billing.rerating
+        pending = len(rerating.pending) if rerating is not None else 0
+        return Unavailable(
+            f"rate card {rate_card_id!r} is still being re-rated after a publish ({pending:,} customers to go) after"
+            f" {SIMULATE_RERATING_WAIT_S_MAX:g} s: SimulateVersion answers once that completes; retry"
         )
 
     def _rerating_pending(self, rate_card_id: str) -> bool:
@@ -416,6 +432,10 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
 # SimulateVersion looks this often whether the card's re-rating it waits for is done (hundreds of ms at 10,000
 # customers; the writer's background slices and the usage that re-rates on touch move it on).
 RERATING_POLL_S = 0.01
+# The longest SimulateVersion waits for that re-rating, whatever the call's deadline (none, often): then UNAVAILABLE,
+# which a client retries, rather than a call held open without limit behind a re-rating that stalled (the writer
+# rebuilding its state after a failed commit, say).
+SIMULATE_RERATING_WAIT_S_MAX = 60.0
 
 # What a draft's answer holds beyond its base and the request: its number, status, times, the actor.
 DRAFT_SLACK_BYTES = 1024

@@ -1509,7 +1509,9 @@ export const DiffVersionsResponseSchema: GenMessage<DiffVersionsResponse> = /*@_
  * INVALID_ARGUMENT naming period_end.
  * While a publish's (or rollback's) re-rating of the card is still running,
  * the call waits for it to complete (up to its deadline: DEADLINE_EXCEEDED
- * then), and answers against the state the re-rating leaves, the state every
+ * then; and up to 60 s whatever the deadline: UNAVAILABLE then, saying how
+ * many customers are left, retry), and answers against the state the
+ * re-rating leaves, the state every
  * later read shows: a customer not re-rated yet holds its usage at the old
  * prices under the new timeline, which no answer mixes (current amounts at
  * the old prices beside simulated ones carrying the difference would be
