@@ -52,6 +52,7 @@ def close_due_slice(at_ms: int, actor: str, grace_ms: int) -> cmd.CloseDuePeriod
         parts_in_contract=True,
         rolled_breakage_shown=True,
         expired_breakage_shown=True,
+        spent_grants_left_out=True,
     )
 
 

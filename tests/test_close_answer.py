@@ -22,6 +22,7 @@ CLOSE_RULES = {
     "parts_in_contract": True,
     "rolled_breakage_shown": True,
     "expired_breakage_shown": True,
+    "spent_grants_left_out": True,
 }
 
 

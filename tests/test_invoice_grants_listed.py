@@ -9,7 +9,8 @@ import msgspec
 
 from engine import commands as cmd
 from engine.invoices import GrantBalance, Invoice
-from tests.engine_fixtures import ACTOR, DAY_MS, EPOCH_MS, HOUR_MS
+from tests.credits_fixtures import Ledger, event
+from tests.engine_fixtures import ACTOR, DAY_MS, EPOCH_MS, HOUR_MS, basic_world
 from tests.test_invoice_properties import as_server as server
 from tests.test_invoices_engine import BillingWorld, tokens, world
 
@@ -36,7 +37,9 @@ def topping_up() -> BillingWorld:
 
 def listed(invoice: Invoice) -> dict[str, tuple[int, int, int, int]]:
     """The invoice's grant balances by the position of the grant's purchase (t1 the first top-up bought)."""
-    return {b.grant_id: (b.granted_picos, b.drawn_picos, b.remaining_picos, b.expired_picos) for b in invoice.grant_balances}
+    return {
+        b.grant_id: (b.granted_picos, b.drawn_picos, b.remaining_picos, b.expired_picos) for b in invoice.grant_balances
+    }
 
 
 def totals(balances: list[GrantBalance]) -> tuple[int, int, int]:
@@ -99,4 +102,26 @@ def test_the_totals_are_those_of_the_full_list_and_an_earlier_close_replays_it()
         assert_same_but_the_spent(short, full)
     assert [len(i.grant_balances) for i in old.engine.invoices_of("acme")] == [3, 6, 9]
     assert [len(i.grant_balances) for i in new.engine.invoices_of("acme")] == [3, 4, 4]
-    assert totals(full.grant_balances) == (2 * CREDIT, 0, 2 * CREDIT)
+    march = old.engine.invoices_of("acme")[-1]
+    assert totals(march.grant_balances) == (2 * CREDIT, 0, 2 * CREDIT)
+
+
+def test_closes_with_and_without_the_rule_replay_as_they_closed() -> None:
+    """A journal holding a CloseDuePeriods of an earlier release (no `spent_grants_left_out`) closing January and
+    February, then a ClosePeriod of this one closing March: February's invoice lists its 6 grants (t1, t2 spent in
+    January among them), March's its 4. Replaying the journal into a fresh machine makes the very same invoices."""
+    m = Ledger(basic_world())
+    m.run(server(cmd.SetTopUpPolicy(EPOCH_MS, ACTOR, "c-acme", "1", "2", "0.5", 1000)))
+    for month, start_ms in enumerate((EPOCH_MS, FEB_1_MS, MAR_1_MS)):
+        at_ms = start_ms + DAY_MS
+        events = [event(f"m{month}-{n}", at_ms + n, 2) for n in range(3)]
+        flags = dict.fromkeys(("top_ups_in_billed_period", "returned_expired_credit_breaks"), True)
+        ack = m.ingest(events, at_ms + HOUR_MS, returned_rolled_credit_breaks=True, **flags)
+        assert ack.accepted == 3
+    earlier = msgspec.structs.replace(server(cmd.CloseDuePeriods(APR_1_MS, ACTOR, 0, 2)), spent_grants_left_out=False)
+    closed = m.run(earlier)
+    assert isinstance(closed, list) and [len(i.grant_balances) for i in closed] == [3, 6]
+    march = m.run(server(cmd.ClosePeriod(APR_1_MS, ACTOR, "acme", MAR_1_MS)))
+    assert isinstance(march, Invoice) and len(march.grant_balances) == 4
+    invoices = m.billing.engine.invoices_of("acme")
+    assert m.replayed().engine.invoices_of("acme") == invoices

@@ -137,6 +137,7 @@ def close(at_ms: int) -> cmd.ClosePeriod:
         parts_in_contract=True,
         rolled_breakage_shown=True,
         expired_breakage_shown=True,
+        spent_grants_left_out=True,
     )
 
 

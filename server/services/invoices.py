@@ -234,6 +234,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             parts_in_contract=True,
             rolled_breakage_shown=True,
             expired_breakage_shown=True,
+            spent_grants_left_out=True,
         )
         invoice = await self._apply(command, Invoice)
         message = _closed_answer(invoice, checked)
