@@ -248,6 +248,7 @@ SERVER_SET_FIELDS = (
     "expiring_at_rollover_rolls",
     "rolled_breakage_shown",
     "expired_breakage_shown",
+    "spent_grants_left_out",
     "price_in_contract_currency",
     "applied_audited",
     "numbered_id_keeps_start",
@@ -383,6 +384,11 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # back between them: engine/revenue.py). False in the records of earlier releases, whose invoices keep none: the
     # report compares the times, as then.
     closed_in_journal_order: bool = False
+    # The invoice lists the grants that matter to its period: it leaves out a grant spent whole by the usage of
+    # earlier periods (granted = drawn, nothing remaining or expired) that nothing in the period touched (no line
+    # drew on it, it was not bought in it, it did not expire or roll over in it), as drafts do. False in the
+    # records of earlier releases, whose replay lists every grant started before the period's end, as they did.
+    spent_grants_left_out: bool = False
 
 
 class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
@@ -403,6 +409,7 @@ class CloseDuePeriods(msgspec.Struct, frozen=True, tag="close_due_periods"):
     rolled_breakage_shown: bool = False  # as ClosePeriod's
     expired_breakage_shown: bool = False  # as ClosePeriod's
     closed_in_journal_order: bool = False  # as ClosePeriod's
+    spent_grants_left_out: bool = False  # as ClosePeriod's
 
 
 class Reserve(msgspec.Struct, frozen=True, tag="reserve"):

@@ -23,7 +23,7 @@ for `status`, `number` and `closed_at_ms`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import msgspec
 
@@ -211,6 +211,7 @@ def build_invoice(
     rollovers_due: Mapping[str, tuple[int, int]] | None = None,
     grant_credit: GrantCredit | None = None,
     expired_credit: GrantCredit | None = None,
+    bought: Collection[str] | None = None,
 ) -> Invoice:
     """The invoice of a period from the kernel's lines (a draft: number, status and close time unset), each
     line with the customer's `adjustments` (Kernel.adjustments) of its buckets whose hour starts in the period
@@ -228,7 +229,10 @@ def build_invoice(
     `expired_credit` (ClosePeriod's `expired_breakage_shown`, and every draft; the same reading): likewise for a
     grant that expires by the period's end without rolling over, `expired` the breakage its expiry recorded and the
     credit it has now (which breaks at its expiry, or when a hold on it gives it back), `drawn` the rest; None: as
-    closes of earlier releases, this period's and earlier periods' usage drawn and the rest expired."""
+    closes of earlier releases, this period's and earlier periods' usage drawn and the rest expired.
+    `bought` (ClosePeriod's `spent_grants_left_out`, and every draft): the ids of the grants bought in the period
+    (its top-up purchases); the grants that do not matter to the period are left out (`_spent_before`); None: every
+    grant started before the period's end listed, as closes of earlier releases."""
     start_ms, end_ms, overage_price_e18, _closed, rows, grants = period
     listed_until_ms = contract_hours_end(contract, end_ms) if adjustments_in_contract else end_ms
     adjusted = _adjustments_by_line(adjustments, start_ms, listed_until_ms)
@@ -254,11 +258,58 @@ def build_invoice(
         top_ups_minor,
         overage_due - sum(line.amount_due_minor for line in lines),
         overage_due + top_ups_minor,
-        grant_balances=[
-            _grant_at_end(grant, end_ms, rollovers_shown, rollovers_due or {}, grant_credit, expired_credit)
-            for grant in grants
-        ],
+        grant_balances=_grant_balances(
+            grants,
+            (start_ms, end_ms),
+            rollovers_shown,
+            rollovers_due or {},
+            (grant_credit, expired_credit),
+            None if bought is None else {*bought, *credits},
+        ),
     )
+
+
+def _grant_balances(
+    grants: list[KernelGrant],
+    period: tuple[int, int],
+    rollovers_shown: bool,
+    rollovers_due: Mapping[str, tuple[int, int]],
+    credit: tuple[GrantCredit | None, GrantCredit | None],
+    touched: Collection[str] | None,
+) -> list[GrantBalance]:
+    """The period's grant balances, in the kernel's order; with `touched` (the ids of the grants the period bought
+    or its lines drew on), less those spent before the period that nothing in it touched."""
+    end_ms = period[1]
+    balances = []
+    for grant in grants:
+        balance = _grant_at_end(grant, end_ms, rollovers_shown, rollovers_due, *credit)
+        if touched is None or not _spent_before(balance, grant, period, rollovers_due, touched):
+            balances.append(balance)
+    return balances
+
+
+def _spent_before(
+    balance: GrantBalance,
+    grant: KernelGrant,
+    period: tuple[int, int],
+    rollovers_due: Mapping[str, tuple[int, int]],
+    touched: Collection[str],
+) -> bool:
+    """Whether the grant had nothing at the period's start and nothing in the period touched it, so its invoice
+    leaves it out: spent whole (granted = drawn, nothing remaining or expired: it adds nothing to the list's
+    remaining, expired, or granted - drawn, so the totals are those of the full list), not bought or drawn on in
+    the period (so drawn whole by earlier periods' usage, or rolled over whole before the period into its ROLLOVER
+    grant), and neither expiring nor rolling over in it (start excluded, end included: what a grant ending exactly
+    at the start had, the previous period's invoice shows)."""
+    start_ms, end_ms = period
+    if balance.remaining_picos or balance.expired_picos or balance.drawn_picos != balance.granted_picos:
+        return False
+    grant_id, _amount, _drawn, expires_at_ms, rolled = grant
+    if grant_id in touched:
+        return False
+    due = rollovers_due.get(grant_id)
+    ends = (expires_at_ms, rolled[0] if rolled is not None else None, due[0] if due is not None else None)
+    return not any(at_ms is not None and start_ms < at_ms <= end_ms for at_ms in ends)
 
 
 def _invoice_lines(

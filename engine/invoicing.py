@@ -42,6 +42,12 @@ def top_up_purchases_minor(period_start_ms: int, currency: str, purchases: list[
     return round_due(cost_e30, 10 ** (DUE_EXPONENT - minor_unit(currency)))
 
 
+def bought_in(period_start_ms: int, purchases: list[KernelPurchase]) -> set[str]:
+    """The ids of the top-up grants bought in the period starting at period_start_ms (the kernel counts a purchase
+    in the billing period of the event or hold that triggered it): an invoice lists each of them."""
+    return {row[1] for row in purchases if row[0] == period_start_ms}
+
+
 class InvoiceCommands(ControlPlane):
     """ClosePeriod, CloseDuePeriods, and the reads of drafts and invoices (see engine/state.py's Engine)."""
 
@@ -86,6 +92,7 @@ class InvoiceCommands(ControlPlane):
             rollovers_due=due,
             grant_credit=credit or {},
             expired_credit=credit or {},
+            bought=bought_in(period[0], purchases),
         )
 
     def invoice(self, number: str) -> Invoice:
@@ -263,6 +270,7 @@ class InvoiceCommands(ControlPlane):
             close.adjustments_in_contract,
             grant_credit=shown if rolled else None,
             expired_credit=shown if expired else None,
+            bought=bought_in(period[0], purchases) if close.spent_grants_left_out else None,
         )
         self.state.invoices_created += 1
         invoice.number = invoice_number(self.state.invoices_created)
@@ -291,6 +299,7 @@ class InvoiceCommands(ControlPlane):
         rollovers_due: dict[str, tuple[int, int]] | None = None,
         grant_credit: GrantCredit | None = None,
         expired_credit: GrantCredit | None = None,
+        bought: set[str] | None = None,
     ) -> Invoice:
         pricing_unit = self.state.rate_cards[contract.rate_card_id].pricing_unit
         dimensions = {r[0]: self.state.products[r[0]].pricing_dimensions for r in period[4]}
@@ -306,6 +315,7 @@ class InvoiceCommands(ControlPlane):
             rollovers_due=rollovers_due,
             grant_credit=grant_credit,
             expired_credit=expired_credit,
+            bought=bought,
         )
 
     # The period calendar ------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ def close_due_slice(at_ms: int, actor: str, grace_ms: int) -> cmd.CloseDuePeriod
         rolled_breakage_shown=True,
         expired_breakage_shown=True,
         closed_in_journal_order=True,
+        spent_grants_left_out=True,
     )
 
 

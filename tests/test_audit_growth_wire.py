@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from tariff import TariffClient, TariffError
-from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import preview, refusal, release, serving, unit
@@ -181,19 +181,28 @@ def test_a_balance_past_the_message_limit_leaves_out_its_oldest_spent_grants_and
     assert (len(shown["grants"]), shown["grants_left_out"]) == (listed, balance.grants_left_out)
 
 
-def test_an_invoice_lists_every_grant_started_before_its_end_up_to_the_message_limit(client: TariffClient) -> None:
-    """README "Limits and backpressure" (what grows over a customer's life): an invoice's grant_balances list every
-    grant started before its period's end, spent ones included (about 41 bytes each), and an invoice is one message:
-    a customer buying 1,000 top-ups every period can have its periods closed while they fit, then ClosePeriod and
-    PreviewInvoice are RESOURCE_EXHAUSTED naming the limit (the period stays open) until served with a larger
-    --message-mb-max. 26 periods of 1,000 purchases: the first period's draft lists its 1,000 grants, the 26th's
-    would list 26,000 (about 1.1 MB, past this server's 1 MiB) and is refused so; the balance still answers."""
+def test_an_invoice_lists_the_grants_of_its_period_so_a_long_lived_customer_still_closes(client: TariffClient) -> None:
+    """README "Limits and backpressure" (what grows over a customer's life): an invoice's grant_balances leave out
+    the grants spent before its period that nothing in it touched (invoices.proto Invoice.grant_balances), so a
+    customer buying 1,000 top-ups every period has every period's invoice list about 1,000 grants, however long it
+    lives. 26 periods of 1,000 purchases: the first period's draft lists its 1,000 grants; the 26th's lists 1,001
+    (the 25th period's last purchase, which its first event drew, and its own 1,000: 999 spent, the last 2 credits
+    remaining). Before, it listed all 26,000 (about 1.1 MB) and was RESOURCE_EXHAUSTED past this server's 1 MiB,
+    the period left open. It closes, the final invoice equal to the draft but for number, status and close time."""
     topping_up_customer(client, "ancient")
     use_up(client, "ancient", range(26))
     first = preview(client, "ancient", month_start_ms(0))
     assert len(first.grant_balances) == 1000
-    code, details = refusal(lambda: preview(client, "ancient", month_start_ms(25)))
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--message-mb-max" in details, details
+    draft = preview(client, "ancient", month_start_ms(25))
+    assert len(draft.grant_balances) == 1001
+    balances = [(b.granted, b.drawn, b.remaining, b.expired) for b in draft.grant_balances]
+    assert balances == [("2", "2", "0", "0")] * 1000 + [("2", "0", "2", "0")]
+    request = invoices_pb2.ClosePeriodRequest(customer_id="ancient", period_start=stamp(month_start_ms(25)))
+    final: invoices_pb2.Invoice = client.invoices.ClosePeriod(request)
+    for name in ("invoice_number", "status", "closed_at"):
+        final.ClearField(name)
+        draft.ClearField(name)
+    assert final == draft
     assert client.get_balance("ancient").credits_remaining == "2"
 
 

@@ -294,8 +294,9 @@ def test_invoice_credits_sum_the_lines_per_grant_and_balances_list_grants_starte
     January: unit;k=a 3,000 units (3 credits: g1 3), unit;k=b 4,000 (4: g1's last 2, 2 of overage, 0.50 due). The
     invoice's credits_applied: g1 = 3 + 2 = 5; overage 2, overage_due 0.50; balances g1 only (g2 starts after
     January's end): 5 granted, 5 drawn, 0 left. February: unit;k=a 1,000 on the 2nd (g1 spent, g2 not started: 1
-    of overage), 6,000 on the 20th (g2 6): line amount 7, overage 1, g2 6, due 0.25; balances g1 5/5/0/0 and g2
-    10/6/4/0; overage_price echoes the contract's 0.25."""
+    of overage), 6,000 on the 20th (g2 6): line amount 7, overage 1, g2 6, due 0.25; balances g2 10/6/4/0 only (g1,
+    spent in January and touched by nothing in February, is left out: invoices.proto Invoice.grant_balances);
+    overage_price echoes the contract's 0.25."""
     with start_server(server_factory, "grants") as client:
         catalogue(client)
         contract_id = customer(client, "c", "USD", "0.25")
@@ -321,7 +322,7 @@ def test_invoice_credits_sum_the_lines_per_grant_and_balances_list_grants_starte
     assert line_figures(february) == {"unit;k=a": ("7", "1", "g2=6", "0.25")}
     assert {c.grant_id: c.credits for c in february.credits_applied} == {"g2": "6"}
     assert (february.overage_amount, february.overage_due, february.total_due) == ("1", "0.25", "0.25")
-    assert balances(february) == {"g1": ("5", "5", "0", "0"), "g2": ("10", "6", "4", "0")}
+    assert balances(february) == {"g2": ("10", "6", "4", "0")}
 
 
 def test_a_re_rated_open_period_draws_no_credit_a_closed_later_period_already_billed(

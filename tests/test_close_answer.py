@@ -22,6 +22,8 @@ CLOSE_RULES = {
     "parts_in_contract": True,
     "rolled_breakage_shown": True,
     "expired_breakage_shown": True,
+    "spent_grants_left_out": True,
+    "closed_in_journal_order": True,
 }
 
 

@@ -137,6 +137,8 @@ def close(at_ms: int) -> cmd.ClosePeriod:
         parts_in_contract=True,
         rolled_breakage_shown=True,
         expired_breakage_shown=True,
+        spent_grants_left_out=True,
+        closed_in_journal_order=True,
     )
 
 

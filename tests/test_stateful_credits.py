@@ -596,6 +596,7 @@ class Credits(RuleBasedStateMachine):
             cmd.ClosePeriod(
                 self.now, ACTOR, customer, EPOCH_MS, rollovers_shown=True, adjustments_in_contract=True,
                 parts_in_contract=True, rolled_breakage_shown=True, expired_breakage_shown=True,
+                spent_grants_left_out=True, closed_in_journal_order=True,
             )
         )  # fmt: skip
         oracle.closed.add((2026, 1))

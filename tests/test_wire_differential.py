@@ -890,7 +890,7 @@ def expected_invoice(scenario: WireScenario, oracle: ReferenceCredits, period: P
         "lines": lines,
         "credits": ({g: c for g, c in applied.items() if c}, adjustment),
         "totals": (subtotal, overage, due, top_ups, due + top_ups),
-        "balances": grant_balances(oracle, period, period_end),
+        "balances": grant_balances(oracle, period, (period_start, period_end)),
     }
 
 
@@ -1029,11 +1029,13 @@ def expected_line_id(product_id: str, dimensions: dict[str, str]) -> str:
     return ";".join([escaped(product_id), *(f"{escaped(k)}={escaped(dimensions[k])}" for k in sorted(dimensions))])
 
 
-def grant_balances(oracle: ReferenceCredits, period: Period, end_ms: int) -> dict[str, tuple[Decimal, ...]]:
+def grant_balances(oracle: ReferenceCredits, period: Period, bounds: tuple[int, int]) -> dict[str, tuple[Decimal, ...]]:
     """An invoice's grant_balances: each grant started before the period's end, drawn by the usage of this period
-    and every earlier one; what it had left when it expired, if it does by the period's end (its breakage, or
+    and every earlier one (but for one spent before the period that nothing in it touched); what it had left when
+    it expired, if it does by the period's end (its breakage, or
     for one expiring after now, when the draft of the current period is read, what it has not paid out: held
     credit included, which the invoice shows expired while the hold lasts, invoices.proto RevenueLine)."""
+    start_ms, end_ms = bounds
     balances: dict[str, tuple[Decimal, ...]] = {}
     for g in oracle.grants:
         if g.starts_at_ms >= end_ms:
@@ -1042,6 +1044,12 @@ def grant_balances(oracle: ReferenceCredits, period: Period, end_ms: int) -> dic
         expired = g.expires_at_ms is not None and g.expires_at_ms <= end_ms
         broken = oracle.breakage.get(g.id, g.amount - drawn) if expired else Decimal(0)
         left = Decimal(0) if expired else g.amount - drawn
+        touched = any(g.id in a.drawn for k, a in oracle.aggregates.items() if k[0] == period) or any(
+            at == period and grant_id == g.id for at, grant_id, _ in oracle.purchases
+        )
+        ends_in_period = g.expires_at_ms is not None and start_ms < g.expires_at_ms <= end_ms
+        if drawn == g.amount and not left and not broken and not touched and not ends_in_period:
+            continue  # spent before the period, nothing in it touched it: left out (Invoice.grant_balances)
         balances[g.id] = (credits(g.amount), credits(drawn), credits(left), credits(broken))
     return balances
 

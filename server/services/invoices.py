@@ -241,6 +241,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             rolled_breakage_shown=True,
             expired_breakage_shown=True,
             closed_in_journal_order=True,
+            spent_grants_left_out=True,
         )
         invoice = await self._apply(command, Invoice)
         message = _closed_answer(invoice, checked)

@@ -620,9 +620,18 @@ type Invoice struct {
 	ContractId   string `protobuf:"bytes,18,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
 	// When the period was closed; unset for a draft.
 	ClosedAt *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
-	// The period's balances: each grant started before the period's end,
-	// spent ones included (the TOP_UP grants of every earlier period too: see
-	// README "Limits and backpressure" for what that bounds).
+	// The period's balances, in the order the grants were made: each grant
+	// started before the period's end but one spent before the period that
+	// nothing in it touched, which is left out: granted = drawn (remaining and
+	// expired 0), no line of the period drew on it, it was not bought in the
+	// period (top_up_purchases), and it neither expired nor rolled over in it
+	// (after its start, by its end). So the list holds the grants with credit
+	// at the period's start or end or that the period drew, bought, broke or
+	// rolled over, and a customer buying top-ups every period does not see the
+	// list grow with its life (README "Limits and backpressure"). A grant left
+	// out adds nothing to the sums of remaining, expired, or granted - drawn:
+	// those are the sums over every grant. Final invoices closed by releases
+	// before this rule list every grant started before the period's end.
 	GrantBalances []*InvoiceGrantBalance `protobuf:"bytes,20,rep,name=grant_balances,json=grantBalances,proto3" json:"grant_balances,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -463,9 +463,18 @@ export type Invoice = Message<"tariff.v1.Invoice"> & {
   closedAt?: Timestamp | undefined;
 
   /**
-   * The period's balances: each grant started before the period's end,
-   * spent ones included (the TOP_UP grants of every earlier period too: see
-   * README "Limits and backpressure" for what that bounds).
+   * The period's balances, in the order the grants were made: each grant
+   * started before the period's end but one spent before the period that
+   * nothing in it touched, which is left out: granted = drawn (remaining and
+   * expired 0), no line of the period drew on it, it was not bought in the
+   * period (top_up_purchases), and it neither expired nor rolled over in it
+   * (after its start, by its end). So the list holds the grants with credit
+   * at the period's start or end or that the period drew, bought, broke or
+   * rolled over, and a customer buying top-ups every period does not see the
+   * list grow with its life (README "Limits and backpressure"). A grant left
+   * out adds nothing to the sums of remaining, expired, or granted - drawn:
+   * those are the sums over every grant. Final invoices closed by releases
+   * before this rule list every grant started before the period's end.
    *
    * @generated from field: repeated tariff.v1.InvoiceGrantBalance grant_balances = 20;
    */
