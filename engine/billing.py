@@ -832,7 +832,7 @@ class Billing:
         control plane, or from the kernel's `made` rows for a grant it made."""
         grants = {g.id: g for g in self.engine.state.accounts[customer_id].grants}
         rolled_out: dict[str, int] = {}
-        if len(grants) < len(rows):  # the kernel bought top-ups or rolled grants over
+        if made:  # the kernel bought top-ups or rolled grants over
             contract = self._contract_for_balance(customer_id, now_ms)
             grants.update(credits.made_grants(self, customer_id, contract.id if contract else "", made))
             rolled_out = credits.rolled_out(self, customer_id, made)
