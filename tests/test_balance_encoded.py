@@ -30,7 +30,7 @@ def reference(billing: Billing, at_ms: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def ledger() -> Ledger:
-    """"acme" with grants of every kind: PREPAID ones (one expiring in January, one paid a third a credit so its
+    """Customer "acme" with grants of every kind: PREPAID ones (one expiring in January, one paid a third a credit so its
     revenue rounds, one of negative priority), PROMOTIONAL, two rolling half over at January's end (ROLLOVER
     grants in February), restricted ones, one starting in March; a top-up policy at 0.333333333333333333 a
     credit that buys a few hundred top-ups (drawn in fractions by events of 3.3), and holds open on them."""

@@ -15,6 +15,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 /// tariff.v1.GrantKind TOP_UP.
 const TOP_UP_KIND: u64 = 4;
+/// About what a spent top-up's entry takes (its id, five amounts, a timestamp).
+const TOP_UP_BYTES_TYPICAL: usize = 72;
 /// tariff.v1.Balance `grants`: field 5, length-delimited.
 const BALANCE_GRANTS_TAG: u8 = 5 << 3 | 2;
 
@@ -46,6 +48,7 @@ pub fn encoded_balance(account: &Account, mut view: BalanceView, now_ms: i64) ->
     let mut parts = Vec::new();
     let mut next_ms: Option<i64> = None;
     let mut held_total = 0;
+    let mut scratch = Vec::with_capacity(128); // a message's bytes, before its length
     for (row, &g) in std::mem::take(&mut view.grants).into_iter().zip(&account.order) {
         let grant = &account.grants[g as usize];
         let held = extras.of_grant(account, g).0;
@@ -60,10 +63,12 @@ pub fn encoded_balance(account: &Account, mut view: BalanceView, now_ms: i64) ->
             next_ms = Some(next_ms.map_or(at_ms, |next| next.min(at_ms)));
         }
         if !matches!(parts.last(), Some(GrantPart::Encoded(_))) {
-            parts.push(GrantPart::Encoded(Vec::new()));
+            // Sized for every top-up (they are mostly one run, each about 60 bytes): a few megabytes grown by
+            // doubling were copied and faulted in again at each step.
+            parts.push(GrantPart::Encoded(Vec::with_capacity(costs.len() * TOP_UP_BYTES_TYPICAL)));
         }
         let Some(GrantPart::Encoded(bytes)) = parts.last_mut() else { unreachable!("pushed above") };
-        encode_top_up(bytes, grant, &row, remaining, held, cost_e30)?;
+        encode_top_up(bytes, &mut scratch, grant, &row, remaining, held, cost_e30)?;
     }
     Some(EncodedBalance { view, parts, held: held_total, top_ups_next_change_ms: next_ms })
 }
@@ -72,11 +77,11 @@ pub fn encoded_balance(account: &Account, mut view: BalanceView, now_ms: i64) ->
 /// rolled over (its revenue would leave out what moved).
 fn top_up_costs(account: &Account) -> Option<FxHashMap<&str, i128>> {
     let Some(credits) = account.credits.as_deref() else { return Some(FxHashMap::default()) };
-    let mut costs = FxHashMap::default();
     if credits.purchases.is_empty() {
-        return Some(costs);
+        return Some(FxHashMap::default());
     }
-    let mut ids = FxHashSet::default();
+    let mut costs = FxHashMap::with_capacity_and_hasher(credits.purchases.len(), Default::default());
+    let mut ids = FxHashSet::with_capacity_and_hasher(account.grants.len(), Default::default());
     if !account.grants.iter().all(|g| ids.insert(&*g.id)) {
         return None;
     }
@@ -106,6 +111,7 @@ fn next_change_ms(grant: &Grant, remaining: Picos, held: Picos, now_ms: i64) -> 
 /// product, no rollover), revenue drawn x cost / amount rounded half-even to picos (`Grant.revenue_for_drawn`).
 fn encode_top_up(
     out: &mut Vec<u8>,
+    message: &mut Vec<u8>,
     grant: &Grant,
     row: &GrantView,
     remaining: Picos,
@@ -115,23 +121,24 @@ fn encode_top_up(
     let denominator = I256::new(grant.amount) * I256::new(1_000_000_000_000_000_000);
     let revenue = round_half_even(I256::new(row.drawn) * I256::new(cost_e30), denominator)?;
     let priority = i32::try_from(grant.priority).ok()?;
-    let mut message = Vec::with_capacity(96);
-    put_text(&mut message, 1, &grant.id);
-    put_varint_field(&mut message, 2, TOP_UP_KIND);
+    message.clear();
+    let message = &mut *message;
+    put_text(message, 1, &grant.id);
+    put_varint_field(message, 2, TOP_UP_KIND);
     for (field, picos) in [(3, grant.amount), (4, row.drawn), (5, remaining), (6, row.expired)] {
-        put_text(&mut message, field, PicosText::of(picos).as_str());
+        put_text(message, field, PicosText::of(picos).as_str());
     }
     // int32: a negative one is its 64-bit two's complement, as protobuf encodes it.
-    put_varint_field(&mut message, 7, i64::from(priority) as u64);
-    put_timestamp(&mut message, 9, grant.starts_at_ms);
+    put_varint_field(message, 7, i64::from(priority) as u64);
+    put_timestamp(message, 9, grant.starts_at_ms);
     if let Some(expires_at_ms) = grant.expires_at_ms {
-        put_timestamp(&mut message, 10, expires_at_ms);
+        put_timestamp(message, 10, expires_at_ms);
     }
-    put_text(&mut message, 11, PicosText::of(revenue).as_str());
-    put_text(&mut message, 12, PicosText::of(held).as_str());
+    put_text(message, 11, PicosText::of(revenue).as_str());
+    put_text(message, 12, PicosText::of(held).as_str());
     out.push(BALANCE_GRANTS_TAG);
     put_varint(out, message.len() as u64);
-    out.extend_from_slice(&message);
+    out.extend_from_slice(message);
     Some(())
 }
 
@@ -163,12 +170,16 @@ fn put_text(out: &mut Vec<u8>, field: u8, text: &str) {
 /// A google.protobuf.Timestamp field, present even when zero (the control plane always sets it): seconds floored,
 /// nanos in [0, 10^9), as server/convert.py `timestamp` makes it.
 fn put_timestamp(out: &mut Vec<u8>, field: u8, ms: i64) {
-    let mut stamp = Vec::with_capacity(16);
-    put_varint_field(&mut stamp, 1, ms.div_euclid(1000) as u64);
-    put_varint_field(&mut stamp, 2, (ms.rem_euclid(1000) * 1_000_000) as u64);
+    let (seconds, nanos) = (ms.div_euclid(1000) as u64, (ms.rem_euclid(1000) * 1_000_000) as u64);
+    let length = [seconds, nanos].iter().filter(|&&v| v != 0).map(|&v| 1 + varint_bytes(v)).sum::<usize>();
     out.push(field << 3 | 2);
-    put_varint(out, stamp.len() as u64);
-    out.extend_from_slice(&stamp);
+    put_varint(out, length as u64);
+    put_varint_field(out, 1, seconds);
+    put_varint_field(out, 2, nanos);
+}
+
+fn varint_bytes(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[cfg(test)]

@@ -400,8 +400,7 @@ impl Kernel {
             return Ok(Some(false.into_pyobject(py)?.to_owned().into_any()));
         };
         let dict = PyDict::new(py);
-        let rollovers = credits::made_grants_of(&account).into_iter().filter(|(_, m)| matches!(m, Made::Rollover(_)));
-        dict.set_item("made", made_rows(rollovers.collect()))?;
+        dict.set_item("made", made_rows(credits::made_rollovers_of(&account)))?;
         let list = PyList::empty(py);
         for part in encoded.parts {
             match part {
