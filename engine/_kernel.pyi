@@ -16,6 +16,21 @@ class Balance(TypedDict):
     # balance(projected=True) only: the grants the kernel made, as made_grants lists them, of the same account
     made: NotRequired[list[MadeGrant]]
 
+class EncodedBalance(TypedDict):
+    remaining: int
+    # In burn order: a row (id, amount, remaining, expired, drawn, held), or the bytes of a run of top-up grants
+    # encoded as tariff.v1.Balance `grants` entries.
+    grants: list[tuple[str, int, int, int, int, int] | bytes]
+    period: tuple[int, int] | None
+    period_charges: int
+    overage: int
+    overage_due_e30: int
+    held: int  # on every grant, top-ups included
+    made: list[MadeGrant]  # the ROLLOVER grants the kernel made only
+    # The next instant a top-up's row changes with nothing recorded (a start, or an expiry while holds keep its whole
+    # remainder), as WatchBalance looks for one.
+    top_ups_next_change_ms: int | None
+
 # made_grants' rows: (grant_id, kind, amount_picos, priority, starts_at_ms, expires_at_ms, cost_e30, rolled_from,
 # made_at_ms).
 MadeGrant = tuple[str, Literal["TOP_UP", "ROLLOVER"], int, int, int, int | None, int, str, int]
@@ -87,6 +102,9 @@ class Kernel:
         """`projected` (reads: GetBalance, WatchBalance): the account as the clock's AdvanceClock at now_ms will leave
         it when something of it fell due after the clock's last one (holds expired, grants rolled over or expired),
         with `made`; without, the kernel's own state (what journaled changes read)."""
+    def balance_encoded(self, customer_id: str, now_ms: int) -> EncodedBalance | Literal[False] | None:
+        """balance(projected=True) with the top-ups encoded (engine/kernel/src/balance_wire.rs); False where every row
+        must be read from `balance` instead."""
     def usage(
         self, customer_id: str
     ) -> (

@@ -8,7 +8,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 
 from engine import commands as cmd
-from engine.billing import BalanceView, Estimate
+from engine.billing import BalanceView, Estimate, GrantView
 from engine.contracts import Contract, Customer, OveragePolicy, Override
 from engine.control import (
     EVENT_MAP_ENTRIES_MAX,
@@ -676,30 +676,65 @@ def grant_credits(request: contracts_pb2.GrantCreditsRequest, at_ms: int, actor:
 
 
 def balance_pb(view: BalanceView) -> balance_pb2.Balance:
-    grants = []
-    for gv in view.grants:
-        g = gv.grant
-        message = balance_pb2.GrantBalance(
-            grant_id=g.id,
-            kind=g.kind.value,
-            amount=format_picos(g.amount),
-            drawn=format_picos(g.drawn),
-            remaining=format_picos(gv.remaining),
-            expired=format_picos(gv.expired),
-            priority=g.priority,
-            applicable_product_ids=g.applicable_product_ids,
-            starts_at=timestamp(g.starts_at_ms),
-            recognized_revenue=format_picos(g.recognized_revenue),
-            held=format_picos(gv.held),
-        )
-        set_time(message, "expires_at", g.expires_at_ms)
-        grants.append(message)
+    balance = _balance_totals_pb(view)
+    balance.grants.extend(_grant_pb(gv) for gv in view.grants)
+    return balance
+
+
+def balance_bytes(view: BalanceView, parts: list[GrantView | bytes]) -> bytes:
+    """`balance_pb(view)`'s bytes with `parts` (every grant in burn order) as its grants, the kernel's encoded ones
+    as they are: a message's fields are serialized in field order, so the totals before `grants` (field 5), the
+    grants, then the totals after it."""
+    totals = _balance_totals_pb(view)
+    head = balance_pb2.Balance(
+        customer_id=totals.customer_id,
+        credits_remaining=totals.credits_remaining,
+        credits_held=totals.credits_held,
+        credits_available=totals.credits_available,
+    )
+    totals.ClearField("customer_id")
+    totals.ClearField("credits_remaining")
+    totals.ClearField("credits_held")
+    totals.ClearField("credits_available")
+    grants: list[bytes] = []
+    run = balance_pb2.Balance()  # consecutive grants the kernel left to the control plane, as `grants` entries
+    for part in parts:
+        if isinstance(part, bytes):
+            grants.append(run.SerializeToString())
+            run.Clear()
+            grants.append(part)
+        else:
+            run.grants.append(_grant_pb(part))
+    grants.append(run.SerializeToString())
+    return b"".join((head.SerializeToString(), *grants, totals.SerializeToString()))
+
+
+def _grant_pb(gv: GrantView) -> balance_pb2.GrantBalance:
+    g = gv.grant
+    message = balance_pb2.GrantBalance(
+        grant_id=g.id,
+        kind=g.kind.value,
+        amount=format_picos(g.amount),
+        drawn=format_picos(g.drawn),
+        remaining=format_picos(gv.remaining),
+        expired=format_picos(gv.expired),
+        priority=g.priority,
+        applicable_product_ids=g.applicable_product_ids,
+        starts_at=timestamp(g.starts_at_ms),
+        recognized_revenue=format_picos(g.recognized_revenue),
+        held=format_picos(gv.held),
+    )
+    set_time(message, "expires_at", g.expires_at_ms)
+    return message
+
+
+def _balance_totals_pb(view: BalanceView) -> balance_pb2.Balance:
+    """The Balance of `view` but its grants."""
     balance = balance_pb2.Balance(
         customer_id=view.customer_id,
         credits_remaining=format_picos(view.remaining),
         credits_held=format_picos(view.held),
         credits_available=format_picos(view.available),
-        grants=grants,
         period_charges=format_picos(view.period_charges),
         overage_amount=format_picos(view.overage),
         as_of_seq=view.as_of_seq,

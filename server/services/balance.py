@@ -158,9 +158,9 @@ class BalanceService(_Base):
         """The service's handlers: those of the generated code, but AuthorizeBatches with no (de)serializer."""
         pb = balance_pb2
         return {
-            "GetBalance": grpc.unary_unary_rpc_method_handler(
-                self.GetBalance, pb.GetBalanceRequest.FromString, pb.Balance.SerializeToString
-            ),
+            # Balances leave as the bytes `_sent_balance_bytes` made (most of a long-lived customer's grants encoded
+            # by the kernel): no serializer.
+            "GetBalance": grpc.unary_unary_rpc_method_handler(self.GetBalance, pb.GetBalanceRequest.FromString),
             "Authorize": grpc.unary_unary_rpc_method_handler(
                 self.Authorize, pb.AuthorizeRequest.FromString, pb.AuthorizeResponse.SerializeToString
             ),
@@ -173,15 +173,14 @@ class BalanceService(_Base):
                 pb.ReleaseReservationRequest.FromString,
                 pb.ReleaseReservationResponse.SerializeToString,
             ),
-            "WatchBalance": grpc.unary_stream_rpc_method_handler(
-                self.WatchBalance, pb.WatchBalanceRequest.FromString, pb.Balance.SerializeToString
-            ),
+            "WatchBalance": grpc.unary_stream_rpc_method_handler(self.WatchBalance, pb.WatchBalanceRequest.FromString),
         }
 
     @unary
-    async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Context) -> balance_pb2.Balance:
+    async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Context) -> bytes:
+        """The Balance's bytes."""
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
-        return _sent_balance(convert.balance_pb(self.billing.balance(request.customer_id, self.clock_ms())))
+        return _sent_balance_bytes(self.billing.balance_encoded(request.customer_id, self.clock_ms()))
 
     reservation_ttl_max_ms = RESERVATION_TTL_MAX_MS_DEFAULT
     # gRPC sends no larger AuthorizeBatchResult: set from --message-mb-max (server/app.py).
@@ -418,12 +417,11 @@ class BalanceService(_Base):
         return balance_pb2.ReleaseReservationResponse(released_amount=format_picos(released.released))
 
     @streaming
-    async def WatchBalance(
-        self, request: balance_pb2.WatchBalanceRequest, context: Context
-    ) -> AsyncIterator[balance_pb2.Balance]:
+    async def WatchBalance(self, request: balance_pb2.WatchBalanceRequest, context: Context) -> AsyncIterator[bytes]:
         """The balance now, then the newest balance after each committed group of changes that touched the
-        customer; a balance equal to the last one sent is not sent again. Registered before the first read,
-        so no change between that read and the next wake-up is missed."""
+        customer; a balance equal to the last one sent is not sent again (the same bytes: a message's are those of
+        its fields, in field order). Registered before the first read, so no change between that read and the
+        next wake-up is missed."""
         customer_id = request.customer_id
         check_reference(customer_id, "customer_id", self.engine.state.customers)
         self.engine.customer(customer_id)  # NotFound
@@ -431,14 +429,27 @@ class BalanceService(_Base):
             sent = None
             while True:
                 now_ms = self.clock_ms()
-                view = self.billing.balance(customer_id, now_ms)
-                balance = _sent_balance(convert.balance_pb(view))
+                view = self.billing.balance_encoded(customer_id, now_ms)
+                balance = _sent_balance_bytes(view)
                 if balance != sent:
                     yield balance
                     sent = balance
                 await _changed_or_started(watcher, _next_grant_start_ms(view, now_ms), self.clock_ms)
                 if self.watch.closing:
                     raise Unavailable(SHUTTING_DOWN)
+
+
+def _sent_balance_bytes(view: BalanceView) -> bytes:
+    """`_sent_balance` of the view's Balance, as its bytes. A view with encoded top-ups (`grant_parts`) is joined
+    as bytes (`convert.balance_bytes`), and parsed into a message only when it is too large to send whole, so that
+    `_sent_balance` leaves out spent grants as before: the message parsed from those bytes is the one
+    `convert.balance_pb` builds."""
+    if view.grant_parts is None:
+        return _sent_balance(convert.balance_pb(view)).SerializeToString()
+    data = convert.balance_bytes(view, view.grant_parts)
+    if len(data) <= send_limit.bytes_max:
+        return data
+    return _sent_balance(balance_pb2.Balance.FromString(data)).SerializeToString()
 
 
 def _sent_balance(balance: balance_pb2.Balance) -> balance_pb2.Balance:
@@ -502,6 +513,8 @@ def _next_grant_start_ms(view: BalanceView, now_ms: int) -> int | None:
         for gv in view.grants
         if 0 < gv.held == gv.remaining and gv.grant.expires_at_ms is not None and gv.grant.expires_at_ms > now_ms
     ]
+    if view.top_ups_next_change_ms is not None:  # the top-ups the kernel encoded, not among view.grants
+        starts.append(view.top_ups_next_change_ms)
     return min(starts + expiries, default=None)
 
 

@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::authorize::{self, Refused};
+use crate::balance_wire::GrantPart;
 use crate::credits::{self, HoldTtl, Made, ReleaseRefusal, RolloverIds, RolloverWindow, Rollovers, TopUpPolicy};
 use crate::decode::{wire, with_view};
 use crate::holds;
@@ -132,6 +133,21 @@ impl Kernel {
 
 fn big_int<'py>(py: Python<'py>, value: ethnum::I256) -> PyResult<Bound<'py, PyAny>> {
     py.import("builtins")?.getattr("int")?.call1((value.to_string(),))
+}
+
+/// A balance's totals, as `Kernel.balance` names them.
+fn set_balance_totals(
+    py: Python<'_>,
+    dict: &Bound<'_, PyDict>,
+    view: &kernel::BalanceView,
+    held: i128,
+) -> PyResult<()> {
+    dict.set_item("remaining", view.remaining)?;
+    dict.set_item("period", view.period)?;
+    dict.set_item("period_charges", view.period_charges)?;
+    dict.set_item("overage", view.overage)?;
+    dict.set_item("overage_due_e30", big_int(py, view.overage_due_e30)?)?;
+    dict.set_item("held", held)
 }
 
 /// A line of `Kernel.invoice_read`: (product_id, dimension values, quantity_e18, events, amount_picos,
@@ -358,18 +374,46 @@ impl Kernel {
         if projected {
             dict.set_item("made", made_rows(credits::made_grants_of(&account)))?;
         }
-        dict.set_item("remaining", view.remaining)?;
         let grants: Vec<(String, i128, i128, i128, i128)> =
-            view.grants.into_iter().map(|g| (g.id, g.amount, g.remaining, g.expired, g.drawn)).collect();
+            view.grants.iter().map(|g| (g.id.clone(), g.amount, g.remaining, g.expired, g.drawn)).collect();
         dict.set_item("grants", grants)?;
-        dict.set_item("period", view.period)?;
-        dict.set_item("period_charges", view.period_charges)?;
-        dict.set_item("overage", view.overage)?;
-        dict.set_item("overage_due_e30", big_int(py, view.overage_due_e30)?)?;
         let held = credits::held_by_grant_of(&account);
-        dict.set_item("held", held.iter().sum::<i128>())?;
+        set_balance_totals(py, &dict, &view, held.iter().sum())?;
         dict.set_item("grants_held", held)?;
         Ok(Some(dict))
+    }
+
+    /// `balance(customer_id, now_ms, projected=True)` with the top-ups encoded (balance_wire.rs): "grants" in burn
+    /// order, each a row (grant_id, amount, remaining, expired, drawn, held) or the bytes of a run of top-ups as
+    /// tariff.v1.Balance `grants` entries; "made" the ROLLOVER grants only; "top_ups_next_change_ms". None for an
+    /// unknown customer; False where the rows must all be built from `balance` (`encoded_balance`'s None).
+    fn balance_encoded<'py>(
+        &self,
+        py: Python<'py>,
+        customer_id: &str,
+        now_ms: i64,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let kernel = self.read()?;
+        let Some(account) = kernel.account_read(customer_id, now_ms) else { return Ok(None) };
+        let Some(view) = kernel::Kernel::balance_of(&account, now_ms) else { return Ok(None) };
+        let Some(encoded) = crate::balance_wire::encoded_balance(&account, view, now_ms) else {
+            return Ok(Some(false.into_pyobject(py)?.to_owned().into_any()));
+        };
+        let dict = PyDict::new(py);
+        dict.set_item("made", made_rows(credits::made_rollovers_of(&account)))?;
+        let list = PyList::empty(py);
+        for part in encoded.parts {
+            match part {
+                GrantPart::Row(g, held) => {
+                    list.append((g.id, g.amount, g.remaining, g.expired, g.drawn, held))?;
+                }
+                GrantPart::Encoded(bytes) => list.append(PyBytes::new(py, &bytes))?,
+            }
+        }
+        dict.set_item("grants", list)?;
+        dict.set_item("top_ups_next_change_ms", encoded.top_ups_next_change_ms)?;
+        set_balance_totals(py, &dict, &encoded.view, encoded.held)?;
+        Ok(Some(dict.into_any()))
     }
 
     /// The customer's usage, sorted: (aggregates, hour buckets). An aggregate is

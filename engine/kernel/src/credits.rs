@@ -855,6 +855,24 @@ impl Kernel {
     }
 }
 
+/// The ROLLOVER grants the kernel made for an account, as `made_grants_of` lists them, without a walk of its
+/// top-ups (a balance with its top-ups encoded reads these alone: balance_wire.rs).
+pub fn made_rollovers_of(account: &Account) -> Vec<(&Grant, Made<'_>)> {
+    let Some(credits) = account.credits.as_deref() else { return Vec::new() };
+    let rolled: Vec<&Rolled> = credits.rolled.iter().filter(|r| r.credits > 0).collect();
+    if rolled.is_empty() {
+        return Vec::new();
+    }
+    // The first grant holding each id made, as `made_grants_of` finds it.
+    let mut first: rustc_hash::FxHashMap<&str, Option<&Grant>> = rolled.iter().map(|r| (&*r.to, None)).collect();
+    for grant in &account.grants {
+        if let Some(slot @ None) = first.get_mut(&*grant.id) {
+            *slot = Some(grant);
+        }
+    }
+    rolled.into_iter().filter_map(|r| first[&*r.to].map(|g| (g, Made::Rollover(r)))).collect()
+}
+
 /// The grants the kernel made for an account (`Kernel::made_grants`).
 pub fn made_grants_of(account: &Account) -> Vec<(&Grant, Made<'_>)> {
     let Some(credits) = account.credits.as_deref() else { return Vec::new() };

@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod ack;
 pub mod append;
 pub mod authorize;
+pub mod balance_wire;
 pub mod batch;
 pub mod buckets;
 pub mod credits;
