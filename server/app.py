@@ -71,6 +71,16 @@ log = logging.getLogger("tariff")
 MESSAGE_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
 SHUTDOWN_GRACE_S = 10.0
 LOCK_FILE = "LOCK"
+# HTTP/2 PINGs on a connection with open calls (README "Limits and backpressure"). A client may PING as often as
+# once a second: gRPC's default of once in 5 minutes took the TypeScript client's PING every 30 s on a quiet
+# stream (a watch, an idle IngestUsage stream) for abuse, and closed the connection with its streams (GOAWAY
+# too_many_pings) at the third. The server PINGs a connection with open calls at most once a minute, and closes
+# it when no answer comes within 20 s: the calls of a peer that vanished without closing (a host gone, a
+# partition) free their places among --max-concurrent-rpcs within about 80 s, not gRPC's 2 hours.
+KEEPALIVE_PINGS_MIN_INTERVAL_MS = 1_000
+KEEPALIVE_PING_STRIKES_MAX = 2  # PINGs too soon that are let pass: the next is GOAWAY (gRPC's default)
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 
 @dataclass(frozen=True)
@@ -305,6 +315,11 @@ async def serve(config: ServeConfig) -> int:
             # gRPC sets SO_REUSEPORT by default: a second server on a taken port would then bind too, and the
             # two would share connections (and answer from two different states).
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_PINGS_MIN_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", KEEPALIVE_PING_STRIKES_MAX),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # else gRPC waits 60 s for a keepalive PING's ACK
         ],
     )
     # Bind first: a taken port must refuse before anything is read, locked or written.

@@ -1,0 +1,138 @@
+"""Audit over the wire of what slow, quiet and misbehaving stream clients cost the server and the other callers
+(README "Limits and backpressure", "Watching balances and alerts"; balance.proto WatchBalance, AuthorizeStream,
+AuthorizeBatches; alerts.proto WatchAlerts; usage.proto IngestUsage). What earlier tests cover is not repeated here:
+a watcher that never reads gets the newest balance, coalesced (test_server_watch), an IngestUsage client that never
+reads its acks (test_server_limits), open watches against --max-concurrent-rpcs (test_audit_watch2_wire).
+
+Covered here: a quiet stream whose client sends HTTP/2 keepalive PINGs (the TypeScript client's every 30 s on a
+connection with open streams that received nothing) is kept open, PINGs faster than the server's minimum close the
+connection with GOAWAY too_many_pings. The pricing is test_audit_gateway2_wire's catalogue (`work`
+events price n units at 1 credit each)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tariff.v1 import balance_pb2
+
+from tests.audit_fixtures import serving
+from tests.serverproc import ServerProcess
+from tests.test_audit_credits2_wire import customer, grant
+from tests.test_audit_gateway2_wire import catalogue
+from tests.test_audit_watch2_wire import shown, watch
+
+# The server's documented minimum between a client's PINGs on a connection with open calls (README "Limits and
+# backpressure", server/app.py KEEPALIVE_PINGS_MIN_INTERVAL_MS).
+PINGS_MIN_INTERVAL_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-slowconsumers")
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+
+
+def pinging(interval_ms: int) -> list[tuple[str, int]]:
+    """Channel options of a client that PINGs every `interval_ms` whatever it sends (as the TypeScript client's
+    HTTP/2 session does on a connection with open streams that received nothing)."""
+    return [
+        ("grpc.enable_http_proxy", 0),
+        ("grpc.keepalive_time_ms", interval_ms),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.max_pings_without_data", 0),  # gRPC's clients stop after 2 PINGs without data by default
+    ]
+
+
+def test_a_quiet_watch_whose_client_pings_at_the_minimum_interval_stays_open(server: ServerProcess) -> None:
+    """README: watch streams "never end on their own". BLOCK customer `qp`, grant 10: (10, 0, 10). Its watcher's
+    client PINGs every 2 s (twice the documented minimum of 1 s) while nothing changes for 9 s, about 4 PINGs; then
+    a grant of 5 arrives on the same stream as (15, 0, 15). Before the fix the server took every PING sooner than
+    gRPC's default 5 minutes after the previous one as abuse and after the third closed the connection (GOAWAY
+    ENHANCE_YOUR_CALM too_many_pings): the stream ended UNAVAILABLE "Too many pings", and so would a TypeScript
+    client's quiet watch or IngestUsage stream after about two minutes."""
+    with (
+        server.client() as client,
+        server.client(channel_options=pinging(int(2_000 * PINGS_MIN_INTERVAL_S))) as watcher,
+    ):
+        customer(client, "qp", block=True)
+        grant(client, "qp", "g", "10")
+        stream, balances = watch(watcher, "qp")
+        assert shown(balances) == ("10", "0", "10")
+        time.sleep(9.0)  # quiet: only the client's PINGs cross the connection
+        grant(client, "qp", "more", "5")
+        assert shown(balances) == ("15", "0", "15")
+        stream.cancel()
+
+
+# HTTP/2 written by hand: a PING flood cannot be sent through gRPC's client, which PINGs at most once a second.
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, SETTINGS, PING, GOAWAY = 0, 1, 4, 6, 7
+END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+ENHANCE_YOUR_CALM = 11
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream_id.to_bytes(4, "big") + payload
+
+
+def header(name: str, value: str) -> bytes:
+    """An HPACK literal header field without indexing, new name, no Huffman coding (names and values < 127)."""
+    encoded_name, encoded_value = name.encode(), value.encode()
+    return bytes([0, len(encoded_name)]) + encoded_name + bytes([len(encoded_value)]) + encoded_value
+
+
+def read_frame(sock: socket.socket) -> tuple[int, int, int, bytes]:
+    head = read_exactly(sock, 9)
+    size = int.from_bytes(head[:3], "big")
+    return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFF_FFFF, read_exactly(sock, size)
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the server closed the connection without GOAWAY"
+        data += chunk
+    return data
+
+
+def test_pings_faster_than_once_a_second_close_the_connection_with_too_many_pings(server: ServerProcess) -> None:
+    """README: a client that PINGs more often than once a second on a connection with open calls is sent GOAWAY
+    ENHANCE_YOUR_CALM "too_many_pings" at its third PING too soon. A WatchBalance of `fp` (grant 10) written by
+    hand: its first balance arrives (a DATA frame on stream 1); then 4 PINGs back to back. The server answers the
+    first ones and then GOAWAY, error 11, debug data too_many_pings; another client is served as usual."""
+    with server.client() as client:
+        customer(client, "fp", block=True)
+        grant(client, "fp", "g", "10")
+        host, _, port = server.target.rpartition(":")
+        request = balance_pb2.WatchBalanceRequest(customer_id="fp").SerializeToString()
+        fields = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/tariff.v1.BalanceService/WatchBalance"),
+            (":authority", server.target),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(PREFACE + frame(SETTINGS, 0, 0, b""))
+            sock.sendall(frame(HEADERS, END_HEADERS, 1, b"".join(header(n, v) for n, v in fields)))
+            sock.sendall(frame(DATA, END_STREAM, 1, b"\0" + len(request).to_bytes(4, "big") + request))
+            while (received := read_frame(sock))[0] != DATA:
+                if received[0] == SETTINGS and not received[1] & ACK:
+                    sock.sendall(frame(SETTINGS, ACK, 0, b""))
+            balance = balance_pb2.Balance.FromString(received[3][5:])
+            assert (balance.customer_id, balance.credits_remaining) == ("fp", "10")
+            # The first PING is let pass, the next three are too soon: GOAWAY at the third. One write, so that
+            # the server has read them all when it closes (else the close could reset the connection).
+            sock.sendall(b"".join(frame(PING, 0, 0, n.to_bytes(8, "big")) for n in range(4)))
+            while (received := read_frame(sock))[0] != GOAWAY:
+                pass
+            error_code, debug = int.from_bytes(received[3][4:8], "big"), received[3][8:]
+            assert (error_code, debug) == (ENHANCE_YOUR_CALM, b"too_many_pings")
+        assert client.get_balance("fp").credits_remaining == "10"
