@@ -6,14 +6,16 @@ reads its acks (test_server_limits), open watches against --max-concurrent-rpcs 
 
 Covered here: a quiet stream whose client sends HTTP/2 keepalive PINGs (the TypeScript client's every 30 s on a
 connection with open streams that received nothing) is kept open, PINGs faster than the server's minimum close the
-connection with GOAWAY too_many_pings. The pricing is test_audit_gateway2_wire's catalogue (`work`
+connection with GOAWAY too_many_pings; AuthorizeStream and AuthorizeBatches clients that never read their answers
+make the server stop reading them, not queue answers. The pricing is test_audit_gateway2_wire's catalogue (`work`
 events price n units at 1 credit each)."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,80 @@ def test_pings_faster_than_once_a_second_close_the_connection_with_too_many_ping
             error_code, debug = int.from_bytes(received[3][4:8], "big"), received[3][8:]
             assert (error_code, debug) == (ENHANCE_YOUR_CALM, b"too_many_pings")
         assert client.get_balance("fp").credits_remaining == "10"
+
+
+# The answers a client never reads: the server stops reading, it does not queue answers
+
+OFFERED = 4_000  # requests a client offers; each carries a 64 KiB event_type (only its digest is kept)
+# and a request_id of 256 bytes, the most allowed, which each answer echoes: about 220 answers fill 64 KiB
+EVENT_TYPE_BYTES = 64 * 1024
+
+
+def never_read(server: ServerProcess, method: str, message: Callable[[int], object]) -> int:
+    """How many of OFFERED messages a client that never reads its answers got the server to take, once it stops
+    taking more (nothing taken for 2 s). Its channel does not probe bandwidth (no BDP), so the window for the
+    server's answers stays at gRPC's 64 KiB."""
+    taken = 0
+    stop = threading.Event()
+
+    def offered() -> Iterator[object]:
+        nonlocal taken
+        for n in range(OFFERED):
+            if stop.is_set():
+                return
+            taken += 1
+            yield message(n)
+
+    options = [("grpc.enable_http_proxy", 0), ("grpc.http2.bdp_probe", 0)]
+    with server.client(channel_options=options) as hostile:
+        call = getattr(hostile.balance, method)(offered(), timeout=120)  # its answers are never read
+        try:
+            last, stable_since = -1, time.monotonic()
+            while time.monotonic() - stable_since < 2.0:
+                time.sleep(0.25)
+                if taken != last:
+                    last, stable_since = taken, time.monotonic()
+                assert taken < OFFERED, f"the server took all {taken} messages of a client that reads no answer"
+            return taken
+        finally:
+            stop.set()
+            call.cancel()
+
+
+def decision(n: int) -> balance_pb2.AuthorizeRequest:
+    return balance_pb2.AuthorizeRequest(
+        request_id=f"r{n}-".ljust(256, "x"), customer_id="nr", event_type="x" * EVENT_TYPE_BYTES, values={"n": 1}
+    )
+
+
+def test_an_authorize_stream_whose_answers_are_never_read_is_no_longer_read(server: ServerProcess) -> None:
+    """README "Limits and backpressure": an AuthorizeStream holds one request, the next read once the answer before
+    it is sent. A client offers 4,000 decisions for `nr` (each 64 KiB: 250 MiB in all) and reads no answer: once
+    its answers fill their window the server stops reading, and flow control stops the client well before the
+    4,000th (answers echo the 256-byte request_id: about 220 fill 64 KiB, plus the requests in the server's receive
+    window, some MiB: about 450 in all on loopback).
+    Meanwhile another client is served."""
+    with server.client() as client:
+        customer(client, "nr", block=True)
+        grant(client, "nr", "g", "10")
+        taken = never_read(server, "AuthorizeStream", decision)
+        assert client.get_balance("nr").credits_remaining == "10"
+    print(f"AuthorizeStream: {taken} of {OFFERED} requests taken")
+
+
+def test_authorize_batches_whose_answers_are_never_read_are_no_longer_read(server: ServerProcess) -> None:
+    """As above for AuthorizeBatches, one decision a message (no hold: each answer is ready at once): the server
+    stops reading once its answers fill their window; at most 64 messages waiting for holds would be read beyond
+    them. 4,000 offered, far fewer taken; another client is served meanwhile."""
+    with server.client() as client:
+        customer(client, "nb", block=True)
+        grant(client, "nb", "g", "10")
+
+        def message(n: int) -> balance_pb2.AuthorizeBatch:
+            request = decision(n)
+            request.customer_id = "nb"
+            return balance_pb2.AuthorizeBatch(requests=[request])
+
+        taken = never_read(server, "AuthorizeBatches", message)
+        assert client.get_balance("nb").credits_remaining == "10"
+    print(f"AuthorizeBatches: {taken} of {OFFERED} messages taken")
