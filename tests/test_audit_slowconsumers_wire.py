@@ -12,6 +12,7 @@ events price n units at 1 credit each)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -19,10 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tariff.v1 import balance_pb2
+from tariff import TariffClient, TariffError
+from tariff.v1 import balance_pb2, pricing_pb2
 
 from tests.audit_fixtures import serving
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_credits2_wire import customer, grant
 from tests.test_audit_gateway2_wire import catalogue
 from tests.test_audit_watch2_wire import shown, watch
@@ -215,3 +217,64 @@ def test_authorize_batches_whose_answers_are_never_read_are_no_longer_read(serve
         taken = never_read(server, "AuthorizeBatches", message)
         assert client.get_balance("nb").credits_remaining == "10"
     print(f"AuthorizeBatches: {taken} of {OFFERED} messages taken")
+
+
+# Connections: each costs the server a descriptor
+
+
+class LimitedFiles(ServerProcess):
+    """A server whose limit on open files is `files` (soft and hard), as a supervisor may set it."""
+
+    def __init__(self, data_dir: Path, files: int) -> None:
+        super().__init__(data_dir, extra_args=["--close-grace", "off"])
+        self.files = files
+
+    def command(self) -> list[str]:
+        return ["prlimit", f"--nofile={self.files}:{self.files}", *super().command()]
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_connections_never_use_up_the_servers_descriptors(tmp_path: Path) -> None:
+    """README "Limits and backpressure": the server takes at most its limit on open files less 128 connections at
+    once (the 128 kept for its own files); past it a new connection is closed at once. Under a limit of 256, 300
+    connections that complete the HTTP/2 handshake and then send nothing: the server holds fewer than 256 files
+    (at most 128 of them connections), and once they close a new client is served. Before the fix the server
+    accepted connections until every descriptor was taken (256 open), where a new client waited for an accept
+    that failed and the server could open no file."""
+    files = 256
+    process = LimitedFiles(tmp_path / "data", files)
+    process.start()
+    idle: list[socket.socket] = []
+    try:
+        assert process.pid is not None
+        host, _, port = process.target.rpartition(":")
+        for _ in range(300):
+            try:
+                sock = socket.create_connection((host, int(port)), timeout=10)
+                sock.sendall(PREFACE + frame(SETTINGS, 0, 0, b""))
+            except OSError:
+                continue  # closed at once by the server: fine
+            idle.append(sock)
+        time.sleep(1.0)  # let the server accept what it will
+        held = open_files(process.pid)
+        assert held < files, f"the server holds {held} of its {files} descriptors"
+        for sock in idle:
+            sock.close()
+        idle.clear()
+        with process.client() as client:
+            assert wait_for(lambda: served(client), 30), "a new client is not served once the idle ones left"
+    finally:
+        for sock in idle:
+            sock.close()
+        process.stop()
+
+
+def served(client: TariffClient) -> bool:
+    try:
+        client.pricing.ListProducts(pricing_pb2.ListProductsRequest(), timeout=5)
+    except TariffError:
+        return False
+    return True
