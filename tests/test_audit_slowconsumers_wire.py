@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from tariff import TariffClient, TariffError
-from tariff.v1 import balance_pb2, pricing_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, pricing_pb2
 
-from tests.audit_fixtures import serving
+from tests.audit_fixtures import refusal, serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_credits2_wire import customer, grant
 from tests.test_audit_gateway2_wire import catalogue
@@ -278,3 +279,38 @@ def served(client: TariffClient) -> bool:
     except TariffError:
         return False
     return True
+
+
+# Watchers: no per-key or per-customer limit, the server-wide --max-concurrent-rpcs alone
+
+
+def test_watchers_past_max_concurrent_rpcs_are_refused_naming_the_flag(tmp_path: Path) -> None:
+    """README "Watching balances and alerts": every open watch counts against --max-concurrent-rpcs, the one bound
+    on watchers (none per key or per customer). Under a limit of 3, three WatchBalance streams of `w1` hold every
+    place: a fourth watch, a WatchAlerts and a GetBalance are each RESOURCE_EXHAUSTED naming the limit, 3, and the
+    flag that sets it; once one watch is cancelled a WatchAlerts is served. Before the fix the refusal named the
+    number alone ("the server is running its maximum of 3 calls; retry shortly")."""
+    process = ServerProcess(tmp_path / "data", extra_args=["--close-grace", "off", "--max-concurrent-rpcs", "3"])
+    process.start()
+    try:
+        with process.client() as client:
+            catalogue(client)
+            customer(client, "w1", block=True)
+            grant(client, "w1", "g", "10")
+            watched = [watch(client, "w1") for _ in range(3)]
+            assert [shown(balances) for _, balances in watched] == [("10", "0", "10")] * 3
+            refusals = [
+                lambda: shown(watch(client, "w1")[1]),
+                lambda: next(iter(client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(), timeout=10))),
+                lambda: client.get_balance("w1"),
+            ]
+            for call in refusals:
+                code, details = refusal(call)
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+                assert "maximum of 3 calls" in details and "--max-concurrent-rpcs" in details, details
+            watched[0][0].cancel()
+            assert wait_for(lambda: served(client), 10)
+            for stream, _ in watched[1:]:
+                stream.cancel()
+    finally:
+        process.stop()
