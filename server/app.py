@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -12,6 +13,7 @@ import importlib.metadata
 import ipaddress
 import logging
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -71,6 +73,36 @@ log = logging.getLogger("tariff")
 MESSAGE_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
 SHUTDOWN_GRACE_S = 10.0
 LOCK_FILE = "LOCK"
+# HTTP/2 PINGs on a connection with open calls (README "Limits and backpressure"). A client may PING as often as
+# once a second: gRPC's default of once in 5 minutes took the TypeScript client's PING every 30 s on a quiet
+# stream (a watch, an idle IngestUsage stream) for abuse, and closed the connection with its streams (GOAWAY
+# too_many_pings) at the third. The server PINGs a connection with open calls at most once a minute, and closes
+# it when no answer comes within 20 s: the calls of a peer that vanished without closing (a host gone, a
+# partition) free their places among --max-concurrent-rpcs within about 80 s, not gRPC's 2 hours.
+KEEPALIVE_PINGS_MIN_INTERVAL_MS = 1_000
+KEEPALIVE_PING_STRIKES_MAX = 2  # PINGs too soon that are let pass: the next is GOAWAY (gRPC's default)
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+# Descriptors set aside for the server's own files (journal, LMDB, snapshots, explain index, metrics) when client
+# connections are capped by the process's limit on open files.
+OWN_FILES_RESERVED = 128
+OPEN_FILES_WANTED = 1 << 20  # the soft limit is raised to the hard one, up to this
+
+
+def connections_max() -> int | None:
+    """How many client connections the server takes at once: its limit on open files, raised first to the hard
+    limit (as Go's runtime does; at most OPEN_FILES_WANTED), less OWN_FILES_RESERVED; None when unlimited. Past
+    it gRPC closes a new connection at once: idle connections no longer use up the descriptors the journal and
+    snapshots need, nor leave a new client waiting on an accept that fails."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(soft - OWN_FILES_RESERVED, 1)
 
 
 @dataclass(frozen=True)
@@ -296,6 +328,7 @@ async def serve(config: ServeConfig) -> int:
         return rule.customer_id if rule is not None else None
 
     gate = CallGate(keyring, customer_of_contract, config.concurrent_rpcs_max, customer_of_alert_rule)
+    connections = connections_max()
     server = grpc.aio.server(
         # UndecodableRequests first: a request that does not parse is INVALID_ARGUMENT, whoever sends it.
         interceptors=[UndecodableRequests(), gate],
@@ -305,6 +338,12 @@ async def serve(config: ServeConfig) -> int:
             # gRPC sets SO_REUSEPORT by default: a second server on a taken port would then bind too, and the
             # two would share connections (and answer from two different states).
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_PINGS_MIN_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", KEEPALIVE_PING_STRIKES_MAX),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # else gRPC waits 60 s for a keepalive PING's ACK
+            *([] if connections is None else [("grpc.max_allowed_incoming_connections", connections)]),
         ],
     )
     # Bind first: a taken port must refuse before anything is read, locked or written.

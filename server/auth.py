@@ -561,7 +561,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self._check(identity, rule, request)
         if self.rpcs_running >= self.concurrent_rpcs_max:
             raise ResourceExhausted(
-                f"the server is running its maximum of {self.concurrent_rpcs_max} calls; retry shortly",
+                f"the server is running its maximum of {self.concurrent_rpcs_max} calls (--max-concurrent-rpcs; "
+                "every open stream counts, watches too); retry shortly",
                 retry_after_ms=OVERLOAD_RETRY_AFTER_MS,
             )
         self.rpcs_running += 1

@@ -42,9 +42,13 @@ type AlertServiceClient interface {
 	// answers; a deleted rule makes room).
 	CreateAlert(ctx context.Context, in *CreateAlertRequest, opts ...grpc.CallOption) (*AlertRule, error)
 	// Every alert with seq > after_seq, oldest first, then each new one as it
-	// is committed; the stream does not end on its own. Only committed alerts
-	// are sent. The newest 10,000 alerts (at least) are kept, across restarts:
-	// an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
+	// is committed; the stream does not end on its own, however quiet
+	// (keepalive PINGs as often as once a second are accepted). Only committed
+	// alerts are sent. A slow reader holds no queue on the server (what it was
+	// not sent yet stays in the log, read a page at a time); one left behind
+	// past the alerts kept ends FAILED_PRECONDITION as below. The newest
+	// 10,000 alerts (at least) are kept, across restarts: an after_seq whose
+	// next alert is no longer kept is FAILED_PRECONDITION
 	// naming the oldest seq kept; an after_seq past the newest alert is
 	// OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
 	// with the last seq received. Any key may watch; a key restricted to some
@@ -144,9 +148,13 @@ type AlertServiceServer interface {
 	// answers; a deleted rule makes room).
 	CreateAlert(context.Context, *CreateAlertRequest) (*AlertRule, error)
 	// Every alert with seq > after_seq, oldest first, then each new one as it
-	// is committed; the stream does not end on its own. Only committed alerts
-	// are sent. The newest 10,000 alerts (at least) are kept, across restarts:
-	// an after_seq whose next alert is no longer kept is FAILED_PRECONDITION
+	// is committed; the stream does not end on its own, however quiet
+	// (keepalive PINGs as often as once a second are accepted). Only committed
+	// alerts are sent. A slow reader holds no queue on the server (what it was
+	// not sent yet stays in the log, read a page at a time); one left behind
+	// past the alerts kept ends FAILED_PRECONDITION as below. The newest
+	// 10,000 alerts (at least) are kept, across restarts: an after_seq whose
+	// next alert is no longer kept is FAILED_PRECONDITION
 	// naming the oldest seq kept; an after_seq past the newest alert is
 	// OUT_OF_RANGE. At shutdown the stream ends with UNAVAILABLE: watch again
 	// with the last seq received. Any key may watch; a key restricted to some

@@ -598,6 +598,10 @@ export const BalanceService: GenService<{
    * request's request_id. For gateways checking credit at high rates. A
    * request that does not decode (a string field that is not UTF-8, say) ends
    * the stream with INVALID_ARGUMENT, after the answers to those before it.
+   * The next request is read once the answer before it is sent: a client
+   * that does not read its answers is no longer read (HTTP/2 flow control
+   * then stops it), and a quiet stream is kept open (README "Limits and
+   * backpressure": keepalive PINGs as often as once a second).
    *
    * @generated from rpc tariff.v1.BalanceService.AuthorizeStream
    */
@@ -638,9 +642,11 @@ export const BalanceService: GenService<{
    * RESERVATION_CONFLICT (the id is taken by a different request), or the
    * denial; the other requests are answered as usual. Answers leave in
    * message order; a stream keeps reading and deciding its next messages
-   * while earlier ones wait for their holds (so a request without reserve in
-   * a later message may be decided before an earlier message's holds are
-   * placed; once that earlier message is answered, its holds count).
+   * while earlier ones wait for their holds, up to 64 messages waiting (so a
+   * request without reserve in a later message may be decided before an
+   * earlier message's holds are placed; once that earlier message is
+   * answered, its holds count). A client that does not read its answers is
+   * no longer read once they fill the transport's window.
    * A message past --message-mb-max (16 MiB by default) is refused by gRPC as
    * it arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED
    * at once and gRPC sends no more answers, so the holds of an earlier message
@@ -680,7 +686,9 @@ export const BalanceService: GenService<{
    * succession may arrive as one balance, the newest; a balance equal to the
    * previous one is not sent again. A slow reader holds no queue on the server
    * and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
-   * end on its own; at shutdown it ends with UNAVAILABLE.
+   * end on its own, however quiet (keepalive PINGs as often as once a second
+   * are accepted: README "Limits and backpressure"); at shutdown it ends with
+   * UNAVAILABLE.
    *
    * @generated from rpc tariff.v1.BalanceService.WatchBalance
    */
