@@ -287,6 +287,8 @@ class Kernel:
     def next_forget(self) -> int | None:
         """The earliest time an ended reservation leaves the dedupe window, exactly (O(log n)), or None: an
         AdvanceClock then forgets it (clock() counts it)."""
+    def next_clock_work(self, forget: bool) -> int | None:
+        """The earlier of next_due() and, when `forget`, next_forget(), read in one call."""
     def holds_due_by(self, now_ms: int) -> list[str]:
         """The customers (sorted) holding an open reservation whose TTL ran out by now_ms (expire_holds changes
         those, and re-rating never creates or ends a reservation nor moves its TTL)."""

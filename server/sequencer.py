@@ -95,11 +95,7 @@ def clock_work_due_ms(billing: Billing) -> int | None:
     which that AdvanceClock forgets, so that an id is remembered for the window only, also where nothing else falls
     due. Beside a pending re-rating an AdvanceClock forgets nothing (engine/credits.py: it only expires holds), so
     the forgetting waits for its completion rather than hurrying it."""
-    due_ms = billing.kernel.next_due()
-    forget_ms = billing.kernel.next_forget() if billing.rerating is None else None
-    if forget_ms is None or (due_ms is not None and due_ms <= forget_ms):
-        return due_ms
-    return forget_ms
+    return billing.kernel.next_clock_work(forget=billing.rerating is None)
 
 
 GROUP_COMMANDS_MAX = 256

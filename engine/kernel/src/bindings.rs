@@ -994,6 +994,12 @@ impl Kernel {
         py.detach(|| Ok(self.read()?.next_forget_ms()))
     }
 
+    /// The earlier of `next_due()` and, with `forget`, `next_forget()`, in one call (the writer asks before
+    /// every group: one hand-over of the GIL, not two).
+    fn next_clock_work(&self, py: Python<'_>, forget: bool) -> PyResult<Option<i64>> {
+        py.detach(|| Ok(self.read()?.next_clock_work_ms(forget)))
+    }
+
     /// Raises ValueError when the index of due times differs from a walk of every account (tests).
     fn check_due_index(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.read()?.check_due_index().map_err(PyValueError::new_err))

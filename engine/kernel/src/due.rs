@@ -170,6 +170,13 @@ impl Kernel {
         Some(self.due.next_forget_ms()).filter(|&at| at != NEVER)
     }
 
+    /// The earlier of `next_due_ms` and, with `forget`, `next_forget_ms`: when an AdvanceClock next has work, read
+    /// under one lock (the writer asks before every group).
+    pub fn next_clock_work_ms(&self, forget: bool) -> Option<i64> {
+        let forget_ms = if forget { self.due.next_forget_ms() } else { NEVER };
+        Some(self.due.next_due_ms().min(forget_ms)).filter(|&at| at != NEVER)
+    }
+
     /// From when an AdvanceClock changes the state: the earliest of the exact next due instant, the next
     /// instant an ended reservation is forgotten, and `clock.due_ms`, a lower bound kept as before the
     /// index existed (lowered whenever something may become due, exact after each AdvanceClock), so that a
@@ -327,6 +334,7 @@ mod tests {
         let forget_ms = 2_000 + kernel.rater.catalog.dedupe_window_ms;
         assert_eq!(kernel.next_forget_ms(), Some(forget_ms));
         assert_eq!(kernel.clock_due_ms(), forget_ms);
+        assert_eq!((kernel.next_clock_work_ms(true), kernel.next_clock_work_ms(false)), (Some(forget_ms), None));
         assert_eq!(kernel.advance_clock(forget_ms - 1), (0, 0)); // not yet: not run
         assert_eq!(kernel.account_credits("c2").map(|c| c.ended.len()), Some(1));
         assert_eq!(kernel.advance_clock(forget_ms), (0, 0));
