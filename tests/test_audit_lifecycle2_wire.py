@@ -25,6 +25,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usa
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import audit_count, open_contract, preview, refusal, rejected_in, release, serving, unit
 from tests.serverproc import ServerProcess
+from tests.test_audit_lifecycle_wire import catalogue
 
 
 def at(text: str) -> int:
@@ -34,20 +35,6 @@ def at(text: str) -> int:
 
 AUG, SEP, OCT, NOV, DEC = (at(f"2026-{m:02d}-01T00:00:00") for m in (8, 9, 10, 11, 12))
 JAN = at("2027-01-01T00:00:00")
-
-
-def catalogue(client: TariffClient) -> None:
-    product = pricing_pb2.Product(id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
-    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
-    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
-    client.pricing.CreateDraftVersion(
-        pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[unit("units", "1")])
-    )
-    client.pricing.PublishVersion(
-        pricing_pb2.PublishVersionRequest(
-            rate_card_id="card", version=1, effective_from=stamp(at("2026-01-01T00:00:00"))
-        )
-    )
 
 
 @pytest.fixture(scope="module")
