@@ -238,3 +238,36 @@ def test_an_invoice_closed_before_contracts_were_counted_decodes_without_a_count
     # A snapshot's invoice closed in journal order before the count was kept: None, so the report compares the times.
     old = msgspec.json.decode(b'{"grants": 1, "top_ups": 0, "breakage": 2}', type=RecordedBefore)
     assert old == RecordedBefore(1, 0, 2, None)
+
+
+def test_a_contract_created_in_the_closes_millisecond_after_it_does_not_move_a_sale_out_of_it() -> None:
+    # No clock set back: January closed at Feb 11 00:00, and c-next created next in the same millisecond (two
+    # commands of one group carry its time). It came after the close: January's line keeps the sale. Before,
+    # closed_at == created_at counted as "not closed before it": the sale moved to Jan 20.
+    m, create_next = switched_world_with_grant(FEB_MS)
+    close_january(m, FEB_MS + 10 * DAY_MS)
+    closed = report(m, EPOCH_MS, FEB_MS).by_customer
+    m.run(msgspec.structs.replace(create_next, at_ms=FEB_MS + 10 * DAY_MS))
+    assert report(m, EPOCH_MS, SWITCH_MS).by_customer == closed
+
+
+def test_breakage_of_no_contracts_period_stays_in_the_closed_period_a_later_contract_would_name() -> None:
+    # A grant of 100 credits paid 40 from Jan 1, expiring Jan 25, after c-acme ended (Jan 20): its expiry, recorded
+    # at Feb 1, names no contract's period, so it counts in c-acme's last (Jan 1): 40 of breakage there. January
+    # closed at Feb 11; the clock is set back and c-next (from Jan 20, in force at the last usable instant) created at
+    # Feb 6, after the close: January's line keeps the breakage. Before, c-next's created_at (Feb 6) before closed_at
+    # (Feb 11) moved it to Jan 20.
+    world = basic_world(contract_end_ms=SWITCH_MS)
+    m = Ledger(world)
+    m.run(world.grant_command("g", "100", contract_id="c-acme", paid="40", expires_at_ms=SWITCH_MS + 5 * DAY_MS))
+    m.advance(FEB_MS)
+    assert [(b[1], b[3]) for b in m.billing.kernel.breakage("acme")] == [("g", picos("100"))]
+    close_january(m, FEB_MS + 10 * DAY_MS)
+    closed = report(m, EPOCH_MS, FEB_MS).by_customer
+    assert [(line.breakage, line.deferred) for line in closed] == [(picos("40"), 0)]
+    create_next = cmd.CreateContract(
+        FEB_MS + 5 * DAY_MS, ACTOR, "c-next", "acme", "card", SWITCH_MS, None, OveragePolicy.ALLOW, "1", "USD"
+    )
+    m.run(create_next)
+    assert report(m, EPOCH_MS, SWITCH_MS).by_customer == closed
+    assert report(m, SWITCH_MS, APR_MS).totals.breakage == 0
