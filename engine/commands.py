@@ -378,11 +378,11 @@ class ClosePeriod(msgspec.Struct, frozen=True, tag="close_period"):
     # dated before the expiry included). False in the records of earlier releases, whose replay counts this
     # period's and earlier periods' usage as drawn and the rest as expired.
     expired_breakage_shown: bool = False
-    # The invoice keeps how many grants GrantCredits had made, and top-ups the kernel had bought and breakage entries
-    # it had recorded for the customer, by its close (Invoice.recorded_before), so the revenue report tells a sale
-    # or breakage recorded after the close by journal order, not by the times the records carry (a wall clock set
-    # back between them: engine/revenue.py). False in the records of earlier releases, whose invoices keep none: the
-    # report compares the times, as then.
+    # The invoice keeps how many grants GrantCredits had made, and top-ups the kernel had bought, breakage entries
+    # it had recorded and contracts there were for the customer, by its close (Invoice.recorded_before), so the
+    # revenue report tells a sale, breakage or contract recorded after the close by journal order, not by the times
+    # the records carry (a wall clock set back between them: engine/revenue.py). False in the records of earlier
+    # releases, whose invoices keep none: the report compares the times, as then.
     closed_in_journal_order: bool = False
     # The invoice lists the grants that matter to its period: it leaves out a grant spent whole by the usage of
     # earlier periods (granted = drawn, nothing remaining or expired) that nothing in the period touched (no line

@@ -165,11 +165,14 @@ class RecordedBefore(msgspec.Struct, frozen=True, gc=False):
     customer (Kernel.made_grants, in the order bought) and breakage entries it had recorded for the customer
     (Kernel.breakage, in the order recorded) when a period was closed: a grant whose creation_order is above
     `grants`, or a top-up or breakage entry at that index or later, came after the close in journal order, whatever
-    times the records carry (engine/revenue.py)."""
+    times the records carry (engine/revenue.py). `contracts`: how many contracts the customer had (Engine.contracts_of,
+    in the order created): one at that index or later came after the close (None in an invoice closed before it was
+    kept: the report compares the contract's created_at with closed_at, as then)."""
 
     grants: int
     top_ups: int
     breakage: int
+    contracts: int | None = None
 
 
 class Invoice(msgspec.Struct, gc=False):

@@ -279,7 +279,8 @@ class InvoiceCommands(ControlPlane):
         if close.closed_in_journal_order:
             assert self.kernel_recorded is not None, "the engine counts the kernel's records through it (billing.py)"
             top_ups, breakage = self.kernel_recorded(contract.customer_id)
-            invoice.recorded_before = RecordedBefore(self.state.grants_created, top_ups, breakage)
+            contracts = len(self.contracts_of(contract.customer_id))
+            invoice.recorded_before = RecordedBefore(self.state.grants_created, top_ups, breakage, contracts)
         self.state.invoices[invoice.number] = invoice
         account = self.state.accounts[contract.customer_id]
         # New dicts, not changed in place: an account without closed periods holds the shared empty ones

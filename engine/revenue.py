@@ -350,7 +350,58 @@ def _final_period(
     the period found was closed does not move it: contracts are taken in as they were created, each while the period
     found without it was still open when it came: otherwise a contract created after a switched contract's last period
     closed, in force at the instant that had named that period (a grant's last usable one, its start), would take its
-    breakage or sale out of the closed period's line."""
+    breakage or sale out of the closed period's line. Whether the period was closed before a contract came is told by
+    journal order where the close counted the customer's contracts (`_Closed.before_contract`): a clock set back
+    between the two records reorders their times. With no such close, the times, as before."""
+    if not any(closed.counted_contracts for closed in closed_at.values()):
+        return _final_period_by_times(contracts, closed_at, recorded, attribute)
+    taken = _known_at(contracts, closed_at, recorded)
+    known = [k for k in contracts if k.id in taken]
+    period = _open_period(known, closed_at, attribute(known), recorded)
+    for index, contract in enumerate(contracts):  # in the order created (Engine.contracts_of)
+        if contract.id in taken:
+            continue
+        closed = closed_at.get(period)
+        if closed is not None and closed.before_contract(index, contract.created_at_ms):
+            break
+        taken.add(contract.id)
+        known = [k for k in contracts if k.id in taken]
+        period = _open_period(known, closed_at, attribute(known), recorded)
+    return period
+
+
+def _known_at(contracts: list[Contract], closed_at: dict[int, _Closed], recorded: _Recorded) -> set[str]:
+    """The ids of the customer's contracts created before `recorded`. A close that counted the customer's contracts
+    orders the two in the journal when it lies between them: a contract it counted came before a record after it, one
+    it did not count after a record before it. Otherwise their times tell, as before."""
+    known = {k.id for k in contracts if k.created_at_ms <= recorded.at_ms}
+    # Only a close that did not count every contract can put one known by its time after the record: without such a
+    # close, or a contract unknown by its time, the times stand (a grant's made after every contract, most of them),
+    # and the closes are not walked for each of a customer's thousands of grants.
+    everything = len(known) < len(contracts)
+    counts = [
+        (count, closed.before(recorded))
+        for closed in closed_at.values()
+        if closed.recorded_before is not None
+        for count in (closed.recorded_before.contracts,)
+        if count is not None and (everything or count < len(contracts))
+    ]
+    for index, contract in enumerate(contracts) if counts else ():  # in the order created (Engine.contracts_of)
+        if any(closed_first and index < count for count, closed_first in counts):
+            known.add(contract.id)
+        elif any(not closed_first and index >= count for count, closed_first in counts):
+            known.discard(contract.id)
+    return known
+
+
+def _final_period_by_times(
+    contracts: list[Contract],
+    closed_at: dict[int, _Closed],
+    recorded: _Recorded,
+    attribute: Callable[[list[Contract]], int],
+) -> int:
+    """`_final_period` for a customer none of whose closes counted its contracts: contracts taken in by their
+    created_at, a period closed before one when its closed_at is earlier (as every report did before the count)."""
 
     def created_by(t_ms: int) -> list[Contract]:
         return [k for k in contracts if k.created_at_ms <= t_ms]
@@ -450,6 +501,19 @@ class _Closed:
         if before is not None and recorded.top_up_index is not None:
             return before.top_ups <= recorded.top_up_index
         return self.at_ms < recorded.at_ms
+
+    @property
+    def counted_contracts(self) -> bool:
+        return self.recorded_before is not None and self.recorded_before.contracts is not None
+
+    def before_contract(self, index: int, created_at_ms: int) -> bool:
+        """Whether the period was closed before the customer's contract at `index` (Engine.contracts_of, in the
+        order created) was created: by journal order where the close counted the customer's contracts, else by the
+        times (a contract created in the close's millisecond counting as after it was not)."""
+        before = self.recorded_before
+        if before is not None and before.contracts is not None:
+            return before.contracts <= index
+        return self.at_ms < created_at_ms
 
 
 def _closed_at(engine: Engine, customer: str) -> dict[int, _Closed]:
