@@ -86,6 +86,12 @@ KEEPALIVE_TIMEOUT_MS = 20_000
 # Descriptors set aside for the server's own files (journal, LMDB, snapshots, explain index, metrics) when client
 # connections are capped by the process's limit on open files.
 OWN_FILES_RESERVED = 128
+# A connection with no call open for this long is sent GOAWAY and closed (--connection-idle-max; README "Limits and
+# backpressure"): else a crashed or leaked client's idle connection held one of connections_max() places for good,
+# and enough of them refused every new client. gRPC counts only connections with no outstanding call, so a quiet
+# watch or stream is never closed by it; a client handles the GOAWAY by connecting again on its next call.
+# 30 minutes: far longer than a working client goes between calls, short enough that a leak is undone in the hour.
+CONNECTION_IDLE_MS_DEFAULT = 30 * 60 * 1000
 OPEN_FILES_WANTED = 1 << 20  # the soft limit is raised to the hard one, up to this
 
 
@@ -128,6 +134,7 @@ class ServeConfig:
     intake_bytes_max: int = INTAKE_BYTES_MAX_DEFAULT
     otel: str = "off"  # off | console | otlp
     metrics_port: int | None = None
+    connection_idle_ms: int | None = CONNECTION_IDLE_MS_DEFAULT  # None: an idle connection is never closed
     log_format: str = "text"  # text | json
     log_level: str = "info"  # debug | info | warning | error
     activity_every_s: float = oplog.ACTIVITY_EVERY_S_DEFAULT
@@ -344,6 +351,11 @@ async def serve(config: ServeConfig) -> int:
             ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # else gRPC waits 60 s for a keepalive PING's ACK
             *([] if connections is None else [("grpc.max_allowed_incoming_connections", connections)]),
+            *(
+                []
+                if config.connection_idle_ms is None
+                else [("grpc.max_connection_idle_ms", config.connection_idle_ms)]
+            ),
         ],
     )
     # Bind first: a taken port must refuse before anything is read, locked or written.

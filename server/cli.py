@@ -65,6 +65,24 @@ def _mib(value: int) -> int:
     return value * 1024 * 1024
 
 
+# gRPC reads --connection-idle-max as a 32-bit count of milliseconds: about 24 days.
+CONNECTION_IDLE_MS_MAX = 2**31 - 1
+
+
+def _connection_idle_ms(text: str, parse_duration_ms: Callable[[str], int | None]) -> int | None:
+    """--connection-idle-max in ms, None for `off`; 0 (every connection closed at once) or past what gRPC reads is
+    a usage error (exit 2)."""
+    try:
+        idle_ms = parse_duration_ms(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--connection-idle-max'") from None
+    if idle_ms is not None and not 1 <= idle_ms <= CONNECTION_IDLE_MS_MAX:
+        raise click.BadParameter(
+            f"{text} is not within 1ms..{CONNECTION_IDLE_MS_MAX:,}ms (or off)", param_hint="'--connection-idle-max'"
+        )
+    return idle_ms
+
+
 Number = TypeVar("Number", int, float)
 
 
@@ -156,6 +174,12 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
     default=1_000,
     callback=_within(1),
     help="calls running at once; more: RESOURCE_EXHAUSTED",
+)
+@click.option(
+    "--connection-idle-max",
+    default="30m",
+    help="how long a client connection with no call open is kept before it is closed (GOAWAY; the client "
+    "connects again on its next call), e.g. 30m, 90s, 500ms; off: kept for good",
 )
 @click.option(
     "--intake-mb-max",
@@ -254,6 +278,7 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     max_concurrent_rpcs: int,
+    connection_idle_max: str,
     intake_mb_max: int,
     stream_inflight_batches_max: int,
     otel: str,
@@ -278,6 +303,7 @@ def serve(
         close_grace_ms = parse_duration_ms(close_grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--close-grace") from None
+    connection_idle_ms = _connection_idle_ms(connection_idle_max, parse_duration_ms)
     config = ServeConfig(
         listen=listen,
         data_dir=data_dir,
@@ -295,6 +321,7 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         concurrent_rpcs_max=max_concurrent_rpcs,
+        connection_idle_ms=connection_idle_ms,
         stream_batches_in_flight_max=stream_inflight_batches_max,
         intake_bytes_max=_mib(intake_mb_max),
         otel=otel,

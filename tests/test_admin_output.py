@@ -1,11 +1,14 @@
 """The CLI's time column (server/admin/output.py when): unset fields print empty, every set time prints, the
-epoch too, with its fractional seconds when it has any."""
+epoch too, with its fractional seconds when it has any; tables written line by line past a row count print exactly
+what rich's layout prints."""
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.admin.output import when
+from server.admin import output
+from server.admin.output import Cell, when
 
 
 def test_a_period_starting_at_the_epoch_prints_its_time_not_a_blank() -> None:
@@ -22,3 +25,88 @@ def test_fractional_seconds_print_when_there_are_any_as_json_shows_them() -> Non
     assert when(Timestamp(seconds=1_764_549_000, nanos=250_000_000)) == "2025-12-01 00:30:00.250Z"
     assert when(Timestamp(seconds=1_764_549_000, nanos=1_000)) == "2025-12-01 00:30:00.000001Z"
     assert when(Timestamp(seconds=0, nanos=1)) == "1970-01-01 00:00:00.000000001Z"
+
+
+# Large tables (server/admin/output.py print_table): past PLAIN_ROWS_MIN rows they are written line by line, which
+# must print exactly what rich's layout prints.
+
+GRANT_COLUMNS = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "revenue", "starts", "expires")
+
+
+def grant_rows(count: int) -> list[tuple[Cell, ...]]:
+    """Rows as `tariff grants` prints them: ids and amounts of varying widths, times with spaces, empty cells."""
+    return [
+        (
+            f"topup:{n}" if n % 3 else f"g-{n}",
+            "TOP_UP" if n % 3 else "PROMOTIONAL",
+            str(n * 12345 % 100_003),
+            "0",
+            f"{n}.5" if n % 2 else None,
+            "",
+            "0",
+            str(n),
+            "2026-12-01 00:00:00Z",
+            "" if n % 5 else "2027-01-01 00:00:00.250Z",
+        )
+        for n in range(count)
+    ]
+
+
+def printed(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    rows_min: int,
+    rows: list[tuple[Cell, ...]],
+    columns: tuple[str, ...] = GRANT_COLUMNS,
+    title: str | None = "grants of c1 (credits)",
+) -> str:
+    monkeypatch.setattr(output, "PLAIN_ROWS_MIN", rows_min)
+    output.print_table(columns, rows, title=title)
+    return capsys.readouterr().out
+
+
+@pytest.fixture(autouse=True)
+def no_forced_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 250, 3_000])
+def test_a_table_written_line_by_line_is_what_rich_prints(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """The same grant rows, 0 to 3,000, printed by rich's layout (no row count reaches the threshold) and line by
+    line (every count does): the same text, character for character; and the line by line path was taken."""
+    rows = grant_rows(count)
+    texts = [tuple("" if cell is None else str(cell) for cell in row) for row in rows]
+    assert output.plain_rows_lines(output.console(), GRANT_COLUMNS, texts, "grants of c1 (credits)") is not None
+    by_rich = printed(capsys, monkeypatch, 10**9, rows)
+    assert printed(capsys, monkeypatch, -1, rows) == by_rich
+    assert len(by_rich.splitlines()) == 3 + count  # title, header, rule, rows
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ["[bold]x[/bold]", "a :smile: b", "naïve", "wide 表", "tab\there", " padded ", "[/nothing]", "x" * 2_000],
+)
+def test_a_table_rich_would_render_otherwise_is_left_to_rich(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, cell: str
+) -> None:
+    """Cells rich reads as markup or an emoji code, non-ASCII or wide characters, tabs, edge spaces, or a table
+    wider than the console (rich wraps it): the line by line path declines and the output is rich's, as before."""
+    rows = [*grant_rows(5), ("g-x", "PROMOTIONAL", cell, "0", "0", "0", "0", "0", "", "")]
+    texts = [tuple("" if c is None else str(c) for c in row) for row in rows]
+    assert output.plain_rows_lines(output.console(), GRANT_COLUMNS, texts, "t") is None
+    if cell == "[/nothing]":
+        return  # rich refuses that markup either way
+    assert printed(capsys, monkeypatch, -1, rows) == printed(capsys, monkeypatch, 10**9, rows)
+
+
+def test_a_long_title_wraps_as_rich_wraps_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A title wider than the table is wrapped by rich over the table's width, whichever path writes the rows."""
+    rows = grant_rows(40)
+    title = "grants of " + "a-very-long-customer-id " * 20
+    assert printed(capsys, monkeypatch, -1, rows, title=title) == printed(capsys, monkeypatch, 10**9, rows, title=title)
+    assert printed(capsys, monkeypatch, -1, rows, title=None) == printed(capsys, monkeypatch, 10**9, rows, title=None)

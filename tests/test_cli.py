@@ -99,6 +99,7 @@ def test_serve_help_shows_every_default() -> None:
         ("--snapshot-every-events", "1000000"),
         ("--snapshot-journal-factor", "0.5"),
         ("--max-concurrent-rpcs", "1000"),
+        ("--connection-idle-max", "30m"),
         ("--intake-mb-max", "256"),
         ("--stream-inflight-batches-max", "16"),
         ("--otel", "off"),
