@@ -28,6 +28,7 @@ from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 from tests.audit_fixtures import refusal, serving
 from tests.serverproc import ServerProcess
 from tests.test_audit_invoices_wire import JAN, ms, ts
+from tests.test_audit_simulate_wire import _counts
 
 CARD = "pf"
 OTHER = "pq"
@@ -197,18 +198,6 @@ def _balance(client: TariffClient, customer_id: str) -> tuple[str, str, dict[str
     invoice = _invoice(client, customer_id)
     grants = {g.grant_id: g.remaining for g in client.get_balance(customer_id).grants}
     return invoice.subtotal, invoice.overage_amount, grants
-
-
-def _counts(done: pricing_pb2.PublishVersionResponse) -> tuple[int, int, int, str, int, int, str]:
-    return (
-        done.customers_rerated,
-        done.buckets_rerated,
-        done.events_rerated,
-        done.rerated_amount_delta,
-        done.closed_buckets_left_alone,
-        done.closed_events_left_alone,
-        done.closed_amount_left_alone,
-    )
 
 
 def _explained(client: TariffClient, customer_id: str, line_id: str, start_ms: int = JAN) -> tuple[str, list[str]]:
