@@ -302,8 +302,11 @@ class Sequencer:
         if self.failure is None:
             self._answer_held_at_close()
             # No compaction: a shutdown should not wait for one (seconds at 10,000,000 ids); the next start's
-            # first store does it.
-            await self._snapshot(compact=False)
+            # first store does it. None at all when the stored snapshot is of the last record: it would add a dedupe
+            # segment of no change, one more at every start and stop with no record between, none ever compacted.
+            await self._stored()
+            if self.billing.dedupe_segments_seq != self.billing.last_seq:
+                await self._snapshot(compact=False)
         self._snapshot_thread.shutdown()
         self._writer_thread.shutdown()
         self._rating_thread.shutdown()

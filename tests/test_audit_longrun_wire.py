@@ -337,6 +337,36 @@ def test_snapshots_replace_one_another_and_the_dedupe_segments_stay_few_over_man
     assert 1 <= segments <= 9, segments
 
 
+def test_a_stop_with_nothing_new_since_the_stored_snapshot_writes_no_snapshot_and_no_segment(
+    server_factory: ServerFactory,
+) -> None:
+    """architecture.md §4: a clean stop stores a snapshot of the last record, without compacting the dedupe segments
+    (the next start's first store does). With nothing recorded since the stored snapshot it wrote one anyway, and
+    each adds a segment of no change: started and stopped with no record between, the journal gained a segment
+    every time, none ever compacted (9 became 10 over one such restart). Now such a stop writes nothing: three
+    restarts leave the snapshot and the segments byte for byte as they were, and every id is still a duplicate."""
+    server = server_factory(extra_args=["--snapshot-every", "1", "--snapshot-journal-factor", "0"])
+    at_ms = time.time_ns() // 1_000_000 - 1000
+    with server.client() as client:
+        catalogue(client, ("q", False))
+        assert client.ingest_batch([work(f"q-{i}", "q", 1, at_ms) for i in range(10)]).accepted == 10
+    assert server.terminate() == 0
+    stored = stored_files(server)
+    for _ in range(3):
+        server.restart()
+        with server.client() as client:
+            ack = client.ingest_batch([work(f"q-{i}", "q", 1, at_ms) for i in range(10)])  # records nothing
+            assert (ack.accepted, ack.duplicates) == (0, 10)
+        assert server.terminate() == 0
+        assert stored_files(server) == stored
+
+
+def stored_files(server: ServerProcess) -> dict[str, bytes]:
+    """The snapshot and the dedupe segments in the data directory's journal/, by name."""
+    journal = server.data_dir / "journal"
+    return {p.name: p.read_bytes() for p in journal.iterdir() if p.name == "snapshot" or p.name.startswith("segment.")}
+
+
 # ---------------------------------------------------------------------------------------------
 # A full journal map with the clock's work due
 
