@@ -14,6 +14,7 @@
 
 use std::ops::Range;
 
+use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
 
 use crate::batch::{dimension_entry, value_entry, Reader, LEN, VARINT};
@@ -266,7 +267,7 @@ fn put_response(
     let texts = [(1, request_id), (3, reason), (4, cost.as_str()), (5, available.as_str()), (7, message)];
     let length: usize = texts.iter().map(|(_, text)| text_len(text)).sum::<usize>() + if allowed { 2 } else { 0 };
     out.push(0x0a);
-    put_varint(out, length);
+    encode_varint(length as u64, out);
     put_text(out, 1, request_id);
     if allowed {
         out.extend_from_slice(&[0x10, 0x01]);
@@ -280,27 +281,15 @@ fn text_len(text: &str) -> usize {
     if text.is_empty() {
         0
     } else {
-        1 + varint_len(text.len()) + text.len()
+        1 + encoded_len_varint(text.len() as u64) + text.len()
     }
 }
 
-fn varint_len(value: usize) -> usize {
-    (usize::BITS - (value | 1).leading_zeros()).div_ceil(7) as usize
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: usize) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// A string field (number below 16: a one-byte key), left out when empty.
-fn put_text(out: &mut Vec<u8>, field: u8, text: &str) {
+/// A string field (number below 16: a one-byte key), left out when empty (proto3's default).
+pub(crate) fn put_text(out: &mut Vec<u8>, field: u8, text: &str) {
     if !text.is_empty() {
         out.push(field << 3 | 2);
-        put_varint(out, text.len());
+        encode_varint(text.len() as u64, out);
         out.extend_from_slice(text.as_bytes());
     }
 }

@@ -5,12 +5,13 @@
 //! tariff.v1.GrantBalance's bytes inside a Balance's `grants` field (5): the control plane builds only the other
 //! grants (those GrantCredits gave, at most 1,000 a customer, and ROLLOVER ones) and joins the parts in burn order.
 
-use crate::authorize::PicosText;
+use crate::authorize::{put_text, PicosText};
 use crate::credits::GrantExtras;
 use crate::draw::Grant;
 use crate::kernel::{Account, BalanceView, GrantView};
 use crate::money::{round_half_even, Picos};
 use ethnum::I256;
+use prost::encoding::{encode_varint, encoded_len_varint};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// tariff.v1.GrantKind TOP_UP.
@@ -137,33 +138,16 @@ fn encode_top_up(
     put_text(message, 11, PicosText::of(revenue).as_str());
     put_text(message, 12, PicosText::of(held).as_str());
     out.push(BALANCE_GRANTS_TAG);
-    put_varint(out, message.len() as u64);
+    encode_varint(message.len() as u64, out);
     out.extend_from_slice(message);
     Some(())
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 /// A varint field, left out at 0 (proto3's default).
 fn put_varint_field(out: &mut Vec<u8>, field: u8, value: u64) {
     if value != 0 {
         out.push(field << 3);
-        put_varint(out, value);
-    }
-}
-
-/// A string field, left out when empty (proto3's default).
-fn put_text(out: &mut Vec<u8>, field: u8, text: &str) {
-    if !text.is_empty() {
-        out.push(field << 3 | 2);
-        put_varint(out, text.len() as u64);
-        out.extend_from_slice(text.as_bytes());
+        encode_varint(value, out);
     }
 }
 
@@ -171,15 +155,11 @@ fn put_text(out: &mut Vec<u8>, field: u8, text: &str) {
 /// nanos in [0, 10^9), as server/convert.py `timestamp` makes it.
 fn put_timestamp(out: &mut Vec<u8>, field: u8, ms: i64) {
     let (seconds, nanos) = (ms.div_euclid(1000) as u64, (ms.rem_euclid(1000) * 1_000_000) as u64);
-    let length = [seconds, nanos].iter().filter(|&&v| v != 0).map(|&v| 1 + varint_bytes(v)).sum::<usize>();
+    let length = [seconds, nanos].iter().filter(|&&v| v != 0).map(|&v| 1 + encoded_len_varint(v)).sum::<usize>();
     out.push(field << 3 | 2);
-    put_varint(out, length as u64);
+    encode_varint(length as u64, out);
     put_varint_field(out, 1, seconds);
     put_varint_field(out, 2, nanos);
-}
-
-fn varint_bytes(value: u64) -> usize {
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[cfg(test)]
@@ -187,10 +167,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn varints_and_timestamps_encode_as_protobuf_does() {
-        let mut out = Vec::new();
-        put_varint(&mut out, 300);
-        assert_eq!(out, [0xac, 0x02]);
+    fn timestamps_encode_as_protobuf_does() {
         let mut stamp = Vec::new();
         put_timestamp(&mut stamp, 9, -1);
         // seconds -1 (ten bytes, two's complement), nanos 999,000,000.
