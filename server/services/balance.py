@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import os
 import time
@@ -46,7 +47,7 @@ from server.services.common import (
     wall_ms,
 )
 from server.services.usage import fitted_answer
-from server.watch import SHUTTING_DOWN, Watcher, WatchHub
+from server.watch import SHUTTING_DOWN, SharedBalance, Watcher, WatchHub
 
 # A reservation's TTL when the request gives none (the most a request may ask instead, when that is shorter),
 # and that most (`tariff serve --reservation-ttl-max-s`).
@@ -425,18 +426,23 @@ class BalanceService(_Base):
         customer_id = request.customer_id
         check_reference(customer_id, "customer_id", self.engine.state.customers)
         self.engine.customer(customer_id)  # NotFound
+        watched_balance = functools.partial(self._watched_balance, customer_id)
         with self.watch.watch_balance(customer_id) as watcher:
             sent = None
             while True:
                 now_ms = self.clock_ms()
-                view = self.billing.balance_encoded(customer_id, now_ms)
-                balance = _sent_balance_bytes(view)
-                if balance != sent:
-                    yield balance
-                    sent = balance
-                await _changed_or_started(watcher, _next_grant_start_ms(view, now_ms), self.clock_ms)
+                # The first balance is read now; after a change, the customer's watchers share one read.
+                balance = watcher.customer.balance(now_ms, watched_balance, fresh=sent is None)
+                if balance.data != sent:
+                    yield balance.data
+                    sent = balance.data
+                await _changed_or_started(watcher, balance.next_change_ms, self.clock_ms)
                 if self.watch.closing:
                     raise Unavailable(SHUTTING_DOWN)
+
+    def _watched_balance(self, customer_id: str, now_ms: int) -> SharedBalance:
+        view = self.billing.balance_encoded(customer_id, now_ms)
+        return SharedBalance(_sent_balance_bytes(view), _next_grant_start_ms(view, now_ms))
 
 
 def _sent_balance_bytes(view: BalanceView) -> bytes:
