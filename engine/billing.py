@@ -17,7 +17,7 @@ Sans-I/O like the rest of engine/: time comes in with each call.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -191,6 +191,7 @@ class Billing:
         self._kernel_touched: tuple[str, ...] = ()  # the customers the last kernel command touched
         self._rerate_changed: set[str] = set()  # the customers a publish's re-rating changed so far
         self.planning: PlanInSlices | None = None  # a publish being planned a slice at a time (begin_plan)
+        self._rerating_end_listeners: list[Callable[[], None]] = []  # see on_rerating_end
         # The seq of the stored snapshot whose dedupe segments the kernel's logged changes follow (the kernel
         # restored from them, or the server's last snapshot); None: the next snapshot's segment is a base.
         self.dedupe_segments_seq: int | None = None
@@ -217,6 +218,7 @@ class Billing:
         self._tracking = other._tracking
         self.dedupe_segments_seq = other.dedupe_segments_seq
         self._sync_tracking()
+        self._rerating_ended()  # a re-rating pending before went with the state (the new one's may hold it again)
 
     # Commands ------------------------------------------------------------------------------------------
 
@@ -431,7 +433,19 @@ class Billing:
         self._fired.extend(self._evaluate_alerts(rerating.customers, at_ms, seq))
         done = Rerated(amounts_changed=list(self._kernel_touched))
         done.add(rerating.done)
+        self._rerating_ended()
         return done
+
+    def on_rerating_end(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Has `listener` called each time a pending re-rating ends: completed (`finish_rerating`, on the thread
+        that runs it: the server's rating thread) or dropped with the state (`reset`, whose state may hold it
+        pending again). Returns the call that stops it. SimulateVersion waits so for its card's re-rating."""
+        self._rerating_end_listeners.append(listener)
+        return lambda: self._rerating_end_listeners.remove(listener)
+
+    def _rerating_ended(self) -> None:
+        for listener in tuple(self._rerating_end_listeners):  # a copy: the loop's thread may remove one meanwhile
+            listener()
 
     def _rerate_named(self, command: cmd.AdminCommand) -> None:
         """Re-rate on touch for the commands that may apply while a re-rating is pending (Reserve and

@@ -8,7 +8,8 @@ re-rating leaves: current 6 + 6 = 12, simulated 12 (the same prices), delta 0. A
 the answer was neither the old state's nor the new one's: current 2 + 2 = 4 (the old prices), simulated 12 plus
 what hour 1 was charged less than version 2 charges it (6 - 2 = 4, carried into the window's first hour): 16. So
 SimulateVersion waits for the card's re-rating to complete, then answers against the state it leaves
-(pricing.proto SimulateVersionRequest)."""
+(pricing.proto SimulateVersionRequest), woken by the completion (Billing.on_rerating_end), not by looking again
+every few ms."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import grpc
 import pytest
 from tariff.v1 import pricing_pb2
 
+from engine.rerate import Simulation
 from server.sequencer import Sequencer
 from server.services import pricing as pricing_service
 from server.services.common import Context
@@ -48,6 +50,20 @@ def test_simulate_waits_for_the_cards_pending_rerating_and_answers_against_the_s
         customer_ids=["c0", "c1"],
     )
     service = PricingService(billing, cast(Sequencer, None), clock_ms=lambda: RECEIVED_MS)
+    looks: list[bool] = []  # each look whether the card's re-rating is pending, and what it found
+    simulating: list[int] = []  # the looks made when the simulation began
+    look, simulate = service._rerating_pending, service._simulation
+
+    def counted_look(rate_card_id: str) -> bool:
+        looks.append(look(rate_card_id))
+        return looks[-1]
+
+    async def counted_simulation(request: pricing_pb2.SimulateVersionRequest, start_ms: int, end_ms: int) -> Simulation:
+        simulating.append(len(looks))
+        return await simulate(request, start_ms, end_ms)
+
+    service._rerating_pending = counted_look  # type: ignore[method-assign]
+    service._simulation = counted_simulation  # type: ignore[method-assign]
 
     async def main() -> tuple[bool, pricing_pb2.SimulateVersionResponse]:
         task = asyncio.ensure_future(service.SimulateVersion(request, cast(Context, None)))
@@ -56,13 +72,48 @@ def test_simulate_waits_for_the_cards_pending_rerating_and_answers_against_the_s
         answered_beside_it = bool(done)
         if answered_beside_it:
             return True, task.result()
+        # Waiting, it looked once, not every few ms: it is woken by the end of the re-rating, ...
+        assert looks == [True] and not simulating
         billing.finish_rerating(billing.last_seq + 1, RECEIVED_MS)
+        # ... and simulates at once when it ends (a few turns of the loop, however long it waited).
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert looks == [True, False] and simulating == [2]
         return False, await asyncio.wait_for(task, timeout=30)
 
     answered_beside_it, answer = asyncio.run(main())
     assert not answered_beside_it, _simulation(answer)
     assert _simulation(answer) == [("c0", "12", "12", "0"), ("c1", "12", "12", "0")]
     assert (answer.totals.current_amount, answer.totals.simulated_amount) == ("24", "24")
+
+
+def test_simulate_waiting_is_woken_when_the_rerating_goes_with_the_state() -> None:
+    """The state rebuilt from the journal after a failed commit (Billing.reset) holds no pending re-rating (here
+    that of the same publish applied whole): a SimulateVersion waiting for one is woken by the rebuild and answers
+    against it, as in the test above (c0 and c1: 12 current, 12 simulated)."""
+    billing = machine([0] * 5, USAGE)
+    billing.publish_deferred(publish(1), billing.last_seq + 1)
+    rebuilt = machine([0] * 5, USAGE)
+    rebuilt.apply(publish(1), rebuilt.last_seq + 1)
+    assert rebuilt.rerating is None
+    request = pricing_pb2.SimulateVersionRequest(
+        rate_card_id="card",
+        version=2,
+        period_start=ts(EPOCH_MS + 2 * HOUR_MS),
+        period_end=ts(EPOCH_MS + 4 * HOUR_MS),
+        customer_ids=["c0", "c1"],
+    )
+    service = PricingService(billing, cast(Sequencer, None), clock_ms=lambda: RECEIVED_MS)
+
+    async def main() -> pricing_pb2.SimulateVersionResponse:
+        task = asyncio.ensure_future(service.SimulateVersion(request, cast(Context, None)))
+        done, _ = await asyncio.wait({task}, timeout=0.2)
+        assert not done, "answered beside the pending re-rating"
+        billing.reset(rebuilt)
+        return await asyncio.wait_for(task, timeout=30)
+
+    answer = asyncio.run(main())
+    assert _simulation(answer) == [("c0", "12", "12", "0"), ("c1", "12", "12", "0")]
 
 
 def test_simulate_gives_up_with_unavailable_when_the_rerating_it_waits_for_does_not_complete(

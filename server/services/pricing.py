@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from typing import Final, TypedDict
 
@@ -365,10 +366,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         while True:
             # Against the state a publish's re-rating of the card leaves, never beside it: a customer not yet
             # re-rated holds the old prices' charges, which the walk would mix with the new timeline.
-            while self._rerating_pending(request.rate_card_id):
-                if loop.time() >= give_up_at:
-                    raise self._still_rerating(request.rate_card_id)
-                await asyncio.sleep(RERATING_POLL_S)
+            await self._rerating_done(request.rate_card_id, give_up_at)
             publishes = self._publishes(request.rate_card_id)
             simulation = await self._simulation(request, start_ms, end_ms)
             # A publish of the card applied between slices: its customers may be in either state; simulate again.
@@ -394,6 +392,28 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
                 delta=format_picos(simulated - current),
             ),
         )
+
+    async def _rerating_done(self, rate_card_id: str, give_up_at: float) -> None:
+        """Returns once no re-rating of the card has customers pending, woken as one ends (completed, or dropped
+        with the state after a failed commit: Billing.on_rerating_end); UNAVAILABLE at `give_up_at` (loop time)."""
+        loop = asyncio.get_running_loop()
+        ended = asyncio.Event()
+
+        def wake() -> None:  # on the thread that ends the re-rating
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(ended.set)
+
+        stop = self.billing.on_rerating_end(wake)  # before the first look, so that no end is missed
+        try:
+            while self._rerating_pending(rate_card_id):
+                try:
+                    async with asyncio.timeout_at(give_up_at):
+                        await ended.wait()
+                except TimeoutError:
+                    raise self._still_rerating(rate_card_id) from None
+                ended.clear()  # another publish of the card may have left a re-rating pending since: look again
+        finally:
+            stop()
 
     def _still_rerating(self, rate_card_id: str) -> Unavailable:
         """SimulateVersion's answer once it has waited SIMULATE_RERATING_WAIT_S_MAX for the card's re-rating."""
@@ -429,9 +449,6 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         return Simulation(lines)
 
 
-# SimulateVersion looks this often whether the card's re-rating it waits for is done (hundreds of ms at 10,000
-# customers; the writer's background slices and the usage that re-rates on touch move it on).
-RERATING_POLL_S = 0.01
 # The longest SimulateVersion waits for that re-rating, whatever the call's deadline (none, often): then UNAVAILABLE,
 # which a client retries, rather than a call held open without limit behind a re-rating that stalled (the writer
 # rebuilding its state after a failed commit, say).
