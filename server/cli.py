@@ -302,7 +302,7 @@ def serve(
     try:
         close_grace_ms = parse_duration_ms(close_grace)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--close-grace") from None
+        raise click.BadParameter(str(exc), param_hint="'--close-grace'") from None
     connection_idle_ms = _connection_idle_ms(connection_idle_max, parse_duration_ms)
     config = ServeConfig(
         listen=listen,

@@ -62,6 +62,22 @@ def test_a_reservation_ttl_max_that_is_not_a_finite_number_is_a_usage_error(tmp_
     assert_refused(result, data_dir, "Invalid value for '--reservation-ttl-max-s'")
 
 
+@pytest.mark.parametrize("grace", ["5x", "24", "1 day", "-1h"])
+def test_a_close_grace_that_is_not_a_duration_is_a_usage_error_worded_as_readme_says(
+    tmp_path: Path, grace: str
+) -> None:
+    """README "Server flags": a bad value is `Error: Invalid value for '--FLAG': ...`, the flag in quotes as click
+    words every other option's; --close-grace is a whole number and ms, s, m, h or d, or off. Its refusal named the
+    flag without them (`Invalid value for --close-grace:`)."""
+    data_dir = tmp_path / "data"
+    result = run_serve("--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--close-grace", grace)
+    assert_refused(
+        result,
+        data_dir,
+        f"Error: Invalid value for '--close-grace': {grace!r} is not a duration such as 24h, 30m, 90s or 2d",
+    )
+
+
 def readme_flag_table() -> dict[str, str]:
     """README's "Server flags" table: flag name -> its default column, as written."""
     text = README.read_text(encoding="utf-8")
