@@ -22,7 +22,8 @@ CHECK_EVERY_S = 30.0
 # backlog (a server started long after periods ended) is closed a slice at a time, other work served between.
 PERIODS_PER_COMMAND = 256
 ACTOR = "tariff/close-grace"
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+# ASCII digits only: `\d` alone would also take other scripts' digits (`２４h`), which README's "whole number" is not.
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 log = logging.getLogger("tariff")

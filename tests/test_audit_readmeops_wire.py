@@ -62,7 +62,7 @@ def test_a_reservation_ttl_max_that_is_not_a_finite_number_is_a_usage_error(tmp_
     assert_refused(result, data_dir, "Invalid value for '--reservation-ttl-max-s'")
 
 
-@pytest.mark.parametrize("grace", ["5x", "24", "1 day", "-1h"])
+@pytest.mark.parametrize("grace", ["5x", "24", "1 day", "-1h", "\uff12\uff14h", "\u0662h"])
 def test_a_close_grace_that_is_not_a_duration_is_a_usage_error_worded_as_readme_says(
     tmp_path: Path, grace: str
 ) -> None:
