@@ -70,6 +70,7 @@ P2 = _month_start_ms(0)  # this calendar month: the current period
 P3 = _month_start_ms(-1)
 ALW = "alw"
 BLK = "blk"
+EXP = "exp"
 STATE: dict[str, Any] = {}
 
 
@@ -282,6 +283,11 @@ def plain(value: Decimal) -> str:
     return text if text != "-0" else "0"
 
 
+def per_unit(amount: Decimal, quantity: Decimal) -> str:
+    """amount / quantity rounded half-even to 12 decimal places, written as the server writes amounts."""
+    return plain((amount / quantity).quantize(Decimal("1e-12"), rounding=ROUND_HALF_EVEN))
+
+
 def invoice_agrees(client: TariffClient, invoice: invoices_pb2.Invoice) -> dict[str, Decimal]:
     """Every identity between an invoice, its lines, their ExplainLineItem pages and its grant balances; answers the
     credits drawn per grant on the invoice."""
@@ -303,6 +309,9 @@ def invoice_agrees(client: TariffClient, invoice: invoices_pb2.Invoice) -> dict[
         assert len(rated) == line.events, where
         for e in rated:
             assert sum((D(d.credits) for d in e.draws), Decimal(0)) + D(e.overage) == D(e.amount), (where, e)
+            assert e.unit_price == (per_unit(D(e.amount), D(e.quantity)) if D(e.quantity) else ""), (where, e)
+        for p in line.prices:
+            assert p.unit_price == (per_unit(D(p.amount), D(p.quantity)) if D(p.quantity) else "0"), (where, p)
         assert [a.SerializeToString(deterministic=True) for a in adjusted] == [
             a.SerializeToString(deterministic=True) for a in line.adjustments
         ], where
@@ -335,11 +344,13 @@ def balance_agrees(client: TariffClient, customer_id: str) -> balance_pb2.Balanc
     balance = client.get_balance(customer_id)
     remaining = held = Decimal(0)
     for g in balance.grants:
-        if D(g.remaining) or not D(g.expired):
-            assert D(g.amount) == D(g.drawn) + D(g.remaining) + D(g.expired), g
-        else:
+        expired = g.HasField("expires_at") and g.expires_at.ToMilliseconds() <= now_ms() and not D(g.remaining)
+        if expired:
             assert D(g.amount) == D(g.drawn) + D(g.expired) + D(g.held), g
-        remaining += D(g.remaining)
+            remaining += D(g.held)  # "plus what open reservations still hold on grants that have expired since"
+        else:
+            assert D(g.amount) == D(g.drawn) + D(g.remaining) + D(g.expired), g
+            remaining += D(g.remaining)
         held += D(g.held)
     assert D(balance.credits_remaining) == remaining
     assert D(balance.credits_held) == held
@@ -818,13 +829,57 @@ def test_alerts_fired_once_each_at_the_documented_crossings(server: ServerProces
         STATE["alerts"] = [a.SerializeToString(deterministic=True) for a in alerts_through(client, "marker-2")]
 
 
+def test_credit_held_on_an_expired_grant_agrees_across_balance_invoice_and_revenue(server: ServerProcess) -> None:
+    """balance.proto GrantBalance.remaining: "0 once expired, when what holds still take from it shows in held alone
+    (amount = drawn + expired + held then)"; invoices.proto RevenueLine: "credit an open reservation still holds on a
+    grant expired by the period's end stays deferred until the hold ends, where the invoice shows it expired"; README
+    "Expiry and breakage": the settling event dated before the expiry draws on it, what it leaves breaks with its
+    batch. exp: one grant, 50 credits paid 25 (0.5 a credit), expiring 2.5 s from now; input small/us at v2's 1
+    per 1k."""
+    with server.client() as client:
+        customer(client, EXP, contracts_pb2.ALLOW, "1")
+        expiry_ms = now_ms() + 2_500
+        grant(client, EXP, "g-exp", "50", "25", priority=0, expires_at_ms=expiry_ms)
+        ingest(client, llm("x1", EXP, P2 + HOUR_MS, "small", "us", 15_000, 0))  # 15 drawn
+        settle = llm("x2", EXP, P2 + 2 * HOUR_MS, "small", "us", 4_000, 0, hold="hx")
+        held = authorize(client, llm("x2", EXP, 0, "small", "us", 10_000, 0), reserve=True, reservation_id="hx")
+        assert (held.reason, held.estimated_cost, held.credits_available) == ("OK", "10", "25")
+        assert now_ms() < expiry_ms, "the machine took longer than the grant's 2.5 s to rate and hold"
+        assert grants_of(balance_agrees(client, EXP)) == {"g-exp": ("50", "15", "35", "10", "0")}
+        # Expired: 25 break, the 10 held stay held (and deferred: 25 sold - 7.5 drawn - 12.5 broken = 5).
+        assert wait_for(lambda: client.get_balance(EXP).grants[0].expired == "25", timeout_s=30)
+        alerts_through(client, "marker-4")  # the expiry recorded by now (any record after it)
+        balance = balance_agrees(client, EXP)
+        assert grants_of(balance) == {"g-exp": ("50", "15", "0", "10", "25")}
+        assert (balance.credits_remaining, balance.credits_held, balance.credits_available) == ("10", "10", "0")
+        invoice = preview(client, EXP, P2)
+        invoice_agrees(client, invoice)
+        assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in invoice.grant_balances] == [
+            ("g-exp", "50", "15", "0", "35")
+        ]
+        line = [x for x in revenue(client, EXP).customer_lines if x.period_start.ToMilliseconds() == P2]
+        assert [(x.recognized_credits, x.breakage, x.deferred) for x in line] == [("7.5", "12.5", "5")]
+        # The settling event, dated before the expiry, gets the 10 back, draws 4 of them; 6 break with it.
+        ingest(client, settle)
+        balance = balance_agrees(client, EXP)
+        assert grants_of(balance) == {"g-exp": ("50", "19", "0", "0", "31")}
+        assert (balance.credits_remaining, balance.credits_held, balance.credits_available) == ("0", "0", "0")
+        invoice = preview(client, EXP, P2)
+        assert invoice_agrees(client, invoice) == {"g-exp": Decimal(19)}
+        assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in invoice.grant_balances] == [
+            ("g-exp", "50", "19", "0", "31")
+        ]
+        line = [x for x in revenue(client, EXP).customer_lines if x.period_start.ToMilliseconds() == P2]
+        assert [(x.recognized_credits, x.breakage, x.deferred) for x in line] == [("9.5", "15.5", "0")]
+
+
 def reads(client: TariffClient) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     def put(name: str, message: Message) -> None:
         out[name] = message.SerializeToString(deterministic=True)
 
-    for who in (ALW, BLK):
+    for who in (ALW, BLK, EXP):
         put(f"balance {who}", client.get_balance(who))
         put(f"revenue {who}", revenue(client, who))
         for period in (P1, P2):
@@ -853,3 +908,30 @@ def test_a_clean_restart_answers_every_read_byte_for_byte(server: ServerProcess)
         assert [a.SerializeToString(deterministic=True) for a in alerts_through(client, "marker-3")][
             : len(STATE["alerts"])
         ] == STATE["alerts"]
+
+
+def test_close_due_periods_closes_as_previewed_and_a_kill_restart_replays_every_read(server: ServerProcess) -> None:
+    """invoices.proto: CloseDuePeriods closes "each as ClosePeriod would" (the draft and the final equal but for
+    invoice_number, status and closed_at); blk's P1 revenue line does not change by its close. README
+    "Reliability": after kill -9 the journal replays to the same state."""
+    with server.client() as client:
+        draft = preview(client, BLK, P1)
+        before_line = [line for line in revenue(client, BLK).customer_lines if line.period_start.ToMilliseconds() == P1]
+        made = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
+        final = [i for i in made.invoices if i.customer_id == BLK]
+        assert len(final) == 1
+        closed = invoices_pb2.Invoice()
+        closed.CopyFrom(final[0])
+        assert preview(client, BLK, P1) == closed
+        for field in ("invoice_number", "status", "closed_at"):
+            closed.ClearField(field)
+            draft.ClearField(field)
+        assert closed == draft
+        after_line = [line for line in revenue(client, BLK).customer_lines if line.period_start.ToMilliseconds() == P1]
+        assert after_line == before_line
+        before = reads(client)
+    server.kill9()
+    server.start()
+    with server.client() as client:
+        after = reads(client)
+        assert {k for k in before if before[k] != after.get(k)} == set()
