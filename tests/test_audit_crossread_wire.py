@@ -71,6 +71,8 @@ P3 = _month_start_ms(-1)
 ALW = "alw"
 BLK = "blk"
 EXP = "exp"
+HLD = "hld"
+RRH = "rrh"
 STATE: dict[str, Any] = {}
 
 
@@ -471,6 +473,7 @@ def test_p1_usage_agrees_across_authorize_invoice_explain_balance_and_simulate(s
         assert now_ms() < expiry_ms, "the machine took longer than the grant's 6 s to rate P1's usage"
 
         invoice = preview(client, ALW, P1)
+        assert preview(client, ALW, P1 + 17 * 24 * HOUR_MS + 12_345) == invoice  # "Any instant inside the period"
         assert lines_of(invoice) == {
             "img": ("3", "6", "0", {"a-promo": "6"}),
             "in_tok;model=big;region=us": ("10000", "30", "0", {"a-pre": "30"}),
@@ -775,6 +778,22 @@ def test_revenue_agrees_with_invoices_and_grants_by_hand(server: ServerProcess) 
         assert rows == [(P1, "0", "0", "0", "0", "40"), (P2, "40", "0.5", "40.5", "0", "0")]
 
 
+def test_a_span_starts_with_the_deferred_the_span_before_it_ends_with(server: ServerProcess) -> None:
+    """invoices.proto RevenueReconciliation: deferred_start + prepaid_sold - recognized_credits - breakage =
+    deferred_end over the span; a span starting at P2 starts with what P1's line left deferred."""
+    with server.client() as client:
+        for who in ("", ALW, BLK):
+            spans = [
+                client.invoices.GetRevenueReport(
+                    invoices_pb2.GetRevenueReportRequest(period_start=stamp(a), period_end=stamp(b), customer_id=who)
+                ).reconciliation
+                for a, b in ((P1, P2), (P2, P3))
+            ]
+            assert spans[0].deferred_end == spans[1].deferred_start, who
+            assert all(span.reconciles for span in spans), who
+        assert spans[0].deferred_end == "40"  # blk's P1
+
+
 def test_the_report_for_every_customer_is_the_sum_of_the_reports_per_customer(server: ServerProcess) -> None:
     """invoices.proto RevenueLine: product lines by product, customer lines by customer, of the same periods; so the
     report for all customers holds each customer's lines, and its product lines and reconciliation are their sums."""
@@ -873,13 +892,120 @@ def test_credit_held_on_an_expired_grant_agrees_across_balance_invoice_and_reven
         assert [(x.recognized_credits, x.breakage, x.deferred) for x in line] == [("9.5", "15.5", "0")]
 
 
+def test_a_hold_that_buys_a_top_up_agrees_with_the_event_that_settles_it(server: ServerProcess) -> None:
+    """contracts.proto TopUpPolicy: "When a rated event or a hold leaves the customer's available credit below
+    threshold, one TOP_UP grant of (recharge_to - available) credits is bought"; balance.proto Authorize: the
+    answer's credit is "after this request's own hold, and after the top-up that hold bought"; the settling event is
+    charged what was estimated, and draws in burn order. hld: g1 25 credits paid 25; top-up below 5 to 30 at 1."""
+    with server.client() as client:
+        customer(client, HLD, contracts_pb2.ALLOW, "1")
+        grant(client, HLD, "g1", "25", "25", priority=0)
+        policy = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="30", price_per_credit="1", max_per_period=3)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=f"k-{HLD}", top_up=policy))
+        ingest(client, llm("y1", HLD, P2 + HOUR_MS, "big", "us", 10_000, 0))  # v2: 2 per 1k = 20 from g1, 5 left
+        # The hold: big/eu 5,000 at 4 per 1k = 20, beyond the 5 there are: OVERAGE_ALLOWED, holds the 5; that
+        # leaves 0 < 5 available, so it buys 30 - 0 = 30.
+        hold = authorize(client, llm("y2", HLD, 0, "big", "eu", 5_000, 0), reserve=True, reservation_id="hy")
+        assert (hold.reason, hold.estimated_cost, hold.credits_available) == ("OVERAGE_ALLOWED", "20", "30")
+        balance = balance_agrees(client, HLD)
+        topups = [g.grant_id for g in balance.grants if g.kind == contracts_pb2.TOP_UP]
+        assert len(topups) == 1
+        topup = topups[0]
+        assert grants_of(balance) == {"g1": ("25", "20", "5", "5", "0"), topup: ("30", "0", "30", "0", "0")}
+        assert (balance.credits_remaining, balance.credits_held, balance.credits_available) == ("35", "5", "30")
+        assert authorize(client, image("x", HLD, 0)).credits_available == "30"
+        invoice = preview(client, HLD, P2)
+        invoice_agrees(client, invoice)
+        assert (invoice.top_up_purchases, invoice.total_due) == ("30.00", "30.00")
+        # Settled: the 5 held come back, the 20 draw g1's 5 then 15 of the top-up.
+        ingest(client, llm("y2", HLD, P2 + 2 * HOUR_MS, "big", "eu", 5_000, 0, hold="hy"))
+        assert charged(client, HLD, P2) == {"y1": "20", "y2": "20"}
+        drawn = [
+            [(d.grant_id, d.credits) for d in e.draws]
+            for e in explain(client, HLD, P2, "in_tok;model=big;region=eu")
+            if e.transaction_id == "y2"
+        ]
+        assert drawn == [[("g1", "5"), (topup, "15")]]
+        balance = balance_agrees(client, HLD)
+        assert grants_of(balance) == {"g1": ("25", "25", "0", "0", "0"), topup: ("30", "15", "15", "0", "0")}
+        assert invoice_agrees(client, preview(client, HLD, P2)) == {"g1": Decimal(25), topup: Decimal(15)}
+        # Revenue: g1 sold 25 in P1 (from the contract's start), nothing drawn there; P2 sells the top-up (30) and
+        # recognises 25 + 15 = 40: deferred 25 + 30 - 40 = 15, the top-up's 15 left at 1.
+        rows = [
+            (x.period_start.ToMilliseconds(), x.recognized_credits, x.deferred)
+            for x in revenue(client, HLD).customer_lines
+        ]
+        assert rows == [(P1, "0", "25"), (P2, "40", "15")]
+        assert revenue(client, HLD).reconciliation.prepaid_sold == "55"
+
+
+def test_an_open_hold_through_a_cohort_re_rating_agrees_across_balance_release_and_invoice(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto PublishVersionRequest: open holds "take their place in time", a top-up pays only the charges
+    beyond those at which it was bought; AuthorizeRequest.reserve: the release "gives back what it holds now".
+    rrh: rg1 25 credits paid 25, top-up below 5 to 30 at 1; version 3 (big/us input at 1 per 1k) for rrh alone."""
+    with server.client() as client:
+        customer(client, RRH, contracts_pb2.ALLOW, "1")
+        grant(client, RRH, "rg1", "25", "25", priority=0)
+        policy = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="30", price_per_credit="1", max_per_period=3)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=f"k-{RRH}", top_up=policy))
+        # r1: 10,000 big/us at v2's 2 per 1k = 20 (rg1, 5 left); r2: 5,000 = 10: rg1's 5 and 5 overage, leaving 0:
+        # a top-up of 30 bought at charges of 30.
+        ingest(client, llm("r1", RRH, P2 + HOUR_MS, "big", "us", 10_000, 0))
+        ingest(client, llm("r2", RRH, P2 + 2 * HOUR_MS, "big", "us", 5_000, 0))
+        topup = next(g.grant_id for g in client.get_balance(RRH).grants if g.kind == contracts_pb2.TOP_UP)
+        # The hold: 2,500 big/eu at 4 per 1k = 10, on the top-up.
+        hold = authorize(client, llm("r3", RRH, 0, "big", "eu", 2_500, 0), reserve=True, reservation_id="hz")
+        assert (hold.reason, hold.estimated_cost, hold.credits_available) == ("OK", "10", "20")
+        assert grants_of(balance_agrees(client, RRH)) == {
+            "rg1": ("25", "25", "0", "0", "0"),
+            topup: ("30", "0", "30", "10", "0"),
+        }
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="ai",
+                based_on_version=2,
+                upsert_rates=[
+                    pricing_pb2.Rate(
+                        product_id="in_tok",
+                        match={"model": "big", "region": "us"},
+                        unit=pricing_pb2.UnitPrice(price="1", per_units="1000"),
+                    )
+                ],
+            )
+        )
+        published = client.pricing.PublishVersion(
+            pricing_pb2.PublishVersionRequest(
+                rate_card_id="ai", version=3, effective_from=stamp(P2), cohort=pricing_pb2.Cohort(customer_ids=[RRH])
+            )
+        )
+        assert (published.customers_rerated, published.rerated_amount_delta) == (1, "-15")
+        # Settled again: r1 10 and r2 5 from rg1 (charges 15, below the 30 the top-up was bought at: withheld);
+        # the hold, made after both, is taken again in burn order from what is left: rg1's 10.
+        balance = balance_agrees(client, RRH)
+        assert grants_of(balance) == {"rg1": ("25", "15", "10", "10", "0"), topup: ("30", "0", "30", "0", "0")}
+        assert (balance.period_charges, balance.overage_amount) == ("15", "0")
+        assert invoice_agrees(client, preview(client, RRH, P2)) == {"rg1": Decimal(15)}
+        assert authorize(client, image("x", RRH, 0)).credits_available == balance.credits_available == "30"
+        assert release(client, RRH, "hz") == balance.credits_held == "10"
+        # Revenue reads the settled draws: rg1 sold 25 in P1; P2 sells the top-up (30) and recognises rg1's 15.
+        rows = [
+            (x.period_start.ToMilliseconds(), x.recognized, x.deferred) for x in revenue(client, RRH).customer_lines
+        ]
+        assert rows == [(P1, "0", "25"), (P2, "15", "40")]
+        balance = balance_agrees(client, RRH)
+        assert grants_of(balance)["rg1"] == ("25", "15", "10", "0", "0")
+        assert balance.credits_available == "40"
+
+
 def reads(client: TariffClient) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     def put(name: str, message: Message) -> None:
         out[name] = message.SerializeToString(deterministic=True)
 
-    for who in (ALW, BLK, EXP):
+    for who in (ALW, BLK, EXP, HLD, RRH):
         put(f"balance {who}", client.get_balance(who))
         put(f"revenue {who}", revenue(client, who))
         for period in (P1, P2):
