@@ -73,6 +73,8 @@ BLK = "blk"
 EXP = "exp"
 HLD = "hld"
 RRH = "rrh"
+ROL = "rol"
+TTL = "ttl"
 STATE: dict[str, Any] = {}
 
 
@@ -999,13 +1001,88 @@ def test_an_open_hold_through_a_cohort_re_rating_agrees_across_balance_release_a
         assert balance.credits_available == "40"
 
 
+def test_a_grant_rolled_over_at_an_ended_period_agrees_across_balance_invoices_and_revenue(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto Grant.rollover_fraction and README "Rollover": a grant with a rollover_fraction lasts until the
+    end of the period it starts in, where the share moves into a ROLLOVER grant usable until the next period's end
+    and the rest breaks; GrantBalance.drawn: "for a grant that rolled over, also what moved into its ROLLOVER
+    grant"; InvoiceGrantBalance the same; revenue: "credits a grant rolled over at the period's end stay deferred".
+    rol: ro-g 100 credits paid 50, fraction 0.5, starting with the contract in P1 (already ended): 50 roll, 50 break
+    at once; then 10 of P2 usage draw on the ROLLOVER grant."""
+    with server.client() as client:
+        customer(client, ROL, contracts_pb2.ALLOW, "1")
+        new = contracts_pb2.Grant(
+            id="ro-g",
+            contract_id=f"k-{ROL}",
+            kind=contracts_pb2.PREPAID,
+            amount="100",
+            paid_amount="50",
+            rollover_fraction="0.5",
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=new))
+        ingest(client, llm("o1", ROL, P2 + HOUR_MS, "small", "us", 10_000, 0))  # 10 credits at 1 per 1k
+        balance = balance_agrees(client, ROL)
+        rolled = f"rollover-ro-g-{P2}"
+        assert grants_of(balance) == {"ro-g": ("100", "50", "0", "0", "50"), rolled: ("50", "10", "40", "0", "0")}
+        p1 = preview(client, ROL, P1)
+        invoice_agrees(client, p1)
+        assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in p1.grant_balances] == [
+            ("ro-g", "100", "50", "0", "50")
+        ]
+        p2 = preview(client, ROL, P2)
+        assert invoice_agrees(client, p2) == {rolled: Decimal(10)}
+        # The draft shows the ROLLOVER grant as closing will: it expires at P2's end, its 40 left expired then. ro-g,
+        # which broke in P1, stays listed: leaving it out would change the sum of expired (Invoice.grant_balances).
+        assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in p2.grant_balances] == [
+            ("ro-g", "100", "50", "0", "50"),
+            (rolled, "50", "10", "0", "40"),
+        ]
+        # And so on every later invoice: the draft of P3 (the contract's next period) lists both, as broken.
+        p3 = preview(client, ROL, P3 + HOUR_MS)
+        assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in p3.grant_balances] == [
+            ("ro-g", "100", "50", "0", "50"),
+            (rolled, "50", "10", "0", "40"),
+        ]
+        # Sold 50 in P1; 50 broken at 0.5 = 25 in P1, the rolled 25 stay deferred; P2 recognises 10 x 0.5 = 5.
+        rows = [
+            (x.period_start.ToMilliseconds(), x.recognized, x.breakage, x.deferred)
+            for x in revenue(client, ROL).customer_lines
+        ]
+        assert rows == [(P1, "0", "25", "25"), (P2, "5", "0", "20")]
+
+
+def test_a_hold_whose_ttl_runs_out_gives_back_what_the_alert_says(server: ServerProcess) -> None:
+    """alerts.proto RESERVATION_EXPIRED: details "released (the credits the hold gave back)"; the balance gets them
+    back. ttl: t-g 10 promotional credits; a hold of 3 (3,000 small/us input) for 1 s."""
+    with server.client() as client:
+        customer(client, TTL, contracts_pb2.ALLOW, "1")
+        grant(client, TTL, "t-g", "10", "0", priority=0)
+        client.alerts.CreateAlert(
+            alerts_pb2.CreateAlertRequest(customer_id=TTL, type=alerts_pb2.RESERVATION_EXPIRED, id="ttl-expired")
+        )
+        hold = authorize(
+            client, llm("t1", TTL, 0, "small", "us", 3_000, 0), reserve=True, reservation_id="ht", reservation_ttl_s=1
+        )
+        assert (hold.estimated_cost, hold.credits_available) == ("3", "7")
+        assert grants_of(balance_agrees(client, TTL)) == {"t-g": ("10", "0", "10", "3", "0")}
+        assert wait_for(lambda: client.get_balance(TTL).credits_held == "0", timeout_s=30)
+        expired = [a for a in alerts_through(client, "marker-5") if a.customer_id == TTL]
+        assert [(alerts_pb2.AlertType.Name(a.type), a.details["released"]) for a in expired] == [
+            ("RESERVATION_EXPIRED", "3")
+        ]
+        balance = balance_agrees(client, TTL)
+        assert grants_of(balance) == {"t-g": ("10", "0", "10", "0", "0")}
+        assert balance.credits_available == "10"
+
+
 def reads(client: TariffClient) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     def put(name: str, message: Message) -> None:
         out[name] = message.SerializeToString(deterministic=True)
 
-    for who in (ALW, BLK, EXP, HLD, RRH):
+    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL):
         put(f"balance {who}", client.get_balance(who))
         put(f"revenue {who}", revenue(client, who))
         for period in (P1, P2):
