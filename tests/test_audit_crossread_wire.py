@@ -65,6 +65,14 @@ def _month_start_ms(months_back: int) -> int:
     return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
+def _next_month_ms(at_ms: int) -> int:
+    """The same day and time a calendar month later (days up to 28 only)."""
+    at = datetime.fromtimestamp(at_ms / 1000, UTC)
+    assert at.day <= 28
+    later = at.replace(year=at.year + at.month // 12, month=at.month % 12 + 1)
+    return int(later.timestamp() * 1000)
+
+
 P1 = _month_start_ms(1)  # last calendar month: the contracts' first period (closed by the tests)
 P2 = _month_start_ms(0)  # this calendar month: the current period
 P3 = _month_start_ms(-1)
@@ -75,6 +83,7 @@ HLD = "hld"
 RRH = "rrh"
 ROL = "rol"
 TTL = "ttl"
+SW = "sw"
 STATE: dict[str, Any] = {}
 
 
@@ -1076,20 +1085,70 @@ def test_a_hold_whose_ttl_runs_out_gives_back_what_the_alert_says(server: Server
         assert balance.credits_available == "10"
 
 
+def test_a_contract_switch_splits_the_month_alike_in_invoices_balance_and_revenue(server: ServerProcess) -> None:
+    """contracts.proto Contract.ending_before and README "Contract switches": the old contract's last period keeps
+    its monthly end and holds the usage before the switch, the new contract's periods start at the switch; a flat
+    fee is charged in both; InvoiceGrantBalance.drawn: "Drawn by the usage of this period and every earlier one";
+    RevenueLine: the old line's deferred "leaves that period's draws out (they are the next line's)". sw: s-g 100
+    credits paid 100 from P1; k1 from P1 to P1 + 20 days, k2 from there."""
+    switch_ms = P1 + 20 * 24 * HOUR_MS
+    with server.client() as client:
+        c = contracts_pb2
+        client.contracts.CreateCustomer(c.CreateCustomerRequest(id=SW))
+        for contract_id, start_ms in ((f"k-{SW}", P1), (f"k2-{SW}", switch_ms)):
+            request = c.CreateContractRequest(
+                id=contract_id, customer_id=SW, rate_card_id="ai", starting_at=stamp(start_ms), overage_price="1"
+            )
+            if start_ms == P1:
+                request.ending_before.CopyFrom(stamp(switch_ms))
+            client.contracts.CreateContract(request)
+        grant(client, SW, "s-g", "100", "100", priority=0)
+        # s1 under k1: 30,000 small/us = 30, output 1,000: 5 + 6 = 11; 41. s2 under k2 (before P1's monthly end):
+        # 20 + 11 (the flat fee again, a new period) = 31. s3 under k2 in P2's first day: v2 big/us 2 per 1k = 20.
+        ingest(
+            client,
+            llm("s1", SW, P1 + 2 * 24 * HOUR_MS, "small", "us", 30_000, 1_000),
+            llm("s2", SW, P1 + 25 * 24 * HOUR_MS, "small", "us", 20_000, 1_000),
+            llm("s3", SW, P2 + HOUR_MS, "big", "us", 10_000, 0),
+        )
+        old = preview(client, SW, P1)
+        new = preview(client, SW, P1 + 25 * 24 * HOUR_MS)
+        assert (old.contract_id, old.period_start.ToMilliseconds(), old.period_end.ToMilliseconds()) == (
+            f"k-{SW}",
+            P1,
+            P2,
+        )
+        assert (new.contract_id, new.period_start.ToMilliseconds()) == (f"k2-{SW}", switch_ms)
+        assert invoice_agrees(client, old) == {"s-g": Decimal(41)}
+        assert invoice_agrees(client, new) == {"s-g": Decimal(51)}
+        assert (old.subtotal, new.subtotal) == ("41", "51")
+        assert [(g.grant_id, g.drawn, g.remaining) for g in old.grant_balances] == [("s-g", "41", "59")]
+        assert [(g.grant_id, g.drawn, g.remaining) for g in new.grant_balances] == [("s-g", "92", "8")]
+        balance = balance_agrees(client, SW)
+        assert balance.period_start.ToMilliseconds() == switch_ms
+        assert (balance.period_charges, grants_of(balance)["s-g"]) == ("51", ("100", "92", "8", "0", "0"))
+        rows = [(x.period_start.ToMilliseconds(), x.recognized, x.deferred) for x in revenue(client, SW).customer_lines]
+        # k2's second period (from a month after the switch) starts in the span too: nothing in it yet.
+        second_ms = _next_month_ms(switch_ms)
+        assert rows == [(P1, "41", "59"), (switch_ms, "51", "8"), (second_ms, "0", "8")][: len(rows)]
+        assert len(rows) == (3 if second_ms < P3 else 2)
+
+
 def reads(client: TariffClient) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     def put(name: str, message: Message) -> None:
         out[name] = message.SerializeToString(deterministic=True)
 
-    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL):
+    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW):
         put(f"balance {who}", client.get_balance(who))
         put(f"revenue {who}", revenue(client, who))
         for period in (P1, P2):
             invoice = preview(client, who, period)
             put(f"preview {who} {period}", invoice)
             for line in invoice.lines:
-                for n, event in enumerate(explain(client, who, period, line.line_id)):
+                start_ms = invoice.period_start.ToMilliseconds()
+                for n, event in enumerate(explain(client, who, start_ms, line.line_id)):
                     put(f"explain {who} {period} {line.line_id} {n}", event)
     put("invoices", client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest()))
     for version in (1, 2):
@@ -1120,7 +1179,15 @@ def test_close_due_periods_closes_as_previewed_and_a_kill_restart_replays_every_
     with server.client() as client:
         draft = preview(client, BLK, P1)
         before_line = [line for line in revenue(client, BLK).customer_lines if line.period_start.ToMilliseconds() == P1]
+        span = invoices_pb2.GetRevenueReportRequest(period_start=stamp(P1), period_end=stamp(P3))
+        before_all = client.invoices.GetRevenueReport(span)
         made = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
+        # Closing moves no money: every customer's revenue reads as before (sw's old contract's P1 closed too).
+        assert client.invoices.GetRevenueReport(span) == before_all
+        listed = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(page_size=1000)).invoices
+        numbers = [i.invoice_number for i in made.invoices]
+        assert [i for i in listed if i.invoice_number in numbers] == list(made.invoices)
+        assert f"k-{SW}" in [i.contract_id for i in made.invoices]
         final = [i for i in made.invoices if i.customer_id == BLK]
         assert len(final) == 1
         closed = invoices_pb2.Invoice()
