@@ -84,6 +84,7 @@ RRH = "rrh"
 ROL = "rol"
 TTL = "ttl"
 SW = "sw"
+WEX = "wex"
 STATE: dict[str, Any] = {}
 
 
@@ -247,9 +248,21 @@ class Watcher:
                 self.seen.append(balance.SerializeToString(deterministic=True))
 
     def last_is(self, client: TariffClient, customer_id: str) -> bool:
-        """Whether the last message received is GetBalance's answer (waiting for it a while)."""
-        get = lambda: client.get_balance(customer_id).SerializeToString(deterministic=True)  # noqa: E731
-        return wait_for(lambda: bool(self.seen) and self.seen[-1] == get(), timeout_s=10)
+        """Whether the last message received is GetBalance's answer (waiting for it a while), but for as_of_seq:
+        the server's journal seq, which other customers' records move on after the watcher's last message
+        (balance.proto WatchBalance), so the watched one is at most GetBalance's."""
+
+        def same() -> bool:
+            if not self.seen:
+                return False
+            last = balance_pb2.Balance.FromString(self.seen[-1])
+            now = client.get_balance(customer_id)
+            if last.as_of_seq > now.as_of_seq:
+                return False
+            last.as_of_seq = now.as_of_seq
+            return last == now
+
+        return wait_for(same, timeout_s=10)
 
     def close(self) -> None:
         self.stream.cancel()
@@ -868,17 +881,31 @@ def test_credit_held_on_an_expired_grant_agrees_across_balance_invoice_and_reven
     per 1k."""
     with server.client() as client:
         customer(client, EXP, contracts_pb2.ALLOW, "1")
-        expiry_ms = now_ms() + 2_500
+        customer(client, WEX, contracts_pb2.ALLOW, "1")
+        expiry_ms = now_ms() + 3_000
         grant(client, EXP, "g-exp", "50", "25", priority=0, expires_at_ms=expiry_ms)
+        # wex: 10 credits all held when they expire, so that nothing breaks and nothing is recorded then; a
+        # watcher is still sent the balance (balance.proto WatchBalance: "when a grant on which reservations hold
+        # credit expires ... also when they hold all it has left").
+        grant(client, WEX, "w-g", "10", "0", priority=0, expires_at_ms=expiry_ms)
+        watcher = Watcher(server, WEX)
+        all_held = authorize(client, llm("w1", WEX, 0, "small", "us", 10_000, 0), reserve=True, reservation_id="hw")
+        assert (all_held.estimated_cost, all_held.credits_available) == ("10", "0")
         ingest(client, llm("x1", EXP, P2 + HOUR_MS, "small", "us", 15_000, 0))  # 15 drawn
         settle = llm("x2", EXP, P2 + 2 * HOUR_MS, "small", "us", 4_000, 0, hold="hx")
         held = authorize(client, llm("x2", EXP, 0, "small", "us", 10_000, 0), reserve=True, reservation_id="hx")
         assert (held.reason, held.estimated_cost, held.credits_available) == ("OK", "10", "25")
-        assert now_ms() < expiry_ms, "the machine took longer than the grant's 2.5 s to rate and hold"
-        assert grants_of(balance_agrees(client, EXP)) == {"g-exp": ("50", "15", "35", "10", "0")}
+        first = client.get_balance(EXP)
+        assert now_ms() < expiry_ms, "the machine took longer than the grants' 3 s to rate and hold"
+        assert grants_of(first) == {"g-exp": ("50", "15", "35", "10", "0")}
+        balance_agrees(client, EXP)
         # Expired: 25 break, the 10 held stay held (and deferred: 25 sold - 7.5 drawn - 12.5 broken = 5).
         assert wait_for(lambda: client.get_balance(EXP).grants[0].expired == "25", timeout_s=30)
         alerts_through(client, "marker-4")  # the expiry recorded by now (any record after it)
+        assert wait_for(lambda: now_ms() > expiry_ms + 500, timeout_s=10)
+        assert grants_of(client.get_balance(WEX)) == {"w-g": ("10", "0", "0", "10", "0")}
+        assert watcher.last_is(client, WEX), "WatchBalance's last message is not GetBalance's answer"
+        watcher.close()
         balance = balance_agrees(client, EXP)
         assert grants_of(balance) == {"g-exp": ("50", "15", "0", "10", "25")}
         assert (balance.credits_remaining, balance.credits_held, balance.credits_available) == ("10", "10", "0")
@@ -1140,7 +1167,7 @@ def reads(client: TariffClient) -> dict[str, bytes]:
     def put(name: str, message: Message) -> None:
         out[name] = message.SerializeToString(deterministic=True)
 
-    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW):
+    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW, WEX):
         put(f"balance {who}", client.get_balance(who))
         put(f"revenue {who}", revenue(client, who))
         for period in (P1, P2):
