@@ -85,6 +85,7 @@ ROL = "rol"
 TTL = "ttl"
 SW = "sw"
 WEX = "wex"
+THR = "thr"
 STATE: dict[str, Any] = {}
 
 
@@ -1161,13 +1162,50 @@ def test_a_contract_switch_splits_the_month_alike_in_invoices_balance_and_revenu
         assert len(rows) == (3 if second_ms < P3 else 2)
 
 
+def test_thresholds_met_exactly_fire_spend_but_not_low_balance(server: ServerProcess) -> None:
+    """README "Watching balances and alerts": "A threshold met exactly is SPEND_THRESHOLD's condition (charges reach
+    it) and not LOW_BALANCE's (a balance equal to it is not below it)", and each fires once until cleared. thr: 10
+    promotional credits; LOW_BALANCE below 4, SPEND_THRESHOLD at 6."""
+    with server.client() as client:
+        customer(client, THR, contracts_pb2.ALLOW, "1")
+        grant(client, THR, "th-g", "10", "0", priority=0)
+        for rule_id, kind, threshold in (
+            ("thr-low", alerts_pb2.LOW_BALANCE, "4"),
+            ("thr-spend", alerts_pb2.SPEND_THRESHOLD, "6"),
+        ):
+            client.alerts.CreateAlert(
+                alerts_pb2.CreateAlertRequest(customer_id=THR, type=kind, threshold=threshold, id=rule_id)
+            )
+        ingest(client, llm("t1", THR, P2 + HOUR_MS, "small", "us", 6_000, 0))  # 6: available 4, charges 6
+        ingest(client, llm("t2", THR, P2 + HOUR_MS, "small", "us", 1, 0))  # 0.001: available 3.999
+        ingest(client, llm("t3", THR, P2 + HOUR_MS, "small", "us", 1, 0))  # 0.001: available 3.998
+        balance = balance_agrees(client, THR)
+        assert (balance.credits_available, balance.period_charges) == ("3.998", "6.002")
+        seen = [a for a in alerts_through(client, "marker-6") if a.customer_id == THR]
+        assert fired(seen) == [
+            (THR, "SPEND_THRESHOLD", {"period_charges": "6", "threshold": "6"}),
+            (THR, "LOW_BALANCE", {"credits_available": "3.999", "threshold": "4"}),
+        ]
+
+
+def test_each_grants_recognized_revenue_sums_to_the_report(server: ServerProcess) -> None:
+    """balance.proto GrantBalance.recognized_revenue: "Revenue recognised from this grant's draws by usage: drawn x
+    paid_amount / amount", what rolled over left out; the report's recognized_credits over every period holding
+    the draws (P1 and P2, and sw's periods, all starting in [P1, P3)) is their sum."""
+    with server.client() as client:
+        for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW, WEX, THR):
+            grants = client.get_balance(who).grants
+            total = sum((D(g.recognized_revenue) for g in grants), Decimal(0))
+            assert D(revenue(client, who).reconciliation.recognized_credits) == total, who
+
+
 def reads(client: TariffClient) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     def put(name: str, message: Message) -> None:
         out[name] = message.SerializeToString(deterministic=True)
 
-    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW, WEX):
+    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW, WEX, THR):
         put(f"balance {who}", client.get_balance(who))
         put(f"revenue {who}", revenue(client, who))
         for period in (P1, P2):
