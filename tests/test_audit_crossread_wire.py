@@ -86,6 +86,8 @@ TTL = "ttl"
 SW = "sw"
 WEX = "wex"
 THR = "thr"
+OVM = "ovm"
+OVP = "ovp"
 STATE: dict[str, Any] = {}
 
 
@@ -1199,13 +1201,43 @@ def test_each_grants_recognized_revenue_sums_to_the_report(server: ServerProcess
             assert D(revenue(client, who).reconciliation.recognized_credits) == total, who
 
 
+def test_overrides_on_the_tiered_product_price_alike_in_authorize_explain_invoice_and_simulate(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto PriceOverride: a multiplier "multiplies the amount the rate card's price gives for the
+    period's cumulative quantity (every price model, tiers and flat fees included)"; a price on a TIERED rate is "a
+    flat unit price per the rate's per_units for the whole quantity; the tiers and their flat fees are dropped".
+    ovm: out_tok x 0.5; ovp: out_tok at 2 per 1k. 3,000 output tokens then 9,000 more (to 12,000)."""
+    with server.client() as client:
+        for who, field in ((OVM, "multiplier"), (OVP, "price")):
+            customer(client, who, contracts_pb2.ALLOW, "1")
+            override = contracts_pb2.PriceOverride(product_id="out_tok")
+            setattr(override, field, "0.5" if field == "multiplier" else "2")
+            client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=f"k-{who}", override=override))
+        # ovm: (5 + 18) x 0.5 = 11.5, then (5 + 60 + 6) x 0.5 - 11.5 = 24. ovp: 6, then 18.
+        for who, costs in ((OVM, ("11.5", "24")), (OVP, ("6", "18"))):
+            events = [
+                llm(f"{who}-1", who, P2 + HOUR_MS, "small", "us", 0, 3_000),
+                llm(f"{who}-2", who, P2 + 2 * HOUR_MS, "small", "us", 0, 9_000),
+            ]
+            for event, cost in zip(events, costs, strict=True):
+                assert authorize(client, event).estimated_cost == cost, who
+                ingest(client, event)
+            assert charged(client, who, P2) == {f"{who}-1": costs[0], f"{who}-2": costs[1]}
+            invoice = preview(client, who, P2)
+            invoice_agrees(client, invoice)
+            total = D(costs[0]) + D(costs[1])
+            assert by_product(invoice)["out_tok"] == total
+            assert simulate_current(client, who, 2)["out_tok"] == total
+
+
 def reads(client: TariffClient) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     def put(name: str, message: Message) -> None:
         out[name] = message.SerializeToString(deterministic=True)
 
-    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW, WEX, THR):
+    for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW, WEX, THR, OVM, OVP):
         put(f"balance {who}", client.get_balance(who))
         put(f"revenue {who}", revenue(client, who))
         for period in (P1, P2):
