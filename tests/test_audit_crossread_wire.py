@@ -1303,3 +1303,39 @@ def test_close_due_periods_closes_as_previewed_and_a_kill_restart_replays_every_
     with server.client() as client:
         after = reads(client)
         assert {k for k in before if before[k] != after.get(k)} == set()
+
+
+def test_a_rollback_keeps_every_read_of_every_customer_in_agreement(server: ServerProcess) -> None:
+    """pricing.proto RollbackRateCard: a copy of version 1 published from P2 through PublishVersion's path, re-rating
+    every customer outside cohorts (rrh too: the copy, published later, takes over from its cohort's version 3 at
+    the same hour). Every identity above holds for every customer; alw and blk by hand: alw's big/us input line back
+    to 60 (two adjustments: 60 -> 40, 40 -> 60), P2's charges 71 + 26 + 5 + 20 = 122, the top-up released once the
+    charges reach the 71 it was bought at (the end of e4's hour): it pays 26 + 5 + 20 = 51, overage 71 (35.5
+    USD); blk back to 41 + 30 = 71, b-pre's 50 drawn, 21 overage. A clean restart then answers the same."""
+    with server.client() as client:
+        answer = client.pricing.RollbackRateCard(
+            pricing_pb2.RollbackRateCardRequest(rate_card_id="ai", to_version=1, effective_from=stamp(P2))
+        )
+        assert answer.version.rollback_to_version == 1
+        for who in (ALW, BLK, EXP, HLD, RRH, ROL, TTL, SW, WEX, THR, OVM, OVP):
+            balance = balance_agrees(client, who)
+            for period in (P1, P2):
+                invoice_agrees(client, preview(client, who, period))
+            report = revenue(client, who)
+            assert report.reconciliation.reconciles, who
+            total = sum((D(g.recognized_revenue) for g in balance.grants), Decimal(0))
+            assert D(report.reconciliation.recognized_credits) == total, who
+        topup = STATE["topup"]
+        balance = client.get_balance(ALW)
+        assert grants_of(balance)[topup] == ("86", "51", "35", "0", "0")
+        assert (balance.period_charges, balance.overage_amount, balance.overage_due) == ("122", "71", "35.5")
+        line = {x.line_id: x for x in preview(client, ALW, P2).lines}["in_tok;model=big;region=us"]
+        assert [(a.old_amount, a.new_amount) for a in line.adjustments] == [("60", "40"), ("40", "60")]
+        balance = client.get_balance(BLK)
+        assert grants_of(balance) == {"b-pre": ("50", "50", "0", "0", "0")}
+        assert (balance.period_charges, balance.overage_amount) == ("71", "21")
+        before = reads(client)
+    server.restart()
+    with server.client() as client:
+        after = reads(client)
+        assert {k for k in before if before[k] != after.get(k)} == set()
