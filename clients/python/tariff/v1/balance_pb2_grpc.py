@@ -165,8 +165,12 @@ class BalanceServiceServicer:
         hold all it has left and nothing breaks until they end, which records
         nothing). Changes committed in quick
         succession may arrive as one balance, the newest; a balance equal to the
-        previous one is not sent again. A slow reader holds no queue on the server
-        and never slows ingestion. Unknown customer: NOT_FOUND. The stream does not
+        previous one is not sent again. Each balance carries the as_of_seq of
+        its read, and a change of another customer wakes no watcher: so once
+        other customers' records have committed, GetBalance answers the last
+        balance sent with a later as_of_seq, equal in every other field. A slow
+        reader holds no queue on the server and never slows ingestion. Unknown
+        customer: NOT_FOUND. The stream does not
         end on its own, however quiet (keepalive PINGs as often as once a second
         are accepted: README "Limits and backpressure"); at shutdown it ends with
         UNAVAILABLE.

@@ -627,8 +627,10 @@ type Invoice struct {
 	// period (top_up_purchases), and it neither expired nor rolled over in it
 	// (after its start, by its end). So the list holds the grants with credit
 	// at the period's start or end or that the period drew, bought, broke or
-	// rolled over, and a customer buying top-ups every period does not see the
-	// list grow with its life (README "Limits and backpressure"). A grant left
+	// rolled over, and every grant that broke credit in an earlier period (its
+	// expired above 0, kept on every later invoice), and a customer buying
+	// top-ups every period does not see the list grow with its life (README
+	// "Limits and backpressure"). A grant left
 	// out adds nothing to the sums of remaining, expired, or granted - drawn:
 	// those are the sums over every grant. Final invoices closed by releases
 	// before this rule list every grant started before the period's end.

@@ -925,7 +925,11 @@ export type PublishVersionRequest = Message<"tariff.v1.PublishVersionRequest"> &
    * grant's broken credit, the rest is overage; credit a cut gives back to
    * it breaks too, in the period of its expiry); no top-up is bought or given
    * back, and a top-up pays only its period's charges beyond those at which
-   * it was bought (the usage before its purchase stays overage); BLOCK
+   * it was bought (the usage before its purchase stays overage; after a cut
+   * of that usage, so does the usage after it up to those charges: a top-up
+   * bought at 71 of charges, the 71 before it all overage, cut to 51, leaves
+   * the next 20 of charges overage too, and the cut gives back no overage
+   * while the top-up pays 20 less); BLOCK
    * contracts take overage as ALLOW ones do. Open holds take their
    * place in time: each is taken again before the buckets of the hour it was
    * made in, up to what it held, so usage dated before that hour draws first
