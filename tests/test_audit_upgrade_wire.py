@@ -14,12 +14,13 @@ import importlib.util
 import json
 import tarfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from tariff.v1 import invoices_pb2, usage_pb2
+from tariff.v1 import invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess
@@ -103,6 +104,54 @@ def test_the_earlier_release_s_data_directory_reads_the_same(server: ServerProce
     with server.client() as client:
         got = MAKER.reads(client)
     assert comparable(got) == comparable(announced(expected))
+
+
+def acme_pre_expiry_ms() -> int:
+    """acme-pre's expiry as the fixture's run set it (a retry of its grant sends it again)."""
+    expected = json.loads((FIXTURES / "datadir-upgrade1.json").read_text())
+    grant = next(g for g in expected["contract acme"]["grants"] if g["id"] == "acme-pre")
+    return round(datetime.fromisoformat(grant["expires_at"]).timestamp() * 1000)
+
+
+class _Recorder:
+    """Stands for a client's service stubs: records each call's method name and request, answers nothing."""
+
+    def __init__(self, calls: list[tuple[str, Any]]) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda request, **_: self.calls.append((name, request))
+
+
+def catalogue_requests() -> list[tuple[str, Any]]:
+    """The catalogue's requests as the fixture's maker sent them to the earlier release."""
+    calls: list[tuple[str, Any]] = []
+    MAKER.catalogue(SimpleNamespace(pricing=_Recorder(calls)))
+    return calls
+
+
+def test_retries_of_the_earlier_release_s_keyed_calls_answer_as_the_first(server: ServerProcess) -> None:
+    """README "Every state-changing call is safe to retry ... also after a restart": the catalogue's keyed calls
+    (CreateProduct by id, CreateRateCard by id, CreateDraftVersion by request_id, PublishVersion by version and
+    effective_from) and the customers' (customers, contracts, overrides, grants, alert rules), sent again as the
+    earlier release took them, answer with what the first call made and write nothing (no audit entry, no record).
+    Its snapshot holds the fingerprints that release computed, before CreateProduct had `empty_count_missing` and
+    CreateDraftVersion `drafts_bounded`."""
+    keyed = [
+        (name, request)
+        for name, request in catalogue_requests()
+        if name != "CreateDraftVersion" or request.request_id  # a draft without one is not safe to retry
+    ]
+    names = ["CreateProduct"] * 4 + ["CreateRateCard"] * 2
+    assert [name for name, _ in keyed] == [*names, "CreateDraftVersion", "PublishVersion", "PublishVersion"]
+    with server.client() as client:
+        audit = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries
+        seq = client.get_balance("acme").as_of_seq
+        answers = [MAKER.plain(getattr(client.pricing, name)(request)) for name, request in keyed]
+        assert answers[0]["id"] == "tokens" and answers[6]["version"] == 1
+        MAKER.customers(client, acme_pre_expiry_ms())
+        assert client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries == audit
+        assert client.get_balance("acme").as_of_seq == seq
 
 
 def test_the_upgraded_server_goes_on_from_the_earlier_state(server: ServerProcess) -> None:
