@@ -20,7 +20,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from tariff.v1 import invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess
@@ -152,6 +152,22 @@ def test_retries_of_the_earlier_release_s_keyed_calls_answer_as_the_first(server
         MAKER.customers(client, acme_pre_expiry_ms())
         assert client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries == audit
         assert client.get_balance("acme").as_of_seq == seq
+
+
+def test_an_earlier_release_s_top_up_policy_set_again_takes_the_contract_s_currency(server: ServerProcess) -> None:
+    """README "Automatic top-up": a policy set by an earlier release has no currency (it buys in every contract's
+    periods); the same SetTopUpPolicy sent again (the fixture's, through beta's EUR contract) is not a retry of it
+    but sets the policy in EUR: one audit entry, and every contract of beta answers currency EUR."""
+    with server.client() as client:
+        contract = client.contracts.GetContract(contracts_pb2.GetContractRequest(id="beta-c"))
+        assert (contract.top_up.price_per_credit, contract.top_up.currency) == ("0.5", "")
+        entries = len(client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries)
+        policy = contracts_pb2.TopUpPolicy(threshold="15", recharge_to="50", price_per_credit="0.5", max_per_period=2)
+        request = contracts_pb2.SetTopUpPolicyRequest(contract_id="beta-c", top_up=policy)
+        assert client.contracts.SetTopUpPolicy(request).top_up.currency == "EUR"
+        assert client.contracts.SetTopUpPolicy(request).top_up.currency == "EUR"  # now a retry: nothing more
+        audit = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries
+        assert [(e.action, e.target) for e in audit[entries:]] == [("SetTopUpPolicy", "contract/beta-c/top_up")]
 
 
 def test_the_upgraded_server_goes_on_from_the_earlier_state(server: ServerProcess) -> None:
