@@ -248,6 +248,36 @@ def fingerprint(command: cmd.AdminCommand) -> bytes:
     return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
+def same_request(held: bytes, command: cmd.AdminCommand) -> bool:
+    """Whether `held`, a fingerprint kept under a key, is `command`'s: as `fingerprint` computes it, or as a release
+    before the command's server-set fields computed it. A command without omit_defaults encodes those fields, False
+    included, so a release that had not added them fingerprinted the same request without them; the fingerprints
+    its snapshot keeps (CreateProduct before `empty_count_missing`, CreateDraftVersion before `drafts_bounded`) are
+    the same requests."""
+    return held == fingerprint(command) or held == _fingerprint_without_server_set(command)
+
+
+def _fingerprint_without_server_set(command: cmd.AdminCommand) -> bytes:
+    unasked = [name for name in cmd.SERVER_SET_FIELDS if name in command.__struct_fields__]
+    if not unasked or command.__struct_config__.omit_defaults:
+        return fingerprint(command)  # the fields, False, are left out already
+    fields = {name: getattr(command, name) for name in command.__struct_fields__ if name not in unasked}
+    earlier = _without_fields(type(command), tuple(unasked))(**{**fields, "at_ms": 0, "actor": ""})
+    return hashlib.blake2b(_fingerprint_encoder.encode(earlier), digest_size=16).digest()
+
+
+@functools.cache
+def _without_fields(kind: type[msgspec.Struct], left_out: tuple[str, ...]) -> type[msgspec.Struct]:
+    """`kind` as a release before the fields `left_out` defined it: the same tag and fields, in the same order."""
+    config = kind.__struct_config__
+    fields = [
+        (field.name, field.type) if field.required else (field.name, field.type, field.default)
+        for field in msgspec.structs.fields(kind)
+        if field.name not in left_out
+    ]
+    return msgspec.defstruct(kind.__name__, fields, tag=config.tag, tag_field=config.tag_field, frozen=True)
+
+
 class ControlPlane:
     """The state and indexes every command reads, and the retry-key rules (see engine/state.py's Engine)."""
 
@@ -260,11 +290,10 @@ class ControlPlane:
         """Raises Repeated, with the first call's answer, when this same request already used `key`; else
         returns the request's fingerprint, to `_remember` once the command has succeeded. The same key from a
         different request falls through to the caller's own ALREADY_EXISTS."""
-        print_ = fingerprint(command)
         mark = self.state.requests.get(key)
-        if mark is not None and mark.fingerprint == print_:
+        if mark is not None and same_request(mark.fingerprint, command):
             raise Repeated(answer())
-        return print_
+        return fingerprint(command)
 
     def _repeat_held(
         self, key: str, command: cmd.AdminCommand, held: bytes | None, answer: Callable[[], object]

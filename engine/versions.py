@@ -8,7 +8,7 @@ import msgspec
 
 from engine import commands as cmd
 from engine.cohorts import checked_cohort
-from engine.control import ControlPlane, check_applied_id, fingerprint
+from engine.control import ControlPlane, check_applied_id, fingerprint, same_request
 from engine.errors import (
     MADE_BY_ANOTHER_REQUEST,
     AlreadyExists,
@@ -69,7 +69,7 @@ class VersionCommands(ControlPlane):
             check_applied_id(c.request_id, "request_id")
             mark = self.state.requests.get(key)
             if mark is not None:
-                if mark.fingerprint != fingerprint(c):
+                if not same_request(mark.fingerprint, c):
                     raise AlreadyExists(
                         f"request_id {c.request_id!r} already made version {mark.version} of rate card {card.id!r} "
                         "from a different request: use a new request_id for a new draft"
