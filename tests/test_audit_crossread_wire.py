@@ -199,6 +199,18 @@ def authorize(client: TariffClient, event: usage_pb2.UsageEvent, **kwargs: Any) 
     return client.authorize(event.customer_id, event.event_type, dict(event.dimensions), dict(event.values), **kwargs)
 
 
+def draft_big_us_input(client: TariffClient, based_on_version: int, price: str) -> None:
+    """A draft of card `ai` changing only big/us input's price per 1,000 tokens."""
+    rate = pricing_pb2.Rate(
+        product_id="in_tok",
+        match={"model": "big", "region": "us"},
+        unit=pricing_pb2.UnitPrice(price=price, per_units="1000"),
+    )
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="ai", based_on_version=based_on_version, upsert_rates=[rate])
+    )
+
+
 def preview(client: TariffClient, customer_id: str, period_ms: int) -> invoices_pb2.Invoice:
     request = invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=stamp(period_ms))
     invoice: invoices_pb2.Invoice = client.invoices.PreviewInvoice(request)
@@ -654,19 +666,7 @@ def test_period_close_and_a_retroactive_publish_keep_every_read_in_agreement(ser
             line for line in revenue(client, ALW).customer_lines if line.period_start.ToMilliseconds() == P1
         ]
         # Version 2: big/us input at 2 per 1k (was 3), from P2's start: e4's bucket 60 -> 40, b1's and b2's 30 -> 20.
-        client.pricing.CreateDraftVersion(
-            pricing_pb2.CreateDraftVersionRequest(
-                rate_card_id="ai",
-                based_on_version=1,
-                upsert_rates=[
-                    pricing_pb2.Rate(
-                        product_id="in_tok",
-                        match={"model": "big", "region": "us"},
-                        unit=pricing_pb2.UnitPrice(price="2", per_units="1000"),
-                    )
-                ],
-            )
-        )
+        draft_big_us_input(client, based_on_version=1, price="2")
         simulated = client.pricing.SimulateVersion(
             pricing_pb2.SimulateVersionRequest(
                 rate_card_id="ai",
@@ -1003,19 +1003,7 @@ def test_an_open_hold_through_a_cohort_re_rating_agrees_across_balance_release_a
             "rg1": ("25", "25", "0", "0", "0"),
             topup: ("30", "0", "30", "10", "0"),
         }
-        client.pricing.CreateDraftVersion(
-            pricing_pb2.CreateDraftVersionRequest(
-                rate_card_id="ai",
-                based_on_version=2,
-                upsert_rates=[
-                    pricing_pb2.Rate(
-                        product_id="in_tok",
-                        match={"model": "big", "region": "us"},
-                        unit=pricing_pb2.UnitPrice(price="1", per_units="1000"),
-                    )
-                ],
-            )
-        )
+        draft_big_us_input(client, based_on_version=2, price="1")
         published = client.pricing.PublishVersion(
             pricing_pb2.PublishVersionRequest(
                 rate_card_id="ai", version=3, effective_from=stamp(P2), cohort=pricing_pb2.Cohort(customer_ids=[RRH])
