@@ -19,7 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import json
 import struct
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -279,3 +282,33 @@ def test_not_utf8_refuses_the_batch_whole_on_both_rpcs(server: ServerProcess, wh
     with server.client() as client:
         again = client.ingest_batch([event(f"good-{what}", model="gpt-4")])
         assert (again.accepted, again.duplicates) == (1, 0)
+
+
+# --- `tariff keys new --customers`: an id breaking the rule is a usage error, never silently another id --------
+
+
+def _keys_new(path: Path, customers: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "server.cli", "keys", "new", "--name", "portal", "--role", "read"]
+    return subprocess.run(
+        [*command, "--customers", customers, "--file", str(path)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("customers", ["acme\u00a0", "\u3000acme", "acme\n", "acme\u2028,beta", "acme\x85"], ids=ascii)
+def test_keys_new_refuses_a_customer_id_it_would_have_to_trim(tmp_path: Path, customers: str) -> None:
+    path = tmp_path / "keys.json"
+    done = _keys_new(path, customers)
+    assert done.returncode == 2, (done.returncode, done.stderr, path.read_text() if path.exists() else "")
+    assert "is not a customer id" in done.stderr and not path.exists()
+
+
+def test_keys_new_drops_the_spaces_around_each_id(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    done = _keys_new(path, " acme , beta")
+    assert done.returncode == 0, done.stderr
+    assert [entry["customers"] for entry in json.loads(path.read_text())["keys"]] == [["acme", "beta"]]
