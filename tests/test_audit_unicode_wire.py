@@ -35,6 +35,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usa
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, open_contract, serving, this_hour_ms, unit, varint
 from tests.serverproc import ServerProcess
+from tests.test_server_auth import Keys
 
 CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 CUSTOMER = "acme"
@@ -316,3 +317,35 @@ def test_keys_new_drops_the_spaces_around_each_id(tmp_path: Path) -> None:
     done = _keys_new(path, " acme , beta")
     assert done.returncode == 0, done.stderr
     assert [entry["customers"] for entry in json.loads(path.read_text())["keys"]] == [["acme", "beta"]]
+
+
+# --- a key restricted to customers: every RPC refuses another id alike, however it differs ---------------------
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Keys]]:
+    root: Path = tmp_path_factory.mktemp("audit-unicode-keys")
+    keys = Keys(root / "keys.json", {"ops": ("admin", None), "gw": ("admin", [CUSTOMER])})
+    process = ServerProcess(root / "data", extra_args=keys.args, api_key=keys.key["ops"])
+    for started in serving(process, catalogue):
+        yield started, keys
+
+
+@pytest.mark.parametrize("value", ["ACME", "acme\u200b", NFC, "nobody", "a" * 200], ids=lambda v: ascii(v)[:20])
+def test_a_restricted_key_refuses_every_other_form_alike(keyed: tuple[ServerProcess, Keys], value: str) -> None:
+    server, keys = keyed
+    quoted = repr(value) if len(value) <= 128 else f"{value[:128]!r}…"
+    denied = f"key 'gw' may not touch customer {quoted}"
+    with server.client(api_key=keys.key["gw"]) as client:
+        for rpc, (field, call) in customer_calls(client).items():
+            code, _, why = violation(lambda: call(value))
+            assert (code, why) == (grpc.StatusCode.PERMISSION_DENIED, f"{field}: {denied}"), rpc
+        code, _, why = violation(lambda: client.ingest_batch([event("keyed", customer_id=value)]))
+        assert (code, why) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"events[0]: {denied}; nothing in this batch was applied",
+        )
+        asked = balance_pb2.AuthorizeRequest(request_id="r", customer_id=value, event_type="call", values={"n": 1.0})
+        batches = client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=[asked])]))
+        code, _, why = violation(lambda: list(batches))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and denied in why, why
