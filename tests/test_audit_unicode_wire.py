@@ -16,14 +16,13 @@ Catalogue: product `tok` (event `call`, SUM of `n`, priced by `model`) on card `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import json
 import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -60,7 +59,8 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-unicode")
-    yield from serving(ServerProcess(root / "data"), catalogue)
+    # Snapshots every 3 records: a restart reads the dedupe table from a snapshot's segments, then the journal.
+    yield from serving(ServerProcess(root / "data", extra_args=["--snapshot-every", "3"]), catalogue)
 
 
 @pytest.fixture
@@ -80,11 +80,11 @@ def event(tx: str, n: float = 1.0, customer_id: str = CUSTOMER, **dimensions: st
     )
 
 
-def violation(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, str]:
-    """(status, the first BadRequest violation's field, its description) of a refused call."""
+def violation(call: Callable[..., object], *args: object) -> tuple[grpc.StatusCode, str, str]:
+    """(status, the first BadRequest violation's field, its description) of `call(*args)`, refused."""
     with pytest.raises(TariffError) as failed:
-        call()
-    status = rpc_status.from_call(failed.value.__cause__)  # type: ignore[arg-type]
+        call(*args)
+    status = rpc_status.from_call(failed.value.__cause__)
     field, why = "", failed.value.details
     if status is not None:
         for detail in status.details:
@@ -119,9 +119,20 @@ def test_dimension_values_match_rates_byte_for_byte(client: TariffClient) -> Non
     after = client.get_balance(CUSTOMER).period_charges
     assert float(after) - float(before) == 5 + 1 + 1 + 1 + 1 + 1 + 7 + 1
     # The invoice keeps both forms of "café" as two lines, each its own bytes percent-escaped.
-    request = invoices_pb2.PreviewInvoiceRequest(customer_id=CUSTOMER)
-    ids = {line.line_id for line in client.invoices.PreviewInvoice(request).lines}
-    assert {"tok;model=caf%C3%A9", "tok;model=cafe%CC%81", "tok;model=gpt%E2%80%914"} <= ids
+    i = invoices_pb2
+    request = i.PreviewInvoiceRequest(customer_id=CUSTOMER)
+    invoice = client.invoices.PreviewInvoice(request)
+    ids = [line.line_id for line in invoice.lines]
+    assert {"tok;model=caf%C3%A9", "tok;model=cafe%CC%81", "tok;model=gpt%E2%80%914"} <= set(ids)
+    # Lines run by their values' UTF-8 bytes: "cafe" + U+0301 (65 CC 81) before "caf" + U+00E9 (C3 A9).
+    assert ids.index("tok;model=cafe%CC%81") < ids.index("tok;model=caf%C3%A9")
+    # ExplainLineItem finds each line by its own id only: not by the other form, nor by another escape of it.
+    for line_id, tx in [("tok;model=caf%C3%A9", "dim-6"), ("tok;model=cafe%CC%81", "dim-7")]:
+        explain = i.ExplainLineItemRequest(customer_id=CUSTOMER, line_id=line_id, period_start=invoice.period_start)
+        assert [e.transaction_id for e in client.invoices.ExplainLineItem(explain).events] == [tx]
+    for line_id in ["tok;model=caf%c3%a9", f"tok;model={NFC}"]:
+        explain = i.ExplainLineItemRequest(customer_id=CUSTOMER, line_id=line_id, period_start=invoice.period_start)
+        assert violation(client.invoices.ExplainLineItem, explain)[0] == grpc.StatusCode.NOT_FOUND
 
 
 def test_rate_match_is_stored_as_sent(client: TariffClient) -> None:
@@ -142,6 +153,8 @@ def test_transaction_ids_in_two_forms_are_two_events(server: ServerProcess) -> N
         assert [(a.accepted, a.duplicates) for a in streamed] == [(0, len(ids))]
         conflict = client.ingest_batch([event(f"tx-{NFD}", n=2.0)])
         assert [usage_pb2.RejectReason.Name(r.reason) for r in conflict.rejected] == ["DUPLICATE_CONFLICT"]
+        for more in range(4):  # records past a snapshot
+            assert client.ingest_batch([event(f"tx-more-{more}")]).accepted == 1
     server.restart()
     with server.client() as client:
         ack = client.ingest_batch([event(tx) for tx in ids])
@@ -165,8 +178,9 @@ def test_event_texts_are_held_to_256_bytes_not_characters(client: TariffClient) 
     assert why == "dimensions['model']: keys and values are at most 256 bytes", why
     held = client.authorize(CUSTOMER, "call", {}, {"n": 1.0}, reserve=True, reservation_id=fits)
     assert held.reservation_id == fits
-    code, field, _ = violation(lambda: client.authorize(CUSTOMER, "call", {}, {"n": 1.0}, reserve=True,
-                                                         reservation_id=over))
+    code, field, _ = violation(
+        lambda: client.authorize(CUSTOMER, "call", {}, {"n": 1.0}, reserve=True, reservation_id=over)
+    )
     assert (code, field) == (grpc.StatusCode.INVALID_ARGUMENT, "reservation_id")
 
 
@@ -190,7 +204,7 @@ LONG_NOT_IDS = ["a" * 129, "\u00e9" * 200, "\U0001f600" * 130]
 def customer_calls(client: TariffClient) -> dict[str, tuple[str, Callable[[str], object]]]:
     """RPC -> (the field naming the customer, the call with that field set)."""
     start = stamp(this_hour_ms())
-    c, b, i = contracts_pb2, balance_pb2, invoices_pb2
+    c, i = contracts_pb2, invoices_pb2
     return {
         "CreateCustomer": ("id", lambda v: client.contracts.CreateCustomer(c.CreateCustomerRequest(id=v))),
         "GetCustomer": ("id", lambda v: client.contracts.GetCustomer(c.GetCustomerRequest(id=v))),
@@ -219,7 +233,7 @@ def test_customer_ids_outside_the_rule_are_refused_and_quoted_alike(client: Tari
     quoted = repr(value) if len(value) <= 128 else f"{value[:128]!r}…"
     expected = f"{quoted} {RULE_WHY}"
     for rpc, (field, call) in customer_calls(client).items():
-        assert violation(lambda: call(value)) == (grpc.StatusCode.INVALID_ARGUMENT, field, expected), rpc
+        assert violation(call, value) == (grpc.StatusCode.INVALID_ARGUMENT, field, expected), rpc
     ack = client.ingest_batch([event(f"who-{zlib.crc32(value.encode())}", customer_id=value)])
     assert [usage_pb2.RejectReason.Name(r.reason) for r in ack.rejected] == ["UNKNOWN_CUSTOMER"]
     assert ack.rejected[0].message == f"customer_id: {expected}, so no customer has it"
@@ -235,7 +249,7 @@ def test_customer_id_case_is_another_customer(client: TariffClient) -> None:
     for rpc, (_, call) in customer_calls(client).items():
         if rpc == "CreateCustomer":
             continue
-        code, _, why = violation(lambda: call("ACME"))
+        code, _, why = violation(call, "ACME")
         assert code == grpc.StatusCode.NOT_FOUND and "'ACME'" in why, (rpc, code, why)
     ack = client.ingest_batch([event("who-ACME", customer_id="ACME")])
     assert [(usage_pb2.RejectReason.Name(r.reason), r.message) for r in ack.rejected] == [
@@ -338,7 +352,7 @@ def test_a_restricted_key_refuses_every_other_form_alike(keyed: tuple[ServerProc
     denied = f"key 'gw' may not touch customer {quoted}"
     with server.client(api_key=keys.key["gw"]) as client:
         for rpc, (field, call) in customer_calls(client).items():
-            code, _, why = violation(lambda: call(value))
+            code, _, why = violation(call, value)
             assert (code, why) == (grpc.StatusCode.PERMISSION_DENIED, f"{field}: {denied}"), rpc
         code, _, why = violation(lambda: client.ingest_batch([event("keyed", customer_id=value)]))
         assert (code, why) == (
@@ -349,3 +363,20 @@ def test_a_restricted_key_refuses_every_other_form_alike(keyed: tuple[ServerProc
         batches = client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=[asked])]))
         code, _, why = violation(lambda: list(batches))
         assert code == grpc.StatusCode.PERMISSION_DENIED and denied in why, why
+
+
+def test_not_utf8_authorize_requests_are_refused_naming_request(server: ServerProcess) -> None:
+    asked = _field(1, b"r1") + _field(2, b"acme\xff") + _field(3, b"call")
+    with grpc.insecure_channel(server.target) as channel:
+        unary = channel.unary_unary(
+            "/tariff.v1.BalanceService/Authorize", response_deserializer=balance_pb2.AuthorizeResponse.FromString
+        )
+        batches = channel.stream_stream(
+            "/tariff.v1.BalanceService/AuthorizeBatches",
+            response_deserializer=balance_pb2.AuthorizeBatchResult.FromString,
+        )
+        for call in (lambda: unary(asked, timeout=10), lambda: list(batches(iter([_field(1, asked)]), timeout=10))):
+            with pytest.raises(grpc.RpcError) as failed:
+                call()
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (failed.value.details() or "").startswith("request: ") and "UTF-8" in (failed.value.details() or "")
