@@ -32,7 +32,7 @@ from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, open_contract, serving, this_hour_ms, unit, varint
+from tests.audit_fixtures import HOUR_MS, open_contract, release, serving, this_hour_ms, unit, varint
 from tests.serverproc import ServerProcess
 from tests.test_server_auth import Keys
 
@@ -380,3 +380,24 @@ def test_not_utf8_authorize_requests_are_refused_naming_request(server: ServerPr
                 call()
             assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert (failed.value.details() or "").startswith("request: ") and "UTF-8" in (failed.value.details() or "")
+
+
+def test_reservation_ids_in_two_forms_are_two_holds(client: TariffClient) -> None:
+    holder = "holder"
+    open_contract(client, holder, "holder-c", this_hour_ms() - 5 * HOUR_MS, rate_card_id="card")
+    grant = contracts_pb2.Grant(
+        id="holder-g", customer_id=holder, kind=contracts_pb2.PROMOTIONAL, amount="100", starts_at=stamp(CARD_FROM_MS)
+    )
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+    held = client.authorize(holder, "call", {}, {"n": 3.0}, reserve=True, reservation_id=f"hold-{NFC}")
+    assert (held.allowed, held.reservation_id, held.estimated_cost) == (True, f"hold-{NFC}", "3")
+    code, _, why = violation(release, client, holder, f"hold-{NFD}")
+    assert code == grpc.StatusCode.NOT_FOUND, why
+    settle = event("settle-nfd", customer_id=holder)
+    settle.reservation_id = f"hold-{NFD}"
+    ack = client.ingest_batch([settle])
+    assert [(n.reservation_id, usage_pb2.NoticeReason.Name(n.reason)) for n in ack.notices] == [
+        (f"hold-{NFD}", "NOTICE_RESERVATION_UNKNOWN")
+    ]
+    # The event charged 1 (paid from the grant); the NFC hold still holds its 3, released now.
+    assert release(client, holder, f"hold-{NFC}") == "3"

@@ -373,7 +373,9 @@ class BalanceService(_Base):
                 raise PermissionDenied(
                     f"key {identity.name!r} is restricted to some customers: {field} is required"
                 ) from None
-            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch customer {quoted_id(customer_id)}") from None
+            raise PermissionDenied(
+                f"{field}: key {identity.name!r} may not touch customer {quoted_id(customer_id)}"
+            ) from None
         except BatchTooLarge as exc:
             raise ResourceExhausted(
                 f"an AuthorizeBatch holds at most {AUTHORIZE_BATCH_REQUESTS_MAX} requests, this one {exc.args[0]}"
