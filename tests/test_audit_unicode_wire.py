@@ -401,3 +401,37 @@ def test_reservation_ids_in_two_forms_are_two_holds(client: TariffClient) -> Non
     ]
     # The event charged 1 (paid from the grant); the NFC hold still holds its 3, released now.
     assert release(client, holder, f"hold-{NFC}") == "3"
+
+
+def _authorize_three_ways(client: TariffClient, asked: balance_pb2.AuthorizeRequest) -> list[tuple[str, str]]:
+    """(refusal details or "OK") of `asked` sent on Authorize, AuthorizeStream and AuthorizeBatches."""
+    batch = balance_pb2.AuthorizeBatch(requests=[asked])
+    calls: list[Callable[[], object]] = [
+        lambda: client.balance.Authorize(asked),
+        lambda: list(client.balance.AuthorizeStream(iter([asked]))),
+        lambda: list(client.balance.AuthorizeBatches(iter([batch]))),
+    ]
+    answers: list[tuple[str, str]] = []
+    for call in calls:
+        try:
+            call()
+            answers.append(("OK", ""))
+        except TariffError as e:
+            answers.append((e.code.name, e.details))
+    return answers
+
+
+def test_request_and_batch_ids_are_held_to_256_bytes_alike(client: TariffClient) -> None:
+    fits, over = "\u00e9" * 128, "\u00e9" * 129
+    asked = balance_pb2.AuthorizeRequest(request_id=fits, customer_id=CUSTOMER, event_type="call", values={"n": 1.0})
+    assert _authorize_three_ways(client, asked) == [("OK", "")] * 3
+    asked.request_id = over
+    refused = "must be at most 256 bytes"
+    assert _authorize_three_ways(client, asked) == [
+        ("INVALID_ARGUMENT", f"request_id: {refused}"),
+        ("INVALID_ARGUMENT", f"request_id: {refused}"),
+        ("INVALID_ARGUMENT", f"requests[0].request_id: {refused}"),
+    ]
+    assert client.ingest_batch([event("bid-1")], batch_id=fits).batch_id == fits
+    code, field, _ = violation(client.ingest_batch, [event("bid-2")], over)
+    assert (code, field) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
