@@ -435,3 +435,14 @@ def test_request_and_batch_ids_are_held_to_256_bytes_alike(client: TariffClient)
     assert client.ingest_batch([event("bid-1")], batch_id=fits).batch_id == fits
     code, field, _ = violation(client.ingest_batch, [event("bid-2")], over)
     assert (code, field) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
+
+
+@pytest.mark.parametrize("value", ["acme-c\u200b", "b" * 200], ids=lambda v: ascii(v)[:20])
+def test_a_restricted_key_quotes_a_contract_id_as_every_message_does(
+    keyed: tuple[ServerProcess, Keys], value: str
+) -> None:
+    server, keys = keyed
+    quoted = repr(value) if len(value) <= 128 else f"{value[:128]!r}…"
+    with server.client(api_key=keys.key["gw"]) as client:
+        code, _, why = violation(client.contracts.GetContract, contracts_pb2.GetContractRequest(id=value))
+    assert (code, why) == (grpc.StatusCode.PERMISSION_DENIED, f"id: key 'gw' may not touch contract {quoted}")
