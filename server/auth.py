@@ -542,7 +542,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         owner = self.customer_of_contract(contract_id) if contract_id else None
         # An unknown contract is refused like a foreign one: a restricted key learns nothing of what exists.
         if owner is None or not identity.may_touch(owner):
-            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch contract {contract_id!r}")
+            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch contract {quoted_id(contract_id)}")
 
     def _require_alert_rule(self, identity: Identity, rule_id: str, field: str) -> None:
         if not rule_id:
