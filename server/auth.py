@@ -536,13 +536,13 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if not customer_id:
             raise PermissionDenied(f"key {identity.name!r} is restricted to some customers: {field} is required")
         if not identity.may_touch(customer_id):
-            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch customer {customer_id!r}")
+            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch customer {quoted_id(customer_id)}")
 
     def _require_contract(self, identity: Identity, contract_id: str, field: str) -> None:
         owner = self.customer_of_contract(contract_id) if contract_id else None
         # An unknown contract is refused like a foreign one: a restricted key learns nothing of what exists.
         if owner is None or not identity.may_touch(owner):
-            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch contract {contract_id!r}")
+            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch contract {quoted_id(contract_id)}")
 
     def _require_alert_rule(self, identity: Identity, rule_id: str, field: str) -> None:
         if not rule_id:

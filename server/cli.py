@@ -418,7 +418,9 @@ def _restricted_to(customers: str | None) -> list[str]:
         return []
     from engine.control import is_id
 
-    ids = [c.strip() for c in customers.split(",") if c.strip()]
+    # Only the spaces around a comma go ("acme, beta"): str.strip() also took a newline, a no-break space or an
+    # ideographic space, turning an id that breaks the rule ('acme\n', the key file's server refuses) into "acme".
+    ids = [c.strip(" ") for c in customers.split(",") if c.strip(" ")]
     if not ids:
         raise click.BadParameter(
             f"{customers!r} names no customer (leave --customers out for a key that may touch every customer)",

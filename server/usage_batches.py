@@ -7,7 +7,7 @@ import dataclasses
 
 from engine._kernel import BatchIdTooLong, BatchTooLarge, CustomerNotAllowed
 from engine.billing import Billing, Ingested
-from engine.control import TEXT_BYTES_MAX
+from engine.control import TEXT_BYTES_MAX, quoted_id
 from engine.errors import EngineError, FailedPrecondition, InvalidArgument
 from server.errors import PermissionDenied, ResourceExhausted
 from server.records import JournalRecord, UsageRecord, encode_record
@@ -102,7 +102,7 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
         index, customer_id = exc.args
         # Worded as server/auth.py words a missing customer and a foreign one for every other RPC.
         refused = (
-            f"may not touch customer {customer_id!r}"
+            f"may not touch customer {quoted_id(customer_id)}"
             if customer_id
             else "is restricted to some customers: the event's customer_id is required"
         )

@@ -22,7 +22,7 @@ from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing, RequestIdTooLong
 from engine.billing import BalanceView, Billing
-from engine.control import TEXT_BYTES_MAX, check_reference
+from engine.control import TEXT_BYTES_MAX, check_reference, quoted_id
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
 from server import auth, convert, telemetry
@@ -373,7 +373,9 @@ class BalanceService(_Base):
                 raise PermissionDenied(
                     f"key {identity.name!r} is restricted to some customers: {field} is required"
                 ) from None
-            raise PermissionDenied(f"{field}: key {identity.name!r} may not touch customer {customer_id!r}") from None
+            raise PermissionDenied(
+                f"{field}: key {identity.name!r} may not touch customer {quoted_id(customer_id)}"
+            ) from None
         except BatchTooLarge as exc:
             raise ResourceExhausted(
                 f"an AuthorizeBatch holds at most {AUTHORIZE_BATCH_REQUESTS_MAX} requests, this one {exc.args[0]}"

@@ -172,10 +172,10 @@ pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, String> {
     wire::UsageBatch::decode(bytes).map_err(|e| format!("the UsageBatch does not decode: {e}"))
 }
 
-/// Python's repr of a string, for messages ('key', or "it's"), control characters escaped as Python escapes them
-/// ('acme\\n', '\\x00'), so a message quoting what a client sent stays on one line and quotes it as the control
-/// plane's messages do (engine/control.py quoted_id). Characters beyond Unicode's controls that Python's repr also
-/// escapes (U+2028, U+00A0, ...) are shown as they are.
+/// Python's repr of a string, for messages ('key', or "it's"), every character Python's repr escapes escaped as it
+/// escapes it ('acme\\n', '\\x00', 'acme\\u200b', 'acme\\xa0'), so a message quoting what a client sent stays on
+/// one line, shows the invisible character that breaks an id, and quotes it as the control plane's messages do
+/// (engine/control.py quoted_id: Authorize and a usage event quote one customer_id alike).
 pub fn py_repr(text: &str) -> String {
     let quote = if text.contains('\'') && !text.contains('"') { '"' } else { '\'' };
     let mut quoted = String::with_capacity(text.len() + 2);
@@ -187,13 +187,37 @@ pub fn py_repr(text: &str) -> String {
             '\t' => quoted.push_str("\\t"),
             '\n' => quoted.push_str("\\n"),
             '\r' => quoted.push_str("\\r"),
-            // Unicode's controls (Cc) are U+0000-U+001F and U+007F-U+009F: two hex digits each.
-            c if c.is_control() => quoted.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if !python_printable(c) => quoted.push_str(&python_escape(c)),
             c => quoted.push(c),
         }
     }
     quoted.push(quote);
     quoted
+}
+
+/// Whether Python's repr shows `c` as it is (str.isprintable): all but Unicode's "Other" and "Separator"
+/// categories (Cc, Cf, Cs, Co, Cn, Zl, Zp, Zs), the space excepted. std's escape_debug escapes exactly those (core's
+/// printable table is built from the same categories), and also a grapheme extender (U+0301, which Python shows),
+/// but a str's escape_debug escapes an extender only at its start: after a letter, `c` is escaped iff Python
+/// escapes it. (A character assigned after Python's Unicode database is Cn to Python alone, which escapes it.)
+fn python_printable(c: char) -> bool {
+    if c.is_ascii() {
+        return (' '..='~').contains(&c);
+    }
+    let mut pair = [0u8; 8];
+    pair[0] = b'a';
+    let len = 1 + c.encode_utf8(&mut pair[1..]).len();
+    let text = std::str::from_utf8(&pair[..len]).expect("two characters");
+    text.escape_debug().nth(1) == Some(c)
+}
+
+/// How Python's repr writes a character it does not show: `\xhh`, `\uhhhh` or `\Uhhhhhhhh`, by its code point.
+fn python_escape(c: char) -> String {
+    match u32::from(c) {
+        code @ 0..=0xff => format!("\\x{code:02x}"),
+        code @ 0x100..=0xffff => format!("\\u{code:04x}"),
+        code => format!("\\U{code:08x}"),
+    }
 }
 
 /// Python's repr of a dict of strings, for messages ({'model': 'gpt4'}).
@@ -211,7 +235,8 @@ fn first_chars(text: &str, count: usize) -> &str {
 pub const QUOTED_CHARS_MAX: usize = 128;
 
 /// `py_repr` of at most QUOTED_CHARS_MAX characters of `text`, "…" after the quote when it was cut: at most
-/// 2 + 4 × 128 + 3 bytes whatever the client sent, so that an answer quoting many values fits a gRPC message.
+/// 2 + 10 × 128 + 3 bytes whatever the client sent (`\U000e0001` is the longest escape), as engine/control.py
+/// quoted_id, so that an answer quoting many values stays bounded (acks cut their messages past the message limit).
 pub fn py_repr_cut(text: &str) -> String {
     let shown = first_chars(text, QUOTED_CHARS_MAX);
     let quoted = py_repr(shown);
@@ -434,8 +459,13 @@ mod tests {
     }
 
     #[test]
-    fn a_quoted_value_escapes_what_python_repr_escapes_among_controls() {
+    fn a_quoted_value_escapes_what_python_repr_escapes() {
         assert_eq!(py_repr("acme\n"), "'acme\\n'");
+        // As Python's repr: format, separator and private-use characters escaped, combining marks shown.
+        assert_eq!(py_repr("a\u{200b}\u{a0}\u{2028}\u{202e}\u{e000}"), "'a\\u200b\\xa0\\u2028\\u202e\\ue000'");
+        assert_eq!(py_repr("\u{e0001}x"), "'\\U000e0001x'");
+        assert_eq!(py_repr("\u{301}x"), "'\u{301}x'");
+        assert_eq!(py_repr("e\u{301}\u{301}é ａ😀"), "'e\u{301}\u{301}é ａ😀'");
         assert_eq!(py_repr("a\r\n\t\u{0}\u{1f}\u{7f}\u{85}é"), "'a\\r\\n\\t\\x00\\x1f\\x7f\\x85é'");
         assert_eq!(py_repr("it's\n"), "\"it's\\n\"");
         assert_eq!(py_repr("'\"\\"), "'\\'\"\\\\'");
@@ -446,7 +476,8 @@ mod tests {
     fn a_quoted_value_is_cut_to_128_characters_and_says_so() {
         assert_eq!(py_repr_cut(&"a".repeat(128)), format!("'{}'", "a".repeat(128)));
         assert_eq!(py_repr_cut(&"\\".repeat(129)), format!("'{}'…", "\\\\".repeat(128)));
-        assert!(py_repr_cut(&"😀".repeat(1_000_000)).len() <= 2 + 4 * QUOTED_CHARS_MAX + 3);
+        assert!(py_repr_cut(&"😀".repeat(1_000_000)).len() <= 2 + 10 * QUOTED_CHARS_MAX + 3);
+        assert!(py_repr_cut(&"\u{e0001}".repeat(1_000_000)).len() <= 2 + 10 * QUOTED_CHARS_MAX + 3);
     }
 
     #[test]

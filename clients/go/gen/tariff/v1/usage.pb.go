@@ -169,7 +169,9 @@ type UsageEvent struct {
 	// fixed: received 35 days later or more, it is accepted as new). An
 	// identical resend (every field the same, reservation_id included) is a
 	// duplicate; the same id with different content (naming another
-	// reservation, say) is rejected as DUPLICATE_CONFLICT.
+	// reservation, say) is rejected as DUPLICATE_CONFLICT. Compared as its
+	// UTF-8 bytes, never normalised ("tx-café" composed and decomposed are two
+	// ids, two events).
 	TransactionId string `protobuf:"bytes,1,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
 	CustomerId    string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
 	// Selects the products this event feeds (Product.event_type). Required;
@@ -192,7 +194,9 @@ type UsageEvent struct {
 	// its start and not its end.
 	TimestampMs int64 `protobuf:"varint,4,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
 	// Dimensions a rate can match on (model, region, ...). Keys and values are
-	// free text, at most 256 bytes each, at most 64 entries.
+	// free text, at most 256 bytes each, at most 64 entries, compared as their
+	// UTF-8 bytes: never normalised, trimmed or case-folded ("gpt-4" with a
+	// non-breaking hyphen U+2011 does not match a rate's "gpt-4").
 	Dimensions map[string]string `protobuf:"bytes,5,rep,name=dimensions,proto3" json:"dimensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Measured quantities (tokens, seconds, ...). Finite, >= 0 and < 1e15, at
 	// most 64 entries. Converted to an exact decimal from their shortest

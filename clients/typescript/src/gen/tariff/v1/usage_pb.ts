@@ -29,7 +29,9 @@ export type UsageEvent = Message<"tariff.v1.UsageEvent"> & {
    * fixed: received 35 days later or more, it is accepted as new). An
    * identical resend (every field the same, reservation_id included) is a
    * duplicate; the same id with different content (naming another
-   * reservation, say) is rejected as DUPLICATE_CONFLICT.
+   * reservation, say) is rejected as DUPLICATE_CONFLICT. Compared as its
+   * UTF-8 bytes, never normalised ("tx-café" composed and decomposed are two
+   * ids, two events).
    *
    * @generated from field: string transaction_id = 1;
    */
@@ -71,7 +73,9 @@ export type UsageEvent = Message<"tariff.v1.UsageEvent"> & {
 
   /**
    * Dimensions a rate can match on (model, region, ...). Keys and values are
-   * free text, at most 256 bytes each, at most 64 entries.
+   * free text, at most 256 bytes each, at most 64 entries, compared as their
+   * UTF-8 bytes: never normalised, trimmed or case-folded ("gpt-4" with a
+   * non-breaking hyphen U+2011 does not match a rate's "gpt-4").
    *
    * @generated from field: map<string, string> dimensions = 5;
    */
