@@ -224,6 +224,20 @@ def test_usage_taken_without_the_explain_index_is_explained_once_it_is_back(serv
         for b in range(5):
             events_b = [_event(f"fr-map-{b}-{i}-{'x' * 100}", M1 + HOUR_MS, 1) for i in range(2000)]
             assert ingest(client, f"fr-map-{b}", *events_b).accepted == 2000
+        line = _previews(client)[1].lines[0]
+        assert (line.quantity, line.amount) == ("10010", "2502.5"), line
+        made = invoice_reads(client)
+    for how, args in (
+        ("kill9", ("--no-explain-index",)),
+        ("kill9", ()),
+        ("stop", ("--no-explain-index",)),
+        ("stop", ()),
+    ):
+        restarted_with(server, how, ("--close-grace", "off", *args, *snapshots))
+        with server.client() as client:
+            assert invoice_reads(client) == made, (how, args)
+            if not args:
+                assert explained(client).line_quantity == "10010", (how, args)
 
 
 def _event(txn: str, at_ms: int, n: float) -> usage_pb2.UsageEvent:
