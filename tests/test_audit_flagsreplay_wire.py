@@ -14,8 +14,9 @@ import functools
 import re
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, now_ms
-from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import refusal
@@ -256,3 +257,28 @@ def _previews(client: TariffClient) -> list[invoices_pb2.Invoice]:
 def _listed(client: TariffClient) -> list[invoices_pb2.Invoice]:
     answer = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id="fr-c", page_size=1000))
     return list(answer.invoices)
+
+
+def test_a_ttl_beyond_a_fractional_ttl_maximum_is_refused(server_factory: ServerFactory) -> None:
+    """README: a `reservation_ttl` beyond `--reservation-ttl-max-s` is INVALID_ARGUMENT. Started with 1.0015 s, a
+    hold naming 1.002 s (beyond it by half a millisecond) is refused naming `reservation_ttl`; 1.001 s is taken."""
+    server = server_factory(extra_args=["--close-grace", "off", "--reservation-ttl-max-s", "1.0015"])
+    with server.client() as client:
+        small_catalogue(client)
+
+        def hold(reservation_id: str, ttl_ms: int) -> object:
+            request = balance_pb2.AuthorizeRequest(
+                request_id=reservation_id,
+                customer_id="fr-c",
+                event_type="fr-call",
+                values={"n": 1},
+                reserve=True,
+                reservation_id=reservation_id,
+                reservation_ttl=Duration(seconds=ttl_ms // 1000, nanos=ttl_ms % 1000 * 1_000_000),
+            )
+            return client.balance.Authorize(request)
+
+        code, details = refusal(functools.partial(hold, "fr-over", 1002))
+        assert (code, "reservation_ttl" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True), details
+        assert "1.001 s" in details, details
+        hold("fr-within", 1001)
