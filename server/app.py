@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
@@ -574,6 +575,13 @@ SERVICE_NAMES = [
 ]
 
 
+def whole_ms_within(seconds: float) -> int:
+    """The longest whole number of milliseconds within `seconds` (at least 0.001, as the CLI takes it). Rounded to
+    the nearest, 1.0015 s would allow a TTL of 1.002 s, beyond the maximum; the decimal the flag was written as (the
+    float's repr), not the float times 1000 floored, which gives 1000 for 1.001 (1000.9999999999999)."""
+    return int(Decimal(repr(seconds)) * 1000)
+
+
 def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, config: ServeConfig) -> WatchHub:
     usage = UsageService(billing, sequencer)
     usage.batch_events_max = config.batch_events_max
@@ -585,7 +593,7 @@ def _add_services(server: grpc.aio.Server, billing: Billing, sequencer: Sequence
     # AuthorizeBatches on raw bytes too: the kernel decodes the AuthorizeBatch and encodes its answers.
     watch = WatchHub(billing, sequencer)  # WatchBalance and WatchAlerts streams, woken by the writer's commits
     balance = BalanceService(billing, sequencer, watch=watch)
-    balance.reservation_ttl_max_ms = round(config.reservation_ttl_max_s * 1000)
+    balance.reservation_ttl_max_ms = whole_ms_within(config.reservation_ttl_max_s)
     balance.result_bytes_max = config.message_bytes_max
     server.add_generic_rpc_handlers((balance.generic_handler(),))
     pricing = PricingService(billing, sequencer)
