@@ -46,7 +46,7 @@ from server import heap, oplog, telemetry
 from server.auth import CONCURRENT_RPCS_MAX_DEFAULT, CallGate, KeyFileError, Keyring, load_keys
 from server.clock import CLOCK_LOOK_EVERY_S, drive_clock
 from server.closer import CLOSE_GRACE_MS_DEFAULT, close_due_periods
-from server.demo import demo_commands
+from server.demo import load_demo
 from server.errors import UndecodableRequests, send_limit
 from server.explain_index import MAP_SIZE_BYTES_DEFAULT, ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
@@ -526,8 +526,7 @@ async def _start_serving(
 ) -> tuple[HealthService, WatchHub]:
     """Seeds the demo on an empty journal, adds the services, starts answering and says so."""
     if config.demo and billing.last_seq == 0:
-        for command in demo_commands(wall_ms()):
-            await sequencer.run(command)
+        await load_demo(sequencer, wall_ms())
         log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
     watch = _add_services(server, billing, sequencer, config)
     health_servicer = HealthService()
