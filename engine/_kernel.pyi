@@ -21,6 +21,10 @@ class EncodedBalance(TypedDict):
     # In burn order: a row (id, amount, remaining, expired, drawn, held), or the bytes of a run of top-up grants
     # encoded as tariff.v1.Balance `grants` entries.
     grants: list[tuple[str, int, int, int, int, int] | bytes]
+    # A run's each, in the order of the runs in `grants`: where its spent entries (remaining and held both 0) lie,
+    # each packed as struct "<QIq" (offset in the run, length with tag and length, the grant's starts_at_ms).
+    top_ups_spent: list[bytes]
+    top_ups_count: int  # the entries of every run
     period: tuple[int, int] | None
     period_charges: int
     overage: int

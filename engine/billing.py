@@ -103,6 +103,10 @@ class BalanceView:
     # of top-ups encoded by the kernel as tariff.v1.Balance `grants` entries (which `grants` leaves out); None
     # when `grants` lists every grant.
     grant_parts: list[GrantView | bytes] | None = None
+    # With grant_parts: a run's each, in order, where its spent top-ups lie (`Kernel.balance_encoded`'s
+    # "top_ups_spent"), and how many top-ups the runs hold.
+    top_ups_spent: list[bytes] | None = None
+    top_ups_count: int = 0
     # With grant_parts: the next instant an encoded top-up's row changes with nothing recorded.
     top_ups_next_change_ms: int | None = None
 
@@ -833,7 +837,13 @@ class Billing:
         parts = [part if isinstance(part, bytes) else next(views) for part in view["grants"]]
         grants = [part for part in parts if not isinstance(part, bytes)]
         balance = self._balance_view(customer.id, view, grants, as_of_seq, now_ms)
-        return replace(balance, grant_parts=parts, top_ups_next_change_ms=view["top_ups_next_change_ms"])
+        return replace(
+            balance,
+            grant_parts=parts,
+            top_ups_spent=view["top_ups_spent"],
+            top_ups_count=view["top_ups_count"],
+            top_ups_next_change_ms=view["top_ups_next_change_ms"],
+        )
 
     def _grant_views(
         self,

@@ -681,11 +681,12 @@ def balance_pb(view: BalanceView) -> balance_pb2.Balance:
     return balance
 
 
-def balance_bytes(view: BalanceView, parts: list[GrantView | bytes]) -> bytes:
-    """`balance_pb(view)`'s bytes with `parts` (every grant in burn order) as its grants, the kernel's encoded ones
-    as they are: a message's fields are serialized in field order, so the totals before `grants` (field 5), the
-    grants, then the totals after it."""
+def balance_bytes(view: BalanceView, parts: list[GrantView | bytes], grants_left_out: int = 0) -> bytes:
+    """`balance_pb(view)`'s bytes with `parts` (grants in burn order) as its grants, the kernel's encoded ones as
+    they are, and `grants_left_out`: a message's fields are serialized in field order, so the totals before
+    `grants` (field 5), the grants, then the totals after it (`grants_left_out`, field 13, last)."""
     totals = _balance_totals_pb(view)
+    totals.grants_left_out = grants_left_out
     head = balance_pb2.Balance(
         customer_id=totals.customer_id,
         credits_remaining=totals.credits_remaining,
@@ -707,6 +708,11 @@ def balance_bytes(view: BalanceView, parts: list[GrantView | bytes]) -> bytes:
             run.grants.append(_grant_pb(part))
     grants.append(run.SerializeToString())
     return b"".join((head.SerializeToString(), *grants, totals.SerializeToString()))
+
+
+def grant_entry_bytes(gv: GrantView) -> int:
+    """What the grant takes as one Balance `grants` entry: its tag, its length and its GrantBalance."""
+    return balance_pb2.Balance(grants=[_grant_pb(gv)]).ByteSize()
 
 
 def _grant_pb(gv: GrantView) -> balance_pb2.GrantBalance:

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import itertools
 import os
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing, RequestIdTooLong
-from engine.billing import BalanceView, Billing
+from engine.billing import BalanceView, Billing, GrantView
 from engine.control import TEXT_BYTES_MAX, check_reference, quoted_id
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
@@ -447,17 +448,77 @@ class BalanceService(_Base):
         return SharedBalance(_sent_balance_bytes(view), _next_grant_start_ms(view, now_ms))
 
 
+# A spent top-up where the kernel encoded it (balance_wire.rs `EncodedRun::spent`): its offset in its run, its
+# entry's length and its starts_at_ms.
+SPENT_TOP_UP = struct.Struct("<QIq")
+
+
 def _sent_balance_bytes(view: BalanceView) -> bytes:
-    """`_sent_balance` of the view's Balance, as its bytes. A view with encoded top-ups (`grant_parts`) is joined
-    as bytes (`convert.balance_bytes`), and parsed into a message only when it is too large to send whole, so that
-    `_sent_balance` leaves out spent grants as before: the message parsed from those bytes is the one
-    `convert.balance_pb` builds."""
-    if view.grant_parts is None:
-        return _sent_balance(convert.balance_pb(view)).SerializeToString()
-    data = convert.balance_bytes(view, view.grant_parts)
+    """The view's Balance as its bytes when gRPC can send it, its spent grants left out as balance.proto `grants`
+    says where listing them all would not fit; otherwise RESOURCE_EXHAUSTED naming the customer and the limit that
+    would. The server keeps every grant for the customer's life and a top-up policy adds up to 1,000 a period, so
+    without leaving the spent ones out a long-lived customer's balance became unreadable for good. BalanceService
+    is not wrapped by `unary`'s size check (the hot path): without this, gRPC refused the answer in its own words
+    ("Sent message larger than max"). The kernel's encoded top-ups (`grant_parts`) are joined as they are
+    (`convert.balance_bytes`) and, where spent ones are left out, cut where the kernel says they lie: never parsed
+    back into a message."""
+    parts: list[GrantView | bytes] = list(view.grants) if view.grant_parts is None else view.grant_parts
+    data = convert.balance_bytes(view, parts)
     if len(data) <= send_limit.bytes_max:
         return data
-    return _sent_balance(balance_pb2.Balance.FromString(data)).SerializeToString()
+    fitted = _without_spent_grant_parts(view, parts, len(data), send_limit.bytes_max)
+    if fitted is None:
+        grants = len(view.grants) + view.top_ups_count
+        raise too_large(f"the balance of customer {view.customer_id!r} ({grants:,} grants)", len(data))
+    return fitted
+
+
+def _without_spent_grant_parts(
+    view: BalanceView, parts: list[GrantView | bytes], size: int, bytes_max: int
+) -> bytes | None:
+    """The bytes of the view's Balance (`size` bytes with `parts`, its grants) with its spent grants (nothing
+    remaining or held) left out, those starting earliest first (at a tie, the earlier in burn order), until it is
+    at most `bytes_max` bytes; None when leaving out every one is not enough. A spent top-up is cut from its run
+    where the kernel noted it (`BalanceView.top_ups_spent`)."""
+    spent_runs = iter(view.top_ups_spent or ())
+    spent: list[tuple[int, int, int, int]] = []  # (starts_at_ms, part index, offset in the part, entry bytes)
+    for index, part in enumerate(parts):
+        if isinstance(part, bytes):
+            entries = SPENT_TOP_UP.iter_unpack(next(spent_runs))
+            spent.extend((at_ms, index, at, length) for at, length, at_ms in entries)
+        elif part.remaining == 0 and part.held == 0:
+            spent.append((part.grant.starts_at_ms, index, 0, convert.grant_entry_bytes(part)))
+    spent.sort()  # by start, then burn order: the parts are in burn order, a run's entries in order
+    left_out: dict[int, list[tuple[int, int]]] = {}  # part index: (offset, entry bytes) of each entry left out
+    count = 0
+    for _starts_at_ms, index, offset, length in spent:
+        if size + _count_field_bytes(count) <= bytes_max:
+            break
+        size -= length
+        left_out.setdefault(index, []).append((offset, length))
+        count += 1
+    if size + _count_field_bytes(count) > bytes_max:
+        return None
+    kept: list[GrantView | bytes] = []
+    for index, part in enumerate(parts):
+        cut = left_out.get(index)
+        if cut is None:
+            kept.append(part)
+        elif isinstance(part, bytes):
+            kept.append(_cut(part, cut))
+    return convert.balance_bytes(view, kept, grants_left_out=count)
+
+
+def _cut(run: bytes, entries: list[tuple[int, int]]) -> bytes:
+    """`run` without the entries at (offset, length)."""
+    data = memoryview(run)
+    pieces = []
+    at = 0
+    for offset, length in sorted(entries):
+        pieces.append(data[at:offset])
+        at = offset + length
+    pieces.append(data[at:])
+    return b"".join(pieces)
 
 
 def _sent_balance(balance: balance_pb2.Balance) -> balance_pb2.Balance:

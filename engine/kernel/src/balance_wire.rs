@@ -26,8 +26,23 @@ const BALANCE_GRANTS_TAG: u8 = 5 << 3 | 2;
 #[derive(Debug, PartialEq, Eq)]
 pub enum GrantPart {
     Row(GrantView, Picos),
-    Encoded(Vec<u8>),
+    Encoded(EncodedRun),
 }
+
+/// A run of consecutive top-ups as `grants` field entries, with where its spent ones lie: a balance too large to
+/// send whole leaves spent grants out (balance.proto `grants`), cut from these bytes without parsing them back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EncodedRun {
+    pub bytes: Vec<u8>,
+    /// The entries in `bytes`.
+    pub count: usize,
+    /// Each spent entry (remaining and held both 0), in order, packed little-endian as SPENT_ENTRY_BYTES: its
+    /// offset in `bytes` (u64), its length with its tag and length (u32), and its grant's starts_at_ms (i64).
+    pub spent: Vec<u8>,
+}
+
+/// One `EncodedRun::spent` entry's bytes (Python's struct format "<QIq").
+pub const SPENT_ENTRY_BYTES: usize = 20;
 
 /// A balance with its top-ups encoded: the totals of `Kernel::balance_of`, its grants as parts (the view's
 /// `grants` left empty), and the next instant at which a top-up's row changes with nothing recorded (its start, or
@@ -66,10 +81,19 @@ pub fn encoded_balance(account: &Account, mut view: BalanceView, now_ms: i64) ->
         if !matches!(parts.last(), Some(GrantPart::Encoded(_))) {
             // Sized for every top-up (they are mostly one run, each about 60 bytes): a few megabytes grown by
             // doubling were copied and faulted in again at each step.
-            parts.push(GrantPart::Encoded(Vec::with_capacity(costs.len() * TOP_UP_BYTES_TYPICAL)));
+            parts.push(GrantPart::Encoded(EncodedRun {
+                bytes: Vec::with_capacity(costs.len() * TOP_UP_BYTES_TYPICAL),
+                count: 0,
+                spent: Vec::new(),
+            }));
         }
-        let Some(GrantPart::Encoded(bytes)) = parts.last_mut() else { unreachable!("pushed above") };
-        encode_top_up(bytes, &mut scratch, grant, &row, remaining, held, cost_e30)?;
+        let Some(GrantPart::Encoded(run)) = parts.last_mut() else { unreachable!("pushed above") };
+        let start = run.bytes.len();
+        encode_top_up(&mut run.bytes, &mut scratch, grant, &row, remaining, held, cost_e30)?;
+        run.count += 1;
+        if remaining == 0 && held == 0 {
+            note_spent(&mut run.spent, start, run.bytes.len() - start, grant.starts_at_ms);
+        }
     }
     Some(EncodedBalance { view, parts, held: held_total, top_ups_next_change_ms: next_ms })
 }
@@ -95,6 +119,13 @@ fn top_up_costs(account: &Account) -> Option<FxHashMap<&str, i128>> {
         return None;
     }
     Some(costs)
+}
+
+/// A spent entry of `EncodedRun::spent`: its offset, its length (a top-up's entry is far below 4 GiB) and start.
+fn note_spent(spent: &mut Vec<u8>, offset: usize, length: usize, starts_at_ms: i64) {
+    spent.extend_from_slice(&(offset as u64).to_le_bytes());
+    spent.extend_from_slice(&(length as u32).to_le_bytes());
+    spent.extend_from_slice(&starts_at_ms.to_le_bytes());
 }
 
 /// WatchBalance's next look for this grant's row: its start when after now, or its expiry when after now and open
@@ -176,6 +207,16 @@ mod tests {
         let mut zero = Vec::new();
         put_timestamp(&mut zero, 9, 0);
         assert_eq!(zero, [9 << 3 | 2, 0]);
+    }
+
+    #[test]
+    fn a_spent_entry_is_noted_as_struct_packs_it() {
+        let mut spent = Vec::new();
+        note_spent(&mut spent, 300, 61, -1);
+        assert_eq!(spent.len(), SPENT_ENTRY_BYTES);
+        assert_eq!(spent[..8], 300u64.to_le_bytes());
+        assert_eq!(spent[8..12], 61u32.to_le_bytes());
+        assert_eq!(spent[12..], [0xff; 8]);
     }
 
     #[test]

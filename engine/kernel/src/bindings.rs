@@ -385,8 +385,10 @@ impl Kernel {
 
     /// `balance(customer_id, now_ms, projected=True)` with the top-ups encoded (balance_wire.rs): "grants" in burn
     /// order, each a row (grant_id, amount, remaining, expired, drawn, held) or the bytes of a run of top-ups as
-    /// tariff.v1.Balance `grants` entries; "made" the ROLLOVER grants only; "top_ups_next_change_ms". None for an
-    /// unknown customer; False where the rows must all be built from `balance` (`encoded_balance`'s None).
+    /// tariff.v1.Balance `grants` entries; "top_ups_spent" where each run's spent entries lie (`EncodedRun::spent`'s
+    /// bytes, a run's each); "top_ups_count" the entries of every run; "made" the ROLLOVER grants only;
+    /// "top_ups_next_change_ms". None for an unknown customer; False where the rows must all be built from
+    /// `balance` (`encoded_balance`'s None).
     fn balance_encoded<'py>(
         &self,
         py: Python<'py>,
@@ -402,15 +404,23 @@ impl Kernel {
         let dict = PyDict::new(py);
         dict.set_item("made", made_rows(credits::made_rollovers_of(&account)))?;
         let list = PyList::empty(py);
+        let spent = PyList::empty(py);
+        let mut top_ups = 0;
         for part in encoded.parts {
             match part {
                 GrantPart::Row(g, held) => {
                     list.append((g.id, g.amount, g.remaining, g.expired, g.drawn, held))?;
                 }
-                GrantPart::Encoded(bytes) => list.append(PyBytes::new(py, &bytes))?,
+                GrantPart::Encoded(run) => {
+                    list.append(PyBytes::new(py, &run.bytes))?;
+                    spent.append(PyBytes::new(py, &run.spent))?;
+                    top_ups += run.count;
+                }
             }
         }
         dict.set_item("grants", list)?;
+        dict.set_item("top_ups_spent", spent)?;
+        dict.set_item("top_ups_count", top_ups)?;
         dict.set_item("top_ups_next_change_ms", encoded.top_ups_next_change_ms)?;
         set_balance_totals(py, &dict, &encoded.view, encoded.held)?;
         Ok(Some(dict.into_any()))
