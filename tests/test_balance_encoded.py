@@ -18,7 +18,8 @@ from engine.billing import Billing
 from engine.ledger import GrantKind
 from server import convert
 from server.errors import ResourceExhausted, send_limit
-from server.services.balance import _next_grant_start_ms, _sent_balance, _sent_balance_bytes
+from server.services.balance import _next_grant_start_ms, _sent_balance_bytes
+from tests.balance_reference import _sent_balance
 from tests.credits_fixtures import Ledger, event
 from tests.engine_fixtures import ACTOR, DAY_MS, EPOCH_MS, basic_world
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from engine import commands as cmd
 from engine.billing import Billing
 from server import convert
-from server.services.balance import _sent_balance, _sent_balance_bytes
+from server.services.balance import _sent_balance_bytes
+from tests.balance_reference import _sent_balance
 from tests.credits_fixtures import Ledger, event
 from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world
 
