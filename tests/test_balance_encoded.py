@@ -1,7 +1,8 @@
 """GetBalance and WatchBalance read a balance with its top-up grants encoded by the kernel
 (engine/kernel/src/balance_wire.rs, `Billing.balance_encoded`, server/services/balance.py `_sent_balance_bytes`):
 the bytes must be those of the balance built grant by grant in Python (`Billing.balance`, `convert.balance_pb`,
-`_sent_balance`), kept here as the reference, for a customer holding grants of every kind."""
+tests/balance_reference.py `_sent_balance`), kept as the reference, for a customer holding grants of every kind,
+whole or past the message limit (spent grants left out: cut from the kernel's bytes where it noted them)."""
 
 from __future__ import annotations
 

@@ -5,10 +5,11 @@ Builds the machine the server runs (engine/billing.py, no journal, no gRPC) with
 policy buys a grant of 2 credits with every event of 2 (as server/bench/grant_scale.py), so N events leave N TOP_UP
 grants, all but the last spent, beside a few GrantCredits grants (restricted, expiring). Then times, the best of
 R runs each, what GetBalance runs on the loop: the kernel's read alone, `Billing.balance` (kernel and control
-plane), the Balance message (`convert.balance_pb`), `_sent_balance`'s size check, gRPC's serialization, and all of
-it together ("GetBalance before": each grant's row, record and message built in Python), then the read GetBalance
+plane), the Balance message (`convert.balance_pb`), the size check of `_sent_balance` (tests/balance_reference.py),
+gRPC's serialization, and all of it together ("GetBalance before": each grant's row, record and message built in Python), then the read GetBalance
 and WatchBalance (a read per change) now make, the kernel encoding the top-ups (`Billing.balance_encoded`,
-`_sent_balance_bytes`), checking that it answers the same bytes. `--profile` prints
+`_sent_balance_bytes`), checking that it answers the same bytes, and that read with the message limit at half the
+balance ("past the limit": spent grants left out, cut from the kernel's bytes). `--profile` prints
 cProfile's top functions for one whole read at the largest size. The clock is read here only.
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from engine import commands as cmd
 from engine.billing import Billing
 from server import convert
+from server.errors import send_limit
 from server.services.balance import _sent_balance_bytes
 from tests.balance_reference import _sent_balance
 from tests.credits_fixtures import Ledger, event
@@ -79,7 +81,21 @@ def line(billing: Billing, at_ms: int, repeat: int) -> str:
     fast = _sent_balance_bytes(billing.balance_encoded("acme", at_ms))
     assert fast == sent.SerializeToString(), "the encoded balance differs from the one built grant by grant"
     timed = "  ".join(f"{name} {best_ms(what, repeat):8.2f}" for name, what in stages.items())
-    return f"grants {len(view.grants):>6}  (ms) {timed}"
+    return f"grants {len(view.grants):>6}  (ms) {timed}  past the limit {past_limit_ms(billing, at_ms, repeat):8.2f}"
+
+
+def past_limit_ms(billing: Billing, at_ms: int, repeat: int) -> float:
+    """GetBalance's read with the message limit at half the balance: spent grants left out until it fits (most
+    of them top-ups, cut from the kernel's bytes), checked against the message built and fitted grant by grant."""
+    before = send_limit.bytes_max
+    send_limit.bytes_max = len(_sent_balance_bytes(billing.balance_encoded("acme", at_ms))) // 2
+    try:
+        expected = _sent_balance(convert.balance_pb(billing.balance("acme", at_ms))).SerializeToString()
+        fitted = _sent_balance_bytes(billing.balance_encoded("acme", at_ms))
+        assert fitted == expected, "the fitted balance differs from the one built grant by grant"
+        return best_ms(lambda: _sent_balance_bytes(billing.balance_encoded("acme", at_ms)), repeat)
+    finally:
+        send_limit.bytes_max = before
 
 
 def main() -> None:
