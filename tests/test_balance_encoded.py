@@ -234,3 +234,18 @@ def _assert_sent_as_the_reference(billing: Billing, read_ms: int, limit: float |
     assert answered == expected
     view = billing.balance_encoded("acme", read_ms)
     assert _next_grant_start_ms(view, read_ms) == _next_grant_start_ms(billing.balance("acme", read_ms), read_ms)
+
+
+def test_a_balance_too_large_even_without_its_spent_grants_is_refused_as_the_reference_refuses_it(
+    ledger: Ledger, small_send_limit: None
+) -> None:
+    """RESOURCE_EXHAUSTED in the same words: the grants counted (top-ups the kernel encoded among them) and the size
+    of the whole balance."""
+    at_ms = FEB_MS + 2 * DAY_MS + 1
+    send_limit.bytes_max = 200
+    with pytest.raises(ResourceExhausted) as expected:
+        reference(ledger.billing, at_ms)
+    with pytest.raises(ResourceExhausted) as answered:
+        _sent_balance_bytes(ledger.billing.balance_encoded("acme", at_ms))
+    assert str(answered.value) == str(expected.value)
+    assert "acme" in str(answered.value) and " grants) is " in str(answered.value), answered.value
