@@ -510,17 +510,24 @@ def restarted(server: ServerProcess, how: str, alerts: int) -> tuple[Reads, Read
         return every_read(client, alerts), retries(client)
 
 
+def scenario_read(client: TariffClient) -> tuple[Reads, Reads]:
+    """The scenario run, a hold's TTL let run out and one more batch taken: every read, and every retry's answer
+    (which changes nothing: read again after them, every read is the same)."""
+    scenario(client)
+    assert wait_for(lambda: client.get_balance(B).credits_held == "1", 10)  # ttl-b expired, open-b held
+    ingest(client, "after-ttl", event("b-m0-2", B, now_ms() - HOUR_MS, 2))
+    before = every_read(client)
+    retried = retries(client)
+    assert differences(before, every_read(client, alert_count(before))) == []  # the retries changed nothing
+    return before, retried
+
+
 def test_every_read_and_retry_is_the_same_after_kill9_snapshot_load_and_clean_stop(
     server_factory: ServerFactory,
 ) -> None:
     server: ServerProcess = server_factory()
     with server.client() as client:
-        scenario(client)
-        assert wait_for(lambda: client.get_balance(B).credits_held == "1", 10)  # ttl-b expired, open-b held
-        ingest(client, "after-ttl", event("b-m0-2", B, now_ms() - HOUR_MS, 2))
-        before = every_read(client)
-        retried = retries(client)
-        assert differences(before, every_read(client, alert_count(before))) == []  # the retries changed nothing
+        before, retried = scenario_read(client)
     count = alert_count(before)
     for phase in ("kill9 (journal replay)", "kill9 after retries"):
         reads, answers = restarted(server, "kill9", count)
