@@ -292,6 +292,21 @@ def revenue(client: TariffClient, customer_id: str) -> invoices_pb2.RevenueRepor
     return report
 
 
+def revenue_rows(report: invoices_pb2.RevenueReport) -> list[tuple[int, str, str, str, str, str]]:
+    """Each customer line's period start, recognized credits and overage, recognized, breakage and deferred."""
+    return [
+        (
+            line.period_start.ToMilliseconds(),
+            line.recognized_credits,
+            line.recognized_overage,
+            line.recognized,
+            line.breakage,
+            line.deferred,
+        )
+        for line in report.customer_lines
+    ]
+
+
 def simulate_current(client: TariffClient, customer_id: str, version: int) -> dict[str, Decimal]:
     """SimulateVersion's current_amount per product over P1 and P2 (the usage read the server offers per customer and
     product: what the usage is charged now; closed periods left out)."""
@@ -757,17 +772,7 @@ def test_revenue_agrees_with_invoices_and_grants_by_hand(server: ServerProcess) 
     out_tok 11 overage (5.5) + 6 drawn (4.8) = 10.3."""
     with server.client() as client:
         report = revenue(client, ALW)
-        rows = [
-            (
-                line.period_start.ToMilliseconds(),
-                line.recognized_credits,
-                line.recognized_overage,
-                line.recognized,
-                line.breakage,
-                line.deferred,
-            )
-            for line in report.customer_lines
-        ]
+        rows = revenue_rows(report)
         assert rows == [(P1, "66.6", "0", "66.6", "0", "53.4"), (P2, "24.8", "35.5", "60.3", "53.4", "44")]
         products = {(line.period_start.ToMilliseconds(), line.product_id): line.recognized for line in report.lines}
         assert products == {
@@ -791,17 +796,7 @@ def test_revenue_agrees_with_invoices_and_grants_by_hand(server: ServerProcess) 
         ]
         # blk: b-pre sold 40 in P1 (it starts at the contract's start), nothing drawn there; P2 draws all 50 at 0.8 =
         # 40, overage 1 x 0.5 = 0.5, deferred 0.
-        rows = [
-            (
-                line.period_start.ToMilliseconds(),
-                line.recognized_credits,
-                line.recognized_overage,
-                line.recognized,
-                line.breakage,
-                line.deferred,
-            )
-            for line in revenue(client, BLK).customer_lines
-        ]
+        rows = revenue_rows(revenue(client, BLK))
         assert rows == [(P1, "0", "0", "0", "0", "40"), (P2, "40", "0.5", "40.5", "0", "0")]
 
 
