@@ -70,6 +70,20 @@ def grant(client: TariffClient, grant_id: str, amount: str, paid: str, **fields:
     client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
 
 
+def hold(client: TariffClient, customer_id: str, reservation_id: str, n: float) -> balance_pb2.AuthorizeResponse:
+    """Authorize(reserve=true) of a `work` event of n units under `reservation_id`, held for an hour."""
+    request = balance_pb2.AuthorizeRequest(
+        customer_id=customer_id,
+        event_type="work",
+        values={"n": n},
+        reserve=True,
+        reservation_id=reservation_id,
+        reservation_ttl=Duration(seconds=3600),
+    )
+    answer: balance_pb2.AuthorizeResponse = client.balance.Authorize(request)
+    return answer
+
+
 def close(client: TariffClient, period_start_ms: int, customer_id: str = "lc") -> invoices_pb2.Invoice:
     request = invoices_pb2.ClosePeriodRequest(customer_id=customer_id, period_start=stamp(period_start_ms))
     invoice: invoices_pb2.Invoice = client.invoices.ClosePeriod(request)
@@ -365,15 +379,7 @@ def test_close_due_periods_closes_in_order_with_a_hold_open_and_a_retry_closes_n
         accepted(client, event("b1", at("2026-10-20T10:00:00"), 3, customer_id="lb"))
         grant(client, "H", "10", "10", starts_at=NOV)
         for reservation_id, n in (("r1", 4), ("r2", 1)):
-            request = balance_pb2.AuthorizeRequest(
-                customer_id="lc",
-                event_type="work",
-                values={"n": n},
-                reserve=True,
-                reservation_id=reservation_id,
-                reservation_ttl=Duration(seconds=3600),
-            )
-            answer = client.balance.Authorize(request)
+            answer = hold(client, "lc", reservation_id, n)
             assert (answer.allowed, answer.estimated_cost) == (True, str(2 * n))
         drafts = [
             preview(client, c, m) for c, m in (("lc", SEP), ("lc", OCT), ("lb", at("2026-10-15T00:00:00")), ("lc", NOV))
@@ -653,15 +659,7 @@ def test_a_period_closed_at_its_end_with_holds_open_on_an_expiring_and_a_rolling
             client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
         accepted(client, event("h0", now_ms(), 2, customer_id="lh"))
         for reservation_id, n in (("r1", 2), ("r2", 4)):
-            request = balance_pb2.AuthorizeRequest(
-                customer_id="lh",
-                event_type="work",
-                values={"n": n},
-                reserve=True,
-                reservation_id=reservation_id,
-                reservation_ttl=Duration(seconds=3600),
-            )
-            answer = client.balance.Authorize(request)
+            answer = hold(client, "lh", reservation_id, n)
         if now_ms() >= end_ms or answer.credits_available != "4":
             pytest.skip("the machine took longer than the period had left to place the holds before its end")
         draft = preview(client, "lh", start_ms)
