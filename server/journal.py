@@ -44,16 +44,20 @@ from server.pages_ahead import PagesAhead
 
 __all__ = [
     "FORMAT_VERSION",
+    "SNAPSHOT_FILE",
     "DedupeSegmentSave",
     "Journal",
     "JournalFormatError",
     "JournalFull",
     "JournalStats",
+    "JournalUnopenable",
     "LmdbJournal",
     "MemoryJournal",
     "Segment",
     "SegmentParts",
     "SegmentWriter",
+    "segment_file_name",
+    "snapshot_header",
 ]
 
 # Bumped whenever the on-disk layout changes, so that an older server refuses a newer store
@@ -81,7 +85,7 @@ _SEQ_KEY_BYTES = 8
 # The snapshot file: magic, seq and blob length (8-byte big-endian each), then the blob. TARIFFS2 adds, before the
 # blob, the count of the dedupe segments the snapshot lists and each one's number and length (8 bytes each): its
 # file is `segment.<number>` beside it. A snapshot without segments is still written as TARIFFS1.
-_SNAPSHOT_FILE = "snapshot"
+SNAPSHOT_FILE = "snapshot"
 _SNAPSHOT_MAGIC = b"TARIFFS1"
 _SNAPSHOT_MAGIC_SEGMENTED = b"TARIFFS2"
 _SNAPSHOT_HEADER_BYTES = 24
@@ -229,6 +233,33 @@ def _closed_error(what: str) -> RuntimeError:
     return RuntimeError(f"{what} is closed")
 
 
+def snapshot_header(file: BinaryIO, path: Path) -> tuple[int, int, list[tuple[int, int]]]:
+    """(seq, blob length, the dedupe segments it lists as (number, bytes)) of the snapshot file open in `file` (read
+    from `path`, named in errors), the file left at the blob. Also read by `tariff backup` (server/backup.py)."""
+    header = file.read(_SNAPSHOT_HEADER_BYTES)
+    magic = header[:8]
+    if len(header) != _SNAPSHOT_HEADER_BYTES or magic not in (_SNAPSHOT_MAGIC, _SNAPSHOT_MAGIC_SEGMENTED):
+        raise JournalFormatError(f"{path} is not a Tariff snapshot (header {magic!r})")
+    seq, length = int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:24], "big")
+    segments: list[tuple[int, int]] = []
+    if magic == _SNAPSHOT_MAGIC_SEGMENTED:
+        listed = file.read(8)
+        count = int.from_bytes(listed, "big")
+        entries = file.read(16 * count)
+        if len(listed) != 8 or len(entries) != 16 * count:
+            raise JournalFormatError(f"{path} is cut short in its list of dedupe segments")
+        for at in range(0, len(entries), 16):
+            segments.append(
+                (int.from_bytes(entries[at : at + 8], "big"), int.from_bytes(entries[at + 8 : at + 16], "big"))
+            )
+    return seq, length, segments
+
+
+def segment_file_name(number: int) -> str:
+    """The file of the dedupe segment `number`, beside the snapshot file that lists it."""
+    return f"{_SEGMENT_PREFIX}{number:020d}"
+
+
 class _SnapshotFile:
     """The newest snapshot as a file beside the LMDB environment, replaced by write, fsync, rename; and the dedupe
     segments it lists, each a file of its own (`segment.<number>`), written and fsynced before the snapshot file
@@ -244,8 +275,8 @@ class _SnapshotFile:
 
     def __init__(self, directory: Path, *, sync: bool) -> None:
         self._directory = directory
-        self._path = directory / _SNAPSHOT_FILE
-        self._partial_path = directory / f"{_SNAPSHOT_FILE}.partial"
+        self._path = directory / SNAPSHOT_FILE
+        self._partial_path = directory / f"{SNAPSHOT_FILE}.partial"
         self._sync = sync
         with contextlib.suppress(FileNotFoundError):
             self._partial_path.unlink()  # a save cut short: the file it was to replace is whole
@@ -253,40 +284,20 @@ class _SnapshotFile:
         # (number, bytes) of the segments the snapshot file lists, oldest first.
         self.segments: list[tuple[int, int]] = []
         with contextlib.suppress(FileNotFoundError), open(self._path, "rb") as file:
-            self.seq, _, self.segments = self._header(file)
+            self.seq, _, self.segments = snapshot_header(file, self._path)
         listed = {number for number, _ in self.segments}
         for path in directory.glob(f"{_SEGMENT_PREFIX}*"):
             if _segment_number(path) not in listed:
                 path.unlink()  # written by a save or compaction cut short, or replaced: no snapshot lists it
         self._next_number = max(listed, default=0) + 1
 
-    def _header(self, file: BinaryIO) -> tuple[int, int, list[tuple[int, int]]]:
-        """(seq, blob length, segments), the file left at the blob."""
-        header = file.read(_SNAPSHOT_HEADER_BYTES)
-        magic = header[:8]
-        if len(header) != _SNAPSHOT_HEADER_BYTES or magic not in (_SNAPSHOT_MAGIC, _SNAPSHOT_MAGIC_SEGMENTED):
-            raise JournalFormatError(f"{self._path} is not a Tariff snapshot (header {magic!r})")
-        seq, length = int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:24], "big")
-        segments: list[tuple[int, int]] = []
-        if magic == _SNAPSHOT_MAGIC_SEGMENTED:
-            listed = file.read(8)
-            count = int.from_bytes(listed, "big")
-            entries = file.read(16 * count)
-            if len(listed) != 8 or len(entries) != 16 * count:
-                raise JournalFormatError(f"{self._path} is cut short in its list of dedupe segments")
-            for at in range(0, len(entries), 16):
-                segments.append(
-                    (int.from_bytes(entries[at : at + 8], "big"), int.from_bytes(entries[at + 8 : at + 16], "big"))
-                )
-        return seq, length, segments
-
     def _segment_path(self, number: int) -> Path:
-        return self._directory / f"{_SEGMENT_PREFIX}{number:020d}"
+        return self._directory / segment_file_name(number)
 
     def load(self) -> tuple[int, bytes] | None:
         try:
             with open(self._path, "rb") as file:
-                seq, length, _ = self._header(file)
+                seq, length, _ = snapshot_header(file, self._path)
                 blob = file.read(length)
         except FileNotFoundError:
             return None
