@@ -1,5 +1,5 @@
-"""The `tariff` command: `serve` runs the server, `migrate` converts an earlier release's data directory, `keys`
-manages API keys, `bench` measures the server, and the
+"""The `tariff` command: `serve` runs the server, `migrate` converts an earlier release's data directory, `backup`
+copies a data directory beside the server using it, `keys` manages API keys, `bench` measures the server, and the
 client commands (server/admin/) look at and change a running server over gRPC.
 
 This module imports click and the command modules only: grpc, protobuf and rich load inside the command
@@ -350,6 +350,31 @@ def migrate(data_dir: Path) -> None:
     except MigrationError as exc:
         click.echo(f"tariff migrate: {exc}", err=True)
         sys.exit(2)
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="the data directory to back up")
+@click.option(
+    "--to",
+    "destination",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="the new data directory to write (must not exist, or be empty)",
+)
+def backup(data_dir: Path, destination: Path) -> None:
+    """Copy a data directory's journal and snapshot into a new data directory, while a server runs on it or not
+    (never taking its LOCK); `tariff serve --data-dir DEST` starts from the copy. Leaves out explain/ (rebuilt)."""
+    from server.backup import BackupFailed, BackupRefused
+    from server.backup import backup as take_backup
+
+    try:
+        click.echo(take_backup(data_dir, destination).line())
+    except BackupRefused as exc:
+        click.echo(f"tariff backup: {exc}", err=True)
+        sys.exit(2)
+    except BackupFailed as exc:
+        click.echo(f"tariff backup: {exc}; nothing was written to {destination}", err=True)
+        sys.exit(1)
 
 
 @main.group()
