@@ -12,11 +12,17 @@ What it copies, in this order (docs/architecture.md §4, Backups):
    (one commit) is whole or absent. Taken after the snapshot, so the copied journal always reaches the copied
    snapshot's seq (a snapshot is saved only at a committed seq): the restore loads it and replays what follows.
 
-Left out: `LOCK` (the server's `flock`, never taken nor waited for here) and `explain/` (derived from the journal:
-a start without it rebuilds it by replaying the whole journal). The environment is opened read-only WITH its lock
-file, so the backup's read transaction is registered like any reader's and the writer never reuses the pages it
-reads; it never waits for the writer, and the writer never waits for it (LMDB's readers take no lock the writer
-holds). Everything is written into a sibling `DEST.partial-<pid>`, fsynced, and renamed to DEST only when complete.
+With `explain_index` (`--with-explain-index`), between the two: the explain index (`explain/`), by the same LMDB copy.
+Its covered seq is at least the snapshot's (a snapshot is saved only once the index covers its seq) and at most the
+journal's (the index takes only committed records): the restore loads the snapshot, keeps the index and its page
+tokens, and replays only what follows. Without it `explain/` is left out (derived from the journal): a start
+rebuilds it by replaying the whole journal, the snapshot unused (server/recovery.py), and old page tokens are refused.
+
+Always left out: `LOCK` (the server's `flock`, never taken nor waited for here). Each environment is opened read-only
+WITH its lock file, so the backup's read transaction is registered like any reader's and the writer never reuses the
+pages it reads; it never waits for the writer, and the writer never waits for it (LMDB's readers take no lock the
+writer holds). Everything is written into a sibling `DEST.partial-<pid>`, fsynced, and renamed to DEST only when
+complete.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,8 +41,12 @@ from server.journal import SNAPSHOT_FILE, JournalFormatError, segment_file_name,
 __all__ = ["BackupDone", "BackupFailed", "BackupRefused", "backup"]
 
 JOURNAL_DIR = "journal"
-# LmdbJournal's records database (server/journal.py `_RECORDS_DB`) and its number of named databases.
+EXPLAIN_DIR = "explain"
+# LmdbJournal's records database (server/journal.py `_RECORDS_DB`), the explain index's meta database and its covered
+# seq (server/explain_index.py), and the number of named databases both are opened with.
 _RECORDS_DB = b"records"
+_EXPLAIN_META_DB = b"meta"
+_EXPLAIN_COVERED_KEY = b"covered_seq"
 _MAX_DBS = 4
 # How often the snapshot and its segments are opened again when the snapshot's thread replaced them meanwhile (a
 # snapshot every --snapshot-every records at the least: a few times is already unlikely).
@@ -61,15 +72,22 @@ class BackupDone:
     snapshot_seq: int | None  # the copied snapshot's seq, None when the data directory had none
     segments: int  # dedupe segments copied with the snapshot
     snapshot_bytes: int  # the snapshot file and its segments
+    explain_covered_seq: int | None = None  # the copied explain index's covered seq; None: not copied
+    explain_bytes: int = 0
 
     def line(self) -> str:
         snapshot = (
             f"snapshot at seq {self.snapshot_seq} with {self.segments} dedupe segments ({self.snapshot_bytes:,} bytes)"
             if self.snapshot_seq is not None
-            else "no snapshot (a start replays the whole journal)"
+            else "no snapshot"
+        )
+        explain = (
+            f", explain index covering seq {self.explain_covered_seq} ({self.explain_bytes:,} bytes)"
+            if self.explain_covered_seq is not None
+            else ", no explain index (a start rebuilds it by replaying the whole journal)"
         )
         return (
-            f"backed up journal records up to seq {self.last_seq} ({self.journal_bytes:,} bytes) and {snapshot} "
+            f"backed up journal records up to seq {self.last_seq} ({self.journal_bytes:,} bytes), {snapshot}{explain} "
             f"into {self.destination}"
         )
 
@@ -87,9 +105,10 @@ class _OpenSnapshot:
             file.close()
 
 
-def backup(data_dir: Path, destination: Path) -> BackupDone:
-    """Copies `data_dir`'s journal (see the module docstring) into `destination`, which must not exist or be an empty
-    directory. BackupRefused (nothing written) or BackupFailed (nothing left behind) when it cannot."""
+def backup(data_dir: Path, destination: Path, *, explain_index: bool = False) -> BackupDone:
+    """Copies `data_dir`'s journal, and with `explain_index` its explain index (see the module docstring), into
+    `destination`, which must not exist or be an empty directory. BackupRefused (nothing written) or BackupFailed
+    (nothing left behind) when it cannot."""
     journal_dir = data_dir / JOURNAL_DIR
     _refuse_unless_usable(data_dir, journal_dir, destination)
     partial = destination.with_name(f"{destination.name}.partial-{os.getpid()}")
@@ -97,9 +116,14 @@ def backup(data_dir: Path, destination: Path) -> BackupDone:
         copied_journal = partial / JOURNAL_DIR
         copied_journal.mkdir(parents=True)
         snapshot_seq, segments, snapshot_bytes = _copy_snapshot(journal_dir, copied_journal)
-        last_seq, journal_bytes = _copy_journal(journal_dir, copied_journal)
-        if snapshot_seq is not None and snapshot_seq > last_seq:
-            raise BackupFailed(f"the snapshot at seq {snapshot_seq} is past the journal copied (seq {last_seq})")
+        explain_seq, explain_bytes = None, 0
+        if explain_index and (data_dir / EXPLAIN_DIR / "data.mdb").is_file():
+            (partial / EXPLAIN_DIR).mkdir()
+            explain_seq, explain_bytes = _lmdb_copy(data_dir / EXPLAIN_DIR, partial / EXPLAIN_DIR, _covered_seq)
+        last_seq, journal_bytes = _lmdb_copy(journal_dir, copied_journal, _last_record_seq)
+        for what, seq in (("snapshot", snapshot_seq), ("explain index", explain_seq)):
+            if seq is not None and seq > last_seq:  # never, by the order of the copies: checked, not assumed
+                raise BackupFailed(f"the {what} copied is at seq {seq}, past the journal copied (seq {last_seq})")
         _fsync_path(copied_journal)
         _fsync_path(partial)
         try:
@@ -113,7 +137,9 @@ def backup(data_dir: Path, destination: Path) -> BackupDone:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return BackupDone(destination, last_seq, journal_bytes, snapshot_seq, segments, snapshot_bytes)
+    return BackupDone(
+        destination, last_seq, journal_bytes, snapshot_seq, segments, snapshot_bytes, explain_seq, explain_bytes
+    )
 
 
 def _refuse_unless_usable(data_dir: Path, journal_dir: Path, destination: Path) -> None:
@@ -180,34 +206,51 @@ def _copy_file(source: BinaryIO, path: Path) -> int:
         return target.tell()
 
 
-def _copy_journal(journal_dir: Path, copied_journal: Path) -> tuple[int, int]:
-    """LMDB's compacting copy of the journal, in one read transaction: (seq of its last record, bytes copied)."""
+def _lmdb_copy(
+    source: Path, target: Path, seq_of: Callable[[lmdb.Environment, lmdb.Transaction], int]
+) -> tuple[int, int]:
+    """LMDB's compacting copy of the environment at `source` into the directory `target`, in one read transaction:
+    (`seq_of` read in that transaction, bytes copied)."""
     try:
         # readonly with lock=True: the read transaction takes a slot in the server's reader table (lock.mdb), so the
-        # writer keeps the pages it reads. map_size=0 adopts the map the server set; max_dbs as LmdbJournal opens it.
+        # writer keeps the pages it reads. map_size=0 adopts the map the server set; max_dbs as the server opens it.
         env = lmdb.open(
-            str(journal_dir), readonly=True, lock=True, subdir=True, map_size=0, max_dbs=_MAX_DBS, readahead=False
+            str(source), readonly=True, lock=True, subdir=True, map_size=0, max_dbs=_MAX_DBS, readahead=False
         )
     except lmdb.Error as exc:
-        raise BackupRefused(f"cannot open the journal at {journal_dir}: {exc}") from None
+        raise BackupRefused(f"cannot open {source}: {exc}") from None
     try:
         env.reader_check()  # frees the reader slots of processes gone (a backup killed mid-copy kept old pages)
-        try:
-            records = env.open_db(_RECORDS_DB, create=False)
-        except lmdb.Error as exc:
-            raise BackupRefused(f"{journal_dir} is not a Tariff journal: {exc}") from None
         with env.begin(buffers=False) as txn:
-            with txn.cursor(db=records) as cursor:
-                last_seq = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+            seq = seq_of(env, txn)
             try:
-                env.copy(str(copied_journal), compact=True, txn=txn)
+                env.copy(str(target), compact=True, txn=txn)
             except lmdb.Error as exc:
-                raise BackupFailed(f"LMDB could not copy the journal at {journal_dir}: {exc}") from None
+                raise BackupFailed(f"LMDB could not copy {source}: {exc}") from None
     finally:
         env.close()
-    copied = copied_journal / "data.mdb"
+    copied = target / "data.mdb"
     _fsync_path(copied)
-    return last_seq, copied.stat().st_size
+    _fsync_path(target)
+    return seq, copied.stat().st_size
+
+
+def _last_record_seq(env: lmdb.Environment, txn: lmdb.Transaction) -> int:
+    try:
+        records = env.open_db(_RECORDS_DB, txn=txn, create=False)
+    except lmdb.Error as exc:
+        raise BackupRefused(f"{env.path()} is not a Tariff journal: {exc}") from None
+    with txn.cursor(db=records) as cursor:
+        return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+
+
+def _covered_seq(env: lmdb.Environment, txn: lmdb.Transaction) -> int:
+    try:
+        meta = env.open_db(_EXPLAIN_META_DB, txn=txn, create=False)
+    except lmdb.Error as exc:
+        raise BackupRefused(f"{env.path()} is not a Tariff explain index: {exc}") from None
+    covered = txn.get(_EXPLAIN_COVERED_KEY, db=meta)
+    return int(covered) if covered is not None else 0
 
 
 def _fsync_path(path: Path) -> None:

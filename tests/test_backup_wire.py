@@ -22,6 +22,7 @@ import pytest
 from tariff import TariffClient, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
+from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, open_contract, preview, serving, this_hour_ms
 from tests.serverproc import REPO_ROOT, ServerProcess
 
@@ -45,13 +46,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from serving(ServerProcess(root / "data", demo=True, extra_args=["--snapshot-every", "10"]), catalogue)
 
 
-def batch(index: int) -> usage_pb2.UsageBatch:
+def batch(index: int, prefix: str = "b") -> usage_pb2.UsageBatch:
     at_ms = now_ms() - 1_000
     return usage_pb2.UsageBatch(
-        batch_id=f"b{index}",
+        batch_id=f"{prefix}{index}",
         events=[
             usage_pb2.UsageEvent(
-                transaction_id=f"b{index}-{customer_id}",
+                transaction_id=f"{prefix}{index}-{customer_id}",
                 customer_id=customer_id,
                 event_type="ai_action",
                 timestamp_ms=at_ms,
@@ -61,8 +62,9 @@ def batch(index: int) -> usage_pb2.UsageBatch:
     )
 
 
-def tariff_backup(data_dir: Path, destination: Path) -> subprocess.CompletedProcess[str]:
+def tariff_backup(data_dir: Path, destination: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "server.cli", "backup", "--data-dir", str(data_dir), "--to", str(destination)]
+    command.extend(args)
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
@@ -88,9 +90,10 @@ class Ingesting(threading.Thread):
     """Sends batch 0, 1, 2, ... one at a time, each once acked noting how many are (`acked`), until told to stop
     (and BATCHES_MIN sent)."""
 
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: ServerProcess, prefix: str) -> None:
         super().__init__(daemon=True)
         self.server = server
+        self.prefix = prefix
         self.sent: list[usage_pb2.UsageBatch] = []  # as sent: a resend must carry the same events
         self.acked = 0
         self.some_acked = threading.Event()
@@ -101,7 +104,7 @@ class Ingesting(threading.Thread):
         try:
             with self.server.client() as client:
                 while self.acked < BATCHES_MAX and not (self.stop.is_set() and self.acked >= BATCHES_MIN):
-                    self.sent.append(batch(self.acked))
+                    self.sent.append(batch(self.acked, self.prefix))
                     ack = client.usage.IngestUsageBatch(self.sent[-1])
                     assert (ack.accepted, ack.duplicates) == (len(CUSTOMERS), 0), ack
                     self.acked += 1
@@ -112,23 +115,27 @@ class Ingesting(threading.Thread):
             self.some_acked.set()
 
 
+@pytest.mark.parametrize("args", [(), ("--with-explain-index",)], ids=["journal", "with-explain-index"])
 def test_a_backup_of_a_running_server_holds_every_batch_acked_before_it_and_a_prefix_of_the_rest(
-    server: ServerProcess,
+    server: ServerProcess, args: tuple[str, ...]
 ) -> None:
-    sender = Ingesting(server)
+    with server.client() as client:
+        charges_before = int(client.get_balance("c0").period_charges)
+    sender = Ingesting(server, f"{len(args)}-")
     sender.start()
     assert sender.some_acked.wait(60) and sender.failure is None, sender.failure
     acked_before = sender.acked
-    destination = server.data_dir.parent / "restored"
-    done = tariff_backup(server.data_dir, destination)
+    destination = server.data_dir.parent / f"restored-{len(args)}"
+    done = tariff_backup(server.data_dir, destination, *args)
     sender.stop.set()
     sender.join(60)
     assert not sender.is_alive() and sender.failure is None, sender.failure
     last_seq, snapshot_seq = copied_seqs(done)
     assert snapshot_seq is not None and 0 < snapshot_seq <= last_seq, done.stdout
-    assert not (destination / "explain").exists() and not (destination / "LOCK").exists()
+    assert ("no explain index" in done.stdout) == (not args), done.stdout
+    assert (destination / "explain").exists() == bool(args) and not (destination / "LOCK").exists()
     with server.client() as client:
-        final = balances(client)
+        final = balances(client), explained(client)
 
     restored = ServerProcess(destination)
     restored.start()
@@ -143,17 +150,41 @@ def test_a_backup_of_a_running_server_holds_every_batch_acked_before_it_and_a_pr
             kept = in_backup.count(True)
             assert in_backup == [True] * kept + [False] * (sender.acked - kept), "the backup holds a prefix"
             assert kept >= acked_before, (kept, acked_before)
-            assert charges_restored == {c: str(kept) for c in CUSTOMERS}
-            assert balances(client) == final
+            assert charges_restored == {c: str(charges_before + kept) for c in CUSTOMERS}
+            assert (balances(client), explained(client)) == final
     finally:
         restored.stop()
 
 
+def explained(client: TariffClient) -> list[str]:
+    """The transaction ids of c0's current line's events, every page's, sorted."""
+    ids: list[str] = []
+    page = explain_page(client, page_size=1000)
+    ids.extend(e.transaction_id for e in page.events)
+    while page.next_page_token:
+        page = explain_page(client, page.next_page_token, page_size=1000)
+        ids.extend(e.transaction_id for e in page.events)
+    return sorted(ids)
+
+
+def explain_page(
+    client: TariffClient, page_token: str = "", *, page_size: int = 2
+) -> invoices_pb2.ExplainLineItemResponse:
+    """A page of c0's current line's events."""
+    (line,) = preview(client, "c0", this_hour_ms() - HOUR_MS).lines
+    request = invoices_pb2.ExplainLineItemRequest(
+        customer_id="c0", period_start=stamp(this_hour_ms() - HOUR_MS), line_id=line.line_id, page_size=page_size
+    )
+    request.page_token = page_token
+    page: invoices_pb2.ExplainLineItemResponse = client.invoices.ExplainLineItem(request)
+    return page
+
+
 def reads(client: TariffClient) -> dict[str, bytes]:
-    """Balances, the current period's invoice drafts, the customers and the audit log."""
+    """Balances, the current period's invoice drafts, the customers, the audit log and the invoices."""
     read = {f"balance {c}": b for c, b in balances(client).items()}
     for customer_id in CUSTOMERS:
-        read[f"preview {customer_id}"] = preview(client, customer_id, this_hour_ms() - HOUR_MS).SerializeToString()
+        read[f"preview {customer_id}"] = str(preview(client, customer_id, this_hour_ms() - HOUR_MS)).encode()
     listed = client.contracts.ListCustomers(contracts_pb2.ListCustomersRequest())
     read["customers"] = listed.SerializeToString(deterministic=True)
     audit = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000))
@@ -163,22 +194,30 @@ def reads(client: TariffClient) -> dict[str, bytes]:
     return read
 
 
-def test_a_backup_of_a_stopped_server_reads_as_it(server: ServerProcess) -> None:
+def test_a_backup_of_a_stopped_server_with_its_explain_index_reads_as_it_and_takes_its_page_tokens(
+    server: ServerProcess,
+) -> None:
     with server.client() as client:
         client.usage.IngestUsageBatch(batch(BATCHES_MAX + 1))
         seq = client.get_balance("c0").as_of_seq
         before = reads(client)
+        first = explain_page(client)
+        second = explain_page(client, first.next_page_token)
+    assert first.next_page_token and len(second.events) == 2, (first, second)
     assert server.terminate() == 0
     destination = server.data_dir.parent / "stopped-copy"
-    done = tariff_backup(server.data_dir, destination)
+    done = tariff_backup(server.data_dir, destination, "--with-explain-index")
     server.restart()
     last_seq, snapshot_seq = copied_seqs(done)
     assert last_seq >= seq and snapshot_seq == last_seq, done.stdout  # a clean stop snapshots its last record
+    assert f"explain index covering seq {last_seq} " in done.stdout, done.stdout
     restored = ServerProcess(destination)
     restored.start()
     try:
         with restored.client() as client:
             assert reads(client) == before
+            # The index copied, not rebuilt: its secret verifies the token the original server issued.
+            assert explain_page(client, first.next_page_token) == second
     finally:
         restored.stop()
 
