@@ -23,6 +23,9 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
+from server.explain_index import ExplainIndex
+from server.journal import LmdbJournal
+from server.recovery import recover_counting
 from tests.audit_fixtures import HOUR_MS, open_contract, preview, serving, this_hour_ms
 from tests.serverproc import REPO_ROOT, ServerProcess
 
@@ -220,6 +223,27 @@ def test_a_backup_of_a_stopped_server_with_its_explain_index_reads_as_it_and_tak
             assert explain_page(client, first.next_page_token) == second
     finally:
         restored.stop()
+
+
+@pytest.mark.parametrize("args", [(), ("--with-explain-index",)], ids=["journal", "with-explain-index"])
+def test_a_start_from_a_backup_with_its_explain_index_loads_the_snapshot_and_one_without_replays_everything(
+    server: ServerProcess, args: tuple[str, ...]
+) -> None:
+    """The start's recovery, run here on the backup as `tariff serve` runs it (the explain index on, its default):
+    what it replays (its Backlog) is the records after the snapshot when the index was copied, else every record (a
+    new index is behind the snapshot: server/recovery.py)."""
+    destination = server.data_dir.parent / f"recovered-{len(args)}"
+    last_seq, snapshot_seq = copied_seqs(tariff_backup(server.data_dir, destination, *args))
+    assert snapshot_seq is not None and 0 < snapshot_seq <= last_seq
+    journal = LmdbJournal(destination / "journal", map_size_bytes=1 << 30, sync=False)
+    index = ExplainIndex(destination / "explain", map_size_bytes=1 << 26)
+    try:
+        billing, backlog = recover_counting(journal, explain_index=index)
+    finally:
+        index.close()
+        journal.close()
+    assert billing.last_seq == last_seq
+    assert backlog.records == (last_seq - snapshot_seq if args else last_seq), (backlog, snapshot_seq)
 
 
 def test_an_existing_destination_or_a_directory_without_a_journal_is_refused_and_nothing_is_written(
