@@ -228,6 +228,8 @@ def _lmdb_copy(
         with env.begin(buffers=False) as txn:
             seq = seq_of(env, txn)
             try:
+                # Compacting: it reads through `txn` alone (py-lmdb takes a txn for a compacting copy only), where
+                # LMDB's plain copy takes the writer's mutex while it starts, which would make a commit wait.
                 env.copy(str(target), compact=True, txn=txn)
             except lmdb.Error as exc:
                 raise BackupFailed(f"LMDB could not copy {source}: {exc}") from None
