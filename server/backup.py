@@ -227,12 +227,11 @@ def _lmdb_copy(
         env.reader_check()  # frees the reader slots of processes gone (a backup killed mid-copy kept old pages)
         with env.begin(buffers=False) as txn:
             seq = seq_of(env, txn)
-            try:
-                # Compacting: it reads through `txn` alone (py-lmdb takes a txn for a compacting copy only), where
-                # LMDB's plain copy takes the writer's mutex while it starts, which would make a commit wait.
-                env.copy(str(target), compact=True, txn=txn)
-            except lmdb.Error as exc:
-                raise BackupFailed(f"LMDB could not copy {source}: {exc}") from None
+            # Compacting: it reads through `txn` alone (py-lmdb takes a txn for a compacting copy only), where
+            # LMDB's plain copy takes the writer's mutex while it starts, which would make a commit wait.
+            env.copy(str(target), compact=True, txn=txn)
+    except lmdb.Error as exc:  # MapResizedError, say: a server starting meanwhile with a larger --map-size-mb
+        raise BackupFailed(f"LMDB could not copy {source}: {exc}") from None
     finally:
         env.close()
     copied = target / "data.mdb"
