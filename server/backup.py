@@ -12,7 +12,7 @@ What it copies, in this order (docs/architecture.md §4, Backups):
    (one commit) is whole or absent. Taken after the snapshot, so the copied journal always reaches the copied
    snapshot's seq (a snapshot is saved only at a committed seq): the restore loads it and replays what follows.
 
-With `explain_index` (`--with-explain-index`), between the two: the explain index (`explain/`), by the same LMDB copy.
+With `explain_index` (the default; `--no-explain-index` leaves it out), between the two: the explain index (`explain/`), by the same LMDB copy.
 Its covered seq is at least the snapshot's (a snapshot is saved only once the index covers its seq) and at most the
 journal's (the index takes only committed records): the restore loads the snapshot, keeps the index and its page
 tokens, and replays only what follows. Without it `explain/` is left out (derived from the journal): a start
@@ -107,7 +107,7 @@ class _OpenSnapshot:
             file.close()
 
 
-def backup(data_dir: Path, destination: Path, *, explain_index: bool = False) -> BackupDone:
+def backup(data_dir: Path, destination: Path, *, explain_index: bool = True) -> BackupDone:
     """Copies `data_dir`'s journal, and with `explain_index` its explain index (see the module docstring), into
     `destination`, which must not exist or be an empty directory. BackupRefused (nothing written) or BackupFailed
     (nothing left behind) when it cannot."""

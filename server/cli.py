@@ -362,19 +362,20 @@ def migrate(data_dir: Path) -> None:
     help="the new data directory to write (must not exist, or be empty)",
 )
 @click.option(
-    "--with-explain-index",
-    is_flag=True,
-    help="copy explain/ too: the restore keeps the index and its page tokens and replays only what follows the "
-    "snapshot  [default: left out: the restore rebuilds it by replaying the whole journal]",
+    "--explain-index/--no-explain-index",
+    default=True,
+    help="copy explain/ too (when the data directory has one): the restore keeps the index and its page tokens and "
+    "replays only what follows the snapshot; --no-explain-index leaves it out, and a restore then rebuilds it by "
+    "replaying the whole journal",
 )
-def backup(data_dir: Path, destination: Path, with_explain_index: bool) -> None:
+def backup(data_dir: Path, destination: Path, explain_index: bool) -> None:
     """Copy a data directory's journal and snapshot into a new data directory, while a server runs on it or not
     (never taking its LOCK); `tariff serve --data-dir DEST` starts from the copy."""
     from server.backup import BackupFailed, BackupRefused
     from server.backup import backup as take_backup
 
     try:
-        click.echo(take_backup(data_dir, destination, explain_index=with_explain_index).line())
+        click.echo(take_backup(data_dir, destination, explain_index=explain_index).line())
     except BackupRefused as exc:
         click.echo(f"tariff backup: {exc}", err=True)
         sys.exit(2)
