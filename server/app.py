@@ -425,7 +425,7 @@ async def _serve_locked(
     lower_background_threads()
     name_os_threads()
     shorten_slices()
-    health_servicer, watch = await _start_serving(config, server, billing, sequencer, recovery_s)
+    health_servicer, watch = await _start_serving(config, server, billing, sequencer, recovery_s, backlog)
     oplog.activity.report(lambda: 0)  # the first interval starts now
     stalls = StallSampler(config.loop_stall_sample_s) if config.loop_stall_sample_s > 0 else None
     sampler = asyncio.create_task(stalls.run()) if stalls is not None else None
@@ -522,9 +522,15 @@ async def _recover(
 
 
 async def _start_serving(
-    config: ServeConfig, server: grpc.aio.Server, billing: Billing, sequencer: Sequencer, recovery_s: float
+    config: ServeConfig,
+    server: grpc.aio.Server,
+    billing: Billing,
+    sequencer: Sequencer,
+    recovery_s: float,
+    backlog: Backlog,
 ) -> tuple[HealthService, WatchHub]:
-    """Seeds the demo on an empty journal, adds the services, starts answering and says so."""
+    """Seeds the demo on an empty journal, adds the services, starts answering and says so (with what the
+    recovery replayed after its snapshot: a start from a restored backup or after a crash shows what it cost)."""
     if config.demo and billing.last_seq == 0:
         await load_demo(sequencer, wall_ms())
         log.info("loaded the demo catalogue (rate card ai-credits, customer acme)")
@@ -543,6 +549,8 @@ async def _start_serving(
         journal_seq=billing.last_seq,
         customers=len(billing.engine.state.customers),
         recovery_s=round(recovery_s, 2),
+        replayed_records=backlog.records,
+        replayed_events=backlog.events,
     )
     print(_banner(config, billing.last_seq), flush=True)
     return health_servicer, watch

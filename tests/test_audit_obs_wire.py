@@ -177,7 +177,8 @@ def test_the_text_log_start_activity_with_loop_stalls_and_stop_lines(server_fact
     data_dir = re.escape(str(server.data_dir))
     start = (
         rf"^{STAMP} INFO tariff: serving version=\d+\.\d+\.\d+ listen={re.escape(server.target)} "
-        rf"data_dir={data_dir} journal_seq=7 customers=1 recovery_s=\d+(\.\d+)?$"
+        rf"data_dir={data_dir} journal_seq=7 customers=1 recovery_s=\d+(\.\d+)? replayed_records=\d+ "
+        r"replayed_events=\d+$"
     )
     assert re.search(start, log, re.MULTILINE), log[-2000:]
     stop = rf"^{STAMP} INFO tariff: stopped at journal seq 8 journal_bytes=\d+ uptime_s=\d+(\.\d)? clean=True$"

@@ -142,6 +142,8 @@ def test_a_backup_of_a_running_server_holds_every_batch_acked_before_it_and_a_pr
 
     restored = ServerProcess(destination)
     restored.start()
+    # Its start line says what the recovery replayed: past the snapshot with the index copied, else every record.
+    assert replayed_records(restored) == (last_seq if args else last_seq - snapshot_seq), restored.log_tail(5)
     try:
         with restored.client() as client:
             charges_restored = {c: client.get_balance(c).period_charges for c in CUSTOMERS}
@@ -157,6 +159,13 @@ def test_a_backup_of_a_running_server_holds_every_batch_acked_before_it_and_a_pr
             assert (balances(client), explained(client)) == final
     finally:
         restored.stop()
+
+
+def replayed_records(server: ServerProcess) -> int:
+    """The `replayed_records` of the server's `serving` line (README, The operator's log)."""
+    found = re.search(r" tariff: serving .* replayed_records=(\d+) ", server.log_path.read_text())
+    assert found is not None, server.log_tail(5)
+    return int(found.group(1))
 
 
 def explained(client: TariffClient) -> list[str]:
@@ -216,6 +225,7 @@ def test_a_backup_of_a_stopped_server_with_its_explain_index_reads_as_it_and_tak
     assert f"explain index covering seq {last_seq} " in done.stdout, done.stdout
     restored = ServerProcess(destination)
     restored.start()
+    assert replayed_records(restored) == 0, restored.log_tail(5)  # the snapshot is the last record's
     try:
         with restored.client() as client:
             assert reads(client) == before
