@@ -356,6 +356,9 @@ class ExplainIndex:
         """Waits until everything submitted up to `seq` is written (before a snapshot at `seq` is saved). An index
         that stopped is not waited for: the snapshot goes ahead, and the next start rebuilds the index by a replay
         from the journal's first record."""
+        # As the journal at each snapshot: frees the reader slots of processes gone (a backup killed mid-copy), whose
+        # slot would keep every page freed after its transaction, each block's rewritten entries, from reuse.
+        self._env.reader_check()
         if self.covered_seq() < seq:
             self._work.put(("flush", seq))
         with self._covered_changed:

@@ -594,6 +594,9 @@ class LmdbJournal:
         seqs = [s for s in (self._snapshot_file.seq, self._stored_snapshot_seq) if s is not None]
         _check_snapshot_seq(seq, self._last_seq, max(seqs, default=None))
         self._snapshot_file.save(seq, blob, segment)
+        # Frees the reader slots of processes gone (a `tariff backup` killed in its read transaction): a slot kept
+        # keeps every page freed after its transaction from reuse, and the map fills about 100 times faster.
+        env.reader_check()
         if self._stored_snapshot_seq is not None:
             # Once, after an earlier release's store: the file now holds the newer snapshot.
             with env.begin(write=True) as txn:

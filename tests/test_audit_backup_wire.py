@@ -1,0 +1,79 @@
+"""Audit of `tariff backup` (README "The data directory, snapshots and backups"; docs/architecture.md §4, Backups)
+against a real server.
+
+Catalogue (tests/test_backup_wire.py's): the demo's rate card `ai-credits`, customers c0, c1, c2, each event 1
+credit of period_charges. The server snapshots every 10 records, without waiting for the journal to grow
+(`--snapshot-journal-factor 0`), so that a few dozen batches make a few snapshots."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from tests.audit_fixtures import serving
+from tests.serverproc import ServerProcess, wait_for
+from tests.test_backup_wire import batch, catalogue
+
+SNAPSHOT_ARGS = ["--snapshot-every", "10", "--snapshot-journal-factor", "0"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("backupaudit")
+    yield from serving(ServerProcess(root / "data", demo=True, extra_args=SNAPSHOT_ARGS), catalogue)
+
+
+def ingest(server: ServerProcess, prefix: str, count: int) -> None:
+    with server.client() as client:
+        for index in range(count):
+            ack = client.usage.IngestUsageBatch(batch(index, prefix))
+            assert ack.accepted == 3, ack
+
+
+def reader_pids(environment: Path) -> set[int]:
+    """The pids in the reader table of the LMDB environment at `environment` (opened as `tariff backup` opens it,
+    no transaction taken here)."""
+    env = lmdb.open(str(environment), readonly=True, lock=True, map_size=0, max_dbs=4)
+    try:
+        table = env.readers()
+    finally:
+        env.close()
+    return {int(row.split()[0]) for row in table.splitlines()[1:] if row.split() and row.split()[0].isdigit()}
+
+
+# A backup's copy, as server/backup.py takes it: each environment opened read-only with its lock file, a read
+# transaction begun in each; then it waits to be killed, as a backup killed (-9, the OOM killer, a timeout) mid-copy.
+_HOLDER = """
+import sys, time, lmdb
+envs = [lmdb.open(p, readonly=True, lock=True, map_size=0, max_dbs=4) for p in sys.argv[1:]]
+txns = [env.begin() for env in envs]
+print("reading", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_backup_killed_in_its_read_transactions_frees_its_reader_slots_by_the_next_snapshot(
+    server: ServerProcess,
+) -> None:
+    """README: while a backup runs the journal grows by what is written meanwhile, none freed being reused. Its
+    reader slot must not outlive it: a killed reader's slot kept every page freed after it from reuse, so 200
+    batches took ~940 pages instead of ~10 until the next backup or a restart, and the map fills."""
+    environments = [server.data_dir / "journal", server.data_dir / "explain"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, *map(str, environments)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "reading\n"
+        assert all(holder.pid in reader_pids(env) for env in environments)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    ingest(server, "killed-", 30)  # three snapshots at least
+    freed = wait_for(lambda: not any(holder.pid in reader_pids(env) for env in environments), 30)
+    assert freed, {str(env): reader_pids(env) for env in environments}
