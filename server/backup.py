@@ -13,9 +13,10 @@ What it copies, in this order (docs/architecture.md §4, Backups):
    snapshot's seq (a snapshot is saved only at a committed seq): the restore loads it and replays what follows.
 
 With `explain_index` (the default; `--no-explain-index` leaves it out), between the two: the explain index (`explain/`), by the same LMDB copy.
-Its covered seq is at least the snapshot's (a snapshot is saved only once the index covers its seq) and at most the
-journal's (the index takes only committed records): the restore loads the snapshot, keeps the index and its page
-tokens, and replays only what follows. Without it `explain/` is left out (derived from the journal): a start
+Its covered seq is at most the journal's (the index takes only committed records), and at least the snapshot's (a
+snapshot is saved only once the index covers its seq) unless the server runs with `--no-explain-index` over an old
+`explain/` or its index stopped full: the restore keeps the index and its page tokens, loads the snapshot and
+replays only what follows, or, behind the snapshot (said so on the line), replays the whole journal. Without it `explain/` is left out (derived from the journal): a start
 rebuilds it by replaying the whole journal, the snapshot unused (server/recovery.py), and old page tokens are refused.
 
 Always left out: `LOCK` (the server's `flock`, never taken nor waited for here). Each environment is opened read-only
@@ -88,6 +89,10 @@ class BackupDone:
             if self.explain_covered_seq is not None
             else ", no explain index (a start rebuilds it by replaying the whole journal)"
         )
+        if self.explain_covered_seq is not None and self.explain_covered_seq < (self.snapshot_seq or 0):
+            # An index left behind by a server run with --no-explain-index, or stopped full: the snapshot unused.
+            explain += ", behind the snapshot (a start replays the whole journal into it)"
+
         return (
             f"backed up journal records up to seq {self.last_seq} ({self.journal_bytes:,} bytes), {snapshot}{explain} "
             f"into {self.destination}"

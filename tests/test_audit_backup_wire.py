@@ -7,6 +7,7 @@ credit of period_charges. The server snapshots every 10 records, without waiting
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess, wait_for
-from tests.test_backup_wire import batch, catalogue
+from tests.test_backup_wire import balances, batch, catalogue, replayed_records, tariff_backup
 
 SNAPSHOT_ARGS = ["--snapshot-every", "10", "--snapshot-journal-factor", "0"]
 
@@ -77,3 +78,36 @@ def test_a_backup_killed_in_its_read_transactions_frees_its_reader_slots_by_the_
     ingest(server, "killed-", 30)  # three snapshots at least
     freed = wait_for(lambda: not any(holder.pid in reader_pids(env) for env in environments), 30)
     assert freed, {str(env): reader_pids(env) for env in environments}
+
+
+def test_an_explain_index_behind_the_snapshot_is_said_so_and_the_restore_replays_the_whole_journal(
+    server: ServerProcess,
+) -> None:
+    """A server run with --no-explain-index keeps its old explain/ as it was, behind the snapshots it saves since.
+    The backup copies it (the default); its line says the index is behind the snapshot, and the restore replays
+    every record (README: a start's replay begins at the journal's first record whenever the index is behind the
+    snapshot), not only those after the snapshot."""
+    assert server.terminate() == 0
+    server.extra_args = (*SNAPSHOT_ARGS, "--no-explain-index")
+    server.start()
+    ingest(server, "no-index-", 25)
+    with server.client() as client:
+        before = balances(client)
+    destination = server.data_dir.parent / "behind"
+    done = tariff_backup(server.data_dir, destination)
+    assert done.returncode == 0, done.stderr
+    found = re.search(
+        r"records up to seq (\d+) .*snapshot at seq (\d+) .*explain index covering seq (\d+)", done.stdout
+    )
+    assert found is not None, done.stdout
+    last_seq, snapshot_seq, covered_seq = map(int, found.groups())
+    assert covered_seq < snapshot_seq <= last_seq, done.stdout
+    assert "behind the snapshot" in done.stdout, done.stdout
+    restored = ServerProcess(destination)
+    restored.start()
+    try:
+        assert replayed_records(restored) == last_seq, restored.log_tail(5)
+        with restored.client() as client:
+            assert balances(client) == before
+    finally:
+        restored.stop()
