@@ -121,6 +121,9 @@ def backup(data_dir: Path, destination: Path, *, explain_index: bool = True) -> 
     # Beside DEST, on its file system, so that the rename is atomic (absolute: `--to .` has no name to add to).
     absolute = Path(os.path.abspath(destination))
     partial = absolute.with_name(f"{absolute.name}.partial-{os.getpid()}")
+    # One of this pid is a killed backup's (no live process has this pid but this one): a container runs each backup
+    # under the same pid, and its retry would fail on it.
+    shutil.rmtree(partial, ignore_errors=True)
     try:
         copied_journal = partial / JOURNAL_DIR
         copied_journal.mkdir(parents=True)
