@@ -155,12 +155,15 @@ def backup(data_dir: Path, destination: Path, *, explain_index: bool = True) -> 
 
 
 def _refuse_unless_usable(data_dir: Path, journal_dir: Path, destination: Path) -> None:
-    if not (journal_dir / "data.mdb").is_file():
-        raise BackupRefused(f"{data_dir} holds no journal ({journal_dir / 'data.mdb'} is missing)")
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise BackupRefused(f"{destination} already exists: a backup goes into a new (or empty) directory")
-    if destination.resolve().is_relative_to(data_dir.resolve()):
-        raise BackupRefused(f"{destination} is inside the data directory {data_dir}")
+    try:
+        if not (journal_dir / "data.mdb").is_file():
+            raise BackupRefused(f"{data_dir} holds no journal ({journal_dir / 'data.mdb'} is missing)")
+        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+            raise BackupRefused(f"{destination} already exists: a backup goes into a new (or empty) directory")
+        if destination.resolve().is_relative_to(data_dir.resolve()):
+            raise BackupRefused(f"{destination} is inside the data directory {data_dir}")
+    except OSError as exc:  # a directory the user may not search (Permission denied), a name too long: one line
+        raise BackupRefused(f"cannot look at {exc.filename}: {exc.strerror or exc}") from None
 
 
 def _copy_snapshot(journal_dir: Path, copied_journal: Path) -> tuple[int | None, int, int]:

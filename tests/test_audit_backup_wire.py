@@ -96,6 +96,18 @@ def test_a_backup_run_again_under_the_pid_of_a_killed_one_takes_the_place_of_its
     assert done.last_seq > 0 and (destination / "journal" / "data.mdb").is_file() and not leftover.exists()
 
 
+def test_a_path_that_cannot_be_looked_at_is_a_one_line_usage_error(server: ServerProcess) -> None:
+    """README: a DEST that is not an empty directory, or a DIR without a journal, is a usage error (exit 2, one line,
+    nothing written). A path the system refuses to look at (a name too long here; a DIR not searchable by the user
+    running the backup alike: Permission denied) ended the command in a traceback (exit 1)."""
+    too_long = "x" * 300
+    for data_dir, destination in ((server.data_dir, server.data_dir.parent / too_long), (Path(too_long), Path("y"))):
+        done = tariff_backup(data_dir, destination)
+        assert (done.returncode, done.stdout) == (2, ""), done
+        assert done.stderr.startswith("tariff backup: ") and done.stderr.count("\n") == 1, done.stderr
+        assert "File name too long" in done.stderr, done.stderr
+
+
 def test_an_explain_index_behind_the_snapshot_is_said_so_and_the_restore_replays_the_whole_journal(
     server: ServerProcess,
 ) -> None:
