@@ -118,8 +118,9 @@ def backup(data_dir: Path, destination: Path, *, explain_index: bool = True) -> 
     (nothing left behind) when it cannot."""
     journal_dir = data_dir / JOURNAL_DIR
     _refuse_unless_usable(data_dir, journal_dir, destination)
-    # Beside DEST, on its file system, so that the rename is atomic (absolute: `--to .` has no name to add to).
-    absolute = Path(os.path.abspath(destination))
+    # Beside DEST, on its file system, so that the rename is atomic (absolute: `--to .` has no name to add to). A DEST
+    # named through a symbolic link is the directory it names: a directory cannot be renamed onto the link.
+    absolute = Path(os.path.abspath(destination.resolve() if destination.is_symlink() else destination))
     partial = absolute.with_name(f"{absolute.name}.partial-{os.getpid()}")
     # One of this pid is a killed backup's (no live process has this pid but this one): a container runs each backup
     # under the same pid, and its retry would fail on it.
@@ -131,7 +132,7 @@ def backup(data_dir: Path, destination: Path, *, explain_index: bool = True) -> 
         explain_seq, explain_bytes = None, 0
         if explain_index and (data_dir / EXPLAIN_DIR / "data.mdb").is_file():
             (partial / EXPLAIN_DIR).mkdir()
-            explain_seq, explain_bytes = _lmdb_copy(data_dir / EXPLAIN_DIR, partial / EXPLAIN_DIR, _covered_seq)
+            explain_seq, explain_bytes = _explain_copy(data_dir / EXPLAIN_DIR, partial / EXPLAIN_DIR)
         last_seq, journal_bytes = _lmdb_copy(journal_dir, copied_journal, _last_record_seq)
         for what, seq in (("snapshot", snapshot_seq), ("explain index", explain_seq)):
             if seq is not None and seq > last_seq:  # never, by the order of the copies: checked, not assumed
@@ -249,6 +250,14 @@ def _lmdb_copy(
     _fsync_path(copied)
     _fsync_path(target)
     return seq, copied.stat().st_size
+
+
+def _explain_copy(source: Path, target: Path) -> tuple[int, int]:
+    """The explain index's copy; one it cannot read is refused saying how to leave it out (it is derived data)."""
+    try:
+        return _lmdb_copy(source, target, _covered_seq)
+    except BackupRefused as exc:
+        raise BackupRefused(f"{exc}; --no-explain-index takes the backup without it (a restore rebuilds it)") from None
 
 
 def _last_record_seq(env: lmdb.Environment, txn: lmdb.Transaction) -> int:

@@ -382,6 +382,9 @@ def backup(data_dir: Path, destination: Path, explain_index: bool) -> None:
     except BackupFailed as exc:
         click.echo(f"tariff backup: {exc}; nothing was written to {destination}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # the partial copy is removed by then
+        click.echo(f"tariff backup: interrupted; nothing was written to {destination}", err=True)
+        sys.exit(130)
 
 
 @main.group()

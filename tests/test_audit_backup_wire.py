@@ -139,3 +139,29 @@ def test_an_explain_index_behind_the_snapshot_is_said_so_and_the_restore_replays
             assert balances(client) == before
     finally:
         restored.stop()
+
+
+def test_a_destination_that_is_a_link_to_an_empty_directory_receives_the_backup(server: ServerProcess) -> None:
+    """README: DEST is a new or empty directory. One named through a symbolic link (a mount point's alias, say) made
+    the final rename fail ("Not a directory", exit 1): the backup goes into the directory the link names."""
+    target = server.data_dir.parent / "linked-target"
+    target.mkdir()
+    link = server.data_dir.parent / "linked"
+    link.symlink_to(target)
+    done = tariff_backup(server.data_dir, link)
+    assert done.returncode == 0, done
+    assert link.is_symlink() and (target / "journal" / "data.mdb").is_file()
+
+
+def test_an_explain_index_the_backup_cannot_read_is_refused_naming_the_flag_that_leaves_it_out(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """The explain index is derived data: one that is damaged (here, not an LMDB file) refuses the backup (exit 2),
+    and the line says how to take the backup without it."""
+    copy = tmp_path / "damaged"
+    assert backup(server.data_dir, copy).last_seq > 0
+    (copy / "explain" / "data.mdb").write_bytes(b"not an LMDB file" * 512)
+    done = tariff_backup(copy, tmp_path / "from-damaged")
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert "--no-explain-index" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert tariff_backup(copy, tmp_path / "from-damaged", "--no-explain-index").returncode == 0
