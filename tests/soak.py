@@ -731,10 +731,8 @@ class Soak:
             assert found is not None
             last_seq, snapshot_seq = int(found[1]), int(found[2] or 0)
             copied_journal = taken.destination / "journal"
-            copied = list(ReferenceBilling.read_journal(copied_journal))
-            original = list(itertools.islice(ReferenceBilling.read_journal(self.journal_dir), last_seq))
             check(
-                [seq for seq, _ in copied] == list(range(1, last_seq + 1)) and copied == original,
+                same_first_records(copied_journal, self.journal_dir, last_seq),
                 f"{taken.destination}: its journal is not the original's first {last_seq} records",
             )
             # The explain index copied and not behind the snapshot: the snapshot loaded; else the whole journal.
@@ -862,6 +860,16 @@ class Soak:
         self.summary.stream_resent_batches = self.stats["stream_resent_batches"]
         self.summary.stream_reconnects = self.stats["stream_reconnects"]
         check(wire(scratch.total_charges()) != "0", "the soak charged nothing: the catalogue is not exercised")
+
+
+def same_first_records(copied_journal: Path, original_journal: Path, count: int) -> bool:
+    """Whether `copied_journal` holds exactly the original's records 1..count, byte for byte (both read in step: a
+    long soak's journal is hundreds of MB)."""
+    copied = ReferenceBilling.read_journal(copied_journal)
+    original = itertools.islice(ReferenceBilling.read_journal(original_journal), count)
+    seqs = itertools.count(1)
+    pairs = itertools.zip_longest(copied, original)
+    return all(c == o and c[0] == next(seqs) for c, o in pairs) and next(seqs) == count + 1
 
 
 def serving_replayed_records(server: ServerProcess) -> int:
