@@ -204,9 +204,9 @@ loadtest: install
 
 # The kernel's property and differential tests, the server's wire differential and the stateful credits machine
 # (tests/test_stateful_credits.py) with more cases, the full fault soak (50 x kill -9 under streaming load with
-# retries, checked against a recomputation of the journal; 38-47 min of the whole on the 2-core development
-# machine, which takes 70-90 min, see README "Figures") and the hostile-input fuzz with more examples (`make test`
-# runs short versions).
+# retries, checked against a recomputation of the journal, with 3 `tariff backup`s under load, each restored and
+# checked; 38-47 min of the whole on the 2-core development machine, which takes 70-90 min, see README "Figures")
+# and the hostile-input fuzz with more examples (`make test` runs short versions).
 SOAK_SEED ?= 1
 FUZZ_EXAMPLES ?= 100
 soak: install

@@ -1,6 +1,6 @@
 """The fault soak: streaming load with retries, `kill -9` at seeded random moments, a check after every crash.
 
-    python -m tests.soak --crashes 50 --clients 4 --seed 1 --out soak.json
+    python -m tests.soak --crashes 50 --clients 4 --seed 1 --backups 3 --out soak.json
 
 One real server process (tests/serverproc.py) with a small catalogue built over the admin RPCs (two
 products, UNIT prices, per customer a promotional and a prepaid grant, overage allowed). Load comes from:
@@ -18,6 +18,14 @@ clients resend until everything is acknowledged, and compare every read RPC that
 every customer, GetCustomer, ListCustomers, GetContract, ListProducts, GetRateCard, GetAuditLog) with the
 reference computed from the journal at the same seq.
 
+With `--backups N` (3 by default, 0: none), N cycles chosen by the seed also run `tariff backup` against the live
+server while the clients ingest, some of them with the cycle's `kill -9` landing while it copies: it must complete, or
+fail cleanly (exit 1, no DEST), never leaving its partial copy. After the soak, each completed backup is checked: its
+journal is the original journal's first K records byte for byte (K its last seq: a prefix, each batch whole or absent),
+a server started on it says the `replayed_records` the README promises (the records after its snapshot, all of them
+when the explain index was not copied or is behind the snapshot), its reads equal the recomputation of that journal,
+and every batch acknowledged before the backup started, resent, is all duplicates.
+
 After the crashes: 10,000 conflicting duplicates (acknowledged transaction ids, other content) must all be
 DUPLICATE_CONFLICT with balances unchanged, and identical resends all duplicates, before and after one more
 `kill -9`. Finally SIGTERM, a from-scratch recomputation of the whole journal, and one more comparison.
@@ -30,9 +38,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -59,7 +69,7 @@ from tariff.v1 import (
 )
 
 from tests.reference_billing import ReferenceBilling, content_of, wire
-from tests.serverproc import ServerProcess
+from tests.serverproc import REPO_ROOT, ServerProcess
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.enable_http_proxy", 0),
@@ -80,6 +90,13 @@ CONFLICT_BATCH_EVENTS = 2_000
 YEAR_MS = 366 * 24 * 3600 * 1000
 SNAPSHOT_EVERY_RECORDS = 40
 KILL_DURING_RESENDS_CHANCE = 0.25
+# Of the backups, those whose cycle's kill -9 lands while the backup copies (its DEST.partial-<pid> exists).
+KILL_DURING_BACKUP_CHANCE = 0.5
+RESEND_CHUNK_EVENTS = 10_000  # a backup's check resends the batches acknowledged before it this many events a call
+# The backup's line (server/backup.py BackupDone.line): the journal's last seq, the snapshot's, the explain index's.
+BACKUP_LINE = re.compile(
+    r"records up to seq (\d+) .*?(?:snapshot at seq (\d+)|no snapshot).*?(?:explain index covering seq (\d+)|no explain)"
+)
 
 
 class SoakFailure(AssertionError):
@@ -116,6 +133,17 @@ class SoakConfig:
     batch_events_max: int = 300
     sender_pause_s_max: float = 0.02  # each sender rests up to this long between batches: a soak, not a benchmark
     senders_per_client: int = 3
+    backups: int = 0  # `tariff backup` runs during this many crash cycles (seeded), each checked after the soak
+
+
+@dataclasses.dataclass
+class TakenBackup:
+    """One `tariff backup` run against the live server, and what the clients had seen acknowledged when it started."""
+
+    destination: Path
+    process: asyncio.subprocess.Process
+    acked_before: list[SentBatch]
+    line: str = ""
 
 
 @dataclasses.dataclass
@@ -152,6 +180,10 @@ class SoakSummary:
     identical_resends_tried: int = 0
     identical_resends_counted_as_duplicates: int = 0
     reads_compared: int = 0
+    backups_taken: int = 0
+    backups_completed: int = 0  # the others failed cleanly (exit 1, no DEST)
+    backups_server_killed_mid_copy: int = 0
+    backups_verified: int = 0  # restored, journal a prefix of the original's, reads and resends checked
     elapsed_s: float = 0.0
     command: str = ""
 
@@ -565,6 +597,10 @@ class Soak:
         self.extra_batch_ids: set[str] = set()  # the conflict phase's batches
         self.stats = {"stream_resent_batches": 0, "stream_reconnects": 0}
         self.rng = random.Random(config.seed)
+        # Its own generator: the backups draw nothing from the one that times the kills and the resends.
+        self.backup_rng = random.Random(f"{config.seed}-backups")
+        self.backup_cycles = set(self.backup_rng.sample(range(config.crashes), min(config.backups, config.crashes)))
+        self.backups: list[TakenBackup] = []  # the completed ones
 
     async def run(self) -> SoakSummary:
         started = time.monotonic()
@@ -592,13 +628,17 @@ class Soak:
                     raise outcome
             await self._conflicts()
             await self._final_check()
+            await self._verify_backups()
         finally:
             self.server.stop()
         self.summary.elapsed_s = round(time.monotonic() - started, 1)
         return self.summary
 
     async def _crash_cycle(self, crash: int, tasks: Sequence[asyncio.Task[None]]) -> None:
-        await asyncio.sleep(self.rng.uniform(self.config.run_s_min, self.config.run_s_max))
+        run_s = self.rng.uniform(self.config.run_s_min, self.config.run_s_max)
+        backup = await self._backup_during_load(run_s) if crash in self.backup_cycles else None
+        if backup is None:
+            await asyncio.sleep(run_s)
         in_flight_at_kill = self.load.busy
         self.server.kill9()
         self.load.running.clear()
@@ -611,6 +651,8 @@ class Soak:
             self.summary.kills_with_batches_in_flight += 1
         await asyncio.to_thread(self.server.start)
         self.summary.crashes_survived += 1
+        if backup is not None:
+            await self._backup_finished(backup)
         if self.rng.random() < KILL_DURING_RESENDS_CHANCE:
             # Again, while the clients reconnect and resend what the first crash left unacknowledged.
             await asyncio.sleep(self.rng.uniform(0, 0.3))
@@ -634,6 +676,88 @@ class Soak:
             flush=True,
         )
         self.load.running.set()
+
+    async def _backup_during_load(self, run_s: float) -> TakenBackup:
+        """Starts `tariff backup` while the clients ingest; returns just before the cycle's kill -9: once the backup
+        is done and the run's while is over, or (KILL_DURING_BACKUP_CHANCE) while it copies."""
+        lead_s = self.backup_rng.uniform(0, run_s)
+        await asyncio.sleep(lead_s)
+        destination = self.server.data_dir.parent / "backups" / f"backup-{self.summary.backups_taken}"
+        destination.parent.mkdir(exist_ok=True)
+        # Acknowledged before the backup starts: committed before its read transaction, so in its copy.
+        acked_before = [b for b in self.load.sent.values() if b.acks]
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "server.cli", "backup", "--data-dir", str(self.server.data_dir)),
+            *("--to", str(destination)),
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self.summary.backups_taken += 1
+        taken = TakenBackup(destination, process, acked_before)
+        if self.backup_rng.random() >= KILL_DURING_BACKUP_CHANCE:
+            await process.wait()
+            await asyncio.sleep(max(0.0, run_s - lead_s))
+            return taken
+        partial = destination.with_name(f"{destination.name}.partial-{process.pid}")
+        deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+        while process.returncode is None and not partial.exists():
+            check(time.monotonic() < deadline, f"tariff backup into {destination} started no copy")
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(self.backup_rng.uniform(0, 0.02))
+        if process.returncode is None and partial.exists():
+            self.summary.backups_server_killed_mid_copy += 1
+        return taken
+
+    async def _backup_finished(self, taken: TakenBackup) -> None:
+        """Completed (exit 0, DEST) or failed cleanly (exit 1, no DEST); never a leftover DEST.partial-<pid>."""
+        stdout, stderr = await asyncio.wait_for(taken.process.communicate(), QUIESCE_TIMEOUT_S)
+        code, name = taken.process.returncode, taken.destination.name
+        where = f"tariff backup into {taken.destination}: exit {code}, {stdout.decode()!r} {stderr.decode()!r}"
+        check(not list(taken.destination.parent.glob(f"{name}.partial-*")), f"{where}: its partial copy left behind")
+        check(code in (0, 1) and taken.destination.exists() == (code == 0), where)
+        if code == 0:
+            taken.line = stdout.decode()
+            self.backups.append(taken)
+            self.summary.backups_completed += 1
+
+    async def _verify_backups(self) -> None:
+        """Each completed backup: its journal is the original's first K records, byte for byte (K its last seq); a
+        server started on it replays what the README says, reads as the recomputation of that journal, and answers
+        every batch acknowledged before the backup started with all duplicates."""
+        for taken in self.backups:
+            found = BACKUP_LINE.search(taken.line)
+            check(found is not None, f"tariff backup printed {taken.line!r}")
+            assert found is not None
+            last_seq, snapshot_seq = int(found[1]), int(found[2] or 0)
+            copied_journal = taken.destination / "journal"
+            check(
+                same_first_records(copied_journal, self.journal_dir, last_seq),
+                f"{taken.destination}: its journal is not the original's first {last_seq} records",
+            )
+            # The explain index copied and not behind the snapshot: the snapshot loaded; else the whole journal.
+            index_usable = found[3] is not None and int(found[3]) >= snapshot_seq
+            replayed = last_seq - snapshot_seq if index_usable else last_seq
+            restored = ServerProcess(taken.destination)
+            await asyncio.to_thread(restored.start)
+            try:
+                check(
+                    serving_replayed_records(restored) == replayed,
+                    f"{taken.destination}: not replayed_records={replayed}: {restored.log_tail(3)}",
+                )
+                reference = ReferenceBilling.from_journal(copied_journal)
+                self.summary.reads_compared += await compare_reads(restored.target, reference, self.customers)
+                await resend_all_duplicates(restored.target, taken.acked_before)
+                check(await asyncio.to_thread(restored.terminate) == 0, f"{restored!r}: SIGTERM exit code")
+            finally:
+                restored.stop()
+            self.summary.backups_verified += 1
+        print(
+            f"backups: {self.summary.backups_taken} taken, {self.summary.backups_completed} completed, "
+            f"{self.summary.backups_server_killed_mid_copy} with the server killed mid-copy, "
+            f"{self.summary.backups_verified} verified",
+            flush=True,
+        )
 
     async def _quiesce(self, tasks: Sequence[asyncio.Task[None]]) -> None:
         """Waits until no sender is mid-batch (every resend answered); a client that died re-raises here."""
@@ -738,6 +862,40 @@ class Soak:
         check(wire(scratch.total_charges()) != "0", "the soak charged nothing: the catalogue is not exercised")
 
 
+def same_first_records(copied_journal: Path, original_journal: Path, count: int) -> bool:
+    """Whether `copied_journal` holds exactly the original's records 1..count, byte for byte (both read in step: a
+    long soak's journal is hundreds of MB)."""
+    copied = ReferenceBilling.read_journal(copied_journal)
+    original = itertools.islice(ReferenceBilling.read_journal(original_journal), count)
+    seqs = itertools.count(1)
+    pairs = itertools.zip_longest(copied, original)
+    return all(c == o and c[0] == next(seqs) for c, o in pairs) and next(seqs) == count + 1
+
+
+def serving_replayed_records(server: ServerProcess) -> int:
+    """The `replayed_records` of the server's `serving` line (README, The operator's log)."""
+    found = re.search(r" tariff: serving .* replayed_records=(\d+) ", server.log_path.read_text())
+    check(found is not None, f"no serving line: {server.log_tail(3)}")
+    assert found is not None
+    return int(found[1])
+
+
+async def resend_all_duplicates(target: str, batches: Sequence[SentBatch]) -> None:
+    """The batches' events, resent with their transaction ids (RESEND_CHUNK_EVENTS a call): every one a duplicate."""
+    events = [e for b in batches for e in b.message.events]
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        for i in range(0, len(events), RESEND_CHUNK_EVENTS):
+            chunk = events[i : i + RESEND_CHUNK_EVENTS]
+            ack = await stub.IngestUsageBatch(
+                usage_pb2.UsageBatch(batch_id=f"backup-check-{i}", events=chunk), timeout=RPC_TIMEOUT_S
+            )
+            check(
+                (ack.accepted, ack.duplicates, len(ack.rejected)) == (0, len(chunk), 0),
+                f"{target}: an event acknowledged before the backup is not in it: {ack.accepted} accepted",
+            )
+
+
 def run_soak(config: SoakConfig, work_dir: Path) -> SoakSummary:
     return asyncio.run(Soak(config, work_dir).run())
 
@@ -749,13 +907,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--customers", type=int, default=6)
     parser.add_argument("--conflicts", type=int, default=10_000)
+    parser.add_argument(
+        "--backups", type=int, default=3, help="crash cycles (seeded) that run `tariff backup` while clients ingest"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the server's data here (default: a temp dir)")
     args = parser.parse_args(argv)
     # Every crash makes each stream log its reconnect; the summary counts them instead.
     logging.getLogger("tariff.client").setLevel(logging.ERROR)
     config = SoakConfig(
-        crashes=args.crashes, clients=args.clients, seed=args.seed, customers=args.customers, conflicts=args.conflicts
+        crashes=args.crashes,
+        clients=args.clients,
+        seed=args.seed,
+        customers=args.customers,
+        conflicts=args.conflicts,
+        backups=args.backups,
     )
     command = " ".join(["python -m tests.soak", *(argv if argv is not None else sys.argv[1:])])
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="tariff-soak-"))

@@ -2,7 +2,8 @@
 
 `make soak` runs the long soak (50 crashes); here 5 crashes keep the suite's time bounded while exercising the
 same checks: after every `kill -9` every acknowledged event is in the journal exactly once, nothing is
-half-applied, and every read RPC agrees with tests/reference_billing.py's recomputation of the journal.
+half-applied, and every read RPC agrees with tests/reference_billing.py's recomputation of the journal; one of the
+cycles also takes a `tariff backup` under load, restored and checked.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.soak import (
 )
 
 SHORT_CRASHES = 5
+BACKUPS = 1
 CONFLICTS = 10_000
 
 
@@ -38,7 +40,7 @@ CONFLICTS = 10_000
 def test_short_soak_survives_kill9_with_every_acknowledged_event_once_and_reads_equal_to_the_reference(
     tmp_path: Path,
 ) -> None:
-    config = SoakConfig(crashes=SHORT_CRASHES, clients=2, seed=20261126, conflicts=CONFLICTS)
+    config = SoakConfig(crashes=SHORT_CRASHES, clients=2, seed=20261126, conflicts=CONFLICTS, backups=BACKUPS)
     summary = run_soak(config, tmp_path)  # raises SoakFailure on any broken promise
     # Some cycles kill twice (again while clients resend); the conflict phase kills once more.
     assert summary.checks_after_crash == SHORT_CRASHES + summary.kills_during_resends
@@ -50,6 +52,8 @@ def test_short_soak_survives_kill9_with_every_acknowledged_event_once_and_reads_
     # Both rounds (before and after the crash) refuse every conflict and count every identical resend.
     assert summary.conflicts_tried == summary.conflicts_detected == 2 * CONFLICTS
     assert summary.identical_resends_tried == summary.identical_resends_counted_as_duplicates == 2 * CONFLICTS
+    # Backups taken while clients ingest (some with the kill landing mid-copy): each completed one restored and checked.
+    assert summary.backups_taken == BACKUPS and summary.backups_verified == summary.backups_completed
     print(summary)
 
 
