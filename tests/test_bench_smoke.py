@@ -24,7 +24,7 @@ QUICK_DEDUPE_IDS = 20_000
 RUNS = 2
 BATCHES = 4
 BATCH_EVENTS = 50
-# Generous: a guard against a hung bench, not a speed check (pytest runs two files at once).
+# Generous: a guard against a hung bench, not a speed check (pytest runs three files at once).
 BENCH_TIMEOUT_S = 420
 BENCH_STOP_TIMEOUT_S = 60
 
