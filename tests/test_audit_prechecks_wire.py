@@ -418,12 +418,16 @@ def test_a_retry_whose_answer_fits_is_not_refused_at_the_limit(small: ServerProc
 
 
 def padded_grant(grant_id: str, products: list[str], size_bytes: int) -> contracts_pb2.Grant:
-    """A promotional grant of `rg` whose request takes `size_bytes` (as near as products and a padded id allow)."""
+    """A promotional grant of `rg` whose request takes `size_bytes` exactly (while products last). Products go in
+    while more than 120 bytes remain, and the id's padding takes the rest: up to 127 characters (its length prefix
+    one byte). With 130 and 120, a gap of 121-129 bytes was left short by up to 17, and whether it was depended on
+    the earlier grants' sizes, that is on the milliseconds of their `created_at`."""
     grant = contracts_pb2.Grant(id=grant_id, customer_id="rg", kind=contracts_pb2.PROMOTIONAL, amount="1")
     grant.paid_amount = "0"
-    while grant.ByteSize() + 130 <= size_bytes and len(grant.applicable_product_ids) < len(products):
+    while grant.ByteSize() + 120 <= size_bytes and len(grant.applicable_product_ids) < len(products):
         grant.applicable_product_ids.append(products[len(grant.applicable_product_ids)])
-    grant.id += "p" * max(0, min(120 - len(grant.id), size_bytes - grant.ByteSize()))
+    grant.id += "p" * max(0, min(127 - len(grant.id), size_bytes - grant.ByteSize()))
+    assert grant.ByteSize() == size_bytes or len(grant.applicable_product_ids) == len(products), grant.ByteSize()
     return grant
 
 
