@@ -36,19 +36,24 @@ def _simulation(answer: pricing_pb2.SimulateVersionResponse) -> list[tuple[str, 
     return [(a.customer_id, a.current_amount, a.simulated_amount, a.delta) for a in answer.amounts]
 
 
-def test_simulate_waits_for_the_cards_pending_rerating_and_answers_against_the_state_it_leaves() -> None:
-    billing = machine([0] * 5, USAGE)
-    billing.publish_deferred(publish(1), billing.last_seq + 1)
-    billing.rerate_next(1)  # c0 re-rated by a background slice; c1..c4 still pending
-    rerating = billing.rerating
-    assert rerating is not None and list(rerating.pending) == ["c1", "c2", "c3", "c4"]
-    request = pricing_pb2.SimulateVersionRequest(
+def simulate_request() -> pricing_pb2.SimulateVersionRequest:
+    """Version 2 of `card` over hours 2-4 for c0 (re-rated) and c1 (pending, unless the re-rating is gone)."""
+    return pricing_pb2.SimulateVersionRequest(
         rate_card_id="card",
         version=2,
         period_start=ts(EPOCH_MS + 2 * HOUR_MS),
         period_end=ts(EPOCH_MS + 4 * HOUR_MS),
         customer_ids=["c0", "c1"],
     )
+
+
+def test_simulate_waits_for_the_cards_pending_rerating_and_answers_against_the_state_it_leaves() -> None:
+    billing = machine([0] * 5, USAGE)
+    billing.publish_deferred(publish(1), billing.last_seq + 1)
+    billing.rerate_next(1)  # c0 re-rated by a background slice; c1..c4 still pending
+    rerating = billing.rerating
+    assert rerating is not None and list(rerating.pending) == ["c1", "c2", "c3", "c4"]
+    request = simulate_request()
     service = PricingService(billing, cast(Sequencer, None), clock_ms=lambda: RECEIVED_MS)
     looks: list[bool] = []  # each look whether the card's re-rating is pending, and what it found
     simulating: list[int] = []  # the looks made when the simulation began
@@ -96,13 +101,7 @@ def test_simulate_waiting_is_woken_when_the_rerating_goes_with_the_state() -> No
     rebuilt = machine([0] * 5, USAGE)
     rebuilt.apply(publish(1), rebuilt.last_seq + 1)
     assert rebuilt.rerating is None
-    request = pricing_pb2.SimulateVersionRequest(
-        rate_card_id="card",
-        version=2,
-        period_start=ts(EPOCH_MS + 2 * HOUR_MS),
-        period_end=ts(EPOCH_MS + 4 * HOUR_MS),
-        customer_ids=["c0", "c1"],
-    )
+    request = simulate_request()
     service = PricingService(billing, cast(Sequencer, None), clock_ms=lambda: RECEIVED_MS)
 
     async def main() -> pricing_pb2.SimulateVersionResponse:
