@@ -296,6 +296,7 @@ def run_month(client: TariffClient, month: Month) -> None:
     seen["closed"] = client.invoices.ClosePeriod(
         invoices_pb2.ClosePeriodRequest(customer_id=CUSTOMER, period_start=stamp(s))
     )
+    seen["after close"] = client.get_balance(CUSTOMER)
     seen["next draft"] = preview(client, month.period_end)
     seen["revenue"] = revenue(client, s, month.period_end + 1)
     second_customer_after_the_end(client, month)
@@ -360,6 +361,8 @@ def second_customer_after_the_end(client: TariffClient, month: Month) -> None:
         period_start=stamp(s), period_end=stamp(month.period_end + 1), customer_id="ai2"
     )
     seen["ai2 revenue"] = client.invoices.GetRevenueReport(request)
+    everyone = invoices_pb2.GetRevenueReportRequest(period_start=stamp(s), period_end=stamp(month.period_end + 1))
+    seen["all revenue"] = client.invoices.GetRevenueReport(everyone)
 
 
 def reads(client: TariffClient, month: Month) -> tuple[Any, ...]:
@@ -794,6 +797,42 @@ def test_a_rolling_grant_expiring_mid_period_breaks_one_expiring_at_the_end_roll
         "20.35",
         "7.5",
         "0.15",
+        True,
+    )
+
+
+def test_closing_changes_no_balance_and_the_report_of_every_customer_sums_both(month: Month) -> None:
+    """The close moves no credit: the balance after it is the one before (but for its journal position, as_of_seq). The report of every customer over the same
+    span holds ai's and ai2's customer lines (customer id, then period order) and sums them: sold 315.12 + 28 =
+    343.12, recognised from credits 166.92 + 20.35 = 187.27, from overage 10, breakage 41.8 + 7.5 = 49.3, deferred
+    106.4 + 0.15 = 106.55; images in the month 8.8 + 14 = 22.8, in the next 6.35."""
+    before, after = balance_pb2.Balance(), balance_pb2.Balance()
+    before.CopyFrom(month.seen["after end"])
+    after.CopyFrom(month.seen["after close"])
+    assert after.as_of_seq > before.as_of_seq
+    before.ClearField("as_of_seq")
+    after.ClearField("as_of_seq")
+    assert after == before
+    report = month.seen["all revenue"]
+    customer = [
+        (x.customer_id, x.period_start.ToMilliseconds(), x.recognized, x.deferred) for x in report.customer_lines
+    ]
+    s, e = month.period_start, month.period_end
+    assert customer == [
+        ("ai", s, "172.6", "110.72"),
+        ("ai", e, "4.32", "106.4"),
+        ("ai2", s, "14", "6.5"),
+        ("ai2", e, "6.35", "0.15"),
+    ]
+    images = {x.period_start.ToMilliseconds(): x.recognized_credits for x in report.lines if x.product_id == "images"}
+    assert images == {s: "22.8", e: "6.35"}
+    r = report.reconciliation
+    assert (r.prepaid_sold, r.recognized_credits, r.recognized_overage, r.breakage, r.deferred_end, r.reconciles) == (
+        "343.12",
+        "187.27",
+        "10",
+        "49.3",
+        "106.55",
         True,
     )
 
