@@ -262,6 +262,7 @@ def run_month(client: TariffClient, month: Month) -> None:
     )
     seen["after publish"] = client.get_balance(CUSTOMER)
     second_customer(client, month)
+    third_customer(client, month)
     # h1 holds 1M gpt-4 tokens, settled by an event of 0.5M; h2 holds an image for 1 s and expires.
     seen["h1"] = hold(client, "h1", "llm", gpt4_us, 60_000, tokens=MILLION)
     seen["h1 held"] = client.get_balance(CUSTOMER)
@@ -300,6 +301,7 @@ def run_month(client: TariffClient, month: Month) -> None:
     seen["next draft"] = preview(client, month.period_end)
     seen["revenue"] = revenue(client, s, month.period_end + 1)
     second_customer_after_the_end(client, month)
+    third_customer_after_the_end(client, month)
 
 
 def second_customer(client: TariffClient, month: Month) -> None:
@@ -361,8 +363,60 @@ def second_customer_after_the_end(client: TariffClient, month: Month) -> None:
         period_start=stamp(s), period_end=stamp(month.period_end + 1), customer_id="ai2"
     )
     seen["ai2 revenue"] = client.invoices.GetRevenueReport(request)
-    everyone = invoices_pb2.GetRevenueReportRequest(period_start=stamp(s), period_end=stamp(month.period_end + 1))
-    seen["all revenue"] = client.invoices.GetRevenueReport(everyone)
+
+
+def storage(customer_id: str, key: str, at_ms: int, gb: float) -> usage_pb2.UsageEvent:
+    made = event(key, "store", at_ms, {"region": "us"}, gb=gb)
+    made.customer_id = customer_id
+    return made
+
+
+def open_contract(client: TariffClient, customer_id: str, month: Month) -> str:
+    """`<customer>-c` from S on the month's card, ALLOW, overage 0.4 USD, the customer created first."""
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+    request = contracts_pb2.CreateContractRequest(
+        id=f"{customer_id}-c",
+        customer_id=customer_id,
+        rate_card_id=CARD,
+        starting_at=stamp(month.period_start),
+        overage_policy=contracts_pb2.ALLOW,
+        overage_price="0.4",
+        currency="USD",
+    )
+    client.contracts.CreateContract(request)
+    return request.id
+
+
+def third_customer(client: TariffClient, month: Month) -> None:
+    """Customer `ai3`: grant T3, 3 credits paid 1 USD (a third of a dollar a credit, no whole number of picos),
+    rolling half over; 10 GB of storage on day 1 (VOLUME 10 x 0.1 = 1 credit)."""
+    contract_id = open_contract(client, "ai3", month)
+    made = contracts_pb2.Grant(
+        id="T3",
+        contract_id=contract_id,
+        kind=contracts_pb2.PREPAID,
+        amount="3",
+        paid_amount="1",
+        rollover_fraction="0.5",
+    )
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+    send(client, "ai3-b1", storage("ai3", "t1", month.day(1), 10))
+
+
+def third_customer_after_the_end(client: TariffClient, month: Month) -> None:
+    """Once T3 rolled over: 5 GB dated E + 1 s (the next period's line: 5 x 0.1 = 0.5 credit)."""
+    rolled = f"rollover-T3-{month.period_end}"
+    assert wait_for(lambda: rolled in grant_rows(client.get_balance("ai3")), 10), "T3 never rolled over"
+    send(client, "ai3-b2", storage("ai3", "t2", month.period_end + 1000, 5))
+    month.seen["ai3 balance"] = client.get_balance("ai3")
+    request = invoices_pb2.GetRevenueReportRequest(
+        period_start=stamp(month.period_start), period_end=stamp(month.period_end + 1), customer_id="ai3"
+    )
+    month.seen["ai3 revenue"] = client.invoices.GetRevenueReport(request)
+    everyone = invoices_pb2.GetRevenueReportRequest(
+        period_start=stamp(month.period_start), period_end=stamp(month.period_end + 1)
+    )
+    month.seen["all revenue"] = client.invoices.GetRevenueReport(everyone)
 
 
 def reads(client: TariffClient, month: Month) -> tuple[Any, ...]:
@@ -386,7 +440,11 @@ def reads(client: TariffClient, month: Month) -> tuple[Any, ...]:
         grant_rows(balance),
         [(g.grant_id, g.recognized_revenue) for g in balance.grants],
         preview(client, month.period_end).SerializeToString(deterministic=True),
-        revenue(client, month.period_start, month.period_end + 1).SerializeToString(deterministic=True),
+        client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(
+                period_start=stamp(month.period_start), period_end=stamp(month.period_end + 1)
+            )
+        ).SerializeToString(deterministic=True),
     )
 
 
@@ -802,10 +860,12 @@ def test_a_rolling_grant_expiring_mid_period_breaks_one_expiring_at_the_end_roll
 
 
 def test_closing_changes_no_balance_and_the_report_of_every_customer_sums_both(month: Month) -> None:
-    """The close moves no credit: the balance after it is the one before (but for its journal position, as_of_seq). The report of every customer over the same
-    span holds ai's and ai2's customer lines (customer id, then period order) and sums them: sold 315.12 + 28 =
-    343.12, recognised from credits 166.92 + 20.35 = 187.27, from overage 10, breakage 41.8 + 7.5 = 49.3, deferred
-    106.4 + 0.15 = 106.55; images in the month 8.8 + 14 = 22.8, in the next 6.35."""
+    """The close moves no credit: the balance after it is the one before (but for its journal position, as_of_seq).
+    The report of every customer over the same span holds ai's, ai2's and ai3's customer lines (customer id, then
+    period order) and sums them: sold 315.12 + 28 + 1 = 344.12, recognised from credits 166.92 + 20.35 +
+    0.499999999999 = 187.769999999999, from overage 10, breakage 41.8 + 7.5 + 0.333333333334 = 49.633333333334,
+    deferred 106.4 + 0.15 + 0.166666666667 = 106.716666666667; images in the month 8.8 + 14 = 22.8, in the next
+    6.35."""
     before, after = balance_pb2.Balance(), balance_pb2.Balance()
     before.CopyFrom(month.seen["after end"])
     after.CopyFrom(month.seen["after close"])
@@ -823,16 +883,63 @@ def test_closing_changes_no_balance_and_the_report_of_every_customer_sums_both(m
         ("ai", e, "4.32", "106.4"),
         ("ai2", s, "14", "6.5"),
         ("ai2", e, "6.35", "0.15"),
+        ("ai3", s, "0.333333333333", "0.333333333333"),
+        ("ai3", e, "0.166666666666", "0.166666666667"),
     ]
     images = {x.period_start.ToMilliseconds(): x.recognized_credits for x in report.lines if x.product_id == "images"}
     assert images == {s: "22.8", e: "6.35"}
     r = report.reconciliation
     assert (r.prepaid_sold, r.recognized_credits, r.recognized_overage, r.breakage, r.deferred_end, r.reconciles) == (
-        "343.12",
-        "187.27",
+        "344.12",
+        "187.769999999999",
         "10",
-        "49.3",
-        "106.55",
+        "49.633333333334",
+        "106.716666666667",
+        True,
+    )
+
+
+def test_credit_drawn_from_a_rollover_grant_is_valued_after_the_breakage_of_the_rollover_on_one_ledger(
+    month: Month,
+) -> None:
+    """README "Revenue": a ROLLOVER grant's draws and breakage count as its original grant's, whose consumed credits
+    are valued cumulatively, period by period, each period's draws before its breakage, at paid / amount = 1/3 USD a
+    credit, each value rounded half-even to the pico once. T3: 1 drawn in the month, then at E 0.5 x 2 = 1 rolls
+    and 1 breaks; 0.5 drawn from the ROLLOVER grant in the next period.
+      the month:  draws 1 x 1/3 = 0.333333333333; breakage (1 + 1) / 3 = 0.666666666667 - 0.333333333333 =
+                  0.333333333334; deferred 1 - 0.333333333333 - 0.333333333334 = 0.333333333333
+      the next:   (2 + 0.5) / 3 = 0.833333333333 - 0.666666666667 = 0.166666666666 recognised (not 1.5 / 3 - 1 / 3
+                  = 0.5 - 0.333333333333 = 0.166666666667, what valuing the draws alone would give: the two would
+                  no longer telescope to the 1 paid once the last 0.5 breaks); deferred 0.166666666667
+    GetBalance's recognized_revenue values each grant's own draws (balance.proto): T3 1 / 3 = 0.333333333333, its
+    ROLLOVER grant 0.5 / 3 = 0.166666666667 (its cost basis exact: 1 credit for 1/3 USD), a pico above the
+    report's cumulative 0.499999999999."""
+    e = month.period_end
+    rolled = f"rollover-T3-{e}"
+    balance = month.seen["ai3 balance"]
+    assert grant_rows(balance) == {"T3": ("3", "2", "0", "1", "0"), rolled: ("1", "0.5", "0.5", "0", "0")}
+    assert {g.grant_id: g.recognized_revenue for g in balance.grants} == {
+        "T3": "0.333333333333",
+        rolled: "0.166666666667",
+    }
+    report = month.seen["ai3 revenue"]
+    customer = [
+        (x.period_start.ToMilliseconds(), x.recognized_credits, x.breakage, x.deferred) for x in report.customer_lines
+    ]
+    assert customer == [
+        (month.period_start, "0.333333333333", "0.333333333334", "0.333333333333"),
+        (e, "0.166666666666", "0", "0.166666666667"),
+    ]
+    assert [(x.product_id, x.recognized_credits) for x in report.lines] == [
+        ("storage", "0.333333333333"),
+        ("storage", "0.166666666666"),
+    ]
+    r = report.reconciliation
+    assert (r.prepaid_sold, r.recognized_credits, r.breakage, r.deferred_end, r.reconciles) == (
+        "1",
+        "0.499999999999",
+        "0.333333333334",
+        "0.166666666667",
         True,
     )
 
