@@ -545,7 +545,7 @@ def test_expiry_inside_the_period_then_a_late_event_the_last_millisecond_and_the
     19.2 = 33.2 < 100: one top-up of 150 - 33.2 = 116.8 credits at 0.9 = 105.12 USD, counting in the period.
     e13 (E, the next period's first millisecond): 1M tokens = 24 on a new line quantity; G2 pays nothing dated
     at or after its period's end: G3 19.2, the top-up 4.8 (112 left). Remaining 14 + 112 = 126; the period's
-    charges 143 + 0.4 + 96 = 239.4, its overage 25."""
+    charges 143 + 0.4 + 96 = 239.4, its overage 25, due exactly 25 x 0.4 = 10 USD (unrounded in a balance)."""
     after_expiry = month.seen["after expiry"]
     assert totals(after_expiry) == ("129.6", "0", "129.6", "143", "25")
     assert grant_rows(after_expiry)["G1"] == ("100", "27.6", "0", "72.4", "0")
@@ -553,6 +553,11 @@ def test_expiry_inside_the_period_then_a_late_event_the_last_millisecond_and_the
     top_up = top_up_id(before_end)
     assert top_up.startswith(f"top-up-{month.period_start}-")
     assert totals(before_end) == ("126", "0", "126", "239.4", "25")
+    assert (before_end.overage_due, before_end.pricing_unit) == ("10", "credits")
+    assert (before_end.period_start.ToMilliseconds(), before_end.period_end.ToMilliseconds()) == (
+        month.period_start,
+        month.period_end,
+    )
     assert grant_rows(before_end) == {
         "G1": ("100", "27.6", "0", "72.4", "0"),
         "G2": ("200", "186", "14", "0", "0"),
@@ -572,6 +577,11 @@ def test_at_the_periods_end_g2_rolls_half_its_remainder_over_and_the_balance_con
     after = month.seen["after end"]
     top_up, rolled = top_up_id(after), f"rollover-G2-{month.period_end}"
     assert totals(after) == ("119", "0", "119", "24", "0")
+    assert after.overage_due == "0"
+    assert (after.period_start.ToMilliseconds(), after.period_end.ToMilliseconds()) == (
+        month.period_end,
+        month.next_end,
+    )
     assert grant_rows(after) == {
         "G1": ("100", "27.6", "0", "72.4", "0"),
         "G2": ("200", "193", "0", "7", "0"),
