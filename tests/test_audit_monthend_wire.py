@@ -957,6 +957,53 @@ def test_credit_drawn_from_a_rollover_grant_is_valued_after_the_breakage_of_the_
     )
 
 
+def explained(client: TariffClient, month: Month, page_token: str) -> invoices_pb2.ExplainLineItemResponse:
+    request = invoices_pb2.ExplainLineItemRequest(
+        customer_id=CUSTOMER,
+        period_start=stamp(month.period_start),
+        line_id="tokens;model=gpt-4;region=us",
+        page_size=2,
+        page_token=page_token,
+    )
+    page: invoices_pb2.ExplainLineItemResponse = client.invoices.ExplainLineItem(request)
+    return page
+
+
+def test_the_closed_lines_events_and_adjustment_explain_it_and_a_page_token_outlives_a_restart(
+    server: ServerProcess, month: Month
+) -> None:
+    """ExplainLineItem of the closed tokens;model=gpt-4;region=us line: its events in rating order, each at the
+    amount it was charged (e1 30 and e7 15 by version 1, s1 12 and e12 96 by version 2), then the re-rating's
+    adjustment of e7's bucket, -3: 30 + 15 + 12 + 96 - 3 = 150, the line's amount; e13 (dated E, the boundary hour)
+    is the next period's and not here. Pages of 2; the first page's token reads the same second page after a
+    kill -9 and a restart (README: tokens stay valid across restarts), and every page then reads as before."""
+    with server.client() as client:
+        pages = [explained(client, month, "")]
+        while pages[-1].next_page_token:
+            pages.append(explained(client, month, pages[-1].next_page_token))
+    rows = [
+        (e.transaction_id, e.quantity, e.version, e.amount, [(d.grant_id, d.credits) for d in e.draws])
+        for page in pages
+        for e in page.events
+    ]
+    assert rows == [
+        ("e1", "1000000", 1, "30", [("G2", "30")]),
+        ("e7", "500000", 1, "15", [("G2", "15")]),
+        ("s1", "500000", 2, "12", [("G2", "12")]),
+        ("e12", "4000000", 2, "96", [("G2", "96")]),
+        ("", "0", 2, "-3", []),
+    ]
+    assert {(p.line_amount, p.line_quantity) for p in pages} == {("150", "6000000")}
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert explained(client, month, pages[0].next_page_token) == pages[1]
+        again = [explained(client, month, "")]
+        while again[-1].next_page_token:
+            again.append(explained(client, month, again[-1].next_page_token))
+        assert again == pages
+
+
 def test_every_read_is_the_same_after_a_kill_9_and_a_restart(server: ServerProcess, month: Month) -> None:
     with server.client() as client:
         before = reads(client, month)
