@@ -11,8 +11,8 @@ PriceOverride), balance.proto (GrantBalance), invoices.proto (Invoice, InvoiceGr
 the gateway" and "Invoices and revenue", and docs/architecture.md §3; the arithmetic is written beside it.
 
 The server's clock is real, so the month is placed to end a few seconds after the module starts: E (the period's
-end) = now + 18 s, S (the contract's start, the period's start) = E - 1 calendar month, off the hour. Grant G1
-expires at X = now + 13 s, inside the period. Everything dated in the past of the period is sent at once; what
+end) = now + 26 s, S (the contract's start, the period's start) = E - 1 calendar month, off the hour. Grant G1
+expires at X = now + 20 s, inside the period. Everything dated in the past of the period is sent at once; what
 must be rated before X is (the whole setup takes well under a second), and the module then waits for X and for E
 (no assertion depends on how fast anything ran: phases are ordered by waiting for the instants they need).
 
@@ -188,14 +188,14 @@ class Month:
 
     def __init__(self) -> None:
         n0 = now_ms() // 1000 * 1000
-        self.period_end = n0 + 18_000
+        self.period_end = n0 + 26_000
         end = datetime.fromtimestamp(self.period_end / 1000, UTC)
         try:
             start = end.replace(month=end.month - 1) if end.month > 1 else end.replace(year=end.year - 1, month=12)
         except ValueError:
             pytest.skip(f"no contract start has its first period end at {end:%Y-%m-%d} (the month before is shorter)")
         self.period_start = int(start.timestamp() * 1000)
-        self.expiry = n0 + 13_000
+        self.expiry = n0 + 20_000
         self.effective = (self.period_start + 15 * DAY_MS) // HOUR_MS * HOUR_MS + HOUR_MS
         self.next_end = int(
             (
