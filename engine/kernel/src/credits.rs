@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::account::Account;
 use crate::ack::AckBuilder;
 use crate::decode::{check_event, py_repr, py_repr_cut, wire, with_view};
 use crate::draw::{Grant, Outcomes, NEVER_MS};
-use crate::kernel::{Account, Decision, Kernel};
+use crate::kernel::{Decision, Kernel};
 use crate::money::Picos;
 use crate::rollover;
 use crate::route::period_containing;

@@ -16,8 +16,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::account::Account;
 use crate::credits::account_due;
-use crate::kernel::{Account, Kernel};
+use crate::kernel::Kernel;
 
 /// Nothing due (the key of an account that is not in the index).
 pub const NEVER: i64 = i64::MAX;

@@ -4,6 +4,7 @@
 //! arithmetic on its own. Pure: no file, network, clock, thread or randomness; time comes in
 //! with each call. See README.md for the API and the tables' format.
 
+pub mod account;
 pub mod accounts;
 pub mod ack;
 pub mod append;

@@ -25,9 +25,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::account::Account;
 use crate::buckets::{HourKey, HourUsage, PeriodKey, PeriodTotal, VersionUsage, HOUR_MS};
 use crate::draw::{settle_into, Charge, Outcomes};
-use crate::kernel::{Account, Kernel};
+use crate::kernel::Kernel;
 use crate::money::{Fixed, Picos};
 use crate::price::PricedCurve;
 use crate::route::{
