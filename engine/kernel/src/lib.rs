@@ -27,6 +27,7 @@ pub mod kernel;
 pub mod money;
 pub mod prefetch;
 pub mod price;
+pub mod rater;
 pub mod rerate;
 pub mod rollover;
 pub mod route;
