@@ -34,6 +34,7 @@ pub mod route;
 pub mod snapshot;
 pub mod tables;
 pub mod touch;
+pub mod warm;
 
 mod bindings;
 
