@@ -28,6 +28,7 @@ pub mod money;
 pub mod prefetch;
 pub mod price;
 pub mod rater;
+pub mod reads;
 pub mod rerate;
 pub mod rollover;
 pub mod route;
