@@ -24,6 +24,7 @@ pub mod explain_chunk;
 pub mod holds;
 pub mod invoice;
 pub mod kernel;
+pub mod kernel_snapshot;
 pub mod money;
 pub mod prefetch;
 pub mod price;
