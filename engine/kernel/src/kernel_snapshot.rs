@@ -7,8 +7,9 @@ use crate::account::Account;
 use crate::buckets::{HourKey, HourUsage, PeriodKey, PeriodTotals};
 use crate::dedupe;
 use crate::draw::BurnOrder;
-use crate::kernel::{Kernel, Rater};
+use crate::kernel::Kernel;
 use crate::money::Picos;
+use crate::rater::Rater;
 use crate::route::{Interner, Sym};
 use crate::snapshot::{self, KeyRef, StoredAccountRef};
 

@@ -25,6 +25,7 @@ pub mod holds;
 pub mod invoice;
 pub mod kernel;
 pub mod kernel_snapshot;
+pub mod load_tables;
 pub mod money;
 pub mod prefetch;
 pub mod price;
