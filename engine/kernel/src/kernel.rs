@@ -4,6 +4,11 @@
 //! settle against grants, record in buckets, ack. `authorize` plans and settles a hypothetical
 //! event with the same functions, on a copy of the balances, and commits nothing. Time comes in
 //! with each call.
+//!
+//! This file holds the `Kernel` struct and its batch entry points (`ingest*`, the dedupe pruning).
+//! The rest of `Kernel` lives beside it: the account model (account.rs), rating one event
+//! (rater.rs), warming a slice's lookups (warm.rs), the reads (reads.rs), loading the tables
+//! (load_tables.rs), snapshot and restore (kernel_snapshot.rs).
 
 use std::ops::DerefMut;
 
