@@ -209,7 +209,7 @@ impl Kernel {
     }
 
     /// Ok when the index holds exactly what a walk of every account finds, and each account's burn order and
-    /// payable grants (kernel.rs `Account::payable`, derived alike) hold every grant they must; Err says where
+    /// payable grants (account.rs `Account::payable`, derived alike) hold every grant they must; Err says where
     /// it differs.
     pub fn check_due_index(&self) -> Result<(), String> {
         let window_ms = self.rater.catalog.dedupe_window_ms;
