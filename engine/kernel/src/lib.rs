@@ -32,6 +32,7 @@ pub mod price;
 pub mod rater;
 pub mod reads;
 pub mod rerate;
+pub mod resettle;
 pub mod rollover;
 pub mod route;
 pub mod snapshot;
