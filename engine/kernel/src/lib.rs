@@ -36,6 +36,7 @@ pub mod resettle;
 pub mod rollover;
 pub mod route;
 pub mod snapshot;
+pub mod split_hours;
 pub mod tables;
 pub mod touch;
 pub mod warm;
