@@ -31,6 +31,7 @@ pub mod prefetch;
 pub mod price;
 pub mod rater;
 pub mod reads;
+pub mod reprice;
 pub mod rerate;
 pub mod resettle;
 pub mod rollover;

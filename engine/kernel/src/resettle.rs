@@ -11,7 +11,7 @@ use crate::account::Account;
 use crate::buckets::{HourKey, PeriodKey, HOUR_MS};
 use crate::draw::{settle_into, Charge, Outcomes};
 use crate::money::Picos;
-use crate::rerate::PeriodCache;
+use crate::reprice::PeriodCache;
 
 /// Settles the account's open periods from `first_period` on again, in time order: everything
 /// they drew is given back, then each hour bucket's amount draws in burn order (a negative one
