@@ -94,7 +94,7 @@ pub struct Kernel {
     /// Some(the publish's time): a re-rating that takes open holds again at their place in time
     /// (`rerate_customer`'s `holds_in_time`) takes a hold again from a grant whose breakage is final
     /// (rolled over, or expired by that time or the clock's) only up to what it held there, and lets it take back its share on the ROLLOVER grant a
-    /// rollover moved it to (rerate.rs `retake_hold`): set by the caller for each re-rating, as its
+    /// rollover moved it to (resettle.rs `retake_hold`): set by the caller for each re-rating, as its
     /// publish's record says (None for records of earlier releases, whose holds were taken again from the
     /// grants usable when made, a rolled or expired one included, the ROLLOVER grant not). Not state.
     pub rerate_holds_final_at_ms: Option<i64>,

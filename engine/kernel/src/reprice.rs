@@ -234,7 +234,7 @@ impl Kernel {
     }
 
     /// The catalogue's product of an aggregate, if its usage can be walked: only additive
-    /// aggregations can (see the module's comment). `hour` (Unix ms / HOUR_MS), the aggregate's
+    /// aggregations can (see rerate.rs's module comment). `hour` (Unix ms / HOUR_MS), the aggregate's
     /// first usage to be priced again, is named in the refusal (SimulateVersion's names the hour).
     fn walkable_product(&self, id: Sym, hour: i64) -> Result<&Product, String> {
         let product = self.rater.catalog.products.iter().find(|p| p.id == id).ok_or_else(|| {

@@ -19,6 +19,10 @@
 //! then charges in burn order, the rest overage (a customer none of whose buckets changes its
 //! amount keeps its draws as rated: `rerate_customer`). Closed periods are never touched; they are
 //! counted as left alone.
+//!
+//! This file holds the entry points (a publish's plan and check, `rerate_customer`, `simulate`), the
+//! adjustment entries and the carry of the earlier hours; the walk pricing buckets again is reprice.rs,
+//! settling again resettle.rs, the refused split hours split_hours.rs.
 
 use ethnum::I256;
 use rustc_hash::FxHashMap;

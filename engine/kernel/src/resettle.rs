@@ -1,7 +1,7 @@
 //! Settling a re-rated customer's open periods again, in time order (`resettle`): what they drew given back,
 //! then each hour bucket's amount drawn as ingestion settles events arriving on time, with open holds taken
 //! again at their place in time and top-ups withheld until the charges reach the point they were bought at.
-//! Apart from pricing again (rerate.rs) because it moves credit, not prices, and its journaled flags
+//! Apart from pricing again (reprice.rs) because it moves credit, not prices, and its journaled flags
 //! (`InTime`) are its own.
 
 use rustc_hash::FxHashMap;

@@ -1,7 +1,7 @@
 //! The hours a re-rating cannot price again exactly, refused rather than approximated: an hour bucket
 //! holding, off the hour, a period boundary (`refuse_split_hours`) or the start or end of a matching price
 //! override (`refuse_override_split_hours`). A bucket is keyed by hour, so it cannot tell which of its units
-//! fell on which side. Apart from the walk (rerate.rs) because these are checks made before it, changing nothing.
+//! fell on which side. Apart from the walk (reprice.rs) because these are checks made before it, changing nothing.
 
 use smallvec::SmallVec;
 
