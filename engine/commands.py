@@ -104,20 +104,21 @@ class CreateDraftVersion(msgspec.Struct, frozen=True, tag="create_draft_version"
 class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     """`split_hours_refused`: set by the server for every publish it takes (server/services/pricing.py), so a
     publish whose re-rating would price again usage in an hour holding a period boundary off the hour (an hour
-    bucket does not know which period each unit is of) is refused (engine/kernel/src/rerate.rs
+    bucket does not know which period each unit is of) is refused (engine/kernel/src/split_hours.rs
     refuse_split_hours); False (commands stored before it) re-rates as it re-rated then. `rerate_in_contract`: set
     likewise, so a re-rated period's run of hour buckets ends at its contract's end too (a switched contract's last
     period keeps its monthly end, and its run took in the next contract's hours, pricing and recording them twice);
     False (commands stored before it) re-rates as then. `rerate_holds_in_time`: set likewise, so settling the draws
-    again takes each open hold again at its place in time (engine/kernel/src/rerate.rs resettle: usage dated before
+    again takes each open hold again at its place in time (engine/kernel/src/resettle.rs resettle: usage dated before
     the hour a hold was made in draws first and the hold keeps at most what is left); False (commands stored before
     it) settles the draws from what open holds leave, as then. `rerate_top_ups_in_time`: set likewise, so settling
     the draws again withholds each top-up from its period's charges until they reach what they were when it was
     bought (rated on time, the purchase follows the draw that bought it); False (commands stored before it) lets
     every top-up pay from its period's start, as then. `override_hours_refused`: set likewise, so a publish whose
     re-rating would price again usage in an hour holding the start or end of a matching price override off the hour
-    (an hour bucket does not know which units were used before that instant) is refused (engine/kernel/src/rerate.rs
-    refuse_override_split_hours); False (commands stored before it) re-rates as it re-rated then.
+    (an hour bucket does not know which units were used before that instant) is refused
+    (engine/kernel/src/split_hours.rs refuse_override_split_hours); False (commands stored before it) re-rates as
+    it re-rated then.
     `rerate_carries_earlier_hours`: set likewise, so each re-rated aggregate's first bucket also carries what the
     hours before effective_from were charged less than they price at in time order (a late event was charged at the
     top of its period's quantity when it arrived: engine/kernel/src/rerate.rs earlier_hours_shortfall), the contract's
@@ -140,7 +141,7 @@ class PublishVersion(msgspec.Struct, frozen=True, tag="publish_version"):
     `rerate_holds_in_time`) takes from a grant that has rolled over, or whose expiry has passed by the command's
     time, no more than it held there (a rolled one nothing: the rollover moved it), so credit a cut gives back to
     such a grant breaks, and takes back its share on the ROLLOVER grant a rollover moved it to
-    (engine/kernel/src/rerate.rs retake_hold); False (commands stored before it) takes it again from the grants
+    (engine/kernel/src/resettle.rs retake_hold); False (commands stored before it) takes it again from the grants
     usable when it was made, as then: the rolled or expired ones included (a cut put the hold on credit that was to
     break; on a rolled grant its release left it there, usable by nothing) and the ROLLOVER grant not (the hold lost
     its share, even under the very same prices). `rerate_keeps_unchanged_draws`: set likewise, so a customer the

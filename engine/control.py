@@ -186,7 +186,7 @@ def _list_parts(value: list[Any], size: int) -> Iterator[bytes]:
 
 
 def is_id(text: str) -> bool:
-    """Whether the whole of `text` follows the id rule (as engine/kernel/src/kernel.rs is_id): a trailing
+    """Whether the whole of `text` follows the id rule (as engine/kernel/src/account.rs is_id): a trailing
     newline breaks it, as any character outside the rule does."""
     return ID_PATTERN.fullmatch(text) is not None
 

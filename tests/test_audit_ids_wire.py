@@ -499,7 +499,7 @@ def test_an_id_ending_in_a_newline_is_invalid_argument_naming_the_field_and_make
 
 
 def test_a_usage_event_or_stream_request_for_a_customer_id_ending_in_a_newline_names_it_escaped(stubs: Stubs) -> None:
-    """The kernel holds an event's customer_id to the rule over the whole text (engine/kernel/src/kernel.rs is_id):
+    """The kernel holds an event's customer_id to the rule over the whole text (engine/kernel/src/account.rs is_id):
     "acme\n" names no customer, its message says why. The message quotes the id as Python's repr does (as
     INVALID_ARGUMENT messages quote one, engine/control.py quoted_id): before, the kernel's quote kept the newline
     (or NUL) raw, breaking the message's line."""

@@ -12,8 +12,8 @@ use std::hash::Hash;
 
 use rustc_hash::FxHashMap;
 
+use crate::account::Account;
 use crate::customer_key::CustomerKey;
-use crate::kernel::Account;
 
 /// Where an account is in `Accounts`, valid for as long as the accounts are (none is removed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

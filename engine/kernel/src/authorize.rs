@@ -17,9 +17,10 @@ use std::ops::Range;
 use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
 
+use crate::account::{is_id, no_such_customer};
 use crate::batch::{dimension_entry, value_entry, Reader, LEN, VARINT};
 use crate::decode::{wire, with_view, EventView, TEXT_BYTES_MAX};
-use crate::kernel::{is_id, no_such_customer, Kernel};
+use crate::kernel::Kernel;
 use crate::money::{Picos, PICOS_PER_UNIT};
 
 /// Why a whole AuthorizeBatches message is refused; the server maps each to

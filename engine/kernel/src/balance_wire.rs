@@ -5,11 +5,12 @@
 //! tariff.v1.GrantBalance's bytes inside a Balance's `grants` field (5): the control plane builds only the other
 //! grants (those GrantCredits gave, at most 1,000 a customer, and ROLLOVER ones) and joins the parts in burn order.
 
+use crate::account::Account;
 use crate::authorize::{put_text, PicosText};
 use crate::credits::GrantExtras;
 use crate::draw::Grant;
-use crate::kernel::{Account, BalanceView, GrantView};
 use crate::money::{round_half_even, Picos};
+use crate::reads::{BalanceView, GrantView};
 use ethnum::I256;
 use prost::encoding::{encode_varint, encoded_len_varint};
 use rustc_hash::{FxHashMap, FxHashSet};

@@ -636,10 +636,10 @@ impl Kernel {
     /// offering it to a waiting read between customers, with the GIL released. Returns (customers,
     /// buckets, events, amount_delta_picos, closed_buckets, closed_events, closed_amount_picos,
     /// the customers whose charges or draws changed, in the order given). `in_contract`: a period's
-    /// run ends at its contract's end too (the server's publishes; rerate.rs `reprice`).
-    /// `holds_in_time`: open holds are taken again at their place in time (rerate.rs `resettle`).
+    /// run ends at its contract's end too (the server's publishes; reprice.rs `reprice`).
+    /// `holds_in_time`: open holds are taken again at their place in time (resettle.rs `resettle`).
     /// `top_ups_in_time`: a top-up pays only its period's charges beyond those at which it was
-    /// bought (rerate.rs `resettle`). `earlier_hours_carried`: an aggregate's first re-rated bucket
+    /// bought (resettle.rs `resettle`). `earlier_hours_carried`: an aggregate's first re-rated bucket
     /// carries what the hours before it were charged less than in time order (rerate.rs
     /// `earlier_hours_shortfall`). `closed_events_once`: closed_events counts an event feeding several
     /// products once, as events does (rerate.rs `Rerated::closed_events_once`); without it, once per
@@ -648,7 +648,7 @@ impl Kernel {
     /// `rerate_customer`); without it (publishes journaled before) it stays in the grant.
     /// `holds_final_at_ms` (the publish's time, under its rerate_holds_off_final_grants): a hold taken again
     /// takes from a grant that has rolled over, or expired by then, no more than it held there, and takes back
-    /// its share on the ROLLOVER grant (rerate.rs `retake_hold`); None (publishes journaled before): as then.
+    /// its share on the ROLLOVER grant (resettle.rs `retake_hold`); None (publishes journaled before): as then.
     /// `unchanged_draws_kept` (the publish's rerate_keeps_unchanged_draws): a customer none of whose buckets
     /// changes amount keeps its draws as rated, not settled again (rerate.rs `rerate_customer`); without it
     /// (publishes journaled before) it is settled again by buckets, as then.

@@ -17,11 +17,13 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::account::Account;
 use crate::ack::AckBuilder;
 use crate::decode::{check_event, py_repr, py_repr_cut, wire, with_view};
 use crate::draw::{Grant, Outcomes, NEVER_MS};
-use crate::kernel::{Account, Decision, Kernel};
+use crate::kernel::Kernel;
 use crate::money::Picos;
+use crate::reads::Decision;
 use crate::rollover;
 use crate::route::period_containing;
 use crate::tables::GrantTable;
@@ -172,7 +174,7 @@ pub struct Purchase {
     pub at_ms: i64,
     /// Since snapshot format 7: its period's net charges when it was bought, the draw (or hold) that
     /// bought it done. A re-rating that settles the period again in time withholds the top-up from
-    /// the period's charges until they reach this amount (rerate.rs `resettle`): rated on time, the
+    /// the period's charges until they reach this amount (resettle.rs `resettle`): rated on time, the
     /// purchase follows the draw. None: bought before it was recorded (restored from an older
     /// snapshot), and such a top-up is usable in a re-rating from its period's start, as then.
     pub period_charges_when_bought: Option<Picos>,
@@ -790,7 +792,7 @@ impl Kernel {
 
     /// The customers (sorted by id) holding an open reservation whose TTL ran out by `now_ms`: those
     /// `expire_holds(now_ms)` changes. Re-rating never creates or ends a reservation nor moves its TTL
-    /// (it may shrink what one holds: rerate.rs `retake_hold`), so this is the same whichever customers
+    /// (it may shrink what one holds: resettle.rs `retake_hold`), so this is the same whichever customers
     /// a pending re-rating has reached (engine/credits.py relies on it).
     pub fn holds_due_by(&self, now_ms: i64) -> Vec<String> {
         let expired = |account: &Account| {

@@ -16,8 +16,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::account::Account;
 use crate::credits::account_due;
-use crate::kernel::{Account, Kernel};
+use crate::kernel::Kernel;
 
 /// Nothing due (the key of an account that is not in the index).
 pub const NEVER: i64 = i64::MAX;
@@ -208,7 +209,7 @@ impl Kernel {
     }
 
     /// Ok when the index holds exactly what a walk of every account finds, and each account's burn order and
-    /// payable grants (kernel.rs `Account::payable`, derived alike) hold every grant they must; Err says where
+    /// payable grants (account.rs `Account::payable`, derived alike) hold every grant they must; Err says where
     /// it differs.
     pub fn check_due_index(&self) -> Result<(), String> {
         let window_ms = self.rater.catalog.dedupe_window_ms;

@@ -8,9 +8,10 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::account::Account;
 use crate::buckets::HOUR_MS;
 use crate::credits::GrantExtras;
-use crate::kernel::{Account, Kernel};
+use crate::kernel::Kernel;
 use crate::money::{Fixed, Picos};
 use crate::route::{period_containing, Sym};
 

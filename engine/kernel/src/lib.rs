@@ -4,6 +4,7 @@
 //! arithmetic on its own. Pure: no file, network, clock, thread or randomness; time comes in
 //! with each call. See README.md for the API and the tables' format.
 
+pub mod account;
 pub mod accounts;
 pub mod ack;
 pub mod append;
@@ -23,15 +24,23 @@ pub mod explain_chunk;
 pub mod holds;
 pub mod invoice;
 pub mod kernel;
+pub mod kernel_snapshot;
+pub mod load_tables;
 pub mod money;
 pub mod prefetch;
 pub mod price;
+pub mod rater;
+pub mod reads;
+pub mod reprice;
 pub mod rerate;
+pub mod resettle;
 pub mod rollover;
 pub mod route;
 pub mod snapshot;
+pub mod split_hours;
 pub mod tables;
 pub mod touch;
+pub mod warm;
 
 mod bindings;
 

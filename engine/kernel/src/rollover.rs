@@ -12,7 +12,7 @@
 
 use ethnum::I256;
 
-use crate::kernel::Account;
+use crate::account::Account;
 use crate::money::Picos;
 
 /// A fraction of 1 at 10^-18.

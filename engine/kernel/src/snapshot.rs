@@ -35,7 +35,7 @@ pub struct StoredAccount {
 
 /// `StoredAccount` borrowing the kernel's account instead of copying it, for encoding a snapshot: the same fields
 /// in the same order, each serialized as its owned form is (a slice or a SmallVec as a sequence, a reference as
-/// its value), so the bytes are `StoredAccount`'s (a test in kernel.rs compares them).
+/// its value), so the bytes are `StoredAccount`'s (`check_owned_form` compares them).
 #[derive(Serialize)]
 pub struct StoredAccountRef<'a> {
     pub customer_id: &'a str,
