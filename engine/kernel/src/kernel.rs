@@ -12,7 +12,7 @@
 
 use std::ops::DerefMut;
 
-use crate::account::no_such_customer_event;
+use crate::account::{no_such_customer_event, Account};
 use crate::accounts::AccountAt;
 pub(crate) use crate::accounts::Accounts;
 use crate::ack::AckBuilder;
@@ -227,30 +227,10 @@ impl Kernel {
             return Err(no_such_customer_event(event.customer_id));
         };
         if let Some(known) = known {
-            if known != digest {
-                return Err(Refusal::new(
-                    Reason::DuplicateConflict,
-                    format!(
-                        "transaction_id {} was already accepted with different content",
-                        py_repr(event.transaction_id)
-                    ),
-                ));
-            }
-            return Ok(false);
+            return if known == digest { Ok(false) } else { Err(conflicting_resend(event)) };
         }
         let plan = self.rater.plan_keyed(account, event, &mut self.plans, &mut self.warmed_keyed[slot])?;
-        let mut settled = false;
-        if !event.reservation_id.is_empty() {
-            match credits::settle_event(account, event.reservation_id, received_ms) {
-                Ok(released) => {
-                    ack.settled(event.reservation_id, released);
-                    settled = true;
-                }
-                Err((reason, message)) => {
-                    ack.notice(index, event.transaction_id, event.reservation_id, reason, message)
-                }
-            }
-        }
+        let settled = !event.reservation_id.is_empty() && settle_reservation(account, index, event, received_ms, ack);
         self.rater.commit(account, event, plan, self.refunds_netted, &self.plans, ack);
         // Refunds are looked for only when asked: most events charge, and this runs for every one.
         let refunded = || self.plans.iter().any(|p| p.charge < 0);
@@ -283,6 +263,36 @@ impl Kernel {
         let held = Held::from(Seen { digest, at_ms: received_ms });
         self.dedupe.put(dedupe_key, place, held);
         Ok(true)
+    }
+}
+
+/// The refusal of a transaction id accepted before with other content (a resend of the same content is a
+/// duplicate instead, and changes nothing).
+#[cold]
+fn conflicting_resend(event: &Event<'_>) -> Refusal {
+    let message =
+        format!("transaction_id {} was already accepted with different content", py_repr(event.transaction_id));
+    Refusal::new(Reason::DuplicateConflict, message)
+}
+
+/// Settles the hold the event names (its `reservation_id`): whether it did. A hold that cannot be settled (unknown,
+/// ended, another customer's) is an in-band notice on the ack, and the event is rated all the same.
+fn settle_reservation(
+    account: &mut Account,
+    index: usize,
+    event: &Event<'_>,
+    received_ms: i64,
+    ack: &mut AckBuilder,
+) -> bool {
+    match credits::settle_event(account, event.reservation_id, received_ms) {
+        Ok(released) => {
+            ack.settled(event.reservation_id, released);
+            true
+        }
+        Err((reason, message)) => {
+            ack.notice(index, event.transaction_id, event.reservation_id, reason, message);
+            false
+        }
     }
 }
 
