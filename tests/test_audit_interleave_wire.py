@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, open_contract, serving, this_hour_ms, unit
@@ -208,9 +208,11 @@ def ingest(customer_id: str, key: str, n: int, at_ms: int | None = None) -> Call
     return send
 
 
-def granting(customer_id: str, grant_id: str, amount: str, priority: int = 0) -> Callable[[TariffClient], Any]:
+def granting(
+    customer_id: str, grant_id: str, amount: str, priority: int = 0, **fields: Any
+) -> Callable[[TariffClient], Any]:
     def call(client: TariffClient) -> contracts_pb2.Grant:
-        return grant(client, customer_id, grant_id, amount, priority)
+        return grant(client, customer_id, grant_id, amount, priority, **fields)
 
     return call
 
@@ -240,6 +242,12 @@ def month_start_ms() -> int:
     """The current billing period's start: contracts from 2025-01-01 are billed by calendar month."""
     now = datetime.fromtimestamp(now_ms() / 1000, UTC)
     return int(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
+
+
+def month_before(at_ms: int) -> int:
+    at = datetime.fromtimestamp(at_ms / 1000, UTC)
+    year, month = (at.year, at.month - 1) if at.month > 1 else (at.year - 1, 12)
+    return int(at.replace(year=year, month=month).timestamp() * 1000)
 
 
 def remember(seen: dict[str, State], client: TariffClient, customer_id: str) -> None:
@@ -649,6 +657,69 @@ def test_usage_racing_a_retroactive_rollback_is_rerated_once_and_the_answer_says
         else:
             assert rerating(answers[1]) == (1, 1, "-5"), answers[1]
             check_reads(states, {before, st("5", "0", "0", (g, "5", "95", "0", "0")), both}, both, who)
+        remember(seen, admin, who)
+
+
+def test_a_publish_racing_its_retry_and_usage_re_rates_once_and_only_the_first_answer_counts_it(
+    clients: list[TariffClient], server: ServerProcess, seen: dict[str, State]
+) -> None:
+    """As the publish race above, with the same PublishVersion sent twice: one applies, the other is its retry,
+    answered the same version with zero counts (pricing.proto PublishVersion: "the re-rating counts are zero, as
+    the retry re-rated nothing"); the first answers +5 (1 event) or +15 (2 events), and the usage ends 30."""
+    reader = clients[2]
+    hour_ms = two_hours_of_one_period()
+    third = server.client()
+    try:
+        for i in range(ROUNDS // 2):
+            who = f"pp-{i}"
+            card_id, version = rerated_customer(clients[0], who, "100", 5)
+            call = publish(card_id, version, hour_ms - HOUR_MS)
+            answers, states = race([*clients[:2], third], reader, who, [call, call, ingest(who, "e", 10)])
+            assert accepted(answers[2]) == 1
+            counts = sorted(rerating(done) for done in answers[:2])
+            assert counts in ([(0, 0, "0"), (1, 1, "5")], [(0, 0, "0"), (1, 2, "15")]), answers[:2]
+            assert answers[0].version == answers[1].version, answers[:2]
+            g = f"{who}.G"
+            assert states[-1] == st("30", "0", "0", (g, "30", "70", "0", "0")), states[-1]
+            remember(seen, clients[0], who)
+    finally:
+        third.close()
+
+
+def test_a_close_racing_a_grant_into_its_period_lists_the_grant_only_when_granted_first(
+    clients: list[TariffClient], seen: dict[str, State]
+) -> None:
+    """Last month's period closed (ClosePeriod) while G2 (10 credits, starting a day into that period) is granted.
+    Grant first: the final invoice lists G2 (granted 10, remaining 10: it holds credit at the period's end).
+    Close first: the invoice is final without it (invoices.proto Invoice.grant_balances). Either way GetInvoice
+    and a retried close answer that invoice, and the balance holds G2's 10."""
+    admin = clients[0]
+    start_ms = month_before(month_start_ms())
+    for i in range(ROUNDS // 2):
+        who = f"cl-{i}"
+        customer(admin, who)
+        grant(admin, who, f"{who}.G", "5")
+        close = invoices_pb2.ClosePeriodRequest(customer_id=who, period_start=stamp(start_ms))
+        answers, states = race(
+            clients[:2],
+            clients[2],
+            who,
+            [
+                rpc("invoices", "ClosePeriod", close),
+                granting(who, f"{who}.G2", "10", starts_at=stamp(start_ms + 86_400_000)),
+            ],
+        )
+        invoice = answers[0]
+        assert isinstance(invoice, invoices_pb2.Invoice) and invoice.status == invoices_pb2.INVOICE_FINAL, invoice
+        listed = {g.grant_id: (g.granted, g.drawn, g.remaining, g.expired) for g in invoice.grant_balances}
+        assert listed in (
+            {f"{who}.G": ("5", "0", "5", "0")},
+            {f"{who}.G": ("5", "0", "5", "0"), f"{who}.G2": ("10", "0", "10", "0")},
+        ), listed
+        number = invoices_pb2.GetInvoiceRequest(invoice_number=invoice.invoice_number)
+        assert admin.invoices.GetInvoice(number) == invoice
+        assert admin.invoices.ClosePeriod(close) == invoice
+        assert states[-1] == st("0", "0", "0", (f"{who}.G", "0", "5", "0", "0"), (f"{who}.G2", "0", "10", "0", "0"))
         remember(seen, admin, who)
 
 
