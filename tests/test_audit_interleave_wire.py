@@ -59,6 +59,7 @@ def new_card(client: TariffClient, card_id: str) -> None:
 def catalogue(client: TariffClient) -> None:
     product(client, "u")
     new_card(client, CARD)
+    customer(client, "filler")
 
 
 @pytest.fixture(scope="module")
@@ -152,15 +153,18 @@ def clients(server: ServerProcess) -> Iterator[list[TariffClient]]:
         client.close()
 
 
-def customer(client: TariffClient, customer_id: str, card_id: str = CARD, *, block: bool = False) -> str:
-    """A customer with a contract `<id>-c` on `card_id` from 2025, ALLOW (overage at 1 USD) or BLOCK."""
+def customer(
+    client: TariffClient, customer_id: str, card_id: str = CARD, *, block: bool = False, starting_ms: int = SINCE_2025
+) -> str:
+    """A customer with a contract `<id>-c` on `card_id` from 2025 (or `starting_ms`), ALLOW (overage at 1 USD) or
+    BLOCK."""
     client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
     client.contracts.CreateContract(
         contracts_pb2.CreateContractRequest(
             id=f"{customer_id}-c",
             customer_id=customer_id,
             rate_card_id=card_id,
-            starting_at=stamp(SINCE_2025),
+            starting_at=stamp(starting_ms),
             overage_policy=contracts_pb2.BLOCK if block else contracts_pb2.ALLOW,
             overage_price="1",
             currency="USD",
@@ -890,6 +894,39 @@ def test_batch_holds_racing_a_grants_expiry_hold_on_it_only_before_it_expires(
         remember(seen, admin, who)
 
 
+def filler_events(who: str) -> list[usage_pb2.UsageEvent]:
+    """FILLER events of customer `filler` (made on first use), to be rated ahead of `who`'s in one batch."""
+    return [
+        usage_pb2.UsageEvent(
+            transaction_id=f"filler-{who}-{n}",
+            customer_id="filler",
+            event_type="u",
+            timestamp_ms=now_ms(),
+            values={"n": 1},
+        )
+        for n in range(FILLER)
+    ]
+
+
+def sent_before(clients: list[TariffClient], who: str, events: list[usage_pb2.UsageEvent], due_ms: int) -> list[State]:
+    """`events` as one batch sent 40 ms before `due_ms`, all accepted, while `who`'s balance is read until 20 ms past
+    it: every state read, the last one after the ack."""
+
+    batch = usage_pb2.UsageBatch(batch_id=f"{who}-b", events=events)  # made ahead: it takes a while
+
+    def send(client: TariffClient) -> Any:
+        while now_ms() < due_ms - 40:
+            time.sleep(0.001)
+        ack = client.usage.IngestUsageBatch(batch)
+        while now_ms() <= due_ms + 20:  # the reader goes on past the due instant
+            time.sleep(0.005)
+        return ack
+
+    (ack,), states = race(clients[1:2], clients[2], who, [send])
+    assert accepted(ack) == len(events)
+    return states
+
+
 def test_a_read_while_a_batch_received_before_a_grants_expiry_is_rated_shows_what_the_clock_then_records(
     server: ServerProcess, clients: list[TariffClient], seen: dict[str, State]
 ) -> None:
@@ -900,35 +937,14 @@ def test_a_read_while_a_batch_received_before_a_grants_expiry_is_rated_shows_wha
     on counts what the clock will record at that instant (README "Rollover": "The same holds for a grant's expiry")
     : so while the batch is rated it may show G whole or, once its event is rated, drawn 4; never G broken whole
     beside the batch then drawing 4 from it (breakage 10 shown, 6 recorded)."""
-    admin, reader = clients[0], clients[2]
-    customer(admin, "filler")
+    admin = clients[0]
     for i in range(3):
         who = f"late-{i}"
         customer(admin, who)
-        filler = [
-            usage_pb2.UsageEvent(
-                transaction_id=f"filler-{i}-{n}",
-                customer_id="filler",
-                event_type="u",
-                timestamp_ms=now_ms(),
-                values={"n": 1},
-            )
-            for n in range(FILLER)
-        ]
+        filler = filler_events(who)
         expiry_ms = now_ms() + 300
         grant(admin, who, f"{who}.G", "10", expires_at=stamp(expiry_ms))
-        batch = usage_pb2.UsageBatch(batch_id=f"{who}-b", events=[*filler, event(who, "e", 4, expiry_ms - 200)])
-
-        def send(client: TariffClient, batch: usage_pb2.UsageBatch = batch, expiry_ms: int = expiry_ms) -> Any:
-            while now_ms() < expiry_ms - 40:
-                time.sleep(0.001)
-            ack = client.usage.IngestUsageBatch(batch)
-            while now_ms() <= expiry_ms + 20:  # the reader goes on past E
-                time.sleep(0.005)
-            return ack
-
-        (ack,), states = race(clients[1:2], reader, who, [send])
-        assert accepted(ack) == FILLER + 1
+        states = sent_before(clients, who, [*filler, event(who, "e", 4, expiry_ms - 200)], expiry_ms)
         g = f"{who}.G"
         before = st("0", "0", "0", (g, "0", "10", "0", "0"))
         received_before = st("4", "0", "0", (g, "4", "0", "0", "6"))
@@ -941,6 +957,37 @@ def test_a_read_while_a_batch_received_before_a_grants_expiry_is_rated_shows_wha
             check_reads(
                 states, {before, st("0", "0", "0", (g, "0", "0", "0", "10")), received_after}, received_after, who
             )
+        remember(seen, admin, who)
+
+
+def test_a_read_while_a_batch_received_before_a_period_end_is_rated_shows_the_rollover_the_clock_then_records(
+    clients: list[TariffClient], seen: dict[str, State]
+) -> None:
+    """As above with a rollover (README "Rollover"): a contract whose period ends at E, R 10 credits with
+    rollover_fraction 0.5; one batch received about 40 ms before E, its last event 4 units of ours dated before E.
+    Received before E: R pays 4, and at E 3 roll over into rollover-R-E and 3 break (R drawn 4 + 3). Received
+    after E: 5 rolled and 5 broke at E, and the event, dated before E, is overage of the period that ended (R has
+    nothing left, the ROLLOVER grant starts at E). The ROLLOVER grant, which expires, burns and lists first. A read
+    never shows one of these beside the other's end."""
+    admin = clients[0]
+    for i in range(3):
+        who = f"roll-{i}"
+        filler = filler_events(who)
+        end_ms = now_ms() + 400
+        start_ms = month_before(end_ms)
+        if datetime.fromtimestamp(end_ms / 1000, UTC).day > 28:
+            pytest.skip("a month before a 29th-31st may not exist: the period would not end at E")
+        customer(admin, who, starting_ms=start_ms)
+        grant(admin, who, f"{who}.R", "10", starts_at=stamp(start_ms), rollover_fraction="0.5")
+        states = sent_before(clients, who, [*filler, event(who, "e", 4, end_ms - 200)], end_ms)
+        r, rolled = f"{who}.R", f"rollover-{who}.R-{end_ms}"
+        before = st("0", "0", "0", (r, "0", "10", "0", "0"))
+        if states[-1] == st("0", "0", "0", (rolled, "0", "3", "0", "0"), (r, "7", "0", "0", "3")):
+            drew = st("4", "0", "0", (r, "4", "6", "0", "0"))
+            check_reads(states, {before, drew, states[-1]}, states[-1], who)
+        else:
+            after = st("0", "0", "0", (rolled, "0", "5", "0", "0"), (r, "5", "0", "0", "5"))
+            check_reads(states, {before, after}, after, who)
         remember(seen, admin, who)
 
 
