@@ -908,9 +908,11 @@ def filler_events(who: str) -> list[usage_pb2.UsageEvent]:
     ]
 
 
-def sent_before(clients: list[TariffClient], who: str, events: list[usage_pb2.UsageEvent], due_ms: int) -> list[State]:
+def sent_before(
+    clients: list[TariffClient], who: str, events: list[usage_pb2.UsageEvent], due_ms: int
+) -> tuple[usage_pb2.IngestAck, list[State]]:
     """`events` as one batch sent 40 ms before `due_ms`, all accepted, while `who`'s balance is read until 20 ms past
-    it: every state read, the last one after the ack."""
+    it: the ack, and every state read, the last one after the ack."""
 
     batch = usage_pb2.UsageBatch(batch_id=f"{who}-b", events=events)  # made ahead: it takes a while
 
@@ -924,7 +926,7 @@ def sent_before(clients: list[TariffClient], who: str, events: list[usage_pb2.Us
 
     (ack,), states = race(clients[1:2], clients[2], who, [send])
     assert accepted(ack) == len(events)
-    return states
+    return ack, states
 
 
 def test_a_read_while_a_batch_received_before_a_grants_expiry_is_rated_shows_what_the_clock_then_records(
@@ -944,7 +946,7 @@ def test_a_read_while_a_batch_received_before_a_grants_expiry_is_rated_shows_wha
         filler = filler_events(who)
         expiry_ms = now_ms() + 300
         grant(admin, who, f"{who}.G", "10", expires_at=stamp(expiry_ms))
-        states = sent_before(clients, who, [*filler, event(who, "e", 4, expiry_ms - 200)], expiry_ms)
+        _, states = sent_before(clients, who, [*filler, event(who, "e", 4, expiry_ms - 200)], expiry_ms)
         g = f"{who}.G"
         before = st("0", "0", "0", (g, "0", "10", "0", "0"))
         received_before = st("4", "0", "0", (g, "4", "0", "0", "6"))
@@ -979,7 +981,7 @@ def test_a_read_while_a_batch_received_before_a_period_end_is_rated_shows_the_ro
             pytest.skip("a month before a 29th-31st may not exist: the period would not end at E")
         customer(admin, who, starting_ms=start_ms)
         grant(admin, who, f"{who}.R", "10", starts_at=stamp(start_ms), rollover_fraction="0.5")
-        states = sent_before(clients, who, [*filler, event(who, "e", 4, end_ms - 200)], end_ms)
+        _, states = sent_before(clients, who, [*filler, event(who, "e", 4, end_ms - 200)], end_ms)
         r, rolled = f"{who}.R", f"rollover-{who}.R-{end_ms}"
         before = st("0", "0", "0", (r, "0", "10", "0", "0"))
         if states[-1] == st("0", "0", "0", (rolled, "0", "3", "0", "0"), (r, "7", "0", "0", "3")):
@@ -987,6 +989,39 @@ def test_a_read_while_a_batch_received_before_a_period_end_is_rated_shows_the_ro
             check_reads(states, {before, drew, states[-1]}, states[-1], who)
         else:
             after = st("0", "0", "0", (rolled, "0", "5", "0", "0"), (r, "5", "0", "0", "5"))
+            check_reads(states, {before, after}, after, who)
+        remember(seen, admin, who)
+
+
+def test_a_read_while_a_batch_received_before_a_holds_ttl_settles_it_never_shows_the_hold_expired(
+    clients: list[TariffClient], seen: dict[str, State]
+) -> None:
+    """G 10; r holding 6 with a TTL ending at T; one batch received about 40 ms before T, its last event 4 units
+    settling r. Received before T: it settles r (no notice), 4 drawn. Received after: r expired at T (its 6 given
+    back), the event is NOTICE_RESERVATION_EXPIRED and draws 4. Both end with 4 drawn, nothing held; but a read
+    showing r expired (nothing held, nothing drawn) beside an event that then settled it is no serial order's."""
+    admin = clients[0]
+    for i in range(3):
+        who = f"ttl-{i}"
+        customer(admin, who)
+        grant(admin, who, f"{who}.G", "10")
+        filler = filler_events(who)
+        made_ms = now_ms()
+        answer = admin.authorize(who, "u", values={"n": 6}, reserve=True, reservation_ttl_s=0.4, reservation_id="r")
+        assert answer.allowed, answer
+        due_ms = made_ms + 400  # the hold ends at its instant, taken by the server after made_ms, plus its TTL
+        settling = usage_pb2.UsageEvent(
+            transaction_id=f"{who}-e", customer_id=who, event_type="u", timestamp_ms=now_ms(), values={"n": 4}
+        )
+        settling.reservation_id = "r"
+        ack, states = sent_before(clients, who, [*filler, settling], due_ms)
+        g = f"{who}.G"
+        before, after = st("0", "0", "6", (g, "0", "10", "6", "0")), st("4", "0", "0", (g, "4", "6", "0", "0"))
+        notices = [usage_pb2.NoticeReason.Name(n.reason) for n in ack.notices]
+        if notices:
+            assert notices == ["NOTICE_RESERVATION_EXPIRED"], notices
+            check_reads(states, {before, st("0", "0", "0", (g, "0", "10", "0", "0")), after}, after, who)
+        else:
             check_reads(states, {before, after}, after, who)
         remember(seen, admin, who)
 
