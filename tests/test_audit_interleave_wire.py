@@ -727,6 +727,50 @@ def test_a_close_racing_a_grant_into_its_period_lists_the_grant_only_when_grante
         remember(seen, admin, who)
 
 
+def test_a_close_racing_a_publish_into_its_period_bills_the_price_of_its_order(
+    clients: list[TariffClient], seen: dict[str, State]
+) -> None:
+    """Its own card per round; G 100; 5 units a day into last month (5 at 1); race: ClosePeriod of last month
+    against version 2 (u at 2) from last month's start. Close first: the invoice bills 5 and the publish leaves
+    the closed usage alone (1 bucket, 1 event, 5: pricing.proto PublishVersionResponse), re-rating nothing.
+    Publish first: it re-rates the 5 units to 10 (+5), and the invoice bills 10. G drawn 5 or 10 alike."""
+    admin = clients[0]
+    start_ms = month_before(month_start_ms())
+    for i in range(ROUNDS // 2):
+        who = f"cp-{i}"
+        card_id = f"{who}-card"
+        new_card(admin, card_id)
+        customer(admin, who, card_id)
+        grant(admin, who, f"{who}.G", "100")
+        assert accepted(ingest(who, "early", 5, start_ms + 86_400_000)(admin)) == 1
+        version = draft_at(admin, card_id, "2")
+        close = invoices_pb2.ClosePeriodRequest(customer_id=who, period_start=stamp(start_ms))
+        answers, states = race(
+            clients[:2], clients[2], who, [rpc("invoices", "ClosePeriod", close), publish(card_id, version, start_ms)]
+        )
+        invoice, done = answers
+        assert isinstance(invoice, invoices_pb2.Invoice) and invoice.status == invoices_pb2.INVOICE_FINAL, invoice
+        left_alone = (
+            done.closed_buckets_left_alone,
+            done.closed_events_left_alone,
+            norm(done.closed_amount_left_alone),
+        )
+        if norm(invoice.subtotal) == "5":
+            assert rerating(done)[1:] == (0, "0") and left_alone == (1, 1, "5"), done
+            drawn = "5"
+        else:
+            assert norm(invoice.subtotal) == "10", invoice
+            assert rerating(done) == (1, 1, "5") and left_alone == (0, 0, "0"), done
+            drawn = "10"
+        assert (
+            admin.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=invoice.invoice_number)) == invoice
+        )
+        g = f"{who}.G"
+        assert states[-1] == st("0", "0", "0", (g, drawn, str(100 - int(drawn)), "0", "0")), states[-1]
+        assert all(read[3][0][1] in ("5", drawn) for read in states), states
+        remember(seen, admin, who)
+
+
 STORM = 200  # customers of one card: more than a plan slice (128) and a background slice (64)
 
 
