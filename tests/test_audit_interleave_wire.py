@@ -771,6 +771,68 @@ def test_a_close_racing_a_publish_into_its_period_bills_the_price_of_its_order(
         remember(seen, admin, who)
 
 
+def test_two_publishes_racing_on_one_card_leave_the_later_ones_price_and_answer_in_that_order(
+    clients: list[TariffClient], seen: dict[str, State]
+) -> None:
+    """Its own card per round; G 100; 5 units at H - 1 h + 1 min (5 at 1); race: version 2 (u at 2) and version 3
+    (u at 3), both from H - 1 h. Whichever applies last is in force: 2 then 3 answers +5 and +5, ends 15; 3 then
+    2 answers +10 and -5, ends 10. A read meanwhile shows 5, 10 or 15, and 15 only in the order ending there."""
+    admin = clients[0]
+    hour_ms = two_hours_of_one_period()
+    for i in range(ROUNDS // 2):
+        who = f"pv-{i}"
+        card_id, v2 = rerated_customer(admin, who, "100", 5)
+        v3 = draft_at(admin, card_id, "3")
+        answers, states = race(
+            clients[:2],
+            clients[2],
+            who,
+            [publish(card_id, v2, hour_ms - HOUR_MS), publish(card_id, v3, hour_ms - HOUR_MS)],
+        )
+        two, three = (rerating(done) for done in answers)
+        g = f"{who}.G"
+        if (two, three) == ((1, 1, "5"), (1, 1, "5")):
+            final = "15"
+        else:
+            assert (two, three) == ((1, 1, "-5"), (1, 1, "10")), answers
+            final = "10"
+        charged = {c: st(c, "0", "0", (g, c, str(100 - int(c)), "0", "0")) for c in ("5", "10", "15")}
+        allowed = {charged["5"], charged["10"], charged["15"]} if final == "15" else set(charged.values())
+        check_reads(states, allowed, charged[final], who)
+        remember(seen, admin, who)
+
+
+def test_a_hold_racing_a_top_up_policy_buys_only_when_the_policy_came_first(
+    clients: list[TariffClient], seen: dict[str, State]
+) -> None:
+    """G 10; race: a hold of 8 units against SetTopUpPolicy(threshold 5, recharge to 20). Policy first: the hold
+    leaves 2 available and buys 18 (README: "A hold's answer counts the top-up it bought": available 20). Hold
+    first: 2 available, nothing bought (a policy set below its threshold buys at the next event or hold)."""
+    admin = clients[0]
+    for i in range(ROUNDS // 2):
+        who = f"ht-{i}"
+        contract_id = customer(admin, who)
+        grant(admin, who, f"{who}.G", "10")
+        policy = contracts_pb2.SetTopUpPolicyRequest(
+            contract_id=contract_id,
+            top_up=contracts_pb2.TopUpPolicy(threshold="5", recharge_to="20", price_per_credit="1", max_per_period=3),
+        )
+        answers, states = race(
+            clients[:2], clients[2], who, [hold(who, "r", 8), rpc("contracts", "SetTopUpPolicy", policy)]
+        )
+        answer = answers[0]
+        assert answer.allowed and answer.estimated_cost == "8", answer
+        g = f"{who}.G"
+        before, held = st("0", "0", "0", (g, "0", "10", "0", "0")), st("0", "0", "8", (g, "0", "10", "8", "0"))
+        if answer.credits_available == "20":
+            bought = st("0", "0", "8", (g, "0", "10", "8", "0"), (f"top-up-{month_start_ms()}-1", "0", "18", "0", "0"))
+            check_reads(states, {before, bought}, bought, who)
+        else:
+            assert answer.credits_available == "2", answer
+            check_reads(states, {before, held}, held, who)
+        remember(seen, admin, who)
+
+
 STORM = 200  # customers of one card: more than a plan slice (128) and a background slice (64)
 
 
