@@ -36,7 +36,7 @@ from tests.audit_fixtures import HOUR_MS, open_contract, serving, this_hour_ms, 
 from tests.serverproc import ServerProcess
 from tests.test_audit_invoices_wire import ms, product
 
-ROUNDS = 24  # each race, each time on a fresh customer
+ROUNDS = 16  # each race, each time on a fresh customer
 FILLER = 80_000  # events of another customer ahead of the one that matters, in one batch
 CARD = "il"
 SINCE_2025 = ms("2025-01-01T00:00:00")
