@@ -269,6 +269,17 @@ class Sequencer:
         # Admin commands that came while a publish was planned or its re-rating pending, in arrival order: they
         # apply once it completes (`_apply_deferred`), usage and holds applying meanwhile.
         self._deferred: collections.deque[_Submission] = collections.deque()
+        # The time of the group being applied (`_prepare`), None between groups: see `read_ms`.
+        self._applying_ms: int | None = None
+
+    def read_ms(self, now_ms: int) -> int:
+        """The instant a read at `now_ms` counts what fell due by (a rollover, a grant's expiry, a hold's TTL: as the
+        clock will record it). While a group's commands and batches apply, what they change is readable as it goes
+        (a batch's events as they are rated), and they see the clock's work due by the group's time only, taken
+        when it began: a batch received before a grant's expiry and rated after it draws on the grant. A read then
+        counting the expiry would show breakage the clock never records (10 expired, then 4 drawn and 6 expired).
+        So until they are applied a read counts what fell due by the group's time, as they do."""
+        return now_ms if self._applying_ms is None else min(now_ms, self._applying_ms)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tariff-writer")
@@ -347,7 +358,10 @@ class Sequencer:
                 while not self._queue.empty() and len(taken) < GROUP_COMMANDS_MAX and size < GROUP_USAGE_BYTES_MAX:
                     taken.append(self._queue.get_nowait())
                     size += _size(taken[-1].command)
-                prepared = await self._prepare(taken)
+                try:
+                    prepared = await self._prepare(taken)
+                finally:
+                    self._applying_ms = None
                 taken = []
                 if in_flight is not None:
                     failure = await self._finish(in_flight)
@@ -412,6 +426,7 @@ class Sequencer:
         each run of consecutive usage batches is rated on the rating thread in one hop, awaited before the next
         command applies, so commands still apply strictly in order and never beside a batch."""
         group = _Group(now_ms=self.clock_ms())
+        self._applying_ms = group.now_ms  # reads count due work by it while `taken` applies (`read_ms`)
         await self._advance_clock_due(group, bool(taken))
         run: list[tuple[_Submission, UsageBatch]] = []
         for submission in taken:
@@ -442,6 +457,9 @@ class Sequencer:
                 await self._apply_command(group, submission, command)
         if run:
             await self._rate(group, run)
+        # The group's own commands and batches are applied: what follows (slices of a plan or a re-rating, which
+        # apply no clock work, and the commands that waited behind a publish) leaves reads at the wall clock.
+        self._applying_ms = None
         await self._plan_slice(group)
         await self._rerate_slice(group)
         await self._apply_deferred(group)

@@ -45,7 +45,7 @@ class Machine:
             return read(customer_id, now_ms)
 
         monkeypatch.setattr(self.billing, "balance_encoded", counted)
-        sequencer = cast(Sequencer, SimpleNamespace(committed=None))
+        sequencer = cast(Sequencer, SimpleNamespace(committed=None, read_ms=lambda now_ms: now_ms))
         self.hub = WatchHub(self.billing, sequencer)
         self.service = BalanceService(self.billing, sequencer, clock_ms=lambda: self.now_ms, watch=self.hub)
 

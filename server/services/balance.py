@@ -182,7 +182,7 @@ class BalanceService(_Base):
     async def GetBalance(self, request: balance_pb2.GetBalanceRequest, context: Context) -> bytes:
         """The Balance's bytes."""
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
-        return _sent_balance_bytes(self.billing.balance_encoded(request.customer_id, self.clock_ms()))
+        return _sent_balance_bytes(self.billing.balance_encoded(request.customer_id, self.read_ms()))
 
     reservation_ttl_max_ms = RESERVATION_TTL_MAX_MS_DEFAULT
     # gRPC sends no larger AuthorizeBatchResult: set from --message-mb-max (server/app.py).
@@ -201,7 +201,7 @@ class BalanceService(_Base):
             request.event_type,
             {key: dimensions[key] for key in dimensions},  # twice as fast as dict(map) for a protobuf map
             {key: values[key] for key in values},
-            self.clock_ms(),
+            self.read_ms(),
         )
         response = convert.authorize_response(request.request_id, estimate)
         telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6)
@@ -358,7 +358,7 @@ class BalanceService(_Base):
         try:
             result, decisions = self.billing.authorize_batch(
                 batch,
-                now_ms,
+                self.sequencer.read_ms(now_ms),  # its decisions are reads; its holds apply at now_ms
                 AUTHORIZE_BATCH_REQUESTS_MAX,
                 allowed,
                 self.reservation_ttl_max_ms,
@@ -433,13 +433,13 @@ class BalanceService(_Base):
         with self.watch.watch_balance(customer_id) as watcher:
             sent = None
             while True:
-                now_ms = self.clock_ms()
+                now_ms = self.read_ms()
                 # The first balance is read now; after a change, the customer's watchers share one read.
                 balance = watcher.customer.balance(now_ms, watched_balance, fresh=sent is None)
                 if balance.data != sent:
                     yield balance.data
                     sent = balance.data
-                await _changed_or_started(watcher, balance.next_change_ms, self.clock_ms)
+                await _changed_or_started(watcher, balance.next_change_ms, self.read_ms)
                 if self.watch.closing:
                     raise Unavailable(SHUTTING_DOWN)
 

@@ -69,6 +69,12 @@ class _Base:
         self.sequencer = sequencer
         self.clock_ms = clock_ms
 
+    def read_ms(self) -> int:
+        """The instant a read counts what fell due by: now, or the time of the group the writer is applying
+        (`Sequencer.read_ms`), so that a read shows what the clock records, never a breakage or expiry that a batch
+        received before it and rated meanwhile undoes."""
+        return self.sequencer.read_ms(self.clock_ms())
+
     async def _apply(self, command: cmd.AdminCommand, result_type: type[Result]) -> Result:
         """Runs a command through the writer; returns its result once journaled and committed. The ids a client
         chose in it are held to the whole id rule first (the engine checks them as earlier releases did)."""

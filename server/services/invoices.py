@@ -218,7 +218,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
     ) -> invoices_pb2.Invoice:
         check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         at_ms = convert.optional_ms(request, "period_start")
-        now_ms = self.clock_ms()
+        now_ms = self.read_ms()
         # Read at now_ms: what fell due by then counts as the clock will record it (engine/invoicing.py preview).
         return _sent_invoice(self.engine.preview(request.customer_id, now_ms if at_ms is None else at_ms, now_ms))
 
@@ -401,7 +401,7 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         if request.customer_id:
             check_reference(request.customer_id, "customer_id", self.engine.state.customers)
         # The grants made and the breakage as at the report's time (Billing.revenue_report_steps).
-        at_ms = self.clock_ms()
+        at_ms = self.read_ms()
         found = await paced(
             self.billing.revenue_report_steps(
                 convert.optional_ms_up(request, "period_start"),

@@ -151,7 +151,10 @@ export type Balance = Message<"tariff.v1.Balance"> & {
    * ROLLOVER grant counts. A balance read after something fell due (a
    * period's end rolling a grant over, a grant's expiry, a hold's TTL) and
    * before the server's clock records it (its next look, 50 ms) answers as
-   * once it is recorded, its grants and totals alike (README "Rollover").
+   * once it is recorded, its grants and totals alike (README "Rollover"),
+   * but while the server applies changes it took before that instant (a
+   * batch received before a grant's expiry, which draws on the grant): a
+   * read meanwhile answers as of the instant they were taken, as they apply.
    *
    * @generated from field: string credits_remaining = 2;
    */
@@ -323,7 +326,8 @@ export type AuthorizeRequest = Message<"tariff.v1.AuthorizeRequest"> & {
    * the request, which its journaled command carries) plus the TTL: a release or settling event applied at
    * or after that instant finds it expired (the event's own timestamp_ms
    * plays no part); a read (GetBalance, Authorize without reserve) shows it
-   * expired from that instant on too, before the server's clock records it.
+   * expired from that instant on too, before the server's clock records it
+   * (once the changes the server took before that instant are applied).
    * Under BLOCK, holds together never exceed the available credit. A
    * retroactive re-rating (PublishVersion or RollbackRateCard effective before
    * rated usage) takes an open hold again at its place in time: usage dated
