@@ -292,10 +292,10 @@ class Sequencer:
             # No compaction: a shutdown should not wait for one (seconds at 10,000,000 ids); the next start's
             # first store does it. None at all when the stored snapshot is of the last record: it would add a dedupe
             # segment of no change, one more at every start and stop with no record between, none ever compacted.
-            await self.snapshots._stored()
+            await self.snapshots.stored()
             if self.billing.dedupe_segments_seq != self.billing.last_seq:
-                await self.snapshots._snapshot(compact=False)
-        self.snapshots._snapshot_thread.shutdown()
+                await self.snapshots.take(compact=False)
+        self.snapshots.shutdown()
         self._writer_thread.shutdown()
         self._rating_thread.shutdown()
 
@@ -315,7 +315,7 @@ class Sequencer:
                     and self._planning is None
                     and not self._deferred
                 )
-                if in_flight is not None and (idle or self.snapshots._snapshot_due()):
+                if in_flight is not None and (idle or self.snapshots.due()):
                     if await self._work_arrived_during(in_flight):
                         continue  # prepare it while the commit goes on
                     await self._finish(in_flight)
@@ -388,7 +388,7 @@ class Sequencer:
     async def _work_arrived_during(self, in_flight: _Group) -> bool:
         """Waits for the commit in flight or for new work, whichever comes first; True if work came first."""
         commit = in_flight.commit
-        if commit is None or commit.done() or self.snapshots._snapshot_due():
+        if commit is None or commit.done() or self.snapshots.due():
             return False
         self._arrived.clear()
         if self._queue.empty():
@@ -850,7 +850,7 @@ class Sequencer:
             log.exception("journal commit failed")
             failure = Unavailable(f"the journal commit failed, nothing was written: {exc}")
         if failure is not None:
-            await self.snapshots._stored()  # the rebuild reads the snapshot: not while one is written
+            await self.snapshots.stored()  # the rebuild reads the snapshot: not while one is written
             self._rebuild()
             self._fail_held(failure)
             self._fail_group(group, failure)
@@ -859,9 +859,7 @@ class Sequencer:
             return failure
         if group.records:
             self.commits += 1
-            self.snapshots._records_since_snapshot += len(group.records)
-            self.snapshots._events_since_snapshot += group.events
-            self.snapshots._journal_bytes_since_snapshot += sum(len(record) for _, record in group.records)
+            self.snapshots.counted(len(group.records), group.events, sum(len(record) for _, record in group.records))
             telemetry.batch_commit_ms.record(group.commit_ms)
             telemetry.commit_commands.record(len(group.records))
             oplog.activity.committed(group.commit_ms)
@@ -876,10 +874,7 @@ class Sequencer:
 
     async def _housekeeping(self) -> None:
         """The snapshot, taken only when every applied group is committed; the writer goes on while it is stored."""
-        if self.snapshots._store_failure is not None:
-            raise self.snapshots._store_failure
-        if self.snapshots._snapshot_due():
-            await self.snapshots._snapshot(wait_for_store=False)
+        await self.snapshots.take_if_due()
 
     def _rebuild(self) -> None:
         """Drops what was applied but not committed by recovering the state from the journal."""
@@ -891,7 +886,7 @@ class Sequencer:
             explain_index=self.explain_index,
         )
         self.billing.reset(recovered)
-        self.snapshots._count_backlog(backlog)
+        self.snapshots.count_backlog(backlog)
 
 
 def _count_events(answered: list[tuple[_Submission, int, object]]) -> None:

@@ -95,9 +95,9 @@ class Snapshots:
         self._snapshot_thread = Worker("tariff-snapshot")
         self._storing: _Store | None = None  # the snapshot being written, at most one
         self._store_failure: BaseException | None = None
-        self._count_backlog(backlog)
+        self.count_backlog(backlog)
 
-    def _count_backlog(self, backlog: Backlog) -> None:
+    def count_backlog(self, backlog: Backlog) -> None:
         """The counts toward the next snapshot start at what the journal holds past the stored one; a snapshot
         bytes 0 (none stored) makes the first due on the counts alone."""
         self._records_since_snapshot = backlog.records
@@ -105,7 +105,7 @@ class Snapshots:
         self._journal_bytes_since_snapshot = backlog.journal_bytes
         self._last_snapshot_bytes = backlog.snapshot_bytes
 
-    def _snapshot_due(self) -> bool:
+    def due(self) -> bool:
         return (
             self._storing is None
             and (
@@ -115,7 +115,7 @@ class Snapshots:
             and self._journal_bytes_since_snapshot >= self.snapshot_journal_factor * self._last_snapshot_bytes
         )
 
-    async def _snapshot(self, *, wait_for_store: bool = True, compact: bool = True) -> None:
+    async def take(self, *, wait_for_store: bool = True, compact: bool = True) -> None:
         """Writes a snapshot without holding the event loop more than about PAUSE_EVERY_S at a time. Both halves
         are encoded off the loop, at once: the kernel's on the journal's thread with the GIL released, the control
         plane's on the rating thread (idle: the writer is here) a part at a time, handing the GIL over between
@@ -128,7 +128,7 @@ class Snapshots:
         for this one's store. The counts toward the next start at the encode: after a store the disk had no room
         for, the next is tried once they are reached again. With `compact`, the store compacts the dedupe segments
         when due."""
-        await self._stored()  # one store at a time, in seq order
+        await self.stored()  # one store at a time, in seq order
         seq = self.billing.last_seq
         if seq == 0:
             return
@@ -167,10 +167,10 @@ class Snapshots:
         self._storing = storing
         storing.future.add_done_callback(lambda _: self._finish_store(storing))
         if wait_for_store:
-            await self._stored()
+            await self.stored()
 
     async def _encode(self, base: bool) -> tuple[list[bytes], DedupeSegment]:
-        """The snapshot's parts, both halves encoded at once off the loop (see _snapshot), and its dedupe segment
+        """The snapshot's parts, both halves encoded at once off the loop (see take), and its dedupe segment
         (encoded on the snapshot's thread)."""
         kernel_half = self._writer_thread.run(self.billing.kernel_snapshot_segmented, base)
         try:
@@ -180,7 +180,7 @@ class Snapshots:
         # The future holds the kernel's half too: all of it must be freed before the heap is trimmed.
         return snapshot_parts(control_parts, kernel_parts), segment
 
-    async def _stored(self) -> None:
+    async def stored(self) -> None:
         """Waits for the snapshot being stored, if any; raises what stopped a store other than a full disk."""
         storing = self._storing
         if storing is not None:
@@ -188,6 +188,24 @@ class Snapshots:
             self._finish_store(storing)
         if self._store_failure is not None:
             raise self._store_failure
+
+    def counted(self, records: int, events: int, journal_bytes: int) -> None:
+        """Counts a committed group's records, events and journal bytes toward the next snapshot."""
+        self._records_since_snapshot += records
+        self._events_since_snapshot += events
+        self._journal_bytes_since_snapshot += journal_bytes
+
+    async def take_if_due(self) -> None:
+        """Takes a snapshot when one is due, the writer going on while it is stored; raises what stopped the last
+        store other than a full disk."""
+        if self._store_failure is not None:
+            raise self._store_failure
+        if self.due():
+            await self.take(wait_for_store=False)
+
+    def shutdown(self) -> None:
+        """Ends the snapshot's thread, once the last store is done."""
+        self._snapshot_thread.shutdown()
 
     def _finish_store(self, storing: _Store) -> None:
         """On the loop once a store ended, by its future's callback or the writer that waited for it, whichever

@@ -113,7 +113,7 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
 
         monkeypatch.setattr(sequencer.billing, "control_snapshot_parts", counted_parts)
         monkeypatch.setattr(time, "sleep", counted_sleep)
-        await sequencer.snapshots._snapshot()
+        await sequencer.snapshots.take()
         monkeypatch.setattr(time, "sleep", sleep)
 
     billing = run_with(journal, body)
@@ -153,7 +153,7 @@ def test_the_server_hands_the_journal_its_parts_and_the_file_holds_the_one_shot_
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(*(event(f"t{i}") for i in range(20))))
         expected.append(sequencer.billing.encode_snapshot())
-        await sequencer.snapshots._snapshot()
+        await sequencer.snapshots.take()
         stored = journal.load_segmented_snapshot()
         assert (
             stored is not None and Billing.from_snapshot(stored[1], segments=stored[2]).encode_snapshot() == expected[0]
@@ -192,7 +192,7 @@ def test_the_switch_interval_stays_short_while_the_snapshot_is_stored_and_is_res
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(event("t1")))
         monkeypatch.setattr(journal, "save_snapshot", recording_save)
-        await sequencer.snapshots._snapshot()
+        await sequencer.snapshots.take()
         assert sys.getswitchinterval() == default_switch_interval
         monkeypatch.setattr(journal, "save_snapshot", save_snapshot)
 
@@ -212,7 +212,7 @@ def test_a_stored_snapshot_logs_its_seq_size_and_how_long_it_held_the_writer(
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(*(event(f"t{i}") for i in range(5))))
         with caplog.at_level("INFO", logger="tariff.sequencer"):
-            await sequencer.snapshots._snapshot()
+            await sequencer.snapshots.take()
         logged.extend(record.getMessage() for record in caplog.records if record.name == "tariff.sequencer")
 
     billing = run_with(journal, body)
