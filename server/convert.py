@@ -8,7 +8,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 
 from engine import commands as cmd
-from engine.billing import BalanceView, Estimate, GrantView
+from engine.balances import BalanceView, GrantView
+from engine.billing import Estimate
 from engine.contracts import Contract, Customer, OveragePolicy, Override
 from engine.control import (
     EVENT_MAP_ENTRIES_MAX,

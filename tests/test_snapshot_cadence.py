@@ -44,7 +44,7 @@ class _StoringInTurn(Sequencer):
 
     async def _housekeeping(self) -> None:
         await super()._housekeeping()
-        await self._stored()
+        await self.snapshots.stored()
 
 
 def _snapshot_seq(journal: MemoryJournal) -> int:

@@ -25,7 +25,7 @@ def test_the_heap_is_trimmed_once_the_snapshot_is_stored(monkeypatch: pytest.Mon
 
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(event("t1")))
-        await sequencer._snapshot()
+        await sequencer.snapshots.take()
         assert trims == [(0, True)]  # all of the free heap, after the snapshot was stored
 
     run_with(journal, body)

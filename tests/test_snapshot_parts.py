@@ -18,6 +18,7 @@ from engine.billing import SNAPSHOT_FORMAT, Billing, Snapshot, snapshot_parts
 from engine.control import encode_state_parts
 from engine.state import Engine
 from server import sequencer as sequencer_module
+from server import snapshotting
 from server.journal import DedupeSegmentSave, JournalFull, LmdbJournal, MemoryJournal, SnapshotBlob
 from server.recovery import recover
 from server.sequencer import Sequencer
@@ -83,7 +84,8 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
     """The control plane's parts are encoded on another thread than the event loop's, handing the GIL over between
     parts (with no time budget: after every part) at a shorter switch interval, restored afterwards; the stored
     snapshot is the one-shot encoding's bytes, and recovery through it gives the same state."""
-    monkeypatch.setattr(sequencer_module, "PAUSE_EVERY_S", 0.0)
+    monkeypatch.setattr(snapshotting, "PAUSE_EVERY_S", 0.0)
+    monkeypatch.setattr(sequencer_module, "PAUSE_EVERY_S", 0.0)  # the writer's paced compile, as before the split
     journal = MemoryJournal()
     encoded_on: set[int] = set()
     expected: list[bytes] = []
@@ -111,13 +113,13 @@ def test_the_writer_encodes_the_control_plane_off_the_event_loop_and_stores_the_
 
         monkeypatch.setattr(sequencer.billing, "control_snapshot_parts", counted_parts)
         monkeypatch.setattr(time, "sleep", counted_sleep)
-        await sequencer._snapshot()
+        await sequencer.snapshots.take()
         monkeypatch.setattr(time, "sleep", sleep)
 
     billing = run_with(journal, body)
     assert encoded_on and loop_thread[0] not in encoded_on
-    assert len(handovers) > 10 and set(handovers) == {sequencer_module.GIL_HANDOVER_S}
-    assert switch_intervals == {sequencer_module.SNAPSHOT_SWITCH_INTERVAL_S}
+    assert len(handovers) > 10 and set(handovers) == {snapshotting.GIL_HANDOVER_S}
+    assert switch_intervals == {snapshotting.SNAPSHOT_SWITCH_INTERVAL_S}
     assert sys.getswitchinterval() == default_switch_interval
     stored = journal.load_segmented_snapshot()
     assert stored is not None
@@ -151,7 +153,7 @@ def test_the_server_hands_the_journal_its_parts_and_the_file_holds_the_one_shot_
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(*(event(f"t{i}") for i in range(20))))
         expected.append(sequencer.billing.encode_snapshot())
-        await sequencer._snapshot()
+        await sequencer.snapshots.take()
         stored = journal.load_segmented_snapshot()
         assert (
             stored is not None and Billing.from_snapshot(stored[1], segments=stored[2]).encode_snapshot() == expected[0]
@@ -190,12 +192,12 @@ def test_the_switch_interval_stays_short_while_the_snapshot_is_stored_and_is_res
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(event("t1")))
         monkeypatch.setattr(journal, "save_snapshot", recording_save)
-        await sequencer._snapshot()
+        await sequencer.snapshots.take()
         assert sys.getswitchinterval() == default_switch_interval
         monkeypatch.setattr(journal, "save_snapshot", save_snapshot)
 
     run_with(journal, body)
-    assert intervals_while_stored == [sequencer_module.SNAPSHOT_SWITCH_INTERVAL_S]
+    assert intervals_while_stored == [snapshotting.SNAPSHOT_SWITCH_INTERVAL_S]
 
 
 def test_a_stored_snapshot_logs_its_seq_size_and_how_long_it_held_the_writer(
@@ -210,7 +212,7 @@ def test_a_stored_snapshot_logs_its_seq_size_and_how_long_it_held_the_writer(
     async def body(sequencer: Sequencer) -> None:
         await sequencer.run(batch(*(event(f"t{i}") for i in range(5))))
         with caplog.at_level("INFO", logger="tariff.sequencer"):
-            await sequencer._snapshot()
+            await sequencer.snapshots.take()
         logged.extend(record.getMessage() for record in caplog.records if record.name == "tariff.sequencer")
 
     billing = run_with(journal, body)

@@ -19,8 +19,7 @@ import pytest
 
 from engine._kernel import Kernel
 from engine.billing import Billing, Ingested
-from server import segment_compaction
-from server import sequencer as sequencer_module
+from server import segment_compaction, snapshotting
 from server.journal import (
     DedupeSegmentSave,
     JournalFull,
@@ -91,18 +90,18 @@ def test_each_snapshot_stores_only_the_changes_and_recovery_gives_the_state_exac
     """A base first, then segments of about 40 bytes an id accepted since the snapshot before; recovering from any
     of them (replaying the journal after it) gives the live state's bytes, and so does a compaction's merge."""
     monkeypatch.setattr(segment_compaction, "DEDUPE_COMPACT_FACTOR", 1000.0)  # no compaction between the snapshots
-    monkeypatch.setattr(sequencer_module, "SEGMENT_PART_BYTES", 64)  # segments and the merge made in many parts
+    monkeypatch.setattr(snapshotting, "SEGMENT_PART_BYTES", 64)  # segments and the merge made in many parts
     journal = LmdbJournal(tmp_path / "journal", map_size_bytes=64 * MiB)
     sizes: list[list[int]] = []
     states: list[bytes] = []
 
     async def body(sequencer: Sequencer) -> None:
         await _ingested(sequencer, *(f"t{i}" for i in range(100)))
-        await sequencer._snapshot()
+        await sequencer.snapshots.take()
         for round_ in range(3):
             result = await _ingested(sequencer, f"t{round_}", f"u{round_}")  # one resend, one new id
             assert (result.accepted, result.duplicates) == (1, 1)
-            await sequencer._snapshot()
+            await sequencer.snapshots.take()
             sizes.append(journal.dedupe_segment_bytes())
             states.append(sequencer.billing.encode_snapshot())
             assert recover(journal).encode_snapshot() == states[-1]
@@ -115,7 +114,7 @@ def test_each_snapshot_stores_only_the_changes_and_recovery_gives_the_state_exac
     assert recover(journal).encode_snapshot() == billing.encode_snapshot()
     # The base and three segments: close() stored nothing more, the last snapshot being of the last record.
     assert _segment_files(tmp_path / "journal") == [f"segment.{n:020d}" for n in range(1, 5)]
-    journal.compact_dedupe_segments(len(journal.dedupe_segment_bytes()), sequencer_module._merge_segments)
+    journal.compact_dedupe_segments(len(journal.dedupe_segment_bytes()), snapshotting._merge_segments)
     assert _segment_files(tmp_path / "journal") == [f"segment.{5:020d}"]
     assert journal.dedupe_segment_bytes()[0] == base + 3 * 40
     assert recover(journal).encode_snapshot() == billing.encode_snapshot()
@@ -135,7 +134,7 @@ def test_segments_are_compacted_on_the_snapshot_thread_once_due_but_not_at_shutd
         await _ingested(sequencer, *(f"t{i}" for i in range(100)))
         for round_ in range(6):
             await _ingested(sequencer, f"u{round_}")
-            await sequencer._snapshot()
+            await sequencer.snapshots.take()
             counts.append(len(journal.dedupe_segment_bytes()))
             base_bytes.add(journal.dedupe_segment_bytes()[0])
         await _ingested(sequencer, "v")  # a record after the last snapshot: close() stores one
@@ -185,11 +184,11 @@ def test_a_filling_window_never_rewrites_its_base_and_a_sliding_one_is_merged_ba
     async def body(sequencer: Sequencer) -> None:
         for round_ in range(4):
             await _ingested(sequencer, *(f"r{round_}-{i}" for i in range(2_000)))
-            await sequencer._snapshot()
+            await sequencer.snapshots.take()
             sizes.append(journal.dedupe_segment_bytes())
         clock[0] = NOW_MS + 2 * DAY_MS + 1  # every id above is past the window and the day pruning waits more
         await asyncio.gather(*(sequencer.submit(batch(event(f"late-{i}"))) for i in range(ranges)))
-        await sequencer._snapshot()
+        await sequencer.snapshots.take()
         sizes.append(journal.dedupe_segment_bytes())
 
     billing = run_with(journal, body, clock=lambda: clock[0], dedupe_window_ms=DAY_MS)
@@ -221,7 +220,7 @@ def test_after_a_snapshot_the_disk_had_no_room_for_the_next_one_stores_the_whole
     async def body(sequencer: Sequencer) -> None:
         for round_ in range(3):
             await _ingested(sequencer, f"t{round_}")
-            await sequencer._snapshot()
+            await sequencer.snapshots.take()
 
     billing = run_with(journal, body)
     assert journal.saves == [True, False, True]  # close() stores none: the last snapshot is of the last record

@@ -49,8 +49,8 @@ async def _started(journal: HeldJournal) -> Sequencer:
     sequencer.start()
     for command in demo_commands(NOW_MS):
         await sequencer.run(command)
-    sequencer.snapshot_every_records = sequencer.snapshot_every_events = 1
-    sequencer.snapshot_journal_factor = 0
+    sequencer.snapshots.snapshot_every_records = sequencer.snapshots.snapshot_every_events = 1
+    sequencer.snapshots.snapshot_journal_factor = 0
     return sequencer
 
 
@@ -94,7 +94,7 @@ def test_a_store_that_fails_for_another_reason_than_a_full_disk_stops_the_writer
 
         async def store_failed() -> None:
             # Housekeeping follows the answer, so the store may not have begun yet: wait for its failure itself.
-            while sequencer._store_failure is None:
+            while sequencer.snapshots._store_failure is None:
                 await asyncio.sleep(0.001)
 
         await asyncio.wait_for(store_failed(), ACK_TIMEOUT_S)

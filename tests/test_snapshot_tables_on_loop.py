@@ -63,8 +63,8 @@ def test_a_snapshot_after_a_command_that_left_the_tables_stale_compiles_them_on_
         for command in demo_commands(NOW_MS):
             await sequencer.run(command)
         _record_compiles(sequencer.billing, compiled_on)
-        sequencer.snapshot_every_records = sequencer.snapshot_every_events = 1
-        sequencer.snapshot_journal_factor = 0
+        sequencer.snapshots.snapshot_every_records = sequencer.snapshots.snapshot_every_events = 1
+        sequencer.snapshots.snapshot_journal_factor = 0
         created_seq, _ = await sequencer.run(cmd.CreateCustomer(NOW_MS, "test", "late", "Late", {}))
         await sequencer.run(batch(event("after-the-snapshot")))
         await sequencer.close()

@@ -14,7 +14,8 @@ from typing import cast
 import pytest
 from tariff.v1 import balance_pb2
 
-from engine.billing import BalanceView, Billing
+from engine.balances import BalanceView
+from engine.billing import Billing
 from server.sequencer import Sequencer
 from server.services.balance import BalanceService, _sent_balance_bytes
 from server.services.common import Context

@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from engine import commands as cmd
-from engine.billing import BalanceView
+from engine.balances import BalanceView
 from engine.invoices import Invoice
 from tests.credits_fixtures import Ledger, event
 from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world

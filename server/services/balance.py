@@ -22,7 +22,8 @@ from tariff.v1 import (
 from engine import commands as cmd
 from engine import credits
 from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing, RequestIdTooLong
-from engine.billing import BalanceView, Billing, GrantView
+from engine.balances import BalanceView, GrantView
+from engine.billing import Billing
 from engine.control import TEXT_BYTES_MAX, check_reference, quoted_id
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.money import format_picos
