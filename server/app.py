@@ -306,6 +306,34 @@ def _bind(server: grpc.aio.Server, config: ServeConfig, credentials: grpc.Server
         return 0
 
 
+def _grpc_server(config: ServeConfig, gate: CallGate) -> grpc.aio.Server:
+    """The gRPC server, its interceptors and its transport limits (message size, keepalive, connections); not
+    yet bound."""
+    connections = connections_max()
+    return grpc.aio.server(
+        # UndecodableRequests first: a request that does not parse is INVALID_ARGUMENT, whoever sends it.
+        interceptors=[UndecodableRequests(), gate],
+        options=[
+            ("grpc.max_receive_message_length", config.message_bytes_max),
+            ("grpc.max_send_message_length", config.message_bytes_max),
+            # gRPC sets SO_REUSEPORT by default: a second server on a taken port would then bind too, and the
+            # two would share connections (and answer from two different states).
+            ("grpc.so_reuseport", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_PINGS_MIN_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", KEEPALIVE_PING_STRIKES_MAX),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # else gRPC waits 60 s for a keepalive PING's ACK
+            *([] if connections is None else [("grpc.max_allowed_incoming_connections", connections)]),
+            *(
+                []
+                if config.connection_idle_ms is None
+                else [("grpc.max_connection_idle_ms", config.connection_idle_ms)]
+            ),
+        ],
+    )
+
+
 async def serve(config: ServeConfig) -> int:
     started = time.monotonic()
     refusal = listen_refusal(config)
@@ -336,29 +364,7 @@ async def serve(config: ServeConfig) -> int:
         return rule.customer_id if rule is not None else None
 
     gate = CallGate(keyring, customer_of_contract, config.concurrent_rpcs_max, customer_of_alert_rule)
-    connections = connections_max()
-    server = grpc.aio.server(
-        # UndecodableRequests first: a request that does not parse is INVALID_ARGUMENT, whoever sends it.
-        interceptors=[UndecodableRequests(), gate],
-        options=[
-            ("grpc.max_receive_message_length", config.message_bytes_max),
-            ("grpc.max_send_message_length", config.message_bytes_max),
-            # gRPC sets SO_REUSEPORT by default: a second server on a taken port would then bind too, and the
-            # two would share connections (and answer from two different states).
-            ("grpc.so_reuseport", 0),
-            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_PINGS_MIN_INTERVAL_MS),
-            ("grpc.http2.max_ping_strikes", KEEPALIVE_PING_STRIKES_MAX),
-            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # else gRPC waits 60 s for a keepalive PING's ACK
-            *([] if connections is None else [("grpc.max_allowed_incoming_connections", connections)]),
-            *(
-                []
-                if config.connection_idle_ms is None
-                else [("grpc.max_connection_idle_ms", config.connection_idle_ms)]
-            ),
-        ],
-    )
+    server = _grpc_server(config, gate)
     # Bind first: a taken port must refuse before anything is read, locked or written.
     bound_port = _bind(server, config, credentials)
     if bound_port == 0:
