@@ -35,7 +35,7 @@ Top-up policy: threshold 100, recharge_to 150, 0.9 USD a credit, at most 2 a per
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -601,6 +601,16 @@ def test_at_the_periods_end_g2_rolls_half_its_remainder_over_and_the_balance_con
         assert Decimal(g.amount) == Decimal(g.drawn) + Decimal(g.remaining) + Decimal(g.expired), g.grant_id
 
 
+def credits_of(applied: Iterable[invoices_pb2.CreditApplication]) -> list[tuple[str, str]]:
+    """An invoice's or a line's credits applied: (grant, credits)."""
+    return [(c.grant_id, c.credits) for c in applied]
+
+
+def grant_balances_of(invoice: invoices_pb2.Invoice) -> list[tuple[str, str, str, str, str]]:
+    """An invoice's grant balances: (grant, granted, drawn, remaining, expired)."""
+    return [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in invoice.grant_balances]
+
+
 def lines_of(invoice: invoices_pb2.Invoice) -> list[tuple[Any, ...]]:
     return [
         (
@@ -608,7 +618,7 @@ def lines_of(invoice: invoices_pb2.Invoice) -> list[tuple[Any, ...]]:
             line.quantity,
             line.events,
             line.amount,
-            [(c.grant_id, c.credits) for c in line.credits_applied],
+            credits_of(line.credits_applied),
             line.overage,
             line.amount_due,
         )
@@ -663,7 +673,7 @@ def test_the_closed_invoice_bills_every_line_credit_and_overage_and_the_top_up(m
         "tokens;model=gpt-4;region=eu": [(CARD, 1, "2000000", 1, "36", "0.000018")],
         "tokens;model=gpt-4;region=us": [(CARD, 1, "1000000", 1, "30", "0.00003"), (CARD, 2, *us_v2, "0.000024")],
     }
-    assert [(c.grant_id, c.credits) for c in closed.credits_applied] == [("G1", "27.6"), ("G2", "186"), ("G3", "0.8")]
+    assert credits_of(closed.credits_applied) == [("G1", "27.6"), ("G2", "186"), ("G3", "0.8")]
     assert (closed.subtotal, closed.overage_amount, closed.overage_due, closed.top_up_purchases) == (
         "239.4",
         "25",
@@ -676,7 +686,7 @@ def test_the_closed_invoice_bills_every_line_credit_and_overage_and_the_top_up(m
         2,
         "0.4",
     )
-    assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in closed.grant_balances] == [
+    assert grant_balances_of(closed) == [
         ("G1", "100", "27.6", "0", "72.4"),
         ("G2", "200", "193", "0", "7"),
         ("G3", "20", "0.8", "19.2", "0"),
@@ -736,14 +746,14 @@ def test_the_next_periods_draft_bills_the_first_millisecond_and_lists_the_rollov
     ]
     if month.period_end % HOUR_MS != 0:
         assert parts_of(draft) == {"tokens;model=gpt-4;region=us": []}
-    assert [(c.grant_id, c.credits) for c in draft.credits_applied] == [("G3", "19.2"), (top_up, "4.8")]
+    assert credits_of(draft.credits_applied) == [("G3", "19.2"), (top_up, "4.8")]
     assert (draft.subtotal, draft.overage_due, draft.top_up_purchases, draft.total_due) == (
         "24",
         "0.00",
         "0.00",
         "0.00",
     )
-    assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in draft.grant_balances] == [
+    assert grant_balances_of(draft) == [
         ("G1", "100", "27.6", "0", "72.4"),
         ("G2", "200", "193", "0", "7"),
         ("G3", "20", "20", "0", "0"),
@@ -850,7 +860,7 @@ def test_a_rolling_grant_expiring_mid_period_breaks_one_expiring_at_the_end_roll
     assert parts_of(closed) == {
         "images;model=sd": [(CARD, 1, "3", 3, "8", "2.666666666667"), (CARD, 2, "5", 5, "5", "1")]
     }
-    assert [(g.grant_id, g.granted, g.drawn, g.remaining, g.expired) for g in closed.grant_balances] == [
+    assert grant_balances_of(closed) == [
         ("R1", "10", "8", "0", "2"),
         ("R2", "10", "7.5", "0", "2.5"),
         ("R3", "10", "5", "0", "5"),
