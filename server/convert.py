@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Sized
+import re
+from collections.abc import Generator, Iterable, Mapping, Sized
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
@@ -123,6 +124,62 @@ def check_text(text: str, field: str, bytes_max: int = TEXT_BYTES_MAX) -> str:
     if size > bytes_max:
         raise InvalidArgument.field(field, f"must be at most {bytes_max:,} bytes (UTF-8), not {size:,}")
     return text
+
+
+# Free texts a person reads -------------------------------------------------------------------------------------
+# A name, note or attribute entry a request stores is shown as it is: on invoices, in the audit log, in the CLI's
+# tables. A control character (C0, DEL, C1) there breaks a table's rows or drives the terminal (ESC, CSI), a line
+# break (LF, CR, NEL, U+2028/U+2029) splits one row in two, and a bidirectional control shows the text reversed
+# ("Trojan Source": a name reading "Acme" in one table and something else in the next). So a new request's free
+# texts hold none, as an actor's name holds none (server/auth.py is_actor_name). Any other character is taken:
+# letters of every script (Arabic and Hebrew included: they show right to left without any control), accents,
+# emoji and the zero-width joiner they are built with. Checked where the request enters, not in the engine: records
+# journaled before the check replay as they were made. Ids have their own grammar (engine/control.py check_id).
+
+# Right-to-left and left-to-right marks, embeddings, overrides and isolates (Unicode's Bidi_Control property).
+_BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x85\u2028\u2029")
+_NOT_IN_A_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI_CONTROLS}]")
+# A note is written in lines: it may hold a line feed and a tab, and nothing else of those.
+_NOT_IN_A_NOTE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{_BIDI_CONTROLS}]")
+
+
+def check_shown_text(text: str, field: str, what: str = "a name", *, lines: bool = False) -> str:
+    """`text` once it holds no character that breaks or reverses how it is shown (above); INVALID_ARGUMENT naming
+    `field`, the first such character's position (the first character is 1) and its code point otherwise, saying
+    `what` the text is ("a name", "an attribute key"). `lines`: a line feed and a tab are taken (a change note)."""
+    found = (_NOT_IN_A_NOTE if lines else _NOT_IN_A_LINE).search(text)
+    if found is None:
+        return text
+    char = found.group()
+    if char in _LINE_BREAKS:
+        kind = "a line break"
+    elif ord(char) <= 0x9F:
+        kind = "a control character"
+    else:
+        kind = "a bidirectional control"
+    raise InvalidArgument.field(
+        field, f"character {found.start() + 1} is U+{ord(char):04X} ({kind}), which {what} may not hold"
+    )
+
+
+def shown_key(key: str) -> str:
+    """A map entry's key as a field path names it: the characters check_shown_text refuses escaped as Python's
+    repr escapes them ("re\\u202egion"), so that an answer refusing the key does not carry them either."""
+    return _NOT_IN_A_LINE.sub(lambda found: found.group().encode("unicode_escape").decode(), key)
+
+
+def check_shown_entries(entries: Mapping[str, str], field: str, what: str, *, path: str = "[{}]") -> None:
+    """check_shown_text for each key and value of `entries` (an attribute map, a match), the entry named in `field`
+    by `path` around its key ("attributes[region]"): `what` is "attribute" (an attribute key, an attribute value)."""
+    for key, value in entries.items():
+        named = field + path.format(entry_name(shown_key(key)))
+        check_shown_text(key, named, f"{_article(what)} {what} key")
+        check_shown_text(value, named, f"{_article(what)} {what} value")
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1] in "aeiou" else "a"
 
 
 def check_count(items: Sized, field: str, count_max: int, what: str) -> None:
@@ -335,6 +392,17 @@ def _check_product_keys_fit_an_event(p: pricing_pb2.Product) -> None:
             raise InvalidArgument.field(f"product.pricing_dimensions[{i}]", why)
 
 
+def _check_product_texts_shown(p: pricing_pb2.Product) -> None:
+    """check_shown_text for each text of a product a person reads (ListProducts, the CLI's product table, invoice
+    lines' dimensions): its name, event type, unit, value key, filters and pricing dimensions."""
+    for field, what in (("name", "a name"), ("event_type", "an event type"), ("unit", "a unit")):
+        check_shown_text(getattr(p, field), f"product.{field}", what)
+    check_shown_text(p.value_key, "product.value_key", "a value key")
+    check_shown_entries(p.filters, "product.filters", "filter", path=".{}")
+    for i, key in enumerate(p.pricing_dimensions):
+        check_shown_text(key, f"product.pricing_dimensions[{i}]", "a pricing dimension")
+
+
 def create_product(request: pricing_pb2.CreateProductRequest, at_ms: int, actor: str) -> cmd.CreateProduct:
     p = request.product
     if p.aggregation and aggregation(p.aggregation) is None:
@@ -342,6 +410,7 @@ def create_product(request: pricing_pb2.CreateProductRequest, at_ms: int, actor:
     _check_product_keys_fit_an_event(p)
     for field in ("name", "event_type", "unit"):
         check_text(getattr(p, field), f"product.{field}")
+    _check_product_texts_shown(p)
     return cmd.CreateProduct(
         at_ms,
         actor,
@@ -446,14 +515,16 @@ def check_rates_named_once(rates: Iterable[pricing_pb2.Rate]) -> None:
 
 def check_rates_can_match(rates: Iterable[pricing_pb2.Rate]) -> None:
     """INVALID_ARGUMENT naming the entry and key of a match key or value longer than an event's dimension keys and
-    values may be (TEXT_BYTES_MAX bytes): no event could match such a rate. Checked where the request enters, not in
-    the engine, so that drafts journaled before the check replay as they were made."""
+    values may be (TEXT_BYTES_MAX bytes): no event could match such a rate; or holding a character check_shown_text
+    refuses (a version's rates are read in GetVersion, DiffVersions and the CLI). Checked where the request enters,
+    not in the engine, so that drafts journaled before the check replay as they were made."""
     why = f"keys and values are at most {TEXT_BYTES_MAX} bytes (an event's dimensions are): no event could match it"
     for index, each in enumerate(rates):
         check_count(each.match, f"upsert_rates[{index}].match", DIMENSIONS_MAX, "entries (as an event's dimensions)")
         for key, value in each.match.items():
             if len(key.encode()) > TEXT_BYTES_MAX or len(value.encode()) > TEXT_BYTES_MAX:
                 raise InvalidArgument.field(f"upsert_rates[{index}].match.{key[:32]}", why)
+        check_shown_entries(each.match, f"upsert_rates[{index}].match", "match", path=".{}")
 
 
 def check_parameter_names(names: Iterable[str]) -> None:
@@ -492,6 +563,7 @@ def create_draft(request: pricing_pb2.CreateDraftVersionRequest, at_ms: int, act
     check_rates_can_match(request.upsert_rates)
     check_parameter_names(request.set_parameters)
     check_text(request.change_note, "change_note", NOTE_BYTES_MAX)
+    check_shown_text(request.change_note, "change_note", "a change note", lines=True)
     return cmd.CreateDraftVersion(
         at_ms,
         actor,
@@ -517,12 +589,14 @@ def cohort_pb(cohort: Cohort | None) -> pricing_pb2.Cohort | None:
 
 def cohort_of(message: pricing_pb2.Cohort) -> Cohort:
     """A PublishVersion's cohort as the engine checks it (engine/cohorts.py), once its attributes are within what
-    a customer's may hold (more entries, or a longer key or value, would match no customer)."""
+    a customer's may hold (more entries, or a longer key or value, would match no customer; a key or value holding a
+    character check_shown_text refuses, none a new customer holds, is refused as a customer's is)."""
     check_count(message.attributes, "cohort.attributes", EVENT_MAP_ENTRIES_MAX, "entries (as a customer's)")
     for key, value in message.attributes.items():
         if len(key.encode()) > TEXT_BYTES_MAX or len(value.encode()) > TEXT_BYTES_MAX:
             why = f"keys and values are at most {TEXT_BYTES_MAX} bytes (as a customer's): no customer could match it"
             raise InvalidArgument.field(f"cohort.attributes[{entry_name(key)}]", why)
+    check_shown_entries(message.attributes, "cohort.attributes", "attribute")
     return Cohort(
         tuple(message.customer_ids),
         dict(message.attributes),

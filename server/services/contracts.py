@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 
 from tariff.v1 import (
@@ -14,7 +14,7 @@ from engine import commands as cmd
 from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer, Override
-from engine.control import DAY_MS, TEXT_BYTES_MAX, check_reference, quoted_id
+from engine.control import DAY_MS, EVENT_MAP_ENTRIES_MAX, TEXT_BYTES_MAX, check_reference, quoted_id
 from engine.customers import OVERRIDES_PER_CONTRACT_MAX, override_id, overrides_full
 from engine.errors import EngineError, InvalidArgument
 from engine.invoices import CURRENCIES
@@ -49,7 +49,7 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             actor_of(context),
             request.id,
             _customer_name(request.name),
-            dict(request.attributes),
+            _customer_attributes(request.attributes),
             applied_audited=True,
         )
         customer = await self._apply(command, Customer)
@@ -259,13 +259,25 @@ def _top_up_pb(policy: credits.TopUp) -> contracts_pb2.TopUpPolicy:
 
 
 def _customer_name(name: str) -> str:
-    """A customer's name once it is at most TEXT_BYTES_MAX bytes of UTF-8, as an attribute's value; INVALID_ARGUMENT
-    naming `name` otherwise. Unbounded, a few names of megabytes made a page of ListCustomers larger than any client
-    reads. Checked here, not in the engine, so that customers journaled before the check replay as they were."""
+    """A customer's name once it is at most TEXT_BYTES_MAX bytes of UTF-8, as an attribute's value, and holds no
+    character convert.check_shown_text refuses (invoices, the audit log and the CLI show it as it is);
+    INVALID_ARGUMENT naming `name` otherwise. Unbounded, a few names of megabytes made a page of ListCustomers larger
+    than any client reads. Checked here, not in the engine, so that customers journaled before the checks replay as
+    they were."""
     size = len(name.encode())
     if size > TEXT_BYTES_MAX:
         raise InvalidArgument.field("name", f"must be at most {TEXT_BYTES_MAX} bytes (UTF-8), not {size}")
-    return name
+    return convert.check_shown_text(name, "name", "a name")
+
+
+def _customer_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
+    """A customer's attributes once no key or value holds a character convert.check_shown_text refuses;
+    INVALID_ARGUMENT naming `attributes[key]` otherwise. Their count and sizes are the engine's to check
+    (check_text_map): more entries than it takes are left to it, unread here. Checked here, not in the engine, so that
+    customers journaled before the check replay as they were."""
+    if len(attributes) <= EVENT_MAP_ENTRIES_MAX:
+        convert.check_shown_entries(attributes, "attributes", "attribute")
+    return dict(attributes)
 
 
 def _currency(code: str) -> str:
@@ -285,8 +297,9 @@ def _currency(code: str) -> str:
 def _check_override_match(override: Override, product: Product) -> None:
     """INVALID_ARGUMENT naming `override.match.<key>` for a match entry on a key that is not one of the product's
     pricing dimensions, as a rate's is (overrides match an event's pricing dimensions only), or of a value longer
-    than an event's dimension value may be: such an override would never price anything. A "*" entry is left out of the match anyway. Checked here, not in the engine, so
-    that overrides journaled before the check replay as they were."""
+    than an event's dimension value may be: such an override would never price anything; or of a value holding a
+    character convert.check_shown_text refuses. A "*" entry is left out of the match anyway. Checked here, not in
+    the engine, so that overrides journaled before the check replay as they were."""
     for key, value in override.match.items():  # normalized: no "*" entries
         if key not in product.pricing_dimensions:
             raise InvalidArgument.field(
@@ -299,6 +312,8 @@ def _check_override_match(override: Override, product: Product) -> None:
                 f"override.match.{key}",
                 f"values are at most {TEXT_BYTES_MAX} bytes (an event's dimension value is), not {size}",
             )
+        # GetContract and the CLI show it: a key is one of the product's pricing dimensions, checked as it was made.
+        convert.check_shown_text(value, f"override.match.{key}", "a match value")
 
 
 def _check_room_for_override(contract: Contract, command: cmd.AddOverride) -> None:

@@ -141,7 +141,7 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         self, request: pricing_pb2.CreateRateCardRequest, context: Context
     ) -> pricing_pb2.RateCard:
         pricing_unit = _pricing_unit(request.pricing_unit)
-        name = convert.check_text(request.name, "name")
+        name = convert.check_shown_text(convert.check_text(request.name, "name"), "name", "a name")
         command = cmd.CreateRateCard(
             self.clock_ms(), actor_of(context), request.id, name, pricing_unit, applied_audited=True
         )
