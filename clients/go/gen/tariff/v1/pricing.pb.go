@@ -316,7 +316,11 @@ func (ChangeKind) EnumDescriptor() ([]byte, []int) {
 // 64 filters and 64 pricing_dimensions, as an event holds at most 64
 // dimensions, and name, event_type and unit at most 256 bytes each: more is
 // INVALID_ARGUMENT naming the field (product.filters, product.name, ...),
-// nothing created.
+// nothing created. None of these texts (name, event_type, unit, value_key,
+// the filters' keys and values, the pricing dimensions) holds a control
+// character, line break or bidirectional control ("Free texts" at the top of
+// contracts.proto): one that does is INVALID_ARGUMENT naming the field
+// (product.pricing_dimensions[1], product.filters.<key>), nothing created.
 type Product struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -882,6 +886,9 @@ type Rate struct {
 	// UTF-8, as an event's dimensions are (CreateDraftVersion refuses a longer
 	// one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>), and at most 64
 	// entries, as an event's (more: INVALID_ARGUMENT naming upsert_rates[i].match).
+	// A key or value holding a control character, line break or bidirectional
+	// control ("Free texts" at the top of contracts.proto) is INVALID_ARGUMENT
+	// naming upsert_rates[i].match.<key> too.
 	Match map[string]string `protobuf:"bytes,2,rep,name=match,proto3" json:"match,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Types that are valid to be assigned to Price:
 	//
@@ -1078,7 +1085,10 @@ func (x *RateKey) GetMatch() map[string]string {
 // INVALID_ARGUMENT naming cohort.customer_ids: attributes or
 // customers_created_after name more). attributes holds at most 64 entries, keys and
 // values at most 256 bytes, as a customer's (more could match no customer:
-// INVALID_ARGUMENT naming cohort.attributes or cohort.attributes[key]).
+// INVALID_ARGUMENT naming cohort.attributes or cohort.attributes[key]), and
+// holding no control character, line break or bidirectional control, as a
+// customer's ("Free texts" at the top of contracts.proto; INVALID_ARGUMENT
+// naming cohort.attributes[key]).
 type Cohort struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
 	CustomerIds           []string               `protobuf:"bytes,1,rep,name=customer_ids,json=customerIds,proto3" json:"customer_ids,omitempty"`
@@ -1390,7 +1400,9 @@ func (x *RateCard) GetCurrentVersion() uint32 {
 type CreateRateCardRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name).
+	// At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name). No
+	// control character, line break or bidirectional control ("Free texts" at
+	// the top of contracts.proto; INVALID_ARGUMENT naming name).
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Required: "credits", or an ISO 4217 currency code that has a minor unit
 	// (the codes of invoices.proto's minor_unit: "USD", "EUR", "JPY", "KWD",
@@ -1638,7 +1650,9 @@ type CreateDraftVersionRequest struct {
 	UpsertRates []*Rate    `protobuf:"bytes,4,rep,name=upsert_rates,json=upsertRates,proto3" json:"upsert_rates,omitempty"`
 	RemoveRates []*RateKey `protobuf:"bytes,5,rep,name=remove_rates,json=removeRates,proto3" json:"remove_rates,omitempty"`
 	// At most 1,024 bytes of UTF-8 (more is INVALID_ARGUMENT naming
-	// change_note).
+	// change_note). Lines: it may hold LF (U+000A) and tab, but no other
+	// control character, line break or bidirectional control ("Free texts" at
+	// the top of contracts.proto; INVALID_ARGUMENT naming change_note).
 	ChangeNote string `protobuf:"bytes,6,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`
 	// Parameters to drop.
 	RemoveParameters []string `protobuf:"bytes,7,rep,name=remove_parameters,json=removeParameters,proto3" json:"remove_parameters,omitempty"`

@@ -22,6 +22,27 @@
 // reservation_id, transaction_id, invoice_number and line_id are not under
 // the rule.
 //
+// Free texts a request stores for a person to read (a customer's name and
+// attributes; a product's name, event_type, unit, value_key, filters and
+// pricing_dimensions; a rate card's name; a draft's change_note and its
+// rates' match; a cohort's attributes; an override's match values) hold no
+// control character (U+0000-U+001F and U+007F-U+009F: NUL, tab, LF, CR, ESC,
+// DEL, NEL, CSI, ...), no line or paragraph separator (U+2028, U+2029) and
+// no bidirectional control (U+061C, U+200E, U+200F, U+202A-U+202E,
+// U+2066-U+2069): invoices, the audit log and the CLI's tables show a text
+// as it is, and such a character breaks their rows or shows the text
+// reversed. A change_note, written in lines, may hold LF and tab. A text that
+// holds one is INVALID_ARGUMENT naming the field (a map entry by its key,
+// the character escaped: "attributes[re\u202egion]"), the first such
+// character's position (the first character is 1) and its code point
+// ("name: character 4 is U+202E (a bidirectional control), which a name may
+// not hold"), nothing made or changed. Any other text is taken and answered
+// as sent: letters of every script (Arabic and Hebrew show right to left
+// without any control), accents, emoji and the zero-width joiner. Records
+// stored by an earlier release keep their texts as they were. A usage event's
+// texts and an Authorize request's (usage.proto, balance.proto) are not under
+// this rule.
+//
 // Times a request names (starting_at, ending_before, starts_at, expires_at,
 // and in pricing.proto and invoices.proto effective_from,
 // customers_created_after, at, period_start, period_end) lie between
@@ -158,14 +179,17 @@ export type CreateCustomerRequest = Message<"tariff.v1.CreateCustomerRequest"> &
 
   /**
    * At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name); the
-   * id when empty.
+   * id when empty. No control character, line break or bidirectional control
+   * (see "Free texts" at the top of this file; INVALID_ARGUMENT naming name).
    *
    * @generated from field: string name = 2;
    */
   name: string;
 
   /**
-   * At most 64 entries; keys (non-empty) and values at most 256 bytes each.
+   * At most 64 entries; keys (non-empty) and values at most 256 bytes each,
+   * neither holding a control character, line break or bidirectional control
+   * ("Free texts" above; INVALID_ARGUMENT naming attributes[key]).
    *
    * @generated from field: map<string, string> attributes = 3;
    */
@@ -272,7 +296,9 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
    * Keys must be among the product's pricing_dimensions, as a rate's (an
    * override matches those only), values at most 256 bytes (as an event's):
    * another key, or a longer value (not "*"), is INVALID_ARGUMENT naming
-   * override.match.<key>. An entry whose value is "*" is left out, as a key
+   * override.match.<key>; so is a value holding a control character, line
+   * break or bidirectional control ("Free texts" at the top of this file).
+   * An entry whose value is "*" is left out, as a key
    * left out means "*", whatever its key: the override holds, and answers,
    * its match without it ({"model": "a", "other": "*"} is {"model": "a"}).
    *

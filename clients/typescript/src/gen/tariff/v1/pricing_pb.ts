@@ -30,7 +30,11 @@ export const file_tariff_v1_pricing: GenFile = /*@__PURE__*/
  * 64 filters and 64 pricing_dimensions, as an event holds at most 64
  * dimensions, and name, event_type and unit at most 256 bytes each: more is
  * INVALID_ARGUMENT naming the field (product.filters, product.name, ...),
- * nothing created.
+ * nothing created. None of these texts (name, event_type, unit, value_key,
+ * the filters' keys and values, the pricing dimensions) holds a control
+ * character, line break or bidirectional control ("Free texts" at the top of
+ * contracts.proto): one that does is INVALID_ARGUMENT naming the field
+ * (product.pricing_dimensions[1], product.filters.<key>), nothing created.
  *
  * @generated from message tariff.v1.Product
  */
@@ -341,6 +345,9 @@ export type Rate = Message<"tariff.v1.Rate"> & {
    * UTF-8, as an event's dimensions are (CreateDraftVersion refuses a longer
    * one: INVALID_ARGUMENT naming upsert_rates[i].match.<key>), and at most 64
    * entries, as an event's (more: INVALID_ARGUMENT naming upsert_rates[i].match).
+   * A key or value holding a control character, line break or bidirectional
+   * control ("Free texts" at the top of contracts.proto) is INVALID_ARGUMENT
+   * naming upsert_rates[i].match.<key> too.
    *
    * @generated from field: map<string, string> match = 2;
    */
@@ -424,7 +431,10 @@ export const RateKeySchema: GenMessage<RateKey> = /*@__PURE__*/
  * INVALID_ARGUMENT naming cohort.customer_ids: attributes or
  * customers_created_after name more). attributes holds at most 64 entries, keys and
  * values at most 256 bytes, as a customer's (more could match no customer:
- * INVALID_ARGUMENT naming cohort.attributes or cohort.attributes[key]).
+ * INVALID_ARGUMENT naming cohort.attributes or cohort.attributes[key]), and
+ * holding no control character, line break or bidirectional control, as a
+ * customer's ("Free texts" at the top of contracts.proto; INVALID_ARGUMENT
+ * naming cohort.attributes[key]).
  *
  * @generated from message tariff.v1.Cohort
  */
@@ -611,7 +621,9 @@ export type CreateRateCardRequest = Message<"tariff.v1.CreateRateCardRequest"> &
   id: string;
 
   /**
-   * At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name).
+   * At most 256 bytes of UTF-8 (more is INVALID_ARGUMENT naming name). No
+   * control character, line break or bidirectional control ("Free texts" at
+   * the top of contracts.proto; INVALID_ARGUMENT naming name).
    *
    * @generated from field: string name = 2;
    */
@@ -765,7 +777,9 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
 
   /**
    * At most 1,024 bytes of UTF-8 (more is INVALID_ARGUMENT naming
-   * change_note).
+   * change_note). Lines: it may hold LF (U+000A) and tab, but no other
+   * control character, line break or bidirectional control ("Free texts" at
+   * the top of contracts.proto; INVALID_ARGUMENT naming change_note).
    *
    * @generated from field: string change_note = 6;
    */
