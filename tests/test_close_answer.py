@@ -1,15 +1,19 @@
 """ClosePeriod's answer (server/services/invoices.py): the close checks, before anything changes, that the answer
 will fit (the draft made into a message as final), then answers the final invoice. When what the close made is the
 draft it checked (it is, unless a command applied in between changed the period), the answer is that message,
-numbered: made again it would be the same, and an invoice listing 11,000 grants takes 10-40 ms to make into one."""
+numbered: made again it would be the same, and an invoice listing 11,000 grants takes 10-40 ms to make into one.
+The close command itself builds the invoice once."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 import pytest
 
 from engine import commands as cmd
-from engine.invoices import Invoice
+from engine import invoicing
+from engine.invoices import Invoice, build_invoice
 from server.services import invoices as service
 from tests.credits_fixtures import Ledger, event
 from tests.engine_fixtures import ACTOR, EPOCH_MS, basic_world
@@ -27,17 +31,39 @@ CLOSE_RULES = {
 }
 
 
-def draft_and_final() -> tuple[Invoice, Invoice]:
-    """acme's January: 75 units, r (90, rollover 0.5) pays them; the clock at February 2, the period closed then."""
+def january_ended() -> Ledger:
+    """acme's January: 75 units, r (90, rollover 0.5) pays them; the clock at February 2."""
     world = basic_world()
     world.apply(world.grant_command("r", "90", rollover_fraction="0.5"))
     m = Ledger(world)
     m.ingest([event("jan", EPOCH_MS + DAY_MS, 75)], EPOCH_MS + DAY_MS)
     m.advance(FEB_MS + DAY_MS)
+    return m
+
+
+def draft_and_final() -> tuple[Invoice, Invoice]:
+    """January's draft, and its final invoice closed on February 2."""
+    m = january_ended()
     draft = m.billing.engine.preview("acme", EPOCH_MS)
     final = m.run(cmd.ClosePeriod(FEB_MS + DAY_MS, ACTOR, "acme", EPOCH_MS, **CLOSE_RULES))
     assert isinstance(final, Invoice) and final.final and not draft.final
     return draft, final
+
+
+def test_the_close_command_builds_the_period_s_invoice_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command builds the final invoice once (the service's check builds the draft before it: ClosePeriod in
+    server/services/invoices.py says why both are needed), the invoice builder counted through the real engine."""
+    m = january_ended()
+    built: list[Invoice] = []
+    real = build_invoice  # the one engine/invoicing.py calls
+
+    def counted(*args: Any, **kwargs: Any) -> Invoice:
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(invoicing, "build_invoice", counted)
+    final = m.run(cmd.ClosePeriod(FEB_MS + DAY_MS, ACTOR, "acme", EPOCH_MS, **CLOSE_RULES))
+    assert built == [final]
 
 
 def test_the_close_answers_the_checked_draft_numbered_without_making_it_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -229,6 +229,13 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
         if period_start_ms is None:
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
         at_ms = self.clock_ms()
+        # The period's invoice is built twice, and both are needed. The check builds the draft here, on the loop,
+        # before the command is queued: its refusal must come before anything changes. The command builds the final
+        # on the writer (engine/invoicing.py _finalise), after the clock's work due by then is recorded (the
+        # rollovers and expiries the draft only foresees, Sequencer._clock_before) and after the commands queued
+        # ahead, and replay builds it again from the record alone: the record cannot carry the draft, and the draft
+        # is known equal to the final only once the final is built. _closed_answer keeps only the message from
+        # being made twice.
         checked = self._check_closable(request.customer_id, period_start_ms, at_ms)
         command = cmd.ClosePeriod(
             at_ms,
