@@ -146,26 +146,35 @@ class InvoiceCommands(ControlPlane):
     # Commands ----------------------------------------------------------------------------------------------
 
     def _close_period(self, c: cmd.ClosePeriod) -> Invoice:
-        if not c.customer_id:
-            raise InvalidArgument.field("customer_id", "is required")
-        self.customer(c.customer_id)
-        contract = self._contract_at(c.customer_id, c.period_start_ms)
-        start_ms, end_ms = self._period_of(contract, c.period_start_ms) if contract else (None, None)
-        if contract is None or start_ms != c.period_start_ms:
-            nearest = self._nearest_period_start(c.customer_id, c.period_start_ms)
-            hint = f"; the nearest period start is {iso(nearest)}" if nearest is not None else "; it has no contract"
-            raise InvalidArgument.field(
-                "period_start", f"{iso(c.period_start_ms)} is no period start of customer {c.customer_id!r}{hint}"
-            )
-        assert end_ms is not None
-        number = self.state.accounts[c.customer_id].invoices.get(start_ms)
+        contract, number = self.closable(c.customer_id, c.period_start_ms, c.at_ms)
         if number is not None:
             raise Repeated(self.state.invoices[number])
-        if end_ms > c.at_ms:
+        return self._finalise(contract, c.period_start_ms, c.at_ms, c)
+
+    def closable(self, customer_id: str, period_start_ms: int, at_ms: int) -> tuple[Contract, str | None]:
+        """The contract of the customer's period starting at period_start_ms, and the number of its invoice when it
+        is closed; else ClosePeriod's refusals that need no invoice built (no such customer, no such period start, a
+        period not ended by at_ms). The service asks before it builds the draft its size check needs (a refused
+        close built a whole draft for nothing), the command again on the writer: commands queued ahead of it may
+        have changed the state since."""
+        if not customer_id:
+            raise InvalidArgument.field("customer_id", "is required")
+        self.customer(customer_id)
+        contract = self._contract_at(customer_id, period_start_ms)
+        start_ms, end_ms = self._period_of(contract, period_start_ms) if contract else (None, None)
+        if contract is None or start_ms != period_start_ms:
+            nearest = self._nearest_period_start(customer_id, period_start_ms)
+            hint = f"; the nearest period start is {iso(nearest)}" if nearest is not None else "; it has no contract"
+            raise InvalidArgument.field(
+                "period_start", f"{iso(period_start_ms)} is no period start of customer {customer_id!r}{hint}"
+            )
+        assert end_ms is not None
+        number = self.state.accounts[customer_id].invoices.get(start_ms)
+        if number is None and end_ms > at_ms:
             raise FailedPrecondition(
                 f"the period from {iso(start_ms)} has not ended: it ends at {iso(end_ms)}, and can be closed from then on"
             )
-        return self._finalise(contract, start_ms, c.at_ms, c)
+        return contract, number
 
     def _close_due_periods(self, c: cmd.CloseDuePeriods) -> list[Invoice]:
         """Closes every period that ended at least grace_ms before at_ms (at most periods_max of them), the

@@ -2,17 +2,22 @@
 will fit (the draft made into a message as final), then answers the final invoice. When what the close made is the
 draft it checked (it is, unless a command applied in between changed the period), the answer is that message,
 numbered: made again it would be the same, and an invoice listing 11,000 grants takes 10-40 ms to make into one.
-The close command itself builds the invoice once."""
+The close command itself builds the invoice once. A close refused anyway (a period not ended, no period start)
+builds no draft: the refusals that need no invoice come first, as the command makes them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
 import pytest
+from google.protobuf import timestamp_pb2
+from tariff.v1 import invoices_pb2
 
 from engine import commands as cmd
 from engine import invoicing
+from engine.errors import EngineError, FailedPrecondition, InvalidArgument
 from engine.invoices import Invoice, build_invoice
 from server.services import invoices as service
 from tests.credits_fixtures import Ledger, event
@@ -96,3 +101,88 @@ def test_a_retry_of_a_closed_period_answers_the_checked_invoice() -> None:
     checked = service._closing_check(final, FEB_MS + 2 * DAY_MS)
     assert service._closed_answer(final, checked) is checked.message
     assert checked.message == service.invoice_pb(final)
+
+
+class Writer:
+    """The sequencer as InvoiceService uses it: applies each command as the writer does, and keeps them."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.commands: list[object] = []
+
+    async def run(self, command: cmd.AdminCommand, deadline_monotonic: float | None = None) -> tuple[int, object]:
+        self.commands.append(command)
+        return self.ledger.billing.last_seq, self.ledger.run(command)
+
+
+class Call:
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+def close(ledger: Ledger, period_start_ms: int, at_ms: int) -> tuple[invoices_pb2.Invoice, Writer]:
+    """ClosePeriod's handler (unwrapped from `unary`, which makes an error a status) at at_ms."""
+    writer = Writer(ledger)
+    invoices = service.InvoiceService(ledger.billing, writer, lambda: at_ms)  # type: ignore[arg-type]
+    start = timestamp_pb2.Timestamp()
+    start.FromMilliseconds(period_start_ms)
+    request = invoices_pb2.ClosePeriodRequest(customer_id="acme", period_start=start)
+    handler = service.InvoiceService.ClosePeriod.__wrapped__  # type: ignore[attr-defined]
+    return asyncio.run(handler(invoices, request, Call())), writer
+
+
+def counted_builds(monkeypatch: pytest.MonkeyPatch) -> list[Invoice]:
+    built: list[Invoice] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Invoice:
+        built.append(build_invoice(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(invoicing, "build_invoice", counted)
+    return built
+
+
+def refusal_of_the_command(ledger: Ledger, period_start_ms: int, at_ms: int) -> EngineError:
+    with pytest.raises(EngineError) as refused:
+        ledger.run(cmd.ClosePeriod(at_ms, ACTOR, "acme", period_start_ms, **CLOSE_RULES))
+    return refused.value
+
+
+@pytest.mark.parametrize(
+    ("period_start_ms", "refusal"),
+    [(FEB_MS, FailedPrecondition), (EPOCH_MS + DAY_MS, InvalidArgument)],
+    ids=["a period not ended", "no period start"],
+)
+def test_a_close_refused_anyway_builds_no_draft_and_is_refused_as_the_command_refuses_it(
+    monkeypatch: pytest.MonkeyPatch, period_start_ms: int, refusal: type[EngineError]
+) -> None:
+    """February has not ended on February 2; January 2 starts no period of acme's. Refused on the loop, before the
+    draft: no invoice built, no command queued, the command's own status and message."""
+    m = january_ended()
+    expected = refusal_of_the_command(m, period_start_ms, FEB_MS + DAY_MS)
+    built = counted_builds(monkeypatch)
+    with pytest.raises(refusal) as refused:
+        close(m, period_start_ms, FEB_MS + DAY_MS)
+    assert type(refused.value) is type(expected) and str(refused.value) == str(expected)
+    assert built == []
+
+
+def test_a_close_of_an_ended_period_builds_the_draft_and_the_final_once_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = january_ended()
+    built = counted_builds(monkeypatch)
+    answer, writer = close(m, EPOCH_MS, FEB_MS + DAY_MS)
+    final = m.billing.engine.invoice(answer.invoice_number)
+    assert len(writer.commands) == 1 and len(built) == 2 and built[1] == final and not built[0].final
+    assert answer == service.invoice_pb(final)
+
+
+def test_a_retry_of_a_closed_period_builds_nothing_and_reads_no_draft(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = january_ended()
+    final = m.run(cmd.ClosePeriod(FEB_MS + DAY_MS, ACTOR, "acme", EPOCH_MS, **CLOSE_RULES))
+    assert isinstance(final, Invoice)
+    built = counted_builds(monkeypatch)
+    previews: list[object] = []
+    monkeypatch.setattr(m.billing.engine, "preview", lambda *args: previews.append(args))
+    answer, _ = close(m, EPOCH_MS, FEB_MS + 2 * DAY_MS)
+    assert answer == service.invoice_pb(final)
+    assert built == [] and previews == []

@@ -230,7 +230,8 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
             raise InvalidArgument.field("period_start", "is required: the start of the period to close")
         at_ms = self.clock_ms()
         # The period's invoice is built twice, and both are needed. The check builds the draft here, on the loop,
-        # before the command is queued: its refusal must come before anything changes. The command builds the final
+        # before the command is queued (once the period is known closable: a close refused anyway builds none): its
+        # refusal must come before anything changes. The command builds the final
         # on the writer (engine/invoicing.py _finalise), after the clock's work due by then is recorded (the
         # rollovers and expiries the draft only foresees, Sequencer._clock_before) and after the commands queued
         # ahead, and replay builds it again from the record alone: the record cannot carry the draft, and the draft
@@ -258,11 +259,16 @@ class InvoiceService(_Base, invoices_pb2_grpc.InvoiceServiceServicer):
 
     def _check_closable(self, customer_id: str, period_start_ms: int, at_ms: int) -> _Checked | None:
         """RESOURCE_EXHAUSTED, before anything changes, when closing the period would answer an invoice larger
-        than gRPC sends (the period stays open), or when the period is already closed as such an invoice. Any
-        other refusal is the command's to make (a period not ended, or no period's start). What it checked, for
-        the answer to reuse."""
+        than gRPC sends (the period stays open), or when the period is already closed as such an invoice. The
+        refusals that need no invoice (no period's start, a period not ended) come first, as the command makes
+        them, and build no draft; the command makes them again on the writer. What it checked, for the answer to
+        reuse."""
+        number = self.engine.closable(customer_id, period_start_ms, at_ms)[1]
         try:
-            invoice = self.engine.preview(customer_id, period_start_ms, at_ms)
+            if number is not None:  # the invoice stored, as preview answers a closed period, without its kernel read
+                invoice = self.engine.invoice(number)
+            else:
+                invoice = self.engine.preview(customer_id, period_start_ms, at_ms)
         except EngineError:
             return None
         if invoice.period_start_ms != period_start_ms or invoice.period_end_ms > at_ms:
