@@ -67,6 +67,7 @@ from server.services import (
     wall_ms,
 )
 from server.services.common import page_bytes_within
+from server.snapshotting import SNAPSHOT_POLICY_DEFAULT, SnapshotPolicy
 from server.watch import WatchHub
 
 log = logging.getLogger("tariff")
@@ -122,10 +123,7 @@ class ServeConfig:
     message_bytes_max: int = MESSAGE_BYTES_MAX_DEFAULT
     batch_events_max: int = 10_000
     future_skew_ms: int = 5 * 60 * 1000
-    snapshot_every_records: int = 5_000
-    snapshot_every_events: int = 1_000_000
-    # A snapshot also waits until the journal has taken this many times the last snapshot's bytes (0: it does not).
-    snapshot_journal_factor: float = 0.5
+    snapshot_policy: SnapshotPolicy = SNAPSHOT_POLICY_DEFAULT
     api_keys: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -421,9 +419,7 @@ async def _serve_locked(
     sequencer = Sequencer(
         billing,
         journal,
-        snapshot_every_records=config.snapshot_every_records,
-        snapshot_every_events=config.snapshot_every_events,
-        snapshot_journal_factor=config.snapshot_journal_factor,
+        snapshot_policy=config.snapshot_policy,
         explain_index=explain_index,
         backlog=backlog,
     )

@@ -298,6 +298,7 @@ def serve(
     oplog.quiet_grpc_core(log_level.lower())
     from server.app import ServeConfig, run
     from server.closer import parse_duration_ms
+    from server.snapshotting import SnapshotPolicy
 
     try:
         close_grace_ms = parse_duration_ms(close_grace)
@@ -313,9 +314,9 @@ def serve(
         message_bytes_max=_mib(message_mb_max),
         batch_events_max=batch_events_max,
         future_skew_ms=future_skew_s * 1000,
-        snapshot_every_records=snapshot_every,
-        snapshot_every_events=snapshot_every_events,
-        snapshot_journal_factor=snapshot_journal_factor,
+        snapshot_policy=SnapshotPolicy(
+            every_records=snapshot_every, every_events=snapshot_every_events, journal_factor=snapshot_journal_factor
+        ),
         api_keys=api_keys,
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -73,13 +73,7 @@ from server.journal import Journal, JournalFull
 from server.records import JournalRecord, RerationDone, encode_record
 from server.recovery import Backlog, recover_counting
 from server.scheduling import paced
-from server.snapshotting import (
-    PAUSE_EVERY_S,
-    SNAPSHOT_EVERY_EVENTS_DEFAULT,
-    SNAPSHOT_EVERY_RECORDS_DEFAULT,
-    SNAPSHOT_JOURNAL_FACTOR_DEFAULT,
-    Snapshots,
-)
+from server.snapshotting import PAUSE_EVERY_S, SNAPSHOT_POLICY_DEFAULT, SnapshotPolicy, Snapshots
 from server.usage_batches import UsageBatch, rate_batches_explained
 from server.worker import Worker
 
@@ -202,9 +196,7 @@ class Sequencer:
         journal: Journal,
         *,
         clock_ms: Callable[[], int] | None = None,
-        snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
-        snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS_DEFAULT,
-        snapshot_journal_factor: float = SNAPSHOT_JOURNAL_FACTOR_DEFAULT,
+        snapshot_policy: SnapshotPolicy = SNAPSHOT_POLICY_DEFAULT,
         explain_index: ExplainIndex | None = None,
         plan_slice_customers: int = PLAN_SLICE_CUSTOMERS,
         backlog: Backlog | None = None,
@@ -226,9 +218,7 @@ class Sequencer:
             writer_thread=self._writer_thread,
             rating_thread=self._rating_thread,
             refresh_tables=self._refresh_tables,
-            snapshot_every_records=snapshot_every_records,
-            snapshot_every_events=snapshot_every_events,
-            snapshot_journal_factor=snapshot_journal_factor,
+            policy=snapshot_policy,
             explain_index=explain_index,
             backlog=backlog or Backlog(),
         )

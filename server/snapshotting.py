@@ -29,15 +29,6 @@ from server.worker import Worker
 # The writer's logger: the operator's log names snapshots as it did when the writer took them itself.
 log = logging.getLogger("tariff.sequencer")
 
-SNAPSHOT_EVERY_RECORDS_DEFAULT = 5_000
-SNAPSHOT_EVERY_EVENTS_DEFAULT = 1_000_000
-# Besides those: a snapshot is due only once the journal has taken this many times the last snapshot's bytes since
-# it. A snapshot holds the whole dedupe window (40 B an id), so at a fixed event interval the bytes snapshots
-# write grow with the window and, summed over a fill, with its square (README, Dedupe at scale); with this, they
-# stay at most about 1 / factor of the journal's, and a restart replays at most about factor snapshots' size of
-# journal. Replaying a journal byte took about 5 times the CPU of restoring a snapshot byte (10,000,000 events:
-# 20 s against 1.2 s for 400 MB), so 0.5 keeps a restart at 10,000,000 ids within about 1,500,000 events of replay.
-SNAPSHOT_JOURNAL_FACTOR_DEFAULT = 0.5
 # A snapshot's encoding gives the GIL over this often (the target: no stall over 5 ms).
 PAUSE_EVERY_S = 0.001
 # How long a thread encoding a snapshot sleeps, every PAUSE_EVERY_S, so that the event loop can take the GIL;
@@ -48,6 +39,27 @@ SNAPSHOT_SWITCH_INTERVAL_S = 0.0005
 # A dedupe segment (a snapshot's changes to the table, or a compaction's merge) is made and written a part of this
 # many bytes at a time, the one part's room reused (server/journal.py writes it 64 KiB at a time).
 SEGMENT_PART_BYTES = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When a snapshot falls due (Snapshots.due): once `every_records` records or `every_events` usage events were
+    journaled since the last, and the journal has taken `journal_factor` times the last snapshot's bytes since it
+    (0: that is not waited for). Set where the server is configured (server/cli.py's flags, server/app.py's
+    ServeConfig), handed to the writer, which hands it to its Snapshots."""
+
+    every_records: int = 5_000
+    every_events: int = 1_000_000
+    # A snapshot holds the whole dedupe window (40 B an id), so at a fixed event interval the bytes snapshots write
+    # grow with the window and, summed over a fill, with its square (README, Dedupe at scale); with this, they stay
+    # at most about 1 / factor of the journal's, and a restart replays at most about factor snapshots' size of
+    # journal. Replaying a journal byte took about 5 times the CPU of restoring a snapshot byte (10,000,000 events:
+    # 20 s against 1.2 s for 400 MB), so 0.5 keeps a restart at 10,000,000 ids within about 1,500,000 events of
+    # replay.
+    journal_factor: float = 0.5
+
+
+SNAPSHOT_POLICY_DEFAULT = SnapshotPolicy()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,9 +86,7 @@ class Snapshots:
         writer_thread: Worker,
         rating_thread: Worker,
         refresh_tables: Callable[[], Awaitable[None]],
-        snapshot_every_records: int,
-        snapshot_every_events: int,
-        snapshot_journal_factor: float,
+        policy: SnapshotPolicy,
         explain_index: ExplainIndex | None,
         backlog: Backlog,
     ) -> None:
@@ -85,9 +95,7 @@ class Snapshots:
         self.billing = billing
         self.journal = journal
         self.explain_index = explain_index
-        self.snapshot_every_records = snapshot_every_records
-        self.snapshot_every_events = snapshot_every_events
-        self.snapshot_journal_factor = snapshot_journal_factor
+        self.policy = policy
         self._writer_thread = writer_thread
         self._rating_thread = rating_thread
         self._refresh_tables = refresh_tables
@@ -109,10 +117,10 @@ class Snapshots:
         return (
             self._storing is None
             and (
-                self._records_since_snapshot >= self.snapshot_every_records
-                or self._events_since_snapshot >= self.snapshot_every_events
+                self._records_since_snapshot >= self.policy.every_records
+                or self._events_since_snapshot >= self.policy.every_events
             )
-            and self._journal_bytes_since_snapshot >= self.snapshot_journal_factor * self._last_snapshot_bytes
+            and self._journal_bytes_since_snapshot >= self.policy.journal_factor * self._last_snapshot_bytes
         )
 
     async def take(self, *, wait_for_store: bool = True, compact: bool = True) -> None:

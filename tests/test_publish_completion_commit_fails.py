@@ -22,6 +22,7 @@ from server.journal import JournalFull, MemoryJournal
 from server.records import JournalRecord, RerationDone, decode_record
 from server.recovery import recover
 from server.sequencer import Sequencer
+from server.snapshotting import SnapshotPolicy
 from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
@@ -216,7 +217,10 @@ def test_a_publish_whose_completion_was_applied_on_a_group_whose_commit_failed_i
     async def main() -> tuple[tuple[int, object], BaseException | None]:
         billing = recover(journal)
         sequencer = Sequencer(
-            billing, journal, clock_ms=lambda: RECEIVED_MS, snapshot_every_records=10**9, snapshot_every_events=10**9
+            billing,
+            journal,
+            clock_ms=lambda: RECEIVED_MS,
+            snapshot_policy=SnapshotPolicy(every_records=10**9, every_events=10**9),
         )
         sequencer.start()
         publish = await _a_draft_to_publish(sequencer, world, planned)

@@ -22,6 +22,7 @@ from server.journal import JournalFull, MemoryJournal
 from server.records import JournalRecord, decode_record, encode_record
 from server.recovery import recover
 from server.sequencer import Sequencer
+from server.snapshotting import SnapshotPolicy
 from server.usage_batches import UsageBatch
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T... UTC, inside the demo contract's first month
@@ -408,7 +409,9 @@ def test_a_snapshot_is_taken_after_enough_events_even_when_few_records() -> None
     journal = MemoryJournal()
 
     async def main() -> None:
-        sequencer = Sequencer(Billing(), journal, clock_ms=lambda: NOW_MS, snapshot_every_events=5)
+        sequencer = Sequencer(
+            Billing(), journal, clock_ms=lambda: NOW_MS, snapshot_policy=SnapshotPolicy(every_events=5)
+        )
         sequencer.start()
         for command in demo_commands(NOW_MS):
             await sequencer.run(command)

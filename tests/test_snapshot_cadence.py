@@ -1,5 +1,5 @@
 """Snapshot cadence, over the in-memory journal: besides the record and event counts, a snapshot waits until the
-journal has taken `snapshot_journal_factor` times the last snapshot's bytes, so that the bytes snapshots write stay
+journal has taken `SnapshotPolicy.journal_factor` times the last snapshot's bytes, so that the bytes snapshots write stay
 a bounded share of the journal's however large the state (the dedupe window) grows."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from engine.billing import Billing
 from server.demo import demo_commands
 from server.journal import MemoryJournal
 from server.sequencer import Sequencer
+from server.snapshotting import SnapshotPolicy
 from server.usage_batches import UsageBatch
 
 NOW_MS = 1_795_000_000_000  # inside the demo contract's first month
@@ -84,9 +85,7 @@ def _run(journal: MemoryJournal, factor: float) -> tuple[int, int, int]:
             Billing(),
             journal,
             clock_ms=lambda: NOW_MS,
-            snapshot_every_records=1,
-            snapshot_every_events=NEVER,
-            snapshot_journal_factor=factor,
+            snapshot_policy=SnapshotPolicy(every_records=1, every_events=NEVER, journal_factor=factor),
         )
         sequencer.start()
         for command in demo_commands(NOW_MS):

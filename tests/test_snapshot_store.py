@@ -16,6 +16,7 @@ from server.errors import Unavailable
 from server.journal import DedupeSegmentSave, MemoryJournal, SnapshotBlob
 from server.recovery import recover
 from server.sequencer import Sequencer
+from server.snapshotting import SnapshotPolicy
 from tests.test_sequencer import NOW_MS, batch, event
 
 ACK_TIMEOUT_S = 10.0
@@ -43,14 +44,12 @@ class HeldJournal(MemoryJournal):
 
 async def _started(journal: HeldJournal) -> Sequencer:
     """A writer on the demo catalogue that snapshots after every commit from now on (none during the demo)."""
-    sequencer = Sequencer(
-        recover(journal), journal, clock_ms=lambda: NOW_MS, snapshot_every_records=10**9, snapshot_every_events=10**9
-    )
+    seldom = SnapshotPolicy(every_records=10**9, every_events=10**9)
+    sequencer = Sequencer(recover(journal), journal, clock_ms=lambda: NOW_MS, snapshot_policy=seldom)
     sequencer.start()
     for command in demo_commands(NOW_MS):
         await sequencer.run(command)
-    sequencer.snapshots.snapshot_every_records = sequencer.snapshots.snapshot_every_events = 1
-    sequencer.snapshots.snapshot_journal_factor = 0
+    sequencer.snapshots.policy = SnapshotPolicy(every_records=1, every_events=1, journal_factor=0)
     return sequencer
 
 

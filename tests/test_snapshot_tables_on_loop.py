@@ -20,6 +20,7 @@ from server.journal import JournalFull, MemoryJournal
 from server.records import decode_record
 from server.recovery import recover
 from server.sequencer import Sequencer
+from server.snapshotting import SnapshotPolicy
 from server.usage_batches import UsageBatch
 from tests.engine_fixtures import ACTOR, EPOCH_MS, HOUR_MS, World, rate, unit
 from tests.kernel_fixtures import usage_event
@@ -56,15 +57,13 @@ def test_a_snapshot_after_a_command_that_left_the_tables_stale_compiles_them_on_
             recover(journal),
             journal,
             clock_ms=lambda: NOW_MS,
-            snapshot_every_records=10**9,
-            snapshot_every_events=10**9,
+            snapshot_policy=SnapshotPolicy(every_records=10**9, every_events=10**9),
         )
         sequencer.start()
         for command in demo_commands(NOW_MS):
             await sequencer.run(command)
         _record_compiles(sequencer.billing, compiled_on)
-        sequencer.snapshots.snapshot_every_records = sequencer.snapshots.snapshot_every_events = 1
-        sequencer.snapshots.snapshot_journal_factor = 0
+        sequencer.snapshots.policy = SnapshotPolicy(every_records=1, every_events=1, journal_factor=0)
         created_seq, _ = await sequencer.run(cmd.CreateCustomer(NOW_MS, "test", "late", "Late", {}))
         await sequencer.run(batch(event("after-the-snapshot")))
         await sequencer.close()
