@@ -235,11 +235,26 @@ def accepted(ack: Any) -> int:
     return ack.accepted
 
 
-def check_reads(states: list[State], allowed: set[State], final: State, what: str) -> None:
-    """Every read one of the serial orders' states, the last one `final`."""
+def race_ended(
+    seen: dict[str, State],
+    client: TariffClient,
+    who: str,
+    states: list[State],
+    allowed: set[State] | None,
+    finals: set[State],
+    order: str = "",
+) -> None:
+    """How every race ends: each read of `who` one of the serial orders' states (`allowed`; None: not checked
+    here, a race that says what it checks of them itself), the last one of `finals` (what the orders its answers
+    allow leave), and the state kept for the restart to read again. `order`: the serial order the answers showed,
+    named in a failure."""
+    what = f"{who} {order}" if order else who
     for read in states:
-        assert read in allowed, f"{what}: a read saw a state no serial order gives: {read}\nallowed: {allowed}"
-    assert states[-1] == final, f"{what}: final {states[-1]} is not {final}"
+        assert allowed is None or read in allowed, (
+            f"{what}: a read saw a state no serial order gives: {read}\nallowed: {allowed}"
+        )
+    assert states[-1] in finals, f"{what}: final {states[-1]} is not one of {finals}"
+    remember(seen, client, who)
 
 
 def month_start_ms() -> int:
@@ -283,9 +298,14 @@ def test_usage_racing_a_grant_is_paid_by_it_only_when_granted_first(
         usage_first = st("10", "5", "0", b0, a5)
         grant_first = st("10", "0", "0", (f"{who}.B", "10", "90", "0", "0"), a0)
         before, only_usage, only_grant = st("0", "0", "0", a0), st("10", "5", "0", a5), st("0", "0", "0", b0, a0)
-        check_reads(states, {before, only_usage, only_grant, usage_first, grant_first}, states[-1], who)
-        assert states[-1] in (usage_first, grant_first), states[-1]
-        remember(seen, admin, who)
+        race_ended(
+            seen,
+            admin,
+            who,
+            states,
+            {before, only_usage, only_grant, usage_first, grant_first},
+            {usage_first, grant_first},
+        )
 
 
 def test_usage_racing_an_override_is_priced_by_it_only_when_added_first(
@@ -310,9 +330,7 @@ def test_usage_racing_an_override_is_priced_by_it_only_when_added_first(
         before = st("0", "0", "0", (g, "0", "100", "0", "0"))
         usage_first = st("10", "0", "0", (g, "10", "90", "0", "0"))
         override_first = st("30", "0", "0", (g, "30", "70", "0", "0"))
-        check_reads(states, {before, usage_first, override_first}, states[-1], who)
-        assert states[-1] in (usage_first, override_first), states[-1]
-        remember(seen, admin, who)
+        race_ended(seen, admin, who, states, {before, usage_first, override_first}, {usage_first, override_first})
 
 
 def test_usage_racing_a_top_up_policy_buys_only_when_the_policy_came_first(
@@ -340,9 +358,7 @@ def test_usage_racing_a_top_up_policy_buys_only_when_the_policy_came_first(
         usage_first = st("8", "0", "0", (g, "8", "2", "0", "0"))
         top_up = (f"top-up-{month_start_ms()}-1", "0", "18", "0", "0")
         policy_first = st("8", "0", "0", (g, "8", "2", "0", "0"), top_up)
-        check_reads(states, {before, usage_first, policy_first}, states[-1], who)
-        assert states[-1] in (usage_first, policy_first), states[-1]
-        remember(seen, admin, who)
+        race_ended(seen, admin, who, states, {before, usage_first, policy_first}, {usage_first, policy_first})
 
 
 def test_usage_racing_a_new_contract_is_accepted_only_when_the_contract_came_first(
@@ -370,10 +386,9 @@ def test_usage_racing_a_new_contract_is_accepted_only_when_the_contract_came_fir
         contract_first = st("10", "0", "0", (g, "10", "90", "0", "0"))
         if accepted(ack) == 0:
             assert [usage_pb2.RejectReason.Name(r.reason) for r in ack.rejected] == ["NO_ACTIVE_CONTRACT"], ack
-            check_reads(states, {before}, before, who)
+            race_ended(seen, admin, who, states, {before}, {before})
         else:
-            check_reads(states, {before, contract_first}, contract_first, who)
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, contract_first}, {contract_first})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,11 +424,17 @@ def test_a_hold_racing_usage_under_block_is_denied_only_when_the_usage_came_firs
         usage_first = st("8", "0", "0", (g, "8", "2", "0", "0"))
         if answer.allowed:
             assert (answer.reason, answer.estimated_cost, answer.credits_available) == ("OK", "6", "4"), answer
-            check_reads(states, {before, st("0", "0", "6", (g, "0", "10", "6", "0")), hold_first}, hold_first, who)
+            race_ended(
+                seen,
+                admin,
+                who,
+                states,
+                {before, st("0", "0", "6", (g, "0", "10", "6", "0")), hold_first},
+                {hold_first},
+            )
         else:
             assert (answer.reason, answer.credits_available) == ("INSUFFICIENT_CREDIT", "2"), answer
-            check_reads(states, {before, usage_first}, usage_first, who)
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, usage_first}, {usage_first})
 
 
 def test_a_hold_racing_a_grant_under_block_is_allowed_only_when_the_grant_came_first(
@@ -440,11 +461,10 @@ def test_a_hold_racing_a_grant_under_block_is_allowed_only_when_the_grant_came_f
         grant_first = st("0", "0", "15", (a, "0", "10", "10", "0"), (b, "0", "10", "5", "0"))
         if answer.allowed:
             assert (answer.reason, answer.estimated_cost, answer.credits_available) == ("OK", "15", "5"), answer
-            check_reads(states, {before, hold_first, grant_first}, grant_first, who)
+            race_ended(seen, admin, who, states, {before, hold_first, grant_first}, {grant_first})
         else:
             assert (answer.reason, answer.credits_available) == ("INSUFFICIENT_CREDIT", "10"), answer
-            check_reads(states, {before, hold_first}, hold_first, who)
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, hold_first}, {hold_first})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,11 +526,10 @@ def test_usage_racing_a_retroactive_publish_is_rerated_once_and_the_answer_says_
         both = st("30", "0", "0", (g, "30", "70", "0", "0"))
         answered = (done.customers_rerated, done.events_rerated, norm(done.rerated_amount_delta))
         if answered == (1, 2, "15"):
-            check_reads(states, {before, only_usage, both}, both, f"{who} usage first")
+            race_ended(seen, admin, who, states, {before, only_usage, both}, {both}, "usage first")
         else:
             assert answered == (1, 1, "5"), done
-            check_reads(states, {before, only_publish, both}, both, f"{who} publish first")
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, only_publish, both}, {both}, "publish first")
 
 
 def test_a_hold_racing_a_retroactive_publish_under_block_holds_what_its_order_gives(
@@ -542,15 +561,14 @@ def test_a_hold_racing_a_retroactive_publish_under_block_holds_what_its_order_gi
             assert (answer.reason, answer.estimated_cost, answer.credits_available) == ("OK", "15", "5"), answer
             only_hold = st("10", "0", "15", (g, "10", "20", "15", "0"))
             hold_first = st("20", "0", "10", (g, "20", "10", "10", "0"))
-            check_reads(states, {before, only_hold, hold_first}, hold_first, f"{who} hold first")
+            race_ended(seen, admin, who, states, {before, only_hold, hold_first}, {hold_first}, "hold first")
         else:
             assert (answer.reason, answer.estimated_cost, answer.credits_available) == (
                 "INSUFFICIENT_CREDIT",
                 "30",
                 "10",
             ), answer
-            check_reads(states, {before, publish_first}, publish_first, f"{who} publish first")
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, publish_first}, {publish_first}, "publish first")
 
 
 def rerated_customer(admin: TariffClient, who: str, credits: str, early_units: int) -> tuple[str, int]:
@@ -595,11 +613,12 @@ def test_a_release_racing_a_retroactive_publish_gives_back_what_the_hold_held_in
         before = st("10", "0", "15", (g, "10", "20", "15", "0"))
         both = st("20", "0", "0", (g, "20", "10", "0", "0"))
         if norm(released.released_amount) == "15":
-            check_reads(states, {before, st("10", "0", "0", (g, "10", "20", "0", "0")), both}, both, who)
+            race_ended(seen, admin, who, states, {before, st("10", "0", "0", (g, "10", "20", "0", "0")), both}, {both})
         else:
             assert norm(released.released_amount) == "10", released
-            check_reads(states, {before, st("20", "0", "10", (g, "20", "10", "10", "0")), both}, both, who)
-        remember(seen, admin, who)
+            race_ended(
+                seen, admin, who, states, {before, st("20", "0", "10", (g, "20", "10", "10", "0")), both}, {both}
+            )
 
 
 def test_an_event_settling_a_hold_racing_a_retroactive_publish_is_charged_once_at_the_new_price(
@@ -626,11 +645,12 @@ def test_an_event_settling_a_hold_racing_a_retroactive_publish_is_charged_once_a
         before = st("10", "0", "15", (g, "10", "20", "15", "0"))
         both = st("44", "14", "0", (g, "30", "0", "0", "0"))
         if rerating(done) == (1, 2, "22"):
-            check_reads(states, {before, st("22", "0", "0", (g, "22", "8", "0", "0")), both}, both, who)
+            race_ended(seen, admin, who, states, {before, st("22", "0", "0", (g, "22", "8", "0", "0")), both}, {both})
         else:
             assert rerating(done) == (1, 1, "10"), done
-            check_reads(states, {before, st("20", "0", "10", (g, "20", "10", "10", "0")), both}, both, who)
-        remember(seen, admin, who)
+            race_ended(
+                seen, admin, who, states, {before, st("20", "0", "10", (g, "20", "10", "10", "0")), both}, {both}
+            )
 
 
 def test_usage_racing_a_retroactive_rollback_is_rerated_once_and_the_answer_says_whether_it_was(
@@ -657,11 +677,10 @@ def test_usage_racing_a_retroactive_rollback_is_rerated_once_and_the_answer_says
         before = st("10", "0", "0", (g, "10", "90", "0", "0"))
         both = st("15", "0", "0", (g, "15", "85", "0", "0"))
         if rerating(answers[1]) == (1, 2, "-15"):
-            check_reads(states, {before, st("30", "0", "0", (g, "30", "70", "0", "0")), both}, both, who)
+            race_ended(seen, admin, who, states, {before, st("30", "0", "0", (g, "30", "70", "0", "0")), both}, {both})
         else:
             assert rerating(answers[1]) == (1, 1, "-5"), answers[1]
-            check_reads(states, {before, st("5", "0", "0", (g, "5", "95", "0", "0")), both}, both, who)
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, st("5", "0", "0", (g, "5", "95", "0", "0")), both}, {both})
 
 
 def test_a_publish_racing_its_retry_and_usage_re_rates_once_and_only_the_first_answer_counts_it(
@@ -684,8 +703,7 @@ def test_a_publish_racing_its_retry_and_usage_re_rates_once_and_only_the_first_a
             assert counts in ([(0, 0, "0"), (1, 1, "5")], [(0, 0, "0"), (1, 2, "15")]), answers[:2]
             assert answers[0].version == answers[1].version, answers[:2]
             g = f"{who}.G"
-            assert states[-1] == st("30", "0", "0", (g, "30", "70", "0", "0")), states[-1]
-            remember(seen, clients[0], who)
+            race_ended(seen, clients[0], who, states, None, {st("30", "0", "0", (g, "30", "70", "0", "0"))})
     finally:
         third.close()
 
@@ -723,8 +741,8 @@ def test_a_close_racing_a_grant_into_its_period_lists_the_grant_only_when_grante
         number = invoices_pb2.GetInvoiceRequest(invoice_number=invoice.invoice_number)
         assert admin.invoices.GetInvoice(number) == invoice
         assert admin.invoices.ClosePeriod(close) == invoice
-        assert states[-1] == st("0", "0", "0", (f"{who}.G", "0", "5", "0", "0"), (f"{who}.G2", "0", "10", "0", "0"))
-        remember(seen, admin, who)
+        both = st("0", "0", "0", (f"{who}.G", "0", "5", "0", "0"), (f"{who}.G2", "0", "10", "0", "0"))
+        race_ended(seen, admin, who, states, None, {both})
 
 
 def test_a_close_racing_a_publish_into_its_period_bills_the_price_of_its_order(
@@ -766,9 +784,8 @@ def test_a_close_racing_a_publish_into_its_period_bills_the_price_of_its_order(
             admin.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=invoice.invoice_number)) == invoice
         )
         g = f"{who}.G"
-        assert states[-1] == st("0", "0", "0", (g, drawn, str(100 - int(drawn)), "0", "0")), states[-1]
         assert all(read[3][0][1] in ("5", drawn) for read in states), states
-        remember(seen, admin, who)
+        race_ended(seen, admin, who, states, None, {st("0", "0", "0", (g, drawn, str(100 - int(drawn)), "0", "0"))})
 
 
 def test_two_publishes_racing_on_one_card_leave_the_later_ones_price_and_answer_in_that_order(
@@ -798,8 +815,7 @@ def test_two_publishes_racing_on_one_card_leave_the_later_ones_price_and_answer_
             final = "10"
         charged = {c: st(c, "0", "0", (g, c, str(100 - int(c)), "0", "0")) for c in ("5", "10", "15")}
         allowed = {charged["5"], charged["10"], charged["15"]} if final == "15" else set(charged.values())
-        check_reads(states, allowed, charged[final], who)
-        remember(seen, admin, who)
+        race_ended(seen, admin, who, states, allowed, {charged[final]})
 
 
 def test_a_hold_racing_a_top_up_policy_buys_only_when_the_policy_came_first(
@@ -826,11 +842,10 @@ def test_a_hold_racing_a_top_up_policy_buys_only_when_the_policy_came_first(
         before, held = st("0", "0", "0", (g, "0", "10", "0", "0")), st("0", "0", "8", (g, "0", "10", "8", "0"))
         if answer.credits_available == "20":
             bought = st("0", "0", "8", (g, "0", "10", "8", "0"), (f"top-up-{month_start_ms()}-1", "0", "18", "0", "0"))
-            check_reads(states, {before, bought}, bought, who)
+            race_ended(seen, admin, who, states, {before, bought}, {bought})
         else:
             assert answer.credits_available == "2", answer
-            check_reads(states, {before, held}, held, who)
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, held}, {held})
 
 
 STORM = 200  # customers of one card: more than a plan slice (128) and a background slice (64)
@@ -993,11 +1008,10 @@ def test_batch_holds_racing_a_grants_expiry_hold_on_it_only_before_it_expires(
         held_on_a_expired = st("0", "0", "6", (a, "0", "0", "6", "4"), b_free)
         held_on_b = st("0", "0", "6", (a, "0", "0", "0", "10"), (b, "0", "100", "6", "0"))
         if answer.credits_available == "104":
-            check_reads(states, {before, held_on_a, held_on_a_expired}, held_on_a_expired, who)
+            race_ended(seen, admin, who, states, {before, held_on_a, held_on_a_expired}, {held_on_a_expired})
         else:
             assert answer.credits_available == "94", answer
-            check_reads(states, {before, expired, held_on_b}, held_on_b, who)
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, expired, held_on_b}, {held_on_b})
 
 
 def filler_events(who: str) -> list[usage_pb2.UsageEvent]:
@@ -1057,15 +1071,24 @@ def test_a_read_while_a_batch_received_before_a_grants_expiry_is_rated_shows_wha
         before = st("0", "0", "0", (g, "0", "10", "0", "0"))
         received_before = st("4", "0", "0", (g, "4", "0", "0", "6"))
         if states[-1] == received_before:
-            check_reads(
-                states, {before, st("4", "0", "0", (g, "4", "6", "0", "0")), received_before}, received_before, who
+            race_ended(
+                seen,
+                admin,
+                who,
+                states,
+                {before, st("4", "0", "0", (g, "4", "6", "0", "0")), received_before},
+                {received_before},
             )
         else:
             received_after = st("4", "4", "0", (g, "0", "0", "0", "10"))
-            check_reads(
-                states, {before, st("0", "0", "0", (g, "0", "0", "0", "10")), received_after}, received_after, who
+            race_ended(
+                seen,
+                admin,
+                who,
+                states,
+                {before, st("0", "0", "0", (g, "0", "0", "0", "10")), received_after},
+                {received_after},
             )
-        remember(seen, admin, who)
 
 
 def test_a_read_while_a_batch_received_before_a_period_end_is_rated_shows_the_rollover_the_clock_then_records(
@@ -1090,13 +1113,13 @@ def test_a_read_while_a_batch_received_before_a_period_end_is_rated_shows_the_ro
         _, states = sent_before(clients, who, [*filler, event(who, "e", 4, end_ms - 200)], end_ms)
         r, rolled = f"{who}.R", f"rollover-{who}.R-{end_ms}"
         before = st("0", "0", "0", (r, "0", "10", "0", "0"))
-        if states[-1] == st("0", "0", "0", (rolled, "0", "3", "0", "0"), (r, "7", "0", "0", "3")):
+        rolled_before = st("0", "0", "0", (rolled, "0", "3", "0", "0"), (r, "7", "0", "0", "3"))
+        if states[-1] == rolled_before:
             drew = st("4", "0", "0", (r, "4", "6", "0", "0"))
-            check_reads(states, {before, drew, states[-1]}, states[-1], who)
+            race_ended(seen, admin, who, states, {before, drew, rolled_before}, {rolled_before})
         else:
             after = st("0", "0", "0", (rolled, "0", "5", "0", "0"), (r, "5", "0", "0", "5"))
-            check_reads(states, {before, after}, after, who)
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, after}, {after})
 
 
 def test_a_read_while_a_batch_received_before_a_holds_ttl_settles_it_never_shows_the_hold_expired(
@@ -1126,10 +1149,9 @@ def test_a_read_while_a_batch_received_before_a_holds_ttl_settles_it_never_shows
         notices = [usage_pb2.NoticeReason.Name(n.reason) for n in ack.notices]
         if notices:
             assert notices == ["NOTICE_RESERVATION_EXPIRED"], notices
-            check_reads(states, {before, st("0", "0", "0", (g, "0", "10", "0", "0")), after}, after, who)
+            race_ended(seen, admin, who, states, {before, st("0", "0", "0", (g, "0", "10", "0", "0")), after}, {after})
         else:
-            check_reads(states, {before, after}, after, who)
-        remember(seen, admin, who)
+            race_ended(seen, admin, who, states, {before, after}, {after})
 
 
 # ---------------------------------------------------------------------------------------------
