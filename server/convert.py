@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Generator, Iterable, Mapping, Sized
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -49,6 +48,7 @@ from engine.ratecard import (
     rate_key,
 )
 from engine.ratecard import Finding as EngineFinding
+from server.shown_text import LINE_BREAKS, NOT_IN_A_LINE, NOT_IN_A_NOTE
 
 # Proto enum fields take their value's name, which is what the engine's StrEnums hold.
 
@@ -126,33 +126,18 @@ def check_text(text: str, field: str, bytes_max: int = TEXT_BYTES_MAX) -> str:
     return text
 
 
-# Free texts a person reads -------------------------------------------------------------------------------------
-# A name, note or attribute entry a request stores is shown as it is: on invoices, in the audit log, in the CLI's
-# tables. A control character (C0, DEL, C1) there breaks a table's rows or drives the terminal (ESC, CSI), a line
-# break (LF, CR, NEL, U+2028/U+2029) splits one row in two, and a bidirectional control shows the text reversed
-# ("Trojan Source": a name reading "Acme" in one table and something else in the next). So a new request's free
-# texts hold none, as an actor's name holds none (server/auth.py is_actor_name). Any other character is taken:
-# letters of every script (Arabic and Hebrew included: they show right to left without any control), accents,
-# emoji and the zero-width joiner they are built with. Checked where the request enters, not in the engine: records
-# journaled before the check replay as they were made. Ids have their own grammar (engine/control.py check_id).
-
-# Right-to-left and left-to-right marks, embeddings, overrides and isolates (Unicode's Bidi_Control property).
-_BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x85\u2028\u2029")
-_NOT_IN_A_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI_CONTROLS}]")
-# A note is written in lines: it may hold a line feed and a tab, and nothing else of those.
-_NOT_IN_A_NOTE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{_BIDI_CONTROLS}]")
+# Free texts a person reads: which characters they may not hold, and why, is server/shown_text.py's.
 
 
 def check_shown_text(text: str, field: str, what: str = "a name", *, lines: bool = False) -> str:
-    """`text` once it holds no character that breaks or reverses how it is shown (above); INVALID_ARGUMENT naming
+    """`text` once it holds no character that breaks or reverses how it is shown (server/shown_text.py); INVALID_ARGUMENT naming
     `field`, the first such character's position (the first character is 1) and its code point otherwise, saying
     `what` the text is ("a name", "an attribute key"). `lines`: a line feed and a tab are taken (a change note)."""
-    found = (_NOT_IN_A_NOTE if lines else _NOT_IN_A_LINE).search(text)
+    found = (NOT_IN_A_NOTE if lines else NOT_IN_A_LINE).search(text)
     if found is None:
         return text
     char = found.group()
-    if char in _LINE_BREAKS:
+    if char in LINE_BREAKS:
         kind = "a line break"
     elif ord(char) <= 0x9F:
         kind = "a control character"
@@ -166,7 +151,7 @@ def check_shown_text(text: str, field: str, what: str = "a name", *, lines: bool
 def shown_key(key: str) -> str:
     """A map entry's key as a field path names it: the characters check_shown_text refuses escaped as Python's
     repr escapes them ("re\\u202egion"), so that an answer refusing the key does not carry them either."""
-    return _NOT_IN_A_LINE.sub(lambda found: found.group().encode("unicode_escape").decode(), key)
+    return NOT_IN_A_LINE.sub(lambda found: found.group().encode("unicode_escape").decode(), key)
 
 
 def check_shown_entries(entries: Mapping[str, str], field: str, what: str, *, path: str = "[{}]") -> None:

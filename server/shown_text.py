@@ -1,0 +1,23 @@
+"""Which characters break or reverse how a text is shown: what a new request's free texts may not hold
+(server/convert.py check_shown_text). Only `re`: the command line imports it too."""
+
+from __future__ import annotations
+
+import re
+
+# Free texts a person reads -------------------------------------------------------------------------------------
+# A name, note or attribute entry a request stores is shown as it is: on invoices, in the audit log, in the CLI's
+# tables. A control character (C0, DEL, C1) there breaks a table's rows or drives the terminal (ESC, CSI), a line
+# break (LF, CR, NEL, U+2028/U+2029) splits one row in two, and a bidirectional control shows the text reversed
+# ("Trojan Source": a name reading "Acme" in one table and something else in the next). So a new request's free
+# texts hold none, as an actor's name holds none (server/auth.py is_actor_name). Any other character is taken:
+# letters of every script (Arabic and Hebrew included: they show right to left without any control), accents,
+# emoji and the zero-width joiner they are built with. Checked where the request enters, not in the engine: records
+# journaled before the check replay as they were made. Ids have their own grammar (engine/control.py check_id).
+
+# Right-to-left and left-to-right marks, embeddings, overrides and isolates (Unicode's Bidi_Control property).
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x85\u2028\u2029")
+NOT_IN_A_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
+# A note is written in lines: it may hold a line feed and a tab, and nothing else of those.
+NOT_IN_A_NOTE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
